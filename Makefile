@@ -1,0 +1,41 @@
+# Plume developer commands. Every target creates .venv on first use.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DATA ?= ../shared/data
+export PLUME_DATA ?= $(abspath $(DATA))
+
+.PHONY: install demo test test-all lint bench clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first, pinned: the CPU build on disk. A bare `torch` pulls a multi-GB CUDA build.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[dev,ray]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/plume sim --transport http --dataset mnist --model mlp --clients 40 --per-round 10 \
+		--rounds 8 --topk 0.05 --bits 4 --local-epochs 1 --out runs/demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m ''
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check compression
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python bench/codec.py
+	$(BIN)/python bench/bandwidth_accuracy.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

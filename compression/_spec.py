@@ -1,0 +1,97 @@
+"""The flat layout of a model: tensor names, shapes and offsets into one float32 vector."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+__all__ = ["TensorEntry", "ModelSpec"]
+
+# A model larger than this is not a device model; refusing it keeps every derived cap sane.
+MAX_MODEL_SIZE = 1 << 31
+
+
+@dataclass(frozen=True, slots=True)
+class TensorEntry:
+    """One tensor's place in the flat vector: `size` scalars starting at `offset`."""
+
+    name: str
+    shape: tuple[int, ...]
+    offset: int
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """The canonical flattening of a model's parameters.
+
+    The fingerprint is 8 bytes of SHA-256 over the names, shapes and dtype, so both sides can
+    tell at once whether they agree on the layout before trusting any declared size.
+    """
+
+    entries: tuple[TensorEntry, ...]
+
+    def __post_init__(self) -> None:
+        offset = 0
+        names: set[str] = set()
+        for e in self.entries:
+            if e.offset != offset or e.size != math.prod(e.shape):
+                raise ValueError(f"inconsistent layout at tensor {e.name!r}")
+            if e.name in names:
+                raise ValueError(f"duplicate tensor name {e.name!r}")
+            names.add(e.name)
+            offset += e.size
+        if offset <= 0 or offset > MAX_MODEL_SIZE:
+            raise ValueError(f"model size {offset} outside 1..{MAX_MODEL_SIZE}")
+
+    @classmethod
+    def from_shapes(cls, shapes: Iterable[tuple[str, Sequence[int]]]) -> ModelSpec:
+        """Build a spec from `(name, shape)` pairs, in order."""
+        entries = []
+        offset = 0
+        for name, shape in shapes:
+            shp = tuple(int(s) for s in shape)
+            if any(s < 0 for s in shp):
+                raise ValueError(f"negative dimension in {name!r}: {shp}")
+            size = math.prod(shp)
+            entries.append(TensorEntry(name, shp, offset, size))
+            offset += size
+        return cls(tuple(entries))
+
+    @property
+    def size(self) -> int:
+        """Number of float32 scalars (d)."""
+        last = self.entries[-1]
+        return last.offset + last.size
+
+    @property
+    def dense_bytes(self) -> int:
+        """Bytes of the dense fp32 vector: the baseline every ratio is measured against."""
+        return 4 * self.size
+
+    @property
+    def fingerprint(self) -> bytes:
+        """8 bytes identifying the layout (SHA-256 of its canonical text)."""
+        h = hashlib.sha256(b"plume-spec-v1\0float32\0")
+        for e in self.entries:
+            h.update(e.name.encode() + b"\0" + ",".join(map(str, e.shape)).encode() + b"\0")
+        return h.digest()[:8]
+
+    def boundaries(self) -> list[tuple[int, int]]:
+        """`(start, stop)` of each tensor in the flat vector."""
+        return [(e.offset, e.offset + e.size) for e in self.entries]
+
+    def to_json(self) -> list[dict[str, object]]:
+        return [{"name": e.name, "shape": list(e.shape)} for e in self.entries]
+
+    @classmethod
+    def from_json(cls, data: Sequence[dict[str, object]]) -> ModelSpec:
+        pairs: list[tuple[str, Sequence[int]]] = []
+        for item in data:
+            name, shape = item["name"], item["shape"]
+            if not isinstance(name, str) or not isinstance(shape, list):
+                raise ValueError("spec entries need a string name and a list shape")
+            pairs.append((name, [int(s) for s in shape]))
+        return cls.from_shapes(pairs)
