@@ -1,0 +1,303 @@
+"""The round engine: select -> configure -> collect -> aggregate -> publish, with no HTTP.
+
+The engine is a small state machine driven by whoever owns the clock: the in-process simulator
+calls it directly, the HTTP service calls it from request handlers and a deadline timer. Policy
+lives in `Strategy` hooks (after Flower's strategy loop); the maths lives in aggregators.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from compression import CodecConfig, DecodeLimits, ModelSpec, UpdateCodec
+
+from .aggregators import AggregateOutput, AggregatorFactory, ClientUpdate
+from .ledger import BandwidthLedger
+
+__all__ = [
+    "EngineConfig",
+    "RoundPlan",
+    "Receipt",
+    "RoundOutcome",
+    "Strategy",
+    "RoundEngine",
+    "EngineError",
+    "UnknownRound",
+    "NotSelected",
+    "DuplicateUpload",
+    "RoundClosed",
+    "TaskStopped",
+    "find_measurement",
+]
+
+
+class EngineError(Exception):
+    """A request the engine refuses; the engine's state is unchanged."""
+
+
+class UnknownRound(EngineError):
+    pass
+
+
+class NotSelected(EngineError):
+    pass
+
+
+class DuplicateUpload(EngineError):
+    pass
+
+
+class RoundClosed(EngineError):
+    """The round is closed or already has all the reports it wants (a straggler)."""
+
+
+class TaskStopped(EngineError):
+    """The task has stopped (e.g. its privacy budget is spent); no more rounds open."""
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Round policy. `over_selection` 1.3 selects 30% more devices than `clients_per_round`;
+    the first `clients_per_round` reports are kept and later ones refused as stragglers.
+    A round with fewer than `min_reports` reports at close is abandoned (model unchanged)."""
+
+    clients_per_round: int
+    over_selection: float = 1.0
+    min_reports: int = 1
+    codec: CodecConfig = field(default_factory=lambda: CodecConfig(topk=0.01, bits=4))
+    server_lr: float = 1.0
+    seed: int = 0
+    limits: DecodeLimits | None = None
+
+    def __post_init__(self) -> None:
+        if self.clients_per_round < 1:
+            raise ValueError("clients_per_round must be at least 1")
+        if not 1.0 <= self.over_selection <= 10.0:
+            raise ValueError("over_selection must be in [1, 10]")
+        if not 1 <= self.min_reports <= self.clients_per_round:
+            raise ValueError("min_reports must be in [1, clients_per_round]")
+        if not (math.isfinite(self.server_lr) and self.server_lr > 0):
+            raise ValueError("server_lr must be positive")
+
+    @property
+    def cohort_size(self) -> int:
+        """Devices selected per round, over-selection included."""
+        return math.ceil(self.clients_per_round * self.over_selection - 1e-9)
+
+
+@dataclass(frozen=True, slots=True)
+class RoundPlan:
+    """What the selected devices are told: train from model `version`, encode with `codec`."""
+
+    round_id: int
+    selected: list[str]
+    codec: CodecConfig
+    version: int
+    target_reports: int
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    round_id: int
+    device_id: str
+    payload_bytes: int
+    nnz: int
+    weight: float
+
+
+@dataclass(frozen=True, slots=True)
+class RoundOutcome:
+    round_id: int
+    committed: bool
+    reports: int
+    version: int
+    measurements: dict[str, Any]
+
+
+@dataclass
+class _Round:
+    plan: RoundPlan
+    selected: frozenset[str]
+    updates: dict[str, ClientUpdate] = field(default_factory=dict)
+    closed: bool = False
+
+
+class Strategy:
+    """Overridable hooks of the round loop. Each receives the engine for read access."""
+
+    def select(
+        self, engine: RoundEngine, round_id: int, available: Sequence[str], rng: np.random.Generator
+    ) -> list[str]:
+        """Uniform sampling without replacement of the over-selected cohort."""
+        n = min(engine.config.cohort_size, len(available))
+        picks = rng.choice(len(available), size=n, replace=False)
+        return [available[i] for i in sorted(picks.tolist())]
+
+    def configure(self, engine: RoundEngine, round_id: int, selected: list[str]) -> RoundPlan:
+        return RoundPlan(
+            round_id,
+            selected,
+            engine.config.codec,
+            engine.version,
+            min(engine.config.clients_per_round, len(selected)),
+        )
+
+    def aggregate(
+        self, engine: RoundEngine, round_id: int, updates: Sequence[ClientUpdate]
+    ) -> AggregateOutput:
+        return engine.process.next(engine.aggregator_state, updates)
+
+    def publish(self, engine: RoundEngine, round_id: int, output: AggregateOutput) -> None:
+        """w_r = w_{r-1} + server_lr * aggregate."""
+        step = output.result.astype(np.float32)
+        if engine.config.server_lr != 1.0:
+            step = step * np.float32(engine.config.server_lr)
+        engine.params = (engine.params + step).astype(np.float32)
+
+
+class RoundEngine:
+    """Runs rounds over a flat float32[d] model. Not thread-safe: callers serialise calls."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        params: npt.NDArray[np.float32],
+        aggregator: AggregatorFactory,
+        config: EngineConfig,
+        ledger: BandwidthLedger | None = None,
+        strategy: Strategy | None = None,
+        *,
+        version: int = 0,
+        next_round: int = 1,
+    ) -> None:
+        if params.shape != (spec.size,):
+            raise ValueError(f"params of shape {params.shape}, spec wants ({spec.size},)")
+        self.spec = spec
+        self.params = np.array(params, dtype=np.float32, copy=True)
+        self.config = config
+        self.ledger = ledger if ledger is not None else BandwidthLedger()
+        self.strategy = strategy or Strategy()
+        self.codec = UpdateCodec(spec, config.codec, config.limits)
+        self.process = aggregator.create(spec.size)
+        self.aggregator_state: Any = self.process.initialize()
+        self.version = version
+        self.stopped = False
+        self._next_round = next_round
+        self._rounds: dict[int, _Round] = {}
+        self._rng = np.random.default_rng(config.seed)
+
+    # -- select + configure -------------------------------------------------------------------
+    def open_round(self, available: Sequence[str]) -> RoundPlan:
+        if self.stopped:
+            raise TaskStopped("the task has stopped; no more rounds")
+        if not available:
+            raise EngineError("no devices available to select from")
+        round_id = self._next_round
+        rng = np.random.default_rng([self.config.seed, round_id])
+        selected = self.strategy.select(self, round_id, list(available), rng)
+        plan = self.strategy.configure(self, round_id, selected)
+        self._rounds[round_id] = _Round(plan, frozenset(selected))
+        self._next_round += 1
+        return plan
+
+    # -- collect ------------------------------------------------------------------------------
+    def submit(
+        self, round_id: int, device_id: str, frame: bytes, *, wire_bytes: int | None = None
+    ) -> Receipt:
+        """Decode one upload under the codec's limits and hold it for aggregation."""
+        rnd = self._round(round_id)
+        if rnd.closed:
+            raise RoundClosed(f"round {round_id} is closed")
+        if device_id not in rnd.selected:
+            raise NotSelected(f"device {device_id!r} was not selected for round {round_id}")
+        if device_id in rnd.updates:
+            raise DuplicateUpload(f"device {device_id!r} already reported in round {round_id}")
+        if len(rnd.updates) >= rnd.plan.target_reports:
+            raise RoundClosed(
+                f"round {round_id} already has its {rnd.plan.target_reports} reports (straggler)"
+            )
+        decoded = self.codec.decode_frame(frame)  # raises CodecError; nothing stored yet
+        cu = ClientUpdate(device_id, decoded.update, decoded.weight)
+        rnd.updates[device_id] = cu
+        self.ledger.record(
+            round_id, device_id, "up", len(frame), wire_bytes, self.spec.dense_bytes
+        )
+        return Receipt(round_id, device_id, len(frame), decoded.update.nnz, decoded.weight)
+
+    def record_download(
+        self, round_id: int, device_id: str, payload_bytes: int, wire_bytes: int | None = None
+    ) -> None:
+        """Account a model download (its dense baseline is the fp32 model)."""
+        self.ledger.record(
+            round_id, device_id, "down", payload_bytes, wire_bytes, self.spec.dense_bytes
+        )
+
+    def reports(self, round_id: int) -> int:
+        return len(self._round(round_id).updates)
+
+    # -- aggregate + publish ------------------------------------------------------------------
+    def close_round(self, round_id: int) -> RoundOutcome:
+        rnd = self._round(round_id)
+        if rnd.closed:
+            raise RoundClosed(f"round {round_id} is already closed")
+        rnd.closed = True
+        # Sorted so the float accumulation order, and so the result, never depends on arrival.
+        updates = [rnd.updates[k] for k in sorted(rnd.updates)]
+        if len(updates) < self.config.min_reports:
+            rnd.updates.clear()
+            return RoundOutcome(
+                round_id,
+                False,
+                len(updates),
+                self.version,
+                {"abandoned": f"{len(updates)} reports < min_reports {self.config.min_reports}"},
+            )
+        output = self.strategy.aggregate(self, round_id, updates)
+        if output.result.shape != (self.spec.size,) or not np.all(np.isfinite(output.result)):
+            raise EngineError("aggregator returned a malformed or non-finite result")
+        self.aggregator_state = output.state
+        self.strategy.publish(self, round_id, output)
+        self.version += 1
+        rnd.updates.clear()  # the aggregate is published; individual updates are not kept
+        if find_measurement(output.measurements, "budget_exhausted") is True:
+            self.stopped = True
+        return RoundOutcome(round_id, True, len(updates), self.version, output.measurements)
+
+    # -- the template method ------------------------------------------------------------------
+    def run_round(
+        self,
+        available: Sequence[str],
+        collect: Callable[[RoundPlan], Iterable[tuple[str, bytes]]],
+    ) -> RoundOutcome:
+        """One whole round: `collect(plan)` yields `(device_id, frame)` in arrival order."""
+        plan = self.open_round(available)
+        for device_id, frame in collect(plan):
+            try:
+                self.submit(plan.round_id, device_id, frame)
+            except RoundClosed:
+                break  # enough reports: the rest are stragglers
+        return self.close_round(plan.round_id)
+
+    def _round(self, round_id: int) -> _Round:
+        try:
+            return self._rounds[round_id]
+        except KeyError:
+            raise UnknownRound(f"no round {round_id}") from None
+
+
+def find_measurement(measurements: Mapping[str, Any], name: str) -> Any:
+    """The first value named `name` in nested measurements (depth-first), or None."""
+    if name in measurements:
+        return measurements[name]
+    for value in measurements.values():
+        if isinstance(value, Mapping):
+            found = find_measurement(value, name)
+            if found is not None:
+                return found
+    return None

@@ -1,0 +1,36 @@
+"""Types shared by every device trainer (torch-free, so the ONNX runtime can import them)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["TrainResult", "LocalTrainer"]
+
+
+@dataclass(frozen=True, slots=True)
+class TrainResult:
+    """Outcome of local training: new flat params float32[d], examples seen once, mean loss."""
+
+    params: npt.NDArray[np.float32]
+    num_examples: int
+    loss: float
+
+
+class LocalTrainer(Protocol):
+    """Anything that runs local SGD from flat params on numpy data (torch or onnxruntime)."""
+
+    def train(
+        self,
+        params: npt.NDArray[np.float32],
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.int64],
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        rng: np.random.Generator,
+    ) -> TrainResult: ...

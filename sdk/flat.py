@@ -1,0 +1,43 @@
+"""Torch modules <-> flat float32 vectors, in the order of `module.named_parameters()`."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from compression import ModelSpec
+
+__all__ = ["spec_from_module", "get_flat_params", "set_flat_params"]
+
+
+def spec_from_module(module: nn.Module) -> ModelSpec:
+    """The flat layout of a module's trainable parameters (buffers are not federated)."""
+    return ModelSpec.from_shapes(
+        (name, tuple(p.shape)) for name, p in module.named_parameters() if p.requires_grad
+    )
+
+
+def get_flat_params(module: nn.Module) -> npt.NDArray[np.float32]:
+    """A copy of the parameters as one float32[d] vector."""
+    with torch.no_grad():
+        parts = [p.detach().reshape(-1) for p in module.parameters() if p.requires_grad]
+        return torch.cat(parts).to(torch.float32).numpy().copy()
+
+
+def set_flat_params(module: nn.Module, flat: npt.NDArray[np.float32]) -> None:
+    """Load a float32[d] vector into the module's parameters, in place."""
+    src = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))
+    offset = 0
+    with torch.no_grad():
+        for p in module.parameters():
+            if not p.requires_grad:
+                continue
+            n = p.numel()
+            if offset + n > src.numel():
+                raise ValueError(f"flat vector of {src.numel()} is too short for the module")
+            p.copy_(src[offset : offset + n].view_as(p))
+            offset += n
+    if offset != src.numel():
+        raise ValueError(f"flat vector has {src.numel()} scalars, the module {offset}")
