@@ -1,0 +1,252 @@
+"""Ed25519 request signing as stateless byte functions (the layout is in docs/http-api.md).
+
+Every device request is signed over one ASCII message, eight lines joined by `\\n`:
+
+    PLUME-SIG-V1
+    <METHOD>                      upper case, e.g. POST
+    <target>                      raw path plus `?query` exactly as sent, e.g. /v1/rounds/3/updates?examples=40
+    <device id>                   32 lower-case hex digits: SHA-256(public key)[:16]
+    <round>                       decimal round id, 0 when the request is not about a round
+    <body sha256>                 64 lower-case hex digits of SHA-256 of the body bytes (empty body too)
+    <timestamp>                   decimal Unix time in milliseconds
+    <nonce>                       16 to 64 lower-case hex digits, fresh per request
+
+The signature is the 64-byte Ed25519 signature of those bytes, sent base64url without padding.
+No field may contain a newline, so the message parses back one way only.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from .names import Header
+
+__all__ = [
+    "SIGNATURE_VERSION",
+    "AuthError",
+    "SignedFields",
+    "generate_private_key",
+    "public_key_bytes",
+    "device_id_for",
+    "body_sha256",
+    "new_nonce",
+    "signing_message",
+    "sign",
+    "verify",
+    "encode_signature",
+    "decode_signature",
+    "sign_request",
+    "fields_from_headers",
+]
+
+SIGNATURE_VERSION = b"PLUME-SIG-V1"
+PRIVATE_KEY_BYTES = 32
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+
+_METHOD = re.compile(r"[A-Z]{1,16}")
+# A request target is printable ASCII without spaces (RFC 9112 origin-form), capped in length.
+_TARGET = re.compile(r"/[\x21-\x7e]{0,2047}")
+_DEVICE = re.compile(r"[0-9a-f]{32}")
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_NONCE = re.compile(r"[0-9a-f]{16,64}")
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+class AuthError(ValueError):
+    """A signature field or key is malformed (not merely a signature that fails to verify)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SignedFields:
+    """The header fields of a signed request, parsed and checked for form."""
+
+    device_id: str
+    round_id: int
+    timestamp_ms: int
+    nonce: str
+    signature: bytes
+
+
+def generate_private_key() -> bytes:
+    """A new Ed25519 private key: 32 raw bytes from the OS CSPRNG."""
+    return Ed25519PrivateKey.generate().private_bytes_raw()
+
+
+def _private(private_key: bytes) -> Ed25519PrivateKey:
+    if len(private_key) != PRIVATE_KEY_BYTES:
+        raise AuthError(f"Ed25519 private key must be {PRIVATE_KEY_BYTES} bytes")
+    return Ed25519PrivateKey.from_private_bytes(private_key)
+
+
+def _public(public_key: bytes) -> Ed25519PublicKey:
+    if len(public_key) != PUBLIC_KEY_BYTES:
+        raise AuthError(f"Ed25519 public key must be {PUBLIC_KEY_BYTES} bytes")
+    try:
+        return Ed25519PublicKey.from_public_bytes(public_key)
+    except ValueError as exc:
+        raise AuthError(f"invalid Ed25519 public key: {exc}") from exc
+
+
+def public_key_bytes(private_key: bytes) -> bytes:
+    """The 32-byte raw public key of a raw private key."""
+    return _private(private_key).public_key().public_bytes_raw()
+
+
+def device_id_for(public_key: bytes) -> str:
+    """A device's id: the first 16 bytes of SHA-256(public key), as 32 hex digits.
+
+    Deriving the id from the key means nobody can register an id for a key they do not hold.
+    """
+    if len(public_key) != PUBLIC_KEY_BYTES:
+        raise AuthError(f"Ed25519 public key must be {PUBLIC_KEY_BYTES} bytes")
+    return hashlib.sha256(public_key).digest()[:16].hex()
+
+
+def body_sha256(body: bytes) -> str:
+    """64 lower-case hex digits of SHA-256(body)."""
+    return hashlib.sha256(body).hexdigest()
+
+
+def new_nonce() -> str:
+    """128 random bits as 32 hex digits."""
+    return os.urandom(16).hex()
+
+
+def signing_message(
+    *,
+    method: str,
+    target: str,
+    device_id: str,
+    round_id: int,
+    body_hash: str,
+    timestamp_ms: int,
+    nonce: str,
+) -> bytes:
+    """The exact bytes that get signed. Raises `AuthError` if any field is out of its form."""
+    if not _METHOD.fullmatch(method):
+        raise AuthError(f"method must be upper-case letters, got {method!r}")
+    if not _TARGET.fullmatch(target):
+        raise AuthError("request target must be printable ASCII starting with '/'")
+    if not _DEVICE.fullmatch(device_id):
+        raise AuthError("device id must be 32 lower-case hex digits")
+    if not 0 <= round_id < 2**63:
+        raise AuthError("round id out of range")
+    if not _HEX64.fullmatch(body_hash):
+        raise AuthError("body hash must be 64 lower-case hex digits")
+    if not 0 <= timestamp_ms < 2**63:
+        raise AuthError("timestamp out of range")
+    if not _NONCE.fullmatch(nonce):
+        raise AuthError("nonce must be 16 to 64 lower-case hex digits")
+    lines = [
+        SIGNATURE_VERSION,
+        method.encode(),
+        target.encode(),
+        device_id.encode(),
+        str(round_id).encode(),
+        body_hash.encode(),
+        str(timestamp_ms).encode(),
+        nonce.encode(),
+    ]
+    return b"\n".join(lines)
+
+
+def sign(private_key: bytes, message: bytes) -> bytes:
+    """64-byte Ed25519 signature of `message`."""
+    return _private(private_key).sign(message)
+
+
+def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """True iff `signature` is a valid Ed25519 signature of `message` under `public_key`."""
+    if len(signature) != SIGNATURE_BYTES:
+        return False
+    try:
+        _public(public_key).verify(signature, message)
+    except (InvalidSignature, AuthError):
+        return False
+    return True
+
+
+def encode_signature(signature: bytes) -> str:
+    """base64url without padding (86 characters for 64 bytes)."""
+    return base64.urlsafe_b64encode(signature).rstrip(b"=").decode()
+
+
+def decode_signature(text: str) -> bytes:
+    """Inverse of `encode_signature`; raises `AuthError` unless it yields exactly 64 bytes."""
+    if len(text) != 86 or not re.fullmatch(r"[A-Za-z0-9_-]+", text):
+        raise AuthError("signature must be 86 base64url characters")
+    try:
+        raw = base64.urlsafe_b64decode(text + "==")
+    except (binascii.Error, ValueError) as exc:
+        raise AuthError("signature is not base64url") from exc
+    if len(raw) != SIGNATURE_BYTES:
+        raise AuthError("signature must decode to 64 bytes")
+    return raw
+
+
+def sign_request(
+    private_key: bytes,
+    *,
+    method: str,
+    target: str,
+    round_id: int,
+    body: bytes,
+    timestamp_ms: int,
+    nonce: str | None = None,
+) -> dict[str, str]:
+    """The signature headers for one request (device id, round, timestamp, nonce, signature)."""
+    device_id = device_id_for(public_key_bytes(private_key))
+    nonce = new_nonce() if nonce is None else nonce
+    message = signing_message(
+        method=method,
+        target=target,
+        device_id=device_id,
+        round_id=round_id,
+        body_hash=body_sha256(body),
+        timestamp_ms=timestamp_ms,
+        nonce=nonce,
+    )
+    return {
+        Header.DEVICE: device_id,
+        Header.ROUND: str(round_id),
+        Header.TIMESTAMP: str(timestamp_ms),
+        Header.NONCE: nonce,
+        Header.SIGNATURE: encode_signature(sign(private_key, message)),
+    }
+
+
+def fields_from_headers(get: dict[str, str]) -> SignedFields:
+    """Parse the signature headers (lower-case keys). Raises `AuthError` naming what is wrong."""
+    missing = [
+        h for h in (Header.DEVICE, Header.TIMESTAMP, Header.NONCE, Header.SIGNATURE) if h not in get
+    ]
+    if missing:
+        raise AuthError("missing signature header(s): " + ", ".join(missing))
+    device_id = get[Header.DEVICE]
+    if not _DEVICE.fullmatch(device_id):
+        raise AuthError("device id must be 32 lower-case hex digits")
+    round_text = get.get(Header.ROUND, "0")
+    ts_text = get[Header.TIMESTAMP]
+    if not _DIGITS.fullmatch(round_text):
+        raise AuthError("round header must be a decimal integer")
+    if not _DIGITS.fullmatch(ts_text):
+        raise AuthError("timestamp header must be decimal milliseconds")
+    nonce = get[Header.NONCE]
+    if not _NONCE.fullmatch(nonce):
+        raise AuthError("nonce must be 16 to 64 lower-case hex digits")
+    return SignedFields(
+        device_id=device_id,
+        round_id=int(round_text),
+        timestamp_ms=int(ts_text),
+        nonce=nonce,
+        signature=decode_signature(get[Header.SIGNATURE]),
+    )

@@ -1,0 +1,130 @@
+"""Wire names shared by the coordinator and the SDK: paths, headers, fields, states, reasons."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+__all__ = [
+    "API_PREFIX",
+    "Path",
+    "Header",
+    "ContentType",
+    "RoundState",
+    "TaskState",
+    "CheckInAction",
+    "ModelEncoding",
+    "SnapshotDType",
+    "Reason",
+    "Direction",
+]
+
+API_PREFIX = "/v1"
+
+
+class Path(StrEnum):
+    """URL templates of the HTTP API (FastAPI syntax). `docs/http-api.md` describes each."""
+
+    REGISTER = "/v1/devices"
+    CHECK_IN = "/v1/checkin"
+    MODEL = "/v1/tasks/{task_id}/model"
+    UPLOAD = "/v1/rounds/{round_id}/updates"
+    ROUND = "/v1/rounds/{round_id}"
+    BANDWIDTH = "/v1/rounds/{round_id}/bandwidth"
+    ADMIN_TASKS = "/v1/admin/tasks"
+    ADMIN_TASK = "/v1/admin/tasks/{task_id}"
+    ADMIN_TASK_MODEL = "/v1/admin/tasks/{task_id}/model"
+    ADMIN_PAUSE = "/v1/admin/tasks/{task_id}/pause"
+    ADMIN_RESUME = "/v1/admin/tasks/{task_id}/resume"
+    ADMIN_ROUNDS = "/v1/admin/tasks/{task_id}/rounds"
+    METRICS = "/metrics"
+    HEALTHZ = "/healthz"
+
+
+class Header(StrEnum):
+    """HTTP header names (lower case, as HTTP/1.1 and ASGI compare them)."""
+
+    DEVICE = "x-plume-device"
+    TIMESTAMP = "x-plume-timestamp"
+    NONCE = "x-plume-nonce"
+    ROUND = "x-plume-round"
+    SIGNATURE = "x-plume-signature"
+    IDEMPOTENCY_KEY = "idempotency-key"
+    MODEL_VERSION = "x-plume-model-version"
+    MODEL_DIGEST = "x-plume-model-digest"
+    MODEL_ENCODING = "x-plume-model-encoding"
+    MODEL_EXACT = "x-plume-model-exact"
+    RETRY_AFTER = "retry-after"
+    AUTHORIZATION = "authorization"
+    CONTENT_TYPE = "content-type"
+    CONTENT_LENGTH = "content-length"
+
+
+class ContentType(StrEnum):
+    OCTET_STREAM = "application/octet-stream"
+    JSON = "application/json"
+    CSV = "text/csv; charset=utf-8"
+
+
+class RoundState(StrEnum):
+    """A round's life: open -> aggregating -> committed | abandoned."""
+
+    OPEN = "open"
+    AGGREGATING = "aggregating"
+    COMMITTED = "committed"
+    ABANDONED = "abandoned"
+
+
+class TaskState(StrEnum):
+    AWAITING_MODEL = "awaiting_model"
+    ACTIVE = "active"
+    PAUSED = "paused"
+    DONE = "done"
+
+
+class CheckInAction(StrEnum):
+    """What a check-in answers: train now, or come back after `retry_after_s`."""
+
+    TRAIN = "train"
+    WAIT = "wait"
+
+
+class ModelEncoding(StrEnum):
+    """How a model download body is encoded (the `x-plume-model-encoding` header)."""
+
+    SNAPSHOT = "snapshot"
+    DELTA_CHAIN = "delta-chain"
+
+
+class SnapshotDType(StrEnum):
+    FP32 = "fp32"
+    FP16 = "fp16"
+
+
+class Direction(StrEnum):
+    UP = "up"
+    DOWN = "down"
+
+
+class Reason(StrEnum):
+    """Machine-readable `reason` of every error body: `{"reason": ..., "detail": ...}`."""
+
+    UNSIGNED = "unsigned"
+    UNREGISTERED = "unregistered"
+    BAD_SIGNATURE = "bad_signature"
+    STALE_TIMESTAMP = "stale_timestamp"
+    REPLAYED_NONCE = "replayed_nonce"
+    ROUND_MISMATCH = "round_mismatch"
+    BAD_ADMIN_TOKEN = "bad_admin_token"
+    NOT_SELECTED = "not_selected"
+    UNKNOWN_ROUND = "unknown_round"
+    UNKNOWN_TASK = "unknown_task"
+    ROUND_CLOSED = "round_closed"
+    DUPLICATE_UPLOAD = "duplicate_upload"
+    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
+    TOO_LARGE = "too_large"
+    MALFORMED = "malformed"
+    BAD_FRAME = "bad_frame"
+    INVALID_STATE = "invalid_state"
+    UNKNOWN_VERSION = "unknown_version"
+    VALIDATION = "validation"
+    NOT_FOUND = "not_found"
