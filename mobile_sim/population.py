@@ -1,0 +1,513 @@
+"""A lazily held fleet of simulated phones: tiers, compute, network, diurnal availability, dropout.
+
+No per-device state is stored. Every attribute of device ``i`` is a deterministic function of
+``(seed, i)`` through a counter-based hash (the SplitMix64 finaliser), and availability is a
+function of those attributes and the simulated time, so a population of 10^6 (or 10^9) devices
+costs a few hundred bytes until devices are looked at, and looking at a batch of devices is a
+handful of vectorised numpy operations.
+
+Sources and the parameters derived from them are documented in ``docs/simulator.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "Tier",
+    "TierSpec",
+    "DEFAULT_TIERS",
+    "PopulationConfig",
+    "DeviceProfile",
+    "ProfileBatch",
+    "Population",
+    "PopulationError",
+]
+
+U64 = npt.NDArray[np.uint64]
+F64 = npt.NDArray[np.float64]
+I64 = npt.NDArray[np.int64]
+B = npt.NDArray[np.bool_]
+
+_MASK64 = (1 << 64) - 1
+_GOLDEN = 0x9E3779B97F4A7C15
+_DAY_SALT = 0xD1B54A32D192ED03
+_SECONDS_PER_DAY = 86_400.0
+
+
+class PopulationError(ValueError):
+    """A population was configured or queried with invalid arguments."""
+
+
+class Tier(StrEnum):
+    """Device class: budget, mid-range and flagship phones."""
+
+    LOW = "low"
+    MID = "mid"
+    HIGH = "high"
+
+
+@dataclass(frozen=True)
+class TierSpec:
+    """Parametric distributions for one device tier.
+
+    Log-normal quantities are given by their median and the sigma of the log (natural log), so
+    ``value = median * exp(sigma * z)`` with ``z ~ N(0, 1)``.
+    """
+
+    tier: Tier
+    share: float  # fraction of the population in this tier
+    compute_median_sps: float  # training samples/s on the reference model (MNIST CNN)
+    compute_sigma: float
+    down_median_mbps: float  # megabits/s
+    down_sigma: float
+    up_median_mbps: float
+    up_sigma: float
+    latency_median_ms: float  # one request round trip
+    latency_sigma: float
+    dropout_p: float  # chance of vanishing mid-round
+    memory_gb: tuple[float, ...]  # RAM sizes in this tier, chosen uniformly
+    home_wifi_p: float  # chance the device has unmetered wifi where it charges overnight
+
+
+# Our parameter choices; docs/simulator.md states which published summary each one encodes.
+DEFAULT_TIERS: tuple[TierSpec, ...] = (
+    TierSpec(
+        Tier.LOW,
+        share=0.30,
+        compute_median_sps=30.0,
+        compute_sigma=0.35,
+        down_median_mbps=6.0,
+        down_sigma=0.8,
+        up_median_mbps=1.5,
+        up_sigma=0.8,
+        latency_median_ms=120.0,
+        latency_sigma=0.5,
+        dropout_p=0.10,
+        memory_gb=(2.0, 3.0, 4.0),
+        home_wifi_p=0.75,
+    ),
+    TierSpec(
+        Tier.MID,
+        share=0.50,
+        compute_median_sps=90.0,
+        compute_sigma=0.30,
+        down_median_mbps=15.0,
+        down_sigma=0.7,
+        up_median_mbps=4.0,
+        up_sigma=0.7,
+        latency_median_ms=70.0,
+        latency_sigma=0.45,
+        dropout_p=0.08,
+        memory_gb=(4.0, 6.0),
+        home_wifi_p=0.85,
+    ),
+    TierSpec(
+        Tier.HIGH,
+        share=0.20,
+        compute_median_sps=250.0,
+        compute_sigma=0.25,
+        down_median_mbps=40.0,
+        down_sigma=0.6,
+        up_median_mbps=12.0,
+        up_sigma=0.6,
+        latency_median_ms=40.0,
+        latency_sigma=0.4,
+        dropout_p=0.06,
+        memory_gb=(8.0, 12.0),
+        home_wifi_p=0.92,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class PopulationConfig:
+    """The whole fleet: its size, seed, tiers and the shape of a simulated day.
+
+    ``availability="always"`` makes every device eligible at every time (useful for small
+    data-bound experiments); ``"diurnal"`` is the realistic charging-and-wifi model.
+    """
+
+    num_devices: int
+    seed: int = 0
+    tiers: tuple[TierSpec, ...] = DEFAULT_TIERS
+    availability: Literal["diurnal", "always"] = "diurnal"
+    start_hour_utc: float = 20.0  # wall-clock hour (UTC) at simulated time 0
+    tz_sigma_h: float = 2.0  # spread of device time zones around UTC+0, hours
+    night_start_mean_h: float = 22.5  # local hour the overnight charge starts
+    night_start_sd_h: float = 1.5  # across devices
+    night_jitter_sd_h: float = 0.5  # the same device, night to night
+    night_hours_mean: float = 7.5
+    night_hours_sd: float = 1.5
+    skip_night_p: float = 0.10  # nights a device is not plugged in at all
+    day_session_p: float = 0.35  # days with a daytime charge on wifi (desk, car excluded)
+    day_session_wifi_p: float = 0.6
+    day_session_hours: tuple[float, float] = (0.5, 2.5)  # uniform range of its length
+
+    def __post_init__(self) -> None:
+        if self.num_devices < 1:
+            raise PopulationError(f"num_devices must be >= 1, got {self.num_devices}")
+        if self.seed < 0:
+            raise PopulationError(f"seed must be >= 0, got {self.seed}")
+        if not self.tiers:
+            raise PopulationError("at least one tier is required")
+        total = sum(t.share for t in self.tiers)
+        if not math.isclose(total, 1.0, rel_tol=0, abs_tol=1e-9):
+            raise PopulationError(f"tier shares must sum to 1, got {total}")
+        for t in self.tiers:
+            if t.share < 0 or not 0.0 <= t.dropout_p < 1.0 or not 0.0 <= t.home_wifi_p <= 1.0:
+                raise PopulationError(f"tier {t.tier}: share/probabilities out of range")
+            positive = (t.compute_median_sps, t.down_median_mbps, t.up_median_mbps)
+            if min(positive) <= 0 or t.latency_median_ms < 0 or not t.memory_gb:
+                raise PopulationError(f"tier {t.tier}: medians must be positive")
+        if self.availability not in ("diurnal", "always"):
+            raise PopulationError(
+                f"availability must be 'diurnal' or 'always', got {self.availability!r}"
+            )
+        lo, hi = self.day_session_hours
+        if not 0 < lo <= hi <= 8:
+            raise PopulationError("day_session_hours must satisfy 0 < lo <= hi <= 8")
+
+
+@dataclass(frozen=True)
+class DeviceProfile:
+    """One device's fixed characteristics. Bandwidths in bits/s, times in seconds."""
+
+    device_id: int
+    tier: Tier
+    compute_sps: float  # training samples/s on the reference model
+    down_bps: float
+    up_bps: float
+    latency_s: float
+    dropout_p: float
+    memory_mb: float
+    tz_offset_h: float
+    night_start_h: float  # local hour, mean over nights
+    night_hours: float
+    home_wifi: bool
+
+
+@dataclass(frozen=True)
+class ProfileBatch:
+    """Profiles of many devices as parallel arrays (struct of arrays), all of length n."""
+
+    device_ids: I64
+    tier_index: npt.NDArray[np.int8]
+    compute_sps: F64
+    down_bps: F64
+    up_bps: F64
+    latency_s: F64
+    dropout_p: F64
+    memory_mb: F64
+    tz_offset_h: F64
+    night_start_h: F64
+    night_hours: F64
+    home_wifi: B
+    tiers: tuple[Tier, ...] = field(default=(Tier.LOW, Tier.MID, Tier.HIGH))
+
+    def __len__(self) -> int:
+        return int(self.device_ids.shape[0])
+
+    def __getitem__(self, i: int) -> DeviceProfile:
+        return DeviceProfile(
+            device_id=int(self.device_ids[i]),
+            tier=self.tiers[int(self.tier_index[i])],
+            compute_sps=float(self.compute_sps[i]),
+            down_bps=float(self.down_bps[i]),
+            up_bps=float(self.up_bps[i]),
+            latency_s=float(self.latency_s[i]),
+            dropout_p=float(self.dropout_p[i]),
+            memory_mb=float(self.memory_mb[i]),
+            tz_offset_h=float(self.tz_offset_h[i]),
+            night_start_h=float(self.night_start_h[i]),
+            night_hours=float(self.night_hours[i]),
+            home_wifi=bool(self.home_wifi[i]),
+        )
+
+    def take(self, positions: npt.ArrayLike) -> ProfileBatch:
+        """The sub-batch at `positions` (indices into this batch, not device ids)."""
+        p = np.asarray(positions, dtype=np.int64)
+        return ProfileBatch(
+            device_ids=self.device_ids[p],
+            tier_index=self.tier_index[p],
+            compute_sps=self.compute_sps[p],
+            down_bps=self.down_bps[p],
+            up_bps=self.up_bps[p],
+            latency_s=self.latency_s[p],
+            dropout_p=self.dropout_p[p],
+            memory_mb=self.memory_mb[p],
+            tz_offset_h=self.tz_offset_h[p],
+            night_start_h=self.night_start_h[p],
+            night_hours=self.night_hours[p],
+            home_wifi=self.home_wifi[p],
+            tiers=self.tiers,
+        )
+
+
+# --- counter-based hashing -------------------------------------------------------------------
+
+
+def _fmix_int(x: int) -> int:
+    """SplitMix64 finaliser on a Python int (for scalar keys; no numpy overflow warnings)."""
+    x &= _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def _fmix(x: U64) -> U64:
+    """SplitMix64 finaliser, vectorised; uint64 array arithmetic wraps modulo 2^64."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def _uniform(h: U64) -> F64:
+    """Map 64-bit hashes to floats strictly inside (0, 1): 53 high bits plus half an ulp."""
+    return ((h >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / 9007199254740992.0)
+
+
+class _Stream:
+    """Independent uniform draws per (key, device): field j of device i is hash(key, i, j)."""
+
+    def __init__(self, key: int, ids: I64) -> None:
+        self._base = _fmix(ids.astype(np.uint64) ^ np.uint64(_fmix_int(key)))
+
+    def uniform(self, j: int) -> F64:
+        return _uniform(_fmix(self._base + np.uint64(((j + 1) * _GOLDEN) & _MASK64)))
+
+    def normal(self, j: int) -> F64:
+        """Box-Muller on fields j and j+1."""
+        u1, u2 = self.uniform(j), self.uniform(j + 1)
+        return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * math.pi * u2)
+
+
+# Field numbers: a fixed layout so adding a field never changes existing devices.
+_F_TIER, _F_COMPUTE, _F_DOWN, _F_UP, _F_LAT = 0, 2, 4, 6, 8
+_F_MEM, _F_TZ, _F_NIGHT_START, _F_NIGHT_HOURS, _F_WIFI = 10, 12, 14, 16, 18
+# Per-day fields (key mixes in the day number).
+_D_SKIP, _D_JITTER, _D_SESSION, _D_SESSION_START, _D_SESSION_HOURS, _D_SESSION_WIFI = (
+    0,
+    2,
+    4,
+    5,
+    6,
+    7,
+)
+
+
+class Population:
+    """A reproducible fleet of `config.num_devices` phones, derived on demand from the seed.
+
+    Device ids are ``0 .. num_devices-1``. Memory use does not grow with the number of devices.
+    """
+
+    def __init__(self, config: PopulationConfig) -> None:
+        self.config = config
+        self._key = _fmix_int(config.seed * _GOLDEN + 0x5EED)
+        shares = np.array([t.share for t in config.tiers], dtype=np.float64)
+        self._tier_cdf = np.cumsum(shares)
+        self._tier_cdf[-1] = 1.0
+        self._tiers = tuple(t.tier for t in config.tiers)
+
+    @classmethod
+    def build(cls, num_devices: int, seed: int = 0, **kwargs: object) -> Population:
+        """Shorthand for ``Population(PopulationConfig(num_devices, seed, **kwargs))``."""
+        return cls(PopulationConfig(num_devices, seed, **kwargs))  # type: ignore[arg-type]
+
+    def __len__(self) -> int:
+        return self.config.num_devices
+
+    # -- profiles ---------------------------------------------------------------------------
+
+    def _check_ids(self, device_ids: npt.ArrayLike) -> I64:
+        ids = np.asarray(device_ids)
+        if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+            raise PopulationError("device ids must be a 1-D integer array")
+        ids = ids.astype(np.int64, copy=False)
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.config.num_devices):
+            raise PopulationError(
+                f"device ids must be in [0, {self.config.num_devices}), "
+                f"got range [{int(ids.min())}, {int(ids.max())}]"
+            )
+        return ids
+
+    def profiles(self, device_ids: npt.ArrayLike) -> ProfileBatch:
+        """Profiles of `device_ids` (int[n]), computed from the seed; same ids -> same profiles."""
+        ids = self._check_ids(device_ids)
+        s = _Stream(self._key, ids)
+        raw_tier = np.searchsorted(self._tier_cdf, s.uniform(_F_TIER), side="right")
+        tier_index = np.minimum(raw_tier, len(self._tiers) - 1).astype(np.int8)
+        specs = self.config.tiers
+
+        def per_tier(attr: str) -> F64:
+            return np.array([float(getattr(t, attr)) for t in specs], dtype=np.float64)[tier_index]
+
+        def lognormal(median: str, sigma: str, j: int) -> F64:
+            return per_tier(median) * np.exp(per_tier(sigma) * s.normal(j))
+
+        compute = lognormal("compute_median_sps", "compute_sigma", _F_COMPUTE)
+        down = lognormal("down_median_mbps", "down_sigma", _F_DOWN) * 1e6
+        up = lognormal("up_median_mbps", "up_sigma", _F_UP) * 1e6
+        latency = lognormal("latency_median_ms", "latency_sigma", _F_LAT) / 1e3
+        mem_u = s.uniform(_F_MEM)
+        memory = np.empty(ids.shape[0], dtype=np.float64)
+        for k, spec in enumerate(specs):
+            sel = tier_index == k
+            choices = np.asarray(spec.memory_gb, dtype=np.float64) * 1024.0
+            memory[sel] = choices[
+                np.minimum((mem_u[sel] * len(choices)).astype(np.int64), len(choices) - 1)
+            ]
+        cfg = self.config
+        tz = np.clip(np.round(cfg.tz_sigma_h * s.normal(_F_TZ)), -12, 14)
+        night_start = np.mod(
+            cfg.night_start_mean_h + cfg.night_start_sd_h * s.normal(_F_NIGHT_START), 24.0
+        )
+        night_hours = np.clip(
+            cfg.night_hours_mean + cfg.night_hours_sd * s.normal(_F_NIGHT_HOURS), 2.0, 12.0
+        )
+        wifi = s.uniform(_F_WIFI) < per_tier("home_wifi_p")
+        return ProfileBatch(
+            device_ids=ids,
+            tier_index=tier_index,
+            compute_sps=compute,
+            down_bps=down,
+            up_bps=up,
+            latency_s=latency,
+            dropout_p=per_tier("dropout_p"),
+            memory_mb=memory,
+            tz_offset_h=tz,
+            night_start_h=night_start,
+            night_hours=night_hours,
+            home_wifi=wifi,
+            tiers=self._tiers,
+        )
+
+    def profile(self, device_id: int) -> DeviceProfile:
+        """The profile of one device."""
+        return self.profiles(np.array([device_id], dtype=np.int64))[0]
+
+    # -- availability -----------------------------------------------------------------------
+
+    def local_hours(self, profiles: ProfileBatch, sim_time_s: float) -> F64:
+        """Hours since local midnight of day 0 at `sim_time_s`, per device (float64[n])."""
+        return self.config.start_hour_utc + sim_time_s / 3600.0 + profiles.tz_offset_h
+
+    def available_mask(self, profiles: ProfileBatch, sim_time_s: float) -> B:
+        """bool[n]: which devices are eligible (charging on unmetered wifi) at `sim_time_s`."""
+        if sim_time_s < 0 or not math.isfinite(sim_time_s):
+            raise PopulationError(f"sim_time_s must be finite and >= 0, got {sim_time_s}")
+        n = len(profiles)
+        if self.config.availability == "always":
+            return np.ones(n, dtype=np.bool_)
+        cfg = self.config
+        t = self.local_hours(profiles, sim_time_s)
+        day = np.floor(t / 24.0).astype(np.int64)
+        avail = np.zeros(n, dtype=np.bool_)
+        # Overnight charge: the window of night d starts on day d and may end on day d+1.
+        for d in (day - 1, day):
+            s = self._day_stream(profiles.device_ids, d)
+            skip = s.uniform(_D_SKIP) < cfg.skip_night_p
+            start = 24.0 * d + profiles.night_start_h + cfg.night_jitter_sd_h * s.normal(_D_JITTER)
+            inside = (t >= start) & (t < start + profiles.night_hours)
+            avail |= inside & ~skip & profiles.home_wifi
+        # A daytime charge on wifi, at most one per day, between 09:00 and 19:00 local.
+        s = self._day_stream(profiles.device_ids, day)
+        lo, hi = cfg.day_session_hours
+        has = s.uniform(_D_SESSION) < cfg.day_session_p
+        start = 24.0 * day + 9.0 + 8.0 * s.uniform(_D_SESSION_START)
+        length = lo + (hi - lo) * s.uniform(_D_SESSION_HOURS)
+        wifi = s.uniform(_D_SESSION_WIFI) < cfg.day_session_wifi_p
+        avail |= has & wifi & (t >= start) & (t < start + length)
+        return avail
+
+    def _day_stream(self, ids: I64, day: I64) -> _Stream:
+        stream = _Stream(self._key ^ _DAY_SALT, ids)
+        # Mix the (possibly negative) day number into each device's base hash.
+        stream._base = _fmix(stream._base ^ _fmix(day.astype(np.uint64) + np.uint64(_GOLDEN)))
+        return stream
+
+    def is_available(self, device_ids: npt.ArrayLike, sim_time_s: float) -> B:
+        """bool[n] availability of `device_ids` at `sim_time_s`."""
+        return self.available_mask(self.profiles(device_ids), sim_time_s)
+
+    def available_fraction(self, sim_time_s: float, sample: int = 20_000, seed: int = 0) -> float:
+        """Estimated fraction of the fleet eligible at `sim_time_s` (from `sample` devices)."""
+        n = min(sample, self.config.num_devices)
+        rng = np.random.default_rng(seed)
+        if n == self.config.num_devices:
+            ids = np.arange(n, dtype=np.int64)
+        else:
+            ids = rng.choice(self.config.num_devices, size=n, replace=False).astype(np.int64)
+        return float(self.is_available(ids, sim_time_s).mean())
+
+    def sample_available(
+        self,
+        n: int,
+        sim_time_s: float,
+        rng: np.random.Generator,
+        *,
+        min_memory_mb: float = 0.0,
+        exclude: Sequence[int] | None = None,
+    ) -> I64:
+        """Up to `n` distinct device ids, uniform among devices eligible at `sim_time_s`.
+
+        Eligible: available (charging on unmetered wifi) and with at least `min_memory_mb` of
+        RAM, and not in `exclude`. Returns fewer than `n` ids (possibly none) when fewer are
+        eligible; the caller decides whether that round can run. Cost grows with `n`, not with
+        the population size, for large populations.
+        """
+        if n < 0:
+            raise PopulationError(f"n must be >= 0, got {n}")
+        total = self.config.num_devices
+        excluded = np.unique(np.asarray(list(exclude or ()), dtype=np.int64))
+        if n == 0:
+            return np.zeros(0, dtype=np.int64)
+
+        def eligible(ids: I64) -> I64:
+            prof = self.profiles(ids)
+            ok = self.available_mask(prof, sim_time_s) & (prof.memory_mb >= min_memory_mb)
+            if excluded.size:
+                ok &= ~np.isin(ids, excluded)
+            return ids[ok]
+
+        if total <= max(200_000, 8 * n):
+            # Small fleet: look at everyone (chunked to bound memory), then choose uniformly.
+            found = np.concatenate(
+                [
+                    eligible(np.arange(a, min(a + 262_144, total), dtype=np.int64))
+                    for a in range(0, total, 262_144)
+                ]
+            )
+            if found.size <= n:
+                return rng.permutation(found)
+            return rng.choice(found, size=n, replace=False)
+        # Large fleet: rejection-sample random ids until n distinct eligible ones are found.
+        picked: list[I64] = []
+        seen = np.zeros(0, dtype=np.int64)
+        count = 0
+        for _ in range(64):
+            batch = np.unique(rng.integers(0, total, size=max(4 * n, 4096), dtype=np.int64))
+            batch = batch[~np.isin(batch, seen)]
+            seen = np.concatenate([seen, batch])
+            good = rng.permutation(eligible(batch))
+            picked.append(good)
+            count += int(good.size)
+            if count >= n:
+                return np.concatenate(picked)[:n]
+        # Very few eligible devices: fall back to an exhaustive chunked scan.
+        rest = [
+            eligible(np.setdiff1d(np.arange(a, min(a + 262_144, total), dtype=np.int64), seen))
+            for a in range(0, total, 262_144)
+        ]
+        found = np.concatenate([*picked, *rest])
+        return rng.permutation(found)[:n]
