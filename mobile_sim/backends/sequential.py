@@ -1,0 +1,84 @@
+"""The inline sequential backend: one model, jobs trained one after the other."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from ._base import JobResult, TrainContext, TrainJob, job_rng
+
+__all__ = ["SequentialBackend", "run_job"]
+
+
+def _torch_trainer(ctx: TrainContext) -> Any:
+    from sdk.trainer import TorchTrainer
+
+    from ..models import build_model
+
+    return TorchTrainer(build_model(ctx.model), momentum=ctx.momentum)
+
+
+def _ort_trainer(ctx: TrainContext) -> Any:
+    if ctx.ort_artifacts is None:
+        raise ValueError("jobs on the ONNX runtime need TrainContext.ort_artifacts")
+    from sdk.ort import OrtTrainer
+
+    return OrtTrainer.from_dir(ctx.ort_artifacts)
+
+
+def run_job(
+    ctx: TrainContext,
+    trainers: dict[str, Any],
+    params: npt.NDArray[np.float32],
+    job: TrainJob,
+) -> JobResult:
+    """Train one job with the trainer of its kind (built once and cached in `trainers`)."""
+    trainer = trainers.get(job.trainer)
+    if trainer is None:
+        if job.trainer == "torch":
+            trainer = _torch_trainer(ctx)
+        elif job.trainer == "ort":
+            trainer = _ort_trainer(ctx)
+        else:
+            raise ValueError(f"unknown trainer {job.trainer!r}")
+        trainers[job.trainer] = trainer
+    x = ctx.x_train[job.indices]
+    y = ctx.y_train[job.indices]
+    if job.data_attack is not None:
+        x, y = job.data_attack.poison_data(x, y, job_rng(job, stream=1))
+    result = trainer.train(
+        params,
+        x,
+        y,
+        epochs=ctx.epochs,
+        batch_size=ctx.batch_size,
+        lr=ctx.lr,
+        rng=job_rng(job),
+    )
+    delta = (result.params - params).astype(np.float32)
+    return JobResult(job.device_id, delta, result.num_examples, result.loss)
+
+
+class SequentialBackend:
+    """Trains jobs one by one in this process (the reference every other backend matches)."""
+
+    name = "sequential"
+
+    def __init__(self) -> None:
+        self._ctx: TrainContext | None = None
+        self._trainers: dict[str, Any] = {}
+
+    def start(self, ctx: TrainContext) -> None:
+        self._ctx = ctx
+        self._trainers = {}
+
+    def train(self, params: npt.NDArray[np.float32], jobs: Sequence[TrainJob]) -> list[JobResult]:
+        if self._ctx is None:
+            raise RuntimeError("backend not started")
+        return [run_job(self._ctx, self._trainers, params, job) for job in jobs]
+
+    def close(self) -> None:
+        self._trainers = {}

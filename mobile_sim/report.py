@@ -1,0 +1,192 @@
+"""Run reports: the per-round table, CSV and JSON files, and PNG plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .runner import RoundRecord, SimResult
+
+__all__ = [
+    "table_header",
+    "table_row",
+    "format_bytes",
+    "machine_info",
+    "write_run",
+    "plot_accuracy_vs_bytes",
+    "summary",
+]
+
+_COLUMNS = (
+    ("round", 5),
+    ("accuracy", 8),
+    ("loss", 7),
+    ("bytes up", 10),
+    ("bytes down", 10),
+    ("ratio vs dense", 14),
+    ("wall s", 7),
+    ("sim s", 8),
+)
+
+
+def format_bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return f"{n:.1f} GB"
+
+
+def table_header(label: str = "") -> str:
+    head = " ".join(name.rjust(w) for name, w in _COLUMNS)
+    rule = "-" * len(head)
+    return (f"[{label}]\n" if label else "") + head + "\n" + rule
+
+
+def table_row(rec: RoundRecord) -> str:
+    acc = f"{rec.accuracy:.4f}" if rec.accuracy is not None else "-"
+    loss = f"{rec.loss:.4f}" if rec.loss is not None else "-"
+    ratio = f"{rec.ratio_up:.1f}x" if rec.ratio_up else "-"
+    sim = f"{rec.sim_s:.1f}" if rec.sim_s is not None else "-"
+    cells = (
+        str(rec.round) + ("" if rec.committed else "*"),
+        acc,
+        loss,
+        format_bytes(rec.bytes_up),
+        format_bytes(rec.bytes_down),
+        ratio,
+        f"{rec.wall_s:.2f}",
+        sim,
+    )
+    return " ".join(c.rjust(w) for c, (_, w) in zip(cells, _COLUMNS, strict=True))
+
+
+def machine_info() -> dict[str, Any]:
+    """What a benchmark number was measured on."""
+    cpu = platform.processor() or ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem_gb = None
+    try:
+        mem_gb = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    except (ValueError, OSError, AttributeError):
+        pass
+    import numpy as np
+
+    info: dict[str, Any] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": mem_gb,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+        info["torch_threads"] = torch.get_num_threads()
+    except ImportError:
+        pass
+    return info
+
+
+def utc_now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def summary(result: SimResult) -> dict[str, Any]:
+    return {
+        "label": result.label,
+        "final_accuracy": result.final_accuracy,
+        "rounds": len(result.records),
+        "num_params": result.num_params,
+        "total_upload_bytes": result.total_up,
+        "total_dense_upload_bytes": result.total_dense_up,
+        "upload_ratio_vs_dense": result.upload_ratio,
+        "total_download_bytes": sum(r.bytes_down for r in result.records),
+        "wall_s": sum(r.wall_s for r in result.records),
+    }
+
+
+def _record_dict(rec: RoundRecord) -> dict[str, Any]:
+    from dataclasses import asdict
+
+    return asdict(rec)
+
+
+def write_run(result: SimResult, out_dir: str | Path) -> dict[str, Path]:
+    """Write rounds.json, rounds.csv and ledger.csv for one run into `out_dir`."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [_record_dict(r) for r in result.records]
+    doc = {
+        "config": result.config.as_dict(),
+        "summary": summary(result),
+        "rounds": rows,
+        "ledger_totals": result.ledger.totals(),
+        "machine": machine_info(),
+        "started_at": result.started_at,
+        "finished_at": utc_now(),
+    }
+    paths = {
+        "json": out / "rounds.json",
+        "csv": out / "rounds.csv",
+        "ledger": out / "ledger.csv",
+    }
+    paths["json"].write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    fields = [k for k in rows[0] if k != "measurements"] if rows else []
+    with paths["csv"].open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    paths["ledger"].write_text(result.ledger.to_csv())
+    return paths
+
+
+def plot_accuracy_vs_bytes(
+    runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: str | Path, title: str = ""
+) -> Path:
+    """Accuracy against cumulative upload bytes, one line per run (log x axis).
+
+    `runs` holds `(label, rounds)` where each round dict has `accuracy` and `bytes_up`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    for label, rounds in runs:
+        cum, xs, ys = 0, [], []
+        for r in rounds:
+            cum += int(r["bytes_up"])
+            if r.get("accuracy") is not None:
+                xs.append(cum)
+                ys.append(float(r["accuracy"]))
+        ax.plot(xs, ys, marker="o", markersize=3, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("cumulative upload bytes (all devices)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.set_title(title or "accuracy vs upload bytes")
+    ax.legend()
+    fig.tight_layout()
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p)
+    plt.close(fig)
+    return p

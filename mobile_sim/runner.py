@@ -1,0 +1,451 @@
+"""The simulated fleet in one process: real training, real encoded bytes, the real round engine.
+
+`run_simulation(cfg)` drives `coordinator.engine.RoundEngine` directly (transport "inproc"):
+each round the engine selects a cohort, the backend trains the selected devices, each device
+encodes its delta with its own error-feedback state, the engine decodes the frames under its
+limits and aggregates, and the new model is evaluated on the held-out test set.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from compression import CodecConfig
+from coordinator.aggregators import AggregatorFactory, FedAvg
+from coordinator.engine import EngineConfig, RoundEngine, RoundPlan, Strategy
+from coordinator.ledger import BandwidthLedger
+from sdk.device import UpdateEncoder
+
+from .backends import Backend, JobResult, TrainContext, TrainJob, build_backend, job_rng
+from .data import FederatedData, load_digits_data, load_mnist
+from .partition import natural, partition
+
+__all__ = [
+    "SimConfig",
+    "RoundRecord",
+    "SimResult",
+    "run_simulation",
+    "load_dataset",
+    "build_aggregator",
+    "DEFAULT_MODEL",
+]
+
+DEFAULT_MODEL = {"mnist": "mnist_cnn", "digits": "digits_mlp"}
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """One simulated federated run. Defaults are the headline MNIST-CNN setting."""
+
+    dataset: str = "mnist"
+    model: str | None = None  # None: the dataset's default model
+    clients: int = 100
+    per_round: int = 10
+    rounds: int = 20
+    # compression
+    topk: float = 0.01
+    bits: int = 4
+    block: int = 256
+    index: str = "auto"
+    topk_mode: str = "exact"
+    scope: str = "global"
+    error_feedback: bool = True
+    warmup_rounds: int = 0  # first rounds sent dense (fp32), a knob to explore
+    clip_norm: float | None = None
+    dense: bool = False  # the dense fp32 baseline: no top-k, no quantization
+    # local training
+    local_epochs: int = 5
+    batch_size: int = 10
+    lr: float = 0.05
+    momentum: float = 0.0
+    # data
+    partition: str = "dirichlet"
+    alpha: float = 0.5
+    shards_per_client: int = 2
+    data_root: str | None = None
+    # round policy
+    over_selection: float = 1.0
+    min_reports: int = 1
+    server_lr: float = 1.0
+    aggregator: str = "fedavg"
+    # threats
+    attack: str | None = None
+    malicious: float = 0.0
+    # execution
+    backend: str = "sequential"
+    ort_fraction: float = 0.0
+    ort_artifacts: str | None = None
+    eval_every: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.clients < 1 or self.per_round < 1 or self.rounds < 1:
+            raise ValueError("clients, per_round and rounds must be at least 1")
+        if self.per_round > self.clients:
+            raise ValueError(f"per_round {self.per_round} exceeds clients {self.clients}")
+        if not 0.0 <= self.malicious < 1.0:
+            raise ValueError("malicious must be a fraction in [0, 1)")
+        if self.malicious > 0 and not self.attack:
+            raise ValueError("malicious > 0 needs an attack (e.g. --attack signflip)")
+        if not 0.0 <= self.ort_fraction <= 1.0:
+            raise ValueError("ort_fraction must be in [0, 1]")
+        if self.local_epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise ValueError("local_epochs and batch_size must be >= 1 and lr > 0")
+        self.codec()  # validates topk / bits / index / ...
+
+    @property
+    def model_name(self) -> str:
+        if self.model:
+            return self.model
+        try:
+            return DEFAULT_MODEL[self.dataset]
+        except KeyError:
+            raise ValueError(f"no default model for dataset {self.dataset!r}; pass --model") from None
+
+    def codec(self) -> CodecConfig:
+        if self.dense:
+            return CodecConfig.dense()
+        return CodecConfig(
+            topk=self.topk,
+            bits=self.bits,
+            block=self.block,
+            index=self.index,
+            topk_mode=self.topk_mode,
+            scope=self.scope,
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class RoundRecord:
+    """One row of the per-round table. Bytes are payload bytes summed over the round's devices;
+    `ratio_up` is the dense fp32 upload of the same reports divided by the real upload."""
+
+    round: int
+    accuracy: float | None
+    loss: float | None
+    train_loss: float
+    reports: int
+    committed: bool
+    bytes_up: int
+    bytes_down: int
+    dense_up: int
+    dense_down: int
+    wire_up: int
+    wire_down: int
+    ratio_up: float | None
+    wall_s: float
+    sim_s: float | None = None
+    measurements: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SimResult:
+    config: SimConfig
+    records: list[RoundRecord]
+    ledger: BandwidthLedger
+    num_params: int
+    final_params: npt.NDArray[np.float32]
+    label: str = ""
+    started_at: str = ""
+
+    @property
+    def final_accuracy(self) -> float | None:
+        for r in reversed(self.records):
+            if r.accuracy is not None:
+                return r.accuracy
+        return None
+
+    @property
+    def total_up(self) -> int:
+        return sum(r.bytes_up for r in self.records)
+
+    @property
+    def total_dense_up(self) -> int:
+        return sum(r.dense_up for r in self.records)
+
+    @property
+    def upload_ratio(self) -> float | None:
+        return self.total_dense_up / self.total_up if self.total_up else None
+
+
+def load_dataset(name: str, root: str | None = None, seed: int = 0) -> FederatedData:
+    """Built-in 'mnist' and 'digits'; other names come from `mobile_sim.datasets`."""
+    if name == "mnist":
+        return load_mnist(root, seed=seed)
+    if name == "digits":
+        return load_digits_data(seed=seed)
+    try:
+        from . import datasets
+    except ImportError:
+        raise ValueError(f"unknown dataset {name!r}; choose mnist or digits") from None
+    loaded: FederatedData = datasets.load_federated(name, root=root, seed=seed)
+    return loaded
+
+
+def build_aggregator(spec: str) -> AggregatorFactory:
+    """Aggregator from a CLI string ('fedavg', 'median', 'normbound:5+fedavg', ...)."""
+    try:
+        from coordinator.aggregators import build_aggregator as registry
+    except ImportError:
+        if spec in ("fedavg", "mean"):
+            return FedAvg()
+        raise ValueError(f"unknown aggregator {spec!r}") from None
+    factory: AggregatorFactory = registry(spec)
+    return factory
+
+
+class _WarmupStrategy(Strategy):
+    """Dense fp32 uploads for the first `warmup` rounds, then the configured codec."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup = warmup
+
+    def configure(self, engine: RoundEngine, round_id: int, selected: list[str]) -> RoundPlan:
+        plan = super().configure(engine, round_id, selected)
+        if round_id <= self.warmup:
+            return replace(plan, codec=CodecConfig.dense())
+        return plan
+
+
+def _partition(cfg: SimConfig, data: FederatedData) -> list[npt.NDArray[np.int64]]:
+    rng = np.random.default_rng([cfg.seed, 1])
+    if cfg.partition == "natural":
+        groups = getattr(data, "train_groups", None)
+        if groups is None:
+            raise ValueError(f"dataset {cfg.dataset!r} has no natural partition")
+        parts = natural(groups)
+        if len(parts) < cfg.clients:
+            raise ValueError(f"{cfg.dataset!r} has only {len(parts)} natural clients")
+        return parts[: cfg.clients]
+    return partition(
+        data.y_train,
+        cfg.clients,
+        cfg.partition,
+        rng,
+        alpha=cfg.alpha,
+        shards_per_client=cfg.shards_per_client,
+    )
+
+
+def _device_ids(n: int) -> list[str]:
+    width = max(4, len(str(n - 1)))
+    return [f"dev-{i:0{width}d}" for i in range(n)]
+
+
+def run_simulation(
+    cfg: SimConfig,
+    *,
+    progress: bool = True,
+    label: str = "",
+    on_round: Callable[[RoundRecord], None] | None = None,
+    backend: Backend | None = None,
+) -> SimResult:
+    """Run `cfg.rounds` rounds in this process and return every round's record and the ledger."""
+    import torch
+
+    from sdk.flat import get_flat_params, spec_from_module
+    from sdk.trainer import evaluate
+
+    from .models import build_model
+
+    torch.manual_seed(cfg.seed)
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    data = load_dataset(cfg.dataset, cfg.data_root, cfg.seed)
+    parts = _partition(cfg, data)
+    model = build_model(cfg.model_name, seed=cfg.seed)
+    spec = spec_from_module(model)
+    eval_model = build_model(cfg.model_name, seed=cfg.seed)
+
+    codec = cfg.codec()
+    engine = RoundEngine(
+        spec,
+        get_flat_params(model),
+        build_aggregator(cfg.aggregator),
+        EngineConfig(
+            clients_per_round=cfg.per_round,
+            over_selection=cfg.over_selection,
+            min_reports=min(cfg.min_reports, cfg.per_round),
+            codec=codec,
+            server_lr=cfg.server_lr,
+            seed=cfg.seed,
+        ),
+        strategy=_WarmupStrategy(cfg.warmup_rounds) if cfg.warmup_rounds else None,
+    )
+
+    ids = _device_ids(cfg.clients)
+    index_of = {d: i for i, d in enumerate(ids)}
+    sel_rng = np.random.default_rng([cfg.seed, 2])
+    n_bad = int(round(cfg.malicious * cfg.clients))
+    malicious = set(sel_rng.permutation(cfg.clients)[:n_bad].tolist())
+    n_ort = int(round(cfg.ort_fraction * cfg.clients))
+    ort_devices = set(sel_rng.permutation(cfg.clients)[:n_ort].tolist())
+    attack = None
+    if cfg.attack and n_bad:
+        from .attacks import build_attack
+
+        attack = build_attack(cfg.attack)
+
+    own_backend = backend is None
+    be = backend if backend is not None else build_backend(cfg.backend)
+    be.start(
+        TrainContext(
+            model=cfg.model_name,
+            x_train=data.x_train,
+            y_train=data.y_train,
+            epochs=cfg.local_epochs,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            ort_artifacts=cfg.ort_artifacts,
+        )
+    )
+    encoders: dict[str, UpdateEncoder] = {}
+    records: list[RoundRecord] = []
+    bar = _progress(cfg.rounds, label or ("dense" if cfg.dense else "compressed"), progress)
+    try:
+        for _ in range(cfg.rounds):
+            if engine.stopped:
+                break
+            t0 = time.perf_counter()
+            plan = engine.open_round(ids)
+            params = engine.params
+            for dev in plan.selected:  # the dense model broadcast
+                engine.record_download(plan.round_id, dev, spec.dense_bytes)
+            jobs = [
+                TrainJob(
+                    device_id=dev,
+                    device_index=index_of[dev],
+                    round_id=plan.round_id,
+                    seed=cfg.seed,
+                    indices=parts[index_of[dev]],
+                    trainer="ort" if index_of[dev] in ort_devices else "torch",
+                    data_attack=attack if index_of[dev] in malicious else None,
+                )
+                for dev in plan.selected
+            ]
+            results = be.train(params, jobs)
+            results = _apply_model_attacks(results, jobs, malicious, index_of, attack)
+            train_losses = []
+            for job, res in zip(jobs, results, strict=True):
+                enc = encoders.get(job.device_id)
+                if enc is None:
+                    enc = UpdateEncoder(
+                        spec,
+                        plan.codec,
+                        error_feedback=cfg.error_feedback and not cfg.dense,
+                        clip_norm=cfg.clip_norm,
+                    )
+                    encoders[job.device_id] = enc
+                enc.set_config(plan.codec)
+                frame, _ = enc.encode(res.delta, job_rng(job, stream=2), float(res.num_examples))
+                engine.submit(plan.round_id, job.device_id, frame)
+                train_losses.append(res.loss)
+                if len(train_losses) >= plan.target_reports:
+                    break
+            outcome = engine.close_round(plan.round_id)
+            acc: float | None = None
+            loss: float | None = None
+            if plan.round_id % cfg.eval_every == 0 or plan.round_id == cfg.rounds:
+                acc, loss = evaluate(eval_model, engine.params, data.x_test, data.y_test)
+            totals = engine.ledger.round_totals(plan.round_id)
+            up, down = totals["up"], totals["down"]
+            rec = RoundRecord(
+                round=plan.round_id,
+                accuracy=acc,
+                loss=loss,
+                train_loss=float(np.mean(train_losses)) if train_losses else math.nan,
+                reports=outcome.reports,
+                committed=outcome.committed,
+                bytes_up=up["payload_bytes"],
+                bytes_down=down["payload_bytes"],
+                dense_up=up["dense_bytes"],
+                dense_down=down["dense_bytes"],
+                wire_up=up["wire_bytes"],
+                wire_down=down["wire_bytes"],
+                ratio_up=up["ratio_vs_dense"],
+                wall_s=time.perf_counter() - t0,
+                measurements=_jsonable(outcome.measurements),
+            )
+            records.append(rec)
+            if on_round is not None:
+                on_round(rec)
+            bar.update(rec)
+    finally:
+        bar.close()
+        if own_backend:
+            be.close()
+    return SimResult(
+        cfg, records, engine.ledger, spec.size, engine.params.copy(), label, started_at
+    )
+
+
+def _apply_model_attacks(
+    results: list[JobResult],
+    jobs: Sequence[TrainJob],
+    malicious: set[int],
+    index_of: dict[str, int],
+    attack: Any,
+) -> list[JobResult]:
+    """Replace malicious devices' deltas by crafted ones (omniscient: they see benign deltas)."""
+    if attack is None or not malicious:
+        return results
+    benign = [r.delta for r in results if index_of[r.device_id] not in malicious]
+    out = []
+    for job, res in zip(jobs, results, strict=True):
+        if index_of[res.device_id] in malicious:
+            crafted = attack.craft(res.delta, benign, job_rng(job, stream=3))
+            res = replace(res, delta=np.asarray(crafted, dtype=np.float32))
+        out.append(res)
+    return out
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.size <= 64 else f"<array {value.shape}>"
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return repr(value)
+
+
+class _progress:
+    """A tqdm bar over rounds that prints each round's table row above itself."""
+
+    def __init__(self, total: int, label: str, enabled: bool) -> None:
+        self.enabled = enabled
+        self.bar: Any = None
+        if enabled:
+            from tqdm import tqdm
+
+            from .report import table_header
+
+            tqdm.write(table_header(label))
+            self.bar = tqdm(total=total, desc=label, unit="round", leave=False)
+
+    def update(self, rec: RoundRecord) -> None:
+        if self.bar is not None:
+            from tqdm import tqdm
+
+            from .report import table_row
+
+            tqdm.write(table_row(rec))
+            self.bar.update(1)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,0 +1,78 @@
+"""The device-side update pipeline: clip -> error feedback -> encode (torch-free)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import numpy.typing as npt
+
+from compression import CodecConfig, EncodeReport, ErrorFeedback, ModelSpec, UpdateCodec
+
+__all__ = ["UpdateEncoder", "clip_l2"]
+
+
+def clip_l2(delta: npt.NDArray[np.float32], norm: float) -> npt.NDArray[np.float32]:
+    """Scale `delta` down to L2 norm `norm` if it is longer (the DP and robustness clip)."""
+    length = float(np.linalg.norm(delta.astype(np.float64)))
+    if length <= norm or length == 0.0:
+        return delta
+    return (delta * np.float32(norm / length)).astype(np.float32)
+
+
+class UpdateEncoder:
+    """What a device keeps between rounds to turn a model delta into an upload frame.
+
+    Order, as in the design: optional L2 clip of the fresh delta, then error feedback adds the
+    residual, then the codec encodes; the residual becomes exactly `u - decode(encode(u))`.
+    With `error_feedback=False` the residual is dropped every round (plain compression).
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        config: CodecConfig,
+        *,
+        error_feedback: bool = True,
+        clip_norm: float | None = None,
+    ) -> None:
+        if clip_norm is not None and not (math.isfinite(clip_norm) and clip_norm > 0):
+            raise ValueError("clip_norm must be a positive finite number")
+        self.spec = spec
+        self.codec = UpdateCodec(spec, config)
+        self.error_feedback = error_feedback
+        self.clip_norm = clip_norm
+        self._ef: ErrorFeedback | None = None
+
+    @property
+    def config(self) -> CodecConfig:
+        return self.codec.config
+
+    def set_config(self, config: CodecConfig) -> None:
+        """Switch codec settings (e.g. after warm-up rounds), keeping the residual."""
+        if config != self.codec.config:
+            self.codec = UpdateCodec(self.spec, config)
+
+    @property
+    def feedback(self) -> ErrorFeedback:
+        """The error-feedback state, allocated on first use (float32[d])."""
+        if self._ef is None:
+            self._ef = ErrorFeedback(self.spec.size)
+        return self._ef
+
+    def set_feedback(self, ef: ErrorFeedback) -> None:
+        if ef.residual.shape != (self.spec.size,):
+            raise ValueError("error-feedback state of the wrong size for this model")
+        self._ef = ef
+
+    def encode(
+        self, delta: npt.NDArray[np.float32], rng: np.random.Generator, weight: float
+    ) -> tuple[bytes, EncodeReport]:
+        if delta.shape != (self.spec.size,):
+            raise ValueError(f"delta of shape {delta.shape}, model has {self.spec.size} scalars")
+        d = np.asarray(delta, dtype=np.float32)
+        if self.clip_norm is not None:
+            d = clip_l2(d, self.clip_norm)
+        if not self.error_feedback:
+            return self.codec.encode(d, rng, weight=weight)
+        return self.feedback.step(d, self.codec, rng, weight=weight)
