@@ -1,0 +1,624 @@
+"""Export a torch model to ONNX artifacts that plain onnxruntime can train: no torch on the device.
+
+Two graphs are written, both taking the parameters as inputs (so a device swaps in a new global
+model without rewriting any file):
+
+- ``infer.onnx``: ``(p0, ..., x) -> logits``;
+- ``train_step.onnx``: ``(p0, ..., [m0, ...], x, y, lr) -> (loss, new_p0, ..., [new_m0, ...])``,
+  one minibatch step of SGD (or SGD with momentum) on a mean-reduced loss.
+
+plus ``manifest.json`` (see `Manifest` in `sdk.ort`), which names every input and output and
+records the flat layout in `compression.ModelSpec` order (``module.named_parameters()``, float32).
+
+Route: the joint forward-backward graph is traced to ATen ops with ``make_fx`` (the tracer that
+``torch._functorch.aot_autograd`` is built on), with the backward ops that torch can decompose
+decomposed at trace time, and exported with ``torch.onnx.export(dynamo=True)``. Backward ops
+without an ONNX translation (convolution, max and average pooling) get onnxscript translations
+registered here. Decomposing ``nll_loss_backward`` at trace time also sidesteps the exporter's
+handling of it, whose gradient came out batch-size times too large with torch 2.13 (it ignored
+``total_weight``); the parity tests in ``tests/sdk/test_onnx_parity.py`` guard both.
+
+The batch dimension is dynamic, so a last partial batch is trained exactly like torch does with
+``drop_last=False``: the mean is over the examples actually in the batch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnxscript import opset18 as op
+from torch import nn
+from torch._decomp import decomposition_table
+from torch.func import functional_call
+from torch.fx.experimental.proxy_tensor import make_fx
+
+from compression import ModelSpec
+
+__all__ = [
+    "ExportError",
+    "ExportResult",
+    "MANIFEST_FORMAT",
+    "MANIFEST_VERSION",
+    "OPSET",
+    "SUPPORTED_LAYERS",
+    "SUPPORTED_LOSSES",
+    "SUPPORTED_OPTIMIZERS",
+    "UnsupportedLayerError",
+    "check_supported",
+    "export_training_artifacts",
+]
+
+MANIFEST_FORMAT = "plume-onnx-train"
+MANIFEST_VERSION = 1
+OPSET = 18
+SUPPORTED_LOSSES = ("ce", "mse")
+SUPPORTED_OPTIMIZERS = ("sgd", "momentum")
+
+# Leaf layers the training graph supports; containers (Sequential, ModuleList, custom modules
+# that own no parameters themselves) are walked through.
+SUPPORTED_LAYERS: tuple[type[nn.Module], ...] = (
+    nn.Linear,
+    nn.Conv2d,
+    nn.ReLU,
+    nn.GELU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.Flatten,
+    nn.Embedding,
+    nn.LayerNorm,
+    nn.Identity,
+)
+_CONTAINERS: tuple[type[nn.Module], ...] = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+
+_A = torch.ops.aten
+# Backward (and loss) ops decomposed while tracing: torch's decompositions are exact and land on
+# ops the ONNX exporter translates. Convolution and pooling backward are translated below instead.
+_TRACE_DECOMPOSITIONS = {
+    op_: decomposition_table[op_]
+    for op_ in (
+        _A.nll_loss_forward.default,
+        _A.nll_loss_backward.default,
+        _A._log_softmax_backward_data.default,
+        _A._softmax_backward_data.default,
+        _A.threshold_backward.default,
+        _A.gelu_backward.default,
+        _A.tanh_backward.default,
+        _A.sigmoid_backward.default,
+        _A.embedding_dense_backward.default,
+        _A.native_layer_norm_backward.default,
+        _A.mse_loss.default,
+        _A.mse_loss_backward.default,
+    )
+}
+
+
+class ExportError(Exception):
+    """The model could not be exported for on-device training."""
+
+
+class UnsupportedLayerError(ExportError):
+    """A layer (or a layer option) that the on-device training graph does not support."""
+
+
+@dataclass(frozen=True, slots=True)
+class ExportResult:
+    """Where the artifacts went and what they hold."""
+
+    out_dir: Path
+    manifest: dict[str, Any]
+    spec: ModelSpec
+
+
+def _supported_names() -> str:
+    return ", ".join(cls.__name__ for cls in SUPPORTED_LAYERS)
+
+
+def _refuse(module: nn.Module, path: str, why: str = "") -> UnsupportedLayerError:
+    where = path or "<root>"
+    detail = f" ({why})" if why else ""
+    return UnsupportedLayerError(
+        f"{type(module).__name__} at {where!r} is not supported for on-device training{detail}; "
+        f"supported: {_supported_names()}"
+    )
+
+
+def _check_options(module: nn.Module, path: str) -> None:
+    """Refuse options of supported layers that the exported graph does not reproduce."""
+    if isinstance(module, nn.Conv2d):
+        if module.groups != 1:
+            raise _refuse(module, path, f"groups={module.groups}; only groups=1")
+        if module.padding_mode != "zeros":
+            raise _refuse(module, path, f"padding_mode={module.padding_mode!r}")
+        if isinstance(module.padding, str) and module.padding != "valid":
+            raise _refuse(module, path, f"padding={module.padding!r}; give integer padding")
+    elif isinstance(module, nn.MaxPool2d):
+        if module.ceil_mode or module.return_indices:
+            raise _refuse(module, path, "ceil_mode and return_indices must be False")
+    elif isinstance(module, nn.AvgPool2d):
+        if module.ceil_mode or module.divisor_override is not None:
+            raise _refuse(module, path, "ceil_mode must be False, divisor_override None")
+    elif isinstance(module, nn.Embedding):
+        if module.max_norm is not None or module.sparse or module.scale_grad_by_freq:
+            raise _refuse(module, path, "max_norm, sparse and scale_grad_by_freq are unsupported")
+
+
+def check_supported(model: nn.Module) -> None:
+    """Raise `UnsupportedLayerError` naming the first layer the training graph cannot handle.
+
+    Every leaf module must be one of `SUPPORTED_LAYERS` with supported options; a non-leaf module
+    may be any container as long as it owns no parameters or buffers of its own (its forward is
+    traced, but a parameter outside a supported layer would train with unchecked ops).
+    """
+    for path, module in model.named_modules():
+        children = list(module.children())
+        if not children:
+            if not isinstance(module, SUPPORTED_LAYERS):
+                raise _refuse(module, path)
+            _check_options(module, path)
+            if any(True for _ in module.buffers(recurse=False)):
+                raise _refuse(module, path, "layers with buffers are not federated")
+            continue
+        if isinstance(module, SUPPORTED_LAYERS) and not isinstance(module, _CONTAINERS):
+            _check_options(module, path)
+            continue
+        own_params = [n for n, _ in module.named_parameters(recurse=False)]
+        own_buffers = [n for n, _ in module.named_buffers(recurse=False)]
+        if own_params or own_buffers:
+            raise _refuse(
+                module, path, f"it owns tensors {own_params + own_buffers} outside a layer"
+            )
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ExportError("the model has no trainable parameters")
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    if frozen:
+        raise ExportError(f"frozen parameters are not supported: {frozen}")
+
+
+# ---------------------------------------------------------------------------------------------
+# onnxscript translations for the backward ops that torchlib leaves untranslated. They are
+# trace-only: Python runs once per node with the attributes as Python values, building ONNX ops.
+# ---------------------------------------------------------------------------------------------
+
+
+def _ints(*values: int) -> Any:
+    return op.Constant(value_ints=[int(v) for v in values])
+
+
+def _unused() -> Any:
+    # Placeholder for a gradient the graph never asked for (output_mask False); the exporter's
+    # optimizer drops it because nothing consumes it.
+    return op.ConstantOfShape(_ints(0))
+
+
+def _static(dim: Any, what: str) -> int:
+    if not isinstance(dim, int):
+        raise ExportError(f"{what} must have a static size to export its backward, got {dim!r}")
+    return dim
+
+
+def _convolution_backward(
+    grad_output: Any,
+    input: Any,
+    weight: Any,
+    bias_sizes: Any,
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    transposed: bool,
+    output_padding: Sequence[int],
+    groups: int,
+    output_mask: Sequence[bool],
+) -> tuple[Any, Any, Any]:
+    """Gradients of a 2-d convolution: input by a transposed conv, weight by a conv, bias by sum.
+
+    Shapes: grad_output [N, Co, Ho, Wo], input [N, Ci, H, W], weight [Co, Ci, kh, kw].
+    """
+    if transposed or groups != 1 or len(stride) != 2:
+        raise ExportError("only 2-d, non-transposed, groups=1 convolutions are supported")
+    kernel = [_static(weight.shape[2 + i], "kernel") for i in range(2)]
+    grad_input: Any = None
+    grad_weight: Any = None
+    grad_bias: Any = None
+    if output_mask[0]:
+        # ConvTranspose can produce several input sizes for one output size (stride > 1 drops
+        # rows); output_padding picks the one the forward saw.
+        extra = []
+        for i in range(2):
+            size_in = _static(input.shape[2 + i], "convolution input")
+            size_out = _static(grad_output.shape[2 + i], "convolution output")
+            full = (size_out - 1) * stride[i] - 2 * padding[i] + dilation[i] * (kernel[i] - 1) + 1
+            extra.append(size_in - full)
+        grad_input = op.ConvTranspose(
+            grad_output,
+            weight,
+            strides=list(stride),
+            pads=list(padding) * 2,
+            dilations=list(dilation),
+            output_padding=extra,
+        )
+    if output_mask[1]:
+        # dW[co, ci] = sum_n x[n, ci] (*) dY[n, co]: a convolution with the batch as channels,
+        # the input channels as batch, and stride and dilation swapping roles.
+        x_t = op.Transpose(input, perm=[1, 0, 2, 3])
+        g_t = op.Transpose(grad_output, perm=[1, 0, 2, 3])
+        full_w = op.Conv(
+            x_t, g_t, strides=list(dilation), dilations=list(stride), pads=list(padding) * 2
+        )
+        # When the stride does not divide the padded extent the correlation is one step too long.
+        full_w = op.Slice(full_w, _ints(0, 0), _ints(*kernel), _ints(2, 3))
+        grad_weight = op.Transpose(full_w, perm=[1, 0, 2, 3])
+    if output_mask[2]:
+        grad_bias = op.ReduceSum(grad_output, _ints(0, 2, 3), keepdims=0)
+    return (
+        grad_input if grad_input is not None else _unused(),
+        grad_weight if grad_weight is not None else _unused(),
+        grad_bias if grad_bias is not None else _unused(),
+    )
+
+
+def _max_pool2d_with_indices(
+    self: Any,
+    kernel_size: Sequence[int],
+    stride: Sequence[int] = (),
+    padding: Sequence[int] = (0, 0),
+    dilation: Sequence[int] = (1, 1),
+    ceil_mode: bool = False,
+) -> tuple[Any, Any]:
+    """Max pooling that returns ONNX's flat indices (into the whole N*C*H*W tensor).
+
+    torchlib converts them to torch's per-plane indices with a second pooling pass; the indices
+    here only feed `_max_pool2d_with_indices_backward`, which wants them flat, so that pass (a
+    tenth of the CNN's step time) is skipped.
+    """
+    kernel = _pair(kernel_size)
+    strides = _pair(stride) if len(stride) else kernel
+    pads = _pair(padding) * 2
+    return op.MaxPool(  # type: ignore[no-any-return]
+        self,
+        kernel_shape=kernel,
+        strides=strides,
+        pads=pads,
+        dilations=_pair(dilation),
+        ceil_mode=int(ceil_mode),
+    )
+
+
+def _max_pool2d_with_indices_backward(
+    grad_output: Any,
+    self: Any,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    dilation: Sequence[int],
+    ceil_mode: bool,
+    indices: Any,
+) -> Any:
+    """Scatter-add each pooled gradient to the input element that won (flat indices)."""
+    flat_grad = op.Reshape(grad_output, _ints(-1))
+    flat_idx = op.Reshape(indices, _ints(-1))
+    zeros = op.ConstantOfShape(op.Reshape(op.Size(self), _ints(1)))
+    scattered = op.ScatterElements(zeros, flat_idx, flat_grad, axis=0, reduction="add")
+    return op.Reshape(scattered, op.Shape(self))
+
+
+def _avg_pool2d_backward(
+    grad_output: Any,
+    self: Any,
+    kernel_size: Sequence[int],
+    stride: Sequence[int],
+    padding: Sequence[int],
+    ceil_mode: bool,
+    count_include_pad: bool,
+    divisor_override: int | None,
+) -> Any:
+    """Spread each pooled gradient evenly over its window: a transposed conv with a box kernel."""
+    if ceil_mode or divisor_override is not None:
+        raise ExportError("avg_pool2d backward supports ceil_mode=False, divisor_override=None")
+    kernel = _pair(kernel_size)
+    strides = _pair(stride) if len(stride) else kernel
+    pads = _pair(padding)
+    height = _static(self.shape[2], "pooling input")
+    width = _static(self.shape[3], "pooling input")
+    out_h = _static(grad_output.shape[2], "pooling output")
+    out_w = _static(grad_output.shape[3], "pooling output")
+    grad = grad_output
+    if count_include_pad or not any(pads):
+        box = op.Constant(
+            value=onnx.numpy_helper.from_array(
+                _box_kernel(kernel, 1.0 / (kernel[0] * kernel[1])), "box"
+            )
+        )
+    else:
+        # Windows overlapping the padding average over fewer elements; count them with a conv of
+        # ones (zero padding contributes nothing) and divide the gradient first.
+        ones_in: Any = op.Constant(
+            value=onnx.numpy_helper.from_array(_box_kernel((height, width), 1.0), "ones")
+        )
+        counts = op.Conv(
+            ones_in,
+            op.Constant(value=onnx.numpy_helper.from_array(_box_kernel(kernel, 1.0), "ones_k")),
+            strides=strides,
+            pads=pads * 2,
+        )
+        grad = op.Div(grad, counts)
+        box = op.Constant(value=onnx.numpy_helper.from_array(_box_kernel(kernel, 1.0), "box"))
+    shape = op.Shape(grad_output)
+    planes = op.Concat(_ints(-1, 1), _ints(out_h, out_w), axis=0)
+    extra = [
+        size - ((n_out - 1) * s - 2 * p + k)
+        for size, n_out, s, p, k in zip(
+            (height, width), (out_h, out_w), strides, pads, kernel, strict=True
+        )
+    ]
+    spread = op.ConvTranspose(
+        op.Reshape(grad, planes), box, strides=strides, pads=pads * 2, output_padding=extra
+    )
+    out_shape = op.Concat(op.Slice(shape, _ints(0), _ints(2)), _ints(height, width), axis=0)
+    return op.Reshape(spread, out_shape)
+
+
+def _pair(values: Sequence[int] | int) -> list[int]:
+    if isinstance(values, int):
+        return [values, values]
+    vals = [int(v) for v in values]
+    return vals * 2 if len(vals) == 1 else vals
+
+
+def _box_kernel(kernel: Sequence[int], value: float) -> Any:
+    return np.full((1, 1, int(kernel[0]), int(kernel[1])), value, dtype=np.float32)
+
+
+_TRAIN_TRANSLATIONS: dict[Callable[..., Any], Callable[..., Any]] = {
+    _A.convolution_backward.default: _convolution_backward,
+    _A.max_pool2d_with_indices.default: _max_pool2d_with_indices,
+    _A.max_pool2d_with_indices_backward.default: _max_pool2d_with_indices_backward,
+    _A.avg_pool2d_backward.default: _avg_pool2d_backward,
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# The traced step functions.
+# ---------------------------------------------------------------------------------------------
+
+
+def _loss_fn(loss: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    if loss == "ce":
+
+        def ce(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+            # Sequence models give [B, T, C]; the mean is then over all B*T targets.
+            if out.dim() > 2:
+                out = out.reshape(-1, out.shape[-1])
+                y = y.reshape(-1)
+            return nn.functional.cross_entropy(out, y)
+
+        return ce
+    if loss == "mse":
+        return nn.functional.mse_loss
+    raise ExportError(f"unknown loss {loss!r}; choose one of {SUPPORTED_LOSSES}")
+
+
+class _Graph(nn.Module):
+    """Holds a traced GraphModule so torch.export sees a module with plain tensor inputs."""
+
+    def __init__(self, gm: nn.Module) -> None:
+        super().__init__()
+        self.gm = gm
+
+    def forward(self, *args: torch.Tensor) -> Any:
+        return self.gm(*args)
+
+
+def _make_train_step(
+    model: nn.Module, names: list[str], loss: str, optimizer: str, momentum: float
+) -> Callable[..., tuple[torch.Tensor, ...]]:
+    loss_fn = _loss_fn(loss)
+    n = len(names)
+
+    def step(*args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        params = args[:n]
+        state = args[n : 2 * n] if optimizer == "momentum" else ()
+        x, y, lr = args[-3:]
+        leaves = [p.detach().requires_grad_(True) for p in params]
+        with torch.enable_grad():
+            out = functional_call(model, dict(zip(names, leaves, strict=True)), (x,))
+            value = loss_fn(out, y)
+            grads = torch.autograd.grad(value, leaves)
+        if optimizer == "momentum":
+            # torch.optim.SGD: buf = momentum * buf + g (buf starts at g, i.e. zeros here).
+            new_state = tuple(momentum * m + g for m, g in zip(state, grads, strict=True))
+            new_params = tuple(p.detach() - lr * m for p, m in zip(params, new_state, strict=True))
+            return (value.detach(), *new_params, *new_state)
+        new_params = tuple(p.detach() - lr * g for p, g in zip(params, grads, strict=True))
+        return (value.detach(), *new_params)
+
+    return step
+
+
+def _make_infer(model: nn.Module, names: list[str]) -> Callable[..., torch.Tensor]:
+    n = len(names)
+
+    def infer(*args: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return functional_call(  # type: ignore[no-any-return]
+                model, dict(zip(names, args[:n], strict=True)), (args[n],)
+            )
+
+    return infer
+
+
+def _export_graph(
+    fn: Callable[..., Any],
+    args: tuple[torch.Tensor, ...],
+    input_names: list[str],
+    output_names: list[str],
+    batch_inputs: Sequence[int],
+    translations: dict[Callable[..., Any], Callable[..., Any]],
+    path: Path,
+) -> None:
+    """Trace `fn` to ATen with a symbolic batch and write it as one ONNX file at `path`."""
+    try:
+        gm = make_fx(fn, tracing_mode="symbolic", decomposition_table=_TRACE_DECOMPOSITIONS)(*args)
+        batch = torch.export.Dim("batch", min=1, max=1 << 24)
+        dynamic = tuple({0: batch} if i in batch_inputs else None for i in range(len(args)))
+        registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+        level = registration_log.level
+        with warnings.catch_warnings():
+            # The exporter warns about its own internals (deprecations, torchvision ops it
+            # skips); none of it concerns the caller, and pytest runs with warnings as errors.
+            warnings.simplefilter("ignore")
+            registration_log.setLevel(logging.ERROR)
+            program = torch.onnx.export(
+                _Graph(gm),
+                args,
+                dynamo=True,
+                opset_version=OPSET,
+                dynamic_shapes=(dynamic,),
+                input_names=input_names,
+                output_names=output_names,
+                custom_translation_table=translations,
+                verbose=False,
+                external_data=False,
+            )
+            registration_log.setLevel(level)
+    except UnsupportedLayerError:
+        raise
+    except Exception as exc:
+        raise ExportError(f"exporting {path.name} failed: {type(exc).__name__}: {exc}") from exc
+    if program is None:
+        raise ExportError(f"exporting {path.name} produced no program")
+    proto = program.model_proto
+    onnx.save_model(proto, str(path))
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def export_training_artifacts(
+    model: nn.Module,
+    example_x: torch.Tensor,
+    out_dir: str | os.PathLike[str],
+    *,
+    loss: str = "ce",
+    optimizer: str = "sgd",
+    momentum: float = 0.9,
+    example_y: torch.Tensor | None = None,
+    model_name: str = "",
+) -> ExportResult:
+    """Write ``infer.onnx``, ``train_step.onnx`` and ``manifest.json`` for `model` to `out_dir`.
+
+    `example_x` is one batch (float32 [B, ...], or int64 token ids for embedding models); its
+    batch size does not matter (the batch dimension is exported dynamic) but B >= 2 keeps the
+    tracer from specialising it. `loss` is ``"ce"`` (integer class targets [B] or [B, T],
+    mean-reduced) or ``"mse"`` (float targets shaped like the output, mean-reduced).
+    `optimizer` is ``"sgd"`` or ``"momentum"`` (torch.optim.SGD semantics, no dampening, no
+    Nesterov, buffers starting at zero). Raises `UnsupportedLayerError` before tracing anything
+    if the model holds a layer the graph does not support.
+    """
+    if loss not in SUPPORTED_LOSSES:
+        raise ExportError(f"unknown loss {loss!r}; choose one of {SUPPORTED_LOSSES}")
+    if optimizer not in SUPPORTED_OPTIMIZERS:
+        raise ExportError(f"unknown optimizer {optimizer!r}; choose one of {SUPPORTED_OPTIMIZERS}")
+    if not (0.0 <= momentum < 1.0) or not math.isfinite(momentum):
+        raise ExportError(f"momentum must be in [0, 1), got {momentum}")
+    if example_x.dim() < 1 or example_x.shape[0] < 2:
+        raise ExportError("example_x needs a batch dimension of at least 2")
+    check_supported(model)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+
+    model = model.eval()  # no dropout/batchnorm are supported, but keep tracing deterministic
+    named = [(n, p.detach().to(torch.float32).clone()) for n, p in model.named_parameters()]
+    names = [n for n, _ in named]
+    params = tuple(p for _, p in named)
+    spec = ModelSpec.from_shapes((n, tuple(p.shape)) for n, p in named)
+
+    with torch.no_grad():
+        example_out = model(example_x)
+    if example_y is None:
+        if loss == "ce":
+            shape = example_out.shape[:-1]
+            example_y = torch.zeros(shape, dtype=torch.int64)
+        else:
+            example_y = torch.zeros_like(example_out)
+    lr = torch.tensor(0.1, dtype=torch.float32)
+
+    param_inputs = [f"p{i}" for i in range(len(names))]
+    state_inputs = [f"m{i}" for i in range(len(names))] if optimizer == "momentum" else []
+    train_inputs = [*param_inputs, *state_inputs, "x", "y", "lr"]
+    train_outputs = [
+        "loss",
+        *(f"new_{n}" for n in param_inputs),
+        *(f"new_{n}" for n in state_inputs),
+    ]
+    state = tuple(torch.zeros_like(p) for p in params) if optimizer == "momentum" else ()
+    train_args = (*params, *state, example_x, example_y, lr)
+    n_in = len(train_args)
+
+    _export_graph(
+        _make_train_step(model, names, loss, optimizer, momentum),
+        train_args,
+        train_inputs,
+        train_outputs,
+        batch_inputs=(n_in - 3, n_in - 2),
+        translations=_TRAIN_TRANSLATIONS,
+        path=out / "train_step.onnx",
+    )
+    _export_graph(
+        _make_infer(model, names),
+        (*params, example_x),
+        [*param_inputs, "x"],
+        ["logits"],
+        batch_inputs=(len(params),),
+        translations={},
+        path=out / "infer.onnx",
+    )
+
+    files = {}
+    for key, fname in (("train_step", "train_step.onnx"), ("infer", "infer.onnx")):
+        path = out / fname
+        files[key] = {"path": fname, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+    manifest: dict[str, Any] = {
+        "format": MANIFEST_FORMAT,
+        "version": MANIFEST_VERSION,
+        "model": model_name or type(model).__name__,
+        "opset": OPSET,
+        "loss": loss,
+        "optimizer": {"name": optimizer, "momentum": momentum if optimizer == "momentum" else 0.0},
+        "spec": spec.to_json(),
+        "spec_fingerprint": spec.fingerprint.hex(),
+        "num_params": spec.size,
+        "param_inputs": param_inputs,
+        "state_inputs": state_inputs,
+        "x": {
+            "name": "x",
+            "dtype": str(example_x.dtype).removeprefix("torch."),
+            "shape": ["batch", *example_x.shape[1:]],
+        },
+        "y": {
+            "name": "y",
+            "dtype": str(example_y.dtype).removeprefix("torch."),
+            "shape": ["batch", *example_y.shape[1:]],
+        },
+        "lr": "lr",
+        "train_outputs": train_outputs,
+        "infer_outputs": ["logits"],
+        "files": files,
+        "batch": "dynamic: a last partial batch is one smaller step, as torch with drop_last=False",
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return ExportResult(out, manifest, spec)
