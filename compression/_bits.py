@@ -1,0 +1,94 @@
+"""Vectorised bit packing. Bit i of a stream is bit (i % 8) of byte i // 8 (LSB first)."""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from ._errors import MalformedSection
+
+__all__ = ["pack_fixed", "unpack_fixed", "packed_len", "pack_positions", "unpack_positions"]
+
+
+def packed_len(count: int, width: int) -> int:
+    """Bytes for `count` fields of `width` bits."""
+    return (count * width + 7) // 8
+
+
+def pack_fixed(vals: npt.NDArray[np.integer], width: int) -> bytes:
+    """`vals` (each < 2**width) as consecutive `width`-bit fields, LSB first."""
+    k = int(vals.shape[0])
+    if width == 0 or k == 0:
+        return b""
+    if width == 8:
+        return vals.astype(np.uint8).tobytes()
+    if width in (1, 2, 4):
+        per = 8 // width
+        pad = (-k) % per
+        v = vals.astype(np.uint8)
+        if pad:
+            v = np.concatenate([v, np.zeros(pad, np.uint8)])
+        shifts = (np.arange(per, dtype=np.uint8) * width).astype(np.uint8)
+        packed = np.bitwise_or.reduce(v.reshape(-1, per) << shifts, axis=1).astype(np.uint8)
+        return bytes(packed.tobytes())
+    shifts64 = np.arange(width, dtype=np.int64)
+    bits = ((vals.astype(np.int64)[:, None] >> shifts64) & 1).astype(np.uint8).reshape(-1)
+    return np.packbits(bits, bitorder="little").tobytes()
+
+
+def unpack_fixed(buf: bytes, count: int, width: int, what: str) -> npt.NDArray[np.int64]:
+    """Inverse of `pack_fixed`; `buf` must be exactly `packed_len(count, width)` bytes.
+
+    Padding bits after the last field must be zero, so every value has one encoding.
+    """
+    if len(buf) != packed_len(count, width):
+        raise MalformedSection(
+            f"{what}: {len(buf)} bytes for {count} fields of {width} bits "
+            f"(needs {packed_len(count, width)})"
+        )
+    if width == 0 or count == 0:
+        return np.zeros(count, dtype=np.int64)
+    raw = np.frombuffer(buf, dtype=np.uint8)
+    if width == 8:
+        return raw.astype(np.int64)
+    if width in (1, 2, 4):
+        per = 8 // width
+        shifts = (np.arange(per, dtype=np.uint8) * width).astype(np.uint8)
+        mask = np.uint8((1 << width) - 1)
+        fields = ((raw[:, None] >> shifts) & mask).reshape(-1)
+        if np.any(fields[count:]):
+            raise MalformedSection(f"{what}: non-zero padding bits after the last field")
+        return fields[:count].astype(np.int64)
+    bits = np.unpackbits(raw, bitorder="little")
+    if np.any(bits[count * width :]):
+        raise MalformedSection(f"{what}: non-zero padding bits after the last field")
+    weights = np.left_shift(np.int64(1), np.arange(width, dtype=np.int64))
+    out: npt.NDArray[np.int64] = (
+        bits[: count * width].reshape(count, width).astype(np.int64) @ weights
+    )
+    return out
+
+
+def pack_positions(positions: npt.NDArray[np.int64]) -> bytes:
+    """A bit stream with ones exactly at the sorted `positions`, as short as possible."""
+    if positions.shape[0] == 0:
+        return b""
+    bits = np.zeros(int(positions[-1]) + 1, dtype=np.uint8)
+    bits[positions] = 1
+    return np.packbits(bits, bitorder="little").tobytes()
+
+
+def unpack_positions(buf: bytes, count: int, what: str) -> npt.NDArray[np.int64]:
+    """Positions of the set bits of `buf`; there must be exactly `count` and the last byte
+    must hold the last one (no trailing zero bytes), so the stream is canonical."""
+    if count == 0:
+        if buf:
+            raise MalformedSection(f"{what}: {len(buf)} bytes for zero entries")
+        return np.zeros(0, dtype=np.int64)
+    if not buf or buf[-1] == 0:
+        raise MalformedSection(f"{what}: stream must end in the byte holding its last one bit")
+    bits = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), bitorder="little")
+    pos = np.flatnonzero(bits)
+    if pos.shape[0] != count:
+        raise MalformedSection(f"{what}: {pos.shape[0]} terminator bits, expected {count}")
+    return pos.astype(np.int64, copy=False)

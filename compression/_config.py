@@ -1,0 +1,126 @@
+"""Encoder settings (`CodecConfig`) and decoder caps (`DecodeLimits`)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from ._spec import ModelSpec
+
+__all__ = [
+    "CodecConfig",
+    "DecodeLimits",
+    "QUANTIZED_BITS",
+    "VALID_BITS",
+    "INDEX_CHOICES",
+    "MIN_BLOCK",
+    "MAX_BLOCK",
+]
+
+# Bit widths with per-block scales and stochastic rounding; 16 is fp16 and 32 raw fp32.
+QUANTIZED_BITS = (1, 2, 4, 8)
+VALID_BITS = (*QUANTIZED_BITS, 16, 32)
+INDEX_CHOICES = ("auto", "bitmap", "rice", "ef")
+TOPK_MODES = ("exact", "sampled")
+SCOPES = ("global", "per_tensor")
+# A block below 8 values would spend more on scales (8 bytes a block) than on values.
+MIN_BLOCK = 8
+MAX_BLOCK = 1 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class CodecConfig:
+    """How the device encodes an update. The decoder never needs this: the frame says it all.
+
+    topk: fraction of the d coordinates kept, 0 < topk <= 1 (1.0 keeps all, no indices sent).
+    bits: 1, 2, 4 or 8 (stochastic rounding with per-block scales), 16 (fp16) or 32 (raw fp32).
+    block: values per scale block (only for bits <= 8).
+    index: "auto" picks the smallest of bitmap, Golomb-Rice and Elias-Fano for each frame.
+    topk_mode: "exact" (the k largest magnitudes) or "sampled" (DGC threshold from a sample).
+    scope: "global" top-k over the whole vector or "per_tensor" (k split by tensor size).
+    zstd_level: level of the zstd pass over the payload (kept only when it shrinks it).
+    """
+
+    topk: float
+    bits: int
+    block: int = 256
+    index: str = "auto"
+    topk_mode: str = "exact"
+    scope: str = "global"
+    zstd_level: int = 3
+
+    def __post_init__(self) -> None:
+        if isinstance(self.topk, bool) or not isinstance(self.topk, (int, float)):
+            raise ValueError(f"topk must be a number in (0, 1], got {self.topk!r}")
+        if not (math.isfinite(self.topk) and 0.0 < self.topk <= 1.0):
+            raise ValueError(f"topk must be in (0, 1], got {self.topk!r}")
+        if isinstance(self.bits, bool) or self.bits not in VALID_BITS:
+            raise ValueError(f"bits must be one of {VALID_BITS}, got {self.bits!r}")
+        if (
+            isinstance(self.block, bool)
+            or not isinstance(self.block, int)
+            or not MIN_BLOCK <= self.block <= MAX_BLOCK
+        ):
+            raise ValueError(
+                f"block must be an int in [{MIN_BLOCK}, {MAX_BLOCK}], got {self.block!r}"
+            )
+        if self.index not in INDEX_CHOICES:
+            raise ValueError(f"index must be one of {INDEX_CHOICES}, got {self.index!r}")
+        if self.topk_mode not in TOPK_MODES:
+            raise ValueError(f"topk_mode must be one of {TOPK_MODES}, got {self.topk_mode!r}")
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
+        if isinstance(self.zstd_level, bool) or not isinstance(self.zstd_level, int):
+            raise ValueError(f"zstd_level must be an int, got {self.zstd_level!r}")
+        if not -7 <= self.zstd_level <= 22:
+            raise ValueError(f"zstd_level must be in [-7, 22], got {self.zstd_level}")
+
+    @classmethod
+    def dense(cls) -> CodecConfig:
+        """The fp32 baseline: every coordinate, raw float32 (zstd still tried)."""
+        return cls(topk=1.0, bits=32)
+
+    def k_for(self, size: int) -> int:
+        """Coordinates kept out of `size`: round(topk * size), at least 1, at most size."""
+        return max(1, min(size, int(round(self.topk * size))))
+
+
+@dataclass(frozen=True, slots=True)
+class DecodeLimits:
+    """Caps the decoder enforces before it allocates. Sizes in bytes.
+
+    max_header_bytes: largest header length a frame may declare.
+    max_frame_bytes: largest frame accepted; None derives it from the spec (`frame_cap`).
+    zstd_max_window_log: largest zstd window (2**log bytes) a frame may ask for.
+    """
+
+    max_header_bytes: int = 4096
+    max_frame_bytes: int | None = None
+    zstd_max_window_log: int = 24
+
+    def __post_init__(self) -> None:
+        if not 64 <= self.max_header_bytes <= 65535:
+            raise ValueError(
+                f"max_header_bytes must be in [64, 65535], got {self.max_header_bytes}"
+            )
+        if self.max_frame_bytes is not None and self.max_frame_bytes < 64:
+            raise ValueError(f"max_frame_bytes must be >= 64, got {self.max_frame_bytes}")
+        if not 10 <= self.zstd_max_window_log <= 31:
+            raise ValueError(
+                f"zstd_max_window_log must be in [10, 31], got {self.zstd_max_window_log}"
+            )
+
+    def frame_cap(self, spec: ModelSpec) -> int:
+        """Largest frame for `spec`: the explicit cap, or the worst legal frame plus slack.
+
+        The worst legal update frame is fp32 values with a bitmap at k = d:
+        4*d + ceil(d/8) payload bytes plus a 60-byte envelope; 1 KiB of slack covers it.
+        """
+        if self.max_frame_bytes is not None:
+            return self.max_frame_bytes
+        d = spec.size
+        return 4 * d + (d + 7) // 8 + 1024
+
+    @property
+    def zstd_max_window(self) -> int:
+        return 1 << self.zstd_max_window_log

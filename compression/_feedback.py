@@ -1,0 +1,96 @@
+"""Device-side error feedback: the residual a device carries from one round to the next."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import numpy as np
+import numpy.typing as npt
+
+from ._codec import EncodeReport, UpdateCodec
+from ._errors import (
+    ChecksumMismatch,
+    MalformedHeader,
+    NonFiniteValues,
+    SpecMismatch,
+    TrailingBytes,
+    TruncatedFrame,
+)
+from ._wire import RESIDUAL_MAGIC, WIRE_VERSION, check_prefix
+
+__all__ = ["ErrorFeedback"]
+
+F32 = npt.NDArray[np.float32]
+# magic, version, flags, header_len | d | CRC-32 of the values
+_HEADER = struct.Struct("<4sBBHII")
+
+
+class ErrorFeedback:
+    """`residual: float32[size]`, what compression dropped so far.
+
+    `step` encodes u = delta + residual and keeps residual = u - decoded(u), computed in
+    float32 from the very values the server will decode, so nothing is lost for good.
+    """
+
+    def __init__(self, size: int) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
+            raise ValueError(f"size must be a positive int, got {size!r}")
+        self.size = size
+        self.residual: F32 = np.zeros(size, dtype=np.float32)
+
+    def step(
+        self,
+        delta: npt.ArrayLike,
+        codec: UpdateCodec,
+        rng: np.random.Generator,
+        weight: float = 1.0,
+    ) -> tuple[bytes, EncodeReport]:
+        """Encode `delta + residual` (float32[size]) and update the residual; returns the frame."""
+        d = np.asarray(delta)
+        if d.shape != (self.size,) or d.dtype != np.float32:
+            raise ValueError(f"delta must be float32[{self.size}], got {d.dtype}{list(d.shape)}")
+        u = d + self.residual
+        frame, decoded, report = codec.roundtrip(u, rng, weight)
+        self.residual = u - decoded
+        return frame, report
+
+    def reset(self) -> None:
+        self.residual = np.zeros(self.size, dtype=np.float32)
+
+    def to_bytes(self) -> bytes:
+        """16-byte header then the residual as little-endian fp32 (see docs/wire-format.md)."""
+        body = self.residual.astype("<f4", copy=False).tobytes()
+        header = _HEADER.pack(
+            RESIDUAL_MAGIC, WIRE_VERSION, 0, _HEADER.size, self.size, zlib.crc32(body)
+        )
+        return header + body
+
+    @classmethod
+    def from_bytes(cls, data: bytes, size: int) -> ErrorFeedback:
+        """Restore a residual saved by `to_bytes`; refuses anything but exactly one of `size`."""
+        data = bytes(data)
+        header_len = check_prefix(data, RESIDUAL_MAGIC, "residual", _HEADER.size)
+        if header_len != _HEADER.size:
+            raise MalformedHeader(f"residual header is {_HEADER.size} bytes, got {header_len}")
+        if len(data) < _HEADER.size:
+            raise TruncatedFrame(f"residual of {len(data)} bytes ends inside its header")
+        _m, _v, flags, _hl, d, crc = _HEADER.unpack_from(data)
+        if flags:
+            raise MalformedHeader(f"residual flags 0x{flags:02x}, must be 0")
+        if d != size:
+            raise SpecMismatch(f"residual holds {d} scalars; expected {size}")
+        want = _HEADER.size + 4 * size
+        if len(data) > want:
+            raise TrailingBytes(f"{len(data) - want} bytes after the {want}-byte residual")
+        if len(data) < want:
+            raise TruncatedFrame(f"residual of {len(data)} bytes; {size} scalars need {want}")
+        body = memoryview(data)[_HEADER.size :]
+        if zlib.crc32(body) != crc:
+            raise ChecksumMismatch("residual CRC-32 does not match its bytes")
+        values = np.frombuffer(body, dtype="<f4").astype(np.float32)
+        if not np.all(np.isfinite(values)):
+            raise NonFiniteValues("residual contains NaN or Inf")
+        ef = cls(size)
+        ef.residual = values
+        return ef

@@ -1,0 +1,224 @@
+"""Index codings for the sorted coordinates of a sparse update, in a registry keyed by wire id.
+
+Each coding maps `idx: int64[k]` (strictly increasing, in [0, d)) to bytes and back, all
+vectorised in numpy. `plan` gives the exact size in bytes of the best parameter so the
+encoder can pick the smallest coding without encoding them all.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import numpy.typing as npt
+
+from ._bits import pack_fixed, pack_positions, packed_len, unpack_fixed, unpack_positions
+from ._errors import InvalidIndices, MalformedSection
+
+__all__ = [
+    "IndexCoding",
+    "AllCoding",
+    "BitmapCoding",
+    "RiceCoding",
+    "EliasFanoCoding",
+    "INDEX_CODINGS",
+    "INDEX_BY_NAME",
+]
+
+Indices = npt.NDArray[np.int64]
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class IndexCoding(ABC):
+    """One way to write k sorted coordinates out of d."""
+
+    wire_id: int
+    name: str
+
+    @abstractmethod
+    def plan(self, idx: Indices, d: int) -> tuple[int, int]:
+        """`(bytes, param)` of the smallest encoding of `idx` this coding offers."""
+
+    @abstractmethod
+    def encode(self, idx: Indices, d: int, param: int) -> bytes: ...
+
+    @abstractmethod
+    def decode(self, buf: bytes, k: int, d: int, param: int) -> Indices:
+        """Indices from `buf`; raises `InvalidIndices`/`MalformedSection` on bad content."""
+
+    @abstractmethod
+    def length_bounds(self, k: int, d: int, param: int) -> tuple[int, int]:
+        """Smallest and largest legal section length for (k, d, param); checked before inflating."""
+
+    def param_ok(self, d: int, param: int) -> bool:
+        return param == 0
+
+
+def _check_range(idx: Indices, d: int) -> Indices:
+    if idx.shape[0] and (idx[0] < 0 or idx[-1] >= d):
+        raise InvalidIndices(f"index {int(idx[-1])} out of range for a model of {d} scalars")
+    return idx
+
+
+class AllCoding(IndexCoding):
+    """k == d: every coordinate, nothing sent."""
+
+    wire_id = 0
+    name = "all"
+
+    def plan(self, idx: Indices, d: int) -> tuple[int, int]:
+        return 0, 0
+
+    def encode(self, idx: Indices, d: int, param: int) -> bytes:
+        return b""
+
+    def decode(self, buf: bytes, k: int, d: int, param: int) -> Indices:
+        if k != d:
+            raise InvalidIndices(f"index coding 'all' needs k == d, got k={k}, d={d}")
+        return np.arange(d, dtype=np.int64)
+
+    def length_bounds(self, k: int, d: int, param: int) -> tuple[int, int]:
+        return 0, 0
+
+
+class BitmapCoding(IndexCoding):
+    """d bits, bit i set when coordinate i is kept."""
+
+    wire_id = 1
+    name = "bitmap"
+
+    def plan(self, idx: Indices, d: int) -> tuple[int, int]:
+        return _ceil_div(d, 8), 0
+
+    def encode(self, idx: Indices, d: int, param: int) -> bytes:
+        bits = np.zeros(d, dtype=np.uint8)
+        bits[idx] = 1
+        return np.packbits(bits, bitorder="little").tobytes()
+
+    def decode(self, buf: bytes, k: int, d: int, param: int) -> Indices:
+        if len(buf) != _ceil_div(d, 8):
+            raise MalformedSection(f"bitmap of {len(buf)} bytes for d={d}")
+        if d % 8 and buf[-1] >> (d % 8):
+            raise InvalidIndices(f"bitmap sets a bit at or beyond d={d}")
+        bits = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), count=d, bitorder="little")
+        idx = np.flatnonzero(bits).astype(np.int64, copy=False)
+        if idx.shape[0] != k:
+            raise InvalidIndices(f"bitmap sets {idx.shape[0]} bits; the header declares k={k}")
+        return idx
+
+    def length_bounds(self, k: int, d: int, param: int) -> tuple[int, int]:
+        n = _ceil_div(d, 8)
+        return n, n
+
+
+def _gaps(idx: Indices) -> Indices:
+    """g_0 = idx_0, g_i = idx_i - idx_{i-1} - 1 (>= 0 for strictly increasing indices)."""
+    return np.diff(idx, prepend=np.int64(-1)) - 1
+
+
+class RiceCoding(IndexCoding):
+    """Golomb-Rice of the gaps with parameter r: k low fields of r bits, then the quotients
+    `g >> r` in unary (q zeros then a one), the two streams back to back."""
+
+    wire_id = 2
+    name = "rice"
+
+    @staticmethod
+    def _bits(gaps: Indices, r: int) -> int:
+        return int(gaps.shape[0]) * (r + 1) + int(np.sum(gaps >> r))
+
+    def plan(self, idx: Indices, d: int) -> tuple[int, int]:
+        k = int(idx.shape[0])
+        if k == 0:
+            return 0, 0
+        gaps = _gaps(idx)
+        mean = max(1.0, float(gaps.mean()))
+        r0 = max(0, int(np.log2(mean)))
+        best: tuple[int, int] | None = None
+        for r in range(max(0, r0 - 2), min(r0 + 3, d.bit_length() - 1) + 1):
+            size = packed_len(k, r) + _ceil_div(k + int(np.sum(gaps >> r)), 8)
+            if best is None or size < best[0]:
+                best = (size, r)
+        assert best is not None
+        return best
+
+    def encode(self, idx: Indices, d: int, param: int) -> bytes:
+        gaps = _gaps(idx)
+        low = pack_fixed(gaps & ((1 << param) - 1), param)
+        ones = np.cumsum((gaps >> param) + 1) - 1
+        return low + pack_positions(ones)
+
+    def decode(self, buf: bytes, k: int, d: int, param: int) -> Indices:
+        nlow = packed_len(k, param)
+        low = unpack_fixed(buf[:nlow], k, param, "rice low bits")
+        ones = unpack_positions(buf[nlow:], k, "rice unary stream")
+        q = np.diff(ones, prepend=np.int64(-1)) - 1
+        idx = np.cumsum(((q << param) | low) + 1) - 1
+        return _check_range(idx, d)
+
+    def length_bounds(self, k: int, d: int, param: int) -> tuple[int, int]:
+        # sum(g >> r) <= (sum g) >> r <= (d - k) >> r: the unary stream is at most that + k bits.
+        nlow = packed_len(k, param)
+        return nlow + _ceil_div(k, 8), nlow + _ceil_div(k + (max(d - k, 0) >> param), 8)
+
+    def param_ok(self, d: int, param: int) -> bool:
+        # 2**param <= d keeps every partial sum below 2**62 (k <= d <= 2**31): no int64 overflow.
+        return 0 <= param < d.bit_length()
+
+
+class EliasFanoCoding(IndexCoding):
+    """Elias-Fano with L low bits: k low fields of L bits, then the upper bits of index i as a
+    one at position (idx_i >> L) + i."""
+
+    wire_id = 3
+    name = "ef"
+
+    def plan(self, idx: Indices, d: int) -> tuple[int, int]:
+        k = int(idx.shape[0])
+        if k == 0:
+            return 0, 0
+        last = int(idx[-1])
+        l0 = max(0, int(np.log2(max(1.0, d / k))))
+        best: tuple[int, int] | None = None
+        for low in range(max(0, l0 - 2), min(l0 + 3, d.bit_length() - 1) + 1):
+            size = packed_len(k, low) + _ceil_div((last >> low) + k, 8)
+            if best is None or size < best[0]:
+                best = (size, low)
+        assert best is not None
+        return best
+
+    def encode(self, idx: Indices, d: int, param: int) -> bytes:
+        k = idx.shape[0]
+        low = pack_fixed(idx & ((1 << param) - 1), param)
+        ones = (idx >> param) + np.arange(k, dtype=np.int64)
+        return low + pack_positions(ones)
+
+    def decode(self, buf: bytes, k: int, d: int, param: int) -> Indices:
+        nlow = packed_len(k, param)
+        low = unpack_fixed(buf[:nlow], k, param, "elias-fano low bits")
+        ones = unpack_positions(buf[nlow:], k, "elias-fano upper bits")
+        idx = ((ones - np.arange(k, dtype=np.int64)) << param) | low
+        if k > 1 and not np.all(idx[1:] > idx[:-1]):
+            bad = int(np.flatnonzero(idx[1:] <= idx[:-1])[0])
+            raise InvalidIndices(
+                f"indices not strictly increasing at position {bad + 1}: "
+                f"{int(idx[bad])} then {int(idx[bad + 1])}"
+            )
+        return _check_range(idx, d)
+
+    def length_bounds(self, k: int, d: int, param: int) -> tuple[int, int]:
+        nlow = packed_len(k, param)
+        return nlow + _ceil_div(k, 8), nlow + _ceil_div(k + (max(d - 1, 0) >> param), 8)
+
+    def param_ok(self, d: int, param: int) -> bool:
+        # 2**param <= d keeps every partial sum below 2**62 (k <= d <= 2**31): no int64 overflow.
+        return 0 <= param < d.bit_length()
+
+
+INDEX_CODINGS: dict[int, IndexCoding] = {
+    c.wire_id: c for c in (AllCoding(), BitmapCoding(), RiceCoding(), EliasFanoCoding())
+}
+INDEX_BY_NAME: dict[str, IndexCoding] = {c.name: c for c in INDEX_CODINGS.values()}

@@ -1,0 +1,232 @@
+"""Value codings: unbiased stochastic rounding with per-block scales (1/2/4/8 bits), fp16, fp32.
+
+Bits 2, 4 and 8 are sign + magnitude: a block's scales are (lo, hi) = (min |v|, max |v|) and
+the magnitude is rounded stochastically to one of 2**(b-1) evenly spaced levels in [lo, hi].
+Top-k values are all large, so [lo, hi] is much tighter than [-max, max].
+Per element: |q - v| <= (hi - lo) / (2**(b-1) - 1) of its block (plus float32 rounding).
+Bit 1 has no room for a sign, so its scales are (lo, hi) = (min v, max v) and v is rounded to
+lo or hi: |q - v| <= hi - lo. All of them are unbiased: E[q] = v.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import numpy.typing as npt
+
+from ._bits import pack_fixed, packed_len, unpack_fixed
+from ._errors import MalformedSection, NonFiniteValues
+
+__all__ = [
+    "ValueCoding",
+    "StochasticQuantizer",
+    "Fp16Values",
+    "Fp32Values",
+    "VALUE_CODINGS",
+    "error_bound",
+]
+
+F32 = npt.NDArray[np.float32]
+_FP16_MAX = 65504.0
+
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class ValueCoding(ABC):
+    """Turns k float32 values into a scale section and a value section, and back."""
+
+    bits: int
+
+    @abstractmethod
+    def scale_bytes(self, k: int, block: int) -> int: ...
+
+    @abstractmethod
+    def value_bytes(self, k: int) -> int: ...
+
+    @abstractmethod
+    def encode(self, values: F32, block: int, rng: np.random.Generator) -> tuple[bytes, bytes]:
+        """`(scale section, value section)`."""
+
+    @abstractmethod
+    def decode(self, scales: bytes, codes: bytes, k: int, block: int) -> F32:
+        """float32[k]; raises `NonFiniteValues`/`MalformedSection` on bad content."""
+
+
+def _block_expand(per_block: F32, block: int, k: int) -> F32:
+    return np.repeat(per_block, block)[:k]
+
+
+class StochasticQuantizer(ValueCoding):
+    """b-bit unbiased stochastic rounding with (lo, hi) float32 scales per block of values."""
+
+    def __init__(self, bits: int) -> None:
+        if bits not in (1, 2, 4, 8):
+            raise ValueError(f"stochastic rounding supports 1, 2, 4 or 8 bits, not {bits}")
+        self.bits = bits
+        # Steps between the 2**(b-1) magnitude levels (bits >= 2).
+        self.steps = (1 << (bits - 1)) - 1
+
+    def scale_bytes(self, k: int, block: int) -> int:
+        return 8 * _ceil_div(k, block)
+
+    def value_bytes(self, k: int) -> int:
+        return packed_len(k, self.bits)
+
+    def encode(self, values: F32, block: int, rng: np.random.Generator) -> tuple[bytes, bytes]:
+        k = int(values.shape[0])
+        if k == 0:
+            return b"", b""
+        starts = np.arange(0, k, block)
+        u = rng.random(k, dtype=np.float32)
+        if self.bits == 1:
+            lo = np.minimum.reduceat(values, starts)
+            hi = np.maximum.reduceat(values, starts)
+            lo_e = _block_expand(lo, block, k).astype(np.float64)
+            span = _block_expand(hi, block, k).astype(np.float64) - lo_e
+            x = np.divide(values - lo_e, span, out=np.zeros(k), where=span > 0)
+            codes = np.minimum(np.floor(x + u), 1.0).astype(np.uint8)
+        else:
+            mag = np.abs(values)
+            lo = np.minimum.reduceat(mag, starts)
+            hi = np.maximum.reduceat(mag, starts)
+            step = self._step(lo, hi)
+            step_e = _block_expand(step, block, k)
+            x = np.divide(
+                mag - _block_expand(lo, block, k),
+                step_e,
+                out=np.zeros(k, dtype=np.float32),
+                where=step_e > 0,
+            )
+            j = np.clip(np.floor(x + u), 0, self.steps).astype(np.uint8)
+            codes = ((j << 1) | np.signbit(values).astype(np.uint8)).astype(np.uint8)
+        scales = np.empty(2 * lo.shape[0], dtype="<f4")
+        scales[0::2] = lo
+        scales[1::2] = hi
+        return scales.tobytes(), pack_fixed(codes, self.bits)
+
+    def _step(self, lo: F32, hi: F32) -> F32:
+        step: F32 = ((hi - lo) / np.float32(self.steps)).astype(np.float32)
+        return step
+
+    def decode(self, scales: bytes, codes: bytes, k: int, block: int) -> F32:
+        nb = _ceil_div(k, block)
+        if len(scales) != 8 * nb:
+            raise MalformedSection(
+                f"scale section of {len(scales)} bytes; k={k}, block={block} needs {8 * nb}"
+            )
+        sc = np.frombuffer(scales, dtype="<f4").astype(np.float32)
+        if not np.all(np.isfinite(sc)):
+            raise NonFiniteValues(
+                f"non-finite scale in block {int(np.flatnonzero(~np.isfinite(sc))[0]) // 2}"
+            )
+        lo, hi = sc[0::2], sc[1::2]
+        if np.any(lo > hi):
+            raise MalformedSection(f"block {int(np.flatnonzero(lo > hi)[0])} has lo > hi")
+        c = unpack_fixed(codes, k, self.bits, f"{self.bits}-bit values")
+        if self.bits == 1:
+            out = np.where(c == 1, _block_expand(hi, block, k), _block_expand(lo, block, k))
+        else:
+            if np.any(lo < 0):
+                raise MalformedSection(
+                    f"block {int(np.flatnonzero(lo < 0)[0])} has a negative magnitude scale"
+                )
+            step = self._step(lo, hi)
+            mag = _block_expand(lo, block, k) + (c >> 1).astype(np.float32) * _block_expand(
+                step, block, k
+            )
+            out = np.where((c & 1) == 1, -mag, mag)
+        res: F32 = out.astype(np.float32, copy=False)
+        if not np.all(np.isfinite(res)):
+            raise NonFiniteValues("a dequantized value overflows float32")
+        return res
+
+
+class Fp16Values(ValueCoding):
+    """IEEE half precision, little-endian, round to nearest: |q - v| <= 2**-11 |v| (normal range)."""
+
+    bits = 16
+
+    def scale_bytes(self, k: int, block: int) -> int:
+        return 0
+
+    def value_bytes(self, k: int) -> int:
+        return 2 * k
+
+    def encode(self, values: F32, block: int, rng: np.random.Generator) -> tuple[bytes, bytes]:
+        half = values.astype("<f2")
+        if not np.all(np.isfinite(half)):
+            raise ValueError(f"a value exceeds the fp16 range (|v| > {_FP16_MAX}); use bits=32")
+        return b"", half.tobytes()
+
+    def decode(self, scales: bytes, codes: bytes, k: int, block: int) -> F32:
+        if scales or len(codes) != 2 * k:
+            raise MalformedSection(
+                f"fp16 values: {len(scales)} scale and {len(codes)} value bytes for k={k}"
+            )
+        out = np.frombuffer(codes, dtype="<f2").astype(np.float32)
+        if not np.all(np.isfinite(out)):
+            raise NonFiniteValues(
+                f"NaN or Inf at value {int(np.flatnonzero(~np.isfinite(out))[0])}"
+            )
+        return out
+
+
+class Fp32Values(ValueCoding):
+    """Raw little-endian float32: lossless."""
+
+    bits = 32
+
+    def scale_bytes(self, k: int, block: int) -> int:
+        return 0
+
+    def value_bytes(self, k: int) -> int:
+        return 4 * k
+
+    def encode(self, values: F32, block: int, rng: np.random.Generator) -> tuple[bytes, bytes]:
+        return b"", values.astype("<f4").tobytes()
+
+    def decode(self, scales: bytes, codes: bytes, k: int, block: int) -> F32:
+        if scales or len(codes) != 4 * k:
+            raise MalformedSection(
+                f"fp32 values: {len(scales)} scale and {len(codes)} value bytes for k={k}"
+            )
+        out = np.frombuffer(codes, dtype="<f4").astype(np.float32)
+        if not np.all(np.isfinite(out)):
+            raise NonFiniteValues(
+                f"NaN or Inf at value {int(np.flatnonzero(~np.isfinite(out))[0])}"
+            )
+        return out
+
+
+VALUE_CODINGS: dict[int, ValueCoding] = {
+    1: StochasticQuantizer(1),
+    2: StochasticQuantizer(2),
+    4: StochasticQuantizer(4),
+    8: StochasticQuantizer(8),
+    16: Fp16Values(),
+    32: Fp32Values(),
+}
+
+
+def error_bound(values: F32, bits: int, block: int) -> F32:
+    """The documented per-element bound on |q - v| for `values` coded at `bits` (float32[k]).
+
+    Ignores float32 rounding of the decoder's `lo + j * step`; callers add a few ulps.
+    """
+    k = int(values.shape[0])
+    if bits == 32 or k == 0:
+        return np.zeros(k, dtype=np.float32)
+    if bits == 16:
+        return (np.abs(values) * np.float32(2.0**-11) + np.float32(2.0**-25)).astype(np.float32)
+    starts = np.arange(0, k, block)
+    if bits == 1:
+        span = np.maximum.reduceat(values, starts) - np.minimum.reduceat(values, starts)
+    else:
+        mag = np.abs(values)
+        span = (np.maximum.reduceat(mag, starts) - np.minimum.reduceat(mag, starts)) / np.float32(
+            (1 << (bits - 1)) - 1
+        )
+    return _block_expand(span.astype(np.float32), block, k)

@@ -1,0 +1,139 @@
+"""Full-model snapshots for download (fp16 or fp32 + zstd), canonical bytes and the model digest."""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import threading
+
+import numpy as np
+import numpy.typing as npt
+
+from ._config import DecodeLimits
+from ._errors import (
+    ChecksumMismatch,
+    MalformedHeader,
+    NonFiniteValues,
+    SizeLimitExceeded,
+    SpecMismatch,
+    TrailingBytes,
+    TruncatedFrame,
+)
+from ._spec import ModelSpec
+from ._wire import SNAPSHOT_MAGIC, WIRE_VERSION, check_prefix
+from ._zstd import ZstdCodec
+
+__all__ = [
+    "encode_snapshot",
+    "decode_snapshot",
+    "canonical_bytes",
+    "model_digest",
+    "SNAPSHOT_DTYPES",
+]
+
+F32 = npt.NDArray[np.float32]
+
+# wire id -> (name, numpy little-endian dtype, bytes per scalar)
+SNAPSHOT_DTYPES: dict[int, tuple[str, str, int]] = {1: ("fp16", "<f2", 2), 2: ("fp32", "<f4", 4)}
+_DTYPE_IDS = {name: wid for wid, (name, _, _) in SNAPSHOT_DTYPES.items()}
+# magic, version, dtype, header_len | fingerprint | d | payload bytes | SHA-256
+_HEADER = struct.Struct("<4sBBH8sII32s")
+SNAPSHOT_HEADER_LEN = _HEADER.size  # 56
+
+_codecs: dict[int, ZstdCodec] = {}
+_codecs_lock = threading.Lock()
+
+
+def _zstd(level: int) -> ZstdCodec:
+    with _codecs_lock:
+        codec = _codecs.get(level)
+        if codec is None:
+            codec = _codecs[level] = ZstdCodec(level)
+        return codec
+
+
+def _as_params(params: npt.ArrayLike, spec: ModelSpec | None = None) -> F32:
+    arr = np.asarray(params)
+    if arr.ndim != 1 or arr.dtype != np.float32:
+        raise ValueError(f"params must be a 1-D float32 array, got {arr.dtype}{list(arr.shape)}")
+    if spec is not None and arr.shape[0] != spec.size:
+        raise ValueError(f"params have {arr.shape[0]} scalars; the spec has {spec.size}")
+    return arr
+
+
+def canonical_bytes(params: npt.ArrayLike) -> bytes:
+    """float32[d] as little-endian fp32 bytes: what both sides hash."""
+    return _as_params(params).astype("<f4", copy=False).tobytes()
+
+
+def model_digest(params: npt.ArrayLike) -> bytes:
+    """SHA-256 (32 bytes) of `canonical_bytes(params)`."""
+    return hashlib.sha256(canonical_bytes(params)).digest()
+
+
+def encode_snapshot(
+    params: npt.ArrayLike, spec: ModelSpec, dtype: str = "fp16", level: int = 3
+) -> bytes:
+    """A snapshot of float32[d] `params`: header, then one zstd frame of fp16 or fp32 values.
+
+    The header carries the SHA-256 of the canonical bytes of the params as the receiver will
+    decode them (after fp16 rounding), so `decode_snapshot` verifies what it returns.
+    """
+    arr = _as_params(params, spec)
+    if dtype not in _DTYPE_IDS:
+        raise ValueError(f"dtype must be one of {sorted(_DTYPE_IDS)}, got {dtype!r}")
+    if not np.all(np.isfinite(arr)):
+        raise ValueError("params contain NaN or Inf")
+    wid = _DTYPE_IDS[dtype]
+    stored = arr.astype(SNAPSHOT_DTYPES[wid][1])
+    if not np.all(np.isfinite(stored)):
+        raise ValueError("a parameter exceeds the fp16 range; use dtype='fp32'")
+    digest = model_digest(stored.astype(np.float32))
+    payload = _zstd(level).compress(stored.tobytes())
+    header = _HEADER.pack(
+        SNAPSHOT_MAGIC, WIRE_VERSION, wid, SNAPSHOT_HEADER_LEN, spec.fingerprint, spec.size,
+        len(payload), digest,
+    )  # fmt: skip
+    return header + payload
+
+
+def decode_snapshot(data: bytes, spec: ModelSpec, limits: DecodeLimits | None = None) -> F32:
+    """float32[d] from a snapshot, checked against `spec` and `limits` before inflating."""
+    lim = limits if limits is not None else DecodeLimits()
+    data = bytes(data)
+    cap = lim.frame_cap(spec)
+    if len(data) > cap:
+        raise SizeLimitExceeded(f"snapshot of {len(data)} bytes above the cap of {cap}")
+    header_len = check_prefix(data, SNAPSHOT_MAGIC, "snapshot", lim.max_header_bytes)
+    if header_len != SNAPSHOT_HEADER_LEN:
+        raise MalformedHeader(
+            f"v1 snapshot header is {SNAPSHOT_HEADER_LEN} bytes, got {header_len}"
+        )
+    if len(data) < SNAPSHOT_HEADER_LEN:
+        raise TruncatedFrame(f"snapshot of {len(data)} bytes ends inside its header")
+    _m, _v, wid, _hl, fingerprint, d, payload_bytes, digest = _HEADER.unpack_from(data)
+    if wid not in SNAPSHOT_DTYPES:
+        raise MalformedHeader(f"unknown snapshot dtype id {wid}")
+    if fingerprint != spec.fingerprint:
+        raise SpecMismatch(
+            f"snapshot is for spec {fingerprint.hex()}, this decoder has {spec.fingerprint.hex()}"
+        )
+    if d != spec.size:
+        raise SpecMismatch(f"snapshot declares d={d}; the spec has {spec.size} scalars")
+    total = SNAPSHOT_HEADER_LEN + payload_bytes
+    if len(data) < total:
+        raise TruncatedFrame(f"snapshot of {len(data)} bytes; its header declares {total}")
+    if len(data) > total:
+        raise TrailingBytes(f"{len(data) - total} bytes after the declared {total}-byte snapshot")
+    _, np_dtype, width = SNAPSHOT_DTYPES[wid]
+    raw = ZstdCodec(max_window=lim.zstd_max_window).decompress(
+        data[SNAPSHOT_HEADER_LEN:], width * d
+    )
+    values = np.frombuffer(raw, dtype=np_dtype).astype(np.float32)
+    if not np.all(np.isfinite(values)):
+        raise NonFiniteValues(
+            f"NaN or Inf at parameter {int(np.flatnonzero(~np.isfinite(values))[0])}"
+        )
+    if model_digest(values) != digest:
+        raise ChecksumMismatch("snapshot SHA-256 does not match its decoded parameters")
+    return values

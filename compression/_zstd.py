@@ -1,0 +1,113 @@
+"""zstd with reusable per-thread contexts and a decoder that checks the frame before inflating."""
+
+from __future__ import annotations
+
+import threading
+
+import zstandard
+
+from ._errors import DecompressionError, SizeLimitExceeded, TrailingBytes, TruncatedFrame
+
+__all__ = ["ZstdCodec", "zstd_frame_length"]
+
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def zstd_frame_length(data: bytes) -> int:
+    """Bytes taken by the one zstd frame at the start of `data` (walks the block headers).
+
+    python-zstandard's one-shot decompress ignores bytes after the first frame, so the
+    decoder measures the frame itself to refuse anything appended to it.
+    """
+    try:
+        params = zstandard.get_frame_parameters(data)
+        pos = zstandard.frame_header_size(data)
+    except zstandard.ZstdError as exc:
+        raise DecompressionError(f"not a zstd frame header: {exc}") from exc
+    n = len(data)
+    while True:
+        if pos + 3 > n:
+            raise TruncatedFrame(f"zstd frame cut inside a block header at payload byte {pos}")
+        header = int.from_bytes(data[pos : pos + 3], "little")
+        pos += 3
+        last, kind, size = header & 1, (header >> 1) & 3, header >> 3
+        if kind == 3:
+            raise DecompressionError(f"zstd block of reserved type at payload byte {pos - 3}")
+        pos += 1 if kind == 1 else size
+        if pos > n:
+            raise TruncatedFrame(f"zstd block runs past the payload end ({pos} > {n} bytes)")
+        if last:
+            break
+    if params.has_checksum:
+        pos += 4
+        if pos > n:
+            raise TruncatedFrame("zstd frame cut inside its checksum")
+    return pos
+
+
+class ZstdCodec:
+    """zstd compress/decompress with contexts reused per thread (zstd contexts are not thread-safe).
+
+    Compressed frames always declare their content size; `decompress` refuses frames that do
+    not, that declare another size than the caller expects, that ask for a window above
+    `max_window` bytes, or that are followed by any byte.
+    """
+
+    def __init__(self, level: int = 3, max_window: int = 1 << 24) -> None:
+        self.level = level
+        self.max_window = max_window
+        self._local = threading.local()
+
+    def _cctx(self) -> zstandard.ZstdCompressor:
+        cctx: zstandard.ZstdCompressor | None = getattr(self._local, "cctx", None)
+        if cctx is None:
+            cctx = zstandard.ZstdCompressor(
+                level=self.level, write_content_size=True, write_checksum=False
+            )
+            self._local.cctx = cctx
+        return cctx
+
+    def _dctx(self) -> zstandard.ZstdDecompressor:
+        dctx: zstandard.ZstdDecompressor | None = getattr(self._local, "dctx", None)
+        if dctx is None:
+            dctx = zstandard.ZstdDecompressor(max_window_size=self.max_window)
+            self._local.dctx = dctx
+        return dctx
+
+    def compress(self, data: bytes) -> bytes:
+        """One zstd frame with the content size in its header."""
+        return self._cctx().compress(data)
+
+    def decompress(self, data: bytes, expected_size: int) -> bytes:
+        """Inflate exactly one frame that declares `expected_size` bytes; at most that is allocated."""
+        try:
+            params = zstandard.get_frame_parameters(data)
+        except zstandard.ZstdError as exc:
+            raise DecompressionError(f"not a zstd frame header: {exc}") from exc
+        declared = params.content_size
+        if declared == zstandard.CONTENTSIZE_UNKNOWN:
+            raise DecompressionError("zstd frame does not declare its content size")
+        if declared > expected_size:
+            raise SizeLimitExceeded(
+                f"zstd frame declares {declared} bytes of content; the header allows {expected_size}"
+            )
+        if declared != expected_size:
+            raise DecompressionError(
+                f"zstd frame declares {declared} bytes of content; the header says {expected_size}"
+            )
+        if params.window_size > self.max_window:
+            raise DecompressionError(
+                f"zstd window of {params.window_size} bytes above the cap of {self.max_window}"
+            )
+        used = zstd_frame_length(data)
+        if used != len(data):
+            raise TrailingBytes(f"{len(data) - used} bytes after the zstd frame in the payload")
+        try:
+            out = self._dctx().decompress(data, max_output_size=expected_size)
+        except zstandard.ZstdError as exc:
+            raise DecompressionError(f"zstd refused the payload: {exc}") from exc
+        if len(out) != expected_size:
+            raise DecompressionError(
+                f"zstd produced {len(out)} bytes; the frame declared {expected_size}"
+            )
+        return out
