@@ -1,0 +1,116 @@
+"""Tiny Shakespeare split by speaker, as LEAF's Shakespeare task: next-character prediction.
+
+Each speaking role with at least `min_speeches` speeches is one client (99 roles in the tiny
+Shakespeare file at the default of 20). A role's speeches are joined (lines by spaces) into one
+text; every `stride` characters a window of `seq_len` characters is an example and the character
+that follows it is the label. Per role, the first `train_fraction` of the windows train and the
+rest test, so overlapping windows never straddle the split (LEAF splits per user too).
+
+Characters are token ids over `VOCAB`: id 0 is "unknown", ids 1..95 are printable ASCII.
+Sequences are stored as float32 ids so they travel through the same float pipeline as images;
+the text models cast them back to integers.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+
+from mobile_sim.data import DataError, FederatedData, data_root
+
+from ._types import NaturalSplit
+
+__all__ = ["VOCAB", "encode_text", "decode_text", "parse_speeches", "load_shakespeare"]
+
+VOCAB: str = "\0" + "".join(chr(c) for c in range(32, 127))
+_SPEAKER = re.compile(r"[A-Za-z][A-Za-z' .,&-]*:")
+
+
+def encode_text(text: str) -> npt.NDArray[np.int64]:
+    """Token ids int64[len(text)]; characters outside printable ASCII map to 0."""
+    points = np.frombuffer(text.encode("utf-32-le"), dtype="<u4").astype(np.int64)
+    printable = (points >= 32) & (points < 127)
+    return np.where(printable, points - 31, 0)
+
+
+def decode_text(ids: npt.ArrayLike) -> str:
+    """Inverse of `encode_text` (unknown ids print as the NUL character)."""
+    arr = np.asarray(ids, dtype=np.int64)
+    if arr.size and (arr.min() < 0 or arr.max() >= len(VOCAB)):
+        raise ValueError(f"token ids must be in [0, {len(VOCAB)})")
+    return "".join(VOCAB[i] for i in arr.tolist())
+
+
+def parse_speeches(text: str) -> dict[str, list[str]]:
+    """Speaker name -> that speaker's speeches, in order; each speech's lines joined by spaces.
+
+    A speech is a blank-line separated block whose first line is ``Name:``. Blocks without such a
+    header are continuation text and are skipped.
+    """
+    speeches: dict[str, list[str]] = {}
+    for block in re.split(r"\n\s*\n", text.replace("\r\n", "\n")):
+        lines = [ln.strip() for ln in block.strip("\n").split("\n") if ln.strip()]
+        if len(lines) < 2 or not _SPEAKER.fullmatch(lines[0]):
+            continue
+        speeches.setdefault(lines[0][:-1], []).append(" ".join(lines[1:]))
+    return speeches
+
+
+def load_shakespeare(
+    root: str | Path | None = None,
+    *,
+    seq_len: int = 80,
+    stride: int = 20,
+    min_speeches: int = 20,
+    train_fraction: float = 0.8,
+    max_clients: int | None = None,
+) -> NaturalSplit:
+    """Tiny Shakespeare from ``<root>/tinyshakespeare/input.txt``, one client per speaker.
+
+    x: float32[N, seq_len] token ids; y: int64[N] the next character's id.
+    Clients are ordered by name; `max_clients` keeps the first ones (for quick runs).
+    """
+    if seq_len < 1 or stride < 1:
+        raise ValueError("seq_len and stride must be >= 1")
+    if not 0.0 < train_fraction < 1.0:
+        raise ValueError("train_fraction must be in (0, 1)")
+    path = data_root(root) / "tinyshakespeare" / "input.txt"
+    if not path.exists():
+        raise DataError(f"{path} not found; set PLUME_DATA to the folder holding tinyshakespeare/")
+    speeches = parse_speeches(path.read_text(encoding="utf-8", errors="replace"))
+    roles = sorted(name for name, s in speeches.items() if len(s) >= min_speeches)
+    if max_clients is not None:
+        roles = roles[:max_clients]
+    xs_tr, ys_tr, xs_te, ys_te, groups, test_groups, names = [], [], [], [], [], [], []
+    n_tr = n_te = 0
+    for name in roles:
+        ids = encode_text(" ".join(speeches[name]))
+        starts = np.arange(0, len(ids) - seq_len, stride, dtype=np.int64)
+        if len(starts) < 2:
+            continue  # too little text for a train and a test window
+        windows = ids[starts[:, None] + np.arange(seq_len)]
+        labels = ids[starts + seq_len]
+        cut = min(max(1, int(round(len(starts) * train_fraction))), len(starts) - 1)
+        xs_tr.append(windows[:cut])
+        ys_tr.append(labels[:cut])
+        xs_te.append(windows[cut:])
+        ys_te.append(labels[cut:])
+        groups.append(np.arange(n_tr, n_tr + cut, dtype=np.int64))
+        test_groups.append(np.arange(n_te, n_te + len(starts) - cut, dtype=np.int64))
+        n_tr += cut
+        n_te += len(starts) - cut
+        names.append(name)
+    if not names:
+        raise DataError(f"{path}: no speaker has {min_speeches} speeches of {seq_len}+ characters")
+    data = FederatedData(
+        "shakespeare",
+        np.concatenate(xs_tr).astype(np.float32),
+        np.concatenate(ys_tr),
+        np.concatenate(xs_te).astype(np.float32),
+        np.concatenate(ys_te),
+        len(VOCAB),
+    )
+    return NaturalSplit(data, tuple(groups), tuple(test_groups), tuple(names))
