@@ -1,0 +1,81 @@
+"""A torch-free device: ORT local training, then the same clip/error-feedback/codec pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+
+from compression import CodecConfig, EncodeReport
+
+from .._types import TrainResult
+from ..device import UpdateEncoder
+from ._runtime import OrtTrainer
+
+__all__ = ["OrtDevice", "OrtUpload"]
+
+
+@dataclass(frozen=True, slots=True)
+class OrtUpload:
+    """One round's result: the frame to upload (bytes), its encode report, the training result."""
+
+    frame: bytes
+    report: EncodeReport
+    result: TrainResult
+
+
+class OrtDevice:
+    """Local data + `OrtTrainer` + `sdk.device.UpdateEncoder`: global params in, upload frame out.
+
+    The delta is ``local - global`` (float32[d]) in the manifest's `ModelSpec` order, weighted by
+    the number of local examples, exactly as a torch device sends it.
+    """
+
+    def __init__(
+        self,
+        trainer: OrtTrainer,
+        x: npt.NDArray,
+        y: npt.NDArray,
+        *,
+        codec: CodecConfig,
+        epochs: int = 1,
+        batch_size: int = 32,
+        lr: float = 0.05,
+        error_feedback: bool = True,
+        clip_norm: float | None = None,
+    ) -> None:
+        if len(x) != len(y) or len(x) == 0:
+            raise ValueError("a device needs as many targets as inputs, and at least one")
+        self.trainer = trainer
+        self.x = x
+        self.y = y
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.encoder = UpdateEncoder(
+            trainer.spec, codec, error_feedback=error_feedback, clip_norm=clip_norm
+        )
+
+    def run_round(
+        self,
+        global_params: npt.NDArray[np.float32],
+        rng: np.random.Generator,
+        codec: CodecConfig | None = None,
+    ) -> OrtUpload:
+        """Train from `global_params` and encode the update (`codec` overrides the config)."""
+        if codec is not None:
+            self.encoder.set_config(codec)
+        start = np.ascontiguousarray(global_params, dtype=np.float32)
+        result = self.trainer.train(
+            start,
+            self.x,
+            self.y,
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            rng=rng,
+        )
+        delta = (result.params - start).astype(np.float32, copy=False)
+        frame, report = self.encoder.encode(delta, rng, float(result.num_examples))
+        return OrtUpload(frame, report, result)

@@ -1,0 +1,184 @@
+"""The manifest of an exported training artifact directory: parsed and checked, torch-free."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from compression import ModelSpec
+
+__all__ = ["ArtifactError", "Manifest", "MANIFEST_NAME", "load_manifest"]
+
+MANIFEST_NAME = "manifest.json"
+_FORMAT = "plume-onnx-train"
+_VERSIONS = (1,)
+_MAX_MANIFEST_BYTES = 1 << 22  # 4 MiB: a manifest lists names and shapes, never weights
+_DTYPES = ("float32", "int64")
+
+
+class ArtifactError(Exception):
+    """The artifact directory is missing, malformed, tampered with or inconsistent."""
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What `sdk.onnx_export` wrote: names of every graph input and output, and the flat layout.
+
+    `spec` orders the parameters as the flat vector does (``named_parameters()`` order);
+    `param_inputs[i]` is the graph input holding tensor `spec.entries[i]`.
+    """
+
+    root: Path
+    model: str
+    opset: int
+    loss: str
+    optimizer: str
+    momentum: float
+    spec: ModelSpec
+    param_inputs: tuple[str, ...]
+    state_inputs: tuple[str, ...]
+    x_name: str
+    x_dtype: str
+    x_shape: tuple[int, ...]  # without the batch dimension
+    y_name: str
+    y_dtype: str
+    y_shape: tuple[int, ...]  # without the batch dimension
+    lr_name: str
+    train_outputs: tuple[str, ...]
+    infer_outputs: tuple[str, ...]
+    train_path: Path
+    infer_path: Path
+    file_bytes: dict[str, int]
+
+    @property
+    def artifact_bytes(self) -> int:
+        """Total size of the ONNX files (bytes)."""
+        return sum(self.file_bytes.values())
+
+
+def _get(obj: Any, key: str, kind: type | tuple[type, ...]) -> Any:
+    if not isinstance(obj, dict) or key not in obj:
+        raise ArtifactError(f"manifest: missing field {key!r}")
+    value = obj[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ArtifactError(f"manifest: field {key!r} has the wrong type")
+    return value
+
+
+def _names(obj: Any, key: str) -> tuple[str, ...]:
+    items = _get(obj, key, list)
+    if not all(isinstance(s, str) and s for s in items):
+        raise ArtifactError(f"manifest: {key!r} must list non-empty strings")
+    return tuple(items)
+
+
+def _tensor(obj: Any, key: str) -> tuple[str, str, tuple[int, ...]]:
+    desc = _get(obj, key, dict)
+    name = _get(desc, "name", str)
+    dtype = _get(desc, "dtype", str)
+    if dtype not in _DTYPES:
+        raise ArtifactError(f"manifest: {key} dtype {dtype!r} not one of {_DTYPES}")
+    shape = _get(desc, "shape", list)
+    if not shape or shape[0] != "batch":
+        raise ArtifactError(f"manifest: {key} shape must start with the 'batch' dimension")
+    dims = shape[1:]
+    if not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in dims):
+        raise ArtifactError(f"manifest: {key} dimensions must be positive integers")
+    return name, dtype, tuple(dims)
+
+
+def _file(root: Path, files: Any, key: str, verify: bool) -> tuple[Path, int]:
+    entry = _get(files, key, dict)
+    rel = _get(entry, "path", str)
+    if os.path.isabs(rel) or ".." in Path(rel).parts:
+        raise ArtifactError(f"manifest: file {rel!r} must be a plain name inside the directory")
+    path = root / rel
+    if not path.is_file():
+        raise ArtifactError(f"artifact file {path} is missing")
+    size = path.stat().st_size
+    declared = _get(entry, "bytes", int)
+    if size != declared:
+        raise ArtifactError(f"{rel}: {size} bytes on disk, manifest says {declared}")
+    if verify:
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        if digest != _get(entry, "sha256", str):
+            raise ArtifactError(f"{rel}: SHA-256 does not match the manifest")
+    return path, size
+
+
+def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> Manifest:
+    """Read and check ``manifest.json`` in `directory` (and, with `verify`, the files' SHA-256)."""
+    root = Path(directory)
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise ArtifactError(f"no {MANIFEST_NAME} in {root}")
+    if path.stat().st_size > _MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{path} is larger than {_MAX_MANIFEST_BYTES} bytes")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: not valid JSON: {exc}") from exc
+    if _get(data, "format", str) != _FORMAT:
+        raise ArtifactError(f"{path}: not a {_FORMAT} manifest")
+    version = _get(data, "version", int)
+    if version not in _VERSIONS:
+        raise ArtifactError(f"{path}: manifest version {version} unsupported ({_VERSIONS})")
+    try:
+        spec = ModelSpec.from_json(_get(data, "spec", list))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ArtifactError(f"manifest: bad spec: {exc}") from exc
+    if _get(data, "spec_fingerprint", str) != spec.fingerprint.hex():
+        raise ArtifactError("manifest: spec fingerprint does not match its spec")
+    opt = _get(data, "optimizer", dict)
+    optimizer = _get(opt, "name", str)
+    momentum = float(_get(opt, "momentum", (int, float)))
+    if optimizer not in ("sgd", "momentum") or not (0.0 <= momentum < 1.0):
+        raise ArtifactError(f"manifest: unsupported optimizer {opt!r}")
+    loss = _get(data, "loss", str)
+    if loss not in ("ce", "mse"):
+        raise ArtifactError(f"manifest: unsupported loss {loss!r}")
+    params = _names(data, "param_inputs")
+    state = _names(data, "state_inputs")
+    if len(params) != len(spec.entries):
+        raise ArtifactError("manifest: one parameter input per spec entry is required")
+    if len(state) != (len(params) if optimizer == "momentum" else 0):
+        raise ArtifactError("manifest: momentum needs one state input per parameter")
+    x_name, x_dtype, x_shape = _tensor(data, "x")
+    y_name, y_dtype, y_shape = _tensor(data, "y")
+    outputs = _names(data, "train_outputs")
+    if len(outputs) != 1 + len(params) + len(state):
+        raise ArtifactError("manifest: train outputs must be loss, new params, new state")
+    files = _get(data, "files", dict)
+    train_path, train_bytes = _file(root, files, "train_step", verify)
+    infer_path, infer_bytes = _file(root, files, "infer", verify)
+    opset = _get(data, "opset", int)
+    if not math.isfinite(momentum):
+        raise ArtifactError("manifest: momentum must be finite")
+    return Manifest(
+        root=root,
+        model=_get(data, "model", str),
+        opset=opset,
+        loss=loss,
+        optimizer=optimizer,
+        momentum=momentum,
+        spec=spec,
+        param_inputs=params,
+        state_inputs=state,
+        x_name=x_name,
+        x_dtype=x_dtype,
+        x_shape=x_shape,
+        y_name=y_name,
+        y_dtype=y_dtype,
+        y_shape=y_shape,
+        lr_name=_get(data, "lr", str),
+        train_outputs=outputs,
+        infer_outputs=_names(data, "infer_outputs"),
+        train_path=train_path,
+        infer_path=infer_path,
+        file_bytes={"train_step": train_bytes, "infer": infer_bytes},
+    )
