@@ -19,9 +19,9 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
-from mobile_sim.data import DataError, FederatedData, data_root
+from mobile_sim.data import DataError, data_root
 
-from ._types import NaturalSplit
+from ._types import NaturalData
 
 __all__ = ["VOCAB", "encode_text", "decode_text", "parse_speeches", "load_shakespeare"]
 
@@ -67,7 +67,7 @@ def load_shakespeare(
     min_speeches: int = 20,
     train_fraction: float = 0.8,
     max_clients: int | None = None,
-) -> NaturalSplit:
+) -> NaturalData:
     """Tiny Shakespeare from ``<root>/tinyshakespeare/input.txt``, one client per speaker.
 
     x: float32[N, seq_len] token ids; y: int64[N] the next character's id.
@@ -105,12 +105,14 @@ def load_shakespeare(
         names.append(name)
     if not names:
         raise DataError(f"{path}: no speaker has {min_speeches} speeches of {seq_len}+ characters")
-    data = FederatedData(
+    return NaturalData(
         "shakespeare",
         np.concatenate(xs_tr).astype(np.float32),
         np.concatenate(ys_tr),
         np.concatenate(xs_te).astype(np.float32),
         np.concatenate(ys_te),
         len(VOCAB),
+        train_groups=tuple(groups),
+        test_groups=tuple(test_groups),
+        group_names=tuple(names),
     )
-    return NaturalSplit(data, tuple(groups), tuple(test_groups), tuple(names))

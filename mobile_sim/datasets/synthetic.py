@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mobile_sim.data import FederatedData
-
-from ._types import NaturalSplit
+from ._types import NaturalData
 
 __all__ = ["load_synthetic"]
 
@@ -30,7 +28,7 @@ def load_synthetic(
     iid: bool = False,
     train_fraction: float = 0.9,
     max_samples: int = 2000,
-) -> NaturalSplit:
+) -> NaturalData:
     """synthetic(alpha, beta) over `num_devices` devices; x float32[N, 60], y int64[N] in 0..9."""
     if alpha < 0 or beta < 0:
         raise ValueError("alpha and beta must be >= 0")
@@ -68,13 +66,14 @@ def load_synthetic(
         n_tr += cut
         n_te += len(x) - cut
     name = "synthetic_iid" if iid else f"synthetic({alpha:g},{beta:g})"
-    data = FederatedData(
+    return NaturalData(
         name,
         np.concatenate(xs_tr).astype(np.float32),
         np.concatenate(ys_tr),
         np.concatenate(xs_te).astype(np.float32),
         np.concatenate(ys_te),
         _CLASSES,
+        train_groups=tuple(groups),
+        test_groups=tuple(test_groups),
+        group_names=tuple(f"device{k:04d}" for k in range(num_devices)),
     )
-    names = tuple(f"device{k:04d}" for k in range(num_devices))
-    return NaturalSplit(data, tuple(groups), tuple(test_groups), names)
