@@ -79,3 +79,15 @@ def build_model(name: str, seed: int | None = 0) -> nn.Module:
 def count_parameters(model: nn.Module) -> int:
     """Number of trainable scalars."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _register_extra_models() -> None:
+    """Models for `mobile_sim.datasets`: the character LSTMs (Shakespeare) and FedProx's
+    multinomial logistic regression over synthetic(alpha, beta)'s 60 features."""
+    from .models_text import TEXT_MODELS
+
+    MODELS.update(TEXT_MODELS)
+    MODELS["synthetic_lr"] = lambda: MLP(60, (), 10)
+
+
+_register_extra_models()
