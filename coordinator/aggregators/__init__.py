@@ -7,7 +7,20 @@ from ._base import (
     ClientUpdate,
     Measurements,
 )
+from ._clip import AdaptiveClip, Clip, clip_update
+from ._dp import DPMean
 from ._mean import FedAvg
+from ._registry import AGGREGATOR_HELP, DEFAULT_ROBUST, AggregatorSpecError, build_aggregator
+from ._robust import (
+    Bucketing,
+    CenteredClipping,
+    CoordinateMedian,
+    GeometricMedian,
+    Krum,
+    NearestNeighborMixing,
+    TrimmedMean,
+    UpdateRows,
+)
 
 __all__ = [
     "AggregateOutput",
@@ -16,4 +29,21 @@ __all__ = [
     "ClientUpdate",
     "FedAvg",
     "Measurements",
+    # robust aggregation, clipping and DP
+    "AGGREGATOR_HELP",
+    "AdaptiveClip",
+    "AggregatorSpecError",
+    "Bucketing",
+    "CenteredClipping",
+    "Clip",
+    "CoordinateMedian",
+    "DEFAULT_ROBUST",
+    "DPMean",
+    "GeometricMedian",
+    "Krum",
+    "NearestNeighborMixing",
+    "TrimmedMean",
+    "UpdateRows",
+    "build_aggregator",
+    "clip_update",
 ]

@@ -1,0 +1,142 @@
+"""L2 clipping (norm bounding) of each report before an inner aggregator, fixed or adaptive.
+
+Clipping scales a whole update, u -> u · min(1, C / ||u||_2). Clamping single coordinates is a
+different thing and gives no DP guarantee. Adaptive clipping follows Andrew et al. 2021
+("Differentially private learning with adaptive clipping"): C tracks a target quantile of
+the update norms by a geometric step on the (optionally noised) fraction of unclipped updates.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from compression import SparseUpdate
+
+from ._base import AggregateOutput, AggregatorFactory, ClientUpdate
+from ._mean import FedAvg
+from ._robust import UpdateRows, forward_rows
+
+__all__ = ["AdaptiveClip", "Clip", "clip_update", "clip_factors"]
+
+
+@dataclass(frozen=True, slots=True)
+class AdaptiveClip:
+    """Quantile-tracking clip norm: C <- C · exp(-learning_rate · (b - target_quantile)).
+
+    b is the fraction of reports with norm <= C (noised by the caller when private).
+    initial: the first round's C (> 0). target_quantile in (0, 1). learning_rate: the geometric
+    step eta (Andrew et al. use 0.2). count_stddev: Gaussian noise on the count of unclipped
+    reports (in reports); 0 means exact counting (fine for robustness, not private).
+    """
+
+    initial: float = 0.1
+    target_quantile: float = 0.5
+    learning_rate: float = 0.2
+    count_stddev: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.initial > 0 or not math.isfinite(self.initial):
+            raise ValueError(f"initial clip must be finite and > 0, got {self.initial!r}")
+        if not 0.0 < self.target_quantile < 1.0:
+            raise ValueError(f"target quantile must be in (0, 1), got {self.target_quantile!r}")
+        if not self.learning_rate > 0 or self.count_stddev < 0:
+            raise ValueError("need learning_rate > 0 and count_stddev >= 0")
+
+    def step(self, clip: float, unclipped_fraction: float) -> float:
+        """The next clip norm given this round's (noised) fraction of unclipped reports."""
+        return float(
+            clip * math.exp(-self.learning_rate * (unclipped_fraction - self.target_quantile))
+        )
+
+
+def clip_factors(norms: npt.NDArray[np.float64], clip: float) -> npt.NDArray[np.float64]:
+    """float64[n] factors min(1, clip / norm) (1 for zero-norm updates)."""
+    safe = np.where(norms > 0, norms, 1.0)
+    return np.asarray(np.where(norms > clip, clip / safe, 1.0), dtype=np.float64)
+
+
+def clip_update(update: SparseUpdate, clip: float) -> SparseUpdate:
+    """The update scaled to L2 norm at most `clip` (same coordinates)."""
+    norm = math.sqrt(update.squared_norm())
+    if norm <= clip:
+        return update
+    values = (update.values.astype(np.float64) * (clip / norm)).astype(np.float32)
+    return SparseUpdate(update.indices, values, update.size)
+
+
+@dataclass(frozen=True, slots=True)
+class Clip:
+    """Norm bounding: clip each report to L2 norm `norm`, then aggregate with `inner`.
+
+    `norm` is a fixed C > 0 or an `AdaptiveClip`. Weights and device ids pass through.
+    Measurements: {"clip": C used this round, "clipped": count, "max_norm": largest norm seen,
+    "inner": inner measurements}. Memory: one scaled copy of the reports' values.
+    """
+
+    norm: float | AdaptiveClip = 1.0
+    inner: AggregatorFactory = field(default_factory=FedAvg)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.norm, int | float) and not (self.norm > 0 and math.isfinite(self.norm)):
+            raise ValueError(f"clip norm must be finite and > 0, got {self.norm!r}")
+
+    def create(self, size: int) -> _ClipProcess:
+        return _ClipProcess(size, self.norm, self.inner.create(size), self.seed)
+
+
+class _ClipProcess:
+    def __init__(self, size: int, norm: float | AdaptiveClip, inner: Any, seed: int) -> None:
+        self.size, self.norm, self.inner, self.seed = size, norm, inner, seed
+
+    def initialize(self) -> Any:
+        c = self.norm.initial if isinstance(self.norm, AdaptiveClip) else float(self.norm)
+        return (0, c, self.inner.initialize())
+
+    def _next_clip(self, rnd: int, clip: float, norms: npt.NDArray[np.float64]) -> float:
+        if not isinstance(self.norm, AdaptiveClip) or norms.shape[0] == 0:
+            return clip
+        unclipped = float(np.count_nonzero(norms <= clip))
+        if self.norm.count_stddev > 0:
+            rng = np.random.default_rng([self.seed, rnd])
+            unclipped += float(rng.normal(0.0, self.norm.count_stddev))
+        return self.norm.step(clip, unclipped / norms.shape[0])
+
+    def _finish(
+        self, state: Any, norms: npt.NDArray[np.float64], out: AggregateOutput
+    ) -> AggregateOutput:
+        rnd, clip, _ = state
+        new_clip = self._next_clip(rnd, clip, norms)
+        return AggregateOutput(
+            (rnd + 1, new_clip, out.state),
+            out.result,
+            {
+                "clip": clip,
+                "clipped": int(np.count_nonzero(norms > clip)),
+                "max_norm": float(norms.max()) if norms.shape[0] else 0.0,
+                "inner": out.measurements,
+            },
+        )
+
+    def next(self, state: Any, updates: Sequence[ClientUpdate]) -> AggregateOutput:
+        _, clip, inner_state = state
+        for cu in updates:
+            if cu.update.size != self.size:
+                raise ValueError(f"update of size {cu.update.size}, expected {self.size}")
+        norms = np.array([math.sqrt(cu.update.squared_norm()) for cu in updates], dtype=np.float64)
+        clipped = [
+            ClientUpdate(cu.device_id, clip_update(cu.update, clip), cu.weight) for cu in updates
+        ]
+        return self._finish(state, norms, self.inner.next(inner_state, clipped))
+
+    def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:
+        _, clip, inner_state = state
+        norms = np.sqrt(rows.sq_norms())
+        out = forward_rows(self.inner, inner_state, rows.scaled(clip_factors(norms, clip)))
+        return self._finish(state, norms, out)

@@ -1,0 +1,175 @@
+"""User-level DP mean (DP-FedAvg): clip each device's update, add Gaussian noise to the sum.
+
+The mechanism per round (McMahan et al. 2018; Andrew et al. 2021 for adaptive clipping):
+  1. clip every report to L2 norm C (whole-vector scaling, weights ignored: every device is one
+     privacy unit and weighs 1);
+  2. the inner aggregator takes the clipped reports (it must be a uniform mean, e.g.
+     `FedAvg(uniform=True)` or a secure sum divided by the count, for the sensitivity to hold);
+  3. sum = inner mean · n; release (sum + N(0, (z_u · C)² I_d)) / denominator.
+With adaptive clipping the count of unclipped reports is released with Gaussian noise of
+stddev sigma_b, and the update noise multiplier z_u is set so that both releases together are
+one Gaussian mechanism of multiplier z: z_u = (z^-2 - (2 sigma_b)^-2)^-1/2 (Andrew et al., Thm 1).
+The accountant (coordinator.privacy) then composes rounds of multiplier z.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from coordinator.privacy import PrivacyAccountant, PrivacyBudgetExhausted, Sampling
+
+from ._base import AggregateOutput, AggregatorFactory, ClientUpdate
+from ._clip import AdaptiveClip, clip_update
+from ._mean import FedAvg
+
+__all__ = ["DPMean"]
+
+
+@dataclass(frozen=True, slots=True)
+class DPMean:
+    """Differentially private mean of per-device updates (central Gaussian noise).
+
+    noise_multiplier: z, the total noise multiplier used by the accountant (> 0).
+    clip: a fixed L2 norm C > 0, or an `AdaptiveClip` (its `count_stddev` sigma_b must satisfy
+      2 sigma_b > z; 0 picks Andrew et al.'s default sigma_b = denominator / 20).
+    inner: a uniform-mean aggregator of the clipped reports.
+    denominator: divide the noised sum by this (the expected cohort size). None divides by the
+      number of reports, which is then treated as public (fixed-size sampling).
+    sampling, delta, epsilon_budget: when `sampling` is given, each round reports epsilon at
+      `delta` and sets `budget_exhausted` once another round would exceed `epsilon_budget`;
+      a round that would exceed it is refused with PrivacyBudgetExhausted.
+    seed: None draws noise from OS entropy (deployments); an int makes simulations repeatable.
+    """
+
+    noise_multiplier: float
+    clip: float | AdaptiveClip = 1.0
+    inner: AggregatorFactory = field(default_factory=lambda: FedAvg(uniform=True))
+    denominator: float | None = None
+    sampling: Sampling | None = None
+    delta: float = 1e-5
+    epsilon_budget: float = math.inf
+    accounting_method: str = "auto"
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
+            raise ValueError(
+                f"noise multiplier must be finite and > 0, got {self.noise_multiplier}"
+            )
+        if isinstance(self.clip, int | float) and not (self.clip > 0 and math.isfinite(self.clip)):
+            raise ValueError(f"clip norm must be finite and > 0, got {self.clip!r}")
+        if self.denominator is not None and not self.denominator > 0:
+            raise ValueError(f"denominator must be > 0, got {self.denominator!r}")
+        if not 0.0 < self.delta < 1.0:
+            raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
+        if not self.epsilon_budget > 0:
+            raise ValueError(f"epsilon budget must be > 0, got {self.epsilon_budget!r}")
+
+    def count_stddev(self, expected_reports: float) -> float:
+        """sigma_b for adaptive clipping (0 for a fixed clip)."""
+        if not isinstance(self.clip, AdaptiveClip):
+            return 0.0
+        return self.clip.count_stddev or expected_reports / 20.0
+
+    def update_noise_multiplier(self, expected_reports: float) -> float:
+        """z_u, the noise multiplier on the update sum once the count query takes its share."""
+        if not isinstance(self.clip, AdaptiveClip):
+            return self.noise_multiplier
+        sb = self.count_stddev(expected_reports)
+        rest = self.noise_multiplier**-2 - (2.0 * sb) ** -2
+        if rest <= 0:
+            raise ValueError(
+                f"count noise stddev {sb} is too small for noise multiplier "
+                f"{self.noise_multiplier}: need 2·sigma_b > z"
+            )
+        return float(rest**-0.5)
+
+    def create(self, size: int) -> _DPMeanProcess:
+        accountant = None
+        if self.sampling is not None:
+            accountant = PrivacyAccountant(
+                self.noise_multiplier,
+                self.sampling,
+                self.accounting_method,  # type: ignore[arg-type]
+            )
+        return _DPMeanProcess(self, size, self.inner.create(size), accountant)
+
+
+class _DPMeanProcess:
+    def __init__(
+        self, cfg: DPMean, size: int, inner: Any, accountant: PrivacyAccountant | None
+    ) -> None:
+        self.cfg, self.size, self.inner, self.accountant = cfg, size, inner, accountant
+        self._entropy = np.random.default_rng() if cfg.seed is None else None
+
+    def initialize(self) -> Any:
+        c = (
+            self.cfg.clip.initial
+            if isinstance(self.cfg.clip, AdaptiveClip)
+            else float(self.cfg.clip)
+        )
+        return (0, c, self.inner.initialize())
+
+    def _rng(self, rnd: int) -> np.random.Generator:
+        if self._entropy is not None:
+            return self._entropy
+        return np.random.default_rng([int(self.cfg.seed or 0), rnd])
+
+    def next(self, state: Any, updates: Sequence[ClientUpdate]) -> AggregateOutput:
+        rnd, clip, inner_state = state
+        cfg = self.cfg
+        privacy: dict[str, Any] = {}
+        if self.accountant is not None:
+            eps = self.accountant.epsilon(rnd + 1, cfg.delta)
+            if eps > cfg.epsilon_budget:
+                raise PrivacyBudgetExhausted(
+                    f"round {rnd + 1} would reach epsilon {eps:.4g} > budget {cfg.epsilon_budget}"
+                )
+            eps_next = self.accountant.epsilon(rnd + 2, cfg.delta)
+            privacy = {
+                "epsilon": eps,
+                "delta": cfg.delta,
+                "budget_exhausted": bool(eps_next > cfg.epsilon_budget),
+            }
+        n = len(updates)
+        denom = float(cfg.denominator) if cfg.denominator is not None else float(max(n, 1))
+        norms = np.empty(n, dtype=np.float64)
+        clipped = []
+        for i, cu in enumerate(updates):
+            if cu.update.size != self.size:
+                raise ValueError(f"update of size {cu.update.size}, expected {self.size}")
+            norms[i] = math.sqrt(cu.update.squared_norm())
+            # Weight 1: example counts are data-dependent and would break the sensitivity bound.
+            clipped.append(ClientUpdate(cu.device_id, clip_update(cu.update, clip), 1.0))
+        inner_out = self.inner.next(inner_state, clipped)
+        z_u = cfg.update_noise_multiplier(denom)
+        rng = self._rng(rnd)
+        noise_std = z_u * clip
+        total = inner_out.result.astype(np.float64) * n
+        total += rng.normal(0.0, noise_std, size=self.size)
+        result = (total / denom).astype(np.float32)
+
+        new_clip = clip
+        if isinstance(cfg.clip, AdaptiveClip):
+            sb = cfg.count_stddev(denom)
+            # Centred bits (b - 1/2) halve the count's sensitivity; see the module docstring.
+            centred = float(np.count_nonzero(norms <= clip)) - n / 2.0
+            noised_fraction = (centred + float(rng.normal(0.0, sb))) / denom + 0.5
+            new_clip = cfg.clip.step(clip, noised_fraction)
+        measurements: dict[str, Any] = {
+            "clients": n,
+            "clip": clip,
+            "clipped": int(np.count_nonzero(norms > clip)),
+            "noise_multiplier": cfg.noise_multiplier,
+            "update_noise_multiplier": z_u,
+            "noise_stddev": noise_std / denom,
+            "rounds": rnd + 1,
+            **privacy,
+            "inner": inner_out.measurements,
+        }
+        return AggregateOutput((rnd + 1, new_clip, inner_out.state), result, measurements)

@@ -1,0 +1,295 @@
+"""`build_aggregator(spec)`: aggregator factories from CLI strings like "nnm:f=2+krum:f=2".
+
+Grammar: `stage ("+" stage)*`, `stage = name [":" params]`, `params = param ("," param)*`,
+`param = key "=" value | value` (one positional value, first). Stages nest left to right: the
+leftmost is the outermost wrapper and the rightmost is the base aggregator, so
+"dp:clip=1,z=1+fedavg" is DPMean(1.0, clip=1, inner=FedAvg(uniform=True)). A wrapper written
+last gets FedAvg as its inner. `dp` must be the first stage: anything outside it would see
+individual reports or re-release noise. See AGGREGATOR_HELP for every name and parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from ._base import AggregatorFactory
+from ._clip import AdaptiveClip, Clip
+from ._dp import DPMean
+from ._mean import FedAvg
+from ._robust import (
+    Bucketing,
+    CenteredClipping,
+    CoordinateMedian,
+    GeometricMedian,
+    Krum,
+    NearestNeighborMixing,
+    TrimmedMean,
+)
+
+__all__ = ["AGGREGATOR_HELP", "AggregatorSpecError", "DEFAULT_ROBUST", "build_aggregator"]
+
+# The configuration the robustness benchmark holds to its target (docs/robustness.md).
+DEFAULT_ROBUST = "nnm:f=0.2+cclip:tau=1,beta=0.9"
+
+AGGREGATOR_HELP = """\
+Base aggregators (rightmost stage):
+  fedavg[:uniform=0|1]             example-weighted mean (mean is an alias)
+  median                           coordinate-wise median
+  trimmed_mean:BETA                drop floor(BETA*n) high and low values per coordinate
+  krum[:f=F]                       Krum; F a count (>=1) or a fraction of reports (default 0.2)
+  multikrum[:f=F,m=M]              mean of the M best Krum scores (default M = n - f)
+  geomed[:nu=,max_iter=,tol=]      geometric median, smoothed Weiszfeld (RFA)
+  cclip[:tau=T,beta=B,iters=L]     centered clipping around a server momentum
+Wrappers (stages before the base):
+  normbound:C | clip:C             clip each report to L2 norm C
+  normbound:q=Q[,init=,lr=]        adaptive clip norm tracking quantile Q of the norms
+  bucket:S[,seed=]                 average random buckets of S reports first
+  nnm[:f=F]                        nearest-neighbour mixing with n - F neighbours
+  anomaly[:max_norm=,norm_ratio=,min_cos=]   norm / cosine screening with rejection
+  dp:clip=C,z=Z[,q=Q|population=N,sample=M][,delta=,eps=,denom=,seed=,quantile=,count_std=]
+                                   user-level DP mean (must be the first stage)
+Examples: "median", "trimmed_mean:0.1", "multikrum:f=2,m=5", "bucket:2+median",
+  "nnm+krum", "normbound:5+fedavg", "dp:clip=1,z=1.0,q=0.01,eps=8+fedavg"
+"""
+
+
+class AggregatorSpecError(ValueError):
+    """A malformed or unknown aggregator spec string."""
+
+
+def _number(key: str, value: str) -> float:
+    try:
+        v = float(value)
+    except ValueError:
+        raise AggregatorSpecError(f"parameter {key!r} needs a number, got {value!r}") from None
+    if math.isnan(v):
+        raise AggregatorSpecError(f"parameter {key!r} is NaN")
+    return v
+
+
+def _integer(key: str, value: str) -> int:
+    v = _number(key, value)
+    if v != int(v):
+        raise AggregatorSpecError(f"parameter {key!r} needs a whole number, got {value!r}")
+    return int(v)
+
+
+class _Params:
+    """One stage's parameters; every key must be consumed, so typos fail loudly."""
+
+    def __init__(self, stage: str, text: str) -> None:
+        self.stage = stage
+        self.values: dict[str, str] = {}
+        self.positional: str | None = None
+        if not text:
+            return
+        for i, part in enumerate(text.split(",")):
+            part = part.strip()
+            if "=" in part:
+                key, _, value = part.partition("=")
+                key, value = key.strip(), value.strip()
+                if not key or not value or key in self.values:
+                    raise AggregatorSpecError(f"bad or repeated parameter {part!r} in {stage!r}")
+                self.values[key] = value
+            elif i == 0 and part:
+                self.positional = part
+            else:
+                raise AggregatorSpecError(f"bad parameter {part!r} in {stage!r}")
+
+    def take(self, *keys: str, positional: bool = False) -> str | None:
+        if positional and self.positional is not None:
+            value, self.positional = self.positional, None
+            return value
+        for key in keys:
+            if key in self.values:
+                return self.values.pop(key)
+        return None
+
+    def num(self, *keys: str, default: float, positional: bool = False) -> float:
+        v = self.take(*keys, positional=positional)
+        return default if v is None else _number(keys[0], v)
+
+    def opt_num(self, *keys: str) -> float | None:
+        v = self.take(*keys)
+        return None if v is None else _number(keys[0], v)
+
+    def int(self, *keys: str, default: int, positional: bool = False) -> int:
+        v = self.take(*keys, positional=positional)
+        return default if v is None else _integer(keys[0], v)
+
+    def done(self) -> None:
+        extra = list(self.values) + ([self.positional] if self.positional else [])
+        if extra:
+            raise AggregatorSpecError(f"unknown parameter(s) {extra} for {self.stage!r}")
+
+
+def _fedavg(p: _Params) -> AggregatorFactory:
+    return FedAvg(uniform=bool(p.int("uniform", default=0)))
+
+
+def _trimmed(p: _Params) -> AggregatorFactory:
+    return TrimmedMean(beta=p.num("beta", default=0.1, positional=True))
+
+
+def _krum(p: _Params) -> AggregatorFactory:
+    return Krum(f=p.num("f", default=0.2, positional=True), m=p.int("m", default=1))
+
+
+def _multikrum(p: _Params) -> AggregatorFactory:
+    f = p.num("f", default=0.2, positional=True)
+    m = p.take("m")
+    return Krum(f=f, m=None if m is None else _integer("m", m))
+
+
+def _geomed(p: _Params) -> AggregatorFactory:
+    return GeometricMedian(
+        nu=p.num("nu", default=1e-6),
+        max_iter=p.int("max_iter", default=100),
+        tol=p.num("tol", default=1e-6),
+    )
+
+
+def _cclip(p: _Params) -> AggregatorFactory:
+    return CenteredClipping(
+        tau=p.num("tau", default=1.0, positional=True),
+        beta=p.num("beta", default=0.9),
+        iterations=p.int("iters", "iterations", default=1),
+    )
+
+
+BASES: dict[str, Callable[[_Params], AggregatorFactory]] = {
+    "fedavg": _fedavg,
+    "mean": _fedavg,
+    "median": lambda p: CoordinateMedian(),
+    "trimmed_mean": _trimmed,
+    "krum": _krum,
+    "multikrum": _multikrum,
+    "geomed": _geomed,
+    "cclip": _cclip,
+}
+
+
+def _clip(p: _Params, inner: AggregatorFactory) -> AggregatorFactory:
+    q = p.opt_num("q", "quantile")
+    if q is not None:
+        norm: float | AdaptiveClip = AdaptiveClip(
+            initial=p.num("init", default=0.1),
+            target_quantile=q,
+            learning_rate=p.num("lr", default=0.2),
+        )
+    else:
+        norm = p.num("norm", "c", default=math.nan, positional=True)
+        if math.isnan(norm):
+            raise AggregatorSpecError("normbound needs a norm (normbound:5) or a quantile (q=0.5)")
+    return Clip(norm, inner=inner, seed=p.int("seed", default=0))
+
+
+def _bucket(p: _Params, inner: AggregatorFactory) -> AggregatorFactory:
+    return Bucketing(
+        bucket_size=p.int("s", "size", default=2, positional=True),
+        inner=inner,
+        seed=p.int("seed", default=0),
+    )
+
+
+def _nnm(p: _Params, inner: AggregatorFactory) -> AggregatorFactory:
+    return NearestNeighborMixing(f=p.num("f", default=0.2, positional=True), inner=inner)
+
+
+def _anomaly(p: _Params, inner: AggregatorFactory) -> AggregatorFactory:
+    from coordinator.anomaly import AnomalyFilter
+
+    return AnomalyFilter(
+        inner=inner,
+        max_norm=p.opt_num("max_norm"),
+        max_norm_ratio=p.opt_num("norm_ratio", "max_norm_ratio"),
+        min_cosine=p.opt_num("min_cos", "min_cosine"),
+    )
+
+
+def _dp(p: _Params, inner: AggregatorFactory) -> AggregatorFactory:
+    from coordinator.privacy import FixedSizeSampling, PoissonSampling, Sampling
+
+    z = p.opt_num("z", "noise_multiplier")
+    if z is None:
+        raise AggregatorSpecError("dp needs a noise multiplier z=...")
+    quantile = p.opt_num("quantile")
+    clip_value = p.num("clip", default=1.0)
+    clip: float | AdaptiveClip = clip_value
+    if quantile is not None:
+        clip = AdaptiveClip(
+            initial=clip_value,
+            target_quantile=quantile,
+            learning_rate=p.num("lr", default=0.2),
+            count_stddev=p.num("count_std", default=0.0),
+        )
+    q = p.opt_num("q")
+    population = p.take("population")
+    sample = p.take("sample")
+    sampling: Sampling | None = None
+    if q is not None and population is not None:
+        raise AggregatorSpecError("dp takes either q= (Poisson) or population=,sample= (fixed)")
+    if q is not None:
+        sampling = PoissonSampling(q)
+    elif population is not None:
+        if sample is None:
+            raise AggregatorSpecError("fixed-size sampling needs population= and sample=")
+        sampling = FixedSizeSampling(_integer("population", population), _integer("sample", sample))
+    seed = p.take("seed")
+    return DPMean(
+        noise_multiplier=z,
+        clip=clip,
+        inner=inner,
+        denominator=p.opt_num("denom", "denominator"),
+        sampling=sampling,
+        delta=p.num("delta", default=1e-5),
+        epsilon_budget=p.num("eps", "epsilon_budget", default=math.inf),
+        accounting_method=p.take("method") or "auto",
+        seed=None if seed is None else _integer("seed", seed),
+    )
+
+
+WRAPPERS: dict[str, Callable[[_Params, AggregatorFactory], AggregatorFactory]] = {
+    "normbound": _clip,
+    "clip": _clip,
+    "bucket": _bucket,
+    "nnm": _nnm,
+    "anomaly": _anomaly,
+    "dp": _dp,
+}
+
+
+def build_aggregator(spec: str) -> AggregatorFactory:
+    """The aggregator factory a spec string describes (see the module docstring and
+    AGGREGATOR_HELP). Raises AggregatorSpecError on an unknown name or a bad parameter."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise AggregatorSpecError("empty aggregator spec")
+    stages = [s.strip() for s in spec.strip().split("+")]
+    parsed: list[tuple[str, _Params]] = []
+    for i, stage in enumerate(stages):
+        name, _, params = stage.partition(":")
+        name = name.strip().lower()
+        if name not in BASES and name not in WRAPPERS:
+            known = sorted(BASES) + sorted(WRAPPERS)
+            raise AggregatorSpecError(f"unknown aggregator {name!r} in {spec!r}; known: {known}")
+        if name in BASES and i != len(stages) - 1:
+            raise AggregatorSpecError(f"{name!r} is a base aggregator and must come last")
+        if name == "dp" and i != 0:
+            raise AggregatorSpecError("dp must be the first (outermost) stage")
+        parsed.append((name, _Params(name, params.strip())))
+    name, p = parsed[-1]
+    factory: Any
+    if name in BASES:
+        factory = BASES[name](p)
+        p.done()
+        rest = parsed[:-1]
+    else:
+        factory = FedAvg(uniform=parsed[0][0] == "dp")
+        rest = parsed
+    for name, p in reversed(rest):
+        factory = WRAPPERS[name](p, factory)
+        p.done()
+    result: AggregatorFactory = factory
+    return result

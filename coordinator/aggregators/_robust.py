@@ -1,0 +1,663 @@
+"""Byzantine-robust aggregators and pre-aggregators over decoded sparse updates, never n×d dense.
+
+Everything here works on `UpdateRows`, a lazy n'×d matrix y_i = sum_j W[i, j] u_j over n
+decoded sparse updates. Robust aggregators and pre-aggregators (bucketing, nearest-neighbour
+mixing, clipping) work on this view so that no n×d dense matrix is ever built: rows are only touched through Gram
+entries, dot products with one dense d-vector, linear combinations, and coordinate blocks of a
+bounded number of scalars.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from compression import SparseUpdate
+
+from ._base import AggregateOutput, AggregationProcess, AggregatorFactory, ClientUpdate
+
+__all__ = [
+    "DEFAULT_BLOCK_ELEMS",
+    "Bucketing",
+    "CenteredClipping",
+    "CoordinateMedian",
+    "GeometricMedian",
+    "Krum",
+    "NearestNeighborMixing",
+    "RowAggregationProcess",
+    "TrimmedMean",
+    "UpdateRows",
+    "forward_rows",
+    "krum_scores",
+    "resolve_f",
+]
+
+# Scalars per coordinate block (n' rows × c columns): 2**20 float32 = 4 MiB per block copy.
+DEFAULT_BLOCK_ELEMS = 1 << 20
+
+F64 = npt.NDArray[np.float64]
+F32 = npt.NDArray[np.float32]
+
+
+class UpdateRows:
+    """n' virtual rows over n base sparse updates of size d (all dense maths in float64).
+
+    `mix` is None (the rows are the base updates) or float64[n', n]. `weights` float64[n'] are
+    the rows' FedAvg weights (example counts), `labels` their names in measurements.
+    Memory: the base updates as given, their concatenation (12 bytes per stored value), a
+    float64[n, n] Gram matrix once one is asked for, and one float64[d] scratch vector.
+    """
+
+    def __init__(
+        self,
+        updates: Sequence[SparseUpdate],
+        size: int,
+        *,
+        weights: npt.ArrayLike | None = None,
+        labels: Sequence[str] | None = None,
+        mix: F64 | None = None,
+        _shared: _Base | None = None,
+    ) -> None:
+        self._base = _shared if _shared is not None else _Base(updates, size)
+        n = self._base.n
+        if mix is not None:
+            mix = np.asarray(mix, dtype=np.float64)
+            if mix.ndim != 2 or mix.shape[1] != n:
+                raise ValueError(f"mix must be float64[n', {n}], got shape {mix.shape}")
+        self.mix = mix
+        rows = n if mix is None else int(mix.shape[0])
+        w = np.ones(rows) if weights is None else np.asarray(weights, dtype=np.float64)
+        if w.shape != (rows,):
+            raise ValueError(f"need {rows} weights, got shape {w.shape}")
+        if not np.all(np.isfinite(w)) or np.any(w < 0):
+            raise ValueError("weights must be finite and non-negative")
+        self.weights = w
+        self.labels = list(labels) if labels is not None else [f"row-{i}" for i in range(rows)]
+        if len(self.labels) != rows:
+            raise ValueError(f"need {rows} labels, got {len(self.labels)}")
+
+    @classmethod
+    def from_client_updates(cls, updates: Sequence[ClientUpdate], size: int) -> UpdateRows:
+        for cu in updates:
+            if cu.update.size != size:
+                raise ValueError(
+                    f"update from {cu.device_id} has size {cu.update.size}, expected {size}"
+                )
+        return cls(
+            [cu.update for cu in updates],
+            size,
+            weights=[cu.weight for cu in updates],
+            labels=[cu.device_id for cu in updates],
+        )
+
+    @property
+    def size(self) -> int:
+        """d, the length of every row."""
+        return self._base.size
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def mixed(
+        self, mix: F64, *, weights: npt.ArrayLike | None = None, labels: Sequence[str] | None = None
+    ) -> UpdateRows:
+        """New rows `mix @ self` (mix float64[n'', n']), sharing the base updates and Gram."""
+        mix = np.asarray(mix, dtype=np.float64)
+        if mix.ndim != 2 or mix.shape[1] != len(self):
+            raise ValueError(f"mix must have {len(self)} columns, got shape {mix.shape}")
+        total = mix if self.mix is None else mix @ self.mix
+        return UpdateRows(
+            [], self.size, weights=weights, labels=labels, mix=total, _shared=self._base
+        )
+
+    def scaled(self, scale: F64) -> UpdateRows:
+        """Rows multiplied by float64[n'] factors (clipping), keeping weights and labels."""
+        return self.mixed(
+            np.diag(np.asarray(scale, dtype=np.float64)), weights=self.weights, labels=self.labels
+        )
+
+    def subset(self, keep: Sequence[int]) -> UpdateRows:
+        """Only the rows at positions `keep`."""
+        k = np.asarray(keep, dtype=np.int64)
+        sel = np.zeros((k.shape[0], len(self)))
+        sel[np.arange(k.shape[0]), k] = 1.0
+        return self.mixed(sel, weights=self.weights[k], labels=[self.labels[i] for i in k])
+
+    def gram(self) -> F64:
+        """float64[n', n'] of row inner products <y_i, y_j>."""
+        g = self._base.gram()
+        return g if self.mix is None else self.mix @ g @ self.mix.T
+
+    def sq_norms(self) -> F64:
+        """float64[n'] squared L2 norms of the rows."""
+        if self.mix is None:
+            return self._base.sq_norms()
+        if np.all(np.count_nonzero(self.mix, axis=1) <= 1):
+            # Scaled/selected base rows: no Gram needed.
+            return np.asarray((self.mix**2) @ self._base.sq_norms(), dtype=np.float64)
+        return np.asarray(
+            np.einsum("ij,jk,ik->i", self.mix, self._base.gram(), self.mix), dtype=np.float64
+        )
+
+    def sq_distances(self) -> F64:
+        """float64[n', n'] squared L2 distances between rows (from the Gram matrix)."""
+        g = self.gram()
+        diag = np.diag(g)
+        d2 = diag[:, None] + diag[None, :] - 2.0 * g
+        np.maximum(d2, 0.0, out=d2)
+        np.fill_diagonal(d2, 0.0)
+        return d2
+
+    def dots(self, z: npt.NDArray[np.floating]) -> F64:
+        """float64[n'] of <y_i, z> for a dense z of length d."""
+        b = self._base.dots(z)
+        return b if self.mix is None else self.mix @ b
+
+    def combine(self, coef: npt.ArrayLike) -> F64:
+        """sum_i coef[i] y_i as a dense float64[d] (one d-vector of memory)."""
+        c = np.asarray(coef, dtype=np.float64)
+        if c.shape != (len(self),):
+            raise ValueError(f"need {len(self)} coefficients, got shape {c.shape}")
+        base = c if self.mix is None else self.mix.T @ c
+        return self._base.combine(base)
+
+    def blocks(self, block_elems: int = DEFAULT_BLOCK_ELEMS) -> Iterator[tuple[int, int, F32]]:
+        """Yield `(start, stop, float32[n', stop - start])` coordinate blocks covering [0, d).
+
+        The block width c is chosen so that max(n, n')·c <= block_elems (at least 1 column).
+        """
+        rows = len(self)
+        width = max(1, block_elems // max(rows, self._base.n, 1))
+        for start, stop, block in self._base.blocks(width):
+            if self.mix is None:
+                yield start, stop, block
+            else:
+                yield start, stop, (self.mix @ block).astype(np.float32)
+
+    def materialize(self) -> list[ClientUpdate]:
+        """The rows as ClientUpdates (sparse over their nonzeros), one dense d-vector at a time.
+
+        A mixed row can hold up to min(d, sum of its sources' nnz) values, so this is only used
+        to hand rows to an inner aggregator that does not understand UpdateRows.
+        """
+        if self.mix is None:
+            return [
+                ClientUpdate(label, upd, float(w))
+                for label, upd, w in zip(self.labels, self._base.updates, self.weights, strict=True)
+            ]
+        out = []
+        eye = np.zeros(len(self))
+        for i in range(len(self)):
+            eye[:] = 0.0
+            eye[i] = 1.0
+            dense = self.combine(eye).astype(np.float32)
+            idx = np.flatnonzero(dense).astype(np.int64)
+            upd = SparseUpdate(idx, dense[idx], self.size)
+            out.append(ClientUpdate(self.labels[i], upd, float(self.weights[i])))
+        return out
+
+
+def _wsum(bins: npt.NDArray[np.int64], weights: F64, length: int) -> F64:
+    """float64[length]: out[b] = sum of weights whose bin is b (np.bincount, typed)."""
+    out: F64 = np.bincount(bins, weights=weights, minlength=length).astype(np.float64, copy=False)
+    return out
+
+
+class _Base:
+    """The n decoded updates, concatenated once for vectorised sparse dot products."""
+
+    def __init__(self, updates: Sequence[SparseUpdate], size: int) -> None:
+        if size <= 0:
+            raise ValueError(f"size must be positive, got {size}")
+        for u in updates:
+            if u.size != size:
+                raise ValueError(f"update of size {u.size}, expected {size}")
+        self.updates = list(updates)
+        self.size = size
+        self.n = len(self.updates)
+        counts = np.array([u.nnz for u in self.updates], dtype=np.int64)
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        if self.n:
+            self.idx = np.concatenate([u.indices for u in self.updates]).astype(
+                np.int64, copy=False
+            )
+            self.vals = np.concatenate([u.values for u in self.updates]).astype(np.float64)
+        else:
+            self.idx = np.zeros(0, dtype=np.int64)
+            self.vals = np.zeros(0, dtype=np.float64)
+        self.row_of = np.repeat(np.arange(self.n, dtype=np.int64), counts)
+        self._gram: F64 | None = None
+        self._sq: F64 | None = None
+
+    def sq_norms(self) -> F64:
+        if self._sq is None:
+            self._sq = _wsum(self.row_of, self.vals * self.vals, self.n)
+        return self._sq
+
+    def gram(self) -> F64:
+        """Pairwise sparse dot products: scatter row i into one dense scratch, gather the rest.
+
+        Time O(n · total nnz); memory one float64[d] scratch plus float64[n, n].
+        """
+        if self._gram is None:
+            n = self.n
+            g = np.zeros((n, n), dtype=np.float64)
+            scratch = np.zeros(self.size, dtype=np.float64)
+            for i in range(n):
+                lo, hi = self.offsets[i], self.offsets[i + 1]
+                idx_i = self.idx[lo:hi]
+                scratch[idx_i] = self.vals[lo:hi]
+                prods = scratch[self.idx[lo:]] * self.vals[lo:]
+                g[i, i:] = np.bincount(self.row_of[lo:] - i, weights=prods, minlength=n - i)[
+                    : n - i
+                ]
+                scratch[idx_i] = 0.0
+            self._gram = np.triu(g) + np.triu(g, 1).T
+        return self._gram
+
+    def dots(self, z: npt.NDArray[np.floating]) -> F64:
+        if z.shape != (self.size,):
+            raise ValueError(f"z must have shape ({self.size},), got {z.shape}")
+        prods = np.asarray(z, dtype=np.float64)[self.idx] * self.vals
+        return _wsum(self.row_of, prods, self.n)
+
+    def combine(self, coef: F64) -> F64:
+        # Indices repeat across updates; bincount sums the repeats into one float64[d].
+        return _wsum(self.idx, coef[self.row_of] * self.vals, self.size)
+
+    def blocks(self, width: int) -> Iterator[tuple[int, int, F32]]:
+        bounds = np.array([*range(0, self.size, width), self.size], dtype=np.int64)
+        # cut[j, b]: first position of update j at or after coordinate bounds[b].
+        cut = (
+            np.stack([np.searchsorted(u.indices, bounds) for u in self.updates]) if self.n else None
+        )
+        for b in range(bounds.shape[0] - 1):
+            start, stop = int(bounds[b]), int(bounds[b + 1])
+            block = np.zeros((self.n, stop - start), dtype=np.float32)
+            if cut is not None:
+                for j, u in enumerate(self.updates):
+                    lo, hi = cut[j, b], cut[j, b + 1]
+                    if hi > lo:
+                        block[j, u.indices[lo:hi] - start] = u.values[lo:hi]
+            yield start, stop, block
+
+
+@runtime_checkable
+class RowAggregationProcess(Protocol):
+    """A process that can also aggregate lazily mixed rows (no materialisation)."""
+
+    def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput: ...
+
+
+def forward_rows(process: Any, state: Any, rows: UpdateRows) -> AggregateOutput:
+    """Hand rows to an inner process: lazily if it understands UpdateRows, else materialised."""
+    if isinstance(process, RowAggregationProcess):
+        return process.next_rows(state, rows)
+    result: AggregateOutput = process.next(state, rows.materialize())
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# Robust aggregators. Claimed example counts come from devices and are attacker-controlled, so
+# every aggregator here weighs reports uniformly.
+# ---------------------------------------------------------------------------------------------
+
+
+def resolve_f(f: float, n: int) -> int:
+    """Number of tolerated Byzantine reports: `f` itself if >= 1, else floor(f·n) for 0<=f<1."""
+    if not np.isfinite(f) or f < 0:
+        raise ValueError(f"f must be a non-negative count or a fraction in [0, 1), got {f!r}")
+    if f >= 1:
+        if f != int(f):
+            raise ValueError(f"f >= 1 must be a whole number of clients, got {f!r}")
+        return int(f)
+    return int(np.floor(f * n))
+
+
+def _zeros(size: int) -> F32:
+    return np.zeros(size, dtype=np.float32)
+
+
+class _RowProcess:
+    """Shared plumbing: `next` builds UpdateRows from ClientUpdates and calls `next_rows`."""
+
+    size: int
+
+    def initialize(self) -> Any:
+        return ()
+
+    def next(self, state: Any, updates: Sequence[ClientUpdate]) -> AggregateOutput:
+        return self.next_rows(state, UpdateRows.from_client_updates(updates, self.size))
+
+    def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:
+        raise TypeError(f"{type(self).__name__} must define next_rows")
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinateMedian:
+    """Coordinate-wise median of the reports (Yin et al. 2018); missing coordinates count as 0.
+
+    Memory: the result float32[d] plus about 3 · block_elems float32 scalars (one coordinate
+    block of n×c and the copy np.median partitions), never n×d.
+    """
+
+    block_elems: int = DEFAULT_BLOCK_ELEMS
+
+    def create(self, size: int) -> _MedianProcess:
+        return _MedianProcess(size, self.block_elems)
+
+
+class _MedianProcess(_RowProcess):
+    def __init__(self, size: int, block_elems: int) -> None:
+        self.size, self.block_elems = size, block_elems
+
+    def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:
+        out = _zeros(self.size)
+        if len(rows):
+            for start, stop, block in rows.blocks(self.block_elems):
+                out[start:stop] = np.median(block, axis=0)
+        return AggregateOutput(state, out, {"clients": len(rows)})
+
+
+@dataclass(frozen=True, slots=True)
+class TrimmedMean:
+    """Coordinate-wise mean after dropping the floor(beta·n) largest and smallest values.
+
+    beta in [0, 0.5); the trim is capped so that at least one value per coordinate remains.
+    Memory: the result float32[d] plus about 3 · block_elems float32 scalars, never n×d.
+    """
+
+    beta: float = 0.1
+    block_elems: int = DEFAULT_BLOCK_ELEMS
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.beta < 0.5:
+            raise ValueError(f"trimmed mean beta must be in [0, 0.5), got {self.beta!r}")
+
+    def create(self, size: int) -> _TrimmedMeanProcess:
+        return _TrimmedMeanProcess(size, self.beta, self.block_elems)
+
+
+class _TrimmedMeanProcess(_RowProcess):
+    def __init__(self, size: int, beta: float, block_elems: int) -> None:
+        self.size, self.beta, self.block_elems = size, beta, block_elems
+
+    def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:
+        n = len(rows)
+        out = _zeros(self.size)
+        trim = min(int(np.floor(self.beta * n)), (n - 1) // 2) if n else 0
+        if n:
+            for start, stop, block in rows.blocks(self.block_elems):
+                block.sort(axis=0)
+                out[start:stop] = block[trim : n - trim].mean(axis=0, dtype=np.float64)
+        return AggregateOutput(state, out, {"clients": n, "trimmed_each_side": trim})
+
+
+@dataclass(frozen=True, slots=True)
+class Krum:
+    """Krum / multi-Krum (Blanchard et al. 2017): average the m reports with the lowest score.
+
+    A report's score is the sum of squared distances to its n - f - 2 nearest other reports.
+    `f` is a count (>= 1) or a fraction of the round's reports; `m=1` is Krum, `m=None` takes
+    n - f (multi-Krum's usual choice). Distances come from sparse dot products:
+    memory float64[n, n] plus one float64[d] scratch and the result, never n×d; time
+    O(n · total nnz).
+    """
+
+    f: float = 0.2
+    m: int | None = 1
+
+    def __post_init__(self) -> None:
+        resolve_f(self.f, 1)
+        if self.m is not None and self.m < 1:
+            raise ValueError(f"multi-Krum m must be >= 1, got {self.m!r}")
+
+    def create(self, size: int) -> _KrumProcess:
+        return _KrumProcess(size, self.f, self.m)
+
+
+def krum_scores(sq_dist: F64, f: int) -> F64:
+    """float64[n] Krum scores from float64[n, n] squared distances (neighbours >= 1)."""
+    n = sq_dist.shape[0]
+    k = max(1, n - f - 2)
+    if n == 1:
+        return np.zeros(1)
+    others = np.where(np.eye(n, dtype=bool), np.inf, sq_dist)
+    k = min(k, n - 1)
+    return np.asarray(np.sort(others, axis=1)[:, :k].sum(axis=1), dtype=np.float64)
+
+
+class _KrumProcess(_RowProcess):
+    def __init__(self, size: int, f: float, m: int | None) -> None:
+        self.size, self.f, self.m = size, f, m
+
+    def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:
+        n = len(rows)
+        if n == 0:
+            return AggregateOutput(state, _zeros(self.size), {"clients": 0})
+        f = resolve_f(self.f, n)
+        scores = krum_scores(rows.sq_distances(), f)
+        m = n - f if self.m is None else self.m
+        m = max(1, min(m, n))
+        chosen = np.argsort(scores, kind="stable")[:m]
+        coef = np.zeros(n)
+        coef[chosen] = 1.0 / m
+        out = rows.combine(coef).astype(np.float32)
+        return AggregateOutput(
+            state,
+            out,
+            {
+                "clients": n,
+                "f": f,
+                "selected": [rows.labels[i] for i in chosen],
+                "guarantee_holds": n > 2 * f + 2,
+            },
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class GeometricMedian:
+    """Geometric median by smoothed Weiszfeld iterations (RFA, Pillutla et al. 2022).
+
+    Minimises sum_i max(nu, ||z - y_i||) over z, starting from the mean; stops when the
+    objective improves by less than `tol` (relative) or after `max_iter` iterations.
+    Memory: the dense float64[d] iterate plus O(n + total nnz), never n×d.
+    """
+
+    nu: float = 1e-6
+    max_iter: int = 100
+    tol: float = 1e-6
+
+    def __post_init__(self) -> None:
+        if self.nu <= 0 or self.max_iter < 1 or self.tol < 0:
+            raise ValueError("geometric median needs nu > 0, max_iter >= 1, tol >= 0")
+
+    def create(self, size: int) -> _GeoMedProcess:
+        return _GeoMedProcess(size, self.nu, self.max_iter, self.tol)
+
+
+class _GeoMedProcess(_RowProcess):
+    def __init__(self, size: int, nu: float, max_iter: int, tol: float) -> None:
+        self.size, self.nu, self.max_iter, self.tol = size, nu, max_iter, tol
+
+    def _distances(self, rows: UpdateRows, z: F64, sq: F64) -> F64:
+        d2 = float(z @ z) - 2.0 * rows.dots(z) + sq
+        return np.sqrt(np.maximum(d2, 0.0))
+
+    def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:
+        n = len(rows)
+        if n == 0:
+            return AggregateOutput(state, _zeros(self.size), {"clients": 0})
+        sq = rows.sq_norms()
+        z = rows.combine(np.full(n, 1.0 / n))
+        dist = self._distances(rows, z, sq)
+        obj = float(np.maximum(dist, self.nu).sum())
+        iters = 0
+        while iters < self.max_iter:
+            iters += 1
+            beta = 1.0 / np.maximum(dist, self.nu)
+            z = rows.combine(beta / beta.sum())
+            dist = self._distances(rows, z, sq)
+            new_obj = float(np.maximum(dist, self.nu).sum())
+            converged = obj - new_obj <= self.tol * max(obj, 1e-30)
+            obj = new_obj
+            if converged:
+                break
+        return AggregateOutput(
+            state, z.astype(np.float32), {"clients": n, "iterations": iters, "objective": obj}
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class CenteredClipping:
+    """Centered clipping around a server momentum (Karimireddy et al. 2021).
+
+    Each round: v = c; repeat `iterations` times v += mean_i clip_tau(y_i - v), where clip_tau
+    scales a vector to L2 norm at most `tau`. The output is v. The centre for the next round is
+    the server momentum c' = beta·c + (1 - beta)·v (beta=0: the previous aggregate).
+    State: the centre float32[d]. Memory O(d + n + total nnz), never n×d.
+    """
+
+    tau: float = 1.0
+    beta: float = 0.9
+    iterations: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.tau > 0 or not 0 <= self.beta < 1 or self.iterations < 1:
+            raise ValueError("centered clipping needs tau > 0, 0 <= beta < 1, iterations >= 1")
+
+    def create(self, size: int) -> _CClipProcess:
+        return _CClipProcess(size, self.tau, self.beta, self.iterations)
+
+
+class _CClipProcess(_RowProcess):
+    def __init__(self, size: int, tau: float, beta: float, iterations: int) -> None:
+        self.size, self.tau, self.beta, self.iterations = size, tau, beta, iterations
+
+    def initialize(self) -> Any:
+        return _zeros(self.size)
+
+    def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:
+        center = np.asarray(state, dtype=np.float32)
+        if center.shape != (self.size,):
+            raise ValueError(f"centered clipping state must be float32[{self.size}]")
+        n = len(rows)
+        if n == 0:
+            return AggregateOutput(center, _zeros(self.size), {"clients": 0})
+        sq = rows.sq_norms()
+        v = center.astype(np.float64)
+        clipped = 0
+        for _ in range(self.iterations):
+            dist = np.sqrt(np.maximum(float(v @ v) - 2.0 * rows.dots(v) + sq, 0.0))
+            s = np.minimum(1.0, self.tau / np.maximum(dist, 1e-30))
+            clipped = int(np.count_nonzero(s < 1.0))
+            # mean_i s_i (y_i - v) = (sum_i s_i y_i - (sum_i s_i) v) / n
+            v = v * (1.0 - s.sum() / n) + rows.combine(s / n)
+        out = v.astype(np.float32)
+        new_center = (self.beta * center.astype(np.float64) + (1.0 - self.beta) * v).astype(
+            np.float32
+        )
+        return AggregateOutput(new_center, out, {"clients": n, "clipped": clipped})
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-aggregation: linear mixes of the reports handed to an inner aggregator.
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Bucketing:
+    """Shuffle the reports into buckets of `bucket_size` and hand the bucket means to `inner`.
+
+    Karimireddy, He and Jaggi 2022. The shuffle is drawn from (seed, round). The bucket means
+    stay lazy (UpdateRows) for the robust aggregators here; another inner gets them
+    materialised, each with at most bucket_size · max nnz values.
+    """
+
+    bucket_size: int = 2
+    inner: AggregatorFactory = field(default_factory=CoordinateMedian)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.bucket_size < 1:
+            raise ValueError(f"bucket size must be >= 1, got {self.bucket_size!r}")
+
+    def create(self, size: int) -> _BucketingProcess:
+        return _BucketingProcess(size, self.bucket_size, self.inner.create(size), self.seed)
+
+
+class _BucketingProcess(_RowProcess):
+    def __init__(self, size: int, bucket_size: int, inner: AggregationProcess, seed: int) -> None:
+        self.size, self.bucket_size, self.inner, self.seed = size, bucket_size, inner, seed
+
+    def initialize(self) -> Any:
+        return (0, self.inner.initialize())
+
+    def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:
+        rnd, inner_state = state
+        n = len(rows)
+        perm = np.random.default_rng([self.seed, rnd]).permutation(n)
+        buckets = [perm[i : i + self.bucket_size] for i in range(0, n, self.bucket_size)]
+        mix = np.zeros((len(buckets), n))
+        for b, members in enumerate(buckets):
+            mix[b, members] = 1.0 / len(members)
+        weights = [float(rows.weights[m].sum()) for m in buckets]
+        labels = [f"bucket-{b}" for b in range(len(buckets))]
+        inner_out = forward_rows(
+            self.inner, inner_state, rows.mixed(mix, weights=weights, labels=labels)
+        )
+        return AggregateOutput(
+            (rnd + 1, inner_out.state),
+            inner_out.result,
+            {"buckets": len(buckets), "inner": inner_out.measurements},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NearestNeighborMixing:
+    """Replace each report by the mean of its n - f nearest reports (itself included).
+
+    Allouah et al. 2023 ("Fixing by mixing"). `f` is a count or a fraction of the round's
+    reports. Needs the float64[n, n] distance matrix (sparse dot products); the mixed rows stay
+    lazy for the robust aggregators here, so memory is O(n² + d + total nnz), never n×d.
+    """
+
+    f: float = 0.2
+    inner: AggregatorFactory = field(default_factory=lambda: Krum())
+
+    def __post_init__(self) -> None:
+        resolve_f(self.f, 1)
+
+    def create(self, size: int) -> _NNMProcess:
+        return _NNMProcess(size, self.f, self.inner.create(size))
+
+
+class _NNMProcess(_RowProcess):
+    def __init__(self, size: int, f: float, inner: AggregationProcess) -> None:
+        self.size, self.f, self.inner = size, f, inner
+
+    def initialize(self) -> Any:
+        return self.inner.initialize()
+
+    def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:
+        n = len(rows)
+        f = resolve_f(self.f, n) if n else 0
+        keep = max(1, n - f)
+        mix = np.zeros((n, n))
+        if n:
+            d2 = rows.sq_distances()
+            # Ties broken by index so the mix is deterministic; self (distance 0) comes first.
+            order = np.lexsort((np.broadcast_to(np.arange(n), (n, n)), d2), axis=1)[:, :keep]
+            np.put_along_axis(mix, order, 1.0 / keep, axis=1)
+        inner_out = forward_rows(
+            self.inner, state, rows.mixed(mix, weights=rows.weights, labels=rows.labels)
+        )
+        return AggregateOutput(
+            inner_out.state,
+            inner_out.result,
+            {"f": f, "neighbours": keep, "inner": inner_out.measurements},
+        )

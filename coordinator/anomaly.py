@@ -1,0 +1,204 @@
+"""Per-update anomaly signals (L2 norm, cosine to the aggregate) as metrics, with optional rejection.
+
+`AnomalyFilter(inner, ...)` is an aggregator wrapper: it measures every decoded report,
+optionally rejects reports whose norm is too large (absolute, or relative to the round's
+median norm), aggregates the rest with `inner`, and then optionally rejects reports whose
+cosine to that aggregate is below a threshold and aggregates once more without them (from the
+same inner state, so a stateful inner aggregator advances once). Signals go to an
+`AnomalyMetrics` object holding prometheus_client metrics in its own `CollectorRegistry`
+(serve it with `prometheus_client.generate_latest(metrics.registry)`), and to measurements.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from .aggregators import AggregateOutput, AggregatorFactory, ClientUpdate, FedAvg
+
+__all__ = [
+    "AnomalyFilter",
+    "AnomalyMetrics",
+    "RejectReason",
+    "cosine_to",
+    "update_norms",
+]
+
+
+class RejectReason:
+    """Label values of `plume_updates_rejected_total{reason=...}`."""
+
+    NORM = "norm"
+    NORM_RATIO = "norm_ratio"
+    COSINE = "cosine"
+
+
+_COSINE_BUCKETS = (-1.0, -0.5, -0.25, 0.0, 0.05, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+_NORM_BUCKETS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0, 1000.0)
+
+
+class AnomalyMetrics:
+    """Prometheus metrics for update screening, in a registry of their own (or one passed in).
+
+    Histograms rather than per-device gauges keep the series count fixed as the fleet grows.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.update_norm = Histogram(
+            "plume_update_norm",
+            "L2 norm of each decoded update",
+            buckets=_NORM_BUCKETS,
+            registry=self.registry,
+        )
+        self.update_cosine = Histogram(
+            "plume_update_cosine_to_aggregate",
+            "Cosine similarity of each decoded update to the round's aggregate",
+            buckets=_COSINE_BUCKETS,
+            registry=self.registry,
+        )
+        self.screened = Counter(
+            "plume_updates_screened", "Updates screened for anomalies", registry=self.registry
+        )
+        self.rejected = Counter(
+            "plume_updates_rejected",
+            "Updates rejected by anomaly screening",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.round_max_norm = Gauge(
+            "plume_round_max_update_norm",
+            "Largest update norm in the last screened round",
+            registry=self.registry,
+        )
+        self.round_min_cosine = Gauge(
+            "plume_round_min_update_cosine",
+            "Smallest cosine to the aggregate in the last screened round",
+            registry=self.registry,
+        )
+
+    def observe(
+        self,
+        norms: npt.NDArray[np.float64],
+        cosines: npt.NDArray[np.float64],
+        rejected: dict[str, int],
+    ) -> None:
+        for v in norms:
+            self.update_norm.observe(float(v))
+        for c in cosines:
+            self.update_cosine.observe(float(c))
+        self.screened.inc(int(norms.shape[0]))
+        for reason, count in rejected.items():
+            if count:
+                self.rejected.labels(reason=reason).inc(count)
+        if norms.shape[0]:
+            self.round_max_norm.set(float(norms.max()))
+            self.round_min_cosine.set(float(cosines.min()))
+
+    def exposition(self) -> bytes:
+        """The registry in Prometheus text format."""
+        return generate_latest(self.registry)
+
+
+def update_norms(updates: Sequence[ClientUpdate]) -> npt.NDArray[np.float64]:
+    """float64[n] L2 norms of the decoded updates."""
+    return np.array([math.sqrt(cu.update.squared_norm()) for cu in updates], dtype=np.float64)
+
+
+def cosine_to(
+    updates: Sequence[ClientUpdate], aggregate: npt.NDArray[np.floating]
+) -> npt.NDArray[np.float64]:
+    """float64[n] cosine of each update to a dense aggregate (0 where either norm is 0)."""
+    a = np.asarray(aggregate, dtype=np.float64)
+    an = math.sqrt(float(a @ a))
+    out = np.zeros(len(updates), dtype=np.float64)
+    for i, cu in enumerate(updates):
+        un = math.sqrt(cu.update.squared_norm())
+        if an > 0 and un > 0:
+            dot = float(a[cu.update.indices] @ cu.update.values.astype(np.float64))
+            out[i] = dot / (an * un)
+    return out
+
+
+@dataclass(frozen=True)
+class AnomalyFilter:
+    """Screen reports by norm and cosine-to-aggregate around an inner aggregator.
+
+    max_norm: reject reports with L2 norm above this. max_norm_ratio: reject reports whose norm
+    exceeds this multiple of the round's median norm. min_cosine: reject reports whose cosine
+    to the (first-pass) aggregate is below this, then aggregate again. All None: measure only.
+    Measurements: {"norms": {device: norm}, "cosines": {device: cosine}, "rejected":
+    {device: reason}, "inner": ...}.
+    """
+
+    inner: AggregatorFactory = field(default_factory=FedAvg)
+    max_norm: float | None = None
+    max_norm_ratio: float | None = None
+    min_cosine: float | None = None
+    metrics: AnomalyMetrics | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.max_norm is not None and not self.max_norm > 0:
+            raise ValueError(f"max_norm must be > 0, got {self.max_norm!r}")
+        if self.max_norm_ratio is not None and not self.max_norm_ratio >= 1:
+            raise ValueError(f"max_norm_ratio must be >= 1, got {self.max_norm_ratio!r}")
+        if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
+            raise ValueError(f"min_cosine must be in [-1, 1], got {self.min_cosine!r}")
+
+    def create(self, size: int) -> _AnomalyProcess:
+        return _AnomalyProcess(self, size, self.inner.create(size))
+
+
+class _AnomalyProcess:
+    def __init__(self, cfg: AnomalyFilter, size: int, inner: Any) -> None:
+        self.cfg, self.size, self.inner = cfg, size, inner
+
+    def initialize(self) -> Any:
+        return self.inner.initialize()
+
+    def next(self, state: Any, updates: Sequence[ClientUpdate]) -> AggregateOutput:
+        cfg = self.cfg
+        norms = update_norms(updates)
+        reasons: dict[str, str] = {}
+        median = float(np.median(norms)) if norms.shape[0] else 0.0
+        for cu, norm in zip(updates, norms, strict=True):
+            if cfg.max_norm is not None and norm > cfg.max_norm:
+                reasons[cu.device_id] = RejectReason.NORM
+            elif cfg.max_norm_ratio is not None and norm > cfg.max_norm_ratio * median:
+                reasons[cu.device_id] = RejectReason.NORM_RATIO
+        kept = [cu for cu in updates if cu.device_id not in reasons]
+        out: AggregateOutput = self.inner.next(state, kept)
+        cosines = cosine_to(updates, out.result)
+        if cfg.min_cosine is not None:
+            low = {
+                cu.device_id
+                for cu, c in zip(updates, cosines, strict=True)
+                if cu.device_id not in reasons and c < cfg.min_cosine
+            }
+            if low:
+                reasons.update(dict.fromkeys(low, RejectReason.COSINE))
+                kept = [cu for cu in kept if cu.device_id not in low]
+                out = self.inner.next(state, kept)
+        counts = {
+            r: sum(1 for v in reasons.values() if v == r)
+            for r in (RejectReason.NORM, RejectReason.NORM_RATIO, RejectReason.COSINE)
+        }
+        if cfg.metrics is not None:
+            cfg.metrics.observe(norms, cosines, counts)
+        ids = [cu.device_id for cu in updates]
+        return AggregateOutput(
+            out.state,
+            out.result,
+            {
+                "norms": dict(zip(ids, norms.tolist(), strict=True)),
+                "cosines": dict(zip(ids, cosines.tolist(), strict=True)),
+                "rejected": reasons,
+                "inner": out.measurements,
+            },
+        )

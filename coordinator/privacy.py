@@ -1,0 +1,177 @@
+"""User-level DP accounting for rounds of DP-FedAvg, built on Google's `dp_accounting` (RDP, PLD).
+
+One round releases the noised sum of clipped per-device updates: a Gaussian mechanism with
+noise multiplier z (noise stddev / clip norm), applied to a sampled cohort. Rounds compose.
+
+- `PoissonSampling(q)`: every device joins a round independently with probability q.
+  Neighbouring relation: add/remove one device (all of its data). The L2 sensitivity of the
+  clipped sum is C, so the Gaussian event has noise multiplier z. PLD (tight) or RDP.
+- `FixedSizeSampling(population, sample_size)`: a uniform cohort of exactly `sample_size`
+  devices out of `population`. Neighbouring relation: replace one device (the population size
+  is public). Replacing a device moves the clipped sum by up to 2C, so the event's noise
+  multiplier is z / 2. `dp_accounting` supports this only with RDP.
+
+The accountant is a frozen value: `epsilon(rounds, delta)` composes `rounds` identical rounds.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import dp_accounting
+from dp_accounting import pld, rdp
+
+__all__ = [
+    "FixedSizeSampling",
+    "PoissonSampling",
+    "PrivacyAccountant",
+    "PrivacyBudgetExhausted",
+    "Sampling",
+    "calibrate_noise_multiplier",
+]
+
+Method = Literal["auto", "pld", "rdp"]
+
+
+class PrivacyBudgetExhausted(RuntimeError):
+    """Releasing another round would push epsilon past the task's budget."""
+
+
+@dataclass(frozen=True, slots=True)
+class PoissonSampling:
+    """Each device takes part in a round independently with `probability` q in (0, 1]."""
+
+    probability: float
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.probability <= 1.0:
+            raise ValueError(f"sampling probability must be in (0, 1], got {self.probability!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class FixedSizeSampling:
+    """A uniformly random cohort of `sample_size` devices out of `population`, per round."""
+
+    population: int
+    sample_size: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.sample_size <= self.population:
+            raise ValueError(
+                f"need 1 <= sample_size <= population, got {self.sample_size}/{self.population}"
+            )
+
+
+Sampling = PoissonSampling | FixedSizeSampling
+
+
+def _round_event(noise_multiplier: float, sampling: Sampling) -> dp_accounting.DpEvent:
+    if isinstance(sampling, PoissonSampling):
+        return dp_accounting.PoissonSampledDpEvent(
+            sampling.probability, dp_accounting.GaussianDpEvent(noise_multiplier)
+        )
+    # Replace-one: sensitivity 2C, so the Gaussian's multiplier relative to it is z / 2.
+    return dp_accounting.SampledWithoutReplacementDpEvent(
+        sampling.population,
+        sampling.sample_size,
+        dp_accounting.GaussianDpEvent(noise_multiplier / 2.0),
+    )
+
+
+def _make_accountant(sampling: Sampling, method: Method) -> dp_accounting.PrivacyAccountant:
+    fixed = isinstance(sampling, FixedSizeSampling)
+    relation = (
+        dp_accounting.NeighboringRelation.REPLACE_ONE
+        if fixed
+        else dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+    )
+    chosen = ("rdp" if fixed else "pld") if method == "auto" else method
+    if chosen == "pld":
+        if fixed:
+            raise ValueError("dp_accounting's PLD accountant has no fixed-size sampling; use rdp")
+        return pld.PLDAccountant(neighboring_relation=relation)
+    if chosen == "rdp":
+        return rdp.RdpAccountant(neighboring_relation=relation)
+    raise ValueError(f"unknown accounting method {method!r}; use auto, pld or rdp")
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyAccountant:
+    """(epsilon, delta) of `rounds` rounds of the sampled Gaussian mechanism.
+
+    noise_multiplier: noise stddev on the clipped sum divided by the clip norm C (> 0).
+    method: "pld" (tight; Poisson only), "rdp", or "auto" (PLD for Poisson, RDP for fixed size).
+    """
+
+    noise_multiplier: float
+    sampling: Sampling
+    method: Method = "auto"
+
+    def __post_init__(self) -> None:
+        if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
+            raise ValueError(
+                f"noise multiplier must be finite and > 0, got {self.noise_multiplier}"
+            )
+        _make_accountant(self.sampling, self.method)  # validates the method/sampling pair
+
+    def dp_event(self, rounds: int) -> dp_accounting.DpEvent:
+        """The dp_accounting event of `rounds` rounds (rounds >= 0)."""
+        if rounds < 0:
+            raise ValueError(f"rounds must be >= 0, got {rounds}")
+        return dp_accounting.SelfComposedDpEvent(
+            _round_event(self.noise_multiplier, self.sampling), rounds
+        )
+
+    def epsilon(self, rounds: int, delta: float) -> float:
+        """Smallest epsilon with (epsilon, delta)-DP after `rounds` rounds (0 for 0 rounds)."""
+        if not 0.0 < delta < 1.0:
+            raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+        if rounds == 0:
+            return 0.0
+        return _epsilon_cached(self, rounds, delta)
+
+    def max_rounds(self, epsilon: float, delta: float, limit: int = 1_000_000) -> int:
+        """The largest number of rounds whose epsilon stays <= `epsilon` (capped at `limit`)."""
+        if self.epsilon(1, delta) > epsilon:
+            return 0
+        lo, hi = 1, 2
+        while hi <= limit and self.epsilon(hi, delta) <= epsilon:
+            lo, hi = hi, hi * 2
+        hi = min(hi, limit + 1)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.epsilon(mid, delta) <= epsilon:
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon_cached(acc: PrivacyAccountant, rounds: int, delta: float) -> float:
+    a = _make_accountant(acc.sampling, acc.method)
+    a.compose(acc.dp_event(rounds))
+    return float(a.get_epsilon(delta))
+
+
+def calibrate_noise_multiplier(
+    epsilon: float, delta: float, rounds: int, sampling: Sampling, method: Method = "auto"
+) -> float:
+    """The smallest noise multiplier z giving (epsilon, delta)-DP after `rounds` rounds."""
+    if epsilon <= 0 or rounds < 1:
+        raise ValueError("need epsilon > 0 and rounds >= 1")
+
+    def make_event(z: float) -> dp_accounting.DpEvent:
+        return PrivacyAccountant(z, sampling, method).dp_event(rounds)
+
+    z = dp_accounting.calibrate_dp_mechanism(
+        lambda: _make_accountant(sampling, method),
+        make_event,
+        epsilon,
+        delta,
+        dp_accounting.LowerEndpointAndGuess(1e-3, 1.0),
+    )
+    return float(z)
