@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -106,7 +107,9 @@ class UpdateCodec:
             raise ValueError(f"update must be float32, got {arr.dtype}")
         if not np.all(np.isfinite(arr)):
             raise ValueError("update contains NaN or Inf")
-        if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
+        if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+            raise ValueError(f"weight must be a real number, got {weight!r}")
+        if not (math.isfinite(weight) and weight >= 0):
             raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
         return arr
 
@@ -135,6 +138,11 @@ class UpdateCodec:
         t0 = clock()
         idx = select_topk(arr, cfg.k_for(d), self.spec, cfg.topk_mode, cfg.scope, rng)
         vals = arr[idx]
+        if idx.shape[0] < d:
+            # Exact zeros carry nothing; they are kept only when the whole vector is sent.
+            nonzero = vals != 0
+            if not nonzero.all():
+                idx, vals = idx[nonzero], vals[nonzero]
         k = int(idx.shape[0])
         t1 = clock()
         report.stages.append(StageReport("topk", 4 * d, 8 * k, t1 - t0))

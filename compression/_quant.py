@@ -133,10 +133,12 @@ class StochasticQuantizer(ValueCoding):
                 raise MalformedSection(
                     f"block {int(np.flatnonzero(lo < 0)[0])} has a negative magnitude scale"
                 )
-            step = self._step(lo, hi)
-            mag = _block_expand(lo, block, k) + (c >> 1).astype(np.float32) * _block_expand(
-                step, block, k
-            )
+            # A hostile block with hi near float32's max can overflow here; checked just below.
+            with np.errstate(over="ignore"):
+                step = self._step(lo, hi)
+                mag = _block_expand(lo, block, k) + (c >> 1).astype(np.float32) * _block_expand(
+                    step, block, k
+                )
             out = np.where((c & 1) == 1, -mag, mag)
         res: F32 = out.astype(np.float32, copy=False)
         if not np.all(np.isfinite(res)):
@@ -156,7 +158,8 @@ class Fp16Values(ValueCoding):
         return 2 * k
 
     def encode(self, values: F32, block: int, rng: np.random.Generator) -> tuple[bytes, bytes]:
-        half = values.astype("<f2")
+        with np.errstate(over="ignore"):
+            half = values.astype("<f2")
         if not np.all(np.isfinite(half)):
             raise ValueError(f"a value exceeds the fp16 range (|v| > {_FP16_MAX}); use bits=32")
         return b"", half.tobytes()

@@ -40,15 +40,16 @@ _DTYPE_IDS = {name: wid for wid, (name, _, _) in SNAPSHOT_DTYPES.items()}
 _HEADER = struct.Struct("<4sBBH8sII32s")
 SNAPSHOT_HEADER_LEN = _HEADER.size  # 56
 
-_codecs: dict[int, ZstdCodec] = {}
+# Shared codecs, one per (level, window cap); each keeps its zstd contexts per thread.
+_codecs: dict[tuple[int, int], ZstdCodec] = {}
 _codecs_lock = threading.Lock()
 
 
-def _zstd(level: int) -> ZstdCodec:
+def _zstd(level: int, max_window: int = 1 << 24) -> ZstdCodec:
     with _codecs_lock:
-        codec = _codecs.get(level)
+        codec = _codecs.get((level, max_window))
         if codec is None:
-            codec = _codecs[level] = ZstdCodec(level)
+            codec = _codecs[(level, max_window)] = ZstdCodec(level, max_window)
         return codec
 
 
@@ -85,7 +86,8 @@ def encode_snapshot(
     if not np.all(np.isfinite(arr)):
         raise ValueError("params contain NaN or Inf")
     wid = _DTYPE_IDS[dtype]
-    stored = arr.astype(SNAPSHOT_DTYPES[wid][1])
+    with np.errstate(over="ignore"):
+        stored = arr.astype(SNAPSHOT_DTYPES[wid][1])
     if not np.all(np.isfinite(stored)):
         raise ValueError("a parameter exceeds the fp16 range; use dtype='fp32'")
     digest = model_digest(stored.astype(np.float32))
@@ -126,9 +128,7 @@ def decode_snapshot(data: bytes, spec: ModelSpec, limits: DecodeLimits | None = 
     if len(data) > total:
         raise TrailingBytes(f"{len(data) - total} bytes after the declared {total}-byte snapshot")
     _, np_dtype, width = SNAPSHOT_DTYPES[wid]
-    raw = ZstdCodec(max_window=lim.zstd_max_window).decompress(
-        data[SNAPSHOT_HEADER_LEN:], width * d
-    )
+    raw = _zstd(3, lim.zstd_max_window).decompress(data[SNAPSHOT_HEADER_LEN:], width * d)
     values = np.frombuffer(raw, dtype=np_dtype).astype(np.float32)
     if not np.all(np.isfinite(values)):
         raise NonFiniteValues(
