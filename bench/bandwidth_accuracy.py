@@ -1,0 +1,145 @@
+"""The headline benchmark: upload bytes against accuracy, dense fp32 vs compressed, one run.
+
+Runs the MNIST-CNN config of issue 2 twice in one invocation (dense, then compressed):
+100 clients, Dirichlet(0.5), 10 a round, E=5, B=10, SGD lr 0.05, 20 rounds, seed 0.
+Writes bench/results/bandwidth_accuracy.json and a plot of accuracy against cumulative upload.
+
+    python bench/bandwidth_accuracy.py                  # the issue's setting
+    python bench/bandwidth_accuracy.py --quick          # 3 rounds, a smoke run
+    python bench/bandwidth_accuracy.py --explore        # also the knob sweep (long)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import torch  # noqa: E402
+
+from mobile_sim.report import machine_info, plot_accuracy_vs_bytes, utc_now  # noqa: E402
+from mobile_sim.runner import SimConfig, SimResult, run_simulation  # noqa: E402
+
+TARGET_RATIO = 500.0
+TARGET_PP = 1.0
+
+# Knob sweep: each entry changes one thing from the chosen compressed config.
+EXPLORE: list[tuple[str, dict[str, Any]]] = [
+    ("topk=0.01,bits=4", {"topk": 0.01, "bits": 4}),
+    ("topk=0.004,bits=4", {"topk": 0.004, "bits": 4}),
+    ("topk=0.003,bits=4", {"topk": 0.003, "bits": 4}),
+    ("topk=0.005,bits=2", {"topk": 0.005, "bits": 2}),
+    ("topk=0.005,bits=8", {"topk": 0.005, "bits": 8}),
+    ("per_tensor", {"scope": "per_tensor"}),
+    ("sampled_topk", {"topk_mode": "sampled"}),
+    ("index=bitmap", {"index": "bitmap"}),
+    ("index=rice", {"index": "rice"}),
+    ("index=ef", {"index": "ef"}),
+    ("no_error_feedback", {"error_feedback": False}),
+    ("warmup=1", {"warmup_rounds": 1}),
+]
+
+
+def _summ(res: SimResult) -> dict[str, Any]:
+    return {
+        "final_accuracy": res.final_accuracy,
+        "upload_bytes": res.total_up,
+        "dense_upload_bytes": res.total_dense_up,
+        "upload_ratio_vs_dense": res.upload_ratio,
+        "wall_s": round(sum(r.wall_s for r in res.records), 2),
+        "accuracy_by_round": [r.accuracy for r in res.records],
+        "upload_bytes_by_round": [r.bytes_up for r in res.records],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--topk", type=float, default=0.01, help="compressed run's top-k fraction")
+    ap.add_argument("--bits", type=int, default=4, help="compressed run's bits")
+    ap.add_argument("--scope", default="global")
+    ap.add_argument("--index", default="auto")
+    ap.add_argument("--model", default="mnist_cnn")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    ap.add_argument("--quick", action="store_true", help="3 rounds, to check the script runs")
+    ap.add_argument("--explore", action="store_true", help="also run the knob sweep")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    rounds = 3 if args.quick else args.rounds
+    base = SimConfig(
+        dataset="mnist",
+        model=args.model,
+        clients=100,
+        per_round=10,
+        rounds=rounds,
+        partition="dirichlet",
+        alpha=0.5,
+        local_epochs=5,
+        batch_size=10,
+        lr=0.05,
+        seed=args.seed,
+        topk=args.topk,
+        bits=args.bits,
+        scope=args.scope,
+        index=args.index,
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    dense = run_simulation(replace(base, dense=True), label="dense fp32")
+    comp = run_simulation(base, label=f"top-k {args.topk}, {args.bits}-bit")
+    ratio = comp.upload_ratio and dense.total_up / comp.total_up
+    delta_pp = 100.0 * ((comp.final_accuracy or 0.0) - (dense.final_accuracy or 0.0))
+    result: dict[str, Any] = {
+        "benchmark": "bandwidth_accuracy",
+        "command": "python bench/bandwidth_accuracy.py" + (" --quick" if args.quick else ""),
+        "config": asdict(base),
+        "dense_final_accuracy": dense.final_accuracy,
+        "compressed_final_accuracy": comp.final_accuracy,
+        "accuracy_delta_pp": round(delta_pp, 3),
+        "upload_ratio_vs_dense": ratio,
+        "targets": {"upload_ratio_vs_dense": f">= {TARGET_RATIO}", "accuracy_delta_pp": f">= -{TARGET_PP}"},
+        "met": {
+            "upload_ratio": bool(ratio and ratio >= TARGET_RATIO),
+            "accuracy": delta_pp >= -TARGET_PP,
+        },
+        "dense": _summ(dense),
+        "compressed": _summ(comp),
+        "machine": machine_info(),
+        "date": utc_now(),
+        "wall_s": round(time.time() - t0, 1),
+    }
+    runs = [("dense fp32", [asdict(r) for r in dense.records]), (comp.label, [asdict(r) for r in comp.records])]
+    if args.explore:
+        sweep = {}
+        for name, change in EXPLORE:
+            res = run_simulation(replace(base, **change), label=name)
+            sweep[name] = {"change": change, **_summ(res)}
+            sweep[name]["accuracy_delta_pp_vs_dense"] = round(
+                100.0 * ((res.final_accuracy or 0.0) - (dense.final_accuracy or 0.0)), 3
+            )
+            runs.append((name, [asdict(r) for r in res.records]))
+            print(f"{name}: acc {res.final_accuracy:.4f}, ratio {res.upload_ratio:.1f}x", flush=True)
+        result["explore"] = sweep
+    stem = "bandwidth_accuracy" + ("_quick" if args.quick else "")
+    plot_accuracy_vs_bytes(runs[:2] if not args.explore else runs, out / f"{stem}.png",
+                           title="MNIST CNN, 100 clients, Dirichlet 0.5, 10/round, E=5")
+    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("dense_final_accuracy", "compressed_final_accuracy",
+                                             "accuracy_delta_pp", "upload_ratio_vs_dense", "met")}, indent=2))
+    print(f"wrote {out / (stem + '.json')}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
