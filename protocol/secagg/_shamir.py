@@ -1,0 +1,160 @@
+"""Shamir t-of-n secret sharing over GF(2^127 - 1), as stateless byte functions.
+
+A share is `version[1] | threshold u16 | x u16 | secret_len u16 | commit[16] | y chunks[16 each]
+| check[8]`. Secrets are cut into 15-byte chunks (120 bits < 127), each shared with its own random
+polynomial of degree t-1; the share holds y = f(x) for every chunk. `commit` is a truncated
+SHA-256 of the secret, so reconstruction from tampered shares is detected; `check` is a SHA-256
+of the share's own bytes, so corruption in transit is named precisely. The commitment makes the
+hiding of t-1 shares computational rather than information-theoretic; the secrets shared here
+are uniformly random 32-byte keys, for which a 128-bit hash reveals nothing usable.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from ._errors import NotEnoughShares, ShareError
+
+__all__ = ["PRIME", "MAX_SHARES", "MAX_SECRET_BYTES", "create_shares", "combine_shares", "share_x"]
+
+PRIME = (1 << 127) - 1
+CHUNK_BYTES = 15
+Y_BYTES = 16
+COMMIT_BYTES = 16
+CHECK_BYTES = 8
+VERSION = 1
+MAX_SHARES = 0xFFFF
+MAX_SECRET_BYTES = 4096
+_HEADER = struct.Struct("<BHHH")
+
+
+@dataclass(frozen=True, slots=True)
+class _Share:
+    threshold: int
+    x: int
+    secret_len: int
+    commit: bytes
+    ys: tuple[int, ...]
+
+
+def _commit(secret: bytes) -> bytes:
+    return hashlib.sha256(b"plume-shamir-commit-v1\0" + secret).digest()[:COMMIT_BYTES]
+
+
+def _check(body: bytes) -> bytes:
+    return hashlib.sha256(b"plume-shamir-share-v1\0" + body).digest()[:CHECK_BYTES]
+
+
+def _chunks(secret_len: int) -> int:
+    return -(-secret_len // CHUNK_BYTES)
+
+
+def create_shares(secret: bytes, threshold: int, num: int) -> list[bytes]:
+    """Split `secret` into `num` shares (x = 1..num); any `threshold` of them recover it."""
+    if not 1 <= len(secret) <= MAX_SECRET_BYTES:
+        raise ShareError(f"secret of {len(secret)} bytes, expected 1..{MAX_SECRET_BYTES}")
+    if not 1 <= threshold <= num <= MAX_SHARES:
+        raise ShareError(f"need 1 <= threshold ({threshold}) <= num ({num}) <= {MAX_SHARES}")
+    polys = []
+    for c in range(_chunks(len(secret))):
+        s = int.from_bytes(secret[c * CHUNK_BYTES : (c + 1) * CHUNK_BYTES], "little")
+        polys.append([s] + [secrets.randbelow(PRIME) for _ in range(threshold - 1)])
+    commit = _commit(secret)
+    out = []
+    for x in range(1, num + 1):
+        body = bytearray(_HEADER.pack(VERSION, threshold, x, len(secret)) + commit)
+        for coeffs in polys:
+            y = 0
+            for a in reversed(coeffs):  # Horner
+                y = (y * x + a) % PRIME
+            body += y.to_bytes(Y_BYTES, "little")
+        out.append(bytes(body) + _check(bytes(body)))
+    return out
+
+
+def _parse(share: bytes) -> _Share:
+    head = _HEADER.size + COMMIT_BYTES
+    if len(share) < head + CHECK_BYTES:
+        raise ShareError(f"share of {len(share)} bytes is shorter than its header")
+    version, threshold, x, secret_len = _HEADER.unpack_from(share)
+    if version != VERSION:
+        raise ShareError(f"share version {version}, expected {VERSION}")
+    if not 1 <= secret_len <= MAX_SECRET_BYTES or threshold < 1 or x < 1:
+        raise ShareError("share header out of range")
+    n_chunks = _chunks(secret_len)
+    if len(share) != head + n_chunks * Y_BYTES + CHECK_BYTES:
+        raise ShareError(f"share of {len(share)} bytes does not match its {secret_len}-byte secret")
+    body, check = share[:-CHECK_BYTES], share[-CHECK_BYTES:]
+    if _check(body) != check:
+        raise ShareError(f"share x={x} fails its integrity check (tampered or corrupt)")
+    ys = tuple(
+        int.from_bytes(body[head + i * Y_BYTES : head + (i + 1) * Y_BYTES], "little")
+        for i in range(n_chunks)
+    )
+    if any(y >= PRIME for y in ys):
+        raise ShareError(f"share x={x} holds a value outside the field")
+    return _Share(threshold, x, secret_len, share[_HEADER.size : head], ys)
+
+
+def share_x(share: bytes) -> int:
+    """The x coordinate (1-based holder number) written in a share."""
+    return _parse(share).x
+
+
+def _lagrange_at(xs: Sequence[int], ys: Sequence[int], at: int) -> int:
+    """f(at) for the unique polynomial of degree < len(xs) through (xs, ys), mod PRIME."""
+    total = 0
+    for j, (xj, yj) in enumerate(zip(xs, ys, strict=True)):
+        num, den = 1, 1
+        for m, xm in enumerate(xs):
+            if m != j:
+                num = num * (at - xm) % PRIME
+                den = den * (xj - xm) % PRIME
+        total = (total + yj * num * pow(den, -1, PRIME)) % PRIME
+    return total
+
+
+def combine_shares(shares: Sequence[bytes]) -> bytes:
+    """Recover the secret from at least `threshold` shares of it.
+
+    Raises `NotEnoughShares` below the threshold, and `ShareError` for malformed, mixed,
+    duplicated or tampered shares (extra shares beyond the threshold must lie on the same
+    polynomial, and the result must match the commitment).
+    """
+    parsed = [_parse(s) for s in shares]
+    if not parsed:
+        raise NotEnoughShares("no shares")
+    first = parsed[0]
+    for p in parsed[1:]:
+        if (p.threshold, p.secret_len, p.commit) != (
+            first.threshold,
+            first.secret_len,
+            first.commit,
+        ):
+            raise ShareError("shares belong to different secrets or thresholds")
+    xs = [p.x for p in parsed]
+    if len(set(xs)) != len(xs):
+        raise ShareError("two shares carry the same x coordinate")
+    if len(parsed) < first.threshold:
+        raise NotEnoughShares(f"{len(parsed)} shares, threshold is {first.threshold}")
+    t = first.threshold
+    base_x = xs[:t]
+    out = bytearray()
+    for c in range(len(first.ys)):
+        base_y = [p.ys[c] for p in parsed[:t]]
+        for extra in parsed[t:]:
+            if _lagrange_at(base_x, base_y, extra.x) != extra.ys[c]:
+                raise ShareError(f"share x={extra.x} is inconsistent with the others (tampered)")
+        value = _lagrange_at(base_x, base_y, 0)
+        width = min(CHUNK_BYTES, first.secret_len - c * CHUNK_BYTES)
+        if value >= 1 << (8 * width):
+            raise ShareError("reconstructed chunk out of range (tampered shares)")
+        out += value.to_bytes(width, "little")
+    secret = bytes(out)
+    if _commit(secret) != first.commit:
+        raise ShareError("reconstructed secret does not match its commitment (tampered shares)")
+    return secret
