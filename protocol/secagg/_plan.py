@@ -1,0 +1,230 @@
+"""The public plan of one secure round, its canonical bytes, and the per-round model/plan digest.
+
+Both sides derive everything from the plan: the graph, the ring, the coordinate set S_r, the
+quantizer and the noise. The device recomputes `round_digest(model_digest(params), plan)` from
+the model it actually holds and refuses a mismatch; the digest is also mixed into every key
+derivation and AES-GCM associated data, so devices given different models or plans cannot
+complete a round together (the model-inconsistency defence).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+from dataclasses import dataclass, field
+from enum import IntEnum
+
+import numpy as np
+import numpy.typing as npt
+import zstandard
+
+from ._errors import MalformedMessage, RingOverflow
+from ._prg import MAX_RING_BITS
+
+__all__ = [
+    "NoiseKind",
+    "SecurePlan",
+    "ProtocolParams",
+    "model_digest",
+    "round_digest",
+    "required_ring_bits",
+    "check_ring",
+]
+
+PLAN_MAGIC = b"PSP1"
+MAX_NODES = 1 << 20
+_FIXED = struct.Struct("<4sQIIIBBIQddBBdQ32s32sI")
+
+
+class NoiseKind(IntEnum):
+    """Integer-domain noise each device adds for distributed DP."""
+
+    NONE = 0
+    DISCRETE_GAUSSIAN = 1
+    SKELLAM = 2
+
+
+@dataclass(frozen=True, slots=True)
+class ProtocolParams:
+    """What the SecAgg+ state machines need: sizes, graph, ring and the round's digest."""
+
+    round_id: int
+    num_nodes: int
+    degree: int
+    threshold: int
+    ring_bits: int
+    vector_len: int
+    graph_seed: bytes
+    digest: bytes
+
+
+def required_ring_bits(num_nodes: int, max_weight: int, value_bits: int, headroom: int = 0) -> int:
+    """Smallest m with n_max * w_max * (2^b - 1) + 2 * headroom < 2^m.
+
+    The headroom (noise bound) is counted twice: the sum may dip below zero by it, and the
+    decoder reads the top `headroom` ring values as negatives.
+    """
+    top = num_nodes * max_weight * ((1 << value_bits) - 1) + 2 * headroom
+    return max(1, top.bit_length())
+
+
+def check_ring(
+    num_nodes: int, max_weight: int, value_bits: int, ring_bits: int, headroom: int = 0
+) -> None:
+    """Raise `RingOverflow` when the worst-case sum does not fit in Z_{2^m}."""
+    top = num_nodes * max_weight * ((1 << value_bits) - 1) + 2 * headroom
+    if not 1 <= ring_bits <= MAX_RING_BITS or top >= 1 << ring_bits:
+        raise RingOverflow(
+            f"n_max={num_nodes} * w_max={max_weight} * (2^{value_bits} - 1) + 2 * {headroom} = "
+            f"{top} does not fit in a ring of {ring_bits} bits (need "
+            f"{required_ring_bits(num_nodes, max_weight, value_bits, headroom)}, max {MAX_RING_BITS})"
+        )
+
+
+def model_digest(params: npt.NDArray[np.float32]) -> bytes:
+    """SHA-256 of the model's canonical bytes (little-endian float32, flat)."""
+    raw = np.ascontiguousarray(params, dtype="<f4").reshape(-1).tobytes()
+    return hashlib.sha256(b"plume-model-v1\0" + raw).digest()
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class SecurePlan:
+    """Everything public about one secure round.
+
+    indices: int64[k], the shared coordinate set S_r (sorted, unique, < model_size).
+    Values at S_r are clipped to L2 norm `clip_norm`, optionally rotated, clipped per coordinate
+    to [-coord_bound, coord_bound] and quantized to `value_bits`-bit unsigned integers; each
+    device multiplies by its integer weight (1..max_weight), adds noise of variance
+    `noise_variance` (integer units) and appends the weight: `vector_len = k + 1` elements of
+    Z_{2^ring_bits}.
+    """
+
+    round_id: int
+    num_nodes: int
+    degree: int
+    threshold: int
+    ring_bits: int
+    value_bits: int
+    max_weight: int
+    model_size: int
+    indices: npt.NDArray[np.int64]
+    clip_norm: float
+    coord_bound: float
+    graph_seed: bytes
+    rotation_seed: bytes
+    rotate: bool = False
+    noise: NoiseKind = NoiseKind.NONE
+    noise_variance: float = 0.0
+    noise_headroom: int = 0
+    _bytes: bytes = field(default=b"", init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        idx = np.ascontiguousarray(self.indices, dtype=np.int64).reshape(-1)
+        object.__setattr__(self, "indices", idx)
+        if not 2 <= self.num_nodes <= MAX_NODES:
+            raise ValueError(f"num_nodes={self.num_nodes} outside 2..{MAX_NODES}")
+        if not 1 <= self.threshold <= self.degree <= self.num_nodes - 1:
+            raise ValueError(f"need 1 <= t={self.threshold} <= k={self.degree} <= n-1")
+        if not 1 <= self.value_bits <= 32 or not 1 <= self.max_weight < 1 << 32:
+            raise ValueError("value_bits in 1..32 and max_weight in 1..2^32-1")
+        if idx.size == 0 or idx[0] < 0 or idx[-1] >= self.model_size:
+            raise ValueError("coordinate set empty or out of range")
+        if np.any(np.diff(idx) <= 0):
+            raise ValueError("coordinate set not strictly increasing")
+        if not (self.clip_norm > 0 and self.coord_bound > 0):
+            raise ValueError("clip_norm and coord_bound must be positive")
+        if not (math.isfinite(self.clip_norm) and math.isfinite(self.coord_bound)):
+            raise ValueError("clip_norm and coord_bound must be finite")
+        if self.noise_variance < 0 or self.noise_headroom < 0:
+            raise ValueError("noise variance and headroom must be non-negative")
+        if len(self.graph_seed) != 32 or len(self.rotation_seed) != 32:
+            raise ValueError("seeds are 32 bytes")
+        check_ring(
+            self.num_nodes, self.max_weight, self.value_bits, self.ring_bits, self.noise_headroom
+        )
+        object.__setattr__(self, "_bytes", self._encode())
+
+    @property
+    def k(self) -> int:
+        """|S_r|, the number of shared coordinates."""
+        return int(self.indices.size)
+
+    @property
+    def vector_len(self) -> int:
+        """Ring elements each device masks: the k values plus the weight."""
+        return self.k + 1
+
+    def _encode(self) -> bytes:
+        gaps = np.diff(self.indices, prepend=np.int64(0)).astype("<u4")
+        packed = zstandard.ZstdCompressor(level=10).compress(gaps.tobytes())
+        head = _FIXED.pack(
+            PLAN_MAGIC, self.round_id, self.num_nodes, self.degree, self.threshold,
+            self.ring_bits, self.value_bits, self.max_weight, self.model_size,
+            self.clip_norm, self.coord_bound, int(self.rotate), int(self.noise),
+            self.noise_variance, self.noise_headroom, self.graph_seed, self.rotation_seed,
+            self.k,
+        )  # fmt: skip
+        return head + struct.pack("<I", len(packed)) + packed
+
+    def to_bytes(self) -> bytes:
+        """Canonical bytes: the fixed header then the zstd-packed gaps of S_r."""
+        return self._bytes
+
+    @classmethod
+    def from_bytes(cls, data: bytes, max_model_size: int) -> SecurePlan:
+        """Decode a plan, checking sizes against `max_model_size` before allocating."""
+        if len(data) < _FIXED.size + 4:
+            raise MalformedMessage("plan truncated")
+        f = _FIXED.unpack_from(data)
+        if f[0] != PLAN_MAGIC:
+            raise MalformedMessage("not a secure plan (bad magic)")
+        model_size, k = f[8], f[17]
+        if not 1 <= model_size <= max_model_size or not 1 <= k <= model_size:
+            raise MalformedMessage(f"plan sizes d={model_size}, k={k} out of range")
+        (clen,) = struct.unpack_from("<I", data, _FIXED.size)
+        body = data[_FIXED.size + 4 :]
+        if clen != len(body):
+            raise MalformedMessage("plan length mismatch")
+        try:
+            raw = zstandard.ZstdDecompressor().decompress(body, max_output_size=4 * k)
+        except zstandard.ZstdError as exc:
+            raise MalformedMessage(f"plan coordinates: {exc}") from exc
+        if len(raw) != 4 * k:
+            raise MalformedMessage("plan coordinate count mismatch")
+        indices = np.cumsum(np.frombuffer(raw, dtype="<u4").astype(np.int64))
+        try:
+            plan = cls(
+                round_id=f[1], num_nodes=f[2], degree=f[3], threshold=f[4], ring_bits=f[5],
+                value_bits=f[6], max_weight=f[7], model_size=model_size, indices=indices,
+                clip_norm=f[9], coord_bound=f[10], rotate=bool(f[11]), noise=NoiseKind(f[12]),
+                noise_variance=f[13], noise_headroom=f[14], graph_seed=f[15],
+                rotation_seed=f[16],
+            )  # fmt: skip
+        except ValueError as exc:
+            if isinstance(exc, RingOverflow):
+                raise
+            raise MalformedMessage(f"invalid plan: {exc}") from exc
+        if plan.to_bytes() != data:
+            raise MalformedMessage("plan bytes are not canonical")
+        return plan
+
+    def protocol_params(self, model_digest_bytes: bytes) -> ProtocolParams:
+        """The state machines' view of this plan, bound to one model digest."""
+        return ProtocolParams(
+            round_id=self.round_id,
+            num_nodes=self.num_nodes,
+            degree=self.degree,
+            threshold=self.threshold,
+            ring_bits=self.ring_bits,
+            vector_len=self.vector_len,
+            graph_seed=self.graph_seed,
+            digest=round_digest(model_digest_bytes, self),
+        )
+
+
+def round_digest(model_digest_bytes: bytes, plan: SecurePlan) -> bytes:
+    """SHA-256 over (model digest, canonical plan bytes): what every device checks."""
+    if len(model_digest_bytes) != 32:
+        raise ValueError("model digest is 32 bytes")
+    return hashlib.sha256(b"plume-round-v1\0" + model_digest_bytes + plan.to_bytes()).digest()

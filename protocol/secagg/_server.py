@@ -1,0 +1,270 @@
+"""The server side of SecAgg+: relays keys and shares, sums masked inputs, unmasks only the sum.
+
+The server keeps a running sum of masked inputs (never an individual vector), and reconstructs
+secrets only after checking that every needed secret has at least t shares; otherwise the round
+aborts with nothing reconstructed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from ._client import pair_mask_seed, pair_mask_sign, self_mask
+from ._crypto import public_key_of
+from ._errors import (
+    DuplicateKey,
+    ProtocolViolation,
+    RoundAborted,
+    SecAggError,
+    WrongAddress,
+    WrongStage,
+)
+from ._graph import neighbours
+from ._packing import unpack_bits
+from ._plan import ProtocolParams
+from ._prg import expand_mask, ring_mask
+from ._shamir import combine_shares
+from ._wire import (
+    AdvertiseKeys,
+    KeyDirectory,
+    MaskedInput,
+    ShareDelivery,
+    ShareKeys,
+    ShareKind,
+    Stage,
+    UnmaskRequest,
+    UnmaskResponse,
+)
+
+__all__ = ["ServerState", "SecAggServer", "SecAggResult"]
+
+
+@dataclass(slots=True)
+class ServerState:
+    """What the server holds. `masked_sum` is the only vector, and it is always masked until
+    `_finish` removes the masks from the sum as a whole."""
+
+    params: ProtocolParams
+    graph: list[tuple[int, ...]]
+    min_survivors: int
+    stage: Stage = Stage.ADVERTISE_KEYS
+    keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # U1
+    outbox: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
+    senders: set[int] = field(default_factory=set)  # U2
+    masked_sum: npt.NDArray[np.uint64] | None = None
+    contributors: set[int] = field(default_factory=set)  # U3
+    alive: tuple[int, ...] = ()
+    dropped: tuple[int, ...] = ()
+    responders: set[int] = field(default_factory=set)  # U4
+    shares: dict[int, list[bytes]] = field(default_factory=dict)
+    abort_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SecAggResult:
+    """The unmasked sum (uint64[L] in Z_{2^m}) over exactly the nodes in `contributors`."""
+
+    total: npt.NDArray[np.uint64]
+    contributors: tuple[int, ...]
+    dropped: tuple[int, ...]
+
+
+def _abort(state: ServerState, reason: str) -> RoundAborted:
+    state.stage = Stage.ABORTED
+    state.abort_reason = reason
+    state.masked_sum = None
+    state.shares.clear()
+    state.outbox.clear()
+    return RoundAborted(reason)
+
+
+def _advertise(state: ServerState, msg: AdvertiseKeys) -> None:
+    if msg.node in state.keys:
+        raise ProtocolViolation(f"node {msg.node} advertised twice")
+    known = {k for pair in state.keys.values() for k in pair}
+    if msg.enc_public in known or msg.mask_public in known or msg.enc_public == msg.mask_public:
+        raise DuplicateKey(f"node {msg.node} advertised a public key already in use")
+    state.keys[msg.node] = (msg.enc_public, msg.mask_public)
+
+
+def _directories(state: ServerState) -> dict[int, KeyDirectory]:
+    p = state.params
+    if len(state.keys) < state.min_survivors:
+        raise _abort(state, f"{len(state.keys)} nodes advertised keys, need {state.min_survivors}")
+    out = {}
+    for node in sorted(state.keys):
+        entries = tuple((j, *state.keys[j]) for j in state.graph[node] if j in state.keys)
+        out[node] = KeyDirectory(p.round_id, entries)
+    state.stage = Stage.SHARE_KEYS
+    return out
+
+
+def _share_keys(state: ServerState, msg: ShareKeys) -> None:
+    if msg.node not in state.keys:
+        raise ProtocolViolation(f"node {msg.node} sent shares without advertising keys")
+    if msg.node in state.senders:
+        raise ProtocolViolation(f"node {msg.node} sent shares twice")
+    allowed = {j for j in state.graph[msg.node] if j in state.keys}
+    dests = [d for d, _ in msg.ciphertexts]
+    if len(set(dests)) != len(dests) or not set(dests) <= allowed:
+        raise WrongAddress(f"node {msg.node} addressed shares outside its live neighbourhood")
+    for dest, ct in msg.ciphertexts:
+        state.outbox.setdefault(dest, []).append((msg.node, ct))
+    state.senders.add(msg.node)
+
+
+def _deliveries(state: ServerState) -> dict[int, ShareDelivery]:
+    p = state.params
+    if len(state.senders) < state.min_survivors:
+        raise _abort(state, f"{len(state.senders)} nodes shared keys, need {state.min_survivors}")
+    out = {}
+    for node in sorted(state.senders):
+        cts = tuple(sorted((s, ct) for s, ct in state.outbox.get(node, []) if s in state.senders))
+        out[node] = ShareDelivery(p.round_id, cts)
+    state.outbox.clear()
+    state.masked_sum = np.zeros(p.vector_len, dtype=np.uint64)
+    state.stage = Stage.MASKED_INPUT
+    return out
+
+
+def _masked_input(state: ServerState, msg: MaskedInput) -> None:
+    p = state.params
+    if msg.node not in state.senders:
+        raise ProtocolViolation(f"node {msg.node} sent a masked input without sharing keys")
+    if msg.node in state.contributors:
+        raise ProtocolViolation(f"node {msg.node} sent its masked input twice")
+    if (msg.length, msg.bits) != (p.vector_len, p.ring_bits):
+        raise ProtocolViolation("masked input has the wrong shape")
+    y = unpack_bits(msg.packed, p.vector_len, p.ring_bits)
+    assert state.masked_sum is not None
+    state.masked_sum = (state.masked_sum + y) & np.uint64(ring_mask(p.ring_bits))
+    state.contributors.add(msg.node)
+
+
+def _unmask_request(state: ServerState) -> UnmaskRequest:
+    p = state.params
+    if len(state.contributors) < state.min_survivors:
+        raise _abort(state, f"{len(state.contributors)} masked inputs, need {state.min_survivors}")
+    state.alive = tuple(sorted(state.contributors))
+    state.dropped = tuple(sorted(state.senders - state.contributors))
+    state.stage = Stage.UNMASK
+    return UnmaskRequest(p.round_id, state.alive, state.dropped)
+
+
+def _unmask_response(state: ServerState, msg: UnmaskResponse) -> None:
+    if msg.node not in state.contributors:
+        raise ProtocolViolation(f"node {msg.node} is not alive but sent unmask shares")
+    if msg.node in state.responders:
+        raise ProtocolViolation(f"node {msg.node} answered the unmask request twice")
+    alive = set(state.alive)
+    checked = []
+    for about, kind, share in msg.shares:
+        if about not in state.senders or about not in state.graph[msg.node]:
+            raise ProtocolViolation(f"node {msg.node} sent a share about non-neighbour {about}")
+        want = ShareKind.SELF_MASK if about in alive else ShareKind.MASK_KEY
+        if kind != want:
+            raise ProtocolViolation(f"node {msg.node} sent a {kind.name} share for node {about}")
+        checked.append((about, share))
+    for about, share in checked:
+        state.shares.setdefault(about, []).append(share)
+    state.responders.add(msg.node)
+
+
+def _finish(state: ServerState) -> SecAggResult:
+    p = state.params
+    t = p.threshold
+    needed = list(state.alive) + list(state.dropped)
+    short = [n for n in needed if len(state.shares.get(n, ())) < t]
+    if short:
+        raise _abort(state, f"{len(short)} nodes have fewer than t={t} shares (e.g. {short[:5]})")
+    try:
+        seeds = {n: combine_shares(state.shares[n]) for n in state.alive}
+        keys = {n: combine_shares(state.shares[n]) for n in state.dropped}
+    except SecAggError as exc:
+        raise _abort(state, f"share reconstruction failed: {exc}") from exc
+    for n, sk in keys.items():
+        if public_key_of(sk) != state.keys[n][1]:
+            raise _abort(state, f"reconstructed mask key of node {n} does not match its public key")
+    assert state.masked_sum is not None
+    total = state.masked_sum.copy()
+    for n in state.alive:
+        total -= self_mask(seeds[n], p.vector_len, p.ring_bits)
+    alive = set(state.alive)
+    for d in state.dropped:
+        for i in state.graph[d]:
+            if i in alive:
+                seed = pair_mask_seed(keys[d], state.keys[i][1], p.digest)
+                pm = expand_mask(seed, p.vector_len, p.ring_bits, b"pair-mask")
+                # Node i added sign(i, d) * pm; take it back out.
+                total = total - pm if pair_mask_sign(i, d) > 0 else total + pm
+    total &= np.uint64(ring_mask(p.ring_bits))
+    state.masked_sum = None
+    state.shares.clear()
+    state.stage = Stage.DONE
+    return SecAggResult(total, state.alive, state.dropped)
+
+
+class SecAggServer:
+    """The server's half of one secure round. Messages from nodes that dropped are simply never
+    passed in; the `close_*` calls end a stage with whoever answered."""
+
+    def __init__(self, params: ProtocolParams, min_survivors: int | None = None) -> None:
+        graph = neighbours(params.num_nodes, params.degree, params.graph_seed)
+        floor = params.threshold if min_survivors is None else min_survivors
+        self.state = ServerState(params, graph, max(2, floor))
+
+    @property
+    def stage(self) -> Stage:
+        return self.state.stage
+
+    def _expect(self, stage: Stage, round_id: int | None = None, node: int | None = None) -> None:
+        if self.state.stage != stage:
+            raise WrongStage(f"server is in stage {self.state.stage}, message is for {stage}")
+        p = self.state.params
+        if round_id is not None and round_id != p.round_id:
+            raise ProtocolViolation(f"message for round {round_id}, this is round {p.round_id}")
+        if node is not None and not 0 <= node < p.num_nodes:
+            raise ProtocolViolation(f"node {node} outside 0..{p.num_nodes - 1}")
+
+    def receive_advertise(self, msg: AdvertiseKeys) -> None:
+        self._expect(Stage.ADVERTISE_KEYS, msg.round_id, msg.node)
+        _advertise(self.state, msg)
+
+    def close_advertise(self) -> dict[int, KeyDirectory]:
+        """End stage 1: per live node, the keys of its live neighbours."""
+        self._expect(Stage.ADVERTISE_KEYS)
+        return _directories(self.state)
+
+    def receive_share_keys(self, msg: ShareKeys) -> None:
+        self._expect(Stage.SHARE_KEYS, msg.round_id, msg.node)
+        _share_keys(self.state, msg)
+
+    def close_share_keys(self) -> dict[int, ShareDelivery]:
+        """End stage 2: per node that shared, the bundles addressed to it."""
+        self._expect(Stage.SHARE_KEYS)
+        return _deliveries(self.state)
+
+    def receive_masked_input(self, msg: MaskedInput) -> None:
+        self._expect(Stage.MASKED_INPUT, msg.round_id, msg.node)
+        _masked_input(self.state, msg)
+
+    def close_masked_input(self) -> UnmaskRequest:
+        """End stage 3: the alive and dropped lists every survivor receives."""
+        self._expect(Stage.MASKED_INPUT)
+        return _unmask_request(self.state)
+
+    def receive_unmask(self, msg: UnmaskResponse) -> None:
+        self._expect(Stage.UNMASK, msg.round_id, msg.node)
+        _unmask_response(self.state, msg)
+
+    def finish(self) -> SecAggResult:
+        """End stage 4: reconstruct, remove all masks from the sum, return it (or abort)."""
+        self._expect(Stage.UNMASK)
+        return _finish(self.state)
+
+    def abort(self, reason: str) -> None:
+        """Give up the round, dropping every secret share and the masked sum."""
+        _abort(self.state, reason)
