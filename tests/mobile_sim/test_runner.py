@@ -30,7 +30,8 @@ def test_small_run_learns_and_counts_bytes() -> None:
     res = run_simulation(SMALL, progress=False)
     assert len(res.records) == 4
     accs = [r.accuracy for r in res.records]
-    assert accs[-1] is not None and accs[-1] > 0.6 > 0.2 > accs[0] - 0.2
+    assert accs[0] is not None and accs[-1] is not None
+    assert accs[-1] > 0.6 and accs[-1] > accs[0]
     for r in res.records:
         assert r.reports == 5 and r.committed
         assert r.dense_up == 5 * 4 * res.num_params
