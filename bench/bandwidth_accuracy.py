@@ -98,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     dense = run_simulation(replace(base, dense=True), label="dense fp32")
     comp = run_simulation(base, label=f"top-k {args.topk}, {args.bits}-bit")
-    ratio = comp.upload_ratio and dense.total_up / comp.total_up
+    # The ratio is against raw fp32 (4 bytes a parameter a report), as the ledger counts it.
+    # The dense run's own bytes are zstd'd fp32, a little smaller: that ratio is reported too.
+    ratio = comp.upload_ratio
+    ratio_vs_dense_run = dense.total_up / comp.total_up if comp.total_up else None
     delta_pp = 100.0 * ((comp.final_accuracy or 0.0) - (dense.final_accuracy or 0.0))
     result: dict[str, Any] = {
         "benchmark": "bandwidth_accuracy",
@@ -108,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         "compressed_final_accuracy": comp.final_accuracy,
         "accuracy_delta_pp": round(delta_pp, 3),
         "upload_ratio_vs_dense": ratio,
+        "upload_ratio_vs_dense_run_bytes": ratio_vs_dense_run,
         "targets": {"upload_ratio_vs_dense": f">= {TARGET_RATIO}", "accuracy_delta_pp": f">= -{TARGET_PP}"},
         "met": {
             "upload_ratio": bool(ratio and ratio >= TARGET_RATIO),
