@@ -183,7 +183,7 @@ def test_encode_refuses_bad_input() -> None:
     for w in (-1.0, float("nan"), float("inf"), True, "3"):
         with pytest.raises(ValueError, match="weight"):
             codec.encode(good, rng, weight=w)  # type: ignore[arg-type]
-    codec.encode(good, rng, weight=np.float32(3))
+    codec.encode(good, rng, weight=np.float32(3))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

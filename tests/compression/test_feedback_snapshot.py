@@ -132,7 +132,11 @@ def test_snapshot_refusals() -> None:
 
 
 @settings(max_examples=50, deadline=None)
-@given(params=arrays(np.float32, 5, elements=st.floats(-(2.0**100), 2.0**100, allow_nan=False, width=32)))
+@given(
+    params=arrays(
+        np.float32, 5, elements=st.floats(-(2.0**100), 2.0**100, allow_nan=False, width=32)
+    )
+)
 def test_canonical_bytes_and_digest(params: np.ndarray) -> None:
     raw = canonical_bytes(params)
     assert raw == params.astype("<f4").tobytes() and len(raw) == 20
