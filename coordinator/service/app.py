@@ -1,0 +1,444 @@
+"""The coordinator's FastAPI app: device, admin, ledger, metrics and health endpoints.
+
+Every route is listed with its errors in docs/http-api.md. Device routes authenticate with the
+Ed25519 request signature (protocol.auth); admin routes with `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+import logging
+import re
+from collections.abc import AsyncIterator
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from protocol import auth as pauth
+from protocol.messages import (
+    BandwidthReport,
+    CheckInRequest,
+    CheckInResponse,
+    ErrorBody,
+    RegisterRequest,
+    RegisterResponse,
+    RoundStatus,
+    TaskConfig,
+    TaskCreated,
+    TaskStatus,
+    UploadReceipt,
+)
+from protocol.names import ContentType, Path, Reason, SnapshotDType
+from protocol.names import Header as H
+
+from .auth import RequestVerifier, check_admin_token
+from .errors import ApiError
+from .metrics import Metrics
+from .rounds import Coordinator, ServiceConfig
+from .store import Store
+from .wire import STATE_KEY, Attribution, WireMiddleware
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("plume.coordinator")
+
+_IDEMPOTENCY = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (400, "malformed request"),
+        (401, "unsigned, unregistered, stale, replayed or badly signed request"),
+        (403, "authenticated but not allowed (not selected, round mismatch, wrong admin token)"),
+        (404, "unknown task or round"),
+        (409, "conflict: round closed, duplicate upload, wrong task state"),
+        (413, "body above the size cap"),
+        (422, "body or parameters fail validation (bad frame, bad JSON)"),
+    )
+}
+
+
+def _target(request: Request) -> str:
+    raw = request.scope.get("raw_path") or request.url.path.encode()
+    qs = request.scope.get("query_string") or b""
+    return (raw + (b"?" + qs if qs else b"")).decode("latin-1")
+
+
+def _headers(request: Request) -> dict[str, str]:
+    return {k.lower(): v for k, v in request.headers.items()}
+
+
+def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
+    """Build the ASGI app. The store opens at `config.db_path` unless one is given."""
+    metrics = Metrics()
+    the_store = store if store is not None else Store(config.db_path)
+    coordinator = Coordinator(the_store, config, metrics)
+    verifier = RequestVerifier(the_store, config.signature_window_s)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        coordinator.restore()
+        for rt in coordinator.pending_closes():
+            coordinator.schedule_close(rt)
+        ticker = asyncio.create_task(_tick_loop())
+        try:
+            yield
+        finally:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+            await coordinator.drain()
+
+    async def _tick_loop() -> None:
+        n = 0
+        while True:
+            await asyncio.sleep(config.tick_s)
+            try:
+                for rt in coordinator.tick():
+                    coordinator.schedule_close(rt)
+                n += 1
+                if n % 1200 == 0:
+                    verifier.prune()
+            except Exception:  # the ticker must survive one bad tick; the error is logged
+                log.exception("coordinator tick failed")
+
+    app = FastAPI(
+        title="Plume coordinator",
+        version="1",
+        summary="Federated learning rounds for phones, where the network is the scarce resource.",
+        lifespan=lifespan,
+    )
+    app.state.coordinator = coordinator
+    app.state.store = the_store
+    app.state.metrics = metrics
+
+    # -- error rendering ---------------------------------------------------------------------
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        if exc.status in (401, 403) and exc.reason != Reason.NOT_SELECTED:
+            metrics.auth_failures.labels(str(exc.reason)).inc()
+        return JSONResponse(
+            {"reason": str(exc.reason), "detail": exc.detail},
+            status_code=exc.status,
+            headers=exc.headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in errors[:5]
+        )
+        return JSONResponse({"reason": str(Reason.VALIDATION), "detail": detail}, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        reason = Reason.NOT_FOUND if exc.status_code in (404, 405) else Reason.MALFORMED
+        return JSONResponse({"reason": str(reason), "detail": str(exc.detail)}, exc.status_code)
+
+    # -- auth dependencies -----------------------------------------------------------------
+
+    async def device(
+        request: Request,
+        x_plume_device: str | None = Header(None, description="device id (32 hex digits)"),
+        x_plume_round: str | None = Header(None, description="round id, 0 if none"),
+        x_plume_timestamp: str | None = Header(None, description="Unix time, ms"),
+        x_plume_nonce: str | None = Header(None, description="fresh hex nonce"),
+        x_plume_signature: str | None = Header(None, description="Ed25519, base64url"),
+    ) -> pauth.SignedFields:
+        """A signed request from a registered device (see docs/http-api.md, Signing)."""
+        body = await request.body()
+        fields = verifier.verify(
+            method=request.method, target=_target(request), headers=_headers(request), body=body
+        )
+        request.state.__setattr__(STATE_KEY, Attribution(fields.device_id, fields.round_id))
+        return fields
+
+    async def admin(
+        authorization: str | None = Header(None, description="Bearer <admin token>"),
+    ) -> None:
+        check_admin_token(config.admin_token, authorization)
+
+    async def device_or_admin(request: Request) -> None:
+        if H.AUTHORIZATION in request.headers:
+            check_admin_token(config.admin_token, request.headers[H.AUTHORIZATION])
+            return
+        await device(request)
+
+    # -- device routes ---------------------------------------------------------------------
+
+    @app.post(Path.REGISTER, response_model=RegisterResponse, responses=_ERRORS, tags=["device"])
+    async def register(request: Request, body: RegisterRequest) -> RegisterResponse:
+        """Register an Ed25519 public key; the request is signed with that same key."""
+        try:
+            key = base64.urlsafe_b64decode(body.public_key + "=" * (-len(body.public_key) % 4))
+        except (binascii.Error, ValueError):
+            raise ApiError(400, Reason.MALFORMED, "public_key is not base64url") from None
+        if len(key) != 32:
+            raise ApiError(400, Reason.MALFORMED, "public_key must be 32 bytes")
+        raw = await request.body()
+        try:
+            Ed25519PublicKey.from_public_bytes(key)
+        except ValueError:
+            raise ApiError(400, Reason.MALFORMED, "public_key is not an Ed25519 key") from None
+        fields = verifier.verify(
+            method=request.method,
+            target=_target(request),
+            headers=_headers(request),
+            body=raw,
+            presented_key=key,
+        )
+        created = the_store.register_device(fields.device_id, key, coordinator.clock())
+        metrics.devices.set(the_store.count_devices())
+        return RegisterResponse(fields.device_id, created)
+
+    @app.post(Path.CHECK_IN, response_model=CheckInResponse, responses=_ERRORS, tags=["device"])
+    async def check_in(
+        request: Request,
+        body: CheckInRequest,
+        fields: pauth.SignedFields = Depends(device),  # noqa: B008
+    ) -> CheckInResponse:
+        """A task assignment, or `wait` with `retry_after_s` (pace steering)."""
+        answer = coordinator.check_in(fields.device_id, body.task_id)
+        att: Attribution = getattr(request.state, STATE_KEY)
+        if answer.assignment is not None:
+            att.round_id = answer.assignment.round_id
+        return answer
+
+    @app.get(
+        Path.MODEL,
+        response_class=Response,
+        responses={
+            **_ERRORS,
+            200: {"content": {ContentType.OCTET_STREAM: {}}, "description": "model bytes"},
+        },
+        tags=["device"],
+    )
+    async def model(
+        request: Request,
+        task_id: int,
+        have: int | None = Query(None, ge=0, description="model version the device holds"),
+        format: str = Query("auto", pattern="^(auto|snapshot|delta)$"),
+        dtype: SnapshotDType = Query(SnapshotDType.FP32),  # noqa: B008
+        fields: pauth.SignedFields = Depends(device),  # noqa: B008
+    ) -> Response:
+        """The current model: a delta chain from `have`, or a full snapshot (fp32/fp16+zstd)."""
+        body, headers, rt = coordinator.model(task_id, have, format, dtype)
+        att: Attribution = getattr(request.state, STATE_KEY)
+        att.payload_down = len(body)
+        att.dense_down = rt.spec.dense_bytes
+        return Response(body, media_type=ContentType.OCTET_STREAM, headers=headers)
+
+    @app.post(
+        Path.UPLOAD,
+        response_model=UploadReceipt,
+        responses=_ERRORS,
+        tags=["device"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {ContentType.OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}},
+            },
+            "parameters": [
+                {"in": "header", "name": h, "required": False, "schema": {"type": "string"}}
+                for h in (
+                    H.DEVICE, H.ROUND, H.TIMESTAMP, H.NONCE, H.SIGNATURE, H.IDEMPOTENCY_KEY,
+                )
+            ],
+        },
+    )  # fmt: skip
+    async def upload(request: Request, round_id: int) -> UploadReceipt:
+        """Upload one compressed update frame; streamed under the round's size cap."""
+        headers = _headers(request)
+        # Cheap checks first, before reading a byte of the body.
+        try:
+            pre = pauth.fields_from_headers(headers)
+        except pauth.AuthError as exc:
+            raise ApiError(401, Reason.UNSIGNED, str(exc)) from None
+        if verifier.public_key(pre.device_id) is None:
+            raise ApiError(401, Reason.UNREGISTERED, "unknown device; register first")
+        found = None
+        for rt in coordinator.runtimes.values():
+            if rt.current is not None and rt.current.round_id == round_id:
+                found = rt
+        cap = found.max_upload_bytes if found is not None else config.json_body_cap
+        declared = headers.get(H.CONTENT_LENGTH)
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            raise ApiError(413, Reason.TOO_LARGE, f"update above the {cap}-byte cap")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise ApiError(413, Reason.TOO_LARGE, f"update above the {cap}-byte cap")
+            chunks.append(chunk)
+        frame = b"".join(chunks)
+        fields = verifier.verify(
+            method=request.method, target=_target(request), headers=headers, body=frame
+        )
+        att = Attribution(fields.device_id, fields.round_id, payload_up=len(frame))
+        att.dense_up = coordinator.dense_bytes_for_round(round_id)
+        request.state.__setattr__(STATE_KEY, att)
+        if fields.round_id != round_id:
+            raise ApiError(403, Reason.ROUND_MISMATCH, "signed round differs from the URL")
+        key = headers.get(H.IDEMPOTENCY_KEY)
+        if key is None or not _IDEMPOTENCY.fullmatch(key):
+            raise ApiError(400, Reason.MALFORMED, "Idempotency-Key header (1-128 chars) required")
+        t0 = asyncio.get_running_loop().time()
+        receipt, to_close = coordinator.submit(round_id, fields.device_id, key, frame)
+        metrics.upload_seconds.observe(asyncio.get_running_loop().time() - t0)
+        if to_close is not None:
+            coordinator.schedule_close(to_close)
+        result: UploadReceipt = receipt
+        return result
+
+    @app.get(Path.ROUND, response_model=RoundStatus, responses=_ERRORS, tags=["device"])
+    async def round_status(
+        round_id: int,
+        _: None = Depends(device_or_admin),  # noqa: B008
+    ) -> RoundStatus:
+        """A round's state, counts and (once committed) the version it published."""
+        return coordinator.round_status(round_id)
+
+    @app.get(
+        Path.BANDWIDTH,
+        response_model=BandwidthReport,
+        responses={**_ERRORS, 200: {"content": {"text/csv": {}}}},
+        tags=["device"],
+    )
+    async def bandwidth(
+        round_id: int,
+        format: str = Query("json", pattern="^(json|csv)$"),
+        _: None = Depends(device_or_admin),  # noqa: B008
+    ) -> Any:
+        """The round's bandwidth ledger: per device and direction, payload/wire/dense bytes."""
+        report = coordinator.bandwidth(round_id)
+        if format == "csv":
+            lines = ["round_id,device_id,direction,payload_bytes,wire_bytes,dense_bytes,requests"]
+            lines += [
+                f"{r.round_id},{r.device_id},{r.direction},{r.payload_bytes},{r.wire_bytes},"
+                f"{r.dense_bytes},{r.requests}"
+                for r in report.rows
+            ]
+            return PlainTextResponse("\n".join(lines) + "\n", media_type=ContentType.CSV)
+        return report
+
+    # -- admin routes ----------------------------------------------------------------------
+
+    @app.post(
+        Path.ADMIN_TASKS,
+        response_model=TaskCreated,
+        status_code=201,
+        responses=_ERRORS,
+        tags=["admin"],
+        dependencies=[Depends(admin)],
+    )
+    async def create_task(body: TaskConfig) -> TaskCreated:
+        """Create a task; it waits for its initial model (PUT .../model) before running."""
+        try:
+            task_id = coordinator.create_task(body)
+        except ValueError as exc:
+            raise ApiError(422, Reason.VALIDATION, str(exc)) from None
+        return TaskCreated(task_id, "awaiting_model")
+
+    @app.put(
+        Path.ADMIN_TASK_MODEL,
+        response_model=TaskStatus,
+        responses=_ERRORS,
+        tags=["admin"],
+        dependencies=[Depends(admin)],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {ContentType.OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+    )  # fmt: skip
+    async def put_model(request: Request, task_id: int) -> TaskStatus:
+        """Upload the initial model as a `compression.encode_snapshot` snapshot (fp32 or fp16)."""
+        row = the_store.task(task_id)
+        if row is None:
+            raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
+        from compression import DecodeLimits, ModelSpec
+
+        spec = ModelSpec.from_json(row.config["spec"])
+        cap = DecodeLimits().frame_cap(spec)
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise ApiError(413, Reason.TOO_LARGE, f"snapshot above the {cap}-byte cap")
+            chunks.append(chunk)
+        return coordinator.set_initial_model(task_id, b"".join(chunks))
+
+    @app.get(
+        Path.ADMIN_TASK,
+        response_model=TaskStatus,
+        responses=_ERRORS,
+        tags=["admin"],
+        dependencies=[Depends(admin)],
+    )
+    async def task_status(task_id: int) -> TaskStatus:
+        return coordinator.task_status(task_id)
+
+    @app.get(
+        Path.ADMIN_ROUNDS,
+        response_model=list[RoundStatus],
+        responses=_ERRORS,
+        tags=["admin"],
+        dependencies=[Depends(admin)],
+    )
+    async def task_rounds(task_id: int) -> list[RoundStatus]:
+        if the_store.task(task_id) is None:
+            raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
+        return [coordinator.round_status(r.round_id) for r in the_store.rounds(task_id)]
+
+    @app.post(
+        Path.ADMIN_PAUSE,
+        response_model=TaskStatus,
+        responses=_ERRORS,
+        tags=["admin"],
+        dependencies=[Depends(admin)],
+    )
+    async def pause(task_id: int) -> TaskStatus:
+        """Stop opening rounds (a round in flight still closes)."""
+        return coordinator.set_paused(task_id, True)
+
+    @app.post(
+        Path.ADMIN_RESUME,
+        response_model=TaskStatus,
+        responses=_ERRORS,
+        tags=["admin"],
+        dependencies=[Depends(admin)],
+    )
+    async def resume(task_id: int) -> TaskStatus:
+        return coordinator.set_paused(task_id, False)
+
+    # -- operations ------------------------------------------------------------------------
+
+    @app.get(Path.METRICS, response_class=Response, tags=["ops"])
+    async def prometheus() -> Response:
+        """Prometheus text exposition."""
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get(Path.HEALTHZ, tags=["ops"])
+    async def healthz() -> dict[str, Any]:
+        """Liveness and a few counts."""
+        return {
+            "ok": True,
+            "journal_mode": the_store.journal_mode,
+            "tasks": len(coordinator.runtimes),
+        }
+
+    app.add_middleware(
+        WireMiddleware, store=the_store, metrics=metrics, json_cap=config.json_body_cap
+    )
+    return app

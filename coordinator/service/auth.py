@@ -1,0 +1,109 @@
+"""Server side of request signing: registered keys, the timestamp window and the nonce cache."""
+
+from __future__ import annotations
+
+import hmac
+import time
+
+from protocol import auth
+from protocol.names import Header, Reason
+
+from .errors import ApiError
+from .store import Store
+
+__all__ = ["RequestVerifier", "check_admin_token"]
+
+
+class RequestVerifier:
+    """Checks one signed request: form, registration, timestamp window, signature, nonce.
+
+    The checks run in that order so a forged request can never burn a real device's nonce:
+    a nonce is recorded only after its signature verified. Nonces live in the SQLite store, so
+    a restart does not reopen the replay window; rows older than the window are pruned.
+    """
+
+    def __init__(self, store: Store, window_s: float = 300.0) -> None:
+        self.store = store
+        self.window_ms = int(window_s * 1000)
+        self._keys: dict[str, bytes] = {}
+
+    def public_key(self, device_id: str) -> bytes | None:
+        key = self._keys.get(device_id)
+        if key is None:
+            key = self.store.device_key(device_id)
+            if key is not None:
+                self._keys[device_id] = key
+        return key
+
+    def verify(
+        self,
+        *,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        body: bytes,
+        presented_key: bytes | None = None,
+        now_ms: int | None = None,
+    ) -> auth.SignedFields:
+        """The verified fields, or `ApiError` 401 with the precise reason.
+
+        `presented_key` is the key a registration carries (proof of possession); every other
+        request is checked against the key registered for its device id.
+        """
+        if Header.SIGNATURE not in headers and Header.DEVICE not in headers:
+            raise ApiError(401, Reason.UNSIGNED, "request is not signed (no x-plume-* headers)")
+        try:
+            fields = auth.fields_from_headers(headers)
+        except auth.AuthError as exc:
+            raise ApiError(401, Reason.UNSIGNED, str(exc)) from None
+        if presented_key is not None:
+            key = presented_key
+            if auth.device_id_for(key) != fields.device_id:
+                raise ApiError(401, Reason.BAD_SIGNATURE, "device id does not match the key")
+        else:
+            registered = self.public_key(fields.device_id)
+            if registered is None:
+                raise ApiError(401, Reason.UNREGISTERED, "unknown device; register first")
+            key = registered
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        if abs(now - fields.timestamp_ms) > self.window_ms:
+            raise ApiError(
+                401,
+                Reason.STALE_TIMESTAMP,
+                f"timestamp is {abs(now - fields.timestamp_ms) / 1000:.1f}s from the server "
+                f"clock (window {self.window_ms / 1000:.0f}s)",
+            )
+        try:
+            message = auth.signing_message(
+                method=method,
+                target=target,
+                device_id=fields.device_id,
+                round_id=fields.round_id,
+                body_hash=auth.body_sha256(body),
+                timestamp_ms=fields.timestamp_ms,
+                nonce=fields.nonce,
+            )
+        except auth.AuthError as exc:
+            raise ApiError(401, Reason.BAD_SIGNATURE, str(exc)) from None
+        if not auth.verify(key, message, fields.signature):
+            raise ApiError(
+                401, Reason.BAD_SIGNATURE, "signature does not verify for this request and key"
+            )
+        if not self.store.remember_nonce(fields.device_id, fields.nonce, fields.timestamp_ms):
+            raise ApiError(401, Reason.REPLAYED_NONCE, "nonce already used (replayed request)")
+        return fields
+
+    def prune(self, now_ms: int | None = None) -> int:
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        return self.store.prune_nonces(now - 2 * self.window_ms)
+
+
+def check_admin_token(expected: str | None, authorization: str | None) -> None:
+    """`Authorization: Bearer <token>`, compared in constant time; 401/403 otherwise."""
+    if expected is None:
+        raise ApiError(403, Reason.BAD_ADMIN_TOKEN, "admin endpoints are disabled (no token set)")
+    if not authorization or not authorization.startswith("Bearer "):
+        raise ApiError(401, Reason.BAD_ADMIN_TOKEN, "admin endpoints need Authorization: Bearer")
+    given = authorization[len("Bearer ") :].encode()
+    if not hmac.compare_digest(given, expected.encode()):
+        raise ApiError(403, Reason.BAD_ADMIN_TOKEN, "wrong admin token")

@@ -1,0 +1,712 @@
+"""The durable coordinator: one `RoundEngine` per task, every acknowledged change in SQLite.
+
+HTTP-free (the FastAPI app in `app.py` and the in-process benchmark both drive it). Round life:
+devices check in and join the task's pool; when the pool holds the over-selected cohort (or
+the selection timeout passes with at least `min_reports` devices) a round opens; selected
+devices learn it at their next check-in, download the model, train and upload; the round closes
+when `clients_per_round` reports are in or at the deadline (late uploads are stragglers and get
+409), then aggregates and publishes in a worker thread, or is abandoned below `min_reports`.
+
+Recovery: accepted frames are committed with the round-state check in one transaction, and
+aggregation + publish are a deterministic function of the accepted set (sorted by device,
+seeded downlink encoder), committed in one transaction with the round's status. On start,
+`restore()` rebuilds each engine from the last published version and replays open rounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from compression import (
+    CodecError,
+    DecodeLimits,
+    ErrorFeedback,
+    ModelSpec,
+    decode_snapshot,
+    encode_snapshot,
+    model_digest,
+)
+from coordinator.aggregators import AggregatorFactory, build_aggregator
+from coordinator.engine import (
+    DuplicateUpload,
+    EngineConfig,
+    EngineError,
+    NotSelected,
+    RoundClosed,
+    RoundEngine,
+    RoundOutcome,
+    UnknownRound,
+)
+from protocol.messages import (
+    Assignment,
+    BandwidthReport,
+    CheckInResponse,
+    LedgerRow,
+    RoundStatus,
+    TaskConfig,
+    TaskStatus,
+    TensorShape,
+    from_json,
+    pack_chain,
+    to_json,
+)
+from protocol.names import (
+    CheckInAction,
+    ModelEncoding,
+    Path,
+    Reason,
+    RoundState,
+    SnapshotDType,
+    TaskState,
+)
+
+from .downlink import DownlinkStrategy
+from .errors import ApiError
+from .faults import fault_point
+from .metrics import Metrics
+from .store import RoundRow, Store
+
+__all__ = ["Coordinator", "ServiceConfig", "TaskRuntime", "ActiveRound", "validate_task"]
+
+log = logging.getLogger("plume.coordinator")
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """Coordinator settings (times in seconds, sizes in bytes).
+
+    poll_s: retry-after told to a device while its task gathers a cohort.
+    idle_retry_s: retry-after when no task is active.
+    pool_ttl_s: a device that has not checked in for this long leaves the selection pool.
+    json_body_cap: largest JSON request body (uploads and snapshots have their own caps).
+    """
+
+    db_path: str = "plume.db"
+    admin_token: str | None = None
+    signature_window_s: float = 300.0
+    tick_s: float = 0.05
+    poll_s: float = 0.25
+    idle_retry_s: float = 30.0
+    pool_ttl_s: float = 60.0
+    json_body_cap: int = 64 * 1024
+
+
+@dataclass
+class ActiveRound:
+    round_id: int
+    engine_round: int
+    selected: frozenset[str]
+    target: int
+    min_reports: int
+    opened: float
+    deadline: float
+    base_version: int
+    reports: int = 0
+    uploaded: set[str] = field(default_factory=set)
+    closing: bool = False  # no more uploads accepted
+    close_started: bool = False  # an aggregation is in flight
+
+
+def _aggregator(name: str) -> AggregatorFactory:
+    factory: AggregatorFactory = build_aggregator(name)
+    return factory
+
+
+def validate_task(cfg: TaskConfig) -> ModelSpec:
+    """The task's spec; raises `ValueError` naming the first bad field."""
+    if not cfg.name or len(cfg.name) > 200:
+        raise ValueError("name must be 1..200 characters")
+    if not 1 <= cfg.rounds <= 1_000_000:
+        raise ValueError("rounds must be in 1..1000000")
+    if not 1 <= cfg.clients_per_round <= 1_000_000:
+        raise ValueError("clients_per_round must be in 1..1000000")
+    if not (math.isfinite(cfg.over_selection) and 1.0 <= cfg.over_selection <= 10.0):
+        raise ValueError("over_selection must be in [1, 10]")
+    if not 1 <= cfg.min_reports <= cfg.clients_per_round:
+        raise ValueError("min_reports must be in [1, clients_per_round]")
+    for name in ("deadline_s", "selection_timeout_s", "retry_after_s"):
+        v = getattr(cfg, name)
+        if not (math.isfinite(v) and 0 < v <= 7 * 86400):
+            raise ValueError(f"{name} must be in (0, 604800]")
+    if not (math.isfinite(cfg.server_lr) and cfg.server_lr > 0):
+        raise ValueError("server_lr must be positive")
+    if not 1 <= cfg.max_chain <= 1000:
+        raise ValueError("max_chain must be in 1..1000")
+    t = cfg.training
+    if not (1 <= t.local_epochs <= 1000 and 1 <= t.batch_size <= 1_000_000):
+        raise ValueError("training.local_epochs and training.batch_size out of range")
+    if not (math.isfinite(t.lr) and t.lr > 0):
+        raise ValueError("training.lr must be positive")
+    if not 0 <= cfg.seed < 2**63:
+        raise ValueError("seed must be in [0, 2**63)")
+    cfg.codec.to_config()
+    cfg.downlink.to_config()
+    _aggregator(cfg.aggregator)
+    if not cfg.spec or len(cfg.spec) > 10_000:
+        raise ValueError("spec must list 1..10000 tensors")
+    if any(len(t.shape) > 8 or any(s < 0 or s > 2**31 for s in t.shape) for t in cfg.spec):
+        raise ValueError("spec shapes must have <= 8 dims in [0, 2**31]")
+    return ModelSpec.from_json([{"name": t.name, "shape": list(t.shape)} for t in cfg.spec])
+
+
+class TaskRuntime:
+    """One task in memory: its engine, its selection pool, its open round and model caches."""
+
+    def __init__(
+        self,
+        task_id: int,
+        config: TaskConfig,
+        state: str,
+        params: npt.NDArray[np.float32],
+        version: int,
+        digest: str,
+        residual: ErrorFeedback,
+        now: float,
+    ) -> None:
+        self.task_id = task_id
+        self.config = config
+        self.state = state
+        self.spec = validate_task(config)
+        self.strategy = DownlinkStrategy(
+            self.spec, config.downlink.to_config(), config.seed, residual
+        )
+        self.engine = RoundEngine(
+            self.spec,
+            params,
+            _aggregator(config.aggregator),
+            EngineConfig(
+                clients_per_round=config.clients_per_round,
+                over_selection=config.over_selection,
+                min_reports=config.min_reports,
+                codec=config.codec.to_config(),
+                server_lr=config.server_lr,
+                seed=config.seed,
+            ),
+            strategy=self.strategy,
+            version=version,
+        )
+        self.published = np.array(params, dtype=np.float32, copy=True)
+        self.version = version
+        self.digest = digest
+        self.pool: dict[str, float] = {}
+        self.current: ActiveRound | None = None
+        self.waiting_since = now
+        self.rounds_closed = 0
+        self.rounds_committed = 0
+        self.seq = 0
+        self.max_upload_bytes = DecodeLimits().frame_cap(self.spec)
+        self._snapshots: dict[str, bytes] = {}
+
+    def snapshot(self, dtype: str) -> bytes:
+        blob = self._snapshots.get(dtype)
+        if blob is None:
+            blob = encode_snapshot(self.published, self.spec, dtype)
+            self._snapshots[dtype] = blob
+        return blob
+
+    def set_published(self, params: npt.NDArray[np.float32], version: int, digest: str) -> None:
+        self.published = params
+        self.version = version
+        self.digest = digest
+        self._snapshots.clear()
+
+
+class Coordinator:
+    """All tasks of one coordinator over one `Store`. Call from one thread (the event loop);
+    only `close_round`'s aggregation step runs in a worker thread."""
+
+    def __init__(
+        self,
+        store: Store,
+        config: ServiceConfig,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self.runtimes: dict[int, TaskRuntime] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # -- startup -------------------------------------------------------------------------
+
+    def _build(self, task_id: int) -> TaskRuntime:
+        row = self.store.task(task_id)
+        assert row is not None and row.version >= 0
+        cfg = from_json(TaskConfig, row.config)
+        spec = validate_task(cfg)
+        params_bytes, residual_bytes = self.store.task_model(task_id)
+        params = np.frombuffer(params_bytes, dtype="<f4").astype(np.float32)
+        residual = (
+            ErrorFeedback.from_bytes(residual_bytes, spec.size)
+            if residual_bytes is not None
+            else ErrorFeedback(spec.size)
+        )
+        rt = TaskRuntime(
+            task_id, cfg, row.state, params, row.version, row.digest, residual, self.clock()
+        )
+        rounds = self.store.rounds(task_id)
+        rt.seq = len(rounds)
+        rt.rounds_closed = sum(
+            r.state in (RoundState.COMMITTED, RoundState.ABANDONED) for r in rounds
+        )
+        rt.rounds_committed = sum(r.state == RoundState.COMMITTED for r in rounds)
+        live = [r for r in rounds if r.state in (RoundState.OPEN, RoundState.AGGREGATING)]
+        for r in live:
+            rt.current = self._replay(rt, r)
+        self.metrics.model_version.labels(str(task_id)).set(rt.version)
+        return rt
+
+    def _replay(self, rt: TaskRuntime, r: RoundRow) -> ActiveRound:
+        """Re-open a round in a fresh engine and re-submit its accepted frames in order."""
+        plan = rt.engine.open_round(r.selected)  # cohort_size >= len(selected): all are taken
+        cur = ActiveRound(
+            round_id=r.round_id,
+            engine_round=plan.round_id,
+            selected=frozenset(r.selected),
+            target=r.target,
+            min_reports=r.min_reports,
+            opened=r.opened_unix,
+            deadline=r.deadline_unix,
+            base_version=r.base_version,
+        )
+        for u in self.store.updates(r.round_id):
+            rt.engine.submit(plan.round_id, u.device_id, u.frame)
+            cur.reports += 1
+            cur.uploaded.add(u.device_id)
+        cur.closing = r.state == RoundState.AGGREGATING
+        return cur
+
+    def restore(self) -> None:
+        """Load every task with a model from the store, replaying its open round if any."""
+        self.runtimes.clear()
+        for row in self.store.tasks():
+            if row.version >= 0:
+                self.runtimes[row.task_id] = self._build(row.task_id)
+        self.metrics.devices.set(self.store.count_devices())
+
+    def pending_closes(self) -> list[TaskRuntime]:
+        """Runtimes whose open round must close now (deadline, full, or caught mid-close)."""
+        now = self.clock()
+        out = []
+        for rt in self.runtimes.values():
+            cur = rt.current
+            if cur is None:
+                continue
+            if cur.closing or cur.reports >= cur.target or now >= cur.deadline:
+                out.append(rt)
+        return out
+
+    # -- admin -----------------------------------------------------------------------------
+
+    def create_task(self, cfg: TaskConfig) -> int:
+        validate_task(cfg)
+        return self.store.create_task(to_json(cfg), TaskState.AWAITING_MODEL, self.clock())
+
+    def set_initial_model(self, task_id: int, snapshot: bytes) -> TaskStatus:
+        row = self.store.task(task_id)
+        if row is None:
+            raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
+        if row.state != TaskState.AWAITING_MODEL:
+            raise ApiError(409, Reason.INVALID_STATE, f"task {task_id} already has a model")
+        cfg = from_json(TaskConfig, row.config)
+        spec = validate_task(cfg)
+        try:
+            params = decode_snapshot(snapshot, spec)
+        except CodecError as exc:
+            raise ApiError(422, Reason.BAD_FRAME, f"initial model refused: {exc}") from None
+        params = np.ascontiguousarray(params, dtype=np.float32)
+        if not np.all(np.isfinite(params)):
+            raise ApiError(422, Reason.BAD_FRAME, "initial model has NaN or Inf")
+        digest = model_digest(params).hex()
+        self.store.set_initial_model(
+            task_id, params.astype("<f4").tobytes(), digest, TaskState.ACTIVE, self.clock()
+        )
+        self.runtimes[task_id] = self._build(task_id)
+        return self.task_status(task_id)
+
+    def set_paused(self, task_id: int, paused: bool) -> TaskStatus:
+        row = self.store.task(task_id)
+        if row is None:
+            raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
+        want_from = TaskState.ACTIVE if paused else TaskState.PAUSED
+        to = TaskState.PAUSED if paused else TaskState.ACTIVE
+        if row.state == to:
+            return self.task_status(task_id)
+        if row.state != want_from:
+            raise ApiError(409, Reason.INVALID_STATE, f"task {task_id} is {row.state}")
+        self.store.set_task_state(task_id, to)
+        rt = self.runtimes.get(task_id)
+        if rt is not None:
+            rt.state = to
+            rt.waiting_since = self.clock()
+        return self.task_status(task_id)
+
+    def task_status(self, task_id: int) -> TaskStatus:
+        row = self.store.task(task_id)
+        if row is None:
+            raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
+        rt = self.runtimes.get(task_id)
+        cfg = from_json(TaskConfig, row.config)
+        return TaskStatus(
+            task_id=task_id,
+            state=rt.state if rt else row.state,
+            version=rt.version if rt else row.version,
+            rounds_closed=rt.rounds_closed if rt else 0,
+            rounds_committed=rt.rounds_committed if rt else 0,
+            current_round=rt.current.round_id if rt and rt.current else None,
+            model_digest=rt.digest if rt else row.digest,
+            config=cfg,
+        )
+
+    # -- check-in and selection -----------------------------------------------------------
+
+    def _maybe_open(self, rt: TaskRuntime, now: float) -> bool:
+        if rt.state != TaskState.ACTIVE or rt.current is not None or rt.engine.stopped:
+            return False
+        if rt.rounds_closed >= rt.config.rounds:
+            return False
+        ttl = self.config.pool_ttl_s
+        for d in [d for d, t in rt.pool.items() if now - t > ttl]:
+            del rt.pool[d]
+        need = rt.engine.config.cohort_size
+        fresh = sorted(rt.pool)
+        timed_out = now - rt.waiting_since >= rt.config.selection_timeout_s
+        if not (len(fresh) >= need or (timed_out and len(fresh) >= rt.config.min_reports)):
+            return False
+        plan = rt.engine.open_round(fresh)
+        deadline = now + rt.config.deadline_s
+        target = plan.target_reports
+        min_reports = min(rt.config.min_reports, target)
+        round_id = self.store.open_round(
+            rt.task_id, rt.seq + 1, rt.version, plan.selected, target, min_reports, now, deadline
+        )
+        rt.seq += 1
+        rt.current = ActiveRound(
+            round_id=round_id,
+            engine_round=plan.round_id,
+            selected=frozenset(plan.selected),
+            target=target,
+            min_reports=min_reports,
+            opened=now,
+            deadline=deadline,
+            base_version=rt.version,
+        )
+        for d in plan.selected:
+            rt.pool.pop(d, None)
+        log.info("task %d round %d opened with %d devices", rt.task_id, round_id, len(fresh))
+        return True
+
+    def _assignment(self, rt: TaskRuntime, cur: ActiveRound) -> Assignment:
+        cfg = rt.config
+        return Assignment(
+            task_id=rt.task_id,
+            round_id=cur.round_id,
+            base_version=cur.base_version,
+            model_name=cfg.model_name,
+            spec=[TensorShape(t.name, list(t.shape)) for t in cfg.spec],
+            codec=cfg.codec,
+            training=cfg.training,
+            deadline_unix=cur.deadline,
+            model_path=Path.MODEL.format(task_id=rt.task_id),
+            upload_path=Path.UPLOAD.format(round_id=cur.round_id),
+            max_upload_bytes=rt.max_upload_bytes,
+            seed=cfg.seed,
+        )
+
+    def check_in(self, device_id: str, task_id: int | None = None) -> CheckInResponse:
+        """Assign a round or tell the device when to come back (pace steering)."""
+        now = self.clock()
+        retry: float | None = None
+        for rt in sorted(self.runtimes.values(), key=lambda r: r.task_id):
+            if task_id is not None and rt.task_id != task_id:
+                continue
+            if rt.state != TaskState.ACTIVE:
+                continue
+            if rt.rounds_closed >= rt.config.rounds or rt.engine.stopped:
+                continue
+            cur = rt.current
+            if cur is not None and not cur.closing and now < cur.deadline:
+                if device_id in cur.selected and device_id not in cur.uploaded:
+                    self.metrics.check_ins.labels(CheckInAction.TRAIN).inc()
+                    return CheckInResponse(CheckInAction.TRAIN, 0.0, self._assignment(rt, cur))
+            rt.pool[device_id] = now
+            if cur is None and self._maybe_open(rt, now):
+                cur = rt.current
+                assert cur is not None
+                if device_id in cur.selected:
+                    self.metrics.check_ins.labels(CheckInAction.TRAIN).inc()
+                    return CheckInResponse(CheckInAction.TRAIN, 0.0, self._assignment(rt, cur))
+            if cur is None or cur.closing:
+                wait = self.config.poll_s
+            else:
+                # The round in flight ends by its deadline; come back around then.
+                wait = min(max(cur.deadline - now, self.config.poll_s), rt.config.retry_after_s)
+            retry = wait if retry is None else min(retry, wait)
+        self.metrics.check_ins.labels(CheckInAction.WAIT).inc()
+        if retry is None:
+            return CheckInResponse(
+                CheckInAction.WAIT, self.config.idle_retry_s, None, "no active task"
+            )
+        return CheckInResponse(CheckInAction.WAIT, round(retry, 3), None, "not selected yet")
+
+    def tick(self) -> list[TaskRuntime]:
+        """Periodic work: open rounds whose selection timed out; return rounds due to close."""
+        now = self.clock()
+        for rt in self.runtimes.values():
+            if rt.current is None:
+                self._maybe_open(rt, now)
+        return [rt for rt in self.pending_closes() if rt.current and not rt.current.close_started]
+
+    # -- model download --------------------------------------------------------------------
+
+    def model(
+        self, task_id: int, have: int | None, fmt: str, dtype: str
+    ) -> tuple[bytes, dict[str, str], TaskRuntime]:
+        """(body, headers, runtime) of a model download; see docs/http-api.md."""
+        rt = self.runtimes.get(task_id)
+        if rt is None:
+            raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id} with a model")
+        v = rt.version
+        chain_ok = have is not None and 0 <= have <= v and v - have <= rt.config.max_chain
+        if fmt == "delta" and not chain_ok:
+            raise ApiError(
+                409,
+                Reason.UNKNOWN_VERSION,
+                f"no delta chain from version {have} to {v} (max chain {rt.config.max_chain})",
+            )
+        body: bytes | None = None
+        encoding = ModelEncoding.SNAPSHOT
+        if fmt in ("auto", "delta") and chain_ok:
+            assert have is not None
+            frames = [f for ver, f in self.store.chain(task_id, have) if ver <= v]
+            chain = pack_chain(frames)
+            snap = rt.snapshot(SnapshotDType.FP32)
+            if fmt == "delta" or len(chain) < len(snap):
+                body, encoding = chain, ModelEncoding.DELTA_CHAIN
+        exact = True
+        if body is None:
+            body = rt.snapshot(dtype)
+            exact = dtype == SnapshotDType.FP32
+        headers = {
+            "x-plume-model-version": str(v),
+            "x-plume-model-digest": rt.digest,
+            "x-plume-model-encoding": str(encoding),
+            "x-plume-model-exact": "1" if exact else "0",
+        }
+        return body, headers, rt
+
+    # -- uploads ---------------------------------------------------------------------------
+
+    def _runtime_for_round(self, round_id: int) -> tuple[TaskRuntime, ActiveRound] | None:
+        for rt in self.runtimes.values():
+            if rt.current is not None and rt.current.round_id == round_id:
+                return rt, rt.current
+        return None
+
+    def submit(
+        self, round_id: int, device_id: str, idempotency_key: str, frame: bytes
+    ) -> tuple[Any, TaskRuntime | None]:
+        """Accept one upload durably. Returns (UploadReceipt, runtime to close now or None)."""
+        from protocol.messages import UploadReceipt
+
+        found = self._runtime_for_round(round_id)
+        existing = self.store.find_update(round_id, device_id)
+        if existing is not None:
+            if existing.idempotency_key == idempotency_key:
+                reports = found[1].reports if found else self.store.count_updates(round_id)
+                return UploadReceipt(
+                    round_id, device_id, True, True, len(existing.frame), reports
+                ), None
+            raise ApiError(
+                409, Reason.DUPLICATE_UPLOAD, f"device already reported in round {round_id}"
+            )
+        if found is None:
+            if self.store.round(round_id) is None:
+                raise ApiError(404, Reason.UNKNOWN_ROUND, f"no round {round_id}")
+            raise ApiError(409, Reason.ROUND_CLOSED, f"round {round_id} is closed")
+        rt, cur = found
+        if device_id not in cur.selected:
+            raise ApiError(403, Reason.NOT_SELECTED, f"device not selected for round {round_id}")
+        if cur.closing or self.clock() >= cur.deadline or cur.reports >= cur.target:
+            raise ApiError(409, Reason.ROUND_CLOSED, f"round {round_id} is closed (straggler)")
+        try:
+            with self.store.transaction() as db:
+                state = db.execute(
+                    "SELECT state FROM rounds WHERE round_id=?", (round_id,)
+                ).fetchone()
+                if state is None or state[0] != RoundState.OPEN:
+                    raise RoundClosed(f"round {round_id} is not open")
+                self.store.insert_update(
+                    db, round_id, device_id, idempotency_key, frame, self.clock()
+                )
+                # Decoding inside the transaction: a frame the engine refuses is never stored.
+                rt.engine.submit(cur.engine_round, device_id, frame)
+        except CodecError as exc:
+            raise ApiError(422, Reason.BAD_FRAME, f"update frame refused: {exc}") from None
+        except NotSelected as exc:
+            raise ApiError(403, Reason.NOT_SELECTED, str(exc)) from None
+        except DuplicateUpload as exc:
+            raise ApiError(409, Reason.DUPLICATE_UPLOAD, str(exc)) from None
+        except RoundClosed as exc:
+            raise ApiError(409, Reason.ROUND_CLOSED, str(exc)) from None
+        except UnknownRound as exc:
+            raise ApiError(404, Reason.UNKNOWN_ROUND, str(exc)) from None
+        fault_point("after_accept")
+        cur.reports += 1
+        cur.uploaded.add(device_id)
+        self.metrics.updates_accepted.inc()
+        receipt = UploadReceipt(round_id, device_id, True, False, len(frame), cur.reports)
+        return receipt, (rt if cur.reports >= cur.target else None)
+
+    # -- close: aggregate + publish --------------------------------------------------------
+
+    def begin_close(self, rt: TaskRuntime) -> ActiveRound | None:
+        """Freeze the round (no more uploads); None if it is already closing elsewhere."""
+        cur = rt.current
+        if cur is None:
+            return None
+        if cur.close_started:
+            return None
+        cur.closing = True
+        cur.close_started = True
+        self.store.set_round_state(cur.round_id, RoundState.AGGREGATING)
+        return cur
+
+    def close_blocking(self, rt: TaskRuntime, cur: ActiveRound) -> RoundOutcome:
+        """Aggregate and publish durably (runs in a worker thread)."""
+        t0 = time.perf_counter()
+        rt.strategy.round_key = cur.round_id
+        outcome = rt.engine.close_round(cur.engine_round)
+        now = self.clock()
+        closed_after = rt.rounds_closed + 1
+        done = closed_after >= rt.config.rounds or rt.engine.stopped
+        task_state = TaskState.DONE if done and rt.state == TaskState.ACTIVE else rt.state
+        measurements = dict(outcome.measurements)
+        if outcome.committed:
+            frame = rt.strategy.last_frame
+            assert frame is not None
+            params = rt.engine.params
+            digest = model_digest(params).hex()
+            measurements["downlink_frame_bytes"] = len(frame)
+            self.store.publish(
+                task_id=rt.task_id,
+                round_id=cur.round_id,
+                version=outcome.version,
+                delta_frame=frame,
+                digest=digest,
+                params=params.astype("<f4").tobytes(),
+                residual=rt.strategy.feedback.to_bytes(),
+                measurements=measurements,
+                task_state=task_state,
+                now=now,
+                before_commit=lambda: fault_point("during_publish"),
+            )
+        else:
+            self.store.abandon(cur.round_id, rt.task_id, measurements, task_state, now)
+        self.metrics.aggregate_seconds.observe(time.perf_counter() - t0)
+        return outcome
+
+    def finish_close(self, rt: TaskRuntime, outcome: RoundOutcome) -> None:
+        """Make the published model visible and reset for the next round (event-loop side)."""
+        now = self.clock()
+        rt.rounds_closed += 1
+        if outcome.committed:
+            rt.rounds_committed += 1
+            params = np.array(rt.engine.params, dtype=np.float32, copy=True)
+            rt.set_published(params, outcome.version, model_digest(params).hex())
+            self.metrics.rounds.labels("committed").inc()
+        else:
+            self.metrics.rounds.labels("abandoned").inc()
+        if rt.rounds_closed >= rt.config.rounds or rt.engine.stopped:
+            if rt.state == TaskState.ACTIVE:
+                rt.state = TaskState.DONE
+        rt.current = None
+        rt.waiting_since = now
+        self.metrics.model_version.labels(str(rt.task_id)).set(rt.version)
+
+    def fail_close(self, rt: TaskRuntime, cur: ActiveRound, exc: BaseException) -> None:
+        """An aggregation error abandons the round and rebuilds the task from the store."""
+        log.error("round %d failed to aggregate: %r", cur.round_id, exc)
+        self.store.abandon(cur.round_id, rt.task_id, {"error": repr(exc)}, rt.state, self.clock())
+        self.metrics.rounds.labels("abandoned").inc()
+        self.runtimes[rt.task_id] = self._build(rt.task_id)
+
+    async def close_round(self, rt: TaskRuntime) -> RoundOutcome | None:
+        cur = self.begin_close(rt)
+        if cur is None:
+            return None
+        try:
+            outcome = await asyncio.to_thread(self.close_blocking, rt, cur)
+        except (EngineError, ValueError, ArithmeticError) as exc:
+            self.fail_close(rt, cur, exc)
+            return None
+        self.finish_close(rt, outcome)
+        return outcome
+
+    def schedule_close(self, rt: TaskRuntime) -> None:
+        task = asyncio.get_running_loop().create_task(self.close_round(rt))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for closes in flight (shutdown)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+    def dense_bytes_for_round(self, round_id: int) -> int:
+        """Dense fp32 bytes of the model of a round's task (0 for an unknown round)."""
+        found = self._runtime_for_round(round_id)
+        if found is not None:
+            return found[0].spec.dense_bytes
+        r = self.store.round(round_id)
+        rt = self.runtimes.get(r.task_id) if r is not None else None
+        return rt.spec.dense_bytes if rt is not None else 0
+
+    # -- reads -----------------------------------------------------------------------------
+
+    def round_status(self, round_id: int) -> RoundStatus:
+        r = self.store.round(round_id)
+        if r is None:
+            raise ApiError(404, Reason.UNKNOWN_ROUND, f"no round {round_id}")
+        found = self._runtime_for_round(round_id)
+        reports = found[1].reports if found else self.store.count_updates(round_id)
+        return RoundStatus(
+            round_id=r.round_id,
+            task_id=r.task_id,
+            seq=r.seq,
+            state=r.state,
+            base_version=r.base_version,
+            selected=len(r.selected),
+            target=r.target,
+            min_reports=r.min_reports,
+            reports=reports,
+            opened_unix=r.opened_unix,
+            deadline_unix=r.deadline_unix,
+            closed_unix=r.closed_unix,
+            version_after=r.version_after,
+            measurements=r.measurements,
+        )
+
+    def bandwidth(self, round_id: int) -> BandwidthReport:
+        if self.store.round(round_id) is None:
+            raise ApiError(404, Reason.UNKNOWN_ROUND, f"no round {round_id}")
+        rows = [LedgerRow(*r) for r in self.store.ledger_rows(round_id)]
+        totals: dict[str, int] = {}
+        for d in ("up", "down"):
+            sel = [r for r in rows if r.direction == d]
+            totals[f"{d}_payload_bytes"] = sum(r.payload_bytes for r in sel)
+            totals[f"{d}_wire_bytes"] = sum(r.wire_bytes for r in sel)
+            totals[f"{d}_dense_bytes"] = sum(r.dense_bytes for r in sel)
+            totals[f"{d}_requests"] = sum(r.requests for r in sel)
+        return BandwidthReport(round_id, rows, totals)

@@ -1,0 +1,113 @@
+"""Running the coordinator under uvicorn: blocking `serve`, or `ServerThread` on loopback."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import TracebackType
+from typing import Any
+
+import uvicorn
+
+from .app import create_app
+from .rounds import ServiceConfig
+
+__all__ = ["serve", "ServerThread", "uvicorn_config"]
+
+
+def uvicorn_config(
+    app: Any,
+    host: str,
+    port: int,
+    *,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    log_level: str = "warning",
+) -> uvicorn.Config:
+    """Uvicorn settings the ledger relies on: no `server`/`date` headers (the app counts every
+    response header it sends, so uvicorn must not add its own), one process, TLS if given."""
+    return uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=log_level,
+        server_header=False,
+        date_header=False,
+        ssl_certfile=tls_cert,
+        ssl_keyfile=tls_key,
+        timeout_keep_alive=30,
+        lifespan="on",
+    )
+
+
+def serve(
+    config: ServiceConfig,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    tls_cert: str | None = None,
+    tls_key: str | None = None,
+    log_level: str = "info",
+) -> None:
+    """Serve until interrupted (SIGINT/SIGTERM shut down gracefully)."""
+    app = create_app(config)
+    server = uvicorn.Server(
+        uvicorn_config(app, host, port, tls_cert=tls_cert, tls_key=tls_key, log_level=log_level)
+    )
+    server.run()
+
+
+class ServerThread:
+    """A coordinator on a background thread, e.g. `with ServerThread(cfg) as url: ...`.
+
+    Port 0 picks a free port; `url` is known once `start()` returns.
+    """
+
+    def __init__(
+        self,
+        config: ServiceConfig,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        tls_cert: str | None = None,
+        tls_key: str | None = None,
+        app: Any = None,
+    ) -> None:
+        self.app = app if app is not None else create_app(config)
+        self.tls = tls_cert is not None
+        self.server = uvicorn.Server(
+            uvicorn_config(self.app, host, port, tls_cert=tls_cert, tls_key=tls_key)
+        )
+        self.host = host
+        self._thread = threading.Thread(
+            target=self.server.run, name="plume-coordinator", daemon=True
+        )
+        self.url = ""
+
+    def start(self, timeout: float = 20.0) -> str:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self.server.started:
+            if not self._thread.is_alive():
+                raise RuntimeError("coordinator thread exited during start-up")
+            if time.monotonic() > deadline:
+                raise TimeoutError("coordinator did not start in time")
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"{'https' if self.tls else 'http'}://{self.host}:{port}"
+        return self.url
+
+    def stop(self, timeout: float = 20.0) -> None:
+        self.server.should_exit = True
+        self._thread.join(timeout)
+
+    def __enter__(self) -> str:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()

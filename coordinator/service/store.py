@@ -1,0 +1,470 @@
+"""The coordinator's SQLite store (WAL): devices, tasks, rounds, accepted updates, versions, ledger.
+
+Every state change the service acknowledges is committed here first, in one transaction, so a
+`kill -9` at any moment leaves a database from which the service resumes exactly (see
+docs/operations.md, "Persistence and recovery"). Kept deliberately small: plain SQL, one
+connection, explicit transactions.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Store", "TaskRow", "RoundRow", "UpdateRow", "SCHEMA_VERSION"]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS devices (
+    device_id TEXT PRIMARY KEY,
+    public_key BLOB NOT NULL,
+    registered_unix REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS tasks (
+    task_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    config_json TEXT NOT NULL,
+    state TEXT NOT NULL,
+    version INTEGER NOT NULL DEFAULT -1,
+    params BLOB,
+    residual BLOB,
+    digest TEXT NOT NULL DEFAULT '',
+    created_unix REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS versions (
+    task_id INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    round_id INTEGER,
+    delta_frame BLOB,
+    digest TEXT NOT NULL,
+    created_unix REAL NOT NULL,
+    PRIMARY KEY (task_id, version)
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    round_id INTEGER PRIMARY KEY AUTOINCREMENT,
+    task_id INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    base_version INTEGER NOT NULL,
+    selected_json TEXT NOT NULL,
+    target INTEGER NOT NULL,
+    min_reports INTEGER NOT NULL,
+    opened_unix REAL NOT NULL,
+    deadline_unix REAL NOT NULL,
+    closed_unix REAL,
+    version_after INTEGER,
+    measurements_json TEXT NOT NULL DEFAULT '{}',
+    UNIQUE (task_id, seq)
+);
+CREATE TABLE IF NOT EXISTS updates (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    round_id INTEGER NOT NULL,
+    device_id TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    frame BLOB NOT NULL,
+    accepted_unix REAL NOT NULL,
+    UNIQUE (round_id, device_id)
+);
+CREATE TABLE IF NOT EXISTS ledger (
+    round_id INTEGER NOT NULL,
+    device_id TEXT NOT NULL,
+    direction TEXT NOT NULL,
+    payload_bytes INTEGER NOT NULL,
+    wire_bytes INTEGER NOT NULL,
+    dense_bytes INTEGER NOT NULL,
+    requests INTEGER NOT NULL,
+    PRIMARY KEY (round_id, device_id, direction)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS nonces (
+    device_id TEXT NOT NULL,
+    nonce TEXT NOT NULL,
+    ts_ms INTEGER NOT NULL,
+    PRIMARY KEY (device_id, nonce)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS nonces_ts ON nonces (ts_ms);
+CREATE INDEX IF NOT EXISTS rounds_task_state ON rounds (task_id, state);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class TaskRow:
+    task_id: int
+    config: dict[str, Any]
+    state: str
+    version: int
+    digest: str
+
+
+@dataclass(frozen=True, slots=True)
+class RoundRow:
+    round_id: int
+    task_id: int
+    seq: int
+    state: str
+    base_version: int
+    selected: list[str]
+    target: int
+    min_reports: int
+    opened_unix: float
+    deadline_unix: float
+    closed_unix: float | None
+    version_after: int | None
+    measurements: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateRow:
+    seq: int
+    round_id: int
+    device_id: str
+    idempotency_key: str
+    frame: bytes
+
+
+_ROUND_COLS = (
+    "round_id, task_id, seq, state, base_version, selected_json, target, min_reports, "
+    "opened_unix, deadline_unix, closed_unix, version_after, measurements_json"
+)
+
+
+def _round(row: tuple[Any, ...]) -> RoundRow:
+    return RoundRow(
+        round_id=row[0],
+        task_id=row[1],
+        seq=row[2],
+        state=row[3],
+        base_version=row[4],
+        selected=json.loads(row[5]),
+        target=row[6],
+        min_reports=row[7],
+        opened_unix=row[8],
+        deadline_unix=row[9],
+        closed_unix=row[10],
+        version_after=row[11],
+        measurements=json.loads(row[12]),
+    )
+
+
+class Store:
+    """One SQLite database in WAL mode. Thread-safe through one lock (writes are short)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._lock = threading.RLock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL is durable against a process kill in WAL mode (only power loss can drop the
+        # last commits), and it keeps an upload's commit well under a millisecond.
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db.executescript(_SCHEMA)
+        with self.transaction() as db:
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            if row is None:
+                db.execute(
+                    "INSERT INTO meta(key, value) VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+            elif int(row[0]) != SCHEMA_VERSION:
+                raise RuntimeError(
+                    f"database schema {row[0]} is not the supported {SCHEMA_VERSION}"
+                )
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @property
+    def journal_mode(self) -> str:
+        with self._lock:
+            return str(self._db.execute("PRAGMA journal_mode").fetchone()[0])
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK if the block raises."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    # -- devices and nonces ----------------------------------------------------------------
+
+    def register_device(self, device_id: str, public_key: bytes, now: float) -> bool:
+        """Insert a device; False if it was already registered (same id means same key)."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO devices(device_id, public_key, registered_unix) "
+                "VALUES (?, ?, ?)",
+                (device_id, public_key, now),
+            )
+            return cur.rowcount == 1
+
+    def device_key(self, device_id: str) -> bytes | None:
+        rows = self._query("SELECT public_key FROM devices WHERE device_id=?", (device_id,))
+        return bytes(rows[0][0]) if rows else None
+
+    def count_devices(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM devices")[0][0])
+
+    def remember_nonce(self, device_id: str, nonce: str, ts_ms: int) -> bool:
+        """Record a nonce; False if this device already used it (a replay)."""
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT OR IGNORE INTO nonces(device_id, nonce, ts_ms) VALUES (?, ?, ?)",
+                (device_id, nonce, ts_ms),
+            )
+            return cur.rowcount == 1
+
+    def prune_nonces(self, older_than_ms: int) -> int:
+        with self.transaction() as db:
+            return db.execute("DELETE FROM nonces WHERE ts_ms < ?", (older_than_ms,)).rowcount
+
+    # -- tasks and versions ----------------------------------------------------------------
+
+    def create_task(self, config: dict[str, Any], state: str, now: float) -> int:
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO tasks(config_json, state, created_unix) VALUES (?, ?, ?)",
+                (json.dumps(config, sort_keys=True), state, now),
+            )
+            assert cur.lastrowid is not None
+            return int(cur.lastrowid)
+
+    def tasks(self) -> list[TaskRow]:
+        rows = self._query(
+            "SELECT task_id, config_json, state, version, digest FROM tasks ORDER BY task_id"
+        )
+        return [TaskRow(r[0], json.loads(r[1]), r[2], r[3], r[4]) for r in rows]
+
+    def task(self, task_id: int) -> TaskRow | None:
+        rows = self._query(
+            "SELECT task_id, config_json, state, version, digest FROM tasks WHERE task_id=?",
+            (task_id,),
+        )
+        return TaskRow(rows[0][0], json.loads(rows[0][1]), *rows[0][2:]) if rows else None
+
+    def task_model(self, task_id: int) -> tuple[bytes, bytes | None]:
+        """(params as little-endian float32 bytes, server residual bytes or None)."""
+        rows = self._query("SELECT params, residual FROM tasks WHERE task_id=?", (task_id,))
+        if not rows or rows[0][0] is None:
+            raise KeyError(task_id)
+        residual = None if rows[0][1] is None else bytes(rows[0][1])
+        return bytes(rows[0][0]), residual
+
+    def set_task_state(self, task_id: int, state: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE tasks SET state=? WHERE task_id=?", (state, task_id))
+
+    def set_initial_model(
+        self, task_id: int, params: bytes, digest: str, state: str, now: float
+    ) -> None:
+        """Version 0 of a task: its initial parameters."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE tasks SET params=?, residual=NULL, digest=?, version=0, state=? "
+                "WHERE task_id=?",
+                (params, digest, state, task_id),
+            )
+            db.execute(
+                "INSERT INTO versions(task_id, version, round_id, delta_frame, digest, "
+                "created_unix) VALUES (?, 0, NULL, NULL, ?, ?)",
+                (task_id, digest, now),
+            )
+
+    def chain(self, task_id: int, after_version: int) -> list[tuple[int, bytes]]:
+        """Delta frames taking a model from `after_version` to the task's latest version."""
+        rows = self._query(
+            "SELECT version, delta_frame FROM versions WHERE task_id=? AND version>? "
+            "ORDER BY version",
+            (task_id, after_version),
+        )
+        return [(int(v), bytes(f)) for v, f in rows]
+
+    def version_digest(self, task_id: int, version: int) -> str | None:
+        rows = self._query(
+            "SELECT digest FROM versions WHERE task_id=? AND version=?", (task_id, version)
+        )
+        return str(rows[0][0]) if rows else None
+
+    # -- rounds and updates ----------------------------------------------------------------
+
+    def open_round(
+        self,
+        task_id: int,
+        seq: int,
+        base_version: int,
+        selected: list[str],
+        target: int,
+        min_reports: int,
+        now: float,
+        deadline: float,
+    ) -> int:
+        with self.transaction() as db:
+            cur = db.execute(
+                "INSERT INTO rounds(task_id, seq, state, base_version, selected_json, target, "
+                "min_reports, opened_unix, deadline_unix) VALUES (?, ?, 'open', ?, ?, ?, ?, ?, ?)",
+                (
+                    task_id,
+                    seq,
+                    base_version,
+                    json.dumps(selected),
+                    target,
+                    min_reports,
+                    now,
+                    deadline,
+                ),
+            )
+            assert cur.lastrowid is not None
+            return int(cur.lastrowid)
+
+    def round(self, round_id: int) -> RoundRow | None:
+        rows = self._query(f"SELECT {_ROUND_COLS} FROM rounds WHERE round_id=?", (round_id,))
+        return _round(rows[0]) if rows else None
+
+    def rounds(self, task_id: int, states: tuple[str, ...] | None = None) -> list[RoundRow]:
+        rows = self._query(
+            f"SELECT {_ROUND_COLS} FROM rounds WHERE task_id=? ORDER BY seq", (task_id,)
+        )
+        out = [_round(r) for r in rows]
+        return out if states is None else [r for r in out if r.state in states]
+
+    def set_round_state(self, round_id: int, state: str) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE rounds SET state=? WHERE round_id=?", (state, round_id))
+
+    def updates(self, round_id: int) -> list[UpdateRow]:
+        rows = self._query(
+            "SELECT seq, round_id, device_id, idempotency_key, frame FROM updates "
+            "WHERE round_id=? ORDER BY seq",
+            (round_id,),
+        )
+        return [UpdateRow(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
+
+    def find_update(self, round_id: int, device_id: str) -> UpdateRow | None:
+        rows = self._query(
+            "SELECT seq, round_id, device_id, idempotency_key, frame FROM updates "
+            "WHERE round_id=? AND device_id=?",
+            (round_id, device_id),
+        )
+        return (
+            UpdateRow(rows[0][0], rows[0][1], rows[0][2], rows[0][3], bytes(rows[0][4]))
+            if rows
+            else None
+        )
+
+    def count_updates(self, round_id: int) -> int:
+        return int(self._query("SELECT COUNT(*) FROM updates WHERE round_id=?", (round_id,))[0][0])
+
+    def count_all_updates(self) -> int:
+        return int(self._query("SELECT COUNT(*) FROM updates")[0][0])
+
+    def insert_update(
+        self,
+        db: sqlite3.Connection,
+        round_id: int,
+        device_id: str,
+        key: str,
+        frame: bytes,
+        now: float,
+    ) -> None:
+        """Insert inside a caller's transaction (so the round-state check shares it)."""
+        db.execute(
+            "INSERT INTO updates(round_id, device_id, idempotency_key, frame, accepted_unix) "
+            "VALUES (?, ?, ?, ?, ?)",
+            (round_id, device_id, key, frame, now),
+        )
+
+    def publish(
+        self,
+        *,
+        task_id: int,
+        round_id: int,
+        version: int,
+        delta_frame: bytes,
+        digest: str,
+        params: bytes,
+        residual: bytes,
+        measurements: dict[str, Any],
+        task_state: str,
+        now: float,
+        before_commit: Any = None,
+    ) -> None:
+        """Commit a round and its new model version atomically (never applied twice)."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO versions(task_id, version, round_id, delta_frame, digest, "
+                "created_unix) VALUES (?, ?, ?, ?, ?, ?)",
+                (task_id, version, round_id, delta_frame, digest, now),
+            )
+            db.execute(
+                "UPDATE tasks SET params=?, residual=?, digest=?, version=?, state=? "
+                "WHERE task_id=?",
+                (params, residual, digest, version, task_state, task_id),
+            )
+            if before_commit is not None:
+                before_commit()
+            db.execute(
+                "UPDATE rounds SET state='committed', closed_unix=?, version_after=?, "
+                "measurements_json=? WHERE round_id=?",
+                (now, version, json.dumps(measurements, sort_keys=True, default=str), round_id),
+            )
+
+    def abandon(
+        self, round_id: int, task_id: int, measurements: dict[str, Any], task_state: str, now: float
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE rounds SET state='abandoned', closed_unix=?, measurements_json=? "
+                "WHERE round_id=?",
+                (now, json.dumps(measurements, sort_keys=True, default=str), round_id),
+            )
+            db.execute("UPDATE tasks SET state=? WHERE task_id=?", (task_state, task_id))
+
+    # -- ledger ----------------------------------------------------------------------------
+
+    def ledger_add(
+        self,
+        round_id: int,
+        device_id: str,
+        direction: str,
+        payload_bytes: int,
+        wire_bytes: int,
+        dense_bytes: int,
+    ) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO ledger(round_id, device_id, direction, payload_bytes, wire_bytes, "
+                "dense_bytes, requests) VALUES (?, ?, ?, ?, ?, ?, 1) "
+                "ON CONFLICT(round_id, device_id, direction) DO UPDATE SET "
+                "payload_bytes = payload_bytes + excluded.payload_bytes, "
+                "wire_bytes = wire_bytes + excluded.wire_bytes, "
+                "dense_bytes = dense_bytes + excluded.dense_bytes, "
+                "requests = requests + 1",
+                (round_id, device_id, direction, payload_bytes, wire_bytes, dense_bytes),
+            )
+
+    def ledger_rows(self, round_id: int) -> list[tuple[int, str, str, int, int, int, int]]:
+        rows = self._query(
+            "SELECT round_id, device_id, direction, payload_bytes, wire_bytes, dense_bytes, "
+            "requests FROM ledger WHERE round_id=? ORDER BY device_id, direction",
+            (round_id,),
+        )
+        return [tuple(r) for r in rows]  # type: ignore[misc]

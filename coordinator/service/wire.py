@@ -1,0 +1,155 @@
+"""ASGI middleware: body caps while streaming, and HTTP wire bytes into the bandwidth ledger.
+
+Handlers attach an `Attribution` (device, round, payload and dense bytes) to the request state
+once a request has authenticated. When the response is complete this middleware computes the
+request's and the response's HTTP/1.1 wire bytes with `protocol.messages` rules (the same the
+SDK uses), adds them to the ledger and the Prometheus counters, and tells the client which round
+it counted the exchange under in the `x-plume-ledger-round` response header.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+from protocol.messages import request_wire_bytes, response_wire_bytes
+from protocol.names import Direction, Reason
+
+from .metrics import Metrics
+from .store import Store
+
+__all__ = ["Attribution", "WireMiddleware", "LEDGER_HEADER", "STATE_KEY"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+LEDGER_HEADER = b"x-plume-ledger-round"
+STATE_KEY = "plume_attribution"
+# Routes that stream large binary bodies and enforce their own, per-task cap.
+_STREAMING = re.compile(r"^/v1/(rounds/[^/]+/updates|admin/tasks/[^/]+/model)$")
+
+
+@dataclass
+class Attribution:
+    device_id: str
+    round_id: int
+    payload_up: int = 0
+    dense_up: int = 0
+    payload_down: int = 0
+    dense_down: int = 0
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class WireMiddleware:
+    def __init__(self, app: ASGIApp, store: Store, metrics: Metrics, json_cap: int) -> None:
+        self.app = app
+        self.store = store
+        self.metrics = metrics
+        self.json_cap = json_cap
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})
+        cap = None if _STREAMING.match(scope["path"]) else self.json_cap
+        if cap is not None:
+            for k, v in scope["headers"]:
+                if k == b"content-length" and v.isdigit() and int(v) > cap:
+                    await _reject_413(send, cap)
+                    return
+        received = 0
+        sent_body = 0
+        started: dict[str, Any] = {}
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if cap is not None and received > cap:
+                    raise _BodyTooLarge
+            return message
+
+        async def counting_send(message: Message) -> None:
+            nonlocal sent_body
+            if message["type"] == "http.response.start":
+                att: Attribution | None = scope["state"].get(STATE_KEY)
+                headers = list(message.get("headers", []))
+                if att is not None and att.round_id > 0:
+                    headers.append((LEDGER_HEADER, str(att.round_id).encode()))
+                message["headers"] = headers
+                started["status"] = message["status"]
+                started["headers"] = headers
+            elif message["type"] == "http.response.body":
+                sent_body += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, counting_send)
+        except _BodyTooLarge:
+            if started:
+                raise
+            await _reject_413(send, cap or 0)
+            return
+        if started:
+            self._account(scope, received, started, sent_body)
+
+    def _account(
+        self, scope: Scope, received: int, started: dict[str, Any], sent_body: int
+    ) -> None:
+        target = scope.get("raw_path") or scope["path"].encode()
+        if scope.get("query_string"):
+            target = target + b"?" + scope["query_string"]
+        up = request_wire_bytes(
+            scope["method"], target.decode("latin-1"), scope["headers"], received
+        )
+        down = response_wire_bytes(started["status"], started["headers"], sent_body)
+        route = scope.get("route")
+        route_name = getattr(route, "path", "unmatched")
+        self.metrics.requests.labels(route_name, str(started["status"])).inc()
+        att: Attribution | None = scope["state"].get(STATE_KEY)
+        if att is None or att.round_id <= 0:
+            self.metrics.control_wire_bytes.labels(Direction.UP).inc(up)
+            self.metrics.control_wire_bytes.labels(Direction.DOWN).inc(down)
+            return
+        self.store.ledger_add(
+            att.round_id, att.device_id, Direction.UP, att.payload_up, up, att.dense_up
+        )
+        self.store.ledger_add(
+            att.round_id, att.device_id, Direction.DOWN, att.payload_down, down, att.dense_down
+        )
+        for direction, payload, wire, dense in (
+            (Direction.UP, att.payload_up, up, att.dense_up),
+            (Direction.DOWN, att.payload_down, down, att.dense_down),
+        ):
+            self.metrics.bytes.labels(direction, "payload").inc(payload)
+            self.metrics.bytes.labels(direction, "wire").inc(wire)
+            self.metrics.bytes.labels(direction, "dense").inc(dense)
+
+
+async def _reject_413(send: Send, cap: int) -> None:
+    body = json.dumps(
+        {"reason": str(Reason.TOO_LARGE), "detail": f"request body above the {cap}-byte cap"}
+    ).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

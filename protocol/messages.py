@@ -1,0 +1,449 @@
+"""JSON message schemas of the HTTP API, the delta-chain container, and HTTP wire-size rules.
+
+The dataclasses here are the single definition of every JSON body: the coordinator's FastAPI
+app uses them as request and response models (so they appear in the OpenAPI spec), and the SDK
+parses responses back into them with `from_json`, which checks types and refuses unknown shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import struct
+import types
+import typing
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from typing import Any, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from compression import CodecConfig, SparseUpdate
+
+__all__ = [
+    "MessageError",
+    "TensorShape",
+    "CodecParams",
+    "TrainingParams",
+    "RegisterRequest",
+    "RegisterResponse",
+    "CheckInRequest",
+    "Assignment",
+    "CheckInResponse",
+    "UploadReceipt",
+    "RoundStatus",
+    "LedgerRow",
+    "BandwidthReport",
+    "TaskConfig",
+    "TaskStatus",
+    "TaskCreated",
+    "ErrorBody",
+    "from_json",
+    "to_json",
+    "pack_chain",
+    "unpack_chain",
+    "CHAIN_MAGIC",
+    "request_wire_bytes",
+    "response_wire_bytes",
+    "apply_delta",
+]
+
+T = TypeVar("T")
+
+
+class MessageError(ValueError):
+    """A JSON body or binary container does not match its schema."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+
+
+@dataclass(slots=True)
+class TensorShape:
+    """One tensor of a model layout (`compression.ModelSpec.to_json` entries)."""
+
+    name: str
+    shape: list[int]
+
+
+@dataclass(slots=True)
+class CodecParams:
+    """`compression.CodecConfig` on the wire (same fields, same defaults)."""
+
+    topk: float = 0.01
+    bits: int = 4
+    block: int = 256
+    index: str = "auto"
+    topk_mode: str = "exact"
+    scope: str = "global"
+    zstd_level: int = 3
+
+    def to_config(self) -> CodecConfig:
+        """The codec config; raises `ValueError` for out-of-domain fields."""
+        return CodecConfig(
+            topk=float(self.topk),
+            bits=self.bits,
+            block=self.block,
+            index=self.index,
+            topk_mode=self.topk_mode,
+            scope=self.scope,
+            zstd_level=self.zstd_level,
+        )
+
+    @classmethod
+    def from_config(cls, config: CodecConfig) -> CodecParams:
+        return cls(
+            topk=config.topk,
+            bits=config.bits,
+            block=config.block,
+            index=config.index,
+            topk_mode=config.topk_mode,
+            scope=config.scope,
+            zstd_level=config.zstd_level,
+        )
+
+
+@dataclass(slots=True)
+class TrainingParams:
+    """Local training a round asks for: epochs over the device's data, batch size, SGD step."""
+
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+
+
+# ---------------------------------------------------------------------------------------------
+# Device endpoints
+
+
+@dataclass(slots=True)
+class RegisterRequest:
+    """`public_key`: the raw 32-byte Ed25519 public key, base64url without padding."""
+
+    public_key: str
+
+
+@dataclass(slots=True)
+class RegisterResponse:
+    device_id: str
+    created: bool
+
+
+@dataclass(slots=True)
+class CheckInRequest:
+    """`task_id` restricts the check-in to one task; `model_version` is the version held."""
+
+    task_id: int | None = None
+    model_version: int | None = None
+
+
+@dataclass(slots=True)
+class Assignment:
+    """A round to train in. Download `model_path`, train, upload to `upload_path`."""
+
+    task_id: int
+    round_id: int
+    base_version: int
+    model_name: str
+    spec: list[TensorShape]
+    codec: CodecParams
+    training: TrainingParams
+    deadline_unix: float
+    model_path: str
+    upload_path: str
+    max_upload_bytes: int
+    seed: int
+
+
+@dataclass(slots=True)
+class CheckInResponse:
+    """`action` is "train" (with `assignment`) or "wait" (come back after `retry_after_s`)."""
+
+    action: str
+    retry_after_s: float
+    assignment: Assignment | None = None
+    detail: str = ""
+
+
+@dataclass(slots=True)
+class UploadReceipt:
+    """An accepted update. `duplicate` is true when an idempotent retry replayed the receipt."""
+
+    round_id: int
+    device_id: str
+    accepted: bool
+    duplicate: bool
+    payload_bytes: int
+    reports: int
+
+
+@dataclass(slots=True)
+class RoundStatus:
+    """A round's state and counts. `version_after` is the model version it published, if any."""
+
+    round_id: int
+    task_id: int
+    seq: int
+    state: str
+    base_version: int
+    selected: int
+    target: int
+    min_reports: int
+    reports: int
+    opened_unix: float
+    deadline_unix: float
+    closed_unix: float | None = None
+    version_after: int | None = None
+    measurements: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class LedgerRow:
+    """Bytes one device moved in one direction in one round (payload, on the wire, dense fp32)."""
+
+    round_id: int
+    device_id: str
+    direction: str
+    payload_bytes: int
+    wire_bytes: int
+    dense_bytes: int
+    requests: int
+
+
+@dataclass(slots=True)
+class BandwidthReport:
+    round_id: int
+    rows: list[LedgerRow]
+    totals: dict[str, int]
+
+
+# ---------------------------------------------------------------------------------------------
+# Admin endpoints
+
+
+@dataclass(slots=True)
+class TaskConfig:
+    """A federated training task. Times in seconds.
+
+    clients_per_round: reports the round aims for (it closes as soon as it has them).
+    over_selection: devices selected = ceil(clients_per_round * over_selection).
+    deadline_s: after this the round closes; late uploads (stragglers) are refused.
+    min_reports: fewer accepted reports than this at the deadline abandons the round.
+    selection_timeout_s: how long to wait for a full pool before opening with >= min_reports.
+    downlink: codec of the published model deltas (server-side error feedback).
+    max_chain: longest delta chain served; older devices get a full snapshot.
+    """
+
+    name: str
+    model_name: str
+    spec: list[TensorShape]
+    rounds: int
+    clients_per_round: int
+    over_selection: float = 1.3
+    deadline_s: float = 60.0
+    min_reports: int = 1
+    selection_timeout_s: float = 10.0
+    codec: CodecParams = field(default_factory=CodecParams)
+    downlink: CodecParams = field(default_factory=lambda: CodecParams(topk=0.02, bits=8))
+    aggregator: str = "fedavg"
+    server_lr: float = 1.0
+    seed: int = 0
+    training: TrainingParams = field(default_factory=TrainingParams)
+    max_chain: int = 16
+    retry_after_s: float = 5.0
+
+
+@dataclass(slots=True)
+class TaskCreated:
+    task_id: int
+    state: str
+
+
+@dataclass(slots=True)
+class TaskStatus:
+    task_id: int
+    state: str
+    version: int
+    rounds_closed: int
+    rounds_committed: int
+    current_round: int | None
+    model_digest: str
+    config: TaskConfig
+
+
+@dataclass(slots=True)
+class ErrorBody:
+    """Every 4xx/5xx body: a machine-readable `reason` (protocol.names.Reason) and a sentence."""
+
+    reason: str
+    detail: str
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON <-> dataclass
+
+
+def to_json(obj: Any) -> Any:
+    """A message dataclass as JSON-ready builtins (dicts, lists, numbers, strings)."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, list | tuple):
+        return [to_json(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_json(v) for k, v in obj.items()}
+    return obj
+
+
+def _convert(tp: Any, value: Any, where: str) -> Any:
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if origin is typing.Union or origin is types.UnionType:
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _convert(arg, value, where)
+            except MessageError as exc:
+                errors.append(str(exc))
+        raise MessageError("; ".join(errors) or f"{where}: unexpected null")
+    if origin is list:
+        if not isinstance(value, list):
+            raise MessageError(f"{where}: expected a list")
+        (item,) = typing.get_args(tp)
+        return [_convert(item, v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise MessageError(f"{where}: expected an object")
+        _, vt = typing.get_args(tp)
+        return {str(k): _convert(vt, v, f"{where}.{k}") for k, v in value.items()}
+    if dataclasses.is_dataclass(tp):
+        return from_json(tp, value, where)  # type: ignore[arg-type]
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise MessageError(f"{where}: expected a boolean")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise MessageError(f"{where}: expected an integer")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise MessageError(f"{where}: expected a number")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise MessageError(f"{where}: expected a string")
+        return value
+    raise MessageError(f"{where}: unsupported type {tp!r}")
+
+
+def from_json(cls: type[T], data: Any, where: str = "$") -> T:
+    """Parse JSON builtins into message dataclass `cls`, checking every field's type.
+
+    Unknown keys are ignored (a newer coordinator may add fields); missing required ones raise.
+    """
+    if not isinstance(data, dict):
+        raise MessageError(f"{where}: expected an object for {cls.__name__}")
+    hints = typing.get_type_hints(cls)
+    kwargs: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        if f.name in data:
+            kwargs[f.name] = _convert(hints[f.name], data[f.name], f"{where}.{f.name}")
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise MessageError(f"{where}: missing field {f.name!r}")
+    return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# Delta chain container: the body of a delta-chain model download.
+#
+#   magic "PLCH" | u8 version = 1 | u8 reserved = 0 | u16 count | count x u32 length | frames
+#
+# All integers little-endian. Each frame is a `compression` update frame taking the model from
+# version v to v + 1, in order.
+
+CHAIN_MAGIC = b"PLCH"
+_CHAIN_HEAD = struct.Struct("<4sBBH")
+
+
+def pack_chain(frames: Sequence[bytes]) -> bytes:
+    if len(frames) > 0xFFFF:
+        raise MessageError("too many frames in one chain")
+    head = _CHAIN_HEAD.pack(CHAIN_MAGIC, 1, 0, len(frames))
+    lengths = struct.pack(f"<{len(frames)}I", *(len(f) for f in frames))
+    return head + lengths + b"".join(frames)
+
+
+def unpack_chain(data: bytes, *, max_frames: int, max_frame_bytes: int) -> list[bytes]:
+    """Split a chain body, checking every declared length before slicing."""
+    if len(data) < _CHAIN_HEAD.size:
+        raise MessageError("chain shorter than its header")
+    magic, version, _reserved, count = _CHAIN_HEAD.unpack_from(data)
+    if magic != CHAIN_MAGIC:
+        raise MessageError("not a delta chain")
+    if version != 1:
+        raise MessageError(f"unsupported chain version {version}")
+    if count > max_frames:
+        raise MessageError(f"chain of {count} frames exceeds the cap of {max_frames}")
+    table_end = _CHAIN_HEAD.size + 4 * count
+    if len(data) < table_end:
+        raise MessageError("chain truncated in its length table")
+    lengths = struct.unpack_from(f"<{count}I", data, _CHAIN_HEAD.size)
+    if any(n > max_frame_bytes for n in lengths):
+        raise MessageError(f"a chain frame exceeds the cap of {max_frame_bytes} bytes")
+    if table_end + sum(lengths) != len(data):
+        raise MessageError("chain lengths do not add up to the body size")
+    frames, pos = [], table_end
+    for n in lengths:
+        frames.append(data[pos : pos + n])
+        pos += n
+    return frames
+
+
+# ---------------------------------------------------------------------------------------------
+# Bytes on the wire, counted the same way on both sides (HTTP/1.1 framing, no TLS overhead).
+
+
+def _header_bytes(headers: Iterable[tuple[bytes, bytes]]) -> int:
+    # "name: value\r\n" per header, then the blank line.
+    return sum(len(k) + len(v) + 4 for k, v in headers) + 2
+
+
+def request_wire_bytes(
+    method: str, target: str, headers: Iterable[tuple[bytes, bytes]], body_bytes: int
+) -> int:
+    """Bytes of an HTTP/1.1 request: `METHOD SP target SP HTTP/1.1 CRLF`, headers, body."""
+    return (
+        len(method) + len(target) + len(" HTTP/1.1\r\n") + 1 + _header_bytes(headers) + body_bytes
+    )
+
+
+def response_wire_bytes(
+    status: int, headers: Iterable[tuple[bytes, bytes]], body_bytes: int
+) -> int:
+    """Bytes of an HTTP/1.1 response: `HTTP/1.1 SP code SP phrase CRLF`, headers, body."""
+    try:
+        phrase = HTTPStatus(status).phrase
+    except ValueError:
+        phrase = ""
+    status_line = len(f"HTTP/1.1 {status} {phrase}\r\n")
+    return status_line + _header_bytes(headers) + body_bytes
+
+
+def apply_delta(params: npt.NDArray[np.float32], update: SparseUpdate) -> npt.NDArray[np.float32]:
+    """`params + decode(frame)` as a new float32[d] array: the ONE way a model version is
+    derived from the previous one, on the coordinator and on every device alike, so both hold
+    bit-identical models (same float32 additions at the same coordinates, nothing else touched).
+    """
+    if update.size != params.shape[0]:
+        raise MessageError(f"delta of size {update.size} for a model of {params.shape[0]}")
+    out = np.array(params, dtype=np.float32, copy=True)
+    update.add_to(out, 1.0)
+    return out

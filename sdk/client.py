@@ -1,0 +1,693 @@
+"""The coordinator client a device app embeds: `Client` (sync) and `AsyncClient` (asyncio).
+
+Both speak the HTTP API of docs/http-api.md through an httpx transport seam: pass
+`transport=httpx.MockTransport(handler)` (or any `httpx.BaseTransport` /
+`httpx.AsyncBaseTransport`) to test or simulate without a network. Every request is signed
+with the device's Ed25519 key; transient failures (connection errors, 429, 5xx) are retried
+with exponential backoff, and uploads carry an idempotency key so a retry is never counted
+twice. The key, the model version, the error-feedback residual and any unacknowledged upload
+live in the app directory (`sdk.device_store`), so a restarted app resumes where it stopped.
+
+No torch here: the ONNX-runtime device imports this module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+from compression import (
+    CodecError,
+    ErrorFeedback,
+    ModelSpec,
+    UpdateCodec,
+    decode_snapshot,
+    model_digest,
+)
+from protocol import auth
+from protocol.messages import (
+    Assignment,
+    CheckInResponse,
+    MessageError,
+    RegisterResponse,
+    UploadReceipt,
+    apply_delta,
+    from_json,
+    request_wire_bytes,
+    response_wire_bytes,
+    unpack_chain,
+)
+from protocol.names import CheckInAction, Header, ModelEncoding, Path, Reason
+
+from ._types import LocalTrainer
+from .device import UpdateEncoder
+from .device_store import DeviceStore, PendingUpload
+
+__all__ = [
+    "Client",
+    "AsyncClient",
+    "ClientError",
+    "ModelIntegrityError",
+    "RoundReport",
+    "Mod",
+    "AsyncMod",
+]
+
+_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+_LEDGER_HEADER = "x-plume-ledger-round"
+
+Send = Callable[[httpx.Request], httpx.Response]
+Mod = Callable[[httpx.Request, Send], httpx.Response]
+"""Client middleware (STYLE §5): `mod(request, next) -> response`, e.g. logging or shaping."""
+AsyncSend = Callable[[httpx.Request], Any]
+AsyncMod = Callable[[httpx.Request, AsyncSend], Any]
+
+
+class ClientError(Exception):
+    """The coordinator refused a request: `status`, `reason` (protocol.names.Reason), `detail`."""
+
+    def __init__(self, status: int, reason: str, detail: str) -> None:
+        super().__init__(f"{status} {reason}: {detail}")
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+
+
+class ModelIntegrityError(ClientError):
+    """A downloaded model's SHA-256 does not match the coordinator's digest."""
+
+
+@dataclass
+class RoundReport:
+    """What one participation did. Bytes as counted by this client (see `bandwidth`)."""
+
+    round_id: int
+    task_id: int
+    receipt: UploadReceipt
+    loss: float
+    num_examples: int
+    model_version: int
+    download_encoding: str
+    bytes_down: int
+    bytes_up: int
+
+
+@dataclass
+class _Exchange:
+    """One attempt of one request, prepared for signing."""
+
+    method: str
+    path: str
+    round_id: int
+    body: bytes = b""
+    params: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    payload_up: int = 0
+    dense_up: int = 0
+    dense_down_on_ok: int = 0
+    count_payload_down: bool = False
+
+
+def _error(response: httpx.Response) -> ClientError:
+    try:
+        body = response.json()
+        reason, detail = str(body.get("reason", "")), str(body.get("detail", ""))
+    except (ValueError, AttributeError):
+        reason, detail = "", response.text[:200]
+    return ClientError(response.status_code, reason, detail)
+
+
+class _Core:
+    """Everything but I/O: signing, accounting, parsing and the device's persistent state."""
+
+    def __init__(
+        self,
+        app_dir: str,
+        *,
+        retries: int,
+        backoff_s: float,
+        clock: Callable[[], float],
+    ) -> None:
+        self.store = DeviceStore(app_dir)
+        self.key = self.store.private_key()
+        self.public_key = auth.public_key_bytes(self.key)
+        self.device_id = auth.device_id_for(self.public_key)
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.clock = clock
+        self.bandwidth: dict[int, dict[str, dict[str, int]]] = {}
+        self._encoders: dict[int, UpdateEncoder] = {}
+
+    # -- requests ------------------------------------------------------------------------
+
+    def build(self, client: httpx.Client | httpx.AsyncClient, ex: _Exchange) -> httpx.Request:
+        request = client.build_request(
+            ex.method, ex.path, params=ex.params or None, content=ex.body or None,
+            headers=ex.headers,
+        )  # fmt: skip
+        target = request.url.raw_path.decode("ascii")
+        signed = auth.sign_request(
+            self.key,
+            method=ex.method,
+            target=target,
+            round_id=ex.round_id,
+            body=ex.body,
+            timestamp_ms=int(self.clock() * 1000),
+        )
+        for k, v in signed.items():
+            request.headers[str(k)] = v
+        return request
+
+    def account(self, request: httpx.Request, response: httpx.Response, ex: _Exchange) -> None:
+        """Count an exchange the coordinator says it put in a round's ledger."""
+        rid = response.headers.get(_LEDGER_HEADER)
+        if rid is None or not rid.isdigit():
+            return
+        up = request_wire_bytes(
+            request.method, request.url.raw_path.decode("ascii"), request.headers.raw,
+            len(request.content),
+        )  # fmt: skip
+        down = response_wire_bytes(
+            response.status_code, response.headers.raw, len(response.content)
+        )
+        ok = response.status_code == 200
+        row = self.bandwidth.setdefault(int(rid), {})
+        for direction, payload, wire, dense in (
+            ("up", ex.payload_up, up, ex.dense_up),
+            (
+                "down",
+                len(response.content) if ok and ex.count_payload_down else 0,
+                down,
+                ex.dense_down_on_ok if ok else 0,
+            ),
+        ):
+            cell = row.setdefault(
+                direction, {"payload_bytes": 0, "wire_bytes": 0, "dense_bytes": 0, "requests": 0}
+            )
+            cell["payload_bytes"] += payload
+            cell["wire_bytes"] += wire
+            cell["dense_bytes"] += dense
+            cell["requests"] += 1
+
+    def delay(self, attempt: int, response: httpx.Response | None) -> float:
+        if response is not None:
+            ra = response.headers.get(Header.RETRY_AFTER)
+            if ra is not None:
+                try:
+                    return min(float(ra), 30.0)
+                except ValueError:
+                    pass
+        # Exponential backoff with deterministic jitter from the attempt number.
+        return float(self.backoff_s * (2**attempt) * (1.0 + 0.25 * ((attempt * 7919) % 4) / 4))
+
+    # -- messages ------------------------------------------------------------------------
+
+    def register_exchange(self) -> _Exchange:
+        body = b'{"public_key":"' + base64.urlsafe_b64encode(self.public_key).rstrip(b"=") + b'"}'
+        return _Exchange(
+            "POST", Path.REGISTER, 0, body, headers={"content-type": "application/json"}
+        )
+
+    def check_in_exchange(self, task_id: int | None) -> _Exchange:
+        st = self.store.state()
+        parts = []
+        if task_id is not None:
+            parts.append(f'"task_id":{int(task_id)}')
+        if st.get("model_version") is not None:
+            parts.append(f'"model_version":{int(st["model_version"])}')
+        body = ("{" + ",".join(parts) + "}").encode()
+        return _Exchange(
+            "POST", Path.CHECK_IN, 0, body, headers={"content-type": "application/json"}
+        )
+
+    def model_exchange(self, a: Assignment, spec: ModelSpec) -> _Exchange:
+        held = self.store.load_model(a.task_id, spec.size)
+        params = {"format": "auto", "dtype": "fp32"}
+        if held is not None and held[2] and held[1] <= a.base_version:
+            params["have"] = str(held[1])
+        return _Exchange(
+            "GET",
+            a.model_path,
+            a.round_id,
+            params=params,
+            dense_down_on_ok=spec.dense_bytes,
+            count_payload_down=True,
+        )
+
+    def apply_model(
+        self, a: Assignment, spec: ModelSpec, response: httpx.Response
+    ) -> tuple[npt.NDArray[np.float32], str]:
+        """Decode a download, check its digest, persist it; returns (params, encoding)."""
+        encoding = response.headers.get(Header.MODEL_ENCODING, "")
+        digest = response.headers.get(Header.MODEL_DIGEST, "")
+        version = int(response.headers.get(Header.MODEL_VERSION, "-1"))
+        exact = response.headers.get(Header.MODEL_EXACT, "1") == "1"
+        try:
+            if encoding == ModelEncoding.DELTA_CHAIN:
+                held = self.store.load_model(a.task_id, spec.size)
+                if held is None:
+                    raise ModelIntegrityError(409, "no_base", "delta chain without a base model")
+                params = held[0]
+                codec = UpdateCodec(spec, a.codec.to_config())
+                frames = unpack_chain(
+                    response.content, max_frames=1000, max_frame_bytes=4 * spec.size + 65536
+                )
+                for frame in frames:
+                    params = apply_delta(params, codec.decode(frame))
+            elif encoding == ModelEncoding.SNAPSHOT:
+                params = decode_snapshot(response.content, spec)
+            else:
+                raise ClientError(response.status_code, "bad_encoding", f"unknown {encoding!r}")
+        except (CodecError, MessageError) as exc:
+            self.store.forget_model()
+            raise ModelIntegrityError(200, "bad_model", str(exc)) from exc
+        got = model_digest(params).hex()
+        if got != digest:
+            self.store.forget_model()
+            raise ModelIntegrityError(
+                200, "digest_mismatch", f"model digest {got} != coordinator's {digest}"
+            )
+        self.store.save_model(a.task_id, params, version, digest, exact)
+        return params, encoding
+
+    def encoder(self, a: Assignment, spec: ModelSpec) -> UpdateEncoder:
+        enc = self._encoders.get(a.task_id)
+        if enc is None or enc.spec.fingerprint != spec.fingerprint:
+            enc = UpdateEncoder(spec, a.codec.to_config())
+            ef = self.store.load_residual(spec.size)
+            if ef is not None:
+                enc.set_feedback(ef)
+            self._encoders[a.task_id] = enc
+        enc.set_config(a.codec.to_config())
+        return enc
+
+    def encode(
+        self,
+        a: Assignment,
+        spec: ModelSpec,
+        params: npt.NDArray[np.float32],
+        trained: npt.NDArray[np.float32],
+        num_examples: int,
+    ) -> PendingUpload:
+        enc = self.encoder(a, spec)
+        delta = (trained - params).astype(np.float32)
+        rng = np.random.default_rng([a.seed, a.round_id, int(self.device_id[:12], 16), 2])
+        frame, _ = enc.encode(delta, rng, float(num_examples))
+        pending = PendingUpload(a.round_id, uuid.uuid4().hex, frame, spec.dense_bytes)
+        self.store.save_pending(pending, enc.feedback)
+        return pending
+
+    def upload_exchange(self, pending: PendingUpload, dense_bytes: int) -> _Exchange:
+        return _Exchange(
+            "POST",
+            Path.UPLOAD.format(round_id=pending.round_id),
+            pending.round_id,
+            pending.frame,
+            headers={
+                "content-type": "application/octet-stream",
+                Header.IDEMPOTENCY_KEY: pending.key,
+            },
+            payload_up=len(pending.frame),
+            dense_up=dense_bytes,
+        )
+
+    def settle_upload(self, pending: PendingUpload, spec: ModelSpec | None, refused: bool) -> None:
+        """Forget a pending upload. If the coordinator refused it for good (round closed), put
+        what it carried back into the residual: error feedback then sends it next time."""
+        self.store.clear_pending()
+        if refused and spec is not None:
+            ef = self.store.load_residual(spec.size) or ErrorFeedback(spec.size)
+            try:
+                sent = UpdateCodec(spec, _any_config()).decode(pending.frame).to_dense()
+            except CodecError:
+                return
+            ef.residual = (ef.residual + sent).astype(np.float32)
+            self.store.save_residual(ef)
+            for enc in self._encoders.values():
+                if enc.spec.fingerprint == spec.fingerprint:
+                    enc.set_feedback(ef)
+
+
+def _any_config() -> Any:
+    from compression import CodecConfig
+
+    return CodecConfig.dense()  # decoding reads everything from the frame header
+
+
+def _spec(a: Assignment) -> ModelSpec:
+    return ModelSpec.from_json([{"name": t.name, "shape": list(t.shape)} for t in a.spec])
+
+
+def _parse(cls: type[Any], response: httpx.Response) -> Any:
+    if response.status_code >= 400:
+        raise _error(response)
+    try:
+        return from_json(cls, response.json())
+    except (ValueError, MessageError) as exc:
+        raise ClientError(response.status_code, "bad_response", str(exc)) from exc
+
+
+def _train(
+    core: _Core,
+    a: Assignment,
+    params: npt.NDArray[np.float32],
+    trainer: LocalTrainer,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.float32], int, float]:
+    rng = np.random.default_rng([a.seed, a.round_id, int(core.device_id[:12], 16), 1])
+    res = trainer.train(
+        params, x, y, epochs=a.training.local_epochs, batch_size=a.training.batch_size,
+        lr=a.training.lr, rng=rng,
+    )  # fmt: skip
+    return res.params, res.num_examples, res.loss
+
+
+class Client:
+    """Synchronous coordinator client.
+
+    >>> client = Client("http://127.0.0.1:8080", app_dir="~/.myapp/plume")  # doctest: +SKIP
+    >>> client.register(); report = client.participate(trainer, x, y)       # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        app_dir: str,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        timeout: float = 30.0,
+        retries: int = 4,
+        backoff_s: float = 0.2,
+        verify: bool | str = True,
+        mods: tuple[Mod, ...] = (),
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._core = _Core(app_dir, retries=retries, backoff_s=backoff_s, clock=clock)
+        self._http = httpx.Client(
+            base_url=base_url, transport=transport, timeout=timeout, verify=verify
+        )
+        self._mods = mods
+        self._sleep = sleep
+
+    @property
+    def device_id(self) -> str:
+        return self._core.device_id
+
+    @property
+    def bandwidth(self) -> dict[int, dict[str, dict[str, int]]]:
+        """Bytes this client moved per round and direction, as the coordinator counts them."""
+        return self._core.bandwidth
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _dispatch(self, request: httpx.Request) -> httpx.Response:
+        def call(i: int) -> Send:
+            if i == len(self._mods):
+                return lambda r: self._http.send(r)
+            return lambda r: self._mods[i](r, call(i + 1))
+
+        return call(0)(request)
+
+    def _send(self, ex: _Exchange) -> httpx.Response:
+        core = self._core
+        for attempt in range(core.retries + 1):
+            request = core.build(self._http, ex)  # fresh timestamp and nonce per attempt
+            try:
+                response = self._dispatch(request)
+                response.read()
+            except httpx.TransportError:
+                if attempt == core.retries:
+                    raise
+                self._sleep(core.delay(attempt, None))
+                continue
+            core.account(request, response, ex)
+            if response.status_code in _RETRY_STATUS and attempt < core.retries:
+                self._sleep(core.delay(attempt, response))
+                continue
+            return response
+        raise AssertionError("unreachable")
+
+    def register(self) -> str:
+        """Register this device's key (idempotent); returns the device id."""
+        resp: RegisterResponse = _parse(
+            RegisterResponse, self._send(self._core.register_exchange())
+        )
+        self._core.store.update_state(device_id=resp.device_id, registered=True)
+        return resp.device_id
+
+    def check_in(self, task_id: int | None = None) -> CheckInResponse:
+        result: CheckInResponse = _parse(
+            CheckInResponse, self._send(self._core.check_in_exchange(task_id))
+        )
+        return result
+
+    def fetch_model(self, a: Assignment) -> tuple[npt.NDArray[np.float32], str]:
+        """The round's base model (delta chain from the held version, or a snapshot)."""
+        spec = _spec(a)
+        response = self._send(self._core.model_exchange(a, spec))
+        if response.status_code != 200:
+            raise _error(response)
+        return self._core.apply_model(a, spec, response)
+
+    def upload(self, pending: PendingUpload, spec: ModelSpec | None = None) -> UploadReceipt:
+        """Send a pending upload; idempotent across retries and restarts."""
+        dense = spec.dense_bytes if spec is not None else pending.dense_bytes
+        response = self._send(self._core.upload_exchange(pending, dense))
+        if response.status_code == 200:
+            self._core.settle_upload(pending, spec, refused=False)
+            receipt: UploadReceipt = _parse(UploadReceipt, response)
+            return receipt
+        err = _error(response)
+        if err.reason in (Reason.ROUND_CLOSED, Reason.UNKNOWN_ROUND, Reason.NOT_SELECTED):
+            self._core.settle_upload(pending, spec, refused=True)
+        raise err
+
+    def resume_pending(self) -> UploadReceipt | None:
+        """Re-send an upload a previous run encoded but never saw acknowledged."""
+        pending = self._core.store.load_pending()
+        if pending is None:
+            return None
+        try:
+            return self.upload(pending)
+        except ClientError:
+            return None
+
+    def train_round(
+        self,
+        a: Assignment,
+        trainer: LocalTrainer,
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.int64],
+    ) -> RoundReport:
+        """Download, train locally, encode with error feedback, upload."""
+        spec = _spec(a)
+        before = dict(self.bandwidth.get(a.round_id, {}))
+        params, encoding = self.fetch_model(a)
+        trained, n, loss = _train(self._core, a, params, trainer, x, y)
+        pending = self._core.encode(a, spec, params, trained, n)
+        receipt = self.upload(pending, spec)
+        row = self.bandwidth.get(a.round_id, {})
+        return RoundReport(
+            a.round_id, a.task_id, receipt, loss, n, a.base_version, encoding,
+            _delta(row, before, "down"), _delta(row, before, "up"),
+        )  # fmt: skip
+
+    def participate(
+        self,
+        trainer: LocalTrainer,
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.int64],
+        *,
+        task_id: int | None = None,
+        max_wait_s: float = 600.0,
+    ) -> RoundReport | None:
+        """Check in until assigned (sleeping as told), then train one round; None on timeout."""
+        self.resume_pending()
+        give_up = time.monotonic() + max_wait_s
+        while True:
+            answer = self.check_in(task_id)
+            if answer.action == CheckInAction.TRAIN and answer.assignment is not None:
+                return self.train_round(answer.assignment, trainer, x, y)
+            if time.monotonic() + answer.retry_after_s > give_up:
+                return None
+            self._sleep(answer.retry_after_s)
+
+
+def _delta(row: dict[str, dict[str, int]], before: dict[str, dict[str, int]], d: str) -> int:
+    return row.get(d, {}).get("wire_bytes", 0) - before.get(d, {}).get("wire_bytes", 0)
+
+
+class AsyncClient:
+    """The asyncio twin of `Client` (same methods, awaited), for simulations and async apps."""
+
+    def __init__(
+        self,
+        base_url: str,
+        app_dir: str,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        timeout: float = 30.0,
+        retries: int = 4,
+        backoff_s: float = 0.2,
+        verify: bool | str = True,
+        mods: tuple[AsyncMod, ...] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._core = _Core(app_dir, retries=retries, backoff_s=backoff_s, clock=clock)
+        self._http = httpx.AsyncClient(
+            base_url=base_url, transport=transport, timeout=timeout, verify=verify
+        )
+        self._mods = mods
+
+    @property
+    def device_id(self) -> str:
+        return self._core.device_id
+
+    @property
+    def bandwidth(self) -> dict[int, dict[str, dict[str, int]]]:
+        return self._core.bandwidth
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def _dispatch(self, request: httpx.Request) -> httpx.Response:
+        def call(i: int) -> AsyncSend:
+            if i == len(self._mods):
+                return lambda r: self._http.send(r)
+            return lambda r: self._mods[i](r, call(i + 1))
+
+        response: httpx.Response = await call(0)(request)
+        return response
+
+    async def _send(self, ex: _Exchange) -> httpx.Response:
+        core = self._core
+        for attempt in range(core.retries + 1):
+            request = core.build(self._http, ex)
+            try:
+                response = await self._dispatch(request)
+                await response.aread()
+            except httpx.TransportError:
+                if attempt == core.retries:
+                    raise
+                await asyncio.sleep(core.delay(attempt, None))
+                continue
+            core.account(request, response, ex)
+            if response.status_code in _RETRY_STATUS and attempt < core.retries:
+                await asyncio.sleep(core.delay(attempt, response))
+                continue
+            return response
+        raise AssertionError("unreachable")
+
+    async def register(self) -> str:
+        resp: RegisterResponse = _parse(
+            RegisterResponse, await self._send(self._core.register_exchange())
+        )
+        self._core.store.update_state(device_id=resp.device_id, registered=True)
+        return resp.device_id
+
+    async def check_in(self, task_id: int | None = None) -> CheckInResponse:
+        result: CheckInResponse = _parse(
+            CheckInResponse, await self._send(self._core.check_in_exchange(task_id))
+        )
+        return result
+
+    async def fetch_model(self, a: Assignment) -> tuple[npt.NDArray[np.float32], str]:
+        spec = _spec(a)
+        response = await self._send(self._core.model_exchange(a, spec))
+        if response.status_code != 200:
+            raise _error(response)
+        return self._core.apply_model(a, spec, response)
+
+    async def upload(self, pending: PendingUpload, spec: ModelSpec | None = None) -> UploadReceipt:
+        dense = spec.dense_bytes if spec is not None else pending.dense_bytes
+        response = await self._send(self._core.upload_exchange(pending, dense))
+        if response.status_code == 200:
+            self._core.settle_upload(pending, spec, refused=False)
+            receipt: UploadReceipt = _parse(UploadReceipt, response)
+            return receipt
+        err = _error(response)
+        if err.reason in (Reason.ROUND_CLOSED, Reason.UNKNOWN_ROUND, Reason.NOT_SELECTED):
+            self._core.settle_upload(pending, spec, refused=True)
+        raise err
+
+    async def resume_pending(self) -> UploadReceipt | None:
+        pending = self._core.store.load_pending()
+        if pending is None:
+            return None
+        try:
+            return await self.upload(pending)
+        except ClientError:
+            return None
+
+    def encode_update(
+        self,
+        a: Assignment,
+        params: npt.NDArray[np.float32],
+        trained: npt.NDArray[np.float32],
+        num_examples: int,
+    ) -> PendingUpload:
+        """Encode `trained - params` with error feedback and persist it as pending."""
+        return self._core.encode(a, _spec(a), params, trained, num_examples)
+
+    async def train_round(
+        self,
+        a: Assignment,
+        trainer: LocalTrainer,
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.int64],
+    ) -> RoundReport:
+        spec = _spec(a)
+        before = dict(self.bandwidth.get(a.round_id, {}))
+        params, encoding = await self.fetch_model(a)
+        trained, n, loss = _train(self._core, a, params, trainer, x, y)
+        pending = self._core.encode(a, spec, params, trained, n)
+        receipt = await self.upload(pending, spec)
+        row = self.bandwidth.get(a.round_id, {})
+        return RoundReport(
+            a.round_id, a.task_id, receipt, loss, n, a.base_version, encoding,
+            _delta(row, before, "down"), _delta(row, before, "up"),
+        )  # fmt: skip
+
+    async def participate(
+        self,
+        trainer: LocalTrainer,
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.int64],
+        *,
+        task_id: int | None = None,
+        max_wait_s: float = 600.0,
+    ) -> RoundReport | None:
+        await self.resume_pending()
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + max_wait_s
+        while True:
+            answer = await self.check_in(task_id)
+            if answer.action == CheckInAction.TRAIN and answer.assignment is not None:
+                return await self.train_round(answer.assignment, trainer, x, y)
+            if loop.time() + answer.retry_after_s > give_up:
+                return None
+            await asyncio.sleep(answer.retry_after_s)

@@ -1,0 +1,103 @@
+"""Shared helpers for the coordinator service tests (no tests here): a numpy trainer, tasks."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+
+from compression import ModelSpec, encode_snapshot
+from protocol.messages import CodecParams, TaskConfig, TensorShape, TrainingParams, to_json
+from sdk import TrainResult
+
+ADMIN = "test-admin-token"
+SHAPES = [("w", (10, 16)), ("b", (10,))]
+SPEC = ModelSpec.from_shapes(SHAPES)
+
+
+class SoftmaxTrainer:
+    """Multinomial logistic regression in numpy: a torch-free LocalTrainer for fast tests."""
+
+    def train(
+        self,
+        params: npt.NDArray[np.float32],
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.int64],
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        rng: np.random.Generator,
+    ) -> TrainResult:
+        w = params[:160].reshape(10, 16).astype(np.float64)
+        b = params[160:].astype(np.float64)
+        loss = 0.0
+        for _ in range(epochs):
+            for start in range(0, len(x), batch_size):
+                xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+                z = xb @ w.T + b
+                z -= z.max(1, keepdims=True)
+                p = np.exp(z)
+                p /= p.sum(1, keepdims=True)
+                loss = float(-np.log(p[np.arange(len(yb)), yb] + 1e-12).mean())
+                p[np.arange(len(yb)), yb] -= 1
+                w -= lr * (p.T @ xb) / len(yb)
+                b -= lr * p.mean(0)
+        out = np.concatenate([w.ravel(), b]).astype(np.float32)
+        return TrainResult(out, len(x), loss)
+
+
+def local_data(seed: int, n: int = 40) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    rng = np.random.default_rng(seed)
+    centers = np.random.default_rng(99).normal(size=(10, 16))
+    y = rng.integers(0, 10, n)
+    x = (centers[y] + 0.3 * rng.normal(size=(n, 16))).astype(np.float32)
+    return x, y.astype(np.int64)
+
+
+def task_config(**over: Any) -> TaskConfig:
+    cfg = TaskConfig(
+        name="test",
+        model_name="softmax",
+        spec=[TensorShape(n, list(s)) for n, s in SHAPES],
+        rounds=3,
+        clients_per_round=2,
+        over_selection=1.0,
+        deadline_s=30.0,
+        min_reports=1,
+        selection_timeout_s=0.5,
+        codec=CodecParams(topk=0.25, bits=8),
+        downlink=CodecParams(topk=0.5, bits=8),
+        training=TrainingParams(local_epochs=1, batch_size=10, lr=0.1),
+        retry_after_s=0.2,
+    )
+    return replace(cfg, **over)
+
+
+def initial_params() -> npt.NDArray[np.float32]:
+    return np.random.default_rng(0).normal(0, 0.1, SPEC.size).astype(np.float32)
+
+
+def create_task(http: httpx.Client, cfg: TaskConfig | None = None) -> int:
+    """Create a task and upload its initial model through the admin API."""
+    auth = {"authorization": f"Bearer {ADMIN}"}
+    r = http.post("/v1/admin/tasks", json=to_json(cfg or task_config()), headers=auth)
+    assert r.status_code == 201, r.text
+    task_id = int(r.json()["task_id"])
+    snap = encode_snapshot(initial_params(), SPEC, "fp32")
+    r = http.put(
+        f"/v1/admin/tasks/{task_id}/model",
+        content=snap,
+        headers={**auth, "content-type": "application/octet-stream"},
+    )
+    assert r.status_code == 200, r.text
+    return task_id
+
+
+def admin_get(http: httpx.Client, path: str) -> Any:
+    r = http.get(path, headers={"authorization": f"Bearer {ADMIN}"})
+    assert r.status_code == 200, r.text
+    return r.json()
