@@ -38,3 +38,14 @@ def test_all_is_exported_and_sorted() -> None:
         assert getattr(compression, name) is not None
     public = {n for n in dir(compression) if not n.startswith("_")}
     assert public - set(names) <= set()
+
+
+def test_wire_format_doc_example_runs() -> None:
+    # The worked example in docs/wire-format.md is real code with a pinned result.
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "wire-format.md").read_text()
+    blocks = doc.split("```python\n")[1:]
+    assert blocks, "docs/wire-format.md lost its python example"
+    for block in blocks:
+        exec(compile(block.split("```")[0], "wire-format.md", "exec"), {})
