@@ -8,6 +8,8 @@ server and devices hold bit-identical models and a device `j` versions behind ne
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 
 from compression import CodecConfig, ErrorFeedback, ModelSpec, UpdateCodec
@@ -41,8 +43,8 @@ class DownlinkStrategy(Strategy):
         self.last_frame: bytes | None = None
 
     def aggregate(
-        self, engine: RoundEngine, round_id: int, updates: list[ClientUpdate]
-    ) -> AggregateOutput:  # type: ignore[override]
+        self, engine: RoundEngine, round_id: int, updates: Sequence[ClientUpdate]
+    ) -> AggregateOutput:
         output = super().aggregate(engine, round_id, updates)
         fault_point("during_aggregation")
         return output
