@@ -19,6 +19,8 @@ import numpy as np
 import numpy.typing as npt
 import zstandard
 
+import compression
+
 from ._errors import MalformedMessage, RingOverflow
 from ._prg import MAX_RING_BITS
 
@@ -83,9 +85,8 @@ def check_ring(
 
 
 def model_digest(params: npt.NDArray[np.float32]) -> bytes:
-    """SHA-256 of the model's canonical bytes (little-endian float32, flat)."""
-    raw = np.ascontiguousarray(params, dtype="<f4").reshape(-1).tobytes()
-    return hashlib.sha256(b"plume-model-v1\0" + raw).digest()
+    """SHA-256 of the model's canonical bytes: the same digest the downlink snapshot carries."""
+    return compression.model_digest(params)
 
 
 @dataclass(frozen=True, slots=True, eq=False)

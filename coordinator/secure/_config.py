@@ -1,0 +1,82 @@
+"""Configuration of secure (and grouped) aggregation for one task."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from protocol.secagg import NoiseKind
+
+__all__ = ["SecureConfig"]
+
+
+@dataclass(frozen=True, slots=True)
+class SecureConfig:
+    """How a task runs secure aggregation.
+
+    coord_fraction: |S_r| / d, the shared coordinates sent each round.
+    explore: fraction of S_r drawn uniformly from the public seed (the rest: top of the EMA of
+        |global update|, decayed by `ema_decay` per round).
+    value_bits: b, the quantizer's bits per value. max_weight: devices send
+        min(num_examples, max_weight) as their integer weight (1 = uniform mean).
+    clip_norm: C, the L2 clip of the sent vector (values at S_r). coord_bound_sigmas: gamma,
+        the per-coordinate range is C' = min(C, gamma * C / sqrt(k)) (after rotation each
+        coordinate of a norm-C vector has stddev about C / sqrt(k)).
+    rotate: randomized Hadamard over S_r before quantization.
+    noise, noise_multiplier, expected_dropout, dp_delta: distributed DP; each device's noise
+        is calibrated so that if at least (1 - expected_dropout) of the cohort survive, the sum
+        carries stddev noise_multiplier * (integer-domain L2 sensitivity).
+    degree_factor / threshold: graph degree k = 2 ceil(factor log2 n) and threshold t
+        (default floor(k/2) + 1).
+    group_size: None for one SecAgg over the cohort; g for grouped mode, where SecAgg runs in
+        groups of g (the last group takes the remainder) and `group_aggregator` (a
+        coordinator.aggregators spec string) combines the group means.
+    """
+
+    coord_fraction: float = 0.01
+    explore: float = 0.5
+    ema_decay: float = 0.5
+    value_bits: int = 8
+    max_weight: int = 1
+    clip_norm: float = 1.0
+    coord_bound_sigmas: float = 4.0
+    rotate: bool = True
+    noise: NoiseKind = NoiseKind.NONE
+    noise_multiplier: float = 0.0
+    expected_dropout: float = 0.1
+    dp_delta: float = 1e-5
+    degree_factor: float = 1.5
+    threshold: int | None = None
+    group_size: int | None = None
+    group_aggregator: str = "fedavg"
+    server_lr: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.coord_fraction <= 1.0:
+            raise ValueError(f"coord_fraction must be in (0, 1], got {self.coord_fraction}")
+        if not 0.0 <= self.explore <= 1.0 or not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError("explore in [0, 1] and ema_decay in [0, 1)")
+        if not 1 <= self.value_bits <= 16:
+            raise ValueError(f"value_bits must be in 1..16, got {self.value_bits}")
+        if self.max_weight < 1:
+            raise ValueError("max_weight must be >= 1")
+        for name in ("clip_norm", "coord_bound_sigmas", "server_lr"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} must be a positive finite number, got {v}")
+        if self.noise != NoiseKind.NONE:
+            if not self.noise_multiplier > 0:
+                raise ValueError("noise needs noise_multiplier > 0")
+            if self.max_weight != 1:
+                raise ValueError("distributed DP needs max_weight=1 (uniform weights)")
+        if not 0.0 <= self.expected_dropout < 1.0 or not 0.0 < self.dp_delta < 1.0:
+            raise ValueError("expected_dropout in [0, 1) and dp_delta in (0, 1)")
+        if self.group_size is not None and self.group_size < 3:
+            raise ValueError("group_size must be at least 3")
+        if self.seed < 0:
+            raise ValueError("seed must be non-negative")
+
+    @property
+    def dp(self) -> bool:
+        return self.noise != NoiseKind.NONE

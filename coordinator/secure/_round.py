@@ -1,0 +1,189 @@
+"""One SecAgg+ instance on the server, addressed by device id and driven with wire bytes.
+
+Transport-independent: the in-process simulator and an HTTP router both call `receive(stage,
+device_id, body)` for each upload and `close(stage)` when a stage's deadline passes, and send
+each device the bytes `close` returned for it. Upload and download bytes are counted per device
+(and written to a `BandwidthLedger` if one is given).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from coordinator.ledger import BandwidthLedger
+from protocol.secagg import (
+    AdvertiseKeys,
+    MaskedInput,
+    ProtocolViolation,
+    SecAggServer,
+    SecurePlan,
+    ShareKeys,
+    Stage,
+    UnmaskResponse,
+    WrongStage,
+    decode_ring_sum,
+)
+
+__all__ = ["SecureRound", "GroupResult"]
+
+
+@dataclass(frozen=True, slots=True)
+class GroupResult:
+    """The decoded outcome of one SecAgg instance.
+
+    mean: float64[k], the weighted mean of the contributors' dequantized values at S_r (noise
+    included); weight: sum of their integer weights; unmask_s: server time in `finish`.
+    """
+
+    mean: npt.NDArray[np.float64]
+    weight: int
+    contributors: tuple[str, ...]
+    dropped: tuple[str, ...]
+    unmask_s: float
+
+
+@dataclass
+class SecureRound:
+    """Server half of one secure aggregation over `device_ids` (node i is device_ids[i])."""
+
+    plan: SecurePlan
+    model_digest: bytes
+    device_ids: tuple[str, ...]
+    ledger: BandwidthLedger | None = None
+    min_survivors: int | None = None
+    bytes_up: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    bytes_down: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+
+    def __post_init__(self) -> None:
+        if len(self.device_ids) != self.plan.num_nodes or len(set(self.device_ids)) != len(
+            self.device_ids
+        ):
+            raise ValueError("device_ids must be plan.num_nodes distinct ids")
+        self.params = self.plan.protocol_params(self.model_digest)
+        self.server = SecAggServer(self.params, self.min_survivors)
+        self._node = {d: i for i, d in enumerate(self.device_ids)}
+        self.plan_bytes = self.plan.to_bytes()
+
+    @property
+    def digest(self) -> bytes:
+        """The per-round (model, plan) digest announced to devices."""
+        return self.params.digest
+
+    @property
+    def stage(self) -> Stage:
+        return self.server.stage
+
+    def node_of(self, device_id: str) -> int:
+        try:
+            return self._node[device_id]
+        except KeyError:
+            raise ProtocolViolation(f"device {device_id!r} is not in this secure round") from None
+
+    def _count(self, device_id: str, direction: str, nbytes: int) -> None:
+        (self.bytes_up if direction == "up" else self.bytes_down)[device_id] += nbytes
+        if self.ledger is not None:
+            self.ledger.record(self.plan.round_id, device_id, direction, nbytes)  # type: ignore[arg-type]
+
+    def announce(self) -> dict[str, bytes]:
+        """The setup download: plan bytes (the digest goes alongside) for every device."""
+        for d in self.device_ids:
+            self._count(d, "down", len(self.plan_bytes) + len(self.digest))
+        return dict.fromkeys(self.device_ids, self.plan_bytes)
+
+    def receive(self, stage: Stage, device_id: str, body: bytes) -> None:
+        """One upload. Raises a `SecAggError` (and changes nothing) if it is refused."""
+        node = self.node_of(device_id)
+        p, n = self.params, self.plan.num_nodes
+        t0 = time.perf_counter()
+        if stage == Stage.ADVERTISE_KEYS:
+            adv = AdvertiseKeys.from_bytes(body)
+            self._check_sender(adv.node, node)
+            self.server.receive_advertise(adv)
+        elif stage == Stage.SHARE_KEYS:
+            sk = ShareKeys.from_bytes(body, n)
+            self._check_sender(sk.node, node)
+            self.server.receive_share_keys(sk)
+        elif stage == Stage.MASKED_INPUT:
+            mi = MaskedInput.from_bytes(body, p.vector_len, p.ring_bits)
+            self._check_sender(mi.node, node)
+            self.server.receive_masked_input(mi)
+        elif stage == Stage.UNMASK:
+            ur = UnmaskResponse.from_bytes(body, n)
+            self._check_sender(ur.node, node)
+            self.server.receive_unmask(ur)
+        else:
+            raise WrongStage(f"no uploads in stage {stage}")
+        self.stage_seconds[str(stage)] += time.perf_counter() - t0
+        self._count(device_id, "up", len(body))
+
+    @staticmethod
+    def _check_sender(claimed: int, actual: int) -> None:
+        if claimed != actual:
+            raise ProtocolViolation(f"message claims node {claimed}, sender is node {actual}")
+
+    def close(self, stage: Stage) -> dict[str, bytes]:
+        """End `stage`; returns the next download per device (empty after the unmask stage).
+
+        Raises `RoundAborted` when too few devices are left.
+        """
+        t0 = time.perf_counter()
+        out: dict[str, bytes]
+        if stage == Stage.ADVERTISE_KEYS:
+            out = {
+                self.device_ids[i]: m.to_bytes() for i, m in self.server.close_advertise().items()
+            }
+        elif stage == Stage.SHARE_KEYS:
+            out = {
+                self.device_ids[i]: m.to_bytes() for i, m in self.server.close_share_keys().items()
+            }
+        elif stage == Stage.MASKED_INPUT:
+            req = self.server.close_masked_input().to_bytes()
+            out = {self.device_ids[i]: req for i in self.server.state.alive}
+        else:
+            raise WrongStage(f"stage {stage} is closed by finish()")
+        self.stage_seconds[f"close-{stage}"] += time.perf_counter() - t0
+        for d, body in out.items():
+            self._count(d, "down", len(body))
+        return out
+
+    def finish(self) -> GroupResult:
+        """End the unmask stage: reconstruct, unmask the sum, decode it (or `RoundAborted`)."""
+        t0 = time.perf_counter()
+        res = self.server.finish()
+        mean, weight = decode_ring_sum(res.total, self.plan)
+        dt = time.perf_counter() - t0
+        self.stage_seconds["unmask"] += dt
+        return GroupResult(
+            mean,
+            weight,
+            tuple(self.device_ids[i] for i in res.contributors),
+            tuple(self.device_ids[i] for i in res.dropped),
+            dt,
+        )
+
+    def abort(self, reason: str) -> None:
+        self.server.abort(reason)
+
+
+def split_groups(
+    device_ids: Sequence[str], group_size: int | None, seed: bytes
+) -> list[tuple[str, ...]]:
+    """Cohort -> groups of `group_size` (the last takes the remainder), shuffled by a public seed."""
+    from protocol.secagg import prg_bytes
+
+    ids = list(device_ids)
+    if group_size is None or group_size >= len(ids):
+        return [tuple(ids)]
+    keys = np.frombuffer(prg_bytes(seed, 8 * len(ids), b"groups"), dtype="<u8")
+    order = [ids[i] for i in np.argsort(keys, kind="stable")]
+    n_groups = max(1, len(ids) // group_size)
+    groups = [order[g * group_size : (g + 1) * group_size] for g in range(n_groups)]
+    groups[-1].extend(order[n_groups * group_size :])
+    return [tuple(g) for g in groups]

@@ -1,0 +1,149 @@
+"""The device side of secure rounds: error feedback, clip, rotate, quantize, noise, then SecAgg+.
+
+Torch-free. A `SecureParticipant` lives as long as the device (it carries the error-feedback
+residual from round to round); `join` starts one round's `SecureSession`, which answers the
+four stages with wire bytes.
+
+Per round, with u = delta + residual (float32[d]) and S = plan.indices:
+    u_S  -> clip to L2 norm C -> rotate (if plan.rotate) -> clip to [-C', C'] and quantize to
+    q in {0..2^b-1} (unbiased stochastic rounding) -> x = w q (+ integer noise) mod 2^m,
+    then append w and mask.
+The device reconstructs exactly what it sent, sent_S = R^T(dequantize(q)) (noise excluded),
+and keeps residual = u with residual[S] = u_S - sent_S: every bit of mass it did not send,
+including what clipping and quantization removed, waits for a later round.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import numpy.typing as npt
+
+from protocol.secagg import (
+    CtrRandom,
+    KeyDirectory,
+    ModelMismatch,
+    NoiseKind,
+    SecAggClient,
+    SecurePlan,
+    ShareDelivery,
+    UnmaskRequest,
+    dequantize,
+    discrete_gaussian,
+    model_digest,
+    quantize,
+    ring_mask,
+    rotate,
+    skellam,
+    unrotate,
+)
+
+__all__ = ["SecureParticipant", "SecureSession", "encode_for_plan"]
+
+
+def encode_for_plan(
+    u: npt.NDArray[np.float32],
+    plan: SecurePlan,
+    weight: int,
+    rng: np.random.Generator,
+    noise_rng: CtrRandom | None = None,
+) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]]:
+    """(vector uint64[k+1] in Z_{2^m}, sent float64[k]): the ring input and what it stands for.
+
+    `sent` is in the original coordinates of S_r, before noise; weight is clamped to
+    1..plan.max_weight.
+    """
+    if u.shape != (plan.model_size,):
+        raise ValueError(f"update of shape {u.shape}, plan is for {plan.model_size} values")
+    u_s = u[plan.indices].astype(np.float64)
+    norm = float(np.linalg.norm(u_s))
+    if norm > plan.clip_norm:
+        u_s = u_s * (plan.clip_norm / norm)
+    v = rotate(u_s, plan.rotation_seed) if plan.rotate else u_s
+    q = quantize(v, plan.coord_bound, plan.value_bits, rng)
+    v_hat = dequantize(q, plan.coord_bound, plan.value_bits)
+    sent = unrotate(v_hat, plan.rotation_seed) if plan.rotate else v_hat
+    w = max(1, min(int(weight), plan.max_weight))
+    x = q * np.uint64(w)
+    if plan.noise == NoiseKind.DISCRETE_GAUSSIAN:
+        x = x + discrete_gaussian(plan.noise_variance, plan.k, noise_rng).astype(np.uint64)
+    elif plan.noise == NoiseKind.SKELLAM:
+        x = x + skellam(plan.noise_variance / 2.0, plan.k).astype(np.uint64)
+    # int64 -> uint64 wraps negatives modulo 2^64; masking reduces modulo 2^m.
+    vector = np.concatenate([x, np.array([w], dtype=np.uint64)]) & np.uint64(
+        ring_mask(plan.ring_bits)
+    )
+    return vector, sent
+
+
+class SecureSession:
+    """One device in one secure round; every method takes and returns wire bytes."""
+
+    def __init__(
+        self,
+        participant: SecureParticipant,
+        plan: SecurePlan,
+        client: SecAggClient,
+    ) -> None:
+        self.participant = participant
+        self.plan = plan
+        self.client = client
+
+    def advertise(self) -> bytes:
+        return self.client.advertise().to_bytes()
+
+    def share_keys(self, directory: bytes) -> bytes:
+        msg = KeyDirectory.from_bytes(directory, self.plan.num_nodes)
+        return self.client.share_keys(msg).to_bytes()
+
+    def masked_input(
+        self,
+        delivery: bytes,
+        delta: npt.NDArray[np.float32],
+        weight: int,
+        rng: np.random.Generator,
+    ) -> bytes:
+        """Encode `delta` (float32[d]) with the residual, commit the new residual, mask, pack."""
+        msg = ShareDelivery.from_bytes(delivery, self.plan.num_nodes)
+        p = self.participant
+        u = np.asarray(delta, dtype=np.float32) + p.residual
+        vector, sent = encode_for_plan(u, self.plan, weight, rng, p.noise_rng)
+        out = self.client.masked_input(msg, vector).to_bytes()
+        residual = u.copy()
+        residual[self.plan.indices] = (u[self.plan.indices].astype(np.float64) - sent).astype(
+            np.float32
+        )
+        p.residual = residual
+        return out
+
+    def unmask(self, request: bytes) -> bytes:
+        msg = UnmaskRequest.from_bytes(request, self.plan.num_nodes)
+        return self.client.unmask(msg).to_bytes()
+
+
+class SecureParticipant:
+    """A device's long-lived secure-mode state: the error-feedback residual float32[size]."""
+
+    def __init__(self, size: int, noise_rng: CtrRandom | None = None) -> None:
+        if size <= 0:
+            raise ValueError("size must be positive")
+        self.size = size
+        self.residual: npt.NDArray[np.float32] = np.zeros(size, dtype=np.float32)
+        self.noise_rng = noise_rng or CtrRandom()
+
+    def join(
+        self,
+        plan_bytes: bytes,
+        announced_digest: bytes,
+        params: npt.NDArray[np.float32],
+        node: int,
+    ) -> SecureSession:
+        """Start a round: decode the plan under this device's size, check the (model, plan)
+        digest against the model this device holds, and create the protocol client.
+
+        Raises `ModelMismatch` if the server's digest is not the one this device computes.
+        """
+        plan = SecurePlan.from_bytes(plan_bytes, self.size)
+        if plan.model_size != self.size or params.shape != (self.size,):
+            raise ModelMismatch(f"plan for {plan.model_size} values, device model has {self.size}")
+        pp = plan.protocol_params(model_digest(params))
+        return SecureSession(self, plan, SecAggClient(pp, node, announced_digest))
