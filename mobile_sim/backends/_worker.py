@@ -1,0 +1,55 @@
+"""What a remote worker (a pool process or a Ray actor) runs: an inline backend over its share."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from ._base import JobResult, TrainContext, TrainJob
+from .sequential import SequentialBackend
+from .vectorized import VectorizedBackend
+
+__all__ = ["INNER_BACKENDS", "WorkerState", "split_jobs"]
+
+INNER_BACKENDS = ("sequential", "vectorized")
+
+
+class WorkerState:
+    """Holds the training context once per worker and trains any share of a round's jobs.
+
+    `threads` caps torch's intra-op threads in the worker: with one worker per core, more than
+    one thread each only oversubscribes the machine.
+    """
+
+    def __init__(self, ctx: TrainContext, inner: str = "sequential", threads: int = 1) -> None:
+        import torch
+
+        if inner not in INNER_BACKENDS:
+            raise ValueError(f"inner backend must be one of {INNER_BACKENDS}, got {inner!r}")
+        if threads >= 1:
+            torch.set_num_threads(threads)
+        self.backend: VectorizedBackend | SequentialBackend = (
+            VectorizedBackend() if inner == "vectorized" else SequentialBackend()
+        )
+        self.backend.start(ctx)
+
+    def train(self, params: npt.NDArray[np.float32], jobs: Sequence[TrainJob]) -> list[JobResult]:
+        return self.backend.train(params, jobs)
+
+
+def split_jobs(jobs: Sequence[TrainJob], parts: int) -> list[list[int]]:
+    """Positions of `jobs` dealt into at most `parts` shares of about equal work (examples).
+
+    Greedy longest-first onto the least-loaded share; each share keeps its jobs in round order.
+    """
+    if parts < 1:
+        raise ValueError("parts must be >= 1")
+    loads = [0] * min(parts, max(len(jobs), 1))
+    shares: list[list[int]] = [[] for _ in loads]
+    for i in sorted(range(len(jobs)), key=lambda i: (-len(jobs[i].indices), i)):
+        k = min(range(len(loads)), key=lambda j: (loads[j], j))
+        shares[k].append(i)
+        loads[k] += max(1, len(jobs[i].indices))
+    return [sorted(s) for s in shares if s]

@@ -1,0 +1,256 @@
+"""Inline vectorized backend: many clients' local SGD at once with `torch.func.vmap`.
+
+Each client keeps its own copy of the parameters (stacked on a leading client axis) and its own
+minibatch order, drawn from the same per-job RNG stream as the sequential backend, so the
+results match it to float tolerance. Clients with fewer examples are padded and masked: a padded
+row contributes exactly zero to its client's loss, and a client with no real rows left in a step
+does not move. Where a model cannot be vmapped (or a job needs another trainer), jobs run one by
+one through the sequential path and `fallback_reason` says why.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from ._base import JobResult, TrainContext, TrainJob, job_rng
+from .sequential import run_job
+
+__all__ = ["VectorizedBackend", "train_clients_vmapped"]
+
+log = logging.getLogger(__name__)
+
+Params = dict[str, torch.Tensor]
+
+
+def _unflatten(module: nn.Module, flat: torch.Tensor) -> Params:
+    """float32[C, d] -> {name: float32[C, *shape]} (views, in `named_parameters` order)."""
+    out: Params = {}
+    offset = 0
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        n = p.numel()
+        out[name] = flat[:, offset : offset + n].reshape(flat.shape[0], *p.shape)
+        offset += n
+    if offset != flat.shape[1]:
+        raise ValueError(f"flat params have {flat.shape[1]} scalars, the model {offset}")
+    return out
+
+
+def _step_fn(module: nn.Module) -> Callable[..., tuple[Params, torch.Tensor]]:
+    """vmap(grad(masked mean cross-entropy)) over the client axis."""
+    from torch.func import functional_call, grad, vmap
+
+    buffers = dict(module.named_buffers())
+
+    def loss(
+        params: Params, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = functional_call(module, (params, buffers), (x,))
+        ce = nn.functional.cross_entropy(logits, y, reduction="none")
+        total = (ce * mask).sum()
+        # The mean over this client's real rows, as nn.CrossEntropyLoss on the unpadded batch.
+        return total / mask.sum().clamp_min(1.0), total
+
+    return vmap(grad(loss, has_aux=True))  # type: ignore[no-any-return]
+
+
+def train_clients_vmapped(
+    module: nn.Module,
+    params: npt.NDArray[np.float32],
+    xs: Sequence[npt.NDArray[Any]],
+    ys: Sequence[npt.NDArray[np.int64]],
+    rngs: Sequence[np.random.Generator],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    momentum: float = 0.0,
+    step: Callable[..., tuple[Params, torch.Tensor]] | None = None,
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
+    """Local SGD of C clients from the same start `params` (float32[d]), all at once.
+
+    Client c trains on xs[c] (float32[n_c, ...]) / ys[c] for `epochs` epochs of minibatches of
+    `batch_size` in the order `rngs[c].permutation(n_c)` draws each epoch, exactly as
+    `sdk.trainer.TorchTrainer` does. Returns (trained params float32[C, d], mean loss float64[C]).
+    """
+    c = len(xs)
+    if not (c == len(ys) == len(rngs)) or c == 0:
+        raise ValueError("xs, ys and rngs must be non-empty and of equal length")
+    sizes = np.array([len(x) for x in xs], dtype=np.int64)
+    if sizes.min() < 1:
+        raise ValueError("a device needs at least one example to train")
+    n_max = int(sizes.max())
+    steps = math.ceil(n_max / batch_size)
+    padded = steps * batch_size
+    # Every client's data, padded to n_max rows (row 0 repeated; masked out below).
+    x_all = np.zeros((c, n_max, *xs[0].shape[1:]), dtype=xs[0].dtype)
+    y_all = np.zeros((c, n_max), dtype=np.int64)
+    for k in range(c):
+        x_all[k, : sizes[k]] = xs[k]
+        y_all[k, : sizes[k]] = ys[k]
+    # Minibatch orders: positions >= n_k are padding (index 0, mask 0).
+    order = np.zeros((epochs, c, padded), dtype=np.int64)
+    valid = np.zeros((epochs, c, padded), dtype=np.float32)
+    for k in range(c):
+        for e in range(epochs):
+            order[e, k, : sizes[k]] = rngs[k].permutation(int(sizes[k]))
+            valid[e, k, : sizes[k]] = 1.0
+    xt, yt = torch.from_numpy(x_all), torch.from_numpy(y_all)
+    order_t, valid_t = torch.from_numpy(order), torch.from_numpy(valid)
+    rows = torch.arange(c)[:, None]
+
+    flat = torch.from_numpy(np.ascontiguousarray(params, dtype=np.float32))
+    stacked = flat.unsqueeze(0).repeat(c, 1)
+    p = _unflatten(module, stacked)
+    names = list(p)
+    plist = [p[n] for n in names]
+    bufs: list[torch.Tensor] | None = None
+    step_fn = step if step is not None else _step_fn(module)
+    loss_sum = torch.zeros(c, dtype=torch.float64)
+    for e in range(epochs):
+        for s in range(steps):
+            sl = slice(s * batch_size, (s + 1) * batch_size)
+            idx = order_t[e, :, sl]
+            mask = valid_t[e, :, sl]
+            grads, totals = step_fn(p, xt[rows, idx], yt[rows, idx], mask)
+            loss_sum += totals.detach().to(torch.float64)
+            glist = [grads[n] for n in names]
+            active = mask.sum(dim=1) > 0
+            with torch.no_grad():
+                if momentum:
+                    # torch.optim.SGD: buf = g on the first step, then momentum * buf + g.
+                    if bufs is None:
+                        bufs = [g.clone() for g in glist]
+                    else:
+                        scale = torch.where(active, momentum, 1.0)
+                        for b, g in zip(bufs, glist, strict=True):
+                            keep = scale.view(-1, *([1] * (b.dim() - 1)))
+                            b.mul_(keep).add_(g)
+                    glist = bufs
+                if bool(active.all()):
+                    torch._foreach_add_(plist, glist, alpha=-lr)
+                else:
+                    gate = active.to(torch.float32)
+                    for q, g in zip(plist, glist, strict=True):
+                        q.sub_(lr * g * gate.view(-1, *([1] * (g.dim() - 1))))
+    counts = torch.from_numpy(sizes.astype(np.float64) * epochs)
+    return stacked.numpy().copy(), (loss_sum / counts).numpy()
+
+
+class VectorizedBackend:
+    """Trains the round's jobs in chunks of clients under `vmap`, in this process.
+
+    `max_floats` bounds a chunk: clients per chunk * d stays below it (~4 bytes each, a few
+    copies live at once). Models whose layers have no vmap batching rule fall back to the
+    sequential path for every job, with the reason in `fallback_reason` and a log warning.
+    """
+
+    name = "vectorized"
+
+    def __init__(self, *, max_floats: int = 48_000_000, max_clients: int = 4096) -> None:
+        if max_floats < 1 or max_clients < 1:
+            raise ValueError("max_floats and max_clients must be >= 1")
+        self.max_floats = max_floats
+        self.max_clients = max_clients
+        self.fallback_reason: str | None = None
+        self._ctx: TrainContext | None = None
+        self._module: nn.Module | None = None
+        self._step: Callable[..., tuple[Params, torch.Tensor]] | None = None
+        self._trainers: dict[str, Any] = {}
+        self._d = 0
+
+    def start(self, ctx: TrainContext) -> None:
+        from ..models import build_model
+
+        self._ctx = ctx
+        self._trainers = {}
+        self._module = build_model(ctx.model)
+        self._d = sum(p.numel() for p in self._module.parameters() if p.requires_grad)
+        self._step = _step_fn(self._module)
+        self.fallback_reason = self._probe(ctx)
+        if self.fallback_reason is not None:
+            log.warning(
+                "vectorized backend: model %r cannot be trained under vmap (%s); "
+                "training its clients one by one instead",
+                ctx.model,
+                self.fallback_reason,
+            )
+
+    def _probe(self, ctx: TrainContext) -> str | None:
+        """Run one vmapped step on two tiny clients; the error text if that fails."""
+        assert self._module is not None
+        n = min(2, len(ctx.x_train))
+        x, y = ctx.x_train[:n], ctx.y_train[:n]
+        params = torch.cat([p.detach().reshape(-1) for p in self._module.parameters()]).numpy()
+        try:
+            train_clients_vmapped(
+                self._module,
+                params,
+                [x, x],
+                [y, y],
+                [np.random.default_rng(0), np.random.default_rng(1)],
+                epochs=1,
+                batch_size=n,
+                lr=0.0,
+                step=self._step,
+            )
+        except Exception as exc:  # any failure of vmap tracing means "not vmappable"
+            return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        return None
+
+    def train(self, params: npt.NDArray[np.float32], jobs: Sequence[TrainJob]) -> list[JobResult]:
+        ctx = self._ctx
+        if ctx is None or self._module is None:
+            raise RuntimeError("backend not started")
+        results: list[JobResult | None] = [None] * len(jobs)
+        batchable: list[int] = []
+        for i, job in enumerate(jobs):
+            if job.trainer != "torch" or self.fallback_reason is not None:
+                results[i] = run_job(ctx, self._trainers, params, job)
+            else:
+                batchable.append(i)
+        # Similar sizes together: less padding per chunk.
+        batchable.sort(key=lambda i: (len(jobs[i].indices), i))
+        per_chunk = max(1, min(self.max_clients, self.max_floats // max(self._d, 1)))
+        for start in range(0, len(batchable), per_chunk):
+            chunk = batchable[start : start + per_chunk]
+            xs, ys, rngs = [], [], []
+            for i in chunk:
+                job = jobs[i]
+                x, y = ctx.x_train[job.indices], ctx.y_train[job.indices]
+                if job.data_attack is not None:
+                    x, y = job.data_attack.poison_data(x, y, job_rng(job, stream=1))
+                xs.append(np.asarray(x))
+                ys.append(np.asarray(y, dtype=np.int64))
+                rngs.append(job_rng(job))
+            trained, losses = train_clients_vmapped(
+                self._module,
+                params,
+                xs,
+                ys,
+                rngs,
+                epochs=ctx.epochs,
+                batch_size=ctx.batch_size,
+                lr=ctx.lr,
+                momentum=ctx.momentum,
+                step=self._step,
+            )
+            deltas = trained - params[None, :]
+            for k, i in enumerate(chunk):
+                results[i] = JobResult(
+                    jobs[i].device_id, deltas[k].copy(), len(xs[k]), float(losses[k])
+                )
+        return [r for r in results if r is not None]
+
+    def close(self) -> None:
+        self._trainers = {}
+        self._module = None
