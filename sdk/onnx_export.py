@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx.utils
 import torch
 from onnxscript import opset18 as op
 from torch import nn
@@ -422,9 +423,14 @@ class _Graph(nn.Module):
         return self.gm(*args)
 
 
-def _make_train_step(
+def _make_joint_step(
     model: nn.Module, names: list[str], loss: str, optimizer: str, momentum: float
 ) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """The traced function: one optimiser step, plus the batch's logits as a last output.
+
+    Both artifacts are cut out of this one graph (the logits output is what the inference
+    graph keeps), so one export serves both and their forward passes are the same ops.
+    """
     loss_fn = _loss_fn(loss)
     n = len(names)
 
@@ -441,41 +447,28 @@ def _make_train_step(
             # torch.optim.SGD: buf = momentum * buf + g (buf starts at g, i.e. zeros here).
             new_state = tuple(momentum * m + g for m, g in zip(state, grads, strict=True))
             new_params = tuple(p.detach() - lr * m for p, m in zip(params, new_state, strict=True))
-            return (value.detach(), *new_params, *new_state)
-        new_params = tuple(p.detach() - lr * g for p, g in zip(params, grads, strict=True))
-        return (value.detach(), *new_params)
+        else:
+            new_state = ()
+            new_params = tuple(p.detach() - lr * g for p, g in zip(params, grads, strict=True))
+        return (value.detach(), *new_params, *new_state, out.detach())
 
     return step
 
 
-def _make_infer(model: nn.Module, names: list[str]) -> Callable[..., torch.Tensor]:
-    n = len(names)
-
-    def infer(*args: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return functional_call(  # type: ignore[no-any-return]
-                model, dict(zip(names, args[:n], strict=True)), (args[n],)
-            )
-
-    return infer
-
-
-def _export_graph(
+def _export_joint(
     fn: Callable[..., Any],
     args: tuple[torch.Tensor, ...],
     input_names: list[str],
     output_names: list[str],
     batch_inputs: Sequence[int],
-    translations: dict[Callable[..., Any], Callable[..., Any]],
-    path: Path,
-) -> None:
-    """Trace `fn` to ATen with a symbolic batch and write it as one ONNX file at `path`."""
+) -> onnx.ModelProto:
+    """Trace `fn` to ATen with a symbolic batch dimension and export it as one ONNX model."""
+    registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration_log.level
     try:
         gm = make_fx(fn, tracing_mode="symbolic", decomposition_table=_TRACE_DECOMPOSITIONS)(*args)
         batch = torch.export.Dim("batch", min=1, max=1 << 24)
         dynamic = tuple({0: batch} if i in batch_inputs else None for i in range(len(args)))
-        registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
-        level = registration_log.level
         with warnings.catch_warnings():
             # The exporter warns about its own internals (deprecations, torchvision ops it
             # skips); none of it concerns the caller, and pytest runs with warnings as errors.
@@ -489,23 +482,30 @@ def _export_graph(
                 dynamic_shapes=(dynamic,),
                 input_names=input_names,
                 output_names=output_names,
-                custom_translation_table=translations,
+                custom_translation_table=_TRAIN_TRANSLATIONS,
                 verbose=False,
                 external_data=False,
             )
-            registration_log.setLevel(level)
-    except UnsupportedLayerError:
+    except ExportError:
         raise
     except Exception as exc:
-        raise ExportError(f"exporting {path.name} failed: {type(exc).__name__}: {exc}") from exc
+        raise ExportError(f"export failed: {type(exc).__name__}: {exc}") from exc
+    finally:
+        registration_log.setLevel(level)
     if program is None:
-        raise ExportError(f"exporting {path.name} produced no program")
-    proto = program.model_proto
-    onnx.save_model(proto, str(path))
+        raise ExportError("the exporter produced no program")
+    return program.model_proto
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def _extract(
+    joint: onnx.ModelProto, inputs: list[str], outputs: list[str], path: Path
+) -> dict[str, Any]:
+    """Write the part of `joint` computing `outputs` from `inputs` to `path`; its file entry."""
+    model = onnx.utils.Extractor(joint).extract_model(inputs, outputs)
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+    data = path.read_bytes()
+    return {"path": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
 def export_training_artifacts(
@@ -569,29 +569,17 @@ def export_training_artifacts(
     train_args = (*params, *state, example_x, example_y, lr)
     n_in = len(train_args)
 
-    _export_graph(
-        _make_train_step(model, names, loss, optimizer, momentum),
+    joint = _export_joint(
+        _make_joint_step(model, names, loss, optimizer, momentum),
         train_args,
         train_inputs,
-        train_outputs,
+        [*train_outputs, "logits"],
         batch_inputs=(n_in - 3, n_in - 2),
-        translations=_TRAIN_TRANSLATIONS,
-        path=out / "train_step.onnx",
     )
-    _export_graph(
-        _make_infer(model, names),
-        (*params, example_x),
-        [*param_inputs, "x"],
-        ["logits"],
-        batch_inputs=(len(params),),
-        translations={},
-        path=out / "infer.onnx",
-    )
-
-    files = {}
-    for key, fname in (("train_step", "train_step.onnx"), ("infer", "infer.onnx")):
-        path = out / fname
-        files[key] = {"path": fname, "bytes": path.stat().st_size, "sha256": _sha256(path)}
+    files = {
+        "train_step": _extract(joint, train_inputs, train_outputs, out / "train_step.onnx"),
+        "infer": _extract(joint, [*param_inputs, "x"], ["logits"], out / "infer.onnx"),
+    }
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,

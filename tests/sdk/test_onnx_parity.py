@@ -1,0 +1,263 @@
+"""Parity of the exported ONNX training step (run on onnxruntime) with torch's SGD, per layer."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from mobile_sim.models import build_model
+from sdk.onnx_export import export_training_artifacts
+from sdk.ort import OrtTrainer
+
+TOL = 1e-4
+LR = 0.02
+MOMENTUM = 0.9
+
+
+@dataclass(frozen=True)
+class Case:
+    """A small model exercising one layer, its input shape, and the loss/optimizer to test."""
+
+    name: str
+    build: Callable[[], nn.Module]
+    x_shape: tuple[int, ...]  # without the batch dimension
+    loss: str
+    optimizer: str
+    vocab: int = 0  # > 0: x holds token ids in [0, vocab)
+
+
+def _seq(*layers: nn.Module) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return nn.Sequential(*copy.deepcopy(list(layers)))
+
+    return build
+
+
+# Every supported layer, each under a different loss/optimizer pair so that the four pairs are
+# all covered without exporting every layer four times.
+CASES = [
+    Case("linear", _seq(nn.Linear(6, 4)), (6,), "mse", "sgd"),
+    Case("relu", _seq(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4)), (6,), "ce", "momentum"),
+    Case("gelu", _seq(nn.Linear(6, 8), nn.GELU(), nn.Linear(8, 4)), (6,), "ce", "sgd"),
+    Case(
+        "gelu_tanh",
+        _seq(nn.Linear(6, 8), nn.GELU(approximate="tanh"), nn.Linear(8, 4)),
+        (6,),
+        "mse",
+        "momentum",
+    ),
+    Case("tanh", _seq(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 4)), (6,), "mse", "momentum"),
+    Case("sigmoid", _seq(nn.Linear(6, 8), nn.Sigmoid(), nn.Linear(8, 4)), (6,), "ce", "sgd"),
+    Case(
+        "conv",
+        # Stride 2 on 7x7 with padding 1 leaves a row the stride skips: checks output_padding.
+        _seq(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(3 * 4 * 4, 4)),
+        (2, 7, 7),
+        "ce",
+        "momentum",
+    ),
+    Case(
+        "conv_dilated",
+        _seq(nn.Conv2d(2, 3, 3, dilation=2), nn.Flatten(), nn.Linear(3 * 3 * 3, 4)),
+        (2, 7, 7),
+        "mse",
+        "sgd",
+    ),
+    Case(
+        "maxpool",
+        _seq(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * 2 * 2, 4)),
+        (1, 7, 7),
+        "ce",
+        "sgd",
+    ),
+    Case(
+        "maxpool_overlap",
+        # Overlapping windows send several gradients to one input: checks the scatter-add.
+        _seq(
+            nn.Conv2d(1, 2, 3),
+            nn.MaxPool2d(3, stride=1, padding=1),
+            nn.Flatten(),
+            nn.Linear(2 * 5 * 5, 4),
+        ),
+        (1, 7, 7),
+        "mse",
+        "momentum",
+    ),
+    Case(
+        "avgpool",
+        _seq(nn.Conv2d(1, 2, 3), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(2 * 2 * 2, 4)),
+        (1, 7, 7),
+        "mse",
+        "sgd",
+    ),
+    Case(
+        "avgpool_pad",
+        _seq(
+            nn.Conv2d(1, 2, 3),
+            nn.AvgPool2d(3, stride=2, padding=1, count_include_pad=False),
+            nn.Flatten(),
+            nn.Linear(2 * 3 * 3, 4),
+        ),
+        (1, 7, 7),
+        "ce",
+        "momentum",
+    ),
+    Case(
+        "embedding",
+        _seq(nn.Embedding(11, 5, padding_idx=0), nn.Flatten(), nn.Linear(4 * 5, 4)),
+        (4,),
+        "ce",
+        "momentum",
+        vocab=11,
+    ),
+    Case(
+        "layernorm",
+        _seq(nn.Linear(6, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 4)),
+        (6,),
+        "mse",
+        "momentum",
+    ),
+    Case("mlp", lambda: build_model("digits_mlp"), (64,), "ce", "sgd"),
+    Case("mlp_momentum_mse", lambda: build_model("digits_mlp"), (64,), "mse", "momentum"),
+]
+
+
+def _batches(case: Case, n_out: int, steps: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Seeded batches of varying size (odd sizes and size 1 included: the dynamic batch dim)."""
+    rng = np.random.default_rng(seed)
+    sizes = [7, 1, 5, 8, 3]
+    out = []
+    for i in range(steps):
+        b = sizes[i % len(sizes)]
+        if case.vocab:
+            x = rng.integers(0, case.vocab, (b, *case.x_shape)).astype(np.int64)
+        else:
+            x = rng.standard_normal((b, *case.x_shape)).astype(np.float32)
+        if case.loss == "ce":
+            y = rng.integers(0, n_out, b).astype(np.int64)
+        else:
+            y = rng.standard_normal((b, n_out)).astype(np.float32)
+        out.append((x, y))
+    return out
+
+
+def _torch_run(
+    model: nn.Module, case: Case, batches: list[tuple[np.ndarray, np.ndarray]]
+) -> tuple[list[np.ndarray], list[float]]:
+    momentum = MOMENTUM if case.optimizer == "momentum" else 0.0
+    opt = torch.optim.SGD(model.parameters(), lr=LR, momentum=momentum)
+    loss_fn = nn.functional.cross_entropy if case.loss == "ce" else nn.functional.mse_loss
+    losses = []
+    for x, y in batches:
+        opt.zero_grad()
+        loss = loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y))
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return [p.detach().numpy().copy() for p in model.parameters()], losses
+
+
+def _ort_run(
+    trainer: OrtTrainer, params: list[np.ndarray], batches: list[tuple[np.ndarray, np.ndarray]]
+) -> tuple[list[np.ndarray], list[float]]:
+    state = [np.zeros_like(p) for p in params] if trainer.manifest.state_inputs else []
+    losses = []
+    for x, y in batches:
+        loss, params, state = trainer.step(params, state, x, y, LR)
+        losses.append(loss)
+    return params, losses
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    """||a - b|| / ||b|| (L2, float64); the tolerance is relative to the reference's size."""
+    a64, b64 = a.astype(np.float64), b.astype(np.float64)
+    return float(np.linalg.norm(a64 - b64) / max(np.linalg.norm(b64), 1e-30))
+
+
+Exported = Callable[[str], tuple[Case, Path]]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> Exported:
+    """Export each case once, on first use (slow cases are only exported when selected)."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("onnx_parity")
+    cache: dict[str, tuple[Case, Path]] = {}
+
+    def get(name: str) -> tuple[Case, Path]:
+        if name not in cache:
+            case = next(c for c in CASES if c.name == name)
+            if case.vocab:
+                example = torch.randint(0, case.vocab, (4, *case.x_shape))
+            else:
+                example = torch.randn(4, *case.x_shape)
+            export_training_artifacts(
+                case.build(),
+                example,
+                root / name,
+                loss=case.loss,
+                optimizer=case.optimizer,
+                momentum=MOMENTUM,
+            )
+            cache[name] = (case, root / name)
+        return cache[name]
+
+    return get
+
+
+# Variants of layers already covered in the default run; exported only in `make test-all`.
+_SLOW = {"gelu_tanh", "conv_dilated", "avgpool", "mlp_momentum_mse"}
+_PARAMS = [
+    pytest.param(c.name, marks=pytest.mark.slow) if c.name in _SLOW else c.name for c in CASES
+]
+
+
+@pytest.mark.parametrize("name", _PARAMS)
+@pytest.mark.parametrize("steps", [1, 50])
+def test_training_steps_match_torch(exported: Exported, name: str, steps: int) -> None:
+    # Prepare
+    case, path = exported(name)
+    trainer = OrtTrainer.from_dir(path)
+    model = case.build()
+    start = [p.detach().numpy().copy() for p in model.parameters()]
+    n_out = trainer.manifest.spec.entries[-1].shape[0]
+    batches = _batches(case, n_out, steps, seed=steps)
+
+    # Execute
+    want, want_losses = _torch_run(model, case, batches)
+    got, got_losses = _ort_run(trainer, [p.copy() for p in start], batches)
+
+    # Assert: the reference stayed finite (else the comparison means nothing); compare the updates (new - start), not the params, so a wrong gradient cannot hide
+    # behind the size of the weights; and the losses of every step.
+    assert all(np.isfinite(w).all() for w in want)
+    assert len(got) == len(want)
+    for g, w, s in zip(got, want, start, strict=True):
+        assert g.shape == w.shape and g.dtype == np.float32
+        assert _rel(g - s, w - s) < TOL
+    assert _rel(np.array(got_losses), np.array(want_losses)) < TOL
+
+
+def test_inference_graph_matches_torch(exported: Exported) -> None:
+    # Prepare
+    case, path = exported("conv")
+    trainer = OrtTrainer.from_dir(path)
+    model = case.build()
+    flat = np.concatenate([p.detach().numpy().reshape(-1) for p in model.parameters()])
+    x = np.random.default_rng(3).standard_normal((9, *case.x_shape)).astype(np.float32)
+
+    # Execute
+    got = trainer.predict(flat, x, batch_size=4)
+    with torch.no_grad():
+        want = model(torch.from_numpy(x)).numpy()
+
+    # Assert
+    assert got.shape == want.shape
+    assert _rel(got, want) < TOL
