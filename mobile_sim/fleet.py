@@ -1,0 +1,111 @@
+"""The runner's view of the simulated fleet: who is eligible now, and how long a round takes.
+
+`SimFleet` joins a `Population` (lazy device profiles, diurnal availability) and a `SimClock`
+(per-device download + compute + upload times, deadline, over-selection, dropouts) behind the
+few calls a round loop needs. Device indices are the runner's client numbers 0..n-1.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from .clock import RoundTiming, SimClock
+from .population import Population, PopulationConfig
+
+__all__ = ["SimFleet"]
+
+
+class SimFleet:
+    """A population plus a clock, seeded together.
+
+    `deadline_s` is the reporting deadline of every round (None: wait for the cohort).
+    `cost_per_sample` scales the devices' compute speed (measured on the MNIST CNN) to the
+    model trained here; `population_kwargs` go to `PopulationConfig` (tiers, day shape).
+    """
+
+    def __init__(
+        self,
+        num_devices: int,
+        *,
+        seed: int = 0,
+        availability: Literal["diurnal", "always"] = "diurnal",
+        deadline_s: float | None = None,
+        cost_per_sample: float = 1.0,
+        **population_kwargs: Any,
+    ) -> None:
+        self.population = Population(
+            PopulationConfig(num_devices, seed, availability=availability, **population_kwargs)
+        )
+        self.clock = SimClock(seed, cost_per_sample=cost_per_sample)
+        self.deadline_s = deadline_s
+        self.idle_s = 0.0  # simulated time spent waiting for enough eligible devices
+
+    @property
+    def now_s(self) -> float:
+        return self.clock.now_s
+
+    def eligible(
+        self, n: int, rng: np.random.Generator, *, min_memory_mb: float = 0.0
+    ) -> npt.NDArray[np.int64]:
+        """Up to `n` device indices eligible at the current simulated time."""
+        return self.population.sample_available(
+            n, self.clock.now_s, rng, min_memory_mb=min_memory_mb
+        )
+
+    def wait_for(
+        self,
+        n: int,
+        rng: np.random.Generator,
+        *,
+        step_s: float = 900.0,
+        max_wait_s: float = 2 * 86_400.0,
+        min_memory_mb: float = 0.0,
+    ) -> npt.NDArray[np.int64]:
+        """`n` eligible device indices, advancing simulated time in `step_s` steps until there
+        are that many (as a coordinator idles until enough devices check in). Returns fewer
+        only if `max_wait_s` passes first."""
+        waited = 0.0
+        while True:
+            ids = self.eligible(n, rng, min_memory_mb=min_memory_mb)
+            if ids.size >= n or waited >= max_wait_s:
+                return ids
+            self.clock.advance(step_s)
+            self.idle_s += step_s
+            waited += step_s
+
+    def time_round(
+        self,
+        round_id: int,
+        device_indices: Sequence[int] | npt.NDArray[np.int64],
+        *,
+        down_bytes: int | Sequence[int],
+        up_bytes: int | Sequence[int],
+        samples: int | Sequence[int],
+        epochs: int,
+        per_round: int,
+    ) -> RoundTiming:
+        """Race the selected cohort (see `SimClock.plan_round`); does not advance the clock."""
+        profiles = self.population.profiles(np.asarray(device_indices, dtype=np.int64))
+        return self.clock.plan_round(
+            profiles,
+            np.asarray(down_bytes),
+            np.asarray(up_bytes),
+            np.asarray(samples),
+            epochs=epochs,
+            per_round=per_round,
+            deadline_s=self.deadline_s,
+            round_id=round_id,
+        )
+
+    def dropped(self, round_id: int, device_indices: Sequence[int]) -> npt.NDArray[np.bool_]:
+        """bool[n]: which of the cohort vanish this round (so their training can be skipped)."""
+        profiles = self.population.profiles(np.asarray(device_indices, dtype=np.int64))
+        return self.clock.dropout_mask(profiles, round_id)
+
+    def advance(self, timing: RoundTiming) -> float:
+        """Move simulated time past the round; returns the new simulated time (seconds)."""
+        return self.clock.advance(timing)

@@ -1,0 +1,104 @@
+"""Extra run plots: bytes per round (up and down) and the distribution of round durations.
+
+Both are rebuilt from a finished run's ``rounds.json`` files (``plume sim report RUN_DIR``), so
+they need nothing but the run folder.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["load_runs", "plot_bytes_per_round", "plot_round_durations", "plot_run_dir"]
+
+Run = tuple[str, list[dict[str, Any]]]
+
+
+def load_runs(run_dir: str | Path) -> list[Run]:
+    """(label, rounds) for ``RUN_DIR/rounds.json`` or every ``RUN_DIR/*/rounds.json``."""
+    root = Path(run_dir)
+    paths = sorted(root.glob("rounds.json")) or sorted(root.glob("*/rounds.json"))
+    if not paths:
+        raise FileNotFoundError(f"no rounds.json in {root} or its subfolders")
+    runs: list[Run] = []
+    for path in paths:
+        doc = json.loads(path.read_text())
+        rounds = doc.get("rounds")
+        if not isinstance(rounds, list):
+            raise ValueError(f"{path}: no 'rounds' list")
+        label = (doc.get("summary") or {}).get("label") or path.parent.name
+        runs.append((str(label), rounds))
+    return runs
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_bytes_per_round(runs: Sequence[Run], path: str | Path) -> Path:
+    """Upload and download payload bytes of every round, one line per run (log y axis)."""
+    plt = _pyplot()
+    fig, (ax_up, ax_down) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110, sharex=True)
+    for label, rounds in runs:
+        xs = [int(r["round"]) for r in rounds]
+        ax_up.plot(xs, [int(r["bytes_up"]) for r in rounds], marker="o", ms=3, label=label)
+        ax_down.plot(xs, [int(r["bytes_down"]) for r in rounds], marker="o", ms=3, label=label)
+        if rounds and "dense_up" in rounds[0]:
+            dense = [int(r["dense_up"]) for r in rounds]
+            ax_up.plot(xs, dense, ls="--", lw=1, label=f"{label}: dense fp32")
+    for ax, title in ((ax_up, "upload"), (ax_down, "download")):
+        ax.set_yscale("log")
+        ax.set_xlabel("round")
+        ax.set_ylabel("payload bytes (all devices)")
+        ax.set_title(f"{title} bytes per round")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def plot_round_durations(runs: Sequence[Run], path: str | Path) -> Path:
+    """Histograms of round durations: simulated seconds (when the run has a clock) and wall."""
+    plt = _pyplot()
+    has_sim = any(r.get("sim_s") is not None for _, rounds in runs for r in rounds)
+    panels = [("sim_s", "simulated seconds per round")] if has_sim else []
+    panels.append(("wall_s", "wall seconds per round"))
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), dpi=110)
+    axes = list(axes) if len(panels) > 1 else [axes]
+    for ax, (key, title) in zip(axes, panels, strict=True):
+        for label, rounds in runs:
+            values = [float(r[key]) for r in rounds if r.get(key) is not None]
+            if values:
+                ax.hist(values, bins=min(30, max(5, len(values))), alpha=0.6, label=label)
+        ax.set_xlabel("seconds")
+        ax.set_ylabel("rounds")
+        ax.set_title(title)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def _save(fig: Any, plt: Any, path: str | Path) -> Path:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(p)
+    plt.close(fig)
+    return p
+
+
+def plot_run_dir(run_dir: str | Path) -> list[Path]:
+    """Write ``bytes_per_round.png`` and ``round_durations.png`` into `run_dir`."""
+    root = Path(run_dir)
+    runs = load_runs(root)
+    return [
+        plot_bytes_per_round(runs, root / "bytes_per_round.png"),
+        plot_round_durations(runs, root / "round_durations.png"),
+    ]
