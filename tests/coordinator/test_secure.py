@@ -1,0 +1,182 @@
+"""Tests of coordinator.secure: coordinate sets, plans, secure rounds end to end, groups, DP."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from coordinator.secure import (
+    DistributedDpAccountant,
+    RandomPolicy,
+    SecureConfig,
+    SecureCoordinator,
+    TopKMixPolicy,
+    ddg_epsilon,
+    make_plan,
+    public_seed,
+    split_groups,
+)
+from mobile_sim.secure import run_secure_round
+from protocol.secagg import MalformedMessage, NoiseKind, RingOverflow, SecurePlan, Stage
+from sdk.secure import SecureParticipant
+
+D = 4000
+
+
+def _fleet(n: int, seed: int = 0, scale: float = 0.01) -> tuple[list[str], dict, dict]:
+    rng = np.random.default_rng(seed)
+    devs = [f"dev-{i:03d}" for i in range(n)]
+    parts = {d: SecureParticipant(D) for d in devs}
+    ups = {d: (rng.normal(0, scale, D).astype(np.float32), int(rng.integers(1, 6))) for d in devs}
+    return devs, parts, ups
+
+
+def _sent(parts: dict, ups: dict, dev: str) -> np.ndarray:
+    """What a device sent (float64[d]): u - new residual, with a zero residual before."""
+    return ups[dev][0].astype(np.float64) - parts[dev].residual.astype(np.float64)
+
+
+def test_topk_mix_policy_mixes_top_scores_and_public_random() -> None:
+    score = np.zeros(1000, dtype=np.float32)
+    score[[5, 50, 500, 900]] = [4.0, 3.0, 2.0, 1.0]
+    pol = TopKMixPolicy(explore=0.5, seed=3)
+    idx = pol.select(1, 1000, 6, score)
+    assert idx.size == 6 and np.all(np.diff(idx) > 0)
+    assert {5, 50, 500} <= set(idx.tolist())  # the top three by score
+    assert np.array_equal(idx, pol.select(1, 1000, 6, score))  # public: anyone can recompute
+    assert not np.array_equal(pol.select(2, 1000, 6, None), pol.select(1, 1000, 6, None))
+    assert RandomPolicy(1).select(1, 1000, 1000, None).size == 1000
+    assert public_seed(0, 1, b"a") != public_seed(0, 1, b"b")
+
+
+def test_plan_roundtrip_and_refusals() -> None:
+    cfg = SecureConfig(coord_fraction=0.05)
+    plan = make_plan(cfg, 3, 20, D, np.arange(0, D, 20, dtype=np.int64))
+    back = SecurePlan.from_bytes(plan.to_bytes(), D)
+    assert back.to_bytes() == plan.to_bytes() and np.array_equal(back.indices, plan.indices)
+    with pytest.raises(MalformedMessage):
+        SecurePlan.from_bytes(plan.to_bytes()[:-1], D)
+    with pytest.raises(MalformedMessage):
+        SecurePlan.from_bytes(plan.to_bytes(), D - 1)  # bigger than this device's model
+
+
+def test_ring_overflow_is_a_hard_error() -> None:
+    cfg = SecureConfig(value_bits=16, max_weight=2**31)
+    with pytest.raises(RingOverflow, match="does not fit"):
+        make_plan(cfg, 1, 2**20, D, np.arange(10, dtype=np.int64))
+    plan = make_plan(SecureConfig(), 1, 10, D, np.arange(10, dtype=np.int64))
+    with pytest.raises(RingOverflow):
+        dataclasses.replace(plan, ring_bits=plan.ring_bits - 1)
+
+
+def test_secure_round_output_is_exact_weighted_mean_of_what_devices_sent() -> None:
+    # Prepare
+    devs, parts, ups = _fleet(12)
+    coord = SecureCoordinator(
+        np.zeros(D, np.float32), SecureConfig(coord_fraction=0.1, max_weight=8, clip_norm=2.0)
+    )
+    # Execute: one device drops before masking, one after
+    out, stats = run_secure_round(
+        coord, parts, ups, {devs[2]: Stage.SHARE_KEYS, devs[7]: Stage.UNMASK}
+    )
+    # Assert
+    assert out.committed and devs[2] not in out.contributors and devs[7] in out.contributors
+    w = {d: min(ups[d][1], 8) for d in out.contributors}
+    want = sum(w[d] * _sent(parts, ups, d) for d in out.contributors) / sum(w.values())
+    np.testing.assert_allclose(out.update, want, atol=1e-6)
+    assert np.count_nonzero(out.update) <= coord.k
+    np.testing.assert_array_equal(coord.params, out.update)
+    assert coord.version == 1 and coord.score is not None
+    # The dropped device never sent: its residual is untouched.
+    assert not np.any(parts[devs[2]].residual)
+    assert stats.bytes_up[devs[0]] > 0 and not stats.refused
+
+
+def test_grouped_mode_fedavg_equals_cohort_mean_and_median_runs() -> None:
+    devs, parts, ups = _fleet(12, seed=1)
+    cfg = SecureConfig(coord_fraction=0.1, group_size=4, group_aggregator="fedavg", clip_norm=2.0)
+    coord = SecureCoordinator(np.zeros(D, np.float32), cfg)
+    out, _ = run_secure_round(coord, parts, ups)
+    assert out.measurements["groups"] == 3 and out.committed
+    want = np.mean([_sent(parts, ups, d) for d in out.contributors], axis=0)
+    np.testing.assert_allclose(out.update, want, atol=1e-6)
+
+    devs, parts, ups = _fleet(12, seed=2)
+    coord = SecureCoordinator(
+        np.zeros(D, np.float32), dataclasses.replace(cfg, group_aggregator="median")
+    )
+    out, _ = run_secure_round(coord, parts, ups)
+    assert out.committed and "aggregator" in out.measurements
+
+
+def test_grouped_mode_one_group_aborts_others_commit() -> None:
+    devs, parts, ups = _fleet(12, seed=3)
+    cfg = SecureConfig(coord_fraction=0.1, group_size=4, clip_norm=2.0)
+    groups = split_groups(devs, 4, public_seed(cfg.seed, 1, b"groups"))
+    drops = dict.fromkeys(groups[0][:3], Stage.MASKED_INPUT)  # 1 of 4 left in group 0
+    coord = SecureCoordinator(np.zeros(D, np.float32), cfg)
+    out, _ = run_secure_round(coord, parts, ups, drops)
+    assert out.committed and out.aborted_groups == 1
+    assert set(out.contributors) == set(groups[1]) | set(groups[2])
+
+
+def test_whole_cohort_abort_leaves_model_unchanged() -> None:
+    devs, parts, ups = _fleet(6, seed=4)
+    coord = SecureCoordinator(np.ones(D, np.float32), SecureConfig(coord_fraction=0.1))
+    out, _ = run_secure_round(coord, parts, ups, dict.fromkeys(devs[:4], Stage.UNMASK))
+    assert not out.committed and coord.version == 0
+    np.testing.assert_array_equal(coord.params, np.ones(D, np.float32))
+
+
+def test_device_refuses_model_inconsistency() -> None:
+    devs, parts, ups = _fleet(5, seed=5)
+    coord = SecureCoordinator(np.zeros(D, np.float32), SecureConfig(coord_fraction=0.1))
+    task = coord.open_round(devs)
+    sr = task.groups[0]
+    other_model = np.full(D, 0.5, np.float32)  # the server gave this device another model
+    from protocol.secagg import ModelMismatch
+
+    with pytest.raises(ModelMismatch):
+        parts[devs[0]].join(sr.plan_bytes, sr.digest, other_model, 0)
+    tampered = dataclasses.replace(sr.plan, clip_norm=sr.plan.clip_norm * 2).to_bytes()
+    with pytest.raises(ModelMismatch):
+        parts[devs[0]].join(tampered, sr.digest, coord.params, 0)
+
+
+def test_distributed_dp_noise_level_and_accounting() -> None:
+    # Zero updates: the decoded mean is quantization noise plus the devices' summed Skellam noise.
+    n = 10
+    devs = [f"d{i}" for i in range(n)]
+    parts = {d: SecureParticipant(D) for d in devs}
+    ups = {d: (np.zeros(D, np.float32), 1) for d in devs}
+    cfg = SecureConfig(
+        coord_fraction=0.5, noise=NoiseKind.SKELLAM, noise_multiplier=1.0, expected_dropout=0.0
+    )
+    coord = SecureCoordinator(np.zeros(D, np.float32), cfg)
+    out, _ = run_secure_round(coord, parts, ups)
+    plan = make_plan(cfg, 1, n, D, np.arange(coord.k, dtype=np.int64))
+    scale = 2 * plan.coord_bound / ((1 << plan.value_bits) - 1)
+    want_var = scale**2 * n * plan.noise_variance / n**2
+    got = out.update[out.update != 0].astype(np.float64)
+    assert 0.8 < got.var() / want_var < 1.25
+    assert 0 < out.measurements["dp"]["epsilon"] < np.inf and out.measurements["dp"]["approximate"]
+
+
+def test_discrete_gaussian_round_and_accountant() -> None:
+    devs, parts, ups = _fleet(5, seed=6)
+    cfg = SecureConfig(coord_fraction=0.01, noise=NoiseKind.DISCRETE_GAUSSIAN, noise_multiplier=2.0)
+    coord = SecureCoordinator(np.zeros(D, np.float32), cfg)
+    out, _ = run_secure_round(coord, parts, ups)
+    eps1 = out.measurements["dp"]["epsilon"]
+    out2, _ = run_secure_round(coord, parts, ups)
+    assert out.committed and out2.committed and not out.measurements["dp"]["approximate"]
+    assert 0 < eps1 < out2.measurements["dp"]["epsilon"]
+    # More noise, less epsilon; the DDG bound tends to the Gaussian one (Delta / sqrt(n) sigma).
+    assert ddg_epsilon(100.0, 400.0, 10, 50) > ddg_epsilon(100.0, 900.0, 10, 50)
+    assert ddg_epsilon(100.0, 1e4, 4, 10) == pytest.approx(100.0 / (2 * 100.0), rel=1e-6)
+    acc = DistributedDpAccountant(1e-5)
+    assert acc.epsilon() == 0.0
+    acc.record_round(NoiseKind.NONE, 1.0, 0.0, 5, 10)
+    assert acc.epsilon() == np.inf
