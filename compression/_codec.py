@@ -5,35 +5,23 @@ from __future__ import annotations
 import math
 import numbers
 import time
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
-from ._config import QUANTIZED_BITS, CodecConfig, DecodeLimits
-from ._index import INDEX_BY_NAME, INDEX_CODINGS, IndexCoding
-from ._quant import VALUE_CODINGS
+from ._config import CodecConfig, DecodeLimits
 from ._sparse import SparseUpdate
 from ._spec import ModelSpec
-from ._topk import select_topk
+from ._stages import FrameStage, IndexStage, QuantizeStage, Sections, TopKStage, ZstdStage
 from ._wire import (
-    CRC_LEN,
-    FLAG_ZSTD,
-    HEADER_LEN,
     WIRE_VERSION,
     FrameHeader,
-    pack_header,
-    parse_header,
 )
-from ._zstd import ZstdCodec
 
-__all__ = ["StageReport", "EncodeReport", "DecodedFrame", "UpdateCodec", "AUTO_CANDIDATES"]
+__all__ = ["StageReport", "EncodeReport", "DecodedFrame", "UpdateCodec"]
 
 F32 = npt.NDArray[np.float32]
-
-# The codings "auto" chooses between; ties go to the earlier one.
-AUTO_CANDIDATES = ("rice", "ef", "bitmap")
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +83,11 @@ class UpdateCodec:
         self.spec = spec
         self.config = config
         self.limits = limits if limits is not None else DecodeLimits()
-        self._zstd = ZstdCodec(config.zstd_level, self.limits.zstd_max_window)
+        self.topk = TopKStage(spec, config)
+        self.quantize = QuantizeStage(config.bits, config.block)
+        self.index = IndexStage(spec.size, config.index)
+        self.zstd = ZstdStage(config.zstd_level, self.limits.zstd_max_window)
+        self.frame = FrameStage(spec, self.limits)
 
     # -- encoding -------------------------------------------------------------------------
 
@@ -113,61 +105,37 @@ class UpdateCodec:
             raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
         return arr
 
-    def _index_coding(self, idx: npt.NDArray[np.int64]) -> tuple[IndexCoding, int, int]:
-        d = self.spec.size
-        if idx.shape[0] == d:
-            return INDEX_CODINGS[0], 0, 0
-        names = AUTO_CANDIDATES if self.config.index == "auto" else (self.config.index,)
-        best: tuple[IndexCoding, int, int] | None = None
-        for name in names:
-            coding = INDEX_BY_NAME[name]
-            size, param = coding.plan(idx, d)
-            if best is None or size < best[2]:
-                best = (coding, param, size)
-        assert best is not None
-        return best[0], best[1], best[2]
-
     def _encode(
         self, u: npt.ArrayLike, rng: np.random.Generator, weight: float, want_decoded: bool
     ) -> tuple[bytes, npt.NDArray[np.int64], F32 | None, EncodeReport]:
         arr = self._check_input(u, weight)
-        cfg, d = self.config, self.spec.size
+        d = self.spec.size
         report = EncodeReport(dense_bytes=4 * d)
         clock = time.perf_counter
 
         t0 = clock()
-        idx = select_topk(arr, cfg.k_for(d), self.spec, cfg.topk_mode, cfg.scope, rng)
-        vals = arr[idx]
-        if idx.shape[0] < d:
-            # Exact zeros carry nothing; they are kept only when the whole vector is sent.
-            nonzero = vals != 0
-            if not nonzero.all():
-                idx, vals = idx[nonzero], vals[nonzero]
+        idx, vals = self.topk.encode(arr, rng)
         k = int(idx.shape[0])
         t1 = clock()
-        report.stages.append(StageReport("topk", 4 * d, 8 * k, t1 - t0))
+        # bytes out: the plain sparse form, a 4-byte index and a 4-byte value per coordinate
+        report.stages.append(StageReport(self.topk.name, 4 * d, 8 * k, t1 - t0))
 
-        vc = VALUE_CODINGS[cfg.bits]
-        block = cfg.block if cfg.bits in QUANTIZED_BITS else 0
-        scales, codes = vc.encode(vals, max(block, 1), rng)
-        decoded = vc.decode(scales, codes, k, max(block, 1)) if want_decoded else None
+        scales, codes = self.quantize.encode(vals, rng)
+        # roundtrip() needs the values exactly as the server will decode them
+        decoded = self.quantize.decode(scales, codes, k) if want_decoded else None
         t2 = clock()
-        report.stages.append(StageReport("quantize", 4 * k, len(scales) + len(codes), t2 - t1))
+        report.stages.append(
+            StageReport(self.quantize.name, 4 * k, len(scales) + len(codes), t2 - t1)
+        )
 
-        coding, param, _ = self._index_coding(idx)
-        index = coding.encode(idx, d, param)
+        coding, param, index = self.index.encode(idx)
         t3 = clock()
         report.stages.append(StageReport(f"index:{coding.name}", 4 * k, len(index), t3 - t2))
 
-        raw = index + scales + codes
-        flags = 0
-        payload = raw
-        if raw:
-            packed = self._zstd.compress(raw)
-            if len(packed) < len(raw):
-                payload, flags = packed, FLAG_ZSTD
+        raw = Sections(index, scales, codes).join()
+        payload, flags = self.zstd.encode(raw)
         t4 = clock()
-        report.stages.append(StageReport("zstd", len(raw), len(payload), t4 - t3))
+        report.stages.append(StageReport(self.zstd.name, len(raw), len(payload), t4 - t3))
 
         header = FrameHeader(
             version=WIRE_VERSION,
@@ -175,20 +143,19 @@ class UpdateCodec:
             fingerprint=self.spec.fingerprint,
             size=d,
             nnz=k,
-            bits=cfg.bits,
+            bits=self.quantize.bits,
             index_coding=coding.name,
             index_param=param,
-            block=block,
+            block=self.quantize.block,
             weight=float(weight),
             index_bytes=len(index),
             scale_bytes=len(scales),
             value_bytes=len(codes),
             payload_bytes=len(payload),
         )
-        body = pack_header(header, coding.wire_id) + payload
-        frame = body + zlib.crc32(body).to_bytes(CRC_LEN, "little")
+        frame = self.frame.encode(header, coding.wire_id, payload)
         t5 = clock()
-        report.stages.append(StageReport("frame", len(payload), len(frame), t5 - t4))
+        report.stages.append(StageReport(self.frame.name, len(payload), len(frame), t5 - t4))
 
         report.nnz = k
         report.frame_bytes = len(frame)
@@ -199,7 +166,10 @@ class UpdateCodec:
     def encode(
         self, u: npt.ArrayLike, rng: np.random.Generator, weight: float = 1.0
     ) -> tuple[bytes, EncodeReport]:
-        """Encode float32[d] `u` into one v1 frame carrying `weight` (example count, >= 0)."""
+        """Encode float32[d] `u` into one v1 frame carrying `weight` (example count, >= 0).
+
+        `rng` drives the stochastic rounding (and the sample of "sampled" top-k).
+        """
         frame, _, _, report = self._encode(u, rng, weight, want_decoded=False)
         return frame, report
 
@@ -211,26 +181,23 @@ class UpdateCodec:
         same section bytes (indices are coded losslessly)."""
         frame, idx, decoded, report = self._encode(u, rng, weight, want_decoded=True)
         assert decoded is not None
-        dense = np.zeros(self.spec.size, dtype=np.float32)
-        dense[idx] = decoded
-        return frame, dense, report
+        return frame, self.topk.decode(idx, decoded), report
 
     # -- decoding -------------------------------------------------------------------------
 
     def decode_frame(self, frame: bytes) -> DecodedFrame:
-        """Checks and decodes a v1 frame; any problem raises a `CodecError` subclass."""
+        """Checks and decodes a v1 frame, stages in reverse; any problem raises a `CodecError`."""
         if not isinstance(frame, (bytes, bytearray, memoryview)):
             raise TypeError(f"frame must be bytes, got {type(frame).__name__}")
-        frame = bytes(frame)
-        h = parse_header(frame, self.spec, self.limits)
-        payload = frame[HEADER_LEN : HEADER_LEN + h.payload_bytes]
-        raw = self._zstd.decompress(payload, h.raw_bytes) if h.compressed else payload
-        i_end = h.index_bytes
-        s_end = i_end + h.scale_bytes
-        coding = INDEX_BY_NAME[h.index_coding]
-        idx = coding.decode(raw[:i_end], h.nnz, h.size, h.index_param)
-        vals = VALUE_CODINGS[h.bits].decode(raw[i_end:s_end], raw[s_end:], h.nnz, max(h.block, 1))
-        return DecodedFrame(SparseUpdate(idx, vals, h.size), h.weight, h)
+        header, payload = self.frame.decode(bytes(frame))
+        sections = Sections.split(self.zstd.decode(payload, header), header)
+        idx = IndexStage.decode(
+            sections.index, header.index_coding, header.nnz, header.size, header.index_param
+        )
+        vals = QuantizeStage(header.bits, header.block).decode(
+            sections.scales, sections.values, header.nnz
+        )
+        return DecodedFrame(SparseUpdate(idx, vals, header.size), header.weight, header)
 
     def decode(self, frame: bytes) -> SparseUpdate:
         """The update in a v1 frame (see `decode_frame`)."""
