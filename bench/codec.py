@@ -287,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from mobile_sim.report import machine_info, utc_now
 
+    load_before = os.getloadavg()
     print("training one local epoch of the MNIST CNN for a realistic update ...", flush=True)
     spec, u = realistic_update()
     results = []
@@ -314,6 +315,12 @@ def main(argv: list[str] | None = None) -> int:
         "date": utc_now(),
         "machine": machine_info(),
         "threads": 1,
+        "load_average_1m": {
+            "before": round(load_before[0], 2),
+            "after": round(os.getloadavg()[0], 2),
+        },
+        "noise_note": "shared machine: other jobs preempt this one, so medians sit above the "
+        "uncontended cost; `min` in each setting is the closest figure to it",
         "update": {
             "what": "MNIST CNN parameter delta after 1 local epoch, SGD B=10 lr=0.05, 600 MNIST images, seed 0",
             "d": spec.size,

@@ -149,3 +149,28 @@ def test_snapshot_bytes_are_not_an_update() -> None:
     data = encode_snapshot(np.zeros(D, np.float32), SPEC)
     with pytest.raises(CodecError, match="snapshot"):
         UpdateCodec(SPEC, CodecConfig(0.1, 4)).decode(data)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    topk=st.floats(0.005, 1.0),
+    bits=st.sampled_from([1, 2, 4, 8, 16, 32]),
+    mode=st.sampled_from(["exact", "sampled"]),
+    scope=st.sampled_from(["global", "per_tensor"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_residual_is_exact_after_every_round(
+    topk: float, bits: int, mode: str, scope: str, seed: int
+) -> None:
+    # Prepare
+    codec = UpdateCodec(SPEC, CodecConfig(topk, bits, block=16, topk_mode=mode, scope=scope))
+    ef = ErrorFeedback(D)
+    rng = np.random.default_rng(seed)
+    for _ in range(4):
+        delta = (rng.standard_t(3, D) * 0.01).astype(np.float32)
+        u = delta + ef.residual
+        # Execute
+        frame, report = ef.step(delta, codec, rng, weight=1.0)
+        # Assert: residual == u - decode(encode(u)), bit for bit
+        assert np.array_equal(ef.residual, u - codec.decode(frame).to_dense())
+        assert report.frame_bytes == len(frame)
