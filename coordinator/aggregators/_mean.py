@@ -47,6 +47,4 @@ class _FedAvgProcess:
             cu.update.add_to(acc, w)
             total += w
         result = (acc / total).astype(np.float32) if total > 0 else acc.astype(np.float32)
-        return AggregateOutput(
-            state, result, {"clients": len(updates), "total_weight": total}
-        )
+        return AggregateOutput(state, result, {"clients": len(updates), "total_weight": total})

@@ -119,7 +119,7 @@ def test_result_does_not_depend_on_arrival_order() -> None:
 class _Exhausting:
     """A fake aggregator that reports a spent budget: the engine must stop the task."""
 
-    def create(self, size: int) -> "_Exhausting":
+    def create(self, size: int) -> _Exhausting:
         self.size = size
         return self
 
