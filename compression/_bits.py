@@ -7,7 +7,18 @@ import numpy.typing as npt
 
 from ._errors import MalformedSection
 
-__all__ = ["pack_fixed", "unpack_fixed", "packed_len", "pack_positions", "unpack_positions"]
+# What decoders read: a frame's bytes or a view into them (no copy).
+ByteView = bytes | bytearray | memoryview
+
+__all__ = [
+    "ByteView",
+    "pack_fixed",
+    "unpack_fixed",
+    "unpack_small",
+    "packed_len",
+    "pack_positions",
+    "unpack_positions",
+]
 
 
 def packed_len(count: int, width: int) -> int:
@@ -36,21 +47,30 @@ def pack_fixed(vals: npt.NDArray[np.integer], width: int) -> bytes:
     return np.packbits(bits, bitorder="little").tobytes()
 
 
-def unpack_fixed(buf: bytes, count: int, width: int, what: str) -> npt.NDArray[np.int64]:
-    """Inverse of `pack_fixed`; `buf` must be exactly `packed_len(count, width)` bytes.
+def unpack_fixed(buf: ByteView, count: int, width: int, what: str) -> npt.NDArray[np.int64]:
+    """Inverse of `pack_fixed` as int64[count]; `buf` must be exactly `packed_len(count, width)`
+    bytes and the padding bits after the last field zero, so every value has one encoding."""
+    if width <= 8:
+        return unpack_small(buf, count, width, what).astype(np.int64)
+    return _unpack_wide(buf, count, width, what)
 
-    Padding bits after the last field must be zero, so every value has one encoding.
-    """
+
+def _check_len(buf: ByteView, count: int, width: int, what: str) -> None:
     if len(buf) != packed_len(count, width):
         raise MalformedSection(
             f"{what}: {len(buf)} bytes for {count} fields of {width} bits "
             f"(needs {packed_len(count, width)})"
         )
-    if width == 0 or count == 0:
-        return np.zeros(count, dtype=np.int64)
+
+
+def unpack_small(buf: ByteView, count: int, width: int, what: str) -> npt.NDArray[np.uint8]:
+    """Fields of 0 to 8 bits as uint8[count]; padding bits after the last must be zero."""
+    _check_len(buf, count, width, what)
     raw = np.frombuffer(buf, dtype=np.uint8)
+    if width == 0 or count == 0:
+        return np.zeros(count, dtype=np.uint8)
     if width == 8:
-        return raw.astype(np.int64)
+        return raw.copy()
     if width in (1, 2, 4):
         per = 8 // width
         shifts = (np.arange(per, dtype=np.uint8) * width).astype(np.uint8)
@@ -58,14 +78,32 @@ def unpack_fixed(buf: bytes, count: int, width: int, what: str) -> npt.NDArray[n
         fields = ((raw[:, None] >> shifts) & mask).reshape(-1)
         if np.any(fields[count:]):
             raise MalformedSection(f"{what}: non-zero padding bits after the last field")
-        return fields[:count].astype(np.int64)
-    bits = np.unpackbits(raw, bitorder="little")
-    if np.any(bits[count * width :]):
+        return fields[:count]
+    return _unpack_wide(buf, count, width, what).astype(np.uint8)
+
+
+def _unpack_wide(buf: ByteView, count: int, width: int, what: str) -> npt.NDArray[np.int64]:
+    """Fields of 3 to 56 bits as int64[count] (any width, but 1, 2, 4, 8 have faster paths)."""
+    _check_len(buf, count, width, what)
+    if not 0 < width <= 56:
+        raise ValueError(f"field width {width} outside 1..56")
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    total = count * width
+    if total % 8 and buf[-1] >> (total % 8):
         raise MalformedSection(f"{what}: non-zero padding bits after the last field")
-    weights = np.left_shift(np.int64(1), np.arange(width, dtype=np.int64))
-    out: npt.NDArray[np.int64] = (
-        bits[: count * width].reshape(count, width).astype(np.int64) @ weights
-    )
+    # Element i starts at bit i*width, so elements i = p, p+8, p+16, ... start at bytes
+    # (p*width)//8 + m*width: one strided little-endian u64 view per phase p. No (count, width)
+    # bit matrix: memory stays at the output's 8 bytes per field whatever the width.
+    padded = np.zeros(len(buf) + 8, dtype=np.uint8)
+    padded[: len(buf)] = np.frombuffer(buf, dtype=np.uint8)
+    out = np.empty(count, dtype=np.int64)
+    mask = np.uint64((1 << width) - 1)
+    for phase in range(min(8, count)):
+        n = (count - phase + 7) // 8
+        bit = phase * width
+        words = np.ndarray((n,), dtype="<u8", buffer=padded, offset=bit >> 3, strides=(width,))
+        out[phase::8] = (words >> np.uint64(bit & 7)) & mask
     return out
 
 
@@ -78,7 +116,7 @@ def pack_positions(positions: npt.NDArray[np.int64]) -> bytes:
     return np.packbits(bits, bitorder="little").tobytes()
 
 
-def unpack_positions(buf: bytes, count: int, what: str) -> npt.NDArray[np.int64]:
+def unpack_positions(buf: ByteView, count: int, what: str) -> npt.NDArray[np.int64]:
     """Positions of the set bits of `buf`; there must be exactly `count` and the last byte
     must hold the last one (no trailing zero bytes), so the stream is canonical."""
     if count == 0:

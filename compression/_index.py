@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 import numpy.typing as npt
 
-from ._bits import pack_fixed, pack_positions, packed_len, unpack_fixed, unpack_positions
+from ._bits import ByteView, pack_fixed, pack_positions, packed_len, unpack_fixed, unpack_positions
 from ._errors import InvalidIndices, MalformedSection
 
 __all__ = [
@@ -46,7 +46,7 @@ class IndexCoding(ABC):
     def encode(self, idx: Indices, d: int, param: int) -> bytes: ...
 
     @abstractmethod
-    def decode(self, buf: bytes, k: int, d: int, param: int) -> Indices:
+    def decode(self, buf: ByteView, k: int, d: int, param: int) -> Indices:
         """Indices from `buf`; raises `InvalidIndices`/`MalformedSection` on bad content."""
 
     @abstractmethod
@@ -75,7 +75,7 @@ class AllCoding(IndexCoding):
     def encode(self, idx: Indices, d: int, param: int) -> bytes:
         return b""
 
-    def decode(self, buf: bytes, k: int, d: int, param: int) -> Indices:
+    def decode(self, buf: ByteView, k: int, d: int, param: int) -> Indices:
         if k != d:
             raise InvalidIndices(f"index coding 'all' needs k == d, got k={k}, d={d}")
         return np.arange(d, dtype=np.int64)
@@ -98,7 +98,7 @@ class BitmapCoding(IndexCoding):
         bits[idx] = 1
         return np.packbits(bits, bitorder="little").tobytes()
 
-    def decode(self, buf: bytes, k: int, d: int, param: int) -> Indices:
+    def decode(self, buf: ByteView, k: int, d: int, param: int) -> Indices:
         if len(buf) != _ceil_div(d, 8):
             raise MalformedSection(f"bitmap of {len(buf)} bytes for d={d}")
         if d % 8 and buf[-1] >> (d % 8):
@@ -151,12 +151,20 @@ class RiceCoding(IndexCoding):
         ones = np.cumsum((gaps >> param) + 1) - 1
         return low + pack_positions(ones)
 
-    def decode(self, buf: bytes, k: int, d: int, param: int) -> Indices:
+    def decode(self, buf: ByteView, k: int, d: int, param: int) -> Indices:
         nlow = packed_len(k, param)
         low = unpack_fixed(buf[:nlow], k, param, "rice low bits")
         ones = unpack_positions(buf[nlow:], k, "rice unary stream")
-        q = np.diff(ones, prepend=np.int64(-1)) - 1
-        idx = np.cumsum(((q << param) | low) + 1) - 1
+        # In place: at k = d these are 13 MB arrays, and a hostile frame may ask for k = d.
+        idx = np.diff(ones, prepend=np.int64(-1))
+        del ones
+        idx -= 1
+        idx <<= param
+        idx |= low
+        del low
+        idx += 1
+        np.cumsum(idx, out=idx)
+        idx -= 1
         return _check_range(idx, d)
 
     def length_bounds(self, k: int, d: int, param: int) -> tuple[int, int]:
@@ -196,11 +204,15 @@ class EliasFanoCoding(IndexCoding):
         ones = (idx >> param) + np.arange(k, dtype=np.int64)
         return low + pack_positions(ones)
 
-    def decode(self, buf: bytes, k: int, d: int, param: int) -> Indices:
+    def decode(self, buf: ByteView, k: int, d: int, param: int) -> Indices:
         nlow = packed_len(k, param)
         low = unpack_fixed(buf[:nlow], k, param, "elias-fano low bits")
         ones = unpack_positions(buf[nlow:], k, "elias-fano upper bits")
-        idx = ((ones - np.arange(k, dtype=np.int64)) << param) | low
+        idx = ones
+        idx -= np.arange(k, dtype=np.int64)
+        idx <<= param
+        idx |= low
+        del low
         if k > 1 and not np.all(idx[1:] > idx[:-1]):
             bad = int(np.flatnonzero(idx[1:] <= idx[:-1])[0])
             raise InvalidIndices(

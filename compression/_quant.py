@@ -15,7 +15,7 @@ from abc import ABC, abstractmethod
 import numpy as np
 import numpy.typing as npt
 
-from ._bits import pack_fixed, packed_len, unpack_fixed
+from ._bits import ByteView, pack_fixed, packed_len, unpack_small
 from ._errors import MalformedSection, NonFiniteValues
 
 __all__ = [
@@ -51,7 +51,7 @@ class ValueCoding(ABC):
         """`(scale section, value section)`."""
 
     @abstractmethod
-    def decode(self, scales: bytes, codes: bytes, k: int, block: int) -> F32:
+    def decode(self, scales: ByteView, codes: ByteView, k: int, block: int) -> F32:
         """float32[k]; raises `NonFiniteValues`/`MalformedSection` on bad content."""
 
 
@@ -111,7 +111,7 @@ class StochasticQuantizer(ValueCoding):
         step: F32 = ((hi - lo) / np.float32(self.steps)).astype(np.float32)
         return step
 
-    def decode(self, scales: bytes, codes: bytes, k: int, block: int) -> F32:
+    def decode(self, scales: ByteView, codes: ByteView, k: int, block: int) -> F32:
         nb = _ceil_div(k, block)
         if len(scales) != 8 * nb:
             raise MalformedSection(
@@ -125,7 +125,7 @@ class StochasticQuantizer(ValueCoding):
         lo, hi = sc[0::2], sc[1::2]
         if np.any(lo > hi):
             raise MalformedSection(f"block {int(np.flatnonzero(lo > hi)[0])} has lo > hi")
-        c = unpack_fixed(codes, k, self.bits, f"{self.bits}-bit values")
+        c = unpack_small(codes, k, self.bits, f"{self.bits}-bit values")
         if self.bits == 1:
             out = np.where(c == 1, _block_expand(hi, block, k), _block_expand(lo, block, k))
         else:
@@ -133,13 +133,13 @@ class StochasticQuantizer(ValueCoding):
                 raise MalformedSection(
                     f"block {int(np.flatnonzero(lo < 0)[0])} has a negative magnitude scale"
                 )
-            # A hostile block with hi near float32's max can overflow here; checked just below.
+            # lo + j * step in float32, in place (k may be d). A hostile block with hi near
+            # float32's max can overflow here; that is checked just below.
             with np.errstate(over="ignore"):
-                step = self._step(lo, hi)
-                mag = _block_expand(lo, block, k) + (c >> 1).astype(np.float32) * _block_expand(
-                    step, block, k
-                )
-            out = np.where((c & 1) == 1, -mag, mag)
+                out = (c >> 1).astype(np.float32)
+                out *= _block_expand(self._step(lo, hi), block, k)
+                out += _block_expand(lo, block, k)
+            np.negative(out, out=out, where=(c & 1) == 1)
         res: F32 = out.astype(np.float32, copy=False)
         if not np.all(np.isfinite(res)):
             raise NonFiniteValues("a dequantized value overflows float32")
@@ -164,7 +164,7 @@ class Fp16Values(ValueCoding):
             raise ValueError(f"a value exceeds the fp16 range (|v| > {_FP16_MAX}); use bits=32")
         return b"", half.tobytes()
 
-    def decode(self, scales: bytes, codes: bytes, k: int, block: int) -> F32:
+    def decode(self, scales: ByteView, codes: ByteView, k: int, block: int) -> F32:
         if scales or len(codes) != 2 * k:
             raise MalformedSection(
                 f"fp16 values: {len(scales)} scale and {len(codes)} value bytes for k={k}"
@@ -191,7 +191,7 @@ class Fp32Values(ValueCoding):
     def encode(self, values: F32, block: int, rng: np.random.Generator) -> tuple[bytes, bytes]:
         return b"", values.astype("<f4").tobytes()
 
-    def decode(self, scales: bytes, codes: bytes, k: int, block: int) -> F32:
+    def decode(self, scales: ByteView, codes: ByteView, k: int, block: int) -> F32:
         if scales or len(codes) != 4 * k:
             raise MalformedSection(
                 f"fp32 values: {len(scales)} scale and {len(codes)} value bytes for k={k}"

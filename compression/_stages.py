@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
+from ._bits import ByteView
 from ._config import QUANTIZED_BITS, CodecConfig, DecodeLimits
 from ._index import INDEX_BY_NAME, INDEX_CODINGS, IndexCoding
 from ._quant import VALUE_CODINGS, ValueCoding
@@ -79,7 +80,7 @@ class QuantizeStage:
     def encode(self, vals: F32, rng: np.random.Generator) -> tuple[bytes, bytes]:
         return self.coding.encode(vals, max(self.block, 1), rng)
 
-    def decode(self, scales: bytes, codes: bytes, k: int) -> F32:
+    def decode(self, scales: ByteView, codes: ByteView, k: int) -> F32:
         return self.coding.decode(scales, codes, k, max(self.block, 1))
 
 
@@ -110,7 +111,7 @@ class IndexStage:
         return coding, param, coding.encode(idx, self.d, param)
 
     @staticmethod
-    def decode(buf: bytes, coding: str, k: int, d: int, param: int) -> Indices:
+    def decode(buf: ByteView, coding: str, k: int, d: int, param: int) -> Indices:
         return INDEX_BY_NAME[coding].decode(buf, k, d, param)
 
 
@@ -130,7 +131,7 @@ class ZstdStage:
                 return packed, FLAG_ZSTD
         return raw, 0
 
-    def decode(self, payload: bytes, header: FrameHeader) -> bytes:
+    def decode(self, payload: memoryview, header: FrameHeader) -> bytes | memoryview:
         if header.compressed:
             return self.zstd.decompress(payload, header.raw_bytes)
         return payload
@@ -138,19 +139,21 @@ class ZstdStage:
 
 @dataclass(frozen=True, slots=True)
 class Sections:
-    """The three raw sections of a frame."""
+    """The three raw sections of a frame (bytes when encoding, views when decoding)."""
 
-    index: bytes
-    scales: bytes
-    values: bytes
+    index: bytes | memoryview
+    scales: bytes | memoryview
+    values: bytes | memoryview
 
     @classmethod
-    def split(cls, raw: bytes, header: FrameHeader) -> Sections:
+    def split(cls, raw: bytes | memoryview, header: FrameHeader) -> Sections:
+        """Views into `raw` (no copies)."""
+        raw = memoryview(raw)
         i, s = header.index_bytes, header.index_bytes + header.scale_bytes
         return cls(raw[:i], raw[i:s], raw[s:])
 
     def join(self) -> bytes:
-        return self.index + self.scales + self.values
+        return b"".join((self.index, self.scales, self.values))
 
 
 class FrameStage:
@@ -167,6 +170,7 @@ class FrameStage:
         body = pack_header(header, index_id) + payload
         return body + zlib.crc32(body).to_bytes(CRC_LEN, "little")
 
-    def decode(self, frame: bytes) -> tuple[FrameHeader, bytes]:
+    def decode(self, frame: bytes) -> tuple[FrameHeader, memoryview]:
         header = parse_header(frame, self.spec, self.limits)
-        return header, frame[HEADER_LEN : HEADER_LEN + header.payload_bytes]
+        # A view, not a copy: sections of a large frame are read in place.
+        return header, memoryview(frame)[HEADER_LEN : HEADER_LEN + header.payload_bytes]

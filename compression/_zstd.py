@@ -6,6 +6,7 @@ import threading
 
 import zstandard
 
+from ._bits import ByteView
 from ._errors import DecompressionError, SizeLimitExceeded, TrailingBytes, TruncatedFrame
 
 __all__ = ["ZstdCodec", "zstd_frame_length"]
@@ -13,7 +14,7 @@ __all__ = ["ZstdCodec", "zstd_frame_length"]
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
-def zstd_frame_length(data: bytes) -> int:
+def zstd_frame_length(data: ByteView) -> int:
     """Bytes taken by the one zstd frame at the start of `data` (walks the block headers).
 
     python-zstandard's one-shot decompress ignores bytes after the first frame, so the
@@ -78,7 +79,7 @@ class ZstdCodec:
         """One zstd frame with the content size in its header."""
         return self._cctx().compress(data)
 
-    def decompress(self, data: bytes, expected_size: int) -> bytes:
+    def decompress(self, data: ByteView, expected_size: int) -> bytes:
         """Inflate exactly one frame that declares `expected_size` bytes; at most that is allocated."""
         try:
             params = zstandard.get_frame_parameters(data)

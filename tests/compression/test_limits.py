@@ -365,3 +365,28 @@ def test_large_spec_refusals_stay_small() -> None:
     refused(codec, with_field(f, "k", spec.size + 1), SizeLimitExceeded, cap=256 * 1024)
     bomb = with_payload(f, zstd_rle_frame([(0, 16)], declared=2**36), flags=1)
     refused(codec, bomb, SizeLimitExceeded, cap=256 * 1024)
+
+
+def test_wide_rice_fields_decode_in_bounded_memory() -> None:
+    # Prepare: k = d with the widest legal Rice parameter: 20-bit low fields for 1.66M indices.
+    # A bit-matrix unpacker would need k * 20 * 8 bytes (266 MB); this frame is legal (every
+    # low field 0, every quotient 0: indices 0..d-1), so it must decode, within 36 bytes a
+    # scalar: the 6 MB frame, 12 bytes a scalar of output, and int64 temporaries.
+    d = 1_663_370
+    spec = ModelSpec.from_shapes([("w", (d,))])
+    codec = UpdateCodec(spec, CodecConfig(0.01, 4))
+    r = d.bit_length() - 1
+    index = bytes(-(-d * r // 8)) + b"\xff" * (d // 8) + bytes([(1 << (d % 8)) - 1])
+    scales = np.tile(np.array([0.0, 1.0], "<f4"), -(-d // 256)).tobytes()
+    frame = make_frame(spec.fingerprint, d, d, 8, 2, r, 256, (index, scales, bytes(d)))
+    assert len(frame) < DecodeLimits().frame_cap(spec)
+    # Execute
+    tracemalloc.start()
+    try:
+        out = codec.decode(frame)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    # Assert
+    np.testing.assert_array_equal(out.indices, np.arange(d))
+    assert peak < 36 * d, f"peak {peak / 1e6:.0f} MB"
