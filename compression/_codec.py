@@ -55,8 +55,9 @@ class EncodeReport:
         return sum(s.seconds for s in self.stages)
 
     def stage(self, name: str) -> StageReport:
+        """The report of stage `name` ("index" matches "index:rice" and the other codings)."""
         for s in self.stages:
-            if s.name == name:
+            if s.name == name or s.name.split(":", 1)[0] == name:
                 return s
         raise KeyError(name)
 
@@ -91,7 +92,9 @@ class UpdateCodec:
 
     # -- encoding -------------------------------------------------------------------------
 
-    def _check_input(self, u: npt.ArrayLike, weight: float) -> F32:
+    def _check_input(self, u: npt.ArrayLike, rng: np.random.Generator, weight: float) -> F32:
+        if not isinstance(rng, np.random.Generator):
+            raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         arr = np.asarray(u)
         if arr.ndim != 1 or arr.shape[0] != self.spec.size:
             raise ValueError(f"update must have shape ({self.spec.size},), got {arr.shape}")
@@ -108,7 +111,7 @@ class UpdateCodec:
     def _encode(
         self, u: npt.ArrayLike, rng: np.random.Generator, weight: float, want_decoded: bool
     ) -> tuple[bytes, npt.NDArray[np.int64], F32 | None, EncodeReport]:
-        arr = self._check_input(u, weight)
+        arr = self._check_input(u, rng, weight)
         d = self.spec.size
         report = EncodeReport(dense_bytes=4 * d)
         clock = time.perf_counter

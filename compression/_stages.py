@@ -131,7 +131,7 @@ class ZstdStage:
                 return packed, FLAG_ZSTD
         return raw, 0
 
-    def decode(self, payload: memoryview, header: FrameHeader) -> bytes | memoryview:
+    def decode(self, payload: ByteView, header: FrameHeader) -> ByteView:
         if header.compressed:
             return self.zstd.decompress(payload, header.raw_bytes)
         return payload

@@ -72,6 +72,8 @@ def test_roundtrip_is_bit_identical_to_decode(cfg: CodecConfig, update: np.ndarr
         "frame",
     ]
     assert report.stages[-1].bytes_out == len(frame)
+    assert report.stage("index").bytes_out == got.header.index_bytes
+    assert report.stage("zstd").bytes_out == got.header.payload_bytes
     # Same rng seed, same frame: encoding is deterministic
     again, _ = codec.encode(update, np.random.default_rng(1), weight=12.0)
     assert again == frame
@@ -184,6 +186,8 @@ def test_encode_refuses_bad_input() -> None:
         with pytest.raises(ValueError, match="weight"):
             codec.encode(good, rng, weight=w)  # type: ignore[arg-type]
     codec.encode(good, rng, weight=np.float32(3))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="Generator"):
+        codec.encode(good, np.random.RandomState(0))  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(

@@ -111,3 +111,12 @@ def test_snapshot_mutations(pos: int, value: int) -> None:
         return
     with pytest.raises(CodecError):
         decode_snapshot(bytes(damaged), SPEC)
+
+
+@pytest.mark.slow
+@settings(max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=mutated())
+def test_many_mutations_behind_a_valid_crc(case: tuple[bytes, bytes]) -> None:
+    _, damaged = case
+    if len(damaged) >= 4:
+        _decode_or_codec_error(reseal(unseal(damaged)))
