@@ -146,7 +146,7 @@ class Sections:
     values: bytes | memoryview
 
     @classmethod
-    def split(cls, raw: bytes | memoryview, header: FrameHeader) -> Sections:
+    def split(cls, raw: ByteView, header: FrameHeader) -> Sections:
         """Views into `raw` (no copies)."""
         raw = memoryview(raw)
         i, s = header.index_bytes, header.index_bytes + header.scale_bytes
