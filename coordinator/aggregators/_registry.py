@@ -41,7 +41,8 @@ Base aggregators (rightmost stage):
   krum[:f=F]                       Krum; F a count (>=1) or a fraction of reports (default 0.2)
   multikrum[:f=F,m=M]              mean of the M best Krum scores (default M = n - f)
   geomed[:nu=,max_iter=,tol=]      geometric median, smoothed Weiszfeld (RFA)
-  cclip[:tau=T,beta=B,iters=L]     centered clipping around a server momentum
+  cclip[:tau=T|auto,beta=B,iters=L] centered clipping around a server momentum
+                                   (auto: tau = median distance to the centre)
 Wrappers (stages before the base):
   normbound:C | clip:C             clip each report to L2 norm C
   normbound:q=Q[,init=,lr=]        adaptive clip norm tracking quantile Q of the norms
@@ -152,8 +153,9 @@ def _geomed(p: _Params) -> AggregatorFactory:
 
 
 def _cclip(p: _Params) -> AggregatorFactory:
+    tau_text = p.take("tau", positional=True)
     return CenteredClipping(
-        tau=p.num("tau", default=1.0, positional=True),
+        tau=None if tau_text == "auto" else 1.0 if tau_text is None else _number("tau", tau_text),
         beta=p.num("beta", default=0.9),
         iterations=p.int("iters", "iterations", default=1),
     )

@@ -519,15 +519,19 @@ class CenteredClipping:
     Each round: v = c; repeat `iterations` times v += mean_i clip_tau(y_i - v), where clip_tau
     scales a vector to L2 norm at most `tau`. The output is v. The centre for the next round is
     the server momentum c' = beta·c + (1 - beta)·v (beta=0: the previous aggregate).
+    `tau=None` sets tau each iteration to the median distance of the reports to v (scale-free;
+    at most half the reports are clipped), an addition of ours for unknown update scales.
     State: the centre float32[d]. Memory O(d + n + total nnz), never n×d.
     """
 
-    tau: float = 1.0
+    tau: float | None = 1.0
     beta: float = 0.9
     iterations: int = 1
 
     def __post_init__(self) -> None:
-        if not self.tau > 0 or not 0 <= self.beta < 1 or self.iterations < 1:
+        if self.tau is not None and not self.tau > 0:
+            raise ValueError(f"centered clipping tau must be > 0 or None, got {self.tau!r}")
+        if not 0 <= self.beta < 1 or self.iterations < 1:
             raise ValueError("centered clipping needs tau > 0, 0 <= beta < 1, iterations >= 1")
 
     def create(self, size: int) -> _CClipProcess:
@@ -535,7 +539,7 @@ class CenteredClipping:
 
 
 class _CClipProcess(_RowProcess):
-    def __init__(self, size: int, tau: float, beta: float, iterations: int) -> None:
+    def __init__(self, size: int, tau: float | None, beta: float, iterations: int) -> None:
         self.size, self.tau, self.beta, self.iterations = size, tau, beta, iterations
 
     def initialize(self) -> Any:
@@ -550,10 +554,11 @@ class _CClipProcess(_RowProcess):
             return AggregateOutput(center, _zeros(self.size), {"clients": 0})
         sq = rows.sq_norms()
         v = center.astype(np.float64)
-        clipped = 0
+        clipped, tau = 0, 0.0
         for _ in range(self.iterations):
             dist = np.sqrt(np.maximum(float(v @ v) - 2.0 * rows.dots(v) + sq, 0.0))
-            s = np.minimum(1.0, self.tau / np.maximum(dist, 1e-30))
+            tau = float(np.median(dist)) if self.tau is None else self.tau
+            s = np.minimum(1.0, tau / np.maximum(dist, 1e-30))
             clipped = int(np.count_nonzero(s < 1.0))
             # mean_i s_i (y_i - v) = (sum_i s_i y_i - (sum_i s_i) v) / n
             v = v * (1.0 - s.sum() / n) + rows.combine(s / n)
@@ -561,7 +566,7 @@ class _CClipProcess(_RowProcess):
         new_center = (self.beta * center.astype(np.float64) + (1.0 - self.beta) * v).astype(
             np.float32
         )
-        return AggregateOutput(new_center, out, {"clients": n, "clipped": clipped})
+        return AggregateOutput(new_center, out, {"clients": n, "clipped": clipped, "tau": tau})
 
 
 # ---------------------------------------------------------------------------------------------
