@@ -128,7 +128,9 @@ def decode_snapshot(data: bytes, spec: ModelSpec, limits: DecodeLimits | None = 
     if len(data) > total:
         raise TrailingBytes(f"{len(data) - total} bytes after the declared {total}-byte snapshot")
     _, np_dtype, width = SNAPSHOT_DTYPES[wid]
-    raw = _zstd(3, lim.zstd_max_window).decompress(data[SNAPSHOT_HEADER_LEN:], width * d)
+    raw = _zstd(3, lim.zstd_max_window).decompress(
+        memoryview(data)[SNAPSHOT_HEADER_LEN:], width * d
+    )
     values = np.frombuffer(raw, dtype=np_dtype).astype(np.float32)
     if not np.all(np.isfinite(values)):
         raise NonFiniteValues(

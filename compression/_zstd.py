@@ -14,12 +14,21 @@ __all__ = ["ZstdCodec", "zstd_frame_length"]
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
+def _check_magic(data: ByteView) -> None:
+    # Only a regular zstd frame is accepted: no skippable frames, no legacy formats.
+    if bytes(data[:4]) != _ZSTD_MAGIC:
+        raise DecompressionError(
+            f"payload does not start with the zstd magic: {bytes(data[:4]).hex()}"
+        )
+
+
 def zstd_frame_length(data: ByteView) -> int:
     """Bytes taken by the one zstd frame at the start of `data` (walks the block headers).
 
     python-zstandard's one-shot decompress ignores bytes after the first frame, so the
     decoder measures the frame itself to refuse anything appended to it.
     """
+    _check_magic(data)
     try:
         params = zstandard.get_frame_parameters(data)
         pos = zstandard.frame_header_size(data)
@@ -81,6 +90,7 @@ class ZstdCodec:
 
     def decompress(self, data: ByteView, expected_size: int) -> bytes:
         """Inflate exactly one frame that declares `expected_size` bytes; at most that is allocated."""
+        _check_magic(data)
         try:
             params = zstandard.get_frame_parameters(data)
         except zstandard.ZstdError as exc:

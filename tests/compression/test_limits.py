@@ -229,6 +229,12 @@ def test_zstd_trailing_bytes_inside_payload(dense_codec: UpdateCodec, zero_frame
     refused(dense_codec, with_payload(zero_frame, payload), TrailingBytes)
 
 
+def test_zstd_skippable_frame_is_refused(dense_codec: UpdateCodec, zero_frame: bytes) -> None:
+    skippable = bytes.fromhex("502a4d18") + (4 * D).to_bytes(4, "little") + bytes(4 * D)
+    skippable = skippable[: 4 * D - 1]  # shorter than the raw sections, as zstd payloads must be
+    assert "magic" in refused(dense_codec, with_payload(zero_frame, skippable), DecompressionError)
+
+
 def test_zstd_garbage_is_decompression_error(dense_codec: UpdateCodec, zero_frame: bytes) -> None:
     refused(dense_codec, with_payload(zero_frame, b"not zstd at all"), DecompressionError)
     real = zstandard.ZstdCompressor().compress(bytes(4 * D))
