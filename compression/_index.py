@@ -1,9 +1,4 @@
-"""Index codings for the sorted coordinates of a sparse update, in a registry keyed by wire id.
-
-Each coding maps `idx: int64[k]` (strictly increasing, in [0, d)) to bytes and back, all
-vectorised in numpy. `plan` gives the exact size in bytes of the best parameter so the
-encoder can pick the smallest coding without encoding them all.
-"""
+"""Index codings for the sorted coordinates of a sparse update, in a registry keyed by wire id."""
 
 from __future__ import annotations
 
@@ -33,7 +28,12 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 class IndexCoding(ABC):
-    """One way to write k sorted coordinates out of d."""
+    """One way to write k sorted coordinates out of d.
+
+    Maps `idx: int64[k]` (strictly increasing, in [0, d)) to bytes and back, vectorised in
+    numpy. `plan` gives the exact size in bytes at the best parameter, so the encoder can pick
+    the smallest coding without encoding them all.
+    """
 
     wire_id: int
     name: str

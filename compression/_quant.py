@@ -1,12 +1,4 @@
-"""Value codings: unbiased stochastic rounding with per-block scales (1/2/4/8 bits), fp16, fp32.
-
-Bits 2, 4 and 8 are sign + magnitude: a block's scales are (lo, hi) = (min |v|, max |v|) and
-the magnitude is rounded stochastically to one of 2**(b-1) evenly spaced levels in [lo, hi].
-Top-k values are all large, so [lo, hi] is much tighter than [-max, max].
-Per element: |q - v| <= (hi - lo) / (2**(b-1) - 1) of its block (plus float32 rounding).
-Bit 1 has no room for a sign, so its scales are (lo, hi) = (min v, max v) and v is rounded to
-lo or hi: |q - v| <= hi - lo. All of them are unbiased: E[q] = v.
-"""
+"""Value codings: unbiased stochastic rounding with per-block scales (1/2/4/8 bits), fp16, fp32."""
 
 from __future__ import annotations
 
@@ -60,7 +52,15 @@ def _block_expand(per_block: F32, block: int, k: int) -> F32:
 
 
 class StochasticQuantizer(ValueCoding):
-    """b-bit unbiased stochastic rounding with (lo, hi) float32 scales per block of values."""
+    """b-bit unbiased stochastic rounding with (lo, hi) float32 scales per block of values.
+
+    Bits 2, 4 and 8 are sign + magnitude: a block's scales are (lo, hi) = (min |v|, max |v|)
+    and the magnitude is rounded stochastically to one of 2**(b-1) evenly spaced levels in
+    [lo, hi]. Top-k values are all large, so [lo, hi] is much tighter than [-max, max].
+    Per element: |q - v| <= (hi - lo) / (2**(b-1) - 1) of its block (plus float32 rounding).
+    Bit 1 has no room for a sign, so its scales are (lo, hi) = (min v, max v) and v is rounded
+    to lo or hi: |q - v| <= hi - lo. All of them are unbiased: E[q] = v.
+    """
 
     def __init__(self, bits: int) -> None:
         if bits not in (1, 2, 4, 8):

@@ -1,7 +1,4 @@
-"""The update pipeline as small stages, each with `encode`/`decode`; the codec times each one.
-
-Encoding runs topk -> quantize -> index -> zstd -> frame; decoding runs the reverse.
-"""
+"""The update pipeline's stages (topk, quantize, index, zstd, frame), each with encode/decode."""
 
 from __future__ import annotations
 

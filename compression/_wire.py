@@ -1,7 +1,4 @@
-"""Wire format v1 of an update frame: constants, the header layout, and header checks.
-
-See docs/wire-format.md for the byte-by-byte specification.
-"""
+"""Wire format v1 of an update frame: constants, header layout and header checks (see docs)."""
 
 from __future__ import annotations
 
