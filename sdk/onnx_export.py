@@ -497,12 +497,32 @@ def _export_joint(
     return program.model_proto
 
 
-def _extract(
-    joint: onnx.ModelProto, inputs: list[str], outputs: list[str], path: Path
-) -> dict[str, Any]:
-    """Write the part of `joint` computing `outputs` from `inputs` to `path`; its file entry."""
+def _make_infer(model: nn.Module, names: list[str]) -> Callable[..., torch.Tensor]:
+    n = len(names)
+
+    def infer(*args: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return functional_call(  # type: ignore[no-any-return]
+                model, dict(zip(names, args[:n], strict=True)), (args[n],)
+            )
+
+    return infer
+
+
+def _cut(joint: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> onnx.ModelProto | None:
+    """The part of `joint` computing `outputs` from `inputs` alone, or None if it needs more."""
     model = onnx.utils.Extractor(joint).extract_model(inputs, outputs)
-    onnx.checker.check_model(model)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError:
+        # The exporter may read the shared batch size off `y` inside the forward pass (models
+        # that build tensors of batch size, e.g. an RNN's initial state): then the forward
+        # cannot be cut out without `y`.
+        return None
+    return model
+
+
+def _save(model: onnx.ModelProto, path: Path) -> dict[str, Any]:
     onnx.save_model(model, str(path))
     data = path.read_bytes()
     return {"path": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
@@ -576,9 +596,22 @@ def export_training_artifacts(
         [*train_outputs, "logits"],
         batch_inputs=(n_in - 3, n_in - 2),
     )
+    train_model = _cut(joint, train_inputs, train_outputs)
+    if train_model is None:
+        raise ExportError("the training step could not be separated from the joint graph")
+    infer_inputs = [*param_inputs, "x"]
+    infer_model = _cut(joint, infer_inputs, ["logits"])
+    if infer_model is None:
+        infer_model = _export_joint(
+            _make_infer(model, names),
+            (*params, example_x),
+            infer_inputs,
+            ["logits"],
+            batch_inputs=(len(params),),
+        )
     files = {
-        "train_step": _extract(joint, train_inputs, train_outputs, out / "train_step.onnx"),
-        "infer": _extract(joint, [*param_inputs, "x"], ["logits"], out / "infer.onnx"),
+        "train_step": _save(train_model, out / "train_step.onnx"),
+        "infer": _save(infer_model, out / "infer.onnx"),
     }
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
