@@ -229,23 +229,25 @@ class _Core:
             "POST", Path.CHECK_IN, 0, body, headers={"content-type": "application/json"}
         )
 
-    def model_exchange(self, a: Assignment, spec: ModelSpec) -> _Exchange:
-        held = self.store.load_model(a.task_id, spec.size)
+    def model_exchange(
+        self, task_id: int, spec: ModelSpec, round_id: int, max_version: int | None
+    ) -> _Exchange:
+        held = self.store.load_model(task_id, spec.size)
         params = {"format": "auto", "dtype": "fp32"}
-        if held is not None and held[2] and held[1] <= a.base_version:
+        if held is not None and held[2] and (max_version is None or held[1] <= max_version):
             params["have"] = str(held[1])
         return _Exchange(
             "GET",
-            a.model_path,
-            a.round_id,
+            Path.MODEL.format(task_id=task_id),
+            round_id,
             params=params,
             dense_down_on_ok=spec.dense_bytes,
             count_payload_down=True,
         )
 
     def apply_model(
-        self, a: Assignment, spec: ModelSpec, response: httpx.Response
-    ) -> tuple[npt.NDArray[np.float32], str]:
+        self, task_id: int, spec: ModelSpec, response: httpx.Response
+    ) -> tuple[npt.NDArray[np.float32], int, str]:
         """Decode a download, check its digest, persist it; returns (params, encoding)."""
         encoding = response.headers.get(Header.MODEL_ENCODING, "")
         digest = response.headers.get(Header.MODEL_DIGEST, "")
@@ -253,11 +255,11 @@ class _Core:
         exact = response.headers.get(Header.MODEL_EXACT, "1") == "1"
         try:
             if encoding == ModelEncoding.DELTA_CHAIN:
-                held = self.store.load_model(a.task_id, spec.size)
+                held = self.store.load_model(task_id, spec.size)
                 if held is None:
                     raise ModelIntegrityError(409, "no_base", "delta chain without a base model")
                 params = held[0]
-                codec = UpdateCodec(spec, a.codec.to_config())
+                codec = UpdateCodec(spec, _any_config())
                 frames = unpack_chain(
                     response.content, max_frames=1000, max_frame_bytes=4 * spec.size + 65536
                 )
@@ -276,8 +278,8 @@ class _Core:
             raise ModelIntegrityError(
                 200, "digest_mismatch", f"model digest {got} != coordinator's {digest}"
             )
-        self.store.save_model(a.task_id, params, version, digest, exact)
-        return params, encoding
+        self.store.save_model(task_id, params, version, digest, exact)
+        return params, version, encoding
 
     def encoder(self, a: Assignment, spec: ModelSpec) -> UpdateEncoder:
         enc = self._encoders.get(a.task_id)
@@ -462,10 +464,23 @@ class Client:
     def fetch_model(self, a: Assignment) -> tuple[npt.NDArray[np.float32], str]:
         """The round's base model (delta chain from the held version, or a snapshot)."""
         spec = _spec(a)
-        response = self._send(self._core.model_exchange(a, spec))
+        response = self._send(
+            self._core.model_exchange(a.task_id, spec, a.round_id, a.base_version)
+        )
         if response.status_code != 200:
             raise _error(response)
-        return self._core.apply_model(a, spec, response)
+        params, _, encoding = self._core.apply_model(a.task_id, spec, response)
+        return params, encoding
+
+    def fetch_current(
+        self, task_id: int, spec: ModelSpec
+    ) -> tuple[npt.NDArray[np.float32], int, str]:
+        """The task's latest model outside any round (e.g. to evaluate or serve it):
+        (params float32[d], version, encoding)."""
+        response = self._send(self._core.model_exchange(task_id, spec, 0, None))
+        if response.status_code != 200:
+            raise _error(response)
+        return self._core.apply_model(task_id, spec, response)
 
     def upload(self, pending: PendingUpload, spec: ModelSpec | None = None) -> UploadReceipt:
         """Send a pending upload; idempotent across retries and restarts."""
@@ -617,10 +632,22 @@ class AsyncClient:
 
     async def fetch_model(self, a: Assignment) -> tuple[npt.NDArray[np.float32], str]:
         spec = _spec(a)
-        response = await self._send(self._core.model_exchange(a, spec))
+        response = await self._send(
+            self._core.model_exchange(a.task_id, spec, a.round_id, a.base_version)
+        )
         if response.status_code != 200:
             raise _error(response)
-        return self._core.apply_model(a, spec, response)
+        params, _, encoding = self._core.apply_model(a.task_id, spec, response)
+        return params, encoding
+
+    async def fetch_current(
+        self, task_id: int, spec: ModelSpec
+    ) -> tuple[npt.NDArray[np.float32], int, str]:
+        """The task's latest model outside any round: (params, version, encoding)."""
+        response = await self._send(self._core.model_exchange(task_id, spec, 0, None))
+        if response.status_code != 200:
+            raise _error(response)
+        return self._core.apply_model(task_id, spec, response)
 
     async def upload(self, pending: PendingUpload, spec: ModelSpec | None = None) -> UploadReceipt:
         dense = spec.dense_bytes if spec is not None else pending.dense_bytes

@@ -440,6 +440,8 @@ class Coordinator:
                 if device_id in cur.selected and device_id not in cur.uploaded:
                     self.metrics.check_ins.labels(CheckInAction.TRAIN).inc()
                     return CheckInResponse(CheckInAction.TRAIN, 0.0, self._assignment(rt, cur))
+            if not rt.pool:
+                rt.waiting_since = now  # the selection timeout runs from the first device
             rt.pool[device_id] = now
             if cur is None and self._maybe_open(rt, now):
                 cur = rt.current

@@ -1,0 +1,326 @@
+"""The simulated fleet over real HTTP: N devices as `sdk.AsyncClient`s against a coordinator.
+
+`run_http_simulation(cfg)` starts an embedded coordinator on loopback (uvicorn in a thread,
+SQLite in a temporary folder) unless a URL is given, creates the task through the admin API,
+and runs every device as an async client: check in, download (delta chain or snapshot, digest
+verified), train locally, encode with its own error feedback, upload with an idempotency key.
+An observer device follows the published versions and evaluates each one on the test set.
+The per-round records are the same as the in-process runner's, with bytes taken from the
+coordinator's own bandwidth ledger (payload and real HTTP wire bytes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import secrets
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from compression import ModelSpec
+from coordinator.ledger import BandwidthLedger
+from protocol.messages import CodecParams, TaskConfig, TensorShape, TrainingParams
+
+from .runner import (
+    RoundRecord,
+    SimConfig,
+    SimResult,
+    _jsonable,
+    _partition,
+    _progress,
+    load_dataset,
+)
+
+__all__ = ["run_http_simulation", "HttpFleetOptions", "DOWNLINK"]
+
+# Downlink codec of the published deltas (server-side error feedback keeps what it drops).
+DOWNLINK = CodecParams(topk=0.05, bits=8)
+
+
+@dataclass(frozen=True)
+class HttpFleetOptions:
+    """Knobs of the HTTP path that the in-process path does not have. Times in seconds.
+
+    dropout: probability that a selected device silently drops the round (never uploads).
+    deadline_s: round deadline; stragglers and dropouts are cut off by it.
+    poll_s / retry_after_s: pace steering while a cohort gathers / while a round runs (they
+    bound the check-in load: devices x 1/retry_after_s requests per second).
+    """
+
+    dropout: float = 0.0
+    deadline_s: float = 120.0
+    selection_timeout_s: float = 2.0
+    poll_s: float = 0.1
+    retry_after_s: float = 0.5
+    admin_token: str | None = None
+    downlink: CodecParams = field(default_factory=lambda: DOWNLINK)
+
+
+def run_http_simulation(
+    cfg: SimConfig,
+    *,
+    coordinator_url: str | None = None,
+    progress: bool = True,
+    label: str = "",
+    on_round: Callable[[RoundRecord], None] | None = None,
+    options: HttpFleetOptions | None = None,
+) -> SimResult:
+    """Run `cfg` against a coordinator over HTTP; returns the same records as `run_simulation`.
+
+    With `coordinator_url` None an embedded coordinator is started on 127.0.0.1 and stopped at
+    the end; otherwise the admin token comes from `options.admin_token` or $PLUME_ADMIN_TOKEN.
+    """
+    opts = options or HttpFleetOptions()
+    if cfg.attack or cfg.ort_fraction or cfg.warmup_rounds or cfg.clip_norm is not None:
+        raise ValueError(
+            "--transport http runs benign torch devices with the plain codec; attacks, ONNX "
+            "devices, warm-up rounds and clipping run with --transport inproc"
+        )
+    with tempfile.TemporaryDirectory(prefix="plume-http-") as tmp:
+        if coordinator_url is not None:
+            token = opts.admin_token or os.environ.get("PLUME_ADMIN_TOKEN")
+            if not token:
+                raise ValueError("--coordinator needs an admin token ($PLUME_ADMIN_TOKEN)")
+            return _run(cfg, coordinator_url, token, tmp, progress, label, on_round, opts)
+        from coordinator.service import ServerThread, ServiceConfig
+
+        token = opts.admin_token or secrets.token_hex(16)
+        server = ServerThread(
+            ServiceConfig(
+                db_path=os.path.join(tmp, "coordinator.db"),
+                admin_token=token,
+                poll_s=opts.poll_s,
+                tick_s=0.02,
+            )
+        )
+        url = server.start()
+        try:
+            return _run(cfg, url, token, tmp, progress, label, on_round, opts)
+        finally:
+            server.stop()
+
+
+def _run(
+    cfg: SimConfig,
+    url: str,
+    token: str,
+    tmp: str,
+    progress: bool,
+    label: str,
+    on_round: Callable[[RoundRecord], None] | None,
+    opts: HttpFleetOptions,
+) -> SimResult:
+    import torch
+
+    from coordinator.service import AdminClient
+    from sdk.flat import get_flat_params, spec_from_module
+    from sdk.trainer import TorchTrainer, evaluate
+
+    from .models import build_model
+
+    torch.manual_seed(cfg.seed)
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    data = load_dataset(cfg.dataset, cfg.data_root, cfg.seed)
+    parts = _partition(cfg, data)
+    model = build_model(cfg.model_name, seed=cfg.seed)
+    spec = spec_from_module(model)
+    codec = cfg.codec()
+    task = TaskConfig(
+        name=label or f"sim-{cfg.dataset}-{cfg.model_name}",
+        model_name=cfg.model_name,
+        spec=[TensorShape(e.name, list(e.shape)) for e in spec.entries],
+        rounds=cfg.rounds,
+        clients_per_round=cfg.per_round,
+        over_selection=cfg.over_selection,
+        deadline_s=opts.deadline_s,
+        min_reports=min(cfg.min_reports, cfg.per_round),
+        selection_timeout_s=opts.selection_timeout_s,
+        codec=CodecParams.from_config(codec),
+        downlink=CodecParams(topk=1.0, bits=32) if cfg.dense else opts.downlink,
+        aggregator=cfg.aggregator,
+        server_lr=cfg.server_lr,
+        seed=cfg.seed,
+        training=TrainingParams(cfg.local_epochs, cfg.batch_size, cfg.lr),
+        retry_after_s=opts.retry_after_s,
+    )
+    with AdminClient(url, token) as admin:
+        task_id = admin.create_task(task, get_flat_params(model))
+        fleet = _Fleet(cfg, url, task_id, spec, tmp, parts, data, opts)
+        trainer = TorchTrainer(build_model(cfg.model_name, seed=cfg.seed), momentum=cfg.momentum)
+        eval_model = build_model(cfg.model_name, seed=cfg.seed)
+        records: list[RoundRecord] = []
+        bar = _progress(cfg.rounds, label or ("dense" if cfg.dense else "compressed"), progress)
+
+        def evaluate_version(params: npt.NDArray[np.float32]) -> tuple[float, float]:
+            return evaluate(eval_model, params, data.x_test, data.y_test)
+
+        def emit(rec: RoundRecord) -> None:
+            records.append(rec)
+            if on_round is not None:
+                on_round(rec)
+            bar.update(rec)
+
+        # Tiny per-device batches train fastest on one thread; more threads only spin against
+        # the coordinator's thread in this process.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            final = asyncio.run(fleet.run(trainer, admin, evaluate_version, emit))
+        finally:
+            torch.set_num_threads(threads)
+            bar.close()
+        ledger = BandwidthLedger()
+        for rec_round in fleet.round_ids:
+            for row in admin.bandwidth(rec_round)["rows"]:
+                ledger.record(
+                    row["round_id"],
+                    row["device_id"],
+                    row["direction"],
+                    row["payload_bytes"],
+                    row["wire_bytes"],
+                    row["dense_bytes"],
+                )
+    return SimResult(cfg, records, ledger, spec.size, final, label, started_at)
+
+
+class _Fleet:
+    def __init__(
+        self,
+        cfg: SimConfig,
+        url: str,
+        task_id: int,
+        spec: ModelSpec,
+        tmp: str,
+        parts: list[npt.NDArray[np.int64]],
+        data: Any,
+        opts: HttpFleetOptions,
+    ) -> None:
+        self.cfg = cfg
+        self.url = url
+        self.task_id = task_id
+        self.spec = spec
+        self.tmp = tmp
+        self.parts = parts
+        self.data = data
+        self.opts = opts
+        self.losses: dict[int, list[float]] = {}
+        self.round_ids: list[int] = []
+        self.done = asyncio.Event()
+
+    async def run(
+        self,
+        trainer: Any,
+        admin: Any,
+        evaluate_version: Callable[[npt.NDArray[np.float32]], tuple[float, float]],
+        emit: Callable[[RoundRecord], None],
+    ) -> npt.NDArray[np.float32]:
+        from sdk.client import AsyncClient
+
+        self.done = asyncio.Event()
+        clients = [
+            AsyncClient(self.url, os.path.join(self.tmp, f"device-{i:05d}"))
+            for i in range(self.cfg.clients)
+        ]
+        observer = AsyncClient(self.url, os.path.join(self.tmp, "observer"))
+        try:
+            await asyncio.gather(observer.register(), *(c.register() for c in clients))
+            devices = [
+                asyncio.create_task(self._device(i, c, trainer)) for i, c in enumerate(clients)
+            ]
+            try:
+                final = await self._monitor(observer, admin, evaluate_version, emit)
+            finally:
+                self.done.set()
+                for d in devices:
+                    d.cancel()
+                await asyncio.gather(*devices, return_exceptions=True)
+        finally:
+            await asyncio.gather(observer.aclose(), *(c.aclose() for c in clients))
+        return final
+
+    async def _device(self, index: int, client: Any, trainer: Any) -> None:
+        from sdk.client import ClientError
+
+        x = self.data.x_train[self.parts[index]]
+        y = self.data.y_train[self.parts[index]]
+        rng = np.random.default_rng([self.cfg.seed, 77, index])
+        while not self.done.is_set():
+            answer = await client.check_in(self.task_id)
+            if answer.assignment is None:
+                await asyncio.sleep(answer.retry_after_s)
+                continue
+            a = answer.assignment
+            if self.opts.dropout > 0 and rng.random() < self.opts.dropout:
+                # A dropout: the device vanishes for this round (the deadline cuts it off).
+                await asyncio.sleep(max(a.deadline_unix - time.time(), 0.0) + 0.05)
+                continue
+            try:
+                report = await client.train_round(a, trainer, x, y)
+            except ClientError as exc:
+                if exc.status in (403, 409):  # closed before we finished: a straggler
+                    continue
+                raise
+            self.losses.setdefault(a.round_id, []).append(report.loss)
+            # Trained devices yield so the event loop serves the others' I/O.
+            await asyncio.sleep(0)
+
+    async def _monitor(
+        self,
+        observer: Any,
+        admin: Any,
+        evaluate_version: Callable[[npt.NDArray[np.float32]], tuple[float, float]],
+        emit: Callable[[RoundRecord], None],
+    ) -> npt.NDArray[np.float32]:
+        seen: set[int] = set()
+        params: npt.NDArray[np.float32] | None = None
+        while True:
+            status = await asyncio.to_thread(admin.status, self.task_id)
+            rounds = await asyncio.to_thread(admin.rounds, self.task_id)
+            for r in rounds:
+                if r.round_id in seen or r.state not in ("committed", "abandoned"):
+                    continue
+                seen.add(r.round_id)
+                self.round_ids.append(r.round_id)
+                acc: float | None = None
+                loss: float | None = None
+                if r.state == "committed":
+                    params, _, _ = await observer.fetch_current(self.task_id, self.spec)
+                    if r.seq % self.cfg.eval_every == 0 or r.seq == self.cfg.rounds:
+                        acc, loss = evaluate_version(params)
+                bw = await asyncio.to_thread(admin.bandwidth, r.round_id)
+                t = bw["totals"]
+                losses = self.losses.get(r.round_id, [])
+                emit(
+                    RoundRecord(
+                        round=r.seq,
+                        accuracy=acc,
+                        loss=loss,
+                        train_loss=float(np.mean(losses)) if losses else math.nan,
+                        reports=r.reports,
+                        committed=r.state == "committed",
+                        bytes_up=t["up_payload_bytes"],
+                        bytes_down=t["down_payload_bytes"],
+                        dense_up=t["up_dense_bytes"],
+                        dense_down=t["down_dense_bytes"],
+                        wire_up=t["up_wire_bytes"],
+                        wire_down=t["down_wire_bytes"],
+                        ratio_up=(t["up_dense_bytes"] / t["up_payload_bytes"])
+                        if t["up_payload_bytes"]
+                        else None,
+                        wall_s=(r.closed_unix or r.opened_unix) - r.opened_unix,
+                        measurements=_jsonable(r.measurements),
+                    )
+                )
+            if status.state == "done" and all(r.round_id in seen for r in rounds):
+                break
+            await asyncio.sleep(0.05)
+        if params is None:
+            params, _, _ = await observer.fetch_current(self.task_id, self.spec)
+        return params
