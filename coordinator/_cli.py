@@ -33,7 +33,12 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     csub = p.add_subparsers(dest="coordinator_command", metavar="ACTION")
-    p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
+
+    def _help(args: argparse.Namespace) -> int:
+        p.print_help()
+        return 2
+
+    p.set_defaults(func=_help)
 
     s = csub.add_parser("serve", help="serve the coordinator until interrupted")
     s.add_argument("--db", default="plume.db", help="SQLite database file (created if missing)")
