@@ -1,0 +1,278 @@
+"""`sdk.ort`: training on onnxruntime without torch, trainer-level parity, manifest checks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from compression import CodecConfig, UpdateCodec
+from mobile_sim.models import build_model
+from sdk.flat import get_flat_params
+from sdk.onnx_export import export_training_artifacts
+from sdk.ort import ArtifactError, OrtDevice, OrtTrainer, load_manifest
+from sdk.trainer import TorchTrainer
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """digits_mlp exported for plain SGD and for momentum SGD."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("ort_runtime")
+    out = {}
+    for optimizer in ("sgd", "momentum"):
+        export_training_artifacts(
+            build_model("digits_mlp"),
+            torch.randn(4, 64),
+            root / optimizer,
+            optimizer=optimizer,
+            momentum=0.9,
+            model_name="digits_mlp",
+        )
+        out[optimizer] = root / optimizer
+    return out
+
+
+def _data(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, 64)).astype(np.float32)
+    y = rng.integers(0, 10, n).astype(np.int64)
+    return x, y
+
+
+def _rel(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm((a - b).astype(np.float64))) / float(
+        np.linalg.norm(b.astype(np.float64))
+    )
+
+
+@pytest.mark.parametrize(("optimizer", "momentum"), [("sgd", 0.0), ("momentum", 0.9)])
+def test_ort_trainer_matches_torch_trainer(
+    artifacts: dict[str, Path], optimizer: str, momentum: float
+) -> None:
+    # Prepare: 53 examples in batches of 16 leaves a last batch of 5 in every epoch.
+    ort_trainer = OrtTrainer.from_dir(artifacts[optimizer])
+    torch_trainer = TorchTrainer(build_model("digits_mlp"), momentum=momentum)
+    params = get_flat_params(build_model("digits_mlp"))
+    x, y = _data(53, seed=1)
+    kwargs = {"epochs": 2, "batch_size": 16, "lr": 0.05}
+
+    # Execute: the same seed gives both trainers the same shuffles.
+    got = ort_trainer.train(params, x, y, rng=np.random.default_rng(7), **kwargs)  # type: ignore[arg-type]
+    want = torch_trainer.train(params, x, y, rng=np.random.default_rng(7), **kwargs)  # type: ignore[arg-type]
+
+    # Assert
+    assert got.num_examples == want.num_examples == 53
+    assert got.params.dtype == np.float32 and got.params.shape == params.shape
+    assert _rel(got.params - params, want.params - params) < 1e-4
+    assert got.loss == pytest.approx(want.loss, rel=1e-5)
+
+
+def test_ort_device_encodes_a_decodable_update(artifacts: dict[str, Path]) -> None:
+    # Prepare
+    trainer = OrtTrainer.from_dir(artifacts["sgd"])
+    x, y = _data(40, seed=2)
+    params = get_flat_params(build_model("digits_mlp"))
+    device = OrtDevice(trainer, x, y, codec=CodecConfig(topk=0.1, bits=8), batch_size=8)
+
+    # Execute
+    upload = device.run_round(params, np.random.default_rng(3))
+    decoded = UpdateCodec(trainer.spec, CodecConfig(topk=0.1, bits=8)).decode_frame(upload.frame)
+
+    # Assert: top-10% of the delta went out; error feedback keeps exactly what did not.
+    delta = upload.result.params - params
+    assert decoded.update.size == trainer.spec.size
+    assert decoded.weight == 40.0
+    assert len(decoded.update.indices) == int(np.ceil(0.1 * trainer.spec.size))
+    sent = decoded.update.to_dense()
+    np.testing.assert_allclose(sent + device.encoder.feedback.residual, delta, atol=1e-6)
+    assert upload.report.frame_bytes == len(upload.frame)
+
+
+def test_predict_and_evaluate(artifacts: dict[str, Path]) -> None:
+    # Prepare
+    trainer = OrtTrainer.from_dir(artifacts["sgd"])
+    model = build_model("digits_mlp")
+    x, y = _data(25, seed=4)
+
+    # Execute
+    logits = trainer.predict(get_flat_params(model), x, batch_size=10)
+    accuracy, loss = trainer.evaluate(get_flat_params(model), x, y)
+
+    # Assert
+    with torch.no_grad():
+        want = model(torch.from_numpy(x))
+    np.testing.assert_allclose(logits, want.numpy(), rtol=1e-5, atol=1e-6)
+    want_loss = float(torch.nn.functional.cross_entropy(want, torch.from_numpy(y)))
+    assert loss == pytest.approx(want_loss, rel=1e-5)
+    assert accuracy == float((want.argmax(1).numpy() == y).mean())
+
+
+def test_bad_inputs_are_refused(artifacts: dict[str, Path]) -> None:
+    trainer = OrtTrainer.from_dir(artifacts["sgd"])
+    params = np.zeros(trainer.spec.size, np.float32)
+    x, y = _data(4, seed=5)
+    rng = np.random.default_rng(0)
+    with pytest.raises(ValueError, match="params of shape"):
+        trainer.train(params[:-1], x, y, epochs=1, batch_size=2, lr=0.1, rng=rng)
+    with pytest.raises(ValueError, match="x of shape"):
+        trainer.train(params, x[:, :10], y, epochs=1, batch_size=2, lr=0.1, rng=rng)
+    with pytest.raises(ValueError, match="targets"):
+        trainer.train(params, x, y[:3], epochs=1, batch_size=2, lr=0.1, rng=rng)
+    with pytest.raises(ValueError, match="at least one example"):
+        trainer.train(params, x[:0], y[:0], epochs=1, batch_size=2, lr=0.1, rng=rng)
+    with pytest.raises(ValueError, match="batch_size"):
+        trainer.train(params, x, y, epochs=1, batch_size=0, lr=0.1, rng=rng)
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _edit_manifest(path: Path, **changes: object) -> None:
+    data = json.loads((path / "manifest.json").read_text())
+    data.update(changes)
+    (path / "manifest.json").write_text(json.dumps(data))
+
+
+def test_tampered_artifacts_are_refused(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    # A flipped byte in the graph.
+    d = _copy(artifacts["sgd"], tmp_path / "flip")
+    raw = bytearray((d / "train_step.onnx").read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (d / "train_step.onnx").write_bytes(bytes(raw))
+    with pytest.raises(ArtifactError, match="SHA-256"):
+        OrtTrainer.from_dir(d)
+
+    # A file outside the directory.
+    d = _copy(artifacts["sgd"], tmp_path / "escape")
+    data = json.loads((d / "manifest.json").read_text())
+    data["files"]["infer"]["path"] = "../infer.onnx"
+    (d / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="inside the directory"):
+        load_manifest(d)
+
+    # An unknown manifest version, a wrong fingerprint, garbage JSON, a missing manifest.
+    d = _copy(artifacts["sgd"], tmp_path / "version")
+    _edit_manifest(d, version=99)
+    with pytest.raises(ArtifactError, match="version 99"):
+        load_manifest(d)
+    d = _copy(artifacts["sgd"], tmp_path / "fingerprint")
+    _edit_manifest(d, spec_fingerprint="00" * 8)
+    with pytest.raises(ArtifactError, match="fingerprint"):
+        load_manifest(d)
+    d = _copy(artifacts["sgd"], tmp_path / "garbage")
+    (d / "manifest.json").write_text("{not json")
+    with pytest.raises(ArtifactError, match="not valid JSON"):
+        load_manifest(d)
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        load_manifest(tmp_path / "nowhere")
+
+
+def test_graph_names_must_match_the_manifest(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    # Prepare: momentum graphs behind an SGD manifest (names no longer line up).
+    d = _copy(artifacts["sgd"], tmp_path / "swap")
+    for name in ("train_step.onnx", "infer.onnx"):
+        shutil.copy(artifacts["momentum"] / name, d / name)
+    data = json.loads((d / "manifest.json").read_text())
+    for key in ("train_step", "infer"):
+        data["files"][key]["bytes"] = (d / data["files"][key]["path"]).stat().st_size
+
+    # Execute / Assert
+    (d / "manifest.json").write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="do not match the manifest"):
+        OrtTrainer.from_dir(d, verify=False)
+
+
+_TORCH_FREE_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, json, sys
+
+    class NoTorch(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError(f"torch is blocked on this device (import {name})")
+            return None
+
+    sys.meta_path.insert(0, NoTorch())
+
+    import numpy as np
+    from compression import CodecConfig
+    from sdk.ort import OrtDevice, OrtTrainer
+
+    art, params_path, data_path = sys.argv[1:4]
+    trainer = OrtTrainer.from_dir(art)
+    params = np.fromfile(params_path, dtype=np.float32)
+    xy = np.fromfile(data_path, dtype=np.float32).reshape(-1, 65)
+    x, y = xy[:, :64], xy[:, 64].astype(np.int64)
+    device = OrtDevice(trainer, x, y, codec=CodecConfig(topk=0.05, bits=4), batch_size=16)
+    upload = device.run_round(params, np.random.default_rng(11))
+    upload.result.params.tofile(params_path + ".out")
+    print(json.dumps({
+        "frame_bytes": len(upload.frame),
+        "loss": upload.result.loss,
+        "torch_loaded": any(m == "torch" or m.startswith("torch.") for m in sys.modules),
+    }))
+    """
+)
+
+
+def test_runtime_works_with_torch_blocked(artifacts: dict[str, Path], tmp_path: Path) -> None:
+    # Prepare: inputs go through raw float32 files (the device side never unpickles anything).
+    params = get_flat_params(build_model("digits_mlp"))
+    x, y = _data(37, seed=6)
+    params.tofile(tmp_path / "params.bin")
+    np.hstack([x, y[:, None].astype(np.float32)]).tofile(tmp_path / "data.bin")
+    script = tmp_path / "device.py"
+    script.write_text(_TORCH_FREE_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+
+    # Execute
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(artifacts["sgd"]),
+            str(tmp_path / "params.bin"),
+            str(tmp_path / "data.bin"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=False,
+    )
+
+    # Assert: it ran, never loaded torch, and trained exactly as this process does.
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["torch_loaded"] is False
+    assert report["frame_bytes"] > 0
+    got = np.fromfile(tmp_path / "params.bin.out", dtype=np.float32)
+    want = OrtTrainer.from_dir(artifacts["sgd"]).train(
+        params, x, y, epochs=1, batch_size=16, lr=0.05, rng=np.random.default_rng(11)
+    )
+    np.testing.assert_array_equal(got, want.params)
+    assert report["loss"] == pytest.approx(want.loss, rel=1e-12)
+
+
+def test_blocker_really_blocks_torch(tmp_path: Path) -> None:
+    # The subprocess test is only meaningful if the finder stops a torch import.
+    script = tmp_path / "probe.py"
+    script.write_text(_TORCH_FREE_SCRIPT.split("import numpy")[0] + "import torch\n")
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode != 0
+    assert "torch is blocked" in proc.stderr
