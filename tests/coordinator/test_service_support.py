@@ -101,3 +101,15 @@ def admin_get(http: httpx.Client, path: str) -> Any:
     r = http.get(path, headers={"authorization": f"Bearer {ADMIN}"})
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def wait_until(http: httpx.Client, path: str, key: str, value: Any, timeout: float = 15.0) -> Any:
+    """Poll an admin JSON endpoint until `body[key] == value` (closes run asynchronously)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        body = admin_get(http, path)
+        if body[key] == value or time.monotonic() > deadline:
+            return body
+        time.sleep(0.02)

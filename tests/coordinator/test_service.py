@@ -1,0 +1,221 @@
+"""The coordinator service end to end on a loopback uvicorn server, driven by the SDK client."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from coordinator.service import ServerThread, ServiceConfig
+from protocol.messages import RoundStatus, from_json
+from sdk.client import Client, ClientError, RoundReport
+
+from .test_service_support import (
+    ADMIN,
+    SPEC,
+    SoftmaxTrainer,
+    admin_get,
+    create_task,
+    local_data,
+    task_config,
+    wait_until,
+)
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[str]:
+    cfg = ServiceConfig(
+        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
+    )
+    with ServerThread(cfg) as url:
+        yield url
+
+
+def _participate_all(
+    url: str, app_root: Path, n: int, rounds: int, task_id: int
+) -> tuple[list[Client], list[RoundReport]]:
+    clients = [Client(url, str(app_root / f"dev{i}")) for i in range(n)]
+    for c in clients:
+        c.register()
+    reports: list[RoundReport] = []
+    lock = threading.Lock()
+
+    def run(i: int) -> None:
+        x, y = local_data(i)
+        for _ in range(rounds):
+            r = clients[i].participate(SoftmaxTrainer(), x, y, task_id=task_id, max_wait_s=15)
+            if r is not None:
+                with lock:
+                    reports.append(r)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return clients, reports
+
+
+def test_rounds_commit_and_devices_hold_bit_identical_models(server: str, tmp_path: Path) -> None:
+    # Prepare
+    http = httpx.Client(base_url=server)
+    task_id = create_task(http)
+    # Execute
+    clients, reports = _participate_all(server, tmp_path, n=2, rounds=3, task_id=task_id)
+    status = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+    # Assert: 3 committed rounds of 2 reports; later rounds used delta chains
+    assert status["state"] == "done" and status["version"] == 3
+    assert status["rounds_committed"] == 3
+    rounds = [
+        from_json(RoundStatus, r) for r in admin_get(http, f"/v1/admin/tasks/{task_id}/rounds")
+    ]
+    assert [r.state for r in rounds] == ["committed"] * 3
+    assert all(r.reports == 2 and r.measurements["total_weight"] == 80.0 for r in rounds)
+    assert {r.download_encoding for r in reports if r.model_version > 0} == {"delta-chain"}
+    # Every device reconstructs the server's model bit for bit from the delta chain
+    for c in clients:
+        params, version, encoding = c.fetch_current(task_id, SPEC)
+        assert version == 3 and encoding == "delta-chain"
+        assert c._core.store.state()["model_digest"] == status["model_digest"]
+
+
+def test_ledger_reconciles_with_sdk_counts(server: str, tmp_path: Path) -> None:
+    # Prepare
+    http = httpx.Client(base_url=server)
+    task_id = create_task(http, task_config(rounds=2))
+    # Execute
+    clients, _ = _participate_all(server, tmp_path, n=2, rounds=2, task_id=task_id)
+    wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+    # Assert: per round and direction, payload and wire bytes agree exactly
+    for round_id in (1, 2):
+        server_side = admin_get(http, f"/v1/rounds/{round_id}/bandwidth")
+        sdk_side: dict[str, int] = {}
+        for c in clients:
+            for direction, cell in c.bandwidth.get(round_id, {}).items():
+                for k, v in cell.items():
+                    sdk_side[f"{direction}_{k}"] = sdk_side.get(f"{direction}_{k}", 0) + v
+        assert server_side["totals"] == sdk_side
+        assert server_side["totals"]["up_payload_bytes"] > 0
+        assert server_side["totals"]["up_wire_bytes"] > server_side["totals"]["up_payload_bytes"]
+        assert server_side["totals"]["up_dense_bytes"] == 2 * SPEC.dense_bytes
+        csv = http.get(
+            f"/v1/rounds/{round_id}/bandwidth?format=csv",
+            headers={"authorization": f"Bearer {ADMIN}"},
+        )
+        assert csv.headers["content-type"].startswith("text/csv")
+        assert csv.text.splitlines()[0].startswith("round_id,device_id,direction")
+        assert len(csv.text.splitlines()) == 1 + 4  # 2 devices x up/down
+    metrics = http.get("/metrics").text
+    assert 'plume_bytes_total{direction="up",kind="wire"}' in metrics
+    assert "plume_updates_accepted_total 4.0" in metrics
+
+
+def test_over_selection_then_stragglers_get_409(server: str, tmp_path: Path) -> None:
+    # Prepare: 2 reports wanted, 3 selected (over-selection 1.5)
+    http = httpx.Client(base_url=server)
+    task_id = create_task(http, task_config(rounds=1, over_selection=1.5))
+    clients = [Client(server, str(tmp_path / f"d{i}")) for i in range(3)]
+    for c in clients:
+        c.register()
+    assignments = []
+    deadline = time.monotonic() + 10
+    while len(assignments) < 3 and time.monotonic() < deadline:
+        for c in clients:
+            if any(a[0] is c for a in assignments):
+                continue
+            ans = c.check_in(task_id)
+            if ans.assignment is not None:
+                assignments.append((c, ans.assignment))
+        time.sleep(0.02)
+    assert len(assignments) == 3
+    # Execute: all three train; the first two uploads are kept, the third is a straggler
+    results = []
+    for i, (c, a) in enumerate(assignments):
+        x, y = local_data(i)
+        try:
+            results.append(c.train_round(a, SoftmaxTrainer(), x, y).receipt.reports)
+        except ClientError as exc:
+            results.append(exc.reason)
+    # Assert
+    assert results == [1, 2, "round_closed"]
+    status = wait_until(http, f"/v1/rounds/{assignments[0][1].round_id}", "state", "committed")
+    assert status["state"] == "committed" and status["reports"] == 2 and status["selected"] == 3
+
+
+def test_deadline_below_min_reports_abandons_and_keeps_model(server: str, tmp_path: Path) -> None:
+    # Prepare
+    http = httpx.Client(base_url=server)
+    task_id = create_task(
+        http, task_config(rounds=1, clients_per_round=2, min_reports=2, deadline_s=0.6)
+    )
+    before = admin_get(http, f"/v1/admin/tasks/{task_id}")["model_digest"]
+    clients = [Client(server, str(tmp_path / f"d{i}")) for i in range(2)]
+    for c in clients:
+        c.register()
+    answers = [c.check_in(task_id) for c in clients]
+    answers = [
+        a if a.assignment else c.check_in(task_id) for a, c in zip(answers, clients, strict=True)
+    ]
+    assert all(a.assignment is not None for a in answers)
+    # Execute: only one device reports before the deadline
+    x, y = local_data(0)
+    a0 = answers[0].assignment
+    assert a0 is not None
+    clients[0].train_round(a0, SoftmaxTrainer(), x, y)
+    status = wait_until(http, f"/v1/rounds/{a0.round_id}", "state", "abandoned")
+    # Assert
+    task = admin_get(http, f"/v1/admin/tasks/{task_id}")
+    assert status["state"] == "abandoned" and status["reports"] == 1
+    assert task["version"] == 0 and task["model_digest"] == before
+    a1 = answers[1].assignment
+    assert a1 is not None
+    with pytest.raises(ClientError) as err:
+        clients[1].train_round(a1, SoftmaxTrainer(), *local_data(1))
+    assert err.value.status == 409 and err.value.reason == "round_closed"
+
+
+def test_idempotent_retry_is_counted_once(server: str, tmp_path: Path) -> None:
+    # Prepare
+    http = httpx.Client(base_url=server)
+    task_id = create_task(http, task_config(rounds=1, clients_per_round=2))
+    client = Client(server, str(tmp_path / "d0"))
+    client.register()
+    ans = client.check_in(task_id)
+    for _ in range(50):
+        if ans.assignment is not None:
+            break
+        time.sleep(0.05)
+        ans = client.check_in(task_id)
+    a = ans.assignment
+    assert a is not None
+    params, _ = client.fetch_model(a)
+    pending = client._core.encode(a, SPEC, params, params + 0.01, 40)
+    # Execute: the same pending upload sent twice (a retry after a lost response)
+    first = client.upload(pending, SPEC)
+    second = client.upload(pending, SPEC)
+    # Assert
+    assert (first.duplicate, first.reports) == (False, 1)
+    assert (second.duplicate, second.reports) == (True, 1)
+    assert admin_get(http, f"/v1/rounds/{a.round_id}")["reports"] == 1
+
+
+def test_pause_resume_and_ops_endpoints(server: str, tmp_path: Path) -> None:
+    http = httpx.Client(base_url=server)
+    task_id = create_task(http)
+    auth = {"authorization": f"Bearer {ADMIN}"}
+    assert http.post(f"/v1/admin/tasks/{task_id}/pause", headers=auth).json()["state"] == "paused"
+    client = Client(server, str(tmp_path / "d0"))
+    client.register()
+    ans = client.check_in(task_id)
+    assert ans.action == "wait" and ans.assignment is None and ans.retry_after_s > 0
+    assert http.post(f"/v1/admin/tasks/{task_id}/resume", headers=auth).json()["state"] == "active"
+    assert http.post(f"/v1/admin/tasks/{task_id}/resume", headers=auth).status_code == 200
+    health = http.get("/healthz").json()
+    assert health["ok"] is True and health["journal_mode"] == "wal"
+    spec = http.get("/openapi.json").json()
+    assert "/v1/rounds/{round_id}/updates" in spec["paths"]
+    assert http.get("/v1/admin/tasks/999", headers=auth).json()["reason"] == "unknown_task"
