@@ -28,7 +28,8 @@ class _OwnsParameter(nn.Module):
         self.fc = nn.Linear(3, 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x * self.scale)
+        out: torch.Tensor = self.fc(x * self.scale)
+        return out
 
 
 @pytest.mark.parametrize(
