@@ -36,6 +36,8 @@ def uvicorn_config(
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
         timeout_keep_alive=30,
+        # Idle TLS keep-alive connections can hold a graceful shutdown open; cap the wait.
+        timeout_graceful_shutdown=3,
         lifespan="on",
     )
 
