@@ -65,7 +65,9 @@ def _decode_or_codec_error(frame: bytes) -> None:
     assert out.update.size == D and np.isfinite(out.weight) and out.weight >= 0
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    derandomize=True, max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(case=mutated())
 def test_mutations_raise_codec_error(case: tuple[bytes, bytes]) -> None:
     base, damaged = case
@@ -76,7 +78,9 @@ def test_mutations_raise_codec_error(case: tuple[bytes, bytes]) -> None:
         CODEC.decode(damaged)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    derandomize=True, max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(case=mutated())
 def test_mutations_behind_a_valid_crc(case: tuple[bytes, bytes]) -> None:
     # The CRC is recomputed, so the damage reaches the header and section checks.
@@ -85,7 +89,7 @@ def test_mutations_behind_a_valid_crc(case: tuple[bytes, bytes]) -> None:
         _decode_or_codec_error(reseal(unseal(damaged)))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(derandomize=True, max_examples=200, deadline=None)
 @given(
     data=st.binary(max_size=200),
     prefix=st.sampled_from([b"", b"PLMU\x01\x00\x38\x00", b"PLMS\x01"]),
@@ -100,21 +104,28 @@ def test_random_bytes(data: bytes, prefix: bytes) -> None:
 
 
 SNAP = encode_snapshot(_U, SPEC, "fp16")
+SNAP_PARAMS = decode_snapshot(SNAP, SPEC)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(derandomize=True, max_examples=150, deadline=None)
 @given(pos=st.integers(0, len(SNAP) - 1), value=st.integers(0, 255))
 def test_snapshot_mutations(pos: int, value: int) -> None:
+    # A snapshot has no CRC: its SHA-256 covers the decoded parameters. A few zstd bits do not
+    # change the content (the frame header's unused bit, some entropy-table bits), so a damaged
+    # snapshot either raises a CodecError or decodes to exactly the same parameters.
     damaged = bytearray(SNAP)
     damaged[pos] = value
-    if bytes(damaged) == SNAP:
+    try:
+        out = decode_snapshot(bytes(damaged), SPEC)
+    except CodecError:
         return
-    with pytest.raises(CodecError):
-        decode_snapshot(bytes(damaged), SPEC)
+    assert np.array_equal(out, SNAP_PARAMS)
 
 
 @pytest.mark.slow
-@settings(max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    derandomize=True, max_examples=5000, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
 @given(case=mutated())
 def test_many_mutations_behind_a_valid_crc(case: tuple[bytes, bytes]) -> None:
     _, damaged = case
