@@ -1,0 +1,572 @@
+"""Simulator throughput: client updates/s per backend next to a plain torch loop, same run.
+
+Sections (default: all, at the issue's settings):
+  million  10^6 registered devices (lazy population), 1,000 a round: RSS and time per round.
+  digits   digits-many: sklearn digits, MLP 64-32-10, 1,000 clients a round x 20 samples,
+           2 epochs, B=10; every update encoded (top-k + 4-bit + zstd, error feedback) and
+           decoded by the coordinator's round engine.
+  mnist    the MNIST-CNN 20-round config (`plume sim` defaults) through `run_simulation` per
+           backend, and a plain sequential torch loop over the same cohorts.
+
+Each section merges its results into bench/results/sim_throughput.json, so a long section can
+run separately (e.g. `--sections mnist` in the background) without losing the others.
+
+The plain torch loop is what a user writes without a simulator: per client, deepcopy the global
+model, `DataLoader(TensorDataset, shuffle=True)`, `torch.optim.SGD`, then flatten the delta,
+encode it with the same codec and error feedback, decode it, and average; evaluate every round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import resource
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RESULT = ROOT / "bench" / "results" / "sim_throughput.json"
+SECTIONS = ("million", "digits", "mnist")
+
+
+def _rss_gb() -> float:
+    """Current resident set size of this process, GiB (from /proc, else peak from rusage)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+def _peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+
+
+_INNER = {"inner": "vectorized"}  # what pool / Ray workers run inside (--worker-inner)
+
+
+def _backend(name: str, workers: int) -> Any:
+    from mobile_sim.backends import build_backend
+
+    if name in ("pool", "ray"):
+        return build_backend(name, workers=workers, inner=_INNER["inner"])
+    return build_backend(name)
+
+
+# --- (c) a million registered devices ---------------------------------------------------------
+
+
+def bench_million(args: argparse.Namespace) -> dict[str, Any]:
+    from tqdm import tqdm
+
+    from compression import CodecConfig
+    from coordinator.aggregators import FedAvg
+    from coordinator.engine import EngineConfig, RoundEngine
+    from mobile_sim.backends import TrainContext, TrainJob, job_rng
+    from mobile_sim.data import load_digits_data
+    from mobile_sim.fleet import SimFleet
+    from mobile_sim.models import build_model
+    from sdk.device import UpdateEncoder
+    from sdk.flat import get_flat_params, spec_from_module
+
+    rss_start = _rss_gb()
+    devices, per_round, rounds = args.million_devices, args.digits_clients, args.million_rounds
+    over = 1.3
+    fleet = SimFleet(devices, seed=0, deadline_s=600.0, cost_per_sample=0.02)
+    data = load_digits_data()
+    model = build_model("digits_mlp")
+    spec = spec_from_module(model)
+    codec = CodecConfig(topk=0.05, bits=4)
+    engine = RoundEngine(
+        spec,
+        get_flat_params(model),
+        FedAvg(),
+        EngineConfig(clients_per_round=per_round, over_selection=over, codec=codec, seed=0),
+    )
+    backend = _backend("vectorized", args.workers)
+    backend.start(TrainContext("digits_mlp", data.x_train, data.y_train, 2, 10, 0.1))
+    encoders: dict[str, UpdateEncoder] = {}
+    rng = np.random.default_rng(0)
+    per_round_s, phases = [], []
+    for _ in tqdm(range(rounds), desc="million: rounds", unit="round"):
+        t0 = time.perf_counter()
+        idx = fleet.wait_for(int(per_round * over), rng)
+        t_pop = time.perf_counter()
+        plan = engine.open_round([str(i) for i in idx.tolist()])
+        jobs = [
+            TrainJob(d, int(d), plan.round_id, 0, _digits_indices(int(d), len(data.x_train), 20))
+            for d in plan.selected
+        ]
+        drop = fleet.dropped(plan.round_id, [int(j.device_id) for j in jobs])
+        alive = [j for j, dropped in zip(jobs, drop, strict=True) if not dropped]
+        results = backend.train(engine.params, alive)
+        t_train = time.perf_counter()
+        by_id: dict[str, bytes] = {}
+        for job, res in zip(alive, results, strict=True):
+            enc = encoders.setdefault(job.device_id, UpdateEncoder(spec, plan.codec))
+            frame, _ = enc.encode(res.delta, job_rng(job, stream=2), float(res.num_examples))
+            by_id[job.device_id] = frame
+        timing = fleet.time_round(
+            plan.round_id,
+            [int(j.device_id) for j in jobs],
+            down_bytes=spec.size * 4,
+            up_bytes=[len(by_id.get(j.device_id, b"")) for j in jobs],
+            samples=20,
+            epochs=2,
+            per_round=per_round,
+        )
+        for dev in timing.kept.tolist():
+            engine.submit(plan.round_id, str(dev), by_id[str(dev)])
+        engine.close_round(plan.round_id)
+        fleet.advance(timing)
+        t_end = time.perf_counter()
+        per_round_s.append(t_end - t0)
+        phases.append(
+            {
+                "select_s": t_pop - t0,
+                "train_s": t_train - t_pop,
+                "encode_time_aggregate_s": t_end - t_train,
+                "kept": int(timing.kept.size),
+                "dropped": int(timing.dropped.size),
+                "stragglers": int(timing.stragglers.size),
+                "sim_round_s": timing.duration_s,
+            }
+        )
+    backend.close()
+    gc.collect()
+    return {
+        "registered_devices": devices,
+        "per_round": per_round,
+        "selected_per_round": int(per_round * over),
+        "rounds": rounds,
+        "rss_gb_before": round(rss_start, 3),
+        "rss_gb_after": round(_rss_gb(), 3),
+        "peak_rss_gb": round(_peak_rss_gb(), 3),
+        "wall_s_per_round_median": float(np.median(per_round_s)),
+        "wall_s_per_round": per_round_s,
+        "sim_idle_s": fleet.idle_s,
+        "sim_now_s": fleet.now_s,
+        "phases": phases,
+    }
+
+
+def _digits_indices(device: int, pool: int, n: int) -> np.ndarray:
+    """A device's 20 examples, drawn from the digits pool by its own seed (devices overlap:
+    1,000 x 20 examples exceed the 1,437 digits)."""
+    rng = np.random.default_rng([7, device])
+    return np.sort(rng.choice(pool, size=n, replace=False)).astype(np.int64)
+
+
+# --- (b) digits-many -------------------------------------------------------------------------
+
+
+def bench_digits(args: argparse.Namespace) -> dict[str, Any]:
+    import torch
+    from tqdm import tqdm
+
+    from compression import CodecConfig, UpdateCodec
+    from coordinator.aggregators import FedAvg
+    from coordinator.engine import EngineConfig, RoundEngine
+    from mobile_sim.backends import TrainContext, TrainJob, job_rng
+    from mobile_sim.data import load_digits_data
+    from mobile_sim.models import build_model
+    from sdk.device import UpdateEncoder
+    from sdk.flat import get_flat_params, set_flat_params, spec_from_module
+
+    data = load_digits_data()
+    clients, rounds = args.digits_clients, args.digits_rounds
+    epochs, batch, lr = 2, 10, 0.1
+    model = build_model("digits_mlp")
+    spec = spec_from_module(model)
+    codec_cfg = CodecConfig(topk=0.05, bits=4)
+    ids = [str(i) for i in range(clients)]
+    init = get_flat_params(model)
+    ctx = TrainContext("digits_mlp", data.x_train, data.y_train, epochs, batch, lr)
+
+    def through_engine(
+        train: Callable[[np.ndarray, list[Any]], list[Any]], label: str
+    ) -> dict[str, Any]:
+        engine = RoundEngine(spec, init.copy(), FedAvg(), EngineConfig(clients, codec=codec_cfg))
+        encoders: dict[str, UpdateEncoder] = {}
+        times, train_s, codec_s = [], 0.0, 0.0
+        for _ in tqdm(range(rounds), desc=f"digits: {label}", unit="round", leave=False):
+            t0 = time.perf_counter()
+            plan = engine.open_round(ids)
+            jobs = [
+                TrainJob(
+                    d, int(d), plan.round_id, 0, _digits_indices(int(d), len(data.x_train), 20)
+                )
+                for d in plan.selected
+            ]
+            results = train(engine.params, jobs)
+            t1 = time.perf_counter()
+            for job, res in zip(jobs, results, strict=True):
+                enc = encoders.setdefault(job.device_id, UpdateEncoder(spec, plan.codec))
+                frame, _ = enc.encode(res.delta, job_rng(job, stream=2), float(res.num_examples))
+                engine.submit(plan.round_id, job.device_id, frame)
+            engine.close_round(plan.round_id)
+            t2 = time.perf_counter()
+            times.append(t2 - t0)
+            train_s += t1 - t0
+            codec_s += t2 - t1
+        total = sum(times)
+        return {
+            "updates_per_s": clients * rounds / total,
+            "train_only_updates_per_s": clients * rounds / train_s,
+            "wall_s": total,
+            "train_s": train_s,
+            "encode_decode_aggregate_s": codec_s,
+            "final_params_l2": round(float(np.linalg.norm(engine.params.astype(np.float64))), 6),
+        }
+
+    out: dict[str, Any] = {}
+    # The plain loop: a fresh module + optimizer + DataLoader per client, then the same codec.
+    codec = UpdateCodec(spec, codec_cfg)
+
+    def plain_train(params: np.ndarray, jobs: list[Any]) -> list[Any]:
+        from mobile_sim.backends import JobResult
+
+        global_model = build_model("digits_mlp")
+        set_flat_params(global_model, params)
+        res = []
+        for job in jobs:
+            local = copy.deepcopy(global_model)
+            opt = torch.optim.SGD(local.parameters(), lr=lr)
+            loader = torch.utils.data.DataLoader(
+                torch.utils.data.TensorDataset(
+                    torch.from_numpy(data.x_train[job.indices]),
+                    torch.from_numpy(data.y_train[job.indices]),
+                ),
+                batch_size=batch,
+                shuffle=True,
+                generator=torch.Generator().manual_seed(int(job.device_index)),
+            )
+            for _ in range(epochs):
+                for xb, yb in loader:
+                    opt.zero_grad()
+                    torch.nn.functional.cross_entropy(local(xb), yb).backward()
+                    opt.step()
+            delta = get_flat_params(local) - params
+            res.append(JobResult(job.device_id, delta, len(job.indices), 0.0))
+        return res
+
+    out["plain_torch_loop"] = through_engine(plain_train, "plain loop")
+    for name in args.backends:
+        backend = _backend(name, args.workers)
+        t0 = time.perf_counter()
+        backend.start(ctx)
+        backend.train(init, [TrainJob("w", 0, 0, 0, np.arange(20))])  # warm-up: spawn, trace
+        startup = time.perf_counter() - t0
+        out[name] = through_engine(backend.train, name)
+        out[name]["startup_s"] = startup
+        backend.close()
+    del codec
+    return {
+        "settings": {
+            "clients_per_round": clients,
+            "samples_per_client": 20,
+            "epochs": epochs,
+            "batch_size": batch,
+            "rounds": rounds,
+            "model": "digits_mlp (64-32-10, 2,410 params)",
+            "codec": "topk 0.05, 4-bit, zstd, error feedback; decoded by RoundEngine",
+        },
+        "results": out,
+    }
+
+
+# --- (a) MNIST CNN, 20 rounds ---------------------------------------------------------------
+
+
+class _Recording:
+    """Wraps a backend and remembers each round's cohort (device indices), in job order."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.cohorts: list[list[int]] = []
+
+    def start(self, ctx: Any) -> None:
+        self.inner.start(ctx)
+
+    def train(self, params: np.ndarray, jobs: Any) -> Any:
+        self.cohorts.append([j.device_index for j in jobs])
+        return self.inner.train(params, jobs)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+class _PlainLoop:
+    """The loop a user writes without a simulator, over the runner's partition and cohorts:
+    per client deepcopy + DataLoader(shuffle) + torch.optim.SGD, the same codec with error
+    feedback, decode, FedAvg, and a test evaluation every round."""
+
+    def __init__(self, cfg: Any) -> None:
+        from compression import UpdateCodec
+        from mobile_sim.data import load_mnist
+        from mobile_sim.models import build_model
+        from mobile_sim.partition import partition
+        from sdk.flat import get_flat_params, spec_from_module
+
+        self.cfg = cfg
+        self.data = load_mnist(seed=cfg.seed)
+        self.parts = partition(
+            self.data.y_train,
+            cfg.clients,
+            cfg.partition,
+            np.random.default_rng([cfg.seed, 1]),
+            alpha=cfg.alpha,
+            shards_per_client=cfg.shards_per_client,
+        )
+        self.model = build_model(cfg.model_name, seed=cfg.seed)
+        self.spec = spec_from_module(self.model)
+        self.params = get_flat_params(self.model)
+        self.codec = UpdateCodec(self.spec, cfg.codec())
+        self.encoders: dict[int, Any] = {}
+        self.eval_model = build_model(cfg.model_name)
+        self.round_wall: list[float] = []
+        self.accuracy = 0.0
+
+    def round(self, r: int, cohort: list[int]) -> None:
+        import torch
+
+        from sdk.device import UpdateEncoder
+        from sdk.flat import get_flat_params, set_flat_params
+        from sdk.trainer import evaluate
+
+        cfg, data = self.cfg, self.data
+        t0 = time.perf_counter()
+        set_flat_params(self.model, self.params)
+        acc_sum = np.zeros_like(self.params)
+        weight = 0.0
+        for dev in cohort:
+            local = copy.deepcopy(self.model)
+            opt = torch.optim.SGD(local.parameters(), lr=cfg.lr)
+            idx = self.parts[dev]
+            loader = torch.utils.data.DataLoader(
+                torch.utils.data.TensorDataset(
+                    torch.from_numpy(data.x_train[idx]), torch.from_numpy(data.y_train[idx])
+                ),
+                batch_size=cfg.batch_size,
+                shuffle=True,
+                generator=torch.Generator().manual_seed(1000 * r + dev),
+            )
+            for _ in range(cfg.local_epochs):
+                for xb, yb in loader:
+                    opt.zero_grad()
+                    torch.nn.functional.cross_entropy(local(xb), yb).backward()
+                    opt.step()
+            delta = get_flat_params(local) - self.params
+            enc = self.encoders.setdefault(dev, UpdateEncoder(self.spec, cfg.codec()))
+            frame, _ = enc.encode(delta, np.random.default_rng([r, dev]), float(len(idx)))
+            self.codec.decode(frame).add_to(acc_sum, float(len(idx)))
+            weight += len(idx)
+        self.params = self.params + acc_sum / weight
+        self.accuracy, _ = evaluate(self.eval_model, self.params, data.x_test, data.y_test)
+        self.round_wall.append(time.perf_counter() - t0)
+
+
+class _AfterRound:
+    """`on_round` hook: run the plain loop's matching round (if given) and tick the bar."""
+
+    def __init__(self, plain: _PlainLoop | None, backend: _Recording, bar: Any) -> None:
+        self.plain, self.backend, self.bar = plain, backend, bar
+
+    def __call__(self, rec: Any) -> None:
+        if self.plain is not None:
+            self.plain.round(rec.round, self.backend.cohorts[-1])
+        self.bar.update(1)
+
+
+def bench_mnist(args: argparse.Namespace) -> dict[str, Any]:
+    """Backends through `run_simulation`; the plain loop's round r runs right after the first
+    backend's round r (same cohort), so both see the same load on a shared machine."""
+    import torch
+    from tqdm import tqdm
+
+    from mobile_sim.runner import SimConfig, run_simulation
+
+    cfg = SimConfig(seed=0)  # the `plume sim` defaults: the MNIST-CNN 20-round config
+    if args.quick:
+        cfg = replace(cfg, rounds=2, local_epochs=1)
+    if args.mnist_rounds:
+        cfg = replace(cfg, rounds=args.mnist_rounds)
+    order = sorted(args.backends, key=lambda b: b != "vectorized")  # vectorized first
+    out: dict[str, Any] = {}
+    plain: _PlainLoop | None = None
+    for name in order:
+        backend = _Recording(_backend(name, args.workers))
+        bar = tqdm(total=cfg.rounds, desc=f"mnist: {name}", unit="round")
+        first = plain is None
+        if first:
+            plain = _PlainLoop(cfg)
+
+        after_round = _AfterRound(plain if first else None, backend, bar)
+        t0 = time.perf_counter()
+        res = run_simulation(
+            replace(cfg, backend=name),
+            progress=False,
+            backend=backend,
+            label=name,
+            on_round=after_round,
+        )
+        total = time.perf_counter() - t0
+        bar.close()
+        backend.close()
+        rounds_wall = sum(r.wall_s for r in res.records)
+        updates = sum(r.reports for r in res.records)
+        out[name] = {
+            "wall_s": rounds_wall,
+            "wall_s_with_setup_and_plain_loop": total,
+            "round_wall_s": [r.wall_s for r in res.records],
+            "updates": updates,
+            "updates_per_s": updates / rounds_wall,
+            "final_accuracy": res.final_accuracy,
+            "interleaved_with_plain_loop": first,
+        }
+    assert plain is not None, "run at least one backend"
+    plain_wall = sum(plain.round_wall)
+    updates = out[order[0]]["updates"]
+    out["plain_torch_loop"] = {
+        "wall_s": plain_wall,
+        "round_wall_s": plain.round_wall,
+        "updates": updates,
+        "updates_per_s": updates / plain_wall,
+        "final_accuracy": plain.accuracy,
+    }
+    for name in order:
+        out[name]["wall_ratio_vs_plain_loop"] = out[name]["wall_s"] / plain_wall
+    return {
+        "settings": {
+            "quick": bool(args.quick),
+            "dataset": cfg.dataset,
+            "model": cfg.model_name,
+            "clients": cfg.clients,
+            "per_round": cfg.per_round,
+            "rounds": cfg.rounds,
+            "local_epochs": cfg.local_epochs,
+            "batch_size": cfg.batch_size,
+            "partition": f"{cfg.partition}({cfg.alpha})",
+            "codec": f"topk {cfg.topk}, {cfg.bits}-bit, error feedback",
+            "torch_threads": torch.get_num_threads(),
+            "wall_s": "sum of per-round wall times (train, encode, engine decode+aggregate, eval)",
+        },
+        "results": out,
+    }
+
+
+def _merge(
+    path: Path, section: str, value: dict[str, Any], args: argparse.Namespace
+) -> dict[str, Any]:
+    from mobile_sim.report import machine_info
+
+    doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+    doc["machine"] = machine_info()
+    doc["date"] = time.strftime("%Y-%m-%d", time.gmtime())
+    value["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    value["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    value["load_average_at_end"] = os.getloadavg()
+    doc.setdefault("sections", {})[section] = value
+    s = doc["sections"]
+    if "million" in s:
+        doc["million_devices_rss_gb"] = s["million"]["peak_rss_gb"]
+        doc["million_devices_wall_s_per_round"] = s["million"]["wall_s_per_round_median"]
+    if "digits" in s:
+        res = s["digits"]["results"]
+        best = max(
+            (k for k in res if k != "plain_torch_loop"),
+            key=lambda k: res[k]["updates_per_s"],
+            default=None,
+        )
+        if best is not None:
+            doc["digits_many_updates_per_s"] = res[best]["updates_per_s"]
+            doc["digits_many_best_backend"] = best
+            doc["digits_many_target_met"] = res[best]["updates_per_s"] >= 5000
+        doc["digits_many_plain_loop_updates_per_s"] = res["plain_torch_loop"]["updates_per_s"]
+    key = "mnist" if "mnist" in s else "mnist_quick" if "mnist_quick" in s else None
+    if key is not None:
+        res = s[key]["results"]
+        if "vectorized" in res:
+            ratio = res["vectorized"]["wall_ratio_vs_plain_loop"]
+            doc["mnist_cnn_wall_ratio_vs_plain_loop"] = ratio
+            doc["mnist_cnn_backend"] = "vectorized"
+            doc["mnist_cnn_target_met"] = ratio <= 0.5
+        doc["mnist_cnn_from_section"] = key
+        doc["mnist_cnn_quick"] = s[key]["settings"]["quick"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    return doc
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: fewer rounds and clients")
+    parser.add_argument("--sections", nargs="+", default=list(SECTIONS), choices=SECTIONS)
+    parser.add_argument(
+        "--backends",
+        nargs="+",
+        default=["sequential", "vectorized", "pool", "ray"],
+        help="backends to time (default: all four)",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="pool / Ray workers"
+    )
+    parser.add_argument(
+        "--threads", type=int, default=os.cpu_count() or 1, help="torch threads in this process"
+    )
+    parser.add_argument("--digits-clients", type=int, default=1000)
+    parser.add_argument("--digits-rounds", type=int, default=5)
+    parser.add_argument("--million-devices", type=int, default=1_000_000)
+    parser.add_argument("--million-rounds", type=int, default=5)
+    parser.add_argument("--mnist-rounds", type=int, default=0, help="override the 20 rounds")
+    parser.add_argument(
+        "--mnist-only-vectorized",
+        action="store_true",
+        help="in the mnist section time only the vectorized backend against the plain loop",
+    )
+    parser.add_argument(
+        "--worker-inner",
+        default="vectorized",
+        choices=("sequential", "vectorized"),
+        help="the inline backend pool / Ray workers run",
+    )
+    parser.add_argument("--out", type=Path, default=RESULT)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.digits_rounds = min(args.digits_rounds, 2)
+        args.million_rounds = min(args.million_rounds, 2)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    _INNER["inner"] = args.worker_inner
+    runners = {"million": bench_million, "digits": bench_digits, "mnist": bench_mnist}
+    # `million` first: its RSS figure should not include the other sections' allocations.
+    for section in [s for s in SECTIONS if s in args.sections]:
+        value = runners[section](args)
+        key = f"{section}_quick" if args.quick and section == "mnist" else section
+        doc = _merge(args.out, key, value, args)
+    summary = {k: v for k, v in doc.items() if k not in ("sections", "machine")}
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
