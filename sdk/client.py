@@ -514,7 +514,7 @@ class Client:
     ) -> RoundReport:
         """Download, train locally, encode with error feedback, upload."""
         spec = _spec(a)
-        before = dict(self.bandwidth.get(a.round_id, {}))
+        before = _wire(self.bandwidth.get(a.round_id, {}))
         params, encoding = self.fetch_model(a)
         trained, n, loss = _train(self._core, a, params, trainer, x, y)
         pending = self._core.encode(a, spec, params, trained, n)
@@ -546,8 +546,12 @@ class Client:
             self._sleep(answer.retry_after_s)
 
 
-def _delta(row: dict[str, dict[str, int]], before: dict[str, dict[str, int]], d: str) -> int:
-    return row.get(d, {}).get("wire_bytes", 0) - before.get(d, {}).get("wire_bytes", 0)
+def _wire(row: dict[str, dict[str, int]]) -> dict[str, int]:
+    return {d: cell["wire_bytes"] for d, cell in row.items()}
+
+
+def _delta(row: dict[str, dict[str, int]], before: dict[str, int], d: str) -> int:
+    return row.get(d, {}).get("wire_bytes", 0) - before.get(d, 0)
 
 
 class AsyncClient:
@@ -688,7 +692,7 @@ class AsyncClient:
         y: npt.NDArray[np.int64],
     ) -> RoundReport:
         spec = _spec(a)
-        before = dict(self.bandwidth.get(a.round_id, {}))
+        before = _wire(self.bandwidth.get(a.round_id, {}))
         params, encoding = await self.fetch_model(a)
         trained, n, loss = _train(self._core, a, params, trainer, x, y)
         pending = self._core.encode(a, spec, params, trained, n)

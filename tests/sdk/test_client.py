@@ -1,0 +1,279 @@
+"""sdk.Client / AsyncClient: transport seam, retries, idempotency, app-directory persistence."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from compression import CodecConfig, ErrorFeedback, ModelSpec, UpdateCodec
+from protocol import auth
+from protocol.messages import Assignment, CodecParams, TensorShape, TrainingParams
+from sdk import AsyncClient, Client
+from sdk.client import ClientError
+from sdk.device_store import DeviceStore
+
+SPEC = ModelSpec.from_shapes([("w", (4, 8)), ("b", (4,))])
+RECEIPT = {
+    "round_id": 5,
+    "device_id": "0" * 32,
+    "accepted": True,
+    "duplicate": False,
+    "payload_bytes": 10,
+    "reports": 1,
+}
+
+
+def _assignment() -> Assignment:
+    return Assignment(
+        task_id=1,
+        round_id=5,
+        base_version=0,
+        model_name="m",
+        spec=[TensorShape("w", [4, 8]), TensorShape("b", [4])],
+        codec=CodecParams(topk=0.5, bits=8),
+        training=TrainingParams(1, 4, 0.1),
+        deadline_unix=0.0,
+        model_path="/v1/tasks/1/model",
+        upload_path="/v1/rounds/5/updates",
+        max_upload_bytes=10_000,
+        seed=0,
+    )
+
+
+def test_signed_requests_verify_with_the_stored_key(tmp_path: Path) -> None:
+    # Prepare: a handler that checks every signature like the coordinator does
+    seen: list[httpx.Request] = []
+    key_holder: dict[str, bytes] = {}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        body = json.loads(request.content)
+        pub = base64.urlsafe_b64decode(body["public_key"] + "=")
+        key_holder["pub"] = pub
+        fields = auth.fields_from_headers({k.lower(): v for k, v in request.headers.items()})
+        msg = auth.signing_message(
+            method=request.method,
+            target=request.url.raw_path.decode(),
+            device_id=fields.device_id,
+            round_id=fields.round_id,
+            body_hash=auth.body_sha256(request.content),
+            timestamp_ms=fields.timestamp_ms,
+            nonce=fields.nonce,
+        )
+        assert auth.verify(pub, msg, fields.signature)
+        return httpx.Response(200, json={"device_id": fields.device_id, "created": True})
+
+    # Execute
+    with Client("http://coord", str(tmp_path), transport=httpx.MockTransport(handler)) as c:
+        device_id = c.register()
+    with Client("http://coord", str(tmp_path), transport=httpx.MockTransport(handler)) as c2:
+        device_id_again = c2.register()
+    # Assert: the key persisted in the app directory, so the identity survives a restart
+    assert device_id == device_id_again == auth.device_id_for(key_holder["pub"])
+    assert (tmp_path / "device_key").stat().st_mode & 0o777 == 0o600
+    assert seen[0].headers["x-plume-nonce"] != seen[1].headers["x-plume-nonce"]
+
+
+def test_retries_with_backoff_keep_the_idempotency_key(tmp_path: Path) -> None:
+    # Prepare: two failures (a dropped connection, then a 503) before success
+    attempts: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        attempts.append(request)
+        if len(attempts) == 1:
+            raise httpx.ConnectError("connection reset")
+        if len(attempts) == 2:
+            return httpx.Response(503, headers={"retry-after": "0.5"}, json={"reason": "x"})
+        return httpx.Response(200, json=RECEIPT)
+
+    sleeps: list[float] = []
+    client = Client(
+        "http://coord",
+        str(tmp_path),
+        transport=httpx.MockTransport(handler),
+        backoff_s=0.1,
+        sleep=sleeps.append,
+    )
+    a = _assignment()
+    params = np.zeros(SPEC.size, np.float32)
+    pending = client._core.encode(a, SPEC, params, params + 0.1, 8)
+    # Execute
+    receipt = client.upload(pending, SPEC)
+    # Assert
+    assert receipt.accepted and len(attempts) == 3
+    keys = {r.headers["idempotency-key"] for r in attempts}
+    nonces = {r.headers["x-plume-nonce"] for r in attempts}
+    assert keys == {pending.key} and len(nonces) == 3  # same key, fresh signature each time
+    assert sleeps[0] == pytest.approx(0.1) and sleeps[1] == 0.5  # backoff, then Retry-After
+    assert DeviceStore(tmp_path).load_pending() is None  # acknowledged: no longer pending
+
+
+def test_errors_carry_status_and_reason(tmp_path: Path) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(409, json={"reason": "round_closed", "detail": "late"})
+
+    client = Client("http://coord", str(tmp_path), transport=httpx.MockTransport(handler))
+    with pytest.raises(ClientError) as err:
+        client.check_in()
+    assert (err.value.status, err.value.reason) == (409, "round_closed")
+
+
+def test_refused_upload_returns_its_content_to_the_residual(tmp_path: Path) -> None:
+    # Prepare
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(409, json={"reason": "round_closed", "detail": "late"})
+
+    client = Client("http://coord", str(tmp_path), transport=httpx.MockTransport(handler))
+    a = _assignment()
+    params = np.zeros(SPEC.size, np.float32)
+    delta = np.linspace(-1, 1, SPEC.size).astype(np.float32)
+    pending = client._core.encode(a, SPEC, params, params + delta, 8)
+    # Execute
+    with pytest.raises(ClientError):
+        client.upload(pending, SPEC)
+    # Assert: nothing the device computed is lost; the residual now holds the whole delta
+    ef = DeviceStore(tmp_path).load_residual(SPEC.size)
+    assert ef is not None
+    np.testing.assert_allclose(ef.residual, delta, atol=1e-6)
+
+
+def test_pending_upload_and_residual_survive_a_restart(tmp_path: Path) -> None:
+    # Prepare: the app encodes an update, then dies before any answer arrives
+    def dead(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("offline")
+
+    first = Client(
+        "http://coord", str(tmp_path), transport=httpx.MockTransport(dead), retries=1,
+        sleep=lambda s: None,
+    )  # fmt: skip
+    a = _assignment()
+    params = np.zeros(SPEC.size, np.float32)
+    pending = first._core.encode(a, SPEC, params, params + 0.3, 8)
+    with pytest.raises(httpx.ConnectError):
+        first.upload(pending, SPEC)
+    residual = DeviceStore(tmp_path).load_residual(SPEC.size)
+    assert residual is not None
+    # Execute: a new process on the same app directory resumes the upload
+    sent: list[httpx.Request] = []
+
+    def ok(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return httpx.Response(200, json={**RECEIPT, "duplicate": True})
+
+    second = Client("http://coord", str(tmp_path), transport=httpx.MockTransport(ok))
+    receipt = second.resume_pending()
+    # Assert: same frame, same key; the residual is the one computed before the crash
+    assert receipt is not None and receipt.duplicate
+    assert sent[0].content == pending.frame
+    assert sent[0].headers["idempotency-key"] == pending.key
+    again = DeviceStore(tmp_path).load_residual(SPEC.size)
+    assert again is not None
+    np.testing.assert_array_equal(again.residual, residual.residual)
+    assert second.resume_pending() is None
+
+
+def test_async_client_over_mock_transport(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        if request.url.path == "/v1/devices":
+            fields = auth.fields_from_headers(dict(request.headers.items()))
+            return httpx.Response(200, json={"device_id": fields.device_id, "created": True})
+        return httpx.Response(200, json={"action": "wait", "retry_after_s": 2.5})
+
+    async def main() -> tuple[str, float]:
+        async with AsyncClient(
+            "http://coord", str(tmp_path), transport=httpx.MockTransport(handler)
+        ) as c:
+            device_id = await c.register()
+            answer = await c.check_in(3)
+            return device_id, answer.retry_after_s
+
+    device_id, retry = asyncio.run(main())
+    assert len(device_id) == 32 and retry == 2.5 and calls == ["/v1/devices", "/v1/checkin"]
+
+
+def test_mods_wrap_every_request(tmp_path: Path) -> None:
+    log: list[tuple[str, int]] = []
+
+    def size_logger(request: httpx.Request, call_next: object) -> httpx.Response:
+        response = call_next(request)  # type: ignore[operator]
+        log.append((request.url.path, response.status_code))
+        return response  # type: ignore[no-any-return]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, json={"action": "wait", "retry_after_s": 1.0})
+
+    client = Client(
+        "http://coord", str(tmp_path), transport=httpx.MockTransport(handler), mods=(size_logger,)
+    )
+    client.check_in()
+    assert log == [("/v1/checkin", 200)]
+
+
+def test_device_store_refuses_a_foreign_residual(tmp_path: Path) -> None:
+    store = DeviceStore(tmp_path)
+    ef = ErrorFeedback(10)
+    store.save_residual(ef)
+    assert store.load_residual(10) is not None
+    assert store.load_residual(11) is None  # another model's residual is not reused
+    codec = UpdateCodec(SPEC, CodecConfig(topk=0.5, bits=8))
+    assert codec.config.bits == 8
+
+
+def test_readme_example_runs_as_written(tmp_path: Path) -> None:
+    """The embedding example in docs/http-api.md, executed verbatim against a loopback server."""
+    import torch
+
+    from coordinator.service import AdminClient, ServerThread, ServiceConfig
+    from mobile_sim.models import build_model
+    from protocol.messages import TaskConfig
+    from sdk.flat import get_flat_params, spec_from_module
+
+    doc = (Path(__file__).parents[2] / "docs" / "http-api.md").read_text()
+    block = re.search(r"## Embedding the SDK in an app\n\n```python\n(.*?)```", doc, re.S)
+    assert block is not None
+    code = block.group(1)
+    assert 8 <= len(code.strip().splitlines()) <= 14
+    torch.set_num_threads(1)
+    model = build_model("mlp")
+    spec = spec_from_module(model)
+    cfg = ServiceConfig(db_path=str(tmp_path / "p.db"), admin_token="t", poll_s=0.05)
+    with ServerThread(cfg) as url, AdminClient(url, "t") as admin:
+        task_id = admin.create_task(
+            TaskConfig(
+                name="readme",
+                model_name="mlp",
+                spec=[TensorShape(e.name, list(e.shape)) for e in spec.entries],
+                rounds=1,
+                clients_per_round=1,
+                selection_timeout_s=0.2,
+                training=TrainingParams(1, 32, 0.05),
+            ),
+            get_flat_params(model),
+        )
+        cwd = os.getcwd()
+        os.chdir(tmp_path)
+        try:
+            exec(compile(code.replace("http://127.0.0.1:8080", url), "http-api.md", "exec"), {})
+        finally:
+            os.chdir(cwd)
+        for _ in range(300):  # the round closes asynchronously after the last report
+            status = admin.status(task_id)
+            if status.version == 1:
+                break
+            time.sleep(0.02)
+        rounds = admin.rounds(task_id)
+    assert (tmp_path / "plume-app" / "device_key").exists()
+    assert rounds[0].reports == 1 and rounds[0].state == "committed"
+    assert status.version == 1 and status.state == "done"
