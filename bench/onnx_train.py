@@ -113,6 +113,19 @@ def _parity(trainer: OrtTrainer, model_name: str, data: Any, steps: int, seed: i
 _RSS_SCRIPT = textwrap.dedent(
     """
     import importlib.abc, json, resource, sys
+
+    def hwm_mb():
+        # VmHWM is per address space, so it restarts at exec; ru_maxrss would carry over the
+        # parent's peak (Linux keeps it across execve).
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
     mode, art, data_path, steps, batch = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
     if mode == "ort":
         class NoTorch(importlib.abc.MetaPathFinder):
@@ -123,11 +136,11 @@ _RSS_SCRIPT = textwrap.dedent(
     import numpy as np
     xy = np.fromfile(data_path, dtype=np.float32).reshape(-1, 785)
     x, y = xy[:, :784].reshape(-1, 1, 28, 28).copy(), xy[:, 784].astype(np.int64)
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    base = hwm_mb()
     if mode == "ort":
         import onnxruntime
         from sdk.ort import OrtTrainer
-        after_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        after_import = hwm_mb()
         trainer = OrtTrainer.from_dir(art)
         params = np.concatenate([np.full(e.size, 0.01, np.float32) for e in trainer.spec.entries])
         trainer.train(params, x[: steps * batch], y[: steps * batch], epochs=1,
@@ -138,14 +151,14 @@ _RSS_SCRIPT = textwrap.dedent(
         from mobile_sim.models import build_model
         from sdk.flat import get_flat_params
         from sdk.trainer import TorchTrainer
-        after_import = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        after_import = hwm_mb()
         trainer = TorchTrainer(build_model(art))
         params = get_flat_params(trainer.module)
         trainer.train(params, x[: steps * batch], y[: steps * batch], epochs=1,
                       batch_size=batch, lr=0.01, rng=np.random.default_rng(0))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"peak_rss_mb": peak / 1024, "after_imports_mb": after_import / 1024,
-                      "numpy_only_mb": base / 1024,
+    peak = hwm_mb()
+    print(json.dumps({"peak_rss_mb": round(peak, 1), "after_imports_mb": round(after_import, 1),
+                      "numpy_only_mb": round(base, 1),
                       "torch_loaded": "torch" in sys.modules}))
     """
 )
