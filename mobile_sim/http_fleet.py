@@ -176,11 +176,13 @@ def _run(
         finally:
             torch.set_num_threads(threads)
             bar.close()
+        # Rows keyed by the task's round number (1..rounds), like the in-process ledger; the
+        # coordinator's round ids are global across its tasks.
         ledger = BandwidthLedger()
-        for rec_round in fleet.round_ids:
+        for rec_round, seq in fleet.round_ids:
             for row in admin.bandwidth(rec_round)["rows"]:
                 ledger.record(
-                    row["round_id"],
+                    seq,
                     row["device_id"],
                     row["direction"],
                     row["payload_bytes"],
@@ -211,7 +213,7 @@ class _Fleet:
         self.data = data
         self.opts = opts
         self.losses: dict[int, list[float]] = {}
-        self.round_ids: list[int] = []
+        self.round_ids: list[tuple[int, int]] = []  # (coordinator round id, round number)
         self.done = asyncio.Event()
 
     async def run(
@@ -287,7 +289,7 @@ class _Fleet:
                 if r.round_id in seen or r.state not in ("committed", "abandoned"):
                     continue
                 seen.add(r.round_id)
-                self.round_ids.append(r.round_id)
+                self.round_ids.append((r.round_id, r.seq))
                 acc: float | None = None
                 loss: float | None = None
                 if r.state == "committed":
