@@ -31,19 +31,21 @@ TARGET_RATIO = 500.0
 TARGET_PP = 1.0
 
 # Knob sweep: each entry changes one thing from the chosen compressed config.
+# Knob sweep: each entry changes one thing from the chosen compressed config. Index codings
+# are lossless, so they change bytes but not training; bench/codec.py's codec_knobs.json
+# compares their sizes on a real update instead of spending a training run on each.
 EXPLORE: list[tuple[str, dict[str, Any]]] = [
-    ("topk=0.01,bits=4", {"topk": 0.01, "bits": 4}),
-    ("topk=0.004,bits=4", {"topk": 0.004, "bits": 4}),
-    ("topk=0.003,bits=4", {"topk": 0.003, "bits": 4}),
-    ("topk=0.005,bits=2", {"topk": 0.005, "bits": 2}),
-    ("topk=0.005,bits=8", {"topk": 0.005, "bits": 8}),
-    ("per_tensor", {"scope": "per_tensor"}),
-    ("sampled_topk", {"topk_mode": "sampled"}),
-    ("index=bitmap", {"index": "bitmap"}),
-    ("index=rice", {"index": "rice"}),
-    ("index=ef", {"index": "ef"}),
+    ("topk=0.01", {"topk": 0.01}),
+    ("topk=0.003", {"topk": 0.003}),
+    ("bits=2", {"bits": 2}),
+    ("bits=8", {"bits": 8}),
+    ("scope=per_tensor", {"scope": "per_tensor"}),
+    ("topk_mode=sampled", {"topk_mode": "sampled"}),
     ("no_error_feedback", {"error_feedback": False}),
-    ("warmup=1", {"warmup_rounds": 1}),
+    ("warmup_rounds=1", {"warmup_rounds": 1}),
+    ("server_lr=1.0", {"server_lr": 1.0}),
+    ("server_lr=1.5", {"server_lr": 1.5}),
+    ("server_lr=3.0", {"server_lr": 3.0}),
 ]
 
 
@@ -59,10 +61,43 @@ def _summ(res: SimResult) -> dict[str, Any]:
     }
 
 
+def _explore(base: SimConfig, dense: SimResult, out: Path, quick: bool) -> int:
+    """One run per knob, each against the same dense baseline; writes *_explore.json."""
+    sweep: dict[str, Any] = {}
+    runs = [("dense fp32", [asdict(r) for r in dense.records])]
+    for name, change in EXPLORE:
+        res = run_simulation(replace(base, **change), label=name)
+        sweep[name] = {"change": change, **_summ(res)}
+        sweep[name]["accuracy_delta_pp_vs_dense"] = round(
+            100.0 * ((res.final_accuracy or 0.0) - (dense.final_accuracy or 0.0)), 3
+        )
+        runs.append((name, [asdict(r) for r in res.records]))
+        print(f"{name}: accuracy {res.final_accuracy:.4f}, ratio {res.upload_ratio:.1f}x", flush=True)
+    stem = "bandwidth_accuracy_explore" + ("_quick" if quick else "")
+    doc = {
+        "benchmark": "bandwidth_accuracy knob sweep",
+        "command": "python bench/bandwidth_accuracy.py --explore" + (" --quick" if quick else ""),
+        "base_config": asdict(base),
+        "dense_final_accuracy": dense.final_accuracy,
+        "dense": _summ(dense),
+        "variants": sweep,
+        "machine": machine_info(),
+        "date": utc_now(),
+    }
+    (out / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
+    plot_accuracy_vs_bytes(runs, out / f"{stem}.png", title="knob sweep (MNIST CNN)")
+    print(f"wrote {out / (stem + '.json')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=20)
-    ap.add_argument("--topk", type=float, default=0.01, help="compressed run's top-k fraction")
+    ap.add_argument("--topk", type=float, default=0.005, help="compressed run's top-k fraction")
+    ap.add_argument(
+        "--server-lr", type=float, default=2.0,
+        help="compressed run's server step size (top-k shrinks the averaged update; see docs)",
+    )
     ap.add_argument("--bits", type=int, default=4, help="compressed run's bits")
     ap.add_argument("--scope", default="global")
     ap.add_argument("--index", default="auto")
@@ -70,7 +105,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--quick", action="store_true", help="3 rounds, to check the script runs")
-    ap.add_argument("--explore", action="store_true", help="also run the knob sweep")
+    ap.add_argument(
+        "--explore", action="store_true",
+        help="run the knob sweep instead (writes bandwidth_accuracy_explore.json)",
+    )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args(argv)
 
@@ -92,11 +130,22 @@ def main(argv: list[str] | None = None) -> int:
         bits=args.bits,
         scope=args.scope,
         index=args.index,
+        server_lr=args.server_lr,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    dense = run_simulation(replace(base, dense=True), label="dense fp32")
+    dense_cfg = replace(base, dense=True, server_lr=1.0)
+    dense = run_simulation(dense_cfg, label="dense fp32")
+    if args.explore:
+        return _explore(base, dense, out, args.quick)
+    # The control: dense at the compressed run's server step size, so the gain from the step
+    # size is not mistaken for a gain from compression.
+    control = None
+    if args.server_lr != 1.0:
+        control = run_simulation(
+            replace(dense_cfg, server_lr=args.server_lr), label=f"dense fp32, server lr {args.server_lr}"
+        )
     comp = run_simulation(base, label=f"top-k {args.topk}, {args.bits}-bit")
     # The ratio is against raw fp32 (4 bytes a parameter a report), as the ledger counts it.
     # The dense run's own bytes are zstd'd fp32, a little smaller: that ratio is reported too.
@@ -123,24 +172,22 @@ def main(argv: list[str] | None = None) -> int:
         "date": utc_now(),
         "wall_s": round(time.time() - t0, 1),
     }
-    runs = [("dense fp32", [asdict(r) for r in dense.records]), (comp.label, [asdict(r) for r in comp.records])]
-    if args.explore:
-        sweep = {}
-        for name, change in EXPLORE:
-            res = run_simulation(replace(base, **change), label=name)
-            sweep[name] = {"change": change, **_summ(res)}
-            sweep[name]["accuracy_delta_pp_vs_dense"] = round(
-                100.0 * ((res.final_accuracy or 0.0) - (dense.final_accuracy or 0.0)), 3
-            )
-            runs.append((name, [asdict(r) for r in res.records]))
-            print(f"{name}: acc {res.final_accuracy:.4f}, ratio {res.upload_ratio:.1f}x", flush=True)
-        result["explore"] = sweep
+    runs = [("dense fp32", [asdict(r) for r in dense.records])]
+    if control is not None:
+        result["dense_same_server_lr"] = _summ(control)
+        result["dense_same_server_lr_final_accuracy"] = control.final_accuracy
+        result["accuracy_delta_pp_vs_dense_same_server_lr"] = round(
+            100.0 * ((comp.final_accuracy or 0.0) - (control.final_accuracy or 0.0)), 3
+        )
+        runs.append((control.label, [asdict(r) for r in control.records]))
+    runs.append((comp.label, [asdict(r) for r in comp.records]))
     stem = "bandwidth_accuracy" + ("_quick" if args.quick else "")
-    plot_accuracy_vs_bytes(runs[:2] if not args.explore else runs, out / f"{stem}.png",
+    plot_accuracy_vs_bytes(runs, out / f"{stem}.png",
                            title="MNIST CNN, 100 clients, Dirichlet 0.5, 10/round, E=5")
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result[k] for k in ("dense_final_accuracy", "compressed_final_accuracy",
-                                             "accuracy_delta_pp", "upload_ratio_vs_dense", "met")}, indent=2))
+    print(json.dumps({k: result.get(k) for k in (
+        "dense_final_accuracy", "compressed_final_accuracy", "accuracy_delta_pp",
+        "upload_ratio_vs_dense", "dense_same_server_lr_final_accuracy", "met")}, indent=2))
     print(f"wrote {out / (stem + '.json')}")
     return 0
 
