@@ -156,9 +156,11 @@ def test_dp_mean_with_fedavg_is_unbiased_mean_of_clipped() -> None:
 def test_dp_mean_reports_epsilon_and_flags_budget_exhaustion() -> None:
     # Prepare
     sampling = PoissonSampling(0.05)
-    acc = PrivacyAccountant(1.0, sampling)
+    acc = PrivacyAccountant(1.0, sampling, "rdp")
     budget = acc.epsilon(3, 1e-5) + 1e-9  # exactly three rounds fit
-    proc = DPMean(1.0, clip=1.0, sampling=sampling, epsilon_budget=budget, seed=0).create(3)
+    proc = DPMean(
+        1.0, clip=1.0, sampling=sampling, epsilon_budget=budget, accounting_method="rdp", seed=0
+    ).create(3)
     state = proc.initialize()
     ups = updates_from(np.ones((2, 3)))
     flags, eps = [], []

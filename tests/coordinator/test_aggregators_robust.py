@@ -246,13 +246,13 @@ def test_krum_scores_single_report() -> None:
 
 
 def test_memory_stays_far_below_n_by_d() -> None:
-    """n=200, d=200,000, 1% nnz each: an n×d float32 matrix alone would be 160 MB.
+    """n=200, d=100,000, 1% nnz each: an n×d float32 matrix alone would be 80 MB.
 
     Stated bound (docs/robustness.md), inputs aside: 32·d + 48·N + 8·n² + 16·block_elems bytes
-    for every aggregator here, with N the total stored values (here 400,000): 30 MB.
+    for every aggregator here, with N the total stored values (here 200,000): 17 MB.
     """
     # Prepare
-    n, d, k = 200, 200_000, 2_000
+    n, d, k = 200, 100_000, 1_000
     rng = np.random.default_rng(10)
     updates = []
     for i in range(n):
