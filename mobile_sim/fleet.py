@@ -8,13 +8,14 @@ few calls a round loop needs. Device indices are the runner's client numbers 0..
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from .clock import RoundTiming, SimClock
-from .population import Population, PopulationConfig
+from .population import DEFAULT_TIERS, Population, PopulationConfig
 
 __all__ = ["SimFleet"]
 
@@ -23,6 +24,7 @@ class SimFleet:
     """A population plus a clock, seeded together.
 
     `deadline_s` is the reporting deadline of every round (None: wait for the cohort).
+    `dropouts=False` zeroes every tier's dropout probability (timing only, same reports).
     `cost_per_sample` scales the devices' compute speed (measured on the MNIST CNN) to the
     model trained here; `population_kwargs` go to `PopulationConfig` (tiers, day shape).
     """
@@ -35,8 +37,12 @@ class SimFleet:
         availability: Literal["diurnal", "always"] = "diurnal",
         deadline_s: float | None = None,
         cost_per_sample: float = 1.0,
+        dropouts: bool = True,
         **population_kwargs: Any,
     ) -> None:
+        if not dropouts:
+            tiers = population_kwargs.get("tiers", DEFAULT_TIERS)
+            population_kwargs["tiers"] = tuple(replace(t, dropout_p=0.0) for t in tiers)
         self.population = Population(
             PopulationConfig(num_devices, seed, availability=availability, **population_kwargs)
         )

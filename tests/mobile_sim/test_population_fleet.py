@@ -45,6 +45,19 @@ def test_fleet_times_a_round_and_advances() -> None:
     np.testing.assert_array_equal(fleet.dropped(5, cohort), np.isin(cohort, timing.dropped))
 
 
+def test_fleet_without_dropouts_keeps_everyone_that_finishes() -> None:
+    # Prepare
+    fleet = SimFleet(1000, seed=3, availability="always", dropouts=False)
+
+    # Execute
+    timing = fleet.time_round(
+        1, list(range(200)), down_bytes=1000, up_bytes=100, samples=10, epochs=1, per_round=200
+    )
+
+    # Assert
+    assert timing.dropped.size == 0 and timing.kept.size == 200
+
+
 def _fake_run(folder: Path, label: str, with_sim: bool) -> None:
     rows = [
         {
