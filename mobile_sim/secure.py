@@ -154,7 +154,7 @@ def run_secure_simulation(
     import torch
     from tqdm import tqdm
 
-    from sdk.flat import get_flat_params
+    from sdk.flat import get_flat_params, spec_from_module
     from sdk.trainer import evaluate
 
     from .backends import TrainContext, TrainJob, build_backend
@@ -168,7 +168,9 @@ def run_secure_simulation(
     model = build_model(cfg.model_name, seed=cfg.seed)
     eval_model = build_model(cfg.model_name, seed=cfg.seed)
     ledger = BandwidthLedger()
-    coord = SecureCoordinator(get_flat_params(model), secure, ledger=ledger)
+    coord = SecureCoordinator(
+        get_flat_params(model), secure, ledger=ledger, spec=spec_from_module(model)
+    )
     d = coord.size
     ids = _device_ids(cfg.clients)
     index_of = {dev: i for i, dev in enumerate(ids)}

@@ -28,6 +28,7 @@ from protocol.secagg import (
     ShareDelivery,
     UnmaskRequest,
     dequantize,
+    device_sketch,
     discrete_gaussian,
     model_digest,
     quantize,
@@ -47,7 +48,7 @@ def encode_for_plan(
     rng: np.random.Generator,
     noise_rng: CtrRandom | None = None,
 ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]]:
-    """(vector uint64[k+1] in Z_{2^m}, sent float64[k]): the ring input and what it stands for.
+    """(vector uint64[plan.vector_len] in Z_{2^m}, sent float64[k]): ring input, what it stands for.
 
     `sent` is in the original coordinates of S_r, before noise; weight is clamped to
     1..plan.max_weight.
@@ -69,7 +70,8 @@ def encode_for_plan(
     elif plan.noise == NoiseKind.SKELLAM:
         x = x + skellam(plan.noise_variance / 2.0, plan.k).astype(np.uint64)
     # int64 -> uint64 wraps negatives modulo 2^64; masking reduces modulo 2^m.
-    vector = np.concatenate([x, np.array([w], dtype=np.uint64)]) & np.uint64(
+    sketch = device_sketch(u, plan, rng) if plan.sketch_bits else np.zeros(0, np.uint64)
+    vector = np.concatenate([x, sketch, np.array([w], dtype=np.uint64)]) & np.uint64(
         ring_mask(plan.ring_bits)
     )
     return vector, sent

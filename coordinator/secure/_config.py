@@ -15,8 +15,10 @@ class SecureConfig:
     """How a task runs secure aggregation.
 
     coord_fraction: |S_r| / d, the shared coordinates sent each round.
-    explore: fraction of S_r drawn uniformly from the public seed (the rest: top of the EMA of
-        |global update|, decayed by `ema_decay` per round).
+    explore: fraction of S_r drawn uniformly from the public seed; the rest is the top of a
+        score decayed by `ema_decay` per round: the cohort's summed row/column energy sketch
+        (`sketch`, needs the model's tensor shapes, off under DP) or else |global update|.
+    sketch_bits / sketch_pool: sketch entry bits (<= value_bits) and column pooling.
     value_bits: b, the quantizer's bits per value. max_weight: devices send
         min(num_examples, max_weight) as their integer weight (1 = uniform mean).
     clip_norm: C, the L2 clip of the sent vector (values at S_r). coord_bound_sigmas: gamma,
@@ -34,7 +36,7 @@ class SecureConfig:
     """
 
     coord_fraction: float = 0.01
-    explore: float = 0.5
+    explore: float = 0.1
     ema_decay: float = 0.5
     value_bits: int = 8
     max_weight: int = 1
@@ -50,6 +52,9 @@ class SecureConfig:
     group_size: int | None = None
     group_aggregator: str = "fedavg"
     server_lr: float = 1.0
+    sketch: bool = True
+    sketch_bits: int = 4
+    sketch_pool: int = 4
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -74,6 +79,8 @@ class SecureConfig:
             raise ValueError("expected_dropout in [0, 1) and dp_delta in (0, 1)")
         if self.group_size is not None and self.group_size < 3:
             raise ValueError("group_size must be at least 3")
+        if not 1 <= self.sketch_bits <= self.value_bits or self.sketch_pool < 1:
+            raise ValueError("sketch_bits in 1..value_bits and sketch_pool >= 1")
         if self.seed < 0:
             raise ValueError("seed must be non-negative")
 

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from compression import SparseUpdate
+from compression import ModelSpec, SparseUpdate
 from coordinator.aggregators import AggregationProcess, ClientUpdate, build_aggregator
 from coordinator.ledger import BandwidthLedger
 from protocol.secagg import (
@@ -26,6 +26,8 @@ from protocol.secagg import (
     choose_threshold,
     model_digest,
     required_ring_bits,
+    sketch_scores,
+    sketch_segments_for,
 )
 
 from ._config import SecureConfig
@@ -42,6 +44,7 @@ def make_plan(
     num_nodes: int,
     model_size: int,
     indices: npt.NDArray[np.int64],
+    sketch_segments: tuple[tuple[int, int, int, int], ...] = (),
 ) -> SecurePlan:
     """The plan for one SecAgg instance of `num_nodes` devices over coordinates `indices`.
 
@@ -77,6 +80,8 @@ def make_plan(
         noise=config.noise,
         noise_variance=variance,
         noise_headroom=headroom,
+        sketch_bits=config.sketch_bits if sketch_segments else 0,
+        sketch_segments=sketch_segments,
     )
 
 
@@ -116,6 +121,7 @@ class SecureCoordinator:
         *,
         policy: CoordinatePolicy | None = None,
         ledger: BandwidthLedger | None = None,
+        spec: ModelSpec | None = None,
     ) -> None:
         self.params = np.array(params, dtype=np.float32).reshape(-1)
         self.size = int(self.params.size)
@@ -126,6 +132,13 @@ class SecureCoordinator:
         self.round_id = 0
         self.score: npt.NDArray[np.float32] | None = None
         self.accountant = DistributedDpAccountant(config.dp_delta)
+        # The sketch needs tensor shapes, and it is not noised, so it is off under DP.
+        self.sketch_segments: tuple[tuple[int, int, int, int], ...] = ()
+        if spec is not None and config.sketch and not config.dp:
+            if spec.size != self.size:
+                raise ValueError(f"spec of size {spec.size}, params of size {self.size}")
+            shapes = [e.shape for e in spec.entries]
+            self.sketch_segments = sketch_segments_for(shapes, config.sketch_pool)
         self._process: AggregationProcess | None = None
         self._agg_state: Any = None
         if config.group_size is not None:
@@ -147,7 +160,7 @@ class SecureCoordinator:
         )
         rounds, group_of = [], {}
         for g, members in enumerate(groups):
-            plan = make_plan(self.config, r, len(members), self.size, indices)
+            plan = make_plan(self.config, r, len(members), self.size, indices, self.sketch_segments)
             rounds.append(SecureRound(plan, digest, members, self.ledger))
             group_of.update(dict.fromkeys(members, g))
         return SecureTask(r, indices, rounds, group_of)
@@ -194,13 +207,16 @@ class SecureCoordinator:
             update = np.asarray(out.result, dtype=np.float32)
             meas["aggregator"] = out.measurements
         self.params = (self.params + np.float32(self.config.server_lr) * update).astype(np.float32)
-        mag = np.abs(update)
+        fresh = np.abs(update)
+        if self.sketch_segments:
+            plan0 = task.groups[0].plan
+            sums = sum(res.sketch for res in results if res.sketch is not None)
+            fresh = sketch_scores(np.asarray(sums, dtype=np.float64), plan0)
         decay = np.float32(self.config.ema_decay)
-        self.score = (
-            mag
-            if self.score is None
-            else (decay * self.score + (1 - decay) * mag).astype(np.float32)
-        )
+        if self.score is None:
+            self.score = fresh.astype(np.float32)
+        else:
+            self.score = (decay * self.score + (1 - decay) * fresh).astype(np.float32)
         self.version += 1
         if self.config.dp:
             plan = task.groups[0].plan

@@ -28,6 +28,7 @@ from protocol.secagg import (
     UnmaskResponse,
     WrongStage,
     decode_ring_sum,
+    decode_sketch_sum,
 )
 
 __all__ = ["SecureRound", "GroupResult"]
@@ -46,6 +47,7 @@ class GroupResult:
     contributors: tuple[str, ...]
     dropped: tuple[str, ...]
     unmask_s: float
+    sketch: npt.NDArray[np.float64] | None = None
 
 
 @dataclass
@@ -158,6 +160,7 @@ class SecureRound:
         t0 = time.perf_counter()
         res = self.server.finish()
         mean, weight = decode_ring_sum(res.total, self.plan)
+        sketch = decode_sketch_sum(res.total, self.plan) if self.plan.sketch_bits else None
         dt = time.perf_counter() - t0
         self.stage_seconds["unmask"] += dt
         return GroupResult(
@@ -166,6 +169,7 @@ class SecureRound:
             tuple(self.device_ids[i] for i in res.contributors),
             tuple(self.device_ids[i] for i in res.dropped),
             dt,
+            sketch,
         )
 
     def abort(self, reason: str) -> None:

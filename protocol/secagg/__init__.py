@@ -12,6 +12,7 @@ from ._crypto import (
 )
 from ._encoding import (
     decode_ring_sum,
+    decode_sketch_sum,
     dequantize,
     quantize,
     rotate,
@@ -55,6 +56,7 @@ from ._plan import (
 from ._prg import expand_mask, prg_bytes, ring_mask
 from ._server import SecAggResult, SecAggServer, ServerState
 from ._shamir import combine_shares, create_shares, share_x
+from ._sketch import device_sketch, sketch_scores, sketch_segments_for
 from ._wire import (
     AdvertiseKeys,
     KeyDirectory,
@@ -110,6 +112,8 @@ __all__ = [
     "combine_shares",
     "create_shares",
     "decode_ring_sum",
+    "decode_sketch_sum",
+    "device_sketch",
     "decrypt",
     "dequantize",
     "discrete_gaussian",
@@ -135,6 +139,8 @@ __all__ = [
     "self_mask",
     "share_associated_data",
     "share_x",
+    "sketch_scores",
+    "sketch_segments_for",
     "skellam",
     "unpack_bits",
     "unrotate",

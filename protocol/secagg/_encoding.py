@@ -24,6 +24,7 @@ __all__ = [
     "quantize",
     "dequantize",
     "decode_ring_sum",
+    "decode_sketch_sum",
 ]
 
 
@@ -120,7 +121,12 @@ def decode_ring_sum(
         return np.zeros(plan.k, dtype=np.float64), 0
     levels = (1 << plan.value_bits) - 1
     scale = 2.0 * plan.coord_bound / levels
-    mean = (scale * signed[:-1] - plan.coord_bound * weight) / weight
+    mean = (scale * signed[: plan.k] - plan.coord_bound * weight) / weight
     if plan.rotate:
         mean = unrotate(mean, plan.rotation_seed)
     return mean, weight
+
+
+def decode_sketch_sum(total: npt.NDArray[np.uint64], plan: SecurePlan) -> npt.NDArray[np.float64]:
+    """The summed sketch levels, float64[plan.sketch_len] (no noise is added to the sketch)."""
+    return total[plan.k : plan.k + plan.sketch_len].astype(np.float64)

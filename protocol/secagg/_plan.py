@@ -36,6 +36,7 @@ __all__ = [
 
 PLAN_MAGIC = b"PSP1"
 MAX_NODES = 1 << 20
+MAX_SEGMENTS = 4096
 _FIXED = struct.Struct("<4sQIIIBBIQddBBdQ32s32sI")
 
 
@@ -99,6 +100,11 @@ class SecurePlan:
     device multiplies by its integer weight (1..max_weight), adds noise of variance
     `noise_variance` (integer units) and appends the weight: `vector_len = k + 1` elements of
     Z_{2^ring_bits}.
+
+    With `sketch_bits > 0` the device also sends a row/column energy sketch of its update
+    (`protocol.secagg._sketch`) between the values and the weight: one entry per row and per
+    pooled column of each segment `(offset, rows, cols, pool)`. The coordinator uses the summed
+    sketch to choose later rounds' coordinate sets.
     """
 
     round_id: int
@@ -118,11 +124,15 @@ class SecurePlan:
     noise: NoiseKind = NoiseKind.NONE
     noise_variance: float = 0.0
     noise_headroom: int = 0
+    sketch_bits: int = 0
+    sketch_segments: tuple[tuple[int, int, int, int], ...] = ()
     _bytes: bytes = field(default=b"", init=False, repr=False)
 
     def __post_init__(self) -> None:
         idx = np.ascontiguousarray(self.indices, dtype=np.int64).reshape(-1)
         object.__setattr__(self, "indices", idx)
+        segs = tuple(tuple(int(x) for x in t) for t in self.sketch_segments)
+        object.__setattr__(self, "sketch_segments", segs)
         if not 2 <= self.num_nodes <= MAX_NODES:
             raise ValueError(f"num_nodes={self.num_nodes} outside 2..{MAX_NODES}")
         if not 1 <= self.threshold <= self.degree <= self.num_nodes - 1:
@@ -152,9 +162,14 @@ class SecurePlan:
         return int(self.indices.size)
 
     @property
+    def sketch_len(self) -> int:
+        """Sketch entries: sum over segments of rows + ceil(cols / pool)."""
+        return sum(r + -(-c // p) for _, r, c, p in self.sketch_segments)
+
+    @property
     def vector_len(self) -> int:
-        """Ring elements each device masks: the k values plus the weight."""
-        return self.k + 1
+        """Ring elements each device masks: the k values, the sketch, the weight."""
+        return self.k + self.sketch_len + 1
 
     def _encode(self) -> bytes:
         gaps = np.diff(self.indices, prepend=np.int64(0)).astype("<u4")
@@ -166,7 +181,10 @@ class SecurePlan:
             self.noise_variance, self.noise_headroom, self.graph_seed, self.rotation_seed,
             self.k,
         )  # fmt: skip
-        return head + struct.pack("<I", len(packed)) + packed
+        seg = struct.pack("<BI", self.sketch_bits, len(self.sketch_segments)) + b"".join(
+            struct.pack("<QIII", *t) for t in self.sketch_segments
+        )
+        return head + seg + struct.pack("<I", len(packed)) + packed
 
     def to_bytes(self) -> bytes:
         """Canonical bytes: the fixed header then the zstd-packed gaps of S_r."""
@@ -175,7 +193,7 @@ class SecurePlan:
     @classmethod
     def from_bytes(cls, data: bytes, max_model_size: int) -> SecurePlan:
         """Decode a plan, checking sizes against `max_model_size` before allocating."""
-        if len(data) < _FIXED.size + 4:
+        if len(data) < _FIXED.size + 9:
             raise MalformedMessage("plan truncated")
         f = _FIXED.unpack_from(data)
         if f[0] != PLAN_MAGIC:
@@ -183,8 +201,14 @@ class SecurePlan:
         model_size, k = f[8], f[17]
         if not 1 <= model_size <= max_model_size or not 1 <= k <= model_size:
             raise MalformedMessage(f"plan sizes d={model_size}, k={k} out of range")
-        (clen,) = struct.unpack_from("<I", data, _FIXED.size)
-        body = data[_FIXED.size + 4 :]
+        sketch_bits, n_seg = struct.unpack_from("<BI", data, _FIXED.size)
+        pos = _FIXED.size + 5
+        if n_seg > MAX_SEGMENTS or len(data) < pos + 20 * n_seg + 4:
+            raise MalformedMessage(f"plan declares {n_seg} sketch segments")
+        segments = tuple(struct.unpack_from("<QIII", data, pos + 20 * i) for i in range(n_seg))
+        pos += 20 * n_seg
+        (clen,) = struct.unpack_from("<I", data, pos)
+        body = data[pos + 4 :]
         if clen != len(body):
             raise MalformedMessage("plan length mismatch")
         try:
@@ -200,7 +224,7 @@ class SecurePlan:
                 value_bits=f[6], max_weight=f[7], model_size=model_size, indices=indices,
                 clip_norm=f[9], coord_bound=f[10], rotate=bool(f[11]), noise=NoiseKind(f[12]),
                 noise_variance=f[13], noise_headroom=f[14], graph_seed=f[15],
-                rotation_seed=f[16],
+                rotation_seed=f[16], sketch_bits=sketch_bits, sketch_segments=segments,
             )  # fmt: skip
         except ValueError as exc:
             if isinstance(exc, RingOverflow):

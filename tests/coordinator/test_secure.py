@@ -180,3 +180,40 @@ def test_discrete_gaussian_round_and_accountant() -> None:
     assert acc.epsilon() == 0.0
     acc.record_round(NoiseKind.NONE, 1.0, 0.0, 5, 10)
     assert acc.epsilon() == np.inf
+
+
+def test_sketch_estimates_rank_one_energy() -> None:
+    # Prepare: one 2-D tensor with rank-one magnitudes and a bias
+    from protocol.secagg import device_sketch, sketch_scores, sketch_segments_for
+
+    rows, cols = 8, 12
+    a, b = np.linspace(0.1, 1.0, rows), np.linspace(1.0, 0.2, cols)
+    u = np.concatenate([np.outer(a, b).ravel(), [0.5, -0.25]]).astype(np.float32)
+    segs = sketch_segments_for([(rows, cols), (2,)], pool=1)
+    cfg = SecureConfig(value_bits=16, sketch_bits=16)
+    plan = make_plan(cfg, 1, 5, u.size, np.arange(4, dtype=np.int64), segs)
+    # Execute: the same device sketch summed over 3 devices
+    q = device_sketch(u, plan, np.random.default_rng(0)).astype(np.float64) * 3
+    est = sketch_scores(q, plan)
+    # Assert: proportional to u^2 everywhere, one constant for all segments
+    ratio = est / np.square(u.astype(np.float64))
+    np.testing.assert_allclose(ratio, ratio[0], rtol=1e-3)
+    assert plan.sketch_len == rows + cols + 2 + 1
+
+
+def test_sketch_steers_next_coordinate_set_to_the_mass() -> None:
+    from compression import ModelSpec
+
+    spec = ModelSpec.from_shapes([("w", (40, 100)), ("b", (40,))])
+    d = spec.size
+    hot = np.zeros(d, np.float32)
+    hot[7 * 100 : 8 * 100] = 1.0  # all mass on row 7 of w
+    devs = [f"d{i}" for i in range(8)]
+    parts = {x: SecureParticipant(d) for x in devs}
+    ups = {x: (hot, 1) for x in devs}
+    cfg = SecureConfig(coord_fraction=0.025, explore=0.0, clip_norm=50.0)
+    coord = SecureCoordinator(np.zeros(d, np.float32), cfg, spec=spec)
+    run_secure_round(coord, parts, ups)
+    task = coord.open_round(devs)
+    assert set(range(700, 800)) <= set(task.indices.tolist())  # k = 101: row 7 and one more
+    assert task.groups[0].plan.sketch_len == 40 + 25 + 40 + 1

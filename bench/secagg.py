@@ -1,0 +1,263 @@
+"""Secure aggregation (SecAgg+) of compressed updates: cost per stage, bytes, and accuracy.
+
+Part 1 (timing, bytes): one secure round over MNIST-CNN-sized updates (d = 1,663,370) for each
+cohort size n, with `--dropout` of the devices dropping at a random stage. Inputs are real
+MNIST-CNN deltas (a few devices trained once, reused). Reports client seconds per stage, server
+seconds per stage and for unmasking, and upload bytes per device (all four stages) against the
+plain compressed frame of the same deltas (top-k + quantization + zstd, the product default)
+and against dense fp32.
+
+Part 2 (accuracy): `--rounds` rounds of MNIST-CNN FL in plain compressed mode
+(mobile_sim.runner) and in secure mode (mobile_sim.secure), same data, partition, model and
+local training. Secure mode drops `--dropout` of each cohort; plain mode has no dropouts.
+
+    python bench/secagg.py                 # the issue's settings (long: run in the background)
+    python bench/secagg.py --quick         # smoke run, a minute or two
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+TARGET_UPLOAD_RATIO = 2.0
+TARGET_UNMASK_S = 1.0
+TARGET_ACCURACY_PP = 1.0
+
+
+def real_deltas(count: int, seed: int) -> tuple[Any, list[np.ndarray], list[int]]:
+    """`count` real MNIST-CNN deltas (one local round each from the initial model)."""
+    from mobile_sim.backends import TrainContext, TrainJob, build_backend
+    from mobile_sim.models import build_model
+    from mobile_sim.runner import SimConfig, _partition, load_dataset
+    from sdk.flat import get_flat_params, spec_from_module
+
+    cfg = SimConfig(seed=seed)
+    data = load_dataset("mnist", None, seed)
+    parts = _partition(cfg, data)
+    model = build_model(cfg.model_name, seed=seed)
+    be = build_backend("sequential")
+    be.start(
+        TrainContext(
+            cfg.model_name, data.x_train, data.y_train, cfg.local_epochs, cfg.batch_size, cfg.lr
+        )
+    )
+    try:
+        res = be.train(
+            get_flat_params(model),
+            [TrainJob(f"d{i}", i, 1, seed, parts[i]) for i in range(count)],
+        )
+    finally:
+        be.close()
+    return spec_from_module(model), [r.delta for r in res], [r.num_examples for r in res]
+
+
+def plain_frame_bytes(spec: Any, deltas: list[np.ndarray], topk: float, bits: int) -> float:
+    """Mean plain compressed frame bytes (product codec, first-round residual = 0)."""
+    from compression import CodecConfig, UpdateCodec
+
+    codec = UpdateCodec(spec, CodecConfig(topk=topk, bits=bits))
+    rng = np.random.default_rng(0)
+    return statistics.mean(len(codec.encode(d, rng)[0]) for d in deltas)
+
+
+def timing_run(
+    n: int, deltas: list[np.ndarray], secure_cfg: Any, dropout: float, seed: int
+) -> dict[str, Any]:
+    """One secure round with n devices; the deltas are reused cyclically."""
+    from coordinator.secure import SecureCoordinator
+    from mobile_sim.secure import draw_dropouts, run_secure_round
+    from protocol.secagg import Stage
+    from sdk.secure import SecureParticipant
+
+    d = deltas[0].size
+    devs = [f"dev-{i:04d}" for i in range(n)]
+    coord = SecureCoordinator(np.zeros(d, np.float32), secure_cfg)
+    parts = {x: SecureParticipant(d) for x in devs}
+    ups = {x: (deltas[i % len(deltas)], 1) for i, x in enumerate(devs)}
+    drops = draw_dropouts(devs, dropout, np.random.default_rng([seed, n]))
+    t0 = time.perf_counter()
+    out, stats = run_secure_round(coord, parts, ups, drops)
+    wall = time.perf_counter() - t0
+    senders = [x for x in devs if x in out.contributors]
+    per_dev_up = [stats.bytes_up.get(x, 0) for x in senders]
+    stages = [
+        str(s) for s in (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK)
+    ]
+    plan = coord.open_round(devs).groups[0].plan  # same shape as the measured round's plan
+    return {
+        "n": n,
+        "dropped": len(drops),
+        "contributors": len(out.contributors),
+        "committed": out.committed,
+        "degree": plan.degree,
+        "threshold": plan.threshold,
+        "ring_bits": plan.ring_bits,
+        "k": plan.k,
+        "client_s_mean": {
+            s: statistics.mean(stats.client_s[s]) for s in stages if stats.client_s[s]
+        },
+        "client_s_max": {s: max(stats.client_s[s]) for s in stages if stats.client_s[s]},
+        "server_s": {s: stats.server_s.get(s, 0.0) for s in stages},
+        "server_unmask_s": float(out.measurements["unmask_s"]),
+        "upload_bytes_per_device": statistics.mean(per_dev_up) if per_dev_up else 0.0,
+        "round_wall_s": wall,
+    }
+
+
+def accuracy_runs(args: argparse.Namespace, secure_cfg: Any) -> dict[str, Any]:
+    from mobile_sim.runner import SimConfig, run_simulation
+    from mobile_sim.secure import run_secure_simulation
+
+    cfg = SimConfig(
+        clients=args.clients,
+        per_round=args.per_round,
+        rounds=args.rounds,
+        topk=args.topk,
+        bits=args.plain_bits,
+        local_epochs=args.local_epochs,
+        seed=args.seed,
+        backend=args.backend,
+    )
+    plain = run_simulation(cfg, progress=True, label="plain")
+    secure = run_secure_simulation(cfg, secure_cfg, dropout=args.dropout, progress=True)
+
+    def curve(res: Any) -> list[dict[str, Any]]:
+        return [
+            {"round": r.round, "accuracy": r.accuracy, "bytes_up": r.bytes_up, "reports": r.reports}
+            for r in res.records
+        ]
+
+    p_up = sum(r.bytes_up for r in plain.records) / max(1, sum(r.reports for r in plain.records))
+    # Secure bytes include the partial uploads of devices that dropped mid-round.
+    s_up = sum(r.bytes_up for r in secure.records) / max(1, sum(r.reports for r in secure.records))
+    return {
+        "config": {k: v for k, v in cfg.as_dict().items() if v is not None},
+        "accuracy_plain": plain.final_accuracy,
+        "accuracy_secure": secure.final_accuracy,
+        "plain_upload_bytes_per_report": p_up,
+        "secure_upload_bytes_per_contributor": s_up,
+        "plain_curve": curve(plain),
+        "secure_curve": curve(secure),
+        "secure_aborted_rounds": sum(1 for r in secure.records if not r.committed),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--quick", action="store_true", help="small sizes and 3 rounds (smoke run)")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 500], help="cohort sizes n")
+    ap.add_argument("--dropout", type=float, default=0.1, help="fraction of devices that drop")
+    ap.add_argument("--rounds", type=int, default=20, help="accuracy rounds")
+    ap.add_argument("--clients", type=int, default=100)
+    ap.add_argument("--per-round", type=int, default=10)
+    ap.add_argument("--local-epochs", type=int, default=5)
+    ap.add_argument("--topk", type=float, default=0.01, help="plain top-k fraction = |S_r| / d")
+    ap.add_argument("--plain-bits", type=int, default=4, help="plain mode quantizer bits")
+    ap.add_argument("--bits", type=int, default=8, help="secure mode quantizer bits b")
+    ap.add_argument("--clip", type=float, default=1.0, help="secure L2 clip C of the sent values")
+    ap.add_argument("--explore", type=float, default=0.5, help="random share of S_r")
+    ap.add_argument("--backend", default="sequential")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--skip-timing", action="store_true")
+    ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "secagg.json")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.sizes = [10, 30]
+        args.rounds = 3
+        args.local_epochs = 1
+
+    import torch
+    from tqdm import tqdm
+
+    from coordinator.secure import SecureConfig
+    from mobile_sim.report import machine_info, utc_now
+
+    torch.set_num_threads(1)
+    secure_cfg = SecureConfig(
+        coord_fraction=args.topk,
+        value_bits=args.bits,
+        clip_norm=args.clip,
+        explore=args.explore,
+        seed=args.seed,
+    )
+    doc: dict[str, Any] = {
+        "bench": "secagg",
+        "machine": machine_info(),
+        "date": utc_now()[:10],
+        "started_at": utc_now(),
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "secure_config": {k: getattr(secure_cfg, k) for k in secure_cfg.__dataclass_fields__},
+    }
+    doc["secure_config"]["noise"] = int(doc["secure_config"]["noise"])
+    if not args.skip_timing:
+        spec, deltas, _ = real_deltas(4, args.seed)
+        plain = plain_frame_bytes(spec, deltas, args.topk, args.plain_bits)
+        dense = 4.0 * spec.size
+        doc["plain_frame_bytes"] = plain
+        doc["dense_bytes"] = dense
+        per_n = {}
+        for n in tqdm(args.sizes, desc="timing"):
+            row = timing_run(n, deltas, secure_cfg, args.dropout, args.seed)
+            row["upload_ratio_vs_plain"] = row["upload_bytes_per_device"] / plain
+            row["upload_ratio_vs_dense"] = row["upload_bytes_per_device"] / dense
+            per_n[str(n)] = row
+            tqdm.write(
+                f"n={n}: unmask {row['server_unmask_s']:.3f}s, up {row['upload_bytes_per_device']:.0f} B "
+                f"({row['upload_ratio_vs_plain']:.2f}x plain), client {row['client_s_mean']}"
+            )
+        doc["timing"] = per_n
+        ref = per_n.get("100") or per_n[str(args.sizes[-1])]
+        doc["reference_n"] = ref["n"]
+        doc["upload_ratio_vs_plain"] = ref["upload_ratio_vs_plain"]
+        doc["upload_ratio_vs_dense"] = ref["upload_ratio_vs_dense"]
+        doc["server_unmask_s"] = ref["server_unmask_s"]
+    if not args.skip_accuracy:
+        acc = accuracy_runs(args, secure_cfg)
+        doc.update(acc)
+        if acc["accuracy_plain"] is not None and acc["accuracy_secure"] is not None:
+            doc["accuracy_gap_pp"] = 100.0 * (acc["accuracy_plain"] - acc["accuracy_secure"])
+    targets = {}
+    if "upload_ratio_vs_plain" in doc:
+        targets["upload_ratio_vs_plain"] = {
+            "target": f"<= {TARGET_UPLOAD_RATIO}",
+            "measured": doc["upload_ratio_vs_plain"],
+            "met": doc["upload_ratio_vs_plain"] <= TARGET_UPLOAD_RATIO,
+        }
+        targets["server_unmask_s"] = {
+            "target": f"<= {TARGET_UNMASK_S} s at n=100",
+            "measured": doc["server_unmask_s"],
+            "met": doc["server_unmask_s"] <= TARGET_UNMASK_S and doc["reference_n"] == 100,
+        }
+    if "accuracy_gap_pp" in doc:
+        targets["accuracy"] = {
+            "target": f"secure within {TARGET_ACCURACY_PP} pp of plain",
+            "measured_gap_pp": doc["accuracy_gap_pp"],
+            "met": doc["accuracy_gap_pp"] <= TARGET_ACCURACY_PP,
+        }
+    doc["targets"] = targets
+    doc["finished_at"] = utc_now()
+    if args.quick:
+        doc["note"] = "--quick smoke run: not the issue's settings"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    print(json.dumps(targets, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""A row/column energy sketch: where a device's update mass is, in a few thousand numbers.
+
+For a weight matrix (rows x cols; conv kernels are reshaped to out x in*kh*kw) the device sends
+g_row[i] = sqrt(sum_j u_ij^2 / E) and g_col[j] = sqrt(sum_i u_ij^2 / E), E = ||u||^2 over all
+segments, each in [0, 1] and stochastically rounded to `sketch_bits` bits. Columns are pooled
+in groups of `pool` to save bytes. The entries are per-device non-negative numbers, so their sum
+under SecAgg is meaningful; the coordinator estimates the cohort's energy at (i, j) as
+r_i^2 c_j^2 / sum_i r_i^2 (exact when the magnitudes are rank one, as a single example's
+gradient of a linear layer is) and takes the top of that as the next coordinate set.
+1-D tensors (biases) are segments with cols = 1: one entry per coordinate.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from ._plan import SecurePlan
+
+__all__ = ["sketch_segments_for", "device_sketch", "sketch_scores"]
+
+
+def sketch_segments_for(
+    shapes: Sequence[Sequence[int]], pool: int = 1
+) -> tuple[tuple[int, int, int, int], ...]:
+    """Segments (offset, rows, cols, pool) for tensors of these shapes laid out in order."""
+    out = []
+    offset = 0
+    for shape in shapes:
+        size = math.prod(shape)
+        if size == 0:
+            continue
+        if len(shape) >= 2:
+            rows, cols = int(shape[0]), size // int(shape[0])
+            out.append((offset, rows, cols, min(pool, cols)))
+        else:
+            out.append((offset, size, 1, 1))
+        offset += size
+    return tuple(out)
+
+
+def _pooled(c: npt.NDArray[np.float64], pool: int) -> npt.NDArray[np.float64]:
+    groups = -(-c.size // pool)
+    padded = np.zeros(groups * pool)
+    padded[: c.size] = c
+    out: npt.NDArray[np.float64] = padded.reshape(groups, pool).sum(axis=1)
+    return out
+
+
+def device_sketch(
+    u: npt.NDArray[np.floating], plan: SecurePlan, rng: np.random.Generator
+) -> npt.NDArray[np.uint64]:
+    """The device's quantized sketch, uint64[plan.sketch_len], levels in [0, 2^sketch_bits - 1]."""
+    levels = (1 << plan.sketch_bits) - 1
+    parts = []
+    for off, rows, cols, pool in plan.sketch_segments:
+        e2 = np.square(np.asarray(u[off : off + rows * cols], dtype=np.float64)).reshape(rows, cols)
+        parts.append(e2.sum(axis=1))
+        parts.append(_pooled(e2.sum(axis=0), pool) if cols > 1 else np.zeros(1))
+    raw = np.concatenate(parts) if parts else np.zeros(0)
+    total = float(sum(p.sum() for p in parts[::2]))
+    g = np.sqrt(raw / total) if total > 0 else np.zeros_like(raw)
+    x = np.clip(g, 0.0, 1.0) * levels
+    low = np.floor(x)
+    q: npt.NDArray[np.uint64] = (low + (rng.random(x.size) < x - low)).astype(np.uint64)
+    return q
+
+
+def sketch_scores(sums: npt.NDArray[np.floating], plan: SecurePlan) -> npt.NDArray[np.float32]:
+    """Per-coordinate energy estimates float32[d] from the summed sketch levels (zeros outside
+    the segments)."""
+    levels = (1 << plan.sketch_bits) - 1
+    s = np.asarray(sums, dtype=np.float64) / levels
+    est = np.zeros(plan.model_size, dtype=np.float32)
+    pos = 0
+    for off, rows, cols, pool in plan.sketch_segments:
+        r2 = np.square(s[pos : pos + rows])
+        pos += rows
+        groups = -(-cols // pool)
+        c2 = np.square(s[pos : pos + groups])
+        pos += groups
+        norm = float(r2.sum())
+        if cols == 1:
+            est[off : off + rows] = r2.astype(np.float32)
+        elif norm > 0:
+            per_col = np.repeat(c2 / pool, pool)[:cols]
+            est[off : off + rows * cols] = (np.outer(r2, per_col) / norm).ravel().astype(np.float32)
+    return est
