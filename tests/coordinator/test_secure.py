@@ -210,7 +210,7 @@ def test_sketch_steers_next_coordinate_set_to_the_mass() -> None:
     hot[7 * 100 : 8 * 100] = 1.0  # all mass on row 7 of w
     devs = [f"d{i}" for i in range(8)]
     parts = {x: SecureParticipant(d) for x in devs}
-    ups = {x: (hot, 1) for x in devs}
+    ups = dict.fromkeys(devs, (hot, 1))
     cfg = SecureConfig(coord_fraction=0.025, explore=0.0, clip_norm=50.0)
     coord = SecureCoordinator(np.zeros(d, np.float32), cfg, spec=spec)
     run_secure_round(coord, parts, ups)
