@@ -1,0 +1,63 @@
+"""A federated run mixing torch and onnxruntime devices reaches the all-torch accuracy."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from mobile_sim.models import build_model
+from mobile_sim.runner import SimConfig, run_simulation
+from sdk.onnx_export import export_training_artifacts
+
+TARGET_PP = 0.5
+
+
+def _gap_pp(cfg: SimConfig, artifacts: Path) -> tuple[float, float, float]:
+    torch.set_num_threads(1)
+    torch_only = run_simulation(cfg, progress=False)
+    mixed = run_simulation(
+        replace(cfg, ort_fraction=0.5, ort_artifacts=str(artifacts)), progress=False
+    )
+    acc_t, acc_m = torch_only.final_accuracy, mixed.final_accuracy
+    assert acc_t is not None and acc_m is not None
+    return acc_t, acc_m, 100 * abs(acc_t - acc_m)
+
+
+def test_mixed_fleet_matches_torch_fleet_on_digits(tmp_path: Path) -> None:
+    # Prepare: half of 20 devices train on onnxruntime, with the same batches and shuffles.
+    export_training_artifacts(build_model("digits_mlp"), torch.randn(4, 64), tmp_path)
+    cfg = SimConfig(
+        dataset="digits",
+        clients=20,
+        per_round=10,
+        rounds=6,
+        local_epochs=3,
+        lr=0.1,
+        topk=0.1,
+        bits=8,
+        partition="iid",
+    )
+
+    # Execute
+    acc_torch, acc_mixed, gap = _gap_pp(cfg, tmp_path)
+
+    # Assert: it learned, and the mixed fleet is within the target of the torch fleet.
+    assert acc_torch > 0.5
+    assert gap <= TARGET_PP, (acc_torch, acc_mixed)
+
+
+@pytest.mark.slow
+def test_mixed_fleet_matches_torch_fleet_on_mnist_cnn(tmp_path: Path) -> None:
+    # Prepare: the McMahan CNN on MNIST, Dirichlet(0.5), top-1% + 4 bits, half the fleet on ORT.
+    export_training_artifacts(build_model("mnist_cnn"), torch.randn(4, 1, 28, 28), tmp_path)
+    cfg = SimConfig(dataset="mnist", clients=50, per_round=10, rounds=20, local_epochs=1)
+
+    # Execute
+    acc_torch, acc_mixed, gap = _gap_pp(cfg, tmp_path)
+
+    # Assert
+    assert acc_torch > 0.5
+    assert gap <= TARGET_PP, (acc_torch, acc_mixed)
