@@ -382,14 +382,37 @@ class _PlainLoop:
 
 
 class _AfterRound:
-    """`on_round` hook: run the plain loop's matching round (if given) and tick the bar."""
+    """`on_round` hook: run the plain loop's matching round (if given), tick the bar, and
+    checkpoint the figures so far (a long run that is stopped still leaves its numbers)."""
 
-    def __init__(self, plain: _PlainLoop | None, backend: _Recording, bar: Any) -> None:
+    def __init__(
+        self,
+        plain: _PlainLoop | None,
+        backend: _Recording,
+        bar: Any,
+        checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
         self.plain, self.backend, self.bar = plain, backend, bar
+        self.checkpoint = checkpoint
+        self.walls: list[float] = []
 
     def __call__(self, rec: Any) -> None:
+        self.walls.append(rec.wall_s)
         if self.plain is not None:
             self.plain.round(rec.round, self.backend.cohorts[-1])
+            if self.checkpoint is not None:
+                plain_wall = sum(self.plain.round_wall)
+                self.checkpoint(
+                    {
+                        "backend": self.backend.name,
+                        "rounds_done": len(self.walls),
+                        "backend_round_wall_s": list(self.walls),
+                        "plain_round_wall_s": list(self.plain.round_wall),
+                        "wall_ratio_vs_plain_loop_so_far": sum(self.walls) / plain_wall,
+                        "backend_accuracy": rec.accuracy,
+                        "plain_accuracy": self.plain.accuracy,
+                    }
+                )
         self.bar.update(1)
 
 
@@ -407,6 +430,11 @@ def bench_mnist(args: argparse.Namespace) -> dict[str, Any]:
     if args.mnist_rounds:
         cfg = replace(cfg, rounds=args.mnist_rounds)
     order = sorted(args.backends, key=lambda b: b != "vectorized")  # vectorized first
+
+    def checkpoint(progress: dict[str, Any]) -> None:
+        progress["settings"] = {"rounds": cfg.rounds, "local_epochs": cfg.local_epochs}
+        _merge(args.out, "mnist_in_progress", progress, args)
+
     out: dict[str, Any] = {}
     plain: _PlainLoop | None = None
     for name in order:
@@ -416,7 +444,9 @@ def bench_mnist(args: argparse.Namespace) -> dict[str, Any]:
         if first:
             plain = _PlainLoop(cfg)
 
-        after_round = _AfterRound(plain if first else None, backend, bar)
+        after_round = _AfterRound(
+            plain if first else None, backend, bar, checkpoint if not args.quick else None
+        )
         t0 = time.perf_counter()
         res = run_simulation(
             replace(cfg, backend=name),

@@ -201,7 +201,9 @@ def test_whole_runs_agree_across_inline_backends() -> None:
 
     # Assert
     np.testing.assert_allclose(seq.final_params, vec.final_params, atol=1e-4)
-    assert [r.accuracy for r in seq.records] == pytest.approx([r.accuracy for r in vec.records])
+    assert [r.accuracy for r in seq.records] == pytest.approx(
+        [r.accuracy for r in vec.records], abs=0.01
+    )
 
 
 def test_split_jobs_balances_work_and_keeps_every_job_once() -> None:
