@@ -17,7 +17,31 @@ import numpy.typing as npt
 from .clock import RoundTiming, SimClock
 from .population import DEFAULT_TIERS, Population, PopulationConfig
 
-__all__ = ["SimFleet"]
+__all__ = ["SimFleet", "training_flops_per_sample", "relative_cost", "REFERENCE_FLOPS"]
+
+# Forward + backward FLOPs of one MNIST-CNN training sample (torch's FlopCounterMode): the
+# workload the population's compute speeds (samples/s) refer to.
+REFERENCE_FLOPS = 72_384_512
+
+
+def training_flops_per_sample(model: Any, sample_shape: Sequence[int]) -> int:
+    """Forward + backward FLOPs of one example of shape `sample_shape` through `model`
+    (a torch module), counted by `torch.utils.flop_counter`. Inputs are zeros, so token-id
+    models see id 0."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros((1, *sample_shape))
+    with FlopCounterMode(display=False) as counter:
+        model(x).sum().backward()
+    model.zero_grad(set_to_none=True)
+    return int(counter.get_total_flops())
+
+
+def relative_cost(model: Any, sample_shape: Sequence[int]) -> float:
+    """`cost_per_sample` for `SimFleet`/`SimClock`: training FLOPs per example relative to the
+    MNIST CNN (1.0 for it; the digits MLP is about 1.4e-4)."""
+    return max(training_flops_per_sample(model, sample_shape), 1) / REFERENCE_FLOPS
 
 
 class SimFleet:

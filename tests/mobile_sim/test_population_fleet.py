@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mobile_sim.fleet import SimFleet
+from mobile_sim.fleet import SimFleet, relative_cost
+from mobile_sim.models import build_model
 from mobile_sim.report_extra import load_runs, plot_run_dir
 
 
@@ -56,6 +57,11 @@ def test_fleet_without_dropouts_keeps_everyone_that_finishes() -> None:
 
     # Assert
     assert timing.dropped.size == 0 and timing.kept.size == 200
+
+
+def test_relative_cost_is_measured_against_the_mnist_cnn() -> None:
+    assert relative_cost(build_model("mnist_cnn"), (1, 28, 28)) == pytest.approx(1.0)
+    assert relative_cost(build_model("digits_mlp"), (64,)) < 1e-3
 
 
 def _fake_run(folder: Path, label: str, with_sim: bool) -> None:
