@@ -130,7 +130,7 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
 
 def _jobs(args: argparse.Namespace, base: SimConfig) -> list[dict[str, Any]]:
     jobs: list[dict[str, Any]] = []
-    for agg in args.aggregators:
+    for agg in [] if args.skip_matrix else args.aggregators:
         cfg = replace(base, aggregator=agg)
         jobs.append(
             {
@@ -328,6 +328,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backdoor-malicious", type=float, default=0.1)
     ap.add_argument("--backdoor-rounds", type=int, default=30)
     ap.add_argument("--skip-backdoor", action="store_true")
+    ap.add_argument("--skip-matrix", action="store_true", help="only the backdoor runs")
+    ap.add_argument("--name", default="robustness", help="results file stem")
     ap.add_argument("--workers", type=int, default=2, help="simulations run in parallel")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a smoke run (minutes)")
@@ -346,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         eval_every=5,
         seed=args.seed,
     )
-    name = "robustness"
+    name = args.name
     if args.quick:
         base = replace(base, clients=20, per_round=5, rounds=3, eval_every=1)
         args.aggregators = ["fedavg", DEFAULT_ROBUST]
