@@ -55,6 +55,7 @@ from protocol.messages import (
     TaskConfig,
     TaskStatus,
     TensorShape,
+    UploadReceipt,
     from_json,
     pack_chain,
     to_json,
@@ -518,18 +519,15 @@ class Coordinator:
 
     def submit(
         self, round_id: int, device_id: str, idempotency_key: str, frame: bytes
-    ) -> tuple[Any, TaskRuntime | None]:
+    ) -> tuple[UploadReceipt, TaskRuntime | None]:
         """Accept one upload durably. Returns (UploadReceipt, runtime to close now or None)."""
-        from protocol.messages import UploadReceipt
-
         found = self._runtime_for_round(round_id)
         existing = self.store.find_update(round_id, device_id)
         if existing is not None:
-            if existing.idempotency_key == idempotency_key:
+            key, size = existing
+            if key == idempotency_key:
                 reports = found[1].reports if found else self.store.count_updates(round_id)
-                return UploadReceipt(
-                    round_id, device_id, True, True, len(existing.frame), reports
-                ), None
+                return UploadReceipt(round_id, device_id, True, True, size, reports), None
             raise ApiError(
                 409, Reason.DUPLICATE_UPLOAD, f"device already reported in round {round_id}"
             )

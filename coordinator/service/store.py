@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -358,17 +358,13 @@ class Store:
         )
         return [UpdateRow(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
 
-    def find_update(self, round_id: int, device_id: str) -> UpdateRow | None:
+    def find_update(self, round_id: int, device_id: str) -> tuple[str, int] | None:
+        """(idempotency key, frame bytes) of a device's accepted update in a round, if any."""
         rows = self._query(
-            "SELECT seq, round_id, device_id, idempotency_key, frame FROM updates "
-            "WHERE round_id=? AND device_id=?",
+            "SELECT idempotency_key, length(frame) FROM updates WHERE round_id=? AND device_id=?",
             (round_id, device_id),
         )
-        return (
-            UpdateRow(rows[0][0], rows[0][1], rows[0][2], rows[0][3], bytes(rows[0][4]))
-            if rows
-            else None
-        )
+        return (str(rows[0][0]), int(rows[0][1])) if rows else None
 
     def count_updates(self, round_id: int) -> int:
         return int(self._query("SELECT COUNT(*) FROM updates WHERE round_id=?", (round_id,))[0][0])
@@ -405,7 +401,7 @@ class Store:
         measurements: dict[str, Any],
         task_state: str,
         now: float,
-        before_commit: Any = None,
+        before_commit: Callable[[], None] | None = None,
     ) -> None:
         """Commit a round and its new model version atomically (never applied twice)."""
         with self.transaction() as db:
@@ -440,17 +436,10 @@ class Store:
 
     # -- ledger ----------------------------------------------------------------------------
 
-    def ledger_add(
-        self,
-        round_id: int,
-        device_id: str,
-        direction: str,
-        payload_bytes: int,
-        wire_bytes: int,
-        dense_bytes: int,
-    ) -> None:
+    def ledger_add(self, rows: list[tuple[int, str, str, int, int, int]]) -> None:
+        """Add `(round_id, device_id, direction, payload, wire, dense)` rows in one transaction."""
         with self.transaction() as db:
-            db.execute(
+            db.executemany(
                 "INSERT INTO ledger(round_id, device_id, direction, payload_bytes, wire_bytes, "
                 "dense_bytes, requests) VALUES (?, ?, ?, ?, ?, ?, 1) "
                 "ON CONFLICT(round_id, device_id, direction) DO UPDATE SET "
@@ -458,7 +447,7 @@ class Store:
                 "wire_bytes = wire_bytes + excluded.wire_bytes, "
                 "dense_bytes = dense_bytes + excluded.dense_bytes, "
                 "requests = requests + 1",
-                (round_id, device_id, direction, payload_bytes, wire_bytes, dense_bytes),
+                rows,
             )
 
     def ledger_rows(self, round_id: int) -> list[tuple[int, str, str, int, int, int, int]]:

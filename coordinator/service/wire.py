@@ -123,10 +123,17 @@ class WireMiddleware:
             self.metrics.control_wire_bytes.labels(Direction.DOWN).inc(down)
             return
         self.store.ledger_add(
-            att.round_id, att.device_id, Direction.UP, att.payload_up, up, att.dense_up
-        )
-        self.store.ledger_add(
-            att.round_id, att.device_id, Direction.DOWN, att.payload_down, down, att.dense_down
+            [
+                (att.round_id, att.device_id, Direction.UP, att.payload_up, up, att.dense_up),
+                (
+                    att.round_id,
+                    att.device_id,
+                    Direction.DOWN,
+                    att.payload_down,
+                    down,
+                    att.dense_down,
+                ),
+            ]
         )
         for direction, payload, wire, dense in (
             (Direction.UP, att.payload_up, up, att.dense_up),

@@ -1,0 +1,509 @@
+"""Coordinator ingest benchmark: MNIST-CNN updates/s in-process and over HTTP, downlink bytes vs
+dense fp32 for devices 1..5 versions behind, and a bounded load run (2,000 devices, 30% over-
+selection, 20% dropouts) with zero-lost-update accounting and upload latency percentiles.
+
+    python bench/coordinator_ingest.py            # the issue's settings
+    python bench/coordinator_ingest.py --quick    # a smoke run in well under a minute
+
+Writes bench/results/coordinator_ingest.json. Every figure is measured in this run on this
+machine; targets are reported next to the measurements, never in their place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import secrets
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+from tqdm import tqdm
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from compression import CodecConfig, ModelSpec, UpdateCodec  # noqa: E402
+from coordinator.service import AdminClient, Coordinator, ServiceConfig, Store  # noqa: E402
+from protocol.messages import CodecParams, TaskConfig, TensorShape  # noqa: E402
+
+DEFAULT = CodecConfig(topk=0.01, bits=4)
+TARGETS = {"inprocess_updates_per_s": 1000, "http_updates_per_s": 300, "downlink_ratio": 10}
+
+
+def _spec_and_params() -> tuple[ModelSpec, npt.NDArray[np.float32]]:
+    import torch
+
+    from mobile_sim.models import build_model
+    from sdk.flat import get_flat_params, spec_from_module
+
+    torch.set_num_threads(1)
+    model = build_model("mnist_cnn", seed=0)
+    return spec_from_module(model), get_flat_params(model)
+
+
+def _frames(spec: ModelSpec, config: CodecConfig, distinct: int, seed: int = 0) -> list[bytes]:
+    """`distinct` update frames of synthetic training-like deltas (heavy-tailed, 1e-3 scale)."""
+    codec = UpdateCodec(spec, config)
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in tqdm(range(distinct), desc=f"encode {config.topk:g}/{config.bits}b", leave=False):
+        delta = (rng.standard_t(3, spec.size) * 1e-3).astype(np.float32)
+        frame, _ = codec.encode(delta, rng, weight=float(50 + i % 50))
+        out.append(frame)
+    return out
+
+
+def _task(
+    spec: ModelSpec, clients: int, codec: CodecConfig, over: float = 1.0, **kw: Any
+) -> TaskConfig:
+    dense = codec.topk == 1.0
+    return TaskConfig(
+        name="bench",
+        model_name="mnist_cnn",
+        spec=[TensorShape(e.name, list(e.shape)) for e in spec.entries],
+        rounds=kw.pop("rounds", 1),
+        clients_per_round=clients,
+        over_selection=over,
+        deadline_s=kw.pop("deadline_s", 600.0),
+        min_reports=1,
+        selection_timeout_s=kw.pop("selection_timeout_s", 600.0),
+        codec=CodecParams.from_config(codec),
+        downlink=CodecParams(topk=1.0, bits=32) if dense else CodecParams(topk=0.02, bits=8),
+        retry_after_s=kw.pop("retry_after_s", 1.0),
+        **kw,
+    )
+
+
+# -- in-process ------------------------------------------------------------------------------
+
+
+def _inprocess(
+    spec: ModelSpec,
+    params: npt.NDArray[np.float32],
+    frames: list[bytes],
+    n: int,
+    codec: CodecConfig,
+    tmp: str,
+    label: str,
+) -> dict[str, Any]:
+    """Submit n frames through the durable Coordinator (decode + SQLite commit each), then close
+    the round (FedAvg + downlink publish). No HTTP."""
+    from compression import encode_snapshot
+
+    store = Store(os.path.join(tmp, f"{label}.db"))
+    coord = Coordinator(store, ServiceConfig(db_path=store.path, pool_ttl_s=1e9))
+    task_id = coord.create_task(_task(spec, n, codec))
+    coord.set_initial_model(task_id, encode_snapshot(params, spec, "fp32"))
+    devices = [f"{i:032x}" for i in range(n)]
+    for d in devices:
+        coord.check_in(d, task_id)
+    rt = coord.runtimes[task_id]
+    assert rt.current is not None and len(rt.current.selected) == n
+    round_id = rt.current.round_id
+    t0 = time.perf_counter()
+    for i, d in enumerate(tqdm(devices, desc=f"in-process {label}", leave=False)):
+        coord.submit(round_id, d, f"k{i}", frames[i % len(frames)])
+    t1 = time.perf_counter()
+    cur = coord.begin_close(rt)
+    assert cur is not None
+    outcome = coord.close_blocking(rt, cur)
+    coord.finish_close(rt, outcome)
+    t2 = time.perf_counter()
+    assert outcome.committed and outcome.reports == n
+    store.close()
+    return {
+        "updates": n,
+        "distinct_frames": len(frames),
+        "mean_frame_bytes": float(np.mean([len(f) for f in frames])),
+        "submit_s": t1 - t0,
+        "aggregate_publish_s": t2 - t1,
+        "updates_per_s": n / (t2 - t0),
+    }
+
+
+# -- over HTTP -------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class _Server:
+    """`plume coordinator serve` in its own process (its own core, as in production)."""
+
+    def __init__(self, db: str, token: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "coordinator.cli", "coordinator", "serve", "--db", db,
+             "--port", str(self.port), "--admin-token", token, "--poll", "0.5",
+             "--log-level", "warning"],
+            cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("coordinator did not start")
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+async def _fleet(
+    url: str,
+    n: int,
+    task_id: int,
+    tmp: str,
+    concurrency: int,
+) -> tuple[list[Any], httpx.AsyncHTTPTransport, list[Any]]:
+    """n registered async clients sharing one connection pool, all assigned to the round."""
+    from sdk.client import AsyncClient
+
+    transport = httpx.AsyncHTTPTransport(
+        limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    )
+    clients = [
+        AsyncClient(url, os.path.join(tmp, f"dev{i:05d}"), transport=transport, timeout=300)
+        for i in range(n)
+    ]
+    sem = asyncio.Semaphore(concurrency)
+
+    async def bounded(coro: Any) -> Any:
+        async with sem:
+            return await coro
+
+    bar = tqdm(total=3 * n, desc="register + check in", leave=False)
+
+    async def one(c: Any) -> Any:
+        await bounded(c.register())
+        bar.update()
+        await bounded(c.check_in(task_id))
+        bar.update()
+        return c
+
+    await asyncio.gather(*(one(c) for c in clients))
+    assignments: list[Any] = [None] * n
+
+    async def assigned(i: int) -> None:
+        for _ in range(600):
+            answer = await bounded(clients[i].check_in(task_id))
+            if answer.assignment is not None:
+                assignments[i] = answer.assignment
+                bar.update()
+                return
+            await asyncio.sleep(min(answer.retry_after_s, 0.5))
+        raise RuntimeError("device never assigned")
+
+    await asyncio.gather(*(assigned(i) for i in range(n)))
+    bar.close()
+    return clients, transport, assignments
+
+
+async def _uploads(
+    clients: list[Any],
+    assignments: list[Any],
+    frames: list[bytes],
+    concurrency: int,
+    dense_bytes: int,
+    dropout: float,
+    seed: int,
+) -> tuple[list[float], dict[int, Any], int]:
+    """Upload one frame per non-dropped device; returns (latencies s, receipts by index, refused)."""
+    from sdk.client import ClientError
+    from sdk.device_store import PendingUpload
+
+    rng = np.random.default_rng(seed)
+    drop = rng.random(len(clients)) < dropout
+    sem = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    receipts: dict[int, Any] = {}
+    refused = 0
+    bar = tqdm(total=int((~drop).sum()), desc="uploads", leave=False)
+
+    async def up(i: int) -> None:
+        nonlocal refused
+        a = assignments[i]
+        pending = PendingUpload(
+            a.round_id, secrets.token_hex(8), frames[i % len(frames)], dense_bytes
+        )
+        async with sem:
+            t0 = time.perf_counter()
+            try:
+                receipts[i] = await clients[i].upload(pending)
+            except ClientError as exc:
+                if exc.status != 409:
+                    raise
+                refused += 1
+            latencies.append(time.perf_counter() - t0)
+        bar.update()
+
+    await asyncio.gather(*(up(i) for i in range(len(clients)) if not drop[i]))
+    bar.close()
+    return latencies, receipts, refused
+
+
+def _http_run(
+    spec: ModelSpec,
+    params: npt.NDArray[np.float32],
+    frames: list[bytes],
+    n: int,
+    clients_per_round: int,
+    over: float,
+    dropout: float,
+    concurrency: int,
+    tmp: str,
+    label: str,
+) -> dict[str, Any]:
+    token = secrets.token_hex(8)
+    db = os.path.join(tmp, f"{label}.db")
+    server = _Server(db, token)
+    try:
+        with AdminClient(server.url, token) as admin:
+            task_id = admin.create_task(
+                _task(spec, clients_per_round, DEFAULT, over, deadline_s=3600.0), params
+            )
+
+            async def main() -> dict[str, Any]:
+                clients, transport, assignments = await _fleet(
+                    server.url, n, task_id, os.path.join(tmp, label), concurrency
+                )
+                t0 = time.perf_counter()
+                lat, receipts, refused = await _uploads(
+                    clients, assignments, frames, concurrency, spec.dense_bytes, dropout, 1
+                )
+                round_id = assignments[0].round_id
+                while True:  # until the round is aggregated and published
+                    st = await asyncio.to_thread(admin.rounds, task_id)
+                    if st[0].state in ("committed", "abandoned"):
+                        break
+                    await asyncio.sleep(0.05)
+                elapsed = time.perf_counter() - t0
+                await transport.aclose()
+                return {
+                    "round_id": round_id,
+                    "latencies": lat,
+                    "receipts": receipts,
+                    "refused": refused,
+                    "elapsed": elapsed,
+                    "state": st[0].state,
+                    "reports": st[0].reports,
+                    "selected": st[0].selected,
+                }
+
+            out = asyncio.run(main())
+    finally:
+        server.stop()
+    with sqlite3.connect(db) as con:
+        stored = {
+            r[0] for r in con.execute(
+                "SELECT idempotency_key FROM updates WHERE round_id=?", (out["round_id"],)
+            )
+        }  # fmt: skip
+        stored_devices = {
+            r[0] for r in con.execute(
+                "SELECT device_id FROM updates WHERE round_id=?", (out["round_id"],)
+            )
+        }  # fmt: skip
+    acked = {r.device_id for r in out["receipts"].values() if r.accepted}
+    lost = len(acked - stored_devices)
+    lat_ms = np.array(out["latencies"]) * 1000
+    accepted = len(acked)
+    return {
+        "devices": n,
+        "clients_per_round": clients_per_round,
+        "selected": out["selected"],
+        "dropout": dropout,
+        "uploads_sent": len(out["latencies"]),
+        "accepted": accepted,
+        "refused_stragglers": out["refused"],
+        "stored_updates": len(stored),
+        "lost_updates": lost,
+        "round_state": out["state"],
+        "round_reports": out["reports"],
+        "elapsed_s": out["elapsed"],
+        "updates_per_s": accepted / out["elapsed"],
+        "p50_upload_ms": float(np.percentile(lat_ms, 50)),
+        "p99_upload_ms": float(np.percentile(lat_ms, 99)),
+        "concurrency": concurrency,
+    }
+
+
+# -- downlink --------------------------------------------------------------------------------
+
+
+def _downlink(
+    spec: ModelSpec,
+    params: npt.NDArray[np.float32],
+    frames: list[bytes],
+    per_round: int,
+    tmp: str,
+) -> dict[str, Any]:
+    """Publish 5 versions from real aggregates, then size the download for lags 1..5."""
+    from compression import encode_snapshot
+
+    store = Store(os.path.join(tmp, "downlink.db"))
+    coord = Coordinator(store, ServiceConfig(db_path=store.path, pool_ttl_s=1e9))
+    task_id = coord.create_task(_task(spec, per_round, DEFAULT, rounds=5))
+    coord.set_initial_model(task_id, encode_snapshot(params, spec, "fp32"))
+    rt = coord.runtimes[task_id]
+    for r in tqdm(range(5), desc="downlink versions", leave=False):
+        devices = [f"{r:08x}{i:024x}" for i in range(per_round)]
+        for d in devices:
+            coord.check_in(d, task_id)
+        assert rt.current is not None
+        for i, d in enumerate(devices):
+            coord.submit(
+                rt.current.round_id, d, f"k{r}-{i}", frames[(r * per_round + i) % len(frames)]
+            )
+        cur = coord.begin_close(rt)
+        assert cur is not None
+        coord.finish_close(rt, coord.close_blocking(rt, cur))
+    v = rt.version
+    out: dict[str, Any] = {"dense_bytes": spec.dense_bytes, "by_lag": {}}
+    snapshot = len(rt.snapshot("fp32"))
+    for lag in range(1, 6):
+        body, headers, _ = coord.model(task_id, v - lag, "auto", "fp32")
+        out["by_lag"][str(lag)] = {
+            "bytes": len(body),
+            "encoding": headers["x-plume-model-encoding"],
+            "ratio_vs_dense": spec.dense_bytes / len(body),
+        }
+    out["snapshot_fp32_zstd_bytes"] = snapshot
+    out["snapshot_fp16_zstd_bytes"] = len(rt.snapshot("fp16"))
+    store.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="small smoke run")
+    parser.add_argument("--updates", type=int, default=2000, help="in-process updates")
+    parser.add_argument("--dense-updates", type=int, default=100, help="dense fp32 updates")
+    parser.add_argument("--http-updates", type=int, default=1000, help="updates over HTTP")
+    parser.add_argument("--load-devices", type=int, default=2000)
+    parser.add_argument("--over-selection", type=float, default=1.3)
+    parser.add_argument("--dropout", type=float, default=0.2)
+    parser.add_argument("--concurrency", type=int, default=64, help="HTTP requests in flight")
+    parser.add_argument("--distinct-frames", type=int, default=64)
+    parser.add_argument(
+        "--out", default=str(ROOT / "bench" / "results" / "coordinator_ingest.json")
+    )
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.updates, args.dense_updates, args.http_updates = 100, 10, 100
+        args.load_devices, args.distinct_frames = 200, 16
+
+    from mobile_sim.report import machine_info
+
+    phases: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def phase(name: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        phases[name] = round(now - clock, 2)
+        tqdm.write(f"{name}: {phases[name]:.1f} s")
+        clock = now
+
+    spec, params = _spec_and_params()
+    frames = _frames(spec, DEFAULT, args.distinct_frames)
+    dense_frames = _frames(spec, CodecConfig.dense(), min(8, args.distinct_frames), seed=1)
+    phase("encode frames")
+    result: dict[str, Any] = {
+        "model": "mnist_cnn",
+        "params": spec.size,
+        "codec": {"topk": DEFAULT.topk, "bits": DEFAULT.bits},
+        "quick": args.quick,
+    }
+    with tempfile.TemporaryDirectory(prefix="plume-bench-") as tmp:
+        inproc = _inprocess(spec, params, frames, args.updates, DEFAULT, tmp, "compressed")
+        phase("in-process")
+        dense = _inprocess(
+            spec, params, dense_frames, args.dense_updates, CodecConfig.dense(), tmp, "dense"
+        )
+        phase("in-process dense")
+        http = _http_run(
+            spec, params, frames, args.http_updates, args.http_updates, 1.0, 0.0,
+            args.concurrency, tmp, "http",
+        )  # fmt: skip
+        phase("http")
+        n = args.load_devices
+        per_round = max(1, round(n / args.over_selection))
+        load = _http_run(
+            spec, params, frames, n, per_round, args.over_selection, args.dropout,
+            args.concurrency, tmp, "load",
+        )  # fmt: skip
+        phase("load")
+        down = _downlink(spec, params, frames, 10, tmp)
+        phase("downlink")
+    ratios = [down["by_lag"][str(lag)]["ratio_vs_dense"] for lag in range(1, 6)]
+    result.update(
+        {
+            "inprocess_updates_per_s": inproc["updates_per_s"],
+            "http_updates_per_s": http["updates_per_s"],
+            "dense_updates_per_s": dense["updates_per_s"],
+            "speedup_vs_dense_inprocess": inproc["updates_per_s"] / dense["updates_per_s"],
+            "downlink_ratio_vs_dense": ratios,
+            "load_lost_updates": load["lost_updates"],
+            "load_p50_upload_ms": load["p50_upload_ms"],
+            "load_p99_upload_ms": load["p99_upload_ms"],
+            "targets": TARGETS,
+            "targets_met": {
+                "inprocess_updates_per_s": inproc["updates_per_s"]
+                >= TARGETS["inprocess_updates_per_s"],
+                "http_updates_per_s": http["updates_per_s"] >= TARGETS["http_updates_per_s"],
+                "downlink_ratio_vs_dense": min(ratios) >= TARGETS["downlink_ratio"],
+                "load_lost_updates": load["lost_updates"] == 0,
+            },
+            "details": {
+                "inprocess": inproc,
+                "dense": dense,
+                "http": http,
+                "load": load,
+                "downlink": down,
+            },
+            "machine": machine_info(),
+            "load_average": os.getloadavg(),
+            "phase_seconds": phases,
+            "date": time.strftime("%Y-%m-%d", time.gmtime()),
+            "command": "python bench/coordinator_ingest.py" + (" --quick" if args.quick else ""),
+        }
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in (
+        "inprocess_updates_per_s", "http_updates_per_s", "dense_updates_per_s",
+        "downlink_ratio_vs_dense", "load_lost_updates", "load_p99_upload_ms", "targets_met",
+    )}, indent=2))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,221 @@
+"""HTTP endpoints of secure rounds: a FastAPI router over `coordinator.secure` (no other state).
+
+    GET  /v1/secure/rounds/{round_id}/setup                plan bytes; digest + node in headers
+    POST /v1/secure/rounds/{round_id}/stages/{stage}       a stage upload (octet-stream)
+    GET  /v1/secure/rounds/{round_id}/stages/{stage}       the download that follows `stage`
+                                                           (425 + Retry-After until it closes)
+    GET  /v1/secure/rounds/{round_id}/result               JSON: committed, contributors, ...
+
+The device is whoever `device_id` (a FastAPI dependency) says: the signed-request dependency of
+the main app, or the `x-plume-device` header in tests. A stage closes when every device still
+in it has uploaded, or when the orchestrator calls `SecureRegistry.close_stage` at its deadline.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.responses import JSONResponse
+
+from coordinator.secure import SecureCoordinator, SecureOutcome, SecureRound, SecureTask
+from protocol.secagg import RoundAborted, SecAggError, SecAggHeader, SecAggPath, Stage
+
+__all__ = ["SecureRegistry", "secagg_router", "header_device_id"]
+
+_ORDER = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK)
+
+
+@dataclass
+class _Group:
+    sr: SecureRound
+    uploaded: dict[Stage, set[str]] = field(default_factory=dict)
+    downloads: dict[Stage, dict[str, bytes]] = field(default_factory=dict)
+    expected: set[str] = field(default_factory=set)  # devices still in the current stage
+    closed: set[Stage] = field(default_factory=set)
+    aborted: str = ""
+
+
+@dataclass
+class _Entry:
+    task: SecureTask
+    groups: list[_Group]
+    outcome: SecureOutcome | None = None
+
+
+class SecureRegistry:
+    """Open secure rounds of one `SecureCoordinator`, safe to call from request threads."""
+
+    def __init__(self, coordinator: SecureCoordinator) -> None:
+        self.coordinator = coordinator
+        self._rounds: dict[int, _Entry] = {}
+        self._lock = threading.Lock()
+
+    def open_round(self, device_ids: Sequence[str]) -> SecureTask:
+        with self._lock:
+            task = self.coordinator.open_round(device_ids)
+            groups = [_Group(sr, expected=set(sr.device_ids)) for sr in task.groups]
+            self._rounds[task.round_id] = _Entry(task, groups)
+            return task
+
+    def _entry(self, round_id: int) -> _Entry:
+        try:
+            return self._rounds[round_id]
+        except KeyError:
+            raise LookupError(f"no secure round {round_id}") from None
+
+    def _group(self, round_id: int, device_id: str) -> _Group:
+        entry = self._entry(round_id)
+        g = entry.task.group_of.get(device_id)
+        if g is None:
+            raise PermissionError(f"device {device_id} is not in secure round {round_id}")
+        return entry.groups[g]
+
+    def setup(self, round_id: int, device_id: str) -> tuple[bytes, bytes, int]:
+        with self._lock:
+            grp = self._group(round_id, device_id)
+            body = grp.sr.announce_one(device_id)
+            return body, grp.sr.digest, grp.sr.node_of(device_id)
+
+    def upload(self, round_id: int, stage: Stage, device_id: str, body: bytes) -> None:
+        with self._lock:
+            grp = self._group(round_id, device_id)
+            if grp.aborted:
+                raise RoundAborted(grp.aborted)
+            if device_id in grp.uploaded.get(stage, set()):
+                raise SecAggError(f"device {device_id} already uploaded stage {stage}")
+            grp.sr.receive(stage, device_id, body)
+            grp.uploaded.setdefault(stage, set()).add(device_id)
+            if grp.expected <= grp.uploaded[stage]:
+                self._close(grp, stage)
+
+    def close_stage(self, round_id: int, stage: Stage) -> None:
+        """Close `stage` in every group with whoever uploaded (the stage deadline)."""
+        with self._lock:
+            for grp in self._entry(round_id).groups:
+                if stage not in grp.closed and not grp.aborted:
+                    self._close(grp, stage)
+
+    def _close(self, grp: _Group, stage: Stage) -> None:
+        grp.closed.add(stage)
+        grp.expected = set(grp.uploaded.get(stage, set()))
+        if stage == Stage.UNMASK:
+            return
+        try:
+            grp.downloads[stage] = grp.sr.close(stage)
+        except RoundAborted as exc:
+            grp.aborted = str(exc)
+            return
+        grp.expected = set(grp.downloads[stage])
+
+    def download(self, round_id: int, stage: Stage, device_id: str) -> bytes | None:
+        """The bytes that follow `stage` for this device, or None while it is open."""
+        with self._lock:
+            grp = self._group(round_id, device_id)
+            if grp.aborted:
+                raise RoundAborted(grp.aborted)
+            if stage not in grp.closed:
+                return None
+            try:
+                return grp.downloads[stage][device_id]
+            except KeyError:
+                raise PermissionError(f"device {device_id} is no longer in the round") from None
+
+    def finish(self, round_id: int) -> SecureOutcome:
+        """Close the unmask stage, unmask every group and update the model."""
+        self.close_stage(round_id, Stage.UNMASK)
+        with self._lock:
+            entry = self._entry(round_id)
+            if entry.outcome is None:
+                entry.outcome = self.coordinator.close_round(entry.task)
+            return entry.outcome
+
+    def result(self, round_id: int) -> SecureOutcome | None:
+        with self._lock:
+            return self._entry(round_id).outcome
+
+
+def header_device_id(x_plume_device: str = Header(..., description="device id")) -> str:  # noqa: B008
+    """Device id from the `x-plume-device` header: for tests and trusted loopback only."""
+    return x_plume_device
+
+
+def _error(exc: Exception) -> JSONResponse:
+    if isinstance(exc, LookupError):
+        return JSONResponse({"reason": "not_found", "detail": str(exc)}, 404)
+    if isinstance(exc, PermissionError):
+        return JSONResponse({"reason": "not_selected", "detail": str(exc)}, 403)
+    if isinstance(exc, RoundAborted):
+        return JSONResponse({"reason": "round_aborted", "detail": str(exc)}, 410)
+    return JSONResponse({"reason": type(exc).__name__, "detail": str(exc)}, 409)
+
+
+def secagg_router(
+    registry: SecureRegistry | Callable[[], SecureRegistry],
+    device_id: Callable[..., Any] = header_device_id,
+    retry_after_s: float = 0.2,
+) -> APIRouter:
+    """The router; `registry` may be a zero-argument callable resolved per request."""
+    router = APIRouter(tags=["secure"])
+
+    def reg() -> SecureRegistry:
+        return (
+            registry()
+            if callable(registry) and not isinstance(registry, SecureRegistry)
+            else registry
+        )  # type: ignore[return-value]
+
+    @router.get(SecAggPath.SETUP, response_class=Response)
+    def setup(round_id: int, dev: str = Depends(device_id)) -> Response:  # noqa: B008
+        try:
+            body, digest, node = reg().setup(round_id, dev)
+        except (LookupError, PermissionError, SecAggError) as exc:
+            return _error(exc)
+        headers = {str(SecAggHeader.DIGEST): digest.hex(), str(SecAggHeader.NODE): str(node)}
+        return Response(body, media_type="application/octet-stream", headers=headers)
+
+    @router.post(SecAggPath.STAGE, status_code=204, response_class=Response)
+    async def upload(
+        round_id: int,
+        stage: Stage,
+        request: Request,
+        dev: str = Depends(device_id),  # noqa: B008
+    ) -> Response:
+        body = await request.body()
+        try:
+            reg().upload(round_id, stage, dev, body)
+        except (LookupError, PermissionError, SecAggError) as exc:
+            return _error(exc)
+        return Response(status_code=204)
+
+    @router.get(SecAggPath.STAGE, response_class=Response)
+    def download(round_id: int, stage: Stage, dev: str = Depends(device_id)) -> Response:  # noqa: B008
+        try:
+            body = reg().download(round_id, stage, dev)
+        except (LookupError, PermissionError, SecAggError) as exc:
+            return _error(exc)
+        if body is None:
+            return Response(status_code=425, headers={"retry-after": f"{retry_after_s:g}"})
+        return Response(body, media_type="application/octet-stream")
+
+    @router.get(SecAggPath.RESULT)
+    def result(round_id: int) -> JSONResponse:
+        try:
+            out = reg().result(round_id)
+        except LookupError as exc:
+            return _error(exc)
+        if out is None:
+            return JSONResponse({"round_id": round_id, "state": "open"})
+        return JSONResponse(
+            {
+                "round_id": round_id,
+                "state": "committed" if out.committed else "aborted",
+                "contributors": len(out.contributors),
+                "aborted_groups": out.aborted_groups,
+            }
+        )
+
+    return router
