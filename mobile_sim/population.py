@@ -279,8 +279,12 @@ def _uniform(h: U64) -> F64:
 class _Stream:
     """Independent uniform draws per (key, device): field j of device i is hash(key, i, j)."""
 
-    def __init__(self, key: int, ids: I64) -> None:
-        self._base = _fmix(ids.astype(np.uint64) ^ np.uint64(_fmix_int(key)))
+    def __init__(self, key: int, ids: I64, day: I64 | None = None) -> None:
+        base = _fmix(ids.astype(np.uint64) ^ np.uint64(_fmix_int(key)))
+        if day is not None:
+            # Per-day draws: mix the (possibly negative) day number into each device's hash.
+            base = _fmix(base ^ _fmix(day.astype(np.uint64) + np.uint64(_GOLDEN)))
+        self._base = base
 
     def uniform(self, j: int) -> F64:
         return _uniform(_fmix(self._base + np.uint64(((j + 1) * _GOLDEN) & _MASK64)))
@@ -431,10 +435,7 @@ class Population:
         return avail
 
     def _day_stream(self, ids: I64, day: I64) -> _Stream:
-        stream = _Stream(self._key ^ _DAY_SALT, ids)
-        # Mix the (possibly negative) day number into each device's base hash.
-        stream._base = _fmix(stream._base ^ _fmix(day.astype(np.uint64) + np.uint64(_GOLDEN)))
-        return stream
+        return _Stream(self._key ^ _DAY_SALT, ids, day)
 
     def is_available(self, device_ids: npt.ArrayLike, sim_time_s: float) -> B:
         """bool[n] availability of `device_ids` at `sim_time_s`."""
