@@ -53,7 +53,10 @@ def plot_bytes_per_round(runs: Sequence[Run], path: str | Path) -> Path:
         if rounds and "dense_up" in rounds[0]:
             dense = [int(r["dense_up"]) for r in rounds]
             ax_up.plot(xs, dense, ls="--", lw=1, label=f"{label}: dense fp32")
+    from matplotlib.ticker import MaxNLocator
+
     for ax, title in ((ax_up, "upload"), (ax_down, "download")):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_yscale("log")
         ax.set_xlabel("round")
         ax.set_ylabel("payload bytes (all devices)")
