@@ -15,6 +15,9 @@ including what clipping and quantization removed, waits for a later round.
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import numpy as np
 import numpy.typing as npt
 
@@ -23,9 +26,14 @@ from protocol.secagg import (
     KeyDirectory,
     ModelMismatch,
     NoiseKind,
+    RoundAborted,
     SecAggClient,
+    SecAggError,
+    SecAggHeader,
+    SecAggPath,
     SecurePlan,
     ShareDelivery,
+    Stage,
     UnmaskRequest,
     dequantize,
     device_sketch,
@@ -38,7 +46,7 @@ from protocol.secagg import (
     unrotate,
 )
 
-__all__ = ["SecureParticipant", "SecureSession", "encode_for_plan"]
+__all__ = ["SecureParticipant", "SecureSession", "HttpSecureDevice", "encode_for_plan"]
 
 
 def encode_for_plan(
@@ -149,3 +157,92 @@ class SecureParticipant:
             raise ModelMismatch(f"plan for {plan.model_size} values, device model has {self.size}")
         pp = plan.protocol_params(model_digest(params))
         return SecureSession(self, plan, SecAggClient(pp, node, announced_digest))
+
+
+class HttpSecureDevice:
+    """A device taking part in secure rounds over HTTP (see coordinator/service/_secagg_routes).
+
+    `client` is an `httpx.Client` whose transport is the only network seam (tests and the
+    simulator inject one). `headers` are added to every request; the default names the device
+    in `x-plume-device`, which only a trusted loopback router accepts. A deployment passes the
+    signed-request headers instead.
+    """
+
+    def __init__(
+        self,
+        client: Any,
+        device_id: str,
+        participant: SecureParticipant,
+        headers: dict[str, str] | None = None,
+        poll_s: float = 0.05,
+    ) -> None:
+        self.client = client
+        self.device_id = device_id
+        self.participant = participant
+        self.headers = headers if headers is not None else {"x-plume-device": device_id}
+        self.poll_s = poll_s
+
+    def _check(self, resp: Any) -> None:
+        if resp.status_code >= 400:
+            detail = (
+                resp.json()
+                if resp.headers.get("content-type", "").startswith("application/json")
+                else {}
+            )
+            if resp.status_code == 410:
+                raise RoundAborted(str(detail.get("detail", "round aborted")))
+            raise SecAggError(f"HTTP {resp.status_code}: {detail}")
+
+    def join(self, round_id: int, params: npt.NDArray[np.float32]) -> SecureSession:
+        """Download the plan, check the digest against `params`, start the session."""
+        resp = self.client.get(SecAggPath.SETUP.format(round_id=round_id), headers=self.headers)
+        self._check(resp)
+        digest = bytes.fromhex(resp.headers[SecAggHeader.DIGEST])
+        node = int(resp.headers[SecAggHeader.NODE])
+        return self.participant.join(resp.content, digest, params, node)
+
+    def upload(self, round_id: int, stage: Stage, body: bytes) -> None:
+        url = SecAggPath.STAGE.format(round_id=round_id, stage=stage)
+        resp = self.client.post(
+            url, content=body, headers={**self.headers, "content-type": "application/octet-stream"}
+        )
+        self._check(resp)
+
+    def download(self, round_id: int, stage: Stage, timeout_s: float = 60.0) -> bytes | None:
+        """The download after `stage`, polling while the stage is open; None on timeout."""
+        url = SecAggPath.STAGE.format(round_id=round_id, stage=stage)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            resp = self.client.get(url, headers=self.headers)
+            if resp.status_code != 425:
+                self._check(resp)
+                return bytes(resp.content)
+            if time.monotonic() > deadline:
+                return None
+            time.sleep(min(float(resp.headers.get("retry-after", self.poll_s)), self.poll_s * 10))
+
+    def run_round(
+        self,
+        round_id: int,
+        params: npt.NDArray[np.float32],
+        delta: npt.NDArray[np.float32],
+        weight: int,
+        rng: np.random.Generator,
+        timeout_s: float = 60.0,
+    ) -> bool:
+        """All four stages, blocking; False if the device was left behind (a stage timed out)."""
+        sess = self.join(round_id, params)
+        self.upload(round_id, Stage.ADVERTISE_KEYS, sess.advertise())
+        directory = self.download(round_id, Stage.ADVERTISE_KEYS, timeout_s)
+        if directory is None:
+            return False
+        self.upload(round_id, Stage.SHARE_KEYS, sess.share_keys(directory))
+        delivery = self.download(round_id, Stage.SHARE_KEYS, timeout_s)
+        if delivery is None:
+            return False
+        self.upload(round_id, Stage.MASKED_INPUT, sess.masked_input(delivery, delta, weight, rng))
+        request = self.download(round_id, Stage.MASKED_INPUT, timeout_s)
+        if request is None:
+            return False
+        self.upload(round_id, Stage.UNMASK, sess.unmask(request))
+        return True

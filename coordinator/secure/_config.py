@@ -18,7 +18,8 @@ class SecureConfig:
     explore: fraction of S_r drawn uniformly from the public seed; the rest is the top of a
         score decayed by `ema_decay` per round: the cohort's summed row/column energy sketch
         (`sketch`, needs the model's tensor shapes, off under DP) or else |global update|.
-    sketch_bits / sketch_pool: sketch entry bits (<= value_bits) and column pooling.
+    sketch_bits / sketch_pool: sketch entry bits (<= value_bits; None: value_bits, which costs
+        nothing extra since the ring is sized by the values) and column pooling.
     value_bits: b, the quantizer's bits per value. max_weight: devices send
         min(num_examples, max_weight) as their integer weight (1 = uniform mean).
     clip_norm: C, the L2 clip of the sent vector (values at S_r). coord_bound_sigmas: gamma,
@@ -53,7 +54,7 @@ class SecureConfig:
     group_aggregator: str = "fedavg"
     server_lr: float = 1.0
     sketch: bool = True
-    sketch_bits: int = 4
+    sketch_bits: int | None = None
     sketch_pool: int = 4
     seed: int = 0
 
@@ -79,8 +80,10 @@ class SecureConfig:
             raise ValueError("expected_dropout in [0, 1) and dp_delta in (0, 1)")
         if self.group_size is not None and self.group_size < 3:
             raise ValueError("group_size must be at least 3")
-        if not 1 <= self.sketch_bits <= self.value_bits or self.sketch_pool < 1:
-            raise ValueError("sketch_bits in 1..value_bits and sketch_pool >= 1")
+        if self.sketch_bits is not None and not 1 <= self.sketch_bits <= self.value_bits:
+            raise ValueError("sketch_bits must be in 1..value_bits")
+        if self.sketch_pool < 1:
+            raise ValueError("sketch_pool must be >= 1")
         if self.seed < 0:
             raise ValueError("seed must be non-negative")
 

@@ -80,7 +80,7 @@ def make_plan(
         noise=config.noise,
         noise_variance=variance,
         noise_headroom=headroom,
-        sketch_bits=config.sketch_bits if sketch_segments else 0,
+        sketch_bits=(config.sketch_bits or config.value_bits) if sketch_segments else 0,
         sketch_segments=sketch_segments,
     )
 

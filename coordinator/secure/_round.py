@@ -99,6 +99,12 @@ class SecureRound:
             self._count(d, "down", len(self.plan_bytes) + len(self.digest))
         return dict.fromkeys(self.device_ids, self.plan_bytes)
 
+    def announce_one(self, device_id: str) -> bytes:
+        """The setup download of one device (plan bytes; the digest goes alongside)."""
+        self.node_of(device_id)
+        self._count(device_id, "down", len(self.plan_bytes) + len(self.digest))
+        return self.plan_bytes
+
     def receive(self, stage: Stage, device_id: str, body: bytes) -> None:
         """One upload. Raises a `SecAggError` (and changes nothing) if it is refused."""
         node = self.node_of(device_id)

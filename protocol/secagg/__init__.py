@@ -59,6 +59,8 @@ from ._shamir import combine_shares, create_shares, share_x
 from ._sketch import device_sketch, sketch_scores, sketch_segments_for
 from ._wire import (
     AdvertiseKeys,
+    SecAggHeader,
+    SecAggPath,
     KeyDirectory,
     MaskedInput,
     MessageKind,
@@ -92,6 +94,8 @@ __all__ = [
     "RoundAborted",
     "SecAggClient",
     "SecAggError",
+    "SecAggHeader",
+    "SecAggPath",
     "SecAggResult",
     "SecAggServer",
     "SecurePlan",

@@ -15,6 +15,8 @@ from ._errors import MalformedMessage
 from ._packing import packed_size
 
 __all__ = [
+    "SecAggPath",
+    "SecAggHeader",
     "Stage",
     "ShareKind",
     "MessageKind",
@@ -43,6 +45,21 @@ class Stage(StrEnum):
     UNMASK = "unmask"
     DONE = "done"
     ABORTED = "aborted"
+
+
+class SecAggPath(StrEnum):
+    """URL templates of the secure-round HTTP endpoints (FastAPI syntax)."""
+
+    SETUP = "/v1/secure/rounds/{round_id}/setup"
+    STAGE = "/v1/secure/rounds/{round_id}/stages/{stage}"
+    RESULT = "/v1/secure/rounds/{round_id}/result"
+
+
+class SecAggHeader(StrEnum):
+    """Response headers of the setup download (lower case)."""
+
+    DIGEST = "x-plume-secagg-digest"  # hex of the (model, plan) digest
+    NODE = "x-plume-secagg-node"  # the device's node index in its SecAgg instance
 
 
 class ShareKind(IntEnum):
