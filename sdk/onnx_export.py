@@ -1,26 +1,18 @@
-"""Export a torch model to ONNX artifacts that plain onnxruntime can train: no torch on the device.
+"""Export a torch model as ONNX training artifacts that plain onnxruntime runs (no torch)."""
 
-Two graphs are written, both taking the parameters as inputs (so a device swaps in a new global
-model without rewriting any file):
-
-- ``infer.onnx``: ``(p0, ..., x) -> logits``;
-- ``train_step.onnx``: ``(p0, ..., [m0, ...], x, y, lr) -> (loss, new_p0, ..., [new_m0, ...])``,
-  one minibatch step of SGD (or SGD with momentum) on a mean-reduced loss.
-
-plus ``manifest.json`` (see `Manifest` in `sdk.ort`), which names every input and output and
-records the flat layout in `compression.ModelSpec` order (``module.named_parameters()``, float32).
-
-Route: the joint forward-backward graph is traced to ATen ops with ``make_fx`` (the tracer that
-``torch._functorch.aot_autograd`` is built on), with the backward ops that torch can decompose
-decomposed at trace time, and exported with ``torch.onnx.export(dynamo=True)``. Backward ops
-without an ONNX translation (convolution, max and average pooling) get onnxscript translations
-registered here. Decomposing ``nll_loss_backward`` at trace time also sidesteps the exporter's
-handling of it, whose gradient came out batch-size times too large with torch 2.13 (it ignored
-``total_weight``); the parity tests in ``tests/sdk/test_onnx_parity.py`` guard both.
-
-The batch dimension is dynamic, so a last partial batch is trained exactly like torch does with
-``drop_last=False``: the mean is over the examples actually in the batch.
-"""
+# Two graphs are written, both taking the parameters as inputs so a device swaps in a new global
+# model without rewriting a file: infer.onnx `(p0, ..., x) -> logits` and train_step.onnx
+# `(p0, ..., [m0, ...], x, y, lr) -> (loss, new_p0, ..., [new_m0, ...])`, plus manifest.json
+# (read by `sdk.ort.load_manifest`) with the flat layout in `compression.ModelSpec` order.
+#
+# Route: the joint forward-backward step is traced to ATen with `make_fx` (the tracer under
+# `torch._functorch.aot_autograd`), backward ops that torch can decompose are decomposed while
+# tracing, and `torch.onnx.export(dynamo=True)` exports the trace. Convolution and pooling
+# backward have no ONNX translation in torchlib; onnxscript translations are registered below.
+# Decomposing `nll_loss_backward` at trace time also avoids the exporter's own handling of it,
+# whose gradient came out batch-size times too large with torch 2.13 (`total_weight` ignored).
+# The batch dimension is symbolic, so a last partial batch is one smaller step, as in torch with
+# `drop_last=False`. docs/devices.md has the full story; tests/sdk/test_onnx_parity.py the proof.
 
 from __future__ import annotations
 
@@ -569,7 +561,24 @@ def export_training_artifacts(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 
-    model = model.eval()  # no dropout/batchnorm are supported, but keep tracing deterministic
+    was_training = model.training
+    model.eval()  # no dropout or batchnorm is supported, but keep the trace deterministic
+    try:
+        return _export(model, example_x, out, loss, optimizer, momentum, example_y, model_name)
+    finally:
+        model.train(was_training)
+
+
+def _export(
+    model: nn.Module,
+    example_x: torch.Tensor,
+    out: Path,
+    loss: str,
+    optimizer: str,
+    momentum: float,
+    example_y: torch.Tensor | None,
+    model_name: str,
+) -> ExportResult:
     named = [(n, p.detach().to(torch.float32).clone()) for n, p in model.named_parameters()]
     names = [n for n, _ in named]
     params = tuple(p for _, p in named)

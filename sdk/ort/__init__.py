@@ -1,7 +1,4 @@
-"""On-device training on plain onnxruntime: no torch is imported here or by anything it imports.
-
-Exceptions: `ArtifactError` (bad, missing or tampered artifact directory).
-"""
+"""On-device training on plain onnxruntime; nothing here imports torch, even indirectly."""
 
 from ._device import OrtDevice, OrtUpload
 from ._manifest import MANIFEST_NAME, ArtifactError, Manifest, load_manifest

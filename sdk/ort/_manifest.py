@@ -97,10 +97,13 @@ def _file(root: Path, files: Any, key: str, verify: bool) -> tuple[Path, int]:
     rel = _get(entry, "path", str)
     if os.path.isabs(rel) or ".." in Path(rel).parts:
         raise ArtifactError(f"manifest: file {rel!r} must be a plain name inside the directory")
-    path = root / rel
-    if not path.is_file():
-        raise ArtifactError(f"artifact file {path} is missing")
-    size = path.stat().st_size
+    try:
+        path = root / rel
+        if not path.is_file():
+            raise ArtifactError(f"artifact file {path} is missing")
+        size = path.stat().st_size
+    except (ValueError, OSError) as exc:  # e.g. a NUL byte in the name
+        raise ArtifactError(f"manifest: unusable file name {rel!r}: {exc}") from exc
     declared = _get(entry, "bytes", int)
     if size != declared:
         raise ArtifactError(f"{rel}: {size} bytes on disk, manifest says {declared}")
@@ -121,7 +124,7 @@ def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> 
         raise ArtifactError(f"{path} is larger than {_MAX_MANIFEST_BYTES} bytes")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ArtifactError(f"{path}: not valid JSON: {exc}") from exc
     if _get(data, "format", str) != _FORMAT:
         raise ArtifactError(f"{path}: not a {_FORMAT} manifest")

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from compression import CodecConfig, UpdateCodec
 from mobile_sim.models import build_model
@@ -276,3 +278,44 @@ def test_blocker_really_blocks_torch(tmp_path: Path) -> None:
     )
     assert proc.returncode != 0
     assert "torch is blocked" in proc.stderr
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_mutated_manifests_fail_only_with_artifact_error(
+    artifacts: dict[str, Path], tmp_path_factory: pytest.TempPathFactory, data: st.DataObject
+) -> None:
+    # Prepare: replace one field (top level or one level down) with arbitrary JSON.
+    d = tmp_path_factory.mktemp("fuzz")
+    for name in ("train_step.onnx", "infer.onnx"):
+        shutil.copy(artifacts["sgd"] / name, d / name)
+    manifest = json.loads((artifacts["sgd"] / "manifest.json").read_text())
+    key = data.draw(st.sampled_from(sorted(manifest)))
+    target = manifest
+    if isinstance(manifest[key], dict) and manifest[key] and data.draw(st.booleans()):
+        target, key = manifest[key], data.draw(st.sampled_from(sorted(manifest[key])))
+    target[key] = data.draw(_JSON)
+    (d / "manifest.json").write_text(json.dumps(target if target is manifest else manifest))
+
+    # Execute / Assert: either it still loads (the mutation was harmless), or ArtifactError.
+    try:
+        load_manifest(d)
+    except ArtifactError:
+        pass
+
+
+def test_export_leaves_the_training_mode_alone(tmp_path: Path) -> None:
+    model = build_model("digits_mlp").train()
+    export_training_artifacts(model, torch.randn(4, 64), tmp_path)
+    assert model.training
