@@ -150,7 +150,7 @@ def test_deadline_below_min_reports_abandons_and_keeps_model(server: str, tmp_pa
     # Prepare
     http = httpx.Client(base_url=server)
     task_id = create_task(
-        http, task_config(rounds=1, clients_per_round=2, min_reports=2, deadline_s=0.6)
+        http, task_config(rounds=1, clients_per_round=2, min_reports=2, deadline_s=3.0)
     )
     before = admin_get(http, f"/v1/admin/tasks/{task_id}")["model_digest"]
     clients = [Client(server, str(tmp_path / f"d{i}")) for i in range(2)]
@@ -181,7 +181,7 @@ def test_deadline_below_min_reports_abandons_and_keeps_model(server: str, tmp_pa
 def test_idempotent_retry_is_counted_once(server: str, tmp_path: Path) -> None:
     # Prepare
     http = httpx.Client(base_url=server)
-    task_id = create_task(http, task_config(rounds=1, clients_per_round=2))
+    task_id = create_task(http, task_config(rounds=1, clients_per_round=2, selection_timeout_s=0.2))
     client = Client(server, str(tmp_path / "d0"))
     client.register()
     ans = client.check_in(task_id)

@@ -68,7 +68,7 @@ def task_config(**over: Any) -> TaskConfig:
         over_selection=1.0,
         deadline_s=30.0,
         min_reports=1,
-        selection_timeout_s=0.5,
+        selection_timeout_s=5.0,
         codec=CodecParams(topk=0.25, bits=8),
         downlink=CodecParams(topk=0.5, bits=8),
         training=TrainingParams(local_epochs=1, batch_size=10, lr=0.1),
