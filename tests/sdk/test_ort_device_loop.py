@@ -40,17 +40,19 @@ _CHECK = textwrap.dedent(
 
 
 def test_docs_example_runs_torch_free_against_a_coordinator(tmp_path: Path) -> None:
-    """The embedding example of docs/devices.md, verbatim, in a process that cannot import torch."""
+    """The embedding examples of docs/devices.md, verbatim, in a process that cannot import torch."""
     from coordinator.service import AdminClient, ServerThread, ServiceConfig
     from protocol.messages import TaskConfig, TensorShape, TrainingParams
     from sdk.flat import get_flat_params, spec_from_module
 
     # Prepare: the doc's artifacts, and a one-round task for one device.
     doc = (REPO / "docs" / "devices.md").read_text()
-    block = re.search(r"## Embedding the runtime\n.*?```python\n(.*?)```", doc, re.S)
-    assert block is not None
-    code = block.group(1)
+    section = doc.split("## Embedding the runtime", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    code, standalone = blocks
     assert "OrtTrainer.from_dir" in code and "participate" in code
+    assert "OrtDevice" in standalone
     torch.set_num_threads(1)
     model = build_model("mlp")
     export_training_artifacts(model, torch.randn(4, 1, 28, 28), tmp_path / "artifacts" / "mlp")
