@@ -72,7 +72,7 @@ def plain_frame_bytes(spec: Any, deltas: list[np.ndarray], topk: float, bits: in
 
 
 def timing_run(
-    n: int, deltas: list[np.ndarray], secure_cfg: Any, dropout: float, seed: int
+    n: int, spec: Any, deltas: list[np.ndarray], secure_cfg: Any, dropout: float, seed: int
 ) -> dict[str, Any]:
     """One secure round with n devices; the deltas are reused cyclically."""
     from coordinator.secure import SecureCoordinator
@@ -82,7 +82,7 @@ def timing_run(
 
     d = deltas[0].size
     devs = [f"dev-{i:04d}" for i in range(n)]
-    coord = SecureCoordinator(np.zeros(d, np.float32), secure_cfg)
+    coord = SecureCoordinator(np.zeros(d, np.float32), secure_cfg, spec=spec)
     parts = {x: SecureParticipant(d) for x in devs}
     ups = {x: (deltas[i % len(deltas)], 1) for i, x in enumerate(devs)}
     drops = draw_dropouts(devs, dropout, np.random.default_rng([seed, n]))
@@ -104,6 +104,7 @@ def timing_run(
         "threshold": plan.threshold,
         "ring_bits": plan.ring_bits,
         "k": plan.k,
+        "sketch_len": plan.sketch_len,
         "client_s_mean": {
             s: statistics.mean(stats.client_s[s]) for s in stages if stats.client_s[s]
         },
@@ -166,9 +167,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--local-epochs", type=int, default=5)
     ap.add_argument("--topk", type=float, default=0.01, help="plain top-k fraction = |S_r| / d")
     ap.add_argument("--plain-bits", type=int, default=4, help="plain mode quantizer bits")
-    ap.add_argument("--bits", type=int, default=8, help="secure mode quantizer bits b")
+    ap.add_argument("--bits", type=int, default=6, help="secure mode quantizer bits b")
+    ap.add_argument("--sketch-pool", type=int, default=4, help="sketch column pooling")
     ap.add_argument("--clip", type=float, default=1.0, help="secure L2 clip C of the sent values")
-    ap.add_argument("--explore", type=float, default=0.5, help="random share of S_r")
+    ap.add_argument("--explore", type=float, default=0.1, help="random share of S_r")
     ap.add_argument("--backend", default="sequential")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-timing", action="store_true")
@@ -192,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         value_bits=args.bits,
         clip_norm=args.clip,
         explore=args.explore,
+        sketch_pool=args.sketch_pool,
         seed=args.seed,
     )
     doc: dict[str, Any] = {
@@ -211,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         doc["dense_bytes"] = dense
         per_n = {}
         for n in tqdm(args.sizes, desc="timing"):
-            row = timing_run(n, deltas, secure_cfg, args.dropout, args.seed)
+            row = timing_run(n, spec, deltas, secure_cfg, args.dropout, args.seed)
             row["upload_ratio_vs_plain"] = row["upload_bytes_per_device"] / plain
             row["upload_ratio_vs_dense"] = row["upload_bytes_per_device"] / dense
             per_n[str(n)] = row

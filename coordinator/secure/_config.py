@@ -39,7 +39,7 @@ class SecureConfig:
     coord_fraction: float = 0.01
     explore: float = 0.1
     ema_decay: float = 0.5
-    value_bits: int = 8
+    value_bits: int = 6
     max_weight: int = 1
     clip_norm: float = 1.0
     coord_bound_sigmas: float = 4.0

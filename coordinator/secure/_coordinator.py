@@ -139,6 +139,14 @@ class SecureCoordinator:
                 raise ValueError(f"spec of size {spec.size}, params of size {self.size}")
             shapes = [e.shape for e in spec.entries]
             self.sketch_segments = sketch_segments_for(shapes, config.sketch_pool)
+        # Before any feedback, prefer whole small tensors (biases, heads, first convolutions):
+        # their coordinates carry far more update mass each than those of the big matrices.
+        self._prior = spec is not None and spec.size == self.size
+        if spec is not None and self._prior:
+            prior = np.empty(self.size, dtype=np.float32)
+            for e in spec.entries:
+                prior[e.offset : e.offset + e.size] = 1.0 / e.size
+            self.score = prior
         self._process: AggregationProcess | None = None
         self._agg_state: Any = None
         if config.group_size is not None:
@@ -213,7 +221,8 @@ class SecureCoordinator:
             sums = sum(res.sketch for res in results if res.sketch is not None)
             fresh = sketch_scores(np.asarray(sums, dtype=np.float64), plan0)
         decay = np.float32(self.config.ema_decay)
-        if self.score is None:
+        if self.score is None or self._prior:
+            self._prior = False
             self.score = fresh.astype(np.float32)
         else:
             self.score = (decay * self.score + (1 - decay) * fresh).astype(np.float32)

@@ -60,7 +60,7 @@ def test_quantizer_is_unbiased_and_affine_map_roundtrips() -> None:
 
 
 def test_weight_is_clamped_and_multiplies_the_levels() -> None:
-    plan = _plan(max_weight=4, rotate=False)
+    plan = _plan(max_weight=4, rotate=False, value_bits=8)
     u = np.zeros(D, np.float32)
     vec, _ = encode_for_plan(u, plan, 99, np.random.default_rng(0))  # type: ignore[arg-type]
     assert int(vec[-1]) == 4
