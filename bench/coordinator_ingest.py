@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import secrets
 import signal
@@ -180,8 +181,10 @@ async def _fleet(
     task_id: int,
     tmp: str,
     concurrency: int,
+    expected: int,
 ) -> tuple[list[Any], httpx.AsyncHTTPTransport, list[Any]]:
-    """n registered async clients sharing one connection pool, all assigned to the round."""
+    """n registered async clients sharing one connection pool; `expected` of them get selected
+    for the round (assignments[i] is None for the others)."""
     from sdk.client import AsyncClient
 
     transport = httpx.AsyncHTTPTransport(
@@ -208,16 +211,19 @@ async def _fleet(
 
     await asyncio.gather(*(one(c) for c in clients))
     assignments: list[Any] = [None] * n
+    everyone_placed = asyncio.Event()
 
     async def assigned(i: int) -> None:
-        for _ in range(600):
+        # Devices left out of the over-selected cohort keep polling until it is complete.
+        while not everyone_placed.is_set():
             answer = await bounded(clients[i].check_in(task_id))
             if answer.assignment is not None:
                 assignments[i] = answer.assignment
                 bar.update()
+                if sum(a is not None for a in assignments) >= expected:
+                    everyone_placed.set()
                 return
             await asyncio.sleep(min(answer.retry_after_s, 0.5))
-        raise RuntimeError("device never assigned")
 
     await asyncio.gather(*(assigned(i) for i in range(n)))
     bar.close()
@@ -243,7 +249,7 @@ async def _uploads(
     latencies: list[float] = []
     receipts: dict[int, Any] = {}
     refused = 0
-    bar = tqdm(total=int((~drop).sum()), desc="uploads", leave=False)
+    bar = tqdm(total=len(clients), desc="uploads", leave=False)
 
     async def up(i: int) -> None:
         nonlocal refused
@@ -262,7 +268,9 @@ async def _uploads(
             latencies.append(time.perf_counter() - t0)
         bar.update()
 
-    await asyncio.gather(*(up(i) for i in range(len(clients)) if not drop[i]))
+    await asyncio.gather(
+        *(up(i) for i in range(len(clients)) if not drop[i] and assignments[i] is not None)
+    )
     bar.close()
     return latencies, receipts, refused
 
@@ -285,18 +293,27 @@ def _http_run(
     try:
         with AdminClient(server.url, token) as admin:
             task_id = admin.create_task(
-                _task(spec, clients_per_round, DEFAULT, over, deadline_s=3600.0), params
+                _task(
+                    spec,
+                    clients_per_round,
+                    DEFAULT,
+                    over,
+                    deadline_s=3600.0,
+                    selection_timeout_s=60.0,
+                ),
+                params,
             )
 
             async def main() -> dict[str, Any]:
+                expected = min(n, math.ceil(clients_per_round * over - 1e-9))
                 clients, transport, assignments = await _fleet(
-                    server.url, n, task_id, os.path.join(tmp, label), concurrency
+                    server.url, n, task_id, os.path.join(tmp, label), concurrency, expected
                 )
                 t0 = time.perf_counter()
                 lat, receipts, refused = await _uploads(
                     clients, assignments, frames, concurrency, spec.dense_bytes, dropout, 1
                 )
-                round_id = assignments[0].round_id
+                round_id = next(a.round_id for a in assignments if a is not None)
                 while True:  # until the round is aggregated and published
                     st = await asyncio.to_thread(admin.rounds, task_id)
                     if st[0].state in ("committed", "abandoned"):
@@ -455,7 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
         phase("http")
         n = args.load_devices
-        per_round = max(1, round(n / args.over_selection))
+        # The largest cohort target whose over-selected cohort fits the fleet (2000 -> 1538).
+        per_round = max(1, int(n / args.over_selection))
         load = _http_run(
             spec, params, frames, n, per_round, args.over_selection, args.dropout,
             args.concurrency, tmp, "load",

@@ -89,6 +89,7 @@ class ServiceConfig:
     idle_retry_s: retry-after when no task is active.
     pool_ttl_s: a device that has not checked in for this long leaves the selection pool.
     json_body_cap: largest JSON request body (uploads and snapshots have their own caps).
+    max_checkin_rate: check-ins per second the waiting devices of a task are paced to.
     """
 
     db_path: str = "plume.db"
@@ -99,6 +100,7 @@ class ServiceConfig:
     idle_retry_s: float = 30.0
     pool_ttl_s: float = 60.0
     json_body_cap: int = 64 * 1024
+    max_checkin_rate: float = 200.0
 
 
 @dataclass
@@ -455,6 +457,9 @@ class Coordinator:
             else:
                 # The round in flight ends by its deadline; come back around then.
                 wait = min(max(cur.deadline - now, self.config.poll_s), rt.config.retry_after_s)
+            # Pace steering: spread the waiting pool's check-ins so that together they stay
+            # under `max_checkin_rate` per second, however many devices there are.
+            wait = max(wait, len(rt.pool) / self.config.max_checkin_rate)
             retry = wait if retry is None else min(retry, wait)
         self.metrics.check_ins.labels(CheckInAction.WAIT).inc()
         if retry is None:
