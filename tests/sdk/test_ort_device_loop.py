@@ -72,7 +72,8 @@ def test_docs_example_runs_torch_free_against_a_coordinator(tmp_path: Path) -> N
             get_flat_params(model),
         )
         script = tmp_path / "device.py"
-        script.write_text(_BLOCK_TORCH + code.replace("http://127.0.0.1:8080", url) + _CHECK)
+        device_code = code.replace("http://127.0.0.1:8080", url)
+        script.write_text(_BLOCK_TORCH + device_code + standalone + _CHECK)
 
         # Execute: the device runs in its own torch-free process.
         proc = subprocess.run(
