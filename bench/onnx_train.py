@@ -2,8 +2,8 @@
 
 For each model, on one thread (torch.set_num_threads(1), ORT intra_op_num_threads=1) and the
 same batch: the median time of one SGD step in torch (zero_grad, forward, loss, backward, step)
-and in onnxruntime (one run of the exported training-step graph, feeds and fetches included).
-Also: parity of 1 and 50 steps on MNIST batches, artifact sizes, the installed size of the
+and in onnxruntime (one run of the exported training-step graph, feeds and fetches included),
+the two interleaved step by step so both see the same machine load. Also: parity of 1 and 50 steps on MNIST batches, artifact sizes, the installed size of the
 runtime packages, the peak RSS of an ORT-only process (torch blocked) and of a torch process
 doing the same training, ORT session options tried, and a federated run mixing torch and ORT
 devices against the same run with torch devices only.
@@ -57,20 +57,32 @@ def _package_bytes(name: str) -> int | None:
     return _dir_bytes(Path(next(iter(spec.submodule_search_locations))))
 
 
-def _time_torch(model_name: str, x: np.ndarray, y: np.ndarray, steps: int, warmup: int) -> float:
+def _time_both(
+    trainer: OrtTrainer, model_name: str, x: np.ndarray, y: np.ndarray, steps: int, warmup: int
+) -> tuple[float, float]:
+    """Median seconds per step of torch and of onnxruntime, the two steps interleaved.
+
+    Interleaving makes both see the same machine load (other processes come and go), so the
+    ratio holds even when the absolute times drift.
+    """
     model = build_model(model_name)
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
-    times = []
+    params = [p.detach().numpy().copy() for p in build_model(model_name).parameters()]
+    t_torch, t_ort = [], []
     for i in range(warmup + steps):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
         loss = torch.nn.functional.cross_entropy(model(xt), yt)
         loss.backward()
         opt.step()
+        t1 = time.perf_counter()
+        _, params, _ = trainer.step(params, [], x, y, 0.01)
+        t2 = time.perf_counter()
         if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+            t_torch.append(t1 - t0)
+            t_ort.append(t2 - t1)
+    return statistics.median(t_torch), statistics.median(t_ort)
 
 
 def _time_ort(
@@ -269,8 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         for b in batches:
             x, y = data.x_train[:b], data.y_train[:b]
-            t_torch = _time_torch(name, x, y, steps, warmup)
-            t_ort = _time_ort(trainer, name, x, y, steps, warmup)
+            t_torch, t_ort = _time_both(trainer, name, x, y, steps, warmup)
             entry["step_time"][f"B={b}"] = {
                 "torch_ms": round(1e3 * t_torch, 3),
                 "ort_ms": round(1e3 * t_ort, 3),
