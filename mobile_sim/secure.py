@@ -8,6 +8,7 @@ data, partition, model and local training as `mobile_sim.runner.run_simulation` 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping
@@ -28,6 +29,7 @@ from .runner import RoundRecord, SimConfig, SimResult
 __all__ = [
     "STAGES",
     "RoundStats",
+    "HttpSecureFleet",
     "run_secure_round",
     "run_secure_simulation",
     "draw_dropouts",
@@ -131,6 +133,96 @@ def run_secure_round(
     return outcome, stats
 
 
+class HttpSecureFleet:
+    """Secure rounds over real HTTP: the stage router on a loopback uvicorn server, one thread
+    per device running `HttpSecureDevice.run_round`. Stages close when every device still in
+    them has uploaded, or after `stage_idle_s` without a new upload (the stage deadline)."""
+
+    def __init__(self, coord: SecureCoordinator, stage_idle_s: float = 1.0) -> None:
+        import socket
+
+        import uvicorn
+        from fastapi import FastAPI
+
+        from coordinator.service._secagg_routes import SecureRegistry, secagg_router
+
+        self.registry = SecureRegistry(coord)
+        self.stage_idle_s = stage_idle_s
+        app = FastAPI()
+        app.include_router(secagg_router(self.registry, retry_after_s=0.01))
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        self.url = f"http://127.0.0.1:{port}"
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        )
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 20
+        while not self._server.started:
+            if time.monotonic() > deadline:
+                raise RuntimeError("secure-round server did not start")
+            time.sleep(0.01)
+
+    def close(self) -> None:
+        self._server.should_exit = True
+        self._thread.join(20)
+
+    def run_round(
+        self,
+        participants: Mapping[str, SecureParticipant],
+        updates: Mapping[str, tuple[npt.NDArray[np.float32], int]],
+        drop_at: Mapping[str, Stage] | None = None,
+        rng_for: Callable[[str], np.random.Generator] | None = None,
+    ) -> SecureOutcome:
+        """One secure round over HTTP; same contract as `run_secure_round`."""
+        import httpx
+
+        from sdk.secure import HttpSecureDevice
+
+        drops = dict(drop_at or {})
+        task = self.registry.open_round(list(updates))
+        params = self.registry.coordinator.params.copy()
+        errors: list[str] = []
+
+        def device(dev: str, client: httpx.Client) -> None:
+            http_dev = HttpSecureDevice(client, dev, participants[dev], poll_s=0.01)
+            rng = rng_for(dev) if rng_for else np.random.default_rng()
+            delta, weight = updates[dev]
+            try:
+                http_dev.run_round(task.round_id, params, delta, weight, rng, 120.0, drops.get(dev))
+            except SecAggError as exc:
+                errors.append(f"{dev}: {exc}")
+
+        with httpx.Client(base_url=self.url, timeout=60) as client:
+            threads = [threading.Thread(target=device, args=(d, client)) for d in updates]
+            for t in threads:
+                t.start()
+            for stage in STAGES:
+                last, since = -1, time.monotonic()
+                while True:
+                    done, expected = self.registry.pending(task.round_id, stage)
+                    if expected == 0:
+                        break  # closed by the last upload (or every group aborted)
+                    if done != last:
+                        last, since = done, time.monotonic()
+                    elif time.monotonic() - since > self.stage_idle_s:
+                        self.registry.close_stage(task.round_id, stage)
+                        break
+                    time.sleep(0.005)
+            for t in threads:
+                t.join(120)
+        return self.registry.finish(task.round_id)
+
+
+def _ledger_totals(ledger: BandwidthLedger) -> dict[str, int]:
+    out = {"up": 0, "down": 0}
+    for row in ledger.rows():
+        out[row.direction] += row.payload_bytes
+    return out
+
+
 def _job_stream(jobs: Mapping[str, Any], device_id: str) -> np.random.Generator:
     from .backends import job_rng
 
@@ -145,12 +237,16 @@ def run_secure_simulation(
     progress: bool = True,
     label: str = "secure",
     on_round: Callable[[RoundRecord], None] | None = None,
+    transport: str = "inproc",
 ) -> SimResult:
     """`cfg.rounds` secure rounds with real local training; same data/model setup as plain mode.
 
     Each round `cfg.per_round` devices are drawn uniformly; each drops with probability
     `dropout` at a uniformly drawn stage. RoundRecord bytes are the real message bytes.
+    `transport="http"` runs every round through the HTTP stage endpoints on loopback.
     """
+    if transport not in ("inproc", "http"):
+        raise ValueError(f"transport must be 'inproc' or 'http', not {transport!r}")
     import torch
     from tqdm import tqdm
 
@@ -190,6 +286,7 @@ def run_secure_simulation(
         )
     )
     records: list[RoundRecord] = []
+    fleet = HttpSecureFleet(coord) if transport == "http" else None
     bar = tqdm(total=cfg.rounds, desc=label, disable=not progress, leave=False)
     try:
         for r in range(1, cfg.rounds + 1):
@@ -204,13 +301,20 @@ def run_secure_simulation(
             for dev in selected:
                 participants.setdefault(dev, SecureParticipant(d))
             job_of = {j.device_id: j for j in jobs}
-            outcome, stats = run_secure_round(
-                coord,
-                participants,
-                updates,
-                draw_dropouts(selected, dropout, drop_rng),
-                rng_for=partial(_job_stream, job_of),
-            )
+            drops = draw_dropouts(selected, dropout, drop_rng)
+            if fleet is not None:
+                before = _ledger_totals(ledger)
+                outcome = fleet.run_round(
+                    participants, updates, drops, rng_for=partial(_job_stream, job_of)
+                )
+                stats = RoundStats()
+                after = _ledger_totals(ledger)
+                stats.bytes_up = {"all": after["up"] - before["up"]}
+                stats.bytes_down = {"all": after["down"] - before["down"]}
+            else:
+                outcome, stats = run_secure_round(
+                    coord, participants, updates, drops, rng_for=partial(_job_stream, job_of)
+                )
             acc: float | None = None
             loss: float | None = None
             if r % cfg.eval_every == 0 or r == cfg.rounds:
@@ -246,4 +350,6 @@ def run_secure_simulation(
     finally:
         bar.close()
         be.close()
+        if fleet is not None:
+            fleet.close()
     return SimResult(cfg, records, ledger, d, coord.params.copy(), label, started_at)

@@ -229,20 +229,26 @@ class HttpSecureDevice:
         weight: int,
         rng: np.random.Generator,
         timeout_s: float = 60.0,
+        drop_at: Stage | None = None,
     ) -> bool:
-        """All four stages, blocking; False if the device was left behind (a stage timed out)."""
+        """All four stages, blocking; False if the device was left behind (a stage timed out).
+
+        `drop_at` (simulation) makes the device go silent before uploading that stage.
+        """
         sess = self.join(round_id, params)
+        if drop_at == Stage.ADVERTISE_KEYS:
+            return False
         self.upload(round_id, Stage.ADVERTISE_KEYS, sess.advertise())
         directory = self.download(round_id, Stage.ADVERTISE_KEYS, timeout_s)
-        if directory is None:
+        if directory is None or drop_at == Stage.SHARE_KEYS:
             return False
         self.upload(round_id, Stage.SHARE_KEYS, sess.share_keys(directory))
         delivery = self.download(round_id, Stage.SHARE_KEYS, timeout_s)
-        if delivery is None:
+        if delivery is None or drop_at == Stage.MASKED_INPUT:
             return False
         self.upload(round_id, Stage.MASKED_INPUT, sess.masked_input(delivery, delta, weight, rng))
         request = self.download(round_id, Stage.MASKED_INPUT, timeout_s)
-        if request is None:
+        if request is None or drop_at == Stage.UNMASK:
             return False
         self.upload(round_id, Stage.UNMASK, sess.unmask(request))
         return True

@@ -111,6 +111,17 @@ class SecureRegistry:
             return
         grp.expected = set(grp.downloads[stage])
 
+    def pending(self, round_id: int, stage: Stage) -> tuple[int, int]:
+        """(uploads so far, devices still expected) for `stage`, over all open groups."""
+        with self._lock:
+            done = expected = 0
+            for grp in self._entry(round_id).groups:
+                if stage in grp.closed or grp.aborted:
+                    continue
+                done += len(grp.uploaded.get(stage, ()))
+                expected += len(grp.expected)
+            return done, expected
+
     def download(self, round_id: int, stage: Stage, device_id: str) -> bytes | None:
         """The bytes that follow `stage` for this device, or None while it is open."""
         with self._lock:

@@ -35,7 +35,8 @@ def test_draw_dropouts_rate() -> None:
 
 
 @pytest.mark.slow
-def test_secure_mnist_simulation_learns() -> None:
+@pytest.mark.parametrize("transport", ["inproc", "http"])
+def test_secure_mnist_simulation_learns(transport: str) -> None:
     import torch
 
     from mobile_sim.runner import SimConfig
@@ -43,6 +44,27 @@ def test_secure_mnist_simulation_learns() -> None:
 
     torch.set_num_threads(1)
     cfg = SimConfig(model="mlp", clients=20, per_round=6, rounds=4, local_epochs=1, eval_every=4)
-    res = run_secure_simulation(cfg, SecureConfig(coord_fraction=0.05), dropout=0.1, progress=False)
+    res = run_secure_simulation(
+        cfg, SecureConfig(coord_fraction=0.05), dropout=0.1, progress=False, transport=transport
+    )
     assert res.final_accuracy is not None and res.final_accuracy > 0.3
     assert all(r.bytes_up > 0 for r in res.records)
+
+
+def test_http_fleet_round_with_dropouts() -> None:
+    from mobile_sim.secure import HttpSecureFleet
+
+    d = 2000
+    devs = [f"d{i:02d}" for i in range(8)]
+    rng = np.random.default_rng(3)
+    parts = {x: SecureParticipant(d) for x in devs}
+    ups = {x: (rng.normal(0, 0.01, d).astype(np.float32), 1) for x in devs}
+    coord = SecureCoordinator(np.zeros(d, np.float32), SecureConfig(coord_fraction=0.1))
+    fleet = HttpSecureFleet(coord, stage_idle_s=0.5)
+    try:
+        out = fleet.run_round(parts, ups, {devs[0]: Stage.SHARE_KEYS, devs[1]: Stage.UNMASK})
+    finally:
+        fleet.close()
+    assert out.committed and set(out.contributors) == set(devs[1:])
+    sent = [ups[x][0] - parts[x].residual for x in out.contributors]
+    np.testing.assert_allclose(out.update, np.mean(sent, axis=0), atol=1e-6)
