@@ -33,6 +33,15 @@ sys.path.insert(0, str(ROOT))
 TARGET_UPLOAD_RATIO = 2.0
 TARGET_UNMASK_S = 1.0
 TARGET_ACCURACY_PP = 1.0
+TIMING_KEYS = (
+    "timing", "timing_ran_at", "plain_frame_bytes", "dense_bytes", "reference_n",
+    "upload_ratio_vs_plain", "upload_ratio_vs_dense", "server_unmask_s",
+)  # fmt: skip
+ACCURACY_KEYS = (
+    "accuracy_ran_at", "config", "accuracy_plain", "accuracy_secure", "accuracy_gap_pp",
+    "plain_upload_bytes_per_report", "secure_upload_bytes_per_contributor", "plain_curve",
+    "secure_curve", "secure_aborted_rounds", "accuracy_settings",
+)  # fmt: skip
 
 
 def real_deltas(count: int, seed: int) -> tuple[Any, list[np.ndarray], list[int]]:
@@ -176,6 +185,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "secagg.json")
+    ap.add_argument(
+        "--merge",
+        action="store_true",
+        help="keep the parts of an existing --out this run skips (e.g. re-time with "
+        "--skip-accuracy); each part records when it ran",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.sizes = [10, 30]
@@ -206,6 +221,18 @@ def main(argv: list[str] | None = None) -> int:
         "secure_config": {k: getattr(secure_cfg, k) for k in secure_cfg.__dataclass_fields__},
     }
     doc["secure_config"]["noise"] = int(doc["secure_config"]["noise"])
+    if args.merge and args.out.exists():
+        old = json.loads(args.out.read_text())
+        keep = {"accuracy"} if args.skip_accuracy else set()
+        keep |= {"timing"} if args.skip_timing else set()
+        if "accuracy" in keep:
+            for key in ACCURACY_KEYS:
+                if key in old:
+                    doc[key] = old[key]
+        if "timing" in keep:
+            for key in TIMING_KEYS:
+                if key in old:
+                    doc[key] = old[key]
     if not args.skip_timing:
         spec, deltas, _ = real_deltas(4, args.seed)
         plain = plain_frame_bytes(spec, deltas, args.topk, args.plain_bits)
@@ -223,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"({row['upload_ratio_vs_plain']:.2f}x plain), client {row['client_s_mean']}"
             )
         doc["timing"] = per_n
+        doc["timing_ran_at"] = utc_now()
         ref = per_n.get("100") or per_n[str(args.sizes[-1])]
         doc["reference_n"] = ref["n"]
         doc["upload_ratio_vs_plain"] = ref["upload_ratio_vs_plain"]
@@ -231,6 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_accuracy:
         acc = accuracy_runs(args, secure_cfg)
         doc.update(acc)
+        doc["accuracy_ran_at"] = utc_now()
+        doc["accuracy_settings"] = {
+            "secure_config": doc["secure_config"],
+            "dropout": args.dropout,
+            "rounds": args.rounds,
+        }
         if acc["accuracy_plain"] is not None and acc["accuracy_secure"] is not None:
             doc["accuracy_gap_pp"] = 100.0 * (acc["accuracy_plain"] - acc["accuracy_secure"])
     targets = {}

@@ -11,6 +11,7 @@ are uniformly random 32-byte keys, for which a 128-bit hash reveals nothing usab
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import secrets
 import struct
@@ -105,17 +106,40 @@ def share_x(share: bytes) -> int:
     return _parse(share).x
 
 
-def _lagrange_at(xs: Sequence[int], ys: Sequence[int], at: int) -> int:
-    """f(at) for the unique polynomial of degree < len(xs) through (xs, ys), mod PRIME."""
-    total = 0
-    for j, (xj, yj) in enumerate(zip(xs, ys, strict=True)):
+def _lagrange_weights(xs: Sequence[int], at: int) -> tuple[int, ...]:
+    return _weights_cached(tuple(xs), at)
+
+
+@functools.lru_cache(maxsize=4096)
+def _weights_cached(xs: tuple[int, ...], at: int) -> tuple[int, ...]:
+    """Weights l_j(at) with f(at) = sum_j l_j(at) y_j for any polynomial of degree < len(xs).
+
+    One modular inversion for all weights (Montgomery's batch trick), so checking a share or
+    reconstructing a many-chunk secret costs O(t^2) multiplications once, then O(t) per chunk.
+    """
+    nums, dens = [], []
+    for j, xj in enumerate(xs):
         num, den = 1, 1
         for m, xm in enumerate(xs):
             if m != j:
                 num = num * (at - xm) % PRIME
                 den = den * (xj - xm) % PRIME
-        total = (total + yj * num * pow(den, -1, PRIME)) % PRIME
-    return total
+        nums.append(num)
+        dens.append(den)
+    prefix = [1]
+    for d in dens:
+        prefix.append(prefix[-1] * d % PRIME)
+    inv = pow(prefix[-1], -1, PRIME)
+    out = [0] * len(xs)
+    for j in range(len(xs) - 1, -1, -1):
+        out[j] = nums[j] * inv * prefix[j] % PRIME
+        inv = inv * dens[j] % PRIME
+    return tuple(out)
+
+
+def _lagrange_at(xs: Sequence[int], ys: Sequence[int], at: int) -> int:
+    """f(at) for the unique polynomial of degree < len(xs) through (xs, ys), mod PRIME."""
+    return sum(w * y for w, y in zip(_lagrange_weights(xs, at), ys, strict=True)) % PRIME
 
 
 def combine_shares(shares: Sequence[bytes]) -> bytes:
@@ -143,13 +167,15 @@ def combine_shares(shares: Sequence[bytes]) -> bytes:
         raise NotEnoughShares(f"{len(parsed)} shares, threshold is {first.threshold}")
     t = first.threshold
     base_x = xs[:t]
+    at_zero = _lagrange_weights(base_x, 0)
+    at_extra = [(p, _lagrange_weights(base_x, p.x)) for p in parsed[t:]]
     out = bytearray()
     for c in range(len(first.ys)):
         base_y = [p.ys[c] for p in parsed[:t]]
-        for extra in parsed[t:]:
-            if _lagrange_at(base_x, base_y, extra.x) != extra.ys[c]:
+        for extra, weights in at_extra:
+            if sum(w * y for w, y in zip(weights, base_y, strict=True)) % PRIME != extra.ys[c]:
                 raise ShareError(f"share x={extra.x} is inconsistent with the others (tampered)")
-        value = _lagrange_at(base_x, base_y, 0)
+        value = sum(w * y for w, y in zip(at_zero, base_y, strict=True)) % PRIME
         width = min(CHUNK_BYTES, first.secret_len - c * CHUNK_BYTES)
         if value >= 1 << (8 * width):
             raise ShareError("reconstructed chunk out of range (tampered shares)")
