@@ -134,6 +134,35 @@ def _inprocess(
     }
 
 
+def _engine_only(
+    spec: ModelSpec,
+    params: npt.NDArray[np.float32],
+    frames: list[bytes],
+    n: int,
+    codec: CodecConfig,
+) -> dict[str, Any]:
+    """The round engine alone (decode under limits + FedAvg + publish), no SQLite, no HTTP."""
+    from coordinator.aggregators import FedAvg
+    from coordinator.engine import EngineConfig, RoundEngine
+
+    engine = RoundEngine(spec, params, FedAvg(), EngineConfig(clients_per_round=n, codec=codec))
+    devices = [f"d{i}" for i in range(n)]
+    plan = engine.open_round(devices)
+    t0 = time.perf_counter()
+    for i, d in enumerate(tqdm(devices, desc="engine only", leave=False)):
+        engine.submit(plan.round_id, d, frames[i % len(frames)])
+    t1 = time.perf_counter()
+    outcome = engine.close_round(plan.round_id)
+    t2 = time.perf_counter()
+    assert outcome.committed and outcome.reports == n
+    return {
+        "updates": n,
+        "submit_s": t1 - t0,
+        "aggregate_s": t2 - t1,
+        "updates_per_s": n / (t2 - t0),
+    }
+
+
 # -- over HTTP -------------------------------------------------------------------------------
 
 
@@ -460,6 +489,11 @@ def main(argv: list[str] | None = None) -> int:
         "quick": args.quick,
     }
     with tempfile.TemporaryDirectory(prefix="plume-bench-") as tmp:
+        engine = _engine_only(spec, params, frames, args.updates, DEFAULT)
+        engine_dense = _engine_only(
+            spec, params, dense_frames, args.dense_updates, CodecConfig.dense()
+        )
+        phase("engine only")
         inproc = _inprocess(spec, params, frames, args.updates, DEFAULT, tmp, "compressed")
         phase("in-process")
         dense = _inprocess(
@@ -488,6 +522,9 @@ def main(argv: list[str] | None = None) -> int:
             "http_updates_per_s": http["updates_per_s"],
             "dense_updates_per_s": dense["updates_per_s"],
             "speedup_vs_dense_inprocess": inproc["updates_per_s"] / dense["updates_per_s"],
+            # The same decode + FedAvg through the RoundEngine alone (no SQLite, no HTTP).
+            "engine_updates_per_s": engine["updates_per_s"],
+            "engine_dense_updates_per_s": engine_dense["updates_per_s"],
             "downlink_ratio_vs_dense": ratios,
             "load_lost_updates": load["lost_updates"],
             "load_p50_upload_ms": load["p50_upload_ms"],
@@ -503,6 +540,8 @@ def main(argv: list[str] | None = None) -> int:
             "details": {
                 "inprocess": inproc,
                 "dense": dense,
+                "engine": engine,
+                "engine_dense": engine_dense,
                 "http": http,
                 "load": load,
                 "downlink": down,

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import os
 import re
@@ -81,13 +82,17 @@ def generate_private_key() -> bytes:
     return Ed25519PrivateKey.generate().private_bytes_raw()
 
 
+@functools.lru_cache(maxsize=1024)
 def _private(private_key: bytes) -> Ed25519PrivateKey:
+    # Cached: loading a key costs as much as a signature, and a device signs every request.
     if len(private_key) != PRIVATE_KEY_BYTES:
         raise AuthError(f"Ed25519 private key must be {PRIVATE_KEY_BYTES} bytes")
     return Ed25519PrivateKey.from_private_bytes(private_key)
 
 
+@functools.lru_cache(maxsize=65536)
 def _public(public_key: bytes) -> Ed25519PublicKey:
+    # Cached per registered device: the coordinator verifies each device's requests repeatedly.
     if len(public_key) != PUBLIC_KEY_BYTES:
         raise AuthError(f"Ed25519 public key must be {PUBLIC_KEY_BYTES} bytes")
     try:
@@ -109,6 +114,11 @@ def device_id_for(public_key: bytes) -> str:
     if len(public_key) != PUBLIC_KEY_BYTES:
         raise AuthError(f"Ed25519 public key must be {PUBLIC_KEY_BYTES} bytes")
     return hashlib.sha256(public_key).digest()[:16].hex()
+
+
+@functools.lru_cache(maxsize=1024)
+def _device_of(private_key: bytes) -> str:
+    return device_id_for(public_key_bytes(private_key))
 
 
 def body_sha256(body: bytes) -> str:
@@ -204,7 +214,7 @@ def sign_request(
     nonce: str | None = None,
 ) -> dict[str, str]:
     """The signature headers for one request (device id, round, timestamp, nonce, signature)."""
-    device_id = device_id_for(public_key_bytes(private_key))
+    device_id = _device_of(private_key)
     nonce = new_nonce() if nonce is None else nonce
     message = signing_message(
         method=method,

@@ -8,6 +8,7 @@ parses responses back into them with `from_json`, which checks types and refuses
 from __future__ import annotations
 
 import dataclasses
+import functools
 import struct
 import types
 import typing
@@ -344,6 +345,12 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     raise MessageError(f"{where}: unsupported type {tp!r}")
 
 
+@functools.lru_cache(maxsize=256)
+def _hints(cls: type) -> dict[str, Any]:
+    # Resolving postponed annotations compiles them; once per message class is enough.
+    return typing.get_type_hints(cls)
+
+
 def from_json(cls: type[T], data: Any, where: str = "$") -> T:
     """Parse JSON builtins into message dataclass `cls`, checking every field's type.
 
@@ -351,7 +358,7 @@ def from_json(cls: type[T], data: Any, where: str = "$") -> T:
     """
     if not isinstance(data, dict):
         raise MessageError(f"{where}: expected an object for {cls.__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     kwargs: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         if f.name in data:

@@ -163,6 +163,9 @@ class DeviceStore:
         )
 
     def clear_pending(self) -> None:
+        if not any((self.root / n).exists() for n in ("pending.json", "pending.frame")):
+            (self.root / "pending.residual").unlink(missing_ok=True)
+            return
         (self.root / "pending.json").unlink(missing_ok=True)
         (self.root / "pending.frame").unlink(missing_ok=True)
         (self.root / "pending.residual").unlink(missing_ok=True)

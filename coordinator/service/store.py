@@ -226,8 +226,8 @@ class Store:
 
     def remember_nonce(self, device_id: str, nonce: str, ts_ms: int) -> bool:
         """Record a nonce; False if this device already used it (a replay)."""
-        with self.transaction() as db:
-            cur = db.execute(
+        with self._lock:  # one statement in autocommit mode: its own durable transaction
+            cur = self._db.execute(
                 "INSERT OR IGNORE INTO nonces(device_id, nonce, ts_ms) VALUES (?, ?, ?)",
                 (device_id, nonce, ts_ms),
             )
