@@ -282,6 +282,11 @@ def build_aggregator(spec: str) -> AggregatorFactory:
             raise AggregatorSpecError(f"{name!r} is a base aggregator and must come last")
         if name == "dp" and i != 0:
             raise AggregatorSpecError("dp must be the first (outermost) stage")
+        if name == "dp" and len(stages) > 2:
+            raise AggregatorSpecError("dp takes one inner stage, a mean (dp:...+fedavg)")
+        if name not in ("fedavg", "mean") and i == 1 and stages[0].partition(":")[0] == "dp":
+            # The sensitivity analysis needs a linear mean of the clipped reports.
+            raise AggregatorSpecError(f"dp needs a mean inside it, not {name!r}")
         parsed.append((name, _Params(name, params.strip())))
     name, p = parsed[-1]
     factory: Any

@@ -93,6 +93,8 @@ def test_default_robust_spec_builds() -> None:
         ("nope", "unknown aggregator"),
         ("median+fedavg", "must come last"),
         ("normbound:5+dp:z=1,clip=1", "first"),
+        ("dp:z=1+median", "mean inside"),
+        ("dp:z=1+bucket:2+fedavg", "one inner"),
         ("krum:g=2", "unknown parameter"),
         ("trimmed_mean:0.1,0.2", "bad parameter"),
         ("krum:f=two", "number"),
