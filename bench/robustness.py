@@ -303,7 +303,7 @@ def _plot(summary: dict[str, Any], path: Path, aggregators: list[str], attacks: 
                     fontsize=8,
                 )
         ax.set_xticks(range(len(attacks) + 1), ["none", *attacks], rotation=35, ha="right")
-        ax.set_yticks(range(len(aggregators)), aggregators)
+        ax.set_yticks(range(len(aggregators)), aggregators if ax is axes[0] else [])
         ax.set_title(f"final test accuracy, {key.replace('pct', '%')} malicious")
     fig.colorbar(im, ax=list(axes), shrink=0.8)
     fig.savefig(path, dpi=110, bbox_inches="tight")
@@ -330,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-backdoor", action="store_true")
     ap.add_argument("--skip-matrix", action="store_true", help="only the backdoor runs")
     ap.add_argument("--name", default="robustness", help="results file stem")
+    ap.add_argument("--replot", action="store_true", help="redraw the plot from the saved JSON")
     ap.add_argument("--workers", type=int, default=2, help="simulations run in parallel")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a smoke run (minutes)")
@@ -357,10 +358,16 @@ def main(argv: list[str] | None = None) -> int:
         args.backdoor_rounds = 3
         args.backdoor_defenses = args.backdoor_defenses[:1]
         name = "robustness.quick"
-    jobs = _jobs(args, base)
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / f"{name}.json"
+    if args.replot:
+        saved = json.loads(json_path.read_text())
+        aggs = list(saved["no_attack_accuracy"])
+        _plot(saved, out_dir / f"{name}.png", aggs, [a for a in ATTACKS if any(
+            a in row for cells in saved["accuracy"].values() for row in cells.values())])
+        return 0
+    jobs = _jobs(args, base)
 
     from tqdm import tqdm
 
