@@ -12,6 +12,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -29,6 +30,7 @@ from protocol.secagg import (
     WrongStage,
     decode_ring_sum,
     decode_sketch_sum,
+    prg_bytes,
 )
 
 __all__ = ["SecureRound", "GroupResult"]
@@ -88,10 +90,10 @@ class SecureRound:
         except KeyError:
             raise ProtocolViolation(f"device {device_id!r} is not in this secure round") from None
 
-    def _count(self, device_id: str, direction: str, nbytes: int) -> None:
+    def _count(self, device_id: str, direction: Literal["up", "down"], nbytes: int) -> None:
         (self.bytes_up if direction == "up" else self.bytes_down)[device_id] += nbytes
         if self.ledger is not None:
-            self.ledger.record(self.plan.round_id, device_id, direction, nbytes)  # type: ignore[arg-type]
+            self.ledger.record(self.plan.round_id, device_id, direction, nbytes)
 
     def announce(self) -> dict[str, bytes]:
         """The setup download: plan bytes (the digest goes alongside) for every device."""
@@ -186,8 +188,6 @@ def split_groups(
     device_ids: Sequence[str], group_size: int | None, seed: bytes
 ) -> list[tuple[str, ...]]:
     """Cohort -> groups of `group_size` (the last takes the remainder), shuffled by a public seed."""
-    from protocol.secagg import prg_bytes
-
     ids = list(device_ids)
     if group_size is None or group_size >= len(ids):
         return [tuple(ids)]

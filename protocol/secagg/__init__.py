@@ -59,11 +59,11 @@ from ._shamir import combine_shares, create_shares, share_x
 from ._sketch import device_sketch, sketch_scores, sketch_segments_for
 from ._wire import (
     AdvertiseKeys,
-    SecAggHeader,
-    SecAggPath,
     KeyDirectory,
     MaskedInput,
     MessageKind,
+    SecAggHeader,
+    SecAggPath,
     ShareDelivery,
     ShareKeys,
     ShareKind,

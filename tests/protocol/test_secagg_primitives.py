@@ -206,3 +206,12 @@ def test_skellam_moments() -> None:
     x = skellam(50.0, 200_000, seed=bytes(32))
     assert abs(float(x.mean())) < 0.1
     assert 98.0 < float(x.var()) < 102.0
+
+
+def test_exported_members() -> None:
+    import protocol.secagg as pkg
+
+    assert sorted(pkg.__all__) == sorted(set(pkg.__all__))
+    assert all(hasattr(pkg, name) for name in pkg.__all__)
+    public = {n for n in dir(pkg) if not n.startswith("_")}
+    assert public - set(pkg.__all__) <= {"annotations"}
