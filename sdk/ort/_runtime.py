@@ -115,21 +115,22 @@ class OrtTrainer:
             raise ValueError(f"params of shape {flat.shape}, the model has {self.spec.size}")
         return [flat[e.offset : e.offset + e.size].reshape(e.shape) for e in self.spec.entries]
 
-    def _check_batch(
-        self, x: npt.NDArray, y: npt.NDArray | None
-    ) -> tuple[npt.NDArray, npt.NDArray | None]:
+    def _check_x(self, x: npt.NDArray) -> npt.NDArray:
+        """`x` as the graph's dtype, contiguous, after checking its per-example shape."""
         m = self.manifest
         xs = np.ascontiguousarray(x, dtype=self._x_dtype)
         if xs.ndim != 1 + len(m.x_shape) or tuple(xs.shape[1:]) != m.x_shape:
             raise ValueError(f"x of shape {x.shape}, the model takes [B, {m.x_shape}]")
-        if y is None:
-            return xs, None
+        return xs
+
+    def _check_y(self, y: npt.NDArray, n: int) -> npt.NDArray:
+        m = self.manifest
         ys = np.ascontiguousarray(y, dtype=self._y_dtype)
         if ys.ndim != 1 + len(m.y_shape) or tuple(ys.shape[1:]) != m.y_shape:
             raise ValueError(f"y of shape {y.shape}, the model takes [B, {m.y_shape}]")
-        if len(xs) != len(ys):
-            raise ValueError(f"{len(xs)} inputs but {len(ys)} targets")
-        return xs, ys
+        if len(ys) != n:
+            raise ValueError(f"{n} inputs but {len(ys)} targets")
+        return ys
 
     def step(
         self,
@@ -166,8 +167,8 @@ class OrtTrainer:
             raise ValueError("epochs must be >= 0 and batch_size >= 1")
         if not math.isfinite(lr):
             raise ValueError("lr must be finite")
-        xs, ys = self._check_batch(x, y)
-        assert ys is not None
+        xs = self._check_x(x)
+        ys = self._check_y(y, len(xs))
         n = len(xs)
         if n == 0:
             raise ValueError("a device needs at least one example to train")
@@ -190,7 +191,7 @@ class OrtTrainer:
         """Model outputs (logits) for `x`, in batches of `batch_size`."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        xs, _ = self._check_batch(x, None)
+        xs = self._check_x(x)
         feeds: dict[str, npt.NDArray] = dict(
             zip(self.manifest.param_inputs, self.split(params), strict=True)
         )
