@@ -163,7 +163,7 @@ drop_sets = st.lists(st.sampled_from([0.0, 0.0, 0.02, 0.05, 0.1, 0.3]), min_size
 
 
 @settings(
-    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
 )
 @given(n=st.integers(3, 100), rates=drop_sets, seed=st.integers(0, 2**16))
 def test_sum_exact_with_enough_survivors_else_clean_abort(
