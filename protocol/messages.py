@@ -8,7 +8,6 @@ parses responses back into them with `from_json`, which checks types and refuses
 from __future__ import annotations
 
 import dataclasses
-import functools
 import struct
 import types
 import typing
@@ -345,10 +344,15 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     raise MessageError(f"{where}: unsupported type {tp!r}")
 
 
-@functools.lru_cache(maxsize=256)
+_HINTS: dict[type, dict[str, Any]] = {}
+
+
 def _hints(cls: type) -> dict[str, Any]:
     # Resolving postponed annotations compiles them; once per message class is enough.
-    return typing.get_type_hints(cls)
+    hints = _HINTS.get(cls)
+    if hints is None:
+        hints = _HINTS[cls] = typing.get_type_hints(cls)
+    return hints
 
 
 def from_json(cls: type[T], data: Any, where: str = "$") -> T:

@@ -159,7 +159,7 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
         fields = verifier.verify(
             method=request.method, target=_target(request), headers=_headers(request), body=body
         )
-        request.state.__setattr__(STATE_KEY, Attribution(fields.device_id, fields.round_id))
+        setattr(request.state, STATE_KEY, Attribution(fields.device_id, fields.round_id))
         return fields
 
     async def admin(
@@ -286,7 +286,7 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
         )
         att = Attribution(fields.device_id, fields.round_id, payload_up=len(frame))
         att.dense_up = coordinator.dense_bytes_for_round(round_id)
-        request.state.__setattr__(STATE_KEY, att)
+        setattr(request.state, STATE_KEY, att)
         if fields.round_id != round_id:
             raise ApiError(403, Reason.ROUND_MISMATCH, "signed round differs from the URL")
         key = headers.get(H.IDEMPOTENCY_KEY)
