@@ -71,7 +71,9 @@ def _explore(base: SimConfig, dense: SimResult, out: Path, quick: bool) -> int:
             100.0 * ((res.final_accuracy or 0.0) - (dense.final_accuracy or 0.0)), 3
         )
         runs.append((name, [asdict(r) for r in res.records]))
-        print(f"{name}: accuracy {res.final_accuracy:.4f}, ratio {res.upload_ratio:.1f}x", flush=True)
+        print(
+            f"{name}: accuracy {res.final_accuracy:.4f}, ratio {res.upload_ratio:.1f}x", flush=True
+        )
     stem = "bandwidth_accuracy_explore" + ("_quick" if quick else "")
     doc = {
         "benchmark": "bandwidth_accuracy knob sweep",
@@ -90,11 +92,15 @@ def _explore(base: SimConfig, dense: SimResult, out: Path, quick: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--topk", type=float, default=0.005, help="compressed run's top-k fraction")
     ap.add_argument(
-        "--server-lr", type=float, default=2.0,
+        "--server-lr",
+        type=float,
+        default=2.0,
         help="compressed run's server step size (top-k shrinks the averaged update; see docs)",
     )
     ap.add_argument("--bits", type=int, default=4, help="compressed run's bits")
@@ -105,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     ap.add_argument("--quick", action="store_true", help="3 rounds, to check the script runs")
     ap.add_argument(
-        "--explore", action="store_true",
+        "--explore",
+        action="store_true",
         help="run the knob sweep instead (writes bandwidth_accuracy_explore.json)",
     )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -143,7 +150,8 @@ def main(argv: list[str] | None = None) -> int:
     control = None
     if args.server_lr != 1.0:
         control = run_simulation(
-            replace(dense_cfg, server_lr=args.server_lr), label=f"dense fp32, server lr {args.server_lr}"
+            replace(dense_cfg, server_lr=args.server_lr),
+            label=f"dense fp32, server lr {args.server_lr}",
         )
     comp = run_simulation(base, label=f"top-k {args.topk}, {args.bits}-bit")
     # The ratio is against raw fp32 (4 bytes a parameter a report), as the ledger counts it.
@@ -160,7 +168,10 @@ def main(argv: list[str] | None = None) -> int:
         "accuracy_delta_pp": round(delta_pp, 3),
         "upload_ratio_vs_dense": ratio,
         "upload_ratio_vs_dense_run_bytes": ratio_vs_dense_run,
-        "targets": {"upload_ratio_vs_dense": f">= {TARGET_RATIO}", "accuracy_delta_pp": f">= -{TARGET_PP}"},
+        "targets": {
+            "upload_ratio_vs_dense": f">= {TARGET_RATIO}",
+            "accuracy_delta_pp": f">= -{TARGET_PP}",
+        },
         "met": {
             "upload_ratio": bool(ratio and ratio >= TARGET_RATIO),
             "accuracy": delta_pp >= -TARGET_PP,
@@ -181,12 +192,26 @@ def main(argv: list[str] | None = None) -> int:
         runs.append((control.label, [asdict(r) for r in control.records]))
     runs.append((comp.label, [asdict(r) for r in comp.records]))
     stem = "bandwidth_accuracy" + ("_quick" if args.quick else "")
-    plot_accuracy_vs_bytes(runs, out / f"{stem}.png",
-                           title="MNIST CNN, 100 clients, Dirichlet 0.5, 10/round, E=5")
+    plot_accuracy_vs_bytes(
+        runs, out / f"{stem}.png", title="MNIST CNN, 100 clients, Dirichlet 0.5, 10/round, E=5"
+    )
     (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps({k: result.get(k) for k in (
-        "dense_final_accuracy", "compressed_final_accuracy", "accuracy_delta_pp",
-        "upload_ratio_vs_dense", "dense_same_server_lr_final_accuracy", "met")}, indent=2))
+    print(
+        json.dumps(
+            {
+                k: result.get(k)
+                for k in (
+                    "dense_final_accuracy",
+                    "compressed_final_accuracy",
+                    "accuracy_delta_pp",
+                    "upload_ratio_vs_dense",
+                    "dense_same_server_lr_final_accuracy",
+                    "met",
+                )
+            },
+            indent=2,
+        )
+    )
     print(f"wrote {out / (stem + '.json')}")
     return 0
 

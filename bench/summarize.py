@@ -1,7 +1,7 @@
 """Render docs/benchmarks.md from bench/results/*.json, so the docs quote only measured numbers.
 
-    python bench/summarize.py            # rewrite docs/benchmarks.md
-    python bench/summarize.py --check    # exit 1 if docs/benchmarks.md is stale
+python bench/summarize.py            # rewrite docs/benchmarks.md
+python bench/summarize.py --check    # exit 1 if docs/benchmarks.md is stale
 """
 
 from __future__ import annotations
@@ -34,8 +34,13 @@ BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
         "codec",
         "Codec speed (one MNIST-CNN update, one core)",
         "python bench/codec.py",
-        [("encode_ms", "<= 20 ms"), ("decode_ms", "<= 3 ms"), ("memcpy_dense_ms", ""),
-         ("frame_bytes", ""), ("ratio_vs_dense", "")],
+        [
+            ("encode_ms", "<= 20 ms"),
+            ("decode_ms", "<= 3 ms"),
+            ("memcpy_dense_ms", ""),
+            ("frame_bytes", ""),
+            ("ratio_vs_dense", ""),
+        ],
     ),
     (
         "coordinator_ingest",
@@ -147,7 +152,9 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--check", action="store_true", help="fail if docs/benchmarks.md is stale")
     args = ap.parse_args(argv)
     text = render()

@@ -225,9 +225,7 @@ class RoundEngine:
         decoded = self.codec.decode_frame(frame)  # raises CodecError; nothing stored yet
         cu = ClientUpdate(device_id, decoded.update, decoded.weight)
         rnd.updates[device_id] = cu
-        self.ledger.record(
-            round_id, device_id, "up", len(frame), wire_bytes, self.spec.dense_bytes
-        )
+        self.ledger.record(round_id, device_id, "up", len(frame), wire_bytes, self.spec.dense_bytes)
         return Receipt(round_id, device_id, len(frame), decoded.update.nnz, decoded.weight)
 
     def record_download(

@@ -34,7 +34,10 @@ def register(sub: Any) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
-        "action", nargs="?", default="run", choices=("run", "report"),
+        "action",
+        nargs="?",
+        default="run",
+        choices=("run", "report"),
         help="'run' (default) a simulation, or 'report' to rebuild plots of RUN_DIR",
     )
     p.add_argument("run_dir", nargs="?", help="with 'report': the run's output folder")
@@ -53,7 +56,9 @@ def register(sub: Any) -> None:
     g.add_argument("--rounds", type=int, default=20)
     g.add_argument("--over-selection", type=float, default=1.0, help="e.g. 1.3 selects 30%% extra")
     g.add_argument("--min-reports", type=int, default=1)
-    g.add_argument("--aggregator", default="fedavg", help="fedavg | median | trimmed_mean | krum ...")
+    g.add_argument(
+        "--aggregator", default="fedavg", help="fedavg | median | trimmed_mean | krum ..."
+    )
     g.add_argument("--server-lr", type=float, default=1.0)
 
     g = p.add_argument_group("local training")
@@ -74,7 +79,8 @@ def register(sub: Any) -> None:
     g.add_argument("--clip-norm", type=float, default=None, help="L2 clip of each update")
     g.add_argument("--dense", action="store_true", help="run only the dense fp32 baseline")
     g.add_argument(
-        "--compare-dense", action="store_true",
+        "--compare-dense",
+        action="store_true",
         help="also run the dense fp32 baseline in this invocation and plot both",
     )
 
@@ -98,42 +104,42 @@ def register(sub: Any) -> None:
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
     from .runner import SimConfig
 
-    values: dict[str, Any] = dict(
-        dataset=args.dataset,
-        model=args.model,
-        clients=args.clients,
-        per_round=args.per_round,
-        rounds=args.rounds,
-        topk=args.topk,
-        bits=args.bits,
-        block=args.block,
-        index=args.index,
-        topk_mode=args.topk_mode,
-        scope=args.scope,
-        error_feedback=not args.no_error_feedback,
-        warmup_rounds=args.warmup_rounds,
-        clip_norm=args.clip_norm,
-        dense=args.dense,
-        local_epochs=args.local_epochs,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        momentum=args.momentum,
-        partition=args.partition,
-        alpha=args.alpha,
-        shards_per_client=args.shards_per_client,
-        data_root=args.data_root,
-        over_selection=args.over_selection,
-        min_reports=args.min_reports,
-        server_lr=args.server_lr,
-        aggregator=args.aggregator,
-        attack=args.attack,
-        malicious=args.malicious,
-        backend=args.backend,
-        ort_fraction=args.ort_fraction,
-        ort_artifacts=args.ort_artifacts,
-        eval_every=args.eval_every,
-        seed=args.seed,
-    )
+    values: dict[str, Any] = {
+        "dataset": args.dataset,
+        "model": args.model,
+        "clients": args.clients,
+        "per_round": args.per_round,
+        "rounds": args.rounds,
+        "topk": args.topk,
+        "bits": args.bits,
+        "block": args.block,
+        "index": args.index,
+        "topk_mode": args.topk_mode,
+        "scope": args.scope,
+        "error_feedback": not args.no_error_feedback,
+        "warmup_rounds": args.warmup_rounds,
+        "clip_norm": args.clip_norm,
+        "dense": args.dense,
+        "local_epochs": args.local_epochs,
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "momentum": args.momentum,
+        "partition": args.partition,
+        "alpha": args.alpha,
+        "shards_per_client": args.shards_per_client,
+        "data_root": args.data_root,
+        "over_selection": args.over_selection,
+        "min_reports": args.min_reports,
+        "server_lr": args.server_lr,
+        "aggregator": args.aggregator,
+        "attack": args.attack,
+        "malicious": args.malicious,
+        "backend": args.backend,
+        "ort_fraction": args.ort_fraction,
+        "ort_artifacts": args.ort_artifacts,
+        "eval_every": args.eval_every,
+        "seed": args.seed,
+    }
     values.update(overrides)
     return SimConfig(**values)
 
@@ -179,7 +185,10 @@ def _main(args: argparse.Namespace) -> int:
         write_run(res, out / label if len(runs) > 1 else out)
         results.append(res)
     plot = plot_accuracy_vs_bytes(
-        [(r.label or label, [_as_dict(x) for x in r.records]) for (label, _), r in zip(runs, results, strict=True)],
+        [
+            (r.label or label, [_as_dict(x) for x in r.records])
+            for (label, _), r in zip(runs, results, strict=True)
+        ],
         out / "accuracy_vs_upload_bytes.png",
         title=f"{cfg.dataset} / {cfg.model_name}",
     )
@@ -197,8 +206,10 @@ def _main(args: argparse.Namespace) -> int:
     if len(results) == 2 and results[0].final_accuracy is not None:
         dense_up, comp_up = results[1].total_up, results[0].total_up
         delta_pp = 100 * ((results[0].final_accuracy or 0) - (results[1].final_accuracy or 0))
-        print(f"compressed vs dense: {dense_up / comp_up:.1f}x fewer upload bytes, "
-              f"accuracy {delta_pp:+.2f} pp")
+        print(
+            f"compressed vs dense: {dense_up / comp_up:.1f}x fewer upload bytes, "
+            f"accuracy {delta_pp:+.2f} pp"
+        )
     print(f"wrote {out}/ (rounds.json, rounds.csv, ledger.csv) and {plot}")
     return 0
 

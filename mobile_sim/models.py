@@ -32,7 +32,8 @@ class MnistCNN(nn.Module):
         x = self.pool(self.relu(self.conv1(x)))
         x = self.pool(self.relu(self.conv2(x)))
         x = self.relu(self.fc1(self.flatten(x)))
-        return self.fc2(x)
+        out: torch.Tensor = self.fc2(x)
+        return out
 
 
 class MLP(nn.Module):
@@ -51,7 +52,8 @@ class MLP(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        out: torch.Tensor = self.net(x)
+        return out
 
 
 MODELS: dict[str, Callable[[], nn.Module]] = {

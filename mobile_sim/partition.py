@@ -70,9 +70,7 @@ def shards(
     order = np.argsort(labels, kind="stable").astype(np.int64)
     pieces = np.array_split(order, n * shards_per_client)
     perm = rng.permutation(len(pieces))
-    return [
-        np.sort(np.concatenate([pieces[j] for j in perm[i::n]])) for i in range(n)
-    ]
+    return [np.sort(np.concatenate([pieces[j] for j in perm[i::n]])) for i in range(n)]
 
 
 def natural(groups: Sequence[npt.ArrayLike]) -> Parts:

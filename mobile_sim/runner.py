@@ -107,7 +107,9 @@ class SimConfig:
         try:
             return DEFAULT_MODEL[self.dataset]
         except KeyError:
-            raise ValueError(f"no default model for dataset {self.dataset!r}; pass --model") from None
+            raise ValueError(
+                f"no default model for dataset {self.dataset!r}; pass --model"
+            ) from None
 
     def codec(self) -> CodecConfig:
         if self.dense:

@@ -64,13 +64,35 @@ def test_config_errors_are_clear() -> None:
         SimConfig(topk=0.0)
 
 
-def test_cli_writes_table_files_and_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_writes_table_files_and_plot(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     out = tmp_path / "run"
-    code = plume([
-        "sim", "--dataset", "digits", "--clients", "10", "--per-round", "4", "--rounds", "2",
-        "--local-epochs", "1", "--topk", "0.1", "--bits", "4", "--partition", "iid",
-        "--compare-dense", "--no-progress", "--out", str(out),
-    ])
+    code = plume(
+        [
+            "sim",
+            "--dataset",
+            "digits",
+            "--clients",
+            "10",
+            "--per-round",
+            "4",
+            "--rounds",
+            "2",
+            "--local-epochs",
+            "1",
+            "--topk",
+            "0.1",
+            "--bits",
+            "4",
+            "--partition",
+            "iid",
+            "--compare-dense",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
     assert code == 0
     for sub in ("compressed", "dense"):
         for name in ("rounds.json", "rounds.csv", "ledger.csv"):

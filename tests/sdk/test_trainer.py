@@ -27,10 +27,12 @@ def test_training_is_deterministic_and_learns() -> None:
     trainer = TorchTrainer(build_model("digits_mlp"))
     p0 = get_flat_params(build_model("digits_mlp"))
     acc0, _ = evaluate(trainer.module, p0, d.x_test, d.y_test)
-    r1 = trainer.train(p0, d.x_train, d.y_train, epochs=3, batch_size=10, lr=0.1,
-                       rng=np.random.default_rng(0))
-    r2 = trainer.train(p0, d.x_train, d.y_train, epochs=3, batch_size=10, lr=0.1,
-                       rng=np.random.default_rng(0))
+    r1 = trainer.train(
+        p0, d.x_train, d.y_train, epochs=3, batch_size=10, lr=0.1, rng=np.random.default_rng(0)
+    )
+    r2 = trainer.train(
+        p0, d.x_train, d.y_train, epochs=3, batch_size=10, lr=0.1, rng=np.random.default_rng(0)
+    )
     np.testing.assert_array_equal(r1.params, r2.params)
     acc1, _ = evaluate(trainer.module, r1.params, d.x_test, d.y_test)
     assert r1.num_examples == len(d.x_train)
