@@ -219,3 +219,41 @@ def test_pause_resume_and_ops_endpoints(server: str, tmp_path: Path) -> None:
     spec = http.get("/openapi.json").json()
     assert "/v1/rounds/{round_id}/updates" in spec["paths"]
     assert http.get("/v1/admin/tasks/999", headers=auth).json()["reason"] == "unknown_task"
+
+
+def test_model_download_formats(server: str, tmp_path: Path) -> None:
+    # Prepare: a registered device and a task at version 0
+    from compression import decode_snapshot, model_digest
+    from protocol import auth
+
+    http = httpx.Client(base_url=server)
+    task_id = create_task(http)
+    client = Client(server, str(tmp_path / "d0"))
+    client.register()
+    key = client._core.key
+
+    def get(query: str) -> httpx.Response:
+        target = f"/v1/tasks/{task_id}/model?{query}"
+        headers = auth.sign_request(
+            key, method="GET", target=target, round_id=0, body=b"",
+            timestamp_ms=int(time.time() * 1000),
+        )  # fmt: skip
+        return http.get(target, headers={str(k): v for k, v in headers.items()})
+
+    # Execute
+    fp32 = get("format=snapshot&dtype=fp32")
+    fp16 = get("format=snapshot&dtype=fp16")
+    empty_chain = get("format=delta&have=0")
+    too_new = get("format=delta&have=5")
+    bad_dtype = get("format=snapshot&dtype=fp8")
+    # Assert: fp32 is exact and matches the digest; fp16 is half the size and flagged inexact
+    params = decode_snapshot(fp32.content, SPEC)
+    assert fp32.headers["x-plume-model-exact"] == "1"
+    assert model_digest(params).hex() == fp32.headers["x-plume-model-digest"]
+    assert fp16.headers["x-plume-model-exact"] == "0"
+    assert len(fp16.content) < 0.75 * len(fp32.content)
+    decode_snapshot(fp16.content, SPEC)  # verifies its own embedded digest
+    assert empty_chain.headers["x-plume-model-encoding"] == "delta-chain"
+    assert empty_chain.content[:4] == b"PLCH"
+    assert too_new.status_code == 409 and too_new.json()["reason"] == "unknown_version"
+    assert bad_dtype.status_code == 422
