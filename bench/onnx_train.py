@@ -244,8 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         "models": {},
     }
     worst_parity = 0.0
-    todo = len(models) * (len(batches) + 4)
-    bar = tqdm(total=todo, desc="onnx_train", unit="task")
+    n_tasks = len(models) * (len(batches) + 4)
+    bar = tqdm(total=n_tasks, desc="onnx_train", unit="task")
     for name in models:
         art = tmp / name
         t0 = time.perf_counter()

@@ -192,7 +192,7 @@ def _ints(*values: int) -> Any:
 
 
 def _unused() -> Any:
-    # Placeholder for a gradient the graph never asked for (output_mask False); the exporter's
+    # Stands in for a gradient the graph never asked for (output_mask False); the exporter's
     # optimizer drops it because nothing consumes it.
     return op.ConstantOfShape(_ints(0))
 
