@@ -277,3 +277,13 @@ def test_readme_example_runs_as_written(tmp_path: Path) -> None:
     assert (tmp_path / "plume-app" / "device_key").exists()
     assert rounds[0].reports == 1 and rounds[0].state == "committed"
     assert status.version == 1 and status.state == "done"
+
+
+def test_client_imports_without_torch() -> None:
+    # The ONNX-runtime device embeds the client on machines without PyTorch.
+    import subprocess
+    import sys
+
+    code = "import sys, sdk; sdk.Client; import sdk.client; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
