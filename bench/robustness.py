@@ -364,8 +364,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.replot:
         saved = json.loads(json_path.read_text())
         aggs = list(saved["no_attack_accuracy"])
-        _plot(saved, out_dir / f"{name}.png", aggs, [a for a in ATTACKS if any(
-            a in row for cells in saved["accuracy"].values() for row in cells.values())])
+        _plot(
+            saved,
+            out_dir / f"{name}.png",
+            aggs,
+            [
+                a
+                for a in ATTACKS
+                if any(a in row for cells in saved["accuracy"].values() for row in cells.values())
+            ],
+        )
         return 0
     jobs = _jobs(args, base)
 
