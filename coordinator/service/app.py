@@ -265,11 +265,8 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
             raise ApiError(401, Reason.UNSIGNED, str(exc)) from None
         if verifier.public_key(pre.device_id) is None:
             raise ApiError(401, Reason.UNREGISTERED, "unknown device; register first")
-        found = None
-        for rt in coordinator.runtimes.values():
-            if rt.current is not None and rt.current.round_id == round_id:
-                found = rt
-        cap = found.max_upload_bytes if found is not None else config.json_body_cap
+        # Unknown rounds get the JSON cap: nothing legitimate is bigger than a 404 needs.
+        cap = coordinator.upload_cap_for_round(round_id) or config.json_body_cap
         declared = headers.get(H.CONTENT_LENGTH)
         if declared is not None and declared.isdigit() and int(declared) > cap:
             raise ApiError(413, Reason.TOO_LARGE, f"update above the {cap}-byte cap")

@@ -669,6 +669,15 @@ class Coordinator:
         while self._background:
             await asyncio.gather(*list(self._background), return_exceptions=True)
 
+    def upload_cap_for_round(self, round_id: int) -> int | None:
+        """Largest legal frame for the model of a round's task (None for an unknown round)."""
+        found = self._runtime_for_round(round_id)
+        if found is not None:
+            return found[0].max_upload_bytes
+        r = self.store.round(round_id)
+        rt = self.runtimes.get(r.task_id) if r is not None else None
+        return rt.max_upload_bytes if rt is not None else None
+
     def dense_bytes_for_round(self, round_id: int) -> int:
         """Dense fp32 bytes of the model of a round's task (0 for an unknown round)."""
         found = self._runtime_for_round(round_id)
