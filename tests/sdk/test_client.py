@@ -245,6 +245,11 @@ def test_readme_example_runs_as_written(tmp_path: Path) -> None:
     assert block is not None
     code = block.group(1)
     assert 8 <= len(code.strip().splitlines()) <= 14
+    readme = Path(__file__).parents[2] / "README.md"
+    if readme.exists() and "from sdk import Client" in readme.read_text():
+        # The README shows the same example; keep the two copies identical.
+        blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
+        assert any(b == code for b in blocks if "from sdk import Client" in b)
     torch.set_num_threads(1)
     model = build_model("mlp")
     spec = spec_from_module(model)
