@@ -23,12 +23,14 @@ from typing import Literal
 
 import dp_accounting
 from dp_accounting import pld, rdp
+from prometheus_client import CollectorRegistry, Gauge
 
 __all__ = [
     "FixedSizeSampling",
     "PoissonSampling",
     "PrivacyAccountant",
     "PrivacyBudgetExhausted",
+    "PrivacyMetrics",
     "Sampling",
     "calibrate_noise_multiplier",
 ]
@@ -201,3 +203,46 @@ def calibrate_noise_multiplier(
         tol=1e-3 * z_rdp,
     )
     return float(z)
+
+
+class PrivacyMetrics:
+    """Prometheus gauges for the privacy spent, in a registry of their own (or one passed in).
+
+    `DPMean(..., metrics=m)` updates them every round; serve `m.registry` with
+    `prometheus_client.generate_latest`.
+    """
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.epsilon = Gauge(
+            "plume_dp_epsilon", "Epsilon spent so far at the task's delta", registry=self.registry
+        )
+        self.delta = Gauge("plume_dp_delta", "The task's delta", registry=self.registry)
+        self.rounds = Gauge("plume_dp_rounds", "DP rounds released so far", registry=self.registry)
+        self.noise_multiplier = Gauge(
+            "plume_dp_noise_multiplier", "Noise stddev / clip norm", registry=self.registry
+        )
+        self.clip = Gauge("plume_dp_clip_norm", "Clip norm used this round", registry=self.registry)
+        self.budget_exhausted = Gauge(
+            "plume_dp_budget_exhausted",
+            "1 once another round would exceed the epsilon budget",
+            registry=self.registry,
+        )
+
+    def observe(
+        self,
+        *,
+        epsilon: float | None,
+        delta: float,
+        rounds: int,
+        noise_multiplier: float,
+        clip: float,
+        budget_exhausted: bool,
+    ) -> None:
+        if epsilon is not None:
+            self.epsilon.set(epsilon)
+        self.delta.set(delta)
+        self.rounds.set(rounds)
+        self.noise_multiplier.set(noise_multiplier)
+        self.clip.set(clip)
+        self.budget_exhausted.set(1.0 if budget_exhausted else 0.0)

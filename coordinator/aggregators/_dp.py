@@ -21,7 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from coordinator.privacy import PrivacyAccountant, PrivacyBudgetExhausted, Sampling
+from coordinator.privacy import (
+    PrivacyAccountant,
+    PrivacyBudgetExhausted,
+    PrivacyMetrics,
+    Sampling,
+)
 
 from ._base import AggregateOutput, AggregatorFactory, ClientUpdate
 from ._clip import AdaptiveClip, clip_update
@@ -44,6 +49,7 @@ class DPMean:
       `delta` and sets `budget_exhausted` once another round would exceed `epsilon_budget`;
       a round that would exceed it is refused with PrivacyBudgetExhausted.
     seed: None draws noise from OS entropy (deployments); an int makes simulations repeatable.
+    metrics: optional PrivacyMetrics gauges (epsilon, delta, rounds, ...) updated every round.
     """
 
     noise_multiplier: float
@@ -55,6 +61,7 @@ class DPMean:
     epsilon_budget: float = math.inf
     accounting_method: str = "auto"
     seed: int | None = None
+    metrics: PrivacyMetrics | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
@@ -161,6 +168,15 @@ class _DPMeanProcess:
             centred = float(np.count_nonzero(norms <= clip)) - n / 2.0
             noised_fraction = (centred + float(rng.normal(0.0, sb))) / denom + 0.5
             new_clip = cfg.clip.step(clip, noised_fraction)
+        if cfg.metrics is not None:
+            cfg.metrics.observe(
+                epsilon=privacy.get("epsilon"),
+                delta=cfg.delta,
+                rounds=rnd + 1,
+                noise_multiplier=cfg.noise_multiplier,
+                clip=clip,
+                budget_exhausted=bool(privacy.get("budget_exhausted", False)),
+            )
         measurements: dict[str, Any] = {
             "clients": n,
             "clip": clip,

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from prometheus_client import generate_latest
 
 from compression import SparseUpdate
 from coordinator.aggregators import (
@@ -27,6 +28,7 @@ from coordinator.privacy import (
     PoissonSampling,
     PrivacyAccountant,
     PrivacyBudgetExhausted,
+    PrivacyMetrics,
 )
 
 
@@ -158,8 +160,15 @@ def test_dp_mean_reports_epsilon_and_flags_budget_exhaustion() -> None:
     sampling = PoissonSampling(0.05)
     acc = PrivacyAccountant(1.0, sampling, "rdp")
     budget = acc.epsilon(3, 1e-5) + 1e-9  # exactly three rounds fit
+    metrics = PrivacyMetrics()
     proc = DPMean(
-        1.0, clip=1.0, sampling=sampling, epsilon_budget=budget, accounting_method="rdp", seed=0
+        1.0,
+        clip=1.0,
+        sampling=sampling,
+        epsilon_budget=budget,
+        accounting_method="rdp",
+        seed=0,
+        metrics=metrics,
     ).create(3)
     state = proc.initialize()
     ups = updates_from(np.ones((2, 3)))
@@ -173,6 +182,11 @@ def test_dp_mean_reports_epsilon_and_flags_budget_exhaustion() -> None:
     # Assert
     assert flags == [False, False, True]
     assert eps == sorted(eps) and eps[-1] == pytest.approx(acc.epsilon(3, 1e-5))
+    text = generate_latest(metrics.registry).decode()
+    assert "# TYPE plume_dp_epsilon gauge" in text
+    assert metrics.registry.get_sample_value("plume_dp_epsilon") == pytest.approx(eps[-1])
+    assert metrics.registry.get_sample_value("plume_dp_rounds") == 3.0
+    assert metrics.registry.get_sample_value("plume_dp_budget_exhausted") == 1.0
     with pytest.raises(PrivacyBudgetExhausted):
         proc.next(state, ups)
 
