@@ -280,3 +280,54 @@ def test_memory_stays_far_below_n_by_d() -> None:
         # Assert
         assert peak < bound, f"{name}: peak {peak} bytes > stated bound {bound}"
         assert peak < 4 * n * d / 5, name
+
+
+class _FixedInner:
+    """A fake inner aggregator (no next_rows): returns the plain sum and measurement 42."""
+
+    def create(self, size: int) -> _FixedInner:
+        self.size = size
+        self.seen: list[list[str]] = []
+        return self
+
+    def initialize(self) -> int:
+        return 0
+
+    def next(self, state: int, updates):  # type: ignore[no-untyped-def]
+        from coordinator.aggregators import AggregateOutput
+
+        self.seen.append([cu.device_id for cu in updates])
+        acc = np.zeros(self.size)
+        for cu in updates:
+            cu.update.add_to(acc)
+        return AggregateOutput(state + 1, acc.astype(np.float32), {"fixed": 42})
+
+
+@pytest.mark.parametrize("wrapper", ["bucket", "nnm"])
+def test_pre_aggregators_delegate_to_an_opaque_inner(wrapper: str) -> None:
+    # Prepare
+    x = random_dense(np.random.default_rng(11), 6, 10, 0.7)
+    inner = _FixedInner()
+    factory = (
+        Bucketing(3, inner=inner, seed=0)
+        if wrapper == "bucket"
+        else NearestNeighborMixing(f=1, inner=inner)
+    )
+    proc = factory.create(10)
+    state = proc.initialize()
+    # Execute
+    out = proc.next(state, sparse_updates(x))
+    # Assert: the inner ran once on materialised mixed rows; its measurement is nested
+    assert out.measurements["inner"] == {"fixed": 42}
+    assert len(inner.seen) == 1
+    # The fake sums what it gets: bucket means, or each report's 5-nearest mean
+    total = out.result.astype(np.float64)
+    if wrapper == "bucket":
+        np.testing.assert_allclose(total * 3, x.sum(0), rtol=1e-5, atol=1e-5)
+        assert inner.seen[0] == ["bucket-0", "bucket-1"]
+    else:
+        assert inner.seen[0] == [f"dev-{i}" for i in range(6)]
+        x64 = x.astype(np.float64)
+        d2 = ((x64[:, None] - x64[None]) ** 2).sum(-1)
+        rows = [x64[np.argsort(d2[i], kind="stable")[:5]].mean(0) for i in range(6)]
+        np.testing.assert_allclose(total, np.sum(rows, axis=0), rtol=1e-5, atol=1e-5)
