@@ -8,7 +8,7 @@ The mechanism per round (McMahan et al. 2018; Andrew et al. 2021 for adaptive cl
   3. sum = inner mean · n; release (sum + N(0, (z_u · C)² I_d)) / denominator.
 With adaptive clipping the count of unclipped reports is released with Gaussian noise of
 stddev sigma_b, and the update noise multiplier z_u is set so that both releases together are
-one Gaussian mechanism of multiplier z: z_u = (z^-2 - (2 sigma_b)^-2)^-1/2 (Andrew et al., Thm 1).
+one Gaussian mechanism of multiplier z: z_u = (z^-2 - (2 sigma_b)^-2)^-1/2 (Andrew et al. 2021).
 The accountant (coordinator.privacy) then composes rounds of multiplier z.
 """
 
