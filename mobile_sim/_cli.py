@@ -21,6 +21,21 @@ examples:
 """
 
 
+def _aggregator_help() -> str:
+    try:
+        from coordinator.aggregators import AGGREGATOR_HELP
+        from mobile_sim.attacks import ATTACKS
+    except ImportError:
+        return ""
+    return (
+        "\naggregators (--aggregator):\n"
+        + "\n".join("  " + line for line in AGGREGATOR_HELP.splitlines())
+        + "\n\nattacks (--attack NAME[:key=value,...]): "
+        + ", ".join(sorted(ATTACKS))
+        + "\n"
+    )
+
+
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "sim",
@@ -30,7 +45,7 @@ def register(sub: Any) -> None:
             "encoded (top-k + quantization + zstd with error feedback) and decoded by the "
             "coordinator's round engine; the table shows accuracy and bytes per round."
         ),
-        epilog=_EXAMPLES,
+        epilog=_EXAMPLES + _aggregator_help(),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(

@@ -295,7 +295,12 @@ def run_simulation(
     if cfg.attack and n_bad:
         from .attacks import build_attack
 
-        attack = build_attack(cfg.attack)
+        # Expected attackers in a cohort: ALIE's z depends on the cohort size n and on f.
+        attack = build_attack(
+            cfg.attack,
+            num_clients=cfg.per_round,
+            num_malicious=max(1, round(cfg.malicious * cfg.per_round)),
+        )
 
     own_backend = backend is None
     be = backend if backend is not None else build_backend(cfg.backend)
