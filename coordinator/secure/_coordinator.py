@@ -50,6 +50,9 @@ def make_plan(
 
     Raises `RingOverflow` if n * w_max * (2^b - 1) (+ noise headroom) needs more than 64 bits.
     """
+    if num_nodes < 3:
+        # With two devices the sum minus one's own update is the other's update.
+        raise ValueError(f"a secure aggregation needs at least 3 devices, got {num_nodes}")
     k = int(indices.size)
     degree = choose_degree(num_nodes, config.degree_factor)
     threshold = min(degree, config.threshold or choose_threshold(degree))

@@ -62,6 +62,11 @@ def test_plan_roundtrip_and_refusals() -> None:
         SecurePlan.from_bytes(plan.to_bytes(), D - 1)  # bigger than this device's model
 
 
+def test_two_devices_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least 3"):
+        make_plan(SecureConfig(), 1, 2, D, np.arange(10, dtype=np.int64))
+
+
 def test_ring_overflow_is_a_hard_error() -> None:
     cfg = SecureConfig(value_bits=16, max_weight=2**31)
     with pytest.raises(RingOverflow, match="does not fit"):
