@@ -40,6 +40,7 @@ from ._graph import (
     choose_degree,
     choose_threshold,
     neighbours,
+    neighbours_of,
     reconstruction_failure_probability,
 )
 from ._noise import CtrRandom, discrete_gaussian, skellam
@@ -127,6 +128,7 @@ __all__ = [
     "hkdf",
     "model_digest",
     "neighbours",
+    "neighbours_of",
     "pack_bits",
     "packed_size",
     "pair_mask_seed",

@@ -27,7 +27,7 @@ from ._errors import (
     WrongAddress,
     WrongStage,
 )
-from ._graph import neighbours
+from ._graph import neighbours_of
 from ._packing import pack_bits
 from ._plan import ProtocolParams
 from ._prg import expand_mask, ring_mask
@@ -233,8 +233,8 @@ class SecAggClient:
             raise ModelMismatch("the server's model/plan digest differs from this device's")
         if not 0 <= node < params.num_nodes:
             raise ValueError(f"node {node} outside 0..{params.num_nodes - 1}")
-        graph = neighbours(params.num_nodes, params.degree, params.graph_seed)
-        self.state = ClientState(params, node, frozenset(graph[node]))
+        mine = neighbours_of(params.num_nodes, params.degree, params.graph_seed, node)
+        self.state = ClientState(params, node, frozenset(mine))
 
     @property
     def stage(self) -> Stage:

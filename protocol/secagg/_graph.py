@@ -14,7 +14,13 @@ import numpy as np
 
 from ._prg import prg_bytes
 
-__all__ = ["choose_degree", "choose_threshold", "neighbours", "reconstruction_failure_probability"]
+__all__ = [
+    "choose_degree",
+    "choose_threshold",
+    "neighbours",
+    "neighbours_of",
+    "reconstruction_failure_probability",
+]
 
 
 def choose_degree(n: int, factor: float = 1.5) -> int:
@@ -55,6 +61,23 @@ def neighbours(n: int, degree: int, seed: bytes) -> list[tuple[int, ...]]:
         near = {int(perm[(p + d) % n]) for d in range(-half, half + 1) if d}
         out.append(tuple(sorted(near)))
     return out
+
+
+def neighbours_of(n: int, degree: int, seed: bytes, node: int) -> tuple[int, ...]:
+    """One node's sorted neighbour list (what a device needs: O(n) numpy, no per-node loop)."""
+    if not 0 <= node < n:
+        raise ValueError(f"node {node} outside 0..{n - 1}")
+    if not 1 <= degree <= n - 1:
+        raise ValueError(f"degree {degree} outside 1..{n - 1}")
+    if degree == n - 1:
+        return tuple(j for j in range(n) if j != node)
+    if degree % 2:
+        raise ValueError(f"degree {degree} must be even below n - 1")
+    keys = np.frombuffer(prg_bytes(seed, 8 * n, b"graph"), dtype="<u8")
+    perm = np.argsort(keys, kind="stable")
+    p = int(np.flatnonzero(perm == node)[0])
+    half = degree // 2
+    return tuple(sorted({int(perm[(p + d) % n]) for d in range(-half, half + 1) if d}))
 
 
 def reconstruction_failure_probability(

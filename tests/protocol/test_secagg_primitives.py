@@ -215,3 +215,16 @@ def test_exported_members() -> None:
     assert all(hasattr(pkg, name) for name in pkg.__all__)
     public = {n for n in dir(pkg) if not n.startswith("_")}
     assert public - set(pkg.__all__) <= {"annotations"}
+
+
+@pytest.mark.parametrize("n", [3, 10, 57, 200])
+def test_graph_is_regular_symmetric_and_matches_per_node_view(n: int) -> None:
+    from protocol.secagg import choose_degree, neighbours, neighbours_of
+
+    k = choose_degree(n)
+    seed = bytes(range(32))
+    graph = neighbours(n, k, seed)
+    assert all(len(nb) == k and i not in nb for i, nb in enumerate(graph))
+    assert all(i in graph[j] for i, nb in enumerate(graph) for j in nb)
+    assert all(neighbours_of(n, k, seed, i) == graph[i] for i in range(n))
+    assert graph != neighbours(n, k, b"\1" * 32) or k == n - 1
