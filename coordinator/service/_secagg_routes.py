@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 
 from coordinator.secure import SecureCoordinator, SecureOutcome, SecureRound, SecureTask
+from protocol.names import Reason
 from protocol.secagg import RoundAborted, SecAggError, SecAggHeader, SecAggPath, Stage
 
 __all__ = ["SecureRegistry", "secagg_router", "header_device_id"]
@@ -155,12 +156,13 @@ def header_device_id(x_plume_device: str = Header(..., description="device id"))
 
 
 def _error(exc: Exception) -> JSONResponse:
+    """Error bodies as in the main API; a protocol refusal's reason is its SecAggError type."""
     if isinstance(exc, LookupError):
-        return JSONResponse({"reason": "not_found", "detail": str(exc)}, 404)
+        return JSONResponse({"reason": str(Reason.UNKNOWN_ROUND), "detail": str(exc)}, 404)
     if isinstance(exc, PermissionError):
-        return JSONResponse({"reason": "not_selected", "detail": str(exc)}, 403)
+        return JSONResponse({"reason": str(Reason.NOT_SELECTED), "detail": str(exc)}, 403)
     if isinstance(exc, RoundAborted):
-        return JSONResponse({"reason": "round_aborted", "detail": str(exc)}, 410)
+        return JSONResponse({"reason": str(Reason.ROUND_CLOSED), "detail": f"aborted: {exc}"}, 410)
     return JSONResponse({"reason": type(exc).__name__, "detail": str(exc)}, 409)
 
 
