@@ -27,7 +27,9 @@ __all__ = [
     "CoordinateMedian",
     "GeometricMedian",
     "Krum",
+    "MomentumCosineFilter",
     "NearestNeighborMixing",
+    "RobustLearningRate",
     "RowAggregationProcess",
     "TrimmedMean",
     "UpdateRows",
@@ -398,6 +400,54 @@ class _TrimmedMeanProcess(_RowProcess):
 
 
 @dataclass(frozen=True, slots=True)
+class RobustLearningRate:
+    """Uniform mean with a per-coordinate learning-rate sign (RLR, Ozdayi et al. 2021).
+
+    For every coordinate j, if fewer than `theta` reports agree on its sign
+    (|sum_i sign(y_ij)| < theta) the mean's coordinate is multiplied by -1 (`flip=True`, the
+    paper's rule: a backdoor pushed by a few devices is unlearnt) or by 0 (`flip=False`).
+    `theta` is a count (>= 1) or a fraction of the round's reports. A report that did not send
+    coordinate j (top-k sparsity) has sign 0 there: it casts no vote. Memory as TrimmedMean.
+    """
+
+    theta: float = 2.0
+    flip: bool = True
+    block_elems: int = DEFAULT_BLOCK_ELEMS
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.theta) or self.theta <= 0:
+            raise ValueError(f"RLR theta must be > 0, got {self.theta!r}")
+        if self.theta >= 1 and self.theta != int(self.theta):
+            raise ValueError(f"RLR theta >= 1 must be a whole number, got {self.theta!r}")
+        if self.block_elems < 1:
+            raise ValueError("block_elems must be >= 1")
+
+    def create(self, size: int) -> _RLRProcess:
+        return _RLRProcess(size, self.theta, self.flip, self.block_elems)
+
+
+class _RLRProcess(_RowProcess):
+    def __init__(self, size: int, theta: float, flip: bool, block_elems: int) -> None:
+        self.size, self.theta, self.flip, self.block_elems = size, theta, flip, block_elems
+
+    def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:
+        n = len(rows)
+        out = _zeros(self.size)
+        theta = (self.theta if self.theta >= 1 else self.theta * n) if n else 0.0
+        low = 0
+        lr_low = -1.0 if self.flip else 0.0
+        if n:
+            for start, stop, block in rows.blocks(self.block_elems):
+                agree = np.abs(np.sign(block).sum(axis=0, dtype=np.float64))
+                lr = np.where(agree >= theta, 1.0, lr_low)
+                low += int(np.count_nonzero(agree < theta))
+                out[start:stop] = lr * block.mean(axis=0, dtype=np.float64)
+        return AggregateOutput(
+            state, out, {"clients": n, "theta": float(theta), "low_agreement_coords": low}
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class Krum:
     """Krum / multi-Krum (Blanchard et al. 2017): average the m reports with the lowest score.
 
@@ -665,4 +715,77 @@ class _NNMProcess(_RowProcess):
             inner_out.state,
             inner_out.result,
             {"f": f, "neighbours": keep, "inner": inner_out.measurements},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class MomentumCosineFilter:
+    """Drop reports that point against the server momentum, then aggregate the rest with `inner`.
+
+    The reference is the server momentum m of past aggregates (m' = beta·m + (1 - beta)·result),
+    a direction the attackers of one round cannot move. A report y_i is kept when
+    cos(y_i, m) > `min_cosine`. Honest deltas of consecutive rounds agree (on our MNIST runs
+    their cosine to the previous aggregate is positive), while sign flip and IPM send the
+    negative of honest progress, so their cosine is negative whatever their number in a cohort:
+    the screen has no breakdown fraction of its own. The idea is FLTrust's (Cao et al. 2021:
+    trust by cosine to a reference update) with the server's own momentum as the reference
+    instead of a root data set, as in Zeno++'s use of a stale reference (Xie et al. 2020).
+    No reference yet (first round, or m = 0): everything is kept. Nothing kept: the round's
+    result is zero (no step). Memory: the float32[d] momentum plus one dot per report.
+    """
+
+    inner: AggregatorFactory = field(default_factory=GeometricMedian)
+    min_cosine: float = 0.0
+    beta: float = 0.5
+
+    def __post_init__(self) -> None:
+        if not -1.0 <= self.min_cosine < 1.0:
+            raise ValueError(f"min_cosine must be in [-1, 1), got {self.min_cosine!r}")
+        if not 0.0 <= self.beta < 1.0:
+            raise ValueError(f"momentum beta must be in [0, 1), got {self.beta!r}")
+
+    def create(self, size: int) -> _MomentumCosineProcess:
+        return _MomentumCosineProcess(size, self.inner.create(size), self.min_cosine, self.beta)
+
+
+class _MomentumCosineProcess(_RowProcess):
+    def __init__(
+        self, size: int, inner: AggregationProcess, min_cosine: float, beta: float
+    ) -> None:
+        self.size, self.inner, self.min_cosine, self.beta = size, inner, min_cosine, beta
+
+    def initialize(self) -> Any:
+        return (_zeros(self.size), self.inner.initialize())
+
+    def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:
+        momentum, inner_state = state
+        m = np.asarray(momentum, dtype=np.float64)
+        if m.shape != (self.size,):
+            raise ValueError(f"cosine filter state must hold float32[{self.size}]")
+        n = len(rows)
+        m_norm = float(np.linalg.norm(m))
+        if n and m_norm > 0.0:
+            norms = np.sqrt(np.maximum(rows.sq_norms(), 0.0))
+            cos = rows.dots(m) / np.maximum(norms * m_norm, 1e-30)
+            keep = [i for i in range(n) if cos[i] > self.min_cosine]
+        else:
+            cos = np.full(n, np.nan)
+            keep = list(range(n))
+        dropped = {rows.labels[i]: round(float(cos[i]), 4) for i in range(n) if i not in keep}
+        if keep:
+            inner_out = forward_rows(
+                self.inner, inner_state, rows if len(keep) == n else rows.subset(keep)
+            )
+            result, inner_state, inner_meas = (
+                inner_out.result,
+                inner_out.state,
+                inner_out.measurements,
+            )
+        else:
+            result, inner_meas = _zeros(self.size), {}
+        new_m = (self.beta * m + (1.0 - self.beta) * result.astype(np.float64)).astype(np.float32)
+        return AggregateOutput(
+            (new_m, inner_state),
+            result,
+            {"kept": len(keep), "dropped": dropped, "inner": inner_meas},
         )

@@ -22,6 +22,7 @@ from coordinator.aggregators import (
     TrimmedMean,
     build_aggregator,
 )
+from coordinator.aggregators._robust import MomentumCosineFilter, RobustLearningRate
 from coordinator.anomaly import AnomalyFilter
 from coordinator.privacy import FixedSizeSampling, PoissonSampling
 
@@ -40,6 +41,10 @@ from coordinator.privacy import FixedSizeSampling, PoissonSampling
         ("geomed", GeometricMedian()),
         ("cclip:tau=1,beta=0.9", CenteredClipping(1.0, 0.9)),
         ("cclip:tau=auto,beta=0,iters=3", CenteredClipping(None, 0.0, 3)),
+        ("rlr", RobustLearningRate(2.0, flip=True)),
+        ("rlr:theta=0.3,flip=0", RobustLearningRate(0.3, flip=False)),
+        ("cosfilter+geomed", MomentumCosineFilter(GeometricMedian(), 0.0, 0.5)),
+        ("cosfilter:0.1,beta=0.9+median", MomentumCosineFilter(CoordinateMedian(), 0.1, 0.9)),
         ("normbound:5+fedavg", Clip(5.0, inner=FedAvg())),
         ("normbound:5", Clip(5.0, inner=FedAvg())),
         ("bucket:2+median", Bucketing(2, inner=CoordinateMedian())),
@@ -83,7 +88,7 @@ def test_specs_build_the_expected_factories(spec: str, expected: object) -> None
 
 
 def test_default_robust_spec_builds() -> None:
-    assert build_aggregator(DEFAULT_ROBUST) is not None
+    assert build_aggregator(DEFAULT_ROBUST) == MomentumCosineFilter(GeometricMedian())
 
 
 @pytest.mark.parametrize(
