@@ -48,8 +48,8 @@ Base aggregators (rightmost stage):
   geomed[:nu=,max_iter=,tol=]      geometric median, smoothed Weiszfeld (RFA)
   cclip[:tau=T|auto,beta=B,iters=L] centered clipping around a server momentum
                                    (auto: tau = median distance to the centre)
-  rlr[:theta=T,flip=0|1]           mean; coordinates fewer than T reports agree on in sign
-                                   get learning rate -1 (flip=1) or 0 (robust learning rate)
+  rlr[:theta=T,low_lr=L]           mean; coordinates fewer than T reports agree on in sign
+                                   get learning rate L (default -1: robust learning rate)
 Wrappers (stages before the base):
   normbound:C | clip:C             clip each report to L2 norm C
   normbound:q=Q[,init=,lr=]        adaptive clip norm tracking quantile Q of the norms
@@ -172,7 +172,7 @@ def _cclip(p: _Params) -> AggregatorFactory:
 
 def _rlr(p: _Params) -> AggregatorFactory:
     return RobustLearningRate(
-        theta=p.num("theta", default=2.0, positional=True), flip=bool(p.int("flip", default=1))
+        theta=p.num("theta", default=2.0, positional=True), low_lr=p.num("low_lr", default=-1.0)
     )
 
 

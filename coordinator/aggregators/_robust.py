@@ -404,14 +404,15 @@ class RobustLearningRate:
     """Uniform mean with a per-coordinate learning-rate sign (RLR, Ozdayi et al. 2021).
 
     For every coordinate j, if fewer than `theta` reports agree on its sign
-    (|sum_i sign(y_ij)| < theta) the mean's coordinate is multiplied by -1 (`flip=True`, the
-    paper's rule: a backdoor pushed by a few devices is unlearnt) or by 0 (`flip=False`).
-    `theta` is a count (>= 1) or a fraction of the round's reports. A report that did not send
-    coordinate j (top-k sparsity) has sign 0 there: it casts no vote. Memory as TrimmedMean.
+    (|sum_i sign(y_ij)| < theta) the mean's coordinate is multiplied by `low_lr` instead of 1:
+    -1 is the paper's rule (a backdoor pushed by a few devices is unlearnt), 0 only freezes
+    the coordinate, values in between do part of each. `theta` is a count (>= 1) or a fraction
+    of the round's reports. A report that did not send coordinate j (top-k sparsity) has sign 0
+    there: it casts no vote. Memory as TrimmedMean (coordinate blocks, never n×d).
     """
 
     theta: float = 2.0
-    flip: bool = True
+    low_lr: float = -1.0
     block_elems: int = DEFAULT_BLOCK_ELEMS
 
     def __post_init__(self) -> None:
@@ -419,27 +420,28 @@ class RobustLearningRate:
             raise ValueError(f"RLR theta must be > 0, got {self.theta!r}")
         if self.theta >= 1 and self.theta != int(self.theta):
             raise ValueError(f"RLR theta >= 1 must be a whole number, got {self.theta!r}")
+        if not -1.0 <= self.low_lr <= 0.0:
+            raise ValueError(f"RLR low_lr must be in [-1, 0], got {self.low_lr!r}")
         if self.block_elems < 1:
             raise ValueError("block_elems must be >= 1")
 
     def create(self, size: int) -> _RLRProcess:
-        return _RLRProcess(size, self.theta, self.flip, self.block_elems)
+        return _RLRProcess(size, self.theta, self.low_lr, self.block_elems)
 
 
 class _RLRProcess(_RowProcess):
-    def __init__(self, size: int, theta: float, flip: bool, block_elems: int) -> None:
-        self.size, self.theta, self.flip, self.block_elems = size, theta, flip, block_elems
+    def __init__(self, size: int, theta: float, low_lr: float, block_elems: int) -> None:
+        self.size, self.theta, self.low_lr, self.block_elems = size, theta, low_lr, block_elems
 
     def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:
         n = len(rows)
         out = _zeros(self.size)
         theta = (self.theta if self.theta >= 1 else self.theta * n) if n else 0.0
         low = 0
-        lr_low = -1.0 if self.flip else 0.0
         if n:
             for start, stop, block in rows.blocks(self.block_elems):
                 agree = np.abs(np.sign(block).sum(axis=0, dtype=np.float64))
-                lr = np.where(agree >= theta, 1.0, lr_low)
+                lr = np.where(agree >= theta, 1.0, self.low_lr)
                 low += int(np.count_nonzero(agree < theta))
                 out[start:stop] = lr * block.mean(axis=0, dtype=np.float64)
         return AggregateOutput(

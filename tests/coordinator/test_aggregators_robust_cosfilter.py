@@ -135,7 +135,7 @@ def test_rlr_flips_or_zeroes_low_agreement_coordinates() -> None:
     mean = x.mean(0)
     # Execute
     flip = RobustLearningRate(theta=2).create(4)
-    zero = RobustLearningRate(theta=2, flip=False).create(4)
+    zero = RobustLearningRate(theta=2, low_lr=0.0).create(4)
     out_flip = flip.next(flip.initialize(), as_updates(x))
     out_zero = zero.next(zero.initialize(), as_updates(x))
     # Assert
@@ -163,3 +163,5 @@ def test_rlr_refuses_bad_theta() -> None:
         RobustLearningRate(theta=0)
     with pytest.raises(ValueError, match="whole number"):
         RobustLearningRate(theta=2.5)
+    with pytest.raises(ValueError, match="low_lr"):
+        RobustLearningRate(low_lr=0.5)
