@@ -16,6 +16,7 @@ examples:
   plume sim --dataset mnist --rounds 20 --compare-dense --out runs/mnist
   plume sim --dataset digits --clients 200 --per-round 50 --rounds 30 --local-epochs 2
   plume sim --attack alie --malicious 0.2 --aggregator median
+  plume sim --secure --rounds 5 --model mlp                   # SecAgg+ with 10% dropouts
   plume sim --transport http --model mlp --rounds 5          # against a loopback coordinator
   plume sim report runs/mnist                                 # rebuild plots from a run
 """
@@ -99,6 +100,17 @@ def register(sub: Any) -> None:
         help="also run the dense fp32 baseline in this invocation and plot both",
     )
 
+    g = p.add_argument_group("secure aggregation (SecAgg+ on a shared coordinate set)")
+    g.add_argument("--secure", action="store_true", help="run rounds under SecAgg+")
+    g.add_argument("--secure-fraction", type=float, default=0.01, help="|S_r| / d")
+    g.add_argument("--secure-bits", type=int, default=6, help="bits per value before masking")
+    g.add_argument("--secure-clip", type=float, default=1.0, help="L2 clip of the sent vector")
+    g.add_argument("--secure-dropout", type=float, default=0.1, help="dropout rate per round")
+    g.add_argument("--group-size", type=int, default=None, help="grouped mode: SecAgg per group")
+    g.add_argument("--group-aggregator", default="fedavg", help="robust aggregator over groups")
+    g.add_argument("--dp-noise", default="none", help="distributed DP: none | gaussian | skellam")
+    g.add_argument("--noise-multiplier", type=float, default=0.0)
+
     g = p.add_argument_group("threats")
     g.add_argument("--attack", default=None, help="signflip | scaling | alie | ipm | labelflip ...")
     g.add_argument("--malicious", type=float, default=0.0, help="fraction of malicious devices")
@@ -159,7 +171,44 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
     return SimConfig(**values)
 
 
+def _secure_config(args: argparse.Namespace, cfg: Any) -> Any:
+    from coordinator.secure import SecureConfig
+    from protocol.secagg import NoiseKind
+
+    kinds = {
+        "none": NoiseKind.NONE,
+        "gaussian": NoiseKind.DISCRETE_GAUSSIAN,
+        "skellam": NoiseKind.SKELLAM,
+    }
+    if args.dp_noise not in kinds:
+        raise ValueError(f"--dp-noise must be one of {sorted(kinds)}, not {args.dp_noise!r}")
+    noise = kinds[args.dp_noise]
+    return SecureConfig(
+        coord_fraction=args.secure_fraction,
+        value_bits=args.secure_bits,
+        clip_norm=args.secure_clip,
+        expected_dropout=args.secure_dropout,
+        group_size=args.group_size,
+        group_aggregator=args.group_aggregator,
+        noise=noise,
+        noise_multiplier=args.noise_multiplier,
+        server_lr=cfg.server_lr,
+        seed=cfg.seed,
+    )
+
+
 def _run_one(cfg: Any, args: argparse.Namespace, label: str) -> Any:
+    if args.secure and not cfg.dense:
+        from .secure import run_secure_simulation
+
+        return run_secure_simulation(
+            cfg,
+            _secure_config(args, cfg),
+            dropout=args.secure_dropout,
+            progress=not args.no_progress,
+            label=label or "secure",
+            transport=args.transport,
+        )
     if args.transport == "http":
         try:
             from .http_fleet import run_http_simulation
@@ -183,7 +232,8 @@ def _main(args: argparse.Namespace) -> int:
 
     try:
         cfg = config_from_args(args)
-        runs = [(("dense" if cfg.dense else "compressed"), cfg)]
+        first = "dense" if cfg.dense else ("secure" if args.secure else "compressed")
+        runs = [(first, cfg)]
         if args.compare_dense and not cfg.dense:
             runs.append(("dense", config_from_args(args, dense=True)))
     except ValueError as exc:

@@ -110,3 +110,49 @@ def test_cli_help_and_bad_args(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--compare-dense" in capsys.readouterr().out
     assert plume(["sim", "--dataset", "digits", "--topk", "2", "--no-progress"]) == 2
     assert "topk" in capsys.readouterr().err
+
+
+def test_cli_secure_mode_runs(tmp_path: Path) -> None:
+    out = tmp_path / "secure"
+    code = plume(
+        [
+            "sim",
+            "--secure",
+            "--secure-fraction",
+            "0.5",
+            "--dataset",
+            "digits",
+            "--clients",
+            "12",
+            "--per-round",
+            "6",
+            "--rounds",
+            "2",
+            "--local-epochs",
+            "1",
+            "--partition",
+            "iid",
+            "--no-progress",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    doc = (out / "rounds.json").read_text()
+    assert '"label": "secure"' in doc
+    assert (
+        plume(
+            [
+                "sim",
+                "--secure",
+                "--dp-noise",
+                "laplace",
+                "--no-progress",
+                "--dataset",
+                "digits",
+                "--out",
+                str(out),
+            ]
+        )
+        == 2
+    )
