@@ -130,7 +130,8 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
 
 def _jobs(args: argparse.Namespace, base: SimConfig) -> list[dict[str, Any]]:
     jobs: list[dict[str, Any]] = []
-    for agg in [] if args.skip_matrix else args.aggregators:
+    clean_only = [a for a in args.clean_only if a not in args.aggregators]
+    for agg in [] if args.skip_matrix else [*clean_only, *args.aggregators]:
         cfg = replace(base, aggregator=agg)
         jobs.append(
             {
@@ -141,6 +142,8 @@ def _jobs(args: argparse.Namespace, base: SimConfig) -> list[dict[str, Any]]:
                 "config": asdict(cfg),
             }
         )
+        if agg in clean_only:
+            continue
         for frac in args.fractions:
             for attack in args.attacks:
                 spec = _attack_spec(attack, frac, base.per_round)
@@ -178,6 +181,10 @@ def _jobs(args: argparse.Namespace, base: SimConfig) -> list[dict[str, Any]]:
     return jobs
 
 
+def _key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["kind"], row["aggregator"], row["attack"], row["malicious"])
+
+
 def _summarise(
     args: argparse.Namespace, base: SimConfig, rows: list[dict[str, Any]], complete: bool
 ) -> dict[str, Any]:
@@ -200,7 +207,8 @@ def _summarise(
         return v, a
 
     per_agg: dict[str, Any] = {}
-    for agg in args.aggregators:
+    # Every aggregator with matrix runs, merged ones included, in order of first appearance.
+    for agg in dict.fromkeys(r["aggregator"] for r in matrix):
         entry: dict[str, Any] = {"no_attack_accuracy": clean.get(agg)}
         for key in ("10pct", "20pct"):
             w, a = worst(agg, key)
@@ -267,6 +275,7 @@ def _summarise(
         else backdoor_acc <= TARGET_BACKDOOR and main_loss <= TARGET_MAIN_LOSS_PP,
         "backdoor_runs": backdoor,
         "runs": rows,
+        "merged_from": [Path(p).name for p in args.merge],
         "command": "python " + " ".join(["bench/robustness.py", *sys.argv[1:]]),
     }
 
@@ -323,6 +332,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--aggregators", nargs="+", default=AGGREGATORS)
     ap.add_argument("--attacks", nargs="+", default=ATTACKS)
     ap.add_argument("--fractions", nargs="+", type=float, default=FRACTIONS)
+    ap.add_argument(
+        "--clean-only",
+        nargs="*",
+        default=[],
+        help="aggregators run only without attack (e.g. fedavg as the baseline of a re-run)",
+    )
     ap.add_argument("--backdoor-defenses", nargs="+", default=BACKDOOR_DEFENSES)
     ap.add_argument("--backdoor-attack", default=BACKDOOR_ATTACK)
     ap.add_argument("--backdoor-malicious", type=float, default=0.1)
@@ -330,6 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-backdoor", action="store_true")
     ap.add_argument("--skip-matrix", action="store_true", help="only the backdoor runs")
     ap.add_argument("--name", default="robustness", help="results file stem")
+    ap.add_argument(
+        "--merge",
+        nargs="*",
+        default=[],
+        help="earlier result JSONs of the same setting whose runs join this summary",
+    )
     ap.add_argument("--replot", action="store_true", help="redraw the plot from the saved JSON")
     ap.add_argument("--workers", type=int, default=2, help="simulations run in parallel")
     ap.add_argument("--seed", type=int, default=0)
@@ -376,10 +397,21 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     jobs = _jobs(args, base)
+    setting = {k: v for k, v in asdict(base).items() if k not in ("aggregator", "attack")}
+    rows: list[dict[str, Any]] = []
+    for path in args.merge:
+        saved = json.loads(Path(path).read_text())
+        if saved.get("config") != setting:
+            raise SystemExit(f"{path} was run with another setting; not merging it")
+        rows.extend({**r, "merged_from": Path(path).name} for r in saved["runs"])
+    # A run already in a merged file (same kind, aggregator, attack, fraction) is not repeated;
+    # the runs are deterministic given the setting and seed.
+    done = {_key(r) for r in rows}
+    rows = list({_key(r): r for r in rows}.values())
+    jobs = [j for j in jobs if _key(j) not in done]
 
     from tqdm import tqdm
 
-    rows: list[dict[str, Any]] = []
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.workers) as pool, tqdm(total=len(jobs), desc="robustness runs") as bar:
         for row in pool.imap_unordered(_run, jobs):
@@ -391,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
             json_path.write_text(json.dumps(_summarise(args, base, rows, False), indent=1))
     summary = _summarise(args, base, rows, True)
     json_path.write_text(json.dumps(summary, indent=1))
-    _plot(summary, out_dir / f"{name}.png", args.aggregators, args.attacks)
+    _plot(summary, out_dir / f"{name}.png", list(summary["per_aggregator"]), args.attacks)
     print(
         json.dumps(
             {
