@@ -3,16 +3,17 @@
 Every run is a real `mobile_sim` simulation: MNIST, Dirichlet(0.5) non-IID partition over 100
 devices, 10 per round, compressed uploads with the runner's defaults (top-k 1%, 4-bit values,
 error feedback), malicious devices drawn once per run. The no-attack baseline of every
-aggregator runs in the same invocation. Headline: the default robust aggregator's worst
+aggregator runs in the same invocation (or, with `--merge`, comes from an earlier run of the same
+setting: runs are deterministic). Headline: the default robust aggregator's worst
 accuracy over the model/data attacks at 20% malicious, as a fraction of the no-attack FedAvg
 accuracy (and of its own no-attack accuracy). Backdoor: pixel-pattern trigger at 10% malicious,
-backdoor accuracy and main-task loss of norm bounding + DP against FedAvg.
+backdoor accuracy and main-task loss of each defence against FedAvg without attack.
 
 The model is the MLP of the zoo by default: the MNIST CNN (1.66M parameters) takes about a
 minute per round on the shared 2-core machine, too slow for a ~80-run matrix (`--model
 mnist_cnn` runs it anyway). The JSON records the model used.
 
-    python bench/robustness.py                 # the full matrix (about an hour on 2 cores)
+    python bench/robustness.py                 # the full matrix (over an hour on 2 cores)
     python bench/robustness.py --quick         # a smoke run: 2 attacks, 2 aggregators, 3 rounds
 """
 
@@ -44,6 +45,7 @@ AGGREGATORS = [
     "trimmed_mean:0.2",
     "multikrum:f=0.2",
     "nnm:f=0.4+cclip:tau=auto,beta=0",
+    "geomed",
     DEFAULT_ROBUST,
 ]
 ATTACKS = [
@@ -56,9 +58,13 @@ ATTACKS = [
     "gaussian",
 ]
 FRACTIONS = [0.1, 0.2]
-# Norm bounding + DP (Sun et al. 2019): adaptive clip at a quantile of the norms, Gaussian
-# noise. The first is the headline; the second clips and noises harder.
+# Backdoor defences. The first is the headline: robust learning rate (Ozdayi et al. 2021),
+# chosen on a screening run. Then the default robust aggregator, and norm bounding + DP (Sun et
+# al. 2019: adaptive clip at a quantile of the norms, Gaussian noise), weak and stronger.
 BACKDOOR_DEFENSES = [
+    "rlr:theta=2",
+    "rlr:theta=2,low_lr=-0.5",
+    DEFAULT_ROBUST,
     "dp:clip=0.5,quantile=0.5,z=0.05,seed=0+fedavg",
     "dp:clip=0.5,quantile=0.2,z=0.2,seed=0+fedavg",
 ]
