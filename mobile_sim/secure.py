@@ -138,7 +138,9 @@ class HttpSecureFleet:
     per device running `HttpSecureDevice.run_round`. Stages close when every device still in
     them has uploaded, or after `stage_idle_s` without a new upload (the stage deadline)."""
 
-    def __init__(self, coord: SecureCoordinator, stage_idle_s: float = 1.0) -> None:
+    def __init__(
+        self, coord: SecureCoordinator, stage_idle_s: float = 1.0, stage_cap_s: float = 60.0
+    ) -> None:
         import socket
 
         import uvicorn
@@ -148,6 +150,7 @@ class HttpSecureFleet:
 
         self.registry = SecureRegistry(coord)
         self.stage_idle_s = stage_idle_s
+        self.stage_cap_s = stage_cap_s
         app = FastAPI()
         app.include_router(secagg_router(self.registry, retry_after_s=0.01))
         with socket.socket() as s:
@@ -199,15 +202,24 @@ class HttpSecureFleet:
             threads = [threading.Thread(target=device, args=(d, client)) for d in updates]
             for t in threads:
                 t.start()
-            for stage in STAGES:
-                last, since = -1, time.monotonic()
+            for i, stage in enumerate(STAGES):
+                # The simulation knows who drops where, so it closes a stage as soon as every
+                # device still alive at it has uploaded; the idle timer (counted from the
+                # stage's last upload, so a slow first upload under load cannot trip it) and
+                # an overall cap stay as the backstop a real deployment's deadline would be.
+                alive = sum(1 for d in updates if d not in drops or STAGES.index(drops[d]) > i)
+                last, since, start = -1, time.monotonic(), time.monotonic()
                 while True:
                     done, expected = self.registry.pending(task.round_id, stage)
                     if expected == 0:
                         break  # closed by the last upload (or every group aborted)
+                    now = time.monotonic()
                     if done != last:
-                        last, since = done, time.monotonic()
-                    elif time.monotonic() - since > self.stage_idle_s:
+                        last, since = done, now
+                    if done >= alive or (
+                        (done > 0 and now - since > self.stage_idle_s)
+                        or now - start > self.stage_cap_s
+                    ):
                         self.registry.close_stage(task.round_id, stage)
                         break
                     time.sleep(0.005)
