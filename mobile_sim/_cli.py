@@ -73,6 +73,14 @@ def register(sub: Any) -> None:
     g.add_argument("--over-selection", type=float, default=1.0, help="e.g. 1.3 selects 30%% extra")
     g.add_argument("--min-reports", type=int, default=1)
     g.add_argument(
+        "--fleet",
+        default="timing",
+        choices=("off", "timing", "realistic"),
+        help="simulated clock: 'timing' adds simulated seconds (everyone available, no "
+        "dropouts); 'realistic' adds diurnal availability, tier dropouts and the deadline",
+    )
+    g.add_argument("--deadline", type=float, default=None, help="round deadline, simulated s")
+    g.add_argument(
         "--aggregator", default="fedavg", help="fedavg | median | trimmed_mean | krum ..."
     )
     g.add_argument("--server-lr", type=float, default=1.0)
@@ -166,6 +174,8 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         "ort_artifacts": args.ort_artifacts,
         "eval_every": args.eval_every,
         "seed": args.seed,
+        "fleet": args.fleet,
+        "deadline_s": args.deadline,
     }
     values.update(overrides)
     return SimConfig(**values)

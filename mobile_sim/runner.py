@@ -37,7 +37,12 @@ __all__ = [
     "DEFAULT_MODEL",
 ]
 
-DEFAULT_MODEL = {"mnist": "mnist_cnn", "digits": "digits_mlp"}
+DEFAULT_MODEL = {
+    "mnist": "mnist_cnn",
+    "digits": "digits_mlp",
+    "shakespeare": "shakespeare_lstm_small",
+    "synthetic": "synthetic_lr",
+}
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,10 @@ class SimConfig:
     ort_artifacts: str | None = None
     eval_every: int = 1
     seed: int = 0
+    # the simulated clock: "off"; "timing" (everyone available, no dropouts: only adds
+    # simulated seconds); "realistic" (diurnal availability, tier dropouts, the deadline)
+    fleet: str = "timing"
+    deadline_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.clients < 1 or self.per_round < 1 or self.rounds < 1:
@@ -98,6 +107,10 @@ class SimConfig:
             raise ValueError("ort_fraction must be in [0, 1]")
         if self.local_epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError("local_epochs and batch_size must be >= 1 and lr > 0")
+        if self.fleet not in ("off", "timing", "realistic"):
+            raise ValueError(f"fleet must be off, timing or realistic, not {self.fleet!r}")
+        if self.deadline_s is not None and not self.deadline_s > 0:
+            raise ValueError("deadline_s must be positive")
         self.codec()  # validates topk / bits / index / ...
 
     @property
@@ -316,6 +329,18 @@ def run_simulation(
             ort_artifacts=cfg.ort_artifacts,
         )
     )
+    fleet = None
+    if cfg.fleet != "off":
+        from .fleet import SimFleet, relative_cost
+
+        fleet = SimFleet(
+            cfg.clients,
+            seed=cfg.seed,
+            availability="diurnal" if cfg.fleet == "realistic" else "always",
+            dropouts=cfg.fleet == "realistic",
+            deadline_s=cfg.deadline_s,
+            cost_per_sample=relative_cost(eval_model, data.x_train.shape[1:]),
+        )
     encoders: dict[str, UpdateEncoder] = {}
     records: list[RoundRecord] = []
     bar = _progress(cfg.rounds, label or ("dense" if cfg.dense else "compressed"), progress)
@@ -324,10 +349,24 @@ def run_simulation(
             if engine.stopped:
                 break
             t0 = time.perf_counter()
-            plan = engine.open_round(ids)
+            available = ids
+            if fleet is not None and cfg.fleet == "realistic":
+                # Only devices charging on unmetered wifi at this simulated time are eligible.
+                picks = fleet.wait_for(
+                    engine.config.cohort_size,
+                    np.random.default_rng([cfg.seed, 3, len(records) + 1]),
+                )
+                available = [ids[i] for i in sorted(picks.tolist())] or ids
+            plan = engine.open_round(available)
             params = engine.params
             for dev in plan.selected:  # the dense model broadcast
                 engine.record_download(plan.round_id, dev, spec.dense_bytes)
+            cohort = [index_of[d] for d in plan.selected]
+            gone = (
+                fleet.dropped(plan.round_id, cohort)
+                if fleet is not None and cfg.fleet == "realistic"
+                else np.zeros(len(cohort), dtype=bool)
+            )
             jobs = [
                 TrainJob(
                     device_id=dev,
@@ -338,11 +377,16 @@ def run_simulation(
                     trainer="ort" if index_of[dev] in ort_devices else "torch",
                     data_attack=attack if index_of[dev] in malicious else None,
                 )
-                for dev in plan.selected
+                for dev, lost in zip(plan.selected, gone, strict=True)
+                if not lost  # a device that drops mid-round never reports: skip its training
             ]
+            if fleet is None:
+                # No clock: reports arrive in selection order; train only those that count.
+                jobs = jobs[: plan.target_reports]
             results = be.train(params, jobs)
             results = _apply_model_attacks(results, jobs, malicious, index_of, attack)
-            train_losses = []
+            frames: dict[str, bytes] = {}
+            losses: dict[str, float] = {}
             for job, res in zip(jobs, results, strict=True):
                 enc = encoders.get(job.device_id)
                 if enc is None:
@@ -355,10 +399,30 @@ def run_simulation(
                     encoders[job.device_id] = enc
                 enc.set_config(plan.codec)
                 frame, _ = enc.encode(res.delta, job_rng(job, stream=2), float(res.num_examples))
-                engine.submit(plan.round_id, job.device_id, frame)
-                train_losses.append(res.loss)
-                if len(train_losses) >= plan.target_reports:
-                    break
+                frames[job.device_id] = frame
+                losses[job.device_id] = res.loss
+            arrival = list(frames)
+            sim_s: float | None = None
+            if fleet is not None:
+                timing = fleet.time_round(
+                    plan.round_id,
+                    cohort,
+                    down_bytes=spec.dense_bytes,
+                    up_bytes=[len(frames.get(d, b"")) for d in plan.selected],
+                    samples=[len(parts[i]) for i in cohort],
+                    epochs=cfg.local_epochs,
+                    per_round=plan.target_reports,
+                )
+                arrival = [ids[i] for i in timing.kept.tolist() if ids[i] in frames]
+                sim_s = timing.duration_s
+                fleet.advance(timing)
+            train_losses = []
+            for dev in arrival:
+                engine.submit(plan.round_id, dev, frames[dev])
+                encoders[dev].accepted()
+                train_losses.append(losses[dev])
+            for dev in frames.keys() - set(arrival):
+                encoders[dev].refused()  # a straggler: its whole update stays in its residual
             outcome = engine.close_round(plan.round_id)
             acc: float | None = None
             loss: float | None = None
@@ -381,8 +445,11 @@ def run_simulation(
                 wire_down=down["wire_bytes"],
                 ratio_up=up["ratio_vs_dense"],
                 wall_s=time.perf_counter() - t0,
+                sim_s=sim_s,
                 measurements=_jsonable(outcome.measurements),
             )
+            if fleet is not None:
+                rec.measurements["clock"] = _jsonable(timing.summary())
             records.append(rec)
             if on_round is not None:
                 on_round(rec)

@@ -43,6 +43,7 @@ class UpdateEncoder:
         self.error_feedback = error_feedback
         self.clip_norm = clip_norm
         self._ef: ErrorFeedback | None = None
+        self._pending_u: npt.NDArray[np.float32] | None = None
 
     @property
     def config(self) -> CodecConfig:
@@ -75,4 +76,16 @@ class UpdateEncoder:
             d = clip_l2(d, self.clip_norm)
         if not self.error_feedback:
             return self.codec.encode(d, rng, weight=weight)
+        self._pending_u = d + self.feedback.residual
         return self.feedback.step(d, self.codec, rng, weight=weight)
+
+    def refused(self) -> None:
+        """The last upload was refused (a straggler, a closed round): nothing of it reached the
+        model, so the whole of `u` stays in the residual for a later round."""
+        if self._pending_u is not None:
+            self.feedback.residual[:] = self._pending_u
+            self._pending_u = None
+
+    def accepted(self) -> None:
+        """The last upload was accepted; forget the copy `refused` would restore."""
+        self._pending_u = None

@@ -156,3 +156,25 @@ def test_cli_secure_mode_runs(tmp_path: Path) -> None:
         )
         == 2
     )
+
+
+def test_simulated_clock_reports_seconds_and_keeps_first_arrivals() -> None:
+    timed = run_simulation(replace(SMALL, rounds=2), progress=False)
+    assert all(r.sim_s is not None and r.sim_s > 0 for r in timed.records)
+    real = run_simulation(
+        replace(SMALL, rounds=3, over_selection=1.6, fleet="realistic", deadline_s=3600.0),
+        progress=False,
+    )
+    for r in real.records:
+        clock = r.measurements["clock"]
+        assert r.reports == clock["kept"] <= SMALL.per_round
+        assert clock["selected"] == 8  # ceil(5 * 1.6)
+        assert clock["kept"] + clock["stragglers"] + clock["dropped"] == clock["selected"]
+        assert r.dense_down == 8 * 4 * real.num_params  # every selected device downloads
+
+
+def test_clock_off_and_timing_give_the_same_model() -> None:
+    off = run_simulation(replace(SMALL, rounds=2, fleet="off"), progress=False)
+    timed = run_simulation(replace(SMALL, rounds=2), progress=False)
+    np.testing.assert_array_equal(off.final_params, timed.final_params)
+    assert all(r.sim_s is None for r in off.records)

@@ -37,3 +37,21 @@ def test_training_is_deterministic_and_learns() -> None:
     acc1, _ = evaluate(trainer.module, r1.params, d.x_test, d.y_test)
     assert r1.num_examples == len(d.x_train)
     assert acc1 > 0.85 > acc0
+
+
+def test_refused_upload_keeps_the_whole_update_in_the_residual() -> None:
+    from compression import CodecConfig
+    from sdk.device import UpdateEncoder
+
+    spec = spec_from_module(build_model("digits_mlp"))
+    enc = UpdateEncoder(spec, CodecConfig(topk=0.1, bits=4))
+    rng = np.random.default_rng(0)
+    d1 = rng.standard_normal(spec.size).astype(np.float32)
+    enc.encode(d1, rng, 1.0)
+    enc.accepted()
+    r1 = enc.feedback.residual.copy()
+    assert 0 < np.abs(r1).sum() < np.abs(d1).sum()
+    d2 = rng.standard_normal(spec.size).astype(np.float32)
+    enc.encode(d2, rng, 1.0)
+    enc.refused()  # a straggler: nothing reached the model
+    np.testing.assert_array_equal(enc.feedback.residual, d2 + r1)
