@@ -129,6 +129,7 @@ def register(sub: Any) -> None:
     g.add_argument("--backend", default="sequential", help="sequential | vectorized | pool | ray")
     g.add_argument("--ort-fraction", type=float, default=0.0, help="share of ONNX-runtime devices")
     g.add_argument("--ort-artifacts", default=None, help="folder written by `plume export`")
+    g.add_argument("--ort-tier", default=None, help="low | mid | high: that tier runs ONNX")
     g.add_argument("--eval-every", type=int, default=1)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default="runs/latest", help="output folder for JSON, CSV and plots")
@@ -172,6 +173,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         "backend": args.backend,
         "ort_fraction": args.ort_fraction,
         "ort_artifacts": args.ort_artifacts,
+        "ort_tier": args.ort_tier,
         "eval_every": args.eval_every,
         "seed": args.seed,
         "fleet": args.fleet,

@@ -87,6 +87,7 @@ class SimConfig:
     backend: str = "sequential"
     ort_fraction: float = 0.0
     ort_artifacts: str | None = None
+    ort_tier: str | None = None  # e.g. "low": that tier's phones train on onnxruntime
     eval_every: int = 1
     seed: int = 0
     # the simulated clock: "off"; "timing" (everyone available, no dropouts: only adds
@@ -341,6 +342,10 @@ def run_simulation(
             deadline_s=cfg.deadline_s,
             cost_per_sample=relative_cost(eval_model, data.x_train.shape[1:]),
         )
+    if cfg.ort_tier is not None:
+        if fleet is None:
+            raise ValueError("--ort-tier needs the simulated fleet (--fleet timing or realistic)")
+        ort_devices = ort_devices_of_tier(fleet, cfg.clients, cfg.ort_tier)
     encoders: dict[str, UpdateEncoder] = {}
     records: list[RoundRecord] = []
     bar = _progress(cfg.rounds, label or ("dense" if cfg.dense else "compressed"), progress)
@@ -461,6 +466,16 @@ def run_simulation(
     return SimResult(
         cfg, records, engine.ledger, spec.size, engine.params.copy(), label, started_at
     )
+
+
+def ort_devices_of_tier(fleet: Any, clients: int, tier: str) -> set[int]:
+    """Client indices whose simulated phone is of `tier` ("low", "mid", "high"): the devices
+    that run the ONNX-runtime trainer instead of torch."""
+    batch = fleet.population.profiles(np.arange(clients, dtype=np.int64))
+    names = [str(t) for t in batch.tiers]
+    if tier not in names:
+        raise ValueError(f"unknown tier {tier!r}; choose one of {names}")
+    return set(np.flatnonzero(batch.tier_index == names.index(tier)).tolist())
 
 
 def _apply_model_attacks(

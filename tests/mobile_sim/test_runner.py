@@ -178,3 +178,17 @@ def test_clock_off_and_timing_give_the_same_model() -> None:
     timed = run_simulation(replace(SMALL, rounds=2), progress=False)
     np.testing.assert_array_equal(off.final_params, timed.final_params)
     assert all(r.sim_s is None for r in off.records)
+
+
+def test_ort_devices_can_be_a_tier() -> None:
+    from mobile_sim.fleet import SimFleet
+    from mobile_sim.runner import ort_devices_of_tier
+
+    fleet = SimFleet(300, seed=0)
+    low = ort_devices_of_tier(fleet, 300, "low")
+    high = ort_devices_of_tier(fleet, 300, "high")
+    assert low and high and not low & high
+    batch = fleet.population.profiles(np.array(sorted(low)))
+    assert {str(batch[i].tier) for i in range(len(batch))} == {"low"}
+    with pytest.raises(ValueError, match="unknown tier"):
+        ort_devices_of_tier(fleet, 300, "flagship")
