@@ -33,9 +33,8 @@ from .runner import (
     SimConfig,
     SimResult,
     _jsonable,
-    _partition,
     _progress,
-    load_dataset,
+    prepare,
 )
 
 __all__ = ["run_http_simulation", "HttpFleetOptions", "DOWNLINK"]
@@ -120,17 +119,14 @@ def _run(
     import torch
 
     from coordinator.service import AdminClient
-    from sdk.flat import get_flat_params, spec_from_module
+    from sdk.flat import get_flat_params
     from sdk.trainer import TorchTrainer, evaluate
 
     from .models import build_model
 
-    torch.manual_seed(cfg.seed)
-    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    data = load_dataset(cfg.dataset, cfg.data_root, cfg.seed)
-    parts = _partition(cfg, data)
-    model = build_model(cfg.model_name, seed=cfg.seed)
-    spec = spec_from_module(model)
+    setup = prepare(cfg)
+    data, parts, model, spec = setup.data, setup.parts, setup.model, setup.spec
+    started_at = setup.started_at
     codec = cfg.codec()
     task = TaskConfig(
         name=label or f"sim-{cfg.dataset}-{cfg.model_name}",

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from compression import CodecConfig
+from compression import CodecConfig, ModelSpec
 from coordinator.aggregators import AggregatorFactory, FedAvg
 from coordinator.engine import EngineConfig, RoundEngine, RoundPlan, Strategy
 from coordinator.ledger import BandwidthLedger
@@ -32,6 +32,8 @@ __all__ = [
     "RoundRecord",
     "SimResult",
     "run_simulation",
+    "prepare",
+    "SimSetup",
     "load_dataset",
     "build_aggregator",
     "DEFAULT_MODEL",
@@ -253,6 +255,36 @@ def _partition(cfg: SimConfig, data: FederatedData) -> list[npt.NDArray[np.int64
     )
 
 
+@dataclass
+class SimSetup:
+    """What every transport (in-process, HTTP, secure) builds the same way from a config:
+    the data and its partition, the initial model and its flat layout, a model to evaluate."""
+
+    data: FederatedData
+    parts: list[npt.NDArray[np.int64]]
+    model: Any
+    spec: ModelSpec
+    eval_model: Any
+    started_at: str
+
+
+def prepare(cfg: SimConfig) -> SimSetup:
+    """Seed torch, load and partition the data, and build the model for `cfg`."""
+    import torch
+
+    from sdk.flat import spec_from_module
+
+    from .models import build_model
+
+    torch.manual_seed(cfg.seed)
+    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    data = load_dataset(cfg.dataset, cfg.data_root, cfg.seed)
+    parts = _partition(cfg, data)
+    model = build_model(cfg.model_name, seed=cfg.seed)
+    eval_model = build_model(cfg.model_name, seed=cfg.seed)
+    return SimSetup(data, parts, model, spec_from_module(model), eval_model, started_at)
+
+
 def _device_ids(n: int) -> list[str]:
     width = max(4, len(str(n - 1)))
     return [f"dev-{i:0{width}d}" for i in range(n)]
@@ -267,20 +299,18 @@ def run_simulation(
     backend: Backend | None = None,
 ) -> SimResult:
     """Run `cfg.rounds` rounds in this process and return every round's record and the ledger."""
-    import torch
-
-    from sdk.flat import get_flat_params, spec_from_module
+    from sdk.flat import get_flat_params
     from sdk.trainer import evaluate
 
-    from .models import build_model
-
-    torch.manual_seed(cfg.seed)
-    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    data = load_dataset(cfg.dataset, cfg.data_root, cfg.seed)
-    parts = _partition(cfg, data)
-    model = build_model(cfg.model_name, seed=cfg.seed)
-    spec = spec_from_module(model)
-    eval_model = build_model(cfg.model_name, seed=cfg.seed)
+    setup = prepare(cfg)
+    data, parts, model, spec, eval_model = (
+        setup.data,
+        setup.parts,
+        setup.model,
+        setup.spec,
+        setup.eval_model,
+    )
+    started_at = setup.started_at
 
     codec = cfg.codec()
     engine = RoundEngine(

@@ -259,26 +259,19 @@ def run_secure_simulation(
     """
     if transport not in ("inproc", "http"):
         raise ValueError(f"transport must be 'inproc' or 'http', not {transport!r}")
-    import torch
     from tqdm import tqdm
 
-    from sdk.flat import get_flat_params, spec_from_module
+    from sdk.flat import get_flat_params
     from sdk.trainer import evaluate
 
     from .backends import TrainContext, TrainJob, build_backend
-    from .models import build_model
-    from .runner import _device_ids, _partition, load_dataset
+    from .runner import _device_ids, prepare
 
-    torch.manual_seed(cfg.seed)
-    started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    data = load_dataset(cfg.dataset, cfg.data_root, cfg.seed)
-    parts = _partition(cfg, data)
-    model = build_model(cfg.model_name, seed=cfg.seed)
-    eval_model = build_model(cfg.model_name, seed=cfg.seed)
+    setup = prepare(cfg)
+    data, parts, model, eval_model = setup.data, setup.parts, setup.model, setup.eval_model
+    started_at = setup.started_at
     ledger = BandwidthLedger()
-    coord = SecureCoordinator(
-        get_flat_params(model), secure, ledger=ledger, spec=spec_from_module(model)
-    )
+    coord = SecureCoordinator(get_flat_params(model), secure, ledger=ledger, spec=setup.spec)
     d = coord.size
     ids = _device_ids(cfg.clients)
     index_of = {dev: i for i, dev in enumerate(ids)}
