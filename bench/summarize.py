@@ -90,8 +90,8 @@ BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
         "python bench/sim_throughput.py",
         [
             ("mnist_cnn_wall_ratio_vs_plain_loop", "<= 0.5"),
-            ("mnist_cnn_target_met_at_low_load", ""),
-            ("mnist_cnn_low_load_best", ""),
+            ("mnist_cnn_backend", ""),
+            ("mnist_cnn_ratios_by_backend", ""),
             ("digits_many_updates_per_s", ">= 5000/s"),
             ("million_devices_rss_gb", "<= 2 GB"),
         ],
