@@ -20,7 +20,7 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/plume sim --transport http --dataset mnist --model mlp --clients 40 --per-round 10 \
-		--rounds 8 --topk 0.05 --bits 4 --local-epochs 1 --out runs/demo
+		--rounds 15 --topk 0.05 --bits 4 --local-epochs 2 --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider
