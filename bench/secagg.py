@@ -138,6 +138,7 @@ def accuracy_runs(args: argparse.Namespace, secure_cfg: Any) -> dict[str, Any]:
         local_epochs=args.local_epochs,
         seed=args.seed,
         backend=args.backend,
+        server_lr=args.server_lr,
     )
     plain = run_simulation(cfg, progress=True, label="plain")
     secure = run_secure_simulation(cfg, secure_cfg, dropout=args.dropout, progress=True)
@@ -181,6 +182,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clip", type=float, default=1.0, help="secure L2 clip C of the sent values")
     ap.add_argument("--explore", type=float, default=0.1, help="random share of S_r")
     ap.add_argument("--backend", default="sequential")
+    ap.add_argument(
+        "--server-lr",
+        type=float,
+        default=1.0,
+        help="server step size, the same for the plain and the secure arm",
+    )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
@@ -211,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         explore=args.explore,
         sketch_pool=args.sketch_pool,
         seed=args.seed,
+        server_lr=args.server_lr,
     )
     doc: dict[str, Any] = {
         "bench": "secagg",
