@@ -5,12 +5,14 @@ from __future__ import annotations
 import math
 import numbers
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
 
 from ._config import CodecConfig, DecodeLimits
+from ._errors import CodecError
 from ._sparse import SparseUpdate
 from ._spec import ModelSpec
 from ._stages import FrameStage, IndexStage, QuantizeStage, Sections, TopKStage, ZstdStage
@@ -205,3 +207,35 @@ class UpdateCodec:
     def decode(self, frame: bytes) -> SparseUpdate:
         """The update in a v1 frame (see `decode_frame`)."""
         return self.decode_frame(frame).update
+
+    # -- batches ----------------------------------------------------------------------------
+
+    def encode_many(
+        self,
+        updates: npt.ArrayLike,
+        rngs: Sequence[np.random.Generator],
+        weights: Sequence[float],
+    ) -> list[bytes]:
+        """The frames of `encode(updates[i], rngs[i], weights[i])` for every row of the
+        float32[n, d] batch, byte for byte (no reports); see `compression._batch`."""
+        from ._batch import encode_many
+
+        return encode_many(self, updates, rngs, weights)
+
+    def roundtrip_many(
+        self,
+        updates: npt.ArrayLike,
+        rngs: Sequence[np.random.Generator],
+        weights: Sequence[float],
+    ) -> tuple[list[bytes], F32]:
+        """`(frames, decoded float32[n, d])`, row i bit-identical to `roundtrip(updates[i], ...)`."""
+        from ._batch import roundtrip_many
+
+        return roundtrip_many(self, updates, rngs, weights)
+
+    def decode_many(self, frames: Sequence[bytes]) -> list[DecodedFrame | CodecError]:
+        """`decode_frame` of every frame under the same limits; a refused frame's entry is the
+        `CodecError` that `decode_frame` raises for it, and it does not affect the others."""
+        from ._batch import decode_many
+
+        return decode_many(self, frames)
