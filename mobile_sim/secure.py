@@ -276,7 +276,6 @@ def run_secure_simulation(
     ids = _device_ids(cfg.clients)
     index_of = {dev: i for i, dev in enumerate(ids)}
     participants: dict[str, SecureParticipant] = {}
-    sel_rng = np.random.default_rng([cfg.seed, 3])
     drop_rng = np.random.default_rng([cfg.seed, 4])
     be = build_backend(cfg.backend)
     be.start(
@@ -296,7 +295,10 @@ def run_secure_simulation(
     try:
         for r in range(1, cfg.rounds + 1):
             t0 = time.perf_counter()
-            chosen = sorted(sel_rng.choice(cfg.clients, cfg.per_round, replace=False).tolist())
+            # The plain engine's default draw for round r (RoundEngine.open_round), so a plain
+            # and a secure run of one config train the same cohorts and can be compared.
+            pick = np.random.default_rng([cfg.seed, r])
+            chosen = sorted(pick.choice(cfg.clients, cfg.per_round, replace=False).tolist())
             selected = [ids[i] for i in chosen]
             jobs = [
                 TrainJob(dev, index_of[dev], r, cfg.seed, parts[index_of[dev]]) for dev in selected
