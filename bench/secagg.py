@@ -8,8 +8,12 @@ plain compressed frame of the same deltas (top-k + quantization + zstd, the prod
 and against dense fp32.
 
 Part 2 (accuracy): `--rounds` rounds of MNIST-CNN FL in plain compressed mode
-(mobile_sim.runner) and in secure mode (mobile_sim.secure), same data, partition, model and
-local training. Secure mode drops `--dropout` of each cohort; plain mode has no dropouts.
+(mobile_sim.runner) and in secure mode (mobile_sim.secure), same data, partition, model, local
+training and cohorts (both draw round r's cohort the same way). The plain runner injects no
+dropouts, so by default neither arm does in the accuracy comparison (`--acc-dropout 0`); a
+secure-only dropout rate can be set to see what losing contributors costs. `--plain-from
+FILE` reuses the plain arm of an earlier result with the same settings (for
+exploring secure settings; the canonical run computes both arms).
 
     python bench/secagg.py                 # the issue's settings (long: run in the background)
     python bench/secagg.py --quick         # smoke run, a minute or two
@@ -40,7 +44,7 @@ TIMING_KEYS = (
 ACCURACY_KEYS = (
     "accuracy_ran_at", "config", "accuracy_plain", "accuracy_secure", "accuracy_gap_pp",
     "plain_upload_bytes_per_report", "secure_upload_bytes_per_contributor", "plain_curve",
-    "secure_curve", "secure_aborted_rounds", "accuracy_settings",
+    "secure_curve", "secure_aborted_rounds", "accuracy_settings", "plain_from",
 )  # fmt: skip
 
 
@@ -140,8 +144,7 @@ def accuracy_runs(args: argparse.Namespace, secure_cfg: Any) -> dict[str, Any]:
         backend=args.backend,
         server_lr=args.server_lr,
     )
-    plain = run_simulation(cfg, progress=True, label="plain")
-    secure = run_secure_simulation(cfg, secure_cfg, dropout=args.dropout, progress=True)
+    config = {k: v for k, v in cfg.as_dict().items() if v is not None}
 
     def curve(res: Any) -> list[dict[str, Any]]:
         return [
@@ -149,16 +152,31 @@ def accuracy_runs(args: argparse.Namespace, secure_cfg: Any) -> dict[str, Any]:
             for r in res.records
         ]
 
-    p_up = sum(r.bytes_up for r in plain.records) / max(1, sum(r.reports for r in plain.records))
-    # Secure bytes include the partial uploads of devices that dropped mid-round.
-    s_up = sum(r.bytes_up for r in secure.records) / max(1, sum(r.reports for r in secure.records))
+    def per_report(res: Any) -> float:
+        # Secure bytes include the partial uploads of devices that dropped mid-round.
+        return sum(r.bytes_up for r in res.records) / max(1, sum(r.reports for r in res.records))
+
+    if args.plain_from is not None:
+        old = json.loads(args.plain_from.read_text())
+        if old.get("config") != config:
+            raise SystemExit(f"{args.plain_from} was run with other settings: {old.get('config')}")
+        plain_acc, p_up, plain_curve = (
+            old["accuracy_plain"],
+            old["plain_upload_bytes_per_report"],
+            old["plain_curve"],
+        )
+    else:
+        plain = run_simulation(cfg, progress=True, label="plain")
+        plain_acc, p_up, plain_curve = plain.final_accuracy, per_report(plain), curve(plain)
+    secure = run_secure_simulation(cfg, secure_cfg, dropout=args.acc_dropout, progress=True)
     return {
-        "config": {k: v for k, v in cfg.as_dict().items() if v is not None},
-        "accuracy_plain": plain.final_accuracy,
+        "config": config,
+        "plain_from": str(args.plain_from) if args.plain_from is not None else None,
+        "accuracy_plain": plain_acc,
         "accuracy_secure": secure.final_accuracy,
         "plain_upload_bytes_per_report": p_up,
-        "secure_upload_bytes_per_contributor": s_up,
-        "plain_curve": curve(plain),
+        "secure_upload_bytes_per_contributor": per_report(secure),
+        "plain_curve": plain_curve,
         "secure_curve": curve(secure),
         "secure_aborted_rounds": sum(1 for r in secure.records if not r.committed),
     }
@@ -170,7 +188,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--quick", action="store_true", help="small sizes and 3 rounds (smoke run)")
     ap.add_argument("--sizes", type=int, nargs="+", default=[10, 100, 500], help="cohort sizes n")
-    ap.add_argument("--dropout", type=float, default=0.1, help="fraction of devices that drop")
+    ap.add_argument(
+        "--dropout", type=float, default=0.1, help="fraction of devices that drop (timing part)"
+    )
+    ap.add_argument(
+        "--acc-dropout",
+        type=float,
+        default=0.0,
+        help="secure-arm dropout rate in the accuracy part (the plain arm has none)",
+    )
+    ap.add_argument(
+        "--plain-from",
+        type=Path,
+        default=None,
+        help="reuse the plain arm of this earlier result (same settings) instead of rerunning it",
+    )
     ap.add_argument("--rounds", type=int, default=20, help="accuracy rounds")
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--per-round", type=int, default=10)
@@ -181,6 +213,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sketch-pool", type=int, default=4, help="sketch column pooling")
     ap.add_argument("--clip", type=float, default=1.0, help="secure L2 clip C of the sent values")
     ap.add_argument("--explore", type=float, default=0.1, help="random share of S_r")
+    ap.add_argument("--ema-decay", type=float, default=0.5, help="decay of the S_r score")
+    ap.add_argument("--coord-bound-sigmas", type=float, default=4.0, help="gamma of C'")
+    ap.add_argument("--no-rotate", action="store_true", help="no Hadamard rotation over S_r")
+    ap.add_argument("--max-weight", type=int, default=1, help="secure integer weight cap")
+    ap.add_argument(
+        "--coord-fraction",
+        type=float,
+        default=None,
+        help="secure |S_r| / d (default: --topk, the plain arm's fraction)",
+    )
     ap.add_argument("--backend", default="sequential")
     ap.add_argument(
         "--server-lr",
@@ -212,10 +254,14 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(1)
     secure_cfg = SecureConfig(
-        coord_fraction=args.topk,
+        coord_fraction=args.coord_fraction if args.coord_fraction is not None else args.topk,
         value_bits=args.bits,
         clip_norm=args.clip,
         explore=args.explore,
+        ema_decay=args.ema_decay,
+        coord_bound_sigmas=args.coord_bound_sigmas,
+        rotate=not args.no_rotate,
+        max_weight=args.max_weight,
         sketch_pool=args.sketch_pool,
         seed=args.seed,
         server_lr=args.server_lr,
@@ -270,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         doc["accuracy_ran_at"] = utc_now()
         doc["accuracy_settings"] = {
             "secure_config": doc["secure_config"],
-            "dropout": args.dropout,
+            "dropout": args.acc_dropout,
             "rounds": args.rounds,
         }
         if acc["accuracy_plain"] is not None and acc["accuracy_secure"] is not None:
