@@ -1,5 +1,6 @@
 """Plume's codecs and wire format: numpy arrays in, bytes out. No torch, no I/O."""
 
+from ._batch import feedback_step_many
 from ._codec import DecodedFrame, EncodeReport, StageReport, UpdateCodec
 from ._config import CodecConfig, DecodeLimits
 from ._errors import (
@@ -53,5 +54,6 @@ __all__ = [
     "canonical_bytes",
     "decode_snapshot",
     "encode_snapshot",
+    "feedback_step_many",
     "model_digest",
 ]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from compression import CodecConfig, DecodeLimits, ModelSpec, UpdateCodec
+from compression import CodecConfig, CodecError, DecodeLimits, ModelSpec, UpdateCodec
 
 from .aggregators import AggregateOutput, AggregatorFactory, ClientUpdate
 from .ledger import BandwidthLedger
@@ -212,21 +212,81 @@ class RoundEngine:
     ) -> Receipt:
         """Decode one upload under the codec's limits and hold it for aggregation."""
         rnd = self._round(round_id)
-        if rnd.closed:
-            raise RoundClosed(f"round {round_id} is closed")
-        if device_id not in rnd.selected:
-            raise NotSelected(f"device {device_id!r} was not selected for round {round_id}")
-        if device_id in rnd.updates:
-            raise DuplicateUpload(f"device {device_id!r} already reported in round {round_id}")
-        if len(rnd.updates) >= rnd.plan.target_reports:
-            raise RoundClosed(
-                f"round {round_id} already has its {rnd.plan.target_reports} reports (straggler)"
-            )
+        refused = self._precheck(rnd, round_id, device_id)
+        if refused is not None:
+            raise refused
         decoded = self.codec.decode_frame(frame)  # raises CodecError; nothing stored yet
         cu = ClientUpdate(device_id, decoded.update, decoded.weight)
         rnd.updates[device_id] = cu
         self.ledger.record(round_id, device_id, "up", len(frame), wire_bytes, self.spec.dense_bytes)
         return Receipt(round_id, device_id, len(frame), decoded.update.nnz, decoded.weight)
+
+    def submit_many(
+        self,
+        round_id: int,
+        uploads: Sequence[tuple[str, bytes]],
+        *,
+        wire_bytes: Sequence[int | None] | None = None,
+    ) -> list[Receipt | EngineError | CodecError]:
+        """`submit` for each `(device_id, frame)` in order, with the frames decoded as a batch.
+
+        Entry i is upload i's `Receipt`, or the `EngineError` / `CodecError` that `submit`
+        would have raised for it at that point of the sequence; a refused upload changes
+        nothing, so it does not affect the others. The engine ends in the state the sequential
+        calls leave. Only frames that `submit` would decode are decoded (same limits, same
+        errors). Raises `UnknownRound` for an unknown round, as `submit` would for every upload.
+        """
+        rnd = self._round(round_id)
+        n = len(uploads)
+        if wire_bytes is not None and len(wire_bytes) != n:
+            raise ValueError(f"{n} uploads but {len(wire_bytes)} wire_bytes")
+        out: list[Receipt | EngineError | CodecError | None] = [None] * n
+        target = rnd.plan.target_reports
+        pos = 0
+        while pos < n:
+            # Until the round is full every upload that passes the cheap checks is decoded in
+            # turn, so a chunk of `target - reports` of them is exactly what `submit` decodes.
+            want = max(1, target - len(rnd.updates))
+            chunk: list[int] = []
+            while pos < n and len(chunk) < want:
+                chunk.append(pos)
+                pos += 1
+            # Chunk members that pass the cheap checks now; the ones that still pass them in
+            # the walk below (after earlier acceptances) are a subset of these.
+            passing = [i for i in chunk if self._precheck(rnd, round_id, uploads[i][0]) is None]
+            decoded = dict(
+                zip(passing, self.codec.decode_many([uploads[i][1] for i in passing]), strict=True)
+            )
+            for i in chunk:
+                device_id, frame = uploads[i]
+                early = self._precheck(rnd, round_id, device_id)
+                if early is not None:
+                    out[i] = early
+                    continue
+                got = decoded[i]
+                if isinstance(got, CodecError):
+                    out[i] = got  # nothing stored, as when `submit` raises it
+                    continue
+                rnd.updates[device_id] = ClientUpdate(device_id, got.update, got.weight)
+                wb = None if wire_bytes is None else wire_bytes[i]
+                self.ledger.record(round_id, device_id, "up", len(frame), wb, self.spec.dense_bytes)
+                out[i] = Receipt(round_id, device_id, len(frame), got.update.nnz, got.weight)
+        return [r for r in out if r is not None]
+
+    @staticmethod
+    def _precheck(rnd: _Round, rid: int, device_id: str) -> EngineError | None:
+        """`submit`'s checks before decoding, in its order; the error it would raise, or None."""
+        if rnd.closed:
+            return RoundClosed(f"round {rid} is closed")
+        if device_id not in rnd.selected:
+            return NotSelected(f"device {device_id!r} was not selected for round {rid}")
+        if device_id in rnd.updates:
+            return DuplicateUpload(f"device {device_id!r} already reported in round {rid}")
+        if len(rnd.updates) >= rnd.plan.target_reports:
+            return RoundClosed(
+                f"round {rid} already has its {rnd.plan.target_reports} reports (straggler)"
+            )
+        return None
 
     def record_download(
         self, round_id: int, device_id: str, payload_bytes: int, wire_bytes: int | None = None

@@ -22,6 +22,7 @@ __all__ = [
     "AggregationProcess",
     "AggregatorFactory",
     "Measurements",
+    "sparse_weighted_sum",
 ]
 
 Measurements = dict[str, Any]
@@ -53,3 +54,38 @@ class AggregationProcess(Protocol):
 
 class AggregatorFactory(Protocol):
     def create(self, size: int) -> AggregationProcess: ...
+
+
+def sparse_weighted_sum(
+    updates: Sequence[SparseUpdate], weights: Sequence[float], size: int
+) -> npt.NDArray[np.float64] | None:
+    """`acc = zeros(size); for u, w: u.add_to(acc, w)` in one pass, bit for bit, or None.
+
+    `add_to` adds the float32 product `w * values` into a float64 accumulator, update after
+    update; `np.bincount` adds the same products in the same order, starting from the same
+    zeros, so the sums are identical. Returns None (the caller loops instead) when a row is
+    not a plain `SparseUpdate` with strictly increasing indices in [0, size), where `add_to`'s
+    fancy-index semantics could differ from a sum.
+    """
+    if not updates:
+        return np.zeros(size, dtype=np.float64)
+    for u in updates:
+        if type(u) is not SparseUpdate or u.indices.ndim != 1:
+            return None
+    idx = np.concatenate([u.indices for u in updates])
+    if idx.shape[0] == 0:
+        return np.zeros(size, dtype=np.float64)
+    if not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= size:
+        return None
+    lengths = np.fromiter((u.indices.shape[0] for u in updates), dtype=np.int64)
+    step = np.diff(idx)
+    # Within every row the indices must increase; row boundaries may go down.
+    first = np.cumsum(lengths)[:-1] - 1
+    step[first[(first >= 0) & (first < step.shape[0])]] = 1
+    if np.any(step <= 0):
+        return None
+    products = np.concatenate([w * u.values for u, w in zip(updates, weights, strict=True)])
+    if products.shape != idx.shape:
+        return None
+    acc = np.bincount(idx, weights=products.astype(np.float64), minlength=size)
+    return np.asarray(acc, dtype=np.float64)

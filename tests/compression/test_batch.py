@@ -18,8 +18,8 @@ from compression import (
     ErrorFeedback,
     ModelSpec,
     UpdateCodec,
+    feedback_step_many,
 )
-from compression._batch import feedback_step_many
 
 from ._craft import OFFSETS, with_field, with_payload
 
