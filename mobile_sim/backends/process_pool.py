@@ -1,11 +1,14 @@
-"""Process-pool backend: a round's jobs split over worker processes on this machine."""
+"""Process-pool backend: a round's jobs spread over persistent worker processes on this machine."""
 
 from __future__ import annotations
 
 import multiprocessing
 import os
+import traceback
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from multiprocessing.connection import Connection, wait
+from multiprocessing.shared_memory import SharedMemory
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -13,29 +16,99 @@ import numpy.typing as npt
 from ._base import JobResult, TrainContext, TrainJob
 from ._worker import INNER_BACKENDS, WorkerState, split_jobs
 
-__all__ = ["ProcessPoolBackend"]
+__all__ = ["ProcessPoolBackend", "PoolWorkerError"]
 
-_STATE: WorkerState | None = None  # one per worker process
-
-
-def _init_worker(ctx: TrainContext, inner: str, threads: int) -> None:
-    global _STATE
-    _STATE = WorkerState(ctx, inner, threads)
+# Seconds a worker gets to start (spawn, import torch, receive the data) and to exit.
+_START_TIMEOUT_S = 300.0
+_STOP_TIMEOUT_S = 10.0
 
 
-def _train_share(params: npt.NDArray[np.float32], jobs: list[TrainJob]) -> list[JobResult]:
-    if _STATE is None:
-        raise RuntimeError("worker process was not initialised")
-    return _STATE.train(params, jobs)
+class PoolWorkerError(RuntimeError):
+    """A worker process failed (its traceback is in the message) or died."""
+
+
+class _Shared:
+    """A float32 array in shared memory: the writer creates it, readers attach by name."""
+
+    def __init__(self, shape: tuple[int, ...], name: str | None = None) -> None:
+        nbytes = max(4, int(np.prod(shape)) * 4)
+        self.shm = SharedMemory(name=name, create=name is None, size=nbytes if name is None else 0)
+        self.array: npt.NDArray[np.float32] = np.ndarray(shape, np.float32, buffer=self.shm.buf)
+
+    @property
+    def name(self) -> str:
+        return self.shm.name
+
+    def close(self, unlink: bool = False) -> None:
+        del self.array  # the buffer must have no exports before the mapping closes
+        try:
+            self.shm.close()
+        except BufferError:
+            pass  # a view is still alive somewhere; the mapping goes when the process does
+        if unlink:
+            self.shm.unlink()
+
+
+def _worker_main(conn: Connection, ctx: TrainContext, inner: str, threads: int) -> None:
+    """A worker's life: build the model once, then train tasks until told to stop.
+
+    Messages in: ("task", params_name, d, out_name, slots, [(slot, job), ...]) or None (stop).
+    The global params are read from shared memory and each delta is written into its slot of
+    the output block, so no array crosses the pipe; only (slot, examples, loss) go back.
+    """
+    try:
+        state = WorkerState(ctx, inner, threads)
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        return
+    conn.send(("ready", os.getpid()))
+    attached: dict[str, _Shared] = {}
+
+    def block(name: str, shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
+        shared = attached.get(name)
+        if shared is None or shared.array.shape != shape:
+            shared = _Shared(shape, name)
+            attached[name] = shared
+        return shared.array
+
+    try:
+        while True:
+            msg = conn.recv()
+            if msg is None:
+                break
+            _, params_name, d, out_name, slots, work = msg
+            try:
+                params = block(params_name, (d,))
+                out = block(out_name, (slots, d))
+                results = state.train(params, [job for _, job in work])
+                reply = []
+                for (slot, _), res in zip(work, results, strict=True):
+                    out[slot] = res.delta
+                    reply.append((slot, res.device_id, res.num_examples, res.loss))
+                conn.send(("done", reply))
+            except Exception:
+                conn.send(("error", traceback.format_exc()))
+    finally:
+        for shared in attached.values():
+            shared.close()
 
 
 class ProcessPoolBackend:
-    """Trains each round's jobs in `workers` processes (default: one per CPU core).
+    """Trains each round's jobs in `workers` persistent processes (default: one per CPU core).
 
-    The training context (model name, data, SGD settings) is sent to each worker once, at
-    start; each round sends the global params and the jobs, and gets deltas back. Workers train
-    their share with an inline backend (`inner`: "sequential" or "vectorized"). Processes are
-    started with `start_method` ("spawn" by default: safe with torch's thread pools).
+    - The training context (model name, data, SGD settings) goes to each worker once, at
+      `start`, which also waits until every worker has built its model: process start-up is
+      not paid inside the first round.
+    - Each round, the global params are written once into shared memory and every delta comes
+      back through a shared-memory slot: only job descriptions and (examples, loss) are
+      pickled, not 6.6 MB arrays per job.
+    - With `inner="sequential"` jobs are handed out one at a time, largest first, to whichever
+      worker is free (longest-processing-time scheduling: the round ends when the last job
+      does, and a worker slowed by other load simply takes fewer jobs). With
+      `inner="vectorized"` each worker gets one share of about equal work, to vmap together.
+    - `threads_per_worker` torch threads per worker (default 1: with one worker per core, more
+      only oversubscribes the machine). Processes start with `start_method` ("spawn" by
+      default: safe with torch's thread pools).
     """
 
     name = "pool"
@@ -58,29 +131,123 @@ class ProcessPoolBackend:
         self.inner = inner
         self.threads_per_worker = threads_per_worker
         self.start_method = start_method
-        self._pool: ProcessPoolExecutor | None = None
+        self._procs: list[Any] = []
+        self._conns: list[Connection] = []
+        self._params: _Shared | None = None
+        self._out: _Shared | None = None
 
     def start(self, ctx: TrainContext) -> None:
         self.close()
-        self._pool = ProcessPoolExecutor(
-            max_workers=self.workers,
-            mp_context=multiprocessing.get_context(self.start_method),
-            initializer=_init_worker,
-            initargs=(ctx, self.inner, self.threads_per_worker),
-        )
+        mp: Any = multiprocessing.get_context(self.start_method)
+        for _ in range(self.workers):
+            parent, child = mp.Pipe()
+            proc = mp.Process(
+                target=_worker_main,
+                args=(child, ctx, self.inner, self.threads_per_worker),
+                daemon=True,
+            )
+            proc.start()
+            child.close()
+            self._procs.append(proc)
+            self._conns.append(parent)
+        try:
+            for conn in self._conns:
+                if not conn.poll(_START_TIMEOUT_S):
+                    raise PoolWorkerError(f"a worker did not start in {_START_TIMEOUT_S:.0f} s")
+                self._reply(conn)
+        except BaseException:
+            self.close()
+            raise
+
+    def _reply(self, conn: Connection) -> Any:
+        try:
+            kind, payload = conn.recv()
+        except EOFError:
+            raise PoolWorkerError("a worker process died") from None
+        if kind == "error":
+            raise PoolWorkerError(f"a worker failed:\n{payload}")
+        return payload
+
+    def _blocks(self, d: int, slots: int) -> tuple[_Shared, _Shared]:
+        if self._params is None or self._params.array.shape != (d,):
+            if self._params is not None:
+                self._params.close(unlink=True)
+            self._params = _Shared((d,))
+        if self._out is None or self._out.array.shape[1] != d or self._out.array.shape[0] < slots:
+            if self._out is not None:
+                self._out.close(unlink=True)
+            self._out = _Shared((slots, d))
+        return self._params, self._out
 
     def train(self, params: npt.NDArray[np.float32], jobs: Sequence[TrainJob]) -> list[JobResult]:
-        if self._pool is None:
+        if not self._conns:
             raise RuntimeError("backend not started")
-        shares = split_jobs(jobs, self.workers)
-        futures = [self._pool.submit(_train_share, params, [jobs[i] for i in s]) for s in shares]
+        if not jobs:
+            return []
+        d = int(params.shape[0])
+        shm_params, shm_out = self._blocks(d, len(jobs))
+        np.copyto(shm_params.array, params, casting="same_kind")
+        slots = int(shm_out.array.shape[0])
+        if self.inner == "sequential":
+            # Largest first, each its own task: dynamic longest-processing-time scheduling.
+            order = sorted(range(len(jobs)), key=lambda i: (-len(jobs[i].indices), i))
+            tasks = [[i] for i in order]
+        else:
+            tasks = split_jobs(jobs, self.workers)
+        try:
+            return self._run(tasks, jobs, shm_params, shm_out, d, slots)
+        except BaseException:
+            # Replies still in flight would be read as the next round's: start afresh.
+            self.close()
+            raise
+
+    def _run(
+        self,
+        tasks: list[list[int]],
+        jobs: Sequence[TrainJob],
+        shm_params: _Shared,
+        shm_out: _Shared,
+        d: int,
+        slots: int,
+    ) -> list[JobResult]:
         results: list[JobResult | None] = [None] * len(jobs)
-        for share, fut in zip(shares, futures, strict=True):
-            for i, res in zip(share, fut.result(), strict=True):
-                results[i] = res
+        idle = list(self._conns)
+        busy: set[Connection] = set()
+        pending = list(reversed(tasks))
+        while pending or busy:
+            while pending and idle:
+                conn = idle.pop()
+                task = pending.pop()
+                work = [(i, jobs[i]) for i in task]
+                conn.send(("task", shm_params.name, d, shm_out.name, slots, work))
+                busy.add(conn)
+            for ready in wait(list(busy)):
+                if not isinstance(ready, Connection):
+                    continue
+                conn = ready
+                busy.discard(conn)
+                for slot, device_id, examples, loss in self._reply(conn):
+                    # Copy out: the slot is overwritten next round.
+                    delta = shm_out.array[slot].copy()
+                    results[slot] = JobResult(device_id, delta, examples, loss)
+                idle.append(conn)
         return [r for r in results if r is not None]
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        for conn in self._conns:
+            try:
+                conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
+        for proc in self._procs:
+            proc.join(_STOP_TIMEOUT_S)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(_STOP_TIMEOUT_S)
+        for conn in self._conns:
+            conn.close()
+        self._procs, self._conns = [], []
+        for shared in (self._params, self._out):
+            if shared is not None:
+                shared.close(unlink=True)
+        self._params = self._out = None

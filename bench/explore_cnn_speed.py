@@ -1,0 +1,546 @@
+"""Where the MNIST-CNN client update spends its time on this CPU, and what makes it faster.
+
+Each experiment is an interleaved A/B (variants take turns, repetition after repetition, so a
+shared machine's load hits them alike) and reports the median seconds per repetition and the
+ratio to the experiment's first variant. The clients are real ones: the `plume sim` defaults
+(100 clients, Dirichlet 0.5 over MNIST, E=5, B=10, lr 0.05, mnist_cnn).
+
+Experiments (default: all):
+  linear    fc1 (3136 -> 512) at B=10, forward + both backward products: BLAS vs oneDNN.
+  layout    one client's steps: NCHW vs channels_last.
+  trainer   TorchTrainer with and without the oneDNN linear path; the plain-loop client
+            (deepcopy + DataLoader + SGD) at 1 and 2 torch threads.
+  optim     SGD for-loop vs foreach, zero_grad to None vs to zeros.
+  eval      the 2,000-image test evaluation: no_grad vs inference_mode.
+  bf16      bfloat16 autocast (AVX512-BF16 is present): speed only; NOT used, it changes numerics.
+  compile   torch.compile (inductor) of the training step: compile seconds and step time.
+  pool      a whole round's training (10 clients): sequential backend at 2 threads vs the process
+            pool (2 workers x 1 thread), plus pickle / transfer costs of params and deltas.
+  share     of the plain loop's round: training, codec, evaluation, per-client setup.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import pickle
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+RESULT = ROOT / "bench" / "results" / "cnn_speed_explore.json"
+EXPERIMENTS = ("linear", "layout", "trainer", "optim", "eval", "bf16", "compile", "pool", "share")
+
+
+def _ab(variants: dict[str, Callable[[], Any]], reps: int, desc: str) -> dict[str, Any]:
+    """Interleaved timing: each repetition runs every variant once, in turn (the order rotates
+    so no variant always follows the same one). One untimed warm-up call per variant."""
+    from tqdm import tqdm
+
+    names = list(variants)
+    for name in names:
+        variants[name]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in tqdm(range(reps), desc=desc, unit="rep", leave=False):
+        order = names[r % len(names) :] + names[: r % len(names)]
+        for name in order:
+            t0 = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - t0)
+    base = statistics.median(times[names[0]])
+    return {
+        n: {
+            "median_s": statistics.median(t),
+            "min_s": min(t),
+            "ratio_to_first": statistics.median(t) / base,
+            "reps": len(t),
+        }
+        for n, t in times.items()
+    }
+
+
+class _Setup:
+    """The `plume sim` default data, partition and model, and a few real clients."""
+
+    def __init__(self) -> None:
+        from mobile_sim.runner import SimConfig, prepare
+
+        self.cfg = SimConfig(seed=0)
+        setup = prepare(self.cfg)
+        self.data = setup.data
+        self.parts = setup.parts
+        self.model = setup.model
+        self.spec = setup.spec
+        from sdk.flat import get_flat_params
+
+        self.params = get_flat_params(self.model)
+        rng = np.random.default_rng(5)
+        self.cohort = [int(c) for c in rng.choice(self.cfg.clients, 10, replace=False)]
+        # A median-sized client for the per-client experiments.
+        sizes = [len(self.parts[c]) for c in self.cohort]
+        self.client = self.cohort[int(np.argsort(sizes)[len(sizes) // 2])]
+
+    def xy(self, dev: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = self.parts[dev]
+        return self.data.x_train[idx], self.data.y_train[idx]
+
+
+def _threads(n: int) -> None:
+    import torch
+
+    torch.set_num_threads(n)
+
+
+# --- linear -----------------------------------------------------------------------------------
+
+
+def exp_linear(s: _Setup, reps: int) -> dict[str, Any]:
+    import torch
+
+    from sdk.trainer import onednn_linear_available
+
+    _threads(1)
+    out: dict[str, Any] = {"onednn_available": onednn_linear_available()}
+    op = torch.ops.mkldnn._linear_pointwise
+    for n_in, n_out in ((3136, 512), (512, 10), (64, 32), (784, 200)):
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(10, n_in, generator=gen)
+        w = torch.randn(n_out, n_in, generator=gen)
+        b = torch.randn(n_out, generator=gen)
+        g = torch.randn(10, n_out, generator=gen)
+
+        def blas(x: Any = x, w: Any = w, b: Any = b, g: Any = g) -> None:
+            for _ in range(20):
+                torch.addmm(b, x, w.t())
+                g.mm(w)
+                g.t().mm(x)
+
+        def onednn(x: Any = x, w: Any = w, b: Any = b, g: Any = g) -> None:
+            for _ in range(20):
+                op(x, w, b, "none", [], "")
+                op(g, w.t(), None, "none", [], "")
+                op(g.t(), x.t(), None, "none", [], "")
+
+        res = _ab({"blas": blas, "onednn": onednn}, reps, f"linear {n_in}x{n_out}")
+        flop = 20 * 3 * 2 * 10 * n_in * n_out
+        for v in res.values():
+            v["gflop_per_s"] = flop / v["median_s"] / 1e9
+        out[f"{n_in}x{n_out}_B10_fwd_bwd_x20"] = res
+    return out
+
+
+# --- one client's steps -----------------------------------------------------------------------
+
+
+def _client_steps(
+    s: _Setup,
+    *,
+    channels_last: bool = False,
+    fast_linear: bool = False,
+    foreach: bool = False,
+    zero_to_none: bool = True,
+    autocast_bf16: bool = False,
+) -> Callable[[], None]:
+    import contextlib
+
+    import torch
+
+    from mobile_sim.models import build_model
+    from sdk.trainer import onednn_linear
+
+    m = build_model("mnist_cnn")
+    x, y = s.xy(s.client)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    if channels_last:
+        m = m.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        xt = xt.contiguous(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05, foreach=foreach)
+    order = torch.from_numpy(np.random.default_rng(0).permutation(len(x)))
+
+    def run() -> None:
+        kern = onednn_linear(m) if fast_linear else contextlib.nullcontext(0)
+        amp = (
+            torch.autocast("cpu", dtype=torch.bfloat16)
+            if autocast_bf16
+            else contextlib.nullcontext()
+        )
+        with kern:
+            for start in range(0, len(x), 10):
+                idx = order[start : start + 10]
+                opt.zero_grad(set_to_none=zero_to_none)
+                with amp:
+                    out = m(xt.index_select(0, idx))
+                torch.nn.functional.cross_entropy(out.float(), yt[idx]).backward()
+                opt.step()
+
+    return run
+
+
+def exp_layout(s: _Setup, reps: int) -> dict[str, Any]:
+    _threads(1)
+    return _ab(
+        {
+            "nchw": _client_steps(s),
+            "channels_last": _client_steps(s, channels_last=True),
+        },
+        reps,
+        "layout",
+    )
+
+
+def _plain_client(s: _Setup) -> Callable[[], None]:
+    """The benchmark's plain loop for one client (bench/sim_throughput.py `_PlainLoop.round`)."""
+    import torch
+
+    from mobile_sim.models import build_model
+
+    model = build_model("mnist_cnn")
+    x, y = s.xy(s.client)
+
+    def run() -> None:
+        local = copy.deepcopy(model)
+        opt = torch.optim.SGD(local.parameters(), lr=0.05)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
+            batch_size=10,
+            shuffle=True,
+            generator=torch.Generator().manual_seed(0),
+        )
+        for _ in range(5):
+            for xb, yb in loader:
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(local(xb), yb).backward()
+                opt.step()
+
+    return run
+
+
+def _trainer_client(s: _Setup, fast_linear: bool) -> Callable[[], None]:
+    from mobile_sim.models import build_model
+    from sdk.trainer import TorchTrainer
+
+    trainer = TorchTrainer(build_model("mnist_cnn"), fast_linear=fast_linear)
+    x, y = s.xy(s.client)
+
+    def run() -> None:
+        trainer.train(
+            s.params, x, y, epochs=5, batch_size=10, lr=0.05, rng=np.random.default_rng(0)
+        )
+
+    return run
+
+
+def exp_trainer(s: _Setup, reps: int) -> dict[str, Any]:
+    out: dict[str, Any] = {"client_examples": len(s.parts[s.client]), "epochs": 5}
+    for threads in (1, 2):
+        _threads(threads)
+        out[f"threads_{threads}"] = _ab(
+            {
+                "plain_loop_client": _plain_client(s),
+                "trainer_blas": _trainer_client(s, False),
+                "trainer_onednn_linear": _trainer_client(s, True),
+            },
+            reps,
+            f"trainer {threads}t",
+        )
+    # The same client's delta from both kernel paths: how far apart the numerics are.
+    from mobile_sim.models import build_model
+    from sdk.trainer import TorchTrainer
+
+    _threads(1)
+    x, y = s.xy(s.client)
+    res = [
+        TorchTrainer(build_model("mnist_cnn"), fast_linear=f).train(
+            s.params, x, y, epochs=5, batch_size=10, lr=0.05, rng=np.random.default_rng(0)
+        )
+        for f in (False, True)
+    ]
+    d0, d1 = res[0].params - s.params, res[1].params - s.params
+    out["delta_max_abs_diff"] = float(np.abs(d0 - d1).max())
+    out["delta_max_abs"] = float(np.abs(d0).max())
+    out["delta_rel_l2_diff"] = float(np.linalg.norm(d0 - d1) / np.linalg.norm(d0))
+    return out
+
+
+def exp_optim(s: _Setup, reps: int) -> dict[str, Any]:
+    _threads(1)
+    return _ab(
+        {
+            "for_loop_to_none": _client_steps(s),
+            "foreach_to_none": _client_steps(s, foreach=True),
+            "for_loop_zeroed": _client_steps(s, zero_to_none=False),
+        },
+        reps,
+        "optim",
+    )
+
+
+def exp_bf16(s: _Setup, reps: int) -> dict[str, Any]:
+    _threads(1)
+    res = _ab(
+        {"fp32": _client_steps(s), "bf16_autocast": _client_steps(s, autocast_bf16=True)},
+        reps,
+        "bf16",
+    )
+    res["note"] = "speed only: bf16 changes the numerics far beyond float tolerance; not used"
+    return res
+
+
+# --- evaluation -------------------------------------------------------------------------------
+
+
+def exp_eval(s: _Setup, reps: int) -> dict[str, Any]:
+    import torch
+
+    from mobile_sim.models import build_model
+    from sdk.flat import set_flat_params
+    from sdk.trainer import evaluate
+
+    _threads(2)
+    m = build_model("mnist_cnn")
+    xt, yt = torch.from_numpy(s.data.x_test), torch.from_numpy(s.data.y_test)
+
+    def no_grad() -> None:
+        evaluate(m, s.params, s.data.x_test, s.data.y_test)
+
+    def inference() -> None:
+        set_flat_params(m, s.params)
+        m.eval()
+        with torch.inference_mode():
+            for start in range(0, len(xt), 1000):
+                logits = m(xt[start : start + 1000])
+                float(torch.nn.functional.cross_entropy(logits, yt[start : start + 1000]))
+
+    return _ab({"no_grad": no_grad, "inference_mode": inference}, reps, "eval")
+
+
+# --- torch.compile ----------------------------------------------------------------------------
+
+
+def exp_compile(s: _Setup, reps: int) -> dict[str, Any]:
+    import shutil
+
+    import torch
+
+    from mobile_sim.models import build_model
+
+    _threads(1)
+    out: dict[str, Any] = {"cxx": shutil.which("c++") or shutil.which("g++")}
+    m = build_model("mnist_cnn")
+    x, y = s.xy(s.client)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    opt = torch.optim.SGD(m.parameters(), lr=0.05)
+
+    def step(xb: Any, yb: Any) -> Any:
+        loss = torch.nn.functional.cross_entropy(m(xb), yb)
+        loss.backward()
+        return loss
+
+    compiled = torch.compile(step, dynamic=False)
+    t0 = time.perf_counter()
+    try:
+        opt.zero_grad(set_to_none=True)
+        compiled(xt[:10], yt[:10])
+    except Exception as exc:  # report why compile is unusable here, and move on
+        out["error"] = f"{type(exc).__name__}: {exc}"[:500]
+        return out
+    out["compile_s_first_step"] = time.perf_counter() - t0
+    n_full = (len(x) // 10) * 10
+
+    def run(fn: Callable[..., Any]) -> Callable[[], None]:
+        def go() -> None:
+            for start in range(0, n_full, 10):
+                opt.zero_grad(set_to_none=True)
+                fn(xt[start : start + 10], yt[start : start + 10])
+                opt.step()
+
+        return go
+
+    out["steps"] = _ab({"eager": run(step), "compiled": run(compiled)}, reps, "compile")
+    per_step_gain = (out["steps"]["eager"]["median_s"] - out["steps"]["compiled"]["median_s"]) / (
+        n_full // 10
+    )
+    out["seconds_saved_per_step"] = per_step_gain
+    out["steps_to_pay_back_compile"] = (
+        out["compile_s_first_step"] / per_step_gain if per_step_gain > 0 else None
+    )
+    return out
+
+
+# --- process pool -----------------------------------------------------------------------------
+
+
+def exp_pool(s: _Setup, reps: int) -> dict[str, Any]:
+    from mobile_sim.backends import SequentialBackend, TrainContext, TrainJob
+    from mobile_sim.backends.process_pool import ProcessPoolBackend
+
+    out: dict[str, Any] = {}
+    d = s.params
+    t0 = time.perf_counter()
+    blob = pickle.dumps(d, protocol=pickle.HIGHEST_PROTOCOL)
+    out["pickle_params_ms"] = (time.perf_counter() - t0) * 1e3
+    t0 = time.perf_counter()
+    pickle.loads(blob)
+    out["unpickle_params_ms"] = (time.perf_counter() - t0) * 1e3
+    out["params_mb"] = d.nbytes / 1e6
+    ctx = TrainContext("mnist_cnn", s.data.x_train, s.data.y_train, 5, 10, 0.05)
+    jobs = [TrainJob(f"dev-{c}", c, 1, 0, s.parts[c]) for c in s.cohort]
+    out["cohort_examples"] = [len(s.parts[c]) for c in s.cohort]
+    _threads(2)
+    seq = SequentialBackend()
+    seq.start(ctx)
+    t0 = time.perf_counter()
+    pool = ProcessPoolBackend(workers=2, inner="sequential")
+    pool.start(ctx)
+    out["pool_start_s"] = time.perf_counter() - t0
+    try:
+        res = _ab(
+            {
+                "sequential_2_threads": lambda: seq.train(d, jobs),
+                "pool_2x1": lambda: pool.train(d, jobs),
+            },
+            reps,
+            "pool",
+        )
+        a, b = seq.train(d, jobs), pool.train(d, jobs)
+        out["max_abs_delta_diff"] = max(
+            float(np.abs(ra.delta - rb.delta).max()) for ra, rb in zip(a, b, strict=True)
+        )
+    finally:
+        pool.close()
+    out["round_training"] = res
+    return out
+
+
+# --- shares of the plain loop's round ---------------------------------------------------------
+
+
+def exp_share(s: _Setup, reps: int) -> dict[str, Any]:
+    """Time each part of the benchmark plain loop's round separately (2 threads)."""
+    import torch
+
+    from compression import UpdateCodec
+    from mobile_sim.models import build_model
+    from sdk.device import UpdateEncoder
+    from sdk.flat import get_flat_params
+    from sdk.trainer import evaluate
+
+    _threads(2)
+    cfg = s.cfg
+    model = build_model("mnist_cnn")
+    codec = UpdateCodec(s.spec, cfg.codec())
+    parts: dict[str, list[float]] = {
+        "setup_s": [],
+        "train_s": [],
+        "codec_s": [],
+        "eval_s": [],
+    }
+    steps = sum(5 * -(-len(s.parts[c]) // 10) for c in s.cohort)
+    for _ in range(reps):
+        setup = train = cod = 0.0
+        acc = np.zeros_like(s.params)
+        for dev in s.cohort:
+            x, y = s.xy(dev)
+            t0 = time.perf_counter()
+            local = copy.deepcopy(model)
+            opt = torch.optim.SGD(local.parameters(), lr=cfg.lr)
+            loader = torch.utils.data.DataLoader(
+                torch.utils.data.TensorDataset(torch.from_numpy(x), torch.from_numpy(y)),
+                batch_size=10,
+                shuffle=True,
+                generator=torch.Generator().manual_seed(dev),
+            )
+            t1 = time.perf_counter()
+            for _ in range(cfg.local_epochs):
+                for xb, yb in loader:
+                    opt.zero_grad()
+                    torch.nn.functional.cross_entropy(local(xb), yb).backward()
+                    opt.step()
+            t2 = time.perf_counter()
+            delta = get_flat_params(local) - s.params
+            enc = UpdateEncoder(s.spec, cfg.codec())
+            frame, _ = enc.encode(delta, np.random.default_rng(dev), float(len(x)))
+            codec.decode(frame).add_to(acc, float(len(x)))
+            t3 = time.perf_counter()
+            setup += t1 - t0
+            train += t2 - t1
+            cod += t3 - t2
+        t0 = time.perf_counter()
+        evaluate(model, s.params, s.data.x_test, s.data.y_test)
+        parts["eval_s"].append(time.perf_counter() - t0)
+        parts["setup_s"].append(setup)
+        parts["train_s"].append(train)
+        parts["codec_s"].append(cod)
+    med = {k: statistics.median(v) for k, v in parts.items()}
+    total = sum(med.values())
+    # Training FLOPs: conv1 627k MACs + conv2 10.0M + fc 1.6M forward per sample, about 3x that
+    # for forward + backward (conv1 has no input gradient): ~72 MFLOP per training sample.
+    samples = sum(5 * len(s.parts[c]) for c in s.cohort)
+    return {
+        "median_s": med,
+        "fraction": {k: v / total for k, v in med.items()},
+        "steps": steps,
+        "training_samples": samples,
+        "train_gflop_per_s": samples * 72e6 / med["train_s"] / 1e9,
+    }
+
+
+RUNNERS: dict[str, Callable[[_Setup, int], dict[str, Any]]] = {
+    "linear": exp_linear,
+    "layout": exp_layout,
+    "trainer": exp_trainer,
+    "optim": exp_optim,
+    "eval": exp_eval,
+    "bf16": exp_bf16,
+    "compile": exp_compile,
+    "pool": exp_pool,
+    "share": exp_share,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 repetitions each")
+    parser.add_argument("--only", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
+    parser.add_argument("--reps", type=int, default=7, help="interleaved repetitions")
+    parser.add_argument("--out", type=Path, default=RESULT)
+    args = parser.parse_args(argv)
+    reps = 2 if args.quick else args.reps
+
+    from mobile_sim.report import machine_info
+
+    doc: dict[str, Any] = json.loads(args.out.read_text()) if args.out.exists() else {}
+    doc.setdefault("experiments", {})
+    s = _Setup()
+    for name in args.only:
+        t0 = time.perf_counter()
+        load0 = os.getloadavg()
+        res = RUNNERS[name](s, reps)
+        res["load_average_before_after"] = [load0, os.getloadavg()]
+        res["wall_s"] = time.perf_counter() - t0
+        res["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        res["quick"] = bool(args.quick)
+        doc["experiments"][name] = res
+        doc["machine"] = machine_info()
+        doc["date"] = time.strftime("%Y-%m-%d", time.gmtime())
+        doc["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+        print(name, json.dumps(res, indent=1)[:3000], flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
