@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from compression import CodecConfig, ModelSpec
+from compression import CodecConfig, ModelSpec, feedback_step_many
 from coordinator.aggregators import AggregatorFactory, FedAvg
 from coordinator.engine import EngineConfig, RoundEngine, RoundPlan, Strategy
 from coordinator.ledger import BandwidthLedger
-from sdk.device import UpdateEncoder
+from sdk.device import UpdateEncoder, clip_l2
 
 from .backends import Backend, JobResult, TrainContext, TrainJob, build_backend, job_rng
 from .data import FederatedData, load_digits_data, load_mnist
@@ -420,22 +420,8 @@ def run_simulation(
                 jobs = jobs[: plan.target_reports]
             results = be.train(params, jobs)
             results = _apply_model_attacks(results, jobs, malicious, index_of, attack)
-            frames: dict[str, bytes] = {}
-            losses: dict[str, float] = {}
-            for job, res in zip(jobs, results, strict=True):
-                enc = encoders.get(job.device_id)
-                if enc is None:
-                    enc = UpdateEncoder(
-                        spec,
-                        plan.codec,
-                        error_feedback=cfg.error_feedback and not cfg.dense,
-                        clip_norm=cfg.clip_norm,
-                    )
-                    encoders[job.device_id] = enc
-                enc.set_config(plan.codec)
-                frame, _ = enc.encode(res.delta, job_rng(job, stream=2), float(res.num_examples))
-                frames[job.device_id] = frame
-                losses[job.device_id] = res.loss
+            frames, pending = _encode_reports(encoders, jobs, results, spec, plan.codec, cfg)
+            losses = {res.device_id: res.loss for res in results}
             arrival = list(frames)
             sim_s: float | None = None
             if fleet is not None:
@@ -451,13 +437,21 @@ def run_simulation(
                 arrival = [ids[i] for i in timing.kept.tolist() if ids[i] in frames]
                 sim_s = timing.duration_s
                 fleet.advance(timing)
-            train_losses = []
+            # One batched decode for the round; each upload gets what `submit` would give it.
+            receipts = engine.submit_many(plan.round_id, [(dev, frames[dev]) for dev in arrival])
+            for receipt in receipts:
+                if isinstance(receipt, Exception):
+                    raise receipt
+            train_losses = [losses[dev] for dev in arrival]
             for dev in arrival:
-                engine.submit(plan.round_id, dev, frames[dev])
                 encoders[dev].accepted()
-                train_losses.append(losses[dev])
+                pending.pop(dev, None)
             for dev in frames.keys() - set(arrival):
-                encoders[dev].refused()  # a straggler: its whole update stays in its residual
+                # A straggler: its whole update stays in its residual.
+                if dev in pending:
+                    encoders[dev].feedback.residual[:] = pending[dev]
+                else:
+                    encoders[dev].refused()
             outcome = engine.close_round(plan.round_id)
             acc: float | None = None
             loss: float | None = None
@@ -496,6 +490,63 @@ def run_simulation(
     return SimResult(
         cfg, records, engine.ledger, spec.size, engine.params.copy(), label, started_at
     )
+
+
+# Cohorts at least this large are encoded as one batch (`compression.feedback_step_many`).
+BATCH_MIN = 2
+
+
+def _encode_reports(
+    encoders: dict[str, UpdateEncoder],
+    jobs: Sequence[TrainJob],
+    results: Sequence[JobResult],
+    spec: ModelSpec,
+    codec: CodecConfig,
+    cfg: SimConfig,
+) -> tuple[dict[str, bytes], dict[str, npt.NDArray[np.float32]]]:
+    """Each trained device's upload frame, as its `UpdateEncoder.encode` makes it.
+
+    Returns `(frames by device, u by device)`. Large cohorts are encoded as one batch, bit
+    for bit what the per-device calls give (clip, then error feedback, then the codec); for
+    those, `u` is what each device encoded (`delta + residual`), which the caller writes
+    back into the residual if the upload is refused, as `UpdateEncoder.refused` does.
+    Smaller cohorts go through `UpdateEncoder.encode` itself and `u` is empty.
+    """
+    encs = []
+    for job in jobs:
+        enc = encoders.get(job.device_id)
+        if enc is None:
+            enc = UpdateEncoder(
+                spec,
+                codec,
+                error_feedback=cfg.error_feedback and not cfg.dense,
+                clip_norm=cfg.clip_norm,
+            )
+            encoders[job.device_id] = enc
+        enc.set_config(codec)
+        encs.append(enc)
+    rngs = [job_rng(job, stream=2) for job in jobs]
+    weights = [float(res.num_examples) for res in results]
+    ids = [job.device_id for job in jobs]
+    if len(jobs) < BATCH_MIN or len({enc.error_feedback for enc in encs}) > 1:
+        frames = {
+            dev: enc.encode(res.delta, rng, w)[0]
+            for dev, enc, res, rng, w in zip(ids, encs, results, rngs, weights, strict=True)
+        }
+        return frames, {}
+    deltas = np.empty((len(jobs), spec.size), dtype=np.float32)
+    for i, (enc, res) in enumerate(zip(encs, results, strict=True)):
+        if res.delta.shape != (spec.size,):
+            raise ValueError(f"delta of shape {res.delta.shape}, model has {spec.size} scalars")
+        d = np.asarray(res.delta, dtype=np.float32)
+        deltas[i] = clip_l2(d, enc.clip_norm) if enc.clip_norm is not None else d
+    if encs[0].error_feedback:
+        out, u = feedback_step_many(
+            [enc.feedback for enc in encs], deltas, encs[0].codec, rngs, weights
+        )
+        return dict(zip(ids, out, strict=True)), {dev: u[i] for i, dev in enumerate(ids)}
+    out = encs[0].codec.encode_many(deltas, rngs, weights)
+    return dict(zip(ids, out, strict=True)), {}
 
 
 def ort_devices_of_tier(fleet: Any, clients: int, tier: str) -> set[int]:
