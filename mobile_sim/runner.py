@@ -37,6 +37,7 @@ __all__ = [
     "load_dataset",
     "build_aggregator",
     "DEFAULT_MODEL",
+    "encode_reports",
 ]
 
 DEFAULT_MODEL = {
@@ -420,7 +421,15 @@ def run_simulation(
                 jobs = jobs[: plan.target_reports]
             results = be.train(params, jobs)
             results = _apply_model_attacks(results, jobs, malicious, index_of, attack)
-            frames, pending = _encode_reports(encoders, jobs, results, spec, plan.codec, cfg)
+            frames, pending = encode_reports(
+                encoders,
+                jobs,
+                results,
+                spec,
+                plan.codec,
+                error_feedback=cfg.error_feedback and not cfg.dense,
+                clip_norm=cfg.clip_norm,
+            )
             losses = {res.device_id: res.loss for res in results}
             arrival = list(frames)
             sim_s: float | None = None
@@ -496,15 +505,21 @@ def run_simulation(
 BATCH_MIN = 2
 
 
-def _encode_reports(
+def encode_reports(
     encoders: dict[str, UpdateEncoder],
     jobs: Sequence[TrainJob],
     results: Sequence[JobResult],
     spec: ModelSpec,
     codec: CodecConfig,
-    cfg: SimConfig,
+    *,
+    error_feedback: bool = True,
+    clip_norm: float | None = None,
 ) -> tuple[dict[str, bytes], dict[str, npt.NDArray[np.float32]]]:
     """Each trained device's upload frame, as its `UpdateEncoder.encode` makes it.
+
+    `encoders` holds each device's state across rounds (created here on first use with
+    `error_feedback` and `clip_norm`); `results[i]` is `jobs[i]`'s training result, and the
+    codec's rng is `job_rng(job, stream=2)`.
 
     Returns `(frames by device, u by device)`. Large cohorts are encoded as one batch, bit
     for bit what the per-device calls give (clip, then error feedback, then the codec); for
@@ -516,12 +531,7 @@ def _encode_reports(
     for job in jobs:
         enc = encoders.get(job.device_id)
         if enc is None:
-            enc = UpdateEncoder(
-                spec,
-                codec,
-                error_feedback=cfg.error_feedback and not cfg.dense,
-                clip_norm=cfg.clip_norm,
-            )
+            enc = UpdateEncoder(spec, codec, error_feedback=error_feedback, clip_norm=clip_norm)
             encoders[job.device_id] = enc
         enc.set_config(codec)
         encs.append(enc)
