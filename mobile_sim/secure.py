@@ -68,15 +68,17 @@ def run_secure_round(
     updates: Mapping[str, tuple[npt.NDArray[np.float32], int]],
     drop_at: Mapping[str, Stage] | None = None,
     rng_for: Callable[[str], np.random.Generator] | None = None,
+    round_id: int | None = None,
 ) -> tuple[SecureOutcome, RoundStats]:
     """One secure round over the devices in `updates` (device -> (delta float32[d], weight)).
 
     A device in `drop_at` goes silent from that stage on. A device whose client refuses
-    (a `SecAggError`) also goes silent; the refusal is kept in `stats.refused`.
+    (a `SecAggError`) also goes silent; the refusal is kept in `stats.refused`. `round_id`
+    names the round (default: the coordinator's next), e.g. to replay a service's round.
     """
     drops = dict(drop_at or {})
     stats = RoundStats()
-    task = coord.open_round(list(updates))
+    task = coord.open_round(list(updates), round_id)
     params = coord.params
     sessions: dict[str, SecureSession] = {}
     for sr in task.groups:

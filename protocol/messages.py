@@ -155,6 +155,7 @@ class Assignment:
     upload_path: str
     max_upload_bytes: int
     seed: int
+    secure: bool = False  # a SecAgg+ round: run its stage endpoints (docs/http-api.md)
 
 
 @dataclass(slots=True)
@@ -253,6 +254,9 @@ class TaskConfig:
     training: TrainingParams = field(default_factory=TrainingParams)
     max_chain: int = 16
     retry_after_s: float = 5.0
+    # SecAgg+ task: `coordinator.secure.SecureConfig` fields plus the stage timing knobs
+    # (docs/http-api.md, "Secure tasks"); None for a plain task.
+    secure: dict[str, Any] | None = None
 
 
 @dataclass(slots=True)

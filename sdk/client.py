@@ -47,10 +47,12 @@ from protocol.messages import (
     unpack_chain,
 )
 from protocol.names import CheckInAction, Header, ModelEncoding, Path, Reason
+from protocol.secagg import SecAggHeader, SecAggPath, Stage
 
 from ._types import LocalTrainer
 from .device import UpdateEncoder
 from .device_store import DeviceStore, PendingUpload
+from .secure import SecureParticipant, SecureSession
 
 __all__ = [
     "Client",
@@ -58,6 +60,8 @@ __all__ = [
     "ClientError",
     "ModelIntegrityError",
     "RoundReport",
+    "SecureRoundReport",
+    "UpdateFn",
     "Mod",
     "AsyncMod",
 ]
@@ -99,6 +103,26 @@ class RoundReport:
     download_encoding: str
     bytes_down: int
     bytes_up: int
+
+
+@dataclass
+class SecureRoundReport(RoundReport):
+    """What one secure (SecAgg+) participation did.
+
+    `receipt` is the masked-input upload's (`accepted` False if the device never sent one);
+    `stages` lists the stages this device uploaded; `completed` is True when it answered the
+    unmask request too; `detail` says why it stopped early (stage timeout, aborted round).
+    """
+
+    stages: list[str] = field(default_factory=list)
+    completed: bool = False
+    detail: str = ""
+
+
+UpdateFn = Callable[[npt.NDArray[np.float32]], tuple[npt.NDArray[np.float32], int, float]]
+"""`update(params float32[d]) -> (delta float32[d], num_examples, loss)`: the local step."""
+
+_SECURE_ORDER = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK)
 
 
 @dataclass
@@ -146,6 +170,7 @@ class _Core:
         self.clock = clock
         self.bandwidth: dict[int, dict[str, dict[str, int]]] = {}
         self._encoders: dict[int, UpdateEncoder] = {}
+        self._participants: dict[int, SecureParticipant] = {}
 
     # -- requests ------------------------------------------------------------------------
 
@@ -338,6 +363,51 @@ class _Core:
                 if enc.spec.fingerprint == spec.fingerprint:
                     enc.set_feedback(ef)
 
+    # -- secure rounds -------------------------------------------------------------------
+
+    def secure_participant(self, size: int) -> SecureParticipant:
+        """This device's secure-mode state; its residual persists in the app directory."""
+        p = self._participants.get(size)
+        if p is None:
+            p = SecureParticipant(size)
+            ef = self.store.load_residual(size)
+            if ef is not None:
+                p.residual = ef.residual.astype(np.float32, copy=True)
+            self._participants[size] = p
+        return p
+
+    def save_secure_residual(self, participant: SecureParticipant) -> None:
+        ef = ErrorFeedback(participant.size)
+        ef.residual = participant.residual
+        self.store.save_residual(ef)
+
+    def secure_setup_exchange(self, round_id: int) -> _Exchange:
+        return _Exchange(
+            "GET", SecAggPath.SETUP.format(round_id=round_id), round_id, count_payload_down=True
+        )
+
+    def stage_upload_exchange(
+        self, round_id: int, stage: Stage, body: bytes, dense_bytes: int
+    ) -> _Exchange:
+        return _Exchange(
+            "POST",
+            SecAggPath.STAGE.format(round_id=round_id, stage=stage),
+            round_id,
+            body,
+            headers={"content-type": "application/octet-stream"},
+            payload_up=len(body),
+            # The masked input is what stands in for the dense fp32 update.
+            dense_up=dense_bytes if stage == Stage.MASKED_INPUT else 0,
+        )
+
+    def stage_download_exchange(self, round_id: int, stage: Stage) -> _Exchange:
+        return _Exchange(
+            "GET",
+            SecAggPath.STAGE.format(round_id=round_id, stage=stage),
+            round_id,
+            count_payload_down=True,
+        )
+
 
 def _any_config() -> Any:
     from compression import CodecConfig
@@ -513,6 +583,8 @@ class Client:
         y: npt.NDArray[np.int64],
     ) -> RoundReport:
         """Download, train locally, encode with error feedback, upload."""
+        if a.secure:
+            raise ValueError("a secure assignment: use run_secure_round or secure_round")
         spec = _spec(a)
         before = _wire(self.bandwidth.get(a.round_id, {}))
         params, encoding = self.fetch_model(a)
@@ -525,6 +597,140 @@ class Client:
             _delta(row, before, "down"), _delta(row, before, "up"),
         )  # fmt: skip
 
+    # -- secure rounds (SecAgg+) -----------------------------------------------------------
+
+    def _stage_download(self, round_id: int, stage: Stage, deadline: float) -> bytes | None:
+        """Poll the download that follows `stage` until it is ready; None at `deadline`."""
+        while True:
+            response = self._send(self._core.stage_download_exchange(round_id, stage))
+            if response.status_code == 200:
+                return bytes(response.content)
+            if response.status_code != 425:
+                raise _error(response)
+            now = self._core.clock()
+            if now >= deadline:
+                return None
+            wait = self._core.delay(0, response)
+            self._sleep(max(0.0, min(wait, deadline - now)))
+
+    def secure_round(
+        self,
+        a: Assignment,
+        update: UpdateFn,
+        *,
+        participant: SecureParticipant | None = None,
+        rng: np.random.Generator | None = None,
+        drop_at: Stage | None = None,
+    ) -> SecureRoundReport:
+        """Take part in the secure round `a` (an assignment with `secure` set).
+
+        Downloads the model (digest-verified), then the plan, checks the (model, plan) digest
+        (`protocol.secagg.ModelMismatch` if the coordinator's differs), computes `update`, and
+        runs the four SecAgg+ stages, each a signed request counted in the round's ledger.
+        The masked input carries delta + the device's residual; the new residual (what was not
+        sent) is saved in the app directory unless a `participant` is given (a simulator holds
+        its own). `drop_at` makes the device go silent before that stage (simulated dropout).
+        A round that ends early for this device (stage deadline, abort) returns a report with
+        `completed` False and the reason in `detail`; other refusals raise `ClientError`.
+        """
+        if not a.secure:
+            raise ValueError("not a secure assignment; use train_round")
+        core = self._core
+        spec = _spec(a)
+        before = _wire(self.bandwidth.get(a.round_id, {}))
+        params, encoding = self.fetch_model(a)
+        response = self._send(core.secure_setup_exchange(a.round_id))
+        if response.status_code != 200:
+            raise _error(response)
+        digest = bytes.fromhex(response.headers[SecAggHeader.DIGEST])
+        node = int(response.headers[SecAggHeader.NODE])
+        own = participant is None
+        part = participant if participant is not None else core.secure_participant(spec.size)
+        session = part.join(response.content, digest, params, node)
+        delta, n, loss = update(params)
+        if rng is None:
+            rng = np.random.default_rng([a.seed, a.round_id, int(core.device_id[:12], 16), 3])
+        report = SecureRoundReport(
+            a.round_id, a.task_id, UploadReceipt(a.round_id, core.device_id, False, False, 0, 0),
+            loss, n, a.base_version, encoding, 0, 0,
+        )  # fmt: skip
+        try:
+            self._secure_stages(a, spec, session, delta, n, rng, drop_at, report)
+        finally:
+            if own and Stage.MASKED_INPUT in report.stages:
+                core.save_secure_residual(part)
+            row = self.bandwidth.get(a.round_id, {})
+            report.bytes_down = _delta(row, before, "down")
+            report.bytes_up = _delta(row, before, "up")
+        return report
+
+    def _secure_stages(
+        self,
+        a: Assignment,
+        spec: ModelSpec,
+        session: SecureSession,
+        delta: npt.NDArray[np.float32],
+        num_examples: int,
+        rng: np.random.Generator,
+        drop_at: Stage | None,
+        report: SecureRoundReport,
+    ) -> None:
+        down = b""
+        for stage in _SECURE_ORDER:
+            if drop_at == stage:
+                report.detail = f"dropped before {stage}"
+                return
+            if stage == Stage.ADVERTISE_KEYS:
+                body = session.advertise()
+            elif stage == Stage.SHARE_KEYS:
+                body = session.share_keys(down)
+            elif stage == Stage.MASKED_INPUT:
+                body = session.masked_input(down, delta, num_examples, rng)
+            else:
+                body = session.unmask(down)
+            response = self._send(
+                self._core.stage_upload_exchange(a.round_id, stage, body, spec.dense_bytes)
+            )
+            if response.status_code in (409, 410):
+                err = _error(response)
+                if err.reason == Reason.ROUND_CLOSED:
+                    report.detail = f"{stage}: {err.detail}"
+                    return
+                raise err
+            receipt: UploadReceipt = _parse(UploadReceipt, response)
+            report.stages.append(str(stage))
+            if stage == Stage.MASKED_INPUT:
+                report.receipt = receipt
+            if stage == Stage.UNMASK:
+                report.completed = True
+                return
+            try:
+                got = self._stage_download(a.round_id, stage, a.deadline_unix)
+            except ClientError as err:
+                if err.reason in (Reason.ROUND_CLOSED, Reason.NOT_SELECTED):
+                    report.detail = f"after {stage}: {err.detail}"
+                    return
+                raise
+            if got is None:
+                report.detail = f"{stage} did not close before the round deadline"
+                return
+            down = got
+
+    def run_secure_round(
+        self,
+        a: Assignment,
+        trainer: LocalTrainer,
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.int64],
+    ) -> SecureRoundReport:
+        """Download, train locally, and send the update through the secure round `a`."""
+
+        def update(params: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], int, float]:
+            trained, n, loss = _train(self._core, a, params, trainer, x, y)
+            return (trained - params).astype(np.float32), n, loss
+
+        return self.secure_round(a, update)
+
     def participate(
         self,
         trainer: LocalTrainer,
@@ -534,12 +740,16 @@ class Client:
         task_id: int | None = None,
         max_wait_s: float = 600.0,
     ) -> RoundReport | None:
-        """Check in until assigned (sleeping as told), then train one round; None on timeout."""
+        """Check in until assigned (sleeping as told), then train one round; None on timeout.
+
+        A secure task's round runs through `run_secure_round` (a `SecureRoundReport`)."""
         self.resume_pending()
         give_up = time.monotonic() + max_wait_s
         while True:
             answer = self.check_in(task_id)
             if answer.action == CheckInAction.TRAIN and answer.assignment is not None:
+                if answer.assignment.secure:
+                    return self.run_secure_round(answer.assignment, trainer, x, y)
                 return self.train_round(answer.assignment, trainer, x, y)
             if time.monotonic() + answer.retry_after_s > give_up:
                 return None
@@ -691,6 +901,8 @@ class AsyncClient:
         x: npt.NDArray[np.float32],
         y: npt.NDArray[np.int64],
     ) -> RoundReport:
+        if a.secure:
+            raise ValueError("secure rounds run with the synchronous Client.secure_round")
         spec = _spec(a)
         before = _wire(self.bandwidth.get(a.round_id, {}))
         params, encoding = await self.fetch_model(a)

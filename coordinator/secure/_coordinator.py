@@ -8,7 +8,7 @@ It never sees an individual update: each group's SecAgg hands back only a decode
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +19,7 @@ from compression import ModelSpec, SparseUpdate
 from coordinator.aggregators import AggregationProcess, ClientUpdate, build_aggregator
 from coordinator.ledger import BandwidthLedger
 from protocol.secagg import (
+    NoiseKind,
     RoundAborted,
     SecurePlan,
     Stage,
@@ -156,13 +157,31 @@ class SecureCoordinator:
             self._process = build_aggregator(config.group_aggregator).create(self.size)
             self._agg_state = self._process.initialize()
 
+    def replay_dp(self, dp: Mapping[str, Any]) -> None:
+        """Re-record one released round from its `measurements["dp"]` (a restart rebuilds the
+        accountant from the committed rounds, so epsilon never restarts from zero)."""
+        self.accountant.record_round(
+            NoiseKind[str(dp["noise"]).upper()],
+            float(dp["sensitivity"]),
+            float(dp["noise_variance_per_device"]),
+            int(dp["survivors"]),
+            int(dp["k"]),
+        )
+
     @property
     def k(self) -> int:
         return max(1, int(round(self.config.coord_fraction * self.size)))
 
-    def open_round(self, device_ids: Sequence[str]) -> SecureTask:
-        """Choose S_r, split the cohort into groups and plan one SecAgg per group."""
-        self.round_id += 1
+    def open_round(self, device_ids: Sequence[str], round_id: int | None = None) -> SecureTask:
+        """Choose S_r, split the cohort into groups and plan one SecAgg per group.
+
+        `round_id` (default: the next of this coordinator's own counter) names the round in
+        every message, key derivation and public seed; the HTTP service passes its durable
+        round id, which is unique across restarts and tasks.
+        """
+        if round_id is not None and round_id < 1:
+            raise ValueError(f"round_id must be positive, got {round_id}")
+        self.round_id = self.round_id + 1 if round_id is None else round_id
         r = self.round_id
         indices = self.policy.select(r, self.size, self.k, self.score)
         digest = model_digest(self.params)
@@ -239,8 +258,13 @@ class SecureCoordinator:
             meas["dp"] = {
                 "epsilon": self.accountant.epsilon(),
                 "delta": self.config.dp_delta,
+                "noise": plan.noise.name.lower(),
+                "noise_multiplier": self.config.noise_multiplier,
                 "noise_variance_per_device": plan.noise_variance,
                 "sensitivity": sens,
+                "survivors": survivors,
+                "k": plan.k,
+                "rounds": len(self.accountant.events),
                 "approximate": self.accountant.approximate,
             }
         return SecureOutcome(task.round_id, True, contributors, dropped, aborted, update, meas)

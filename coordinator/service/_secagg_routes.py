@@ -13,7 +13,9 @@ in it has uploaded, or when the orchestrator calls `SecureRegistry.close_stage` 
 
 from __future__ import annotations
 
+import hashlib
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,11 +25,24 @@ from fastapi.responses import JSONResponse
 
 from coordinator.secure import SecureCoordinator, SecureOutcome, SecureRound, SecureTask
 from protocol.names import Reason
-from protocol.secagg import RoundAborted, SecAggError, SecAggHeader, SecAggPath, Stage
+from protocol.secagg import (
+    ProtocolViolation,
+    RoundAborted,
+    SecAggError,
+    SecAggHeader,
+    SecAggPath,
+    SecurePlan,
+    Stage,
+    WrongStage,
+)
 
-__all__ = ["SecureRegistry", "secagg_router", "header_device_id"]
+__all__ = ["DuplicateStageUpload", "SecureRegistry", "secagg_router", "header_device_id"]
 
 _ORDER = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK)
+
+
+class DuplicateStageUpload(SecAggError):
+    """A second, different upload of the same stage by the same device."""
 
 
 @dataclass
@@ -38,6 +53,16 @@ class _Group:
     expected: set[str] = field(default_factory=set)  # devices still in the current stage
     closed: set[Stage] = field(default_factory=set)
     aborted: str = ""
+    stage_started: float = 0.0  # when the group's current stage opened (registry clock)
+    last_upload: float | None = None  # the current stage's latest upload
+    digests: dict[tuple[Stage, str], bytes] = field(default_factory=dict)
+
+    @property
+    def stage(self) -> Stage | None:
+        """The first stage this group has not closed; None once unmask closed or aborted."""
+        if self.aborted:
+            return None
+        return next((s for s in _ORDER if s not in self.closed), None)
 
 
 @dataclass
@@ -48,19 +73,90 @@ class _Entry:
 
 
 class SecureRegistry:
-    """Open secure rounds of one `SecureCoordinator`, safe to call from request threads."""
+    """Open secure rounds of one `SecureCoordinator`, safe to call from request threads.
 
-    def __init__(self, coordinator: SecureCoordinator) -> None:
+    `clock` (seconds, monotonic) times each group's stages for `close_due`.
+    """
+
+    def __init__(
+        self, coordinator: SecureCoordinator, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.coordinator = coordinator
+        self.clock = clock
         self._rounds: dict[int, _Entry] = {}
         self._lock = threading.Lock()
 
-    def open_round(self, device_ids: Sequence[str]) -> SecureTask:
+    def open_round(self, device_ids: Sequence[str], round_id: int | None = None) -> SecureTask:
+        """Plan a round over `device_ids` (named `round_id`, default the coordinator's next)."""
         with self._lock:
-            task = self.coordinator.open_round(device_ids)
-            groups = [_Group(sr, expected=set(sr.device_ids)) for sr in task.groups]
+            task = self.coordinator.open_round(device_ids, round_id)
+            now = self.clock()
+            groups = [
+                _Group(sr, expected=set(sr.device_ids), stage_started=now) for sr in task.groups
+            ]
             self._rounds[task.round_id] = _Entry(task, groups)
             return task
+
+    def has_round(self, round_id: int) -> bool:
+        with self._lock:
+            return round_id in self._rounds
+
+    def discard(self, round_id: int) -> None:
+        """Forget a round and its key material (after it committed or was abandoned)."""
+        with self._lock:
+            self._rounds.pop(round_id, None)
+
+    def plans(self, round_id: int) -> list[SecurePlan]:
+        with self._lock:
+            return [g.sr.plan for g in self._entry(round_id).groups]
+
+    def in_round(self, round_id: int, device_id: str) -> bool:
+        with self._lock:
+            return device_id in self._entry(round_id).task.group_of
+
+    def stage_counts(self, round_id: int) -> dict[str, int]:
+        """Uploads accepted per stage over all groups (for round status)."""
+        with self._lock:
+            out = {str(s): 0 for s in _ORDER}
+            for grp in self._entry(round_id).groups:
+                for s, devs in grp.uploaded.items():
+                    out[str(s)] += len(devs)
+            return out
+
+    def abort_reasons(self, round_id: int) -> list[str]:
+        """Why each aborted group aborted (empty if none did)."""
+        with self._lock:
+            return [g.aborted for g in self._entry(round_id).groups if g.aborted]
+
+    def current_stage(self, round_id: int) -> Stage | None:
+        """The earliest stage still open in some group; None when every group is done."""
+        with self._lock:
+            stages = [g.stage for g in self._entry(round_id).groups]
+            live = [s for s in stages if s is not None]
+            return min(live, key=_ORDER.index) if live else None
+
+    def ready(self, round_id: int) -> bool:
+        """Every group closed its unmask stage or aborted: the round can be finished."""
+        return self.current_stage(round_id) is None
+
+    def close_due(self, round_id: int, timeout_s: float, idle_s: float | None = None) -> int:
+        """Close each group's current stage whose deadline passed: `timeout_s` after the stage
+        opened, or `idle_s` after its latest upload (if set and it has one). Returns how many
+        stages closed."""
+        now = self.clock()
+        closed = 0
+        with self._lock:
+            for grp in self._entry(round_id).groups:
+                stage = grp.stage
+                if stage is None:
+                    continue
+                due = now >= grp.stage_started + timeout_s
+                if idle_s is not None and grp.last_upload is not None:
+                    due = due or now >= grp.last_upload + idle_s
+                if due:
+                    self._close(grp, stage)
+                    closed += 1
+            return closed
 
     def _entry(self, round_id: int) -> _Entry:
         try:
@@ -81,17 +177,30 @@ class SecureRegistry:
             body = grp.sr.announce_one(device_id)
             return body, grp.sr.digest, grp.sr.node_of(device_id)
 
-    def upload(self, round_id: int, stage: Stage, device_id: str, body: bytes) -> None:
+    def upload(self, round_id: int, stage: Stage, device_id: str, body: bytes) -> bool:
+        """Accept one stage upload; False if it repeats the device's accepted upload byte for
+        byte (an idempotent retry, nothing changes). Raises `DuplicateStageUpload` for a
+        different second upload and any `SecAggError` the round refuses (state unchanged)."""
+        digest = hashlib.sha256(body).digest()
         with self._lock:
             grp = self._group(round_id, device_id)
             if grp.aborted:
                 raise RoundAborted(grp.aborted)
             if device_id in grp.uploaded.get(stage, set()):
-                raise SecAggError(f"device {device_id} already uploaded stage {stage}")
+                if grp.digests.get((stage, device_id)) == digest:
+                    return False
+                raise DuplicateStageUpload(f"device {device_id} already uploaded stage {stage}")
+            if stage in grp.closed:
+                raise WrongStage(f"stage {stage} is closed")
+            if device_id not in grp.expected:
+                raise ProtocolViolation(f"device {device_id} is no longer in stage {stage}")
             grp.sr.receive(stage, device_id, body)
             grp.uploaded.setdefault(stage, set()).add(device_id)
+            grp.digests[(stage, device_id)] = digest
+            grp.last_upload = self.clock()
             if grp.expected <= grp.uploaded[stage]:
                 self._close(grp, stage)
+            return True
 
     def close_stage(self, round_id: int, stage: Stage) -> None:
         """Close `stage` in every group with whoever uploaded (the stage deadline)."""
@@ -102,6 +211,7 @@ class SecureRegistry:
 
     def _close(self, grp: _Group, stage: Stage) -> None:
         grp.closed.add(stage)
+        grp.stage_started, grp.last_upload = self.clock(), None
         grp.expected = set(grp.uploaded.get(stage, set()))
         if stage == Stage.UNMASK:
             return

@@ -39,6 +39,7 @@ from protocol.messages import (
 from protocol.names import ContentType, Path, Reason, SnapshotDType
 from protocol.names import Header as H
 
+from ._secure_api import add_secure_routes
 from .auth import RequestVerifier, check_admin_token
 from .errors import ApiError
 from .metrics import Metrics
@@ -58,7 +59,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "unsigned, unregistered, stale, replayed or badly signed request"),
         (403, "authenticated but not allowed (not selected, round mismatch, wrong admin token)"),
         (404, "unknown task or round"),
-        (409, "conflict: round closed, duplicate upload, wrong task state"),
+        (409, "conflict: round closed, duplicate upload, wrong task or stage state"),
         (413, "body above the size cap"),
         (422, "body or parameters fail validation (bad frame, bad JSON)"),
     )
@@ -418,6 +419,21 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
     )
     async def resume(task_id: int) -> TaskStatus:
         return coordinator.set_paused(task_id, False)
+
+    # -- secure rounds: the SecAgg+ stage endpoints (same signing, ledger and errors) ------
+
+    add_secure_routes(
+        app,
+        coordinator=coordinator,
+        verifier=verifier,
+        config=config,
+        metrics=metrics,
+        device=device,
+        device_or_admin=device_or_admin,
+        errors=_ERRORS,
+        target=_target,
+        headers_of=_headers,
+    )
 
     # -- operations ------------------------------------------------------------------------
 

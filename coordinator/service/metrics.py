@@ -2,9 +2,47 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import threading
+from collections.abc import Iterable, Iterator
 
-__all__ = ["Metrics"]
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+
+__all__ = ["Metrics", "TaskRegistries"]
+
+
+class TaskRegistries(Collector):
+    """Per-task registries (anomaly signals, privacy ledger) served as one set of families
+    with a `task` label, so several tasks' series of the same name coexist in `/metrics`."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[int, list[CollectorRegistry]] = {}
+        self._lock = threading.Lock()
+
+    def attach(self, task_id: int, registries: Iterable[CollectorRegistry]) -> None:
+        """Serve these registries as task `task_id` (replacing what it had)."""
+        with self._lock:
+            self._tasks[task_id] = list(registries)
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            tasks = sorted(self._tasks.items())
+        families: dict[str, Metric] = {}
+        for task_id, registries in tasks:
+            for registry in registries:
+                for fam in registry.collect():
+                    out = families.get(fam.name)
+                    if out is None:
+                        out = Metric(fam.name, fam.documentation, fam.type, fam.unit)
+                        families[fam.name] = out
+                    for smp in fam.samples:
+                        labels = {"task": str(task_id), **smp.labels}
+                        out.samples.append(
+                            Sample(smp.name, labels, smp.value, smp.timestamp, smp.exemplar)
+                        )
+        yield from families.values()
 
 
 class Metrics:
@@ -13,6 +51,8 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.tasks = TaskRegistries()
+        r.register(self.tasks)
         self.requests = Counter(
             "plume_http_requests", "HTTP requests by route and status", ["route", "status"],
             registry=r,
@@ -31,9 +71,6 @@ class Metrics:
         )
         self.updates_accepted = Counter(
             "plume_updates_accepted", "Uploads accepted and committed", registry=r
-        )
-        self.updates_rejected = Counter(
-            "plume_updates_rejected", "Uploads refused, by reason", ["reason"], registry=r
         )
         self.auth_failures = Counter(
             "plume_auth_failures", "Requests refused by authentication", ["reason"], registry=r

@@ -16,6 +16,7 @@ seeded downlink encoder), committed in one transaction with the round's status. 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import time
@@ -35,7 +36,8 @@ from compression import (
     encode_snapshot,
     model_digest,
 )
-from coordinator.aggregators import AggregatorFactory, build_aggregator
+from coordinator.aggregators import AggregateOutput, AggregatorFactory, build_aggregator
+from coordinator.anomaly import AnomalyFilter, AnomalyMetrics
 from coordinator.engine import (
     DuplicateUpload,
     EngineConfig,
@@ -46,6 +48,7 @@ from coordinator.engine import (
     RoundOutcome,
     UnknownRound,
 )
+from coordinator.privacy import PrivacyMetrics
 from protocol.messages import (
     Assignment,
     BandwidthReport,
@@ -69,11 +72,22 @@ from protocol.names import (
     SnapshotDType,
     TaskState,
 )
+from protocol.secagg import (
+    MalformedMessage,
+    RoundAborted,
+    SecAggError,
+    SecAggHeader,
+    SecAggPath,
+    Stage,
+    WrongStage,
+)
 
+from ._secagg_routes import DuplicateStageUpload
 from .downlink import DownlinkStrategy
 from .errors import ApiError
 from .faults import fault_point
 from .metrics import Metrics
+from .secure import SECURE_STAGES, SecureTaskState, check_plan, parse_secure
 from .store import RoundRow, Store
 
 __all__ = ["Coordinator", "ServiceConfig", "TaskRuntime", "ActiveRound", "validate_task"]
@@ -158,7 +172,39 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
         raise ValueError("spec must list 1..10000 tensors")
     if any(len(t.shape) > 8 or any(s < 0 or s > 2**31 for s in t.shape) for t in cfg.spec):
         raise ValueError("spec shapes must have <= 8 dims in [0, 2**31]")
-    return ModelSpec.from_json([{"name": t.name, "shape": list(t.shape)} for t in cfg.spec])
+    spec = ModelSpec.from_json([{"name": t.name, "shape": list(t.shape)} for t in cfg.spec])
+    if cfg.secure is not None:
+        settings = parse_secure(cfg.secure, seed=cfg.seed, server_lr=cfg.server_lr)
+        if cfg.clients_per_round < 3:
+            raise ValueError("a secure task needs clients_per_round >= 3")
+        if cfg.aggregator != "fedavg":
+            raise ValueError(
+                "a secure task aggregates inside SecAgg; use secure.group_size and "
+                "secure.group_aggregator for a robust aggregator across groups"
+            )
+        cohort = math.ceil(cfg.clients_per_round * cfg.over_selection - 1e-9)
+        try:
+            check_plan(settings, cohort, spec.size)
+        except ValueError as exc:
+            raise ValueError(f"secure: {exc}") from None
+    return spec
+
+
+def _instrument(
+    factory: AggregatorFactory, anomaly: AnomalyMetrics, privacy: PrivacyMetrics
+) -> AggregatorFactory:
+    """The factory with the task's anomaly and privacy metrics wired into every wrapper that
+    takes them (`AnomalyFilter`, `DPMean`), however deeply nested."""
+    if not dataclasses.is_dataclass(factory):
+        return factory
+    changes: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(factory)}
+    if "inner" in names:
+        changes["inner"] = _instrument(factory.inner, anomaly, privacy)  # type: ignore[attr-defined]
+    if "metrics" in names:
+        changes["metrics"] = anomaly if isinstance(factory, AnomalyFilter) else privacy
+    out: AggregatorFactory = dataclasses.replace(factory, **changes)  # type: ignore[type-var]
+    return out
 
 
 class TaskRuntime:
@@ -174,6 +220,7 @@ class TaskRuntime:
         digest: str,
         residual: ErrorFeedback,
         now: float,
+        released_dp: list[dict[str, Any]] | None = None,
     ) -> None:
         self.task_id = task_id
         self.config = config
@@ -182,10 +229,17 @@ class TaskRuntime:
         self.strategy = DownlinkStrategy(
             self.spec, config.downlink.to_config(), config.seed, residual
         )
+        # Per-task registries, served at /metrics with a `task` label (Metrics.tasks).
+        self.anomaly_metrics = AnomalyMetrics()
+        self.privacy_metrics = PrivacyMetrics()
+        self.secure: SecureTaskState | None = None
+        if config.secure is not None:
+            settings = parse_secure(config.secure, seed=config.seed, server_lr=config.server_lr)
+            self.secure = SecureTaskState(settings, params, self.spec, released_dp or [])
         self.engine = RoundEngine(
             self.spec,
             params,
-            _aggregator(config.aggregator),
+            _instrument(_aggregator(config.aggregator), self.anomaly_metrics, self.privacy_metrics),
             EngineConfig(
                 clients_per_round=config.clients_per_round,
                 over_selection=config.over_selection,
@@ -255,10 +309,24 @@ class Coordinator:
             if residual_bytes is not None
             else ErrorFeedback(spec.size)
         )
-        rt = TaskRuntime(
-            task_id, cfg, row.state, params, row.version, row.digest, residual, self.clock()
-        )
         rounds = self.store.rounds(task_id)
+        # A secure task's privacy ledger is rebuilt from its committed rounds' measurements.
+        released = [
+            r.measurements["dp"]
+            for r in rounds
+            if r.state == RoundState.COMMITTED and isinstance(r.measurements.get("dp"), dict)
+        ]
+        rt = TaskRuntime(
+            task_id,
+            cfg,
+            row.state,
+            params,
+            row.version,
+            row.digest,
+            residual,
+            self.clock(),
+            released if cfg.secure is not None else None,
+        )
         rt.seq = len(rounds)
         rt.rounds_closed = sum(
             r.state in (RoundState.COMMITTED, RoundState.ABANDONED) for r in rounds
@@ -266,9 +334,36 @@ class Coordinator:
         rt.rounds_committed = sum(r.state == RoundState.COMMITTED for r in rounds)
         live = [r for r in rounds if r.state in (RoundState.OPEN, RoundState.AGGREGATING)]
         for r in live:
-            rt.current = self._replay(rt, r)
+            if rt.secure is not None:
+                self._abandon_secure_on_start(rt, r)
+            else:
+                rt.current = self._replay(rt, r)
+        if rt.secure is not None and released:
+            last = released[-1]
+            rt.privacy_metrics.observe(
+                epsilon=float(rt.secure.coordinator.accountant.epsilon()),
+                delta=float(last["delta"]),
+                rounds=len(released),
+                noise_multiplier=float(last.get("noise_multiplier", 0.0)),
+                clip=rt.secure.settings.config.clip_norm,
+                budget_exhausted=False,
+            )
         self.metrics.model_version.labels(str(task_id)).set(rt.version)
+        self.metrics.tasks.attach(
+            task_id, [rt.anomaly_metrics.registry, rt.privacy_metrics.registry]
+        )
         return rt
+
+    def _abandon_secure_on_start(self, rt: TaskRuntime, r: RoundRow) -> None:
+        """A secure round's keys, shares and masked sum were only in memory: abandon it."""
+        rt.rounds_closed += 1
+        done = rt.rounds_closed >= rt.config.rounds and rt.state == TaskState.ACTIVE
+        if done:
+            rt.state = TaskState.DONE
+        reason = "coordinator restarted during the secure round (its key material was in memory)"
+        self.store.abandon(r.round_id, rt.task_id, {"abandoned": reason}, rt.state, self.clock())
+        self.metrics.rounds.labels("abandoned").inc()
+        log.warning("task %d secure round %d abandoned on start", rt.task_id, r.round_id)
 
     def _replay(self, rt: TaskRuntime, r: RoundRow) -> ActiveRound:
         """Re-open a round in a fresh engine and re-submit its accepted frames in order."""
@@ -306,7 +401,12 @@ class Coordinator:
             cur = rt.current
             if cur is None:
                 continue
-            if cur.closing or cur.reports >= cur.target or now >= cur.deadline:
+            if cur.closing or now >= cur.deadline:
+                out.append(rt)
+            elif rt.secure is not None:
+                if rt.secure.registry.ready(cur.round_id):  # every group finished unmask
+                    out.append(rt)
+            elif cur.reports >= cur.target:
                 out.append(rt)
         return out
 
@@ -385,16 +485,32 @@ class Coordinator:
         need = rt.engine.config.cohort_size
         fresh = sorted(rt.pool)
         timed_out = now - rt.waiting_since >= rt.config.selection_timeout_s
-        if not (len(fresh) >= need or (timed_out and len(fresh) >= rt.config.min_reports)):
+        # SecAgg needs three devices: with two, the sum minus one's own is the other's.
+        least = max(rt.config.min_reports, 3) if rt.secure is not None else rt.config.min_reports
+        if not (len(fresh) >= need or (timed_out and len(fresh) >= least)):
             return False
         plan = rt.engine.open_round(fresh)
         deadline = now + rt.config.deadline_s
         target = plan.target_reports
+        if rt.secure is not None:
+            target = len(plan.selected)  # every selected device is in the SecAgg cohort
         min_reports = min(rt.config.min_reports, target)
         round_id = self.store.open_round(
             rt.task_id, rt.seq + 1, rt.version, plan.selected, target, min_reports, now, deadline
         )
         rt.seq += 1
+        if rt.secure is not None:
+            try:
+                rt.secure.registry.open_round(plan.selected, round_id)
+            except ValueError as exc:  # e.g. RingOverflow: refused now, not mid-protocol
+                log.error("task %d secure round %d cannot open: %s", rt.task_id, round_id, exc)
+                rt.engine.close_round(plan.round_id)
+                rt.rounds_closed += 1
+                if rt.rounds_closed >= rt.config.rounds:
+                    rt.state = TaskState.DONE
+                self.store.abandon(round_id, rt.task_id, {"error": str(exc)}, rt.state, now)
+                self.metrics.rounds.labels("abandoned").inc()
+                return False
         rt.current = ActiveRound(
             round_id=round_id,
             engine_round=plan.round_id,
@@ -422,9 +538,18 @@ class Coordinator:
             training=cfg.training,
             deadline_unix=cur.deadline,
             model_path=Path.MODEL.format(task_id=rt.task_id),
-            upload_path=Path.UPLOAD.format(round_id=cur.round_id),
-            max_upload_bytes=rt.max_upload_bytes,
+            upload_path=(
+                SecAggPath.SETUP.format(round_id=cur.round_id)
+                if rt.secure is not None
+                else Path.UPLOAD.format(round_id=cur.round_id)
+            ),
+            max_upload_bytes=(
+                rt.secure.upload_cap(cur.round_id, Stage.MASKED_INPUT)
+                if rt.secure is not None
+                else rt.max_upload_bytes
+            ),
             seed=cfg.seed,
+            secure=rt.secure is not None,
         )
 
     def check_in(self, device_id: str, task_id: int | None = None) -> CheckInResponse:
@@ -469,11 +594,17 @@ class Coordinator:
         return CheckInResponse(CheckInAction.WAIT, round(retry, 3), None, "not selected yet")
 
     def tick(self) -> list[TaskRuntime]:
-        """Periodic work: open rounds whose selection timed out; return rounds due to close."""
+        """Periodic work: open rounds whose selection timed out, close secure stages whose
+        deadline passed; return rounds due to close."""
         now = self.clock()
         for rt in self.runtimes.values():
             if rt.current is None:
                 self._maybe_open(rt, now)
+            elif rt.secure is not None and not rt.current.closing:
+                st = rt.secure.settings
+                rt.secure.registry.close_due(
+                    rt.current.round_id, st.stage_timeout_s, st.stage_idle_s
+                )
         return [rt for rt in self.pending_closes() if rt.current and not rt.current.close_started]
 
     # -- model download --------------------------------------------------------------------
@@ -588,8 +719,59 @@ class Coordinator:
         self.store.set_round_state(cur.round_id, RoundState.AGGREGATING)
         return cur
 
+    def _close_secure(self, rt: TaskRuntime, cur: ActiveRound) -> RoundOutcome:
+        """Unmask, then publish the group mean through the same downlink path as plain rounds."""
+        assert rt.secure is not None
+        t0 = time.perf_counter()
+        reasons = rt.secure.registry.abort_reasons(cur.round_id)
+        secure = rt.secure.registry.finish(cur.round_id)
+        rt.engine.close_round(cur.engine_round)  # its bookkeeping only: it holds no updates
+        now = self.clock()
+        done = rt.rounds_closed + 1 >= rt.config.rounds
+        task_state = TaskState.DONE if done and rt.state == TaskState.ACTIVE else rt.state
+        meas: dict[str, Any] = dict(secure.measurements)
+        meas["secure"] = True
+        meas["dropped"] = sorted(secure.dropped)
+        if reasons:
+            meas["aborted"] = reasons
+        version = rt.engine.version
+        if secure.committed:
+            rt.strategy.round_key = cur.round_id
+            rt.strategy.publish(
+                rt.engine, cur.engine_round, AggregateOutput(None, secure.update, meas)
+            )
+            rt.engine.version += 1
+            version = rt.engine.version
+            frame = rt.strategy.last_frame
+            assert frame is not None
+            params = rt.engine.params
+            meas["downlink_frame_bytes"] = len(frame)
+            self.store.publish(
+                task_id=rt.task_id,
+                round_id=cur.round_id,
+                version=version,
+                delta_frame=frame,
+                digest=model_digest(params).hex(),
+                params=params.astype("<f4").tobytes(),
+                residual=rt.strategy.feedback.to_bytes(),
+                measurements=meas,
+                task_state=task_state,
+                now=now,
+                before_commit=lambda: fault_point("during_publish"),
+            )
+            rt.secure.set_params(params)
+        else:
+            meas.setdefault("abandoned", "secure round aborted: too few devices at some stage")
+            self.store.abandon(cur.round_id, rt.task_id, meas, task_state, now)
+        self.metrics.aggregate_seconds.observe(time.perf_counter() - t0)
+        return RoundOutcome(
+            cur.engine_round, secure.committed, len(secure.contributors), version, meas
+        )
+
     def close_blocking(self, rt: TaskRuntime, cur: ActiveRound) -> RoundOutcome:
         """Aggregate and publish durably (runs in a worker thread)."""
+        if rt.secure is not None:
+            return self._close_secure(rt, cur)
         t0 = time.perf_counter()
         rt.strategy.round_key = cur.round_id
         outcome = rt.engine.close_round(cur.engine_round)
@@ -636,6 +818,18 @@ class Coordinator:
         if rt.rounds_closed >= rt.config.rounds or rt.engine.stopped:
             if rt.state == TaskState.ACTIVE:
                 rt.state = TaskState.DONE
+        if rt.secure is not None and rt.current is not None:
+            rt.secure.registry.discard(rt.current.round_id)  # drop keys, shares, masked sum
+            dp = outcome.measurements.get("dp")
+            if outcome.committed and isinstance(dp, dict):
+                rt.privacy_metrics.observe(
+                    epsilon=float(dp["epsilon"]),
+                    delta=float(dp["delta"]),
+                    rounds=int(dp["rounds"]),
+                    noise_multiplier=float(dp["noise_multiplier"]),
+                    clip=rt.secure.settings.config.clip_norm,
+                    budget_exhausted=False,
+                )
         rt.current = None
         rt.waiting_since = now
         self.metrics.model_version.labels(str(rt.task_id)).set(rt.version)
@@ -687,6 +881,96 @@ class Coordinator:
         rt = self.runtimes.get(r.task_id) if r is not None else None
         return rt.spec.dense_bytes if rt is not None else 0
 
+    # -- secure rounds (SecAgg+ stage endpoints) ------------------------------------------
+
+    def _secure_round(self, round_id: int) -> tuple[TaskRuntime, ActiveRound, SecureTaskState]:
+        """The open secure round `round_id`, or the ApiError that says why not."""
+        found = self._runtime_for_round(round_id)
+        if found is None or found[0].secure is None:
+            r = self.store.round(round_id)
+            rt = self.runtimes.get(r.task_id) if r is not None else None
+            if r is None or rt is None or rt.secure is None:
+                raise ApiError(404, Reason.UNKNOWN_ROUND, f"no secure round {round_id}")
+            raise ApiError(409, Reason.ROUND_CLOSED, f"secure round {round_id} is {r.state}")
+        rt, cur = found
+        assert rt.secure is not None
+        if cur.closing:
+            raise ApiError(409, Reason.ROUND_CLOSED, f"secure round {round_id} is closing")
+        return rt, cur, rt.secure
+
+    @staticmethod
+    def _secure_error(exc: Exception) -> ApiError:
+        """A SecAgg refusal as an API error; the detail names the refusal's type."""
+        detail = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, LookupError):
+            return ApiError(404, Reason.UNKNOWN_ROUND, detail)
+        if isinstance(exc, PermissionError):
+            return ApiError(403, Reason.NOT_SELECTED, detail)
+        if isinstance(exc, RoundAborted):
+            return ApiError(410, Reason.ROUND_CLOSED, detail)
+        if isinstance(exc, MalformedMessage):
+            return ApiError(422, Reason.BAD_FRAME, detail)
+        if isinstance(exc, DuplicateStageUpload):
+            return ApiError(409, Reason.DUPLICATE_UPLOAD, detail)
+        if isinstance(exc, WrongStage):
+            return ApiError(409, Reason.INVALID_STATE, detail)
+        return ApiError(422, Reason.BAD_FRAME, detail)  # ProtocolViolation and the rest
+
+    def secure_setup(self, round_id: int, device_id: str) -> tuple[bytes, dict[str, str]]:
+        """(plan bytes, headers with the (model, plan) digest and the device's node index)."""
+        rt, cur, sec = self._secure_round(round_id)
+        if device_id not in cur.selected:
+            raise ApiError(403, Reason.NOT_SELECTED, f"device not selected for round {round_id}")
+        try:
+            body, digest, node = sec.registry.setup(round_id, device_id)
+        except (LookupError, PermissionError, SecAggError) as exc:
+            raise self._secure_error(exc) from None
+        headers = {
+            str(SecAggHeader.DIGEST): digest.hex(),
+            str(SecAggHeader.NODE): str(node),
+            "x-plume-model-version": str(cur.base_version),
+        }
+        return body, headers
+
+    def secure_upload(
+        self, round_id: int, stage: Stage, device_id: str, body: bytes
+    ) -> tuple[bool, int, TaskRuntime | None]:
+        """Accept one stage upload: (duplicate, masked inputs held, runtime to close or None).
+
+        A refused upload changes nothing (the SecAgg server checks before it stores)."""
+        rt, cur, sec = self._secure_round(round_id)
+        if device_id not in cur.selected:
+            raise ApiError(403, Reason.NOT_SELECTED, f"device not selected for round {round_id}")
+        if self.clock() >= cur.deadline:
+            raise ApiError(409, Reason.ROUND_CLOSED, f"round {round_id} is past its deadline")
+        try:
+            fresh = sec.registry.upload(round_id, stage, device_id, body)
+        except (LookupError, PermissionError, SecAggError) as exc:
+            raise self._secure_error(exc) from None
+        if fresh and stage == Stage.ADVERTISE_KEYS:
+            cur.uploaded.add(device_id)  # it has joined: a new check-in cannot restart it
+        if fresh and stage == Stage.MASKED_INPUT:
+            cur.reports += 1
+        return (not fresh), cur.reports, (rt if sec.registry.ready(round_id) else None)
+
+    def secure_download(self, round_id: int, stage: Stage, device_id: str) -> bytes | None:
+        """What follows `stage` for this device, or None while the stage is still open."""
+        _rt, cur, sec = self._secure_round(round_id)
+        if device_id not in cur.selected:
+            raise ApiError(403, Reason.NOT_SELECTED, f"device not selected for round {round_id}")
+        try:
+            return sec.registry.download(round_id, stage, device_id)
+        except (LookupError, PermissionError, SecAggError) as exc:
+            raise self._secure_error(exc) from None
+
+    def secure_upload_cap(self, round_id: int, stage: Stage) -> int | None:
+        """Largest legal upload of `stage` in an open secure round (None if there is none)."""
+        found = self._runtime_for_round(round_id)
+        if found is None or found[0].secure is None or stage not in SECURE_STAGES:
+            return None
+        sec = found[0].secure
+        return sec.upload_cap(round_id, stage) if sec.registry.has_round(round_id) else None
+
     # -- reads -----------------------------------------------------------------------------
 
     def round_status(self, round_id: int) -> RoundStatus:
@@ -694,7 +978,24 @@ class Coordinator:
         if r is None:
             raise ApiError(404, Reason.UNKNOWN_ROUND, f"no round {round_id}")
         found = self._runtime_for_round(round_id)
-        reports = found[1].reports if found else self.store.count_updates(round_id)
+        measurements = r.measurements
+        if found is not None and found[0].secure is not None:
+            reg = found[0].secure.registry
+            counts = reg.stage_counts(round_id) if reg.has_round(round_id) else {}
+            stage = reg.current_stage(round_id) if reg.has_round(round_id) else None
+            reports = counts.get(str(Stage.MASKED_INPUT), 0)
+            measurements = {
+                **measurements,
+                "secure": True,
+                "stage": str(stage) if stage is not None else "finishing",
+                "stage_uploads": counts,
+            }
+        elif found is not None:
+            reports = found[1].reports
+        elif measurements.get("secure"):
+            reports = int(measurements.get("contributors", 0))
+        else:
+            reports = self.store.count_updates(round_id)
         return RoundStatus(
             round_id=r.round_id,
             task_id=r.task_id,
@@ -709,7 +1010,7 @@ class Coordinator:
             deadline_unix=r.deadline_unix,
             closed_unix=r.closed_unix,
             version_after=r.version_after,
-            measurements=r.measurements,
+            measurements=measurements,
         )
 
     def bandwidth(self, round_id: int) -> BandwidthReport:

@@ -32,7 +32,9 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 LEDGER_HEADER = b"x-plume-ledger-round"
 STATE_KEY = "plume_attribution"
 # Routes that stream large binary bodies and enforce their own, per-task cap.
-_STREAMING = re.compile(r"^/v1/(rounds/[^/]+/updates|admin/tasks/[^/]+/model)$")
+_STREAMING = re.compile(
+    r"^/v1/(rounds/[^/]+/updates|admin/tasks/[^/]+/model|secure/rounds/[^/]+/stages/[^/]+)$"
+)
 
 
 @dataclass

@@ -1,0 +1,190 @@
+"""The SecAgg+ stage endpoints of the durable service, mounted on the main FastAPI app.
+
+    GET  /v1/secure/rounds/{round_id}/setup             plan bytes; digest and node in headers
+    POST /v1/secure/rounds/{round_id}/stages/{stage}    one stage upload (octet-stream, capped)
+    GET  /v1/secure/rounds/{round_id}/stages/{stage}    the download that follows `stage`
+                                                        (425 + Retry-After while it is open)
+    GET  /v1/secure/rounds/{round_id}/result            the round's `RoundStatus`
+
+Every request is a signed device request (the same Ed25519 signature, timestamp window and
+nonce cache as the plain upload), signed for the round in the URL, and its bytes go to the
+round's bandwidth ledger. docs/http-api.md lists bodies and errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+
+from protocol import auth as pauth
+from protocol.messages import RoundStatus
+from protocol.names import ContentType, Reason
+from protocol.names import Header as H
+from protocol.secagg import SecAggPath, Stage
+
+from .auth import RequestVerifier
+from .errors import ApiError
+from .metrics import Metrics
+from .rounds import Coordinator, ServiceConfig
+from .secure import SECURE_STAGES
+from .wire import STATE_KEY, Attribution
+
+__all__ = ["add_secure_routes"]
+
+Dependency = Callable[..., Awaitable[Any]]
+
+
+def _stage(stage: Stage) -> Stage:
+    if stage not in SECURE_STAGES:
+        raise ApiError(422, Reason.VALIDATION, f"{stage} is not an upload stage")
+    return stage
+
+
+def _same_round(fields: pauth.SignedFields, round_id: int) -> None:
+    if fields.round_id != round_id:
+        raise ApiError(403, Reason.ROUND_MISMATCH, "signed round differs from the URL")
+
+
+def add_secure_routes(
+    app: FastAPI,
+    *,
+    coordinator: Coordinator,
+    verifier: RequestVerifier,
+    config: ServiceConfig,
+    metrics: Metrics,
+    device: Dependency,
+    device_or_admin: Dependency,
+    errors: dict[int | str, dict[str, Any]],
+    target: Callable[[Request], str],
+    headers_of: Callable[[Request], dict[str, str]],
+) -> None:
+    """Mount the stage endpoints; `device` is the app's signed-request dependency."""
+    binary: dict[int | str, dict[str, Any]] = {
+        200: {"content": {ContentType.OCTET_STREAM: {}}, "description": "stage bytes"}
+    }
+    gone: dict[int | str, dict[str, Any]] = {
+        410: {"description": "the secure round aborted (too few devices at some stage)"},
+        425: {"description": "the stage is still open; retry after `Retry-After` seconds"},
+    }
+
+    @app.get(
+        SecAggPath.SETUP,
+        response_class=Response,
+        responses={**errors, **binary, **gone},
+        tags=["secure"],
+    )
+    async def secure_setup(
+        request: Request,
+        round_id: int,
+        fields: pauth.SignedFields = Depends(device),  # noqa: B008
+    ) -> Response:
+        """The round's plan (`SecurePlan` bytes); `x-plume-secagg-digest` is the (model, plan)
+        digest the device must recompute and `x-plume-secagg-node` its node index."""
+        _same_round(fields, round_id)
+        body, headers = coordinator.secure_setup(round_id, fields.device_id)
+        att: Attribution = getattr(request.state, STATE_KEY)
+        att.payload_down = len(body)
+        return Response(body, media_type=ContentType.OCTET_STREAM, headers=headers)
+
+    @app.post(
+        SecAggPath.STAGE,
+        responses={**errors, **gone},
+        tags=["secure"],
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {ContentType.OCTET_STREAM: {"schema": {"type": "string", "format": "binary"}}},
+            },
+            "parameters": [
+                {"in": "header", "name": h, "required": False, "schema": {"type": "string"}}
+                for h in (H.DEVICE, H.ROUND, H.TIMESTAMP, H.NONCE, H.SIGNATURE)
+            ],
+        },
+    )  # fmt: skip
+    async def secure_upload(request: Request, round_id: int, stage: Stage) -> JSONResponse:
+        """One stage message; answered once it is checked and held by the round."""
+        stage = _stage(stage)
+        headers = headers_of(request)
+        try:
+            pre = pauth.fields_from_headers(headers)
+        except pauth.AuthError as exc:
+            raise ApiError(401, Reason.UNSIGNED, str(exc)) from None
+        if verifier.public_key(pre.device_id) is None:
+            raise ApiError(401, Reason.UNREGISTERED, "unknown device; register first")
+        cap = coordinator.secure_upload_cap(round_id, stage) or config.json_body_cap
+        declared = headers.get(H.CONTENT_LENGTH)
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            raise ApiError(413, Reason.TOO_LARGE, f"{stage} upload above the {cap}-byte cap")
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > cap:
+                raise ApiError(413, Reason.TOO_LARGE, f"{stage} upload above the {cap}-byte cap")
+            chunks.append(chunk)
+        body = b"".join(chunks)
+        fields = verifier.verify(
+            method=request.method, target=target(request), headers=headers, body=body
+        )
+        att = Attribution(fields.device_id, fields.round_id, payload_up=len(body))
+        if stage == Stage.MASKED_INPUT:
+            # The masked input is what replaces the dense fp32 update.
+            att.dense_up = coordinator.dense_bytes_for_round(round_id)
+        setattr(request.state, STATE_KEY, att)
+        _same_round(fields, round_id)
+        t0 = asyncio.get_running_loop().time()
+        duplicate, reports, to_close = coordinator.secure_upload(
+            round_id, stage, fields.device_id, body
+        )
+        metrics.upload_seconds.observe(asyncio.get_running_loop().time() - t0)
+        if to_close is not None:
+            coordinator.schedule_close(to_close)
+        return JSONResponse(
+            {
+                "round_id": round_id,
+                "device_id": fields.device_id,
+                "accepted": True,
+                "duplicate": duplicate,
+                "payload_bytes": len(body),
+                "reports": reports,
+                "stage": str(stage),
+            }
+        )
+
+    @app.get(
+        SecAggPath.STAGE,
+        response_class=Response,
+        responses={**errors, **binary, **gone},
+        tags=["secure"],
+    )
+    async def secure_download(
+        request: Request,
+        round_id: int,
+        stage: Stage,
+        fields: pauth.SignedFields = Depends(device),  # noqa: B008
+    ) -> Response:
+        """What follows `stage` for this device: the key directory after advertise-keys, the
+        share delivery after share-keys, the unmask request after masked-input."""
+        stage = _stage(stage)
+        if stage == Stage.UNMASK:
+            raise ApiError(422, Reason.VALIDATION, "nothing follows the unmask stage")
+        _same_round(fields, round_id)
+        body = coordinator.secure_download(round_id, stage, fields.device_id)
+        if body is None:
+            retry = f"{config.poll_s:g}"
+            return Response(status_code=425, headers={H.RETRY_AFTER: retry})
+        att: Attribution = getattr(request.state, STATE_KEY)
+        att.payload_down = len(body)
+        return Response(body, media_type=ContentType.OCTET_STREAM)
+
+    @app.get(SecAggPath.RESULT, response_model=RoundStatus, responses=errors, tags=["secure"])
+    async def secure_result(
+        round_id: int,
+        _: None = Depends(device_or_admin),  # noqa: B008
+    ) -> RoundStatus:
+        """The round's status: its stage while open, then committed or abandoned."""
+        return coordinator.round_status(round_id)

@@ -1,0 +1,180 @@
+"""Secure (SecAgg+) tasks in the durable service: their settings, stage caps and per-task state.
+
+A task whose `TaskConfig.secure` is set runs every round as SecAgg+ over a shared coordinate
+set (`coordinator.secure`). The round's cohort, deadline, state and published model live in
+SQLite like any round's; the protocol's key material, shares and the running masked sum live
+only in memory (`SecureTaskState.registry`), so a coordinator that stops mid-round abandons
+that round on restart and the next round starts fresh (docs/secure-aggregation.md, "Service").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from compression import ModelSpec
+from coordinator.secure import SecureConfig, SecureCoordinator, make_plan
+from protocol.secagg import NoiseKind, SecurePlan, Stage
+from protocol.secagg._wire import MAX_CIPHERTEXT_BYTES, MAX_SHARE_BYTES
+
+from ._secagg_routes import SecureRegistry
+
+__all__ = [
+    "SECURE_STAGES",
+    "SERVICE_KEYS",
+    "SecureSettings",
+    "SecureTaskState",
+    "parse_secure",
+    "stage_cap",
+]
+
+SECURE_STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK)
+# Keys of `TaskConfig.secure` that the service consumes itself; every other key is a
+# `SecureConfig` field. `seed` and `server_lr` come from the task, so they are refused here.
+SERVICE_KEYS = ("stage_timeout_s", "stage_idle_s")
+_FROM_TASK = ("seed", "server_lr")
+# Bytes of the message header ("PSA1" | kind u8 | round_id u64) plus slack for counts.
+_HEAD = 64
+
+
+@dataclass(frozen=True, slots=True)
+class SecureSettings:
+    """A secure task's protocol config and stage timing (seconds).
+
+    stage_timeout_s: a stage closes this long after it opened, with whoever uploaded.
+    stage_idle_s: if set, a stage also closes once this long has passed since its latest
+        upload (a cohort that has gone quiet need not wait for the full timeout).
+    A stage closes at once when every device still in it has uploaded; the round's own
+    `deadline_s` bounds the whole protocol.
+    """
+
+    config: SecureConfig
+    stage_timeout_s: float = 30.0
+    stage_idle_s: float | None = None
+
+
+def _number(raw: dict[str, Any], key: str) -> float | None:
+    v = raw.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        raise ValueError(f"secure.{key} must be a finite number")
+    return float(v)
+
+
+def parse_secure(raw: dict[str, Any], *, seed: int, server_lr: float) -> SecureSettings:
+    """`TaskConfig.secure` -> settings; `ValueError` naming the first bad key or value."""
+    if not isinstance(raw, dict):
+        raise ValueError("secure must be an object")
+    fields = {f.name: f for f in dataclasses.fields(SecureConfig)}
+    for key in raw:
+        if key in _FROM_TASK:
+            raise ValueError(f"secure.{key} is not allowed: the task's {key} is used")
+        if key not in fields and key not in SERVICE_KEYS:
+            raise ValueError(f"secure.{key} is not a SecureConfig field or stage setting")
+    timeout = _number(raw, "stage_timeout_s")
+    idle = _number(raw, "stage_idle_s")
+    if timeout is not None and not 0 < timeout <= 86400:
+        raise ValueError("secure.stage_timeout_s must be in (0, 86400]")
+    if idle is not None and not 0 < idle <= 86400:
+        raise ValueError("secure.stage_idle_s must be in (0, 86400]")
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key in SERVICE_KEYS:
+            continue
+        default = fields[key].default
+        if key == "noise":
+            kinds = {k.name.lower(): k for k in NoiseKind}
+            if not isinstance(value, str) or value not in kinds:
+                raise ValueError(f"secure.noise must be one of {', '.join(kinds)}")
+            kwargs[key] = kinds[value]
+        elif isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"secure.{key} must be a boolean")
+            kwargs[key] = value
+        elif isinstance(default, str):
+            if not isinstance(value, str) or len(value) > 200:
+                raise ValueError(f"secure.{key} must be a string")
+            kwargs[key] = value
+        elif isinstance(default, float):
+            kwargs[key] = _number(raw, key)
+            if kwargs[key] is None:
+                raise ValueError(f"secure.{key} must be a number")
+        else:  # int, or int | None (threshold, group_size, sketch_bits)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or abs(value) > 2**31
+            ):
+                raise ValueError(f"secure.{key} must be an integer")
+            if value is None and default is not None:
+                raise ValueError(f"secure.{key} must be an integer")
+            kwargs[key] = value
+    try:
+        config = SecureConfig(**kwargs, seed=seed, server_lr=server_lr)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"secure: {exc}") from None
+    if config.group_size is not None:
+        from coordinator.aggregators import build_aggregator
+
+        build_aggregator(config.group_aggregator)
+    return SecureSettings(config, 30.0 if timeout is None else timeout, idle)
+
+
+def check_plan(settings: SecureSettings, cohort: int, model_size: int) -> None:
+    """Plan a round of `cohort` devices once, so a config that cannot work (e.g. a ring above
+    64 bits) is refused when the task is created rather than when its first round opens."""
+    cfg = settings.config
+    k = max(1, int(round(cfg.coord_fraction * model_size)))
+    group = cohort if cfg.group_size is None else min(cohort, cfg.group_size * 2 - 1)
+    make_plan(cfg, 1, group, model_size, np.arange(k, dtype=np.int64))
+
+
+def stage_cap(plans: list[SecurePlan], stage: Stage) -> int:
+    """Largest legal upload of `stage` (bytes) in a round with these group plans.
+
+    The decoders check every count and length exactly; this cap only bounds what the service
+    reads into memory before decoding.
+    """
+    n = max(p.num_nodes for p in plans)
+    if stage == Stage.ADVERTISE_KEYS:
+        return _HEAD + 4 + 64
+    if stage == Stage.SHARE_KEYS:
+        return _HEAD + n * (8 + MAX_CIPHERTEXT_BYTES)
+    if stage == Stage.MASKED_INPUT:
+        return _HEAD + max(int(math.ceil(p.vector_len * p.ring_bits / 8)) for p in plans)
+    if stage == Stage.UNMASK:
+        return _HEAD + n * (9 + MAX_SHARE_BYTES)
+    raise ValueError(f"no uploads in stage {stage}")
+
+
+class SecureTaskState:
+    """One secure task in memory: its `SecureCoordinator` behind a `SecureRegistry`."""
+
+    def __init__(
+        self,
+        settings: SecureSettings,
+        params: npt.NDArray[np.float32],
+        spec: ModelSpec,
+        released_dp: list[dict[str, Any]],
+    ) -> None:
+        self.settings = settings
+        coord = SecureCoordinator(params, settings.config, spec=spec)
+        for dp in released_dp:
+            coord.replay_dp(dp)
+        self.registry = SecureRegistry(coord)
+
+    @property
+    def coordinator(self) -> SecureCoordinator:
+        return self.registry.coordinator
+
+    def set_params(self, params: npt.NDArray[np.float32]) -> None:
+        """The published model: the next round's digest is computed over exactly these bytes."""
+        self.coordinator.params = np.array(params, dtype=np.float32, copy=True)
+
+    def upload_cap(self, round_id: int, stage: Stage) -> int:
+        """Largest legal upload of `stage` in `round_id` (bytes)."""
+        return stage_cap(self.registry.plans(round_id), stage)
