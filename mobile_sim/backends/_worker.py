@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from ._base import JobResult, TrainContext, TrainJob
-from .sequential import SequentialBackend
+from .sequential import run_job
 from .vectorized import VectorizedBackend
 
 __all__ = ["INNER_BACKENDS", "WorkerState", "split_jobs"]
@@ -30,13 +31,25 @@ class WorkerState:
             raise ValueError(f"inner backend must be one of {INNER_BACKENDS}, got {inner!r}")
         if threads >= 1:
             torch.set_num_threads(threads)
-        self.backend: VectorizedBackend | SequentialBackend = (
-            VectorizedBackend() if inner == "vectorized" else SequentialBackend()
-        )
-        self.backend.start(ctx)
+        self.ctx = ctx
+        self.backend: VectorizedBackend | None = None
+        self._trainers: dict[str, Any] = {}
+        if inner == "vectorized":
+            self.backend = VectorizedBackend()
+            self.backend.start(ctx)
+        else:
+            from sdk.trainer import TorchTrainer
+
+            from ..models import build_model
+
+            # Built now, not at the first job: a bad model name fails the worker's start, and
+            # the first round does not pay for the model.
+            self._trainers["torch"] = TorchTrainer(build_model(ctx.model), momentum=ctx.momentum)
 
     def train(self, params: npt.NDArray[np.float32], jobs: Sequence[TrainJob]) -> list[JobResult]:
-        return self.backend.train(params, jobs)
+        if self.backend is not None:
+            return self.backend.train(params, jobs)
+        return [run_job(self.ctx, self._trainers, params, job) for job in jobs]
 
 
 def split_jobs(jobs: Sequence[TrainJob], parts: int) -> list[list[int]]:

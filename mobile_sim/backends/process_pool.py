@@ -73,7 +73,10 @@ def _worker_main(conn: Connection, ctx: TrainContext, inner: str, threads: int) 
 
     try:
         while True:
-            msg = conn.recv()
+            try:
+                msg = conn.recv()
+            except EOFError:  # the parent went away without saying stop
+                break
             if msg is None:
                 break
             _, params_name, d, out_name, slots, work = msg
