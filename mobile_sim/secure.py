@@ -136,43 +136,118 @@ def run_secure_round(
 
 
 class HttpSecureFleet:
-    """Secure rounds over real HTTP: the stage router on a loopback uvicorn server, one thread
-    per device running `HttpSecureDevice.run_round`. Stages close when every device still in
-    them has uploaded, or after `stage_idle_s` without a new upload (the stage deadline)."""
+    """Secure rounds over real HTTP against the durable coordinator service.
+
+    A coordinator (`coordinator.service.ServerThread`, SQLite in a temporary folder) runs on
+    loopback with one secure task whose initial model, `SecureConfig` and seed are `coord`'s.
+    Each simulated device is an `sdk.client.Client` with its own Ed25519 identity; in
+    `run_round` every device checks in, is selected, downloads the model, and runs the four
+    SecAgg+ stages as signed requests, one thread per device. The service closes each stage
+    when every device still in it has uploaded, `stage_idle_s` after its latest upload, or
+    `stage_cap_s` after it opened, then unmasks and publishes the mean as a new model version
+    (dense fp32 downlink, so the published step is exactly the mean). `coord.params` follows
+    the published model, so callers read it as in the in-process driver.
+    """
 
     def __init__(
-        self, coord: SecureCoordinator, stage_idle_s: float = 1.0, stage_cap_s: float = 60.0
+        self,
+        coord: SecureCoordinator,
+        stage_idle_s: float = 1.0,
+        stage_cap_s: float = 60.0,
+        *,
+        spec: Any = None,
+        max_rounds: int = 1_000_000,
     ) -> None:
-        import socket
+        import os
+        import secrets
+        import tempfile
 
-        import uvicorn
-        from fastapi import FastAPI
+        from compression import ModelSpec
+        from coordinator.service import AdminClient, ServerThread, ServiceConfig
+        from sdk.client import Client
 
-        from coordinator.service._secagg_routes import SecureRegistry, secagg_router
-
-        self.registry = SecureRegistry(coord)
+        self.coord = coord
         self.stage_idle_s = stage_idle_s
         self.stage_cap_s = stage_cap_s
-        app = FastAPI()
-        app.include_router(secagg_router(self.registry, retry_after_s=0.01))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        self.url = f"http://127.0.0.1:{port}"
-        self._server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning")
+        self.max_rounds = max_rounds
+        self.spec: ModelSpec = spec or ModelSpec.from_shapes([("params", (coord.size,))])
+        if self.spec.size != coord.size:
+            raise ValueError(f"spec of size {self.spec.size}, model of size {coord.size}")
+        self._tmp = tempfile.TemporaryDirectory(prefix="plume-secure-")
+        self._token = secrets.token_hex(16)
+        self._server = ServerThread(
+            ServiceConfig(
+                db_path=os.path.join(self._tmp.name, "coordinator.db"),
+                admin_token=self._token,
+                poll_s=0.02,
+                tick_s=0.02,
+            )
         )
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 20
-        while not self._server.started:
-            if time.monotonic() > deadline:
-                raise RuntimeError("secure-round server did not start")
-            time.sleep(0.01)
+        self.url = self._server.start()
+        self.admin = AdminClient(self.url, self._token)
+        self.observer = Client(self.url, os.path.join(self._tmp.name, "observer"))
+        self.observer.register()
+        self._clients: dict[str, Client] = {}
+        self.task_id: int | None = None
+        self._cohort = 0
+        self.last_round_id = 0
+        self.last_bandwidth: dict[str, Any] = {}
 
     def close(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(20)
+        for c in self._clients.values():
+            c.close()
+        self.observer.close()
+        self.admin.close()
+        self._server.stop()
+        self._tmp.cleanup()
+
+    def _client(self, name: str) -> Any:
+        import os
+
+        from sdk.client import Client
+
+        c = self._clients.get(name)
+        if c is None:
+            c = Client(self.url, os.path.join(self._tmp.name, f"device-{len(self._clients)}"))
+            c.register()
+            self._clients[name] = c
+        return c
+
+    def _create_task(self, cohort: int) -> int:
+        import dataclasses
+
+        from protocol.messages import CodecParams, TaskConfig, TensorShape
+
+        cfg = self.coord.config
+        secure: dict[str, Any] = {
+            f.name: getattr(cfg, f.name)
+            for f in dataclasses.fields(cfg)
+            if f.name not in ("seed", "server_lr", "noise")
+        }
+        secure["noise"] = cfg.noise.name.lower()
+        # The sketch needs the model's tensor shapes; without them the in-process coordinator
+        # runs without it, and so does the service.
+        secure["sketch"] = bool(self.coord.sketch_segments)
+        secure["stage_timeout_s"] = self.stage_cap_s
+        secure["stage_idle_s"] = self.stage_idle_s
+        task = TaskConfig(
+            name="secure-sim",
+            model_name="sim",
+            spec=[TensorShape(e.name, list(e.shape)) for e in self.spec.entries],
+            rounds=self.max_rounds,
+            clients_per_round=cohort,
+            over_selection=1.0,
+            deadline_s=4 * self.stage_cap_s + 60.0,
+            min_reports=3,
+            # The round opens only once the whole cohort has checked in.
+            selection_timeout_s=7 * 86400.0,
+            downlink=CodecParams(topk=1.0, bits=32),
+            server_lr=cfg.server_lr,
+            seed=cfg.seed,
+            retry_after_s=0.2,
+            secure=secure,
+        )
+        return self.admin.create_task(task, self.coord.params)
 
     def run_round(
         self,
@@ -181,60 +256,80 @@ class HttpSecureFleet:
         drop_at: Mapping[str, Stage] | None = None,
         rng_for: Callable[[str], np.random.Generator] | None = None,
     ) -> SecureOutcome:
-        """One secure round over HTTP; same contract as `run_secure_round`."""
-        import httpx
-
-        from sdk.secure import HttpSecureDevice
-
+        """One secure round over HTTP; same contract as `run_secure_round`. Every call must
+        bring the same number of devices (the task's cohort size)."""
         drops = dict(drop_at or {})
-        task = self.registry.open_round(list(updates))
-        params = self.registry.coordinator.params.copy()
+        if self.task_id is None:
+            self.task_id = self._create_task(len(updates))
+            self._cohort = len(updates)
+        elif len(updates) != self._cohort:
+            raise ValueError(f"the fleet's task runs cohorts of {self._cohort}, got {len(updates)}")
+        task_id = self.task_id
+        clients = {dev: self._client(dev) for dev in updates}
+        name_of = {c.device_id: dev for dev, c in clients.items()}
+        before = self.coord.params.copy()
         errors: list[str] = []
+        rounds: set[int] = set()
 
-        def device(dev: str, client: httpx.Client) -> None:
-            http_dev = HttpSecureDevice(client, dev, participants[dev], poll_s=0.01)
-            rng = rng_for(dev) if rng_for else np.random.default_rng()
+        def device(dev: str) -> None:
+            client = clients[dev]
             delta, weight = updates[dev]
             try:
-                http_dev.run_round(task.round_id, params, delta, weight, rng, 120.0, drops.get(dev))
-            except SecAggError as exc:
-                errors.append(f"{dev}: {exc}")
-
-        with httpx.Client(base_url=self.url, timeout=60) as client:
-            threads = [threading.Thread(target=device, args=(d, client)) for d in updates]
-            for t in threads:
-                t.start()
-            for i, stage in enumerate(STAGES):
-                # The simulation knows who drops where, so it closes a stage as soon as every
-                # device still alive at it has uploaded; the idle timer (counted from the
-                # stage's last upload, so a slow first upload under load cannot trip it) and
-                # an overall cap stay as the backstop a real deployment's deadline would be.
-                alive = sum(1 for d in updates if d not in drops or STAGES.index(drops[d]) > i)
-                last, since, start = -1, time.monotonic(), time.monotonic()
                 while True:
-                    done, expected = self.registry.pending(task.round_id, stage)
-                    if expected == 0:
-                        break  # closed by the last upload (or every group aborted)
-                    now = time.monotonic()
-                    if done != last:
-                        last, since = done, now
-                    if done >= alive or (
-                        (done > 0 and now - since > self.stage_idle_s)
-                        or now - start > self.stage_cap_s
-                    ):
-                        self.registry.close_stage(task.round_id, stage)
+                    answer = client.check_in(task_id)
+                    if answer.assignment is not None:
                         break
-                    time.sleep(0.005)
-            for t in threads:
-                t.join(120)
-        return self.registry.finish(task.round_id)
+                    time.sleep(answer.retry_after_s)
+                a = answer.assignment
+                rounds.add(a.round_id)
+                client.secure_round(
+                    a,
+                    lambda params: (delta, weight, 0.0),
+                    participant=participants[dev],
+                    rng=rng_for(dev) if rng_for else None,
+                    drop_at=drops.get(dev),
+                )
+            except Exception as exc:  # reported with the outcome; the round goes on without it
+                errors.append(f"{dev}: {type(exc).__name__}: {exc}")
 
-
-def _ledger_totals(ledger: BandwidthLedger) -> dict[str, int]:
-    out = {"up": 0, "down": 0}
-    for row in ledger.rows():
-        out[row.direction] += row.payload_bytes
-    return out
+        threads = [threading.Thread(target=device, args=(d,)) for d in updates]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(4 * self.stage_cap_s + 120)
+        if len(rounds) != 1:
+            raise RuntimeError(f"devices were assigned rounds {sorted(rounds)}: {errors}")
+        (round_id,) = rounds
+        give_up = time.monotonic() + 4 * self.stage_cap_s + 120
+        while True:
+            status = self.admin.round(round_id)
+            if status.state in ("committed", "abandoned"):
+                break
+            if time.monotonic() > give_up:
+                raise RuntimeError(f"secure round {round_id} did not close")
+            time.sleep(0.02)
+        committed = status.state == "committed"
+        if committed:
+            params, _, _ = self.observer.fetch_current(task_id, self.spec)
+            self.coord.params = params
+            self.coord.version += 1
+        self.last_round_id = round_id
+        self.last_bandwidth = self.admin.bandwidth(round_id)
+        meas = dict(status.measurements)
+        if errors:
+            meas["device_errors"] = errors
+        dropped = sorted(name_of.get(d, d) for d in meas.get("dropped", list(name_of)))
+        contributors = [dev for dev in updates if dev not in set(dropped)] if committed else []
+        step = (self.coord.params - before) / np.float32(self.coord.config.server_lr)
+        return SecureOutcome(
+            round_id,
+            committed,
+            contributors,
+            dropped,
+            int(meas.get("aborted_groups", 0)),
+            step.astype(np.float32),
+            meas,
+        )
 
 
 def _job_stream(jobs: Mapping[str, Any], device_id: str) -> np.random.Generator:
@@ -292,7 +387,7 @@ def run_secure_simulation(
         )
     )
     records: list[RoundRecord] = []
-    fleet = HttpSecureFleet(coord) if transport == "http" else None
+    fleet = HttpSecureFleet(coord, spec=setup.spec) if transport == "http" else None
     bar = tqdm(total=cfg.rounds, desc=label, disable=not progress, leave=False)
     try:
         for r in range(1, cfg.rounds + 1):
@@ -312,14 +407,19 @@ def run_secure_simulation(
             job_of = {j.device_id: j for j in jobs}
             drops = draw_dropouts(selected, dropout, drop_rng)
             if fleet is not None:
-                before = _ledger_totals(ledger)
                 outcome = fleet.run_round(
                     participants, updates, drops, rng_for=partial(_job_stream, job_of)
                 )
                 stats = RoundStats()
-                after = _ledger_totals(ledger)
-                stats.bytes_up = {"all": after["up"] - before["up"]}
-                stats.bytes_down = {"all": after["down"] - before["down"]}
+                # Bytes as the service's ledger counts them (payload; wire bytes beside them).
+                for row in fleet.last_bandwidth["rows"]:
+                    ledger.record(
+                        r, row["device_id"], row["direction"], row["payload_bytes"],
+                        row["wire_bytes"], row["dense_bytes"],
+                    )  # fmt: skip
+                totals = fleet.last_bandwidth["totals"]
+                stats.bytes_up = {"all": int(totals["up_payload_bytes"])}
+                stats.bytes_down = {"all": int(totals["down_payload_bytes"])}
             else:
                 outcome, stats = run_secure_round(
                     coord, participants, updates, drops, rng_for=partial(_job_stream, job_of)

@@ -77,6 +77,12 @@ class AdminClient:
         data = self._check(self._http.get(Path.ADMIN_ROUNDS.format(task_id=task_id)))
         return [from_json(RoundStatus, r) for r in data]
 
+    def round(self, round_id: int) -> RoundStatus:
+        """One round's status (for a secure round in flight: its stage and stage uploads)."""
+        data = self._check(self._http.get(Path.ROUND.format(round_id=round_id)))
+        result: RoundStatus = from_json(RoundStatus, data)
+        return result
+
     def pause(self, task_id: int) -> TaskStatus:
         data = self._check(self._http.post(Path.ADMIN_PAUSE.format(task_id=task_id)))
         result: TaskStatus = from_json(TaskStatus, data)
