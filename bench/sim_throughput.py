@@ -185,6 +185,7 @@ def bench_digits(args: argparse.Namespace) -> dict[str, Any]:
     from coordinator.aggregators import FedAvg
     from coordinator.engine import EngineConfig, RoundEngine
     from mobile_sim.backends import TrainContext, TrainJob, job_rng
+    from mobile_sim.backends._seeding import RngPool
     from mobile_sim.data import load_digits_data
     from mobile_sim.models import build_model
     from mobile_sim.runner import encode_reports
@@ -214,6 +215,7 @@ def bench_digits(args: argparse.Namespace) -> dict[str, Any]:
         decoded under the engine's limits before FedAvg."""
         engine = RoundEngine(spec, init.copy(), FedAvg(), EngineConfig(clients, codec=codec_cfg))
         encoders: dict[str, UpdateEncoder] = {}
+        rng_pool = RngPool()
         times, train_s, encode_s, decode_s = [], 0.0, 0.0, 0.0
         frame_bytes = 0
         for _ in tqdm(range(rounds), desc=f"digits: {label}", unit="round", leave=False):
@@ -223,7 +225,9 @@ def bench_digits(args: argparse.Namespace) -> dict[str, Any]:
             results = train(engine.params, jobs)
             t1 = time.perf_counter()
             if batched:
-                frames, _ = encode_reports(encoders, jobs, results, spec, plan.codec)
+                frames, _ = encode_reports(
+                    encoders, jobs, results, spec, plan.codec, rng_pool=rng_pool
+                )
                 t2 = time.perf_counter()
                 for receipt in engine.submit_many(plan.round_id, list(frames.items())):
                     if isinstance(receipt, Exception):

@@ -24,6 +24,7 @@ from coordinator.ledger import BandwidthLedger
 from sdk.device import UpdateEncoder, clip_l2
 
 from .backends import Backend, JobResult, TrainContext, TrainJob, build_backend, job_rng
+from .backends._seeding import RngPool
 from .data import FederatedData, load_digits_data, load_mnist
 from .partition import natural, partition
 
@@ -378,6 +379,7 @@ def run_simulation(
             raise ValueError("--ort-tier needs the simulated fleet (--fleet timing or realistic)")
         ort_devices = ort_devices_of_tier(fleet, cfg.clients, cfg.ort_tier)
     encoders: dict[str, UpdateEncoder] = {}
+    rng_pool = RngPool()
     records: list[RoundRecord] = []
     bar = _progress(cfg.rounds, label or ("dense" if cfg.dense else "compressed"), progress)
     try:
@@ -429,6 +431,7 @@ def run_simulation(
                 plan.codec,
                 error_feedback=cfg.error_feedback and not cfg.dense,
                 clip_norm=cfg.clip_norm,
+                rng_pool=rng_pool,
             )
             losses = {res.device_id: res.loss for res in results}
             arrival = list(frames)
@@ -514,12 +517,14 @@ def encode_reports(
     *,
     error_feedback: bool = True,
     clip_norm: float | None = None,
+    rng_pool: RngPool | None = None,
 ) -> tuple[dict[str, bytes], dict[str, npt.NDArray[np.float32]]]:
     """Each trained device's upload frame, as its `UpdateEncoder.encode` makes it.
 
     `encoders` holds each device's state across rounds (created here on first use with
     `error_feedback` and `clip_norm`); `results[i]` is `jobs[i]`'s training result, and the
-    codec's rng is `job_rng(job, stream=2)`.
+    codec's rng is `job_rng(job, stream=2)` (seeded through `rng_pool` when given: the same
+    streams, faster).
 
     Returns `(frames by device, u by device)`. Large cohorts are encoded as one batch, bit
     for bit what the per-device calls give (clip, then error feedback, then the codec); for
@@ -535,7 +540,10 @@ def encode_reports(
             encoders[job.device_id] = enc
         enc.set_config(codec)
         encs.append(enc)
-    rngs = [job_rng(job, stream=2) for job in jobs]
+    if rng_pool is not None:
+        rngs = rng_pool.for_jobs(jobs, stream=2)
+    else:
+        rngs = [job_rng(job, stream=2) for job in jobs]
     weights = [float(res.num_examples) for res in results]
     ids = [job.device_id for job in jobs]
     if len(jobs) < BATCH_MIN or len({enc.error_feedback for enc in encs}) > 1:

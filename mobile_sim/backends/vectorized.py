@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ._base import JobResult, TrainContext, TrainJob, job_rng
+from ._seeding import RngPool
 from .sequential import run_job
 
 __all__ = ["VectorizedBackend", "train_clients_vmapped"]
@@ -92,11 +93,16 @@ def train_clients_vmapped(
     steps = math.ceil(n_max / batch_size)
     padded = steps * batch_size
     # Every client's data, padded to n_max rows (row 0 repeated; masked out below).
-    x_all = np.zeros((c, n_max, *xs[0].shape[1:]), dtype=xs[0].dtype)
-    y_all = np.zeros((c, n_max), dtype=np.int64)
-    for k in range(c):
-        x_all[k, : sizes[k]] = xs[k]
-        y_all[k, : sizes[k]] = ys[k]
+    if int(sizes.min()) == n_max:
+        # Equal sizes (a typical simulated cohort): one stack, no per-client copies.
+        x_all = np.stack(xs)
+        y_all = np.stack(ys).astype(np.int64, copy=False)
+    else:
+        x_all = np.zeros((c, n_max, *xs[0].shape[1:]), dtype=xs[0].dtype)
+        y_all = np.zeros((c, n_max), dtype=np.int64)
+        for k in range(c):
+            x_all[k, : sizes[k]] = xs[k]
+            y_all[k, : sizes[k]] = ys[k]
     # Minibatch orders: positions >= n_k are padding (index 0, mask 0).
     order = np.zeros((epochs, c, padded), dtype=np.int64)
     valid = np.zeros((epochs, c, padded), dtype=np.float32)
@@ -167,6 +173,7 @@ class VectorizedBackend:
         self._step: Callable[..., tuple[Params, torch.Tensor]] | None = None
         self._trainers: dict[str, Any] = {}
         self._d = 0
+        self._rngs = RngPool()
 
     def start(self, ctx: TrainContext) -> None:
         from ..models import build_model
@@ -223,7 +230,7 @@ class VectorizedBackend:
         per_chunk = max(1, min(self.max_clients, self.max_floats // max(self._d, 1)))
         for start in range(0, len(batchable), per_chunk):
             chunk = batchable[start : start + per_chunk]
-            xs, ys, rngs = [], [], []
+            xs, ys = [], []
             for i in chunk:
                 job = jobs[i]
                 x, y = ctx.x_train[job.indices], ctx.y_train[job.indices]
@@ -231,7 +238,8 @@ class VectorizedBackend:
                     x, y = job.data_attack.poison_data(x, y, job_rng(job, stream=1))
                 xs.append(np.asarray(x))
                 ys.append(np.asarray(y, dtype=np.int64))
-                rngs.append(job_rng(job))
+            # job_rng(job)'s streams, seeded for the whole chunk at once (reused generators).
+            rngs = self._rngs.for_jobs([jobs[i] for i in chunk])
             trained, losses = train_clients_vmapped(
                 self._module,
                 params,
@@ -245,10 +253,10 @@ class VectorizedBackend:
                 step=self._step,
             )
             deltas = trained - params[None, :]
+            loss_list = losses.tolist()
             for k, i in enumerate(chunk):
-                results[i] = JobResult(
-                    jobs[i].device_id, deltas[k].copy(), len(xs[k]), float(losses[k])
-                )
+                # Row views of a fresh matrix: each result owns its row, no per-client copy.
+                results[i] = JobResult(jobs[i].device_id, deltas[k], len(xs[k]), loss_list[k])
         return [r for r in results if r is not None]
 
     def close(self) -> None:

@@ -1,4 +1,4 @@
-"""The runner's batched round path (encode_many + submit_many) equals the per-device path."""
+"""The batched round path (cohort encode + submit_many, pooled job RNGs) equals the per-device one."""
 
 from __future__ import annotations
 
@@ -6,8 +6,12 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mobile_sim import runner
+from mobile_sim.backends import TrainJob, job_rng
+from mobile_sim.backends._seeding import RngPool
 from mobile_sim.runner import SimConfig, SimResult, run_simulation
 
 BASE = SimConfig(
@@ -64,3 +68,37 @@ def test_batched_round_path_is_bit_identical(
         )
         assert a.measurements["clock"] == b.measurements["clock"]
     assert batched.records[0].measurements["clock"]["stragglers"] == 3
+
+
+@settings(derandomize=True, max_examples=40, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.one_of(st.integers(0, 2**32 - 1), st.integers(0, 2**70)),  # > 2**32: job_rng
+            st.integers(0, 10**6),
+            st.integers(0, 2**32 - 1),
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+    stream=st.integers(0, 3),
+)
+def test_rng_pool_draws_what_job_rng_draws(rows: list[tuple[int, int, int]], stream: int) -> None:
+    # Prepare
+    jobs = [
+        TrainJob(f"d{i}", dev, rnd, seed, np.arange(3)) for i, (seed, rnd, dev) in enumerate(rows)
+    ]
+    pool = RngPool()
+    pool.for_jobs(jobs[::-1], stream)  # generators are reseeded on every call
+
+    # Execute
+    got = pool.for_jobs(jobs, stream)
+
+    # Assert
+    for job, gen in zip(jobs, got, strict=True):
+        ref = job_rng(job, stream)
+        assert (
+            gen.random(5, dtype=np.float32).tobytes() == ref.random(5, dtype=np.float32).tobytes()
+        )
+        np.testing.assert_array_equal(gen.permutation(17), ref.permutation(17))
+        assert gen.integers(0, 2**62) == ref.integers(0, 2**62)
