@@ -17,11 +17,30 @@ examples:
       --tls-cert cert.pem --tls-key key.pem
   plume coordinator create-task --url http://127.0.0.1:8080 --admin-token s3cret \\
       --model mlp --rounds 20 --clients-per-round 10 --topk 0.01 --bits 4
+  plume coordinator create-task --url http://127.0.0.1:8080 --admin-token s3cret \\
+      --model mlp --rounds 20 --clients-per-round 10 --secure --secure-fraction 0.05 \\
+      --stage-timeout 30
   plume coordinator status --url http://127.0.0.1:8080 --admin-token s3cret --task 1
   plume coordinator pause  --url http://127.0.0.1:8080 --admin-token s3cret --task 1
 
 The admin token can also come from the PLUME_ADMIN_TOKEN environment variable.
 """
+
+
+# (flag, TaskConfig.secure key, type, help) of `create-task --secure`.
+_SECURE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
+    ("--secure-fraction", "coord_fraction", float, "|S_r| / d, shared coordinates per round"),
+    ("--secure-bits", "value_bits", int, "bits per value before masking"),
+    ("--secure-clip", "clip_norm", float, "L2 clip of the sent vector"),
+    ("--secure-max-weight", "max_weight", int, "largest integer weight a device sends"),
+    ("--secure-degree-factor", "degree_factor", float, "graph degree k = 2 ceil(f log2 n)"),
+    ("--secure-group-size", "group_size", int, "grouped mode: SecAgg in groups of g"),
+    ("--secure-group-aggregator", "group_aggregator", str, "robust aggregator across groups"),
+    ("--secure-noise-multiplier", "noise_multiplier", float, "distributed DP noise multiplier"),
+    ("--secure-expected-dropout", "expected_dropout", float, "dropout the DP noise allows for"),
+    ("--stage-timeout", "stage_timeout_s", float, "a stage closes this long after it opened"),
+    ("--stage-idle", "stage_idle_s", float, "or this long after its latest upload"),
+)
 
 
 def register(sub: Any) -> None:
@@ -83,6 +102,26 @@ def register(sub: Any) -> None:
     c.add_argument("--local-epochs", type=int, default=1)
     c.add_argument("--batch-size", type=int, default=32)
     c.add_argument("--lr", type=float, default=0.05)
+    g = c.add_argument_group(
+        "secure aggregation (SecAgg+; unset knobs keep the SecureConfig defaults)"
+    )
+    g.add_argument("--secure", action="store_true", help="run every round under SecAgg+")
+    for flag, key, kind, helptext in _SECURE_FLAGS:
+        g.add_argument(flag, dest=f"secure_{key}", type=kind, default=None, help=helptext)
+    g.add_argument(
+        "--secure-noise",
+        dest="secure_noise",
+        choices=("none", "discrete_gaussian", "skellam"),
+        default=None,
+        help="distributed DP noise each device adds (with --secure-noise-multiplier)",
+    )
+    g.add_argument(
+        "--secure-no-sketch",
+        dest="secure_sketch",
+        action="store_false",
+        default=None,
+        help="choose S_r from |global update| instead of the row/column energy sketch",
+    )
     c.set_defaults(func=_create_task)
 
     for name, helptext in (
@@ -153,6 +192,7 @@ def _create_task(args: argparse.Namespace) -> int:
             server_lr=args.server_lr,
             seed=args.seed,
             training=TrainingParams(args.local_epochs, args.batch_size, args.lr),
+            secure=_secure_settings(args),
         )
         with _admin(args) as admin:
             task_id = admin.create_task(config, get_flat_params(model))
@@ -161,6 +201,17 @@ def _create_task(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps({"task_id": task_id, "model": args.model, "params": spec.size}))
     return 0
+
+
+def _secure_settings(args: argparse.Namespace) -> dict[str, Any] | None:
+    """`TaskConfig.secure` from the --secure flags (None without --secure)."""
+    keys = [key for _, key, _, _ in _SECURE_FLAGS] + ["noise", "sketch"]
+    given = {k: getattr(args, f"secure_{k}") for k in keys}
+    if not args.secure:
+        if any(v is not None for v in given.values()):
+            raise ValueError("the secure-aggregation options need --secure")
+        return None
+    return {k: v for k, v in given.items() if v is not None}
 
 
 def _task_action(args: argparse.Namespace) -> int:

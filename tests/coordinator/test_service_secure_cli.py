@@ -1,0 +1,66 @@
+"""`plume coordinator create-task --secure`: the flags become `TaskConfig.secure`, bad ones are
+refused before anything is created."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from coordinator.cli import main
+from coordinator.service import ServerThread, ServiceConfig
+
+from .test_service_support import ADMIN, admin_get
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[str]:
+    cfg = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN)
+    with ServerThread(cfg) as url:
+        yield url
+
+
+def _create(url: str, *extra: str) -> list[str]:
+    return [
+        "coordinator", "create-task", "--url", url, "--admin-token", ADMIN, "--model", "mlp",
+        "--rounds", "2", "--clients-per-round", "5", *extra,
+    ]  # fmt: skip
+
+
+def test_create_secure_task_from_the_cli(server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # Execute
+    rc = main(
+        _create(
+            server, "--secure", "--secure-fraction", "0.05", "--secure-bits", "8",
+            "--secure-group-size", "3", "--secure-group-aggregator", "median",
+            "--stage-timeout", "20", "--stage-idle", "2",
+        )
+    )  # fmt: skip
+    # Assert
+    assert rc == 0
+    task_id = json.loads(capsys.readouterr().out)["task_id"]
+    status = admin_get(httpx.Client(base_url=server), f"/v1/admin/tasks/{task_id}")
+    assert status["state"] == "active"
+    assert status["config"]["secure"] == {
+        "coord_fraction": 0.05,
+        "value_bits": 8,
+        "group_size": 3,
+        "group_aggregator": "median",
+        "stage_timeout_s": 20.0,
+        "stage_idle_s": 2.0,
+    }
+
+
+def test_bad_secure_options_are_refused(server: str, capsys: pytest.CaptureFixture[str]) -> None:
+    # Execute + Assert: a knob without --secure, an impossible ring, too small a cohort
+    assert main(_create(server, "--secure-bits", "8")) == 1
+    assert "need --secure" in capsys.readouterr().err
+    assert main(_create(server, "--secure", "--secure-bits", "17")) == 1
+    assert "value_bits" in capsys.readouterr().err
+    assert main(_create(server, "--secure", "--clients-per-round", "2")) == 1
+    assert "clients_per_round >= 3" in capsys.readouterr().err
+    tasks = admin_get(httpx.Client(base_url=server), "/healthz")["tasks"]
+    assert tasks == 0
