@@ -58,17 +58,21 @@ ATTACKS = [
     "gaussian",
 ]
 FRACTIONS = [0.1, 0.2]
-# Backdoor defences. The first is the headline: robust learning rate (Ozdayi et al. 2021),
-# chosen on a screening run. Then the default robust aggregator, and norm bounding + DP (Sun et
-# al. 2019: adaptive clip at a quantile of the norms, Gaussian noise), weak and stronger.
+# Backdoor defences. The first is the headline: the collusion screen (coordinator/aggregators/
+# _backdoor.py) in front of the issue's norm bounding + DP (adaptive clip at the median norm,
+# Gaussian noise z = 0.05), chosen on 15- and 30-round screening runs of seed 0. Then the screen
+# alone, the issue's literal norm bounding + DP, and the robust learning rate (the previous best).
 BACKDOOR_DEFENSES = [
-    "rlr:theta=2",
-    "rlr:theta=2,low_lr=-0.5",
-    DEFAULT_ROBUST,
+    "collusion:tau=0.3+dp:clip=0.5,quantile=0.5,z=0.05,seed=0+fedavg",
+    "collusion:tau=0.3+fedavg",
     "dp:clip=0.5,quantile=0.5,z=0.05,seed=0+fedavg",
-    "dp:clip=0.5,quantile=0.2,z=0.2,seed=0+fedavg",
+    "rlr:theta=2",
 ]
+# The headline attack (unboosted data poisoning) and the boosted model-replacement variant
+# norm bounding was designed for; the headline figures are the worse of the two per seed.
 BACKDOOR_ATTACK = "backdoor:target=0,poison_fraction=0.5"
+BACKDOOR_ATTACKS = [BACKDOOR_ATTACK, BACKDOOR_ATTACK + ",boost=10"]
+BACKDOOR_SEEDS = [0, 1, 2]
 
 
 def _attack_spec(attack: str, fraction: float, per_round: int) -> str:
@@ -145,6 +149,7 @@ def _jobs(args: argparse.Namespace, base: SimConfig) -> list[dict[str, Any]]:
                 "aggregator": agg,
                 "attack": None,
                 "malicious": 0.0,
+                "seed": base.seed,
                 "config": asdict(cfg),
             }
         )
@@ -161,34 +166,103 @@ def _jobs(args: argparse.Namespace, base: SimConfig) -> list[dict[str, Any]]:
                         "attack": attack,
                         "attack_spec": spec,
                         "malicious": frac,
+                        "seed": base.seed,
                         "config": asdict(cfg),
                     }
                 )
     if not args.skip_backdoor:
-        bd = replace(base, rounds=args.backdoor_rounds)
-        for agg in ("fedavg", *args.backdoor_defenses):
-            for attack in (None, args.backdoor_attack):
-                cfg = replace(
-                    bd,
-                    aggregator=agg,
-                    attack=attack,
-                    malicious=args.backdoor_malicious if attack else 0.0,
-                )
-                jobs.append(
-                    {
-                        "kind": "backdoor",
-                        "aggregator": agg,
-                        "attack": attack,
-                        "backdoor_attack": args.backdoor_attack,
-                        "malicious": cfg.malicious,
-                        "config": asdict(cfg),
-                    }
-                )
+        for seed in args.backdoor_seeds:
+            bd = replace(base, rounds=args.backdoor_rounds, seed=seed)
+            for agg in ("fedavg", *args.backdoor_defenses):
+                for attack in (None, *args.backdoor_attacks):
+                    cfg = replace(
+                        bd,
+                        aggregator=agg,
+                        attack=attack,
+                        malicious=args.backdoor_malicious if attack else 0.0,
+                    )
+                    jobs.append(
+                        {
+                            "kind": "backdoor",
+                            "aggregator": agg,
+                            "attack": attack,
+                            "backdoor_attack": attack or args.backdoor_attacks[0],
+                            "malicious": cfg.malicious,
+                            "seed": seed,
+                            "config": asdict(cfg),
+                        }
+                    )
     return jobs
 
 
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return (row["kind"], row["aggregator"], row["attack"], row["malicious"])
+    return (row["kind"], row["aggregator"], row["attack"], row["malicious"], row.get("seed", 0))
+
+
+def _summarise_backdoor(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per defence and seed: no-attack accuracy, and per attack variant accuracy, backdoor
+    accuracy and main-task loss (pp) against FedAvg without attack of the same seed."""
+    bd: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for r in rows:  # fresh runs come after merged ones and replace them
+        if r["kind"] == "backdoor":
+            bd[(r["aggregator"], r["attack"], r.get("seed", 0))] = r
+    runs = {
+        f"{agg} | {attack or 'no attack'} | seed {seed}": {
+            "final_accuracy": r["final_accuracy"],
+            "backdoor_accuracy": r["backdoor_accuracy"],
+            **({"merged_from": r["merged_from"]} if "merged_from" in r else {}),
+        }
+        for (agg, attack, seed), r in bd.items()
+    }
+    clean = {
+        s: bd[("fedavg", None, s)]["final_accuracy"]
+        for s in args.backdoor_seeds
+        if ("fedavg", None, s) in bd
+    }
+    by_defense: dict[str, Any] = {}
+    for agg in ("fedavg", *args.backdoor_defenses):
+        seeds: dict[str, Any] = {}
+        for s in args.backdoor_seeds:
+            own = bd.get((agg, None, s))
+            attacks: dict[str, Any] = {}
+            for attack in args.backdoor_attacks:
+                run = bd.get((agg, attack, s))
+                if run is None:
+                    continue
+                loss = None if s not in clean else 100.0 * (clean[s] - run["final_accuracy"])
+                attacks[attack] = {
+                    "accuracy": run["final_accuracy"],
+                    "backdoor_accuracy": run["backdoor_accuracy"],
+                    "main_task_loss_pp": loss,
+                }
+            complete = len(attacks) == len(args.backdoor_attacks)
+            bds = [a["backdoor_accuracy"] for a in attacks.values()]
+            losses = [a["main_task_loss_pp"] for a in attacks.values()]
+            seeds[str(s)] = {
+                "no_attack_accuracy": own["final_accuracy"] if own else None,
+                "no_attack_backdoor_accuracy": own["backdoor_accuracy"] if own else None,
+                "attacks": attacks,
+                "worst_backdoor_accuracy": max(bds) if complete and None not in bds else None,
+                "worst_main_task_loss_pp": max(losses) if complete and None not in losses else None,
+            }
+        worst_bd = [e["worst_backdoor_accuracy"] for e in seeds.values()]
+        worst_loss = [e["worst_main_task_loss_pp"] for e in seeds.values()]
+        done = bool(seeds) and None not in worst_bd and None not in worst_loss
+        by_defense[agg] = {
+            "seeds": seeds,
+            "no_attack_accuracy_per_seed": [e["no_attack_accuracy"] for e in seeds.values()],
+            "worst_backdoor_accuracy_per_seed": worst_bd,
+            "worst_main_task_loss_pp_per_seed": worst_loss,
+            "mean_backdoor_accuracy": sum(worst_bd) / len(worst_bd) if done else None,
+            "mean_main_task_loss_pp": sum(worst_loss) / len(worst_loss) if done else None,
+            "max_backdoor_accuracy": max(worst_bd) if done else None,
+            "max_main_task_loss_pp": max(worst_loss) if done else None,
+            "target_met_every_seed": None
+            if not done
+            else all(b <= TARGET_BACKDOOR for b in worst_bd)
+            and all(x <= TARGET_MAIN_LOSS_PP for x in worst_loss),
+        }
+    return {"by_defense": by_defense, "runs": runs, "fedavg_no_attack_per_seed": clean}
 
 
 def _summarise(
@@ -229,20 +303,10 @@ def _summarise(
     default = per_agg.get(DEFAULT_ROBUST, {})
     headline = default.get("worst_case_fraction_of_fedavg_20pct")
 
-    bd = {(r["aggregator"], r["attack"]): r for r in rows if r["kind"] == "backdoor"}
-    bd_attack, bd_def = args.backdoor_attack, args.backdoor_defenses[0]
-    backdoor: dict[str, Any] = {}
-    backdoor_acc = main_loss = None
-    if (bd_def, bd_attack) in bd and ("fedavg", None) in bd:
-        backdoor_acc = bd[(bd_def, bd_attack)]["backdoor_accuracy"]
-        clean_fedavg = bd[("fedavg", None)]["final_accuracy"]
-        attacked_def = bd[(bd_def, bd_attack)]["final_accuracy"]
-        main_loss = 100.0 * (clean_fedavg - attacked_def)
-    for (agg, attack), r in bd.items():
-        backdoor[f"{agg} | {attack or 'no attack'}"] = {
-            "final_accuracy": r["final_accuracy"],
-            "backdoor_accuracy": r["backdoor_accuracy"],
-        }
+    backdoor = _summarise_backdoor(args, rows)
+    head = backdoor["by_defense"].get(args.backdoor_defenses[0], {})
+    backdoor_acc, main_loss = head.get("mean_backdoor_accuracy"), head.get("mean_main_task_loss_pp")
+    literal = next((d for d in args.backdoor_defenses if d.startswith("dp:")), None)
     return {
         "benchmark": "robustness",
         "complete": complete,
@@ -270,16 +334,30 @@ def _summarise(
         "per_aggregator": per_agg,
         "backdoor_accuracy": backdoor_acc,
         "main_task_loss_pp": main_loss,
-        "backdoor_defense": bd_def,
-        "backdoor_attack": bd_attack,
+        "backdoor_defense": args.backdoor_defenses[0],
+        "backdoor_attack": args.backdoor_attacks[0],
+        "backdoor_attacks": args.backdoor_attacks,
+        "backdoor_seeds": args.backdoor_seeds,
+        "backdoor_accuracy_per_seed": head.get("worst_backdoor_accuracy_per_seed"),
+        "main_task_loss_pp_per_seed": head.get("worst_main_task_loss_pp_per_seed"),
+        "backdoor_accuracy_max_over_seeds": head.get("max_backdoor_accuracy"),
+        "main_task_loss_pp_max_over_seeds": head.get("max_main_task_loss_pp"),
+        "backdoor_defense_no_attack_accuracy_per_seed": head.get("no_attack_accuracy_per_seed"),
+        "backdoor_fedavg_no_attack_accuracy_per_seed": backdoor["fedavg_no_attack_per_seed"],
+        "backdoor_note": (
+            "backdoor_accuracy and main_task_loss_pp are means over the seeds of each seed's "
+            "worse attack variant (unboosted and boosted); main-task loss = FedAvg's no-attack "
+            "accuracy minus the defended model's accuracy under attack, same seed and run; "
+            "target_met_backdoor requires both targets on every seed"
+        ),
         "backdoor_malicious": args.backdoor_malicious,
         "backdoor_rounds": args.backdoor_rounds,
         "target_backdoor_accuracy": TARGET_BACKDOOR,
         "target_main_task_loss_pp": TARGET_MAIN_LOSS_PP,
-        "target_met_backdoor": None
-        if backdoor_acc is None or main_loss is None
-        else backdoor_acc <= TARGET_BACKDOOR and main_loss <= TARGET_MAIN_LOSS_PP,
-        "backdoor_runs": backdoor,
+        "target_met_backdoor": head.get("target_met_every_seed"),
+        "backdoor_literal_normbound_dp": backdoor["by_defense"].get(literal) if literal else None,
+        "backdoor_by_defense": backdoor["by_defense"],
+        "backdoor_runs": backdoor["runs"],
         "runs": rows,
         "merged_from": [Path(p).name for p in args.merge],
         "command": "python " + " ".join(["bench/robustness.py", *sys.argv[1:]]),
@@ -345,7 +423,20 @@ def main(argv: list[str] | None = None) -> int:
         help="aggregators run only without attack (e.g. fedavg as the baseline of a re-run)",
     )
     ap.add_argument("--backdoor-defenses", nargs="+", default=BACKDOOR_DEFENSES)
-    ap.add_argument("--backdoor-attack", default=BACKDOOR_ATTACK)
+    ap.add_argument(
+        "--backdoor-attacks",
+        "--backdoor-attack",
+        nargs="+",
+        default=BACKDOOR_ATTACKS,
+        help="backdoor variants; the headline is the worse one per seed",
+    )
+    ap.add_argument(
+        "--backdoor-seeds",
+        nargs="+",
+        type=int,
+        default=BACKDOOR_SEEDS,
+        help="seeds of the backdoor runs (mean and each seed reported)",
+    )
     ap.add_argument("--backdoor-malicious", type=float, default=0.1)
     ap.add_argument("--backdoor-rounds", type=int, default=30)
     ap.add_argument("--skip-backdoor", action="store_true")
@@ -384,6 +475,7 @@ def main(argv: list[str] | None = None) -> int:
         args.fractions = [0.2]
         args.backdoor_rounds = 3
         args.backdoor_defenses = args.backdoor_defenses[:1]
+        args.backdoor_seeds = [args.seed]
         name = "robustness.quick"
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -409,12 +501,17 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(Path(path).read_text())
         if saved.get("config") != setting:
             raise SystemExit(f"{path} was run with another setting; not merging it")
-        rows.extend({**r, "merged_from": Path(path).name} for r in saved["runs"])
-    # A run already in a merged file (same kind, aggregator, attack, fraction) is not repeated;
-    # the runs are deterministic given the setting and seed.
+        seed = saved["config"]["seed"]
+        rows.extend(
+            {**r, "seed": r.get("seed", seed), "merged_from": Path(path).name}
+            for r in saved["runs"]
+        )
+    # A matrix run already in a merged file (same kind, aggregator, attack, fraction, seed) is
+    # not repeated: the runs are deterministic given the setting and seed. Backdoor runs are
+    # always run afresh (their summary compares runs of one invocation) and replace merged ones.
     done = {_key(r) for r in rows}
     rows = list({_key(r): r for r in rows}.values())
-    jobs = [j for j in jobs if _key(j) not in done]
+    jobs = [j for j in jobs if j["kind"] == "backdoor" or _key(j) not in done]
 
     from tqdm import tqdm
 

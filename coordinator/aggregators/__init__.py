@@ -1,5 +1,6 @@
 """Aggregators: FedAvg, robust aggregators, DP and secure-sum wrappers (factory -> process)."""
 
+from ._backdoor import CollusionFilter
 from ._base import (
     AggregateOutput,
     AggregationProcess,
@@ -38,6 +39,7 @@ __all__ = [
     "Bucketing",
     "CenteredClipping",
     "Clip",
+    "CollusionFilter",
     "CoordinateMedian",
     "DEFAULT_ROBUST",
     "DPMean",

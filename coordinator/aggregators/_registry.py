@@ -5,7 +5,8 @@ Grammar: `stage ("+" stage)*`, `stage = name [":" params]`, `params = param (","
 leftmost is the outermost wrapper and the rightmost is the base aggregator, so
 "dp:clip=1,z=1+fedavg" is DPMean(1.0, clip=1, inner=FedAvg(uniform=True)). A wrapper written
 last gets FedAvg as its inner. `dp` must be the first stage: anything outside it would see
-individual reports or re-release noise. See AGGREGATOR_HELP for every name and parameter.
+individual reports or re-release noise. The one exception is a report screen (`collusion`),
+which may stand in front of `dp` and drops whole reports before they are clipped and noised. See AGGREGATOR_HELP for every name and parameter.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+from ._backdoor import CollusionFilter
 from ._base import AggregatorFactory
 from ._clip import AdaptiveClip, Clip
 from ._dp import DPMean
@@ -58,6 +60,9 @@ Wrappers (stages before the base):
   cosfilter[:min_cos=C,beta=B]     drop reports with cosine <= C (default 0) to the server
                                    momentum of past aggregates (beta 0.5)
   anomaly[:max_norm=,norm_ratio=,min_cos=]   norm / cosine screening with rejection
+  collusion[:tau=T,memory=R,hist=H,devices=M]  drop reports whose inverse-frequency-weighted
+                                   cosine to another device's history exceeds T (0.3), and
+                                   that device's reports for R rounds (30): backdoor defence
   dp:clip=C,z=Z[,q=Q|population=N,sample=M][,delta=,eps=,denom=,seed=,quantile=,count_std=]
                                    user-level DP mean (must be the first stage)
 Examples: "median", "trimmed_mean:0.1", "multikrum:f=2,m=5", "bucket:2+median",
@@ -224,6 +229,16 @@ def _cosfilter(p: _Params, inner: AggregatorFactory) -> AggregatorFactory:
     )
 
 
+def _collusion(p: _Params, inner: AggregatorFactory) -> AggregatorFactory:
+    return CollusionFilter(
+        inner=inner,
+        threshold=p.num("tau", "threshold", default=0.3, positional=True),
+        memory=p.int("memory", default=30),
+        history_values=p.int("hist", "history_values", default=8192),
+        max_devices=p.int("devices", "max_devices", default=1000),
+    )
+
+
 def _anomaly(p: _Params, inner: AggregatorFactory) -> AggregatorFactory:
     from coordinator.anomaly import AnomalyFilter
 
@@ -277,6 +292,9 @@ def _dp(p: _Params, inner: AggregatorFactory) -> AggregatorFactory:
     )
 
 
+# Wrappers allowed in front of `dp`.
+SCREENS_BEFORE_DP = frozenset({"collusion"})
+
 WRAPPERS: dict[str, Callable[[_Params, AggregatorFactory], AggregatorFactory]] = {
     "normbound": _clip,
     "clip": _clip,
@@ -284,6 +302,7 @@ WRAPPERS: dict[str, Callable[[_Params, AggregatorFactory], AggregatorFactory]] =
     "nnm": _nnm,
     "anomaly": _anomaly,
     "cosfilter": _cosfilter,
+    "collusion": _collusion,
     "dp": _dp,
 }
 
@@ -294,6 +313,12 @@ def build_aggregator(spec: str) -> AggregatorFactory:
     if not isinstance(spec, str) or not spec.strip():
         raise AggregatorSpecError("empty aggregator spec")
     stages = [s.strip() for s in spec.strip().split("+")]
+    names = [s.partition(":")[0].strip().lower() for s in stages]
+    # Only report screens may stand outside dp: they drop whole reports before DPMean clips
+    # and noises the rest (docs/robustness.md says what that does to the DP guarantee).
+    lead = 0
+    while lead < len(names) and names[lead] in SCREENS_BEFORE_DP:
+        lead += 1
     parsed: list[tuple[str, _Params]] = []
     for i, stage in enumerate(stages):
         name, _, params = stage.partition(":")
@@ -303,11 +328,11 @@ def build_aggregator(spec: str) -> AggregatorFactory:
             raise AggregatorSpecError(f"unknown aggregator {name!r} in {spec!r}; known: {known}")
         if name in BASES and i != len(stages) - 1:
             raise AggregatorSpecError(f"{name!r} is a base aggregator and must come last")
-        if name == "dp" and i != 0:
+        if name == "dp" and i != lead:
             raise AggregatorSpecError("dp must be the first (outermost) stage")
-        if name == "dp" and len(stages) > 2:
+        if name == "dp" and len(stages) > i + 2:
             raise AggregatorSpecError("dp takes one inner stage, a mean (dp:...+fedavg)")
-        if name not in ("fedavg", "mean") and i == 1 and stages[0].partition(":")[0] == "dp":
+        if name not in ("fedavg", "mean") and i >= 1 and names[i - 1] == "dp":
             # The sensitivity analysis needs a linear mean of the clipped reports.
             raise AggregatorSpecError(f"dp needs a mean inside it, not {name!r}")
         parsed.append((name, _Params(name, params.strip())))
@@ -318,7 +343,7 @@ def build_aggregator(spec: str) -> AggregatorFactory:
         p.done()
         rest = parsed[:-1]
     else:
-        factory = FedAvg(uniform=parsed[0][0] == "dp")
+        factory = FedAvg(uniform="dp" in names)
         rest = parsed
     for name, p in reversed(rest):
         factory = WRAPPERS[name](p, factory)
