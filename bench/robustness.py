@@ -135,7 +135,36 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
         out["backdoor_accuracy"] = backdoor_accuracy(predict, data.x_test, data.y_test, attack)
         eps = [r.measurements for r in res.records]
         out["last_measurements"] = eps[-1] if eps else {}
+        out["screened"] = _screen_counts(cfg, eps)
     return out
+
+
+def _dropped(meas: Any) -> dict[str, Any]:
+    """The first `dropped` map (device -> score) in nested measurements, or {}."""
+    if not isinstance(meas, dict):
+        return {}
+    found = meas.get("dropped")
+    if isinstance(found, dict):
+        return found
+    return _dropped(meas.get("inner"))
+
+
+def _screen_counts(cfg: SimConfig, measurements: list[dict[str, Any]]) -> dict[str, int]:
+    """Reports a screen dropped over the run, split into malicious and honest devices (the
+    runner draws the malicious devices as below: rng [seed, 2], the first malicious·clients
+    of a permutation)."""
+    import numpy as np
+
+    from mobile_sim.runner import _device_ids
+
+    ids = _device_ids(cfg.clients)
+    n_bad = int(round(cfg.malicious * cfg.clients))
+    bad = {ids[i] for i in np.random.default_rng([cfg.seed, 2]).permutation(cfg.clients)[:n_bad]}
+    dropped = [dev for m in measurements for dev in _dropped(m)]
+    return {
+        "dropped_malicious": sum(d in bad for d in dropped),
+        "dropped_honest": sum(d not in bad for d in dropped),
+    }
 
 
 def _jobs(args: argparse.Namespace, base: SimConfig) -> list[dict[str, Any]]:
@@ -234,6 +263,7 @@ def _summarise_backdoor(args: argparse.Namespace, rows: list[dict[str, Any]]) ->
                     "accuracy": run["final_accuracy"],
                     "backdoor_accuracy": run["backdoor_accuracy"],
                     "main_task_loss_pp": loss,
+                    "screened": run.get("screened"),
                 }
             complete = len(attacks) == len(args.backdoor_attacks)
             bds = [a["backdoor_accuracy"] for a in attacks.values()]
@@ -241,6 +271,7 @@ def _summarise_backdoor(args: argparse.Namespace, rows: list[dict[str, Any]]) ->
             seeds[str(s)] = {
                 "no_attack_accuracy": own["final_accuracy"] if own else None,
                 "no_attack_backdoor_accuracy": own["backdoor_accuracy"] if own else None,
+                "no_attack_screened": own.get("screened") if own else None,
                 "attacks": attacks,
                 "worst_backdoor_accuracy": max(bds) if complete and None not in bds else None,
                 "worst_main_task_loss_pp": max(losses) if complete and None not in losses else None,
