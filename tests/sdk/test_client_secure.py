@@ -1,0 +1,173 @@
+"""The SDK in secure rounds of a live coordinator: `participate` on a secure task, the residual
+kept across an app restart, and the (model, plan) digest check that refuses a tampered round."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from compression import ModelSpec
+from coordinator.service import ServerThread, ServiceConfig
+from protocol.messages import (
+    Assignment,
+    CodecParams,
+    TaskConfig,
+    TensorShape,
+    TrainingParams,
+    to_json,
+)
+from protocol.secagg import ModelMismatch
+from sdk import Client, TrainResult
+from sdk.client import SecureRoundReport
+
+ADMIN = "sdk-secure-admin"
+SPEC = ModelSpec.from_shapes([("w", (4, 8)), ("b", (4,))])
+
+
+class ShiftTrainer:
+    """A stand-in local step: every parameter moves by `step` (no torch needed)."""
+
+    def __init__(self, step: float) -> None:
+        self.step = step
+
+    def train(
+        self,
+        params: npt.NDArray[np.float32],
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.int64],
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        rng: np.random.Generator,
+    ) -> TrainResult:
+        return TrainResult((params + np.float32(self.step)).astype(np.float32), len(x), 0.5)
+
+
+def _task(rounds: int) -> dict[str, object]:
+    return to_json(
+        TaskConfig(
+            name="sdk-secure", model_name="tiny",
+            spec=[TensorShape(e.name, list(e.shape)) for e in SPEC.entries],
+            rounds=rounds, clients_per_round=3, over_selection=1.0, min_reports=3,
+            selection_timeout_s=60.0, deadline_s=30.0, downlink=CodecParams(topk=1.0, bits=32),
+            training=TrainingParams(1, 8, 0.1), retry_after_s=0.2,
+            secure={"coord_fraction": 0.5, "stage_timeout_s": 5.0},
+        )
+    )  # fmt: skip
+
+
+@pytest.fixture()
+def server(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    from compression import encode_snapshot
+
+    cfg = ServiceConfig(
+        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
+    )
+    with ServerThread(cfg) as url:
+        auth = {"authorization": f"Bearer {ADMIN}"}
+        http = httpx.Client(base_url=url, headers=auth)
+        task_id = int(http.post("/v1/admin/tasks", json=_task(rounds=2)).json()["task_id"])
+        snap = encode_snapshot(np.zeros(SPEC.size, np.float32), SPEC, "fp32")
+        r = http.put(f"/v1/admin/tasks/{task_id}/model", content=snap)
+        assert r.status_code == 200
+        yield url, task_id
+
+
+def _data() -> tuple[np.ndarray, np.ndarray]:
+    return np.zeros((8, 8), np.float32), np.zeros(8, np.int64)
+
+
+def _in_threads(fns: list[Callable[[], object]]) -> list[object]:
+    out: list[object] = [None] * len(fns)
+
+    def run(i: int) -> None:
+        out[i] = fns[i]()
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(fns))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return out
+
+
+def test_participate_runs_a_secure_round_and_keeps_the_residual(
+    server: tuple[str, int], tmp_path: Path
+) -> None:
+    # Prepare
+    url, task_id = server
+    clients = [Client(url, str(tmp_path / f"d{i}")) for i in range(3)]
+    for c in clients:
+        c.register()
+    x, y = _data()
+    # Execute: one round through the ordinary participate() call
+    reports = _in_threads(
+        [
+            lambda c=c, i=i: c.participate(ShiftTrainer(0.01 * (i + 1)), x, y, task_id=task_id)
+            for i, c in enumerate(clients)
+        ]
+    )
+    # Assert: a full secure participation per device, and what was not sent is kept
+    assert all(isinstance(r, SecureRoundReport) and r.completed for r in reports)
+    r0 = reports[0]
+    assert isinstance(r0, SecureRoundReport)
+    assert r0.stages == ["advertise-keys", "share-keys", "masked-input", "unmask"]
+    assert r0.receipt.accepted and r0.receipt.payload_bytes > 0 and r0.num_examples == 8
+    residual = clients[0]._core.secure_participant(SPEC.size).residual.copy()
+    assert np.count_nonzero(residual) > 0  # coordinates outside S_r wait for later rounds
+    restarted = Client(url, str(tmp_path / "d0"))
+    np.testing.assert_array_equal(restarted._core.secure_participant(SPEC.size).residual, residual)
+    # The plain-round entry points refuse a secure assignment, and vice versa
+    a = Assignment(
+        task_id, 1, 0, "tiny", [], CodecParams(), TrainingParams(), 0.0, "", "", 0, 0, True
+    )
+    with pytest.raises(ValueError, match="secure"):
+        clients[0].train_round(a, ShiftTrainer(0.0), x, y)
+    a.secure = False
+    with pytest.raises(ValueError, match="not a secure"):
+        clients[0].secure_round(a, lambda p: (p, 1, 0.0))
+
+
+def test_a_tampered_round_digest_is_refused_before_any_stage_upload(
+    server: tuple[str, int], tmp_path: Path
+) -> None:
+    # Prepare: device 0's network path rewrites the setup digest (a model-inconsistency attack)
+    url, task_id = server
+    sent: list[str] = []
+
+    def tamper(request: httpx.Request, nxt: Callable[[httpx.Request], httpx.Response]):  # type: ignore[no-untyped-def]
+        sent.append(f"{request.method} {request.url.path}")
+        response = nxt(request)
+        if request.url.path.endswith("/setup"):
+            response.read()
+            response.headers["x-plume-secagg-digest"] = "00" * 32
+        return response
+
+    victim = Client(url, str(tmp_path / "victim"), mods=(tamper,))
+    others = [Client(url, str(tmp_path / f"o{i}")) for i in range(2)]
+    for c in [victim, *others]:
+        c.register()
+
+    def assignment(c: Client) -> Assignment:
+        while True:
+            answer = c.check_in(task_id)
+            if answer.assignment is not None:
+                return answer.assignment
+            time.sleep(0.02)
+
+    assignments = _in_threads([lambda c=c: assignment(c) for c in [victim, *others]])
+    a = assignments[0]
+    assert isinstance(a, Assignment) and a.secure
+    # Execute + Assert
+    with pytest.raises(ModelMismatch):
+        victim.secure_round(a, lambda p: (np.zeros_like(p), 1, 0.0))
+    assert not any("/stages/" in s for s in sent)
+    assert sent[-1].endswith("/setup")
