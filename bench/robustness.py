@@ -530,7 +530,10 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for path in args.merge:
         saved = json.loads(Path(path).read_text())
-        if saved.get("config") != setting:
+        # Fields SimConfig gained after that run count at their defaults (e.g. `fleet`).
+        defaults = asdict(SimConfig())
+        old = {k: saved.get("config", {}).get(k, defaults.get(k)) for k in setting}
+        if old != setting or not set(saved.get("config", {})) <= set(setting):
             raise SystemExit(f"{path} was run with another setting; not merging it")
         seed = saved["config"]["seed"]
         rows.extend(
