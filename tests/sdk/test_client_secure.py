@@ -171,3 +171,20 @@ def test_a_tampered_round_digest_is_refused_before_any_stage_upload(
         victim.secure_round(a, lambda p: (np.zeros_like(p), 1, 0.0))
     assert not any("/stages/" in s for s in sent)
     assert sent[-1].endswith("/setup")
+
+
+def test_docs_secure_example_runs_as_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The secure-task example in docs/http-api.md, executed verbatim in a scratch folder."""
+    import re
+
+    doc = (Path(__file__).parents[2] / "docs" / "http-api.md").read_text()
+    block = re.search(r"### Example\n\n.*?```python\n(.*?)```", doc, re.S)
+    assert block is not None
+    monkeypatch.chdir(tmp_path)
+    printed: list[str] = []
+    names = {"__name__": "docs_example", "print": lambda *a: printed.append(" ".join(map(str, a)))}
+    exec(compile(block.group(1), "http-api.md", "exec"), names)
+    assert printed == [str([(True, "unmask")] * 3)]
+    assert (tmp_path / "secure.db").exists() and (tmp_path / "secure-app-0").is_dir()
