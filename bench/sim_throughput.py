@@ -295,21 +295,36 @@ def bench_digits(args: argparse.Namespace) -> dict[str, Any]:
         return res
 
     # The baseline as a user writes it: per-client training, one encode and one submit each.
-    out["plain_torch_loop"] = through_engine(plain_train, "plain loop", batched=False)
-    for name in args.backends:
-        backend = _backend(name, args.workers)
-        t0 = time.perf_counter()
-        backend.start(ctx)
-        backend.train(init, [TrainJob("w", 0, 0, 0, np.arange(20))])  # warm-up: spawn, trace
-        startup = time.perf_counter() - t0
-        out[name] = through_engine(backend.train, name, batched=True)
-        out[name]["startup_s"] = startup
-        if name == "vectorized":
-            # The same backend with the per-update codec path, for the batching's effect.
-            out["vectorized_per_update_codec"] = through_engine(
-                backend.train, "vectorized, per-update codec", batched=False
-            )
-        backend.close()
+    runs: dict[str, list[dict[str, Any]]] = {}
+    for rep in range(args.repeat):
+        tag = f" ({rep + 1}/{args.repeat})" if args.repeat > 1 else ""
+        load = os.getloadavg()[0]
+        runs.setdefault("plain_torch_loop", []).append(
+            through_engine(plain_train, "plain loop" + tag, batched=False) | {"load_1m": load}
+        )
+        for name in args.backends:
+            backend = _backend(name, args.workers)
+            t0 = time.perf_counter()
+            backend.start(ctx)
+            backend.train(init, [TrainJob("w", 0, 0, 0, np.arange(20))])  # warm-up: spawn, trace
+            startup = time.perf_counter() - t0
+            load = os.getloadavg()[0]
+            res = through_engine(backend.train, name + tag, batched=True)
+            runs.setdefault(name, []).append(res | {"startup_s": startup, "load_1m": load})
+            if name == "vectorized":
+                # The same backend with the per-update codec path, for the batching's effect.
+                runs.setdefault("vectorized_per_update_codec", []).append(
+                    through_engine(backend.train, "vectorized, per-update codec" + tag, False)
+                    | {"load_1m": os.getloadavg()[0]}
+                )
+            backend.close()
+    for name, rs in runs.items():
+        # The median run by rate, with every run's rate and load beside it.
+        rates = [r["updates_per_s"] for r in rs]
+        out[name] = sorted(rs, key=lambda r: r["updates_per_s"])[(len(rs) - 1) // 2] | {
+            "updates_per_s_all_runs": rates,
+            "load_1m_all_runs": [r["load_1m"] for r in rs],
+        }
     del codec
     torch.set_num_threads(threads_before)
     return {
@@ -322,6 +337,8 @@ def bench_digits(args: argparse.Namespace) -> dict[str, Any]:
             "model": "digits_mlp (64-32-10, 2,410 params)",
             "codec": "topk 0.05, 4-bit, zstd, error feedback; decoded by RoundEngine",
             "torch_threads": args.digits_threads,
+            "repeats": args.repeat,
+            "figures": "each backend's median run (by updates/s) of `repeats`",
             "codec_path": "backends: batched (encode_reports + RoundEngine.submit_many, as "
             "plume sim); plain loop and vectorized_per_update_codec: one encode + submit each",
         },
@@ -607,6 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--digits-clients", type=int, default=1000)
     parser.add_argument("--digits-rounds", type=int, default=5)
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="digits section: runs per backend (median kept)"
+    )
     parser.add_argument(
         "--digits-threads",
         type=int,

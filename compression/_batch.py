@@ -100,6 +100,8 @@ def _check_batch(
     if not np.all(np.isfinite(arr)):
         raise ValueError("update contains NaN or Inf")
     for weight in weights:
+        if type(weight) is float and math.isfinite(weight) and weight >= 0:
+            continue  # the common case, without the numbers.Real ABC check below
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
             raise ValueError(f"weight must be a real number, got {weight!r}")
         if not (math.isfinite(weight) and weight >= 0):
