@@ -304,24 +304,35 @@ def exp_eval(s: _Setup, reps: int) -> dict[str, Any]:
 
     from mobile_sim.models import build_model
     from sdk.flat import set_flat_params
-    from sdk.trainer import evaluate
 
-    _threads(2)
     m = build_model("mnist_cnn")
     xt, yt = torch.from_numpy(s.data.x_test), torch.from_numpy(s.data.y_test)
 
-    def no_grad() -> None:
-        evaluate(m, s.params, s.data.x_test, s.data.y_test)
+    def run(batch: int, inference: bool) -> Callable[[], None]:
+        def go() -> None:
+            set_flat_params(m, s.params)
+            m.eval()
+            with torch.inference_mode() if inference else torch.no_grad():
+                for start in range(0, len(xt), batch):
+                    logits = m(xt[start : start + batch])
+                    float(torch.nn.functional.cross_entropy(logits, yt[start : start + batch]))
 
-    def inference() -> None:
-        set_flat_params(m, s.params)
-        m.eval()
-        with torch.inference_mode():
-            for start in range(0, len(xt), 1000):
-                logits = m(xt[start : start + 1000])
-                float(torch.nn.functional.cross_entropy(logits, yt[start : start + 1000]))
+        return go
 
-    return _ab({"no_grad": no_grad, "inference_mode": inference}, reps, "eval")
+    out: dict[str, Any] = {"test_images": len(xt)}
+    for threads in (1, 2):
+        _threads(threads)
+        out[f"threads_{threads}"] = _ab(
+            {
+                "no_grad_batch_1000 (old default)": run(1000, False),
+                "inference_mode_batch_1000": run(1000, True),
+                "inference_mode_batch_250 (new default)": run(250, True),
+                "inference_mode_batch_100": run(100, True),
+            },
+            reps,
+            f"eval {threads}t",
+        )
+    return out
 
 
 # --- torch.compile ----------------------------------------------------------------------------
