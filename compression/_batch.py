@@ -66,7 +66,10 @@ _HEADER_DTYPE = np.dtype(
 assert _HEADER_DTYPE.itemsize == HEADER_LEN
 _MAGIC_U32 = int.from_bytes(UPDATE_MAGIC, "little")
 _CODING_IDS = {c.name: c.wire_id for c in INDEX_CODINGS.values()}
-_AUTO = ("rice", "ef", "bitmap")  # the order "auto" tries them (ties: the earlier one)
+_AUTO = ("rice", "ef", "bitmap")
+_BIG = (
+    1 << 62
+)  # above any section size: "no candidate yet"  # the order "auto" tries them (ties: the earlier one)
 
 
 def _ceil_div(a: Any, b: Any) -> Any:
@@ -153,7 +156,7 @@ def _plan_rows(idx: I64, d: int, choice: str) -> tuple[I64, I64]:
     """Per row, the `(wire id, param)` that `IndexStage.choose` picks; idx is int64[n, k], k < d."""
     n, k = idx.shape
     names = _AUTO if choice == "auto" else (choice,)
-    best_size = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+    best_size = np.full(n, _BIG, dtype=np.int64)
     best_id = np.zeros(n, dtype=np.int64)
     best_param = np.zeros(n, dtype=np.int64)
     top = d.bit_length() - 1
@@ -167,7 +170,7 @@ def _plan_rows(idx: I64, d: int, choice: str) -> tuple[I64, I64]:
             mean = np.maximum(1.0, gaps.mean(axis=1))
             r0 = np.maximum(0, np.log2(mean).astype(np.int64))
             lo, hi = np.maximum(0, r0 - 2), np.minimum(r0 + 3, top)
-            size = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+            size = np.full(n, _BIG, dtype=np.int64)
             param = np.zeros(n, dtype=np.int64)
             for r in range(int(lo.min()), int(hi.max()) + 1):
                 s = packed_len(k, r) + _ceil_div(k + (gaps >> r).sum(axis=1), 8)
@@ -177,7 +180,7 @@ def _plan_rows(idx: I64, d: int, choice: str) -> tuple[I64, I64]:
         else:  # ef
             l0 = max(0, int(np.log2(max(1.0, d / k))))
             last = idx[:, -1]
-            size = np.full(n, np.iinfo(np.int64).max, dtype=np.int64)
+            size = np.full(n, _BIG, dtype=np.int64)
             param = np.zeros(n, dtype=np.int64)
             for low in range(max(0, l0 - 2), min(l0 + 3, top) + 1):
                 s = packed_len(k, low) + _ceil_div((last >> low) + k, 8)

@@ -242,6 +242,7 @@ class RoundEngine:
             raise ValueError(f"{n} uploads but {len(wire_bytes)} wire_bytes")
         out: list[Receipt | EngineError | CodecError | None] = [None] * n
         target = rnd.plan.target_reports
+        dense_bytes = self.spec.dense_bytes
         pos = 0
         while pos < n:
             # Until the round is full every upload that passes the cheap checks is decoded in
@@ -269,7 +270,7 @@ class RoundEngine:
                     continue
                 rnd.updates[device_id] = ClientUpdate(device_id, got.update, got.weight)
                 wb = None if wire_bytes is None else wire_bytes[i]
-                self.ledger.record(round_id, device_id, "up", len(frame), wb, self.spec.dense_bytes)
+                self.ledger.record(round_id, device_id, "up", len(frame), wb, dense_bytes)
                 out[i] = Receipt(round_id, device_id, len(frame), got.update.nnz, got.weight)
         return [r for r in out if r is not None]
 
