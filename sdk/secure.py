@@ -160,12 +160,13 @@ class SecureParticipant:
 
 
 class HttpSecureDevice:
-    """A device taking part in secure rounds over HTTP (see coordinator/service/_secagg_routes).
+    """A device in secure rounds of the loopback stage router (coordinator/service/
+    _secagg_routes), which trusts the `x-plume-device` header: for tests only.
 
-    `client` is an `httpx.Client` whose transport is the only network seam (tests and the
-    simulator inject one). `headers` are added to every request; the default names the device
-    in `x-plume-device`, which only a trusted loopback router accepts. A deployment passes the
-    signed-request headers instead.
+    Against the coordinator service use `sdk.client.Client.secure_round` (or `participate`),
+    which signs every request with the device's key and counts it in the ledger. `client` is
+    an `httpx.Client` whose transport is the only network seam; `headers` are added to every
+    request (default: the device id in `x-plume-device`).
     """
 
     def __init__(

@@ -6,9 +6,12 @@
                                                            (425 + Retry-After until it closes)
     GET  /v1/secure/rounds/{round_id}/result               JSON: committed, contributors, ...
 
-The device is whoever `device_id` (a FastAPI dependency) says: the signed-request dependency of
-the main app, or the `x-plume-device` header in tests. A stage closes when every device still
-in it has uploaded, or when the orchestrator calls `SecureRegistry.close_stage` at its deadline.
+`SecureRegistry` is the stage bookkeeping of open secure rounds; the durable service uses it
+behind its own signed endpoints (`_secure_api.py`, docs/http-api.md "Secure tasks"). The router
+here is the transport alone: the device is whoever `device_id` (a FastAPI dependency) says, by
+default the `x-plume-device` header, so it is for tests and trusted loopback only. A stage
+closes when every device still in it has uploaded, or when the orchestrator calls
+`SecureRegistry.close_stage` (or `close_due`) at its deadline.
 """
 
 from __future__ import annotations
