@@ -86,7 +86,10 @@ def train_clients_vmapped(
     c = len(xs)
     if not (c == len(ys) == len(rngs)) or c == 0:
         raise ValueError("xs, ys and rngs must be non-empty and of equal length")
-    sizes = np.array([len(x) for x in xs], dtype=np.int64)
+    if isinstance(xs, np.ndarray):
+        sizes = np.full(c, xs.shape[1], dtype=np.int64)  # already stacked: equal sizes
+    else:
+        sizes = np.array([len(x) for x in xs], dtype=np.int64)
     if sizes.min() < 1:
         raise ValueError("a device needs at least one example to train")
     n_max = int(sizes.max())
@@ -95,8 +98,8 @@ def train_clients_vmapped(
     # Every client's data, padded to n_max rows (row 0 repeated; masked out below).
     if int(sizes.min()) == n_max:
         # Equal sizes (a typical simulated cohort): one stack, no per-client copies.
-        x_all = np.stack(xs)
-        y_all = np.stack(ys).astype(np.int64, copy=False)
+        x_all = xs if isinstance(xs, np.ndarray) else np.stack(xs)
+        y_all = (ys if isinstance(ys, np.ndarray) else np.stack(ys)).astype(np.int64, copy=False)
     else:
         x_all = np.zeros((c, n_max, *xs[0].shape[1:]), dtype=xs[0].dtype)
         y_all = np.zeros((c, n_max), dtype=np.int64)
@@ -230,14 +233,21 @@ class VectorizedBackend:
         per_chunk = max(1, min(self.max_clients, self.max_floats // max(self._d, 1)))
         for start in range(0, len(batchable), per_chunk):
             chunk = batchable[start : start + per_chunk]
-            xs, ys = [], []
-            for i in chunk:
-                job = jobs[i]
-                x, y = ctx.x_train[job.indices], ctx.y_train[job.indices]
-                if job.data_attack is not None:
-                    x, y = job.data_attack.poison_data(x, y, job_rng(job, stream=1))
-                xs.append(np.asarray(x))
-                ys.append(np.asarray(y, dtype=np.int64))
+            plain = all(jobs[i].data_attack is None for i in chunk)
+            if plain and len({len(jobs[i].indices) for i in chunk}) == 1:
+                # Equal-size clean clients: one gather of [clients, n] examples.
+                rows = np.stack([jobs[i].indices for i in chunk])
+                xs: Any = ctx.x_train[rows]
+                ys: Any = ctx.y_train[rows]
+            else:
+                xs, ys = [], []
+                for i in chunk:
+                    job = jobs[i]
+                    x, y = ctx.x_train[job.indices], ctx.y_train[job.indices]
+                    if job.data_attack is not None:
+                        x, y = job.data_attack.poison_data(x, y, job_rng(job, stream=1))
+                    xs.append(np.asarray(x))
+                    ys.append(np.asarray(y, dtype=np.int64))
             # job_rng(job)'s streams, seeded for the whole chunk at once (reused generators).
             rngs = self._rngs.for_jobs([jobs[i] for i in chunk])
             trained, losses = train_clients_vmapped(
@@ -254,9 +264,10 @@ class VectorizedBackend:
             )
             deltas = trained - params[None, :]
             loss_list = losses.tolist()
+            sizes = [len(x) for x in xs] if isinstance(xs, list) else [xs.shape[1]] * len(chunk)
             for k, i in enumerate(chunk):
                 # Row views of a fresh matrix: each result owns its row, no per-client copy.
-                results[i] = JobResult(jobs[i].device_id, deltas[k], len(xs[k]), loss_list[k])
+                results[i] = JobResult(jobs[i].device_id, deltas[k], sizes[k], loss_list[k])
         return [r for r in results if r is not None]
 
     def close(self) -> None:

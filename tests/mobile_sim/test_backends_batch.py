@@ -10,9 +10,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mobile_sim import runner
-from mobile_sim.backends import TrainJob, job_rng
+from mobile_sim.backends import SequentialBackend, TrainContext, TrainJob, job_rng
 from mobile_sim.backends._seeding import RngPool
+from mobile_sim.backends.vectorized import VectorizedBackend
+from mobile_sim.data import load_digits_data
+from mobile_sim.models import build_model
 from mobile_sim.runner import SimConfig, SimResult, run_simulation
+from sdk.flat import get_flat_params
 
 BASE = SimConfig(
     dataset="digits",
@@ -102,3 +106,39 @@ def test_rng_pool_draws_what_job_rng_draws(rows: list[tuple[int, int, int]], str
         )
         np.testing.assert_array_equal(gen.permutation(17), ref.permutation(17))
         assert gen.integers(0, 2**62) == ref.integers(0, 2**62)
+
+
+class _NoOpAttack:
+    """Leaves the data as it is, but sends its clients down the per-client data path."""
+
+    def poison_data(
+        self, x: np.ndarray, y: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return x, y
+
+
+def test_vectorized_gather_path_matches_per_client_path_and_sequential() -> None:
+    # Prepare: equal-size clean clients (one gather) and the same clients one by one
+    data = load_digits_data()
+    ctx = TrainContext("digits_mlp", data.x_train, data.y_train, epochs=2, batch_size=10, lr=0.1)
+    params = get_flat_params(build_model("digits_mlp"))
+    rng = np.random.default_rng(5)
+    jobs = [
+        TrainJob(f"dev-{i}", i, 2, 0, np.sort(rng.choice(len(data.x_train), 20, replace=False)))
+        for i in range(12)
+    ]
+    flagged = [replace(j, data_attack=_NoOpAttack()) for j in jobs]
+
+    # Execute
+    vec = VectorizedBackend()
+    vec.start(ctx)
+    gathered, per_client = vec.train(params, jobs), vec.train(params, flagged)
+    seq = SequentialBackend()
+    seq.start(ctx)
+    reference = seq.train(params, jobs)
+
+    # Assert
+    for a, b, r in zip(gathered, per_client, reference, strict=True):
+        np.testing.assert_array_equal(a.delta, b.delta)
+        assert (a.num_examples, a.loss) == (b.num_examples, b.loss) == (20, a.loss)
+        np.testing.assert_allclose(a.delta, r.delta, atol=1e-5, rtol=1e-4)
