@@ -169,3 +169,56 @@ def test_secure_rounds_with_dropouts_match_the_in_process_protocol(
         reports = first if r.seq == 1 else second
         for d, rep in reports.items():  # the report counts from the download on (no check-in)
             assert 0 < rep.bytes_up < up[d]["wire_bytes"]
+
+
+def test_grouped_secure_task_matches_the_in_process_protocol(server: str, tmp_path: Path) -> None:
+    # Prepare: six devices in two SecAgg groups of three, a median across the group means
+    http = httpx.Client(base_url=server)
+    grouped = {"group_size": 3, "group_aggregator": "median"}
+    task_id = create_task(http, _config(rounds=1, n=6, **grouped))
+    clients = _clients(server, tmp_path, 6)
+    ids = [c.device_id for c in clients]
+    # Execute
+    reports = _run_round(clients, task_id, 1, {})
+    wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 1)
+    (rnd,) = [
+        from_json(RoundStatus, r) for r in admin_get(http, f"/v1/admin/tasks/{task_id}/rounds")
+    ]
+    # Assert
+    assert all(r.completed for r in reports.values())
+    assert rnd.measurements["groups"] == 2 and rnd.measurements["contributors"] == 6
+    coord = SecureCoordinator(
+        initial_params(), SecureConfig(coord_fraction=0.5, seed=SEED, **grouped), spec=SPEC
+    )
+    out, _ = run_secure_round(
+        coord,
+        {d: SecureParticipant(SPEC.size) for d in ids},
+        {d: (_delta(d, 1), 1) for d in ids},
+        rng_for=lambda d: np.random.default_rng([SEED, rnd.round_id, int(d[:12], 16), 3]),
+        round_id=rnd.round_id,
+    )
+    assert out.committed and out.measurements["groups"] == 2
+    final, _, _ = clients[0].fetch_current(task_id, SPEC)
+    np.testing.assert_array_equal(final, coord.params)
+
+
+def test_a_round_below_threshold_is_abandoned_and_the_next_commits(
+    server: str, tmp_path: Path
+) -> None:
+    # Prepare: three devices; in round 1 two of them vanish before sharing keys
+    http = httpx.Client(base_url=server)
+    task_id = create_task(http, _config(rounds=2, n=3, stage_timeout_s=1.0))
+    clients = _clients(server, tmp_path, 3)
+    ids = [c.device_id for c in clients]
+    # Execute
+    first = _run_round(clients, task_id, 1, dict.fromkeys(ids[:2], Stage.SHARE_KEYS))
+    wait_until(http, "/v1/rounds/1", "state", "abandoned")
+    second = _run_round(clients, task_id, 2, {})
+    status = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+    # Assert: round 1 aborted (the lone survivor was told so) and left the model alone
+    r1, r2 = admin_get(http, f"/v1/admin/tasks/{task_id}/rounds")
+    assert r1["state"] == "abandoned" and r1["version_after"] is None
+    assert r1["measurements"]["aborted"] and r1["measurements"]["contributors"] == 0
+    assert not first[ids[2]].completed and first[ids[2]].detail
+    assert r2["state"] == "committed" and r2["base_version"] == 0
+    assert status["version"] == 1 and all(r.completed for r in second.values())
