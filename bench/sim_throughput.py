@@ -557,6 +557,31 @@ def bench_mnist(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _digits_note(section: dict[str, Any], best: str) -> str:
+    """One sentence for docs/benchmarks.md: the figure, its runs and load, and where the time
+    of the best backend goes."""
+    res, settings = section["results"], section["settings"]
+    r = res[best]
+    n = settings["clients_per_round"] * settings["rounds"]
+    per_k = 1000 / n
+    runs = ", ".join(f"{x:.0f}" for x in r.get("updates_per_s_all_runs", [r["updates_per_s"]]))
+    loads = ", ".join(f"{x:.1f}" for x in r.get("load_1m_all_runs", []))
+    met = "met" if r["updates_per_s"] >= 5000 else "MISSED"
+    text = (
+        f"digits-many target (>= 5,000 updates/s) {met}: {best} {r['updates_per_s']:.0f}/s, the "
+        f"median of {settings.get('repeats', 1)} run(s) ({runs}/s; 1-minute load average "
+        f"{loads or 'not recorded'}, 2 cores). Per 1,000 updates: training "
+        f"{r['train_s'] * per_k:.3f} s, encoding {r.get('encode_s', 0.0) * per_k:.3f} s, "
+        f"decoding under limits + FedAvg {r.get('decode_aggregate_s', 0.0) * per_k:.3f} s."
+    )
+    if "vectorized_per_update_codec" in res:
+        text += (
+            f" Same backend with one encode + submit per update: "
+            f"{res['vectorized_per_update_codec']['updates_per_s']:.0f}/s."
+        )
+    return text
+
+
 def _merge(
     path: Path, section: str, value: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
@@ -585,6 +610,8 @@ def _merge(
             doc["digits_many_best_backend"] = best
             doc["digits_many_target_met"] = res[best]["updates_per_s"] >= 5000
         doc["digits_many_plain_loop_updates_per_s"] = res["plain_torch_loop"]["updates_per_s"]
+        if best is not None:
+            doc["digits_many_note"] = _digits_note(s["digits"], best)
     key = "mnist" if "mnist" in s else "mnist_quick" if "mnist_quick" in s else None
     if key is not None:
         res = s[key]["results"]
