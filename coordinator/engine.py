@@ -234,7 +234,8 @@ class RoundEngine:
         would have raised for it at that point of the sequence; a refused upload changes
         nothing, so it does not affect the others. The engine ends in the state the sequential
         calls leave. Only frames that `submit` would decode are decoded (same limits, same
-        errors). Raises `UnknownRound` for an unknown round, as `submit` would for every upload.
+        errors). Raises `UnknownRound` for an unknown round, as `submit` would for every upload,
+        and `TypeError` for a frame that is not bytes (uploads before its chunk stay submitted).
         """
         rnd = self._round(round_id)
         n = len(uploads)
@@ -255,8 +256,9 @@ class RoundEngine:
             # Chunk members that pass the cheap checks now; the ones that still pass them in
             # the walk below (after earlier acceptances) are a subset of these.
             passing = [i for i in chunk if self._precheck(rnd, round_id, uploads[i][0]) is None]
-            decoded = dict(
-                zip(passing, self.codec.decode_many([uploads[i][1] for i in passing]), strict=True)
+            frames = [uploads[i][1] for i in passing]
+            decoded = (
+                dict(zip(passing, self.codec.decode_many(frames), strict=True)) if frames else {}
             )
             for i in chunk:
                 device_id, frame = uploads[i]
