@@ -199,14 +199,17 @@ class SecureCoordinator:
         """Finish every group still in the unmask stage, combine, and publish the new model."""
         results: list[GroupResult] = []
         aborted = 0
+        reasons: list[str] = []
         for sr in task.groups:
             if sr.stage != Stage.UNMASK:
                 aborted += 1
+                reasons.append(f"group stopped in stage {sr.stage}")
                 continue
             try:
                 results.append(sr.finish())
-            except RoundAborted:
+            except RoundAborted as exc:
                 aborted += 1
+                reasons.append(str(exc))
         contributors = [d for res in results for d in res.contributors]
         dropped = sorted(set(task.group_of) - set(contributors))
         update = np.zeros(self.size, dtype=np.float32)
@@ -218,6 +221,8 @@ class SecureCoordinator:
             "ring_bits": task.groups[0].plan.ring_bits,
             "unmask_s": sum(res.unmask_s for res in results),
         }
+        if reasons:
+            meas["abort_reasons"] = reasons
         if not results or sum(res.weight for res in results) == 0:
             return SecureOutcome(task.round_id, False, [], dropped, aborted, update, meas)
         if self._process is None:

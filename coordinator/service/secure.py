@@ -130,7 +130,13 @@ def check_plan(settings: SecureSettings, cohort: int, model_size: int) -> None:
     cfg = settings.config
     k = max(1, int(round(cfg.coord_fraction * model_size)))
     group = cohort if cfg.group_size is None else min(cohort, cfg.group_size * 2 - 1)
-    make_plan(cfg, 1, group, model_size, np.arange(k, dtype=np.int64))
+    plan = make_plan(cfg, 1, group, model_size, np.arange(k, dtype=np.int64))
+    # The guarantee needs t > k/2 (no answer set gives t shares of both of a node's secrets);
+    # the largest group has the largest k, and smaller ones only lower it.
+    if 2 * plan.threshold <= plan.degree:
+        raise ValueError(
+            f"threshold {plan.threshold} must exceed half the graph degree {plan.degree}"
+        )
 
 
 def stage_cap(plans: list[SecurePlan], stage: Stage) -> int:

@@ -222,3 +222,38 @@ def test_a_round_below_threshold_is_abandoned_and_the_next_commits(
     assert not first[ids[2]].completed and first[ids[2]].detail
     assert r2["state"] == "committed" and r2["base_version"] == 0
     assert status["version"] == 1 and all(r.completed for r in second.values())
+
+
+@pytest.mark.slow
+def test_twenty_devices_dropping_at_every_stage(server: str, tmp_path: Path) -> None:
+    # Prepare: a cohort of 20; two devices drop at each of the four stages. That is 40%
+    # dropout, so the graph is complete (k = 19, t = 10): 12 devices answer the unmask request
+    # for every node, whichever ids the devices drew.
+    http = httpx.Client(base_url=server)
+    wide = {"degree_factor": 10.0}
+    task_id = create_task(http, _config(rounds=1, n=20, stage_timeout_s=4.0, **wide))
+    clients = _clients(server, tmp_path, 20)
+    ids = [c.device_id for c in clients]
+    stages = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK)
+    drops = {ids[i]: stages[i // 2] for i in range(8)}
+    # Execute
+    _run_round(clients, task_id, 1, drops)
+    wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 1, timeout=60)
+    rnd = admin_get(http, "/v1/rounds/1")
+    # Assert: the devices lost before their masked input are out, the two lost at unmask in
+    assert rnd["measurements"]["contributors"] == 14
+    assert rnd["measurements"]["dropped"] == sorted(ids[:6])
+    coord = SecureCoordinator(
+        initial_params(), SecureConfig(coord_fraction=0.5, seed=SEED, **wide), spec=SPEC
+    )
+    out, _ = run_secure_round(
+        coord,
+        {d: SecureParticipant(SPEC.size) for d in ids},
+        {d: (_delta(d, 1), 1) for d in ids},
+        drops,
+        rng_for=lambda d: np.random.default_rng([SEED, 1, int(d[:12], 16), 3]),
+        round_id=1,
+    )
+    assert out.committed and len(out.contributors) == 14
+    final, _, _ = clients[-1].fetch_current(task_id, SPEC)
+    np.testing.assert_array_equal(final, coord.params)
