@@ -29,7 +29,6 @@ from fastapi.responses import JSONResponse
 from coordinator.secure import SecureCoordinator, SecureOutcome, SecureRound, SecureTask
 from protocol.names import Reason
 from protocol.secagg import (
-    ProtocolViolation,
     RoundAborted,
     SecAggError,
     SecAggHeader,
@@ -196,7 +195,7 @@ class SecureRegistry:
             if stage in grp.closed:
                 raise WrongStage(f"stage {stage} is closed")
             if device_id not in grp.expected:
-                raise ProtocolViolation(f"device {device_id} is no longer in stage {stage}")
+                raise PermissionError(f"device {device_id} is no longer in stage {stage}")
             grp.sr.receive(stage, device_id, body)
             grp.uploaded.setdefault(stage, set()).add(device_id)
             grp.digests[(stage, device_id)] = digest
