@@ -21,7 +21,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from protocol import auth as pauth
-from protocol.messages import RoundStatus
+from protocol.messages import RoundStatus, UploadReceipt
 from protocol.names import ContentType, Reason
 from protocol.names import Header as H
 from protocol.secagg import SecAggPath, Stage
@@ -90,9 +90,13 @@ def add_secure_routes(
         att.payload_down = len(body)
         return Response(body, media_type=ContentType.OCTET_STREAM, headers=headers)
 
+    receipt: dict[int | str, dict[str, Any]] = {
+        200: {"model": UploadReceipt, "description": "the stage message is held by the round"}
+    }
+
     @app.post(
         SecAggPath.STAGE,
-        responses={**errors, **gone},
+        responses={**errors, **gone, **receipt},
         tags=["secure"],
         openapi_extra={
             "requestBody": {
@@ -176,7 +180,11 @@ def add_secure_routes(
         body = coordinator.secure_download(round_id, stage, fields.device_id)
         if body is None:
             retry = f"{config.poll_s:g}"
-            return Response(status_code=425, headers={H.RETRY_AFTER: retry})
+            return JSONResponse(
+                {"reason": str(Reason.INVALID_STATE), "detail": f"stage {stage} is still open"},
+                status_code=425,
+                headers={H.RETRY_AFTER: retry},
+            )
         att: Attribution = getattr(request.state, STATE_KEY)
         att.payload_down = len(body)
         return Response(body, media_type=ContentType.OCTET_STREAM)

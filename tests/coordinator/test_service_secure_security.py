@@ -152,6 +152,7 @@ def test_malformed_oversized_and_out_of_order_stage_bodies(world: World) -> None
     target = world.path("advertise-keys")
     r = world.http.get(target, headers=_signed(world.key_a, "GET", target, world.round_id, b""))
     assert r.status_code == 425 and float(r.headers["retry-after"]) > 0
+    assert r.json()["reason"] == Reason.INVALID_STATE
     assert world.uploads() == NOTHING
 
 
