@@ -108,11 +108,18 @@ def train_clients_vmapped(
             y_all[k, : sizes[k]] = ys[k]
     # Minibatch orders: positions >= n_k are padding (index 0, mask 0).
     order = np.zeros((epochs, c, padded), dtype=np.int64)
-    valid = np.zeros((epochs, c, padded), dtype=np.float32)
-    for k in range(c):
-        for e in range(epochs):
-            order[e, k, : sizes[k]] = rngs[k].permutation(int(sizes[k]))
-            valid[e, k, : sizes[k]] = 1.0
+    # valid[e, k, j] = 1 for the client's real positions j < n_k (the same every epoch).
+    real = (np.arange(padded) < sizes[:, None]).astype(np.float32)
+    valid = np.repeat(real[None], epochs, axis=0)
+    size_list = sizes.tolist()
+    # Each client's epochs in order from its own generator, as TorchTrainer draws them.
+    perms = [rngs[k].permutation(size_list[k]) for k in range(c) for _ in range(epochs)]
+    if int(sizes.min()) == n_max:
+        order[:, :, :n_max] = np.stack(perms).reshape(c, epochs, n_max).transpose(1, 0, 2)
+    else:
+        for k in range(c):
+            for e in range(epochs):
+                order[e, k, : size_list[k]] = perms[k * epochs + e]
     xt, yt = torch.from_numpy(x_all), torch.from_numpy(y_all)
     order_t, valid_t = torch.from_numpy(order), torch.from_numpy(valid)
     rows = torch.arange(c)[:, None]
