@@ -289,7 +289,13 @@ class _Fleet:
                 acc: float | None = None
                 loss: float | None = None
                 if r.state == "committed":
-                    params, _, _ = await observer.fetch_current(self.task_id, self.spec)
+                    # The round's row commits before the service swaps in the new model:
+                    # wait for the version it published, so the evaluation is of that model.
+                    while True:
+                        params, version, _ = await observer.fetch_current(self.task_id, self.spec)
+                        if version >= (r.version_after or 0):
+                            break
+                        await asyncio.sleep(0.01)
                     if r.seq % self.cfg.eval_every == 0 or r.seq == self.cfg.rounds:
                         acc, loss = evaluate_version(params)
                 bw = await asyncio.to_thread(admin.bandwidth, r.round_id)

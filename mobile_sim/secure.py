@@ -310,7 +310,15 @@ class HttpSecureFleet:
             time.sleep(0.02)
         committed = status.state == "committed"
         if committed:
-            params, _, _ = self.observer.fetch_current(task_id, self.spec)
+            # The round's row commits before the event loop swaps in the new model, so wait
+            # until the model endpoint serves the version the round published.
+            while True:
+                params, version, _ = self.observer.fetch_current(task_id, self.spec)
+                if version >= (status.version_after or 0):
+                    break
+                if time.monotonic() > give_up:
+                    raise RuntimeError(f"version {status.version_after} was never served")
+                time.sleep(0.01)
             self.coord.params = params
             self.coord.version += 1
         self.last_round_id = round_id

@@ -257,3 +257,28 @@ def test_twenty_devices_dropping_at_every_stage(server: str, tmp_path: Path) -> 
     assert out.committed and len(out.contributors) == 14
     final, _, _ = clients[-1].fetch_current(task_id, SPEC)
     np.testing.assert_array_equal(final, coord.params)
+
+
+@pytest.mark.slow
+def test_secure_simulation_over_the_service_equals_the_in_process_one() -> None:
+    # Prepare: the same MLP task, data, dropouts and device randomness on both transports
+    import torch
+
+    from mobile_sim.runner import SimConfig
+    from mobile_sim.secure import run_secure_simulation
+
+    torch.set_num_threads(1)
+    cfg = SimConfig(model="mlp", clients=20, per_round=6, rounds=3, local_epochs=1, eval_every=3)
+    # Execute
+    runs = {
+        t: run_secure_simulation(
+            cfg, SecureConfig(coord_fraction=0.05), dropout=0.2, progress=False, transport=t
+        )
+        for t in ("inproc", "http")
+    }
+    # Assert: the same model bit for bit, the same contributors and the same upload bytes
+    inproc, http = runs["inproc"], runs["http"]
+    np.testing.assert_array_equal(inproc.final_params, http.final_params)
+    assert [r.reports for r in inproc.records] == [r.reports for r in http.records]
+    assert [r.bytes_up for r in inproc.records] == [r.bytes_up for r in http.records]
+    assert inproc.final_accuracy == http.final_accuracy
