@@ -66,10 +66,10 @@ _HEADER_DTYPE = np.dtype(
 assert _HEADER_DTYPE.itemsize == HEADER_LEN
 _MAGIC_U32 = int.from_bytes(UPDATE_MAGIC, "little")
 _CODING_IDS = {c.name: c.wire_id for c in INDEX_CODINGS.values()}
-_AUTO = ("rice", "ef", "bitmap")
-_BIG = (
-    1 << 62
-)  # above any section size: "no candidate yet"  # the order "auto" tries them (ties: the earlier one)
+_AUTO = ("rice", "ef", "bitmap")  # the order "auto" tries them (ties: the earlier one)
+_BIG = 1 << 62  # above any section size: "no candidate yet"
+# Frames whose sections total more than this many bytes are decoded one by one.
+_BATCH_MAX_RAW = 4096
 
 
 def _ceil_div(a: Any, b: Any) -> Any:
@@ -687,6 +687,15 @@ def decode_many(codec: UpdateCodec, frames: Sequence[bytes]) -> list[DecodedFram
         ends = (offs + lens[cand] - CRC_LEN).tolist()
         computed = [zlib.crc32(view[o:e]) for o, e in zip(offs.tolist(), ends, strict=True)]
         ok &= np.array(computed, dtype=np.int64) == stored
+        raw_total = (
+            h["index_bytes"].astype(np.int64)
+            + h["scale_bytes"].astype(np.int64)
+            + h["value_bytes"].astype(np.int64)
+        )
+        # Big frames gain nothing from batching (their per-call overhead is already small
+        # next to the work) and would cost extra copies: they take the single decoder.
+        big = ok & (raw_total > _BATCH_MAX_RAW)
+        ok &= ~big
         slow.extend(cand[~ok].tolist())
         good = np.flatnonzero(ok)
         h = h[good]
