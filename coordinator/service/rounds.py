@@ -1000,7 +1000,11 @@ class Coordinator:
             round_id=r.round_id,
             task_id=r.task_id,
             seq=r.seq,
-            state=r.state,
+            # Until the event loop swaps in the published model the round still counts as
+            # aggregating, so "committed" always means its version is the one being served.
+            state=RoundState.AGGREGATING
+            if found is not None and r.state in (RoundState.COMMITTED, RoundState.ABANDONED)
+            else r.state,
             base_version=r.base_version,
             selected=len(r.selected),
             target=r.target,
