@@ -155,3 +155,37 @@ def test_metrics_serve_anomaly_and_privacy_series_per_task(tmp_path: Path) -> No
     assert _metric(text, "plume_dp_rounds", private) == 1
     assert _metric(text, "plume_dp_epsilon", screened) == 0
     assert text.count("# TYPE plume_dp_epsilon gauge") == 1
+
+
+def test_kill_9_inside_a_secure_publish_abandons_the_round_and_the_next_commits(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a coordinator process that blocks inside the publish transaction of round 1
+    from .test_service_persistence import _wait_file, coordinator
+
+    db, fault_file = tmp_path / "plume.db", tmp_path / "fault"
+    with coordinator(db, "during_publish", fault_file) as (url, proc):
+        http = httpx.Client(base_url=url)
+        task_id = create_task(http, _secure_dp_task(rounds=2))
+        clients = [Client(url, str(tmp_path / f"dev{i}"), retries=0) for i in range(3)]
+        for c in clients:
+            c.register()
+        assert all(r.completed for r in _round(clients, task_id))
+        assert _wait_file(fault_file) == "during_publish"
+        # Execute: SIGKILL mid-publish, restart on the same database, run the next round
+        proc.kill()
+        proc.wait(10)
+    with coordinator(db, None, fault_file) as (url, _proc):
+        http = httpx.Client(base_url=url)
+        crashed = admin_get(http, "/v1/rounds/1")
+        before = admin_get(http, f"/v1/admin/tasks/{task_id}")
+        clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
+        assert all(r.completed for r in _round(clients, task_id))
+        after = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+        ledger = admin_get(http, "/v1/rounds/1/bandwidth")
+    # Assert: the unpublished round left no version behind and was abandoned; its bytes stay
+    # in the ledger; the next round started fresh and published version 1
+    assert crashed["state"] == "abandoned" and "restarted" in crashed["measurements"]["abandoned"]
+    assert before["version"] == 0
+    assert after["version"] == 1 and after["rounds_committed"] == 1
+    assert ledger["totals"]["up_payload_bytes"] > 0
