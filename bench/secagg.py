@@ -183,6 +183,8 @@ def accuracy_runs(args: argparse.Namespace, secure_cfg: Any) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from coordinator.secure import SecureConfig
+
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -207,21 +209,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--clients", type=int, default=100)
     ap.add_argument("--per-round", type=int, default=10)
     ap.add_argument("--local-epochs", type=int, default=5)
-    ap.add_argument("--topk", type=float, default=0.01, help="plain top-k fraction = |S_r| / d")
+    ap.add_argument("--topk", type=float, default=0.01, help="plain mode top-k fraction")
     ap.add_argument("--plain-bits", type=int, default=4, help="plain mode quantizer bits")
-    ap.add_argument("--bits", type=int, default=6, help="secure mode quantizer bits b")
-    ap.add_argument("--sketch-pool", type=int, default=4, help="sketch column pooling")
-    ap.add_argument("--clip", type=float, default=1.0, help="secure L2 clip C of the sent values")
-    ap.add_argument("--explore", type=float, default=0.1, help="random share of S_r")
-    ap.add_argument("--ema-decay", type=float, default=0.5, help="decay of the S_r score")
-    ap.add_argument("--coord-bound-sigmas", type=float, default=4.0, help="gamma of C'")
+    # The secure arm's defaults are the product's (SecureConfig), so the bench measures them.
+    dflt = SecureConfig()
+    ap.add_argument("--bits", type=int, default=dflt.value_bits, help="secure value bits b")
+    ap.add_argument("--sketch-pool", type=int, default=dflt.sketch_pool, help="sketch pooling")
+    ap.add_argument("--clip", type=float, default=dflt.clip_norm, help="secure L2 clip C")
+    ap.add_argument("--explore", type=float, default=dflt.explore, help="random share of S_r")
+    ap.add_argument("--ema-decay", type=float, default=dflt.ema_decay, help="S_r score decay")
+    ap.add_argument(
+        "--coord-bound-sigmas", type=float, default=dflt.coord_bound_sigmas, help="gamma of C'"
+    )
     ap.add_argument("--no-rotate", action="store_true", help="no Hadamard rotation over S_r")
-    ap.add_argument("--max-weight", type=int, default=1, help="secure integer weight cap")
+    ap.add_argument("--max-weight", type=int, default=dflt.max_weight, help="weight cap w_max")
     ap.add_argument(
         "--coord-fraction",
         type=float,
-        default=None,
-        help="secure |S_r| / d (default: --topk, the plain arm's fraction)",
+        default=dflt.coord_fraction,
+        help="secure |S_r| / d (the plain arm's top-k fraction is --topk)",
     )
     ap.add_argument("--backend", default="sequential")
     ap.add_argument(
@@ -249,12 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from tqdm import tqdm
 
-    from coordinator.secure import SecureConfig
     from mobile_sim.report import machine_info, utc_now
 
     torch.set_num_threads(1)
     secure_cfg = SecureConfig(
-        coord_fraction=args.coord_fraction if args.coord_fraction is not None else args.topk,
+        coord_fraction=args.coord_fraction,
         value_bits=args.bits,
         clip_norm=args.clip,
         explore=args.explore,
