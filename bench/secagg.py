@@ -154,7 +154,8 @@ def accuracy_runs(args: argparse.Namespace, secure_cfg: Any) -> dict[str, Any]:
 
     def per_report(res: Any) -> float:
         # Secure bytes include the partial uploads of devices that dropped mid-round.
-        return sum(r.bytes_up for r in res.records) / max(1, sum(r.reports for r in res.records))
+        up = sum(r.bytes_up for r in res.records)
+        return float(up) / max(1, sum(r.reports for r in res.records))
 
     if args.plain_from is not None:
         old = json.loads(args.plain_from.read_text())
