@@ -154,8 +154,9 @@ def accuracy_runs(args: argparse.Namespace, secure_cfg: Any) -> dict[str, Any]:
 
     def per_report(res: Any) -> float:
         # Secure bytes include the partial uploads of devices that dropped mid-round.
-        up = sum(r.bytes_up for r in res.records)
-        return float(up) / max(1, sum(r.reports for r in res.records))
+        up = float(sum(r.bytes_up for r in res.records))
+        reports = int(sum(r.reports for r in res.records))
+        return up / max(1, reports)
 
     if args.plain_from is not None:
         old = json.loads(args.plain_from.read_text())
