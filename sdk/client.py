@@ -17,7 +17,7 @@ import asyncio
 import base64
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,7 +52,7 @@ from protocol.secagg import SecAggHeader, SecAggPath, Stage
 from ._types import LocalTrainer
 from .device import UpdateEncoder
 from .device_store import DeviceStore, PendingUpload
-from .secure import SecureParticipant, SecureSession
+from .secure import SecureParticipant
 
 __all__ = [
     "Client",
@@ -444,6 +444,110 @@ def _train(
     return res.params, res.num_examples, res.loss
 
 
+@dataclass(frozen=True)
+class _Sleep:
+    """A step of a secure-round flow: wait this long (seconds) before the next request."""
+
+    seconds: float
+
+
+_SecureFlow = Generator["_Exchange | _Sleep", "httpx.Response | None", SecureRoundReport]
+
+
+def _secure_flow(
+    core: _Core,
+    a: Assignment,
+    update: UpdateFn,
+    participant: SecureParticipant | None,
+    rng: np.random.Generator | None,
+    drop_at: Stage | None,
+) -> _SecureFlow:
+    """One device's secure round as a generator of requests, so that `Client` and
+    `AsyncClient` share it: it yields each `_Exchange` to send (and receives the response) or a
+    `_Sleep`, and returns the `SecureRoundReport`. See `Client.secure_round`."""
+    if not a.secure:
+        raise ValueError("not a secure assignment; use train_round")
+    spec = _spec(a)
+    before = _wire(core.bandwidth.get(a.round_id, {}))
+    response = yield core.model_exchange(a.task_id, spec, a.round_id, a.base_version)
+    assert response is not None
+    if response.status_code != 200:
+        raise _error(response)
+    params, _, encoding = core.apply_model(a.task_id, spec, response)
+    response = yield core.secure_setup_exchange(a.round_id)
+    assert response is not None
+    if response.status_code != 200:
+        raise _error(response)
+    digest = bytes.fromhex(response.headers[SecAggHeader.DIGEST])
+    node = int(response.headers[SecAggHeader.NODE])
+    own = participant is None
+    part = participant if participant is not None else core.secure_participant(spec.size)
+    session = part.join(response.content, digest, params, node)
+    delta, n, loss = update(params)
+    if rng is None:
+        rng = np.random.default_rng([a.seed, a.round_id, int(core.device_id[:12], 16), 3])
+    report = SecureRoundReport(
+        a.round_id, a.task_id, UploadReceipt(a.round_id, core.device_id, False, False, 0, 0),
+        loss, n, a.base_version, encoding, 0, 0,
+    )  # fmt: skip
+    try:
+        down = b""
+        for stage in _SECURE_ORDER:
+            if drop_at == stage:
+                report.detail = f"dropped before {stage}"
+                break
+            if stage == Stage.ADVERTISE_KEYS:
+                body = session.advertise()
+            elif stage == Stage.SHARE_KEYS:
+                body = session.share_keys(down)
+            elif stage == Stage.MASKED_INPUT:
+                body = session.masked_input(down, delta, n, rng)
+            else:
+                body = session.unmask(down)
+            response = yield core.stage_upload_exchange(a.round_id, stage, body, spec.dense_bytes)
+            assert response is not None
+            if (
+                response.status_code in (409, 410)
+                and _error(response).reason == Reason.ROUND_CLOSED
+            ):
+                report.detail = f"{stage}: {_error(response).detail}"
+                break
+            receipt: UploadReceipt = _parse(UploadReceipt, response)
+            report.stages.append(str(stage))
+            if stage == Stage.MASKED_INPUT:
+                report.receipt = receipt
+            if stage == Stage.UNMASK:
+                report.completed = True
+                break
+            # Poll the download that follows the stage until it closes (425 while open).
+            while True:
+                response = yield core.stage_download_exchange(a.round_id, stage)
+                assert response is not None
+                if response.status_code != 425:
+                    break
+                now = core.clock()
+                if now >= a.deadline_unix:
+                    break
+                yield _Sleep(max(0.0, min(core.delay(0, response), a.deadline_unix - now)))
+            if response.status_code == 425:
+                report.detail = f"{stage} did not close before the round deadline"
+                break
+            if response.status_code != 200:
+                err = _error(response)
+                if err.reason in (Reason.ROUND_CLOSED, Reason.NOT_SELECTED):
+                    report.detail = f"after {stage}: {err.detail}"
+                    break
+                raise err
+            down = bytes(response.content)
+    finally:
+        if own and Stage.MASKED_INPUT in report.stages:
+            core.save_secure_residual(part)
+        row = core.bandwidth.get(a.round_id, {})
+        report.bytes_down = _delta(row, before, "down")
+        report.bytes_up = _delta(row, before, "up")
+    return report
+
+
 class Client:
     """Synchronous coordinator client.
 
@@ -599,19 +703,19 @@ class Client:
 
     # -- secure rounds (SecAgg+) -----------------------------------------------------------
 
-    def _stage_download(self, round_id: int, stage: Stage, deadline: float) -> bytes | None:
-        """Poll the download that follows `stage` until it is ready; None at `deadline`."""
-        while True:
-            response = self._send(self._core.stage_download_exchange(round_id, stage))
-            if response.status_code == 200:
-                return bytes(response.content)
-            if response.status_code != 425:
-                raise _error(response)
-            now = self._core.clock()
-            if now >= deadline:
-                return None
-            wait = self._core.delay(0, response)
-            self._sleep(max(0.0, min(wait, deadline - now)))
+    def _drive(self, flow: _SecureFlow) -> SecureRoundReport:
+        """Run a secure-round flow: send each exchange it yields, sleep when it asks."""
+        try:
+            step = next(flow)
+            while True:
+                if isinstance(step, _Sleep):
+                    self._sleep(step.seconds)
+                    step = flow.send(None)
+                else:
+                    step = flow.send(self._send(step))
+        except StopIteration as done:
+            report: SecureRoundReport = done.value
+            return report
 
     def secure_round(
         self,
@@ -633,88 +737,7 @@ class Client:
         A round that ends early for this device (stage deadline, abort) returns a report with
         `completed` False and the reason in `detail`; other refusals raise `ClientError`.
         """
-        if not a.secure:
-            raise ValueError("not a secure assignment; use train_round")
-        core = self._core
-        spec = _spec(a)
-        before = _wire(self.bandwidth.get(a.round_id, {}))
-        params, encoding = self.fetch_model(a)
-        response = self._send(core.secure_setup_exchange(a.round_id))
-        if response.status_code != 200:
-            raise _error(response)
-        digest = bytes.fromhex(response.headers[SecAggHeader.DIGEST])
-        node = int(response.headers[SecAggHeader.NODE])
-        own = participant is None
-        part = participant if participant is not None else core.secure_participant(spec.size)
-        session = part.join(response.content, digest, params, node)
-        delta, n, loss = update(params)
-        if rng is None:
-            rng = np.random.default_rng([a.seed, a.round_id, int(core.device_id[:12], 16), 3])
-        report = SecureRoundReport(
-            a.round_id, a.task_id, UploadReceipt(a.round_id, core.device_id, False, False, 0, 0),
-            loss, n, a.base_version, encoding, 0, 0,
-        )  # fmt: skip
-        try:
-            self._secure_stages(a, spec, session, delta, n, rng, drop_at, report)
-        finally:
-            if own and Stage.MASKED_INPUT in report.stages:
-                core.save_secure_residual(part)
-            row = self.bandwidth.get(a.round_id, {})
-            report.bytes_down = _delta(row, before, "down")
-            report.bytes_up = _delta(row, before, "up")
-        return report
-
-    def _secure_stages(
-        self,
-        a: Assignment,
-        spec: ModelSpec,
-        session: SecureSession,
-        delta: npt.NDArray[np.float32],
-        num_examples: int,
-        rng: np.random.Generator,
-        drop_at: Stage | None,
-        report: SecureRoundReport,
-    ) -> None:
-        down = b""
-        for stage in _SECURE_ORDER:
-            if drop_at == stage:
-                report.detail = f"dropped before {stage}"
-                return
-            if stage == Stage.ADVERTISE_KEYS:
-                body = session.advertise()
-            elif stage == Stage.SHARE_KEYS:
-                body = session.share_keys(down)
-            elif stage == Stage.MASKED_INPUT:
-                body = session.masked_input(down, delta, num_examples, rng)
-            else:
-                body = session.unmask(down)
-            response = self._send(
-                self._core.stage_upload_exchange(a.round_id, stage, body, spec.dense_bytes)
-            )
-            if response.status_code in (409, 410):
-                err = _error(response)
-                if err.reason == Reason.ROUND_CLOSED:
-                    report.detail = f"{stage}: {err.detail}"
-                    return
-                raise err
-            receipt: UploadReceipt = _parse(UploadReceipt, response)
-            report.stages.append(str(stage))
-            if stage == Stage.MASKED_INPUT:
-                report.receipt = receipt
-            if stage == Stage.UNMASK:
-                report.completed = True
-                return
-            try:
-                got = self._stage_download(a.round_id, stage, a.deadline_unix)
-            except ClientError as err:
-                if err.reason in (Reason.ROUND_CLOSED, Reason.NOT_SELECTED):
-                    report.detail = f"after {stage}: {err.detail}"
-                    return
-                raise
-            if got is None:
-                report.detail = f"{stage} did not close before the round deadline"
-                return
-            down = got
+        return self._drive(_secure_flow(self._core, a, update, participant, rng, drop_at))
 
     def run_secure_round(
         self,
@@ -902,7 +925,7 @@ class AsyncClient:
         y: npt.NDArray[np.int64],
     ) -> RoundReport:
         if a.secure:
-            raise ValueError("secure rounds run with the synchronous Client.secure_round")
+            raise ValueError("a secure assignment: use run_secure_round or secure_round")
         spec = _spec(a)
         before = _wire(self.bandwidth.get(a.round_id, {}))
         params, encoding = await self.fetch_model(a)
@@ -914,6 +937,44 @@ class AsyncClient:
             a.round_id, a.task_id, receipt, loss, n, a.base_version, encoding,
             _delta(row, before, "down"), _delta(row, before, "up"),
         )  # fmt: skip
+
+    async def secure_round(
+        self,
+        a: Assignment,
+        update: UpdateFn,
+        *,
+        participant: SecureParticipant | None = None,
+        rng: np.random.Generator | None = None,
+        drop_at: Stage | None = None,
+    ) -> SecureRoundReport:
+        """`Client.secure_round`, awaited (the same requests, bytes and refusals)."""
+        flow = _secure_flow(self._core, a, update, participant, rng, drop_at)
+        try:
+            step = next(flow)
+            while True:
+                if isinstance(step, _Sleep):
+                    await asyncio.sleep(step.seconds)
+                    step = flow.send(None)
+                else:
+                    step = flow.send(await self._send(step))
+        except StopIteration as done:
+            report: SecureRoundReport = done.value
+            return report
+
+    async def run_secure_round(
+        self,
+        a: Assignment,
+        trainer: LocalTrainer,
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.int64],
+    ) -> SecureRoundReport:
+        """Download, train locally, and send the update through the secure round `a`."""
+
+        def update(params: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], int, float]:
+            trained, n, loss = _train(self._core, a, params, trainer, x, y)
+            return (trained - params).astype(np.float32), n, loss
+
+        return await self.secure_round(a, update)
 
     async def participate(
         self,
@@ -930,6 +991,8 @@ class AsyncClient:
         while True:
             answer = await self.check_in(task_id)
             if answer.action == CheckInAction.TRAIN and answer.assignment is not None:
+                if answer.assignment.secure:
+                    return await self.run_secure_round(answer.assignment, trainer, x, y)
                 return await self.train_round(answer.assignment, trainer, x, y)
             if loop.time() + answer.retry_after_s > give_up:
                 return None

@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -134,6 +135,45 @@ def test_participate_runs_a_secure_round_and_keeps_the_residual(
     a.secure = False
     with pytest.raises(ValueError, match="not a secure"):
         clients[0].secure_round(a, lambda p: (p, 1, 0.0))
+
+
+def test_async_clients_run_a_secure_round_counted_like_the_ledger(
+    server: tuple[str, int], tmp_path: Path
+) -> None:
+    # Prepare
+    import asyncio
+
+    from sdk import AsyncClient
+
+    url, task_id = server
+    x, y = _data()
+
+    async def fleet() -> tuple[list[Any], dict[str, Any]]:
+        clients = [AsyncClient(url, str(tmp_path / f"a{i}")) for i in range(3)]
+        try:
+            await asyncio.gather(*(c.register() for c in clients))
+            reports = await asyncio.gather(
+                *(c.participate(ShiftTrainer(0.01), x, y, task_id=task_id) for c in clients)
+            )
+            return list(reports), {c.device_id: c.bandwidth for c in clients}
+        finally:
+            await asyncio.gather(*(c.aclose() for c in clients))
+
+    # Execute
+    reports, counted = asyncio.run(fleet())
+    # Assert: three full participations, and each device's own byte counts are the ledger's
+    assert all(isinstance(r, SecureRoundReport) and r.completed for r in reports)
+    round_id = reports[0].round_id
+    http = httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"})
+    for _ in range(200):
+        rows = http.get(f"/v1/rounds/{round_id}/bandwidth").json()["rows"]
+        if http.get(f"/v1/rounds/{round_id}").json()["state"] == "committed":
+            break
+        time.sleep(0.02)
+    for row in rows:
+        cell = counted[row["device_id"]][round_id][row["direction"]]
+        assert row["wire_bytes"] == cell["wire_bytes"]
+        assert row["payload_bytes"] == cell["payload_bytes"]
 
 
 def test_a_tampered_round_digest_is_refused_before_any_stage_upload(
