@@ -75,7 +75,7 @@ def sparse_weighted_sum(
     idx = np.concatenate([u.indices for u in updates])
     if idx.shape[0] == 0:
         return np.zeros(size, dtype=np.float64)
-    if not np.issubdtype(idx.dtype, np.integer) or idx.min() < 0 or idx.max() >= size:
+    if idx.dtype.kind not in "iu" or idx.min() < 0 or idx.max() >= size:
         return None
     lengths = np.fromiter((u.indices.shape[0] for u in updates), dtype=np.int64)
     step = np.diff(idx)
