@@ -285,6 +285,34 @@ def _quantize_rows(
     return scales.view(np.uint8), _pack_rows(codes, bits), decoded
 
 
+class _Decoded:
+    """The values a batch decodes to, kept sparse: the fast rows as one block (`fast` rows,
+    their indices `idx` int64[m, k], or None when every coordinate is sent, and values
+    float32[m, k]) and the other rows as `rows[i] = (indices, values)`."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.fast: I64 = np.zeros(0, dtype=np.int64)
+        self.idx: I64 | None = None
+        self.vals: F32 = np.zeros((0, 0), dtype=np.float32)
+        self.rows: dict[int, tuple[I64, F32]] = {}
+
+    def scatter(self, out: F32, *, subtract: bool) -> None:
+        """`out[i, indices] = values` (or `-=`) for every row: into zeros, the single path's
+        dense vectors; from `u`, `u - dense` computed only where dense is not zero."""
+        if self.fast.shape[0]:
+            where: Any = self.fast if self.idx is None else (self.fast[:, None], self.idx)
+            if subtract:
+                out[where] -= self.vals
+            else:
+                out[where] = self.vals
+        for i, (idx, vals) in self.rows.items():
+            if subtract:
+                out[i, idx] -= vals
+            else:
+                out[i, idx] = vals
+
+
 def _topk_rows(mag: F32, k: int) -> I64:
     """Sorted int64[n, k] indices of each row's k largest magnitudes, the set `exact_topk`
     picks for that row (0 < k < d).
@@ -317,18 +345,18 @@ def _encode_batch(
     rngs: Sequence[np.random.Generator],
     weights: Sequence[float],
     want_decoded: bool,
-) -> tuple[list[bytes], F32 | None]:
+) -> tuple[list[bytes], _Decoded | None]:
     arr = _check_batch(codec, updates, rngs, weights)
     n, d = arr.shape
     frames: list[bytes] = [b""] * n
-    dense: F32 | None = np.zeros((n, d), dtype=np.float32) if want_decoded else None
+    dense: _Decoded | None = _Decoded(d) if want_decoded else None
     if not _batchable(codec) or n == 0:
         for i in range(n):
             frame, idx, dec, _ = codec._encode(arr[i], rngs[i], float(weights[i]), want_decoded)
             frames[i] = frame
             if dense is not None:
                 assert dec is not None
-                dense[i, idx] = dec
+                dense.rows[i] = (idx, dec)
         return frames, dense
 
     k = codec.topk.k
@@ -352,7 +380,7 @@ def _encode_batch(
             frames[i] = frame
             if dense is not None:
                 assert dec is not None
-                dense[i, sidx] = dec
+                dense.rows[i] = (sidx, dec)
         elif u is not None:
             rngs[i].random(k, dtype=np.float32, out=u[i])
     fast = np.flatnonzero(~slow)
@@ -366,10 +394,7 @@ def _encode_batch(
         # What `roundtrip` raises for such a row: its decoder's overflow check.
         raise NonFiniteValues("a dequantized value overflows float32")
     if dense is not None and decoded is not None:
-        if k >= d:
-            dense[fast] = decoded
-        else:
-            dense[fast[:, None], idx] = decoded
+        dense.fast, dense.idx, dense.vals = fast, (None if k >= d else idx), decoded
     index, ids, params = _index_sections(idx, d, codec.config.index)
 
     fp = codec.spec.fingerprint
@@ -438,8 +463,10 @@ def roundtrip_many(
 ) -> tuple[list[bytes], F32]:
     """`(frames, decoded float32[n, d])`: row i is `codec.roundtrip(updates[i], rngs[i],
     weights[i])` without its report, bit for bit."""
-    frames, dense = _encode_batch(codec, updates, rngs, weights, want_decoded=True)
-    assert dense is not None
+    frames, decoded = _encode_batch(codec, updates, rngs, weights, want_decoded=True)
+    assert decoded is not None
+    dense = np.zeros((len(frames), codec.spec.size), dtype=np.float32)
+    decoded.scatter(dense, subtract=False)
     return frames, dense
 
 
@@ -463,12 +490,14 @@ def feedback_step_many(
     for fb in feedbacks:
         if fb.size != size:
             raise ValueError(f"delta must be float32[{fb.size}], got float32[{size}]")
-    residuals = (
-        np.stack([fb.residual for fb in feedbacks]) if n else np.zeros((0, size), np.float32)
-    )
-    u = arr + residuals
-    frames, decoded = roundtrip_many(codec, u, rngs, weights)
-    new = u - decoded
+    u = np.stack([fb.residual for fb in feedbacks]) if n else np.zeros((0, size), np.float32)
+    np.add(arr, u, out=u)  # delta + residual, as ErrorFeedback.step adds them
+    frames, decoded = _encode_batch(codec, u, rngs, weights, want_decoded=True)
+    assert decoded is not None
+    # u - decoded, where decoded is zero off its indices: subtracted only there (same floats:
+    # x - 0.0 is x), without an [n, d] dense temporary.
+    new = u.copy()
+    decoded.scatter(new, subtract=True)
     for i, fb in enumerate(feedbacks):
         fb.residual = new[i].copy()
     return frames, u
