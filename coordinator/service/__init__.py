@@ -1,4 +1,4 @@
-"""The coordinator as an HTTP service: FastAPI app, SQLite store, auth, downlink, metrics."""
+"""The coordinator as an HTTP service: FastAPI app, SQLite store, plain and SecAgg+ rounds."""
 
 from .admin_client import AdminClient, AdminError
 from .app import create_app

@@ -4,7 +4,8 @@ A task whose `TaskConfig.secure` is set runs every round as SecAgg+ over a share
 set (`coordinator.secure`). The round's cohort, deadline, state and published model live in
 SQLite like any round's; the protocol's key material, shares and the running masked sum live
 only in memory (`SecureTaskState.registry`), so a coordinator that stops mid-round abandons
-that round on restart and the next round starts fresh (docs/secure-aggregation.md, "Service").
+that round on restart and the next round starts fresh (docs/secure-aggregation.md, "The
+coordinator service").
 """
 
 from __future__ import annotations
