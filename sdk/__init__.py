@@ -5,14 +5,21 @@ from typing import TYPE_CHECKING, Any
 from ._types import LocalTrainer, TrainResult
 
 if TYPE_CHECKING:
-    from .client import AsyncClient, Client
+    from .client import AsyncClient, Client, RoundReport, SecureRoundReport
 
-__all__ = ["AsyncClient", "Client", "LocalTrainer", "TrainResult"]
+__all__ = [
+    "AsyncClient",
+    "Client",
+    "LocalTrainer",
+    "RoundReport",
+    "SecureRoundReport",
+    "TrainResult",
+]
 
 
 def __getattr__(name: str) -> Any:
     # The coordinator client (httpx) is loaded on first use, keeping `import sdk` light.
-    if name in ("Client", "AsyncClient"):
+    if name in ("Client", "AsyncClient", "RoundReport", "SecureRoundReport"):
         from . import client
 
         return getattr(client, name)
