@@ -129,6 +129,87 @@ def timing_run(
     }
 
 
+def selection_analysis(args: argparse.Namespace, secure_cfg: Any) -> dict[str, Any]:
+    """How much of a cohort's mean update each upload rule keeps (no quantization, one round).
+
+    Trains plain mode for `--selection-analysis` rounds, then two successive cohorts A and B
+    from that model. For each rule, the share of B's mean update m it keeps is <A, m> / ||m||^2,
+    A = m on the rule's coordinates (for per-device top-k: the mean of the devices' top-k
+    vectors). Shared-set rules see B's devices (fresh) or, as in the product, A's (stale).
+    """
+    from coordinator.secure import make_plan
+    from mobile_sim.backends import TrainContext, TrainJob, build_backend
+    from mobile_sim.runner import SimConfig, prepare, run_simulation
+    from protocol.secagg import device_sketch, sketch_scores, sketch_segments_for
+
+    rounds = args.selection_analysis
+    cfg = SimConfig(
+        rounds=rounds, topk=args.topk, bits=args.plain_bits, local_epochs=args.local_epochs,
+        seed=args.seed, backend=args.backend,
+    )  # fmt: skip
+    params = run_simulation(cfg, progress=True, label="plain").final_params
+    setup = prepare(cfg)
+    be = build_backend(cfg.backend)
+    be.start(
+        TrainContext(
+            cfg.model_name,
+            setup.data.x_train,
+            setup.data.y_train,
+            cfg.local_epochs,
+            cfg.batch_size,
+            cfg.lr,
+        )  # fmt: skip
+    )
+
+    def cohort(r: int) -> np.ndarray:
+        rng = np.random.default_rng([cfg.seed, r])  # the engine's draw for round r
+        chosen = sorted(rng.choice(cfg.clients, cfg.per_round, replace=False).tolist())
+        jobs = [TrainJob(f"d{i}", i, r, cfg.seed, setup.parts[i]) for i in chosen]
+        return np.stack([res.delta.astype(np.float64) for res in be.train(params, jobs)])
+
+    try:
+        u_a, u_b = cohort(rounds + 1), cohort(rounds + 2)
+    finally:
+        be.close()
+    d = u_b.shape[1]
+    mean_b = u_b.mean(axis=0)
+
+    def top(score: np.ndarray, k: int) -> np.ndarray:
+        return np.argpartition(-score, k - 1)[:k]
+
+    def kept(idx: np.ndarray) -> float:
+        return float(np.sum(mean_b[idx] ** 2) / np.sum(mean_b**2))
+
+    segments = sketch_segments_for([e.shape for e in setup.spec.entries], secure_cfg.sketch_pool)
+    plan = make_plan(secure_cfg, 1, cfg.per_round, d, np.arange(1, dtype=np.int64), segments)
+    rng = np.random.default_rng(args.seed)
+
+    def sketch(us: np.ndarray) -> np.ndarray:
+        sums = sum(device_sketch(u.astype(np.float32), plan, rng).astype(np.float64) for u in us)
+        return sketch_scores(np.asarray(sums), plan).astype(np.float64)
+
+    sk_a, sk_b = sketch(u_a), sketch(u_b)
+    out: dict[str, Any] = {"after_plain_rounds": rounds, "rules": {}}
+    for frac in sorted({args.topk, secure_cfg.coord_fraction, 0.02}):
+        k = int(round(frac * d))
+        per_device = np.zeros(d)
+        for u in u_b:
+            i = top(np.abs(u), k)
+            per_device[i] += u[i]
+        per_device /= len(u_b)
+        out["rules"][f"{frac:g}"] = {
+            "k": k,
+            "plain_per_device_topk": float(per_device @ mean_b / (mean_b @ mean_b)),
+            "oracle_top_abs_mean_fresh": kept(top(np.abs(mean_b), k)),
+            "oracle_top_abs_mean_stale": kept(top(np.abs(u_a.mean(axis=0)), k)),
+            "oracle_top_energy_fresh": kept(top(np.sum(u_b**2, axis=0), k)),
+            "sketch_fresh": kept(top(sk_b, k)),
+            "sketch_stale": kept(top(sk_a, k)),
+            "random": kept(np.random.default_rng(1).choice(d, k, replace=False)),
+        }
+    return out
+
+
 def accuracy_runs(args: argparse.Namespace, secure_cfg: Any) -> dict[str, Any]:
     from mobile_sim.runner import SimConfig, run_simulation
     from mobile_sim.secure import run_secure_simulation
@@ -241,6 +322,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-timing", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument(
+        "--selection-analysis",
+        type=int,
+        default=0,
+        metavar="ROUNDS",
+        help="only the coordinate-selection analysis after ROUNDS plain rounds (to --out)",
+    )
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "secagg.json")
     ap.add_argument(
         "--merge",
@@ -294,6 +382,9 @@ def main(argv: list[str] | None = None) -> int:
             for key in TIMING_KEYS:
                 if key in old:
                     doc[key] = old[key]
+    if args.selection_analysis:
+        doc["selection"] = selection_analysis(args, secure_cfg)
+        args.skip_timing = args.skip_accuracy = True
     if not args.skip_timing:
         spec, deltas, _ = real_deltas(4, args.seed)
         plain = plain_frame_bytes(spec, deltas, args.topk, args.plain_bits)
