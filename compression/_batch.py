@@ -113,8 +113,9 @@ def _check_batch(
 
 
 def _batchable(codec: UpdateCodec) -> bool:
-    """Whether the vectorised encoder covers this config: exact global top-k below the size
-    where the single encoder's sampled prefilter starts (bigger models gain nothing here)."""
+    """Whether the vectorised encoder covers this config: exact global top-k, below the size
+    where `exact_topk` starts prefiltering (ties would break differently there, and models
+    that big gain nothing from batching)."""
     cfg = codec.config
     return cfg.topk_mode == "exact" and cfg.scope == "global" and codec.spec.size < _PREFILTER_MIN
 
@@ -480,7 +481,8 @@ def feedback_step_many(
     """`feedbacks[i].step(deltas[i], codec, rngs[i], weights[i])` for every row, bit for bit.
 
     Returns the frames and `u = deltas + residuals` (float32[n, d], what each device encoded);
-    every feedback's residual becomes `u[i] - decoded[i]` (its own array).
+    every feedback's residual becomes `u[i] - decoded[i]` (its own array). The feedbacks must
+    be distinct objects (one per device).
     """
     arr = np.asarray(deltas)
     n = len(feedbacks)
@@ -490,6 +492,9 @@ def feedback_step_many(
     for fb in feedbacks:
         if fb.size != size:
             raise ValueError(f"delta must be float32[{fb.size}], got float32[{size}]")
+    if len({id(fb) for fb in feedbacks}) != n:
+        # A loop would chain the steps of a repeated state; a batch cannot.
+        raise ValueError("feedbacks must be distinct ErrorFeedback objects")
     u = np.stack([fb.residual for fb in feedbacks]) if n else np.zeros((0, size), np.float32)
     np.add(arr, u, out=u)  # delta + residual, as ErrorFeedback.step adds them
     frames, decoded = _encode_batch(codec, u, rngs, weights, want_decoded=True)

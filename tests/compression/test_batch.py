@@ -281,5 +281,8 @@ def test_encode_many_refuses_bad_input() -> None:
         codec.encode_many(good, rngs, [1.0, -1.0])
     with pytest.raises(TypeError, match="Generator"):
         codec.encode_many(good, [rngs[0], 7], [1.0, 1.0])  # type: ignore[list-item]
+    fb = ErrorFeedback(spec.size)
+    with pytest.raises(ValueError, match="distinct"):
+        feedback_step_many([fb, fb], good, codec, rngs, [1.0, 1.0])
     with pytest.raises(ValueError, match="fp16"):
         UpdateCodec(spec, CodecConfig(topk=0.5, bits=16)).encode_many(good + 1e6, rngs, [1, 1])
