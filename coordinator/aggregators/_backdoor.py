@@ -144,8 +144,9 @@ class CollusionFilter:
     `collusion_scores`). memory: rounds a dropped device's later reports are dropped too
     (0: only the flagged report). history_values: values kept per device history (the largest
     magnitudes). max_devices: histories kept (least recently seen evicted).
-    Memory: 24·d bytes (device frequency, weights, scratch) + 12·history_values·max_devices
-    for the histories + 8·n per round, never n×d; the inner aggregator's bound on top.
+    Memory: at most 32·d + 64·V bytes beyond the inputs, never n×d (d = size; V = stored
+    history values, at most history_values·max_devices, 12 bytes each in the state; scoring
+    takes the histories in chunks of HISTORY_CHUNK values), plus the inner aggregator's bound.
     """
 
     inner: AggregatorFactory = field(default_factory=FedAvg)

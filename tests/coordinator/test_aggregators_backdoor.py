@@ -101,6 +101,22 @@ def test_scores_match_a_dense_weighted_cosine() -> None:
         assert got == pytest.approx(want, rel=1e-6, abs=1e-9)
 
 
+def test_scores_do_not_depend_on_the_history_chunk_size() -> None:
+    # Prepare: 12 histories, scored whole and in chunks of about 30 values (a few histories)
+    rng = np.random.default_rng(11)
+    histories = {}
+    for i in range(12):
+        u = sparse(honest(rng) + (backdoored(rng) if i % 4 == 0 else 0.0))
+        histories[f"h{i}"] = DeviceHistory(u.indices, u.values, 1)
+    reports = [(f"h{i}", sparse(backdoored(rng))) for i in range(0, 12, 3)]
+    weights = rng.uniform(0.0, 3.0, size=D)
+    # Execute
+    whole = collusion_scores(reports, histories, weights)
+    chunked = collusion_scores(reports, histories, weights, chunk_values=30)
+    # Assert
+    np.testing.assert_allclose(chunked, whole, rtol=1e-12)
+
+
 def test_scores_without_other_histories_are_minus_one() -> None:
     # Prepare
     upd = sparse(honest(np.random.default_rng(1)))
