@@ -504,8 +504,11 @@ def run_simulation(
     )
 
 
-# Cohorts at least this large are encoded as one batch (`compression.feedback_step_many`).
+# Cohorts at least this large, of models smaller than BATCH_MAX_SIZE scalars, are encoded as
+# one batch (`compression.feedback_step_many`). Bigger models gain nothing from it (their
+# per-call overhead is small next to the work) and the [n, d] batch would cost memory.
 BATCH_MIN = 2
+BATCH_MAX_SIZE = 1 << 16
 
 
 def encode_reports(
@@ -530,7 +533,8 @@ def encode_reports(
     for bit what the per-device calls give (clip, then error feedback, then the codec); for
     those, `u` is what each device encoded (`delta + residual`), which the caller writes
     back into the residual if the upload is refused, as `UpdateEncoder.refused` does.
-    Smaller cohorts go through `UpdateEncoder.encode` itself and `u` is empty.
+    Smaller cohorts and bigger models go through `UpdateEncoder.encode` itself, and `u` is
+    then empty.
     """
     encs = []
     for job in jobs:
@@ -546,7 +550,11 @@ def encode_reports(
         rngs = [job_rng(job, stream=2) for job in jobs]
     weights = [float(res.num_examples) for res in results]
     ids = [job.device_id for job in jobs]
-    if len(jobs) < BATCH_MIN or len({enc.error_feedback for enc in encs}) > 1:
+    if (
+        len(jobs) < BATCH_MIN
+        or spec.size >= BATCH_MAX_SIZE
+        or len({enc.error_feedback for enc in encs}) > 1
+    ):
         frames = {
             dev: enc.encode(res.delta, rng, w)[0]
             for dev, enc, res, rng, w in zip(ids, encs, results, rngs, weights, strict=True)
