@@ -6,7 +6,9 @@ leftmost is the outermost wrapper and the rightmost is the base aggregator, so
 "dp:clip=1,z=1+fedavg" is DPMean(1.0, clip=1, inner=FedAvg(uniform=True)). A wrapper written
 last gets FedAvg as its inner. `dp` must be the first stage: anything outside it would see
 individual reports or re-release noise. The one exception is a report screen (`collusion`),
-which may stand in front of `dp` and drops whole reports before they are clipped and noised. See AGGREGATOR_HELP for every name and parameter.
+which may stand in front of `dp` and drops whole reports before they are clipped and noised;
+such a `dp` may not account epsilon (no q=/population=/eps=), because the screen lets one device's
+report decide whether another's counts. See AGGREGATOR_HELP for every name and parameter.
 """
 
 from __future__ import annotations
@@ -336,6 +338,18 @@ def build_aggregator(spec: str) -> AggregatorFactory:
             # The sensitivity analysis needs a linear mean of the clipped reports.
             raise AggregatorSpecError(f"dp needs a mean inside it, not {name!r}")
         parsed.append((name, _Params(name, params.strip())))
+    if lead and "dp" in names:
+        dp_params = parsed[names.index("dp")][1]
+        if any(
+            k in dp_params.values for k in ("q", "population", "sample", "eps", "epsilon_budget")
+        ):
+            # A screen outside dp lets one device's report decide whether another's counts,
+            # so the clipped sum's sensitivity is no longer bounded by the clip: no epsilon holds.
+            raise AggregatorSpecError(
+                f"{names[0]!r} in front of dp voids the DP guarantee (one device's report can "
+                "drop another's), so dp there may not account epsilon: drop q=/population=/eps= "
+                "or put the screen away"
+            )
     name, p = parsed[-1]
     factory: Any
     if name in BASES:

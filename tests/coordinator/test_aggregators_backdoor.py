@@ -326,6 +326,16 @@ def test_bad_specs_fail_loudly(spec: str) -> None:
         build_aggregator(spec)
 
 
+@pytest.mark.parametrize(
+    "dp", ["dp:clip=1,z=1,q=0.01", "dp:clip=1,z=1,population=100,sample=10", "dp:clip=1,z=1,eps=8"]
+)
+def test_screen_in_front_of_an_accounting_dp_is_refused(dp: str) -> None:
+    # A screen outside dp lets one report drop another, so no epsilon may be claimed there.
+    with pytest.raises(AggregatorSpecError, match="voids the DP guarantee"):
+        build_aggregator(f"collusion+{dp}+fedavg")
+    build_aggregator(f"{dp}+fedavg")  # the same dp alone is fine
+
+
 def test_bad_state_is_refused() -> None:
     proc = CollusionFilter().create(D)
     with pytest.raises(TypeError):
