@@ -36,11 +36,12 @@ class SecureConfig:
         coordinator.aggregators spec string) combines the group means.
     """
 
-    # Defaults: fewer value bits, more coordinates. The ring costs m = b + ceil(log2 n) bits per
-    # sent value, and the log2 n part is fixed (7 bits at n = 100), so a value bit is worth more
-    # as coordinates: 3-bit values on 1.45% of d upload about as much at n = 100 as 6-bit values
-    # on 1% and carry 45% more coordinates (docs/secure-aggregation.md, "Choosing b and k").
-    coord_fraction: float = 0.0145
+    # Defaults: fewer value bits, more coordinates and a finer sketch. The ring costs
+    # m = b + ceil(log2 n) bits per sent value, and the log2 n part is fixed (7 bits at n = 100),
+    # so a value bit is worth more as coordinates and sketch entries: 3-bit values on 1.25% of d
+    # with an unpooled sketch upload about as much at n = 100 as 6-bit values on 1% with the
+    # sketch pooled by 4 (docs/secure-aggregation.md, "Choosing b and |S_r|").
+    coord_fraction: float = 0.0125
     explore: float = 0.1
     ema_decay: float = 0.5
     value_bits: int = 3
@@ -60,7 +61,7 @@ class SecureConfig:
     server_lr: float = 1.0
     sketch: bool = True
     sketch_bits: int | None = None
-    sketch_pool: int = 4
+    sketch_pool: int = 1
     seed: int = 0
 
     def __post_init__(self) -> None:

@@ -216,7 +216,7 @@ def test_sketch_steers_next_coordinate_set_to_the_mass() -> None:
     devs = [f"d{i}" for i in range(8)]
     parts = {x: SecureParticipant(d) for x in devs}
     ups = dict.fromkeys(devs, (hot, 1))
-    cfg = SecureConfig(coord_fraction=0.025, explore=0.0, clip_norm=50.0)
+    cfg = SecureConfig(coord_fraction=0.025, explore=0.0, clip_norm=50.0, sketch_pool=4)
     coord = SecureCoordinator(np.zeros(d, np.float32), cfg, spec=spec)
     run_secure_round(coord, parts, ups)
     task = coord.open_round(devs)

@@ -26,34 +26,36 @@ PLAIN_FRAME_BYTES = 20_117
 KEY_STAGE_BYTES_N100 = 5_900
 
 
-def _masked_input_bytes(cfg: SecureConfig, n: int) -> tuple[int, int]:
-    """(k, bytes of one device's packed masked input) for the MNIST-CNN plan with n nodes."""
+def _masked_input_bytes(cfg: SecureConfig, n: int) -> tuple[int, int, int]:
+    """(k, sketch entries, bytes of one device's packed masked input), MNIST-CNN plan, n nodes."""
     k = max(1, int(round(cfg.coord_fraction * CNN_D)))
     segments = sketch_segments_for(CNN_SHAPES, cfg.sketch_pool)
     plan = make_plan(cfg, 1, n, CNN_D, np.arange(k, dtype=np.int64), segments)
-    return k, math.ceil(plan.vector_len * plan.ring_bits / 8)
+    return k, plan.sketch_len, math.ceil(plan.vector_len * plan.ring_bits / 8)
 
 
 def test_default_upload_at_n100_fits_twice_the_plain_frame() -> None:
     # Prepare
     cfg = SecureConfig()
     # Execute
-    _, masked = _masked_input_bytes(cfg, 100)
+    _, _, masked = _masked_input_bytes(cfg, 100)
     # Assert
     assert CNN_D == 1_663_370
     assert masked + KEY_STAGE_BYTES_N100 <= 2 * PLAIN_FRAME_BYTES
 
 
-def test_defaults_carry_more_coordinates_than_six_bit_values_for_the_same_bytes() -> None:
-    # Prepare: the previous default, 6-bit values on 1% of the coordinates.
-    old = SecureConfig(coord_fraction=0.01, value_bits=6, coord_bound_sigmas=4.0)
+def test_defaults_buy_coordinates_and_sketch_with_the_bits_six_bit_values_spent() -> None:
+    # Prepare: the previous default, 6-bit values on 1% with the sketch pooled by 4.
+    old = SecureConfig(coord_fraction=0.01, value_bits=6, coord_bound_sigmas=4.0, sketch_pool=4)
     new = SecureConfig()
     # Execute
-    k_old, bytes_old = _masked_input_bytes(old, 100)
-    k_new, bytes_new = _masked_input_bytes(new, 100)
+    k_old, sketch_old, bytes_old = _masked_input_bytes(old, 100)
+    k_new, sketch_new, bytes_new = _masked_input_bytes(new, 100)
     # Assert: at n = 100 the ring adds 7 bits to every value, so a value bit buys more as
-    # coordinates: 45% more coordinates for under 10% more masked-input bytes.
-    assert k_new >= 1.4 * k_old
+    # coordinates and sketch entries: 25% more coordinates and a 2.4x finer sketch for under
+    # 10% more masked-input bytes.
+    assert k_new >= 1.2 * k_old
+    assert sketch_new >= 2 * sketch_old
     assert bytes_new <= 1.1 * bytes_old
 
 
