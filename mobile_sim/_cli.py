@@ -130,6 +130,13 @@ def register(sub: Any) -> None:
     g.add_argument("--ort-fraction", type=float, default=0.0, help="share of ONNX-runtime devices")
     g.add_argument("--ort-artifacts", default=None, help="folder written by `plume export`")
     g.add_argument("--ort-tier", default=None, help="low | mid | high: that tier runs ONNX")
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads in this process (default: torch's choice); tiny models such as "
+        "digits_mlp run fastest on 1",
+    )
     g.add_argument("--eval-every", type=int, default=1)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--out", default="runs/latest", help="output folder for JSON, CSV and plots")
@@ -242,6 +249,13 @@ def _main(args: argparse.Namespace) -> int:
         return 2
     from .report import plot_accuracy_vs_bytes, summary, write_run
 
+    if args.threads is not None:
+        if args.threads < 1:
+            print("error: --threads must be at least 1", file=sys.stderr)
+            return 2
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         cfg = config_from_args(args)
         first = "dense" if cfg.dense else ("secure" if args.secure else "compressed")

@@ -110,6 +110,8 @@ def test_cli_help_and_bad_args(capsys: pytest.CaptureFixture[str]) -> None:
     assert "--compare-dense" in capsys.readouterr().out
     assert plume(["sim", "--dataset", "digits", "--topk", "2", "--no-progress"]) == 2
     assert "topk" in capsys.readouterr().err
+    assert plume(["sim", "--dataset", "digits", "--threads", "0", "--no-progress"]) == 2
+    assert "--threads" in capsys.readouterr().err
 
 
 def test_cli_secure_mode_runs(tmp_path: Path) -> None:
