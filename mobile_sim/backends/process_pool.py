@@ -222,7 +222,10 @@ class ProcessPoolBackend:
                 conn = idle.pop()
                 task = pending.pop()
                 work = [(i, jobs[i]) for i in task]
-                conn.send(("task", shm_params.name, d, shm_out.name, slots, work))
+                try:
+                    conn.send(("task", shm_params.name, d, shm_out.name, slots, work))
+                except (BrokenPipeError, ConnectionResetError):
+                    raise PoolWorkerError("a worker process died") from None
                 busy.add(conn)
             for ready in wait(list(busy)):
                 if not isinstance(ready, Connection):
