@@ -110,9 +110,21 @@ def register(sub: Any) -> None:
 
     g = p.add_argument_group("secure aggregation (SecAgg+ on a shared coordinate set)")
     g.add_argument("--secure", action="store_true", help="run rounds under SecAgg+")
-    g.add_argument("--secure-fraction", type=float, default=0.01, help="|S_r| / d")
-    g.add_argument("--secure-bits", type=int, default=6, help="bits per value before masking")
-    g.add_argument("--secure-clip", type=float, default=1.0, help="L2 clip of the sent vector")
+    g.add_argument(
+        "--secure-fraction", type=float, default=None, help="|S_r| / d (default: SecureConfig's)"
+    )
+    g.add_argument(
+        "--secure-bits",
+        type=int,
+        default=None,
+        help="bits per value before masking (default: SecureConfig's)",
+    )
+    g.add_argument(
+        "--secure-clip",
+        type=float,
+        default=None,
+        help="L2 clip of the sent vector (default: SecureConfig's)",
+    )
     g.add_argument("--secure-dropout", type=float, default=0.1, help="dropout rate per round")
     g.add_argument("--group-size", type=int, default=None, help="grouped mode: SecAgg per group")
     g.add_argument("--group-aggregator", default="fedavg", help="robust aggregator over groups")
@@ -202,10 +214,18 @@ def _secure_config(args: argparse.Namespace, cfg: Any) -> Any:
     if args.dp_noise not in kinds:
         raise ValueError(f"--dp-noise must be one of {sorted(kinds)}, not {args.dp_noise!r}")
     noise = kinds[args.dp_noise]
+    # Flags left out keep SecureConfig's defaults (the benchmarked ones).
+    knobs = {
+        key: value
+        for key, value in (
+            ("coord_fraction", args.secure_fraction),
+            ("value_bits", args.secure_bits),
+            ("clip_norm", args.secure_clip),
+        )
+        if value is not None
+    }
     return SecureConfig(
-        coord_fraction=args.secure_fraction,
-        value_bits=args.secure_bits,
-        clip_norm=args.secure_clip,
+        **knobs,
         expected_dropout=args.secure_dropout,
         group_size=args.group_size,
         group_aggregator=args.group_aggregator,
