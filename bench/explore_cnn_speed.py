@@ -407,17 +407,29 @@ def exp_pool(s: _Setup, reps: int) -> dict[str, Any]:
     ctx = TrainContext("mnist_cnn", s.data.x_train, s.data.y_train, 5, 10, 0.05)
     jobs = [TrainJob(f"dev-{c}", c, 1, 0, s.parts[c]) for c in s.cohort]
     out["cohort_examples"] = [len(s.parts[c]) for c in s.cohort]
+    out["two_process_parallel_efficiency"] = _parallel_efficiency()
     _threads(2)
     seq = SequentialBackend()
     seq.start(ctx)
+    seq1 = SequentialBackend()
     t0 = time.perf_counter()
     pool = ProcessPoolBackend(workers=2, inner="sequential")
     pool.start(ctx)
     out["pool_start_s"] = time.perf_counter() - t0
     try:
+        seq1.start(ctx)
+
+        def one_thread() -> None:
+            _threads(1)
+            try:
+                seq1.train(d, jobs)
+            finally:
+                _threads(2)
+
         res = _ab(
             {
                 "sequential_2_threads": lambda: seq.train(d, jobs),
+                "sequential_1_thread": one_thread,
                 "pool_2x1": lambda: pool.train(d, jobs),
             },
             reps,
@@ -431,6 +443,36 @@ def exp_pool(s: _Setup, reps: int) -> dict[str, Any]:
         pool.close()
     out["round_training"] = res
     return out
+
+
+_PROBE = """
+import time, torch
+torch.set_num_threads(1)
+m = torch.nn.Sequential(torch.nn.Conv2d(1, 32, 5, padding=2), torch.nn.ReLU(),
+                        torch.nn.Conv2d(32, 64, 5, padding=2))
+x = torch.randn(10, 1, 28, 28)
+for _ in range(5): m(x).sum().backward()
+t0 = time.perf_counter()
+for _ in range(60): m(x).sum().backward()
+print(time.perf_counter() - t0)
+"""
+
+
+def _parallel_efficiency() -> dict[str, float]:
+    """The same single-threaded conv work in one process, then in two at once: on an idle
+    2-core machine the pair takes as long as one (efficiency 1.0); on a loaded one, longer."""
+    import subprocess
+
+    def launch(n: int) -> list[float]:
+        procs = [
+            subprocess.Popen([sys.executable, "-c", _PROBE], stdout=subprocess.PIPE, text=True)
+            for _ in range(n)
+        ]
+        return [float(p.communicate()[0]) for p in procs]
+
+    single = launch(1)[0]
+    pair = launch(2)
+    return {"one_process_s": single, "two_processes_s": max(pair), "efficiency": single / max(pair)}
 
 
 # --- shares of the plain loop's round ---------------------------------------------------------
