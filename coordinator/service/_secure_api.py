@@ -112,27 +112,13 @@ def add_secure_routes(
     async def secure_upload(request: Request, round_id: int, stage: Stage) -> JSONResponse:
         """One stage message; answered once it is checked and held by the round."""
         stage = _stage(stage)
-        headers = headers_of(request)
-        try:
-            pre = pauth.fields_from_headers(headers)
-        except pauth.AuthError as exc:
-            raise ApiError(401, Reason.UNSIGNED, str(exc)) from None
-        if verifier.public_key(pre.device_id) is None:
-            raise ApiError(401, Reason.UNREGISTERED, "unknown device; register first")
-        cap = coordinator.secure_upload_cap(round_id, stage) or config.json_body_cap
-        declared = headers.get(H.CONTENT_LENGTH)
-        if declared is not None and declared.isdigit() and int(declared) > cap:
-            raise ApiError(413, Reason.TOO_LARGE, f"{stage} upload above the {cap}-byte cap")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cap:
-                raise ApiError(413, Reason.TOO_LARGE, f"{stage} upload above the {cap}-byte cap")
-            chunks.append(chunk)
-        body = b"".join(chunks)
-        fields = verifier.verify(
-            method=request.method, target=target(request), headers=headers, body=body
+        fields, body = await verifier.read_signed_body(
+            method=request.method,
+            target=target(request),
+            headers=headers_of(request),
+            chunks=request.stream(),
+            cap=coordinator.secure_upload_cap(round_id, stage) or config.json_body_cap,
+            what=f"{stage} upload",
         )
         att = Attribution(fields.device_id, fields.round_id, payload_up=len(body))
         if stage == Stage.MASKED_INPUT:

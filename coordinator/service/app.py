@@ -259,28 +259,15 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
     async def upload(request: Request, round_id: int) -> UploadReceipt:
         """Upload one compressed update frame; streamed under the round's size cap."""
         headers = _headers(request)
-        # Cheap checks first, before reading a byte of the body.
-        try:
-            pre = pauth.fields_from_headers(headers)
-        except pauth.AuthError as exc:
-            raise ApiError(401, Reason.UNSIGNED, str(exc)) from None
-        if verifier.public_key(pre.device_id) is None:
-            raise ApiError(401, Reason.UNREGISTERED, "unknown device; register first")
-        # Unknown rounds get the JSON cap: nothing legitimate is bigger than a 404 needs.
-        cap = coordinator.upload_cap_for_round(round_id) or config.json_body_cap
-        declared = headers.get(H.CONTENT_LENGTH)
-        if declared is not None and declared.isdigit() and int(declared) > cap:
-            raise ApiError(413, Reason.TOO_LARGE, f"update above the {cap}-byte cap")
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > cap:
-                raise ApiError(413, Reason.TOO_LARGE, f"update above the {cap}-byte cap")
-            chunks.append(chunk)
-        frame = b"".join(chunks)
-        fields = verifier.verify(
-            method=request.method, target=_target(request), headers=headers, body=frame
+        # Cheap checks first, before reading a byte of the body. Unknown rounds get the JSON
+        # cap: nothing legitimate is bigger than a 404 needs.
+        fields, frame = await verifier.read_signed_body(
+            method=request.method,
+            target=_target(request),
+            headers=headers,
+            chunks=request.stream(),
+            cap=coordinator.upload_cap_for_round(round_id) or config.json_body_cap,
+            what="update",
         )
         att = Attribution(fields.device_id, fields.round_id, payload_up=len(frame))
         att.dense_up = coordinator.dense_bytes_for_round(round_id)

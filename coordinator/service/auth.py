@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import time
+from collections.abc import AsyncIterator
 
 from protocol import auth
 from protocol.names import Header, Reason
@@ -34,6 +35,42 @@ class RequestVerifier:
             if key is not None:
                 self._keys[device_id] = key
         return key
+
+    async def read_signed_body(
+        self,
+        *,
+        method: str,
+        target: str,
+        headers: dict[str, str],
+        chunks: AsyncIterator[bytes],
+        cap: int,
+        what: str,
+    ) -> tuple[auth.SignedFields, bytes]:
+        """Stream a signed request's body under `cap` bytes, then verify it.
+
+        The cheap checks (signature headers present, device registered, declared length) run
+        before a byte of the body is read, and the read stops at the first byte past the cap:
+        401 for unsigned or unknown devices, 413 naming `what` for an oversized body.
+        """
+        try:
+            pre = auth.fields_from_headers(headers)
+        except auth.AuthError as exc:
+            raise ApiError(401, Reason.UNSIGNED, str(exc)) from None
+        if self.public_key(pre.device_id) is None:
+            raise ApiError(401, Reason.UNREGISTERED, "unknown device; register first")
+        declared = headers.get(Header.CONTENT_LENGTH)
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            raise ApiError(413, Reason.TOO_LARGE, f"{what} above the {cap}-byte cap")
+        parts: list[bytes] = []
+        size = 0
+        async for chunk in chunks:
+            size += len(chunk)
+            if size > cap:
+                raise ApiError(413, Reason.TOO_LARGE, f"{what} above the {cap}-byte cap")
+            parts.append(chunk)
+        body = b"".join(parts)
+        fields = self.verify(method=method, target=target, headers=headers, body=body)
+        return fields, body
 
     def verify(
         self,
