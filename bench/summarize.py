@@ -77,6 +77,17 @@ BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
             ("main_task_loss_pp", "<= 1 pp"),
         ],
     ),
+    (
+        "robustness_cnn",
+        "Byzantine robustness on the MNIST CNN, default aggregator (issue 5)",
+        "python bench/robustness.py --model mnist_cnn --aggregators cosfilter+geomed "
+        "--clean-only fedavg --skip-backdoor --name robustness_cnn --workers 2",
+        [
+            ("worst_case_accuracy_fraction_20pct", ">= 0.95"),
+            ("worst_case_accuracy_fraction_20pct_of_own_no_attack", ""),
+            ("worst_case_attack_20pct", ""),
+        ],
+    ),
     ("privacy", "Privacy vs utility (issue 5)", "python bench/privacy.py", []),
     (
         "onnx_train",
