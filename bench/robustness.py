@@ -9,9 +9,10 @@ accuracy over the model/data attacks at 20% malicious, as a fraction of the no-a
 accuracy (and of its own no-attack accuracy). Backdoor: pixel-pattern trigger at 10% malicious,
 backdoor accuracy and main-task loss of each defence against FedAvg without attack.
 
-The model is the MLP of the zoo by default: the MNIST CNN (1.66M parameters) takes about a
-minute per round on the shared 2-core machine, too slow for a ~80-run matrix (`--model
-mnist_cnn` runs it anyway). The JSON records the model used.
+The model is the MLP of the zoo by default (the matrix was first run when the MNIST CNN took
+about a minute per round on the loaded machine). The CNN now takes about 45 s per 20-round run
+with two workers on a quiet 2-core machine: `--model mnist_cnn` runs it (docs/robustness.md,
+"On the MNIST CNN"). The JSON records the model used.
 
     python bench/robustness.py                 # the full matrix (over an hour on 2 cores)
     python bench/robustness.py --quick         # a smoke run: 2 attacks, 2 aggregators, 3 rounds
