@@ -59,7 +59,7 @@ Wrappers (stages before the base):
   normbound:q=Q[,init=,lr=]        adaptive clip norm tracking quantile Q of the norms
   bucket:S[,seed=]                 average random buckets of S reports first
   nnm[:f=F]                        nearest-neighbour mixing with n - F neighbours
-  cosfilter[:min_cos=C,beta=B]     drop reports with cosine <= C (default 0) to the server
+  cosfilter[:min_cos=C,beta=B,max_drop=F]  drop reports with cosine <= C (default 0) to the server
                                    momentum of past aggregates (beta 0.5)
   anomaly[:max_norm=,norm_ratio=,min_cos=]   norm / cosine screening with rejection
   collusion[:tau=T,memory=R,hist=H,devices=M]  drop reports whose inverse-frequency-weighted
@@ -228,6 +228,7 @@ def _cosfilter(p: _Params, inner: AggregatorFactory) -> AggregatorFactory:
         inner=inner,
         min_cosine=p.num("min_cos", "min_cosine", default=0.0, positional=True),
         beta=p.num("beta", default=0.5),
+        max_drop=p.num("max_drop", default=0.5),
     )
 
 

@@ -733,28 +733,46 @@ class MomentumCosineFilter:
     trust by cosine to a reference update) with the server's own momentum as the reference
     instead of a root data set, as in Zeno++'s use of a stale reference (Xie et al. 2020).
     No reference yet (first round, or m = 0): everything is kept. Nothing kept: the round's
-    result is zero (no step). Memory: the float32[d] momentum plus one dot per report.
+    result is zero (no step).
+    `max_drop`: if more than this fraction of a round's reports would be dropped, the
+    reference is distrusted for the round and every report goes to `inner` (measurement
+    `distrusted`). Late in training honest cosines to the momentum fall to about zero, and a
+    filter that drops most of a cohort can hand `inner` an attacker majority (on the MNIST CNN
+    at 20% label flip it dropped 6 of 10 honest-leaning reports and the model fell from 94% to
+    22%); with an honest majority assumed anyway, the robust `inner` is the safer judge then.
+    Memory: the float32[d] momentum plus one dot per report.
     """
 
     inner: AggregatorFactory = field(default_factory=GeometricMedian)
     min_cosine: float = 0.0
     beta: float = 0.5
+    max_drop: float = 0.5
 
     def __post_init__(self) -> None:
         if not -1.0 <= self.min_cosine < 1.0:
             raise ValueError(f"min_cosine must be in [-1, 1), got {self.min_cosine!r}")
         if not 0.0 <= self.beta < 1.0:
             raise ValueError(f"momentum beta must be in [0, 1), got {self.beta!r}")
+        if not 0.0 <= self.max_drop <= 1.0:
+            raise ValueError(f"max_drop must be in [0, 1], got {self.max_drop!r}")
 
     def create(self, size: int) -> _MomentumCosineProcess:
-        return _MomentumCosineProcess(size, self.inner.create(size), self.min_cosine, self.beta)
+        return _MomentumCosineProcess(
+            size, self.inner.create(size), self.min_cosine, self.beta, self.max_drop
+        )
 
 
 class _MomentumCosineProcess(_RowProcess):
     def __init__(
-        self, size: int, inner: AggregationProcess, min_cosine: float, beta: float
+        self,
+        size: int,
+        inner: AggregationProcess,
+        min_cosine: float,
+        beta: float,
+        max_drop: float = 0.5,
     ) -> None:
         self.size, self.inner, self.min_cosine, self.beta = size, inner, min_cosine, beta
+        self.max_drop = max_drop
 
     def initialize(self) -> Any:
         return (_zeros(self.size), self.inner.initialize())
@@ -773,6 +791,9 @@ class _MomentumCosineProcess(_RowProcess):
         else:
             cos = np.full(n, np.nan)
             keep = list(range(n))
+        distrusted = n - len(keep) > self.max_drop * n
+        if distrusted:
+            keep = list(range(n))
         dropped = {rows.labels[i]: round(float(cos[i]), 4) for i in range(n) if i not in keep}
         if keep:
             inner_out = forward_rows(
@@ -789,5 +810,5 @@ class _MomentumCosineProcess(_RowProcess):
         return AggregateOutput(
             (new_m, inner_state),
             result,
-            {"kept": len(keep), "dropped": dropped, "inner": inner_meas},
+            {"kept": len(keep), "dropped": dropped, "distrusted": distrusted, "inner": inner_meas},
         )

@@ -39,10 +39,11 @@ def test_first_round_keeps_everything_and_matches_inner() -> None:
 
 
 def test_sign_flipped_majority_is_dropped_once_a_momentum_exists() -> None:
-    # Prepare: a clean first round sets the momentum; then 6 of 10 reports are sign-flipped
+    # Prepare: a clean first round sets the momentum; then 6 of 10 reports are sign-flipped.
+    # max_drop=1 trusts the reference whatever share of the cohort it drops.
     rng = np.random.default_rng(1)
     direction = rng.normal(size=50) / 7.0
-    proc = MomentumCosineFilter(inner=GeometricMedian()).create(50)
+    proc = MomentumCosineFilter(inner=GeometricMedian(), max_drop=1.0).create(50)
     state = proc.next(proc.initialize(), as_updates(honest_round(rng, direction, 10))).state
     honest = honest_round(rng, direction, 4)
     flipped = -honest_round(rng, direction, 6)
@@ -61,7 +62,7 @@ def test_momentum_update_and_nothing_kept_gives_zero() -> None:
     d = 8
     first = np.zeros((2, d))
     first[:, 0] = 1.0
-    proc = MomentumCosineFilter(inner=FedAvg(uniform=True), beta=0.5).create(d)
+    proc = MomentumCosineFilter(inner=FedAvg(uniform=True), beta=0.5, max_drop=1.0).create(d)
     out1 = proc.next(proc.initialize(), as_updates(first))
     # Execute: every report points against the momentum e_0
     against = np.zeros((3, d))
@@ -73,6 +74,26 @@ def test_momentum_update_and_nothing_kept_gives_zero() -> None:
     assert out2.measurements["kept"] == 0
     assert not np.any(out2.result)
     np.testing.assert_allclose(out2.state[0][0], 0.25)
+
+
+def test_a_reference_that_would_drop_most_of_a_cohort_is_distrusted() -> None:
+    # Prepare: momentum from a clean round; then 6 of 10 reports point against it
+    rng = np.random.default_rng(3)
+    direction = rng.normal(size=40) / 6.0
+    proc = MomentumCosineFilter(inner=FedAvg(uniform=True)).create(40)  # max_drop 0.5
+    state = proc.next(proc.initialize(), as_updates(honest_round(rng, direction, 10))).state
+    x = np.vstack([honest_round(rng, direction, 4), -honest_round(rng, direction, 6)])
+    five = np.vstack([honest_round(rng, direction, 5), -honest_round(rng, direction, 5)])
+    # Execute
+    out = proc.next(state, as_updates(x))
+    out_half = proc.next(state, as_updates(five))
+    # Assert: more than half would go, so nothing is dropped and the inner mean sees all ten;
+    # exactly half is still filtered
+    assert out.measurements["distrusted"] is True
+    assert out.measurements["kept"] == 10 and out.measurements["dropped"] == {}
+    np.testing.assert_allclose(out.result, x.mean(0), rtol=1e-5, atol=1e-6)
+    assert out_half.measurements["distrusted"] is False
+    assert out_half.measurements["kept"] == 5
 
 
 def test_inner_state_is_carried() -> None:
@@ -90,7 +111,12 @@ def test_inner_state_is_carried() -> None:
 
 @pytest.mark.parametrize(
     ("kwargs", "message"),
-    [({"min_cosine": 1.0}, "min_cosine"), ({"beta": 1.0}, "beta"), ({"beta": -0.1}, "beta")],
+    [
+        ({"min_cosine": 1.0}, "min_cosine"),
+        ({"beta": 1.0}, "beta"),
+        ({"beta": -0.1}, "beta"),
+        ({"max_drop": 1.5}, "max_drop"),
+    ],
 )
 def test_bad_parameters_are_refused(kwargs: dict[str, float], message: str) -> None:
     with pytest.raises(ValueError, match=message):
