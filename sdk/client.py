@@ -454,6 +454,23 @@ class _Sleep:
 _SecureFlow = Generator["_Exchange | _Sleep", "httpx.Response | None", SecureRoundReport]
 
 
+def _delta_update(
+    core: _Core,
+    a: Assignment,
+    trainer: LocalTrainer,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+) -> Callable[[npt.NDArray[np.float32]], tuple[npt.NDArray[np.float32], int, float]]:
+    """The secure flow's `update`: train on (x, y) from the round's params and return
+    (delta float32[d], examples, loss)."""
+
+    def update(params: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], int, float]:
+        trained, n, loss = _train(core, a, params, trainer, x, y)
+        return (trained - params).astype(np.float32), n, loss
+
+    return update
+
+
 def _secure_flow(
     core: _Core,
     a: Assignment,
@@ -747,12 +764,7 @@ class Client:
         y: npt.NDArray[np.int64],
     ) -> SecureRoundReport:
         """Download, train locally, and send the update through the secure round `a`."""
-
-        def update(params: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], int, float]:
-            trained, n, loss = _train(self._core, a, params, trainer, x, y)
-            return (trained - params).astype(np.float32), n, loss
-
-        return self.secure_round(a, update)
+        return self.secure_round(a, _delta_update(self._core, a, trainer, x, y))
 
     def participate(
         self,
@@ -969,12 +981,7 @@ class AsyncClient:
         y: npt.NDArray[np.int64],
     ) -> SecureRoundReport:
         """Download, train locally, and send the update through the secure round `a`."""
-
-        def update(params: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], int, float]:
-            trained, n, loss = _train(self._core, a, params, trainer, x, y)
-            return (trained - params).astype(np.float32), n, loss
-
-        return await self.secure_round(a, update)
+        return await self.secure_round(a, _delta_update(self._core, a, trainer, x, y))
 
     async def participate(
         self,

@@ -742,24 +742,8 @@ class Coordinator:
             )
             rt.engine.version += 1
             version = rt.engine.version
-            frame = rt.strategy.last_frame
-            assert frame is not None
-            params = rt.engine.params
-            meas["downlink_frame_bytes"] = len(frame)
-            self.store.publish(
-                task_id=rt.task_id,
-                round_id=cur.round_id,
-                version=version,
-                delta_frame=frame,
-                digest=model_digest(params).hex(),
-                params=params.astype("<f4").tobytes(),
-                residual=rt.strategy.feedback.to_bytes(),
-                measurements=meas,
-                task_state=task_state,
-                now=now,
-                before_commit=lambda: fault_point("during_publish"),
-            )
-            rt.secure.set_params(params)
+            self._publish(rt, cur, version, meas, task_state, now)
+            rt.secure.set_params(rt.engine.params)
         else:
             meas.setdefault("abandoned", "secure round aborted: too few devices at some stage")
             self.store.abandon(cur.round_id, rt.task_id, meas, task_state, now)
@@ -781,28 +765,40 @@ class Coordinator:
         task_state = TaskState.DONE if done and rt.state == TaskState.ACTIVE else rt.state
         measurements = dict(outcome.measurements)
         if outcome.committed:
-            frame = rt.strategy.last_frame
-            assert frame is not None
-            params = rt.engine.params
-            digest = model_digest(params).hex()
-            measurements["downlink_frame_bytes"] = len(frame)
-            self.store.publish(
-                task_id=rt.task_id,
-                round_id=cur.round_id,
-                version=outcome.version,
-                delta_frame=frame,
-                digest=digest,
-                params=params.astype("<f4").tobytes(),
-                residual=rt.strategy.feedback.to_bytes(),
-                measurements=measurements,
-                task_state=task_state,
-                now=now,
-                before_commit=lambda: fault_point("during_publish"),
-            )
+            self._publish(rt, cur, outcome.version, measurements, task_state, now)
         else:
             self.store.abandon(cur.round_id, rt.task_id, measurements, task_state, now)
         self.metrics.aggregate_seconds.observe(time.perf_counter() - t0)
         return outcome
+
+    def _publish(
+        self,
+        rt: TaskRuntime,
+        cur: ActiveRound,
+        version: int,
+        measurements: dict[str, Any],
+        task_state: str,
+        now: float,
+    ) -> None:
+        """Commit the engine's new model, its downlink delta and residual in one transaction
+        (plain and secure rounds alike)."""
+        frame = rt.strategy.last_frame
+        assert frame is not None
+        params = rt.engine.params
+        measurements["downlink_frame_bytes"] = len(frame)
+        self.store.publish(
+            task_id=rt.task_id,
+            round_id=cur.round_id,
+            version=version,
+            delta_frame=frame,
+            digest=model_digest(params).hex(),
+            params=params.astype("<f4").tobytes(),
+            residual=rt.strategy.feedback.to_bytes(),
+            measurements=measurements,
+            task_state=task_state,
+            now=now,
+            before_commit=lambda: fault_point("during_publish"),
+        )
 
     def finish_close(self, rt: TaskRuntime, outcome: RoundOutcome) -> None:
         """Make the published model visible and reset for the next round (event-loop side)."""
