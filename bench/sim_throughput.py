@@ -225,7 +225,7 @@ def bench_digits(args: argparse.Namespace) -> dict[str, Any]:
             results = train(engine.params, jobs)
             t1 = time.perf_counter()
             if batched:
-                frames, _ = encode_reports(
+                frames = encode_reports(
                     encoders, jobs, results, spec, plan.codec, rng_pool=rng_pool
                 )
                 t2 = time.perf_counter()

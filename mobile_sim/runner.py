@@ -423,7 +423,7 @@ def run_simulation(
                 jobs = jobs[: plan.target_reports]
             results = be.train(params, jobs)
             results = _apply_model_attacks(results, jobs, malicious, index_of, attack)
-            frames, pending = encode_reports(
+            frames = encode_reports(
                 encoders,
                 jobs,
                 results,
@@ -457,13 +457,8 @@ def run_simulation(
             train_losses = [losses[dev] for dev in arrival]
             for dev in arrival:
                 encoders[dev].accepted()
-                pending.pop(dev, None)
             for dev in frames.keys() - set(arrival):
-                # A straggler: its whole update stays in its residual.
-                if dev in pending:
-                    encoders[dev].feedback.residual[:] = pending[dev]
-                else:
-                    encoders[dev].refused()
+                encoders[dev].refused()  # a straggler: its whole update stays in its residual
             outcome = engine.close_round(plan.round_id)
             acc: float | None = None
             loss: float | None = None
@@ -521,7 +516,7 @@ def encode_reports(
     error_feedback: bool = True,
     clip_norm: float | None = None,
     rng_pool: RngPool | None = None,
-) -> tuple[dict[str, bytes], dict[str, npt.NDArray[np.float32]]]:
+) -> dict[str, bytes]:
     """Each trained device's upload frame, as its `UpdateEncoder.encode` makes it.
 
     `encoders` holds each device's state across rounds (created here on first use with
@@ -529,12 +524,10 @@ def encode_reports(
     codec's rng is `job_rng(job, stream=2)` (seeded through `rng_pool` when given: the same
     streams, faster).
 
-    Returns `(frames by device, u by device)`. Large cohorts are encoded as one batch, bit
-    for bit what the per-device calls give (clip, then error feedback, then the codec); for
-    those, `u` is what each device encoded (`delta + residual`), which the caller writes
-    back into the residual if the upload is refused, as `UpdateEncoder.refused` does.
-    Smaller cohorts and bigger models go through `UpdateEncoder.encode` itself, and `u` is
-    then empty.
+    Returns the frames by device. Large cohorts are encoded as one batch, bit for bit what
+    the per-device calls give (clip, then error feedback, then the codec), and each encoder
+    holds what it encoded, so `UpdateEncoder.refused` works as after `encode`. Smaller
+    cohorts and bigger models go through `UpdateEncoder.encode` itself.
     """
     encs = []
     for job in jobs:
@@ -555,11 +548,10 @@ def encode_reports(
         or spec.size >= BATCH_MAX_SIZE
         or len({enc.error_feedback for enc in encs}) > 1
     ):
-        frames = {
+        return {
             dev: enc.encode(res.delta, rng, w)[0]
             for dev, enc, res, rng, w in zip(ids, encs, results, rngs, weights, strict=True)
         }
-        return frames, {}
     deltas = np.empty((len(jobs), spec.size), dtype=np.float32)
     for i, (enc, res) in enumerate(zip(encs, results, strict=True)):
         if res.delta.shape != (spec.size,):
@@ -570,9 +562,11 @@ def encode_reports(
         out, u = feedback_step_many(
             [enc.feedback for enc in encs], deltas, encs[0].codec, rngs, weights
         )
-        return dict(zip(ids, out, strict=True)), {dev: u[i] for i, dev in enumerate(ids)}
+        for i, enc in enumerate(encs):
+            enc.hold(u[i])
+        return dict(zip(ids, out, strict=True))
     out = encs[0].codec.encode_many(deltas, rngs, weights)
-    return dict(zip(ids, out, strict=True)), {}
+    return dict(zip(ids, out, strict=True))
 
 
 def ort_devices_of_tier(fleet: Any, clients: int, tier: str) -> set[int]:

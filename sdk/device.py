@@ -79,6 +79,11 @@ class UpdateEncoder:
         self._pending_u = d + self.feedback.residual
         return self.feedback.step(d, self.codec, rng, weight=weight)
 
+    def hold(self, u: npt.NDArray[np.float32]) -> None:
+        """Keep `u` (delta + residual, float32[d]) for `refused`, for an upload whose
+        error-feedback step ran outside `encode` (the simulator's batched path)."""
+        self._pending_u = u
+
     def refused(self) -> None:
         """The last upload was refused (a straggler, a closed round): nothing of it reached the
         model, so the whole of `u` stays in the residual for a later round."""
