@@ -2,11 +2,19 @@
 
 from ._config import SecureConfig
 from ._coordinator import SecureCoordinator, SecureOutcome, SecureTask, make_plan
-from ._dp import DistributedDpAccountant, ddg_epsilon, integer_sensitivity
+from ._dp import (
+    RDP_ORDERS,
+    DistributedDpAccountant,
+    ddg_epsilon,
+    integer_sensitivity,
+    l1_sensitivity,
+    skellam_rdp,
+)
 from ._policy import CoordinatePolicy, RandomPolicy, TopKMixPolicy, public_seed
 from ._round import GroupResult, SecureRound, split_groups
 
 __all__ = [
+    "RDP_ORDERS",
     "CoordinatePolicy",
     "DistributedDpAccountant",
     "GroupResult",
@@ -19,7 +27,9 @@ __all__ = [
     "TopKMixPolicy",
     "ddg_epsilon",
     "integer_sensitivity",
+    "l1_sensitivity",
     "make_plan",
     "public_seed",
+    "skellam_rdp",
     "split_groups",
 ]

@@ -32,7 +32,7 @@ from protocol.secagg import (
 )
 
 from ._config import SecureConfig
-from ._dp import DistributedDpAccountant, integer_sensitivity
+from ._dp import DistributedDpAccountant, integer_sensitivity, l1_sensitivity
 from ._policy import CoordinatePolicy, TopKMixPolicy, public_seed
 from ._round import GroupResult, SecureRound, split_groups
 
@@ -267,9 +267,9 @@ class SecureCoordinator:
                 "noise_multiplier": self.config.noise_multiplier,
                 "noise_variance_per_device": plan.noise_variance,
                 "sensitivity": sens,
+                "l1_sensitivity": l1_sensitivity(sens, plan.k),
                 "survivors": survivors,
                 "k": plan.k,
-                "rounds": len(self.accountant.events),
-                "approximate": self.accountant.approximate,
+                "rounds": self.accountant.rounds,
             }
         return SecureOutcome(task.round_id, True, contributors, dropped, aborted, update, meas)

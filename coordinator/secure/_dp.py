@@ -1,20 +1,40 @@
-"""Distributed DP for secure rounds: noise calibration and per-round accounting via dp_accounting.
+"""Distributed DP for secure rounds: noise calibration and per-round RDP accounting, exact bounds.
 
-Integer-domain sensitivity. A device's sent vector has L2 norm <= C; after rotation and the
-affine map with scale s = (2^b - 1) / (2 C'), the zero-out neighbour (the device's values
-replaced by zeros, i.e. q = s C' before rounding) differs by at most s C in L2 before
-rounding, plus at most sqrt(k) from stochastic rounding: Delta = s C + sqrt(k).
+Integer-domain sensitivity (zero-out neighbour: one device's sent values replaced by zeros).
+After the L2 clip to C, the rotation (orthogonal) and the per-coordinate clip to [-C', C'], a
+device's values v have ||v||_2 <= C; the affine map x = s (v + C'), s = (2^b - 1) / (2 C'),
+moves by d = s v against the neighbour's x' = s C', so ||d||_2 <= s C. Stochastic rounding is
+q = floor(x + U) with U ~ U[0, 1)^k. Couple the two datasets through the same U (and the same
+noise of every other device): then |q_j - q'_j| <= ceil(|d_j|) < |d_j| + 1, so the integer
+difference e = q - q' has
+    ||e||_2 <= s C + sqrt(k) = Delta2                                (`integer_sensitivity`)
+    ||e||_1 <= min(sqrt(k) Delta2, Delta2^2) = Delta1                (`l1_sensitivity`).
+The released sum is a mixture over U of shifted noise distributions with the same mixing law on
+both sides, and the Renyi divergence is jointly quasi-convex, so an RDP bound for every shift
+of norm <= (Delta1, Delta2) bounds the mixture.
 
 Discrete Gaussian: each of n surviving devices adds N_Z(0, sigma^2) per coordinate. Kairouz,
 Liu, Steinke (2021, Thm. 1) bound the sum: it is (eps^2 / 2)-concentrated DP with
-    eps = min( sqrt(Delta^2 / (n sigma^2) + tau k / 2),  Delta / (sqrt(n) sigma) + tau sqrt(k) ),
+    eps = min( sqrt(Delta2^2 / (n sigma^2) + tau k / 2),  Delta2 / (sqrt(n) sigma) + tau sqrt(k) ),
     tau = 10 * sum_{j=1}^{n-1} exp(-2 pi^2 sigma^2 j / (j + 1)).
-Each round is a `ZCDpEvent(eps^2 / 2)`; rounds compose in dp_accounting's RDP accountant, which
-converts to (epsilon, delta). No subsampling amplification is claimed (conservative).
+Each round is a `ZCDpEvent(eps^2 / 2)`, whose RDP curve dp_accounting's `RdpAccountant` gives.
 
-Skellam: the sum of n Skellam(mu) is Skellam(n mu), variance 2 n mu. It is accounted as a
-Gaussian event of the same variance (`GaussianDpEvent`), which Agarwal, Kairouz, Liu (2021)
-show is the limit of the Skellam RDP curve; this is reported as approximate.
+Skellam: each device adds Sk(m, m) = Poisson(m) - Poisson(m) per coordinate (variance 2 m).
+Sums of independent Skellams are Skellam, so the survivors' noise is exactly Sk(mu, mu) with
+mu = n m, variance V = 2 mu. Agarwal, Kairouz, Liu (NeurIPS 2021, "The Skellam Mechanism for
+Differentially Private Federated Learning", Thm. 3.5, multi-dimensional Skellam mechanism) give,
+in their parametrization by the variance V (their Sk_{0,V} has pmf e^{-V} I_j(V)), for integer
+orders alpha > 1:
+    rdp(alpha) = alpha Delta2^2 / (2 V)
+                 + min( ((2 alpha - 1) Delta2^2 + 6 Delta1) / (4 V^2),  3 Delta1 / (2 V) )
+(with mu = V / 2: alpha Delta2^2 / (4 mu) + min(((2 alpha - 1) Delta2^2 + 6 Delta1) / (16 mu^2),
+3 Delta1 / (4 mu))). The first term is the Gaussian mechanism's RDP at the same variance, so the
+bound is never below it and tends to it as V grows. At a non-integer order of the grid the bound
+at ceil(alpha) is used: Renyi divergence is non-decreasing in the order.
+
+Rounds compose by adding RDP curves at `RDP_ORDERS` (dp_accounting's default grid); a
+non-private round adds inf. dp_accounting's `compute_epsilon` converts the total to (eps, delta).
+No subsampling amplification is claimed (conservative).
 """
 
 from __future__ import annotations
@@ -23,17 +43,41 @@ import math
 from dataclasses import dataclass, field
 
 import dp_accounting
-from dp_accounting import rdp
+import numpy as np
+import numpy.typing as npt
+from dp_accounting.rdp import rdp_privacy_accountant
 
 from protocol.secagg import NoiseKind
 
-__all__ = ["integer_sensitivity", "ddg_epsilon", "DistributedDpAccountant"]
+__all__ = [
+    "RDP_ORDERS",
+    "integer_sensitivity",
+    "l1_sensitivity",
+    "ddg_epsilon",
+    "skellam_rdp",
+    "DistributedDpAccountant",
+]
+
+RDP_ORDERS: tuple[float, ...] = tuple(float(a) for a in rdp_privacy_accountant.DEFAULT_RDP_ORDERS)
 
 
 def integer_sensitivity(clip_norm: float, coord_bound: float, value_bits: int, k: int) -> float:
-    """Delta = s C + sqrt(k), with s = (2^b - 1) / (2 C'): L2 sensitivity in quantized units."""
+    """Delta2 = s C + sqrt(k), with s = (2^b - 1) / (2 C'): L2 sensitivity in quantized units."""
     scale = ((1 << value_bits) - 1) / (2.0 * coord_bound)
     return scale * clip_norm + math.sqrt(k)
+
+
+def l1_sensitivity(l2_sensitivity: float, k: int) -> float:
+    """Delta1 = min(sqrt(k) Delta2, Delta2^2): L1 bound of an integer k-vector of L2 norm <= Delta2.
+
+    Cauchy-Schwarz gives sqrt(k) Delta2; integer entries have |e_j| <= e_j^2, which gives
+    Delta2^2. No tighter bound follows from the clip: with every |d_j| = s C / sqrt(k) just
+    above an integer, ||e||_1 reaches sqrt(k) s C + k = sqrt(k) Delta2 (C' >= C / sqrt(k) under
+    the default coord_bound_sigmas >= 1, so the per-coordinate clip does not bind there).
+    """
+    if l2_sensitivity < 0 or k < 1:
+        raise ValueError("need l2_sensitivity >= 0 and k >= 1")
+    return float(min(math.sqrt(k) * l2_sensitivity, l2_sensitivity**2))
 
 
 def ddg_epsilon(sensitivity: float, sigma2: float, n: int, k: int) -> float:
@@ -48,13 +92,39 @@ def ddg_epsilon(sensitivity: float, sigma2: float, n: int, k: int) -> float:
     return float(min(a, b))
 
 
+def skellam_rdp(
+    orders: npt.ArrayLike, l2_sensitivity: float, l1_sensitivity: float, variance: float
+) -> npt.NDArray[np.float64]:
+    """Agarwal et al. Thm. 3.5 RDP of Skellam noise of total `variance` V per coordinate.
+
+    `orders` (> 1) are rounded up to integers; sensitivities are in integer units. float64[len].
+    """
+    a = np.ceil(np.asarray(orders, dtype=np.float64))
+    if a.size and not np.all(a >= 2):
+        raise ValueError("RDP orders must be > 1")
+    if not variance > 0 or l2_sensitivity < 0 or l1_sensitivity < 0:
+        raise ValueError("need variance > 0 and non-negative sensitivities")
+    d2sq, d1, v = l2_sensitivity**2, l1_sensitivity, variance
+    gaussian = a * d2sq / (2.0 * v)
+    extra = np.minimum(((2.0 * a - 1.0) * d2sq + 6.0 * d1) / (4.0 * v * v), 3.0 * d1 / (2.0 * v))
+    out: npt.NDArray[np.float64] = gaussian + extra
+    return out
+
+
 @dataclass
 class DistributedDpAccountant:
-    """Per-round DP events of a secure task, composed with dp_accounting's RDP accountant."""
+    """Per-round privacy of a secure task, composed as RDP curves at `RDP_ORDERS`.
+
+    `events` holds the dp_accounting events of discrete-Gaussian and non-private rounds;
+    `skellam` the summed Skellam RDP curve (float64[len(RDP_ORDERS)]).
+    """
 
     delta: float
     events: list[dp_accounting.DpEvent] = field(default_factory=list)
-    approximate: bool = False
+    skellam: npt.NDArray[np.float64] = field(
+        default_factory=lambda: np.zeros(len(RDP_ORDERS), dtype=np.float64)
+    )
+    rounds: int = 0
 
     def record_round(
         self,
@@ -64,21 +134,35 @@ class DistributedDpAccountant:
         survivors: int,
         k: int,
     ) -> None:
-        """Add one released round. `survivors` devices each added noise of that variance."""
+        """Add one released round. `survivors` devices each added noise of that variance.
+
+        `sensitivity` is Delta2 in integer units (`integer_sensitivity`); Delta1 is derived
+        from it with `l1_sensitivity`, so a replay from stored measurements is identical.
+        """
         if kind == NoiseKind.DISCRETE_GAUSSIAN:
             eps = ddg_epsilon(sensitivity, variance_per_device, survivors, k)
             self.events.append(dp_accounting.ZCDpEvent(eps**2 / 2.0))
         elif kind == NoiseKind.SKELLAM:
-            total_std = math.sqrt(variance_per_device * survivors)
-            self.events.append(dp_accounting.GaussianDpEvent(total_std / sensitivity))
-            self.approximate = True
+            if survivors < 1 or not variance_per_device > 0:
+                raise ValueError("need survivors >= 1 and variance_per_device > 0")
+            total = variance_per_device * survivors  # Sk(n m, n m): the survivors' summed noise
+            self.skellam = self.skellam + skellam_rdp(
+                RDP_ORDERS, sensitivity, l1_sensitivity(sensitivity, k), total
+            )
         else:
             self.events.append(dp_accounting.NonPrivateDpEvent())
+        self.rounds += 1
+
+    def rdp(self) -> npt.NDArray[np.float64]:
+        """The composed RDP curve at `RDP_ORDERS` (inf if any round was not private)."""
+        acc = rdp_privacy_accountant.RdpAccountant(RDP_ORDERS)
+        acc.compose(dp_accounting.ComposedDpEvent(list(self.events)))
+        out: npt.NDArray[np.float64] = np.asarray(acc.rdp, dtype=np.float64) + self.skellam
+        return out
 
     def epsilon(self) -> float:
         """Epsilon at `delta` after every recorded round (inf if any round was not private)."""
-        if not self.events:
+        if self.rounds == 0:
             return 0.0
-        acc = rdp.RdpAccountant()
-        acc.compose(dp_accounting.ComposedDpEvent(list(self.events)))
-        return float(acc.get_epsilon(self.delta))
+        eps, _ = rdp_privacy_accountant.compute_epsilon(RDP_ORDERS, self.rdp(), self.delta)
+        return float(eps)
