@@ -4,9 +4,9 @@ Integer-domain sensitivity (zero-out neighbour: one device's sent values replace
 After the L2 clip to C, the rotation (orthogonal) and the per-coordinate clip to [-C', C'], a
 device's values v have ||v||_2 <= C; the affine map x = s (v + C'), s = (2^b - 1) / (2 C'),
 moves by d = s v against the neighbour's x' = s C', so ||d||_2 <= s C. Stochastic rounding is
-q = floor(x + U) with U ~ U[0, 1)^k. Couple the two datasets through the same U (and the same
-noise of every other device): then |q_j - q'_j| <= ceil(|d_j|) < |d_j| + 1, so the integer
-difference e = q - q' has
+q = floor(x) + [U < frac(x)] = ceil(x - U) with U ~ U[0, 1)^k, monotone in x. Couple the two
+datasets through the same U (and the same noise of every other device): then |q_j - q'_j| <=
+ceil(|d_j|) < |d_j| + 1, so the integer difference e = q - q' has
     ||e||_2 <= s C + sqrt(k) = Delta2                                (`integer_sensitivity`)
     ||e||_1 <= min(sqrt(k) Delta2, Delta2^2) = Delta1                (`l1_sensitivity`).
 The released sum is a mixture over U of shifted noise distributions with the same mixing law on
@@ -71,9 +71,9 @@ def l1_sensitivity(l2_sensitivity: float, k: int) -> float:
     """Delta1 = min(sqrt(k) Delta2, Delta2^2): L1 bound of an integer k-vector of L2 norm <= Delta2.
 
     Cauchy-Schwarz gives sqrt(k) Delta2; integer entries have |e_j| <= e_j^2, which gives
-    Delta2^2. No tighter bound follows from the clip: with every |d_j| = s C / sqrt(k) just
-    above an integer, ||e||_1 reaches sqrt(k) s C + k = sqrt(k) Delta2 (C' >= C / sqrt(k) under
-    the default coord_bound_sigmas >= 1, so the per-coordinate clip does not bind there).
+    Delta2^2. No tighter bound follows from the clip: as every |d_j| = s C / sqrt(k) tends to
+    an integer from above, ||e||_1 tends to sqrt(k) s C + k = sqrt(k) Delta2 (with
+    coord_bound_sigmas >= 1, C' >= C / sqrt(k), so the per-coordinate clip does not bind there).
     """
     if l2_sensitivity < 0 or k < 1:
         raise ValueError("need l2_sensitivity >= 0 and k >= 1")

@@ -22,7 +22,7 @@ from coordinator.secure import (
     skellam_rdp,
 )
 from mobile_sim.secure import run_secure_round
-from protocol.secagg import NoiseKind
+from protocol.secagg import NoiseKind, quantize
 from sdk.secure import SecureParticipant
 
 DELTA = 1e-5
@@ -64,9 +64,10 @@ def test_l1_sensitivity_bounds() -> None:
         l1_sensitivity(1.0, 0)
 
 
-def test_l1_sensitivity_holds_for_coupled_rounding_of_neighbours() -> None:
-    # Prepare: devices' values at the worst case of the bound (all |v_j| = C / sqrt(k)) and at
-    # random directions, against the zero-out neighbour, with the same rounding uniforms.
+def test_sensitivities_hold_for_coupled_rounding_of_neighbours() -> None:
+    # Prepare: values at the worst case of the bound (all |v_j| = C / sqrt(k)) and in random
+    # directions, against the zero-out neighbour; the device's quantizer runs on both with the
+    # same rounding uniforms (generators seeded alike), which is the coupling of the proof.
     rng = np.random.default_rng(7)
     k, c, bits = 64, 1.0, 6
     cb = min(c, 2.5 * c / math.sqrt(k))
@@ -75,13 +76,13 @@ def test_l1_sensitivity_holds_for_coupled_rounding_of_neighbours() -> None:
     l1 = l1_sensitivity(l2, k)
     worst = 0.0
     vs = [np.full(k, c / math.sqrt(k))] + [rng.normal(size=k) for _ in range(50)]
-    for v in vs:
+    for i, v in enumerate(vs):
         v = v * min(1.0, c / np.linalg.norm(v))
-        v = np.clip(v, -cb, cb)
-        for _ in range(20):
-            u = rng.random(k)
-            # Execute: q = floor(x + U), the quantizer's stochastic rounding, on both sides
-            e = np.floor(s * (v + cb) + u) - np.floor(s * cb + u)
+        for j in range(20):
+            # Execute
+            q = quantize(v, cb, bits, np.random.default_rng([i, j])).astype(np.int64)
+            q0 = quantize(np.zeros(k), cb, bits, np.random.default_rng([i, j])).astype(np.int64)
+            e = (q - q0).astype(np.float64)
             # Assert
             assert np.linalg.norm(e) <= l2 + 1e-9
             assert np.abs(e).sum() <= l1 + 1e-9
