@@ -305,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
         "--coord-bound-sigmas", type=float, default=dflt.coord_bound_sigmas, help="gamma of C'"
     )
     ap.add_argument("--no-rotate", action="store_true", help="no Hadamard rotation over S_r")
+    ap.add_argument(
+        "--no-dither", action="store_true", help="stochastic rounding instead of subtractive dither"
+    )
     ap.add_argument("--max-weight", type=int, default=dflt.max_weight, help="weight cap w_max")
     ap.add_argument(
         "--coord-fraction",
@@ -356,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         ema_decay=args.ema_decay,
         coord_bound_sigmas=args.coord_bound_sigmas,
         rotate=not args.no_rotate,
+        dither=not args.no_dither,
         max_weight=args.max_weight,
         sketch_pool=args.sketch_pool,
         seed=args.seed,

@@ -6,9 +6,10 @@ four stages with wire bytes.
 
 Per round, with u = delta + residual (float32[d]) and S = plan.indices:
     u_S  -> clip to L2 norm C -> rotate (if plan.rotate) -> clip to [-C', C'] and quantize to
-    q in {0..2^b-1} (unbiased stochastic rounding) -> x = w q (+ integer noise) mod 2^m,
+    q in {0..2^b-1} (subtractive dither when plan.dither, else unbiased stochastic rounding)
+    -> x = w q (+ integer noise) mod 2^m,
     then append w and mask.
-The device reconstructs exactly what it sent, sent_S = R^T(dequantize(q)) (noise excluded),
+The device reconstructs exactly what it sent, sent_S = R^T(dequantize(q, dither)) (noise excluded),
 and keeps residual = u with residual[S] = u_S - sent_S: every bit of mass it did not send,
 including what clipping and quantization removed, waits for a later round.
 """
@@ -38,6 +39,7 @@ from protocol.secagg import (
     dequantize,
     device_sketch,
     discrete_gaussian,
+    dither_uniforms,
     model_digest,
     quantize,
     ring_mask,
@@ -55,21 +57,29 @@ def encode_for_plan(
     weight: int,
     rng: np.random.Generator,
     noise_rng: CtrRandom | None = None,
+    node: int | None = None,
 ) -> tuple[npt.NDArray[np.uint64], npt.NDArray[np.float64]]:
     """(vector uint64[plan.vector_len] in Z_{2^m}, sent float64[k]): ring input, what it stands for.
 
     `sent` is in the original coordinates of S_r, before noise; weight is clamped to
-    1..plan.max_weight.
+    1..plan.max_weight. A dithered plan needs the device's `node` id (its dither stream).
     """
     if u.shape != (plan.model_size,):
         raise ValueError(f"update of shape {u.shape}, plan is for {plan.model_size} values")
+    value_dither = sketch_dither = None
+    if plan.dither:
+        if node is None:
+            raise ValueError("a dithered plan needs the device's node id")
+        value_dither = dither_uniforms(plan, node, plan.k, b"values")
+        if plan.sketch_bits:
+            sketch_dither = dither_uniforms(plan, node, plan.sketch_len, b"sketch")
     u_s = u[plan.indices].astype(np.float64)
     norm = float(np.linalg.norm(u_s))
     if norm > plan.clip_norm:
         u_s = u_s * (plan.clip_norm / norm)
     v = rotate(u_s, plan.rotation_seed) if plan.rotate else u_s
-    q = quantize(v, plan.coord_bound, plan.value_bits, rng)
-    v_hat = dequantize(q, plan.coord_bound, plan.value_bits)
+    q = quantize(v, plan.coord_bound, plan.value_bits, rng, value_dither)
+    v_hat = dequantize(q, plan.coord_bound, plan.value_bits, value_dither)
     sent = unrotate(v_hat, plan.rotation_seed) if plan.rotate else v_hat
     w = max(1, min(int(weight), plan.max_weight))
     x = q * np.uint64(w)
@@ -78,7 +88,9 @@ def encode_for_plan(
     elif plan.noise == NoiseKind.SKELLAM:
         x = x + skellam(plan.noise_variance / 2.0, plan.k).astype(np.uint64)
     # int64 -> uint64 wraps negatives modulo 2^64; masking reduces modulo 2^m.
-    sketch = device_sketch(u, plan, rng) if plan.sketch_bits else np.zeros(0, np.uint64)
+    sketch = (
+        device_sketch(u, plan, rng, sketch_dither) if plan.sketch_bits else np.zeros(0, np.uint64)
+    )
     vector = np.concatenate([x, sketch, np.array([w], dtype=np.uint64)]) & np.uint64(
         ring_mask(plan.ring_bits)
     )
@@ -116,7 +128,8 @@ class SecureSession:
         msg = ShareDelivery.from_bytes(delivery, self.plan.num_nodes)
         p = self.participant
         u = np.asarray(delta, dtype=np.float32) + p.residual
-        vector, sent = encode_for_plan(u, self.plan, weight, rng, p.noise_rng)
+        node = self.client.state.node
+        vector, sent = encode_for_plan(u, self.plan, weight, rng, p.noise_rng, node)
         out = self.client.masked_input(msg, vector).to_bytes()
         residual = u.copy()
         residual[self.plan.indices] = (u[self.plan.indices].astype(np.float64) - sent).astype(

@@ -26,6 +26,10 @@ class SecureConfig:
         the per-coordinate range is C' = min(C, gamma * C / sqrt(k)) (after rotation each
         coordinate of a norm-C vector has stddev about C / sqrt(k)).
     rotate: randomized Hadamard over S_r before quantization.
+    dither: subtractive dither (a public per-device uniform the coordinator subtracts from the
+        sum) instead of stochastic rounding: half the rounding noise at the same bytes. It is
+        used when max_weight = 1 (the coordinator must know each contributor's weight) and
+        ignored otherwise.
     noise, noise_multiplier, expected_dropout, dp_delta: distributed DP; each device's noise
         is calibrated so that if at least (1 - expected_dropout) of the cohort survive, the sum
         carries stddev noise_multiplier * (integer-domain L2 sensitivity).
@@ -50,6 +54,7 @@ class SecureConfig:
     # With 7 levels the range must be tight: +-2.5 sigma of a norm-C vector's rotated coordinate.
     coord_bound_sigmas: float = 2.5
     rotate: bool = True
+    dither: bool = True
     noise: NoiseKind = NoiseKind.NONE
     noise_multiplier: float = 0.0
     expected_dropout: float = 0.1

@@ -86,6 +86,8 @@ def make_plan(
         noise_headroom=headroom,
         sketch_bits=(config.sketch_bits or config.value_bits) if sketch_segments else 0,
         sketch_segments=sketch_segments,
+        # Subtractive dither needs uniform weights (the coordinator subtracts each term).
+        dither=config.dither and config.max_weight == 1,
     )
 
 

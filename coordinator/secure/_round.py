@@ -167,8 +167,12 @@ class SecureRound:
         """End the unmask stage: reconstruct, unmask the sum, decode it (or `RoundAborted`)."""
         t0 = time.perf_counter()
         res = self.server.finish()
-        mean, weight = decode_ring_sum(res.total, self.plan)
-        sketch = decode_sketch_sum(res.total, self.plan) if self.plan.sketch_bits else None
+        mean, weight = decode_ring_sum(res.total, self.plan, res.contributors)
+        sketch = (
+            decode_sketch_sum(res.total, self.plan, res.contributors)
+            if self.plan.sketch_bits
+            else None
+        )
         dt = time.perf_counter() - t0
         self.stage_seconds["unmask"] += dt
         return GroupResult(

@@ -37,6 +37,7 @@ __all__ = [
 PLAN_MAGIC = b"PSP1"
 MAX_NODES = 1 << 20
 MAX_SEGMENTS = 4096
+PLAN_FLAGS = 0b11  # bit 0 rotate, bit 1 dither
 _FIXED = struct.Struct("<4sQIIIBBIQddBBdQ32s32sI")
 
 
@@ -101,6 +102,10 @@ class SecurePlan:
     `noise_variance` (integer units) and appends the weight: `vector_len = k + 1` elements of
     Z_{2^ring_bits}.
 
+    With `dither`, rounding uses a public per-node dither that the coordinator subtracts
+    (subtractive dither, `protocol.secagg._encoding`): half the rounding noise of stochastic
+    rounding at the same bits; it needs max_weight = 1.
+
     With `sketch_bits > 0` the device also sends a row/column energy sketch of its update
     (`protocol.secagg._sketch`) between the values and the weight: one entry per row and per
     pooled column of each segment `(offset, rows, cols, pool)`. The coordinator uses the summed
@@ -126,6 +131,7 @@ class SecurePlan:
     noise_headroom: int = 0
     sketch_bits: int = 0
     sketch_segments: tuple[tuple[int, int, int, int], ...] = ()
+    dither: bool = False
     _bytes: bytes = field(default=b"", init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -151,6 +157,9 @@ class SecurePlan:
             raise ValueError("noise variance and headroom must be non-negative")
         if len(self.graph_seed) != 32 or len(self.rotation_seed) != 32:
             raise ValueError("seeds are 32 bytes")
+        if self.dither and self.max_weight != 1:
+            # The coordinator subtracts each contributor's dither, so it must know every weight.
+            raise ValueError("dither needs max_weight=1")
         check_ring(
             self.num_nodes, self.max_weight, self.value_bits, self.ring_bits, self.noise_headroom
         )
@@ -171,13 +180,18 @@ class SecurePlan:
         """Ring elements each device masks: the k values, the sketch, the weight."""
         return self.k + self.sketch_len + 1
 
+    @property
+    def flags(self) -> int:
+        """The plan's flag byte: bit 0 rotate, bit 1 dither."""
+        return int(self.rotate) | int(self.dither) << 1
+
     def _encode(self) -> bytes:
         gaps = np.diff(self.indices, prepend=np.int64(0)).astype("<u4")
         packed = zstandard.ZstdCompressor(level=10).compress(gaps.tobytes())
         head = _FIXED.pack(
             PLAN_MAGIC, self.round_id, self.num_nodes, self.degree, self.threshold,
             self.ring_bits, self.value_bits, self.max_weight, self.model_size,
-            self.clip_norm, self.coord_bound, int(self.rotate), int(self.noise),
+            self.clip_norm, self.coord_bound, self.flags, int(self.noise),
             self.noise_variance, self.noise_headroom, self.graph_seed, self.rotation_seed,
             self.k,
         )  # fmt: skip
@@ -201,6 +215,8 @@ class SecurePlan:
         model_size, k = f[8], f[17]
         if not 1 <= model_size <= max_model_size or not 1 <= k <= model_size:
             raise MalformedMessage(f"plan sizes d={model_size}, k={k} out of range")
+        if f[11] & ~PLAN_FLAGS:
+            raise MalformedMessage(f"plan flags {f[11]:#04x} set unknown bits")
         sketch_bits, n_seg = struct.unpack_from("<BI", data, _FIXED.size)
         pos = _FIXED.size + 5
         if n_seg > MAX_SEGMENTS or len(data) < pos + 20 * n_seg + 4:
@@ -222,9 +238,10 @@ class SecurePlan:
             plan = cls(
                 round_id=f[1], num_nodes=f[2], degree=f[3], threshold=f[4], ring_bits=f[5],
                 value_bits=f[6], max_weight=f[7], model_size=model_size, indices=indices,
-                clip_norm=f[9], coord_bound=f[10], rotate=bool(f[11]), noise=NoiseKind(f[12]),
+                clip_norm=f[9], coord_bound=f[10], rotate=bool(f[11] & 1), noise=NoiseKind(f[12]),
                 noise_variance=f[13], noise_headroom=f[14], graph_seed=f[15],
                 rotation_seed=f[16], sketch_bits=sketch_bits, sketch_segments=segments,
+                dither=bool(f[11] & 2),
             )  # fmt: skip
         except ValueError as exc:
             if isinstance(exc, RingOverflow):

@@ -58,9 +58,16 @@ def _pooled(c: npt.NDArray[np.float64], pool: int) -> npt.NDArray[np.float64]:
 
 
 def device_sketch(
-    u: npt.NDArray[np.floating], plan: SecurePlan, rng: np.random.Generator
+    u: npt.NDArray[np.floating],
+    plan: SecurePlan,
+    rng: np.random.Generator,
+    dither: npt.NDArray[np.float64] | None = None,
 ) -> npt.NDArray[np.uint64]:
-    """The device's quantized sketch, uint64[plan.sketch_len], levels in [0, 2^sketch_bits - 1]."""
+    """The device's quantized sketch, uint64[plan.sketch_len], levels in [0, 2^sketch_bits - 1].
+
+    Rounding is floor(x + U) with U from `rng` (stochastic rounding) or the public `dither`
+    (float64[sketch_len], subtracted again by the coordinator: `decode_sketch_sum`).
+    """
     levels = (1 << plan.sketch_bits) - 1
     parts = []
     for off, rows, cols, pool in plan.sketch_segments:
@@ -71,8 +78,10 @@ def device_sketch(
     total = float(sum(p.sum() for p in parts[::2]))
     g = np.sqrt(np.sqrt(raw / total)) if total > 0 else np.zeros_like(raw)
     x = np.clip(g, 0.0, 1.0) * levels
-    low = np.floor(x)
-    q: npt.NDArray[np.uint64] = (low + (rng.random(x.size) < x - low)).astype(np.uint64)
+    uniform = rng.random(x.size) if dither is None else np.asarray(dither, dtype=np.float64)
+    if uniform.shape != x.shape:
+        raise ValueError(f"dither of shape {uniform.shape} for {x.size} sketch entries")
+    q: npt.NDArray[np.uint64] = np.clip(np.floor(x + uniform), 0, levels).astype(np.uint64)
     return q
 
 

@@ -60,6 +60,18 @@ def test_plan_roundtrip_and_refusals() -> None:
         SecurePlan.from_bytes(plan.to_bytes()[:-1], D)
     with pytest.raises(MalformedMessage):
         SecurePlan.from_bytes(plan.to_bytes(), D - 1)  # bigger than this device's model
+    # The flag byte carries rotate (bit 0) and dither (bit 1); unknown bits are refused.
+    assert back.dither and back.rotate and plan.flags == 0b11
+    flags_at = 4 + 8 + 4 * 3 + 2 + 4 + 8 + 8 + 8  # magic, round, n/k/t, m/b, w_max, d, C, C'
+    raw = bytearray(plan.to_bytes())
+    assert raw[flags_at] == 0b11
+    raw[flags_at] = 0b111
+    with pytest.raises(MalformedMessage, match="unknown bits"):
+        SecurePlan.from_bytes(bytes(raw), D)
+    raw[flags_at] = 0b01
+    assert not SecurePlan.from_bytes(bytes(raw), D).dither
+    with pytest.raises(ValueError, match="max_weight=1"):
+        dataclasses.replace(plan, max_weight=2)
 
 
 def test_two_devices_are_refused() -> None:
@@ -97,6 +109,63 @@ def test_secure_round_output_is_exact_weighted_mean_of_what_devices_sent() -> No
     # The dropped device never sent: its residual is untouched.
     assert not np.any(parts[devs[2]].residual)
     assert stats.bytes_up[devs[0]] > 0 and not stats.refused
+
+
+def test_dithered_round_with_dropouts_is_exact_mean_of_what_contributors_sent() -> None:
+    # Prepare: uniform weights, so the plan uses subtractive dither
+    devs, parts, ups = _fleet(9, seed=4)
+    coord = SecureCoordinator(
+        np.zeros(D, np.float32), SecureConfig(coord_fraction=0.1, clip_norm=2.0)
+    )
+    # Execute: one device drops before masking, one after (its dither must still be removed)
+    out, _ = run_secure_round(coord, parts, ups, {devs[1]: Stage.SHARE_KEYS, devs[5]: Stage.UNMASK})
+    # Assert: the server subtracted exactly the contributors' dither
+    assert out.committed and devs[1] not in out.contributors and devs[5] in out.contributors
+    want = np.mean([_sent(parts, ups, d) for d in out.contributors], axis=0)
+    np.testing.assert_allclose(out.update, want, atol=1e-6)
+
+
+def test_dithered_decoding_needs_the_contributors() -> None:
+    from protocol.secagg import decode_ring_sum, decode_sketch_sum
+
+    plan = make_plan(SecureConfig(), 1, 5, D, np.arange(16, dtype=np.int64))
+    total = np.zeros(plan.vector_len, dtype=np.uint64)
+    total[-1] = 3
+    with pytest.raises(ValueError, match="node ids"):
+        decode_ring_sum(total, plan)
+    with pytest.raises(ValueError, match="does not match"):
+        decode_ring_sum(total, plan, [0, 1])
+    with pytest.raises(ValueError, match="does not match"):
+        decode_sketch_sum(total, plan, [0, 0, 1])
+    mean, weight = decode_ring_sum(total, plan, [0, 1, 2])
+    assert weight == 3 and mean.shape == (16,)
+
+
+def test_dithered_sketch_sum_is_unbiased() -> None:
+    from protocol.secagg import (
+        decode_sketch_sum,
+        device_sketch,
+        dither_uniforms,
+        sketch_segments_for,
+    )
+
+    # Prepare: 200 devices with the same update; each rounds its sketch with its own dither
+    rows, cols, n = 6, 10, 200
+    u = np.random.default_rng(5).normal(0, 1, rows * cols).astype(np.float32)
+    segs = sketch_segments_for([(rows, cols)], pool=1)
+    plan = make_plan(SecureConfig(), 1, n, u.size, np.arange(4, dtype=np.int64), segs)
+    rng = np.random.default_rng(0)
+    exact = device_sketch(u, dataclasses.replace(plan, sketch_bits=16), rng).astype(np.float64)
+    exact *= ((1 << plan.sketch_bits) - 1) / ((1 << 16) - 1)  # the unrounded levels, nearly
+    total = np.zeros(plan.vector_len, dtype=np.uint64)
+    for node in range(n):
+        dither = dither_uniforms(plan, node, plan.sketch_len, b"sketch")
+        total[plan.k : plan.k + plan.sketch_len] += device_sketch(u, plan, rng, dither)
+    total[-1] = n
+    # Execute
+    mean = decode_sketch_sum(total, plan, range(n)) / n
+    # Assert: within the rounding noise of 200 uniform errors (sd 0.29 / sqrt(200) = 0.02)
+    np.testing.assert_allclose(mean, exact, atol=0.1)
 
 
 def test_grouped_mode_fedavg_equals_cohort_mean_and_median_runs() -> None:

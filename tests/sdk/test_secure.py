@@ -23,14 +23,16 @@ def _plan(**kw: object) -> object:
     return make_plan(cfg, 1, 10, D, np.arange(0, D, 3, dtype=np.int64))
 
 
+@pytest.mark.parametrize("dither", [True, False])
 @pytest.mark.parametrize("rotate", [True, False])
-def test_residual_keeps_exactly_the_mass_not_sent(rotate: bool) -> None:
+def test_residual_keeps_exactly_the_mass_not_sent(rotate: bool, dither: bool) -> None:
     # Prepare: an update far above the clip norm, so clipping and quantization both bite
-    plan = _plan(clip_norm=0.5, rotate=rotate, value_bits=4)
+    plan = _plan(clip_norm=0.5, rotate=rotate, value_bits=4, dither=dither)
+    assert plan.dither is dither  # type: ignore[attr-defined]
     rng = np.random.default_rng(0)
     u = rng.normal(0, 0.1, D).astype(np.float32)
     # Execute
-    vector, sent = encode_for_plan(u, plan, 1, rng)  # type: ignore[arg-type]
+    vector, sent = encode_for_plan(u, plan, 1, rng, node=3)  # type: ignore[arg-type]
     # Assert: u = sent + residual on S, residual = u off S
     residual = u.astype(np.float64).copy()
     residual[plan.indices] -= sent  # type: ignore[attr-defined]
@@ -57,6 +59,33 @@ def test_quantizer_is_unbiased_and_affine_map_roundtrips() -> None:
     np.testing.assert_allclose(draws.mean(axis=0), v, atol=0.005)
     levels = quantize(np.array([-1.0, 1.0, 5.0]), 1.0, 3, rng)
     assert levels.tolist() == [0, 7, 7]  # endpoints exact, out-of-range clipped
+
+
+def test_subtractive_dither_is_unbiased_with_half_the_rounding_noise() -> None:
+    # Prepare: values spread evenly over the level grid, one public dither per draw
+    rng = np.random.default_rng(2)
+    bits, bound = 3, 1.0
+    step = 2 * bound / ((1 << bits) - 1)
+    v = rng.uniform(-bound, bound, 20000)
+    dither = rng.random(v.size)
+    # Execute: subtractive dither and plain stochastic rounding on the same values
+    err_dither = dequantize(quantize(v, bound, bits, rng, dither), bound, bits, dither) - v
+    err_stoch = dequantize(quantize(v, bound, bits, rng), bound, bits) - v
+    # Assert: both unbiased; dither error uniform in (-step/2, step/2], variance step^2 / 12,
+    # while stochastic rounding averages step^2 / 6
+    assert abs(err_dither.mean()) < 0.01 * step and abs(err_stoch.mean()) < 0.01 * step
+    assert np.all(np.abs(err_dither) <= step / 2 + 1e-12)
+    assert err_dither.var() == pytest.approx(step**2 / 12, rel=0.05)
+    assert err_stoch.var() == pytest.approx(step**2 / 6, rel=0.05)
+
+
+def test_dithered_plan_needs_the_node_and_uniform_weights() -> None:
+    plan = _plan()
+    assert plan.dither  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="node id"):
+        encode_for_plan(np.zeros(D, np.float32), plan, 1, np.random.default_rng(0))  # type: ignore[arg-type]
+    # Weighted plans fall back to stochastic rounding: the server could not subtract w_i U_i.
+    assert not _plan(max_weight=4).dither  # type: ignore[attr-defined]
 
 
 def test_weight_is_clamped_and_multiplies_the_levels() -> None:
