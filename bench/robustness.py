@@ -89,10 +89,94 @@ def _attack_spec(attack: str, fraction: float, per_round: int) -> str:
     return attack
 
 
+class _MeanNormProbe:
+    """Factory around the mean inside a DPMean: returns the inner output unchanged and adds the
+    L2 norm of that noiseless mean of the clipped reports to the measurements (`mean_norm`),
+    so that the benchmark can set the Gaussian noise against the signal it is added to."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def create(self, size: int) -> Any:
+        return _MeanNormProbeProcess(self.inner.create(size))
+
+
+class _MeanNormProbeProcess:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    def initialize(self) -> Any:
+        return self.inner.initialize()
+
+    def next(self, state: Any, updates: Any) -> Any:
+        import numpy as np
+
+        from coordinator.aggregators import AggregateOutput
+
+        out = self.inner.next(state, updates)
+        norm = float(np.linalg.norm(out.result.astype(np.float64)))
+        return AggregateOutput(out.state, out.result, {**out.measurements, "mean_norm": norm})
+
+
+def _probe_dp(factory: Any) -> Any:
+    """`factory` with a `_MeanNormProbe` around the mean inside any DPMean (wrappers in front of
+    it, e.g. the collusion screen, are rebuilt around the probed DPMean). Measurement only: the
+    aggregate is bit-for-bit the same."""
+    from dataclasses import is_dataclass
+    from dataclasses import replace as dc_replace
+
+    from coordinator.aggregators import DPMean
+
+    if isinstance(factory, DPMean):
+        return dc_replace(factory, inner=_MeanNormProbe(factory.inner))
+    if is_dataclass(factory) and hasattr(factory, "inner"):
+        return dc_replace(factory, inner=_probe_dp(factory.inner))  # type: ignore[type-var]
+    return factory
+
+
+def _dp_measurements(meas: Any) -> dict[str, Any] | None:
+    """The DPMean measurements (the dict with `noise_stddev`) in nested measurements, or None."""
+    if not isinstance(meas, dict):
+        return None
+    if "noise_stddev" in meas:
+        return meas
+    return _dp_measurements(meas.get("inner"))
+
+
+def _dp_noise(measurements: list[dict[str, Any]], size: int) -> dict[str, Any] | None:
+    """Per-run noise figures of a DP stage, averaged over its rounds with at least one report:
+    the noise norm on the released mean (noise stddev per coordinate × sqrt(d), its expected
+    norm), that norm over the clip norm C, and over the norm of the noiseless mean of the clipped
+    reports (noise-to-signal). None when the aggregator has no DP stage."""
+    import math
+
+    rows = [m for m in (_dp_measurements(x) for x in measurements) if m and m.get("clients")]
+    if not rows:
+        return None
+    noise = [float(m["noise_stddev"]) * math.sqrt(size) for m in rows]
+    clip = [float(m["clip"]) for m in rows]
+    signal = [float(m.get("inner", {}).get("mean_norm", math.nan)) for m in rows]
+    ratio = [n / s for n, s in zip(noise, signal, strict=True) if s > 0]
+    return {
+        "rounds": len(rows),
+        "noise_multiplier": float(rows[0]["noise_multiplier"]),
+        "mean_clip": sum(clip) / len(clip),
+        "mean_reports": sum(int(m["clients"]) for m in rows) / len(rows),
+        "mean_noise_norm": sum(noise) / len(noise),
+        "mean_noise_norm_over_clip": sum(n / c for n, c in zip(noise, clip, strict=True))
+        / len(rows),
+        "mean_signal_norm": sum(s for s in signal if s > 0) / max(1, len(ratio)),
+        "mean_noise_to_signal": sum(ratio) / len(ratio) if ratio else None,
+        "max_noise_to_signal": max(ratio) if ratio else None,
+        "min_noise_to_signal": min(ratio) if ratio else None,
+    }
+
+
 def _run(job: dict[str, Any]) -> dict[str, Any]:
     import numpy as np
     import torch
 
+    import mobile_sim.runner as runner
     from mobile_sim.attacks import BackdoorAttack, backdoor_accuracy, build_attack
     from mobile_sim.models import build_model
     from mobile_sim.runner import load_dataset, run_simulation
@@ -100,6 +184,15 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     logging.getLogger("absl").setLevel(logging.ERROR)  # dp_accounting's per-order chatter
+    # This worker process builds every aggregator through the runner: probe DP stages for the
+    # noise-to-signal figures (the aggregate itself is unchanged).
+    build = runner.build_aggregator
+    if getattr(build, "__name__", "") != "_probed_build":
+
+        def _probed_build(spec: str) -> Any:
+            return _probe_dp(build(spec))
+
+        runner.build_aggregator = _probed_build
     cfg = SimConfig(**job["config"])
     t0 = time.perf_counter()
     try:
@@ -143,6 +236,9 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
         eps = [r.measurements for r in res.records]
         out["last_measurements"] = eps[-1] if eps else {}
         out["screened"] = _screen_counts(cfg, eps)
+        noise = _dp_noise(eps, int(res.final_params.shape[0]))
+        if noise is not None:
+            out["dp_noise"] = noise
     return out
 
 
@@ -271,6 +367,7 @@ def _summarise_backdoor(args: argparse.Namespace, rows: list[dict[str, Any]]) ->
                     "backdoor_accuracy": run["backdoor_accuracy"],
                     "main_task_loss_pp": loss,
                     "screened": run.get("screened"),
+                    **({"dp_noise": run["dp_noise"]} if "dp_noise" in run else {}),
                 }
             complete = len(attacks) == len(args.backdoor_attacks)
             bds = [a["backdoor_accuracy"] for a in attacks.values()]
@@ -286,6 +383,14 @@ def _summarise_backdoor(args: argparse.Namespace, rows: list[dict[str, Any]]) ->
         worst_bd = [e["worst_backdoor_accuracy"] for e in seeds.values()]
         worst_loss = [e["worst_main_task_loss_pp"] for e in seeds.values()]
         done = bool(seeds) and None not in worst_bd and None not in worst_loss
+        # Noise figures of a DP stage over every run of this defence (all seeds, with and
+        # without attack); absent for runs merged from files written before they were recorded.
+        noise = [
+            r["dp_noise"]
+            for (a, _, s), r in bd.items()
+            if a == agg and s in args.backdoor_seeds and r.get("dp_noise")
+        ]
+        ratios = [n["mean_noise_to_signal"] for n in noise if n["mean_noise_to_signal"]]
         by_defense[agg] = {
             "seeds": seeds,
             "no_attack_accuracy_per_seed": [e["no_attack_accuracy"] for e in seeds.values()],
@@ -299,8 +404,53 @@ def _summarise_backdoor(args: argparse.Namespace, rows: list[dict[str, Any]]) ->
             if not done
             else all(b <= TARGET_BACKDOOR for b in worst_bd)
             and all(x <= TARGET_MAIN_LOSS_PP for x in worst_loss),
+            **(
+                {
+                    "dp_noise_runs": len(noise),
+                    "dp_noise_norm_over_clip": sum(n["mean_noise_norm_over_clip"] for n in noise)
+                    / len(noise),
+                    "dp_noise_to_signal": sum(ratios) / len(ratios) if ratios else None,
+                    "dp_noise_to_signal_range": [
+                        min(n["min_noise_to_signal"] for n in noise if n["min_noise_to_signal"]),
+                        max(n["max_noise_to_signal"] for n in noise if n["max_noise_to_signal"]),
+                    ]
+                    if ratios
+                    else None,
+                }
+                if noise
+                else {}
+            ),
         }
     return {"by_defense": by_defense, "runs": runs, "fedavg_no_attack_per_seed": clean}
+
+
+def _stages(spec: str) -> list[str]:
+    return [stage.partition(":")[0].strip().lower() for stage in spec.split("+")]
+
+
+def _literal_dp(by_defense: dict[str, Any]) -> str | None:
+    """The issue's literal norm bounding + DP without a screen: among the complete defences whose
+    first stage is `dp`, the one with the lowest mean backdoor accuracy (the first listed if none
+    is complete)."""
+    literal = [d for d in by_defense if _stages(d)[0] == "dp"]
+    complete = [d for d in literal if by_defense[d]["mean_backdoor_accuracy"] is not None]
+    if complete:
+        return min(complete, key=lambda d: by_defense[d]["mean_backdoor_accuracy"])
+    return literal[0] if literal else None
+
+
+# What the DP stage of a backdoor defence is worth as privacy. Noise multipliers this small give
+# epsilons in the thousands per round (dp_accounting RDP bound: about 5,600 for z = 0.01 and
+# Poisson rate 0.1 in one round), and a screen in front of dp voids any epsilon anyway.
+WEAK_DP_NOTE = (
+    "The dp stage here is Sun et al. (2019)'s 'norm bounding + weak DP': L2 clipping of each "
+    "report (adaptive clip) and Gaussian noise on the clipped sum, with a noise multiplier so "
+    "small (z <= 0.05) that it gives no meaningful privacy: no epsilon is accounted (the "
+    "registry refuses accounting behind the collusion screen, which lets one device's report "
+    "decide whether another's is kept), and even without the screen z = 0.01 would be an "
+    "epsilon in the thousands per round. The noise is a robustness measure, not a privacy one; "
+    "see docs/privacy.md for DP with a guarantee."
+)
 
 
 def _summarise(
@@ -344,7 +494,8 @@ def _summarise(
     backdoor = _summarise_backdoor(args, rows)
     head = backdoor["by_defense"].get(args.backdoor_defenses[0], {})
     backdoor_acc, main_loss = head.get("mean_backdoor_accuracy"), head.get("mean_main_task_loss_pp")
-    literal = next((d for d in args.backdoor_defenses if d.startswith("dp:")), None)
+    literal = _literal_dp(backdoor["by_defense"])
+    headline_dp = "dp" in _stages(args.backdoor_defenses[0])
     return {
         "benchmark": "robustness",
         "complete": complete,
@@ -393,6 +544,15 @@ def _summarise(
         "target_backdoor_accuracy": TARGET_BACKDOOR,
         "target_main_task_loss_pp": TARGET_MAIN_LOSS_PP,
         "target_met_backdoor": head.get("target_met_every_seed"),
+        "backdoor_defense_has_dp": headline_dp,
+        "backdoor_dp_note": WEAK_DP_NOTE if headline_dp else None,
+        "backdoor_dp_noise_to_signal": head.get("dp_noise_to_signal"),
+        "backdoor_dp_noise_norm_over_clip": head.get("dp_noise_norm_over_clip"),
+        "backdoor_literal_normbound_dp_defense": literal,
+        "backdoor_literal_normbound_dp_note": (
+            "no report screen: the defence whose first stage is dp with the lowest mean backdoor "
+            "accuracy over the seeds"
+        ),
         "backdoor_literal_normbound_dp": backdoor["by_defense"].get(literal) if literal else None,
         "backdoor_by_defense": backdoor["by_defense"],
         "backdoor_runs": backdoor["runs"],
