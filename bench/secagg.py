@@ -313,7 +313,15 @@ def main(argv: list[str] | None = None) -> int:
         "--coord-fraction",
         type=float,
         default=dflt.coord_fraction,
-        help="secure |S_r| / d (the plain arm's top-k fraction is --topk)",
+        help="secure |S_r| / d when there is no upload budget (the plain arm's top-k is --topk)",
+    )
+    ap.add_argument(
+        "--upload-budget-x",
+        type=float,
+        default=TARGET_UPLOAD_RATIO,
+        help="secure upload budget per device as a multiple of the plain frame (measured in "
+        "this run on real deltas); |S_r| is the largest that fits each round's cohort. "
+        "0: no budget, |S_r| = --coord-fraction of d (default: %(default)s, the issue's bound)",
     )
     ap.add_argument("--backend", default="sequential")
     ap.add_argument(
@@ -351,7 +359,18 @@ def main(argv: list[str] | None = None) -> int:
     from mobile_sim.report import machine_info, utc_now
 
     torch.set_num_threads(1)
+    plain_bytes: float | None = None
+    spec = deltas = None
+    if args.upload_budget_x > 0 or not args.skip_timing:
+        spec, deltas, _ = real_deltas(4, args.seed)
+        plain_bytes = plain_frame_bytes(spec, deltas, args.topk, args.plain_bits)
+    budget = (
+        int(args.upload_budget_x * plain_bytes)
+        if args.upload_budget_x > 0 and plain_bytes is not None
+        else None
+    )
     secure_cfg = SecureConfig(
+        upload_budget=budget,
         coord_fraction=args.coord_fraction,
         value_bits=args.bits,
         clip_norm=args.clip,
@@ -389,9 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.selection_analysis:
         doc["selection"] = selection_analysis(args, secure_cfg)
         args.skip_timing = args.skip_accuracy = True
-    if not args.skip_timing:
-        spec, deltas, _ = real_deltas(4, args.seed)
-        plain = plain_frame_bytes(spec, deltas, args.topk, args.plain_bits)
+    if not args.skip_timing and spec is not None and deltas is not None and plain_bytes:
+        plain = plain_bytes
         dense = 4.0 * spec.size
         doc["plain_frame_bytes"] = plain
         doc["dense_bytes"] = dense

@@ -114,6 +114,14 @@ def register(sub: Any) -> None:
         "--secure-fraction", type=float, default=None, help="|S_r| / d (default: SecureConfig's)"
     )
     g.add_argument(
+        "--secure-upload-budget",
+        type=int,
+        default=None,
+        metavar="BYTES",
+        help="per-device upload over the four stages; |S_r| is the largest that fits each "
+        "round's cohort (overrides --secure-fraction; e.g. 2x the plain frame)",
+    )
+    g.add_argument(
         "--secure-bits",
         type=int,
         default=None,
@@ -219,6 +227,7 @@ def _secure_config(args: argparse.Namespace, cfg: Any) -> Any:
         key: value
         for key, value in (
             ("coord_fraction", args.secure_fraction),
+            ("upload_budget", args.secure_upload_budget),
             ("value_bits", args.secure_bits),
             ("clip_norm", args.secure_clip),
         )

@@ -1,7 +1,7 @@
 """Server-side secure aggregation: coordinate-set policy, round planning, SecAgg+ orchestration."""
 
 from ._config import SecureConfig
-from ._coordinator import SecureCoordinator, SecureOutcome, SecureTask, make_plan
+from ._coordinator import SecureCoordinator, SecureOutcome, SecureTask, budget_k, make_plan
 from ._dp import (
     RDP_ORDERS,
     DistributedDpAccountant,
@@ -29,6 +29,7 @@ __all__ = [
     "integer_sensitivity",
     "l1_sensitivity",
     "make_plan",
+    "budget_k",
     "public_seed",
     "skellam_rdp",
     "split_groups",

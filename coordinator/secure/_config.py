@@ -14,7 +14,11 @@ __all__ = ["SecureConfig"]
 class SecureConfig:
     """How a task runs secure aggregation.
 
-    coord_fraction: |S_r| / d, the shared coordinates sent each round.
+    coord_fraction: |S_r| / d, the shared coordinates sent each round (without a budget).
+    upload_budget: bytes one device uploads over the four stages. When set, |S_r| is chosen
+        each round as the largest that fits (`budget_k`): the ring is b + log2(n w_max) bits
+        wide and the key stages grow with the graph degree, so small cohorts get more
+        coordinates and large ones fewer, always within the budget. None: coord_fraction.
     explore: fraction of S_r drawn uniformly from the public seed; the rest is the top of a
         score decayed by `ema_decay` per round: the cohort's summed row/column energy sketch
         (`sketch`, needs the model's tensor shapes, off under DP) or else |global update|.
@@ -46,6 +50,7 @@ class SecureConfig:
     # with an unpooled sketch upload about as much at n = 100 as 6-bit values on 1% with the
     # sketch pooled by 4 (docs/secure-aggregation.md, "Choosing b and |S_r|").
     coord_fraction: float = 0.0125
+    upload_budget: int | None = None
     explore: float = 0.1
     ema_decay: float = 0.5
     value_bits: int = 3
@@ -76,6 +81,10 @@ class SecureConfig:
             raise ValueError("explore in [0, 1] and ema_decay in [0, 1)")
         if not 1 <= self.value_bits <= 16:
             raise ValueError(f"value_bits must be in 1..16, got {self.value_bits}")
+        if self.upload_budget is not None and not 0 < self.upload_budget <= 1 << 40:
+            raise ValueError(
+                f"upload_budget must be a positive byte count, got {self.upload_budget}"
+            )
         if self.max_weight < 1:
             raise ValueError("max_weight must be >= 1")
         for name in ("clip_norm", "coord_bound_sigmas", "server_lr"):

@@ -25,6 +25,7 @@ from protocol.secagg import (
     Stage,
     choose_degree,
     choose_threshold,
+    device_upload_bytes,
     model_digest,
     required_ring_bits,
     sketch_scores,
@@ -36,7 +37,55 @@ from ._dp import DistributedDpAccountant, integer_sensitivity, l1_sensitivity
 from ._policy import CoordinatePolicy, TopKMixPolicy, public_seed
 from ._round import GroupResult, SecureRound, split_groups
 
-__all__ = ["SecureCoordinator", "SecureTask", "SecureOutcome", "make_plan"]
+__all__ = ["SecureCoordinator", "SecureTask", "SecureOutcome", "make_plan", "budget_k"]
+
+
+def _plan_numbers(
+    config: SecureConfig, num_nodes: int, k: int
+) -> tuple[int, int, float, float, int, int]:
+    """(degree, threshold, C', per-device noise variance, noise headroom, ring bits) of a plan
+    for `num_nodes` devices over k coordinates. Raises `RingOverflow` past 64 ring bits."""
+    degree = choose_degree(num_nodes, config.degree_factor)
+    threshold = min(degree, config.threshold or choose_threshold(degree))
+    coord_bound = min(config.clip_norm, config.coord_bound_sigmas * config.clip_norm / math.sqrt(k))
+    variance, headroom = 0.0, 0
+    if config.dp:
+        sens = integer_sensitivity(config.clip_norm, coord_bound, config.value_bits, k)
+        n_min = max(threshold, math.ceil((1.0 - config.expected_dropout) * num_nodes))
+        variance = (config.noise_multiplier * sens) ** 2 / n_min
+        # 8 standard deviations of the full-cohort noise sum: P[exceed] < 1e-15 per coordinate.
+        headroom = math.ceil(8.0 * math.sqrt(variance * num_nodes)) + 1
+    ring = required_ring_bits(num_nodes, config.max_weight, config.value_bits, headroom)
+    return degree, threshold, coord_bound, variance, headroom, ring
+
+
+def budget_k(config: SecureConfig, num_nodes: int, model_size: int, sketch_len: int = 0) -> int:
+    """The largest |S_r| whose four-stage upload per device fits `config.upload_budget` bytes
+    for a SecAgg instance of `num_nodes` devices (the ring grows with n, and under DP with k).
+
+    Raises ValueError if not even one coordinate fits (the key stages alone exceed the budget).
+    """
+    budget = config.upload_budget
+    if budget is None:
+        raise ValueError("config has no upload_budget")
+
+    def cost(k: int) -> int:
+        degree, *_, ring = _plan_numbers(config, num_nodes, k)
+        return device_upload_bytes(degree, k + sketch_len + 1, ring)
+
+    if cost(1) > budget:
+        raise ValueError(
+            f"upload budget of {budget} B is below the {cost(1)} B that n={num_nodes} devices "
+            "upload for one coordinate (key stages, sketch and weight)"
+        )
+    lo, hi = 1, model_size  # cost is non-decreasing in k: invariant cost(lo) <= budget
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if cost(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
 
 
 def make_plan(
@@ -55,17 +104,7 @@ def make_plan(
         # With two devices the sum minus one's own update is the other's update.
         raise ValueError(f"a secure aggregation needs at least 3 devices, got {num_nodes}")
     k = int(indices.size)
-    degree = choose_degree(num_nodes, config.degree_factor)
-    threshold = min(degree, config.threshold or choose_threshold(degree))
-    coord_bound = min(config.clip_norm, config.coord_bound_sigmas * config.clip_norm / math.sqrt(k))
-    variance, headroom = 0.0, 0
-    if config.dp:
-        sens = integer_sensitivity(config.clip_norm, coord_bound, config.value_bits, k)
-        n_min = max(threshold, math.ceil((1.0 - config.expected_dropout) * num_nodes))
-        variance = (config.noise_multiplier * sens) ** 2 / n_min
-        # 8 standard deviations of the full-cohort noise sum: P[exceed] < 1e-15 per coordinate.
-        headroom = math.ceil(8.0 * math.sqrt(variance * num_nodes)) + 1
-    ring = required_ring_bits(num_nodes, config.max_weight, config.value_bits, headroom)
+    degree, threshold, coord_bound, variance, headroom, ring = _plan_numbers(config, num_nodes, k)
     return SecurePlan(
         round_id=round_id,
         num_nodes=num_nodes,
@@ -172,7 +211,16 @@ class SecureCoordinator:
 
     @property
     def k(self) -> int:
+        """|S_r| from `coord_fraction` (the size without an upload budget)."""
         return max(1, int(round(self.config.coord_fraction * self.size)))
+
+    def k_for(self, group_sizes: Sequence[int]) -> int:
+        """|S_r| for a round with these SecAgg groups: the largest that fits the upload budget
+        in the largest group (its ring is the widest), or `k` without a budget."""
+        if self.config.upload_budget is None:
+            return self.k
+        sketch_len = sum(r + -(-c // p) for _, r, c, p in self.sketch_segments)
+        return budget_k(self.config, max(group_sizes), self.size, sketch_len)
 
     def open_round(self, device_ids: Sequence[str], round_id: int | None = None) -> SecureTask:
         """Choose S_r, split the cohort into groups and plan one SecAgg per group.
@@ -185,11 +233,12 @@ class SecureCoordinator:
             raise ValueError(f"round_id must be positive, got {round_id}")
         self.round_id = self.round_id + 1 if round_id is None else round_id
         r = self.round_id
-        indices = self.policy.select(r, self.size, self.k, self.score)
-        digest = model_digest(self.params)
         groups = split_groups(
             device_ids, self.config.group_size, public_seed(self.config.seed, r, b"groups")
         )
+        k = self.k_for([len(g) for g in groups]) if len(device_ids) >= 3 else self.k
+        indices = self.policy.select(r, self.size, k, self.score)
+        digest = model_digest(self.params)
         rounds, group_of = [], {}
         for g, members in enumerate(groups):
             plan = make_plan(self.config, r, len(members), self.size, indices, self.sketch_segments)

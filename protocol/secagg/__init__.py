@@ -1,5 +1,6 @@
 """SecAgg+ (Bell et al. 2020) for compressed updates: crypto byte functions and state machines."""
 
+from ._budget import device_upload_bytes, key_stage_bytes, masked_input_bytes
 from ._client import ClientState, SecAggClient, pair_mask_seed, pair_mask_sign, self_mask
 from ._crypto import (
     agree,
@@ -119,6 +120,9 @@ __all__ = [
     "combine_shares",
     "create_shares",
     "decode_ring_sum",
+    "device_upload_bytes",
+    "key_stage_bytes",
+    "masked_input_bytes",
     "decode_sketch_sum",
     "device_sketch",
     "decrypt",

@@ -20,7 +20,15 @@ from dataclasses import dataclass
 
 from ._errors import NotEnoughShares, ShareError
 
-__all__ = ["PRIME", "MAX_SHARES", "MAX_SECRET_BYTES", "create_shares", "combine_shares", "share_x"]
+__all__ = [
+    "PRIME",
+    "MAX_SHARES",
+    "MAX_SECRET_BYTES",
+    "create_shares",
+    "combine_shares",
+    "share_x",
+    "share_size",
+]
 
 PRIME = (1 << 127) - 1
 CHUNK_BYTES = 15
@@ -52,6 +60,11 @@ def _check(body: bytes) -> bytes:
 
 def _chunks(secret_len: int) -> int:
     return -(-secret_len // CHUNK_BYTES)
+
+
+def share_size(secret_len: int) -> int:
+    """Bytes of one share of a `secret_len`-byte secret: header, commit, one y per chunk, check."""
+    return _HEADER.size + COMMIT_BYTES + _chunks(secret_len) * Y_BYTES + CHECK_BYTES
 
 
 def create_shares(secret: bytes, threshold: int, num: int) -> list[bytes]:

@@ -291,3 +291,42 @@ def test_sketch_steers_next_coordinate_set_to_the_mass() -> None:
     task = coord.open_round(devs)
     assert set(range(700, 800)) <= set(task.indices.tolist())  # k = 101: row 7 and one more
     assert task.groups[0].plan.sketch_len == 40 + 25 + 40 + 1
+
+
+def test_upload_bytes_formula_is_exact_for_a_full_round() -> None:
+    from protocol.secagg import device_upload_bytes
+
+    # Prepare / Execute: a round where every device completes every stage
+    devs, parts, ups = _fleet(8, seed=7)
+    coord = SecureCoordinator(np.zeros(D, np.float32), SecureConfig(coord_fraction=0.05))
+    out, stats = run_secure_round(coord, parts, ups)
+    plan = coord.open_round(devs).groups[0].plan  # the same shape as the measured round's
+    # Assert: the budget formula is what the wire carried, to the byte
+    want = device_upload_bytes(plan.degree, plan.vector_len, plan.ring_bits)
+    assert out.committed and {stats.bytes_up[d] for d in devs} == {want}
+
+
+def test_upload_budget_sizes_the_coordinate_set_per_cohort() -> None:
+    from coordinator.secure import budget_k
+    from protocol.secagg import device_upload_bytes
+
+    cfg = SecureConfig(upload_budget=4000)
+    # The largest k that fits: one more coordinate would not.
+    for n in (5, 12):
+        k = budget_k(cfg, n, D)
+        plan = make_plan(cfg, 1, n, D, np.arange(k, dtype=np.int64))
+        nxt = make_plan(cfg, 1, n, D, np.arange(k + 1, dtype=np.int64))
+        assert device_upload_bytes(plan.degree, plan.vector_len, plan.ring_bits) <= 4000
+        assert device_upload_bytes(nxt.degree, nxt.vector_len, nxt.ring_bits) > 4000
+    # A wider ring and more neighbours leave fewer coordinates to a bigger cohort.
+    assert budget_k(cfg, 5, D) > budget_k(cfg, 12, D)
+    # A round run under the budget stays within it on every device, dropouts or not.
+    devs, parts, ups = _fleet(12, seed=8)
+    coord = SecureCoordinator(np.zeros(D, np.float32), cfg)
+    out, stats = run_secure_round(coord, parts, ups, {devs[3]: Stage.UNMASK})
+    assert out.committed and out.measurements["k"] == budget_k(cfg, 12, D)
+    assert max(stats.bytes_up.values()) <= 4000
+    with pytest.raises(ValueError, match="below the"):
+        budget_k(SecureConfig(upload_budget=500), 12, D)
+    with pytest.raises(ValueError, match="upload_budget"):
+        SecureConfig(upload_budget=0)
