@@ -428,6 +428,28 @@ def _stages(spec: str) -> list[str]:
     return [stage.partition(":")[0].strip().lower() for stage in spec.split("+")]
 
 
+def _screen_weak_dp(by_defense: dict[str, Any]) -> str | None:
+    """The best complete defence with the collusion screen in front of a dp stage (norm bounding
+    + weak DP behind the screen): one that meets the target on every seed if any, then the
+    lowest mean main-task loss."""
+    found = [
+        d
+        for d in by_defense
+        if _stages(d)[0] == "collusion"
+        and "dp" in _stages(d)
+        and by_defense[d]["mean_main_task_loss_pp"] is not None
+    ]
+    if not found:
+        return None
+    return min(
+        found,
+        key=lambda d: (
+            not by_defense[d]["target_met_every_seed"],
+            by_defense[d]["mean_main_task_loss_pp"],
+        ),
+    )
+
+
 def _literal_dp(by_defense: dict[str, Any]) -> str | None:
     """The issue's literal norm bounding + DP without a screen: among the complete defences whose
     first stage is `dp`, the one with the lowest mean backdoor accuracy (the first listed if none
@@ -495,6 +517,9 @@ def _summarise(
     head = backdoor["by_defense"].get(args.backdoor_defenses[0], {})
     backdoor_acc, main_loss = head.get("mean_backdoor_accuracy"), head.get("mean_main_task_loss_pp")
     literal = _literal_dp(backdoor["by_defense"])
+    lit = backdoor["by_defense"].get(literal, {}) if literal else {}
+    screened = _screen_weak_dp(backdoor["by_defense"])
+    weak = backdoor["by_defense"].get(screened, {}) if screened else {}
     headline_dp = "dp" in _stages(args.backdoor_defenses[0])
     return {
         "benchmark": "robustness",
@@ -545,15 +570,32 @@ def _summarise(
         "target_main_task_loss_pp": TARGET_MAIN_LOSS_PP,
         "target_met_backdoor": head.get("target_met_every_seed"),
         "backdoor_defense_has_dp": headline_dp,
-        "backdoor_dp_note": WEAK_DP_NOTE if headline_dp else None,
-        "backdoor_dp_noise_to_signal": head.get("dp_noise_to_signal"),
-        "backdoor_dp_noise_norm_over_clip": head.get("dp_noise_norm_over_clip"),
+        **(
+            {
+                "backdoor_dp_note": WEAK_DP_NOTE,
+                "backdoor_dp_noise_to_signal": head.get("dp_noise_to_signal"),
+                "backdoor_dp_noise_norm_over_clip": head.get("dp_noise_norm_over_clip"),
+            }
+            if headline_dp
+            else {}
+        ),
+        # Norm bounding + weak DP behind the screen, the best such defence run (see _screen_weak_dp).
+        "backdoor_screen_weak_dp_defense": screened,
+        "backdoor_screen_weak_dp_accuracy": weak.get("mean_backdoor_accuracy"),
+        "backdoor_screen_weak_dp_main_task_loss_pp": weak.get("mean_main_task_loss_pp"),
+        "backdoor_screen_weak_dp_max_backdoor_accuracy": weak.get("max_backdoor_accuracy"),
+        "backdoor_screen_weak_dp_max_main_task_loss_pp": weak.get("max_main_task_loss_pp"),
+        "backdoor_screen_weak_dp_target_met_every_seed": weak.get("target_met_every_seed"),
+        "backdoor_screen_weak_dp_noise_to_signal": weak.get("dp_noise_to_signal"),
+        **({"backdoor_screen_weak_dp_note": WEAK_DP_NOTE} if screened else {}),
         "backdoor_literal_normbound_dp_defense": literal,
+        "backdoor_literal_normbound_dp_accuracy": lit.get("mean_backdoor_accuracy"),
+        "backdoor_literal_normbound_dp_main_task_loss_pp": lit.get("mean_main_task_loss_pp"),
         "backdoor_literal_normbound_dp_note": (
             "no report screen: the defence whose first stage is dp with the lowest mean backdoor "
             "accuracy over the seeds"
         ),
-        "backdoor_literal_normbound_dp": backdoor["by_defense"].get(literal) if literal else None,
+        "backdoor_literal_normbound_dp": lit or None,
         "backdoor_by_defense": backdoor["by_defense"],
         "backdoor_runs": backdoor["runs"],
         "runs": rows,
