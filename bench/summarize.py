@@ -64,7 +64,8 @@ BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
             ("upload_ratio_vs_plain", "<= 2x"),
             ("server_unmask_s", "<= 1 s at n=100"),
             ("accuracy_secure", ""),
-            ("accuracy_plain", "within 1 pp"),
+            ("accuracy_plain", ""),
+            ("accuracy_gap_pp", "<= 1 pp"),
         ],
     ),
     (
@@ -73,8 +74,18 @@ BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
         "python bench/robustness.py",
         [
             ("worst_case_accuracy_fraction_20pct", ">= 0.95"),
+            ("backdoor_defense", ""),
             ("backdoor_accuracy", "<= 0.10"),
             ("main_task_loss_pp", "<= 1 pp"),
+            ("target_met_backdoor", "on every seed"),
+            ("backdoor_screen_weak_dp_defense", ""),
+            ("backdoor_screen_weak_dp_accuracy", "<= 0.10"),
+            ("backdoor_screen_weak_dp_main_task_loss_pp", "<= 1 pp"),
+            ("backdoor_screen_weak_dp_max_main_task_loss_pp", "<= 1 pp on every seed"),
+            ("backdoor_screen_weak_dp_noise_to_signal", ""),
+            ("backdoor_literal_normbound_dp_defense", ""),
+            ("backdoor_literal_normbound_dp_accuracy", "<= 0.10"),
+            ("backdoor_literal_normbound_dp_main_task_loss_pp", "<= 1 pp"),
         ],
     ),
     (
@@ -82,6 +93,17 @@ BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
         "Byzantine robustness on the MNIST CNN, default aggregator (issue 5)",
         "python bench/robustness.py --model mnist_cnn --aggregators cosfilter+geomed "
         "--clean-only fedavg --skip-backdoor --name robustness_cnn --workers 2",
+        [
+            ("worst_case_accuracy_fraction_20pct", ">= 0.95"),
+            ("worst_case_accuracy_fraction_20pct_of_own_no_attack", ""),
+            ("worst_case_attack_20pct", ""),
+        ],
+    ),
+    (
+        "robustness_cnn_seed1",
+        "Byzantine robustness on the MNIST CNN, default aggregator, seed 1 (issue 5)",
+        "python bench/robustness.py --model mnist_cnn --aggregators cosfilter+geomed "
+        "--clean-only fedavg --skip-backdoor --name robustness_cnn_seed1 --workers 1 --seed 1",
         [
             ("worst_case_accuracy_fraction_20pct", ">= 0.95"),
             ("worst_case_accuracy_fraction_20pct_of_own_no_attack", ""),

@@ -30,6 +30,12 @@ The admin token can also come from the PLUME_ADMIN_TOKEN environment variable.
 # (flag, TaskConfig.secure key, type, help) of `create-task --secure`.
 _SECURE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--secure-fraction", "coord_fraction", float, "|S_r| / d, shared coordinates per round"),
+    (
+        "--secure-upload-budget",
+        "upload_budget",
+        int,
+        "bytes per device per round; |S_r| is the largest that fits (overrides the fraction)",
+    ),
     ("--secure-bits", "value_bits", int, "bits per value before masking"),
     ("--secure-clip", "clip_norm", float, "L2 clip of the sent vector"),
     ("--secure-max-weight", "max_weight", int, "largest integer weight a device sends"),
