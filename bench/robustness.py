@@ -466,12 +466,12 @@ def _literal_dp(by_defense: dict[str, Any]) -> str | None:
 # Poisson rate 0.1 in one round), and a screen in front of dp voids any epsilon anyway.
 WEAK_DP_NOTE = (
     "The dp stage here is Sun et al. (2019)'s 'norm bounding + weak DP': L2 clipping of each "
-    "report (adaptive clip) and Gaussian noise on the clipped sum, with a noise multiplier so "
-    "small (z <= 0.05) that it gives no meaningful privacy: no epsilon is accounted (the "
-    "registry refuses accounting behind the collusion screen, which lets one device's report "
-    "decide whether another's is kept), and even without the screen z = 0.01 would be an "
-    "epsilon in the thousands per round. The noise is a robustness measure, not a privacy one; "
-    "see docs/privacy.md for DP with a guarantee."
+    "report (fixed or adaptive clip) and Gaussian noise on the clipped sum, with a noise "
+    "multiplier so small (z <= 0.05) that it gives no meaningful privacy: no epsilon is "
+    "accounted (the registry refuses accounting behind the collusion screen, which lets one "
+    "device's report decide whether another's is kept), and even without the screen z = 0.01 "
+    "would be an epsilon in the thousands per round. The noise is a robustness measure, not a "
+    "privacy one; see docs/privacy.md for DP with a guarantee."
 )
 
 
@@ -579,7 +579,7 @@ def _summarise(
             if headline_dp
             else {}
         ),
-        # Norm bounding + weak DP behind the screen, the best such defence run (see _screen_weak_dp).
+        # Norm bounding + weak DP behind the screen: the best such defence run (_screen_weak_dp).
         "backdoor_screen_weak_dp_defense": screened,
         "backdoor_screen_weak_dp_accuracy": weak.get("mean_backdoor_accuracy"),
         "backdoor_screen_weak_dp_main_task_loss_pp": weak.get("mean_main_task_loss_pp"),
