@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coordinator.secure import (
     DistributedDpAccountant,
@@ -330,3 +332,28 @@ def test_upload_budget_sizes_the_coordinate_set_per_cohort() -> None:
         budget_k(SecureConfig(upload_budget=500), 12, D)
     with pytest.raises(ValueError, match="upload_budget"):
         SecureConfig(upload_budget=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_mutated_plan_bytes_decode_to_the_same_bytes_or_a_typed_error(data: st.DataObject) -> None:
+    from protocol.secagg import SecAggError
+
+    # Prepare: a valid plan with a sketch, then one random edit: flip, truncate or append
+    segs = ((0, 40, 50, 1), (2000, 10, 1, 1))
+    plan = make_plan(SecureConfig(), 2, 12, D, np.arange(0, D, 7, dtype=np.int64), segs)
+    raw = bytearray(plan.to_bytes())
+    kind = data.draw(st.sampled_from(["flip", "truncate", "append"]))
+    if kind == "flip":
+        pos = data.draw(st.integers(0, len(raw) - 1))
+        raw[pos] ^= data.draw(st.integers(1, 255))
+    elif kind == "truncate":
+        raw = raw[: data.draw(st.integers(0, len(raw) - 1))]
+    else:
+        raw += data.draw(st.binary(min_size=1, max_size=16))
+    # Execute / Assert: either the canonical bytes of a valid plan, or a SecAggError subclass
+    try:
+        back = SecurePlan.from_bytes(bytes(raw), D)
+    except SecAggError:
+        return
+    assert back.to_bytes() == bytes(raw) and back.model_size <= D
