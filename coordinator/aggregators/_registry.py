@@ -60,7 +60,8 @@ Wrappers (stages before the base):
   bucket:S[,seed=]                 average random buckets of S reports first
   nnm[:f=F]                        nearest-neighbour mixing with n - F neighbours
   cosfilter[:min_cos=C,beta=B,max_drop=F]  drop reports with cosine <= C (default 0) to the server
-                                   momentum of past aggregates (beta 0.5)
+                                   momentum of past aggregates (beta 0.5); if at least F (0.5)
+                                   of a cohort would go, keep all and leave the momentum
   anomaly[:max_norm=,norm_ratio=,min_cos=]   norm / cosine screening with rejection
   collusion[:tau=T,memory=R,hist=H,devices=M]  drop reports whose inverse-frequency-weighted
                                    cosine to another device's history exceeds T (0.3), and

@@ -84,16 +84,21 @@ def test_a_reference_that_would_drop_most_of_a_cohort_is_distrusted() -> None:
     state = proc.next(proc.initialize(), as_updates(honest_round(rng, direction, 10))).state
     x = np.vstack([honest_round(rng, direction, 4), -honest_round(rng, direction, 6)])
     five = np.vstack([honest_round(rng, direction, 5), -honest_round(rng, direction, 5)])
+    four = np.vstack([honest_round(rng, direction, 6), -honest_round(rng, direction, 4)])
     # Execute
     out = proc.next(state, as_updates(x))
     out_half = proc.next(state, as_updates(five))
-    # Assert: more than half would go, so nothing is dropped and the inner mean sees all ten;
-    # exactly half is still filtered
-    assert out.measurements["distrusted"] is True
-    assert out.measurements["kept"] == 10 and out.measurements["dropped"] == {}
-    np.testing.assert_allclose(out.result, x.mean(0), rtol=1e-5, atol=1e-6)
-    assert out_half.measurements["distrusted"] is False
-    assert out_half.measurements["kept"] == 5
+    out_four = proc.next(state, as_updates(four))
+    # Assert: more than half, or exactly half, would go, so nothing is dropped, the inner mean
+    # sees all ten and the momentum (the reference) is left as it was; 4 of 10 are filtered
+    for o, rows in ((out, x), (out_half, five)):
+        assert o.measurements["distrusted"] is True
+        assert o.measurements["kept"] == 10 and o.measurements["dropped"] == {}
+        np.testing.assert_allclose(o.result, rows.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(o.state[0], state[0])
+    assert out_four.measurements["distrusted"] is False
+    assert out_four.measurements["kept"] == 6
+    assert not np.array_equal(out_four.state[0], state[0])
 
 
 def test_inner_state_is_carried() -> None:
