@@ -380,9 +380,17 @@ def _summarise_backdoor(args: argparse.Namespace, rows: list[dict[str, Any]]) ->
                 "worst_backdoor_accuracy": max(bds) if complete and None not in bds else None,
                 "worst_main_task_loss_pp": max(losses) if complete and None not in losses else None,
             }
-        worst_bd = [e["worst_backdoor_accuracy"] for e in seeds.values()]
-        worst_loss = [e["worst_main_task_loss_pp"] for e in seeds.values()]
-        done = bool(seeds) and None not in worst_bd and None not in worst_loss
+        # A defence is summarised over the seeds it has complete runs for (`seeds_complete`):
+        # a merged file may hold more seeds of some defences (e.g. held-out seeds of the
+        # headline) than of others. The per-seed lists follow --backdoor-seeds, None if missing.
+        complete_seeds = [
+            s
+            for s, e in seeds.items()
+            if e["worst_backdoor_accuracy"] is not None and e["worst_main_task_loss_pp"] is not None
+        ]
+        worst_bd = [seeds[s]["worst_backdoor_accuracy"] for s in complete_seeds]
+        worst_loss = [seeds[s]["worst_main_task_loss_pp"] for s in complete_seeds]
+        done = bool(complete_seeds)
         # Noise figures of a DP stage over every run of this defence (all seeds, with and
         # without attack); absent for runs merged from files written before they were recorded.
         noise = [
@@ -393,9 +401,14 @@ def _summarise_backdoor(args: argparse.Namespace, rows: list[dict[str, Any]]) ->
         ratios = [n["mean_noise_to_signal"] for n in noise if n["mean_noise_to_signal"]]
         by_defense[agg] = {
             "seeds": seeds,
+            "seeds_complete": [int(s) for s in complete_seeds],
             "no_attack_accuracy_per_seed": [e["no_attack_accuracy"] for e in seeds.values()],
-            "worst_backdoor_accuracy_per_seed": worst_bd,
-            "worst_main_task_loss_pp_per_seed": worst_loss,
+            "worst_backdoor_accuracy_per_seed": [
+                e["worst_backdoor_accuracy"] for e in seeds.values()
+            ],
+            "worst_main_task_loss_pp_per_seed": [
+                e["worst_main_task_loss_pp"] for e in seeds.values()
+            ],
             "mean_backdoor_accuracy": sum(worst_bd) / len(worst_bd) if done else None,
             "mean_main_task_loss_pp": sum(worst_loss) / len(worst_loss) if done else None,
             "max_backdoor_accuracy": max(worst_bd) if done else None,
@@ -529,8 +542,9 @@ def _summarise(
         "machine": machine_info(),
         "model": base.model_name,
         "model_note": (
-            "MLP (McMahan et al. 2NN, 199,210 params) instead of the MNIST CNN: the CNN takes "
-            "about a minute per round on the shared 2-core machine, too slow for the matrix."
+            "MLP (McMahan et al. 2NN, 199,210 params) instead of the MNIST CNN: the matrix was "
+            "first run when the CNN took about a minute per round on the shared 2-core machine; "
+            "the default aggregator's CNN runs are in robustness_cnn*.json."
             if base.model_name == "mlp"
             else "as the issue asks"
         ),
@@ -552,6 +566,7 @@ def _summarise(
         "backdoor_attack": args.backdoor_attacks[0],
         "backdoor_attacks": args.backdoor_attacks,
         "backdoor_seeds": args.backdoor_seeds,
+        "backdoor_seeds_complete": head.get("seeds_complete"),
         "backdoor_accuracy_per_seed": head.get("worst_backdoor_accuracy_per_seed"),
         "main_task_loss_pp_per_seed": head.get("worst_main_task_loss_pp_per_seed"),
         "backdoor_accuracy_max_over_seeds": head.get("max_backdoor_accuracy"),
@@ -562,7 +577,9 @@ def _summarise(
             "backdoor_accuracy and main_task_loss_pp are means over the seeds of each seed's "
             "worse attack variant (unboosted and boosted); main-task loss = FedAvg's no-attack "
             "accuracy minus the defended model's accuracy under attack, same seed and run; "
-            "target_met_backdoor requires both targets on every seed"
+            "target_met_backdoor requires both targets on every seed. Each defence is "
+            "summarised over the seeds it was run on (seeds_complete in backdoor_by_defense; "
+            "backdoor_seeds_complete for the headline)"
         ),
         "backdoor_malicious": args.backdoor_malicious,
         "backdoor_rounds": args.backdoor_rounds,
@@ -591,9 +608,15 @@ def _summarise(
         "backdoor_literal_normbound_dp_defense": literal,
         "backdoor_literal_normbound_dp_accuracy": lit.get("mean_backdoor_accuracy"),
         "backdoor_literal_normbound_dp_main_task_loss_pp": lit.get("mean_main_task_loss_pp"),
-        "backdoor_literal_normbound_dp_note": (
-            "no report screen: the defence whose first stage is dp with the lowest mean backdoor "
-            "accuracy over the seeds"
+        **(
+            {
+                "backdoor_literal_normbound_dp_note": (
+                    "no report screen: the defence whose first stage is dp with the lowest mean "
+                    "backdoor accuracy over the seeds"
+                )
+            }
+            if literal
+            else {}
         ),
         "backdoor_literal_normbound_dp": lit or None,
         "backdoor_by_defense": backdoor["by_defense"],
@@ -693,6 +716,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="take backdoor runs from --merge files instead of re-running them",
     )
+    ap.add_argument(
+        "--merge-only",
+        action="store_true",
+        help="run nothing: summarise the --merge files' runs (a defence is summarised over the "
+        "seeds it has complete runs for)",
+    )
     ap.add_argument("--replot", action="store_true", help="redraw the plot from the saved JSON")
     ap.add_argument("--workers", type=int, default=2, help="simulations run in parallel")
     ap.add_argument("--seed", type=int, default=0)
@@ -750,8 +779,10 @@ def main(argv: list[str] | None = None) -> int:
         if old != setting or not set(saved.get("config", {})) <= set(setting):
             raise SystemExit(f"{path} was run with another setting; not merging it")
         seed = saved["config"]["seed"]
+        # A run keeps the file it was first merged from, so that provenance survives merging
+        # a merged file again (e.g. the previous robustness.json).
         rows.extend(
-            {**r, "seed": r.get("seed", seed), "merged_from": Path(path).name}
+            {**r, "seed": r.get("seed", seed), "merged_from": r.get("merged_from", Path(path).name)}
             for r in saved["runs"]
         )
     # A matrix run already in a merged file (same kind, aggregator, attack, fraction, seed) is
@@ -765,6 +796,8 @@ def main(argv: list[str] | None = None) -> int:
         for j in jobs
         if _key(j) not in done or (j["kind"] == "backdoor" and not args.reuse_backdoor)
     ]
+    if args.merge_only:
+        jobs = []
 
     from tqdm import tqdm
 
