@@ -78,6 +78,7 @@ BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
             ("backdoor_accuracy", "<= 0.10"),
             ("main_task_loss_pp", "<= 1 pp"),
             ("target_met_backdoor", "on every seed"),
+            ("backdoor_seeds_complete", ""),
             ("backdoor_screen_weak_dp_defense", ""),
             ("backdoor_screen_weak_dp_accuracy", "<= 0.10"),
             ("backdoor_screen_weak_dp_main_task_loss_pp", "<= 1 pp"),
