@@ -62,24 +62,30 @@ FRACTIONS = [0.1, 0.2]
 # Backdoor defences. The first is the headline: the collusion screen (coordinator/aggregators/
 # _backdoor.py) against the unboosted backdoor, in front of norm bounding at the 90th percentile
 # of the norms against the boosted one. It was chosen on seeds 0-2 among screen + norm-bounding
-# variants (robustness_backdoor_normbound*.json); seeds 3 and 4 were run after the choice. Then
-# the screen with the norm bounding + DP (adaptive clip, Gaussian noise z = 0.05) at
-# the median and at the 90th percentile, the screen alone, norm bounding alone, the issue's
-# literal norm bounding + DP, and the robust learning rate (the previous best).
+# variants (robustness_backdoor_normbound*.json); seeds 3-9 were run after the choice. Then the
+# screen in front of norm bounding + weak DP (the dp stage's own clip, Gaussian noise with
+# z = 0.01 / 0.02 at the 90th-percentile clip, z = 0.01 at a fixed clip, z = 0.05 at the median
+# and at the 90th percentile), the screen alone, norm bounding alone, the literal norm
+# bounding + DP without a screen (z = 0.05 at the median, z = 0.01 at the 90th percentile), and
+# the robust learning rate (an earlier headline).
 BACKDOOR_DEFENSES = [
     "collusion:tau=0.3+normbound:q=0.9,init=1+fedavg",
+    "collusion:tau=0.3+dp:clip=1,quantile=0.9,z=0.01,seed=0+fedavg",
+    "collusion:tau=0.3+dp:clip=1,quantile=0.9,z=0.02,seed=0+fedavg",
+    "collusion:tau=0.3+dp:clip=1,z=0.01,seed=0+fedavg",
     "collusion:tau=0.3+dp:clip=0.5,quantile=0.5,z=0.05,seed=0+fedavg",
     "collusion:tau=0.3+dp:clip=1,quantile=0.9,z=0.05,seed=0+fedavg",
     "collusion:tau=0.3+fedavg",
     "normbound:q=0.9,init=1+fedavg",
     "dp:clip=0.5,quantile=0.5,z=0.05,seed=0+fedavg",
+    "dp:clip=1,quantile=0.9,z=0.01,seed=0+fedavg",
     "rlr:theta=2",
 ]
 # The headline attack (unboosted data poisoning) and the boosted model-replacement variant
 # norm bounding was designed for; the headline figures are the worse of the two per seed.
 BACKDOOR_ATTACK = "backdoor:target=0,poison_fraction=0.5"
 BACKDOOR_ATTACKS = [BACKDOOR_ATTACK, BACKDOOR_ATTACK + ",boost=10"]
-BACKDOOR_SEEDS = [0, 1, 2, 3, 4]
+BACKDOOR_SEEDS = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]
 
 
 def _attack_spec(attack: str, fraction: float, per_round: int) -> str:
