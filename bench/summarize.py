@@ -90,10 +90,10 @@ BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
         ],
     ),
     (
-        "robustness_cnn",
-        "Byzantine robustness on the MNIST CNN, default aggregator (issue 5)",
+        "robustness_cnn_v3",
+        "Byzantine robustness on the MNIST CNN, default aggregator, seed 0 (issue 5)",
         "python bench/robustness.py --model mnist_cnn --aggregators cosfilter+geomed "
-        "--clean-only fedavg --skip-backdoor --name robustness_cnn --workers 2",
+        "--clean-only fedavg --skip-backdoor --name robustness_cnn_v3 --workers 1",
         [
             ("worst_case_accuracy_fraction_20pct", ">= 0.95"),
             ("worst_case_accuracy_fraction_20pct_of_own_no_attack", ""),
@@ -101,10 +101,10 @@ BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
         ],
     ),
     (
-        "robustness_cnn_seed1",
+        "robustness_cnn_seed1_v3",
         "Byzantine robustness on the MNIST CNN, default aggregator, seed 1 (issue 5)",
         "python bench/robustness.py --model mnist_cnn --aggregators cosfilter+geomed "
-        "--clean-only fedavg --skip-backdoor --name robustness_cnn_seed1 --workers 1 --seed 1",
+        "--clean-only fedavg --skip-backdoor --name robustness_cnn_seed1_v3 --workers 1 --seed 1",
         [
             ("worst_case_accuracy_fraction_20pct", ">= 0.95"),
             ("worst_case_accuracy_fraction_20pct_of_own_no_attack", ""),
