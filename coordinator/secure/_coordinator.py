@@ -225,18 +225,25 @@ class SecureCoordinator:
     def open_round(self, device_ids: Sequence[str], round_id: int | None = None) -> SecureTask:
         """Choose S_r, split the cohort into groups and plan one SecAgg per group.
 
+        Devices are numbered in sorted id order (the result does not depend on the order given).
+
         `round_id` (default: the next of this coordinator's own counter) names the round in
         every message, key derivation and public seed; the HTTP service passes its durable
         round id, which is unique across restarts and tasks.
         """
         if round_id is not None and round_id < 1:
             raise ValueError(f"round_id must be positive, got {round_id}")
+        if len(set(device_ids)) != len(device_ids):
+            raise ValueError("a device is listed twice in the cohort")
         self.round_id = self.round_id + 1 if round_id is None else round_id
         r = self.round_id
+        # Node numbers follow the sorted device ids, whatever order the cohort arrived in, so
+        # every transport numbers a cohort alike (each node's dither stream is keyed by it).
+        ids = sorted(device_ids)
         groups = split_groups(
-            device_ids, self.config.group_size, public_seed(self.config.seed, r, b"groups")
+            ids, self.config.group_size, public_seed(self.config.seed, r, b"groups")
         )
-        k = self.k_for([len(g) for g in groups]) if len(device_ids) >= 3 else self.k
+        k = self.k_for([len(g) for g in groups]) if len(ids) >= 3 else self.k
         indices = self.policy.select(r, self.size, k, self.score)
         digest = model_digest(self.params)
         rounds, group_of = [], {}
