@@ -111,6 +111,17 @@ BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
             ("worst_case_attack_20pct", ""),
         ],
     ),
+    (
+        "robustness_cnn_seed2_v3",
+        "Byzantine robustness on the MNIST CNN, default aggregator, seed 2, held out (issue 5)",
+        "python bench/robustness.py --model mnist_cnn --aggregators cosfilter+geomed "
+        "--clean-only fedavg --skip-backdoor --name robustness_cnn_seed2_v3 --workers 2 --seed 2",
+        [
+            ("worst_case_accuracy_fraction_20pct", ">= 0.95"),
+            ("worst_case_accuracy_fraction_20pct_of_own_no_attack", ""),
+            ("worst_case_attack_20pct", ""),
+        ],
+    ),
     ("privacy", "Privacy vs utility (issue 5)", "python bench/privacy.py", []),
     (
         "onnx_train",
