@@ -28,6 +28,7 @@ from protocol.secagg import (
     device_upload_bytes,
     model_digest,
     required_ring_bits,
+    sketch_length,
     sketch_scores,
     sketch_segments_for,
 )
@@ -219,7 +220,7 @@ class SecureCoordinator:
         in the largest group (its ring is the widest), or `k` without a budget."""
         if self.config.upload_budget is None:
             return self.k
-        sketch_len = sum(r + -(-c // p) for _, r, c, p in self.sketch_segments)
+        sketch_len = sketch_length(self.sketch_segments)
         return budget_k(self.config, max(group_sizes), self.size, sketch_len)
 
     def open_round(self, device_ids: Sequence[str], round_id: int | None = None) -> SecureTask:

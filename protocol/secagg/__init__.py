@@ -20,6 +20,7 @@ from ._encoding import (
     quantize,
     rotate,
     rotation_blocks,
+    round_to_levels,
     unrotate,
 )
 from ._errors import (
@@ -56,6 +57,7 @@ from ._plan import (
     model_digest,
     required_ring_bits,
     round_digest,
+    sketch_length,
 )
 from ._prg import expand_mask, prg_bytes, ring_mask
 from ._server import SecAggResult, SecAggServer, ServerState
@@ -115,6 +117,7 @@ __all__ = [
     "WrongStage",
     "agree",
     "check_ring",
+    "sketch_length",
     "choose_degree",
     "choose_threshold",
     "combine_shares",
@@ -149,6 +152,7 @@ __all__ = [
     "ring_mask",
     "rotate",
     "rotation_blocks",
+    "round_to_levels",
     "round_digest",
     "self_mask",
     "share_associated_data",

@@ -32,6 +32,7 @@ __all__ = [
     "rotation_blocks",
     "dither_uniforms",
     "dither_offset",
+    "round_to_levels",
     "rotate",
     "unrotate",
     "quantize",
@@ -122,13 +123,22 @@ def dither_offset(
     return total
 
 
-def _levels_of(
-    v: npt.NDArray[np.floating], coord_bound: float, levels: int
-) -> npt.NDArray[np.float64]:
-    x: npt.NDArray[np.float64] = (
-        np.clip(np.asarray(v, dtype=np.float64), -coord_bound, coord_bound) + coord_bound
-    ) * (levels / (2.0 * coord_bound))
-    return x
+def round_to_levels(
+    x: npt.NDArray[np.float64],
+    levels: int,
+    rng: np.random.Generator,
+    dither: npt.NDArray[np.float64] | None = None,
+) -> npt.NDArray[np.uint64]:
+    """q = floor(x + U) clipped to {0, ..., levels}, uint64[n], for x float64[n] in level units.
+
+    U is drawn from `rng` (stochastic rounding, E[q] = x) unless the public `dither`
+    (float64[n] in [0, 1)) is given; the coordinator then subtracts it again.
+    """
+    u = np.asarray(rng.random(x.shape[0]) if dither is None else dither, dtype=np.float64)
+    if u.shape != x.shape:
+        raise ValueError(f"dither of shape {u.shape} for {x.shape[0]} values")
+    out: npt.NDArray[np.uint64] = np.clip(np.floor(x + u), 0, levels).astype(np.uint64)
+    return out
 
 
 def quantize(
@@ -144,12 +154,10 @@ def quantize(
     [0, 1), public) is given; then `dequantize` with the same dither is unbiased.
     """
     levels = (1 << bits) - 1
-    x = _levels_of(v, coord_bound, levels)
-    u = np.asarray(rng.random(x.shape[0]) if dither is None else dither, dtype=np.float64)
-    if u.shape != x.shape:
-        raise ValueError(f"dither of shape {u.shape} for {x.shape[0]} values")
-    out: npt.NDArray[np.uint64] = np.clip(np.floor(x + u), 0, levels).astype(np.uint64)
-    return out
+    x = (np.clip(np.asarray(v, dtype=np.float64), -coord_bound, coord_bound) + coord_bound) * (
+        levels / (2.0 * coord_bound)
+    )
+    return round_to_levels(x, levels, rng, dither)
 
 
 def dequantize(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
 
@@ -32,6 +33,7 @@ __all__ = [
     "round_digest",
     "required_ring_bits",
     "check_ring",
+    "sketch_length",
 ]
 
 PLAN_MAGIC = b"PSP1"
@@ -84,6 +86,11 @@ def check_ring(
             f"{top} does not fit in a ring of {ring_bits} bits (need "
             f"{required_ring_bits(num_nodes, max_weight, value_bits, headroom)}, max {MAX_RING_BITS})"
         )
+
+
+def sketch_length(segments: Sequence[tuple[int, int, int, int]]) -> int:
+    """Sketch entries for segments (offset, rows, cols, pool): sum of rows + ceil(cols / pool)."""
+    return sum(r + -(-c // p) for _, r, c, p in segments)
 
 
 def model_digest(params: npt.NDArray[np.float32]) -> bytes:
@@ -172,8 +179,8 @@ class SecurePlan:
 
     @property
     def sketch_len(self) -> int:
-        """Sketch entries: sum over segments of rows + ceil(cols / pool)."""
-        return sum(r + -(-c // p) for _, r, c, p in self.sketch_segments)
+        """Sketch entries of this plan (`sketch_length` of its segments)."""
+        return sketch_length(self.sketch_segments)
 
     @property
     def vector_len(self) -> int:

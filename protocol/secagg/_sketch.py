@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
+from ._encoding import round_to_levels
 from ._plan import SecurePlan
 
 __all__ = ["sketch_segments_for", "device_sketch", "sketch_scores"]
@@ -77,12 +78,7 @@ def device_sketch(
     raw = np.concatenate(parts) if parts else np.zeros(0)
     total = float(sum(p.sum() for p in parts[::2]))
     g = np.sqrt(np.sqrt(raw / total)) if total > 0 else np.zeros_like(raw)
-    x = np.clip(g, 0.0, 1.0) * levels
-    uniform = rng.random(x.size) if dither is None else np.asarray(dither, dtype=np.float64)
-    if uniform.shape != x.shape:
-        raise ValueError(f"dither of shape {uniform.shape} for {x.size} sketch entries")
-    q: npt.NDArray[np.uint64] = np.clip(np.floor(x + uniform), 0, levels).astype(np.uint64)
-    return q
+    return round_to_levels(np.clip(g, 0.0, 1.0) * levels, levels, rng, dither)
 
 
 def sketch_scores(sums: npt.NDArray[np.floating], plan: SecurePlan) -> npt.NDArray[np.float32]:
