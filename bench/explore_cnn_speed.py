@@ -10,6 +10,7 @@ Experiments (default: all):
   layout    one client's steps: NCHW vs channels_last.
   trainer   TorchTrainer with and without the oneDNN linear path; the plain-loop client
             (deepcopy + DataLoader + SGD) at 1 and 2 torch threads.
+  maxpool   TorchTrainer with torch's max-pool kernel vs `fast_max_pool` (1 and 2 threads).
   optim     SGD for-loop vs foreach, zero_grad to None vs to zeros.
   eval      the 2,000-image test evaluation: no_grad vs inference_mode.
   bf16      bfloat16 autocast (AVX512-BF16 is present): speed only; NOT used, it changes numerics.
@@ -17,6 +18,10 @@ Experiments (default: all):
   pool      a whole round's training (10 clients): sequential backend at 2 threads vs the process
             pool (2 workers x 1 thread), plus pickle / transfer costs of params and deltas.
   share     of the plain loop's round: training, codec, evaluation, per-client setup.
+  ceiling   this machine's best fp32 rates at 2 threads: a 2048^3 GEMM, and the CNN's own
+            training step (torch's default kernels) at batch 10, 64 and 256; with `share` in
+            the same run, the rate one round's training would need to fit in half the plain
+            loop's round.
 """
 
 from __future__ import annotations
@@ -39,7 +44,24 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 RESULT = ROOT / "bench" / "results" / "cnn_speed_explore.json"
-EXPERIMENTS = ("linear", "layout", "trainer", "optim", "eval", "bf16", "compile", "pool", "share")
+# Forward + backward FLOPs of one mnist_cnn training sample: conv1 627k MACs + conv2 10.0M +
+# fc 1.6M forward, about 3x that for forward + backward (conv1 has no input gradient).
+CNN_TRAIN_FLOP_PER_SAMPLE = 72e6
+
+
+EXPERIMENTS = (
+    "linear",
+    "layout",
+    "trainer",
+    "maxpool",
+    "optim",
+    "eval",
+    "bf16",
+    "compile",
+    "pool",
+    "share",
+    "ceiling",
+)
 
 
 def _ab(variants: dict[str, Callable[[], Any]], reps: int, desc: str) -> dict[str, Any]:
@@ -225,11 +247,11 @@ def _plain_client(s: _Setup) -> Callable[[], None]:
     return run
 
 
-def _trainer_client(s: _Setup, fast_linear: bool) -> Callable[[], None]:
+def _trainer_client(s: _Setup, fast_linear: bool, fast_pool: bool = True) -> Callable[[], None]:
     from mobile_sim.models import build_model
     from sdk.trainer import TorchTrainer
 
-    trainer = TorchTrainer(build_model("mnist_cnn"), fast_linear=fast_linear)
+    trainer = TorchTrainer(build_model("mnist_cnn"), fast_linear=fast_linear, fast_pool=fast_pool)
     x, y = s.xy(s.client)
 
     def run() -> None:
@@ -247,8 +269,8 @@ def exp_trainer(s: _Setup, reps: int) -> dict[str, Any]:
         out[f"threads_{threads}"] = _ab(
             {
                 "plain_loop_client": _plain_client(s),
-                "trainer_blas": _trainer_client(s, False),
-                "trainer_onednn_linear": _trainer_client(s, True),
+                "trainer_blas": _trainer_client(s, False, fast_pool=False),
+                "trainer_onednn_linear": _trainer_client(s, True, fast_pool=False),
             },
             reps,
             f"trainer {threads}t",
@@ -269,6 +291,34 @@ def exp_trainer(s: _Setup, reps: int) -> dict[str, Any]:
     out["delta_max_abs_diff"] = float(np.abs(d0 - d1).max())
     out["delta_max_abs"] = float(np.abs(d0).max())
     out["delta_rel_l2_diff"] = float(np.linalg.norm(d0 - d1) / np.linalg.norm(d0))
+    return out
+
+
+def exp_maxpool(s: _Setup, reps: int) -> dict[str, Any]:
+    """One client's E=5 local training with torch's max-pool kernel vs `fast_max_pool`, at 1
+    and 2 threads, and whether the two give bit-identical parameters."""
+    from mobile_sim.models import build_model
+    from sdk.trainer import TorchTrainer
+
+    out: dict[str, Any] = {"client_examples": len(s.parts[s.client]), "epochs": 5}
+    for threads in (1, 2):
+        _threads(threads)
+        out[f"threads_{threads}"] = _ab(
+            {
+                "torch_max_pool": _trainer_client(s, True, fast_pool=False),
+                "fast_max_pool": _trainer_client(s, True, fast_pool=True),
+            },
+            reps,
+            f"maxpool {threads}t",
+        )
+    x, y = s.xy(s.client)
+    params = [
+        TorchTrainer(build_model("mnist_cnn"), fast_pool=fast)
+        .train(s.params, x, y, epochs=5, batch_size=10, lr=0.05, rng=np.random.default_rng(0))
+        .params
+        for fast in (False, True)
+    ]
+    out["bit_identical_params"] = bool(np.array_equal(params[0], params[1]))
     return out
 
 
@@ -529,35 +579,105 @@ def exp_share(s: _Setup, reps: int) -> dict[str, Any]:
             train += t2 - t1
             cod += t3 - t2
         t0 = time.perf_counter()
-        evaluate(model, s.params, s.data.x_test, s.data.y_test)
+        evaluate(model, s.params, s.data.x_test, s.data.y_test, fast_pool=False)
         parts["eval_s"].append(time.perf_counter() - t0)
         parts["setup_s"].append(setup)
         parts["train_s"].append(train)
         parts["codec_s"].append(cod)
     med = {k: statistics.median(v) for k, v in parts.items()}
     total = sum(med.values())
-    # Training FLOPs: conv1 627k MACs + conv2 10.0M + fc 1.6M forward per sample, about 3x that
-    # for forward + backward (conv1 has no input gradient): ~72 MFLOP per training sample.
     samples = sum(5 * len(s.parts[c]) for c in s.cohort)
     return {
         "median_s": med,
         "fraction": {k: v / total for k, v in med.items()},
         "steps": steps,
         "training_samples": samples,
-        "train_gflop_per_s": samples * 72e6 / med["train_s"] / 1e9,
+        "train_gflop_per_s": samples * CNN_TRAIN_FLOP_PER_SAMPLE / med["train_s"] / 1e9,
     }
+
+
+def _best_rate(fn: Callable[[], Any], flop: float, reps: int) -> dict[str, float]:
+    """GFLOP/s of `fn` (doing `flop` FLOPs) from its fastest of `reps` timed calls, after one
+    warm-up: the fastest call is the one least disturbed by other load on a shared machine."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {
+        "best_s": min(times),
+        "median_s": statistics.median(times),
+        "gflop_per_s": flop / min(times) / 1e9,
+    }
+
+
+def exp_ceiling(s: _Setup, reps: int) -> dict[str, Any]:
+    """Upper bounds on what any backend can reach here, at 2 threads (both cores)."""
+    import torch
+
+    from mobile_sim.models import build_model
+
+    _threads(2)
+    n = 2048
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    gemm = _best_rate(lambda: torch.mm(a, b), 2.0 * n**3, max(reps, 5))
+    model = build_model("mnist_cnn")
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    steps: dict[str, dict[str, float]] = {}
+    for batch in (10, 64, 256):
+        x = torch.from_numpy(np.ascontiguousarray(s.data.x_train[:batch]))
+        y = torch.from_numpy(np.ascontiguousarray(s.data.y_train[:batch])).long()
+
+        def step(x: Any = x, y: Any = y) -> None:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+
+        reps_b = max(reps, 5) * max(1, 256 // batch)
+        steps[f"batch_{batch}"] = _best_rate(step, batch * CNN_TRAIN_FLOP_PER_SAMPLE, reps_b)
+    best_step = max(v["gflop_per_s"] for v in steps.values())
+    out: dict[str, Any] = {
+        "threads": 2,
+        "gemm_2048": gemm,
+        "cnn_train_step": steps,
+        "cnn_train_step_best_gflop_per_s": best_step,
+        "train_flop_per_sample": CNN_TRAIN_FLOP_PER_SAMPLE,
+    }
+    share = _LAST.get("share")
+    if share is not None:
+        round_s = sum(share["median_s"].values())
+        flop = share["training_samples"] * CNN_TRAIN_FLOP_PER_SAMPLE
+        # Even with evaluation, codec and setup free, training alone would have to finish in
+        # half the plain loop's round.
+        need = flop / (0.5 * round_s) / 1e9
+        out["half_plain_round"] = {
+            "plain_round_s": round_s,
+            "train_gflop_per_round": flop / 1e9,
+            "needed_gflop_per_s": need,
+            "needed_over_gemm_best": need / gemm["gflop_per_s"],
+            "needed_over_cnn_step_best": need / best_step,
+            "share_measured_in_this_run": True,
+        }
+    return out
+
+
+# Results of the experiments run so far in this invocation (ceiling reads `share`).
+_LAST: dict[str, dict[str, Any]] = {}
 
 
 RUNNERS: dict[str, Callable[[_Setup, int], dict[str, Any]]] = {
     "linear": exp_linear,
     "layout": exp_layout,
     "trainer": exp_trainer,
+    "maxpool": exp_maxpool,
     "optim": exp_optim,
     "eval": exp_eval,
     "bf16": exp_bf16,
     "compile": exp_compile,
     "pool": exp_pool,
     "share": exp_share,
+    "ceiling": exp_ceiling,
 }
 
 
@@ -581,6 +701,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         load0 = os.getloadavg()
         res = RUNNERS[name](s, reps)
+        _LAST[name] = res
         res["load_average_before_after"] = [load0, os.getloadavg()]
         res["wall_s"] = time.perf_counter() - t0
         res["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

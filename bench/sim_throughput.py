@@ -434,7 +434,11 @@ class _PlainLoop:
             self.codec.decode(frame).add_to(acc_sum, float(len(idx)))
             weight += len(idx)
         self.params = self.params + acc_sum / weight
-        self.accuracy, _ = evaluate(self.eval_model, self.params, data.x_test, data.y_test)
+        # torch's own max-pool kernel, as a plain loop has (the product's fast_pool is not
+        # the baseline's); batching and inference_mode as in the product's evaluation.
+        self.accuracy, _ = evaluate(
+            self.eval_model, self.params, data.x_test, data.y_test, fast_pool=False
+        )
         self.round_wall.append(time.perf_counter() - t0)
 
 
