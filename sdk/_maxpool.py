@@ -1,10 +1,12 @@
 """2x2 max pooling from elementwise maxima: nn.MaxPool2d(2)'s values and gradients, faster on CPU.
 
-torch's CPU kernel for `max_pool2d` on NCHW float tensors walks every window element by element;
-on the MNIST CNN's activations (10x32x28x28 at B=10) it takes about 1 ms on one thread, 18% of
-a training step, while two `torch.maximum` passes over the same data take about 0.05 ms
-(bench/explore_cnn_speed.py, "maxpool"). `fast_max_pool` swaps the kernel for the block's
-duration; parameters, outputs and gradients are unchanged (see `MaxPool2x2` for ties).
+torch's CPU kernel for `max_pool2d` on NCHW float tensors can be slow: on the MNIST CNN's first
+activation (10x32x28x28, B=10) in a fresh process, forward and backward
+take about 1.1 ms on one thread against 0.36 ms for `MaxPool2x2` (two `torch.maximum` passes and
+two masks). In a real client's training the gain is smaller, 3% (1 thread) to 5% (2 threads) of
+its five local epochs (bench/explore_cnn_speed.py, "maxpool"), because torch's kernel is not
+always that slow there; we have not pinned down why. `fast_max_pool` swaps the kernel for the
+block's duration; parameters, outputs and gradients are unchanged (see `MaxPool2x2` for ties).
 """
 
 from __future__ import annotations

@@ -156,7 +156,7 @@ class TorchTrainer:
     (`onednn_linear`): the same SGD, about 1.1-1.2x faster per step for the MNIST CNN on an
     AMD EPYC. The result differs from the BLAS path only by float rounding.
     `fast_pool` (default on) runs `nn.MaxPool2d(2)` layers through `fast_max_pool`: bit-identical
-    values and gradients, about 1.2x faster per MNIST-CNN step on one thread.
+    values and gradients, 3-5% faster for an MNIST-CNN client's local training.
     """
 
     def __init__(
