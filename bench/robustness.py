@@ -342,7 +342,11 @@ def _summarise_backdoor(args: argparse.Namespace, rows: list[dict[str, Any]]) ->
     accuracy and main-task loss (pp) against FedAvg without attack of the same seed."""
     bd: dict[tuple[Any, ...], dict[str, Any]] = {}
     for r in rows:  # fresh runs come after merged ones and replace them
-        if r["kind"] == "backdoor":
+        # Attacked runs count only at this invocation's fraction: a merged file may hold the
+        # same defence, attack and seed at another --backdoor-malicious.
+        if r["kind"] == "backdoor" and (
+            r["attack"] is None or r["malicious"] == args.backdoor_malicious
+        ):
             bd[(r["aggregator"], r["attack"], r.get("seed", 0))] = r
     runs = {
         f"{agg} | {attack or 'no attack'} | seed {seed}": {
