@@ -195,6 +195,34 @@ def _sweep_table() -> list[str]:
     return lines + [""]
 
 
+def _fraction_table() -> list[str]:
+    """Backdoor runs at other attacker fractions (bench/robustness.py --backdoor-malicious)."""
+    paths = sorted(RESULTS.glob("robustness_backdoor_fraction_*.json"))
+    if not paths:
+        return []
+    lines = [
+        "Backdoor at other attacker fractions (each file's `command`; robustness.json's",
+        "headline is at 10%). Backdoor accuracy is each seed's worse attack variant; loss is",
+        "against FedAvg without attack, same seed.",
+        "",
+        "| file | malicious | defence | seeds | backdoor % mean / max | loss pp mean / max "
+        "| target on every seed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for path in paths:
+        doc = json.loads(path.read_text())
+        for name, d in doc.get("backdoor_by_defense", {}).items():
+            if d.get("mean_backdoor_accuracy") is None:
+                continue
+            lines.append(
+                f"| `{path.stem}` | {doc.get('backdoor_malicious')} | `{name}` | "
+                f"{len(d['seeds_complete'])} | {100 * d['mean_backdoor_accuracy']:.1f} / "
+                f"{100 * d['max_backdoor_accuracy']:.1f} | {d['mean_main_task_loss_pp']:+.2f} / "
+                f"{d['max_main_task_loss_pp']:+.2f} | {'yes' if d['target_met_every_seed'] else 'no'} |"
+            )
+    return lines + [""]
+
+
 def render() -> str:
     out = [
         "# Benchmark results",
@@ -224,6 +252,8 @@ def render() -> str:
             out.append("")
         if stem == "bandwidth_accuracy":
             out += _sweep_table()
+        if stem == "robustness":
+            out += _fraction_table()
         for key in sorted(k for k in doc if k in ("notes", "note") or k.endswith("_note")):
             value = doc[key]
             out += [f"Note (`{key}`): {value if isinstance(value, str) else json.dumps(value)}", ""]
