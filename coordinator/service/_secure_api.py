@@ -27,7 +27,7 @@ from protocol.names import Header as H
 from protocol.secagg import SecAggPath, Stage
 
 from .auth import RequestVerifier
-from .errors import ApiError
+from .errors import ApiError, StoreId
 from .metrics import Metrics
 from .rounds import Coordinator, ServiceConfig
 from .secure import SECURE_STAGES
@@ -79,7 +79,7 @@ def add_secure_routes(
     )
     async def secure_setup(
         request: Request,
-        round_id: int,
+        round_id: StoreId,
         fields: pauth.SignedFields = Depends(device),  # noqa: B008
     ) -> Response:
         """The round's plan (`SecurePlan` bytes); `x-plume-secagg-digest` is the (model, plan)
@@ -109,7 +109,7 @@ def add_secure_routes(
             ],
         },
     )  # fmt: skip
-    async def secure_upload(request: Request, round_id: int, stage: Stage) -> JSONResponse:
+    async def secure_upload(request: Request, round_id: StoreId, stage: Stage) -> JSONResponse:
         """One stage message; answered once it is checked and held by the round."""
         stage = _stage(stage)
         fields, body = await verifier.read_signed_body(
@@ -153,7 +153,7 @@ def add_secure_routes(
     )
     async def secure_download(
         request: Request,
-        round_id: int,
+        round_id: StoreId,
         stage: Stage,
         fields: pauth.SignedFields = Depends(device),  # noqa: B008
     ) -> Response:
@@ -177,7 +177,7 @@ def add_secure_routes(
 
     @app.get(SecAggPath.RESULT, response_model=RoundStatus, responses=errors, tags=["secure"])
     async def secure_result(
-        round_id: int,
+        round_id: StoreId,
         _: None = Depends(device_or_admin),  # noqa: B008
     ) -> RoundStatus:
         """The round's status: its stage while open, then committed or abandoned."""

@@ -41,7 +41,7 @@ from protocol.names import Header as H
 
 from ._secure_api import add_secure_routes
 from .auth import RequestVerifier, check_admin_token
-from .errors import ApiError
+from .errors import ApiError, StoreId
 from .metrics import Metrics
 from .rounds import Coordinator, ServiceConfig
 from .store import Store
@@ -225,7 +225,7 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
     )
     async def model(
         request: Request,
-        task_id: int,
+        task_id: StoreId,
         have: int | None = Query(None, ge=0, description="model version the device holds"),
         format: str = Query("auto", pattern="^(auto|snapshot|delta)$"),
         dtype: SnapshotDType = Query(SnapshotDType.FP32),  # noqa: B008
@@ -256,7 +256,7 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
             ],
         },
     )  # fmt: skip
-    async def upload(request: Request, round_id: int) -> UploadReceipt:
+    async def upload(request: Request, round_id: StoreId) -> UploadReceipt:
         """Upload one compressed update frame; streamed under the round's size cap."""
         headers = _headers(request)
         # Cheap checks first, before reading a byte of the body. Unknown rounds get the JSON
@@ -287,7 +287,7 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
 
     @app.get(Path.ROUND, response_model=RoundStatus, responses=_ERRORS, tags=["device"])
     async def round_status(
-        round_id: int,
+        round_id: StoreId,
         _: None = Depends(device_or_admin),  # noqa: B008
     ) -> RoundStatus:
         """A round's state, counts and (once committed) the version it published."""
@@ -300,7 +300,7 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
         tags=["device"],
     )
     async def bandwidth(
-        round_id: int,
+        round_id: StoreId,
         format: str = Query("json", pattern="^(json|csv)$"),
         _: None = Depends(device_or_admin),  # noqa: B008
     ) -> Any:
@@ -347,7 +347,7 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
             }
         },
     )  # fmt: skip
-    async def put_model(request: Request, task_id: int) -> TaskStatus:
+    async def put_model(request: Request, task_id: StoreId) -> TaskStatus:
         """Upload the initial model as a `compression.encode_snapshot` snapshot (fp32 or fp16)."""
         row = the_store.task(task_id)
         if row is None:
@@ -371,7 +371,7 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
         tags=["admin"],
         dependencies=[Depends(admin)],
     )
-    async def task_status(task_id: int) -> TaskStatus:
+    async def task_status(task_id: StoreId) -> TaskStatus:
         return coordinator.task_status(task_id)
 
     @app.get(
@@ -381,7 +381,7 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
         tags=["admin"],
         dependencies=[Depends(admin)],
     )
-    async def task_rounds(task_id: int) -> list[RoundStatus]:
+    async def task_rounds(task_id: StoreId) -> list[RoundStatus]:
         if the_store.task(task_id) is None:
             raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
         return [coordinator.round_status(r.round_id) for r in the_store.rounds(task_id)]
@@ -393,7 +393,7 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
         tags=["admin"],
         dependencies=[Depends(admin)],
     )
-    async def pause(task_id: int) -> TaskStatus:
+    async def pause(task_id: StoreId) -> TaskStatus:
         """Stop opening rounds (a round in flight still closes)."""
         return coordinator.set_paused(task_id, True)
 
@@ -404,7 +404,7 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
         tags=["admin"],
         dependencies=[Depends(admin)],
     )
-    async def resume(task_id: int) -> TaskStatus:
+    async def resume(task_id: StoreId) -> TaskStatus:
         return coordinator.set_paused(task_id, False)
 
     # -- secure rounds: the SecAgg+ stage endpoints (same signing, ledger and errors) ------
