@@ -136,8 +136,11 @@ class RequestVerifier:
 
 
 def check_admin_token(expected: str | None, authorization: str | None) -> None:
-    """`Authorization: Bearer <token>`, compared in constant time; 401/403 otherwise."""
-    if expected is None:
+    """`Authorization: Bearer <token>`, compared in constant time; 401/403 otherwise.
+
+    An empty configured token (e.g. `PLUME_ADMIN_TOKEN=` in an env file) disables the admin API
+    like an unset one: otherwise `Authorization: Bearer ` with nothing after it would match."""
+    if not expected:
         raise ApiError(403, Reason.BAD_ADMIN_TOKEN, "admin endpoints are disabled (no token set)")
     if not authorization or not authorization.startswith("Bearer "):
         raise ApiError(401, Reason.BAD_ADMIN_TOKEN, "admin endpoints need Authorization: Bearer")

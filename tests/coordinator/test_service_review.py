@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import http.client as httpclient
+import json
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -56,3 +59,24 @@ def test_ids_beyond_sqlite_integers_are_4xx_not_500(
 def test_largest_sqlite_id_is_an_ordinary_404(http: httpx.Client) -> None:
     r = http.get(f"/v1/rounds/{_TOO_BIG - 1}", headers={"authorization": f"Bearer {ADMIN}"})
     assert r.status_code == 404 and r.json()["reason"] == "unknown_round", r.text
+
+
+def test_empty_admin_token_disables_the_admin_api(tmp_path: Path) -> None:
+    # Prepare: a token set but empty (`PLUME_ADMIN_TOKEN=` in an env file) must not mean
+    # "the empty string is the password"
+    cfg = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token="")
+    task = {"name": "x", "model_name": "m", "spec": [{"name": "w", "shape": [4]}], "rounds": 1}
+    body = json.dumps({**task, "clients_per_round": 1})
+    with ServerThread(cfg) as url:
+        # Execute: http.client, because httpx (h11) will not send a header value ending in a
+        # space, while curl and other clients do
+        parts = urlsplit(url)
+        conn = httpclient.HTTPConnection(parts.hostname or "", parts.port, timeout=10)
+        headers = {"Authorization": "Bearer ", "Content-Type": "application/json"}
+        conn.request("POST", "/v1/admin/tasks", body=body, headers=headers)
+        r = conn.getresponse()
+        status, answer = r.status, json.loads(r.read())
+        conn.close()
+    # Assert: refused as "admin API disabled"
+    assert status == 403 and answer["reason"] == "bad_admin_token", answer
+    assert "disabled" in answer["detail"]
