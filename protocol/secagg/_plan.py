@@ -150,6 +150,8 @@ class SecurePlan:
             raise ValueError(f"num_nodes={self.num_nodes} outside 2..{MAX_NODES}")
         if not 1 <= self.threshold <= self.degree <= self.num_nodes - 1:
             raise ValueError(f"need 1 <= t={self.threshold} <= k={self.degree} <= n-1")
+        if self.degree % 2 and self.degree != self.num_nodes - 1:
+            raise ValueError(f"degree {self.degree} must be even below n - 1 (Harary graph)")
         if not 1 <= self.value_bits <= 32 or not 1 <= self.max_weight < 1 << 32:
             raise ValueError("value_bits in 1..32 and max_weight in 1..2^32-1")
         if idx.size == 0 or idx[0] < 0 or idx[-1] >= self.model_size:
@@ -160,8 +162,17 @@ class SecurePlan:
             raise ValueError("clip_norm and coord_bound must be positive")
         if not (math.isfinite(self.clip_norm) and math.isfinite(self.coord_bound)):
             raise ValueError("clip_norm and coord_bound must be finite")
-        if self.noise_variance < 0 or self.noise_headroom < 0:
-            raise ValueError("noise variance and headroom must be non-negative")
+        if not (0 <= self.noise_variance < math.inf) or self.noise_headroom < 0:
+            raise ValueError("noise variance (finite) and headroom must be non-negative")
+        # Segments tile disjoint, in-order parts of the model (as `sketch_segments_for` lays
+        # them out), so the sketch has at most 2 d entries and every reshape on a device fits.
+        end, d = 0, self.model_size
+        for off, rows, cols, pool in segs:
+            if off < end or rows < 1 or not 1 <= pool <= cols or off + rows * cols > d:
+                raise ValueError(f"sketch segment {(off, rows, cols, pool)} is out of range")
+            end = off + rows * cols
+        if not (1 <= self.sketch_bits <= 32 if segs else self.sketch_bits == 0):
+            raise ValueError(f"sketch_bits={self.sketch_bits} with {len(segs)} sketch segments")
         if len(self.graph_seed) != 32 or len(self.rotation_seed) != 32:
             raise ValueError("seeds are 32 bytes")
         if self.dither and self.max_weight != 1:
