@@ -233,6 +233,12 @@ class SecAggClient:
             raise ModelMismatch("the server's model/plan digest differs from this device's")
         if not 0 <= node < params.num_nodes:
             raise ValueError(f"node {node} outside 0..{params.num_nodes - 1}")
+        if 2 * params.threshold <= params.degree:
+            # At t <= k/2 two disjoint sets of t neighbours exist: a server that tells them
+            # different (each consistent) alive/dropped lists gets both of a node's secrets.
+            raise ProtocolViolation(
+                f"threshold {params.threshold} is not above half the degree {params.degree}"
+            )
         mine = neighbours_of(params.num_nodes, params.degree, params.graph_seed, node)
         self.state = ClientState(params, node, frozenset(mine))
 

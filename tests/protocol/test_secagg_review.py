@@ -10,6 +10,7 @@ import pytest
 from coordinator.secure import SecureConfig, make_plan
 from protocol.secagg import (
     MalformedMessage,
+    ProtocolViolation,
     SecurePlan,
     model_digest,
 )
@@ -60,3 +61,21 @@ def test_device_refuses_malformed_plan_with_a_typed_error(changes: dict[str, obj
         return
     with pytest.raises(MalformedMessage):
         SecurePlan.from_bytes(raw, D)
+
+
+def test_device_refuses_threshold_at_most_half_the_degree() -> None:
+    # Prepare: t <= k/2 lets a server that sends different (each consistent) alive/dropped
+    # lists to different neighbours gather t shares of both a node's mask key and its
+    # self-mask seed: the guarantee needs t > k/2 (docs, threat model).
+    plan = _plan()
+    assert plan.degree == 11
+    params = np.zeros(D, np.float32)
+    for t in (1, 5):
+        raw = _forge(plan, threshold=t)
+        digest = SecurePlan.from_bytes(raw, D).protocol_params(model_digest(params)).digest
+        # Execute / Assert
+        with pytest.raises(ProtocolViolation, match="half"):
+            SecureParticipant(D).join(raw, digest, params, 0)
+    raw = _forge(plan, threshold=6)
+    digest = SecurePlan.from_bytes(raw, D).protocol_params(model_digest(params)).digest
+    SecureParticipant(D).join(raw, digest, params, 0)
