@@ -161,6 +161,9 @@ def _unmask_response(state: ServerState, msg: UnmaskResponse) -> None:
         raise ProtocolViolation(f"node {msg.node} answered the unmask request twice")
     alive = set(state.alive)
     checked = []
+    if len({about for about, _, _ in msg.shares}) != len(msg.shares):
+        # A repeated share carries a repeated x: every reconstruction of that node would fail.
+        raise ProtocolViolation(f"node {msg.node} sent two shares about one node")
     for about, kind, share in msg.shares:
         if about not in state.senders or about not in state.graph[msg.node]:
             raise ProtocolViolation(f"node {msg.node} sent a share about non-neighbour {about}")

@@ -10,8 +10,14 @@ import pytest
 from coordinator.secure import SecureConfig, make_plan
 from protocol.secagg import (
     MalformedMessage,
+    ProtocolParams,
     ProtocolViolation,
+    SecAggClient,
+    SecAggServer,
     SecurePlan,
+    UnmaskResponse,
+    choose_degree,
+    choose_threshold,
     model_digest,
 )
 from sdk.secure import SecureParticipant
@@ -79,3 +85,45 @@ def test_device_refuses_threshold_at_most_half_the_degree() -> None:
     raw = _forge(plan, threshold=6)
     digest = SecurePlan.from_bytes(raw, D).protocol_params(model_digest(params)).digest
     SecureParticipant(D).join(raw, digest, params, 0)
+
+
+def _params(n: int) -> ProtocolParams:
+    k = choose_degree(n)
+    return ProtocolParams(7, n, k, choose_threshold(k), 16, 5, bytes(32), b"\x11" * 32)
+
+
+def _to_unmask(p: ProtocolParams) -> tuple[list[SecAggClient], SecAggServer, list[np.ndarray]]:
+    """Every node through stage 3 with a random input; the server waits for unmask answers."""
+    rng = np.random.default_rng(3)
+    inputs = [rng.integers(0, 1 << 8, p.vector_len, dtype=np.uint64) for _ in range(p.num_nodes)]
+    clients = [SecAggClient(p, i, p.digest) for i in range(p.num_nodes)]
+    server = SecAggServer(p)
+    for c in clients:
+        server.receive_advertise(c.advertise())
+    dirs = server.close_advertise()
+    for i, c in enumerate(clients):
+        server.receive_share_keys(c.share_keys(dirs[i]))
+    deliveries = server.close_share_keys()
+    for i, c in enumerate(clients):
+        server.receive_masked_input(c.masked_input(deliveries[i], inputs[i]))
+    return clients, server, inputs
+
+
+def test_server_refuses_two_shares_about_one_node_in_one_answer() -> None:
+    # Prepare: one node repeats a share in its unmask answer (a bug, or a device sabotaging
+    # the round: the repeated x made every reconstruction of that node fail and the round abort)
+    p = _params(6)
+    clients, server, inputs = _to_unmask(p)
+    request = server.close_masked_input()
+    answers = [c.unmask(request) for c in clients]
+    bad = answers[0]
+    repeated = dataclasses.replace(bad, shares=(*bad.shares, bad.shares[0]))
+    # Execute / Assert: the repeated answer is refused and changes nothing
+    with pytest.raises(ProtocolViolation, match="two shares about one node"):
+        server.receive_unmask(UnmaskResponse.from_bytes(repeated.to_bytes(), p.num_nodes))
+    assert not server.state.shares and not server.state.responders
+    for ans in answers[1:]:
+        server.receive_unmask(ans)
+    result = server.finish()
+    want = sum(inputs, np.zeros(p.vector_len, np.uint64)) & np.uint64((1 << 16) - 1)
+    assert np.array_equal(result.total, want)
