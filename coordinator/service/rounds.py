@@ -672,6 +672,14 @@ class Coordinator:
                 raise ApiError(404, Reason.UNKNOWN_ROUND, f"no round {round_id}")
             raise ApiError(409, Reason.ROUND_CLOSED, f"round {round_id} is closed")
         rt, cur = found
+        if rt.secure is not None:
+            # A plaintext frame would skip SecAgg's clip and reach the engine, whose close then
+            # publishes it besides the unmasked sum (two versions, one stored delta frame).
+            raise ApiError(
+                409,
+                Reason.INVALID_STATE,
+                f"round {round_id} is secure: send the update through /v1/secure/rounds stages",
+            )
         if device_id not in cur.selected:
             raise ApiError(403, Reason.NOT_SELECTED, f"device not selected for round {round_id}")
         if cur.closing or self.clock() >= cur.deadline or cur.reports >= cur.target:

@@ -4,16 +4,21 @@ from __future__ import annotations
 
 import http.client as httpclient
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
+import numpy as np
 import pytest
 
+from compression import CodecConfig, ErrorFeedback, UpdateCodec
 from coordinator.service import ServerThread, ServiceConfig
+from protocol import auth
+from sdk.client import Client
 
-from .test_service_support import ADMIN, create_task
+from .test_service_support import ADMIN, SPEC, admin_get, create_task, task_config
 
 _TOO_BIG = 2**63  # one past SQLite's largest INTEGER
 
@@ -80,3 +85,55 @@ def test_empty_admin_token_disables_the_admin_api(tmp_path: Path) -> None:
     # Assert: refused as "admin API disabled"
     assert status == 403 and answer["reason"] == "bad_admin_token", answer
     assert "disabled" in answer["detail"]
+
+
+def test_plain_upload_into_a_secure_round_is_refused(tmp_path: Path) -> None:
+    # Prepare: a secure task whose first round has selected three devices
+    cfg = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05)
+    task = task_config(
+        rounds=1, clients_per_round=3, secure={"coord_fraction": 0.1, "stage_timeout_s": 30}
+    )
+    with ServerThread(cfg) as url, httpx.Client(base_url=url) as client:
+        task_id = create_task(client, task)
+        devices = [Client(url, str(tmp_path / f"d{i}")) for i in range(3)]
+        assignment = None
+        for d in devices:
+            d.register()
+            d.check_in(task_id)
+        for _ in range(100):
+            assignment = devices[0].check_in(task_id).assignment
+            if assignment is not None:
+                break
+            time.sleep(0.02)
+        assert assignment is not None and assignment.secure
+        rid = assignment.round_id
+        # A plaintext frame, unclipped, that the SecAgg path would never let through
+        codec = UpdateCodec(SPEC, CodecConfig(topk=1.0, bits=32))
+        frame, _ = ErrorFeedback(SPEC.size).step(
+            np.full(SPEC.size, 5.0, np.float32), codec, np.random.default_rng(0), weight=10.0
+        )
+        path = f"/v1/rounds/{rid}/updates"
+        headers = {
+            str(k): v
+            for k, v in auth.sign_request(
+                devices[0]._core.key,
+                method="POST",
+                target=path,
+                round_id=rid,
+                body=frame,
+                timestamp_ms=int(time.time() * 1000),
+            ).items()
+        }
+        # Execute
+        r = client.post(
+            path,
+            content=frame,
+            headers={**headers, "idempotency-key": "k", "content-type": "application/octet-stream"},
+        )
+        status = admin_get(client, f"/v1/rounds/{rid}")
+        for d in devices:
+            d.close()
+    # Assert: refused with a reason; the round holds nothing and is still open
+    assert r.status_code == 409 and r.json()["reason"] == "invalid_state", r.text
+    assert "secure" in r.json()["detail"]
+    assert (status["state"], status["reports"]) == ("open", 0)
