@@ -22,6 +22,7 @@ from protocol.secagg import (
     AdvertiseKeys,
     MaskedInput,
     ProtocolViolation,
+    RoundAborted,
     SecAggServer,
     SecurePlan,
     ShareKeys,
@@ -167,6 +168,13 @@ class SecureRound:
         """End the unmask stage: reconstruct, unmask the sum, decode it (or `RoundAborted`)."""
         t0 = time.perf_counter()
         res = self.server.finish()
+        c, w_max = len(res.contributors), self.plan.max_weight
+        if not c <= int(res.total[-1]) <= c * w_max:
+            # Each device sends a weight in 1..w_max; any other total is a forged or corrupt
+            # input, which would scale the mean (or, under dither, not decode at all).
+            reason = f"total weight {int(res.total[-1])} outside {c}..{c * w_max} ({c} inputs)"
+            self.server.abort(reason)
+            raise RoundAborted(reason)
         mean, weight = decode_ring_sum(res.total, self.plan, res.contributors)
         sketch = (
             decode_sketch_sum(res.total, self.plan, res.contributors)

@@ -1,0 +1,76 @@
+"""Review tests of coordinator.secure: a device's out-of-range weight must not reach the model."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+import sdk.secure
+from coordinator.secure import SecureConfig, SecureCoordinator, public_seed, split_groups
+from mobile_sim.secure import run_secure_round
+from protocol.secagg import SecurePlan
+from sdk.secure import SecureParticipant
+
+D = 2000
+
+
+def _fleet(n: int) -> tuple[list[str], dict[str, SecureParticipant], dict[str, Any]]:
+    rng = np.random.default_rng(11)
+    devs = [f"dev-{i:03d}" for i in range(n)]
+    parts = {d: SecureParticipant(D) for d in devs}
+    ups = {d: (rng.normal(0, 0.01, D).astype(np.float32), 1) for d in devs}
+    return devs, parts, ups
+
+
+def _forge_weight(
+    monkeypatch: pytest.MonkeyPatch, victim_node: int, weight: Any, times: int = 1 << 30
+) -> None:
+    """Node `victim_node` sends `weight(plan)` as its weight coordinate, in the first `times`
+    groups that encode (the in-process driver runs groups in order)."""
+    honest = sdk.secure.encode_for_plan
+    left = [times]
+
+    def forged(u: Any, plan: SecurePlan, w: int, rng: Any, noise_rng: Any = None, node: Any = None):  # type: ignore[no-untyped-def]
+        vector, sent = honest(u, plan, w, rng, noise_rng, node)
+        if node == victim_node and left[0] > 0:
+            left[0] -= 1
+            vector[-1] = np.uint64(weight(plan))
+        return vector, sent
+
+    monkeypatch.setattr(sdk.secure, "encode_for_plan", forged)
+
+
+def test_grouped_round_drops_only_the_group_with_a_forged_weight(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: three groups of four under dither; node 0 of group 0 sends weight 2 (a dithered
+    # plan needs w = 1). Before, decoding raised ValueError out of close_round, and the
+    # service abandoned the whole round (fail_close) instead of one group.
+    devs, parts, ups = _fleet(12)
+    cfg = SecureConfig(coord_fraction=0.1, group_size=4, clip_norm=2.0)
+    groups = split_groups(sorted(devs), 4, public_seed(cfg.seed, 1, b"groups"))
+    coord = SecureCoordinator(np.zeros(D, np.float32), cfg)
+    _forge_weight(monkeypatch, 0, lambda plan: 2, times=1)  # groups run in order: group 0
+    # Execute
+    out, _ = run_secure_round(coord, parts, ups)
+    # Assert: group 0 aborts with a reason, the other two commit
+    assert out.committed and out.aborted_groups == 1
+    assert set(out.contributors) == set(groups[1]) | set(groups[2])
+    assert any("weight" in r for r in out.measurements["abort_reasons"])
+
+
+def test_forged_weight_cannot_scale_the_mean(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: no dither, w_max = 1; one of six devices sends -4 mod 2^m as its weight, so the
+    # total weight is 1 and the decoded "mean" is the six devices' level sum (about 3 C' on
+    # every coordinate, outside [-C', C']). Before, the round committed it.
+    devs, parts, ups = _fleet(6)
+    cfg = SecureConfig(coord_fraction=0.1, dither=False, clip_norm=2.0)
+    coord = SecureCoordinator(np.zeros(D, np.float32), cfg)
+    _forge_weight(monkeypatch, 0, lambda plan: (1 << plan.ring_bits) - 4)
+    # Execute
+    out, _ = run_secure_round(coord, parts, ups)
+    # Assert: refused, model unchanged
+    assert not out.committed and coord.version == 0
+    np.testing.assert_array_equal(coord.params, np.zeros(D, np.float32))
