@@ -96,8 +96,13 @@ def make_plan(
     model_size: int,
     indices: npt.NDArray[np.int64],
     sketch_segments: tuple[tuple[int, int, int, int], ...] = (),
+    group: int = 0,
 ) -> SecurePlan:
     """The plan for one SecAgg instance of `num_nodes` devices over coordinates `indices`.
+
+    `group` (grouped mode) salts the rotation seed, which also keys the public dither: node i
+    of every group would otherwise round with the same dither, and the group means would
+    share their rounding error.
 
     Raises `RingOverflow` if n * w_max * (2^b - 1) (+ noise headroom) needs more than 64 bits.
     """
@@ -119,7 +124,9 @@ def make_plan(
         clip_norm=config.clip_norm,
         coord_bound=coord_bound,
         graph_seed=public_seed(config.seed, round_id, b"graph"),
-        rotation_seed=public_seed(config.seed, round_id, b"rotation"),
+        rotation_seed=public_seed(
+            config.seed, round_id, b"rotation" + (b"-%d" % group if group else b"")
+        ),
         rotate=config.rotate,
         noise=config.noise,
         noise_variance=variance,
@@ -249,7 +256,9 @@ class SecureCoordinator:
         digest = model_digest(self.params)
         rounds, group_of = [], {}
         for g, members in enumerate(groups):
-            plan = make_plan(self.config, r, len(members), self.size, indices, self.sketch_segments)
+            plan = make_plan(
+                self.config, r, len(members), self.size, indices, self.sketch_segments, g
+            )
             rounds.append(SecureRound(plan, digest, members, self.ledger))
             group_of.update(dict.fromkeys(members, g))
         return SecureTask(r, indices, rounds, group_of)

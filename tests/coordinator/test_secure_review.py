@@ -74,3 +74,27 @@ def test_forged_weight_cannot_scale_the_mean(monkeypatch: pytest.MonkeyPatch) ->
     # Assert: refused, model unchanged
     assert not out.committed and coord.version == 0
     np.testing.assert_array_equal(coord.params, np.zeros(D, np.float32))
+
+
+def test_groups_draw_independent_dither() -> None:
+    # Prepare: twelve devices with one identical update, three groups of four. Every group's
+    # node i used to draw the same public dither (equal-size groups had byte-identical plans,
+    # and the dither is keyed by the plan's rotation seed and the node number), so the three
+    # group means carried the same rounding error and averaging them did not reduce it.
+    rng = np.random.default_rng(0)
+    u = rng.normal(0, 0.003, D).astype(np.float32)
+    devs = [f"dev-{i:03d}" for i in range(12)]
+    parts = {d: SecureParticipant(D) for d in devs}
+    ups = {d: (u.copy(), 1) for d in devs}
+    cfg = SecureConfig(coord_fraction=0.5, group_size=4, clip_norm=2.0)
+    plans = [
+        sr.plan for sr in SecureCoordinator(np.zeros(D, np.float32), cfg).open_round(devs).groups
+    ]
+    # Execute
+    out, _ = run_secure_round(SecureCoordinator(np.zeros(D, np.float32), cfg), parts, ups)
+    # Assert: the groups' plans differ, and the mean's rounding error has the variance of 12
+    # independent dithers (1/12 of one device's 1/12 level^2), not of 4 (1/4)
+    assert len({p.to_bytes() for p in plans}) == 3
+    idx, step = plans[0].indices, 2 * plans[0].coord_bound / 7
+    ratio = float(np.var(out.update[idx] - u[idx])) / (step * step / 12)
+    assert 0.05 < ratio < 0.13, ratio
