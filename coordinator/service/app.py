@@ -439,6 +439,10 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
         }
 
     app.add_middleware(
-        WireMiddleware, store=the_store, metrics=metrics, json_cap=config.json_body_cap
+        WireMiddleware,
+        store=the_store,
+        metrics=metrics,
+        json_cap=config.json_body_cap,
+        member=coordinator.in_round,
     )
     return app

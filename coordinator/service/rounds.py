@@ -876,6 +876,14 @@ class Coordinator:
         rt = self.runtimes.get(r.task_id) if r is not None else None
         return rt.max_upload_bytes if rt is not None else None
 
+    def in_round(self, round_id: int, device_id: str) -> bool:
+        """Whether `device_id` was selected for round `round_id` (open or closed)."""
+        found = self._runtime_for_round(round_id)
+        if found is not None:
+            return device_id in found[1].selected
+        r = self.store.round(round_id)
+        return r is not None and device_id in r.selected
+
     def dense_bytes_for_round(self, round_id: int) -> int:
         """Dense fp32 bytes of the model of a round's task (0 for an unknown round)."""
         found = self._runtime_for_round(round_id)

@@ -52,11 +52,21 @@ class _BodyTooLarge(Exception):
 
 
 class WireMiddleware:
-    def __init__(self, app: ASGIApp, store: Store, metrics: Metrics, json_cap: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        store: Store,
+        metrics: Metrics,
+        json_cap: int,
+        member: Callable[[int, str], bool] | None = None,
+    ) -> None:
         self.app = app
         self.store = store
         self.metrics = metrics
         self.json_cap = json_cap
+        # member(round_id, device_id): was the device selected for the round? Anyone can sign
+        # any round id, so only a round's own devices may add bytes to its ledger.
+        self.member = member
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -86,6 +96,9 @@ class WireMiddleware:
             nonlocal sent_body
             if message["type"] == "http.response.start":
                 att: Attribution | None = scope["state"].get(STATE_KEY)
+                if att is not None and att.round_id > 0 and self.member is not None:
+                    if not self.member(att.round_id, att.device_id):
+                        att.round_id = 0  # counted as control traffic instead
                 headers = list(message.get("headers", []))
                 if att is not None and att.round_id > 0:
                     headers.append((LEDGER_HEADER, str(att.round_id).encode()))

@@ -137,3 +137,41 @@ def test_plain_upload_into_a_secure_round_is_refused(tmp_path: Path) -> None:
     assert r.status_code == 409 and r.json()["reason"] == "invalid_state", r.text
     assert "secure" in r.json()["detail"]
     assert (status["state"], status["reports"]) == ("open", 0)
+
+
+def _signed_get(client: Client, path: str, round_id: int) -> dict[str, str]:
+    return {
+        str(k): v
+        for k, v in auth.sign_request(
+            client._core.key,
+            method="GET",
+            target=path,
+            round_id=round_id,
+            body=b"",
+            timestamp_ms=int(time.time() * 1000),
+        ).items()
+    }
+
+
+def test_only_a_rounds_devices_add_to_its_ledger(http: httpx.Client, tmp_path: Path) -> None:
+    # Prepare: a round with device A selected; B registered but in no round
+    task_id = create_task(http, task_config(rounds=1, clients_per_round=1))
+    url = str(http.base_url).rstrip("/")
+    a, b = Client(url, str(tmp_path / "a")), Client(url, str(tmp_path / "b"))
+    a.register()
+    b.register()
+    assignment = a.check_in(task_id).assignment
+    assert assignment is not None
+    rid = assignment.round_id
+    path = f"/v1/rounds/{rid}"
+    # Execute: both sign a status request for that round
+    as_a = http.get(path, headers=_signed_get(a, path, rid))
+    as_b = http.get(path, headers=_signed_get(b, path, rid))
+    ledger = admin_get(http, f"/v1/rounds/{rid}/bandwidth")
+    a.close()
+    b.close()
+    # Assert: A's exchange is in the round's ledger, B's is not (it is control traffic)
+    assert as_a.status_code == as_b.status_code == 200
+    assert as_a.headers.get("x-plume-ledger-round") == str(rid)
+    assert "x-plume-ledger-round" not in as_b.headers
+    assert {row["device_id"] for row in ledger["rows"]} == {a.device_id}
