@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._client import pair_mask_seed, pair_mask_sign, self_mask
-from ._crypto import public_key_of
+from ._crypto import agree, public_key_of
 from ._errors import (
     DuplicateKey,
     ProtocolViolation,
@@ -81,9 +81,16 @@ def _abort(state: ServerState, reason: str) -> RoundAborted:
     return RoundAborted(reason)
 
 
+# Any fixed scalar: X25519 with a low-order point gives the all-zero secret for every clamped
+# scalar, so one trial agreement finds the keys that every neighbour's agreement would refuse.
+_PROBE = bytes(range(1, 33))
+
+
 def _advertise(state: ServerState, msg: AdvertiseKeys) -> None:
     if msg.node in state.keys:
         raise ProtocolViolation(f"node {msg.node} advertised twice")
+    for key in (msg.enc_public, msg.mask_public):
+        agree(_PROBE, key, b"plume-secagg-probe")  # KeyAgreementFailed for a low-order point
     known = {k for pair in state.keys.values() for k in pair}
     if msg.enc_public in known or msg.mask_public in known or msg.enc_public == msg.mask_public:
         raise DuplicateKey(f"node {msg.node} advertised a public key already in use")

@@ -9,6 +9,8 @@ import pytest
 
 from coordinator.secure import SecureConfig, make_plan
 from protocol.secagg import (
+    AdvertiseKeys,
+    KeyAgreementFailed,
     MalformedMessage,
     ProtocolParams,
     ProtocolViolation,
@@ -127,3 +129,25 @@ def test_server_refuses_two_shares_about_one_node_in_one_answer() -> None:
     result = server.finish()
     want = sum(inputs, np.zeros(p.vector_len, np.uint64)) & np.uint64((1 << 16) - 1)
     assert np.array_equal(result.total, want)
+
+
+@pytest.mark.parametrize("low", [bytes(32), b"\x01" + bytes(31)])  # points of order 1 and 4
+def test_server_refuses_a_low_order_public_key(low: bytes) -> None:
+    # Prepare: one node advertises a low-order X25519 point. Every neighbour's key agreement
+    # with it fails (the all-zero shared secret), so before, each neighbour refused at
+    # share-keys and the round aborted because of one device.
+    p = _params(8)
+    clients = [SecAggClient(p, i, p.digest) for i in range(p.num_nodes)]
+    server = SecAggServer(p)
+    ads = [c.advertise() for c in clients]
+    forged = dataclasses.replace(ads[0], mask_public=low)
+    # Execute / Assert: the advertisement is refused and stores nothing; the others go on
+    with pytest.raises(KeyAgreementFailed):
+        server.receive_advertise(AdvertiseKeys.from_bytes(forged.to_bytes()))
+    assert not server.state.keys
+    for ad in ads[1:]:
+        server.receive_advertise(ad)
+    dirs = server.close_advertise()
+    for i, c in enumerate(clients[1:], 1):
+        server.receive_share_keys(c.share_keys(dirs[i]))
+    assert server.state.senders == set(range(1, p.num_nodes))
