@@ -427,6 +427,14 @@ def _summarise_backdoor(args: argparse.Namespace, rows: list[dict[str, Any]]) ->
             if not done
             else all(b <= TARGET_BACKDOOR for b in worst_bd)
             and all(x <= TARGET_MAIN_LOSS_PP for x in worst_loss),
+            "target_met_on_mean": None
+            if not done
+            else sum(worst_bd) / len(worst_bd) <= TARGET_BACKDOOR
+            and sum(worst_loss) / len(worst_loss) <= TARGET_MAIN_LOSS_PP,
+            "seeds_meeting_target": sum(
+                b <= TARGET_BACKDOOR and x <= TARGET_MAIN_LOSS_PP
+                for b, x in zip(worst_bd, worst_loss, strict=True)
+            ),
             **(
                 {
                     "dp_noise_runs": len(noise),
@@ -587,7 +595,9 @@ def _summarise(
             "backdoor_accuracy and main_task_loss_pp are means over the seeds of each seed's "
             "worse attack variant (unboosted and boosted); main-task loss = FedAvg's no-attack "
             "accuracy minus the defended model's accuracy under attack, same seed and run; "
-            "target_met_backdoor requires both targets on every seed. Each defence is "
+            "target_met_backdoor requires both targets on every seed, "
+            "target_met_backdoor_on_mean on the means, and backdoor_seeds_meeting_target counts "
+            "the seeds that meet both. Each defence is "
             "summarised over the seeds it was run on (seeds_complete in backdoor_by_defense; "
             "backdoor_seeds_complete for the headline)"
         ),
@@ -596,6 +606,8 @@ def _summarise(
         "target_backdoor_accuracy": TARGET_BACKDOOR,
         "target_main_task_loss_pp": TARGET_MAIN_LOSS_PP,
         "target_met_backdoor": head.get("target_met_every_seed"),
+        "target_met_backdoor_on_mean": head.get("target_met_on_mean"),
+        "backdoor_seeds_meeting_target": head.get("seeds_meeting_target"),
         "backdoor_defense_has_dp": headline_dp,
         **(
             {
@@ -613,6 +625,7 @@ def _summarise(
         "backdoor_screen_weak_dp_max_backdoor_accuracy": weak.get("max_backdoor_accuracy"),
         "backdoor_screen_weak_dp_max_main_task_loss_pp": weak.get("max_main_task_loss_pp"),
         "backdoor_screen_weak_dp_target_met_every_seed": weak.get("target_met_every_seed"),
+        "backdoor_screen_weak_dp_seeds_meeting_target": weak.get("seeds_meeting_target"),
         "backdoor_screen_weak_dp_noise_to_signal": weak.get("dp_noise_to_signal"),
         **({"backdoor_screen_weak_dp_note": WEAK_DP_NOTE} if screened else {}),
         "backdoor_literal_normbound_dp_defense": literal,
