@@ -266,6 +266,7 @@ class SecureCoordinator:
     def close_round(self, task: SecureTask) -> SecureOutcome:
         """Finish every group still in the unmask stage, combine, and publish the new model."""
         results: list[GroupResult] = []
+        plans: list[SecurePlan] = []
         aborted = 0
         reasons: list[str] = []
         for sr in task.groups:
@@ -275,6 +276,7 @@ class SecureCoordinator:
                 continue
             try:
                 results.append(sr.finish())
+                plans.append(sr.plan)
             except RoundAborted as exc:
                 aborted += 1
                 reasons.append(str(exc))
@@ -323,10 +325,13 @@ class SecureCoordinator:
             self.score = (decay * self.score + (1 - decay) * fresh).astype(np.float32)
         self.version += 1
         if self.config.dp:
-            plan = task.groups[0].plan
+            # Groups hold disjoint devices (parallel composition): the group whose sum carries
+            # the least noise binds. Per-device variances differ with the group size.
+            survivors, plan = min(
+                ((len(res.contributors), p) for res, p in zip(results, plans, strict=True)),
+                key=lambda sp: sp[0] * sp[1].noise_variance,
+            )
             sens = integer_sensitivity(plan.clip_norm, plan.coord_bound, plan.value_bits, plan.k)
-            # Groups hold disjoint devices (parallel composition): the smallest group binds.
-            survivors = min(len(res.contributors) for res in results)
             self.accountant.record_round(plan.noise, sens, plan.noise_variance, survivors, plan.k)
             meas["dp"] = {
                 "epsilon": self.accountant.epsilon(),

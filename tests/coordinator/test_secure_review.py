@@ -98,3 +98,29 @@ def test_groups_draw_independent_dither() -> None:
     idx, step = plans[0].indices, 2 * plans[0].coord_bound / 7
     ratio = float(np.var(out.update[idx] - u[idx])) / (step * step / 12)
     assert 0.05 < ratio < 0.13, ratio
+
+
+def test_grouped_dp_accounts_for_the_group_with_the_least_noise() -> None:
+    from protocol.secagg import NoiseKind, Stage
+
+    # Prepare: 11 devices in groups of 4 and 7 under Skellam noise. The per-device variance
+    # is calibrated per group ((z D2)^2 / n_min), so the 7-group's devices add less each; two
+    # of them drop, leaving 5 x 82.3 = 411 of summed noise against group 0's 4 x 144 = 576.
+    # Before, the round was accounted with group 0's variance times the fewest survivors (576).
+    devs, parts, ups = _fleet(11)
+    cfg = SecureConfig(
+        coord_fraction=0.05, group_size=4, noise=NoiseKind.SKELLAM, noise_multiplier=1.0
+    )
+    task = SecureCoordinator(np.zeros(D, np.float32), cfg).open_round(devs)
+    small, big = task.groups
+    assert (len(small.device_ids), len(big.device_ids)) == (4, 7)
+    coord = SecureCoordinator(np.zeros(D, np.float32), cfg)
+    # Execute
+    out, _ = run_secure_round(
+        coord, parts, ups, dict.fromkeys(big.device_ids[:2], Stage.MASKED_INPUT)
+    )
+    # Assert: the accounted release is the 7-group's, whose sum carries the least noise
+    dp = out.measurements["dp"]
+    assert out.committed and out.aborted_groups == 0
+    assert dp["survivors"] == 5 and dp["noise_variance_per_device"] == big.plan.noise_variance
+    assert dp["survivors"] * dp["noise_variance_per_device"] < 4 * small.plan.noise_variance
