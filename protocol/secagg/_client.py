@@ -232,7 +232,8 @@ class SecAggClient:
         if announced_digest != params.digest:
             raise ModelMismatch("the server's model/plan digest differs from this device's")
         if not 0 <= node < params.num_nodes:
-            raise ValueError(f"node {node} outside 0..{params.num_nodes - 1}")
+            # The node index comes from the server (a setup header): a typed refusal.
+            raise ProtocolViolation(f"node {node} outside 0..{params.num_nodes - 1}")
         if 2 * params.threshold <= params.degree:
             # At t <= k/2 two disjoint sets of t neighbours exist: a server that tells them
             # different (each consistent) alive/dropped lists gets both of a node's secrets.

@@ -151,3 +151,14 @@ def test_server_refuses_a_low_order_public_key(low: bytes) -> None:
     for i, c in enumerate(clients[1:], 1):
         server.receive_share_keys(c.share_keys(dirs[i]))
     assert server.state.senders == set(range(1, p.num_nodes))
+
+
+@pytest.mark.parametrize("node", [-1, 12, 2**32])
+def test_device_refuses_a_node_index_outside_the_plan(node: int) -> None:
+    # Prepare: the server names the device's node (the x-plume-secagg-node header)
+    plan = _plan()
+    params = np.zeros(D, np.float32)
+    digest = plan.protocol_params(model_digest(params)).digest
+    # Execute / Assert: a typed refusal (was a bare ValueError, not a SecAggError)
+    with pytest.raises(ProtocolViolation, match="outside"):
+        SecureParticipant(D).join(plan.to_bytes(), digest, params, node)
