@@ -143,7 +143,11 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         reason = Reason.NOT_FOUND if exc.status_code in (404, 405) else Reason.MALFORMED
-        return JSONResponse({"reason": str(reason), "detail": str(exc.detail)}, exc.status_code)
+        if exc.status_code == 413:  # a body past the cap while streaming (wire.py)
+            reason = Reason.TOO_LARGE
+        return JSONResponse(
+            {"reason": str(reason), "detail": str(exc.detail)}, exc.status_code, exc.headers
+        )
 
     # -- auth dependencies -----------------------------------------------------------------
 

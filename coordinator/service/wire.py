@@ -15,6 +15,8 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
+from starlette.exceptions import HTTPException
+
 from protocol.messages import request_wire_bytes, response_wire_bytes
 from protocol.names import Direction, Reason
 
@@ -47,8 +49,13 @@ class Attribution:
     dense_down: int = 0
 
 
-class _BodyTooLarge(Exception):
-    pass
+class _BodyTooLarge(HTTPException):
+    """A body read past the cap. An HTTPException because FastAPI's body parser re-raises
+    those, while it turns any other error into 400 "There was an error parsing the body"."""
+
+    def __init__(self, cap: int) -> None:
+        detail = f"request body above the {cap}-byte cap"
+        super().__init__(413, detail, headers={"connection": "close"})
 
 
 class WireMiddleware:
@@ -89,7 +96,7 @@ class WireMiddleware:
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if cap is not None and received > cap:
-                    raise _BodyTooLarge
+                    raise _BodyTooLarge(cap)
             return message
 
         async def counting_send(message: Message) -> None:

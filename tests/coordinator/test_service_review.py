@@ -175,3 +175,34 @@ def test_only_a_rounds_devices_add_to_its_ledger(http: httpx.Client, tmp_path: P
     assert as_a.headers.get("x-plume-ledger-round") == str(rid)
     assert "x-plume-ledger-round" not in as_b.headers
     assert {row["device_id"] for row in ledger["rows"]} == {a.device_id}
+
+
+def test_chunked_json_body_above_the_cap_is_413(http: httpx.Client, tmp_path: Path) -> None:
+    # Prepare: a signed check-in whose body, sent without Content-Length, passes the JSON cap
+    url = str(http.base_url).rstrip("/")
+    device = Client(url, str(tmp_path / "big"))
+    device.register()
+    body = b'{"task_id": 1, "pad": "' + b"x" * 100_000 + b'"}'
+    headers = {
+        str(k): v
+        for k, v in auth.sign_request(
+            device._core.key,
+            method="POST",
+            target="/v1/checkin",
+            round_id=0,
+            body=body,
+            timestamp_ms=int(time.time() * 1000),
+        ).items()
+    }
+    device.close()
+
+    def chunks() -> Iterator[bytes]:
+        for i in range(0, len(body), 4096):
+            yield body[i : i + 4096]
+
+    # Execute
+    r = http.post(
+        "/v1/checkin", content=chunks(), headers={**headers, "content-type": "application/json"}
+    )
+    # Assert: the streaming cap answers like the Content-Length one, not "error parsing"
+    assert r.status_code == 413 and r.json()["reason"] == "too_large", r.text
