@@ -124,3 +124,24 @@ def test_grouped_dp_accounts_for_the_group_with_the_least_noise() -> None:
     assert out.committed and out.aborted_groups == 0
     assert dp["survivors"] == 5 and dp["noise_variance_per_device"] == big.plan.noise_variance
     assert dp["survivors"] * dp["noise_variance_per_device"] < 4 * small.plan.noise_variance
+
+
+@pytest.mark.parametrize("group_size", [None, 5])
+def test_dithered_round_is_exact_with_a_dropout_at_every_stage(group_size: int | None) -> None:
+    from protocol.secagg import Stage
+
+    # Prepare: 20 devices, one dropping before each of the four stages (in grouped mode, one
+    # in each of the four groups)
+    devs, parts, ups = _fleet(20)
+    cfg = SecureConfig(coord_fraction=0.1, clip_norm=2.0, group_size=group_size)
+    groups = split_groups(sorted(devs), group_size, public_seed(cfg.seed, 1, b"groups"))
+    stages = [Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK]
+    victims = [groups[i % len(groups)][i] for i in range(4)]
+    coord = SecureCoordinator(np.zeros(D, np.float32), cfg)
+    # Execute
+    out, _ = run_secure_round(coord, parts, ups, dict(zip(victims, stages, strict=True)))
+    # Assert: the mean of exactly what the contributors sent (dropped-at-unmask included)
+    assert out.committed and out.aborted_groups == 0
+    assert set(out.contributors) == set(devs) - set(victims[:3])
+    sent = [ups[d][0].astype(np.float64) - parts[d].residual for d in out.contributors]
+    np.testing.assert_allclose(out.update, np.mean(sent, axis=0), atol=1e-6)
