@@ -111,6 +111,9 @@ def make_plan(
         raise ValueError(f"a secure aggregation needs at least 3 devices, got {num_nodes}")
     k = int(indices.size)
     degree, threshold, coord_bound, variance, headroom, ring = _plan_numbers(config, num_nodes, k)
+    if 2 * threshold <= degree:
+        # Devices refuse such a plan (t > k/2 keeps a node's two secrets apart): say so now.
+        raise ValueError(f"threshold {threshold} must exceed half the graph degree {degree}")
     return SecurePlan(
         round_id=round_id,
         num_nodes=num_nodes,

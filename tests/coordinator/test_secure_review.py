@@ -145,3 +145,14 @@ def test_dithered_round_is_exact_with_a_dropout_at_every_stage(group_size: int |
     assert set(out.contributors) == set(devs) - set(victims[:3])
     sent = [ups[d][0].astype(np.float64) - parts[d].residual for d in out.contributors]
     np.testing.assert_allclose(out.update, np.mean(sent, axis=0), atol=1e-6)
+
+
+def test_plan_with_threshold_at_most_half_the_degree_is_refused_when_built() -> None:
+    from coordinator.secure import make_plan
+
+    # Prepare: n = 12 gives k = 11; devices refuse t <= 5, so the coordinator must not plan it
+    idx = np.arange(10, dtype=np.int64)
+    # Execute / Assert
+    with pytest.raises(ValueError, match="half the graph degree 11"):
+        make_plan(SecureConfig(threshold=5), 1, 12, D, idx)
+    assert make_plan(SecureConfig(threshold=6), 1, 12, D, idx).threshold == 6
