@@ -495,8 +495,11 @@ def _secure_flow(
     assert response is not None
     if response.status_code != 200:
         raise _error(response)
-    digest = bytes.fromhex(response.headers[SecAggHeader.DIGEST])
-    node = int(response.headers[SecAggHeader.NODE])
+    try:
+        digest = bytes.fromhex(response.headers[SecAggHeader.DIGEST])
+        node = int(response.headers[SecAggHeader.NODE])
+    except (KeyError, ValueError) as exc:
+        raise ClientError(response.status_code, "bad_response", f"secure setup: {exc!r}") from exc
     own = participant is None
     part = participant if participant is not None else core.secure_participant(spec.size)
     session = part.join(response.content, digest, params, node)
