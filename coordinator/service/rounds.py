@@ -658,9 +658,15 @@ class Coordinator:
     ) -> tuple[UploadReceipt, TaskRuntime | None]:
         """Accept one upload durably. Returns (UploadReceipt, runtime to close now or None)."""
         found = self._runtime_for_round(round_id)
-        existing = self.store.find_update(round_id, device_id)
+        existing = self.store.find_update(round_id, device_id, frame)
         if existing is not None:
-            key, size = existing
+            key, size, same = existing
+            if key == idempotency_key and not same:
+                raise ApiError(
+                    409,
+                    Reason.DUPLICATE_UPLOAD,
+                    "idempotency key already used for a different update in this round",
+                )
             if key == idempotency_key:
                 reports = found[1].reports if found else self.store.count_updates(round_id)
                 return UploadReceipt(round_id, device_id, True, True, size, reports), None

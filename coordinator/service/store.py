@@ -358,13 +358,17 @@ class Store:
         )
         return [UpdateRow(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
 
-    def find_update(self, round_id: int, device_id: str) -> tuple[str, int] | None:
-        """(idempotency key, frame bytes) of a device's accepted update in a round, if any."""
+    def find_update(
+        self, round_id: int, device_id: str, frame: bytes
+    ) -> tuple[str, int, bool] | None:
+        """(idempotency key, frame bytes, whether the stored frame equals `frame`) of a device's
+        accepted update in a round, if any."""
         rows = self._query(
-            "SELECT idempotency_key, length(frame) FROM updates WHERE round_id=? AND device_id=?",
-            (round_id, device_id),
+            "SELECT idempotency_key, length(frame), frame=? FROM updates "
+            "WHERE round_id=? AND device_id=?",
+            (frame, round_id, device_id),
         )
-        return (str(rows[0][0]), int(rows[0][1])) if rows else None
+        return (str(rows[0][0]), int(rows[0][1]), bool(rows[0][2])) if rows else None
 
     def count_updates(self, round_id: int) -> int:
         return int(self._query("SELECT COUNT(*) FROM updates WHERE round_id=?", (round_id,))[0][0])

@@ -206,3 +206,38 @@ def test_chunked_json_body_above_the_cap_is_413(http: httpx.Client, tmp_path: Pa
     )
     # Assert: the streaming cap answers like the Content-Length one, not "error parsing"
     assert r.status_code == 413 and r.json()["reason"] == "too_large", r.text
+
+
+def test_idempotency_key_reused_with_other_bytes_is_409(http: httpx.Client, tmp_path: Path) -> None:
+    # Prepare: device A's update accepted under key "k"
+    task_id = create_task(http, task_config(rounds=1, clients_per_round=1, deadline_s=60.0))
+    url = str(http.base_url).rstrip("/")
+    a = Client(url, str(tmp_path / "a"))
+    a.register()
+    assignment = a.check_in(task_id).assignment
+    assert assignment is not None
+    params, _ = a.fetch_model(assignment)
+    frame = a._core.encode(assignment, SPEC, params, params + 0.05, 40).frame
+    other = a._core.encode(assignment, SPEC, params, params - 0.05, 40).frame
+    path = assignment.upload_path
+
+    def send(body: bytes) -> httpx.Response:
+        signed = auth.sign_request(
+            a._core.key,
+            method="POST",
+            target=path,
+            round_id=assignment.round_id,
+            body=body,
+            timestamp_ms=int(time.time() * 1000),
+        )
+        headers = {str(k): v for k, v in signed.items()}
+        headers.update({"idempotency-key": "k", "content-type": "application/octet-stream"})
+        return http.post(path, content=body, headers=headers)
+
+    # Execute
+    first, retry, changed = send(frame), send(frame), send(other)
+    a.close()
+    # Assert: a true retry gets its receipt; other bytes under the same key are not "accepted"
+    assert first.status_code == 200 and not first.json()["duplicate"], first.text
+    assert retry.status_code == 200 and retry.json()["duplicate"], retry.text
+    assert changed.status_code == 409 and changed.json()["reason"] == "duplicate_upload"
