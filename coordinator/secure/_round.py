@@ -175,6 +175,11 @@ class SecureRound:
             reason = f"total weight {int(res.total[-1])} outside {c}..{c * w_max} ({c} inputs)"
             self.server.abort(reason)
             raise RoundAborted(reason)
+        bad = self._out_of_range(res.total, c)
+        if bad:
+            reason = f"{bad} level sums outside what {c} devices can send (forged or corrupt)"
+            self.server.abort(reason)
+            raise RoundAborted(reason)
         mean, weight = decode_ring_sum(res.total, self.plan, res.contributors)
         sketch = (
             decode_sketch_sum(res.total, self.plan, res.contributors)
@@ -191,6 +196,19 @@ class SecureRound:
             dt,
             sketch,
         )
+
+    def _out_of_range(self, total: npt.NDArray[np.uint64], contributors: int) -> int:
+        """How many ring sums no honest cohort sends: values above W (2^b - 1) + headroom and
+        below the top `headroom` ring values (read as negatives), sketch entries above
+        c (2^sb - 1)."""
+        p = self.plan
+        values = total[: p.k]
+        bad = values > np.uint64(int(total[-1]) * ((1 << p.value_bits) - 1) + p.noise_headroom)
+        if p.noise_headroom:
+            bad &= values < np.uint64((1 << p.ring_bits) - p.noise_headroom)
+        sketch = total[p.k : p.k + p.sketch_len]
+        top = contributors * ((1 << p.sketch_bits) - 1)
+        return int(np.count_nonzero(bad)) + int(np.count_nonzero(sketch > np.uint64(top)))
 
     def abort(self, reason: str) -> None:
         self.server.abort(reason)

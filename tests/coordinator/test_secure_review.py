@@ -156,3 +156,33 @@ def test_plan_with_threshold_at_most_half_the_degree_is_refused_when_built() -> 
     with pytest.raises(ValueError, match="half the graph degree 11"):
         make_plan(SecureConfig(threshold=5), 1, 12, D, idx)
     assert make_plan(SecureConfig(threshold=6), 1, 12, D, idx).threshold == 6
+
+
+@pytest.mark.parametrize("dp", [False, True])
+def test_level_sums_outside_what_devices_can_send_abort_the_group(
+    monkeypatch: pytest.MonkeyPatch, dp: bool
+) -> None:
+    from protocol.secagg import NoiseKind
+
+    # Prepare: one of six devices sends uniform ring elements as its values (what a device
+    # masking with a seed other than the one it shared, or a forged input, amounts to) and an
+    # honest weight. Honest level sums lie in [-headroom, W (2^b - 1) + headroom].
+    devs, parts, ups = _fleet(6)
+    noise = NoiseKind.SKELLAM if dp else NoiseKind.NONE
+    cfg = SecureConfig(coord_fraction=0.1, clip_norm=2.0, noise=noise, noise_multiplier=1.0)
+    honest = sdk.secure.encode_for_plan
+    rng = np.random.default_rng(5)
+
+    def forged(u: Any, plan: SecurePlan, w: int, r: Any, noise_rng: Any = None, node: Any = None):  # type: ignore[no-untyped-def]
+        vector, sent = honest(u, plan, w, r, noise_rng, node)
+        if node == 0:
+            vector[: plan.k] = rng.integers(0, 1 << plan.ring_bits, plan.k, dtype=np.uint64)
+        return vector, sent
+
+    monkeypatch.setattr(sdk.secure, "encode_for_plan", forged)
+    coord = SecureCoordinator(np.zeros(D, np.float32), cfg)
+    # Execute
+    out, _ = run_secure_round(coord, parts, ups)
+    # Assert: refused, model unchanged
+    assert not out.committed and coord.version == 0
+    assert any("level sum" in r for r in out.measurements["abort_reasons"])
