@@ -23,7 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._bits import packed_len
-from ._config import MAX_BLOCK, MIN_BLOCK, QUANTIZED_BITS
+from ._config import MAX_BLOCK, MAX_WEIGHT, MIN_BLOCK, QUANTIZED_BITS
 from ._errors import CodecError, NonFiniteValues
 from ._index import INDEX_CODINGS
 from ._sparse import SparseUpdate
@@ -103,12 +103,12 @@ def _check_batch(
     if not np.all(np.isfinite(arr)):
         raise ValueError("update contains NaN or Inf")
     for weight in weights:
-        if type(weight) is float and math.isfinite(weight) and weight >= 0:
+        if type(weight) is float and 0 <= weight <= MAX_WEIGHT:
             continue  # the common case, without the numbers.Real ABC check below
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
             raise ValueError(f"weight must be a real number, got {weight!r}")
-        if not (math.isfinite(weight) and weight >= 0):
-            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+        if not (math.isfinite(weight) and 0 <= weight <= MAX_WEIGHT):
+            raise ValueError(f"weight must be a finite number in [0, 2^53], got {weight!r}")
     return arr
 
 
@@ -539,6 +539,7 @@ def _header_ok(h: npt.NDArray[Any], lens: I64, fp: int, d: int) -> npt.NDArray[n
         & ((index_id != 0) | (k == d))
         & np.isfinite(weight)
         & (weight >= 0)
+        & (weight <= MAX_WEIGHT)
     )
     quant = (bits == 1) | (bits == 2) | (bits == 4) | (bits == 8)
     ok &= quant | (bits == 16) | (bits == 32)

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from ._config import CodecConfig, DecodeLimits
+from ._config import MAX_WEIGHT, CodecConfig, DecodeLimits
 from ._errors import CodecError
 from ._sparse import SparseUpdate
 from ._spec import ModelSpec
@@ -106,8 +106,8 @@ class UpdateCodec:
             raise ValueError("update contains NaN or Inf")
         if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
             raise ValueError(f"weight must be a real number, got {weight!r}")
-        if not (math.isfinite(weight) and weight >= 0):
-            raise ValueError(f"weight must be a finite number >= 0, got {weight!r}")
+        if not (math.isfinite(weight) and 0 <= weight <= MAX_WEIGHT):
+            raise ValueError(f"weight must be a finite number in [0, 2^53], got {weight!r}")
         return arr
 
     def _encode(

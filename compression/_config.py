@@ -15,6 +15,7 @@ __all__ = [
     "INDEX_CHOICES",
     "MIN_BLOCK",
     "MAX_BLOCK",
+    "MAX_WEIGHT",
 ]
 
 # Bit widths with per-block scales and stochastic rounding; 16 is fp16 and 32 raw fp32.
@@ -26,6 +27,10 @@ SCOPES = ("global", "per_tensor")
 # A block below 8 values would spend more on scales (8 bytes a block) than on values.
 MIN_BLOCK = 8
 MAX_BLOCK = 1 << 20
+# The largest FedAvg weight (example count) a frame may carry: 2^53, the end of exactly
+# representable integers in float64. Far above any real count, and low enough that weight x value
+# sums stay finite (a weight near 1.8e308 made FedAvg overflow and abandon the whole round).
+MAX_WEIGHT = float(1 << 53)
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import struct
 import zlib
 from dataclasses import dataclass
 
-from ._config import MAX_BLOCK, MIN_BLOCK, QUANTIZED_BITS, VALID_BITS, DecodeLimits
+from ._config import MAX_BLOCK, MAX_WEIGHT, MIN_BLOCK, QUANTIZED_BITS, VALID_BITS, DecodeLimits
 from ._errors import (
     BadMagic,
     ChecksumMismatch,
@@ -183,8 +182,8 @@ def parse_header(frame: bytes, spec: ModelSpec, limits: DecodeLimits) -> FrameHe
             raise MalformedHeader(f"block={block} outside [{MIN_BLOCK}, {MAX_BLOCK}]")
     elif block != 0:
         raise MalformedHeader(f"block={block} with unquantized bits={bits}; must be 0")
-    if not math.isfinite(weight) or weight < 0:
-        raise MalformedHeader(f"weight {weight!r} is not a finite number >= 0")
+    if not (0 <= weight <= MAX_WEIGHT):  # also refuses NaN
+        raise MalformedHeader(f"weight {weight!r} is not a number in [0, 2^53]")
     vc = VALUE_CODINGS[bits]
     want_scale, want_value = vc.scale_bytes(k, max(block, 1)), vc.value_bytes(k)
     if scale_bytes != want_scale:

@@ -143,7 +143,11 @@ def _mutations(frame: bytes, draw: Callable[[st.SearchStrategy[Any]], Any]) -> b
         name = draw(st.sampled_from(sorted(set(OFFSETS) - {"magic", "fingerprint"})))
         fmt = OFFSETS[name][1]
         if fmt == "d":
-            value: object = draw(st.sampled_from([-1.0, 0.0, 2.5, float("inf"), float("nan")]))
+            value: object = draw(
+                st.sampled_from(
+                    [-1.0, 0.0, 2.5, 2.0**53, 2.0**54, 1.7e308, float("inf"), float("nan")]
+                )
+            )
         else:
             top = {"B": 255, "H": 65535, "I": 2**32 - 1}[fmt]
             value = draw(st.one_of(st.integers(0, 20), st.integers(0, top)))
@@ -279,6 +283,8 @@ def test_encode_many_refuses_bad_input() -> None:
         codec.encode_many(bad, rngs, [1.0, 1.0])
     with pytest.raises(ValueError, match="weight"):
         codec.encode_many(good, rngs, [1.0, -1.0])
+    with pytest.raises(ValueError, match="weight"):
+        codec.encode_many(good, rngs, [1.0, 2.0**54])
     with pytest.raises(TypeError, match="Generator"):
         codec.encode_many(good, [rngs[0], 7], [1.0, 1.0])  # type: ignore[list-item]
     fb = ErrorFeedback(spec.size)

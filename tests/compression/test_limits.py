@@ -166,6 +166,8 @@ def test_crc_mismatch(codec: UpdateCodec, frame: bytes) -> None:
         ("weight", math.nan, "weight"),
         ("weight", -1.0, "weight"),
         ("weight", math.inf, "weight"),
+        ("weight", 2.0**54, "weight"),  # above MAX_WEIGHT = 2^53
+        ("weight", 1.7e308, "weight"),  # finite, but FedAvg's weight x value would overflow
         ("scale_bytes", 0, "scale section"),
         ("value_bytes", 7, "value section"),
         ("index_bytes", 10**6, "index section"),
@@ -175,6 +177,18 @@ def test_malformed_header_fields(
     codec: UpdateCodec, frame: bytes, field: str, value: object, needle: str
 ) -> None:
     assert needle in refused(codec, with_field(frame, field, value), MalformedHeader)
+
+
+def test_the_largest_weight_decodes_and_the_encoder_refuses_more(
+    codec: UpdateCodec, frame: bytes
+) -> None:
+    # Execute
+    top = codec.decode_frame(with_field(frame, "weight", 2.0**53))
+
+    # Assert
+    assert top.weight == 2.0**53
+    with pytest.raises(ValueError, match="weight"):
+        codec.encode(np.zeros(D, np.float32), np.random.default_rng(0), 2.0**54)
 
 
 # -- zstd ---------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ from coordinator.service import ServerThread, ServiceConfig
 from protocol import auth
 from sdk.client import Client
 
+from ..compression._craft import with_field
 from .test_service_support import ADMIN, SPEC, admin_get, create_task, task_config
 
 _TOO_BIG = 2**63  # one past SQLite's largest INTEGER
@@ -241,3 +242,48 @@ def test_idempotency_key_reused_with_other_bytes_is_409(http: httpx.Client, tmp_
     assert first.status_code == 200 and not first.json()["duplicate"], first.text
     assert retry.status_code == 200 and retry.json()["duplicate"], retry.text
     assert changed.status_code == 409 and changed.json()["reason"] == "duplicate_upload"
+
+
+def test_a_weight_that_would_overflow_fedavg_is_refused_and_the_round_still_commits(
+    http: httpx.Client, tmp_path: Path
+) -> None:
+    # Prepare: a one-report round; device A's valid frame with its weight rewritten to 1.7e308
+    # (CRC fixed). Before MAX_WEIGHT the upload was accepted, FedAvg overflowed at close and the
+    # round was abandoned with every honest update in it.
+    task_id = create_task(http, task_config(rounds=1, clients_per_round=1, deadline_s=60.0))
+    url = str(http.base_url).rstrip("/")
+    a = Client(url, str(tmp_path / "a"))
+    a.register()
+    assignment = a.check_in(task_id).assignment
+    assert assignment is not None
+    params, _ = a.fetch_model(assignment)
+    frame = a._core.encode(assignment, SPEC, params, params + 0.05, 40).frame
+    huge = with_field(frame, "weight", 1.7e308)
+    path = assignment.upload_path
+
+    def send(body: bytes, key: str) -> httpx.Response:
+        signed = auth.sign_request(
+            a._core.key,
+            method="POST",
+            target=path,
+            round_id=assignment.round_id,
+            body=body,
+            timestamp_ms=int(time.time() * 1000),
+        )
+        headers = {str(k): v for k, v in signed.items()}
+        headers.update({"idempotency-key": key, "content-type": "application/octet-stream"})
+        return http.post(path, content=body, headers=headers)
+
+    # Execute
+    refused, accepted = send(huge, "huge"), send(frame, "honest")
+    a.close()
+    deadline = time.monotonic() + 10.0
+    status = admin_get(http, f"/v1/admin/tasks/{task_id}")
+    while status.get("version", 0) < 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+        status = admin_get(http, f"/v1/admin/tasks/{task_id}")
+
+    # Assert: a 4xx with the decoder's reason, then the honest update commits the round
+    assert refused.status_code == 422 and "weight" in refused.text, refused.text
+    assert accepted.status_code == 200, accepted.text
+    assert status.get("version") == 1, status
