@@ -125,6 +125,22 @@ BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
             ("worst_case_attack_20pct", ""),
         ],
     ),
+    (
+        "robustness_backdoor_cnn",
+        "Backdoor on the MNIST CNN, 10% attackers, seeds 0-2 (issue 5)",
+        "python bench/robustness.py --model mnist_cnn --skip-matrix --backdoor-seeds 0 1 2 "
+        "--backdoor-defenses ... --name robustness_backdoor_cnn --workers 2",
+        [
+            ("backdoor_defense", ""),
+            ("backdoor_accuracy", "<= 0.10"),
+            ("main_task_loss_pp", "<= 1 pp"),
+            ("target_met_backdoor", "on every seed"),
+            ("backdoor_screen_weak_dp_defense", ""),
+            ("backdoor_screen_weak_dp_accuracy", "<= 0.10"),
+            ("backdoor_screen_weak_dp_main_task_loss_pp", "<= 1 pp"),
+            ("backdoor_screen_weak_dp_target_met_every_seed", "on every seed"),
+        ],
+    ),
     ("privacy", "Privacy vs utility (issue 5)", "python bench/privacy.py", []),
     (
         "onnx_train",
