@@ -689,6 +689,48 @@ def _plot(summary: dict[str, Any], path: Path, aggregators: list[str], attacks: 
     plt.close(fig)
 
 
+def _plot_backdoor(summary: dict[str, Any], path: Path) -> bool:
+    """Per defence: each seed's backdoor accuracy (%) and main-task loss (pp), worse attack
+    variant, with the mean and the targets. False (no file) if no defence has complete seeds."""
+    by = {
+        name: d
+        for name, d in summary.get("backdoor_by_defense", {}).items()
+        if d.get("mean_backdoor_accuracy") is not None
+    }
+    if not by:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(by)
+    fig, axes = plt.subplots(1, 2, figsize=(13, 0.45 * len(names) + 2.0), sharey=True)
+    panels = [
+        ("worst_backdoor_accuracy_per_seed", 100.0, 100.0 * TARGET_BACKDOOR, "backdoor accuracy %"),
+        ("worst_main_task_loss_pp_per_seed", 1.0, TARGET_MAIN_LOSS_PP, "main-task loss, pp"),
+    ]
+    for ax, (key, scale, target, label) in zip(axes, panels, strict=True):
+        for i, name in enumerate(names):
+            vals = [scale * v for v in by[name][key] if v is not None]
+            ax.scatter(vals, [i] * len(vals), s=14, alpha=0.6, color="tab:blue")
+            ax.scatter([sum(vals) / len(vals)], [i], marker="|", s=300, color="k")
+        ax.axvline(target, color="tab:red", linestyle="--", linewidth=1, label="target")
+        ax.set_xlabel(label)
+        ax.legend(loc="lower right", fontsize=8)
+    axes[0].set_yticks(range(len(names)), names, fontsize=7)
+    axes[0].invert_yaxis()
+    seeds = max(len(by[n]["seeds_complete"]) for n in names)
+    malicious = summary.get("backdoor_malicious")
+    fig.suptitle(
+        f"backdoor, {malicious} malicious, {summary.get('model')}: dots are seeds (up to "
+        f"{seeds}), bars the mean"
+    )
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -779,6 +821,7 @@ def main(argv: list[str] | None = None) -> int:
     json_path = out_dir / f"{name}.json"
     if args.replot:
         saved = json.loads(json_path.read_text())
+        _plot_backdoor(saved, out_dir / f"{name}_backdoor.png")
         aggs = list(saved["no_attack_accuracy"])
         _plot(
             saved,
@@ -835,7 +878,9 @@ def main(argv: list[str] | None = None) -> int:
             json_path.write_text(json.dumps(_summarise(args, base, rows, False), indent=1))
     summary = _summarise(args, base, rows, True)
     json_path.write_text(json.dumps(summary, indent=1))
-    _plot(summary, out_dir / f"{name}.png", list(summary["per_aggregator"]), args.attacks)
+    if not args.skip_matrix:
+        _plot(summary, out_dir / f"{name}.png", list(summary["per_aggregator"]), args.attacks)
+    _plot_backdoor(summary, out_dir / f"{name}_backdoor.png")
     print(
         json.dumps(
             {
