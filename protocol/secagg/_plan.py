@@ -24,6 +24,7 @@ import compression
 
 from ._errors import MalformedMessage, RingOverflow
 from ._prg import MAX_RING_BITS
+from ._shamir import MAX_SHARES
 
 __all__ = [
     "NoiseKind",
@@ -150,6 +151,9 @@ class SecurePlan:
             raise ValueError(f"num_nodes={self.num_nodes} outside 2..{MAX_NODES}")
         if not 1 <= self.threshold <= self.degree <= self.num_nodes - 1:
             raise ValueError(f"need 1 <= t={self.threshold} <= k={self.degree} <= n-1")
+        if self.degree + 1 > MAX_SHARES:
+            # Each node splits its secrets among its k neighbours and itself; share x is u16.
+            raise ValueError(f"degree {self.degree} needs more than {MAX_SHARES} Shamir shares")
         if self.degree % 2 and self.degree != self.num_nodes - 1:
             raise ValueError(f"degree {self.degree} must be even below n - 1 (Harary graph)")
         if not 1 <= self.value_bits <= 32 or not 1 <= self.max_weight < 1 << 32:

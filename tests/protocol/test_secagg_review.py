@@ -55,6 +55,8 @@ def _forge(plan: SecurePlan, **changes: object) -> bytes:
         {"degree": 5, "threshold": 3},
         {"noise_variance": float("nan")},
         {"noise_variance": float("inf")},
+        # more neighbours than u16 share x-coordinates: failed late, at share-keys
+        {"num_nodes": 70_000, "degree": 65_536, "threshold": 40_000},
     ],
 )
 def test_device_refuses_malformed_plan_with_a_typed_error(changes: dict[str, object]) -> None:
