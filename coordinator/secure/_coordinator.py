@@ -291,7 +291,7 @@ class SecureCoordinator:
             "aborted_groups": aborted,
             "contributors": len(contributors),
             "k": int(task.indices.size),
-            "ring_bits": task.groups[0].plan.ring_bits,
+            "ring_bits": max(g.plan.ring_bits for g in task.groups),  # the widest group's
             "unmask_s": sum(res.unmask_s for res in results),
         }
         if reasons:

@@ -21,7 +21,14 @@ from coordinator.secure import (
     split_groups,
 )
 from mobile_sim.secure import run_secure_round
-from protocol.secagg import MalformedMessage, NoiseKind, RingOverflow, SecurePlan, Stage
+from protocol.secagg import (
+    MalformedMessage,
+    NoiseKind,
+    RingOverflow,
+    SecurePlan,
+    Stage,
+    required_ring_bits,
+)
 from sdk.secure import SecureParticipant
 
 D = 4000
@@ -357,3 +364,20 @@ def test_mutated_plan_bytes_decode_to_the_same_bytes_or_a_typed_error(data: st.D
     except SecAggError:
         return
     assert back.to_bytes() == bytes(raw) and back.model_size <= D
+
+
+def test_grouped_mode_reports_the_widest_groups_ring() -> None:
+    # Prepare: 13 devices in groups of about 4, so one group has 5 nodes and a wider ring
+    # (n * w_max * (2^b - 1) grows past a power of two); the measurement used to be group 0's.
+    _, parts, ups = _fleet(13, seed=3)
+    cfg = SecureConfig(coord_fraction=0.1, group_size=4, group_aggregator="fedavg", clip_norm=2.0)
+    coord = SecureCoordinator(np.zeros(D, np.float32), cfg)
+    widest = required_ring_bits(5, cfg.max_weight, cfg.value_bits)
+    assert widest > required_ring_bits(4, cfg.max_weight, cfg.value_bits)
+
+    # Execute
+    out, _ = run_secure_round(coord, parts, ups)
+
+    # Assert
+    assert out.committed and out.measurements["groups"] == 3
+    assert out.measurements["ring_bits"] == widest
