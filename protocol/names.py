@@ -128,3 +128,4 @@ class Reason(StrEnum):
     UNKNOWN_VERSION = "unknown_version"
     VALIDATION = "validation"
     NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"

@@ -142,7 +142,9 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        reason = Reason.NOT_FOUND if exc.status_code in (404, 405) else Reason.MALFORMED
+        reason = {404: Reason.NOT_FOUND, 405: Reason.METHOD_NOT_ALLOWED}.get(
+            exc.status_code, Reason.MALFORMED
+        )
         if exc.status_code == 413:  # a body past the cap while streaming (wire.py)
             reason = Reason.TOO_LARGE
         return JSONResponse(

@@ -287,3 +287,11 @@ def test_a_weight_that_would_overflow_fedavg_is_refused_and_the_round_still_comm
     assert refused.status_code == 422 and "weight" in refused.text, refused.text
     assert accepted.status_code == 200, accepted.text
     assert status.get("version") == 1, status
+
+
+def test_a_known_path_with_the_wrong_method_is_405_method_not_allowed(http: httpx.Client) -> None:
+    # Execute: the check-in route only takes POST
+    r = http.get("/v1/checkin")
+    # Assert: its own reason (it used to say not_found), and the Allow header
+    assert r.status_code == 405 and r.json()["reason"] == "method_not_allowed", r.text
+    assert "POST" in r.headers.get("allow", "")
