@@ -11,15 +11,17 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from compression import CodecConfig, ErrorFeedback, UpdateCodec
 from coordinator.service import ServerThread, ServiceConfig
 from protocol import auth
+from protocol.messages import Assignment
 from sdk.client import Client
 
 from ..compression._craft import with_field
-from .test_service_support import ADMIN, SPEC, admin_get, create_task, task_config
+from .test_service_support import ADMIN, SPEC, admin_get, create_task, task_config, wait_until
 
 _TOO_BIG = 2**63  # one past SQLite's largest INTEGER
 
@@ -113,24 +115,8 @@ def test_plain_upload_into_a_secure_round_is_refused(tmp_path: Path) -> None:
         frame, _ = ErrorFeedback(SPEC.size).step(
             np.full(SPEC.size, 5.0, np.float32), codec, np.random.default_rng(0), weight=10.0
         )
-        path = f"/v1/rounds/{rid}/updates"
-        headers = {
-            str(k): v
-            for k, v in auth.sign_request(
-                devices[0]._core.key,
-                method="POST",
-                target=path,
-                round_id=rid,
-                body=frame,
-                timestamp_ms=int(time.time() * 1000),
-            ).items()
-        }
         # Execute
-        r = client.post(
-            path,
-            content=frame,
-            headers={**headers, "idempotency-key": "k", "content-type": "application/octet-stream"},
-        )
+        r = _post_upload(client, devices[0], rid, frame, "k")
         status = admin_get(client, f"/v1/rounds/{rid}")
         for d in devices:
             d.close()
@@ -138,6 +124,39 @@ def test_plain_upload_into_a_secure_round_is_refused(tmp_path: Path) -> None:
     assert r.status_code == 409 and r.json()["reason"] == "invalid_state", r.text
     assert "secure" in r.json()["detail"]
     assert (status["state"], status["reports"]) == ("open", 0)
+
+
+def _post_upload(
+    http: httpx.Client, client: Client, round_id: int, body: bytes, key: str
+) -> httpx.Response:
+    """POST `body` to round `round_id`'s upload path, signed by `client`, under `key`."""
+    path = f"/v1/rounds/{round_id}/updates"
+    signed = auth.sign_request(
+        client._core.key,
+        method="POST",
+        target=path,
+        round_id=round_id,
+        body=body,
+        timestamp_ms=int(time.time() * 1000),
+    )
+    headers = {str(k): v for k, v in signed.items()}
+    headers.update({"idempotency-key": key, "content-type": "application/octet-stream"})
+    return http.post(path, content=body, headers=headers)
+
+
+def _one_report_round(
+    http: httpx.Client, tmp_path: Path
+) -> tuple[int, Client, Assignment, npt.NDArray[np.float32], bytes]:
+    """A one-report task; device A registered and assigned to its round; the round's model and
+    A's valid frame (model + 0.05)."""
+    task_id = create_task(http, task_config(rounds=1, clients_per_round=1, deadline_s=60.0))
+    a = Client(str(http.base_url).rstrip("/"), str(tmp_path / "a"))
+    a.register()
+    assignment = a.check_in(task_id).assignment
+    assert assignment is not None
+    params, _ = a.fetch_model(assignment)
+    frame = a._core.encode(assignment, SPEC, params, params + 0.05, 40).frame
+    return task_id, a, assignment, params, frame
 
 
 def _signed_get(client: Client, path: str, round_id: int) -> dict[str, str]:
@@ -211,32 +230,14 @@ def test_chunked_json_body_above_the_cap_is_413(http: httpx.Client, tmp_path: Pa
 
 def test_idempotency_key_reused_with_other_bytes_is_409(http: httpx.Client, tmp_path: Path) -> None:
     # Prepare: device A's update accepted under key "k"
-    task_id = create_task(http, task_config(rounds=1, clients_per_round=1, deadline_s=60.0))
-    url = str(http.base_url).rstrip("/")
-    a = Client(url, str(tmp_path / "a"))
-    a.register()
-    assignment = a.check_in(task_id).assignment
-    assert assignment is not None
-    params, _ = a.fetch_model(assignment)
-    frame = a._core.encode(assignment, SPEC, params, params + 0.05, 40).frame
+    _, a, assignment, params, frame = _one_report_round(http, tmp_path)
     other = a._core.encode(assignment, SPEC, params, params - 0.05, 40).frame
-    path = assignment.upload_path
-
-    def send(body: bytes) -> httpx.Response:
-        signed = auth.sign_request(
-            a._core.key,
-            method="POST",
-            target=path,
-            round_id=assignment.round_id,
-            body=body,
-            timestamp_ms=int(time.time() * 1000),
-        )
-        headers = {str(k): v for k, v in signed.items()}
-        headers.update({"idempotency-key": "k", "content-type": "application/octet-stream"})
-        return http.post(path, content=body, headers=headers)
+    rid = assignment.round_id
 
     # Execute
-    first, retry, changed = send(frame), send(frame), send(other)
+    first, retry, changed = [
+        _post_upload(http, a, rid, body, "k") for body in (frame, frame, other)
+    ]
     a.close()
     # Assert: a true retry gets its receipt; other bytes under the same key are not "accepted"
     assert first.status_code == 200 and not first.json()["duplicate"], first.text
@@ -250,38 +251,15 @@ def test_a_weight_that_would_overflow_fedavg_is_refused_and_the_round_still_comm
     # Prepare: a one-report round; device A's valid frame with its weight rewritten to 1.7e308
     # (CRC fixed). Before MAX_WEIGHT the upload was accepted, FedAvg overflowed at close and the
     # round was abandoned with every honest update in it.
-    task_id = create_task(http, task_config(rounds=1, clients_per_round=1, deadline_s=60.0))
-    url = str(http.base_url).rstrip("/")
-    a = Client(url, str(tmp_path / "a"))
-    a.register()
-    assignment = a.check_in(task_id).assignment
-    assert assignment is not None
-    params, _ = a.fetch_model(assignment)
-    frame = a._core.encode(assignment, SPEC, params, params + 0.05, 40).frame
+    task_id, a, assignment, _, frame = _one_report_round(http, tmp_path)
     huge = with_field(frame, "weight", 1.7e308)
-    path = assignment.upload_path
-
-    def send(body: bytes, key: str) -> httpx.Response:
-        signed = auth.sign_request(
-            a._core.key,
-            method="POST",
-            target=path,
-            round_id=assignment.round_id,
-            body=body,
-            timestamp_ms=int(time.time() * 1000),
-        )
-        headers = {str(k): v for k, v in signed.items()}
-        headers.update({"idempotency-key": key, "content-type": "application/octet-stream"})
-        return http.post(path, content=body, headers=headers)
+    rid = assignment.round_id
 
     # Execute
-    refused, accepted = send(huge, "huge"), send(frame, "honest")
+    refused = _post_upload(http, a, rid, huge, "huge")
+    accepted = _post_upload(http, a, rid, frame, "honest")
     a.close()
-    deadline = time.monotonic() + 10.0
-    status = admin_get(http, f"/v1/admin/tasks/{task_id}")
-    while status.get("version", 0) < 1 and time.monotonic() < deadline:
-        time.sleep(0.05)
-        status = admin_get(http, f"/v1/admin/tasks/{task_id}")
+    status = wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 1, timeout=10.0)
 
     # Assert: a 4xx with the decoder's reason, then the honest update commits the round
     assert refused.status_code == 422 and "weight" in refused.text, refused.text
