@@ -169,15 +169,14 @@ class SecureRound:
         t0 = time.perf_counter()
         res = self.server.finish()
         c, w_max = len(res.contributors), self.plan.max_weight
+        reason = None
         if not c <= int(res.total[-1]) <= c * w_max:
             # Each device sends a weight in 1..w_max; any other total is a forged or corrupt
             # input, which would scale the mean (or, under dither, not decode at all).
             reason = f"total weight {int(res.total[-1])} outside {c}..{c * w_max} ({c} inputs)"
-            self.server.abort(reason)
-            raise RoundAborted(reason)
-        bad = self._out_of_range(res.total, c)
-        if bad:
+        elif bad := self._out_of_range(res.total, c):
             reason = f"{bad} level sums outside what {c} devices can send (forged or corrupt)"
+        if reason is not None:
             self.server.abort(reason)
             raise RoundAborted(reason)
         mean, weight = decode_ring_sum(res.total, self.plan, res.contributors)
