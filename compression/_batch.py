@@ -12,8 +12,6 @@ the error `UpdateCodec.decode_frame` would.
 
 from __future__ import annotations
 
-import math
-import numbers
 import zlib
 from collections import defaultdict
 from collections.abc import Sequence
@@ -23,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._bits import packed_len
-from ._config import MAX_BLOCK, MAX_WEIGHT, MIN_BLOCK, QUANTIZED_BITS
+from ._config import MAX_BLOCK, MAX_WEIGHT, MIN_BLOCK, QUANTIZED_BITS, check_weight
 from ._errors import CodecError, NonFiniteValues
 from ._index import INDEX_CODINGS
 from ._sparse import SparseUpdate
@@ -103,12 +101,7 @@ def _check_batch(
     if not np.all(np.isfinite(arr)):
         raise ValueError("update contains NaN or Inf")
     for weight in weights:
-        if type(weight) is float and 0 <= weight <= MAX_WEIGHT:
-            continue  # the common case, without the numbers.Real ABC check below
-        if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
-            raise ValueError(f"weight must be a real number, got {weight!r}")
-        if not (math.isfinite(weight) and 0 <= weight <= MAX_WEIGHT):
-            raise ValueError(f"weight must be a finite number in [0, 2^53], got {weight!r}")
+        check_weight(weight)
     return arr
 
 

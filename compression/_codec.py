@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import numbers
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from ._config import MAX_WEIGHT, CodecConfig, DecodeLimits
+from ._config import CodecConfig, DecodeLimits, check_weight
 from ._errors import CodecError
 from ._sparse import SparseUpdate
 from ._spec import ModelSpec
@@ -104,10 +103,7 @@ class UpdateCodec:
             raise ValueError(f"update must be float32, got {arr.dtype}")
         if not np.all(np.isfinite(arr)):
             raise ValueError("update contains NaN or Inf")
-        if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
-            raise ValueError(f"weight must be a real number, got {weight!r}")
-        if not (math.isfinite(weight) and 0 <= weight <= MAX_WEIGHT):
-            raise ValueError(f"weight must be a finite number in [0, 2^53], got {weight!r}")
+        check_weight(weight)
         return arr
 
     def _encode(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass
 
 from ._spec import ModelSpec
@@ -16,6 +17,7 @@ __all__ = [
     "MIN_BLOCK",
     "MAX_BLOCK",
     "MAX_WEIGHT",
+    "check_weight",
 ]
 
 # Bit widths with per-block scales and stochastic rounding; 16 is fp16 and 32 raw fp32.
@@ -31,6 +33,17 @@ MAX_BLOCK = 1 << 20
 # representable integers in float64. Far above any real count, and low enough that weight x value
 # sums stay finite (a weight near 1.8e308 made FedAvg overflow and abandon the whole round).
 MAX_WEIGHT = float(1 << 53)
+
+
+def check_weight(weight: object) -> None:
+    """Raise ValueError unless `weight` is a real number in [0, MAX_WEIGHT] (bools refused)."""
+    if type(weight) is float and 0 <= weight <= MAX_WEIGHT:
+        return  # the common case, without the numbers.Real ABC check below
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+        raise ValueError(f"weight must be a real number, got {weight!r}")
+    value = float(weight)
+    if not (math.isfinite(value) and 0 <= value <= MAX_WEIGHT):
+        raise ValueError(f"weight must be a finite number in [0, 2^53], got {weight!r}")
 
 
 @dataclass(frozen=True, slots=True)
