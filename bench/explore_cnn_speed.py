@@ -22,6 +22,12 @@ Experiments (default: all):
             training step (torch's default kernels) at batch 10, 64 and 256; with `share` in
             the same run, the rate one round's training would need to fit in half the plain
             loop's round.
+  ops       one real client's training step (the product's `TorchTrainer`, one thread) next
+            to its big kernels timed alone at B=10 (conv1, conv2 forward + backward, fc1's
+            three oneDNN products and SGD update), their GFLOP/s, and a 1-thread oneDNN
+            2048^3 GEMM (the per-core ceiling); the step minus the kernels is the rest.
+  fftconv   conv2 (10x32x14x14, 64 filters 5x5) forward + backward: oneDNN's direct kernel vs
+            an FFT convolution (16x16 rfft, one complex matmul per frequency), one thread.
 """
 
 from __future__ import annotations
@@ -61,6 +67,8 @@ EXPERIMENTS = (
     "pool",
     "share",
     "ceiling",
+    "ops",
+    "fftconv",
 )
 
 
@@ -662,6 +670,159 @@ def exp_ceiling(s: _Setup, reps: int) -> dict[str, Any]:
     return out
 
 
+# --- ops: where one step's time goes ------------------------------------------------------------
+
+_CONV2_FLOP = 2.0 * 10 * 64 * 14 * 14 * 32 * 25  # one forward at B=10
+_CONV1_FLOP = 2.0 * 10 * 32 * 28 * 28 * 25
+_FC1_FLOP = 2.0 * 10 * 3136 * 512  # each of fc1's three products
+
+
+def _per_call_ms(fn: Callable[[], Any], reps: int, calls: int = 50) -> float:
+    """Median over `reps` timed loops of `calls` calls, in ms per call (after a warm-up loop)."""
+    for _ in range(calls):
+        fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        times.append((time.perf_counter() - t0) / calls)
+    return 1e3 * statistics.median(times)
+
+
+def exp_ops(s: _Setup, reps: int) -> dict[str, Any]:
+    """A real client's training step (product `TorchTrainer`, one thread) next to its big
+    kernels timed alone at B=10, cache-warm: what is left is everything else (pooling, ReLU,
+    loss, the small layers, SGD on the other tensors, autograd and Python)."""
+    import torch
+
+    _threads(1)
+    reps = max(reps, 5)
+    run = _trainer_client(s, fast_linear=True)
+    x, _ = s.xy(s.client)
+    steps = 5 * -(-len(x) // 10)
+    run()
+    client = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        run()
+        client.append(time.perf_counter() - t0)
+    step_ms = 1e3 * statistics.median(client) / steps
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.from_numpy(np.ascontiguousarray(x[:10]))
+    w1 = (0.1 * torch.randn(32, 1, 5, 5, generator=gen)).requires_grad_()
+    b1 = torch.zeros(32, requires_grad=True)
+    g1 = torch.randn(10, 32, 28, 28, generator=gen)
+    a2 = torch.relu(torch.randn(10, 32, 14, 14, generator=gen)).requires_grad_()
+    w2 = (0.05 * torch.randn(64, 32, 5, 5, generator=gen)).requires_grad_()
+    b2 = torch.zeros(64, requires_grad=True)
+    g2 = torch.randn(10, 64, 14, 14, generator=gen)
+    conv = torch.nn.functional.conv2d
+    op = torch.ops.mkldnn._linear_pointwise
+    w3 = 0.01 * torch.randn(512, 3136, generator=gen)
+    b3 = torch.zeros(512)
+    a3 = torch.relu(torch.randn(10, 3136, generator=gen))
+    g3 = 1e-3 * torch.randn(10, 512, generator=gen)
+    grad3 = torch.empty_like(w3)
+    kernels = {
+        "conv1_forward": lambda: conv(images, w1, b1, padding=2),
+        "conv1_forward_backward": lambda: conv(images, w1, b1, padding=2).backward(g1),
+        "conv2_forward": lambda: conv(a2, w2, b2, padding=2),
+        "conv2_forward_backward": lambda: conv(a2, w2, b2, padding=2).backward(g2),
+        "fc1_forward": lambda: op(a3, w3, b3, "none", [], ""),
+        "fc1_input_gradient": lambda: op(g3, w3.t(), None, "none", [], ""),
+        "fc1_weight_gradient": lambda: op(g3.t(), a3.t(), None, "none", [], ""),
+        "fc1_sgd_update": lambda: w3.add_(grad3, alpha=-1e-9),
+    }
+    with torch.no_grad():
+        grad3.copy_(op(g3.t(), a3.t(), None, "none", [], ""))
+    ms = {}
+    for name, fn in kernels.items():
+        if name.endswith("_backward"):
+            ms[name] = _per_call_ms(fn, reps)
+        else:
+            with torch.no_grad():
+                ms[name] = _per_call_ms(fn, reps)
+    big = {
+        "conv1_forward_backward": ms["conv1_forward_backward"],
+        "conv2_forward_backward": ms["conv2_forward_backward"],
+        "fc1_three_products_and_update": ms["fc1_forward"]
+        + ms["fc1_input_gradient"]
+        + ms["fc1_weight_gradient"]
+        + ms["fc1_sgd_update"],
+    }
+    big["everything_else"] = step_ms - sum(big.values())
+    flop = {
+        "conv1_forward": _CONV1_FLOP,
+        "conv1_forward_backward": 2 * _CONV1_FLOP,  # the image needs no gradient
+        "conv2_forward": _CONV2_FLOP,
+        "conv2_forward_backward": 3 * _CONV2_FLOP,
+        "fc1_forward": _FC1_FLOP,
+        "fc1_input_gradient": _FC1_FLOP,
+        "fc1_weight_gradient": _FC1_FLOP,
+    }
+    gemm_n = 2048
+    a, b = torch.randn(gemm_n, gemm_n), torch.randn(gemm_n, gemm_n)
+    gemm = _best_rate(lambda: op(a, b, None, "none", [], ""), 2.0 * gemm_n**3, reps)
+    return {
+        "threads": 1,
+        "client_examples": len(x),
+        "steps": steps,
+        "client_step_ms": step_ms,
+        "kernel_ms_alone": ms,
+        "kernel_gflop_per_s": {k: flop[k] / (ms[k] / 1e3) / 1e9 for k in flop},
+        "step_ms_by_part": big,
+        "step_fraction_by_part": {k: v / step_ms for k, v in big.items()},
+        "onednn_gemm_2048_1_thread": gemm,
+    }
+
+
+def exp_fftconv(s: _Setup, reps: int) -> dict[str, Any]:
+    """Could a cheaper convolution algorithm pay at B=10? conv2 by FFT against oneDNN."""
+    import torch
+
+    _threads(1)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 32, 14, 14, generator=gen, requires_grad=True)
+    w = (0.05 * torch.randn(64, 32, 5, 5, generator=gen)).requires_grad_()
+    bias = torch.zeros(64, requires_grad=True)
+    size = 16  # >= 14 + 2: the circular wrap lands only on zero padding
+
+    def fft_conv(x: Any, w: Any, bias: Any) -> Any:
+        freqs = size * (size // 2 + 1)
+        xf = torch.fft.rfft2(x, s=(size, size)).permute(2, 3, 0, 1).reshape(freqs, 10, 32)
+        kf = torch.fft.rfft2(torch.flip(w, dims=(2, 3)), s=(size, size))
+        kf = kf.permute(2, 3, 1, 0).reshape(freqs, 32, 64)
+        yf = torch.bmm(xf, kf).reshape(size, size // 2 + 1, 10, 64).permute(2, 3, 0, 1)
+        y = torch.fft.irfft2(yf, s=(size, size))
+        return y[:, :, 2:16, 2:16] + bias.view(1, -1, 1, 1)
+
+    def direct(x: Any, w: Any, bias: Any) -> Any:
+        return torch.nn.functional.conv2d(x, w, bias, padding=2)
+
+    grad = torch.randn(10, 64, 14, 14, generator=gen)
+
+    def step(f: Callable[..., Any]) -> Callable[[], None]:
+        def run() -> None:
+            for _ in range(20):
+                f(x, w, bias).backward(grad)
+
+        return run
+
+    with torch.no_grad():
+        diff = float((direct(x, w, bias) - fft_conv(x, w, bias)).abs().max())
+        scale = float(direct(x, w, bias).abs().max())
+    timing = _ab({"direct": step(direct), "fft": step(fft_conv)}, reps, "fftconv")
+    return {
+        "threads": 1,
+        "calls_per_rep": 20,
+        "fwd_bwd": timing,
+        "max_abs_diff": diff,
+        "max_abs_output": scale,
+    }
+
+
 # Results of the experiments run so far in this invocation (ceiling reads `share`).
 _LAST: dict[str, dict[str, Any]] = {}
 
@@ -678,6 +839,8 @@ RUNNERS: dict[str, Callable[[_Setup, int], dict[str, Any]]] = {
     "pool": exp_pool,
     "share": exp_share,
     "ceiling": exp_ceiling,
+    "ops": exp_ops,
+    "fftconv": exp_fftconv,
 }
 
 
