@@ -19,18 +19,30 @@ class FedAvg:
 
     Memory: one float64[d] accumulator, whatever the number of clients.
     `uniform=True` ignores example counts (every device weighs 1).
+    `max_weight` caps each declared example count: devices report their own counts, so
+    without a cap (or `uniform`) one device declaring 2^53 examples sets the mean alone. With a
+    cap W, no device weighs more than W; honest devices holding more than W examples are
+    capped too (the cap trades some statistical weight for a bound on anyone's influence).
     """
 
     uniform: bool = False
+    max_weight: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_weight is not None and not (
+            np.isfinite(self.max_weight) and self.max_weight > 0
+        ):
+            raise ValueError(f"max_weight must be a positive finite number, got {self.max_weight}")
 
     def create(self, size: int) -> _FedAvgProcess:
-        return _FedAvgProcess(size, self.uniform)
+        return _FedAvgProcess(size, self.uniform, self.max_weight)
 
 
 class _FedAvgProcess:
-    def __init__(self, size: int, uniform: bool) -> None:
+    def __init__(self, size: int, uniform: bool, max_weight: float | None = None) -> None:
         self.size = size
         self.uniform = uniform
+        self.max_weight = max_weight
 
     def initialize(self) -> Any:
         return ()
@@ -38,12 +50,16 @@ class _FedAvgProcess:
     def next(self, state: Any, updates: Sequence[ClientUpdate]) -> AggregateOutput:
         total = 0.0
         weights = []
+        capped = 0
         for cu in updates:
             if cu.update.size != self.size:
                 raise ValueError(f"update of size {cu.update.size}, expected {self.size}")
             w = 1.0 if self.uniform else float(cu.weight)
             if not np.isfinite(w) or w < 0:
                 raise ValueError(f"invalid weight {cu.weight!r} from {cu.device_id}")
+            if self.max_weight is not None and w > self.max_weight:
+                w = self.max_weight
+                capped += 1
             weights.append(w)
             total += w
         # One bincount over all rows (bit-identical to the add_to loop below, which stays for
@@ -54,4 +70,7 @@ class _FedAvgProcess:
             for cu, w in zip(updates, weights, strict=True):
                 cu.update.add_to(acc, w)
         result = (acc / total).astype(np.float32) if total > 0 else acc.astype(np.float32)
-        return AggregateOutput(state, result, {"clients": len(updates), "total_weight": total})
+        measurements: dict[str, Any] = {"clients": len(updates), "total_weight": total}
+        if self.max_weight is not None:
+            measurements["weights_capped"] = capped
+        return AggregateOutput(state, result, measurements)

@@ -44,7 +44,8 @@ DEFAULT_ROBUST = "cosfilter+geomed"
 
 AGGREGATOR_HELP = """\
 Base aggregators (rightmost stage):
-  fedavg[:uniform=0|1]             example-weighted mean (mean is an alias)
+  fedavg[:uniform=0|1,max_weight=W]  example-weighted mean (mean is an alias); W caps each
+                                   device's declared example count
   median                           coordinate-wise median
   trimmed_mean:BETA                drop floor(BETA*n) high and low values per coordinate
   krum[:f=F]                       Krum; F a count (>=1) or a fraction of reports (default 0.2)
@@ -144,7 +145,7 @@ class _Params:
 
 
 def _fedavg(p: _Params) -> AggregatorFactory:
-    return FedAvg(uniform=bool(p.int("uniform", default=0)))
+    return FedAvg(uniform=bool(p.int("uniform", default=0)), max_weight=p.opt_num("max_weight"))
 
 
 def _trimmed(p: _Params) -> AggregatorFactory:

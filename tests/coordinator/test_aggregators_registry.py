@@ -32,6 +32,7 @@ from coordinator.privacy import FixedSizeSampling, PoissonSampling
     [
         ("fedavg", FedAvg()),
         ("mean:uniform=1", FedAvg(uniform=True)),
+        ("fedavg:max_weight=500", FedAvg(max_weight=500.0)),
         ("median", CoordinateMedian()),
         ("trimmed_mean:0.1", TrimmedMean(0.1)),
         ("trimmed_mean:beta=0.2", TrimmedMean(0.2)),
@@ -120,4 +121,6 @@ def test_spec_values_are_validated_by_the_factories() -> None:
         build_aggregator("trimmed_mean:0.6")
     with pytest.raises(ValueError):
         build_aggregator("dp:z=1,eps=-1")
+    with pytest.raises(ValueError, match="max_weight"):
+        build_aggregator("fedavg:max_weight=0")
     assert math.isinf(build_aggregator("dp:z=1").epsilon_budget)  # type: ignore[attr-defined]
