@@ -80,6 +80,22 @@ def register(sub: Any) -> None:
         "--signature-window", type=float, default=300.0, help="accepted clock skew, seconds"
     )
     s.add_argument("--poll", type=float, default=0.25, help="retry-after while gathering, s")
+    s.add_argument(
+        "--register-rate",
+        type=float,
+        default=0.0,
+        help="registrations per second allowed per client address (IPv6: per /64), refilling "
+        "a bucket of --register-burst; over it, 429 + Retry-After. 0 (default) = unlimited: "
+        "phones behind carrier NAT share addresses, so per-IP limits belong at the edge "
+        "(docs/operations.md)",
+    )
+    s.add_argument(
+        "--register-burst",
+        type=int,
+        default=20,
+        help="registrations one address may make at once before --register-rate applies "
+        "(default 20)",
+    )
     s.add_argument("--log-level", default="info")
     s.set_defaults(func=_serve)
 
@@ -152,6 +168,8 @@ def _serve(args: argparse.Namespace) -> int:
         admin_token=args.admin_token,
         signature_window_s=args.signature_window,
         poll_s=args.poll,
+        register_rate_per_s=args.register_rate,
+        register_burst=args.register_burst,
     )
     serve(
         config,

@@ -2,6 +2,8 @@
 
 Every route is listed with its errors in docs/http-api.md. Device routes authenticate with the
 Ed25519 request signature (protocol.auth); admin routes with `Authorization: Bearer <token>`.
+A route with a body checks its Content-Type (415) before authentication and before the body is
+decoded; registration is rate-limited per client address when configured (429).
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import binascii
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -40,8 +43,8 @@ from protocol.names import ContentType, Path, Reason, SnapshotDType
 from protocol.names import Header as H
 
 from ._secure_api import add_secure_routes
-from .auth import RequestVerifier, check_admin_token
-from .errors import ApiError, StoreId
+from .auth import RateLimiter, RequestVerifier, check_admin_token, client_key
+from .errors import ApiError, StoreId, require_media_type
 from .metrics import Metrics
 from .rounds import Coordinator, ServiceConfig
 from .store import Store
@@ -61,8 +64,15 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (404, "unknown task or round"),
         (409, "conflict: round closed, duplicate upload, wrong task or stage state"),
         (413, "body above the size cap"),
+        (415, "Content-Type is not the route's (application/json or application/octet-stream)"),
         (422, "body or parameters fail validation (bad frame, bad JSON)"),
     )
+}
+_RATE_LIMITED: dict[int | str, dict[str, Any]] = {
+    429: {
+        "model": ErrorBody,
+        "description": "too many registrations from this address; retry after `Retry-After` s",
+    }
 }
 
 
@@ -76,12 +86,37 @@ def _headers(request: Request) -> dict[str, str]:
     return {k.lower(): v for k, v in request.headers.items()}
 
 
-def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
-    """Build the ASGI app. The store opens at `config.db_path` unless one is given."""
+def _media(expected: ContentType) -> Callable[[Request], Awaitable[None]]:
+    """A route dependency refusing (415) a body not labelled `expected`. Route dependencies run
+    before parameter ones (the signature check, which spends a nonce) and before the body is
+    decoded into the route's model."""
+
+    async def check(request: Request) -> None:
+        require_media_type(request.headers.get(H.CONTENT_TYPE), expected)
+
+    return check
+
+
+def create_app(
+    config: ServiceConfig,
+    *,
+    store: Store | None = None,
+    rate_clock: Callable[[], float] | None = None,
+) -> FastAPI:
+    """Build the ASGI app. The store opens at `config.db_path` unless one is given.
+
+    `rate_clock` (monotonic seconds, default `time.monotonic`) drives the registration rate
+    limit; tests inject one to step time without sleeping.
+    """
     metrics = Metrics()
     the_store = store if store is not None else Store(config.db_path)
     coordinator = Coordinator(the_store, config, metrics)
     verifier = RequestVerifier(the_store, config.signature_window_s)
+    register_limit = RateLimiter(
+        config.register_rate_per_s, config.register_burst, clock=rate_clock or time.monotonic
+    )
+    json_body = Depends(_media(ContentType.JSON))
+    binary_body = Depends(_media(ContentType.OCTET_STREAM))
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -115,6 +150,8 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
         version="1",
         summary="Federated learning rounds for phones, where the network is the scarce resource.",
         lifespan=lifespan,
+        # A known path plus "/" is an unknown path: a JSON 404, not a bodyless 307 to follow.
+        redirect_slashes=False,
     )
     app.state.coordinator = coordinator
     app.state.store = the_store
@@ -180,9 +217,28 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
             return
         await device(request)
 
+    async def registration_quota(request: Request) -> None:
+        """One token of the client address's registration bucket, or 429 with Retry-After."""
+        wait = register_limit.admit(client_key(request.client.host if request.client else None))
+        if wait:
+            metrics.registrations_rate_limited.inc()
+            raise ApiError(
+                429,
+                Reason.RATE_LIMITED,
+                f"too many registrations from this address; retry in {wait} s",
+                headers={H.RETRY_AFTER: str(wait)},
+            )
+
     # -- device routes ---------------------------------------------------------------------
 
-    @app.post(Path.REGISTER, response_model=RegisterResponse, responses=_ERRORS, tags=["device"])
+    @app.post(
+        Path.REGISTER,
+        response_model=RegisterResponse,
+        responses={**_ERRORS, **_RATE_LIMITED},
+        tags=["device"],
+        # The quota first: a flood is refused before its signature is checked or it is stored.
+        dependencies=[Depends(registration_quota), json_body],
+    )
     async def register(request: Request, body: RegisterRequest) -> RegisterResponse:
         """Register an Ed25519 public key; the request is signed with that same key."""
         try:
@@ -207,7 +263,13 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
         metrics.devices.set(the_store.count_devices())
         return RegisterResponse(fields.device_id, created)
 
-    @app.post(Path.CHECK_IN, response_model=CheckInResponse, responses=_ERRORS, tags=["device"])
+    @app.post(
+        Path.CHECK_IN,
+        response_model=CheckInResponse,
+        responses=_ERRORS,
+        tags=["device"],
+        dependencies=[json_body],
+    )
     async def check_in(
         request: Request,
         body: CheckInRequest,
@@ -265,8 +327,8 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
     async def upload(request: Request, round_id: StoreId) -> UploadReceipt:
         """Upload one compressed update frame; streamed under the round's size cap."""
         headers = _headers(request)
-        # Cheap checks first, before reading a byte of the body. Unknown rounds get the JSON
-        # cap: nothing legitimate is bigger than a 404 needs.
+        # Cheap checks first (Content-Type, signature headers), before reading a byte of the
+        # body. Unknown rounds get the JSON cap: nothing legitimate is bigger than a 404 needs.
         fields, frame = await verifier.read_signed_body(
             method=request.method,
             target=_target(request),
@@ -330,7 +392,7 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
         status_code=201,
         responses=_ERRORS,
         tags=["admin"],
-        dependencies=[Depends(admin)],
+        dependencies=[json_body, Depends(admin)],
     )
     async def create_task(body: TaskConfig) -> TaskCreated:
         """Create a task; it waits for its initial model (PUT .../model) before running."""
@@ -345,7 +407,7 @@ def create_app(config: ServiceConfig, *, store: Store | None = None) -> FastAPI:
         response_model=TaskStatus,
         responses=_ERRORS,
         tags=["admin"],
-        dependencies=[Depends(admin)],
+        dependencies=[binary_body, Depends(admin)],
         openapi_extra={
             "requestBody": {
                 "required": True,

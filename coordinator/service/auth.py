@@ -1,18 +1,21 @@
-"""Server side of request signing: registered keys, the timestamp window and the nonce cache."""
+"""Server-side request checks: signatures (keys, time window, nonces), admin token, rate limit."""
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
+import math
 import time
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
 
 from protocol import auth
-from protocol.names import Header, Reason
+from protocol.names import ContentType, Header, Reason
 
-from .errors import ApiError
+from .errors import ApiError, require_media_type
 from .store import Store
 
-__all__ = ["RequestVerifier", "check_admin_token"]
+__all__ = ["RateLimiter", "RequestVerifier", "check_admin_token", "client_key"]
 
 
 class RequestVerifier:
@@ -46,12 +49,15 @@ class RequestVerifier:
         cap: int,
         what: str,
     ) -> tuple[auth.SignedFields, bytes]:
-        """Stream a signed request's body under `cap` bytes, then verify it.
+        """Stream a signed request's binary body under `cap` bytes, then verify it.
 
-        The cheap checks (signature headers present, device registered, declared length) run
-        before a byte of the body is read, and the read stops at the first byte past the cap:
-        401 for unsigned or unknown devices, 413 naming `what` for an oversized body.
+        The cheap checks (Content-Type, signature headers present, device registered, declared
+        length) run before a byte of the body is read, and the read stops at the first byte past
+        the cap: 415 unless the body is `application/octet-stream`, 401 for unsigned or unknown
+        devices, 413 naming `what` for an oversized body. The media type comes first so a
+        mislabelled request is refused before its nonce is spent.
         """
+        require_media_type(headers.get(Header.CONTENT_TYPE), ContentType.OCTET_STREAM)
         try:
             pre = auth.fields_from_headers(headers)
         except auth.AuthError as exc:
@@ -147,3 +153,87 @@ def check_admin_token(expected: str | None, authorization: str | None) -> None:
     given = authorization[len("Bearer ") :].encode()
     if not hmac.compare_digest(given, expected.encode()):
         raise ApiError(403, Reason.BAD_ADMIN_TOKEN, "wrong admin token")
+
+
+def client_key(host: str | None) -> str:
+    """The rate-limit key of a client address: the IPv4 address, or an IPv6 address's /64.
+
+    One IPv6 subscriber (a phone, a home) is given a whole /64, so keying by full address would
+    hand every host 2^64 buckets. IPv4-mapped IPv6 counts as its IPv4 address. A host that is not
+    an IP address (a Unix socket, a test client) is its own key.
+    """
+    if not host:
+        return ""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return f"{ipaddress.IPv6Address(int(ip) >> 64 << 64)}/64"
+    return str(ip)
+
+
+class RateLimiter:
+    """Token buckets per key: `burst` requests at once, refilled at `rate_per_s` per second.
+
+    `rate_per_s == 0` admits everything and keeps no state. Memory is bounded twice over: a
+    bucket that has had time to refill completely (`burst / rate_per_s` seconds since its last
+    use) is indistinguishable from a new one and is forgotten, and past `max_buckets` the least
+    recently used bucket goes (that key starts full again: under a flood from that many
+    addresses the limit leaks rather than the memory). `clock` is monotonic seconds. Not
+    thread-safe: the app calls it from its event loop only.
+    """
+
+    def __init__(
+        self,
+        rate_per_s: float,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_buckets: int = 65_536,
+    ) -> None:
+        if not (math.isfinite(rate_per_s) and rate_per_s >= 0):
+            raise ValueError(f"rate must be a finite number >= 0 per second, got {rate_per_s}")
+        if burst < 1:
+            raise ValueError(f"burst must be at least 1, got {burst}")
+        if max_buckets < 1:
+            raise ValueError(f"max_buckets must be at least 1, got {max_buckets}")
+        self.rate_per_s = float(rate_per_s)
+        self.burst = int(burst)
+        self.clock = clock
+        self.max_buckets = max_buckets
+        self._full_after_s = self.burst / self.rate_per_s if self.rate_per_s > 0 else 0.0
+        # key -> (tokens, last use); ordered by last use, oldest first.
+        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def admit(self, key: str) -> int:
+        """0 if `key` may go ahead now (one token spent), else whole seconds to wait (>= 1)."""
+        if self.rate_per_s == 0:
+            return 0
+        now = self.clock()
+        self._forget_full(now)
+        tokens, last = self._buckets.pop(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + max(0.0, now - last) * self.rate_per_s)
+        wait = 0
+        if tokens >= 1.0:
+            tokens -= 1.0
+        else:
+            wait = max(1, math.ceil((1.0 - tokens) / self.rate_per_s))
+        self._buckets[key] = (tokens, now)
+        if len(self._buckets) > self.max_buckets:
+            self._buckets.popitem(last=False)
+        return wait
+
+    def _forget_full(self, now: float) -> None:
+        # Buckets are in order of last use, so the ones idle for a full refill are a prefix.
+        buckets = self._buckets
+        while buckets:
+            _, last = next(iter(buckets.values()))
+            if now - last < self._full_after_s:
+                break
+            buckets.popitem(last=False)

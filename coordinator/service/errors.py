@@ -1,4 +1,4 @@
-"""The service's typed HTTP errors: a status code, a `protocol.names.Reason` and a sentence."""
+"""The service's typed HTTP errors (status, `Reason`, sentence) and its Content-Type gate."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from typing import Annotated
 
 from fastapi import Path as PathParam
 
-from protocol.names import Reason
+from protocol.names import ContentType, Reason
 
-__all__ = ["ApiError", "StoreId"]
+__all__ = ["ApiError", "StoreId", "media_type", "require_media_type"]
 
 # A task or round id in a URL. SQLite's INTEGER is signed 64-bit, so a larger id names nothing:
 # it is refused as 422 `validation` here rather than overflowing the store's query (a 500).
@@ -26,3 +26,30 @@ class ApiError(Exception):
         self.reason = reason
         self.detail = detail
         self.headers = headers or {}
+
+
+def media_type(content_type: str | None) -> str:
+    """The `type/subtype` of a Content-Type value, lower case, parameters dropped ("" if none)."""
+    if content_type is None:
+        return ""
+    return content_type.split(";", 1)[0].strip().lower()
+
+
+def require_media_type(content_type: str | None, expected: ContentType) -> None:
+    """Refuse (415 `unsupported_media_type`) a body not labelled `expected`.
+
+    Case-blind, parameters (`; charset=...`) ignored. For JSON, `application/<x>+json` also
+    passes, as FastAPI itself parses those. Called before a byte of the body is decoded.
+    """
+    got = media_type(content_type)
+    want = media_type(expected)
+    if got == want:
+        return
+    if expected == ContentType.JSON and got.startswith("application/") and got.endswith("+json"):
+        return
+    shown = repr(content_type[:80]) if content_type is not None else "none"
+    raise ApiError(
+        415,
+        Reason.UNSUPPORTED_MEDIA_TYPE,
+        f"this route takes Content-Type: {want} (got {shown})",
+    )

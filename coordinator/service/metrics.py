@@ -75,6 +75,11 @@ class Metrics:
         self.auth_failures = Counter(
             "plume_auth_failures", "Requests refused by authentication", ["reason"], registry=r
         )
+        self.registrations_rate_limited = Counter(
+            "plume_registrations_rate_limited",
+            "Registrations refused (429) by the per-address registration rate limit",
+            registry=r,
+        )
         self.rounds = Counter("plume_rounds", "Rounds closed, by outcome", ["outcome"], registry=r)
         self.check_ins = Counter("plume_check_ins", "Check-ins by answer", ["action"], registry=r)
         self.model_version = Gauge(

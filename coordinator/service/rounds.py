@@ -104,6 +104,8 @@ class ServiceConfig:
     pool_ttl_s: a device that has not checked in for this long leaves the selection pool.
     json_body_cap: largest JSON request body (uploads and snapshots have their own caps).
     max_checkin_rate: check-ins per second the waiting devices of a task are paced to.
+    register_rate_per_s, register_burst: registrations per client address (IPv6: per /64),
+        a token bucket; 0 (the default) is unlimited (see docs/operations.md for why).
     """
 
     db_path: str = "plume.db"
@@ -115,6 +117,8 @@ class ServiceConfig:
     pool_ttl_s: float = 60.0
     json_body_cap: int = 64 * 1024
     max_checkin_rate: float = 200.0
+    register_rate_per_s: float = 0.0
+    register_burst: int = 20
 
 
 @dataclass

@@ -107,6 +107,7 @@ def _refused(r: httpx.Response, status: int, reason: str) -> str:
 
 
 NOTHING = dict.fromkeys(STAGES, 0)
+OCTET = {"content-type": "application/octet-stream"}  # stage bodies must say so (else 415)
 
 
 def test_unauthenticated_and_misaddressed_stage_requests(world: World) -> None:
@@ -114,12 +115,12 @@ def test_unauthenticated_and_misaddressed_stage_requests(world: World) -> None:
     body = world.valid_advertise()
     path = world.path("advertise-keys")
     # Execute + Assert: unsigned, unregistered, tampered, wrong round, outsider, unknown round
-    r = world.http.post(path, content=body)
+    r = world.http.post(path, content=body, headers=OCTET)
     _refused(r, 401, Reason.UNSIGNED)
     stranger = auth.generate_private_key()
     _refused(world.post("advertise-keys", body, key=stranger), 401, Reason.UNREGISTERED)
     headers = _signed(world.key_a, "POST", path, world.round_id, body)
-    r = world.http.post(path, content=body + b"x", headers=headers)
+    r = world.http.post(path, content=body + b"x", headers={**headers, **OCTET})
     _refused(r, 401, Reason.BAD_SIGNATURE)
     _refused(world.post("advertise-keys", body, round_id=0), 403, Reason.ROUND_MISMATCH)
     _refused(world.post("advertise-keys", body, key=world.d._core.key), 403, Reason.NOT_SELECTED)
@@ -130,7 +131,7 @@ def test_unauthenticated_and_misaddressed_stage_requests(world: World) -> None:
     _refused(world.post("done", body), 422, Reason.VALIDATION)
     # A replayed request (same nonce) is refused even though its signature verifies
     junk = b"\x00" * 10
-    headers = _signed(world.key_a, "POST", path, world.round_id, junk)
+    headers = {**_signed(world.key_a, "POST", path, world.round_id, junk), **OCTET}
     _refused(world.http.post(path, content=junk, headers=headers), 422, Reason.BAD_FRAME)
     _refused(world.http.post(path, content=junk, headers=headers), 401, Reason.REPLAYED_NONCE)
     assert world.uploads() == NOTHING

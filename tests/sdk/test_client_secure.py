@@ -77,7 +77,8 @@ def server(tmp_path: Path) -> Iterator[tuple[str, int]]:
         http = httpx.Client(base_url=url, headers=auth)
         task_id = int(http.post("/v1/admin/tasks", json=_task(rounds=2)).json()["task_id"])
         snap = encode_snapshot(np.zeros(SPEC.size, np.float32), SPEC, "fp32")
-        r = http.put(f"/v1/admin/tasks/{task_id}/model", content=snap)
+        octet = {"content-type": "application/octet-stream"}
+        r = http.put(f"/v1/admin/tasks/{task_id}/model", content=snap, headers=octet)
         assert r.status_code == 200
         yield url, task_id
 
