@@ -545,3 +545,24 @@ def test_serve_flags_reach_the_service_config(
     assert (seen[0].register_rate_per_s, seen[0].register_burst) == (0.5, 7)
     assert defaults.register_rate == 0
     assert "--register-rate" in help_text and "--register-burst" in help_text
+
+
+def test_the_new_refusals_are_in_the_spec_and_the_docs(tmp_path: Path) -> None:
+    # Prepare
+    app = create_app(ServiceConfig(db_path=str(tmp_path / "plume.db")))
+    paths = app.openapi()["paths"]
+    doc = (Path(__file__).parents[2] / "docs" / "http-api.md").read_text()
+    app.state.store.close()
+    # Assert: 415 on every route with a body, 429 on registration, both reasons in the table
+    for path, method in [
+        ("/v1/devices", "post"),
+        ("/v1/checkin", "post"),
+        ("/v1/rounds/{round_id}/updates", "post"),
+        ("/v1/secure/rounds/{round_id}/stages/{stage}", "post"),
+        ("/v1/admin/tasks", "post"),
+        ("/v1/admin/tasks/{task_id}/model", "put"),
+    ]:
+        assert "415" in paths[path][method]["responses"], (path, method)
+    assert "429" in paths["/v1/devices"]["post"]["responses"]
+    for status, reason in [(415, Reason.UNSUPPORTED_MEDIA_TYPE), (429, Reason.RATE_LIMITED)]:
+        assert f"| {status} | `{reason}` |" in doc
