@@ -296,6 +296,10 @@ class SecureCoordinator:
         }
         if reasons:
             meas["abort_reasons"] = reasons
+        if suspects := sorted(d for res in results for d in res.suspects):
+            # Each sent an unmask share off its dealer's polynomial; the shares were corrected
+            # around, and the ids are here for the operator (docs/secure-aggregation.md).
+            meas["suspect_devices"] = suspects
         if not results or sum(res.weight for res in results) == 0:
             return SecureOutcome(task.round_id, False, [], dropped, aborted, update, meas)
         if self._process is None:

@@ -51,6 +51,7 @@ class GroupResult:
     dropped: tuple[str, ...]
     unmask_s: float
     sketch: npt.NDArray[np.float64] | None = None
+    suspects: tuple[str, ...] = ()  # survivors whose unmask shares were wrong (set aside)
 
 
 @dataclass
@@ -194,6 +195,7 @@ class SecureRound:
             tuple(self.device_ids[i] for i in res.dropped),
             dt,
             sketch,
+            tuple(self.device_ids[i] for i in res.suspects),
         )
 
     def _out_of_range(self, total: npt.NDArray[np.uint64], contributors: int) -> int:

@@ -61,7 +61,7 @@ from ._plan import (
 )
 from ._prg import expand_mask, prg_bytes, ring_mask
 from ._server import SecAggResult, SecAggServer, ServerState
-from ._shamir import combine_shares, create_shares, share_x
+from ._shamir import combine_shares, combine_shares_robust, create_shares, share_x
 from ._sketch import device_sketch, sketch_scores, sketch_segments_for
 from ._wire import (
     AdvertiseKeys,
@@ -121,6 +121,7 @@ __all__ = [
     "choose_degree",
     "choose_threshold",
     "combine_shares",
+    "combine_shares_robust",
     "create_shares",
     "decode_ring_sum",
     "device_upload_bytes",

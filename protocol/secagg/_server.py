@@ -2,7 +2,9 @@
 
 The server keeps a running sum of masked inputs (never an individual vector), and reconstructs
 secrets only after checking that every needed secret has at least t shares; otherwise the round
-aborts with nothing reconstructed.
+aborts with nothing reconstructed. A share whose x is not its sender's is refused on arrival;
+wrong share values are corrected (Berlekamp-Welch, up to (m - t) / 2 of m shares per secret) and
+their senders named in `SecAggResult.suspects`, so one lying survivor cannot abort the round.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from ._graph import neighbours
 from ._packing import unpack_bits
 from ._plan import ProtocolParams
 from ._prg import expand_mask, ring_mask
-from ._shamir import combine_shares
+from ._shamir import combine_shares_robust, share_x
 from ._wire import (
     AdvertiseKeys,
     KeyDirectory,
@@ -59,7 +61,8 @@ class ServerState:
     alive: tuple[int, ...] = ()
     dropped: tuple[int, ...] = ()
     responders: set[int] = field(default_factory=set)  # U4
-    shares: dict[int, list[bytes]] = field(default_factory=dict)
+    shares: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)  # (sender, share)
+    holder_x: dict[int, dict[int, int]] = field(default_factory=dict)  # dealer -> holder -> x
     abort_reason: str = ""
 
 
@@ -70,6 +73,7 @@ class SecAggResult:
     total: npt.NDArray[np.uint64]
     contributors: tuple[int, ...]
     dropped: tuple[int, ...]
+    suspects: tuple[int, ...] = ()  # responders with a share set aside as wrong
 
 
 def _abort(state: ServerState, reason: str) -> RoundAborted:
@@ -177,9 +181,21 @@ def _unmask_response(state: ServerState, msg: UnmaskResponse) -> None:
         want = ShareKind.SELF_MASK if about in alive else ShareKind.MASK_KEY
         if kind != want:
             raise ProtocolViolation(f"node {msg.node} sent a {kind.name} share for node {about}")
+        # The dealer numbered its holders 1.. in the order of its key directory (sorted ids of
+        # its neighbours that advertised keys); any other x is a forgery or corruption.
+        holders = state.holder_x.get(about)
+        if holders is None:
+            live = sorted(j for j in state.graph[about] if j in state.keys)
+            holders = state.holder_x[about] = {j: x for x, j in enumerate(live, start=1)}
+        try:
+            x = share_x(share)
+        except SecAggError as exc:
+            raise ProtocolViolation(f"node {msg.node} sent a malformed share: {exc}") from None
+        if x != holders[msg.node]:
+            raise ProtocolViolation(f"node {msg.node} sent a share with another holder's x ({x})")
         checked.append((about, share))
     for about, share in checked:
-        state.shares.setdefault(about, []).append(share)
+        state.shares.setdefault(about, []).append((msg.node, share))
     state.responders.add(msg.node)
 
 
@@ -190,9 +206,17 @@ def _finish(state: ServerState) -> SecAggResult:
     short = [n for n in needed if len(state.shares.get(n, ())) < t]
     if short:
         raise _abort(state, f"{len(short)} nodes have fewer than t={t} shares (e.g. {short[:5]})")
+    suspects: set[int] = set()
+
+    def recover(node: int) -> bytes:
+        pairs = state.shares[node]
+        secret, unused = combine_shares_robust([share for _, share in pairs])
+        suspects.update(pairs[i][0] for i in unused)
+        return secret
+
     try:
-        seeds = {n: combine_shares(state.shares[n]) for n in state.alive}
-        keys = {n: combine_shares(state.shares[n]) for n in state.dropped}
+        seeds = {n: recover(n) for n in state.alive}
+        keys = {n: recover(n) for n in state.dropped}
     except SecAggError as exc:
         raise _abort(state, f"share reconstruction failed: {exc}") from exc
     for n, sk in keys.items():
@@ -214,7 +238,7 @@ def _finish(state: ServerState) -> SecAggResult:
     state.masked_sum = None
     state.shares.clear()
     state.stage = Stage.DONE
-    return SecAggResult(total, state.alive, state.dropped)
+    return SecAggResult(total, state.alive, state.dropped, tuple(sorted(suspects)))
 
 
 class SecAggServer:

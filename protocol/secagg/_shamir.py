@@ -15,6 +15,7 @@ import functools
 import hashlib
 import secrets
 import struct
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,6 +27,7 @@ __all__ = [
     "MAX_SECRET_BYTES",
     "create_shares",
     "combine_shares",
+    "combine_shares_robust",
     "share_x",
     "share_size",
 ]
@@ -197,3 +199,124 @@ def combine_shares(shares: Sequence[bytes]) -> bytes:
     if _commit(secret) != first.commit:
         raise ShareError("reconstructed secret does not match its commitment (tampered shares)")
     return secret
+
+
+def _solve_mod(rows: list[list[int]], rhs: list[int]) -> list[int] | None:
+    """One solution of rows @ v = rhs over GF(PRIME) (free unknowns set to 0), or None if the
+    system is inconsistent. Gauss-Jordan elimination: O(m n^2) field operations."""
+    n, m = len(rows[0]), len(rows)
+    a = [r[:] + [b] for r, b in zip(rows, rhs, strict=True)]
+    pivot_row = [-1] * n
+    row = 0
+    for col in range(n):
+        piv = next((r for r in range(row, m) if a[r][col]), None)
+        if piv is None:
+            continue
+        a[row], a[piv] = a[piv], a[row]
+        inv = pow(a[row][col], -1, PRIME)
+        a[row] = [v * inv % PRIME for v in a[row]]
+        for r in range(m):
+            f = a[r][col]
+            if r != row and f:
+                a[r] = [(v - f * w) % PRIME for v, w in zip(a[r], a[row], strict=True)]
+        pivot_row[col] = row
+        row += 1
+        if row == m:
+            break
+    if any(a[r][n] for r in range(row, m)):  # 0 = nonzero: no solution
+        return None
+    return [a[pivot_row[c]][n] if pivot_row[c] >= 0 else 0 for c in range(n)]
+
+
+def _poly_eval(coeffs: Sequence[int], x: int) -> int:
+    y = 0
+    for a in reversed(coeffs):
+        y = (y * x + a) % PRIME
+    return y
+
+
+def _berlekamp_welch(xs: Sequence[int], ys: Sequence[int], k: int, e: int) -> list[int] | None:
+    """The polynomial of degree < k through all but at most e of the m >= k + 2e points, or None.
+
+    Solves Q(x_i) = y_i E(x_i) for Q of degree < k + e and a monic E of degree e (E vanishes on
+    the wrong points); then P = Q / E must divide exactly.
+    """
+    rows, rhs = [], []
+    for x, y in zip(xs, ys, strict=True):
+        powers = [pow(x, j, PRIME) for j in range(k + 2 * e + 1)]
+        rows.append(powers[: k + e] + [(-y * powers[j]) % PRIME for j in range(e)])
+        rhs.append(y * powers[e] % PRIME)
+    sol = _solve_mod(rows, rhs)
+    if sol is None:
+        return None
+    q, err = sol[: k + e], [*sol[k + e :], 1]
+    # Long division of q by the monic err: quotient of degree < k, remainder must vanish.
+    rem = q[:]
+    quot = [0] * max(len(q) - e, 1)
+    for i in range(len(q) - 1, e - 1, -1):
+        c = rem[i]
+        if c:
+            quot[i - e] = c
+            for j in range(e + 1):
+                rem[i - e + j] = (rem[i - e + j] - c * err[j]) % PRIME
+    if any(rem[:e]):
+        return None
+    return quot[:k]
+
+
+def combine_shares_robust(shares: Sequence[bytes]) -> tuple[bytes, tuple[int, ...]]:
+    """Recover the secret when some holders may have sent wrong shares: (secret, the positions in
+    `shares` that were not used because they are malformed, disagree with the dealer's header,
+    repeat an x coordinate, or lie off the dealer's polynomial).
+
+    The strict `combine_shares` runs first. If it refuses, the shares that parse and carry the
+    most common header are decoded chunk by chunk with Berlekamp-Welch, which corrects up to
+    floor((m - t) / 2) wrong values among m shares; the result must still match the dealer's
+    commitment, so a wrong secret is never returned. Raises `ShareError` when no secret can be
+    recovered (too many wrong shares, or a dealer whose shares disagree among themselves).
+    """
+    try:
+        return combine_shares(shares), ()
+    except NotEnoughShares:
+        raise
+    except ShareError:
+        pass
+    parsed: dict[int, _Share] = {}
+    for i, share in enumerate(shares):
+        try:
+            parsed[i] = _parse(share)
+        except ShareError:
+            continue
+    groups: dict[tuple[int, int, bytes], list[int]] = {}
+    for i, sh in parsed.items():
+        groups.setdefault((sh.threshold, sh.secret_len, sh.commit), []).append(i)
+    for (t, secret_len, commit), members in sorted(groups.items(), key=lambda g: -len(g[1])):
+        xs_seen = Counter(parsed[i].x for i in members)
+        used = [i for i in members if xs_seen[parsed[i].x] == 1]  # a repeated x: one is wrong
+        if len(used) < t:
+            continue
+        xs = [parsed[i].x for i in used]
+        e = (len(used) - t) // 2
+        wrong: set[int] = set()
+        out = bytearray()
+        for c in range(_chunks(secret_len)):
+            ys = [parsed[i].ys[c] for i in used]
+            poly = _berlekamp_welch(xs, ys, t, e)
+            if poly is None:
+                break
+            wrong.update(
+                i for i, x, y in zip(used, xs, ys, strict=True) if _poly_eval(poly, x) != y
+            )
+            width = min(CHUNK_BYTES, secret_len - c * CHUNK_BYTES)
+            value = poly[0] if poly else 0
+            if value >= 1 << (8 * width):
+                break
+            out += value.to_bytes(width, "little")
+        else:
+            secret = bytes(out)
+            if _commit(secret) == commit:
+                good = set(used) - wrong
+                return secret, tuple(i for i in range(len(shares)) if i not in good)
+    raise ShareError(
+        "no secret matches its commitment: too many wrong shares, or the dealer's shares disagree"
+    )
