@@ -163,6 +163,9 @@ def _serve(args: argparse.Namespace) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         print("error: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    if not 0 <= args.register_rate < float("inf") or args.register_burst < 1:
+        print("error: --register-rate must be >= 0 and --register-burst >= 1", file=sys.stderr)
+        return 2
     config = ServiceConfig(
         db_path=args.db,
         admin_token=args.admin_token,

@@ -566,3 +566,25 @@ def test_the_new_refusals_are_in_the_spec_and_the_docs(tmp_path: Path) -> None:
     assert "429" in paths["/v1/devices"]["post"]["responses"]
     for status, reason in [(415, Reason.UNSUPPORTED_MEDIA_TYPE), (429, Reason.RATE_LIMITED)]:
         assert f"| {status} | `{reason}` |" in doc
+
+
+@pytest.mark.parametrize("flags", [["--register-rate", "-1"], ["--register-rate", "nan"],
+                                   ["--register-burst", "0"]])  # fmt: skip
+def test_bad_serve_limits_are_a_usage_error(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], flags: list[str]
+) -> None:
+    # Prepare
+    import argparse
+
+    import coordinator.service as service
+
+    seen: list[ServiceConfig] = []
+    monkeypatch.setattr(service, "serve", lambda config, *a, **kw: seen.append(config))
+    parser = argparse.ArgumentParser()
+    _cli.register(parser.add_subparsers())
+    args = parser.parse_args(["coordinator", "serve", *flags])
+    # Execute
+    code = args.func(args)
+    # Assert: exit 2 with a sentence, and no server started
+    assert code == 2 and seen == []
+    assert "--register-" in capsys.readouterr().err
