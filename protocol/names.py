@@ -120,7 +120,6 @@ class Reason(StrEnum):
     UNKNOWN_TASK = "unknown_task"
     ROUND_CLOSED = "round_closed"
     DUPLICATE_UPLOAD = "duplicate_upload"
-    IDEMPOTENCY_CONFLICT = "idempotency_conflict"
     TOO_LARGE = "too_large"
     MALFORMED = "malformed"
     BAD_FRAME = "bad_frame"

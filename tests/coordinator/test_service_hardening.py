@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -588,3 +589,14 @@ def test_bad_serve_limits_are_a_usage_error(
     # Assert: exit 2 with a sentence, and no server started
     assert code == 2 and seen == []
     assert "--register-" in capsys.readouterr().err
+
+
+def test_every_reason_a_response_can_carry_is_in_the_error_table() -> None:
+    # Prepare: the error table of docs/http-api.md, one row per (status, reason).
+    doc = (Path(__file__).parents[2] / "docs" / "http-api.md").read_text()
+    rows = re.findall(r"^\| \d{3}(?: / \d{3})? \| ([^|]+) \|", doc, flags=re.M)
+    documented = {reason for cell in rows for reason in re.findall(r"`([a-z_]+)`", cell)}
+
+    # Assert: no reason is sent that a client cannot look up, and none is listed that the
+    # service no longer sends.
+    assert {str(r) for r in Reason} == documented
