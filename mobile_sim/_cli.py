@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -353,18 +352,12 @@ def _report(args: argparse.Namespace) -> int:
     if not args.run_dir:
         print("error: `plume sim report` needs RUN_DIR", file=sys.stderr)
         return 2
-    from .report import plot_accuracy_vs_bytes
+    from .report_extra import RunDirError, rebuild_run_dir
 
-    root = Path(args.run_dir)
-    docs = sorted(root.glob("rounds.json")) or sorted(root.glob("*/rounds.json"))
-    if not docs:
-        print(f"error: no rounds.json under {root}", file=sys.stderr)
+    try:
+        paths = rebuild_run_dir(args.run_dir)
+    except RunDirError as exc:  # missing folder, no rounds.json, or a corrupt one
+        print(f"error: {exc}", file=sys.stderr)
         return 2
-    runs = []
-    for path in docs:
-        doc = json.loads(path.read_text())
-        runs.append((doc.get("summary", {}).get("label") or path.parent.name, doc["rounds"]))
-    plot = plot_accuracy_vs_bytes(runs, root / "accuracy_vs_upload_bytes.png")
-    _extra_plots(root, [])
-    print(f"rebuilt {plot}")
+    print("rebuilt " + ", ".join(str(p) for p in paths))
     return 0

@@ -7,6 +7,7 @@ few calls a round loop needs. Device indices are the runner's client numbers 0..
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Literal
@@ -96,16 +97,37 @@ class SimFleet:
         min_memory_mb: float = 0.0,
     ) -> npt.NDArray[np.int64]:
         """`n` eligible device indices, advancing simulated time in `step_s` steps until there
-        are that many (as a coordinator idles until enough devices check in). Returns fewer
-        only if `max_wait_s` passes first."""
+        are that many (as a coordinator idles until enough devices check in); the time waited
+        is added to `idle_s`.
+
+        If no step within `max_wait_s` has `n` eligible devices (a fleet too small to fill the
+        cohort, e.g. 13 wanted of 10 devices), it returns the largest set it saw, and the clock
+        moves only to the first step where that set was seen, not to the end of the window.
+        """
+        if not (step_s > 0 and math.isfinite(step_s)) or not max_wait_s >= 0:
+            raise ValueError(f"need step_s > 0 and max_wait_s >= 0, got {step_s}, {max_wait_s}")
+        # Look ahead without moving the clock; times are summed exactly as `advance` sums them,
+        # so a wait of k steps ends at the same float time as k calls of `advance(step_s)`.
+        t = self.clock.now_s
         waited = 0.0
+        steps = 0
+        best, best_steps = np.zeros(0, dtype=np.int64), 0
         while True:
-            ids = self.eligible(n, rng, min_memory_mb=min_memory_mb)
-            if ids.size >= n or waited >= max_wait_s:
-                return ids
+            ids = self.population.sample_available(n, t, rng, min_memory_mb=min_memory_mb)
+            if ids.size >= n:
+                break
+            if steps == 0 or ids.size > best.size:
+                best, best_steps = ids, steps
+            if waited >= max_wait_s:
+                ids, steps = best, best_steps
+                break
+            t += step_s
+            waited += step_s
+            steps += 1
+        for _ in range(steps):
             self.clock.advance(step_s)
             self.idle_s += step_s
-            waited += step_s
+        return ids
 
     def time_round(
         self,

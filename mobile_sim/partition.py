@@ -43,6 +43,11 @@ def dirichlet(
     _check(n, len(labels))
     if alpha <= 0:
         raise ValueError("alpha must be positive")
+    if n * min_size > len(labels):
+        raise ValueError(
+            f"Dirichlet({alpha}): {n} clients of at least {min_size} examples need "
+            f"{n * min_size}, there are {len(labels)}; lower the client count"
+        )
     classes = np.unique(labels)
     for _ in range(max_tries):
         buckets: list[list[npt.NDArray[np.int64]]] = [[] for _ in range(n)]
@@ -65,8 +70,18 @@ def dirichlet(
 def shards(
     labels: npt.NDArray[np.int64], n: int, shards_per_client: int, rng: np.random.Generator
 ) -> Parts:
-    """McMahan et al.'s pathological non-IID split: sort by label, cut into shards, deal them."""
-    _check(n * shards_per_client, len(labels))
+    """McMahan et al.'s pathological non-IID split: sort by label, cut into shards, deal them.
+
+    Needs at least one example per shard: `n * shards_per_client <= len(labels)`.
+    """
+    if shards_per_client < 1:
+        raise ValueError(f"shards_per_client must be >= 1, got {shards_per_client}")
+    _check(n, len(labels))
+    if n * shards_per_client > len(labels):
+        raise ValueError(
+            f"{n} clients x {shards_per_client} shards need {n * shards_per_client} examples, "
+            f"there are {len(labels)}"
+        )
     order = np.argsort(labels, kind="stable").astype(np.int64)
     pieces = np.array_split(order, n * shards_per_client)
     perm = rng.permutation(len(pieces))
@@ -74,10 +89,19 @@ def shards(
 
 
 def natural(groups: Sequence[npt.ArrayLike]) -> Parts:
-    """One client per natural group (a speaker, a writer, a synthetic device)."""
-    parts = [np.sort(np.asarray(g, dtype=np.int64)) for g in groups]
+    """One client per natural group (a speaker, a writer, a synthetic device).
+
+    Every group must hold at least one example (a client with none could never train); groups
+    are taken as they are, so they may overlap only if the dataset made them so.
+    """
+    parts = [np.sort(np.asarray(g, dtype=np.int64).reshape(-1)) for g in groups]
     if not parts:
         raise ValueError("no groups")
+    empty = [i for i, p in enumerate(parts) if p.size == 0]
+    if empty:
+        raise ValueError(f"natural group(s) {empty[:5]} hold no examples; drop them first")
+    if min(int(p[0]) for p in parts) < 0:
+        raise ValueError("natural groups hold negative example indices")
     return parts
 
 

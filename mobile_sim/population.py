@@ -417,8 +417,11 @@ class Population:
         t = self.local_hours(profiles, sim_time_s)
         day = np.floor(t / 24.0).astype(np.int64)
         avail = np.zeros(n, dtype=np.bool_)
-        # Overnight charge: the window of night d starts on day d and may end on day d+1.
-        for d in (day - 1, day):
+        # Overnight charge: the window of night d starts around local hour night_start_h of day
+        # d and may end on day d+1. A night whose mean start is just after midnight can start
+        # before it on a given night (negative jitter), i.e. on day d-1, so at time t the nights
+        # of days d-1, d and d+1 can all cover t.
+        for d in (day - 1, day, day + 1):
             s = self._day_stream(profiles.device_ids, d)
             skip = s.uniform(_D_SKIP) < cfg.skip_night_p
             start = 24.0 * d + profiles.night_start_h + cfg.night_jitter_sd_h * s.normal(_D_JITTER)

@@ -11,26 +11,85 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_runs", "plot_bytes_per_round", "plot_round_durations", "plot_run_dir"]
+__all__ = [
+    "RunDirError",
+    "RunDirNotFound",
+    "load_runs",
+    "run_title",
+    "plot_bytes_per_round",
+    "plot_round_durations",
+    "plot_run_dir",
+    "rebuild_run_dir",
+]
 
 Run = tuple[str, list[dict[str, Any]]]
 
+# What every round row must hold for the plots.
+_ROUND_KEYS = ("round", "bytes_up", "bytes_down", "wall_s")
 
-def load_runs(run_dir: str | Path) -> list[Run]:
-    """(label, rounds) for ``RUN_DIR/rounds.json`` or every ``RUN_DIR/*/rounds.json``."""
-    root = Path(run_dir)
+
+class RunDirError(ValueError):
+    """A run folder has no readable ``rounds.json`` (missing, not JSON, or not a run's)."""
+
+
+class RunDirNotFound(RunDirError, FileNotFoundError):
+    """The folder does not exist or holds no ``rounds.json``."""
+
+
+def _run_files(root: Path) -> list[Path]:
+    if not root.is_dir():
+        raise RunDirNotFound(f"{root} is not a folder (no rounds.json)")
     paths = sorted(root.glob("rounds.json")) or sorted(root.glob("*/rounds.json"))
     if not paths:
-        raise FileNotFoundError(f"no rounds.json in {root} or its subfolders")
+        raise RunDirNotFound(f"no rounds.json in {root} or its subfolders")
+    return paths
+
+
+def _read_doc(path: Path) -> dict[str, Any]:
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RunDirError(f"{path}: cannot read a run's rounds.json ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise RunDirError(f"{path}: expected a JSON object, got {type(doc).__name__}")
+    return doc
+
+
+def load_runs(run_dir: str | Path) -> list[Run]:
+    """(label, rounds) for ``RUN_DIR/rounds.json`` or every ``RUN_DIR/*/rounds.json``.
+
+    Runs are in folder-name order, except that a run labelled ``dense`` (the baseline that
+    ``plume sim --compare-dense`` adds after the main run) comes last, as in the run itself.
+    Raises `RunDirError` naming the file when the folder has no run or a file is not a run's.
+    """
     runs: list[Run] = []
-    for path in paths:
-        doc = json.loads(path.read_text())
+    for path in _run_files(Path(run_dir)):
+        doc = _read_doc(path)
         rounds = doc.get("rounds")
-        if not isinstance(rounds, list):
-            raise ValueError(f"{path}: no 'rounds' list")
-        label = (doc.get("summary") or {}).get("label") or path.parent.name
+        if not isinstance(rounds, list) or not all(isinstance(r, dict) for r in rounds):
+            raise RunDirError(f"{path}: no 'rounds' list of objects")
+        for r in rounds:
+            missing = [k for k in _ROUND_KEYS if k not in r]
+            if missing:
+                raise RunDirError(f"{path}: round {r.get('round', '?')} lacks {missing}")
+        summary = doc.get("summary")
+        label = (summary.get("label") if isinstance(summary, dict) else None) or path.parent.name
         runs.append((str(label), rounds))
-    return runs
+    return sorted(runs, key=lambda run: run[0] == "dense")  # stable: folder order otherwise
+
+
+def run_title(run_dir: str | Path) -> str:
+    """The accuracy plot's title that ``plume sim`` gave the run: "dataset / model"; "" when
+    the run's config does not say."""
+    config = _read_doc(_run_files(Path(run_dir))[0]).get("config")
+    if not isinstance(config, dict) or not config.get("dataset"):
+        return ""
+    model = config.get("model")
+    if not model:
+        from .runner import DEFAULT_MODEL  # the model `SimConfig.model_name` picked
+
+        model = DEFAULT_MODEL.get(str(config["dataset"]))
+    return f"{config['dataset']} / {model}" if model else ""
 
 
 def _pyplot() -> Any:
@@ -105,3 +164,17 @@ def plot_run_dir(run_dir: str | Path) -> list[Path]:
         plot_bytes_per_round(runs, root / "bytes_per_round.png"),
         plot_round_durations(runs, root / "round_durations.png"),
     ]
+
+
+def rebuild_run_dir(run_dir: str | Path) -> list[Path]:
+    """Every plot of a finished run, from its ``rounds.json`` files alone, byte for byte as
+    ``plume sim`` wrote them: ``accuracy_vs_upload_bytes.png`` (same runs, order and title),
+    ``bytes_per_round.png`` and ``round_durations.png``. The CSV and JSON are left as they are.
+    Raises `RunDirError` for a missing or unreadable run folder, before writing anything."""
+    from .report import plot_accuracy_vs_bytes
+
+    root = Path(run_dir)
+    runs = load_runs(root)
+    title = run_title(root)
+    accuracy = plot_accuracy_vs_bytes(runs, root / "accuracy_vs_upload_bytes.png", title)
+    return [accuracy, *plot_run_dir(root)]
