@@ -240,7 +240,13 @@ def _quantize_rows(
     nb = _ceil_div(k, block)
     pad = nb * block - k
     src = vals if bits == 1 else np.abs(vals)
-    if pad:
+    if pad > k:
+        # A block far longer than k (up to 2**20): padding every row to it would allocate
+        # m * block floats; reduceat gives the same minima and maxima in k-sized memory.
+        starts = np.arange(0, k, block)
+        lo = np.minimum.reduceat(src, starts, axis=1)
+        hi = np.maximum.reduceat(src, starts, axis=1)
+    elif pad:
         inf = np.full((m, pad), np.inf, dtype=np.float32)
         lo = np.concatenate([src, inf], axis=1).reshape(m, nb, block).min(axis=2)
         hi = np.concatenate([src, -inf], axis=1).reshape(m, nb, block).max(axis=2)
@@ -249,7 +255,7 @@ def _quantize_rows(
         hi = src.reshape(m, nb, block).max(axis=2)
 
     def expand(per_block: F32) -> F32:
-        return np.repeat(per_block, block, axis=1)[:, :k]
+        return _expand_rows(per_block, block, k)
 
     decoded: F32 | None = None
     if bits == 1:
@@ -305,6 +311,20 @@ class _Decoded:
                 out[i, idx] -= vals
             else:
                 out[i, idx] = vals
+
+
+def _expand_rows(per_block: F32, block: int, k: int) -> F32:
+    """float32[m, k], column i = per_block[:, i // block] (per_block is float32[m, ceil(k / block)]).
+
+    Sized by k alone: a frame may declare a block of 2**20 values for k = 1, and repeating every
+    block in full (then cutting to k) allocated 4 MiB per frame of a decode_many group.
+    """
+    nb = per_block.shape[1]
+    if nb == 0:
+        return per_block[:, :0]
+    counts = np.full(nb, block, dtype=np.intp)
+    counts[-1] = k - block * (nb - 1)
+    return np.repeat(per_block, counts, axis=1)
 
 
 def _topk_rows(mag: F32, k: int) -> I64:
@@ -668,7 +688,7 @@ def _decode_values(
     ok &= pad_ok
 
     def expand(per_block: F32) -> F32:
-        return np.repeat(per_block, block, axis=1)[:, :k]
+        return _expand_rows(per_block, block, k)
 
     if bits == 1:
         out = np.where(codes == 1, expand(hi), expand(lo))

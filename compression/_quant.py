@@ -51,7 +51,17 @@ _SIGNS = np.array([1.0, -1.0], dtype=np.float32)  # indexed by a code's sign bit
 
 
 def _block_expand(per_block: F32, block: int, k: int) -> F32:
-    return np.repeat(per_block, block)[:k]
+    """float32[k], value i = per_block[i // block] (per_block has ceil(k / block) entries).
+
+    Sized by k alone: a frame may declare a block of 2**20 values for k = 1, and repeating
+    every block in full (then cutting to k) allocated the whole 4 MiB block.
+    """
+    nb = per_block.shape[0]
+    if nb == 0:
+        return per_block[:0]
+    counts = np.full(nb, block, dtype=np.intp)
+    counts[-1] = k - block * (nb - 1)
+    return np.repeat(per_block, counts)
 
 
 class StochasticQuantizer(ValueCoding):

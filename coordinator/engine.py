@@ -322,8 +322,21 @@ class RoundEngine:
         output = self.strategy.aggregate(self, round_id, updates)
         if output.result.shape != (self.spec.size,) or not np.all(np.isfinite(output.result)):
             raise EngineError("aggregator returned a malformed or non-finite result")
+        params, state = self.params, self.aggregator_state
         self.aggregator_state = output.state
-        self.strategy.publish(self, round_id, output)
+        try:
+            # A finite aggregate can still overflow float32 once added to the model (a device
+            # may send float32's largest value round after round): never publish inf or NaN.
+            with np.errstate(over="ignore", invalid="ignore"):
+                self.strategy.publish(self, round_id, output)
+            if not np.all(np.isfinite(self.params)):
+                raise EngineError(
+                    f"publishing round {round_id} would make the model non-finite; "
+                    "the model is unchanged"
+                )
+        except BaseException:
+            self.params, self.aggregator_state = params, state
+            raise
         self.version += 1
         rnd.updates.clear()  # the aggregate is published; individual updates are not kept
         if find_measurement(output.measurements, "budget_exhausted") is True:

@@ -1,0 +1,282 @@
+"""Adversarial review of the codecs: what an attacker with a valid device identity can send."""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+
+import numpy as np
+import pytest
+import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from compression import (
+    CodecConfig,
+    CodecError,
+    DecompressionError,
+    ModelSpec,
+    TrailingBytes,
+    UpdateCodec,
+)
+from compression._wire import HEADER_LEN
+from coordinator.aggregators import FedAvg
+from coordinator.engine import EngineConfig, EngineError, RoundEngine
+
+from ._craft import ZSTD_MAGIC, payload_of, with_field, with_payload, zstd_rle_frame
+
+F32_MAX = float(np.finfo(np.float32).max)
+
+
+# -- a declared scale block sizes nothing but the scales -------------------------------------
+
+SMALL = ModelSpec.from_shapes([("w", (8, 8))])  # d = 64
+
+
+def _one_value_frame(codec: UpdateCodec) -> bytes:
+    u = np.zeros(SMALL.size, np.float32)
+    u[3] = 1.5
+    frame, report = codec.encode(u, np.random.default_rng(0))
+    assert report.nnz == 1
+    return frame
+
+
+def _peak(fn: object) -> int:
+    assert callable(fn)
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_block_of_2_pow_20_for_one_value_allocates_for_one_value() -> None:
+    # Prepare: a legal 70-byte frame (k = 1) whose header declares the largest block, 2**20.
+    # Scales are per block, so the frame is still one (lo, hi) pair: it passes every check.
+    codec = UpdateCodec(SMALL, CodecConfig(topk=1 / 64, bits=4, block=8))
+    frame = _one_value_frame(codec)
+    bomb = with_field(frame, "block", 1 << 20)
+    # Execute
+    want = codec.decode(frame)
+    single_peak = _peak(lambda: codec.decode(bomb))
+    batch: list[object] = []
+    batch_peak = _peak(lambda: batch.extend(codec.decode_many([bomb] * 50)))
+    # Assert: same update as with block 8; memory for k values, not for 2**20 (4 MiB a frame,
+    # 200 MiB for 50 of them in one decode_many group before the fix)
+    got = codec.decode(bomb)
+    assert np.array_equal(got.indices, want.indices) and np.array_equal(got.values, want.values)
+    assert single_peak < 256 * 1024, single_peak
+    assert batch_peak < 2 * 1024 * 1024, batch_peak
+    for r in batch:
+        assert not isinstance(r, CodecError)
+        assert np.array_equal(r.update.values, want.values)  # type: ignore[attr-defined]
+
+
+def test_the_encoder_with_a_huge_block_allocates_for_k_too() -> None:
+    # Prepare: the device's own config may ask for a 2**20 block on a 64-scalar model
+    codec = UpdateCodec(SMALL, CodecConfig(topk=0.25, bits=2, block=1 << 20))
+    u = np.random.default_rng(1).standard_normal(SMALL.size).astype(np.float32)
+    # Execute
+    peak = _peak(lambda: codec.roundtrip(u, np.random.default_rng(2)))
+    # Assert
+    assert peak < 512 * 1024, peak
+
+
+def _sections(frame: bytes, codec: UpdateCodec) -> tuple[bytes, bytes, bytes]:
+    """The raw (index, scales, values) sections of a frame, inflated here independently."""
+    header = codec.decode_frame(frame).header
+    payload = payload_of(frame)
+    if header.compressed:
+        payload = zstandard.ZstdDecompressor().decompress(payload)
+    i, s = header.index_bytes, header.index_bytes + header.scale_bytes
+    return payload[:i], payload[i:s], payload[s:]
+
+
+def _documented_values(scales: bytes, codes: bytes, k: int, bits: int, block: int) -> np.ndarray:
+    """docs/wire-format.md 1.4, one value at a time in float32 scalars."""
+    sc = np.frombuffer(scales, "<f4")
+    stream = int.from_bytes(codes, "little")
+    out = np.empty(k, np.float32)
+    for i in range(k):
+        c = (stream >> (i * bits)) & ((1 << bits) - 1)
+        lo, hi = sc[2 * (i // block)], sc[2 * (i // block) + 1]
+        if bits == 1:
+            out[i] = hi if c == 1 else lo
+            continue
+        step = (hi - lo) / np.float32((1 << (bits - 1)) - 1)
+        m = lo + np.float32(c >> 1) * step
+        out[i] = -m if c & 1 else m
+    return out
+
+
+@settings(derandomize=True, max_examples=60, deadline=None)
+@given(
+    k=st.integers(1, 200),
+    bits=st.sampled_from([1, 2, 4, 8]),
+    block=st.one_of(st.integers(8, 70), st.just(1 << 20)),
+    seed=st.integers(0, 2**16),
+)
+def test_dequantization_is_the_documented_formula_for_any_block(
+    k: int, bits: int, block: int, seed: int
+) -> None:
+    # Prepare: an update with exactly k non-zero values, coded with the given block
+    spec = ModelSpec.from_shapes([("w", (256,))])
+    rng = np.random.default_rng(seed)
+    u = np.zeros(256, np.float32)
+    u[rng.choice(256, size=k, replace=False)] = rng.standard_t(3, size=k).astype(np.float32) + 9
+    codec = UpdateCodec(spec, CodecConfig(topk=k / 256, bits=bits, block=block))
+    frame, _ = codec.encode(u, rng)
+    # Execute
+    single = codec.decode(frame)
+    batch = codec.decode_many([frame, frame])
+    # Assert: bit for bit the formula of the spec, in both decoders
+    _, scales, codes = _sections(frame, codec)
+    want = _documented_values(scales, codes, single.nnz, bits, block)
+    assert np.array_equal(single.values.view(np.uint32), want.view(np.uint32))
+    for r in batch:
+        assert not isinstance(r, CodecError)
+        assert np.array_equal(r.update.values.view(np.uint32), want.view(np.uint32))
+        assert np.array_equal(r.update.indices, single.indices)
+
+
+# -- zstd: the frame is checked in C, not walked block by block in Python ---------------------
+
+BIG = ModelSpec.from_shapes([("w", (400, 500))])  # d = 200,000: raw fp32 sections of 800 kB
+
+
+def _zero_frame(codec: UpdateCodec) -> bytes:
+    frame, report = codec.encode(np.zeros(BIG.size, np.float32), np.random.default_rng(0))
+    assert report.compressed
+    return frame
+
+
+def _empty_blocks_then(tail: bytes, n: int, declared: int) -> bytes:
+    """A zstd frame header declaring `declared` bytes, n empty raw blocks, then `tail`."""
+    head = ZSTD_MAGIC + bytes([0x80, (17 - 10) << 3]) + declared.to_bytes(4, "little")
+    return head + b"\x00\x00\x00" * n + tail
+
+
+def _best_of(n: int, fn: object) -> float:
+    assert callable(fn)
+    best = float("inf")
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def test_many_empty_zstd_blocks_cost_no_more_than_a_real_frame() -> None:
+    # Prepare: a payload of ~266,000 empty zstd blocks (3 bytes each) whose last block is
+    # corrupt, against an honest dense frame of the same model and about the same size
+    codec = UpdateCodec(BIG, CodecConfig.dense())
+    values = np.random.default_rng(0).standard_normal(BIG.size).astype(np.float32)
+    honest, _ = codec.encode(values, np.random.default_rng(1))
+    raw = 4 * BIG.size
+    n = (raw - 64) // 3
+    corrupt_last = (1 | (2 << 1) | (4 << 3)).to_bytes(3, "little") + b"\xff" * 4
+    hostile = with_payload(honest, _empty_blocks_then(corrupt_last, n, raw), flags=1)
+    assert len(payload_of(hostile)) < raw  # legal: a zstd payload shorter than its sections
+
+    def refuse() -> None:
+        with pytest.raises(CodecError):
+            codec.decode(hostile)
+
+    # Execute
+    t_honest = _best_of(5, lambda: codec.decode(honest))
+    t_hostile = _best_of(5, refuse)
+    # Assert: measured ~4x here; a Python loop over the block headers took ~85x
+    assert t_hostile < 15 * t_honest, (t_hostile, t_honest)
+
+
+def test_empty_zstd_blocks_are_still_a_valid_frame() -> None:
+    # Prepare: 1,000 empty raw blocks, then one last RLE block of all the zeros
+    codec = UpdateCodec(BIG, CodecConfig.dense())
+    honest = _zero_frame(codec)
+    raw = 4 * BIG.size
+    rle = zstd_rle_frame([(0, raw)], declared=raw)[len(ZSTD_MAGIC) + 6 :]
+    payload = _empty_blocks_then(rle, 1000, raw)
+    # Execute
+    got = codec.decode(with_payload(honest, payload, flags=1))
+    # Assert
+    assert got.nnz == BIG.size and not np.any(got.values)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        pytest.param(zstandard.ZstdCompressor().compress(b"x"), id="second-frame"),
+        pytest.param(bytes.fromhex("502a4d18") + bytes(4), id="skippable-frame"),
+        pytest.param(b"\x00", id="one-byte"),
+    ],
+)
+def test_anything_after_the_zstd_frame_is_trailing_bytes(extra: bytes) -> None:
+    codec = UpdateCodec(BIG, CodecConfig.dense())
+    honest = _zero_frame(codec)
+    with pytest.raises(TrailingBytes):
+        codec.decode(with_payload(honest, payload_of(honest) + extra))
+
+
+def test_broken_zstd_frames_are_decompression_errors() -> None:
+    # Prepare: a truncated frame, one that needs a dictionary, one with a wrong checksum
+    codec = UpdateCodec(BIG, CodecConfig.dense())
+    honest = _zero_frame(codec)
+    raw = 4 * BIG.size
+    good = payload_of(honest)
+    truncated = good[:-1]
+    dict_head = ZSTD_MAGIC + bytes([0x81, (17 - 10) << 3, 0x07]) + raw.to_bytes(4, "little")
+    needs_dict = dict_head + zstd_rle_frame([(0, raw)], declared=raw)[len(ZSTD_MAGIC) + 6 :]
+    checked = zstandard.ZstdCompressor(write_checksum=True).compress(bytes(raw))
+    bad_checksum = checked[:-1] + bytes([checked[-1] ^ 1])
+    # Execute / Assert
+    for payload in (truncated, needs_dict, bad_checksum):
+        with pytest.raises(DecompressionError):
+            codec.decode(with_payload(honest, payload))
+    assert not np.any(codec.decode(with_payload(honest, checked)).values)  # a good checksum
+
+
+# -- finite values that would overflow the model ----------------------------------------------
+
+
+def test_an_update_that_would_overflow_the_model_leaves_it_intact() -> None:
+    # Prepare: one device sends float32's largest value at coordinate 0, round after round
+    spec = ModelSpec.from_shapes([("w", (8,))])
+    engine = RoundEngine(
+        spec,
+        np.zeros(8, np.float32),
+        FedAvg(),
+        EngineConfig(clients_per_round=1, codec=CodecConfig(topk=1.0, bits=32)),
+    )
+    device = UpdateCodec(spec, CodecConfig(topk=0.125, bits=32))
+    u = np.zeros(8, np.float32)
+    u[0] = F32_MAX
+    frame, _ = device.encode(u, np.random.default_rng(0))
+    plan = engine.open_round(["a"])
+    engine.submit(plan.round_id, "a", frame)
+    assert engine.close_round(plan.round_id).committed  # w[0] = FLT_MAX: finite, allowed
+    before, version, state = engine.params.copy(), engine.version, engine.aggregator_state
+    plan = engine.open_round(["a"])
+    engine.submit(plan.round_id, "a", frame)
+    # Execute / Assert: the second sum is inf; the engine refuses to publish it
+    with pytest.raises(EngineError, match="non-finite"):
+        engine.close_round(plan.round_id)
+    assert np.array_equal(engine.params, before) and np.all(np.isfinite(engine.params))
+    assert engine.version == version and engine.aggregator_state is state
+
+
+def test_a_server_lr_that_overflows_the_step_leaves_the_model_intact() -> None:
+    spec = ModelSpec.from_shapes([("w", (4,))])
+    config = EngineConfig(clients_per_round=1, codec=CodecConfig(topk=1.0, bits=32), server_lr=4)
+    engine = RoundEngine(spec, np.ones(4, np.float32), FedAvg(), config)
+    u = np.full(4, F32_MAX / 2, np.float32)
+    frame, _ = UpdateCodec(spec, CodecConfig.dense()).encode(u, np.random.default_rng(0))
+    plan = engine.open_round(["a"])
+    engine.submit(plan.round_id, "a", frame)
+    with pytest.raises(EngineError, match="non-finite"):
+        engine.close_round(plan.round_id)
+    assert np.array_equal(engine.params, np.ones(4, np.float32)) and engine.version == 0
+
+
+def test_header_len_is_56() -> None:
+    assert HEADER_LEN == 56
