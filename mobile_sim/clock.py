@@ -35,7 +35,9 @@ class RoundTiming:
 
     `device_ids`, `download_s`, `compute_s`, `upload_s` and `finish_s` follow the order of the
     selected cohort; `finish_s` is +inf for dropped devices. `kept` lists device ids in arrival
-    order; `stragglers` and `dropped` are in cohort order.
+    order; `stragglers` and `dropped` are in cohort order. `start_s` is the simulated time at
+    which the round opened (seconds since the clock's origin) and `waited_s` the simulated time
+    spent before it waiting for enough eligible devices (set by `SimFleet`).
     """
 
     device_ids: I64
@@ -48,6 +50,8 @@ class RoundTiming:
     dropped: I64
     duration_s: float
     deadline_s: float | None
+    start_s: float = 0.0
+    waited_s: float = 0.0
 
     @property
     def kept_mask(self) -> npt.NDArray[np.bool_]:
@@ -64,6 +68,8 @@ class RoundTiming:
             "dropped": int(self.dropped.size),
             "sim_duration_s": float(self.duration_s),
             "median_device_s": float(np.median(self.finish_s[alive])) if alive.any() else math.nan,
+            "start_s": float(self.start_s),
+            "waited_s": float(self.waited_s),
         }
 
 
@@ -169,6 +175,7 @@ class SimClock:
             dropped=ids[dropped],
             duration_s=duration,
             deadline_s=deadline_s,
+            start_s=self.now_s,
         )
 
     def advance(self, timing: RoundTiming | float) -> float:

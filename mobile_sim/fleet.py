@@ -74,6 +74,7 @@ class SimFleet:
         self.clock = SimClock(seed, cost_per_sample=cost_per_sample)
         self.deadline_s = deadline_s
         self.idle_s = 0.0  # simulated time spent waiting for enough eligible devices
+        self._waited_s = 0.0  # the part of it since the last round, for that round's report
 
     @property
     def now_s(self) -> float:
@@ -127,6 +128,7 @@ class SimFleet:
         for _ in range(steps):
             self.clock.advance(step_s)
             self.idle_s += step_s
+            self._waited_s += step_s
         return ids
 
     def time_round(
@@ -140,9 +142,10 @@ class SimFleet:
         epochs: int,
         per_round: int,
     ) -> RoundTiming:
-        """Race the selected cohort (see `SimClock.plan_round`); does not advance the clock."""
+        """Race the selected cohort (see `SimClock.plan_round`); does not advance the clock.
+        The timing's `waited_s` is the time `wait_for` idled since the last `advance`."""
         profiles = self.population.profiles(np.asarray(device_indices, dtype=np.int64))
-        return self.clock.plan_round(
+        timing = self.clock.plan_round(
             profiles,
             np.asarray(down_bytes),
             np.asarray(up_bytes),
@@ -152,6 +155,7 @@ class SimFleet:
             deadline_s=self.deadline_s,
             round_id=round_id,
         )
+        return replace(timing, waited_s=self._waited_s)
 
     def dropped(self, round_id: int, device_indices: Sequence[int]) -> npt.NDArray[np.bool_]:
         """bool[n]: which of the cohort vanish this round (so their training can be skipped)."""
@@ -160,4 +164,5 @@ class SimFleet:
 
     def advance(self, timing: RoundTiming) -> float:
         """Move simulated time past the round; returns the new simulated time (seconds)."""
+        self._waited_s = 0.0
         return self.clock.advance(timing)

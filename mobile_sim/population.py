@@ -178,7 +178,8 @@ class PopulationConfig:
 
 @dataclass(frozen=True)
 class DeviceProfile:
-    """One device's fixed characteristics. Bandwidths in bits/s, times in seconds."""
+    """One device's fixed characteristics. Bandwidths in bits/s, times in seconds, memory in
+    MiB (the tier's GiB x 1024)."""
 
     device_id: int
     tier: Tier
@@ -187,7 +188,7 @@ class DeviceProfile:
     up_bps: float
     latency_s: float
     dropout_p: float
-    memory_mb: float
+    memory_mb: float  # MiB
     tz_offset_h: float
     night_start_h: float  # local hour, mean over nights
     night_hours: float

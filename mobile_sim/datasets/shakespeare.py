@@ -1,6 +1,6 @@
 """Tiny Shakespeare split by speaker, as LEAF's Shakespeare task: next-character prediction.
 
-Each speaking role with at least `min_speeches` speeches is one client (99 roles in the tiny
+Each speaking role with at least `min_speeches` speeches is one client (98 roles in the tiny
 Shakespeare file at the default of 20). A role's speeches are joined (lines by spaces) into one
 text; every `stride` characters a window of `seq_len` characters is an example and the character
 that follows it is the label. Per role, the first `train_fraction` of the windows train and the

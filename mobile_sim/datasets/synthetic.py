@@ -1,6 +1,7 @@
 """FedProx's synthetic(alpha, beta) data (Li et al. 2020, after Shamir et al. 2014).
 
-Device k draws u_k ~ N(0, alpha^2) and B_k ~ N(0, beta^2); its labelling model is
+Device k draws u_k ~ N(0, alpha^2) and B_k ~ N(0, beta^2) (the paper writes N(0, alpha); its
+generator draws with standard deviation alpha, as here); its labelling model is
 W_k ~ N(u_k, 1) in R^{10x60}, b_k ~ N(u_k, 1) in R^10, and its inputs are x ~ N(v_k, Sigma)
 with v_k ~ N(B_k, 1) in R^60 and Sigma = diag(j^-1.2). Labels are argmax(softmax(W_k x + b_k)).
 alpha controls how much the devices' models differ, beta how much their inputs differ;

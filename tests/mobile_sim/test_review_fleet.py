@@ -153,6 +153,29 @@ def test_wait_for_that_succeeds_is_the_step_by_step_wait() -> None:
     np.testing.assert_array_equal(ids, ref)
 
 
+def test_each_round_reports_when_it_started_and_how_long_it_waited() -> None:
+    # Prepare: a fleet that must idle before its first cohort (20 % wanted, 12 % eligible).
+    fleet = SimFleet(2_000, seed=1, deadline_s=600.0)
+    cohort = fleet.wait_for(400, np.random.default_rng(5))
+    waited = fleet.idle_s
+
+    # Execute: two rounds; the second finds its cohort at once.
+    first = fleet.time_round(
+        1, cohort, down_bytes=10**6, up_bytes=10**4, samples=50, epochs=1, per_round=300
+    )
+    fleet.advance(first)
+    again = fleet.wait_for(400, np.random.default_rng(6))
+    second = fleet.time_round(
+        2, again, down_bytes=10**6, up_bytes=10**4, samples=50, epochs=1, per_round=300
+    )
+
+    # Assert: the idle wait used to be in no report; the rounds' sim seconds exclude it.
+    assert waited > 0
+    assert first.summary()["waited_s"] == waited and first.summary()["start_s"] == waited
+    assert second.summary()["waited_s"] == 0.0
+    assert second.summary()["start_s"] == waited + first.duration_s
+
+
 _SPEC = ModelSpec.from_shapes([("w", (4,))])
 
 
