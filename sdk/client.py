@@ -29,6 +29,7 @@ from compression import (
     CodecError,
     ErrorFeedback,
     ModelSpec,
+    NonFiniteValues,
     UpdateCodec,
     decode_snapshot,
     model_digest,
@@ -276,7 +277,13 @@ class _Core:
         """Decode a download, check its digest, persist it; returns (params, encoding)."""
         encoding = response.headers.get(Header.MODEL_ENCODING, "")
         digest = response.headers.get(Header.MODEL_DIGEST, "")
-        version = int(response.headers.get(Header.MODEL_VERSION, "-1"))
+        raw_version = response.headers.get(Header.MODEL_VERSION, "-1")
+        try:
+            version = int(raw_version)
+        except ValueError:
+            raise ClientError(
+                response.status_code, "bad_response", f"model version {raw_version!r}"
+            ) from None
         exact = response.headers.get(Header.MODEL_EXACT, "1") == "1"
         try:
             if encoding == ModelEncoding.DELTA_CHAIN:
@@ -288,8 +295,12 @@ class _Core:
                 frames = unpack_chain(
                     response.content, max_frames=1000, max_frame_bytes=4 * spec.size + 65536
                 )
-                for frame in frames:
-                    params = apply_delta(params, codec.decode(frame))
+                # Finite frames can still sum to inf; a snapshot with inf would be refused too.
+                with np.errstate(over="ignore", invalid="ignore"):
+                    for frame in frames:
+                        params = apply_delta(params, codec.decode(frame))
+                if not np.all(np.isfinite(params)):
+                    raise NonFiniteValues("the delta chain makes the held model non-finite")
             elif encoding == ModelEncoding.SNAPSHOT:
                 params = decode_snapshot(response.content, spec)
             else:

@@ -23,7 +23,7 @@ from compression._wire import HEADER_LEN
 from coordinator.aggregators import FedAvg
 from coordinator.engine import EngineConfig, EngineError, RoundEngine
 
-from ._craft import ZSTD_MAGIC, payload_of, with_field, with_payload, zstd_rle_frame
+from ._craft import ZSTD_MAGIC, make_frame, payload_of, with_field, with_payload, zstd_rle_frame
 
 F32_MAX = float(np.finfo(np.float32).max)
 
@@ -280,3 +280,27 @@ def test_a_server_lr_that_overflows_the_step_leaves_the_model_intact() -> None:
 
 def test_header_len_is_56() -> None:
     assert HEADER_LEN == 56
+
+
+def test_wide_rice_low_fields_in_a_batch_cost_a_few_bytes_per_bit() -> None:
+    # Prepare: 100 legal frames of 4 kB (the batch path's limit) with 12-bit Rice low fields,
+    # the widest d = 4096 allows: 2,296 indices 0..2295, gaps 0, every quotient 0
+    spec = ModelSpec.from_shapes([("w", (64, 64))])
+    k, r = 2296, 12
+    index = bytes(-(-k * r // 8)) + b"\xff" * (k // 8)
+    scales = np.array([1.0, 2.0], "<f4").tobytes()
+    frame = make_frame(
+        spec.fingerprint, spec.size, k, 1, 2, r, 1 << 20, (index, scales, bytes(k // 8))
+    )
+    codec = UpdateCodec(spec, CodecConfig(topk=0.5, bits=1))
+    assert len(frame) < 4200
+    # Execute
+    out: list[object] = []
+    peak = _peak(lambda: out.extend(codec.decode_many([frame] * 100)))
+    # Assert: the right update; an int64 per low-field bit made this 27 MB (8.5 MB now)
+    want = codec.decode(frame)
+    assert np.array_equal(want.indices, np.arange(k)) and np.all(want.values == 1.0)
+    for r_ in out:
+        assert not isinstance(r_, CodecError)
+        assert np.array_equal(r_.update.indices, want.indices)  # type: ignore[attr-defined]
+    assert peak < 12 * 1024 * 1024, peak

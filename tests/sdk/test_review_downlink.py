@@ -1,0 +1,125 @@
+"""Adversarial review of the device's downlink: what a malicious or buggy server can send."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from compression import CodecConfig, ModelSpec, UpdateCodec, encode_snapshot, model_digest
+from protocol.messages import pack_chain
+from protocol.names import Header, ModelEncoding
+from sdk import Client
+from sdk.client import ClientError, ModelIntegrityError
+from sdk.device_store import DeviceStore
+
+SPEC = ModelSpec.from_shapes([("w", (4, 8)), ("b", (4,))])  # d = 36
+F32_MAX = float(np.finfo(np.float32).max)
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def _model_response(body: bytes, encoding: str, digest: str, version: str) -> httpx.Response:
+    return httpx.Response(
+        200,
+        content=body,
+        headers={
+            str(Header.MODEL_ENCODING): encoding,
+            str(Header.MODEL_DIGEST): digest,
+            str(Header.MODEL_VERSION): version,
+            str(Header.MODEL_EXACT): "1",
+        },
+    )
+
+
+def _serve(responses: list[httpx.Response]) -> Handler:
+    """A server that answers the model downloads in order."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        assert request.url.path == "/v1/tasks/1/model"
+        return responses.pop(0)
+
+    return handler
+
+
+def _snapshot_of(params: np.ndarray, version: int = 1) -> httpx.Response:
+    body = encode_snapshot(params, SPEC, dtype="fp32")
+    return _model_response(body, ModelEncoding.SNAPSHOT, model_digest(params).hex(), str(version))
+
+
+def test_a_delta_chain_that_overflows_the_model_is_refused_and_forgotten(tmp_path: Path) -> None:
+    # Prepare: the server first sends a (finite) model holding float32's largest value, then
+    # a delta chain adding it again: finite frames whose sum is inf. The server's digest
+    # header matches the inf model, as a buggy or hostile server's would.
+    base = np.zeros(SPEC.size, np.float32)
+    base[0] = F32_MAX
+    delta = np.zeros(SPEC.size, np.float32)
+    delta[0] = F32_MAX
+    frame, _ = UpdateCodec(SPEC, CodecConfig.dense()).encode(delta, np.random.default_rng(0))
+    with np.errstate(over="ignore"):
+        overflowed = base + delta
+    chain = _model_response(
+        pack_chain([frame]), ModelEncoding.DELTA_CHAIN, model_digest(overflowed).hex(), "2"
+    )
+    handler = _serve([_snapshot_of(base), chain])
+    # Execute
+    with Client("http://coord", str(tmp_path), transport=httpx.MockTransport(handler)) as c:
+        params, version, _ = c.fetch_current(1, SPEC)
+        with pytest.raises(ModelIntegrityError) as info:
+            c.fetch_current(1, SPEC)
+    # Assert: the first model was kept; the chain is refused as a bad model, and nothing
+    # non-finite reached the app directory (the held model is dropped, as for a bad digest)
+    assert version == 1 and params[0] == F32_MAX
+    assert info.value.reason == "bad_model" and "finite" in info.value.detail
+    assert DeviceStore(tmp_path).load_model(1, SPEC.size) is None
+
+
+@pytest.mark.parametrize("version", ["abc", "", "1.5", "0x10"])
+def test_a_model_version_that_is_not_an_integer_is_a_client_error(
+    tmp_path: Path, version: str
+) -> None:
+    params = np.linspace(-1, 1, SPEC.size, dtype=np.float32)
+    good = _snapshot_of(params)
+    bad = _model_response(good.content, ModelEncoding.SNAPSHOT, model_digest(params).hex(), version)
+    with Client("http://coord", str(tmp_path), transport=httpx.MockTransport(_serve([bad]))) as c:
+        with pytest.raises(ClientError) as info:
+            c.fetch_current(1, SPEC)
+    assert info.value.reason == "bad_response"
+    assert DeviceStore(tmp_path).load_model(1, SPEC.size) is None
+
+
+@settings(
+    derandomize=True,
+    max_examples=80,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    body=st.one_of(
+        st.binary(max_size=300),
+        st.binary(max_size=64).map(lambda b: b"PLMS\x01\x02\x38\x00" + b),
+        st.lists(st.binary(max_size=120), max_size=3).map(pack_chain),
+    ),
+    encoding=st.sampled_from([ModelEncoding.SNAPSHOT, ModelEncoding.DELTA_CHAIN, "gzip"]),
+)
+def test_any_model_body_is_a_client_error_or_a_checked_model(
+    tmp_path: Path, body: bytes, encoding: str
+) -> None:
+    # Prepare: a device that already holds version 1, then a download of arbitrary bytes
+    params = np.linspace(-1, 1, SPEC.size, dtype=np.float32)
+    store = DeviceStore(tmp_path / "app")
+    store.save_model(1, params, 1, model_digest(params).hex(), True)
+    reply = _model_response(body, encoding, model_digest(params).hex(), "2")
+    transport = httpx.MockTransport(_serve([reply]))
+    # Execute / Assert: only ClientError (ModelIntegrityError included) ever escapes
+    with Client("http://coord", str(tmp_path / "app"), transport=transport) as c:
+        try:
+            got, _, _ = c.fetch_current(1, SPEC)
+        except ClientError:
+            return
+    assert np.all(np.isfinite(got)) and model_digest(got) == model_digest(params)
