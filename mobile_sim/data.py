@@ -83,6 +83,8 @@ def load_mnist(
 
 def load_digits_data(*, test_fraction: float = 0.2, seed: int = 0) -> FederatedData:
     """scikit-learn's bundled 8x8 digits (1,797 images), x float32[N, 64] scaled to [0, 1]."""
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
     from sklearn.datasets import load_digits
 
     bunch = load_digits()

@@ -39,7 +39,14 @@ class RunDirNotFound(RunDirError, FileNotFoundError):
 def _run_files(root: Path) -> list[Path]:
     if not root.is_dir():
         raise RunDirNotFound(f"{root} is not a folder (no rounds.json)")
-    paths = sorted(root.glob("rounds.json")) or sorted(root.glob("*/rounds.json"))
+    top = root / "rounds.json"
+    subs = sorted(root.glob("*/rounds.json"))
+    if top.is_file() and subs:
+        # A reused --out folder holds a single run's file and a --compare-dense run's
+        # subfolders: the newer of the two is the run that last wrote here.
+        newest_sub = max(p.stat().st_mtime_ns for p in subs)
+        return subs if newest_sub > top.stat().st_mtime_ns else [top]
+    paths = [top] if top.is_file() else subs
     if not paths:
         raise RunDirNotFound(f"no rounds.json in {root} or its subfolders")
     return paths
@@ -56,7 +63,8 @@ def _read_doc(path: Path) -> dict[str, Any]:
 
 
 def load_runs(run_dir: str | Path) -> list[Run]:
-    """(label, rounds) for ``RUN_DIR/rounds.json`` or every ``RUN_DIR/*/rounds.json``.
+    """(label, rounds) for ``RUN_DIR/rounds.json`` or every ``RUN_DIR/*/rounds.json`` (when a
+    reused folder has both, the newer: the run that wrote there last).
 
     Runs are in folder-name order, except that a run labelled ``dense`` (the baseline that
     ``plume sim --compare-dense`` adds after the main run) comes last, as in the run itself.

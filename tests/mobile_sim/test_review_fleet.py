@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from coordinator.aggregators import FedAvg
 from coordinator.cli import main as plume
 from coordinator.engine import EngineConfig, RoundEngine
 from mobile_sim.clock import SimClock
+from mobile_sim.data import load_digits_data
 from mobile_sim.datasets import load_synthetic
 from mobile_sim.fleet import SimFleet
 from mobile_sim.partition import dirichlet, iid, natural, shards
@@ -76,9 +78,10 @@ def test_a_device_is_the_same_whatever_was_looked_at_before(
     batch = used.profiles(np.asarray(ids[::-1]))
     avail = used.available_mask(batch, t)[::-1]
 
-    # Assert
+    # Assert: also the same device in a fleet just big enough to hold it.
+    small = Population.build(max(ids) + 1, seed=seed)
     for k, i in enumerate(ids):
-        assert batch[len(ids) - 1 - k] == fresh.profile(i)
+        assert batch[len(ids) - 1 - k] == fresh.profile(i) == small.profile(i)
         assert bool(avail[k]) == bool(fresh.is_available([i], t)[0])
 
 
@@ -371,3 +374,28 @@ def test_a_missing_run_folder_is_a_clear_error(
     assert "not a folder" in capsys.readouterr().err
     assert plume(["sim", "report", str(tmp_path)]) == 2
     assert "no rounds.json" in capsys.readouterr().err
+
+
+def test_a_reused_run_folder_is_read_as_its_latest_run(tmp_path: Path) -> None:
+    # Prepare: `plume sim --out X` then `plume sim --compare-dense --out X` into the same folder.
+    row = {"round": 1, "bytes_up": 10, "bytes_down": 20, "wall_s": 0.1, "accuracy": 0.5}
+    _write(tmp_path, {"summary": {"label": "old"}, "rounds": [row]})
+    _write(tmp_path / "compressed", {"summary": {"label": "compressed"}, "rounds": [row]})
+    _write(tmp_path / "dense", {"summary": {"label": "dense"}, "rounds": [row]})
+    os.utime(tmp_path / "rounds.json", ns=(10**18, 10**18))
+    for sub in ("compressed", "dense"):
+        os.utime(tmp_path / sub / "rounds.json", ns=(2 * 10**18, 2 * 10**18))
+
+    # Execute
+    newer_pair = [label for label, _ in load_runs(tmp_path)]
+    os.utime(tmp_path / "rounds.json", ns=(3 * 10**18, 3 * 10**18))  # then a single run again
+    newer_single = [label for label, _ in load_runs(tmp_path)]
+
+    # Assert: before, the stale top-level run always won, so the plots showed the old run.
+    assert newer_pair == ["compressed", "dense"]
+    assert newer_single == ["old"]
+
+
+def test_digits_refuses_a_test_fraction_that_leaves_no_training_data() -> None:
+    with pytest.raises(ValueError, match="test_fraction"):
+        load_digits_data(test_fraction=1.0)
