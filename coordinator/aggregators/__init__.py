@@ -24,6 +24,7 @@ from ._robust import (
     TrimmedMean,
     UpdateRows,
 )
+from ._state import StateCodecError, decode_state, encode_state
 
 __all__ = [
     "AggregateOutput",
@@ -52,4 +53,8 @@ __all__ = [
     "UpdateRows",
     "build_aggregator",
     "clip_update",
+    # state persistence
+    "StateCodecError",
+    "decode_state",
+    "encode_state",
 ]

@@ -36,7 +36,14 @@ from compression import (
     encode_snapshot,
     model_digest,
 )
-from coordinator.aggregators import AggregateOutput, AggregatorFactory, build_aggregator
+from coordinator.aggregators import (
+    AggregateOutput,
+    AggregatorFactory,
+    StateCodecError,
+    build_aggregator,
+    decode_state,
+    encode_state,
+)
 from coordinator.anomaly import AnomalyFilter, AnomalyMetrics
 from coordinator.engine import (
     DuplicateUpload,
@@ -331,6 +338,16 @@ class Coordinator:
             self.clock(),
             released if cfg.secure is not None else None,
         )
+        blob = self.store.task_aggregator_state(task_id)
+        if blob is not None and rt.secure is None:
+            # The state the last committed round left: a DP round count, an adaptive clip, a
+            # server momentum, collusion histories. Without it a restart would reset them.
+            try:
+                rt.engine.aggregator_state = decode_state(blob)
+            except StateCodecError as exc:
+                raise RuntimeError(
+                    f"task {task_id}: the stored aggregator state does not decode ({exc})"
+                ) from exc
         rt.seq = len(rounds)
         rt.rounds_closed = sum(
             r.state in (RoundState.COMMITTED, RoundState.ABANDONED) for r in rounds
@@ -804,6 +821,8 @@ class Coordinator:
         assert frame is not None
         params = rt.engine.params
         measurements["downlink_frame_bytes"] = len(frame)
+        # A secure task aggregates inside SecAgg; its engine's aggregator never runs.
+        agg_state = None if rt.secure is not None else encode_state(rt.engine.aggregator_state)
         self.store.publish(
             task_id=rt.task_id,
             round_id=cur.round_id,
@@ -815,6 +834,7 @@ class Coordinator:
             measurements=measurements,
             task_state=task_state,
             now=now,
+            agg_state=agg_state,
             before_commit=lambda: fault_point("during_publish"),
         )
 

@@ -19,7 +19,7 @@ from typing import Any
 
 __all__ = ["Store", "TaskRow", "RoundRow", "UpdateRow", "SCHEMA_VERSION"]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     version INTEGER NOT NULL DEFAULT -1,
     params BLOB,
     residual BLOB,
+    agg_state BLOB,
     digest TEXT NOT NULL DEFAULT '',
     created_unix REAL NOT NULL
 );
@@ -175,6 +176,14 @@ class Store:
                     "INSERT INTO meta(key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
+            elif int(row[0]) == 1:
+                # Version 1 had no aggregator state; its tasks resume from the initial state.
+                columns = {r[1] for r in db.execute("PRAGMA table_info(tasks)").fetchall()}
+                if "agg_state" not in columns:
+                    db.execute("ALTER TABLE tasks ADD COLUMN agg_state BLOB")
+                db.execute(
+                    "UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),)
+                )
             elif int(row[0]) != SCHEMA_VERSION:
                 raise RuntimeError(
                     f"database schema {row[0]} is not the supported {SCHEMA_VERSION}"
@@ -269,6 +278,14 @@ class Store:
         residual = None if rows[0][1] is None else bytes(rows[0][1])
         return bytes(rows[0][0]), residual
 
+    def task_aggregator_state(self, task_id: int) -> bytes | None:
+        """The aggregator state after the task's last committed round
+        (`coordinator.aggregators.encode_state` bytes), None before the first."""
+        rows = self._query("SELECT agg_state FROM tasks WHERE task_id=?", (task_id,))
+        if not rows:
+            raise KeyError(task_id)
+        return None if rows[0][0] is None else bytes(rows[0][0])
+
     def set_task_state(self, task_id: int, state: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE tasks SET state=? WHERE task_id=?", (state, task_id))
@@ -279,8 +296,8 @@ class Store:
         """Version 0 of a task: its initial parameters."""
         with self.transaction() as db:
             db.execute(
-                "UPDATE tasks SET params=?, residual=NULL, digest=?, version=0, state=? "
-                "WHERE task_id=?",
+                "UPDATE tasks SET params=?, residual=NULL, agg_state=NULL, digest=?, version=0, "
+                "state=? WHERE task_id=?",
                 (params, digest, state, task_id),
             )
             db.execute(
@@ -405,9 +422,11 @@ class Store:
         measurements: dict[str, Any],
         task_state: str,
         now: float,
+        agg_state: bytes | None = None,
         before_commit: Callable[[], None] | None = None,
     ) -> None:
-        """Commit a round and its new model version atomically (never applied twice)."""
+        """Commit a round and its new model version atomically (never applied twice), with
+        the aggregator state that round left (None: the task keeps none)."""
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO versions(task_id, version, round_id, delta_frame, digest, "
@@ -415,9 +434,9 @@ class Store:
                 (task_id, version, round_id, delta_frame, digest, now),
             )
             db.execute(
-                "UPDATE tasks SET params=?, residual=?, digest=?, version=?, state=? "
-                "WHERE task_id=?",
-                (params, residual, digest, version, task_state, task_id),
+                "UPDATE tasks SET params=?, residual=?, agg_state=?, digest=?, version=?, "
+                "state=? WHERE task_id=?",
+                (params, residual, agg_state, digest, version, task_state, task_id),
             )
             if before_commit is not None:
                 before_commit()

@@ -37,7 +37,9 @@ def test_a_huge_declared_weight_sets_the_mean_without_a_cap_and_not_with_one() -
 
 @settings(max_examples=50, deadline=None)
 @given(
-    st.lists(st.floats(0, 2.0**53), min_size=1, max_size=8),
+    # Example counts: 0 or at least 1e-3 (weights near 1e-308 lose their product with the values
+    # to float32 underflow, capped or not; no device reports such a count).
+    st.lists(st.just(0.0) | st.floats(1e-3, 2.0**53), min_size=1, max_size=8),
     st.floats(1e-3, 1e6),
 )
 def test_the_capped_mean_is_the_mean_with_each_weight_clipped(
