@@ -129,10 +129,11 @@ class DecodeLimits:
             )
 
     def frame_cap(self, spec: ModelSpec) -> int:
-        """Largest frame for `spec`: the explicit cap, or the worst legal frame plus slack.
+        """Largest frame for `spec`: the explicit cap, or the largest encoder frame plus slack.
 
-        The worst legal update frame is fp32 values with a bitmap at k = d:
-        4*d + ceil(d/8) payload bytes plus a 60-byte envelope; 1 KiB of slack covers it.
+        The largest frame `UpdateCodec` writes with index "auto" is fp32 values with at most a
+        bitmap's index: 4*d + ceil(d/8) payload bytes plus a 60-byte envelope; 1 KiB of slack
+        covers it. (Headers may declare wider Rice/Elias-Fano sections; they must fit too.)
         """
         if self.max_frame_bytes is not None:
             return self.max_frame_bytes
