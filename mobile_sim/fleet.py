@@ -96,17 +96,30 @@ class SimFleet:
         step_s: float = 900.0,
         max_wait_s: float = 2 * 86_400.0,
         min_memory_mb: float = 0.0,
+        selection_timeout_s: float | None = None,
+        min_n: int = 1,
     ) -> npt.NDArray[np.int64]:
         """`n` eligible device indices, advancing simulated time in `step_s` steps until there
         are that many (as a coordinator idles until enough devices check in); the time waited
         is added to `idle_s`.
 
-        If no step within `max_wait_s` has `n` eligible devices (a fleet too small to fill the
-        cohort, e.g. 13 wanted of 10 devices), it returns the largest set it saw, and the clock
-        moves only to the first step where that set was seen, not to the end of the window.
+        With `selection_timeout_s`, the HTTP coordinator's selection rule applies too
+        (`coordinator/service/rounds.py`: a round opens with the full cohort, or once the
+        selection timeout has passed with at least `min_reports` devices): from the first step
+        at least `selection_timeout_s` into the wait, at least `min_n` eligible devices are
+        enough.
+
+        If neither happens within `max_wait_s` (a fleet too small to fill the cohort, e.g. 13
+        wanted of 10 devices), it returns the largest set it saw, and the clock moves only to
+        the first step where that set was seen, not to the end of the window.
         """
         if not (step_s > 0 and math.isfinite(step_s)) or not max_wait_s >= 0:
             raise ValueError(f"need step_s > 0 and max_wait_s >= 0, got {step_s}, {max_wait_s}")
+        if selection_timeout_s is not None and not selection_timeout_s >= 0:
+            raise ValueError(f"selection_timeout_s must be >= 0, got {selection_timeout_s}")
+        if min_n < 1:
+            raise ValueError(f"min_n must be >= 1, got {min_n}")
+        timeout = math.inf if selection_timeout_s is None else selection_timeout_s
         # Look ahead without moving the clock; times are summed exactly as `advance` sums them,
         # so a wait of k steps ends at the same float time as k calls of `advance(step_s)`.
         t = self.clock.now_s
@@ -115,7 +128,7 @@ class SimFleet:
         best, best_steps = np.zeros(0, dtype=np.int64), 0
         while True:
             ids = self.population.sample_available(n, t, rng, min_memory_mb=min_memory_mb)
-            if ids.size >= n:
+            if ids.size >= n or (waited >= timeout and ids.size >= min_n):
                 break
             if steps == 0 or ids.size > best.size:
                 best, best_steps = ids, steps

@@ -138,6 +138,26 @@ def test_wait_for_a_cohort_the_fleet_cannot_fill_stops_at_its_best_time() -> Non
     assert fleet.population.is_available(ids, fleet.now_s).all()
 
 
+def test_wait_for_with_a_selection_timeout_opens_like_the_coordinator() -> None:
+    # Prepare: the service opens a round with the full cohort, or after its selection timeout
+    # with at least min_reports devices.
+    fleet = SimFleet(40, seed=2)
+    counts = [
+        int(fleet.population.is_available(np.arange(40), k * 900.0).sum()) for k in range(193)
+    ]
+    first = next(k for k, c in enumerate(counts) if c >= 30 or (k * 900.0 >= 1800.0 and c >= 3))
+
+    # Execute
+    ids = fleet.wait_for(30, np.random.default_rng(0), selection_timeout_s=1800.0, min_n=3)
+
+    # Assert
+    assert first >= 2
+    assert fleet.now_s == first * 900.0
+    assert ids.size == min(counts[first], 30) >= 3
+    with pytest.raises(ValueError, match="min_n"):
+        fleet.wait_for(3, np.random.default_rng(0), min_n=0)
+
+
 def test_wait_for_that_succeeds_is_the_step_by_step_wait() -> None:
     # Prepare: 20 % of 2,000 devices wanted at 20:00 UTC, when about 12 % are eligible.
     fleet = SimFleet(2_000, seed=1)
