@@ -209,6 +209,25 @@ class SecureCoordinator:
             self._process = build_aggregator(config.group_aggregator).create(self.size)
             self._agg_state = self._process.initialize()
 
+    def carried_state(self) -> dict[str, Any]:
+        """What later rounds depend on besides the model and the DP ledger: the coordinate
+        scores (float32[d] or None), whether the spec prior still stands, and the cross-group
+        aggregator's state. The service persists it with every published round."""
+        return {"score": self.score, "prior": self._prior, "aggregator": self._agg_state}
+
+    def restore_carried_state(self, state: Mapping[str, Any]) -> None:
+        """Resume from `carried_state()` output (after a restart)."""
+        score = state["score"]
+        if score is not None and (
+            not isinstance(score, np.ndarray)
+            or score.dtype != np.float32
+            or score.shape != (self.size,)
+        ):
+            raise ValueError(f"carried coordinate scores must be float32[{self.size}]")
+        self.score = score
+        self._prior = bool(state["prior"])
+        self._agg_state = state["aggregator"]
+
     def replay_dp(self, dp: Mapping[str, Any]) -> None:
         """Re-record one released round from its `measurements["dp"]` (a restart rebuilds the
         accountant from the committed rounds, so epsilon never restarts from zero)."""

@@ -339,14 +339,19 @@ class Coordinator:
             released if cfg.secure is not None else None,
         )
         blob = self.store.task_aggregator_state(task_id)
-        if blob is not None and rt.secure is None:
+        if blob is not None:
             # The state the last committed round left: a DP round count, an adaptive clip, a
-            # server momentum, collusion histories. Without it a restart would reset them.
+            # server momentum, collusion histories (secure: coordinate scores, the group
+            # aggregator's state). Without it a restart would reset them.
             try:
-                rt.engine.aggregator_state = decode_state(blob)
-            except StateCodecError as exc:
+                carried = decode_state(blob)
+                if rt.secure is not None:
+                    rt.secure.coordinator.restore_carried_state(carried)
+                else:
+                    rt.engine.aggregator_state = carried
+            except (StateCodecError, KeyError, TypeError, ValueError) as exc:
                 raise RuntimeError(
-                    f"task {task_id}: the stored aggregator state does not decode ({exc})"
+                    f"task {task_id}: the stored aggregator state does not restore ({exc!r})"
                 ) from exc
         rt.seq = len(rounds)
         rt.rounds_closed = sum(
@@ -821,8 +826,14 @@ class Coordinator:
         assert frame is not None
         params = rt.engine.params
         measurements["downlink_frame_bytes"] = len(frame)
-        # A secure task aggregates inside SecAgg; its engine's aggregator never runs.
-        agg_state = None if rt.secure is not None else encode_state(rt.engine.aggregator_state)
+        # A secure task aggregates inside SecAgg (its engine's aggregator never runs); what it
+        # carries between rounds is the secure coordinator's scores and group aggregator state.
+        carried = (
+            rt.secure.coordinator.carried_state()
+            if rt.secure is not None
+            else rt.engine.aggregator_state
+        )
+        agg_state = encode_state(carried)
         self.store.publish(
             task_id=rt.task_id,
             round_id=cur.round_id,

@@ -12,6 +12,7 @@ import pytest
 
 from coordinator.aggregators import decode_state, encode_state
 from coordinator.service import ServerThread, ServiceConfig, Store
+from coordinator.service.rounds import Coordinator
 from sdk.client import Client
 
 from .test_service_support import (
@@ -118,3 +119,30 @@ def test_a_version_1_database_gains_the_column_and_keeps_its_tasks(tmp_path: Pat
     assert store.task_aggregator_state(1) is None
     assert store._query("SELECT value FROM meta WHERE key='schema_version'") == [("2",)]
     store.close()
+
+
+def test_a_secure_task_resumes_its_coordinate_scores(tmp_path: Path) -> None:
+    # Prepare: one committed secure round moves the coordinate scores off the spec prior.
+    from .test_service_secure_restart import _round, _secure_dp_task
+
+    db = tmp_path / "plume.db"
+    with _service(db) as url:
+        task_id = create_task(httpx.Client(base_url=url), _secure_dp_task(rounds=3))
+        clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
+        for c in clients:
+            c.register()
+        assert all(r.completed for r in _round(clients, task_id))
+        wait_until(httpx.Client(base_url=url), f"/v1/admin/tasks/{task_id}", "version", 1)
+        store = Store(db)
+        saved = decode_state(store.task_aggregator_state(task_id) or b"")
+        store.close()
+
+    # Execute: rebuild the task as a restarted coordinator does.
+    restored = Coordinator(Store(db), ServiceConfig(db_path=str(db)))._build(task_id).secure
+
+    # Assert: the scores after round 1, not the spec prior a fresh coordinator starts from.
+    assert restored is not None
+    assert saved["prior"] is False
+    got = restored.coordinator.carried_state()
+    assert got["score"].tobytes() == saved["score"].tobytes()
+    assert got["prior"] is False
