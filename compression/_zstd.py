@@ -85,8 +85,22 @@ class ZstdCodec:
         return dctx
 
     def compress(self, data: bytes) -> bytes:
-        """One zstd frame with the content size in its header."""
-        return self._cctx().compress(data)
+        """One zstd frame with the content size in its header and a window of at most
+        `max_window` bytes, so that a decoder under the same cap accepts it."""
+        out = self._cctx().compress(data)
+        if zstandard.get_frame_parameters(out).window_size <= self.max_window:
+            return out
+        # A frame that fits its level's window is one segment whose window is its whole
+        # content, and levels 20-22 ask for up to 128 MiB: recompress within the cap. Only
+        # payloads above the cap get here; every other frame keeps its bytes.
+        params = zstandard.ZstdCompressionParameters.from_level(
+            self.level,
+            source_size=len(data),
+            window_log=self.max_window.bit_length() - 1,
+            write_content_size=1,
+            write_checksum=0,
+        )
+        return zstandard.ZstdCompressor(compression_params=params).compress(data)
 
     def decompress(self, data: ByteView, expected_size: int) -> bytes:
         """Inflate exactly one frame that declares `expected_size` bytes; at most that is allocated."""

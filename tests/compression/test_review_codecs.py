@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from compression import (
     CodecConfig,
     CodecError,
+    DecodeLimits,
     DecompressionError,
     ModelSpec,
     TrailingBytes,
@@ -304,3 +305,24 @@ def test_wide_rice_low_fields_in_a_batch_cost_a_few_bytes_per_bit() -> None:
         assert not isinstance(r_, CodecError)
         assert np.array_equal(r_.update.indices, want.indices)  # type: ignore[attr-defined]
     assert peak < 12 * 1024 * 1024, peak
+
+
+@pytest.mark.parametrize("level", [3, 19, 22])
+def test_a_codec_decodes_what_it_encodes_whatever_the_zstd_window_it_would_pick(
+    level: int,
+) -> None:
+    # Prepare: 600 kB of raw sections under a 512 KiB window cap. zstd makes a frame that fits
+    # its window a single segment whose window is the whole content (600 kB), and levels 20-22
+    # pick windows up to 128 MiB: above the default 16 MiB cap for models over 4.2M scalars.
+    spec = ModelSpec.from_shapes([("w", (300_000,))])
+    u = np.random.default_rng(0).standard_normal(spec.size).astype(np.float32)
+    u[::3] = 0
+    limits = DecodeLimits(zstd_max_window_log=19)
+    codec = UpdateCodec(spec, CodecConfig(topk=1.0, bits=16, zstd_level=level), limits)
+    # Execute
+    frame, report = codec.encode(u, np.random.default_rng(0))
+    got = codec.decode(frame)
+    # Assert
+    assert report.compressed
+    assert zstandard.get_frame_parameters(payload_of(frame)).window_size <= 1 << 19
+    assert np.array_equal(got.values, u.astype(np.float16).astype(np.float32))
