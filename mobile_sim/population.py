@@ -167,6 +167,21 @@ class PopulationConfig:
             positive = (t.compute_median_sps, t.down_median_mbps, t.up_median_mbps)
             if min(positive) <= 0 or t.latency_median_ms < 0 or not t.memory_gb:
                 raise PopulationError(f"tier {t.tier}: medians must be positive")
+            sigmas = (t.compute_sigma, t.down_sigma, t.up_sigma, t.latency_sigma)
+            if not all(math.isfinite(x) and x >= 0 for x in sigmas) or min(t.memory_gb) <= 0:
+                raise PopulationError(f"tier {t.tier}: sigmas must be >= 0, memory sizes > 0")
+        probabilities = (self.skip_night_p, self.day_session_p, self.day_session_wifi_p)
+        if not all(0.0 <= x <= 1.0 for x in probabilities):
+            raise PopulationError(
+                "skip_night_p, day_session_p and day_session_wifi_p must be in [0, 1]"
+            )
+        spreads = (self.tz_sigma_h, self.night_start_sd_h, self.night_jitter_sd_h)
+        if not all(math.isfinite(x) and x >= 0 for x in (*spreads, self.night_hours_sd)):
+            raise PopulationError("time-zone and night spreads must be finite and >= 0")
+        if not (math.isfinite(self.start_hour_utc) and math.isfinite(self.night_start_mean_h)):
+            raise PopulationError("start_hour_utc and night_start_mean_h must be finite")
+        if not 0 < self.night_hours_mean <= 24:
+            raise PopulationError("night_hours_mean must be in (0, 24]")
         if self.availability not in ("diurnal", "always"):
             raise PopulationError(
                 f"availability must be 'diurnal' or 'always', got {self.availability!r}"

@@ -23,7 +23,14 @@ from mobile_sim.data import load_digits_data
 from mobile_sim.datasets import load_synthetic
 from mobile_sim.fleet import SimFleet
 from mobile_sim.partition import dirichlet, iid, natural, shards
-from mobile_sim.population import DEFAULT_TIERS, Population, PopulationConfig, Tier, TierSpec
+from mobile_sim.population import (
+    DEFAULT_TIERS,
+    Population,
+    PopulationConfig,
+    PopulationError,
+    Tier,
+    TierSpec,
+)
 from mobile_sim.report_extra import RunDirError, load_runs, rebuild_run_dir
 
 # -- population ---------------------------------------------------------------------------------
@@ -115,6 +122,26 @@ def test_units_from_tier_spec_to_round_time() -> None:
     np.testing.assert_allclose(down, 0.1 + 1.0)
     np.testing.assert_allclose(up, 0.1 + 1.0)
     np.testing.assert_allclose(comp, 4.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"skip_night_p": 1.5}, r"must be in \[0, 1\]"),
+        ({"day_session_wifi_p": -0.1}, r"must be in \[0, 1\]"),
+        ({"night_jitter_sd_h": -1.0}, "spreads"),
+        ({"start_hour_utc": math.nan}, "finite"),
+        ({"night_hours_mean": 0.0}, "night_hours_mean"),
+        ({"tiers": (replace(DEFAULT_TIERS[1], share=1.0, down_sigma=-0.5),)}, "sigmas"),
+        ({"tiers": (replace(DEFAULT_TIERS[1], share=1.0, memory_gb=(0.0,)),)}, "memory"),
+    ],
+)
+def test_out_of_range_day_and_tier_parameters_are_refused(
+    kwargs: dict[str, object], match: str
+) -> None:
+    # Before, these built a population that silently made every night skipped, etc.
+    with pytest.raises(PopulationError, match=match):
+        PopulationConfig(100, 0, **kwargs)  # type: ignore[arg-type]
 
 
 # -- fleet and clock ----------------------------------------------------------------------------
