@@ -443,7 +443,7 @@ class Population:
             start = 24.0 * d + profiles.night_start_h + cfg.night_jitter_sd_h * s.normal(_D_JITTER)
             inside = (t >= start) & (t < start + profiles.night_hours)
             avail |= inside & ~skip & profiles.home_wifi
-        # A daytime charge on wifi, at most one per day, between 09:00 and 19:00 local.
+        # A daytime charge on wifi, at most one per day, starting 09:00-17:00 local.
         s = self._day_stream(profiles.device_ids, day)
         lo, hi = cfg.day_session_hours
         has = s.uniform(_D_SESSION) < cfg.day_session_p
