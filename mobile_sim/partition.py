@@ -43,6 +43,10 @@ def dirichlet(
     _check(n, len(labels))
     if alpha <= 0:
         raise ValueError("alpha must be positive")
+    if min_size < 1:
+        raise ValueError(
+            f"min_size must be >= 1 (a client with no examples cannot train), got {min_size}"
+        )
     if n * min_size > len(labels):
         raise ValueError(
             f"Dirichlet({alpha}): {n} clients of at least {min_size} examples need "

@@ -321,6 +321,8 @@ def test_impossible_splits_are_refused_up_front() -> None:
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match="need 20, there are 15"):
         dirichlet(labels, 10, 0.5, rng)  # 10 clients of >= 2 examples from 15
+    with pytest.raises(ValueError, match="min_size must be >= 1"):
+        dirichlet(labels, 3, 0.5, rng, min_size=0)
     with pytest.raises(ValueError, match="shards_per_client must be >= 1"):
         shards(labels, 3, 0, rng)
     with pytest.raises(ValueError, match="16 examples, there are 15"):
