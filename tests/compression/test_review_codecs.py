@@ -20,7 +20,7 @@ from compression import (
     TrailingBytes,
     UpdateCodec,
 )
-from compression._wire import HEADER_LEN
+from compression._index import INDEX_CODINGS
 from coordinator.aggregators import FedAvg
 from coordinator.engine import EngineConfig, EngineError, RoundEngine
 
@@ -279,10 +279,6 @@ def test_a_server_lr_that_overflows_the_step_leaves_the_model_intact() -> None:
     assert np.array_equal(engine.params, np.ones(4, np.float32)) and engine.version == 0
 
 
-def test_header_len_is_56() -> None:
-    assert HEADER_LEN == 56
-
-
 def test_wide_rice_low_fields_in_a_batch_cost_a_few_bytes_per_bit() -> None:
     # Prepare: 100 legal frames of 4 kB (the batch path's limit) with 12-bit Rice low fields,
     # the widest d = 4096 allows: 2,296 indices 0..2295, gaps 0, every quotient 0
@@ -326,3 +322,66 @@ def test_a_codec_decodes_what_it_encodes_whatever_the_zstd_window_it_would_pick(
     assert report.compressed
     assert zstandard.get_frame_parameters(payload_of(frame)).window_size <= 1 << 19
     assert np.array_equal(got.values, u.astype(np.float16).astype(np.float32))
+
+
+# -- structured hostile frames: both decoders agree, and what decodes is sound ---------------
+
+FUZZ = ModelSpec.from_shapes([("w", (10, 30))])  # d = 300: every frame takes the batch path
+_SCALES = [0.0, -0.0, 0.5, 1.0, -1.0, 3.0e38, F32_MAX, np.inf, -np.inf, np.nan, 1e-45]
+
+
+@st.composite
+def structured_frames(draw: st.DrawFn) -> bytes:
+    """Frames whose header passes (mostly), with index streams that are valid or damaged,
+    and scale/value bytes drawn to hit NaN, Inf, negative and huge scales."""
+    d = FUZZ.size
+    bits = draw(st.sampled_from([1, 2, 4, 8, 16, 32]))
+    index_id = draw(st.sampled_from([0, 1, 2, 3]))
+    k = d if index_id == 0 else draw(st.integers(0, d))
+    param = draw(st.integers(0, d.bit_length() - 1)) if index_id >= 2 else 0
+    block = draw(st.sampled_from([8, 13, 64, 1 << 20])) if bits <= 8 else 0
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
+    idx = np.sort(rng.choice(d, size=k, replace=False)).astype(np.int64)
+    index = INDEX_CODINGS[index_id].encode(idx, d, param) if index_id else b""
+    if index and draw(st.booleans()):
+        damaged = bytearray(index)
+        damaged[draw(st.integers(0, len(damaged) - 1))] ^= 1 << draw(st.integers(0, 7))
+        index = bytes(damaged)
+    if bits <= 8:
+        nb = -(-k // block)
+        pairs = draw(st.lists(st.sampled_from(_SCALES), min_size=2 * nb, max_size=2 * nb))
+        scales = np.array(pairs, "<f4").tobytes()
+        values = rng.integers(0, 256, -(-k * bits // 8), dtype=np.uint8).tobytes()
+    else:
+        scales = b""
+        pool = np.array(_SCALES, np.float32)
+        with np.errstate(over="ignore"):  # 3e38 as fp16 is inf: one more hostile value
+            drawn = pool[rng.integers(0, len(pool), k)].astype("<f2" if bits == 16 else "<f4")
+        values = drawn.tobytes() if draw(st.booleans()) else rng.bytes(drawn.nbytes)
+    legal = draw(st.sampled_from([True, True, True, False]))
+    weight = draw(
+        st.sampled_from([0.0, -0.0, 1.0, 2.0**53] if legal else [2.0**53 + 2, -1.0, np.nan])
+    )
+    return make_frame(
+        FUZZ.fingerprint, d, k, bits, index_id, param, block, (index, scales, values), weight
+    )
+
+
+@settings(derandomize=True, max_examples=200, deadline=None)
+@given(frames=st.lists(structured_frames(), min_size=1, max_size=4))
+def test_structured_hostile_frames_single_and_batch_agree(frames: list[bytes]) -> None:
+    codec = UpdateCodec(FUZZ, CodecConfig(topk=0.1, bits=4))
+    batch = codec.decode_many(frames)
+    for frame, got in zip(frames, batch, strict=True):
+        try:
+            want = codec.decode_frame(frame)
+        except CodecError as exc:
+            assert type(got) is type(exc) and str(got) == str(exc)
+            continue
+        assert not isinstance(got, CodecError), got
+        # What decodes is sound: sorted unique in-range indices, finite values and weight
+        want.update.validate()
+        assert 0 <= want.weight <= 2.0**53 and want.update.size == FUZZ.size
+        assert np.array_equal(got.update.indices, want.update.indices)
+        assert np.array_equal(got.update.values.view(np.uint32), want.update.values.view(np.uint32))
+        assert got.weight == want.weight and got.header == want.header
