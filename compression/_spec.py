@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -88,10 +89,16 @@ class ModelSpec:
 
     @classmethod
     def from_json(cls, data: Sequence[dict[str, object]]) -> ModelSpec:
+        """The inverse of `to_json`; anything else is a `ValueError` (never a KeyError or a
+        TypeError, and no silent coercion of `true`, `2.7` or `"4"` to a dimension)."""
         pairs: list[tuple[str, Sequence[int]]] = []
-        for item in data:
+        for i, item in enumerate(data):
+            if not isinstance(item, dict) or "name" not in item or "shape" not in item:
+                raise ValueError(f"spec entry {i} must be an object with 'name' and 'shape'")
             name, shape = item["name"], item["shape"]
             if not isinstance(name, str) or not isinstance(shape, list):
                 raise ValueError("spec entries need a string name and a list shape")
+            if not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) for s in shape):
+                raise ValueError(f"spec entry {name!r}: dimensions must be integers, got {shape}")
             pairs.append((name, [int(s) for s in shape]))
         return cls.from_shapes(pairs)

@@ -427,7 +427,10 @@ def _any_config() -> Any:
 
 
 def _spec(a: Assignment) -> ModelSpec:
-    return ModelSpec.from_json([{"name": t.name, "shape": list(t.shape)} for t in a.spec])
+    try:
+        return ModelSpec.from_json([{"name": t.name, "shape": list(t.shape)} for t in a.spec])
+    except ValueError as exc:  # a coordinator's answer, so a bad_response, not a crash
+        raise ClientError(200, "bad_response", f"assignment spec: {exc}") from exc
 
 
 def _parse(cls: type[Any], response: httpx.Response) -> Any:

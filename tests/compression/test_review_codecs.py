@@ -385,3 +385,32 @@ def test_structured_hostile_frames_single_and_batch_agree(frames: list[bytes]) -
         assert np.array_equal(got.update.indices, want.update.indices)
         assert np.array_equal(got.update.values.view(np.uint32), want.update.values.view(np.uint32))
         assert got.weight == want.weight and got.header == want.header
+
+
+# -- the model spec every check derives from --------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        [{"name": "w", "shape": [None]}],
+        [{"name": "w", "shape": [True, 3]}],
+        [{"name": "w", "shape": [2.7]}],
+        [{"name": "w", "shape": ["4"]}],
+        [{"name": "w"}],
+        [{"shape": [4]}],
+        ["w"],
+        [{"name": "w", "shape": [-1]}],
+        [{"name": "w", "shape": [1 << 20, 1 << 20]}],
+        [],
+    ],
+)
+def test_a_malformed_spec_json_is_a_value_error(data: list[object]) -> None:
+    with pytest.raises(ValueError):
+        ModelSpec.from_json(data)  # type: ignore[arg-type]
+
+
+def test_spec_json_round_trips() -> None:
+    spec = ModelSpec.from_shapes([("conv.weight", (8, 1, 3, 3)), ("conv.bias", (8,))])
+    assert ModelSpec.from_json(spec.to_json()) == spec
+    assert ModelSpec.from_json([{"name": "w", "shape": [np.int64(4)]}]).size == 4

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from compression import CodecConfig, ModelSpec, UpdateCodec, encode_snapshot, model_digest
-from protocol.messages import pack_chain
+from protocol.messages import Assignment, CodecParams, TensorShape, TrainingParams, pack_chain
 from protocol.names import Header, ModelEncoding
 from sdk import Client
 from sdk.client import ClientError, ModelIntegrityError
@@ -123,3 +123,30 @@ def test_any_model_body_is_a_client_error_or_a_checked_model(
         except ClientError:
             return
     assert np.all(np.isfinite(got)) and model_digest(got) == model_digest(params)
+
+
+@pytest.mark.parametrize("shape", [[-1], [1 << 20, 1 << 20], [0]])
+def test_an_assignment_with_an_impossible_spec_is_a_client_error(
+    tmp_path: Path, shape: list[int]
+) -> None:
+    # Prepare: a check-in answer that parses (integer dimensions) but is no model
+    a = Assignment(
+        task_id=1,
+        round_id=5,
+        base_version=0,
+        model_name="m",
+        spec=[TensorShape("w", shape)],
+        codec=CodecParams(topk=0.5, bits=8),
+        training=TrainingParams(1, 4, 0.1),
+        deadline_unix=0.0,
+        model_path="/v1/tasks/1/model",
+        upload_path="/v1/rounds/5/updates",
+        max_upload_bytes=10_000,
+        seed=0,
+    )
+    transport = httpx.MockTransport(_serve([]))
+    # Execute / Assert: refused before any request, as a ClientError
+    with Client("http://coord", str(tmp_path), transport=transport) as c:
+        with pytest.raises(ClientError) as info:
+            c.fetch_model(a)
+    assert info.value.reason == "bad_response" and "spec" in info.value.detail
