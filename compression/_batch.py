@@ -26,7 +26,16 @@ from ._errors import CodecError, NonFiniteValues
 from ._index import INDEX_CODINGS
 from ._sparse import SparseUpdate
 from ._topk import _PREFILTER_MIN, _argpartition_top
-from ._wire import _HEADER, CRC_LEN, FLAG_ZSTD, HEADER_LEN, UPDATE_MAGIC, WIRE_VERSION, FrameHeader
+from ._wire import (
+    _HEADER,
+    CRC_LEN,
+    FLAG_ZSTD,
+    HEADER_LEN,
+    UPDATE_MAGIC,
+    WIRE_VERSION,
+    FrameHeader,
+    byte_view,
+)
 
 if TYPE_CHECKING:
     from ._codec import DecodedFrame, UpdateCodec
@@ -714,16 +723,20 @@ def decode_many(codec: UpdateCodec, frames: Sequence[bytes]) -> list[DecodedFram
     `DecodedFrame`, or the `CodecError` the single decoder raises for it. One bad frame does
     not affect the others. Raises `TypeError` (before decoding any) if a frame is not bytes."""
 
-    for f in frames:
-        if not isinstance(f, (bytes, bytearray, memoryview)):
-            raise TypeError(f"frame must be bytes, got {type(f).__name__}")
-    blobs = [f if isinstance(f, bytes) else bytes(f) for f in frames]
+    spec, limits = codec.spec, codec.limits
+    cap = limits.frame_cap(spec)
+    views = [f if isinstance(f, bytes) else byte_view(f, "frame") for f in frames]
+    # Other bytes-likes are copied once, unless above the cap: decode_frame refuses those
+    # (from the caller's object, below) without a copy.
+    oversized = {i for i, v in enumerate(views) if isinstance(v, memoryview) and v.nbytes > cap}
+    blobs = [
+        v if isinstance(v, bytes) else b"" if i in oversized else bytes(v)
+        for i, v in enumerate(views)
+    ]
     n = len(blobs)
     out: list[DecodedFrame | CodecError | None] = [None] * n
-    spec, limits = codec.spec, codec.limits
     d = spec.size
     lens = np.fromiter(map(len, blobs), dtype=np.int64, count=n)
-    cap = limits.frame_cap(spec)
     fits = (lens >= HEADER_LEN + CRC_LEN) & (lens <= cap)
     slow: list[int] = np.flatnonzero(~fits).tolist()
     cand = np.flatnonzero(fits)
@@ -780,7 +793,7 @@ def decode_many(codec: UpdateCodec, frames: Sequence[bytes]) -> list[DecodedFram
         _decode_groups(codec, rows, h, buf, starts, inflated, out, slow)
     for i in sorted(slow):
         try:
-            out[i] = codec.decode_frame(blobs[i])
+            out[i] = codec.decode_frame(frames[i] if i in oversized else blobs[i])
         except CodecError as exc:
             out[i] = exc
     result: list[DecodedFrame | CodecError] = []

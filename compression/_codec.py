@@ -15,10 +15,7 @@ from ._errors import CodecError
 from ._sparse import SparseUpdate
 from ._spec import ModelSpec
 from ._stages import FrameStage, IndexStage, QuantizeStage, Sections, TopKStage, ZstdStage
-from ._wire import (
-    WIRE_VERSION,
-    FrameHeader,
-)
+from ._wire import WIRE_VERSION, FrameHeader, byte_view, check_size
 
 __all__ = ["StageReport", "EncodeReport", "DecodedFrame", "UpdateCodec"]
 
@@ -188,9 +185,11 @@ class UpdateCodec:
 
     def decode_frame(self, frame: bytes) -> DecodedFrame:
         """Checks and decodes a v1 frame, stages in reverse; any problem raises a `CodecError`."""
-        if not isinstance(frame, (bytes, bytearray, memoryview)):
-            raise TypeError(f"frame must be bytes, got {type(frame).__name__}")
-        header, payload = self.frame.decode(bytes(frame))
+        if not isinstance(frame, bytes):
+            view = byte_view(frame, "frame")
+            check_size(view.nbytes, self.limits.frame_cap(self.spec), "frame")
+            frame = bytes(view)
+        header, payload = self.frame.decode(frame)
         sections = Sections.split(self.zstd.decode(payload, header), header)
         idx = IndexStage.decode(
             sections.index, header.index_coding, header.nnz, header.size, header.index_param

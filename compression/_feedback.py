@@ -17,7 +17,7 @@ from ._errors import (
     TrailingBytes,
     TruncatedFrame,
 )
-from ._wire import RESIDUAL_MAGIC, WIRE_VERSION, check_prefix
+from ._wire import RESIDUAL_MAGIC, WIRE_VERSION, byte_view, check_prefix
 
 __all__ = ["ErrorFeedback"]
 
@@ -69,23 +69,26 @@ class ErrorFeedback:
     @classmethod
     def from_bytes(cls, data: bytes, size: int) -> ErrorFeedback:
         """Restore a residual saved by `to_bytes`; refuses anything but exactly one of `size`."""
-        data = bytes(data)
-        header_len = check_prefix(data, RESIDUAL_MAGIC, "residual", _HEADER.size)
+        # A view: the lengths are checked before the values are copied out of it.
+        view = byte_view(data, "residual")
+        n = view.nbytes
+        head = bytes(view[: _HEADER.size])
+        header_len = check_prefix(head, RESIDUAL_MAGIC, "residual", _HEADER.size)
         if header_len != _HEADER.size:
             raise MalformedHeader(f"residual header is {_HEADER.size} bytes, got {header_len}")
-        if len(data) < _HEADER.size:
-            raise TruncatedFrame(f"residual of {len(data)} bytes ends inside its header")
-        _m, _v, flags, _hl, d, crc = _HEADER.unpack_from(data)
+        if n < _HEADER.size:
+            raise TruncatedFrame(f"residual of {n} bytes ends inside its header")
+        _m, _v, flags, _hl, d, crc = _HEADER.unpack_from(head)
         if flags:
             raise MalformedHeader(f"residual flags 0x{flags:02x}, must be 0")
         if d != size:
             raise SpecMismatch(f"residual holds {d} scalars; expected {size}")
         want = _HEADER.size + 4 * size
-        if len(data) > want:
-            raise TrailingBytes(f"{len(data) - want} bytes after the {want}-byte residual")
-        if len(data) < want:
-            raise TruncatedFrame(f"residual of {len(data)} bytes; {size} scalars need {want}")
-        body = memoryview(data)[_HEADER.size :]
+        if n > want:
+            raise TrailingBytes(f"{n - want} bytes after the {want}-byte residual")
+        if n < want:
+            raise TruncatedFrame(f"residual of {n} bytes; {size} scalars need {want}")
+        body = view[_HEADER.size :]
         if zlib.crc32(body) != crc:
             raise ChecksumMismatch("residual CRC-32 does not match its bytes")
         values = np.frombuffer(body, dtype="<f4").astype(np.float32)

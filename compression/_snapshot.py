@@ -14,13 +14,12 @@ from ._errors import (
     ChecksumMismatch,
     MalformedHeader,
     NonFiniteValues,
-    SizeLimitExceeded,
     SpecMismatch,
     TrailingBytes,
     TruncatedFrame,
 )
 from ._spec import ModelSpec
-from ._wire import SNAPSHOT_MAGIC, WIRE_VERSION, check_prefix
+from ._wire import SNAPSHOT_MAGIC, WIRE_VERSION, byte_view, check_prefix, check_size
 from ._zstd import ZstdCodec
 
 __all__ = [
@@ -102,10 +101,11 @@ def encode_snapshot(
 def decode_snapshot(data: bytes, spec: ModelSpec, limits: DecodeLimits | None = None) -> F32:
     """float32[d] from a snapshot, checked against `spec` and `limits` before inflating."""
     lim = limits if limits is not None else DecodeLimits()
-    data = bytes(data)
-    cap = lim.frame_cap(spec)
-    if len(data) > cap:
-        raise SizeLimitExceeded(f"snapshot of {len(data)} bytes above the cap of {cap}")
+    if not isinstance(data, bytes):
+        view = byte_view(data, "snapshot")
+        check_size(view.nbytes, lim.frame_cap(spec), "snapshot")
+        data = bytes(view)
+    check_size(len(data), lim.frame_cap(spec), "snapshot")
     header_len = check_prefix(data, SNAPSHOT_MAGIC, "snapshot", lim.max_header_bytes)
     if header_len != SNAPSHOT_HEADER_LEN:
         raise MalformedHeader(

@@ -31,6 +31,8 @@ __all__ = [
     "CRC_LEN",
     "FLAG_ZSTD",
     "FrameHeader",
+    "byte_view",
+    "check_size",
     "pack_header",
     "parse_header",
 ]
@@ -105,6 +107,23 @@ def pack_header(h: FrameHeader, index_id: int) -> bytes:
     )
 
 
+def byte_view(data: object, what: str) -> memoryview:
+    """`data` (bytes, bytearray or a contiguous memoryview) as a flat byte view, not a copy.
+
+    Decoders check the length of this view against their cap before copying anything: a 4 GB
+    bytearray is refused without a second 4 GB, and an int is a TypeError, not `bytes(n)`.
+    """
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{what} must be bytes, got {type(data).__name__}")
+    return memoryview(data).cast("B")
+
+
+def check_size(nbytes: int, cap: int, what: str) -> None:
+    """Step 1 of every decoder: the whole input against its cap, before anything else."""
+    if nbytes > cap:
+        raise SizeLimitExceeded(f"{what} of {nbytes} bytes above the cap of {cap}")
+
+
 def check_prefix(frame: bytes, magic: bytes, what: str, max_header: int) -> int:
     """Checks magic, version and the declared header length; returns the header length."""
     if len(frame) < _PREFIX.size:
@@ -132,9 +151,7 @@ def check_prefix(frame: bytes, magic: bytes, what: str, max_header: int) -> int:
 def parse_header(frame: bytes, spec: ModelSpec, limits: DecodeLimits) -> FrameHeader:
     """Checks the frame's envelope (lengths, CRC) and every header field against the spec and
     limits, in the order of docs/wire-format.md; allocates nothing."""
-    cap = limits.frame_cap(spec)
-    if len(frame) > cap:
-        raise SizeLimitExceeded(f"frame of {len(frame)} bytes above the cap of {cap}")
+    check_size(len(frame), limits.frame_cap(spec), "frame")
     header_len = check_prefix(frame, UPDATE_MAGIC, "update frame", limits.max_header_bytes)
     if header_len != HEADER_LEN:
         raise MalformedHeader(f"v1 header is {HEADER_LEN} bytes, frame declares {header_len}")

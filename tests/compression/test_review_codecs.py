@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 import tracemalloc
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,9 +18,11 @@ from compression import (
     CodecError,
     DecodeLimits,
     DecompressionError,
+    ErrorFeedback,
     ModelSpec,
     TrailingBytes,
     UpdateCodec,
+    decode_snapshot,
 )
 from compression._index import INDEX_CODINGS
 from coordinator.aggregators import FedAvg
@@ -414,3 +418,49 @@ def test_spec_json_round_trips() -> None:
     spec = ModelSpec.from_shapes([("conv.weight", (8, 1, 3, 3)), ("conv.bias", (8,))])
     assert ModelSpec.from_json(spec.to_json()) == spec
     assert ModelSpec.from_json([{"name": "w", "shape": [np.int64(4)]}]).size == 4
+
+
+# -- what a caller passes in ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", [10**12, "PLMS", None, [1, 2]])
+def test_decoders_take_bytes_only(data: object) -> None:
+    # bytes(10**12) would allocate a terabyte of zeros before any check
+    codec = UpdateCodec(SMALL, CodecConfig(topk=0.5, bits=4))
+    decoders: list[Callable[[Any], object]] = [
+        codec.decode_frame,
+        lambda b: codec.decode_many([b]),
+        lambda b: decode_snapshot(b, SMALL),
+        lambda b: ErrorFeedback.from_bytes(b, SMALL.size),
+    ]
+    for decode in decoders:
+        with pytest.raises(TypeError):
+            decode(data)
+
+
+def _raise_refusal(result: object) -> None:
+    if isinstance(result, CodecError):
+        raise result
+
+
+def test_an_oversized_bytearray_is_refused_before_it_is_copied() -> None:
+    # Prepare: views and bytearrays one byte above each decoder's cap
+    spec = ModelSpec.from_shapes([("w", (250_000,))])
+    codec = UpdateCodec(spec, CodecConfig(topk=0.5, bits=4))
+    big = bytearray(codec.limits.frame_cap(spec) + 1)
+    residual = bytearray(16 + 4 * spec.size + 1)
+    # Execute / Assert: refused with the size error, no copy of a megabyte made first
+    for decode, data in (
+        (codec.decode_frame, big),
+        (codec.decode_frame, memoryview(big)),
+        (lambda b: _raise_refusal(codec.decode_many([b])[0]), big),
+        (lambda b: decode_snapshot(b, spec), big),
+        (lambda b: ErrorFeedback.from_bytes(b, spec.size), residual),
+    ):
+
+        def refuse(decode: object = decode, data: object = data) -> None:
+            assert callable(decode)
+            with pytest.raises(CodecError):
+                decode(data)
+
+        assert _peak(refuse) < 64 * 1024
