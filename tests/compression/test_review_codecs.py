@@ -464,3 +464,23 @@ def test_an_oversized_bytearray_is_refused_before_it_is_copied() -> None:
                 decode(data)
 
         assert _peak(refuse) < 64 * 1024
+
+
+def test_the_batch_encoder_with_a_huge_block_matches_the_single_encoder_in_small_memory() -> None:
+    # Prepare: 50 rows of a 64-scalar model, 16 values each, one scale block of 2**20
+    codec = UpdateCodec(SMALL, CodecConfig(topk=0.25, bits=4, block=1 << 20))
+    u = np.random.default_rng(3).standard_normal((50, SMALL.size)).astype(np.float32)
+    weights = [float(i) for i in range(50)]
+    # Execute
+    got: list[object] = []
+    peak = _peak(
+        lambda: got.append(
+            codec.roundtrip_many(u, [np.random.default_rng(i) for i in range(50)], weights)
+        )
+    )
+    frames, dense = got[0]  # type: ignore[misc]
+    # Assert: byte for byte the single encoder's frames; no [50, 2**20] padding (200 MB)
+    for i in range(50):
+        want, want_dense, _ = codec.roundtrip(u[i], np.random.default_rng(i), weights[i])
+        assert frames[i] == want and np.array_equal(dense[i], want_dense)
+    assert peak < 2 * 1024 * 1024, peak
