@@ -472,13 +472,13 @@ def test_the_batch_encoder_with_a_huge_block_matches_the_single_encoder_in_small
     u = np.random.default_rng(3).standard_normal((50, SMALL.size)).astype(np.float32)
     weights = [float(i) for i in range(50)]
     # Execute
-    got: list[object] = []
+    got: list[tuple[list[bytes], np.ndarray]] = []
     peak = _peak(
         lambda: got.append(
             codec.roundtrip_many(u, [np.random.default_rng(i) for i in range(50)], weights)
         )
     )
-    frames, dense = got[0]  # type: ignore[misc]
+    frames, dense = got[0]
     # Assert: byte for byte the single encoder's frames; no [50, 2**20] padding (200 MB)
     for i in range(50):
         want, want_dense, _ = codec.roundtrip(u[i], np.random.default_rng(i), weights[i])
