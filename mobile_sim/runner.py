@@ -394,7 +394,14 @@ def run_simulation(
                     engine.config.cohort_size,
                     np.random.default_rng([cfg.seed, 3, len(records) + 1]),
                 )
-                available = [ids[i] for i in sorted(picks.tolist())] or ids
+                available = [ids[i] for i in sorted(picks.tolist())]
+                if not available:
+                    # Nobody charged on unmetered wifi in two simulated days: say so rather
+                    # than pretend the whole fleet was eligible.
+                    raise RuntimeError(
+                        f"round {len(records) + 1}: no device was eligible in the simulated "
+                        "wait window (a tiny or never-available fleet)"
+                    )
             plan = engine.open_round(available)
             params = engine.params
             for dev in plan.selected:  # the dense model broadcast

@@ -194,3 +194,15 @@ def test_ort_devices_can_be_a_tier() -> None:
     assert {str(batch[i].tier) for i in range(len(batch))} == {"low"}
     with pytest.raises(ValueError, match="unknown tier"):
         ort_devices_of_tier(fleet, 300, "flagship")
+
+
+def test_a_realistic_fleet_with_nobody_eligible_is_an_error_not_the_whole_fleet(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: a population where no device ever charges on unmetered wifi.
+    from mobile_sim.fleet import SimFleet
+
+    monkeypatch.setattr(SimFleet, "wait_for", lambda self, n, rng, **kw: np.zeros(0, np.int64))
+    # Execute + Assert: before, every device silently became eligible.
+    with pytest.raises(RuntimeError, match="no device was eligible"):
+        run_simulation(replace(SMALL, rounds=1, fleet="realistic"), progress=False)
