@@ -737,7 +737,10 @@ def decode_many(codec: UpdateCodec, frames: Sequence[bytes]) -> list[DecodedFram
     out: list[DecodedFrame | CodecError | None] = [None] * n
     d = spec.size
     lens = np.fromiter(map(len, blobs), dtype=np.int64, count=n)
-    fits = (lens >= HEADER_LEN + CRC_LEN) & (lens <= cap)
+    # A frame longer than this has a payload, so sections, above _BATCH_MAX_RAW: it would take
+    # the single decoder anyway, and joining it into the batch buffer would only copy it.
+    longest = min(cap, HEADER_LEN + _BATCH_MAX_RAW + CRC_LEN)
+    fits = (lens >= HEADER_LEN + CRC_LEN) & (lens <= longest)
     slow: list[int] = np.flatnonzero(~fits).tolist()
     cand = np.flatnonzero(fits)
     if cand.shape[0]:
