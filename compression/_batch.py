@@ -422,7 +422,7 @@ def _encode_batch(
 
     fp = codec.spec.fingerprint
     wire_block = codec.quantize.block
-    cctx = codec.zstd.zstd._cctx()
+    zstd = codec.zstd.zstd
     sb = 0 if scales is None else scales.shape[1]
     vb = values.shape[1]
     ids_l, params_l = ids.tolist(), params.tolist()
@@ -433,7 +433,7 @@ def _encode_batch(
         # ZstdStage.encode: zstd only when strictly shorter.
         payload, flags = raw, 0
         if raw:
-            packed = cctx.compress(raw)
+            packed = zstd.compress(raw)  # with its window cap, as the single encoder
             if len(packed) < len(raw):
                 payload, flags = packed, FLAG_ZSTD
         body = (

@@ -512,3 +512,20 @@ def test_decode_many_does_not_copy_frames_it_decodes_one_by_one() -> None:
         assert not isinstance(r, CodecError)
         assert np.array_equal(r.update.values, row)  # type: ignore[attr-defined]
     assert extra < 4 * 1024 * 1024, extra
+
+
+def test_encode_many_keeps_the_zstd_window_cap_like_encode() -> None:
+    # Prepare: 8 kB of sections under a 1 KiB window cap, rows batched (d < 65,536)
+    spec = ModelSpec.from_shapes([("w", (2000,))])
+    codec = UpdateCodec(spec, CodecConfig(topk=1.0, bits=32), DecodeLimits(zstd_max_window_log=10))
+    # no zeros (a row with a zero takes the single encoder) but compressible
+    u = (
+        np.tile(np.arange(1, 5, dtype=np.float32), (3, 500))
+        + np.arange(3, dtype=np.float32)[:, None]
+    )
+    # Execute
+    frames = codec.encode_many(u, [np.random.default_rng(i) for i in range(3)], [1.0] * 3)
+    # Assert: byte for byte what encode writes, and decodable under the same cap
+    for i, frame in enumerate(frames):
+        assert frame == codec.encode(u[i], np.random.default_rng(i))[0]
+        assert np.array_equal(codec.decode(frame).values, u[i])
