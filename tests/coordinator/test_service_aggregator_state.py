@@ -38,14 +38,17 @@ def _one_round(url: str, tmp_path: Path, task_id: int, version: int) -> None:
     def run(i: int) -> None:
         c = Client(url, str(tmp_path / f"dev{i}"))
         c.register()
-        c.participate(SoftmaxTrainer(), *local_data(i), task_id=task_id, max_wait_s=15)
+        c.participate(SoftmaxTrainer(), *local_data(i), task_id=task_id, max_wait_s=60)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
-    wait_until(httpx.Client(base_url=url), f"/v1/admin/tasks/{task_id}", "version", version)
+        t.join(90)
+    status = wait_until(
+        httpx.Client(base_url=url), f"/v1/admin/tasks/{task_id}", "version", version, timeout=60
+    )
+    assert status["version"] == version, status
 
 
 def _dp(url: str, round_id: int) -> dict[str, float]:
@@ -132,7 +135,10 @@ def test_a_secure_task_resumes_its_coordinate_scores(tmp_path: Path) -> None:
         for c in clients:
             c.register()
         assert all(r.completed for r in _round(clients, task_id))
-        wait_until(httpx.Client(base_url=url), f"/v1/admin/tasks/{task_id}", "version", 1)
+        status = wait_until(
+            httpx.Client(base_url=url), f"/v1/admin/tasks/{task_id}", "version", 1, timeout=60
+        )
+        assert status["version"] == 1, status
         store = Store(db)
         saved = decode_state(store.task_aggregator_state(task_id) or b"")
         store.close()
