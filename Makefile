@@ -35,7 +35,7 @@ lint: $(STAMP)
 
 # Every benchmark at the issues' settings (hours on 2 cores); results land in bench/results/
 # and docs/benchmarks.md is regenerated from them. `make bench-quick` is a smoke run of each.
-BENCHES := codec bandwidth_accuracy coordinator_ingest secagg robustness privacy onnx_train sim_throughput
+BENCHES := codec bandwidth_accuracy coordinator_ingest secagg robustness privacy onnx_train sim_throughput server_opt
 
 bench: $(STAMP)
 	for b in $(BENCHES); do $(BIN)/python bench/$$b.py || exit 1; done

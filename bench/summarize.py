@@ -141,6 +141,12 @@ BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
             ("backdoor_screen_weak_dp_target_met_every_seed", "on every seed"),
         ],
     ),
+    (
+        "server_opt",
+        "Server optimizers on the compressed MNIST CNN (FedAvg, FedAvgM, FedAdam, FedYogi)",
+        "python bench/server_opt.py",
+        [("best_final", "")],
+    ),
     ("privacy", "Privacy vs utility (issue 5)", "python bench/privacy.py", []),
     (
         "onnx_train",
@@ -242,6 +248,25 @@ def _fraction_table() -> list[str]:
     return lines + [""]
 
 
+def _server_opt_table(doc: dict[str, Any]) -> list[str]:
+    """Every arm of bench/server_opt.py: spec, server step, accuracy, bytes."""
+    s = doc.get("settings", {})
+    lines = [
+        f"Seed {s.get('seed')}, {s.get('rounds')} rounds, {s.get('codec')}; every arm sees the "
+        "same devices in the same rounds. One seed: differences under about 0.5 pp are within "
+        "what another seed or another backend's float order moves.",
+        "",
+        "| arm | aggregator | server step | final accuracy | best round | upload bytes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, a in doc.get("arms", {}).items():
+        lines.append(
+            f"| `{name}` | `{a['aggregator']}` | {_fmt(a['server_lr'])} | "
+            f"{_fmt(a['final_accuracy'])} | {_fmt(a['best_accuracy'])} | {a['upload_bytes']:,} |"
+        )
+    return lines + [""]
+
+
 def render() -> str:
     out = [
         "# Benchmark results",
@@ -273,6 +298,8 @@ def render() -> str:
             out += _sweep_table()
         if stem == "robustness":
             out += _fraction_table()
+        if stem == "server_opt":
+            out += _server_opt_table(doc)
         for key in sorted(k for k in doc if k in ("notes", "note") or k.endswith("_note")):
             value = doc[key]
             out += [f"Note (`{key}`): {value if isinstance(value, str) else json.dumps(value)}", ""]

@@ -24,6 +24,7 @@ from ._robust import (
     TrimmedMean,
     UpdateRows,
 )
+from ._server_opt import SERVER_OPTIMIZERS, ServerOptimizer
 from ._state import StateCodecError, decode_state, encode_state
 
 __all__ = [
@@ -53,6 +54,9 @@ __all__ = [
     "UpdateRows",
     "build_aggregator",
     "clip_update",
+    # server optimizers
+    "SERVER_OPTIMIZERS",
+    "ServerOptimizer",
     # state persistence
     "StateCodecError",
     "decode_state",

@@ -8,7 +8,10 @@ last gets FedAvg as its inner. `dp` must be the first stage: anything outside it
 individual reports or re-release noise. The one exception is a report screen (`collusion`),
 which may stand in front of `dp` and drops whole reports before they are clipped and noised;
 such a `dp` may not account epsilon (no q=/population=/eps=), because the screen lets one device's
-report decide whether another's counts. See AGGREGATOR_HELP for every name and parameter.
+report decide whether another's counts. A server optimizer (`avgm`, `adam`, `yogi`, `adagrad`)
+may only be the very first stage, in front of everything including `dp`: it turns the final
+aggregate into the model step, which is post-processing of dp's output. See AGGREGATOR_HELP for
+every name and parameter.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from ._robust import (
     RobustLearningRate,
     TrimmedMean,
 )
+from ._server_opt import SERVER_OPTIMIZERS, ServerOptimizer
 
 __all__ = ["AGGREGATOR_HELP", "AggregatorSpecError", "DEFAULT_ROBUST", "build_aggregator"]
 
@@ -69,6 +73,10 @@ Wrappers (stages before the base):
                                    that device's reports for R rounds (30): backdoor defence
   dp:clip=C,z=Z[,q=Q|population=N,sample=M][,delta=,eps=,denom=,seed=,quantile=,count_std=]
                                    user-level DP mean (must be the first stage)
+Server optimizers (only as the very first stage; they turn the aggregate into the step):
+  avgm[:momentum=B,lr=L]           FedAvgM: server momentum B (0.9), step lr (1.0)
+  adam[:lr=L,b1=,b2=,tau=]         FedAdam (Reddi et al. 2021): lr 0.01, b1 0.9, b2 0.99,
+  yogi[:...], adagrad[:...]        tau 1e-3; FedYogi, FedAdagrad take the same parameters
 Examples: "median", "trimmed_mean:0.1", "multikrum:f=2,m=5", "bucket:2+median",
   "nnm+krum", "normbound:5+fedavg", "dp:clip=1,z=1.0,q=0.01,eps=8+fedavg"
 """
@@ -300,6 +308,26 @@ def _dp(p: _Params, inner: AggregatorFactory) -> AggregatorFactory:
 # Wrappers allowed in front of `dp`.
 SCREENS_BEFORE_DP = frozenset({"collusion"})
 
+
+def _server_opt(kind: str) -> Callable[[_Params, AggregatorFactory], AggregatorFactory]:
+    def build(p: _Params, inner: AggregatorFactory) -> AggregatorFactory:
+        if kind == "avgm":
+            return ServerOptimizer(
+                inner, "avgm", lr=p.num("lr", default=1.0),
+                beta1=p.num("momentum", "beta", "b1", default=0.9, positional=True),
+            )  # fmt: skip
+        return ServerOptimizer(
+            inner,
+            kind,
+            lr=p.num("lr", default=0.01, positional=True),
+            beta1=p.num("b1", "beta1", default=0.9),
+            beta2=p.num("b2", "beta2", default=0.99),
+            tau=p.num("tau", default=1e-3),
+        )
+
+    return build
+
+
 WRAPPERS: dict[str, Callable[[_Params, AggregatorFactory], AggregatorFactory]] = {
     "normbound": _clip,
     "clip": _clip,
@@ -309,6 +337,7 @@ WRAPPERS: dict[str, Callable[[_Params, AggregatorFactory], AggregatorFactory]] =
     "cosfilter": _cosfilter,
     "collusion": _collusion,
     "dp": _dp,
+    **{kind: _server_opt(kind) for kind in SERVER_OPTIMIZERS},
 }
 
 
@@ -319,9 +348,12 @@ def build_aggregator(spec: str) -> AggregatorFactory:
         raise AggregatorSpecError("empty aggregator spec")
     stages = [s.strip() for s in spec.strip().split("+")]
     names = [s.partition(":")[0].strip().lower() for s in stages]
-    # Only report screens may stand outside dp: they drop whole reports before DPMean clips
+    # A server optimizer turns the final aggregate into the model step: it comes first. Only
+    # report screens may stand between it and dp: they drop whole reports before DPMean clips
     # and noises the rest (docs/robustness.md says what that does to the DP guarantee).
-    lead = 0
+    # The optimizer post-processes dp's output, which keeps the guarantee.
+    first = 1 if names[0] in SERVER_OPTIMIZERS else 0
+    lead = first
     while lead < len(names) and names[lead] in SCREENS_BEFORE_DP:
         lead += 1
     parsed: list[tuple[str, _Params]] = []
@@ -333,6 +365,8 @@ def build_aggregator(spec: str) -> AggregatorFactory:
             raise AggregatorSpecError(f"unknown aggregator {name!r} in {spec!r}; known: {known}")
         if name in BASES and i != len(stages) - 1:
             raise AggregatorSpecError(f"{name!r} is a base aggregator and must come last")
+        if name in SERVER_OPTIMIZERS and i != 0:
+            raise AggregatorSpecError(f"{name!r} is a server optimizer: the first stage only")
         if name == "dp" and i != lead:
             raise AggregatorSpecError("dp must be the first (outermost) stage")
         if name == "dp" and len(stages) > i + 2:
@@ -341,7 +375,7 @@ def build_aggregator(spec: str) -> AggregatorFactory:
             # The sensitivity analysis needs a linear mean of the clipped reports.
             raise AggregatorSpecError(f"dp needs a mean inside it, not {name!r}")
         parsed.append((name, _Params(name, params.strip())))
-    if lead and "dp" in names:
+    if lead > first and "dp" in names:
         dp_params = parsed[names.index("dp")][1]
         if any(
             k in dp_params.values for k in ("q", "population", "sample", "eps", "epsilon_budget")
@@ -349,7 +383,7 @@ def build_aggregator(spec: str) -> AggregatorFactory:
             # A screen outside dp lets one device's report decide whether another's counts,
             # so the clipped sum's sensitivity is no longer bounded by the clip: no epsilon holds.
             raise AggregatorSpecError(
-                f"{names[0]!r} in front of dp voids the DP guarantee (one device's report can "
+                f"{names[first]!r} in front of dp voids the DP guarantee (one device's report can "
                 "drop another's), so dp there may not account epsilon: drop q=/population=/eps= "
                 "or put the screen away"
             )

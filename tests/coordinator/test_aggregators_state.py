@@ -96,6 +96,8 @@ def _round(rng: np.random.Generator, n: int = 8) -> list[ClientUpdate]:
         "cclip:tau=auto,beta=0.9",
         "anomaly:min_cos=0,norm_ratio=3+median",
         "rlr:theta=3",
+        "adam:lr=0.05+cosfilter+geomed",
+        "avgm:0.9+dp:clip=1,z=1.0,seed=2+fedavg",
     ],
 )
 def test_a_restored_state_continues_exactly_like_the_original(spec: str) -> None:
