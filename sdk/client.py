@@ -69,6 +69,13 @@ __all__ = [
 
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 _LEDGER_HEADER = "x-plume-ledger-round"
+# Response bodies are read in chunks and refused past a cap, so a hostile or broken server
+# cannot make a phone buffer gigabytes: JSON answers, secure-stage messages, and the model
+# (its dense fp32 size plus 1 MiB: a snapshot's header, or a delta chain, which the server
+# sends only when it is smaller than the snapshot).
+MAX_JSON_RESPONSE = 4 << 20
+MAX_SECURE_RESPONSE = 16 << 20
+MODEL_RESPONSE_SLACK = 1 << 20
 
 Send = Callable[[httpx.Request], httpx.Response]
 Mod = Callable[[httpx.Request, Send], httpx.Response]
@@ -140,6 +147,7 @@ class _Exchange:
     dense_up: int = 0
     dense_down_on_ok: int = 0
     count_payload_down: bool = False
+    max_response_bytes: int = MAX_JSON_RESPONSE
 
 
 def _error(response: httpx.Response) -> ClientError:
@@ -269,6 +277,7 @@ class _Core:
             params=params,
             dense_down_on_ok=spec.dense_bytes,
             count_payload_down=True,
+            max_response_bytes=spec.dense_bytes + MODEL_RESPONSE_SLACK,
         )
 
     def apply_model(
@@ -394,7 +403,11 @@ class _Core:
 
     def secure_setup_exchange(self, round_id: int) -> _Exchange:
         return _Exchange(
-            "GET", SecAggPath.SETUP.format(round_id=round_id), round_id, count_payload_down=True
+            "GET",
+            SecAggPath.SETUP.format(round_id=round_id),
+            round_id,
+            count_payload_down=True,
+            max_response_bytes=MAX_SECURE_RESPONSE,
         )
 
     def stage_upload_exchange(
@@ -417,7 +430,50 @@ class _Core:
             SecAggPath.STAGE.format(round_id=round_id, stage=stage),
             round_id,
             count_payload_down=True,
+            max_response_bytes=MAX_SECURE_RESPONSE,
         )
+
+
+def _too_large(response: httpx.Response, cap: int) -> ClientError:
+    return ClientError(
+        response.status_code, "too_large", f"response body above the {cap}-byte cap; not read"
+    )
+
+
+def _read_capped(response: httpx.Response, cap: int) -> httpx.Response:
+    """Read a streamed response's body, refusing it (`too_large`) once it passes `cap` bytes."""
+    try:
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            raise _too_large(response, cap)
+        chunks, size = [], 0
+        for chunk in response.iter_bytes():
+            size += len(chunk)
+            if size > cap:
+                raise _too_large(response, cap)
+            chunks.append(chunk)
+    finally:
+        response.close()
+    response._content = b"".join(chunks)  # what Response.read() stores
+    return response
+
+
+async def _aread_capped(response: httpx.Response, cap: int) -> httpx.Response:
+    """`_read_capped` for an async response."""
+    try:
+        declared = response.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            raise _too_large(response, cap)
+        chunks, size = [], 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > cap:
+                raise _too_large(response, cap)
+            chunks.append(chunk)
+    finally:
+        await response.aclose()
+    response._content = b"".join(chunks)
+    return response
 
 
 def _any_config() -> Any:
@@ -628,10 +684,10 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _dispatch(self, request: httpx.Request) -> httpx.Response:
+    def _dispatch(self, request: httpx.Request, cap: int) -> httpx.Response:
         def call(i: int) -> Send:
             if i == len(self._mods):
-                return lambda r: self._http.send(r)
+                return lambda r: _read_capped(self._http.send(r, stream=True), cap)
             return lambda r: self._mods[i](r, call(i + 1))
 
         return call(0)(request)
@@ -641,7 +697,7 @@ class Client:
         for attempt in range(core.retries + 1):
             request = core.build(self._http, ex)  # fresh timestamp and nonce per attempt
             try:
-                response = self._dispatch(request)
+                response = self._dispatch(request, ex.max_response_bytes)
                 response.read()
             except httpx.TransportError:
                 if attempt == core.retries:
@@ -855,10 +911,13 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _dispatch(self, request: httpx.Request) -> httpx.Response:
+    async def _dispatch(self, request: httpx.Request, cap: int) -> httpx.Response:
+        async def last(r: httpx.Request) -> httpx.Response:
+            return await _aread_capped(await self._http.send(r, stream=True), cap)
+
         def call(i: int) -> AsyncSend:
             if i == len(self._mods):
-                return lambda r: self._http.send(r)
+                return last
             return lambda r: self._mods[i](r, call(i + 1))
 
         response: httpx.Response = await call(0)(request)
@@ -869,7 +928,7 @@ class AsyncClient:
         for attempt in range(core.retries + 1):
             request = core.build(self._http, ex)
             try:
-                response = await self._dispatch(request)
+                response = await self._dispatch(request, ex.max_response_bytes)
                 await response.aread()
             except httpx.TransportError:
                 if attempt == core.retries:
