@@ -267,6 +267,29 @@ def _server_opt_table(doc: dict[str, Any]) -> list[str]:
             f"| `{name}` | `{a['aggregator']}` | {_fmt(a['server_lr'])} | "
             f"{_fmt(a['final_accuracy'])} | {_fmt(a['best_accuracy'])} | {a['upload_bytes']:,} |"
         )
+    runs = [doc] + [
+        json.loads(p.read_text()) for p in sorted(RESULTS.glob("server_opt_seed*.json"))
+    ]
+    common = [a for a in doc.get("arms", {}) if all(a in r.get("arms", {}) for r in runs)]
+    if len(runs) > 1 and common:
+        seeds = [r["settings"]["seed"] for r in runs]
+        lines += [
+            "",
+            f"Across seeds {seeds} (`server_opt_seed*.json`: `python bench/server_opt.py --arms "
+            "... --seed S --out bench/results/server_opt_seedS.json`; the learning rates were "
+            "chosen on seed 0, so the other seeds are held out). The final round alone is noisy, "
+            "so the mean of each run's last five rounds is given too.",
+            "",
+            "| arm | final accuracy per seed | mean | last-5-round mean per seed | mean |",
+            "|---|---|---|---|---|",
+        ]
+        for name in common:
+            fin = [r["arms"][name]["final_accuracy"] for r in runs]
+            last5 = [sum(r["arms"][name]["accuracy_per_round"][-5:]) / 5 for r in runs]
+            lines.append(
+                f"| `{name}` | {' / '.join(_fmt(v) for v in fin)} | {_fmt(sum(fin) / len(fin))} | "
+                f"{' / '.join(_fmt(v) for v in last5)} | {_fmt(sum(last5) / len(last5))} |"
+            )
     return lines + [""]
 
 
