@@ -179,9 +179,11 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        reason = {404: Reason.NOT_FOUND, 405: Reason.METHOD_NOT_ALLOWED}.get(
-            exc.status_code, Reason.MALFORMED
-        )
+        reason = {
+            404: Reason.NOT_FOUND,
+            405: Reason.METHOD_NOT_ALLOWED,
+            408: Reason.REQUEST_TIMEOUT,  # a body past the deadline (wire.py)
+        }.get(exc.status_code, Reason.MALFORMED)
         if exc.status_code == 413:  # a body past the cap while streaming (wire.py)
             reason = Reason.TOO_LARGE
         return JSONResponse(
@@ -512,5 +514,6 @@ def create_app(
         metrics=metrics,
         json_cap=config.json_body_cap,
         member=coordinator.in_round,
+        body_timeout_s=config.body_timeout_s or None,
     )
     return app

@@ -113,6 +113,8 @@ class ServiceConfig:
     max_checkin_rate: check-ins per second the waiting devices of a task are paced to.
     register_rate_per_s, register_burst: registrations per client address (IPv6: per /64),
         a token bucket; 0 (the default) is unlimited (see docs/operations.md for why).
+    body_timeout_s: a request's body must arrive in full within this many seconds of its
+        first read, else 408 `request_timeout` and the connection closes (0: no limit).
     """
 
     db_path: str = "plume.db"
@@ -126,6 +128,7 @@ class ServiceConfig:
     max_checkin_rate: float = 200.0
     register_rate_per_s: float = 0.0
     register_burst: int = 20
+    body_timeout_s: float = 120.0
 
 
 @dataclass

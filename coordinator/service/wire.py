@@ -1,4 +1,5 @@
-"""ASGI middleware: body caps while streaming, and HTTP wire bytes into the bandwidth ledger.
+"""ASGI middleware: body caps and a body deadline while streaming, and HTTP wire bytes into the
+bandwidth ledger.
 
 Handlers attach an `Attribution` (device, round, payload and dense bytes) to the request state
 once a request has authenticated. When the response is complete this middleware computes the
@@ -9,8 +10,10 @@ it counted the exchange under in the `x-plume-ledger-round` response header.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
 from typing import Any
@@ -58,6 +61,14 @@ class _BodyTooLarge(HTTPException):
         super().__init__(413, detail, headers={"connection": "close"})
 
 
+class _BodyTimeout(HTTPException):
+    """A body that did not arrive completely within the deadline (a slow or stalled sender)."""
+
+    def __init__(self, seconds: float) -> None:
+        detail = f"request body not complete within {seconds:g} s"
+        super().__init__(408, detail, headers={"connection": "close"})
+
+
 class WireMiddleware:
     def __init__(
         self,
@@ -66,11 +77,15 @@ class WireMiddleware:
         metrics: Metrics,
         json_cap: int,
         member: Callable[[int, str], bool] | None = None,
+        body_timeout_s: float | None = None,
     ) -> None:
         self.app = app
         self.store = store
         self.metrics = metrics
         self.json_cap = json_cap
+        # A request's whole body must arrive within this many seconds of its first read: a
+        # sender that trickles bytes cannot hold a connection open indefinitely.
+        self.body_timeout_s = body_timeout_s
         # member(round_id, device_id): was the device selected for the round? Anyone can sign
         # any round id, so only a round's own devices may add bytes to its ledger.
         self.member = member
@@ -89,14 +104,25 @@ class WireMiddleware:
         received = 0
         sent_body = 0
         started: dict[str, Any] = {}
+        body_done = False
+        deadline: float | None = None
 
         async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, body_done, deadline
+            if body_done or self.body_timeout_s is None:
+                message = await receive()  # after the body: only disconnects arrive here
+            else:
+                if deadline is None:
+                    deadline = time.monotonic() + self.body_timeout_s
+                try:
+                    message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+                except TimeoutError:
+                    raise _BodyTimeout(self.body_timeout_s) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if cap is not None and received > cap:
                     raise _BodyTooLarge(cap)
+                body_done = not message.get("more_body", False)
             return message
 
         async def counting_send(message: Message) -> None:
@@ -122,6 +148,11 @@ class WireMiddleware:
             if started:
                 raise
             await _reject_413(send, cap or 0)
+            return
+        except _BodyTimeout as exc:
+            if started:
+                raise
+            await _reject(send, 408, Reason.REQUEST_TIMEOUT, str(exc.detail))
             return
         if started:
             self._account(scope, received, started, sent_body)
@@ -167,13 +198,16 @@ class WireMiddleware:
 
 
 async def _reject_413(send: Send, cap: int) -> None:
-    body = json.dumps(
-        {"reason": str(Reason.TOO_LARGE), "detail": f"request body above the {cap}-byte cap"}
-    ).encode()
+    await _reject(send, 413, Reason.TOO_LARGE, f"request body above the {cap}-byte cap")
+
+
+async def _reject(send: Send, status: int, reason: Reason, detail: str) -> None:
+    """A JSON error response that closes the connection (the rest of the body is not read)."""
+    body = json.dumps({"reason": str(reason), "detail": detail}).encode()
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
+            "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
                 (b"content-length", str(len(body)).encode()),
