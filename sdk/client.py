@@ -440,12 +440,17 @@ def _too_large(response: httpx.Response, cap: int) -> ClientError:
     )
 
 
+def _refuse_declared(response: httpx.Response, cap: int) -> None:
+    """`too_large` before any byte is read when the declared length is already past `cap`."""
+    declared = response.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise _too_large(response, cap)
+
+
 def _read_capped(response: httpx.Response, cap: int) -> httpx.Response:
     """Read a streamed response's body, refusing it (`too_large`) once it passes `cap` bytes."""
     try:
-        declared = response.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > cap:
-            raise _too_large(response, cap)
+        _refuse_declared(response, cap)
         chunks, size = [], 0
         for chunk in response.iter_bytes():
             size += len(chunk)
@@ -461,9 +466,7 @@ def _read_capped(response: httpx.Response, cap: int) -> httpx.Response:
 async def _aread_capped(response: httpx.Response, cap: int) -> httpx.Response:
     """`_read_capped` for an async response."""
     try:
-        declared = response.headers.get("content-length")
-        if declared is not None and declared.isdigit() and int(declared) > cap:
-            raise _too_large(response, cap)
+        _refuse_declared(response, cap)
         chunks, size = [], 0
         async for chunk in response.aiter_bytes():
             size += len(chunk)

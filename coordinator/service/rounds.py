@@ -39,7 +39,6 @@ from compression import (
 from coordinator.aggregators import (
     AggregateOutput,
     AggregatorFactory,
-    StateCodecError,
     build_aggregator,
     decode_state,
     encode_state,
@@ -352,7 +351,7 @@ class Coordinator:
                     rt.secure.coordinator.restore_carried_state(carried)
                 else:
                     rt.engine.aggregator_state = carried
-            except (StateCodecError, KeyError, TypeError, ValueError) as exc:
+            except (KeyError, TypeError, ValueError) as exc:  # StateCodecError included
                 raise RuntimeError(
                     f"task {task_id}: the stored aggregator state does not restore ({exc!r})"
                 ) from exc

@@ -243,7 +243,7 @@ def _berlekamp_welch(xs: Sequence[int], ys: Sequence[int], k: int, e: int) -> li
     """
     rows, rhs = [], []
     for x, y in zip(xs, ys, strict=True):
-        powers = [pow(x, j, PRIME) for j in range(k + 2 * e + 1)]
+        powers = [pow(x, j, PRIME) for j in range(k + e + 1)]
         rows.append(powers[: k + e] + [(-y * powers[j]) % PRIME for j in range(e)])
         rhs.append(y * powers[e] % PRIME)
     sol = _solve_mod(rows, rhs)
@@ -308,7 +308,7 @@ def combine_shares_robust(shares: Sequence[bytes]) -> tuple[bytes, tuple[int, ..
                 i for i, x, y in zip(used, xs, ys, strict=True) if _poly_eval(poly, x) != y
             )
             width = min(CHUNK_BYTES, secret_len - c * CHUNK_BYTES)
-            value = poly[0] if poly else 0
+            value = poly[0]
             if value >= 1 << (8 * width):
                 break
             out += value.to_bytes(width, "little")

@@ -12,6 +12,8 @@ import pytest
 
 from coordinator.service import ServerThread, ServiceConfig
 
+from .test_service_support import serve_cli
+
 HEAD = (
     "POST /v1/devices HTTP/1.1\r\nHost: plume\r\ncontent-type: application/json\r\n"
     "content-length: 100\r\n\r\n"
@@ -86,15 +88,7 @@ def test_the_serve_flag_reaches_the_config_and_bad_values_are_usage_errors(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Prepare: `serve` replaced by a recorder
-    import argparse
-
-    import coordinator.service as service
-    from coordinator import _cli
-
-    seen: list[ServiceConfig] = []
-    monkeypatch.setattr(service, "serve", lambda config, *a, **kw: seen.append(config))
-    parser = argparse.ArgumentParser()
-    _cli.register(parser.add_subparsers())
+    parser, seen = serve_cli(monkeypatch)
 
     def run(*flags: str) -> int:
         args = parser.parse_args(["coordinator", "serve", *flags])

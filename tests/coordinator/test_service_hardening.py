@@ -25,7 +25,15 @@ from protocol.messages import Assignment
 from protocol.names import ContentType, Reason
 from sdk.client import Client
 
-from .test_service_support import ADMIN, SPEC, admin_get, create_task, task_config
+from .test_service_support import (
+    ADMIN,
+    SPEC,
+    admin_get,
+    create_task,
+    serve_cli,
+    task_config,
+    task_server,
+)
 
 OCTET = "application/octet-stream"
 # Media types a binary route must refuse: none, the JSON one, near misses of octet-stream.
@@ -54,10 +62,7 @@ class FakeClock:
 
 @pytest.fixture(scope="module")
 def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    root: Path = tmp_path_factory.mktemp("hardening")
-    cfg = ServiceConfig(db_path=str(root / "plume.db"), admin_token=ADMIN, poll_s=0.05)
-    with ServerThread(cfg) as url, httpx.Client(base_url=url) as client:
-        create_task(client)
+    with task_server(tmp_path_factory.mktemp("hardening")) as client:
         yield client
 
 
@@ -525,14 +530,7 @@ def test_serve_flags_reach_the_service_config(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Prepare: `serve` replaced by a recorder
-    import argparse
-
-    import coordinator.service as service
-
-    seen: list[ServiceConfig] = []
-    monkeypatch.setattr(service, "serve", lambda config, *a, **kw: seen.append(config))
-    parser = argparse.ArgumentParser()
-    _cli.register(parser.add_subparsers())
+    parser, seen = serve_cli(monkeypatch)
     argv = ["coordinator", "serve", "--register-rate", "0.5", "--register-burst", "7"]
     # Execute
     args = parser.parse_args(argv)

@@ -21,17 +21,22 @@ from protocol.messages import Assignment
 from sdk.client import Client
 
 from ..compression._craft import with_field
-from .test_service_support import ADMIN, SPEC, admin_get, create_task, task_config, wait_until
+from .test_service_support import (
+    ADMIN,
+    SPEC,
+    admin_get,
+    create_task,
+    task_config,
+    task_server,
+    wait_until,
+)
 
 _TOO_BIG = 2**63  # one past SQLite's largest INTEGER
 
 
 @pytest.fixture(scope="module")
 def http(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    root: Path = tmp_path_factory.mktemp("review")
-    cfg = ServiceConfig(db_path=str(root / "plume.db"), admin_token=ADMIN, poll_s=0.05)
-    with ServerThread(cfg) as url, httpx.Client(base_url=url) as client:
-        create_task(client)
+    with task_server(tmp_path_factory.mktemp("review")) as client:
         yield client
 
 

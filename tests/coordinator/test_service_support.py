@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 import numpy.typing as npt
+import pytest
 
 from compression import ModelSpec, encode_snapshot
+from coordinator import _cli
+from coordinator.service import ServerThread, ServiceConfig
 from protocol.messages import CodecParams, TaskConfig, TensorShape, TrainingParams, to_json
 from sdk import TrainResult
 
@@ -113,3 +120,24 @@ def wait_until(http: httpx.Client, path: str, key: str, value: Any, timeout: flo
         if body[key] == value or time.monotonic() > deadline:
             return body
         time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def task_server(root: Path) -> Iterator[httpx.Client]:
+    """A loopback coordinator in `root` holding one task (`create_task`), as an httpx client."""
+    cfg = ServiceConfig(db_path=str(root / "plume.db"), admin_token=ADMIN, poll_s=0.05)
+    with ServerThread(cfg) as url, httpx.Client(base_url=url) as client:
+        create_task(client)
+        yield client
+
+
+def serve_cli(monkeypatch: pytest.MonkeyPatch) -> tuple[argparse.ArgumentParser, list[Any]]:
+    """The `plume` parser with `coordinator serve` recording its ServiceConfig instead of
+    serving: (parser, the configs it was called with)."""
+    import coordinator.service as service
+
+    seen: list[ServiceConfig] = []
+    monkeypatch.setattr(service, "serve", lambda config, *a, **kw: seen.append(config))
+    parser = argparse.ArgumentParser()
+    _cli.register(parser.add_subparsers())
+    return parser, seen

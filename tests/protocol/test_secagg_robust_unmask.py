@@ -11,14 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from protocol.secagg import (
-    ProtocolParams,
     ProtocolViolation,
     RoundAborted,
     SecAggClient,
     SecAggServer,
     UnmaskResponse,
-    choose_degree,
-    choose_threshold,
     create_shares,
 )
 from protocol.secagg._errors import ShareError
@@ -31,8 +28,7 @@ from protocol.secagg._shamir import (
     combine_shares_robust,
 )
 
-RING = 16
-LENGTH = 12
+from .test_secagg_protocol import LENGTH, RING, make_params
 
 
 def _with_y(share: bytes, chunk: int, delta: int) -> bytes:
@@ -108,26 +104,12 @@ def test_malformed_and_foreign_shares_are_set_aside() -> None:
     assert unused == (1, 4)
 
 
-def _params(n: int) -> ProtocolParams:
-    k = choose_degree(n)
-    return ProtocolParams(
-        round_id=3,
-        num_nodes=n,
-        degree=k,
-        threshold=choose_threshold(k),
-        ring_bits=RING,
-        vector_len=LENGTH,
-        graph_seed=b"\x05" * 32,
-        digest=b"\x22" * 32,
-    )
-
-
 def _to_unmask(
     n: int, dropped: frozenset[int] = frozenset()
 ) -> tuple[list[SecAggClient], SecAggServer, list[np.ndarray], list[UnmaskResponse]]:
     """Run stages 1-3 (nodes in `dropped` never send a masked input); return every survivor's
     honest unmask answer, not yet delivered."""
-    p = _params(n)
+    p = make_params(n)
     rng = np.random.default_rng(1)
     inputs = [rng.integers(0, 256, LENGTH, dtype=np.uint64) for _ in range(n)]
     clients = [SecAggClient(p, i, p.digest) for i in range(n)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
@@ -11,14 +12,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compression import CodecConfig, ModelSpec, UpdateCodec, encode_snapshot, model_digest
-from protocol.messages import Assignment, CodecParams, TensorShape, TrainingParams, pack_chain
+from compression import CodecConfig, UpdateCodec, encode_snapshot, model_digest
+from protocol.messages import TensorShape, pack_chain
 from protocol.names import Header, ModelEncoding
 from sdk import Client
 from sdk.client import ClientError, ModelIntegrityError
 from sdk.device_store import DeviceStore
 
-SPEC = ModelSpec.from_shapes([("w", (4, 8)), ("b", (4,))])  # d = 36
+from .test_client import SPEC, _assignment  # SPEC: d = 36
+
 F32_MAX = float(np.finfo(np.float32).max)
 
 Handler = Callable[[httpx.Request], httpx.Response]
@@ -130,20 +132,7 @@ def test_an_assignment_with_an_impossible_spec_is_a_client_error(
     tmp_path: Path, shape: list[int]
 ) -> None:
     # Prepare: a check-in answer that parses (integer dimensions) but is no model
-    a = Assignment(
-        task_id=1,
-        round_id=5,
-        base_version=0,
-        model_name="m",
-        spec=[TensorShape("w", shape)],
-        codec=CodecParams(topk=0.5, bits=8),
-        training=TrainingParams(1, 4, 0.1),
-        deadline_unix=0.0,
-        model_path="/v1/tasks/1/model",
-        upload_path="/v1/rounds/5/updates",
-        max_upload_bytes=10_000,
-        seed=0,
-    )
+    a = dataclasses.replace(_assignment(), spec=[TensorShape("w", shape)])
     transport = httpx.MockTransport(_serve([]))
     # Execute / Assert: refused before any request, as a ClientError
     with Client("http://coord", str(tmp_path), transport=transport) as c:
