@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnx.utils
+import onnxruntime as ort
 import torch
 from onnxscript import opset18 as op
 from torch import nn
@@ -38,6 +39,8 @@ from torch.func import functional_call
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from compression import ModelSpec
+
+from .ort import session_options
 
 __all__ = [
     "ExportError",
@@ -220,8 +223,10 @@ def _convolution_backward(
 
     Shapes: grad_output [N, Co, Ho, Wo], input [N, Ci, H, W], weight [Co, Ci, kh, kw].
     """
-    if transposed or groups != 1 or len(stride) != 2:
+    if transposed or groups != 1 or len(stride) not in (1, 2):
         raise ExportError("only 2-d, non-transposed, groups=1 convolutions are supported")
+    # ATen may hand one value for both dimensions: `padding="valid"` arrives as [0].
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
     kernel = [_static(weight.shape[2 + i], "kernel") for i in range(2)]
     grad_input: Any = None
     grad_weight: Any = None
@@ -522,6 +527,22 @@ def _cut(joint: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> onnx.
     return model
 
 
+def _check_loads(model: onnx.ModelProto, what: str) -> None:
+    """Raise `ExportError` unless onnxruntime (what the device runs) accepts the graph.
+
+    onnx's own checker skips shape inference, so a node with malformed attributes would only
+    surface on the device; loading it here moves that failure to the export.
+    """
+    try:
+        ort.InferenceSession(
+            model.SerializeToString(),
+            session_options(threads=1, optimization="disable"),
+            providers=["CPUExecutionProvider"],
+        )
+    except Exception as exc:  # onnxruntime's errors are untyped
+        raise ExportError(f"{what}: onnxruntime cannot load the exported graph: {exc}") from exc
+
+
 def _save(model: onnx.ModelProto, path: Path) -> dict[str, Any]:
     onnx.save_model(model, str(path))
     data = path.read_bytes()
@@ -626,6 +647,8 @@ def _export(
             ["logits"],
             batch_inputs=(len(params),),
         )
+    for what, graph in (("train_step", train_model), ("infer", infer_model)):
+        _check_loads(graph, what)
     files = {
         "train_step": _save(train_model, out / "train_step.onnx"),
         "infer": _save(infer_model, out / "infer.onnx"),
