@@ -80,6 +80,20 @@ def register(sub: Any) -> None:
     )
     g.add_argument("--deadline", type=float, default=None, help="round deadline, simulated s")
     g.add_argument(
+        "--selection-timeout",
+        type=float,
+        default=900.0,
+        help="realistic: open a round with >= --min-reports devices this many simulated s "
+        "after the first check-in, as `plume serve` does (default 900; -1: full cohort only)",
+    )
+    g.add_argument(
+        "--checkin-period",
+        type=float,
+        default=900.0,
+        help="realistic: each eligible device checks in once per this many simulated s, at a "
+        "uniformly random time (default 900, at most 900; 0: instantly)",
+    )
+    g.add_argument(
         "--aggregator", default="fedavg", help="fedavg | median | trimmed_mean | krum ..."
     )
     g.add_argument("--server-lr", type=float, default=1.0)
@@ -204,6 +218,8 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         "seed": args.seed,
         "fleet": args.fleet,
         "deadline_s": args.deadline,
+        "selection_timeout_s": None if args.selection_timeout < 0 else args.selection_timeout,
+        "checkin_period_s": args.checkin_period,
     }
     values.update(overrides)
     return SimConfig(**values)
@@ -321,6 +337,8 @@ def _main(args: argparse.Namespace) -> int:
         line += f", upload {s['total_upload_bytes']:,} B"
         if ratio:
             line += f" ({ratio:.1f}x less than dense fp32)"
+        if s["sim_s"] is not None:
+            line += f"; simulated {s['sim_s']:.0f} s in rounds + {s['wait_s']:.0f} s waiting"
         print(line)
     if len(results) == 2 and results[0].final_accuracy is not None:
         dense_up, comp_up = results[1].total_up, results[0].total_up

@@ -92,6 +92,22 @@ class SimClock:
         self.cost_per_sample = cost_per_sample
         self.now_s = float(start_s)
         self._key = _fmix_int(seed * 0x9E3779B97F4A7C15 + 0xC10C)
+        # A separate key so check-in draws never correlate with dropout draws.
+        self._checkin_key = _fmix_int(seed * 0x9E3779B97F4A7C15 + 0xC4EC)
+
+    def checkin_fraction(self, device_ids: I64, round_id: int) -> F64:
+        """float64[n] in (0, 1): when each device next checks in during round `round_id`'s
+        selection, as a fraction of the check-in period (uniform, independent per device and
+        per round; a pure function of (seed, round_id, device_id))."""
+        key = np.uint64(_fmix_int(self._checkin_key ^ _fmix_int(round_id + 1)))
+        return _uniform(_fmix(np.asarray(device_ids, dtype=np.int64).astype(np.uint64) ^ key))
+
+    def checkin_delays(self, device_ids: I64, round_id: int, period_s: float) -> F64:
+        """float64[n]: seconds from the opening of round `round_id`'s selection window until
+        each device checks in, uniform on [0, `period_s`) (see `checkin_fraction`)."""
+        if not (period_s >= 0 and math.isfinite(period_s)):
+            raise ClockError(f"period_s must be finite and >= 0, got {period_s}")
+        return self.checkin_fraction(device_ids, round_id) * period_s
 
     def dropout_mask(self, profiles: ProfileBatch, round_id: int) -> npt.NDArray[np.bool_]:
         """bool[n]: which devices of the cohort vanish in round `round_id`."""

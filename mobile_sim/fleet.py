@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -18,7 +18,17 @@ import numpy.typing as npt
 from .clock import RoundTiming, SimClock
 from .population import DEFAULT_TIERS, Population, PopulationConfig
 
-__all__ = ["SimFleet", "training_flops_per_sample", "relative_cost", "REFERENCE_FLOPS"]
+__all__ = [
+    "SimFleet",
+    "Selection",
+    "training_flops_per_sample",
+    "relative_cost",
+    "REFERENCE_FLOPS",
+]
+
+# Devices whose check-in draw is looked at per block when finding the earliest check-ins: the
+# memory of one block's hashes and candidate profiles stays bounded however big the fleet.
+_CHUNK = 262_144
 
 # Forward + backward FLOPs of one MNIST-CNN training sample (torch's FlopCounterMode): the
 # workload the population's compute speeds (samples/s) refer to.
@@ -45,6 +55,40 @@ def relative_cost(model: Any, sample_shape: Sequence[int]) -> float:
     return max(training_flops_per_sample(model, sample_shape), 1) / REFERENCE_FLOPS
 
 
+@dataclass(frozen=True)
+class Selection:
+    """How one round's selection went (`SimFleet.select`). Times in simulated seconds.
+
+    `device_ids` is the pool the coordinator selects from when the round opens (at most the
+    cohort size), in check-in order. `opened_by` is "cohort" (the pool reached the cohort
+    size), "timeout" (the selection timeout had passed and the pool held at least `min_n`) or
+    "abandoned" (neither within the wait window: no round opens, and `device_ids` is the
+    largest pool seen). `waited_s` runs from the opening of the selection window to the
+    round's opening (or to the end of the window); `first_checkin_s` from the window's opening
+    to the first check-in (nan if nobody checked in).
+    """
+
+    device_ids: npt.NDArray[np.int64]
+    opened_by: str
+    waited_s: float
+    first_checkin_s: float
+    min_n: int
+
+    @property
+    def opened(self) -> bool:
+        return self.opened_by != "abandoned"
+
+    def summary(self) -> dict[str, float | int | str]:
+        """Scalars for a per-round report (`measurements.selection` in rounds.json)."""
+        return {
+            "pool": int(self.device_ids.size),
+            "opened_by": self.opened_by,
+            "waited_s": float(self.waited_s),
+            "first_checkin_s": float(self.first_checkin_s),
+            "min_reports": int(self.min_n),
+        }
+
+
 class SimFleet:
     """A population plus a clock, seeded together.
 
@@ -52,6 +96,9 @@ class SimFleet:
     `dropouts=False` zeroes every tier's dropout probability (timing only, same reports).
     `cost_per_sample` scales the devices' compute speed (measured on the MNIST CNN) to the
     model trained here; `population_kwargs` go to `PopulationConfig` (tiers, day shape).
+    `checkin_period_s` is how often an eligible device checks in (`select`: each one checks in
+    once, at a uniformly random time, in the first period of a selection window; 0: devices
+    are in the coordinator's pool the moment they are eligible).
     """
 
     def __init__(
@@ -63,8 +110,11 @@ class SimFleet:
         deadline_s: float | None = None,
         cost_per_sample: float = 1.0,
         dropouts: bool = True,
+        checkin_period_s: float = 0.0,
         **population_kwargs: Any,
     ) -> None:
+        if not (checkin_period_s >= 0 and math.isfinite(checkin_period_s)):
+            raise ValueError(f"checkin_period_s must be finite and >= 0, got {checkin_period_s}")
         if not dropouts:
             tiers = population_kwargs.get("tiers", DEFAULT_TIERS)
             population_kwargs["tiers"] = tuple(replace(t, dropout_p=0.0) for t in tiers)
@@ -73,6 +123,7 @@ class SimFleet:
         )
         self.clock = SimClock(seed, cost_per_sample=cost_per_sample)
         self.deadline_s = deadline_s
+        self.checkin_period_s = float(checkin_period_s)
         self.idle_s = 0.0  # simulated time spent waiting for enough eligible devices
         self._waited_s = 0.0  # the part of it since the last round, for that round's report
 
@@ -143,6 +194,121 @@ class SimFleet:
             self.idle_s += step_s
             self._waited_s += step_s
         return ids
+
+    def select(
+        self,
+        n: int,
+        rng: np.random.Generator,
+        *,
+        round_id: int,
+        min_n: int = 1,
+        selection_timeout_s: float | None = None,
+        step_s: float = 900.0,
+        max_wait_s: float = 2 * 86_400.0,
+        min_memory_mb: float = 0.0,
+    ) -> Selection:
+        """One round's selection under the HTTP coordinator's rule, on the simulated clock.
+
+        The coordinator (`coordinator/service/rounds.py`) keeps a pool of the devices that have
+        checked in. A round opens the moment the pool holds the cohort (`n`), or once
+        `selection_timeout_s` has passed since the first check-in with at least `min_n`
+        (`min_reports`) devices in the pool; below that it keeps waiting. Here:
+
+        - the selection window opens at the current simulated time. When it opens, each
+          eligible device checks in after `SimClock.checkin_delays` (uniform over one
+          `checkin_period_s`, drawn from (seed, `round_id`, device)), so the pool grows one
+          check-in at a time and the round opens at the `n`-th check-in of an eligible device
+          (the earliest ones, over the whole fleet), or by the timeout rule;
+        - availability is looked at again every `step_s` (15 minutes): if the first step does
+          not open the round, the pool from then on is every device eligible at the latest
+          step (they have all checked in: the period is at most one step), held until the
+          next step; a round may open by the timeout rule between steps;
+        - if nothing opens within `max_wait_s`, the selection is abandoned: no round opens,
+          the clock moves to the end of the window, and the next round's selection starts
+          there (the coordinator's retry). `device_ids` is then the largest pool seen.
+
+        The clock moves to the opening; the wait is added to `idle_s` and, for an opened
+        round, to the next `time_round`'s `waited_s`.
+        """
+        period = self.checkin_period_s
+        if n < 1 or not 1 <= min_n <= n:
+            raise ValueError(f"need n >= 1 and 1 <= min_n <= n, got n={n}, min_n={min_n}")
+        if not (step_s > 0 and math.isfinite(step_s)) or not max_wait_s >= 0:
+            raise ValueError(f"need step_s > 0 and max_wait_s >= 0, got {step_s}, {max_wait_s}")
+        if period > step_s:
+            raise ValueError(f"checkin_period_s {period} must not exceed step_s {step_s}")
+        if selection_timeout_s is not None and not selection_timeout_s >= 0:
+            raise ValueError(f"selection_timeout_s must be >= 0, got {selection_timeout_s}")
+        timeout = math.inf if selection_timeout_s is None else float(selection_timeout_s)
+        t0 = self.clock.now_s
+        offset = 0.0  # seconds since the window opened, at the current step
+        first: float | None = None  # offset of the first check-in
+        best = np.zeros(0, dtype=np.int64)
+        while True:
+            t = t0 + offset
+            if first is None and period > 0:
+                ids, frac = self._earliest_checkins(n, t, round_id, min_memory_mb)
+                times = offset + period * frac
+            else:
+                ids = self.population.sample_available(n, t, rng, min_memory_mb=min_memory_mb)
+                times = np.full(ids.size, offset)
+            if ids.size:
+                if first is None:
+                    first = float(times[0])
+                opens = math.inf
+                if ids.size >= n:
+                    opens = float(times[n - 1])
+                if ids.size >= min_n:
+                    opens = min(opens, max(first + timeout, float(times[min_n - 1])))
+                if opens < offset + step_s:
+                    pool = ids[times <= opens][:n]
+                    self._wait(opens, count_for_round=True)
+                    by = "cohort" if pool.size >= n else "timeout"
+                    return Selection(pool, by, opens, first, min_n)
+                if ids.size > best.size:
+                    best = ids
+            if offset >= max_wait_s:
+                self._wait(offset, count_for_round=False)
+                first_s = math.nan if first is None else first
+                return Selection(best, "abandoned", offset, first_s, min_n)
+            offset += step_s
+
+    def _wait(self, seconds: float, *, count_for_round: bool) -> None:
+        if seconds > 0:
+            self.clock.advance(seconds)
+            self.idle_s += seconds
+            if count_for_round:
+                self._waited_s += seconds
+
+    def _earliest_checkins(
+        self, n: int, sim_time_s: float, round_id: int, min_memory_mb: float
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """(ids, fractions): the (up to) `n` devices eligible at `sim_time_s` that check in
+        first in round `round_id`, in check-in order, and their check-in times as fractions of
+        the period. Exact over the whole fleet: it hashes every device's draw (block by block,
+        cheap) but builds profiles only for devices whose draw is below a threshold `q`,
+        raising `q` until `n` eligible ones are found or every device has been looked at."""
+        total = len(self.population)
+        q = min(1.0, max(4 * n, 256) / total)
+        while True:
+            got_ids, got_u = [], []
+            for a in range(0, total, _CHUNK):
+                ids = np.arange(a, min(a + _CHUNK, total), dtype=np.int64)
+                u = self.clock.checkin_fraction(ids, round_id)
+                if q < 1.0:
+                    keep = u < q
+                    ids, u = ids[keep], u[keep]
+                prof = self.population.profiles(ids)
+                ok = self.population.available_mask(prof, sim_time_s)
+                ok &= prof.memory_mb >= min_memory_mb
+                got_ids.append(ids[ok])
+                got_u.append(u[ok])
+            ids, u = np.concatenate(got_ids), np.concatenate(got_u)
+            if ids.size >= n or q >= 1.0:
+                order = np.argsort(u, kind="stable")[:n]
+                return ids[order], u[order]
+            # Every device with a draw below q was looked at; aim past the n-th next time.
+            q = min(1.0, q * max(2.0, 1.5 * n / max(ids.size, 1)))
 
     def time_round(
         self,

@@ -7,7 +7,7 @@ import json
 import os
 import platform
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +33,7 @@ _COLUMNS = (
     ("ratio vs dense", 14),
     ("wall s", 7),
     ("sim s", 8),
+    ("wait s", 8),
 )
 
 
@@ -55,6 +56,7 @@ def table_row(rec: RoundRecord) -> str:
     loss = f"{rec.loss:.4f}" if rec.loss is not None else "-"
     ratio = f"{rec.ratio_up:.1f}x" if rec.ratio_up else "-"
     sim = f"{rec.sim_s:.1f}" if rec.sim_s is not None else "-"
+    wait = f"{rec.wait_s:.1f}" if rec.wait_s is not None else "-"
     cells = (
         str(rec.round) + ("" if rec.committed else "*"),
         acc,
@@ -64,6 +66,7 @@ def table_row(rec: RoundRecord) -> str:
         ratio,
         f"{rec.wall_s:.2f}",
         sim,
+        wait,
     )
     return " ".join(c.rjust(w) for c, (_, w) in zip(cells, _COLUMNS, strict=True))
 
@@ -119,7 +122,15 @@ def summary(result: SimResult) -> dict[str, Any]:
         "upload_ratio_vs_dense": result.upload_ratio,
         "total_download_bytes": sum(r.bytes_down for r in result.records),
         "wall_s": sum(r.wall_s for r in result.records),
+        # Simulated seconds (None without the simulated clock): rounds, and idling before them.
+        "sim_s": _total(r.sim_s for r in result.records),
+        "wait_s": _total(r.wait_s for r in result.records),
     }
+
+
+def _total(values: Iterable[float | None]) -> float | None:
+    got = [v for v in values if v is not None]
+    return float(sum(got)) if got else None
 
 
 def _record_dict(rec: RoundRecord) -> dict[str, Any]:

@@ -98,6 +98,12 @@ class SimConfig:
     # simulated seconds); "realistic" (diurnal availability, tier dropouts, the deadline)
     fleet: str = "timing"
     deadline_s: float | None = None
+    # realistic mode's selection (the HTTP coordinator's rule, on the simulated clock): a round
+    # opens once the pool holds the cohort, or `selection_timeout_s` after the first check-in
+    # with at least `min_reports` devices (None: only with the full cohort); eligible devices
+    # check in once per `checkin_period_s`, at a uniformly random time (0: instantly)
+    selection_timeout_s: float | None = 900.0
+    checkin_period_s: float = 900.0
 
     def __post_init__(self) -> None:
         if self.clients < 1 or self.per_round < 1 or self.rounds < 1:
@@ -116,6 +122,13 @@ class SimConfig:
             raise ValueError(f"fleet must be off, timing or realistic, not {self.fleet!r}")
         if self.deadline_s is not None and not self.deadline_s > 0:
             raise ValueError("deadline_s must be positive")
+        if self.selection_timeout_s is not None and not (
+            math.isfinite(self.selection_timeout_s) and self.selection_timeout_s >= 0
+        ):
+            raise ValueError("selection_timeout_s must be finite and >= 0 (or None)")
+        if not (math.isfinite(self.checkin_period_s) and 0 <= self.checkin_period_s <= 900.0):
+            # One availability step (15 simulated minutes) at most: see SimFleet.select.
+            raise ValueError("checkin_period_s must be in [0, 900] simulated seconds")
         self.codec()  # validates topk / bits / index / ...
 
     @property
@@ -165,6 +178,7 @@ class RoundRecord:
     ratio_up: float | None
     wall_s: float
     sim_s: float | None = None
+    wait_s: float | None = None  # simulated s idled before the round (selection); not in sim_s
     measurements: dict[str, Any] = field(default_factory=dict)
 
 
@@ -373,6 +387,7 @@ def run_simulation(
             dropouts=cfg.fleet == "realistic",
             deadline_s=cfg.deadline_s,
             cost_per_sample=relative_cost(eval_model, data.x_train.shape[1:]),
+            checkin_period_s=cfg.checkin_period_s if cfg.fleet == "realistic" else 0.0,
         )
     if cfg.ort_tier is not None:
         if fleet is None:
@@ -388,13 +403,18 @@ def run_simulation(
                 break
             t0 = time.perf_counter()
             available = ids
+            selection = None
             if fleet is not None and cfg.fleet == "realistic":
-                # Only devices charging on unmetered wifi at this simulated time are eligible.
-                picks = fleet.wait_for(
+                # Only devices charging on unmetered wifi at this simulated time are eligible,
+                # and they join the pool as they check in; the coordinator's rule opens it.
+                selection = fleet.select(
                     engine.config.cohort_size,
                     np.random.default_rng([cfg.seed, 3, len(records) + 1]),
+                    round_id=len(records) + 1,
+                    min_n=engine.config.min_reports,
+                    selection_timeout_s=cfg.selection_timeout_s,
                 )
-                available = [ids[i] for i in sorted(picks.tolist())]
+                available = [ids[i] for i in sorted(selection.device_ids.tolist())]
                 if not available:
                     # Nobody charged on unmetered wifi in two simulated days: say so rather
                     # than pretend the whole fleet was eligible.
@@ -402,6 +422,13 @@ def run_simulation(
                         f"round {len(records) + 1}: no device was eligible in the simulated "
                         "wait window (a tiny or never-available fleet)"
                     )
+                if not selection.opened:
+                    rec = _abandoned_selection(engine, available, selection, t0)
+                    records.append(rec)
+                    if on_round is not None:
+                        on_round(rec)
+                    bar.update(rec)
+                    continue
             plan = engine.open_round(available)
             params = engine.params
             for dev in plan.selected:  # the dense model broadcast
@@ -489,10 +516,13 @@ def run_simulation(
                 ratio_up=up["ratio_vs_dense"],
                 wall_s=time.perf_counter() - t0,
                 sim_s=sim_s,
+                wait_s=timing.waited_s if fleet is not None else None,
                 measurements=_jsonable(outcome.measurements),
             )
             if fleet is not None:
                 rec.measurements["clock"] = _jsonable(timing.summary())
+            if selection is not None:
+                rec.measurements["selection"] = _jsonable(selection.summary())
             records.append(rec)
             if on_round is not None:
                 on_round(rec)
@@ -503,6 +533,46 @@ def run_simulation(
             be.close()
     return SimResult(
         cfg, records, engine.ledger, spec.size, engine.params.copy(), label, started_at
+    )
+
+
+def _abandoned_selection(
+    engine: RoundEngine, available: list[str], selection: Any, t0: float
+) -> RoundRecord:
+    """The record of a round whose selection never met the coordinator's rule (fewer than
+    `min_reports` devices in the pool for the whole wait window).
+
+    The coordinator would not open it; the engine numbers rounds, so it is opened over that
+    pool and closed at once with no report (the engine abandons it: model unchanged). Nobody
+    is told to train, so no bytes move and no device's state changes.
+    """
+    plan = engine.open_round(available)
+    outcome = engine.close_round(plan.round_id)
+    meas = {
+        "abandoned": (
+            f"selection: at most {len(available)} devices checked in within "
+            f"{selection.waited_s:.0f} simulated s, below min_reports {selection.min_n}"
+        ),
+        "selection": _jsonable(selection.summary()),
+    }
+    return RoundRecord(
+        round=plan.round_id,
+        accuracy=None,
+        loss=None,
+        train_loss=math.nan,
+        reports=outcome.reports,
+        committed=outcome.committed,
+        bytes_up=0,
+        bytes_down=0,
+        dense_up=0,
+        dense_down=0,
+        wire_up=0,
+        wire_down=0,
+        ratio_up=None,
+        wall_s=time.perf_counter() - t0,
+        sim_s=0.0,
+        wait_s=float(selection.waited_s),
+        measurements=meas,
     )
 
 

@@ -164,7 +164,14 @@ def test_simulated_clock_reports_seconds_and_keeps_first_arrivals() -> None:
     timed = run_simulation(replace(SMALL, rounds=2), progress=False)
     assert all(r.sim_s is not None and r.sim_s > 0 for r in timed.records)
     real = run_simulation(
-        replace(SMALL, rounds=3, over_selection=1.6, fleet="realistic", deadline_s=3600.0),
+        replace(
+            SMALL,
+            rounds=3,
+            over_selection=1.6,
+            fleet="realistic",
+            deadline_s=3600.0,
+            selection_timeout_s=None,  # open only with the full cohort
+        ),
         progress=False,
     )
     for r in real.records:
@@ -200,9 +207,12 @@ def test_a_realistic_fleet_with_nobody_eligible_is_an_error_not_the_whole_fleet(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Prepare: a population where no device ever charges on unmetered wifi.
-    from mobile_sim.fleet import SimFleet
+    from mobile_sim.fleet import Selection, SimFleet
 
-    monkeypatch.setattr(SimFleet, "wait_for", lambda self, n, rng, **kw: np.zeros(0, np.int64))
+    def nobody(self: SimFleet, n: int, rng: np.random.Generator, **kw: object) -> Selection:
+        return Selection(np.zeros(0, np.int64), "abandoned", 172_800.0, float("nan"), 1)
+
+    monkeypatch.setattr(SimFleet, "select", nobody)
     # Execute + Assert: before, every device silently became eligible.
     with pytest.raises(RuntimeError, match="no device was eligible"):
         run_simulation(replace(SMALL, rounds=1, fleet="realistic"), progress=False)
