@@ -51,6 +51,85 @@ def _check_names(
         )
 
 
+_ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}
+_IGNORE_INDEX = -100  # torch's cross_entropy skips targets equal to this; the graph does too
+
+
+def _check_arg(arg: ort.NodeArg, dtype: str, shape: Sequence[int], batch: bool, what: str) -> None:
+    """Raise `ArtifactError` unless graph input/output `arg` has `dtype` and `shape`.
+
+    With `batch`, `shape` follows a leading batch dimension that must be dynamic (a name, or
+    None), since the runtime feeds batches of any size.
+    """
+    dims = list(arg.shape)
+    if batch:
+        if not dims or isinstance(dims[0], int):
+            raise ArtifactError(f"{what}: {arg.name} needs a dynamic batch dimension, has {dims}")
+        dims = dims[1:]
+    if arg.type != _ORT_TYPES[dtype] or dims != list(shape):
+        want = ["batch", *shape] if batch else list(shape)
+        raise ArtifactError(
+            f"{what}: {arg.name} is {arg.type}{list(arg.shape)}, the manifest says {dtype}{want}"
+        )
+
+
+def _check_signature(train: ort.InferenceSession, infer: ort.InferenceSession, m: Manifest) -> int:
+    """Check every graph input and output against the manifest; return the logits' last dim.
+
+    Called after the names matched, so the positions line up. A mismatch would otherwise only
+    surface mid-training as an untyped onnxruntime error (or, for a dynamic shape, not at all).
+    """
+    shapes = [e.shape for e in m.spec.entries]
+    n = len(shapes)
+    tensors = shapes * (2 if m.state_inputs else 1)  # parameters, then momentum buffers
+    t_in, t_out = train.get_inputs(), train.get_outputs()
+    for arg, shape in zip(t_in[: len(tensors)], tensors, strict=True):
+        _check_arg(arg, "float32", shape, False, "train_step")
+    _check_arg(t_in[-3], m.x_dtype, m.x_shape, True, "train_step")
+    _check_arg(t_in[-2], m.y_dtype, m.y_shape, True, "train_step")
+    _check_arg(t_in[-1], "float32", (), False, "train_step")
+    _check_arg(t_out[0], "float32", (), False, "train_step")
+    for arg, shape in zip(t_out[1:], tensors, strict=True):
+        _check_arg(arg, "float32", shape, False, "train_step")
+    i_in, i_out = infer.get_inputs(), infer.get_outputs()
+    for arg, shape in zip(i_in[:n], shapes, strict=True):
+        _check_arg(arg, "float32", shape, False, "infer")
+    _check_arg(i_in[-1], m.x_dtype, m.x_shape, True, "infer")
+    if len(i_out) != 1:
+        raise ArtifactError(f"infer: one output (the logits) expected, got {len(i_out)}")
+    logits = list(i_out[0].shape)
+    classes = logits[-1] if len(logits) >= 2 else None
+    if not isinstance(classes, int) or classes < 1:
+        raise ArtifactError(f"infer: logits {logits} need a batch and a static last dimension")
+    _check_arg(i_out[0], "float32", logits[1:], True, "infer")
+    if m.loss == "ce" and list(m.y_shape) != logits[1:-1]:
+        raise ArtifactError(f"infer: logits {logits} do not fit class targets {list(m.y_shape)}")
+    return classes
+
+
+def _labels(y: npt.NDArray, classes: int, allow_ignore: bool) -> npt.NDArray[np.int64]:
+    """Class targets as int64 after checking that each is a class in [0, classes).
+
+    Onnxruntime's gather would wrap a negative label to a class from the end (a silently wrong
+    update) and fail with an untyped error past the end; torch raises for both. With
+    `allow_ignore`, -100 is let through: torch's cross_entropy and the graph both skip it.
+    """
+    arr = np.asarray(y)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or (arr != np.floor(arr)).any():
+            raise ValueError("class labels must be whole numbers")
+    elif arr.dtype.kind not in "iu":
+        raise ValueError(f"class labels must be integers, got dtype {arr.dtype}")
+    bad = (arr < 0) | (arr >= classes)
+    if allow_ignore:
+        bad &= arr != _IGNORE_INDEX
+    if bad.any():
+        raise ValueError(
+            f"class label {arr[bad].flat[0]} out of range: the model has {classes} classes"
+        )
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
 class OrtTrainer:
     """Minibatch SGD (or momentum SGD) driven by the exported training-step graph.
 
@@ -89,6 +168,7 @@ class OrtTrainer:
             "train_step",
         )
         _check_names(self._infer, [*m.param_inputs, m.x_name], m.infer_outputs, "infer")
+        self.classes = _check_signature(self._train, self._infer, m)
         self._x_dtype = np.dtype(m.x_dtype)
         self._y_dtype = np.dtype(m.y_dtype)
 
@@ -125,7 +205,10 @@ class OrtTrainer:
 
     def _check_y(self, y: npt.NDArray, n: int) -> npt.NDArray:
         m = self.manifest
-        ys = np.ascontiguousarray(y, dtype=self._y_dtype)
+        if m.loss == "ce":
+            ys = _labels(y, self.classes, allow_ignore=True)
+        else:
+            ys = np.ascontiguousarray(y, dtype=self._y_dtype)
         if ys.ndim != 1 + len(m.y_shape) or tuple(ys.shape[1:]) != m.y_shape:
             raise ValueError(f"y of shape {y.shape}, the model takes [B, {m.y_shape}]")
         if len(ys) != n:
@@ -140,14 +223,21 @@ class OrtTrainer:
         y: npt.NDArray,
         lr: float,
     ) -> tuple[float, list[npt.NDArray[np.float32]], list[npt.NDArray[np.float32]]]:
-        """One optimiser step on one batch: ``(loss, new params, new momentum state)``."""
+        """One optimiser step on one batch: ``(loss, new params, new momentum state)``.
+
+        The feeds go to onnxruntime as given (this is the hot loop): `x` and `y` must already
+        have the graph's dtypes, and class labels must be in range. `train` checks both once.
+        """
         m = self.manifest
         feeds: dict[str, npt.NDArray] = dict(zip(m.param_inputs, params, strict=True))
         feeds.update(zip(m.state_inputs, state, strict=True))
         feeds[m.x_name] = x
         feeds[m.y_name] = y
         feeds[m.lr_name] = np.asarray(lr, dtype=np.float32)
-        out = self._train.run(None, feeds)
+        try:
+            out = self._train.run(None, feeds)
+        except Exception as exc:  # onnxruntime's errors are untyped; the graph was checked
+            raise ValueError(f"onnxruntime rejected the batch: {exc}") from exc
         n = len(m.param_inputs)
         return float(out[0]), list(out[1 : 1 + n]), list(out[1 + n :])
 
@@ -198,7 +288,10 @@ class OrtTrainer:
         parts = []
         for start in range(0, len(xs), batch_size):
             feeds[self.manifest.x_name] = xs[start : start + batch_size]
-            parts.append(self._infer.run(None, feeds)[0])
+            try:
+                parts.append(self._infer.run(None, feeds)[0])
+            except Exception as exc:  # as in `step`
+                raise ValueError(f"onnxruntime rejected the batch: {exc}") from exc
         if not parts:
             raise ValueError("no examples to predict")
         return np.concatenate(parts).astype(np.float32, copy=False)
@@ -208,7 +301,7 @@ class OrtTrainer:
     ) -> tuple[float, float]:
         """(accuracy, mean cross-entropy) of a classifier's `params` on a labelled set."""
         logits = self.predict(params, x).astype(np.float64)
-        labels = np.asarray(y, dtype=np.int64)
+        labels = _labels(y, self.classes, allow_ignore=False)
         if logits.ndim > 2:
             logits = logits.reshape(-1, logits.shape[-1])
             labels = labels.reshape(-1)

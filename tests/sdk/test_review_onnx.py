@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
 from torch import nn
 
+from compression import ModelSpec
 from sdk.onnx_export import export_training_artifacts
-from sdk.ort import OrtTrainer
+from sdk.ort import MANIFEST_NAME, ArtifactError, OrtTrainer
 
 LR = 0.05
 
@@ -60,3 +65,145 @@ def test_valid_padding_conv_loads_and_matches_torch(valid_conv_dir: Path) -> Non
         assert _rel(g - s, w.detach().numpy() - s) < 1e-4
     for got, want in losses:
         assert got == pytest.approx(want, rel=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# The runtime treats the labels it trains on, and the artifacts it received, as untrusted.
+# ---------------------------------------------------------------------------------------------
+
+
+def _mlp() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 4))
+
+
+@pytest.fixture(scope="module")
+def mlp_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 4-class cross-entropy MLP for plain SGD."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("review_mlp")
+    export_training_artifacts(_mlp(), torch.randn(4, 6), out)
+    return out
+
+
+def _flat(model: nn.Module) -> np.ndarray:
+    return np.concatenate([p.detach().numpy().reshape(-1) for p in model.parameters()])
+
+
+def _x(n: int) -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((n, 6)).astype(np.float32)
+
+
+def _train(trainer: OrtTrainer, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    result = trainer.train(
+        _flat(_mlp()), x, y, epochs=1, batch_size=2, lr=LR, rng=np.random.default_rng(1)
+    )
+    return result.params
+
+
+@pytest.mark.parametrize("bad", [-1, -4, 4, -5, 2**40])
+def test_labels_out_of_range_are_refused(mlp_dir: Path, bad: int) -> None:
+    # Prepare: -1 and -4 would wrap to classes 3 and 0 in onnxruntime's gather (torch raises).
+    trainer = OrtTrainer.from_dir(mlp_dir)
+    y = np.array([0, 1, bad])
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match="out of range: the model has 4 classes"):
+        _train(trainer, _x(3), y)
+    with pytest.raises(ValueError, match="out of range"):
+        trainer.evaluate(_flat(_mlp()), _x(3), y)
+
+
+def test_ignored_targets_train_as_in_torch(mlp_dir: Path) -> None:
+    # Prepare: torch's cross_entropy skips -100; the exported graph must skip it the same way.
+    trainer = OrtTrainer.from_dir(mlp_dir)
+    model = _mlp()
+    start = [p.detach().numpy().copy() for p in model.parameters()]
+    x, y = _x(3), np.array([2, -100, 1])
+
+    # Execute
+    loss = nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
+    loss.backward()
+    got_loss, got, _ = trainer.step([s.copy() for s in start], [], x, y, LR)
+
+    # Assert
+    assert got_loss == pytest.approx(float(loss.detach()), rel=1e-5)
+    for g, s, p in zip(got, start, model.parameters(), strict=True):
+        assert p.grad is not None
+        assert _rel(g - s, -LR * p.grad.numpy()) < 1e-4
+
+
+def test_label_dtypes(mlp_dir: Path) -> None:
+    # Prepare
+    trainer = OrtTrainer.from_dir(mlp_dir)
+    x, y = _x(5), np.array([0, 3, 1, 2, 2])
+
+    # Execute
+    want = _train(trainer, x, y)
+    as_int32 = _train(trainer, x, y.astype(np.int32))
+    as_float = _train(trainer, x.astype(np.float64), y.astype(np.float32))
+
+    # Assert: whole-number labels of any numeric dtype train alike; fractions are refused
+    # rather than truncated.
+    np.testing.assert_array_equal(as_int32, want)
+    np.testing.assert_array_equal(as_float, want)
+    with pytest.raises(ValueError, match="whole numbers"):
+        _train(trainer, x, np.array([0, 2.5, 1, 2, 2]))
+    with pytest.raises(ValueError, match="integers"):
+        _train(trainer, x, y.astype(bool))
+
+
+def test_onnxruntime_errors_in_a_step_are_typed(mlp_dir: Path) -> None:
+    # Prepare: `step` feeds as given; a wrong dtype is onnxruntime's to refuse.
+    trainer = OrtTrainer.from_dir(mlp_dir)
+    params = trainer.split(_flat(_mlp()))
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match="onnxruntime rejected the batch"):
+        trainer.step(params, [], _x(2).astype(np.float64), np.array([0, 1]), LR)
+
+
+def _tampered(src: Path, dst: Path, mutate: Callable[[dict[str, Any]], None]) -> Path:
+    """A copy of `src` whose manifest `mutate` edited, its spec fingerprint kept consistent."""
+    shutil.copytree(src, dst)
+    manifest = json.loads((dst / MANIFEST_NAME).read_text())
+    mutate(manifest)
+    manifest["spec_fingerprint"] = ModelSpec.from_json(manifest["spec"]).fingerprint.hex()
+    (dst / MANIFEST_NAME).write_text(json.dumps(manifest))
+    return dst
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(manifest: dict[str, Any]) -> None:
+        *keys, last = path.split(".")
+        target: Any = manifest
+        for key in keys:
+            target = target[int(key)] if key.isdigit() else target[key]
+        target[last] = value
+
+    return mutate
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (_set("spec.0.shape", [6, 8]), r"p0 is tensor\(float\)\[8, 6\], the manifest says"),
+        (_set("spec.0.shape", [48]), "p0 is"),
+        (_set("x.shape", ["batch", 3, 2]), "x is"),
+        (_set("x.dtype", "int64"), "x is"),
+        (_set("y.shape", ["batch", 1]), "y is"),
+    ],
+    ids=["transposed", "flattened", "x_shape", "x_dtype", "y_shape"],
+)
+def test_manifest_that_disagrees_with_the_graph_is_refused_at_load(
+    mlp_dir: Path,
+    tmp_path: Path,
+    mutate: Callable[[dict[str, Any]], None],
+    match: str,
+) -> None:
+    # Prepare: the files' digests still match; only the manifest's account of them is wrong.
+    tampered = _tampered(mlp_dir, tmp_path / "t", mutate)
+
+    # Execute / Assert: refused before any training, not mid-round by onnxruntime.
+    with pytest.raises(ArtifactError, match=match):
+        OrtTrainer.from_dir(tampered)
