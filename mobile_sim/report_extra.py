@@ -135,10 +135,14 @@ def plot_bytes_per_round(runs: Sequence[Run], path: str | Path) -> Path:
 
 
 def plot_round_durations(runs: Sequence[Run], path: str | Path) -> Path:
-    """Histograms of round durations: simulated seconds (when the run has a clock) and wall."""
+    """Histograms of round durations: simulated seconds (when the run has a clock), the
+    simulated seconds waited for a cohort before each round (when any round waited), and wall
+    seconds."""
     plt = _pyplot()
     has_sim = any(r.get("sim_s") is not None for _, rounds in runs for r in rounds)
     panels = [("sim_s", "simulated seconds per round")] if has_sim else []
+    if any(float(r.get("wait_s") or 0.0) > 0 for _, rounds in runs for r in rounds):
+        panels.append(("wait_s", "simulated seconds waited before a round"))
     panels.append(("wall_s", "wall seconds per round"))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), dpi=110)
     axes = list(axes) if len(panels) > 1 else [axes]
