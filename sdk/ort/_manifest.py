@@ -19,6 +19,11 @@ _FORMAT = "plume-onnx-train"
 _VERSIONS = (1,)
 _MAX_MANIFEST_BYTES = 1 << 22  # 4 MiB: a manifest lists names and shapes, never weights
 _DTYPES = ("float32", "int64")
+# An ONNX file holds the graph, never the weights (they are inputs): the 80-step unrolled LSTM,
+# the largest exported so far, is 3.3 MB. The cap bounds what a received manifest can make the
+# device hash and hand to onnxruntime.
+_MAX_FILE_BYTES = 1 << 28  # 256 MiB
+_TARGET_DTYPE = {"ce": "int64", "mse": "float32"}
 
 
 class ArtifactError(Exception):
@@ -101,14 +106,23 @@ def _file(root: Path, files: Any, key: str, verify: bool) -> tuple[Path, int]:
         path = root / rel
         if not path.is_file():
             raise ArtifactError(f"artifact file {path} is missing")
+        # A symlink (or a linked parent) could point the device at any file it can read.
+        if not path.resolve().is_relative_to(root.resolve()):
+            raise ArtifactError(f"manifest: file {rel!r} resolves outside the directory")
         size = path.stat().st_size
     except (ValueError, OSError) as exc:  # e.g. a NUL byte in the name
         raise ArtifactError(f"manifest: unusable file name {rel!r}: {exc}") from exc
     declared = _get(entry, "bytes", int)
     if size != declared:
         raise ArtifactError(f"{rel}: {size} bytes on disk, manifest says {declared}")
+    if size > _MAX_FILE_BYTES:
+        raise ArtifactError(f"{rel}: {size} bytes, more than the {_MAX_FILE_BYTES} allowed")
     if verify:
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        try:
+            with path.open("rb") as f:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+        except OSError as exc:
+            raise ArtifactError(f"{rel}: unreadable: {exc}") from exc
         if digest != _get(entry, "sha256", str):
             raise ArtifactError(f"{rel}: SHA-256 does not match the manifest")
     return path, size
@@ -137,6 +151,8 @@ def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> 
         raise ArtifactError(f"manifest: bad spec: {exc}") from exc
     if _get(data, "spec_fingerprint", str) != spec.fingerprint.hex():
         raise ArtifactError("manifest: spec fingerprint does not match its spec")
+    if _get(data, "num_params", int) != spec.size:
+        raise ArtifactError(f"manifest: num_params does not match its spec ({spec.size})")
     opt = _get(data, "optimizer", dict)
     optimizer = _get(opt, "name", str)
     momentum = float(_get(opt, "momentum", (int, float)))
@@ -153,6 +169,8 @@ def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> 
         raise ArtifactError("manifest: momentum needs one state input per parameter")
     x_name, x_dtype, x_shape = _tensor(data, "x")
     y_name, y_dtype, y_shape = _tensor(data, "y")
+    if y_dtype != _TARGET_DTYPE[loss]:
+        raise ArtifactError(f"manifest: loss {loss!r} takes {_TARGET_DTYPE[loss]} targets")
     outputs = _names(data, "train_outputs")
     if len(outputs) != 1 + len(params) + len(state):
         raise ArtifactError("manifest: train outputs must be loss, new params, new state")
@@ -160,6 +178,8 @@ def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> 
     train_path, train_bytes = _file(root, files, "train_step", verify)
     infer_path, infer_bytes = _file(root, files, "infer", verify)
     opset = _get(data, "opset", int)
+    if opset < 1:
+        raise ArtifactError(f"manifest: opset {opset} is not a version")
     if not math.isfinite(momentum):
         raise ArtifactError("manifest: momentum must be finite")
     return Manifest(

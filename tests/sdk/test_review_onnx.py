@@ -15,7 +15,7 @@ from torch import nn
 
 from compression import ModelSpec
 from sdk.onnx_export import export_training_artifacts
-from sdk.ort import MANIFEST_NAME, ArtifactError, OrtTrainer
+from sdk.ort import MANIFEST_NAME, ArtifactError, OrtTrainer, _manifest, load_manifest
 
 LR = 0.05
 
@@ -207,3 +207,48 @@ def test_manifest_that_disagrees_with_the_graph_is_refused_at_load(
     # Execute / Assert: refused before any training, not mid-round by onnxruntime.
     with pytest.raises(ArtifactError, match=match):
         OrtTrainer.from_dir(tampered)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (_set("num_params", 7), "num_params"),
+        (_set("loss", "mse"), "loss 'mse' takes float32 targets"),
+        (_set("opset", 0), "opset"),
+    ],
+    ids=["num_params", "loss_vs_targets", "opset"],
+)
+def test_inconsistent_manifest_fields_are_refused(
+    mlp_dir: Path, tmp_path: Path, mutate: Callable[[dict[str, Any]], None], match: str
+) -> None:
+    # Prepare
+    tampered = _tampered(mlp_dir, tmp_path / "t", mutate)
+
+    # Execute / Assert
+    with pytest.raises(ArtifactError, match=match):
+        load_manifest(tampered)
+
+
+def test_a_symlink_out_of_the_directory_is_refused(mlp_dir: Path, tmp_path: Path) -> None:
+    # Prepare: the linked file is byte-identical, so only the path check can refuse it.
+    received = _tampered(mlp_dir, tmp_path / "received", lambda m: None)
+    outside = tmp_path / "elsewhere.onnx"
+    shutil.copy(received / "infer.onnx", outside)
+    (received / "infer.onnx").unlink()
+    (received / "infer.onnx").symlink_to(outside)
+
+    # Execute / Assert
+    with pytest.raises(ArtifactError, match="resolves outside the directory"):
+        load_manifest(received)
+
+
+def test_oversized_files_are_refused_before_hashing(
+    mlp_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: lower the cap below the real train_step.onnx rather than write a huge file.
+    monkeypatch.setattr(_manifest, "_MAX_FILE_BYTES", 1000)
+    monkeypatch.setattr("hashlib.file_digest", lambda *a: pytest.fail("hashed an oversized file"))
+
+    # Execute / Assert
+    with pytest.raises(ArtifactError, match="more than the 1000 allowed"):
+        load_manifest(mlp_dir)
