@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from coordinator.privacy import (
+    FixedSizeSampling,
+    PoissonSampling,
     PrivacyAccountant,
     PrivacyBudgetExhausted,
     PrivacyMetrics,
@@ -76,6 +78,13 @@ class DPMean:
             raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
         if not self.epsilon_budget > 0:
             raise ValueError(f"epsilon budget must be > 0, got {self.epsilon_budget!r}")
+        if isinstance(self.sampling, PoissonSampling) and self.denominator is None:
+            # Under Poisson sampling the number of reports is itself private (adding a device
+            # changes it): dividing by it releases more than the accounted noisy sum.
+            raise ValueError(
+                "Poisson sampling needs a fixed denominator (the expected cohort size q·N): "
+                "dividing by the number of reports is not covered by the add/remove accounting"
+            )
 
     def count_stddev(self, expected_reports: float) -> float:
         """sigma_b for adaptive clipping (0 for a fixed clip)."""
@@ -144,6 +153,13 @@ class _DPMeanProcess:
                 "budget_exhausted": bool(eps_next > cfg.epsilon_budget),
             }
         n = len(updates)
+        if isinstance(self.cfg.sampling, FixedSizeSampling) and n > self.cfg.sampling.sample_size:
+            # More reports than the accounted cohort: the sampling rate is higher than the one
+            # epsilon is computed for (e.g. over-selection not counted in sample=).
+            raise ValueError(
+                f"{n} reports but the accountant assumes a cohort of "
+                f"{self.cfg.sampling.sample_size}: account the selected cohort (sample=)"
+            )
         denom = float(cfg.denominator) if cfg.denominator is not None else float(max(n, 1))
         norms = np.empty(n, dtype=np.float64)
         clipped = []
@@ -162,12 +178,14 @@ class _DPMeanProcess:
         result = (total / denom).astype(np.float32)
 
         new_clip = clip
+        noised: dict[str, Any] = {}
         if isinstance(cfg.clip, AdaptiveClip):
             sb = cfg.count_stddev(denom)
             # Centred bits (b - 1/2) halve the count's sensitivity; see the module docstring.
             centred = float(np.count_nonzero(norms <= clip)) - n / 2.0
             noised_fraction = (centred + float(rng.normal(0.0, sb))) / denom + 0.5
             new_clip = cfg.clip.step(clip, noised_fraction)
+            noised["unclipped_fraction_noised"] = noised_fraction
         if cfg.metrics is not None:
             cfg.metrics.observe(
                 epsilon=privacy.get("epsilon"),
@@ -180,7 +198,9 @@ class _DPMeanProcess:
         measurements: dict[str, Any] = {
             "clients": n,
             "clip": clip,
-            "clipped": int(np.count_nonzero(norms > clip)),
+            # No exact count of clipped reports: measurements reach every registered device
+            # (GET /v1/rounds/{id}), and that count is data the noise is meant to hide.
+            **noised,
             "noise_multiplier": cfg.noise_multiplier,
             "update_noise_multiplier": z_u,
             "noise_stddev": noise_std / denom,

@@ -84,7 +84,7 @@ def test_adam_moves_rarely_sent_coordinates_as_far_as_common_ones() -> None:
 def test_dp_budget_flags_are_still_found_through_the_optimizer() -> None:
     # Prepare: a budget of 4: round 1 spends 3.53 (z=1, q=0.5, delta 1e-5), round 2 would
     # reach 4.85.
-    proc = build_aggregator("adam+dp:clip=1,z=1,q=0.5,eps=4+fedavg").create(D)
+    proc = build_aggregator("adam+dp:clip=1,z=1,q=0.5,denom=2,eps=4+fedavg").create(D)
     ups = [ClientUpdate(f"d{i}", SparseUpdate.from_dense(np.ones(D, np.float32)), 1.0)
            for i in range(4)]  # fmt: skip
     out = proc.next(proc.initialize(), ups)

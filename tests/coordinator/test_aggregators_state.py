@@ -91,7 +91,7 @@ def _round(rng: np.random.Generator, n: int = 8) -> list[ClientUpdate]:
         "cosfilter+geomed",
         "collusion:tau=0.3+normbound:q=0.9,init=1+fedavg",
         "normbound:q=0.5,init=0.3+bucket:3+geomed",
-        "dp:clip=1,z=1.0,q=0.1,delta=1e-5,seed=3+fedavg",
+        "dp:clip=1,z=1.0,q=0.1,denom=10,delta=1e-5,seed=3+fedavg",
         "dp:z=1,population=1000,sample=50,quantile=0.5,count_std=5,seed=1+fedavg",
         "cclip:tau=auto,beta=0.9",
         "anomaly:min_cos=0,norm_ratio=3+median",

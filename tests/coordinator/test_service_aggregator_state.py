@@ -25,7 +25,7 @@ from .test_service_support import (
     wait_until,
 )
 
-DP = "dp:clip=1,z=1,q=0.5,delta=1e-5,seed=3+fedavg"
+DP = "dp:clip=1,z=1,q=0.5,denom=2,delta=1e-5,seed=3+fedavg"
 
 
 def _service(db: Path) -> ServerThread:

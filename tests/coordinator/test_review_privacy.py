@@ -1,0 +1,69 @@
+"""Adversarial review of the DP code: each test pins a bound or a refusal that a silent bug broke."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compression import SparseUpdate
+from coordinator.aggregators import AdaptiveClip, ClientUpdate, DPMean
+from coordinator.privacy import FixedSizeSampling, PoissonSampling
+
+
+def _updates(rows: np.ndarray, weights: list[float] | None = None) -> list[ClientUpdate]:
+    ws = weights if weights is not None else [1.0] * len(rows)
+    return [
+        ClientUpdate(f"d{i}", SparseUpdate.from_dense(r.astype(np.float32)), w)
+        for i, (r, w) in enumerate(zip(rows, ws, strict=True))
+    ]
+
+
+# -- central DP (DPMean) --------------------------------------------------------------------
+
+
+def test_poisson_sampling_needs_a_fixed_denominator() -> None:
+    # Under add/remove the report count is private: (sum + noise) / count is not the accounted
+    # release, so an accounting DPMean must divide by a public constant.
+    with pytest.raises(ValueError, match="fixed denominator"):
+        DPMean(1.0, sampling=PoissonSampling(0.1))
+    DPMean(1.0, sampling=PoissonSampling(0.1), denominator=10.0)  # the documented form
+    DPMean(1.0, sampling=FixedSizeSampling(100, 10))  # fixed size: the count is public
+
+
+def test_more_reports_than_the_accounted_cohort_is_refused_before_any_release() -> None:
+    # Prepare: epsilon is computed for cohorts of 3 out of 100; a round brings 4 reports
+    # (e.g. over-selection that was not counted in sample=).
+    proc = DPMean(1.0, sampling=FixedSizeSampling(100, 3), seed=0).create(2)
+    state = proc.initialize()
+    # Execute / Assert
+    with pytest.raises(ValueError, match="cohort of 3"):
+        proc.next(state, _updates(np.ones((4, 2))))
+    out = proc.next(state, _updates(np.ones((3, 2))))  # the accounted size is fine
+    assert out.measurements["rounds"] == 1
+
+
+def test_measurements_release_no_exact_count_of_clipped_reports() -> None:
+    # Prepare: two of four reports exceed C = 1. Round measurements reach every registered
+    # device (GET /v1/rounds/{id}), so only noised statistics may appear in them.
+    rows = np.zeros((4, 3))
+    rows[:, 0] = [5.0, 3.0, 0.1, 0.2]
+    fixed = DPMean(1.0, clip=1.0, seed=1).create(3)
+    adaptive = DPMean(1.0, clip=AdaptiveClip(1.0, 0.5, count_stddev=1.0), seed=1).create(3)
+    # Execute
+    m_fixed = fixed.next(fixed.initialize(), _updates(rows)).measurements
+    m_adapt = adaptive.next(adaptive.initialize(), _updates(rows)).measurements
+    # Assert
+    assert "clipped" not in m_fixed and "clipped" not in m_adapt
+    noised = m_adapt["unclipped_fraction_noised"]
+    assert noised != pytest.approx(0.5, abs=1e-9)  # the count query's noise is in it
+
+
+def test_example_counts_do_not_change_the_dp_mean() -> None:
+    # Weighting by self-reported example counts would make the sensitivity depend on them:
+    # the same reports with any weights give the same (seeded) release.
+    rows = np.random.default_rng(4).normal(size=(5, 6))
+    a = DPMean(1.0, clip=1.0, seed=2).create(6)
+    b = DPMean(1.0, clip=1.0, seed=2).create(6)
+    out_a = a.next(a.initialize(), _updates(rows, [1.0] * 5))
+    out_b = b.next(b.initialize(), _updates(rows, [1e9, 1.0, 3.0, 0.0, 7.0]))
+    np.testing.assert_array_equal(out_a.result, out_b.result)
