@@ -13,11 +13,22 @@ The released sum is a mixture over U of shifted noise distributions with the sam
 both sides, and the Renyi divergence is jointly quasi-convex, so an RDP bound for every shift
 of norm <= (Delta1, Delta2) bounds the mixture.
 
-Discrete Gaussian: each of n surviving devices adds N_Z(0, sigma^2) per coordinate. Kairouz,
-Liu, Steinke (2021, Thm. 1) bound the sum: it is (eps^2 / 2)-concentrated DP with
-    eps = min( sqrt(Delta2^2 / (n sigma^2) + tau k / 2),  Delta2 / (sqrt(n) sigma) + tau sqrt(k) ),
+Discrete Gaussian: each of n surviving devices adds N_Z(0, sigma^2) per coordinate. For
+sigma >= 1/2, Kairouz, Liu, Steinke (2021, Prop. 14, from which their Thm. 1 follows) bound
+the Renyi divergence of the sum at every order alpha >= 1 by the least of three terms, two of
+them
+    alpha Delta2^2 / (2 n sigma^2) + tau k    and    (alpha / 2) (Delta2 / (sqrt(n) sigma) + tau sqrt(k))^2,
     tau = 10 * sum_{j=1}^{n-1} exp(-2 pi^2 sigma^2 j / (j + 1)).
-Each round is a `ZCDpEvent(eps^2 / 2)`, whose RDP curve dp_accounting's `RdpAccountant` gives.
+As tau k <= alpha tau k for alpha >= 1, the sum is (eps^2 / 2)-concentrated DP with
+    eps = min( sqrt(Delta2^2 / (n sigma^2) + 2 tau k),  Delta2 / (sqrt(n) sigma) + tau sqrt(k) ).
+(The authors' accounting code, google-research distributed_dp, evaluates Prop. 14 with this
+tau k term; the tau k / 2 inside the root used here before is not implied by it.) tau is
+summed over all n - 1 terms. For any sigma, one survivor's noise alone is
+(Delta2^2 / (2 sigma^2))-zCDP (Canonne, Kamath, Steinke 2020) and adding the other survivors'
+independent noise is post-processing, so eps <= Delta2 / sigma too; below sigma = 1/2, where
+Prop. 14 does not apply, that is the bound used. Each round is a `ZCDpEvent(eps^2 / 2)`, whose
+RDP curve dp_accounting's `RdpAccountant` gives. In the settings Plume plans (sigma^2 in the
+thousands) tau underflows to 0 and eps is Delta2 / (sqrt(n) sigma), as before.
 
 Skellam: each device adds Sk(m, m) = Poisson(m) - Poisson(m) per coordinate (variance 2 m).
 Sums of independent Skellams are Skellam, so the survivors' noise is exactly Sk(mu, mu) with
@@ -54,6 +65,7 @@ __all__ = [
     "integer_sensitivity",
     "l1_sensitivity",
     "ddg_epsilon",
+    "ddg_tau",
     "skellam_rdp",
     "DistributedDpAccountant",
 ]
@@ -80,16 +92,27 @@ def l1_sensitivity(l2_sensitivity: float, k: int) -> float:
     return float(min(math.sqrt(k) * l2_sensitivity, l2_sensitivity**2))
 
 
-def ddg_epsilon(sensitivity: float, sigma2: float, n: int, k: int) -> float:
-    """The eps of Kairouz et al. Thm. 1: the sum of n discrete Gaussians is (eps^2/2)-zCDP."""
-    if n < 1 or sigma2 <= 0:
+def ddg_tau(sigma2: float, n: int) -> float:
+    """tau = 10 sum_{j=1}^{n-1} exp(-2 pi^2 sigma2 j / (j + 1)) of Kairouz et al. (all n - 1 terms)."""
+    if n < 1 or not sigma2 > 0:
         raise ValueError("need n >= 1 and sigma2 > 0")
-    tau = 10.0 * sum(
-        math.exp(-2.0 * math.pi**2 * sigma2 * j / (j + 1)) for j in range(1, min(n, 10_000))
-    )
-    a = math.sqrt(sensitivity**2 / (n * sigma2) + 0.5 * tau * k)
+    j = np.arange(1, n, dtype=np.float64)
+    return float(10.0 * np.exp(-2.0 * math.pi**2 * sigma2 * j / (j + 1.0)).sum())
+
+
+def ddg_epsilon(sensitivity: float, sigma2: float, n: int, k: int) -> float:
+    """eps such that the sum of n discrete Gaussians N_Z(0, sigma2)^k is (eps^2 / 2)-zCDP for
+    shifts of L2 norm <= `sensitivity` (integer units): Kairouz et al.'s bound for sigma >= 1/2,
+    never above one survivor's Delta2 / sigma (see the module docstring)."""
+    if n < 1 or not sigma2 > 0 or k < 1 or sensitivity < 0:
+        raise ValueError("need n >= 1, sigma2 > 0, k >= 1 and sensitivity >= 0")
+    single = sensitivity / math.sqrt(sigma2)
+    if sigma2 < 0.25:
+        return float(single)
+    tau = ddg_tau(sigma2, n)
+    a = math.sqrt(sensitivity**2 / (n * sigma2) + 2.0 * tau * k)
     b = sensitivity / (math.sqrt(n) * math.sqrt(sigma2)) + tau * math.sqrt(k)
-    return float(min(a, b))
+    return float(min(a, b, single))
 
 
 def skellam_rdp(

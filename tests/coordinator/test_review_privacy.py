@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
 from compression import SparseUpdate
 from coordinator.aggregators import AdaptiveClip, ClientUpdate, DPMean
 from coordinator.privacy import FixedSizeSampling, PoissonSampling
+from coordinator.secure import RDP_ORDERS, DistributedDpAccountant
+from coordinator.secure._dp import ddg_epsilon, ddg_tau
+from protocol.secagg import NoiseKind
 
 
 def _updates(rows: np.ndarray, weights: list[float] | None = None) -> list[ClientUpdate]:
@@ -16,6 +21,10 @@ def _updates(rows: np.ndarray, weights: list[float] | None = None) -> list[Clien
         ClientUpdate(f"d{i}", SparseUpdate.from_dense(r.astype(np.float32)), w)
         for i, (r, w) in enumerate(zip(rows, ws, strict=True))
     ]
+
+
+def _tau_by_hand(sigma2: float, n: int) -> float:
+    return 10.0 * sum(math.exp(-2.0 * math.pi**2 * sigma2 * j / (j + 1)) for j in range(1, n))
 
 
 # -- central DP (DPMean) --------------------------------------------------------------------
@@ -67,3 +76,49 @@ def test_example_counts_do_not_change_the_dp_mean() -> None:
     out_a = a.next(a.initialize(), _updates(rows, [1.0] * 5))
     out_b = b.next(b.initialize(), _updates(rows, [1e9, 1.0, 3.0, 0.0, 7.0]))
     np.testing.assert_array_equal(out_a.result, out_b.result)
+
+
+# -- distributed DP: discrete Gaussian accounting ---------------------------------------------
+
+
+def test_ddg_epsilon_first_branch_carries_two_tau_k() -> None:
+    # Prepare: sigma = 1/2 keeps tau large enough to matter (tau ~ 3.9 at n = 50), and the
+    # first branch of the bound is the smallest. From Kairouz et al.'s Prop. 14,
+    # alpha D^2/(2 n s^2) + tau k <= alpha (D^2/(2 n s^2) + tau k): eps^2 = D^2/(n s^2) + 2 tau k.
+    sens, sigma2, n, k = 100.0, 0.25, 50, 4
+    tau = _tau_by_hand(sigma2, n)
+    want = math.sqrt(sens**2 / (n * sigma2) + 2.0 * tau * k)
+    assert want < sens / math.sqrt(n * sigma2) + tau * math.sqrt(k)  # the first branch binds
+    # Execute / Assert
+    assert ddg_epsilon(sens, sigma2, n, k) == pytest.approx(want, rel=1e-12)
+
+
+def test_ddg_tau_sums_every_survivor_term() -> None:
+    # Prepare: more than 10,000 survivors; the terms grow with j, so dropping the tail
+    # under-counts tau, and with it epsilon.
+    sens, sigma2, n, k = 10.0, 1.0, 30_000, 1_000
+    tau = _tau_by_hand(sigma2, n)
+    # Execute / Assert
+    assert ddg_tau(sigma2, n) == pytest.approx(tau, rel=1e-9)
+    want = min(
+        math.sqrt(sens**2 / (n * sigma2) + 2 * tau * k),
+        sens / math.sqrt(n * sigma2) + tau * math.sqrt(k),
+    )
+    assert ddg_epsilon(sens, sigma2, n, k) == pytest.approx(want, rel=1e-9)
+    assert want > sens / math.sqrt(n * sigma2) + _tau_by_hand(sigma2, 10_000) * math.sqrt(k)
+
+
+def test_ddg_below_sigma_one_half_uses_one_survivors_noise() -> None:
+    # Kairouz et al.'s bound needs sigma >= 1/2. Below it, the valid bound is that of one
+    # survivor's discrete Gaussian (Delta2 / sigma); the rest of the noise only helps.
+    sens, sigma2, n, k = 3.0, 0.2, 3, 1
+    assert ddg_epsilon(sens, sigma2, n, k) == pytest.approx(sens / math.sqrt(sigma2))
+    # ... and above it the bound never exceeds that one either
+    assert ddg_epsilon(1.0, 0.3, 2, 1) <= 1.0 / math.sqrt(0.3)
+
+
+def test_ddg_accountant_composes_the_corrected_bound() -> None:
+    acc = DistributedDpAccountant(1e-5)
+    acc.record_round(NoiseKind.DISCRETE_GAUSSIAN, 100.0, 0.25, 50, 4)
+    rho = ddg_epsilon(100.0, 0.25, 50, 4) ** 2 / 2
+    np.testing.assert_allclose(acc.rdp(), rho * np.asarray(RDP_ORDERS), rtol=1e-12)
