@@ -19,7 +19,7 @@ import numpy.typing as npt
 
 from ._prg import prg_bytes
 
-__all__ = ["CtrRandom", "discrete_gaussian", "skellam"]
+__all__ = ["CtrRandom", "discrete_gaussian", "rational_variance", "skellam"]
 
 _BUFFER = 1 << 16
 
@@ -106,17 +106,30 @@ def _discrete_gaussian_one(sigma2: Fraction, rng: CtrRandom) -> int:
             return y
 
 
+def rational_variance(sigma2: Fraction | int | float) -> Fraction:
+    """sigma2 as a rational >= sigma2 with denominator <= 10^6 (exact if it already is one).
+
+    The nearest such fraction (`limit_denominator`) is below sigma2 about half the time; the
+    accountant bounds privacy for the sigma2 it was given, so the sampler must not use less.
+    """
+    exact = Fraction(sigma2)
+    if not exact > 0:
+        raise ValueError("sigma2 must be positive")
+    if exact.denominator <= 10**6:
+        return exact
+    return Fraction(math.ceil(exact * 10**6), 10**6)
+
+
 def discrete_gaussian(
     sigma2: Fraction | int | float, count: int, rng: CtrRandom | None = None
 ) -> npt.NDArray[np.int64]:
     """`count` exact samples of the discrete Gaussian with variance parameter sigma2 (int64).
 
-    A float sigma2 is converted exactly to a rational with `Fraction(sigma2).limit_denominator`
-    of 10^6, so the sampler's arithmetic stays integer.
+    The parameter actually sampled is `rational_variance(sigma2)`: sigma2 rounded *up* to a
+    multiple of 10^-6, so the sampler's arithmetic stays on small integers and the noise is
+    never below what the accountant assumes.
     """
-    s2 = Fraction(sigma2).limit_denominator(10**6)
-    if s2 <= 0:
-        raise ValueError("sigma2 must be positive")
+    s2 = rational_variance(sigma2)
     gen = rng or CtrRandom()
     return np.fromiter((_discrete_gaussian_one(s2, gen) for _ in range(count)), np.int64, count)
 

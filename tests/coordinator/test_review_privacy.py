@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ from coordinator.aggregators import AdaptiveClip, ClientUpdate, DPMean
 from coordinator.privacy import FixedSizeSampling, PoissonSampling
 from coordinator.secure import RDP_ORDERS, DistributedDpAccountant
 from coordinator.secure._dp import ddg_epsilon, ddg_tau
-from protocol.secagg import NoiseKind
+from protocol.secagg import CtrRandom, NoiseKind, discrete_gaussian
+from protocol.secagg._noise import rational_variance
 
 
 def _updates(rows: np.ndarray, weights: list[float] | None = None) -> list[ClientUpdate]:
@@ -122,3 +124,35 @@ def test_ddg_accountant_composes_the_corrected_bound() -> None:
     acc.record_round(NoiseKind.DISCRETE_GAUSSIAN, 100.0, 0.25, 50, 4)
     rho = ddg_epsilon(100.0, 0.25, 50, 4) ** 2 / 2
     np.testing.assert_allclose(acc.rdp(), rho * np.asarray(RDP_ORDERS), rtol=1e-12)
+
+
+# -- distributed DP: the samplers -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sigma2", [85462.123, 0.3, 2.0 / 3.0, 341847.39, 1e-3, 7])
+def test_sampled_variance_is_never_below_the_accounted_one(sigma2: float) -> None:
+    # limit_denominator rounds to the nearest fraction, below sigma2 about half the time.
+    got = rational_variance(sigma2)
+    assert got >= Fraction(sigma2)
+    assert got.denominator <= 10**6
+    assert got - Fraction(sigma2) <= Fraction(1, 10**6)
+    with pytest.raises(ValueError):
+        rational_variance(0.0)
+
+
+def test_discrete_gaussian_matches_its_pmf() -> None:
+    # Prepare: the exact pmf of N_Z(0, 2) on [-8, 8] (the mass outside is < 1e-7).
+    sigma2, count = 2.0, 6_000
+    support = np.arange(-8, 9)
+    pmf = np.exp(-(support**2) / (2 * sigma2))
+    pmf /= pmf.sum()
+    # Execute
+    x = discrete_gaussian(sigma2, count, CtrRandom(b"\x07" * 32))
+    # Assert: a chi-square statistic on the central cells (16 degrees of freedom at most;
+    # the 0.999 quantile of chi2(16) is 39.3)
+    observed = np.array([np.count_nonzero(x == v) for v in support])
+    expected = pmf * count
+    keep = expected >= 5
+    chi2 = float((((observed - expected) ** 2) / expected)[keep].sum())
+    assert chi2 < 39.3
+    assert int(np.count_nonzero(np.abs(x) > 8)) <= 1
