@@ -37,7 +37,8 @@ class RoundTiming:
     selected cohort; `finish_s` is +inf for dropped devices. `kept` lists device ids in arrival
     order; `stragglers` and `dropped` are in cohort order. `start_s` is the simulated time at
     which the round opened (seconds since the clock's origin) and `waited_s` the simulated time
-    spent before it waiting for enough eligible devices (set by `SimFleet`).
+    spent before it waiting for enough eligible devices, their check-ins and the selection
+    timeout (set by `SimFleet`; not part of `duration_s`).
     """
 
     device_ids: I64

@@ -273,3 +273,24 @@ def test_cli_flags_reach_the_selection(tmp_path: Path, capsys: pytest.CaptureFix
         replace(SMALL, checkin_period_s=1800.0)
     with pytest.raises(ValueError, match="selection_timeout_s"):
         replace(SMALL, selection_timeout_s=-1.0)
+
+
+def test_selection_in_a_million_device_fleet_stays_lazy() -> None:
+    # Prepare
+    import tracemalloc
+
+    fleet = SimFleet(1_000_000, seed=0, checkin_period_s=PERIOD)
+    tracemalloc.start()
+
+    # Execute
+    sel = fleet.select(1_300, np.random.default_rng(0), round_id=1, selection_timeout_s=PERIOD)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+
+    # Assert: the earliest 1,300 check-ins of 10^6 devices, found block by block (a profile
+    # batch per block of candidates, no per-device objects).
+    assert sel.opened_by == "cohort" and np.unique(sel.device_ids).size == 1_300
+    assert fleet.population.is_available(sel.device_ids, 0.0).all()
+    delays = fleet.clock.checkin_delays(sel.device_ids, 1, PERIOD)
+    assert np.all(np.diff(delays) >= 0) and delays[-1] == sel.waited_s < 60.0
+    assert peak < 32e6
