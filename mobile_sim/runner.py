@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +27,9 @@ from .backends import Backend, JobResult, TrainContext, TrainJob, build_backend,
 from .backends._seeding import RngPool
 from .data import FederatedData, load_digits_data, load_mnist
 from .partition import natural, partition
+
+if TYPE_CHECKING:
+    from .fleet import Selection
 
 __all__ = [
     "SimConfig",
@@ -537,10 +540,11 @@ def run_simulation(
 
 
 def _abandoned_selection(
-    engine: RoundEngine, available: list[str], selection: Any, t0: float
+    engine: RoundEngine, available: list[str], selection: Selection, t0: float
 ) -> RoundRecord:
-    """The record of a round whose selection never met the coordinator's rule (fewer than
-    `min_reports` devices in the pool for the whole wait window).
+    """The record of a round whose selection never met the coordinator's rule in the whole
+    wait window (fewer than `min_reports` devices in the pool, or no selection timeout and
+    the cohort never full).
 
     The coordinator would not open it; the engine numbers rounds, so it is opened over that
     pool and closed at once with no report (the engine abandons it: model unchanged). Nobody
@@ -548,10 +552,14 @@ def _abandoned_selection(
     """
     plan = engine.open_round(available)
     outcome = engine.close_round(plan.round_id)
+    if len(available) < selection.min_n:
+        why = f"below min_reports {selection.min_n}"
+    else:
+        why = f"short of the cohort of {engine.config.cohort_size}, with no selection timeout"
     meas = {
         "abandoned": (
-            f"selection: at most {len(available)} devices checked in within "
-            f"{selection.waited_s:.0f} simulated s, below min_reports {selection.min_n}"
+            f"selection: the pool held at most {len(available)} devices in "
+            f"{selection.waited_s:.0f} simulated s, {why}"
         ),
         "selection": _jsonable(selection.summary()),
     }

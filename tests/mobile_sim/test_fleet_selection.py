@@ -294,3 +294,19 @@ def test_selection_in_a_million_device_fleet_stays_lazy() -> None:
     delays = fleet.clock.checkin_delays(sel.device_ids, 1, PERIOD)
     assert np.all(np.diff(delays) >= 0) and delays[-1] == sel.waited_s < 60.0
     assert peak < 32e6
+
+
+def test_without_a_timeout_a_cohort_that_never_fills_is_abandoned() -> None:
+    # Prepare: 20 devices, a cohort of 20, min_reports 1 but no selection timeout: the pool
+    # has devices but the round may only open with all 20, which never happens.
+    cfg = replace(
+        SMALL, clients=20, per_round=20, over_selection=1.0, rounds=1, selection_timeout_s=None
+    )
+
+    # Execute
+    res = run_simulation(cfg, progress=False)
+
+    # Assert
+    (rec,) = res.records
+    assert not rec.committed and rec.reports == 0 and rec.wait_s == 2 * 86_400.0
+    assert "short of the cohort of 20, with no selection timeout" in rec.measurements["abandoned"]
