@@ -34,7 +34,7 @@ from protocol.secagg import (
 )
 
 from ._config import SecureConfig
-from ._dp import DistributedDpAccountant, integer_sensitivity, l1_sensitivity
+from ._dp import DistributedDpAccountant, account_released_groups, integer_sensitivity
 from ._policy import CoordinatePolicy, TopKMixPolicy, public_seed
 from ._round import GroupResult, SecureRound, split_groups
 
@@ -288,7 +288,6 @@ class SecureCoordinator:
     def close_round(self, task: SecureTask) -> SecureOutcome:
         """Finish every group still in the unmask stage, combine, and publish the new model."""
         results: list[GroupResult] = []
-        plans: list[SecurePlan] = []
         aborted = 0
         reasons: list[str] = []
         for sr in task.groups:
@@ -298,7 +297,6 @@ class SecureCoordinator:
                 continue
             try:
                 results.append(sr.finish())
-                plans.append(sr.plan)
             except RoundAborted as exc:
                 aborted += 1
                 reasons.append(str(exc))
@@ -319,6 +317,13 @@ class SecureCoordinator:
             # Each sent an unmask share off its dealer's polynomial; the shares were corrected
             # around, and the ids are here for the operator (docs/secure-aggregation.md).
             meas["suspect_devices"] = suspects
+        released = [(sr.unmasked, sr.plan) for sr in task.groups if sr.unmasked is not None]
+        if self.config.dp and released:
+            # Every sum the server unmasked counts, committed or not (a group can abort after
+            # unmasking, on a forged input): the server has seen it.
+            meas["dp"] = account_released_groups(
+                self.accountant, released, self.config.noise_multiplier
+            )
         if not results or sum(res.weight for res in results) == 0:
             return SecureOutcome(task.round_id, False, [], dropped, aborted, update, meas)
         if self._process is None:
@@ -350,25 +355,4 @@ class SecureCoordinator:
         else:
             self.score = (decay * self.score + (1 - decay) * fresh).astype(np.float32)
         self.version += 1
-        if self.config.dp:
-            # Groups hold disjoint devices (parallel composition): the group whose sum carries
-            # the least noise binds. Per-device variances differ with the group size.
-            survivors, plan = min(
-                ((len(res.contributors), p) for res, p in zip(results, plans, strict=True)),
-                key=lambda sp: sp[0] * sp[1].noise_variance,
-            )
-            sens = integer_sensitivity(plan.clip_norm, plan.coord_bound, plan.value_bits, plan.k)
-            self.accountant.record_round(plan.noise, sens, plan.noise_variance, survivors, plan.k)
-            meas["dp"] = {
-                "epsilon": self.accountant.epsilon(),
-                "delta": self.config.dp_delta,
-                "noise": plan.noise.name.lower(),
-                "noise_multiplier": self.config.noise_multiplier,
-                "noise_variance_per_device": plan.noise_variance,
-                "sensitivity": sens,
-                "l1_sensitivity": l1_sensitivity(sens, plan.k),
-                "survivors": survivors,
-                "k": plan.k,
-                "rounds": self.accountant.rounds,
-            }
         return SecureOutcome(task.round_id, True, contributors, dropped, aborted, update, meas)

@@ -51,16 +51,19 @@ No subsampling amplification is claimed (conservative).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import dp_accounting
 import numpy as np
 import numpy.typing as npt
 from dp_accounting.rdp import rdp_privacy_accountant
 
-from protocol.secagg import NoiseKind
+from protocol.secagg import NoiseKind, SecurePlan
 
 __all__ = [
+    "account_released_groups",
     "RDP_ORDERS",
     "integer_sensitivity",
     "l1_sensitivity",
@@ -189,3 +192,44 @@ class DistributedDpAccountant:
             return 0.0
         eps, _ = rdp_privacy_accountant.compute_epsilon(RDP_ORDERS, self.rdp(), self.delta)
         return float(eps)
+
+
+def account_released_groups(
+    accountant: DistributedDpAccountant,
+    released: Sequence[tuple[int, SecurePlan]],
+    noise_multiplier: float,
+) -> dict[str, Any]:
+    """Record one round in `accountant` and return its `dp` measurements.
+
+    `released` holds (survivors, plan) of every group whose noisy sum the server unmasked, also
+    those it then refused to decode or commit: the server has seen those sums, so they count.
+    Groups hold disjoint devices (parallel composition), so the group with the weakest bound
+    binds: for Skellam the least summed noise n sigma^2, for the discrete Gaussian the largest
+    `ddg_epsilon` (its zCDP curves are ordered by it). Per-device variances differ with the
+    group size, so survivors and variance are taken from the same group.
+    """
+    if not released:
+        raise ValueError("no released group to account")
+
+    def weakness(sp: tuple[int, SecurePlan]) -> float:
+        n, p = sp
+        if p.noise == NoiseKind.DISCRETE_GAUSSIAN:
+            sens = integer_sensitivity(p.clip_norm, p.coord_bound, p.value_bits, p.k)
+            return ddg_epsilon(sens, p.noise_variance, n, p.k)
+        return -n * p.noise_variance
+
+    survivors, plan = max(released, key=weakness)
+    sens = integer_sensitivity(plan.clip_norm, plan.coord_bound, plan.value_bits, plan.k)
+    accountant.record_round(plan.noise, sens, plan.noise_variance, survivors, plan.k)
+    return {
+        "epsilon": accountant.epsilon(),
+        "delta": accountant.delta,
+        "noise": plan.noise.name.lower(),
+        "noise_multiplier": noise_multiplier,
+        "noise_variance_per_device": plan.noise_variance,
+        "sensitivity": sens,
+        "l1_sensitivity": l1_sensitivity(sens, plan.k),
+        "survivors": survivors,
+        "k": plan.k,
+        "rounds": accountant.rounds,
+    }

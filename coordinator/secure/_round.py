@@ -66,6 +66,9 @@ class SecureRound:
     bytes_up: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     bytes_down: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     stage_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    # Contributors whose noisy sum the server has unmasked (None until it has): under DP that
+    # sum is released to the server even if the checks below then abort the group.
+    unmasked: int | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if len(self.device_ids) != self.plan.num_nodes or len(set(self.device_ids)) != len(
@@ -170,6 +173,7 @@ class SecureRound:
         t0 = time.perf_counter()
         res = self.server.finish()
         c, w_max = len(res.contributors), self.plan.max_weight
+        self.unmasked = c
         reason = None
         if not c <= int(res.total[-1]) <= c * w_max:
             # Each device sends a weight in 1..w_max; any other total is a forged or corrupt

@@ -323,11 +323,14 @@ class Coordinator:
             else ErrorFeedback(spec.size)
         )
         rounds = self.store.rounds(task_id)
-        # A secure task's privacy ledger is rebuilt from its committed rounds' measurements.
+        # A secure task's privacy ledger is rebuilt from the measurements of every round whose
+        # noisy sum was unmasked: committed ones, and abandoned ones that carry `dp` (a group
+        # that aborted after unmasking; the server saw its sum).
         released = [
             r.measurements["dp"]
             for r in rounds
-            if r.state == RoundState.COMMITTED and isinstance(r.measurements.get("dp"), dict)
+            if r.state in (RoundState.COMMITTED, RoundState.ABANDONED)
+            and isinstance(r.measurements.get("dp"), dict)
         ]
         rt = TaskRuntime(
             task_id,
@@ -868,7 +871,7 @@ class Coordinator:
         if rt.secure is not None and rt.current is not None:
             rt.secure.registry.discard(rt.current.round_id)  # drop keys, shares, masked sum
             dp = outcome.measurements.get("dp")
-            if outcome.committed and isinstance(dp, dict):
+            if isinstance(dp, dict):  # also an uncommitted round whose sum was unmasked
                 rt.privacy_metrics.observe(
                     epsilon=float(dp["epsilon"]),
                     delta=float(dp["delta"]),

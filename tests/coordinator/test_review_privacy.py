@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import math
 from fractions import Fraction
+from typing import Any
 
 import numpy as np
 import pytest
 
+import sdk.secure
 from compression import SparseUpdate
 from coordinator.aggregators import AdaptiveClip, ClientUpdate, DPMean
 from coordinator.privacy import FixedSizeSampling, PoissonSampling
-from coordinator.secure import RDP_ORDERS, DistributedDpAccountant
+from coordinator.secure import (
+    RDP_ORDERS,
+    DistributedDpAccountant,
+    SecureConfig,
+    SecureCoordinator,
+    integer_sensitivity,
+    make_plan,
+)
 from coordinator.secure._dp import ddg_epsilon, ddg_tau
-from protocol.secagg import CtrRandom, NoiseKind, discrete_gaussian
+from mobile_sim.secure import run_secure_round
+from protocol.secagg import CtrRandom, NoiseKind, SecurePlan, discrete_gaussian
 from protocol.secagg._noise import rational_variance
+from sdk.secure import SecureParticipant
 
 
 def _updates(rows: np.ndarray, weights: list[float] | None = None) -> list[ClientUpdate]:
@@ -156,3 +167,42 @@ def test_discrete_gaussian_matches_its_pmf() -> None:
     chi2 = float((((observed - expected) ** 2) / expected)[keep].sum())
     assert chi2 < 39.3
     assert int(np.count_nonzero(np.abs(x) > 8)) <= 1
+
+
+# -- distributed DP: what the server saw --------------------------------------------------------
+
+
+def test_a_sum_unmasked_then_refused_is_still_accounted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: six devices under Skellam noise; node 0 sends uniform ring elements as values
+    # (a forged input), so the group aborts *after* the server unmasked the noisy sum. The
+    # server (honest but curious) has read that sum: the round costs privacy, committed or not.
+    d, n = 400, 6
+    rng = np.random.default_rng(11)
+    devs = [f"dev-{i}" for i in range(n)]
+    parts = {x: SecureParticipant(d) for x in devs}
+    ups = {x: (rng.normal(0, 0.01, d).astype(np.float32), 1) for x in devs}
+    cfg = SecureConfig(coord_fraction=0.1, noise=NoiseKind.SKELLAM, noise_multiplier=1.0)
+    honest = sdk.secure.encode_for_plan
+    forge_rng = np.random.default_rng(5)
+
+    def forged(
+        u: Any, plan: SecurePlan, w: int, r: Any, noise_rng: Any = None, node: Any = None
+    ) -> Any:
+        vector, sent = honest(u, plan, w, r, noise_rng, node)
+        if node == 0:
+            vector[: plan.k] = forge_rng.integers(0, 1 << plan.ring_bits, plan.k, np.uint64)
+        return vector, sent
+
+    monkeypatch.setattr(sdk.secure, "encode_for_plan", forged)
+    coord = SecureCoordinator(np.zeros(d, np.float32), cfg)
+    # Execute
+    out, _ = run_secure_round(coord, parts, ups)
+    # Assert: refused, yet accounted exactly as an honest round of six survivors would be
+    assert not out.committed and coord.version == 0
+    plan = make_plan(cfg, 1, n, d, np.arange(coord.k, dtype=np.int64))
+    want = DistributedDpAccountant(cfg.dp_delta)
+    sens = integer_sensitivity(plan.clip_norm, plan.coord_bound, plan.value_bits, plan.k)
+    want.record_round(NoiseKind.SKELLAM, sens, plan.noise_variance, n, plan.k)
+    assert coord.accountant.rounds == 1 == out.measurements["dp"]["rounds"]
+    assert out.measurements["dp"]["epsilon"] == pytest.approx(want.epsilon(), rel=1e-12)
+    assert out.measurements["dp"]["survivors"] == n
