@@ -37,6 +37,7 @@ from torch import nn
 from torch._decomp import decomposition_table
 from torch.func import functional_call
 from torch.fx.experimental.proxy_tensor import make_fx
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from compression import ModelSpec
 
@@ -53,6 +54,7 @@ __all__ = [
     "SUPPORTED_OPTIMIZERS",
     "UnsupportedLayerError",
     "check_supported",
+    "check_training_mode",
     "export_training_artifacts",
 ]
 
@@ -182,6 +184,77 @@ def check_supported(model: nn.Module) -> None:
     frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
     if frozen:
         raise ExportError(f"frozen parameters are not supported: {frozen}")
+
+
+class _RandomOpWatch(TorchDispatchMode):
+    """Records the first ATen op that draws random numbers, with the module running it."""
+
+    def __init__(self, running: list[tuple[str, nn.Module]]) -> None:
+        super().__init__()
+        self.running = running
+        self.first: tuple[str, nn.Module, str] | None = None
+
+    def __torch_dispatch__(
+        self,
+        func: Any,
+        types: Any,
+        args: tuple[Any, ...] = (),
+        kwargs: dict[str, Any] | None = None,
+    ) -> Any:
+        if self.first is None and torch.Tag.nondeterministic_seeded in func.tags:
+            path, module = self.running[-1]
+            self.first = (path, module, str(func.overloadpacket.__name__))
+        return func(*args, **(kwargs or {}))
+
+
+def check_training_mode(model: nn.Module, example_x: torch.Tensor) -> None:
+    """Refuse a model whose forward pass draws random numbers, or changes with training mode.
+
+    `check_supported` sees modules only; functional code in a container's (or a supported
+    layer subclass's) `forward`, such as ``F.dropout(x, p, self.training)`` or added noise,
+    would otherwise be traced away in eval mode or baked in as one fixed draw: either way the
+    device would train a different model than torch does. One forward pass on `example_x` in
+    training mode finds the first random op (`UnsupportedLayerError` naming the module that
+    ran it); a second in eval mode must then give the same output. Torch's random state and
+    the model's mode are left as they were.
+    """
+    running: list[tuple[str, nn.Module]] = [("", model)]
+
+    def enter(path: str) -> Callable[[nn.Module, Any], None]:
+        def hook(module: nn.Module, _args: Any) -> None:
+            running.append((path, module))
+
+        return hook
+
+    def leave(_module: nn.Module, _args: Any, _out: Any) -> None:
+        running.pop()  # a hook that returned something would replace the module's output
+
+    handles = []
+    for path, module in model.named_modules():
+        handles.append(module.register_forward_pre_hook(enter(path)))
+        handles.append(module.register_forward_hook(leave))
+    was_training = model.training
+    watch = _RandomOpWatch(running)
+    try:
+        with torch.random.fork_rng(), torch.no_grad():
+            model.train()
+            with watch:
+                trained = model(example_x)
+            if watch.first is None:
+                model.eval()
+                evaluated = model(example_x)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    if watch.first is not None:
+        path, module, name = watch.first
+        raise _refuse(module, path, f"its forward draws random numbers in training mode: {name}")
+    if not torch.allclose(trained, evaluated, rtol=1e-5, atol=1e-6):
+        raise ExportError(
+            "the model's output changes between training and eval mode; the exported step "
+            "could reproduce only one of them"
+        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -579,6 +652,7 @@ def export_training_artifacts(
     if example_x.dim() < 1 or example_x.shape[0] < 2:
         raise ExportError("example_x needs a batch dimension of at least 2")
     check_supported(model)
+    check_training_mode(model, example_x)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from compression import ModelSpec
-from sdk.onnx_export import export_training_artifacts
+from sdk.onnx_export import ExportError, UnsupportedLayerError, export_training_artifacts
 from sdk.ort import MANIFEST_NAME, ArtifactError, OrtTrainer, _manifest, load_manifest
 
 LR = 0.05
@@ -24,6 +24,66 @@ def _rel(a: np.ndarray, b: np.ndarray) -> float:
     """||a - b|| / ||b|| in float64."""
     a64, b64 = a.astype(np.float64), b.astype(np.float64)
     return float(np.linalg.norm(a64 - b64)) / max(float(np.linalg.norm(b64)), 1e-30)
+
+
+class _DropoutBlock(nn.Module):
+    """A container with functional dropout: no Dropout module for `check_supported` to see."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.dropout(self.fc(x), 0.5, self.training)
+
+
+class _NoisyLinear(nn.Linear):
+    """A supported layer's subclass that adds noise: passes the isinstance check."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x + 0.1 * torch.randn_like(x))
+
+
+class _ModeBranch(nn.Module):
+    """Deterministic, but trains a different function from the one it evaluates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.fc(x)
+        return out * 2.0 if self.training else out
+
+
+@pytest.mark.parametrize(
+    ("model", "match"),
+    [
+        (nn.Sequential(nn.Linear(6, 6), _DropoutBlock()), r"^_DropoutBlock at '1' .*bernoulli"),
+        (nn.Sequential(_NoisyLinear(6, 4)), r"^_NoisyLinear at '0' .*randn_like"),
+    ],
+    ids=["functional_dropout", "noisy_subclass"],
+)
+def test_random_forward_passes_are_refused_by_layer(
+    tmp_path: Path, model: nn.Module, match: str
+) -> None:
+    # Prepare: export traces in eval mode, so dropout would vanish and noise become a constant.
+    model.train()
+    torch.manual_seed(5)
+    want_next = torch.rand(3)
+    torch.manual_seed(5)
+
+    # Execute / Assert: refused by name, before writing anything.
+    with pytest.raises(UnsupportedLayerError, match=match):
+        export_training_artifacts(model, torch.randn(4, 6, generator=torch.Generator()), tmp_path)
+    assert not any(tmp_path.iterdir())
+    assert model.training
+    assert torch.equal(torch.rand(3), want_next)  # the check left torch's random state alone
+
+
+def test_a_forward_that_depends_on_the_mode_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ExportError, match="changes between training and eval mode"):
+        export_training_artifacts(_ModeBranch(), torch.randn(4, 6), tmp_path)
 
 
 def _valid_conv() -> nn.Module:
