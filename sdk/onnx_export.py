@@ -21,6 +21,7 @@ import json
 import logging
 import math
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -567,12 +568,41 @@ def _export_joint(
     except ExportError:
         raise
     except Exception as exc:
+        missing = _missing_translation(exc)
+        if missing:
+            raise ExportError(
+                f"no ONNX translation for {missing}: it comes from code outside the supported "
+                f"layers, such as a functional call in a container's forward(); supported "
+                f"layers: {_supported_names()}"
+            ) from exc
         raise ExportError(f"export failed: {type(exc).__name__}: {exc}") from exc
     finally:
         registration_log.setLevel(level)
     if program is None:
         raise ExportError("the exporter produced no program")
     return program.model_proto
+
+
+_NO_TRANSLATION = re.compile(r"No ONNX function found for <OpOverload\(op='([\w.]+)'")
+
+
+def _missing_translation(exc: BaseException) -> str | None:
+    """The ATen op the exporter found no translation for, from its error chain, if any.
+
+    The exporter's message is a page of generic advice with the op buried in it.
+    """
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        found = _NO_TRANSLATION.search(str(err))
+        if found:
+            return found.group(1)
+        todo += [err.__cause__, err.__context__]
+    return None
 
 
 def _make_infer(model: nn.Module, names: list[str]) -> Callable[..., torch.Tensor]:

@@ -86,6 +86,31 @@ def test_a_forward_that_depends_on_the_mode_is_refused(tmp_path: Path) -> None:
         export_training_artifacts(_ModeBranch(), torch.randn(4, 6), tmp_path)
 
 
+class _AdaptivePool(nn.Module):
+    """A CNN head written functionally: adaptive pooling has no ONNX backward translation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 3)
+        self.fc = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = nn.functional.adaptive_avg_pool2d(self.conv(x), (2, 2))
+        out: torch.Tensor = self.fc(pooled.flatten(1))
+        return out
+
+
+def test_an_untranslatable_functional_op_is_named(tmp_path: Path) -> None:
+    # Execute
+    with pytest.raises(ExportError) as info:
+        export_training_artifacts(_AdaptivePool(), torch.randn(4, 1, 9, 9), tmp_path)
+
+    # Assert: the op, first and short, not the exporter's page of generic advice.
+    message = str(info.value)
+    assert message.startswith("no ONNX translation for aten._adaptive_avg_pool2d_backward:")
+    assert len(message) < 400
+
+
 def _valid_conv() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 2, 3, padding="valid"), nn.Flatten(), nn.Linear(2 * 5 * 5, 4))
