@@ -18,6 +18,7 @@ import numpy.typing as npt
 from compression import CodecConfig, CodecError, DecodeLimits, ModelSpec, UpdateCodec
 
 from .aggregators import AggregateOutput, AggregatorFactory, ClientUpdate
+from .aggregators._dp import accounted_sample_size
 from .ledger import BandwidthLedger
 
 __all__ = [
@@ -178,6 +179,14 @@ class RoundEngine:
     ) -> None:
         if params.shape != (spec.size,):
             raise ValueError(f"params of shape {params.shape}, spec wants ({spec.size},)")
+        sample = accounted_sample_size(aggregator)
+        if sample is not None and config.cohort_size > sample:
+            # Central DP accounts a cohort of `sample`; selecting more devices samples each
+            # one more often than epsilon assumes (docs/privacy.md, assumption 2).
+            raise ValueError(
+                f"dp accounts cohorts of sample={sample} but the engine selects "
+                f"{config.cohort_size} (over-selection included): set sample= to the cohort"
+            )
         self.spec = spec
         self.params = np.array(params, dtype=np.float32, copy=True)
         self.config = config

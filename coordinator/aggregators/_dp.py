@@ -34,7 +34,7 @@ from ._base import AggregateOutput, AggregatorFactory, ClientUpdate
 from ._clip import AdaptiveClip, clip_update
 from ._mean import FedAvg
 
-__all__ = ["DPMean"]
+__all__ = ["DPMean", "accounted_sample_size"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,3 +209,21 @@ class _DPMeanProcess:
             "inner": inner_out.measurements,
         }
         return AggregateOutput((rnd + 1, new_clip, inner_out.state), result, measurements)
+
+
+def accounted_sample_size(factory: object) -> int | None:
+    """The `sample_size` a fixed-size-sampling `DPMean` inside `factory` accounts for, found
+    through wrappers' `.inner` (a server optimizer, a screen); None without one.
+
+    The round engine compares it with the cohort it selects: accounting a smaller cohort than
+    the selected one under-counts epsilon without any error at aggregation time.
+    """
+    node: object = factory
+    for _ in range(64):  # wrapper chains are a few stages deep
+        if isinstance(node, DPMean):
+            s = node.sampling
+            return s.sample_size if isinstance(s, FixedSizeSampling) else None
+        node = getattr(node, "inner", None)
+        if node is None:
+            return None
+    return None

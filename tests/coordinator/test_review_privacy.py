@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 import sdk.secure
-from compression import SparseUpdate
-from coordinator.aggregators import AdaptiveClip, ClientUpdate, DPMean
+from compression import ModelSpec, SparseUpdate
+from coordinator.aggregators import AdaptiveClip, ClientUpdate, DPMean, build_aggregator
+from coordinator.engine import EngineConfig, RoundEngine
 from coordinator.privacy import FixedSizeSampling, PoissonSampling
 from coordinator.secure import (
     RDP_ORDERS,
@@ -62,6 +63,21 @@ def test_more_reports_than_the_accounted_cohort_is_refused_before_any_release() 
         proc.next(state, _updates(np.ones((4, 2))))
     out = proc.next(state, _updates(np.ones((3, 2))))  # the accounted size is fine
     assert out.measurements["rounds"] == 1
+
+
+@pytest.mark.parametrize("outer", ["", "adam+"])
+def test_an_engine_selecting_more_than_the_accounted_cohort_is_refused(outer: str) -> None:
+    # Prepare: dp accounts cohorts of 10; 30% over-selection makes the engine select 13 and
+    # keep the first 10 reports, so DPMean itself would never see more than 10.
+    spec = ModelSpec.from_json([{"name": "w", "shape": [4]}])
+    agg = build_aggregator(f"{outer}dp:clip=1,z=1,population=100,sample=10+fedavg")
+    params = np.zeros(4, np.float32)
+    # Execute / Assert
+    with pytest.raises(ValueError, match="selects 13"):
+        RoundEngine(spec, params, agg, EngineConfig(clients_per_round=10, over_selection=1.3))
+    RoundEngine(spec, params, agg, EngineConfig(clients_per_round=10))  # 10 selected: fine
+    wide = build_aggregator(f"{outer}dp:clip=1,z=1,population=100,sample=13+fedavg")
+    RoundEngine(spec, params, wide, EngineConfig(clients_per_round=10, over_selection=1.3))
 
 
 def test_measurements_release_no_exact_count_of_clipped_reports() -> None:
