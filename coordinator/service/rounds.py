@@ -43,6 +43,7 @@ from coordinator.aggregators import (
     decode_state,
     encode_state,
 )
+from coordinator.aggregators._dp import accounted_sample_size
 from coordinator.anomaly import AnomalyFilter, AnomalyMetrics
 from coordinator.engine import (
     DuplicateUpload,
@@ -180,7 +181,11 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
         raise ValueError("seed must be in [0, 2**63)")
     cfg.codec.to_config()
     cfg.downlink.to_config()
-    _aggregator(cfg.aggregator)
+    sample = accounted_sample_size(_aggregator(cfg.aggregator))
+    cohort = math.ceil(cfg.clients_per_round * cfg.over_selection - 1e-9)
+    if sample is not None and cohort > sample:
+        # Refused here, not when the round engine is built after the model upload.
+        raise ValueError(f"aggregator: dp accounts sample={sample} but {cohort} are selected")
     if not cfg.spec or len(cfg.spec) > 10_000:
         raise ValueError("spec must list 1..10000 tensors")
     if any(len(t.shape) > 8 or any(s < 0 or s > 2**31 for s in t.shape) for t in cfg.spec):

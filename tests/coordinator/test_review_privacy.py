@@ -23,10 +23,13 @@ from coordinator.secure import (
     make_plan,
 )
 from coordinator.secure._dp import ddg_epsilon, ddg_tau
+from coordinator.service.rounds import validate_task
 from mobile_sim.secure import run_secure_round
 from protocol.secagg import CtrRandom, NoiseKind, SecurePlan, discrete_gaussian
 from protocol.secagg._noise import rational_variance
 from sdk.secure import SecureParticipant
+
+from .test_service_support import task_config
 
 
 def _updates(rows: np.ndarray, weights: list[float] | None = None) -> list[ClientUpdate]:
@@ -78,6 +81,14 @@ def test_an_engine_selecting_more_than_the_accounted_cohort_is_refused(outer: st
     RoundEngine(spec, params, agg, EngineConfig(clients_per_round=10))  # 10 selected: fine
     wide = build_aggregator(f"{outer}dp:clip=1,z=1,population=100,sample=13+fedavg")
     RoundEngine(spec, params, wide, EngineConfig(clients_per_round=10, over_selection=1.3))
+
+
+def test_the_service_refuses_such_a_task_when_it_is_created() -> None:
+    # The engine is only built once the initial model arrives; the task is refused before.
+    dp = "dp:clip=1,z=1,population=100,sample=10+fedavg"
+    with pytest.raises(ValueError, match="sample=10 but 13"):
+        validate_task(task_config(clients_per_round=10, over_selection=1.3, aggregator=dp))
+    validate_task(task_config(clients_per_round=10, aggregator=dp))
 
 
 def test_measurements_release_no_exact_count_of_clipped_reports() -> None:
