@@ -196,8 +196,22 @@ class OrtTrainer:
         return [flat[e.offset : e.offset + e.size].reshape(e.shape) for e in self.spec.entries]
 
     def _check_x(self, x: npt.NDArray) -> npt.NDArray:
-        """`x` as the graph's dtype, contiguous, after checking its per-example shape."""
+        """`x` as the graph's dtype, contiguous, after checking its per-example shape.
+
+        Integer inputs are token ids, which only an Embedding reads among the supported layers:
+        they must be whole numbers >= 0. Onnxruntime's gather would wrap a negative id to a row
+        from the end where torch raises (ids past the end fail in onnxruntime, a ValueError).
+        """
         m = self.manifest
+        if self._x_dtype.kind == "i":
+            arr = np.asarray(x)
+            if arr.dtype.kind == "f":
+                if not np.isfinite(arr).all() or (arr != np.floor(arr)).any():
+                    raise ValueError("token ids must be whole numbers")
+            elif arr.dtype.kind not in "iu":
+                raise ValueError(f"token ids must be integers, got dtype {arr.dtype}")
+            if arr.size and arr.min() < 0:
+                raise ValueError(f"token ids must be >= 0, got {arr.min()}")
         xs = np.ascontiguousarray(x, dtype=self._x_dtype)
         if xs.ndim != 1 + len(m.x_shape) or tuple(xs.shape[1:]) != m.x_shape:
             raise ValueError(f"x of shape {x.shape}, the model takes [B, {m.x_shape}]")

@@ -337,3 +337,45 @@ def test_oversized_files_are_refused_before_hashing(
     # Execute / Assert
     with pytest.raises(ArtifactError, match="more than the 1000 allowed"):
         load_manifest(mlp_dir)
+
+
+def _embedding() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Embedding(7, 3), nn.Flatten(), nn.Linear(4 * 3, 4))
+
+
+@pytest.fixture(scope="module")
+def embedding_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Token ids [B, 4] in [0, 7) -> 4 classes."""
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("review_embedding")
+    export_training_artifacts(_embedding(), torch.randint(0, 7, (4, 4)), out)
+    return out
+
+
+def test_token_ids_are_checked(embedding_dir: Path) -> None:
+    # Prepare
+    trainer = OrtTrainer.from_dir(embedding_dir)
+    params = _flat(_embedding())
+    ids = np.random.default_rng(2).integers(0, 7, (5, 4))
+    y = np.array([0, 1, 2, 3, 0])
+
+    def train(x: np.ndarray) -> np.ndarray:
+        rng = np.random.default_rng(1)
+        return trainer.train(params, x, y, epochs=1, batch_size=2, lr=LR, rng=rng).params
+
+    negative, fraction, past_end = ids.copy(), ids.astype(np.float64), ids.copy()
+    negative[3, 1] = -1  # onnxruntime's gather would read row 6
+    fraction[0, 0] = 0.5
+    past_end[2, 2] = 7
+
+    # Execute / Assert: whole-number float ids train like int ids; the rest are refused.
+    np.testing.assert_array_equal(train(ids.astype(np.float32)), train(ids))
+    with pytest.raises(ValueError, match="token ids must be >= 0"):
+        train(negative)
+    with pytest.raises(ValueError, match="token ids must be >= 0"):
+        trainer.predict(params, negative)
+    with pytest.raises(ValueError, match="whole numbers"):
+        train(fraction)
+    with pytest.raises(ValueError, match="onnxruntime rejected the batch"):
+        train(past_end)
