@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dp_accounting
+import numpy as np
 import pytest
 from dp_accounting import pld, rdp
 
@@ -57,6 +58,21 @@ def test_fixed_size_uses_replace_one_with_halved_multiplier() -> None:
     assert acc.epsilon(50, DELTA) == pytest.approx(direct.get_epsilon(DELTA), rel=1e-9)
     with pytest.raises(ValueError, match="PLD"):
         PrivacyAccountant(1.5, FixedSizeSampling(1000, 20), "pld")
+
+
+def test_fixed_size_without_amplification_is_the_gaussian_of_sensitivity_two_c() -> None:
+    # Prepare: m = N (every device every round), z = 3, 40 rounds. Replacing one device's
+    # clipped update moves the sum by up to 2C against noise z·C: by hand, each round's RDP is
+    # alpha (2C)^2 / (2 (zC)^2) = 2 alpha / z^2 (Mironov 2017), composed additively.
+    z, rounds = 3.0, 40
+    orders = np.asarray(rdp.rdp_privacy_accountant.DEFAULT_RDP_ORDERS, dtype=np.float64)
+    by_hand, _ = rdp.rdp_privacy_accountant.compute_epsilon(
+        orders, rounds * 2.0 * orders / z**2, DELTA
+    )
+    # Execute
+    got = PrivacyAccountant(z, FixedSizeSampling(500, 500)).epsilon(rounds, DELTA)
+    # Assert
+    assert got == pytest.approx(by_hand, rel=1e-9)
 
 
 def test_epsilon_is_monotone_in_rounds_and_noise() -> None:
