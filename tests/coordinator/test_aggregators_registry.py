@@ -58,11 +58,12 @@ from coordinator.privacy import FixedSizeSampling, PoissonSampling
         ("dp:clip=1,z=1.0+fedavg", DPMean(1.0, clip=1.0, inner=FedAvg())),
         ("dp:clip=1,z=1.0", DPMean(1.0, clip=1.0, inner=FedAvg(uniform=True))),
         (
-            "dp:clip=0.5,z=0.8,q=0.01,delta=1e-6,eps=8,seed=3+fedavg",
+            "dp:clip=0.5,z=0.8,q=0.01,denom=10,delta=1e-6,eps=8,seed=3+fedavg",
             DPMean(
                 0.8,
                 clip=0.5,
                 inner=FedAvg(),
+                denominator=10.0,
                 sampling=PoissonSampling(0.01),
                 delta=1e-6,
                 epsilon_budget=8.0,
