@@ -269,8 +269,8 @@ class OrtTrainer:
         """Run `epochs` epochs from flat `params`; returns new float32[d] params and mean loss."""
         if epochs < 0 or batch_size < 1:
             raise ValueError("epochs must be >= 0 and batch_size >= 1")
-        if not math.isfinite(lr):
-            raise ValueError("lr must be finite")
+        if not math.isfinite(lr) or lr < 0:
+            raise ValueError(f"lr must be finite and >= 0 (torch.optim.SGD refuses {lr})")
         xs = self._check_x(x)
         ys = self._check_y(y, len(xs))
         n = len(xs)

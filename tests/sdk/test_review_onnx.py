@@ -152,6 +152,52 @@ def test_valid_padding_conv_loads_and_matches_torch(valid_conv_dir: Path) -> Non
         assert got == pytest.approx(want, rel=1e-5)
 
 
+def _odd_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(1, 2, (3, 2), stride=(3, 1), padding=(2, 0)),  # 11x9 -> 5x8, a row skipped
+        nn.ReLU(),
+        nn.AvgPool2d((3, 2), stride=(2, 1), padding=1, count_include_pad=False),  # -> 3x9
+        nn.MaxPool2d(2, stride=3),  # -> 1x3, windows that leave rows and columns unread
+        nn.Flatten(),
+        nn.Linear(2 * 1 * 3, 4),
+    )
+
+
+def test_odd_geometry_momentum_and_a_changing_lr_match_torch(tmp_path: Path) -> None:
+    # Prepare: exported at B=2, run at B=1, 3, 7, 2; the lr (a graph input) changes every step,
+    # and momentum buffers must hold unscaled gradients for that to match torch.
+    torch.set_num_threads(1)
+    export_training_artifacts(
+        _odd_cnn(), torch.randn(2, 1, 11, 9), tmp_path, optimizer="momentum", momentum=0.9
+    )
+    trainer = OrtTrainer.from_dir(tmp_path)
+    model = _odd_cnn()
+    start = [p.detach().numpy().copy() for p in model.parameters()]
+    opt = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    rng = np.random.default_rng(3)
+    params, state = [p.copy() for p in start], [np.zeros_like(p) for p in start]
+    got_losses, want_losses = [], []
+
+    # Execute
+    for b, lr in ((1, 0.05), (3, 0.2), (7, 0.01), (2, 0.1)):
+        x = rng.standard_normal((b, 1, 11, 9)).astype(np.float32)
+        y = rng.integers(0, 4, b)
+        opt.param_groups[0]["lr"] = lr
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(torch.from_numpy(x)), torch.from_numpy(y))
+        loss.backward()
+        opt.step()
+        want_losses.append(float(loss.detach()))
+        got, params, state = trainer.step(params, state, x, y, lr)
+        got_losses.append(got)
+
+    # Assert
+    for g, w, s in zip(params, model.parameters(), start, strict=True):
+        assert _rel(g - s, w.detach().numpy() - s) < 1e-4
+    assert _rel(np.array(got_losses), np.array(want_losses)) < 1e-5
+
+
 # ---------------------------------------------------------------------------------------------
 # The runtime treats the labels it trains on, and the artifacts it received, as untrusted.
 # ---------------------------------------------------------------------------------------------
@@ -379,3 +425,21 @@ def test_token_ids_are_checked(embedding_dir: Path) -> None:
         train(fraction)
     with pytest.raises(ValueError, match="onnxruntime rejected the batch"):
         train(past_end)
+
+
+@pytest.mark.parametrize("lr", [-0.05, float("nan"), float("inf")])
+def test_a_learning_rate_torch_refuses_is_refused(mlp_dir: Path, lr: float) -> None:
+    # Prepare: a negative lr would be gradient ascent; torch.optim.SGD raises for it.
+    trainer = OrtTrainer.from_dir(mlp_dir)
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match="lr must be finite and >= 0"):
+        trainer.train(
+            _flat(_mlp()),
+            _x(3),
+            np.array([0, 1, 2]),
+            epochs=1,
+            batch_size=2,
+            lr=lr,
+            rng=np.random.default_rng(0),
+        )
