@@ -681,6 +681,13 @@ def export_training_artifacts(
         raise ExportError(f"momentum must be in [0, 1), got {momentum}")
     if example_x.dim() < 1 or example_x.shape[0] < 2:
         raise ExportError("example_x needs a batch dimension of at least 2")
+    # The manifest (and so the device) knows only these dtypes: anything else would export
+    # artifacts that `sdk.ort` refuses to load.
+    if example_x.dtype not in (torch.float32, torch.int64):
+        raise ExportError(f"example_x must be float32 or int64 (token ids), not {example_x.dtype}")
+    target = torch.int64 if loss == "ce" else torch.float32
+    if example_y is not None and example_y.dtype != target:
+        raise ExportError(f"loss {loss!r} takes {target} targets, example_y is {example_y.dtype}")
     check_supported(model)
     check_training_mode(model, example_x)
     out = Path(out_dir)

@@ -111,6 +111,24 @@ def test_an_untranslatable_functional_op_is_named(tmp_path: Path) -> None:
     assert len(message) < 400
 
 
+@pytest.mark.parametrize(
+    ("x", "y", "loss", "match"),
+    [
+        (torch.randint(0, 7, (4, 6), dtype=torch.int32), None, "ce", "example_x must be"),
+        (torch.randn(4, 6, dtype=torch.float64), None, "ce", "example_x must be"),
+        (torch.randn(4, 6), torch.zeros(4, dtype=torch.int32), "ce", "takes torch.int64"),
+        (torch.randn(4, 6), torch.zeros(4, 4, dtype=torch.float64), "mse", "takes torch.float32"),
+    ],
+    ids=["int32_ids", "float64_x", "int32_labels", "float64_targets"],
+)
+def test_dtypes_the_device_cannot_load_are_refused_at_export(
+    tmp_path: Path, x: torch.Tensor, y: torch.Tensor | None, loss: str, match: str
+) -> None:
+    # Before: the export wrote a manifest the runtime refuses, or died in torch (float64).
+    with pytest.raises(ExportError, match=match):
+        export_training_artifacts(nn.Linear(6, 4), x, tmp_path, loss=loss, example_y=y)
+
+
 def _valid_conv() -> nn.Module:
     torch.manual_seed(0)
     return nn.Sequential(nn.Conv2d(1, 2, 3, padding="valid"), nn.Flatten(), nn.Linear(2 * 5 * 5, 4))
