@@ -138,7 +138,8 @@ def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> 
         raise ArtifactError(f"{path} is larger than {_MAX_MANIFEST_BYTES} bytes")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    # ValueError also covers an integer past Python's 4300-digit conversion limit.
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ArtifactError(f"{path}: not valid JSON: {exc}") from exc
     if _get(data, "format", str) != _FORMAT:
         raise ArtifactError(f"{path}: not a {_FORMAT} manifest")
@@ -155,7 +156,10 @@ def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> 
         raise ArtifactError(f"manifest: num_params does not match its spec ({spec.size})")
     opt = _get(data, "optimizer", dict)
     optimizer = _get(opt, "name", str)
-    momentum = float(_get(opt, "momentum", (int, float)))
+    try:
+        momentum = float(_get(opt, "momentum", (int, float)))
+    except OverflowError as exc:  # an integer too large for a float
+        raise ArtifactError(f"manifest: unsupported optimizer {opt!r}") from exc
     if optimizer not in ("sgd", "momentum") or not (0.0 <= momentum < 1.0):
         raise ArtifactError(f"manifest: unsupported optimizer {opt!r}")
     loss = _get(data, "loss", str)

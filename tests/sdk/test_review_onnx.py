@@ -378,6 +378,28 @@ def test_inconsistent_manifest_fields_are_refused(
         load_manifest(tampered)
 
 
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        ('"momentum": 0.0', '"momentum": 1' + "0" * 400),  # float() overflows
+        ('"num_params": 92', '"num_params": 1' + "0" * 5000),  # past int's digit limit
+    ],
+    ids=["momentum_overflow", "int_digit_limit"],
+)
+def test_huge_json_integers_are_artifact_errors(
+    mlp_dir: Path, tmp_path: Path, old: str, new: str
+) -> None:
+    # Prepare: valid JSON that Python's json still cannot turn into a manifest.
+    received = _tampered(mlp_dir, tmp_path / "t", lambda m: None)
+    text = (received / MANIFEST_NAME).read_text()
+    assert old in text
+    (received / MANIFEST_NAME).write_text(text.replace(old, new))
+
+    # Execute / Assert: not OverflowError or a bare ValueError.
+    with pytest.raises(ArtifactError):
+        load_manifest(received)
+
+
 def test_a_symlink_out_of_the_directory_is_refused(mlp_dir: Path, tmp_path: Path) -> None:
     # Prepare: the linked file is byte-identical, so only the path check can refuse it.
     received = _tampered(mlp_dir, tmp_path / "received", lambda m: None)
