@@ -44,6 +44,7 @@ F64 = npt.NDArray[np.float64]
 
 # History values concatenated at once when scoring (about 48 bytes each): 3 MiB.
 HISTORY_CHUNK = 1 << 16
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,7 +79,10 @@ def _add_sparse(hist: DeviceHistory | None, upd: SparseUpdate, cap: int, rnd: in
         idx, inv = np.unique(both, return_inverse=True)
         acc = np.zeros(idx.shape[0], dtype=np.float64)
         np.add.at(acc, inv, np.concatenate([hist.values, upd.values]).astype(np.float64))
-        vals = acc.astype(np.float32)
+        # A sum of finite float32 values can pass float32's largest value (a device sending
+        # 3e38 twice); saturate instead of storing inf, whose products with the scratch's
+        # zeros are NaN and would void the scores of every history in its chunk.
+        vals = np.clip(acc, -_F32_MAX, _F32_MAX).astype(np.float32)
     if idx.shape[0] > cap:
         top = np.sort(np.argpartition(-np.abs(vals), cap - 1)[:cap])
         idx, vals = idx[top], vals[top]

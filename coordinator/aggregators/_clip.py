@@ -45,8 +45,10 @@ class AdaptiveClip:
             raise ValueError(f"initial clip must be finite and > 0, got {self.initial!r}")
         if not 0.0 < self.target_quantile < 1.0:
             raise ValueError(f"target quantile must be in (0, 1), got {self.target_quantile!r}")
-        if not self.learning_rate > 0 or self.count_stddev < 0:
-            raise ValueError("need learning_rate > 0 and count_stddev >= 0")
+        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+            raise ValueError(f"learning_rate must be finite and > 0, got {self.learning_rate!r}")
+        if not (self.count_stddev >= 0 and math.isfinite(self.count_stddev)):
+            raise ValueError(f"count_stddev must be finite and >= 0, got {self.count_stddev!r}")
 
     def step(self, clip: float, unclipped_fraction: float) -> float:
         """The next clip norm given this round's (noised) fraction of unclipped reports."""
@@ -84,8 +86,13 @@ class Clip:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if isinstance(self.norm, int | float) and not (self.norm > 0 and math.isfinite(self.norm)):
+        if not isinstance(self.norm, AdaptiveClip) and not (
+            self.norm > 0 and math.isfinite(self.norm)
+        ):
             raise ValueError(f"clip norm must be finite and > 0, got {self.norm!r}")
+        if not self.seed >= 0:
+            # np.random.default_rng refuses negative seeds: fail here, not mid-round.
+            raise ValueError(f"clip seed must be >= 0, got {self.seed!r}")
 
     def create(self, size: int) -> _ClipProcess:
         return _ClipProcess(size, self.norm, self.inner.create(size), self.seed)

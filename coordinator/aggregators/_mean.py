@@ -64,11 +64,21 @@ class _FedAvgProcess:
             total += w
         # One bincount over all rows (bit-identical to the add_to loop below, which stays for
         # updates it does not cover): no per-update numpy calls for a 1,000-client round.
-        acc = sparse_weighted_sum([cu.update for cu in updates], weights, self.size)
-        if acc is None:
+        with np.errstate(over="ignore"):
+            acc = sparse_weighted_sum([cu.update for cu in updates], weights, self.size)
+            if acc is None:
+                acc = np.zeros(self.size, dtype=np.float64)
+                for cu, w in zip(updates, weights, strict=True):
+                    cu.update.add_to(acc, w)
+        if not np.all(np.isfinite(acc)):
+            # The products w · value are float32 (kept: they fix every committed result's
+            # bits), and a finite value times a large example count can overflow there, e.g.
+            # 1e37 from a device declaring 100 examples. The inputs are finite, so only such an
+            # overflow makes acc non-finite: redo the round in float64, where the mean of
+            # finite float32 values always fits float32 again.
             acc = np.zeros(self.size, dtype=np.float64)
             for cu, w in zip(updates, weights, strict=True):
-                cu.update.add_to(acc, w)
+                acc[cu.update.indices] += w * cu.update.values.astype(np.float64)
         result = (acc / total).astype(np.float32) if total > 0 else acc.astype(np.float32)
         measurements: dict[str, Any] = {"clients": len(updates), "total_weight": total}
         if self.max_weight is not None:

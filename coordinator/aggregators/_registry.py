@@ -98,7 +98,7 @@ def _number(key: str, value: str) -> float:
 
 def _integer(key: str, value: str) -> int:
     v = _number(key, value)
-    if v != int(v):
+    if not math.isfinite(v) or v != int(v):
         raise AggregatorSpecError(f"parameter {key!r} needs a whole number, got {value!r}")
     return int(v)
 
@@ -153,7 +153,10 @@ class _Params:
 
 
 def _fedavg(p: _Params) -> AggregatorFactory:
-    return FedAvg(uniform=bool(p.int("uniform", default=0)), max_weight=p.opt_num("max_weight"))
+    uniform = p.int("uniform", default=0)
+    if uniform not in (0, 1):
+        raise AggregatorSpecError(f"fedavg's uniform is 0 or 1, got {uniform}")
+    return FedAvg(uniform=bool(uniform), max_weight=p.opt_num("max_weight"))
 
 
 def _trimmed(p: _Params) -> AggregatorFactory:
@@ -347,6 +350,8 @@ def build_aggregator(spec: str) -> AggregatorFactory:
     if not isinstance(spec, str) or not spec.strip():
         raise AggregatorSpecError("empty aggregator spec")
     stages = [s.strip() for s in spec.strip().split("+")]
+    if not all(stages):
+        raise AggregatorSpecError(f"empty stage in {spec!r} (two '+' in a row, or one at an end)")
     names = [s.partition(":")[0].strip().lower() for s in stages]
     # A server optimizer turns the final aggregate into the model step: it comes first. Only
     # report screens may stand between it and dp: they drop whole reports before DPMean clips
@@ -390,14 +395,25 @@ def build_aggregator(spec: str) -> AggregatorFactory:
     name, p = parsed[-1]
     factory: Any
     if name in BASES:
-        factory = BASES[name](p)
+        factory = _stage(name, BASES[name], p)
         p.done()
         rest = parsed[:-1]
     else:
         factory = FedAvg(uniform="dp" in names)
         rest = parsed
     for name, p in reversed(rest):
-        factory = WRAPPERS[name](p, factory)
+        factory = _stage(name, WRAPPERS[name], p, factory)
         p.done()
     result: AggregatorFactory = factory
     return result
+
+
+def _stage(name: str, build: Callable[..., AggregatorFactory], *args: Any) -> AggregatorFactory:
+    """`build(*args)` for one stage; a factory's own ValueError (a parameter out of range)
+    becomes an AggregatorSpecError naming the stage, so a bad spec fails typed, when parsed."""
+    try:
+        return build(*args)
+    except AggregatorSpecError:
+        raise
+    except ValueError as exc:
+        raise AggregatorSpecError(f"{name}: {exc}") from exc
