@@ -30,7 +30,7 @@ from compression import SparseUpdate
 
 from ._base import AggregateOutput, AggregationProcess, AggregatorFactory, ClientUpdate
 from ._mean import FedAvg
-from ._robust import UpdateRows, forward_rows
+from ._robust import UpdateRows, _whole, forward_rows
 
 __all__ = [
     "CollusionFilter",
@@ -162,8 +162,11 @@ class CollusionFilter:
     def __post_init__(self) -> None:
         if not -1.0 <= self.threshold < 1.0:
             raise ValueError(f"collusion threshold must be in [-1, 1), got {self.threshold!r}")
-        if self.memory < 0 or self.history_values < 1 or self.max_devices < 2:
-            raise ValueError("need memory >= 0, history_values >= 1 and max_devices >= 2")
+        whole = all(_whole(v) for v in (self.memory, self.history_values, self.max_devices))
+        if not whole or self.memory < 0 or self.history_values < 1 or self.max_devices < 2:
+            raise ValueError(
+                "need whole numbers memory >= 0, history_values >= 1 and max_devices >= 2"
+            )
 
     def create(self, size: int) -> _CollusionProcess:
         return _CollusionProcess(size, self, self.inner.create(size))

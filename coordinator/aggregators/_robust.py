@@ -321,6 +321,11 @@ def resolve_f(f: float, n: int) -> int:
     return int(np.floor(f * n))
 
 
+def _whole(v: float) -> bool:
+    """v is a finite whole number (int(inf) would raise OverflowError, not say no)."""
+    return bool(math.isfinite(v) and v == int(v))
+
+
 def _zeros(size: int) -> F32:
     return np.zeros(size, dtype=np.float32)
 
@@ -491,8 +496,8 @@ class Krum:
 
     def __post_init__(self) -> None:
         resolve_f(self.f, 1)
-        if self.m is not None and self.m < 1:
-            raise ValueError(f"multi-Krum m must be >= 1, got {self.m!r}")
+        if self.m is not None and not (self.m >= 1 and _whole(self.m)):
+            raise ValueError(f"multi-Krum m must be a whole number >= 1, got {self.m!r}")
 
     def create(self, size: int) -> _KrumProcess:
         return _KrumProcess(size, self.f, self.m)
@@ -648,8 +653,10 @@ class CenteredClipping:
             raise ValueError(
                 f"centered clipping tau must be finite and > 0 (or None), got {self.tau!r}"
             )
-        if not 0 <= self.beta < 1 or self.iterations < 1:
-            raise ValueError("centered clipping needs tau > 0, 0 <= beta < 1, iterations >= 1")
+        if not 0 <= self.beta < 1 or not (self.iterations >= 1 and _whole(self.iterations)):
+            raise ValueError(
+                "centered clipping needs 0 <= beta < 1 and a whole number of iterations >= 1"
+            )
 
     def create(self, size: int) -> _CClipProcess:
         return _CClipProcess(size, self.tau, self.beta, self.iterations)
@@ -705,8 +712,8 @@ class Bucketing:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.bucket_size < 1:
-            raise ValueError(f"bucket size must be >= 1, got {self.bucket_size!r}")
+        if not (self.bucket_size >= 1 and _whole(self.bucket_size)):
+            raise ValueError(f"bucket size must be a whole number >= 1, got {self.bucket_size!r}")
         if not self.seed >= 0:
             # np.random.default_rng refuses negative seeds: fail here, not in the first round.
             raise ValueError(f"bucketing seed must be >= 0, got {self.seed!r}")

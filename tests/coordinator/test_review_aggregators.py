@@ -432,6 +432,12 @@ def test_factories_refuse_non_finite_or_out_of_range_values_in_code_too() -> Non
         lambda: AdaptiveClip(count_stddev=math.nan),
         lambda: AdaptiveClip(count_stddev=math.inf),
         lambda: AnomalyFilter(max_norm=math.nan),
+        lambda: Krum(m=2.5),  # type: ignore[arg-type]
+        lambda: Krum(m=math.inf),  # type: ignore[arg-type]
+        lambda: CenteredClipping(iterations=1.5),  # type: ignore[arg-type]
+        lambda: Bucketing(bucket_size=math.inf),  # type: ignore[arg-type]
+        lambda: CollusionFilter(memory=math.inf),  # type: ignore[arg-type]
+        lambda: CollusionFilter(history_values=10.5),  # type: ignore[arg-type]
     ):
         with pytest.raises(ValueError):
             bad()
