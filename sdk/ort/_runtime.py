@@ -139,6 +139,10 @@ class OrtTrainer:
     examples in that batch, as torch's). Momentum buffers start at zero on every `train` call,
     as a fresh ``torch.optim.SGD`` does. Sessions are created once and reused across calls, so
     one trainer serves many simulated devices.
+
+    Loading checks the graphs' inputs and outputs against the manifest (`ArtifactError`);
+    `classes` is the logits' last dimension, which bounds the class labels `train` and
+    `evaluate` accept.
     """
 
     def __init__(
