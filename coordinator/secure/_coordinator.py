@@ -7,8 +7,9 @@ It never sees an individual update: each group's SecAgg hands back only a decode
 
 from __future__ import annotations
 
+import copy
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -285,8 +286,30 @@ class SecureCoordinator:
             group_of.update(dict.fromkeys(members, g))
         return SecureTask(r, indices, rounds, group_of)
 
-    def close_round(self, task: SecureTask) -> SecureOutcome:
-        """Finish every group still in the unmask stage, combine, and publish the new model."""
+    def pending_dp(self, task: SecureTask) -> dict[str, Any] | None:
+        """The `dp` measurements `close_round` would record if every group now in the unmask
+        stage unmasked its sum (an upper bound on what it records), without recording it;
+        None without DP or with no such group. Written durably before unmasking, it lets a
+        restart count a sum the server saw but never got to publish or abandon."""
+        candidates = [(sr.masked_inputs, sr.plan) for sr in task.groups if sr.stage == Stage.UNMASK]
+        if not self.config.dp or not candidates:
+            return None
+        return account_released_groups(
+            copy.deepcopy(self.accountant), candidates, self.config.noise_multiplier
+        )
+
+    def close_round(
+        self,
+        task: SecureTask,
+        before_unmask: Callable[[dict[str, Any]], None] | None = None,
+    ) -> SecureOutcome:
+        """Finish every group still in the unmask stage, combine, and publish the new model.
+
+        `before_unmask`, if given, receives `pending_dp(task)` (when it is not None) before
+        any sum is unmasked; an exception from it leaves every group unmasked.
+        """
+        if before_unmask is not None and (pending := self.pending_dp(task)) is not None:
+            before_unmask(pending)
         results: list[GroupResult] = []
         aborted = 0
         reasons: list[str] = []

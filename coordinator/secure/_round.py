@@ -168,6 +168,12 @@ class SecureRound:
             self._count(d, "down", len(body))
         return out
 
+    @property
+    def masked_inputs(self) -> int:
+        """Masked inputs the server holds (fixed once the masked-input stage closed): the
+        devices whose noise `finish` would unmask."""
+        return len(self.server.state.contributors)
+
     def finish(self) -> GroupResult:
         """End the unmask stage: reconstruct, unmask the sum, decode it (or `RoundAborted`)."""
         t0 = time.perf_counter()

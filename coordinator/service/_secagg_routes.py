@@ -248,13 +248,18 @@ class SecureRegistry:
             except KeyError:
                 raise PermissionError(f"device {device_id} is no longer in the round") from None
 
-    def finish(self, round_id: int) -> SecureOutcome:
-        """Close the unmask stage, unmask every group and update the model."""
+    def finish(
+        self,
+        round_id: int,
+        before_unmask: Callable[[dict[str, Any]], None] | None = None,
+    ) -> SecureOutcome:
+        """Close the unmask stage, unmask every group and update the model (`before_unmask`:
+        see `SecureCoordinator.close_round`)."""
         self.close_stage(round_id, Stage.UNMASK)
         with self._lock:
             entry = self._entry(round_id)
             if entry.outcome is None:
-                entry.outcome = self.coordinator.close_round(entry.task)
+                entry.outcome = self.coordinator.close_round(entry.task, before_unmask)
             return entry.outcome
 
     def result(self, round_id: int) -> SecureOutcome | None:

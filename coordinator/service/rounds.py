@@ -19,6 +19,7 @@ import asyncio
 import dataclasses
 import logging
 import math
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -145,6 +146,20 @@ class ActiveRound:
     uploaded: set[str] = field(default_factory=set)
     closing: bool = False  # no more uploads accepted
     close_started: bool = False  # an aggregation is in flight
+    # A secure DP round's `dp` record, stored before its sums were unmasked (see _close_secure)
+    pending_dp: dict[str, Any] | None = None
+
+
+def _released_dp(r: RoundRow) -> dict[str, Any] | None:
+    """The `dp` record a secure round counts in epsilon: its final one once committed or
+    abandoned, else (stopped while closing) the one stored before unmasking."""
+    if r.state in (RoundState.COMMITTED, RoundState.ABANDONED):
+        dp = r.measurements.get("dp")
+    elif r.state == RoundState.AGGREGATING:
+        dp = r.measurements.get("pending_dp")
+    else:
+        return None
+    return dp if isinstance(dp, dict) else None
 
 
 def _aggregator(name: str) -> AggregatorFactory:
@@ -329,14 +344,11 @@ class Coordinator:
         )
         rounds = self.store.rounds(task_id)
         # A secure task's privacy ledger is rebuilt from the measurements of every round whose
-        # noisy sum was unmasked: committed ones, and abandoned ones that carry `dp` (a group
-        # that aborted after unmasking; the server saw its sum).
-        released = [
-            r.measurements["dp"]
-            for r in rounds
-            if r.state in (RoundState.COMMITTED, RoundState.ABANDONED)
-            and isinstance(r.measurements.get("dp"), dict)
-        ]
+        # noisy sum was unmasked: committed ones, abandoned ones that carry `dp` (a group
+        # that aborted after unmasking, or a publish that failed after it; the server saw the
+        # sum), and a round the coordinator stopped in while closing, whose `pending_dp` was
+        # stored before unmasking (it may have unmasked before the stop: count it).
+        released = [dp for r in rounds if isinstance(dp := _released_dp(r), dict)]
         rt = TaskRuntime(
             task_id,
             cfg,
@@ -397,7 +409,10 @@ class Coordinator:
         if done:
             rt.state = TaskState.DONE
         reason = "coordinator restarted during the secure round (its key material was in memory)"
-        self.store.abandon(r.round_id, rt.task_id, {"abandoned": reason}, rt.state, self.clock())
+        meas: dict[str, Any] = {"abandoned": reason}
+        if isinstance(dp := _released_dp(r), dict):
+            meas["dp"] = dp  # counted above; kept so every later restart counts it too
+        self.store.abandon(r.round_id, rt.task_id, meas, rt.state, self.clock())
         self.metrics.rounds.labels("abandoned").inc()
         log.warning("task %d secure round %d abandoned on start", rt.task_id, r.round_id)
 
@@ -774,7 +789,14 @@ class Coordinator:
         assert rt.secure is not None
         t0 = time.perf_counter()
         reasons = rt.secure.registry.abort_reasons(cur.round_id)
-        secure = rt.secure.registry.finish(cur.round_id)
+
+        def before_unmask(dp: dict[str, Any]) -> None:
+            # Durable before any sum is unmasked: a crash or a failed publish after the
+            # unmask must not drop a release the server has seen from epsilon.
+            cur.pending_dp = dp
+            self.store.set_round_measurements(cur.round_id, {"pending_dp": dp})
+
+        secure = rt.secure.registry.finish(cur.round_id, before_unmask)
         rt.engine.close_round(cur.engine_round)  # its bookkeeping only: it holds no updates
         now = self.clock()
         done = rt.rounds_closed + 1 >= rt.config.rounds
@@ -890,9 +912,20 @@ class Coordinator:
         self.metrics.model_version.labels(str(rt.task_id)).set(rt.version)
 
     def fail_close(self, rt: TaskRuntime, cur: ActiveRound, exc: BaseException) -> None:
-        """An aggregation error abandons the round and rebuilds the task from the store."""
-        log.error("round %d failed to aggregate: %r", cur.round_id, exc)
-        self.store.abandon(cur.round_id, rt.task_id, {"error": repr(exc)}, rt.state, self.clock())
+        """An aggregation or publish error abandons the round and rebuilds the task from the
+        store. If the store cannot record that either, the round stays `aggregating` and the
+        next start abandons it (counting its `pending_dp`)."""
+        log.error("round %d failed to aggregate or publish: %r", cur.round_id, exc)
+        meas: dict[str, Any] = {"error": repr(exc)}
+        if cur.pending_dp is not None:
+            meas["dp"] = cur.pending_dp  # its sums may have been unmasked: they count
+        try:
+            self.store.abandon(cur.round_id, rt.task_id, meas, rt.state, self.clock())
+        except (sqlite3.Error, OSError) as store_exc:
+            log.error(
+                "round %d: the store refused its abandonment too: %r", cur.round_id, store_exc
+            )
+            return
         self.metrics.rounds.labels("abandoned").inc()
         self.runtimes[rt.task_id] = self._build(rt.task_id)
 
@@ -902,7 +935,9 @@ class Coordinator:
             return None
         try:
             outcome = await asyncio.to_thread(self.close_blocking, rt, cur)
-        except (EngineError, ValueError, ArithmeticError) as exc:
+        except (EngineError, ValueError, ArithmeticError, sqlite3.Error, OSError) as exc:
+            # OSError and sqlite3.Error: the publish transaction failed (a full disk, a lock
+            # held too long); it rolled back, so nothing of the round is visible.
             self.fail_close(rt, cur, exc)
             return None
         self.finish_close(rt, outcome)

@@ -367,6 +367,14 @@ class Store:
         with self.transaction() as db:
             db.execute("UPDATE rounds SET state=? WHERE round_id=?", (state, round_id))
 
+    def set_round_measurements(self, round_id: int, measurements: dict[str, Any]) -> None:
+        """Overwrite an unfinished round's measurements (durable before this returns)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE rounds SET measurements_json=? WHERE round_id=?",
+                (json.dumps(measurements, sort_keys=True, default=str), round_id),
+            )
+
     def updates(self, round_id: int) -> list[UpdateRow]:
         rows = self._query(
             "SELECT seq, round_id, device_id, idempotency_key, frame FROM updates "

@@ -22,7 +22,7 @@ from coordinator.secure import (
     skellam_rdp,
 )
 from mobile_sim.secure import run_secure_round
-from protocol.secagg import NoiseKind, quantize
+from protocol.secagg import NoiseKind, Stage, quantize
 from sdk.secure import SecureParticipant
 
 DELTA = 1e-5
@@ -230,3 +230,40 @@ def test_restart_replay_gives_the_same_epsilon() -> None:
     legacy = SecureCoordinator(np.zeros(d, np.float32), cfg)
     legacy.replay_dp(old)
     assert legacy.accountant.epsilon() == stored[0]["epsilon"]
+
+
+def _hook_close(coord: SecureCoordinator, seen: list[tuple[int, dict[str, object]]]) -> None:
+    """Make `coord.close_round` pass a before_unmask hook (as the service does) that records
+    (rounds accounted so far, the pending record)."""
+    real_close = coord.close_round
+
+    def close_with_hook(task, before_unmask=None):  # type: ignore[no-untyped-def]
+        return real_close(task, lambda dp: seen.append((coord.accountant.rounds, dp)))
+
+    coord.close_round = close_with_hook  # type: ignore[method-assign]
+
+
+def test_pending_dp_is_the_record_close_round_makes_and_records_nothing() -> None:
+    # Prepare: Skellam rounds where one device drops before sending its masked input, with a
+    # before_unmask hook; the same without DP
+    d, n = 400, 5
+    rng = np.random.default_rng(4)
+    devs = [f"d{i}" for i in range(n)]
+    parts = {x: SecureParticipant(d) for x in devs}
+    ups = {x: (rng.normal(0, 0.01, d).astype(np.float32), 1) for x in devs}
+    cfg = SecureConfig(coord_fraction=0.1, noise=NoiseKind.SKELLAM, noise_multiplier=1.0)
+    coord = SecureCoordinator(np.zeros(d, np.float32), cfg)
+    plain = SecureCoordinator(np.zeros(d, np.float32), SecureConfig(coord_fraction=0.1))
+    seen: list[tuple[int, dict[str, object]]] = []
+    seen_plain: list[tuple[int, dict[str, object]]] = []
+    _hook_close(coord, seen)
+    _hook_close(plain, seen_plain)
+    # Execute
+    outs = [run_secure_round(coord, parts, ups, drop_at={"d4": Stage.MASKED_INPUT})[0]]
+    outs.append(run_secure_round(coord, parts, ups)[0])
+    plain_out, _ = run_secure_round(plain, parts, ups)
+    # Assert: before each unmask, with nothing yet recorded for that round, the hook saw
+    # exactly the record then made; without DP it is not called
+    assert seen == [(0, outs[0].measurements["dp"]), (1, outs[1].measurements["dp"])]
+    assert outs[0].measurements["dp"]["survivors"] == n - 1 and coord.accountant.rounds == 2
+    assert seen_plain == [] and plain_out.committed and "dp" not in plain_out.measurements

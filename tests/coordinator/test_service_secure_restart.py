@@ -8,9 +8,11 @@ import re
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
+import pytest
 
 from coordinator.service import ServerThread, ServiceConfig
 from protocol.messages import Assignment, CodecParams, TaskConfig
@@ -183,9 +185,53 @@ def test_kill_9_inside_a_secure_publish_abandons_the_round_and_the_next_commits(
         assert all(r.completed for r in _round(clients, task_id))
         after = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
         ledger = admin_get(http, "/v1/rounds/1/bandwidth")
+        round2 = admin_get(http, "/v1/rounds/2")
     # Assert: the unpublished round left no version behind and was abandoned; its bytes stay
     # in the ledger; the next round started fresh and published version 1
     assert crashed["state"] == "abandoned" and "restarted" in crashed["measurements"]["abandoned"]
     assert before["version"] == 0
     assert after["version"] == 1 and after["rounds_committed"] == 1
     assert ledger["totals"]["up_payload_bytes"] > 0
+    # ... and the crashed round's sum, unmasked before the kill, still counts in epsilon (its
+    # record was stored before unmasking): the committed round is the second release
+    assert crashed["measurements"]["dp"]["rounds"] == 1
+    assert crashed["measurements"]["dp"]["survivors"] == 3
+    assert round2["measurements"]["dp"]["rounds"] == 2
+
+
+def test_a_publish_that_fails_after_unmasking_still_counts_in_epsilon(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a store whose first publish fails (a full disk, say) after the sums are unmasked
+    from coordinator.service.store import Store
+
+    real_publish = Store.publish
+    failures: list[int] = []
+
+    def publish_once_failing(self: Store, **kwargs: Any) -> None:
+        if not failures:
+            failures.append(kwargs["round_id"])
+            raise OSError("disk full")
+        real_publish(self, **kwargs)
+
+    monkeypatch.setattr(Store, "publish", publish_once_failing)
+    with _service(tmp_path / "plume.db") as url:
+        http = httpx.Client(base_url=url)
+        task_id = create_task(http, _secure_dp_task(rounds=2))
+        clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
+        for c in clients:
+            c.register()
+        # Execute: the failed round, then one that commits
+        _round(clients, task_id)
+        failed = wait_until(http, "/v1/rounds/1", "state", "abandoned")
+        assert all(r.completed for r in _round(clients, task_id))
+        done = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+        committed = admin_get(http, "/v1/rounds/2")
+        rounds_metric = _metric(http.get("/metrics").text, "plume_dp_rounds", task_id)
+    # Assert: the failed round is abandoned with its release on record, and epsilon composes
+    # both releases
+    assert failures == [1] and "disk full" in failed["measurements"]["error"]
+    assert failed["measurements"]["dp"]["rounds"] == 1
+    assert committed["state"] == "committed" and committed["measurements"]["dp"]["rounds"] == 2
+    assert committed["measurements"]["dp"]["epsilon"] > failed["measurements"]["dp"]["epsilon"]
+    assert done["version"] == 1 and rounds_metric == 2
