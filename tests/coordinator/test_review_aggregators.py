@@ -323,6 +323,18 @@ def test_equal_reports_aggregate_to_that_report(spec: str, n: int) -> None:
     np.testing.assert_allclose(out.result, row, rtol=1e-6)
 
 
+@pytest.mark.parametrize(
+    "spec",
+    ["median", "trimmed_mean:0.2", "krum:f=1", "multikrum", "geomed", "rlr", "fedavg", "nnm+krum"],
+)
+def test_reports_at_float32s_largest_value_aggregate_to_it(spec: str) -> None:
+    # Accumulating five of them in float32 would overflow; every mean here sums in float64.
+    row = np.full(6, F32_MAX, dtype=np.float32)
+    row[::2] *= -1
+    out = rounds(spec, [[cu(f"d{i}", row, 1e6) for i in range(5)]])[0]
+    assert out.result.tobytes() == row.tobytes()
+
+
 @pytest.mark.parametrize("spec", [*ROBUST_SPECS, "collusion+fedavg"])
 def test_all_zero_reports_give_zero(spec: str) -> None:
     out = rounds(spec, [[cu(f"d{i}", np.zeros(9)) for i in range(4)]] * 2)
