@@ -501,6 +501,19 @@ def _parse(cls: type[Any], response: httpx.Response) -> Any:
         raise ClientError(response.status_code, "bad_response", str(exc)) from exc
 
 
+def _trainer_layout(trainer: LocalTrainer) -> list[tuple[int, ...]] | None:
+    """The shapes, in flat order, of the model a trainer trains, where it tells: an ORT
+    trainer's `spec`, a torch trainer's `module` (its trainable parameters, the order of
+    `sdk.flat`); None for other trainers. Read without importing torch."""
+    spec = getattr(trainer, "spec", None)
+    if isinstance(spec, ModelSpec):
+        return [tuple(e.shape) for e in spec.entries]
+    named = getattr(getattr(trainer, "module", None), "named_parameters", None)
+    if callable(named):
+        return [tuple(p.shape) for _, p in named() if p.requires_grad]
+    return None
+
+
 def _train(
     core: _Core,
     a: Assignment,
@@ -509,6 +522,15 @@ def _train(
     x: npt.NDArray[np.float32],
     y: npt.NDArray[np.int64],
 ) -> tuple[npt.NDArray[np.float32], int, float]:
+    task_layout = [tuple(t.shape) for t in a.spec]
+    layout = _trainer_layout(trainer)
+    if layout is not None and layout != task_layout:
+        # Same size in another layout would load, train and upload a silently wrong update.
+        raise ValueError(
+            f"the trainer's model ({len(layout)} tensors, shapes {layout[:4]}...) does not have "
+            f"the layout of task {a.task_id}'s model {a.model_name!r} ({len(task_layout)} "
+            f"tensors, shapes {task_layout[:4]}...): this device cannot train this task"
+        )
     rng = np.random.default_rng([a.seed, a.round_id, int(core.device_id[:12], 16), 1])
     res = trainer.train(
         params, x, y, epochs=a.training.local_epochs, batch_size=a.training.batch_size,

@@ -292,3 +292,40 @@ def test_client_imports_without_torch() -> None:
     code = "import sys, sdk; sdk.Client; import sdk.client; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_trainer_whose_model_has_another_layout_is_refused_before_training() -> None:
+    # Prepare: the task's model is w[4, 8] + b[4]; one torch model matches, one has the same
+    # 36 parameters as w[8, 4] + b[4] (it would load, train and upload a wrong update), and a
+    # duck-typed trainer declares its layout through a ModelSpec
+    import types
+
+    import torch
+
+    from sdk.client import _train
+    from sdk.trainer import TorchTrainer
+
+    torch.manual_seed(0)
+    x = np.random.default_rng(0).normal(size=(6, 8)).astype(np.float32)
+    y = np.arange(6, dtype=np.int64) % 4
+    core = types.SimpleNamespace(device_id="ab" * 16)
+    params = np.zeros(SPEC.size, dtype=np.float32)
+
+    class Transposed(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(8, 4))
+            self.b = torch.nn.Parameter(torch.zeros(4))
+
+    class Declared:
+        spec = ModelSpec.from_shapes([("w", (36,))])
+
+        def train(self, *args: object, **kwargs: object) -> object:
+            raise AssertionError("must not be called")
+
+    # Execute / Assert
+    trained, n, _ = _train(core, _assignment(), params, TorchTrainer(torch.nn.Linear(8, 4)), x, y)  # type: ignore[arg-type]
+    assert n == 6 and trained.shape == (SPEC.size,) and np.any(trained != 0)
+    for bad in (TorchTrainer(Transposed()), Declared()):
+        with pytest.raises(ValueError, match="does not have the layout of task 1"):
+            _train(core, _assignment(), params, bad, x, y)  # type: ignore[arg-type]
