@@ -147,10 +147,12 @@ class CollusionFilter:
     threshold: a report with score > threshold is dropped (score in [-1, 1], see
     `collusion_scores`). memory: rounds a dropped device's later reports are dropped too
     (0: only the flagged report). history_values: values kept per device history (the largest
-    magnitudes). max_devices: histories kept (least recently seen evicted).
+    magnitudes). max_devices: histories kept (least recently seen evicted; never the current
+    round's, so a round with more reports than max_devices keeps one history per report).
     Memory: at most 32·d + 64·V bytes beyond the inputs, never n×d (d = size; V = stored
-    history values, at most history_values·max_devices, 12 bytes each in the state; scoring
-    takes the histories in chunks of HISTORY_CHUNK values), plus the inner aggregator's bound.
+    history values, at most history_values·max(max_devices, n), 12 bytes each in the state;
+    scoring takes the histories in chunks of HISTORY_CHUNK values), plus the inner aggregator's
+    bound.
     """
 
     inner: AggregatorFactory = field(default_factory=FedAvg)
