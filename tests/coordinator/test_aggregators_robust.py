@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tracemalloc
+from typing import Any
 
 import numpy as np
 import pytest
@@ -56,7 +57,7 @@ def ref_trimmed(x: np.ndarray, beta: float) -> np.ndarray:
     n = x.shape[0]
     t = min(int(np.floor(beta * n)), (n - 1) // 2)
     s = np.sort(x.astype(np.float64), axis=0)
-    return s[t : n - t].mean(axis=0)
+    return np.asarray(s[t : n - t].mean(axis=0))
 
 
 def ref_krum(x: np.ndarray, f: int, m: int) -> np.ndarray:
@@ -65,7 +66,7 @@ def ref_krum(x: np.ndarray, f: int, m: int) -> np.ndarray:
     d2 = ((x64[:, None, :] - x64[None, :, :]) ** 2).sum(-1)
     k = min(max(1, n - f - 2), n - 1)
     scores = np.array([np.sort(np.delete(d2[i], i))[:k].sum() for i in range(n)])
-    return x64[np.argsort(scores, kind="stable")[:m]].mean(axis=0)
+    return np.asarray(x64[np.argsort(scores, kind="stable")[:m]].mean(axis=0))
 
 
 def ref_geomed(x: np.ndarray, iters: int = 2000) -> np.ndarray:
@@ -73,7 +74,7 @@ def ref_geomed(x: np.ndarray, iters: int = 2000) -> np.ndarray:
     for _ in range(iters):
         w = 1.0 / np.maximum(np.linalg.norm(x - z, axis=1), 1e-12)
         z = (w[:, None] * x).sum(0) / w.sum()
-    return z
+    return np.asarray(z)
 
 
 dense_inputs = st.builds(
@@ -260,7 +261,7 @@ def test_memory_stays_far_below_n_by_d() -> None:
         vals = rng.normal(size=k).astype(np.float32)
         updates.append(ClientUpdate(f"d{i}", SparseUpdate(idx, vals, d), 1.0))
     block = 1 << 18
-    factories = {
+    factories: dict[str, Any] = {
         "median": CoordinateMedian(block_elems=block),
         "trimmed": TrimmedMean(0.1, block_elems=block),
         "nnm+krum": NearestNeighborMixing(0.1, inner=Krum(0.1)),

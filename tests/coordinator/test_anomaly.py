@@ -66,7 +66,7 @@ def test_measure_only_delegates_once_and_exports_metrics() -> None:
 
 def test_norm_ratio_and_cosine_rejection() -> None:
     # Prepare: d3 is huge, d4 points the other way
-    rows = [[1, 0.1], [1, -0.1], [1.1, 0], [100, 0], [-1, 0]]
+    rows = [[1.0, 0.1], [1.0, -0.1], [1.1, 0.0], [100.0, 0.0], [-1.0, 0.0]]
     metrics = AnomalyMetrics(CollectorRegistry())
     inner = _Counting()
     proc = AnomalyFilter(inner, max_norm_ratio=3.0, min_cosine=0.0, metrics=metrics).create(2)
