@@ -85,24 +85,44 @@ class _ServerOptProcess:
         out = self.inner.next(inner_state, updates)
         delta: npt.NDArray[np.float32] = np.asarray(out.result, dtype=np.float32)
         b1, b2 = np.float32(cfg.beta1), np.float32(cfg.beta2)
-        if cfg.kind == "avgm":
-            m = b1 * m + delta
-            step = np.float32(cfg.lr) * m
-        else:
-            m = b1 * m + (np.float32(1) - b1) * delta
-            sq = delta * delta
-            if cfg.kind == "adagrad":
-                v = v + sq
-            elif cfg.kind == "adam":
-                v = b2 * v + (np.float32(1) - b2) * sq
-            else:  # yogi
-                v = v - (np.float32(1) - b2) * sq * np.sign(v - sq)
-            step = np.float32(cfg.lr) * m / (np.sqrt(v) + np.float32(cfg.tau))
+        # A finite aggregate can still overflow float32 here (delta^2 past 1.8e19 made v inf,
+        # and that coordinate's step 0 in every later round). m and v saturate at float32's
+        # largest value instead; wherever nothing overflows the bits are unchanged (the
+        # float64 square of a float32 is exact, so rounding it gives delta * delta's bits).
+        with np.errstate(over="ignore"):
+            if cfg.kind == "avgm":
+                m = _saturate(b1 * m + delta)
+                step = np.float32(cfg.lr) * m
+            else:
+                m = _saturate(b1 * m + (np.float32(1) - b1) * delta)
+                sq = _saturate(np.square(delta, dtype=np.float64))
+                if cfg.kind == "adagrad":
+                    v = v + sq
+                elif cfg.kind == "adam":
+                    v = b2 * v + (np.float32(1) - b2) * sq
+                else:  # yogi
+                    v = v - (np.float32(1) - b2) * sq * np.sign(v - sq)
+                v = _saturate(v)
+                step = np.float32(cfg.lr) * m / (np.sqrt(v) + np.float32(cfg.tau))
         step = step.astype(np.float32, copy=False)
         meas = {
             "server_opt": cfg.kind,
-            "pseudo_gradient_norm": float(np.linalg.norm(delta)),
-            "step_norm": float(np.linalg.norm(step)),
+            "pseudo_gradient_norm": _norm(delta),
+            "step_norm": _norm(step),
             "inner": out.measurements,
         }
         return AggregateOutput((m.astype(np.float32, copy=False), v, out.state), step, meas)
+
+
+_F32_MAX = np.float32(np.finfo(np.float32).max)
+
+
+def _saturate(x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    """x as float32, with overflow (or values past float32's range) clipped to +-max."""
+    out: npt.NDArray[np.float32] = np.clip(x, -_F32_MAX, _F32_MAX).astype(np.float32, copy=False)
+    return out
+
+
+def _norm(x: npt.NDArray[np.float32]) -> float:
+    """L2 norm in float64 (a float32 norm overflows past about 1.8e19)."""
+    return float(np.linalg.norm(x.astype(np.float64)))

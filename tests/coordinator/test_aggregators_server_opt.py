@@ -113,3 +113,32 @@ def test_specs_build_optimizers_around_the_rest() -> None:
     assert isinstance(got, ServerOptimizer) and got.kind == "yogi" and got.tau == 0.01
     # An optimizer may stand in front of a screen that stands in front of dp.
     assert isinstance(build_aggregator("adam+collusion+dp:clip=1,z=1+fedavg"), ServerOptimizer)
+
+
+@pytest.mark.parametrize("kind", ["avgm", "adagrad", "adam", "yogi"])
+def test_a_huge_finite_aggregate_saturates_instead_of_freezing_a_coordinate(kind: str) -> None:
+    # Prepare: round 1's aggregate has 1e20 at coordinate 0 (its square overflows float32),
+    # rounds 2-3 an ordinary 0.1 there; and the same ordinary rounds from a fresh state, to
+    # check bits elsewhere are untouched
+    opt = ServerOptimizer(FedAvg(), kind, lr=0.5, beta1=0.5, beta2=0.5, tau=1e-2)
+    proc = opt.create(D)
+    state = proc.initialize()
+    huge = np.zeros(D, np.float32)
+    huge[0], huge[1] = 1e20, 0.25
+    normal = np.full(D, 0.1, np.float32)
+    # Execute
+    outs = []
+    for d in (huge, normal, normal):
+        out = proc.next(state, [ClientUpdate("a", SparseUpdate.from_dense(d), 1.0)])
+        state = out.state
+        outs.append(out)
+    # Assert: every state and step stays finite, coordinate 0 still moves after the spike
+    # (with v = inf its step was 0 for good), and the norms are finite
+    m, v, _ = state
+    assert all(np.all(np.isfinite(o.result)) for o in outs)
+    assert np.all(np.isfinite(m)) and (v is None or np.all(np.isfinite(v)))
+    assert outs[2].result[0] != 0
+    assert np.isfinite(outs[0].measurements["pseudo_gradient_norm"])
+    # ... and coordinates the spike did not touch follow the float64 rule as before
+    want = _reference(kind, [huge, normal, normal], 0.5, 0.5, 0.5, 1e-2)
+    np.testing.assert_allclose(outs[2].result[2:], want[2][2:], rtol=1e-5)
