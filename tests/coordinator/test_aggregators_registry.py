@@ -125,3 +125,16 @@ def test_spec_values_are_validated_by_the_factories() -> None:
     with pytest.raises(ValueError, match="max_weight"):
         build_aggregator("fedavg:max_weight=0")
     assert math.isinf(build_aggregator("dp:z=1").epsilon_budget)  # type: ignore[attr-defined]
+
+
+def test_every_example_in_the_help_text_builds() -> None:
+    # Prepare: the quoted specs after "Examples:" in AGGREGATOR_HELP (what `--help` shows)
+    import re
+
+    from coordinator.aggregators._registry import AGGREGATOR_HELP
+
+    examples = re.findall(r'"([^"]+)"', AGGREGATOR_HELP.split("Examples:", 1)[1])
+    # Execute / Assert
+    assert len(examples) >= 7
+    for spec in examples:
+        build_aggregator(spec).create(10)
