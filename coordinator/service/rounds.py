@@ -440,8 +440,17 @@ class Coordinator:
         """Load every task with a model from the store, replaying its open round if any."""
         self.runtimes.clear()
         for row in self.store.tasks():
-            if row.version >= 0:
+            if row.version < 0:
+                continue
+            try:
                 self.runtimes[row.task_id] = self._build(row.task_id)
+            except (ValueError, RuntimeError) as exc:
+                # E.g. a config an older version accepted and this one refuses (a DP task
+                # accounting a cohort smaller than it selects): name it rather than a traceback.
+                raise RuntimeError(
+                    f"task {row.task_id} in the store cannot be restored: {exc} (its config "
+                    "must be fixed, or the task finished, before this coordinator starts)"
+                ) from exc
         self.metrics.devices.set(self.store.count_devices())
 
     def pending_closes(self) -> list[TaskRuntime]:

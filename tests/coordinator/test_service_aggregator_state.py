@@ -26,6 +26,7 @@ from .test_service_support import (
 )
 
 DP = "dp:clip=1,z=1,q=0.5,denom=2,delta=1e-5,seed=3+fedavg"
+DP_FIXED = "dp:clip=1,z=1,population=10,sample=2,delta=1e-5,seed=3+fedavg"
 
 
 def _service(db: Path) -> ServerThread:
@@ -152,3 +153,27 @@ def test_a_secure_task_resumes_its_coordinate_scores(tmp_path: Path) -> None:
     got = restored.coordinator.carried_state()
     assert got["score"].tobytes() == saved["score"].tobytes()
     assert got["prior"] is False
+
+
+def test_a_stored_task_this_version_refuses_stops_the_start_naming_it(tmp_path: Path) -> None:
+    # Prepare: a central-DP task accounting a cohort of 2, stored; then its config edited to
+    # select 3 (over-selection 1.5), as an older coordinator accepted (and under-counted)
+    import json
+
+    db = tmp_path / "plume.db"
+    with _service(db) as url:
+        task_id = create_task(
+            httpx.Client(base_url=url), task_config(rounds=2, aggregator=DP_FIXED)
+        )
+    con = sqlite3.connect(db)
+    (raw,) = con.execute("SELECT config_json FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+    config = json.loads(raw) | {"over_selection": 1.5}
+    con.execute("UPDATE tasks SET config_json=? WHERE task_id=?", (json.dumps(config), task_id))
+    con.commit()
+    con.close()
+    # Execute / Assert: the start fails with the task and the reason, not a bare ValueError
+    coord = Coordinator(Store(db), ServiceConfig(db_path=str(db)))
+    with pytest.raises(
+        RuntimeError, match=rf"task {task_id} in the store cannot be restored.*sample=2"
+    ):
+        coord.restore()
