@@ -24,6 +24,7 @@ from ._snapshot import canonical_bytes, decode_snapshot, encode_snapshot, model_
 from ._sparse import SparseUpdate
 from ._spec import ModelSpec, TensorEntry
 from ._wire import FrameHeader
+from ._zstd import ZstdCodec
 
 __all__ = [
     "BadMagic",
@@ -51,6 +52,7 @@ __all__ = [
     "TruncatedFrame",
     "UnsupportedVersion",
     "UpdateCodec",
+    "ZstdCodec",
     "canonical_bytes",
     "decode_snapshot",
     "encode_snapshot",

@@ -42,6 +42,7 @@ MAX_NODES = 1 << 20
 MAX_SEGMENTS = 4096
 PLAN_FLAGS = 0b11  # bit 0 rotate, bit 1 dither
 _FIXED = struct.Struct("<4sQIIIBBIQddBBdQ32s32sI")
+_ZSTD = compression.ZstdCodec()  # decoding only: one frame, declared size and window checked
 
 
 class NoiseKind(IntEnum):
@@ -250,8 +251,10 @@ class SecurePlan:
         if clen != len(body):
             raise MalformedMessage("plan length mismatch")
         try:
-            raw = zstandard.ZstdDecompressor().decompress(body, max_output_size=4 * k)
-        except zstandard.ZstdError as exc:
+            # The frame's declared content size and window are checked before inflating: a
+            # plain decompress allocated whatever a mutated header declared (43 TB, MemoryError).
+            raw = _ZSTD.decompress(body, 4 * k)
+        except compression.CodecError as exc:
             raise MalformedMessage(f"plan coordinates: {exc}") from exc
         if len(raw) != 4 * k:
             raise MalformedMessage("plan coordinate count mismatch")

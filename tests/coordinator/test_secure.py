@@ -366,6 +366,20 @@ def test_mutated_plan_bytes_decode_to_the_same_bytes_or_a_typed_error(data: st.D
     assert back.to_bytes() == bytes(raw) and back.model_size <= D
 
 
+def test_a_plan_whose_zstd_header_declares_terabytes_is_refused_without_allocating() -> None:
+    # Prepare: the plan's coordinate frame with its content-size field rewritten to 43 TB (the
+    # input hypothesis found: zstandard allocated what the header declared, a MemoryError)
+    from protocol.secagg import MalformedMessage
+
+    segs = ((0, 40, 50, 1), (2000, 10, 1, 1))
+    plan = make_plan(SecureConfig(), 2, 12, D, np.arange(0, D, 7, dtype=np.int64), segs)
+    raw = bytearray(plan.to_bytes())
+    raw[raw.find(b"\x28\xb5\x2f\xfd") + 4] ^= 144
+    # Execute / Assert
+    with pytest.raises(MalformedMessage, match="declares 43980471732208 bytes"):
+        SecurePlan.from_bytes(bytes(raw), D)
+
+
 def test_grouped_mode_reports_the_widest_groups_ring() -> None:
     # Prepare: 13 devices in groups of about 4, so one group has 5 nodes and a wider ring
     # (n * w_max * (2^b - 1) grows past a power of two); the measurement used to be group 0's.
