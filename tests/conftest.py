@@ -6,9 +6,17 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("PLUME_DATA", str(ROOT.parent / "shared" / "data"))
+
+# Property tests draw the same examples on every run by default (`make test` is deterministic);
+# PLUME_HYPOTHESIS=explore draws fresh ones each run to hunt for new counterexamples (a failure
+# found that way becomes an explicit regression test).
+settings.register_profile("deterministic", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("PLUME_HYPOTHESIS", "deterministic"))
 
 
 def pytest_configure(config: pytest.Config) -> None:
