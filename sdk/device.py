@@ -76,12 +76,18 @@ class UpdateEncoder:
             d = clip_l2(d, self.clip_norm)
         if not self.error_feedback:
             return self.codec.encode(d, rng, weight=weight)
-        self._pending_u = d + self.feedback.residual
-        return self.feedback.step(d, self.codec, rng, weight=weight)
+        u = d + self.feedback.residual
+        out = self.feedback.step(d, self.codec, rng, weight=weight)
+        # Only once the step succeeded: a failed encode (e.g. a NaN delta) must leave what
+        # `refused` would restore for the upload still outstanding, not a u never sent.
+        self._pending_u = u
+        return out
 
     def hold(self, u: npt.NDArray[np.float32]) -> None:
         """Keep `u` (delta + residual, float32[d]) for `refused`, for an upload whose
         error-feedback step ran outside `encode` (the simulator's batched path)."""
+        if u.shape != (self.spec.size,):
+            raise ValueError(f"u of shape {u.shape}, model has {self.spec.size} scalars")
         self._pending_u = u
 
     def refused(self) -> None:
