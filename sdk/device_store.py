@@ -1,6 +1,6 @@
 """The app directory: what a device keeps between launches so a restarted app resumes.
 
-Layout (every file replaced atomically: write to a temp file, fsync, rename):
+Layout (every file replaced atomically: write to a temp file, fsync, rename, fsync the directory):
 
     device_key       32-byte Ed25519 private key (mode 0600)
     state.json       device id, task, model version, digest, whether the model is exact
@@ -12,8 +12,10 @@ Layout (every file replaced atomically: write to a temp file, fsync, rename):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,17 @@ import numpy.typing as npt
 from compression import ErrorFeedback
 from protocol import auth
 
-__all__ = ["DeviceStore", "PendingUpload"]
+__all__ = ["DeviceStore", "DeviceStoreError", "PendingUpload"]
+
+KEY_BYTES = 32
+# Caps on files read back whole: a foreign or runaway file is refused before it is read.
+_MAX_JSON_BYTES = 1 << 20
+_MAX_FRAME_BYTES = 1 << 31
+_HEX_DIGITS = frozenset("0123456789abcdef")
+
+
+class DeviceStoreError(ValueError):
+    """A file in the app directory is corrupt, foreign or unsafe (named in the message)."""
 
 
 class PendingUpload:
@@ -38,15 +50,62 @@ class PendingUpload:
         self.dense_bytes = dense_bytes  # the dense fp32 size of the same update (ledger baseline)
 
 
+def _fsync_dir(directory: Path) -> None:
+    # A rename is durable only once the directory entry is on disk: without this a power loss
+    # can bring back the old name after later files (e.g. pending.json) already persisted.
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
-        os.write(fd, data)
+        # O_CREAT keeps the mode of a temp file left over from an earlier crash: set it anyway.
+        os.fchmod(fd, mode)
+        view = memoryview(data)
+        while view:  # os.write may write less than asked (Linux caps one call at ~2 GiB)
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _unlink(path: Path) -> None:
+    path.unlink(missing_ok=True)
+    _fsync_dir(path.parent)
+
+
+def _read(path: Path, limit: int, what: str) -> bytes:
+    """The bytes of `path`, refusing a non-regular file or one over `limit` bytes unread."""
+    st = os.stat(path)
+    if not stat.S_ISREG(st.st_mode):
+        raise DeviceStoreError(f"{path} ({what}) is not a regular file")
+    if st.st_size > limit:
+        raise DeviceStoreError(f"{path} ({what}) is {st.st_size} bytes, over the {limit} cap")
+    return path.read_bytes()
+
+
+def _read_json(path: Path, what: str) -> dict[str, Any]:
+    try:
+        data = json.loads(_read(path, _MAX_JSON_BYTES, what))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DeviceStoreError(f"{path} ({what}) is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise DeviceStoreError(f"{path} ({what}) is not a JSON object")
+    return data
+
+
+def _count(meta: dict[str, Any], name: str, path: Path, default: int | None = None) -> int:
+    value = meta.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise DeviceStoreError(f"{path}: {name} must be a non-negative integer")
+    return value
 
 
 class DeviceStore:
@@ -59,12 +118,14 @@ class DeviceStore:
     # -- identity ------------------------------------------------------------------------
 
     def private_key(self) -> bytes:
-        """The device's Ed25519 key, made on first use."""
+        """The device's Ed25519 key (32 raw bytes, file mode 0600), made on first use."""
         path = self.root / "device_key"
         if path.exists():
-            key = path.read_bytes()
-            if len(key) != 32:
-                raise ValueError(f"{path} is not a 32-byte Ed25519 key")
+            key = _read(path, KEY_BYTES, "Ed25519 key")
+            if len(key) != KEY_BYTES:
+                raise DeviceStoreError(f"{path} is not a {KEY_BYTES}-byte Ed25519 key")
+            if stat.S_IMODE(os.stat(path).st_mode) & 0o077:
+                os.chmod(path, 0o600)  # readable by others: take it back to owner-only
             return key
         key = auth.generate_private_key()
         _write(path, key, 0o600)
@@ -73,13 +134,11 @@ class DeviceStore:
     # -- state ---------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
+        """The JSON object in state.json ({} before the first write)."""
         path = self.root / "state.json"
         if not path.exists():
             return {}
-        data = json.loads(path.read_text())
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} is not a JSON object")
-        return data
+        return _read_json(path, "device state")
 
     def update_state(self, **values: Any) -> dict[str, Any]:
         data = self.state()
@@ -105,6 +164,8 @@ class DeviceStore:
         path = self.root / "model.f32"
         if st.get("task_id") != task_id or "model_version" not in st or not path.exists():
             return None
+        if os.stat(path).st_size != 4 * size:  # checked before reading it
+            return None
         raw = path.read_bytes()
         if len(raw) != 4 * size:
             return None
@@ -112,19 +173,27 @@ class DeviceStore:
         return params, int(st["model_version"]), bool(st.get("model_exact", False))
 
     def forget_model(self) -> None:
-        (self.root / "model.f32").unlink(missing_ok=True)
+        _unlink(self.root / "model.f32")
         st = self.state()
         for k in ("model_version", "model_digest", "model_exact"):
             st.pop(k, None)
         _write(self.root / "state.json", json.dumps(st, sort_keys=True).encode())
 
     # -- error feedback ------------------------------------------------------------------
+    #
+    # residual.bin is the residual, except in one window: after save_pending committed
+    # pending.json and before it rewrote residual.bin. pending.residual exists only in that
+    # window (save_pending and save_residual remove it), so while it and pending.json both exist
+    # it is the authoritative residual, and clear_pending promotes it.
 
     def load_residual(self, size: int) -> ErrorFeedback | None:
+        """The residual (float32[size]) the device carries, or None if none is held for `size`."""
         path = self.root / "residual.bin"
         if (self.root / "pending.json").exists() and (self.root / "pending.residual").exists():
             path = self.root / "pending.residual"
         if not path.exists():
+            return None
+        if os.stat(path).st_size != 16 + 4 * size:  # another model's (or a torn) file: unread
             return None
         try:
             return ErrorFeedback.from_bytes(path.read_bytes(), size)
@@ -133,12 +202,16 @@ class DeviceStore:
 
     def save_residual(self, ef: ErrorFeedback) -> None:
         _write(self.root / "residual.bin", ef.to_bytes())
+        # A pending.residual left over would otherwise shadow this newer residual.
+        _unlink(self.root / "pending.residual")
 
     # -- pending upload ------------------------------------------------------------------
 
     def save_pending(self, pending: PendingUpload, ef: ErrorFeedback) -> None:
         """Persist the frame and the residual that assumes it; `pending.json` is the commit
         point, so a crash at any step leaves either the old state or the new one whole."""
+        # Withdraw an older commit point first: its metadata must never pair with this frame.
+        _unlink(self.root / "pending.json")
         _write(self.root / "pending.frame", pending.frame)
         _write(self.root / "pending.residual", ef.to_bytes())
         meta = {
@@ -146,26 +219,45 @@ class DeviceStore:
             "key": pending.key,
             "bytes": len(pending.frame),
             "dense_bytes": pending.dense_bytes,
+            "sha256": hashlib.sha256(pending.frame).hexdigest(),
         }
         _write(self.root / "pending.json", json.dumps(meta).encode())
         self.save_residual(ef)
 
     def load_pending(self) -> PendingUpload | None:
+        """The unacknowledged upload, or None. Raises `DeviceStoreError` if pending.json is
+        not the metadata `save_pending` writes."""
         meta_path, frame_path = self.root / "pending.json", self.root / "pending.frame"
         if not meta_path.exists() or not frame_path.exists():
             return None
-        meta = json.loads(meta_path.read_text())
+        meta = _read_json(meta_path, "pending upload")
+        round_id = _count(meta, "round_id", meta_path)
+        size = _count(meta, "bytes", meta_path)
+        dense = _count(meta, "dense_bytes", meta_path, default=0)
+        key, digest = meta.get("key"), meta.get("sha256")
+        if not isinstance(key, str) or not 1 <= len(key) <= 128 or not key.isascii():
+            raise DeviceStoreError(f"{meta_path}: key must be 1 to 128 ASCII characters")
+        # Files written before the digest was recorded carry none; the length check remains.
+        if digest is not None and (
+            not isinstance(digest, str) or len(digest) != 64 or set(digest) - _HEX_DIGITS
+        ):
+            raise DeviceStoreError(f"{meta_path}: sha256 must be 64 lower-case hex digits")
+        if size > _MAX_FRAME_BYTES or os.stat(frame_path).st_size != size:
+            return None  # not the frame this metadata describes
         frame = frame_path.read_bytes()
-        if len(frame) != meta.get("bytes"):
+        if len(frame) != size:
             return None
-        return PendingUpload(
-            int(meta["round_id"]), str(meta["key"]), frame, int(meta.get("dense_bytes", 0))
-        )
+        if digest is not None and hashlib.sha256(frame).hexdigest() != digest:
+            return None
+        return PendingUpload(round_id, key, frame, dense)
 
     def clear_pending(self) -> None:
-        if not any((self.root / n).exists() for n in ("pending.json", "pending.frame")):
-            (self.root / "pending.residual").unlink(missing_ok=True)
-            return
-        (self.root / "pending.json").unlink(missing_ok=True)
-        (self.root / "pending.frame").unlink(missing_ok=True)
-        (self.root / "pending.residual").unlink(missing_ok=True)
+        """Forget the pending upload, keeping the residual that assumes it."""
+        meta, held = self.root / "pending.json", self.root / "pending.residual"
+        if meta.exists() and held.exists():
+            # save_pending committed but had not yet rewritten residual.bin: finish that first.
+            os.replace(held, self.root / "residual.bin")
+            _fsync_dir(self.root)
+        _unlink(meta)
+        _unlink(self.root / "pending.frame")
+        _unlink(held)
