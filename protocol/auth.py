@@ -21,6 +21,7 @@ import base64
 import binascii
 import functools
 import hashlib
+import operator
 import os
 import re
 from dataclasses import dataclass
@@ -59,7 +60,8 @@ _TARGET = re.compile(r"/[\x21-\x7e]{0,2047}")
 _DEVICE = re.compile(r"[0-9a-f]{32}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NONCE = re.compile(r"[0-9a-f]{16,64}")
-_DIGITS = re.compile(r"[0-9]{1,19}")
+# Canonical decimal only: the message signs str(int(header)), so "007" would verify as "7".
+_DIGITS = re.compile(r"0|[1-9][0-9]{0,18}")
 
 
 class AuthError(ValueError):
@@ -82,8 +84,26 @@ def generate_private_key() -> bytes:
     return Ed25519PrivateKey.generate().private_bytes_raw()
 
 
-@functools.lru_cache(maxsize=1024)
+def _key_bytes(key: object, size: int, what: str) -> bytes:
+    """`key` as immutable bytes of exactly `size`, else `AuthError` (never a TypeError)."""
+    if not isinstance(key, (bytes, bytearray, memoryview)):
+        raise AuthError(f"{what} must be bytes, got {type(key).__name__}")
+    raw = bytes(key)
+    if len(raw) != size:
+        raise AuthError(f"{what} must be {size} bytes")
+    return raw
+
+
 def _private(private_key: bytes) -> Ed25519PrivateKey:
+    return _private_cached(_key_bytes(private_key, PRIVATE_KEY_BYTES, "Ed25519 private key"))
+
+
+def _public(public_key: bytes) -> Ed25519PublicKey:
+    return _public_cached(_key_bytes(public_key, PUBLIC_KEY_BYTES, "Ed25519 public key"))
+
+
+@functools.lru_cache(maxsize=1024)
+def _private_cached(private_key: bytes) -> Ed25519PrivateKey:
     # Cached: loading a key costs as much as a signature, and a device signs every request.
     if len(private_key) != PRIVATE_KEY_BYTES:
         raise AuthError(f"Ed25519 private key must be {PRIVATE_KEY_BYTES} bytes")
@@ -91,7 +111,7 @@ def _private(private_key: bytes) -> Ed25519PrivateKey:
 
 
 @functools.lru_cache(maxsize=65536)
-def _public(public_key: bytes) -> Ed25519PublicKey:
+def _public_cached(public_key: bytes) -> Ed25519PublicKey:
     # Cached per registered device: the coordinator verifies each device's requests repeatedly.
     if len(public_key) != PUBLIC_KEY_BYTES:
         raise AuthError(f"Ed25519 public key must be {PUBLIC_KEY_BYTES} bytes")
@@ -111,14 +131,30 @@ def device_id_for(public_key: bytes) -> str:
 
     Deriving the id from the key means nobody can register an id for a key they do not hold.
     """
-    if len(public_key) != PUBLIC_KEY_BYTES:
-        raise AuthError(f"Ed25519 public key must be {PUBLIC_KEY_BYTES} bytes")
-    return hashlib.sha256(public_key).digest()[:16].hex()
+    raw = _key_bytes(public_key, PUBLIC_KEY_BYTES, "Ed25519 public key")
+    return hashlib.sha256(raw).digest()[:16].hex()
+
+
+def _device_of(private_key: bytes) -> str:
+    return _device_of_cached(_key_bytes(private_key, PRIVATE_KEY_BYTES, "Ed25519 private key"))
 
 
 @functools.lru_cache(maxsize=1024)
-def _device_of(private_key: bytes) -> str:
+def _device_of_cached(private_key: bytes) -> str:
     return device_id_for(public_key_bytes(private_key))
+
+
+def _integer(value: object, what: str) -> int:
+    # bool and float would print as "True" / "3.0" into the message: not decimal integers.
+    if isinstance(value, bool):
+        raise AuthError(f"{what} must be an integer, got a bool")
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        raise AuthError(f"{what} must be an integer, got {type(value).__name__}") from None
+    if not 0 <= number < 2**63:
+        raise AuthError(f"{what} out of range")
+    return number
 
 
 def body_sha256(body: bytes) -> str:
@@ -148,12 +184,10 @@ def signing_message(
         raise AuthError("request target must be printable ASCII starting with '/'")
     if not _DEVICE.fullmatch(device_id):
         raise AuthError("device id must be 32 lower-case hex digits")
-    if not 0 <= round_id < 2**63:
-        raise AuthError("round id out of range")
+    round_id = _integer(round_id, "round id")
     if not _HEX64.fullmatch(body_hash):
         raise AuthError("body hash must be 64 lower-case hex digits")
-    if not 0 <= timestamp_ms < 2**63:
-        raise AuthError("timestamp out of range")
+    timestamp_ms = _integer(timestamp_ms, "timestamp")
     if not _NONCE.fullmatch(nonce):
         raise AuthError("nonce must be 16 to 64 lower-case hex digits")
     lines = [
@@ -176,6 +210,8 @@ def sign(private_key: bytes, message: bytes) -> bytes:
 
 def verify(public_key: bytes, message: bytes, signature: bytes) -> bool:
     """True iff `signature` is a valid Ed25519 signature of `message` under `public_key`."""
+    if not isinstance(signature, (bytes, bytearray, memoryview)):
+        return False
     if len(signature) != SIGNATURE_BYTES:
         return False
     try:
@@ -200,6 +236,10 @@ def decode_signature(text: str) -> bytes:
         raise AuthError("signature is not base64url") from exc
     if len(raw) != SIGNATURE_BYTES:
         raise AuthError("signature must decode to 64 bytes")
+    # 86 characters carry 516 bits for 512: the last character's 4 spare bits must be zero,
+    # else 16 different header texts would stand for one signature.
+    if encode_signature(raw) != text:
+        raise AuthError("signature is not canonical base64url (spare bits set)")
     return raw
 
 
