@@ -12,6 +12,7 @@ coordinator's own bandwidth ledger (payload and real HTTP wire bytes).
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import os
 import secrets
@@ -37,10 +38,21 @@ from .runner import (
     prepare,
 )
 
-__all__ = ["run_http_simulation", "HttpFleetOptions", "DOWNLINK"]
+__all__ = ["run_http_simulation", "HttpFleetOptions", "DOWNLINK", "DeviceFailed"]
+
+log = logging.getLogger(__name__)
 
 # Downlink codec of the published deltas (server-side error feedback keeps what it drops).
 DOWNLINK = CodecParams(topk=0.05, bits=8)
+
+
+class DeviceFailed(RuntimeError):
+    """A simulated device stopped on an error that is not a network or coordinator failure."""
+
+
+def _transient(status: int) -> bool:
+    """Whether a refused check-in is worth retrying (overload, timeout, server error)."""
+    return status in (408, 425, 429) or status >= 500
 
 
 @dataclass(frozen=True)
@@ -210,6 +222,8 @@ class _Fleet:
         self.opts = opts
         self.losses: dict[int, list[float]] = {}
         self.round_ids: list[tuple[int, int]] = []  # (coordinator round id, round number)
+        # Requests that failed and were absorbed: "check_in" (retried), "round" (a dropout).
+        self.failures: dict[str, int] = {}
         self.done = asyncio.Event()
 
     async def run(
@@ -232,25 +246,62 @@ class _Fleet:
             devices = [
                 asyncio.create_task(self._device(i, c, trainer)) for i, c in enumerate(clients)
             ]
+            monitor = asyncio.create_task(self._monitor(observer, admin, evaluate_version, emit))
             try:
-                final = await self._monitor(observer, admin, evaluate_version, emit)
+                final = await self._watch(monitor, devices)
             finally:
                 self.done.set()
+                monitor.cancel()
                 for d in devices:
                     d.cancel()
-                await asyncio.gather(*devices, return_exceptions=True)
+                await asyncio.gather(monitor, *devices, return_exceptions=True)
         finally:
             await asyncio.gather(observer.aclose(), *(c.aclose() for c in clients))
         return final
 
+    async def _watch(
+        self, monitor: asyncio.Task[npt.NDArray[np.float32]], devices: list[asyncio.Task[None]]
+    ) -> npt.NDArray[np.float32]:
+        """The monitor's result, or a `DeviceFailed` as soon as any device task dies.
+
+        A device only ends on its own by raising (network and coordinator failures are
+        dropouts, handled in `_device`), so a device that ends first is a bug to surface, not
+        a silently shrunken fleet that could leave the run waiting for rounds forever.
+        """
+        pending: set[asyncio.Task[Any]] = {monitor, *devices}
+        while True:
+            finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+            for task in finished:
+                if task is monitor:
+                    continue
+                exc = None if task.cancelled() else task.exception()
+                index = devices.index(task)
+                raise DeviceFailed(f"simulated device {index} stopped: {exc!r}") from exc
+            if monitor in finished:
+                return monitor.result()
+
     async def _device(self, index: int, client: Any, trainer: Any) -> None:
+        """One device's loop. A refused or failed request never ends it: a check-in that
+        fails transiently is retried after `retry_after_s`, and a round whose download or
+        upload fails (any 4xx/5xx, a timeout, a dropped connection) is a dropout, which the
+        coordinator's deadline cuts off like any other."""
+        import httpx
+
         from sdk.client import ClientError
 
         x = self.data.x_train[self.parts[index]]
         y = self.data.y_train[self.parts[index]]
         rng = np.random.default_rng([self.cfg.seed, 77, index])
         while not self.done.is_set():
-            answer = await client.check_in(self.task_id)
+            try:
+                answer = await client.check_in(self.task_id)
+            except (ClientError, httpx.TransportError) as exc:
+                if isinstance(exc, ClientError) and not _transient(exc.status):
+                    raise
+                self.failures["check_in"] = self.failures.get("check_in", 0) + 1
+                log.debug("device %d: check-in failed (%r); retrying", index, exc)
+                await asyncio.sleep(self.opts.retry_after_s)
+                continue
             if answer.assignment is None:
                 await asyncio.sleep(answer.retry_after_s)
                 continue
@@ -264,7 +315,13 @@ class _Fleet:
             except ClientError as exc:
                 if exc.status in (403, 409):  # closed before we finished: a straggler
                     continue
-                raise
+                self.failures["round"] = self.failures.get("round", 0) + 1
+                log.debug("device %d: round %d refused (%s); a dropout", index, a.round_id, exc)
+                continue
+            except httpx.TransportError as exc:
+                self.failures["round"] = self.failures.get("round", 0) + 1
+                log.debug("device %d: round %d failed (%r); a dropout", index, a.round_id, exc)
+                continue
             self.losses.setdefault(a.round_id, []).append(report.loss)
             # Trained devices yield so the event loop serves the others' I/O.
             await asyncio.sleep(0)
