@@ -8,6 +8,7 @@ Layout (every file replaced atomically: write to a temp file, fsync, rename, fsy
     residual.bin     the error-feedback residual (`ErrorFeedback.to_bytes`)
     pending.json     an upload not yet acknowledged: round, idempotency key, frame file name
     pending.frame    its frame bytes; pending.residual the residual that assumes it
+    pending.refused  the residual after a refusal, until it replaces residual.bin
 """
 
 from __future__ import annotations
@@ -181,16 +182,35 @@ class DeviceStore:
 
     # -- error feedback ------------------------------------------------------------------
     #
-    # residual.bin is the residual, except in one window: after save_pending committed
-    # pending.json and before it rewrote residual.bin. pending.residual exists only in that
-    # window (save_pending and save_residual remove it), so while it and pending.json both exist
-    # it is the authoritative residual, and clear_pending promotes it.
+    # residual.bin is the residual, except in two windows, each closed by a rename:
+    # - after save_pending committed pending.json and before it rewrote residual.bin:
+    #   pending.residual exists only then, so with pending.json it is the residual;
+    # - after refuse_pending removed pending.json (its commit point) and before it renamed
+    #   pending.refused over residual.bin: without pending.json, pending.refused is the residual.
+    # A pending.refused next to pending.json is a refusal that never committed: ignored.
+
+    def _residual_path(self) -> Path:
+        if (self.root / "pending.json").exists():
+            if (self.root / "pending.residual").exists():
+                return self.root / "pending.residual"
+        elif (self.root / "pending.refused").exists():
+            return self.root / "pending.refused"
+        return self.root / "residual.bin"
+
+    def _settle_refusal(self) -> None:
+        """Finish (or drop, if it never committed) a refusal a crash interrupted."""
+        refused = self.root / "pending.refused"
+        if not refused.exists():
+            return
+        if (self.root / "pending.json").exists():
+            _unlink(refused)
+        else:
+            os.replace(refused, self.root / "residual.bin")
+            _fsync_dir(self.root)
 
     def load_residual(self, size: int) -> ErrorFeedback | None:
         """The residual (float32[size]) the device carries, or None if none is held for `size`."""
-        path = self.root / "residual.bin"
-        if (self.root / "pending.json").exists() and (self.root / "pending.residual").exists():
-            path = self.root / "pending.residual"
+        path = self._residual_path()
         if not path.exists():
             return None
         if os.stat(path).st_size != 16 + 4 * size:  # another model's (or a torn) file: unread
@@ -202,14 +222,16 @@ class DeviceStore:
 
     def save_residual(self, ef: ErrorFeedback) -> None:
         _write(self.root / "residual.bin", ef.to_bytes())
-        # A pending.residual left over would otherwise shadow this newer residual.
+        # Leftovers of an interrupted save or refusal would otherwise shadow this newer residual.
         _unlink(self.root / "pending.residual")
+        _unlink(self.root / "pending.refused")
 
     # -- pending upload ------------------------------------------------------------------
 
     def save_pending(self, pending: PendingUpload, ef: ErrorFeedback) -> None:
         """Persist the frame and the residual that assumes it; `pending.json` is the commit
         point, so a crash at any step leaves either the old state or the new one whole."""
+        self._settle_refusal()
         # Withdraw an older commit point first: its metadata must never pair with this frame.
         _unlink(self.root / "pending.json")
         _write(self.root / "pending.frame", pending.frame)
@@ -253,6 +275,7 @@ class DeviceStore:
 
     def clear_pending(self) -> None:
         """Forget the pending upload, keeping the residual that assumes it."""
+        self._settle_refusal()
         meta, held = self.root / "pending.json", self.root / "pending.residual"
         if meta.exists() and held.exists():
             # save_pending committed but had not yet rewritten residual.bin: finish that first.
@@ -261,3 +284,26 @@ class DeviceStore:
         _unlink(meta)
         _unlink(self.root / "pending.frame")
         _unlink(held)
+
+    def refuse_pending(self, sent: npt.NDArray[np.float32], size: int) -> ErrorFeedback:
+        """Forget a pending upload the coordinator refused for good, adding `sent` (its decoded
+        update, float32[size]) back into the residual, which is returned.
+
+        One crash-safe step: a crash before the commit leaves the upload pending with the
+        residual untouched (a retry is refused again and adds `sent` once); after it, the
+        residual holds `sent`. The values equal `clear_pending` then adding `sent`.
+        """
+        if sent.shape != (size,):
+            raise ValueError(f"sent of shape {sent.shape}, model has {size} scalars")
+        self._settle_refusal()
+        base = self.load_residual(size) or ErrorFeedback(size)
+        ef = ErrorFeedback(size)
+        ef.residual = (base.residual + sent).astype(np.float32)
+        refused = self.root / "pending.refused"
+        _write(refused, ef.to_bytes())
+        _unlink(self.root / "pending.json")  # the commit point
+        os.replace(refused, self.root / "residual.bin")
+        _fsync_dir(self.root)
+        _unlink(self.root / "pending.frame")
+        _unlink(self.root / "pending.residual")
+        return ef

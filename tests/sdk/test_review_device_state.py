@@ -314,3 +314,108 @@ def test_pending_json_records_the_frame_digest(tmp_path: Path) -> None:
     # Assert
     meta = json.loads((tmp_path / "pending.json").read_text())
     assert meta["sha256"] == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+
+
+def _pending_with_crashed_residual_rewrite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # residual.bin holds 1.0, the committed pending upload assumes 2.0 (pending.residual)
+    store = DeviceStore(tmp_path)
+    store.save_residual(_ef(1.0))
+    _crash_on(monkeypatch, "residual.bin")
+    with pytest.raises(_Crash):
+        store.save_pending(PendingUpload(3, "k" * 32, b"frame"), _ef(2.0))
+    monkeypatch.undo()
+
+
+def test_refuse_pending_equals_clear_then_add(tmp_path: Path) -> None:
+    # Prepare: two identical directories with a pending upload
+    sent = np.random.default_rng(21).standard_normal(SPEC.size).astype(np.float32)
+    a, b = DeviceStore(tmp_path / "a"), DeviceStore(tmp_path / "b")
+    for store in (a, b):
+        store.save_pending(PendingUpload(3, "k" * 32, b"frame"), _ef(0.25))
+
+    # Execute: the two-step way the client settles a refusal, and the one-step way
+    a.clear_pending()
+    old = a.load_residual(SPEC.size)
+    assert old is not None
+    old.residual = (old.residual + sent).astype(np.float32)
+    a.save_residual(old)
+    got = b.refuse_pending(sent, SPEC.size)
+
+    # Assert: same residual values, nothing left pending
+    again = DeviceStore(tmp_path / "b").load_residual(SPEC.size)
+    assert again is not None
+    np.testing.assert_array_equal(got.residual, old.residual)
+    np.testing.assert_array_equal(again.residual, old.residual)
+    assert b.load_pending() is None
+    assert sorted(p.name for p in (tmp_path / "b").iterdir()) == ["residual.bin"]
+
+
+def test_refusal_interrupted_after_its_commit_keeps_the_sent_mass_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a pending upload whose residual rewrite crashed, then a refusal dies at the rename
+    _pending_with_crashed_residual_rewrite(tmp_path, monkeypatch)
+    sent = np.full(SPEC.size, 0.5, dtype=np.float32)
+    real_replace = os.replace
+
+    def replace(src: Any, dst: Any) -> None:
+        if Path(src).name == "pending.refused":
+            raise _Crash("rename")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(_Crash):
+        DeviceStore(tmp_path).refuse_pending(sent, SPEC.size)
+    monkeypatch.undo()
+
+    # Execute: restart; nothing pending any more; the next save settles the files
+    store = DeviceStore(tmp_path)
+    pending = store.load_pending()
+    loaded = store.load_residual(SPEC.size)
+    store.clear_pending()
+    settled = DeviceStore(tmp_path).load_residual(SPEC.size)
+
+    # Assert: 2.0 (the residual assuming the frame) + 0.5 (the refused frame), once
+    assert pending is None
+    assert loaded is not None and settled is not None
+    np.testing.assert_array_equal(loaded.residual, _ef(2.5).residual)
+    np.testing.assert_array_equal(settled.residual, _ef(2.5).residual)
+
+
+def test_refusal_interrupted_before_its_commit_is_redone_exactly_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: the refusal dies before removing pending.json
+    _pending_with_crashed_residual_rewrite(tmp_path, monkeypatch)
+    sent = np.full(SPEC.size, 0.5, dtype=np.float32)
+    real_unlink = device_store._unlink
+
+    def unlink(path: Path) -> None:
+        if path.name == "pending.json":
+            raise _Crash("unlink")
+        real_unlink(path)
+
+    monkeypatch.setattr(device_store, "_unlink", unlink)
+    with pytest.raises(_Crash):
+        DeviceStore(tmp_path).refuse_pending(sent, SPEC.size)
+    monkeypatch.undo()
+
+    # Execute: restart, the re-sent upload is refused again
+    store = DeviceStore(tmp_path)
+    pending = store.load_pending()
+    before = store.load_residual(SPEC.size)
+    after = store.refuse_pending(sent, SPEC.size)
+
+    # Assert: still pending with the untouched residual, then the mass is added once
+    assert pending is not None and pending.frame == b"frame"
+    assert before is not None
+    np.testing.assert_array_equal(before.residual, _ef(2.0).residual)
+    np.testing.assert_array_equal(after.residual, _ef(2.5).residual)
+    final = DeviceStore(tmp_path).load_residual(SPEC.size)
+    assert final is not None
+    np.testing.assert_array_equal(final.residual, _ef(2.5).residual)
+
+
+def test_refuse_pending_checks_the_size(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="scalars"):
+        DeviceStore(tmp_path).refuse_pending(np.zeros(3, dtype=np.float32), SPEC.size)
