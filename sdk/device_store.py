@@ -2,7 +2,7 @@
 
 Layout (every file replaced atomically: write to a temp file, fsync, rename, fsync the directory):
 
-    device_key       32-byte Ed25519 private key (mode 0600)
+    device_key       32-byte Ed25519 private key (every file mode 0600, the directory 0700)
     state.json       device id, task, model version, digest, whether the model is exact
     model.f32        the model at that version, little-endian float32[d]
     residual.bin     the error-feedback residual (`ErrorFeedback.to_bytes`)
@@ -61,7 +61,8 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
+def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    # Owner-only by default: the residual, model and pending frame derive from the user's data.
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -114,7 +115,7 @@ class DeviceStore:
 
     def __init__(self, app_dir: str | os.PathLike[str]) -> None:
         self.root = Path(app_dir).expanduser()
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     # -- identity ------------------------------------------------------------------------
 
@@ -170,8 +171,11 @@ class DeviceStore:
         raw = path.read_bytes()
         if len(raw) != 4 * size:
             return None
+        version = st["model_version"]
+        if isinstance(version, bool) or not isinstance(version, int):
+            raise DeviceStoreError(f"{self.root / 'state.json'}: model_version is not an integer")
         params = np.frombuffer(raw, dtype="<f4").astype(np.float32)
-        return params, int(st["model_version"]), bool(st.get("model_exact", False))
+        return params, version, bool(st.get("model_exact", False))
 
     def forget_model(self) -> None:
         _unlink(self.root / "model.f32")

@@ -33,7 +33,7 @@ def _ef(value: float) -> ErrorFeedback:
 def _crash_on(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
     real = device_store._write
 
-    def write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    def write(path: Path, data: bytes, mode: int = 0o600) -> None:
         if path.name == name:
             raise _Crash(name)
         real(path, data, mode)
@@ -419,3 +419,35 @@ def test_refusal_interrupted_before_its_commit_is_redone_exactly_once(
 def test_refuse_pending_checks_the_size(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="scalars"):
         DeviceStore(tmp_path).refuse_pending(np.zeros(3, dtype=np.float32), SPEC.size)
+
+
+def test_every_file_and_a_new_directory_are_owner_only(tmp_path: Path) -> None:
+    # Prepare / Execute: residual, model and pending frame derive from the user's data
+    root = tmp_path / "app"
+    store = DeviceStore(root)
+    store.private_key()
+    store.save_model(1, np.zeros(SPEC.size, dtype=np.float32), 0, "d" * 64, True)
+    store.save_pending(PendingUpload(1, "a" * 32, b"frame"), _ef(1.0))
+
+    # Assert
+    assert stat.S_IMODE(root.stat().st_mode) == 0o700
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in root.iterdir()}
+    assert set(modes) >= {"device_key", "model.f32", "state.json", "pending.frame", "residual.bin"}
+    assert set(modes.values()) == {0o600}
+
+
+@pytest.mark.parametrize("version", ['"3"', "true", "1.5"])
+def test_a_foreign_model_version_is_a_typed_error(tmp_path: Path, version: str) -> None:
+    # Prepare
+    store = DeviceStore(tmp_path)
+    store.save_model(1, np.zeros(SPEC.size, dtype=np.float32), 3, "d" * 64, True)
+    text = (
+        (tmp_path / "state.json")
+        .read_text()
+        .replace('"model_version": 3', f'"model_version": {version}')
+    )
+    (tmp_path / "state.json").write_text(text)
+
+    # Execute / Assert
+    with pytest.raises(DeviceStoreError, match="model_version"):
+        store.load_model(1, SPEC.size)
