@@ -12,7 +12,9 @@ Every device request is signed over one ASCII message, eight lines joined by `\\
     <nonce>                       16 to 64 lower-case hex digits, fresh per request
 
 The signature is the 64-byte Ed25519 signature of those bytes, sent base64url without padding.
-No field may contain a newline, so the message parses back one way only.
+No field may contain a newline, so the message parses back one way only. Headers are canonical
+too, so one signed request has one header text: round and timestamp are decimal without leading
+zeros, and the signature's last base64url character has its 4 spare bits zero.
 """
 
 from __future__ import annotations
