@@ -67,6 +67,8 @@ def _worker_main(conn: Connection, ctx: TrainContext, inner: str, threads: int) 
     def block(name: str, shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
         shared = attached.get(name)
         if shared is None or shared.array.shape != shape:
+            if shared is not None:
+                shared.close()
             shared = _Shared(shape, name)
             attached[name] = shared
         return shared.array
@@ -80,6 +82,10 @@ def _worker_main(conn: Connection, ctx: TrainContext, inner: str, threads: int) 
             if msg is None:
                 break
             _, params_name, d, out_name, slots, work = msg
+            # The parent unlinks a block it replaces (a bigger cohort, another model size), but
+            # its memory is only freed once every mapping is gone: drop ours now, not at exit.
+            for stale in [n for n in attached if n not in (params_name, out_name)]:
+                attached.pop(stale).close()
             try:
                 params = block(params_name, (d,))
                 out = block(out_name, (slots, d))
@@ -200,7 +206,12 @@ class ProcessPoolBackend:
         try:
             return self._run(tasks, jobs, shm_params, shm_out, d, slots)
         except BaseException:
-            # Replies still in flight would be read as the next round's: start afresh.
+            # Replies still in flight would be read as the next round's: start afresh. The
+            # other workers' tasks are abandoned, so stop them now rather than wait for them
+            # (up to _STOP_TIMEOUT_S each) to finish work nobody will read.
+            for proc in self._procs:
+                if proc.is_alive():
+                    proc.terminate()
             self.close()
             raise
 

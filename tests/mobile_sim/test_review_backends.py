@@ -1,0 +1,78 @@
+"""Scale-out backends under failure: a worker dying mid-round, shared memory, Ray sizing."""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mobile_sim.backends import SequentialBackend
+from mobile_sim.backends.process_pool import PoolWorkerError, ProcessPoolBackend
+from tests.mobile_sim.test_backends_pool import _assert_same, _jobs, _shm_names
+
+
+class _Dies:
+    """A data attack whose worker process exits at once, as a segfault or OOM kill would."""
+
+    def poison_data(self, x: Any, y: Any, rng: Any) -> Any:
+        os._exit(3)
+
+
+class _Stalls:
+    """A data attack that keeps its worker busy far longer than the test may take."""
+
+    def poison_data(self, x: Any, y: Any, rng: Any) -> Any:
+        time.sleep(120)
+        return x, y
+
+
+def _mapped_blocks(pid: int) -> set[str]:
+    """Names of the shared-memory blocks process `pid` still maps (unlinked ones included)."""
+    lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+    return {
+        Path(line.removesuffix(" (deleted)").split()[-1]).name for line in lines if "/psm_" in line
+    }
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/<pid>/maps")
+def test_a_dying_worker_fails_the_round_promptly_leaks_nothing_and_the_pool_restarts() -> None:
+    # Prepare: rounds of 3 then 12 jobs (the output block is replaced by a bigger one), then a
+    # round where one worker dies while the other is deep in a long job.
+    ctx, params, jobs3 = _jobs(3, 1)
+    _, _, jobs12 = _jobs(12, 2)
+    dies = replace(jobs3[0], data_attack=_Dies())
+    stalls = replace(jobs12[10], data_attack=_Stalls())  # the largest job: dispatched first
+    before = _shm_names()
+    pool = ProcessPoolBackend(workers=2, inner="sequential")
+    pool.start(ctx)
+    try:
+        pool.train(params, jobs3)
+        pool.train(params, jobs12)
+        live = {pool._params.name, pool._out.name}  # type: ignore[union-attr]
+        mapped = [_mapped_blocks(p.pid) for p in pool._procs]
+
+        # Execute: the dying round, then a fresh start.
+        t0 = time.monotonic()
+        with pytest.raises(PoolWorkerError, match="died"):
+            pool.train(params, [stalls, dies])
+        failed_after = time.monotonic() - t0
+        leaked = _shm_names() - before
+        pool.start(ctx)
+        again = pool.train(params, jobs12)
+    finally:
+        pool.close()
+
+    # Assert: workers map only the live blocks (not the unlinked 3-slot one); the error came
+    # without waiting for the stalled job; no block survived the failure; the restarted pool
+    # gives the reference results.
+    assert mapped == [live, live]
+    assert failed_after < 5.0
+    assert leaked == set()
+    seq = SequentialBackend()
+    seq.start(ctx)
+    _assert_same(again, seq.train(params, jobs12))
+    assert _shm_names() - before == set()
