@@ -349,7 +349,7 @@ class _Core:
         delta = (trained - params).astype(np.float32)
         rng = np.random.default_rng([a.seed, a.round_id, int(self.device_id[:12], 16), 2])
         frame, _ = enc.encode(delta, rng, float(num_examples))
-        pending = PendingUpload(a.round_id, uuid.uuid4().hex, frame, spec.dense_bytes)
+        pending = PendingUpload(a.round_id, uuid.uuid4().hex, frame, spec.dense_bytes, spec)
         self.store.save_pending(pending, enc.feedback)
         return pending
 
@@ -369,19 +369,22 @@ class _Core:
 
     def settle_upload(self, pending: PendingUpload, spec: ModelSpec | None, refused: bool) -> None:
         """Forget a pending upload. If the coordinator refused it for good (round closed), put
-        what it carried back into the residual: error feedback then sends it next time."""
-        self.store.clear_pending()
-        if refused and spec is not None:
-            ef = self.store.load_residual(spec.size) or ErrorFeedback(spec.size)
-            try:
-                sent = UpdateCodec(spec, _any_config()).decode(pending.frame).to_dense()
-            except CodecError:
-                return
-            ef.residual = (ef.residual + sent).astype(np.float32)
-            self.store.save_residual(ef)
-            for enc in self._encoders.values():
-                if enc.spec.fingerprint == spec.fingerprint:
-                    enc.set_feedback(ef)
+        what it carried back into the residual, in one crash-safe step: error feedback then
+        sends it next time. `spec` defaults to the layout stored with the upload (a resumed
+        one after a restart)."""
+        spec = spec if spec is not None else pending.spec
+        if not refused or spec is None:
+            self.store.clear_pending()
+            return
+        try:
+            sent = UpdateCodec(spec, _any_config()).decode(pending.frame).to_dense()
+        except CodecError:
+            self.store.clear_pending()
+            return
+        ef = self.store.refuse_pending(sent, spec.size)
+        for enc in self._encoders.values():
+            if enc.spec.fingerprint == spec.fingerprint:
+                enc.set_feedback(ef)
 
     # -- secure rounds -------------------------------------------------------------------
 

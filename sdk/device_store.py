@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from compression import ErrorFeedback
+from compression import ErrorFeedback, ModelSpec
 from protocol import auth
 
 __all__ = ["DeviceStore", "DeviceStoreError", "PendingUpload"]
@@ -42,13 +42,23 @@ class DeviceStoreError(ValueError):
 class PendingUpload:
     """An encoded update waiting for the coordinator's receipt."""
 
-    __slots__ = ("round_id", "key", "frame", "dense_bytes")
+    __slots__ = ("round_id", "key", "frame", "dense_bytes", "spec")
 
-    def __init__(self, round_id: int, key: str, frame: bytes, dense_bytes: int = 0) -> None:
+    def __init__(
+        self,
+        round_id: int,
+        key: str,
+        frame: bytes,
+        dense_bytes: int = 0,
+        spec: ModelSpec | None = None,
+    ) -> None:
         self.round_id = round_id
         self.key = key
         self.frame = frame
         self.dense_bytes = dense_bytes  # the dense fp32 size of the same update (ledger baseline)
+        # The layout the frame decodes under: after a restart it lets a refused upload's
+        # content go back into the residual (None for records written before it was kept).
+        self.spec = spec
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -247,6 +257,8 @@ class DeviceStore:
             "dense_bytes": pending.dense_bytes,
             "sha256": hashlib.sha256(pending.frame).hexdigest(),
         }
+        if pending.spec is not None:
+            meta["spec"] = pending.spec.to_json()
         _write(self.root / "pending.json", json.dumps(meta).encode())
         self.save_residual(ef)
 
@@ -275,7 +287,13 @@ class DeviceStore:
             return None
         if digest is not None and hashlib.sha256(frame).hexdigest() != digest:
             return None
-        return PendingUpload(round_id, key, frame, dense)
+        spec = None
+        if "spec" in meta:
+            try:
+                spec = ModelSpec.from_json(meta["spec"])
+            except (ValueError, TypeError, KeyError, AttributeError) as exc:
+                raise DeviceStoreError(f"{meta_path}: spec is not a model layout ({exc})") from exc
+        return PendingUpload(round_id, key, frame, dense, spec)
 
     def clear_pending(self) -> None:
         """Forget the pending upload, keeping the residual that assumes it."""

@@ -181,6 +181,34 @@ def test_pending_upload_and_residual_survive_a_restart(tmp_path: Path) -> None:
     assert second.resume_pending() is None
 
 
+def test_a_resumed_upload_refused_after_a_restart_returns_its_content(tmp_path: Path) -> None:
+    # Prepare: the app encodes an update and dies offline; by its next start the round closed
+    def dead(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("offline")
+
+    first = Client(
+        "http://coord", str(tmp_path), transport=httpx.MockTransport(dead), retries=1,
+        sleep=lambda s: None,
+    )  # fmt: skip
+    params = np.zeros(SPEC.size, np.float32)
+    delta = np.linspace(-1, 1, SPEC.size).astype(np.float32)
+    pending = first._core.encode(_assignment(), SPEC, params, params + delta, 8)
+    with pytest.raises(httpx.ConnectError):
+        first.upload(pending, SPEC)
+
+    def closed(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(409, json={"reason": "round_closed", "detail": "late"})
+
+    # Execute: a new process resumes it (it knows no spec: the one stored with the upload)
+    second = Client("http://coord", str(tmp_path), transport=httpx.MockTransport(closed))
+    assert second.resume_pending() is None
+    # Assert: the whole delta is back in the residual and nothing is pending
+    ef = DeviceStore(tmp_path).load_residual(SPEC.size)
+    assert ef is not None
+    np.testing.assert_allclose(ef.residual, delta, atol=1e-6)
+    assert DeviceStore(tmp_path).load_pending() is None
+
+
 def test_async_client_over_mock_transport(tmp_path: Path) -> None:
     calls: list[str] = []
 
