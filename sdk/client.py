@@ -804,10 +804,15 @@ class Client:
         x: npt.NDArray[np.float32],
         y: npt.NDArray[np.int64],
     ) -> RoundReport:
-        """Download, train locally, encode with error feedback, upload."""
+        """Download, train locally, encode with error feedback, upload.
+
+        An upload an earlier call left unacknowledged (offline) is settled first: its content
+        must reach the coordinator or go back into the residual before a new one replaces it.
+        """
         if a.secure:
             raise ValueError("a secure assignment: use run_secure_round or secure_round")
         spec = _spec(a)
+        self.resume_pending()
         before = _wire(self.bandwidth.get(a.round_id, {}))
         params, encoding = self.fetch_model(a)
         trained, n, loss = _train(self._core, a, params, trainer, x, y)
@@ -1040,9 +1045,11 @@ class AsyncClient:
         x: npt.NDArray[np.float32],
         y: npt.NDArray[np.int64],
     ) -> RoundReport:
+        """As `Client.train_round` (an unacknowledged earlier upload is settled first)."""
         if a.secure:
             raise ValueError("a secure assignment: use run_secure_round or secure_round")
         spec = _spec(a)
+        await self.resume_pending()
         before = _wire(self.bandwidth.get(a.round_id, {}))
         params, encoding = await self.fetch_model(a)
         trained, n, loss = _train(self._core, a, params, trainer, x, y)

@@ -209,6 +209,47 @@ def test_a_resumed_upload_refused_after_a_restart_returns_its_content(tmp_path: 
     assert DeviceStore(tmp_path).load_pending() is None
 
 
+def test_train_round_settles_an_upload_left_unsent_before_encoding_a_new_one(
+    tmp_path: Path,
+) -> None:
+    # Prepare: round 5's upload failed offline; the coordinator then refuses it (closed)
+    import torch
+
+    from sdk.trainer import TorchTrainer
+
+    offline = True
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if offline:
+            raise httpx.ConnectError("offline")
+        return httpx.Response(409, json={"reason": "round_closed", "detail": "late"})
+
+    client = Client(
+        "http://coord", str(tmp_path), transport=httpx.MockTransport(handler), retries=1,
+        sleep=lambda s: None,
+    )  # fmt: skip
+    params = np.zeros(SPEC.size, np.float32)
+    delta = np.linspace(-1, 1, SPEC.size).astype(np.float32)
+    pending = client._core.encode(_assignment(), SPEC, params, params + delta, 8)
+    with pytest.raises(httpx.ConnectError):
+        client.upload(pending, SPEC)
+    offline = False
+    seen.clear()
+    # Execute: the next train_round (its model download is refused too: the test stops there)
+    with pytest.raises(ClientError):
+        client.train_round(
+            _assignment(), TorchTrainer(torch.nn.Linear(8, 4)), np.zeros((2, 8), np.float32),
+            np.zeros(2, np.int64),
+        )  # fmt: skip
+    # Assert: the old upload went out first, was refused, and its delta is in the residual
+    assert seen[0] == "/v1/rounds/5/updates"
+    ef = DeviceStore(tmp_path).load_residual(SPEC.size)
+    assert ef is not None and DeviceStore(tmp_path).load_pending() is None
+    np.testing.assert_allclose(ef.residual, delta, atol=1e-6)
+
+
 def test_async_client_over_mock_transport(tmp_path: Path) -> None:
     calls: list[str] = []
 
