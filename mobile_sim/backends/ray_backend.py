@@ -9,6 +9,7 @@ environment variable it joins a running cluster (``ray start --head`` on one nod
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,9 @@ from ._base import JobResult, TrainContext, TrainJob
 from ._worker import INNER_BACKENDS, WorkerState, split_jobs
 
 __all__ = ["RayBackend"]
+
+# Seconds the actors get to be scheduled and build their model (import torch, get the data).
+_START_TIMEOUT_S = 300.0
 
 
 class RayBackend:
@@ -72,11 +76,29 @@ class RayBackend:
                 ray.init(num_cpus=self.num_cpus or os.cpu_count() or 1, **kwargs)
             self._owns_runtime = True
         n = self.workers or max(1, int(ray.available_resources().get("CPU", 1)))
-        actor_cls = ray.remote(num_cpus=1)(WorkerState)
+        # One CPU per actor, or an equal share of the cluster's CPUs when more workers than
+        # CPUs are asked for (as the pool allows): otherwise the extra actors would wait for a
+        # free CPU forever, and so would `train`. Ray takes shares to 4 decimals.
+        total = float(ray.cluster_resources().get("CPU", 0.0))
+        cpus = 1.0 if total >= n else math.floor(total / n * 1e4) / 1e4
+        actor_cls = ray.remote(num_cpus=cpus)(WorkerState)
         ctx_ref = ray.put(ctx)
         self._actors = [
             actor_cls.remote(ctx_ref, self.inner, self.threads_per_worker) for _ in range(n)
         ]
+        # Like the pool: wait until every actor has built its model, so a bad context fails
+        # `start` (with the actor's traceback) and actors that cannot be placed fail it too.
+        try:
+            ray.get([a.__ray_ready__.remote() for a in self._actors], timeout=_START_TIMEOUT_S)
+        except ray.exceptions.GetTimeoutError:
+            self.close()
+            raise RuntimeError(
+                f"{n} Ray actors ({cpus} CPU each) did not start in {_START_TIMEOUT_S:.0f} s; "
+                f"the cluster reports {total:g} CPUs"
+            ) from None
+        except BaseException:
+            self.close()
+            raise
 
     def train(self, params: npt.NDArray[np.float32], jobs: Sequence[TrainJob]) -> list[JobResult]:
         import ray

@@ -6,6 +6,7 @@ import os
 import time
 from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -76,3 +77,45 @@ def test_a_dying_worker_fails_the_round_promptly_leaks_nothing_and_the_pool_rest
     seq.start(ctx)
     _assert_same(again, seq.train(params, jobs12))
     assert _shm_names() - before == set()
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(240)  # before the fix the second actor never got a CPU: train hung
+def test_ray_places_more_workers_than_cpus_and_closes_only_its_own_runtime() -> None:
+    # Prepare: one CPU, two workers; a job whose actor process dies (a lambda, so Ray ships
+    # it by value: the test package need not be importable on the workers).
+    ray = pytest.importorskip("ray", reason="the Ray backend needs `pip install .[ray]`")
+    from mobile_sim.backends.ray_backend import RayBackend
+
+    ctx, params, jobs = _jobs(6, 1)
+    dies = replace(jobs[0], data_attack=SimpleNamespace(poison_data=lambda x, y, r: os._exit(3)))
+    seq = SequentialBackend()
+    seq.start(ctx)
+    want = seq.train(params, jobs)
+
+    # Execute: on the caller's runtime, then on the backend's own.
+    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    try:
+        theirs = RayBackend(workers=2)
+        theirs.start(ctx)
+        got = theirs.train(params, jobs)
+        with pytest.raises(ray.exceptions.RayError):
+            theirs.train(params, [dies])
+        theirs.close()
+        kept_up = ray.is_initialized()
+    finally:
+        ray.shutdown()
+    own = RayBackend(workers=2, num_cpus=1)
+    try:
+        own.start(ctx)
+        got_own = own.train(params, jobs)
+    finally:
+        own.close()
+
+    # Assert: the reference results both times; close left the caller's runtime running and
+    # shut down the one the backend started.
+    _assert_same(got, want)
+    _assert_same(got_own, want)
+    assert kept_up
+    assert not ray.is_initialized()
