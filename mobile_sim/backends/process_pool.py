@@ -178,13 +178,17 @@ class ProcessPoolBackend:
         return payload
 
     def _blocks(self, d: int, slots: int) -> tuple[_Shared, _Shared]:
+        # The old block is forgotten before the new one is made: if making it fails (no room
+        # in /dev/shm, no file descriptors), `close` must not meet a half-closed block.
         if self._params is None or self._params.array.shape != (d,):
-            if self._params is not None:
-                self._params.close(unlink=True)
+            old, self._params = self._params, None
+            if old is not None:
+                old.close(unlink=True)
             self._params = _Shared((d,))
         if self._out is None or self._out.array.shape[1] != d or self._out.array.shape[0] < slots:
-            if self._out is not None:
-                self._out.close(unlink=True)
+            old, self._out = self._out, None
+            if old is not None:
+                old.close(unlink=True)
             self._out = _Shared((slots, d))
         return self._params, self._out
 

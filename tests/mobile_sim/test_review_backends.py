@@ -119,3 +119,30 @@ def test_ray_places_more_workers_than_cpus_and_closes_only_its_own_runtime() -> 
     _assert_same(got_own, want)
     assert kept_up
     assert not ray.is_initialized()
+
+
+def test_a_shared_block_that_cannot_be_made_leaves_close_working_and_nothing_behind(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: blocks for d=8, then the new model size's params block cannot be created.
+    from mobile_sim.backends import process_pool
+
+    before = _shm_names()
+    pool = ProcessPoolBackend(workers=1)  # no workers are needed to size the blocks
+    pool._blocks(8, 2)
+    real = process_pool._Shared
+
+    def refuse(shape: tuple[int, ...], name: str | None = None) -> Any:
+        if name is None and shape == (9,):
+            raise OSError(28, "No space left on device")
+        return real(shape, name)
+
+    monkeypatch.setattr(process_pool, "_Shared", refuse)
+
+    # Execute
+    with pytest.raises(OSError, match="No space"):
+        pool._blocks(9, 2)
+    pool.close()
+
+    # Assert: close went through, and unlinked the output block it still held.
+    assert _shm_names() - before == set()
