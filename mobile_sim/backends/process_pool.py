@@ -49,6 +49,23 @@ class _Shared:
             self.shm.unlink()
 
 
+def _check_room(nbytes: int) -> None:
+    """Refuse a block /dev/shm has no room for. Creating one succeeds anyway (tmpfs files are
+    sparse) and the first write past the limit kills the writing worker with SIGBUS: a bare
+    "worker died" instead of the reason. Docker gives containers 64 MB unless --shm-size."""
+    root = "/dev/shm"
+    if not os.path.isdir(root):
+        return  # not Linux: shared memory does not live in a size-limited file system
+    st = os.statvfs(root)
+    free = st.f_bavail * st.f_frsize
+    if nbytes > free:
+        raise PoolWorkerError(
+            f"the pool needs {nbytes / 2**20:.1f} MiB of shared memory for this round but "
+            f"{root} has {free / 2**20:.1f} MiB free (in Docker, raise --shm-size); or use "
+            "fewer clients per round, or another backend"
+        )
+
+
 def _worker_main(conn: Connection, ctx: TrainContext, inner: str, threads: int) -> None:
     """A worker's life: build the model once, then train tasks until told to stop.
 
@@ -184,11 +201,13 @@ class ProcessPoolBackend:
             old, self._params = self._params, None
             if old is not None:
                 old.close(unlink=True)
+            _check_room(4 * d)
             self._params = _Shared((d,))
         if self._out is None or self._out.array.shape[1] != d or self._out.array.shape[0] < slots:
             old, self._out = self._out, None
             if old is not None:
                 old.close(unlink=True)
+            _check_room(4 * slots * d)
             self._out = _Shared((slots, d))
         return self._params, self._out
 

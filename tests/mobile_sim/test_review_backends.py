@@ -146,3 +146,26 @@ def test_a_shared_block_that_cannot_be_made_leaves_close_working_and_nothing_beh
 
     # Assert: close went through, and unlinked the output block it still held.
     assert _shm_names() - before == set()
+
+
+@pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="Linux shared memory")
+def test_a_round_too_big_for_dev_shm_is_refused_with_the_reason(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: /dev/shm as Docker sizes it by default (64 MiB, all free), and a round of 100
+    # MNIST-CNN-sized deltas (665 MB) whose writes would kill the workers with SIGBUS.
+    real = os.statvfs
+
+    def docker(path: str) -> Any:
+        st = real(path)
+        return SimpleNamespace(f_bavail=(64 << 20) // st.f_frsize, f_frsize=st.f_frsize)
+
+    monkeypatch.setattr(os, "statvfs", docker)
+    before = _shm_names()
+    pool = ProcessPoolBackend(workers=1)
+
+    # Execute / Assert: the params block fits, the output block is refused, nothing is left.
+    with pytest.raises(PoolWorkerError, match=r"needs 634\.5 MiB .* has 64\.0 MiB free"):
+        pool._blocks(1_663_370, 100)
+    pool.close()
+    assert _shm_names() - before == set()
