@@ -7,22 +7,25 @@ import pytest
 from mobile_sim.http_fleet import HttpFleetOptions, run_http_simulation
 from mobile_sim.runner import SimConfig
 
+# A small fleet that runs in seconds: 6 digits-MLP devices, 3 a round, 2 rounds.
+SMALL_FLEET = SimConfig(
+    dataset="digits",
+    model="digits_mlp",
+    clients=6,
+    per_round=3,
+    rounds=2,
+    topk=0.1,
+    bits=8,
+    local_epochs=1,
+    batch_size=16,
+    partition="iid",
+    seed=0,
+)
+
 
 def test_http_fleet_matches_the_inproc_record_shape() -> None:
     # Prepare
-    cfg = SimConfig(
-        dataset="digits",
-        model="digits_mlp",
-        clients=6,
-        per_round=3,
-        rounds=2,
-        topk=0.1,
-        bits=8,
-        local_epochs=1,
-        batch_size=16,
-        partition="iid",
-        seed=0,
-    )
+    cfg = SMALL_FLEET
     # Execute
     result = run_http_simulation(cfg, progress=False, label="http")
     # Assert: every round committed with its reports; bytes come from the coordinator's ledger

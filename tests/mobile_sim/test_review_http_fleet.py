@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from types import SimpleNamespace
 from typing import Any
 
@@ -15,23 +16,11 @@ import sdk.client
 from compression import ModelSpec
 from mobile_sim import http_fleet
 from mobile_sim.http_fleet import DeviceFailed, HttpFleetOptions, run_http_simulation
-from mobile_sim.runner import SimConfig
 from protocol.names import Path
 
-_CFG = SimConfig(
-    dataset="digits",
-    model="digits_mlp",
-    clients=6,
-    per_round=3,
-    rounds=2,
-    topk=0.1,
-    bits=8,
-    local_epochs=1,
-    batch_size=16,
-    partition="iid",
-    min_reports=1,
-    seed=0,
-)
+from .test_http_fleet import SMALL_FLEET
+
+_CFG = replace(SMALL_FLEET, min_reports=1)
 
 
 class _Faults:

@@ -19,7 +19,7 @@ from protocol import auth
 from protocol.messages import Assignment, CodecParams, TensorShape, TrainingParams
 from sdk import AsyncClient, Client
 from sdk.client import ClientError
-from sdk.device_store import DeviceStore
+from sdk.device_store import DeviceStore, PendingUpload
 
 SPEC = ModelSpec.from_shapes([("w", (4, 8)), ("b", (4,))])
 RECEIPT = {
@@ -47,6 +47,28 @@ def _assignment() -> Assignment:
         max_upload_bytes=10_000,
         seed=0,
     )
+
+
+def _round_closed(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(409, json={"reason": "round_closed", "detail": "late"})
+
+
+def _left_offline(root: Path, delta: np.ndarray) -> PendingUpload:
+    """An app in `root` encodes `delta` for round 5, then finds the network gone: the upload
+    stays pending in the app directory, as after a crash before any answer."""
+
+    def dead(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("offline")
+
+    first = Client(
+        "http://coord", str(root), transport=httpx.MockTransport(dead), retries=1,
+        sleep=lambda s: None,
+    )  # fmt: skip
+    params = np.zeros(SPEC.size, np.float32)
+    pending = first._core.encode(_assignment(), SPEC, params, params + delta, 8)
+    with pytest.raises(httpx.ConnectError):
+        first.upload(pending, SPEC)
+    return pending
 
 
 def test_signed_requests_verify_with_the_stored_key(tmp_path: Path) -> None:
@@ -118,10 +140,7 @@ def test_retries_with_backoff_keep_the_idempotency_key(tmp_path: Path) -> None:
 
 
 def test_errors_carry_status_and_reason(tmp_path: Path) -> None:
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(409, json={"reason": "round_closed", "detail": "late"})
-
-    client = Client("http://coord", str(tmp_path), transport=httpx.MockTransport(handler))
+    client = Client("http://coord", str(tmp_path), transport=httpx.MockTransport(_round_closed))
     with pytest.raises(ClientError) as err:
         client.check_in()
     assert (err.value.status, err.value.reason) == (409, "round_closed")
@@ -129,10 +148,7 @@ def test_errors_carry_status_and_reason(tmp_path: Path) -> None:
 
 def test_refused_upload_returns_its_content_to_the_residual(tmp_path: Path) -> None:
     # Prepare
-    def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(409, json={"reason": "round_closed", "detail": "late"})
-
-    client = Client("http://coord", str(tmp_path), transport=httpx.MockTransport(handler))
+    client = Client("http://coord", str(tmp_path), transport=httpx.MockTransport(_round_closed))
     a = _assignment()
     params = np.zeros(SPEC.size, np.float32)
     delta = np.linspace(-1, 1, SPEC.size).astype(np.float32)
@@ -148,18 +164,7 @@ def test_refused_upload_returns_its_content_to_the_residual(tmp_path: Path) -> N
 
 def test_pending_upload_and_residual_survive_a_restart(tmp_path: Path) -> None:
     # Prepare: the app encodes an update, then dies before any answer arrives
-    def dead(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("offline")
-
-    first = Client(
-        "http://coord", str(tmp_path), transport=httpx.MockTransport(dead), retries=1,
-        sleep=lambda s: None,
-    )  # fmt: skip
-    a = _assignment()
-    params = np.zeros(SPEC.size, np.float32)
-    pending = first._core.encode(a, SPEC, params, params + 0.3, 8)
-    with pytest.raises(httpx.ConnectError):
-        first.upload(pending, SPEC)
+    pending = _left_offline(tmp_path, np.full(SPEC.size, 0.3, np.float32))
     residual = DeviceStore(tmp_path).load_residual(SPEC.size)
     assert residual is not None
     # Execute: a new process on the same app directory resumes the upload
@@ -183,24 +188,10 @@ def test_pending_upload_and_residual_survive_a_restart(tmp_path: Path) -> None:
 
 def test_a_resumed_upload_refused_after_a_restart_returns_its_content(tmp_path: Path) -> None:
     # Prepare: the app encodes an update and dies offline; by its next start the round closed
-    def dead(request: httpx.Request) -> httpx.Response:
-        raise httpx.ConnectError("offline")
-
-    first = Client(
-        "http://coord", str(tmp_path), transport=httpx.MockTransport(dead), retries=1,
-        sleep=lambda s: None,
-    )  # fmt: skip
-    params = np.zeros(SPEC.size, np.float32)
     delta = np.linspace(-1, 1, SPEC.size).astype(np.float32)
-    pending = first._core.encode(_assignment(), SPEC, params, params + delta, 8)
-    with pytest.raises(httpx.ConnectError):
-        first.upload(pending, SPEC)
-
-    def closed(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(409, json={"reason": "round_closed", "detail": "late"})
-
+    _left_offline(tmp_path, delta)
     # Execute: a new process resumes it (it knows no spec: the one stored with the upload)
-    second = Client("http://coord", str(tmp_path), transport=httpx.MockTransport(closed))
+    second = Client("http://coord", str(tmp_path), transport=httpx.MockTransport(_round_closed))
     assert second.resume_pending() is None
     # Assert: the whole delta is back in the residual and nothing is pending
     ef = DeviceStore(tmp_path).load_residual(SPEC.size)
@@ -217,26 +208,15 @@ def test_train_round_settles_an_upload_left_unsent_before_encoding_a_new_one(
 
     from sdk.trainer import TorchTrainer
 
-    offline = True
+    delta = np.linspace(-1, 1, SPEC.size).astype(np.float32)
+    _left_offline(tmp_path, delta)
     seen: list[str] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request.url.path)
-        if offline:
-            raise httpx.ConnectError("offline")
-        return httpx.Response(409, json={"reason": "round_closed", "detail": "late"})
+        return _round_closed(request)
 
-    client = Client(
-        "http://coord", str(tmp_path), transport=httpx.MockTransport(handler), retries=1,
-        sleep=lambda s: None,
-    )  # fmt: skip
-    params = np.zeros(SPEC.size, np.float32)
-    delta = np.linspace(-1, 1, SPEC.size).astype(np.float32)
-    pending = client._core.encode(_assignment(), SPEC, params, params + delta, 8)
-    with pytest.raises(httpx.ConnectError):
-        client.upload(pending, SPEC)
-    offline = False
-    seen.clear()
+    client = Client("http://coord", str(tmp_path), transport=httpx.MockTransport(handler))
     # Execute: the next train_round (its model download is refused too: the test stops there)
     with pytest.raises(ClientError):
         client.train_round(

@@ -30,15 +30,19 @@ def _ef(value: float) -> ErrorFeedback:
     return ef
 
 
-def _crash_on(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    real = device_store._write
+def _crash_on(
+    monkeypatch: pytest.MonkeyPatch, name: str, target: Any = device_store, attr: str = "_write"
+) -> None:
+    """Make `target.attr` (a function whose first argument is a path: device_store._write by
+    default, os.replace, device_store._unlink) crash when that path's file name is `name`."""
+    real = getattr(target, attr)
 
-    def write(path: Path, data: bytes, mode: int = 0o600) -> None:
-        if path.name == name:
+    def crash(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(path).name == name:
             raise _Crash(name)
-        real(path, data, mode)
+        return real(path, *args, **kwargs)
 
-    monkeypatch.setattr(device_store, "_write", write)
+    monkeypatch.setattr(target, attr, crash)
 
 
 def test_crash_before_residual_rewrite_keeps_new_residual_after_ack(
@@ -356,14 +360,7 @@ def test_refusal_interrupted_after_its_commit_keeps_the_sent_mass_once(
     # Prepare: a pending upload whose residual rewrite crashed, then a refusal dies at the rename
     _pending_with_crashed_residual_rewrite(tmp_path, monkeypatch)
     sent = np.full(SPEC.size, 0.5, dtype=np.float32)
-    real_replace = os.replace
-
-    def replace(src: Any, dst: Any) -> None:
-        if Path(src).name == "pending.refused":
-            raise _Crash("rename")
-        real_replace(src, dst)
-
-    monkeypatch.setattr(os, "replace", replace)
+    _crash_on(monkeypatch, "pending.refused", os, "replace")
     with pytest.raises(_Crash):
         DeviceStore(tmp_path).refuse_pending(sent, SPEC.size)
     monkeypatch.undo()
@@ -388,14 +385,7 @@ def test_refusal_interrupted_before_its_commit_is_redone_exactly_once(
     # Prepare: the refusal dies before removing pending.json
     _pending_with_crashed_residual_rewrite(tmp_path, monkeypatch)
     sent = np.full(SPEC.size, 0.5, dtype=np.float32)
-    real_unlink = device_store._unlink
-
-    def unlink(path: Path) -> None:
-        if path.name == "pending.json":
-            raise _Crash("unlink")
-        real_unlink(path)
-
-    monkeypatch.setattr(device_store, "_unlink", unlink)
+    _crash_on(monkeypatch, "pending.json", device_store, "_unlink")
     with pytest.raises(_Crash):
         DeviceStore(tmp_path).refuse_pending(sent, SPEC.size)
     monkeypatch.undo()
