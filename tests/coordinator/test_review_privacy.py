@@ -17,7 +17,6 @@ from coordinator.privacy import FixedSizeSampling, PoissonSampling
 from coordinator.secure import (
     RDP_ORDERS,
     DistributedDpAccountant,
-    SecureConfig,
     SecureCoordinator,
     integer_sensitivity,
     make_plan,
@@ -27,8 +26,8 @@ from coordinator.service.rounds import validate_task
 from mobile_sim.secure import run_secure_round
 from protocol.secagg import CtrRandom, NoiseKind, SecurePlan, discrete_gaussian
 from protocol.secagg._noise import rational_variance
-from sdk.secure import SecureParticipant
 
+from .test_secure_dp import skellam_fleet
 from .test_service_support import task_config
 
 
@@ -204,11 +203,7 @@ def test_a_sum_unmasked_then_refused_is_still_accounted(monkeypatch: pytest.Monk
     # (a forged input), so the group aborts *after* the server unmasked the noisy sum. The
     # server (honest but curious) has read that sum: the round costs privacy, committed or not.
     d, n = 400, 6
-    rng = np.random.default_rng(11)
-    devs = [f"dev-{i}" for i in range(n)]
-    parts = {x: SecureParticipant(d) for x in devs}
-    ups = {x: (rng.normal(0, 0.01, d).astype(np.float32), 1) for x in devs}
-    cfg = SecureConfig(coord_fraction=0.1, noise=NoiseKind.SKELLAM, noise_multiplier=1.0)
+    devs, parts, ups, cfg = skellam_fleet(n, d, seed=11, prefix="dev-")
     honest = sdk.secure.encode_for_plan
     forge_rng = np.random.default_rng(5)
 

@@ -202,14 +202,25 @@ def test_skellam_refuses_no_noise() -> None:
         DistributedDpAccountant(DELTA).record_round(NoiseKind.SKELLAM, 10.0, 0.0, 5, 10)
 
 
-def test_restart_replay_gives_the_same_epsilon() -> None:
-    # Prepare: two Skellam rounds through the secure coordinator
-    d, n = 400, 5
-    rng = np.random.default_rng(3)
-    devs = [f"d{i}" for i in range(n)]
+def skellam_fleet(
+    n: int, d: int, seed: int, prefix: str = "d"
+) -> tuple[
+    list[str], dict[str, SecureParticipant], dict[str, tuple[np.ndarray, int]], SecureConfig
+]:
+    """n devices named prefix0.. with N(0, 0.01) updates (float32[d], weight 1), each with a
+    SecureParticipant, and a Skellam config (noise multiplier 1)."""
+    rng = np.random.default_rng(seed)
+    devs = [f"{prefix}{i}" for i in range(n)]
     parts = {x: SecureParticipant(d) for x in devs}
     ups = {x: (rng.normal(0, 0.01, d).astype(np.float32), 1) for x in devs}
     cfg = SecureConfig(coord_fraction=0.1, noise=NoiseKind.SKELLAM, noise_multiplier=1.0)
+    return devs, parts, ups, cfg
+
+
+def test_restart_replay_gives_the_same_epsilon() -> None:
+    # Prepare: two Skellam rounds through the secure coordinator
+    d, n = 400, 5
+    devs, parts, ups, cfg = skellam_fleet(n, d, seed=3)
     coord = SecureCoordinator(np.zeros(d, np.float32), cfg)
     stored = []
     for _ in range(2):
@@ -247,11 +258,7 @@ def test_pending_dp_is_the_record_close_round_makes_and_records_nothing() -> Non
     # Prepare: Skellam rounds where one device drops before sending its masked input, with a
     # before_unmask hook; the same without DP
     d, n = 400, 5
-    rng = np.random.default_rng(4)
-    devs = [f"d{i}" for i in range(n)]
-    parts = {x: SecureParticipant(d) for x in devs}
-    ups = {x: (rng.normal(0, 0.01, d).astype(np.float32), 1) for x in devs}
-    cfg = SecureConfig(coord_fraction=0.1, noise=NoiseKind.SKELLAM, noise_multiplier=1.0)
+    devs, parts, ups, cfg = skellam_fleet(n, d, seed=4)
     coord = SecureCoordinator(np.zeros(d, np.float32), cfg)
     plain = SecureCoordinator(np.zeros(d, np.float32), SecureConfig(coord_fraction=0.1))
     seen: list[tuple[int, dict[str, object]]] = []
