@@ -240,21 +240,30 @@ def test_single_survivor_never_unmasked() -> None:
     assert tr.aborted is not None and tr.result is None
 
 
-def _to_unmask(
-    n: int = 8,
-) -> tuple[ProtocolParams, list[SecAggClient], SecAggServer, UnmaskRequest]:
-    p = make_params(n)
-    clients = [SecAggClient(p, i, p.digest) for i in range(n)]
+def run_to_masked_input(
+    p: ProtocolParams, inputs: list[np.ndarray], dropped: frozenset[int] = frozenset()
+) -> tuple[list[SecAggClient], SecAggServer]:
+    """Stages 1-3 for every node with its input (uint64[L]); a node in `dropped` computes its
+    masked input but never sends it. The server then waits to close the masked-input stage."""
+    clients = [SecAggClient(p, i, p.digest) for i in range(p.num_nodes)]
     server = SecAggServer(p)
     for c in clients:
         server.receive_advertise(c.advertise())
     for i, d in server.close_advertise().items():
         server.receive_share_keys(clients[i].share_keys(d))
     for i, dl in server.close_share_keys().items():
-        if i != 0:
-            server.receive_masked_input(clients[i].masked_input(dl, np.zeros(LENGTH, np.uint64)))
-        else:
-            clients[i].masked_input(dl, np.zeros(LENGTH, np.uint64))
+        msg = clients[i].masked_input(dl, inputs[i])
+        if i not in dropped:
+            server.receive_masked_input(msg)
+    return clients, server
+
+
+def _to_unmask(
+    n: int = 8,
+) -> tuple[ProtocolParams, list[SecAggClient], SecAggServer, UnmaskRequest]:
+    p = make_params(n)
+    zeros = [np.zeros(LENGTH, np.uint64) for _ in range(n)]
+    clients, server = run_to_masked_input(p, zeros, dropped=frozenset({0}))
     return p, clients, server, server.close_masked_input()
 
 

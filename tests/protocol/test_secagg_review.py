@@ -24,6 +24,8 @@ from protocol.secagg import (
 )
 from sdk.secure import SecureParticipant
 
+from .test_secagg_protocol import run_to_masked_input
+
 D = 5000
 SEGS = ((0, 40, 50, 1), (2000, 10, 1, 1))
 
@@ -100,16 +102,7 @@ def _to_unmask(p: ProtocolParams) -> tuple[list[SecAggClient], SecAggServer, lis
     """Every node through stage 3 with a random input; the server waits for unmask answers."""
     rng = np.random.default_rng(3)
     inputs = [rng.integers(0, 1 << 8, p.vector_len, dtype=np.uint64) for _ in range(p.num_nodes)]
-    clients = [SecAggClient(p, i, p.digest) for i in range(p.num_nodes)]
-    server = SecAggServer(p)
-    for c in clients:
-        server.receive_advertise(c.advertise())
-    dirs = server.close_advertise()
-    for i, c in enumerate(clients):
-        server.receive_share_keys(c.share_keys(dirs[i]))
-    deliveries = server.close_share_keys()
-    for i, c in enumerate(clients):
-        server.receive_masked_input(c.masked_input(deliveries[i], inputs[i]))
+    clients, server = run_to_masked_input(p, inputs)
     return clients, server, inputs
 
 

@@ -28,7 +28,7 @@ from protocol.secagg._shamir import (
     combine_shares_robust,
 )
 
-from .test_secagg_protocol import LENGTH, RING, make_params
+from .test_secagg_protocol import LENGTH, RING, make_params, run_to_masked_input
 
 
 def _with_y(share: bytes, chunk: int, delta: int) -> bytes:
@@ -112,16 +112,7 @@ def _to_unmask(
     p = make_params(n)
     rng = np.random.default_rng(1)
     inputs = [rng.integers(0, 256, LENGTH, dtype=np.uint64) for _ in range(n)]
-    clients = [SecAggClient(p, i, p.digest) for i in range(n)]
-    server = SecAggServer(p)
-    for c in clients:
-        server.receive_advertise(c.advertise())
-    for i, d in server.close_advertise().items():
-        server.receive_share_keys(clients[i].share_keys(d))
-    for i, dl in server.close_share_keys().items():
-        msg = clients[i].masked_input(dl, inputs[i])
-        if i not in dropped:
-            server.receive_masked_input(msg)
+    clients, server = run_to_masked_input(p, inputs, dropped)
     req = server.close_masked_input()
     return clients, server, inputs, [clients[i].unmask(req) for i in req.alive]
 
