@@ -107,6 +107,17 @@ def _check_signature(train: ort.InferenceSession, infer: ort.InferenceSession, m
     return classes
 
 
+def _whole_numbers(values: npt.ArrayLike, what: str) -> npt.NDArray:
+    """`values` as an array, after checking they are integers (or floats with whole values)."""
+    arr = np.asarray(values)
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all() or (arr != np.floor(arr)).any():
+            raise ValueError(f"{what} must be whole numbers")
+    elif arr.dtype.kind not in "iu":
+        raise ValueError(f"{what} must be integers, got dtype {arr.dtype}")
+    return arr
+
+
 def _labels(y: npt.NDArray, classes: int, allow_ignore: bool) -> npt.NDArray[np.int64]:
     """Class targets as int64 after checking that each is a class in [0, classes).
 
@@ -114,12 +125,7 @@ def _labels(y: npt.NDArray, classes: int, allow_ignore: bool) -> npt.NDArray[np.
     update) and fail with an untyped error past the end; torch raises for both. With
     `allow_ignore`, -100 is let through: torch's cross_entropy and the graph both skip it.
     """
-    arr = np.asarray(y)
-    if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all() or (arr != np.floor(arr)).any():
-            raise ValueError("class labels must be whole numbers")
-    elif arr.dtype.kind not in "iu":
-        raise ValueError(f"class labels must be integers, got dtype {arr.dtype}")
+    arr = _whole_numbers(y, "class labels")
     bad = (arr < 0) | (arr >= classes)
     if allow_ignore:
         bad &= arr != _IGNORE_INDEX
@@ -208,12 +214,7 @@ class OrtTrainer:
         """
         m = self.manifest
         if self._x_dtype.kind == "i":
-            arr = np.asarray(x)
-            if arr.dtype.kind == "f":
-                if not np.isfinite(arr).all() or (arr != np.floor(arr)).any():
-                    raise ValueError("token ids must be whole numbers")
-            elif arr.dtype.kind not in "iu":
-                raise ValueError(f"token ids must be integers, got dtype {arr.dtype}")
+            arr = _whole_numbers(x, "token ids")
             if arr.size and arr.min() < 0:
                 raise ValueError(f"token ids must be >= 0, got {arr.min()}")
         xs = np.ascontiguousarray(x, dtype=self._x_dtype)
