@@ -28,7 +28,13 @@ import numpy.typing as npt
 
 from compression import SparseUpdate
 
-from ._base import AggregateOutput, AggregationProcess, AggregatorFactory, ClientUpdate
+from ._base import (
+    AggregateOutput,
+    AggregationProcess,
+    AggregatorFactory,
+    ClientUpdate,
+    saturate_f32,
+)
 from ._mean import FedAvg
 from ._robust import UpdateRows, _whole, forward_rows
 
@@ -44,7 +50,6 @@ F64 = npt.NDArray[np.float64]
 
 # History values concatenated at once when scoring (about 48 bytes each): 3 MiB.
 HISTORY_CHUNK = 1 << 16
-_F32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,7 +87,7 @@ def _add_sparse(hist: DeviceHistory | None, upd: SparseUpdate, cap: int, rnd: in
         # A sum of finite float32 values can pass float32's largest value (a device sending
         # 3e38 twice); saturate instead of storing inf, whose products with the scratch's
         # zeros are NaN and would void the scores of every history in its chunk.
-        vals = np.clip(acc, -_F32_MAX, _F32_MAX).astype(np.float32)
+        vals = saturate_f32(acc)
     if idx.shape[0] > cap:
         top = np.sort(np.argpartition(-np.abs(vals), cap - 1)[:cap])
         idx, vals = idx[top], vals[top]

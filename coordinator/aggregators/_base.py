@@ -22,6 +22,7 @@ __all__ = [
     "AggregationProcess",
     "AggregatorFactory",
     "Measurements",
+    "saturate_f32",
     "sparse_weighted_sum",
 ]
 
@@ -54,6 +55,16 @@ class AggregationProcess(Protocol):
 
 class AggregatorFactory(Protocol):
     def create(self, size: int) -> AggregationProcess: ...
+
+
+_F32_MAX = np.float32(np.finfo(np.float32).max)
+
+
+def saturate_f32(x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    """x as float32, values past float32's range (an overflow, inf) clipped to +-max. Finite
+    in-range values keep their bits (float64 ones round as a plain cast would)."""
+    out: npt.NDArray[np.float32] = np.clip(x, -_F32_MAX, _F32_MAX).astype(np.float32, copy=False)
+    return out
 
 
 def sparse_weighted_sum(

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._base import AggregateOutput, AggregatorFactory, ClientUpdate
+from ._base import AggregateOutput, AggregatorFactory, ClientUpdate, saturate_f32
 
 __all__ = ["ServerOptimizer", "SERVER_OPTIMIZERS"]
 
@@ -91,18 +91,18 @@ class _ServerOptProcess:
         # float64 square of a float32 is exact, so rounding it gives delta * delta's bits).
         with np.errstate(over="ignore"):
             if cfg.kind == "avgm":
-                m = _saturate(b1 * m + delta)
+                m = saturate_f32(b1 * m + delta)
                 step = np.float32(cfg.lr) * m
             else:
-                m = _saturate(b1 * m + (np.float32(1) - b1) * delta)
-                sq = _saturate(np.square(delta, dtype=np.float64))
+                m = saturate_f32(b1 * m + (np.float32(1) - b1) * delta)
+                sq = saturate_f32(np.square(delta, dtype=np.float64))
                 if cfg.kind == "adagrad":
                     v = v + sq
                 elif cfg.kind == "adam":
                     v = b2 * v + (np.float32(1) - b2) * sq
                 else:  # yogi
                     v = v - (np.float32(1) - b2) * sq * np.sign(v - sq)
-                v = _saturate(v)
+                v = saturate_f32(v)
                 step = np.float32(cfg.lr) * m / (np.sqrt(v) + np.float32(cfg.tau))
         step = step.astype(np.float32, copy=False)
         meas = {
@@ -112,15 +112,6 @@ class _ServerOptProcess:
             "inner": out.measurements,
         }
         return AggregateOutput((m.astype(np.float32, copy=False), v, out.state), step, meas)
-
-
-_F32_MAX = np.float32(np.finfo(np.float32).max)
-
-
-def _saturate(x: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-    """x as float32, with overflow (or values past float32's range) clipped to +-max."""
-    out: npt.NDArray[np.float32] = np.clip(x, -_F32_MAX, _F32_MAX).astype(np.float32, copy=False)
-    return out
 
 
 def _norm(x: npt.NDArray[np.float32]) -> float:
