@@ -281,7 +281,10 @@ class OrtTrainer:
         n = len(xs)
         if n == 0:
             raise ValueError("a device needs at least one example to train")
-        tensors = [t.copy() for t in self.split(params)]
+        # Views of the caller's array, not copies: onnxruntime only reads its feeds and each
+        # step returns fresh arrays, and the result is concatenated anew, so nothing ever
+        # writes through these views or hands them back.
+        tensors = self.split(params)
         state = [np.zeros_like(t) for t in tensors] if self.manifest.state_inputs else []
         total, count = 0.0, 0
         for _ in range(epochs):
