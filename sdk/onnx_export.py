@@ -33,6 +33,8 @@ import onnx
 import onnx.utils
 import onnxruntime as ort
 import torch
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
 from onnxscript import opset18 as op
 from torch import nn
 from torch._decomp import decomposition_table
@@ -646,66 +648,31 @@ def _check_loads(model: onnx.ModelProto, what: str) -> None:
         raise ExportError(f"{what}: onnxruntime cannot load the exported graph: {exc}") from exc
 
 
-def _strip_graph(graph: onnx.GraphProto) -> None:
-    graph.ClearField("doc_string")
-    graph.ClearField("metadata_props")
-    for info in (*graph.input, *graph.output, *graph.value_info):
-        info.ClearField("doc_string")
-        info.ClearField("metadata_props")
-    for tensor in (*graph.initializer, *graph.sparse_initializer):
-        _strip_tensor(tensor)
-    _strip_nodes(graph.node)
+# The ONNX fields that only annotate: no runtime reads them (ONNX calls them human-readable
+# documentation and free-form metadata), and the exporter fills them with build-machine detail.
+_ANNOTATIONS = ("doc_string", "metadata_props")
 
 
-def _strip_tensor(tensor: onnx.TensorProto | onnx.SparseTensorProto) -> None:
-    if isinstance(tensor, onnx.SparseTensorProto):
-        _strip_tensor(tensor.values)
-        _strip_tensor(tensor.indices)
-        return
-    tensor.ClearField("doc_string")
-    tensor.ClearField("metadata_props")
-
-
-def _strip_nodes(nodes: Sequence[onnx.NodeProto]) -> None:
-    for node in nodes:
-        node.ClearField("doc_string")
-        node.ClearField("metadata_props")
-        for attr in node.attribute:
-            attr.ClearField("doc_string")
-            # Control flow (If, Loop, Scan) carries whole graphs, constants carry tensors.
-            for sub in (*([attr.g] if attr.HasField("g") else []), *attr.graphs):
-                _strip_graph(sub)
-            for tensor in (*([attr.t] if attr.HasField("t") else []), *attr.tensors):
-                _strip_tensor(tensor)
-            for sparse in (
-                *([attr.sparse_tensor] if attr.HasField("sparse_tensor") else []),
-                *attr.sparse_tensors,
-            ):
-                _strip_tensor(sparse)
-
-
-def _strip_metadata(model: onnx.ModelProto) -> None:
-    """Clear every doc string and metadata property in `model`, in place.
+def _strip_metadata(message: Message) -> None:
+    """Clear every doc string and metadata property in an ONNX proto, at any depth, in place.
 
     The exporter annotates each node with the Python stack that made it (absolute paths into
     this repository and into site-packages), the fx node it came from and its module scope,
     and each input and output with torch.export's signature. onnxruntime reads none of it,
     and nothing in `sdk.ort` does either (names, types, shapes and opsets are all it checks).
-    Left in, it puts the build machine's paths on every device, costs download bytes, and
-    makes the files' SHA-256 depend on where Plume is installed and on how many graphs the
-    process has traced before (the fx code keys count up). Names, types, shapes, initializers,
-    opset imports and the producer fields (constant strings) are kept.
+    Left in, it puts the build machine's paths on every device, is most of each file's bytes,
+    and makes the files' SHA-256 depend on where Plume is installed and on how many graphs the
+    process traced before (the fx code keys in the stack traces count up). The walk is generic
+    so that subgraphs, functions and tensors in attributes are covered as well. Names, types,
+    shapes, constants, opset imports and the producer fields (fixed strings) are kept.
     """
-    model.ClearField("doc_string")
-    model.ClearField("metadata_props")
-    _strip_graph(model.graph)
-    for fn in model.functions:
-        fn.ClearField("doc_string")
-        fn.ClearField("metadata_props")
-        for info in fn.value_info:
-            info.ClearField("doc_string")
-            info.ClearField("metadata_props")
-        _strip_nodes(fn.node)
+    for field, value in message.ListFields():
+        if field.name in _ANNOTATIONS:
+            message.ClearField(field.name)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            for item in [value] if isinstance(value, Message) else value:
+                if isinstance(item, Message):  # ONNX has no map fields; keys would be str
+                    _strip_metadata(item)
 
 
 def _save(model: onnx.ModelProto, path: Path) -> dict[str, Any]:
