@@ -273,12 +273,15 @@ def _server_opt_table(doc: dict[str, Any]) -> list[str]:
     common = [a for a in doc.get("arms", {}) if all(a in r.get("arms", {}) for r in runs)]
     if len(runs) > 1 and common:
         seeds = [r["settings"]["seed"] for r in runs]
+        # The first held-out file's own command, runnable as shown (the others differ by seed).
+        held_out = str(runs[1].get("command", "server_opt.py"))
+        held_out = held_out.removeprefix("python ").removeprefix("bench/")
         lines += [
             "",
-            f"Across seeds {seeds} (`server_opt_seed*.json`: `python bench/server_opt.py --arms "
-            "... --seed S --out bench/results/server_opt_seedS.json`; the learning rates were "
-            "chosen on seed 0, so the other seeds are held out). The final round alone is noisy, "
-            "so the mean of each run's last five rounds is given too.",
+            f"Across seeds {seeds} (`server_opt_seed*.json`, e.g. `python bench/{held_out}` and "
+            "the same for the other seeds; the learning rates were chosen on seed 0, so the other "
+            "seeds are held out). The final round alone is noisy, so the mean of each run's last "
+            "five rounds is given too.",
             "",
             "| arm | final accuracy per seed | mean | last-5-round mean per seed | mean |",
             "|---|---|---|---|---|",

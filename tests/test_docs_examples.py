@@ -1,0 +1,769 @@
+"""The examples a user copies from README.md and docs/*.md: commands parse, code runs, links resolve."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+import textwrap
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from coordinator.cli import build_parser
+
+__all__: list[str] = []
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
+
+# Broken examples in docs edited elsewhere (generated, or owned by another change in flight), as
+# strict xfails: once the fix reaches the doc the xfail turns red, and the entry is removed.
+# Keyed by (file, line of the example).
+OWNED_ELSEWHERE: dict[tuple[str, int], str] = {
+    ("docs/benchmarks.md", 230): (
+        "`--seed S` is not an int: fixed in bench/summarize.py (it now shows seed 1's recorded "
+        "command); remove this entry when the lead regenerates docs/benchmarks.md"
+    ),
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Markdown scanning
+# ---------------------------------------------------------------------------------------------
+
+_FENCE = re.compile(r"^(?P<indent>\s*)(?P<fence>```+|~~~+)\s*(?P<info>[^`\s]*)")
+
+
+def _rel(path: Path) -> str:
+    """A doc's path as the failure messages show it: relative to the repository."""
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+@dataclass(frozen=True)
+class Block:
+    """One fenced code block: where it is, its info string, and its lines (1-based numbers)."""
+
+    path: Path
+    line: int  # line of the opening fence
+    lang: str
+    lines: tuple[tuple[int, str], ...]
+
+    @property
+    def where(self) -> str:
+        return f"{_rel(self.path)}:{self.line}"
+
+    @property
+    def code(self) -> str:
+        return "\n".join(text for _, text in self.lines) + "\n"
+
+
+def fenced_blocks(path: Path) -> list[Block]:
+    """Fenced blocks of one Markdown file, de-indented when the fence sits in a list item."""
+    blocks: list[Block] = []
+    open_at: tuple[int, str, str, str] | None = None  # (line, fence, indent, info)
+    body: list[tuple[int, str]] = []
+    for number, text in enumerate(path.read_text().splitlines(), start=1):
+        m = _FENCE.match(text)
+        if open_at is None:
+            if m:
+                open_at = (number, m["fence"], m["indent"], m["info"])
+                body = []
+            continue
+        if m and m["fence"].startswith(open_at[1]) and not m["info"]:
+            blocks.append(Block(path, open_at[0], open_at[3], tuple(body)))
+            open_at = None
+            continue
+        indent = open_at[2]
+        body.append((number, text[len(indent) :] if text.startswith(indent) else text))
+    assert open_at is None, f"{_rel(path)}:{open_at[0]}: unclosed code fence"
+    return blocks
+
+
+def prose_lines(path: Path) -> Iterator[tuple[int, str]]:
+    """Lines outside fenced blocks."""
+    inside: set[int] = set()
+    for block in fenced_blocks(path):
+        last = block.lines[-1][0] + 1 if block.lines else block.line + 1
+        inside.update(range(block.line, last + 1))
+    for number, text in enumerate(path.read_text().splitlines(), start=1):
+        if number not in inside:
+            yield number, text
+
+
+def inline_code(path: Path) -> Iterator[tuple[int, str]]:
+    """Inline code spans of the prose, with the line each starts on (spans may wrap a line)."""
+    lines = list(prose_lines(path))
+    # Join each paragraph so a span broken over two lines is read whole.
+    paragraphs: list[list[tuple[int, str]]] = [[]]
+    for number, text in lines:
+        if text.strip():
+            paragraphs[-1].append((number, text))
+        else:
+            paragraphs.append([])
+    for para in paragraphs:
+        if not para:
+            continue
+        joined = ""
+        starts: list[tuple[int, int]] = []  # (offset, line number)
+        for number, text in para:
+            starts.append((len(joined), number))
+            joined += text + "\n"
+        for m in re.finditer(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", joined, re.S):
+            line = max(n for off, n in starts if off <= m.start())
+            yield line, " ".join(m.group(2).split())
+
+
+# ---------------------------------------------------------------------------------------------
+# Shell command lines
+# ---------------------------------------------------------------------------------------------
+
+PLUME = ("plume", ".venv/bin/plume")
+PYTHONS = ("python", "python3", ".venv/bin/python", ".venv/bin/python3")
+_SHELL_LANGS = ("sh", "bash", "shell", "console")
+_PLAIN_LANGS = ("", "text")  # may hold commands (privacy.md) or prose; unsplittable lines skipped
+
+
+@dataclass(frozen=True)
+class Command:
+    """One simple command from a doc, as words after shell-style splitting."""
+
+    where: str
+    words: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.where}: {shlex.join(self.words)}"
+
+
+def _strip_comment(line: str) -> str:
+    """Drop a shell comment: `#` at the start of a word, outside quotes."""
+    quote = ""
+    for i, ch in enumerate(line):
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "#" and (i == 0 or line[i - 1].isspace()):
+            return line[:i]
+    return line
+
+
+def _logical_lines(block: Block) -> Iterator[tuple[int, str]]:
+    """Lines with `\\` continuations joined and `$ ` prompts and comments dropped."""
+    pending = ""
+    start = 0
+    for number, raw in block.lines:
+        text = raw
+        if not pending:
+            start = number
+            stripped = text.lstrip()
+            if stripped.startswith("$ "):
+                text = stripped[2:]
+        text = _strip_comment(text).rstrip()
+        if text.endswith("\\"):
+            pending += text[:-1] + " "
+            continue
+        yield start, pending + text
+        pending = ""
+    if pending:
+        yield start, pending
+
+
+def _split_commands(line: str) -> list[list[str]]:
+    """Simple commands of one shell line (split at ; & && || |), `$(...)` made one word."""
+    line = re.sub(r"\$\([^()]*\)", "SUBST", line)
+    lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    commands: list[list[str]] = [[]]
+    for token in lexer:
+        if token and set(token) <= set(";&|"):
+            commands.append([])
+        else:
+            commands[-1].append(token)
+    return [c for c in commands if c]
+
+
+def _unwrap(words: list[str]) -> list[str]:
+    """The command behind `VAR=value`, `export`-free prefixes, `nice -n N` and `time`."""
+    while words:
+        if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
+            words = words[1:]
+        elif words[0] == "time":
+            words = words[1:]
+        elif words[0] == "nice":
+            words = words[3:] if words[1:2] == ["-n"] else words[1:]
+        else:
+            break
+    return words
+
+
+def shell_commands(path: Path) -> list[Command]:
+    """Every simple command in the shell-like fenced blocks of one file.
+
+    A `for VAR in A B; do ... done` loop is unrolled: each body command once per value.
+    """
+    out: list[Command] = []
+    rel = _rel(path)
+    for block in fenced_blocks(path):
+        if block.lang not in _SHELL_LANGS + _PLAIN_LANGS:
+            continue
+        loops: list[tuple[str, list[str]]] = []
+        for number, line in _logical_lines(block):
+            try:
+                commands = _split_commands(line)
+            except ValueError as exc:  # an unclosed quote
+                if block.lang in _PLAIN_LANGS:
+                    continue
+                raise AssertionError(f"{rel}:{number}: not a shell line: {exc}") from exc
+            for words in commands:
+                if words[0] == "for" and len(words) >= 3 and words[2] == "in":
+                    loops.append((words[1], words[3:]))
+                    continue
+                if words == ["done"]:
+                    loops.pop()
+                    continue
+                if words[0] == "do":
+                    words = words[1:]
+                words = _unwrap(words)
+                if not words:
+                    continue
+                variants = [words]
+                for var, values in loops:
+                    pattern = re.compile(r"\$(?:\{" + var + r"\}|" + var + r"\b)")
+                    variants = [[pattern.sub(v, w) for w in ws] for ws in variants for v in values]
+                out.extend(Command(f"{rel}:{number}", tuple(ws)) for ws in variants)
+    return out
+
+
+def inline_commands(path: Path) -> list[Command]:
+    """Inline code spans of the prose that are a whole `plume ...` or `python bench/...` line."""
+    rel = _rel(path)
+    out: list[Command] = []
+    for number, span in inline_code(path):
+        try:
+            commands = _split_commands(_strip_comment(span))
+        except ValueError:  # prose in backticks, not a command
+            continue
+        for words in commands:
+            words = _unwrap(words)
+            # A bare `plume` in prose names the program; with arguments it is a command line.
+            if len(words) >= 2 and (words[0] in PLUME or _bench_script(words) is not None):
+                out.append(Command(f"{rel}:{number}", tuple(words)))
+    return out
+
+
+def _bench_script(words: tuple[str, ...] | list[str]) -> str | None:
+    if len(words) >= 2 and words[0] in PYTHONS and words[1].startswith("bench/"):
+        return words[1]
+    return None
+
+
+ALL_COMMANDS = [c for doc in DOCS for c in shell_commands(doc) + inline_commands(doc)]
+PLUME_COMMANDS = [c for c in ALL_COMMANDS if c.words[0] in PLUME]
+BENCH_COMMANDS = [c for c in ALL_COMMANDS if _bench_script(c.words) is not None]
+
+
+def _params(commands: list[Command]) -> list[object]:
+    params: list[object] = []
+    for c in commands:
+        marks = []
+        line = int(c.where.rsplit(":", 1)[1])
+        reason = OWNED_ELSEWHERE.get((c.where.rsplit(":", 1)[0], line))
+        if reason is not None:
+            marks.append(pytest.mark.xfail(strict=True, reason=reason))
+        params.append(pytest.param(c, id=str(c)[:120], marks=marks))
+    return params
+
+
+def plume_parse_error(argv: list[str]) -> str | None:
+    """Why `plume ARGV` does not parse with the real parser (built as coordinator/cli.py builds
+    it), or None when it does. `--help` parses (it exits 0); naming no subcommand does not."""
+    parser = build_parser()
+    stderr = io.StringIO()
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(stderr):
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:
+            return None if exc.code == 0 else stderr.getvalue().strip().splitlines()[-1]
+    return None if getattr(args, "func", None) is not None else "no subcommand"
+
+
+_SAMPLE_DOC = """\
+Run `plume sim --rounds 2` (or `plume` itself) and `make lint`.
+
+```sh
+$ plume sim --dataset digits \\
+    --rounds 2   # a comment, not --flags
+for f in 0.1 0.2; do
+  python bench/robustness.py --backdoor-malicious $f --name run_$(echo $f | tr -d .)
+done
+PLUME_DATA=/data nice -n 10 plume coordinator serve --db x.db &
+```
+
+```python
+print(2 + 3)
+# 5
+```
+"""
+
+
+def test_the_scanner_reads_prompts_continuations_loops_and_inline_code(tmp_path: Path) -> None:
+    # Prepare
+    doc = tmp_path / "sample.md"
+    doc.write_text(_SAMPLE_DOC)
+
+    # Execute
+    blocks = fenced_blocks(doc)
+    commands = [c.words for c in shell_commands(doc)]
+    inline = [c.words for c in inline_commands(doc)]
+
+    # Assert
+    assert [b.lang for b in blocks] == ["sh", "python"]
+    assert commands == [
+        ("plume", "sim", "--dataset", "digits", "--rounds", "2"),
+        ("python", "bench/robustness.py", "--backdoor-malicious", "0.1", "--name", "run_SUBST"),
+        ("python", "bench/robustness.py", "--backdoor-malicious", "0.2", "--name", "run_SUBST"),
+        ("plume", "coordinator", "serve", "--db", "x.db"),
+    ]
+    assert inline == [("plume", "sim", "--rounds", "2")]
+    assert stated_output(blocks[1]) == ["5"]
+
+
+def test_the_parse_check_refuses_what_plume_refuses() -> None:
+    assert plume_parse_error(["sim", "--dataset", "digits", "--rounds", "2"]) is None
+    assert plume_parse_error(["--help"]) is None
+    assert "unrecognized arguments: --bogus" in str(plume_parse_error(["sim", "--bogus"]))
+    assert "invalid choice" in str(plume_parse_error(["simulate"]))
+    assert "invalid int value" in str(plume_parse_error(["sim", "--rounds", "N"]))
+    assert plume_parse_error([]) == "no subcommand"
+
+
+def test_the_docs_show_commands() -> None:
+    # Guards the scanner itself: a regex slip must not turn every check below into a no-op.
+    assert len(PLUME_COMMANDS) >= 20
+    assert len(BENCH_COMMANDS) >= 20
+    assert any(c.where.startswith("README.md") for c in PLUME_COMMANDS)
+
+
+@pytest.mark.parametrize("command", _params(PLUME_COMMANDS))
+def test_plume_command_parses(command: Command) -> None:
+    # Execute
+    error = plume_parse_error(list(command.words[1:]))
+
+    # Assert
+    assert error is None, f"{command}\n{error}"
+
+
+# ---------------------------------------------------------------------------------------------
+# bench/*.py command lines
+# ---------------------------------------------------------------------------------------------
+
+# Each bench builds its parser inside main(argv) and parses before doing any work. This runs in
+# a child process: it imports the script, makes ArgumentParser.parse_args raise right after a
+# successful parse, and calls main(argv), so every flag and value is checked by the script's own
+# parser and nothing is benchmarked. Checks a bench makes after parsing are not covered.
+_BENCH_PROBE = textwrap.dedent(
+    """
+    import argparse, contextlib, importlib.util, io, json, sys
+
+    class Parsed(Exception):
+        pass
+
+    original = argparse.ArgumentParser.parse_args
+
+    def parse_then_stop(self, args=None, namespace=None):
+        original(self, args, namespace)
+        raise Parsed
+
+    argparse.ArgumentParser.parse_args = parse_then_stop
+    results = []
+    modules = {}
+    for script, argv in json.load(sys.stdin):
+        if script not in modules:
+            spec = importlib.util.spec_from_file_location("doc_bench_" + str(len(modules)), script)
+            module = importlib.util.module_from_spec(spec)
+            spec.loader.exec_module(module)
+            modules[script] = module
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+                modules[script].main(argv)
+        except Parsed:
+            results.append([True, ""])
+        except SystemExit as exc:
+            results.append([exc.code == 0, err.getvalue()])
+        else:
+            results.append([False, "main() returned without parsing its arguments"])
+    json.dump(results, sys.stdout)
+    """
+)
+
+
+# Two known answers ride along with the docs' commands, so the probe is seen to refuse.
+_PROBE_CONTROLS = (
+    ("bench/codec.py", ("--quick",), True),
+    ("bench/codec.py", ("--no-such-flag",), False),
+)
+
+
+@pytest.fixture(scope="module")
+def bench_parse_results() -> dict[tuple[str, tuple[str, ...]], tuple[bool, str]]:
+    """(accepted, parser message) per (script, argv), for every bench command whose script
+    exists and for the controls."""
+    jobs = sorted(
+        {(c.words[1], c.words[2:]) for c in BENCH_COMMANDS if (ROOT / c.words[1]).is_file()}
+        | {(script, argv) for script, argv, _ in _PROBE_CONTROLS}
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", _BENCH_PROBE],
+        input=json.dumps([[script, list(argv)] for script, argv in jobs]),
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    return {job: (bool(ok), str(msg)) for job, (ok, msg) in zip(jobs, results, strict=True)}
+
+
+def test_the_bench_probe_refuses_an_unknown_flag(
+    bench_parse_results: dict[tuple[str, tuple[str, ...]], tuple[bool, str]],
+) -> None:
+    for script, argv, accepted in _PROBE_CONTROLS:
+        assert bench_parse_results[(script, argv)][0] is accepted, (script, argv)
+    assert (
+        "unrecognized arguments: --no-such-flag" in bench_parse_results[_PROBE_CONTROLS[1][:2]][1]
+    )
+
+
+@pytest.mark.parametrize("command", _params(BENCH_COMMANDS))
+def test_bench_command_parses(
+    command: Command,
+    bench_parse_results: dict[tuple[str, tuple[str, ...]], tuple[bool, str]],
+) -> None:
+    # Prepare
+    script = ROOT / command.words[1]
+
+    # Execute + Assert
+    assert script.is_file(), f"{command}: no such script {command.words[1]}"
+    ok, message = bench_parse_results[(command.words[1], command.words[2:])]
+    assert ok, f"{command}\n{message}"
+
+
+# ---------------------------------------------------------------------------------------------
+# What the parsed `plume` commands ask for is valid, not only well-formed
+# ---------------------------------------------------------------------------------------------
+
+# A word standing for "your value here" (RUN_DIR, <path>, ...): such a command is a syntax
+# sketch, checked by the parser only.
+_PLACEHOLDER = re.compile(r"(^|[^A-Za-z0-9_])([A-Z][A-Z0-9]*_?[A-Z0-9_]*|<[^>]*>|\.\.\.)($|[:/])")
+CONCRETE_PLUME = [
+    c
+    for c in PLUME_COMMANDS
+    if len(c.words) > 2 and not any(_PLACEHOLDER.search(w) for w in c.words[1:])
+]
+
+
+class _FakeAdmin:
+    """Stands in for AdminClient: the task is checked as the coordinator would, not sent."""
+
+    def __init__(self) -> None:
+        self.created: list[object] = []
+
+    def __enter__(self) -> _FakeAdmin:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def create_task(self, config: object, params: object) -> int:
+        from coordinator.service.rounds import validate_task
+
+        validate_task(config)  # type: ignore[arg-type]
+        self.created.append(config)
+        return 1
+
+
+@pytest.mark.parametrize("command", _params(CONCRETE_PLUME))
+def test_plume_command_asks_for_a_valid_run(
+    command: Command, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`plume sim` builds a valid SimConfig, aggregator and attack; `create-task` a valid task."""
+    from coordinator.aggregators import build_aggregator
+    from mobile_sim.models import MODELS
+
+    # Prepare
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            args = build_parser().parse_args(list(command.words[1:]))
+    except SystemExit:
+        pytest.skip("does not parse: test_plume_command_parses reports it")
+
+    # Execute + Assert
+    model = getattr(args, "model", None)
+    if model is not None:
+        assert model in MODELS, f"{command}: no zoo model {model!r}"
+    if args.command == "sim" and args.action == "run":
+        from mobile_sim import _cli as sim_cli
+        from mobile_sim.attacks import build_attack
+
+        cfg = sim_cli.config_from_args(args)
+        assert cfg.model_name in MODELS, f"{command}: no zoo model {cfg.model_name!r}"
+        build_aggregator(cfg.aggregator)
+        if cfg.attack:
+            build_attack(cfg.attack)
+        if args.secure:
+            sim_cli._secure_config(args, cfg)
+    elif args.command == "coordinator" and args.func.__name__ == "_create_task":
+        from coordinator import _cli as coord_cli
+
+        admin = _FakeAdmin()
+        monkeypatch.setattr(coord_cli, "_admin", lambda _args: admin)
+        err = io.StringIO()
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
+            code = args.func(args)
+        assert code == 0 and len(admin.created) == 1, f"{command}\n{err.getvalue()}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Python blocks
+# ---------------------------------------------------------------------------------------------
+
+# Python blocks this file does not run, each with why. Keyed by (file, a line of the block that
+# names it); every key must still match exactly one block (test_skip_lists_match_the_docs).
+NOT_RUN_HERE: dict[tuple[str, str], str] = {
+    # README.md, first line `import numpy as np` (the SDK in ten lines)
+    ("README.md", 'with Client("http://127.0.0.1:8080", app_dir="plume-app") as client:'): (
+        "needs a coordinator on :8080; tests/sdk/test_client.py::"
+        "test_readme_example_runs_as_written runs it against a loopback one and keeps this copy "
+        "identical to docs/http-api.md's"
+    ),
+    # docs/http-api.md, first line `import numpy as np` (embedding the SDK)
+    ("docs/http-api.md", 'with Client("http://127.0.0.1:8080", app_dir="plume-app") as client:'): (
+        "needs a coordinator on :8080; tests/sdk/test_client.py::"
+        "test_readme_example_runs_as_written runs it against a loopback one"
+    ),
+    # docs/http-api.md, first line `import threading` (secure task over HTTP)
+    ("docs/http-api.md", 'with ServerThread(ServiceConfig(db_path="secure.db"'): (
+        "run verbatim, printed output checked, by tests/sdk/test_client_secure.py::"
+        "test_docs_secure_example_runs_as_written"
+    ),
+    # docs/devices.md, first line `import numpy as np` (a device on onnxruntime)
+    ("docs/devices.md", "report = client.participate(trainer, x, y)  # check in"): (
+        "needs a coordinator on :8080 and exported artifacts; tests/sdk/test_ort_device_loop.py "
+        "runs it verbatim in a torch-free process against a loopback one"
+    ),
+    # docs/devices.md, first line `import numpy as np` (OrtDevice without a server)
+    ("docs/devices.md", "device = OrtDevice(trainer, x, y"): (
+        "needs artifacts/mlp from `plume export`; tests/sdk/test_ort_device_loop.py exports them "
+        "and runs it verbatim"
+    ),
+    # docs/wire-format.md, first line `import numpy as np` (both blocks)
+    ("docs/wire-format.md", "ef = ErrorFeedback(spec.size)"): (
+        "run by tests/compression/test_package.py::test_wire_format_doc_example_runs"
+    ),
+    ("docs/wire-format.md", "assert frame.hex() == ("): (
+        "run by tests/compression/test_package.py::test_wire_format_doc_example_runs"
+    ),
+}
+
+# Run, but only in `make test-all`: (file, line of the block) -> marks.
+SLOW_BLOCKS: dict[tuple[str, str], tuple[pytest.MarkDecorator, ...]] = {
+    # trains 50 digits devices twice, ~25 s on a busy 2-core machine
+    ("docs/simulator.md", 'for name in ("sequential", "vectorized"):'): (pytest.mark.slow,),
+    # starts a local Ray runtime, ~10 s
+    ("docs/simulator.md", "ray.init(num_cpus=2, include_dashboard=False)"): (
+        pytest.mark.slow,
+        pytest.mark.ray,
+    ),
+}
+
+PYTHON_BLOCKS = [b for doc in DOCS for b in fenced_blocks(doc) if b.lang in ("python", "py")]
+
+
+def _matches(block: Block, key: tuple[str, str]) -> bool:
+    return _rel(block.path) == key[0] and any(key[1] in text for _, text in block.lines)
+
+
+def _python_params() -> list[object]:
+    params: list[object] = []
+    for block in PYTHON_BLOCKS:
+        marks: list[pytest.MarkDecorator] = []
+        for key, why in NOT_RUN_HERE.items():
+            if _matches(block, key):
+                marks.append(pytest.mark.skip(reason=why))
+        for key, slow in SLOW_BLOCKS.items():
+            if _matches(block, key):
+                marks.extend(slow)
+        rel = _rel(block.path)
+        reason = OWNED_ELSEWHERE.get((rel, block.line))
+        if reason is not None:
+            marks.append(pytest.mark.xfail(strict=True, reason=reason))
+        first = next((t for _, t in block.lines if t.strip()), "")
+        params.append(pytest.param(block, id=f"{block.where}: {first}"[:100], marks=marks))
+    return params
+
+
+def stated_output(block: Block) -> list[str]:
+    """Lines of output the doc states: comment lines right under a one-line `print(...)`."""
+    out: list[str] = []
+    lines = [t for _, t in block.lines]
+    for i, text in enumerate(lines):
+        stripped = text.strip()
+        if not (stripped.startswith("print(") and stripped.count("(") == stripped.count(")")):
+            continue
+        indent = text[: len(text) - len(text.lstrip())]
+        for follow in lines[i + 1 :]:
+            if not follow.startswith(indent + "# "):
+                break
+            out.append(follow[len(indent) + 2 :].strip())
+    return out
+
+
+def test_skip_lists_match_the_docs() -> None:
+    # A renamed block must not leave a stale entry that silently stops applying.
+    for key in [*NOT_RUN_HERE, *SLOW_BLOCKS]:
+        hits = [b.where for b in PYTHON_BLOCKS if _matches(b, key)]
+        assert len(hits) == 1, f"{key} matches {hits or 'no block'}"
+    assert len(PYTHON_BLOCKS) >= 10
+
+
+@pytest.mark.parametrize("block", _python_params())
+def test_python_block_runs(block: Block, tmp_path: Path) -> None:
+    """The block runs as written in a fresh interpreter in an empty folder, and prints what the
+    doc says it prints (where the doc gives the output as comment lines under a print)."""
+    # Prepare: a scratch folder (blocks write artifacts/, *.db) and one thread per library.
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+
+    # Execute
+    proc = subprocess.run(
+        [sys.executable, "-c", block.code],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+    # Assert
+    assert proc.returncode == 0, f"{block.where}\n{proc.stderr[-3000:]}"
+    printed = [line.strip() for line in proc.stdout.splitlines()]
+    for expected in stated_output(block):
+        assert expected in printed, f"{block.where}: doc says {expected!r}, printed {printed}"
+
+
+# ---------------------------------------------------------------------------------------------
+# make targets
+# ---------------------------------------------------------------------------------------------
+
+
+def makefile_targets() -> set[str]:
+    """Explicit target names of the Makefile (not variables, not pattern rules)."""
+    targets: set[str] = set()
+    for line in (ROOT / "Makefile").read_text().splitlines():
+        m = re.match(r"^([A-Za-z0-9_.\-][A-Za-z0-9_.\- ]*):(?!=)", line)
+        if m:
+            targets.update(m.group(1).split())
+    return targets
+
+
+MAKE_COMMANDS = [c for c in ALL_COMMANDS if c.words[0] == "make"] + [
+    Command(f"{_rel(doc)}:{n}", tuple(words))
+    for doc in DOCS
+    for n, span in inline_code(doc)
+    for words in [_unwrap(span.split())]
+    if words[:1] == ["make"]
+]
+
+
+@pytest.mark.parametrize("command", _params(MAKE_COMMANDS))
+def test_make_target_exists(command: Command) -> None:
+    # Prepare
+    targets = makefile_targets()
+    assert {"test", "demo", "lint"} <= targets  # the scanner reads this Makefile
+
+    # Execute + Assert
+    named = [w for w in command.words[1:] if not w.startswith("-") and "=" not in w]
+    assert named, f"{command}: no target"
+    for target in named:
+        assert target in targets, f"{command}: the Makefile has no target {target!r}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Relative links
+# ---------------------------------------------------------------------------------------------
+
+
+def github_slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: markup dropped, lower case, punctuation removed,
+    spaces to hyphens."""
+    text = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", heading)  # [text](url) -> text
+    text = text.replace("`", "").replace("*", "").strip().lower()
+    text = re.sub(r"[^\w\- ]", "", text)
+    return text.replace(" ", "-")
+
+
+def anchors(path: Path) -> set[str]:
+    """Every heading anchor of a Markdown file, duplicates numbered as GitHub does."""
+    seen: dict[str, int] = {}
+    out: set[str] = set()
+    for _, text in prose_lines(path):
+        m = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", text)
+        if not m:
+            continue
+        slug = github_slug(m.group(1))
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
+    return out
+
+
+def relative_links(path: Path) -> Iterator[tuple[int, str]]:
+    """Targets of the Markdown links of the prose (inline code stripped first)."""
+    for number, text in prose_lines(path):
+        text = re.sub(r"(`+).*?\1", "", text)
+        for m in re.finditer(r"\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)", text):
+            target = m.group(1)
+            if not re.match(r"^[a-z][a-z0-9+.\-]*:", target):  # http:, https:, mailto:
+                yield number, target
+
+
+LINKS = [(f"{_rel(doc)}:{n}", doc, target) for doc in DOCS for n, target in relative_links(doc)]
+
+
+def test_the_docs_link_to_each_other() -> None:
+    assert len(LINKS) >= 20  # the scanner found the README's documentation list
+    assert github_slug("Distributed DP (optional, per task)") == "distributed-dp-optional-per-task"
+    assert github_slug("`plume sim` and [Ray](https://ray.io)") == "plume-sim-and-ray"
+
+
+@pytest.mark.parametrize(("where", "doc", "target"), LINKS, ids=[f"{w} {t}" for w, _, t in LINKS])
+def test_relative_link_resolves(where: str, doc: Path, target: str) -> None:
+    # Prepare
+    file_part, _, anchor = target.partition("#")
+    dest = (doc.parent / file_part).resolve() if file_part else doc
+
+    # Execute + Assert
+    assert dest.exists(), f"{where}: {target} -> no such file {dest}"
+    assert ROOT in dest.parents or dest == ROOT, f"{where}: {target} leaves the repository"
+    if anchor:
+        assert dest.suffix == ".md", f"{where}: {target}: anchor into a non-Markdown file"
+        assert anchor in anchors(dest), f"{where}: {target}: no heading with anchor #{anchor}"
