@@ -125,6 +125,10 @@ def inline_code(path: Path) -> Iterator[tuple[int, str]]:
 # Shell command lines
 # ---------------------------------------------------------------------------------------------
 
+# A word standing for "your value here" (RUN_DIR, <path>, ...): such a command is a syntax
+# sketch, checked by the parser only.
+_PLACEHOLDER = re.compile(r"(^|[^A-Za-z0-9_])([A-Z][A-Z0-9]*_?[A-Z0-9_]*|<[^>]*>|\.\.\.)($|[:/])")
+
 PLUME = ("plume", ".venv/bin/plume")
 PYTHONS = ("python", "python3", ".venv/bin/python", ".venv/bin/python3")
 _SHELL_LANGS = ("sh", "bash", "shell", "console")
@@ -369,8 +373,10 @@ def test_plume_command_parses(command: Command) -> None:
 
 # Each bench builds its parser inside main(argv) and parses before doing any work. This runs in
 # a child process: it imports the script, makes ArgumentParser.parse_args raise right after a
-# successful parse, and calls main(argv), so every flag and value is checked by the script's own
-# parser and nothing is benchmarked. Checks a bench makes after parsing are not covered.
+# successful parse (carrying the parsed options), and calls main(argv), so every flag and value
+# is checked by the script's own parser and nothing is benchmarked. Aggregator and attack specs
+# among the options are then built (test_bench_command_parses); other checks a bench makes after
+# parsing are not covered.
 _BENCH_PROBE = textwrap.dedent(
     """
     import argparse, contextlib, importlib.util, io, json, sys
@@ -381,8 +387,7 @@ _BENCH_PROBE = textwrap.dedent(
     original = argparse.ArgumentParser.parse_args
 
     def parse_then_stop(self, args=None, namespace=None):
-        original(self, args, namespace)
-        raise Parsed
+        raise Parsed(vars(original(self, args, namespace)))
 
     argparse.ArgumentParser.parse_args = parse_then_stop
     results = []
@@ -397,16 +402,19 @@ _BENCH_PROBE = textwrap.dedent(
         try:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
                 modules[script].main(argv)
-        except Parsed:
-            results.append([True, ""])
+        except Parsed as parsed:
+            results.append([True, "", parsed.args[0]])
         except SystemExit as exc:
-            results.append([exc.code == 0, err.getvalue()])
+            results.append([exc.code == 0, err.getvalue(), None])
         else:
-            results.append([False, "main() returned without parsing its arguments"])
-    json.dump(results, sys.stdout)
+            results.append([False, "main() returned without parsing its arguments", None])
+    json.dump(results, sys.stdout, default=str)
     """
 )
 
+
+# (accepted, the parser's message, the parsed options as JSON) for one bench command line.
+_Probed = tuple[bool, str, dict[str, object] | None]
 
 # Two known answers ride along with the docs' commands, so the probe is seen to refuse.
 _PROBE_CONTROLS = (
@@ -416,9 +424,9 @@ _PROBE_CONTROLS = (
 
 
 @pytest.fixture(scope="module")
-def bench_parse_results() -> dict[tuple[str, tuple[str, ...]], tuple[bool, str]]:
-    """(accepted, parser message) per (script, argv), for every bench command whose script
-    exists and for the controls."""
+def bench_parse_results() -> dict[tuple[str, tuple[str, ...]], _Probed]:
+    """(accepted, parser message, parsed options) per (script, argv), for every bench command
+    whose script exists and for the controls."""
     jobs = sorted(
         {(c.words[1], c.words[2:]) for c in BENCH_COMMANDS if (ROOT / c.words[1]).is_file()}
         | {(script, argv) for script, argv, _ in _PROBE_CONTROLS}
@@ -435,11 +443,14 @@ def bench_parse_results() -> dict[tuple[str, tuple[str, ...]], tuple[bool, str]]
     )
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
-    return {job: (bool(ok), str(msg)) for job, (ok, msg) in zip(jobs, results, strict=True)}
+    return {
+        job: (bool(ok), str(msg), options)
+        for job, (ok, msg, options) in zip(jobs, results, strict=True)
+    }
 
 
 def test_the_bench_probe_refuses_an_unknown_flag(
-    bench_parse_results: dict[tuple[str, tuple[str, ...]], tuple[bool, str]],
+    bench_parse_results: dict[tuple[str, tuple[str, ...]], _Probed],
 ) -> None:
     for script, argv, accepted in _PROBE_CONTROLS:
         assert bench_parse_results[(script, argv)][0] is accepted, (script, argv)
@@ -448,27 +459,43 @@ def test_the_bench_probe_refuses_an_unknown_flag(
     )
 
 
+# Bench options whose values are aggregator or attack specs, built to prove they are valid.
+_AGGREGATOR_OPTIONS = ("aggregator", "aggregators", "clean_only", "backdoor_defenses", "arms")
+_ATTACK_OPTIONS = ("attack", "attacks", "backdoor_attacks")
+
+
 @pytest.mark.parametrize("command", _params(BENCH_COMMANDS))
 def test_bench_command_parses(
     command: Command,
-    bench_parse_results: dict[tuple[str, tuple[str, ...]], tuple[bool, str]],
+    bench_parse_results: dict[tuple[str, tuple[str, ...]], _Probed],
 ) -> None:
+    from coordinator.aggregators import build_aggregator
+    from mobile_sim.attacks import build_attack
+
     # Prepare
     script = ROOT / command.words[1]
-
-    # Execute + Assert
     assert script.is_file(), f"{command}: no such script {command.words[1]}"
-    ok, message = bench_parse_results[(command.words[1], command.words[2:])]
+
+    # Execute
+    ok, message, options = bench_parse_results[(command.words[1], command.words[2:])]
+
+    # Assert: parsed, and the specs it names build (a placeholder such as `...` is not built).
     assert ok, f"{command}\n{message}"
+    for key, value in (options or {}).items():
+        specs = value if isinstance(value, list) else [value]
+        for spec in specs:
+            if not isinstance(spec, str) or _PLACEHOLDER.search(spec):
+                continue
+            if key in _AGGREGATOR_OPTIONS:
+                build_aggregator(spec.partition("@")[0])  # server_opt's arms: SPEC@SERVER_LR
+            elif key in _ATTACK_OPTIONS:
+                build_attack(spec)
 
 
 # ---------------------------------------------------------------------------------------------
 # What the parsed `plume` commands ask for is valid, not only well-formed
 # ---------------------------------------------------------------------------------------------
 
-# A word standing for "your value here" (RUN_DIR, <path>, ...): such a command is a syntax
-# sketch, checked by the parser only.
-_PLACEHOLDER = re.compile(r"(^|[^A-Za-z0-9_])([A-Z][A-Z0-9]*_?[A-Z0-9_]*|<[^>]*>|\.\.\.)($|[:/])")
 CONCRETE_PLUME = [
     c
     for c in PLUME_COMMANDS
@@ -767,3 +794,62 @@ def test_relative_link_resolves(where: str, doc: Path, target: str) -> None:
     if anchor:
         assert dest.suffix == ".md", f"{where}: {target}: anchor into a non-Markdown file"
         assert anchor in anchors(dest), f"{where}: {target}: no heading with anchor #{anchor}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Repository paths named in the prose, and the files bench commands read
+# ---------------------------------------------------------------------------------------------
+
+# `bench/results/codec.json`, `sdk/ort/`, `bench/results/server_opt_seed*.json`: a path into the
+# repository in inline code names something a reader will open. Outputs (runs/, artifacts/) are
+# made by the commands, so they are not checked.
+_REPO_PATH = re.compile(
+    r"(bench|docs|tests|compression|coordinator|sdk|mobile_sim|protocol)/[\w./*-]*"
+)
+REPO_PATHS = [
+    (f"{_rel(doc)}:{n}", span)
+    for doc in DOCS
+    for n, span in inline_code(doc)
+    if _REPO_PATH.fullmatch(span)
+]
+
+
+def test_the_docs_name_repository_paths() -> None:
+    assert len(REPO_PATHS) >= 30
+
+
+@pytest.mark.parametrize(("where", "path"), REPO_PATHS, ids=[f"{w} {p}" for w, p in REPO_PATHS])
+def test_repository_path_exists(where: str, path: str) -> None:
+    # Execute + Assert: a glob must match something, a plain path must exist.
+    found = list(ROOT.glob(path)) if "*" in path else [ROOT / path]
+    assert found and all(p.exists() for p in found), f"{where}: {path} does not exist"
+
+
+def _bench_outputs(words: tuple[str, ...]) -> set[str]:
+    """Result files a bench command writes: its --out file, or robustness.py's --name stem."""
+    out: set[str] = set()
+    for flag, value in zip(words, words[1:], strict=False):
+        if flag == "--out" and value.endswith(".json"):
+            out.add(value)
+        elif flag == "--name":
+            out.add(f"bench/results/{value}.json")
+    return out
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=[_rel(d) for d in DOCS])
+def test_bench_commands_read_files_that_exist(doc: Path) -> None:
+    """A result file a command reads (--merge, --plain-from, ...) is committed, or written by an
+    earlier command of the same page."""
+    # Prepare
+    made: set[str] = set()
+    commands = sorted(
+        (c for c in BENCH_COMMANDS if c.where.startswith(f"{_rel(doc)}:")),
+        key=lambda c: int(c.where.rsplit(":", 1)[1]),
+    )
+
+    # Execute + Assert
+    for command in commands:
+        reads = {w for w in command.words[2:] if w.startswith("bench/results/")}
+        for path in sorted(reads - _bench_outputs(command.words)):
+            assert (ROOT / path).exists() or path in made, f"{command}: reads missing {path}"
+        made |= _bench_outputs(command.words)
