@@ -20,7 +20,7 @@ _VERSIONS = (1,)
 _MAX_MANIFEST_BYTES = 1 << 22  # 4 MiB: a manifest lists names and shapes, never weights
 _DTYPES = ("float32", "int64")
 # An ONNX file holds the graph, never the weights (they are inputs): the 80-step unrolled LSTM,
-# the largest exported so far, is 3.3 MB. The cap bounds what a received manifest can make the
+# the largest exported so far, is 388 KB. The cap bounds what a received manifest can make the
 # device hash and hand to onnxruntime.
 _MAX_FILE_BYTES = 1 << 28  # 256 MiB
 _TARGET_DTYPE = {"ce": "int64", "mse": "float32"}
