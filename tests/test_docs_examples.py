@@ -145,6 +145,10 @@ class Command:
     def __str__(self) -> str:
         return f"{self.where}: {shlex.join(self.words)}"
 
+    @property
+    def line(self) -> int:
+        return int(self.where.rsplit(":", 1)[1])
+
 
 def _strip_comment(line: str) -> str:
     """Drop a shell comment: `#` at the start of a word, outside quotes."""
@@ -280,8 +284,7 @@ def _params(commands: list[Command]) -> list[object]:
     params: list[object] = []
     for c in commands:
         marks = []
-        line = int(c.where.rsplit(":", 1)[1])
-        reason = OWNED_ELSEWHERE.get((c.where.rsplit(":", 1)[0], line))
+        reason = OWNED_ELSEWHERE.get((c.where.rsplit(":", 1)[0], c.line))
         if reason is not None:
             marks.append(pytest.mark.xfail(strict=True, reason=reason))
         params.append(pytest.param(c, id=str(c)[:120], marks=marks))
@@ -568,6 +571,11 @@ def test_plume_command_asks_for_a_valid_run(
 # Python blocks
 # ---------------------------------------------------------------------------------------------
 
+_HTTP_API_EMBEDDING = (
+    "docs/http-api.md",
+    'with Client("http://127.0.0.1:8080", app_dir="plume-app") as client:',
+)
+
 # Python blocks this file does not run, each with why. Keyed by (file, a line of the block that
 # names it); every key must still match exactly one block (test_skip_lists_match_the_docs).
 NOT_RUN_HERE: dict[tuple[str, str], str] = {
@@ -578,7 +586,7 @@ NOT_RUN_HERE: dict[tuple[str, str], str] = {
         "identical to docs/http-api.md's"
     ),
     # docs/http-api.md, first line `import numpy as np` (embedding the SDK)
-    ("docs/http-api.md", 'with Client("http://127.0.0.1:8080", app_dir="plume-app") as client:'): (
+    _HTTP_API_EMBEDDING: (
         "needs a coordinator on :8080; tests/sdk/test_client.py::"
         "test_readme_example_runs_as_written runs it against a loopback one"
     ),
@@ -844,7 +852,7 @@ def test_bench_commands_read_files_that_exist(doc: Path) -> None:
     made: set[str] = set()
     commands = sorted(
         (c for c in BENCH_COMMANDS if c.where.startswith(f"{_rel(doc)}:")),
-        key=lambda c: int(c.where.rsplit(":", 1)[1]),
+        key=lambda c: c.line,
     )
 
     # Execute + Assert
@@ -853,3 +861,83 @@ def test_bench_commands_read_files_that_exist(doc: Path) -> None:
         for path in sorted(reads - _bench_outputs(command.words)):
             assert (ROOT / path).exists() or path in made, f"{command}: reads missing {path}"
         made |= _bench_outputs(command.words)
+
+
+# ---------------------------------------------------------------------------------------------
+# The by-hand recipe of docs/http-api.md, end to end through the real `plume` command
+# ---------------------------------------------------------------------------------------------
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@pytest.mark.slow
+def test_http_api_recipe_runs_by_hand(tmp_path: Path) -> None:
+    """`plume coordinator serve &`, `plume coordinator create-task ...`, `python example.py` (the
+    embedding block), as docs/http-api.md says, on a free port instead of 8080."""
+    import socket
+    import time
+
+    # Prepare: the recipe's commands and the example they run, from the doc itself.
+    doc = ROOT / "docs" / "http-api.md"
+    text = doc.read_text()
+    recipe_line = text[: text.index("To run it by hand:")].count("\n") + 1
+    recipe = next(b for b in fenced_blocks(doc) if b.line > recipe_line)
+    last = recipe.lines[-1][0]
+    commands = [c.words for c in shell_commands(doc) if recipe.line < c.line <= last]
+    serve, create, run = commands
+    assert serve[:3] == ("plume", "coordinator", "serve") and create[2] == "create-task"
+    assert run == ("python", "example.py")
+    example = next(b for b in PYTHON_BLOCKS if _matches(b, _HTTP_API_EMBEDDING))
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    (tmp_path / "example.py").write_text(example.code.replace("http://127.0.0.1:8080", url))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cli = [sys.executable, "-m", "coordinator.cli"]
+    server = subprocess.Popen(
+        [*cli, *serve[1:], "--port", str(port)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        for _ in range(600):  # the server imports torch first; a busy machine takes seconds
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
+                break
+            time.sleep(0.1)
+
+        # Execute
+        created = subprocess.run(
+            [*cli, *create[1:], "--url", url],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        ran = subprocess.run(
+            [sys.executable, "example.py"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+    # Assert
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["task_id"] == 1
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    assert "accepted=True" in ran.stdout and "num_examples=64" in ran.stdout, ran.stdout
