@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import multiprocessing
 import os
+import time
 import traceback
 from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
@@ -18,13 +20,32 @@ from ._worker import INNER_BACKENDS, WorkerState, split_jobs
 
 __all__ = ["ProcessPoolBackend", "PoolWorkerError"]
 
-# Seconds a worker gets to start (spawn, import torch, receive the data) and to exit.
+# Seconds all the workers together get to start (spawn, import torch, receive the data), and
+# each gets to exit.
 _START_TIMEOUT_S = 300.0
 _STOP_TIMEOUT_S = 10.0
+# Device ids a stall error lists before it only counts the rest (a vectorized share can hold
+# hundreds of jobs).
+_NAMED_DEVICES = 10
 
 
 class PoolWorkerError(RuntimeError):
-    """A worker process failed (its traceback is in the message) or died."""
+    """A worker process failed (its traceback is in the message), died, or stalled."""
+
+
+def _stop(procs: Sequence[Any]) -> None:
+    """Terminate the workers still alive: used when their work will never be read."""
+    for proc in procs:
+        if proc.is_alive():
+            proc.terminate()
+
+
+def _devices(jobs: Sequence[TrainJob], task: Sequence[int]) -> str:
+    """The device ids of `task`'s jobs, for an error message (at most _NAMED_DEVICES named)."""
+    ids = [jobs[i].device_id for i in task]
+    named = ", ".join(ids[:_NAMED_DEVICES])
+    more = len(ids) - _NAMED_DEVICES
+    return f"{named} and {more} more" if more > 0 else named
 
 
 class _Shared:
@@ -135,6 +156,19 @@ class ProcessPoolBackend:
     - `threads_per_worker` torch threads per worker (default 1: with one worker per core, more
       only oversubscribes the machine). Processes start with `start_method` ("spawn" by
       default: safe with torch's thread pools).
+    - `job_timeout_s` (seconds, or None) is a stall limit per task (one job with
+      `inner="sequential"`, a worker's whole share with `"vectorized"`), counted from when the
+      task is sent. A task still running past it fails the round with `PoolWorkerError`
+      naming its device ids and the limit; every worker is stopped and the pool closed, as
+      when a worker dies. It is a plain attribute: it may be changed between rounds. The
+      default is None (no limit) because no fixed figure is safe for honest work of every
+      size: a task's time grows with its examples x epochs x model size (a vectorized share
+      can be hundreds of jobs), and a slow or loaded machine stretches it further, to minutes
+      or hours; a default that fired on such a run would throw it away. Set it to a generous
+      multiple (say 10x) of the slowest honest task seen on that machine. A dead worker needs
+      no limit: it fails the round at once either way.
+    - `start` has one deadline for all workers together (`_START_TIMEOUT_S`, 300 s); its
+      error says how many workers were ready by then.
     """
 
     name = "pool"
@@ -146,9 +180,12 @@ class ProcessPoolBackend:
         inner: str = "sequential",
         threads_per_worker: int = 1,
         start_method: str = "spawn",
+        job_timeout_s: float | None = None,
     ) -> None:
         if workers is not None and workers < 1:
             raise ValueError("workers must be >= 1")
+        if job_timeout_s is not None and not (math.isfinite(job_timeout_s) and job_timeout_s > 0):
+            raise ValueError(f"job_timeout_s must be None or > 0 seconds, got {job_timeout_s!r}")
         if inner not in INNER_BACKENDS:
             raise ValueError(f"inner backend must be one of {INNER_BACKENDS}, got {inner!r}")
         if start_method not in multiprocessing.get_all_start_methods():
@@ -157,6 +194,7 @@ class ProcessPoolBackend:
         self.inner = inner
         self.threads_per_worker = threads_per_worker
         self.start_method = start_method
+        self.job_timeout_s = job_timeout_s
         self._procs: list[Any] = []
         self._conns: list[Connection] = []
         self._params: _Shared | None = None
@@ -177,13 +215,30 @@ class ProcessPoolBackend:
             self._procs.append(proc)
             self._conns.append(parent)
         try:
-            for conn in self._conns:
-                if not conn.poll(_START_TIMEOUT_S):
-                    raise PoolWorkerError(f"a worker did not start in {_START_TIMEOUT_S:.0f} s")
-                self._reply(conn)
+            self._await_ready(time.monotonic() + _START_TIMEOUT_S)
         except BaseException:
+            # Workers still starting would not read the stop message: `close` would wait
+            # _STOP_TIMEOUT_S for each of them before terminating it.
+            _stop(self._procs)
             self.close()
             raise
+
+    def _await_ready(self, deadline: float) -> None:
+        """Read every worker's "ready" by `deadline` (time.monotonic() s), all in parallel."""
+        waiting = set(self._conns)
+        while waiting:
+            ready = wait(list(waiting), max(0.0, deadline - time.monotonic()))
+            if not ready:
+                started = len(self._conns) - len(waiting)
+                raise PoolWorkerError(
+                    f"{started} of {len(self._conns)} workers were ready after "
+                    f"{_START_TIMEOUT_S:g} s; the rest did not start in time (a loaded machine, "
+                    "or a model or dataset too slow to build)"
+                )
+            for conn in ready:
+                if isinstance(conn, Connection):
+                    waiting.discard(conn)
+                    self._reply(conn)  # raises on a worker's error or death
 
     def _reply(self, conn: Connection) -> Any:
         try:
@@ -232,9 +287,7 @@ class ProcessPoolBackend:
             # Replies still in flight would be read as the next round's: start afresh. The
             # other workers' tasks are abandoned, so stop them now rather than wait for them
             # (up to _STOP_TIMEOUT_S each) to finish work nobody will read.
-            for proc in self._procs:
-                if proc.is_alive():
-                    proc.terminate()
+            _stop(self._procs)
             self.close()
             raise
 
@@ -249,8 +302,10 @@ class ProcessPoolBackend:
     ) -> list[JobResult]:
         results: list[JobResult | None] = [None] * len(jobs)
         idle = list(self._conns)
-        busy: set[Connection] = set()
+        # Each busy worker's task and when it was sent (time.monotonic() s).
+        busy: dict[Connection, tuple[float, list[int]]] = {}
         pending = list(reversed(tasks))
+        limit = self.job_timeout_s
         while pending or busy:
             while pending and idle:
                 conn = idle.pop()
@@ -260,17 +315,32 @@ class ProcessPoolBackend:
                     conn.send(("task", shm_params.name, d, shm_out.name, slots, work))
                 except (BrokenPipeError, ConnectionResetError):
                     raise PoolWorkerError("a worker process died") from None
-                busy.add(conn)
-            for ready in wait(list(busy)):
+                busy[conn] = (time.monotonic(), task)
+            # A dead worker's pipe reads as ready (EOF), so death still ends the wait at once;
+            # the timeout only adds a wake-up at the oldest task's limit.
+            timeout = None
+            if limit is not None:
+                oldest = min(sent for sent, _ in busy.values())
+                timeout = max(0.0, oldest + limit - time.monotonic())
+            for ready in wait(list(busy), timeout):
                 if not isinstance(ready, Connection):
                     continue
                 conn = ready
-                busy.discard(conn)
+                del busy[conn]
                 for slot, device_id, examples, loss in self._reply(conn):
                     # Copy out: the slot is overwritten next round.
                     delta = shm_out.array[slot].copy()
                     results[slot] = JobResult(device_id, delta, examples, loss)
                 idle.append(conn)
+            if limit is not None:
+                now = time.monotonic()
+                for sent, task in busy.values():
+                    if now - sent >= limit:
+                        raise PoolWorkerError(
+                            f"a worker was still training devices {_devices(jobs, task)} after "
+                            f"the {limit:g} s stall limit (job_timeout_s); the pool's workers "
+                            "were stopped"
+                        )
         return [r for r in results if r is not None]
 
     def close(self) -> None:
@@ -283,6 +353,9 @@ class ProcessPoolBackend:
             proc.join(_STOP_TIMEOUT_S)
             if proc.is_alive():
                 proc.terminate()
+                proc.join(_STOP_TIMEOUT_S)
+            if proc.is_alive():  # SIGTERM caught or ignored: SIGKILL cannot be
+                proc.kill()
                 proc.join(_STOP_TIMEOUT_S)
         for conn in self._conns:
             conn.close()

@@ -1,0 +1,142 @@
+"""The process pool's bounds: a stall limit per task, and one start-up deadline for all workers."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from dataclasses import replace
+from typing import Any, NoReturn, cast
+
+import numpy as np
+import pytest
+
+from mobile_sim.backends import process_pool
+from mobile_sim.backends.process_pool import PoolWorkerError, ProcessPoolBackend
+from tests.mobile_sim.test_backends_pool import _jobs, _shm_names
+from tests.mobile_sim.test_review_backends import _Dies
+
+
+class _Spins:
+    """A data attack that keeps its worker busy forever: alive, on the CPU, never replying."""
+
+    def poison_data(self, x: Any, y: Any, rng: Any) -> NoReturn:
+        n = 0
+        while True:
+            n += 1
+
+
+def _never_loads() -> NoReturn:
+    """Blocks the process that unpickles it (a spawned worker, before it can be ready)."""
+    threading.Event().wait()
+    raise AssertionError("unreachable: the event is never set")
+
+
+class _NeverLoads:
+    """Training data whose unpickling never returns: a worker that never becomes ready."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return _never_loads, ()
+
+
+def test_honest_rounds_keep_their_bits_under_a_limit_and_a_spinning_job_fails_within_it() -> None:
+    # Prepare: 2 workers; 9 honest jobs (more tasks than workers: the wait loop wakes and
+    # dispatches many times); then a round whose two largest jobs (dev-3, then dev-2: sent
+    # first) spin forever, so no honest job can be the one that is late.
+    ctx, params, jobs = _jobs(9, 1)
+    spinning = [
+        replace(j, data_attack=_Spins()) if j.device_id in ("dev-2", "dev-3") else j
+        for j in jobs[:6]
+    ]
+    before = _shm_names()
+    limit = 1.0
+    pool = ProcessPoolBackend(workers=2, inner="sequential")
+    pool.start(ctx)
+    procs = list(pool._procs)
+
+    # Execute: a round without a limit, the same round with a limit no honest job comes near
+    # (the first round paid the workers' warm-up), then the spinning round under a tight one.
+    try:
+        free = pool.train(params, jobs)
+        pool.job_timeout_s = 300.0
+        bounded = pool.train(params, jobs)
+        pool.job_timeout_s = limit
+        t0 = time.monotonic()
+        with pytest.raises(PoolWorkerError, match=r"devices dev-3 after the 1 s stall limit"):
+            pool.train(params, spinning)
+        failed_after = time.monotonic() - t0
+        with pytest.raises(RuntimeError, match="not started"):  # the failure closed the pool
+            pool.train(params, jobs)
+    finally:
+        pool.close()
+
+    # Assert: the same results bit for bit; the error came within the limit plus slack (its
+    # close included); no worker lives on and no shared block is left behind.
+    assert [r.device_id for r in bounded] == [r.device_id for r in free]
+    for a, b in zip(bounded, free, strict=True):
+        assert np.array_equal(a.delta, b.delta)
+        assert (a.num_examples, a.loss) == (b.num_examples, b.loss)
+    assert failed_after < limit + 4.0
+    assert [p.is_alive() for p in procs] == [False, False]
+    assert _shm_names() - before == set()
+
+
+def test_a_stalled_vectorized_share_names_its_devices_and_a_dead_worker_still_fails_at_once() -> (
+    None
+):
+    # Prepare: one vectorized worker, so the whole round is one task holding all 12 devices
+    # (the message names 10 of them); then, restarted with a long limit, a job whose worker dies.
+    ctx, params, jobs = _jobs(12, 2)
+    pool = ProcessPoolBackend(workers=1, inner="vectorized", job_timeout_s=0.5)
+    pool.start(ctx)
+
+    # Execute
+    try:
+        with pytest.raises(PoolWorkerError, match=r"devices dev-0, dev-1, .*, dev-9 and 2 more af"):
+            pool.train(params, [*jobs[:11], replace(jobs[11], data_attack=_Spins())])
+        pool.job_timeout_s = 600.0
+        pool.start(ctx)
+        t0 = time.monotonic()
+        with pytest.raises(PoolWorkerError, match="died"):
+            pool.train(params, [replace(jobs[0], data_attack=_Dies())])
+        died_after = time.monotonic() - t0
+    finally:
+        pool.close()
+
+    # Assert: death is noticed at once, not at the limit.
+    assert died_after < 5.0
+
+
+def test_start_has_one_deadline_for_all_workers_and_says_how_many_were_ready(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: two workers that can never become ready, and a 1.5 s start-up deadline. Waiting
+    # for each worker in turn would take 2 x 1.5 s.
+    ctx, _, _ = _jobs(1, 1)
+    deadline = 1.5
+    monkeypatch.setattr(process_pool, "_START_TIMEOUT_S", deadline)
+    # What follows the blocker in the worker's spawn pickle must fit a pipe buffer (64 KiB), or
+    # the parent's `Process.start()` would block writing it: a small y_train.
+    stuck = replace(ctx, x_train=cast(Any, _NeverLoads()), y_train=np.zeros(1, np.int64))
+    pool = ProcessPoolBackend(workers=2)
+    children = set(multiprocessing.active_children())
+
+    # Execute
+    t0 = time.monotonic()
+    with pytest.raises(PoolWorkerError, match=r"0 of 2 workers were ready after 1.5 s"):
+        pool.start(stuck)
+    failed_after = time.monotonic() - t0
+
+    # Assert: one deadline (plus slack for stopping them), and nothing left running.
+    assert failed_after < 2 * deadline
+    assert set(multiprocessing.active_children()) - children == set()
+    with pytest.raises(RuntimeError, match="not started"):
+        pool.train(np.zeros(3, np.float32), [])
+
+
+def test_the_limit_must_be_positive_seconds_or_none() -> None:
+    # Execute / Assert
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="job_timeout_s"):
+            ProcessPoolBackend(workers=1, job_timeout_s=bad)
+    assert ProcessPoolBackend(workers=1).job_timeout_s is None
