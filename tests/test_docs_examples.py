@@ -941,3 +941,65 @@ def test_http_api_recipe_runs_by_hand(tmp_path: Path) -> None:
     assert json.loads(created.stdout)["task_id"] == 1
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert "accepted=True" in ran.stdout and "num_examples=64" in ran.stdout, ran.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Python names the prose points at
+# ---------------------------------------------------------------------------------------------
+
+# `sdk.ort.OrtDevice.run_round`, `coordinator.cli:main`, `RoundEngine(...)` after a package
+# path: inline code that starts with a dotted path into one of the packages names an API a reader
+# will look up. The dotted part must resolve (a call's arguments are not checked).
+_DOTTED = re.compile(
+    r"(?P<path>(?:compression|coordinator|sdk|mobile_sim|protocol)(?:[.:][A-Za-z_]\w*)+)"
+    r"(?:\(.*\))?"
+)
+API_NAMES = [
+    (f"{_rel(doc)}:{n}", m["path"].replace(":", "."))
+    for doc in DOCS
+    for n, span in inline_code(doc)
+    for m in [_DOTTED.fullmatch(span)]
+    if m
+]
+
+
+def resolve_name(dotted: str) -> bool:
+    """Whether `dotted` is a module, or an attribute reachable from one (an instance attribute
+    counts when the class declares it: a dataclass field, an annotation or `self.name =`)."""
+    import importlib
+    import inspect
+
+    parts = dotted.split(".")
+    for i in range(len(parts), 0, -1):
+        try:
+            obj: object = importlib.import_module(".".join(parts[:i]))
+        except ModuleNotFoundError:
+            continue
+        break
+    else:
+        return False
+    for name in parts[i:]:
+        if hasattr(obj, name):
+            obj = getattr(obj, name)
+            continue
+        declared = {
+            **getattr(obj, "__dataclass_fields__", {}),
+            **getattr(obj, "__annotations__", {}),
+        }
+        if name in declared:
+            return True  # an instance field: nothing further to follow
+        if inspect.isclass(obj) and f"self.{name} =" in inspect.getsource(obj):
+            return True
+        return False
+    return True
+
+
+def test_the_docs_name_python_apis() -> None:
+    assert len(API_NAMES) >= 50
+    assert resolve_name("sdk.ort.OrtDevice.run_round") and resolve_name("coordinator.cli.main")
+    assert not resolve_name("sdk.device.Device") and not resolve_name("nosuch.module")
+
+
+@pytest.mark.parametrize(("where", "name"), API_NAMES, ids=[f"{w} {n}" for w, n in API_NAMES])
+def test_python_name_in_docs_exists(where: str, name: str) -> None:
+    assert resolve_name(name), f"{where}: `{name}` does not resolve"
