@@ -1003,3 +1003,53 @@ def test_the_docs_name_python_apis() -> None:
 @pytest.mark.parametrize(("where", "name"), API_NAMES, ids=[f"{w} {n}" for w, n in API_NAMES])
 def test_python_name_in_docs_exists(where: str, name: str) -> None:
     assert resolve_name(name), f"{where}: `{name}` does not resolve"
+
+
+# ---------------------------------------------------------------------------------------------
+# JSON bodies shown in the docs
+# ---------------------------------------------------------------------------------------------
+
+# Each ```json block is a message of protocol.messages, keyed by (file, a line of the block);
+# keys the message does not have are listed per block (the secure stage receipt adds `stage`).
+JSON_MESSAGES: dict[tuple[str, str], tuple[str, frozenset[str]]] = {
+    ("docs/http-api.md", '{"action": "train"'): ("CheckInResponse", frozenset()),
+    ("docs/http-api.md", '"payload_bytes": 8123'): ("UploadReceipt", frozenset()),
+    ("docs/http-api.md", '"stage": "advertise-keys"'): ("UploadReceipt", frozenset({"stage"})),
+}
+JSON_BLOCKS = [b for doc in DOCS for b in fenced_blocks(doc) if b.lang == "json"]
+
+
+def _unknown_keys(shown: object, parsed: object, where: str = "$") -> list[str]:
+    """Paths of keys in `shown` that did not survive a parse into the message (typos, renames)."""
+    if isinstance(shown, dict) and isinstance(parsed, dict):
+        out = [f"{where}.{k}" for k in shown if k not in parsed]
+        for k in shown.keys() & parsed.keys():
+            out += _unknown_keys(shown[k], parsed[k], f"{where}.{k}")
+        return out
+    if isinstance(shown, list) and isinstance(parsed, list):
+        return [
+            p
+            for i, (s, q) in enumerate(zip(shown, parsed, strict=False))
+            for p in _unknown_keys(s, q, f"{where}[{i}]")
+        ]
+    return []
+
+
+@pytest.mark.parametrize("block", JSON_BLOCKS, ids=[b.where for b in JSON_BLOCKS])
+def test_json_example_is_a_real_message(block: Block) -> None:
+    from protocol import messages
+
+    # Prepare: which message it shows; `...` marks elided items and fields.
+    keys = [key for key in JSON_MESSAGES if _matches(block, key)]
+    assert len(keys) == 1, f"{block.where}: name its message in JSON_MESSAGES"
+    name, extra = JSON_MESSAGES[keys[0]]
+    text = re.sub(r"\[\s*\.\.\.\s*\]", "[]", block.code)
+    text = re.sub(r",\s*\.\.\.\s*(?=[}\]])", "", text)
+
+    # Execute
+    shown = json.loads(text)
+    parsed = messages.to_json(messages.from_json(getattr(messages, name), shown))
+
+    # Assert: every key is one the message has (required ones were checked by from_json).
+    unknown = [p for p in _unknown_keys(shown, parsed) if p.removeprefix("$.") not in extra]
+    assert not unknown, f"{block.where}: {name} has no {unknown}"
