@@ -19,11 +19,16 @@ import numpy.typing as npt
 
 from ._base import JobResult, TrainContext, TrainJob
 from ._worker import INNER_BACKENDS, WorkerState, split_jobs
+from .process_pool import _devices
 
-__all__ = ["RayBackend"]
+__all__ = ["RayBackend", "RayWorkerError"]
 
 # Seconds the actors get to be scheduled and build their model (import torch, get the data).
 _START_TIMEOUT_S = 300.0
+
+
+class RayWorkerError(RuntimeError):
+    """An actor's share of the round ran past the backend's stall limit (`job_timeout_s`)."""
 
 
 class RayBackend:
@@ -31,6 +36,13 @@ class RayBackend:
 
     The training context is put in Ray's object store once and each actor keeps it; each round
     puts the global params once and sends every actor its share of the jobs.
+
+    `job_timeout_s` (seconds, or None) is a stall limit on each actor's share, counted from
+    when the round's shares are sent: a share still running past it makes `train` kill every
+    actor, close the backend and raise `RayWorkerError` naming the share's device ids. The
+    default None (no limit) is the process pool's, for the same reason: an honest share's time
+    grows with its jobs' examples x epochs x model size and with the load on the machines, so
+    no fixed figure is safe for every run. A dead actor needs no limit (Ray raises at once).
     """
 
     name = "ray"
@@ -44,9 +56,12 @@ class RayBackend:
         inner: str = "sequential",
         threads_per_worker: int = 1,
         runtime_env: dict[str, Any] | None = None,
+        job_timeout_s: float | None = None,
     ) -> None:
         if workers is not None and workers < 1:
             raise ValueError("workers must be >= 1")
+        if job_timeout_s is not None and not (math.isfinite(job_timeout_s) and job_timeout_s > 0):
+            raise ValueError(f"job_timeout_s must be None or > 0 seconds, got {job_timeout_s!r}")
         if inner not in INNER_BACKENDS:
             raise ValueError(f"inner backend must be one of {INNER_BACKENDS}, got {inner!r}")
         self.workers = workers
@@ -55,6 +70,7 @@ class RayBackend:
         self.inner = inner
         self.threads_per_worker = threads_per_worker
         self.runtime_env = runtime_env
+        self.job_timeout_s = job_timeout_s
         self._actors: list[Any] = []
         self._owns_runtime = False
 
@@ -111,8 +127,22 @@ class RayBackend:
             actor.train.remote(params_ref, [jobs[i] for i in share])
             for actor, share in zip(self._actors, shares, strict=False)
         ]
+        try:
+            outs = ray.get(refs, timeout=self.job_timeout_s)
+        except ray.exceptions.GetTimeoutError:
+            # Name a share still running: ray.get does not say which one it waited for.
+            late = set(ray.wait(refs, num_returns=len(refs), timeout=0)[1])
+            stuck = [share for share, ref in zip(shares, refs, strict=False) if ref in late]
+            if stuck:
+                self.close()  # kills the actors: their work will never be read
+                raise RayWorkerError(
+                    f"a Ray actor was still training devices {_devices(jobs, stuck[0])} after "
+                    f"the {self.job_timeout_s:g} s stall limit (job_timeout_s); the actors "
+                    "were killed"
+                ) from None
+            outs = ray.get(refs)  # every share finished just after the limit
         results: list[JobResult | None] = [None] * len(jobs)
-        for share, out in zip(shares, ray.get(refs), strict=True):
+        for share, out in zip(shares, outs, strict=True):
             for i, res in zip(share, out, strict=True):
                 results[i] = res
         return [r for r in results if r is not None]

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import multiprocessing
 import threading
 import time
+from collections import deque
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any, NoReturn, cast
 
 import numpy as np
 import pytest
 
-from mobile_sim.backends import process_pool
+from mobile_sim.backends import SequentialBackend, process_pool
 from mobile_sim.backends.process_pool import PoolWorkerError, ProcessPoolBackend
-from tests.mobile_sim.test_backends_pool import _jobs, _shm_names
+from tests.mobile_sim.test_backends_pool import _assert_same, _jobs, _shm_names
 from tests.mobile_sim.test_review_backends import _Dies
 
 
@@ -140,3 +143,41 @@ def test_the_limit_must_be_positive_seconds_or_none() -> None:
         with pytest.raises(ValueError, match="job_timeout_s"):
             ProcessPoolBackend(workers=1, job_timeout_s=bad)
     assert ProcessPoolBackend(workers=1).job_timeout_s is None
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(240)  # before the limit existed, ray.get waited for the spin forever
+def test_ray_kills_its_actors_when_a_share_runs_past_the_limit() -> None:
+    # Prepare: one actor on the backend's own one-CPU runtime; a round it trains honestly, then
+    # one where a job spins forever in C (a lambda: Ray ships it by value, so the test package
+    # need not be importable on the workers).
+    ray = pytest.importorskip("ray", reason="the Ray backend needs `pip install .[ray]`")
+    from mobile_sim.backends.ray_backend import RayBackend, RayWorkerError
+
+    ctx, params, jobs = _jobs(3, 1)
+    spin = SimpleNamespace(poison_data=lambda x, y, r: deque(itertools.count(), maxlen=0))
+    spinning = [*jobs[:2], replace(jobs[2], data_attack=spin)]
+    limit = 2.0
+    backend = RayBackend(workers=1, num_cpus=1, job_timeout_s=limit)
+
+    # Execute
+    try:
+        backend.start(ctx)
+        honest = backend.train(params, jobs)
+        t0 = time.monotonic()
+        with pytest.raises(RayWorkerError, match=r"devices dev-0, dev-1, dev-2 after the 2 s"):
+            backend.train(params, spinning)
+        failed_after = time.monotonic() - t0
+        with pytest.raises(RuntimeError, match="not started"):
+            backend.train(params, jobs)
+    finally:
+        backend.close()
+
+    # Assert: the honest round matches the pool's reference; the stall was cut at the limit
+    # (plus the runtime's shutdown), and the backend shut down the runtime it had started.
+    seq = SequentialBackend()
+    seq.start(ctx)
+    _assert_same(honest, seq.train(params, jobs))
+    assert failed_after < limit + 30.0
+    assert not ray.is_initialized()
