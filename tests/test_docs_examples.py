@@ -1053,3 +1053,87 @@ def test_json_example_is_a_real_message(block: Block) -> None:
     # Assert: every key is one the message has (required ones were checked by from_json).
     unknown = [p for p in _unknown_keys(shown, parsed) if p.removeprefix("$.") not in extra]
     assert not unknown, f"{block.where}: {name} has no {unknown}"
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP endpoints and Prometheus metrics named in the docs
+# ---------------------------------------------------------------------------------------------
+
+_ENDPOINT = re.compile(r"\b(GET|POST|PUT|DELETE|PATCH) (/[^\s`?]*)")
+# Endpoints shown on purpose as paths the service does not have, with why.
+NOT_ROUTES = {
+    ("docs/http-api.md", "POST /v1/devices/"): "the example of a trailing slash that is a 404",
+}
+ENDPOINTS = [
+    (f"{_rel(doc)}:{n}", f"{m[1]} {m[2]}")
+    for doc in DOCS
+    for n, span in inline_code(doc)
+    for m in _ENDPOINT.finditer(span)
+    if (_rel(doc), f"{m[1]} {m[2]}") not in NOT_ROUTES
+]
+
+
+@pytest.fixture(scope="module")
+def service_routes(tmp_path_factory: pytest.TempPathFactory) -> list[tuple[str, re.Pattern[str]]]:
+    """(method, path pattern) of every route of the real coordinator app."""
+    from coordinator.service import ServiceConfig, create_app
+
+    db = tmp_path_factory.mktemp("routes") / "plume.db"
+    app = create_app(ServiceConfig(db_path=str(db), admin_token="t"))
+    out: list[tuple[str, re.Pattern[str]]] = []
+    for route in app.routes:
+        path = getattr(route, "path", "")
+        # A template segment ({task_id}) matches the docs' {id} or a concrete 1.
+        pattern = re.compile(re.sub(r"\\\{[^}]*\\\}", r"[^/]+", re.escape(path)))
+        out.extend((method, pattern) for method in getattr(route, "methods", None) or ())
+    return out
+
+
+def test_the_docs_name_endpoints(service_routes: list[tuple[str, re.Pattern[str]]]) -> None:
+    assert len(ENDPOINTS) >= 15
+    for doc, endpoint in NOT_ROUTES:  # still in the doc, and still not served
+        assert any(endpoint in span for _, span in inline_code(ROOT / doc)), endpoint
+        method, path = endpoint.split(" ", 1)
+        assert not any(m == method and p.fullmatch(path) for m, p in service_routes), endpoint
+
+
+@pytest.mark.parametrize(("where", "endpoint"), ENDPOINTS, ids=[f"{w} {e}" for w, e in ENDPOINTS])
+def test_endpoint_in_docs_is_served(
+    where: str, endpoint: str, service_routes: list[tuple[str, re.Pattern[str]]]
+) -> None:
+    # Prepare
+    method, path = endpoint.split(" ", 1)
+
+    # Execute + Assert
+    assert any(m == method and p.fullmatch(path) for m, p in service_routes), (
+        f"{where}: the coordinator has no {endpoint}"
+    )
+
+
+def test_metric_names_in_docs_exist() -> None:
+    """Every `plume_*` name in the docs is a series the coordinator exports (families of the
+    service, the anomaly screen and the privacy ledger, with their sample suffixes)."""
+    from coordinator.anomaly import AnomalyMetrics
+    from coordinator.privacy import PrivacyMetrics
+    from coordinator.service.metrics import Metrics
+
+    # Prepare
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum")}
+    exported: set[str] = set()
+    for metrics in (Metrics(), AnomalyMetrics(), PrivacyMetrics()):
+        for family in metrics.registry.collect():
+            exported.add(family.name)
+            exported.update(family.name + s for s in suffixes.get(family.type, ()))
+
+    # Execute
+    named = {
+        (f"{_rel(doc)}:{n}", name)
+        for doc in DOCS
+        for n, text in enumerate(doc.read_text().splitlines(), start=1)
+        for name in re.findall(r"\bplume_[a-z_]+\b", text)
+    }
+
+    # Assert
+    assert len(named) >= 20
+    missing = sorted(f"{where} {name}" for where, name in named if name not in exported)
+    assert not missing, f"not exported: {missing}"
