@@ -1137,3 +1137,49 @@ def test_metric_names_in_docs_exist() -> None:
     assert len(named) >= 20
     missing = sorted(f"{where} {name}" for where, name in named if name not in exported)
     assert not missing, f"not exported: {missing}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregator specs in the prose
+# ---------------------------------------------------------------------------------------------
+
+_SPEC = re.compile(r"[a-z_]+(?::[\w.=,\-]+)?(?:\+[a-z_]+(?::[\w.=,\-]+)?)*")
+# Specs the docs show as refused: they must keep failing to parse.
+SHOWN_AS_REFUSED = frozenset({"geomed:nu=inf", "cclip:tau=inf", "cosfilter+adam+fedavg"})
+
+
+def _aggregator_specs() -> list[tuple[str, str]]:
+    """Inline code that is a multi-stage or parameterised aggregator spec (`...` elisions out)."""
+    from coordinator.aggregators import _registry
+
+    known = _registry.BASES.keys() | _registry.WRAPPERS.keys()
+    return [
+        (f"{_rel(doc)}:{n}", span)
+        for doc in DOCS
+        for n, span in inline_code(doc)
+        if _SPEC.fullmatch(span)
+        and re.split(r"[:+]", span)[0] in known
+        and (":" in span or "+" in span)
+        and "..." not in span
+    ]
+
+
+AGGREGATOR_SPECS = _aggregator_specs()
+
+
+def test_the_docs_show_aggregator_specs() -> None:
+    assert len(AGGREGATOR_SPECS) >= 50
+    assert SHOWN_AS_REFUSED <= {spec for _, spec in AGGREGATOR_SPECS}
+
+
+@pytest.mark.parametrize(
+    ("where", "spec"), AGGREGATOR_SPECS, ids=[f"{w} {s}" for w, s in AGGREGATOR_SPECS]
+)
+def test_aggregator_spec_in_docs_builds(where: str, spec: str) -> None:
+    from coordinator.aggregators import AggregatorSpecError, build_aggregator
+
+    if spec in SHOWN_AS_REFUSED:
+        with pytest.raises(AggregatorSpecError):
+            build_aggregator(spec)
+    else:
+        build_aggregator(spec)
