@@ -1183,3 +1183,48 @@ def test_aggregator_spec_in_docs_builds(where: str, spec: str) -> None:
             build_aggregator(spec)
     else:
         build_aggregator(spec)
+
+
+def test_signed_message_example_is_what_protocol_auth_signs() -> None:
+    """docs/http-api.md's example of the signed bytes, with its two elided fields filled in."""
+    from protocol.auth import signing_message
+
+    # Prepare: the example line, and the fields it shows.
+    doc = ROOT / "docs" / "http-api.md"
+    shown = [b.code.strip() for b in fenced_blocks(doc) if b.code.startswith("PLUME-SIG-V1\\n")]
+    assert len(shown) == 1, "docs/http-api.md lost its signed-message example"
+    device, body_hash = "5d3e" + "0" * 28, "ab" * 32
+
+    # Execute
+    message = signing_message(
+        method="POST",
+        target="/v1/rounds/3/updates",
+        device_id=device,
+        round_id=3,
+        body_hash=body_hash,
+        timestamp_ms=1764316800000,
+        nonce="00112233445566778899aabbccddeeff",
+    ).decode("ascii")
+
+    # Assert
+    as_shown = message.replace(device, "5d3e...(32 hex)").replace(body_hash, "<64 hex>")
+    assert shown[0] == as_shown.replace("\n", "\\n")
+
+
+def test_snapshot_hex_example_is_what_encode_snapshot_writes() -> None:
+    """docs/wire-format.md's fp16 snapshot of [1.0, -2.0, 0.5], byte for byte."""
+    import numpy as np
+
+    from compression import ModelSpec, encode_snapshot
+
+    # Prepare: the hex dump (the block that starts with the snapshot magic "PLMS").
+    doc = ROOT / "docs" / "wire-format.md"
+    shown = [b.code for b in fenced_blocks(doc) if b.code.startswith("504c4d53")]
+    assert len(shown) == 1, "docs/wire-format.md lost its snapshot example"
+
+    # Execute
+    spec = ModelSpec.from_shapes([("w", (3,))])
+    data = encode_snapshot(np.array([1.0, -2.0, 0.5], np.float32), spec, dtype="fp16")
+
+    # Assert
+    assert "".join(shown[0].split()) == data.hex()
