@@ -275,7 +275,39 @@ def _bench_script(words: tuple[str, ...] | list[str]) -> str | None:
     return None
 
 
-ALL_COMMANDS = [c for doc in DOCS for c in shell_commands(doc) + inline_commands(doc)]
+def makefile_commands() -> list[Command]:
+    """The `plume` and bench command lines the Makefile's recipes run (`make demo`, `make bench`,
+    `make bench-quick` are README examples too): `$(BIN)/` dropped, the BENCHES loop unrolled."""
+    lines: list[tuple[int, str]] = []  # (first line number, continuation lines joined)
+    pending, start = "", 0
+    for number, raw in enumerate((ROOT / "Makefile").read_text().splitlines(), start=1):
+        if not pending:
+            start = number
+        if raw.endswith("\\"):
+            pending += raw[:-1] + " "
+            continue
+        lines.append((start, pending + raw))
+        pending = ""
+    benches = next((line.split("=", 1)[1] for _, line in lines if line.startswith("BENCHES")), "")
+    assert benches.split(), "the Makefile lost its BENCHES list"
+    out: list[Command] = []
+    for number, line in lines:
+        if not line.startswith("\t"):
+            continue
+        for m in re.finditer(r"\$\(BIN\)/plume\b([^;|&]*)", line):
+            out.append(Command(f"Makefile:{number}", ("plume", *shlex.split(m[1]))))
+        for m in re.finditer(r"\$\(BIN\)/python bench/\$\$b\.py([^;|&]*)", line):
+            out.extend(
+                Command(f"Makefile:{number}", ("python", f"bench/{b}.py", *shlex.split(m[1])))
+                for b in benches.split()
+            )
+    return out
+
+
+ALL_COMMANDS = [
+    *(c for doc in DOCS for c in shell_commands(doc) + inline_commands(doc)),
+    *makefile_commands(),
+]
 PLUME_COMMANDS = [c for c in ALL_COMMANDS if c.words[0] in PLUME]
 BENCH_COMMANDS = [c for c in ALL_COMMANDS if _bench_script(c.words) is not None]
 
