@@ -201,7 +201,7 @@ def _split_commands(line: str) -> list[list[str]]:
 
 
 def _unwrap(words: list[str]) -> list[str]:
-    """The command behind `VAR=value`, `export`-free prefixes, `nice -n N` and `time`."""
+    """The command behind leading `VAR=value` assignments, `nice [-n N]` and `time`."""
     while words:
         if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*=.*", words[0]):
             words = words[1:]
