@@ -1260,3 +1260,50 @@ def test_snapshot_hex_example_is_what_encode_snapshot_writes() -> None:
 
     # Assert
     assert "".join(shown[0].split()) == data.hex()
+
+
+# ---------------------------------------------------------------------------------------------
+# A few cheap commands, run as written
+# ---------------------------------------------------------------------------------------------
+
+# Doc command sequences that finish in seconds, run for real in a scratch folder, with a file
+# each sequence must leave behind. Each command must appear in the doc word for word.
+RUN_AS_WRITTEN: dict[str, tuple[tuple[str, ...], str]] = {
+    "docs/simulator.md": (
+        (
+            "plume sim --dataset digits --clients 10 --per-round 4 --rounds 2 --out runs/digits",
+            "plume sim report runs/digits",
+        ),
+        "runs/digits/bytes_per_round.png",
+    ),
+    "docs/devices.md": (
+        ("plume export --model digits_mlp --out artifacts/digits --loss mse",),
+        "artifacts/digits/manifest.json",
+    ),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("doc", sorted(RUN_AS_WRITTEN))
+def test_cheap_commands_run_as_written(doc: str, tmp_path: Path) -> None:
+    # Prepare
+    lines, leaves = RUN_AS_WRITTEN[doc]
+    shown = {shlex.join(c.words) for c in PLUME_COMMANDS if c.where.startswith(f"{doc}:")}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+
+    for line in lines:
+        assert line in shown, f"{doc} no longer shows `{line}`"
+        # Execute
+        proc = subprocess.run(
+            [sys.executable, "-m", "coordinator.cli", *shlex.split(line)[1:]],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+
+        # Assert
+        assert proc.returncode == 0, f"{doc}: `{line}`\n{proc.stderr[-3000:]}"
+    assert (tmp_path / leaves).is_file(), f"{doc}: {leaves} was not written"
