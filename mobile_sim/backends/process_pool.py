@@ -5,10 +5,12 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import threading
 import time
 import traceback
 from collections.abc import Sequence
 from multiprocessing.connection import Connection, wait
+from multiprocessing.reduction import ForkingPickler
 from multiprocessing.shared_memory import SharedMemory
 from typing import Any
 
@@ -87,15 +89,27 @@ def _check_room(nbytes: int) -> None:
         )
 
 
-def _worker_main(conn: Connection, ctx: TrainContext, inner: str, threads: int) -> None:
-    """A worker's life: build the model once, then train tasks until told to stop.
+def _send_context(conn: Connection, payload: memoryview) -> None:
+    """Send the pickled training context to one worker (run in a thread, one per worker)."""
+    try:
+        conn.send_bytes(payload)
+    except (OSError, ValueError):
+        pass  # the worker died or was stopped: reading its pipe says so
 
-    Messages in: ("task", params_name, d, out_name, slots, [(slot, job), ...]) or None (stop).
-    The global params are read from shared memory and each delta is written into its slot of
-    the output block, so no array crosses the pipe; only (slot, examples, loss) go back.
+
+def _worker_main(conn: Connection, inner: str, threads: int) -> None:
+    """A worker's life: receive the context, build the model once, then train until told to stop.
+
+    Messages in: the TrainContext first, then ("task", params_name, d, out_name, slots,
+    [(slot, job), ...]) or None (stop). The global params are read from shared memory and each
+    delta is written into its slot of the output block, so no array crosses the pipe; only
+    (slot, examples, loss) go back.
     """
     try:
+        ctx: TrainContext = conn.recv()
         state = WorkerState(ctx, inner, threads)
+    except EOFError:  # the parent stopped the start-up
+        return
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         return
@@ -203,25 +217,45 @@ class ProcessPoolBackend:
     def start(self, ctx: TrainContext) -> None:
         self.close()
         mp: Any = multiprocessing.get_context(self.start_method)
-        for _ in range(self.workers):
-            parent, child = mp.Pipe()
-            proc = mp.Process(
-                target=_worker_main,
-                args=(child, ctx, self.inner, self.threads_per_worker),
-                daemon=True,
-            )
-            proc.start()
-            child.close()
-            self._procs.append(proc)
-            self._conns.append(parent)
+        # The context (the whole training set: 24 MB for MNIST) goes through each worker's
+        # pipe after every worker is spawned, not in the spawn arguments: `Process.start()`
+        # writes those itself and, if the child dies before reading them all, blocks forever
+        # (it holds the pipe's read end until the write is done). Threads send it in parallel,
+        # pickled once, so the deadline below covers every step of the start-up.
+        payload = ForkingPickler.dumps(ctx)
+        senders: list[threading.Thread] = []
+        started = False
         try:
+            for _ in range(self.workers):
+                parent, child = mp.Pipe()
+                proc = mp.Process(
+                    target=_worker_main,
+                    args=(child, self.inner, self.threads_per_worker),
+                    daemon=True,
+                )
+                proc.start()
+                child.close()
+                self._procs.append(proc)
+                self._conns.append(parent)
+            # Only once all are spawned: a "fork" child would inherit a sender mid-send.
+            for conn in self._conns:
+                sender = threading.Thread(target=_send_context, args=(conn, payload), daemon=True)
+                sender.start()
+                senders.append(sender)
             self._await_ready(time.monotonic() + _START_TIMEOUT_S)
-        except BaseException:
-            # Workers still starting would not read the stop message: `close` would wait
-            # _STOP_TIMEOUT_S for each of them before terminating it.
-            _stop(self._procs)
-            self.close()
-            raise
+            started = True
+        finally:
+            if not started:
+                # Workers still starting would not read the stop message (`close` would wait
+                # _STOP_TIMEOUT_S for each); and once they are gone a send still in progress
+                # fails at once, so its pipe is closed only after that.
+                _stop(self._procs)
+                for proc in self._procs:
+                    proc.join(_STOP_TIMEOUT_S)
+            for sender in senders:
+                sender.join(_STOP_TIMEOUT_S)
+            if not started:
+                self.close()
 
     def _await_ready(self, deadline: float) -> None:
         """Read every worker's "ready" by `deadline` (time.monotonic() s), all in parallel."""

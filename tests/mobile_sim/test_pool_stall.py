@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import multiprocessing
+import os
 import threading
 import time
 from collections import deque
@@ -40,6 +41,13 @@ class _NeverLoads:
 
     def __reduce__(self) -> tuple[Any, tuple[()]]:
         return _never_loads, ()
+
+
+class _KillsItsLoader:
+    """Training data whose unpickling ends the process, as the OOM killer might mid-start."""
+
+    def __reduce__(self) -> tuple[Any, tuple[int]]:
+        return os._exit, (3,)
 
 
 def test_honest_rounds_keep_their_bits_under_a_limit_and_a_spinning_job_fails_within_it() -> None:
@@ -118,9 +126,7 @@ def test_start_has_one_deadline_for_all_workers_and_says_how_many_were_ready(
     ctx, _, _ = _jobs(1, 1)
     deadline = 1.5
     monkeypatch.setattr(process_pool, "_START_TIMEOUT_S", deadline)
-    # What follows the blocker in the worker's spawn pickle must fit a pipe buffer (64 KiB), or
-    # the parent's `Process.start()` would block writing it: a small y_train.
-    stuck = replace(ctx, x_train=cast(Any, _NeverLoads()), y_train=np.zeros(1, np.int64))
+    stuck = replace(ctx, x_train=cast(Any, _NeverLoads()))
     pool = ProcessPoolBackend(workers=2)
     children = set(multiprocessing.active_children())
 
@@ -135,6 +141,21 @@ def test_start_has_one_deadline_for_all_workers_and_says_how_many_were_ready(
     assert set(multiprocessing.active_children()) - children == set()
     with pytest.raises(RuntimeError, match="not started"):
         pool.train(np.zeros(3, np.float32), [])
+
+
+@pytest.mark.timeout(60)  # when the context went in the spawn arguments, start hung here
+def test_a_worker_dying_while_it_receives_the_context_fails_start_at_once() -> None:
+    # Prepare: the worker dies as it begins to read the context, with megabytes still to come
+    # (far more than a pipe holds).
+    ctx, _, _ = _jobs(1, 1)
+    dying = replace(ctx, x_train=cast(Any, _KillsItsLoader()), y_train=np.zeros(2**20, np.int64))
+    pool = ProcessPoolBackend(workers=2)
+    children = set(multiprocessing.active_children())
+
+    # Execute / Assert: the death is reported (not the 300 s deadline), nothing left running.
+    with pytest.raises(PoolWorkerError, match="died"):
+        pool.start(dying)
+    assert set(multiprocessing.active_children()) - children == set()
 
 
 def test_the_limit_must_be_positive_seconds_or_none() -> None:
