@@ -1,4 +1,4 @@
-"""The process pool's bounds: a stall limit per task, and one start-up deadline for all workers."""
+"""Scale-out backends bounded: a stall limit per task (pool, Ray), one start-up deadline (pool)."""
 
 from __future__ import annotations
 
