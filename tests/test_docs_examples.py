@@ -1307,3 +1307,105 @@ def test_cheap_commands_run_as_written(doc: str, tmp_path: Path) -> None:
         # Assert
         assert proc.returncode == 0, f"{doc}: `{line}`\n{proc.stderr[-3000:]}"
     assert (tmp_path / leaves).is_file(), f"{doc}: {leaves} was not written"
+
+
+# ---------------------------------------------------------------------------------------------
+# Keyword arguments of the calls the prose shows
+# ---------------------------------------------------------------------------------------------
+
+
+def _public_names() -> dict[str, list[object]]:
+    """Every name in the `__all__` of the packages' public modules -> the objects it names."""
+    import importlib
+    import pkgutil
+
+    out: dict[str, list[object]] = {}
+    for package in ("compression", "coordinator", "sdk", "mobile_sim", "protocol"):
+        root = importlib.import_module(package)
+        infos = pkgutil.walk_packages(root.__path__, f"{package}.")
+        names = [package] + [i.name for i in infos if "._" not in i.name and i.name != "_"]
+        for name in names:
+            module = importlib.import_module(name)
+            for public in getattr(module, "__all__", ()):
+                objs = out.setdefault(public, [])
+                obj = getattr(module, public)
+                if all(obj is not o for o in objs):
+                    objs.append(obj)
+    return out
+
+
+def _shown_calls() -> list[tuple[str, str, str, str, tuple[str, ...]]]:
+    """(where, span, owner name or "", callee name, keyword names) of calls with keywords in
+    inline code that parses as a Python expression (`...` stands for elided values)."""
+    import ast
+
+    out = []
+    for doc in DOCS:
+        for n, span in inline_code(doc):
+            if "=" not in span or "(" not in span:
+                continue
+            try:
+                tree = ast.parse(span, mode="eval")
+            except SyntaxError:
+                continue
+            for node in ast.walk(tree):
+                if not (isinstance(node, ast.Call) and node.keywords):
+                    continue
+                func = node.func
+                owner = ""
+                if isinstance(func, ast.Attribute):
+                    name = func.attr
+                    owner = func.value.id if isinstance(func.value, ast.Name) else ""
+                else:
+                    name = getattr(func, "id", "")
+                keywords = tuple(k.arg for k in node.keywords if k.arg is not None)
+                out.append((f"{_rel(doc)}:{n}", span, owner, name, keywords))
+    return out
+
+
+SHOWN_CALLS = _shown_calls()
+
+
+def _callees(public: dict[str, list[object]], owner: str, name: str) -> list[object]:
+    """What a shown call may be calling: a public function or class, `Class.method` of a public
+    class, or (`fleet.select(...)`, an instance) the method of that name on any public class."""
+    import inspect
+
+    if not owner and name in public:
+        return public[name]
+    if owner in public:
+        return [getattr(o, name) for o in public[owner] if hasattr(o, name)]
+    classes = [o for objs in public.values() for o in objs if inspect.isclass(o)]
+    return [getattr(c, name) for c in classes if name in vars(c)]
+
+
+def test_keyword_arguments_in_docs_exist() -> None:
+    """`FedAvg(uniform=True)`, `fleet.select(..., min_n=5)`: each keyword a call in the prose
+    passes is a parameter of a public callable of that name."""
+    import inspect
+
+    # Prepare
+    public = _public_names()
+
+    # Execute: calls to a public name that no callable of that name accepts.
+    checked, wrong = 0, []
+    for where, span, owner, name, keywords in SHOWN_CALLS:
+        callees = _callees(public, owner, name)
+        accepting = []
+        for obj in callees:
+            try:
+                params = inspect.signature(obj).parameters  # type: ignore[arg-type]
+            except (TypeError, ValueError):
+                continue
+            if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                accepting.append(obj)
+            elif all(k in params for k in keywords):
+                accepting.append(obj)
+        if callees:
+            checked += 1
+            if not accepting:
+                wrong.append(f"{where}: `{span}`: {name} takes no {list(keywords)}")
+
+    # Assert
+    assert checked >= 20
+    assert not wrong, "\n".join(wrong)
