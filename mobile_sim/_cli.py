@@ -160,6 +160,14 @@ def register(sub: Any) -> None:
     g.add_argument("--transport", default="inproc", choices=("inproc", "http"))
     g.add_argument("--coordinator", default=None, help="with --transport http: a coordinator URL")
     g.add_argument("--backend", default="sequential", help="sequential | vectorized | pool | ray")
+    g.add_argument(
+        "--job-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="pool and ray: fail the round when one worker task runs this long (a stuck "
+        "worker); default no limit. Use a generous multiple of the slowest honest task",
+    )
     g.add_argument("--ort-fraction", type=float, default=0.0, help="share of ONNX-runtime devices")
     g.add_argument("--ort-artifacts", default=None, help="folder written by `plume export`")
     g.add_argument("--ort-tier", default=None, help="low | mid | high: that tier runs ONNX")
@@ -211,6 +219,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         "attack": args.attack,
         "malicious": args.malicious,
         "backend": args.backend,
+        "job_timeout_s": args.job_timeout,
         "ort_fraction": args.ort_fraction,
         "ort_artifacts": args.ort_artifacts,
         "ort_tier": args.ort_tier,

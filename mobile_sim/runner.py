@@ -42,6 +42,7 @@ __all__ = [
     "build_aggregator",
     "DEFAULT_MODEL",
     "encode_reports",
+    "backend_for",
 ]
 
 DEFAULT_MODEL = {
@@ -50,6 +51,17 @@ DEFAULT_MODEL = {
     "shakespeare": "shakespeare_lstm_small",
     "synthetic": "synthetic_lr",
 }
+
+
+# Backends whose jobs run in other processes, where a stuck worker can be stopped.
+_TIMED_BACKENDS = ("pool", "ray")
+
+
+def backend_for(cfg: SimConfig) -> Backend:
+    """The backend `cfg` names, with its stall limit (`job_timeout_s`) where one is set."""
+    if cfg.job_timeout_s is None:
+        return build_backend(cfg.backend)
+    return build_backend(cfg.backend, job_timeout_s=cfg.job_timeout_s)
 
 
 @dataclass(frozen=True)
@@ -92,6 +104,8 @@ class SimConfig:
     malicious: float = 0.0
     # execution
     backend: str = "sequential"
+    # pool and ray: seconds one worker task may run before the round fails (None: no limit)
+    job_timeout_s: float | None = None
     ort_fraction: float = 0.0
     ort_artifacts: str | None = None
     ort_tier: str | None = None  # e.g. "low": that tier's phones train on onnxruntime
@@ -123,6 +137,14 @@ class SimConfig:
             raise ValueError("local_epochs and batch_size must be >= 1 and lr > 0")
         if self.fleet not in ("off", "timing", "realistic"):
             raise ValueError(f"fleet must be off, timing or realistic, not {self.fleet!r}")
+        if self.job_timeout_s is not None:
+            if self.backend not in _TIMED_BACKENDS:
+                raise ValueError(
+                    f"job_timeout_s applies to the {' and '.join(_TIMED_BACKENDS)} backends, "
+                    f"not {self.backend!r} (an inline backend runs in this process)"
+                )
+            if not (math.isfinite(self.job_timeout_s) and self.job_timeout_s > 0):
+                raise ValueError("job_timeout_s must be a positive number of seconds")
         if self.deadline_s is not None and not self.deadline_s > 0:
             raise ValueError("deadline_s must be positive")
         if self.selection_timeout_s is not None and not (
@@ -366,7 +388,7 @@ def run_simulation(
         )
 
     own_backend = backend is None
-    be = backend if backend is not None else build_backend(cfg.backend)
+    be = backend if backend is not None else backend_for(cfg)
     be.start(
         TrainContext(
             model=cfg.model_name,

@@ -369,8 +369,8 @@ def run_secure_simulation(
     from sdk.flat import get_flat_params
     from sdk.trainer import evaluate
 
-    from .backends import TrainContext, TrainJob, build_backend
-    from .runner import _device_ids, prepare
+    from .backends import TrainContext, TrainJob
+    from .runner import _device_ids, backend_for, prepare
 
     setup = prepare(cfg)
     data, parts, model, eval_model = setup.data, setup.parts, setup.model, setup.eval_model
@@ -382,7 +382,7 @@ def run_secure_simulation(
     index_of = {dev: i for i, dev in enumerate(ids)}
     participants: dict[str, SecureParticipant] = {}
     drop_rng = np.random.default_rng([cfg.seed, 4])
-    be = build_backend(cfg.backend)
+    be = backend_for(cfg)
     be.start(
         TrainContext(
             model=cfg.model_name,

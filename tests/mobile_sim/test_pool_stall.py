@@ -202,3 +202,24 @@ def test_ray_kills_its_actors_when_a_share_runs_past_the_limit() -> None:
     _assert_same(honest, seq.train(params, jobs))
     assert failed_after < limit + 30.0
     assert not ray.is_initialized()
+
+
+def test_plume_sim_passes_job_timeout_to_the_pool_and_refuses_it_for_inline_backends() -> None:
+    # Prepare
+    from coordinator.cli import build_parser
+    from mobile_sim._cli import config_from_args
+    from mobile_sim.runner import SimConfig, backend_for
+
+    args = build_parser().parse_args(["sim", "--backend", "pool", "--job-timeout", "600"])
+    # Execute
+    cfg = config_from_args(args)
+    backend = backend_for(cfg)
+    # Assert: the flag reaches the backend (not started: nothing to close)
+    assert isinstance(backend, ProcessPoolBackend)
+    assert backend.job_timeout_s == 600.0
+    assert backend_for(SimConfig(backend="pool")).job_timeout_s is None  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="applies to the pool and ray backends"):
+        SimConfig(backend="sequential", job_timeout_s=600.0)
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="job_timeout_s must be a positive"):
+            SimConfig(backend="pool", job_timeout_s=bad)
