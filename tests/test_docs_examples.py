@@ -422,7 +422,8 @@ _BENCH_PROBE = textwrap.dedent(
     original = argparse.ArgumentParser.parse_args
 
     def parse_then_stop(self, args=None, namespace=None):
-        raise Parsed(vars(original(self, args, namespace)))
+        flags = [o for action in self._actions for o in action.option_strings]
+        raise Parsed(vars(original(self, args, namespace)), flags)
 
     argparse.ArgumentParser.parse_args = parse_then_stop
     results = []
@@ -438,18 +439,19 @@ _BENCH_PROBE = textwrap.dedent(
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
                 modules[script].main(argv)
         except Parsed as parsed:
-            results.append([True, "", parsed.args[0]])
+            results.append([True, "", parsed.args[0], parsed.args[1]])
         except SystemExit as exc:
-            results.append([exc.code == 0, err.getvalue(), None])
+            results.append([exc.code == 0, err.getvalue(), None, []])
         else:
-            results.append([False, "main() returned without parsing its arguments", None])
+            results.append([False, "main() returned without parsing its arguments", None, []])
     json.dump(results, sys.stdout, default=str)
     """
 )
 
 
-# (accepted, the parser's message, the parsed options as JSON) for one bench command line.
-_Probed = tuple[bool, str, dict[str, object] | None]
+# (accepted, the parser's message, the parsed options as JSON, every flag the script's parser
+# has) for one bench command line.
+_Probed = tuple[bool, str, dict[str, object] | None, list[str]]
 
 # Two known answers ride along with the docs' commands, so the probe is seen to refuse.
 _PROBE_CONTROLS = (
@@ -460,8 +462,8 @@ _PROBE_CONTROLS = (
 
 @pytest.fixture(scope="module")
 def bench_parse_results() -> dict[tuple[str, tuple[str, ...]], _Probed]:
-    """(accepted, parser message, parsed options) per (script, argv), for every bench command
-    whose script exists and for the controls."""
+    """The probe's answer per (script, argv), for every bench command whose script exists and
+    for the controls."""
     jobs = sorted(
         {(c.words[1], c.words[2:]) for c in BENCH_COMMANDS if (ROOT / c.words[1]).is_file()}
         | {(script, argv) for script, argv, _ in _PROBE_CONTROLS}
@@ -479,8 +481,8 @@ def bench_parse_results() -> dict[tuple[str, tuple[str, ...]], _Probed]:
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     return {
-        job: (bool(ok), str(msg), options)
-        for job, (ok, msg, options) in zip(jobs, results, strict=True)
+        job: (bool(ok), str(msg), options, list(flags))
+        for job, (ok, msg, options, flags) in zip(jobs, results, strict=True)
     }
 
 
@@ -512,7 +514,7 @@ def test_bench_command_parses(
     assert script.is_file(), f"{command}: no such script {command.words[1]}"
 
     # Execute
-    ok, message, options = bench_parse_results[(command.words[1], command.words[2:])]
+    ok, message, options, _ = bench_parse_results[(command.words[1], command.words[2:])]
 
     # Assert: parsed, and the specs it names build (a placeholder such as `...` is not built).
     assert ok, f"{command}\n{message}"
@@ -1409,3 +1411,58 @@ def test_keyword_arguments_in_docs_exist() -> None:
     # Assert
     assert checked >= 20
     assert not wrong, "\n".join(wrong)
+
+
+# ---------------------------------------------------------------------------------------------
+# Flags named in the prose
+# ---------------------------------------------------------------------------------------------
+
+# Flags in inline code that belong to other tools, or a family written as a glob.
+FOREIGN_FLAGS = {
+    "--no-deps": "pip's (docs/devices.md installs the package without torch)",
+    "--shm-size": "docker's (docs/simulator.md, Ray in a container)",
+    "--secure-*": "the family of create-task's --secure-... flags",
+}
+
+
+def _all_plume_flags() -> set[str]:
+    """Every option string of `plume` and of all its subcommands."""
+    found: set[str] = set()
+    parsers = [build_parser()]
+    while parsers:
+        parser = parsers.pop()
+        for action in parser._actions:
+            found.update(action.option_strings)
+            choices = getattr(action, "choices", None)
+            if isinstance(choices, dict):  # a subparsers action: name -> parser
+                parsers.extend(choices.values())
+    return found
+
+
+def test_flags_named_in_docs_exist(
+    bench_parse_results: dict[tuple[str, tuple[str, ...]], _Probed],
+) -> None:
+    """A `--flag` in inline code (`--selection-timeout`, `serve --register-rate R`) is an option
+    of `plume` or of a bench script: a renamed flag is not left behind in the prose."""
+    import fnmatch
+
+    # Prepare
+    known = _all_plume_flags() | {f for *_, flags in bench_parse_results.values() for f in flags}
+    assert "--selection-timeout" in known and "--backdoor-defenses" in known
+
+    # Execute
+    named = [
+        (f"{_rel(doc)}:{n}", flag)
+        for doc in DOCS
+        for n, span in inline_code(doc)
+        for flag in re.findall(r"(?:^|\s)(--[a-z][a-z0-9*-]*)", span)
+    ]
+
+    # Assert
+    assert len(named) >= 50
+    unknown = [
+        f"{where} {flag}" for where, flag in named if flag not in known | FOREIGN_FLAGS.keys()
+    ]
+    assert not unknown, f"no such flag: {unknown}"
+    assert fnmatch.filter(known, "--secure-*"), "the --secure-* family is gone"
+    assert FOREIGN_FLAGS.keys() <= {flag for _, flag in named}, "a stale FOREIGN_FLAGS entry"
