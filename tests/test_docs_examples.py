@@ -1466,3 +1466,120 @@ def test_flags_named_in_docs_exist(
     assert not unknown, f"no such flag: {unknown}"
     assert fnmatch.filter(known, "--secure-*"), "the --secure-* family is gone"
     assert FOREIGN_FLAGS.keys() <= {flag for _, flag in named}, "a stale FOREIGN_FLAGS entry"
+
+
+# ---------------------------------------------------------------------------------------------
+# Defaults stated in the docs' tables
+# ---------------------------------------------------------------------------------------------
+
+
+def _serve_defaults() -> dict[str, object]:
+    """`plume coordinator serve` flag -> its default."""
+    parsers = [build_parser()]
+    while parsers:
+        parser = parsers.pop()
+        if parser.prog.endswith("coordinator serve"):
+            return {o: a.default for a in parser._actions for o in a.option_strings}
+        for action in parser._actions:
+            choices = getattr(action, "choices", None)
+            if isinstance(choices, dict):
+                parsers.extend(choices.values())
+    raise AssertionError("no `plume coordinator serve` parser")
+
+
+def _dataclass_defaults(*classes: type) -> dict[str, object]:
+    import dataclasses
+
+    return {
+        f.name: f.default
+        for cls in classes
+        for f in dataclasses.fields(cls)
+        if f.default is not dataclasses.MISSING
+    }
+
+
+def _secure_defaults() -> dict[str, object]:
+    from coordinator.secure import SecureConfig
+    from coordinator.service.secure import SecureSettings
+
+    return _dataclass_defaults(SecureConfig, SecureSettings)
+
+
+def _task_defaults() -> dict[str, object]:
+    from protocol.messages import TaskConfig
+
+    return _dataclass_defaults(TaskConfig)
+
+
+# (file, header row, column of the names, column of the defaults, where the real defaults are)
+DEFAULT_TABLES = (
+    ("docs/operations.md", "| flag | default | meaning |", 0, 1, _serve_defaults),
+    ("docs/operations.md", "| flag | `secure` key | default | meaning |", 1, 2, _secure_defaults),
+    ("docs/http-api.md", "| field | default | meaning |", 0, 1, _task_defaults),
+    ("docs/http-api.md", "| key | default | meaning |", 0, 1, _secure_defaults),
+)
+
+
+def _same_default(shown: str, real: object) -> bool | None:
+    """Whether a table's default cell agrees with the code's; None when the cell is prose
+    (`floor(k/2)+1`, `$PLUME_ADMIN_TOKEN`) rather than a value."""
+    import enum
+
+    text = shown.split(" (")[0].strip().strip("`")
+    if isinstance(real, enum.Enum):
+        return text.lower() == real.name.lower()
+    if text in ("none", "null"):
+        return real is None
+    if text in ("on", "off", "true", "false"):
+        return real is (text in ("on", "true"))
+    if isinstance(real, bool):
+        return None
+    if isinstance(real, int | float):
+        try:
+            return float(text) == float(real)
+        except ValueError:
+            return None
+    if isinstance(real, str) and re.fullmatch(r"[\w.:+-]+", text):
+        return text == real
+    return None
+
+
+@pytest.mark.parametrize(
+    ("doc", "header", "name_col", "value_col", "source"),
+    DEFAULT_TABLES,
+    ids=[f"{d} {h}" for d, h, *_ in DEFAULT_TABLES],
+)
+def test_table_defaults_match_the_code(
+    doc: str, header: str, name_col: int, value_col: int, source: object
+) -> None:
+    # Prepare: the table's rows, and the defaults in the code.
+    lines = (ROOT / doc).read_text().splitlines()
+    assert header in lines, f"{doc}: the table `{header}` is gone"
+    start = lines.index(header) + 2  # past the |---| row
+    rows = []
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in re.split(r"(?<!\\)\|", line)[1:-1]])
+    real = source()  # type: ignore[operator]
+
+    # Execute: pair each listed name with its listed default.
+    compared, wrong = 0, []
+    for row in rows:
+        cell = re.sub(r"\s*\([^)]*\)", "", row[name_col])  # `--register-rate` (`field`)
+        names = [n.strip().strip("`") for n in cell.split(",")]
+        values = [v.strip() for v in row[value_col].split(",")] if row[value_col] else []
+        if len(names) != len(values):
+            continue  # a composite cell ("topk 0.01, bits 4") is prose
+        for name, value in zip(names, values, strict=True):
+            if name not in real:
+                continue
+            same = _same_default(value, real[name])
+            if same is not None:
+                compared += 1
+                if not same:
+                    wrong.append(f"{name}: doc says {value}, the code {real[name]!r}")
+
+    # Assert
+    assert compared >= 4, f"{doc} `{header}`: only {compared} defaults compared"
+    assert not wrong, f"{doc} `{header}`: {wrong}"
