@@ -1,4 +1,4 @@
-"""The examples a user copies from README.md and docs/*.md: commands parse, code runs, links resolve."""
+"""What a reader copies from README.md and docs/*.md: commands parse, code runs, names resolve."""
 
 from __future__ import annotations
 
@@ -648,7 +648,7 @@ NOT_RUN_HERE: dict[tuple[str, str], str] = {
     ),
 }
 
-# Run, but only in `make test-all`: (file, line of the block) -> marks.
+# Run, but only in `make test-all`: (file, a line of the block) -> marks.
 SLOW_BLOCKS: dict[tuple[str, str], tuple[pytest.MarkDecorator, ...]] = {
     # trains 50 digits devices twice, ~25 s on a busy 2-core machine
     ("docs/simulator.md", 'for name in ("sequential", "vectorized"):'): (pytest.mark.slow,),
@@ -1217,6 +1217,11 @@ def test_aggregator_spec_in_docs_builds(where: str, spec: str) -> None:
             build_aggregator(spec)
     else:
         build_aggregator(spec)
+
+
+# ---------------------------------------------------------------------------------------------
+# Byte-exact examples
+# ---------------------------------------------------------------------------------------------
 
 
 def test_signed_message_example_is_what_protocol_auth_signs() -> None:
