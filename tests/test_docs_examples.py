@@ -185,9 +185,24 @@ def _logical_lines(block: Block) -> Iterator[tuple[int, str]]:
         yield start, pending
 
 
+def _substitute(line: str) -> str:
+    """`$(...)` command substitutions (nested parentheses included) replaced by `SUBST`."""
+    out, i = "", 0
+    while (start := line.find("$(", i)) >= 0:
+        depth, j = 0, start + 1
+        while j < len(line):
+            depth += {"(": 1, ")": -1}.get(line[j], 0)
+            if depth == 0:
+                break
+            j += 1
+        out += line[i:start] + "SUBST"
+        i = j + 1
+    return out + line[i:]
+
+
 def _split_commands(line: str) -> list[list[str]]:
     """Simple commands of one shell line (split at ; & && || |), `$(...)` made one word."""
-    line = re.sub(r"\$\([^()]*\)", "SUBST", line)
+    line = _substitute(line)
     lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")
     lexer.whitespace_split = True
     lexer.commenters = ""
@@ -346,6 +361,7 @@ for f in 0.1 0.2; do
   python bench/robustness.py --backdoor-malicious $f --name run_$(echo $f | tr -d .)
 done
 PLUME_DATA=/data nice -n 10 plume coordinator serve --db x.db &
+export T=$(python -c "print(hex(1))") && plume --help
 ```
 
 ```python
@@ -372,6 +388,8 @@ def test_the_scanner_reads_prompts_continuations_loops_and_inline_code(tmp_path:
         ("python", "bench/robustness.py", "--backdoor-malicious", "0.1", "--name", "run_SUBST"),
         ("python", "bench/robustness.py", "--backdoor-malicious", "0.2", "--name", "run_SUBST"),
         ("plume", "coordinator", "serve", "--db", "x.db"),
+        ("export", "T=SUBST"),
+        ("plume", "--help"),
     ]
     assert inline == [("plume", "sim", "--rounds", "2")]
     assert stated_output(blocks[1]) == ["5"]
@@ -898,7 +916,7 @@ def test_bench_commands_read_files_that_exist(doc: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# The by-hand recipe of docs/http-api.md, end to end through the real `plume` command
+# The by-hand recipes of http-api.md and operations.md, end to end through the real `plume`
 # ---------------------------------------------------------------------------------------------
 
 
@@ -911,21 +929,88 @@ def _free_port() -> int:
     return port
 
 
+def _localize(words: tuple[str, ...], port: int) -> list[str]:
+    """A doc's coordinator command, moved to this test: a scratch database, loopback, a free
+    port (the docs use /var/lib/plume, 0.0.0.0 and 8080), and `--port`/`--url` where missing."""
+    out: list[str] = []
+    for i, word in enumerate(words):
+        flag = words[i - 1] if i else ""
+        if flag == "--db":
+            word = "plume.db"
+        elif flag == "--host":
+            word = "127.0.0.1"
+        elif flag == "--port":
+            word = str(port)
+        out.append(word.replace("http://127.0.0.1:8080", f"http://127.0.0.1:{port}"))
+    if words[:3] == ("plume", "coordinator", "serve"):
+        if "--port" not in words:
+            out += ["--port", str(port)]
+    elif words[:2] == ("plume", "coordinator") and "--url" not in words:
+        out += ["--url", f"http://127.0.0.1:{port}"]
+    return out
+
+
+@contextlib.contextmanager
+def _serving(serve: tuple[str, ...], port: int, cwd: Path, env: dict[str, str]) -> Iterator[None]:
+    """Run a doc's `plume coordinator serve` line (localized) until the block exits."""
+    import socket
+    import time
+
+    log = cwd / "serve.log"
+    with log.open("w") as sink:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "coordinator.cli", *_localize(serve, port)[1:]],
+            cwd=cwd,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        # The server imports torch first; on a busy machine that takes seconds.
+        deadline = time.monotonic() + 120
+        while server.poll() is None and time.monotonic() < deadline:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                break
+            time.sleep(0.1)
+        else:
+            pytest.fail(f"`{shlex.join(serve)}` did not start:\n{log.read_text()[-3000:]}")
+        yield
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def _plume(words: tuple[str, ...], port: int, cwd: Path, env: dict[str, str]) -> str:
+    """Run a doc's `plume ...` line (localized); its stdout, or fail with its stderr."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "coordinator.cli", *_localize(words, port)[1:]],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, f"`{shlex.join(words)}`\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def _recipe(doc: Path, after: str) -> list[tuple[str, ...]]:
+    """The commands of the first fenced block after the line containing `after`."""
+    text = doc.read_text()
+    line = text[: text.index(after)].count("\n") + 1
+    block = next(b for b in fenced_blocks(doc) if b.line > line)
+    last = block.lines[-1][0]
+    return [c.words for c in shell_commands(doc) if block.line < c.line <= last]
+
+
 @pytest.mark.slow
 def test_http_api_recipe_runs_by_hand(tmp_path: Path) -> None:
     """`plume coordinator serve &`, `plume coordinator create-task ...`, `python example.py` (the
     embedding block), as docs/http-api.md says, on a free port instead of 8080."""
-    import socket
-    import time
-
     # Prepare: the recipe's commands and the example they run, from the doc itself.
     doc = ROOT / "docs" / "http-api.md"
-    text = doc.read_text()
-    recipe_line = text[: text.index("To run it by hand:")].count("\n") + 1
-    recipe = next(b for b in fenced_blocks(doc) if b.line > recipe_line)
-    last = recipe.lines[-1][0]
-    commands = [c.words for c in shell_commands(doc) if recipe.line < c.line <= last]
-    serve, create, run = commands
+    serve, create, run = _recipe(doc, "To run it by hand:")
     assert serve[:3] == ("plume", "coordinator", "serve") and create[2] == "create-task"
     assert run == ("python", "example.py")
     example = next(b for b in PYTHON_BLOCKS if _matches(b, _HTTP_API_EMBEDDING))
@@ -933,30 +1018,10 @@ def test_http_api_recipe_runs_by_hand(tmp_path: Path) -> None:
     url = f"http://127.0.0.1:{port}"
     (tmp_path / "example.py").write_text(example.code.replace("http://127.0.0.1:8080", url))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cli = [sys.executable, "-m", "coordinator.cli"]
-    server = subprocess.Popen(
-        [*cli, *serve[1:], "--port", str(port)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        for _ in range(600):  # the server imports torch first; a busy machine takes seconds
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.1):
-                break
-            time.sleep(0.1)
 
+    with _serving(serve, port, tmp_path, env):
         # Execute
-        created = subprocess.run(
-            [*cli, *create[1:], "--url", url],
-            cwd=tmp_path,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
+        created = _plume(create, port, tmp_path, env)
         ran = subprocess.run(
             [sys.executable, "example.py"],
             cwd=tmp_path,
@@ -966,15 +1031,44 @@ def test_http_api_recipe_runs_by_hand(tmp_path: Path) -> None:
             timeout=180,
             check=False,
         )
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
     # Assert
-    assert created.returncode == 0, created.stderr
-    assert json.loads(created.stdout)["task_id"] == 1
+    assert json.loads(created)["task_id"] == 1
     assert ran.returncode == 0, ran.stderr[-3000:]
     assert "accepted=True" in ran.stdout and "num_examples=64" in ran.stdout, ran.stdout
+
+
+@pytest.mark.slow
+def test_operations_quick_start_runs(tmp_path: Path) -> None:
+    """docs/operations.md's first block: the admin token from the environment, serve,
+    create-task, status, pause (and the `resume` its comment names)."""
+    import secrets
+
+    # Prepare
+    doc = ROOT / "docs" / "operations.md"
+    commands = _recipe(doc, "## Running it")
+    serve, create, status, pause = (c for c in commands if c[0] in PLUME)
+    assert [c[2] for c in (create, status, pause)] == ["create-task", "status", "pause"]
+    assert any(c[:2] == ("export", "PLUME_ADMIN_TOKEN=SUBST") for c in commands)
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "OMP_NUM_THREADS": "1",
+        "PLUME_ADMIN_TOKEN": secrets.token_hex(16),  # what the block's `export` line does
+    }
+
+    with _serving(serve, port, tmp_path, env):
+        # Execute
+        created = json.loads(_plume(create, port, tmp_path, env))
+        shown = json.loads(_plume(status, port, tmp_path, env))
+        paused = json.loads(_plume(pause, port, tmp_path, env))
+        resumed = json.loads(_plume((*pause[:2], "resume", *pause[3:]), port, tmp_path, env))
+
+    # Assert
+    assert created["task_id"] == 1 and created["model"] == "mnist_cnn"
+    assert shown["task"]["task_id"] == 1 and shown["rounds"] == []
+    assert paused["state"] == "paused" and resumed["state"] != "paused"
 
 
 # ---------------------------------------------------------------------------------------------
