@@ -27,12 +27,7 @@ DOCS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
 # Broken examples in docs edited elsewhere (generated, or owned by another change in flight), as
 # strict xfails: once the fix reaches the doc the xfail turns red, and the entry is removed.
 # Keyed by (file, line of the example).
-OWNED_ELSEWHERE: dict[tuple[str, int], str] = {
-    ("docs/benchmarks.md", 230): (
-        "`--seed S` is not an int: fixed in bench/summarize.py (it now shows seed 1's recorded "
-        "command); remove this entry when the lead regenerates docs/benchmarks.md"
-    ),
-}
+OWNED_ELSEWHERE: dict[tuple[str, int], str] = {}
 
 
 # ---------------------------------------------------------------------------------------------
