@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import math
 import os
+import socket
+import sqlite3
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 __all__ = ["register"]
 
@@ -49,6 +54,44 @@ _SECURE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
 )
 
 
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+# mobile_sim's zoo (`mobile_sim.models.MODELS`), named here so --help needs no torch import.
+_ZOO_MODELS = (
+    "mlp",
+    "mnist_cnn",
+    "digits_mlp",
+    "synthetic_lr",
+    "shakespeare_lstm",
+    "shakespeare_lstm_small",
+)
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port is 0-65535, got {port}")
+    return port
+
+
+def _aggregator_list() -> str:
+    try:
+        from .aggregators import AGGREGATOR_HELP
+    except ImportError:
+        return ""
+    return "aggregators (--aggregator):\n" + "\n".join(
+        "  " + line for line in AGGREGATOR_HELP.splitlines()
+    )
+
+
+def _fail(prog: str, message: str, status: int = 1) -> NoReturn:
+    """One line on stderr, `PROG: error: MESSAGE`, then exit with `status`."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "coordinator",
@@ -65,25 +108,52 @@ def register(sub: Any) -> None:
 
     p.set_defaults(func=_help)
 
-    s = csub.add_parser("serve", help="serve the coordinator until interrupted")
-    s.add_argument("--db", default="plume.db", help="SQLite database file (created if missing)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8080)
+    s = csub.add_parser(
+        "serve",
+        help="serve the coordinator until interrupted",
+        description="Serve the coordinator's HTTP API until Ctrl-C (or SIGTERM).",
+        epilog=(
+            "example:\n  plume coordinator serve --db plume.db --port 8080 --admin-token s3cret\n"
+        ),
+    )
+    s.add_argument(
+        "--db",
+        default="plume.db",
+        metavar="PATH",
+        help="SQLite database file, created if missing (its folder must exist)",
+    )
+    s.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)"
+    )
+    s.add_argument("--port", type=_port, default=8080, help="TCP port to listen on, 0-65535")
     s.add_argument(
         "--admin-token",
         default=os.environ.get("PLUME_ADMIN_TOKEN"),
         help="bearer token of the admin API (default $PLUME_ADMIN_TOKEN; unset disables it)",
     )
-    s.add_argument("--tls-cert", default=None, help="PEM certificate chain (enables HTTPS)")
-    s.add_argument("--tls-key", default=None, help="PEM private key of --tls-cert")
     s.add_argument(
-        "--signature-window", type=float, default=300.0, help="accepted clock skew, seconds"
+        "--tls-cert", default=None, metavar="PEM", help="PEM certificate chain (enables HTTPS)"
     )
-    s.add_argument("--poll", type=float, default=0.25, help="retry-after while gathering, s")
+    s.add_argument("--tls-key", default=None, metavar="PEM", help="PEM private key of --tls-cert")
+    s.add_argument(
+        "--signature-window",
+        type=float,
+        default=300.0,
+        metavar="SECONDS",
+        help="accepted clock skew of a signed device request, seconds",
+    )
+    s.add_argument(
+        "--poll",
+        type=float,
+        default=0.25,
+        metavar="SECONDS",
+        help="Retry-After a device is told while a round gathers, seconds",
+    )
     s.add_argument(
         "--register-rate",
         type=float,
         default=0.0,
+        metavar="PER_S",
         help="registrations per second allowed per client address (IPv6: per /64), refilling "
         "a bucket of --register-burst; over it, 429 + Retry-After. 0 (default) = unlimited: "
         "phones behind carrier NAT share addresses, so per-IP limits belong at the edge "
@@ -93,6 +163,7 @@ def register(sub: Any) -> None:
         "--register-burst",
         type=int,
         default=20,
+        metavar="N",
         help="registrations one address may make at once before --register-rate applies "
         "(default 20)",
     )
@@ -100,37 +171,104 @@ def register(sub: Any) -> None:
         "--body-timeout",
         type=float,
         default=120.0,
+        metavar="SECONDS",
         help="seconds a request body may take to arrive in full, else 408 and the connection "
         "closes (default 120: a 24 KB update at 2G speeds takes about 10 s; 0 = no limit)",
     )
-    s.add_argument("--log-level", default="info")
+    s.add_argument(
+        "--log-level",
+        default="info",
+        choices=_LOG_LEVELS,
+        help="uvicorn and plume.coordinator logging",
+    )
     s.set_defaults(func=_serve)
 
     def admin_args(q: argparse.ArgumentParser) -> None:
-        q.add_argument("--url", default="http://127.0.0.1:8080", help="coordinator base URL")
-        q.add_argument("--admin-token", default=os.environ.get("PLUME_ADMIN_TOKEN"))
-        q.add_argument("--cacert", default=None, help="CA bundle to verify an HTTPS coordinator")
+        q.add_argument(
+            "--url",
+            default="http://127.0.0.1:8080",
+            help="coordinator base URL, http:// or https://",
+        )
+        q.add_argument(
+            "--admin-token",
+            default=os.environ.get("PLUME_ADMIN_TOKEN"),
+            metavar="TOKEN",
+            help="the serve command's --admin-token (default $PLUME_ADMIN_TOKEN)",
+        )
+        q.add_argument(
+            "--cacert", default=None, metavar="PEM", help="CA bundle to verify an HTTPS coordinator"
+        )
 
-    c = csub.add_parser("create-task", help="create a task with a zoo model's initial weights")
+    c = csub.add_parser(
+        "create-task",
+        help="create a task with a zoo model's initial weights",
+        description=(
+            "Create a training task on a running coordinator (`plume coordinator serve`) and "
+            "upload the initial weights of a zoo model; prints the task id as JSON."
+        ),
+        epilog=(
+            "example:\n  plume coordinator create-task --admin-token s3cret --model mlp "
+            "--rounds 20 --clients-per-round 10\n\n" + _aggregator_list()
+        ),
+    )
     admin_args(c)
-    c.add_argument("--name", default=None)
-    c.add_argument("--model", default="mlp", help="mobile_sim zoo model (mlp, mnist_cnn, ...)")
+    c.add_argument("--name", default=None, help="task name (default: the model's name)")
+    c.add_argument("--model", default="mlp", help="zoo model: " + ", ".join(_ZOO_MODELS))
     c.add_argument("--seed", type=int, default=0, help="initial weights and round seeds")
-    c.add_argument("--rounds", type=int, default=10)
-    c.add_argument("--clients-per-round", type=int, default=10)
-    c.add_argument("--over-selection", type=float, default=1.3)
-    c.add_argument("--deadline", type=float, default=60.0, help="round deadline, seconds")
-    c.add_argument("--min-reports", type=int, default=1)
-    c.add_argument("--selection-timeout", type=float, default=10.0)
-    c.add_argument("--topk", type=float, default=0.01)
-    c.add_argument("--bits", type=int, default=4)
-    c.add_argument("--downlink-topk", type=float, default=0.02)
-    c.add_argument("--downlink-bits", type=int, default=8)
-    c.add_argument("--aggregator", default="fedavg")
-    c.add_argument("--server-lr", type=float, default=1.0)
-    c.add_argument("--local-epochs", type=int, default=1)
-    c.add_argument("--batch-size", type=int, default=32)
-    c.add_argument("--lr", type=float, default=0.05)
+    c.add_argument("--rounds", type=int, default=10, metavar="N", help="training rounds")
+    c.add_argument(
+        "--clients-per-round", type=int, default=10, metavar="N", help="reports aggregated a round"
+    )
+    c.add_argument(
+        "--over-selection",
+        type=float,
+        default=1.3,
+        metavar="FACTOR",
+        help="devices selected a round = FACTOR x --clients-per-round, for dropouts",
+    )
+    c.add_argument(
+        "--deadline", type=float, default=60.0, metavar="SECONDS", help="round deadline, seconds"
+    )
+    c.add_argument(
+        "--min-reports",
+        type=int,
+        default=1,
+        metavar="N",
+        help="reports a round needs to close at its deadline",
+    )
+    c.add_argument(
+        "--selection-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="open a round with >= --min-reports checked-in devices this long after the first",
+    )
+    c.add_argument(
+        "--topk", type=float, default=0.01, metavar="FRACTION", help="upload: coordinates kept"
+    )
+    c.add_argument("--bits", type=int, default=4, help="upload: bits a value, 1, 2, 4, 8, 16 or 32")
+    c.add_argument(
+        "--downlink-topk",
+        type=float,
+        default=0.02,
+        metavar="FRACTION",
+        help="model download deltas: coordinates kept",
+    )
+    c.add_argument(
+        "--downlink-bits", type=int, default=8, help="model download deltas: bits a value"
+    )
+    c.add_argument(
+        "--aggregator",
+        default="fedavg",
+        metavar="SPEC",
+        help="aggregator spec, e.g. median or cosfilter+geomed (list below)",
+    )
+    c.add_argument("--server-lr", type=float, default=1.0, help="server step on the aggregate")
+    c.add_argument("--local-epochs", type=int, default=1, metavar="E", help="device epochs a round")
+    c.add_argument(
+        "--batch-size", type=int, default=32, metavar="B", help="device minibatch, examples"
+    )
+    c.add_argument("--lr", type=float, default=0.05, help="device SGD learning rate")
     g = c.add_argument_group(
         "secure aggregation (SecAgg+; unset knobs keep the SecureConfig defaults)"
     )
@@ -158,23 +296,74 @@ def register(sub: Any) -> None:
         ("pause", "stop opening rounds for a task"),
         ("resume", "resume a paused task"),
     ):
-        q = csub.add_parser(name, help=helptext)
+        q = csub.add_parser(
+            name,
+            help=helptext,
+            description=helptext[0].upper() + helptext[1:] + ".",
+            epilog=f"example:\n  plume coordinator {name} --admin-token s3cret --task 1\n",
+        )
         admin_args(q)
-        q.add_argument("--task", type=int, required=True)
+        q.add_argument(
+            "--task", type=int, required=True, metavar="ID", help="id create-task printed"
+        )
         q.set_defaults(func=_task_action, action_name=name)
 
 
+def _serve_usage_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with the serve flags (checked before the database is opened), or None."""
+    if (args.tls_cert is None) != (args.tls_key is None):
+        return "--tls-cert and --tls-key go together"
+    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+        if path is not None and not Path(path).is_file():
+            return f"{flag} {path}: no such file"
+    if not 0 <= args.register_rate < float("inf") or args.register_burst < 1:
+        return "--register-rate must be >= 0 and --register-burst >= 1"
+    if not 0 <= args.body_timeout < float("inf"):
+        return "--body-timeout must be a number of seconds >= 0"
+    for flag, value in (("--signature-window", args.signature_window), ("--poll", args.poll)):
+        if not (math.isfinite(value) and value > 0):
+            return f"{flag} must be a positive number of seconds, got {value}"
+    folder = Path(args.db).expanduser().resolve().parent
+    if not folder.is_dir():
+        return f"the folder of --db {args.db} does not exist; create it or pick another path"
+    return None
+
+
+def _why_not_listening(host: str, port: int) -> str:
+    """Why (host, port) cannot be bound, found by trying it (after uvicorn failed to start)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (socket.gaierror, UnicodeError) as exc:
+        return f"--host {host!r} is not an address of this machine ({exc})"
+    family, kind, proto, _, addr = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        # uvicorn sets SO_REUSEADDR too, so TIME_WAIT leftovers do not count as "in use".
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(addr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                return (
+                    f"port {port} on {host} is already in use (another coordinator?); stop it "
+                    "or pick another --port"
+                )
+            if exc.errno == errno.EACCES:
+                return f"no permission to listen on port {port}; use a port above 1023"
+            if exc.errno == errno.EADDRNOTAVAIL:
+                return f"--host {host} is not an address of this machine"
+            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+    return f"the server on {host}:{port} failed to start (see the log lines above)"
+
+
 def _serve(args: argparse.Namespace) -> int:
+    import ssl
+
     from .service import ServiceConfig, serve
 
-    if (args.tls_cert is None) != (args.tls_key is None):
-        print("error: --tls-cert and --tls-key go together", file=sys.stderr)
-        return 2
-    if not 0 <= args.register_rate < float("inf") or args.register_burst < 1:
-        print("error: --register-rate must be >= 0 and --register-burst >= 1", file=sys.stderr)
-        return 2
-    if not 0 <= args.body_timeout < float("inf"):
-        print("error: --body-timeout must be a number of seconds >= 0", file=sys.stderr)
+    prog = "plume coordinator serve"
+    problem = _serve_usage_error(args)
+    if problem is not None:
+        print(f"{prog}: error: {problem}", file=sys.stderr)
         return 2
     config = ServiceConfig(
         db_path=args.db,
@@ -185,26 +374,73 @@ def _serve(args: argparse.Namespace) -> int:
         register_burst=args.register_burst,
         body_timeout_s=args.body_timeout,
     )
-    serve(
-        config,
-        args.host,
-        args.port,
-        tls_cert=args.tls_cert,
-        tls_key=args.tls_key,
-        log_level=args.log_level,
-    )
+    try:
+        serve(
+            config,
+            args.host,
+            args.port,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            log_level=args.log_level,
+        )
+    except SystemExit as exc:  # uvicorn's exit when the socket or the app fails to start
+        if exc.code in (0, None):
+            return 0
+        _fail(prog, _why_not_listening(args.host, args.port))
+    except sqlite3.Error as exc:
+        _fail(prog, f"cannot use the database --db {args.db}: {exc}")
+    except ssl.SSLError as exc:
+        _fail(prog, f"cannot load --tls-cert/--tls-key as a PEM certificate and key: {exc}")
     return 0
 
 
 def _admin(args: argparse.Namespace) -> Any:
     from .service import AdminClient
 
+    prog = getattr(args, "_prog", "plume coordinator")
+
     if not args.admin_token:
-        raise SystemExit("error: an admin token is required (--admin-token or PLUME_ADMIN_TOKEN)")
+        _fail(prog, "an admin token is required (--admin-token or PLUME_ADMIN_TOKEN)")
+    if not args.url.startswith(("http://", "https://")):
+        _fail(prog, f"--url must start with http:// or https://, got {args.url!r}")
+    if args.cacert is not None and not Path(args.cacert).is_file():
+        _fail(prog, f"--cacert {args.cacert}: no such file")
     return AdminClient(args.url, args.admin_token, verify=args.cacert or True)
 
 
+def _admin_error_text(exc: Exception, args: argparse.Namespace) -> str:
+    """A sentence for an admin call that failed: refused by the coordinator, or not sent."""
+    import httpx
+
+    if isinstance(exc, httpx.TransportError):
+        what = str(exc) or type(exc).__name__
+        return (
+            f"cannot reach the coordinator at {args.url} ({what}); is `plume coordinator serve` "
+            "running there? (--url)"
+        )
+    if isinstance(exc, httpx.HTTPError):
+        return f"request to {args.url} failed: {exc}"
+    # AdminError: "METHOD PATH: STATUS BODY", BODY the service's {"reason", "detail"} JSON.
+    text = str(exc)
+    head, _, rest = text.partition(": ")
+    status, _, body = rest.partition(" ")
+    try:
+        doc = json.loads(body)
+        reason, detail = str(doc["reason"]), str(doc["detail"])
+    except (ValueError, KeyError, TypeError):
+        return f"the coordinator refused {text}"
+    if reason == "bad_admin_token" or status in ("401", "403"):
+        return (
+            f"the coordinator refused the admin token ({detail}; {status} {reason}); pass the "
+            "token `plume coordinator serve` was started with (--admin-token or "
+            "PLUME_ADMIN_TOKEN)"
+        )
+    return f"{detail} ({status} {reason}, {head})"
+
+
 def _create_task(args: argparse.Namespace) -> int:
+    import httpx
+
     from mobile_sim.models import build_model
     from protocol.messages import CodecParams, TaskConfig, TensorShape, TrainingParams
     from sdk.flat import get_flat_params, spec_from_module
@@ -234,8 +470,12 @@ def _create_task(args: argparse.Namespace) -> int:
         )
         with _admin(args) as admin:
             task_id = admin.create_task(config, get_flat_params(model))
-    except (ValueError, AdminError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except ValueError as exc:
+        print(f"plume coordinator create-task: error: {exc}", file=sys.stderr)
+        return 1
+    except (AdminError, httpx.HTTPError) as exc:
+        text = _admin_error_text(exc, args)
+        print(f"plume coordinator create-task: error: {text}", file=sys.stderr)
         return 1
     print(json.dumps({"task_id": task_id, "model": args.model, "params": spec.size}))
     return 0
@@ -253,6 +493,8 @@ def _secure_settings(args: argparse.Namespace) -> dict[str, Any] | None:
 
 
 def _task_action(args: argparse.Namespace) -> int:
+    import httpx
+
     from protocol.messages import to_json
 
     from .service import AdminError
@@ -268,8 +510,9 @@ def _task_action(args: argparse.Namespace) -> int:
                     "task": to_json(admin.status(args.task)),
                     "rounds": [to_json(r) for r in admin.rounds(args.task)],
                 }
-    except AdminError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (AdminError, httpx.HTTPError) as exc:
+        text = _admin_error_text(exc, args)
+        print(f"plume coordinator {args.action_name}: error: {text}", file=sys.stderr)
         return 1
     print(json.dumps(out, indent=2))
     return 0

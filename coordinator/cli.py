@@ -4,18 +4,52 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
-from collections.abc import Sequence
+import textwrap
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-__all__ = ["main", "build_parser"]
+__all__ = ["main", "build_parser", "HelpFormatter"]
 
-# (module, description) pairs; each module has `register(subparsers) -> None` and sets
-# `func` on its parsers. Imported lazily-ish: only the registration code runs for --help.
+# Each module has `register(subparsers) -> None` and sets `func` on its parsers. Only the
+# registration code runs for --help; the heavy imports happen inside the commands.
 _SUBCOMMAND_MODULES = (
     "mobile_sim._cli",
     "coordinator._cli",
     "sdk._cli",
 )
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Wraps one-line descriptions, keeps multi-line text (the examples) as written, and
+    appends `(default: X)` to an option's help unless the help already names its default."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if "\n" in text:
+            return super()._fill_text(text, width, indent)
+        return textwrap.fill(text, width, initial_indent=indent, subsequent_indent=indent)
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if (
+            action.option_strings
+            and action.default not in (None, False, argparse.SUPPRESS)
+            and "token" not in action.dest  # a default read from the environment is a secret
+            and "default" not in text
+            and "%(default)" not in text
+        ):
+            text += " (default: %(default)s)"
+        return text
+
+
+def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    """`parser` and every subcommand parser below it."""
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield from _parsers(child)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -25,7 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
             "Plume: federated learning for phones and small devices, where the network is the "
             "scarce resource."
         ),
-        epilog="Run `plume COMMAND --help` for the options of one command.",
+        epilog=(
+            "Run `plume COMMAND --help` for the options of one command. Errors print one line; "
+            "set PLUME_DEBUG=1 to see the Python traceback of an error instead."
+        ),
+        formatter_class=HelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _SUBCOMMAND_MODULES:
@@ -36,21 +74,42 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # that package ships no commands in this build
             raise
         module.register(sub)
+    for p in _parsers(parser):
+        # One look for every command's help, and each command knows its own name for its
+        # error lines (`plume coordinator serve: error: ...`); the deepest parser's wins.
+        p.formatter_class = HelpFormatter
+        p.set_defaults(_prog=p.prog)
     return parser
 
 
+def _error_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+        text = f"{exc.filename}: {exc.strerror}"
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run `plume ARGV`; returns the exit status (0 success, 2 usage error, 1 other errors)."""
     parser = build_parser()
     args = parser.parse_args(argv)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()
         return 2
+    prog: Any = getattr(args, "_prog", "plume")
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (ValueError, OSError) as exc:
+        # The commands turn the mistakes they expect into sentences; this is the net under
+        # them, so a bad value or an unreadable file still ends in one line, not a traceback.
+        if os.environ.get("PLUME_DEBUG"):
+            raise
+        print(f"{prog}: error: {_error_line(exc)}", file=sys.stderr)
+        return 2 if isinstance(exc, ValueError) else 1
 
 
 if __name__ == "__main__":

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,14 @@ def _aggregator_help() -> str:
     )
 
 
+# Names the library accepts, listed here so `plume sim --help` imports no torch; a test
+# checks them against mobile_sim.models.MODELS, mobile_sim.backends.BACKENDS and the datasets.
+_DATASETS = "mnist, digits, shakespeare, synthetic, synthetic_iid or synthetic(ALPHA,BETA)"
+_MODELS = "mnist_cnn, mlp, digits_mlp, synthetic_lr, shakespeare_lstm, shakespeare_lstm_small"
+_BACKENDS = ("sequential", "vectorized", "pool", "ray")
+_PROG = "plume sim"
+
+
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "sim",
@@ -55,22 +65,67 @@ def register(sub: Any) -> None:
         choices=("run", "report"),
         help="'run' (default) a simulation, or 'report' to rebuild plots of RUN_DIR",
     )
-    p.add_argument("run_dir", nargs="?", help="with 'report': the run's output folder")
+    p.add_argument(
+        "run_dir", nargs="?", metavar="RUN_DIR", help="with 'report': the run's output folder"
+    )
 
     g = p.add_argument_group("data and model")
-    g.add_argument("--dataset", default="mnist", help="mnist | digits | shakespeare | synthetic")
-    g.add_argument("--model", default=None, help="zoo model (default: mnist_cnn for mnist)")
-    g.add_argument("--data-root", default=None, help="data folder (default $PLUME_DATA)")
-    g.add_argument("--partition", default="dirichlet", help="iid | dirichlet | shards | natural")
-    g.add_argument("--alpha", type=float, default=0.5, help="Dirichlet concentration")
-    g.add_argument("--shards-per-client", type=int, default=2)
+    g.add_argument("--dataset", default="mnist", metavar="NAME", help=_DATASETS)
+    g.add_argument(
+        "--model",
+        default=None,
+        metavar="NAME",
+        help=f"zoo model: {_MODELS} (default: the dataset's: mnist_cnn for mnist, digits_mlp "
+        "for digits, shakespeare_lstm_small, synthetic_lr)",
+    )
+    g.add_argument(
+        "--data-root",
+        default=None,
+        metavar="DIR",
+        help="folder holding mnist-t10k/ and tinyshakespeare/ (default: $PLUME_DATA, else "
+        "../shared/data next to the repository)",
+    )
+    g.add_argument(
+        "--partition",
+        default="dirichlet",
+        choices=("iid", "dirichlet", "shards", "natural"),
+        help="how examples are split over devices; natural: the dataset's own users",
+    )
+    g.add_argument(
+        "--alpha",
+        type=float,
+        default=0.5,
+        help="Dirichlet concentration of the label skew (smaller: more skewed)",
+    )
+    g.add_argument(
+        "--shards-per-client",
+        type=int,
+        default=2,
+        metavar="N",
+        help="--partition shards: label-sorted shards each device gets",
+    )
 
     g = p.add_argument_group("fleet and rounds")
-    g.add_argument("--clients", type=int, default=100, help="registered devices")
-    g.add_argument("--per-round", type=int, default=10, help="reports aggregated per round")
-    g.add_argument("--rounds", type=int, default=20)
-    g.add_argument("--over-selection", type=float, default=1.0, help="e.g. 1.3 selects 30%% extra")
-    g.add_argument("--min-reports", type=int, default=1)
+    g.add_argument("--clients", type=int, default=100, metavar="N", help="registered devices")
+    g.add_argument(
+        "--per-round", type=int, default=10, metavar="N", help="reports aggregated per round"
+    )
+    g.add_argument("--rounds", type=int, default=20, metavar="N", help="training rounds")
+    g.add_argument(
+        "--over-selection",
+        type=float,
+        default=1.0,
+        metavar="FACTOR",
+        help="devices selected per round = FACTOR x --per-round, 1 to 10; e.g. 1.3 selects "
+        "30%% extra",
+    )
+    g.add_argument(
+        "--min-reports",
+        type=int,
+        default=1,
+        metavar="N",
+        help="reports a round needs to close, 1 to --per-round",
+    )
     g.add_argument(
         "--fleet",
         default="timing",
@@ -78,11 +133,18 @@ def register(sub: Any) -> None:
         help="simulated clock: 'timing' adds simulated seconds (everyone available, no "
         "dropouts); 'realistic' adds diurnal availability, tier dropouts and the deadline",
     )
-    g.add_argument("--deadline", type=float, default=None, help="round deadline, simulated s")
+    g.add_argument(
+        "--deadline",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="round deadline, simulated seconds (default: none)",
+    )
     g.add_argument(
         "--selection-timeout",
         type=float,
         default=900.0,
+        metavar="SECONDS",
         help="realistic: open a round with >= --min-reports devices this many simulated s "
         "after the first check-in, as `plume serve` does (default 900; -1: full cohort only)",
     )
@@ -90,30 +152,90 @@ def register(sub: Any) -> None:
         "--checkin-period",
         type=float,
         default=900.0,
+        metavar="SECONDS",
         help="realistic: each eligible device checks in once per this many simulated s, at a "
         "uniformly random time (default 900, at most 900; 0: instantly)",
     )
     g.add_argument(
-        "--aggregator", default="fedavg", help="fedavg | median | trimmed_mean | krum ..."
+        "--aggregator",
+        default="fedavg",
+        metavar="SPEC",
+        help="server aggregator: fedavg, median, trimmed_mean:0.1, krum, cosfilter+geomed, "
+        "yogi:lr=0.01, ... (the full list is at the end of this help)",
     )
-    g.add_argument("--server-lr", type=float, default=1.0)
+    g.add_argument(
+        "--server-lr",
+        type=float,
+        default=1.0,
+        metavar="LR",
+        help="server step: the model moves by LR x the aggregate",
+    )
 
     g = p.add_argument_group("local training")
-    g.add_argument("--local-epochs", type=int, default=5, help="E")
-    g.add_argument("--batch-size", type=int, default=10, help="B")
-    g.add_argument("--lr", type=float, default=0.05)
-    g.add_argument("--momentum", type=float, default=0.0)
+    g.add_argument(
+        "--local-epochs", type=int, default=5, metavar="E", help="device epochs per round"
+    )
+    g.add_argument(
+        "--batch-size", type=int, default=10, metavar="B", help="device minibatch, examples"
+    )
+    g.add_argument("--lr", type=float, default=0.05, help="device SGD learning rate")
+    g.add_argument("--momentum", type=float, default=0.0, help="device SGD momentum")
 
     g = p.add_argument_group("compression")
-    g.add_argument("--topk", type=float, default=0.01, help="fraction of coordinates kept")
-    g.add_argument("--bits", type=int, default=4, help="1, 2, 4, 8 (quantized), 16 or 32")
-    g.add_argument("--block", type=int, default=256, help="values per quantization scale")
-    g.add_argument("--index", default="auto", help="auto | bitmap | rice | ef")
-    g.add_argument("--topk-mode", default="exact", help="exact | sampled")
-    g.add_argument("--scope", default="global", help="global | per_tensor")
-    g.add_argument("--no-error-feedback", action="store_true")
-    g.add_argument("--warmup-rounds", type=int, default=0, help="first rounds sent dense")
-    g.add_argument("--clip-norm", type=float, default=None, help="L2 clip of each update")
+    g.add_argument(
+        "--topk",
+        type=float,
+        default=0.01,
+        metavar="FRACTION",
+        help="fraction of coordinates each upload keeps, in (0, 1]",
+    )
+    g.add_argument(
+        "--bits",
+        type=int,
+        default=4,
+        choices=(1, 2, 4, 8, 16, 32),
+        help="bits per kept value: 1, 2, 4, 8 (quantized), 16 or 32 (floats)",
+    )
+    g.add_argument(
+        "--block", type=int, default=256, metavar="N", help="values per quantization scale"
+    )
+    g.add_argument(
+        "--index",
+        default="auto",
+        choices=("auto", "bitmap", "rice", "ef"),
+        help="encoding of the kept coordinates' positions (auto: the smallest)",
+    )
+    g.add_argument(
+        "--topk-mode",
+        default="exact",
+        choices=("exact", "sampled"),
+        help="exact top-k, or a sampled threshold (faster on large models)",
+    )
+    g.add_argument(
+        "--scope",
+        default="global",
+        choices=("global", "per_tensor"),
+        help="top-k over the whole model or within each tensor",
+    )
+    g.add_argument(
+        "--no-error-feedback",
+        action="store_true",
+        help="drop what compression discards instead of carrying it to the next round",
+    )
+    g.add_argument(
+        "--warmup-rounds",
+        type=int,
+        default=0,
+        metavar="N",
+        help="first N rounds sent dense (fp32)",
+    )
+    g.add_argument(
+        "--clip-norm",
+        type=float,
+        default=None,
+        metavar="C",
+        help="L2 clip of each update before encoding (default: none)",
+    )
     g.add_argument("--dense", action="store_true", help="run only the dense fp32 baseline")
     g.add_argument(
         "--compare-dense",
@@ -124,7 +246,11 @@ def register(sub: Any) -> None:
     g = p.add_argument_group("secure aggregation (SecAgg+ on a shared coordinate set)")
     g.add_argument("--secure", action="store_true", help="run rounds under SecAgg+")
     g.add_argument(
-        "--secure-fraction", type=float, default=None, help="|S_r| / d (default: SecureConfig's)"
+        "--secure-fraction",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="|S_r| / d, the shared coordinates per round (default: SecureConfig's)",
     )
     g.add_argument(
         "--secure-upload-budget",
@@ -138,28 +264,86 @@ def register(sub: Any) -> None:
         "--secure-bits",
         type=int,
         default=None,
-        help="bits per value before masking (default: SecureConfig's)",
+        metavar="BITS",
+        help="bits per value before masking, 1-16 (default: SecureConfig's)",
     )
     g.add_argument(
         "--secure-clip",
         type=float,
         default=None,
+        metavar="C",
         help="L2 clip of the sent vector (default: SecureConfig's)",
     )
-    g.add_argument("--secure-dropout", type=float, default=0.1, help="dropout rate per round")
-    g.add_argument("--group-size", type=int, default=None, help="grouped mode: SecAgg per group")
-    g.add_argument("--group-aggregator", default="fedavg", help="robust aggregator over groups")
-    g.add_argument("--dp-noise", default="none", help="distributed DP: none | gaussian | skellam")
-    g.add_argument("--noise-multiplier", type=float, default=0.0)
+    g.add_argument(
+        "--secure-dropout",
+        type=float,
+        default=0.1,
+        metavar="FRACTION",
+        help="share of each cohort that drops out mid-round, in [0, 1)",
+    )
+    g.add_argument(
+        "--group-size",
+        type=int,
+        default=None,
+        metavar="G",
+        help="grouped mode: SecAgg+ within groups of G >= 3 devices (default: one group)",
+    )
+    g.add_argument(
+        "--group-aggregator",
+        default="fedavg",
+        metavar="SPEC",
+        help="with --group-size: robust aggregator over the group sums",
+    )
+    g.add_argument(
+        "--dp-noise",
+        default="none",
+        metavar="{none,gaussian,skellam}",
+        help="distributed DP noise each device adds (needs --noise-multiplier > 0)",
+    )
+    g.add_argument(
+        "--noise-multiplier",
+        type=float,
+        default=0.0,
+        metavar="Z",
+        help="with --dp-noise: noise standard deviation / --secure-clip",
+    )
 
     g = p.add_argument_group("threats")
-    g.add_argument("--attack", default=None, help="signflip | scaling | alie | ipm | labelflip ...")
-    g.add_argument("--malicious", type=float, default=0.0, help="fraction of malicious devices")
+    g.add_argument(
+        "--attack",
+        default=None,
+        metavar="NAME[:k=v,...]",
+        help="poisoning attack of the malicious devices (needs --malicious): signflip, "
+        "scaling, alie, ipm, labelflip, gaussian, backdoor",
+    )
+    g.add_argument(
+        "--malicious",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="share of devices that run --attack, in [0, 1)",
+    )
 
     g = p.add_argument_group("execution and output")
-    g.add_argument("--transport", default="inproc", choices=("inproc", "http"))
-    g.add_argument("--coordinator", default=None, help="with --transport http: a coordinator URL")
-    g.add_argument("--backend", default="sequential", help="sequential | vectorized | pool | ray")
+    g.add_argument(
+        "--transport",
+        default="inproc",
+        choices=("inproc", "http"),
+        help="inproc: call the round engine directly; http: real requests to a coordinator",
+    )
+    g.add_argument(
+        "--coordinator",
+        default=None,
+        metavar="URL",
+        help="with --transport http: an external coordinator's URL (needs $PLUME_ADMIN_TOKEN; "
+        "default: start a loopback one)",
+    )
+    g.add_argument(
+        "--backend",
+        default="sequential",
+        choices=_BACKENDS,
+        help="how device training runs: one by one, vectorized, a process pool, or Ray",
+    )
     g.add_argument(
         "--job-timeout",
         type=float,
@@ -168,20 +352,54 @@ def register(sub: Any) -> None:
         help="pool and ray: fail the round when one worker task runs this long (a stuck "
         "worker); default no limit. Use a generous multiple of the slowest honest task",
     )
-    g.add_argument("--ort-fraction", type=float, default=0.0, help="share of ONNX-runtime devices")
-    g.add_argument("--ort-artifacts", default=None, help="folder written by `plume export`")
-    g.add_argument("--ort-tier", default=None, help="low | mid | high: that tier runs ONNX")
+    g.add_argument(
+        "--ort-fraction",
+        type=float,
+        default=0.0,
+        metavar="FRACTION",
+        help="share of devices that train on onnxruntime (needs --ort-artifacts)",
+    )
+    g.add_argument(
+        "--ort-artifacts",
+        default=None,
+        metavar="DIR",
+        help="folder written by `plume export` for the same model",
+    )
+    g.add_argument(
+        "--ort-tier",
+        default=None,
+        choices=("low", "mid", "high"),
+        help="that device tier trains on onnxruntime (needs --ort-artifacts)",
+    )
     g.add_argument(
         "--threads",
         type=int,
         default=None,
+        metavar="N",
         help="torch threads in this process (default: torch's choice); tiny models such as "
         "digits_mlp run fastest on 1",
     )
-    g.add_argument("--eval-every", type=int, default=1)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--out", default="runs/latest", help="output folder for JSON, CSV and plots")
-    g.add_argument("--no-progress", action="store_true")
+    g.add_argument(
+        "--eval-every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="evaluate the global model every N rounds (and after the last)",
+    )
+    g.add_argument(
+        "--seed", type=int, default=0, help="seed of the data split, cohorts and weights"
+    )
+    g.add_argument(
+        "--out",
+        default="runs/latest",
+        metavar="DIR",
+        help="output folder for JSON, CSV and plots (created if missing)",
+    )
+    g.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bar; the per-round table is printed at the end of each run",
+    )
     p.set_defaults(func=_main)
 
 
@@ -245,6 +463,8 @@ def _secure_config(args: argparse.Namespace, cfg: Any) -> Any:
     }
     if args.dp_noise not in kinds:
         raise ValueError(f"--dp-noise must be one of {sorted(kinds)}, not {args.dp_noise!r}")
+    if args.noise_multiplier < 0:
+        raise ValueError(f"--noise-multiplier must be >= 0, got {args.noise_multiplier}")
     noise = kinds[args.dp_noise]
     # Flags left out keep SecureConfig's defaults (the benchmarked ones).
     knobs = {
@@ -294,18 +514,148 @@ def _run_one(cfg: Any, args: argparse.Namespace, label: str) -> Any:
     return run_simulation(cfg, progress=not args.no_progress, label=label)
 
 
+def _fail(message: str, status: int = 2) -> int:
+    """Print `plume sim: error: MESSAGE` on stderr; returns `status` (2: a usage error)."""
+    print(f"{_PROG}: error: {message}", file=sys.stderr)
+    return status
+
+
+# Secure-aggregation flags and their defaults: any other value without --secure is a mistake.
+_SECURE_ONLY = (
+    ("--secure-fraction", "secure_fraction", None),
+    ("--secure-upload-budget", "secure_upload_budget", None),
+    ("--secure-bits", "secure_bits", None),
+    ("--secure-clip", "secure_clip", None),
+    ("--secure-dropout", "secure_dropout", 0.1),
+    ("--group-size", "group_size", None),
+    ("--group-aggregator", "group_aggregator", "fedavg"),
+    ("--dp-noise", "dp_noise", "none"),
+    ("--noise-multiplier", "noise_multiplier", 0.0),
+)
+
+
+# SimConfig / SecureConfig / codec field names in library messages, and the flag that sets
+# each. Names with an underscore never occur as plain words, so they are replaced anywhere;
+# plain-word names only where the message starts with them ("alpha must be positive").
+_FLAG_OF_FIELD = {
+    "shards_per_client": "--shards-per-client",
+    "clients_per_round": "--per-round",
+    "per_round": "--per-round",
+    "min_reports": "--min-reports",
+    "over_selection": "--over-selection",
+    "server_lr": "--server-lr",
+    "local_epochs": "--local-epochs",
+    "batch_size": "--batch-size",
+    "clip_norm": "--clip-norm",
+    "deadline_s": "--deadline",
+    "selection_timeout_s": "--selection-timeout",
+    "checkin_period_s": "--checkin-period",
+    "job_timeout_s": "--job-timeout",
+    "ort_fraction": "--ort-fraction",
+    "topk_mode": "--topk-mode",
+    "warmup_rounds": "--warmup-rounds",
+    "expected_dropout": "--secure-dropout",
+    "group_size": "--group-size",
+    "coord_fraction": "--secure-fraction",
+    "value_bits": "--secure-bits",
+    "upload_budget": "--secure-upload-budget",
+    "noise_multiplier": "--noise-multiplier",
+}
+_LEADING_FIELDS = ("alpha", "block", "malicious", "topk", "bits", "index", "scope", "fleet")
+
+
+def _in_flags(message: str) -> str:
+    """A library error message with its config field names replaced by `plume sim` flags."""
+    for field, flag in _FLAG_OF_FIELD.items():
+        message = re.sub(rf"(?<![\w-]){field}(?!\w)", flag, message)
+    head = re.match(r"(\w+)(?= must | > | in )", message)
+    if head is not None and head.group(1) in _LEADING_FIELDS:
+        message = "--" + message
+    return message
+
+
+def _usage_error(args: argparse.Namespace) -> str | None:
+    """The first mistake in the flags of a run, named by its flags, or None.
+
+    Checked before any data is loaded, so a typo costs no time. SimConfig checks these too;
+    here the message names the flag the user typed instead of the config field.
+    """
+    at_least_1 = (
+        ("--clients", args.clients),
+        ("--per-round", args.per_round),
+        ("--rounds", args.rounds),
+        ("--local-epochs", args.local_epochs),
+        ("--batch-size", args.batch_size),
+        ("--eval-every", args.eval_every),
+        ("--min-reports", args.min_reports),
+    )
+    for flag, value in at_least_1:
+        if value < 1:
+            return f"{flag} must be at least 1, got {value}"
+    if args.per_round > args.clients:
+        return (
+            f"--per-round {args.per_round} exceeds --clients {args.clients}: a round cannot "
+            "aggregate more devices than the fleet has"
+        )
+    if args.min_reports > args.per_round:
+        return f"--min-reports {args.min_reports} exceeds --per-round {args.per_round}"
+    if args.warmup_rounds < 0:
+        return f"--warmup-rounds must be >= 0, got {args.warmup_rounds}"
+    if not (math.isfinite(args.lr) and args.lr > 0):
+        return f"--lr must be a positive number, got {args.lr}"
+    if not (math.isfinite(args.momentum) and args.momentum >= 0):
+        return f"--momentum must be >= 0, got {args.momentum}"
+    if not 0.0 < args.topk <= 1.0:
+        return f"--topk is the fraction of coordinates kept, in (0, 1]; got {args.topk}"
+    if not 0.0 <= args.secure_dropout < 1.0:
+        return f"--secure-dropout is a fraction in [0, 1), got {args.secure_dropout}"
+    if args.threads is not None and args.threads < 1:
+        return f"--threads must be at least 1, got {args.threads}"
+    if args.attack and not args.malicious > 0:
+        return (
+            f"--attack {args.attack} needs --malicious FRACTION (the share of devices that "
+            "attack, e.g. 0.2); without it no device attacks"
+        )
+    if args.dense and args.compare_dense:
+        return (
+            "--dense runs only the baseline and --compare-dense adds it to a compressed run; "
+            "pass one"
+        )
+    if args.dense and args.secure:
+        return "--secure runs compressed rounds under SecAgg+; it cannot be combined with --dense"
+    if args.coordinator and args.transport != "http":
+        return "--coordinator URL is only used with --transport http"
+    if not args.secure:
+        given = [flag for flag, dest, default in _SECURE_ONLY if getattr(args, dest) != default]
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            return f"{', '.join(given)} only {verb} to secure runs: add --secure"
+    elif args.group_aggregator != "fedavg" and args.group_size is None:
+        return "--group-aggregator needs --group-size G (the devices per SecAgg+ group)"
+    if (args.ort_fraction > 0 or args.ort_tier) and not args.ort_artifacts:
+        return (
+            "--ort-fraction/--ort-tier need --ort-artifacts DIR, a folder written by "
+            "`plume export --model MODEL --out DIR`"
+        )
+    if args.ort_artifacts and not Path(args.ort_artifacts).is_dir():
+        return f"--ort-artifacts {args.ort_artifacts} is not a folder (run `plume export` first)"
+    if args.data_root and not Path(args.data_root).is_dir():
+        return f"--data-root {args.data_root} is not a folder"
+    return None
+
+
 def _main(args: argparse.Namespace) -> int:
     if args.action == "report":
         return _report(args)
     if args.run_dir:
-        print("error: a run folder is only taken by `plume sim report RUN_DIR`", file=sys.stderr)
-        return 2
+        return _fail("a run folder is only taken by `plume sim report RUN_DIR`")
+    from .data import DataError
     from .report import plot_accuracy_vs_bytes, summary, write_run
 
+    problem = _usage_error(args)
+    if problem is not None:
+        return _fail(problem)
     if args.threads is not None:
-        if args.threads < 1:
-            print("error: --threads must be at least 1", file=sys.stderr)
-            return 2
         import torch
 
         torch.set_num_threads(args.threads)
@@ -316,16 +666,25 @@ def _main(args: argparse.Namespace) -> int:
         if args.compare_dense and not cfg.dense:
             runs.append(("dense", config_from_args(args, dense=True)))
     except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(_in_flags(str(exc)))
     out = Path(args.out)
+    try:
+        # Made before the run, so an unwritable --out fails now rather than after the rounds.
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        return _fail(f"cannot create the output folder --out {out} ({reason})", 1)
     results = []
     for label, c in runs:
         try:
             res = _run_one(c, args, label)
         except ValueError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            return _fail(_in_flags(str(exc)))
+        except DataError as exc:  # the data folder is missing or unreadable
+            return _fail(str(exc), 1)
+        if args.no_progress or (args.secure and not c.dense):
+            # The live table comes with the progress bar of plain runs; print it here otherwise.
+            _print_table(res)
         write_run(res, out / label if len(runs) > 1 else out)
         results.append(res)
     plot = plot_accuracy_vs_bytes(
@@ -360,6 +719,14 @@ def _main(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_table(result: Any) -> None:
+    from .report import table_header, table_row
+
+    print(table_header(result.label or ""))
+    for rec in result.records:
+        print(table_row(rec))
+
+
 def _as_dict(rec: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
@@ -377,14 +744,12 @@ def _extra_plots(out: Path, results: list[Any]) -> None:
 
 def _report(args: argparse.Namespace) -> int:
     if not args.run_dir:
-        print("error: `plume sim report` needs RUN_DIR", file=sys.stderr)
-        return 2
+        return _fail("`plume sim report` needs RUN_DIR, the --out folder of a run")
     from .report_extra import RunDirError, rebuild_run_dir
 
     try:
         paths = rebuild_run_dir(args.run_dir)
     except RunDirError as exc:  # missing folder, no rounds.json, or a corrupt one
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(f"{exc}; RUN_DIR must be the --out folder of a `plume sim` run")
     print("rebuilt " + ", ".join(str(p) for p in paths))
     return 0
