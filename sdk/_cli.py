@@ -5,6 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
+import time
+from pathlib import Path
 from typing import Any
 
 __all__ = ["register", "example_input_shape"]
@@ -48,33 +51,116 @@ def _shape(text: str) -> tuple[int, ...]:
     return dims
 
 
+# Token-id models: their example input is int64 unless --input-dtype says otherwise.
+_INT_INPUT_MODELS = frozenset({"shakespeare_lstm", "shakespeare_lstm_small"})
+_PROG = "plume export"
+
+
+def _fail(message: str, status: int = 2) -> int:
+    """Print `plume export: error: MESSAGE` on stderr; returns `status` (2: a usage error)."""
+    print(f"{_PROG}: error: {message}", file=sys.stderr)
+    return status
+
+
+class _Elapsed:
+    """A one-line `working... N s` indicator on stderr while a long step runs.
+
+    On a terminal the line is redrawn every second; elsewhere (a log file) it is printed once
+    at the start and once with the total time, so logs hold no carriage-return noise.
+    """
+
+    def __init__(self, text: str, enabled: bool) -> None:
+        self.text = text
+        self.enabled = enabled
+        self.tty = sys.stderr.isatty()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._t0 = 0.0
+
+    def _draw(self) -> None:
+        while not self._stop.wait(1.0):
+            seconds = time.monotonic() - self._t0
+            print(f"\r{self.text} {seconds:.0f} s", end="", file=sys.stderr, flush=True)
+
+    def __enter__(self) -> _Elapsed:
+        self._t0 = time.monotonic()
+        if not self.enabled:
+            return self
+        print(f"{self.text}", end="" if self.tty else "\n", file=sys.stderr, flush=True)
+        if self.tty:
+            self._thread = threading.Thread(target=self._draw, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        if self.enabled:
+            seconds = time.monotonic() - self._t0
+            lead = "\r" if self.tty else ""
+            print(f"{lead}{self.text} done in {seconds:.1f} s", file=sys.stderr, flush=True)
+
+
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "export",
         help="export ONNX training artifacts for devices without torch",
         description=(
             "Write the inference graph, the training-step graph and a manifest for a zoo model. "
-            "Devices then train with plain onnxruntime (sdk.ort), no torch needed."
+            "Devices then train with plain onnxruntime (sdk.ort), no torch needed. Prints a "
+            "JSON summary on stdout; an LSTM takes a minute or two."
         ),
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--model", required=True, help="zoo model name (mobile_sim.models)")
-    p.add_argument("--out", required=True, help="output folder (created if missing)")
-    p.add_argument("--optimizer", choices=("sgd", "momentum"), default="sgd")
-    p.add_argument("--momentum", type=float, default=0.9, help="with --optimizer momentum")
-    p.add_argument("--loss", choices=("ce", "mse"), default="ce")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="zoo model: " + ", ".join(_INPUT_SHAPES) + " (mobile_sim.models)",
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
+    p.add_argument(
+        "--optimizer",
+        choices=("sgd", "momentum"),
+        default="sgd",
+        help="the update rule baked into the training step",
+    )
+    p.add_argument(
+        "--momentum",
+        type=float,
+        default=0.9,
+        help="with --optimizer momentum: the SGD momentum, in [0, 1)",
+    )
+    p.add_argument(
+        "--loss",
+        choices=("ce", "mse"),
+        default="ce",
+        help="ce: cross-entropy on class labels; mse: squared error on targets",
+    )
     p.add_argument(
         "--batch-size",
         type=int,
         default=10,
-        help="example batch used for tracing; the exported batch dimension is dynamic",
+        metavar="N",
+        help="example batch used for tracing, at least 2; the exported batch dimension is dynamic",
     )
     p.add_argument(
-        "--input-shape", type=_shape, default=None, help="one example's shape, e.g. 1,28,28"
+        "--input-shape",
+        type=_shape,
+        default=None,
+        metavar="D1,D2,...",
+        help="one example's shape, e.g. 1,28,28 (default: the zoo model's)",
     )
-    p.add_argument("--input-dtype", choices=("float32", "int64"), default="float32")
+    p.add_argument(
+        "--input-dtype",
+        choices=("float32", "int64"),
+        default=None,
+        help="input element type: int64 for token ids (default: int64 for the shakespeare "
+        "models, float32 otherwise)",
+    )
     p.add_argument("--seed", type=int, default=0, help="weights seed (only used for tracing)")
+    p.add_argument("--no-progress", action="store_true", help="no elapsed-time line on stderr")
     p.set_defaults(func=_run)
 
 
@@ -86,16 +172,17 @@ def _run(args: argparse.Namespace) -> int:
     from .onnx_export import ExportError, export_training_artifacts
 
     if args.batch_size < 2:
-        print("plume export: --batch-size must be at least 2", file=sys.stderr)
-        return 2
+        return _fail(f"--batch-size must be at least 2, got {args.batch_size}")
+    if args.optimizer != "momentum" and args.momentum != 0.9:
+        return _fail("--momentum applies with --optimizer momentum only")
     try:
         model = build_model(args.model, seed=args.seed)
         shape = args.input_shape or example_input_shape(args.model)
     except ValueError as exc:
-        print(f"plume export: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
+    dtype = args.input_dtype or ("int64" if args.model in _INT_INPUT_MODELS else "float32")
     gen = torch.Generator().manual_seed(args.seed)
-    if args.input_dtype == "int64":
+    if dtype == "int64":
         # Token ids: the first embedding's vocabulary bounds them.
         embed = next((m for m in model.modules() if isinstance(m, torch.nn.Embedding)), None)
         high = embed.num_embeddings if embed is not None else 2
@@ -103,19 +190,34 @@ def _run(args: argparse.Namespace) -> int:
     else:
         x = torch.randn((args.batch_size, *shape), generator=gen)
     torch.set_num_threads(1)
-    try:
-        result = export_training_artifacts(
-            model,
-            x,
-            args.out,
-            loss=args.loss,
-            optimizer=args.optimizer,
-            momentum=args.momentum,
-            model_name=args.model,
+    problem = _input_problem(model, x)
+    if problem is not None:
+        return _fail(
+            f"an input of shape {','.join(map(str, shape))} ({dtype}) does not fit model "
+            f"{args.model}: {problem}; check --input-shape and --input-dtype"
         )
+    out = Path(args.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        return _fail(f"cannot create the output folder --out {out} ({exc.strerror or exc})", 1)
+    params = sum(t.numel() for t in model.parameters())
+    try:
+        with _Elapsed(
+            f"{_PROG}: tracing {args.model} ({params:,} parameters) into {out}...",
+            enabled=not args.no_progress,
+        ):
+            result = export_training_artifacts(
+                model,
+                x,
+                out,
+                loss=args.loss,
+                optimizer=args.optimizer,
+                momentum=args.momentum,
+                model_name=args.model,
+            )
     except ExportError as exc:
-        print(f"plume export: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 1
+        return _fail(f"{exc} ({type(exc).__name__})", 1)
     files = result.manifest["files"]
     summary = {
         "out": str(result.out_dir),
@@ -126,3 +228,23 @@ def _run(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary))
     return 0
+
+
+def _input_problem(model: Any, x: Any) -> str | None:
+    """Why one forward pass of `model` on `x` fails (first line of torch's error), or None.
+
+    Run in eval mode under no_grad and the mode restored, so the parameters and any running
+    statistics are left exactly as the export will see them.
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(x)
+    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
+        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    finally:
+        model.train(was_training)
+    return None
