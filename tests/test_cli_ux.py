@@ -1,0 +1,418 @@
+"""The `plume` command as a new user meets it: help that explains every option, and one clear
+`plume CMD: error: ...` line with a non-zero status (no traceback) for each common mistake."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coordinator.cli import build_parser, main
+from coordinator.service import ServerThread, ServiceConfig
+
+ADMIN = "s3cret-ux"
+# A tiny, fast run: 2 rounds of digits_mlp on 6 devices.
+TINY = [
+    "sim", "--dataset", "digits", "--model", "digits_mlp", "--clients", "6", "--per-round",
+    "3", "--rounds", "2", "--local-epochs", "1", "--no-progress",
+]  # fmt: skip
+
+
+def _walk(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+    yield parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                yield from _walk(child)
+
+
+def _one_error_line(err: str, prog: str) -> str:
+    """The error line of `err`, after checking it is a single `PROG: error:` line."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if f"{prog}: error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    db = tmp_path_factory.mktemp("coord") / "plume.db"
+    with ServerThread(ServiceConfig(db_path=str(db), admin_token=ADMIN)) as url:
+        yield url
+
+
+# --- help ------------------------------------------------------------------------------------
+
+
+def test_every_option_of_every_command_says_what_it_does() -> None:
+    # Prepare
+    parser = build_parser()
+    # Execute
+    missing = [
+        f"{p.prog} {action.option_strings[0]}"
+        for p in _walk(parser)
+        for action in p._actions
+        if action.option_strings and not action.help
+    ]
+    # Assert
+    assert missing == []
+
+
+def test_sim_help_gives_defaults_choices_and_examples(capsys: pytest.CaptureFixture[str]) -> None:
+    # Execute
+    with pytest.raises(SystemExit) as exc:
+        main(["sim", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # unwrap the columns
+    # Assert: defaults, units, the choices of closed sets, and examples
+    assert exc.value.code == 0
+    assert "training rounds (default: 20)" in text
+    assert "device SGD learning rate (default: 0.05)" in text
+    assert "{iid,dirichlet,shards,natural}" in text and "{1,2,4,8,16,32}" in text
+    assert "{sequential,vectorized,pool,ray}" in text
+    assert "round deadline, simulated seconds" in text
+    assert "examples: plume sim --dataset mnist" in text
+
+
+def test_help_never_shows_the_admin_token_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare
+    monkeypatch.setenv("PLUME_ADMIN_TOKEN", "do-not-print-me")
+    # Execute
+    for command in (["coordinator", "serve"], ["coordinator", "create-task"]):
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        # Assert
+        assert "do-not-print-me" not in capsys.readouterr().out
+
+
+def test_the_name_lists_in_help_match_the_library() -> None:
+    # Prepare
+    from coordinator import _cli as coord_cli
+    from mobile_sim import _cli as sim_cli
+    from mobile_sim.backends import BACKENDS
+    from mobile_sim.models import MODELS
+    from mobile_sim.runner import DEFAULT_MODEL
+    from sdk import _cli as sdk_cli
+
+    # Assert: every zoo model, backend and dataset is named where --help lists them
+    assert set(coord_cli._ZOO_MODELS) == set(MODELS)
+    assert set(sim_cli._MODELS.split(", ")) == set(MODELS)
+    assert set(sim_cli._BACKENDS) == set(BACKENDS)
+    assert all(name in sim_cli._DATASETS for name in DEFAULT_MODEL)
+    assert set(sdk_cli._INT_INPUT_MODELS) <= set(MODELS)
+
+
+# --- plume sim mistakes -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--per-round", "20"], "--per-round 20 exceeds --clients 6"),
+        (["--rounds", "0"], "--rounds must be at least 1, got 0"),
+        (["--eval-every", "0"], "--eval-every must be at least 1"),
+        (["--warmup-rounds", "-1"], "--warmup-rounds must be >= 0"),
+        (["--min-reports", "5"], "--min-reports 5 exceeds --per-round 3"),
+        (["--momentum", "-1"], "--momentum must be >= 0"),
+        (["--lr", "0"], "--lr must be a positive number"),
+        (["--topk", "2"], "--topk is the fraction of coordinates kept"),
+        (["--attack", "alie"], "--attack alie needs --malicious FRACTION"),
+        (["--coordinator", "http://x"], "--coordinator URL is only used with --transport http"),
+        (["--secure-fraction", "0.1"], "--secure-fraction only applies to secure runs"),
+        (["--secure", "--group-aggregator", "median"], "--group-aggregator needs --group-size"),
+        (["--secure", "--secure-dropout", "1.5"], "--secure-dropout is a fraction in [0, 1)"),
+        (["--secure", "--noise-multiplier", "-1"], "--noise-multiplier must be >= 0"),
+        (["--dense", "--compare-dense"], "pass one"),
+        (["--dense", "--secure"], "cannot be combined with --dense"),
+        (["--ort-fraction", "0.5"], "need --ort-artifacts DIR"),
+        (["--ort-artifacts", "/nonexistent/a"], "is not a folder (run `plume export` first)"),
+        (["--data-root", "/nonexistent/d"], "--data-root /nonexistent/d is not a folder"),
+        (["--aggregator", "trimmed:beta=2"], "unknown aggregator 'trimmed'"),
+        (["--attack", "nope", "--malicious", "0.2"], "unknown attack 'nope'"),
+        (["--model", "nope"], "unknown model 'nope'"),
+        (["--dataset", "nope", "--model", "mlp"], "unknown dataset 'nope'"),
+        (["--job-timeout", "5"], "--job-timeout applies to the pool and ray backends"),
+        (["--over-selection", "0.5"], "--over-selection must be in [1, 10]"),
+        (["--alpha", "0"], "--alpha must be positive"),
+    ],
+)
+def test_sim_mistakes_are_one_line_naming_the_flag(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], expected: str
+) -> None:
+    # Execute
+    code = main([*TINY, "--out", str(tmp_path / "run"), *flags])
+    err = capsys.readouterr().err
+    # Assert: exit 2 (a usage error), one line that names the flag, nothing written
+    assert code == 2
+    assert expected in _one_error_line(err, "plume sim")
+    assert not (tmp_path / "run" / "rounds.json").exists()
+
+
+def test_sim_with_a_missing_data_folder_says_to_set_plume_data(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare
+    monkeypatch.setenv("PLUME_DATA", str(tmp_path / "nonexistent"))
+    # Execute
+    code = main(["sim", "--dataset", "mnist", "--rounds", "1", "--no-progress", "--out",
+                 str(tmp_path / "run")])  # fmt: skip
+    # Assert
+    assert code == 1
+    assert "set PLUME_DATA" in _one_error_line(capsys.readouterr().err, "plume sim")
+
+
+def test_sim_with_an_unwritable_out_fails_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: --out names an existing file
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    # Execute
+    code = main([*TINY, "--out", str(blocker / "run")])
+    captured = capsys.readouterr()
+    # Assert: no round ran (no table), one error line
+    assert code == 1
+    assert "cannot create the output folder --out" in _one_error_line(captured.err, "plume sim")
+    assert "round accuracy" not in captured.out
+
+
+def test_sim_without_progress_still_prints_the_round_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    code = main([*TINY, "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    # Assert: the header and one row per round, then the summary
+    assert code == 0
+    lines = out.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("round accuracy"))
+    assert [line.split()[0] for line in lines[header + 2 : header + 4]] == ["1", "2"]
+    assert "compressed: final accuracy" in out and "\r" not in out
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda p: p, "no rounds.json in"),
+        (lambda p: p / "missing", "is not a folder"),
+    ],
+)
+def test_sim_report_on_a_folder_that_is_not_a_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], make: object, expected: str
+) -> None:
+    # Prepare
+    folder = make(tmp_path)  # type: ignore[operator]
+    # Execute
+    code = main(["sim", "report", str(folder)])
+    line = _one_error_line(capsys.readouterr().err, "plume sim")
+    # Assert
+    assert code == 2
+    assert expected in line and "RUN_DIR must be the --out folder" in line
+
+
+# --- plume coordinator mistakes ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--db", "/nonexistent/dir/plume.db"], "the folder of --db /nonexistent/dir/plume.db"),
+        (["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"], "no such file"),
+        (["--signature-window", "0"], "--signature-window must be a positive number"),
+        (["--poll", "-1"], "--poll must be a positive number"),
+    ],
+)
+def test_serve_refuses_bad_flags_before_opening_anything(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], expected: str
+) -> None:
+    # Execute
+    code = main(["coordinator", "serve", "--db", str(tmp_path / "x.db"), *flags])
+    # Assert
+    assert code == 2
+    assert expected in _one_error_line(capsys.readouterr().err, "plume coordinator serve")
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_serve_rejects_a_port_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
+    # Execute
+    with pytest.raises(SystemExit) as exc:
+        main(["coordinator", "serve", "--port", "70000"])
+    # Assert: argparse's usage error, exit 2
+    assert exc.value.code == 2
+    assert "a TCP port is 0-65535" in capsys.readouterr().err
+
+
+def test_serve_on_a_port_in_use_says_so(tmp_path: Path) -> None:
+    # Prepare: something already listens on the port. A subprocess, because uvicorn
+    # reconfigures the logging of the process it runs in.
+    plume = Path(sys.executable).with_name("plume")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        # Execute
+        done = subprocess.run(
+            [str(plume), "coordinator", "serve", "--db", str(tmp_path / "x.db"), "--port",
+             str(port), "--log-level", "critical"],
+            capture_output=True, text=True, timeout=120, check=False,
+            env={**os.environ, "PLUME_DEBUG": ""},
+        )  # fmt: skip
+    # Assert
+    assert done.returncode == 1
+    line = _one_error_line(done.stderr, "plume coordinator serve")
+    assert f"port {port} on 127.0.0.1 is already in use" in line and "--port" in line
+
+
+def test_admin_commands_without_a_server_say_where_they_looked(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Prepare
+    url = f"http://127.0.0.1:{_free_port()}"
+    # Execute
+    code = main(["coordinator", "status", "--url", url, "--admin-token", ADMIN, "--task", "1"])
+    # Assert
+    assert code == 1
+    line = _one_error_line(capsys.readouterr().err, "plume coordinator status")
+    assert f"cannot reach the coordinator at {url}" in line and "coordinator serve" in line
+
+
+def test_admin_commands_refuse_a_url_without_scheme(capsys: pytest.CaptureFixture[str]) -> None:
+    # Execute
+    with pytest.raises(SystemExit) as exc:
+        main(["coordinator", "pause", "--url", "localhost:8080", "--admin-token", ADMIN,
+              "--task", "1"])  # fmt: skip
+    # Assert
+    assert exc.value.code == 1
+    line = _one_error_line(capsys.readouterr().err, "plume coordinator pause")
+    assert "--url must start with http:// or https://" in line
+
+
+def test_create_task_with_a_wrong_admin_token(
+    server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    code = main(["coordinator", "create-task", "--url", server, "--admin-token", "wrong",
+                 "--model", "digits_mlp"])  # fmt: skip
+    # Assert
+    assert code == 1
+    line = _one_error_line(capsys.readouterr().err, "plume coordinator create-task")
+    assert "refused the admin token" in line and "PLUME_ADMIN_TOKEN" in line
+
+
+def test_refusals_of_the_server_keep_its_reason(
+    server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    bad_task = main(["coordinator", "create-task", "--url", server, "--admin-token", ADMIN,
+                     "--model", "digits_mlp", "--aggregator", "trimmed:beta=2"])  # fmt: skip
+    bad_line = _one_error_line(capsys.readouterr().err, "plume coordinator create-task")
+    no_task = main(["coordinator", "status", "--url", server, "--admin-token", ADMIN,
+                    "--task", "999"])  # fmt: skip
+    no_line = _one_error_line(capsys.readouterr().err, "plume coordinator status")
+    # Assert
+    assert (bad_task, no_task) == (1, 1)
+    assert "unknown aggregator 'trimmed'" in bad_line and "422" in bad_line
+    assert no_line.endswith("no task 999 (404 unknown_task, GET /v1/admin/tasks/999)")
+
+
+# --- plume export mistakes --------------------------------------------------------------------
+
+
+def test_export_mistakes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    export = ["export", "--model", "digits_mlp", "--no-progress"]
+    # Execute + Assert: an unwritable --out, a shape the model cannot take, a stray flag
+    assert main([*export, "--out", str(blocker / "out")]) == 1
+    line = _one_error_line(capsys.readouterr().err, "plume export")
+    assert "cannot create the output folder --out" in line
+    assert main([*export, "--out", str(tmp_path / "a"), "--input-shape", "3,3"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "plume export")
+    assert "does not fit model digits_mlp" in line and "--input-shape" in line
+    assert main([*export, "--out", str(tmp_path / "b"), "--momentum", "0.5"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "plume export")
+    assert "--momentum applies with --optimizer momentum" in line
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+# --- the net under every command ----------------------------------------------------------------
+
+
+def test_an_unexpected_value_error_is_one_line_unless_debugging(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: the report step raises what a library would
+    from mobile_sim import _cli as sim_cli
+
+    def boom(args: argparse.Namespace) -> int:
+        raise ValueError("bad value\nsecond line")
+
+    monkeypatch.setattr(sim_cli, "_report", boom)
+    monkeypatch.delenv("PLUME_DEBUG", raising=False)
+    # Execute
+    code = main(["sim", "report", "x"])
+    err = capsys.readouterr().err
+    monkeypatch.setenv("PLUME_DEBUG", "1")
+    # Assert: exit 2, the first line of the message; PLUME_DEBUG=1 gives the traceback
+    assert code == 2 and err == "plume sim: error: bad value\n"
+    with pytest.raises(ValueError, match="bad value"):
+        main(["sim", "report", "x"])
+
+
+def test_an_os_error_names_the_file(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare
+    from mobile_sim import _cli as sim_cli
+
+    def denied(args: argparse.Namespace) -> int:
+        raise PermissionError(13, "Permission denied", "/some/file")
+
+    monkeypatch.setattr(sim_cli, "_report", denied)
+    monkeypatch.delenv("PLUME_DEBUG", raising=False)
+    # Execute
+    code = main(["sim", "report", "x"])
+    # Assert
+    assert code == 1
+    assert capsys.readouterr().err == "plume sim: error: /some/file: Permission denied\n"
+
+
+# --- the real console script --------------------------------------------------------------------
+
+
+def test_the_console_script_piped_and_on_a_mistake(tmp_path: Path) -> None:
+    # Prepare
+    plume = Path(sys.executable).with_name("plume")
+    env = {**os.environ, "PLUME_DEBUG": ""}
+    # Execute: a run piped into another program, and a user mistake
+    piped = subprocess.run(
+        [str(plume), *TINY[:-1], "--threads", "1", "--out", str(tmp_path / "run")],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    wrong = subprocess.run(
+        [str(plume), *TINY, "--per-round", "9", "--out", str(tmp_path / "w")],
+        capture_output=True, text=True, env=env, timeout=120, check=False,
+    )  # fmt: skip
+    # Assert: stdout is the plain table and summary (the bar lives on stderr); the mistake
+    # exits 2 with one line
+    assert piped.returncode == 0, piped.stderr
+    assert "\r" not in piped.stdout
+    assert sum(line.split()[:1] in (["1"], ["2"]) for line in piped.stdout.splitlines()) == 2
+    assert wrong.returncode == 2
+    assert wrong.stderr == "plume sim: error: --per-round 9 exceeds --clients 6: a round " \
+        "cannot aggregate more devices than the fleet has\n"  # fmt: skip
