@@ -54,6 +54,36 @@ _SECURE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
 )
 
 
+_SECURE_METAVARS = {
+    "coord_fraction": "FRACTION",
+    "upload_budget": "BYTES",
+    "value_bits": "BITS",
+    "clip_norm": "C",
+    "max_weight": "N",
+    "degree_factor": "F",
+    "group_size": "G",
+    "group_aggregator": "SPEC",
+    "noise_multiplier": "Z",
+    "expected_dropout": "FRACTION",
+    "stage_timeout_s": "SECONDS",
+    "stage_idle_s": "SECONDS",
+}
+
+
+def _secure_defaults() -> dict[str, Any]:
+    """The value each `TaskConfig.secure` key takes when its flag is left out."""
+    try:
+        from dataclasses import fields
+
+        from .secure import SecureConfig
+        from .service.secure import SecureSettings
+    except ImportError:
+        return {}
+    out = {f.name: f.default for f in fields(SecureConfig)}
+    out.update({f.name: f.default for f in fields(SecureSettings) if f.name != "config"})
+    return out
+
+
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 # mobile_sim's zoo (`mobile_sim.models.MODELS`), named here so --help needs no torch import.
 _ZOO_MODELS = (
@@ -213,7 +243,9 @@ def register(sub: Any) -> None:
     )
     admin_args(c)
     c.add_argument("--name", default=None, help="task name (default: the model's name)")
-    c.add_argument("--model", default="mlp", help="zoo model: " + ", ".join(_ZOO_MODELS))
+    c.add_argument(
+        "--model", default="mlp", metavar="NAME", help="zoo model: " + ", ".join(_ZOO_MODELS)
+    )
     c.add_argument("--seed", type=int, default=0, help="initial weights and round seeds")
     c.add_argument("--rounds", type=int, default=10, metavar="N", help="training rounds")
     c.add_argument(
@@ -246,7 +278,13 @@ def register(sub: Any) -> None:
     c.add_argument(
         "--topk", type=float, default=0.01, metavar="FRACTION", help="upload: coordinates kept"
     )
-    c.add_argument("--bits", type=int, default=4, help="upload: bits a value, 1, 2, 4, 8, 16 or 32")
+    c.add_argument(
+        "--bits",
+        type=int,
+        default=4,
+        metavar="BITS",
+        help="upload: bits a value, 1, 2, 4, 8 (quantized), 16 or 32 (floats)",
+    )
     c.add_argument(
         "--downlink-topk",
         type=float,
@@ -255,7 +293,11 @@ def register(sub: Any) -> None:
         help="model download deltas: coordinates kept",
     )
     c.add_argument(
-        "--downlink-bits", type=int, default=8, help="model download deltas: bits a value"
+        "--downlink-bits",
+        type=int,
+        default=8,
+        metavar="BITS",
+        help="model download deltas: bits a value",
     )
     c.add_argument(
         "--aggregator",
@@ -263,7 +305,13 @@ def register(sub: Any) -> None:
         metavar="SPEC",
         help="aggregator spec, e.g. median or cosfilter+geomed (list below)",
     )
-    c.add_argument("--server-lr", type=float, default=1.0, help="server step on the aggregate")
+    c.add_argument(
+        "--server-lr",
+        type=float,
+        default=1.0,
+        metavar="LR",
+        help="server step: the model moves by LR x the aggregate",
+    )
     c.add_argument("--local-epochs", type=int, default=1, metavar="E", help="device epochs a round")
     c.add_argument(
         "--batch-size", type=int, default=32, metavar="B", help="device minibatch, examples"
@@ -273,21 +321,34 @@ def register(sub: Any) -> None:
         "secure aggregation (SecAgg+; unset knobs keep the SecureConfig defaults)"
     )
     g.add_argument("--secure", action="store_true", help="run every round under SecAgg+")
+    defaults = _secure_defaults()
     for flag, key, kind, helptext in _SECURE_FLAGS:
-        g.add_argument(flag, dest=f"secure_{key}", type=kind, default=None, help=helptext)
+        if key in defaults:
+            shown = "none" if defaults[key] is None else defaults[key]
+            helptext += f" (default: {shown})"
+        g.add_argument(
+            flag,
+            dest=f"secure_{key}",
+            type=kind,
+            default=None,
+            metavar=_SECURE_METAVARS.get(key),
+            help=helptext,
+        )
     g.add_argument(
         "--secure-noise",
         dest="secure_noise",
         choices=("none", "discrete_gaussian", "skellam"),
         default=None,
-        help="distributed DP noise each device adds (with --secure-noise-multiplier)",
+        help="distributed DP noise each device adds (with --secure-noise-multiplier; "
+        "default: none)",
     )
     g.add_argument(
         "--secure-no-sketch",
         dest="secure_sketch",
         action="store_false",
         default=None,
-        help="choose S_r from |global update| instead of the row/column energy sketch",
+        help="choose S_r from |global update| instead of the row/column energy sketch "
+        "(default: the sketch)",
     )
     c.set_defaults(func=_create_task)
 

@@ -34,7 +34,9 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         text = action.help or ""
         if (
             action.option_strings
-            and action.default not in (None, False, argparse.SUPPRESS)
+            and action.default is not None
+            and action.default is not False  # store_true flags; identity, so 0 still shows
+            and action.default is not argparse.SUPPRESS
             and "token" not in action.dest  # a default read from the environment is a secret
             and "default" not in text
             and "%(default)" not in text

@@ -13,6 +13,7 @@ __all__ = ["register", "config_from_args"]
 
 _EXAMPLES = """\
 examples:
+  plume sim --dataset digits --rounds 5 --local-epochs 1     # a first run, seconds long
   plume sim --dataset mnist --clients 100 --per-round 10 --rounds 20 --topk 0.01 --bits 4
   plume sim --dataset mnist --rounds 20 --compare-dense --out runs/mnist
   plume sim --dataset digits --clients 200 --per-round 50 --rounds 30 --local-epochs 2
@@ -44,6 +45,18 @@ _DATASETS = "mnist, digits, shakespeare, synthetic, synthetic_iid or synthetic(A
 _MODELS = "mnist_cnn, mlp, digits_mlp, synthetic_lr, shakespeare_lstm, shakespeare_lstm_small"
 _BACKENDS = ("sequential", "vectorized", "pool", "ray")
 _PROG = "plume sim"
+
+
+def _secure_default(name: str) -> str:
+    """SecureConfig's default of field `name`, for the help of the flag left unset."""
+    try:
+        from dataclasses import fields
+
+        from coordinator.secure import SecureConfig
+    except ImportError:
+        return "SecureConfig's"
+    default = next(f.default for f in fields(SecureConfig) if f.name == name)
+    return f"SecureConfig's, {default}"
 
 
 def register(sub: Any) -> None:
@@ -146,7 +159,8 @@ def register(sub: Any) -> None:
         default=900.0,
         metavar="SECONDS",
         help="realistic: open a round with >= --min-reports devices this many simulated s "
-        "after the first check-in, as `plume serve` does (default 900; -1: full cohort only)",
+        "after the first check-in, as `plume coordinator serve` does (default 900; -1: full "
+        "cohort only)",
     )
     g.add_argument(
         "--checkin-period",
@@ -250,7 +264,8 @@ def register(sub: Any) -> None:
         type=float,
         default=None,
         metavar="FRACTION",
-        help="|S_r| / d, the shared coordinates per round (default: SecureConfig's)",
+        help="|S_r| / d, the shared coordinates per round "
+        f"(default: {_secure_default('coord_fraction')})",
     )
     g.add_argument(
         "--secure-upload-budget",
@@ -265,14 +280,14 @@ def register(sub: Any) -> None:
         type=int,
         default=None,
         metavar="BITS",
-        help="bits per value before masking, 1-16 (default: SecureConfig's)",
+        help=f"bits per value before masking, 1-16 (default: {_secure_default('value_bits')})",
     )
     g.add_argument(
         "--secure-clip",
         type=float,
         default=None,
         metavar="C",
-        help="L2 clip of the sent vector (default: SecureConfig's)",
+        help=f"L2 clip of the sent vector (default: {_secure_default('clip_norm')})",
     )
     g.add_argument(
         "--secure-dropout",

@@ -83,7 +83,8 @@ def test_sim_help_gives_defaults_choices_and_examples(capsys: pytest.CaptureFixt
     assert "{iid,dirichlet,shards,natural}" in text and "{1,2,4,8,16,32}" in text
     assert "{sequential,vectorized,pool,ray}" in text
     assert "round deadline, simulated seconds" in text
-    assert "examples: plume sim --dataset mnist" in text
+    assert "device SGD momentum (default: 0.0)" in text  # a zero default is shown too
+    assert "examples: plume sim --dataset digits --rounds 5" in text
 
 
 def test_help_never_shows_the_admin_token_from_the_environment(
