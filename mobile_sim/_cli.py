@@ -656,7 +656,34 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         return f"--ort-artifacts {args.ort_artifacts} is not a folder (run `plume export` first)"
     if args.data_root and not Path(args.data_root).is_dir():
         return f"--data-root {args.data_root} is not a folder"
-    return None
+    return _model_mismatch(args.dataset, args.model)
+
+
+def _model_mismatch(dataset: str, model: str | None) -> str | None:
+    """Why zoo model `model` cannot take `dataset`'s examples (shapes differ), or None.
+
+    A dataset's example shape is its default model's input shape; names either table does not
+    know are left to the library, which reports unknown names itself.
+    """
+    from sdk._cli import example_input_shape
+
+    from .runner import DEFAULT_MODEL
+
+    family = re.split(r"[(_]", dataset, maxsplit=1)[0]  # synthetic(1,1), synthetic_iid
+    natural = DEFAULT_MODEL.get(family)
+    if model is None or natural is None or model == natural:
+        return None
+    try:
+        wanted, given = example_input_shape(natural), example_input_shape(model)
+    except ValueError:
+        return None
+    if wanted == given:
+        return None
+    shape = "x".join(map(str, wanted))
+    return (
+        f"--model {model} takes inputs of shape {'x'.join(map(str, given))}, but {dataset} "
+        f"examples are {shape}; pick a model for {dataset}, e.g. --model {natural}"
+    )
 
 
 def _main(args: argparse.Namespace) -> int:

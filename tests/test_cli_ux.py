@@ -149,6 +149,7 @@ def test_the_name_lists_in_help_match_the_library() -> None:
         (["--job-timeout", "5"], "--job-timeout applies to the pool and ray backends"),
         (["--over-selection", "0.5"], "--over-selection must be in [1, 10]"),
         (["--alpha", "0"], "--alpha must be positive"),
+        (["--model", "mlp"], "--model mlp takes inputs of shape 1x28x28, but digits examples"),
     ],
 )
 def test_sim_mistakes_are_one_line_naming_the_flag(
