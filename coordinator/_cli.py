@@ -7,6 +7,7 @@ import errno
 import json
 import math
 import os
+import re
 import socket
 import sqlite3
 import sys
@@ -507,6 +508,7 @@ def _create_task(args: argparse.Namespace) -> int:
     from sdk.flat import get_flat_params, spec_from_module
 
     from .service import AdminError
+    from .service.rounds import validate_task
 
     try:
         model = build_model(args.model, seed=args.seed)
@@ -529,10 +531,12 @@ def _create_task(args: argparse.Namespace) -> int:
             training=TrainingParams(args.local_epochs, args.batch_size, args.lr),
             secure=_secure_settings(args),
         )
+        # The server's own checks, run here first: a bad value is named without a server.
+        validate_task(config)
         with _admin(args) as admin:
             task_id = admin.create_task(config, get_flat_params(model))
     except ValueError as exc:
-        print(f"plume coordinator create-task: error: {exc}", file=sys.stderr)
+        print(f"plume coordinator create-task: error: {_with_flag(str(exc))}", file=sys.stderr)
         return 1
     except (AdminError, httpx.HTTPError) as exc:
         text = _admin_error_text(exc, args)
@@ -540,6 +544,37 @@ def _create_task(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps({"task_id": task_id, "model": args.model, "params": spec.size}))
     return 0
+
+
+# TaskConfig fields named in `validate_task`'s messages, and the create-task flag of each.
+_TASK_FLAGS = {
+    "clients_per_round": "--clients-per-round",
+    "over_selection": "--over-selection",
+    "min_reports": "--min-reports",
+    "selection_timeout_s": "--selection-timeout",
+    "deadline_s": "--deadline",
+    "server_lr": "--server-lr",
+    "training.local_epochs": "--local-epochs/--batch-size",
+    "training.lr": "--lr",
+    "rounds": "--rounds",
+    "name": "--name",
+    "seed": "--seed",
+    "aggregator": "--aggregator",
+    **{key: flag for flag, key, _, _ in _SECURE_FLAGS},
+}
+
+
+def _with_flag(message: str) -> str:
+    """`message` with the flag that sets the field it starts with, e.g. `... (--rounds)`."""
+    secure_flags = {key: flag for flag, key, _, _ in _SECURE_FLAGS}
+    message = re.sub(
+        r"\bsecure\.(\w+)", lambda m: secure_flags.get(m.group(1), m.group(0)), message
+    )
+    head = message.removeprefix("secure: ")
+    for field in sorted(_TASK_FLAGS, key=len, reverse=True):
+        if re.match(rf"{re.escape(field)}\b", head):
+            return f"{message} ({_TASK_FLAGS[field]})"
+    return message
 
 
 def _secure_settings(args: argparse.Namespace) -> dict[str, Any] | None:

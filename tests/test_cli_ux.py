@@ -315,20 +315,40 @@ def test_create_task_with_a_wrong_admin_token(
     assert "refused the admin token" in line and "PLUME_ADMIN_TOKEN" in line
 
 
-def test_refusals_of_the_server_keep_its_reason(
+def test_a_refusal_of_the_server_keeps_its_reason(
     server: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Execute
-    bad_task = main(["coordinator", "create-task", "--url", server, "--admin-token", ADMIN,
-                     "--model", "digits_mlp", "--aggregator", "trimmed:beta=2"])  # fmt: skip
-    bad_line = _one_error_line(capsys.readouterr().err, "plume coordinator create-task")
-    no_task = main(["coordinator", "status", "--url", server, "--admin-token", ADMIN,
-                    "--task", "999"])  # fmt: skip
-    no_line = _one_error_line(capsys.readouterr().err, "plume coordinator status")
+    code = main(["coordinator", "status", "--url", server, "--admin-token", ADMIN,
+                 "--task", "999"])  # fmt: skip
+    line = _one_error_line(capsys.readouterr().err, "plume coordinator status")
     # Assert
-    assert (bad_task, no_task) == (1, 1)
-    assert "unknown aggregator 'trimmed'" in bad_line and "422" in bad_line
-    assert no_line.endswith("no task 999 (404 unknown_task, GET /v1/admin/tasks/999)")
+    assert code == 1
+    assert line.endswith("no task 999 (404 unknown_task, GET /v1/admin/tasks/999)")
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--rounds", "0"], "rounds must be in 1..1000000 (--rounds)"),
+        (["--min-reports", "20"], "min_reports must be in [1, clients_per_round] (--min-reports)"),
+        (["--aggregator", "trimmed:beta=2"], "unknown aggregator 'trimmed'"),
+        (["--secure", "--stage-timeout", "-1"], "--stage-timeout must be in (0, 86400]"),
+        (["--secure", "--aggregator", "median"], "use --secure-group-size and"),
+    ],
+)
+def test_create_task_checks_the_task_before_contacting_the_server(
+    capsys: pytest.CaptureFixture[str], flags: list[str], expected: str
+) -> None:
+    # Prepare: nothing listens at the URL, so only a local check can answer
+    url = f"http://127.0.0.1:{_free_port()}"
+    # Execute
+    code = main(["coordinator", "create-task", "--url", url, "--admin-token", ADMIN,
+                 "--model", "digits_mlp", *flags])  # fmt: skip
+    # Assert
+    assert code == 1
+    line = _one_error_line(capsys.readouterr().err, "plume coordinator create-task")
+    assert expected in line and "cannot reach" not in line
 
 
 # --- plume export mistakes --------------------------------------------------------------------
