@@ -491,6 +491,11 @@ def _admin_error_text(exc: Exception, args: argparse.Namespace) -> str:
         reason, detail = str(doc["reason"]), str(doc["detail"])
     except (ValueError, KeyError, TypeError):
         return f"the coordinator refused {text}"
+    if reason == "bad_admin_token" and "disabled" in detail:
+        return (
+            f"the coordinator's admin API is off ({detail}); restart `plume coordinator serve` "
+            "with --admin-token TOKEN (or PLUME_ADMIN_TOKEN) and pass the same token here"
+        )
     if reason == "bad_admin_token" or status in ("401", "403"):
         return (
             f"the coordinator refused the admin token ({detail}; {status} {reason}); pass the "

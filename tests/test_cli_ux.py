@@ -315,6 +315,20 @@ def test_create_task_with_a_wrong_admin_token(
     assert "refused the admin token" in line and "PLUME_ADMIN_TOKEN" in line
 
 
+def test_admin_command_on_a_server_without_admin_token(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: a coordinator started without --admin-token
+    with ServerThread(ServiceConfig(db_path=str(tmp_path / "plume.db"))) as url:
+        # Execute
+        code = main(["coordinator", "status", "--url", url, "--admin-token", ADMIN,
+                     "--task", "1"])  # fmt: skip
+    # Assert
+    assert code == 1
+    line = _one_error_line(capsys.readouterr().err, "plume coordinator status")
+    assert "admin API is off" in line and "restart `plume coordinator serve`" in line
+
+
 def test_a_refusal_of_the_server_keeps_its_reason(
     server: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
