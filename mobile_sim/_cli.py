@@ -413,7 +413,8 @@ def register(sub: Any) -> None:
     g.add_argument(
         "--no-progress",
         action="store_true",
-        help="no progress bar; the per-round table is printed at the end of each run",
+        help="no progress bar (there is none either when stderr is not a terminal); the "
+        "per-round table is printed all the same",
     )
     p.set_defaults(func=_main)
 
@@ -504,7 +505,34 @@ def _secure_config(args: argparse.Namespace, cfg: Any) -> Any:
     )
 
 
+class _Rows:
+    """Prints the per-round table as rounds finish: above the progress bar (tqdm.write) when
+    there is one, as plain lines otherwise."""
+
+    def __init__(self, label: str, above_bar: bool) -> None:
+        from .report import table_header
+
+        self.above_bar = above_bar
+        self._say(table_header(label))
+
+    def _say(self, text: str) -> None:
+        if self.above_bar:
+            from tqdm import tqdm
+
+            tqdm.write(text)
+        else:
+            print(text, flush=True)
+
+    def __call__(self, rec: Any) -> None:
+        from .report import table_row
+
+        self._say(table_row(rec))
+
+
 def _run_one(cfg: Any, args: argparse.Namespace, label: str) -> Any:
+    # The bar goes to stderr: only on a terminal, so a log (`2>&1 | tee`) holds no
+    # carriage-return noise; the table rows go to stdout either way, one per finished round.
+    bar = not args.no_progress and sys.stderr.isatty()
     if args.secure and not cfg.dense:
         from .secure import run_secure_simulation
 
@@ -512,21 +540,24 @@ def _run_one(cfg: Any, args: argparse.Namespace, label: str) -> Any:
             cfg,
             _secure_config(args, cfg),
             dropout=args.secure_dropout,
-            progress=not args.no_progress,
+            progress=bar,
             label=label or "secure",
             transport=args.transport,
+            on_round=_Rows(label or "secure", above_bar=bar),  # the secure bar prints no rows
         )
+    # The plain runners print the rows above their own bar; without one, this does.
+    rows = None if bar else _Rows(label, above_bar=False)
     if args.transport == "http":
         try:
             from .http_fleet import run_http_simulation
         except ImportError as exc:
             raise SystemExit(f"--transport http is unavailable in this build: {exc}") from exc
         return run_http_simulation(
-            cfg, coordinator_url=args.coordinator, progress=not args.no_progress, label=label
+            cfg, coordinator_url=args.coordinator, progress=bar, label=label, on_round=rows
         )
     from .runner import run_simulation
 
-    return run_simulation(cfg, progress=not args.no_progress, label=label)
+    return run_simulation(cfg, progress=bar, label=label, on_round=rows)
 
 
 def _fail(message: str, status: int = 2) -> int:
@@ -724,9 +755,6 @@ def _main(args: argparse.Namespace) -> int:
             return _fail(_in_flags(str(exc)))
         except DataError as exc:  # the data folder is missing or unreadable
             return _fail(str(exc), 1)
-        if args.no_progress or (args.secure and not c.dense):
-            # The live table comes with the progress bar of plain runs; print it here otherwise.
-            _print_table(res)
         write_run(res, out / label if len(runs) > 1 else out)
         results.append(res)
     plot = plot_accuracy_vs_bytes(
@@ -759,14 +787,6 @@ def _main(args: argparse.Namespace) -> int:
         )
     print(f"wrote {out}/ (rounds.json, rounds.csv, ledger.csv) and {plot}")
     return 0
-
-
-def _print_table(result: Any) -> None:
-    from .report import table_header, table_row
-
-    print(table_header(result.label or ""))
-    for rec in result.records:
-        print(table_row(rec))
 
 
 def _as_dict(rec: Any) -> dict[str, Any]:

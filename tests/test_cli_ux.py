@@ -206,6 +206,19 @@ def test_sim_without_progress_still_prints_the_round_table(
     assert "compressed: final accuracy" in out and "\r" not in out
 
 
+def test_a_secure_run_prints_its_round_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    code = main([*TINY, "--secure", "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    # Assert: the secure runner's rows too, under a [secure] header
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "[secure]" and lines[1].startswith("round accuracy")
+    assert [line.split()[0] for line in lines[3:5]] == ["1", "2"]
+
+
 @pytest.mark.parametrize(
     ("make", "expected"),
     [
@@ -447,7 +460,7 @@ def test_the_console_script_piped_and_on_a_mistake(tmp_path: Path) -> None:
     # Assert: stdout is the plain table and summary (the bar lives on stderr); the mistake
     # exits 2 with one line
     assert piped.returncode == 0, piped.stderr
-    assert "\r" not in piped.stdout
+    assert "\r" not in piped.stdout and "\r" not in piped.stderr  # no bar off a terminal
     assert sum(line.split()[:1] in (["1"], ["2"]) for line in piped.stdout.splitlines()) == 2
     assert wrong.returncode == 2
     assert wrong.stderr == "plume sim: error: --per-round 9 exceeds --clients 6: a round " \
