@@ -510,10 +510,9 @@ class _Rows:
     there is one, as plain lines otherwise."""
 
     def __init__(self, label: str, above_bar: bool) -> None:
-        from .report import table_header
-
+        self.label = label
         self.above_bar = above_bar
-        self._say(table_header(label))
+        self.started = False
 
     def _say(self, text: str) -> None:
         if self.above_bar:
@@ -524,8 +523,11 @@ class _Rows:
             print(text, flush=True)
 
     def __call__(self, rec: Any) -> None:
-        from .report import table_row
+        from .report import table_header, table_row
 
+        if not self.started:  # at the first row, so a run that fails to start prints no header
+            self.started = True
+            self._say(table_header(self.label))
         self._say(table_row(rec))
 
 
@@ -754,7 +756,10 @@ def _main(args: argparse.Namespace) -> int:
         except ValueError as exc:
             return _fail(_in_flags(str(exc)))
         except DataError as exc:  # the data folder is missing or unreadable
-            return _fail(str(exc), 1)
+            text = str(exc)
+            if args.data_root:
+                text = text.replace("set PLUME_DATA to", "pass --data-root")
+            return _fail(text, 1)
         write_run(res, out / label if len(runs) > 1 else out)
         results.append(res)
     plot = plot_accuracy_vs_bytes(

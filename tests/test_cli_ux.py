@@ -169,12 +169,18 @@ def test_sim_with_a_missing_data_folder_says_to_set_plume_data(
 ) -> None:
     # Prepare
     monkeypatch.setenv("PLUME_DATA", str(tmp_path / "nonexistent"))
-    # Execute
-    code = main(["sim", "--dataset", "mnist", "--rounds", "1", "--no-progress", "--out",
-                 str(tmp_path / "run")])  # fmt: skip
-    # Assert
-    assert code == 1
-    assert "set PLUME_DATA" in _one_error_line(capsys.readouterr().err, "plume sim")
+    run = ["sim", "--dataset", "mnist", "--rounds", "1", "--no-progress"]
+    # Execute: from $PLUME_DATA, then from an empty --data-root
+    code = main([*run, "--out", str(tmp_path / "run")])
+    captured = capsys.readouterr()
+    code_root = main([*run, "--data-root", str(tmp_path), "--out", str(tmp_path / "run")])
+    captured_root = capsys.readouterr()
+    # Assert: one line naming the file and the setting to fix; no table header printed
+    assert (code, code_root) == (1, 1)
+    assert "set PLUME_DATA" in _one_error_line(captured.err, "plume sim")
+    line = _one_error_line(captured_root.err, "plume sim")
+    assert "mnist-t10k" in line and "pass --data-root the folder" in line
+    assert captured.out == captured_root.out == ""
 
 
 def test_sim_with_an_unwritable_out_fails_before_training(
