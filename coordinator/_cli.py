@@ -427,6 +427,14 @@ def _serve(args: argparse.Namespace) -> int:
     if problem is not None:
         print(f"{prog}: error: {problem}", file=sys.stderr)
         return 2
+    if not args.admin_token:
+        # Not an error (devices can still be served), but the next step of the README,
+        # create-task, would be refused: say so now rather than with a 403 later.
+        print(
+            f"{prog}: note: no --admin-token (nor PLUME_ADMIN_TOKEN): the admin API "
+            "(create-task, status, pause, resume) is off",
+            file=sys.stderr,
+        )
     config = ServiceConfig(
         db_path=args.db,
         admin_token=args.admin_token,

@@ -268,6 +268,22 @@ def test_serve_refuses_bad_flags_before_opening_anything(
     assert not (tmp_path / "x.db").exists()
 
 
+def test_serve_without_admin_token_says_the_admin_api_is_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: `serve` replaced by a recorder, no token anywhere
+    import coordinator.service as service
+
+    seen: list[ServiceConfig] = []
+    monkeypatch.setattr(service, "serve", lambda config, *a, **kw: seen.append(config))
+    monkeypatch.delenv("PLUME_ADMIN_TOKEN", raising=False)
+    # Execute
+    code = main(["coordinator", "serve", "--db", str(tmp_path / "x.db")])
+    # Assert: it serves, with a note on stderr
+    assert code == 0 and len(seen) == 1 and seen[0].admin_token is None
+    assert "the admin API (create-task, status, pause, resume) is off" in capsys.readouterr().err
+
+
 def test_serve_rejects_a_port_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:
     # Execute
     with pytest.raises(SystemExit) as exc:
