@@ -6,6 +6,7 @@ import argparse
 import math
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -689,7 +690,29 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         return f"--ort-artifacts {args.ort_artifacts} is not a folder (run `plume export` first)"
     if args.data_root and not Path(args.data_root).is_dir():
         return f"--data-root {args.data_root} is not a folder"
-    return _model_mismatch(args.dataset, args.model)
+    return _spec_error(args) or _model_mismatch(args.dataset, args.model)
+
+
+def _spec_error(args: argparse.Namespace) -> str | None:
+    """The first --aggregator / --group-aggregator / --attack spec that does not parse, with
+    its flag (both kinds of spec share a syntax, so the message alone would not say which)."""
+    from coordinator.aggregators import build_aggregator
+
+    from .attacks import build_attack
+
+    specs: list[tuple[str, str, Callable[[str], object]]] = [
+        ("--aggregator", args.aggregator, build_aggregator)
+    ]
+    if args.secure and args.group_size is not None:
+        specs.append(("--group-aggregator", args.group_aggregator, build_aggregator))
+    if args.attack:
+        specs.append(("--attack", args.attack, build_attack))
+    for flag, spec, build in specs:
+        try:
+            build(spec)
+        except ValueError as exc:
+            return f"{flag} {spec!r}: {exc}"
+    return None
 
 
 def _model_mismatch(dataset: str, model: str | None) -> str | None:
