@@ -716,15 +716,18 @@ def _spec_error(args: argparse.Namespace) -> str | None:
 
 
 def _model_mismatch(dataset: str, model: str | None) -> str | None:
-    """Why zoo model `model` cannot take `dataset`'s examples (shapes differ), or None.
+    """Why zoo model `model` is unknown or cannot take `dataset`'s examples, or None.
 
-    A dataset's example shape is its default model's input shape; names either table does not
-    know are left to the library, which reports unknown names itself.
+    A dataset's example shape is its default model's input shape; a dataset name the table
+    does not know is left to the library, which reports unknown datasets itself.
     """
     from sdk._cli import example_input_shape
 
+    from .models import MODELS
     from .runner import DEFAULT_MODEL
 
+    if model is not None and model not in MODELS:
+        return f"unknown model {model!r} (--model); choose one of {', '.join(sorted(MODELS))}"
     family = re.split(r"[(_]", dataset, maxsplit=1)[0]  # synthetic(1,1), synthetic_iid
     natural = DEFAULT_MODEL.get(family)
     if model is None or natural is None or model == natural:
