@@ -76,7 +76,7 @@ def register(sub: Any) -> None:
         "action",
         nargs="?",
         default="run",
-        choices=("run", "report"),
+        metavar="{run,report}",  # checked in _main, to suggest `report` for a stray folder
         help="'run' (default) a simulation, or 'report' to rebuild plots of RUN_DIR",
     )
     p.add_argument(
@@ -748,6 +748,13 @@ def _model_mismatch(dataset: str, model: str | None) -> str | None:
 def _main(args: argparse.Namespace) -> int:
     if args.action == "report":
         return _report(args)
+    if args.action != "run":
+        hint = (
+            f"; to rebuild the plots of a run folder: plume sim report {args.action}"
+            if Path(args.action).is_dir()
+            else ""
+        )
+        return _fail(f"unknown action {args.action!r} (run or report){hint}")
     if args.run_dir:
         return _fail("a run folder is only taken by `plume sim report RUN_DIR`")
     from .data import DataError

@@ -250,6 +250,17 @@ def test_sim_report_on_a_folder_that_is_not_a_run(
     assert expected in line and "RUN_DIR must be the --out folder" in line
 
 
+def test_sim_given_a_run_folder_without_report_suggests_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    code = main(["sim", str(tmp_path)])
+    line = _one_error_line(capsys.readouterr().err, "plume sim")
+    # Assert
+    assert code == 2
+    assert line.endswith(f"to rebuild the plots of a run folder: plume sim report {tmp_path}")
+
+
 # --- plume coordinator mistakes ---------------------------------------------------------------
 
 
