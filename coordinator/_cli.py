@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-__all__ = ["register"]
+__all__ = ["register", "admin_error_text"]
 
 _EXAMPLES = """\
 examples:
@@ -478,18 +478,18 @@ def _admin(args: argparse.Namespace) -> Any:
     return AdminClient(args.url, args.admin_token, verify=args.cacert or True)
 
 
-def _admin_error_text(exc: Exception, args: argparse.Namespace) -> str:
+def admin_error_text(exc: Exception, url: str, flag: str = "--url") -> str:
     """A sentence for an admin call that failed: refused by the coordinator, or not sent."""
     import httpx
 
     if isinstance(exc, httpx.TransportError):
         what = str(exc) or type(exc).__name__
         return (
-            f"cannot reach the coordinator at {args.url} ({what}); is `plume coordinator serve` "
-            "running there? (--url)"
+            f"cannot reach the coordinator at {url} ({what}); is `plume coordinator serve` "
+            f"running there? ({flag})"
         )
     if isinstance(exc, httpx.HTTPError):
-        return f"request to {args.url} failed: {exc}"
+        return f"request to {url} failed: {exc}"
     # AdminError: "METHOD PATH: STATUS BODY", BODY the service's {"reason", "detail"} JSON.
     text = str(exc)
     head, _, rest = text.partition(": ")
@@ -552,7 +552,7 @@ def _create_task(args: argparse.Namespace) -> int:
         print(f"plume coordinator create-task: error: {_with_flag(str(exc))}", file=sys.stderr)
         return 1
     except (AdminError, httpx.HTTPError) as exc:
-        text = _admin_error_text(exc, args)
+        text = admin_error_text(exc, args.url)
         print(f"plume coordinator create-task: error: {text}", file=sys.stderr)
         return 1
     print(json.dumps({"task_id": task_id, "model": args.model, "params": spec.size}))
@@ -620,7 +620,7 @@ def _task_action(args: argparse.Namespace) -> int:
                     "rounds": [to_json(r) for r in admin.rounds(args.task)],
                 }
     except (AdminError, httpx.HTTPError) as exc:
-        text = _admin_error_text(exc, args)
+        text = admin_error_text(exc, args.url)
         print(f"plume coordinator {args.action_name}: error: {text}", file=sys.stderr)
         return 1
     print(json.dumps(out, indent=2))

@@ -563,6 +563,17 @@ def _run_one(cfg: Any, args: argparse.Namespace, label: str) -> Any:
     return run_simulation(cfg, progress=bar, label=label, on_round=rows)
 
 
+def _remote_errors() -> tuple[type[Exception], ...]:
+    """What talking to an external coordinator raises on a refusal or a network failure."""
+    try:
+        import httpx
+
+        from coordinator.service import AdminError
+    except ImportError:  # no HTTP stack in this build: --transport http is refused anyway
+        return ()
+    return (AdminError, httpx.HTTPError)
+
+
 def _fail(message: str, status: int = 2) -> int:
     """Print `plume sim: error: MESSAGE` on stderr; returns `status` (2: a usage error)."""
     print(f"{_PROG}: error: {message}", file=sys.stderr)
@@ -674,6 +685,8 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         return "--secure runs compressed rounds under SecAgg+; it cannot be combined with --dense"
     if args.coordinator and args.transport != "http":
         return "--coordinator URL is only used with --transport http"
+    if args.coordinator and not args.coordinator.startswith(("http://", "https://")):
+        return f"--coordinator must start with http:// or https://, got {args.coordinator!r}"
     if not args.secure:
         given = [flag for flag, dest, default in _SECURE_ONLY if getattr(args, dest) != default]
         if given:
@@ -782,12 +795,19 @@ def _main(args: argparse.Namespace) -> int:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         return _fail(f"cannot create the output folder --out {out} ({reason})", 1)
+    # An external --coordinator's refusals and network failures are the user's to fix; with
+    # the loopback one (ours), such an error would be a bug and keeps its traceback.
+    remote_errors = _remote_errors() if args.coordinator else ()
     results = []
     for label, c in runs:
         try:
             res = _run_one(c, args, label)
         except ValueError as exc:
             return _fail(_in_flags(str(exc)))
+        except remote_errors as exc:
+            from coordinator._cli import admin_error_text
+
+            return _fail(admin_error_text(exc, args.coordinator, "--coordinator"), 1)
         except DataError as exc:  # the data folder is missing or unreadable
             text = str(exc)
             if args.data_root:

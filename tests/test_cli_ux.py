@@ -250,6 +250,28 @@ def test_sim_report_on_a_folder_that_is_not_a_run(
     assert expected in line and "RUN_DIR must be the --out folder" in line
 
 
+def test_sim_against_an_external_coordinator_that_refuses_or_is_absent(
+    server: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Prepare
+    monkeypatch.setenv("PLUME_ADMIN_TOKEN", "wrong")
+    run = [*TINY, "--transport", "http", "--out", str(tmp_path / "run")]
+    absent = f"http://127.0.0.1:{_free_port()}"
+    # Execute
+    refused = main([*run, "--coordinator", server])
+    refused_line = _one_error_line(capsys.readouterr().err, "plume sim")
+    missing = main([*run, "--coordinator", absent])
+    missing_line = _one_error_line(capsys.readouterr().err, "plume sim")
+    # Assert: exit 1, the reason, and the flag to fix
+    assert (refused, missing) == (1, 1)
+    assert "refused the admin token" in refused_line
+    assert f"cannot reach the coordinator at {absent}" in missing_line
+    assert missing_line.endswith("(--coordinator)")
+
+
 def test_sim_given_a_run_folder_without_report_suggests_it(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
