@@ -87,6 +87,15 @@ def test_sim_help_gives_defaults_choices_and_examples(capsys: pytest.CaptureFixt
     assert "examples: plume sim --dataset digits --rounds 5" in text
 
 
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    # Execute
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    # Assert
+    assert exc.value.code == 0
+    assert capsys.readouterr().out.startswith("plume ")
+
+
 def test_help_never_shows_the_admin_token_from_the_environment(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
