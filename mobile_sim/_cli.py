@@ -683,6 +683,24 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         )
     if args.dense and args.secure:
         return "--secure runs compressed rounds under SecAgg+; it cannot be combined with --dense"
+    if args.deadline is not None and args.fleet == "off":
+        return "--deadline needs the simulated clock: --fleet timing or realistic"
+    stray = [
+        flag
+        for flag, value in (
+            ("--selection-timeout", args.selection_timeout),
+            ("--checkin-period", args.checkin_period),
+        )
+        if value != 900.0
+    ]
+    if stray and args.fleet != "realistic":
+        verb = "applies" if len(stray) == 1 else "apply"
+        return f"{' and '.join(stray)} only {verb} with --fleet realistic"
+    if args.partition == "natural" and args.dataset in ("mnist", "digits"):
+        return (
+            f"--partition natural needs a dataset with its own users (shakespeare, synthetic); "
+            f"for {args.dataset} use iid, dirichlet or shards"
+        )
     if args.coordinator and args.transport != "http":
         return "--coordinator URL is only used with --transport http"
     if args.coordinator and not args.coordinator.startswith(("http://", "https://")):

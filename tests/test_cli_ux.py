@@ -163,6 +163,9 @@ def test_the_name_lists_in_help_match_the_library() -> None:
         (["--job-timeout", "5"], "--job-timeout applies to the pool and ray backends"),
         (["--over-selection", "0.5"], "--over-selection must be in [1, 10]"),
         (["--alpha", "0"], "--alpha must be positive"),
+        (["--fleet", "off", "--deadline", "5"], "--deadline needs the simulated clock"),
+        (["--checkin-period", "300"], "--checkin-period only applies with --fleet realistic"),
+        (["--partition", "natural"], "--partition natural needs a dataset with its own users"),
         (["--model", "mlp"], "--model mlp takes inputs of shape 1x28x28, but digits examples"),
     ],
 )
