@@ -696,6 +696,12 @@ def _usage_error(args: argparse.Namespace) -> str | None:
     if stray and args.fleet != "realistic":
         verb = "applies" if len(stray) == 1 else "apply"
         return f"{' and '.join(stray)} only {verb} with --fleet realistic"
+    if args.alpha != 0.5 and args.partition != "dirichlet":
+        return f"--alpha only applies with --partition dirichlet (this run: {args.partition})"
+    if args.shards_per_client != 2 and args.partition != "shards":
+        return (
+            f"--shards-per-client only applies with --partition shards (this run: {args.partition})"
+        )
     if args.partition == "natural" and args.dataset in ("mnist", "digits"):
         return (
             f"--partition natural needs a dataset with its own users (shakespeare, synthetic); "

@@ -166,6 +166,10 @@ def test_the_name_lists_in_help_match_the_library() -> None:
         (["--fleet", "off", "--deadline", "5"], "--deadline needs the simulated clock"),
         (["--checkin-period", "300"], "--checkin-period only applies with --fleet realistic"),
         (["--partition", "natural"], "--partition natural needs a dataset with its own users"),
+        (
+            ["--partition", "iid", "--alpha", "0.1"],
+            "--alpha only applies with --partition dirichlet",
+        ),
         (["--model", "mlp"], "--model mlp takes inputs of shape 1x28x28, but digits examples"),
     ],
 )
