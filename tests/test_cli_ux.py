@@ -40,6 +40,12 @@ def _one_error_line(err: str, prog: str) -> str:
     return lines[0]
 
 
+def _plume() -> list[str]:
+    """The installed `plume` console script, else the same entry point through python -m."""
+    script = Path(sys.executable).with_name("plume")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "coordinator.cli"]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -350,14 +356,14 @@ def test_serve_rejects_a_port_out_of_range(capsys: pytest.CaptureFixture[str]) -
 def test_serve_on_a_port_in_use_says_so(tmp_path: Path) -> None:
     # Prepare: something already listens on the port. A subprocess, because uvicorn
     # reconfigures the logging of the process it runs in.
-    plume = Path(sys.executable).with_name("plume")
+    plume = _plume()
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         # Execute
         done = subprocess.run(
-            [str(plume), "coordinator", "serve", "--db", str(tmp_path / "x.db"), "--port",
+            [*plume, "coordinator", "serve", "--db", str(tmp_path / "x.db"), "--port",
              str(port), "--log-level", "critical"],
             capture_output=True, text=True, timeout=120, check=False,
             env={**os.environ, "PLUME_DEBUG": ""},
@@ -522,15 +528,15 @@ def test_an_os_error_names_the_file(
 
 def test_the_console_script_piped_and_on_a_mistake(tmp_path: Path) -> None:
     # Prepare
-    plume = Path(sys.executable).with_name("plume")
+    plume = _plume()
     env = {**os.environ, "PLUME_DEBUG": ""}
     # Execute: a run piped into another program, and a user mistake
     piped = subprocess.run(
-        [str(plume), *TINY[:-1], "--threads", "1", "--out", str(tmp_path / "run")],
+        [*plume, *TINY[:-1], "--threads", "1", "--out", str(tmp_path / "run")],
         capture_output=True, text=True, env=env, timeout=120, check=False,
     )  # fmt: skip
     wrong = subprocess.run(
-        [str(plume), *TINY, "--per-round", "9", "--out", str(tmp_path / "w")],
+        [*plume, *TINY, "--per-round", "9", "--out", str(tmp_path / "w")],
         capture_output=True, text=True, env=env, timeout=120, check=False,
     )  # fmt: skip
     # Assert: stdout is the plain table and summary (the bar lives on stderr); the mistake
