@@ -659,6 +659,8 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         )
     if args.min_reports > args.per_round:
         return f"--min-reports {args.min_reports} exceeds --per-round {args.per_round}"
+    if args.seed < 0:
+        return f"--seed must be >= 0, got {args.seed}"
     if args.warmup_rounds < 0:
         return f"--warmup-rounds must be >= 0, got {args.warmup_rounds}"
     if not (math.isfinite(args.lr) and args.lr > 0):

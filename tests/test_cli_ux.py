@@ -176,6 +176,7 @@ def test_the_name_lists_in_help_match_the_library() -> None:
             ["--partition", "iid", "--alpha", "0.1"],
             "--alpha only applies with --partition dirichlet",
         ),
+        (["--seed", "-1"], "--seed must be >= 0, got -1"),
         (["--model", "mlp"], "--model mlp takes inputs of shape 1x28x28, but digits examples"),
     ],
 )
