@@ -273,7 +273,10 @@ def inline_commands(path: Path) -> list[Command]:
             continue
         for words in commands:
             words = _unwrap(words)
-            # A bare `plume` in prose names the program; with arguments it is a command line.
+            # A bare `plume` in prose names the program; with arguments it is a command line,
+            # unless it quotes the CLI's own output (`plume sim: error: ...`).
+            if len(words) >= 2 and words[1].endswith(":"):
+                continue
             if len(words) >= 2 and (words[0] in PLUME or _bench_script(words) is not None):
                 out.append(Command(f"{rel}:{number}", tuple(words)))
     return out
