@@ -858,7 +858,7 @@ def _main(args: argparse.Namespace) -> int:
         line = f"{r.label or 'run'}: final accuracy {acc:.4f}" if acc is not None else r.label
         line += f", upload {s['total_upload_bytes']:,} B"
         if ratio:
-            line += f" ({ratio:.1f}x less than dense fp32)"
+            line += f" ({ratio:.1f}x fewer bytes than dense fp32)"
         if s["sim_s"] is not None:
             line += f"; simulated {s['sim_s']:.0f} s in rounds + {s['wait_s']:.0f} s waiting"
         print(line)
