@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+from .cli import print_error
+
 __all__ = ["register", "admin_error_text"]
 
 _EXAMPLES = """\
@@ -119,7 +121,7 @@ def _aggregator_list() -> str:
 
 def _fail(prog: str, message: str, status: int = 1) -> NoReturn:
     """One line on stderr, `PROG: error: MESSAGE`, then exit with `status`."""
-    print(f"{prog}: error: {message}", file=sys.stderr)
+    print_error(prog, message)
     raise SystemExit(status)
 
 
@@ -425,7 +427,7 @@ def _serve(args: argparse.Namespace) -> int:
     prog = "plume coordinator serve"
     problem = _serve_usage_error(args)
     if problem is not None:
-        print(f"{prog}: error: {problem}", file=sys.stderr)
+        print_error(prog, problem)
         return 2
     if not args.admin_token:
         # Not an error (devices can still be served), but the next step of the README,
@@ -549,11 +551,10 @@ def _create_task(args: argparse.Namespace) -> int:
         with _admin(args) as admin:
             task_id = admin.create_task(config, get_flat_params(model))
     except ValueError as exc:
-        print(f"plume coordinator create-task: error: {_with_flag(str(exc))}", file=sys.stderr)
+        print_error("plume coordinator create-task", _with_flag(str(exc)))
         return 1
     except (AdminError, httpx.HTTPError) as exc:
-        text = admin_error_text(exc, args.url)
-        print(f"plume coordinator create-task: error: {text}", file=sys.stderr)
+        print_error("plume coordinator create-task", admin_error_text(exc, args.url))
         return 1
     print(json.dumps({"task_id": task_id, "model": args.model, "params": spec.size}))
     return 0
@@ -620,8 +621,7 @@ def _task_action(args: argparse.Namespace) -> int:
                     "rounds": [to_json(r) for r in admin.rounds(args.task)],
                 }
     except (AdminError, httpx.HTTPError) as exc:
-        text = admin_error_text(exc, args.url)
-        print(f"plume coordinator {args.action_name}: error: {text}", file=sys.stderr)
+        print_error(f"plume coordinator {args.action_name}", admin_error_text(exc, args.url))
         return 1
     print(json.dumps(out, indent=2))
     return 0

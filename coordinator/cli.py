@@ -10,7 +10,7 @@ import textwrap
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-__all__ = ["main", "build_parser", "HelpFormatter"]
+__all__ = ["main", "build_parser", "HelpFormatter", "iter_parsers", "print_error"]
 
 # Each module has `register(subparsers) -> None` and sets `func` on its parsers. Only the
 # registration code runs for --help; the heavy imports happen inside the commands.
@@ -54,13 +54,13 @@ def _version() -> str:
         return "(not installed)"
 
 
-def _parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
+def iter_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
     """`parser` and every subcommand parser below it."""
     yield parser
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in dict.fromkeys(action.choices.values()):
-                yield from _parsers(child)
+                yield from iter_parsers(child)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -86,12 +86,17 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # that package ships no commands in this build
             raise
         module.register(sub)
-    for p in _parsers(parser):
+    for p in iter_parsers(parser):
         # One look for every command's help, and each command knows its own name for its
         # error lines (`plume coordinator serve: error: ...`); the deepest parser's wins.
         p.formatter_class = HelpFormatter
         p.set_defaults(_prog=p.prog)
     return parser
+
+
+def print_error(prog: str, message: str) -> None:
+    """The one line every `plume` command ends a user mistake with: `PROG: error: MESSAGE`."""
+    print(f"{prog}: error: {message}", file=sys.stderr)
 
 
 def _error_line(exc: BaseException) -> str:
@@ -120,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # them, so a bad value or an unreadable file still ends in one line, not a traceback.
         if os.environ.get("PLUME_DEBUG"):
             raise
-        print(f"{prog}: error: {_error_line(exc)}", file=sys.stderr)
+        print_error(prog, _error_line(exc))
         return 2 if isinstance(exc, ValueError) else 1
 
 

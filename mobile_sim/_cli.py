@@ -576,7 +576,9 @@ def _remote_errors() -> tuple[type[Exception], ...]:
 
 def _fail(message: str, status: int = 2) -> int:
     """Print `plume sim: error: MESSAGE` on stderr; returns `status` (2: a usage error)."""
-    print(f"{_PROG}: error: {message}", file=sys.stderr)
+    from coordinator.cli import print_error
+
+    print_error(_PROG, message)
     return status
 
 

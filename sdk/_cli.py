@@ -58,7 +58,9 @@ _PROG = "plume export"
 
 def _fail(message: str, status: int = 2) -> int:
     """Print `plume export: error: MESSAGE` on stderr; returns `status` (2: a usage error)."""
-    print(f"{_PROG}: error: {message}", file=sys.stderr)
+    from coordinator.cli import print_error
+
+    print_error(_PROG, message)
     return status
 
 

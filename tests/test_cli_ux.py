@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.cli import build_parser, main
+from coordinator.cli import build_parser, iter_parsers, main
 from coordinator.service import ServerThread, ServiceConfig
 
 ADMIN = "s3cret-ux"
@@ -22,14 +22,6 @@ TINY = [
     "sim", "--dataset", "digits", "--model", "digits_mlp", "--clients", "6", "--per-round",
     "3", "--rounds", "2", "--local-epochs", "1", "--no-progress",
 ]  # fmt: skip
-
-
-def _walk(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:
-    yield parser
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for child in dict.fromkeys(action.choices.values()):
-                yield from _walk(child)
 
 
 def _one_error_line(err: str, prog: str) -> str:
@@ -69,7 +61,7 @@ def test_every_option_of_every_command_says_what_it_does() -> None:
     # Execute
     missing = [
         f"{p.prog} {action.option_strings[0]}"
-        for p in _walk(parser)
+        for p in iter_parsers(parser)
         for action in p._actions
         if action.option_strings and not action.help
     ]
