@@ -15,6 +15,7 @@ import pytest
 
 from coordinator.cli import build_parser, iter_parsers, main
 from coordinator.service import ServerThread, ServiceConfig
+from tests.coordinator.test_service_support import free_port
 
 ADMIN = "s3cret-ux"
 # A tiny, fast run: 2 rounds of digits_mlp on 6 devices.
@@ -36,13 +37,6 @@ def _plume() -> list[str]:
     """The installed `plume` console script, else the same entry point through python -m."""
     script = Path(sys.executable).with_name("plume")
     return [str(script)] if script.exists() else [sys.executable, "-m", "coordinator.cli"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
 
 
 @pytest.fixture(scope="module")
@@ -274,7 +268,7 @@ def test_sim_against_an_external_coordinator_that_refuses_or_is_absent(
     # Prepare
     monkeypatch.setenv("PLUME_ADMIN_TOKEN", "wrong")
     run = [*TINY, "--transport", "http", "--out", str(tmp_path / "run")]
-    absent = f"http://127.0.0.1:{_free_port()}"
+    absent = f"http://127.0.0.1:{free_port()}"
     # Execute
     refused = main([*run, "--coordinator", server])
     refused_line = _one_error_line(capsys.readouterr().err, "plume sim")
@@ -371,7 +365,7 @@ def test_admin_commands_without_a_server_say_where_they_looked(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # Prepare
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     # Execute
     code = main(["coordinator", "status", "--url", url, "--admin-token", ADMIN, "--task", "1"])
     # Assert
@@ -443,7 +437,7 @@ def test_create_task_checks_the_task_before_contacting_the_server(
     capsys: pytest.CaptureFixture[str], flags: list[str], expected: str
 ) -> None:
     # Prepare: nothing listens at the URL, so only a local check can answer
-    url = f"http://127.0.0.1:{_free_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     # Execute
     code = main(["coordinator", "create-task", "--url", url, "--admin-token", ADMIN,
                  "--model", "digits_mlp", *flags])  # fmt: skip

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.cli import build_parser
+from tests.coordinator.test_service_support import free_port
 
 __all__: list[str] = []
 
@@ -28,6 +29,23 @@ DOCS = (ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")))
 # strict xfails: once the fix reaches the doc the xfail turns red, and the entry is removed.
 # Keyed by (file, line of the example).
 OWNED_ELSEWHERE: dict[tuple[str, int], str] = {}
+
+
+def _python_child(
+    args: list[str], *, cwd: Path, env: dict[str, str], timeout: float, input: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """`python ARGS` in a child process, its output captured as text; the caller checks the
+    exit status (so a failure shows what the child printed)."""
+    return subprocess.run(
+        [sys.executable, *args],
+        cwd=cwd,
+        env=env,
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -484,15 +502,12 @@ def bench_parse_results() -> dict[tuple[str, tuple[str, ...]], _Probed]:
         {(c.words[1], c.words[2:]) for c in BENCH_COMMANDS if (ROOT / c.words[1]).is_file()}
         | {(script, argv) for script, argv, _ in _PROBE_CONTROLS}
     )
-    proc = subprocess.run(
-        [sys.executable, "-c", _BENCH_PROBE],
+    proc = _python_child(
+        ["-c", _BENCH_PROBE],
         input=json.dumps([[script, list(argv)] for script, argv in jobs]),
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
         timeout=240,
-        check=False,
     )
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
@@ -742,14 +757,11 @@ def test_python_block_runs(block: Block, tmp_path: Path) -> None:
     }
 
     # Execute
-    proc = subprocess.run(
-        [sys.executable, "-c", block.code],
+    proc = _python_child(
+        ["-c", block.code],
         cwd=tmp_path,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=300,
-        check=False,
     )
 
     # Assert
@@ -922,15 +934,6 @@ def test_bench_commands_read_files_that_exist(doc: Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 def _localize(words: tuple[str, ...], port: int) -> list[str]:
     """A doc's coordinator command, moved to this test: a scratch database, loopback, a free
     port (the docs use /var/lib/plume, 0.0.0.0 and 8080), and `--port`/`--url` where missing."""
@@ -984,14 +987,11 @@ def _serving(serve: tuple[str, ...], port: int, cwd: Path, env: dict[str, str]) 
 
 def _plume(words: tuple[str, ...], port: int, cwd: Path, env: dict[str, str]) -> str:
     """Run a doc's `plume ...` line (localized); its stdout, or fail with its stderr."""
-    proc = subprocess.run(
-        [sys.executable, "-m", "coordinator.cli", *_localize(words, port)[1:]],
+    proc = _python_child(
+        ["-m", "coordinator.cli", *_localize(words, port)[1:]],
         cwd=cwd,
         env=env,
-        capture_output=True,
-        text=True,
         timeout=120,
-        check=False,
     )
     assert proc.returncode == 0, f"`{shlex.join(words)}`\n{proc.stderr[-3000:]}"
     return proc.stdout
@@ -1016,7 +1016,7 @@ def test_http_api_recipe_runs_by_hand(tmp_path: Path) -> None:
     assert serve[:3] == ("plume", "coordinator", "serve") and create[2] == "create-task"
     assert run == ("python", "example.py")
     example = next(b for b in PYTHON_BLOCKS if _matches(b, _HTTP_API_EMBEDDING))
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     (tmp_path / "example.py").write_text(example.code.replace("http://127.0.0.1:8080", url))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -1024,14 +1024,11 @@ def test_http_api_recipe_runs_by_hand(tmp_path: Path) -> None:
     with _serving(serve, port, tmp_path, env):
         # Execute
         created = _plume(create, port, tmp_path, env)
-        ran = subprocess.run(
-            [sys.executable, "example.py"],
+        ran = _python_child(
+            ["example.py"],
             cwd=tmp_path,
             env=env,
-            capture_output=True,
-            text=True,
             timeout=180,
-            check=False,
         )
 
     # Assert
@@ -1052,7 +1049,7 @@ def test_operations_quick_start_runs(tmp_path: Path) -> None:
     serve, create, status, pause = (c for c in commands if c[0] in PLUME)
     assert [c[2] for c in (create, status, pause)] == ["create-task", "status", "pause"]
     assert any(c[:2] == ("export", "PLUME_ADMIN_TOKEN=SUBST") for c in commands)
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -1397,14 +1394,11 @@ def test_cheap_commands_run_as_written(doc: str, tmp_path: Path) -> None:
     for line in lines:
         assert line in shown, f"{doc} no longer shows `{line}`"
         # Execute
-        proc = subprocess.run(
-            [sys.executable, "-m", "coordinator.cli", *shlex.split(line)[1:]],
+        proc = _python_child(
+            ["-m", "coordinator.cli", *shlex.split(line)[1:]],
             cwd=tmp_path,
             env=env,
-            capture_output=True,
-            text=True,
             timeout=300,
-            check=False,
         )
 
         # Assert

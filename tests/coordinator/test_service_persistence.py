@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,23 +27,18 @@ from .test_service_support import (
     SoftmaxTrainer,
     admin_get,
     create_task,
+    free_port,
     local_data,
     task_config,
     wait_until,
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextmanager
 def coordinator(
     db: Path, fault: str | None, fault_file: Path
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ)
     env.pop("PLUME_FAULT_PAUSE_AT", None)
     if fault:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import socket
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -55,6 +56,14 @@ class SoftmaxTrainer:
                 b -= lr * p.mean(0)
         out = np.concatenate([w.ravel(), b]).astype(np.float32)
         return TrainResult(out, len(x), loss)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now (for a server to start on)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+    return port
 
 
 def local_data(seed: int, n: int = 40) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
