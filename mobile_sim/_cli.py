@@ -417,7 +417,7 @@ def register(sub: Any) -> None:
         help="no progress bar (there is none either when stderr is not a terminal); the "
         "per-round table is printed all the same",
     )
-    p.set_defaults(func=_main)
+    p.set_defaults(func=_main, _flag_defaults={d: p.get_default(d) for d in _CONDITIONAL})
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
@@ -582,18 +582,33 @@ def _fail(message: str, status: int = 2) -> int:
     return status
 
 
-# Secure-aggregation flags and their defaults: any other value without --secure is a mistake.
+# Secure-aggregation flags: any value but the flag's default without --secure is a mistake.
 _SECURE_ONLY = (
-    ("--secure-fraction", "secure_fraction", None),
-    ("--secure-upload-budget", "secure_upload_budget", None),
-    ("--secure-bits", "secure_bits", None),
-    ("--secure-clip", "secure_clip", None),
-    ("--secure-dropout", "secure_dropout", 0.1),
-    ("--group-size", "group_size", None),
-    ("--group-aggregator", "group_aggregator", "fedavg"),
-    ("--dp-noise", "dp_noise", "none"),
-    ("--noise-multiplier", "noise_multiplier", 0.0),
+    ("--secure-fraction", "secure_fraction"),
+    ("--secure-upload-budget", "secure_upload_budget"),
+    ("--secure-bits", "secure_bits"),
+    ("--secure-clip", "secure_clip"),
+    ("--secure-dropout", "secure_dropout"),
+    ("--group-size", "group_size"),
+    ("--group-aggregator", "group_aggregator"),
+    ("--dp-noise", "dp_noise"),
+    ("--noise-multiplier", "noise_multiplier"),
 )
+# Flags that only apply with another setting; a value other than the parser's default counts
+# as given (the defaults are read from the parser in `register`, so they have one home).
+_CONDITIONAL = (
+    "alpha",
+    "shards_per_client",
+    "selection_timeout",
+    "checkin_period",
+    *(dest for _, dest in _SECURE_ONLY),
+)
+
+
+def _given(args: argparse.Namespace, dest: str) -> bool:
+    """Whether flag `dest` was set to something other than its default."""
+    defaults: dict[str, Any] = args._flag_defaults
+    return bool(getattr(args, dest) != defaults[dest])
 
 
 # SimConfig / SecureConfig / codec field names in library messages, and the flag that sets
@@ -691,18 +706,18 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         return "--deadline needs the simulated clock: --fleet timing or realistic"
     stray = [
         flag
-        for flag, value in (
-            ("--selection-timeout", args.selection_timeout),
-            ("--checkin-period", args.checkin_period),
+        for flag, dest in (
+            ("--selection-timeout", "selection_timeout"),
+            ("--checkin-period", "checkin_period"),
         )
-        if value != 900.0
+        if _given(args, dest)
     ]
     if stray and args.fleet != "realistic":
         verb = "applies" if len(stray) == 1 else "apply"
         return f"{' and '.join(stray)} only {verb} with --fleet realistic"
-    if args.alpha != 0.5 and args.partition != "dirichlet":
+    if _given(args, "alpha") and args.partition != "dirichlet":
         return f"--alpha only applies with --partition dirichlet (this run: {args.partition})"
-    if args.shards_per_client != 2 and args.partition != "shards":
+    if _given(args, "shards_per_client") and args.partition != "shards":
         return (
             f"--shards-per-client only applies with --partition shards (this run: {args.partition})"
         )
@@ -716,11 +731,11 @@ def _usage_error(args: argparse.Namespace) -> str | None:
     if args.coordinator and not args.coordinator.startswith(("http://", "https://")):
         return f"--coordinator must start with http:// or https://, got {args.coordinator!r}"
     if not args.secure:
-        given = [flag for flag, dest, default in _SECURE_ONLY if getattr(args, dest) != default]
+        given = [flag for flag, dest in _SECURE_ONLY if _given(args, dest)]
         if given:
             verb = "applies" if len(given) == 1 else "apply"
             return f"{', '.join(given)} only {verb} to secure runs: add --secure"
-    elif args.group_aggregator != "fedavg" and args.group_size is None:
+    elif _given(args, "group_aggregator") and args.group_size is None:
         return "--group-aggregator needs --group-size G (the devices per SecAgg+ group)"
     if (args.ort_fraction > 0 or args.ort_tier) and not args.ort_artifacts:
         return (
