@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,9 +13,27 @@ from ._base import JobResult, TrainContext, TrainJob
 from .sequential import run_job
 from .vectorized import VectorizedBackend
 
-__all__ = ["INNER_BACKENDS", "WorkerState", "split_jobs"]
+__all__ = ["INNER_BACKENDS", "WorkerState", "split_jobs", "check_job_timeout", "name_devices"]
 
 INNER_BACKENDS = ("sequential", "vectorized")
+# Device ids a stall error lists before it only counts the rest (a vectorized share can hold
+# hundreds of jobs).
+_NAMED_DEVICES = 10
+
+
+def check_job_timeout(job_timeout_s: float | None) -> float | None:
+    """A remote backend's stall limit: None (no limit) or a finite number of seconds > 0."""
+    if job_timeout_s is not None and not (math.isfinite(job_timeout_s) and job_timeout_s > 0):
+        raise ValueError(f"job_timeout_s must be None or > 0 seconds, got {job_timeout_s!r}")
+    return job_timeout_s
+
+
+def name_devices(jobs: Sequence[TrainJob], task: Sequence[int]) -> str:
+    """The device ids of `task`'s jobs, for an error message (at most _NAMED_DEVICES named)."""
+    ids = [jobs[i].device_id for i in task]
+    named = ", ".join(ids[:_NAMED_DEVICES])
+    more = len(ids) - _NAMED_DEVICES
+    return f"{named} and {more} more" if more > 0 else named
 
 
 class WorkerState:

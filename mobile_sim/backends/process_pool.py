@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import multiprocessing
 import os
 import threading
@@ -18,7 +17,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._base import JobResult, TrainContext, TrainJob
-from ._worker import INNER_BACKENDS, WorkerState, split_jobs
+from ._worker import INNER_BACKENDS, WorkerState, check_job_timeout, name_devices, split_jobs
 
 __all__ = ["ProcessPoolBackend", "PoolWorkerError"]
 
@@ -26,9 +25,6 @@ __all__ = ["ProcessPoolBackend", "PoolWorkerError"]
 # each gets to exit.
 _START_TIMEOUT_S = 300.0
 _STOP_TIMEOUT_S = 10.0
-# Device ids a stall error lists before it only counts the rest (a vectorized share can hold
-# hundreds of jobs).
-_NAMED_DEVICES = 10
 
 
 class PoolWorkerError(RuntimeError):
@@ -40,14 +36,6 @@ def _stop(procs: Sequence[Any]) -> None:
     for proc in procs:
         if proc.is_alive():
             proc.terminate()
-
-
-def _devices(jobs: Sequence[TrainJob], task: Sequence[int]) -> str:
-    """The device ids of `task`'s jobs, for an error message (at most _NAMED_DEVICES named)."""
-    ids = [jobs[i].device_id for i in task]
-    named = ", ".join(ids[:_NAMED_DEVICES])
-    more = len(ids) - _NAMED_DEVICES
-    return f"{named} and {more} more" if more > 0 else named
 
 
 class _Shared:
@@ -198,8 +186,6 @@ class ProcessPoolBackend:
     ) -> None:
         if workers is not None and workers < 1:
             raise ValueError("workers must be >= 1")
-        if job_timeout_s is not None and not (math.isfinite(job_timeout_s) and job_timeout_s > 0):
-            raise ValueError(f"job_timeout_s must be None or > 0 seconds, got {job_timeout_s!r}")
         if inner not in INNER_BACKENDS:
             raise ValueError(f"inner backend must be one of {INNER_BACKENDS}, got {inner!r}")
         if start_method not in multiprocessing.get_all_start_methods():
@@ -208,7 +194,7 @@ class ProcessPoolBackend:
         self.inner = inner
         self.threads_per_worker = threads_per_worker
         self.start_method = start_method
-        self.job_timeout_s = job_timeout_s
+        self.job_timeout_s = check_job_timeout(job_timeout_s)
         self._procs: list[Any] = []
         self._conns: list[Connection] = []
         self._params: _Shared | None = None
@@ -371,7 +357,7 @@ class ProcessPoolBackend:
                 for sent, task in busy.values():
                     if now - sent >= limit:
                         raise PoolWorkerError(
-                            f"a worker was still training devices {_devices(jobs, task)} after "
+                            f"a worker was still training devices {name_devices(jobs, task)} after "
                             f"the {limit:g} s stall limit (job_timeout_s); the pool's workers "
                             "were stopped"
                         )

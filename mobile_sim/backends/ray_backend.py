@@ -18,8 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._base import JobResult, TrainContext, TrainJob
-from ._worker import INNER_BACKENDS, WorkerState, split_jobs
-from .process_pool import _devices
+from ._worker import INNER_BACKENDS, WorkerState, check_job_timeout, name_devices, split_jobs
 
 __all__ = ["RayBackend", "RayWorkerError"]
 
@@ -60,8 +59,6 @@ class RayBackend:
     ) -> None:
         if workers is not None and workers < 1:
             raise ValueError("workers must be >= 1")
-        if job_timeout_s is not None and not (math.isfinite(job_timeout_s) and job_timeout_s > 0):
-            raise ValueError(f"job_timeout_s must be None or > 0 seconds, got {job_timeout_s!r}")
         if inner not in INNER_BACKENDS:
             raise ValueError(f"inner backend must be one of {INNER_BACKENDS}, got {inner!r}")
         self.workers = workers
@@ -70,7 +67,7 @@ class RayBackend:
         self.inner = inner
         self.threads_per_worker = threads_per_worker
         self.runtime_env = runtime_env
-        self.job_timeout_s = job_timeout_s
+        self.job_timeout_s = check_job_timeout(job_timeout_s)
         self._actors: list[Any] = []
         self._owns_runtime = False
 
@@ -136,7 +133,7 @@ class RayBackend:
             if stuck:
                 self.close()  # kills the actors: their work will never be read
                 raise RayWorkerError(
-                    f"a Ray actor was still training devices {_devices(jobs, stuck[0])} after "
+                    f"a Ray actor was still training devices {name_devices(jobs, stuck[0])} after "
                     f"the {self.job_timeout_s:g} s stall limit (job_timeout_s); the actors "
                     "were killed"
                 ) from None
