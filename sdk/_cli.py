@@ -54,6 +54,8 @@ def _shape(text: str) -> tuple[int, ...]:
 # Token-id models: their example input is int64 unless --input-dtype says otherwise.
 _INT_INPUT_MODELS = frozenset({"shakespeare_lstm", "shakespeare_lstm_small"})
 _PROG = "plume export"
+# --momentum's default; any other value without --optimizer momentum is a mistake.
+_MOMENTUM = 0.9
 
 
 def _fail(message: str, status: int = 2) -> int:
@@ -131,7 +133,7 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--momentum",
         type=float,
-        default=0.9,
+        default=_MOMENTUM,
         help="with --optimizer momentum: the SGD momentum, in [0, 1)",
     )
     p.add_argument(
@@ -175,7 +177,7 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 2:
         return _fail(f"--batch-size must be at least 2, got {args.batch_size}")
-    if args.optimizer != "momentum" and args.momentum != 0.9:
+    if args.optimizer != "momentum" and args.momentum != _MOMENTUM:
         return _fail("--momentum applies with --optimizer momentum only")
     try:
         model = build_model(args.model, seed=args.seed)
