@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import sys
 import threading
 import time
 import traceback
 from collections.abc import Sequence
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import ForkingPickler
 from multiprocessing.shared_memory import SharedMemory
@@ -39,11 +41,21 @@ def _stop(procs: Sequence[Any]) -> None:
 
 
 class _Shared:
-    """A float32 array in shared memory: the writer creates it, readers attach by name."""
+    """A float32 array in shared memory: the writer creates it, readers attach by name.
+
+    The creating process (the pool's parent) owns the segment and alone unlinks it. Python
+    before 3.13 registers an attached segment with the resource tracker too, which is harmless
+    only when the reader shares the parent's tracker: see `ProcessPoolBackend.start`.
+    """
 
     def __init__(self, shape: tuple[int, ...], name: str | None = None) -> None:
         nbytes = max(4, int(np.prod(shape)) * 4)
-        self.shm = SharedMemory(name=name, create=name is None, size=nbytes if name is None else 0)
+        if name is None:
+            self.shm = SharedMemory(create=True, size=nbytes)
+        elif sys.version_info >= (3, 13):
+            self.shm = SharedMemory(name=name, track=False)  # a reader leaves it to the owner
+        else:
+            self.shm = SharedMemory(name=name)
         self.array: npt.NDArray[np.float32] = np.ndarray(shape, np.float32, buffer=self.shm.buf)
 
     @property
@@ -57,7 +69,13 @@ class _Shared:
         except BufferError:
             pass  # a view is still alive somewhere; the mapping goes when the process does
         if unlink:
-            self.shm.unlink()
+            try:
+                self.shm.unlink()
+            except FileNotFoundError:
+                # Already gone (removed by hand, or by a tracker of a foreign process): the
+                # goal is met, but `unlink` raised before telling our tracker, which would
+                # otherwise try again at exit and warn about a leak that is not one.
+                resource_tracker.unregister(self.shm._name, "shared_memory")  # type: ignore[attr-defined]
 
 
 def _check_room(nbytes: int) -> None:
@@ -203,6 +221,15 @@ class ProcessPoolBackend:
     def start(self, ctx: TrainContext) -> None:
         self.close()
         mp: Any = multiprocessing.get_context(self.start_method)
+        if os.name == "posix":
+            # Before 3.13 a worker attaching to a block registers it with the resource tracker.
+            # A "fork" child of a process with no tracker yet would launch its own, and when the
+            # child exits that tracker unlinks the parent's live blocks (so the parent's own
+            # unlink in `close` met FileNotFoundError) and warns of a leak. Started here, the
+            # tracker is inherited and shared by every worker, as "spawn" and "forkserver"
+            # arrange themselves: a worker's registration repeats the parent's (the tracker
+            # keeps a set), and the parent's unlink settles the block once.
+            resource_tracker.ensure_running()
         # The context (the whole training set: 24 MB for MNIST) goes through each worker's
         # pipe after every worker is spawned, not in the spawn arguments: `Process.start()`
         # writes those itself and, if the child dies before reading them all, blocks forever
@@ -380,7 +407,9 @@ class ProcessPoolBackend:
         for conn in self._conns:
             conn.close()
         self._procs, self._conns = [], []
-        for shared in (self._params, self._out):
-            if shared is not None:
-                shared.close(unlink=True)
+        # Forgotten before they are closed: if unlinking one raises, a second `close` is still
+        # a no-op, not an attempt on a half-closed block.
+        blocks = [shared for shared in (self._params, self._out) if shared is not None]
         self._params = self._out = None
+        for shared in blocks:
+            shared.close(unlink=True)
