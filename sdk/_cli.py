@@ -96,14 +96,16 @@ class _Elapsed:
             self._thread.start()
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
         if self.enabled:
             seconds = time.monotonic() - self._t0
             lead = "\r" if self.tty else ""
-            print(f"{lead}{self.text} done in {seconds:.1f} s", file=sys.stderr, flush=True)
+            # A failed step is reported by the error line that follows, not as "done".
+            ended = "done" if exc_type is None else "stopped"
+            print(f"{lead}{self.text} {ended} in {seconds:.1f} s", file=sys.stderr, flush=True)
 
 
 def register(sub: Any) -> None:
@@ -173,7 +175,12 @@ def _run(args: argparse.Namespace) -> int:
 
     from mobile_sim.models import build_model
 
-    from .onnx_export import ExportError, export_training_artifacts
+    from .onnx_export import (
+        ExampleInputError,
+        ExportError,
+        OutputError,
+        export_training_artifacts,
+    )
 
     if args.batch_size < 2:
         return _fail(f"--batch-size must be at least 2, got {args.batch_size}")
@@ -194,17 +201,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         x = torch.randn((args.batch_size, *shape), generator=gen)
     torch.set_num_threads(1)
-    problem = _input_problem(model, x)
-    if problem is not None:
-        return _fail(
-            f"an input of shape {','.join(map(str, shape))} ({dtype}) does not fit model "
-            f"{args.model}: {problem}; check --input-shape and --input-dtype"
-        )
     out = Path(args.out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        return _fail(f"cannot create the output folder --out {out} ({exc.strerror or exc})", 1)
     params = sum(t.numel() for t in model.parameters())
     try:
         with _Elapsed(
@@ -220,6 +217,14 @@ def _run(args: argparse.Namespace) -> int:
                 momentum=args.momentum,
                 model_name=args.model,
             )
+    except ExampleInputError as exc:
+        # The library's check runs before anything is traced or written: a usage error.
+        return _fail(
+            f"an input of shape {','.join(map(str, shape))} ({dtype}) does not fit model "
+            f"{args.model}: {exc.reason}; check --input-shape and --input-dtype"
+        )
+    except OutputError as exc:
+        return _fail(f"--out: {exc}", 1)
     except ExportError as exc:
         return _fail(f"{exc} ({type(exc).__name__})", 1)
     files = result.manifest["files"]
@@ -232,23 +237,3 @@ def _run(args: argparse.Namespace) -> int:
     }
     print(json.dumps(summary))
     return 0
-
-
-def _input_problem(model: Any, x: Any) -> str | None:
-    """Why one forward pass of `model` on `x` fails (first line of torch's error), or None.
-
-    Run in eval mode under no_grad and the mode restored, so the parameters and any running
-    statistics are left exactly as the export will see them.
-    """
-    import torch
-
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    except (RuntimeError, TypeError, ValueError, IndexError) as exc:
-        return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-    finally:
-        model.train(was_training)
-    return None

@@ -22,6 +22,7 @@ import logging
 import math
 import os
 import re
+import secrets
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -47,11 +48,13 @@ from compression import ModelSpec
 from .ort import session_options
 
 __all__ = [
+    "ExampleInputError",
     "ExportError",
     "ExportResult",
     "MANIFEST_FORMAT",
     "MANIFEST_VERSION",
     "OPSET",
+    "OutputError",
     "SUPPORTED_LAYERS",
     "SUPPORTED_LOSSES",
     "SUPPORTED_OPTIMIZERS",
@@ -113,6 +116,22 @@ class ExportError(Exception):
 
 class UnsupportedLayerError(ExportError):
     """A layer (or a layer option) that the on-device training graph does not support."""
+
+
+class ExampleInputError(ExportError):
+    """`example_x` (or `example_y`) does not fit the model: its forward pass or loss refuses it.
+
+    `reason` is the short why (the first line of torch's error, or the shapes that disagree),
+    for callers that phrase the rest themselves, as `plume export` does with its flags.
+    """
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class OutputError(ExportError):
+    """The artifacts could not be written to the output folder (the OS refused it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,6 +229,10 @@ class _RandomOpWatch(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
+# What a forward pass raises when the input does not fit (wrong shape, dtype or token id).
+_MISFIT_ERRORS = (RuntimeError, TypeError, ValueError, IndexError)
+
+
 def check_training_mode(model: nn.Module, example_x: torch.Tensor) -> None:
     """Refuse a model whose forward pass draws random numbers, or changes with training mode.
 
@@ -218,8 +241,17 @@ def check_training_mode(model: nn.Module, example_x: torch.Tensor) -> None:
     would otherwise be traced away in eval mode or baked in as one fixed draw: either way the
     device would train a different model than torch does. One forward pass on `example_x` in
     training mode finds the first random op (`UnsupportedLayerError` naming the module that
-    ran it); a second in eval mode must then give the same output. Torch's random state and
-    the model's mode are left as they were.
+    ran it); a second in eval mode must then give the same output. An `example_x` the forward
+    pass refuses (wrong shape or dtype) raises `ExampleInputError` instead of torch's error.
+    Torch's random state and the model's mode are left as they were.
+    """
+    _checked_forward(model, example_x)
+
+
+def _checked_forward(model: nn.Module, example_x: torch.Tensor) -> torch.Tensor:
+    """`check_training_mode`, returning the eval-mode output on `example_x` (no grad).
+
+    The export needs that output's shape for the targets; returning it saves a third pass.
     """
     running: list[tuple[str, nn.Module]] = [("", model)]
 
@@ -241,8 +273,17 @@ def check_training_mode(model: nn.Module, example_x: torch.Tensor) -> None:
     try:
         with torch.random.fork_rng(), torch.no_grad():
             model.train()
-            with watch:
-                trained = model(example_x)
+            try:
+                with watch:
+                    trained = model(example_x)
+            except _MISFIT_ERRORS as exc:
+                reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ExampleInputError(
+                    f"example_x of shape {list(example_x.shape)} "
+                    f"({str(example_x.dtype).removeprefix('torch.')}) does not fit the model: "
+                    f"{reason}",
+                    reason,
+                ) from exc
             if watch.first is None:
                 model.eval()
                 evaluated = model(example_x)
@@ -253,11 +294,47 @@ def check_training_mode(model: nn.Module, example_x: torch.Tensor) -> None:
     if watch.first is not None:
         path, module, name = watch.first
         raise _refuse(module, path, f"its forward draws random numbers in training mode: {name}")
-    if not torch.allclose(trained, evaluated, rtol=1e-5, atol=1e-6):
+    if not isinstance(trained, torch.Tensor) or not isinstance(evaluated, torch.Tensor):
+        raise ExportError(f"the model's forward must return one tensor, not {type(trained)}")
+    if trained.shape != evaluated.shape or not torch.allclose(
+        trained, evaluated, rtol=1e-5, atol=1e-6
+    ):
         raise ExportError(
             "the model's output changes between training and eval mode; the exported step "
             "could reproduce only one of them"
         )
+    return evaluated
+
+
+def _check_targets(
+    out: torch.Tensor, example_x: torch.Tensor, example_y: torch.Tensor | None, loss: str
+) -> None:
+    """Refuse a model output or `example_y` the loss (or the device's runtime) cannot take.
+
+    Without this, a misfit surfaced as a tracing error deep in torch, or worse, as artifacts
+    that export fine and that `sdk.ort` then refuses to load (it reads the class count off the
+    logits and checks the targets' shape against them).
+    """
+    if out.dim() < 1 or out.shape[0] != example_x.shape[0]:
+        raise ExampleInputError(
+            f"the model maps a batch of {example_x.shape[0]} to an output of shape "
+            f"{list(out.shape)}; the output needs the same batch dimension first",
+            f"output shape {list(out.shape)}",
+        )
+    if loss == "ce" and out.dim() < 2:
+        raise ExampleInputError(
+            f"loss 'ce' needs logits [B, ..., C], the model outputs {list(out.shape)}",
+            f"output shape {list(out.shape)}",
+        )
+    if example_y is None:
+        return
+    want = list(out.shape[:-1] if loss == "ce" else out.shape)
+    if list(example_y.shape) != want:
+        reason = (
+            f"example_y of shape {list(example_y.shape)}, the model's output "
+            f"{list(out.shape)} takes targets of shape {want} with loss {loss!r}"
+        )
+        raise ExampleInputError(f"example_y does not fit the model: {reason}", reason)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -632,7 +709,7 @@ def _cut(joint: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> onnx.
     return model
 
 
-def _check_loads(model: onnx.ModelProto, what: str) -> None:
+def _check_loads(model: bytes, what: str) -> None:
     """Raise `ExportError` unless onnxruntime (what the device runs) accepts the graph.
 
     onnx's own checker skips shape inference, so a node with malformed attributes would only
@@ -640,7 +717,7 @@ def _check_loads(model: onnx.ModelProto, what: str) -> None:
     """
     try:
         ort.InferenceSession(
-            model.SerializeToString(),
+            model,
             session_options(threads=1, optimization="disable"),
             providers=["CPUExecutionProvider"],
         )
@@ -675,10 +752,54 @@ def _strip_metadata(message: Message) -> None:
                     _strip_metadata(item)
 
 
-def _save(model: onnx.ModelProto, path: Path) -> dict[str, Any]:
-    onnx.save_model(model, str(path))
-    data = path.read_bytes()
-    return {"path": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+def _write_files(out: Path, files: dict[str, bytes]) -> None:
+    """Write `files` (name -> bytes) into folder `out`, creating it, all or nothing.
+
+    Everything is written to hidden temporary names first and renamed into place only once all
+    of it is on disk, the manifest last (it holds the others' digests). A failure (`OutputError`)
+    removes the temporaries, any file already renamed into a folder this call created, and the
+    folders it created, so a failed export leaves no partial artifacts behind. Over an older
+    export, a failure between two renames leaves the old manifest, whose digests then refuse
+    the new graphs at load (`sdk.ort.ArtifactError`) rather than mixing the two.
+    """
+    created = []
+    parent = out
+    while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
+        created.append(parent)
+        parent = parent.parent
+    token = secrets.token_hex(4)
+    temps = {name: out / f".{name}.{token}.tmp" for name in files}
+    placed: list[Path] = []
+    try:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot create the output folder {out} ({exc.strerror or exc})"
+            ) from exc
+        try:
+            for name, data in files.items():
+                with temps[name].open("xb") as f:
+                    f.write(data)
+            for name, temp in temps.items():
+                os.replace(temp, out / name)
+                placed.append(out / name)
+        except OSError as exc:
+            raise OutputError(
+                f"cannot write the artifacts into {out} ({exc.strerror or exc})"
+            ) from exc
+    except OutputError:
+        for path in [*temps.values(), *(placed if created else [])]:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:  # e.g. `out` never became a folder: there is nothing to remove
+                pass
+        for folder in created:  # innermost first; rmdir leaves a folder someone else filled
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+        raise
 
 
 def export_training_artifacts(
@@ -699,8 +820,12 @@ def export_training_artifacts(
     tracer from specialising it. `loss` is ``"ce"`` (integer class targets [B] or [B, T],
     mean-reduced) or ``"mse"`` (float targets shaped like the output, mean-reduced).
     `optimizer` is ``"sgd"`` or ``"momentum"`` (torch.optim.SGD semantics, no dampening, no
-    Nesterov, buffers starting at zero). Raises `UnsupportedLayerError` before tracing anything
-    if the model holds a layer the graph does not support.
+    Nesterov, buffers starting at zero).
+
+    Raises, before tracing anything or touching `out_dir`: `UnsupportedLayerError` if the model
+    holds a layer the graph does not support, `ExampleInputError` if the model's forward pass
+    refuses `example_x` or `example_y` does not fit its output. `OutputError` if the files
+    cannot be written; nothing is left half-written in `out_dir` (see `_write_files`).
     """
     if loss not in SUPPORTED_LOSSES:
         raise ExportError(f"unknown loss {loss!r}; choose one of {SUPPORTED_LOSSES}")
@@ -718,14 +843,23 @@ def export_training_artifacts(
     if example_y is not None and example_y.dtype != target:
         raise ExportError(f"loss {loss!r} takes {target} targets, example_y is {example_y.dtype}")
     check_supported(model)
-    check_training_mode(model, example_x)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    example_out = _checked_forward(model, example_x)
+    _check_targets(example_out, example_x, example_y, loss)
 
     was_training = model.training
     model.eval()  # no dropout or batchnorm is supported, but keep the trace deterministic
     try:
-        return _export(model, example_x, out, loss, optimizer, momentum, example_y, model_name)
+        return _export(
+            model,
+            example_x,
+            example_out,
+            Path(out_dir),
+            loss,
+            optimizer,
+            momentum,
+            example_y,
+            model_name,
+        )
     finally:
         model.train(was_training)
 
@@ -733,6 +867,7 @@ def export_training_artifacts(
 def _export(
     model: nn.Module,
     example_x: torch.Tensor,
+    example_out: torch.Tensor,
     out: Path,
     loss: str,
     optimizer: str,
@@ -745,8 +880,6 @@ def _export(
     params = tuple(p for _, p in named)
     spec = ModelSpec.from_shapes((n, tuple(p.shape)) for n, p in named)
 
-    with torch.no_grad():
-        example_out = model(example_x)
     if example_y is None:
         if loss == "ce":
             shape = example_out.shape[:-1]
@@ -787,12 +920,19 @@ def _export(
             ["logits"],
             batch_inputs=(len(params),),
         )
+    blobs: dict[str, bytes] = {}
     for what, graph in (("train_step", train_model), ("infer", infer_model)):
         _strip_metadata(graph)  # before the load check: what is checked is what is written
-        _check_loads(graph, what)
+        # The bytes onnx.save_model writes for a model without external data.
+        blobs[what] = graph.SerializeToString()
+        _check_loads(blobs[what], what)
     files = {
-        "train_step": _save(train_model, out / "train_step.onnx"),
-        "infer": _save(infer_model, out / "infer.onnx"),
+        what: {
+            "path": f"{what}.onnx",
+            "bytes": len(data),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+        for what, data in blobs.items()
     }
     manifest: dict[str, Any] = {
         "format": MANIFEST_FORMAT,
@@ -822,5 +962,11 @@ def _export(
         "files": files,
         "batch": "dynamic: a last partial batch is one smaller step, as torch with drop_last=False",
     }
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    _write_files(
+        out,
+        {
+            **{f"{what}.onnx": data for what, data in blobs.items()},
+            "manifest.json": (json.dumps(manifest, indent=2) + "\n").encode(),
+        },
+    )
     return ExportResult(out, manifest, spec)

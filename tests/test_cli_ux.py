@@ -458,7 +458,7 @@ def test_export_mistakes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     # Execute + Assert: an unwritable --out, a shape the model cannot take, a stray flag
     assert main([*export, "--out", str(blocker / "out")]) == 1
     line = _one_error_line(capsys.readouterr().err, "plume export")
-    assert "cannot create the output folder --out" in line
+    assert "--out: cannot create the output folder" in line and "Not a directory" in line
     assert main([*export, "--out", str(tmp_path / "a"), "--input-shape", "3,3"]) == 2
     line = _one_error_line(capsys.readouterr().err, "plume export")
     assert "does not fit model digits_mlp" in line and "--input-shape" in line

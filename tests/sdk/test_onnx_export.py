@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import onnx
@@ -14,11 +15,15 @@ from coordinator.cli import main
 from mobile_sim.models import build_model
 from sdk.flat import spec_from_module
 from sdk.onnx_export import (
+    ExampleInputError,
     ExportError,
+    OutputError,
     UnsupportedLayerError,
     check_supported,
+    check_training_mode,
     export_training_artifacts,
 )
+from sdk.ort import ArtifactError, load_manifest
 
 
 class _OwnsParameter(nn.Module):
@@ -163,3 +168,175 @@ def test_cli_export_rejects_an_unknown_model(
     code = main(["export", "--model", "resnet50", "--out", str(tmp_path)])
     assert code == 2
     assert "unknown model" in capsys.readouterr().err
+
+
+# --- an example input that does not fit, and all-or-nothing writes ----------------------------
+
+
+@pytest.mark.parametrize(
+    ("x", "reason"),
+    [
+        (torch.randn(4, 3, 3), "cannot be multiplied"),  # digits_mlp takes [B, 64]
+        (torch.zeros(4, 64, dtype=torch.int64), "dtype"),  # token ids into a Linear
+    ],
+    ids=["shape", "dtype"],
+)
+def test_an_example_input_that_does_not_fit_is_a_typed_error(
+    tmp_path: Path, x: torch.Tensor, reason: str
+) -> None:
+    # Prepare
+    model = build_model("digits_mlp")
+
+    # Execute
+    with pytest.raises(ExampleInputError) as info:
+        export_training_artifacts(model, x, tmp_path / "out")
+
+    # Assert: one clear line naming the input, torch's reason kept, and nothing written.
+    message = str(info.value)
+    dtype = str(x.dtype).removeprefix("torch.")
+    assert message.startswith(f"example_x of shape {list(x.shape)} ({dtype}) does not fit")
+    assert reason in info.value.reason and info.value.reason in message
+    assert "\n" not in message
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert not (tmp_path / "out").exists()
+    assert model.training
+
+
+@pytest.mark.parametrize(
+    ("model", "loss", "y", "match"),
+    [
+        (nn.Linear(6, 4), "ce", torch.zeros(4, 2, dtype=torch.int64), r"targets of shape \[4\]"),
+        (nn.Linear(6, 4), "mse", torch.zeros(4, 1), r"targets of shape \[4, 4\]"),
+        (nn.Linear(6, 4), "ce", torch.zeros(3, dtype=torch.int64), r"targets of shape \[4\]"),
+        (nn.Sequential(nn.Linear(6, 1), nn.Flatten(0)), "ce", None, r"needs logits \[B, ..., C\]"),
+    ],
+    ids=["ce_labels_2d", "mse_broadcast", "batch_mismatch", "ce_without_classes"],
+)
+def test_targets_that_do_not_fit_the_output_are_refused_before_tracing(
+    tmp_path: Path, model: nn.Module, loss: str, y: torch.Tensor | None, match: str
+) -> None:
+    # Before: a tracing error from deep inside torch, or artifacts sdk.ort refuses to load.
+    with pytest.raises(ExampleInputError, match=match):
+        export_training_artifacts(model, torch.randn(4, 6), tmp_path / "o", loss=loss, example_y=y)
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_unwritable_output_folder_is_an_output_error(tmp_path: Path) -> None:
+    # Prepare: --out under a regular file
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+
+    # Execute
+    with pytest.raises(OutputError, match="cannot create the output folder"):
+        export_training_artifacts(nn.Linear(2, 2), torch.randn(3, 2), blocker / "a" / "b")
+
+    # Assert
+    assert blocker.read_text() == "not a folder"
+
+
+def test_a_failed_write_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: the second rename into place fails (a full disk, a revoked permission).
+    real_replace = os.replace
+    calls = []
+
+    def flaky_replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", flaky_replace)
+    out = tmp_path / "new" / "out"
+
+    # Execute
+    with pytest.raises(OutputError, match="No space left on device"):
+        export_training_artifacts(nn.Linear(2, 2), torch.randn(3, 2), out)
+
+    # Assert: the folders this export created are gone again, with the file it had placed.
+    assert len(calls) == 2
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_failed_write_over_an_old_export_keeps_it_loadable_or_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a complete export, then a second one (another optimizer) whose manifest fails.
+    out = tmp_path / "art"
+    export_training_artifacts(nn.Linear(2, 2), torch.randn(3, 2), out)
+    (out / "notes.txt").write_text("the user's own file")
+    old_manifest = (out / "manifest.json").read_bytes()
+    real_replace = os.replace
+
+    def no_manifest(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if Path(dst).name == "manifest.json":
+            raise OSError(13, "Permission denied")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", no_manifest)
+
+    # Execute
+    with pytest.raises(OutputError, match="Permission denied"):
+        export_training_artifacts(nn.Linear(2, 2), torch.randn(3, 2), out, optimizer="momentum")
+
+    # Assert: no temporaries, the user's file kept, the old manifest kept, and its digests
+    # refuse the new graphs instead of training a mix of the two exports.
+    assert sorted(p.name for p in out.iterdir()) == [
+        "infer.onnx",
+        "manifest.json",
+        "notes.txt",
+        "train_step.onnx",
+    ]
+    assert (out / "notes.txt").read_text() == "the user's own file"
+    assert (out / "manifest.json").read_bytes() == old_manifest
+    with pytest.raises(ArtifactError, match="SHA-256|bytes on disk"):
+        load_manifest(out)
+
+
+def test_export_into_an_existing_folder_keeps_other_files(tmp_path: Path) -> None:
+    # Prepare
+    (tmp_path / "notes.txt").write_text("keep me")
+
+    # Execute
+    result = export_training_artifacts(nn.Linear(2, 2), torch.randn(3, 2), tmp_path)
+
+    # Assert: the three artifacts and the user's file, no temporaries, and a loadable set.
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "infer.onnx",
+        "manifest.json",
+        "notes.txt",
+        "train_step.onnx",
+    ]
+    assert load_manifest(tmp_path).spec == result.spec
+
+
+def test_check_training_mode_reports_a_misfit_input() -> None:
+    with pytest.raises(ExampleInputError, match=r"example_x of shape \[2, 5\]"):
+        check_training_mode(nn.Linear(4, 2), torch.randn(2, 5))
+
+
+def test_cli_export_reports_an_input_dtype_the_model_cannot_take(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute: token ids into the digits MLP
+    code = main(
+        [
+            "export",
+            "--model",
+            "digits_mlp",
+            "--out",
+            str(tmp_path / "o"),
+            "--input-dtype",
+            "int64",
+            "--no-progress",
+        ]  # fmt: skip
+    )
+
+    # Assert: a usage error naming the flags, one line, and no --out folder.
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "an input of shape 64 (int64) does not fit model digits_mlp" in err
+    assert "check --input-shape and --input-dtype" in err
+    assert not (tmp_path / "o").exists()
