@@ -20,6 +20,7 @@ import numpy.typing as npt
 from coordinator.ledger import BandwidthLedger
 from protocol.secagg import (
     AdvertiseKeys,
+    MalformedMessage,
     MaskedInput,
     ProtocolViolation,
     RoundAborted,
@@ -28,13 +29,22 @@ from protocol.secagg import (
     ShareKeys,
     Stage,
     UnmaskResponse,
+    WrongAddress,
     WrongStage,
     decode_ring_sum,
     decode_sketch_sum,
     prg_bytes,
 )
+from protocol.secagg._crypto import KEY_BYTES, NONCE_BYTES, TAG_BYTES
+from protocol.secagg._shamir import share_size
 
-__all__ = ["SecureRound", "GroupResult"]
+__all__ = ["SecureRound", "GroupResult", "BUNDLE_BYTES"]
+
+# Every share bundle has one length: AES-GCM (nonce, tag) over `source u32 | dest u32 |
+# u16 + share(mask key) | u16 + share(self-mask seed)`, both secrets 32 bytes. The server
+# cannot decrypt a bundle, but it can refuse one of another length before relaying it (a
+# neighbour would refuse it, and with it the whole round).
+BUNDLE_BYTES = NONCE_BYTES + 8 + 2 * (2 + share_size(KEY_BYTES)) + TAG_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +134,7 @@ class SecureRound:
         elif stage == Stage.SHARE_KEYS:
             sk = ShareKeys.from_bytes(body, n)
             self._check_sender(sk.node, node)
+            self._check_bundles(sk, node)
             self.server.receive_share_keys(sk)
         elif stage == Stage.MASKED_INPUT:
             mi = MaskedInput.from_bytes(body, p.vector_len, p.ring_bits)
@@ -137,6 +148,28 @@ class SecureRound:
             raise WrongStage(f"no uploads in stage {stage}")
         self.stage_seconds[str(stage)] += time.perf_counter() - t0
         self._count(device_id, "up", len(body))
+
+    def _check_bundles(self, sk: ShareKeys, node: int) -> None:
+        """A share-keys upload holds one bundle of the one legal length for each live
+        neighbour, no more and no fewer. The server relays bundles it cannot read; a short
+        list would leave a neighbour without this node's shares (it then refuses to unmask,
+        and the pairwise masks of the two would not cancel), a bundle of another length
+        would make its recipient refuse the round."""
+        for dest, ct in sk.ciphertexts:
+            if len(ct) != BUNDLE_BYTES:
+                raise MalformedMessage(
+                    f"share bundle for node {dest} is {len(ct)} bytes, not {BUNDLE_BYTES}"
+                )
+        state = self.server.state
+        if state.stage != Stage.SHARE_KEYS or node not in state.keys:
+            return  # the server refuses it with the reason (wrong stage, no keys advertised)
+        live = {j for j in state.graph[node] if j in state.keys}
+        dests = [d for d, _ in sk.ciphertexts]
+        if len(dests) != len(live) or set(dests) != live:
+            raise WrongAddress(
+                f"node {node} sent {len(dests)} share bundles; it must send one to each of its "
+                f"{len(live)} neighbours with keys"
+            )
 
     @staticmethod
     def _check_sender(claimed: int, actual: int) -> None:
