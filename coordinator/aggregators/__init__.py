@@ -7,6 +7,7 @@ from ._base import (
     AggregatorFactory,
     ClientUpdate,
     Measurements,
+    NonFiniteReportError,
 )
 from ._clip import AdaptiveClip, Clip, clip_update
 from ._dp import DPMean
@@ -34,6 +35,7 @@ __all__ = [
     "ClientUpdate",
     "FedAvg",
     "Measurements",
+    "NonFiniteReportError",
     # robust aggregation, clipping and DP
     "AGGREGATOR_HELP",
     "AdaptiveClip",

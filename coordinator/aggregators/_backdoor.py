@@ -33,6 +33,7 @@ from ._base import (
     AggregationProcess,
     AggregatorFactory,
     ClientUpdate,
+    check_finite_reports,
     saturate_f32,
 )
 from ._mean import FedAvg
@@ -192,6 +193,8 @@ class _CollusionProcess:
         for cu in updates:
             if cu.update.size != self.size:
                 raise ValueError(f"update from {cu.device_id} has size {cu.update.size}")
+        # Before the histories: a NaN remembered there would poison every later score.
+        check_finite_reports(updates)
         reports = [(cu.device_id, cu.update) for cu in updates]
 
         def forward(inner_state: Any, keep: list[int]) -> AggregateOutput:

@@ -22,6 +22,8 @@ __all__ = [
     "AggregationProcess",
     "AggregatorFactory",
     "Measurements",
+    "NonFiniteReportError",
+    "check_finite_reports",
     "saturate_f32",
     "sparse_weighted_sum",
 ]
@@ -55,6 +57,22 @@ class AggregationProcess(Protocol):
 
 class AggregatorFactory(Protocol):
     def create(self, size: int) -> AggregationProcess: ...
+
+
+class NonFiniteReportError(ValueError):
+    """A report handed to an aggregator holds NaN or infinity.
+
+    Decoders refuse such frames (`compression.NonFiniteValues`), so this means a caller built a
+    `ClientUpdate` by hand; the robust aggregators and screens refuse it before any arithmetic,
+    so no state is touched and the engine keeps its model.
+    """
+
+
+def check_finite_reports(updates: Sequence[ClientUpdate]) -> None:
+    """Raise NonFiniteReportError naming the first report with a NaN or infinite value."""
+    for cu in updates:
+        if not np.all(np.isfinite(cu.update.values)):
+            raise NonFiniteReportError(f"report from {cu.device_id} holds NaN or infinity")
 
 
 _F32_MAX = np.float32(np.finfo(np.float32).max)

@@ -18,7 +18,7 @@ import numpy.typing as npt
 
 from compression import SparseUpdate
 
-from ._base import AggregateOutput, AggregatorFactory, ClientUpdate
+from ._base import AggregateOutput, AggregatorFactory, ClientUpdate, check_finite_reports
 from ._mean import FedAvg
 from ._robust import UpdateRows, forward_rows
 
@@ -136,6 +136,8 @@ class _ClipProcess:
         for cu in updates:
             if cu.update.size != self.size:
                 raise ValueError(f"update of size {cu.update.size}, expected {self.size}")
+        # An infinite norm would scale the report by C / inf = 0 and hide the bad value.
+        check_finite_reports(updates)
         norms = np.array([math.sqrt(cu.update.squared_norm()) for cu in updates], dtype=np.float64)
         clipped = [
             ClientUpdate(cu.device_id, clip_update(cu.update, clip), cu.weight) for cu in updates

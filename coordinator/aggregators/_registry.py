@@ -53,12 +53,14 @@ Base aggregators (rightmost stage):
   median                           coordinate-wise median
   trimmed_mean:BETA                drop floor(BETA*n) high and low values per coordinate
   krum[:f=F]                       Krum; F a count (>=1) or a fraction of reports (default 0.2)
-  multikrum[:f=F,m=M]              mean of the M best Krum scores (default M = n - f)
+  multikrum[:f=F,m=M]              mean of the M best Krum scores (default M = n - f; a
+                                   larger M is capped at n - f)
   geomed[:nu=,max_iter=,tol=]      geometric median, smoothed Weiszfeld (RFA)
   cclip[:tau=T|auto,beta=B,iters=L] centered clipping around a server momentum
                                    (auto: tau = median distance to the centre)
   rlr[:theta=T,low_lr=L]           mean; coordinates fewer than T reports agree on in sign
-                                   get learning rate L (default -1: robust learning rate)
+                                   get learning rate L (default -1: robust learning rate,
+                                   the step reversed); T above the round's n is capped at n
 Wrappers (stages before the base):
   normbound:C | clip:C             clip each report to L2 norm C
   normbound:q=Q[,init=,lr=]        adaptive clip norm tracking quantile Q of the norms

@@ -19,7 +19,13 @@ import numpy.typing as npt
 
 from compression import SparseUpdate
 
-from ._base import AggregateOutput, AggregationProcess, AggregatorFactory, ClientUpdate
+from ._base import (
+    AggregateOutput,
+    AggregationProcess,
+    AggregatorFactory,
+    ClientUpdate,
+    NonFiniteReportError,
+)
 
 __all__ = [
     "DEFAULT_BLOCK_ELEMS",
@@ -51,6 +57,7 @@ class UpdateRows:
 
     `mix` is None (the rows are the base updates) or float64[n', n]. `weights` float64[n'] are
     the rows' FedAvg weights (example counts), `labels` their names in measurements.
+    A base update holding NaN or infinity raises NonFiniteReportError here, before any maths.
     Memory: the base updates as given, their concatenation (12 bytes per stored value), a
     float64[n, n] Gram matrix once one is asked for, and one float64[d] scratch vector.
     """
@@ -65,7 +72,11 @@ class UpdateRows:
         mix: F64 | None = None,
         _shared: _Base | None = None,
     ) -> None:
-        self._base = _shared if _shared is not None else _Base(updates, size)
+        if _shared is not None:
+            self._base = _shared
+        else:
+            # Base updates have names only when the rows are the base updates themselves.
+            self._base = _Base(updates, size, labels if mix is None else None)
         n = self._base.n
         if mix is not None:
             mix = np.asarray(mix, dtype=np.float64)
@@ -213,7 +224,9 @@ def _wsum(bins: npt.NDArray[np.int64], weights: F64, length: int) -> F64:
 class _Base:
     """The n decoded updates, concatenated once for vectorised sparse dot products."""
 
-    def __init__(self, updates: Sequence[SparseUpdate], size: int) -> None:
+    def __init__(
+        self, updates: Sequence[SparseUpdate], size: int, names: Sequence[str] | None = None
+    ) -> None:
         if size <= 0:
             raise ValueError(f"size must be positive, got {size}")
         for u in updates:
@@ -233,6 +246,13 @@ class _Base:
             self.idx = np.zeros(0, dtype=np.int64)
             self.vals = np.zeros(0, dtype=np.float64)
         self.row_of = np.repeat(np.arange(self.n, dtype=np.int64), counts)
+        finite = np.isfinite(self.vals)
+        if not finite.all():
+            # A NaN would spread through every Gram entry, distance and mix (Krum's combine
+            # multiplies it by 0 and still gets NaN); refuse it before any of them is computed.
+            row = int(self.row_of[np.argmin(finite)])
+            name = names[row] if names is not None and len(names) == self.n else f"update {row}"
+            raise NonFiniteReportError(f"report from {name} holds NaN or infinity")
         self._gram: F64 | None = None
         self._sq: F64 | None = None
 
@@ -434,12 +454,18 @@ class _TrimmedMeanProcess(_RowProcess):
 class RobustLearningRate:
     """Uniform mean with a per-coordinate learning-rate sign (RLR, Ozdayi et al. 2021).
 
-    For every coordinate j, if fewer than `theta` reports agree on its sign
-    (|sum_i sign(y_ij)| < theta) the mean's coordinate is multiplied by `low_lr` instead of 1:
-    -1 is the paper's rule (a backdoor pushed by a few devices is unlearnt), 0 only freezes
-    the coordinate, values in between do part of each. `theta` is a count (>= 1) or a fraction
-    of the round's reports. A report that did not send coordinate j (top-k sparsity) has sign 0
-    there: it casts no vote. Memory as TrimmedMean (coordinate blocks, never n×d).
+    Every report casts a sign vote on every coordinate, and for coordinate j the vote is
+    v_j = |sum_i sign(y_ij)|. Where v_j < `theta` the mean's coordinate is multiplied by
+    `low_lr`, elsewhere by 1. `low_lr = -1` is the paper's rule: the step on a low-agreement
+    coordinate is reversed (its sign flipped), so a backdoor pushed by a few devices is
+    unlearnt. 0 only freezes the coordinate, and values in between do part of each. `theta` is
+    a count (>= 1) or a fraction of the round's reports. A report that did not send coordinate
+    j (top-k sparsity) has sign 0 there and casts no vote, so a coordinate sent by fewer than
+    theta devices is reversed even when they all agree.
+    A count theta above the round's n cannot be met, and the paper's rule would then reverse
+    the whole mean, even for unanimous reports. So theta is capped at n (a coordinate keeps its
+    sign only when every report agrees on it), and the measurement `theta_capped` says so.
+    Memory as TrimmedMean (coordinate blocks, never n×d).
     """
 
     theta: float = 2.0
@@ -468,6 +494,8 @@ class _RLRProcess(_RowProcess):
         n = len(rows)
         out = _zeros(self.size)
         theta = (self.theta if self.theta >= 1 else self.theta * n) if n else 0.0
+        capped = theta > n
+        theta = min(theta, float(n))
         low = 0
         if n:
             for start, stop, block in rows.blocks(self.block_elems):
@@ -476,7 +504,14 @@ class _RLRProcess(_RowProcess):
                 low += int(np.count_nonzero(agree < theta))
                 out[start:stop] = lr * block.mean(axis=0, dtype=np.float64)
         return AggregateOutput(
-            state, out, {"clients": n, "theta": float(theta), "low_agreement_coords": low}
+            state,
+            out,
+            {
+                "clients": n,
+                "theta": float(theta),
+                "theta_capped": capped,
+                "low_agreement_coords": low,
+            },
         )
 
 
@@ -486,7 +521,12 @@ class Krum:
 
     A report's score is the sum of squared distances to its n - f - 2 nearest other reports.
     `f` is a count (>= 1) or a fraction of the round's reports; `m=1` is Krum, `m=None` takes
-    n - f (multi-Krum's usual choice). Distances come from sparse dot products:
+    n - f (multi-Krum's usual choice). Multi-Krum selects m <= n - f (Blanchard et al.): a
+    larger m would have to average in some of the f reports Krum exists to leave out (m >= n
+    made it the plain mean), so a round with fewer than m + f reports averages n - f and says
+    so (measurements `m`, `m_capped`). Below n = 2f + 3 the paper's guarantee does not hold;
+    the rule still runs, with at least one neighbour per score and one report selected, and
+    reports `guarantee_holds: false`. Distances come from sparse dot products:
     memory float64[n, n] plus one float64[d] scratch and the result, never n×d; time
     O(n · total nnz).
     """
@@ -524,8 +564,9 @@ class _KrumProcess(_RowProcess):
             return AggregateOutput(state, _zeros(self.size), {"clients": 0})
         f = resolve_f(self.f, n)
         scores = krum_scores(rows.sq_distances(), f)
-        m = n - f if self.m is None else self.m
-        m = max(1, min(m, n))
+        # At least one report is selected even when f >= n (guarantee_holds is then false).
+        cap = max(1, n - f)
+        m = cap if self.m is None else min(self.m, cap)
         chosen = np.argsort(scores, kind="stable")[:m]
         coef = np.zeros(n)
         coef[chosen] = 1.0 / m
@@ -536,6 +577,8 @@ class _KrumProcess(_RowProcess):
             {
                 "clients": n,
                 "f": f,
+                "m": m,
+                "m_capped": self.m is not None and self.m > cap,
                 "selected": [rows.labels[i] for i in chosen],
                 "guarantee_holds": n > 2 * f + 2,
             },
@@ -812,7 +855,9 @@ class MomentumCosineFilter:
     trust by cosine to a reference update) with the server's own momentum as the reference
     instead of a root data set, as in Zeno++'s use of a stale reference (Xie et al. 2020).
     No reference yet (first round, or m = 0): everything is kept. Nothing kept: the round's
-    result is zero (no step).
+    result is zero (no step). A report of norm 0 has cosine 0 (dropped unless min_cosine < 0).
+    An empty round (no reports) keeps, drops and distrusts nothing, leaves the momentum as it
+    was and does not call `inner`, like the collusion screen.
     `max_drop`: if at least this fraction of a round's reports would be dropped, the
     reference is distrusted for the round: every report goes to `inner` (measurement
     `distrusted`) and the momentum is left as it was, so one such round cannot bend the
@@ -875,7 +920,8 @@ class _MomentumCosineProcess(_RowProcess):
         else:
             cos = np.full(n, np.nan)
             keep = list(range(n))
-        distrusted = self.max_drop < 1.0 and n - len(keep) >= self.max_drop * n
+        # n > 0: with no reports, 0 drops are not "at least max_drop of the cohort".
+        distrusted = n > 0 and self.max_drop < 1.0 and n - len(keep) >= self.max_drop * n
         if distrusted:
             keep = list(range(n))
         dropped = {rows.labels[i]: round(float(cos[i]), 4) for i in range(n) if i not in keep}
@@ -890,7 +936,7 @@ class _MomentumCosineProcess(_RowProcess):
             )
         else:
             result, inner_meas = _zeros(self.size), {}
-        if distrusted:
+        if distrusted or n == 0:
             new_m = np.asarray(momentum, dtype=np.float32)
         else:
             new_m = (self.beta * m + (1.0 - self.beta) * result.astype(np.float64)).astype(

@@ -105,9 +105,12 @@ def test_trimmed_mean_matches_reference(x: np.ndarray, beta: float, block: int) 
 @settings(max_examples=30, deadline=None)
 @given(dense_inputs, st.integers(0, 3), st.integers(1, 4))
 def test_multikrum_matches_reference(x: np.ndarray, f: int, m: int) -> None:
-    m = min(m, x.shape[0])
     out = run(Krum(f=f, m=m), x)
-    np.testing.assert_allclose(out.result, ref_krum(x, f, m), rtol=1e-5, atol=1e-5)
+    # Multi-Krum averages at most n - f reports (at least one): a larger m is capped.
+    averaged = min(m, max(1, x.shape[0] - f))
+    np.testing.assert_allclose(out.result, ref_krum(x, f, averaged), rtol=1e-5, atol=1e-5)
+    assert out.measurements["m"] == averaged
+    assert out.measurements["m_capped"] is (m > max(1, x.shape[0] - f))
 
 
 def test_geometric_median_matches_long_weiszfeld() -> None:
