@@ -316,7 +316,10 @@ class SecureCoordinator:
         for sr in task.groups:
             if sr.stage != Stage.UNMASK:
                 aborted += 1
-                reasons.append(f"group stopped in stage {sr.stage}")
+                # A group that aborted at a stage's close says why (e.g. too few masked
+                # inputs); one the round's deadline cut short names the stage it was in.
+                why = sr.server.state.abort_reason if sr.stage == Stage.ABORTED else ""
+                reasons.append(why or f"group stopped in stage {sr.stage}")
                 continue
             try:
                 results.append(sr.finish())

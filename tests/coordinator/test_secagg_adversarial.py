@@ -37,6 +37,7 @@ from protocol.secagg import (
     Stage,
     UnmaskRequest,
     UnmaskResponse,
+    WrongAddress,
 )
 from sdk.client import Client
 from sdk.secure import SecureParticipant, SecureSession
@@ -76,6 +77,7 @@ class Device:
         self.session: SecureSession | None = None
         self.node = -1
         self.delta = np.random.default_rng(int(self.id[:12], 16)).normal(0, 0.05, SPEC.size)
+        self.residual_before = self.participant.residual.copy()
 
     @property
     def sess(self) -> SecureSession:
@@ -191,11 +193,13 @@ class World:
 
     def masked_input(self, dev: Device, delivery: bytes) -> bytes:
         rng = np.random.default_rng(dev.node)
+        dev.residual_before = dev.participant.residual.copy()
         return dev.sess.masked_input(delivery, dev.delta.astype(np.float32), 1, rng)
 
     def sent(self, dev: Device) -> npt.NDArray[np.float64]:
-        """What the device's masked input stands for: its update minus its new residual."""
-        return dev.delta.astype(np.float32).astype(np.float64) - dev.participant.residual
+        """What the device's last masked input stands for: update + old - new residual."""
+        u = dev.delta.astype(np.float32) + dev.residual_before
+        return u.astype(np.float64) - dev.participant.residual
 
 
 def _refused(r: httpx.Response, status: int, reason: str, starts: str = "") -> str:
@@ -406,3 +410,140 @@ def _committed(world: World, timeout_s: float = 20.0) -> dict[str, Any]:
             return out
         assert time.monotonic() < give_up, out
         time.sleep(0.02)
+
+
+def _stage(world: World, devs: list[Device], stage: Stage, bodies: dict[str, bytes]) -> None:
+    """Honest uploads of `stage` by `devs`."""
+    for dev in devs:
+        r = world.post(dev, stage, bodies[dev.id])
+        assert r.status_code == 200, r.text
+
+
+def _honest_until_unmask(world: World, devs: list[Device]) -> dict[str, bytes]:
+    """`devs` run the first three stages honestly (the rest of the cohort is silent); the
+    masked-input stage closes at its deadline if someone is missing. Returns the unmask
+    requests."""
+    _stage(world, devs, Stage.ADVERTISE_KEYS, {d.id: d.sess.advertise() for d in devs})
+    if len(devs) < N:
+        world.clock.advance(STAGE_TIMEOUT_S)
+    world.wait_stage(Stage.SHARE_KEYS)
+    shares = {d.id: d.sess.share_keys(world.download(d, Stage.ADVERTISE_KEYS)) for d in devs}
+    _stage(world, devs, Stage.SHARE_KEYS, shares)
+    world.wait_stage(Stage.MASKED_INPUT)
+    masked = {d.id: world.masked_input(d, world.download(d, Stage.SHARE_KEYS)) for d in devs}
+    _stage(world, devs, Stage.MASKED_INPUT, masked)
+    if len(devs) < N:
+        world.clock.advance(STAGE_TIMEOUT_S)
+    world.wait_stage(Stage.UNMASK)
+    return {d.id: world.download(d, Stage.MASKED_INPUT) for d in devs}
+
+
+def _model(world: World) -> tuple[npt.NDArray[np.float32], int]:
+    params, version, _ = world.devices[0].client.fetch_current(world.task_id, SPEC)
+    return params, version
+
+
+def test_more_drops_than_the_threshold_abort_cleanly_and_the_next_round_commits(
+    world: World,
+) -> None:
+    # Prepare: every device sends its masked input, then four of seven go silent, leaving
+    # three unmask answers where each secret needs t = 4 shares
+    world.open_round()
+    params0, _ = _model(world)
+    requests = _honest_until_unmask(world, world.devices)
+    answering = world.devices[:3]
+    for dev in answering:
+        assert world.post(dev, Stage.UNMASK, dev.sess.unmask(requests[dev.id])).status_code == 200
+    # Execute: the unmask deadline passes
+    world.clock.advance(STAGE_TIMEOUT_S)
+    failed = _committed(world)
+    # Assert: the round is reported failed, with why; nothing was published
+    assert failed["state"] == "abandoned" and failed["version_after"] is None
+    assert failed["measurements"]["aborted_groups"] == 1
+    assert "fewer than t=4 shares" in failed["measurements"]["abort_reasons"][0]
+    params, version = _model(world)
+    assert version == 0
+    np.testing.assert_array_equal(params, params0)
+    late = world.post(world.devices[4], Stage.UNMASK, b"PSA1")
+    _refused(late, 409, Reason.ROUND_CLOSED)
+    # Execute: the next round, with every device honest
+    world.open_round()
+    requests = _honest_until_unmask(world, world.devices)
+    _stage(world, world.devices, Stage.UNMASK,
+           {d.id: d.sess.unmask(requests[d.id]) for d in world.devices})  # fmt: skip
+    final = _committed(world)
+    # Assert: it commits the exact mean of what the seven devices sent this round
+    assert final["state"] == "committed", final["measurements"]
+    mean = np.mean([world.sent(d) for d in world.devices], axis=0)
+    params, version = _model(world)
+    assert version == 1
+    np.testing.assert_allclose(params, params0 + mean, atol=1e-6)
+
+
+def test_a_dealer_of_undecryptable_bundles_aborts_its_group_and_nothing_else(
+    world: World,
+) -> None:
+    # Prepare: A sends bundles of the legal length that no neighbour can decrypt; the server
+    # cannot tell (it has no key), so it relays them
+    a, *others = world.devices
+    world.open_round()
+    params0, _ = _model(world)
+    _stage(world, world.devices, Stage.ADVERTISE_KEYS,
+           {d.id: d.sess.advertise() for d in world.devices})  # fmt: skip
+    world.wait_stage(Stage.SHARE_KEYS)
+    shares = {
+        d.id: d.sess.share_keys(world.download(d, Stage.ADVERTISE_KEYS)) for d in world.devices
+    }
+    honest_a = ShareKeys.from_bytes(shares[a.id], N)
+    garbage = tuple((dest, bytes(len(ct))) for dest, ct in honest_a.ciphertexts)
+    shares[a.id] = dataclasses.replace(honest_a, ciphertexts=garbage).to_bytes()
+    _stage(world, world.devices, Stage.SHARE_KEYS, shares)
+    world.wait_stage(Stage.MASKED_INPUT)
+    # Execute: each honest neighbour refuses A's bundle, and with it the round
+    for dev in others:
+        with pytest.raises(WrongAddress, match="does not decrypt"):
+            world.masked_input(dev, world.download(dev, Stage.SHARE_KEYS))
+    delivery = world.download(a, Stage.SHARE_KEYS)
+    assert world.post(a, Stage.MASKED_INPUT, world.masked_input(a, delivery)).status_code == 200
+    world.clock.advance(STAGE_TIMEOUT_S)
+    failed = _committed(world)
+    # Assert: a clean abort (one masked input, nothing unmasked); the model is untouched
+    assert failed["state"] == "abandoned"
+    assert failed["measurements"]["abort_reasons"] == ["1 masked inputs, need 4"]
+    params, version = _model(world)
+    assert version == 0
+    np.testing.assert_array_equal(params, params0)
+
+
+def test_uploads_after_the_round_deadline_are_refused_and_the_round_is_abandoned(
+    world: World,
+) -> None:
+    # Prepare: the round reaches the masked-input stage; half the devices have uploaded
+    world.open_round()
+    params0, _ = _model(world)
+    devs = world.devices
+    _stage(world, devs, Stage.ADVERTISE_KEYS, {d.id: d.sess.advertise() for d in devs})
+    world.wait_stage(Stage.SHARE_KEYS)
+    shares = {d.id: d.sess.share_keys(world.download(d, Stage.ADVERTISE_KEYS)) for d in devs}
+    _stage(world, devs, Stage.SHARE_KEYS, shares)
+    world.wait_stage(Stage.MASKED_INPUT)
+    masked = {d.id: world.masked_input(d, world.download(d, Stage.SHARE_KEYS)) for d in devs}
+    _stage(world, devs[:4], Stage.MASKED_INPUT, masked)
+    # A lost answer: the device retries the identical upload, which is idempotent
+    retry = world.post(devs[0], Stage.MASKED_INPUT, masked[devs[0].id])
+    assert retry.status_code == 200 and retry.json()["duplicate"] is True
+    assert world.uploads()[Stage.MASKED_INPUT] == 4
+    # Execute: the round's own deadline passes (the coordinator's clock jumps past it)
+    real = world.coordinator.clock
+    world.coordinator.clock = lambda: real() + 3600.0
+    late = world.post(devs[5], Stage.MASKED_INPUT, masked[devs[5].id])
+    failed = _committed(world)
+    # Assert: the late upload is refused with a reason, the round abandoned, the model intact
+    _refused(late, 409, Reason.ROUND_CLOSED)
+    assert failed["state"] == "abandoned" and failed["version_after"] is None
+    assert failed["measurements"]["abort_reasons"] == ["group stopped in stage masked-input"]
+    _refused(world.post(devs[6], Stage.MASKED_INPUT, masked[devs[6].id]), 409, Reason.ROUND_CLOSED)
+    _refused(world.get(devs[0], Stage.MASKED_INPUT), 409, Reason.ROUND_CLOSED)
+    params, version = _model(world)
+    assert version == 0
+    np.testing.assert_array_equal(params, params0)
