@@ -16,6 +16,7 @@ including what clipping and quantization removed, waits for a later round.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -27,6 +28,7 @@ from protocol.secagg import (
     KeyDirectory,
     ModelMismatch,
     NoiseKind,
+    ProtocolViolation,
     RoundAborted,
     SecAggClient,
     SecAggError,
@@ -48,7 +50,17 @@ from protocol.secagg import (
     unrotate,
 )
 
-__all__ = ["SecureParticipant", "SecureSession", "HttpSecureDevice", "encode_for_plan"]
+__all__ = [
+    "SecureParticipant",
+    "SecureSession",
+    "HttpSecureDevice",
+    "ResponseTooLarge",
+    "encode_for_plan",
+]
+
+
+class ResponseTooLarge(SecAggError):
+    """A download above `HttpSecureDevice.max_response_bytes`; refused before it is buffered."""
 
 
 def encode_for_plan(
@@ -179,7 +191,10 @@ class HttpSecureDevice:
     Against the coordinator service use `sdk.client.Client.secure_round` (or `participate`),
     which signs every request with the device's key and counts it in the ledger. `client` is
     an `httpx.Client` whose transport is the only network seam; `headers` are added to every
-    request (default: the device id in `x-plume-device`).
+    request (default: the device id in `x-plume-device`). Every response body is read in
+    chunks and refused (`ResponseTooLarge`) past `max_response_bytes` (default: the SDK
+    client's cap for secure-stage messages, `sdk.client.MAX_SECURE_RESPONSE`), so a hostile
+    or broken server cannot make the device buffer more.
     """
 
     def __init__(
@@ -189,51 +204,90 @@ class HttpSecureDevice:
         participant: SecureParticipant,
         headers: dict[str, str] | None = None,
         poll_s: float = 0.05,
+        max_response_bytes: int | None = None,
     ) -> None:
+        if max_response_bytes is None:
+            from .client import MAX_SECURE_RESPONSE  # httpx is loaded only with this class
+
+            max_response_bytes = MAX_SECURE_RESPONSE
+        if max_response_bytes < 1:
+            raise ValueError("max_response_bytes must be positive")
         self.client = client
         self.device_id = device_id
         self.participant = participant
         self.headers = headers if headers is not None else {"x-plume-device": device_id}
         self.poll_s = poll_s
+        self.max_response_bytes = max_response_bytes
 
-    def _check(self, resp: Any) -> None:
-        if resp.status_code >= 400:
-            detail = (
-                resp.json()
-                if resp.headers.get("content-type", "").startswith("application/json")
-                else {}
-            )
-            if resp.status_code == 410:
+    def _capped(self, resp: Any, url: str) -> bytes:
+        """A streamed response's body, refused once it passes the cap (or declares more)."""
+        cap = self.max_response_bytes
+        declared = resp.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > cap:
+            raise ResponseTooLarge(f"{url}: response declares {declared} bytes, cap is {cap}")
+        chunks, size = [], 0
+        for chunk in resp.iter_bytes():
+            size += len(chunk)
+            if size > cap:
+                raise ResponseTooLarge(f"{url}: response above the {cap}-byte cap; not read")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    def _get(self, url: str) -> tuple[int, Any, bytes]:
+        """(status, headers, body) of a GET, the body read in chunks up to the cap."""
+        with self.client.stream("GET", url, headers=self.headers) as resp:
+            return resp.status_code, resp.headers, self._capped(resp, url)
+
+    @staticmethod
+    def _check(status: int, headers: Any, body: bytes) -> None:
+        if status >= 400:
+            detail: dict[str, Any] = {}
+            if headers.get("content-type", "").startswith("application/json"):
+                try:
+                    parsed = json.loads(body)
+                except ValueError:
+                    parsed = None
+                detail = parsed if isinstance(parsed, dict) else {}
+            if status == 410:
                 raise RoundAborted(str(detail.get("detail", "round aborted")))
-            raise SecAggError(f"HTTP {resp.status_code}: {detail}")
+            raise SecAggError(f"HTTP {status}: {detail}")
 
     def join(self, round_id: int, params: npt.NDArray[np.float32]) -> SecureSession:
         """Download the plan, check the digest against `params`, start the session."""
-        resp = self.client.get(SecAggPath.SETUP.format(round_id=round_id), headers=self.headers)
-        self._check(resp)
-        digest = bytes.fromhex(resp.headers[SecAggHeader.DIGEST])
-        node = int(resp.headers[SecAggHeader.NODE])
-        return self.participant.join(resp.content, digest, params, node)
+        status, headers, body = self._get(SecAggPath.SETUP.format(round_id=round_id))
+        self._check(status, headers, body)
+        try:
+            digest = bytes.fromhex(headers[SecAggHeader.DIGEST])
+            node = int(headers[SecAggHeader.NODE])
+        except (KeyError, ValueError) as exc:
+            raise ProtocolViolation(f"setup answer without a digest or node: {exc!r}") from exc
+        return self.participant.join(body, digest, params, node)
 
     def upload(self, round_id: int, stage: Stage, body: bytes) -> None:
         url = SecAggPath.STAGE.format(round_id=round_id, stage=stage)
-        resp = self.client.post(
-            url, content=body, headers={**self.headers, "content-type": "application/octet-stream"}
-        )
-        self._check(resp)
+        headers = {**self.headers, "content-type": "application/octet-stream"}
+        with self.client.stream("POST", url, content=body, headers=headers) as resp:
+            status, answer = resp.status_code, resp.headers
+            # Only an error's detail is read (capped); a 204 has no body.
+            text = self._capped(resp, url) if status >= 400 else b""
+        self._check(status, answer, text)
 
     def download(self, round_id: int, stage: Stage, timeout_s: float = 60.0) -> bytes | None:
         """The download after `stage`, polling while the stage is open; None on timeout."""
         url = SecAggPath.STAGE.format(round_id=round_id, stage=stage)
         deadline = time.monotonic() + timeout_s
         while True:
-            resp = self.client.get(url, headers=self.headers)
-            if resp.status_code != 425:
-                self._check(resp)
-                return bytes(resp.content)
+            status, headers, body = self._get(url)
+            if status != 425:
+                self._check(status, headers, body)
+                return body
             if time.monotonic() > deadline:
                 return None
-            time.sleep(min(float(resp.headers.get("retry-after", self.poll_s)), self.poll_s * 10))
+            try:
+                retry = float(headers.get("retry-after", self.poll_s))
+            except ValueError:
+                retry = self.poll_s
+            time.sleep(min(max(retry, 0.0), self.poll_s * 10))
 
     def run_round(
         self,
