@@ -423,6 +423,7 @@ def _serve(args: argparse.Namespace) -> int:
     import ssl
 
     from .service import ServiceConfig, serve
+    from .service.store import StoreError
 
     prog = "plume coordinator serve"
     problem = _serve_usage_error(args)
@@ -459,6 +460,8 @@ def _serve(args: argparse.Namespace) -> int:
         if exc.code in (0, None):
             return 0
         _fail(prog, _why_not_listening(args.host, args.port))
+    except StoreError as exc:  # already names the file and what to do
+        _fail(prog, str(exc))
     except sqlite3.Error as exc:
         _fail(prog, f"cannot use the database --db {args.db}: {exc}")
     except ssl.SSLError as exc:

@@ -267,6 +267,9 @@ class TaskCreated:
 
 @dataclass(slots=True)
 class TaskStatus:
+    """A task's state. `refused`: why this coordinator will not run a stored task (its state is
+    then "refused"); `config` is then the stored JSON object as is if it no longer parses."""
+
     task_id: int
     state: str
     version: int
@@ -274,7 +277,8 @@ class TaskStatus:
     rounds_committed: int
     current_round: int | None
     model_digest: str
-    config: TaskConfig
+    config: TaskConfig | dict[str, Any]
+    refused: str | None = None
 
 
 @dataclass(slots=True)

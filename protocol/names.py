@@ -79,6 +79,9 @@ class TaskState(StrEnum):
     ACTIVE = "active"
     PAUSED = "paused"
     DONE = "done"
+    # In the store, but this coordinator cannot run it (its config or stored state no longer
+    # validates); kept intact, never run. TaskStatus.refused says why.
+    REFUSED = "refused"
 
 
 class CheckInAction(StrEnum):
@@ -131,3 +134,4 @@ class Reason(StrEnum):
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     RATE_LIMITED = "rate_limited"
     REQUEST_TIMEOUT = "request_timeout"
+    TASK_REFUSED = "task_refused"

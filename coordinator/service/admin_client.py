@@ -1,4 +1,4 @@
-"""A small client for the admin API (create a task with its initial model, status, pause)."""
+"""A small client for the admin API (create a task with its initial model, status, list, pause)."""
 
 from __future__ import annotations
 
@@ -72,6 +72,11 @@ class AdminClient:
         data = self._check(self._http.get(Path.ADMIN_TASK.format(task_id=task_id)))
         result: TaskStatus = from_json(TaskStatus, data)
         return result
+
+    def tasks(self) -> list[TaskStatus]:
+        """Every task in the store; a refused one has state "refused" and `refused` (why)."""
+        data = self._check(self._http.get(Path.ADMIN_TASKS))
+        return [from_json(TaskStatus, t) for t in data]
 
     def rounds(self, task_id: int) -> list[RoundStatus]:
         data = self._check(self._http.get(Path.ADMIN_ROUNDS.format(task_id=task_id)))

@@ -62,7 +62,11 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "unsigned, unregistered, stale, replayed or badly signed request"),
         (403, "authenticated but not allowed (not selected, round mismatch, wrong admin token)"),
         (404, "unknown task or round"),
-        (409, "conflict: round closed, duplicate upload, wrong task or stage state"),
+        (
+            409,
+            "conflict: round closed, duplicate upload, wrong task or stage state, or a stored "
+            "task this coordinator refuses (`task_refused`)",
+        ),
         (413, "body above the size cap"),
         (415, "Content-Type is not the route's (application/json or application/octet-stream)"),
         (422, "body or parameters fail validation (bad frame, bad JSON)"),
@@ -120,7 +124,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        coordinator.restore()
+        if not coordinator.restored:  # `serve` restores before uvicorn starts (clear errors)
+            coordinator.restore()
         for rt in coordinator.pending_closes():
             coordinator.schedule_close(rt)
         ticker = asyncio.create_task(_tick_loop())
@@ -419,6 +424,8 @@ def create_app(
     )  # fmt: skip
     async def put_model(request: Request, task_id: StoreId) -> TaskStatus:
         """Upload the initial model as a `compression.encode_snapshot` snapshot (fp32 or fp16)."""
+        if (refusal := coordinator.refusal(task_id)) is not None:
+            raise refusal
         row = the_store.task(task_id)
         if row is None:
             raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
@@ -435,6 +442,18 @@ def create_app(
         return coordinator.set_initial_model(task_id, b"".join(chunks))
 
     @app.get(
+        Path.ADMIN_TASKS,
+        response_model=list[TaskStatus],
+        responses=_ERRORS,
+        tags=["admin"],
+        dependencies=[Depends(admin)],
+    )
+    async def list_tasks() -> list[TaskStatus]:
+        """Every task in the store, by id; a refused one has state `refused` and `refused`
+        saying why."""
+        return coordinator.task_statuses()
+
+    @app.get(
         Path.ADMIN_TASK,
         response_model=TaskStatus,
         responses=_ERRORS,
@@ -442,6 +461,8 @@ def create_app(
         dependencies=[Depends(admin)],
     )
     async def task_status(task_id: StoreId) -> TaskStatus:
+        """A task's state, version and round counts (`refused` with the reason for a stored
+        task this coordinator will not run)."""
         return coordinator.task_status(task_id)
 
     @app.get(
@@ -475,6 +496,7 @@ def create_app(
         dependencies=[Depends(admin)],
     )
     async def resume(task_id: StoreId) -> TaskStatus:
+        """Open rounds again (409 `task_refused` for a task this coordinator refuses)."""
         return coordinator.set_paused(task_id, False)
 
     # -- secure rounds: the SecAgg+ stage endpoints (same signing, ledger and errors) ------
@@ -506,6 +528,7 @@ def create_app(
             "ok": True,
             "journal_mode": the_store.journal_mode,
             "tasks": len(coordinator.runtimes),
+            "tasks_refused": len(coordinator.refused),
         }
 
     app.add_middleware(

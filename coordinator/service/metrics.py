@@ -86,6 +86,11 @@ class Metrics:
             "plume_model_version", "Published model version", ["task"], registry=r
         )
         self.devices = Gauge("plume_registered_devices", "Registered devices", registry=r)
+        self.tasks_refused = Gauge(
+            "plume_tasks_refused",
+            "Tasks in the store this coordinator refuses to run (admin task status says why)",
+            registry=r,
+        )
         self.upload_seconds = Histogram(
             "plume_upload_seconds",
             "Server time to accept one upload (read, verify, decode, commit)",

@@ -10,13 +10,18 @@ when `clients_per_round` reports are in or at the deadline (late uploads are str
 Recovery: accepted frames are committed with the round-state check in one transaction, and
 aggregation + publish are a deterministic function of the accepted set (sorted by device,
 seeded downlink encoder), committed in one transaction with the round's status. On start,
-`restore()` rebuilds each engine from the last published version and replays open rounds.
+`restore()` rebuilds each engine from the last published version and replays open rounds. A
+stored task that no longer restores (its config or stored state refused by this code) is
+*refused*: kept intact in the store, not run, reported by the admin API and `/metrics`, and
+device requests for it get 409 `task_refused`; the other tasks run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import json
 import logging
 import math
 import sqlite3
@@ -96,9 +101,16 @@ from .errors import ApiError
 from .faults import fault_point
 from .metrics import Metrics
 from .secure import SECURE_STAGES, SecureTaskState, check_plan, parse_secure
-from .store import RoundRow, Store
+from .store import RoundRow, Store, StoreError
 
-__all__ = ["Coordinator", "ServiceConfig", "TaskRuntime", "ActiveRound", "validate_task"]
+__all__ = [
+    "Coordinator",
+    "ServiceConfig",
+    "TaskRuntime",
+    "ActiveRound",
+    "RefusedTask",
+    "validate_task",
+]
 
 log = logging.getLogger("plume.coordinator")
 
@@ -148,6 +160,36 @@ class ActiveRound:
     close_started: bool = False  # an aggregation is in flight
     # A secure DP round's `dp` record, stored before its sums were unmasked (see _close_secure)
     pending_dp: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class RefusedTask:
+    """A stored task this coordinator will not run, and why (a sentence for the operator).
+
+    upload_cap: the largest upload frame of its model (bytes), so that an upload to one of its
+    rounds is read and answered 409 `task_refused` rather than cut off as too large; None when
+    its stored spec does not parse either.
+    """
+
+    task_id: int
+    reason: str
+    upload_cap: int | None
+
+    def error(self) -> ApiError:
+        return ApiError(
+            409,
+            Reason.TASK_REFUSED,
+            f"task {self.task_id} is refused by this coordinator: {self.reason}",
+        )
+
+
+def _stored_upload_cap(config_json: str) -> int | None:
+    """The upload cap of a stored task's spec, if its spec still parses."""
+    try:
+        spec = ModelSpec.from_json(json.loads(config_json)["spec"])
+        return DecodeLimits().frame_cap(spec)
+    except (ValueError, TypeError, KeyError):
+        return None
 
 
 def _released_dp(r: RoundRow) -> dict[str, Any] | None:
@@ -326,6 +368,9 @@ class Coordinator:
         self.metrics = metrics or Metrics()
         self.clock = clock
         self.runtimes: dict[int, TaskRuntime] = {}
+        # Stored tasks `restore` could not load: never run, reported with the reason.
+        self.refused: dict[int, RefusedTask] = {}
+        self.restored = False
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- startup -------------------------------------------------------------------------
@@ -336,6 +381,15 @@ class Coordinator:
         cfg = from_json(TaskConfig, row.config)
         spec = validate_task(cfg)
         params_bytes, residual_bytes = self.store.task_model(task_id)
+        if len(params_bytes) != spec.dense_bytes:
+            raise ValueError(
+                f"the stored params are {len(params_bytes)} bytes; the spec needs "
+                f"{spec.dense_bytes}"
+            )
+        if hashlib.sha256(params_bytes).hexdigest() != row.digest:
+            # The digest is committed with the params: a mismatch is a damaged or edited row,
+            # and serving it would hand devices a model whose digest check fails.
+            raise ValueError("the stored params do not match the stored model digest")
         params = np.frombuffer(params_bytes, dtype="<f4").astype(np.float32)
         residual = (
             ErrorFeedback.from_bytes(residual_bytes, spec.size)
@@ -381,10 +435,8 @@ class Coordinator:
         )
         rt.rounds_committed = sum(r.state == RoundState.COMMITTED for r in rounds)
         live = [r for r in rounds if r.state in (RoundState.OPEN, RoundState.AGGREGATING)]
-        for r in live:
-            if rt.secure is not None:
-                self._abandon_secure_on_start(rt, r)
-            else:
+        if rt.secure is None:
+            for r in live:
                 rt.current = self._replay(rt, r)
         if rt.secure is not None and released:
             last = released[-1]
@@ -396,6 +448,11 @@ class Coordinator:
                 clip=rt.secure.settings.config.clip_norm,
                 budget_exhausted=False,
             )
+        if rt.secure is not None:
+            # Last: everything above can refuse the task, and a refused task's rows stay as
+            # they are; this writes.
+            for r in live:
+                self._abandon_secure_on_start(rt, r)
         self.metrics.model_version.labels(str(task_id)).set(rt.version)
         self.metrics.tasks.attach(
             task_id, [rt.anomaly_metrics.registry, rt.privacy_metrics.registry]
@@ -430,28 +487,70 @@ class Coordinator:
             base_version=r.base_version,
         )
         for u in self.store.updates(r.round_id):
-            rt.engine.submit(plan.round_id, u.device_id, u.frame)
+            try:
+                rt.engine.submit(plan.round_id, u.device_id, u.frame)
+            except (EngineError, CodecError) as exc:
+                raise ValueError(
+                    f"round {r.round_id}: the accepted update of device {u.device_id} "
+                    f"does not replay ({type(exc).__name__}: {exc})"
+                ) from exc
             cur.reports += 1
             cur.uploaded.add(u.device_id)
         cur.closing = r.state == RoundState.AGGREGATING
         return cur
 
     def restore(self) -> None:
-        """Load every task with a model from the store, replaying its open round if any."""
+        """Load every task with a model from the store, replaying its open round if any.
+
+        A task that does not restore is refused (`refused`), not run, and left as stored; the
+        others start. Raises `StoreError` only when the database itself fails.
+        """
         self.runtimes.clear()
-        for row in self.store.tasks():
-            if row.version < 0:
-                continue
-            try:
-                self.runtimes[row.task_id] = self._build(row.task_id)
-            except (ValueError, RuntimeError) as exc:
-                # E.g. a config an older version accepted and this one refuses (a DP task
-                # accounting a cohort smaller than it selects): name it rather than a traceback.
-                raise RuntimeError(
-                    f"task {row.task_id} in the store cannot be restored: {exc} (its config "
-                    "must be fixed, or the task finished, before this coordinator starts)"
-                ) from exc
-        self.metrics.devices.set(self.store.count_devices())
+        self.refused.clear()
+        try:
+            for task_id, version in self.store.task_versions():
+                try:
+                    if version >= 0:
+                        self.runtimes[task_id] = self._build(task_id)
+                    else:  # awaiting its model: its config must still be one this code runs
+                        self._check_config(task_id)
+                except (sqlite3.Error, OSError):
+                    raise
+                except Exception as exc:  # noqa: BLE001 - one task's failure must not stop the others
+                    self._refuse(task_id, exc)
+            self.metrics.devices.set(self.store.count_devices())
+        except (sqlite3.Error, OSError) as exc:
+            raise StoreError(
+                f"cannot restore from the database {self.store.path}: {exc} (a corrupt or "
+                "unreadable file: restore a backup)"
+            ) from exc
+        self.restored = True
+
+    def _check_config(self, task_id: int) -> None:
+        row = self.store.task(task_id)
+        assert row is not None
+        validate_task(from_json(TaskConfig, row.config))
+
+    def _refuse(self, task_id: int, exc: BaseException) -> None:
+        """Record (and log, once) that a stored task will not run; the store is not touched."""
+        self.runtimes.pop(task_id, None)
+        self.metrics.tasks.attach(task_id, [])
+        raw = self.store.task_raw(task_id)
+        cap = _stored_upload_cap(raw[0]) if raw is not None else None
+        reason = f"{type(exc).__name__}: {exc}"
+        self.refused[task_id] = RefusedTask(task_id, reason, cap)
+        self.metrics.tasks_refused.set(len(self.refused))
+        log.error(
+            "task %d in the store is refused and will not run (kept as stored; fix its config "
+            "or finish it with a coordinator that accepts it): %s",
+            task_id,
+            reason,
+        )
+
+    def refusal(self, task_id: int) -> ApiError | None:
+        """The 409 `task_refused` error of a refused task, None for any other."""
+        refused = self.refused.get(task_id)
+        return refused.error() if refused is not None else None
 
     def pending_closes(self) -> list[TaskRuntime]:
         """Runtimes whose open round must close now (deadline, full, or caught mid-close)."""
@@ -480,6 +579,8 @@ class Coordinator:
         row = self.store.task(task_id)
         if row is None:
             raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
+        if (refusal := self.refusal(task_id)) is not None:
+            raise refusal
         if row.state != TaskState.AWAITING_MODEL:
             raise ApiError(409, Reason.INVALID_STATE, f"task {task_id} already has a model")
         cfg = from_json(TaskConfig, row.config)
@@ -502,6 +603,8 @@ class Coordinator:
         row = self.store.task(task_id)
         if row is None:
             raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
+        if (refusal := self.refusal(task_id)) is not None:
+            raise refusal  # resuming it would run what this code refuses
         want_from = TaskState.ACTIVE if paused else TaskState.PAUSED
         to = TaskState.PAUSED if paused else TaskState.ACTIVE
         if row.state == to:
@@ -516,6 +619,9 @@ class Coordinator:
         return self.task_status(task_id)
 
     def task_status(self, task_id: int) -> TaskStatus:
+        refused = self.refused.get(task_id)
+        if refused is not None:
+            return self._refused_status(refused)
         row = self.store.task(task_id)
         if row is None:
             raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
@@ -531,6 +637,38 @@ class Coordinator:
             model_digest=rt.digest if rt else row.digest,
             config=cfg,
         )
+
+    def _refused_status(self, refused: RefusedTask) -> TaskStatus:
+        """A refused task's status from its row as stored (its config as far as it parses)."""
+        raw = self.store.task_raw(refused.task_id)
+        if raw is None:
+            raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {refused.task_id}")
+        config_json, _state, version, digest = raw
+        config: TaskConfig | dict[str, Any]
+        try:
+            doc = json.loads(config_json)
+        except ValueError:
+            doc = {}  # not JSON at all: the reason says so
+        try:
+            config = from_json(TaskConfig, doc)
+        except ValueError:
+            config = doc if isinstance(doc, dict) else {}
+        closed, committed = self.store.round_counts(refused.task_id)
+        return TaskStatus(
+            task_id=refused.task_id,
+            state=TaskState.REFUSED,
+            version=version,
+            rounds_closed=closed,
+            rounds_committed=committed,
+            current_round=None,
+            model_digest=digest,
+            config=config,
+            refused=refused.reason,
+        )
+
+    def task_statuses(self) -> list[TaskStatus]:
+        """Every task in the store, refused ones included, by id."""
+        return [self.task_status(task_id) for task_id, _ in self.store.task_versions()]
 
     # -- check-in and selection -----------------------------------------------------------
 
@@ -615,6 +753,8 @@ class Coordinator:
     def check_in(self, device_id: str, task_id: int | None = None) -> CheckInResponse:
         """Assign a round or tell the device when to come back (pace steering)."""
         now = self.clock()
+        if task_id is not None and (refusal := self.refusal(task_id)) is not None:
+            raise refusal
         retry: float | None = None
         for rt in sorted(self.runtimes.values(), key=lambda r: r.task_id):
             if task_id is not None and rt.task_id != task_id:
@@ -675,6 +815,8 @@ class Coordinator:
         """(body, headers, runtime) of a model download; see docs/http-api.md."""
         rt = self.runtimes.get(task_id)
         if rt is None:
+            if (refusal := self.refusal(task_id)) is not None:
+                raise refusal
             raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id} with a model")
         v = rt.version
         chain_ok = have is not None and 0 <= have <= v and v - have <= rt.config.max_chain
@@ -734,8 +876,11 @@ class Coordinator:
                 409, Reason.DUPLICATE_UPLOAD, f"device already reported in round {round_id}"
             )
         if found is None:
-            if self.store.round(round_id) is None:
+            r = self.store.round(round_id)
+            if r is None:
                 raise ApiError(404, Reason.UNKNOWN_ROUND, f"no round {round_id}")
+            if (refusal := self.refusal(r.task_id)) is not None:
+                raise refusal  # its accepted updates stay stored; no new one is taken
             raise ApiError(409, Reason.ROUND_CLOSED, f"round {round_id} is closed")
         rt, cur = found
         if rt.secure is not None:
@@ -936,7 +1081,13 @@ class Coordinator:
             )
             return
         self.metrics.rounds.labels("abandoned").inc()
-        self.runtimes[rt.task_id] = self._build(rt.task_id)
+        try:
+            self.runtimes[rt.task_id] = self._build(rt.task_id)
+        except (sqlite3.Error, OSError) as store_exc:
+            log.error("task %d cannot be reloaded from the store: %r", rt.task_id, store_exc)
+            self.runtimes.pop(rt.task_id, None)
+        except Exception as build_exc:  # noqa: BLE001 - as at start: refuse this task only
+            self._refuse(rt.task_id, build_exc)
 
     async def close_round(self, rt: TaskRuntime) -> RoundOutcome | None:
         cur = self.begin_close(rt)
@@ -968,6 +1119,8 @@ class Coordinator:
         if found is not None:
             return found[0].max_upload_bytes
         r = self.store.round(round_id)
+        if r is not None and r.task_id in self.refused:
+            return self.refused[r.task_id].upload_cap
         rt = self.runtimes.get(r.task_id) if r is not None else None
         return rt.max_upload_bytes if rt is not None else None
 
@@ -995,6 +1148,8 @@ class Coordinator:
         found = self._runtime_for_round(round_id)
         if found is None or found[0].secure is None:
             r = self.store.round(round_id)
+            if r is not None and (refusal := self.refusal(r.task_id)) is not None:
+                raise refusal
             rt = self.runtimes.get(r.task_id) if r is not None else None
             if r is None or rt is None or rt.secure is None:
                 raise ApiError(404, Reason.UNKNOWN_ROUND, f"no secure round {round_id}")

@@ -51,8 +51,13 @@ def serve(
     tls_key: str | None = None,
     log_level: str = "info",
 ) -> None:
-    """Serve until interrupted (SIGINT/SIGTERM shut down gracefully)."""
+    """Serve until interrupted (SIGINT/SIGTERM shut down gracefully).
+
+    The store is opened and the tasks restored before uvicorn starts, so a database that
+    cannot be used raises `StoreError` here (a sentence, not a lifespan traceback).
+    """
     app = create_app(config)
+    app.state.coordinator.restore()
     server = uvicorn.Server(
         uvicorn_config(app, host, port, tls_cert=tls_cert, tls_key=tls_key, log_level=log_level)
     )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Store", "TaskRow", "RoundRow", "UpdateRow", "SCHEMA_VERSION"]
+__all__ = ["Store", "StoreError", "TaskRow", "RoundRow", "UpdateRow", "SCHEMA_VERSION"]
 
 SCHEMA_VERSION = 2
 
@@ -156,37 +156,103 @@ def _round(row: tuple[Any, ...]) -> RoundRow:
     )
 
 
+class StoreError(RuntimeError):
+    """The database cannot be used by this coordinator: not a SQLite file, corrupt, read-only,
+    another application's database, or written by a newer schema. Nothing was written to it."""
+
+
+def _setup_error(path: str, exc: sqlite3.Error) -> StoreError:
+    """A sentence for a database SQLite refuses while it is opened and checked."""
+    text = str(exc)
+    if "readonly" in text or "read-only" in text:
+        why = (
+            "it is read-only (the coordinator commits every accepted upload; make the file, "
+            "its -wal/-shm files and its folder writable)"
+        )
+    elif "not a database" in text or "malformed" in text:
+        why = f"it is not a SQLite database or it is corrupt ({text}); restore a backup"
+    else:
+        why = text
+    return StoreError(f"cannot use the database {path}: {why}")
+
+
 class Store:
-    """One SQLite database in WAL mode. Thread-safe through one lock (writes are short)."""
+    """One SQLite database in WAL mode. Thread-safe through one lock (writes are short).
+
+    Opening checks the file before writing anything: a newer schema version, another
+    application's database, a corrupt or read-only file raise `StoreError`.
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise _setup_error(self.path, exc) from exc
         self._lock = threading.RLock()
-        self._db.execute("PRAGMA journal_mode=WAL")
+        try:
+            self._open()
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise _setup_error(self.path, exc) from exc
+        except StoreError:
+            self._db.close()
+            raise
+
+    def _open(self) -> None:
+        """Check the file's schema (read-only), then set WAL and create or migrate tables."""
+        db = self._db
+        db.execute("PRAGMA busy_timeout=5000")  # another process's short write: wait, not fail
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if tables and "meta" not in tables:
+            # Creating our tables beside another application's would rewrite its database.
+            raise StoreError(
+                f"cannot use the database {self.path}: it is a SQLite database of another "
+                f"application (tables {', '.join(sorted(tables)[:5])}), not a Plume store; "
+                "pick another --db"
+            )
+        found: str | None = None
+        if "meta" in tables:
+            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+            found = None if row is None else str(row[0])
+        if found is not None and found not in ("1", str(SCHEMA_VERSION)):
+            newer = found.isdigit() and int(found) > SCHEMA_VERSION
+            raise StoreError(
+                f"cannot use the database {self.path}: its schema version {found!r} is "
+                + (
+                    f"newer than this coordinator's {SCHEMA_VERSION} (it was written by a newer "
+                    "Plume: run that version, or restore a backup taken before the upgrade)"
+                    if newer
+                    else f"not one this coordinator reads (1 or {SCHEMA_VERSION})"
+                )
+            )
+        if found is not None:
+            # A write rolled back: a read-only file fails here, before anything changes (a
+            # read-only connection takes the lock and reads fine; only writing tells).
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute("UPDATE meta SET value=value WHERE key='schema_version'")
+            finally:
+                db.execute("ROLLBACK")
+        db.execute("PRAGMA journal_mode=WAL")
         # NORMAL is durable against a process kill in WAL mode (only power loss can drop the
         # last commits), and it keeps an upload's commit well under a millisecond.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
-        self._db.executescript(_SCHEMA)
-        with self.transaction() as db:
-            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.executescript(_SCHEMA)
+        with self.transaction() as tx:
+            row = tx.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is None:
-                db.execute(
+                tx.execute(
                     "INSERT INTO meta(key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
-            elif int(row[0]) == 1:
+            elif str(row[0]) == "1":
                 # Version 1 had no aggregator state; its tasks resume from the initial state.
-                columns = {r[1] for r in db.execute("PRAGMA table_info(tasks)").fetchall()}
+                columns = {r[1] for r in tx.execute("PRAGMA table_info(tasks)").fetchall()}
                 if "agg_state" not in columns:
-                    db.execute("ALTER TABLE tasks ADD COLUMN agg_state BLOB")
-                db.execute(
+                    tx.execute("ALTER TABLE tasks ADD COLUMN agg_state BLOB")
+                tx.execute(
                     "UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),)
-                )
-            elif int(row[0]) != SCHEMA_VERSION:
-                raise RuntimeError(
-                    f"database schema {row[0]} is not the supported {SCHEMA_VERSION}"
                 )
 
     def close(self) -> None:
@@ -262,6 +328,29 @@ class Store:
             "SELECT task_id, config_json, state, version, digest FROM tasks ORDER BY task_id"
         )
         return [TaskRow(r[0], json.loads(r[1]), r[2], r[3], r[4]) for r in rows]
+
+    def task_versions(self) -> list[tuple[int, int]]:
+        """(task id, current version) of every task, without parsing any stored JSON."""
+        rows = self._query("SELECT task_id, version FROM tasks ORDER BY task_id")
+        return [(int(r[0]), int(r[1])) for r in rows]
+
+    def task_raw(self, task_id: int) -> tuple[str, str, int, str] | None:
+        """(config JSON text, state, version, digest) of a task, exactly as stored."""
+        rows = self._query(
+            "SELECT config_json, state, version, digest FROM tasks WHERE task_id=?", (task_id,)
+        )
+        return (
+            (str(rows[0][0]), str(rows[0][1]), int(rows[0][2]), str(rows[0][3])) if rows else None
+        )
+
+    def round_counts(self, task_id: int) -> tuple[int, int]:
+        """(rounds closed, rounds committed) of a task."""
+        row = self._query(
+            "SELECT COALESCE(SUM(state IN ('committed', 'abandoned')), 0), "
+            "COALESCE(SUM(state = 'committed'), 0) FROM rounds WHERE task_id=?",
+            (task_id,),
+        )[0]
+        return int(row[0]), int(row[1])
 
     def task(self, task_id: int) -> TaskRow | None:
         rows = self._query(

@@ -155,7 +155,7 @@ def test_a_secure_task_resumes_its_coordinate_scores(tmp_path: Path) -> None:
     assert got["prior"] is False
 
 
-def test_a_stored_task_this_version_refuses_stops_the_start_naming_it(tmp_path: Path) -> None:
+def test_a_stored_task_this_version_refuses_is_refused_naming_the_reason(tmp_path: Path) -> None:
     # Prepare: a central-DP task accounting a cohort of 2, stored; then its config edited to
     # select 3 (over-selection 1.5), as an older coordinator accepted (and under-counted)
     import json
@@ -171,9 +171,11 @@ def test_a_stored_task_this_version_refuses_stops_the_start_naming_it(tmp_path: 
     con.execute("UPDATE tasks SET config_json=? WHERE task_id=?", (json.dumps(config), task_id))
     con.commit()
     con.close()
-    # Execute / Assert: the start fails with the task and the reason, not a bare ValueError
+    # Execute: the start goes on (other tasks would run); this one is not loaded
     coord = Coordinator(Store(db), ServiceConfig(db_path=str(db)))
-    with pytest.raises(
-        RuntimeError, match=rf"task {task_id} in the store cannot be restored.*sample=2"
-    ):
-        coord.restore()
+    coord.restore()
+    # Assert: refused with the reason, never run with the wrong accounting
+    assert task_id not in coord.runtimes
+    status = coord.task_status(task_id)
+    assert status.state == "refused" and status.refused is not None
+    assert "sample=2" in status.refused
