@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +59,10 @@ class Manifest:
     train_path: Path
     infer_path: Path
     file_bytes: dict[str, int]
+    # The ONNX files' contents, read once by `load_manifest` (and hashed there with `verify`):
+    # onnxruntime is handed these bytes, never the paths, so what was checked is what runs even
+    # if a file changes on disk afterwards (a re-export, a partial copy).
+    file_data: dict[str, bytes] = field(repr=False, compare=False)
 
     @property
     def artifact_bytes(self) -> int:
@@ -97,7 +101,8 @@ def _tensor(obj: Any, key: str) -> tuple[str, str, tuple[int, ...]]:
     return name, dtype, tuple(dims)
 
 
-def _file(root: Path, files: Any, key: str, verify: bool) -> tuple[Path, int]:
+def _file(root: Path, files: Any, key: str, verify: bool) -> tuple[Path, bytes]:
+    """The path and contents of ONNX file `key`, after the path, size and digest checks."""
     entry = _get(files, key, dict)
     rel = _get(entry, "path", str)
     if os.path.isabs(rel) or ".." in Path(rel).parts:
@@ -117,19 +122,24 @@ def _file(root: Path, files: Any, key: str, verify: bool) -> tuple[Path, int]:
         raise ArtifactError(f"{rel}: {size} bytes on disk, manifest says {declared}")
     if size > _MAX_FILE_BYTES:
         raise ArtifactError(f"{rel}: {size} bytes, more than the {_MAX_FILE_BYTES} allowed")
-    if verify:
-        try:
-            with path.open("rb") as f:
-                digest = hashlib.file_digest(f, "sha256").hexdigest()
-        except OSError as exc:
-            raise ArtifactError(f"{rel}: unreadable: {exc}") from exc
-        if digest != _get(entry, "sha256", str):
-            raise ArtifactError(f"{rel}: SHA-256 does not match the manifest")
-    return path, size
+    try:
+        with path.open("rb") as f:
+            data = f.read(size + 1)  # one byte more shows a file that grew since the stat
+    except OSError as exc:
+        raise ArtifactError(f"{rel}: unreadable: {exc}") from exc
+    if len(data) != size:
+        raise ArtifactError(f"{rel}: changed while being read ({len(data)} bytes, not {size})")
+    if verify and hashlib.sha256(data).hexdigest() != _get(entry, "sha256", str):
+        raise ArtifactError(f"{rel}: SHA-256 does not match the manifest")
+    return path, data
 
 
 def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> Manifest:
-    """Read and check ``manifest.json`` in `directory` (and, with `verify`, the files' SHA-256)."""
+    """Read and check ``manifest.json`` in `directory`, and read the two ONNX files it names.
+
+    With `verify`, the files' SHA-256 must match the manifest's. Their contents are kept in
+    `Manifest.file_data` (kilobytes: the weights are not in them) for `OrtTrainer` to load.
+    """
     root = Path(directory)
     path = root / MANIFEST_NAME
     if not path.is_file():
@@ -179,8 +189,8 @@ def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> 
     if len(outputs) != 1 + len(params) + len(state):
         raise ArtifactError("manifest: train outputs must be loss, new params, new state")
     files = _get(data, "files", dict)
-    train_path, train_bytes = _file(root, files, "train_step", verify)
-    infer_path, infer_bytes = _file(root, files, "infer", verify)
+    train_path, train_data = _file(root, files, "train_step", verify)
+    infer_path, infer_data = _file(root, files, "infer", verify)
     opset = _get(data, "opset", int)
     if opset < 1:
         raise ArtifactError(f"manifest: opset {opset} is not a version")
@@ -207,5 +217,6 @@ def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> 
         infer_outputs=_names(data, "infer_outputs"),
         train_path=train_path,
         infer_path=infer_path,
-        file_bytes={"train_step": train_bytes, "infer": infer_bytes},
+        file_bytes={"train_step": len(train_data), "infer": len(infer_data)},
+        file_data={"train_step": train_data, "infer": infer_data},
     )

@@ -51,6 +51,11 @@ def _check_names(
         )
 
 
+def _first_line(exc: BaseException) -> str:
+    """onnxruntime's error, first line only: its messages can carry a page of detail."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 _ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}
 _IGNORE_INDEX = -100  # torch's cross_entropy skips targets equal to this; the graph does too
 
@@ -160,16 +165,24 @@ class OrtTrainer:
     ) -> None:
         self.manifest = manifest
         options = session_options(threads, optimization)
+        # Loaded from the bytes `load_manifest` read (and hashed), not from the paths, which
+        # onnxruntime would read again. External data (Plume never writes any) then resolves
+        # in the artifact folder, as it would from the path, rather than the working directory.
+        options.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", str(manifest.root)
+        )
         providers = ["CPUExecutionProvider"]
-        try:
-            self._train = ort.InferenceSession(
-                str(manifest.train_path), options, providers=providers
-            )
-            self._infer = ort.InferenceSession(
-                str(manifest.infer_path), options, providers=providers
-            )
-        except Exception as exc:  # onnxruntime raises its own untyped errors on a bad model
-            raise ArtifactError(f"onnxruntime refused the artifacts: {exc}") from exc
+        sessions = []
+        for what in ("train_step", "infer"):
+            try:
+                sessions.append(
+                    ort.InferenceSession(manifest.file_data[what], options, providers=providers)
+                )
+            except Exception as exc:  # onnxruntime raises its own untyped errors on a bad model
+                raise ArtifactError(
+                    f"{what}: onnxruntime refused the artifact: {_first_line(exc)}"
+                ) from exc
+        self._train, self._infer = sessions
         m = manifest
         _check_names(
             self._train,
@@ -197,6 +210,45 @@ class OrtTrainer:
     @property
     def spec(self) -> ModelSpec:
         return self.manifest.spec
+
+    def check_matches(self, spec: ModelSpec, *, momentum: float | None = None) -> None:
+        """Raise `ArtifactError` unless these artifacts train the model `spec` describes.
+
+        For a caller that knows the model it means to train (a simulator's run, an app's task):
+        artifacts exported from another model, or for another optimizer, would otherwise train
+        a silently wrong update when the sizes happen to agree, or fail mid-round when they do
+        not. `spec` must equal the manifest's (names, shapes and order); `momentum`, if given,
+        is the SGD momentum the caller trains with (0.0 for plain SGD), which must be the one
+        baked into the training step.
+        """
+        m = self.manifest
+        if spec != m.spec:
+            ours = [(e.name, e.shape) for e in m.spec.entries]
+            theirs = [(e.name, e.shape) for e in spec.entries]
+            first = next(
+                (i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b),
+                min(len(ours), len(theirs)),
+            )
+            where = (
+                f"tensor {first}: {ours[first] if first < len(ours) else 'none'} in the "
+                f"artifacts, {theirs[first] if first < len(theirs) else 'none'} in the model"
+            )
+            raise ArtifactError(
+                f"the artifacts in {m.root} were exported from another model ({m.model}, "
+                f"{m.spec.size} parameters; the model has {spec.size}): first difference at "
+                f"{where}"
+            )
+        baked = m.momentum if m.optimizer == "momentum" else 0.0
+        if momentum is not None and momentum != baked:
+            raise ArtifactError(
+                f"the artifacts in {m.root} train with momentum {baked} "
+                f"(optimizer {m.optimizer!r}), the caller with {momentum}: re-export with "
+                + (
+                    "--optimizer sgd"
+                    if momentum == 0
+                    else f"--optimizer momentum --momentum {momentum}"
+                )
+            )
 
     def split(self, params: npt.NDArray[np.float32]) -> list[npt.NDArray[np.float32]]:
         """Views of a flat float32[d] vector as the model's tensors, in spec order."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +20,7 @@ from hypothesis import strategies as st
 
 from compression import CodecConfig, UpdateCodec
 from mobile_sim.models import build_model
-from sdk.flat import get_flat_params
+from sdk.flat import get_flat_params, spec_from_module
 from sdk.onnx_export import export_training_artifacts
 from sdk.ort import ArtifactError, OrtDevice, OrtTrainer, load_manifest
 from sdk.trainer import TorchTrainer
@@ -319,3 +321,107 @@ def test_export_leaves_the_training_mode_alone(tmp_path: Path) -> None:
     model = build_model("digits_mlp").train()
     export_training_artifacts(model, torch.randn(4, 64), tmp_path)
     assert model.training
+
+
+# --- what onnxruntime loads is what was checked; artifacts that do not fit the caller's model ---
+
+
+def _relu_or_tanh(act: type[torch.nn.Module]) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(64, 32), act(), torch.nn.Linear(32, 10))
+
+
+@pytest.fixture(scope="module")
+def twins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two exports with the same graph signature (names, dtypes, shapes) but other activations."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("twins")
+    for name, act in (("relu", torch.nn.ReLU), ("tanh", torch.nn.Tanh)):
+        export_training_artifacts(_relu_or_tanh(act), torch.randn(4, 64), root / name)
+    return {"relu": root / "relu", "tanh": root / "tanh"}
+
+
+def test_a_graph_swapped_after_the_check_is_not_what_runs(
+    twins: dict[str, Path], tmp_path: Path
+) -> None:
+    # Prepare: the manifest is read and every file hashed, then train_step.onnx is replaced
+    # by a graph of the same signature (a re-export landing, a sync tool catching up).
+    d = _copy(twins["relu"], tmp_path / "art")
+    manifest = load_manifest(d)
+    shutil.copy(twins["tanh"] / "train_step.onnx", d / "train_step.onnx")
+    params = get_flat_params(_relu_or_tanh(torch.nn.ReLU))
+    x, y = _data(20, seed=8)
+    kwargs = {"epochs": 1, "batch_size": 8, "lr": 0.1}
+
+    # Execute
+    got = OrtTrainer(manifest).train(params, x, y, rng=np.random.default_rng(0), **kwargs)  # type: ignore[arg-type]
+
+    # Assert: it trained the hashed (ReLU) graph, bit for bit, not the file now on disk.
+    relu = OrtTrainer.from_dir(twins["relu"])
+    tanh = OrtTrainer.from_dir(twins["tanh"])
+    want = relu.train(params, x, y, rng=np.random.default_rng(0), **kwargs)  # type: ignore[arg-type]
+    other = tanh.train(params, x, y, rng=np.random.default_rng(0), **kwargs)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(got.params, want.params)
+    assert not np.array_equal(other.params, want.params)  # the swap would have been visible
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [
+        lambda raw: b"\x00garbage, not a protobuf" * 4,
+        lambda raw: raw[: len(raw) // 2],
+        lambda raw: b"",
+    ],
+    ids=["garbage", "truncated", "empty"],
+)
+def test_a_corrupt_graph_with_a_matching_manifest_is_an_artifact_error(
+    artifacts: dict[str, Path], tmp_path: Path, corrupt: Callable[[bytes], bytes]
+) -> None:
+    # Prepare: the manifest's size and digest are brought in line, so only the load can tell.
+    d = _copy(artifacts["sgd"], tmp_path / "bad")
+    data = corrupt((d / "infer.onnx").read_bytes())
+    (d / "infer.onnx").write_bytes(data)
+    manifest = json.loads((d / "manifest.json").read_text())
+    manifest["files"]["infer"].update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    (d / "manifest.json").write_text(json.dumps(manifest))
+
+    # Execute
+    with pytest.raises(ArtifactError) as info:
+        OrtTrainer.from_dir(d)
+
+    # Assert: typed, names the file, one line.
+    assert str(info.value).startswith("infer: onnxruntime refused the artifact: ")
+    assert "\n" not in str(info.value)
+
+
+def test_the_manifest_keeps_the_bytes_it_hashed(artifacts: dict[str, Path]) -> None:
+    manifest = load_manifest(artifacts["momentum"])
+    for what, path in (("train_step", "train_step.onnx"), ("infer", "infer.onnx")):
+        raw = (artifacts["momentum"] / path).read_bytes()
+        assert manifest.file_data[what] == raw
+        assert manifest.file_bytes[what] == len(raw)
+
+
+def test_artifacts_of_another_model_or_optimizer_are_refused_before_training(
+    artifacts: dict[str, Path], twins: dict[str, Path]
+) -> None:
+    # Prepare
+    digits = spec_from_module(build_model("digits_mlp"))
+    sgd = OrtTrainer.from_dir(artifacts["sgd"])
+    momentum = OrtTrainer.from_dir(artifacts["momentum"])
+
+    # Execute / Assert: the model the artifacts came from, with the optimizer they bake in.
+    sgd.check_matches(digits, momentum=0.0)
+    momentum.check_matches(digits, momentum=0.9)
+    momentum.check_matches(digits)  # momentum not given: only the layout is compared
+    with pytest.raises(ArtifactError, match="--optimizer momentum --momentum 0.9"):
+        sgd.check_matches(digits, momentum=0.9)
+    with pytest.raises(ArtifactError, match="train with momentum 0.9 .*--optimizer sgd"):
+        momentum.check_matches(digits, momentum=0.0)
+    # Same size and shapes, other parameter names: another model, found by the layout.
+    twin = OrtTrainer.from_dir(twins["relu"])
+    assert twin.spec.size == digits.size
+    with pytest.raises(ArtifactError, match=r"first difference at tensor 0: \('0.weight'"):
+        twin.check_matches(digits)
+    with pytest.raises(ArtifactError, match="2410 parameters; the model has 199210"):
+        sgd.check_matches(spec_from_module(build_model("mlp")))
