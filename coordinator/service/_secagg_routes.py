@@ -17,6 +17,7 @@ closes when every device still in it has uploaded, or when the orchestrator call
 from __future__ import annotations
 
 import hashlib
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -37,10 +38,37 @@ from protocol.secagg import (
     Stage,
     WrongStage,
 )
+from protocol.secagg._wire import MAX_CIPHERTEXT_BYTES, MAX_SHARE_BYTES
 
-__all__ = ["DuplicateStageUpload", "SecureRegistry", "secagg_router", "header_device_id"]
+__all__ = [
+    "DuplicateStageUpload",
+    "SecureRegistry",
+    "secagg_router",
+    "header_device_id",
+    "stage_cap",
+]
 
 _ORDER = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK)
+# Bytes of the message header ("PSA1" | kind u8 | round_id u64) plus slack for counts.
+_HEAD = 64
+
+
+def stage_cap(plans: list[SecurePlan], stage: Stage) -> int:
+    """Largest legal upload of `stage` (bytes) in a round with these group plans.
+
+    The decoders check every count and length exactly; this cap only bounds what the service
+    reads into memory before decoding.
+    """
+    n = max(p.num_nodes for p in plans)
+    if stage == Stage.ADVERTISE_KEYS:
+        return _HEAD + 4 + 64
+    if stage == Stage.SHARE_KEYS:
+        return _HEAD + n * (8 + MAX_CIPHERTEXT_BYTES)
+    if stage == Stage.MASKED_INPUT:
+        return _HEAD + max(int(math.ceil(p.vector_len * p.ring_bits / 8)) for p in plans)
+    if stage == Stage.UNMASK:
+        return _HEAD + n * (9 + MAX_SHARE_BYTES)
+    raise ValueError(f"no uploads in stage {stage}")
 
 
 class DuplicateStageUpload(SecAggError):
@@ -237,6 +265,8 @@ class SecureRegistry:
 
     def download(self, round_id: int, stage: Stage, device_id: str) -> bytes | None:
         """The bytes that follow `stage` for this device, or None while it is open."""
+        if stage not in _ORDER[:-1]:
+            raise WrongStage(f"nothing follows stage {stage}")
         with self._lock:
             grp = self._group(round_id, device_id)
             if grp.aborted:
@@ -272,15 +302,38 @@ def header_device_id(x_plume_device: str = Header(..., description="device id"))
     return x_plume_device
 
 
+class _TooLarge(Exception):
+    """A stage body above the round's cap for that stage."""
+
+
 def _error(exc: Exception) -> JSONResponse:
-    """Error bodies as in the main API; a protocol refusal's reason is its SecAggError type."""
+    """Error bodies as in the main API; a protocol refusal's reason is its SecAggError type,
+    with the main API's status: 409 for a stage that is not open or a second, different
+    upload, 422 for a message the round refuses."""
     if isinstance(exc, LookupError):
         return JSONResponse({"reason": str(Reason.UNKNOWN_ROUND), "detail": str(exc)}, 404)
     if isinstance(exc, PermissionError):
         return JSONResponse({"reason": str(Reason.NOT_SELECTED), "detail": str(exc)}, 403)
     if isinstance(exc, RoundAborted):
         return JSONResponse({"reason": str(Reason.ROUND_CLOSED), "detail": f"aborted: {exc}"}, 410)
-    return JSONResponse({"reason": type(exc).__name__, "detail": str(exc)}, 409)
+    if isinstance(exc, _TooLarge):
+        return JSONResponse({"reason": str(Reason.TOO_LARGE), "detail": str(exc)}, 413)
+    status = 409 if isinstance(exc, WrongStage | DuplicateStageUpload) else 422
+    return JSONResponse({"reason": type(exc).__name__, "detail": str(exc)}, status)
+
+
+async def _read_capped(request: Request, cap: int) -> bytes:
+    """The request body, refused (`_TooLarge`) once it passes `cap` bytes or declares more."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > cap:
+        raise _TooLarge(f"upload declares {declared} bytes, the cap is {cap}")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > cap:
+            raise _TooLarge(f"upload above the {cap}-byte cap")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def secagg_router(
@@ -314,10 +367,12 @@ def secagg_router(
         request: Request,
         dev: str = Depends(device_id),  # noqa: B008
     ) -> Response:
-        body = await request.body()
         try:
+            if stage not in _ORDER:
+                raise WrongStage(f"no uploads in stage {stage}")
+            body = await _read_capped(request, stage_cap(reg().plans(round_id), stage))
             reg().upload(round_id, stage, dev, body)
-        except (LookupError, PermissionError, SecAggError) as exc:
+        except (LookupError, PermissionError, SecAggError, _TooLarge) as exc:
             return _error(exc)
         return Response(status_code=204)
 

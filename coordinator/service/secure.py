@@ -20,10 +20,9 @@ import numpy.typing as npt
 
 from compression import ModelSpec
 from coordinator.secure import SecureConfig, SecureCoordinator, make_plan
-from protocol.secagg import NoiseKind, SecurePlan, Stage
-from protocol.secagg._wire import MAX_CIPHERTEXT_BYTES, MAX_SHARE_BYTES
+from protocol.secagg import NoiseKind, Stage
 
-from ._secagg_routes import SecureRegistry
+from ._secagg_routes import SecureRegistry, stage_cap
 
 __all__ = [
     "SECURE_STAGES",
@@ -39,8 +38,6 @@ SECURE_STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Sta
 # `SecureConfig` field. `seed` and `server_lr` come from the task, so they are refused here.
 SERVICE_KEYS = ("stage_timeout_s", "stage_idle_s")
 _FROM_TASK = ("seed", "server_lr")
-# Bytes of the message header ("PSA1" | kind u8 | round_id u64) plus slack for counts.
-_HEAD = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,24 +135,6 @@ def check_plan(settings: SecureSettings, cohort: int, model_size: int) -> None:
         raise ValueError(
             f"threshold {plan.threshold} must exceed half the graph degree {plan.degree}"
         )
-
-
-def stage_cap(plans: list[SecurePlan], stage: Stage) -> int:
-    """Largest legal upload of `stage` (bytes) in a round with these group plans.
-
-    The decoders check every count and length exactly; this cap only bounds what the service
-    reads into memory before decoding.
-    """
-    n = max(p.num_nodes for p in plans)
-    if stage == Stage.ADVERTISE_KEYS:
-        return _HEAD + 4 + 64
-    if stage == Stage.SHARE_KEYS:
-        return _HEAD + n * (8 + MAX_CIPHERTEXT_BYTES)
-    if stage == Stage.MASKED_INPUT:
-        return _HEAD + max(int(math.ceil(p.vector_len * p.ring_bits / 8)) for p in plans)
-    if stage == Stage.UNMASK:
-        return _HEAD + n * (9 + MAX_SHARE_BYTES)
-    raise ValueError(f"no uploads in stage {stage}")
 
 
 class SecureTaskState:

@@ -20,6 +20,7 @@ from protocol.secagg import Stage
 from sdk.secure import HttpSecureDevice, SecureParticipant
 
 D = 3000
+STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK)
 
 
 @contextmanager
@@ -110,7 +111,18 @@ def _refusals(registry: SecureRegistry, client: httpx.Client, devs: list[str]) -
     r = client.get(url, headers={"x-plume-device": devs[0]})
     assert r.status_code == 425 and "retry-after" in r.headers
     r = client.post(url, content=b"junk", headers={"x-plume-device": devs[0]})
-    assert r.status_code == 409 and r.json()["reason"] == "MalformedMessage"
+    assert r.status_code == 422 and r.json()["reason"] == "MalformedMessage"
+    # Bodies are capped from the round's plan before they are read (an advertisement is 81 B)
+    r = client.post(url, content=b"\x00" * 4096, headers={"x-plume-device": devs[0]})
+    assert r.status_code == 413 and r.json()["reason"] == "too_large"
+    # Nothing follows the unmask stage, and nothing is uploaded in a terminal one
+    unmask = f"/v1/secure/rounds/{task.round_id}/stages/{Stage.UNMASK}"
+    r = client.get(unmask, headers={"x-plume-device": devs[0]})
+    assert r.status_code == 409 and r.json()["reason"] == "WrongStage"
+    done = f"/v1/secure/rounds/{task.round_id}/stages/{Stage.DONE}"
+    r = client.post(done, content=b"PSA1", headers={"x-plume-device": devs[0]})
+    assert r.status_code == 409 and r.json()["reason"] == "WrongStage"
+    assert registry.stage_counts(task.round_id) == dict.fromkeys(map(str, STAGES), 0)
 
 
 def test_devices_in_threads_with_a_straggler() -> None:
