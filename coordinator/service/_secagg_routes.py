@@ -28,6 +28,7 @@ from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 
 from coordinator.secure import SecureCoordinator, SecureOutcome, SecureRound, SecureTask
+from coordinator.secure._round import BUNDLE_BYTES
 from protocol.names import Reason
 from protocol.secagg import (
     RoundAborted,
@@ -38,7 +39,6 @@ from protocol.secagg import (
     Stage,
     WrongStage,
 )
-from protocol.secagg._wire import MAX_CIPHERTEXT_BYTES, MAX_SHARE_BYTES
 
 __all__ = [
     "DuplicateStageUpload",
@@ -57,17 +57,19 @@ def stage_cap(plans: list[SecurePlan], stage: Stage) -> int:
     """Largest legal upload of `stage` (bytes) in a round with these group plans.
 
     The decoders check every count and length exactly; this cap only bounds what the service
-    reads into memory before decoding.
+    reads into memory before decoding. A node sends at most one bundle or share per graph
+    neighbour (`degree` of them); a bundle has one legal length (`BUNDLE_BYTES`), and a share a
+    holder relays came out of one, so it is shorter than the bundle.
     """
-    n = max(p.num_nodes for p in plans)
+    k = max(p.degree for p in plans)
     if stage == Stage.ADVERTISE_KEYS:
         return _HEAD + 4 + 64
     if stage == Stage.SHARE_KEYS:
-        return _HEAD + n * (8 + MAX_CIPHERTEXT_BYTES)
+        return _HEAD + k * (8 + BUNDLE_BYTES)
     if stage == Stage.MASKED_INPUT:
         return _HEAD + max(int(math.ceil(p.vector_len * p.ring_bits / 8)) for p in plans)
     if stage == Stage.UNMASK:
-        return _HEAD + n * (9 + MAX_SHARE_BYTES)
+        return _HEAD + k * (9 + BUNDLE_BYTES)
     raise ValueError(f"no uploads in stage {stage}")
 
 

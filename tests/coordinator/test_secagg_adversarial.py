@@ -306,11 +306,11 @@ def test_hostile_stage_uploads_are_refused_and_the_round_commits_the_exact_mean(
     _bad_frame(world.post(a, Stage.SHARE_KEYS, _with(share[a.id], ciphertexts=())), "WrongAddr")
     fewer = tuple(cts[:-1])
     _bad_frame(world.post(a, Stage.SHARE_KEYS, _with(share[a.id], ciphertexts=fewer)), "WrongAddr")
-    many = tuple(cts) * 2
-    _bad_frame(world.post(a, Stage.SHARE_KEYS, _with(share[a.id], ciphertexts=many)), "Malformed")
-    huge = [(cts[0][0], b"\x00" * 1025), *cts[1:]]
-    _bad_frame(world.post(a, Stage.SHARE_KEYS, _with(share[a.id], ciphertexts=tuple(huge))),
-               "MalformedMessage")  # fmt: skip
+    # more bundles than neighbours, or a longer one: past the stage's cap, never read
+    many = _with(share[a.id], ciphertexts=tuple(cts) * 2)
+    _refused(world.post(a, Stage.SHARE_KEYS, many), 413, Reason.TOO_LARGE)
+    huge = _with(share[a.id], ciphertexts=((cts[0][0], b"\x00" * 1025), *cts[1:]))
+    _refused(world.post(a, Stage.SHARE_KEYS, huge), 413, Reason.TOO_LARGE)
     _bad_frame(world.post(a, Stage.SHARE_KEYS, _with(share[a.id], round_id=rid - 1)), "Protocol")
     _bad_frame(world.post(a, Stage.SHARE_KEYS, share[b.id]), "ProtocolViolation")  # B's, replayed
     _bad_frame(world.post(a, Stage.SHARE_KEYS, adv_a), "MalformedMessage")  # an earlier stage's
@@ -364,11 +364,14 @@ def test_hostile_stage_uploads_are_refused_and_the_round_commits_the_exact_mean(
     )
     stray = (*ura.shares, (N + 3, ShareKind.SELF_MASK, held[b.node][1]))
     corrupt = tuple((n, k, s[:-1] + bytes([s[-1] ^ 1])) for n, k, s in ura.shares)
-    oversized = tuple((n, k, s + b"\x00" * 512) for n, k, s in ura.shares)
+    head, *rest = ura.shares
+    oversized = ((head[0], head[1], head[2] + b"\x00" * 512), *rest)
     for shares, why in ((both_d, "ProtocolViolation"), (both_e, "ProtocolViolation"),
                      (swapped, "ProtocolViolation"), (stray, "ProtocolViolation"),
                      (corrupt, "ProtocolViolation"), (oversized, "MalformedMessage")):  # fmt: skip
         _bad_frame(world.post(a, Stage.UNMASK, _with(unmask[a.id], shares=shares)), why)
+    bloated = _with(unmask[a.id], shares=tuple((n, k, s * 3) for n, k, s in ura.shares))
+    _refused(world.post(a, Stage.UNMASK, bloated), 413, Reason.TOO_LARGE)
     _bad_frame(world.post(a, Stage.UNMASK, unmask[b.id]), "ProtocolViolation")
     _bad_frame(world.post(a, Stage.UNMASK, _with(unmask[a.id], round_id=rid + 1)), "Protocol")
     dropped = UnmaskResponse(rid, d.node, ()).to_bytes()
