@@ -11,6 +11,7 @@ import uvicorn
 
 from .app import create_app
 from .rounds import ServiceConfig
+from .store import Store
 
 __all__ = ["serve", "ServerThread", "uvicorn_config"]
 
@@ -53,10 +54,11 @@ def serve(
 ) -> None:
     """Serve until interrupted (SIGINT/SIGTERM shut down gracefully).
 
-    The store is opened and the tasks restored before uvicorn starts, so a database that
-    cannot be used raises `StoreError` here (a sentence, not a lifespan traceback).
+    The store is opened (exclusively: a second coordinator on the same database is refused)
+    and the tasks restored before uvicorn starts, so a database that cannot be used raises
+    `StoreError` here (a sentence, not a lifespan traceback).
     """
-    app = create_app(config)
+    app = create_app(config, store=Store(config.db_path, exclusive=True))
     app.state.coordinator.restore()
     server = uvicorn.Server(
         uvicorn_config(app, host, port, tls_cert=tls_cert, tls_key=tls_key, log_level=log_level)

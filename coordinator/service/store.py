@@ -8,7 +8,9 @@ connection, explicit transactions.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
@@ -183,21 +185,61 @@ class Store:
     application's database, a corrupt or read-only file raise `StoreError`.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, exclusive: bool = False) -> None:
+        """Open (or create) the store at `path`.
+
+        exclusive: hold an advisory lock on `<path>.lock` until `close()` (or the process
+        ends, `kill -9` included), so that a second coordinator started on the same database
+        (a restart while the old process still runs) is refused instead of running the same
+        rounds twice. `serve` opens its store this way.
+        """
         self.path = str(path)
+        self._owner: int | None = self._take_ownership() if exclusive else None
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
+            self._release()
             raise _setup_error(self.path, exc) from exc
         self._lock = threading.RLock()
         try:
             self._open()
         except sqlite3.Error as exc:
             self._db.close()
+            self._release()
             raise _setup_error(self.path, exc) from exc
         except StoreError:
             self._db.close()
+            self._release()
             raise
+
+    def _take_ownership(self) -> int:
+        """The open, flock-ed lock file (its descriptor), holding this process's pid."""
+        lock_path = self.path + ".lock"
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(
+                f"cannot use the database {self.path}: cannot create its lock file "
+                f"{lock_path} ({exc.strerror or exc}); make its folder writable"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise StoreError(
+                f"cannot use the database {self.path}: another coordinator (pid {holder}) is "
+                "serving it; stop that one first (two on one database would run the same "
+                "rounds twice)"
+            ) from exc
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        return fd
+
+    def _release(self) -> None:
+        if self._owner is not None:
+            os.close(self._owner)  # closing the descriptor drops the flock
+            self._owner = None
 
     def _open(self) -> None:
         """Check the file's schema (read-only), then set WAL and create or migrate tables."""
@@ -258,6 +300,7 @@ class Store:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._release()
 
     @property
     def journal_mode(self) -> str:

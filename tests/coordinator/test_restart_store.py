@@ -5,10 +5,15 @@ SQLite file, a corrupt or read-only file. Each is one clear sentence (`StoreErro
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from coordinator import cli
@@ -16,7 +21,8 @@ from coordinator.service import Store
 from coordinator.service import store as store_module
 from coordinator.service.store import SCHEMA_VERSION, StoreError
 
-from .test_service_support import ADMIN
+from .test_service_persistence import coordinator as serve_process
+from .test_service_support import ADMIN, free_port
 
 
 def _digest(path: Path) -> str:
@@ -127,3 +133,46 @@ def test_a_current_store_still_opens_in_wal_mode(tmp_path: Path) -> None:
         (str(SCHEMA_VERSION),)
     ]
     store.close()
+
+
+def test_a_second_exclusive_store_on_one_database_is_refused_until_the_first_closes(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a coordinator's store, opened as `serve` opens it
+    db = tmp_path / "plume.db"
+    first = Store(db, exclusive=True)
+    # Execute: a second coordinator on the same database (a restart before the old one ended)
+    with pytest.raises(StoreError) as refused:
+        Store(db, exclusive=True)
+    first.close()
+    again = Store(db, exclusive=True)
+    # Assert: refused naming the holder; free again once the first closed
+    assert f"another coordinator (pid {os.getpid()}) is serving it" in str(refused.value)
+    assert again.count_devices() == 0
+    again.close()
+
+
+@pytest.mark.slow  # three coordinator processes; the kill -9 restarts of
+# test_service_persistence.py show in the fast suite that a killed one frees the lock
+def test_serve_refuses_a_database_another_running_coordinator_serves(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a coordinator process serving the database
+    db = tmp_path / "plume.db"
+    with serve_process(db, None, tmp_path / "fault") as (url, proc):
+        # Execute: a second one on the same database, another port
+        second = subprocess.run(
+            [sys.executable, "-m", "coordinator.cli", "coordinator", "serve", "--db", str(db),
+             "--port", str(free_port()), "--admin-token", ADMIN],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        # Assert: one error line naming the running one; the first still serves
+        assert second.returncode == 1
+        lines = second.stderr.strip().splitlines()
+        assert lines[-1].startswith("plume coordinator serve: error: cannot use the database")
+        assert f"another coordinator (pid {proc.pid}) is serving it" in lines[-1]
+        assert httpx.get(url + "/healthz", timeout=5).json()["ok"] is True
+        os.kill(proc.pid, signal.SIGKILL)  # kill -9 drops the lock with the process
+        proc.wait(10)
+    with serve_process(db, None, tmp_path / "fault") as (url, _proc):
+        assert httpx.get(url + "/healthz", timeout=5).json()["ok"] is True
