@@ -868,7 +868,9 @@ class MomentumCosineFilter:
     half a cohort or more: under the honest-majority assumption `inner` needs anyway, that
     many drops must include honest reports (a second CNN seed lost 7 pp when a reference bent
     by a distrusted round then dropped exactly the honest half), and the robust `inner` is the
-    safer judge.
+    safer judge. Fewer drops can still leave an attacker majority among the kept reports when
+    attackers are more than a quarter of the cohort and point where honest reports do
+    (docs/robustness.md, "Edge cases").
     Memory: the float32[d] momentum plus one dot per report.
     """
 

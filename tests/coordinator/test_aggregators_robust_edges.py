@@ -419,6 +419,11 @@ def _max_f(spec: str, n: int) -> int:
         return int(np.floor(0.3 * n))
     if "krum" in spec:
         return (n - 3) // 2  # n > 2f + 2
+    if spec.startswith("cosfilter"):
+        # The filter may drop just under half of the cohort, all honest at worst (attackers
+        # copying honest directions share their cosines): the geometric median then needs
+        # n - f - (ceil(n/2) - 1) > f kept honest reports, i.e. f <= n // 4.
+        return n // 4
     return (n - 1) // 2  # a strict minority
 
 
