@@ -163,37 +163,20 @@ class SimFleet:
         If neither happens within `max_wait_s` (a fleet too small to fill the cohort, e.g. 13
         wanted of 10 devices), it returns the largest set it saw, and the clock moves only to
         the first step where that set was seen, not to the end of the window.
+
+        This is `select`'s loop in its coarser, step-by-step form (see `_select`): no check-in
+        delays, the timeout counted from the start of the wait, and no abandoned rounds.
         """
-        if not (step_s > 0 and math.isfinite(step_s)) or not max_wait_s >= 0:
-            raise ValueError(f"need step_s > 0 and max_wait_s >= 0, got {step_s}, {max_wait_s}")
-        if selection_timeout_s is not None and not selection_timeout_s >= 0:
-            raise ValueError(f"selection_timeout_s must be >= 0, got {selection_timeout_s}")
-        if min_n < 1:
-            raise ValueError(f"min_n must be >= 1, got {min_n}")
-        timeout = math.inf if selection_timeout_s is None else selection_timeout_s
-        # Look ahead without moving the clock; times are summed exactly as `advance` sums them,
-        # so a wait of k steps ends at the same float time as k calls of `advance(step_s)`.
-        t = self.clock.now_s
-        waited = 0.0
-        steps = 0
-        best, best_steps = np.zeros(0, dtype=np.int64), 0
-        while True:
-            ids = self.population.sample_available(n, t, rng, min_memory_mb=min_memory_mb)
-            if ids.size >= n or (waited >= timeout and ids.size >= min_n):
-                break
-            if steps == 0 or ids.size > best.size:
-                best, best_steps = ids, steps
-            if waited >= max_wait_s:
-                ids, steps = best, best_steps
-                break
-            t += step_s
-            waited += step_s
-            steps += 1
-        for _ in range(steps):
-            self.clock.advance(step_s)
-            self.idle_s += step_s
-            self._waited_s += step_s
-        return ids
+        return self._select(
+            n,
+            rng,
+            round_id=None,
+            min_n=min_n,
+            selection_timeout_s=selection_timeout_s,
+            step_s=step_s,
+            max_wait_s=max_wait_s,
+            min_memory_mb=min_memory_mb,
+        ).device_ids
 
     def select(
         self,
@@ -230,7 +213,44 @@ class SimFleet:
         The clock moves to the opening; the wait is added to `idle_s` and, for an opened
         round, to the next `time_round`'s `waited_s`.
         """
-        period = self.checkin_period_s
+        return self._select(
+            n,
+            rng,
+            round_id=round_id,
+            min_n=min_n,
+            selection_timeout_s=selection_timeout_s,
+            step_s=step_s,
+            max_wait_s=max_wait_s,
+            min_memory_mb=min_memory_mb,
+        )
+
+    def _select(
+        self,
+        n: int,
+        rng: np.random.Generator,
+        *,
+        round_id: int | None,
+        min_n: int,
+        selection_timeout_s: float | None,
+        step_s: float,
+        max_wait_s: float,
+        min_memory_mb: float,
+    ) -> Selection:
+        """The one selection loop behind `select` and `wait_for` (`round_id=None`).
+
+        Both look at the fleet every `step_s` from the current simulated time (offset 0) and
+        open the round with the cohort, or by the timeout rule with at least `min_n` devices.
+        `wait_for` is the step-by-step form of the same loop, which differs in four ways only:
+
+        - no check-in delays: every device eligible at a step is in the pool at that step;
+        - a round opens only at a step, and the clock moves one `step_s` at a time (availability
+          is looked at the time the clock reads after that many `advance(step_s)` calls);
+        - the timeout counts from the start of the wait, not from the first check-in;
+        - a window that opens nothing is not abandoned: the largest pool seen is returned, and
+          the clock moves to the first step it was seen (as part of the round's wait).
+        """
+        stepwise = round_id is None
+        period = 0.0 if stepwise else self.checkin_period_s
         if n < 1 or not 1 <= min_n <= n:
             raise ValueError(f"need n >= 1 and 1 <= min_n <= n, got n={n}, min_n={min_n}")
         if not (step_s > 0 and math.isfinite(step_s)) or not max_wait_s >= 0:
@@ -241,12 +261,15 @@ class SimFleet:
             raise ValueError(f"selection_timeout_s must be >= 0, got {selection_timeout_s}")
         timeout = math.inf if selection_timeout_s is None else float(selection_timeout_s)
         t0 = self.clock.now_s
+        t_step = t0  # the clock after `steps` calls of advance(step_s): `stepwise` looks here
         offset = 0.0  # seconds since the window opened, at the current step
+        steps = 0
         first: float | None = None  # offset of the first check-in
-        best = np.zeros(0, dtype=np.int64)
+        best, best_steps = np.zeros(0, dtype=np.int64), 0  # the largest pool, first seen
         while True:
-            t = t0 + offset
+            t = t_step if stepwise else t0 + offset
             if first is None and period > 0:
+                assert round_id is not None  # period > 0 only for `select`
                 ids, frac = self._earliest_checkins(n, t, round_id, min_memory_mb)
                 times = offset + period * frac
             else:
@@ -259,26 +282,44 @@ class SimFleet:
                 if ids.size >= n:
                     opens = float(times[n - 1])
                 if ids.size >= min_n:
-                    opens = min(opens, max(first + timeout, float(times[min_n - 1])))
-                if opens < offset + step_s:
+                    since = 0.0 if stepwise else first
+                    opens = min(opens, max(since + timeout, float(times[min_n - 1])))
+                # Opens at this step (`stepwise`), or before the next step looks again.
+                opens_now = opens <= offset if stepwise else opens < offset + step_s
+                if opens_now:
                     pool = ids[times <= opens][:n]
-                    self._wait(opens, count_for_round=True)
+                    self._wait(opens, steps, step_s, stepwise=stepwise, count_for_round=True)
                     by = "cohort" if pool.size >= n else "timeout"
                     return Selection(pool, by, opens, first, min_n)
-                if ids.size > best.size:
-                    best = ids
+            if steps == 0 or ids.size > best.size:
+                best, best_steps = ids, steps
             if offset >= max_wait_s:
-                self._wait(offset, count_for_round=False)
+                if stepwise:
+                    waited = best_steps * step_s
+                    self._wait(waited, best_steps, step_s, stepwise=True, count_for_round=True)
+                else:
+                    waited = offset
+                    self._wait(offset, steps, step_s, stepwise=False, count_for_round=False)
                 first_s = math.nan if first is None else first
-                return Selection(best, "abandoned", offset, first_s, min_n)
+                return Selection(best, "abandoned", waited, first_s, min_n)
+            t_step += step_s
             offset += step_s
+            steps += 1
 
-    def _wait(self, seconds: float, *, count_for_round: bool) -> None:
-        if seconds > 0:
-            self.clock.advance(seconds)
-            self.idle_s += seconds
+    def _wait(
+        self, seconds: float, steps: int, step_s: float, *, stepwise: bool, count_for_round: bool
+    ) -> None:
+        """Move the clock `seconds` forward (`stepwise`: as `steps` calls of advance(step_s))
+        and count the wait in `idle_s` (and the next round's `waited_s` if `count_for_round`)."""
+        if stepwise:
+            parts = [step_s] * steps
+        else:
+            parts = [seconds] if seconds > 0 else []
+        for part in parts:
+            self.clock.advance(part)
+            self.idle_s += part
             if count_for_round:
-                self._waited_s += seconds
+                self._waited_s += part
 
     def _earliest_checkins(
         self, n: int, sim_time_s: float, round_id: int, min_memory_mb: float
