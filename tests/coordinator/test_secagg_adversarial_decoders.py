@@ -266,3 +266,34 @@ def test_share_keys_bundles_must_cover_every_live_neighbour_at_the_legal_length(
         assert _state(sr) == before
     assert len(cts[0][1]) == BUNDLE_BYTES
     sr.receive(Stage.SHARE_KEYS, dev, bodies[dev])
+
+
+def test_grouped_mode_refuses_shares_addressed_outside_the_senders_group() -> None:
+    # Prepare: seven devices in groups of three and four; a device of the smaller group
+    coord = SecureCoordinator(
+        np.zeros(300, np.float32), SecureConfig(coord_fraction=0.2, group_size=3)
+    )
+    task = coord.open_round([f"dev-{i}" for i in range(7)], 5)
+    small = min(task.groups, key=lambda g: g.plan.num_nodes)
+    assert small.plan.num_nodes == 3
+    parts = {d: SecureParticipant(300) for d in small.device_ids}
+    sessions = {
+        d: parts[d].join(small.plan_bytes, small.digest, coord.params, small.node_of(d))
+        for d in small.device_ids
+    }
+    for d, s in sessions.items():
+        small.receive(Stage.ADVERTISE_KEYS, d, s.advertise())
+    directories = small.close(Stage.ADVERTISE_KEYS)
+    dev = small.device_ids[0]
+    honest = ShareKeys.from_bytes(sessions[dev].share_keys(directories[dev]), 3)
+    # Execute + Assert: node 3 exists only in the other group; the upload is refused whole
+    (first, ct), *rest = honest.ciphertexts
+    for outside in (3, 2**32 - 1):
+        bad = ShareKeys(5, honest.node, ((outside, ct), *rest)).to_bytes()
+        before = _state(small)
+        with pytest.raises(SecAggError, match="must send one to each"):
+            small.receive(Stage.SHARE_KEYS, dev, bad)
+        assert _state(small) == before
+    other = max(task.groups, key=lambda g: g.plan.num_nodes).device_ids[0]
+    with pytest.raises(SecAggError, match="not in this secure round"):
+        small.receive(Stage.SHARE_KEYS, other, honest.to_bytes())
