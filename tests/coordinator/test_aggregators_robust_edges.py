@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from compression import CodecConfig, ModelSpec, SparseUpdate, UpdateCodec
@@ -359,8 +359,11 @@ cohorts = st.builds(
     st.sampled_from([0.2, 0.6, 1.0]),
 )
 
-# Exact ties between Krum scores are broken by position, so the Krum rules are only
-# permutation invariant up to ties; continuous random reports have none.
+# Ties between Krum scores go to the lowest position, so the Krum rules are permutation
+# invariant only without ties. With one neighbour per score (n <= f + 3) a mutual nearest pair
+# always shares its score, so those cohorts are left out; with two or more neighbours random
+# continuous reports have no ties. NNM gives equal rows whenever two reports share their
+# n - f nearest, so Krum after NNM ties by construction: NNM is checked with geomed here.
 PERMUTABLE = [
     "median",
     "trimmed_mean:0.2",
@@ -369,7 +372,7 @@ PERMUTABLE = [
     "geomed",
     "cclip:tau=auto,beta=0",
     "rlr:theta=2",
-    "nnm:f=1+multikrum:f=1",
+    "nnm:f=1+geomed",
     "cosfilter+median",
 ]
 
@@ -378,6 +381,7 @@ PERMUTABLE = [
 @given(cohorts, st.sampled_from(PERMUTABLE), st.integers(0, 2**32 - 1))
 def test_the_order_of_reports_does_not_matter(x: np.ndarray, spec: str, seed: int) -> None:
     # Prepare
+    assume("krum" not in spec or x.shape[0] >= 5)  # f = 1 here: two neighbours per score
     perm = np.random.default_rng(seed).permutation(x.shape[0])
     ups = rows(x)
 
