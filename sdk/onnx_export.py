@@ -843,6 +843,14 @@ def export_training_artifacts(
     if example_y is not None and example_y.dtype != target:
         raise ExportError(f"loss {loss!r} takes {target} targets, example_y is {example_y.dtype}")
     check_supported(model)
+    # Otherwise the forward check below would blame example_x for the model's dtype.
+    wide = [(n, p.dtype) for n, p in model.named_parameters() if p.dtype != torch.float32]
+    if wide:
+        name, dtype = wide[0]
+        raise ExportError(
+            f"parameter {name!r} is {str(dtype).removeprefix('torch.')}: the device trains "
+            f"float32 parameters; convert the model with model.float()"
+        )
     example_out = _checked_forward(model, example_x)
     _check_targets(example_out, example_x, example_y, loss)
 

@@ -373,14 +373,23 @@ class OrtTrainer:
     def evaluate(
         self, params: npt.NDArray[np.float32], x: npt.NDArray, y: npt.NDArray[np.int64]
     ) -> tuple[float, float]:
-        """(accuracy, mean cross-entropy) of a classifier's `params` on a labelled set."""
-        logits = self.predict(params, x).astype(np.float64)
+        """(accuracy, mean cross-entropy) of a classifier's `params` on a labelled set.
+
+        `y` holds one class index per prediction: shaped like the logits without their last
+        (class) dimension, so [B] for logits [B, C] and [B, T] for [B, T, C]. One-hot targets
+        (as an MSE export trains on) are refused with a `ValueError`, not misread.
+        """
         labels = _labels(y, self.classes, allow_ignore=False)
+        logits = self.predict(params, x).astype(np.float64)
+        if labels.shape != logits.shape[:-1]:
+            raise ValueError(
+                f"labels of shape {list(labels.shape)}: the model's logits are "
+                f"{list(logits.shape)}, so it takes one class index per prediction, shaped "
+                f"{list(logits.shape[:-1])}"
+            )
         if logits.ndim > 2:
             logits = logits.reshape(-1, logits.shape[-1])
             labels = labels.reshape(-1)
-        if len(logits) != len(labels):
-            raise ValueError(f"{len(logits)} predictions but {len(labels)} labels")
         shifted = logits - logits.max(axis=1, keepdims=True)
         log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         loss = float(-log_probs[np.arange(len(labels)), labels].mean())

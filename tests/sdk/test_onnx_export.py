@@ -340,3 +340,25 @@ def test_cli_export_reports_an_input_dtype_the_model_cannot_take(
     assert "an input of shape 64 (int64) does not fit model digits_mlp" in err
     assert "check --input-shape and --input-dtype" in err
     assert not (tmp_path / "o").exists()
+
+
+class _TwoOutputs(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = self.fc(x)
+        return out, out
+
+
+def test_a_model_the_device_cannot_train_is_refused_with_its_reason(tmp_path: Path) -> None:
+    # float64 weights: not the input's fault, so not an ExampleInputError.
+    with pytest.raises(ExportError, match=r"parameter '0.weight' is float64.*model.float\(\)"):
+        export_training_artifacts(
+            nn.Sequential(nn.Linear(3, 2).double()), torch.randn(4, 3), tmp_path / "a"
+        )
+    # Several outputs: the step takes one output tensor into the loss.
+    with pytest.raises(ExportError, match="must return one tensor"):
+        export_training_artifacts(_TwoOutputs(), torch.randn(4, 3), tmp_path / "b")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

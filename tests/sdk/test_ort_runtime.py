@@ -425,3 +425,19 @@ def test_artifacts_of_another_model_or_optimizer_are_refused_before_training(
         twin.check_matches(digits)
     with pytest.raises(ArtifactError, match="2410 parameters; the model has 199210"):
         sgd.check_matches(spec_from_module(build_model("mlp")))
+
+
+def test_evaluate_takes_class_indices_not_one_hot_targets(artifacts: dict[str, Path]) -> None:
+    # Prepare: one-hot rows are whole numbers in [0, C), so only the shape can tell.
+    trainer = OrtTrainer.from_dir(artifacts["sgd"])
+    params = get_flat_params(build_model("digits_mlp"))
+    x, y = _data(6, seed=9)
+    one_hot = np.eye(10, dtype=np.int64)[y]
+
+    # Execute / Assert: a ValueError naming the shapes (it was numpy's IndexError).
+    with pytest.raises(ValueError, match=r"labels of shape \[6, 10\].*shaped \[6\]"):
+        trainer.evaluate(params, x, one_hot)
+    with pytest.raises(ValueError, match=r"labels of shape \[5\]"):
+        trainer.evaluate(params, x, y[:5])
+    accuracy, _ = trainer.evaluate(params, x, y)
+    assert 0.0 <= accuracy <= 1.0
