@@ -730,7 +730,9 @@ class _CClipProcess(_RowProcess):
             dist = np.sqrt(np.maximum(float(v @ v) - 2.0 * rows.dots(v) + sq, 0.0))
             tau = float(np.median(dist)) if self.tau is None else self.tau
             s = np.minimum(1.0, tau / np.maximum(dist, 1e-30))
-            clipped = int(np.count_nonzero(s < 1.0))
+            # A report at distance 0 (tau = 0 when most reports sit on v) is not moved by its
+            # factor: only the measurement leaves it out, the step is the same.
+            clipped = int(np.count_nonzero((s < 1.0) & (dist > 0.0)))
             # mean_i s_i (y_i - v) = (sum_i s_i y_i - (sum_i s_i) v) / n
             v = v * (1.0 - s.sum() / n) + rows.combine(s / n)
         out = v.astype(np.float32)
@@ -825,7 +827,7 @@ class _NNMProcess(_RowProcess):
     def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:
         n = len(rows)
         f = resolve_f(self.f, n) if n else 0
-        keep = max(1, n - f)
+        keep = max(1, n - f) if n else 0
         mix = np.zeros((n, n))
         if n:
             d2 = rows.sq_distances()

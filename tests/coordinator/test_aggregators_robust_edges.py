@@ -480,3 +480,22 @@ def test_the_centered_clipping_state_is_untouched_by_a_refused_round() -> None:
     with pytest.raises(NonFiniteReportError):
         proc.next(state, [cu("a", [1, 2, 3]), cu("b", [np.nan, 0, 1])])
     assert np.asarray(state).tobytes() == copy.tobytes()
+
+
+def test_auto_tau_centered_clipping_does_not_count_reports_sitting_on_the_centre() -> None:
+    # Prepare: every report equals the centre, so tau = median distance = 0.
+    proc = CenteredClipping(tau=None, beta=0.0).create(2)
+    state = proc.next(proc.initialize(), [cu("a", [1.0, 2.0])]).state
+
+    # Execute
+    out = proc.next(state, [cu(f"d{i}", [1.0, 2.0]) for i in range(3)])
+
+    # Assert
+    assert out.measurements["tau"] == 0.0 and out.measurements["clipped"] == 0
+    np.testing.assert_array_equal(out.result, [1.0, 2.0])
+
+
+def test_nnm_reports_no_neighbours_in_an_empty_round() -> None:
+    out = rounds("nnm:f=1+krum:f=1", [[]], 3)[0]
+    assert out.measurements == {"f": 0, "neighbours": 0, "inner": {"clients": 0}}
+    assert np.array_equal(out.result, np.zeros(3, np.float32))
