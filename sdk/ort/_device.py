@@ -11,7 +11,7 @@ from compression import CodecConfig, EncodeReport
 
 from .._types import TrainResult
 from ..device import UpdateEncoder
-from ._runtime import OrtTrainer
+from ._runtime import OrtTrainer, _check_settings
 
 __all__ = ["OrtDevice", "OrtUpload"]
 
@@ -47,9 +47,12 @@ class OrtDevice:
     ) -> None:
         if len(x) != len(y) or len(x) == 0:
             raise ValueError("a device needs as many targets as inputs, and at least one")
+        # Checked (and cast to the graph's dtypes) once here, so bad local data or settings fail
+        # when the device is set up, not at its first round; `train` re-checks cheaply.
+        _check_settings(epochs, batch_size, lr)
         self.trainer = trainer
-        self.x = x
-        self.y = y
+        self.x = trainer._check_x(x)
+        self.y = trainer._check_y(y, len(self.x))
         self.epochs = epochs
         self.batch_size = batch_size
         self.lr = lr

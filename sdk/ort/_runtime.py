@@ -141,6 +141,14 @@ def _labels(y: npt.NDArray, classes: int, allow_ignore: bool) -> npt.NDArray[np.
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
+def _check_settings(epochs: int, batch_size: int, lr: float) -> None:
+    """Raise `ValueError` for training settings that torch's trainer would refuse or misuse."""
+    if epochs < 0 or batch_size < 1:
+        raise ValueError("epochs must be >= 0 and batch_size >= 1")
+    if not math.isfinite(lr) or lr < 0:
+        raise ValueError(f"lr must be finite and >= 0 (torch.optim.SGD refuses {lr})")
+
+
 class OrtTrainer:
     """Minibatch SGD (or momentum SGD) driven by the exported training-step graph.
 
@@ -324,10 +332,7 @@ class OrtTrainer:
         rng: np.random.Generator,
     ) -> TrainResult:
         """Run `epochs` epochs from flat `params`; returns new float32[d] params and mean loss."""
-        if epochs < 0 or batch_size < 1:
-            raise ValueError("epochs must be >= 0 and batch_size >= 1")
-        if not math.isfinite(lr) or lr < 0:
-            raise ValueError(f"lr must be finite and >= 0 (torch.optim.SGD refuses {lr})")
+        _check_settings(epochs, batch_size, lr)
         xs = self._check_x(x)
         ys = self._check_y(y, len(xs))
         n = len(xs)

@@ -441,3 +441,28 @@ def test_evaluate_takes_class_indices_not_one_hot_targets(artifacts: dict[str, P
         trainer.evaluate(params, x, y[:5])
     accuracy, _ = trainer.evaluate(params, x, y)
     assert 0.0 <= accuracy <= 1.0
+
+
+def test_ort_device_checks_its_data_and_settings_when_set_up(artifacts: dict[str, Path]) -> None:
+    # Prepare
+    trainer = OrtTrainer.from_dir(artifacts["sgd"])
+    x, y = _data(8, seed=10)
+    codec = CodecConfig(topk=0.1, bits=8)
+
+    # Execute / Assert: refused at construction, not at the first round.
+    with pytest.raises(ValueError, match="x of shape"):
+        OrtDevice(trainer, x[:, :10], y, codec=codec)
+    with pytest.raises(ValueError, match="out of range"):
+        OrtDevice(trainer, x, y + 10, codec=codec)
+    with pytest.raises(ValueError, match="lr must be finite"):
+        OrtDevice(trainer, x, y, codec=codec, lr=float("nan"))
+    with pytest.raises(ValueError, match="batch_size"):
+        OrtDevice(trainer, x, y, codec=codec, batch_size=0)
+    # float64 data is cast once; the rounds then train exactly as on float32 data.
+    wide = OrtDevice(trainer, x.astype(np.float64), y, codec=codec)
+    narrow = OrtDevice(trainer, x, y, codec=codec)
+    assert wide.x.dtype == np.float32
+    params = get_flat_params(build_model("digits_mlp"))
+    got = wide.run_round(params, np.random.default_rng(5))
+    want = narrow.run_round(params, np.random.default_rng(5))
+    assert got.frame == want.frame
