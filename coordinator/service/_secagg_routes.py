@@ -107,14 +107,23 @@ class _Entry:
 class SecureRegistry:
     """Open secure rounds of one `SecureCoordinator`, safe to call from request threads.
 
-    `clock` (seconds, monotonic) times each group's stages for `close_due`.
+    `clock` (seconds, monotonic) times each group's stages for `close_due`. With
+    `stage_timeout_s` (and optionally `stage_idle_s`, as in `close_due`) an upload first
+    closes its group's stage if that stage's deadline has passed, so an upload after the
+    deadline is refused even before the orchestrator's next `close_due` runs.
     """
 
     def __init__(
-        self, coordinator: SecureCoordinator, clock: Callable[[], float] = time.monotonic
+        self,
+        coordinator: SecureCoordinator,
+        clock: Callable[[], float] = time.monotonic,
+        stage_timeout_s: float | None = None,
+        stage_idle_s: float | None = None,
     ) -> None:
         self.coordinator = coordinator
         self.clock = clock
+        self.stage_timeout_s = stage_timeout_s
+        self.stage_idle_s = stage_idle_s
         self._rounds: dict[int, _Entry] = {}
         self._lock = threading.Lock()
 
@@ -180,15 +189,18 @@ class SecureRegistry:
         with self._lock:
             for grp in self._entry(round_id).groups:
                 stage = grp.stage
-                if stage is None:
-                    continue
-                due = now >= grp.stage_started + timeout_s
-                if idle_s is not None and grp.last_upload is not None:
-                    due = due or now >= grp.last_upload + idle_s
-                if due:
+                if stage is not None and self._due(grp, now, timeout_s, idle_s):
                     self._close(grp, stage)
                     closed += 1
             return closed
+
+    @staticmethod
+    def _due(grp: _Group, now: float, timeout_s: float, idle_s: float | None) -> bool:
+        """Whether the group's current stage has reached its deadline at `now`."""
+        due = now >= grp.stage_started + timeout_s
+        if idle_s is not None and grp.last_upload is not None:
+            due = due or now >= grp.last_upload + idle_s
+        return due
 
     def _entry(self, round_id: int) -> _Entry:
         try:
@@ -216,6 +228,13 @@ class SecureRegistry:
         digest = hashlib.sha256(body).digest()
         with self._lock:
             grp = self._group(round_id, device_id)
+            current = grp.stage
+            if (
+                self.stage_timeout_s is not None
+                and current is not None
+                and self._due(grp, self.clock(), self.stage_timeout_s, self.stage_idle_s)
+            ):
+                self._close(grp, current)  # its deadline passed: the upload comes too late
             if grp.aborted:
                 raise RoundAborted(grp.aborted)
             if device_id in grp.uploaded.get(stage, set()):

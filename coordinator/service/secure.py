@@ -151,7 +151,9 @@ class SecureTaskState:
         coord = SecureCoordinator(params, settings.config, spec=spec)
         for dp in released_dp:
             coord.replay_dp(dp)
-        self.registry = SecureRegistry(coord)
+        self.registry = SecureRegistry(
+            coord, stage_timeout_s=settings.stage_timeout_s, stage_idle_s=settings.stage_idle_s
+        )
 
     @property
     def coordinator(self) -> SecureCoordinator:
@@ -162,5 +164,10 @@ class SecureTaskState:
         self.coordinator.params = np.array(params, dtype=np.float32, copy=True)
 
     def upload_cap(self, round_id: int, stage: Stage) -> int:
-        """Largest legal upload of `stage` in `round_id` (bytes)."""
-        return stage_cap(self.registry.plans(round_id), stage)
+        """Largest legal upload of `stage` in `round_id` (bytes); 0 once the round is gone
+        (it closed meanwhile: the upload is then refused as closed, not by its size)."""
+        try:
+            plans = self.registry.plans(round_id)
+        except LookupError:
+            return 0
+        return stage_cap(plans, stage)
