@@ -135,3 +135,4 @@ class Reason(StrEnum):
     RATE_LIMITED = "rate_limited"
     REQUEST_TIMEOUT = "request_timeout"
     TASK_REFUSED = "task_refused"
+    STORE_UNAVAILABLE = "store_unavailable"

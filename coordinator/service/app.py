@@ -14,6 +14,7 @@ import binascii
 import contextlib
 import logging
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -70,8 +71,12 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (413, "body above the size cap"),
         (415, "Content-Type is not the route's (application/json or application/octet-stream)"),
         (422, "body or parameters fail validation (bad frame, bad JSON)"),
+        (503, "the coordinator's database failed (locked, full, read-only, I/O); retry"),
     )
 }
+# Retry-After of a 503 `store_unavailable` (seconds): a lock or a full disk clears, or not,
+# on the operator's time scale, not the device's.
+_STORE_RETRY_S = 5
 _RATE_LIMITED: dict[int | str, dict[str, Any]] = {
     429: {
         "model": ErrorBody,
@@ -172,6 +177,21 @@ def create_app(
             {"reason": str(exc.reason), "detail": exc.detail},
             status_code=exc.status,
             headers=exc.headers,
+        )
+
+    @app.exception_handler(sqlite3.OperationalError)
+    async def _store_error(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
+        # The database failing to do its work (a lock held too long, a full disk, a file
+        # turned read-only, an I/O error) is the service being unavailable, not a bug: 503
+        # with a sentence and one log line. Constraint errors are bugs and stay a 500.
+        log.error("store error on %s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse(
+            {
+                "reason": str(Reason.STORE_UNAVAILABLE),
+                "detail": f"the coordinator's database failed ({exc}); retry later",
+            },
+            status_code=503,
+            headers={H.RETRY_AFTER: str(_STORE_RETRY_S)},
         )
 
     @app.exception_handler(RequestValidationError)

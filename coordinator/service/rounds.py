@@ -535,7 +535,10 @@ class Coordinator:
         """Record (and log, once) that a stored task will not run; the store is not touched."""
         self.runtimes.pop(task_id, None)
         self.metrics.tasks.attach(task_id, [])
-        raw = self.store.task_raw(task_id)
+        try:
+            raw = self.store.task_raw(task_id)
+        except sqlite3.Error:
+            raw = None  # the store failing is what refused it: no cap to offer
         cap = _stored_upload_cap(raw[0]) if raw is not None else None
         reason = f"{type(exc).__name__}: {exc}"
         self.refused[task_id] = RefusedTask(task_id, reason, cap)
@@ -895,6 +898,7 @@ class Coordinator:
             raise ApiError(403, Reason.NOT_SELECTED, f"device not selected for round {round_id}")
         if cur.closing or self.clock() >= cur.deadline or cur.reports >= cur.target:
             raise ApiError(409, Reason.ROUND_CLOSED, f"round {round_id} is closed (straggler)")
+        held = False  # whether the engine took the frame
         try:
             with self.store.transaction() as db:
                 state = db.execute(
@@ -907,6 +911,14 @@ class Coordinator:
                 )
                 # Decoding inside the transaction: a frame the engine refuses is never stored.
                 rt.engine.submit(cur.engine_round, device_id, frame)
+                held = True
+        except (sqlite3.Error, OSError):
+            if held:
+                # The COMMIT failed (a full disk) after the engine took the frame: memory
+                # must not hold an update the store lost (the device's retry would be called
+                # a duplicate, and a restart would drop it). Rebuild from the store.
+                self._reload(rt.task_id)
+            raise
         except CodecError as exc:
             raise ApiError(422, Reason.BAD_FRAME, f"update frame refused: {exc}") from None
         except NotSelected as exc:
@@ -933,9 +945,11 @@ class Coordinator:
             return None
         if cur.close_started:
             return None
+        # Durable first: if the store refuses, the round stays open and the next tick retries
+        # (flags set before a failed write would leave it closing forever).
+        self.store.set_round_state(cur.round_id, RoundState.AGGREGATING)
         cur.closing = True
         cur.close_started = True
-        self.store.set_round_state(cur.round_id, RoundState.AGGREGATING)
         return cur
 
     def _close_secure(self, rt: TaskRuntime, cur: ActiveRound) -> RoundOutcome:
@@ -1081,16 +1095,22 @@ class Coordinator:
             )
             return
         self.metrics.rounds.labels("abandoned").inc()
+        self._reload(rt.task_id)
+
+    def _reload(self, task_id: int) -> None:
+        """Rebuild a running task from the store (after a failed publish or upload commit).
+        If it no longer loads, it is refused until the next start, with the reason."""
         try:
-            self.runtimes[rt.task_id] = self._build(rt.task_id)
-        except (sqlite3.Error, OSError) as store_exc:
-            log.error("task %d cannot be reloaded from the store: %r", rt.task_id, store_exc)
-            self.runtimes.pop(rt.task_id, None)
-        except Exception as build_exc:  # noqa: BLE001 - as at start: refuse this task only
-            self._refuse(rt.task_id, build_exc)
+            self.runtimes[task_id] = self._build(task_id)
+        except Exception as exc:  # noqa: BLE001 - as at start: this task only
+            self._refuse(task_id, exc)
 
     async def close_round(self, rt: TaskRuntime) -> RoundOutcome | None:
-        cur = self.begin_close(rt)
+        try:
+            cur = self.begin_close(rt)
+        except (sqlite3.Error, OSError) as exc:
+            log.error("task %d: cannot start closing its round (%r); retried", rt.task_id, exc)
+            return None
         if cur is None:
             return None
         try:
