@@ -11,7 +11,9 @@ behind its own signed endpoints (`_secure_api.py`, docs/http-api.md "Secure task
 here is the transport alone: the device is whoever `device_id` (a FastAPI dependency) says, by
 default the `x-plume-device` header, so it is for tests and trusted loopback only. A stage
 closes when every device still in it has uploaded, or when the orchestrator calls
-`SecureRegistry.close_stage` (or `close_due`) at its deadline.
+`SecureRegistry.close_stage` (or `close_due`) at its deadline, or (with the registry's own
+stage timeout, as the service sets it) at the first upload after that deadline. Uploads are
+capped per stage from the round's plans (`stage_cap`) before they are read.
 """
 
 from __future__ import annotations
