@@ -21,6 +21,7 @@ import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 from .aggregators import AggregateOutput, AggregatorFactory, ClientUpdate, FedAvg
+from .aggregators._base import check_finite_reports
 
 __all__ = [
     "AnomalyFilter",
@@ -164,6 +165,10 @@ class _AnomalyProcess:
 
     def next(self, state: Any, updates: Sequence[ClientUpdate]) -> AggregateOutput:
         cfg = self.cfg
+        # A NaN norm compares False against every threshold, so it would pass the screen and
+        # reach the histograms; refuse it by device first (NonFiniteReportError), as the
+        # robust rules do, before any metric or inner state moves.
+        check_finite_reports(updates)
         norms = update_norms(updates)
         reasons: dict[str, str] = {}
         median = float(np.median(norms)) if norms.shape[0] else 0.0

@@ -10,7 +10,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from compression import SparseUpdate
-from coordinator.aggregators import AggregateOutput, ClientUpdate, FedAvg
+from coordinator.aggregators import AggregateOutput, ClientUpdate, FedAvg, NonFiniteReportError
 from coordinator.anomaly import AnomalyFilter, AnomalyMetrics, cosine_to, update_norms
 
 
@@ -91,3 +91,20 @@ def test_absolute_norm_rejection_and_bad_config() -> None:
         AnomalyFilter(max_norm_ratio=0.5)
     with pytest.raises(ValueError):
         AnomalyFilter(min_cosine=2.0)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_report_is_refused_before_metrics_or_the_inner_move(bad: float) -> None:
+    # Prepare
+    metrics = AnomalyMetrics()
+    inner = _Counting()
+    proc = AnomalyFilter(inner=inner, max_norm_ratio=2.0, metrics=metrics).create(2)
+    before = metrics.exposition()
+    reports = ups([[1, 0], [0, 1]])
+    reports.append(ClientUpdate("bad", SparseUpdate.from_dense(np.array([bad, 1], np.float32)), 1))
+
+    # Execute / Assert
+    with pytest.raises(NonFiniteReportError, match="bad"):
+        proc.next(proc.initialize(), reports)
+    assert inner.calls == []
+    assert metrics.exposition() == before
