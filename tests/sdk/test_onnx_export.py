@@ -362,3 +362,19 @@ def test_a_model_the_device_cannot_train_is_refused_with_its_reason(tmp_path: Pa
     with pytest.raises(ExportError, match="must return one tensor"):
         export_training_artifacts(_TwoOutputs(), torch.randn(4, 3), tmp_path / "b")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_cli_progress_line_does_not_call_a_failed_export_done(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute: progress on (stderr is not a terminal here: one line at the start, one at the end)
+    code = main(
+        ["export", "--model", "digits_mlp", "--out", str(tmp_path / "o"), "--input-shape", "3"]
+    )
+
+    # Assert
+    assert code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("plume export: tracing digits_mlp (2,410 parameters) into ")
+    assert " stopped in " in lines[1] and "done" not in lines[1]
+    assert lines[2].startswith("plume export: error: an input of shape 3 (float32)")
