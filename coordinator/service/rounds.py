@@ -519,6 +519,7 @@ class Coordinator:
                 except Exception as exc:  # noqa: BLE001 - one task's failure must not stop the others
                     self._refuse(task_id, exc)
             self.metrics.devices.set(self.store.count_devices())
+            self.metrics.tasks_refused.set(len(self.refused))
         except (sqlite3.Error, OSError) as exc:
             raise StoreError(
                 f"cannot restore from the database {self.store.path}: {exc} (a corrupt or "
