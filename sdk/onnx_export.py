@@ -13,6 +13,11 @@
 # whose gradient came out batch-size times too large with torch 2.13 (`total_weight` ignored).
 # The batch dimension is symbolic, so a last partial batch is one smaller step, as in torch with
 # `drop_last=False`. docs/devices.md has the full story; tests/sdk/test_onnx_parity.py the proof.
+#
+# Errors: ExportError
+#           +-- UnsupportedLayerError  a layer or layer option the graph cannot train
+#           +-- ExampleInputError      example_x / example_y does not fit the model (`.reason`)
+#           +-- OutputError            the files could not be written (nothing is left behind)
 
 from __future__ import annotations
 
