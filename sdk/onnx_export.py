@@ -761,11 +761,11 @@ def _write_files(out: Path, files: dict[str, bytes]) -> None:
     """Write `files` (name -> bytes) into folder `out`, creating it, all or nothing.
 
     Everything is written to hidden temporary names first and renamed into place only once all
-    of it is on disk, the manifest last (it holds the others' digests). A failure (`OutputError`)
-    removes the temporaries, any file already renamed into a folder this call created, and the
-    folders it created, so a failed export leaves no partial artifacts behind. Over an older
-    export, a failure between two renames leaves the old manifest, whose digests then refuse
-    the new graphs at load (`sdk.ort.ArtifactError`) rather than mixing the two.
+    of it is on disk, the manifest last (it holds the others' digests). A failure (`OutputError`,
+    or an interrupt) removes the temporaries, any file already renamed into a folder this call
+    created, and the folders it created, so a failed export leaves no partial artifacts behind.
+    Over an older export, a failure between two renames leaves the old manifest, whose digests
+    then refuse the new graphs at load (`sdk.ort.ArtifactError`) rather than mixing the two.
     """
     created = []
     parent = out
@@ -793,7 +793,7 @@ def _write_files(out: Path, files: dict[str, bytes]) -> None:
             raise OutputError(
                 f"cannot write the artifacts into {out} ({exc.strerror or exc})"
             ) from exc
-    except OutputError:
+    except BaseException:  # an OutputError, or an interrupt (Ctrl-C) halfway: clean up alike
         for path in [*temps.values(), *(placed if created else [])]:
             try:
                 path.unlink(missing_ok=True)

@@ -378,3 +378,20 @@ def test_cli_progress_line_does_not_call_a_failed_export_done(
     assert lines[0].startswith("plume export: tracing digits_mlp (2,410 parameters) into ")
     assert " stopped in " in lines[1] and "done" not in lines[1]
     assert lines[2].startswith("plume export: error: an input of shape 3 (float32)")
+
+
+def test_an_interrupted_write_leaves_no_temporaries(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: Ctrl-C arrives at the first rename, into a folder that already exists.
+    def interrupted(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupted)
+
+    # Execute
+    with pytest.raises(KeyboardInterrupt):
+        export_training_artifacts(nn.Linear(2, 2), torch.randn(3, 2), tmp_path)
+
+    # Assert: the folder is as it was (empty), and kept since it was not the export's.
+    assert tmp_path.is_dir() and list(tmp_path.iterdir()) == []
