@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from mobile_sim.population import ProfileBatch, _fmix, _fmix_int, _uniform
+from mobile_sim.population import ProfileBatch, _fmix, _fmix_int, _is_int, _uniform
 
 __all__ = ["RoundTiming", "SimClock", "ClockError"]
 
@@ -27,6 +27,19 @@ I64 = npt.NDArray[np.int64]
 
 class ClockError(ValueError):
     """A round was planned with inconsistent arguments."""
+
+
+def _per_device(name: str, values: npt.ArrayLike, n: int) -> F64:
+    """float64[n] from a scalar or a length-n sequence of finite, non-negative numbers."""
+    arr = np.asarray(values, dtype=np.float64)
+    if arr.ndim > 1 or (arr.ndim == 1 and arr.shape[0] != n):
+        raise ClockError(
+            f"{name} must be one number or one per device ({n}), got shape {arr.shape}"
+        )
+    out = np.broadcast_to(arr, (n,))
+    if n and not (np.isfinite(out).all() and out.min() >= 0):
+        raise ClockError(f"bytes, samples and epochs must be non-negative and finite: {name}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -87,8 +100,10 @@ class SimClock:
     ) -> None:
         if not cost_per_sample > 0 or not math.isfinite(cost_per_sample):
             raise ClockError(f"cost_per_sample must be finite and > 0, got {cost_per_sample}")
-        if start_s < 0:
-            raise ClockError(f"start_s must be >= 0, got {start_s}")
+        if not _is_int(seed) or seed < 0:
+            raise ClockError(f"seed must be an integer >= 0, got {seed!r}")
+        if not (math.isfinite(start_s) and start_s >= 0):
+            raise ClockError(f"start_s must be finite and >= 0, got {start_s}")
         self.seed = seed
         self.cost_per_sample = cost_per_sample
         self.now_s = float(start_s)
@@ -126,11 +141,13 @@ class SimClock:
     ) -> tuple[F64, F64, F64]:
         """(download_s, compute_s, upload_s), each float64[n]; bytes and samples broadcast."""
         n = len(profiles)
-        down = np.broadcast_to(np.asarray(down_bytes, dtype=np.float64), (n,))
-        up = np.broadcast_to(np.asarray(up_bytes, dtype=np.float64), (n,))
-        smp = np.broadcast_to(np.asarray(samples, dtype=np.float64), (n,))
-        if epochs < 0 or (n and (down.min() < 0 or up.min() < 0 or smp.min() < 0)):
-            raise ClockError("bytes, samples and epochs must be non-negative")
+        if not _is_int(epochs) or epochs < 0:
+            raise ClockError(f"bytes, samples and epochs must be non-negative: epochs {epochs!r}")
+        down, up, smp = (
+            _per_device(name, values, n)
+            for name, values in (("down_bytes", down_bytes), ("up_bytes", up_bytes),
+                                 ("samples", samples))
+        )  # fmt: skip
         t_down = profiles.latency_s + down * 8.0 / profiles.down_bps
         t_comp = smp * epochs * self.cost_per_sample / profiles.compute_sps
         t_up = profiles.latency_s + up * 8.0 / profiles.up_bps
@@ -154,8 +171,8 @@ class SimClock:
         examples) are scalars or arrays aligned with `profiles`. Does not advance the clock; call
         `advance(timing)` once the round is committed or abandoned.
         """
-        if per_round < 1:
-            raise ClockError(f"per_round must be >= 1, got {per_round}")
+        if not _is_int(per_round) or per_round < 1:
+            raise ClockError(f"per_round must be >= 1, got {per_round!r}")
         if deadline_s is not None and not deadline_s > 0:
             raise ClockError(f"deadline_s must be > 0 or None, got {deadline_s}")
         ids = profiles.device_ids

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from .clock import RoundTiming, SimClock
-from .population import DEFAULT_TIERS, Population, PopulationConfig
+from .population import DEFAULT_TIERS, Population, PopulationConfig, _is_int
 
 __all__ = [
     "SimFleet",
@@ -115,6 +115,9 @@ class SimFleet:
     ) -> None:
         if not (checkin_period_s >= 0 and math.isfinite(checkin_period_s)):
             raise ValueError(f"checkin_period_s must be finite and >= 0, got {checkin_period_s}")
+        if deadline_s is not None and not deadline_s > 0:
+            # Checked here, not at the first round: the clock would refuse it only then.
+            raise ValueError(f"deadline_s must be > 0 seconds or None, got {deadline_s}")
         if not dropouts:
             tiers = population_kwargs.get("tiers", DEFAULT_TIERS)
             population_kwargs["tiers"] = tuple(replace(t, dropout_p=0.0) for t in tiers)
@@ -251,10 +254,15 @@ class SimFleet:
         """
         stepwise = round_id is None
         period = 0.0 if stepwise else self.checkin_period_s
-        if n < 1 or not 1 <= min_n <= n:
-            raise ValueError(f"need n >= 1 and 1 <= min_n <= n, got n={n}, min_n={min_n}")
-        if not (step_s > 0 and math.isfinite(step_s)) or not max_wait_s >= 0:
-            raise ValueError(f"need step_s > 0 and max_wait_s >= 0, got {step_s}, {max_wait_s}")
+        if not (_is_int(n) and _is_int(min_n) and n >= 1 and 1 <= min_n <= n):
+            raise ValueError(f"need n >= 1 and 1 <= min_n <= n, got n={n!r}, min_n={min_n!r}")
+        # A finite window: with max_wait_s = inf a cohort that never fills would loop forever.
+        if not (step_s > 0 and math.isfinite(step_s) and 0 <= max_wait_s < math.inf):
+            raise ValueError(
+                f"need step_s > 0 and max_wait_s >= 0, both finite, got {step_s}, {max_wait_s}"
+            )
+        if math.isnan(min_memory_mb):
+            raise ValueError("min_memory_mb must be a number (MiB), got nan")
         if period > step_s:
             raise ValueError(f"checkin_period_s {period} must not exceed step_s {step_s}")
         if selection_timeout_s is not None and not selection_timeout_s >= 0:

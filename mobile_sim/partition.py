@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,16 +14,28 @@ __all__ = ["iid", "dirichlet", "shards", "natural", "partition", "PARTITIONS"]
 Parts = list[npt.NDArray[np.int64]]
 
 
-def _check(n: int, total: int) -> None:
-    if n < 1:
-        raise ValueError("need at least one client")
-    if n > total:
-        raise ValueError(f"{n} clients but only {total} examples")
+def _is_int(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _check(labels: npt.NDArray[np.int64], n: int) -> None:
+    """Refuse a split that cannot give every client at least one example."""
+    if np.ndim(labels) != 1:
+        raise ValueError(f"labels must be 1-D (one per example), got shape {np.shape(labels)}")
+    if not _is_int(n) or n < 1:
+        raise ValueError(
+            f"need at least one client: the client count must be an integer >= 1, got {n!r}"
+        )
+    if n > len(labels):
+        raise ValueError(
+            f"{n} clients but only {len(labels)} examples: every client needs at least one; "
+            "lower the client count"
+        )
 
 
 def iid(labels: npt.NDArray[np.int64], n: int, rng: np.random.Generator) -> Parts:
     """Shuffle and deal out equal-sized parts (sizes differ by at most one)."""
-    _check(n, len(labels))
+    _check(labels, n)
     order = rng.permutation(len(labels)).astype(np.int64)
     return [np.sort(p) for p in np.array_split(order, n)]
 
@@ -40,10 +54,13 @@ def dirichlet(
     Small alpha means each client sees few classes. Draws again until every client holds at
     least `min_size` examples (as is customary), and fails clearly if that never happens.
     """
-    _check(n, len(labels))
-    if alpha <= 0:
-        raise ValueError("alpha must be positive")
-    if min_size < 1:
+    _check(labels, n)
+    if not (isinstance(alpha, numbers.Real) and 0 < alpha < math.inf):
+        # NaN or inf made numpy's draws NaN, and 1,000 useless draws ended in a wrong reason.
+        raise ValueError(f"alpha must be positive and finite, got {alpha!r}")
+    if not _is_int(max_tries) or max_tries < 1:
+        raise ValueError(f"max_tries must be an integer >= 1, got {max_tries!r}")
+    if not _is_int(min_size) or min_size < 1:
         raise ValueError(
             f"min_size must be >= 1 (a client with no examples cannot train), got {min_size}"
         )
@@ -78,9 +95,9 @@ def shards(
 
     Needs at least one example per shard: `n * shards_per_client <= len(labels)`.
     """
-    if shards_per_client < 1:
+    if not _is_int(shards_per_client) or shards_per_client < 1:
         raise ValueError(f"shards_per_client must be >= 1, got {shards_per_client}")
-    _check(n, len(labels))
+    _check(labels, n)
     if n * shards_per_client > len(labels):
         raise ValueError(
             f"{n} clients x {shards_per_client} shards need {n * shards_per_client} examples, "
@@ -92,20 +109,33 @@ def shards(
     return [np.sort(np.concatenate([pieces[j] for j in perm[i::n]])) for i in range(n)]
 
 
-def natural(groups: Sequence[npt.ArrayLike]) -> Parts:
+def natural(groups: Sequence[npt.ArrayLike], *, num_examples: int | None = None) -> Parts:
     """One client per natural group (a speaker, a writer, a synthetic device).
 
     Every group must hold at least one example (a client with none could never train); groups
-    are taken as they are, so they may overlap only if the dataset made them so.
+    are taken as they are, so they may overlap only if the dataset made them so. Indices must
+    be integers, and below `num_examples` (the training set's size) when it is given.
     """
-    parts = [np.sort(np.asarray(g, dtype=np.int64).reshape(-1)) for g in groups]
-    if not parts:
+    arrays = [np.asarray(g) for g in groups]
+    if not arrays:
         raise ValueError("no groups")
-    empty = [i for i, p in enumerate(parts) if p.size == 0]
+    empty = [i for i, a in enumerate(arrays) if a.size == 0]
     if empty:
         raise ValueError(f"natural group(s) {empty[:5]} hold no examples; drop them first")
+    floats = [i for i, a in enumerate(arrays) if not np.issubdtype(a.dtype, np.integer)]
+    if floats:
+        # Casting would silently truncate 1.5 to example 1.
+        raise ValueError(f"natural group(s) {floats[:5]} hold non-integer example indices")
+    parts = [np.sort(a.astype(np.int64).reshape(-1)) for a in arrays]
     if min(int(p[0]) for p in parts) < 0:
         raise ValueError("natural groups hold negative example indices")
+    if num_examples is not None:
+        beyond = [i for i, p in enumerate(parts) if int(p[-1]) >= num_examples]
+        if beyond:
+            raise ValueError(
+                f"natural group(s) {beyond[:5]} hold example indices >= {num_examples}, the "
+                "number of training examples"
+            )
     return parts
 
 

@@ -12,6 +12,7 @@ Sources and the parameters derived from them are documented in ``docs/simulator.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -127,6 +128,59 @@ DEFAULT_TIERS: tuple[TierSpec, ...] = (
 )
 
 
+_MAX_DEVICES = 2**63 - 1  # device ids are int64
+_MAX_TIERS = 127  # tier indices are int8
+# Largest sigma (natural-log spread) a tier may have: Box-Muller normals reach about 8.6 in
+# magnitude, and exp(10 * 8.6) keeps every drawn bandwidth and speed finite and above zero (a
+# larger sigma overflowed to inf or underflowed to 0 bits/s: a device that never finishes).
+_MAX_SIGMA = 10.0
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
+
+
+def _check_tier(t: object) -> None:
+    """Refuse a tier whose numbers would give NaN, infinite or zero speeds and times."""
+    if not isinstance(t, TierSpec):
+        raise PopulationError(f"tiers must be TierSpec objects, got {type(t).__name__}")
+    if t.tier not in tuple(Tier):
+        raise PopulationError(f"tier must be one of {[x.value for x in Tier]}, got {t.tier!r}")
+    name = f"tier {Tier(t.tier).value}"
+
+    def finite(field: str) -> float:
+        value = getattr(t, field)
+        if not isinstance(value, numbers.Real) or not math.isfinite(value):
+            raise PopulationError(f"{name}: {field} must be a finite number, got {value!r}")
+        return float(value)
+
+    if not 0.0 <= finite("share") <= 1.0:
+        raise PopulationError(f"{name}: share/probabilities out of range: share {t.share}")
+    if not 0.0 <= finite("dropout_p") < 1.0:
+        raise PopulationError(f"{name}: share/probabilities out of range: dropout_p {t.dropout_p}")
+    if not 0.0 <= finite("home_wifi_p") <= 1.0:
+        raise PopulationError(
+            f"{name}: share/probabilities out of range: home_wifi_p {t.home_wifi_p}"
+        )
+    for median in ("compute_median_sps", "down_median_mbps", "up_median_mbps"):
+        if not finite(median) > 0:
+            raise PopulationError(
+                f"{name}: medians must be positive: {median} is {getattr(t, median)} (a device "
+                "with zero speed or bandwidth would never finish a round)"
+            )
+    if not finite("latency_median_ms") >= 0:
+        raise PopulationError(f"{name}: latency_median_ms must be >= 0, got {t.latency_median_ms}")
+    for sigma in ("compute_sigma", "down_sigma", "up_sigma", "latency_sigma"):
+        if not 0.0 <= finite(sigma) <= _MAX_SIGMA:
+            raise PopulationError(
+                f"{name}: sigmas must be >= 0 and at most {_MAX_SIGMA:g}: {sigma} is "
+                f"{getattr(t, sigma)}"
+            )
+    sizes = t.memory_gb
+    if not sizes or not all(isinstance(m, numbers.Real) and 0 < m < math.inf for m in sizes):
+        raise PopulationError(f"{name}: memory sizes must be finite and > 0 GiB, got {sizes!r}")
+
+
 @dataclass(frozen=True)
 class PopulationConfig:
     """The whole fleet: its size, seed, tiers and the shape of a simulated day.
@@ -152,24 +206,21 @@ class PopulationConfig:
     day_session_hours: tuple[float, float] = (0.5, 2.5)  # uniform range of its length
 
     def __post_init__(self) -> None:
-        if self.num_devices < 1:
-            raise PopulationError(f"num_devices must be >= 1, got {self.num_devices}")
-        if self.seed < 0:
-            raise PopulationError(f"seed must be >= 0, got {self.seed}")
+        if not _is_int(self.num_devices) or not 1 <= self.num_devices <= _MAX_DEVICES:
+            raise PopulationError(
+                f"num_devices must be an integer in [1, 2**63), got {self.num_devices!r}"
+            )
+        if not _is_int(self.seed) or self.seed < 0:
+            raise PopulationError(f"seed must be an integer >= 0, got {self.seed!r}")
         if not self.tiers:
             raise PopulationError("at least one tier is required")
+        if len(self.tiers) > _MAX_TIERS:
+            raise PopulationError(f"at most {_MAX_TIERS} tiers, got {len(self.tiers)}")
+        for t in self.tiers:
+            _check_tier(t)
         total = sum(t.share for t in self.tiers)
         if not math.isclose(total, 1.0, rel_tol=0, abs_tol=1e-9):
             raise PopulationError(f"tier shares must sum to 1, got {total}")
-        for t in self.tiers:
-            if t.share < 0 or not 0.0 <= t.dropout_p < 1.0 or not 0.0 <= t.home_wifi_p <= 1.0:
-                raise PopulationError(f"tier {t.tier}: share/probabilities out of range")
-            positive = (t.compute_median_sps, t.down_median_mbps, t.up_median_mbps)
-            if min(positive) <= 0 or t.latency_median_ms < 0 or not t.memory_gb:
-                raise PopulationError(f"tier {t.tier}: medians must be positive")
-            sigmas = (t.compute_sigma, t.down_sigma, t.up_sigma, t.latency_sigma)
-            if not all(math.isfinite(x) and x >= 0 for x in sigmas) or min(t.memory_gb) <= 0:
-                raise PopulationError(f"tier {t.tier}: sigmas must be >= 0, memory sizes > 0")
         probabilities = (self.skip_night_p, self.day_session_p, self.day_session_wifi_p)
         if not all(0.0 <= x <= 1.0 for x in probabilities):
             raise PopulationError(
@@ -462,6 +513,8 @@ class Population:
 
     def available_fraction(self, sim_time_s: float, sample: int = 20_000, seed: int = 0) -> float:
         """Estimated fraction of the fleet eligible at `sim_time_s` (from `sample` devices)."""
+        if not _is_int(sample) or sample < 1:
+            raise PopulationError(f"sample must be an integer >= 1, got {sample!r}")
         n = min(sample, self.config.num_devices)
         rng = np.random.default_rng(seed)
         if n == self.config.num_devices:
@@ -486,8 +539,10 @@ class Population:
         eligible; the caller decides whether that round can run. Cost grows with `n`, not with
         the population size, for large populations.
         """
-        if n < 0:
-            raise PopulationError(f"n must be >= 0, got {n}")
+        if not _is_int(n) or n < 0:
+            raise PopulationError(f"n must be an integer >= 0, got {n!r}")
+        if math.isnan(min_memory_mb):
+            raise PopulationError("min_memory_mb must be a number (MiB), got nan")
         total = self.config.num_devices
         excluded = np.unique(np.asarray(list(exclude or ()), dtype=np.int64))
         if n == 0:
