@@ -11,9 +11,10 @@ from ._dp import (
     skellam_rdp,
 )
 from ._policy import CoordinatePolicy, RandomPolicy, TopKMixPolicy, public_seed
-from ._round import GroupResult, SecureRound, split_groups
+from ._round import BUNDLE_BYTES, GroupResult, SecureRound, split_groups
 
 __all__ = [
+    "BUNDLE_BYTES",
     "RDP_ORDERS",
     "CoordinatePolicy",
     "DistributedDpAccountant",

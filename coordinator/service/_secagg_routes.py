@@ -29,8 +29,13 @@ from typing import Any
 from fastapi import APIRouter, Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 
-from coordinator.secure import SecureCoordinator, SecureOutcome, SecureRound, SecureTask
-from coordinator.secure._round import BUNDLE_BYTES
+from coordinator.secure import (
+    BUNDLE_BYTES,
+    SecureCoordinator,
+    SecureOutcome,
+    SecureRound,
+    SecureTask,
+)
 from protocol.names import Reason
 from protocol.secagg import (
     RoundAborted,

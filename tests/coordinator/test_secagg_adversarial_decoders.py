@@ -20,8 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coordinator.secure import SecureConfig, SecureCoordinator
-from coordinator.secure._round import BUNDLE_BYTES, SecureRound
+from coordinator.secure import BUNDLE_BYTES, SecureConfig, SecureCoordinator, SecureRound
 from protocol.secagg import (
     AdvertiseKeys,
     KeyDirectory,
