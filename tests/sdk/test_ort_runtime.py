@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -22,7 +24,7 @@ from compression import CodecConfig, UpdateCodec
 from mobile_sim.models import build_model
 from sdk.flat import get_flat_params, spec_from_module
 from sdk.onnx_export import export_training_artifacts
-from sdk.ort import ArtifactError, OrtDevice, OrtTrainer, load_manifest
+from sdk.ort import ArtifactError, OrtDevice, OrtTrainer, _manifest, load_manifest
 from sdk.trainer import TorchTrainer
 
 REPO = Path(__file__).resolve().parents[2]
@@ -466,3 +468,42 @@ def test_ort_device_checks_its_data_and_settings_when_set_up(artifacts: dict[str
     got = wide.run_round(params, np.random.default_rng(5))
     want = narrow.run_round(params, np.random.default_rng(5))
     assert got.frame == want.frame
+
+
+def test_oversized_graphs_are_refused_before_reading(
+    artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a cap below the real train_step.onnx (rather than a huge file), and no reads.
+    monkeypatch.setattr(_manifest, "_MAX_FILE_BYTES", 1000)
+    real_open = Path.open
+
+    def guarded(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self.suffix == ".onnx":
+            pytest.fail(f"read {self.name} before its size was checked")
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", guarded)
+
+    # Execute / Assert
+    with pytest.raises(ArtifactError, match="more than the 1000 allowed"):
+        load_manifest(artifacts["sgd"])
+
+
+def test_a_graph_that_grows_while_read_is_refused(
+    artifacts: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: the file is one byte longer when read than when its size was checked.
+    real_open = Path.open
+
+    def growing(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self.name == "infer.onnx":
+            with real_open(self, "rb") as f:
+                return io.BytesIO(f.read() + b"\x00")
+        return real_open(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", growing)
+
+    # Execute / Assert: refused, whether or not the digests are checked.
+    for verify in (True, False):
+        with pytest.raises(ArtifactError, match="infer.onnx: changed while being read"):
+            load_manifest(artifacts["sgd"], verify=verify)
