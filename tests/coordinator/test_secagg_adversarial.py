@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from coordinator.secure import BUNDLE_BYTES
 from coordinator.service import ServerThread, ServiceConfig
 from coordinator.service.app import create_app
 from protocol import auth
@@ -257,15 +258,17 @@ def test_hostile_stage_uploads_are_refused_and_the_round_commits_the_exact_mean(
     _bad_frame(world.post(a, Stage.ADVERTISE_KEYS, b""), "MalformedMessage")
     directory = KeyDirectory(rid, ((a.node, b"\x01" * 32, b"\x02" * 32),)).to_bytes()
     _bad_frame(world.post(a, Stage.ADVERTISE_KEYS, directory), "MalformedMessage")
-    _bad_frame(world.post(a, Stage.ADVERTISE_KEYS, _with(adv_a, round_id=rid + 1)), "ProtocolV")
-    _bad_frame(world.post(a, Stage.ADVERTISE_KEYS, _with(adv_a, node=b.node)), "ProtocolV")
-    _bad_frame(world.post(a, Stage.ADVERTISE_KEYS, _with(adv_a, node=N)), "ProtocolV")
+    _bad_frame(
+        world.post(a, Stage.ADVERTISE_KEYS, _with(adv_a, round_id=rid + 1)), "ProtocolViolation"
+    )
+    _bad_frame(world.post(a, Stage.ADVERTISE_KEYS, _with(adv_a, node=b.node)), "ProtocolViolation")
+    _bad_frame(world.post(a, Stage.ADVERTISE_KEYS, _with(adv_a, node=N)), "ProtocolViolation")
     low_order = _with(adv_a, enc_public=bytes(32))
     _bad_frame(world.post(a, Stage.ADVERTISE_KEYS, low_order), "KeyAgreementFailed")
     same = _with(adv_a, mask_public=AdvertiseKeys.from_bytes(adv_a).enc_public)
     _bad_frame(world.post(a, Stage.ADVERTISE_KEYS, same), "DuplicateKey")
     _refused(world.post(a, Stage.ADVERTISE_KEYS, b"\x00" * 200_000), 413, Reason.TOO_LARGE)
-    early = ShareKeys(rid, a.node, ((b.node, b"\x00" * 198),)).to_bytes()
+    early = ShareKeys(rid, a.node, ((b.node, bytes(BUNDLE_BYTES)),)).to_bytes()
     _refused(world.post(a, Stage.SHARE_KEYS, early), 409, Reason.INVALID_STATE, "WrongStage")
     too_soon = UnmaskResponse(rid, a.node, ()).to_bytes()
     _refused(world.post(a, Stage.UNMASK, too_soon), 409, Reason.INVALID_STATE, "WrongStage")
@@ -311,7 +314,9 @@ def test_hostile_stage_uploads_are_refused_and_the_round_commits_the_exact_mean(
     _refused(world.post(a, Stage.SHARE_KEYS, many), 413, Reason.TOO_LARGE)
     huge = _with(share[a.id], ciphertexts=((cts[0][0], b"\x00" * 1025), *cts[1:]))
     _refused(world.post(a, Stage.SHARE_KEYS, huge), 413, Reason.TOO_LARGE)
-    _bad_frame(world.post(a, Stage.SHARE_KEYS, _with(share[a.id], round_id=rid - 1)), "Protocol")
+    _bad_frame(
+        world.post(a, Stage.SHARE_KEYS, _with(share[a.id], round_id=rid - 1)), "ProtocolViolation"
+    )
     _bad_frame(world.post(a, Stage.SHARE_KEYS, share[b.id]), "ProtocolViolation")  # B's, replayed
     _bad_frame(world.post(a, Stage.SHARE_KEYS, adv_a), "MalformedMessage")  # an earlier stage's
     _refused(world.post(d, Stage.ADVERTISE_KEYS, adv_a), 409, Reason.DUPLICATE_UPLOAD)
@@ -373,7 +378,9 @@ def test_hostile_stage_uploads_are_refused_and_the_round_commits_the_exact_mean(
     bloated = _with(unmask[a.id], shares=tuple((n, k, s * 3) for n, k, s in ura.shares))
     _refused(world.post(a, Stage.UNMASK, bloated), 413, Reason.TOO_LARGE)
     _bad_frame(world.post(a, Stage.UNMASK, unmask[b.id]), "ProtocolViolation")
-    _bad_frame(world.post(a, Stage.UNMASK, _with(unmask[a.id], round_id=rid + 1)), "Protocol")
+    _bad_frame(
+        world.post(a, Stage.UNMASK, _with(unmask[a.id], round_id=rid + 1)), "ProtocolViolation"
+    )
     dropped = UnmaskResponse(rid, d.node, ()).to_bytes()
     _refused(world.post(d, Stage.UNMASK, dropped), 403, Reason.NOT_SELECTED)
     assert world.uploads()[Stage.UNMASK] == 0
