@@ -395,3 +395,11 @@ def test_an_interrupted_write_leaves_no_temporaries(
 
     # Assert: the folder is as it was (empty), and kept since it was not the export's.
     assert tmp_path.is_dir() and list(tmp_path.iterdir()) == []
+
+
+def test_a_token_id_past_the_vocabulary_is_an_example_input_error(tmp_path: Path) -> None:
+    model = nn.Sequential(nn.Embedding(5, 2), nn.Flatten(), nn.Linear(6, 3))
+    ids = torch.tensor([[0, 1, 2], [3, 4, 7]])
+    with pytest.raises(ExampleInputError, match=r"\[2, 3\] \(int64\) does not fit.*index out of"):
+        export_training_artifacts(model, ids, tmp_path / "o")
+    assert not (tmp_path / "o").exists()
