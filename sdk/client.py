@@ -69,6 +69,9 @@ __all__ = [
 
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
 _LEDGER_HEADER = "x-plume-ledger-round"
+# The interim response a server sends before reading the body of a request that carried
+# `Expect: 100-continue`; httpx reads past it, so it is counted from the request.
+_CONTINUE_WIRE_BYTES = len(b"HTTP/1.1 100 Continue\r\n\r\n")
 # Response bodies are read in chunks and refused past a cap, so a hostile or broken server
 # cannot make a phone buffer gigabytes: JSON answers, secure-stage messages, and the model
 # (its dense fp32 size plus 1 MiB: a snapshot's header, or a delta chain, which the server
@@ -202,7 +205,11 @@ class _Core:
         return request
 
     def account(self, request: httpx.Request, response: httpx.Response, ex: _Exchange) -> None:
-        """Count an exchange the coordinator says it put in a round's ledger."""
+        """Count an exchange the coordinator says it put in a round's ledger.
+
+        The coordinator names a round only after reading the request's body, so a request that
+        carried `Expect: 100-continue` (added by a mod) always got the interim response too.
+        """
         rid = response.headers.get(_LEDGER_HEADER)
         if rid is None or not rid.isdigit():
             return
@@ -213,6 +220,8 @@ class _Core:
         down = response_wire_bytes(
             response.status_code, response.headers.raw, len(response.content)
         )
+        if request.headers.get("expect", "").strip().lower() == "100-continue":
+            down += _CONTINUE_WIRE_BYTES
         ok = response.status_code == 200
         row = self.bandwidth.setdefault(int(rid), {})
         for direction, payload, wire, dense in (

@@ -5,7 +5,10 @@ Handlers attach an `Attribution` (device, round, payload and dense bytes) to the
 once a request has authenticated. When the response is complete this middleware computes the
 request's and the response's HTTP/1.1 wire bytes with `protocol.messages` rules (the same the
 SDK uses), adds them to the ledger and the Prometheus counters, and tells the client which round
-it counted the exchange under in the `x-plume-ledger-round` response header.
+it counted the exchange under in the `x-plume-ledger-round` response header. Two things uvicorn
+writes without the app are counted too (`_server_added_bytes`): the `100 Continue` interim
+response to a request that sent `Expect: 100-continue`, and the `connection: close` header of a
+response to a request that did not keep the connection alive.
 """
 
 from __future__ import annotations
@@ -36,6 +39,11 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 LEDGER_HEADER = b"x-plume-ledger-round"
 STATE_KEY = "plume_attribution"
+# What uvicorn writes on its own (httptools and h11 alike): the interim response it sends on the
+# app's first body read when the request carried `Expect: 100-continue`, and the header it adds
+# when the connection will close and the app's response did not say so.
+_CONTINUE = len(b"HTTP/1.1 100 Continue\r\n\r\n")
+_CLOSE_HEADER = len(b"connection: close\r\n")
 # Routes that stream large binary bodies and enforce their own, per-task cap.
 _STREAMING = re.compile(
     r"^/v1/(rounds/[^/]+/updates|admin/tasks/[^/]+/model|secure/rounds/[^/]+/stages/[^/]+)$"
@@ -103,12 +111,18 @@ class WireMiddleware:
                     return
         received = 0
         sent_body = 0
+        interim = 0  # bytes of a `100 Continue` uvicorn sent before the response
+        expects_continue = any(
+            k == b"expect" and v.strip().lower() == b"100-continue" for k, v in scope["headers"]
+        )
         started: dict[str, Any] = {}
         body_done = False
         deadline: float | None = None
 
         async def counting_receive() -> Message:
-            nonlocal received, body_done, deadline
+            nonlocal received, body_done, deadline, interim
+            if expects_continue and not started:
+                interim = _CONTINUE  # uvicorn answers the first read before any response
             if body_done or self.body_timeout_s is None:
                 message = await receive()  # after the body: only disconnects arrive here
             else:
@@ -155,11 +169,12 @@ class WireMiddleware:
             await _reject(send, 408, Reason.REQUEST_TIMEOUT, str(exc.detail))
             return
         if started:
-            self._account(scope, received, started, sent_body)
+            self._account(scope, received, started, sent_body + interim)
 
     def _account(
         self, scope: Scope, received: int, started: dict[str, Any], sent_body: int
     ) -> None:
+        """`sent_body`: response body bytes plus any interim response sent before it."""
         target = scope.get("raw_path") or scope["path"].encode()
         if scope.get("query_string"):
             target = target + b"?" + scope["query_string"]
@@ -167,6 +182,7 @@ class WireMiddleware:
             scope["method"], target.decode("latin-1"), scope["headers"], received
         )
         down = response_wire_bytes(started["status"], started["headers"], sent_body)
+        down += _server_added_bytes(scope, started["headers"])
         route = scope.get("route")
         route_name = getattr(route, "path", "unmatched")
         self.metrics.requests.labels(route_name, str(started["status"])).inc()
@@ -195,6 +211,23 @@ class WireMiddleware:
             self.metrics.bytes.labels(direction, "payload").inc(payload)
             self.metrics.bytes.labels(direction, "wire").inc(wire)
             self.metrics.bytes.labels(direction, "dense").inc(dense)
+
+
+def _tokens(headers: Any, name: bytes) -> set[bytes]:
+    return {
+        t.strip().lower() for k, v in headers if k.lower() == name for t in bytes(v).split(b",")
+    }
+
+
+def _server_added_bytes(scope: Scope, response_headers: Any) -> int:
+    """The `connection: close` header uvicorn adds to a response on a connection that will not
+    be kept alive (an HTTP/1.0 request, or `Connection: close`) when the app did not send one."""
+    keep_alive = scope.get("http_version") != "1.0" and b"close" not in _tokens(
+        scope["headers"], b"connection"
+    )
+    if keep_alive or b"close" in _tokens(response_headers, b"connection"):
+        return 0
+    return _CLOSE_HEADER
 
 
 async def _reject_413(send: Send, cap: int) -> None:

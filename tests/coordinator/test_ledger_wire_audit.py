@@ -1,0 +1,196 @@
+"""The bandwidth ledger against the bytes that really crossed the socket: real SDK devices talk
+to a loopback uvicorn coordinator through a byte-counting TCP relay, and every byte the relay
+copied must be in a round's ledger or in the control-traffic counter, exactly."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from coordinator.service import ServerThread, ServiceConfig
+from protocol.messages import Assignment
+from sdk.client import Client, Send
+
+from .test_service_support import (
+    ADMIN,
+    SoftmaxTrainer,
+    create_task,
+    local_data,
+    task_config,
+    wait_until,
+)
+from .wire_relay import ByteRelay, Exchange, exchanges
+
+Key = tuple[int, str, str]  # (round id, device id, direction)
+Mod = Callable[[httpx.Request, Send], httpx.Response]
+
+
+@pytest.fixture()
+def relayed(tmp_path: Path) -> Iterator[tuple[ByteRelay, str]]:
+    """(relay, relay url): a coordinator on loopback reached only through the relay."""
+    cfg = ServiceConfig(
+        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
+    )
+    with ServerThread(cfg) as upstream:
+        relay = ByteRelay(upstream)
+        with relay as url:
+            yield relay, url
+
+
+def _split(relay: ByteRelay) -> list[Exchange]:
+    return [ex for up, down in relay.connections() for ex in exchanges(up, down)]
+
+
+def _relay_view(exs: list[Exchange]) -> tuple[dict[Key, list[int]], dict[str, int]]:
+    """Relay bytes per (round, device, direction) as [wire bytes, requests] for exchanges whose
+    response names a ledger round, and the rest (control traffic) per direction."""
+    rounds: dict[Key, list[int]] = defaultdict(lambda: [0, 0])
+    control = {"up": 0, "down": 0}
+    for ex in exs:
+        rid = ex.response.header("x-plume-ledger-round")
+        if rid is None:
+            control["up"] += ex.up
+            control["down"] += ex.down
+            continue
+        device = ex.request.header("x-plume-device")
+        assert device is not None, ex.request.start
+        for direction, n in (("up", ex.up), ("down", ex.down)):
+            cell = rounds[(int(rid), device, direction)]
+            cell[0] += n
+            cell[1] += 1
+    return dict(rounds), control
+
+
+def _ledger_view(http: httpx.Client, round_ids: set[int]) -> dict[Key, list[int]]:
+    out: dict[Key, list[int]] = {}
+    for rid in sorted(round_ids):
+        r = http.get(f"/v1/rounds/{rid}/bandwidth", headers={"authorization": f"Bearer {ADMIN}"})
+        assert r.status_code == 200, r.text
+        for row in r.json()["rows"]:
+            key = (rid, row["device_id"], row["direction"])
+            out[key] = [row["wire_bytes"], row["requests"]]
+    return out
+
+
+_CONTROL = re.compile(r'^plume_control_wire_bytes_total\{direction="(up|down)"\} (\S+)$', re.M)
+
+
+def _control_settles(relay: ByteRelay, http: httpx.Client) -> tuple[dict[str, int], dict[str, int]]:
+    """(relay's control bytes, the coordinator's control counter) once they agree, or the last
+    pair seen. A scrape reports the exchanges accounted before it (not itself), and the
+    middleware accounts an exchange just after its response left, so poll briefly."""
+    give_up = time.monotonic() + 5.0
+    while True:
+        _, expected = _relay_view(_split(relay))  # every exchange before this scrape
+        text = http.get("/metrics").text
+        counted = {d: int(float(v)) for d, v in _CONTROL.findall(text)}
+        if counted == expected or time.monotonic() > give_up:
+            return expected, counted
+        time.sleep(0.05)
+
+
+def _sdk_view(clients: list[Client]) -> dict[Key, list[int]]:
+    return {
+        (rid, c.device_id, d): [cell["wire_bytes"], cell["requests"]]
+        for c in clients
+        for rid, row in c.bandwidth.items()
+        for d, cell in row.items()
+    }
+
+
+def _assignment(client: Client, task_id: int, timeout: float = 20.0) -> Assignment:
+    give_up = time.monotonic() + timeout
+    while True:
+        answer = client.check_in(task_id)
+        if answer.assignment is not None:
+            return answer.assignment
+        assert time.monotonic() < give_up, "no assignment"
+        time.sleep(min(answer.retry_after_s, 0.05))
+
+
+def _run_plain(url: str, root: Path, n: int, rounds: int, task_id: int, *mods: Mod) -> list[Client]:
+    clients = [Client(url, str(root / f"dev{i}"), mods=mods) for i in range(n)]
+    for c in clients:
+        c.register()
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            x, y = local_data(i)
+            for _ in range(rounds):
+                a = _assignment(clients[i], task_id)
+                clients[i].train_round(a, SoftmaxTrainer(), x, y)
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors, errors
+    return clients
+
+
+def test_plain_rounds_ledger_equals_the_relayed_bytes(
+    relayed: tuple[ByteRelay, str], tmp_path: Path
+) -> None:
+    # Prepare: the admin client and two devices all reach the coordinator through the relay
+    relay, url = relayed
+    http = httpx.Client(base_url=url)
+    task_id = create_task(http, task_config(rounds=2))
+    # Execute
+    clients = _run_plain(url, tmp_path, n=2, rounds=2, task_id=task_id)
+    wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+    # Assert: per round, device and direction the ledger holds exactly the relayed bytes
+    rounds, _ = _relay_view(_split(relay))
+    assert {k[0] for k in rounds} == {1, 2}
+    assert _ledger_view(http, {1, 2}) == rounds
+    assert _sdk_view(clients) == rounds
+    expected, counted = _control_settles(relay, http)
+    assert counted == expected
+    assert expected["up"] > 0 and expected["down"] > 0
+
+
+def _expect_continue(request: httpx.Request, send: Send) -> httpx.Response:
+    request.headers["expect"] = "100-continue"
+    return send(request)
+
+
+def _connection_close(request: httpx.Request, send: Send) -> httpx.Response:
+    request.headers["connection"] = "close"
+    return send(request)
+
+
+@pytest.mark.parametrize("mod", [_expect_continue, _connection_close], ids=["expect", "close"])
+def test_bytes_uvicorn_adds_on_its_own_are_in_the_ledger(
+    relayed: tuple[ByteRelay, str], tmp_path: Path, mod: Mod
+) -> None:
+    # Prepare: devices whose every request asks for `100 Continue` (uvicorn sends a 25-byte
+    # interim response) or closes its connection (uvicorn adds `connection: close`)
+    relay, url = relayed
+    http = httpx.Client(base_url=url)
+    task_id = create_task(http, task_config(rounds=1))
+    # Execute
+    clients = _run_plain(url, tmp_path, 2, 1, task_id, mod)
+    wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+    # Assert: the relay saw those bytes, and the ledger, the SDK and the control counter hold them
+    exs = _split(relay)
+    device_exs = [ex for ex in exs if ex.request.header("x-plume-device") is not None]
+    if mod is _expect_continue:
+        assert all(ex.interim and ex.interim[0].size == 25 for ex in device_exs)
+    else:
+        assert all(ex.response.header("connection") == "close" for ex in device_exs)
+        assert len(relay.connections()) >= len(device_exs)  # a new connection per request
+    rounds, _ = _relay_view(exs)
+    assert _ledger_view(http, {1}) == rounds
+    assert _sdk_view(clients) == rounds
+    expected, counted = _control_settles(relay, http)
+    assert counted == expected
