@@ -12,14 +12,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from coordinator.service import ServerThread, ServiceConfig
-from protocol.messages import Assignment
+from protocol.messages import Assignment, CodecParams
+from protocol.secagg import Stage
 from sdk.client import Client, Send
 
 from .test_service_support import (
     ADMIN,
+    SPEC,
     SoftmaxTrainer,
     create_task,
     local_data,
@@ -190,6 +193,59 @@ def test_bytes_uvicorn_adds_on_its_own_are_in_the_ledger(
         assert all(ex.response.header("connection") == "close" for ex in device_exs)
         assert len(relay.connections()) >= len(device_exs)  # a new connection per request
     rounds, _ = _relay_view(exs)
+    assert _ledger_view(http, {1}) == rounds
+    assert _sdk_view(clients) == rounds
+    expected, counted = _control_settles(relay, http)
+    assert counted == expected
+
+
+def test_secure_round_ledger_equals_the_relayed_bytes(
+    relayed: tuple[ByteRelay, str], tmp_path: Path
+) -> None:
+    # Prepare: a SecAgg+ task of four devices, one of which goes silent before unmasking
+    relay, url = relayed
+    http = httpx.Client(base_url=url)
+    cfg = task_config(
+        rounds=1,
+        clients_per_round=4,
+        min_reports=3,
+        selection_timeout_s=60.0,
+        downlink=CodecParams(topk=1.0, bits=32),
+        secure={"coord_fraction": 0.5, "stage_timeout_s": 3.0},
+    )
+    task_id = create_task(http, cfg)
+    clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(4)]
+    for c in clients:
+        c.register()
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            a = _assignment(clients[i], task_id)
+            delta = np.random.default_rng(i).normal(0, 0.05, SPEC.size).astype(np.float32)
+            clients[i].secure_round(
+                a, lambda params: (delta, 1, 0.0), drop_at=Stage.UNMASK if i == 0 else None
+            )
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    # Execute
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    status = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+    # Assert: the round committed, and every stage's bytes are in its ledger exactly
+    assert not errors, errors
+    assert status["version"] == 1
+    exs = _split(relay)
+    secure = [ex for ex in exs if ex.request.start.split(" ")[1].startswith("/v1/secure/")]
+    uploads = {ex.request.start for ex in secure if ex.request.start.startswith("POST")}
+    assert len(uploads) == 4  # the four stages, each counted once below per device
+    assert all(ex.response.header("x-plume-ledger-round") == "1" for ex in secure)
+    rounds, _ = _relay_view(exs)
+    assert {k[0] for k in rounds} == {1} and len(rounds) == 8  # 4 devices x up/down
     assert _ledger_view(http, {1}) == rounds
     assert _sdk_view(clients) == rounds
     expected, counted = _control_settles(relay, http)
