@@ -9,7 +9,7 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["TrainContext", "TrainJob", "JobResult", "Backend", "job_rng"]
+__all__ = ["TrainContext", "TrainJob", "JobResult", "Backend", "job_rng", "check_round"]
 
 
 @dataclass(frozen=True)
@@ -73,3 +73,33 @@ def job_rng(job: TrainJob, stream: int = 0) -> np.random.Generator:
     """The job's own RNG, from (seed, round, device, stream): no state shared between jobs, so
     every backend, in any order, draws the same numbers for the same job."""
     return np.random.default_rng([job.seed, job.round_id, job.device_index, stream])
+
+
+def check_round(params: npt.NDArray[Any], jobs: Sequence[TrainJob], num_examples: int) -> None:
+    """Refuse a round before any training: `params` must be a 1-D float array (float32[d]) and
+    every job's `indices` a non-empty 1-D integer array in [0, num_examples).
+
+    Without it a negative index silently trained on an example counted from the end (another
+    device's), and the rest failed deep inside torch or numpy (in a pool worker, as a traceback
+    that also stopped the pool)."""
+    if not (isinstance(params, np.ndarray) and params.ndim == 1):
+        raise ValueError(f"params must be a 1-D array (float32[d]), got shape {np.shape(params)}")
+    if not np.issubdtype(params.dtype, np.floating):
+        raise ValueError(f"params must be floating point, got {params.dtype}")
+    for job in jobs:
+        idx = np.asarray(job.indices)
+        if idx.ndim != 1 or not (idx.size == 0 or np.issubdtype(idx.dtype, np.integer)):
+            raise ValueError(
+                f"device {job.device_id}: indices must be a 1-D integer array, got "
+                f"{idx.dtype} of shape {idx.shape}"
+            )
+        if idx.size == 0:
+            raise ValueError(
+                f"device {job.device_id}: a device needs at least one example to train"
+            )
+        lo, hi = int(idx.min()), int(idx.max())
+        if lo < 0 or hi >= num_examples:
+            raise ValueError(
+                f"device {job.device_id}: example indices must be in [0, {num_examples}), got "
+                f"range [{lo}, {hi}]"
+            )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import numbers
 import os
 import sys
 import threading
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._base import JobResult, TrainContext, TrainJob
+from ._base import JobResult, TrainContext, TrainJob, check_round
 from ._worker import INNER_BACKENDS, WorkerState, check_job_timeout, name_devices, split_jobs
 
 __all__ = ["ProcessPoolBackend", "PoolWorkerError"]
@@ -31,6 +32,10 @@ _STOP_TIMEOUT_S = 10.0
 
 class PoolWorkerError(RuntimeError):
     """A worker process failed (its traceback is in the message), died, or stalled."""
+
+
+def _is_count(x: object) -> bool:
+    return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
 def _stop(procs: Sequence[Any]) -> None:
@@ -202,8 +207,10 @@ class ProcessPoolBackend:
         start_method: str = "spawn",
         job_timeout_s: float | None = None,
     ) -> None:
-        if workers is not None and workers < 1:
-            raise ValueError("workers must be >= 1")
+        if workers is not None and not (_is_count(workers) and workers >= 1):
+            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        if not _is_count(threads_per_worker):
+            raise ValueError(f"threads_per_worker must be an integer, got {threads_per_worker!r}")
         if inner not in INNER_BACKENDS:
             raise ValueError(f"inner backend must be one of {INNER_BACKENDS}, got {inner!r}")
         if start_method not in multiprocessing.get_all_start_methods():
@@ -217,9 +224,11 @@ class ProcessPoolBackend:
         self._conns: list[Connection] = []
         self._params: _Shared | None = None
         self._out: _Shared | None = None
+        self._num_examples = 0  # the training set's size, for `check_round`
 
     def start(self, ctx: TrainContext) -> None:
         self.close()
+        self._num_examples = len(ctx.y_train)
         mp: Any = multiprocessing.get_context(self.start_method)
         if os.name == "posix":
             # Before 3.13 a worker attaching to a block registers it with the resource tracker.
@@ -316,6 +325,8 @@ class ProcessPoolBackend:
     def train(self, params: npt.NDArray[np.float32], jobs: Sequence[TrainJob]) -> list[JobResult]:
         if not self._conns:
             raise RuntimeError("backend not started")
+        # Here, not in a worker: bad input fails the call and leaves the pool running.
+        check_round(params, jobs, self._num_examples)
         if not jobs:
             return []
         d = int(params.shape[0])

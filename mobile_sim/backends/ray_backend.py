@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._base import JobResult, TrainContext, TrainJob
+from ._base import JobResult, TrainContext, TrainJob, check_round
 from ._worker import INNER_BACKENDS, WorkerState, check_job_timeout, name_devices, split_jobs
 
 __all__ = ["RayBackend", "RayWorkerError"]
@@ -70,6 +70,7 @@ class RayBackend:
         self.job_timeout_s = check_job_timeout(job_timeout_s)
         self._actors: list[Any] = []
         self._owns_runtime = False
+        self._num_examples = 0  # the training set's size, for `check_round`
 
     def start(self, ctx: TrainContext) -> None:
         try:
@@ -79,6 +80,7 @@ class RayBackend:
                 "the Ray backend needs the optional extra: pip install 'plume-fl[ray]'"
             ) from exc
         self.close()
+        self._num_examples = len(ctx.y_train)
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if self.runtime_env is not None:
@@ -118,6 +120,7 @@ class RayBackend:
 
         if not self._actors:
             raise RuntimeError("backend not started")
+        check_round(params, jobs, self._num_examples)
         shares = split_jobs(jobs, len(self._actors))
         params_ref = ray.put(params)
         refs = [

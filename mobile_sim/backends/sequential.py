@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._base import JobResult, TrainContext, TrainJob, job_rng
+from ._base import JobResult, TrainContext, TrainJob, check_round, job_rng
 
 __all__ = ["SequentialBackend", "run_job"]
 
@@ -78,6 +78,7 @@ class SequentialBackend:
     def train(self, params: npt.NDArray[np.float32], jobs: Sequence[TrainJob]) -> list[JobResult]:
         if self._ctx is None:
             raise RuntimeError("backend not started")
+        check_round(params, jobs, len(self._ctx.y_train))
         return [run_job(self._ctx, self._trainers, params, job) for job in jobs]
 
     def close(self) -> None:

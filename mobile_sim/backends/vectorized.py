@@ -20,7 +20,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
-from ._base import JobResult, TrainContext, TrainJob, job_rng
+from ._base import JobResult, TrainContext, TrainJob, check_round, job_rng
 from ._seeding import RngPool
 from .sequential import run_job
 
@@ -228,6 +228,7 @@ class VectorizedBackend:
         ctx = self._ctx
         if ctx is None or self._module is None:
             raise RuntimeError("backend not started")
+        check_round(params, jobs, len(ctx.y_train))
         results: list[JobResult | None] = [None] * len(jobs)
         batchable: list[int] = []
         for i, job in enumerate(jobs):

@@ -47,12 +47,14 @@ def _shm_names() -> set[str]:
 
 def test_pool_matches_the_sequential_backend_over_rounds_then_fails_cleanly() -> None:
     # Prepare: rounds of 7, 12 (the output block grows) and 3 jobs, with new params each time;
-    # then a round where one job points past the end of the data.
+    # then a round where one job points past the end of the data (refused before the workers
+    # see it), and one whose trainer fails inside a worker (no ONNX artifacts).
     ctx, params, jobs7 = _jobs(7, 1)
     _, _, jobs12 = _jobs(12, 2)
     _, _, jobs3 = _jobs(3, 3)
     params2 = params + np.float32(0.01)
-    bad = replace(jobs3[1], indices=np.array([len(ctx.x_train) + 5]))
+    past_end = replace(jobs3[1], indices=np.array([len(ctx.x_train) + 5]))
+    bad = replace(jobs3[1], trainer="ort")
     before = _shm_names()
     seq = SequentialBackend()
     seq.start(ctx)
@@ -63,7 +65,10 @@ def test_pool_matches_the_sequential_backend_over_rounds_then_fails_cleanly() ->
     try:
         got = [pool.train(params, jobs7), pool.train(params2, jobs12), pool.train(params, jobs3)]
         empty = pool.train(params, [])
-        with pytest.raises(PoolWorkerError, match="IndexError"):
+        with pytest.raises(ValueError, match=rf"dev-1: .* in \[0, {len(ctx.x_train)}\)"):
+            pool.train(params, [jobs3[0], past_end, jobs3[2]])
+        again = pool.train(params, jobs3)  # still running
+        with pytest.raises(PoolWorkerError, match="ort_artifacts"):
             pool.train(params, [jobs3[0], bad, jobs3[2]])
         with pytest.raises(RuntimeError, match="not started"):  # a failure stops the pool
             pool.train(params, jobs3)
@@ -75,6 +80,7 @@ def test_pool_matches_the_sequential_backend_over_rounds_then_fails_cleanly() ->
     _assert_same(got[0], seq.train(params, jobs7))
     _assert_same(got[1], seq.train(params2, jobs12))
     _assert_same(got[2], seq.train(params, jobs3))
+    _assert_same(again, got[2])
     assert empty == []
     assert _shm_names() - before == set()
 

@@ -207,3 +207,58 @@ def test_natural_groups_must_hold_integer_indices_within_the_data() -> None:
         [1, 3],
         [0, 2],
     ]
+
+
+# -- backends -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["sequential", "vectorized"])
+def test_backends_refuse_a_round_they_would_train_wrongly(name: str) -> None:
+    # Prepare
+    from mobile_sim.backends import TrainContext, TrainJob, build_backend
+    from mobile_sim.data import load_digits_data
+    from mobile_sim.models import build_model
+    from sdk.flat import get_flat_params
+
+    data = load_digits_data()
+    n = len(data.x_train)
+    ctx = TrainContext("digits_mlp", data.x_train, data.y_train, epochs=1, batch_size=8, lr=0.1)
+    params = get_flat_params(build_model("digits_mlp"))
+    backend = build_backend(name)
+    backend.start(ctx)
+
+    def job(indices: object) -> TrainJob:
+        return TrainJob("dev-7", 7, 1, 0, np.asarray(indices))
+
+    bad = [
+        (
+            params,
+            job([-1, 3]),
+            rf"dev-7: example indices must be in \[0, {n}\), got range \[-1, 3\]",
+        ),
+        (params, job([n]), "example indices must be in"),  # was an IndexError deep in numpy
+        (params, job([0.0, 1.0]), "dev-7: indices must be a 1-D integer array"),
+        (params, job([[0, 1]]), "dev-7: indices must be a 1-D integer array"),
+        (params, job([]), "dev-7: a device needs at least one example"),
+        (params[None, :], job([0, 1]), r"params must be a 1-D array .* \(1, 2410\)"),
+        (params.astype(np.int32), job([0, 1]), "params must be floating point"),
+    ]
+
+    # Execute / Assert: each refused before training, and the backend still trains after.
+    try:
+        for p, j, match in bad:
+            with pytest.raises(ValueError, match=match):
+                backend.train(p, [job([0, 1, 2]), j])
+        (res,) = backend.train(params, [job([0, 1, 2])])
+    finally:
+        backend.close()
+    assert res.num_examples == 3 and np.isfinite(res.delta).all()
+
+
+def test_pool_settings_must_be_integers() -> None:
+    from mobile_sim.backends.process_pool import ProcessPoolBackend
+
+    with pytest.raises(ValueError, match="workers must be an integer >= 1, got 2.5"):
+        ProcessPoolBackend(workers=2.5)  # type: ignore[arg-type]  # was a TypeError at start
+    with pytest.raises(ValueError, match="threads_per_worker must be an integer"):
+        ProcessPoolBackend(threads_per_worker=1.5)  # type: ignore[arg-type]
