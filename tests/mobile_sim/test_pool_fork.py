@@ -19,13 +19,13 @@ _SCRIPT = textwrap.dedent(
     import numpy as np
     from mobile_sim.backends import TrainContext, TrainJob
     from mobile_sim.backends.process_pool import ProcessPoolBackend
-    from mobile_sim.data import load_digits_data
     from mobile_sim.models import build_model
     from sdk.flat import get_flat_params
 
     method, cycles = sys.argv[1], int(sys.argv[2])
-    data = load_digits_data()
-    ctx = TrainContext("digits_mlp", data.x_train, data.y_train, epochs=1, batch_size=8, lr=0.1)
+    rng = np.random.default_rng(0)  # digits-shaped data, without importing sklearn
+    x, y = rng.random((64, 64), dtype=np.float32), rng.integers(0, 10, 64)
+    ctx = TrainContext("digits_mlp", x, y, epochs=1, batch_size=8, lr=0.1)
     params = get_flat_params(build_model("digits_mlp"))
     jobs = [TrainJob(f"d{i}", i, 1, 0, np.arange(10 * i, 10 * i + 10)) for i in range(4)]
     made, errors, results = [], [], []
@@ -66,13 +66,15 @@ def _cycles(method: str, cycles: int) -> tuple[dict[str, object], str]:
 
 @pytest.mark.skipif(not Path("/dev/shm").is_dir(), reason="needs POSIX shared memory in /dev/shm")
 def test_fork_pools_close_without_error_warning_or_leftover_segment() -> None:
-    # Prepare / Execute: three start-train-close-close cycles with "fork" in a new process,
-    # the first before that process has a resource tracker; the last block is removed early.
-    report, stderr = _cycles("fork", 3)
+    # Prepare / Execute: two start-train-close-close cycles with "fork" in a new process, the
+    # first before that process has a resource tracker (the one that failed: each cycle's
+    # first round costs a forked worker about 1.5 s of torch warm-up, so two, not more); the
+    # last cycle's output block is removed behind the pool's back before it closes.
+    report, stderr = _cycles("fork", 2)
 
     # Assert: close never raised, every block made is gone, no tracker warning, same training.
     assert report["errors"] == []
-    assert report["made"] == 6
+    assert report["made"] == 4
     assert report["left"] == []
     assert "resource_tracker" not in stderr and "Warning" not in stderr, stderr
     assert report["same"] is True
