@@ -29,7 +29,7 @@ from .test_service_support import (
     task_config,
     wait_until,
 )
-from .wire_relay import ByteRelay, Exchange, exchanges
+from .wire_relay import ByteRelay, Exchange, HttpMessage, exchanges
 
 Key = tuple[int, str, str]  # (round id, device id, direction)
 Mod = Callable[[httpx.Request, Send], httpx.Response]
@@ -51,12 +51,19 @@ def _split(relay: ByteRelay) -> list[Exchange]:
     return [ex for up, down in relay.connections() for ex in exchanges(up, down)]
 
 
+def _response(ex: Exchange) -> HttpMessage:
+    assert ex.response is not None, f"no response to {ex.request.start!r}"
+    return ex.response
+
+
 def _relay_view(exs: list[Exchange]) -> tuple[dict[Key, list[int]], dict[str, int]]:
     """Relay bytes per (round, device, direction) as [wire bytes, requests] for exchanges whose
     response names a ledger round, and the rest (control traffic) per direction."""
     rounds: dict[Key, list[int]] = defaultdict(lambda: [0, 0])
     control = {"up": 0, "down": 0}
     for ex in exs:
+        if ex.response is None:
+            continue  # lost with its connection: neither side completed it (see the cut test)
         rid = ex.response.header("x-plume-ledger-round")
         if rid is None:
             control["up"] += ex.up
@@ -190,7 +197,7 @@ def test_bytes_uvicorn_adds_on_its_own_are_in_the_ledger(
     if mod is _expect_continue:
         assert all(ex.interim and ex.interim[0].size == 25 for ex in device_exs)
     else:
-        assert all(ex.response.header("connection") == "close" for ex in device_exs)
+        assert all(_response(ex).header("connection") == "close" for ex in device_exs)
         assert len(relay.connections()) >= len(device_exs)  # a new connection per request
     rounds, _ = _relay_view(exs)
     assert _ledger_view(http, {1}) == rounds
@@ -243,9 +250,37 @@ def test_secure_round_ledger_equals_the_relayed_bytes(
     secure = [ex for ex in exs if ex.request.start.split(" ")[1].startswith("/v1/secure/")]
     uploads = {ex.request.start for ex in secure if ex.request.start.startswith("POST")}
     assert len(uploads) == 4  # the four stages, each counted once below per device
-    assert all(ex.response.header("x-plume-ledger-round") == "1" for ex in secure)
+    assert all(_response(ex).header("x-plume-ledger-round") == "1" for ex in secure)
     rounds, _ = _relay_view(exs)
     assert {k[0] for k in rounds} == {1} and len(rounds) == 8  # 4 devices x up/down
+    assert _ledger_view(http, {1}) == rounds
+    assert _sdk_view(clients) == rounds
+    expected, counted = _control_settles(relay, http)
+    assert counted == expected
+
+
+def test_an_upload_lost_mid_body_is_counted_nowhere_and_its_retry_once(
+    relayed: tuple[ByteRelay, str], tmp_path: Path
+) -> None:
+    # Prepare: the link drops the first upload 10 bytes into its body; the SDK retries it
+    relay, url = relayed
+    http = httpx.Client(base_url=url)
+    task_id = create_task(http, task_config(rounds=1))
+    relay.cut_once(b"POST /v1/rounds/1/updates", body_keep=10)
+    # Execute
+    clients = _run_plain(url, tmp_path, 2, 1, task_id)
+    wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+    # Assert: the lost attempt's bytes (its head and 10 body bytes) crossed the wire and are in
+    # no ledger: the coordinator never completed the request, the device never got an answer
+    exs = _split(relay)
+    lost = [ex for ex in exs if ex.response is None]
+    assert len(lost) == 1 and lost[0].request.start.startswith("POST /v1/rounds/1/updates")
+    uploads = [ex for ex in exs if ex.request.start.startswith("POST /v1/rounds/1/updates")]
+    assert len(uploads) == 3  # the lost attempt, its retry, the other device's upload
+    assert all(ex.request.size > lost[0].request.size for ex in uploads if ex.response)
+    assert all(ex.response.status == 200 for ex in uploads if ex.response)
+    rounds, _ = _relay_view(exs)
+    assert all(n[1] == 3 for n in rounds.values())  # check-in, model, one upload each
     assert _ledger_view(http, {1}) == rounds
     assert _sdk_view(clients) == rounds
     expected, counted = _control_settles(relay, http)

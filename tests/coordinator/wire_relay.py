@@ -28,6 +28,7 @@ class Connection:
     up: bytearray = field(default_factory=bytearray)
     down: bytearray = field(default_factory=bytearray)
     open_pumps: int = 2
+    cut_at: int | None = None  # stream offset (up) where the relay drops the connection
 
 
 class ByteRelay:
@@ -42,6 +43,7 @@ class ByteRelay:
         self._sockets: list[socket.socket] = []
         self._threads: list[threading.Thread] = []
         self._stopping = False
+        self._cut: tuple[bytes, int] | None = None
         self.url = f"http://127.0.0.1:{self._listener.getsockname()[1]}"
 
     def __enter__(self) -> str:
@@ -65,6 +67,13 @@ class ByteRelay:
             s.close()
         for t in list(self._threads):
             t.join(5)
+
+    def cut_once(self, prefix: bytes, body_keep: int) -> None:
+        """Fault: the next request that starts with `prefix` reaches the upstream with its head
+        and `body_keep` bytes of its body, then the relay closes both sides of its connection
+        (a link dropped mid-upload)."""
+        with self._lock:
+            self._cut = (prefix, body_keep)
 
     def connections(self) -> list[tuple[bytes, bytes]]:
         """A snapshot: (bytes up, bytes down) of every connection so far, in accept order."""
@@ -96,25 +105,35 @@ class ByteRelay:
                 self._conns.append(conn)
                 self._sockets += [client, upstream]
                 pumps = [
-                    threading.Thread(target=self._pump, args=(client, upstream, conn, conn.up)),
-                    threading.Thread(target=self._pump, args=(upstream, client, conn, conn.down)),
+                    threading.Thread(target=self._pump, args=(client, upstream, conn, True)),
+                    threading.Thread(target=self._pump, args=(upstream, client, conn, False)),
                 ]
                 self._threads += pumps
             for t in pumps:
                 t.daemon = True
                 t.start()
 
-    def _pump(
-        self, src: socket.socket, dst: socket.socket, conn: Connection, record: bytearray
-    ) -> None:
+    def _pump(self, src: socket.socket, dst: socket.socket, conn: Connection, up: bool) -> None:
+        record = conn.up if up else conn.down
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
                 with self._lock:
-                    record += data
-                dst.sendall(data)
+                    if up:
+                        self._arm_cut(conn, data)
+                    n = len(data)
+                    if conn.cut_at is not None:
+                        n = max(0, min(n, conn.cut_at - len(record)))
+                    record += data[:n]  # only what reaches the other side is on its wire
+                    cut = conn.cut_at is not None and len(record) >= conn.cut_at
+                if n:
+                    dst.sendall(data[:n])
+                if cut:
+                    for s in (src, dst):
+                        s.shutdown(socket.SHUT_RDWR)
+                    break
         except OSError:
             pass  # a reset or stop(): the copy ends here; what was copied is recorded
         try:
@@ -123,6 +142,18 @@ class ByteRelay:
             pass
         with self._lock:
             conn.open_pumps -= 1
+
+    def _arm_cut(self, conn: Connection, data: bytes) -> None:
+        """Under the lock: place the armed cut once this read completes the request's head."""
+        if self._cut is None or conn.cut_at is not None:
+            return
+        prefix, body_keep = self._cut
+        stream = bytes(conn.up) + data
+        start = stream.find(prefix)
+        head_end = stream.find(b"\r\n\r\n", start) if start >= 0 else -1
+        if head_end >= 0:
+            conn.cut_at = head_end + 4 + body_keep
+            self._cut = None
 
 
 @dataclass(frozen=True)
@@ -149,10 +180,12 @@ class HttpMessage:
 
 @dataclass(frozen=True)
 class Exchange:
-    """A request and its final response; `interim`: the 1xx responses before it."""
+    """A request and its final response; `interim`: the 1xx responses before it. A request the
+    connection lost part-way (the last bytes up, no response) has `response` None and
+    `request.start` "" unless its whole head arrived."""
 
     request: HttpMessage
-    response: HttpMessage
+    response: HttpMessage | None
     interim: tuple[HttpMessage, ...]
 
     @property
@@ -161,7 +194,7 @@ class Exchange:
 
     @property
     def down(self) -> int:
-        return self.response.size + sum(m.size for m in self.interim)
+        return (self.response.size if self.response else 0) + sum(m.size for m in self.interim)
 
 
 def _head(data: bytes, pos: int) -> tuple[str, tuple[tuple[str, str], ...], int]:
@@ -226,7 +259,15 @@ def exchanges(up: bytes, down: bytes) -> list[Exchange]:
     out: list[Exchange] = []
     pu = pd = 0
     while pu < len(up):
-        request, pu = _message(up, pu, request_method=None)
+        try:
+            request, pu = _message(up, pu, request_method=None)
+        except WireParseError:
+            if pd != len(down):
+                raise  # a broken request that was answered: not a lost connection
+            line, crlf, _ = up[pu:].partition(b"\r\n")
+            start = line.decode("latin-1") if crlf else ""
+            out.append(Exchange(HttpMessage(start, (), len(up) - pu, b""), None, ()))
+            return out
         method = request.start.split(" ")[0]
         interim = []
         while True:
