@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,6 +30,30 @@ class TrainContext:
     lr: float
     momentum: float = 0.0
     ort_artifacts: str | None = None
+
+    def __post_init__(self) -> None:
+        # Before, epochs or batch_size <= 0 trained nothing on one backend and failed inside
+        # torch on another, and a negative lr was refused by torch's SGD but used (as gradient
+        # ascent) by the vectorized backend: refuse them here, for every backend alike.
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not (isinstance(value, numbers.Integral) and not isinstance(value, bool)):
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not (isinstance(self.lr, numbers.Real) and 0 < self.lr < math.inf):
+            raise ValueError(f"lr must be finite and > 0, got {self.lr!r}")
+        if not (isinstance(self.momentum, numbers.Real) and 0 <= self.momentum < 1):
+            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        x, y = self.x_train, self.y_train
+        if isinstance(x, np.ndarray) and isinstance(y, np.ndarray):
+            if y.ndim != 1 or len(x) != len(y):
+                raise ValueError(
+                    f"y_train must be 1-D with one label per x_train row, got shapes "
+                    f"{x.shape} and {y.shape}"
+                )
+            if y.size and not np.issubdtype(y.dtype, np.integer):
+                raise ValueError(f"y_train must hold integer class labels, got {y.dtype}")
 
 
 @dataclass(frozen=True)

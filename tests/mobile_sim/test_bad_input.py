@@ -262,3 +262,28 @@ def test_pool_settings_must_be_integers() -> None:
         ProcessPoolBackend(workers=2.5)  # type: ignore[arg-type]  # was a TypeError at start
     with pytest.raises(ValueError, match="threads_per_worker must be an integer"):
         ProcessPoolBackend(threads_per_worker=1.5)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        ({"epochs": 0}, "epochs must be an integer >= 1, got 0"),  # trained nothing, silently
+        ({"epochs": 1.5}, "epochs must be an integer"),
+        ({"batch_size": -1}, "batch_size must be an integer >= 1"),  # trained nothing
+        ({"lr": -0.1}, "lr must be finite and > 0"),  # vectorized did gradient ascent
+        ({"lr": math.nan}, "lr must be finite and > 0"),
+        ({"momentum": 1.5}, r"momentum must be in \[0, 1\)"),
+        ({"y_train": np.zeros(3, np.int64)}, "one label per x_train row"),
+        ({"y_train": np.zeros(4, np.float32)}, "integer class labels, got float32"),
+    ],
+)
+def test_a_training_context_that_would_train_wrongly_is_refused(
+    change: dict[str, object], match: str
+) -> None:
+    from mobile_sim.backends import TrainContext
+
+    ok: dict[str, object] = {"model": "digits_mlp", "x_train": np.zeros((4, 64), np.float32)}
+    ok |= {"y_train": np.zeros(4, np.int64), "epochs": 1, "batch_size": 2, "lr": 0.1}
+    TrainContext(**ok)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=match):
+        TrainContext(**{**ok, **change})  # type: ignore[arg-type]
