@@ -43,8 +43,9 @@ class TrainContext:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         if not (isinstance(self.lr, numbers.Real) and 0 < self.lr < math.inf):
             raise ValueError(f"lr must be finite and > 0, got {self.lr!r}")
-        if not (isinstance(self.momentum, numbers.Real) and 0 <= self.momentum < 1):
-            raise ValueError(f"momentum must be in [0, 1), got {self.momentum!r}")
+        # Any finite momentum >= 0, as torch's SGD and `plume sim --momentum` take.
+        if not (isinstance(self.momentum, numbers.Real) and 0 <= self.momentum < math.inf):
+            raise ValueError(f"momentum must be finite and >= 0, got {self.momentum!r}")
         x, y = self.x_train, self.y_train
         if isinstance(x, np.ndarray) and isinstance(y, np.ndarray):
             if y.ndim != 1 or len(x) != len(y):

@@ -272,7 +272,8 @@ def test_pool_settings_must_be_integers() -> None:
         ({"batch_size": -1}, "batch_size must be an integer >= 1"),  # trained nothing
         ({"lr": -0.1}, "lr must be finite and > 0"),  # vectorized did gradient ascent
         ({"lr": math.nan}, "lr must be finite and > 0"),
-        ({"momentum": 1.5}, r"momentum must be in \[0, 1\)"),
+        ({"momentum": math.nan}, "momentum must be finite and >= 0"),  # NaN deltas
+        ({"momentum": -0.5}, "momentum must be finite and >= 0"),
         ({"y_train": np.zeros(3, np.int64)}, "one label per x_train row"),
         ({"y_train": np.zeros(4, np.float32)}, "integer class labels, got float32"),
     ],
