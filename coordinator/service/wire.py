@@ -107,7 +107,7 @@ class WireMiddleware:
         if cap is not None:
             for k, v in scope["headers"]:
                 if k == b"content-length" and v.isdigit() and int(v) > cap:
-                    await _reject_413(send, cap)
+                    self._account_reject(scope, 0, 0, await _reject_413(send, cap))
                     return
         received = 0
         sent_body = 0
@@ -161,15 +161,26 @@ class WireMiddleware:
         except _BodyTooLarge:
             if started:
                 raise
-            await _reject_413(send, cap or 0)
+            sent = await _reject_413(send, cap or 0)
+            self._account_reject(scope, received, interim, sent)
             return
         except _BodyTimeout as exc:
             if started:
                 raise
-            await _reject(send, 408, Reason.REQUEST_TIMEOUT, str(exc.detail))
+            sent = await _reject(send, 408, Reason.REQUEST_TIMEOUT, str(exc.detail))
+            self._account_reject(scope, received, interim, sent)
             return
         if started:
             self._account(scope, received, started, sent_body + interim)
+
+    def _account_reject(
+        self, scope: Scope, received: int, interim: int, sent: tuple[Message, int]
+    ) -> None:
+        """A request this middleware refused (413, 408) is control traffic: its head, the body
+        bytes read before the refusal, and the refusal."""
+        scope["state"].pop(STATE_KEY, None)
+        start, body = sent
+        self._account(scope, received, dict(start), body + interim)
 
     def _account(
         self, scope: Scope, received: int, started: dict[str, Any], sent_body: int
@@ -230,22 +241,23 @@ def _server_added_bytes(scope: Scope, response_headers: Any) -> int:
     return _CLOSE_HEADER
 
 
-async def _reject_413(send: Send, cap: int) -> None:
-    await _reject(send, 413, Reason.TOO_LARGE, f"request body above the {cap}-byte cap")
+async def _reject_413(send: Send, cap: int) -> tuple[Message, int]:
+    return await _reject(send, 413, Reason.TOO_LARGE, f"request body above the {cap}-byte cap")
 
 
-async def _reject(send: Send, status: int, reason: Reason, detail: str) -> None:
-    """A JSON error response that closes the connection (the rest of the body is not read)."""
+async def _reject(send: Send, status: int, reason: Reason, detail: str) -> tuple[Message, int]:
+    """A JSON error response that closes the connection (the rest of the body is not read);
+    returns its start message and body size, for the control-traffic counter."""
     body = json.dumps({"reason": str(reason), "detail": detail}).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
-            ],
-        }
-    )
+    start: Message = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (b"connection", b"close"),
+        ],
+    }
+    await send(start)
     await send({"type": "http.response.body", "body": body})
+    return start, len(body)

@@ -5,6 +5,7 @@ copied must be in a round's ledger or in the control-traffic counter, exactly.""
 from __future__ import annotations
 
 import re
+import socket
 import threading
 import time
 from collections import defaultdict
@@ -29,7 +30,14 @@ from .test_service_support import (
     task_config,
     wait_until,
 )
-from .wire_relay import ByteRelay, Exchange, HttpMessage, exchanges
+from .wire_relay import (
+    ByteRelay,
+    Exchange,
+    HttpMessage,
+    WireParseError,
+    exchanges,
+    final_response,
+)
 
 Key = tuple[int, str, str]  # (round id, device id, direction)
 Mod = Callable[[httpx.Request, Send], httpx.Response]
@@ -92,13 +100,17 @@ def _ledger_view(http: httpx.Client, round_ids: set[int]) -> dict[Key, list[int]
 _CONTROL = re.compile(r'^plume_control_wire_bytes_total\{direction="(up|down)"\} (\S+)$', re.M)
 
 
-def _control_settles(relay: ByteRelay, http: httpx.Client) -> tuple[dict[str, int], dict[str, int]]:
-    """(relay's control bytes, the coordinator's control counter) once they agree, or the last
-    pair seen. A scrape reports the exchanges accounted before it (not itself), and the
-    middleware accounts an exchange just after its response left, so poll briefly."""
+def _control_settles(
+    relay: ByteRelay, http: httpx.Client, missing: dict[str, int] | None = None
+) -> tuple[dict[str, int], dict[str, int]]:
+    """(the relay's control bytes less `missing`, the coordinator's control counter) once they
+    agree, or the last pair seen. A scrape reports the exchanges accounted before it (not
+    itself), and the middleware accounts an exchange just after its response left: poll."""
+    less = missing or {"up": 0, "down": 0}
     give_up = time.monotonic() + 5.0
     while True:
-        _, expected = _relay_view(_split(relay))  # every exchange before this scrape
+        _, seen = _relay_view(_split(relay))  # every exchange before this scrape
+        expected = {d: seen[d] - less[d] for d in ("up", "down")}
         text = http.get("/metrics").text
         counted = {d: int(float(v)) for d, v in _CONTROL.findall(text)}
         if counted == expected or time.monotonic() > give_up:
@@ -284,4 +296,89 @@ def test_an_upload_lost_mid_body_is_counted_nowhere_and_its_retry_once(
     assert _ledger_view(http, {1}) == rounds
     assert _sdk_view(clients) == rounds
     expected, counted = _control_settles(relay, http)
+    assert counted == expected
+
+
+def _chunked_upload(request: httpx.Request, send: Send) -> httpx.Response:
+    """Re-send an upload with its body in two chunks (`Transfer-Encoding: chunked`), as a
+    client that streams its body would; other requests pass unchanged."""
+    if not request.url.path.endswith("/updates"):
+        return send(request)
+    body = request.content
+    headers = [(k, v) for k, v in request.headers.raw if k.lower() != b"content-length"]
+    chunks = iter([body[:7], body[7:]])
+    return send(httpx.Request(request.method, request.url, headers=headers, content=chunks))
+
+
+def test_chunked_request_framing_is_the_one_documented_gap_in_a_round(
+    relayed: tuple[ByteRelay, str], tmp_path: Path
+) -> None:
+    # Prepare: devices that send their uploads chunked
+    relay, url = relayed
+    http = httpx.Client(base_url=url)
+    task_id = create_task(http, task_config(rounds=1))
+    # Execute
+    _run_plain(url, tmp_path, 2, 1, task_id, _chunked_upload)
+    wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+    # Assert: the ledger counts a chunked body by its payload; the chunk-size lines and the
+    # last chunk, and nothing else, are on the wire and not in the ledger
+    exs = _split(relay)
+    uploads = [ex for ex in exs if ex.request.header("transfer-encoding") == "chunked"]
+    assert len(uploads) == 2 and all(_response(ex).status == 200 for ex in uploads)
+    framing: dict[str, int] = defaultdict(int)
+    for ex in uploads:
+        n = len(ex.request.body)
+        gap = ex.request.size - ex.request.head - n
+        assert gap == len("7\r\n\r\n") + len(f"{n - 7:x}\r\n\r\n") + len("0\r\n\r\n")
+        framing[str(ex.request.header("x-plume-device"))] += gap
+    rounds, _ = _relay_view(exs)
+    ledger = _ledger_view(http, {1})
+    assert set(ledger) == set(rounds)
+    for (rid, device, direction), (wire, requests) in rounds.items():
+        gap = framing[device] if direction == "up" else 0
+        assert ledger[(rid, device, direction)] == [wire - gap, requests]
+    expected, counted = _control_settles(relay, http)
+    assert counted == expected
+
+
+def _raw(url: str, data: bytes) -> HttpMessage:
+    """Send `data` on a new connection and read one response (the connection is then closed)."""
+    host, _, port = url.removeprefix("http://").rpartition(":")
+    got = b""
+    with socket.create_connection((host, int(port)), timeout=10) as s:
+        s.sendall(data)
+        while True:
+            try:
+                return final_response(got, data.split(b" ")[0].decode())
+            except WireParseError:
+                chunk = s.recv(65536)
+                assert chunk, f"connection closed after {got!r}"
+                got += chunk
+
+
+def test_control_traffic_counts_what_the_coordinator_read_and_answered(
+    relayed: tuple[ByteRelay, str], tmp_path: Path
+) -> None:
+    # Prepare: a task, so the routes below exist
+    relay, url = relayed
+    http = httpx.Client(base_url=url)
+    create_task(http, task_config(rounds=1))
+    # Execute: three requests no SDK sends
+    unread = b"u" * 100
+    unsigned = _raw(
+        url,
+        b"POST /v1/rounds/1/updates HTTP/1.1\r\nhost: x\r\n"
+        b"content-type: application/octet-stream\r\ncontent-length: 100\r\n\r\n" + unread,
+    )
+    too_large = _raw(url, b"POST /v1/devices HTTP/1.1\r\nhost: x\r\ncontent-length: 70000\r\n\r\n")
+    garbage = _raw(url, b"NOT HTTP AT ALL\r\n\r\n")
+    # Assert: a body refused before it was read is counted as far as it was read (here 0 of
+    # 100 bytes); the middleware's own 413 is counted; a request uvicorn could not parse never
+    # reached the app and is counted nowhere
+    assert (unsigned.status, too_large.status, garbage.status) == (401, 413, 400)
+    exs = _split(relay)
+    not_http = [ex for ex in exs if ex.request.start == "NOT HTTP AT ALL"]
+    assert len(not_http) == 1
+    missing = {"up": len(unread) + not_http[0].up, "down": not_http[0].down}
+    expected, counted = _control_settles(relay, http, missing)
     assert counted == expected

@@ -14,7 +14,15 @@ import socket
 import threading
 from dataclasses import dataclass, field
 
-__all__ = ["ByteRelay", "Connection", "Exchange", "HttpMessage", "WireParseError", "exchanges"]
+__all__ = [
+    "ByteRelay",
+    "Connection",
+    "Exchange",
+    "HttpMessage",
+    "WireParseError",
+    "exchanges",
+    "final_response",
+]
 
 
 class WireParseError(ValueError):
@@ -159,13 +167,15 @@ class ByteRelay:
 @dataclass(frozen=True)
 class HttpMessage:
     """One HTTP/1.1 message as it was on the wire. `start`: request or status line (no CRLF);
-    `headers`: lower-cased names; `size`: every byte of it (head, framing, body);
-    `body`: the de-framed body."""
+    `headers`: lower-cased names; `size`: every byte of it (head, framing, body); `head`: the
+    bytes of the start line and headers with the blank line; `body`: the de-framed body, so
+    `size - head - len(body)` is the chunked framing."""
 
     start: str
     headers: tuple[tuple[str, str], ...]
     size: int
     body: bytes
+    head: int = 0
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
@@ -180,9 +190,10 @@ class HttpMessage:
 
 @dataclass(frozen=True)
 class Exchange:
-    """A request and its final response; `interim`: the 1xx responses before it. A request the
-    connection lost part-way (the last bytes up, no response) has `response` None and
-    `request.start` "" unless its whole head arrived."""
+    """A request and its final response; `interim`: the 1xx responses before it. The last
+    request of a connection that ended inside it (its `request` holds only its size and start
+    line) has `response` None if the link was lost, or the refusal the server sent before
+    closing."""
 
     request: HttpMessage
     response: HttpMessage | None
@@ -251,7 +262,16 @@ def _message(data: bytes, pos: int, *, request_method: str | None) -> tuple[Http
         body, end = data[body_at:], len(data)
     else:
         body, end = b"", body_at
-    return HttpMessage(start, headers, end - pos, body), end
+    return HttpMessage(start, headers, end - pos, body, body_at - pos), end
+
+
+def final_response(down: bytes, method: str) -> HttpMessage:
+    """The first final (non-1xx) response in `down`; `WireParseError` while it is incomplete."""
+    pos = 0
+    while True:
+        response, pos = _message(down, pos, request_method=method)
+        if response.status >= 200:
+            return response
 
 
 def exchanges(up: bytes, down: bytes) -> list[Exchange]:
@@ -262,11 +282,18 @@ def exchanges(up: bytes, down: bytes) -> list[Exchange]:
         try:
             request, pu = _message(up, pu, request_method=None)
         except WireParseError:
-            if pd != len(down):
-                raise  # a broken request that was answered: not a lost connection
+            # The connection ended inside this request: lost with it (no response), or
+            # refused before its body came and closed (one last response)
             line, crlf, _ = up[pu:].partition(b"\r\n")
             start = line.decode("latin-1") if crlf else ""
-            out.append(Exchange(HttpMessage(start, (), len(up) - pu, b""), None, ()))
+            partial = HttpMessage(start, (), len(up) - pu, b"", 0)
+            if pd == len(down):
+                out.append(Exchange(partial, None, ()))
+                return out
+            response, pd = _message(down, pd, request_method=start.split(" ")[0])
+            if pd != len(down):
+                raise
+            out.append(Exchange(partial, response, ()))
             return out
         method = request.start.split(" ")[0]
         interim = []
