@@ -372,7 +372,7 @@ class SimFleet:
     ) -> RoundTiming:
         """Race the selected cohort (see `SimClock.plan_round`); does not advance the clock.
         The timing's `waited_s` is the time `wait_for` idled since the last `advance`."""
-        profiles = self.population.profiles(np.asarray(device_indices, dtype=np.int64))
+        profiles = self.population.profiles(np.asarray(device_indices))
         timing = self.clock.plan_round(
             profiles,
             np.asarray(down_bytes),
@@ -387,7 +387,7 @@ class SimFleet:
 
     def dropped(self, round_id: int, device_indices: Sequence[int]) -> npt.NDArray[np.bool_]:
         """bool[n]: which of the cohort vanish this round (so their training can be skipped)."""
-        profiles = self.population.profiles(np.asarray(device_indices, dtype=np.int64))
+        profiles = self.population.profiles(np.asarray(device_indices))
         return self.clock.dropout_mask(profiles, round_id)
 
     def advance(self, timing: RoundTiming) -> float:

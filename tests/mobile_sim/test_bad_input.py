@@ -288,3 +288,13 @@ def test_a_training_context_that_would_train_wrongly_is_refused(
     TrainContext(**ok)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=match):
         TrainContext(**{**ok, **change})  # type: ignore[arg-type]
+
+
+def test_a_cohort_of_fractional_device_indices_is_refused_not_truncated() -> None:
+    # Before: [0.7, 1.2] was cast to devices [0, 1] and timed as such.
+    fleet = SimFleet(10, seed=0)
+    with pytest.raises(PopulationError, match="1-D integer array"):
+        fleet.time_round(1, [0.7, 1.2], down_bytes=1, up_bytes=1, samples=1, epochs=1, per_round=1)  # type: ignore[list-item]
+    with pytest.raises(PopulationError, match="1-D integer array"):
+        fleet.dropped(1, [1.5])  # type: ignore[list-item]
+    assert fleet.dropped(1, []).shape == (0,)
