@@ -130,6 +130,10 @@ DEFAULT_TIERS: tuple[TierSpec, ...] = (
 
 _MAX_DEVICES = 2**63 - 1  # device ids are int64
 _MAX_TIERS = 127  # tier indices are int8
+# Simulated seconds and start-hour offsets whose day numbers stay far inside int64 (1e15 s is
+# some 30 million years).
+_MAX_SIM_S = 1e15
+_MAX_HOURS = 1e9
 # Largest sigma (natural-log spread) a tier may have: Box-Muller normals reach about 8.6 in
 # magnitude, and exp(10 * 8.6) keeps every drawn bandwidth and speed finite and above zero (a
 # larger sigma overflowed to inf or underflowed to 0 bits/s: a device that never finishes).
@@ -231,6 +235,11 @@ class PopulationConfig:
             raise PopulationError("time-zone and night spreads must be finite and >= 0")
         if not (math.isfinite(self.start_hour_utc) and math.isfinite(self.night_start_mean_h)):
             raise PopulationError("start_hour_utc and night_start_mean_h must be finite")
+        if not abs(self.start_hour_utc) <= _MAX_HOURS:
+            # Day numbers are int64: a larger offset overflowed them (a numpy warning, garbage).
+            raise PopulationError(
+                f"start_hour_utc must be within +-{_MAX_HOURS:g} h, got {self.start_hour_utc}"
+            )
         if not 0 < self.night_hours_mean <= 24:
             raise PopulationError("night_hours_mean must be in (0, 24]")
         if self.availability not in ("diurnal", "always"):
@@ -475,8 +484,10 @@ class Population:
 
     def available_mask(self, profiles: ProfileBatch, sim_time_s: float) -> B:
         """bool[n]: which devices are eligible (charging on unmetered wifi) at `sim_time_s`."""
-        if sim_time_s < 0 or not math.isfinite(sim_time_s):
-            raise PopulationError(f"sim_time_s must be finite and >= 0, got {sim_time_s}")
+        if not 0 <= sim_time_s <= _MAX_SIM_S:
+            raise PopulationError(
+                f"sim_time_s must be finite and >= 0 (at most {_MAX_SIM_S:g} s), got {sim_time_s}"
+            )
         n = len(profiles)
         if self.config.availability == "always":
             return np.ones(n, dtype=np.bool_)

@@ -298,3 +298,13 @@ def test_a_cohort_of_fractional_device_indices_is_refused_not_truncated() -> Non
     with pytest.raises(PopulationError, match="1-D integer array"):
         fleet.dropped(1, [1.5])  # type: ignore[list-item]
     assert fleet.dropped(1, []).shape == (0,)
+
+
+def test_times_whose_day_numbers_would_overflow_are_refused() -> None:
+    # Before: a numpy "invalid value encountered in cast" warning and garbage availability.
+    with pytest.raises(PopulationError, match=r"start_hour_utc must be within"):
+        PopulationConfig(10, 0, start_hour_utc=1e300)
+    pop = Population.build(10, seed=0)
+    with pytest.raises(PopulationError, match=r"at most 1e\+15 s\), got 1e\+25"):
+        pop.is_available(np.arange(10), 1e25)
+    assert pop.is_available(np.arange(10), 1e15).dtype == np.bool_
