@@ -11,12 +11,14 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
 from coordinator.service import ServerThread, ServiceConfig
+from coordinator.service.app import create_app
 from protocol.messages import Assignment, CodecParams
 from protocol.secagg import Stage
 from sdk.client import Client, Send
@@ -382,3 +384,44 @@ def test_control_traffic_counts_what_the_coordinator_read_and_answered(
     missing = {"up": len(unread) + not_http[0].up, "down": not_http[0].down}
     expected, counted = _control_settles(relay, http, missing)
     assert counted == expected
+
+
+def test_a_500_is_counted_nowhere_and_the_sdk_retry_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a coordinator whose first upload hits a bug (an unhandled error, which Starlette
+    # answers with a plain 500 outside the wire middleware); the SDK retries a 500
+    cfg = ServiceConfig(
+        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
+    )
+    app = create_app(cfg)
+    coordinator = app.state.coordinator
+    submit = coordinator.submit
+    failed: list[str] = []
+
+    def buggy(round_id: int, device_id: str, key: str, frame: bytes) -> Any:
+        if not failed:
+            failed.append(device_id)
+            raise RuntimeError("injected coordinator bug")
+        return submit(round_id, device_id, key, frame)
+
+    monkeypatch.setattr(coordinator, "submit", buggy)
+    with ServerThread(cfg, app=app) as upstream:
+        relay = ByteRelay(upstream)
+        with relay as url:
+            http = httpx.Client(base_url=url)
+            task_id = create_task(http, task_config(rounds=1))
+            # Execute
+            clients = _run_plain(url, tmp_path, 2, 1, task_id)
+            wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+            # Assert: the 500 crossed the wire and is in no ledger, SDK count or counter
+            exs = _split(relay)
+            errors = [ex for ex in exs if ex.response is not None and ex.response.status == 500]
+            assert len(errors) == 1 and errors[0].request.header("x-plume-device") == failed[0]
+            assert errors[0].request.start.startswith("POST /v1/rounds/1/updates")
+            rounds, _ = _relay_view(exs)
+            assert _ledger_view(http, {1}) == rounds
+            assert _sdk_view(clients) == rounds
+            missing = {"up": errors[0].up, "down": errors[0].down}
+            expected, counted = _control_settles(relay, http, missing)
+            assert counted == expected
