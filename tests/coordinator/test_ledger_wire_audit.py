@@ -386,6 +386,32 @@ def test_control_traffic_counts_what_the_coordinator_read_and_answered(
     assert counted == expected
 
 
+def test_control_requests_uvicorn_frames_itself_are_counted_exactly(
+    relayed: tuple[ByteRelay, str],
+) -> None:
+    # Prepare
+    relay, url = relayed
+    http = httpx.Client(base_url=url)
+    body = b'{"public_key":"AA"}'
+    # Execute: an HTTP/1.0 request (uvicorn adds `connection: close`), an `Expect` whose body
+    # the app never reads (no interim response), and one whose body it reads (`100 Continue`)
+    old = _raw(url, b"GET /healthz HTTP/1.0\r\nhost: x\r\n\r\n")
+    unread = _raw(url, b"GET /healthz HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n\r\n")
+    read = _raw(
+        url,
+        b"POST /v1/devices HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n"
+        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body),
+    )
+    # Assert: the relay saw each of those bytes, and the control counter holds exactly them
+    assert (old.status, unread.status, read.status) == (200, 200, 400)
+    assert old.header("connection") == "close"
+    exs = {ex.request.start: ex for ex in _split(relay)}
+    assert not exs["GET /healthz HTTP/1.1"].interim
+    assert [m.start for m in exs["POST /v1/devices HTTP/1.1"].interim] == ["HTTP/1.1 100 Continue"]
+    expected, counted = _control_settles(relay, http)
+    assert counted == expected
+
+
 def test_a_500_is_counted_nowhere_and_the_sdk_retry_once(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
