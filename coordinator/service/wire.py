@@ -8,7 +8,8 @@ SDK uses), adds them to the ledger and the Prometheus counters, and tells the cl
 it counted the exchange under in the `x-plume-ledger-round` response header. Two things uvicorn
 writes without the app are counted too (`_server_added_bytes`): the `100 Continue` interim
 response to a request that sent `Expect: 100-continue`, and the `connection: close` header of a
-response to a request that did not keep the connection alive.
+response to a request that did not keep the connection alive. A HEAD response's body, which
+uvicorn does not send, is not counted.
 """
 
 from __future__ import annotations
@@ -152,8 +153,8 @@ class WireMiddleware:
                 message["headers"] = headers
                 started["status"] = message["status"]
                 started["headers"] = headers
-            elif message["type"] == "http.response.body":
-                sent_body += len(message.get("body", b""))
+            elif message["type"] == "http.response.body" and scope["method"] != "HEAD":
+                sent_body += len(message.get("body", b""))  # uvicorn drops a HEAD's body
             await send(message)
 
         try:

@@ -394,7 +394,8 @@ def test_control_requests_uvicorn_frames_itself_are_counted_exactly(
     http = httpx.Client(base_url=url)
     body = b'{"public_key":"AA"}'
     # Execute: an HTTP/1.0 request (uvicorn adds `connection: close`), an `Expect` whose body
-    # the app never reads (no interim response), and one whose body it reads (`100 Continue`)
+    # the app never reads (no interim response), one whose body it reads (`100 Continue`), and
+    # a HEAD (uvicorn sends the head of the app's response, not its body)
     old = _raw(url, b"GET /healthz HTTP/1.0\r\nhost: x\r\n\r\n")
     unread = _raw(url, b"GET /healthz HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n\r\n")
     read = _raw(
@@ -402,8 +403,10 @@ def test_control_requests_uvicorn_frames_itself_are_counted_exactly(
         b"POST /v1/devices HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n"
         b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body),
     )
+    head = _raw(url, b"HEAD /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
     # Assert: the relay saw each of those bytes, and the control counter holds exactly them
     assert (old.status, unread.status, read.status) == (200, 200, 400)
+    assert head.body == b"" and int(head.header("content-length") or 0) > 0
     assert old.header("connection") == "close"
     exs = {ex.request.start: ex for ex in _split(relay)}
     assert not exs["GET /healthz HTTP/1.1"].interim
