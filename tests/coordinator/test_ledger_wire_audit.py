@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import re
 import socket
+import sqlite3
 import threading
 import time
 from collections import defaultdict
@@ -152,8 +153,16 @@ def _assignment(client: Client, task_id: int, timeout: float = 20.0) -> Assignme
         time.sleep(min(answer.retry_after_s, 0.05))
 
 
-def _run_plain(url: str, root: Path, n: int, rounds: int, task_id: int, *mods: Mod) -> list[Client]:
-    clients = [Client(url, str(root / f"dev{i}"), mods=mods) for i in range(n)]
+def _run_plain(
+    url: str,
+    root: Path,
+    n: int,
+    rounds: int,
+    task_id: int,
+    *mods: Mod,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[Client]:
+    clients = [Client(url, str(root / f"dev{i}"), mods=mods, sleep=sleep) for i in range(n)]
     for c in clients:
         c.register()
     errors: list[BaseException] = []
@@ -433,11 +442,17 @@ def test_control_requests_uvicorn_frames_itself_are_counted_exactly(
     assert counted == expected
 
 
-def test_a_500_is_counted_nowhere_and_the_sdk_retry_once(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [(RuntimeError("injected coordinator bug"), 500), (sqlite3.OperationalError("locked"), 503)],
+    ids=["bug-500", "store-503"],
+)
+def test_a_failed_upload_and_its_retry_on_the_wire(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception, status: int
 ) -> None:
-    # Prepare: a coordinator whose first upload hits a bug (an unhandled error, which Starlette
-    # answers with a plain 500 outside the wire middleware); the SDK retries a 500
+    # Prepare: a coordinator whose first upload fails: with a bug (an unhandled error, which
+    # Starlette answers with a plain 500 outside the wire middleware), or with a store error
+    # (the app's 503 store_unavailable). The SDK retries both at once (no sleeping here).
     cfg = ServiceConfig(
         db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
     )
@@ -446,29 +461,40 @@ def test_a_500_is_counted_nowhere_and_the_sdk_retry_once(
     submit = coordinator.submit
     failed: list[str] = []
 
-    def buggy(round_id: int, device_id: str, key: str, frame: bytes) -> Any:
+    def failing(round_id: int, device_id: str, key: str, frame: bytes) -> Any:
         if not failed:
             failed.append(device_id)
-            raise RuntimeError("injected coordinator bug")
+            raise error
         return submit(round_id, device_id, key, frame)
 
-    monkeypatch.setattr(coordinator, "submit", buggy)
+    monkeypatch.setattr(coordinator, "submit", failing)
     with ServerThread(cfg, app=app) as upstream:
         relay = ByteRelay(upstream)
         with relay as url:
             http = httpx.Client(base_url=url)
             task_id = create_task(http, task_config(rounds=1))
             # Execute
-            clients = _run_plain(url, tmp_path, 2, 1, task_id)
+            clients = _run_plain(url, tmp_path, 2, 1, task_id, sleep=lambda s: None)
             wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
-            # Assert: the 500 crossed the wire and is in no ledger, SDK count or counter
+            # Assert: the 503 is in the round like its retry; the 500 is counted nowhere
             exs = _split(relay)
-            errors = [ex for ex in exs if ex.response is not None and ex.response.status == 500]
+            errors = [ex for ex in exs if ex.response and ex.response.status == status]
             assert len(errors) == 1 and errors[0].request.header("x-plume-device") == failed[0]
             assert errors[0].request.start.startswith("POST /v1/rounds/1/updates")
+            # uvicorn closes the connection after a 500 without saying so: a retry sent on it
+            # at once can be lost with it (the SDK then retries on a new connection)
+            lost = [ex for ex in exs if ex.response is None]
+            assert len(lost) <= (1 if status == 500 else 0)
+            assert all(ex.request.start == errors[0].request.start for ex in lost)
             rounds, _ = _relay_view(exs)
+            named = _response(errors[0]).header("x-plume-ledger-round")
+            if status == 503:
+                assert named == "1" and rounds[(1, failed[0], "up")][1] == 4
+                missing = {"up": 0, "down": 0}
+            else:
+                assert named is None and rounds[(1, failed[0], "up")][1] == 3
+                missing = {"up": errors[0].up, "down": errors[0].down}
             assert _ledger_view(http, {1}, rounds) == rounds
             assert _sdk_view(clients) == rounds
-            missing = {"up": errors[0].up, "down": errors[0].down}
             expected, counted = _control_settles(relay, http, missing)
             assert counted == expected

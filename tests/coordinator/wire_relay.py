@@ -191,9 +191,9 @@ class HttpMessage:
 @dataclass(frozen=True)
 class Exchange:
     """A request and its final response; `interim`: the 1xx responses before it. The last
-    request of a connection that ended inside it (its `request` holds only its size and start
-    line) has `response` None if the link was lost, or the refusal the server sent before
-    closing."""
+    request of a connection has `response` None if the connection ended before an answer; if
+    it ended inside the request, `request` holds only its size and start line (and `response`
+    is the refusal the server sent before closing, if any)."""
 
     request: HttpMessage
     response: HttpMessage | None
@@ -297,6 +297,9 @@ def exchanges(up: bytes, down: bytes) -> list[Exchange]:
             return out
         method = request.start.split(" ")[0]
         interim = []
+        if pd >= len(down) and pu == len(up):
+            out.append(Exchange(request, None, ()))  # the connection closed before an answer
+            return out
         while True:
             if pd >= len(down):
                 raise WireParseError(f"no response to {request.start!r}")
