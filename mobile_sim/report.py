@@ -181,6 +181,7 @@ def plot_accuracy_vs_bytes(
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
+    any_bytes = False
     for label, rounds in runs:
         cum, xs, ys = 0, [], []
         for r in rounds:
@@ -188,8 +189,10 @@ def plot_accuracy_vs_bytes(
             if r.get("accuracy") is not None:
                 xs.append(cum)
                 ys.append(float(r["accuracy"]))
+        any_bytes = any_bytes or any(x > 0 for x in xs)
         ax.plot(xs, ys, marker="o", markersize=3, label=label)
-    ax.set_xscale("log")
+    if any_bytes:
+        ax.set_xscale("log")  # not for runs that moved no bytes: nothing to draw on it
     ax.set_xlabel("cumulative upload bytes (all devices)")
     ax.set_ylabel("test accuracy")
     ax.grid(True, which="both", alpha=0.3)

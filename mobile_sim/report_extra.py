@@ -113,6 +113,14 @@ def plot_bytes_per_round(runs: Sequence[Run], path: str | Path) -> Path:
     """Upload and download payload bytes of every round, one line per run (log y axis)."""
     plt = _pyplot()
     fig, (ax_up, ax_down) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110, sharex=True)
+    positive = {
+        "upload": any(
+            int(r["bytes_up"]) > 0 or int(r.get("dense_up", 0)) > 0
+            for _, rounds in runs
+            for r in rounds
+        ),
+        "download": any(int(r["bytes_down"]) > 0 for _, rounds in runs for r in rounds),
+    }
     for label, rounds in runs:
         xs = [int(r["round"]) for r in rounds]
         ax_up.plot(xs, [int(r["bytes_up"]) for r in rounds], marker="o", ms=3, label=label)
@@ -124,7 +132,10 @@ def plot_bytes_per_round(runs: Sequence[Run], path: str | Path) -> Path:
 
     for ax, title in ((ax_up, "upload"), (ax_down, "download")):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_yscale("log")
+        # A run whose rounds all moved no bytes (every round abandoned) has nothing to put on
+        # a log axis: matplotlib would warn and draw an empty frame.
+        if positive[title]:
+            ax.set_yscale("log")
         ax.set_xlabel("round")
         ax.set_ylabel("payload bytes (all devices)")
         ax.set_title(f"{title} bytes per round")

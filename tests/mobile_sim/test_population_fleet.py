@@ -100,3 +100,24 @@ def test_plots_are_rebuilt_from_a_run_folder(tmp_path: Path, with_sim: bool) -> 
 def test_missing_run_folder_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="rounds.json"):
         plot_run_dir(tmp_path)
+
+
+def test_a_run_that_moved_no_bytes_plots_without_a_warning(tmp_path: Path) -> None:
+    # Prepare: every round abandoned (no reports, no bytes, no accuracy); pytest turns
+    # matplotlib's "no positive values to log-scale" warning into an error.
+    from mobile_sim.report import plot_accuracy_vs_bytes
+
+    rows = [
+        {"round": r, "accuracy": None, "bytes_up": 0, "bytes_down": 0, "wall_s": 0.1, "sim_s": 1.0}
+        for r in range(1, 4)
+    ]
+    (tmp_path / "rounds.json").write_text(json.dumps({"summary": {"label": "x"}, "rounds": rows}))
+
+    # Execute
+    paths = [
+        *plot_run_dir(tmp_path),
+        plot_accuracy_vs_bytes(load_runs(tmp_path), tmp_path / "a.png"),
+    ]
+
+    # Assert
+    assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in paths)
