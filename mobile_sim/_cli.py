@@ -629,6 +629,8 @@ _FLAG_OF_FIELD = {
     "checkin_period_s": "--checkin-period",
     "job_timeout_s": "--job-timeout",
     "ort_fraction": "--ort-fraction",
+    "ort_artifacts": "--ort-artifacts",
+    "eval_every": "--eval-every",
     "topk_mode": "--topk-mode",
     "warmup_rounds": "--warmup-rounds",
     "expected_dropout": "--secure-dropout",
@@ -638,7 +640,19 @@ _FLAG_OF_FIELD = {
     "upload_budget": "--secure-upload-budget",
     "noise_multiplier": "--noise-multiplier",
 }
-_LEADING_FIELDS = ("alpha", "block", "malicious", "topk", "bits", "index", "scope", "fleet")
+_LEADING_FIELDS = (
+    "alpha",
+    "block",
+    "malicious",
+    "topk",
+    "bits",
+    "index",
+    "scope",
+    "fleet",
+    "lr",
+    "momentum",
+    "seed",
+)
 
 
 def _in_flags(message: str) -> str:

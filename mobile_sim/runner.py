@@ -9,6 +9,7 @@ limits and aggregates, and the new model is evaluated on the held-out test set.
 from __future__ import annotations
 
 import math
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -62,6 +63,20 @@ def backend_for(cfg: SimConfig) -> Backend:
     if cfg.job_timeout_s is None:
         return build_backend(cfg.backend)
     return build_backend(cfg.backend, job_timeout_s=cfg.job_timeout_s)
+
+
+_INT_FIELDS = (
+    "clients",
+    "per_round",
+    "rounds",
+    "warmup_rounds",
+    "local_epochs",
+    "batch_size",
+    "shards_per_client",
+    "min_reports",
+    "eval_every",
+    "seed",
+)
 
 
 @dataclass(frozen=True)
@@ -123,6 +138,11 @@ class SimConfig:
     checkin_period_s: float = 900.0
 
     def __post_init__(self) -> None:
+        for name in _INT_FIELDS:
+            value = getattr(self, name)
+            # 1.5 clients or 2.0 epochs would fail far from here, under another name.
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
         if self.clients < 1 or self.per_round < 1 or self.rounds < 1:
             raise ValueError("clients, per_round and rounds must be at least 1")
         if self.per_round > self.clients:
@@ -135,6 +155,21 @@ class SimConfig:
             raise ValueError("ort_fraction must be in [0, 1]")
         if self.local_epochs < 1 or self.batch_size < 1 or not self.lr > 0:
             raise ValueError("local_epochs and batch_size must be >= 1 and lr > 0")
+        if not math.isfinite(self.lr):
+            raise ValueError(f"lr must be finite, got {self.lr!r}")
+        if not (math.isfinite(self.momentum) and self.momentum >= 0):
+            raise ValueError(f"momentum must be finite and >= 0, got {self.momentum!r}")
+        if not (math.isfinite(self.alpha) and self.alpha > 0):
+            raise ValueError(f"alpha must be positive and finite, got {self.alpha!r}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.eval_every < 1 or self.shards_per_client < 1 or self.warmup_rounds < 0:
+            raise ValueError("eval_every and shards_per_client must be >= 1 and warmup_rounds >= 0")
+        if not 1 <= self.min_reports <= self.per_round:
+            raise ValueError(
+                f"min_reports must be in [1, per_round], got {self.min_reports} "
+                f"with per_round {self.per_round}"
+            )
         if self.fleet not in ("off", "timing", "realistic"):
             raise ValueError(f"fleet must be off, timing or realistic, not {self.fleet!r}")
         if self.job_timeout_s is not None:
@@ -282,7 +317,7 @@ def _partition(cfg: SimConfig, data: FederatedData) -> list[npt.NDArray[np.int64
         groups = getattr(data, "train_groups", None)
         if groups is None:
             raise ValueError(f"dataset {cfg.dataset!r} has no natural partition")
-        parts = natural(groups)
+        parts = natural(groups, num_examples=len(data.y_train))
         if len(parts) < cfg.clients:
             raise ValueError(f"{cfg.dataset!r} has only {len(parts)} natural clients")
         return parts[: cfg.clients]
@@ -323,7 +358,21 @@ def prepare(cfg: SimConfig) -> SimSetup:
     parts = _partition(cfg, data)
     model = build_model(cfg.model_name, seed=cfg.seed)
     eval_model = build_model(cfg.model_name, seed=cfg.seed)
-    return SimSetup(data, parts, model, spec_from_module(model), eval_model, started_at)
+    spec = spec_from_module(model)
+    if cfg.ort_artifacts is not None and (cfg.ort_fraction > 0 or cfg.ort_tier):
+        _check_ort_artifacts(cfg, spec)
+    return SimSetup(data, parts, model, spec, eval_model, started_at)
+
+
+def _check_ort_artifacts(cfg: SimConfig, spec: ModelSpec) -> None:
+    """Refuse artifacts of another model or optimizer now, not inside a worker mid-round."""
+    from sdk.ort import ArtifactError, OrtTrainer
+
+    folder = str(cfg.ort_artifacts)
+    try:
+        OrtTrainer.from_dir(folder).check_matches(spec, momentum=cfg.momentum)
+    except ArtifactError as exc:
+        raise ValueError(f"ort_artifacts: {exc}") from exc
 
 
 def _device_ids(n: int) -> list[str]:

@@ -64,6 +64,38 @@ def test_config_errors_are_clear() -> None:
         SimConfig(topk=0.0)
 
 
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"clients": 1.5}, "clients must be an integer, got 1.5"),
+        ({"local_epochs": 2.0}, "local_epochs must be an integer"),
+        ({"seed": True}, "seed must be an integer"),
+        ({"lr": float("inf")}, "lr must be finite"),
+        ({"momentum": float("nan")}, "momentum must be finite and >= 0"),
+        ({"momentum": -0.1}, "momentum must be finite and >= 0"),
+        ({"alpha": float("nan")}, "alpha must be positive and finite"),
+        ({"alpha": float("inf")}, "alpha must be positive and finite"),
+        ({"seed": -1}, "seed must be >= 0"),
+        ({"eval_every": 0}, "eval_every and shards_per_client must be >= 1"),
+        ({"warmup_rounds": -1}, "warmup_rounds >= 0"),
+        ({"min_reports": 11}, r"min_reports must be in \[1, per_round\], got 11 with per_round 10"),
+        ({"min_reports": 0}, r"min_reports must be in \[1, per_round\]"),
+    ],
+)
+def test_config_refuses_values_that_would_fail_later_under_another_name(
+    fields: dict[str, object], message: str
+) -> None:
+    # Execute / Assert: refused when the config is built, before any data is loaded.
+    with pytest.raises(ValueError, match=message):
+        replace(SimConfig(), **fields)
+
+
+def test_config_takes_numpy_integers() -> None:
+    # A sweep script's np.int64 counts are integers too.
+    cfg = SimConfig(clients=np.int64(20), per_round=np.int64(5), seed=np.int64(3))
+    assert cfg.clients == 20 and cfg.seed == 3
+
+
 def test_cli_writes_table_files_and_plot(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from mobile_sim.models import build_model
-from mobile_sim.runner import SimConfig, run_simulation
+from mobile_sim.runner import SimConfig, prepare, run_simulation
 from sdk.onnx_export import export_training_artifacts
 
 TARGET_PP = 0.5
@@ -61,3 +62,32 @@ def test_mixed_fleet_matches_torch_fleet_on_mnist_cnn(tmp_path: Path) -> None:
     # Assert
     assert acc_torch > 0.5
     assert gap <= TARGET_PP, (acc_torch, acc_mixed)
+
+
+@pytest.mark.parametrize(
+    ("model", "momentum", "message"),
+    [
+        (nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), 0.0, "exported from another model"),
+        (None, 0.9, "train with momentum 0.0"),
+    ],
+)
+def test_artifacts_of_another_model_or_optimizer_are_refused_before_the_run(
+    tmp_path: Path, model: nn.Module | None, momentum: float, message: str
+) -> None:
+    # Prepare: artifacts of a digits-shaped model the run does not train, or of plain SGD for
+    # a run with momentum.
+    module = model if model is not None else build_model("digits_mlp")
+    export_training_artifacts(module, torch.randn(4, 64), tmp_path)
+    cfg = SimConfig(
+        dataset="digits",
+        clients=10,
+        per_round=5,
+        rounds=1,
+        momentum=momentum,
+        ort_fraction=0.5,
+        ort_artifacts=str(tmp_path),
+    )
+
+    # Execute / Assert: one clear error from prepare, before any device trains.
+    with pytest.raises(ValueError, match=f"ort_artifacts: .*{message}"):
+        prepare(cfg)
