@@ -148,7 +148,7 @@ def _run(
         clients_per_round=cfg.per_round,
         over_selection=cfg.over_selection,
         deadline_s=opts.deadline_s,
-        min_reports=min(cfg.min_reports, cfg.per_round),
+        min_reports=cfg.min_reports,
         selection_timeout_s=opts.selection_timeout_s,
         codec=CodecParams.from_config(codec),
         downlink=CodecParams(topk=1.0, bits=32) if cfg.dense else opts.downlink,

@@ -410,7 +410,7 @@ def run_simulation(
         EngineConfig(
             clients_per_round=cfg.per_round,
             over_selection=cfg.over_selection,
-            min_reports=min(cfg.min_reports, cfg.per_round),
+            min_reports=cfg.min_reports,
             codec=codec,
             server_lr=cfg.server_lr,
             seed=cfg.seed,
