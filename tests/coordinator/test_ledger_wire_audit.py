@@ -17,6 +17,8 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coordinator.service import ServerThread, ServiceConfig
 from coordinator.service.app import create_app
@@ -498,3 +500,78 @@ def test_a_failed_upload_and_its_retry_on_the_wire(
             assert _sdk_view(clients) == rounds
             expected, counted = _control_settles(relay, http, missing)
             assert counted == expected
+
+
+# -- the relay's splitter itself: it must recover every message's size from the raw bytes --------
+
+_Body = st.binary(max_size=40)
+_Framed = st.tuples(_Body, st.none() | st.integers(1, 9))  # (body, chunk size or Content-Length)
+
+
+def _frame(body: bytes, chunk: int | None) -> tuple[bytes, bytes]:
+    """(framing headers, encoded body): Content-Length, or chunks of `chunk` bytes."""
+    if chunk is None:
+        return b"content-length: %d\r\n" % len(body), body
+    pieces = [body[i : i + chunk] for i in range(0, len(body), chunk)]
+    encoded = b"".join(b"%x\r\n%s\r\n" % (len(p), p) for p in pieces) + b"0\r\n\r\n"
+    return b"transfer-encoding: chunked\r\n", encoded
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["GET", "POST", "HEAD"]),
+            _Framed,
+            st.integers(0, 2),  # interim 100 Continue responses
+            st.sampled_from([200, 204, 401, 500]),
+            _Framed,
+        ),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_splitter_recovers_every_message_size(
+    spec: list[tuple[str, tuple[bytes, int | None], int, int, tuple[bytes, int | None]]],
+) -> None:
+    # Prepare: a connection's two streams, written here message by message
+    up, down = b"", b""
+    want = []
+    for method, (qbody, qchunk), interims, status, (rbody, rchunk) in spec:
+        qframe, qbytes = _frame(qbody, qchunk)
+        request = b"%s /p HTTP/1.1\r\nhost: x\r\n%s\r\n%s" % (method.encode(), qframe, qbytes)
+        interim = b"HTTP/1.1 100 Continue\r\n\r\n" * interims
+        if status == 204:
+            response = b"HTTP/1.1 204 No Content\r\n\r\n"
+        elif method == "HEAD":  # the head announces a body that is not sent
+            response = b"HTTP/1.1 %d X\r\ncontent-length: %d\r\n\r\n" % (status, len(rbody))
+        else:
+            rframe, rbytes = _frame(rbody, rchunk)
+            response = b"HTTP/1.1 %d X\r\n%s\r\n%s" % (status, rframe, rbytes)
+        up, down = up + request, down + interim + response
+        body = b"" if status == 204 or method == "HEAD" else rbody
+        want.append((len(request), len(interim) + len(response), qbody, body))
+    # Execute
+    got = exchanges(up, down)
+    # Assert
+    assert [(ex.up, ex.down, ex.request.body, _response(ex).body) for ex in got] == want
+
+
+def test_splitter_reports_requests_a_closed_connection_left_unanswered() -> None:
+    # Prepare: a complete request with no answer; one cut in its body; one refused before it
+    whole = b"POST /p HTTP/1.1\r\ncontent-length: 4\r\n\r\nabcd"
+    refusal = b"HTTP/1.1 413 X\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}"
+    # Execute
+    unanswered = exchanges(whole, b"")
+    cut = exchanges(whole[:-1], b"")
+    refused = exchanges(whole[:-4], refusal)
+    # Assert
+    assert [(ex.up, ex.response) for ex in unanswered] == [(len(whole), None)]
+    assert [(ex.request.start, ex.up, ex.response) for ex in cut] == [
+        ("POST /p HTTP/1.1", len(whole) - 1, None)
+    ]
+    assert [(ex.up, ex.down, _response(ex).status) for ex in refused] == [
+        (len(whole) - 4, len(refusal), 413)
+    ]
+    with pytest.raises(WireParseError):
+        exchanges(whole, refusal + b"extra")  # bytes after the last answer belong to nothing
