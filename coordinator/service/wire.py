@@ -6,10 +6,11 @@ once a request has authenticated. When the response is complete this middleware 
 request's and the response's HTTP/1.1 wire bytes with `protocol.messages` rules (the same the
 SDK uses), adds them to the ledger and the Prometheus counters, and tells the client which round
 it counted the exchange under in the `x-plume-ledger-round` response header. Two things uvicorn
-writes without the app are counted too (`_server_added_bytes`): the `100 Continue` interim
-response to a request that sent `Expect: 100-continue`, and the `connection: close` header of a
-response to a request that did not keep the connection alive. A HEAD response's body, which
-uvicorn does not send, is not counted.
+writes without the app are counted too: the `100 Continue` interim response to a request that
+sent `Expect: 100-continue` (once the app reads its body), and the `connection: close` header
+of a response to a request that did not keep the connection alive. A HEAD response's body,
+which uvicorn does not send, is not counted. tests/coordinator/test_ledger_wire_audit.py holds
+all of it against the bytes a TCP relay copied.
 """
 
 from __future__ import annotations
