@@ -24,7 +24,7 @@ from coordinator.service import ServerThread, ServiceConfig
 from coordinator.service.app import create_app
 from protocol.messages import Assignment, CodecParams
 from protocol.secagg import Stage
-from sdk.client import Client, Send
+from sdk.client import Client, Mod, Send
 
 from .test_service_support import (
     ADMIN,
@@ -45,7 +45,6 @@ from .wire_relay import (
 )
 
 Key = tuple[int, str, str]  # (round id, device id, direction)
-Mod = Callable[[httpx.Request, Send], httpx.Response]
 
 
 @pytest.fixture()
