@@ -65,7 +65,8 @@ class Metrics:
         )
         self.control_wire_bytes = Counter(
             "plume_control_wire_bytes",
-            "HTTP wire bytes of device requests outside any round (registration, idle check-ins)",
+            "HTTP wire bytes of every exchange not attributed to a round (registration, idle "
+            "check-ins, admin, refusals)",
             ["direction"],
             registry=r,
         )

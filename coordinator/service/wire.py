@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -24,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from protocol.messages import request_wire_bytes, response_wire_bytes
 from protocol.names import Direction, Reason
@@ -38,6 +40,8 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("plume.coordinator")
 
 LEDGER_HEADER = b"x-plume-ledger-round"
 STATE_KEY = "plume_attribution"
@@ -171,6 +175,13 @@ class WireMiddleware:
                 raise
             sent = await _reject(send, 408, Reason.REQUEST_TIMEOUT, str(exc.detail))
             self._account_reject(scope, received, interim, sent)
+            return
+        except ClientDisconnect:
+            # A phone losing its link mid-upload is routine, not a server error: uvicorn
+            # logged a traceback for each. Nothing was stored (the body never arrived whole),
+            # nobody is left to answer, and the request is counted nowhere (operations.md,
+            # "What the ledger counts"); the device retries on a new connection.
+            log.info("client disconnected during %s %s", scope["method"], scope["path"])
             return
         if started:
             self._account(scope, received, started, sent_body + interim)
