@@ -86,6 +86,14 @@ Mod = Callable[[httpx.Request, Send], httpx.Response]
 AsyncSend = Callable[[httpx.Request], Any]
 AsyncMod = Callable[[httpx.Request, AsyncSend], Any]
 
+# Upload refusals after which the round will never take this upload: its content goes back into
+# the residual (error feedback sends it in a later round) instead of waiting as pending, where
+# the next round's encode would overwrite it. A task the coordinator refuses (`task_refused`)
+# is one: its rounds do not run, and a pending upload would block nothing but lose its content.
+_REFUSED_FOR_GOOD = frozenset(
+    {Reason.ROUND_CLOSED, Reason.UNKNOWN_ROUND, Reason.NOT_SELECTED, Reason.TASK_REFUSED}
+)
+
 
 class ClientError(Exception):
     """The coordinator refused a request: `status`, `reason` (protocol.names.Reason), `detail`."""
@@ -792,7 +800,7 @@ class Client:
             receipt: UploadReceipt = _parse(UploadReceipt, response)
             return receipt
         err = _error(response)
-        if err.reason in (Reason.ROUND_CLOSED, Reason.UNKNOWN_ROUND, Reason.NOT_SELECTED):
+        if err.reason in _REFUSED_FOR_GOOD:
             self._core.settle_upload(pending, spec, refused=True)
         raise err
 
@@ -1024,7 +1032,7 @@ class AsyncClient:
             receipt: UploadReceipt = _parse(UploadReceipt, response)
             return receipt
         err = _error(response)
-        if err.reason in (Reason.ROUND_CLOSED, Reason.UNKNOWN_ROUND, Reason.NOT_SELECTED):
+        if err.reason in _REFUSED_FOR_GOOD:
             self._core.settle_upload(pending, spec, refused=True)
         raise err
 

@@ -146,9 +146,13 @@ def test_errors_carry_status_and_reason(tmp_path: Path) -> None:
     assert (err.value.status, err.value.reason) == (409, "round_closed")
 
 
-def test_refused_upload_returns_its_content_to_the_residual(tmp_path: Path) -> None:
+@pytest.mark.parametrize("reason", ["round_closed", "task_refused"])
+def test_refused_upload_returns_its_content_to_the_residual(tmp_path: Path, reason: str) -> None:
     # Prepare
-    client = Client("http://coord", str(tmp_path), transport=httpx.MockTransport(_round_closed))
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(409, json={"reason": reason, "detail": "refused"})
+
+    client = Client("http://coord", str(tmp_path), transport=httpx.MockTransport(refuse))
     a = _assignment()
     params = np.zeros(SPEC.size, np.float32)
     delta = np.linspace(-1, 1, SPEC.size).astype(np.float32)
@@ -160,6 +164,7 @@ def test_refused_upload_returns_its_content_to_the_residual(tmp_path: Path) -> N
     ef = DeviceStore(tmp_path).load_residual(SPEC.size)
     assert ef is not None
     np.testing.assert_allclose(ef.residual, delta, atol=1e-6)
+    assert client.resume_pending() is None  # and nothing is left pending
 
 
 def test_pending_upload_and_residual_survive_a_restart(tmp_path: Path) -> None:
