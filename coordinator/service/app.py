@@ -48,7 +48,7 @@ from .auth import RateLimiter, RequestVerifier, check_admin_token, client_key
 from .errors import ApiError, StoreId, require_media_type
 from .metrics import Metrics
 from .rounds import Coordinator, ServiceConfig
-from .store import Store
+from .store import DamagedRow, Store
 from .wire import STATE_KEY, Attribution, WireMiddleware
 
 __all__ = ["create_app"]
@@ -77,6 +77,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 # Retry-After of a 503 `store_unavailable` (seconds): a lock or a full disk clears, or not,
 # on the operator's time scale, not the device's.
 _STORE_RETRY_S = 5
+# ... and of one caused by a damaged database, which only the operator's restore clears.
+_DAMAGED_RETRY_S = 60
 _RATE_LIMITED: dict[int | str, dict[str, Any]] = {
     429: {
         "model": ErrorBody,
@@ -179,19 +181,58 @@ def create_app(
             headers=exc.headers,
         )
 
+    def _unavailable(detail: str, retry_s: int) -> JSONResponse:
+        return JSONResponse(
+            {"reason": str(Reason.STORE_UNAVAILABLE), "detail": detail},
+            status_code=503,
+            headers={H.RETRY_AFTER: str(retry_s)},
+        )
+
     @app.exception_handler(sqlite3.OperationalError)
     async def _store_error(request: Request, exc: sqlite3.OperationalError) -> JSONResponse:
         # The database failing to do its work (a lock held too long, a full disk, a file
         # turned read-only, an I/O error) is the service being unavailable, not a bug: 503
         # with a sentence and one log line. Constraint errors are bugs and stay a 500.
         log.error("store error on %s %s: %s", request.method, request.url.path, exc)
-        return JSONResponse(
-            {
-                "reason": str(Reason.STORE_UNAVAILABLE),
-                "detail": f"the coordinator's database failed ({exc}); retry later",
-            },
-            status_code=503,
-            headers={H.RETRY_AFTER: str(_STORE_RETRY_S)},
+        return _unavailable(
+            f"the coordinator's database failed ({exc}); retry later", _STORE_RETRY_S
+        )
+
+    @app.exception_handler(sqlite3.DatabaseError)
+    async def _store_damaged(request: Request, exc: sqlite3.DatabaseError) -> JSONResponse:
+        # SQLite raises the bare DatabaseError for a damaged file ("database disk image is
+        # malformed", "file is not a database"): found while running, as the start-time check
+        # finds it (store.py). Its subclasses other than OperationalError (IntegrityError,
+        # ProgrammingError, ...) are bugs in this code: re-raised, a 500 with its traceback.
+        if type(exc) is not sqlite3.DatabaseError:
+            raise exc
+        log.error(
+            "the database %s is damaged (%s, on %s %s): stop the coordinator and restore a "
+            "backup (docs/operations.md, 'Persistence and recovery')",
+            the_store.path,
+            exc,
+            request.method,
+            request.url.path,
+        )
+        return _unavailable(
+            f"the coordinator's database is damaged ({exc}); retry later", _DAMAGED_RETRY_S
+        )
+
+    @app.exception_handler(DamagedRow)
+    async def _row_damaged(request: Request, exc: DamagedRow) -> JSONResponse:
+        # A running task's stored row that no longer parses (edited while the coordinator
+        # runs): not a bug of the request. A refused task's damaged round is its 409
+        # `task_refused` instead (rounds.py), and at the next start this task is refused too.
+        log.error(
+            "the database %s holds a damaged row (%s, on %s %s): fix the row or restore a backup",
+            the_store.path,
+            exc,
+            request.method,
+            request.url.path,
+        )
+        return _unavailable(
+            f"the coordinator's database holds a damaged row ({exc}); retry later",
+            _DAMAGED_RETRY_S,
         )
 
     @app.exception_handler(RequestValidationError)
@@ -493,9 +534,8 @@ def create_app(
         dependencies=[Depends(admin)],
     )
     async def task_rounds(task_id: StoreId) -> list[RoundStatus]:
-        if the_store.task(task_id) is None:
-            raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
-        return [coordinator.round_status(r.round_id) for r in the_store.rounds(task_id)]
+        """Every round of a task, by sequence."""
+        return coordinator.task_rounds(task_id)
 
     @app.post(
         Path.ADMIN_PAUSE,

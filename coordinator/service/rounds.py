@@ -101,7 +101,7 @@ from .errors import ApiError
 from .faults import fault_point
 from .metrics import Metrics
 from .secure import SECURE_STAGES, SecureTaskState, check_plan, parse_secure
-from .store import RoundRow, Store, StoreError
+from .store import DamagedRow, RoundRow, Store, StoreError
 
 __all__ = [
     "Coordinator",
@@ -556,6 +556,28 @@ class Coordinator:
         refused = self.refused.get(task_id)
         return refused.error() if refused is not None else None
 
+    def _stored_round(self, round_id: int) -> RoundRow | None:
+        """A round as stored (None: no such round). A refused task's round whose stored JSON
+        does not parse is its task's 409 `task_refused`, naming the damage; a running task's
+        raises `DamagedRow` (503 `store_unavailable`, see app.py)."""
+        try:
+            return self.store.round(round_id)
+        except DamagedRow as exc:
+            if (refusal := self._damage_refusal(exc)) is None:
+                raise
+            raise refusal from None
+
+    def _damage_refusal(self, exc: DamagedRow) -> ApiError | None:
+        """The 409 `task_refused` of a damaged row's task, naming the damage (None: the task
+        is not refused)."""
+        refused = self.refused.get(exc.task_id)
+        if refused is None:
+            return None
+        err = refused.error()
+        if str(exc) in refused.reason:  # the damage that refused it: said once
+            return err
+        return ApiError(err.status, err.reason, f"{err.detail}; {exc}")
+
     def pending_closes(self) -> list[TaskRuntime]:
         """Runtimes whose open round must close now (deadline, full, or caught mid-close)."""
         now = self.clock()
@@ -580,11 +602,11 @@ class Coordinator:
         return self.store.create_task(to_json(cfg), TaskState.AWAITING_MODEL, self.clock())
 
     def set_initial_model(self, task_id: int, snapshot: bytes) -> TaskStatus:
+        if (refusal := self.refusal(task_id)) is not None:
+            raise refusal  # first: its stored config may not parse
         row = self.store.task(task_id)
         if row is None:
             raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
-        if (refusal := self.refusal(task_id)) is not None:
-            raise refusal
         if row.state != TaskState.AWAITING_MODEL:
             raise ApiError(409, Reason.INVALID_STATE, f"task {task_id} already has a model")
         cfg = from_json(TaskConfig, row.config)
@@ -604,11 +626,12 @@ class Coordinator:
         return self.task_status(task_id)
 
     def set_paused(self, task_id: int, paused: bool) -> TaskStatus:
+        if (refusal := self.refusal(task_id)) is not None:
+            # Resuming it would run what this code refuses (and its config may not parse).
+            raise refusal
         row = self.store.task(task_id)
         if row is None:
             raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
-        if (refusal := self.refusal(task_id)) is not None:
-            raise refusal  # resuming it would run what this code refuses
         want_from = TaskState.ACTIVE if paused else TaskState.PAUSED
         to = TaskState.PAUSED if paused else TaskState.ACTIVE
         if row.state == to:
@@ -880,10 +903,10 @@ class Coordinator:
                 409, Reason.DUPLICATE_UPLOAD, f"device already reported in round {round_id}"
             )
         if found is None:
-            r = self.store.round(round_id)
-            if r is None:
+            owner = self.store.round_task(round_id)
+            if owner is None:
                 raise ApiError(404, Reason.UNKNOWN_ROUND, f"no round {round_id}")
-            if (refusal := self.refusal(r.task_id)) is not None:
+            if (refusal := self.refusal(owner)) is not None:
                 raise refusal  # its accepted updates stay stored; no new one is taken
             raise ApiError(409, Reason.ROUND_CLOSED, f"round {round_id} is closed")
         rt, cur = found
@@ -1139,18 +1162,22 @@ class Coordinator:
         found = self._runtime_for_round(round_id)
         if found is not None:
             return found[0].max_upload_bytes
-        r = self.store.round(round_id)
-        if r is not None and r.task_id in self.refused:
-            return self.refused[r.task_id].upload_cap
-        rt = self.runtimes.get(r.task_id) if r is not None else None
+        owner = self.store.round_task(round_id)  # no JSON parsed: a damaged round has a cap
+        if owner is not None and owner in self.refused:
+            return self.refused[owner].upload_cap
+        rt = self.runtimes.get(owner) if owner is not None else None
         return rt.max_upload_bytes if rt is not None else None
 
     def in_round(self, round_id: int, device_id: str) -> bool:
-        """Whether `device_id` was selected for round `round_id` (open or closed)."""
+        """Whether `device_id` was selected for round `round_id` (open or closed); False when
+        the round's stored selection does not parse (its traffic then counts as control)."""
         found = self._runtime_for_round(round_id)
         if found is not None:
             return device_id in found[1].selected
-        r = self.store.round(round_id)
+        try:
+            r = self.store.round(round_id)
+        except DamagedRow:
+            return False  # called while the response starts: an error here would cut it
         return r is not None and device_id in r.selected
 
     def dense_bytes_for_round(self, round_id: int) -> int:
@@ -1158,8 +1185,8 @@ class Coordinator:
         found = self._runtime_for_round(round_id)
         if found is not None:
             return found[0].spec.dense_bytes
-        r = self.store.round(round_id)
-        rt = self.runtimes.get(r.task_id) if r is not None else None
+        owner = self.store.round_task(round_id)
+        rt = self.runtimes.get(owner) if owner is not None else None
         return rt.spec.dense_bytes if rt is not None else 0
 
     # -- secure rounds (SecAgg+ stage endpoints) ------------------------------------------
@@ -1168,9 +1195,10 @@ class Coordinator:
         """The open secure round `round_id`, or the ApiError that says why not."""
         found = self._runtime_for_round(round_id)
         if found is None or found[0].secure is None:
-            r = self.store.round(round_id)
-            if r is not None and (refusal := self.refusal(r.task_id)) is not None:
+            owner = self.store.round_task(round_id)
+            if owner is not None and (refusal := self.refusal(owner)) is not None:
                 raise refusal
+            r = self.store.round(round_id)
             rt = self.runtimes.get(r.task_id) if r is not None else None
             if r is None or rt is None or rt.secure is None:
                 raise ApiError(404, Reason.UNKNOWN_ROUND, f"no secure round {round_id}")
@@ -1257,7 +1285,9 @@ class Coordinator:
     # -- reads -----------------------------------------------------------------------------
 
     def round_status(self, round_id: int) -> RoundStatus:
-        r = self.store.round(round_id)
+        """A round's status (404 unknown; 409 `task_refused` for a refused task's round whose
+        stored JSON does not parse)."""
+        r = self._stored_round(round_id)
         if r is None:
             raise ApiError(404, Reason.UNKNOWN_ROUND, f"no round {round_id}")
         found = self._runtime_for_round(round_id)
@@ -1300,8 +1330,22 @@ class Coordinator:
             measurements=measurements,
         )
 
+    def task_rounds(self, task_id: int) -> list[RoundStatus]:
+        """Every round of a task, by sequence (404 unknown task; 409 `task_refused` when a
+        refused task's round does not parse)."""
+        if self.store.task_raw(task_id) is None:  # not parsed: a refused config may not be
+            raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
+        try:
+            rounds = self.store.rounds(task_id)
+        except DamagedRow as exc:
+            if (refusal := self._damage_refusal(exc)) is None:
+                raise
+            raise refusal from None
+        return [self.round_status(r.round_id) for r in rounds]
+
     def bandwidth(self, round_id: int) -> BandwidthReport:
-        if self.store.round(round_id) is None:
+        """A round's ledger (rows only: readable even when its stored JSON is damaged)."""
+        if self.store.round_task(round_id) is None:
             raise ApiError(404, Reason.UNKNOWN_ROUND, f"no round {round_id}")
         rows = [LedgerRow(*r) for r in self.store.ledger_rows(round_id)]
         totals: dict[str, int] = {}

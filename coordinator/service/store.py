@@ -19,7 +19,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Store", "StoreError", "TaskRow", "RoundRow", "UpdateRow", "SCHEMA_VERSION"]
+__all__ = [
+    "Store",
+    "StoreError",
+    "DamagedRow",
+    "TaskRow",
+    "RoundRow",
+    "UpdateRow",
+    "SCHEMA_VERSION",
+]
 
 SCHEMA_VERSION = 2
 
@@ -140,22 +148,62 @@ _ROUND_COLS = (
 )
 
 
+class DamagedRow(ValueError):
+    """A stored row whose JSON column does not parse, or is not the shape this code writes (a
+    hand edit, another program's write). Reading it changes nothing; the row stays as stored.
+
+    table, column: where; key: the row's id (task or round); task_id: the task it belongs to.
+    """
+
+    def __init__(self, table: str, key: int, task_id: int, column: str, why: str) -> None:
+        what = "task" if table == "tasks" else "round"
+        super().__init__(f"{what} {key}: its stored {column} does not parse ({why})")
+        self.table = table
+        self.key = key
+        self.task_id = task_id
+        self.column = column
+
+
+def _json_column(text: Any, kind: type, table: str, key: int, task_id: int, column: str) -> Any:
+    """The JSON value of a stored column, which must be a `kind` (list or dict)."""
+    try:
+        value = json.loads(text)
+    except (TypeError, ValueError) as exc:  # JSONDecodeError, or a non-text value
+        raise DamagedRow(table, key, task_id, column, f"{type(exc).__name__}: {exc}") from None
+    if not isinstance(value, kind):
+        raise DamagedRow(
+            table, key, task_id, column, f"a JSON {type(value).__name__}, not a {kind.__name__}"
+        )
+    return value
+
+
 def _round(row: tuple[Any, ...]) -> RoundRow:
+    """A rounds row; raises `DamagedRow` if its selected or measurements JSON does not parse."""
+    selected = _json_column(row[5], list, "rounds", row[0], row[1], "selected_json")
+    if not all(isinstance(d, str) for d in selected):
+        raise DamagedRow("rounds", row[0], row[1], "selected_json", "not a list of device ids")
     return RoundRow(
         round_id=row[0],
         task_id=row[1],
         seq=row[2],
         state=row[3],
         base_version=row[4],
-        selected=json.loads(row[5]),
+        selected=selected,
         target=row[6],
         min_reports=row[7],
         opened_unix=row[8],
         deadline_unix=row[9],
         closed_unix=row[10],
         version_after=row[11],
-        measurements=json.loads(row[12]),
+        measurements=_json_column(row[12], dict, "rounds", row[0], row[1], "measurements_json"),
     )
+
+
+def _task(row: tuple[Any, ...]) -> TaskRow:
+    """A tasks row (id, config, state, version, digest); `DamagedRow` if its config does not
+    parse."""
+    config = _json_column(row[1], dict, "tasks", row[0], row[0], "config_json")
+    return TaskRow(row[0], config, row[2], row[3], row[4])
 
 
 class StoreError(RuntimeError):
@@ -377,7 +425,7 @@ class Store:
         rows = self._query(
             "SELECT task_id, config_json, state, version, digest FROM tasks ORDER BY task_id"
         )
-        return [TaskRow(r[0], json.loads(r[1]), r[2], r[3], r[4]) for r in rows]
+        return [_task(r) for r in rows]
 
     def task_versions(self) -> list[tuple[int, int]]:
         """(task id, current version) of every task, without parsing any stored JSON."""
@@ -407,7 +455,7 @@ class Store:
             "SELECT task_id, config_json, state, version, digest FROM tasks WHERE task_id=?",
             (task_id,),
         )
-        return TaskRow(rows[0][0], json.loads(rows[0][1]), *rows[0][2:]) if rows else None
+        return _task(rows[0]) if rows else None
 
     def task_model(self, task_id: int) -> tuple[bytes, bytes | None]:
         """(params as little-endian float32 bytes, server residual bytes or None)."""
@@ -491,7 +539,13 @@ class Store:
             assert cur.lastrowid is not None
             return int(cur.lastrowid)
 
+    def round_task(self, round_id: int) -> int | None:
+        """The task id of a round, without parsing any stored JSON (None: no such round)."""
+        rows = self._query("SELECT task_id FROM rounds WHERE round_id=?", (round_id,))
+        return int(rows[0][0]) if rows else None
+
     def round(self, round_id: int) -> RoundRow | None:
+        """A round; raises `DamagedRow` if its stored JSON does not parse."""
         rows = self._query(f"SELECT {_ROUND_COLS} FROM rounds WHERE round_id=?", (round_id,))
         return _round(rows[0]) if rows else None
 
