@@ -534,6 +534,14 @@ def _trainer_layout(trainer: LocalTrainer) -> list[tuple[int, ...]] | None:
     return None
 
 
+def _check_data(trainer: LocalTrainer, x: npt.NDArray[Any], y: npt.NDArray[Any]) -> None:
+    """The trainer's own check of its data, where it has one (`TorchTrainer.check_data`):
+    raises its `TrainingDataError` before the device asks for a round."""
+    check = getattr(trainer, "check_data", None)
+    if callable(check):
+        check(x, y)
+
+
 def _train(
     core: _Core,
     a: Assignment,
@@ -900,7 +908,10 @@ class Client:
     ) -> RoundReport | None:
         """Check in until assigned (sleeping as told), then train one round; None on timeout.
 
-        A secure task's round runs through `run_secure_round` (a `SecureRoundReport`)."""
+        A secure task's round runs through `run_secure_round` (a `SecureRoundReport`). Data
+        the trainer refuses (`sdk.trainer.TrainingDataError`, from a trainer with `check_data`)
+        is refused before the check-in, so the device never takes a slot it cannot fill."""
+        _check_data(trainer, x, y)
         self.resume_pending()
         give_up = time.monotonic() + max_wait_s
         while True:
@@ -1120,6 +1131,7 @@ class AsyncClient:
         task_id: int | None = None,
         max_wait_s: float = 600.0,
     ) -> RoundReport | None:
+        _check_data(trainer, x, y)
         await self.resume_pending()
         loop = asyncio.get_running_loop()
         give_up = loop.time() + max_wait_s

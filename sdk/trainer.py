@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
+import numbers
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -21,6 +23,12 @@ __all__ = [
     "TorchTrainer",
     "TrainResult",
     "LocalTrainer",
+    "TrainingDataError",
+    "IGNORE_INDEX",
+    "check_training_data",
+    "check_labels",
+    "check_finite_inputs",
+    "output_shape",
     "evaluate",
     "fast_max_pool",
     "onednn_linear",
@@ -146,6 +154,169 @@ def onednn_linear(module: nn.Module, min_weights: int = ONEDNN_LINEAR_MIN_WEIGHT
             del layer.forward
 
 
+# Targets equal to this are skipped by torch's cross-entropy (its default `ignore_index`), as
+# by the ONNX training graph (`sdk.ort`); the device trainers accept it, the simulator does not.
+IGNORE_INDEX = -100
+
+
+class TrainingDataError(ValueError):
+    """Local data a trainer cannot train on, refused before the first step: class labels
+    outside the model's classes, NaN or inf inputs, inputs whose shape or dtype the model's
+    forward pass refuses, no examples, or x and y of different lengths.
+
+    A `ValueError`, so callers that caught torch's `ValueError`s still catch it; before these
+    checks most of these cases failed deep inside torch (an `IndexError` from cross-entropy),
+    or, for NaN inputs, trained a NaN update that the encoder refused only at upload.
+    """
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+def check_labels(
+    y: npt.NDArray[np.integer[Any]], classes: int, *, allow_ignore: bool = False, where: str = "y"
+) -> None:
+    """Raise `TrainingDataError` unless every class label in `y` is in [0, classes).
+
+    With `allow_ignore`, `IGNORE_INDEX` (-100) is accepted too: torch's cross-entropy skips it.
+    O(len(y)) in numpy: a min and a max, and a mask only when one is out of range.
+    """
+    if y.size == 0:
+        return
+    lo, hi = int(y.min()), int(y.max())
+    if lo >= 0 and hi < classes:
+        return
+    bad = (y < 0) | (y >= classes)
+    if allow_ignore:
+        bad &= y != IGNORE_INDEX
+    count = int(np.count_nonzero(bad))
+    if count:
+        first = int(y[bad].flat[0])
+        also = f" (or {IGNORE_INDEX}, which is skipped)" if allow_ignore else ""
+        raise TrainingDataError(
+            f"{where}: class label {first} out of range: the model has {classes} classes, so "
+            f"labels must be in [0, {classes}){also}; labels outside it: {count} of {y.size}"
+        )
+
+
+def check_finite_inputs(x: npt.NDArray[Any], *, where: str = "x") -> None:
+    """Raise `TrainingDataError` if floating-point inputs hold NaN or inf (one pass over x).
+
+    Training on them makes NaN parameters, which the update encoder refuses only at upload.
+    Integer inputs (token ids) cannot hold either and are not scanned.
+    """
+    if x.dtype.kind not in "fc" or bool(np.isfinite(x).all()):
+        return
+    bad = ~np.isfinite(x.reshape(len(x), -1)) if x.ndim > 1 else ~np.isfinite(x)[:, None]
+    rows = np.flatnonzero(bad.any(axis=1))
+    raise TrainingDataError(
+        f"{where}: {int(bad.sum())} input values are NaN or infinite, in {rows.size} of "
+        f"{len(x)} examples (the first is example {int(rows[0])}); training on them would make "
+        "NaN parameters"
+    )
+
+
+def output_shape(module: nn.Module, x: npt.NDArray[Any], *, where: str = "x") -> tuple[int, ...]:
+    """The shape of `module`'s output for one example (`x[:1]`), without its batch dimension.
+
+    One forward pass in eval mode under `no_grad` (no dropout draw, no batch-norm statistics
+    update; the module's mode is restored). If the forward pass refuses the input (a wrong
+    shape or dtype), raises `TrainingDataError` with the first line of torch's reason.
+    """
+    if x.ndim == 0 or len(x) == 0:
+        raise TrainingDataError(f"{where} of shape {list(x.shape)}: no example to run the model on")
+    was_training = module.training
+    module.eval()
+    try:
+        with torch.no_grad():
+            out = module(torch.from_numpy(np.ascontiguousarray(x[:1])))
+    except Exception as exc:  # whatever the forward pass raises, the input does not fit it
+        raise TrainingDataError(
+            f"{where} of shape {list(x.shape)} ({x.dtype}) does not fit the model: "
+            f"{_first_line(exc)}"
+        ) from exc
+    finally:
+        module.train(was_training)
+    if not isinstance(out, torch.Tensor) or out.dim() < 2:
+        got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise ValueError(
+            f"the model's output for one example is {got}: cross-entropy training needs "
+            "logits [B, C] (or [B, C, ...])"
+        )
+    return tuple(out.shape[1:])
+
+
+def _check_examples(
+    x: npt.NDArray[Any], y: npt.NDArray[Any], where: str
+) -> npt.NDArray[np.int64]:
+    """Checks that need no model: at least one example, one label per example, integer
+    labels, finite inputs. Returns y as int64 (the same array when it already is)."""
+    if x.ndim == 0 or len(x) == 0:
+        raise TrainingDataError(f"{where}: a device needs at least one example to train")
+    if y.ndim == 0 or len(y) != len(x):
+        raise TrainingDataError(
+            f"{where}: x has {len(x)} examples but y has "
+            f"{'a scalar' if y.ndim == 0 else f'{len(y)} labels'} (shapes {list(x.shape)} "
+            f"and {list(y.shape)}): one label per example"
+        )
+    if y.dtype.kind not in "iu":
+        raise TrainingDataError(f"{where}: y must hold integer class labels, got {y.dtype}")
+    check_finite_inputs(x, where=where)
+    return y
+
+
+def _check_against_output(
+    y: npt.NDArray[np.integer[Any]], out: tuple[int, ...], allow_ignore: bool, where: str
+) -> npt.NDArray[np.int64]:
+    """Labels against the model's per-example output shape [C, ...]; y as int64."""
+    # cross-entropy reads logits [B, C, d1, ...] against targets [B, d1, ...].
+    if tuple(y.shape[1:]) != out[1:]:
+        raise TrainingDataError(
+            f"{where}: labels of shape {list(y.shape)} do not fit the model's output "
+            f"[B, {', '.join(map(str, out))}]: cross-entropy takes one class index per "
+            f"prediction, shape [B{''.join(f', {k}' for k in out[1:])}]"
+        )
+    check_labels(y, out[0], allow_ignore=allow_ignore, where=where)
+    # torch's cross-entropy takes int64 (or uint8) targets: widen the others, values unchanged.
+    return y.astype(np.int64, copy=False)  # the same array when it already is int64
+
+
+def check_training_data(
+    module: nn.Module,
+    x: npt.NDArray[Any],
+    y: npt.NDArray[Any],
+    *,
+    allow_ignore: bool = False,
+    where: str = "training data",
+) -> int:
+    """Raise `TrainingDataError` unless `module` can train on (x, y) with cross-entropy;
+    returns the model's number of classes.
+
+    Checks, once over the data (no per-batch cost): at least one example, one label per
+    example, integer labels in [0, C) (`IGNORE_INDEX` too with `allow_ignore`), no NaN or inf
+    in floating-point inputs, and an input the model's forward pass accepts (one forward pass
+    on one example, see `output_shape`).
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    labels = _check_examples(x, y, where)
+    out = output_shape(module, x, where=f"{where}: x")
+    _check_against_output(labels, out, allow_ignore, where)
+    return out[0]
+
+
+def _check_settings(epochs: int, batch_size: int, lr: float) -> None:
+    """The SGD settings `sdk.ort.OrtTrainer` also refuses (torch would misread or reject them)."""
+    if not (isinstance(epochs, numbers.Integral) and epochs >= 0):
+        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+    if not (isinstance(batch_size, numbers.Integral) and batch_size >= 1):
+        # 0 failed in range() ("arg 3 must not be zero"); a negative size trained nothing.
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr >= 0):
+        # torch.optim.SGD refuses lr < 0 but takes NaN, and trains NaN parameters with it.
+        raise ValueError(f"lr must be finite and >= 0, got {lr!r}")
+
+
 class TorchTrainer:
     """Runs E epochs of minibatch SGD (optionally with momentum) with cross-entropy loss.
 
@@ -157,6 +328,11 @@ class TorchTrainer:
     AMD EPYC. The result differs from the BLAS path only by float rounding.
     `fast_pool` (default on) runs `nn.MaxPool2d(2)` layers through `fast_max_pool`: bit-identical
     values and gradients, 3-5% faster for an MNIST-CNN client's local training.
+
+    `train` checks its data once per call, before the first step (`TrainingDataError`, a
+    `ValueError`): see `check_training_data`. Labels may also be `IGNORE_INDEX` (-100), skipped
+    as torch's cross-entropy skips it. The forward pass that finds the model's output shape
+    runs once per input shape and dtype and is cached, so a call costs O(data) numpy work.
     """
 
     def __init__(
@@ -174,6 +350,8 @@ class TorchTrainer:
         self.fast_linear = fast_linear
         self.fast_pool = fast_pool
         self.loss_fn = nn.CrossEntropyLoss()
+        # (per-example input shape, dtype) -> per-example output shape, from `output_shape`.
+        self._out_shapes: dict[tuple[tuple[int, ...], str], tuple[int, ...]] = {}
 
     def train(
         self,
@@ -186,8 +364,16 @@ class TorchTrainer:
         lr: float,
         rng: np.random.Generator,
     ) -> TrainResult:
-        if len(x) == 0:
-            raise ValueError("a device needs at least one example to train")
+        """E epochs of SGD from flat `params` (float32[d]) on x (float32[N, ...]) and class
+        labels y (int[N], or int[N, ...] for a model with logits [B, C, ...]).
+
+        Each epoch draws ``rng.permutation(N)`` and walks it in batches of `batch_size`, the
+        last one partial. Returns the trained params, N and the mean loss over every step.
+        Raises `TrainingDataError` for data the model cannot train on and `ValueError` for
+        epochs < 0, batch_size < 1 or an lr that is not finite and >= 0.
+        """
+        _check_settings(epochs, batch_size, lr)
+        y = self.check_data(x, y)
         set_flat_params(self.module, params)
         self.module.train()
         opt = torch.optim.SGD(
@@ -211,6 +397,19 @@ class TorchTrainer:
                     total += float(loss.detach()) * len(idx)
                     count += len(idx)
         return TrainResult(get_flat_params(self.module), n, total / max(count, 1))
+
+    def check_data(
+        self, x: npt.NDArray[Any], y: npt.NDArray[Any], *, allow_ignore: bool = True
+    ) -> npt.NDArray[np.int64]:
+        """`check_training_data` with this trainer's cached output shapes; returns y as int64
+        (the same array if it already is). Raises `TrainingDataError`."""
+        x, y = np.asarray(x), np.asarray(y)
+        labels = _check_examples(x, y, "training data")
+        key = (tuple(x.shape[1:]), x.dtype.str)
+        out = self._out_shapes.get(key)
+        if out is None:
+            out = self._out_shapes[key] = output_shape(self.module, x, where="training data: x")
+        return _check_against_output(labels, out, allow_ignore, "training data")
 
 
 def evaluate(
