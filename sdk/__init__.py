@@ -2,6 +2,7 @@
 
 from typing import TYPE_CHECKING, Any
 
+from ._data import TrainingDataError
 from ._types import LocalTrainer, TrainResult
 
 if TYPE_CHECKING:
@@ -14,6 +15,7 @@ __all__ = [
     "RoundReport",
     "SecureRoundReport",
     "TrainResult",
+    "TrainingDataError",
 ]
 
 

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+from ._data import IGNORE_INDEX, TrainingDataError, check_finite_inputs, check_labels
 from ._maxpool import fast_max_pool
 from ._types import LocalTrainer, TrainResult
 from .flat import get_flat_params, set_flat_params
@@ -154,67 +155,8 @@ def onednn_linear(module: nn.Module, min_weights: int = ONEDNN_LINEAR_MIN_WEIGHT
             del layer.forward
 
 
-# Targets equal to this are skipped by torch's cross-entropy (its default `ignore_index`), as
-# by the ONNX training graph (`sdk.ort`); the device trainers accept it, the simulator does not.
-IGNORE_INDEX = -100
-
-
-class TrainingDataError(ValueError):
-    """Local data a trainer cannot train on, refused before the first step: class labels
-    outside the model's classes, NaN or inf inputs, inputs whose shape or dtype the model's
-    forward pass refuses, no examples, or x and y of different lengths.
-
-    A `ValueError`, so callers that caught torch's `ValueError`s still catch it; before these
-    checks most of these cases failed deep inside torch (an `IndexError` from cross-entropy),
-    or, for NaN inputs, trained a NaN update that the encoder refused only at upload.
-    """
-
-
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-
-
-def check_labels(
-    y: npt.NDArray[np.integer[Any]], classes: int, *, allow_ignore: bool = False, where: str = "y"
-) -> None:
-    """Raise `TrainingDataError` unless every class label in `y` is in [0, classes).
-
-    With `allow_ignore`, `IGNORE_INDEX` (-100) is accepted too: torch's cross-entropy skips it.
-    O(len(y)) in numpy: a min and a max, and a mask only when one is out of range.
-    """
-    if y.size == 0:
-        return
-    lo, hi = int(y.min()), int(y.max())
-    if lo >= 0 and hi < classes:
-        return
-    bad = (y < 0) | (y >= classes)
-    if allow_ignore:
-        bad &= y != IGNORE_INDEX
-    count = int(np.count_nonzero(bad))
-    if count:
-        first = int(y[bad].flat[0])
-        also = f" (or {IGNORE_INDEX}, which is skipped)" if allow_ignore else ""
-        raise TrainingDataError(
-            f"{where}: class label {first} out of range: the model has {classes} classes, so "
-            f"labels must be in [0, {classes}){also}; labels outside it: {count} of {y.size}"
-        )
-
-
-def check_finite_inputs(x: npt.NDArray[Any], *, where: str = "x") -> None:
-    """Raise `TrainingDataError` if floating-point inputs hold NaN or inf (one pass over x).
-
-    Training on them makes NaN parameters, which the update encoder refuses only at upload.
-    Integer inputs (token ids) cannot hold either and are not scanned.
-    """
-    if x.dtype.kind not in "fc" or bool(np.isfinite(x).all()):
-        return
-    bad = ~np.isfinite(x.reshape(len(x), -1)) if x.ndim > 1 else ~np.isfinite(x)[:, None]
-    rows = np.flatnonzero(bad.any(axis=1))
-    raise TrainingDataError(
-        f"{where}: {int(bad.sum())} input values are NaN or infinite, in {rows.size} of "
-        f"{len(x)} examples (the first is example {int(rows[0])}); training on them would make "
-        "NaN parameters"
-    )
 
 
 def output_shape(module: nn.Module, x: npt.NDArray[Any], *, where: str = "x") -> tuple[int, ...]:
@@ -247,9 +189,7 @@ def output_shape(module: nn.Module, x: npt.NDArray[Any], *, where: str = "x") ->
     return tuple(out.shape[1:])
 
 
-def _check_examples(
-    x: npt.NDArray[Any], y: npt.NDArray[Any], where: str
-) -> npt.NDArray[np.int64]:
+def _check_examples(x: npt.NDArray[Any], y: npt.NDArray[Any], where: str) -> npt.NDArray[np.int64]:
     """Checks that need no model: at least one example, one label per example, integer
     labels, finite inputs. Returns y as int64 (the same array when it already is)."""
     if x.ndim == 0 or len(x) == 0:

@@ -1,5 +1,6 @@
 """On-device training on plain onnxruntime; nothing here imports torch, even indirectly."""
 
+from .._data import TrainingDataError
 from ._device import OrtDevice, OrtUpload
 from ._manifest import MANIFEST_NAME, ArtifactError, Manifest, load_manifest
 from ._runtime import OrtTrainer, session_options
@@ -13,4 +14,5 @@ __all__ = [
     "OrtUpload",
     "load_manifest",
     "session_options",
+    "TrainingDataError",
 ]

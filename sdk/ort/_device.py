@@ -45,11 +45,11 @@ class OrtDevice:
         error_feedback: bool = True,
         clip_norm: float | None = None,
     ) -> None:
-        if len(x) != len(y) or len(x) == 0:
-            raise ValueError("a device needs as many targets as inputs, and at least one")
         # Checked (and cast to the graph's dtypes) once here, so bad local data or settings fail
-        # when the device is set up, not at its first round; `train` re-checks cheaply.
+        # when the device is set up (`TrainingDataError`, a ValueError), not at its first round;
+        # `train` re-checks cheaply.
         _check_settings(epochs, batch_size, lr)
+        trainer.check_data(x, y)
         self.trainer = trainer
         self.x = trainer._check_x(x)
         self.y = trainer._check_y(y, len(self.x))

@@ -12,6 +12,7 @@ import onnxruntime as ort
 
 from compression import ModelSpec
 
+from .._data import TrainingDataError, check_finite_inputs, check_labels
 from .._types import TrainResult
 from ._manifest import ArtifactError, Manifest, load_manifest
 
@@ -57,7 +58,6 @@ def _first_line(exc: BaseException) -> str:
 
 
 _ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}
-_IGNORE_INDEX = -100  # torch's cross_entropy skips targets equal to this; the graph does too
 
 
 def _check_arg(arg: ort.NodeArg, dtype: str, shape: Sequence[int], batch: bool, what: str) -> None:
@@ -123,21 +123,21 @@ def _whole_numbers(values: npt.ArrayLike, what: str) -> npt.NDArray:
     return arr
 
 
-def _labels(y: npt.NDArray, classes: int, allow_ignore: bool) -> npt.NDArray[np.int64]:
+def _labels(
+    y: npt.NDArray, classes: int, allow_ignore: bool, where: str = "training data"
+) -> npt.NDArray[np.int64]:
     """Class targets as int64 after checking that each is a class in [0, classes).
 
     Onnxruntime's gather would wrap a negative label to a class from the end (a silently wrong
     update) and fail with an untyped error past the end; torch raises for both. With
     `allow_ignore`, -100 is let through: torch's cross_entropy and the graph both skip it.
+    Raises `TrainingDataError`, as `sdk.trainer.TorchTrainer` does, with the same words.
     """
-    arr = _whole_numbers(y, "class labels")
-    bad = (arr < 0) | (arr >= classes)
-    if allow_ignore:
-        bad &= arr != _IGNORE_INDEX
-    if bad.any():
-        raise ValueError(
-            f"class label {arr[bad].flat[0]} out of range: the model has {classes} classes"
-        )
+    try:
+        arr = _whole_numbers(y, "class labels")
+    except ValueError as exc:
+        raise TrainingDataError(f"{where}: {exc}") from None
+    check_labels(arr, classes, allow_ignore=allow_ignore, where=where)
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
@@ -271,15 +271,19 @@ class OrtTrainer:
         Integer inputs are token ids, which only an Embedding reads among the supported layers:
         they must be whole numbers >= 0. Onnxruntime's gather would wrap a negative id to a row
         from the end where torch raises (ids past the end fail in onnxruntime, a ValueError).
+        Raises `TrainingDataError`.
         """
         m = self.manifest
         if self._x_dtype.kind == "i":
-            arr = _whole_numbers(x, "token ids")
+            try:
+                arr = _whole_numbers(x, "token ids")
+            except ValueError as exc:
+                raise TrainingDataError(str(exc)) from None
             if arr.size and arr.min() < 0:
-                raise ValueError(f"token ids must be >= 0, got {arr.min()}")
+                raise TrainingDataError(f"token ids must be >= 0, got {arr.min()}")
         xs = np.ascontiguousarray(x, dtype=self._x_dtype)
         if xs.ndim != 1 + len(m.x_shape) or tuple(xs.shape[1:]) != m.x_shape:
-            raise ValueError(f"x of shape {x.shape}, the model takes [B, {m.x_shape}]")
+            raise TrainingDataError(f"x of shape {x.shape}, the model takes [B, {m.x_shape}]")
         return xs
 
     def _check_y(self, y: npt.NDArray, n: int) -> npt.NDArray:
@@ -289,10 +293,23 @@ class OrtTrainer:
         else:
             ys = np.ascontiguousarray(y, dtype=self._y_dtype)
         if ys.ndim != 1 + len(m.y_shape) or tuple(ys.shape[1:]) != m.y_shape:
-            raise ValueError(f"y of shape {y.shape}, the model takes [B, {m.y_shape}]")
+            raise TrainingDataError(f"y of shape {y.shape}, the model takes [B, {m.y_shape}]")
         if len(ys) != n:
-            raise ValueError(f"{n} inputs but {len(ys)} targets")
+            raise TrainingDataError(
+                f"training data: x has {n} examples but y has {len(ys)} labels: one label per "
+                "example"
+            )
         return ys
+
+    def check_data(self, x: npt.NDArray, y: npt.NDArray) -> None:
+        """Raise `TrainingDataError` unless `train` can train on (x, y): the checks `train` runs
+        once per call (shapes, dtypes, finite inputs, labels in range, at least one example).
+        `sdk.Client.participate` calls it before asking for a round."""
+        xs = self._check_x(x)
+        check_finite_inputs(xs, where="training data")  # NaN or inf would train NaN params
+        self._check_y(y, len(xs))
+        if len(xs) == 0:
+            raise TrainingDataError("a device needs at least one example to train")
 
     def step(
         self,
@@ -334,10 +351,11 @@ class OrtTrainer:
         """Run `epochs` epochs from flat `params`; returns new float32[d] params and mean loss."""
         _check_settings(epochs, batch_size, lr)
         xs = self._check_x(x)
+        check_finite_inputs(xs, where="training data")  # NaN or inf would train NaN params
         ys = self._check_y(y, len(xs))
         n = len(xs)
         if n == 0:
-            raise ValueError("a device needs at least one example to train")
+            raise TrainingDataError("a device needs at least one example to train")
         # Views of the caller's array, not copies: onnxruntime only reads its feeds and each
         # step returns fresh arrays, and the result is concatenated anew, so nothing ever
         # writes through these views or hands them back.
@@ -384,7 +402,7 @@ class OrtTrainer:
         (class) dimension, so [B] for logits [B, C] and [B, T] for [B, T, C]. One-hot targets
         (as an MSE export trains on) are refused with a `ValueError`, not misread.
         """
-        labels = _labels(y, self.classes, allow_ignore=False)
+        labels = _labels(y, self.classes, allow_ignore=False, where="evaluation data")
         logits = self.predict(params, x).astype(np.float64)
         if labels.shape != logits.shape[:-1]:
             raise ValueError(

@@ -133,7 +133,7 @@ def test_bad_inputs_are_refused(artifacts: dict[str, Path]) -> None:
         trainer.train(params[:-1], x, y, epochs=1, batch_size=2, lr=0.1, rng=rng)
     with pytest.raises(ValueError, match="x of shape"):
         trainer.train(params, x[:, :10], y, epochs=1, batch_size=2, lr=0.1, rng=rng)
-    with pytest.raises(ValueError, match="targets"):
+    with pytest.raises(ValueError, match="x has 4 examples but y has 3 labels"):
         trainer.train(params, x, y[:3], epochs=1, batch_size=2, lr=0.1, rng=rng)
     with pytest.raises(ValueError, match="at least one example"):
         trainer.train(params, x[:0], y[:0], epochs=1, batch_size=2, lr=0.1, rng=rng)
@@ -507,3 +507,58 @@ def test_a_graph_that_grows_while_read_is_refused(
     for verify in (True, False):
         with pytest.raises(ArtifactError, match="infer.onnx: changed while being read"):
             load_manifest(artifacts["sgd"], verify=verify)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda x, y: (x, np.where(np.arange(len(y)) == 2, 12, y)), r"class label 12 out of range"),
+        (lambda x, y: (x, np.where(np.arange(len(y)) == 2, -1, y)), r"class label -1 out of range"),
+        (lambda x, y: (np.where(np.arange(x.size).reshape(x.shape) == 70, np.nan, x), y),
+         r"1 input values are NaN or infinite, in 1 of 8 examples \(the first is example 1\)"),
+        (lambda x, y: (x, y[:5]), "x has 8 examples but y has 5 labels"),
+        (lambda x, y: (x[:0], y[:0]), "at least one example"),
+    ],
+)  # fmt: skip
+def test_both_trainers_refuse_the_same_bad_data_with_training_data_error(
+    artifacts: dict[str, Path], mutate: Callable[..., Any], match: str
+) -> None:
+    # Prepare
+    from sdk import TrainingDataError
+
+    ort_trainer = OrtTrainer.from_dir(artifacts["sgd"])
+    torch_trainer = TorchTrainer(build_model("digits_mlp"))
+    params = get_flat_params(build_model("digits_mlp"))
+    x, y = mutate(*_data(8, seed=11))
+    kwargs: dict[str, Any] = {"epochs": 1, "batch_size": 4, "lr": 0.1}
+
+    # Execute / Assert: the ORT device refuses it up front, at setup and in check_data too.
+    for trainer in (ort_trainer, torch_trainer):
+        with pytest.raises(TrainingDataError, match=match):
+            trainer.train(params, x, y, rng=np.random.default_rng(0), **kwargs)
+        with pytest.raises(TrainingDataError, match=match):
+            trainer.check_data(x, y)
+    with pytest.raises(TrainingDataError, match=match):
+        OrtDevice(ort_trainer, x, y, codec=CodecConfig(topk=0.1, bits=8))
+
+
+def test_participate_with_an_ort_trainer_refuses_bad_data_before_any_request(
+    artifacts: dict[str, Path], tmp_path: Path
+) -> None:
+    # Prepare
+    import httpx
+
+    from sdk import Client, TrainingDataError
+
+    sent: list[httpx.Request] = []
+    transport = httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(500))
+    x, y = _data(8, seed=12)
+    x[3, 5] = np.inf
+
+    # Execute / Assert
+    with (
+        Client("http://plume.test", str(tmp_path), transport=transport) as client,
+        pytest.raises(TrainingDataError, match="NaN or infinite"),
+    ):
+        client.participate(OrtTrainer.from_dir(artifacts["sgd"]), x, y, max_wait_s=0)
+    assert sent == []

@@ -1,0 +1,69 @@
+"""Checks of a device's local training data that need no model framework (numpy only), so that
+both trainers use them: `sdk.trainer.TorchTrainer` and the torch-free `sdk.ort.OrtTrainer`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["IGNORE_INDEX", "TrainingDataError", "check_labels", "check_finite_inputs"]
+
+# Targets equal to this are skipped by torch's cross-entropy (its default `ignore_index`), as
+# by the ONNX training graph (`sdk.ort`); the device trainers accept it, the simulator does not.
+IGNORE_INDEX = -100
+
+
+class TrainingDataError(ValueError):
+    """Local data a trainer cannot train on, refused before the first step: class labels
+    outside the model's classes, NaN or inf inputs, inputs whose shape or dtype the model's
+    forward pass refuses, no examples, or x and y of different lengths.
+
+    A `ValueError`, so callers that caught torch's `ValueError`s still catch it; before these
+    checks most of these cases failed deep inside torch (an `IndexError` from cross-entropy),
+    or, for NaN inputs, trained a NaN update that the encoder refused only at upload.
+    """
+
+
+def check_labels(
+    y: npt.NDArray[np.integer[Any]], classes: int, *, allow_ignore: bool = False, where: str = "y"
+) -> None:
+    """Raise `TrainingDataError` unless every class label in `y` is in [0, classes).
+
+    With `allow_ignore`, `IGNORE_INDEX` (-100) is accepted too: torch's cross-entropy skips it.
+    O(len(y)) in numpy: a min and a max, and a mask only when one is out of range.
+    """
+    if y.size == 0:
+        return
+    lo, hi = int(y.min()), int(y.max())
+    if lo >= 0 and hi < classes:
+        return
+    bad = (y < 0) | (y >= classes)
+    if allow_ignore:
+        bad &= y != IGNORE_INDEX
+    count = int(np.count_nonzero(bad))
+    if count:
+        first = int(y[bad].flat[0])
+        also = f" (or {IGNORE_INDEX}, which is skipped)" if allow_ignore else ""
+        raise TrainingDataError(
+            f"{where}: class label {first} out of range: the model has {classes} classes, so "
+            f"labels must be in [0, {classes}){also}; labels outside it: {count} of {y.size}"
+        )
+
+
+def check_finite_inputs(x: npt.NDArray[Any], *, where: str = "x") -> None:
+    """Raise `TrainingDataError` if floating-point inputs hold NaN or inf (one pass over x).
+
+    Training on them makes NaN parameters, which the update encoder refuses only at upload.
+    Integer inputs (token ids) cannot hold either and are not scanned.
+    """
+    if x.dtype.kind not in "fc" or bool(np.isfinite(x).all()):
+        return
+    bad = ~np.isfinite(x.reshape(len(x), -1)) if x.ndim > 1 else ~np.isfinite(x)[:, None]
+    rows = np.flatnonzero(bad.any(axis=1))
+    raise TrainingDataError(
+        f"{where}: {int(bad.sum())} input values are NaN or infinite, in {rows.size} of "
+        f"{len(x)} examples (the first is example {int(rows[0])}); training on them would make "
+        "NaN parameters"
+    )
