@@ -10,9 +10,10 @@ from protocol.names import ContentType, Reason
 
 __all__ = ["ApiError", "StoreId", "media_type", "require_media_type"]
 
-# A task or round id in a URL. SQLite's INTEGER is signed 64-bit, so a larger id names nothing:
-# it is refused as 422 `validation` here rather than overflowing the store's query (a 500).
-StoreId = Annotated[int, PathParam(le=2**63 - 1)]
+# A task or round id in a URL. SQLite's INTEGER is signed 64-bit, so an id outside it names
+# nothing: it is refused as 422 `validation` here rather than overflowing the store's query (a
+# 500), above 2^63 - 1 and below -2^63 alike.
+StoreId = Annotated[int, PathParam(ge=-(2**63), le=2**63 - 1)]
 
 
 class ApiError(Exception):
