@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,12 @@ import pytest
 from coordinator.service import ServerThread, ServiceConfig, Store
 from coordinator.service.errors import ApiError
 from coordinator.service.store import DamagedRow
-from protocol import auth
 from protocol.messages import to_json
 from sdk.client import Client
 
 from .test_restart_midround import Clock, _frame, _open_round, _start
 from .test_restart_refused import _rows
+from .test_service_review import _signed_get
 from .test_service_support import ADMIN, task_config
 
 AUTH = {"authorization": f"Bearer {ADMIN}"}
@@ -49,18 +48,6 @@ def _damage(db: Path, sql: str, *args: Any) -> None:
     con.execute(sql, args)
     con.commit()
     con.close()
-
-
-def _signed_get(device: Client, path: str, round_id: int) -> dict[str, str]:
-    signed = auth.sign_request(
-        device._core.key,
-        method="GET",
-        target=path,
-        round_id=round_id,
-        body=b"",
-        timestamp_ms=int(time.time() * 1000),
-    )
-    return {str(k): v for k, v in signed.items()}
 
 
 @pytest.mark.parametrize(
