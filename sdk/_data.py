@@ -3,12 +3,20 @@ both trainers use them: `sdk.trainer.TorchTrainer` and the torch-free `sdk.ort.O
 
 from __future__ import annotations
 
+import math
+import numbers
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["IGNORE_INDEX", "TrainingDataError", "check_labels", "check_finite_inputs"]
+__all__ = [
+    "IGNORE_INDEX",
+    "TrainingDataError",
+    "check_labels",
+    "check_finite_inputs",
+    "check_settings",
+]
 
 # Targets equal to this are skipped by torch's cross-entropy (its default `ignore_index`), as
 # by the ONNX training graph (`sdk.ort`); the device trainers accept it, the simulator does not.
@@ -67,3 +75,15 @@ def check_finite_inputs(x: npt.NDArray[Any], *, where: str = "x") -> None:
         f"{len(x)} examples (the first is example {int(rows[0])}); training on them would make "
         "NaN parameters"
     )
+
+
+def check_settings(epochs: int, batch_size: int, lr: float) -> None:
+    """Raise `ValueError` for SGD settings that torch would misread or reject (both trainers)."""
+    if not (isinstance(epochs, numbers.Integral) and epochs >= 0):
+        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+    if not (isinstance(batch_size, numbers.Integral) and batch_size >= 1):
+        # 0 failed in range() ("arg 3 must not be zero"); a negative size trained nothing.
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr >= 0):
+        # torch.optim.SGD refuses lr < 0 but takes NaN, and trains NaN parameters with it.
+        raise ValueError(f"lr must be finite and >= 0, got {lr!r}")

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import math
-import numbers
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -15,7 +13,13 @@ import torch
 from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from ._data import IGNORE_INDEX, TrainingDataError, check_finite_inputs, check_labels
+from ._data import (
+    IGNORE_INDEX,
+    TrainingDataError,
+    check_finite_inputs,
+    check_labels,
+    check_settings,
+)
 from ._maxpool import fast_max_pool
 from ._types import LocalTrainer, TrainResult
 from .flat import get_flat_params, set_flat_params
@@ -245,18 +249,6 @@ def check_training_data(
     return out[0]
 
 
-def _check_settings(epochs: int, batch_size: int, lr: float) -> None:
-    """The SGD settings `sdk.ort.OrtTrainer` also refuses (torch would misread or reject them)."""
-    if not (isinstance(epochs, numbers.Integral) and epochs >= 0):
-        raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
-    if not (isinstance(batch_size, numbers.Integral) and batch_size >= 1):
-        # 0 failed in range() ("arg 3 must not be zero"); a negative size trained nothing.
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr >= 0):
-        # torch.optim.SGD refuses lr < 0 but takes NaN, and trains NaN parameters with it.
-        raise ValueError(f"lr must be finite and >= 0, got {lr!r}")
-
-
 class TorchTrainer:
     """Runs E epochs of minibatch SGD (optionally with momentum) with cross-entropy loss.
 
@@ -312,7 +304,7 @@ class TorchTrainer:
         Raises `TrainingDataError` for data the model cannot train on and `ValueError` for
         epochs < 0, batch_size < 1 or an lr that is not finite and >= 0.
         """
-        _check_settings(epochs, batch_size, lr)
+        check_settings(epochs, batch_size, lr)
         y = self.check_data(x, y)
         set_flat_params(self.module, params)
         self.module.train()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Sequence
 
@@ -12,7 +11,7 @@ import onnxruntime as ort
 
 from compression import ModelSpec
 
-from .._data import TrainingDataError, check_finite_inputs, check_labels
+from .._data import TrainingDataError, check_finite_inputs, check_labels, check_settings
 from .._types import TrainResult
 from ._manifest import ArtifactError, Manifest, load_manifest
 
@@ -139,14 +138,6 @@ def _labels(
         raise TrainingDataError(f"{where}: {exc}") from None
     check_labels(arr, classes, allow_ignore=allow_ignore, where=where)
     return np.ascontiguousarray(arr, dtype=np.int64)
-
-
-def _check_settings(epochs: int, batch_size: int, lr: float) -> None:
-    """Raise `ValueError` for training settings that torch's trainer would refuse or misuse."""
-    if epochs < 0 or batch_size < 1:
-        raise ValueError("epochs must be >= 0 and batch_size >= 1")
-    if not math.isfinite(lr) or lr < 0:
-        raise ValueError(f"lr must be finite and >= 0 (torch.optim.SGD refuses {lr})")
 
 
 class OrtTrainer:
@@ -349,7 +340,7 @@ class OrtTrainer:
         rng: np.random.Generator,
     ) -> TrainResult:
         """Run `epochs` epochs from flat `params`; returns new float32[d] params and mean loss."""
-        _check_settings(epochs, batch_size, lr)
+        check_settings(epochs, batch_size, lr)
         xs = self._check_x(x)
         check_finite_inputs(xs, where="training data")  # NaN or inf would train NaN params
         ys = self._check_y(y, len(xs))
