@@ -142,10 +142,12 @@ def register(sub: Any) -> None:
     )
     g.add_argument(
         "--fleet",
-        default="timing",
+        default=None,
         choices=("off", "timing", "realistic"),
         help="simulated clock: 'timing' adds simulated seconds (everyone available, no "
-        "dropouts); 'realistic' adds diurnal availability, tier dropouts and the deadline",
+        "dropouts); 'realistic' adds diurnal availability, tier dropouts and the deadline. "
+        "Default: timing for in-process plain runs; off (wall time only) for --transport "
+        "http and --secure, which have no simulated clock",
     )
     g.add_argument(
         "--deadline",
@@ -460,7 +462,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         "ort_tier": args.ort_tier,
         "eval_every": args.eval_every,
         "seed": args.seed,
-        "fleet": args.fleet,
+        "fleet": _fleet(args),
         "deadline_s": args.deadline,
         "selection_timeout_s": None if args.selection_timeout < 0 else args.selection_timeout,
         "checkin_period_s": args.checkin_period,
@@ -594,6 +596,10 @@ _SECURE_ONLY = (
     ("--dp-noise", "dp_noise"),
     ("--noise-multiplier", "noise_multiplier"),
 )
+# Flags the HTTP fleet has no use for: it trains each device in its own SDK client.
+_INPROC_ONLY = (("--backend", "backend"), ("--job-timeout", "job_timeout"))
+
+
 # Flags that only apply with another setting; a value other than the parser's default counts
 # as given (the defaults are read from the parser in `register`, so they have one home).
 _CONDITIONAL = (
@@ -602,6 +608,7 @@ _CONDITIONAL = (
     "selection_timeout",
     "checkin_period",
     *(dest for _, dest in _SECURE_ONLY),
+    *(dest for _, dest in _INPROC_ONLY),
 )
 
 
@@ -665,6 +672,20 @@ def _in_flags(message: str) -> str:
     return message
 
 
+def _clockless(args: argparse.Namespace) -> str | None:
+    """The flag of a run that has no simulated clock (`--transport http`, `--secure`), or None."""
+    if args.transport == "http":
+        return "--transport http"
+    return "--secure" if args.secure else None
+
+
+def _fleet(args: argparse.Namespace) -> str:
+    """--fleet as given, else its default: timing, or off for a run without a simulated clock."""
+    if args.fleet is not None:
+        return str(args.fleet)
+    return "off" if _clockless(args) else "timing"
+
+
 def _usage_error(args: argparse.Namespace) -> str | None:
     """The first mistake in the flags of a run, named by its flags, or None.
 
@@ -716,8 +737,24 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         )
     if args.dense and args.secure:
         return "--secure runs compressed rounds under SecAgg+; it cannot be combined with --dense"
-    if args.deadline is not None and args.fleet == "off":
+    clockless = _clockless(args)
+    if clockless and args.fleet not in (None, "off"):
+        return (
+            f"--fleet {args.fleet} needs the simulated clock, which only in-process plain "
+            f"runs have; {clockless} runs in wall time (drop --fleet, or drop {clockless})"
+        )
+    if args.deadline is not None and _fleet(args) == "off":
+        if clockless:
+            return f"--deadline is in simulated seconds, which {clockless} runs do not have"
         return "--deadline needs the simulated clock: --fleet timing or realistic"
+    if args.transport == "http":
+        given = [flag for flag, dest in _INPROC_ONLY if _given(args, dest)]
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            return (
+                f"{' and '.join(given)} only {verb} to --transport inproc (the HTTP fleet "
+                "trains one SDK client per device in this process)"
+            )
     stray = [
         flag
         for flag, dest in (
@@ -726,7 +763,7 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         )
         if _given(args, dest)
     ]
-    if stray and args.fleet != "realistic":
+    if stray and _fleet(args) != "realistic":
         verb = "applies" if len(stray) == 1 else "apply"
         return f"{' and '.join(stray)} only {verb} with --fleet realistic"
     if _given(args, "alpha") and args.partition != "dirichlet":

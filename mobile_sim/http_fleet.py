@@ -87,12 +87,32 @@ def run_http_simulation(
 
     With `coordinator_url` None an embedded coordinator is started on 127.0.0.1 and stopped at
     the end; otherwise the admin token comes from `options.admin_token` or $PLUME_ADMIN_TOKEN.
+    Rounds run in wall time: `cfg.fleet` "timing" adds no simulated seconds (records carry
+    none), and settings only the in-process runner has raise `ValueError` rather than being
+    ignored (attacks, ONNX devices, warm-up, clipping, `fleet="realistic"`, `deadline_s`, a
+    backend other than sequential, `job_timeout_s`).
     """
     opts = options or HttpFleetOptions()
-    if cfg.attack or cfg.ort_fraction or cfg.warmup_rounds or cfg.clip_norm is not None:
+    inproc_only = [
+        what
+        for what, asked in (
+            ("attacks", bool(cfg.attack)),
+            ("ONNX devices", bool(cfg.ort_fraction or cfg.ort_tier)),
+            ("warm-up rounds", bool(cfg.warmup_rounds)),
+            ("clipping", cfg.clip_norm is not None),
+            ("the realistic fleet (availability, tier dropouts)", cfg.fleet == "realistic"),
+            ("a simulated deadline", cfg.deadline_s is not None),
+            (f"the {cfg.backend} backend", cfg.backend != "sequential"),
+            ("a job timeout", cfg.job_timeout_s is not None),
+        )
+        if asked
+    ]
+    if inproc_only:
+        # Each would otherwise be silently ignored: the HTTP fleet is one SDK client per
+        # device, training in this process, in wall time (no simulated clock).
         raise ValueError(
-            "--transport http runs benign torch devices with the plain codec; attacks, ONNX "
-            "devices, warm-up rounds and clipping run with --transport inproc"
+            "--transport http runs benign torch devices with the plain codec, one SDK client "
+            f"each, in wall time; {', '.join(inproc_only)} run with --transport inproc"
         )
     with tempfile.TemporaryDirectory(prefix="plume-http-") as tmp:
         if coordinator_url is not None:

@@ -360,10 +360,18 @@ def run_secure_simulation(
 
     Each round `cfg.per_round` devices are drawn uniformly; each drops with probability
     `dropout` at a uniformly drawn stage. RoundRecord bytes are the real message bytes.
-    `transport="http"` runs every round through the HTTP stage endpoints on loopback.
+    `transport="http"` runs every round through the HTTP stage endpoints on loopback. There is
+    no simulated clock (records carry no simulated seconds): `cfg.fleet` "realistic" and
+    `cfg.deadline_s` raise `ValueError`.
     """
     if transport not in ("inproc", "http"):
         raise ValueError(f"transport must be 'inproc' or 'http', not {transport!r}")
+    if cfg.fleet == "realistic" or cfg.deadline_s is not None:
+        # Silently ignored before: secure rounds have no simulated clock.
+        raise ValueError(
+            "secure runs draw their dropouts from `dropout` (--secure-dropout) and have no "
+            "simulated clock; fleet='realistic' and deadline_s run in plain rounds"
+        )
     from tqdm import tqdm
 
     from sdk.flat import get_flat_params

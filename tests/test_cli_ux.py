@@ -156,6 +156,22 @@ def test_the_name_lists_in_help_match_the_library() -> None:
         (["--over-selection", "0.5"], "--over-selection must be in [1, 10]"),
         (["--alpha", "0"], "--alpha must be positive"),
         (["--fleet", "off", "--deadline", "5"], "--deadline needs the simulated clock"),
+        # Runs without a simulated clock refuse its flags (they were silently ignored).
+        (
+            ["--transport", "http", "--fleet", "realistic"],
+            "--fleet realistic needs the simulated clock, which only in-process plain runs have",
+        ),
+        (["--transport", "http", "--fleet", "timing"], "--transport http runs in wall time"),
+        (["--secure", "--fleet", "realistic"], "--secure runs in wall time (drop --fleet"),
+        (
+            ["--transport", "http", "--deadline", "30"],
+            "--deadline is in simulated seconds, which --transport http runs do not have",
+        ),
+        (["--secure", "--deadline", "30"], "which --secure runs do not have"),
+        (
+            ["--transport", "http", "--backend", "pool"],
+            "--backend only applies to --transport inproc",
+        ),
         (["--checkin-period", "300"], "--checkin-period only applies with --fleet realistic"),
         (["--partition", "natural"], "--partition natural needs a dataset with its own users"),
         (

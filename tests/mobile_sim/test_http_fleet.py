@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from mobile_sim.http_fleet import HttpFleetOptions, run_http_simulation
@@ -42,8 +44,20 @@ def test_http_fleet_matches_the_inproc_record_shape() -> None:
     assert result.final_params.shape == (result.num_params,)
 
 
-def test_http_fleet_refuses_what_only_inproc_runs() -> None:
+@pytest.mark.parametrize(
+    ("setting", "named"),
+    [
+        ({"attack": "signflip", "malicious": 0.25}, "attacks"),
+        ({"fleet": "realistic"}, "the realistic fleet (availability, tier dropouts)"),
+        ({"deadline_s": 30.0}, "a simulated deadline"),
+        ({"backend": "pool"}, "the pool backend"),
+        ({"backend": "pool", "job_timeout_s": 5.0}, "the pool backend, a job timeout"),
+    ],
+)
+def test_http_fleet_refuses_what_only_inproc_runs(setting: dict[str, object], named: str) -> None:
+    # Prepare: each of these was silently ignored by the HTTP fleet, except attacks
     cfg = SimConfig(dataset="digits", model="digits_mlp", clients=4, per_round=2, rounds=1,
-                    attack="signflip", malicious=0.25)  # fmt: skip
-    with pytest.raises(ValueError, match="inproc"):
+                    **setting)  # type: ignore[arg-type]  # fmt: skip
+    # Execute / Assert: refused before any server starts, naming the setting
+    with pytest.raises(ValueError, match=f"in wall time; {re.escape(named)}.* --transport inproc"):
         run_http_simulation(cfg, progress=False, options=HttpFleetOptions())
