@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._client import pair_mask_seed, pair_mask_sign, self_mask
-from ._crypto import agree, public_key_of
+from ._crypto import KEY_BYTES, agree, public_key_of
 from ._errors import (
     DuplicateKey,
     ProtocolViolation,
@@ -28,7 +28,7 @@ from ._graph import neighbours
 from ._packing import unpack_bits
 from ._plan import ProtocolParams
 from ._prg import expand_mask, ring_mask
-from ._shamir import combine_shares_robust, share_x
+from ._shamir import combine_shares_robust, share_params
 from ._wire import (
     AdvertiseKeys,
     KeyDirectory,
@@ -188,11 +188,19 @@ def _unmask_response(state: ServerState, msg: UnmaskResponse) -> None:
             live = sorted(j for j in state.graph[about] if j in state.keys)
             holders = state.holder_x[about] = {j: x for x, j in enumerate(live, start=1)}
         try:
-            x = share_x(share)
+            threshold, x, secret_len = share_params(share)
         except SecAggError as exc:
             raise ProtocolViolation(f"node {msg.node} sent a malformed share: {exc}") from None
         if x != holders[msg.node]:
             raise ProtocolViolation(f"node {msg.node} sent a share with another holder's x ({x})")
+        if (threshold, secret_len) != (state.params.threshold, KEY_BYTES):
+            # Every dealer shares a 32-byte secret at the round's threshold. A share written
+            # for t = 1 would be a "group" of its own that recovers the sender's chosen secret
+            # when a node's honest shares are fewer than t (a wrong sum, honest holders blamed).
+            raise ProtocolViolation(
+                f"node {msg.node} sent a share for threshold {threshold} of a {secret_len}-byte "
+                f"secret; the round shares {KEY_BYTES}-byte secrets at t={state.params.threshold}"
+            )
         checked.append((about, share))
     for about, share in checked:
         state.shares.setdefault(about, []).append((msg.node, share))
@@ -210,7 +218,7 @@ def _finish(state: ServerState) -> SecAggResult:
 
     def recover(node: int) -> bytes:
         pairs = state.shares[node]
-        secret, unused = combine_shares_robust([share for _, share in pairs])
+        secret, unused = combine_shares_robust([share for _, share in pairs], t)
         suspects.update(pairs[i][0] for i in unused)
         return secret
 

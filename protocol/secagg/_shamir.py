@@ -29,6 +29,7 @@ __all__ = [
     "combine_shares",
     "combine_shares_robust",
     "share_x",
+    "share_params",
     "share_size",
 ]
 
@@ -119,6 +120,12 @@ def _parse(share: bytes) -> _Share:
 def share_x(share: bytes) -> int:
     """The x coordinate (1-based holder number) written in a share."""
     return _parse(share).x
+
+
+def share_params(share: bytes) -> tuple[int, int, int]:
+    """`(threshold, x, secret_len)` written in a well-formed share (`ShareError` otherwise)."""
+    parsed = _parse(share)
+    return parsed.threshold, parsed.x, parsed.secret_len
 
 
 def _lagrange_weights(xs: Sequence[int], at: int) -> tuple[int, ...]:
@@ -264,7 +271,9 @@ def _berlekamp_welch(xs: Sequence[int], ys: Sequence[int], k: int, e: int) -> li
     return quot[:k]
 
 
-def combine_shares_robust(shares: Sequence[bytes]) -> tuple[bytes, tuple[int, ...]]:
+def combine_shares_robust(
+    shares: Sequence[bytes], threshold: int | None = None
+) -> tuple[bytes, tuple[int, ...]]:
     """Recover the secret when some holders may have sent wrong shares: (secret, the positions in
     `shares` that were not used because they are malformed, disagree with the dealer's header,
     repeat an x coordinate, or lie off the dealer's polynomial).
@@ -274,13 +283,21 @@ def combine_shares_robust(shares: Sequence[bytes]) -> tuple[bytes, tuple[int, ..
     floor((m - t) / 2) wrong values among m shares; the result must still match the dealer's
     commitment, so a wrong secret is never returned. Raises `ShareError` when no secret can be
     recovered (too many wrong shares, or a dealer whose shares disagree among themselves).
+
+    `threshold` is the dealer's threshold when the caller knows it: only shares written for it
+    are used. Without it, one forged share with its own threshold of 1 (and its own commitment)
+    is a group that "recovers" the forger's secret whenever the honest shares number fewer
+    than t.
     """
     try:
-        return combine_shares(shares), ()
+        secret = combine_shares(shares)
     except NotEnoughShares:
         raise
     except ShareError:
         pass
+    else:
+        if threshold is None or _parse(shares[0]).threshold == threshold:
+            return secret, ()
     parsed: dict[int, _Share] = {}
     for i, share in enumerate(shares):
         try:
@@ -291,6 +308,8 @@ def combine_shares_robust(shares: Sequence[bytes]) -> tuple[bytes, tuple[int, ..
     for i, sh in parsed.items():
         groups.setdefault((sh.threshold, sh.secret_len, sh.commit), []).append(i)
     for (t, secret_len, commit), members in sorted(groups.items(), key=lambda g: -len(g[1])):
+        if threshold is not None and t != threshold:
+            continue
         xs_seen = Counter(parsed[i].x for i in members)
         used = [i for i in members if xs_seen[parsed[i].x] == 1]  # a repeated x: one is wrong
         if len(used) < t:

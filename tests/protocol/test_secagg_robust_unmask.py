@@ -177,3 +177,36 @@ def test_a_share_with_another_holders_x_or_a_broken_seal_is_refused_on_arrival()
     with pytest.raises(ProtocolViolation, match="malformed share"):
         server.receive_unmask(broken)
     server.receive_unmask(first)  # the honest answer still counts afterwards
+
+
+def test_a_share_forged_for_threshold_one_is_refused_and_never_recovers_a_secret() -> None:
+    # Prepare: n = 8 (complete graph, t = 4), every node contributes, 5 survivors answer.
+    # Node 1's secret then has shares from survivors 0, 2, 3, 4 only; survivor 0 replaces its
+    # share about node 1 with one it dealt itself at t = 1 (sealed, at its own holder x).
+    p = make_params(8)
+    rng = np.random.default_rng(2)
+    inputs = [rng.integers(0, 256, LENGTH, dtype=np.uint64) for _ in range(8)]
+    clients, server = run_to_masked_input(p, inputs)
+    req = server.close_masked_input()
+    answers = [clients[i].unmask(req) for i in range(5)]
+    forger, victim = 0, 1
+    holder_x = sorted(j for j in range(8) if j != victim).index(forger) + 1
+    forged = create_shares(bytes(32), 1, 8)[holder_x - 1]
+    answers[forger] = dataclasses.replace(
+        answers[forger],
+        shares=tuple((n, k, forged if n == victim else s) for n, k, s in answers[forger].shares),
+    )
+    honest = [s for a in answers[1:] for n, _, s in a.shares if n == victim]
+
+    # Execute + Assert: refused on arrival (it was accepted, and the robust decoder took the
+    # forger's one-share "group" when the 3 honest shares were below t: a wrong sum, with the
+    # honest survivors named as suspects). Without it node 1 is short of shares: a clean abort.
+    with pytest.raises(ProtocolViolation, match="threshold 1"):
+        server.receive_unmask(answers[forger])
+    for a in answers[1:]:
+        server.receive_unmask(a)
+    with pytest.raises(RoundAborted, match="fewer than t=4 shares"):
+        server.finish()
+    # The decoder alone, told the dealer's threshold, never returns the forged secret either.
+    with pytest.raises(ShareError):
+        combine_shares_robust([forged, *honest], threshold=4)
