@@ -596,6 +596,27 @@ _SECURE_ONLY = (
     ("--dp-noise", "dp_noise"),
     ("--noise-multiplier", "noise_multiplier"),
 )
+# Flags of plain rounds that a secure run has no use for: its devices upload a masked count
+# sketch (sized by --secure-upload-budget, clipped by --secure-clip), every device is honest,
+# the cohort is --per-round, and robustness across groups is --group-aggregator.
+_PLAIN_ONLY = (
+    ("--attack", "attack"),
+    ("--malicious", "malicious"),
+    ("--aggregator", "aggregator"),
+    ("--over-selection", "over_selection"),
+    ("--min-reports", "min_reports"),
+    ("--warmup-rounds", "warmup_rounds"),
+    ("--clip-norm", "clip_norm"),
+    ("--topk", "topk"),
+    ("--bits", "bits"),
+    ("--block", "block"),
+    ("--index", "index"),
+    ("--topk-mode", "topk_mode"),
+    ("--scope", "scope"),
+    ("--no-error-feedback", "no_error_feedback"),
+    ("--ort-fraction", "ort_fraction"),
+    ("--ort-tier", "ort_tier"),
+)
 # Flags the HTTP fleet has no use for: it trains each device in its own SDK client.
 _INPROC_ONLY = (("--backend", "backend"), ("--job-timeout", "job_timeout"))
 
@@ -609,6 +630,7 @@ _CONDITIONAL = (
     "checkin_period",
     *(dest for _, dest in _SECURE_ONLY),
     *(dest for _, dest in _INPROC_ONLY),
+    *(dest for _, dest in _PLAIN_ONLY),
 )
 
 
@@ -788,6 +810,15 @@ def _usage_error(args: argparse.Namespace) -> str | None:
             return f"{', '.join(given)} only {verb} to secure runs: add --secure"
     elif _given(args, "group_aggregator") and args.group_size is None:
         return "--group-aggregator needs --group-size G (the devices per SecAgg+ group)"
+    elif not args.dense:
+        given = [flag for flag, dest in _PLAIN_ONLY if _given(args, dest)]
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            return (
+                f"{', '.join(given)} only {verb} to plain rounds; a --secure run uploads a "
+                "masked sketch (--secure-upload-budget, --secure-bits, --secure-clip) from "
+                "honest devices, with --group-size/--group-aggregator for robustness"
+            )
     if (args.ort_fraction > 0 or args.ort_tier) and not args.ort_artifacts:
         return (
             "--ort-fraction/--ort-tier need --ort-artifacts DIR, a folder written by "

@@ -362,7 +362,9 @@ def run_secure_simulation(
     `dropout` at a uniformly drawn stage. RoundRecord bytes are the real message bytes.
     `transport="http"` runs every round through the HTTP stage endpoints on loopback. There is
     no simulated clock (records carry no simulated seconds): `cfg.fleet` "realistic" and
-    `cfg.deadline_s` raise `ValueError`.
+    `cfg.deadline_s` raise `ValueError`, as do the plain-round settings it has no use for
+    (`attack`, an `aggregator` other than fedavg, `over_selection`, `warmup_rounds`,
+    `clip_norm`, ONNX devices).
     """
     if transport not in ("inproc", "http"):
         raise ValueError(f"transport must be 'inproc' or 'http', not {transport!r}")
@@ -371,6 +373,26 @@ def run_secure_simulation(
         raise ValueError(
             "secure runs draw their dropouts from `dropout` (--secure-dropout) and have no "
             "simulated clock; fleet='realistic' and deadline_s run in plain rounds"
+        )
+    plain_only = [
+        name
+        for name, asked in (
+            ("attack", bool(cfg.attack)),
+            ("aggregator", cfg.aggregator != "fedavg"),
+            ("over_selection", cfg.over_selection != 1.0),
+            ("warmup_rounds", bool(cfg.warmup_rounds)),
+            ("clip_norm", cfg.clip_norm is not None),
+            ("ort_fraction", bool(cfg.ort_fraction or cfg.ort_tier)),
+        )
+        if asked
+    ]
+    if plain_only:
+        # Also silently ignored before. (The plain codec's fields are not checked here: a
+        # benchmark may share one config between its plain and secure runs.)
+        raise ValueError(
+            f"{', '.join(plain_only)} only apply to plain rounds: secure devices are honest, "
+            "the cohort is per_round, and robustness across groups is "
+            "SecureConfig.group_aggregator"
         )
     from tqdm import tqdm
 

@@ -169,6 +169,13 @@ def test_the_name_lists_in_help_match_the_library() -> None:
         ),
         (["--secure", "--deadline", "30"], "which --secure runs do not have"),
         (
+            ["--secure", "--attack", "signflip", "--malicious", "0.2"],
+            "--attack, --malicious only apply to plain rounds; a --secure run uploads",
+        ),
+        (["--secure", "--aggregator", "krum"], "--aggregator only applies to plain rounds"),
+        (["--secure", "--topk", "0.1"], "--topk only applies to plain rounds"),
+        (["--secure", "--no-error-feedback"], "--no-error-feedback only applies to plain"),
+        (
             ["--transport", "http", "--backend", "pool"],
             "--backend only applies to --transport inproc",
         ),

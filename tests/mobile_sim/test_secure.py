@@ -70,9 +70,21 @@ def test_http_fleet_round_with_dropouts() -> None:
     np.testing.assert_allclose(out.update, np.mean(sent, axis=0), atol=1e-6)
 
 
-@pytest.mark.parametrize("setting", [{"fleet": "realistic"}, {"deadline_s": 30.0}])
-def test_secure_simulation_refuses_the_simulated_clock(setting: dict[str, object]) -> None:
-    # Prepare: both were silently ignored: secure runs have no simulated clock
+@pytest.mark.parametrize(
+    ("setting", "words"),
+    [
+        ({"fleet": "realistic"}, "secure runs .* have no simulated clock"),
+        ({"deadline_s": 30.0}, "secure runs .* have no simulated clock"),
+        ({"attack": "signflip", "malicious": 0.25}, "attack only apply to plain rounds"),
+        ({"aggregator": "median"}, "aggregator only apply to plain rounds"),
+        ({"over_selection": 1.5, "warmup_rounds": 1}, "over_selection, warmup_rounds only"),
+        ({"clip_norm": 1.0}, "clip_norm only apply to plain rounds"),
+    ],
+)
+def test_secure_simulation_refuses_settings_it_would_ignore(
+    setting: dict[str, object], words: str
+) -> None:
+    # Prepare: each was silently ignored (no simulated clock; no plain-round machinery)
     from mobile_sim.runner import SimConfig
     from mobile_sim.secure import run_secure_simulation
 
@@ -80,5 +92,5 @@ def test_secure_simulation_refuses_the_simulated_clock(setting: dict[str, object
                     **setting)  # type: ignore[arg-type]  # fmt: skip
 
     # Execute / Assert: refused before any data is loaded
-    with pytest.raises(ValueError, match="secure runs .* have no simulated clock"):
+    with pytest.raises(ValueError, match=words):
         run_secure_simulation(cfg, SecureConfig(coord_fraction=0.5), progress=False)
