@@ -617,6 +617,12 @@ _PLAIN_ONLY = (
     ("--ort-fraction", "ort_fraction"),
     ("--ort-tier", "ort_tier"),
 )
+# The plain codec's flags, which a --dense run (dense fp32 updates) has no use for.
+_CODEC_FLAGS = tuple(
+    (flag, dest)
+    for flag, dest in _PLAIN_ONLY
+    if dest in ("topk", "bits", "block", "index", "topk_mode", "scope", "no_error_feedback")
+)
 # Flags the HTTP fleet has no use for: it trains each device in its own SDK client.
 _INPROC_ONLY = (("--backend", "backend"), ("--job-timeout", "job_timeout"))
 
@@ -759,6 +765,14 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         )
     if args.dense and args.secure:
         return "--secure runs compressed rounds under SecAgg+; it cannot be combined with --dense"
+    if args.dense:
+        given = [flag for flag, dest in _CODEC_FLAGS if _given(args, dest)]
+        if given:
+            verb = "applies" if len(given) == 1 else "apply"
+            return (
+                f"{', '.join(given)} only {verb} to compressed updates; --dense runs only the "
+                "dense fp32 baseline (use --compare-dense for both)"
+            )
     clockless = _clockless(args)
     if clockless and args.fleet not in (None, "off"):
         return (

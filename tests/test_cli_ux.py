@@ -140,6 +140,10 @@ def test_the_name_lists_in_help_match_the_library() -> None:
         (["--secure", "--noise-multiplier", "-1"], "--noise-multiplier must be >= 0"),
         (["--dense", "--compare-dense"], "pass one"),
         (["--dense", "--secure"], "cannot be combined with --dense"),
+        (
+            ["--dense", "--topk", "0.1", "--bits", "8"],
+            "--topk, --bits only apply to compressed updates; --dense runs only the dense",
+        ),
         (["--ort-fraction", "0.5"], "need --ort-artifacts DIR"),
         (["--ort-artifacts", "/nonexistent/a"], "is not a folder (run `plume export` first)"),
         (["--data-root", "/nonexistent/d"], "--data-root /nonexistent/d is not a folder"),
