@@ -735,7 +735,6 @@ def decode_many(codec: UpdateCodec, frames: Sequence[bytes]) -> list[DecodedFram
     ]
     n = len(blobs)
     out: list[DecodedFrame | CodecError | None] = [None] * n
-    d = spec.size
     lens = np.fromiter(map(len, blobs), dtype=np.int64, count=n)
     # A frame longer than this has a payload, so sections, above _BATCH_MAX_RAW: it would take
     # the single decoder anyway, and joining it into the batch buffer would only copy it.
@@ -744,56 +743,9 @@ def decode_many(codec: UpdateCodec, frames: Sequence[bytes]) -> list[DecodedFram
     slow: list[int] = np.flatnonzero(~fits).tolist()
     cand = np.flatnonzero(fits)
     if cand.shape[0]:
-        # One buffer for the whole batch: headers and raw sections are read from it in place.
-        joined = b"".join(blobs)
-        view = memoryview(joined)
-        buf = np.frombuffer(joined, dtype=np.uint8)
-        offs = (np.cumsum(lens) - lens)[cand]
-        h = _gather(buf, offs, HEADER_LEN).view(_HEADER_DTYPE).reshape(-1)
-        ok = _header_ok(h, lens[cand], int.from_bytes(spec.fingerprint, "little"), d)
-        stored = _gather(buf, offs + lens[cand] - CRC_LEN, CRC_LEN).view("<u4").reshape(-1)
-        ends = (offs + lens[cand] - CRC_LEN).tolist()
-        computed = [zlib.crc32(view[o:e]) for o, e in zip(offs.tolist(), ends, strict=True)]
-        ok &= np.array(computed, dtype=np.int64) == stored
-        raw_total = (
-            h["index_bytes"].astype(np.int64)
-            + h["scale_bytes"].astype(np.int64)
-            + h["value_bytes"].astype(np.int64)
-        )
-        # Big frames gain nothing from batching (their per-call overhead is already small
-        # next to the work) and would cost extra copies: they take the single decoder.
-        big = ok & (raw_total > _BATCH_MAX_RAW)
-        ok &= ~big
-        slow.extend(cand[~ok].tolist())
-        good = np.flatnonzero(ok)
-        h = h[good]
-        rows = cand[good].tolist()
-        starts = offs[good] + HEADER_LEN
-        inflated = np.ones(len(rows), dtype=np.bool_)
-        packed = np.flatnonzero(h["flags"] & np.uint8(FLAG_ZSTD))
-        if packed.shape[0]:
-            # Inflated sections go after the frames in a second buffer, one copy in all.
-            extra: list[bytes] = []
-            tail = buf.shape[0]
-            raw_l = (
-                h["index_bytes"].astype(np.int64)
-                + h["scale_bytes"].astype(np.int64)
-                + h["value_bytes"].astype(np.int64)
-            ).tolist()
-            pb_l = h["payload_bytes"].tolist()
-            zstd = codec.zstd.zstd
-            for j in packed.tolist():
-                o = int(starts[j])
-                try:
-                    sections = zstd.decompress(view[o : o + pb_l[j]], raw_l[j])
-                except CodecError:
-                    inflated[j] = False
-                    continue
-                starts[j] = tail
-                tail += len(sections)
-                extra.append(sections)
-            buf = np.frombuffer(joined + b"".join(extra), dtype=np.uint8)
-        _decode_groups(codec, rows, h, buf, starts, inflated, out, slow)
+        # Its own frame: the batch buffers are freed on return, not kept alive by the
+        # tracebacks of the errors the single decoder raises below.
+        _decode_batch(codec, [blobs[i] for i in cand.tolist()], cand, lens[cand], out, slow)
     for i in sorted(slow):
         try:
             out[i] = codec.decode_frame(frames[i] if i in oversized else blobs[i])
@@ -804,6 +756,70 @@ def decode_many(codec: UpdateCodec, frames: Sequence[bytes]) -> list[DecodedFram
         assert r is not None
         result.append(r)
     return result
+
+
+def _decode_batch(
+    codec: UpdateCodec,
+    blobs: list[bytes],
+    cand: I64,
+    lens: I64,
+    out: list[Any],
+    slow: list[int],
+) -> None:
+    """Decode the candidate frames `blobs` (batch rows `cand`, lengths `lens`) together; the
+    rows that fail a check or that the batch path does not cover go to `slow`."""
+    spec, d = codec.spec, codec.spec.size
+    # One buffer for the candidates only (a frame too long to be one is never copied into it):
+    # headers and raw sections are read from it in place.
+    joined = b"".join(blobs)
+    view = memoryview(joined)
+    buf = np.frombuffer(joined, dtype=np.uint8)
+    offs = np.cumsum(lens) - lens
+    h = _gather(buf, offs, HEADER_LEN).view(_HEADER_DTYPE).reshape(-1)
+    ok = _header_ok(h, lens, int.from_bytes(spec.fingerprint, "little"), d)
+    stored = _gather(buf, offs + lens - CRC_LEN, CRC_LEN).view("<u4").reshape(-1)
+    ends = (offs + lens - CRC_LEN).tolist()
+    computed = [zlib.crc32(view[o:e]) for o, e in zip(offs.tolist(), ends, strict=True)]
+    ok &= np.array(computed, dtype=np.int64) == stored
+    raw_total = (
+        h["index_bytes"].astype(np.int64)
+        + h["scale_bytes"].astype(np.int64)
+        + h["value_bytes"].astype(np.int64)
+    )
+    # Big frames gain nothing from batching (their per-call overhead is already small
+    # next to the work) and would cost extra copies: they take the single decoder.
+    big = ok & (raw_total > _BATCH_MAX_RAW)
+    ok &= ~big
+    slow.extend(cand[~ok].tolist())
+    good = np.flatnonzero(ok)
+    h = h[good]
+    rows = cand[good].tolist()
+    starts = offs[good] + HEADER_LEN
+    inflated = np.ones(len(rows), dtype=np.bool_)
+    packed = np.flatnonzero(h["flags"] & np.uint8(FLAG_ZSTD))
+    if packed.shape[0]:
+        # Inflated sections go after the frames in a second buffer, one copy in all.
+        extra: list[bytes] = []
+        tail = buf.shape[0]
+        raw_l = (
+            h["index_bytes"].astype(np.int64)
+            + h["scale_bytes"].astype(np.int64)
+            + h["value_bytes"].astype(np.int64)
+        ).tolist()
+        pb_l = h["payload_bytes"].tolist()
+        zstd = codec.zstd.zstd
+        for j in packed.tolist():
+            o = int(starts[j])
+            try:
+                sections = zstd.decompress(view[o : o + pb_l[j]], raw_l[j])
+            except CodecError:
+                inflated[j] = False
+                continue
+            starts[j] = tail
+            tail += len(sections)
+            extra.append(sections)
+        buf = np.frombuffer(joined + b"".join(extra), dtype=np.uint8)
+    _decode_groups(codec, rows, h, buf, starts, inflated, out, slow)
 
 
 def _decode_groups(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -17,6 +18,7 @@ from compression import (
     DecodeLimits,
     ErrorFeedback,
     ModelSpec,
+    SizeLimitExceeded,
     UpdateCodec,
     feedback_step_many,
 )
@@ -225,6 +227,28 @@ def test_decode_many_applies_the_codec_limits() -> None:
             assert type(g) is err.type and str(g) == str(err.value)
         else:
             _same_decoded(tight.decode_frame(f), g)
+
+
+def test_decode_many_never_copies_a_frame_above_the_cap() -> None:
+    # Prepare: one small valid frame (a batch candidate) and an 8 MB bytes object far above
+    # the 900-byte spec's cap. The batch buffer used to join every frame, so the oversized
+    # one was copied whole (peak 8 MB) before the single decoder refused it by its length.
+    spec = SPECS[1]
+    codec = UpdateCodec(spec, CodecConfig(topk=0.2, bits=4))
+    small = codec.encode_many(_batch(spec, 1, 0, "smooth"), [np.random.default_rng(0)], [1.0])
+    huge = b"PLMU" + bytes(8 << 20)
+
+    # Execute
+    tracemalloc.start()
+    try:
+        got = codec.decode_many([small[0], huge])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    # Assert
+    assert isinstance(got[0], DecodedFrame) and isinstance(got[1], SizeLimitExceeded)
+    assert peak < 1 << 20, f"decode_many allocated {peak} bytes"
 
 
 def test_decode_many_refuses_non_bytes_before_decoding() -> None:
