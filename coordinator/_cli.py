@@ -353,7 +353,9 @@ def register(sub: Any) -> None:
         help="choose S_r from |global update| instead of the row/column energy sketch "
         "(default: the sketch)",
     )
-    c.set_defaults(func=_create_task)
+    c.set_defaults(
+        func=_create_task, _codec_defaults=(c.get_default("topk"), c.get_default("bits"))
+    )
 
     for name, helptext in (
         ("status", "print a task's status and rounds as JSON"),
@@ -602,6 +604,12 @@ def _secure_settings(args: argparse.Namespace) -> dict[str, Any] | None:
         if any(v is not None for v in given.values()):
             raise ValueError("the secure-aggregation options need --secure")
         return None
+    if (args.topk, args.bits) != args._codec_defaults:
+        # They set the plain upload codec, which a secure task's devices never use.
+        raise ValueError(
+            "--topk and --bits set the plain upload codec; a secure task's devices upload a "
+            "masked sketch sized by --secure-upload-budget, --secure-bits bits a value"
+        )
     return {k: v for k, v in given.items() if v is not None}
 
 

@@ -62,5 +62,10 @@ def test_bad_secure_options_are_refused(server: str, capsys: pytest.CaptureFixtu
     assert "value_bits" in capsys.readouterr().err
     assert main(_create(server, "--secure", "--clients-per-round", "2")) == 1
     assert "clients_per_round >= 3" in capsys.readouterr().err
+    # the plain upload codec, which secure devices never use (it was silently ignored)
+    assert main(_create(server, "--secure", "--topk", "0.1")) == 1
+    assert "--topk and --bits set the plain upload codec" in capsys.readouterr().err
+    assert main(_create(server, "--secure", "--bits", "8")) == 1
+    assert "--secure-bits bits a value" in capsys.readouterr().err
     tasks = admin_get(httpx.Client(base_url=server), "/healthz")["tasks"]
     assert tasks == 0
