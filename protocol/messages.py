@@ -8,6 +8,7 @@ parses responses back into them with `from_json`, which checks types and refuses
 from __future__ import annotations
 
 import dataclasses
+import math
 import struct
 import types
 import typing
@@ -20,6 +21,8 @@ import numpy as np
 import numpy.typing as npt
 
 from compression import CodecConfig, SparseUpdate
+
+from .names import CheckInAction
 
 __all__ = [
     "MessageError",
@@ -41,6 +44,8 @@ __all__ = [
     "ErrorBody",
     "from_json",
     "to_json",
+    "check_assignment",
+    "check_check_in",
     "pack_chain",
     "unpack_chain",
     "CHAIN_MAGIC",
@@ -378,6 +383,55 @@ def from_json(cls: type[T], data: Any, where: str = "$") -> T:
         elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
             raise MessageError(f"{where}: missing field {f.name!r}")
     return cls(**kwargs)
+
+
+# ---------------------------------------------------------------------------------------------
+# What a device accepts from a coordinator, beyond the types `from_json` checks
+
+# Ids, versions and seeds live in SQLite INTEGER columns on the coordinator and are signed as
+# decimal numbers below 2^63 (`protocol.auth`); the training ranges are the ones the
+# coordinator's task validation allows, so a real coordinator never sends anything outside them.
+MAX_ID = 2**63
+MAX_LOCAL_EPOCHS = 1000
+MAX_BATCH_SIZE = 1_000_000
+
+
+def _in_range(value: int, where: str, low: int = 0, high: int = MAX_ID) -> None:
+    if not low <= value < high:
+        raise MessageError(f"{where} = {value} is outside [{low}, {high})")
+
+
+def check_assignment(a: Assignment, where: str = "$.assignment") -> None:
+    """Refuse (`MessageError`) an assignment no coordinator sends: ids, version, seed or upload
+    cap outside [0, 2^63), a non-finite deadline, training outside 1..1000 epochs,
+    1..1000000 batch size and a positive finite lr, or codec fields the codec refuses."""
+    for name in ("task_id", "round_id", "base_version", "seed", "max_upload_bytes"):
+        _in_range(getattr(a, name), f"{where}.{name}")
+    if not math.isfinite(a.deadline_unix):
+        raise MessageError(f"{where}.deadline_unix = {a.deadline_unix} is not a finite time")
+    t = a.training
+    _in_range(t.local_epochs, f"{where}.training.local_epochs", 1, MAX_LOCAL_EPOCHS + 1)
+    _in_range(t.batch_size, f"{where}.training.batch_size", 1, MAX_BATCH_SIZE + 1)
+    if not (math.isfinite(t.lr) and t.lr > 0):
+        raise MessageError(f"{where}.training.lr = {t.lr} is not a positive finite number")
+    try:
+        a.codec.to_config()
+    except (ValueError, TypeError) as exc:
+        raise MessageError(f"{where}.codec: {exc}") from exc
+
+
+def check_check_in(answer: CheckInResponse) -> None:
+    """Refuse (`MessageError`) a check-in answer a device cannot act on: a `retry_after_s` that
+    is negative or not finite, "train" without an assignment, or an assignment
+    `check_assignment` refuses."""
+    if not (math.isfinite(answer.retry_after_s) and answer.retry_after_s >= 0):
+        raise MessageError(
+            f"$.retry_after_s = {answer.retry_after_s} is not a non-negative finite number"
+        )
+    if answer.action == CheckInAction.TRAIN and answer.assignment is None:
+        raise MessageError('$.action is "train" but there is no assignment')
+    if answer.assignment is not None:
+        check_assignment(answer.assignment)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import math
 import time
 import uuid
 from collections.abc import Callable, Generator
@@ -36,12 +37,14 @@ from compression import (
 )
 from protocol import auth
 from protocol.messages import (
+    MAX_ID,
     Assignment,
     CheckInResponse,
     MessageError,
     RegisterResponse,
     UploadReceipt,
     apply_delta,
+    check_check_in,
     from_json,
     request_wire_bytes,
     response_wire_bytes,
@@ -161,13 +164,50 @@ class _Exchange:
     max_response_bytes: int = MAX_JSON_RESPONSE
 
 
+def _json(response: httpx.Response) -> Any:
+    """The body as JSON; `ValueError` for anything that is not, including nesting too deep for
+    the parser (json raises `RecursionError` for "[[[[..." within the response cap)."""
+    try:
+        return response.json()
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
+
+
 def _error(response: httpx.Response) -> ClientError:
     try:
-        body = response.json()
+        body = _json(response)
         reason, detail = str(body.get("reason", "")), str(body.get("detail", ""))
     except (ValueError, AttributeError):
         reason, detail = "", response.text[:200]
     return ClientError(response.status_code, reason, detail)
+
+
+def _refusal(response: httpx.Response) -> ClientError:
+    """The error of an answer that is not the expected 200: a 4xx/5xx as the coordinator's
+    refusal, any other status (1xx, a 2xx other than 200, a redirect) as `bad_response`."""
+    if response.status_code >= 400:
+        return _error(response)
+    where = response.headers.get("location")
+    return _bad(
+        response,
+        f"HTTP {response.status_code} where 200 was expected"
+        + (f" (redirect to {where[:200]!r}, not followed)" if where else ""),
+    )
+
+
+def _bad(response: httpx.Response, detail: str) -> ClientError:
+    """The coordinator answered something this client cannot act on (reason `bad_response`)."""
+    return ClientError(response.status_code, "bad_response", detail)
+
+
+def _decimal(text: str | None) -> int | None:
+    """A header's non-negative decimal integer below 2^63, or None. Only ASCII digits count:
+    `str.isdigit` also takes "²" or "١", which `int()` then refuses or reads as another number.
+    """
+    if text is None or not (text.isascii() and text.isdigit()) or len(text) > 19:
+        return None
+    value = int(text)
+    return value if value < MAX_ID else None
 
 
 class _Core:
@@ -218,8 +258,8 @@ class _Core:
         The coordinator names a round only after reading the request's body, so a request that
         carried `Expect: 100-continue` (added by a mod) always got the interim response too.
         """
-        rid = response.headers.get(_LEDGER_HEADER)
-        if rid is None or not rid.isdigit():
+        rid = _decimal(response.headers.get(_LEDGER_HEADER))
+        if rid is None:
             return
         up = request_wire_bytes(
             request.method, request.url.raw_path.decode("ascii"), request.headers.raw,
@@ -231,7 +271,7 @@ class _Core:
         if request.headers.get("expect", "").strip().lower() == "100-continue":
             down += _CONTINUE_WIRE_BYTES
         ok = response.status_code == 200
-        row = self.bandwidth.setdefault(int(rid), {})
+        row = self.bandwidth.setdefault(rid, {})
         for direction, payload, wire, dense in (
             ("up", ex.payload_up, up, ex.dense_up),
             (
@@ -250,13 +290,18 @@ class _Core:
             cell["requests"] += 1
 
     def delay(self, attempt: int, response: httpx.Response | None) -> float:
+        """Seconds to wait before attempt `attempt + 1`: the response's `Retry-After` (capped
+        at 30 s) when it is a finite non-negative number, else exponential backoff."""
         if response is not None:
             ra = response.headers.get(Header.RETRY_AFTER)
             if ra is not None:
                 try:
-                    return min(float(ra), 30.0)
+                    seconds = float(ra)
                 except ValueError:
-                    pass
+                    seconds = math.nan
+                # NaN, inf and negative values would make time.sleep raise (or never return).
+                if math.isfinite(seconds) and seconds >= 0:
+                    return min(seconds, 30.0)
         # Exponential backoff with deterministic jitter from the attempt number.
         return float(self.backoff_s * (2**attempt) * (1.0 + 0.25 * ((attempt * 7919) % 4) / 4))
 
@@ -273,8 +318,9 @@ class _Core:
         parts = []
         if task_id is not None:
             parts.append(f'"task_id":{int(task_id)}')
-        if st.get("model_version") is not None:
-            parts.append(f'"model_version":{int(st["model_version"])}')
+        version = st.get("model_version")
+        if isinstance(version, int) and not isinstance(version, bool) and 0 <= version < MAX_ID:
+            parts.append(f'"model_version":{version}')
         body = ("{" + ",".join(parts) + "}").encode()
         return _Exchange(
             "POST", Path.CHECK_IN, 0, body, headers={"content-type": "application/json"}
@@ -303,13 +349,12 @@ class _Core:
         """Decode a download, check its digest, persist it; returns (params, encoding)."""
         encoding = response.headers.get(Header.MODEL_ENCODING, "")
         digest = response.headers.get(Header.MODEL_DIGEST, "")
-        raw_version = response.headers.get(Header.MODEL_VERSION, "-1")
-        try:
-            version = int(raw_version)
-        except ValueError:
-            raise ClientError(
-                response.status_code, "bad_response", f"model version {raw_version!r}"
-            ) from None
+        raw_version = response.headers.get(Header.MODEL_VERSION)
+        version = _decimal(raw_version)
+        if version is None:
+            # Saved with the model, it is the `have` and `model_version` of every later
+            # request, so a version the coordinator refuses would stick the device.
+            raise _bad(response, f"model version {raw_version!r} is not an integer in [0, 2^63)")
         exact = response.headers.get(Header.MODEL_EXACT, "1") == "1"
         try:
             if encoding == ModelEncoding.DELTA_CHAIN:
@@ -463,8 +508,15 @@ def _too_large(response: httpx.Response, cap: int) -> ClientError:
 def _refuse_declared(response: httpx.Response, cap: int) -> None:
     """`too_large` before any byte is read when the declared length is already past `cap`."""
     declared = response.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > cap:
+    if declared is None:
+        return
+    if declared.isascii() and declared.isdigit() and (len(declared) > 19 or int(declared) > cap):
         raise _too_large(response, cap)
+
+
+def _undecodable(response: httpx.Response, exc: httpx.DecodingError) -> ClientError:
+    encoding = response.headers.get("content-encoding", "")
+    return _bad(response, f"response body does not decode as Content-Encoding {encoding!r}: {exc}")
 
 
 def _read_capped(response: httpx.Response, cap: int) -> httpx.Response:
@@ -477,6 +529,8 @@ def _read_capped(response: httpx.Response, cap: int) -> httpx.Response:
             if size > cap:
                 raise _too_large(response, cap)
             chunks.append(chunk)
+    except httpx.DecodingError as exc:  # not a transport failure: the bytes arrived, wrong
+        raise _undecodable(response, exc) from exc
     finally:
         response.close()
     response._content = b"".join(chunks)  # what Response.read() stores
@@ -493,6 +547,8 @@ async def _aread_capped(response: httpx.Response, cap: int) -> httpx.Response:
             if size > cap:
                 raise _too_large(response, cap)
             chunks.append(chunk)
+    except httpx.DecodingError as exc:
+        raise _undecodable(response, exc) from exc
     finally:
         await response.aclose()
     response._content = b"".join(chunks)
@@ -513,12 +569,53 @@ def _spec(a: Assignment) -> ModelSpec:
 
 
 def _parse(cls: type[Any], response: httpx.Response) -> Any:
-    if response.status_code >= 400:
-        raise _error(response)
+    """The 200 answer's JSON body as message `cls`; a refusal (4xx/5xx) as its `ClientError`,
+    and anything else (another status, a body that is not that message) as `bad_response`."""
+    if response.status_code != 200:
+        raise _refusal(response)
     try:
-        return from_json(cls, response.json())
+        return from_json(cls, _json(response))
     except (ValueError, MessageError) as exc:
-        raise ClientError(response.status_code, "bad_response", str(exc)) from exc
+        raise _bad(response, f"not a {cls.__name__}: {str(exc)[:300]}") from exc
+
+
+def _check_in_answer(response: httpx.Response, task_id: int | None) -> CheckInResponse:
+    answer: CheckInResponse = _parse(CheckInResponse, response)
+    try:
+        check_check_in(answer)
+    except MessageError as exc:
+        raise _bad(response, f"check-in answer: {exc}") from exc
+    a = answer.assignment
+    if a is not None and task_id is not None and a.task_id != task_id:
+        raise _bad(response, f"an assignment for task {a.task_id}; this device asked for {task_id}")
+    return answer
+
+
+def _registered(response: httpx.Response, device_id: str) -> str:
+    resp: RegisterResponse = _parse(RegisterResponse, response)
+    # The id is derived from this device's key, so any other answer is not about this device
+    # (and is never written to the app directory).
+    if resp.device_id != device_id:
+        raise _bad(response, f"registered device id {resp.device_id[:80]!r}, not {device_id}")
+    return device_id
+
+
+def _receipt(response: httpx.Response, pending: PendingUpload) -> UploadReceipt:
+    """The receipt of `pending` in a 200 answer; `bad_response` (the upload stays pending) for
+    a body that is not one, e.g. a captive portal's page, or one for another round."""
+    receipt: UploadReceipt = _parse(UploadReceipt, response)
+    if receipt.round_id != pending.round_id or not receipt.accepted:
+        raise _bad(
+            response,
+            f"receipt for round {receipt.round_id} (accepted: {receipt.accepted}) answering "
+            f"an upload to round {pending.round_id}",
+        )
+    return receipt
+
+
+def _refused_for_good(response: httpx.Response, err: ClientError) -> bool:
+    # Only a refusal (4xx) means it: a 5xx or 3xx naming the reason is not the coordinator's.
+    return 400 <= response.status_code < 500 and err.reason in _REFUSED_FOR_GOOD
 
 
 def _trainer_layout(trainer: LocalTrainer) -> list[tuple[int, ...]] | None:
@@ -542,14 +639,8 @@ def _check_data(trainer: LocalTrainer, x: npt.NDArray[Any], y: npt.NDArray[Any])
         check(x, y)
 
 
-def _train(
-    core: _Core,
-    a: Assignment,
-    params: npt.NDArray[np.float32],
-    trainer: LocalTrainer,
-    x: npt.NDArray[np.float32],
-    y: npt.NDArray[np.int64],
-) -> tuple[npt.NDArray[np.float32], int, float]:
+def _check_layout(a: Assignment, trainer: LocalTrainer) -> None:
+    """`ValueError` if the trainer's model (where it tells its layout) is not the task's."""
     task_layout = [tuple(t.shape) for t in a.spec]
     layout = _trainer_layout(trainer)
     if layout is not None and layout != task_layout:
@@ -559,6 +650,17 @@ def _train(
             f"the layout of task {a.task_id}'s model {a.model_name!r} ({len(task_layout)} "
             f"tensors, shapes {task_layout[:4]}...): this device cannot train this task"
         )
+
+
+def _train(
+    core: _Core,
+    a: Assignment,
+    params: npt.NDArray[np.float32],
+    trainer: LocalTrainer,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+) -> tuple[npt.NDArray[np.float32], int, float]:
+    _check_layout(a, trainer)
     rng = np.random.default_rng([a.seed, a.round_id, int(core.device_id[:12], 16), 1])
     res = trainer.train(
         params, x, y, epochs=a.training.local_epochs, batch_size=a.training.batch_size,
@@ -766,17 +868,15 @@ class Client:
 
     def register(self) -> str:
         """Register this device's key (idempotent); returns the device id."""
-        resp: RegisterResponse = _parse(
-            RegisterResponse, self._send(self._core.register_exchange())
-        )
-        self._core.store.update_state(device_id=resp.device_id, registered=True)
-        return resp.device_id
+        device_id = _registered(self._send(self._core.register_exchange()), self.device_id)
+        self._core.store.update_state(device_id=device_id, registered=True)
+        return device_id
 
     def check_in(self, task_id: int | None = None) -> CheckInResponse:
-        result: CheckInResponse = _parse(
-            CheckInResponse, self._send(self._core.check_in_exchange(task_id))
-        )
-        return result
+        """One check-in: "train" with an assignment, or "wait" `retry_after_s` seconds. An
+        answer a device cannot act on (see `protocol.messages.check_check_in`, or an
+        assignment for another task than `task_id`) is a `ClientError` `bad_response`."""
+        return _check_in_answer(self._send(self._core.check_in_exchange(task_id)), task_id)
 
     def fetch_model(self, a: Assignment) -> tuple[npt.NDArray[np.float32], str]:
         """The round's base model (delta chain from the held version, or a snapshot)."""
@@ -785,7 +885,7 @@ class Client:
             self._core.model_exchange(a.task_id, spec, a.round_id, a.base_version)
         )
         if response.status_code != 200:
-            raise _error(response)
+            raise _refusal(response)
         params, _, encoding = self._core.apply_model(a.task_id, spec, response)
         return params, encoding
 
@@ -796,7 +896,7 @@ class Client:
         (params float32[d], version, encoding)."""
         response = self._send(self._core.model_exchange(task_id, spec, 0, None))
         if response.status_code != 200:
-            raise _error(response)
+            raise _refusal(response)
         return self._core.apply_model(task_id, spec, response)
 
     def upload(self, pending: PendingUpload, spec: ModelSpec | None = None) -> UploadReceipt:
@@ -804,11 +904,11 @@ class Client:
         dense = spec.dense_bytes if spec is not None else pending.dense_bytes
         response = self._send(self._core.upload_exchange(pending, dense))
         if response.status_code == 200:
+            receipt = _receipt(response, pending)  # before the pending upload is forgotten
             self._core.settle_upload(pending, spec, refused=False)
-            receipt: UploadReceipt = _parse(UploadReceipt, response)
             return receipt
-        err = _error(response)
-        if err.reason in _REFUSED_FOR_GOOD:
+        err = _refusal(response)
+        if _refused_for_good(response, err):
             self._core.settle_upload(pending, spec, refused=True)
         raise err
 
@@ -837,6 +937,8 @@ class Client:
         if a.secure:
             raise ValueError("a secure assignment: use run_secure_round or secure_round")
         spec = _spec(a)
+        # Before the download: a model this device cannot train must not replace the one held.
+        _check_layout(a, trainer)
         self.resume_pending()
         before = _wire(self.bandwidth.get(a.round_id, {}))
         params, encoding = self.fetch_model(a)
@@ -895,6 +997,7 @@ class Client:
         y: npt.NDArray[np.int64],
     ) -> SecureRoundReport:
         """Download, train locally, and send the update through the secure round `a`."""
+        _check_layout(a, trainer)
         return self.secure_round(a, _delta_update(self._core, a, trainer, x, y))
 
     def participate(
@@ -1004,17 +1107,12 @@ class AsyncClient:
         raise AssertionError("unreachable")
 
     async def register(self) -> str:
-        resp: RegisterResponse = _parse(
-            RegisterResponse, await self._send(self._core.register_exchange())
-        )
-        self._core.store.update_state(device_id=resp.device_id, registered=True)
-        return resp.device_id
+        device_id = _registered(await self._send(self._core.register_exchange()), self.device_id)
+        self._core.store.update_state(device_id=device_id, registered=True)
+        return device_id
 
     async def check_in(self, task_id: int | None = None) -> CheckInResponse:
-        result: CheckInResponse = _parse(
-            CheckInResponse, await self._send(self._core.check_in_exchange(task_id))
-        )
-        return result
+        return _check_in_answer(await self._send(self._core.check_in_exchange(task_id)), task_id)
 
     async def fetch_model(self, a: Assignment) -> tuple[npt.NDArray[np.float32], str]:
         spec = _spec(a)
@@ -1022,7 +1120,7 @@ class AsyncClient:
             self._core.model_exchange(a.task_id, spec, a.round_id, a.base_version)
         )
         if response.status_code != 200:
-            raise _error(response)
+            raise _refusal(response)
         params, _, encoding = self._core.apply_model(a.task_id, spec, response)
         return params, encoding
 
@@ -1032,18 +1130,18 @@ class AsyncClient:
         """The task's latest model outside any round: (params, version, encoding)."""
         response = await self._send(self._core.model_exchange(task_id, spec, 0, None))
         if response.status_code != 200:
-            raise _error(response)
+            raise _refusal(response)
         return self._core.apply_model(task_id, spec, response)
 
     async def upload(self, pending: PendingUpload, spec: ModelSpec | None = None) -> UploadReceipt:
         dense = spec.dense_bytes if spec is not None else pending.dense_bytes
         response = await self._send(self._core.upload_exchange(pending, dense))
         if response.status_code == 200:
+            receipt = _receipt(response, pending)  # before the pending upload is forgotten
             self._core.settle_upload(pending, spec, refused=False)
-            receipt: UploadReceipt = _parse(UploadReceipt, response)
             return receipt
-        err = _error(response)
-        if err.reason in _REFUSED_FOR_GOOD:
+        err = _refusal(response)
+        if _refused_for_good(response, err):
             self._core.settle_upload(pending, spec, refused=True)
         raise err
 
@@ -1077,6 +1175,8 @@ class AsyncClient:
         if a.secure:
             raise ValueError("a secure assignment: use run_secure_round or secure_round")
         spec = _spec(a)
+        # Before the download: a model this device cannot train must not replace the one held.
+        _check_layout(a, trainer)
         await self.resume_pending()
         before = _wire(self.bandwidth.get(a.round_id, {}))
         params, encoding = await self.fetch_model(a)
@@ -1120,6 +1220,7 @@ class AsyncClient:
         y: npt.NDArray[np.int64],
     ) -> SecureRoundReport:
         """Download, train locally, and send the update through the secure round `a`."""
+        _check_layout(a, trainer)
         return await self.secure_round(a, _delta_update(self._core, a, trainer, x, y))
 
     async def participate(

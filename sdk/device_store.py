@@ -184,6 +184,10 @@ class DeviceStore:
         version = st["model_version"]
         if isinstance(version, bool) or not isinstance(version, int):
             raise DeviceStoreError(f"{self.root / 'state.json'}: model_version is not an integer")
+        if not 0 <= version < 2**63:
+            # No coordinator version (an older SDK saved -1 when the header was missing): asked
+            # for as `have`, every download would be refused, so the model counts as not held.
+            return None
         params = np.frombuffer(raw, dtype="<f4").astype(np.float32)
         return params, version, bool(st.get("model_exact", False))
 

@@ -1,0 +1,525 @@
+"""The device against a hostile or broken coordinator: whatever it answers, the SDK ends with a
+`ClientError` naming it (or the documented type), within a bounded wait, and leaves the app
+directory (model version, error-feedback residual, pending upload) as it was."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from compression import encode_snapshot, model_digest
+from protocol.messages import to_json
+from protocol.names import Header, ModelEncoding
+from sdk import AsyncClient, Client, TrainResult
+from sdk.client import ClientError
+from sdk.device_store import DeviceStore
+
+from .test_client import RECEIPT, SPEC, _assignment
+
+Handler = Callable[[httpx.Request], httpx.Response]
+WAIT = b'{"action": "wait", "retry_after_s": 1.0}'
+
+
+class Shift:
+    """A stand-in trainer (no torch): every parameter moves by 0.01."""
+
+    def train(
+        self,
+        params: npt.NDArray[np.float32],
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.int64],
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        rng: np.random.Generator,
+    ) -> TrainResult:
+        return TrainResult((params + np.float32(0.01)).astype(np.float32), len(x), 0.0)
+
+
+class Sleeps(list[float]):
+    """`sleep=` for a Client: records each wait and refuses what `time.sleep` refuses; with
+    `real`, also sleeps."""
+
+    def __init__(self, real: bool = False) -> None:
+        super().__init__()
+        self.real = real
+
+    def __call__(self, seconds: float) -> None:
+        if not (math.isfinite(seconds) and seconds >= 0):
+            raise AssertionError(f"time.sleep({seconds}) would raise or never return")
+        self.append(seconds)
+        if self.real:
+            time.sleep(seconds)
+
+
+def _data() -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    return np.zeros((8, 4), np.float32), np.zeros(8, np.int64)
+
+
+def _app_files(root: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(root.iterdir()) if p.is_file()}
+
+
+def _app_with_state(root: Path) -> dict[str, bytes]:
+    """An app directory holding task 1's model at version 3, a residual and a pending upload
+    for round 4; returns its files' bytes."""
+    client = Client("http://coord", str(root), transport=httpx.MockTransport(_unreachable))
+    params = np.linspace(-1, 1, SPEC.size, dtype=np.float32)
+    client._core.store.save_model(1, params, 3, model_digest(params).hex(), True)
+    a = dataclasses.replace(_assignment(), round_id=4)
+    client._core.encode(a, SPEC, params, params + np.float32(0.1), 8)
+    return _app_files(root)
+
+
+def _unreachable(request: httpx.Request) -> httpx.Response:
+    raise AssertionError(f"no request expected: {request.method} {request.url.path}")
+
+
+def _check_in_server(body: bytes, seen: list[str]) -> Handler:
+    """Answers every check-in with `body` (status 200) and records every request's path."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if request.url.path == "/v1/checkin":
+            return httpx.Response(200, content=body)
+        return httpx.Response(500, json={"reason": "x", "detail": "not expected"})
+
+    return handler
+
+
+def _train_answer(**changes: Any) -> bytes:
+    """A "train" check-in answer whose assignment has `changes` (NaN and inf as JSON's
+    non-standard NaN / Infinity, which Python's json parser reads)."""
+    assignment = {**to_json(_assignment()), **changes}
+    return json.dumps({"action": "train", "retry_after_s": 0.0, "assignment": assignment}).encode()
+
+
+# -- waits: Retry-After and retry_after_s ------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "inf", "-inf", "-0.5"])
+def test_a_retry_after_header_that_is_no_wait_falls_back_to_backoff(
+    tmp_path: Path, value: str
+) -> None:
+    # Prepare: two 503s with a Retry-After that time.sleep would refuse (or sleep forever on)
+    answers = [
+        httpx.Response(503, headers={"retry-after": value}, json={"reason": "store_unavailable"}),
+        httpx.Response(503, headers={"retry-after": value}, json={"reason": "store_unavailable"}),
+        httpx.Response(200, content=WAIT),
+    ]
+    sleeps = Sleeps()
+    transport = httpx.MockTransport(lambda r: answers.pop(0))
+
+    # Execute
+    with Client("http://coord", str(tmp_path), transport=transport, sleep=sleeps) as c:
+        answer = c.check_in(1)
+        backoff = [c._core.delay(0, None), c._core.delay(1, None)]
+
+    # Assert: the retries waited the client's own backoff, and the third answer came through
+    assert answer.action == "wait" and sleeps == backoff
+
+
+@pytest.mark.parametrize("value", ["NaN", "-1.0", "Infinity", "-Infinity"])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_check_in_wait_that_is_no_wait_is_a_bad_response(
+    tmp_path: Path, value: str, kind: str
+) -> None:
+    # Prepare: "wait" with a retry_after_s that is not a non-negative finite number
+    body = b'{"action": "wait", "retry_after_s": ' + value.encode() + b"}"
+    seen: list[str] = []
+    x, y = _data()
+
+    # Execute
+    with pytest.raises(ClientError) as info:
+        if kind == "sync":
+            sleeps = Sleeps()
+            transport = httpx.MockTransport(_check_in_server(body, seen))
+            with Client("http://coord", str(tmp_path), transport=transport, sleep=sleeps) as c:
+                c.participate(Shift(), x, y, max_wait_s=5.0)
+            assert sleeps == []
+        else:
+
+            async def run() -> None:
+                transport = httpx.MockTransport(_check_in_server(body, seen))
+                async with AsyncClient("http://coord", str(tmp_path), transport=transport) as c:
+                    await c.participate(Shift(), x, y, max_wait_s=5.0)
+
+            asyncio.run(run())
+
+    # Assert: one check-in, refused with a sentence naming the field
+    assert info.value.reason == "bad_response" and "retry_after_s" in info.value.detail
+    assert seen == ["/v1/checkin"]
+
+
+def test_a_wait_longer_than_max_wait_returns_none_without_sleeping(tmp_path: Path) -> None:
+    # Prepare: the largest finite wait
+    seen: list[str] = []
+    sleeps = Sleeps()
+    transport = httpx.MockTransport(
+        _check_in_server(b'{"action": "wait", "retry_after_s": 1e308}', seen)
+    )
+    x, y = _data()
+    # Execute
+    with Client("http://coord", str(tmp_path), transport=transport, sleep=sleeps) as c:
+        report = c.participate(Shift(), x, y, max_wait_s=5.0)
+    # Assert
+    assert report is None and sleeps == [] and seen == ["/v1/checkin"]
+
+
+# -- the check-in answer -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("changes", "field"),
+    [
+        ({"seed": -1}, "seed"),
+        ({"seed": 2**64}, "seed"),
+        ({"round_id": -5}, "round_id"),
+        ({"round_id": 2**64}, "round_id"),
+        ({"task_id": 2**70}, "task_id"),
+        ({"base_version": -1}, "base_version"),
+        ({"max_upload_bytes": -1}, "max_upload_bytes"),
+        ({"deadline_unix": math.nan}, "deadline_unix"),
+        ({"deadline_unix": math.inf}, "deadline_unix"),
+        ({"training": {"local_epochs": 0}}, "local_epochs"),
+        ({"training": {"local_epochs": 10**9}}, "local_epochs"),
+        ({"training": {"batch_size": 0}}, "batch_size"),
+        ({"training": {"lr": math.nan}}, "lr"),
+        ({"training": {"lr": -0.1}}, "lr"),
+        ({"codec": {"topk": 5.0}}, "codec"),
+        ({"codec": {"bits": 99}}, "codec"),
+        ({"codec": {"index": "zzz"}}, "codec"),
+    ],
+)
+def test_an_assignment_no_coordinator_sends_is_refused_before_any_download(
+    tmp_path: Path, changes: dict[str, Any], field: str
+) -> None:
+    # Prepare: a device holding a model, a residual and a pending upload
+    files = _app_with_state(tmp_path)
+    seen: list[str] = []
+    transport = httpx.MockTransport(_check_in_server(_train_answer(**changes), seen))
+    x, y = _data()
+
+    # Execute
+    with Client("http://coord", str(tmp_path), transport=transport, sleep=Sleeps()) as c:
+        with pytest.raises(ClientError) as info:
+            c.check_in(1)
+        with pytest.raises(ClientError):
+            c.participate(Shift(), x, y, max_wait_s=5.0)
+
+    # Assert: refused at the check-in, naming the field; nothing downloaded, trained or changed
+    assert info.value.reason == "bad_response" and field in info.value.detail
+    assert set(seen) <= {"/v1/checkin", "/v1/rounds/4/updates"}  # the pending upload's retry
+    assert _app_files(tmp_path) == files
+
+
+def test_an_assignment_for_another_task_than_asked_is_refused(tmp_path: Path) -> None:
+    # Prepare: the device asks for task 1 and is handed task 2
+    files = _app_with_state(tmp_path)
+    seen: list[str] = []
+    transport = httpx.MockTransport(_check_in_server(_train_answer(task_id=2), seen))
+    # Execute
+    with Client("http://coord", str(tmp_path), transport=transport) as c:
+        with pytest.raises(ClientError) as info:
+            c.check_in(1)
+        untargeted = c.check_in()  # any task: task 2 is a fine answer
+    # Assert: task 1's model stays the one held
+    assert info.value.reason == "bad_response" and "task 2" in info.value.detail
+    assert untargeted.assignment is not None and untargeted.assignment.task_id == 2
+    assert _app_files(tmp_path) == files
+
+
+def test_train_without_an_assignment_is_a_bad_response(tmp_path: Path) -> None:
+    transport = httpx.MockTransport(
+        _check_in_server(b'{"action": "train", "retry_after_s": 0}', [])
+    )
+    with Client("http://coord", str(tmp_path), transport=transport) as c:
+        with pytest.raises(ClientError, match="no assignment") as info:
+            c.check_in(1)
+    assert info.value.reason == "bad_response"
+
+
+def test_a_trainer_that_cannot_train_the_task_keeps_the_held_model(tmp_path: Path) -> None:
+    # Prepare: a trainer whose model has another layout than the assignment's
+    from compression import ModelSpec
+
+    files = _app_with_state(tmp_path)
+
+    class Other(Shift):
+        spec = ModelSpec.from_shapes([("w", (36,))])
+
+    x, y = _data()
+    # Execute: refused before any request (the download would replace the held model)
+    with Client("http://coord", str(tmp_path), transport=httpx.MockTransport(_unreachable)) as c:
+        with pytest.raises(ValueError, match="does not have the layout"):
+            c.train_round(_assignment(), Other(), x, y)
+    # Assert
+    assert _app_files(tmp_path) == files
+
+
+# -- other statuses and bodies -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "response",
+    [
+        httpx.Response(204),
+        httpx.Response(100),
+        httpx.Response(302, headers={"location": "http://elsewhere/v1/checkin"}),
+        httpx.Response(202, content=WAIT),
+        httpx.Response(200),
+        httpx.Response(200, content=b"<html>sign in to the wifi</html>"),
+        httpx.Response(200, content=b"[" * 200_000),
+        httpx.Response(200, content=b'{"action": "wait", "retry_after_s": 1, "x": '
+                       + b"[" * 200_000 + b"]" * 200_000 + b"}"),
+        httpx.Response(200, json=[1, 2]),
+        httpx.Response(200, json={"action": 3, "retry_after_s": 1}),
+    ],
+    ids=["204", "100", "302", "202", "200-empty", "200-html", "200-deep", "200-deep-extra",
+         "200-list", "200-types"],
+)  # fmt: skip
+def test_a_check_in_answer_that_is_not_one_is_a_bad_response(
+    tmp_path: Path, response: httpx.Response
+) -> None:
+    # Prepare
+    transport = httpx.MockTransport(lambda r: response)
+    # Execute
+    with Client("http://coord", str(tmp_path), transport=transport) as c:
+        with pytest.raises(ClientError) as info:
+            c.check_in(1)
+    # Assert: a reason and a sentence, never a parser's own exception
+    assert info.value.reason == "bad_response" and info.value.detail
+
+
+def test_an_error_body_nested_too_deeply_is_still_a_client_error(tmp_path: Path) -> None:
+    transport = httpx.MockTransport(lambda r: httpx.Response(409, content=b"[" * 200_000))
+    with Client("http://coord", str(tmp_path), transport=transport) as c:
+        with pytest.raises(ClientError) as info:
+            c.check_in(1)
+    assert info.value.status == 409
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_body_that_does_not_decode_as_its_content_encoding_is_a_bad_response(
+    tmp_path: Path, kind: str
+) -> None:
+    # Prepare: "gzip" that is not (streamed, so that the client decodes it, as off a socket)
+    headers = {"content-encoding": "gzip"}
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b"not gzip at all"
+
+    # Execute
+    with pytest.raises(ClientError) as info:
+        if kind == "sync":
+            transport = httpx.MockTransport(
+                lambda r: httpx.Response(200, headers=headers, content=iter([b"not gzip at all"]))
+            )
+            with Client("http://coord", str(tmp_path), transport=transport) as c:
+                c.check_in(1)
+        else:
+
+            async def run() -> None:
+                transport = httpx.MockTransport(
+                    lambda r: httpx.Response(200, headers=headers, content=chunks())
+                )
+                async with AsyncClient("http://coord", str(tmp_path), transport=transport) as c:
+                    await c.check_in(1)
+
+            asyncio.run(run())
+    # Assert
+    assert info.value.reason == "bad_response" and "gzip" in info.value.detail
+
+
+@pytest.mark.parametrize("value", ["²".encode(), "²".encode("latin-1"), b"9" * 5000, b"-3"])
+def test_a_ledger_round_header_that_is_not_a_round_is_not_counted(
+    tmp_path: Path, value: bytes
+) -> None:
+    # Prepare: "²".isdigit() is true, and int() refuses it; 5000 digits exceed int()'s limit
+    transport = httpx.MockTransport(
+        lambda r: httpx.Response(200, headers=[(b"x-plume-ledger-round", value)], content=WAIT)
+    )
+    # Execute
+    with Client("http://coord", str(tmp_path), transport=transport) as c:
+        answer = c.check_in(1)
+        counted = dict(c.bandwidth)
+    # Assert
+    assert answer.action == "wait" and counted == {}
+
+
+@pytest.mark.parametrize(("value", "refused"), [("²".encode(), False), (b"9" * 30, True)])
+def test_a_content_length_header_that_is_no_length_is_never_a_crash(
+    tmp_path: Path, value: bytes, refused: bool
+) -> None:
+    # Prepare: a streamed body (the declared length is not checked against it by the mock)
+    transport = httpx.MockTransport(
+        lambda r: httpx.Response(200, headers=[(b"content-length", value)], content=iter([WAIT]))
+    )
+    # Execute
+    with Client("http://coord", str(tmp_path), transport=transport) as c:
+        if refused:
+            with pytest.raises(ClientError) as info:
+                c.check_in(1)
+            # Assert: 30 digits is past any cap
+            assert info.value.reason == "too_large"
+        else:
+            # Assert: a length that is not one is ignored (the body is read under the cap)
+            assert c.check_in(1).action == "wait"
+
+
+# -- registration --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("device_id", ["0" * 32, "x" * (2 << 20)])
+def test_a_registration_answer_for_another_device_is_refused_and_not_stored(
+    tmp_path: Path, device_id: str
+) -> None:
+    # Prepare: the answer names another id; a 2 MiB one would pass state.json's 1 MiB read cap
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/devices":
+            return httpx.Response(200, json={"device_id": device_id, "created": True})
+        return httpx.Response(200, content=WAIT)
+
+    # Execute
+    with Client("http://coord", str(tmp_path), transport=httpx.MockTransport(handler)) as c:
+        with pytest.raises(ClientError) as info:
+            c.register()
+        answer = c.check_in(1)  # reads state.json
+    # Assert: nothing about the device was written, and it still works
+    assert info.value.reason == "bad_response" and "device id" in info.value.detail
+    assert answer.action == "wait" and DeviceStore(tmp_path).state() == {}
+
+
+# -- model downloads -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "version", [None, b"-7", b"9" * 30, b"9223372036854775808", b" 3", "٣".encode(), "²".encode()]
+)
+def test_a_model_version_header_outside_0_to_2_63_is_refused_and_not_stored(
+    tmp_path: Path, version: bytes | None
+) -> None:
+    # Prepare: a device holding version 3; a correct snapshot (digest included) whose version
+    # header is missing, negative, too large or in non-ASCII digits ("٣" is int() 3)
+    files = _app_with_state(tmp_path)
+    params = np.linspace(0, 1, SPEC.size, dtype=np.float32)
+    headers = [
+        (Header.MODEL_ENCODING.encode(), ModelEncoding.SNAPSHOT.encode()),
+        (Header.MODEL_DIGEST.encode(), model_digest(params).hex().encode()),
+    ]
+    if version is not None:
+        headers.append((Header.MODEL_VERSION.encode(), version))
+    body = encode_snapshot(params, SPEC, dtype="fp32")
+    transport = httpx.MockTransport(lambda r: httpx.Response(200, headers=headers, content=body))
+    # Execute
+    with Client("http://coord", str(tmp_path), transport=transport) as c:
+        with pytest.raises(ClientError) as info:
+            c.fetch_current(1, SPEC)
+    # Assert: the held model and its version are kept
+    assert info.value.reason == "bad_response" and "model version" in info.value.detail
+    assert _app_files(tmp_path) == files
+
+
+def test_a_held_version_outside_0_to_2_63_is_not_offered(tmp_path: Path) -> None:
+    # Prepare: an app directory from an SDK that saved version -1 when the header was missing
+    store = DeviceStore(tmp_path)
+    params = np.zeros(SPEC.size, np.float32)
+    store.save_model(1, params, -1, model_digest(params).hex(), True)
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        if request.url.path == "/v1/checkin":
+            return httpx.Response(200, content=WAIT)
+        return httpx.Response(
+            200,
+            content=encode_snapshot(params, SPEC, dtype="fp32"),
+            headers={
+                Header.MODEL_ENCODING: ModelEncoding.SNAPSHOT,
+                Header.MODEL_DIGEST: model_digest(params).hex(),
+                Header.MODEL_VERSION: "4",
+            },
+        )
+
+    # Execute
+    with Client("http://coord", str(tmp_path), transport=httpx.MockTransport(handler)) as c:
+        c.check_in(1)
+        _, version, _ = c.fetch_current(1, SPEC)
+    # Assert: neither the check-in nor the download named -1 (which the coordinator refuses);
+    # the device asked for a snapshot and now holds a real version
+    assert json.loads(sent[0].content) == {"task_id": 1}
+    assert "have" not in sent[1].url.params
+    assert version == 4 and store.state()["model_version"] == 4
+
+
+# -- uploads -------------------------------------------------------------------------------------
+
+
+def _answers() -> list[tuple[str, Handler]]:
+    """Upload answers that are not the upload's receipt (each call builds a fresh response)."""
+    html = b"<html>sign in to the wifi</html>"
+    closed = {"reason": "round_closed", "detail": "only a 4xx is a refusal"}
+    return [
+        ("200-html", lambda r: httpx.Response(200, content=html)),
+        ("200-empty", lambda r: httpx.Response(200)),
+        ("200-other-round", lambda r: httpx.Response(200, json={**RECEIPT, "round_id": 99})),
+        ("200-not-accepted", lambda r: httpx.Response(200, json={**RECEIPT, "accepted": False})),
+        ("204", lambda r: httpx.Response(204)),
+        (
+            "302-round-closed",
+            lambda r: httpx.Response(302, headers={"location": "/x"}, json=closed),
+        ),
+        ("503-round-closed", lambda r: httpx.Response(503, json=closed)),
+    ]
+
+
+@pytest.mark.parametrize(("name", "handler"), _answers(), ids=[n for n, _ in _answers()])
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_an_upload_answered_with_anything_but_its_receipt_stays_pending(
+    tmp_path: Path, name: str, handler: Handler, kind: str
+) -> None:
+    # Prepare: an upload for round 4 waits in the app directory (a captive portal, a proxy or
+    # a broken server answers instead of the coordinator)
+    files = _app_with_state(tmp_path)
+    pending = DeviceStore(tmp_path).load_pending()
+    assert pending is not None
+
+    # Execute
+    with pytest.raises(ClientError) as info:
+        if kind == "sync":
+            transport = httpx.MockTransport(handler)
+            with Client("http://coord", str(tmp_path), transport=transport, retries=0) as c:
+                c.upload(pending)
+        else:
+
+            async def run() -> None:
+                transport = httpx.MockTransport(handler)
+                async with AsyncClient(
+                    "http://coord", str(tmp_path), transport=transport, retries=0
+                ) as c:
+                    await c.upload(pending)
+
+            asyncio.run(run())
+
+    # Assert: nothing forgotten, nothing put back into the residual
+    assert info.value.status in (200, 204, 302, 503)
+    assert _app_files(tmp_path) == files
+
+    # ...and the real receipt, later, settles it
+    ok = httpx.MockTransport(lambda r: httpx.Response(200, json={**RECEIPT, "round_id": 4}))
+    with Client("http://coord", str(tmp_path), transport=ok) as c:
+        receipt = c.resume_pending()
+    assert receipt is not None and receipt.round_id == 4
+    assert DeviceStore(tmp_path).load_pending() is None
