@@ -51,7 +51,7 @@ from protocol.messages import (
     unpack_chain,
 )
 from protocol.names import CheckInAction, Header, ModelEncoding, Path, Reason
-from protocol.secagg import SecAggHeader, SecAggPath, Stage
+from protocol.secagg import RoundAborted, SecAggHeader, SecAggPath, Stage
 
 from ._types import LocalTrainer
 from .device import UpdateEncoder
@@ -82,6 +82,11 @@ _CONTINUE_WIRE_BYTES = len(b"HTTP/1.1 100 Continue\r\n\r\n")
 MAX_JSON_RESPONSE = 4 << 20
 MAX_SECURE_RESPONSE = 16 << 20
 MODEL_RESPONSE_SLACK = 1 << 20
+# Shortest wait between polls of a secure stage that is still open (425), seconds.
+_MIN_POLL_S = 0.05
+# Longest a device polls one secure stage by default, seconds: the coordinator closes a stage
+# at most `stage_timeout_s` (at most one day) after it opened.
+MAX_STAGE_WAIT_S = 86400.0
 
 Send = Callable[[httpx.Request], httpx.Response]
 Mod = Callable[[httpx.Request, Send], httpx.Response]
@@ -220,7 +225,10 @@ class _Core:
         retries: int,
         backoff_s: float,
         clock: Callable[[], float],
+        max_stage_wait_s: float = MAX_STAGE_WAIT_S,
     ) -> None:
+        if not (max_stage_wait_s > 0):  # NaN included
+            raise ValueError("max_stage_wait_s must be positive")
         self.store = DeviceStore(app_dir)
         self.key = self.store.private_key()
         self.public_key = auth.public_key_bytes(self.key)
@@ -228,6 +236,7 @@ class _Core:
         self.retries = retries
         self.backoff_s = backoff_s
         self.clock = clock
+        self.max_stage_wait_s = max_stage_wait_s
         self.bandwidth: dict[int, dict[str, dict[str, int]]] = {}
         self._encoders: dict[int, UpdateEncoder] = {}
         self._participants: dict[int, SecureParticipant] = {}
@@ -714,17 +723,19 @@ def _secure_flow(
     response = yield core.model_exchange(a.task_id, spec, a.round_id, a.base_version)
     assert response is not None
     if response.status_code != 200:
-        raise _error(response)
+        raise _refusal(response)
     params, _, encoding = core.apply_model(a.task_id, spec, response)
     response = yield core.secure_setup_exchange(a.round_id)
     assert response is not None
     if response.status_code != 200:
-        raise _error(response)
+        raise _refusal(response)
     try:
         digest = bytes.fromhex(response.headers[SecAggHeader.DIGEST])
-        node = int(response.headers[SecAggHeader.NODE])
     except (KeyError, ValueError) as exc:
-        raise ClientError(response.status_code, "bad_response", f"secure setup: {exc!r}") from exc
+        raise _bad(response, f"secure setup: digest {exc!r}") from exc
+    node = _decimal(response.headers.get(SecAggHeader.NODE))
+    if node is None:
+        raise _bad(response, f"secure setup: node {response.headers.get(SecAggHeader.NODE)!r}")
     own = participant is None
     part = participant if participant is not None else core.secure_participant(spec.size)
     session = part.join(response.content, digest, params, node)
@@ -735,20 +746,29 @@ def _secure_flow(
         a.round_id, a.task_id, UploadReceipt(a.round_id, core.device_id, False, False, 0, 0),
         loss, n, a.base_version, encoding, 0, 0,
     )  # fmt: skip
+    # The residual as it was before this round (own participant only): put back if the masked
+    # input never reached the coordinator, as the app directory still holds it.
+    restore: npt.NDArray[np.float32] | None = None
     try:
         down = b""
         for stage in _SECURE_ORDER:
             if drop_at == stage:
                 report.detail = f"dropped before {stage}"
                 break
-            if stage == Stage.ADVERTISE_KEYS:
-                body = session.advertise()
-            elif stage == Stage.SHARE_KEYS:
-                body = session.share_keys(down)
-            elif stage == Stage.MASKED_INPUT:
-                body = session.masked_input(down, delta, n, rng)
-            else:
-                body = session.unmask(down)
+            try:
+                if stage == Stage.ADVERTISE_KEYS:
+                    body = session.advertise()
+                elif stage == Stage.SHARE_KEYS:
+                    body = session.share_keys(down)
+                elif stage == Stage.MASKED_INPUT:
+                    if own:
+                        restore = part.residual.copy()
+                    body = session.masked_input(down, delta, n, rng)
+                else:
+                    body = session.unmask(down)
+            except RoundAborted as exc:  # too few neighbours left: the round cannot complete
+                report.detail = f"{stage}: {exc}"
+                break
             response = yield core.stage_upload_exchange(a.round_id, stage, body, spec.dense_bytes)
             assert response is not None
             if (
@@ -764,21 +784,27 @@ def _secure_flow(
             if stage == Stage.UNMASK:
                 report.completed = True
                 break
-            # Poll the download that follows the stage until it closes (425 while open).
+            # Poll the download that follows the stage until it closes (425 while open), until
+            # the round's deadline at the latest, and never longer than max_stage_wait_s
+            # whatever deadline the coordinator named. A NaN stop ends the polling at once.
+            stop = min(a.deadline_unix, core.clock() + core.max_stage_wait_s)
             while True:
                 response = yield core.stage_download_exchange(a.round_id, stage)
                 assert response is not None
                 if response.status_code != 425:
                     break
                 now = core.clock()
-                if now >= a.deadline_unix:
+                if not now < stop:
                     break
-                yield _Sleep(max(0.0, min(core.delay(0, response), a.deadline_unix - now)))
+                # At least _MIN_POLL_S: a "Retry-After: 0" must not make the device spin.
+                yield _Sleep(min(max(core.delay(0, response), _MIN_POLL_S), stop - now))
             if response.status_code == 425:
-                report.detail = f"{stage} did not close before the round deadline"
+                report.detail = (
+                    f"{stage} did not close before the round deadline (or max_stage_wait_s)"
+                )
                 break
             if response.status_code != 200:
-                err = _error(response)
+                err = _refusal(response)
                 if err.reason in (Reason.ROUND_CLOSED, Reason.NOT_SELECTED):
                     report.detail = f"after {stage}: {err.detail}"
                     break
@@ -787,6 +813,8 @@ def _secure_flow(
     finally:
         if own and Stage.MASKED_INPUT in report.stages:
             core.save_secure_residual(part)
+        elif restore is not None:
+            part.residual = restore
         row = core.bandwidth.get(a.round_id, {})
         report.bytes_down = _delta(row, before, "down")
         report.bytes_up = _delta(row, before, "up")
@@ -813,8 +841,12 @@ class Client:
         mods: tuple[Mod, ...] = (),
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        max_stage_wait_s: float = MAX_STAGE_WAIT_S,
     ) -> None:
-        self._core = _Core(app_dir, retries=retries, backoff_s=backoff_s, clock=clock)
+        self._core = _Core(
+            app_dir, retries=retries, backoff_s=backoff_s, clock=clock,
+            max_stage_wait_s=max_stage_wait_s,
+        )  # fmt: skip
         self._http = httpx.Client(
             base_url=base_url, transport=transport, timeout=timeout, verify=verify
         )
@@ -966,6 +998,10 @@ class Client:
         except StopIteration as done:
             report: SecureRoundReport = done.value
             return report
+        finally:
+            # A request that raised (offline, too large) ends the flow now, so its `finally`
+            # (residual kept or put back) runs before this call returns, not at collection.
+            flow.close()
 
     def secure_round(
         self,
@@ -984,8 +1020,11 @@ class Client:
         The masked input carries delta + the device's residual; the new residual (what was not
         sent) is saved in the app directory unless a `participant` is given (a simulator holds
         its own). `drop_at` makes the device go silent before that stage (simulated dropout).
-        A round that ends early for this device (stage deadline, abort) returns a report with
-        `completed` False and the reason in `detail`; other refusals raise `ClientError`.
+        A round that ends early for this device (stage deadline or `max_stage_wait_s` of
+        polling, abort, too few neighbours left) returns a report with `completed` False and
+        the reason in `detail`; other refusals raise `ClientError`, and stage bytes the protocol
+        refuses raise `protocol.secagg.SecAggError`. If the masked input never reached the
+        coordinator, the residual stays as it was before the round.
         """
         return self._drive(_secure_flow(self._core, a, update, participant, rng, drop_at))
 
@@ -1051,8 +1090,12 @@ class AsyncClient:
         verify: bool | str = True,
         mods: tuple[AsyncMod, ...] = (),
         clock: Callable[[], float] = time.time,
+        max_stage_wait_s: float = MAX_STAGE_WAIT_S,
     ) -> None:
-        self._core = _Core(app_dir, retries=retries, backoff_s=backoff_s, clock=clock)
+        self._core = _Core(
+            app_dir, retries=retries, backoff_s=backoff_s, clock=clock,
+            max_stage_wait_s=max_stage_wait_s,
+        )  # fmt: skip
         self._http = httpx.AsyncClient(
             base_url=base_url, transport=transport, timeout=timeout, verify=verify
         )
@@ -1211,6 +1254,8 @@ class AsyncClient:
         except StopIteration as done:
             report: SecureRoundReport = done.value
             return report
+        finally:
+            flow.close()
 
     async def run_secure_round(
         self,

@@ -17,6 +17,7 @@ including what clipping and quantization removed, waits for a later round.
 from __future__ import annotations
 
 import json
+import math
 import time
 from typing import Any
 
@@ -223,7 +224,12 @@ class HttpSecureDevice:
         """A streamed response's body, refused once it passes the cap (or declares more)."""
         cap = self.max_response_bytes
         declared = resp.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > cap:
+        # ASCII digits only: "²".isdigit() is true and int() refuses it.
+        if (
+            declared.isascii()
+            and declared.isdigit()
+            and (len(declared) > 19 or int(declared) > cap)
+        ):
             raise ResponseTooLarge(f"{url}: response declares {declared} bytes, cap is {cap}")
         chunks, size = [], 0
         for chunk in resp.iter_bytes():
@@ -245,7 +251,7 @@ class HttpSecureDevice:
             if headers.get("content-type", "").startswith("application/json"):
                 try:
                     parsed = json.loads(body)
-                except ValueError:
+                except (ValueError, RecursionError):  # "[[[[..." nests past the parser
                     parsed = None
                 detail = parsed if isinstance(parsed, dict) else {}
             if status == 410:
@@ -286,6 +292,8 @@ class HttpSecureDevice:
             try:
                 retry = float(headers.get("retry-after", self.poll_s))
             except ValueError:
+                retry = self.poll_s
+            if not math.isfinite(retry):  # time.sleep(nan) raises; max/min pass NaN through
                 retry = self.poll_s
             time.sleep(min(max(retry, 0.0), self.poll_s * 10))
 

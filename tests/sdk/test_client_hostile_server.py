@@ -8,8 +8,9 @@ import asyncio
 import dataclasses
 import json
 import math
+import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +19,14 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from compression import encode_snapshot, model_digest
-from protocol.messages import to_json
+from compression import ErrorFeedback, encode_snapshot, model_digest
+from protocol.messages import Assignment, to_json
 from protocol.names import Header, ModelEncoding
+from protocol.secagg import SecAggError, Stage
 from sdk import AsyncClient, Client, TrainResult
-from sdk.client import ClientError
+from sdk.client import ClientError, SecureRoundReport
 from sdk.device_store import DeviceStore
+from sdk.secure import HttpSecureDevice, SecureParticipant
 
 from .test_client import RECEIPT, SPEC, _assignment
 
@@ -523,3 +526,223 @@ def test_an_upload_answered_with_anything_but_its_receipt_stays_pending(
         receipt = c.resume_pending()
     assert receipt is not None and receipt.round_id == 4
     assert DeviceStore(tmp_path).load_pending() is None
+
+
+# -- secure rounds (a live coordinator; one device's network path is hostile) ----------------
+
+
+@pytest.fixture()
+def secure_task(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """A loopback coordinator with a secure task of three devices (stages close after 1 s)."""
+    from coordinator.service import ServerThread, ServiceConfig
+
+    from .test_client_secure import ADMIN, _task
+
+    cfg = ServiceConfig(
+        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
+    )
+    with ServerThread(cfg) as url:
+        task = _task(rounds=2)
+        task["secure"] = {"coord_fraction": 0.5, "stage_timeout_s": 1.0}
+        with httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"}) as http:
+            task_id = int(http.post("/v1/admin/tasks", json=task).json()["task_id"])
+            snap = encode_snapshot(np.zeros(SPEC.size, np.float32), SPEC, "fp32")
+            octet = {"content-type": "application/octet-stream"}
+            assert http.put(f"/v1/admin/tasks/{task_id}/model", content=snap, headers=octet)
+        yield url, task_id
+
+
+def _cohort(clients: list[Client], task_id: int) -> list[Assignment]:
+    """Check the three devices in until each holds its assignment to the same secure round."""
+    held: dict[int, Assignment] = {}
+    for _ in range(500):
+        for i, c in enumerate(clients):
+            if i not in held:
+                answer = c.check_in(task_id)
+                if answer.assignment is not None:
+                    held[i] = answer.assignment
+        if len(held) == len(clients):
+            break
+        time.sleep(0.02)
+    assert len(held) == len(clients) and all(a.secure for a in held.values())
+    return [held[i] for i in range(len(clients))]
+
+
+def _in_threads(fns: list[Callable[[], object]]) -> list[object]:
+    """Run each function in its own thread; what each returned, or the exception it raised."""
+    out: list[object] = [None] * len(fns)
+
+    def run(i: int) -> None:
+        try:
+            out[i] = fns[i]()
+        except Exception as exc:  # noqa: BLE001 - reported to the test, which asserts on it
+            out[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(fns))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return out
+
+
+def _zero_update(params: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], int, float]:
+    return np.full_like(params, 0.25), 1, 0.0
+
+
+def test_a_secure_round_left_with_too_few_neighbours_ends_with_a_report(
+    secure_task: tuple[str, int], tmp_path: Path
+) -> None:
+    # Prepare: three devices in a round; device 0 goes silent before sharing its keys, so the
+    # others hold shares from one neighbour, below the threshold
+    url, task_id = secure_task
+    clients = [Client(url, str(tmp_path / f"d{i}")) for i in range(3)]
+    for c in clients:
+        c.register()
+    a = _cohort(clients, task_id)
+
+    # Execute
+    out = _in_threads(
+        [lambda: clients[0].secure_round(a[0], _zero_update, drop_at=Stage.SHARE_KEYS)]
+        + [lambda i=i: clients[i].secure_round(a[i], _zero_update) for i in (1, 2)]
+    )
+
+    # Assert: the round cannot complete, and the devices say so in a report (no exception);
+    # none sent a masked input, so no residual moved, in memory or in the app directory
+    for i in (1, 2):
+        report = out[i]
+        assert isinstance(report, SecureRoundReport), report
+        assert not report.completed and report.detail
+        assert Stage.MASKED_INPUT not in report.stages
+        assert not np.any(clients[i]._core.secure_participant(SPEC.size).residual)
+        assert DeviceStore(tmp_path / f"d{i}").load_residual(SPEC.size) is None
+    for c in clients:
+        c.close()
+
+
+@pytest.mark.parametrize("failure", ["round_closed", "offline", "garbage"])
+def test_a_masked_input_that_never_arrived_leaves_the_residual_as_it_was(
+    secure_task: tuple[str, int], tmp_path: Path, failure: str
+) -> None:
+    # Prepare: device 0 carries a residual of 0.5 everywhere; its network path answers the
+    # masked-input upload itself (a refusal, a dropped connection, or a body that is no receipt)
+    url, task_id = secure_task
+    carried = np.full(SPEC.size, 0.5, np.float32)
+    ef = ErrorFeedback(SPEC.size)
+    ef.residual = carried.copy()
+    DeviceStore(tmp_path / "d0").save_residual(ef)
+
+    def path(request: httpx.Request, nxt: Callable[[httpx.Request], httpx.Response]) -> Any:
+        if request.method == "POST" and request.url.path.endswith("/masked-input"):
+            if failure == "offline":
+                raise httpx.ConnectError("the network went away")
+            if failure == "garbage":
+                return httpx.Response(200, content=b"<html>sign in</html>", request=request)
+            closed = {"reason": "round_closed", "detail": "the deadline passed"}
+            return httpx.Response(409, json=closed, request=request)
+        return nxt(request)
+
+    victim = Client(url, str(tmp_path / "d0"), mods=(path,), retries=0)
+    clients = [victim, *(Client(url, str(tmp_path / f"d{i}")) for i in (1, 2))]
+    for c in clients:
+        c.register()
+    a = _cohort(clients, task_id)
+
+    # Execute
+    out = _in_threads([lambda i=i: clients[i].secure_round(a[i], _zero_update) for i in range(3)])
+
+    # Assert: the victim stopped at the masked input (a report, or the error naming it), and
+    # its residual is still the one it carried: in memory for its next round, and on disk
+    if failure == "round_closed":
+        assert isinstance(out[0], SecureRoundReport) and not out[0].completed
+        assert out[0].stages == ["advertise-keys", "share-keys"]
+    elif failure == "offline":
+        assert isinstance(out[0], httpx.ConnectError)
+    else:
+        assert isinstance(out[0], ClientError) and out[0].reason == "bad_response"
+    residual = victim._core.secure_participant(SPEC.size).residual
+    np.testing.assert_array_equal(residual, carried)
+    stored = DeviceStore(tmp_path / "d0").load_residual(SPEC.size)
+    assert stored is not None
+    np.testing.assert_array_equal(stored.residual, carried)
+    for c in clients:
+        c.close()
+
+
+@pytest.mark.parametrize("retry_after", ["0", "nan", "-1", "inf"])
+def test_polling_a_stage_that_never_closes_ends_within_max_stage_wait(
+    secure_task: tuple[str, int], tmp_path: Path, retry_after: str
+) -> None:
+    # Prepare: device 0's stage downloads all answer 425 "still open", with a Retry-After
+    # that is no wait, in a round whose deadline is never (1e308, a finite float)
+    url, task_id = secure_task
+    sleeps = Sleeps(real=True)
+
+    def path(request: httpx.Request, nxt: Callable[[httpx.Request], httpx.Response]) -> Any:
+        if request.method == "GET" and "/stages/" in request.url.path:
+            still_open = {"reason": "invalid_state", "detail": "stage is still open"}
+            headers = {"retry-after": retry_after}
+            return httpx.Response(425, headers=headers, json=still_open, request=request)
+        return nxt(request)
+
+    victim = Client(url, str(tmp_path / "d0"), mods=(path,), sleep=sleeps, max_stage_wait_s=1.0)
+    clients = [victim, *(Client(url, str(tmp_path / f"d{i}")) for i in (1, 2))]
+    for c in clients:
+        c.register()
+    a = _cohort(clients, task_id)
+    forever = dataclasses.replace(a[0], deadline_unix=1e308)
+
+    # Execute
+    start = time.monotonic()
+    report = victim.secure_round(forever, _zero_update)
+    took = time.monotonic() - start
+
+    # Assert: about max_stage_wait_s of polling, every wait one time.sleep takes, none
+    # shorter than the floor (a "Retry-After: 0" must not make the device spin)
+    assert not report.completed and "did not close" in report.detail
+    assert report.stages == ["advertise-keys"]
+    assert took < 10.0 and 0.9 <= sum(sleeps) <= 1.0 + 1e-9
+    assert all(0 < s for s in sleeps[:-1]) and min(sleeps[:-1]) >= 0.05
+    for c in clients:
+        c.close()
+
+
+# -- sdk.secure.HttpSecureDevice (the test device of the loopback stage router) --------------
+
+
+def _http_device(handler: Handler) -> HttpSecureDevice:
+    client = httpx.Client(transport=httpx.MockTransport(handler), base_url="http://coordinator")
+    device = HttpSecureDevice(client, "dev-0", SecureParticipant(100), max_response_bytes=4096)
+    device.poll_s = 0.001
+    return device
+
+
+@pytest.mark.parametrize("retry_after", ["nan", "inf", "-inf"])
+def test_the_http_secure_device_polls_past_a_retry_after_that_is_no_wait(retry_after: str) -> None:
+    # Prepare: "still open" with a Retry-After time.sleep refuses, then the download
+    answers = [
+        httpx.Response(425, headers={"retry-after": retry_after}),
+        httpx.Response(200, content=b"directory"),
+    ]
+    device = _http_device(lambda r: answers.pop(0))
+    # Execute
+    got = device.download(7, Stage.ADVERTISE_KEYS, timeout_s=5.0)
+    # Assert
+    assert got == b"directory"
+
+
+def test_the_http_secure_device_reads_a_content_length_that_is_no_length_under_its_cap() -> None:
+    # Prepare: "²".isdigit() is true and int() refuses it
+    headers = [(b"content-length", "²".encode())]
+    device = _http_device(lambda r: httpx.Response(200, headers=headers, content=iter([b"keys"])))
+    # Execute + Assert
+    assert device.download(7, Stage.ADVERTISE_KEYS, timeout_s=1.0) == b"keys"
+
+
+def test_the_http_secure_device_refuses_an_error_body_nested_too_deeply_with_its_type() -> None:
+    # Prepare
+    headers = {"content-type": "application/json"}
+    device = _http_device(lambda r: httpx.Response(409, headers=headers, content=b"[" * 3000))
+    # Execute + Assert: a SecAggError naming the status, not the JSON parser's RecursionError
+    with pytest.raises(SecAggError, match="HTTP 409"):
+        device.upload(7, Stage.SHARE_KEYS, b"PSA1")
