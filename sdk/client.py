@@ -87,6 +87,9 @@ _MIN_POLL_S = 0.05
 # Longest a device polls one secure stage by default, seconds: the coordinator closes a stage
 # at most `stage_timeout_s` (at most one day) after it opened.
 MAX_STAGE_WAIT_S = 86400.0
+# Longest one response may take to arrive whole by default, seconds (a server trickling bytes
+# just inside the per-read timeout would otherwise hold the device for cap x timeout).
+MAX_RESPONSE_S = 600.0
 
 Send = Callable[[httpx.Request], httpx.Response]
 Mod = Callable[[httpx.Request, Send], httpx.Response]
@@ -226,9 +229,12 @@ class _Core:
         backoff_s: float,
         clock: Callable[[], float],
         max_stage_wait_s: float = MAX_STAGE_WAIT_S,
+        max_response_s: float = MAX_RESPONSE_S,
     ) -> None:
         if not (max_stage_wait_s > 0):  # NaN included
             raise ValueError("max_stage_wait_s must be positive")
+        if not (max_response_s > 0):
+            raise ValueError("max_response_s must be positive")
         self.store = DeviceStore(app_dir)
         self.key = self.store.private_key()
         self.public_key = auth.public_key_bytes(self.key)
@@ -237,6 +243,7 @@ class _Core:
         self.backoff_s = backoff_s
         self.clock = clock
         self.max_stage_wait_s = max_stage_wait_s
+        self.max_response_s = max_response_s
         self.bandwidth: dict[int, dict[str, dict[str, int]]] = {}
         self._encoders: dict[int, UpdateEncoder] = {}
         self._participants: dict[int, SecureParticipant] = {}
@@ -528,8 +535,18 @@ def _undecodable(response: httpx.Response, exc: httpx.DecodingError) -> ClientEr
     return _bad(response, f"response body does not decode as Content-Encoding {encoding!r}: {exc}")
 
 
-def _read_capped(response: httpx.Response, cap: int) -> httpx.Response:
-    """Read a streamed response's body, refusing it (`too_large`) once it passes `cap` bytes."""
+def _too_slow(status: int, seconds: float) -> ClientError:
+    return ClientError(
+        status, "too_slow", f"response not received whole within {seconds:g} s; abandoned"
+    )
+
+
+def _read_capped(
+    response: httpx.Response, cap: int, deadline: float = math.inf, budget_s: float = math.inf
+) -> httpx.Response:
+    """Read a streamed response's body, refusing it (`too_large`) once it passes `cap` bytes,
+    and (`too_slow`) once a chunk arrives after `deadline` (time.monotonic; `budget_s` is
+    what it allowed, for the message): each read is bounded by the client's timeout."""
     try:
         _refuse_declared(response, cap)
         chunks, size = [], 0
@@ -537,6 +554,8 @@ def _read_capped(response: httpx.Response, cap: int) -> httpx.Response:
             size += len(chunk)
             if size > cap:
                 raise _too_large(response, cap)
+            if time.monotonic() > deadline:
+                raise _too_slow(response.status_code, budget_s)
             chunks.append(chunk)
     except httpx.DecodingError as exc:  # not a transport failure: the bytes arrived, wrong
         raise _undecodable(response, exc) from exc
@@ -842,10 +861,11 @@ class Client:
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
         max_stage_wait_s: float = MAX_STAGE_WAIT_S,
+        max_response_s: float = MAX_RESPONSE_S,
     ) -> None:
         self._core = _Core(
             app_dir, retries=retries, backoff_s=backoff_s, clock=clock,
-            max_stage_wait_s=max_stage_wait_s,
+            max_stage_wait_s=max_stage_wait_s, max_response_s=max_response_s,
         )  # fmt: skip
         self._http = httpx.Client(
             base_url=base_url, transport=transport, timeout=timeout, verify=verify
@@ -872,9 +892,15 @@ class Client:
         self.close()
 
     def _dispatch(self, request: httpx.Request, cap: int) -> httpx.Response:
+        budget = self._core.max_response_s
+
+        def last(r: httpx.Request) -> httpx.Response:
+            deadline = time.monotonic() + budget
+            return _read_capped(self._http.send(r, stream=True), cap, deadline, budget)
+
         def call(i: int) -> Send:
             if i == len(self._mods):
-                return lambda r: _read_capped(self._http.send(r, stream=True), cap)
+                return last
             return lambda r: self._mods[i](r, call(i + 1))
 
         return call(0)(request)
@@ -1091,10 +1117,11 @@ class AsyncClient:
         mods: tuple[AsyncMod, ...] = (),
         clock: Callable[[], float] = time.time,
         max_stage_wait_s: float = MAX_STAGE_WAIT_S,
+        max_response_s: float = MAX_RESPONSE_S,
     ) -> None:
         self._core = _Core(
             app_dir, retries=retries, backoff_s=backoff_s, clock=clock,
-            max_stage_wait_s=max_stage_wait_s,
+            max_stage_wait_s=max_stage_wait_s, max_response_s=max_response_s,
         )  # fmt: skip
         self._http = httpx.AsyncClient(
             base_url=base_url, transport=transport, timeout=timeout, verify=verify
@@ -1119,8 +1146,17 @@ class AsyncClient:
         await self.aclose()
 
     async def _dispatch(self, request: httpx.Request, cap: int) -> httpx.Response:
-        async def last(r: httpx.Request) -> httpx.Response:
+        budget = self._core.max_response_s
+
+        async def read(r: httpx.Request) -> httpx.Response:
             return await _aread_capped(await self._http.send(r, stream=True), cap)
+
+        async def last(r: httpx.Request) -> httpx.Response:
+            # Headers and body together: a server that trickles either is cut off.
+            try:
+                return await asyncio.wait_for(read(r), budget)
+            except TimeoutError:
+                raise _too_slow(0, budget) from None
 
         def call(i: int) -> AsyncSend:
             if i == len(self._mods):

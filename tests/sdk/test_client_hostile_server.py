@@ -382,6 +382,77 @@ def test_a_content_length_header_that_is_no_length_is_never_a_crash(
             assert c.check_in(1).action == "wait"
 
 
+class Trickle:
+    """A body that never ends: one byte every 20 ms (each well inside any read timeout)."""
+
+    def __init__(self) -> None:
+        self.pulled = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            time.sleep(0.02)
+            self.pulled += 1
+            yield b" "
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        while True:
+            await asyncio.sleep(0.02)
+            self.pulled += 1
+            yield b" "
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_trickled_body_is_abandoned_after_max_response_s(tmp_path: Path, kind: str) -> None:
+    # Prepare
+    body = Trickle()
+    start = time.monotonic()
+
+    # Execute
+    with pytest.raises(ClientError) as info:
+        if kind == "sync":
+            transport = httpx.MockTransport(lambda r: httpx.Response(200, content=iter(body)))
+            with Client(
+                "http://coord", str(tmp_path), transport=transport, max_response_s=0.3
+            ) as c:
+                c.check_in(1)
+        else:
+
+            async def run() -> None:
+                transport = httpx.MockTransport(
+                    lambda r: httpx.Response(200, content=body.__aiter__())
+                )
+                async with AsyncClient(
+                    "http://coord", str(tmp_path), transport=transport, max_response_s=0.3
+                ) as c:
+                    await c.check_in(1)
+
+            asyncio.run(run())
+
+    # Assert: abandoned after about the budget, with a reason (not retried: no answer came)
+    assert info.value.reason == "too_slow" and "0.3 s" in info.value.detail
+    assert time.monotonic() - start < 5.0 and body.pulled < 100
+
+
+def test_async_headers_that_never_come_are_abandoned_after_max_response_s(tmp_path: Path) -> None:
+    # Prepare: a server that accepts the request and never answers
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+    async def run() -> None:
+        transport = httpx.MockTransport(handler)
+        async with AsyncClient(
+            "http://coord", str(tmp_path), transport=transport, max_response_s=0.2
+        ) as c:
+            await c.check_in(1)
+
+    start = time.monotonic()
+    # Execute + Assert
+    with pytest.raises(ClientError) as info:
+        asyncio.run(run())
+    assert info.value.reason == "too_slow" and time.monotonic() - start < 5.0
+
+
 # -- registration --------------------------------------------------------------------------------
 
 
