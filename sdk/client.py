@@ -628,15 +628,16 @@ def _registered(response: httpx.Response, device_id: str) -> str:
     return device_id
 
 
-def _receipt(response: httpx.Response, pending: PendingUpload) -> UploadReceipt:
-    """The receipt of `pending` in a 200 answer; `bad_response` (the upload stays pending) for
-    a body that is not one, e.g. a captive portal's page, or one for another round."""
+def _receipt(response: httpx.Response, round_id: int) -> UploadReceipt:
+    """The receipt of an upload to `round_id` in a 200 answer; `bad_response` (a plain upload
+    stays pending) for a body that is not one, e.g. a captive portal's page, or one for
+    another round, or not accepted."""
     receipt: UploadReceipt = _parse(UploadReceipt, response)
-    if receipt.round_id != pending.round_id or not receipt.accepted:
+    if receipt.round_id != round_id or not receipt.accepted:
         raise _bad(
             response,
             f"receipt for round {receipt.round_id} (accepted: {receipt.accepted}) answering "
-            f"an upload to round {pending.round_id}",
+            f"an upload to round {round_id}",
         )
     return receipt
 
@@ -796,7 +797,7 @@ def _secure_flow(
             ):
                 report.detail = f"{stage}: {_error(response).detail}"
                 break
-            receipt: UploadReceipt = _parse(UploadReceipt, response)
+            receipt = _receipt(response, a.round_id)
             report.stages.append(str(stage))
             if stage == Stage.MASKED_INPUT:
                 report.receipt = receipt
@@ -962,7 +963,7 @@ class Client:
         dense = spec.dense_bytes if spec is not None else pending.dense_bytes
         response = self._send(self._core.upload_exchange(pending, dense))
         if response.status_code == 200:
-            receipt = _receipt(response, pending)  # before the pending upload is forgotten
+            receipt = _receipt(response, pending.round_id)  # before it is forgotten
             self._core.settle_upload(pending, spec, refused=False)
             return receipt
         err = _refusal(response)
@@ -1216,7 +1217,7 @@ class AsyncClient:
         dense = spec.dense_bytes if spec is not None else pending.dense_bytes
         response = await self._send(self._core.upload_exchange(pending, dense))
         if response.status_code == 200:
-            receipt = _receipt(response, pending)  # before the pending upload is forgotten
+            receipt = _receipt(response, pending.round_id)  # before it is forgotten
             self._core.settle_upload(pending, spec, refused=False)
             return receipt
         err = _refusal(response)

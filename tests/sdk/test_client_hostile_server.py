@@ -691,7 +691,7 @@ def test_a_secure_round_left_with_too_few_neighbours_ends_with_a_report(
         c.close()
 
 
-@pytest.mark.parametrize("failure", ["round_closed", "offline", "garbage"])
+@pytest.mark.parametrize("failure", ["round_closed", "offline", "garbage", "other_round"])
 def test_a_masked_input_that_never_arrived_leaves_the_residual_as_it_was(
     secure_task: tuple[str, int], tmp_path: Path, failure: str
 ) -> None:
@@ -709,6 +709,8 @@ def test_a_masked_input_that_never_arrived_leaves_the_residual_as_it_was(
                 raise httpx.ConnectError("the network went away")
             if failure == "garbage":
                 return httpx.Response(200, content=b"<html>sign in</html>", request=request)
+            if failure == "other_round":  # a receipt, but not for this round
+                return httpx.Response(200, json={**RECEIPT, "round_id": 10**6}, request=request)
             closed = {"reason": "round_closed", "detail": "the deadline passed"}
             return httpx.Response(409, json=closed, request=request)
         return nxt(request)
