@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import math
 import time
 import uuid
@@ -55,7 +56,7 @@ from protocol.secagg import RoundAborted, SecAggHeader, SecAggPath, Stage
 
 from ._types import LocalTrainer
 from .device import UpdateEncoder
-from .device_store import DeviceStore, PendingUpload
+from .device_store import MAX_SPEC_JSON_BYTES, DeviceStore, PendingUpload
 from .secure import SecureParticipant
 
 __all__ = [
@@ -591,9 +592,18 @@ def _any_config() -> Any:
 
 def _spec(a: Assignment) -> ModelSpec:
     try:
-        return ModelSpec.from_json([{"name": t.name, "shape": list(t.shape)} for t in a.spec])
+        spec = ModelSpec.from_json([{"name": t.name, "shape": list(t.shape)} for t in a.spec])
     except ValueError as exc:  # a coordinator's answer, so a bad_response, not a crash
         raise ClientError(200, "bad_response", f"assignment spec: {exc}") from exc
+    # The layout is kept with a pending upload; one too large to read back would stick it.
+    stored = len(json.dumps(spec.to_json()))
+    if stored > MAX_SPEC_JSON_BYTES:
+        raise ClientError(
+            200, "bad_response",
+            f"assignment spec: {stored} bytes of JSON (tensor names included), over the "
+            f"{MAX_SPEC_JSON_BYTES}-byte cap",
+        )  # fmt: skip
+    return spec
 
 
 def _parse(cls: type[Any], response: httpx.Response) -> Any:

@@ -26,11 +26,14 @@ import numpy.typing as npt
 from compression import ErrorFeedback, ModelSpec
 from protocol import auth
 
-__all__ = ["DeviceStore", "DeviceStoreError", "PendingUpload"]
+__all__ = ["DeviceStore", "DeviceStoreError", "PendingUpload", "MAX_SPEC_JSON_BYTES"]
 
 KEY_BYTES = 32
 # Caps on files read back whole: a foreign or runaway file is refused before it is read.
 _MAX_JSON_BYTES = 1 << 20
+# The largest model layout (its JSON, tensor names included) kept with a pending upload, so
+# that pending.json always stays under the read cap above.
+MAX_SPEC_JSON_BYTES = _MAX_JSON_BYTES // 2
 _MAX_FRAME_BYTES = 1 << 31
 _HEX_DIGITS = frozenset("0123456789abcdef")
 
@@ -249,12 +252,7 @@ class DeviceStore:
     def save_pending(self, pending: PendingUpload, ef: ErrorFeedback) -> None:
         """Persist the frame and the residual that assumes it; `pending.json` is the commit
         point, so a crash at any step leaves either the old state or the new one whole."""
-        self._settle_refusal()
-        # Withdraw an older commit point first: its metadata must never pair with this frame.
-        _unlink(self.root / "pending.json")
-        _write(self.root / "pending.frame", pending.frame)
-        _write(self.root / "pending.residual", ef.to_bytes())
-        meta = {
+        meta: dict[str, Any] = {
             "round_id": pending.round_id,
             "key": pending.key,
             "bytes": len(pending.frame),
@@ -263,7 +261,19 @@ class DeviceStore:
         }
         if pending.spec is not None:
             meta["spec"] = pending.spec.to_json()
-        _write(self.root / "pending.json", json.dumps(meta).encode())
+        encoded = json.dumps(meta).encode()
+        if len(encoded) > _MAX_JSON_BYTES:
+            # Written, it could never be read back: every later load_pending would raise.
+            raise DeviceStoreError(
+                f"pending upload metadata of {len(encoded)} bytes is over the "
+                f"{_MAX_JSON_BYTES}-byte cap (a model layout with huge tensor names?); not saved"
+            )
+        self._settle_refusal()
+        # Withdraw an older commit point first: its metadata must never pair with this frame.
+        _unlink(self.root / "pending.json")
+        _write(self.root / "pending.frame", pending.frame)
+        _write(self.root / "pending.residual", ef.to_bytes())
+        _write(self.root / "pending.json", encoded)
         self.save_residual(ef)
 
     def load_pending(self) -> PendingUpload | None:

@@ -272,6 +272,46 @@ def test_a_trainer_that_cannot_train_the_task_keeps_the_held_model(tmp_path: Pat
     assert _app_files(tmp_path) == files
 
 
+def test_an_assignment_whose_layout_could_not_be_kept_with_an_upload_is_refused(
+    tmp_path: Path,
+) -> None:
+    # Prepare: the task's shapes, but a tensor name of 600 KiB: kept in pending.json with the
+    # upload, it would pass the 1 MiB cap on reading it back (the device stuck for good)
+    files = _app_with_state(tmp_path)
+    spec = [{"name": "w" * (600 << 10), "shape": [4, 8]}, {"name": "b", "shape": [4]}]
+    seen: list[str] = []
+    transport = httpx.MockTransport(_check_in_server(_train_answer(spec=spec), seen))
+    x, y = _data()
+    # Execute
+    with Client("http://coord", str(tmp_path), transport=transport, sleep=Sleeps()) as c:
+        with pytest.raises(ClientError) as info:
+            c.participate(Shift(), x, y, max_wait_s=5.0)
+    # Assert: refused before any download; the app directory as it was
+    assert info.value.reason == "bad_response" and "cap" in info.value.detail
+    assert "/v1/tasks/1/model" not in seen
+    assert _app_files(tmp_path) == files
+
+
+def test_the_device_store_never_writes_pending_metadata_it_could_not_read_back(
+    tmp_path: Path,
+) -> None:
+    # Prepare: an upload pending, then one whose layout's JSON is over the read cap
+    from compression import ModelSpec
+    from sdk.device_store import DeviceStoreError, PendingUpload
+
+    files = _app_with_state(tmp_path)
+    huge = ModelSpec.from_shapes([("w" * (1 << 20), (4, 8)), ("b", (4,))])
+    store = DeviceStore(tmp_path)
+    feedback = ErrorFeedback(SPEC.size)
+    # Execute
+    with pytest.raises(DeviceStoreError, match="not saved"):
+        store.save_pending(PendingUpload(9, "k" * 32, b"frame", 0, huge), feedback)
+    # Assert: nothing written; the earlier upload still loads
+    assert _app_files(tmp_path) == files
+    pending = DeviceStore(tmp_path).load_pending()
+    assert pending is not None and pending.round_id == 4
+
+
 # -- other statuses and bodies -----------------------------------------------------------------
 
 
