@@ -153,15 +153,22 @@ class RiceCoding(IndexCoding):
 
     def decode(self, buf: ByteView, k: int, d: int, param: int) -> Indices:
         nlow = packed_len(k, param)
-        low = unpack_fixed(buf[:nlow], k, param, "rice low bits")
+        # At param 0 there are no low fields (and no padding to check): no k zeros to OR in.
+        low = unpack_fixed(buf[:nlow], k, param, "rice low bits") if param else None
         ones = unpack_positions(buf[nlow:], k, "rice unary stream")
         # In place: at k = d these are 13 MB arrays, and a hostile frame may ask for k = d.
-        idx = np.diff(ones, prepend=np.int64(-1))
+        # q_i + 1 = p_i - p_{i-1} with p_{-1} = -1, into one new array (np.diff's prepend
+        # would first copy the k positions).
+        idx = np.empty_like(ones)
+        if k:
+            idx[0] = ones[0] + 1
+            np.subtract(ones[1:], ones[:-1], out=idx[1:])
         del ones
         idx -= 1
         idx <<= param
-        idx |= low
-        del low
+        if low is not None:
+            idx |= low
+            del low
         idx += 1
         np.cumsum(idx, out=idx)
         idx -= 1
@@ -206,13 +213,15 @@ class EliasFanoCoding(IndexCoding):
 
     def decode(self, buf: ByteView, k: int, d: int, param: int) -> Indices:
         nlow = packed_len(k, param)
-        low = unpack_fixed(buf[:nlow], k, param, "elias-fano low bits")
+        # At param 0 there are no low fields (and no padding to check): no k zeros to OR in.
+        low = unpack_fixed(buf[:nlow], k, param, "elias-fano low bits") if param else None
         ones = unpack_positions(buf[nlow:], k, "elias-fano upper bits")
         idx = ones
         idx -= np.arange(k, dtype=np.int64)
         idx <<= param
-        idx |= low
-        del low
+        if low is not None:
+            idx |= low
+            del low
         if k > 1 and not np.all(idx[1:] > idx[:-1]):
             bad = int(np.flatnonzero(idx[1:] <= idx[:-1])[0])
             raise InvalidIndices(
