@@ -21,6 +21,7 @@ __all__ = [
 ]
 
 Indices = npt.NDArray[np.int64]
+_SLICE = 1 << 16  # elements per slice of an in-place pass over k indices
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -217,7 +218,10 @@ class EliasFanoCoding(IndexCoding):
         low = unpack_fixed(buf[:nlow], k, param, "elias-fano low bits") if param else None
         ones = unpack_positions(buf[nlow:], k, "elias-fano upper bits")
         idx = ones
-        idx -= np.arange(k, dtype=np.int64)
+        # idx_i = p_i - i, in slices: a whole arange(k) would be one more k-sized int64 array.
+        for start in range(0, k, _SLICE):
+            stop = min(k, start + _SLICE)
+            idx[start:stop] -= np.arange(start, stop, dtype=np.int64)
         idx <<= param
         if low is not None:
             idx |= low
