@@ -158,13 +158,15 @@ class RiceCoding(IndexCoding):
         low = unpack_fixed(buf[:nlow], k, param, "rice low bits") if param else None
         ones = unpack_positions(buf[nlow:], k, "rice unary stream")
         # In place: at k = d these are 13 MB arrays, and a hostile frame may ask for k = d.
-        # q_i + 1 = p_i - p_{i-1} with p_{-1} = -1, into one new array (np.diff's prepend
-        # would first copy the k positions).
-        idx = np.empty_like(ones)
+        # q_i + 1 = p_i - p_{i-1} with p_{-1} = -1, over slices from the end, so each slice
+        # still reads the unchanged positions before it (np.diff would allocate k more int64,
+        # its prepend another k).
+        idx = ones
+        for stop in range(k, 0, -_SLICE):
+            start = max(1, stop - _SLICE)
+            idx[start:stop] -= idx[start - 1 : stop - 1]
         if k:
-            idx[0] = ones[0] + 1
-            np.subtract(ones[1:], ones[:-1], out=idx[1:])
-        del ones
+            idx[0] += 1
         idx -= 1
         idx <<= param
         if low is not None:

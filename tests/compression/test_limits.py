@@ -427,16 +427,20 @@ def _worst_index_frames(spec: ModelSpec) -> dict[str, bytes]:
         "rice_r20_8bit": make_frame(
             spec.fingerprint, d, d, 8, 2, r, 256, (wide[0], wide[1].tobytes(), bytes(d))
         ),
+        "rice_r20_fp32": make_frame(spec.fingerprint, d, d, 32, 2, r, 0, (wide[0], b"", fp32)),
         "ef_l20_fp32": make_frame(spec.fingerprint, d, d, 32, 3, r, 0, (ef_wide, b"", fp32)),
     }
-    # The fp32 ones are above the frame cap raw: stored behind zstd, as a sender would.
-    for name in ("rice_r0_fp32", "ef_l0_fp32", "ef_l20_fp32"):
+    # The fp32 ones are above the frame cap raw: stored behind zstd, as a sender would (the
+    # inflated sections then count in the peak too).
+    for name in ("rice_r0_fp32", "ef_l0_fp32", "rice_r20_fp32", "ef_l20_fp32"):
         f = frames[name]
         frames[name] = with_payload(f, zstandard.ZstdCompressor().compress(payload_of(f)), 1)
     return frames
 
 
-@pytest.mark.parametrize("name", ["rice_r0_fp32", "ef_l0_fp32", "rice_r20_8bit", "ef_l20_fp32"])
+@pytest.mark.parametrize(
+    "name", ["rice_r0_fp32", "ef_l0_fp32", "rice_r20_8bit", "rice_r20_fp32", "ef_l20_fp32"]
+)
 def test_worst_index_frames_decode_under_25_bytes_a_scalar(name: str) -> None:
     # Prepare: the MNIST-CNN size. At parameter 0 the decoders built k int64 zeros to OR in as
     # low fields, Rice's np.diff(prepend=) copied the k one-positions first, and Elias-Fano
