@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from compression import ModelSpec
 from coordinator.secure import SecureConfig, SecureCoordinator, make_plan
-from protocol.secagg import NoiseKind, Stage
+from protocol.secagg import MAX_DEGREE, NoiseKind, Stage, choose_degree
 
 from ._secagg_routes import SecureRegistry, stage_cap
 
@@ -128,6 +128,12 @@ def check_plan(settings: SecureSettings, cohort: int, model_size: int) -> None:
     cfg = settings.config
     k = max(1, int(round(cfg.coord_fraction * model_size)))
     group = cohort if cfg.group_size is None else min(cohort, cfg.group_size * 2 - 1)
+    if (k := choose_degree(group, cfg.degree_factor)) > MAX_DEGREE:
+        raise ValueError(
+            f"a cohort of {group} gives graph degree {k} = 2 ceil(degree_factor log2 n), above "
+            f"{MAX_DEGREE} (a device's share-keys work grows with its square): lower "
+            "secure.degree_factor or use secure.group_size"
+        )
     plan = make_plan(cfg, 1, group, model_size, np.arange(k, dtype=np.int64))
     # The guarantee needs t > k/2 (no answer set gives t shares of both of a node's secrets);
     # the largest group has the largest k, and smaller ones only lower it.

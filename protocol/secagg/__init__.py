@@ -50,6 +50,7 @@ from ._graph import (
 from ._noise import CtrRandom, discrete_gaussian, skellam
 from ._packing import pack_bits, packed_size, unpack_bits
 from ._plan import (
+    MAX_DEGREE,
     NoiseKind,
     ProtocolParams,
     SecurePlan,
@@ -79,6 +80,7 @@ from ._wire import (
 )
 
 __all__ = [
+    "MAX_DEGREE",
     "AdvertiseKeys",
     "ClientState",
     "CryptoError",

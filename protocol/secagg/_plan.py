@@ -27,6 +27,7 @@ from ._prg import MAX_RING_BITS
 from ._shamir import MAX_SHARES
 
 __all__ = [
+    "MAX_DEGREE",
     "NoiseKind",
     "SecurePlan",
     "ProtocolParams",
@@ -39,6 +40,12 @@ __all__ = [
 
 PLAN_MAGIC = b"PSP1"
 MAX_NODES = 1 << 20
+# Largest graph degree a plan may set. A device's share-keys work grows with k^2 (Shamir
+# shares of two secrets for k neighbours, t ~ k/2): 0.92 s at 2048 and 3.7 s at 4096 on the
+# 2-core dev machine, so about 15 min (extrapolated) at the share format's own limit (65,534),
+# which a hostile coordinator could otherwise make every device pay. The default degree,
+# 2 ceil(1.5 log2 n), is 60 at n = 10^6.
+MAX_DEGREE = 2048
 MAX_SEGMENTS = 4096
 PLAN_FLAGS = 0b11  # bit 0 rotate, bit 1 dither
 _FIXED = struct.Struct("<4sQIIIBBIQddBBdQ32s32sI")
@@ -152,6 +159,11 @@ class SecurePlan:
             raise ValueError(f"num_nodes={self.num_nodes} outside 2..{MAX_NODES}")
         if not 1 <= self.threshold <= self.degree <= self.num_nodes - 1:
             raise ValueError(f"need 1 <= t={self.threshold} <= k={self.degree} <= n-1")
+        if self.degree > MAX_DEGREE:
+            raise ValueError(
+                f"degree {self.degree} above {MAX_DEGREE}: a device's share-keys work grows with "
+                "the square of the degree"
+            )
         if self.degree + 1 > MAX_SHARES:
             # Each node splits its secrets among its k neighbours and itself; share x is u16.
             raise ValueError(f"degree {self.degree} needs more than {MAX_SHARES} Shamir shares")

@@ -67,5 +67,11 @@ def test_bad_secure_options_are_refused(server: str, capsys: pytest.CaptureFixtu
     assert "--topk and --bits set the plain upload codec" in capsys.readouterr().err
     assert main(_create(server, "--secure", "--bits", "8")) == 1
     assert "--secure-bits bits a value" in capsys.readouterr().err
+    # a graph degree above MAX_DEGREE: every device's share-keys work grows with its square
+    big = ["--clients-per-round", "5000", "--min-reports", "3", "--secure-degree-factor", "200"]
+    assert main(_create(server, "--secure", *big)) == 1
+    err = capsys.readouterr().err
+    assert "graph degree 5068" in err and "above 2048" in err
+    assert "lower --secure-degree-factor or use --secure-group-size" in err
     tasks = admin_get(httpx.Client(base_url=server), "/healthz")["tasks"]
     assert tasks == 0

@@ -157,3 +157,17 @@ def test_device_refuses_a_node_index_outside_the_plan(node: int) -> None:
     # Execute / Assert: a typed refusal (was a bare ValueError, not a SecAggError)
     with pytest.raises(ProtocolViolation, match="outside"):
         SecureParticipant(D).join(plan.to_bytes(), digest, params, node)
+
+
+def test_a_plan_at_max_degree_is_accepted_and_one_above_is_not() -> None:
+    # Prepare: the largest degree a device takes on, and the next even one
+    from protocol.secagg import MAX_DEGREE
+
+    big = {"num_nodes": 5_000, "ring_bits": 16}
+    at = _forge(_plan(), **big, degree=MAX_DEGREE, threshold=MAX_DEGREE // 2 + 1)
+    above = _forge(_plan(), **big, degree=MAX_DEGREE + 2, threshold=MAX_DEGREE // 2 + 2)
+
+    # Execute / Assert
+    assert SecurePlan.from_bytes(at, D).degree == MAX_DEGREE == 2048
+    with pytest.raises(MalformedMessage, match="above 2048: a device's share-keys work"):
+        SecurePlan.from_bytes(above, D)
