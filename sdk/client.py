@@ -1099,9 +1099,11 @@ class Client:
                 if answer.assignment.secure:
                     return self.run_secure_round(answer.assignment, trainer, x, y)
                 return self.train_round(answer.assignment, trainer, x, y)
-            if time.monotonic() + answer.retry_after_s > give_up:
+            # At least _MIN_POLL_S: a "wait 0" answer must not make the device spin.
+            wait = max(answer.retry_after_s, _MIN_POLL_S)
+            if time.monotonic() + wait > give_up:
                 return None
-            self._sleep(answer.retry_after_s)
+            self._sleep(wait)
 
 
 def _wire(row: dict[str, dict[str, int]]) -> dict[str, int]:
@@ -1334,6 +1336,7 @@ class AsyncClient:
                 if answer.assignment.secure:
                     return await self.run_secure_round(answer.assignment, trainer, x, y)
                 return await self.train_round(answer.assignment, trainer, x, y)
-            if loop.time() + answer.retry_after_s > give_up:
+            wait = max(answer.retry_after_s, _MIN_POLL_S)  # as in Client.participate
+            if loop.time() + wait > give_up:
                 return None
-            await asyncio.sleep(answer.retry_after_s)
+            await asyncio.sleep(wait)

@@ -859,3 +859,30 @@ def test_the_http_secure_device_refuses_an_error_body_nested_too_deeply_with_its
     # Execute + Assert: a SecAggError naming the status, not the JSON parser's RecursionError
     with pytest.raises(SecAggError, match="HTTP 409"):
         device.upload(7, Stage.SHARE_KEYS, b"PSA1")
+
+
+def test_a_wait_of_zero_seconds_does_not_make_participate_spin(tmp_path: Path) -> None:
+    # Prepare: a coordinator that always answers "wait, 0 seconds"
+    answer = b'{"action": "wait", "retry_after_s": 0}'
+    seen: list[str] = []
+    sleeps = Sleeps(real=True)
+    transport = httpx.MockTransport(_check_in_server(answer, seen))
+    x, y = _data()
+
+    async def run_async() -> int:
+        seen_async: list[str] = []
+        t = httpx.MockTransport(_check_in_server(answer, seen_async))
+        async with AsyncClient("http://coord", str(tmp_path / "b"), transport=t) as ac:
+            assert await ac.participate(Shift(), x, y, max_wait_s=0.5) is None
+        return len(seen_async)
+
+    # Execute: half a second of participation, sync and async
+    with Client("http://coord", str(tmp_path / "a"), transport=transport, sleep=sleeps) as c:
+        assert c.participate(Shift(), x, y, max_wait_s=0.5) is None
+    async_check_ins = asyncio.run(run_async())
+
+    # Assert: every wait was at least 0.05 s, so half a second holds about 10 check-ins (it
+    # was a busy loop of thousands)
+    assert sleeps and min(sleeps) >= 0.05
+    assert 1 <= len(seen) <= 12, len(seen)
+    assert 1 <= async_check_ins <= 12, async_check_ins
