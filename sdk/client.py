@@ -107,6 +107,13 @@ _REFUSED_FOR_GOOD = frozenset(
 )
 
 
+# Refusals of a re-sent upload that prove the coordinator never took it (decided after its
+# idempotency lookup, or on the frame itself, which a re-send does not change): before a new
+# round's upload replaces it, its content goes back into the residual. Other failures leave its
+# fate unknown (an earlier attempt may have been accepted), so the new round waits.
+_NEVER_TAKEN = frozenset({Reason.BAD_FRAME, Reason.TOO_LARGE, Reason.INVALID_STATE})
+
+
 class ClientError(Exception):
     """The coordinator refused a request: `status`, `reason` (protocol.names.Reason), `detail`."""
 
@@ -652,6 +659,23 @@ def _receipt(response: httpx.Response, round_id: int) -> UploadReceipt:
     return receipt
 
 
+def _unsettled(core: _Core, pending: PendingUpload, err: ClientError) -> None:
+    """Before a new round's upload replaces `pending`, whose re-send failed with `err`: a
+    refusal that proves it was never taken (`_NEVER_TAKEN`) returns its content to the
+    residual; `duplicate_upload` (the device already reported in that round under another key)
+    drops it; anything else (a 5xx, a bad answer, an authentication refusal, 429) leaves its
+    fate unknown, so `err` is raised and the pending upload kept: the coordinator answers
+    `round_closed` (content back to the residual) once its round has closed."""
+    if core.store.load_pending() is None:  # settled already (refused for good)
+        return
+    if 400 <= err.status < 500 and err.reason in _NEVER_TAKEN:
+        core.settle_upload(pending, None, refused=True)
+    elif 400 <= err.status < 500 and err.reason == Reason.DUPLICATE_UPLOAD:
+        core.settle_upload(pending, None, refused=False)
+    else:
+        raise err
+
+
 def _refused_for_good(response: httpx.Response, err: ClientError) -> bool:
     # Only a refusal (4xx) means it: a 5xx or 3xx naming the reason is not the coordinator's.
     return 400 <= response.status_code < 500 and err.reason in _REFUSED_FOR_GOOD
@@ -991,6 +1015,16 @@ class Client:
         except ClientError:
             return None
 
+    def _settle_pending(self) -> None:
+        """Re-send a pending upload before a new one replaces it; see `_unsettled`."""
+        pending = self._core.store.load_pending()
+        if pending is None:
+            return
+        try:
+            self.upload(pending)
+        except ClientError as err:
+            _unsettled(self._core, pending, err)
+
     def train_round(
         self,
         a: Assignment,
@@ -1002,13 +1036,16 @@ class Client:
 
         An upload an earlier call left unacknowledged (offline) is settled first: its content
         must reach the coordinator or go back into the residual before a new one replaces it.
+        While its fate is unknown (its re-send fails with a 5xx, a bad answer, ...), this
+        raises that `ClientError` and trains nothing; once its round closes, the coordinator's
+        `round_closed` settles it.
         """
         if a.secure:
             raise ValueError("a secure assignment: use run_secure_round or secure_round")
         spec = _spec(a)
         # Before the download: a model this device cannot train must not replace the one held.
         _check_layout(a, trainer)
-        self.resume_pending()
+        self._settle_pending()
         before = _wire(self.bandwidth.get(a.round_id, {}))
         params, encoding = self.fetch_model(a)
         trained, n, loss = _train(self._core, a, params, trainer, x, y)
@@ -1246,6 +1283,15 @@ class AsyncClient:
         except ClientError:
             return None
 
+    async def _settle_pending(self) -> None:
+        pending = self._core.store.load_pending()
+        if pending is None:
+            return
+        try:
+            await self.upload(pending)
+        except ClientError as err:
+            _unsettled(self._core, pending, err)
+
     def encode_update(
         self,
         a: Assignment,
@@ -1269,7 +1315,7 @@ class AsyncClient:
         spec = _spec(a)
         # Before the download: a model this device cannot train must not replace the one held.
         _check_layout(a, trainer)
-        await self.resume_pending()
+        await self._settle_pending()
         before = _wire(self.bandwidth.get(a.round_id, {}))
         params, encoding = await self.fetch_model(a)
         trained, n, loss = _train(self._core, a, params, trainer, x, y)

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import os
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -383,3 +385,95 @@ def test_a_trainer_whose_model_has_another_layout_is_refused_before_training() -
     for bad in (TorchTrainer(Transposed()), Declared()):
         with pytest.raises(ValueError, match="does not have the layout of task 1"):
             _train(core, _assignment(), params, bad, x, y)  # type: ignore[arg-type]
+
+
+class _Trainer:
+    """A stand-in trainer (no torch): every parameter moves by 0.01."""
+
+    def train(self, params: Any, x: Any, y: Any, **_: Any) -> Any:
+        from sdk import TrainResult
+
+        return TrainResult((params + np.float32(0.01)).astype(np.float32), len(x), 0.0)
+
+
+@pytest.mark.parametrize(
+    ("status", "reason", "content_back", "settled"),
+    [
+        (422, "bad_frame", True, True),  # decoded and refused: never taken
+        (413, "too_large", True, True),  # the same frame is always too large for its round
+        (409, "invalid_state", True, True),
+        (409, "duplicate_upload", False, True),  # the device already reported in that round
+        (503, "store_unavailable", False, False),  # unknown: an earlier try may have landed
+        (401, "stale_timestamp", False, False),
+        (429, "rate_limited", False, False),
+    ],
+)
+def test_a_new_round_settles_a_pending_upload_or_waits(
+    tmp_path: Path, status: int, reason: str, content_back: bool, settled: bool
+) -> None:
+    # Prepare: an upload left pending offline; its re-send gets `status`/`reason`
+    delta = np.linspace(-1, 1, SPEC.size).astype(np.float32)
+    pending = _left_offline(tmp_path, delta)
+    before = DeviceStore(tmp_path).load_residual(SPEC.size)
+    assert before is not None
+    seen: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        if request.url.path.endswith("/updates") and len(seen) == 1:
+            return httpx.Response(status, json={"reason": reason, "detail": "refused"})
+        return httpx.Response(500, json={"reason": "stop", "detail": "the test ends here"})
+
+    client = Client(
+        "http://coord", str(tmp_path), transport=httpx.MockTransport(handler), retries=0,
+        sleep=lambda s: None,
+    )  # fmt: skip
+    a = dataclasses.replace(_assignment(), round_id=pending.round_id + 1)
+
+    # Execute: the next round (its model download is answered 500, which ends the call)
+    with pytest.raises(ClientError) as err:
+        client.train_round(a, _Trainer(), np.zeros((4, 4), np.float32), np.zeros(4, np.int64))
+
+    # Assert: settled (and then the download tried), or kept pending and nothing else sent
+    store = DeviceStore(tmp_path)
+    after = store.load_residual(SPEC.size)
+    assert after is not None
+    if settled:
+        assert store.load_pending() is None
+        assert err.value.reason == "stop" and len(seen) == 2
+    else:
+        assert store.load_pending() is not None and store.load_pending().key == pending.key
+        assert err.value.reason == reason and seen == [f"/v1/rounds/{pending.round_id}/updates"]
+    if content_back:
+        np.testing.assert_allclose(after.residual, delta, atol=1e-6)  # the whole delta
+    else:
+        np.testing.assert_array_equal(after.residual, before.residual)
+
+
+@pytest.mark.parametrize(("status", "reason", "settled"), [(422, "bad_frame", True), (503, "x", False)])
+def test_the_async_client_settles_a_pending_upload_the_same_way(
+    tmp_path: Path, status: int, reason: str, settled: bool
+) -> None:
+    # Prepare: as in the sync test
+    pending = _left_offline(tmp_path, np.linspace(-1, 1, SPEC.size).astype(np.float32))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/updates"):
+            return httpx.Response(status, json={"reason": reason, "detail": "refused"})
+        return httpx.Response(500, json={"reason": "stop", "detail": "the test ends here"})
+
+    a = dataclasses.replace(_assignment(), round_id=pending.round_id + 1)
+
+    async def run() -> str:
+        transport = httpx.MockTransport(handler)
+        async with AsyncClient("http://coord", str(tmp_path), transport=transport, retries=0) as c:
+            with pytest.raises(ClientError) as err:
+                await c.train_round(a, _Trainer(), np.zeros((4, 4), np.float32), np.zeros(4, np.int64))
+            return err.value.reason
+
+    # Execute
+    ended_by = asyncio.run(run())
+
+    # Assert
+    assert (DeviceStore(tmp_path).load_pending() is None) == settled
+    assert ended_by == ("stop" if settled else reason)
