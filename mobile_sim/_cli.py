@@ -627,13 +627,17 @@ _CODEC_FLAGS = tuple(
 _INPROC_ONLY = (("--backend", "backend"), ("--job-timeout", "job_timeout"))
 
 
+# Flags of the realistic fleet's selection.
+_REALISTIC_ONLY = (
+    ("--selection-timeout", "selection_timeout"),
+    ("--checkin-period", "checkin_period"),
+)
 # Flags that only apply with another setting; a value other than the parser's default counts
 # as given (the defaults are read from the parser in `register`, so they have one home).
 _CONDITIONAL = (
     "alpha",
     "shards_per_client",
-    "selection_timeout",
-    "checkin_period",
+    *(dest for _, dest in _REALISTIC_ONLY),
     *(dest for _, dest in _SECURE_ONLY),
     *(dest for _, dest in _INPROC_ONLY),
     *(dest for _, dest in _PLAIN_ONLY),
@@ -644,6 +648,16 @@ def _given(args: argparse.Namespace, dest: str) -> bool:
     """Whether flag `dest` was set to something other than its default."""
     defaults: dict[str, Any] = args._flag_defaults
     return bool(getattr(args, dest) != defaults[dest])
+
+
+def _only_apply(
+    args: argparse.Namespace, flags: tuple[tuple[str, str], ...], sep: str = ", "
+) -> str | None:
+    """'--a, --b only apply' (or '--a only applies') for the `flags` given, None if none."""
+    given = [flag for flag, dest in flags if _given(args, dest)]
+    if not given:
+        return None
+    return f"{sep.join(given)} only {'applies' if len(given) == 1 else 'apply'}"
 
 
 # SimConfig / SecureConfig / codec field names in library messages, and the flag that sets
@@ -765,14 +779,11 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         )
     if args.dense and args.secure:
         return "--secure runs compressed rounds under SecAgg+; it cannot be combined with --dense"
-    if args.dense:
-        given = [flag for flag, dest in _CODEC_FLAGS if _given(args, dest)]
-        if given:
-            verb = "applies" if len(given) == 1 else "apply"
-            return (
-                f"{', '.join(given)} only {verb} to compressed updates; --dense runs only the "
-                "dense fp32 baseline (use --compare-dense for both)"
-            )
+    if args.dense and (head := _only_apply(args, _CODEC_FLAGS)):
+        return (
+            f"{head} to compressed updates; --dense runs only the dense fp32 baseline (use "
+            "--compare-dense for both)"
+        )
     clockless = _clockless(args)
     if clockless and args.fleet not in (None, "off"):
         return (
@@ -783,25 +794,13 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         if clockless:
             return f"--deadline is in simulated seconds, which {clockless} runs do not have"
         return "--deadline needs the simulated clock: --fleet timing or realistic"
-    if args.transport == "http":
-        given = [flag for flag, dest in _INPROC_ONLY if _given(args, dest)]
-        if given:
-            verb = "applies" if len(given) == 1 else "apply"
-            return (
-                f"{' and '.join(given)} only {verb} to --transport inproc (the HTTP fleet "
-                "trains one SDK client per device in this process)"
-            )
-    stray = [
-        flag
-        for flag, dest in (
-            ("--selection-timeout", "selection_timeout"),
-            ("--checkin-period", "checkin_period"),
+    if args.transport == "http" and (head := _only_apply(args, _INPROC_ONLY, " and ")):
+        return (
+            f"{head} to --transport inproc (the HTTP fleet trains one SDK client per device "
+            "in this process)"
         )
-        if _given(args, dest)
-    ]
-    if stray and _fleet(args) != "realistic":
-        verb = "applies" if len(stray) == 1 else "apply"
-        return f"{' and '.join(stray)} only {verb} with --fleet realistic"
+    if _fleet(args) != "realistic" and (head := _only_apply(args, _REALISTIC_ONLY, " and ")):
+        return f"{head} with --fleet realistic"
     if _given(args, "alpha") and args.partition != "dirichlet":
         return f"--alpha only applies with --partition dirichlet (this run: {args.partition})"
     if _given(args, "shards_per_client") and args.partition != "shards":
@@ -818,21 +817,16 @@ def _usage_error(args: argparse.Namespace) -> str | None:
     if args.coordinator and not args.coordinator.startswith(("http://", "https://")):
         return f"--coordinator must start with http:// or https://, got {args.coordinator!r}"
     if not args.secure:
-        given = [flag for flag, dest in _SECURE_ONLY if _given(args, dest)]
-        if given:
-            verb = "applies" if len(given) == 1 else "apply"
-            return f"{', '.join(given)} only {verb} to secure runs: add --secure"
+        if head := _only_apply(args, _SECURE_ONLY):
+            return f"{head} to secure runs: add --secure"
     elif _given(args, "group_aggregator") and args.group_size is None:
         return "--group-aggregator needs --group-size G (the devices per SecAgg+ group)"
-    elif not args.dense:
-        given = [flag for flag, dest in _PLAIN_ONLY if _given(args, dest)]
-        if given:
-            verb = "applies" if len(given) == 1 else "apply"
-            return (
-                f"{', '.join(given)} only {verb} to plain rounds; a --secure run uploads a "
-                "masked sketch (--secure-upload-budget, --secure-bits, --secure-clip) from "
-                "honest devices, with --group-size/--group-aggregator for robustness"
-            )
+    elif not args.dense and (head := _only_apply(args, _PLAIN_ONLY)):
+        return (
+            f"{head} to plain rounds; a --secure run uploads a masked sketch "
+            "(--secure-upload-budget, --secure-bits, --secure-clip) from honest devices, with "
+            "--group-size/--group-aggregator for robustness"
+        )
     if (args.ort_fraction > 0 or args.ort_tier) and not args.ort_artifacts:
         return (
             "--ort-fraction/--ort-tier need --ort-artifacts DIR, a folder written by "
