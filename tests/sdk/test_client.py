@@ -10,7 +10,6 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
@@ -22,6 +21,8 @@ from protocol.messages import Assignment, CodecParams, TensorShape, TrainingPara
 from sdk import AsyncClient, Client
 from sdk.client import ClientError
 from sdk.device_store import DeviceStore, PendingUpload
+
+from .test_client_secure import ShiftTrainer
 
 SPEC = ModelSpec.from_shapes([("w", (4, 8)), ("b", (4,))])
 RECEIPT = {
@@ -387,15 +388,6 @@ def test_a_trainer_whose_model_has_another_layout_is_refused_before_training() -
             _train(core, _assignment(), params, bad, x, y)  # type: ignore[arg-type]
 
 
-class _Trainer:
-    """A stand-in trainer (no torch): every parameter moves by 0.01."""
-
-    def train(self, params: Any, x: Any, y: Any, **_: Any) -> Any:
-        from sdk import TrainResult
-
-        return TrainResult((params + np.float32(0.01)).astype(np.float32), len(x), 0.0)
-
-
 @pytest.mark.parametrize(
     ("status", "reason", "content_back", "settled"),
     [
@@ -432,7 +424,9 @@ def test_a_new_round_settles_a_pending_upload_or_waits(
 
     # Execute: the next round (its model download is answered 500, which ends the call)
     with pytest.raises(ClientError) as err:
-        client.train_round(a, _Trainer(), np.zeros((4, 4), np.float32), np.zeros(4, np.int64))
+        client.train_round(
+            a, ShiftTrainer(0.01), np.zeros((4, 4), np.float32), np.zeros(4, np.int64)
+        )
 
     # Assert: settled (and then the download tried), or kept pending and nothing else sent
     store = DeviceStore(tmp_path)
@@ -450,7 +444,9 @@ def test_a_new_round_settles_a_pending_upload_or_waits(
         np.testing.assert_array_equal(after.residual, before.residual)
 
 
-@pytest.mark.parametrize(("status", "reason", "settled"), [(422, "bad_frame", True), (503, "x", False)])
+@pytest.mark.parametrize(
+    ("status", "reason", "settled"), [(422, "bad_frame", True), (503, "x", False)]
+)
 def test_the_async_client_settles_a_pending_upload_the_same_way(
     tmp_path: Path, status: int, reason: str, settled: bool
 ) -> None:
@@ -468,7 +464,9 @@ def test_the_async_client_settles_a_pending_upload_the_same_way(
         transport = httpx.MockTransport(handler)
         async with AsyncClient("http://coord", str(tmp_path), transport=transport, retries=0) as c:
             with pytest.raises(ClientError) as err:
-                await c.train_round(a, _Trainer(), np.zeros((4, 4), np.float32), np.zeros(4, np.int64))
+                await c.train_round(
+                    a, ShiftTrainer(0.01), np.zeros((4, 4), np.float32), np.zeros(4, np.int64)
+                )
             return err.value.reason
 
     # Execute

@@ -23,32 +23,16 @@ from compression import ErrorFeedback, encode_snapshot, model_digest
 from protocol.messages import Assignment, to_json
 from protocol.names import Header, ModelEncoding
 from protocol.secagg import SecAggError, Stage
-from sdk import AsyncClient, Client, TrainResult
+from sdk import AsyncClient, Client
 from sdk.client import ClientError, SecureRoundReport
 from sdk.device_store import DeviceStore
 from sdk.secure import HttpSecureDevice, SecureParticipant
 
 from .test_client import RECEIPT, SPEC, _assignment
+from .test_client_secure import ShiftTrainer
 
 Handler = Callable[[httpx.Request], httpx.Response]
 WAIT = b'{"action": "wait", "retry_after_s": 1.0}'
-
-
-class Shift:
-    """A stand-in trainer (no torch): every parameter moves by 0.01."""
-
-    def train(
-        self,
-        params: npt.NDArray[np.float32],
-        x: npt.NDArray[np.float32],
-        y: npt.NDArray[np.int64],
-        *,
-        epochs: int,
-        batch_size: int,
-        lr: float,
-        rng: np.random.Generator,
-    ) -> TrainResult:
-        return TrainResult((params + np.float32(0.01)).astype(np.float32), len(x), 0.0)
 
 
 class Sleeps(list[float]):
@@ -150,14 +134,14 @@ def test_a_check_in_wait_that_is_no_wait_is_a_bad_response(
             sleeps = Sleeps()
             transport = httpx.MockTransport(_check_in_server(body, seen))
             with Client("http://coord", str(tmp_path), transport=transport, sleep=sleeps) as c:
-                c.participate(Shift(), x, y, max_wait_s=5.0)
+                c.participate(ShiftTrainer(0.01), x, y, max_wait_s=5.0)
             assert sleeps == []
         else:
 
             async def run() -> None:
                 transport = httpx.MockTransport(_check_in_server(body, seen))
                 async with AsyncClient("http://coord", str(tmp_path), transport=transport) as c:
-                    await c.participate(Shift(), x, y, max_wait_s=5.0)
+                    await c.participate(ShiftTrainer(0.01), x, y, max_wait_s=5.0)
 
             asyncio.run(run())
 
@@ -176,7 +160,7 @@ def test_a_wait_longer_than_max_wait_returns_none_without_sleeping(tmp_path: Pat
     x, y = _data()
     # Execute
     with Client("http://coord", str(tmp_path), transport=transport, sleep=sleeps) as c:
-        report = c.participate(Shift(), x, y, max_wait_s=5.0)
+        report = c.participate(ShiftTrainer(0.01), x, y, max_wait_s=5.0)
     # Assert
     assert report is None and sleeps == [] and seen == ["/v1/checkin"]
 
@@ -220,7 +204,7 @@ def test_an_assignment_no_coordinator_sends_is_refused_before_any_download(
         with pytest.raises(ClientError) as info:
             c.check_in(1)
         with pytest.raises(ClientError):
-            c.participate(Shift(), x, y, max_wait_s=5.0)
+            c.participate(ShiftTrainer(0.01), x, y, max_wait_s=5.0)
 
     # Assert: refused at the check-in, naming the field; nothing downloaded, trained or changed
     assert info.value.reason == "bad_response" and field in info.value.detail
@@ -260,14 +244,14 @@ def test_a_trainer_that_cannot_train_the_task_keeps_the_held_model(tmp_path: Pat
 
     files = _app_with_state(tmp_path)
 
-    class Other(Shift):
+    class Other(ShiftTrainer):
         spec = ModelSpec.from_shapes([("w", (36,))])
 
     x, y = _data()
     # Execute: refused before any request (the download would replace the held model)
     with Client("http://coord", str(tmp_path), transport=httpx.MockTransport(_unreachable)) as c:
         with pytest.raises(ValueError, match="does not have the layout"):
-            c.train_round(_assignment(), Other(), x, y)
+            c.train_round(_assignment(), Other(0.01), x, y)
     # Assert
     assert _app_files(tmp_path) == files
 
@@ -285,7 +269,7 @@ def test_an_assignment_whose_layout_could_not_be_kept_with_an_upload_is_refused(
     # Execute
     with Client("http://coord", str(tmp_path), transport=transport, sleep=Sleeps()) as c:
         with pytest.raises(ClientError) as info:
-            c.participate(Shift(), x, y, max_wait_s=5.0)
+            c.participate(ShiftTrainer(0.01), x, y, max_wait_s=5.0)
     # Assert: refused before any download; the app directory as it was
     assert info.value.reason == "bad_response" and "cap" in info.value.detail
     assert "/v1/tasks/1/model" not in seen
@@ -873,12 +857,12 @@ def test_a_wait_of_zero_seconds_does_not_make_participate_spin(tmp_path: Path) -
         seen_async: list[str] = []
         t = httpx.MockTransport(_check_in_server(answer, seen_async))
         async with AsyncClient("http://coord", str(tmp_path / "b"), transport=t) as ac:
-            assert await ac.participate(Shift(), x, y, max_wait_s=0.5) is None
+            assert await ac.participate(ShiftTrainer(0.01), x, y, max_wait_s=0.5) is None
         return len(seen_async)
 
     # Execute: half a second of participation, sync and async
     with Client("http://coord", str(tmp_path / "a"), transport=transport, sleep=sleeps) as c:
-        assert c.participate(Shift(), x, y, max_wait_s=0.5) is None
+        assert c.participate(ShiftTrainer(0.01), x, y, max_wait_s=0.5) is None
     async_check_ins = asyncio.run(run_async())
 
     # Assert: every wait was at least 0.05 s, so half a second holds about 10 check-ins (it
