@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import struct
 import tracemalloc
+from typing import Any
 
 import numpy as np
 import pytest
@@ -53,6 +54,17 @@ def refused(codec: UpdateCodec, frame: bytes, exc: type[CodecError], cap: int = 
         tracemalloc.stop()
     assert peak < cap, f"decoder allocated {peak} bytes before refusing"
     return str(info.value)
+
+
+def decoded_peak(codec: UpdateCodec, frame: bytes) -> tuple[Any, int]:
+    """Decode `frame` (it must decode); returns (the update, the traced peak allocation)."""
+    tracemalloc.start()
+    try:
+        out = codec.decode(frame)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return out, peak
 
 
 @pytest.fixture(scope="module")
@@ -401,12 +413,7 @@ def test_wide_rice_fields_decode_in_bounded_memory() -> None:
     frame = make_frame(spec.fingerprint, d, d, 8, 2, r, 256, (index, scales, bytes(d)))
     assert len(frame) < DecodeLimits().frame_cap(spec)
     # Execute
-    tracemalloc.start()
-    try:
-        out = codec.decode(frame)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    out, peak = decoded_peak(codec, frame)
     # Assert
     np.testing.assert_array_equal(out.indices, np.arange(d))
     assert peak < 36 * d, f"peak {peak / 1e6:.0f} MB"
@@ -453,12 +460,7 @@ def test_worst_index_frames_decode_under_25_bytes_a_scalar(name: str) -> None:
     assert len(frame) < DecodeLimits().frame_cap(spec)
 
     # Execute
-    tracemalloc.start()
-    try:
-        out = codec.decode(frame)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    out, peak = decoded_peak(codec, frame)
 
     # Assert: the same indices, in the output's 12 bytes a scalar plus one int64 temporary
     # and the inflated sections.
