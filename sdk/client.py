@@ -19,7 +19,7 @@ import json
 import math
 import time
 import uuid
-from collections.abc import Callable, Generator
+from collections.abc import AsyncIterator, Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -538,9 +538,44 @@ def _refuse_declared(response: httpx.Response, cap: int) -> None:
         raise _too_large(response, cap)
 
 
-def _undecodable(response: httpx.Response, exc: httpx.DecodingError) -> ClientError:
-    encoding = response.headers.get("content-encoding", "")
-    return _bad(response, f"response body does not decode as Content-Encoding {encoding!r}: {exc}")
+# The device asks for bodies as they are (its payloads are zstd frames already) and reads them
+# raw. httpx would otherwise inflate a gzip/zstd body a whole network chunk at a time, before
+# any cap applies: a 12.8 kB zstd answer cost 731 MB of device memory before `too_large`.
+_ACCEPT_IDENTITY = {"accept-encoding": "identity"}
+
+
+def _raw_chunks(response: httpx.Response) -> Iterator[bytes]:
+    """The body as sent (never inflated): whole if it was read already (a response a `mods=`
+    middleware or a mock transport built in memory), else the stream's raw chunks."""
+    try:
+        content = response.content
+    except httpx.ResponseNotRead:
+        yield from response.iter_raw()
+        return
+    yield content
+
+
+async def _araw_chunks(response: httpx.Response) -> AsyncIterator[bytes]:
+    """`_raw_chunks` of an async response."""
+    try:
+        content = response.content
+    except httpx.ResponseNotRead:
+        async for chunk in response.aiter_raw():
+            yield chunk
+        return
+    yield content
+
+
+def _refuse_encoded(response: httpx.Response) -> None:
+    """`bad_response` for a body sent with a Content-Encoding (the device asked for identity),
+    before a byte of it is read or inflated."""
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding not in ("", "identity"):
+        raise _bad(
+            response,
+            f"a body with Content-Encoding {encoding!r}: the device asks for identity and does "
+            "not inflate answers (an inflated body is unbounded before any cap applies)",
+        )
 
 
 def _too_slow(status: int, seconds: float) -> ClientError:
@@ -556,17 +591,16 @@ def _read_capped(
     and (`too_slow`) once a chunk arrives after `deadline` (time.monotonic; `budget_s` is
     what it allowed, for the message): each read is bounded by the client's timeout."""
     try:
+        _refuse_encoded(response)
         _refuse_declared(response, cap)
         chunks, size = [], 0
-        for chunk in response.iter_bytes():
+        for chunk in _raw_chunks(response):
             size += len(chunk)
             if size > cap:
                 raise _too_large(response, cap)
             if time.monotonic() > deadline:
                 raise _too_slow(response.status_code, budget_s)
             chunks.append(chunk)
-    except httpx.DecodingError as exc:  # not a transport failure: the bytes arrived, wrong
-        raise _undecodable(response, exc) from exc
     finally:
         response.close()
     response._content = b"".join(chunks)  # what Response.read() stores
@@ -576,15 +610,14 @@ def _read_capped(
 async def _aread_capped(response: httpx.Response, cap: int) -> httpx.Response:
     """`_read_capped` for an async response."""
     try:
+        _refuse_encoded(response)
         _refuse_declared(response, cap)
         chunks, size = [], 0
-        async for chunk in response.aiter_bytes():
+        async for chunk in _araw_chunks(response):
             size += len(chunk)
             if size > cap:
                 raise _too_large(response, cap)
             chunks.append(chunk)
-    except httpx.DecodingError as exc:
-        raise _undecodable(response, exc) from exc
     finally:
         await response.aclose()
     response._content = b"".join(chunks)
@@ -903,8 +936,9 @@ class Client:
             max_stage_wait_s=max_stage_wait_s, max_response_s=max_response_s,
         )  # fmt: skip
         self._http = httpx.Client(
-            base_url=base_url, transport=transport, timeout=timeout, verify=verify
-        )
+            base_url=base_url, transport=transport, timeout=timeout, verify=verify,
+            headers=_ACCEPT_IDENTITY,
+        )  # fmt: skip
         self._mods = mods
         self._sleep = sleep
 
@@ -1174,8 +1208,9 @@ class AsyncClient:
             max_stage_wait_s=max_stage_wait_s, max_response_s=max_response_s,
         )  # fmt: skip
         self._http = httpx.AsyncClient(
-            base_url=base_url, transport=transport, timeout=timeout, verify=verify
-        )
+            base_url=base_url, transport=transport, timeout=timeout, verify=verify,
+            headers=_ACCEPT_IDENTITY,
+        )  # fmt: skip
         self._mods = mods
 
     @property

@@ -217,6 +217,8 @@ class HttpSecureDevice:
         self.device_id = device_id
         self.participant = participant
         self.headers = headers if headers is not None else {"x-plume-device": device_id}
+        # Bodies as they are: an inflated body is unbounded before any cap (as in sdk.client).
+        self.headers = {"accept-encoding": "identity", **self.headers}
         self.poll_s = poll_s
         self.max_response_bytes = max_response_bytes
 
@@ -231,8 +233,16 @@ class HttpSecureDevice:
             and (len(declared) > 19 or int(declared) > cap)
         ):
             raise ResponseTooLarge(f"{url}: response declares {declared} bytes, cap is {cap}")
+        encoding = resp.headers.get("content-encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise ResponseTooLarge(
+                f"{url}: a body with Content-Encoding {encoding!r} is refused (its inflated size "
+                "is unbounded); the device asks for identity"
+            )
+        from .client import _raw_chunks
+
         chunks, size = [], 0
-        for chunk in resp.iter_bytes():
+        for chunk in _raw_chunks(resp):
             size += len(chunk)
             if size > cap:
                 raise ResponseTooLarge(f"{url}: response above the {cap}-byte cap; not read")

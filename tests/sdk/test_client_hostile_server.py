@@ -338,36 +338,52 @@ def test_an_error_body_nested_too_deeply_is_still_a_client_error(tmp_path: Path)
     assert info.value.status == 409
 
 
+def _zstd_bomb() -> bytes:
+    """12 kB of zstd that inflates to 64 MiB of zeros (no content size in its header)."""
+    import zstandard
+
+    return zstandard.ZstdCompressor(write_content_size=False).compress(bytes(64 << 20))
+
+
 @pytest.mark.parametrize("kind", ["sync", "async"])
-def test_a_body_that_does_not_decode_as_its_content_encoding_is_a_bad_response(
-    tmp_path: Path, kind: str
+@pytest.mark.parametrize(
+    ("encoding", "body"), [("gzip", b"not gzip at all"), ("zstd", None), ("br", b"x")]
+)
+def test_a_body_with_a_content_encoding_is_refused_before_it_is_inflated(
+    tmp_path: Path, kind: str, encoding: str, body: bytes | None
 ) -> None:
-    # Prepare: "gzip" that is not (streamed, so that the client decodes it, as off a socket)
-    headers = {"content-encoding": "gzip"}
+    # Prepare: an encoded body (streamed, as off a socket). The device asks for identity; it
+    # used to inflate such a body a whole chunk at a time before any cap (a 12 kB zstd answer
+    # became 64 MiB in memory, then `too_large`; a broken one raised httpx's DecodingError)
+    headers = {"content-encoding": encoding}
+    payload = _zstd_bomb() if body is None else body
+    sent: list[httpx.Request] = []
 
     async def chunks() -> AsyncIterator[bytes]:
-        yield b"not gzip at all"
+        yield payload
+
+    def respond(r: httpx.Request, content: Any) -> httpx.Response:
+        sent.append(r)
+        return httpx.Response(200, headers=headers, content=content)
 
     # Execute
     with pytest.raises(ClientError) as info:
         if kind == "sync":
-            transport = httpx.MockTransport(
-                lambda r: httpx.Response(200, headers=headers, content=iter([b"not gzip at all"]))
-            )
+            transport = httpx.MockTransport(lambda r: respond(r, iter([payload])))
             with Client("http://coord", str(tmp_path), transport=transport) as c:
                 c.check_in(1)
         else:
 
             async def run() -> None:
-                transport = httpx.MockTransport(
-                    lambda r: httpx.Response(200, headers=headers, content=chunks())
-                )
+                transport = httpx.MockTransport(lambda r: respond(r, chunks()))
                 async with AsyncClient("http://coord", str(tmp_path), transport=transport) as c:
                     await c.check_in(1)
 
             asyncio.run(run())
-    # Assert
-    assert info.value.reason == "bad_response" and "gzip" in info.value.detail
+    # Assert: refused for its encoding, which the device did not ask for
+    assert info.value.reason == "bad_response"
+    assert f"Content-Encoding {encoding!r}" in info.value.detail
+    assert sent[0].headers["accept-encoding"] == "identity"
 
 
 @pytest.mark.parametrize("value", ["²".encode(), "²".encode("latin-1"), b"9" * 5000, b"-3"])
