@@ -505,7 +505,13 @@ def admin_error_text(exc: Exception, url: str, flag: str = "--url") -> str:
         doc = json.loads(body)
         reason, detail = str(doc["reason"]), str(doc["detail"])
     except (ValueError, KeyError, TypeError):
-        return f"the coordinator refused {text}"
+        # Not the service's error JSON: another server (or a proxy's page) answered.
+        brief = " ".join(body.split())
+        brief = brief if len(brief) <= 120 else brief[:117] + "..."
+        return (
+            f"{url} answered {head} with {status} and a body that is not the coordinator's "
+            f"JSON ({brief or 'empty'}); is a Plume coordinator serving there? ({flag})"
+        )
     if reason == "bad_admin_token" and "disabled" in detail:
         return (
             f"the coordinator's admin API is off ({detail}); restart `plume coordinator serve` "

@@ -401,6 +401,55 @@ def test_admin_commands_without_a_server_say_where_they_looked(
     assert f"cannot reach the coordinator at {url}" in line and "coordinator serve" in line
 
 
+@pytest.fixture()
+def foreign_server() -> Iterator[str]:
+    """Another HTTP server on loopback: 200 with an HTML page for GET, 501 for POST."""
+    import http.server
+    import threading
+
+    class Page(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            body = b"<html>\n  <body>a   router's   login page</body>\n</html>"
+            self.send_response(200)
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Page)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_admin_commands_against_another_server_say_so_in_one_line(
+    foreign_server: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute: a 200 whose body is a web page (its JSON parse used to escape as a ValueError
+    # line), and a 501 page (printed whole, over many lines)
+    status = main(["coordinator", "status", "--url", foreign_server, "--admin-token", ADMIN,
+                   "--task", "1"])  # fmt: skip
+    status_line = _one_error_line(capsys.readouterr().err, "plume coordinator status")
+    create = main(["coordinator", "create-task", "--url", foreign_server, "--admin-token", ADMIN,
+                   "--model", "digits_mlp"])  # fmt: skip
+    create_line = _one_error_line(capsys.readouterr().err, "plume coordinator create-task")
+
+    # Assert: exit 1, one line naming what answered and the flag to check
+    assert (status, create) == (1, 1)
+    assert (
+        f"{foreign_server} answered GET /v1/admin/tasks/1 with 200 and a body that is not the "
+        "coordinator's JSON (<html> <body>a router's login page</body> </html>); is a Plume "
+        "coordinator serving there? (--url)"
+    ) in status_line
+    assert "answered POST /v1/admin/tasks with 501" in create_line
+
+
 def test_admin_commands_refuse_a_url_without_scheme(capsys: pytest.CaptureFixture[str]) -> None:
     # Execute
     with pytest.raises(SystemExit) as exc:

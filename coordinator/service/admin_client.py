@@ -49,9 +49,16 @@ class AdminClient:
         self.close()
 
     def _check(self, r: httpx.Response) -> Any:
+        """The JSON body of a 2xx answer; `AdminError` "METHOD PATH: STATUS BODY" otherwise,
+        and for a 2xx whose body is not JSON (another server at the URL)."""
         if r.status_code >= 400:
             raise AdminError(f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text}")
-        return r.json()
+        try:
+            return r.json()
+        except ValueError:  # JSONDecodeError, or bytes that are not text
+            raise AdminError(
+                f"{r.request.method} {r.request.url.path}: {r.status_code} {r.text}"
+            ) from None
 
     def create_task(self, config: TaskConfig, params: npt.NDArray[np.float32]) -> int:
         """Create the task and upload its initial model (an fp32 snapshot); returns its id."""
