@@ -699,11 +699,12 @@ def _unsettled(core: _Core, pending: PendingUpload, err: ClientError) -> None:
     drops it; anything else (a 5xx, a bad answer, an authentication refusal, 429) leaves its
     fate unknown, so `err` is raised and the pending upload kept: the coordinator answers
     `round_closed` (content back to the residual) once its round has closed."""
-    if core.store.load_pending() is None:  # settled already (refused for good)
-        return
-    if 400 <= err.status < 500 and err.reason in _NEVER_TAKEN:
+    refusal = err.reason if 400 <= err.status < 500 else None
+    if refusal in _REFUSED_FOR_GOOD:
+        return  # `upload` settled it already
+    if refusal in _NEVER_TAKEN:
         core.settle_upload(pending, None, refused=True)
-    elif 400 <= err.status < 500 and err.reason == Reason.DUPLICATE_UPLOAD:
+    elif refusal == Reason.DUPLICATE_UPLOAD:
         core.settle_upload(pending, None, refused=False)
     else:
         raise err

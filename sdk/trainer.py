@@ -193,9 +193,9 @@ def output_shape(module: nn.Module, x: npt.NDArray[Any], *, where: str = "x") ->
     return tuple(out.shape[1:])
 
 
-def _check_examples(x: npt.NDArray[Any], y: npt.NDArray[Any], where: str) -> npt.NDArray[np.int64]:
+def _check_examples(x: npt.NDArray[Any], y: npt.NDArray[Any], where: str) -> npt.NDArray[np.integer[Any]]:
     """Checks that need no model: at least one example, one label per example, integer
-    labels, finite inputs. Returns y as int64 (the same array when it already is)."""
+    labels, finite inputs. Returns y (as given)."""
     if x.ndim == 0 or len(x) == 0:
         raise TrainingDataError(f"{where}: a device needs at least one example to train")
     if y.ndim == 0 or len(y) != len(x):
@@ -242,11 +242,27 @@ def check_training_data(
     in floating-point inputs, and an input the model's forward pass accepts (one forward pass
     on one example, see `output_shape`).
     """
+    _, out = _checked(module, x, y, allow_ignore, where, {})
+    return out[0]
+
+
+def _checked(
+    module: nn.Module,
+    x: npt.NDArray[Any],
+    y: npt.NDArray[Any],
+    allow_ignore: bool,
+    where: str,
+    out_shapes: dict[tuple[tuple[int, ...], str], tuple[int, ...]],
+) -> tuple[npt.NDArray[np.int64], tuple[int, ...]]:
+    """`check_training_data`'s checks: (y as int64, the model's per-example output shape).
+    `out_shapes` caches the output shape per (example shape, dtype), so the probe runs once."""
     x, y = np.asarray(x), np.asarray(y)
     labels = _check_examples(x, y, where)
-    out = output_shape(module, x, where=f"{where}: x")
-    _check_against_output(labels, out, allow_ignore, where)
-    return out[0]
+    key = (tuple(x.shape[1:]), x.dtype.str)
+    out = out_shapes.get(key)
+    if out is None:
+        out = out_shapes[key] = output_shape(module, x, where=f"{where}: x")
+    return _check_against_output(labels, out, allow_ignore, where), out
 
 
 class TorchTrainer:
@@ -335,13 +351,7 @@ class TorchTrainer:
     ) -> npt.NDArray[np.int64]:
         """`check_training_data` with this trainer's cached output shapes; returns y as int64
         (the same array if it already is). Raises `TrainingDataError`."""
-        x, y = np.asarray(x), np.asarray(y)
-        labels = _check_examples(x, y, "training data")
-        key = (tuple(x.shape[1:]), x.dtype.str)
-        out = self._out_shapes.get(key)
-        if out is None:
-            out = self._out_shapes[key] = output_shape(self.module, x, where="training data: x")
-        return _check_against_output(labels, out, allow_ignore, "training data")
+        return _checked(self.module, x, y, allow_ignore, "training data", self._out_shapes)[0]
 
 
 def evaluate(

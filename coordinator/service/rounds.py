@@ -28,7 +28,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import numpy.typing as npt
@@ -563,20 +563,18 @@ class Coordinator:
         try:
             return self.store.round(round_id)
         except DamagedRow as exc:
-            if (refusal := self._damage_refusal(exc)) is None:
-                raise
-            raise refusal from None
+            self._raise_damaged(exc)
 
-    def _damage_refusal(self, exc: DamagedRow) -> ApiError | None:
-        """The 409 `task_refused` of a damaged row's task, naming the damage (None: the task
-        is not refused)."""
+    def _raise_damaged(self, exc: DamagedRow) -> NoReturn:
+        """Raise the 409 `task_refused` of a damaged row's task, naming the damage, or `exc`
+        itself when the task is not refused (a 503, see app.py)."""
         refused = self.refused.get(exc.task_id)
         if refused is None:
-            return None
+            raise exc
         err = refused.error()
         if str(exc) in refused.reason:  # the damage that refused it: said once
-            return err
-        return ApiError(err.status, err.reason, f"{err.detail}; {exc}")
+            raise err from None
+        raise ApiError(err.status, err.reason, f"{err.detail}; {exc}") from None
 
     def pending_closes(self) -> list[TaskRuntime]:
         """Runtimes whose open round must close now (deadline, full, or caught mid-close)."""
@@ -1338,9 +1336,7 @@ class Coordinator:
         try:
             rounds = self.store.rounds(task_id)
         except DamagedRow as exc:
-            if (refusal := self._damage_refusal(exc)) is None:
-                raise
-            raise refusal from None
+            self._raise_damaged(exc)
         return [self.round_status(r.round_id) for r in rounds]
 
     def bandwidth(self, round_id: int) -> BandwidthReport:
