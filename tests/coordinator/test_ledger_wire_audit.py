@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from coordinator.service import ServerThread, ServiceConfig
 from coordinator.service.app import create_app
-from protocol.messages import Assignment, CodecParams
+from protocol.messages import CodecParams
 from protocol.secagg import Stage
 from sdk.client import Client, Mod, Send
 
@@ -31,6 +31,7 @@ from .test_service_support import (
     ADMIN,
     SPEC,
     SoftmaxTrainer,
+    await_assignment,
     create_task,
     local_data,
     task_config,
@@ -145,16 +146,6 @@ def _sdk_view(clients: list[Client]) -> dict[Key, list[int]]:
     }
 
 
-def _assignment(client: Client, task_id: int, timeout: float = 20.0) -> Assignment:
-    give_up = time.monotonic() + timeout
-    while True:
-        answer = client.check_in(task_id)
-        if answer.assignment is not None:
-            return answer.assignment
-        assert time.monotonic() < give_up, "no assignment"
-        time.sleep(min(answer.retry_after_s, 0.05))
-
-
 def _run_plain(
     url: str,
     root: Path,
@@ -173,7 +164,7 @@ def _run_plain(
         try:
             x, y = local_data(i)
             for _ in range(rounds):
-                a = _assignment(clients[i], task_id)
+                a = await_assignment(clients[i], task_id)
                 clients[i].train_round(a, SoftmaxTrainer(), x, y)
         except BaseException as exc:  # surfaced below
             errors.append(exc)
@@ -266,7 +257,7 @@ def test_secure_round_ledger_equals_the_relayed_bytes(
 
     def run(i: int) -> None:
         try:
-            a = _assignment(clients[i], task_id)
+            a = await_assignment(clients[i], task_id)
             delta = np.random.default_rng(i).normal(0, 0.05, SPEC.size).astype(np.float32)
             clients[i].secure_round(
                 a, lambda params: (delta, 1, 0.0), drop_at=Stage.UNMASK if i == 0 else None

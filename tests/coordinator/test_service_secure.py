@@ -5,7 +5,6 @@ ledger against the devices' own counts, and a restart in the middle of a secure 
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import pytest
 from coordinator.secure import SecureConfig, SecureCoordinator
 from coordinator.service import ServerThread, ServiceConfig
 from mobile_sim.secure import run_secure_round
-from protocol.messages import Assignment, CodecParams, RoundStatus, TaskConfig, from_json
+from protocol.messages import CodecParams, RoundStatus, TaskConfig, from_json
 from protocol.secagg import Stage
 from sdk.client import Client, SecureRoundReport
 from sdk.secure import SecureParticipant
@@ -26,6 +25,7 @@ from .test_service_support import (
     ADMIN,
     SPEC,
     admin_get,
+    await_assignment,
     create_task,
     initial_params,
     task_config,
@@ -64,16 +64,6 @@ def _delta(device_id: str, round_seq: int) -> npt.NDArray[np.float32]:
     return rng.normal(0, 0.05, SPEC.size).astype(np.float32)
 
 
-def _assignment(client: Client, task_id: int, timeout: float = 20.0) -> Assignment:
-    give_up = time.monotonic() + timeout
-    while True:
-        answer = client.check_in(task_id)
-        if answer.assignment is not None:
-            return answer.assignment
-        assert time.monotonic() < give_up, "no assignment"
-        time.sleep(min(answer.retry_after_s, 0.05))
-
-
 def _run_round(
     clients: list[Client], task_id: int, seq: int, drops: dict[str, Stage]
 ) -> dict[str, SecureRoundReport]:
@@ -82,7 +72,7 @@ def _run_round(
 
     def run(c: Client) -> None:
         try:
-            a = _assignment(c, task_id)
+            a = await_assignment(c, task_id)
             d = c.device_id
             reports[d] = c.secure_round(
                 a, lambda params: (_delta(d, seq), 1, 0.0), drop_at=drops.get(d)

@@ -119,6 +119,19 @@ def admin_get(http: httpx.Client, path: str) -> Any:
     return r.json()
 
 
+def await_assignment(client: Any, task_id: int, timeout: float = 20.0) -> Any:
+    """Check `client` (an sdk Client) in to `task_id` until it gets an assignment; returns it."""
+    import time
+
+    give_up = time.monotonic() + timeout
+    while True:
+        answer = client.check_in(task_id)
+        if answer.assignment is not None:
+            return answer.assignment
+        assert time.monotonic() < give_up, "no assignment"
+        time.sleep(min(answer.retry_after_s, 0.05))
+
+
 def wait_until(http: httpx.Client, path: str, key: str, value: Any, timeout: float = 15.0) -> Any:
     """Poll an admin JSON endpoint until `body[key] == value` (closes run asynchronously)."""
     import time
