@@ -540,7 +540,7 @@ def _refuse_declared(response: httpx.Response, cap: int) -> None:
 
 # The device asks for bodies as they are (its payloads are zstd frames already) and reads them
 # raw. httpx would otherwise inflate a gzip/zstd body a whole network chunk at a time, before
-# any cap applies: a 12.8 kB zstd answer cost 731 MB of device memory before `too_large`.
+# any cap applies: a few kilobytes of zstd can inflate to gigabytes.
 _ACCEPT_IDENTITY = {"accept-encoding": "identity"}
 
 

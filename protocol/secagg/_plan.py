@@ -41,9 +41,8 @@ __all__ = [
 PLAN_MAGIC = b"PSP1"
 MAX_NODES = 1 << 20
 # Largest graph degree a plan may set. A device's share-keys work grows with k^2 (Shamir
-# shares of two secrets for k neighbours, t ~ k/2): 0.92 s at 2048 and 3.7 s at 4096 on the
-# 2-core dev machine, so about 15 min (extrapolated) at the share format's own limit (65,534),
-# which a hostile coordinator could otherwise make every device pay. The default degree,
+# shares of two secrets for k neighbours, t ~ k/2), so the share format's own limit (65,534)
+# would let a hostile coordinator make every device do about 1,000 times the work of k = 2048. The default degree,
 # 2 ceil(1.5 log2 n), is 60 at n = 10^6.
 MAX_DEGREE = 2048
 MAX_SEGMENTS = 4096
