@@ -9,7 +9,9 @@ it counted the exchange under in the `x-plume-ledger-round` response header. Two
 writes without the app are counted too: the `100 Continue` interim response to a request that
 sent `Expect: 100-continue` (once the app reads its body), and the `connection: close` header
 of a response to a request that did not keep the connection alive. A HEAD response's body,
-which uvicorn does not send, is not counted. tests/coordinator/test_ledger_wire_audit.py holds
+which uvicorn does not send, is not counted. An unhandled error in the app is answered here, as
+a JSON 500 `internal_error` that closes the connection, and counted like any other answer (the
+traceback goes to the log, not to the client). tests/coordinator/test_ledger_wire_audit.py holds
 all of it against the bytes a TCP relay copied.
 """
 
@@ -19,6 +21,7 @@ import asyncio
 import json
 import logging
 import re
+import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
@@ -30,6 +33,7 @@ from starlette.requests import ClientDisconnect
 from protocol.messages import request_wire_bytes, response_wire_bytes
 from protocol.names import Direction, Reason
 
+from .errors import INTERNAL_ERROR
 from .metrics import Metrics
 from .store import Store
 
@@ -149,9 +153,8 @@ class WireMiddleware:
             nonlocal sent_body
             if message["type"] == "http.response.start":
                 att: Attribution | None = scope["state"].get(STATE_KEY)
-                if att is not None and att.round_id > 0 and self.member is not None:
-                    if not self.member(att.round_id, att.device_id):
-                        att.round_id = 0  # counted as control traffic instead
+                if att is not None and att.round_id > 0 and not self._member(att):
+                    att.round_id = 0  # counted as control traffic instead
                 headers = list(message.get("headers", []))
                 if att is not None and att.round_id > 0:
                     headers.append((LEDGER_HEADER, str(att.round_id).encode()))
@@ -183,8 +186,47 @@ class WireMiddleware:
             # "What the ledger counts"); the device retries on a new connection.
             log.info("client disconnected during %s %s", scope["method"], scope["path"])
             return
+        except Exception as exc:
+            if started:
+                # The answer is (partly) out and cannot be replaced: uvicorn logs the
+                # traceback and closes the connection. What the app sent is counted.
+                self._account(scope, received, started, sent_body + interim)
+                raise
+            # Starlette's own 500 would go out from outside this middleware, counted nowhere,
+            # as text/plain. Answered here instead: JSON, by the same rules as any other
+            # answer (in the round of a round's device, else control traffic).
+            incident = secrets.token_hex(4)
+            log.error(
+                "unhandled error on %s %s (incident %s)",
+                scope["method"],
+                scope["path"],
+                incident,
+                exc_info=exc,
+            )
+            att = scope["state"].get(STATE_KEY)
+            if att is not None:  # the answer carries no model or stage message
+                att.payload_down = att.dense_down = 0
+            detail = (
+                f"the coordinator failed on this request (incident {incident} in its log); "
+                "retry later"
+            )
+            await _reject(counting_send, 500, INTERNAL_ERROR, detail)
         if started:
             self._account(scope, received, started, sent_body + interim)
+
+    def _member(self, att: Attribution) -> bool:
+        """Whether the round may count the exchange. A failed check (a store error) counts it
+        as control traffic with a log line: raised as the response starts, it would cut it."""
+        if self.member is None:
+            return True
+        try:
+            return self.member(att.round_id, att.device_id)
+        except Exception:
+            log.exception(
+                "round %d membership check failed; its exchange is counted as control traffic",
+                att.round_id,
+            )
+            return False
 
     def _account_reject(
         self, scope: Scope, received: int, interim: int, sent: tuple[Message, int]
@@ -258,9 +300,10 @@ async def _reject_413(send: Send, cap: int) -> tuple[Message, int]:
     return await _reject(send, 413, Reason.TOO_LARGE, f"request body above the {cap}-byte cap")
 
 
-async def _reject(send: Send, status: int, reason: Reason, detail: str) -> tuple[Message, int]:
+async def _reject(send: Send, status: int, reason: str, detail: str) -> tuple[Message, int]:
     """A JSON error response that closes the connection (the rest of the body is not read);
-    returns its start message and body size, for the control-traffic counter."""
+    returns its start message and body size, for the control-traffic counter. `reason`: a
+    `Reason`, or `INTERNAL_ERROR`."""
     body = json.dumps({"reason": str(reason), "detail": detail}).encode()
     start: Message = {
         "type": "http.response.start",

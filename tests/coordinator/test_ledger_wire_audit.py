@@ -4,6 +4,7 @@ copied must be in a round's ledger or in the control-traffic counter, exactly.""
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import socket
@@ -445,11 +446,16 @@ def test_control_requests_uvicorn_frames_itself_are_counted_exactly(
     ids=["bug-500", "store-503"],
 )
 def test_a_failed_upload_and_its_retry_on_the_wire(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, error: Exception, status: int
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    error: Exception,
+    status: int,
 ) -> None:
     # Prepare: a coordinator whose first upload fails: with a bug (an unhandled error, which
-    # Starlette answers with a plain 500 outside the wire middleware), or with a store error
+    # the wire middleware answers with a JSON 500 `internal_error`), or with a store error
     # (the app's 503 store_unavailable). The SDK retries both at once (no sleeping here).
+    caplog.set_level(logging.INFO, logger="plume.coordinator")
     cfg = ServiceConfig(
         db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
     )
@@ -473,28 +479,78 @@ def test_a_failed_upload_and_its_retry_on_the_wire(
             # Execute
             clients = _run_plain(url, tmp_path, 2, 1, task_id, sleep=lambda s: None)
             wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
-            # Assert: the 503 is in the round like its retry; the 500 is counted nowhere
+            # Assert: the failed attempt is in the round like its retry, for both errors
             exs = _split(relay)
             errors = [ex for ex in exs if ex.response and ex.response.status == status]
             assert len(errors) == 1 and errors[0].request.header("x-plume-device") == failed[0]
             assert errors[0].request.start.startswith("POST /v1/rounds/1/updates")
-            # uvicorn closes the connection after a 500 without saying so: a retry sent on it
-            # at once can be lost with it (the SDK then retries on a new connection)
-            lost = [ex for ex in exs if ex.response is None]
-            assert len(lost) <= (1 if status == 500 else 0)
-            assert all(ex.request.start == errors[0].request.start for ex in lost)
+            failure = _response(errors[0])
+            assert failure.header("x-plume-ledger-round") == "1"
+            assert not [ex for ex in exs if ex.response is None]  # no request lost
+            # the 500 ends its connection; the 503 leaves it open for the retry
+            on_its_connection = next(
+                c
+                for c in (exchanges(up, down) for up, down in relay.connections())
+                if errors[0] in c
+            )
+            assert (on_its_connection[-1] == errors[0]) == (status == 500)
             rounds, _ = _relay_view(exs)
-            named = _response(errors[0]).header("x-plume-ledger-round")
-            if status == 503:
-                assert named == "1" and rounds[(1, failed[0], "up")][1] == 4
-                missing = {"up": 0, "down": 0}
-            else:
-                assert named is None and rounds[(1, failed[0], "up")][1] == 3
-                missing = {"up": errors[0].up, "down": errors[0].down}
+            assert rounds[(1, failed[0], "up")][1] == 4  # check-in, model, upload, retry
             assert _ledger_view(http, {1}, rounds) == rounds
             assert _sdk_view(clients) == rounds
-            expected, counted = _control_settles(relay, http, missing)
+            expected, counted = _control_settles(relay, http)
             assert counted == expected
+    if status == 500:
+        # The 500 is the service's JSON error, says nothing of the exception, and closes its
+        # connection (the retry went on a new one); the traceback is in the log, once, under
+        # the incident id the device was given
+        assert failure.header("content-type") == "application/json"
+        assert failure.header("connection") == "close"
+        body = json.loads(failure.body)
+        assert set(body) == {"reason", "detail"} and body["reason"] == "internal_error"
+        incident = re.fullmatch(
+            r"the coordinator failed on this request \(incident ([0-9a-f]{8}) in its log\); "
+            r"retry later",
+            body["detail"],
+        )
+        assert incident is not None
+        logged = [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert len(logged) == 1 and incident.group(1) in logged[0].getMessage()
+        assert logged[0].exc_info is not None and logged[0].exc_info[1] is error
+        assert "POST /v1/rounds/1/updates" in logged[0].getMessage()
+
+
+def test_a_500_outside_any_round_is_control_traffic_and_says_nothing_of_the_bug(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: an admin route that fails with an error whose text must stay in the log
+    cfg = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN)
+    app = create_app(cfg)
+    secret = "cannot open /srv/plume/private.key"
+
+    def failing(task_id: int) -> Any:
+        raise RuntimeError(secret)
+
+    app.state.coordinator.task_status = failing
+    with ServerThread(cfg, app=app) as upstream:
+        relay = ByteRelay(upstream)
+        with relay as url, httpx.Client(base_url=url) as http:
+            # Execute: the failing request, then a healthy one (on a new connection)
+            failed = http.get("/v1/admin/tasks/1", headers={"authorization": f"Bearer {ADMIN}"})
+            healthy = http.get("/healthz")
+            # Assert: every byte of both, the 500 included, is in the control counter
+            expected, counted = _control_settles(relay, http)
+            assert counted == expected
+            conns = [exchanges(up, down) for up, down in relay.connections()]
+    assert failed.status_code == 500 and healthy.status_code == 200
+    assert failed.json()["reason"] == "internal_error"
+    assert secret not in failed.text and "Traceback" not in failed.text
+    assert failed.headers["connection"] == "close" and "x-plume-ledger-round" not in failed.headers
+    assert len(conns) > 1 and [_response(ex).status for ex in conns[0]] == [500]  # it closed
+    assert any(
+        r.exc_info and str(r.exc_info[1]) == secret and r.levelno == logging.ERROR
+        for r in caplog.records
+    )
 
 
 # -- the relay's splitter itself: it must recover every message's size from the raw bytes --------
