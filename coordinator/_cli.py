@@ -497,14 +497,17 @@ def admin_error_text(exc: Exception, url: str, flag: str = "--url") -> str:
         )
     if isinstance(exc, httpx.HTTPError):
         return f"request to {url} failed: {exc}"
-    # AdminError: "METHOD PATH: STATUS BODY", BODY the service's {"reason", "detail"} JSON.
-    text = str(exc)
-    head, _, rest = text.partition(": ")
-    status, _, body = rest.partition(" ")
+    # AdminError: `method`, `path`, `status`, and `body` (the service's {"reason", "detail"}
+    # JSON) or `problem` (an answer the client would not read: it says why).
+    head = f"{getattr(exc, 'method', '?')} {getattr(exc, 'path', '?')}"
+    status, body = str(getattr(exc, "status", "?")), str(getattr(exc, "body", ""))
+    problem = str(getattr(exc, "problem", ""))
+    if problem:
+        return f"{url} answered {head} with {status} and {problem} ({flag})"
     try:
         doc = json.loads(body)
         reason, detail = str(doc["reason"]), str(doc["detail"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         # Not the service's error JSON: another server (or a proxy's page) answered.
         brief = " ".join(body.split())
         brief = brief if len(brief) <= 120 else brief[:117] + "..."
