@@ -563,11 +563,16 @@ def run_simulation(
                 if isinstance(receipt, Exception):
                     raise receipt
             train_losses = [losses[dev] for dev in arrival]
-            for dev in arrival:
-                encoders[dev].accepted()
             for dev in frames.keys() - set(arrival):
                 encoders[dev].refused()  # a straggler: its whole update stays in its residual
             outcome = engine.close_round(plan.round_id)
+            for dev in arrival:
+                # Accepted, but only a committed round puts it in the model: an abandoned one
+                # (fewer than min_reports) hands it back, as the SDK does on `abandoned`.
+                if outcome.committed:
+                    encoders[dev].accepted()
+                else:
+                    encoders[dev].refused()
             acc: float | None = None
             loss: float | None = None
             if plan.round_id % cfg.eval_every == 0 or plan.round_id == cfg.rounds:

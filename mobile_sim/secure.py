@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -128,11 +128,29 @@ def run_secure_round(
         except RoundAborted:
             continue
     outcome = coord.close_round(task)
+    _settle_inputs(participants, sessions, outcome)
     stats.server_s["unmask"] += float(outcome.measurements.get("unmask_s", 0.0))
     for sr in task.groups:
         stats.bytes_up.update(sr.bytes_up)
         stats.bytes_down.update(sr.bytes_down)
     return outcome, stats
+
+
+def _settle_inputs(
+    participants: Mapping[str, SecureParticipant],
+    devices: Iterable[str],
+    outcome: SecureOutcome,
+) -> None:
+    """Settle each device's masked input once the round's outcome is known: what it stood for
+    stays sent if the published sum holds it, and goes back into the device's residual if the
+    round aborted or was abandoned, or its group was left out (as the SDK does on the check-in's
+    `abandoned` / `excluded`). A device that sent no masked input has nothing to settle."""
+    inside = set(outcome.contributors) if outcome.committed else set()
+    for dev in devices:
+        if dev in inside:
+            participants[dev].forget_sent()
+        else:
+            participants[dev].return_sent()
 
 
 class HttpSecureFleet:
@@ -329,7 +347,7 @@ class HttpSecureFleet:
         dropped = sorted(name_of.get(d, d) for d in meas.get("dropped", list(name_of)))
         contributors = [dev for dev in updates if dev not in set(dropped)] if committed else []
         step = (self.coord.params - before) / np.float32(self.coord.config.server_lr)
-        return SecureOutcome(
+        outcome = SecureOutcome(
             round_id,
             committed,
             contributors,
@@ -338,6 +356,10 @@ class HttpSecureFleet:
             step.astype(np.float32),
             meas,
         )
+        # The devices' flows keep what an unsettled masked input stood for in their
+        # participant (the simulator's, not an app directory): settle it as a check-in would.
+        _settle_inputs(participants, updates, outcome)
+        return outcome
 
 
 def _job_stream(jobs: Mapping[str, Any], device_id: str) -> np.random.Generator:

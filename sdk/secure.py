@@ -149,6 +149,7 @@ class SecureSession:
             np.float32
         )
         p.residual = residual
+        p.unsettled = (np.asarray(self.plan.indices, dtype=np.int64), sent.astype(np.float32))
         return out
 
     def unmask(self, request: bytes) -> bytes:
@@ -157,7 +158,12 @@ class SecureSession:
 
 
 class SecureParticipant:
-    """A device's long-lived secure-mode state: the error-feedback residual float32[size]."""
+    """A device's long-lived secure-mode state: the error-feedback residual float32[size].
+
+    `unsettled` is what the last masked input stood for, (S_r int64[k], sent float32[k]),
+    until the round's outcome settles it: `return_sent` when the round ended without it in
+    the model (aborted, abandoned, its group left out), `forget_sent` once it is.
+    """
 
     def __init__(self, size: int, noise_rng: CtrRandom | None = None) -> None:
         if size <= 0:
@@ -165,6 +171,28 @@ class SecureParticipant:
         self.size = size
         self.residual: npt.NDArray[np.float32] = np.zeros(size, dtype=np.float32)
         self.noise_rng = noise_rng or CtrRandom()
+        self.unsettled: tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]] | None = None
+
+    def sent_dense(self) -> npt.NDArray[np.float32] | None:
+        """The unsettled content as float32[size] (zeros off S_r), or None."""
+        if self.unsettled is None:
+            return None
+        out = np.zeros(self.size, dtype=np.float32)
+        out[self.unsettled[0]] = self.unsettled[1]
+        return out
+
+    def return_sent(self) -> bool:
+        """Add the unsettled content back into the residual (at most once); True if it did."""
+        if self.unsettled is None:
+            return False
+        idx, sent = self.unsettled
+        self.residual[idx] = (self.residual[idx] + sent).astype(np.float32)
+        self.unsettled = None
+        return True
+
+    def forget_sent(self) -> None:
+        """The unsettled content reached the model (or is held elsewhere): drop it."""
+        self.unsettled = None
 
     def join(
         self,
@@ -333,8 +361,13 @@ class HttpSecureDevice:
         if delivery is None or drop_at == Stage.MASKED_INPUT:
             return False
         self.upload(round_id, Stage.MASKED_INPUT, sess.masked_input(delivery, delta, weight, rng))
-        request = self.download(round_id, Stage.MASKED_INPUT, timeout_s)
-        if request is None or drop_at == Stage.UNMASK:
-            return False
-        self.upload(round_id, Stage.UNMASK, sess.unmask(request))
+        try:
+            request = self.download(round_id, Stage.MASKED_INPUT, timeout_s)
+            if request is None or drop_at == Stage.UNMASK:
+                return False
+            self.upload(round_id, Stage.UNMASK, sess.unmask(request))
+        except RoundAborted:
+            # Aborted (410) after the masked input: nothing of it reaches the model.
+            self.participant.return_sent()
+            raise
         return True
