@@ -14,6 +14,7 @@ import types
 import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from http import HTTPStatus
 from typing import Any, TypeVar
 
@@ -32,6 +33,7 @@ __all__ = [
     "RegisterRequest",
     "RegisterResponse",
     "CheckInRequest",
+    "UploadOutcome",
     "Assignment",
     "CheckInResponse",
     "UploadReceipt",
@@ -46,6 +48,7 @@ __all__ = [
     "to_json",
     "check_assignment",
     "check_check_in",
+    "check_awaiting_round",
     "pack_chain",
     "unpack_chain",
     "CHAIN_MAGIC",
@@ -138,10 +141,28 @@ class RegisterResponse:
 
 @dataclass(slots=True)
 class CheckInRequest:
-    """`task_id` restricts the check-in to one task; `model_version` is the version held."""
+    """`task_id` restricts the check-in to one task; `model_version` is the version held.
+
+    `awaiting_round`: the round of this device's last accepted upload whose outcome it has not
+    learnt yet (sent only then); the answer's `round_outcome` settles it (docs/http-api.md).
+    """
 
     task_id: int | None = None
     model_version: int | None = None
+    awaiting_round: int | None = None
+
+
+class UploadOutcome(StrEnum):
+    """`CheckInResponse.round_outcome`: what became of the asking device's accepted upload in
+    its `awaiting_round`. Only `committed` means the published model holds it; after
+    `abandoned`, `excluded` or `unknown` its content goes back into the residual."""
+
+    PENDING = "pending"  # the round is still open or aggregating: ask again later
+    COMMITTED = "committed"  # a published model version includes this device's upload
+    ABANDONED = "abandoned"  # the round closed without publishing (the model is unchanged)
+    EXCLUDED = "excluded"  # the round published without this device's upload (e.g. its
+    # SecAgg+ group aborted, or this coordinator never took the upload)
+    UNKNOWN = "unknown"  # this coordinator knows no such round (e.g. restored from a backup)
 
 
 @dataclass(slots=True)
@@ -171,6 +192,9 @@ class CheckInResponse:
     retry_after_s: float
     assignment: Assignment | None = None
     detail: str = ""
+    # Set only when the request named an `awaiting_round` (an `UploadOutcome` value); left out
+    # of the JSON otherwise, so answers to devices that did not ask carry no extra byte.
+    round_outcome: str | None = None
 
 
 @dataclass(slots=True)
@@ -418,6 +442,15 @@ def check_assignment(a: Assignment, where: str = "$.assignment") -> None:
         a.codec.to_config()
     except (ValueError, TypeError) as exc:
         raise MessageError(f"{where}.codec: {exc}") from exc
+
+
+def check_awaiting_round(value: Any, where: str = "$.awaiting_round") -> int:
+    """`value` as a round id a device may ask about: a JSON integer (not a boolean, a float or a
+    string) in [1, 2^63), the range of the coordinator's round ids; else `MessageError`."""
+    if type(value) is not int:
+        raise MessageError(f"{where}: expected an integer round id, got {type(value).__name__}")
+    _in_range(value, where, 1)
+    return value
 
 
 def check_check_in(answer: CheckInResponse) -> None:

@@ -12,6 +12,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import json
 import logging
 import re
 import sqlite3
@@ -24,6 +25,7 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from protocol import auth as pauth
@@ -32,6 +34,7 @@ from protocol.messages import (
     CheckInRequest,
     CheckInResponse,
     ErrorBody,
+    MessageError,
     RegisterRequest,
     RegisterResponse,
     RoundStatus,
@@ -39,6 +42,7 @@ from protocol.messages import (
     TaskCreated,
     TaskStatus,
     UploadReceipt,
+    check_awaiting_round,
 )
 from protocol.names import ContentType, Path, Reason, SnapshotDType
 from protocol.names import Header as H
@@ -127,6 +131,7 @@ def create_app(
         config.register_rate_per_s, config.register_burst, clock=rate_clock or time.monotonic
     )
     json_body = Depends(_media(ContentType.JSON))
+    check_in_json = TypeAdapter(CheckInResponse)
     binary_body = Depends(_media(ContentType.OCTET_STREAM))
 
     @contextlib.asynccontextmanager
@@ -342,13 +347,27 @@ def create_app(
         request: Request,
         body: CheckInRequest,
         fields: pauth.SignedFields = Depends(device),  # noqa: B008
-    ) -> CheckInResponse:
-        """A task assignment, or `wait` with `retry_after_s` (pace steering)."""
-        answer = coordinator.check_in(fields.device_id, body.task_id)
+    ) -> Response:
+        """A task assignment, or `wait` with `retry_after_s` (pace steering); with
+        `awaiting_round`, also what became of the device's accepted upload in that round."""
+        awaiting = None
+        if body.awaiting_round is not None:
+            # Strictly, from the JSON as sent: the model's lax parsing would take "7", 7.0 or
+            # true for a round id.
+            try:
+                raw = json.loads(await request.body())
+                awaiting = check_awaiting_round(raw.get("awaiting_round"))
+            except MessageError as exc:
+                raise ApiError(422, Reason.VALIDATION, str(exc)) from None
+        answer = coordinator.check_in(fields.device_id, body.task_id, awaiting)
         att: Attribution = getattr(request.state, STATE_KEY)
         if answer.assignment is not None:
             att.round_id = answer.assignment.round_id
-        return answer
+        # Dumped as FastAPI dumps a response model (types coerced to the schema's).
+        content = check_in_json.dump_python(answer, mode="json")
+        if answer.round_outcome is None:
+            del content["round_outcome"]  # not asked: the answer is the bytes it always was
+        return JSONResponse(content)
 
     @app.get(
         Path.MODEL,

@@ -71,6 +71,7 @@ from protocol.messages import (
     TaskConfig,
     TaskStatus,
     TensorShape,
+    UploadOutcome,
     UploadReceipt,
     from_json,
     pack_chain,
@@ -775,11 +776,53 @@ class Coordinator:
             secure=rt.secure is not None,
         )
 
-    def check_in(self, device_id: str, task_id: int | None = None) -> CheckInResponse:
-        """Assign a round or tell the device when to come back (pace steering)."""
-        now = self.clock()
+    def upload_outcome(self, round_id: int, device_id: str) -> UploadOutcome:
+        """What became of `device_id`'s accepted upload (plain frame or SecAgg+ masked input)
+        in round `round_id`, for the check-in's `round_outcome`.
+
+        Nothing a device cannot read already: the round's state (`GET /v1/rounds/{id}`), and
+        whether its own upload is in the published model, which the round's ledger rows and a
+        secure round's `dropped` list show too. A round whose stored row does not parse is
+        `pending` (its outcome cannot be read; the device asks again), never `unknown`.
+        """
+        if self._runtime_for_round(round_id) is not None:
+            return UploadOutcome.PENDING  # open, or closing until its model is served
+        try:
+            r = self.store.round(round_id)
+        except DamagedRow:
+            return UploadOutcome.PENDING
+        if r is None:
+            return UploadOutcome.UNKNOWN
+        if r.state == RoundState.ABANDONED:
+            return UploadOutcome.ABANDONED
+        if r.state != RoundState.COMMITTED:
+            # Open or aggregating in the store but not running here: a refused task's round,
+            # which stays as stored until a coordinator that runs the task closes it.
+            return UploadOutcome.PENDING
+        if r.measurements.get("secure"):
+            # The masked inputs in the sum: the selected devices not listed as dropped.
+            dropped = r.measurements.get("dropped")
+            inside = device_id in r.selected and not (
+                isinstance(dropped, list) and device_id in dropped
+            )
+        else:
+            inside = self.store.find_update(round_id, device_id, b"") is not None
+        return UploadOutcome.COMMITTED if inside else UploadOutcome.EXCLUDED
+
+    def check_in(
+        self, device_id: str, task_id: int | None = None, awaiting_round: int | None = None
+    ) -> CheckInResponse:
+        """Assign a round or tell the device when to come back (pace steering). With
+        `awaiting_round`, the answer carries that round's `upload_outcome` for the device."""
         if task_id is not None and (refusal := self.refusal(task_id)) is not None:
             raise refusal
+        answer = self._check_in(device_id, task_id)
+        if awaiting_round is not None:
+            answer.round_outcome = str(self.upload_outcome(awaiting_round, device_id))
+        return answer
+
+    def _check_in(self, device_id: str, task_id: int | None) -> CheckInResponse:
+        now = self.clock()
         retry: float | None = None
         for rt in sorted(self.runtimes.values(), key=lambda r: r.task_id):
             if task_id is not None and rt.task_id != task_id:
