@@ -28,6 +28,7 @@ import numpy as np
 import numpy.typing as npt
 
 from compression import (
+    CodecConfig,
     CodecError,
     ErrorFeedback,
     ModelSpec,
@@ -43,6 +44,7 @@ from protocol.messages import (
     CheckInResponse,
     MessageError,
     RegisterResponse,
+    UploadOutcome,
     UploadReceipt,
     apply_delta,
     check_check_in,
@@ -56,7 +58,7 @@ from protocol.secagg import RoundAborted, SecAggHeader, SecAggPath, Stage
 
 from ._types import LocalTrainer
 from .device import UpdateEncoder
-from .device_store import MAX_SPEC_JSON_BYTES, DeviceStore, PendingUpload
+from .device_store import MAX_SPEC_JSON_BYTES, AcceptedUpload, DeviceStore, PendingUpload
 from .secure import SecureParticipant
 
 __all__ = [
@@ -178,6 +180,7 @@ class _Exchange:
     dense_down_on_ok: int = 0
     count_payload_down: bool = False
     max_response_bytes: int = MAX_JSON_RESPONSE
+    awaiting_round: int | None = None  # a check-in's `awaiting_round`, if it named one
 
 
 def _json(response: httpx.Response) -> Any:
@@ -345,10 +348,46 @@ class _Core:
         version = st.get("model_version")
         if isinstance(version, int) and not isinstance(version, bool) and 0 <= version < MAX_ID:
             parts.append(f'"model_version":{version}')
+        record = self.store.load_accepted()  # its round id is in [1, 2^63) when it loads
+        awaiting = record.round_id if record is not None else None
+        if awaiting is not None:
+            parts.append(f'"awaiting_round":{awaiting}')
         body = ("{" + ",".join(parts) + "}").encode()
         return _Exchange(
-            "POST", Path.CHECK_IN, 0, body, headers={"content-type": "application/json"}
-        )
+            "POST", Path.CHECK_IN, 0, body, headers={"content-type": "application/json"},
+            awaiting_round=awaiting,
+        )  # fmt: skip
+
+    def settle_outcome(self, round_id: int, outcome: str | None) -> None:
+        """Act on a check-in's `round_outcome` for the accepted upload of `round_id`: forget it
+        once `committed`, add its content back into the residual (once, crash-safe) after
+        `abandoned`, `excluded` or `unknown`; keep waiting on `pending`, on no answer (a
+        coordinator that ignores `awaiting_round`) and on a value this client does not know."""
+        if outcome == UploadOutcome.COMMITTED:
+            self.store.forget_accepted(round_id)
+            return
+        if outcome not in (UploadOutcome.ABANDONED, UploadOutcome.EXCLUDED, UploadOutcome.UNKNOWN):
+            return
+        record = self.store.load_accepted()
+        if record is None or record.round_id != round_id:
+            return
+        try:
+            sent = UpdateCodec(record.spec, _any_config()).decode(record.frame).to_dense()
+        except CodecError:
+            self.store.forget_accepted(round_id)  # cannot be restored: as before records
+            return
+        ef = self.store.return_accepted(round_id, sent, record.spec.size)
+        if ef is not None:
+            self._adopt(record.spec, ef)
+
+    def _adopt(self, spec: ModelSpec, ef: ErrorFeedback) -> None:
+        """Make the in-memory encoders and secure participants hold the stored residual `ef`."""
+        for enc in self._encoders.values():
+            if enc.spec.fingerprint == spec.fingerprint:
+                enc.set_feedback(ef)
+        p = self._participants.get(spec.size)
+        if p is not None:
+            p.residual = ef.residual.astype(np.float32, copy=True)
 
     def model_exchange(
         self, task_id: int, spec: ModelSpec, round_id: int, max_version: int | None
@@ -468,9 +507,12 @@ class _Core:
             self.store.clear_pending()
             return
         ef = self.store.refuse_pending(sent, spec.size)
-        for enc in self._encoders.values():
-            if enc.spec.fingerprint == spec.fingerprint:
-                enc.set_feedback(ef)
+        self._adopt(spec, ef)
+
+    def accept_upload(self, pending: PendingUpload, spec: ModelSpec | None) -> None:
+        """The coordinator accepted `pending`: keep what it carried until a check-in says its
+        round committed (`settle_outcome`); it stops being pending."""
+        self.store.accept_pending(pending, spec)
 
     # -- secure rounds -------------------------------------------------------------------
 
@@ -489,6 +531,30 @@ class _Core:
         ef = ErrorFeedback(participant.size)
         ef.residual = participant.residual
         self.store.save_residual(ef)
+
+    def keep_secure_input(
+        self, round_id: int, spec: ModelSpec, participant: SecureParticipant
+    ) -> None:
+        """Save the residual after a secure round that took the masked input, with, while the
+        round's outcome is unknown, what the input stood for as the accepted record (a lossless
+        sparse fp32 frame: `settle_outcome` adds it back if the round ends without it)."""
+        ef = ErrorFeedback(participant.size)
+        ef.residual = participant.residual
+        sent = participant.sent_dense()
+        if sent is None:
+            self.store.save_residual(ef)
+            return
+        nonzero = int(np.count_nonzero(sent))
+        # k_for rounds (nonzero + 0.5) to nonzero or nonzero + 1: never fewer than the nonzeros.
+        config = CodecConfig(topk=min(1.0, (nonzero + 0.5) / spec.size), bits=32)
+        try:
+            frame, _ = UpdateCodec(spec, config).encode(sent, np.random.default_rng(0), weight=0.0)
+        except (CodecError, ValueError):  # not expected (finite values): keep the residual
+            self.store.save_residual(ef)
+            participant.forget_sent()
+            return
+        self.store.save_accepted(AcceptedUpload(round_id, frame, spec), ef)
+        participant.forget_sent()  # the app directory holds it now
 
     def secure_setup_exchange(self, round_id: int) -> _Exchange:
         return _Exchange(
@@ -657,7 +723,9 @@ def _parse(cls: type[Any], response: httpx.Response) -> Any:
         raise _bad(response, f"not a {cls.__name__}: {str(exc)[:300]}") from exc
 
 
-def _check_in_answer(response: httpx.Response, task_id: int | None) -> CheckInResponse:
+def _check_in_answer(
+    core: _Core, ex: _Exchange, response: httpx.Response, task_id: int | None
+) -> CheckInResponse:
     answer: CheckInResponse = _parse(CheckInResponse, response)
     try:
         check_check_in(answer)
@@ -666,6 +734,8 @@ def _check_in_answer(response: httpx.Response, task_id: int | None) -> CheckInRe
     a = answer.assignment
     if a is not None and task_id is not None and a.task_id != task_id:
         raise _bad(response, f"an assignment for task {a.task_id}; this device asked for {task_id}")
+    if ex.awaiting_round is not None:
+        core.settle_outcome(ex.awaiting_round, answer.round_outcome)
     return answer
 
 
@@ -837,6 +907,8 @@ def _secure_flow(
     # The residual as it was before this round (own participant only): put back if the masked
     # input never reached the coordinator, as the app directory still holds it.
     restore: npt.NDArray[np.float32] | None = None
+    # Set when the coordinator answers 410 (the round aborted) after it took the masked input.
+    aborted = False
     try:
         down = b""
         for stage in _SECURE_ORDER:
@@ -864,6 +936,7 @@ def _secure_flow(
                 and _error(response).reason == Reason.ROUND_CLOSED
             ):
                 report.detail = f"{stage}: {_error(response).detail}"
+                aborted = response.status_code == 410
                 break
             receipt = _receipt(response, a.round_id)
             report.stages.append(str(stage))
@@ -895,14 +968,21 @@ def _secure_flow(
                 err = _refusal(response)
                 if err.reason in (Reason.ROUND_CLOSED, Reason.NOT_SELECTED):
                     report.detail = f"after {stage}: {err.detail}"
+                    aborted = response.status_code == 410 and err.reason == Reason.ROUND_CLOSED
                     break
                 raise err
             down = bytes(response.content)
     finally:
-        if own and Stage.MASKED_INPUT in report.stages:
-            core.save_secure_residual(part)
+        if Stage.MASKED_INPUT in report.stages:
+            if aborted:
+                # An aborted round publishes nothing: what the masked input stood for goes
+                # back into the residual now (a 409 round_closed may still commit it).
+                part.return_sent()
+            if own:
+                core.keep_secure_input(a.round_id, spec, part)
         elif restore is not None:
             part.residual = restore
+            part.forget_sent()  # computed, never taken
         row = core.bandwidth.get(a.round_id, {})
         report.bytes_down = _delta(row, before, "down")
         report.bytes_up = _delta(row, before, "up")
@@ -1004,7 +1084,8 @@ class Client:
         """One check-in: "train" with an assignment, or "wait" `retry_after_s` seconds. An
         answer a device cannot act on (see `protocol.messages.check_check_in`, or an
         assignment for another task than `task_id`) is a `ClientError` `bad_response`."""
-        return _check_in_answer(self._send(self._core.check_in_exchange(task_id)), task_id)
+        ex = self._core.check_in_exchange(task_id)
+        return _check_in_answer(self._core, ex, self._send(ex), task_id)
 
     def fetch_model(self, a: Assignment) -> tuple[npt.NDArray[np.float32], str]:
         """The round's base model (delta chain from the held version, or a snapshot)."""
@@ -1033,7 +1114,7 @@ class Client:
         response = self._send(self._core.upload_exchange(pending, dense))
         if response.status_code == 200:
             receipt = _receipt(response, pending.round_id)  # before it is forgotten
-            self._core.settle_upload(pending, spec, refused=False)
+            self._core.accept_upload(pending, spec)
             return receipt
         err = _refusal(response)
         if _refused_for_good(response, err):
@@ -1277,7 +1358,8 @@ class AsyncClient:
         return device_id
 
     async def check_in(self, task_id: int | None = None) -> CheckInResponse:
-        return _check_in_answer(await self._send(self._core.check_in_exchange(task_id)), task_id)
+        ex = self._core.check_in_exchange(task_id)
+        return _check_in_answer(self._core, ex, await self._send(ex), task_id)
 
     async def fetch_model(self, a: Assignment) -> tuple[npt.NDArray[np.float32], str]:
         spec = _spec(a)
@@ -1303,7 +1385,7 @@ class AsyncClient:
         response = await self._send(self._core.upload_exchange(pending, dense))
         if response.status_code == 200:
             receipt = _receipt(response, pending.round_id)  # before it is forgotten
-            self._core.settle_upload(pending, spec, refused=False)
+            self._core.accept_upload(pending, spec)
             return receipt
         err = _refusal(response)
         if _refused_for_good(response, err):

@@ -9,6 +9,12 @@ Layout (every file replaced atomically: write to a temp file, fsync, rename, fsy
     pending.json     an upload not yet acknowledged: round, idempotency key, frame file name
     pending.frame    its frame bytes; pending.residual the residual that assumes it
     pending.refused  the residual after a refusal, until it replaces residual.bin
+    accepted.json    the last accepted upload whose round's outcome is not known yet: round,
+                     layout, size and SHA-256 of accepted.frame (at most one; bounded)
+    accepted.frame   what that upload carried, as an update frame decoding under the layout:
+                     the frame sent (plain round), or the values a masked input stood for
+    accepted.residual  the residual that assumes a secure record, until it replaces residual.bin
+    accepted.settled   the residual with the record's content added back, likewise
 """
 
 from __future__ import annotations
@@ -26,7 +32,13 @@ import numpy.typing as npt
 from compression import ErrorFeedback, ModelSpec
 from protocol import auth
 
-__all__ = ["DeviceStore", "DeviceStoreError", "PendingUpload", "MAX_SPEC_JSON_BYTES"]
+__all__ = [
+    "AcceptedUpload",
+    "DeviceStore",
+    "DeviceStoreError",
+    "PendingUpload",
+    "MAX_SPEC_JSON_BYTES",
+]
 
 KEY_BYTES = 32
 # Caps on files read back whole: a foreign or runaway file is refused before it is read.
@@ -61,6 +73,18 @@ class PendingUpload:
         self.dense_bytes = dense_bytes  # the dense fp32 size of the same update (ledger baseline)
         # The layout the frame decodes under: after a restart it lets a refused upload's
         # content go back into the residual (None for records written before it was kept).
+        self.spec = spec
+
+
+class AcceptedUpload:
+    """An upload the coordinator accepted whose round's outcome the device has not learnt:
+    `frame` decodes under `spec` to the dense content (float32[d]) it added to the round."""
+
+    __slots__ = ("round_id", "frame", "spec")
+
+    def __init__(self, round_id: int, frame: bytes, spec: ModelSpec) -> None:
+        self.round_id = round_id
+        self.frame = frame
         self.spec = spec
 
 
@@ -210,12 +234,22 @@ class DeviceStore:
     #   pending.refused over residual.bin: without pending.json, pending.refused is the residual.
     # A pending.refused next to pending.json is a refusal that never committed: ignored.
 
+    #
+    # The accepted record has the same two windows: accepted.residual with accepted.json is the
+    # residual (save_accepted committed, residual.bin not yet rewritten); accepted.settled
+    # without accepted.json is the residual (return_accepted committed, not yet renamed).
+
     def _residual_path(self) -> Path:
         if (self.root / "pending.json").exists():
             if (self.root / "pending.residual").exists():
                 return self.root / "pending.residual"
         elif (self.root / "pending.refused").exists():
             return self.root / "pending.refused"
+        if (self.root / "accepted.json").exists():
+            if (self.root / "accepted.residual").exists():
+                return self.root / "accepted.residual"
+        elif (self.root / "accepted.settled").exists():
+            return self.root / "accepted.settled"
         return self.root / "residual.bin"
 
     def _settle_refusal(self) -> None:
@@ -228,6 +262,27 @@ class DeviceStore:
         else:
             os.replace(refused, self.root / "residual.bin")
             _fsync_dir(self.root)
+
+    def _settle_accepted(self) -> None:
+        """Finish (or drop, if it never committed) an accepted-record step a crash interrupted."""
+        meta, held = self.root / "accepted.json", self.root / "accepted.residual"
+        settled = self.root / "accepted.settled"
+        if meta.exists():
+            _unlink(settled)  # a return that never committed
+            if held.exists():  # save_accepted committed before it rewrote residual.bin
+                os.replace(held, self.root / "residual.bin")
+                _fsync_dir(self.root)
+        else:
+            _unlink(held)  # a save that never committed, or a frame whose record is gone
+            _unlink(self.root / "accepted.frame")
+            if settled.exists():  # a return that committed before its rename
+                os.replace(settled, self.root / "residual.bin")
+                _fsync_dir(self.root)
+
+    def _recover(self) -> None:
+        # At most one of these windows is open: each step closes its own before returning.
+        self._settle_refusal()
+        self._settle_accepted()
 
     def load_residual(self, size: int) -> ErrorFeedback | None:
         """The residual (float32[size]) the device carries, or None if none is held for `size`."""
@@ -244,8 +299,13 @@ class DeviceStore:
     def save_residual(self, ef: ErrorFeedback) -> None:
         _write(self.root / "residual.bin", ef.to_bytes())
         # Leftovers of an interrupted save or refusal would otherwise shadow this newer residual.
-        _unlink(self.root / "pending.residual")
-        _unlink(self.root / "pending.refused")
+        for name in (
+            "pending.residual",
+            "pending.refused",
+            "accepted.residual",
+            "accepted.settled",
+        ):
+            _unlink(self.root / name)
 
     # -- pending upload ------------------------------------------------------------------
 
@@ -268,7 +328,7 @@ class DeviceStore:
                 f"pending upload metadata of {len(encoded)} bytes is over the "
                 f"{_MAX_JSON_BYTES}-byte cap (a model layout with huge tensor names?); not saved"
             )
-        self._settle_refusal()
+        self._recover()
         # Withdraw an older commit point first: its metadata must never pair with this frame.
         _unlink(self.root / "pending.json")
         _write(self.root / "pending.frame", pending.frame)
@@ -301,6 +361,13 @@ class DeviceStore:
             return None
         if digest is not None and hashlib.sha256(frame).hexdigest() != digest:
             return None
+        accepted = self.load_accepted()
+        if accepted is not None and accepted.round_id == round_id and accepted.frame == frame:
+            # accept_pending committed (the record holds this upload) but a crash came before
+            # it forgot the pending copy: finish that, or a refusal of a re-send would return
+            # the content to the residual while the record returns it again later.
+            self.clear_pending()
+            return None
         spec = None
         if "spec" in meta:
             try:
@@ -311,7 +378,7 @@ class DeviceStore:
 
     def clear_pending(self) -> None:
         """Forget the pending upload, keeping the residual that assumes it."""
-        self._settle_refusal()
+        self._recover()
         meta, held = self.root / "pending.json", self.root / "pending.residual"
         if meta.exists() and held.exists():
             # save_pending committed but had not yet rewritten residual.bin: finish that first.
@@ -331,7 +398,7 @@ class DeviceStore:
         """
         if sent.shape != (size,):
             raise ValueError(f"sent of shape {sent.shape}, model has {size} scalars")
-        self._settle_refusal()
+        self._recover()
         base = self.load_residual(size) or ErrorFeedback(size)
         ef = ErrorFeedback(size)
         ef.residual = (base.residual + sent).astype(np.float32)
@@ -342,4 +409,102 @@ class DeviceStore:
         _fsync_dir(self.root)
         _unlink(self.root / "pending.frame")
         _unlink(self.root / "pending.residual")
+        return ef
+
+    # -- accepted upload awaiting its round's outcome ------------------------------------
+    #
+    # accepted.json is the commit point of both steps: written last by save_accepted (after
+    # its frame and, for a secure record, the residual that assumes it), removed first by
+    # return_accepted (after it wrote the residual with the content added back) and by
+    # forget_accepted. So a crash never adds the content twice and never loses it.
+
+    def save_accepted(self, record: AcceptedUpload, ef: ErrorFeedback | None = None) -> None:
+        """Keep `record` until its round's outcome is known, replacing an older record (whose
+        content then counts as delivered: the behaviour before records were kept, and the only
+        one against a coordinator that never answers `round_outcome`). With `ef`, that residual
+        is saved in the same crash-safe step (a secure round's, which assumes the record)."""
+        meta = {
+            "round_id": record.round_id,
+            "bytes": len(record.frame),
+            "sha256": hashlib.sha256(record.frame).hexdigest(),
+            "spec": record.spec.to_json(),
+        }
+        encoded = json.dumps(meta).encode()
+        if len(encoded) > _MAX_JSON_BYTES:
+            raise DeviceStoreError(
+                f"accepted upload metadata of {len(encoded)} bytes is over the "
+                f"{_MAX_JSON_BYTES}-byte cap; not saved"
+            )
+        self._recover()
+        _unlink(self.root / "accepted.json")  # an older record must never pair with this frame
+        _write(self.root / "accepted.frame", record.frame)
+        if ef is not None:
+            _write(self.root / "accepted.residual", ef.to_bytes())
+        _write(self.root / "accepted.json", encoded)
+        if ef is not None:
+            self.save_residual(ef)
+
+    def accept_pending(self, pending: PendingUpload, spec: ModelSpec | None = None) -> None:
+        """The coordinator accepted `pending`: it becomes the accepted record (see
+        `save_accepted`) and stops being pending. Without a layout (`spec`, or the one stored
+        with it) its content cannot be restored, so it is only forgotten, as before."""
+        spec = spec if spec is not None else pending.spec
+        if spec is not None:
+            self.save_accepted(AcceptedUpload(pending.round_id, pending.frame, spec))
+        self.clear_pending()
+
+    def load_accepted(self) -> AcceptedUpload | None:
+        """The accepted upload whose outcome is awaited, or None: also for files that are not
+        a whole record (a torn or foreign file must not stop every later check-in)."""
+        meta_path, frame_path = self.root / "accepted.json", self.root / "accepted.frame"
+        if not meta_path.exists() or not frame_path.exists():
+            return None
+        try:
+            meta = _read_json(meta_path, "accepted upload")
+            round_id = _count(meta, "round_id", meta_path)
+            size = _count(meta, "bytes", meta_path)
+            spec = ModelSpec.from_json(meta["spec"])
+        except (DeviceStoreError, ValueError, TypeError, KeyError, AttributeError):
+            return None
+        digest = meta.get("sha256")
+        if round_id < 1 or size > _MAX_FRAME_BYTES or os.stat(frame_path).st_size != size:
+            return None
+        frame = frame_path.read_bytes()
+        if len(frame) != size or hashlib.sha256(frame).hexdigest() != digest:
+            return None
+        return AcceptedUpload(round_id, frame, spec)
+
+    def forget_accepted(self, round_id: int) -> None:
+        """The record of `round_id` reached the model (or cannot be restored): drop it, keeping
+        the residual. A record of another round is left alone."""
+        self._recover()
+        record = self.load_accepted()
+        if record is not None and record.round_id != round_id:
+            return
+        _unlink(self.root / "accepted.json")
+        _unlink(self.root / "accepted.frame")
+
+    def return_accepted(
+        self, round_id: int, sent: npt.NDArray[np.float32], size: int
+    ) -> ErrorFeedback | None:
+        """The round of the record ended without its content in the model: add `sent` (the
+        record's decoded content, float32[size]) to the residual and drop the record, in one
+        crash-safe step; returns the new residual. None (nothing done) when no record of
+        `round_id` is held, so a second call, or one after a crash that committed, adds nothing.
+        """
+        if sent.shape != (size,):
+            raise ValueError(f"sent of shape {sent.shape}, model has {size} scalars")
+        self._recover()
+        record = self.load_accepted()
+        if record is None or record.round_id != round_id:
+            return None
+        base = self.load_residual(size) or ErrorFeedback(size)
+        ef = ErrorFeedback(size)
+        ef.residual = (base.residual + sent).astype(np.float32)
+        settled = self.root / "accepted.settled"
+        _write(settled, ef.to_bytes())
+        _unlink(self.root / "accepted.json")  # the commit point
+        os.replace(settled, self.root / "residual.bin")
+        _fsync_dir(self.root)
+        _unlink(self.root / "accepted.frame")
         return ef

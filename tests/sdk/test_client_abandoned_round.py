@@ -1,0 +1,361 @@
+"""An accepted upload whose round is then abandoned is not lost: the device's next check-in
+names the round (`awaiting_round`), the coordinator answers its outcome (`round_outcome`), and
+the SDK adds the upload's content back into the residual, as for a refused upload; a committed
+round leaves the residual alone. Against a real coordinator on loopback, plain and secure."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from compression import CodecConfig, ModelSpec, UpdateCodec
+from coordinator.service import ServerThread, ServiceConfig
+from protocol.messages import Assignment, CodecParams, TensorShape, TrainingParams
+from protocol.secagg import Stage
+from sdk import AsyncClient, Client
+from sdk.client import SecureRoundReport
+from sdk.device_store import DeviceStore
+from tests.coordinator.test_service_support import (
+    ADMIN,
+    SPEC,
+    SoftmaxTrainer,
+    await_assignment,
+    create_task,
+    local_data,
+    task_config,
+)
+
+AUTH = {"authorization": f"Bearer {ADMIN}"}
+
+
+@pytest.fixture()
+def url(tmp_path: Path) -> Iterator[str]:
+    cfg = ServiceConfig(
+        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
+    )
+    with ServerThread(cfg) as served:
+        yield served
+
+
+def _await_state(url: str, round_id: int, state: str, timeout: float = 20.0) -> None:
+    give_up = time.monotonic() + timeout
+    with httpx.Client(base_url=url, headers=AUTH) as http:
+        while http.get(f"/v1/rounds/{round_id}").json()["state"] != state:
+            assert time.monotonic() < give_up, f"round {round_id} never {state}"
+            time.sleep(0.02)
+
+
+def _residual(root: Path, size: int) -> npt.NDArray[np.float32]:
+    ef = DeviceStore(root).load_residual(size)
+    assert ef is not None
+    return ef.residual.copy()
+
+
+def _sent(root: Path) -> npt.NDArray[np.float32]:
+    """The dense content of the device's accepted-upload record."""
+    record = DeviceStore(root).load_accepted()
+    assert record is not None
+    return UpdateCodec(record.spec, CodecConfig.dense()).decode(record.frame).to_dense()
+
+
+class _Bodies:
+    """A client mod that keeps every check-in body sent and every check-in answer."""
+
+    def __init__(self) -> None:
+        self.sent: list[dict[str, Any]] = []
+        self.answers: list[dict[str, Any]] = []
+
+    def __call__(self, request: httpx.Request, nxt: Callable[..., Any]) -> Any:
+        response = nxt(request)
+        if request.url.path == "/v1/checkin":
+            self.sent.append(json.loads(request.content))
+            response.read()
+            self.answers.append(response.json())
+        return response
+
+
+def _assign_all(clients: list[Client], task_id: int) -> dict[str, Assignment]:
+    """Check every client in, round-robin, until each has its assignment."""
+    out: dict[str, Assignment] = {}
+    give_up = time.monotonic() + 20
+    while len(out) < len(clients):
+        for c in clients:
+            if c.device_id not in out:
+                answer = c.check_in(task_id)
+                if answer.assignment is not None:
+                    out[c.device_id] = answer.assignment
+        assert time.monotonic() < give_up, "no assignment"
+        time.sleep(0.02)
+    return out
+
+
+def _abandoning_task(http: httpx.Client) -> int:
+    # Two devices selected, both needed (min_reports 2), a short deadline: one report abandons.
+    return create_task(
+        http,
+        task_config(
+            rounds=2, clients_per_round=2, min_reports=2, deadline_s=1.5, selection_timeout_s=60
+        ),
+    )
+
+
+def test_an_abandoned_round_returns_the_accepted_upload_to_the_residual(
+    url: str, tmp_path: Path
+) -> None:
+    # Prepare: A and B are selected; only A uploads (accepted); the round is then abandoned
+    with httpx.Client(base_url=url) as http:
+        task_id = _abandoning_task(http)
+    seen = _Bodies()
+    a = Client(url, str(tmp_path / "a"), mods=(seen,))
+    b = Client(url, str(tmp_path / "b"))
+    for c in (a, b):
+        c.register()
+    x, y = local_data(1)
+    assigned = _assign_all([a, b], task_id)
+    report = a.train_round(assigned[a.device_id], SoftmaxTrainer(), x, y)
+    assignment = report.round_id
+    assert report.receipt.accepted and assigned[b.device_id].round_id == assignment
+    after_upload = _residual(tmp_path / "a", SPEC.size)
+    sent = _sent(tmp_path / "a")
+    _await_state(url, assignment, "abandoned")
+
+    # Execute: A's next check-in asks about that round; a second one asks nothing
+    a.check_in(task_id)
+    settled = _residual(tmp_path / "a", SPEC.size)
+    a.check_in(task_id)
+
+    # Assert: the content is back, exactly as a refusal puts it back (residual + decoded
+    # frame), i.e. the whole update u = delta + old residual; once, and in memory too
+    assert seen.sent[-2] == {"task_id": task_id, "awaiting_round": assignment, "model_version": 0}
+    assert seen.answers[-2]["round_outcome"] == "abandoned"
+    assert "awaiting_round" not in seen.sent[-1] and "round_outcome" not in seen.answers[-1]
+    np.testing.assert_array_equal(settled, (after_upload + sent).astype(np.float32))
+    np.testing.assert_array_equal(_residual(tmp_path / "a", SPEC.size), settled)
+    np.testing.assert_array_equal(a._core._encoders[task_id].feedback.residual, settled)
+    assert np.count_nonzero(sent) > 0
+    assert DeviceStore(tmp_path / "a").load_accepted() is None
+    a.close()
+    b.close()
+
+
+def test_a_committed_round_leaves_the_residual_alone(url: str, tmp_path: Path) -> None:
+    # Prepare: one device, one report commits the round
+    with httpx.Client(base_url=url) as http:
+        task_id = create_task(http, task_config(rounds=2, clients_per_round=1))
+    seen = _Bodies()
+    a = Client(url, str(tmp_path / "a"), mods=(seen,))
+    a.register()
+    x, y = local_data(2)
+    report = a.train_round(await_assignment(a, task_id), SoftmaxTrainer(), x, y)
+    after_upload = _residual(tmp_path / "a", SPEC.size)
+    _await_state(url, report.round_id, "committed")
+
+    # Execute
+    a.check_in(task_id)
+
+    # Assert
+    assert seen.sent[-1]["awaiting_round"] == report.round_id
+    assert seen.answers[-1]["round_outcome"] == "committed"
+    np.testing.assert_array_equal(_residual(tmp_path / "a", SPEC.size), after_upload)
+    assert DeviceStore(tmp_path / "a").load_accepted() is None
+    a.close()
+
+
+def test_the_async_client_returns_an_abandoned_upload_the_same_way(
+    url: str, tmp_path: Path
+) -> None:
+    # Prepare
+    with httpx.Client(base_url=url) as http:
+        task_id = _abandoning_task(http)
+    x, y = local_data(3)
+
+    async def scenario() -> tuple[int, int]:
+        a = AsyncClient(url, str(tmp_path / "a"))
+        b = AsyncClient(url, str(tmp_path / "b"))
+        try:
+            await asyncio.gather(a.register(), b.register())
+            assignments: dict[str, Assignment] = {}
+            while len(assignments) < 2:
+                for c in (a, b):
+                    if c.device_id not in assignments:
+                        answer = await c.check_in(task_id)
+                        if answer.assignment is not None:
+                            assignments[c.device_id] = answer.assignment
+                await asyncio.sleep(0.05)
+            report = await a.train_round(assignments[a.device_id], SoftmaxTrainer(), x, y)
+            return report.round_id, task_id
+        finally:
+            await asyncio.gather(a.aclose(), b.aclose())
+
+    round_id, _ = asyncio.run(scenario())
+    after_upload = _residual(tmp_path / "a", SPEC.size)
+    sent = _sent(tmp_path / "a")
+    _await_state(url, round_id, "abandoned")
+
+    # Execute
+    async def check_in() -> str | None:
+        async with AsyncClient(url, str(tmp_path / "a")) as again:  # a restarted app
+            return (await again.check_in(task_id)).round_outcome
+
+    outcome = asyncio.run(check_in())
+
+    # Assert
+    assert outcome == "abandoned"
+    np.testing.assert_array_equal(
+        _residual(tmp_path / "a", SPEC.size), (after_upload + sent).astype(np.float32)
+    )
+    assert DeviceStore(tmp_path / "a").load_accepted() is None
+
+
+def test_a_coordinator_that_ignores_the_field_leaves_the_record_waiting(tmp_path: Path) -> None:
+    # Prepare: a record of round 5, and an older coordinator that answers without an outcome
+    root = tmp_path / "a"
+    store = DeviceStore(root)
+    from sdk.device_store import AcceptedUpload
+
+    frame, _ = UpdateCodec(SPEC, CodecConfig(topk=0.5, bits=8)).encode(
+        np.ones(SPEC.size, np.float32), np.random.default_rng(0), weight=1.0
+    )
+    store.save_accepted(AcceptedUpload(5, frame, SPEC))
+    bodies: list[bytes] = []
+
+    def old(request: httpx.Request) -> httpx.Response:
+        bodies.append(request.content)
+        return httpx.Response(200, json={"action": "wait", "retry_after_s": 1.0})
+
+    client = Client("http://coord", str(root), transport=httpx.MockTransport(old))
+
+    # Execute
+    answer = client.check_in(3)
+    client.check_in(3)
+
+    # Assert: asked each time, nothing settled (the record stays, no residual written)
+    assert answer.round_outcome is None
+    assert [json.loads(b) for b in bodies] == [{"task_id": 3, "awaiting_round": 5}] * 2
+    record = DeviceStore(root).load_accepted()
+    assert record is not None and record.round_id == 5
+    assert DeviceStore(root).load_residual(SPEC.size) is None
+
+
+@pytest.mark.parametrize(
+    ("outcome", "kept", "returned"),
+    [
+        ("pending", True, False),
+        ("something-newer", True, False),
+        ("committed", False, False),
+        ("abandoned", False, True),
+        ("excluded", False, True),
+        ("unknown", False, True),
+    ],
+)
+def test_each_outcome_is_acted_on(tmp_path: Path, outcome: str, kept: bool, returned: bool) -> None:
+    # Prepare: a record of round 5 holding ones, and a residual of 0.25
+    from compression import ErrorFeedback
+    from sdk.device_store import AcceptedUpload
+
+    root = tmp_path / "a"
+    store = DeviceStore(root)
+    ef = ErrorFeedback(SPEC.size)
+    ef.residual[:] = 0.25
+    frame, _ = UpdateCodec(SPEC, CodecConfig.dense()).encode(
+        np.ones(SPEC.size, np.float32), np.random.default_rng(0), weight=1.0
+    )
+    store.save_accepted(AcceptedUpload(5, frame, SPEC), ef)
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        body = {"action": "wait", "retry_after_s": 1.0, "round_outcome": outcome}
+        return httpx.Response(200, json=body)
+
+    client = Client("http://coord", str(root), transport=httpx.MockTransport(answer))
+
+    # Execute
+    client.check_in()
+
+    # Assert
+    assert (DeviceStore(root).load_accepted() is not None) is kept
+    want = 1.25 if returned else 0.25
+    np.testing.assert_array_equal(_residual(root, SPEC.size), np.full(SPEC.size, want, np.float32))
+
+
+# -- secure rounds ---------------------------------------------------------------------------
+
+SECURE_SPEC = ModelSpec.from_shapes([("w", (4, 8)), ("b", (4,))])
+
+
+def _secure_task(http: httpx.Client) -> int:
+    from compression import encode_snapshot
+    from protocol.messages import TaskConfig, to_json
+
+    cfg = TaskConfig(
+        name="abandon", model_name="tiny",
+        spec=[TensorShape(e.name, list(e.shape)) for e in SECURE_SPEC.entries],
+        rounds=2, clients_per_round=3, over_selection=1.0, min_reports=3,
+        selection_timeout_s=60.0, deadline_s=30.0, downlink=CodecParams(topk=1.0, bits=32),
+        training=TrainingParams(1, 8, 0.1), retry_after_s=0.2,
+        secure={"coord_fraction": 0.5, "stage_timeout_s": 1.0},
+    )  # fmt: skip
+    task_id = int(http.post("/v1/admin/tasks", json=to_json(cfg), headers=AUTH).json()["task_id"])
+    snap = encode_snapshot(np.zeros(SECURE_SPEC.size, np.float32), SECURE_SPEC, "fp32")
+    r = http.put(
+        f"/v1/admin/tasks/{task_id}/model",
+        content=snap,
+        headers={**AUTH, "content-type": "application/octet-stream"},
+    )
+    assert r.status_code == 200, r.text
+    return task_id
+
+
+def test_a_secure_round_abandoned_after_the_masked_inputs_returns_them(
+    url: str, tmp_path: Path
+) -> None:
+    # Prepare: three devices send their masked inputs, then all go silent before unmask, so
+    # the round cannot be unmasked and is abandoned when the unmask stage times out
+    import threading
+
+    with httpx.Client(base_url=url) as http:
+        task_id = _secure_task(http)
+    clients = [Client(url, str(tmp_path / f"s{i}")) for i in range(3)]
+    for c in clients:
+        c.register()
+    deltas = [np.full(SECURE_SPEC.size, 0.1 * (i + 1), np.float32) for i in range(3)]
+    reports: list[SecureRoundReport | None] = [None] * 3
+
+    def run(i: int) -> None:
+        a = await_assignment(clients[i], task_id)
+        reports[i] = clients[i].secure_round(
+            a, lambda p, i=i: (deltas[i], 8, 0.0), drop_at=Stage.UNMASK
+        )
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    r0 = reports[0]
+    assert r0 is not None and "masked-input" in r0.stages and not r0.completed
+    after = _residual(tmp_path / "s0", SECURE_SPEC.size)
+    assert not np.allclose(after, deltas[0])  # a part of u was sent
+    sent = _sent(tmp_path / "s0")
+    _await_state(url, r0.round_id, "abandoned")
+
+    # Execute
+    answer = clients[0].check_in(task_id)
+
+    # Assert: what the masked input stood for is back: residual = u (delta + old residual 0)
+    assert answer.round_outcome == "abandoned"
+    settled = _residual(tmp_path / "s0", SECURE_SPEC.size)
+    np.testing.assert_array_equal(settled, (after + sent).astype(np.float32))
+    np.testing.assert_allclose(settled, deltas[0], atol=1e-6)
+    participant = clients[0]._core.secure_participant(SECURE_SPEC.size)
+    np.testing.assert_array_equal(participant.residual, settled)
+    for c in clients:
+        c.close()
