@@ -359,3 +359,45 @@ def test_a_secure_round_abandoned_after_the_masked_inputs_returns_them(
     np.testing.assert_array_equal(participant.residual, settled)
     for c in clients:
         c.close()
+
+
+def test_a_410_after_the_masked_input_returns_it_at_once(url: str, tmp_path: Path) -> None:
+    # Prepare: device 0's network answers its masked-input download with the 410 of an aborted
+    # round (injected by a mod; the others run the round normally)
+    import threading
+
+    with httpx.Client(base_url=url) as http:
+        task_id = _secure_task(http)
+
+    def aborts(request: httpx.Request, nxt: Callable[..., Any]) -> Any:
+        if request.method == "GET" and request.url.path.endswith("/stages/masked-input"):
+            return httpx.Response(410, json={"reason": "round_closed", "detail": "aborted"})
+        return nxt(request)
+
+    clients = [Client(url, str(tmp_path / "v"), mods=(aborts,))]
+    clients += [Client(url, str(tmp_path / f"o{i}")) for i in range(2)]
+    for c in clients:
+        c.register()
+    delta = np.full(SECURE_SPEC.size, 0.2, np.float32)
+    reports: list[SecureRoundReport | None] = [None] * 3
+
+    def run(i: int) -> None:
+        a = await_assignment(clients[i], task_id)
+        reports[i] = clients[i].secure_round(a, lambda p: (delta, 8, 0.0))
+
+    # Execute
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+
+    # Assert: the input was taken, then the round "aborted": its content is back in the
+    # residual (the whole delta), saved, and nothing is left to ask about
+    r0 = reports[0]
+    assert r0 is not None and "masked-input" in r0.stages and not r0.completed
+    assert "aborted" in r0.detail
+    np.testing.assert_allclose(_residual(tmp_path / "v", SECURE_SPEC.size), delta, atol=1e-6)
+    assert DeviceStore(tmp_path / "v").load_accepted() is None
+    for c in clients:
+        c.close()
