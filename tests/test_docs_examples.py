@@ -1142,6 +1142,8 @@ JSON_MESSAGES: dict[tuple[str, str], tuple[str, frozenset[str]]] = {
     ("docs/http-api.md", '{"action": "train"'): ("CheckInResponse", frozenset()),
     ("docs/http-api.md", '"payload_bytes": 8123'): ("UploadReceipt", frozenset()),
     ("docs/http-api.md", '"stage": "advertise-keys"'): ("UploadReceipt", frozenset({"stage"})),
+    ("docs/http-api.md", '"awaiting_round": 7'): ("CheckInRequest", frozenset()),
+    ("docs/http-api.md", '"round_outcome": "abandoned"'): ("CheckInResponse", frozenset()),
 }
 JSON_BLOCKS = [b for doc in DOCS for b in fenced_blocks(doc) if b.lang == "json"]
 
