@@ -34,7 +34,6 @@ from protocol.messages import (
     CheckInRequest,
     CheckInResponse,
     ErrorBody,
-    MessageError,
     RegisterRequest,
     RegisterResponse,
     RoundStatus,
@@ -357,7 +356,7 @@ def create_app(
             try:
                 raw = json.loads(await request.body())
                 awaiting = check_awaiting_round(raw.get("awaiting_round"))
-            except MessageError as exc:
+            except ValueError as exc:  # MessageError; JSON the model's parser took is JSON
                 raise ApiError(422, Reason.VALIDATION, str(exc)) from None
         answer = coordinator.check_in(fields.device_id, body.task_id, awaiting)
         att: Attribution = getattr(request.state, STATE_KEY)
