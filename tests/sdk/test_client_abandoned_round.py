@@ -103,7 +103,7 @@ def _abandoning_task(http: httpx.Client) -> int:
     return create_task(
         http,
         task_config(
-            rounds=2, clients_per_round=2, min_reports=2, deadline_s=1.5, selection_timeout_s=60
+            rounds=2, clients_per_round=2, min_reports=2, deadline_s=3.0, selection_timeout_s=60
         ),
     )
 
@@ -291,14 +291,14 @@ def test_each_outcome_is_acted_on(tmp_path: Path, outcome: str, kept: bool, retu
 SECURE_SPEC = ModelSpec.from_shapes([("w", (4, 8)), ("b", (4,))])
 
 
-def _secure_task(http: httpx.Client) -> int:
+def _secure_task(http: httpx.Client, cohort: int = 3) -> int:
     from compression import encode_snapshot
     from protocol.messages import TaskConfig, to_json
 
     cfg = TaskConfig(
         name="abandon", model_name="tiny",
         spec=[TensorShape(e.name, list(e.shape)) for e in SECURE_SPEC.entries],
-        rounds=2, clients_per_round=3, over_selection=1.0, min_reports=3,
+        rounds=2, clients_per_round=cohort, over_selection=1.0, min_reports=3,
         selection_timeout_s=60.0, deadline_s=30.0, downlink=CodecParams(topk=1.0, bits=32),
         training=TrainingParams(1, 8, 0.1), retry_after_s=0.2,
         secure={"coord_fraction": 0.5, "stage_timeout_s": 1.0},
@@ -399,5 +399,55 @@ def test_a_410_after_the_masked_input_returns_it_at_once(url: str, tmp_path: Pat
     assert "aborted" in r0.detail
     np.testing.assert_allclose(_residual(tmp_path / "v", SECURE_SPEC.size), delta, atol=1e-6)
     assert DeviceStore(tmp_path / "v").load_accepted() is None
+    for c in clients:
+        c.close()
+
+
+def test_a_secure_round_that_drops_a_device_tells_it_excluded(url: str, tmp_path: Path) -> None:
+    # Prepare: five devices; device 2 goes silent before its masked input, and the round
+    # commits without it.
+    # Device 2 then asks about the round (as a device whose input the coordinator took but
+    # left out of the sum would: a record of that round, here holding ones)
+    import threading
+
+    from sdk.device_store import AcceptedUpload
+
+    with httpx.Client(base_url=url) as http:
+        task_id = _secure_task(http, cohort=5)
+    clients = [Client(url, str(tmp_path / f"x{i}")) for i in range(5)]
+    for c in clients:
+        c.register()
+    drops = [None, None, Stage.MASKED_INPUT, None, None]
+    reports: list[SecureRoundReport | None] = [None] * 5
+
+    def run(i: int) -> None:
+        a = await_assignment(clients[i], task_id)
+        delta = np.full(SECURE_SPEC.size, 0.1, np.float32)
+        reports[i] = clients[i].secure_round(a, lambda p: (delta, 8, 0.0), drop_at=drops[i])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    r0 = reports[0]
+    assert r0 is not None and r0.completed
+    _await_state(url, r0.round_id, "committed")
+    frame, _ = UpdateCodec(SECURE_SPEC, CodecConfig.dense()).encode(
+        np.ones(SECURE_SPEC.size, np.float32), np.random.default_rng(0), weight=0.0
+    )
+    DeviceStore(tmp_path / "x2").save_accepted(AcceptedUpload(r0.round_id, frame, SECURE_SPEC))
+    assert DeviceStore(tmp_path / "x2").load_residual(SECURE_SPEC.size) is None  # never sent
+
+    # Execute
+    left_out = clients[2].check_in(task_id).round_outcome
+    inside = clients[0].check_in(task_id).round_outcome
+
+    # Assert: device 2 is in the round's dropped list, so excluded (and its content returns);
+    # device 0's input is in the published sum
+    assert (left_out, inside) == ("excluded", "committed")
+    np.testing.assert_array_equal(
+        _residual(tmp_path / "x2", SECURE_SPEC.size), np.ones(SECURE_SPEC.size, np.float32)
+    )
     for c in clients:
         c.close()
