@@ -5,15 +5,22 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
 
 import httpx
 import numpy as np
 import numpy.typing as npt
 
 from compression import ModelSpec, encode_snapshot
-from protocol.messages import RoundStatus, TaskConfig, TaskStatus, from_json, to_json
+from protocol.messages import (
+    MessageError,
+    RoundStatus,
+    TaskConfig,
+    TaskStatus,
+    from_json,
+    to_json,
+)
 from protocol.names import Path
 
 __all__ = ["AdminClient", "AdminError", "MAX_ADMIN_RESPONSE", "MAX_ADMIN_RESPONSE_S"]
@@ -31,6 +38,38 @@ _ERROR_BODY_CAP = 64 << 10
 # Longest one answer may take to arrive whole by default, seconds: `timeout` bounds each read,
 # so a server trickling bytes inside it would otherwise hold the client for cap x timeout.
 MAX_ADMIN_RESPONSE_S = 600.0
+
+T = TypeVar("T")
+
+
+def _as_is(data: Any) -> Any:
+    return data
+
+
+def _object(data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict):
+        raise TypeError(f"expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _task_id(data: Any) -> int:
+    task_id = _object(data)["task_id"]
+    if type(task_id) is not int:
+        raise TypeError(f"task_id {task_id!r} is not an integer")
+    return task_id
+
+
+def _reader(cls: type[T]) -> Callable[[Any], T]:
+    return lambda data: from_json(cls, data)
+
+
+def _list_reader(cls: type[T]) -> Callable[[Any], list[T]]:
+    def read(data: Any) -> list[T]:
+        if not isinstance(data, list):
+            raise TypeError(f"expected a JSON list, got {type(data).__name__}")
+        return [from_json(cls, item, f"$[{i}]") for i, item in enumerate(data)]
+
+    return read
 
 
 class AdminError(RuntimeError):
@@ -92,8 +131,9 @@ class AdminClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, method: str, path: str, **request: Any) -> Any:
-        """Send one request; the JSON body of its 2xx answer, `AdminError` otherwise."""
+    def _call(self, method: str, path: str, read: Callable[[Any], T] = _as_is, **request: Any) -> T:
+        """Send one request; `read` of the JSON body of its 2xx answer, `AdminError` otherwise,
+        also when `read` finds the JSON of the wrong shape (another service, another version)."""
         sent = self._http.build_request(method, path, **request)
         deadline = time.monotonic() + self.max_response_s
         response = self._http.send(sent, stream=True)
@@ -105,9 +145,15 @@ class AdminClient:
         if response.status_code >= 400:
             raise _error(response, body=text)
         try:
-            return json.loads(body)
+            data = json.loads(body)
         except (ValueError, RecursionError):  # not JSON (another server), or nested too deep
             raise _error(response, body=text) from None
+        try:
+            return read(data)
+        except (MessageError, TypeError, KeyError, ValueError, AttributeError) as exc:
+            raise _error(
+                response, problem=f"an answer of the wrong shape, not read: {str(exc)[:200]}"
+            ) from None
 
     def _read(self, response: httpx.Response, deadline: float) -> bytes:
         """The body as sent, under the caps: a 2xx past `max_response_bytes` is refused, a
@@ -154,8 +200,7 @@ class AdminClient:
     def create_task(self, config: TaskConfig, params: npt.NDArray[np.float32]) -> int:
         """Create the task and upload its initial model (an fp32 snapshot); returns its id."""
         spec = ModelSpec.from_json([{"name": t.name, "shape": list(t.shape)} for t in config.spec])
-        created = self._call("POST", Path.ADMIN_TASKS, json=to_json(config))
-        task_id = int(created["task_id"])
+        task_id = self._call("POST", Path.ADMIN_TASKS, _task_id, json=to_json(config))
         snapshot = encode_snapshot(np.asarray(params, dtype=np.float32), spec, "fp32")
         self._call(
             "PUT",
@@ -166,38 +211,29 @@ class AdminClient:
         return task_id
 
     def status(self, task_id: int) -> TaskStatus:
-        data = self._call("GET", Path.ADMIN_TASK.format(task_id=task_id))
-        result: TaskStatus = from_json(TaskStatus, data)
-        return result
+        return self._call("GET", Path.ADMIN_TASK.format(task_id=task_id), _reader(TaskStatus))
 
     def tasks(self) -> list[TaskStatus]:
         """Every task in the store; a refused one has state "refused" and `refused` (why)."""
-        data = self._call("GET", Path.ADMIN_TASKS)
-        return [from_json(TaskStatus, t) for t in data]
+        return self._call("GET", Path.ADMIN_TASKS, _list_reader(TaskStatus))
 
     def rounds(self, task_id: int) -> list[RoundStatus]:
-        data = self._call("GET", Path.ADMIN_ROUNDS.format(task_id=task_id))
-        return [from_json(RoundStatus, r) for r in data]
+        path = Path.ADMIN_ROUNDS.format(task_id=task_id)
+        return self._call("GET", path, _list_reader(RoundStatus))
 
     def round(self, round_id: int) -> RoundStatus:
         """One round's status (for a secure round in flight: its stage and stage uploads)."""
-        data = self._call("GET", Path.ROUND.format(round_id=round_id))
-        result: RoundStatus = from_json(RoundStatus, data)
-        return result
+        return self._call("GET", Path.ROUND.format(round_id=round_id), _reader(RoundStatus))
 
     def pause(self, task_id: int) -> TaskStatus:
-        data = self._call("POST", Path.ADMIN_PAUSE.format(task_id=task_id))
-        result: TaskStatus = from_json(TaskStatus, data)
-        return result
+        return self._call("POST", Path.ADMIN_PAUSE.format(task_id=task_id), _reader(TaskStatus))
 
     def resume(self, task_id: int) -> TaskStatus:
-        data = self._call("POST", Path.ADMIN_RESUME.format(task_id=task_id))
-        result: TaskStatus = from_json(TaskStatus, data)
-        return result
+        path = Path.ADMIN_RESUME.format(task_id=task_id)
+        return self._call("POST", path, _reader(TaskStatus))
 
     def bandwidth(self, round_id: int) -> dict[str, Any]:
-        data: dict[str, Any] = self._call("GET", Path.BANDWIDTH.format(round_id=round_id))
-        return data
+        return self._call("GET", Path.BANDWIDTH.format(round_id=round_id), _object)
 
 
 def _error(response: httpx.Response, *, body: str = "", problem: str = "") -> AdminError:

@@ -25,6 +25,7 @@ from .test_service_support import (
     SoftmaxTrainer,
     await_assignment,
     create_task,
+    initial_params,
     local_data,
     task_config,
     wait_until,
@@ -332,3 +333,40 @@ def test_the_default_cap_holds_150000_rounds_of_a_real_task(tmp_path: Path) -> N
     # Assert: the cap's reasoning (admin_client.py) holds for this answer
     assert [r.state for r in rounds] == ["committed"] * 3
     assert size / 3 * 150_000 < MAX_ADMIN_RESPONSE, size
+
+
+@pytest.mark.parametrize(
+    ("call", "body"),
+    [
+        (lambda a: a.status(1), b"[]"),
+        (lambda a: a.status(1), b'{"task_id": "one"}'),
+        (lambda a: a.tasks(), b'{"task_id": 1}'),
+        (lambda a: a.tasks(), b"[1, 2]"),
+        (lambda a: a.rounds(1), b"null"),
+        (lambda a: a.round(1), b'"committed"'),
+        (lambda a: a.pause(1), b"{}"),
+        (lambda a: a.bandwidth(1), b"[]"),
+    ],
+    ids=["status-list", "status-bad-field", "tasks-object", "tasks-ints", "rounds-null",
+         "round-string", "pause-empty", "bandwidth-list"],  # fmt: skip
+)
+def test_json_of_the_wrong_shape_is_an_admin_error(
+    call: Callable[[AdminClient], object], body: bytes
+) -> None:
+    # Prepare: another service (or version) answering 200 with JSON this client does not read
+    answer = respond(b"200 OK", [b"content-length: %d" % len(body)], body)
+    with HostileServer(answer) as url, AdminClient(url, ADMIN, timeout=5.0) as admin:
+        # Execute
+        with pytest.raises(AdminError) as info:
+            call(admin)
+    # Assert: an AdminError naming the problem, never a TypeError/KeyError from the parsing
+    assert info.value.status == 200
+    assert info.value.problem.startswith("an answer of the wrong shape, not read: ")
+
+
+def test_create_task_refuses_a_task_id_that_is_not_an_integer() -> None:
+    body = b'{"task_id": "7"}'
+    answer = respond(b"200 OK", [b"content-length: %d" % len(body)], body)
+    with HostileServer(answer) as url, AdminClient(url, ADMIN, timeout=5.0) as admin:
+        with pytest.raises(AdminError, match="task_id '7' is not an integer"):
+            admin.create_task(task_config(), initial_params())
