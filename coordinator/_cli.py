@@ -440,6 +440,11 @@ def _serve(args: argparse.Namespace) -> int:
             "(create-task, status, pause, resume) is off",
             file=sys.stderr,
         )
+    # A relative --db is relative to where serve starts: a coordinator started in another
+    # folder gets a new, empty database (no tasks), which is worth a line before it serves.
+    db = Path(args.db).expanduser().resolve()
+    if not db.exists():
+        print(f"{prog}: note: {db} does not exist; starting a new database", file=sys.stderr)
     config = ServiceConfig(
         db_path=args.db,
         admin_token=args.admin_token,
@@ -539,6 +544,10 @@ def _create_task(args: argparse.Namespace) -> int:
     from .service import AdminError
     from .service.rounds import validate_task
 
+    problem = _task_flag_error(args)
+    if problem is not None:
+        print_error("plume coordinator create-task", problem)
+        return 1
     try:
         model = build_model(args.model, seed=args.seed)
         spec = spec_from_module(model)
@@ -574,6 +583,32 @@ def _create_task(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_flag_error(args: argparse.Namespace) -> str | None:
+    """The first bad value among the flags whose library message would not name its flag
+    (a codec's `topk`, which --topk and --downlink-topk both set; an aggregator spec)."""
+    from mobile_sim.models import MODELS
+    from protocol.messages import CodecParams
+
+    from .aggregators import build_aggregator
+
+    if args.model not in MODELS:
+        return f"unknown model {args.model!r} (--model); choose one of {', '.join(sorted(MODELS))}"
+    codecs = (
+        ("--topk/--bits", args.topk, args.bits),
+        ("--downlink-topk/--downlink-bits", args.downlink_topk, args.downlink_bits),
+    )
+    for flags, topk, bits in codecs:
+        try:
+            CodecParams(topk=topk, bits=bits).to_config()
+        except ValueError as exc:
+            return f"{exc} ({flags})"
+    try:
+        build_aggregator(args.aggregator)
+    except ValueError as exc:
+        return f"--aggregator {args.aggregator!r}: {exc}"
+    return None
+
+
 # TaskConfig fields named in `validate_task`'s messages, and the create-task flag of each.
 _TASK_FLAGS = {
     "clients_per_round": "--clients-per-round",
@@ -588,6 +623,7 @@ _TASK_FLAGS = {
     "name": "--name",
     "seed": "--seed",
     "aggregator": "--aggregator",
+    "noise": "--secure-noise",
     **{key: flag for flag, key, _, _ in _SECURE_FLAGS},
 }
 
@@ -598,6 +634,15 @@ def _with_flag(message: str) -> str:
     message = re.sub(
         r"\bsecure\.(\w+)", lambda m: secure_flags.get(m.group(1), m.group(0)), message
     )
+    if message.startswith("secure: "):
+        # Bare SecureConfig fields after the first word ("noise needs noise_multiplier > 0");
+        # only names with an underscore, which never occur as plain words. The first word
+        # keeps its name and gets its flag in parentheses below.
+        first, sep, rest = message.removeprefix("secure: ").partition(" ")
+        rest = re.sub(
+            r"(?<![\w-])([a-z]+_\w+)", lambda m: secure_flags.get(m.group(1), m.group(0)), rest
+        )
+        message = f"secure: {first}{sep}{rest}"
     head = message.removeprefix("secure: ")
     for field in sorted(_TASK_FLAGS, key=len, reverse=True):
         if re.match(rf"{re.escape(field)}\b", head):
