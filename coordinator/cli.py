@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import os
 import sys
 import textwrap
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 __all__ = ["main", "build_parser", "HelpFormatter", "iter_parsers", "print_error"]
 
@@ -106,19 +107,37 @@ def _error_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+def _unrecognized(parser: argparse.ArgumentParser, prog: str, extras: list[str]) -> NoReturn:
+    """Refuse `extras` as the command they were typed for (`plume sim: error: ...`, with its
+    usage), not as `plume`'s, and suggest the closest option of that command."""
+    command = next((p for p in iter_parsers(parser) if p.prog == prog), parser)
+    message = f"unrecognized arguments: {' '.join(extras)}"
+    options = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
+    for word in extras:
+        if word.startswith("--"):
+            close = difflib.get_close_matches(word.split("=", 1)[0], options, n=1, cutoff=0.6)
+            if close:
+                message += f" (did you mean {close[0]}?)"
+            break
+    command.error(message)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `plume ARGV`; returns the exit status (0 success, 2 usage error, 1 other errors)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extras = parser.parse_known_args(argv)
+    prog: Any = getattr(args, "_prog", "plume")
+    if extras:
+        _unrecognized(parser, prog, extras)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()
         return 2
-    prog: Any = getattr(args, "_prog", "plume")
     try:
         return int(func(args) or 0)
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        # A command that knows what an interruption leaves behind says so itself.
+        print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except (ValueError, OSError) as exc:
         # The commands turn the mistakes they expect into sentences; this is the net under
