@@ -108,6 +108,15 @@ class _Elapsed:
             print(f"{lead}{self.text} {ended} in {seconds:.1f} s", file=sys.stderr, flush=True)
 
 
+def _out_blocker(out: Path) -> Path | None:
+    """The existing path at or above `out` that is not a folder (so nothing can be written
+    there), or None."""
+    for path in (out, *out.parents):
+        if path.exists():
+            return None if path.is_dir() else path
+    return None
+
+
 def register(sub: Any) -> None:
     p: argparse.ArgumentParser = sub.add_parser(
         "export",
@@ -173,7 +182,7 @@ def register(sub: Any) -> None:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from mobile_sim.models import build_model
+    from mobile_sim.models import MODELS, build_model
 
     from .onnx_export import (
         ExampleInputError,
@@ -186,6 +195,15 @@ def _run(args: argparse.Namespace) -> int:
         return _fail(f"--batch-size must be at least 2, got {args.batch_size}")
     if args.optimizer != "momentum" and args.momentum != _MOMENTUM:
         return _fail("--momentum applies with --optimizer momentum only")
+    if not 0.0 <= args.momentum < 1.0:
+        return _fail(f"--momentum must be in [0, 1), got {args.momentum}")
+    if args.model not in MODELS:
+        return _fail(f"unknown model {args.model!r}; choose one of {', '.join(sorted(MODELS))}")
+    blocker = _out_blocker(Path(args.out))
+    if blocker is not None:
+        # Checked before tracing (seconds to minutes); the export itself would refuse it only
+        # when it writes.
+        return _fail(f"--out {args.out}: {blocker} is not a folder", 1)
     try:
         model = build_model(args.model, seed=args.seed)
         shape = args.input_shape or example_input_shape(args.model)
