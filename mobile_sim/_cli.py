@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import sys
 from collections.abc import Callable
@@ -14,7 +15,7 @@ __all__ = ["register", "config_from_args"]
 
 _EXAMPLES = """\
 examples:
-  plume sim --dataset digits --rounds 5 --local-epochs 1     # a first run, seconds long
+  plume sim --dataset digits --rounds 30 --lr 0.2            # a first run, seconds long
   plume sim --dataset mnist --clients 100 --per-round 10 --rounds 20 --topk 0.01 --bits 4
   plume sim --dataset mnist --rounds 20 --compare-dense --out runs/mnist
   plume sim --dataset digits --clients 200 --per-round 50 --rounds 30 --local-epochs 2
@@ -315,7 +316,7 @@ def register(sub: Any) -> None:
     g.add_argument(
         "--dp-noise",
         default="none",
-        metavar="{none,gaussian,skellam}",
+        metavar="{none,gaussian,skellam}",  # checked in _dp_noise_error: a usage error, 2
         help="distributed DP noise each device adds (needs --noise-multiplier > 0)",
     )
     g.add_argument(
@@ -480,10 +481,6 @@ def _secure_config(args: argparse.Namespace, cfg: Any) -> Any:
         "gaussian": NoiseKind.DISCRETE_GAUSSIAN,
         "skellam": NoiseKind.SKELLAM,
     }
-    if args.dp_noise not in kinds:
-        raise ValueError(f"--dp-noise must be one of {sorted(kinds)}, not {args.dp_noise!r}")
-    if args.noise_multiplier < 0:
-        raise ValueError(f"--noise-multiplier must be >= 0, got {args.noise_multiplier}")
     noise = kinds[args.dp_noise]
     # Flags left out keep SecureConfig's defaults (the benchmarked ones).
     knobs = {
@@ -512,10 +509,12 @@ class _Rows:
     """Prints the per-round table as rounds finish: above the progress bar (tqdm.write) when
     there is one, as plain lines otherwise."""
 
-    def __init__(self, label: str, above_bar: bool) -> None:
+    def __init__(self, label: str, above_bar: bool, show: bool = True) -> None:
         self.label = label
         self.above_bar = above_bar
+        self.show = show  # False: count the rounds only (a runner's own bar prints them)
         self.started = False
+        self.done = 0
 
     def _say(self, text: str) -> None:
         if self.above_bar:
@@ -528,19 +527,25 @@ class _Rows:
     def __call__(self, rec: Any) -> None:
         from .report import table_header, table_row
 
+        self.done += 1
+        if not self.show:
+            return
         if not self.started:  # at the first row, so a run that fails to start prints no header
             self.started = True
             self._say(table_header(self.label))
         self._say(table_row(rec))
 
 
-def _run_one(cfg: Any, args: argparse.Namespace, label: str) -> Any:
+def _run_one(cfg: Any, args: argparse.Namespace, label: str, rows: _Rows) -> Any:
+    """Run one simulation; `rows` prints its table (or only counts its rounds, where the
+    runner's own progress bar prints them)."""
     # The bar goes to stderr: only on a terminal, so a log (`2>&1 | tee`) holds no
     # carriage-return noise; the table rows go to stdout either way, one per finished round.
     bar = not args.no_progress and sys.stderr.isatty()
     if args.secure and not cfg.dense:
         from .secure import run_secure_simulation
 
+        rows.above_bar = bar  # the secure bar prints no rows
         return run_secure_simulation(
             cfg,
             _secure_config(args, cfg),
@@ -548,10 +553,10 @@ def _run_one(cfg: Any, args: argparse.Namespace, label: str) -> Any:
             progress=bar,
             label=label or "secure",
             transport=args.transport,
-            on_round=_Rows(label or "secure", above_bar=bar),  # the secure bar prints no rows
+            on_round=rows,
         )
     # The plain runners print the rows above their own bar; without one, this does.
-    rows = None if bar else _Rows(label, above_bar=False)
+    rows.show = not bar
     if args.transport == "http":
         try:
             from .http_fleet import run_http_simulation
@@ -827,6 +832,8 @@ def _usage_error(args: argparse.Namespace) -> str | None:
             "(--secure-upload-budget, --secure-bits, --secure-clip) from honest devices, with "
             "--group-size/--group-aggregator for robustness"
         )
+    elif problem := _dp_noise_error(args):
+        return problem
     if (args.ort_fraction > 0 or args.ort_tier) and not args.ort_artifacts:
         return (
             "--ort-fraction/--ort-tier need --ort-artifacts DIR, a folder written by "
@@ -834,9 +841,53 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         )
     if args.ort_artifacts and not Path(args.ort_artifacts).is_dir():
         return f"--ort-artifacts {args.ort_artifacts} is not a folder (run `plume export` first)"
+    if args.ort_artifacts and (problem := _ort_loss_error(Path(args.ort_artifacts))):
+        return problem
     if args.data_root and not Path(args.data_root).is_dir():
         return f"--data-root {args.data_root} is not a folder"
     return _spec_error(args) or _model_mismatch(args.dataset, args.model)
+
+
+def _dp_noise_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with --dp-noise / --noise-multiplier of a secure run, or None."""
+    z = args.noise_multiplier
+    if args.dp_noise not in ("none", "gaussian", "skellam"):
+        return f"--dp-noise must be none, gaussian or skellam, got {args.dp_noise!r}"
+    if not (math.isfinite(z) and z >= 0):
+        return f"--noise-multiplier must be >= 0, got {z}"
+    if args.dp_noise == "none" and z > 0:
+        # It used to be ignored: the run looked private and added no noise.
+        return (
+            "--noise-multiplier sets the noise of --dp-noise gaussian or skellam; with "
+            "--dp-noise none (the default) no device adds noise"
+        )
+    if args.dp_noise != "none" and z == 0:
+        return (
+            f"--dp-noise {args.dp_noise} needs --noise-multiplier Z > 0 (the noise standard "
+            "deviation / --secure-clip)"
+        )
+    return None
+
+
+def _ort_loss_error(folder: Path) -> str | None:
+    """Why the export in `folder` cannot train a `plume sim` classifier, or None.
+
+    Every simulated dataset has class labels, which only a cross-entropy training step takes;
+    an `--loss mse` export used to fail mid-round with a shape error about `y`. A missing or
+    unreadable manifest is left to the library's artifact checks, which name the problem.
+    """
+    import json
+
+    try:
+        loss = json.loads((folder / "manifest.json").read_text()).get("loss")
+    except (OSError, ValueError, AttributeError):
+        return None
+    if loss in (None, "ce"):
+        return None
+    return (
+        f"--ort-artifacts {folder} was exported with --loss {loss}, but plume sim trains "
+        "classifiers on class labels: export with --loss ce (the default)"
+    )
 
 
 def _spec_error(args: argparse.Namespace) -> str | None:
@@ -903,6 +954,8 @@ def _main(args: argparse.Namespace) -> int:
         return _fail(f"unknown action {args.action!r} (run or report){hint}")
     if args.run_dir:
         return _fail("a run folder is only taken by `plume sim report RUN_DIR`")
+    from coordinator.privacy import PrivacyBudgetExhausted
+
     from .data import DataError
     from .report import plot_accuracy_vs_bytes, summary, write_run
 
@@ -931,22 +984,49 @@ def _main(args: argparse.Namespace) -> int:
     # An external --coordinator's refusals and network failures are the user's to fix; with
     # the loopback one (ours), such an error would be a bug and keeps its traceback.
     remote_errors = _remote_errors() if args.coordinator else ()
+    debug = bool(os.environ.get("PLUME_DEBUG"))
     results = []
     for label, c in runs:
+        run_dir = out / label if len(runs) > 1 else out
+        rows = _Rows(label, above_bar=False)
         try:
-            res = _run_one(c, args, label)
+            res = _run_one(c, args, label, rows)
+        except KeyboardInterrupt:
+            print(
+                f"{_PROG}: {_interrupted(rows.done, c.rounds, label, runs, out)}", file=sys.stderr
+            )
+            return 130
         except ValueError as exc:
+            if debug:
+                raise
             return _fail(_in_flags(str(exc)))
+        except PrivacyBudgetExhausted as exc:
+            if debug:
+                raise
+            # Only a budget that cannot pay for the first round gets here: later rounds end
+            # the run early instead, as the summary says.
+            return _fail(
+                f"--aggregator {args.aggregator!r}: {exc}; the dp budget (eps=) does not cover "
+                "one round: raise eps= or z=, or sample fewer devices a round"
+            )
         except remote_errors as exc:
             from coordinator._cli import admin_error_text
 
-            return _fail(admin_error_text(exc, args.coordinator, "--coordinator"), 1)
+            # `plume sim` has no --admin-token flag: its token comes from the environment.
+            text = admin_error_text(exc, args.coordinator, "--coordinator")
+            return _fail(
+                text.replace("(--admin-token or PLUME_ADMIN_TOKEN)", "(PLUME_ADMIN_TOKEN)"), 1
+            )
         except DataError as exc:  # the data folder is missing or unreadable
             text = str(exc)
             if args.data_root:
                 text = text.replace("set PLUME_DATA to", "pass --data-root")
+            elif os.environ.get("PLUME_DATA"):
+                text = text.replace(
+                    "set PLUME_DATA to", f"set PLUME_DATA (now {os.environ['PLUME_DATA']}) to"
+                )
             return _fail(text, 1)
-        write_run(res, out / label if len(runs) > 1 else out)
+        write_run(res, run_dir)
         results.append(res)
     plot = plot_accuracy_vs_bytes(
         [
@@ -969,6 +1049,8 @@ def _main(args: argparse.Namespace) -> int:
         if s["sim_s"] is not None:
             line += f"; simulated {s['sim_s']:.0f} s in rounds + {s['wait_s']:.0f} s waiting"
         print(line)
+        if len(r.records) < r.config.rounds:
+            print(f"{r.label or 'run'}: {_stopped_early(r)}")
     if len(results) == 2 and results[0].final_accuracy is not None:
         dense_up, comp_up = results[1].total_up, results[0].total_up
         delta_pp = 100 * ((results[0].final_accuracy or 0) - (results[1].final_accuracy or 0))
@@ -976,8 +1058,39 @@ def _main(args: argparse.Namespace) -> int:
             f"compressed vs dense: {dense_up / comp_up:.1f}x fewer upload bytes, "
             f"accuracy {delta_pp:+.2f} pp"
         )
-    print(f"wrote {out}/ (rounds.json, rounds.csv, ledger.csv) and {plot}")
+    where = f"{out}/" if len(runs) == 1 else f"{out}/{{{','.join(label for label, _ in runs)}}}/"
+    print(f"wrote {where} (rounds.json, rounds.csv, ledger.csv) and {plot}")
     return 0
+
+
+def _interrupted(done: int, rounds: int, label: str, runs: list[tuple[str, Any]], out: Path) -> str:
+    """The line for a Ctrl-C during run `label`: how far it got and what is on disk.
+
+    A run's files are written when it ends, so an interrupted run leaves none; with
+    --compare-dense the runs that ended before it are in their subfolders.
+    """
+    of = f" of the {label} run" if len(runs) > 1 else ""
+    text = f"interrupted after {done} of {rounds} rounds{of}; its results were not written"
+    finished = [lbl for lbl, _ in runs[: [lbl for lbl, _ in runs].index(label)]]
+    if finished:
+        text += " (" + ", ".join(f"the {lbl} run is in {out / lbl}" for lbl in finished) + ")"
+    run_dir = out / label if len(runs) > 1 else out
+    if (run_dir / "rounds.json").exists():
+        text += f"; {run_dir / 'rounds.json'} is from an earlier run"
+    return text
+
+
+def _stopped_early(result: Any) -> str:
+    """Why a run ended before its last round: a spent DP budget, or the task stopping."""
+    from coordinator.engine import find_measurement
+
+    last = result.records[-1].measurements if result.records else {}
+    text = f"stopped after {len(result.records)} of {result.config.rounds} rounds"
+    if find_measurement(last, "budget_exhausted") is True:
+        eps, delta = find_measurement(last, "epsilon"), find_measurement(last, "delta")
+        spent = f" (epsilon {eps:.2f} at delta {delta:g})" if eps is not None and delta else ""
+        return f"{text}: the privacy budget of --aggregator dp (eps=) is spent{spent}"
+    return f"{text}: the coordinator stopped the task"
 
 
 def _as_dict(rec: Any) -> dict[str, Any]:
