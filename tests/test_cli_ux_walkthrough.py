@@ -1,0 +1,382 @@
+"""What a new user ran into walking through the README and docs with the `plume` command: a
+mistyped option, Ctrl-C, a run the privacy budget stops, flags that were silently ignored,
+artifacts of the wrong loss, and error lines that named no flag."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.cli import main
+
+# A tiny, fast run: 2 rounds of digits_mlp on 6 devices, 3 a round.
+TINY = [
+    "sim", "--dataset", "digits", "--model", "digits_mlp", "--clients", "6", "--per-round",
+    "3", "--rounds", "2", "--local-epochs", "1", "--no-progress",
+]  # fmt: skip
+
+
+def _error_line(err: str, prog: str) -> str:
+    """The one `PROG: error:` line of `err` (and no traceback)."""
+    assert "Traceback" not in err, err
+    lines = [line for line in err.splitlines() if f"{prog}: error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def _record(round_id: int) -> Any:
+    from mobile_sim.runner import RoundRecord
+
+    return RoundRecord(
+        round=round_id, accuracy=0.1, loss=2.3, train_loss=2.3, reports=3, committed=True,
+        bytes_up=100, bytes_down=400, dense_up=400, dense_down=400, wire_up=100, wire_down=400,
+        ratio_up=4.0, wall_s=0.01,
+    )  # fmt: skip
+
+
+# --- a mistyped option -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("argv", "prog", "expected"),
+    [
+        (["sim", "--per_round", "3"], "plume sim", "--per_round (did you mean --per-round?)"),
+        (
+            ["coordinator", "serve", "--prot", "8080"],
+            "plume coordinator serve",
+            "--prot 8080 (did you mean --port?)",
+        ),
+        (["sim", "report", "runs/x", "extra"], "plume sim", "unrecognized arguments: extra"),
+    ],
+)
+def test_an_unknown_option_is_refused_by_its_command_with_a_suggestion(
+    capsys: pytest.CaptureFixture[str], argv: list[str], prog: str, expected: str
+) -> None:
+    # Execute
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    # Assert: the command's own usage and error line (it was `plume: error:` with the top-level
+    # usage, which did not say which command the option was typed for)
+    assert exit_info.value.code == 2
+    assert expected in _error_line(err, prog)
+    assert f"usage: {prog} " in err
+
+
+# --- Ctrl-C ----------------------------------------------------------------------------------
+
+
+def test_ctrl_c_in_a_run_says_how_far_it_got_and_that_nothing_was_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: a runner that finishes one round, then meets Ctrl-C in the next
+    import mobile_sim.runner as runner
+
+    def interrupted(cfg: Any, progress: bool, label: str, on_round: Any) -> Any:
+        on_round(_record(1))
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_simulation", interrupted)
+    # Execute
+    code = main([*TINY, "--out", str(tmp_path / "run")])
+    captured = capsys.readouterr()
+    # Assert: exit 130, one line in the `plume sim:` form, the finished row printed, no files
+    assert code == 130
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert lines == ["plume sim: interrupted after 1 of 2 rounds; its results were not written"]
+    assert "round accuracy" in captured.out
+    assert not (tmp_path / "run" / "rounds.json").exists()
+
+
+def test_ctrl_c_in_the_dense_run_of_compare_dense_points_at_the_finished_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: the compressed run is real, the dense one is interrupted before its first round;
+    # the dense folder holds a rounds.json of an earlier run
+    import mobile_sim.runner as runner
+
+    real = runner.run_simulation
+
+    def dense_interrupted(cfg: Any, progress: bool, label: str, on_round: Any) -> Any:
+        if cfg.dense:
+            raise KeyboardInterrupt
+        return real(cfg, progress=progress, label=label, on_round=on_round)
+
+    monkeypatch.setattr(runner, "run_simulation", dense_interrupted)
+    out = tmp_path / "run"
+    (out / "dense").mkdir(parents=True)
+    (out / "dense" / "rounds.json").write_text("{}")
+    # Execute
+    code = main([*TINY, "--compare-dense", "--out", str(out)])
+    err = capsys.readouterr().err
+    # Assert
+    assert code == 130
+    line = next(line for line in err.splitlines() if "interrupted" in line)
+    assert line.startswith("plume sim: interrupted after 0 of 2 rounds of the dense run")
+    assert f"(the compressed run is in {out / 'compressed'})" in line
+    assert f"{out / 'dense' / 'rounds.json'} is from an earlier run" in line
+    assert (out / "compressed" / "rounds.json").is_file()
+
+
+def test_compare_dense_names_the_folders_it_wrote(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    code = main([*TINY, "--compare-dense", "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    # Assert: the CSV and JSON files are in one subfolder per run, not in --out itself
+    assert code == 0
+    assert f"wrote {tmp_path / 'run'}/{{compressed,dense}}/ (rounds.json" in out
+    assert (tmp_path / "run" / "dense" / "rounds.json").is_file()
+    assert not (tmp_path / "run" / "rounds.json").exists()
+
+
+# --- differential privacy --------------------------------------------------------------------
+
+
+def test_a_run_the_privacy_budget_stops_says_why_it_ended_early(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: z = 2 with 3 of 6 devices a round costs epsilon 4.09 for one round, 5.97 for
+    # two, so a budget of 5 pays for one of the two rounds asked for
+    dp = "dp:clip=1,z=2.0,population=6,sample=3,denom=3,eps=5,seed=0+fedavg"
+    # Execute
+    code = main([*TINY, "--aggregator", dp, "--out", str(tmp_path / "run")])
+    out = capsys.readouterr().out
+    # Assert: it used to print the summary of 1 round with no word about the second
+    assert code == 0
+    assert (
+        "compressed: stopped after 1 of 2 rounds: the privacy budget of --aggregator dp (eps=) "
+        "is spent (epsilon 4.09 at delta 1e-05)"
+    ) in out
+
+
+def test_a_privacy_budget_that_cannot_pay_for_one_round_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: one round costs epsilon 4.09, the budget is 3
+    dp = "dp:clip=1,z=2.0,population=6,sample=3,denom=3,eps=3,seed=0+fedavg"
+    # Execute
+    code = main([*TINY, "--aggregator", dp, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    # Assert: it was a PrivacyBudgetExhausted traceback
+    assert code == 2
+    line = _error_line(err, "plume sim")
+    assert "round 1 would reach epsilon 4.086 > budget 3.0" in line
+    assert "raise eps= or z=" in line
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        # Used to run without noise, as if --noise-multiplier had not been given.
+        (["--noise-multiplier", "1"], "--noise-multiplier sets the noise of --dp-noise"),
+        (["--dp-noise", "gaussian"], "--dp-noise gaussian needs --noise-multiplier Z > 0"),
+        (
+            ["--dp-noise", "skellam", "--noise-multiplier", "-1"],
+            "--noise-multiplier must be >= 0, got -1.0",
+        ),
+    ],
+)
+def test_secure_dp_noise_flags_that_do_not_go_together(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], expected: str
+) -> None:
+    # Execute
+    code = main([*TINY, "--secure", *flags, "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    # Assert
+    assert code == 2
+    assert expected in _error_line(err, "plume sim")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_unknown_dp_noise_is_named_before_any_data_is_loaded(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Execute
+    code = main([*TINY, "--secure", "--dp-noise", "laplace"])
+    # Assert: it was "--dp-noise must be one of ['gaussian', 'none', 'skellam'], ..." once the
+    # run had loaded its data
+    assert code == 2
+    line = _error_line(capsys.readouterr().err, "plume sim")
+    assert "--dp-noise must be none, gaussian or skellam, got 'laplace'" in line
+
+
+# --- ONNX devices, data, debugging -----------------------------------------------------------
+
+
+def test_ort_artifacts_exported_for_mse_are_refused_before_training(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: what `plume export --loss mse` writes in its manifest (only `loss` is read)
+    artifacts = tmp_path / "digits_mse"
+    artifacts.mkdir()
+    (artifacts / "manifest.json").write_text(json.dumps({"loss": "mse"}))
+    # Execute
+    code = main([*TINY, "--ort-fraction", "0.5", "--ort-artifacts", str(artifacts)])
+    err = capsys.readouterr().err
+    # Assert: it used to fail mid-round with "y of shape (9,), the model takes [B, (10,)]"
+    assert code == 2
+    line = _error_line(err, "plume sim")
+    assert "was exported with --loss mse" in line and "export with --loss ce" in line
+
+
+def test_a_plume_data_that_is_wrong_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare
+    monkeypatch.setenv("PLUME_DATA", str(tmp_path / "nowhere"))
+    # Execute
+    code = main(["sim", "--dataset", "mnist", "--rounds", "1", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    # Assert: "set PLUME_DATA to ..." alone read as if it were unset
+    assert code == 1
+    assert f"set PLUME_DATA (now {tmp_path / 'nowhere'}) to" in _error_line(err, "plume sim")
+
+
+def test_plume_debug_shows_the_traceback_of_a_run_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: a ValueError from inside the run (a library bug looks the same)
+    import mobile_sim.runner as runner
+
+    def broken(cfg: Any, progress: bool, label: str, on_round: Any) -> Any:
+        raise ValueError("deep inside the run")
+
+    monkeypatch.setattr(runner, "run_simulation", broken)
+    run = [*TINY, "--out", str(tmp_path / "run")]
+    # Execute + Assert: one line without PLUME_DEBUG, the exception itself with it
+    assert main(run) == 2
+    assert "deep inside the run" in _error_line(capsys.readouterr().err, "plume sim")
+    monkeypatch.setenv("PLUME_DEBUG", "1")
+    with pytest.raises(ValueError, match="deep inside the run"):
+        main(run)
+
+
+def test_an_external_coordinator_refusing_the_token_points_at_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: a coordinator whose token is not the one in the environment
+    from coordinator.service import ServerThread, ServiceConfig
+
+    monkeypatch.setenv("PLUME_ADMIN_TOKEN", "not-the-token")
+    config = ServiceConfig(db_path=str(tmp_path / "p.db"), admin_token="the-token")
+    with ServerThread(config) as url:
+        # Execute
+        code = main([*TINY, "--transport", "http", "--coordinator", url, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    # Assert: `plume sim` has no --admin-token flag to pass
+    assert code == 1
+    line = _error_line(err, "plume sim")
+    assert "refused the admin token" in line and "(PLUME_ADMIN_TOKEN)" in line
+    assert "--admin-token" not in line
+
+
+# --- create-task, serve, export --------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (["--topk", "2"], "topk must be in (0, 1], got 2.0 (--topk/--bits)"),
+        (["--downlink-bits", "3"], "got 3 (--downlink-topk/--downlink-bits)"),
+        (["--aggregator", "nope"], "--aggregator 'nope': unknown aggregator 'nope'"),
+        (["--model", "nope"], "unknown model 'nope' (--model); choose one of digits_mlp, mlp,"),
+        (
+            ["--secure", "--secure-noise", "skellam"],
+            "secure: noise needs --secure-noise-multiplier > 0 (--secure-noise)",
+        ),
+    ],
+)
+def test_create_task_mistakes_name_their_flag(
+    capsys: pytest.CaptureFixture[str], flags: list[str], expected: str
+) -> None:
+    # Execute: refused before any server is contacted (none runs at this URL)
+    code = main(
+        ["coordinator", "create-task", "--url", "http://127.0.0.1:9", "--admin-token", "t", *flags]
+    )
+    err = capsys.readouterr().err
+    # Assert
+    assert code == 1
+    assert expected in _error_line(err, "plume coordinator create-task")
+
+
+def test_serve_says_when_it_starts_a_new_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: a relative --db, resolved against the folder serve starts in; the port is taken
+    # so that serve stops right after opening the database
+    monkeypatch.chdir(tmp_path)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        argv = [
+            "coordinator",
+            "serve",
+            "--db",
+            "plume.db",
+            "--port",
+            port,
+            "--log-level",
+            "critical",
+        ]
+        # Execute: a first start creates the file, a second finds it
+        errs = []
+        for _ in range(2):
+            with pytest.raises(SystemExit):
+                main(argv)
+            errs.append(capsys.readouterr().err)
+    # Assert: a note with the absolute path from the first start only
+    note = (
+        f"plume coordinator serve: note: {tmp_path / 'plume.db'} does not exist; starting a new "
+        "database"
+    )
+    assert note in errs[0].splitlines()
+    assert "note: " + str(tmp_path) not in errs[1]
+
+
+@pytest.mark.parametrize(
+    ("flags", "code", "expected"),
+    [
+        (
+            ["--optimizer", "momentum", "--momentum", "1.5"],
+            2,
+            "--momentum must be in [0, 1), got 1.5",
+        ),
+        (["--model", "nope"], 2, "unknown model 'nope'; choose one of digits_mlp, mlp,"),
+    ],
+)
+def test_export_mistakes_are_refused_before_tracing(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    flags: list[str],
+    code: int,
+    expected: str,
+) -> None:
+    # Execute
+    argv = ["export", "--model", "mlp", "--out", str(tmp_path / "a"), *flags]
+    assert main(argv) == code
+    err = capsys.readouterr().err
+    # Assert: no tracing started (it used to trace first, then fail with status 1)
+    assert expected in _error_line(err, "plume export")
+    assert "tracing" not in err
+    assert not (tmp_path / "a").exists()
+
+
+def test_export_to_a_path_under_a_file_fails_before_tracing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare
+    (tmp_path / "file").write_text("x")
+    # Execute
+    code = main(["export", "--model", "mlp", "--out", str(tmp_path / "file" / "a")])
+    err = capsys.readouterr().err
+    # Assert
+    assert code == 1
+    assert f"{tmp_path / 'file'} is not a folder" in _error_line(err, "plume export")
+    assert "tracing" not in err
