@@ -136,3 +136,4 @@ class Reason(StrEnum):
     REQUEST_TIMEOUT = "request_timeout"
     TASK_REFUSED = "task_refused"
     STORE_UNAVAILABLE = "store_unavailable"
+    INTERNAL_ERROR = "internal_error"

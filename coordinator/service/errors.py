@@ -8,13 +8,7 @@ from fastapi import Path as PathParam
 
 from protocol.names import ContentType, Reason
 
-__all__ = ["ApiError", "INTERNAL_ERROR", "StoreId", "media_type", "require_media_type"]
-
-# The `reason` of the 500 the wire middleware answers for an unhandled error (wire.py): the
-# body is `{"reason": "internal_error", "detail": ...}` like every other error, its detail an
-# incident id for the log, never the exception. A wire name, so it belongs in
-# `protocol.names.Reason` with the others; it is here until that module takes it.
-INTERNAL_ERROR = "internal_error"
+__all__ = ["ApiError", "StoreId", "media_type", "require_media_type"]
 
 # A task or round id in a URL. SQLite's INTEGER is signed 64-bit, so an id outside it names
 # nothing: it is refused as 422 `validation` here rather than overflowing the store's query (a

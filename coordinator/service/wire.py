@@ -33,7 +33,6 @@ from starlette.requests import ClientDisconnect
 from protocol.messages import request_wire_bytes, response_wire_bytes
 from protocol.names import Direction, Reason
 
-from .errors import INTERNAL_ERROR
 from .metrics import Metrics
 from .store import Store
 
@@ -210,7 +209,7 @@ class WireMiddleware:
                 f"the coordinator failed on this request (incident {incident} in its log); "
                 "retry later"
             )
-            await _reject(counting_send, 500, INTERNAL_ERROR, detail)
+            await _reject(counting_send, 500, Reason.INTERNAL_ERROR, detail)
         if started:
             self._account(scope, received, started, sent_body + interim)
 
@@ -300,10 +299,9 @@ async def _reject_413(send: Send, cap: int) -> tuple[Message, int]:
     return await _reject(send, 413, Reason.TOO_LARGE, f"request body above the {cap}-byte cap")
 
 
-async def _reject(send: Send, status: int, reason: str, detail: str) -> tuple[Message, int]:
+async def _reject(send: Send, status: int, reason: Reason, detail: str) -> tuple[Message, int]:
     """A JSON error response that closes the connection (the rest of the body is not read);
-    returns its start message and body size, for the control-traffic counter. `reason`: a
-    `Reason`, or `INTERNAL_ERROR`."""
+    returns its start message and body size, for the control-traffic counter."""
     body = json.dumps({"reason": str(reason), "detail": detail}).encode()
     start: Message = {
         "type": "http.response.start",
