@@ -5,7 +5,10 @@ artifacts of the wrong loss, and error lines that named no flag."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -260,14 +263,20 @@ def test_plume_debug_shows_the_traceback_of_a_run_error(
 def test_an_external_coordinator_refusing_the_token_points_at_the_environment(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Prepare: a coordinator whose token is not the one in the environment
-    from coordinator.service import ServerThread, ServiceConfig
+    # Prepare: the refusal AdminClient raises for a token the coordinator does not know (no
+    # server: uvicorn in this process would reconfigure its logging)
+    import mobile_sim.http_fleet as http_fleet
+    from coordinator.service import AdminError
 
+    def refused(cfg: Any, coordinator_url: str, progress: bool, label: str, on_round: Any) -> Any:
+        body = json.dumps({"reason": "bad_admin_token", "detail": "wrong admin token"})
+        raise AdminError("POST", "/v1/admin/tasks", 403, body)
+
+    monkeypatch.setattr(http_fleet, "run_http_simulation", refused)
     monkeypatch.setenv("PLUME_ADMIN_TOKEN", "not-the-token")
-    config = ServiceConfig(db_path=str(tmp_path / "p.db"), admin_token="the-token")
-    with ServerThread(config) as url:
-        # Execute
-        code = main([*TINY, "--transport", "http", "--coordinator", url, "--out", str(tmp_path)])
+    url = "http://127.0.0.1:9"
+    # Execute
+    code = main([*TINY, "--transport", "http", "--coordinator", url, "--out", str(tmp_path)])
     err = capsys.readouterr().err
     # Assert: `plume sim` has no --admin-token flag to pass
     assert code == 1
@@ -305,39 +314,38 @@ def test_create_task_mistakes_name_their_flag(
     assert expected in _error_line(err, "plume coordinator create-task")
 
 
-def test_serve_says_when_it_starts_a_new_database(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_serve_says_when_it_starts_a_new_database(tmp_path: Path) -> None:
     # Prepare: a relative --db, resolved against the folder serve starts in; the port is taken
-    # so that serve stops right after opening the database
-    monkeypatch.chdir(tmp_path)
+    # so that serve stops right after opening the database. A subprocess, because uvicorn
+    # reconfigures the logging of the process it runs in.
+    script = Path(sys.executable).with_name("plume")
+    plume = [str(script)] if script.exists() else [sys.executable, "-m", "coordinator.cli"]
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        port = str(busy.getsockname()[1])
-        argv = [
-            "coordinator",
-            "serve",
-            "--db",
-            "plume.db",
-            "--port",
-            port,
-            "--log-level",
-            "critical",
-        ]
+        argv = ["coordinator", "serve", "--db", "plume.db", "--port", str(busy.getsockname()[1])]
         # Execute: a first start creates the file, a second finds it
-        errs = []
-        for _ in range(2):
-            with pytest.raises(SystemExit):
-                main(argv)
-            errs.append(capsys.readouterr().err)
-    # Assert: a note with the absolute path from the first start only
+        runs = [
+            subprocess.run(
+                [*plume, *argv, "--log-level", "critical"],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+                env={**os.environ, "PLUME_DEBUG": "", "PLUME_ADMIN_TOKEN": "t"},
+            )
+            for _ in range(2)
+        ]
+    # Assert: a note with the absolute path from the first start only, then the error line
     note = (
         f"plume coordinator serve: note: {tmp_path / 'plume.db'} does not exist; starting a new "
         "database"
     )
-    assert note in errs[0].splitlines()
-    assert "note: " + str(tmp_path) not in errs[1]
+    assert [r.returncode for r in runs] == [1, 1]
+    assert runs[0].stderr.splitlines()[0] == note
+    assert "note:" not in runs[1].stderr
+    assert "is already in use" in _error_line(runs[1].stderr, "plume coordinator serve")
 
 
 @pytest.mark.parametrize(
