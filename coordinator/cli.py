@@ -46,6 +46,18 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         return text
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse's parser, with a usage error that fits on a screen: a command with many
+    options (`plume sim` has 60) shows a one-line usage and where the full one is, instead of
+    a screenful above its error line. Subcommand parsers are made of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        usage = self.format_usage()
+        if usage.count("\n") > 4:
+            usage = f"usage: {self.prog} [OPTIONS] (`{self.prog} --help` lists them)\n"
+        self.exit(2, f"{usage}{self.prog}: error: {message}\n")
+
+
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -65,7 +77,7 @@ def iter_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentP
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="plume",
         description=(
             "Plume: federated learning for phones and small devices, where the network is the "

@@ -70,6 +70,25 @@ def test_an_unknown_option_is_refused_by_its_command_with_a_suggestion(
     assert f"usage: {prog} " in err
 
 
+def test_a_usage_error_of_a_command_with_many_options_fits_on_a_screen(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Execute: `plume sim` (60 options) and `plume export` (a handful)
+    with pytest.raises(SystemExit):
+        main(["sim", "--bits", "3"])
+    sim_err = capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["export", "--model", "mlp"])
+    export_err = capsys.readouterr().err
+    # Assert: sim's 24-line usage is one line saying where it is; export's stays whole
+    assert sim_err.splitlines() == [
+        "usage: plume sim [OPTIONS] (`plume sim --help` lists them)",
+        "plume sim: error: argument --bits: invalid choice: 3 (choose from 1, 2, 4, 8, 16, 32)",
+    ]
+    assert "[--input-shape D1,D2,...]" in export_err
+    assert "plume export: error: the following arguments are required: --out" in export_err
+
+
 # --- Ctrl-C ----------------------------------------------------------------------------------
 
 
