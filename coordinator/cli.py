@@ -151,6 +151,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A command that knows what an interruption leaves behind says so itself.
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (`plume sim ... | head`): not the command's error.
+        # stdout goes to /dev/null so that the flush at exit does not fail again; the status
+        # is a SIGPIPE death's, as for other programs in a pipe.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except (ValueError, OSError) as exc:
         # The commands turn the mistakes they expect into sentences; this is the net under
         # them, so a bad value or an unreadable file still ends in one line, not a traceback.

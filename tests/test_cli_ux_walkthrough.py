@@ -89,6 +89,28 @@ def test_a_usage_error_of_a_command_with_many_options_fits_on_a_screen(
     assert "plume export: error: the following arguments are required: --out" in export_err
 
 
+def test_a_run_piped_into_head_ends_quietly(tmp_path: Path) -> None:
+    # Prepare: `plume sim ... | head -1`, with rounds enough to outlast the reader
+    script = Path(sys.executable).with_name("plume")
+    plume = [str(script)] if script.exists() else [sys.executable, "-m", "coordinator.cli"]
+    argv = [*TINY[:-1], "--rounds", "200", "--no-progress", "--out", str(tmp_path / "run")]
+    env = {**os.environ, "PLUME_DEBUG": ""}
+    # Execute: read one line, then close the pipe
+    with subprocess.Popen(
+        [*plume, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        first = proc.stdout.readline()
+        proc.stdout.close()
+        err = proc.stderr.read()
+        code = proc.wait(timeout=120)
+    # Assert: the status of a SIGPIPE death and nothing on stderr (it was "plume sim: error:
+    # [Errno 32] Broken pipe")
+    assert first == "[compressed]\n"
+    assert code == 141
+    assert err == ""
+
+
 # --- Ctrl-C ----------------------------------------------------------------------------------
 
 
