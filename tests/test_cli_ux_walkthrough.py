@@ -175,6 +175,10 @@ def test_compare_dense_names_the_folders_it_wrote(
     # Assert: the CSV and JSON files are in one subfolder per run, not in --out itself
     assert code == 0
     assert f"wrote {tmp_path / 'run'}/{{compressed,dense}}/ (rounds.json" in out
+    # The baseline's line says what its ratio compares (it read "dense: ... 1.3x fewer bytes
+    # than dense fp32")
+    dense_line = next(line for line in out.splitlines() if line.startswith("dense: final"))
+    assert "(fp32 frames through zstd: " in dense_line and "than raw fp32)" in dense_line
     assert (tmp_path / "run" / "dense" / "rounds.json").is_file()
     assert not (tmp_path / "run" / "rounds.json").exists()
 
