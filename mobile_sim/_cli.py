@@ -1075,7 +1075,8 @@ def _interrupted(done: int, rounds: int, label: str, runs: list[tuple[str, Any]]
     """
     of = f" of the {label} run" if len(runs) > 1 else ""
     text = f"interrupted after {done} of {rounds} rounds{of}; its results were not written"
-    finished = [lbl for lbl, _ in runs[: [lbl for lbl, _ in runs].index(label)]]
+    labels = [lbl for lbl, _ in runs]
+    finished = labels[: labels.index(label)]
     if finished:
         text += " (" + ", ".join(f"the {lbl} run is in {out / lbl}" for lbl in finished) + ")"
     run_dir = out / label if len(runs) > 1 else out
