@@ -17,12 +17,15 @@ import asyncio
 import base64
 import json
 import math
+import ssl
+import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Generator, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
+import httpcore
 import httpx
 import numpy as np
 import numpy.typing as npt
@@ -93,6 +96,11 @@ MAX_STAGE_WAIT_S = 86400.0
 # Longest one response may take to arrive whole by default, seconds (a server trickling bytes
 # just inside the per-read timeout would otherwise hold the device for cap x timeout).
 MAX_RESPONSE_S = 600.0
+# Most characters of a refusal's `detail` and `reason` a `ClientError` keeps: the server's text
+# arrives under the 4/16 MiB response caps, and a hostile one would make every logged error
+# megabytes long.
+MAX_ERROR_DETAIL = 1000
+MAX_ERROR_REASON = 64
 
 Send = Callable[[httpx.Request], httpx.Response]
 Mod = Callable[[httpx.Request, Send], httpx.Response]
@@ -116,10 +124,22 @@ _REFUSED_FOR_GOOD = frozenset(
 _NEVER_TAKEN = frozenset({Reason.BAD_FRAME, Reason.TOO_LARGE, Reason.INVALID_STATE})
 
 
+def _clip(text: str, limit: int) -> str:
+    """`text`, or its first `limit` characters and a marker saying how many were cut."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}[... {len(text) - limit} more characters cut]"
+
+
 class ClientError(Exception):
-    """The coordinator refused a request: `status`, `reason` (protocol.names.Reason), `detail`."""
+    """The coordinator refused a request: `status`, `reason` (protocol.names.Reason), `detail`.
+
+    `reason` keeps at most `MAX_ERROR_REASON` characters and `detail` `MAX_ERROR_DETAIL`, then
+    a marker saying how many more the server sent (`_clip`).
+    """
 
     def __init__(self, status: int, reason: str, detail: str) -> None:
+        reason, detail = _clip(reason, MAX_ERROR_REASON), _clip(detail, MAX_ERROR_DETAIL)
         super().__init__(f"{status} {reason}: {detail}")
         self.status = status
         self.reason = reason
@@ -650,6 +670,146 @@ def _too_slow(status: int, seconds: float) -> ClientError:
     )
 
 
+class _WaitOver(Exception):
+    """`participate`'s `max_wait_s` ran out during a check-in: in its request or before a retry."""
+
+
+def _attempt_budget(core: _Core, deadline: float) -> float:
+    """Seconds the next attempt's response may take: `max_response_s`, or what is left before
+    `deadline` (time.monotonic) when that is less; `_WaitOver` once nothing is left."""
+    left = deadline - time.monotonic()
+    if not left > 0:
+        raise _WaitOver
+    return min(core.max_response_s, left)
+
+
+def _retry_pause(seconds: float, deadline: float) -> float:
+    """`seconds`, the wait before a retry, unless it would end past `deadline`: `_WaitOver`
+    then, at once (as `participate` does with a check-in's wait)."""
+    if time.monotonic() + seconds > deadline:
+        raise _WaitOver
+    return seconds
+
+
+def _cut_by_wait(core: _Core, err: ClientError, budget_s: float) -> bool:
+    """Whether `err` is a response abandoned because the wait's deadline, not
+    `max_response_s`, bounded it."""
+    return err.reason == "too_slow" and budget_s < core.max_response_s
+
+
+class _Deadline(threading.local):
+    """When the response this thread is receiving must be whole (time.monotonic; inf: no
+    bound), and the budget that set it (seconds, for the `too_slow` message)."""
+
+    at = math.inf
+    budget_s = math.inf
+
+
+_T = TypeVar("_T")
+
+
+def _within(deadline: _Deadline, timeout: float | None, io: Callable[[float | None], _T]) -> _T:
+    """One socket operation `io(timeout)`, its timeout cut to what is left before `deadline`;
+    `too_slow` when nothing is left or the cut timeout passes. httpcore closes the connection
+    on any error in a request, so the pool holds no half-read one afterwards."""
+    left = deadline.at - time.monotonic()
+    if not left < (math.inf if timeout is None else timeout):
+        return io(timeout)
+    if left <= 0:
+        raise _too_slow(0, deadline.budget_s)
+    try:
+        return io(left)
+    except httpcore.TimeoutException:
+        raise _too_slow(0, deadline.budget_s) from None
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A socket stream whose reads, writes and TLS handshake end by the thread's deadline."""
+
+    def __init__(self, inner: httpcore.NetworkStream, deadline: _Deadline) -> None:
+        self._inner = inner
+        self._deadline = deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return _within(self._deadline, timeout, lambda t: self._inner.read(max_bytes, t))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        _within(self._deadline, timeout, lambda t: self._inner.write(buffer, t))
+
+    def close(self) -> None:
+        self._inner.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        tls = _within(
+            self._deadline, timeout,
+            lambda t: self._inner.start_tls(ssl_context, server_hostname, t),
+        )  # fmt: skip
+        return _DeadlineStream(tls, self._deadline)
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._inner.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's network backend with `_DeadlineStream` sockets (connecting bounded too)."""
+
+    def __init__(self, inner: httpcore.NetworkBackend, deadline: _Deadline) -> None:
+        self._inner = inner
+        self._deadline = deadline
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = _within(
+            self._deadline, timeout,
+            lambda t: self._inner.connect_tcp(host, port, t, local_address, socket_options),
+        )  # fmt: skip
+        return _DeadlineStream(stream, self._deadline)
+
+    def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = _within(
+            self._deadline, timeout,
+            lambda t: self._inner.connect_unix_socket(path, t, socket_options),
+        )  # fmt: skip
+        return _DeadlineStream(stream, self._deadline)
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+def _bound_sockets(http: httpx.Client, deadline: _Deadline) -> None:
+    """Make the sockets of the transports httpx built for `http` (its default one and any
+    environment proxy's) honour `deadline`, headers included: httpx's per-read timeout starts
+    again with every byte. httpx takes no network backend, but the httpcore pool under each of
+    its transports does; that backend is wrapped in place."""
+    for transport in (http._transport, *http._mounts.values()):
+        if transport is None:  # a NO_PROXY host: the default transport
+            continue
+        pool = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if not isinstance(backend, httpcore.NetworkBackend):
+            raise RuntimeError(
+                f"httpx {httpx.__version__}: no httpcore network backend in {transport!r} to "
+                "bound responses by max_response_s"
+            )
+        pool._network_backend = _DeadlineBackend(backend, deadline)  # type: ignore[union-attr]
+
+
 def _read_capped(
     response: httpx.Response, cap: int, deadline: float = math.inf, budget_s: float = math.inf
 ) -> httpx.Response:
@@ -1020,6 +1180,12 @@ class Client:
             base_url=base_url, transport=transport, timeout=timeout, verify=verify,
             headers=_ACCEPT_IDENTITY,
         )  # fmt: skip
+        # The response being received must be whole by this thread's deadline, headers
+        # included, on the sockets of httpx's own transports; an injected `transport=` is
+        # bounded between body chunks only (`_read_capped`).
+        self._deadline = _Deadline()
+        if transport is None:
+            _bound_sockets(self._http, self._deadline)
         self._mods = mods
         self._sleep = sleep
 
@@ -1041,12 +1207,15 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _dispatch(self, request: httpx.Request, cap: int) -> httpx.Response:
-        budget = self._core.max_response_s
-
+    def _dispatch(self, request: httpx.Request, cap: int, budget: float) -> httpx.Response:
         def last(r: httpx.Request) -> httpx.Response:
+            # Headers and body together, `budget` seconds from now (as `AsyncClient`).
             deadline = time.monotonic() + budget
-            return _read_capped(self._http.send(r, stream=True), cap, deadline, budget)
+            self._deadline.at, self._deadline.budget_s = deadline, budget
+            try:
+                return _read_capped(self._http.send(r, stream=True), cap, deadline, budget)
+            finally:
+                self._deadline.at = math.inf
 
         def call(i: int) -> Send:
             if i == len(self._mods):
@@ -1055,21 +1224,28 @@ class Client:
 
         return call(0)(request)
 
-    def _send(self, ex: _Exchange) -> httpx.Response:
+    def _send(self, ex: _Exchange, deadline: float = math.inf) -> httpx.Response:
+        """Send `ex`, retrying transient failures; with a `deadline` (time.monotonic), every
+        attempt and wait before a retry ends by then, else `_WaitOver`."""
         core = self._core
         for attempt in range(core.retries + 1):
+            budget = _attempt_budget(core, deadline)
             request = core.build(self._http, ex)  # fresh timestamp and nonce per attempt
             try:
-                response = self._dispatch(request, ex.max_response_bytes)
+                response = self._dispatch(request, ex.max_response_bytes, budget)
                 response.read()
             except httpx.TransportError:
                 if attempt == core.retries:
                     raise
-                self._sleep(core.delay(attempt, None))
+                self._sleep(_retry_pause(core.delay(attempt, None), deadline))
                 continue
+            except ClientError as err:
+                if _cut_by_wait(core, err, budget):
+                    raise _WaitOver from None
+                raise
             core.account(request, response, ex)
             if response.status_code in _RETRY_STATUS and attempt < core.retries:
-                self._sleep(core.delay(attempt, response))
+                self._sleep(_retry_pause(core.delay(attempt, response), deadline))
                 continue
             return response
         raise AssertionError("unreachable")
@@ -1084,8 +1260,11 @@ class Client:
         """One check-in: "train" with an assignment, or "wait" `retry_after_s` seconds. An
         answer a device cannot act on (see `protocol.messages.check_check_in`, or an
         assignment for another task than `task_id`) is a `ClientError` `bad_response`."""
+        return self._check_in(task_id, math.inf)
+
+    def _check_in(self, task_id: int | None, deadline: float) -> CheckInResponse:
         ex = self._core.check_in_exchange(task_id)
-        return _check_in_answer(self._core, ex, self._send(ex), task_id)
+        return _check_in_answer(self._core, ex, self._send(ex, deadline), task_id)
 
     def fetch_model(self, a: Assignment) -> tuple[npt.NDArray[np.float32], str]:
         """The round's base model (delta chain from the held version, or a snapshot)."""
@@ -1240,14 +1419,23 @@ class Client:
     ) -> RoundReport | None:
         """Check in until assigned (sleeping as told), then train one round; None on timeout.
 
+        `max_wait_s` bounds the check-ins, their retries and the waits between them: a wait,
+        a backoff or a request that would end past it is not started, or abandoned, and None
+        is returned. Training and uploading after the assignment are not counted in it (nor
+        the re-send of an upload an earlier run left pending, which comes first).
+
         A secure task's round runs through `run_secure_round` (a `SecureRoundReport`). Data
         the trainer refuses (`sdk.trainer.TrainingDataError`, from a trainer with `check_data`)
         is refused before the check-in, so the device never takes a slot it cannot fill."""
+        _check_wait(max_wait_s)
         _check_data(trainer, x, y)
         self.resume_pending()
         give_up = time.monotonic() + max_wait_s
         while True:
-            answer = self.check_in(task_id)
+            try:
+                answer = self._check_in(task_id, give_up)
+            except _WaitOver:
+                return None
             if answer.action == CheckInAction.TRAIN and answer.assignment is not None:
                 if answer.assignment.secure:
                     return self.run_secure_round(answer.assignment, trainer, x, y)
@@ -1257,6 +1445,11 @@ class Client:
             if time.monotonic() + wait > give_up:
                 return None
             self._sleep(wait)
+
+
+def _check_wait(max_wait_s: float) -> None:
+    if math.isnan(max_wait_s):  # every comparison with it is False: it would never end
+        raise ValueError("max_wait_s must be a number of seconds, not NaN")
 
 
 def _wire(row: dict[str, dict[str, int]]) -> dict[str, int]:
@@ -1312,9 +1505,7 @@ class AsyncClient:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def _dispatch(self, request: httpx.Request, cap: int) -> httpx.Response:
-        budget = self._core.max_response_s
-
+    async def _dispatch(self, request: httpx.Request, cap: int, budget: float) -> httpx.Response:
         async def read(r: httpx.Request) -> httpx.Response:
             return await _aread_capped(await self._http.send(r, stream=True), cap)
 
@@ -1333,21 +1524,27 @@ class AsyncClient:
         response: httpx.Response = await call(0)(request)
         return response
 
-    async def _send(self, ex: _Exchange) -> httpx.Response:
+    async def _send(self, ex: _Exchange, deadline: float = math.inf) -> httpx.Response:
+        """As `Client._send`."""
         core = self._core
         for attempt in range(core.retries + 1):
+            budget = _attempt_budget(core, deadline)
             request = core.build(self._http, ex)
             try:
-                response = await self._dispatch(request, ex.max_response_bytes)
+                response = await self._dispatch(request, ex.max_response_bytes, budget)
                 await response.aread()
             except httpx.TransportError:
                 if attempt == core.retries:
                     raise
-                await asyncio.sleep(core.delay(attempt, None))
+                await asyncio.sleep(_retry_pause(core.delay(attempt, None), deadline))
                 continue
+            except ClientError as err:
+                if _cut_by_wait(core, err, budget):
+                    raise _WaitOver from None
+                raise
             core.account(request, response, ex)
             if response.status_code in _RETRY_STATUS and attempt < core.retries:
-                await asyncio.sleep(core.delay(attempt, response))
+                await asyncio.sleep(_retry_pause(core.delay(attempt, response), deadline))
                 continue
             return response
         raise AssertionError("unreachable")
@@ -1358,8 +1555,11 @@ class AsyncClient:
         return device_id
 
     async def check_in(self, task_id: int | None = None) -> CheckInResponse:
+        return await self._check_in(task_id, math.inf)
+
+    async def _check_in(self, task_id: int | None, deadline: float) -> CheckInResponse:
         ex = self._core.check_in_exchange(task_id)
-        return _check_in_answer(self._core, ex, await self._send(ex), task_id)
+        return _check_in_answer(self._core, ex, await self._send(ex, deadline), task_id)
 
     async def fetch_model(self, a: Assignment) -> tuple[npt.NDArray[np.float32], str]:
         spec = _spec(a)
@@ -1490,17 +1690,21 @@ class AsyncClient:
         task_id: int | None = None,
         max_wait_s: float = 600.0,
     ) -> RoundReport | None:
+        """As `Client.participate` (`max_wait_s` bounds the check-ins the same way)."""
+        _check_wait(max_wait_s)
         _check_data(trainer, x, y)
         await self.resume_pending()
-        loop = asyncio.get_running_loop()
-        give_up = loop.time() + max_wait_s
+        give_up = time.monotonic() + max_wait_s
         while True:
-            answer = await self.check_in(task_id)
+            try:
+                answer = await self._check_in(task_id, give_up)
+            except _WaitOver:
+                return None
             if answer.action == CheckInAction.TRAIN and answer.assignment is not None:
                 if answer.assignment.secure:
                     return await self.run_secure_round(answer.assignment, trainer, x, y)
                 return await self.train_round(answer.assignment, trainer, x, y)
             wait = max(answer.retry_after_s, _MIN_POLL_S)  # as in Client.participate
-            if loop.time() + wait > give_up:
+            if time.monotonic() + wait > give_up:
                 return None
             await asyncio.sleep(wait)

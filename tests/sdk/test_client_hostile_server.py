@@ -338,6 +338,82 @@ def test_an_error_body_nested_too_deeply_is_still_a_client_error(tmp_path: Path)
     assert info.value.status == 409
 
 
+def _refusal_of(reason_chars: int, detail_chars: int) -> httpx.Response:
+    """A 409 whose JSON reason and detail are megabytes long."""
+    body = json.dumps({"reason": "r" * reason_chars, "detail": "d" * detail_chars})
+    return httpx.Response(409, content=body.encode())
+
+
+def _cut(text: str, kept: int, sent: int) -> str:
+    return text * kept + f"[... {sent - kept} more characters cut]"
+
+
+def test_a_refusal_megabytes_long_is_cut_to_a_loggable_error(tmp_path: Path) -> None:
+    # Prepare: a secure round whose setup (read under the 16 MiB cap) is refused with a 4 MiB
+    # detail and a 1 MiB reason, after a correct model
+    params = np.linspace(0, 1, SPEC.size, dtype=np.float32)
+    model_headers = {
+        Header.MODEL_ENCODING: ModelEncoding.SNAPSHOT,
+        Header.MODEL_DIGEST: model_digest(params).hex(),
+        Header.MODEL_VERSION: "0",
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/tasks/1/model":
+            body = encode_snapshot(params, SPEC, dtype="fp32")
+            return httpx.Response(200, headers=model_headers, content=body)
+        return _refusal_of(1 << 20, 4 << 20)
+
+    a = dataclasses.replace(_assignment(), secure=True)
+    # Execute
+    with Client("http://coord", str(tmp_path), transport=httpx.MockTransport(handler)) as c:
+        with pytest.raises(ClientError) as info:
+            c.secure_round(a, _zero_update)
+    # Assert: 1,000 characters of detail and 64 of reason, each saying how much was cut
+    err = info.value
+    assert err.status == 409
+    assert err.detail == _cut("d", 1000, 4 << 20)
+    assert err.reason == _cut("r", 64, 1 << 20)
+    assert len(str(err)) < 1200
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_check_in_refusal_megabytes_long_is_cut_by_both_clients(
+    tmp_path: Path, kind: str
+) -> None:
+    # Prepare: as much reason and detail as the 4 MiB JSON cap lets through
+    reason_chars, detail_chars = 1 << 20, (3 << 20) - 100
+    transport = httpx.MockTransport(lambda r: _refusal_of(reason_chars, detail_chars))
+
+    # Execute
+    with pytest.raises(ClientError) as info:
+        if kind == "sync":
+            with Client("http://coord", str(tmp_path), transport=transport) as c:
+                c.check_in(1)
+        else:
+
+            async def run() -> None:
+                t = httpx.MockTransport(lambda r: _refusal_of(reason_chars, detail_chars))
+                async with AsyncClient("http://coord", str(tmp_path), transport=t) as ac:
+                    await ac.check_in(1)
+
+            asyncio.run(run())
+    # Assert
+    assert info.value.detail == _cut("d", 1000, detail_chars)
+    assert info.value.reason == _cut("r", 64, reason_chars)
+
+
+def test_a_short_refusal_is_kept_whole(tmp_path: Path) -> None:
+    # Prepare: exactly the longest detail and reason kept uncut
+    transport = httpx.MockTransport(lambda r: _refusal_of(64, 1000))
+    # Execute
+    with Client("http://coord", str(tmp_path), transport=transport) as c:
+        with pytest.raises(ClientError) as info:
+            c.check_in(1)
+    # Assert
+    assert info.value.detail == "d" * 1000 and info.value.reason == "r" * 64
+
+
 def _zstd_bomb() -> bytes:
     """12 kB of zstd that inflates to 64 MiB of zeros (no content size in its header)."""
     import zstandard
