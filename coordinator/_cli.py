@@ -109,6 +109,16 @@ def _port(text: str) -> int:
     return port
 
 
+def _rounds_to_keep(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of rounds, got {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"a number of rounds is >= 0, got {n}")
+    return n
+
+
 def _aggregator_list() -> str:
     try:
         from .aggregators import AGGREGATOR_HELP
@@ -207,6 +217,16 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="seconds a request body may take to arrive in full, else 408 and the connection "
         "closes (default 120: a 24 KB update at 2G speeds takes about 10 s; 0 = no limit)",
+    )
+    s.add_argument(
+        "--keep-frames",
+        type=_rounds_to_keep,
+        default=None,
+        metavar="N",
+        help="keep the accepted update frames of each task's N most recent closed rounds; "
+        "older ones are emptied after each round closes (their length and SHA-256 stay, so "
+        "retried uploads still get their receipts; the frames can no longer be decoded). "
+        "0 = prune every closed round. Default: keep every frame (docs/operations.md)",
     )
     s.add_argument(
         "--log-level",
@@ -453,6 +473,7 @@ def _serve(args: argparse.Namespace) -> int:
         register_rate_per_s=args.register_rate,
         register_burst=args.register_burst,
         body_timeout_s=args.body_timeout,
+        keep_frames_rounds=args.keep_frames,
     )
     try:
         serve(

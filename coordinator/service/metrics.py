@@ -87,6 +87,12 @@ class Metrics:
             "plume_model_version", "Published model version", ["task"], registry=r
         )
         self.devices = Gauge("plume_registered_devices", "Registered devices", registry=r)
+        self.stored_frame_bytes = Gauge(
+            "plume_stored_frame_bytes",
+            "Bytes of accepted update frames held in the database (pruned frames count 0; "
+            "--keep-frames bounds it)",
+            registry=r,
+        )
         self.tasks_refused = Gauge(
             "plume_tasks_refused",
             "Tasks in the store this coordinator refuses to run (admin task status says why)",

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -129,6 +130,11 @@ class ServiceConfig:
         a token bucket; 0 (the default) is unlimited (see docs/operations.md for why).
     body_timeout_s: a request's body must arrive in full within this many seconds of its
         first read, else 408 `request_timeout` and the connection closes (0: no limit).
+    keep_frames_rounds: None (the default) keeps every accepted update frame. N >= 0 empties
+        the stored frames of each task's closed rounds older than its N most recent closed
+        rounds, at every round close and on start; the rows stay (key, device, round, time,
+        the frame's length and SHA-256), so idempotent retries and `round_outcome` answer as
+        before (see docs/operations.md, "Persistence and recovery").
     """
 
     db_path: str = "plume.db"
@@ -143,6 +149,15 @@ class ServiceConfig:
     register_rate_per_s: float = 0.0
     register_burst: int = 20
     body_timeout_s: float = 120.0
+    keep_frames_rounds: int | None = None
+
+    def __post_init__(self) -> None:
+        keep = self.keep_frames_rounds
+        if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 0):
+            raise ValueError(
+                f"keep_frames_rounds must be None (keep every frame) or a number of rounds "
+                f">= 0, got {keep!r}"
+            )
 
 
 @dataclass
@@ -373,6 +388,9 @@ class Coordinator:
         self.refused: dict[int, RefusedTask] = {}
         self.restored = False
         self._background: set[asyncio.Task[Any]] = set()
+        # One prune at a time (a round may close while the last close's prune still runs).
+        self._prune_lock = threading.Lock()
+        self.metrics.stored_frame_bytes.set_function(lambda: float(store.frame_bytes))
 
     # -- startup -------------------------------------------------------------------------
 
@@ -527,6 +545,35 @@ class Coordinator:
                 "unreadable file: restore a backup)"
             ) from exc
         self.restored = True
+        # A task that closes no more rounds (done, or --keep-frames newly set) is pruned here.
+        # Refused tasks are not: their rows stay exactly as stored.
+        for task_id in sorted(self.runtimes):
+            self.prune_frames(task_id)
+
+    def prune_frames(self, task_id: int) -> None:
+        """Apply `keep_frames_rounds` to one task's closed rounds (`Store.prune_frames`).
+
+        Never raises: it runs after a round's publish has committed, which a failure here must
+        not undo or hide; it is logged, and the next close or start prunes what is left.
+        """
+        keep = self.config.keep_frames_rounds
+        if keep is None:
+            return
+        try:
+            with self._prune_lock:
+                done = self.store.prune_frames(task_id, keep)
+        except Exception:  # noqa: BLE001 - the round is already published: log and go on
+            log.exception("task %d: pruning the frames of its closed rounds failed", task_id)
+            return
+        if done.frames:
+            log.info(
+                "task %d: pruned %d frames (%d bytes) of rounds older than its %d most recent "
+                "closed rounds",
+                task_id,
+                done.frames,
+                done.bytes_freed,
+                keep,
+            )
 
     def _check_config(self, task_id: int) -> None:
         row = self.store.task(task_id)
@@ -1186,6 +1233,8 @@ class Coordinator:
             self.fail_close(rt, cur, exc)
             return None
         self.finish_close(rt, outcome)
+        # After the publish has committed, in its own transactions, off the event loop.
+        await asyncio.to_thread(self.prune_frames, rt.task_id)
         return outcome
 
     def schedule_close(self, rt: TaskRuntime) -> None:

@@ -9,6 +9,7 @@ connection, explicit transactions.
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import sqlite3
@@ -26,10 +27,12 @@ __all__ = [
     "TaskRow",
     "RoundRow",
     "UpdateRow",
+    "PruneResult",
     "SCHEMA_VERSION",
 ]
 
-SCHEMA_VERSION = 2
+# 1: no tasks.agg_state; 2: no updates.pruned_len / pruned_sha256. Both migrate on open.
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -84,6 +87,8 @@ CREATE TABLE IF NOT EXISTS updates (
     idempotency_key TEXT NOT NULL,
     frame BLOB NOT NULL,
     accepted_unix REAL NOT NULL,
+    pruned_len INTEGER,
+    pruned_sha256 BLOB,
     UNIQUE (round_id, device_id)
 );
 CREATE TABLE IF NOT EXISTS ledger (
@@ -140,6 +145,26 @@ class UpdateRow:
     device_id: str
     idempotency_key: str
     frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class PruneResult:
+    """What one `Store.prune_frames` call did: frames emptied, and their bytes (now free pages
+    SQLite reuses; the file itself does not shrink without VACUUM)."""
+
+    frames: int
+    bytes_freed: int
+
+
+# The frames `prune_frames` empties per transaction: each commit is short, so uploads to the
+# open round wait for a batch at most, never for a whole backlog.
+_PRUNE_BATCH = 256
+
+# Rows whose frame is still stored: the partial index keeps the search for frames to prune to
+# the rows not yet pruned (a pruned table of millions of rows is not rescanned at every close).
+_UNPRUNED_INDEX = (
+    "CREATE INDEX IF NOT EXISTS updates_unpruned ON updates (round_id) WHERE pruned_len IS NULL"
+)
 
 
 _ROUND_COLS = (
@@ -249,6 +274,8 @@ class Store:
             self._release()
             raise _setup_error(self.path, exc) from exc
         self._lock = threading.RLock()
+        self._frame_bytes = 0  # see `frame_bytes`; counted in `_open`
+        self._pending_frame_bytes = 0
         try:
             self._open()
         except sqlite3.Error as exc:
@@ -305,7 +332,7 @@ class Store:
         if "meta" in tables:
             row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             found = None if row is None else str(row[0])
-        if found is not None and found not in ("1", str(SCHEMA_VERSION)):
+        if found is not None and found not in ("1", "2", str(SCHEMA_VERSION)):
             newer = found.isdigit() and int(found) > SCHEMA_VERSION
             raise StoreError(
                 f"cannot use the database {self.path}: its schema version {found!r} is "
@@ -313,7 +340,7 @@ class Store:
                     f"newer than this coordinator's {SCHEMA_VERSION} (it was written by a newer "
                     "Plume: run that version, or restore a backup taken before the upgrade)"
                     if newer
-                    else f"not one this coordinator reads (1 or {SCHEMA_VERSION})"
+                    else f"not one this coordinator reads (1 to {SCHEMA_VERSION})"
                 )
             )
         if found is not None:
@@ -336,14 +363,26 @@ class Store:
                     "INSERT INTO meta(key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
-            elif str(row[0]) == "1":
+            elif str(row[0]) in ("1", "2"):
                 # Version 1 had no aggregator state; its tasks resume from the initial state.
                 columns = {r[1] for r in tx.execute("PRAGMA table_info(tasks)").fetchall()}
                 if "agg_state" not in columns:
                     tx.execute("ALTER TABLE tasks ADD COLUMN agg_state BLOB")
+                # Versions 1 and 2 kept every frame: no row is pruned (both columns NULL).
+                columns = {r[1] for r in tx.execute("PRAGMA table_info(updates)").fetchall()}
+                if "pruned_len" not in columns:
+                    tx.execute("ALTER TABLE updates ADD COLUMN pruned_len INTEGER")
+                if "pruned_sha256" not in columns:
+                    tx.execute("ALTER TABLE updates ADD COLUMN pruned_sha256 BLOB")
                 tx.execute(
                     "UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),)
                 )
+            tx.execute(_UNPRUNED_INDEX)
+        # Bytes of the frames stored in `updates`, for the `plume_stored_frame_bytes` gauge:
+        # one scan here (length() reads no blob content), then kept by insert and prune.
+        self._frame_bytes = int(
+            db.execute("SELECT COALESCE(SUM(length(frame)), 0) FROM updates").fetchone()[0]
+        )
 
     def close(self) -> None:
         with self._lock:
@@ -360,6 +399,7 @@ class Store:
         """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK if the block raises."""
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
+            self._pending_frame_bytes = 0  # frame bytes this transaction adds (or frees)
             try:
                 yield self._db
             except BaseException:
@@ -373,6 +413,14 @@ class Store:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+            self._frame_bytes += self._pending_frame_bytes
+
+    @property
+    def frame_bytes(self) -> int:
+        """Bytes of the accepted frames stored in `updates` (pruned ones count 0), kept
+        without a table scan: counted once on open, then by each committed insert and prune."""
+        with self._lock:
+            return self._frame_bytes
 
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
@@ -569,6 +617,8 @@ class Store:
             )
 
     def updates(self, round_id: int) -> list[UpdateRow]:
+        """A round's accepted updates in acceptance order (only open rounds' are re-decoded:
+        a pruned frame, of a closed round, is empty)."""
         rows = self._query(
             "SELECT seq, round_id, device_id, idempotency_key, frame FROM updates "
             "WHERE round_id=? ORDER BY seq",
@@ -580,13 +630,67 @@ class Store:
         self, round_id: int, device_id: str, frame: bytes
     ) -> tuple[str, int, bool] | None:
         """(idempotency key, frame bytes, whether the stored frame equals `frame`) of a device's
-        accepted update in a round, if any."""
+        accepted update in a round, if any. The same answer before and after `prune_frames`:
+        a pruned row is compared by the SHA-256 and length it kept."""
         rows = self._query(
-            "SELECT idempotency_key, length(frame), frame=? FROM updates "
-            "WHERE round_id=? AND device_id=?",
+            "SELECT idempotency_key, length(frame), frame=?, pruned_len, pruned_sha256 "
+            "FROM updates WHERE round_id=? AND device_id=?",
             (frame, round_id, device_id),
         )
-        return (str(rows[0][0]), int(rows[0][1]), bool(rows[0][2])) if rows else None
+        if not rows:
+            return None
+        key, size, same, pruned_len, pruned_sha256 = rows[0]
+        if pruned_len is not None:
+            size = pruned_len
+            same = len(frame) == pruned_len and hashlib.sha256(frame).digest() == pruned_sha256
+        return str(key), int(size), bool(same)
+
+    def prune_frames(self, task_id: int, keep_rounds: int) -> PruneResult:
+        """Empty the stored frames of a task's closed rounds (committed or abandoned) older than
+        its `keep_rounds` most recent closed ones (0: every closed round), keeping each row's
+        key, device, round and time, and the frame's length and SHA-256 (`find_update` answers
+        as before). Open and aggregating rounds are never touched: their frames are re-decoded
+        on start.
+
+        Runs in transactions of its own, `_PRUNE_BATCH` frames each; every row is pruned whole
+        or not at all, so an interrupted prune leaves a consistent store (the rest is pruned
+        next time).
+        """
+        if keep_rounds < 0:
+            raise ValueError(f"keep_rounds must be >= 0, got {keep_rounds}")
+        closed = (
+            "SELECT round_id FROM rounds WHERE task_id=? AND state IN ('committed', 'abandoned') "
+            "ORDER BY seq DESC LIMIT -1 OFFSET ?"
+        )
+        seqs = [
+            int(r[0])
+            for r in self._query(
+                f"SELECT seq FROM updates WHERE pruned_len IS NULL AND round_id IN ({closed}) "
+                "ORDER BY seq",
+                (task_id, keep_rounds),
+            )
+        ]
+        frames = freed = 0
+        for start in range(0, len(seqs), _PRUNE_BATCH):
+            batch = seqs[start : start + _PRUNE_BATCH]
+            marks = ",".join("?" * len(batch))
+            with self.transaction() as db:
+                # Checked again inside the transaction: only closed rounds' rows, not yet pruned.
+                rows = db.execute(
+                    f"SELECT seq, frame FROM updates WHERE seq IN ({marks}) "
+                    "AND pruned_len IS NULL AND round_id IN (SELECT round_id FROM rounds "
+                    "WHERE state IN ('committed', 'abandoned'))",
+                    batch,
+                ).fetchall()
+                db.executemany(
+                    "UPDATE updates SET frame=x'', pruned_len=?, pruned_sha256=? WHERE seq=?",
+                    [(len(f), hashlib.sha256(f).digest(), s) for s, f in rows],
+                )
+                size = sum(len(f) for _, f in rows)
+                self._pending_frame_bytes -= size
+            frames += len(rows)
+            freed += size
+        return PruneResult(frames, freed)
 
     def count_updates(self, round_id: int) -> int:
         return int(self._query("SELECT COUNT(*) FROM updates WHERE round_id=?", (round_id,))[0][0])
@@ -609,6 +713,7 @@ class Store:
             "VALUES (?, ?, ?, ?, ?)",
             (round_id, device_id, key, frame, now),
         )
+        self._pending_frame_bytes += len(frame)
 
     def publish(
         self,
