@@ -716,7 +716,19 @@ def _in_flags(message: str) -> str:
     head = re.match(r"(\w+)(?= must | > | in )", message)
     if head is not None and head.group(1) in _LEADING_FIELDS:
         message = "--" + message
+    # The partitioners' and the dp accountant's advice, in flags.
+    for words, flags in _ADVICE_IN_FLAGS:
+        message = message.replace(words, flags)
+    if message.startswith("dp accounts "):
+        message = "--aggregator: " + message
     return message
+
+
+# (words in a library message, the same advice in `plume sim` flags)
+_ADVICE_IN_FLAGS = (
+    ("lower the client count", "lower --clients"),
+    ("raise alpha", "raise --alpha"),
+)
 
 
 def _clockless(args: argparse.Namespace) -> str | None:

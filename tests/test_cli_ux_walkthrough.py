@@ -254,6 +254,34 @@ def test_an_unknown_dp_noise_is_named_before_any_data_is_loaded(
     assert "--dp-noise must be none, gaussian or skellam, got 'laplace'" in line
 
 
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        (
+            ["--clients", "2000", "--partition", "iid"],
+            "2000 clients but only 1438 examples: every client needs at least one; lower --clients",
+        ),
+        (
+            ["--clients", "700", "--alpha", "0.01"],
+            "left some client with < 2 examples in 1000 draws; raise --alpha or lower --clients",
+        ),
+        (
+            ["--aggregator", "dp:clip=1,z=1,population=100,sample=2,denom=2+fedavg"],
+            "--aggregator: dp accounts cohorts of sample=2 but the engine selects 3",
+        ),
+    ],
+)
+def test_partition_and_accountant_advice_names_flags(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], expected: str
+) -> None:
+    # Execute: a flag given again after TINY's wins (argparse keeps the last)
+    code = main([*TINY, "--out", str(tmp_path / "run"), *flags])
+    err = capsys.readouterr().err
+    # Assert: the advice names the flag to change ("lower the client count", "raise alpha")
+    assert code == 2
+    assert expected in _error_line(err, "plume sim")
+
+
 # --- ONNX devices, data, debugging -----------------------------------------------------------
 
 
