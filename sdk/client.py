@@ -21,6 +21,7 @@ import ssl
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -792,22 +793,31 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
-def _bound_sockets(http: httpx.Client, deadline: _Deadline) -> None:
+def _bound_sockets(http: httpx.Client, deadline: _Deadline) -> bool:
     """Make the sockets of the transports httpx built for `http` (its default one and any
     environment proxy's) honour `deadline`, headers included: httpx's per-read timeout starts
     again with every byte. httpx takes no network backend, but the httpcore pool under each of
-    its transports does; that backend is wrapped in place."""
-    for transport in (http._transport, *http._mounts.values()):
+    its transports does; that backend is wrapped in place. These are httpx's private attributes
+    (pinned below 1.0 in pyproject): on an httpx without them this warns once and returns False,
+    and responses are bounded between body chunks only, as with an injected transport; the
+    device keeps working. tests/sdk/test_client_deadlines.py fails if the bound is lost."""
+    pools: list[Any] = []
+    for transport in (getattr(http, "_transport", None), *getattr(http, "_mounts", {}).values()):
         if transport is None:  # a NO_PROXY host: the default transport
             continue
         pool = getattr(transport, "_pool", None)
-        backend = getattr(pool, "_network_backend", None)
-        if not isinstance(backend, httpcore.NetworkBackend):
-            raise RuntimeError(
-                f"httpx {httpx.__version__}: no httpcore network backend in {transport!r} to "
-                "bound responses by max_response_s"
+        if not isinstance(getattr(pool, "_network_backend", None), httpcore.NetworkBackend):
+            warnings.warn(
+                f"httpx {httpx.__version__}: no httpcore network backend in {transport!r}; "
+                "max_response_s bounds response bodies only, not trickled headers",
+                RuntimeWarning,
+                stacklevel=3,
             )
-        pool._network_backend = _DeadlineBackend(backend, deadline)  # type: ignore[union-attr]
+            return False
+        pools.append(pool)
+    for pool in pools:
+        pool._network_backend = _DeadlineBackend(pool._network_backend, deadline)
+    return True
 
 
 def _read_capped(

@@ -24,6 +24,7 @@ import pytest
 from compression import encode_snapshot, model_digest
 from protocol.names import Header, ModelEncoding
 from sdk import AsyncClient, Client
+from sdk import client as sdk_client
 from sdk.client import ClientError, RoundReport
 
 from .test_client import RECEIPT, SPEC
@@ -287,3 +288,23 @@ def test_async_headers_trickled_byte_by_byte_are_abandoned_after_max_response_s(
     # Assert
     assert err.reason == "too_slow" and elapsed < BUDGET_S + SLACK_S, f"{elapsed:.2f} s"
     assert after == "wait" and server.cut.wait(timeout=5.0)
+
+
+def test_the_socket_bound_is_installed_on_this_httpx(tmp_path: Path) -> None:
+    # The trickled-header bound rests on httpx's private transport attributes: with the
+    # installed httpx every socket backend of a default Client is wrapped.
+    with Client("http://127.0.0.1:1", tmp_path / "app") as client:
+        pool = client._http._transport._pool  # type: ignore[attr-defined]
+        assert isinstance(pool._network_backend, sdk_client._DeadlineBackend)
+
+
+def test_an_httpx_without_the_private_attributes_warns_and_keeps_working() -> None:
+    # Prepare: a stand-in for a future httpx whose client has no `_transport._pool`
+    class Future:
+        _transport = object()
+        _mounts: dict[str, object] = {}
+
+    # Execute / Assert: a warning naming what is lost, no exception
+    with pytest.warns(RuntimeWarning, match="bounds response bodies only"):
+        bound = sdk_client._bound_sockets(Future(), sdk_client._Deadline())  # type: ignore[arg-type]
+    assert bound is False
