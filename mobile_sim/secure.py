@@ -448,7 +448,7 @@ def run_secure_simulation(
     )
     records: list[RoundRecord] = []
     fleet = HttpSecureFleet(coord, spec=setup.spec) if transport == "http" else None
-    bar = tqdm(total=cfg.rounds, desc=label, disable=not progress, leave=False)
+    bar = tqdm(total=cfg.rounds, desc=label, unit="round", disable=not progress, leave=False)
     try:
         for r in range(1, cfg.rounds + 1):
             t0 = time.perf_counter()
@@ -484,6 +484,11 @@ def run_secure_simulation(
                 outcome, stats = run_secure_round(
                     coord, participants, updates, drops, rng_for=partial(_job_stream, job_of)
                 )
+                # Every selected device downloaded the model first: one fp32 snapshot each, as
+                # the plain in-process runner counts it (over HTTP the ledger has the real one).
+                for dev in selected:
+                    ledger.record(outcome.round_id, dev, "down", 4 * d, None, 4 * d)
+                    stats.bytes_down[dev] = stats.bytes_down.get(dev, 0) + 4 * d
             acc: float | None = None
             loss: float | None = None
             if r % cfg.eval_every == 0 or r == cfg.rounds:
@@ -515,7 +520,7 @@ def run_secure_simulation(
             if on_round is not None:
                 on_round(rec)
             bar.update(1)
-            bar.set_postfix(acc=f"{acc:.3f}" if acc is not None else "-", up=up)
+            bar.set_postfix(acc=f"{acc:.3f}" if acc is not None else "-", up=f"{up / 1e3:.1f} kB")
     finally:
         bar.close()
         be.close()
