@@ -482,3 +482,31 @@ def test_the_default_keeps_every_frame(tmp_path: Path) -> None:
     Coordinator(store, ServiceConfig(keep_frames_rounds=2)).prune_frames(task_id)
     assert _frame_sum(store) == 20
     store.close()
+
+
+def _vacuumed_size(rows: int, tmp: Path) -> int:
+    """File size after `rows` 2 kB uploads of one round were accepted, committed, pruned and
+    the file VACUUMed with the coordinator stopped (docs/operations.md's command)."""
+    db = tmp / f"{rows}.db"
+    store = Store(db)
+    task_id = _task(store)
+    devices = [hashlib.sha256(str(i).encode()).digest()[:16].hex() for i in range(rows)]
+    ups = {d: (hashlib.sha256(d.encode()).hexdigest()[:32], d.encode() * 64) for d in devices}
+    _round(store, task_id, 0, "committed", ups)
+    full = db.stat().st_size + Path(f"{db}-wal").stat().st_size
+    assert store.prune_frames(task_id, 0).frames == rows
+    store.close()
+    with contextlib.closing(sqlite3.connect(db)) as con:
+        con.execute("VACUUM")
+    assert db.stat().st_size < full
+    return db.stat().st_size
+
+
+def test_a_pruned_upload_costs_under_250_bytes_once_vacuumed(tmp_path: Path) -> None:
+    # Execute: the same round with 500 and 1,500 uploads
+    small, large = _vacuumed_size(500, tmp_path), _vacuumed_size(1500, tmp_path)
+
+    # Assert: what each further upload leaves (its row, index entry, digest and the round's
+    # selection) is bounded, whatever its frame's size was (docs/operations.md quotes this)
+    per_upload = (large - small) / 1000
+    assert 100 < per_upload < 250, per_upload
