@@ -134,7 +134,7 @@ class ServiceConfig:
         the stored frames of each task's closed rounds older than its N most recent closed
         rounds, at every round close and on start; the rows stay (key, device, round, time,
         the frame's length and SHA-256), so idempotent retries and `round_outcome` answer as
-        before (see docs/operations.md, "Persistence and recovery").
+        before (docs/operations.md, "What grows, and `--keep-frames`").
     """
 
     db_path: str = "plume.db"
