@@ -30,7 +30,7 @@ from coordinator.privacy import (
     Sampling,
 )
 
-from ._base import AggregateOutput, AggregatorFactory, ClientUpdate
+from ._base import AggregateOutput, AggregatorFactory, ClientUpdate, check_finite_reports
 from ._clip import AdaptiveClip, clip_update
 from ._mean import FedAvg
 
@@ -160,6 +160,9 @@ class _DPMeanProcess:
                 f"{n} reports but the accountant assumes a cohort of "
                 f"{self.cfg.sampling.sample_size}: account the selected cohort (sample=)"
             )
+        # A NaN report would make the whole noised sum NaN (its clip factor is NaN): refuse it
+        # by name, as `Clip` does, rather than let the engine refuse an anonymous NaN aggregate.
+        check_finite_reports(updates)
         denom = float(cfg.denominator) if cfg.denominator is not None else float(max(n, 1))
         norms = np.empty(n, dtype=np.float64)
         clipped = []
