@@ -162,7 +162,12 @@ def _epsilon_cached(acc: PrivacyAccountant, rounds: int, delta: float) -> float:
 def calibrate_noise_multiplier(
     epsilon: float, delta: float, rounds: int, sampling: Sampling, method: Method = "auto"
 ) -> float:
-    """The smallest noise multiplier z giving (epsilon, delta)-DP after `rounds` rounds."""
+    """A noise multiplier z giving (epsilon, delta)-DP after `rounds` rounds.
+
+    Under RDP the smallest such z (to the search tolerance). Under PLD the smallest in
+    [z_rdp / 2, z_rdp], or z_rdp / 2 itself when that already fits: sufficient, not
+    necessarily minimal.
+    """
     if epsilon <= 0 or rounds < 1:
         raise ValueError("need epsilon > 0 and rounds >= 1")
 

@@ -15,6 +15,7 @@ The accountant (coordinator.privacy) then composes rounds of multiplier z.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,7 +51,8 @@ class DPMean:
     sampling, delta, epsilon_budget: when `sampling` is given, each round reports epsilon at
       `delta` and sets `budget_exhausted` once another round would exceed `epsilon_budget`;
       a round that would exceed it is refused with PrivacyBudgetExhausted.
-    seed: None draws noise from OS entropy (deployments); an int makes simulations repeatable.
+    seed: None draws each round's noise from a fresh OS-entropy seed (deployments); an int
+      makes simulations repeatable (noise = f(seed, round): never for a deployment).
     metrics: optional PrivacyMetrics gauges (epsilon, delta, rounds, ...) updated every round.
     """
 
@@ -121,7 +123,6 @@ class _DPMeanProcess:
         self, cfg: DPMean, size: int, inner: Any, accountant: PrivacyAccountant | None
     ) -> None:
         self.cfg, self.size, self.inner, self.accountant = cfg, size, inner, accountant
-        self._entropy = np.random.default_rng() if cfg.seed is None else None
 
     def initialize(self) -> Any:
         c = (
@@ -132,9 +133,14 @@ class _DPMeanProcess:
         return (0, c, self.inner.initialize())
 
     def _rng(self, rnd: int) -> np.random.Generator:
-        if self._entropy is not None:
-            return self._entropy
-        return np.random.default_rng([int(self.cfg.seed or 0), rnd])
+        if self.cfg.seed is None:
+            # A fresh 256-bit OS seed every round, not one PCG64 stream for the task's life:
+            # PCG64 is not a cryptographic generator, and the DP adversary may know every
+            # report of a round its target skipped, hence that round's exact noise. From one
+            # stream's outputs the state, and so every later round's noise, is recoverable in
+            # principle; across independently seeded rounds there is nothing to recover.
+            return np.random.default_rng(_os_seed())
+        return np.random.default_rng([int(self.cfg.seed), rnd])
 
     def next(self, state: Any, updates: Sequence[ClientUpdate]) -> AggregateOutput:
         rnd, clip, inner_state = state
@@ -212,6 +218,12 @@ class _DPMeanProcess:
             "inner": inner_out.measurements,
         }
         return AggregateOutput((rnd + 1, new_clip, inner_out.state), result, measurements)
+
+
+def _os_seed() -> int:
+    """256 bits from the OS CSPRNG, as an int seed for numpy (a module function, so tests can
+    pin it)."""
+    return int.from_bytes(os.urandom(32), "little")
 
 
 def accounted_sample_size(factory: object) -> int | None:

@@ -171,6 +171,31 @@ def test_adaptive_clip_splits_the_noise_so_the_pair_is_one_gaussian_of_multiplie
     assert np.std(draws) == pytest.approx(sigma_b, rel=0.05)
 
 
+def test_unseeded_noise_takes_a_fresh_os_seed_every_round(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: pin the OS seeds so the test is deterministic. Before, one PCG64 stream seeded
+    # once served every round: an adversary who knows one round's reports (hence its noise)
+    # could in principle recover the stream and predict the next round's noise.
+    from coordinator.aggregators import _dp
+
+    seeds = iter([101, 202, 303])
+    monkeypatch.setattr(_dp, "_os_seed", lambda: next(seeds))
+    size, z, clip = 64, 1.3, 0.5
+    proc = DPMean(z, clip=clip, denominator=1.0).create(size)
+    state = proc.initialize()
+    got = []
+    # Execute
+    for _ in range(3):
+        out = proc.next(state, _zero_reports(2, size))
+        state = out.state
+        got.append(out.result)
+    # Assert: round r's noise is exactly N(0, (zC)^2) from the r-th OS seed, nothing else.
+    for r, seed in enumerate([101, 202, 303]):
+        want = np.random.default_rng(seed).normal(0.0, z * clip, size=size).astype(np.float32)
+        np.testing.assert_array_equal(got[r], want)
+
+
 # -- accounting, recomputed with dp_accounting directly ------------------------------------------
 
 
