@@ -7,8 +7,10 @@ from __future__ import annotations
 import math
 from fractions import Fraction
 
+import dp_accounting
 import numpy as np
 import pytest
+from dp_accounting.rdp import rdp_privacy_accountant as rdp_acc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats
@@ -168,3 +170,67 @@ def test_noise_left_after_the_allowed_dropouts_is_at_least_z_delta2(
         account_released_groups(low, [(n_min - 1, plan)], z)
         account_released_groups(planned, [(n_min, plan)], z)
         assert low.epsilon() > planned.epsilon()
+
+
+# -- the documented table, recomputed ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("z", "ddg", "skellam"),
+    [
+        (0.5, (10.7, 81.1), (10.8, 90.1)),
+        (1.0, (4.73, 30.1), (4.75, 30.1)),
+        (2.0, (2.17, 12.3), (2.17, 12.3)),
+    ],
+)
+def test_secure_aggregation_md_epsilon_table_recomputes_independently(
+    z: float, ddg: tuple[float, float], skellam: tuple[float, float]
+) -> None:
+    # docs/secure-aggregation.md, "What it costs in the MNIST-CNN setting": |S_r| = 16,634,
+    # b = 6, C = 1, n = 10 with 9 survivors, delta = 1e-5. Recomputed here without Plume's
+    # accountant: the discrete Gaussian (tau underflows to 0) as the Gaussian mechanism of
+    # multiplier sqrt(9 sigma^2) / Delta2, Skellam from Agarwal et al.'s Thm. 3.5 written out.
+    k, n, survivors = 16_634, 10, 9
+    cfg = SecureConfig(
+        coord_fraction=1.0,
+        value_bits=6,
+        clip_norm=1.0,
+        noise=NoiseKind.DISCRETE_GAUSSIAN,
+        noise_multiplier=z,
+    )
+    plan = make_plan(cfg, 1, n, k, np.arange(k, dtype=np.int64))
+    d2 = integer_sensitivity(plan.clip_norm, plan.coord_bound, plan.value_bits, plan.k)
+    total = survivors * plan.noise_variance
+    d1 = min(math.sqrt(k) * d2, d2 * d2)
+    orders = np.array(rdp_acc.DEFAULT_RDP_ORDERS, dtype=np.float64)
+    a = np.ceil(orders)
+    sk_round = a * d2**2 / (2 * total) + np.minimum(
+        ((2 * a - 1) * d2**2 + 6 * d1) / (4 * total**2), 3 * d1 / (2 * total)
+    )
+    for i, rounds in enumerate((1, 20)):
+        gauss = rdp_acc.RdpAccountant()
+        gauss.compose(dp_accounting.GaussianDpEvent(math.sqrt(total) / d2), rounds)
+        ours = DistributedDpAccountant(1e-5)
+        for _ in range(rounds):
+            account_released_groups(ours, [(survivors, plan)], z)
+        assert ours.epsilon() == pytest.approx(gauss.get_epsilon(1e-5), rel=1e-9)
+        assert ours.epsilon() == pytest.approx(ddg[i], abs=0.006 * ddg[i])  # as printed
+        sk_eps = rdp_acc.compute_epsilon(orders, rounds * sk_round, 1e-5)[0]
+        assert sk_eps == pytest.approx(skellam[i], abs=0.006 * skellam[i])
+        sk_plan = make_plan(
+            SecureConfig(
+                coord_fraction=1.0,
+                value_bits=6,
+                clip_norm=1.0,
+                noise=NoiseKind.SKELLAM,
+                noise_multiplier=z,
+            ),
+            1,
+            n,
+            k,
+            np.arange(k, dtype=np.int64),
+        )
+        sk_ours = DistributedDpAccountant(1e-5)
+        for _ in range(rounds):
+            account_released_groups(sk_ours, [(survivors, sk_plan)], z)
+        assert sk_ours.epsilon() == pytest.approx(sk_eps, rel=1e-9)
