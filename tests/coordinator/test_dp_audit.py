@@ -263,3 +263,11 @@ def test_full_cohort_replace_one_is_the_gaussian_of_sensitivity_two_c() -> None:
     acc = rdp.RdpAccountant()
     acc.compose(dp_accounting.GaussianDpEvent(z / 2), rounds)
     assert ours == pytest.approx(acc.get_epsilon(1e-6), rel=1e-9)
+
+
+def test_an_overstated_population_under_reports_epsilon_as_documented() -> None:
+    # docs/privacy.md, assumption 1: nothing checks population= against the selection pool.
+    claimed = PrivacyAccountant(1.0, FixedSizeSampling(10_000, 100)).epsilon(100, 1e-5)
+    real = PrivacyAccountant(1.0, FixedSizeSampling(1_000, 100)).epsilon(100, 1e-5)
+    assert (round(claimed, 1), round(real, 1)) == (11.2, 83.9)
+    assert claimed == pytest.approx(_wor_rdp(10_000, 100, 1.0, 100, 1e-5), rel=1e-12)
