@@ -11,10 +11,10 @@ import dp_accounting
 import numpy as np
 import pytest
 from dp_accounting import pld, rdp
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
-from compression import SparseUpdate
+from compression import CodecConfig, CodecError, ModelSpec, SparseUpdate, UpdateCodec
 from coordinator.aggregators import AdaptiveClip, ClientUpdate, DPMean, FedAvg
 from coordinator.aggregators._base import NonFiniteReportError
 from coordinator.aggregators._clip import clip_update
@@ -110,6 +110,57 @@ def test_one_device_moves_the_released_sum_by_at_most_the_sensitivity(
     # Assert: replace-one moves it by <= 2C, add/remove by <= C (float32 mean: 1e-5 slack).
     assert np.linalg.norm(base - swapped) <= 2 * clip * (1 + 1e-5)
     assert np.linalg.norm(base - removed) <= clip * (1 + 1e-5)
+
+
+_SPEC = ModelSpec.from_shapes([("w", (5, 6)), ("b", (6,))])  # d = 36
+_CODEC = UpdateCodec(_SPEC, CodecConfig(topk=1.0, bits=32))  # decodes any v1 frame
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    mine=st.lists(
+        st.floats(allow_nan=False, allow_infinity=False, width=32), min_size=36, max_size=36
+    ),
+    other=st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=36, max_size=36),
+    bits=st.sampled_from([1, 2, 4, 8, 16, 32]),
+    topk=st.sampled_from([0.1, 0.5, 1.0]),
+    weight=st.floats(1.0, 1e9),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_a_device_frame_moves_the_released_sum_by_at_most_c(
+    mine: list[float],
+    other: list[float],
+    bits: int,
+    topk: float,
+    weight: float,
+    seed: int,
+) -> None:
+    # Prepare: the device controls its update (any finite float32), the compression (top-k,
+    # bits, stochastic rounding) and its declared example count; the server decodes the frame
+    # as the engine does and DPMean clips what comes out.
+    codec = UpdateCodec(_SPEC, CodecConfig(topk=topk, bits=bits, block=8))
+    rng = np.random.default_rng(seed)
+    try:
+        frame, _ = codec.encode(np.array(mine, dtype=np.float32), rng, weight)
+    except ValueError:  # fp16 cannot carry it: the honest encoder refuses, nothing to send
+        assume(False)
+    try:
+        decoded = _CODEC.decode_frame(frame)
+    except CodecError:  # e.g. a scale x level that overflows float32: refused at upload (4xx)
+        return
+    base_frame, _ = codec.encode(np.array(other, dtype=np.float32), rng, 1.0)
+    base = _CODEC.decode_frame(base_frame)
+    dp = DPMean(0.5, clip=0.3, inner=FedAvg(uniform=False), denominator=4.0, seed=1)
+    with_me = [
+        ClientUpdate("other", base.update, base.weight),
+        ClientUpdate("me", decoded.update, decoded.weight),
+    ]
+    # Execute
+    a = _released_total(dp, with_me, 36)
+    b = _released_total(dp, with_me[:1], 36)
+    # Assert: add/remove of this device moves the noised sum by at most C.
+    assert np.all(np.isfinite(decoded.update.values))
+    assert np.linalg.norm(a - b) <= 0.3 * (1 + 1e-5)
 
 
 def test_dpmean_refuses_a_non_finite_report_by_name() -> None:
