@@ -50,7 +50,7 @@ from coordinator.aggregators import (
     decode_state,
     encode_state,
 )
-from coordinator.aggregators._dp import accounted_sample_size
+from coordinator.aggregators._dp import DPMean, accounted_sample_size
 from coordinator.anomaly import AnomalyFilter, AnomalyMetrics
 from coordinator.engine import (
     DuplicateUpload,
@@ -62,7 +62,7 @@ from coordinator.engine import (
     RoundOutcome,
     UnknownRound,
 )
-from coordinator.privacy import PrivacyMetrics
+from coordinator.privacy import PrivacyAccountant, PrivacyMetrics
 from protocol.messages import (
     Assignment,
     BandwidthReport,
@@ -254,7 +254,9 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
         raise ValueError("seed must be in [0, 2**63)")
     cfg.codec.to_config()
     cfg.downlink.to_config()
-    sample = accounted_sample_size(_aggregator(cfg.aggregator))
+    factory = _aggregator(cfg.aggregator)
+    _first_round_within_budget(factory)
+    sample = accounted_sample_size(factory)
     cohort = math.ceil(cfg.clients_per_round * cfg.over_selection - 1e-9)
     if sample is not None and cohort > sample:
         # Refused here, not when the round engine is built after the model upload.
@@ -279,6 +281,34 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
         except ValueError as exc:
             raise ValueError(f"secure: {exc}") from None
     return spec
+
+
+def _first_round_within_budget(factory: object) -> None:
+    """Refuse a `dp` stage whose epsilon budget its first round alone would exceed: `DPMean`
+    refuses that round at aggregation (`PrivacyBudgetExhausted`), so the task could never
+    publish anything. Found through wrappers' `.inner`, as `accounted_sample_size` does."""
+    node: object = factory
+    for _ in range(64):  # wrapper chains are a few stages deep
+        if isinstance(node, DPMean):
+            break
+        node = getattr(node, "inner", None)
+        if node is None:
+            return
+    else:
+        return
+    assert isinstance(node, DPMean)
+    if node.sampling is None or not math.isfinite(node.epsilon_budget):
+        return
+    accountant = PrivacyAccountant(
+        node.noise_multiplier, node.sampling, node.accounting_method  # type: ignore[arg-type]
+    )
+    eps = accountant.epsilon(1, node.delta)
+    if eps > node.epsilon_budget:
+        raise ValueError(
+            f"aggregator: dp's first round alone reaches epsilon {eps:.4g} > the budget "
+            f"eps={node.epsilon_budget:g} (at delta {node.delta:g}); raise eps= or the noise "
+            "multiplier z="
+        )
 
 
 def _instrument(
@@ -1230,6 +1260,14 @@ class Coordinator:
         except (EngineError, ValueError, ArithmeticError, sqlite3.Error, OSError) as exc:
             # OSError and sqlite3.Error: the publish transaction failed (a full disk, a lock
             # held too long); it rolled back, so nothing of the round is visible.
+            self.fail_close(rt, cur, exc)
+            return None
+        except Exception as exc:
+            # A bug (e.g. a `PrivacyBudgetExhausted`, which validate_task and the engine's
+            # stop on `budget_exhausted` should make impossible): abandon the round, logged
+            # with its traceback, instead of leaving it aggregating forever with its devices
+            # waiting, as an exception of a task nobody awaits.
+            log.exception("round %d: unexpected error while closing", cur.round_id)
             self.fail_close(rt, cur, exc)
             return None
         self.finish_close(rt, outcome)
