@@ -178,7 +178,7 @@ def add_secure_routes(
     @app.get(SecAggPath.RESULT, response_model=RoundStatus, responses=errors, tags=["secure"])
     async def secure_result(
         round_id: StoreId,
-        _: None = Depends(device_or_admin),  # noqa: B008
+        _: str | None = Depends(device_or_admin),  # noqa: B008
     ) -> RoundStatus:
         """The round's status: its stage while open, then committed or abandoned."""
         return coordinator.round_status(round_id)

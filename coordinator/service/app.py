@@ -283,11 +283,13 @@ def create_app(
     ) -> None:
         check_admin_token(config.admin_token, authorization)
 
-    async def device_or_admin(request: Request) -> None:
+    async def device_or_admin(request: Request) -> str | None:
+        """The signing device's id, or None for the admin token."""
         if H.AUTHORIZATION in request.headers:
             check_admin_token(config.admin_token, request.headers[H.AUTHORIZATION])
-            return
-        await device(request)
+            return None
+        fields = await device(request)
+        return fields.device_id
 
     async def registration_quota(request: Request) -> None:
         """One token of the client address's registration bucket, or 429 with Retry-After."""
@@ -442,7 +444,7 @@ def create_app(
     @app.get(Path.ROUND, response_model=RoundStatus, responses=_ERRORS, tags=["device"])
     async def round_status(
         round_id: StoreId,
-        _: None = Depends(device_or_admin),  # noqa: B008
+        _: str | None = Depends(device_or_admin),  # noqa: B008
     ) -> RoundStatus:
         """A round's state, counts and (once committed) the version it published."""
         return coordinator.round_status(round_id)
@@ -456,10 +458,12 @@ def create_app(
     async def bandwidth(
         round_id: StoreId,
         format: str = Query("json", pattern="^(json|csv)$"),
-        _: None = Depends(device_or_admin),  # noqa: B008
+        caller: str | None = Depends(device_or_admin),  # noqa: B008
     ) -> Any:
-        """The round's bandwidth ledger: per device and direction, payload/wire/dense bytes."""
-        report = coordinator.bandwidth(round_id)
+        """The round's bandwidth ledger: per device and direction, payload/wire/dense bytes.
+        The admin gets every device's rows; a device only its own, totals included (another
+        device's upload size depends on its data under top-k and zstd)."""
+        report = coordinator.bandwidth(round_id, only=caller)
         if format == "csv":
             lines = ["round_id,device_id,direction,payload_bytes,wire_bytes,dense_bytes,requests"]
             lines += [

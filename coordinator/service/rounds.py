@@ -1469,11 +1469,14 @@ class Coordinator:
             self._raise_damaged(exc)
         return [self.round_status(r.round_id) for r in rounds]
 
-    def bandwidth(self, round_id: int) -> BandwidthReport:
-        """A round's ledger (rows only: readable even when its stored JSON is damaged)."""
+    def bandwidth(self, round_id: int, only: str | None = None) -> BandwidthReport:
+        """A round's ledger (rows only: readable even when its stored JSON is damaged); with
+        `only`, that device's rows and their totals."""
         if self.store.round_task(round_id) is None:
             raise ApiError(404, Reason.UNKNOWN_ROUND, f"no round {round_id}")
         rows = [LedgerRow(*r) for r in self.store.ledger_rows(round_id)]
+        if only is not None:
+            rows = [r for r in rows if r.device_id == only]
         totals: dict[str, int] = {}
         for d in ("up", "down"):
             sel = [r for r in rows if r.direction == d]

@@ -114,6 +114,42 @@ def test_ledger_reconciles_with_sdk_counts(server: str, tmp_path: Path) -> None:
     assert "plume_updates_accepted_total 4.0" in metrics
 
 
+def test_a_device_reads_only_its_own_ledger_rows(server: str, tmp_path: Path) -> None:
+    # Prepare: a round with two reporting devices
+    from protocol import auth
+
+    http = httpx.Client(base_url=server)
+    task_id = create_task(http, task_config(rounds=1))
+    clients, _ = _participate_all(server, tmp_path, n=2, rounds=1, task_id=task_id)
+    wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+    everyone = admin_get(http, "/v1/rounds/1/bandwidth")
+    me = clients[0]
+
+    def as_device(query: str) -> httpx.Response:
+        target = f"/v1/rounds/1/bandwidth{query}"
+        headers = auth.sign_request(
+            me._core.key, method="GET", target=target, round_id=0, body=b"",
+            timestamp_ms=int(time.time() * 1000),
+        )  # fmt: skip
+        return http.get(target, headers={str(k): v for k, v in headers.items()})
+
+    # Execute
+    mine, csv = as_device(""), as_device("?format=csv")
+    # Assert: the admin sees both devices; a device its own rows and their totals only (another
+    # device's upload size depends on its data), in JSON and CSV alike
+    assert {r["device_id"] for r in everyone["rows"]} == {c.device_id for c in clients}
+    assert mine.status_code == 200, mine.text
+    body = mine.json()
+    assert {r["device_id"] for r in body["rows"]} == {me.device_id}
+    own = [r for r in everyone["rows"] if r["device_id"] == me.device_id]
+    assert body["rows"] == own
+    assert body["totals"]["up_payload_bytes"] == sum(
+        r["payload_bytes"] for r in own if r["direction"] == "up"
+    )
+    assert body["totals"]["up_payload_bytes"] < everyone["totals"]["up_payload_bytes"]
+    assert [line.split(",")[1] for line in csv.text.splitlines()[1:]] == [me.device_id] * 2
+
+
 def test_over_selection_then_stragglers_get_409(server: str, tmp_path: Path) -> None:
     # Prepare: 2 reports wanted, 3 selected (over-selection 1.5)
     http = httpx.Client(base_url=server)
