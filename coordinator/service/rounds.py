@@ -283,21 +283,25 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
     return spec
 
 
-def _first_round_within_budget(factory: object) -> None:
-    """Refuse a `dp` stage whose epsilon budget its first round alone would exceed: `DPMean`
-    refuses that round at aggregation (`PrivacyBudgetExhausted`), so the task could never
-    publish anything. Found through wrappers' `.inner`, as `accounted_sample_size` does."""
+def _find_dp(factory: object) -> DPMean | None:
+    """The `DPMean` stage of an aggregator, found through wrappers' `.inner` (as
+    `accounted_sample_size` does), or None."""
     node: object = factory
     for _ in range(64):  # wrapper chains are a few stages deep
         if isinstance(node, DPMean):
-            break
+            return node
         node = getattr(node, "inner", None)
         if node is None:
-            return
-    else:
-        return
-    assert isinstance(node, DPMean)
-    if node.sampling is None or not math.isfinite(node.epsilon_budget):
+            return None
+    return None
+
+
+def _first_round_within_budget(factory: object) -> None:
+    """Refuse a `dp` stage whose epsilon budget its first round alone would exceed: `DPMean`
+    refuses that round at aggregation (`PrivacyBudgetExhausted`), so the task could never
+    publish anything."""
+    node = _find_dp(factory)
+    if node is None or node.sampling is None or not math.isfinite(node.epsilon_budget):
         return
     accountant = PrivacyAccountant(
         node.noise_multiplier, node.sampling, node.accounting_method  # type: ignore[arg-type]
@@ -309,6 +313,43 @@ def _first_round_within_budget(factory: object) -> None:
             f"eps={node.epsilon_budget:g} (at delta {node.delta:g}); raise eps= or the noise "
             "multiplier z="
         )
+
+
+def _dp_measurements(meas: Any) -> dict[str, Any] | None:
+    """`DPMean`'s measurements within a round's (found through wrappers' `inner`), or None."""
+    for _ in range(64):  # wrapper chains are a few stages deep
+        if not isinstance(meas, dict):
+            return None
+        if "noise_multiplier" in meas and "rounds" in meas and "clip" in meas:
+            return meas
+        meas = meas.get("inner")
+    return None
+
+
+def _observe_stored_dp(metrics: PrivacyMetrics, config: TaskConfig, rounds: list[Any]) -> None:
+    """Set a plain task's dp gauges from its last committed round, so that after a restart
+    they read what the accountant (restored with the aggregator state) has spent, not 0."""
+    factory = _find_dp(_aggregator(config.aggregator))
+    if factory is None:
+        return
+    for r in sorted(rounds, key=lambda r: r.seq, reverse=True):
+        if r.state != RoundState.COMMITTED:
+            continue
+        dp = _dp_measurements(r.measurements)
+        if dp is None:
+            return
+        try:
+            metrics.observe(
+                epsilon=float(dp["epsilon"]) if "epsilon" in dp else None,
+                delta=factory.delta,
+                rounds=int(dp["rounds"]),
+                noise_multiplier=float(dp["noise_multiplier"]),
+                clip=float(dp["clip"]),
+                budget_exhausted=bool(dp.get("budget_exhausted", False)),
+            )
+        except (TypeError, ValueError):
+            log.warning("round %d: its stored dp measurements do not parse", r.round_id)
+        return
 
 
 def _instrument(
@@ -487,6 +528,8 @@ class Coordinator:
         if rt.secure is None:
             for r in live:
                 rt.current = self._replay(rt, r)
+        if rt.secure is None:
+            _observe_stored_dp(rt.privacy_metrics, rt.config, rounds)
         if rt.secure is not None and released:
             last = released[-1]
             rt.privacy_metrics.observe(

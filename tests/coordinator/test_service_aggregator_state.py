@@ -81,6 +81,28 @@ def test_central_dp_epsilon_keeps_counting_across_a_restart(tmp_path: Path, rest
     assert second["epsilon"] > first["epsilon"]
 
 
+def test_the_dp_gauges_read_the_spent_epsilon_right_after_a_restart(tmp_path: Path) -> None:
+    # Prepare: one committed central-DP round, then a restart
+    db = tmp_path / "plume.db"
+    with _service(db) as url:
+        task_id = create_task(
+            httpx.Client(base_url=url), task_config(rounds=3, aggregator=DP_FIXED)
+        )
+        _one_round(url, tmp_path, task_id, 1)
+        first = _dp(url, 1)
+    # Execute: scrape the restarted service before any new round
+    with _service(db) as url:
+        metrics = httpx.get(f"{url}/metrics").text
+    # Assert: the gauges read round 1's accounting, not zeros
+    lines = {
+        line.split(" ")[0]: float(line.split(" ")[1])
+        for line in metrics.splitlines()
+        if line.startswith("plume_dp_") and f'task="{task_id}"' in line
+    }
+    assert lines[f'plume_dp_epsilon{{task="{task_id}"}}'] == pytest.approx(first["epsilon"])
+    assert lines[f'plume_dp_rounds{{task="{task_id}"}}'] == 1.0
+
+
 def test_the_store_keeps_the_state_of_the_last_committed_round(tmp_path: Path) -> None:
     # Prepare: a robust screen with server momentum, one committed round.
     db = tmp_path / "plume.db"
