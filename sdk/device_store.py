@@ -399,17 +399,9 @@ class DeviceStore:
         if sent.shape != (size,):
             raise ValueError(f"sent of shape {sent.shape}, model has {size} scalars")
         self._recover()
-        base = self.load_residual(size) or ErrorFeedback(size)
-        ef = ErrorFeedback(size)
-        ef.residual = (base.residual + sent).astype(np.float32)
-        refused = self.root / "pending.refused"
-        _write(refused, ef.to_bytes())
-        _unlink(self.root / "pending.json")  # the commit point
-        os.replace(refused, self.root / "residual.bin")
-        _fsync_dir(self.root)
-        _unlink(self.root / "pending.frame")
-        _unlink(self.root / "pending.residual")
-        return ef
+        return self._add_to_residual(
+            size, sent, "pending.refused", "pending.json", ("pending.frame", "pending.residual")
+        )
 
     # -- accepted upload awaiting its round's outcome ------------------------------------
     #
@@ -498,13 +490,29 @@ class DeviceStore:
         record = self.load_accepted()
         if record is None or record.round_id != round_id:
             return None
+        return self._add_to_residual(
+            size, sent, "accepted.settled", "accepted.json", ("accepted.frame",)
+        )
+
+    def _add_to_residual(
+        self,
+        size: int,
+        sent: npt.NDArray[np.float32],
+        staging: str,
+        commit: str,
+        leftovers: tuple[str, ...],
+    ) -> ErrorFeedback:
+        """Residual += `sent`, written to `staging` first; removing the `commit` file is the
+        commit point (`_recover` finishes or drops the step after a crash), then the staged
+        residual replaces residual.bin and the `leftovers` go."""
         base = self.load_residual(size) or ErrorFeedback(size)
         ef = ErrorFeedback(size)
         ef.residual = (base.residual + sent).astype(np.float32)
-        settled = self.root / "accepted.settled"
-        _write(settled, ef.to_bytes())
-        _unlink(self.root / "accepted.json")  # the commit point
-        os.replace(settled, self.root / "residual.bin")
+        staged = self.root / staging
+        _write(staged, ef.to_bytes())
+        _unlink(self.root / commit)  # the commit point
+        os.replace(staged, self.root / "residual.bin")
         _fsync_dir(self.root)
-        _unlink(self.root / "accepted.frame")
+        for name in leftovers:
+            _unlink(self.root / name)
         return ef
