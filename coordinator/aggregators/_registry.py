@@ -75,13 +75,14 @@ Wrappers (stages before the base):
                                    that device's reports for R rounds (30): backdoor defence
   dp:clip=C,z=Z[,q=Q|population=N,sample=M][,delta=,eps=,denom=,seed=,quantile=,count_std=]
                                    user-level DP mean (must be the first stage); Poisson
-                                   sampling (q=) needs denom= (the expected cohort q·N)
+                                   sampling (q=) needs denom= (the expected cohort q·N); the
+                                   coordinator service takes population=,sample= only
 Server optimizers (only as the very first stage; they turn the aggregate into the step):
   avgm[:momentum=B,lr=L]           FedAvgM: server momentum B (0.9), step lr (1.0)
   adam[:lr=L,b1=,b2=,tau=]         FedAdam (Reddi et al. 2021): lr 0.01, b1 0.9, b2 0.99,
   yogi[:...], adagrad[:...]        tau 1e-3; FedYogi, FedAdagrad take the same parameters
 Examples: "median", "trimmed_mean:0.1", "multikrum:f=2,m=5", "bucket:2+median",
-  "nnm+krum", "normbound:5+fedavg", "dp:clip=1,z=1.0,q=0.01,denom=100,eps=8+fedavg"
+  "nnm+krum", "normbound:5+fedavg", "dp:clip=1,z=1.0,population=1000,sample=10,eps=8+fedavg"
 """
 
 

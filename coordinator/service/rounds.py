@@ -62,7 +62,7 @@ from coordinator.engine import (
     RoundOutcome,
     UnknownRound,
 )
-from coordinator.privacy import PrivacyAccountant, PrivacyMetrics
+from coordinator.privacy import PoissonSampling, PrivacyAccountant, PrivacyMetrics
 from protocol.messages import (
     Assignment,
     BandwidthReport,
@@ -255,7 +255,7 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
     cfg.codec.to_config()
     cfg.downlink.to_config()
     factory = _aggregator(cfg.aggregator)
-    _first_round_within_budget(factory)
+    _check_dp(factory)
     sample = accounted_sample_size(factory)
     cohort = math.ceil(cfg.clients_per_round * cfg.over_selection - 1e-9)
     if sample is not None and cohort > sample:
@@ -296,12 +296,21 @@ def _find_dp(factory: object) -> DPMean | None:
     return None
 
 
-def _first_round_within_budget(factory: object) -> None:
-    """Refuse a `dp` stage whose epsilon budget its first round alone would exceed: `DPMean`
-    refuses that round at aggregation (`PrivacyBudgetExhausted`), so the task could never
-    publish anything."""
+def _check_dp(factory: object) -> None:
+    """Refuse a `dp` stage the service cannot honour:
+    - Poisson accounting (`q=`): the coordinator selects fixed-size cohorts and shows their
+      size, so the epsilon that accounting reports would not bound anything;
+    - an epsilon budget its first round alone would exceed: `DPMean` refuses that round at
+      aggregation (`PrivacyBudgetExhausted`), so the task could never publish anything."""
     node = _find_dp(factory)
-    if node is None or node.sampling is None or not math.isfinite(node.epsilon_budget):
+    if node is None:
+        return
+    if isinstance(node.sampling, PoissonSampling):
+        raise ValueError(
+            "aggregator: dp with q= accounts Poisson sampling, but the coordinator selects "
+            "fixed-size cohorts: use population=N,sample=M (M = the cohort it selects)"
+        )
+    if node.sampling is None or not math.isfinite(node.epsilon_budget):
         return
     accountant = PrivacyAccountant(
         node.noise_multiplier, node.sampling, node.accounting_method  # type: ignore[arg-type]

@@ -1,6 +1,7 @@
 """A round whose close fails in an unexpected way is abandoned, never left aggregating; and a
-`dp` task whose budget its first round alone would exceed is refused at creation (its rounds
-could never publish: `DPMean` refuses them with `PrivacyBudgetExhausted`)."""
+`dp` task the service cannot honour is refused at creation: one whose budget its first round
+alone would exceed (its rounds could never publish: `DPMean` refuses them with
+`PrivacyBudgetExhausted`), or one accounted as Poisson sampling (`q=`)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,12 @@ def test_validate_task_refuses_a_budget_the_first_round_exceeds() -> None:
         validate_task(task_config(aggregator=TOO_SMALL))
     # The same noise with a budget that covers a round is a valid task.
     validate_task(task_config(aggregator=TOO_SMALL.replace("eps=0.1", "eps=1000")))
+
+
+def test_validate_task_refuses_poisson_accounting() -> None:
+    # The coordinator selects fixed-size cohorts: a q= epsilon would bound nothing.
+    with pytest.raises(ValueError, match="dp with q= accounts Poisson sampling"):
+        validate_task(task_config(aggregator="dp:clip=1,z=1,q=0.5,denom=2+fedavg"))
 
 
 def test_create_task_answers_422_naming_the_budget(tmp_path: Path) -> None:
