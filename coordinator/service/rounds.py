@@ -727,7 +727,17 @@ class Coordinator:
 
     def create_task(self, cfg: TaskConfig) -> int:
         validate_task(cfg)
-        return self.store.create_task(to_json(cfg), TaskState.AWAITING_MODEL, self.clock())
+        task_id = self.store.create_task(to_json(cfg), TaskState.AWAITING_MODEL, self.clock())
+        dp = _find_dp(_aggregator(cfg.aggregator))
+        if dp is not None and dp.seed is not None:
+            log.warning(
+                "task %d: its dp stage has seed=%d: the noise is a function of the seed and the "
+                "round, so whoever knows or guesses the seed can subtract it and its epsilon "
+                "means nothing (docs/privacy.md); leave seed= to simulations",
+                task_id,
+                dp.seed,
+            )
+        return task_id
 
     def set_initial_model(self, task_id: int, snapshot: bytes) -> TaskStatus:
         if (refusal := self.refusal(task_id)) is not None:

@@ -87,3 +87,17 @@ def test_an_unexpected_close_error_abandons_the_round_and_the_task_goes_on(
     assert [r["state"] for r in rounds] == ["abandoned", "committed"]
     assert "boom" in rounds[0]["measurements"]["error"]
     assert status["rounds_committed"] == 1 and status["version"] == 1
+
+
+def test_creating_a_task_with_a_seeded_dp_stage_logs_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A fixed dp seed makes the noise guessable: the service takes it but says so.
+    cfg = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05)
+    seeded = "dp:clip=1,z=1,population=10,sample=2,seed=3+fedavg"
+    with caplog.at_level("WARNING", logger="plume.coordinator"):
+        with ServerThread(cfg) as url, httpx.Client(base_url=url) as http:
+            create_task(http, task_config(aggregator=seeded))
+            create_task(http, task_config(aggregator=seeded.replace(",seed=3", "")))
+    warnings = [r.getMessage() for r in caplog.records if "seed=" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].startswith("task 1: its dp stage has seed=3")
