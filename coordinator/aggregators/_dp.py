@@ -80,6 +80,18 @@ class DPMean:
             raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
         if not self.epsilon_budget > 0:
             raise ValueError(f"epsilon budget must be > 0, got {self.epsilon_budget!r}")
+        if isinstance(self.clip, AdaptiveClip) and not self.clip.count_stddev:
+            # The default sigma_b is (expected reports) / 20, and the split of z needs
+            # 2·sigma_b > z: with a cohort of at most 10·z reports every round would fail.
+            most = self.denominator
+            if most is None and isinstance(self.sampling, FixedSizeSampling):
+                most = float(self.sampling.sample_size)
+            if most is not None and not 2.0 * most / 20.0 > self.noise_multiplier:
+                raise ValueError(
+                    f"adaptive clipping's default count noise stddev ({most:g} / 20) is too "
+                    f"small for noise multiplier {self.noise_multiplier:g} (need 2·sigma_b > z): "
+                    "set count_std= above z / 2, or sample more devices a round"
+                )
         if isinstance(self.sampling, PoissonSampling) and self.denominator is None:
             # Under Poisson sampling the number of reports is itself private (adding a device
             # changes it): dividing by it releases more than the accounted noisy sum.

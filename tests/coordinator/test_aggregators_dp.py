@@ -242,3 +242,15 @@ def test_bad_configs_raise() -> None:
         AdaptiveClip(target_quantile=1.0)
     with pytest.raises(ValueError):
         FixedSizeSampling(10, 11)
+
+
+def test_adaptive_clip_default_count_noise_too_small_for_the_cohort_is_refused_up_front() -> None:
+    # sigma_b defaults to (expected reports) / 20 and needs 2·sigma_b > z: a cohort of at most
+    # 10·z reports would fail every round, so the stage is refused when it is built.
+    with pytest.raises(ValueError, match=r"count noise stddev \(10 / 20\) is too small"):
+        DPMean(1.0, clip=AdaptiveClip(), sampling=FixedSizeSampling(100, 10))
+    with pytest.raises(ValueError, match="set count_std= above z / 2"):
+        DPMean(2.0, clip=AdaptiveClip(), denominator=20.0)
+    # A larger cohort, or an explicit count_std, is fine.
+    DPMean(1.0, clip=AdaptiveClip(), sampling=FixedSizeSampling(100, 11))
+    DPMean(1.0, clip=AdaptiveClip(count_stddev=0.6), sampling=FixedSizeSampling(100, 10))
