@@ -35,7 +35,7 @@ from ._base import AggregateOutput, AggregatorFactory, ClientUpdate, check_finit
 from ._clip import AdaptiveClip, clip_update
 from ._mean import FedAvg
 
-__all__ = ["DPMean", "accounted_sample_size"]
+__all__ = ["DPMean", "accounted_sample_size", "find_dp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,19 +238,26 @@ def _os_seed() -> int:
     return int.from_bytes(os.urandom(32), "little")
 
 
-def accounted_sample_size(factory: object) -> int | None:
-    """The `sample_size` a fixed-size-sampling `DPMean` inside `factory` accounts for, found
-    through wrappers' `.inner` (a server optimizer, a screen); None without one.
-
-    The round engine compares it with the cohort it selects: accounting a smaller cohort than
-    the selected one under-counts epsilon without any error at aggregation time.
-    """
+def find_dp(factory: object) -> DPMean | None:
+    """The `DPMean` stage inside `factory`, found through wrappers' `.inner` (a server
+    optimizer, a screen), or None."""
     node: object = factory
     for _ in range(64):  # wrapper chains are a few stages deep
         if isinstance(node, DPMean):
-            s = node.sampling
-            return s.sample_size if isinstance(s, FixedSizeSampling) else None
+            return node
         node = getattr(node, "inner", None)
         if node is None:
             return None
     return None
+
+
+def accounted_sample_size(factory: object) -> int | None:
+    """The `sample_size` a fixed-size-sampling `DPMean` inside `factory` accounts for; None
+    without one.
+
+    The round engine compares it with the cohort it selects: accounting a smaller cohort than
+    the selected one under-counts epsilon without any error at aggregation time.
+    """
+    dp = find_dp(factory)
+    s = dp.sampling if dp is not None else None
+    return s.sample_size if isinstance(s, FixedSizeSampling) else None

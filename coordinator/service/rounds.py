@@ -50,7 +50,7 @@ from coordinator.aggregators import (
     decode_state,
     encode_state,
 )
-from coordinator.aggregators._dp import DPMean, accounted_sample_size
+from coordinator.aggregators._dp import accounted_sample_size, find_dp
 from coordinator.anomaly import AnomalyFilter, AnomalyMetrics
 from coordinator.engine import (
     DuplicateUpload,
@@ -283,26 +283,13 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
     return spec
 
 
-def _find_dp(factory: object) -> DPMean | None:
-    """The `DPMean` stage of an aggregator, found through wrappers' `.inner` (as
-    `accounted_sample_size` does), or None."""
-    node: object = factory
-    for _ in range(64):  # wrapper chains are a few stages deep
-        if isinstance(node, DPMean):
-            return node
-        node = getattr(node, "inner", None)
-        if node is None:
-            return None
-    return None
-
-
 def _check_dp(factory: object) -> None:
     """Refuse a `dp` stage the service cannot honour:
     - Poisson accounting (`q=`): the coordinator selects fixed-size cohorts and shows their
       size, so the epsilon that accounting reports would not bound anything;
     - an epsilon budget its first round alone would exceed: `DPMean` refuses that round at
       aggregation (`PrivacyBudgetExhausted`), so the task could never publish anything."""
-    node = _find_dp(factory)
+    node = find_dp(factory)
     if node is None:
         return
     if isinstance(node.sampling, PoissonSampling):
@@ -338,7 +325,7 @@ def _dp_measurements(meas: Any) -> dict[str, Any] | None:
 def _observe_stored_dp(metrics: PrivacyMetrics, config: TaskConfig, rounds: list[Any]) -> None:
     """Set a plain task's dp gauges from its last committed round, so that after a restart
     they read what the accountant (restored with the aggregator state) has spent, not 0."""
-    factory = _find_dp(_aggregator(config.aggregator))
+    factory = find_dp(_aggregator(config.aggregator))
     if factory is None:
         return
     for r in sorted(rounds, key=lambda r: r.seq, reverse=True):
@@ -728,7 +715,7 @@ class Coordinator:
     def create_task(self, cfg: TaskConfig) -> int:
         validate_task(cfg)
         task_id = self.store.create_task(to_json(cfg), TaskState.AWAITING_MODEL, self.clock())
-        dp = _find_dp(_aggregator(cfg.aggregator))
+        dp = find_dp(_aggregator(cfg.aggregator))
         if dp is not None and dp.seed is not None:
             log.warning(
                 "task %d: its dp stage has seed=%d: the noise is a function of the seed and the "
