@@ -13,35 +13,11 @@ import numpy as np
 import pytest
 
 import sdk.device_store as device_store
-from compression import ErrorFeedback, ModelSpec
 from sdk.device_store import AcceptedUpload, DeviceStore, PendingUpload
 
-SPEC = ModelSpec.from_shapes([("w", (4, 8)), ("b", (4,))])
+from .test_review_device_state import SPEC, _Crash, _crash_on, _ef
+
 SENT = np.random.default_rng(5).standard_normal(SPEC.size).astype(np.float32)
-
-
-class _Crash(Exception):
-    """Stands in for the process dying at a chosen write."""
-
-
-def _ef(value: float) -> ErrorFeedback:
-    ef = ErrorFeedback(SPEC.size)
-    ef.residual = np.full(SPEC.size, value, dtype=np.float32)
-    return ef
-
-
-def _crash_on(
-    monkeypatch: pytest.MonkeyPatch, name: str, target: Any = device_store, attr: str = "_write"
-) -> None:
-    """Make `target.attr` (a function whose first argument is a path) crash for file `name`."""
-    real = getattr(target, attr)
-
-    def crash(path: Any, *args: Any, **kwargs: Any) -> Any:
-        if Path(path).name == name:
-            raise _Crash(name)
-        return real(path, *args, **kwargs)
-
-    monkeypatch.setattr(target, attr, crash)
 
 
 def _residual(root: Path) -> np.ndarray:
