@@ -73,18 +73,20 @@ _SECURE_METAVARS = {
 }
 
 
+# `coordinator.service.secure.SecureSettings`'s stage timing defaults, named here so --help
+# does not import the service (FastAPI); a test checks them against the dataclass.
+_STAGE_DEFAULTS: dict[str, Any] = {"stage_timeout_s": 30.0, "stage_idle_s": None}
+
+
 def _secure_defaults() -> dict[str, Any]:
     """The value each `TaskConfig.secure` key takes when its flag is left out."""
     try:
         from dataclasses import fields
 
         from .secure import SecureConfig
-        from .service.secure import SecureSettings
     except ImportError:
         return {}
-    out = {f.name: f.default for f in fields(SecureConfig)}
-    out.update({f.name: f.default for f in fields(SecureSettings) if f.name != "config"})
-    return out
+    return {f.name: f.default for f in fields(SecureConfig)} | _STAGE_DEFAULTS
 
 
 _LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")

@@ -19,11 +19,14 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-import dp_accounting
-from dp_accounting import pld, rdp
 from prometheus_client import CollectorRegistry, Gauge
+
+# dp_accounting (and scipy with it) is slow to import, so the functions that account import
+# it: the aggregators and `plume --help` import this module and need none of it.
+if TYPE_CHECKING:
+    import dp_accounting
 
 __all__ = [
     "FixedSizeSampling",
@@ -71,6 +74,8 @@ Sampling = PoissonSampling | FixedSizeSampling
 
 
 def _round_event(noise_multiplier: float, sampling: Sampling) -> dp_accounting.DpEvent:
+    import dp_accounting
+
     if isinstance(sampling, PoissonSampling):
         return dp_accounting.PoissonSampledDpEvent(
             sampling.probability, dp_accounting.GaussianDpEvent(noise_multiplier)
@@ -84,6 +89,9 @@ def _round_event(noise_multiplier: float, sampling: Sampling) -> dp_accounting.D
 
 
 def _make_accountant(sampling: Sampling, method: Method) -> dp_accounting.PrivacyAccountant:
+    import dp_accounting
+    from dp_accounting import pld, rdp
+
     fixed = isinstance(sampling, FixedSizeSampling)
     relation = (
         dp_accounting.NeighboringRelation.REPLACE_ONE
@@ -121,6 +129,8 @@ class PrivacyAccountant:
 
     def dp_event(self, rounds: int) -> dp_accounting.DpEvent:
         """The dp_accounting event of `rounds` rounds (rounds >= 0)."""
+        import dp_accounting
+
         if rounds < 0:
             raise ValueError(f"rounds must be >= 0, got {rounds}")
         return dp_accounting.SelfComposedDpEvent(
@@ -170,6 +180,7 @@ def calibrate_noise_multiplier(
     """
     if epsilon <= 0 or rounds < 1:
         raise ValueError("need epsilon > 0 and rounds >= 1")
+    import dp_accounting
 
     def make_event(z: float) -> dp_accounting.DpEvent:
         return PrivacyAccountant(z, sampling, "rdp").dp_event(rounds)

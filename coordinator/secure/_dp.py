@@ -53,14 +53,16 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import dp_accounting
 import numpy as np
 import numpy.typing as npt
-from dp_accounting.rdp import rdp_privacy_accountant
 
 from protocol.secagg import NoiseKind, SecurePlan
+
+# dp_accounting (and scipy with it) is slow to import; the accountant's methods import it.
+if TYPE_CHECKING:
+    import dp_accounting
 
 __all__ = [
     "account_released_groups",
@@ -73,7 +75,13 @@ __all__ = [
     "DistributedDpAccountant",
 ]
 
-RDP_ORDERS: tuple[float, ...] = tuple(float(a) for a in rdp_privacy_accountant.DEFAULT_RDP_ORDERS)
+# dp_accounting's `rdp_privacy_accountant.DEFAULT_RDP_ORDERS`, built the same way, as floats
+# (a test checks that they are equal).
+RDP_ORDERS: tuple[float, ...] = tuple(
+    [1 + x / 10.0 for x in range(1, 100)]
+    + [float(a) for a in range(11, 64)]
+    + [128.0, 256.0, 512.0, 1024.0]
+)
 
 
 def integer_sensitivity(clip_norm: float, coord_bound: float, value_bits: int, k: int) -> float:
@@ -165,6 +173,8 @@ class DistributedDpAccountant:
         `sensitivity` is Delta2 in integer units (`integer_sensitivity`); Delta1 is derived
         from it with `l1_sensitivity`, so a replay from stored measurements is identical.
         """
+        import dp_accounting
+
         if kind == NoiseKind.DISCRETE_GAUSSIAN:
             eps = ddg_epsilon(sensitivity, variance_per_device, survivors, k)
             self.events.append(dp_accounting.ZCDpEvent(eps**2 / 2.0))
@@ -181,6 +191,9 @@ class DistributedDpAccountant:
 
     def rdp(self) -> npt.NDArray[np.float64]:
         """The composed RDP curve at `RDP_ORDERS` (inf if any round was not private)."""
+        import dp_accounting
+        from dp_accounting.rdp import rdp_privacy_accountant
+
         acc = rdp_privacy_accountant.RdpAccountant(RDP_ORDERS)
         acc.compose(dp_accounting.ComposedDpEvent(list(self.events)))
         out: npt.NDArray[np.float64] = np.asarray(acc.rdp, dtype=np.float64) + self.skellam
@@ -188,6 +201,8 @@ class DistributedDpAccountant:
 
     def epsilon(self) -> float:
         """Epsilon at `delta` after every recorded round (inf if any round was not private)."""
+        from dp_accounting.rdp import rdp_privacy_accountant
+
         if self.rounds == 0:
             return 0.0
         eps, _ = rdp_privacy_accountant.compute_epsilon(RDP_ORDERS, self.rdp(), self.delta)

@@ -1,0 +1,129 @@
+"""`plume --help` and every `plume COMMAND --help` build their parsers without importing the
+heavy libraries (dp_accounting with scipy, FastAPI, uvicorn, httpx, torch, ...): those load
+when a command runs. Checked in a fresh interpreter, by the modules it holds, not by timing."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from dataclasses import fields
+from pathlib import Path
+
+from coordinator.cli import build_parser, iter_parsers
+
+ROOT = Path(__file__).resolve().parents[1]
+# Top-level packages that no help text needs.
+HEAVY = (
+    "dp_accounting",
+    "scipy",
+    "torch",
+    "onnxruntime",
+    "ray",
+    "fastapi",
+    "starlette",
+    "uvicorn",
+    "httpx",
+)
+
+# Runs `plume ARGV` for each ARGV given as JSON in argv[1], in order, and prints which heavy
+# package each command loaded first: {"plume sim --help": ["numpy"], ...}.
+_PROBE = """
+import json, sys
+from coordinator.cli import main
+heavy = json.loads(sys.argv[2])
+seen, first = set(), {}
+for argv in json.loads(sys.argv[1]):
+    try:
+        main(argv)
+    except SystemExit:
+        pass
+    new = sorted(h for h in heavy if h in sys.modules and h not in seen)
+    seen.update(new)
+    if new:
+        first[" ".join(["plume", *argv])] = new
+print(json.dumps(first))
+"""
+
+
+def _run(code: str, *args: str) -> str:
+    """The last line `python -c CODE ARGS...` prints, in a fresh interpreter at the repo root."""
+    out = subprocess.run(
+        [sys.executable, "-c", code, *args], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip().splitlines()[-1]
+
+
+def test_every_help_imports_no_heavy_library() -> None:
+    # Prepare: `--help` of the top-level parser and of every subcommand's parser
+    commands = [[*p.prog.split()[1:], "--help"] for p in iter_parsers(build_parser())]
+    assert ["sim", "--help"] in commands and ["coordinator", "serve", "--help"] in commands
+    # Execute: all of them, one after another, in a fresh interpreter
+    loaded = json.loads(_run(_PROBE, json.dumps(commands), json.dumps(HEAVY)))
+    # Assert
+    assert loaded == {}, f"--help imported heavy packages (first command that did): {loaded}"
+
+
+def test_a_bare_plume_imports_no_heavy_library() -> None:
+    # Execute: `plume` alone prints the help and exits 2
+    loaded = json.loads(_run(_PROBE, json.dumps([[]]), json.dumps(HEAVY)))
+    # Assert
+    assert loaded == {}
+
+
+# Epsilons computed after `plume --help`, so with dp_accounting imported by the accounting
+# functions themselves. _EPSILONS_BEFORE are what the code printed before dp_accounting's
+# import was moved into them (commit 3c897d2), on the same computations.
+_EPSILONS = """
+import json, sys
+from coordinator.cli import main
+try:
+    main(["--help"])
+except SystemExit:
+    pass
+assert "dp_accounting" not in sys.modules
+from coordinator.privacy import FixedSizeSampling, PoissonSampling, PrivacyAccountant
+from coordinator.secure import DistributedDpAccountant
+from protocol.secagg import NoiseKind
+ddp = DistributedDpAccountant(delta=1e-5)
+ddp.record_round(NoiseKind.DISCRETE_GAUSSIAN, 300.0, 4000.0, 20, 100)
+ddp.record_round(NoiseKind.SKELLAM, 300.0, 2000.0, 20, 100)
+print(json.dumps([
+    PrivacyAccountant(1.1, PoissonSampling(0.01)).epsilon(100, 1e-5),
+    PrivacyAccountant(1.5, FixedSizeSampling(1000, 20)).epsilon(50, 1e-5),
+    ddp.epsilon(),
+]))
+"""
+_EPSILONS_BEFORE = [0.5497650958602305, 3.9862858819586804, 9.837962878831664]
+
+
+def test_accounting_after_help_gives_the_same_epsilons() -> None:
+    # Execute: PLD (Poisson), RDP (fixed size) and the secure DDG + Skellam accountant
+    got = json.loads(_run(_EPSILONS))
+    # Assert
+    assert len(got) == len(_EPSILONS_BEFORE)
+    for eps, before in zip(got, _EPSILONS_BEFORE, strict=True):
+        assert math.isclose(eps, before, rel_tol=1e-12), (got, _EPSILONS_BEFORE)
+
+
+def test_rdp_orders_are_dp_accountings_default_grid() -> None:
+    # Prepare
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    from coordinator.secure import RDP_ORDERS
+
+    # Assert: the grid written out in coordinator.secure._dp is dp_accounting's, as floats
+    assert RDP_ORDERS == tuple(float(a) for a in rdp_privacy_accountant.DEFAULT_RDP_ORDERS)
+    assert all(type(a) is float for a in RDP_ORDERS)
+
+
+def test_stage_defaults_in_help_are_secure_settings_defaults() -> None:
+    # Prepare
+    from coordinator import _cli
+    from coordinator.service.secure import SecureSettings
+
+    # Assert: the defaults `create-task --help` shows are the dataclass's
+    want = {f.name: f.default for f in fields(SecureSettings) if f.name != "config"}
+    assert _cli._STAGE_DEFAULTS == want
