@@ -21,12 +21,12 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from prometheus_client import CollectorRegistry, Gauge
-
 # dp_accounting (and scipy with it) is slow to import, so the functions that account import
-# it: the aggregators and `plume --help` import this module and need none of it.
+# it, and PrivacyMetrics imports prometheus_client: the aggregators and `plume --help` import
+# this module and need neither.
 if TYPE_CHECKING:
     import dp_accounting
+    from prometheus_client import CollectorRegistry
 
 __all__ = [
     "FixedSizeSampling",
@@ -229,6 +229,8 @@ class PrivacyMetrics:
     """
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        from prometheus_client import CollectorRegistry, Gauge
+
         self.registry = registry if registry is not None else CollectorRegistry()
         self.epsilon = Gauge(
             "plume_dp_epsilon", "Epsilon spent so far at the task's delta", registry=self.registry
