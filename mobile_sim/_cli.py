@@ -695,6 +695,8 @@ _FLAG_OF_FIELD = {
     "noise_multiplier": "--noise-multiplier",
 }
 _LEADING_FIELDS = (
+    "clients",
+    "rounds",
     "alpha",
     "block",
     "malicious",
@@ -728,6 +730,7 @@ def _in_flags(message: str) -> str:
 _ADVICE_IN_FLAGS = (
     ("lower the client count", "lower --clients"),
     ("raise alpha", "raise --alpha"),
+    ("exceeds clients ", "exceeds --clients "),
 )
 
 
@@ -746,40 +749,13 @@ def _fleet(args: argparse.Namespace) -> str:
 
 
 def _usage_error(args: argparse.Namespace) -> str | None:
-    """The first mistake in the flags of a run, named by its flags, or None.
+    """The first mistake in the flags of a run that only the command line knows of (flags
+    that do not go together, folders, specs), named by its flags, or None.
 
-    Checked before any data is loaded, so a typo costs no time. SimConfig checks these too;
-    here the message names the flag the user typed instead of the config field.
+    Checked before any data is loaded, so a typo costs no time. The rules of each value
+    (--per-round <= --clients, --lr > 0, ...) are SimConfig's: `config_from_args` states
+    them, and `_in_flags` names the flags.
     """
-    at_least_1 = (
-        ("--clients", args.clients),
-        ("--per-round", args.per_round),
-        ("--rounds", args.rounds),
-        ("--local-epochs", args.local_epochs),
-        ("--batch-size", args.batch_size),
-        ("--eval-every", args.eval_every),
-        ("--min-reports", args.min_reports),
-    )
-    for flag, value in at_least_1:
-        if value < 1:
-            return f"{flag} must be at least 1, got {value}"
-    if args.per_round > args.clients:
-        return (
-            f"--per-round {args.per_round} exceeds --clients {args.clients}: a round cannot "
-            "aggregate more devices than the fleet has"
-        )
-    if args.min_reports > args.per_round:
-        return f"--min-reports {args.min_reports} exceeds --per-round {args.per_round}"
-    if args.seed < 0:
-        return f"--seed must be >= 0, got {args.seed}"
-    if args.warmup_rounds < 0:
-        return f"--warmup-rounds must be >= 0, got {args.warmup_rounds}"
-    if not (math.isfinite(args.lr) and args.lr > 0):
-        return f"--lr must be a positive number, got {args.lr}"
-    if not (math.isfinite(args.momentum) and args.momentum >= 0):
-        return f"--momentum must be >= 0, got {args.momentum}"
-    if not 0.0 < args.topk <= 1.0:
-        return f"--topk is the fraction of coordinates kept, in (0, 1]; got {args.topk}"
     if not 0.0 <= args.secure_dropout < 1.0:
         return f"--secure-dropout is a fraction in [0, 1), got {args.secure_dropout}"
     if args.threads is not None and args.threads < 1:

@@ -65,18 +65,18 @@ def backend_for(cfg: SimConfig) -> Backend:
     return build_backend(cfg.backend, job_timeout_s=cfg.job_timeout_s)
 
 
-_INT_FIELDS = (
+# Integer fields that count something a run needs at least one of.
+_AT_LEAST_1 = (
     "clients",
     "per_round",
     "rounds",
-    "warmup_rounds",
     "local_epochs",
     "batch_size",
     "shards_per_client",
     "min_reports",
     "eval_every",
-    "seed",
 )
+_INT_FIELDS = (*_AT_LEAST_1, "warmup_rounds", "seed")
 
 
 @dataclass(frozen=True)
@@ -143,33 +143,32 @@ class SimConfig:
             # 1.5 clients or 2.0 epochs would fail far from here, under another name.
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise ValueError(f"{name} must be an integer, got {value!r}")
-        if self.clients < 1 or self.per_round < 1 or self.rounds < 1:
-            raise ValueError("clients, per_round and rounds must be at least 1")
+        for name in _AT_LEAST_1:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
         if self.per_round > self.clients:
-            raise ValueError(f"per_round {self.per_round} exceeds clients {self.clients}")
+            raise ValueError(
+                f"per_round {self.per_round} exceeds clients {self.clients}: a round cannot "
+                "aggregate more devices than the fleet has"
+            )
+        if self.min_reports > self.per_round:
+            raise ValueError(f"min_reports {self.min_reports} exceeds per_round {self.per_round}")
         if not 0.0 <= self.malicious < 1.0:
             raise ValueError("malicious must be a fraction in [0, 1)")
         if self.malicious > 0 and not self.attack:
             raise ValueError("malicious > 0 needs an attack (e.g. --attack signflip)")
         if not 0.0 <= self.ort_fraction <= 1.0:
             raise ValueError("ort_fraction must be in [0, 1]")
-        if self.local_epochs < 1 or self.batch_size < 1 or not self.lr > 0:
-            raise ValueError("local_epochs and batch_size must be >= 1 and lr > 0")
-        if not math.isfinite(self.lr):
-            raise ValueError(f"lr must be finite, got {self.lr!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be finite and > 0, got {self.lr!r}")
         if not (math.isfinite(self.momentum) and self.momentum >= 0):
             raise ValueError(f"momentum must be finite and >= 0, got {self.momentum!r}")
         if not (math.isfinite(self.alpha) and self.alpha > 0):
             raise ValueError(f"alpha must be positive and finite, got {self.alpha!r}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
-        if self.eval_every < 1 or self.shards_per_client < 1 or self.warmup_rounds < 0:
-            raise ValueError("eval_every and shards_per_client must be >= 1 and warmup_rounds >= 0")
-        if not 1 <= self.min_reports <= self.per_round:
-            raise ValueError(
-                f"min_reports must be in [1, per_round], got {self.min_reports} "
-                f"with per_round {self.per_round}"
-            )
+        if self.warmup_rounds < 0:
+            raise ValueError(f"warmup_rounds must be >= 0, got {self.warmup_rounds}")
         if self.fleet not in ("off", "timing", "realistic"):
             raise ValueError(f"fleet must be off, timing or realistic, not {self.fleet!r}")
         if self.job_timeout_s is not None:
@@ -190,6 +189,18 @@ class SimConfig:
             # One availability step (15 simulated minutes) at most: see SimFleet.select.
             raise ValueError("checkin_period_s must be in [0, 900] simulated seconds")
         self.codec()  # validates topk / bits / index / ...
+        self.engine_config()  # validates over_selection / server_lr
+
+    def engine_config(self) -> EngineConfig:
+        """The round engine's policy for this run (cohort size, over-selection, codec)."""
+        return EngineConfig(
+            clients_per_round=self.per_round,
+            over_selection=self.over_selection,
+            min_reports=self.min_reports,
+            codec=self.codec(),
+            server_lr=self.server_lr,
+            seed=self.seed,
+        )
 
     @property
     def model_name(self) -> str:
@@ -402,19 +413,11 @@ def run_simulation(
     )
     started_at = setup.started_at
 
-    codec = cfg.codec()
     engine = RoundEngine(
         spec,
         get_flat_params(model),
         build_aggregator(cfg.aggregator),
-        EngineConfig(
-            clients_per_round=cfg.per_round,
-            over_selection=cfg.over_selection,
-            min_reports=cfg.min_reports,
-            codec=codec,
-            server_lr=cfg.server_lr,
-            seed=cfg.seed,
-        ),
+        cfg.engine_config(),
         strategy=_WarmupStrategy(cfg.warmup_rounds) if cfg.warmup_rounds else None,
     )
 
