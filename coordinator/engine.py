@@ -202,13 +202,20 @@ class RoundEngine:
         self._rng = np.random.default_rng(config.seed)
 
     # -- select + configure -------------------------------------------------------------------
-    def open_round(self, available: Sequence[str]) -> RoundPlan:
+    def open_round(
+        self, available: Sequence[str], rng: np.random.Generator | None = None
+    ) -> RoundPlan:
+        """Select a cohort from `available` and plan the round. The selection draws from `rng`,
+        by default one seeded by the task seed and the round number (reproducible; whoever
+        knows the seed and `available` knows the cohort). Pass an unpredictably seeded one
+        where the cohort must be secret, as privacy amplification by sampling requires."""
         if self.stopped:
             raise TaskStopped("the task has stopped; no more rounds")
         if not available:
             raise EngineError("no devices available to select from")
         round_id = self._next_round
-        rng = np.random.default_rng([self.config.seed, round_id])
+        if rng is None:
+            rng = np.random.default_rng([self.config.seed, round_id])
         selected = self.strategy.select(self, round_id, list(available), rng)
         plan = self.strategy.configure(self, round_id, selected)
         self._rounds[round_id] = _Round(plan, frozenset(selected))

@@ -308,6 +308,10 @@ class TaskStatus:
     model_digest: str
     config: TaskConfig | dict[str, Any]
     refused: str | None = None
+    # Devices in the selection pool now, and how many a round waits for: the cohort size, or a
+    # `dp` stage's population=N (docs/privacy.md). 0 for a task this coordinator does not run.
+    pool: int = 0
+    pool_needed: int = 0
 
 
 @dataclass(slots=True)

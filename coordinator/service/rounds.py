@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import math
+import secrets
 import sqlite3
 import threading
 import time
@@ -62,7 +63,12 @@ from coordinator.engine import (
     RoundOutcome,
     UnknownRound,
 )
-from coordinator.privacy import PoissonSampling, PrivacyAccountant, PrivacyMetrics
+from coordinator.privacy import (
+    FixedSizeSampling,
+    PoissonSampling,
+    PrivacyAccountant,
+    PrivacyMetrics,
+)
 from protocol.messages import (
     Assignment,
     BandwidthReport,
@@ -365,6 +371,24 @@ def _instrument(
     return out
 
 
+def dp_pool_needed(dp: Any) -> int:
+    """The devices a round's selection pool must hold for `dp`'s accounting to hold: N for a
+    `dp` stage accounted as `FixedSizeSampling(N, k)` with N > k (a uniform k of at least N
+    devices has inclusion probability k/M <= k/N, so accounting at N is then conservative);
+    0 when there is no amplification to protect (no dp stage, no sampling, or N == k)."""
+    sampling = getattr(dp, "sampling", None)
+    if isinstance(sampling, FixedSizeSampling) and sampling.population > sampling.sample_size:
+        return int(sampling.population)
+    return 0
+
+
+def pool_capacity(config: ServiceConfig) -> float:
+    """About how many devices a task's selection pool can hold at once: pace steering asks a
+    waiting device back after len(pool) / max_checkin_rate seconds, and it must come back
+    within pool_ttl_s to stay; half of that product leaves room for late check-ins."""
+    return config.max_checkin_rate * config.pool_ttl_s / 2
+
+
 class TaskRuntime:
     """One task in memory: its engine, its selection pool, its open round and model caches."""
 
@@ -394,10 +418,18 @@ class TaskRuntime:
         if config.secure is not None:
             settings = parse_secure(config.secure, seed=config.seed, server_lr=config.server_lr)
             self.secure = SecureTaskState(settings, params, self.spec, released_dp or [])
+        factory = _aggregator(config.aggregator)
+        dp = find_dp(factory)
+        # Central DP amplified by sampling (population=N > sample=k) holds only if each cohort
+        # is a secret uniform draw from at least N devices: rounds wait for N in the pool.
+        self.dp_pool = dp_pool_needed(dp)
+        # An unseeded dp stage's cohort is drawn from OS randomness, not from the task seed
+        # (which every assignment carries): a cohort anyone can recompute is no sample.
+        self.secret_selection = dp is not None and dp.seed is None
         self.engine = RoundEngine(
             self.spec,
             params,
-            _instrument(_aggregator(config.aggregator), self.anomaly_metrics, self.privacy_metrics),
+            _instrument(factory, self.anomaly_metrics, self.privacy_metrics),
             EngineConfig(
                 clients_per_round=config.clients_per_round,
                 over_selection=config.over_selection,
@@ -413,6 +445,7 @@ class TaskRuntime:
         self.version = version
         self.digest = digest
         self.pool: dict[str, float] = {}
+        self.pool_short_logged = False
         self.current: ActiveRound | None = None
         self.waiting_since = now
         self.rounds_closed = 0
@@ -541,6 +574,8 @@ class Coordinator:
             # they are; this writes.
             for r in live:
                 self._abandon_secure_on_start(rt, r)
+        if (short := self._pool_shortfall(rt.dp_pool)) is not None:
+            log.warning("task %d will not open a round: %s", task_id, short)
         self.metrics.model_version.labels(str(task_id)).set(rt.version)
         self.metrics.tasks.attach(
             task_id, [rt.anomaly_metrics.registry, rt.privacy_metrics.registry]
@@ -714,8 +749,10 @@ class Coordinator:
 
     def create_task(self, cfg: TaskConfig) -> int:
         validate_task(cfg)
-        task_id = self.store.create_task(to_json(cfg), TaskState.AWAITING_MODEL, self.clock())
         dp = find_dp(_aggregator(cfg.aggregator))
+        if (short := self._pool_shortfall(dp_pool_needed(dp))) is not None:
+            raise ValueError(f"aggregator: {short}")
+        task_id = self.store.create_task(to_json(cfg), TaskState.AWAITING_MODEL, self.clock())
         if dp is not None and dp.seed is not None:
             log.warning(
                 "task %d: its dp stage has seed=%d: the noise is a function of the seed and the "
@@ -725,6 +762,20 @@ class Coordinator:
                 dp.seed,
             )
         return task_id
+
+    def _pool_shortfall(self, need: int) -> str | None:
+        """Why this coordinator's selection pool cannot hold `need` devices at once (see
+        `pool_capacity`), or None when it can."""
+        capacity = pool_capacity(self.config)
+        if need <= capacity:
+            return None
+        return (
+            f"dp accounts population={need}, so each round waits until {need} devices are in "
+            f"the selection pool at once, but this coordinator's pool holds about "
+            f"{capacity:g} (max_checkin_rate {self.config.max_checkin_rate:g}/s x pool_ttl_s "
+            f"{self.config.pool_ttl_s:g} s / 2); lower population= to the devices really "
+            "available at once, or raise the coordinator's max_checkin_rate or pool_ttl_s"
+        )
 
     def set_initial_model(self, task_id: int, snapshot: bytes) -> TaskStatus:
         if (refusal := self.refusal(task_id)) is not None:
@@ -788,6 +839,8 @@ class Coordinator:
             current_round=rt.current.round_id if rt and rt.current else None,
             model_digest=rt.digest if rt else row.digest,
             config=cfg,
+            pool=len(rt.pool) if rt else 0,
+            pool_needed=max(rt.engine.config.cohort_size, rt.dp_pool) if rt else 0,
         )
 
     def _refused_status(self, refused: RefusedTask) -> TaskStatus:
@@ -839,7 +892,22 @@ class Coordinator:
         least = max(rt.config.min_reports, 3) if rt.secure is not None else rt.config.min_reports
         if not (len(fresh) >= need or (timed_out and len(fresh) >= least)):
             return False
-        plan = rt.engine.open_round(fresh)
+        if len(fresh) < rt.dp_pool:
+            if timed_out and not rt.pool_short_logged:
+                rt.pool_short_logged = True
+                log.info(
+                    "task %d: waiting for %d devices in the selection pool, %d are (its dp "
+                    "stage accounts population=%d: a cohort from fewer would make its "
+                    "epsilon a lie; docs/privacy.md)",
+                    rt.task_id,
+                    rt.dp_pool,
+                    len(fresh),
+                    rt.dp_pool,
+                )
+            return False
+        rng = np.random.default_rng(secrets.randbits(128)) if rt.secret_selection else None
+        plan = rt.engine.open_round(fresh, rng=rng)
+        rt.pool_short_logged = False
         deadline = now + rt.config.deadline_s
         target = plan.target_reports
         if rt.secure is not None:

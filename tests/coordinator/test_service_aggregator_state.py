@@ -25,8 +25,11 @@ from .test_service_support import (
     wait_until,
 )
 
-DP_FIXED = "dp:clip=1,z=1,population=10,sample=2,delta=1e-5,seed=3+fedavg"
-DP = DP_FIXED  # the service refuses q= (Poisson): it selects fixed-size cohorts
+# population=2: the two devices of `_one_round` (a larger population= would wait for that many
+# devices in the selection pool; the service refuses q=, Poisson, as it selects fixed-size
+# cohorts).
+DP_FIXED = "dp:clip=1,z=1,population=2,sample=2,delta=1e-5,seed=3+fedavg"
+DP = DP_FIXED
 
 
 def _service(db: Path) -> ServerThread:

@@ -125,7 +125,7 @@ def test_metrics_serve_anomaly_and_privacy_series_per_task(tmp_path: Path) -> No
         http = httpx.Client(base_url=url)
         tasks = [
             create_task(http, task_config(rounds=1, aggregator=agg, selection_timeout_s=0.5))
-            for agg in ("anomaly+fedavg", "dp:z=1,clip=5,population=10,sample=2+fedavg")
+            for agg in ("anomaly+fedavg", "dp:z=1,clip=5,population=2,sample=2+fedavg")
         ]
         clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(2)]
         for c in clients:
