@@ -731,6 +731,7 @@ _ADVICE_IN_FLAGS = (
     ("lower the client count", "lower --clients"),
     ("raise alpha", "raise --alpha"),
     ("exceeds clients ", "exceeds --clients "),
+    ("devices (clients)", "devices (--clients)"),
 )
 
 
@@ -753,8 +754,8 @@ def _usage_error(args: argparse.Namespace) -> str | None:
     that do not go together, folders, specs), named by its flags, or None.
 
     Checked before any data is loaded, so a typo costs no time. The rules of each value
-    (--per-round <= --clients, --lr > 0, ...) are SimConfig's: `config_from_args` states
-    them, and `_in_flags` names the flags.
+    (--per-round <= --clients, --lr > 0, a dp stage the fleet cannot honour, ...) are
+    SimConfig's: `config_from_args` states them, and `_in_flags` names the flags.
     """
     if not 0.0 <= args.secure_dropout < 1.0:
         return f"--secure-dropout is a fraction in [0, 1), got {args.secure_dropout}"
@@ -945,7 +946,7 @@ def _main(args: argparse.Namespace) -> int:
     from coordinator.privacy import PrivacyBudgetExhausted
 
     from .data import DataError
-    from .report import plot_accuracy_vs_bytes, summary, write_run
+    from .report import dp_pool_warning, plot_accuracy_vs_bytes, summary, write_run
 
     problem = _usage_error(args)
     if problem is not None:
@@ -1043,6 +1044,8 @@ def _main(args: argparse.Namespace) -> int:
         print(line)
         if len(r.records) < r.config.rounds:
             print(f"{r.label or 'run'}: {_stopped_early(r)}")
+        if warning := dp_pool_warning(r):
+            print(f"{r.label or 'run'}: {warning}")
     if len(results) == 2 and results[0].final_accuracy is not None:
         dense_up, comp_up = results[1].total_up, results[0].total_up
         delta_pp = 100 * ((results[0].final_accuracy or 0) - (results[1].final_accuracy or 0))

@@ -22,6 +22,7 @@ __all__ = [
     "write_run",
     "plot_accuracy_vs_bytes",
     "summary",
+    "dp_pool_warning",
 ]
 
 _COLUMNS = (
@@ -112,7 +113,7 @@ def utc_now() -> str:
 
 
 def summary(result: SimResult) -> dict[str, Any]:
-    return {
+    out = {
         "label": result.label,
         "final_accuracy": result.final_accuracy,
         "rounds": len(result.records),
@@ -126,6 +127,26 @@ def summary(result: SimResult) -> dict[str, Any]:
         "sim_s": _total(r.sim_s for r in result.records),
         "wait_s": _total(r.wait_s for r in result.records),
     }
+    # With a dp stage accounting population=N: the rounds that selected from fewer devices.
+    out.update(result.dp_pool() or {})
+    return out
+
+
+def dp_pool_warning(result: SimResult) -> str | None:
+    """One line on the rounds whose epsilon a dp stage's `population=N` understates (they
+    selected their cohort from fewer than N devices), or None if there are none."""
+    pool = result.dp_pool()
+    if not pool or not pool["dp_pool_short_rounds"]:
+        return None
+    short, n = pool["dp_pool_short_rounds"], pool["dp_population"]
+    committed = sum(r.committed for r in result.records)
+    k = result.config.engine_config().cohort_size
+    return (
+        f"warning: {len(short)} of {committed} rounds selected their cohort from fewer than "
+        f"the dp population={n} devices (as few as {pool['dp_pool_min']}), so the epsilon "
+        f"reported for them is understated: lower population= to the devices really "
+        f"available each round, or account without amplification (population={k},sample={k})"
+    )
 
 
 def _total(values: Iterable[float | None]) -> float | None:

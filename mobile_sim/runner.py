@@ -20,8 +20,10 @@ import numpy.typing as npt
 
 from compression import CodecConfig, ModelSpec, feedback_step_many
 from coordinator.aggregators import AggregatorFactory, FedAvg
+from coordinator.aggregators._dp import find_dp
 from coordinator.engine import EngineConfig, RoundEngine, RoundPlan, Strategy
 from coordinator.ledger import BandwidthLedger
+from coordinator.privacy import FixedSizeSampling, PoissonSampling, Sampling
 from sdk.device import UpdateEncoder, clip_l2
 
 from .backends import Backend, JobResult, TrainContext, TrainJob, build_backend, job_rng
@@ -190,6 +192,39 @@ class SimConfig:
             raise ValueError("checkin_period_s must be in [0, 900] simulated seconds")
         self.codec()  # validates topk / bits / index / ...
         self.engine_config()  # validates over_selection / server_lr
+        self._check_dp_sampling()
+
+    def dp_sampling(self) -> Sampling | None:
+        """The sampling the `aggregator`'s dp stage accounts, or None (no dp stage, or one
+        that accounts no epsilon)."""
+        try:
+            dp = find_dp(build_aggregator(self.aggregator))
+        except ValueError as exc:
+            raise ValueError(f"aggregator {self.aggregator!r}: {exc}") from None
+        return dp.sampling if dp is not None else None
+
+    def _check_dp_sampling(self) -> None:
+        """Refuse dp accounting that this fleet makes certainly wrong (docs/simulator.md,
+        "Central DP"): Poisson sampling, which no simulated selection does, and a
+        `population=` larger than the whole fleet, which no round can select from."""
+        sampling = self.dp_sampling()
+        cohort = self.engine_config().cohort_size
+        fix = (
+            f"population=N,sample={cohort} with N at most the devices available each round "
+            f"(per_round x over_selection = {cohort} are selected), or "
+            f"population={cohort},sample={cohort} to account without amplification"
+        )
+        if isinstance(sampling, PoissonSampling):
+            raise ValueError(
+                "dp accounts Poisson sampling (q=), but the simulator selects fixed-size "
+                f"cohorts, so that epsilon bounds nothing: use {fix}"
+            )
+        if isinstance(sampling, FixedSizeSampling) and sampling.population > self.clients:
+            raise ValueError(
+                f"dp accounts cohorts sampled from population={sampling.population}, but the "
+                f"fleet has only {self.clients} devices (clients), so epsilon would be "
+                f"understated every round: use {fix}"
+            )
 
     def engine_config(self) -> EngineConfig:
         """The round engine's policy for this run (cohort size, over-selection, codec)."""
@@ -250,6 +285,9 @@ class RoundRecord:
     wall_s: float
     sim_s: float | None = None
     wait_s: float | None = None  # simulated s idled before the round (selection); not in sim_s
+    # devices the engine selected the cohort from (the realistic fleet's pool, else every
+    # device); None where the runner cannot see it (the HTTP transport, secure runs)
+    available: int | None = None
     measurements: dict[str, Any] = field(default_factory=dict)
 
 
@@ -281,6 +319,29 @@ class SimResult:
     @property
     def upload_ratio(self) -> float | None:
         return self.total_dense_up / self.total_up if self.total_up else None
+
+    def dp_pool(self) -> dict[str, Any] | None:
+        """The pools of the committed rounds against the population a dp stage accounts, or
+        None when the aggregator accounts no fixed-size sampling.
+
+        `dp_population`: N of `population=N`; `dp_pool_min`: the fewest devices a committed
+        round selected from (None if no round recorded it: the HTTP transport); and
+        `dp_pool_short_rounds`: the committed rounds that selected from fewer than N, whose
+        epsilon is understated (each of their devices was more likely to be sampled than
+        sample/N).
+        """
+        sampling = self.config.dp_sampling()
+        if not isinstance(sampling, FixedSizeSampling):
+            return None
+        seen = [(r.round, r.available) for r in self.records if r.committed]
+        pools = [n for _, n in seen if n is not None]
+        return {
+            "dp_population": sampling.population,
+            "dp_pool_min": min(pools) if pools else None,
+            "dp_pool_short_rounds": [
+                rnd for rnd, n in seen if n is not None and n < sampling.population
+            ],
+        }
 
 
 def load_dataset(name: str, root: str | None = None, seed: int = 0) -> FederatedData:
@@ -470,6 +531,13 @@ def run_simulation(
         if fleet is None:
             raise ValueError("--ort-tier needs the simulated fleet (--fleet timing or realistic)")
         ort_devices = ort_devices_of_tier(fleet, cfg.clients, cfg.ort_tier)
+    # A dp stage accounting a uniform cohort out of `population` devices is only right if the
+    # engine selects from that many: the realistic pool fills up to it (not just the cohort),
+    # and every round records how many it selected from (`available`; see SimResult.dp_pool).
+    sampling = cfg.dp_sampling()
+    pool_target = engine.config.cohort_size
+    if isinstance(sampling, FixedSizeSampling):
+        pool_target = max(pool_target, sampling.population)
     encoders: dict[str, UpdateEncoder] = {}
     rng_pool = RngPool()
     records: list[RoundRecord] = []
@@ -485,7 +553,7 @@ def run_simulation(
                 # Only devices charging on unmetered wifi at this simulated time are eligible,
                 # and they join the pool as they check in; the coordinator's rule opens it.
                 selection = fleet.select(
-                    engine.config.cohort_size,
+                    pool_target,
                     np.random.default_rng([cfg.seed, 3, len(records) + 1]),
                     round_id=len(records) + 1,
                     min_n=engine.config.min_reports,
@@ -500,7 +568,7 @@ def run_simulation(
                         "wait window (a tiny or never-available fleet)"
                     )
                 if not selection.opened:
-                    rec = _abandoned_selection(engine, available, selection, t0)
+                    rec = _abandoned_selection(engine, available, selection, pool_target, t0)
                     records.append(rec)
                     if on_round is not None:
                         on_round(rec)
@@ -599,6 +667,7 @@ def run_simulation(
                 wall_s=time.perf_counter() - t0,
                 sim_s=sim_s,
                 wait_s=timing.waited_s if fleet is not None else None,
+                available=len(available),
                 measurements=_jsonable(outcome.measurements),
             )
             if fleet is not None:
@@ -619,11 +688,11 @@ def run_simulation(
 
 
 def _abandoned_selection(
-    engine: RoundEngine, available: list[str], selection: Selection, t0: float
+    engine: RoundEngine, available: list[str], selection: Selection, target: int, t0: float
 ) -> RoundRecord:
     """The record of a round whose selection never met the coordinator's rule in the whole
     wait window (fewer than `min_reports` devices in the pool, or no selection timeout and
-    the cohort never full).
+    the pool never full: `target` devices, the cohort or a dp stage's population).
 
     The coordinator would not open it; the engine numbers rounds, so it is opened over that
     pool and closed at once with no report (the engine abandons it: model unchanged). Nobody
@@ -634,7 +703,8 @@ def _abandoned_selection(
     if len(available) < selection.min_n:
         why = f"below min_reports {selection.min_n}"
     else:
-        why = f"short of the cohort of {engine.config.cohort_size}, with no selection timeout"
+        pool = "cohort" if target == engine.config.cohort_size else "dp population"
+        why = f"short of the {pool} of {target}, with no selection timeout"
     meas = {
         "abandoned": (
             f"selection: the pool held at most {len(available)} devices in "
@@ -659,6 +729,7 @@ def _abandoned_selection(
         wall_s=time.perf_counter() - t0,
         sim_s=0.0,
         wait_s=float(selection.waited_s),
+        available=len(available),
         measurements=meas,
     )
 

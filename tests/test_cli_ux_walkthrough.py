@@ -266,7 +266,7 @@ def test_an_unknown_dp_noise_is_named_before_any_data_is_loaded(
             "left some client with < 2 examples in 1000 draws; raise --alpha or lower --clients",
         ),
         (
-            ["--aggregator", "dp:clip=1,z=1,population=100,sample=2,denom=2+fedavg"],
+            ["--aggregator", "dp:clip=1,z=1,population=6,sample=2,denom=2+fedavg"],
             "--aggregator: dp accounts cohorts of sample=2 but the engine selects 3",
         ),
     ],
