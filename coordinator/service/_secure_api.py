@@ -178,7 +178,8 @@ def add_secure_routes(
     @app.get(SecAggPath.RESULT, response_model=RoundStatus, responses=errors, tags=["secure"])
     async def secure_result(
         round_id: StoreId,
-        _: str | None = Depends(device_or_admin),  # noqa: B008
+        caller: str | None = Depends(device_or_admin),  # noqa: B008
     ) -> RoundStatus:
-        """The round's status: its stage while open, then committed or abandoned."""
-        return coordinator.round_status(round_id)
+        """The round's status: its stage while open, then committed or abandoned (a device
+        reads no other device's id in it, see `GET /v1/rounds/{id}`)."""
+        return coordinator.round_status(round_id, only=caller)

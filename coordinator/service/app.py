@@ -444,10 +444,11 @@ def create_app(
     @app.get(Path.ROUND, response_model=RoundStatus, responses=_ERRORS, tags=["device"])
     async def round_status(
         round_id: StoreId,
-        _: str | None = Depends(device_or_admin),  # noqa: B008
+        caller: str | None = Depends(device_or_admin),  # noqa: B008
     ) -> RoundStatus:
-        """A round's state, counts and (once committed) the version it published."""
-        return coordinator.round_status(round_id)
+        """A round's state, counts and (once committed) the version it published. A device
+        reads measurements that name no other device of the round (the admin reads all)."""
+        return coordinator.round_status(round_id, only=caller)
 
     @app.get(
         Path.BANDWIDTH,

@@ -382,6 +382,28 @@ def dp_pool_needed(dp: Any) -> int:
     return 0
 
 
+def _own_view(value: Any, cohort: frozenset[str], me: str) -> Any:
+    """`value` (a round's measurements) as device `me` may read it: every entry that names
+    another device of the round's `cohort` is left out, at any depth. That is a dict key
+    (anomaly norms and cosines, robust scores: per-device figures that depend on that device's
+    data), a list item (a secure round's `dropped`, `contributors` and `suspect_devices`, a
+    screen's dropped list) or a dict value. What names `me` stays, as do counts and every
+    figure about the round as a whole."""
+
+    def other(v: Any) -> bool:
+        return isinstance(v, str) and v != me and v in cohort
+
+    if isinstance(value, dict):
+        return {
+            k: _own_view(v, cohort, me)
+            for k, v in value.items()
+            if not other(k) and not other(v)
+        }
+    if isinstance(value, list | tuple):
+        return [_own_view(v, cohort, me) for v in value if not other(v)]
+    return value
+
+
 def pool_capacity(config: ServiceConfig) -> float:
     """About how many devices a task's selection pool can hold at once: pace steering asks a
     waiting device back after len(pool) / max_checkin_rate seconds, and it must come back
@@ -1529,9 +1551,18 @@ class Coordinator:
 
     # -- reads -----------------------------------------------------------------------------
 
-    def round_status(self, round_id: int) -> RoundStatus:
+    def round_status(self, round_id: int, only: str | None = None) -> RoundStatus:
         """A round's status (404 unknown; 409 `task_refused` for a refused task's round whose
-        stored JSON does not parse)."""
+        stored JSON does not parse). With `only` (the device asking), the measurements keep
+        no other device of the round: see `_own_view`."""
+        status = self._round_status(round_id)
+        if only is not None:
+            r = self._stored_round(round_id)
+            assert r is not None  # _round_status found it
+            status.measurements = _own_view(status.measurements, frozenset(r.selected), only)
+        return status
+
+    def _round_status(self, round_id: int) -> RoundStatus:
         r = self._stored_round(round_id)
         if r is None:
             raise ApiError(404, Reason.UNKNOWN_ROUND, f"no round {round_id}")
@@ -1584,7 +1615,7 @@ class Coordinator:
             rounds = self.store.rounds(task_id)
         except DamagedRow as exc:
             self._raise_damaged(exc)
-        return [self.round_status(r.round_id) for r in rounds]
+        return [self._round_status(r.round_id) for r in rounds]
 
     def bandwidth(self, round_id: int, only: str | None = None) -> BandwidthReport:
         """A round's ledger (rows only: readable even when its stored JSON is damaged); with

@@ -150,6 +150,40 @@ def test_a_device_reads_only_its_own_ledger_rows(server: str, tmp_path: Path) ->
     assert [line.split(",")[1] for line in csv.text.splitlines()[1:]] == [me.device_id] * 2
 
 
+def test_a_device_reads_round_measurements_that_name_no_other_device(
+    server: str, tmp_path: Path
+) -> None:
+    # Prepare: an anomaly-screened round with two reporting devices (its measurements hold
+    # each device's update norm and cosine, keyed by device id)
+    from protocol import auth
+
+    http = httpx.Client(base_url=server)
+    task_id = create_task(http, task_config(rounds=1, aggregator="anomaly+fedavg"))
+    clients, _ = _participate_all(server, tmp_path, n=2, rounds=1, task_id=task_id)
+    wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+    me, other = clients[0], clients[1]
+
+    def as_device(target: str) -> httpx.Response:
+        headers = auth.sign_request(
+            me._core.key, method="GET", target=target, round_id=1, body=b"",
+            timestamp_ms=int(time.time() * 1000),
+        )  # fmt: skip
+        return http.get(target, headers={str(k): v for k, v in headers.items()})
+
+    # Execute
+    everyone = admin_get(http, "/v1/rounds/1")["measurements"]
+    mine = as_device("/v1/rounds/1")
+    # Assert: the admin reads both devices' norms; the device its own and nothing naming the
+    # other (another device's update norm depends on its data), the round's figures intact
+    assert set(everyone["norms"]) == {me.device_id, other.device_id}
+    assert mine.status_code == 200, mine.text
+    meas = mine.json()["measurements"]
+    assert other.device_id not in mine.text
+    assert meas["norms"] == {me.device_id: everyone["norms"][me.device_id]}
+    assert meas["cosines"] == {me.device_id: everyone["cosines"][me.device_id]}
+    assert mine.json()["reports"] == 2
+
+
 def test_over_selection_then_stragglers_get_409(server: str, tmp_path: Path) -> None:
     # Prepare: 2 reports wanted, 3 selected (over-selection 1.5)
     http = httpx.Client(base_url=server)
@@ -293,3 +327,32 @@ def test_model_download_formats(server: str, tmp_path: Path) -> None:
     assert empty_chain.content[:4] == b"PLCH"
     assert too_new.status_code == 409 and too_new.json()["reason"] == "unknown_version"
     assert bad_dtype.status_code == 422
+
+
+def test_own_view_leaves_out_every_entry_naming_another_device_of_the_round() -> None:
+    from coordinator.service.rounds import _own_view
+
+    # Prepare: a secure round's measurements (ids in lists), a screen's (ids as keys and
+    # values), nested, and an id from outside the round (not a device of it: kept)
+    cohort = frozenset({"me", "a", "b"})
+    meas = {
+        "secure": True,
+        "contributors": ["a", "me"],
+        "dropped": ["b"],
+        "suspect_devices": ["a", "b"],
+        "inner": {"dropped": {"a": 0.9, "me": 0.1}, "worst": "b", "kept": 2},
+        "dp": {"epsilon": 1.5, "rounds": 3},
+        "note": "x",
+    }
+    # Execute
+    view = _own_view(meas, cohort, "me")
+    # Assert
+    assert view == {
+        "secure": True,
+        "contributors": ["me"],
+        "dropped": [],
+        "suspect_devices": [],
+        "inner": {"dropped": {"me": 0.1}, "kept": 2},
+        "dp": {"epsilon": 1.5, "rounds": 3},
+        "note": "x",
+    }
