@@ -166,6 +166,18 @@ BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
             ("million_devices_rss_gb", "<= 2 GB"),
         ],
     ),
+    (
+        "cli_startup",
+        "CLI start-up (`plume --help` and each subcommand's help, fresh interpreters)",
+        "python bench/cli_startup.py",
+        [
+            ("help_median_ms", ""),
+            ("slowest_help_median_ms", ""),
+            ("full_stack_help_median_ms", ""),
+            ("python_floor_median_ms", ""),
+            ("speedup_vs_full_stack", ""),
+        ],
+    ),
 ]
 
 

@@ -1,0 +1,107 @@
+"""Start-up time of `plume --help` and of every `plume COMMAND --help`, in fresh interpreters.
+
+Each command runs as the `plume` console script does (`sys.exit(coordinator.cli.main())`), in a
+new process, many times, round-robin with two baselines measured in the same run so machine
+noise hits all alike:
+  - `python_floor`: an interpreter that imports nothing (`python -c pass`);
+  - `full_stack_help`: `plume --help` after importing what it used to import for its help
+    texts (dp_accounting with scipy, and coordinator.service with FastAPI, uvicorn, httpx).
+Wall times in ms; min and median per command.
+
+    python bench/cli_startup.py             # writes bench/results/cli_startup.json
+    python bench/cli_startup.py --repeats 3 # a smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from coordinator.cli import build_parser, iter_parsers  # noqa: E402
+from mobile_sim.report import machine_info, utc_now  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+_MAIN = "import sys; from coordinator.cli import main; sys.exit(main(sys.argv[1:]))"
+_FULL_STACK = "import dp_accounting, coordinator.service.secure; " + _MAIN
+
+
+def _commands() -> dict[str, list[str]]:
+    """name -> argv of a fresh interpreter, the baselines first."""
+    out = {
+        "python_floor": [sys.executable, "-c", "pass"],
+        "full_stack_help": [sys.executable, "-c", _FULL_STACK, "--help"],
+    }
+    for parser in iter_parsers(build_parser()):
+        words = [*parser.prog.split()[1:], "--help"]
+        out[" ".join(["plume", *words])] = [sys.executable, "-c", _MAIN, *words]
+    return out
+
+
+def _time_once(argv: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=True)
+    return (time.perf_counter() - start) * 1000.0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--repeats", type=int, default=15, help="runs of each command (default: 15)")
+    ap.add_argument(
+        "--out", type=Path, default=RESULTS / "cli_startup.json", help="where the JSON goes"
+    )
+    args = ap.parse_args(argv)
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
+    commands = _commands()
+    times: dict[str, list[float]] = {name: [] for name in commands}
+    for _ in range(args.repeats):
+        for name, command in commands.items():  # round-robin: noise hits every command alike
+            times[name].append(_time_once(command))
+    per_command = {
+        name: {"min_ms": round(min(t), 1), "median_ms": round(statistics.median(t), 1)}
+        for name, t in times.items()
+    }
+    help_ms = per_command["plume --help"]["median_ms"]
+    full_ms = per_command["full_stack_help"]["median_ms"]
+    doc: dict[str, Any] = {
+        "benchmark": "bench/cli_startup.py",
+        "command": "python bench/cli_startup.py"
+        + ("" if args.repeats == 15 else f" --repeats {args.repeats}"),
+        "date": utc_now(),
+        "machine": machine_info(),
+        "repeats": args.repeats,
+        "help_median_ms": help_ms,
+        "full_stack_help_median_ms": full_ms,
+        "python_floor_median_ms": per_command["python_floor"]["median_ms"],
+        "slowest_help_median_ms": max(
+            v["median_ms"] for k, v in per_command.items() if k.startswith("plume ")
+        ),
+        "speedup_vs_full_stack": round(full_ms / help_ms, 2),
+        "per_command": per_command,
+        "full_stack_note": "full_stack_help is `plume --help` after `import dp_accounting, "
+        "coordinator.service.secure`: the imports its help texts made before they stopped "
+        "loading dp_accounting (with scipy) and the FastAPI service (with uvicorn and httpx)",
+        "noise_note": "shared machine: other jobs preempt these processes, so medians sit "
+        "above the uncontended cost; the baselines ran round-robin with the commands",
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    for name, v in per_command.items():
+        print(f"{name:40s} min {v['min_ms']:8.1f} ms   median {v['median_ms']:8.1f} ms")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
