@@ -133,20 +133,32 @@ def summary(result: SimResult) -> dict[str, Any]:
 
 
 def dp_pool_warning(result: SimResult) -> str | None:
-    """One line on the rounds whose epsilon a dp stage's `population=N` understates (they
-    selected their cohort from fewer than N devices), or None if there are none."""
+    """One line on the rounds that a dp stage's `population=N` does not fit, or None: rounds
+    that selected their cohort from fewer than N devices (their epsilon is understated), else
+    rounds abandoned because the pool never held N."""
     pool = result.dp_pool()
-    if not pool or not pool["dp_pool_short_rounds"]:
+    if not pool:
         return None
-    short, n = pool["dp_pool_short_rounds"], pool["dp_population"]
-    committed = sum(r.committed for r in result.records)
+    n = pool["dp_population"]
     k = result.config.engine_config().cohort_size
-    return (
-        f"warning: {len(short)} of {committed} rounds selected their cohort from fewer than "
-        f"the dp population={n} devices (as few as {pool['dp_pool_min']}), so the epsilon "
-        f"reported for them is understated: lower population= to the devices really "
-        f"available each round, or account without amplification (population={k},sample={k})"
+    fix = (
+        "lower population= to the devices really available at once, or account without "
+        f"amplification (population={k},sample={k})"
     )
+    if short := pool["dp_pool_short_rounds"]:
+        committed = sum(r.committed for r in result.records)
+        return (
+            f"warning: {len(short)} of {committed} rounds selected their cohort from fewer "
+            f"than the dp population={n} devices (as few as {pool['dp_pool_min']}), so the "
+            f"epsilon reported for them is understated: {fix}"
+        )
+    if abandoned := pool["dp_pool_abandoned_rounds"]:
+        most = max(r.available or 0 for r in result.records if r.round in abandoned)
+        return (
+            f"warning: {len(abandoned)} of {len(result.records)} rounds were abandoned: their "
+            f"pool never held the dp population={n} devices at once (at most {most}): {fix}"
+        )
+    return None
 
 
 def _total(values: Iterable[float | None]) -> float | None:

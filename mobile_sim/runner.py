@@ -203,6 +203,16 @@ class SimConfig:
             raise ValueError(f"aggregator {self.aggregator!r}: {exc}") from None
         return dp.sampling if dp is not None else None
 
+    def dp_pool_needed(self) -> int:
+        """The devices a round must select from for the dp stage's epsilon to hold: N of
+        `population=N,sample=k` with N > k (amplification by sampling); 0 when there is no
+        amplification to protect (no dp stage, no accounting, or N == k). The coordinator's
+        rule is the same (`coordinator.service.rounds.dp_pool_needed`)."""
+        sampling = self.dp_sampling()
+        if isinstance(sampling, FixedSizeSampling) and sampling.population > sampling.sample_size:
+            return int(sampling.population)
+        return 0
+
     def _check_dp_sampling(self) -> None:
         """Refuse dp accounting that this fleet makes certainly wrong (docs/simulator.md,
         "Central DP"): Poisson sampling, which no simulated selection does, and a
@@ -321,25 +331,29 @@ class SimResult:
         return self.total_dense_up / self.total_up if self.total_up else None
 
     def dp_pool(self) -> dict[str, Any] | None:
-        """The pools of the committed rounds against the population a dp stage accounts, or
-        None when the aggregator accounts no fixed-size sampling.
+        """The rounds' pools against the population N a dp stage accounts (`population=N,
+        sample=k`, N > k), or None without such a stage (`SimConfig.dp_pool_needed`).
 
-        `dp_population`: N of `population=N`; `dp_pool_min`: the fewest devices a committed
-        round selected from (None if no round recorded it: the HTTP transport); and
-        `dp_pool_short_rounds`: the committed rounds that selected from fewer than N, whose
-        epsilon is understated (each of their devices was more likely to be sampled than
-        sample/N).
+        `dp_population`: N; `dp_pool_min`: the fewest devices a committed round selected
+        from (None if no round recorded it: the HTTP transport); `dp_pool_short_rounds`: the
+        committed rounds that selected from fewer than N, whose epsilon is understated (each
+        of their devices was more likely to be sampled than k/N; the in-process runner opens
+        none); `dp_pool_abandoned_rounds`: the rounds abandoned with fewer than N devices in
+        their pool (a realistic fleet that never had N devices available at once).
         """
-        sampling = self.config.dp_sampling()
-        if not isinstance(sampling, FixedSizeSampling):
+        need = self.config.dp_pool_needed()
+        if not need:
             return None
-        seen = [(r.round, r.available) for r in self.records if r.committed]
-        pools = [n for _, n in seen if n is not None]
+        rows = [(r.round, r.committed, r.available) for r in self.records]
+        pools = [n for _, committed, n in rows if committed and n is not None]
         return {
-            "dp_population": sampling.population,
+            "dp_population": need,
             "dp_pool_min": min(pools) if pools else None,
             "dp_pool_short_rounds": [
-                rnd for rnd, n in seen if n is not None and n < sampling.population
+                rnd for rnd, committed, n in rows if committed and n is not None and n < need
+            ],
+            "dp_pool_abandoned_rounds": [
+                rnd for rnd, committed, n in rows if not committed and n is not None and n < need
             ],
         }
 
@@ -531,13 +545,13 @@ def run_simulation(
         if fleet is None:
             raise ValueError("--ort-tier needs the simulated fleet (--fleet timing or realistic)")
         ort_devices = ort_devices_of_tier(fleet, cfg.clients, cfg.ort_tier)
-    # A dp stage accounting a uniform cohort out of `population` devices is only right if the
-    # engine selects from that many: the realistic pool fills up to it (not just the cohort),
-    # and every round records how many it selected from (`available`; see SimResult.dp_pool).
-    sampling = cfg.dp_sampling()
-    pool_target = engine.config.cohort_size
-    if isinstance(sampling, FixedSizeSampling):
-        pool_target = max(pool_target, sampling.population)
+    # A dp stage accounting a uniform cohort out of N devices is only right if the engine
+    # selects from that many. As the coordinator does, a realistic round opens only once N
+    # devices are in the pool, selection timeout or not; every round records how many it
+    # selected from (`available`; see SimResult.dp_pool).
+    dp_pool = cfg.dp_pool_needed()
+    pool_target = max(engine.config.cohort_size, dp_pool)
+    pool_least = max(engine.config.min_reports, dp_pool)
     encoders: dict[str, UpdateEncoder] = {}
     rng_pool = RngPool()
     records: list[RoundRecord] = []
@@ -556,7 +570,7 @@ def run_simulation(
                     pool_target,
                     np.random.default_rng([cfg.seed, 3, len(records) + 1]),
                     round_id=len(records) + 1,
-                    min_n=engine.config.min_reports,
+                    min_n=pool_least,
                     selection_timeout_s=cfg.selection_timeout_s,
                 )
                 available = [ids[i] for i in sorted(selection.device_ids.tolist())]
@@ -568,7 +582,7 @@ def run_simulation(
                         "wait window (a tiny or never-available fleet)"
                     )
                 if not selection.opened:
-                    rec = _abandoned_selection(engine, available, selection, pool_target, t0)
+                    rec = _abandoned_selection(engine, available, selection, dp_pool, t0)
                     records.append(rec)
                     if on_round is not None:
                         on_round(rec)
@@ -688,11 +702,11 @@ def run_simulation(
 
 
 def _abandoned_selection(
-    engine: RoundEngine, available: list[str], selection: Selection, target: int, t0: float
+    engine: RoundEngine, available: list[str], selection: Selection, dp_pool: int, t0: float
 ) -> RoundRecord:
     """The record of a round whose selection never met the coordinator's rule in the whole
     wait window (fewer than `min_reports` devices in the pool, or no selection timeout and
-    the pool never full: `target` devices, the cohort or a dp stage's population).
+    the cohort never full, or fewer than `dp_pool` devices: the dp stage's population N).
 
     The coordinator would not open it; the engine numbers rounds, so it is opened over that
     pool and closed at once with no report (the engine abandons it: model unchanged). Nobody
@@ -700,11 +714,12 @@ def _abandoned_selection(
     """
     plan = engine.open_round(available)
     outcome = engine.close_round(plan.round_id)
-    if len(available) < selection.min_n:
+    if len(available) < dp_pool:
+        why = f"short of the dp population of {dp_pool}, which a dp round needs in its pool"
+    elif len(available) < selection.min_n:
         why = f"below min_reports {selection.min_n}"
     else:
-        pool = "cohort" if target == engine.config.cohort_size else "dp population"
-        why = f"short of the {pool} of {target}, with no selection timeout"
+        why = f"short of the cohort of {engine.config.cohort_size}, with no selection timeout"
     meas = {
         "abandoned": (
             f"selection: the pool held at most {len(available)} devices in "

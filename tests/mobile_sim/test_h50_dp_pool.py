@@ -109,75 +109,87 @@ def test_every_device_available_selects_from_the_whole_fleet_and_flags_nothing()
     # Assert
     assert [r.available for r in res.records] == [30, 30]
     s = summary(res)
-    assert (s["dp_population"], s["dp_pool_min"], s["dp_pool_short_rounds"]) == (30, 30, [])
+    assert (s["dp_population"], s["dp_pool_min"]) == (30, 30)
+    assert s["dp_pool_short_rounds"] == s["dp_pool_abandoned_rounds"] == []
     assert dp_pool_warning(res) is None
 
 
-def test_realistic_rounds_opened_short_of_the_population_are_flagged(tmp_path: Path) -> None:
-    # Prepare: the realistic fleet opens a round by the selection timeout (0 s) as soon as
-    # min_reports devices have checked in, far fewer than the 30 the accounting assumes
+def test_a_committed_round_that_selected_from_fewer_than_n_is_flagged(tmp_path: Path) -> None:
+    # Prepare: a run's records as a runner that let a round open short would leave them
+    res = run_simulation(replace(TINY, aggregator=_dp("population=30,sample=3")), progress=False)
+    res.records[1] = replace(res.records[1], available=12)
+    # Execute
+    paths = write_run(res, tmp_path)
+    warning = dp_pool_warning(res)
+    # Assert
+    doc = json.loads(paths["json"].read_text())
+    assert doc["summary"]["dp_pool_short_rounds"] == [2]
+    assert doc["summary"]["dp_pool_min"] == 12
+    assert [row["available"] for row in doc["rounds"]] == [30, 12]
+    assert "available" in paths["csv"].read_text().splitlines()[0].split(",")
+    assert warning is not None
+    assert warning.startswith(
+        "warning: 1 of 2 rounds selected their cohort from fewer than the dp population=30 "
+        "devices (as few as 12), so the epsilon reported for them is understated"
+    )
+    assert warning.endswith(
+        "lower population= to the devices really available at once, or account without "
+        "amplification (population=3,sample=3)"
+    )
+
+
+def test_without_amplification_a_short_pool_is_no_shortfall() -> None:
+    # Prepare: population=k,sample=k accounts every selected device as certainly sampled, so
+    # a realistic round opened by the timeout over a small pool is covered
     cfg = replace(
-        TINY,
-        aggregator=_dp("population=30,sample=3"),
-        fleet="realistic",
-        selection_timeout_s=0.0,
+        TINY, aggregator=_dp("population=3,sample=3"), fleet="realistic", selection_timeout_s=0.0
     )
     # Execute
     res = run_simulation(cfg, progress=False)
-    paths = write_run(res, tmp_path)
-    # Assert: every committed round records its pool, below 30, and is flagged
-    pools = [r.available for r in res.records]
-    assert all(r.committed for r in res.records)
-    assert all(p is not None and p < 30 for p in pools)
-    assert [r.measurements["selection"]["pool"] for r in res.records] == pools
-    doc = json.loads(paths["json"].read_text())
-    assert doc["summary"]["dp_pool_short_rounds"] == [1, 2]
-    assert doc["summary"]["dp_pool_min"] == min(pools)
-    assert [row["available"] for row in doc["rounds"]] == pools
-    assert "available" in paths["csv"].read_text().splitlines()[0].split(",")
-    warning = dp_pool_warning(res)
-    assert warning is not None
-    assert warning.startswith("warning: 2 of 2 rounds selected their cohort from fewer than")
-    assert "lower population= to the devices really available" in warning
-    assert "(population=3,sample=3)" in warning
+    # Assert: the pools were small, and nothing is flagged
+    assert all(r.committed and r.available is not None for r in res.records)
+    assert cfg.dp_pool_needed() == 0 and res.dp_pool() is None
+    assert "dp_population" not in summary(res) and dp_pool_warning(res) is None
 
 
 def test_the_realistic_pool_fills_up_to_the_dp_population_not_just_the_cohort() -> None:
-    # Prepare: no selection timeout, so a round opens only with a full pool; the dp stage
-    # accounts 3 of 8, so the pool must hold 8 (it used to stop at the cohort of 3)
-    cfg = replace(
-        TINY,
-        aggregator=_dp("population=8,sample=3"),
-        fleet="realistic",
-        selection_timeout_s=None,
-    )
+    # Prepare: the dp stage accounts 3 of 8; with the default selection timeout a round used
+    # to open with the cohort of 3 (or fewer, at the timeout)
+    cfg = replace(TINY, aggregator=_dp("population=8,sample=3"), fleet="realistic")
     # Execute
     res = run_simulation(cfg, progress=False)
-    # Assert
+    # Assert: as the coordinator does, a round opens only with 8 devices in the pool
     for rec in res.records:
-        assert rec.committed and rec.available == 8
-        assert rec.measurements["selection"] == rec.measurements["selection"] | {
-            "pool": 8,
-            "opened_by": "cohort",
-        }
+        assert rec.committed and rec.available == 8 and rec.reports == 3
+        assert rec.measurements["selection"]["pool"] == 8
+        assert rec.measurements["selection"]["opened_by"] == "cohort"
     assert summary(res)["dp_pool_short_rounds"] == []
 
 
-def test_a_pool_that_never_reaches_the_population_abandons_the_selection_by_name() -> None:
-    # Prepare: all 30 devices are never eligible at once, and no timeout opens a short pool
+def test_a_pool_that_never_holds_the_population_abandons_the_round_even_after_the_timeout(
+    tmp_path: Path,
+) -> None:
+    # Prepare: all 30 devices are never eligible at once; a timeout of 0 s used to open
+    # each round with the first devices to check in, 3 of them accounted as 3 of 30
     cfg = replace(
-        TINY,
-        aggregator=_dp("population=30,sample=3"),
-        fleet="realistic",
-        selection_timeout_s=None,
-        rounds=1,
+        TINY, aggregator=_dp("population=30,sample=3"), fleet="realistic", selection_timeout_s=0.0
     )
     # Execute
-    (rec,) = run_simulation(cfg, progress=False).records
-    # Assert: abandoned (no release, so not a short round), and the reason names the target
-    assert not rec.committed
-    assert "short of the dp population of 30, with no selection timeout" in (
-        rec.measurements["abandoned"]
+    res = run_simulation(cfg, progress=False)
+    # Assert: both rounds abandoned (no release), by name, and counted in the summary
+    assert not any(r.committed for r in res.records)
+    for rec in res.records:
+        assert rec.available is not None and rec.available < 30
+        assert "short of the dp population of 30, which a dp round needs in its pool" in (
+            rec.measurements["abandoned"]
+        )
+    s = summary(res)
+    assert s["dp_pool_abandoned_rounds"] == [1, 2] and s["dp_pool_short_rounds"] == []
+    most = max(r.available or 0 for r in res.records)
+    assert dp_pool_warning(res) == (
+        "warning: 2 of 2 rounds were abandoned: their pool never held the dp population=30 "
+        f"devices at once (at most {most}): lower population= to the devices really available "
+        "at once, or account without amplification (population=3,sample=3)"
     )
 
 
@@ -191,5 +203,5 @@ def test_the_cli_prints_the_warning_under_the_summary(
     # Assert
     assert code == 0
     line = next(x for x in out.splitlines() if "warning:" in x)
-    assert line.startswith("compressed: warning: 2 of 2 rounds selected their cohort from")
+    assert line.startswith("compressed: warning: 2 of 2 rounds were abandoned: their pool never")
     assert "account without amplification (population=3,sample=3)" in line
