@@ -279,6 +279,9 @@ class _Core:
         self.bandwidth: dict[int, dict[str, dict[str, int]]] = {}
         self._encoders: dict[int, UpdateEncoder] = {}
         self._participants: dict[int, SecureParticipant] = {}
+        # Rounds of accepted records named in a check-in since every held record was last
+        # named: one still `pending` then waits while the others are asked about in turn.
+        self._asked: set[int] = set()
 
     # -- requests ------------------------------------------------------------------------
 
@@ -369,8 +372,7 @@ class _Core:
         version = st.get("model_version")
         if isinstance(version, int) and not isinstance(version, bool) and 0 <= version < MAX_ID:
             parts.append(f'"model_version":{version}')
-        record = self.store.load_accepted()  # its round id is in [1, 2^63) when it loads
-        awaiting = record.round_id if record is not None else None
+        awaiting = self.awaiting_round()
         if awaiting is not None:
             parts.append(f'"awaiting_round":{awaiting}')
         body = ("{" + ",".join(parts) + "}").encode()
@@ -378,6 +380,22 @@ class _Core:
             "POST", Path.CHECK_IN, 0, body, headers={"content-type": "application/json"},
             awaiting_round=awaiting,
         )  # fmt: skip
+
+    def awaiting_round(self) -> int | None:
+        """The round a check-in asks about: of the accepted records held (oldest first), the
+        first not yet named since all were; None without a record. A check-in carries one
+        `awaiting_round`, so a round still `pending` (or one a coordinator never answers)
+        does not hold back the records behind it."""
+        rounds = self.store.accepted_rounds()
+        if not rounds:
+            return None
+        if self._asked.issuperset(rounds):
+            self._asked.clear()
+        for r in sorted(rounds, key=lambda r: r in self._asked):  # stable: oldest first
+            if self.store.load_accepted(r) is not None:  # its id is in [1, 2^63) when it loads
+                self._asked.add(r)
+                return r
+        return None
 
     def settle_outcome(self, round_id: int, outcome: str | None) -> None:
         """Act on a check-in's `round_outcome` for the accepted upload of `round_id`: forget it
@@ -389,8 +407,8 @@ class _Core:
             return
         if outcome not in (UploadOutcome.ABANDONED, UploadOutcome.EXCLUDED, UploadOutcome.UNKNOWN):
             return
-        record = self.store.load_accepted()
-        if record is None or record.round_id != round_id:
+        record = self.store.load_accepted(round_id)
+        if record is None:
             return
         try:
             sent = UpdateCodec(record.spec, _any_config()).decode(record.frame).to_dense()
@@ -528,7 +546,8 @@ class _Core:
             self.store.clear_pending()
             return
         ef = self.store.refuse_pending(sent, spec.size)
-        self._adopt(spec, ef)
+        if ef is not None:
+            self._adopt(spec, ef)
 
     def accept_upload(self, pending: PendingUpload, spec: ModelSpec | None) -> None:
         """The coordinator accepted `pending`: keep what it carried until a check-in says its

@@ -5,16 +5,21 @@ Layout (every file replaced atomically: write to a temp file, fsync, rename, fsy
     device_key       32-byte Ed25519 private key (every file mode 0600, the directory 0700)
     state.json       device id, task, model version, digest, whether the model is exact
     model.f32        the model at that version, little-endian float32[d]
-    residual.bin     the error-feedback residual (`ErrorFeedback.to_bytes`)
+    residual.bin     the error-feedback residual (`ErrorFeedback.to_bytes`), of the one model
+                     the device last encoded for (see `_add_to_residual`)
     pending.json     an upload not yet acknowledged: round, idempotency key, frame file name
     pending.frame    its frame bytes; pending.residual the residual that assumes it
     pending.refused  the residual after a refusal, until it replaces residual.bin
-    accepted.json    the last accepted upload whose round's outcome is not known yet: round,
-                     layout, size and SHA-256 of accepted.frame (at most one; bounded)
-    accepted.frame   what that upload carried, as an update frame decoding under the layout:
+    accepted-<r>.json  an accepted upload to round r whose outcome is not known yet: round,
+                     layout, size and SHA-256 of accepted-<r>.frame (at most MAX_ACCEPTED
+                     records; the oldest is forgotten past that)
+    accepted-<r>.frame what that upload carried, as an update frame decoding under the layout:
                      the frame sent (plain round), or the values a masked input stood for
-    accepted.residual  the residual that assumes a secure record, until it replaces residual.bin
-    accepted.settled   the residual with the record's content added back, likewise
+    accepted-<r>.residual  the residual that assumes a secure record, until it replaces
+                     residual.bin
+    accepted-<r>.settled   the residual with the record's content added back, likewise
+    accepted.json, accepted.frame (and .residual, .settled): the single record an older SDK
+                     kept; moved to accepted-<r>.* when the directory is opened
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 from pathlib import Path
 from typing import Any
@@ -37,6 +43,7 @@ __all__ = [
     "DeviceStore",
     "DeviceStoreError",
     "PendingUpload",
+    "MAX_ACCEPTED",
     "MAX_SPEC_JSON_BYTES",
 ]
 
@@ -48,6 +55,13 @@ _MAX_JSON_BYTES = 1 << 20
 MAX_SPEC_JSON_BYTES = _MAX_JSON_BYTES // 2
 _MAX_FRAME_BYTES = 1 << 31
 _HEX_DIGITS = frozenset("0123456789abcdef")
+# Most accepted uploads kept while their rounds' outcomes are unknown. A check-in settles one,
+# so a device that checks in before each round holds one or two; past this bound the oldest is
+# forgotten (counted as delivered), which keeps the app directory bounded against a coordinator
+# that never answers `round_outcome` (docs/http-api.md, "What became of an accepted upload").
+MAX_ACCEPTED = 8
+# The files of one accepted record: accepted-<round id>.<kind>.
+_RECORD_FILE = re.compile(r"accepted-([1-9][0-9]{0,18})\.(json|frame|residual|settled)")
 
 
 class DeviceStoreError(ValueError):
@@ -153,6 +167,9 @@ class DeviceStore:
     def __init__(self, app_dir: str | os.PathLike[str]) -> None:
         self.root = Path(app_dir).expanduser()
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        # Finish what a crash interrupted, and move an older SDK's single accepted record to
+        # the accepted-<r>.* files, before anything is read.
+        self._recover()
 
     # -- identity ------------------------------------------------------------------------
 
@@ -235,9 +252,23 @@ class DeviceStore:
     # A pending.refused next to pending.json is a refusal that never committed: ignored.
 
     #
-    # The accepted record has the same two windows: accepted.residual with accepted.json is the
-    # residual (save_accepted committed, residual.bin not yet rewritten); accepted.settled
-    # without accepted.json is the residual (return_accepted committed, not yet renamed).
+    # Each accepted record (accepted-<r>.*) has the same two windows: accepted-<r>.residual
+    # with accepted-<r>.json is the residual (save_accepted committed, residual.bin not yet
+    # rewritten); accepted-<r>.settled without accepted-<r>.json is the residual (the record's
+    # return committed, not yet renamed). Every step closes its window before it returns, so at
+    # most one window (pending or accepted) is open at a time.
+
+    def _record_files(self) -> dict[int, set[str]]:
+        """The accepted-<r>.* files present: round id -> the kinds present (json, frame, ...)."""
+        found: dict[int, set[str]] = {}
+        for name in os.listdir(self.root):
+            m = _RECORD_FILE.fullmatch(name)
+            if m is not None and int(m.group(1)) < 2**63:
+                found.setdefault(int(m.group(1)), set()).add(m.group(2))
+        return found
+
+    def _record(self, round_id: int, kind: str) -> Path:
+        return self.root / f"accepted-{round_id}.{kind}"
 
     def _residual_path(self) -> Path:
         if (self.root / "pending.json").exists():
@@ -245,11 +276,11 @@ class DeviceStore:
                 return self.root / "pending.residual"
         elif (self.root / "pending.refused").exists():
             return self.root / "pending.refused"
-        if (self.root / "accepted.json").exists():
-            if (self.root / "accepted.residual").exists():
-                return self.root / "accepted.residual"
-        elif (self.root / "accepted.settled").exists():
-            return self.root / "accepted.settled"
+        for round_id, kinds in self._record_files().items():
+            if "json" in kinds and "residual" in kinds:
+                return self._record(round_id, "residual")
+            if "json" not in kinds and "settled" in kinds:
+                return self._record(round_id, "settled")
         return self.root / "residual.bin"
 
     def _settle_refusal(self) -> None:
@@ -263,21 +294,51 @@ class DeviceStore:
             os.replace(refused, self.root / "residual.bin")
             _fsync_dir(self.root)
 
-    def _settle_accepted(self) -> None:
-        """Finish (or drop, if it never committed) an accepted-record step a crash interrupted."""
-        meta, held = self.root / "accepted.json", self.root / "accepted.residual"
-        settled = self.root / "accepted.settled"
+    def _settle_window(self, meta: Path, frame: Path, held: Path, settled: Path) -> None:
+        """Finish (or drop, if it never committed) a step on one accepted record that a crash
+        interrupted: `meta` is its commit file, `held` its save window, `settled` its return
+        window."""
         if meta.exists():
             _unlink(settled)  # a return that never committed
             if held.exists():  # save_accepted committed before it rewrote residual.bin
                 os.replace(held, self.root / "residual.bin")
                 _fsync_dir(self.root)
+            if not frame.exists():
+                _unlink(meta)  # not a record (foreign): it would count against the bound
         else:
             _unlink(held)  # a save that never committed, or a frame whose record is gone
-            _unlink(self.root / "accepted.frame")
+            _unlink(frame)
             if settled.exists():  # a return that committed before its rename
                 os.replace(settled, self.root / "residual.bin")
                 _fsync_dir(self.root)
+
+    def _migrate_single_record(self) -> None:
+        """Move an older SDK's accepted.json / accepted.frame to accepted-<r>.*, in steps a
+        crash may interrupt anywhere: the new record is committed before the old one goes, and
+        a second run writes the same record again."""
+        meta, frame = self.root / "accepted.json", self.root / "accepted.frame"
+        held, settled = self.root / "accepted.residual", self.root / "accepted.settled"
+        if not any(p.exists() for p in (meta, frame, held, settled)):
+            return
+        self._settle_window(meta, frame, held, settled)
+        if not meta.exists():
+            return
+        record = self._load_record(meta, frame)
+        if record is not None:  # a torn or foreign file was no record for the older SDK either
+            self._write_record(record, None)
+        _unlink(meta)
+        _unlink(frame)
+
+    def _settle_accepted(self) -> None:
+        """Finish (or drop) the steps on accepted records that a crash interrupted."""
+        self._migrate_single_record()
+        for round_id, kinds in self._record_files().items():
+            if kinds != {"json", "frame"}:
+                self._settle_window(
+                    self._record(round_id, "json"), self._record(round_id, "frame"),
+                    self._record(round_id, "residual"), self._record(round_id, "settled"),
+                )  # fmt: skip
+        self._evict()  # a save that crashed before its eviction
 
     def _recover(self) -> None:
         # At most one of these windows is open: each step closes its own before returning.
@@ -299,13 +360,11 @@ class DeviceStore:
     def save_residual(self, ef: ErrorFeedback) -> None:
         _write(self.root / "residual.bin", ef.to_bytes())
         # Leftovers of an interrupted save or refusal would otherwise shadow this newer residual.
-        for name in (
-            "pending.residual",
-            "pending.refused",
-            "accepted.residual",
-            "accepted.settled",
-        ):
+        for name in ("pending.residual", "pending.refused"):
             _unlink(self.root / name)
+        for round_id, kinds in self._record_files().items():
+            for kind in kinds & {"residual", "settled"}:
+                _unlink(self._record(round_id, kind))
 
     # -- pending upload ------------------------------------------------------------------
 
@@ -361,8 +420,8 @@ class DeviceStore:
             return None
         if digest is not None and hashlib.sha256(frame).hexdigest() != digest:
             return None
-        accepted = self.load_accepted()
-        if accepted is not None and accepted.round_id == round_id and accepted.frame == frame:
+        accepted = self.load_accepted(round_id)
+        if accepted is not None and accepted.frame == frame:
             # accept_pending committed (the record holds this upload) but a crash came before
             # it forgot the pending copy: finish that, or a refusal of a re-send would return
             # the content to the residual while the record returns it again later.
@@ -388,9 +447,10 @@ class DeviceStore:
         _unlink(self.root / "pending.frame")
         _unlink(held)
 
-    def refuse_pending(self, sent: npt.NDArray[np.float32], size: int) -> ErrorFeedback:
+    def refuse_pending(self, sent: npt.NDArray[np.float32], size: int) -> ErrorFeedback | None:
         """Forget a pending upload the coordinator refused for good, adding `sent` (its decoded
-        update, float32[size]) back into the residual, which is returned.
+        update, float32[size]) back into the residual, which is returned (None, the residual
+        untouched, when the one held is another model's: see `_add_to_residual`).
 
         One crash-safe step: a crash before the commit leaves the upload pending with the
         residual untouched (a retry is refused again and adds `sent` once); after it, the
@@ -403,18 +463,32 @@ class DeviceStore:
             size, sent, "pending.refused", "pending.json", ("pending.frame", "pending.residual")
         )
 
-    # -- accepted upload awaiting its round's outcome ------------------------------------
+    # -- accepted uploads awaiting their rounds' outcomes ---------------------------------
     #
-    # accepted.json is the commit point of both steps: written last by save_accepted (after
-    # its frame and, for a secure record, the residual that assumes it), removed first by
-    # return_accepted (after it wrote the residual with the content added back) and by
-    # forget_accepted. So a crash never adds the content twice and never loses it.
+    # accepted-<r>.json is the commit point of every step on the record of round r: written
+    # last by save_accepted (after its frame and, for a secure record, the residual that
+    # assumes it), removed first by return_accepted (after it wrote the residual with the
+    # content added back), by forget_accepted and by the eviction past MAX_ACCEPTED. So a crash
+    # never adds a record's content twice and never loses it; records of other rounds are not
+    # touched by a step on one.
 
     def save_accepted(self, record: AcceptedUpload, ef: ErrorFeedback | None = None) -> None:
-        """Keep `record` until its round's outcome is known, replacing an older record (whose
-        content then counts as delivered: the behaviour before records were kept, and the only
-        one against a coordinator that never answers `round_outcome`). With `ef`, that residual
-        is saved in the same crash-safe step (a secure round's, which assumes the record)."""
+        """Keep `record` until its round's outcome is known, beside the records of other rounds
+        (one of the same round is replaced). Past `MAX_ACCEPTED` records the oldest (lowest
+        round id) is forgotten, its content counted as delivered: the most likely outcome, the
+        behaviour before records were kept, and the only one that does not send every upload
+        twice against a coordinator that never answers `round_outcome`. With `ef`, that
+        residual is saved in the same crash-safe step (a secure round's, which assumes the
+        record)."""
+        if not 1 <= record.round_id < 2**63:
+            raise ValueError(f"round id {record.round_id} is not in [1, 2^63)")
+        self._recover()
+        self._write_record(record, ef)
+        if ef is not None:
+            self.save_residual(ef)
+        self._evict()
+
+    def _write_record(self, record: AcceptedUpload, ef: ErrorFeedback | None) -> None:
         meta = {
             "round_id": record.round_id,
             "bytes": len(record.frame),
@@ -427,28 +501,39 @@ class DeviceStore:
                 f"accepted upload metadata of {len(encoded)} bytes is over the "
                 f"{_MAX_JSON_BYTES}-byte cap; not saved"
             )
-        self._recover()
-        _unlink(self.root / "accepted.json")  # an older record must never pair with this frame
-        _write(self.root / "accepted.frame", record.frame)
+        r = record.round_id
+        _unlink(self._record(r, "json"))  # an older record must never pair with this frame
+        _write(self._record(r, "frame"), record.frame)
         if ef is not None:
-            _write(self.root / "accepted.residual", ef.to_bytes())
-        _write(self.root / "accepted.json", encoded)
-        if ef is not None:
-            self.save_residual(ef)
+            _write(self._record(r, "residual"), ef.to_bytes())
+        _write(self._record(r, "json"), encoded)
+
+    def _evict(self) -> None:
+        """Forget the oldest records past `MAX_ACCEPTED` (see `save_accepted`)."""
+        held = sorted(r for r, kinds in self._record_files().items() if "json" in kinds)
+        for round_id in held[: max(0, len(held) - MAX_ACCEPTED)]:
+            self._drop_record(round_id)
+
+    def _drop_record(self, round_id: int) -> None:
+        _unlink(self._record(round_id, "json"))  # the commit point
+        _unlink(self._record(round_id, "frame"))
 
     def accept_pending(self, pending: PendingUpload, spec: ModelSpec | None = None) -> None:
-        """The coordinator accepted `pending`: it becomes the accepted record (see
+        """The coordinator accepted `pending`: it becomes an accepted record (see
         `save_accepted`) and stops being pending. Without a layout (`spec`, or the one stored
         with it) its content cannot be restored, so it is only forgotten, as before."""
         spec = spec if spec is not None else pending.spec
-        if spec is not None:
+        if spec is not None and pending.round_id >= 1:
             self.save_accepted(AcceptedUpload(pending.round_id, pending.frame, spec))
         self.clear_pending()
 
-    def load_accepted(self) -> AcceptedUpload | None:
-        """The accepted upload whose outcome is awaited, or None: also for files that are not
-        a whole record (a torn or foreign file must not stop every later check-in)."""
-        meta_path, frame_path = self.root / "accepted.json", self.root / "accepted.frame"
+    def accepted_rounds(self) -> list[int]:
+        """The rounds of the accepted records held, oldest first (not checked: a record that
+        does not load is no record for `load_accepted`)."""
+        found = self._record_files()
+        return sorted(r for r, kinds in found.items() if {"json", "frame"} <= kinds)
+
+    def _load_record(self, meta_path: Path, frame_path: Path) -> AcceptedUpload | None:
         if not meta_path.exists() or not frame_path.exists():
             return None
         try:
@@ -466,32 +551,44 @@ class DeviceStore:
             return None
         return AcceptedUpload(round_id, frame, spec)
 
+    def load_accepted(self, round_id: int | None = None) -> AcceptedUpload | None:
+        """The accepted record of `round_id` (by default the oldest one that loads), or None:
+        also for files that are not a whole record (a torn or foreign file must not stop every
+        later check-in)."""
+        rounds = self.accepted_rounds() if round_id is None else [round_id]
+        for r in rounds:
+            record = self._load_record(self._record(r, "json"), self._record(r, "frame"))
+            if record is not None and record.round_id == r:
+                return record
+        return None
+
     def forget_accepted(self, round_id: int) -> None:
         """The record of `round_id` reached the model (or cannot be restored): drop it, keeping
-        the residual. A record of another round is left alone."""
+        the residual. Records of other rounds are left alone."""
         self._recover()
-        record = self.load_accepted()
-        if record is not None and record.round_id != round_id:
-            return
-        _unlink(self.root / "accepted.json")
-        _unlink(self.root / "accepted.frame")
+        self._drop_record(round_id)
 
     def return_accepted(
         self, round_id: int, sent: npt.NDArray[np.float32], size: int
     ) -> ErrorFeedback | None:
         """The round of the record ended without its content in the model: add `sent` (the
         record's decoded content, float32[size]) to the residual and drop the record, in one
-        crash-safe step; returns the new residual. None (nothing done) when no record of
-        `round_id` is held, so a second call, or one after a crash that committed, adds nothing.
+        crash-safe step; returns the new residual. None (nothing added) when no record of
+        `round_id` is held, so a second call, or one after a crash that committed, adds nothing;
+        None too, with the record dropped and the residual untouched, when the residual held is
+        another model's (see `_add_to_residual`).
         """
         if sent.shape != (size,):
             raise ValueError(f"sent of shape {sent.shape}, model has {size} scalars")
         self._recover()
-        record = self.load_accepted()
-        if record is None or record.round_id != round_id:
+        if self.load_accepted(round_id) is None:
             return None
         return self._add_to_residual(
-            size, sent, "accepted.settled", "accepted.json", ("accepted.frame",)
+            size,
+            sent,
+            f"accepted-{round_id}.settled",
+            f"accepted-{round_id}.json",
+            (f"accepted-{round_id}.frame",),
         )
 
     def _add_to_residual(
@@ -501,10 +598,27 @@ class DeviceStore:
         staging: str,
         commit: str,
         leftovers: tuple[str, ...],
-    ) -> ErrorFeedback:
+    ) -> ErrorFeedback | None:
         """Residual += `sent`, written to `staging` first; removing the `commit` file is the
         commit point (`_recover` finishes or drops the step after a crash), then the staged
-        residual replaces residual.bin and the `leftovers` go."""
+        residual replaces residual.bin and the `leftovers` go.
+
+        The app directory holds the residual of one model: the one the device last encoded
+        for. If it holds one of another size (the device moved to another task's model since
+        `sent` was encoded), `sent` belongs to a model whose residual is gone: it is not
+        added, and that residual is not replaced (adding it to zeros of its size would
+        discard the current model's residual). The upload or record is then dropped as if
+        delivered and None returned. No residual held at all: `sent` starts one.
+        """
+        current = self._residual_path()
+        if current.exists() and os.stat(current).st_size != 16 + 4 * size:
+            if current.name in leftovers:  # a window of this very upload: keep what it holds
+                os.replace(current, self.root / "residual.bin")
+                _fsync_dir(self.root)
+            _unlink(self.root / commit)
+            for name in leftovers:
+                _unlink(self.root / name)
+            return None
         base = self.load_residual(size) or ErrorFeedback(size)
         ef = ErrorFeedback(size)
         ef.residual = (base.residual + sent).astype(np.float32)

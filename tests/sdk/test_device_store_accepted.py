@@ -49,7 +49,7 @@ def test_an_accepted_upload_becomes_the_record_and_stops_being_pending(tmp_path:
     )
     np.testing.assert_array_equal(_residual(tmp_path), _ef(1.0).residual)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["accepted.frame", "accepted.json", "residual.bin"]
+    assert names == ["accepted-7.frame", "accepted-7.json", "residual.bin"]
 
 
 def test_a_pending_upload_without_a_layout_is_only_forgotten(tmp_path: Path) -> None:
@@ -105,7 +105,7 @@ def test_a_return_interrupted_before_its_commit_is_redone_exactly_once(
 ) -> None:
     # Prepare: the return dies after writing the new residual, before removing accepted.json
     _accepted(tmp_path)
-    _crash_on(monkeypatch, "accepted.json", device_store, "_unlink")
+    _crash_on(monkeypatch, "accepted-7.json", device_store, "_unlink")
     with pytest.raises(_Crash):
         DeviceStore(tmp_path).return_accepted(7, SENT, SPEC.size)
     monkeypatch.undo()
@@ -131,7 +131,7 @@ def test_a_return_interrupted_after_its_commit_keeps_the_content_once(
 ) -> None:
     # Prepare: the return dies at the rename that follows its commit point
     _accepted(tmp_path)
-    _crash_on(monkeypatch, "accepted.settled", os, "replace")
+    _crash_on(monkeypatch, "accepted-7.settled", os, "replace")
     with pytest.raises(_Crash):
         DeviceStore(tmp_path).return_accepted(7, SENT, SPEC.size)
     monkeypatch.undo()
@@ -177,7 +177,7 @@ def test_a_crash_between_acceptance_and_forgetting_the_pending_copy(
     assert record is not None and record.round_id == 7
     np.testing.assert_array_equal(_residual(tmp_path), _ef(1.0).residual)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names == ["accepted.frame", "accepted.json", "residual.bin"]
+    assert names == ["accepted-7.frame", "accepted-7.json", "residual.bin"]
 
 
 def test_a_crash_before_acceptance_commits_leaves_the_upload_pending(
@@ -187,7 +187,7 @@ def test_a_crash_before_acceptance_commits_leaves_the_upload_pending(
     store = DeviceStore(tmp_path)
     pending = PendingUpload(7, "k" * 32, b"frame-bytes", 144, SPEC)
     store.save_pending(pending, _ef(1.0))
-    _crash_on(monkeypatch, "accepted.json")
+    _crash_on(monkeypatch, "accepted-7.json")
     with pytest.raises(_Crash):
         store.accept_pending(pending, SPEC)
     monkeypatch.undo()
@@ -201,7 +201,7 @@ def test_a_crash_before_acceptance_commits_leaves_the_upload_pending(
     assert again.load_accepted() is None
 
 
-@pytest.mark.parametrize("crash_at", ["accepted.json", "residual.bin"])
+@pytest.mark.parametrize("crash_at", ["accepted-9.json", "residual.bin"])
 def test_a_secure_record_and_its_residual_are_saved_together(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_at: str
 ) -> None:
@@ -220,7 +220,7 @@ def test_a_secure_record_and_its_residual_are_saved_together(
     store.forget_accepted(9)
 
     # Assert: the old pair, or the new pair, never a mix
-    if crash_at == "accepted.json":
+    if crash_at == "accepted-9.json":
         assert record is None
         np.testing.assert_array_equal(loaded, _ef(1.0).residual)
     else:
@@ -230,17 +230,20 @@ def test_a_secure_record_and_its_residual_are_saved_together(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["residual.bin"]
 
 
-def test_a_newer_record_replaces_an_older_one(tmp_path: Path) -> None:
+def test_a_newer_record_is_kept_beside_an_older_one(tmp_path: Path) -> None:
     # Prepare
     store = _accepted(tmp_path, round_id=7)
 
     # Execute
     store.save_accepted(AcceptedUpload(8, b"other", SPEC))
 
-    # Assert
-    record = store.load_accepted()
-    assert record is not None and (record.round_id, record.frame) == (8, b"other")
-    assert store.return_accepted(7, SENT, SPEC.size) is None
+    # Assert: both held, the oldest first; each settles on its own
+    assert store.accepted_rounds() == [7, 8]
+    oldest, newer = store.load_accepted(), store.load_accepted(8)
+    assert oldest is not None and (oldest.round_id, oldest.frame) == (7, b"frame-bytes")
+    assert newer is not None and (newer.round_id, newer.frame) == (8, b"other")
+    assert store.return_accepted(7, SENT, SPEC.size) is not None
+    assert store.accepted_rounds() == [8]
 
 
 @pytest.mark.parametrize(
@@ -258,7 +261,7 @@ def test_a_newer_record_replaces_an_older_one(tmp_path: Path) -> None:
 def test_a_foreign_or_torn_record_is_no_record(tmp_path: Path, edit: Any) -> None:
     # Prepare: a record edited by something else
     _accepted(tmp_path)
-    path = tmp_path / "accepted.json"
+    path = tmp_path / "accepted-7.json"
     path.write_text(json.dumps(edit(json.loads(path.read_text()))))
 
     # Execute / Assert: never raises (a check-in must not be blocked by it)
@@ -267,7 +270,7 @@ def test_a_foreign_or_torn_record_is_no_record(tmp_path: Path, edit: Any) -> Non
 
 def test_a_record_that_is_not_json_is_no_record(tmp_path: Path) -> None:
     _accepted(tmp_path)
-    (tmp_path / "accepted.json").write_bytes(b"\xff{")
+    (tmp_path / "accepted-7.json").write_bytes(b"\xff{")
     assert DeviceStore(tmp_path).load_accepted() is None
 
 
