@@ -1318,8 +1318,13 @@ class Client:
 
     def upload(self, pending: PendingUpload, spec: ModelSpec | None = None) -> UploadReceipt:
         """Send a pending upload; idempotent across retries and restarts."""
+        return self._upload(pending, spec, math.inf)
+
+    def _upload(
+        self, pending: PendingUpload, spec: ModelSpec | None, deadline: float
+    ) -> UploadReceipt:
         dense = spec.dense_bytes if spec is not None else pending.dense_bytes
-        response = self._send(self._core.upload_exchange(pending, dense))
+        response = self._send(self._core.upload_exchange(pending, dense), deadline)
         if response.status_code == 200:
             receipt = _receipt(response, pending.round_id)  # before it is forgotten
             self._core.accept_upload(pending, spec)
@@ -1331,11 +1336,17 @@ class Client:
 
     def resume_pending(self) -> UploadReceipt | None:
         """Re-send an upload a previous run encoded but never saw acknowledged."""
+        return self._resume_pending(math.inf)
+
+    def _resume_pending(self, deadline: float) -> UploadReceipt | None:
+        """`resume_pending`, every attempt ending by `deadline` (time.monotonic), else
+        `_WaitOver` with the upload still pending (its idempotency key makes the next re-send
+        harmless if this one landed)."""
         pending = self._core.store.load_pending()
         if pending is None:
             return None
         try:
-            return self.upload(pending)
+            return self._upload(pending, None, deadline)
         except ClientError:
             return None
 
@@ -1448,18 +1459,22 @@ class Client:
     ) -> RoundReport | None:
         """Check in until assigned (sleeping as told), then train one round; None on timeout.
 
-        `max_wait_s` bounds the check-ins, their retries and the waits between them: a wait,
-        a backoff or a request that would end past it is not started, or abandoned, and None
-        is returned. Training and uploading after the assignment are not counted in it (nor
-        the re-send of an upload an earlier run left pending, which comes first).
+        `max_wait_s` bounds the re-send of an upload an earlier run left pending (which comes
+        first), the check-ins, their retries and the waits between them: a wait, a backoff or a
+        request that would end past it is not started, or abandoned, and None is returned (an
+        abandoned re-send stays pending). Training and uploading after the assignment are not
+        counted in it.
 
         A secure task's round runs through `run_secure_round` (a `SecureRoundReport`). Data
         the trainer refuses (`sdk.trainer.TrainingDataError`, from a trainer with `check_data`)
         is refused before the check-in, so the device never takes a slot it cannot fill."""
         _check_wait(max_wait_s)
         _check_data(trainer, x, y)
-        self.resume_pending()
         give_up = time.monotonic() + max_wait_s
+        try:
+            self._resume_pending(give_up)
+        except _WaitOver:
+            return None
         while True:
             try:
                 answer = self._check_in(task_id, give_up)
@@ -1610,8 +1625,13 @@ class AsyncClient:
         return self._core.apply_model(task_id, spec, response)
 
     async def upload(self, pending: PendingUpload, spec: ModelSpec | None = None) -> UploadReceipt:
+        return await self._upload(pending, spec, math.inf)
+
+    async def _upload(
+        self, pending: PendingUpload, spec: ModelSpec | None, deadline: float
+    ) -> UploadReceipt:
         dense = spec.dense_bytes if spec is not None else pending.dense_bytes
-        response = await self._send(self._core.upload_exchange(pending, dense))
+        response = await self._send(self._core.upload_exchange(pending, dense), deadline)
         if response.status_code == 200:
             receipt = _receipt(response, pending.round_id)  # before it is forgotten
             self._core.accept_upload(pending, spec)
@@ -1622,11 +1642,15 @@ class AsyncClient:
         raise err
 
     async def resume_pending(self) -> UploadReceipt | None:
+        return await self._resume_pending(math.inf)
+
+    async def _resume_pending(self, deadline: float) -> UploadReceipt | None:
+        """As `Client._resume_pending`."""
         pending = self._core.store.load_pending()
         if pending is None:
             return None
         try:
-            return await self.upload(pending)
+            return await self._upload(pending, None, deadline)
         except ClientError:
             return None
 
@@ -1722,8 +1746,11 @@ class AsyncClient:
         """As `Client.participate` (`max_wait_s` bounds the check-ins the same way)."""
         _check_wait(max_wait_s)
         _check_data(trainer, x, y)
-        await self.resume_pending()
         give_up = time.monotonic() + max_wait_s
+        try:
+            await self._resume_pending(give_up)
+        except _WaitOver:
+            return None
         while True:
             try:
                 answer = await self._check_in(task_id, give_up)
