@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from compression import CodecConfig, ModelSpec, feedback_step_many
 from coordinator.aggregators import AggregatorFactory, FedAvg
-from coordinator.aggregators._dp import find_dp
+from coordinator.aggregators._dp import amplified_population, find_dp
 from coordinator.engine import EngineConfig, RoundEngine, RoundPlan, Strategy
 from coordinator.ledger import BandwidthLedger
 from coordinator.privacy import FixedSizeSampling, PoissonSampling, Sampling
@@ -206,12 +206,12 @@ class SimConfig:
     def dp_pool_needed(self) -> int:
         """The devices a round must select from for the dp stage's epsilon to hold: N of
         `population=N,sample=k` with N > k (amplification by sampling); 0 when there is no
-        amplification to protect (no dp stage, no accounting, or N == k). The coordinator's
-        rule is the same (`coordinator.service.rounds.dp_pool_needed`)."""
-        sampling = self.dp_sampling()
-        if isinstance(sampling, FixedSizeSampling) and sampling.population > sampling.sample_size:
-            return int(sampling.population)
-        return 0
+        amplification to protect (no dp stage, no accounting, or N == k). The coordinator
+        applies the same rule (`amplified_population`)."""
+        try:
+            return amplified_population(find_dp(build_aggregator(self.aggregator)))
+        except ValueError as exc:
+            raise ValueError(f"aggregator {self.aggregator!r}: {exc}") from None
 
     def _check_dp_sampling(self) -> None:
         """Refuse dp accounting that this fleet makes certainly wrong (docs/simulator.md,

@@ -261,3 +261,15 @@ def accounted_sample_size(factory: object) -> int | None:
     dp = find_dp(factory)
     s = dp.sampling if dp is not None else None
     return s.sample_size if isinstance(s, FixedSizeSampling) else None
+
+
+def amplified_population(dp: DPMean | None) -> int:
+    """The devices a round must select its cohort from for `dp`'s epsilon to hold: N of a
+    `FixedSizeSampling(N, k)` accounting with N > k (a uniform k of M >= N devices includes
+    each with probability k/M <= k/N, so accounting at N is then conservative); 0 when there is
+    no amplification to protect (no dp stage, no sampling accounted, or N == k). The
+    coordinator service and the simulator open a round only once this many devices wait."""
+    s = dp.sampling if dp is not None else None
+    if isinstance(s, FixedSizeSampling) and s.population > s.sample_size:
+        return int(s.population)
+    return 0

@@ -51,7 +51,7 @@ from coordinator.aggregators import (
     decode_state,
     encode_state,
 )
-from coordinator.aggregators._dp import accounted_sample_size, find_dp
+from coordinator.aggregators._dp import accounted_sample_size, amplified_population, find_dp
 from coordinator.anomaly import AnomalyFilter, AnomalyMetrics
 from coordinator.engine import (
     DuplicateUpload,
@@ -64,7 +64,6 @@ from coordinator.engine import (
     UnknownRound,
 )
 from coordinator.privacy import (
-    FixedSizeSampling,
     PoissonSampling,
     PrivacyAccountant,
     PrivacyMetrics,
@@ -371,17 +370,6 @@ def _instrument(
     return out
 
 
-def dp_pool_needed(dp: Any) -> int:
-    """The devices a round's selection pool must hold for `dp`'s accounting to hold: N for a
-    `dp` stage accounted as `FixedSizeSampling(N, k)` with N > k (a uniform k of at least N
-    devices has inclusion probability k/M <= k/N, so accounting at N is then conservative);
-    0 when there is no amplification to protect (no dp stage, no sampling, or N == k)."""
-    sampling = getattr(dp, "sampling", None)
-    if isinstance(sampling, FixedSizeSampling) and sampling.population > sampling.sample_size:
-        return int(sampling.population)
-    return 0
-
-
 def _own_view(value: Any, cohort: frozenset[str], me: str) -> Any:
     """`value` (a round's measurements) as device `me` may read it: every entry that names
     another device of the round's `cohort` is left out, at any depth. That is a dict key
@@ -444,7 +432,7 @@ class TaskRuntime:
         dp = find_dp(factory)
         # Central DP amplified by sampling (population=N > sample=k) holds only if each cohort
         # is a secret uniform draw from at least N devices: rounds wait for N in the pool.
-        self.dp_pool = dp_pool_needed(dp)
+        self.dp_pool = amplified_population(dp)
         # An unseeded dp stage's cohort is drawn from OS randomness, not from the task seed
         # (which every assignment carries): a cohort anyone can recompute is no sample.
         self.secret_selection = dp is not None and dp.seed is None
@@ -772,7 +760,7 @@ class Coordinator:
     def create_task(self, cfg: TaskConfig) -> int:
         validate_task(cfg)
         dp = find_dp(_aggregator(cfg.aggregator))
-        if (short := self._pool_shortfall(dp_pool_needed(dp))) is not None:
+        if (short := self._pool_shortfall(amplified_population(dp))) is not None:
             raise ValueError(f"aggregator: {short}")
         task_id = self.store.create_task(to_json(cfg), TaskState.AWAITING_MODEL, self.clock())
         if dp is not None and dp.seed is not None:

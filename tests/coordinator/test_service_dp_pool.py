@@ -13,10 +13,10 @@ import pytest
 
 from compression import encode_snapshot
 from coordinator.aggregators import build_aggregator
-from coordinator.aggregators._dp import find_dp
+from coordinator.aggregators._dp import amplified_population, find_dp
 from coordinator.service import ServiceConfig, Store
 from coordinator.service import rounds as rounds_module
-from coordinator.service.rounds import Coordinator, dp_pool_needed, pool_capacity
+from coordinator.service.rounds import Coordinator, pool_capacity
 
 from .test_service_support import SPEC, initial_params, task_config
 
@@ -163,4 +163,4 @@ def test_a_population_the_pool_cannot_hold_is_refused_at_creation(tmp_path: Path
     ],
 )
 def test_the_pool_a_round_needs(spec: str, need: int) -> None:
-    assert dp_pool_needed(find_dp(build_aggregator(spec))) == need
+    assert amplified_population(find_dp(build_aggregator(spec))) == need
