@@ -395,3 +395,92 @@ def test_points_cover_every_write_of_a_secure_save(
     assert [x for x in seen if x[1] != "pending.residual" and x[1] != "pending.refused"] == [
         (a, n) for _, a, n in _SAVE_POINTS
     ]
+
+
+@pytest.mark.parametrize(
+    ("target", "attr", "name"),
+    _crash_points([(*_U, "accepted-8.json"), (*_U, "accepted-8.frame")]),
+)
+def test_a_forget_crashed_anywhere_adds_nothing_and_leaves_other_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: Any, attr: str, name: str
+) -> None:
+    # Prepare: records 7, 8, 9; forgetting 8 (committed) dies at one write
+    _held(tmp_path, [7, 8, 9])
+    _crash_on(monkeypatch, name, target, attr)
+    with pytest.raises(_Crash):
+        DeviceStore(tmp_path).forget_accepted(8)
+    monkeypatch.undo()
+
+    # Execute: restart; the answer comes again
+    store = DeviceStore(tmp_path)
+    store.forget_accepted(8)
+
+    # Assert
+    np.testing.assert_array_equal(_residual(tmp_path), _ef(1.0).residual)
+    assert store.accepted_rounds() == [7, 9]
+    assert len(_names(tmp_path)) == 5
+
+
+@pytest.mark.parametrize(
+    ("target", "attr", "name"),
+    _crash_points([(*_U, "accepted-7.json"), (*_U, "accepted-7.frame")]),
+)
+def test_dropping_a_record_of_another_model_crashed_anywhere_keeps_that_residual(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: Any, attr: str, name: str
+) -> None:
+    # Prepare: record 7 of SPEC, the other model's residual held; its return dies at one write
+    store = _held(tmp_path, [7])
+    store.save_residual(_other_residual(0.5))
+    before = (tmp_path / "residual.bin").read_bytes()
+    _crash_on(monkeypatch, name, target, attr)
+    with pytest.raises(_Crash):
+        DeviceStore(tmp_path).return_accepted(7, SENT[7], SPEC.size)
+    monkeypatch.undo()
+
+    # Execute: restart; the answer comes again
+    again = DeviceStore(tmp_path)
+    returned = again.return_accepted(7, SENT[7], SPEC.size)
+
+    # Assert
+    assert returned is None and again.accepted_rounds() == []
+    assert (tmp_path / "residual.bin").read_bytes() == before
+    assert _names(tmp_path) == ["residual.bin"]
+
+
+@pytest.mark.parametrize(
+    ("target", "attr", "name"),
+    _crash_points(
+        [
+            (os, "replace", "pending.residual"),
+            (*_U, "pending.json"),
+            (*_U, "pending.frame"),
+            (*_U, "pending.residual"),
+        ]
+    ),
+)
+def test_dropping_a_refused_upload_whose_window_holds_the_residual_keeps_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: Any, attr: str, name: str
+) -> None:
+    # Prepare: the residual held is in the pending.residual window (save_pending committed,
+    # its rewrite of residual.bin crashed), of OTHER's size; a refusal then hands content of
+    # SPEC's size (not a state the client makes: the guard is defensive) and dies at one write
+    store = DeviceStore(tmp_path)
+    store.save_residual(_ef(1.0))
+    _crash_on(monkeypatch, "residual.bin")
+    with pytest.raises(_Crash):
+        store.save_pending(PendingUpload(7, "k" * 32, _frame(7), 144, OTHER), _other_residual(0.5))
+    monkeypatch.undo()
+    _crash_on(monkeypatch, name, target, attr)
+    with pytest.raises(_Crash):
+        DeviceStore(tmp_path).refuse_pending(SENT[7], SPEC.size)
+    monkeypatch.undo()
+
+    # Execute: restart; the refusal again if still pending, else the next save's cleanup
+    again = DeviceStore(tmp_path)
+    if again.load_pending() is not None:
+        assert again.refuse_pending(SENT[7], SPEC.size) is None
+    again.clear_pending()
+
+    # Assert: the window's residual is the one held, whole; nothing pending
+    np.testing.assert_array_equal(_residual(tmp_path, OTHER.size), _other_residual(0.5).residual)
+    assert again.load_pending() is None and _names(tmp_path) == ["residual.bin"]
