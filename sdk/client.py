@@ -387,6 +387,7 @@ class _Core:
         `awaiting_round`, so a round still `pending` (or one a coordinator never answers)
         does not hold back the records behind it."""
         rounds = self.store.accepted_rounds()
+        self._asked &= set(rounds)  # settled records leave it: it holds at most MAX_ACCEPTED
         if not rounds:
             return None
         if self._asked.issuperset(rounds):

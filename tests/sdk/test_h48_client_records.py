@@ -106,6 +106,24 @@ def test_a_record_that_never_settles_does_not_hold_back_the_others(tmp_path: Pat
     assert DeviceStore(tmp_path).accepted_rounds() == [5]
 
 
+def test_the_rounds_remembered_as_named_are_only_those_held(tmp_path: Path) -> None:
+    # Prepare: a device whose every round commits, one record at a time
+    def coordinator(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, json={"action": "wait", "retry_after_s": 1.0, "round_outcome": "committed"}
+        )
+
+    client = Client("http://coord", str(tmp_path), transport=httpx.MockTransport(coordinator))
+
+    # Execute
+    for r in (5, 6, 7):
+        client._core.store.save_accepted(AcceptedUpload(r, _dense(r), SPEC))
+        client.check_in()
+
+    # Assert: not every round ever named (the set would grow for the app's life)
+    assert client._core._asked == {7}
+
+
 # -- against a loopback coordinator -----------------------------------------------------------
 
 
