@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
-from .cli import print_error
+from .cli import print_error, when_help
 
 __all__ = ["register", "admin_error_text"]
 
@@ -263,7 +263,7 @@ def register(sub: Any) -> None:
         ),
         epilog=(
             "example:\n  plume coordinator create-task --admin-token s3cret --model mlp "
-            "--rounds 20 --clients-per-round 10\n\n" + _aggregator_list()
+            "--rounds 20 --clients-per-round 10\n\n"
         ),
     )
     admin_args(c)
@@ -346,12 +346,8 @@ def register(sub: Any) -> None:
         "secure aggregation (SecAgg+; unset knobs keep the SecureConfig defaults)"
     )
     g.add_argument("--secure", action="store_true", help="run every round under SecAgg+")
-    defaults = _secure_defaults()
-    for flag, key, kind, helptext in _SECURE_FLAGS:
-        if key in defaults:
-            shown = "none" if defaults[key] is None else defaults[key]
-            helptext += f" (default: {shown})"
-        g.add_argument(
+    secure_actions = {
+        key: g.add_argument(
             flag,
             dest=f"secure_{key}",
             type=kind,
@@ -359,6 +355,8 @@ def register(sub: Any) -> None:
             metavar=_SECURE_METAVARS.get(key),
             help=helptext,
         )
+        for flag, key, kind, helptext in _SECURE_FLAGS
+    }
     g.add_argument(
         "--secure-noise",
         dest="secure_noise",
@@ -378,6 +376,18 @@ def register(sub: Any) -> None:
     c.set_defaults(
         func=_create_task, _codec_defaults=(c.get_default("topk"), c.get_default("bits"))
     )
+
+    def complete_help(parser: argparse.ArgumentParser) -> None:
+        # The aggregator list and SecureConfig's defaults import numpy and the aggregators:
+        # added when this help is shown, not for every `plume` run.
+        parser.epilog = (parser.epilog or "") + _aggregator_list()
+        defaults = _secure_defaults()
+        for key, action in secure_actions.items():
+            if key in defaults:
+                shown = "none" if defaults[key] is None else defaults[key]
+                action.help = f"{action.help} (default: {shown})"
+
+    when_help(c, complete_help)
 
     for name, helptext in (
         ("status", "print a task's status and rounds as JSON"),

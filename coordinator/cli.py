@@ -8,13 +8,14 @@ import importlib
 import os
 import sys
 import textwrap
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
-__all__ = ["main", "build_parser", "HelpFormatter", "iter_parsers", "print_error"]
+__all__ = ["main", "build_parser", "HelpFormatter", "iter_parsers", "print_error", "when_help"]
 
 # Each module has `register(subparsers) -> None` and sets `func` on its parsers. Only the
-# registration code runs for --help; the heavy imports happen inside the commands.
+# registration code runs for --help; the heavy imports happen inside the commands, and help
+# text that needs one (the aggregator list, SecureConfig's defaults) is added by `when_help`.
 _SUBCOMMAND_MODULES = (
     "mobile_sim._cli",
     "coordinator._cli",
@@ -49,7 +50,18 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 class _Parser(argparse.ArgumentParser):
     """argparse's parser, with a usage error that fits on a screen: a command with many
     options (`plume sim` has 60) shows a one-line usage and where the full one is, instead of
-    a screenful above its error line. Subcommand parsers are made of the same class."""
+    a screenful above its error line, and help text completed by `when_help` hooks before it
+    is first shown. Subcommand parsers are made of the same class."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._help_hooks: list[Callable[[argparse.ArgumentParser], None]] = []
+
+    def format_help(self) -> str:
+        hooks, self._help_hooks = self._help_hooks, []
+        for hook in hooks:
+            hook(self)
+        return super().format_help()
 
     def error(self, message: str) -> NoReturn:
         usage = self.format_usage()
@@ -65,6 +77,19 @@ def _version() -> str:
         return version("plume-fl")
     except PackageNotFoundError:  # run from a source tree that was never installed
         return "(not installed)"
+
+
+def when_help(
+    parser: argparse.ArgumentParser, hook: Callable[[argparse.ArgumentParser], None]
+) -> None:
+    """Run `hook(parser)` just before `parser`'s help is first formatted, to complete its
+    epilog or options' help with text that needs a slow import: building the parsers (every
+    `plume` run builds all of them) then imports nothing for it. A parser of another class
+    than `plume`'s (a test's own argparse parent) runs the hook at once."""
+    if isinstance(parser, _Parser):
+        parser._help_hooks.append(hook)
+    else:
+        hook(parser)
 
 
 def iter_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentParser]:

@@ -62,6 +62,8 @@ def _secure_default(name: str) -> str:
 
 
 def register(sub: Any) -> None:
+    from coordinator.cli import when_help
+
     p: argparse.ArgumentParser = sub.add_parser(
         "sim",
         help="run a simulated fleet against the coordinator",
@@ -70,7 +72,7 @@ def register(sub: Any) -> None:
             "encoded (top-k + quantization + zstd with error feedback) and decoded by the "
             "coordinator's round engine; the table shows accuracy and bytes per round."
         ),
-        epilog=_EXAMPLES + _aggregator_help(),
+        epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -263,14 +265,15 @@ def register(sub: Any) -> None:
 
     g = p.add_argument_group("secure aggregation (SecAgg+ on a shared coordinate set)")
     g.add_argument("--secure", action="store_true", help="run rounds under SecAgg+")
-    g.add_argument(
-        "--secure-fraction",
-        type=float,
-        default=None,
-        metavar="FRACTION",
-        help="|S_r| / d, the shared coordinates per round "
-        f"(default: {_secure_default('coord_fraction')})",
-    )
+    secure_actions = {
+        "coord_fraction": g.add_argument(
+            "--secure-fraction",
+            type=float,
+            default=None,
+            metavar="FRACTION",
+            help="|S_r| / d, the shared coordinates per round",
+        )
+    }
     g.add_argument(
         "--secure-upload-budget",
         type=int,
@@ -279,19 +282,19 @@ def register(sub: Any) -> None:
         help="per-device upload over the four stages; |S_r| is the largest that fits each "
         "round's cohort (overrides --secure-fraction; e.g. 2x the plain frame)",
     )
-    g.add_argument(
+    secure_actions["value_bits"] = g.add_argument(
         "--secure-bits",
         type=int,
         default=None,
         metavar="BITS",
-        help=f"bits per value before masking, 1-16 (default: {_secure_default('value_bits')})",
+        help="bits per value before masking, 1-16",
     )
-    g.add_argument(
+    secure_actions["clip_norm"] = g.add_argument(
         "--secure-clip",
         type=float,
         default=None,
         metavar="C",
-        help=f"L2 clip of the sent vector (default: {_secure_default('clip_norm')})",
+        help="L2 clip of the sent vector",
     )
     g.add_argument(
         "--secure-dropout",
@@ -421,6 +424,15 @@ def register(sub: Any) -> None:
         "per-round table is printed all the same",
     )
     p.set_defaults(func=_main, _flag_defaults={d: p.get_default(d) for d in _CONDITIONAL})
+
+    def complete_help(parser: argparse.ArgumentParser) -> None:
+        # The aggregator list and SecureConfig's defaults import numpy and the aggregators:
+        # added when this help is shown, not for every `plume` run.
+        parser.epilog = _EXAMPLES + _aggregator_help()
+        for name, action in secure_actions.items():
+            action.help = f"{action.help} (default: {_secure_default(name)})"
+
+    when_help(p, complete_help)
 
 
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:

@@ -1,11 +1,11 @@
 """The Plume device SDK. Importing `sdk` never imports torch; `sdk.trainer` does."""
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
-from ._data import TrainingDataError
-from ._types import LocalTrainer, TrainResult
-
 if TYPE_CHECKING:
+    from ._data import TrainingDataError
+    from ._types import LocalTrainer, TrainResult
     from .client import AsyncClient, Client, RoundReport, SecureRoundReport
 
 __all__ = [
@@ -18,11 +18,20 @@ __all__ = [
     "TrainingDataError",
 ]
 
+# Each name is loaded from its module on first use: the coordinator client imports httpx and
+# the others numpy, so `import sdk` (as `plume --help` does, for `plume export`) imports neither.
+_MODULE_OF = {
+    "AsyncClient": ".client",
+    "Client": ".client",
+    "RoundReport": ".client",
+    "SecureRoundReport": ".client",
+    "LocalTrainer": "._types",
+    "TrainResult": "._types",
+    "TrainingDataError": "._data",
+}
+
 
 def __getattr__(name: str) -> Any:
-    # The coordinator client (httpx) is loaded on first use, keeping `import sdk` light.
-    if name in ("Client", "AsyncClient", "RoundReport", "SecureRoundReport"):
-        from . import client
-
-        return getattr(client, name)
+    if name in _MODULE_OF:
+        return getattr(importlib.import_module(_MODULE_OF[name], __name__), name)
     raise AttributeError(f"module 'sdk' has no attribute {name!r}")

@@ -4,6 +4,7 @@ when a command runs. Checked in a fresh interpreter, by the modules it holds, no
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import subprocess
@@ -11,7 +12,9 @@ import sys
 from dataclasses import fields
 from pathlib import Path
 
-from coordinator.cli import build_parser, iter_parsers
+import pytest
+
+from coordinator.cli import build_parser, iter_parsers, main
 
 ROOT = Path(__file__).resolve().parents[1]
 # Top-level packages that no help text needs.
@@ -64,6 +67,63 @@ def test_every_help_imports_no_heavy_library() -> None:
     loaded = json.loads(_run(_PROBE, json.dumps(commands), json.dumps(HEAVY)))
     # Assert
     assert loaded == {}, f"--help imported heavy packages (first command that did): {loaded}"
+
+
+# The two helps that list the aggregators and SecureConfig's defaults, read from modules that
+# import numpy; every other help imports not even numpy (nor the codec and SecAgg packages).
+_HELPS_WITH_LIBRARY_TEXT = (["sim", "--help"], ["coordinator", "create-task", "--help"])
+LIGHT_TOO = ("numpy", "compression", "protocol", "cryptography", "zstandard")
+
+
+def test_the_other_helps_import_not_even_numpy() -> None:
+    # Prepare
+    commands = [[*p.prog.split()[1:], "--help"] for p in iter_parsers(build_parser())]
+    light = [c for c in commands if c not in _HELPS_WITH_LIBRARY_TEXT]
+    assert len(light) == len(commands) - len(_HELPS_WITH_LIBRARY_TEXT)
+    # Execute
+    loaded = json.loads(_run(_PROBE, json.dumps(light), json.dumps(HEAVY + LIGHT_TOO)))
+    # Assert
+    assert loaded == {}, f"--help imported packages (first command that did): {loaded}"
+
+
+def test_help_shown_still_lists_aggregators_and_secure_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Prepare
+    from coordinator.aggregators import AGGREGATOR_HELP
+    from coordinator.secure import SecureConfig
+
+    fraction = next(f.default for f in fields(SecureConfig) if f.name == "coord_fraction")
+    first_aggregator_line = AGGREGATOR_HELP.splitlines()[0].strip()
+    texts = []
+    for argv in _HELPS_WITH_LIBRARY_TEXT:
+        # Execute
+        with pytest.raises(SystemExit):
+            main(argv)
+        texts.append(" ".join(capsys.readouterr().out.split()))  # unwrap the columns
+    sim, create_task = texts
+    # Assert: the text added when the help is shown is there, once
+    assert sim.count("aggregators (--aggregator):") == 1 and first_aggregator_line in sim
+    assert "attacks (--attack NAME[:key=value,...]):" in sim
+    assert f"shared coordinates per round (default: SecureConfig's, {fraction})" in sim
+    assert create_task.count("aggregators (--aggregator):") == 1
+    assert f"shared coordinates per round (default: {fraction})" in create_task
+    assert "after it opened (default: 30.0)" in create_task
+
+
+def test_a_parser_of_another_class_gets_the_help_text_at_once() -> None:
+    # Prepare: a plain argparse parent, as some tests build
+    from mobile_sim import _cli as sim_cli
+
+    sub = argparse.ArgumentParser().add_subparsers()
+    # Execute
+    sim_cli.register(sub)
+    parser = sub.choices["sim"]
+    # Assert: no hook waits on a parser that would never run it
+    assert type(parser) is argparse.ArgumentParser
+    assert parser.epilog is not None and "aggregators (--aggregator):" in parser.epilog
+    help_of = {a.dest: a.help or "" for a in parser._actions}
+    assert "(default: SecureConfig's, " in help_of["secure_fraction"]
 
 
 def test_a_bare_plume_imports_no_heavy_library() -> None:
