@@ -79,6 +79,15 @@ def _version() -> str:
         return "(not installed)"
 
 
+class _VersionAction(argparse._VersionAction):
+    """`--version`, reading the installed version when asked (importlib.metadata is slow to
+    import, and every other `plume` run builds this parser too)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        self.version = f"plume {_version()}"
+        super().__call__(parser, *args, **kwargs)
+
+
 def when_help(
     parser: argparse.ArgumentParser, hook: Callable[[argparse.ArgumentParser], None]
 ) -> None:
@@ -114,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         formatter_class=HelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"plume {_version()}")
+    parser.add_argument("--version", action=_VersionAction)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in _SUBCOMMAND_MODULES:
         try:
