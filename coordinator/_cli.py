@@ -111,6 +111,16 @@ def _port(text: str) -> int:
     return port
 
 
+def _positive(text: str) -> float:
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (math.isfinite(x) and x > 0):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return x
+
+
 def _rounds_to_keep(text: str) -> int:
     try:
         n = int(text)
@@ -229,6 +239,23 @@ def register(sub: Any) -> None:
         "older ones are emptied after each round closes (their length and SHA-256 stay, so "
         "retried uploads still get their receipts; the frames can no longer be decoded). "
         "0 = prune every closed round. Default: keep every frame (docs/operations.md)",
+    )
+    s.add_argument(
+        "--pool-ttl",
+        type=_positive,
+        default=60.0,
+        metavar="SECONDS",
+        help="a device that has not checked in for this long leaves its task's selection pool "
+        "(default 60)",
+    )
+    s.add_argument(
+        "--max-checkin-rate",
+        type=_positive,
+        default=200.0,
+        metavar="PER_S",
+        help="check-ins per second a task's waiting devices are paced to (default 200). A dp "
+        "task accounted with population=N waits for N devices in its pool, which holds about "
+        "max-checkin-rate x pool-ttl / 2 devices (docs/privacy.md)",
     )
     s.add_argument(
         "--log-level",
@@ -486,6 +513,8 @@ def _serve(args: argparse.Namespace) -> int:
         register_burst=args.register_burst,
         body_timeout_s=args.body_timeout,
         keep_frames_rounds=args.keep_frames,
+        pool_ttl_s=args.pool_ttl,
+        max_checkin_rate=args.max_checkin_rate,
     )
     try:
         serve(

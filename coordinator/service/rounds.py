@@ -157,6 +157,10 @@ class ServiceConfig:
     keep_frames_rounds: int | None = None
 
     def __post_init__(self) -> None:
+        for name in ("pool_ttl_s", "max_checkin_rate"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
         keep = self.keep_frames_rounds
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 0):
             raise ValueError(
@@ -784,7 +788,8 @@ class Coordinator:
             f"the selection pool at once, but this coordinator's pool holds about "
             f"{capacity:g} (max_checkin_rate {self.config.max_checkin_rate:g}/s x pool_ttl_s "
             f"{self.config.pool_ttl_s:g} s / 2); lower population= to the devices really "
-            "available at once, or raise the coordinator's max_checkin_rate or pool_ttl_s"
+            "available at once, or serve with a larger --max-checkin-rate or --pool-ttl "
+            "(ServiceConfig max_checkin_rate, pool_ttl_s)"
         )
 
     def set_initial_model(self, task_id: int, snapshot: bytes) -> TaskStatus:

@@ -18,7 +18,7 @@ from coordinator.service import ServiceConfig, Store
 from coordinator.service import rounds as rounds_module
 from coordinator.service.rounds import Coordinator, pool_capacity
 
-from .test_service_support import SPEC, initial_params, task_config
+from .test_service_support import SPEC, initial_params, serve_cli, task_config
 
 
 class _Clock:
@@ -164,3 +164,31 @@ def test_a_population_the_pool_cannot_hold_is_refused_at_creation(tmp_path: Path
 )
 def test_the_pool_a_round_needs(spec: str, need: int) -> None:
     assert amplified_population(find_dp(build_aggregator(spec))) == need
+
+
+def test_the_pool_serve_flags_reach_the_config_and_bad_values_are_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: `serve` replaced by a recorder
+    parser, seen = serve_cli(monkeypatch)
+
+    def run(*flags: str) -> int:
+        args = parser.parse_args(["coordinator", "serve", *flags])
+        code: int = args.func(args)
+        return code
+
+    # Execute + Assert: the defaults, then both flags, land in the config (and its capacity)
+    assert run() == 0
+    assert (seen[-1].pool_ttl_s, seen[-1].max_checkin_rate) == (60.0, 200.0)
+    assert run("--pool-ttl", "120", "--max-checkin-rate", "500") == 0
+    assert pool_capacity(seen[-1]) == 30_000
+    for flag, bad in [("--pool-ttl", "0"), ("--max-checkin-rate", "-5"), ("--pool-ttl", "nan")]:
+        with pytest.raises(SystemExit) as exited:
+            run(flag, bad)
+        assert exited.value.code == 2
+        assert f"argument {flag}: must be a finite number > 0, got {bad}" in (
+            capsys.readouterr().err
+        )
+    for field in ("pool_ttl_s", "max_checkin_rate"):
+        with pytest.raises(ValueError, match=f"{field} must be a finite number > 0"):
+            ServiceConfig(**{field: 0.0})  # type: ignore[arg-type]
