@@ -278,7 +278,8 @@ class _Core:
         self.max_response_s = max_response_s
         self.bandwidth: dict[int, dict[str, dict[str, int]]] = {}
         self._encoders: dict[int, UpdateEncoder] = {}
-        self._participants: dict[int, SecureParticipant] = {}
+        # Keyed by (task id, model size): each task's secure residual is its own.
+        self._participants: dict[tuple[int | None, int], SecureParticipant] = {}
         # Rounds of accepted records named in a check-in since every held record was last
         # named: one still `pending` then waits while the others are asked about in turn.
         self._asked: set[int] = set()
@@ -418,14 +419,19 @@ class _Core:
             return
         ef = self.store.return_accepted(round_id, sent, record.spec.size)
         if ef is not None:
-            self._adopt(record.spec, ef)
+            self._adopt(record.task_id, record.spec, ef)
 
-    def _adopt(self, spec: ModelSpec, ef: ErrorFeedback) -> None:
-        """Make the in-memory encoders and secure participants hold the stored residual `ef`."""
-        for enc in self._encoders.values():
-            if enc.spec.fingerprint == spec.fingerprint:
-                enc.set_feedback(ef)
-        p = self._participants.get(spec.size)
+    def _adopt(self, task_id: int | None, spec: ModelSpec, ef: ErrorFeedback) -> None:
+        """Make `task_id`'s in-memory encoder and secure participant hold its stored residual
+        `ef` (None: the legacy residual, which belongs to the task that claimed it, if any)."""
+        if task_id is None:
+            task_id = self.store.legacy_claimer()
+            if task_id is None:
+                return  # no task holds it yet: the first to claim it loads it from the store
+        enc = self._encoders.get(task_id)
+        if enc is not None and enc.spec.fingerprint == spec.fingerprint:
+            enc.set_feedback(ef)
+        p = self._participants.get((task_id, spec.size))
         if p is not None:
             p.residual = ef.residual.astype(np.float32, copy=True)
 
@@ -495,7 +501,7 @@ class _Core:
         enc = self._encoders.get(a.task_id)
         if enc is None or enc.spec.fingerprint != spec.fingerprint:
             enc = UpdateEncoder(spec, a.codec.to_config())
-            ef = self.store.load_residual(spec.size)
+            ef = self.store.load_residual(spec.size, a.task_id)
             if ef is not None:
                 enc.set_feedback(ef)
             self._encoders[a.task_id] = enc
@@ -514,7 +520,9 @@ class _Core:
         delta = (trained - params).astype(np.float32)
         rng = np.random.default_rng([a.seed, a.round_id, int(self.device_id[:12], 16), 2])
         frame, _ = enc.encode(delta, rng, float(num_examples))
-        pending = PendingUpload(a.round_id, uuid.uuid4().hex, frame, spec.dense_bytes, spec)
+        pending = PendingUpload(
+            a.round_id, uuid.uuid4().hex, frame, spec.dense_bytes, spec, a.task_id
+        )
         self.store.save_pending(pending, enc.feedback)
         return pending
 
@@ -548,7 +556,7 @@ class _Core:
             return
         ef = self.store.refuse_pending(sent, spec.size)
         if ef is not None:
-            self._adopt(spec, ef)
+            self._adopt(pending.task_id, spec, ef)
 
     def accept_upload(self, pending: PendingUpload, spec: ModelSpec | None) -> None:
         """The coordinator accepted `pending`: keep what it carried until a check-in says its
@@ -557,24 +565,38 @@ class _Core:
 
     # -- secure rounds -------------------------------------------------------------------
 
-    def secure_participant(self, size: int) -> SecureParticipant:
-        """This device's secure-mode state; its residual persists in the app directory."""
-        p = self._participants.get(size)
+    def secure_participant(self, size: int, task_id: int | None = None) -> SecureParticipant:
+        """This device's secure-mode state in task `task_id` for a model of `size` scalars; its
+        residual (the task's, as for plain rounds) persists in the app directory. Without
+        `task_id`: the participant of `size` this client used last, else the legacy
+        residual's."""
+        if task_id is None:
+            used = [p for (_, n), p in self._participants.items() if n == size]
+            if used:
+                return used[-1]
+        p = self._participants.get((task_id, size))
         if p is None:
             p = SecureParticipant(size)
-            ef = self.store.load_residual(size)
+            ef = self.store.load_residual(size, task_id)
             if ef is not None:
                 p.residual = ef.residual.astype(np.float32, copy=True)
-            self._participants[size] = p
+        self._participants.pop((task_id, size), None)  # the last used goes last
+        self._participants[(task_id, size)] = p
         return p
 
-    def save_secure_residual(self, participant: SecureParticipant) -> None:
+    def save_secure_residual(
+        self, participant: SecureParticipant, task_id: int | None = None
+    ) -> None:
         ef = ErrorFeedback(participant.size)
         ef.residual = participant.residual
-        self.store.save_residual(ef)
+        self.store.save_residual(ef, task_id)
 
     def keep_secure_input(
-        self, round_id: int, spec: ModelSpec, participant: SecureParticipant
+        self,
+        round_id: int,
+        spec: ModelSpec,
+        participant: SecureParticipant,
+        task_id: int | None = None,
     ) -> None:
         """Save the residual after a secure round that took the masked input, with, while the
         round's outcome is unknown, what the input stood for as the accepted record (a lossless
@@ -583,7 +605,7 @@ class _Core:
         ef.residual = participant.residual
         sent = participant.sent_dense()
         if sent is None:
-            self.store.save_residual(ef)
+            self.store.save_residual(ef, task_id)
             return
         nonzero = int(np.count_nonzero(sent))
         # k_for rounds (nonzero + 0.5) to nonzero or nonzero + 1: never fewer than the nonzeros.
@@ -591,10 +613,10 @@ class _Core:
         try:
             frame, _ = UpdateCodec(spec, config).encode(sent, np.random.default_rng(0), weight=0.0)
         except (CodecError, ValueError):  # not expected (finite values): keep the residual
-            self.store.save_residual(ef)
+            self.store.save_residual(ef, task_id)
             participant.forget_sent()
             return
-        self.store.save_accepted(AcceptedUpload(round_id, frame, spec), ef)
+        self.store.save_accepted(AcceptedUpload(round_id, frame, spec, task_id), ef)
         participant.forget_sent()  # the app directory holds it now
 
     def secure_setup_exchange(self, round_id: int) -> _Exchange:
@@ -1085,7 +1107,7 @@ def _secure_flow(
     if node is None:
         raise _bad(response, f"secure setup: node {response.headers.get(SecAggHeader.NODE)!r}")
     own = participant is None
-    part = participant if participant is not None else core.secure_participant(spec.size)
+    part = participant or core.secure_participant(spec.size, a.task_id)
     session = part.join(response.content, digest, params, node)
     delta, n, loss = update(params)
     if rng is None:
@@ -1169,7 +1191,7 @@ def _secure_flow(
                 # back into the residual now (a 409 round_closed may still commit it).
                 part.return_sent()
             if own:
-                core.keep_secure_input(a.round_id, spec, part)
+                core.keep_secure_input(a.round_id, spec, part, a.task_id)
         elif restore is not None:
             part.residual = restore
             part.forget_sent()  # computed, never taken

@@ -5,21 +5,31 @@ Layout (every file replaced atomically: write to a temp file, fsync, rename, fsy
     device_key       32-byte Ed25519 private key (every file mode 0600, the directory 0700)
     state.json       device id, task, model version, digest, whether the model is exact
     model.f32        the model at that version, little-endian float32[d]
-    residual.bin     the error-feedback residual (`ErrorFeedback.to_bytes`), of the one model
-                     the device last encoded for (see `_add_to_residual`)
+    residual-<t>.bin the error-feedback residual of task t (`ErrorFeedback.to_bytes`, then a
+                     16-byte trailer naming t): at most MAX_RESIDUALS tasks, the least recently
+                     written dropped past that
+    residual.bin     the residual an older SDK kept for every task (no trailer), until the first
+                     task that uses it with a matching size claims it (state.json
+                     `legacy_residual_task`); see `_claim_legacy`
     pending.json     an upload not yet acknowledged: round, idempotency key, frame file name
     pending.frame    its frame bytes; pending.residual the residual that assumes it
-    pending.refused  the residual after a refusal, until it replaces residual.bin
+    pending.refused  the residual after a refusal, until it replaces its task's residual file
     accepted-<r>.json  an accepted upload to round r whose outcome is not known yet: round,
                      layout, size and SHA-256 of accepted-<r>.frame (at most MAX_ACCEPTED
                      records; the oldest is forgotten past that)
     accepted-<r>.frame what that upload carried, as an update frame decoding under the layout:
                      the frame sent (plain round), or the values a masked input stood for
     accepted-<r>.residual  the residual that assumes a secure record, until it replaces
-                     residual.bin
+                     its task's residual file
     accepted-<r>.settled   the residual with the record's content added back, likewise
     accepted.json, accepted.frame (and .residual, .settled): the single record an older SDK
                      kept; moved to accepted-<r>.* when the directory is opened
+
+Every staged residual (pending.residual, pending.refused, accepted-<r>.residual and .settled)
+carries the trailer of its task, so a crash-interrupted step finishes into that task's file;
+one without a trailer (an older SDK's, or of an upload or record that names no task) belongs to
+the legacy residual. pending.json and accepted-<r>.json name their task (`task_id`), absent in
+files an older SDK wrote.
 """
 
 from __future__ import annotations
@@ -44,6 +54,7 @@ __all__ = [
     "DeviceStoreError",
     "PendingUpload",
     "MAX_ACCEPTED",
+    "MAX_RESIDUALS",
     "MAX_SPEC_JSON_BYTES",
 ]
 
@@ -62,6 +73,15 @@ _HEX_DIGITS = frozenset("0123456789abcdef")
 MAX_ACCEPTED = 8
 # The files of one accepted record: accepted-<round id>.<kind>.
 _RECORD_FILE = re.compile(r"accepted-([1-9][0-9]{0,18})\.(json|frame|residual|settled)")
+# Most tasks whose residuals are kept (residual-<task id>.bin). Past it the least recently
+# written is dropped: that task's next update then lacks what its residual held, as after a
+# fresh install (docs/devices.md, "Error feedback across tasks").
+MAX_RESIDUALS = 8
+_RESIDUAL_FILE = re.compile(r"residual-(0|[1-9][0-9]{0,18})\.bin")
+# The trailer after a task's residual: magic, then the task id (little-endian u64).
+_TASK_MAGIC = b"PLUMTASK"
+_TRAILER = len(_TASK_MAGIC) + 8
+_EF_HEADER = 16  # ErrorFeedback.to_bytes's header; its bytes 8..12 hold the scalar count
 
 
 class DeviceStoreError(ValueError):
@@ -71,7 +91,7 @@ class DeviceStoreError(ValueError):
 class PendingUpload:
     """An encoded update waiting for the coordinator's receipt."""
 
-    __slots__ = ("round_id", "key", "frame", "dense_bytes", "spec")
+    __slots__ = ("round_id", "key", "frame", "dense_bytes", "spec", "task_id")
 
     def __init__(
         self,
@@ -80,6 +100,7 @@ class PendingUpload:
         frame: bytes,
         dense_bytes: int = 0,
         spec: ModelSpec | None = None,
+        task_id: int | None = None,
     ) -> None:
         self.round_id = round_id
         self.key = key
@@ -88,18 +109,24 @@ class PendingUpload:
         # The layout the frame decodes under: after a restart it lets a refused upload's
         # content go back into the residual (None for records written before it was kept).
         self.spec = spec
+        # The task whose residual a refusal returns the content to (None: written by an older
+        # SDK, or by a caller that names no task: the legacy residual's).
+        self.task_id = task_id
 
 
 class AcceptedUpload:
     """An upload the coordinator accepted whose round's outcome the device has not learnt:
     `frame` decodes under `spec` to the dense content (float32[d]) it added to the round."""
 
-    __slots__ = ("round_id", "frame", "spec")
+    __slots__ = ("round_id", "frame", "spec", "task_id")
 
-    def __init__(self, round_id: int, frame: bytes, spec: ModelSpec) -> None:
+    def __init__(
+        self, round_id: int, frame: bytes, spec: ModelSpec, task_id: int | None = None
+    ) -> None:
         self.round_id = round_id
         self.frame = frame
         self.spec = spec
+        self.task_id = task_id  # whose residual takes the content back (None: the legacy one)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -152,6 +179,51 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise DeviceStoreError(f"{path} ({what}) is not a JSON object")
     return data
+
+
+def _residual_bytes(ef: ErrorFeedback, task_id: int | None) -> bytes:
+    """`ef` as stored: `ErrorFeedback.to_bytes`, then the trailer naming `task_id` (none for
+    the legacy residual)."""
+    raw = ef.to_bytes()
+    if task_id is None:
+        return raw
+    return raw + _TASK_MAGIC + task_id.to_bytes(8, "little")
+
+
+def _residual_size(path: Path) -> int | None:
+    """The scalar count a stored residual holds (read from its header, checked against its
+    length with or without a trailer), or None for a file that is neither."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size < _EF_HEADER:
+            return None
+        with open(path, "rb") as f:
+            head = f.read(_EF_HEADER)
+    except OSError:
+        return None
+    d = int.from_bytes(head[8:12], "little")
+    return d if st.st_size in (_EF_HEADER + 4 * d, _EF_HEADER + 4 * d + _TRAILER) else None
+
+
+def _residual_task(path: Path) -> int | None:
+    """The task a stored residual names in its trailer; None without one (legacy)."""
+    d = _residual_size(path)
+    if d is None or os.stat(path).st_size != _EF_HEADER + 4 * d + _TRAILER:
+        return None
+    with open(path, "rb") as f:
+        f.seek(_EF_HEADER + 4 * d)
+        tail = f.read(_TRAILER)
+    if tail[: len(_TASK_MAGIC)] != _TASK_MAGIC:
+        return None
+    return int.from_bytes(tail[len(_TASK_MAGIC) :], "little")
+
+
+def _task_field(meta: dict[str, Any]) -> int | None:
+    """A metadata file's `task_id`: None when absent (an older SDK's) or not a task id."""
+    value = meta.get("task_id")
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        return None
+    return value
 
 
 def _count(meta: dict[str, Any], name: str, path: Path, default: int | None = None) -> int:
@@ -244,19 +316,20 @@ class DeviceStore:
 
     # -- error feedback ------------------------------------------------------------------
     #
-    # residual.bin is the residual, except in two windows, each closed by a rename:
-    # - after save_pending committed pending.json and before it rewrote residual.bin:
+    # A task's residual file (`_dest`) is its residual, except in two windows, each closed by
+    # a rename:
+    # - after save_pending committed pending.json and before it rewrote the task's file:
     #   pending.residual exists only then, so with pending.json it is the residual;
     # - after refuse_pending removed pending.json (its commit point) and before it renamed
-    #   pending.refused over residual.bin: without pending.json, pending.refused is the residual.
+    #   pending.refused over the task's file: without pending.json, pending.refused is it.
     # A pending.refused next to pending.json is a refusal that never committed: ignored.
-
     #
     # Each accepted record (accepted-<r>.*) has the same two windows: accepted-<r>.residual
-    # with accepted-<r>.json is the residual (save_accepted committed, residual.bin not yet
+    # with accepted-<r>.json is the residual (save_accepted committed, the task's file not yet
     # rewritten); accepted-<r>.settled without accepted-<r>.json is the residual (the record's
     # return committed, not yet renamed). Every step closes its window before it returns, so at
-    # most one window (pending or accepted) is open at a time.
+    # most one window (pending or accepted) is open at a time. The staged file's trailer names
+    # the task whose residual it is.
 
     def _record_files(self) -> dict[int, set[str]]:
         """The accepted-<r>.* files present: round id -> the kinds present (json, frame, ...)."""
@@ -270,7 +343,27 @@ class DeviceStore:
     def _record(self, round_id: int, kind: str) -> Path:
         return self.root / f"accepted-{round_id}.{kind}"
 
-    def _residual_path(self) -> Path:
+    def legacy_claimer(self) -> int | None:
+        """The task that claimed the older SDK's residual (`_claim_legacy`), or None (also
+        while state.json does not read: the claim is then neither made nor followed, and the
+        unreadable file is reported by the calls that need it)."""
+        try:
+            st = self.state()
+        except (DeviceStoreError, OSError):
+            return None
+        return _task_field({"task_id": st.get("legacy_residual_task")})
+
+    def _dest(self, task_id: int | None) -> Path:
+        """The file holding `task_id`'s residual outside a window; None is the legacy residual
+        (residual.bin, or once claimed the claiming task's file)."""
+        if task_id is None:
+            task_id = self.legacy_claimer()
+            if task_id is None:
+                return self.root / "residual.bin"
+        return self.root / f"residual-{task_id}.bin"
+
+    def _window(self) -> Path | None:
+        """The staged file of the open window (see above), if one is open."""
         if (self.root / "pending.json").exists():
             if (self.root / "pending.residual").exists():
                 return self.root / "pending.residual"
@@ -281,7 +374,19 @@ class DeviceStore:
                 return self._record(round_id, "residual")
             if "json" not in kinds and "settled" in kinds:
                 return self._record(round_id, "settled")
-        return self.root / "residual.bin"
+        return None
+
+    def _residual_path(self, task_id: int | None) -> Path:
+        dest = self._dest(task_id)
+        window = self._window()
+        if window is not None and self._dest(_residual_task(window)) == dest:
+            return window
+        return dest
+
+    def _finish(self, staged: Path) -> None:
+        """Rename a staged residual over its task's file (a window closing)."""
+        os.replace(staged, self._dest(_residual_task(staged)))
+        _fsync_dir(self.root)
 
     def _settle_refusal(self) -> None:
         """Finish (or drop, if it never committed) a refusal a crash interrupted."""
@@ -291,8 +396,7 @@ class DeviceStore:
         if (self.root / "pending.json").exists():
             _unlink(refused)
         else:
-            os.replace(refused, self.root / "residual.bin")
-            _fsync_dir(self.root)
+            self._finish(refused)
 
     def _settle_window(self, meta: Path, frame: Path, held: Path, settled: Path) -> None:
         """Finish (or drop, if it never committed) a step on one accepted record that a crash
@@ -300,17 +404,15 @@ class DeviceStore:
         window."""
         if meta.exists():
             _unlink(settled)  # a return that never committed
-            if held.exists():  # save_accepted committed before it rewrote residual.bin
-                os.replace(held, self.root / "residual.bin")
-                _fsync_dir(self.root)
+            if held.exists():  # save_accepted committed before it rewrote the task's file
+                self._finish(held)
             if not frame.exists():
                 _unlink(meta)  # not a record (foreign): it would count against the bound
         else:
             _unlink(held)  # a save that never committed, or a frame whose record is gone
             _unlink(frame)
             if settled.exists():  # a return that committed before its rename
-                os.replace(settled, self.root / "residual.bin")
-                _fsync_dir(self.root)
+                self._finish(settled)
 
     def _migrate_single_record(self) -> None:
         """Move an older SDK's accepted.json / accepted.frame to accepted-<r>.*, in steps a
@@ -342,29 +444,95 @@ class DeviceStore:
 
     def _recover(self) -> None:
         # At most one of these windows is open: each step closes its own before returning.
+        self._finish_claim()
         self._settle_refusal()
         self._settle_accepted()
 
-    def load_residual(self, size: int) -> ErrorFeedback | None:
-        """The residual (float32[size]) the device carries, or None if none is held for `size`."""
-        path = self._residual_path()
-        if not path.exists():
-            return None
-        if os.stat(path).st_size != 16 + 4 * size:  # another model's (or a torn) file: unread
-            return None
+    # -- the older SDK's residual, and the bound on residuals -----------------------------
+
+    def _claim_legacy(self, task_id: int, size: int) -> None:
+        """Make the older SDK's residual (kept for every task alike) `task_id`'s when that task
+        holds none and it holds `size` scalars: the first task to use it with a matching size
+        takes it. An older SDK reset the residual whenever the model size changed, so it holds
+        error of models of this size only, most likely of the task the device ran last, which
+        is the task an upgraded app runs first. Writing the claim to state.json is the commit
+        point; the rename after it is finished by `_finish_claim` after a crash."""
+        if self.legacy_claimer() is not None:
+            return
         try:
-            return ErrorFeedback.from_bytes(path.read_bytes(), size)
+            self.state()
+        except (DeviceStoreError, OSError):
+            return  # the claim could not be written: the old residual stays unclaimed
+        src = self._residual_path(None)
+        if not src.exists() or _residual_size(src) != size:
+            return
+        if self._residual_path(task_id).exists():
+            return
+        self.update_state(legacy_residual_task=task_id)
+        self._finish_claim()
+
+    def _finish_claim(self) -> None:
+        claimer, legacy = self.legacy_claimer(), self.root / "residual.bin"
+        if claimer is None or not legacy.exists():
+            return
+        dest = self._dest(claimer)
+        if not dest.exists():  # it always is missing: a task with a residual claims nothing
+            os.replace(legacy, dest)
+            _fsync_dir(self.root)
+
+    def _evict_residuals(self, keep: Path) -> None:
+        """Past MAX_RESIDUALS task residual files, drop the least recently written (never
+        `keep`, the one just written)."""
+        held = [
+            self.root / name
+            for name in os.listdir(self.root)
+            if (m := _RESIDUAL_FILE.fullmatch(name)) is not None and int(m.group(1)) < 2**63
+        ]
+        if len(held) <= MAX_RESIDUALS:
+            return
+        held.sort(key=lambda p: (p == keep, os.stat(p).st_mtime_ns, p.name))
+        for path in held[: len(held) - MAX_RESIDUALS]:
+            _unlink(path)
+
+    # -- residuals -----------------------------------------------------------------------
+
+    def load_residual(self, size: int, task_id: int | None = None) -> ErrorFeedback | None:
+        """The residual (float32[size]) the device carries for `task_id`, or None if none is
+        held for that task and size. A task holding none first claims the older SDK's residual
+        of that size (`_claim_legacy`). `task_id` None reads the legacy residual."""
+        if task_id is not None:
+            self._claim_legacy(task_id, size)
+        path = self._residual_path(task_id)
+        if not path.exists() or _residual_size(path) != size:  # another model's (or torn)
+            return None
+        raw = path.read_bytes()
+        want = _EF_HEADER + 4 * size
+        if len(raw) == want + _TRAILER:
+            if raw[want : want + len(_TASK_MAGIC)] != _TASK_MAGIC:
+                return None
+            raw = raw[:want]
+        try:
+            return ErrorFeedback.from_bytes(raw, size)
         except ValueError:
             return None  # another model's residual: start afresh
 
-    def save_residual(self, ef: ErrorFeedback) -> None:
-        _write(self.root / "residual.bin", ef.to_bytes())
-        # Leftovers of an interrupted save or refusal would otherwise shadow this newer residual.
-        for name in ("pending.residual", "pending.refused"):
-            _unlink(self.root / name)
+    def _staged(self) -> list[Path]:
+        """Every staged residual file present (open window or leftover)."""
+        names = [n for n in ("pending.residual", "pending.refused") if (self.root / n).exists()]
         for round_id, kinds in self._record_files().items():
-            for kind in kinds & {"residual", "settled"}:
-                _unlink(self._record(round_id, kind))
+            names += [f"accepted-{round_id}.{k}" for k in sorted(kinds & {"residual", "settled"})]
+        return [self.root / n for n in names]
+
+    def save_residual(self, ef: ErrorFeedback, task_id: int | None = None) -> None:
+        """Make `ef` `task_id`'s residual (None: the legacy residual). Other tasks' residuals
+        are untouched."""
+        dest = self._dest(task_id)
+        _write(dest, _residual_bytes(ef, task_id))
+        # Leftovers of an interrupted save or refusal would otherwise shadow this newer residual.
+        for staged in self._staged():
+            if self._dest(_residual_task(staged)) == dest:
+                _unlink(staged)
+        self._evict_residuals(dest)
 
     # -- pending upload ------------------------------------------------------------------
 
@@ -378,6 +546,8 @@ class DeviceStore:
             "dense_bytes": pending.dense_bytes,
             "sha256": hashlib.sha256(pending.frame).hexdigest(),
         }
+        if pending.task_id is not None:
+            meta["task_id"] = pending.task_id
         if pending.spec is not None:
             meta["spec"] = pending.spec.to_json()
         encoded = json.dumps(meta).encode()
@@ -391,9 +561,9 @@ class DeviceStore:
         # Withdraw an older commit point first: its metadata must never pair with this frame.
         _unlink(self.root / "pending.json")
         _write(self.root / "pending.frame", pending.frame)
-        _write(self.root / "pending.residual", ef.to_bytes())
+        _write(self.root / "pending.residual", _residual_bytes(ef, pending.task_id))
         _write(self.root / "pending.json", encoded)
-        self.save_residual(ef)
+        self.save_residual(ef, pending.task_id)
 
     def load_pending(self) -> PendingUpload | None:
         """The unacknowledged upload, or None. Raises `DeviceStoreError` if pending.json is
@@ -413,6 +583,10 @@ class DeviceStore:
             not isinstance(digest, str) or len(digest) != 64 or set(digest) - _HEX_DIGITS
         ):
             raise DeviceStoreError(f"{meta_path}: sha256 must be 64 lower-case hex digits")
+        # Files an older SDK wrote name no task: their content is the legacy residual's.
+        task_id = _task_field(meta)
+        if "task_id" in meta and task_id is None:
+            raise DeviceStoreError(f"{meta_path}: task_id must be an integer in [0, 2^63)")
         if size > _MAX_FRAME_BYTES or os.stat(frame_path).st_size != size:
             return None  # not the frame this metadata describes
         frame = frame_path.read_bytes()
@@ -433,24 +607,24 @@ class DeviceStore:
                 spec = ModelSpec.from_json(meta["spec"])
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 raise DeviceStoreError(f"{meta_path}: spec is not a model layout ({exc})") from exc
-        return PendingUpload(round_id, key, frame, dense, spec)
+        return PendingUpload(round_id, key, frame, dense, spec, task_id)
 
     def clear_pending(self) -> None:
         """Forget the pending upload, keeping the residual that assumes it."""
         self._recover()
         meta, held = self.root / "pending.json", self.root / "pending.residual"
         if meta.exists() and held.exists():
-            # save_pending committed but had not yet rewritten residual.bin: finish that first.
-            os.replace(held, self.root / "residual.bin")
-            _fsync_dir(self.root)
+            # save_pending committed but had not yet rewritten the task's file: finish that.
+            self._finish(held)
         _unlink(meta)
         _unlink(self.root / "pending.frame")
         _unlink(held)
 
     def refuse_pending(self, sent: npt.NDArray[np.float32], size: int) -> ErrorFeedback | None:
         """Forget a pending upload the coordinator refused for good, adding `sent` (its decoded
-        update, float32[size]) back into the residual, which is returned (None, the residual
-        untouched, when the one held is another model's: see `_add_to_residual`).
+        update, float32[size]) back into the residual of the upload's task, which is returned
+        (None, the residual untouched, when the one held is another model's: see
+        `_add_to_residual`).
 
         One crash-safe step: a crash before the commit leaves the upload pending with the
         residual untouched (a retry is refused again and adds `sent` once); after it, the
@@ -459,8 +633,19 @@ class DeviceStore:
         if sent.shape != (size,):
             raise ValueError(f"sent of shape {sent.shape}, model has {size} scalars")
         self._recover()
+        task_id = None
+        if (self.root / "pending.json").exists():
+            try:
+                task_id = _task_field(_read_json(self.root / "pending.json", "pending upload"))
+            except DeviceStoreError:
+                pass  # not an upload load_pending returns: nothing of it is named
         return self._add_to_residual(
-            size, sent, "pending.refused", "pending.json", ("pending.frame", "pending.residual")
+            size,
+            sent,
+            "pending.refused",
+            "pending.json",
+            ("pending.frame", "pending.residual"),
+            task_id,
         )
 
     # -- accepted uploads awaiting their rounds' outcomes ---------------------------------
@@ -485,7 +670,7 @@ class DeviceStore:
         self._recover()
         self._write_record(record, ef)
         if ef is not None:
-            self.save_residual(ef)
+            self.save_residual(ef, record.task_id)
         self._evict()
 
     def _write_record(self, record: AcceptedUpload, ef: ErrorFeedback | None) -> None:
@@ -495,6 +680,8 @@ class DeviceStore:
             "sha256": hashlib.sha256(record.frame).hexdigest(),
             "spec": record.spec.to_json(),
         }
+        if record.task_id is not None:
+            meta["task_id"] = record.task_id
         encoded = json.dumps(meta).encode()
         if len(encoded) > _MAX_JSON_BYTES:
             raise DeviceStoreError(
@@ -505,7 +692,7 @@ class DeviceStore:
         _unlink(self._record(r, "json"))  # an older record must never pair with this frame
         _write(self._record(r, "frame"), record.frame)
         if ef is not None:
-            _write(self._record(r, "residual"), ef.to_bytes())
+            _write(self._record(r, "residual"), _residual_bytes(ef, record.task_id))
         _write(self._record(r, "json"), encoded)
 
     def _evict(self) -> None:
@@ -524,7 +711,9 @@ class DeviceStore:
         with it) its content cannot be restored, so it is only forgotten, as before."""
         spec = spec if spec is not None else pending.spec
         if spec is not None and pending.round_id >= 1:
-            self.save_accepted(AcceptedUpload(pending.round_id, pending.frame, spec))
+            self.save_accepted(
+                AcceptedUpload(pending.round_id, pending.frame, spec, pending.task_id)
+            )
         self.clear_pending()
 
     def accepted_rounds(self) -> list[int]:
@@ -543,13 +732,16 @@ class DeviceStore:
             spec = ModelSpec.from_json(meta["spec"])
         except (DeviceStoreError, ValueError, TypeError, KeyError, AttributeError):
             return None
+        task_id = _task_field(meta)
+        if "task_id" in meta and task_id is None:
+            return None
         digest = meta.get("sha256")
         if round_id < 1 or size > _MAX_FRAME_BYTES or os.stat(frame_path).st_size != size:
             return None
         frame = frame_path.read_bytes()
         if len(frame) != size or hashlib.sha256(frame).hexdigest() != digest:
             return None
-        return AcceptedUpload(round_id, frame, spec)
+        return AcceptedUpload(round_id, frame, spec, task_id)
 
     def load_accepted(self, round_id: int | None = None) -> AcceptedUpload | None:
         """The accepted record of `round_id` (by default the oldest one that loads), or None:
@@ -581,7 +773,8 @@ class DeviceStore:
         if sent.shape != (size,):
             raise ValueError(f"sent of shape {sent.shape}, model has {size} scalars")
         self._recover()
-        if self.load_accepted(round_id) is None:
+        record = self.load_accepted(round_id)
+        if record is None:
             return None
         return self._add_to_residual(
             size,
@@ -589,6 +782,7 @@ class DeviceStore:
             f"accepted-{round_id}.settled",
             f"accepted-{round_id}.json",
             (f"accepted-{round_id}.frame",),
+            record.task_id,
         )
 
     def _add_to_residual(
@@ -598,35 +792,40 @@ class DeviceStore:
         staging: str,
         commit: str,
         leftovers: tuple[str, ...],
+        task_id: int | None,
     ) -> ErrorFeedback | None:
-        """Residual += `sent`, written to `staging` first; removing the `commit` file is the
-        commit point (`_recover` finishes or drops the step after a crash), then the staged
-        residual replaces residual.bin and the `leftovers` go.
+        """`task_id`'s residual += `sent`, written to `staging` first; removing the `commit`
+        file is the commit point (`_recover` finishes or drops the step after a crash), then the
+        staged residual replaces the task's file and the `leftovers` go. Other tasks' residuals
+        are not touched; `task_id` None is the legacy residual (an older SDK's upload).
 
-        The app directory holds the residual of one model: the one the device last encoded
-        for. If it holds one of another size (the device moved to another task's model since
-        `sent` was encoded), `sent` belongs to a model whose residual is gone: it is not
-        added, and that residual is not replaced (adding it to zeros of its size would
-        discard the current model's residual). The upload or record is then dropped as if
-        delivered and None returned. No residual held at all: `sent` starts one.
+        A task's residual is of one model: the one the device last encoded for in that task. If
+        it holds one of another size (the task's model changed size since `sent` was encoded),
+        `sent` belongs to a model whose residual is gone: it is not added, and that residual is
+        not replaced (adding it to zeros of its size would discard the current model's
+        residual). The upload or record is then dropped as if delivered and None returned. No
+        residual held at all: `sent` starts one.
         """
-        current = self._residual_path()
-        if current.exists() and os.stat(current).st_size != 16 + 4 * size:
+        if task_id is not None:
+            self._claim_legacy(task_id, size)
+        current = self._residual_path(task_id)
+        if current.exists() and _residual_size(current) != size:
             if current.name in leftovers:  # a window of this very upload: keep what it holds
-                os.replace(current, self.root / "residual.bin")
-                _fsync_dir(self.root)
+                self._finish(current)
             _unlink(self.root / commit)
             for name in leftovers:
                 _unlink(self.root / name)
             return None
-        base = self.load_residual(size) or ErrorFeedback(size)
+        base = self.load_residual(size, task_id) or ErrorFeedback(size)
         ef = ErrorFeedback(size)
         ef.residual = (base.residual + sent).astype(np.float32)
         staged = self.root / staging
-        _write(staged, ef.to_bytes())
+        _write(staged, _residual_bytes(ef, task_id))
         _unlink(self.root / commit)  # the commit point
-        os.replace(staged, self.root / "residual.bin")
+        dest = self._dest(task_id)
+        os.replace(staged, dest)
         _fsync_dir(self.root)
         for name in leftovers:
             _unlink(self.root / name)
+        self._evict_residuals(dest)
         return ef

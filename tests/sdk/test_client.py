@@ -164,7 +164,7 @@ def test_refused_upload_returns_its_content_to_the_residual(tmp_path: Path, reas
     with pytest.raises(ClientError):
         client.upload(pending, SPEC)
     # Assert: nothing the device computed is lost; the residual now holds the whole delta
-    ef = DeviceStore(tmp_path).load_residual(SPEC.size)
+    ef = DeviceStore(tmp_path).load_residual(SPEC.size, 1)
     assert ef is not None
     np.testing.assert_allclose(ef.residual, delta, atol=1e-6)
     assert client.resume_pending() is None  # and nothing is left pending
@@ -173,7 +173,7 @@ def test_refused_upload_returns_its_content_to_the_residual(tmp_path: Path, reas
 def test_pending_upload_and_residual_survive_a_restart(tmp_path: Path) -> None:
     # Prepare: the app encodes an update, then dies before any answer arrives
     pending = _left_offline(tmp_path, np.full(SPEC.size, 0.3, np.float32))
-    residual = DeviceStore(tmp_path).load_residual(SPEC.size)
+    residual = DeviceStore(tmp_path).load_residual(SPEC.size, 1)
     assert residual is not None
     # Execute: a new process on the same app directory resumes the upload
     sent: list[httpx.Request] = []
@@ -188,7 +188,7 @@ def test_pending_upload_and_residual_survive_a_restart(tmp_path: Path) -> None:
     assert receipt is not None and receipt.duplicate
     assert sent[0].content == pending.frame
     assert sent[0].headers["idempotency-key"] == pending.key
-    again = DeviceStore(tmp_path).load_residual(SPEC.size)
+    again = DeviceStore(tmp_path).load_residual(SPEC.size, 1)
     assert again is not None
     np.testing.assert_array_equal(again.residual, residual.residual)
     assert second.resume_pending() is None
@@ -202,7 +202,7 @@ def test_a_resumed_upload_refused_after_a_restart_returns_its_content(tmp_path: 
     second = Client("http://coord", str(tmp_path), transport=httpx.MockTransport(_round_closed))
     assert second.resume_pending() is None
     # Assert: the whole delta is back in the residual and nothing is pending
-    ef = DeviceStore(tmp_path).load_residual(SPEC.size)
+    ef = DeviceStore(tmp_path).load_residual(SPEC.size, 1)
     assert ef is not None
     np.testing.assert_allclose(ef.residual, delta, atol=1e-6)
     assert DeviceStore(tmp_path).load_pending() is None
@@ -233,7 +233,7 @@ def test_train_round_settles_an_upload_left_unsent_before_encoding_a_new_one(
         )  # fmt: skip
     # Assert: the old upload went out first, was refused, and its delta is in the residual
     assert seen[0] == "/v1/rounds/5/updates"
-    ef = DeviceStore(tmp_path).load_residual(SPEC.size)
+    ef = DeviceStore(tmp_path).load_residual(SPEC.size, 1)
     assert ef is not None and DeviceStore(tmp_path).load_pending() is None
     np.testing.assert_allclose(ef.residual, delta, atol=1e-6)
 
@@ -406,7 +406,7 @@ def test_a_new_round_settles_a_pending_upload_or_waits(
     # Prepare: an upload left pending offline; its re-send gets `status`/`reason`
     delta = np.linspace(-1, 1, SPEC.size).astype(np.float32)
     pending = _left_offline(tmp_path, delta)
-    before = DeviceStore(tmp_path).load_residual(SPEC.size)
+    before = DeviceStore(tmp_path).load_residual(SPEC.size, 1)
     assert before is not None
     seen: list[str] = []
 
@@ -430,7 +430,7 @@ def test_a_new_round_settles_a_pending_upload_or_waits(
 
     # Assert: settled (and then the download tried), or kept pending and nothing else sent
     store = DeviceStore(tmp_path)
-    after = store.load_residual(SPEC.size)
+    after = store.load_residual(SPEC.size, 1)
     assert after is not None
     if settled:
         assert store.load_pending() is None

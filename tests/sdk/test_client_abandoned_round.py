@@ -54,8 +54,9 @@ def _await_state(url: str, round_id: int, state: str, timeout: float = 20.0) -> 
             time.sleep(0.02)
 
 
-def _residual(root: Path, size: int) -> npt.NDArray[np.float32]:
-    ef = DeviceStore(root).load_residual(size)
+def _residual(root: Path, size: int, task_id: int | None = None) -> npt.NDArray[np.float32]:
+    """The residual of `task_id` (None: the legacy one) held in `root`."""
+    ef = DeviceStore(root).load_residual(size, task_id)
     assert ef is not None
     return ef.residual.copy()
 
@@ -124,13 +125,13 @@ def test_an_abandoned_round_returns_the_accepted_upload_to_the_residual(
     report = a.train_round(assigned[a.device_id], SoftmaxTrainer(), x, y)
     assignment = report.round_id
     assert report.receipt.accepted and assigned[b.device_id].round_id == assignment
-    after_upload = _residual(tmp_path / "a", SPEC.size)
+    after_upload = _residual(tmp_path / "a", SPEC.size, task_id)
     sent = _sent(tmp_path / "a")
     _await_state(url, assignment, "abandoned")
 
     # Execute: A's next check-in asks about that round; a second one asks nothing
     a.check_in(task_id)
-    settled = _residual(tmp_path / "a", SPEC.size)
+    settled = _residual(tmp_path / "a", SPEC.size, task_id)
     a.check_in(task_id)
 
     # Assert: the content is back, exactly as a refusal puts it back (residual + decoded
@@ -139,7 +140,7 @@ def test_an_abandoned_round_returns_the_accepted_upload_to_the_residual(
     assert seen.answers[-2]["round_outcome"] == "abandoned"
     assert "awaiting_round" not in seen.sent[-1] and "round_outcome" not in seen.answers[-1]
     np.testing.assert_array_equal(settled, (after_upload + sent).astype(np.float32))
-    np.testing.assert_array_equal(_residual(tmp_path / "a", SPEC.size), settled)
+    np.testing.assert_array_equal(_residual(tmp_path / "a", SPEC.size, task_id), settled)
     np.testing.assert_array_equal(a._core._encoders[task_id].feedback.residual, settled)
     assert np.count_nonzero(sent) > 0
     assert DeviceStore(tmp_path / "a").load_accepted() is None
@@ -156,7 +157,7 @@ def test_a_committed_round_leaves_the_residual_alone(url: str, tmp_path: Path) -
     a.register()
     x, y = local_data(2)
     report = a.train_round(await_assignment(a, task_id), SoftmaxTrainer(), x, y)
-    after_upload = _residual(tmp_path / "a", SPEC.size)
+    after_upload = _residual(tmp_path / "a", SPEC.size, task_id)
     _await_state(url, report.round_id, "committed")
 
     # Execute
@@ -165,7 +166,7 @@ def test_a_committed_round_leaves_the_residual_alone(url: str, tmp_path: Path) -
     # Assert
     assert seen.sent[-1]["awaiting_round"] == report.round_id
     assert seen.answers[-1]["round_outcome"] == "committed"
-    np.testing.assert_array_equal(_residual(tmp_path / "a", SPEC.size), after_upload)
+    np.testing.assert_array_equal(_residual(tmp_path / "a", SPEC.size, task_id), after_upload)
     assert DeviceStore(tmp_path / "a").load_accepted() is None
     a.close()
 
@@ -197,7 +198,7 @@ def test_the_async_client_returns_an_abandoned_upload_the_same_way(
             await asyncio.gather(a.aclose(), b.aclose())
 
     round_id, _ = asyncio.run(scenario())
-    after_upload = _residual(tmp_path / "a", SPEC.size)
+    after_upload = _residual(tmp_path / "a", SPEC.size, task_id)
     sent = _sent(tmp_path / "a")
     _await_state(url, round_id, "abandoned")
 
@@ -211,7 +212,7 @@ def test_the_async_client_returns_an_abandoned_upload_the_same_way(
     # Assert
     assert outcome == "abandoned"
     np.testing.assert_array_equal(
-        _residual(tmp_path / "a", SPEC.size), (after_upload + sent).astype(np.float32)
+        _residual(tmp_path / "a", SPEC.size, task_id), (after_upload + sent).astype(np.float32)
     )
     assert DeviceStore(tmp_path / "a").load_accepted() is None
 
@@ -342,7 +343,7 @@ def test_a_secure_round_abandoned_after_the_masked_inputs_returns_them(
         t.join(60)
     r0 = reports[0]
     assert r0 is not None and "masked-input" in r0.stages and not r0.completed
-    after = _residual(tmp_path / "s0", SECURE_SPEC.size)
+    after = _residual(tmp_path / "s0", SECURE_SPEC.size, task_id)
     assert not np.allclose(after, deltas[0])  # a part of u was sent
     sent = _sent(tmp_path / "s0")
     _await_state(url, r0.round_id, "abandoned")
@@ -352,10 +353,10 @@ def test_a_secure_round_abandoned_after_the_masked_inputs_returns_them(
 
     # Assert: what the masked input stood for is back: residual = u (delta + old residual 0)
     assert answer.round_outcome == "abandoned"
-    settled = _residual(tmp_path / "s0", SECURE_SPEC.size)
+    settled = _residual(tmp_path / "s0", SECURE_SPEC.size, task_id)
     np.testing.assert_array_equal(settled, (after + sent).astype(np.float32))
     np.testing.assert_allclose(settled, deltas[0], atol=1e-6)
-    participant = clients[0]._core.secure_participant(SECURE_SPEC.size)
+    participant = clients[0]._core.secure_participant(SECURE_SPEC.size, task_id)
     np.testing.assert_array_equal(participant.residual, settled)
     for c in clients:
         c.close()
@@ -397,7 +398,7 @@ def test_a_410_after_the_masked_input_returns_it_at_once(url: str, tmp_path: Pat
     r0 = reports[0]
     assert r0 is not None and "masked-input" in r0.stages and not r0.completed
     assert "aborted" in r0.detail
-    np.testing.assert_allclose(_residual(tmp_path / "v", SECURE_SPEC.size), delta, atol=1e-6)
+    np.testing.assert_allclose(_residual(tmp_path / "v", SECURE_SPEC.size, task_id), delta, atol=1e-6)
     assert DeviceStore(tmp_path / "v").load_accepted() is None
     for c in clients:
         c.close()

@@ -41,8 +41,10 @@ def _dense(r: int) -> bytes:
     return frame
 
 
-def _residual(root: Path, size: int = SPEC.size) -> npt.NDArray[np.float32]:
-    ef = DeviceStore(root).load_residual(size)
+def _residual(
+    root: Path, size: int = SPEC.size, task_id: int | None = None
+) -> npt.NDArray[np.float32]:
+    ef = DeviceStore(root).load_residual(size, task_id)
     assert ef is not None
     return ef.residual.copy()
 
@@ -161,6 +163,7 @@ def test_an_upload_accepted_in_another_task_keeps_a_pending_rounds_record(
     r1 = first.round_id
     sent1 = DeviceStore(tmp_path / "a").load_accepted()  # the only record yet
     assert sent1 is not None and sent1.round_id == r1
+    after_first = _residual(tmp_path / "a", TASK_SPEC.size, t1)
     second = a.train_round(await_assignment(a, t2), SoftmaxTrainer(), x, y)
     r2 = second.round_id
     # Round 1 was named in task 2's check-ins and was still pending
@@ -169,7 +172,7 @@ def test_an_upload_accepted_in_another_task_keeps_a_pending_rounds_record(
         for s, o in zip(seen.sent, seen.answers, strict=True)
     ]
     assert (r1, "pending") in asked
-    after_second = _residual(tmp_path / "a", TASK_SPEC.size)
+    after_second = _residual(tmp_path / "a", TASK_SPEC.size, t2)
     assert DeviceStore(tmp_path / "a").accepted_rounds() == [r1, r2]
     _await_state(url, r1, "abandoned")
     _await_state(url, r2, "committed")
@@ -178,14 +181,16 @@ def test_an_upload_accepted_in_another_task_keeps_a_pending_rounds_record(
     # last), a third asks nothing
     outcomes = [a.check_in(t2).round_outcome for _ in range(3)]
 
-    # Assert: round 1's content is back in the residual once (before the fix, round 2's record
-    # replaced round 1's and round 1's content was lost); round 2's stays delivered
+    # Assert: round 1's content is back in task 1's residual once (before the fix, round 2's
+    # record replaced round 1's and round 1's content was lost); round 2's stays delivered, and
+    # task 2's residual is untouched (task 1's content is not folded into another task's)
     assert outcomes == ["committed", "abandoned", None]
     content = UpdateCodec(TASK_SPEC, CodecConfig.dense()).decode(sent1.frame).to_dense()
     assert np.count_nonzero(content) > 0
     np.testing.assert_array_equal(
-        _residual(tmp_path / "a", TASK_SPEC.size), (after_second + content).astype(np.float32)
+        _residual(tmp_path / "a", TASK_SPEC.size, t1), (after_first + content).astype(np.float32)
     )
+    np.testing.assert_array_equal(_residual(tmp_path / "a", TASK_SPEC.size, t2), after_second)
     assert DeviceStore(tmp_path / "a").accepted_rounds() == []
     a.close()
     b.close()
