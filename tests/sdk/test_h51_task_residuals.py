@@ -551,3 +551,190 @@ def test_a_pending_upload_naming_a_foreign_task_id_is_refused(tmp_path: Path) ->
 
     with pytest.raises(device_store.DeviceStoreError, match="task_id"):
         store.load_pending()
+
+
+# -- a keyed pending save and a keyed return, crashed anywhere ---------------------------------
+
+_SAVE_PENDING_POINTS = [
+    (device_store, "_unlink", "pending.json"),
+    (device_store, "_write", "pending.frame"),
+    (device_store, "_write", "pending.residual"),
+    (device_store, "_write", "pending.json"),
+    (device_store, "_write", "residual-2.bin"),
+    (device_store, "_unlink", "pending.residual"),
+]
+_RETURN_POINTS = [
+    (device_store, "_write", "accepted-8.settled"),
+    (device_store, "_unlink", "accepted-8.json"),
+    (os, "replace", "accepted-8.settled"),
+    (device_store, "_unlink", "accepted-8.frame"),
+]
+
+
+@pytest.mark.parametrize(
+    ("target", "attr", "name"),
+    [pytest.param(t, a, n, id=f"{a}-{n}") for t, a, n in _SAVE_PENDING_POINTS],
+)
+def test_a_pending_save_crashed_anywhere_keeps_old_or_new_of_its_task_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: Any, attr: str, name: str
+) -> None:
+    # Prepare: tasks 1 and 2 hold 0.5 and 1.0; task 2's encode saves its upload with 2.0
+    store = DeviceStore(tmp_path)
+    store.save_residual(_ef(0.5), 1)
+    store.save_residual(_ef(1.0), 2)
+    _crash_on(monkeypatch, name, target, attr)
+    with pytest.raises(_Crash):
+        DeviceStore(tmp_path).save_pending(
+            PendingUpload(6, "k" * 32, _frame(6), 144, SPEC, 2), _ef(2.0)
+        )
+    monkeypatch.undo()
+
+    # Execute: restart
+    store = DeviceStore(tmp_path)
+    pending = store.load_pending()
+    held_1, held_2 = store.load_residual(SPEC.size, 1), store.load_residual(SPEC.size, 2)
+
+    # Assert: the upload with task 2's new residual, or neither; task 1 untouched
+    assert held_1 is not None and held_2 is not None
+    np.testing.assert_array_equal(held_1.residual, _ef(0.5).residual)
+    if pending is not None:
+        assert pending.task_id == 2 and pending.frame == _frame(6)
+        np.testing.assert_array_equal(held_2.residual, _ef(2.0).residual)
+    else:
+        np.testing.assert_array_equal(held_2.residual, _ef(1.0).residual)
+
+
+@pytest.mark.parametrize(
+    ("target", "attr", "name"),
+    [pytest.param(t, a, n, id=f"{a}-{n}") for t, a, n in _RETURN_POINTS],
+)
+def test_a_return_crashed_anywhere_adds_once_to_its_task_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: Any, attr: str, name: str
+) -> None:
+    # Prepare: task 1 holds 0.5, task 2 holds 1.0 and a record of round 8; the record's return
+    # (content 2.0) dies at one write
+    store = DeviceStore(tmp_path)
+    store.save_residual(_ef(0.5), 1)
+    store.save_accepted(AcceptedUpload(8, _frame(8), SPEC, 2), _ef(1.0))
+    sent = np.full(SPEC.size, 2.0, np.float32)
+    _crash_on(monkeypatch, name, target, attr)
+    with pytest.raises(_Crash):
+        DeviceStore(tmp_path).return_accepted(8, sent, SPEC.size)
+    monkeypatch.undo()
+
+    # Execute: restart; the next answer settles it again
+    store = DeviceStore(tmp_path)
+    store.return_accepted(8, sent, SPEC.size)
+
+    # Assert: task 2 holds 1.0 + 2.0 once, task 1 still 0.5, nothing staged is left
+    held_1, held_2 = store.load_residual(SPEC.size, 1), store.load_residual(SPEC.size, 2)
+    assert held_1 is not None and held_2 is not None
+    np.testing.assert_array_equal(held_1.residual, _ef(0.5).residual)
+    np.testing.assert_array_equal(held_2.residual, _ef(3.0).residual)
+    assert store.accepted_rounds() == []
+    assert not list(tmp_path.glob("accepted-*"))
+
+
+def test_points_cover_every_write_of_a_keyed_pending_save_and_return(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = DeviceStore(tmp_path)
+    store.save_residual(_ef(0.5), 1)
+    store.save_residual(_ef(1.0), 2)
+    seen: list[tuple[str, str]] = []
+
+    def spy(attr: str, real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(path: Any, *args: Any, **kwargs: Any) -> Any:
+            if not Path(path).name.endswith(".tmp"):  # _write's own rename is its write
+                seen.append((attr, Path(path).name))
+            return real(path, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(device_store, "_write", spy("_write", device_store._write))
+    monkeypatch.setattr(device_store, "_unlink", spy("_unlink", device_store._unlink))
+    monkeypatch.setattr(os, "replace", spy("replace", os.replace))
+    DeviceStore(tmp_path).save_pending(
+        PendingUpload(6, "k" * 32, _frame(6), 144, SPEC, 2), _ef(2.0)
+    )
+    saved = list(seen)
+    monkeypatch.undo()
+    DeviceStore(tmp_path).clear_pending()
+    DeviceStore(tmp_path).save_accepted(AcceptedUpload(8, _frame(8), SPEC, 2))
+    seen.clear()
+    monkeypatch.setattr(device_store, "_write", spy("_write", device_store._write))
+    monkeypatch.setattr(device_store, "_unlink", spy("_unlink", device_store._unlink))
+    monkeypatch.setattr(os, "replace", spy("replace", os.replace))
+    DeviceStore(tmp_path).return_accepted(8, np.full(SPEC.size, 2.0, np.float32), SPEC.size)
+    monkeypatch.undo()
+
+    assert saved == [(a, n) for _, a, n in _SAVE_PENDING_POINTS]
+    assert seen == [(a, n) for _, a, n in _RETURN_POINTS]
+
+
+@pytest.mark.parametrize(
+    ("target", "attr", "name"),
+    [
+        pytest.param(device_store, "_write", "state.json", id="_write-state.json"),
+        pytest.param(os, "replace", "residual.bin", id="replace-residual.bin"),
+        *[pytest.param(t, a, n, id=f"{a}-{n}") for t, a, n in _RETURN_POINTS],
+    ],
+)
+def test_a_return_that_claims_the_legacy_residual_crashed_anywhere_loses_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: Any, attr: str, name: str
+) -> None:
+    # Prepare: an older SDK's residual (1.0); task 2's record of round 8 (task 2 holds no
+    # residual) is returned with 2.0, claiming the old residual first, and dies at one write
+    DeviceStore(tmp_path).save_residual(_ef(1.0))
+    DeviceStore(tmp_path).save_accepted(AcceptedUpload(8, _frame(8), SPEC, 2))
+    sent = np.full(SPEC.size, 2.0, np.float32)
+    _crash_on(monkeypatch, name, target, attr)
+    with pytest.raises(_Crash):
+        DeviceStore(tmp_path).return_accepted(8, sent, SPEC.size)
+    monkeypatch.undo()
+
+    # Execute: restart; the next answer settles it again
+    store = DeviceStore(tmp_path)
+    store.return_accepted(8, sent, SPEC.size)
+
+    # Assert: task 2 holds the old residual plus the record, once; no other copy is left
+    held = store.load_residual(SPEC.size, 2)
+    assert held is not None
+    np.testing.assert_array_equal(held.residual, _ef(3.0).residual)
+    assert sorted(p.name for p in tmp_path.glob("residual*")) == ["residual-2.bin"]
+    assert store.load_residual(SPEC.size, 3) is None
+
+
+@pytest.mark.parametrize(
+    ("target", "attr", "name"),
+    [pytest.param(t, a, n, id=f"{a}-{n}") for t, a, n in _REFUSE_POINTS],
+)
+def test_a_legacy_refusal_after_the_claim_crashed_anywhere_goes_to_the_claimer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, target: Any, attr: str, name: str
+) -> None:
+    # Prepare: the older SDK's directory (residual 1.0, a pending upload naming no task); task
+    # 2 claims the residual, task 5 holds its own; the old upload's refusal (4.0) dies
+    _legacy_dir(tmp_path, 1.0)
+    store = DeviceStore(tmp_path)
+    assert store.load_residual(SPEC.size, 2) is not None
+    store.save_residual(_ef(0.5), 5)
+    sent = np.full(SPEC.size, 4.0, np.float32)
+    _crash_on(monkeypatch, name, target, attr)
+    with pytest.raises(_Crash):
+        DeviceStore(tmp_path).refuse_pending(sent, SPEC.size)
+    monkeypatch.undo()
+
+    # Execute: restart; a refusal not yet committed is retried
+    store = DeviceStore(tmp_path)
+    if store.load_pending() is not None:
+        store.refuse_pending(sent, SPEC.size)
+
+    # Assert: the claiming task holds 1.0 + 4.0 once; task 5 untouched; no residual.bin again
+    held_2, held_5 = store.load_residual(SPEC.size, 2), store.load_residual(SPEC.size, 5)
+    assert held_2 is not None and held_5 is not None
+    np.testing.assert_array_equal(held_2.residual, _ef(5.0).residual)
+    np.testing.assert_array_equal(held_5.residual, _ef(0.5).residual)
+    assert sorted(p.name for p in tmp_path.glob("residual*")) == [
+        "residual-2.bin",
+        "residual-5.bin",
+    ]
