@@ -28,6 +28,7 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
@@ -458,7 +459,8 @@ class TaskRuntime:
         self.published = np.array(params, dtype=np.float32, copy=True)
         self.version = version
         self.digest = digest
-        self.pool: dict[str, float] = {}
+        # device -> time of its last check-in, oldest first (`Coordinator._expire_pool`).
+        self.pool: OrderedDict[str, float] = OrderedDict()
         self.pool_short_logged = False
         self.current: ActiveRound | None = None
         self.waiting_since = now
@@ -854,7 +856,7 @@ class Coordinator:
             current_round=rt.current.round_id if rt and rt.current else None,
             model_digest=rt.digest if rt else row.digest,
             config=cfg,
-            pool=len(rt.pool) if rt else 0,
+            pool=len(self._expire_pool(rt, self.clock())) if rt else 0,
             pool_needed=max(rt.engine.config.cohort_size, rt.dp_pool) if rt else 0,
         )
 
@@ -897,17 +899,16 @@ class Coordinator:
             return False
         if rt.rounds_closed >= rt.config.rounds:
             return False
-        ttl = self.config.pool_ttl_s
-        for d in [d for d, t in rt.pool.items() if now - t > ttl]:
-            del rt.pool[d]
+        # Called at every check-in and tick while a task waits, with up to a dp population of
+        # devices in the pool: sizes are compared first, and the pool is listed only to open.
+        waiting = len(self._expire_pool(rt, now))
         need = rt.engine.config.cohort_size
-        fresh = sorted(rt.pool)
         timed_out = now - rt.waiting_since >= rt.config.selection_timeout_s
         # SecAgg needs three devices: with two, the sum minus one's own is the other's.
         least = max(rt.config.min_reports, 3) if rt.secure is not None else rt.config.min_reports
-        if not (len(fresh) >= need or (timed_out and len(fresh) >= least)):
+        if not (waiting >= need or (timed_out and waiting >= least)):
             return False
-        if len(fresh) < rt.dp_pool:
+        if waiting < rt.dp_pool:
             if timed_out and not rt.pool_short_logged:
                 rt.pool_short_logged = True
                 log.info(
@@ -916,10 +917,11 @@ class Coordinator:
                     "epsilon a lie; docs/privacy.md)",
                     rt.task_id,
                     rt.dp_pool,
-                    len(fresh),
+                    waiting,
                     rt.dp_pool,
                 )
             return False
+        fresh = sorted(rt.pool)
         rng = np.random.default_rng(secrets.randbits(128)) if rt.secret_selection else None
         plan = rt.engine.open_round(fresh, rng=rng)
         rt.pool_short_logged = False
@@ -958,6 +960,18 @@ class Coordinator:
             rt.pool.pop(d, None)
         log.info("task %d round %d opened with %d devices", rt.task_id, round_id, len(fresh))
         return True
+
+    def _expire_pool(self, rt: TaskRuntime, now: float) -> OrderedDict[str, float]:
+        """`rt.pool` without the devices that have not checked in for `pool_ttl_s`. The pool
+        is ordered by last check-in, so only the expired entries are looked at, not the
+        whole pool (a dp task's pool grows to its population, e.g. 30,000 devices)."""
+        pool, ttl = rt.pool, self.config.pool_ttl_s
+        while pool:
+            device, seen = next(iter(pool.items()))
+            if now - seen <= ttl:
+                break
+            del pool[device]
+        return pool
 
     def _assignment(self, rt: TaskRuntime, cur: ActiveRound) -> Assignment:
         cfg = rt.config
@@ -1045,9 +1059,10 @@ class Coordinator:
                 if device_id in cur.selected and device_id not in cur.uploaded:
                     self.metrics.check_ins.labels(CheckInAction.TRAIN).inc()
                     return CheckInResponse(CheckInAction.TRAIN, 0.0, self._assignment(rt, cur))
-            if not rt.pool:
+            if not self._expire_pool(rt, now):
                 rt.waiting_since = now  # the selection timeout runs from the first device
             rt.pool[device_id] = now
+            rt.pool.move_to_end(device_id)  # the pool stays ordered by last check-in
             if cur is None and self._maybe_open(rt, now):
                 cur = rt.current
                 assert cur is not None
