@@ -567,13 +567,8 @@ class _Core:
 
     def secure_participant(self, size: int, task_id: int | None = None) -> SecureParticipant:
         """This device's secure-mode state in task `task_id` for a model of `size` scalars; its
-        residual (the task's, as for plain rounds) persists in the app directory. Without
-        `task_id`: the participant of `size` this client used last, else the legacy
-        residual's."""
-        if task_id is None:
-            used = [p for (_, n), p in self._participants.items() if n == size]
-            if used:
-                return used[-1]
+        residual (the task's, as for plain rounds) persists in the app directory. `task_id`
+        None: the older SDK's residual (`DeviceStore.load_residual`)."""
         p = self._participants.get((task_id, size))
         if p is None:
             p = SecureParticipant(size)

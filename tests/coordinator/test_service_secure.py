@@ -141,7 +141,7 @@ def test_secure_rounds_with_dropouts_match_the_in_process_protocol(
     np.testing.assert_array_equal(final, coord.params)
     # Each device's error-feedback residual persisted in its app directory
     for c in clients[2:]:
-        np.testing.assert_array_equal(c._core.secure_participant(SPEC.size).residual,
+        np.testing.assert_array_equal(c._core.secure_participant(SPEC.size, task_id).residual,
                                       parts[c.device_id].residual)  # fmt: skip
     # Ledger: every stage's bytes, per device and direction, equal the SDK's own counts
     for r in rounds:

@@ -801,7 +801,7 @@ def test_a_secure_round_left_with_too_few_neighbours_ends_with_a_report(
         assert isinstance(report, SecureRoundReport), report
         assert not report.completed and report.detail
         assert Stage.MASKED_INPUT not in report.stages
-        assert not np.any(clients[i]._core.secure_participant(SPEC.size).residual)
+        assert not np.any(clients[i]._core.secure_participant(SPEC.size, task_id).residual)
         assert DeviceStore(tmp_path / f"d{i}").load_residual(SPEC.size) is None
     for c in clients:
         c.close()
@@ -849,7 +849,7 @@ def test_a_masked_input_that_never_arrived_leaves_the_residual_as_it_was(
         assert isinstance(out[0], httpx.ConnectError)
     else:
         assert isinstance(out[0], ClientError) and out[0].reason == "bad_response"
-    residual = victim._core.secure_participant(SPEC.size).residual
+    residual = victim._core.secure_participant(SPEC.size, task_id).residual
     np.testing.assert_array_equal(residual, carried)
     stored = DeviceStore(tmp_path / "d0").load_residual(SPEC.size)
     assert stored is not None
