@@ -24,6 +24,7 @@ import hashlib
 import json
 import logging
 import math
+import re
 import secrets
 import sqlite3
 import threading
@@ -375,26 +376,49 @@ def _instrument(
     return out
 
 
+# A device id (32 lower-case hex digits, protocol.auth) inside a longer string.
+_ID_IN_TEXT = re.compile(r"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])")
+
+
 def _own_view(value: Any, cohort: frozenset[str], me: str) -> Any:
     """`value` (a round's measurements) as device `me` may read it: every entry that names
     another device of the round's `cohort` is left out, at any depth. That is a dict key
     (anomaly norms and cosines, robust scores: per-device figures that depend on that device's
-    data), a list item (a secure round's `dropped`, `contributors` and `suspect_devices`, a
-    screen's dropped list) or a dict value. What names `me` stays, as do counts and every
-    figure about the round as a whole."""
+    data), a list item (a secure round's `dropped` and `suspect_devices`, Krum's `selected`), a
+    dict value, a string with the id in it (a message such as "report from <id> ..."), and a
+    whole pair or record in a list (`[id, score]`, `{"device": id, "norm": x}`), so that no
+    figure of another device stays behind without its name. What names `me` stays, as do
+    counts and every figure about the round as a whole."""
+    others = cohort - {me}
 
-    def other(v: Any) -> bool:
-        return isinstance(v, str) and v != me and v in cohort
+    def names(v: Any) -> bool:  # another device's id, or a string that contains one
+        if not isinstance(v, str):
+            return False
+        return v in others or (len(v) > 32 and any(m in others for m in _ID_IN_TEXT.findall(v)))
 
-    if isinstance(value, dict):
-        return {
-            k: _own_view(v, cohort, me)
-            for k, v in value.items()
-            if not other(k) and not other(v)
-        }
-    if isinstance(value, list | tuple):
-        return [_own_view(v, cohort, me) for v in value if not other(v)]
-    return value
+    def record(v: Any) -> bool:  # a list or dict about another device: its id next to figures
+        if isinstance(v, dict):
+            return any(names(x) for x in v.values())
+        if isinstance(v, list | tuple):
+            return any(names(x) for x in v) and not all(isinstance(x, str) for x in v)
+        return False
+
+    def view(v: Any) -> Any:
+        if isinstance(v, dict):
+            # A dict value that names another device only as a value of its own is walked, not
+            # dropped: {"dropped": {...}, "worst": id, "kept": 2} is about the round.
+            return {
+                k: view(x)
+                for k, x in v.items()
+                if not names(k)
+                and not names(x)
+                and not (isinstance(x, list | tuple) and record(x))
+            }
+        if isinstance(v, list | tuple):
+            return [view(x) for x in v if not names(x) and not record(x)]
+        return v
+
+    return view(value)
 
 
 def pool_capacity(config: ServiceConfig) -> float:
