@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import platform
 import time
@@ -172,6 +173,18 @@ def _record_dict(rec: RoundRecord) -> dict[str, Any]:
     return asdict(rec)
 
 
+def _finite_or_null(value: Any) -> Any:
+    """`value` with every NaN or infinite float as None (an abandoned round's `train_loss`,
+    a measurement that had nothing to measure)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_null(v) for v in value]
+    return value
+
+
 def write_run(result: SimResult, out_dir: str | Path) -> dict[str, Path]:
     """Write rounds.json, rounds.csv and ledger.csv for one run into `out_dir`."""
     out = Path(out_dir)
@@ -191,7 +204,10 @@ def write_run(result: SimResult, out_dir: str | Path) -> dict[str, Path]:
         "csv": out / "rounds.csv",
         "ledger": out / "ledger.csv",
     }
-    paths["json"].write_text(json.dumps(doc, indent=2, default=str) + "\n")
+    # allow_nan=False: NaN and Infinity are not JSON (jq and JSON.parse refuse the file)
+    paths["json"].write_text(
+        json.dumps(_finite_or_null(doc), indent=2, default=str, allow_nan=False) + "\n"
+    )
     fields = [k for k in rows[0] if k != "measurements"] if rows else []
     with paths["csv"].open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
