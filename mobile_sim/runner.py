@@ -215,10 +215,16 @@ class SimConfig:
 
     def _check_dp_sampling(self) -> None:
         """Refuse dp accounting that this fleet makes certainly wrong (docs/simulator.md,
-        "Central DP"): Poisson sampling, which no simulated selection does, and a
-        `population=` larger than the whole fleet, which no round can select from."""
+        "Central DP"): Poisson sampling, which no simulated selection does, a `population=`
+        larger than the whole fleet, which no round can select from, and a `sample=` below the
+        cohort selected (the round engine's rule, stated here before any data loads)."""
         sampling = self.dp_sampling()
         cohort = self.engine_config().cohort_size
+        if isinstance(sampling, FixedSizeSampling) and sampling.sample_size < cohort:
+            raise ValueError(
+                f"dp accounts cohorts of sample={sampling.sample_size} but the engine selects "
+                f"{cohort} (over-selection included): set sample= to the cohort"
+            )
         fix = (
             f"population=N,sample={cohort} with N at most the devices available each round "
             f"(per_round x over_selection = {cohort} are selected), or "
