@@ -398,6 +398,19 @@ class DeviceStore:
         else:
             self._finish(refused)
 
+    def _settle_pending_save(self) -> None:
+        """Finish a pending save a crash interrupted after its commit point (pending.residual
+        with pending.json: the rename save_pending had left); drop one that never committed.
+        Left open, the window would outlive the restart, and a later step's window closed by
+        `_recover` would be shadowed by it (two windows open), then overwritten by it."""
+        held = self.root / "pending.residual"
+        if not held.exists():
+            return
+        if (self.root / "pending.json").exists():
+            self._finish(held)
+        else:
+            _unlink(held)
+
     def _settle_window(self, meta: Path, frame: Path, held: Path, settled: Path) -> None:
         """Finish (or drop, if it never committed) a step on one accepted record that a crash
         interrupted: `meta` is its commit file, `held` its save window, `settled` its return
@@ -443,9 +456,11 @@ class DeviceStore:
         self._evict()  # a save that crashed before its eviction
 
     def _recover(self) -> None:
-        # At most one of these windows is open: each step closes its own before returning.
+        # At most one of these windows is open: each step closes its own before returning, and
+        # every step that opens one calls this first.
         self._finish_claim()
         self._settle_refusal()
+        self._settle_pending_save()
         self._settle_accepted()
 
     # -- the older SDK's residual, and the bound on residuals -----------------------------

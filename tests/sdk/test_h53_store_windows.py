@@ -1,0 +1,72 @@
+"""Regressions found by the model in test_h53_ef_model.py: two crash windows of the app
+directory open at once, and what each step does when the directory does not hold the upload
+it is told about."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import sdk.device_store as device_store
+from sdk.device_store import AcceptedUpload, DeviceStore, PendingUpload
+
+from .test_client import SPEC
+from .test_review_device_state import _Crash, _crash_on, _ef
+
+
+def _pending(round_id: int, task_id: int | None = 1) -> PendingUpload:
+    return PendingUpload(round_id, f"{round_id:032d}", b"\x00" * 8, 0, SPEC, task_id)
+
+
+def test_a_secure_save_crashed_while_a_pending_window_is_open_keeps_its_residual(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: task 1's pending save dies after its commit point, before it rewrote
+    # residual-1.bin (pending.residual holds the residual); the app restarts and a secure round
+    # of task 1 saves its record and residual, dying after the record's commit point too
+    store = DeviceStore(tmp_path)
+    store.save_residual(_ef(1.0), 1)
+    _crash_on(monkeypatch, "residual-1.bin")
+    with pytest.raises(_Crash):
+        store.save_pending(_pending(5), _ef(2.0))
+    with pytest.raises(_Crash):
+        DeviceStore(tmp_path).save_accepted(AcceptedUpload(6, b"secure", SPEC, 1), _ef(3.0))
+    monkeypatch.undo()
+
+    # Execute: the app restarts; later the pending upload is acknowledged
+    again = DeviceStore(tmp_path)
+    loaded = again.load_residual(SPEC.size, 1)
+    again.clear_pending()
+    after = DeviceStore(tmp_path).load_residual(SPEC.size, 1)
+
+    # Assert: the residual is the secure round's, which assumes both the pending upload and
+    # the record (before, the older pending.residual shadowed it, then replaced it)
+    assert DeviceStore(tmp_path).load_accepted(6) is not None
+    assert loaded is not None and after is not None
+    np.testing.assert_array_equal(loaded.residual, _ef(3.0).residual)
+    np.testing.assert_array_equal(after.residual, _ef(3.0).residual)
+
+
+def test_opening_the_directory_closes_a_pending_save_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a pending save dies after its commit point
+    store = DeviceStore(tmp_path)
+    store.save_residual(_ef(1.0), 1)
+    _crash_on(monkeypatch, "residual-1.bin")
+    with pytest.raises(_Crash):
+        store.save_pending(_pending(5), _ef(2.0))
+    monkeypatch.undo()
+
+    # Execute
+    DeviceStore(tmp_path)
+
+    # Assert: the window is closed (task 1's file holds the residual), the upload still pending
+    assert not (tmp_path / "pending.residual").exists()
+    assert device_store._residual_task(tmp_path / "residual-1.bin") == 1
+    ef = DeviceStore(tmp_path).load_residual(SPEC.size, 1)
+    assert ef is not None
+    np.testing.assert_array_equal(ef.residual, _ef(2.0).residual)
+    assert DeviceStore(tmp_path).load_pending() is not None
