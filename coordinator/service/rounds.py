@@ -1071,6 +1071,7 @@ class Coordinator:
     def _check_in(self, device_id: str, task_id: int | None) -> CheckInResponse:
         now = self.clock()
         retry: float | None = None
+        pace = 0.0
         for rt in sorted(self.runtimes.values(), key=lambda r: r.task_id):
             if task_id is not None and rt.task_id != task_id:
                 continue
@@ -1098,15 +1099,18 @@ class Coordinator:
             else:
                 # The round in flight ends by its deadline; come back around then.
                 wait = min(max(cur.deadline - now, self.config.poll_s), rt.config.retry_after_s)
-            # Pace steering: spread the waiting pool's check-ins so that together they stay
-            # under `max_checkin_rate` per second, however many devices there are.
-            wait = max(wait, len(rt.pool) / self.config.max_checkin_rate)
             retry = wait if retry is None else min(retry, wait)
+            # Pace steering: spread each pool's check-ins so that together they stay under
+            # `max_checkin_rate` per second, however many devices there are. A device in
+            # several pools (a check-in naming no task) is paced by the largest: the soonest
+            # wait of another task must not undo it.
+            pace = max(pace, len(rt.pool) / self.config.max_checkin_rate)
         self.metrics.check_ins.labels(CheckInAction.WAIT).inc()
         if retry is None:
             return CheckInResponse(
                 CheckInAction.WAIT, self.config.idle_retry_s, None, "no active task"
             )
+        retry = max(retry, pace)
         return CheckInResponse(CheckInAction.WAIT, round(retry, 3), None, "not selected yet")
 
     def tick(self) -> list[TaskRuntime]:
