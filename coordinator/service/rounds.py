@@ -6,6 +6,9 @@ the selection timeout passes with at least `min_reports` devices) a round opens;
 devices learn it at their next check-in, download the model, train and upload; the round closes
 when `clients_per_round` reports are in or at the deadline (late uploads are stragglers and get
 409), then aggregates and publishes in a worker thread, or is abandoned below `min_reports`.
+A task whose `dp` stage accounts amplification by sampling (`population=N,sample=k`, N > k)
+opens a round only once N devices wait, timeout or not, and draws its cohort from OS
+randomness unless the stage is seeded (docs/privacy.md, assumption 1).
 
 Recovery: accepted frames are committed with the round-state check in one transaction, and
 aggregation + publish are a deterministic function of the accepted set (sorted by device,
@@ -615,7 +618,7 @@ class Coordinator:
             for r in live:
                 self._abandon_secure_on_start(rt, r)
         if (short := self._pool_shortfall(rt.dp_pool)) is not None:
-            log.warning("task %d will not open a round: %s", task_id, short)
+            log.warning("task %d may never open a round: %s", task_id, short)
         self.metrics.model_version.labels(str(task_id)).set(rt.version)
         self.metrics.tasks.attach(
             task_id, [rt.anomaly_metrics.registry, rt.privacy_metrics.registry]
