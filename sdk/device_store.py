@@ -455,6 +455,33 @@ class DeviceStore:
                 )  # fmt: skip
         self._evict()  # a save that crashed before its eviction
 
+    def _settle_acceptance(self) -> None:
+        """Finish an `accept_pending` a crash interrupted after the record's commit point: the
+        record of the pending upload's round holds its very frame, so the pending copy goes.
+        Done when the directory is opened, before anything can settle that record: left for
+        `load_pending`, a check-in first could return the record's content (round abandoned),
+        then the re-send of the pending copy, whose receipt the coordinator replays for its
+        idempotency key, made a second record of the round, returned a second time."""
+        meta_path, frame_path = self.root / "pending.json", self.root / "pending.frame"
+        if not meta_path.exists() or not frame_path.exists():
+            return
+        try:
+            meta = _read_json(meta_path, "pending upload")
+        except (DeviceStoreError, OSError):
+            return  # not an upload load_pending returns (it reports the file)
+        round_id, size = meta.get("round_id"), meta.get("bytes")
+        if not isinstance(round_id, int) or isinstance(round_id, bool) or not 1 <= round_id:
+            return
+        if round_id not in self._record_files():
+            return
+        record = self.load_accepted(round_id)
+        if record is None or not isinstance(size, int) or len(record.frame) != size:
+            return
+        if os.stat(frame_path).st_size != size or frame_path.read_bytes() != record.frame:
+            return
+        _unlink(meta_path)  # the record holds it: the pending copy is forgotten (clear_pending)
+        _unlink(frame_path)
+
     def _recover(self) -> None:
         # At most one of these windows is open: each step closes its own before returning, and
         # every step that opens one calls this first.
@@ -462,6 +489,7 @@ class DeviceStore:
         self._settle_refusal()
         self._settle_pending_save()
         self._settle_accepted()
+        self._settle_acceptance()
 
     # -- the older SDK's residual, and the bound on residuals -----------------------------
 

@@ -4,8 +4,10 @@ it is told about."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ import sdk.device_store as device_store
 from sdk.device_store import AcceptedUpload, DeviceStore, PendingUpload
 
 from .test_client import SPEC
+from .test_h51_task_residuals import DELTA, _accept, _client, _decoded, _task
 from .test_review_device_state import _Crash, _crash_on, _ef
 
 
@@ -70,3 +73,46 @@ def test_opening_the_directory_closes_a_pending_save_window(
     assert ef is not None
     np.testing.assert_array_equal(ef.residual, _ef(2.0).residual)
     assert DeviceStore(tmp_path).load_pending() is not None
+
+
+def test_an_acceptance_crashed_before_the_pending_copy_went_is_settled_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: task 1's upload to round 5 is accepted; the app dies after the record was
+    # committed, before the pending copy was forgotten. The coordinator replays its receipt for
+    # the same idempotency key (as it does, before any round check) and answers that round 5
+    # was abandoned
+    def coordinator(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/checkin"):
+            asked = json.loads(request.content).get("awaiting_round")
+            body = {"action": "wait", "retry_after_s": 1.0, "assignment": None}
+            if asked is not None:
+                body["round_outcome"] = "abandoned"
+            return httpx.Response(200, json=body)
+        return _accept(request)
+
+    client = _client(tmp_path, coordinator)
+    params = np.zeros(SPEC.size, np.float32)
+    pending = client._core.encode(_task(1, 5), SPEC, params, params + DELTA[1], 8)
+    kept = client._core._encoders[1].feedback.residual.copy()
+    _crash_on(monkeypatch, "pending.json", device_store, "_unlink")
+    with pytest.raises(_Crash):
+        client.upload(pending, SPEC)
+    monkeypatch.undo()
+    client.close()
+
+    # Execute: the restarted app checks in first (as mobile_sim's fleet does), then trains,
+    # which settles a pending upload first, then checks in again
+    again = _client(tmp_path, coordinator)
+    again.check_in(1)
+    again.resume_pending()
+    again.check_in(1)
+    again.close()
+
+    # Assert: the abandoned upload's content is back in task 1's residual once (before, the
+    # re-send of the pending copy made a second record of round 5, returned a second time)
+    ef = DeviceStore(tmp_path).load_residual(SPEC.size, 1)
+    assert ef is not None
+    np.testing.assert_allclose(ef.residual, kept + _decoded(pending.frame), atol=1e-6)
+    assert DeviceStore(tmp_path).load_pending() is None
+    assert DeviceStore(tmp_path).accepted_rounds() == []
