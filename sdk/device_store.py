@@ -1,6 +1,7 @@
 """The app directory: what a device keeps between launches so a restarted app resumes.
 
-Layout (every file replaced atomically: write to a temp file, fsync, rename, fsync the directory):
+Layout (every file replaced atomically: write to a temp file, fsync, rename, fsync the directory;
+the temp files a crash left are removed when the directory is opened):
 
     device_key       32-byte Ed25519 private key (every file mode 0600, the directory 0700)
     state.json       device id, task, model version, digest, whether the model is exact
@@ -78,6 +79,12 @@ _RECORD_FILE = re.compile(r"accepted-([1-9][0-9]{0,18})\.(json|frame|residual|se
 # fresh install (docs/devices.md, "Error feedback across tasks").
 MAX_RESIDUALS = 8
 _RESIDUAL_FILE = re.compile(r"residual-(0|[1-9][0-9]{0,18})\.bin")
+# The temp file of each file this module writes (`_write`): its name, then ".tmp".
+_STORE_TEMP = re.compile(
+    r"(device_key|state\.json|model\.f32|residual(-[0-9]{1,19})?\.bin"
+    r"|pending\.(json|frame|residual|refused)"
+    r"|accepted(-[0-9]{1,19})?\.(json|frame|residual|settled))\.tmp"
+)
 # The trailer after a task's residual: magic, then the task id (little-endian u64).
 _TASK_MAGIC = b"PLUMTASK"
 _TRAILER = len(_TASK_MAGIC) + 8
@@ -241,7 +248,16 @@ class DeviceStore:
         self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
         # Finish what a crash interrupted, and move an older SDK's single accepted record to
         # the accepted-<r>.* files, before anything is read.
+        self._drop_temp_files()
         self._recover()
+
+    def _drop_temp_files(self) -> None:
+        """Remove the temp files of writes a crash cut before their rename (`_write`): none is
+        ever the state, and one named after a round (accepted-<r>.frame.tmp) or a dropped task
+        would never be written over, so each such crash would keep a file for the app's life."""
+        for name in os.listdir(self.root):
+            if _STORE_TEMP.fullmatch(name) and (self.root / name).is_file():
+                _unlink(self.root / name)
 
     # -- identity ------------------------------------------------------------------------
 

@@ -445,7 +445,7 @@ class EFStore(RuleBasedStateMachine):
         assert len(residuals) <= device_store.MAX_RESIDUALS, names
         assert not {"accepted.json", "accepted.frame"} & set(names), names  # moved at open
         for n in names:
-            assert n.endswith(".tmp") or n in _ALLOWED or _STAGED(n), f"unexpected file {n}"
+            assert n in _ALLOWED or _STAGED(n), f"unexpected file {n}"  # no temp file left
 
 
 _ALLOWED = {"state.json", "residual.bin", "pending.json", "pending.frame", "pending.residual"}

@@ -116,3 +116,46 @@ def test_an_acceptance_crashed_before_the_pending_copy_went_is_settled_once(
     np.testing.assert_allclose(ef.residual, kept + _decoded(pending.frame), atol=1e-6)
     assert DeviceStore(tmp_path).load_pending() is None
     assert DeviceStore(tmp_path).accepted_rounds() == []
+
+
+def test_temp_files_a_crash_left_are_removed_when_the_directory_is_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: crashes between a temp file's write and its rename, for the records of three
+    # rounds (each leaves accepted-<r>.frame.tmp, a name no later write reuses)
+    store = DeviceStore(tmp_path)
+    real = device_store.os.replace
+
+    def crash(src: object, dst: object) -> None:
+        if str(src).endswith(".frame.tmp"):
+            raise _Crash(str(src))
+        real(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(device_store.os, "replace", crash)
+    for r in (5, 6, 7):
+        with pytest.raises(_Crash):
+            store.save_accepted(AcceptedUpload(r, b"frame", SPEC, 1))
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.glob("*.tmp")) == [
+        f"accepted-{r}.frame.tmp" for r in (5, 6, 7)
+    ]
+
+    # Execute
+    DeviceStore(tmp_path)
+
+    # Assert: none is left (before, each stayed for the app's life: disk use grew by one
+    # frame per such crash)
+    assert list(tmp_path.glob("*.tmp")) == []
+
+
+def test_temp_files_of_other_names_are_left_alone(tmp_path: Path) -> None:
+    # Prepare: a file the store never writes, ending in .tmp (an app's own, say)
+    (tmp_path / "notes.txt.tmp").write_bytes(b"mine")
+    (tmp_path / "pending.json.tmp").write_bytes(b"{")
+
+    # Execute
+    DeviceStore(tmp_path)
+
+    # Assert
+    assert (tmp_path / "notes.txt.tmp").read_bytes() == b"mine"
+    assert not (tmp_path / "pending.json.tmp").exists()
