@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import math
 import ssl
@@ -417,7 +418,8 @@ class _Core:
         except CodecError:
             self.store.forget_accepted(round_id)  # cannot be restored: as before records
             return
-        ef = self.store.return_accepted(round_id, sent, record.spec.size)
+        with self._reload_on_error(record.task_id):
+            ef = self.store.return_accepted(round_id, sent, record.spec.size)
         if ef is not None:
             self._adopt(record.task_id, record.spec, ef)
 
@@ -523,8 +525,26 @@ class _Core:
         pending = PendingUpload(
             a.round_id, uuid.uuid4().hex, frame, spec.dense_bytes, spec, a.task_id
         )
-        self.store.save_pending(pending, enc.feedback)
+        with self._reload_on_error(a.task_id):
+            self.store.save_pending(pending, enc.feedback)
         return pending
+
+    @contextlib.contextmanager
+    def _reload_on_error(self, task_id: int | None) -> Iterator[None]:
+        """A store step on `task_id`'s residual that raises (a full disk, a foreign file) did
+        not happen, or happened whole, in the app directory; which one, only the directory
+        knows. The task's encoder and secure participants are dropped, so its next round
+        loads the residual from there instead of one in memory that assumes an upload the
+        directory never kept (its content then never sent) or misses a return it finished."""
+        try:
+            yield
+        except BaseException:
+            owner = task_id if task_id is not None else self.store.legacy_claimer()
+            if owner is not None:
+                self._encoders.pop(owner, None)
+            for key in [k for k in self._participants if k[0] in (task_id, owner)]:
+                del self._participants[key]
+            raise
 
     def upload_exchange(self, pending: PendingUpload, dense_bytes: int) -> _Exchange:
         return _Exchange(
@@ -554,7 +574,8 @@ class _Core:
         except CodecError:
             self.store.clear_pending()
             return
-        ef = self.store.refuse_pending(sent, spec.size)
+        with self._reload_on_error(pending.task_id):
+            ef = self.store.refuse_pending(sent, spec.size)
         if ef is not None:
             self._adopt(pending.task_id, spec, ef)
 

@@ -41,6 +41,7 @@ from .test_client import SPEC
 from .test_review_device_state import _Crash
 
 OTHER = ModelSpec.from_shapes([("w", (3, 5)), ("b", (5,))])
+THIRD = ModelSpec.from_shapes([("w", (3, 4))])  # task 3's model after it changed size
 SPECS = {SPEC.size: SPEC, OTHER.size: OTHER}
 TASKS = {1: SPEC, 2: SPEC, 3: OTHER}  # tasks 1 and 2 share a model size
 MAX_ACCEPTED = 3  # patched in, so that the bound is reached within a few steps
@@ -288,6 +289,7 @@ class EFStore(RuleBasedStateMachine):
         self.root = Path(self.tmp.name) / "app"
         self.model = Model()
         self.next_round = 10
+        self.specs = dict(TASKS)
         self.saved_max = device_store.MAX_ACCEPTED
         device_store.MAX_ACCEPTED = MAX_ACCEPTED
 
@@ -335,7 +337,7 @@ class EFStore(RuleBasedStateMachine):
     def encode(self, task: int, at: int | None, seed: int) -> None:
         """What `_Core.encode` does: the encoder loads the task's residual, then the upload is
         saved as pending with the residual that assumes it."""
-        spec, round_id = TASKS[task], self.fresh_round()
+        spec, round_id = self.specs[task], self.fresh_round()
         delta, sent = _vec([seed + 1, -2, 3], spec.size), _vec([seed, 1], spec.size)
         claimed = self.model.copy()
         claimed.claim(task, spec.size)
@@ -415,7 +417,7 @@ class EFStore(RuleBasedStateMachine):
     )
     def secure(self, task: int, at: int | None, seed: int) -> None:
         """What a secure round that took the masked input saves (`keep_secure_input`)."""
-        spec, round_id = TASKS[task], self.fresh_round()
+        spec, round_id = self.specs[task], self.fresh_round()
         delta, sent = _vec([seed - 2, 5], spec.size), _vec([1, seed], spec.size)
         claimed = self.model.copy()
         claimed.claim(task, spec.size)
@@ -431,6 +433,36 @@ class EFStore(RuleBasedStateMachine):
             np.testing.assert_array_equal(stored, base)
             record = AcceptedUpload(round_id, _frame(sent), spec, task)
             store.save_accepted(record, _ef(stored + delta - sent))
+
+        self.step(at, run, self.model, claimed, done)
+
+    @rule()
+    def resize(self) -> None:
+        """Task 3's model changes size (or back): its residual, uploads and records of the
+        other size are then another model's."""
+        self.specs[3] = THIRD if self.specs[3] is OTHER else OTHER
+
+    @rule(
+        task=st.sampled_from(sorted(TASKS)),
+        at=st.none() | st.integers(0, 6),
+        seed=st.integers(0, 5),
+    )
+    def keep_unsent(self, task: int, at: int | None, seed: int) -> None:
+        """A secure round whose masked input was never taken keeps its residual only."""
+        spec = self.specs[task]
+        delta = _vec([seed, -1], spec.size)
+        claimed = self.model.copy()
+        claimed.claim(task, spec.size)
+        base = claimed.res[task]
+        base = base if base is not None and base.size == spec.size else 0 * delta
+        done = claimed.copy()
+        done.res[task] = base + delta
+
+        def run(store: DeviceStore) -> None:
+            held = store.load_residual(spec.size, task)
+            stored = held.residual if held is not None else np.zeros(spec.size, np.float32)
+            np.testing.assert_array_equal(stored, base)
+            store.save_residual(_ef(stored + delta), task)
 
         self.step(at, run, self.model, claimed, done)
 
