@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -48,17 +49,21 @@ MAX_ACCEPTED = 3  # patched in, so that the bound is reached within a few steps
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _old_store_module() -> types.ModuleType:
+def _old_store_module() -> types.ModuleType | None:
     """sdk/device_store.py as the SDK before per-task residuals and several records had it
-    (00724fe^): the code that wrote the app directories a new SDK must migrate."""
-    source = subprocess.run(
-        ["git", "show", "00724fe^:sdk/device_store.py"],
-        cwd=ROOT, check=True, capture_output=True, text=True,
-    ).stdout  # fmt: skip
+    (00724fe^): the code that wrote the app directories a new SDK must migrate. None outside
+    a git checkout holding that commit (the model then starts from empty directories only)."""
+    try:
+        source = subprocess.run(
+            ["git", "show", "00724fe^:sdk/device_store.py"],
+            cwd=ROOT, check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+    except (OSError, subprocess.CalledProcessError):
+        return None
     spec = importlib.util.spec_from_loader("_old_device_store", loader=None)
     assert spec is not None
     module = importlib.util.module_from_spec(spec)
-    sys.modules["_old_device_store"] = module  # for the dataclass-free classes' __module__
+    sys.modules["_old_device_store"] = module
     exec(compile(source, "old_device_store.py", "exec"), module.__dict__)
     return module
 
@@ -300,7 +305,7 @@ class EFStore(RuleBasedStateMachine):
     @initialize(data=st.data(), legacy=st.booleans())
     def start(self, data: st.DataObject, legacy: bool) -> None:
         self.root.mkdir()
-        if legacy:
+        if legacy and OLD is not None:
             self.model = _legacy_dir(self.root, data)
         self.check(observe(self.root), [self.model])
 
@@ -504,4 +509,6 @@ TestEFStore = EFStore.TestCase
 
 def test_the_old_store_module_is_the_older_sdk() -> None:
     # The migration above is only as good as the code that wrote the old directories.
+    if OLD is None:
+        pytest.skip("no git checkout with 00724fe: the older SDK's code is not at hand")
     assert not hasattr(OLD, "MAX_RESIDUALS") and not hasattr(OLD, "MAX_ACCEPTED")
