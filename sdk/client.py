@@ -410,18 +410,27 @@ class _Core:
             return
         if outcome not in (UploadOutcome.ABANDONED, UploadOutcome.EXCLUDED, UploadOutcome.UNKNOWN):
             return
+        self._return_record(round_id)
+
+    def _return_record(self, round_id: int) -> tuple[int | None, npt.NDArray[np.float32]] | None:
+        """Add the content of the record of `round_id` back into its task's residual (stored
+        and in memory) and drop the record; (the task whose residual took it, the content
+        float32[d]), or None when nothing was added."""
         record = self.store.load_accepted(round_id)
         if record is None:
-            return
+            return None
         try:
             sent = UpdateCodec(record.spec, _any_config()).decode(record.frame).to_dense()
         except CodecError:
             self.store.forget_accepted(round_id)  # cannot be restored: as before records
-            return
+            return None
         with self._reload_on_error(record.task_id):
             ef = self.store.return_accepted(round_id, sent, record.spec.size)
-        if ef is not None:
-            self._adopt(record.task_id, record.spec, ef)
+        if ef is None:
+            return None
+        self._adopt(record.task_id, record.spec, ef)
+        owner = record.task_id if record.task_id is not None else self.store.legacy_claimer()
+        return owner, sent
 
     def _adopt(self, task_id: int | None, spec: ModelSpec, ef: ErrorFeedback) -> None:
         """Make `task_id`'s in-memory encoder and secure participant hold its stored residual
@@ -582,7 +591,23 @@ class _Core:
     def accept_upload(self, pending: PendingUpload, spec: ModelSpec | None) -> None:
         """The coordinator accepted `pending`: keep what it carried until a check-in says its
         round committed (`settle_outcome`); it stops being pending."""
+        if (spec if spec is not None else pending.spec) is not None:
+            self._return_replaced(pending.round_id, pending.frame)
         self.store.accept_pending(pending, spec)
+
+    def _return_replaced(
+        self, round_id: int, frame: bytes
+    ) -> tuple[int | None, npt.NDArray[np.float32]] | None:
+        """Before a new record of `round_id` replaces a held one of other bytes: that one was an
+        upload to an earlier round of the same id, which a coordinator restored from a backup
+        hands out again (ids continue from the backup's). The restored coordinator holds no
+        such upload (it would answer `unknown`), and the new round took this device's new
+        upload, not that one: its content goes back into its task's residual, once (see
+        `_return_record`)."""
+        held = self.store.load_accepted(round_id)
+        if held is None or held.frame == frame:
+            return None
+        return self._return_record(round_id)
 
     # -- secure rounds -------------------------------------------------------------------
 
@@ -632,6 +657,13 @@ class _Core:
             self.store.save_residual(ef, task_id)
             participant.forget_sent()
             return
+        mine = participant.residual
+        returned = self._return_replaced(round_id, frame)
+        # A return into this task put the stored residual (from before this round) into its
+        # participants: this round's is the one to keep, with the returned content added.
+        if returned is not None and returned[0] == task_id and returned[1].size == mine.size:
+            participant.residual = (mine + returned[1]).astype(np.float32)
+        ef.residual = participant.residual
         self.store.save_accepted(AcceptedUpload(round_id, frame, spec, task_id), ef)
         participant.forget_sent()  # the app directory holds it now
 
