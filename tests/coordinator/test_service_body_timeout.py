@@ -88,12 +88,7 @@ def test_the_serve_flag_reaches_the_config_and_bad_values_are_usage_errors(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Prepare: `serve` replaced by a recorder
-    parser, seen = serve_cli(monkeypatch)
-
-    def run(*flags: str) -> int:
-        args = parser.parse_args(["coordinator", "serve", *flags])
-        code: int = args.func(args)
-        return code
+    run, seen = serve_cli(monkeypatch)
 
     # Execute + Assert
     assert run("--body-timeout", "30") == 0 and seen[-1].body_timeout_s == 30.0

@@ -170,12 +170,7 @@ def test_the_pool_serve_flags_reach_the_config_and_bad_values_are_refused(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Prepare: `serve` replaced by a recorder
-    parser, seen = serve_cli(monkeypatch)
-
-    def run(*flags: str) -> int:
-        args = parser.parse_args(["coordinator", "serve", *flags])
-        code: int = args.func(args)
-        return code
+    run, seen = serve_cli(monkeypatch)
 
     # Execute + Assert: the defaults, then both flags, land in the config (and its capacity)
     assert run() == 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -153,13 +153,22 @@ def task_server(root: Path) -> Iterator[httpx.Client]:
         yield client
 
 
-def serve_cli(monkeypatch: pytest.MonkeyPatch) -> tuple[argparse.ArgumentParser, list[Any]]:
-    """The `plume` parser with `coordinator serve` recording its ServiceConfig instead of
-    serving: (parser, the configs it was called with)."""
+def serve_cli(
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[Callable[..., int], list[ServiceConfig]]:
+    """`plume coordinator serve` recording its ServiceConfig instead of serving: (run, the
+    configs it was called with), where `run(*flags)` parses and runs the command and returns
+    its exit code (argparse's usage errors and --help raise SystemExit)."""
     import coordinator.service as service
 
     seen: list[ServiceConfig] = []
     monkeypatch.setattr(service, "serve", lambda config, *a, **kw: seen.append(config))
     parser = argparse.ArgumentParser()
     _cli.register(parser.add_subparsers())
-    return parser, seen
+
+    def run(*flags: str) -> int:
+        args = parser.parse_args(["coordinator", "serve", *flags])
+        code: int = args.func(args)
+        return code
+
+    return run, seen

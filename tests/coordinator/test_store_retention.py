@@ -251,12 +251,7 @@ def test_the_serve_flag_reaches_the_config_and_bad_values_are_usage_errors(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Prepare: `serve` replaced by a recorder
-    parser, seen = serve_cli(monkeypatch)
-
-    def run(*flags: str) -> int:
-        args = parser.parse_args(["coordinator", "serve", *flags])
-        code: int = args.func(args)
-        return code
+    run, seen = serve_cli(monkeypatch)
 
     # Execute + Assert: default keeps everything; N and 0 land in the config
     assert run() == 0 and seen[-1].keep_frames_rounds is None

@@ -14,20 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from mobile_sim.report import write_run
-from mobile_sim.runner import SimConfig, run_simulation
+from mobile_sim.runner import run_simulation
 
-TINY = SimConfig(
-    dataset="digits",
-    model="digits_mlp",
-    clients=30,
-    per_round=3,
-    rounds=2,
-    topk=0.1,
-    local_epochs=1,
-    batch_size=10,
-    lr=0.2,
-    partition="iid",
-    seed=4,
+from .test_h50_dp_pool import TINY as H50_TINY
+
+TINY = replace(
+    H50_TINY,
     fleet="realistic",
     # 30 devices are never all eligible at once: both rounds are abandoned
     aggregator="dp:clip=1,z=1,population=30,sample=3,denom=3,seed=0+fedavg",
