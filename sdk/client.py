@@ -576,15 +576,15 @@ class _Core:
         one after a restart)."""
         spec = spec if spec is not None else pending.spec
         if not refused or spec is None:
-            self.store.clear_pending()
+            self.store.clear_pending(pending.key)
             return
         try:
             sent = UpdateCodec(spec, _any_config()).decode(pending.frame).to_dense()
         except CodecError:
-            self.store.clear_pending()
+            self.store.clear_pending(pending.key)
             return
         with self._reload_on_error(pending.task_id):
-            ef = self.store.refuse_pending(sent, spec.size)
+            ef = self.store.refuse_pending(sent, spec.size, pending.key)
         if ef is not None:
             self._adopt(pending.task_id, spec, ef)
 

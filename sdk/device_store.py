@@ -668,9 +668,23 @@ class DeviceStore:
                 raise DeviceStoreError(f"{meta_path}: spec is not a model layout ({exc})") from exc
         return PendingUpload(round_id, key, frame, dense, spec, task_id)
 
-    def clear_pending(self) -> None:
-        """Forget the pending upload, keeping the residual that assumes it."""
+    def _holds_other(self, key: str | None) -> bool:
+        """Whether the pending upload held is not the one of idempotency key `key` (none held,
+        or another: a later `save_pending` replaced it). False for `key` None (any)."""
+        if key is None:
+            return False
+        try:
+            meta = _read_json(self.root / "pending.json", "pending upload")
+        except (DeviceStoreError, OSError):
+            return True
+        return meta.get("key") != key
+
+    def clear_pending(self, key: str | None = None) -> None:
+        """Forget the pending upload, keeping the residual that assumes it. With `key`, only
+        if the upload held has that idempotency key (see `refuse_pending`)."""
         self._recover()
+        if self._holds_other(key):
+            return
         meta, held = self.root / "pending.json", self.root / "pending.residual"
         if meta.exists() and held.exists():
             # save_pending committed but had not yet rewritten the task's file: finish that.
@@ -679,11 +693,19 @@ class DeviceStore:
         _unlink(self.root / "pending.frame")
         _unlink(held)
 
-    def refuse_pending(self, sent: npt.NDArray[np.float32], size: int) -> ErrorFeedback | None:
+    def refuse_pending(
+        self, sent: npt.NDArray[np.float32], size: int, key: str | None = None
+    ) -> ErrorFeedback | None:
         """Forget a pending upload the coordinator refused for good, adding `sent` (its decoded
         update, float32[size]) back into the residual of the upload's task, which is returned
         (None, the residual untouched, when the one held is another model's: see
         `_add_to_residual`).
+
+        With `key` (the refused upload's idempotency key), nothing is done and None returned
+        unless the pending upload held is that one: one the directory no longer holds was
+        settled already (adding it again would count it twice), or replaced by a later
+        upload, which may be another task's (whose residual must not take it, nor the later
+        upload be forgotten).
 
         One crash-safe step: a crash before the commit leaves the upload pending with the
         residual untouched (a retry is refused again and adds `sent` once); after it, the
@@ -692,6 +714,8 @@ class DeviceStore:
         if sent.shape != (size,):
             raise ValueError(f"sent of shape {sent.shape}, model has {size} scalars")
         self._recover()
+        if self._holds_other(key):
+            return None
         task_id = None
         if (self.root / "pending.json").exists():
             try:
@@ -773,7 +797,7 @@ class DeviceStore:
             self.save_accepted(
                 AcceptedUpload(pending.round_id, pending.frame, spec, pending.task_id)
             )
-        self.clear_pending()
+        self.clear_pending(pending.key)  # a later upload that replaced it stays pending
 
     def accepted_rounds(self) -> list[int]:
         """The rounds of the accepted records held, oldest first (not checked: a record that
