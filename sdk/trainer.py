@@ -193,7 +193,9 @@ def output_shape(module: nn.Module, x: npt.NDArray[Any], *, where: str = "x") ->
     return tuple(out.shape[1:])
 
 
-def _check_examples(x: npt.NDArray[Any], y: npt.NDArray[Any], where: str) -> npt.NDArray[np.integer[Any]]:
+def _check_examples(
+    x: npt.NDArray[Any], y: npt.NDArray[Any], where: str
+) -> npt.NDArray[np.integer[Any]]:
     """Checks that need no model: at least one example, one label per example, integer
     labels, finite inputs. Returns y (as given)."""
     if x.ndim == 0 or len(x) == 0:
