@@ -639,9 +639,10 @@ class _Core:
         participant: SecureParticipant,
         task_id: int | None = None,
     ) -> None:
-        """Save the residual after a secure round that took the masked input, with, while the
-        round's outcome is unknown, what the input stood for as the accepted record (a lossless
-        sparse fp32 frame: `settle_outcome` adds it back if the round ends without it)."""
+        """Save the residual a secure round's masked input leaves, before the input is sent,
+        with what the input stands for as the record of `round_id` (a lossless sparse fp32
+        frame) while the round's outcome is unknown: `settle_outcome` forgets it once the round
+        commits with the input and adds it back if the round ends without it."""
         ef = ErrorFeedback(participant.size)
         ef.residual = participant.residual
         sent = participant.sent_dense()
@@ -664,8 +665,28 @@ class _Core:
         if returned is not None and returned[0] == task_id and returned[1].size == mine.size:
             participant.residual = (mine + returned[1]).astype(np.float32)
         ef.residual = participant.residual
-        self.store.save_accepted(AcceptedUpload(round_id, frame, spec, task_id), ef)
+        with self._reload_on_error(task_id):
+            self.store.save_accepted(AcceptedUpload(round_id, frame, spec, task_id), ef)
         participant.forget_sent()  # the app directory holds it now
+
+    def return_secure_input(
+        self, round_id: int, back: npt.NDArray[np.float64] | None = None
+    ) -> None:
+        """After `keep_secure_input`, the secure round `round_id` aborted (`back` None: add
+        what the input stood for back into its task's residual) or did not take the input
+        (`back`: the residual from before the round minus the one the input left, float64, so
+        the residual is again the one from before the round, exactly), stored and in memory,
+        in one crash-safe step that drops the record (once: a second call adds nothing)."""
+        if back is None:
+            self._return_record(round_id)
+            return
+        record = self.store.load_accepted(round_id)
+        if record is None:
+            return
+        with self._reload_on_error(record.task_id):
+            ef = self.store.return_accepted(round_id, back, record.spec.size)
+        if ef is not None:
+            self._adopt(record.task_id, record.spec, ef)
 
     def secure_setup_exchange(self, round_id: int) -> _Exchange:
         return _Exchange(
@@ -1165,10 +1186,15 @@ def _secure_flow(
         loss, n, a.base_version, encoding, 0, 0,
     )  # fmt: skip
     # The residual as it was before this round (own participant only): put back if the masked
-    # input never reached the coordinator, as the app directory still holds it.
+    # input was not sent because saving it failed (the directory is then reread, see
+    # `_reload_on_error`).
     restore: npt.NDArray[np.float32] | None = None
     # Set when the coordinator answers 410 (the round aborted) after it took the masked input.
     aborted = False
+    # Set once the app directory holds this round's residual and the record of the input;
+    # `back` then takes that residual back to `restore` (exact in float64).
+    kept = False
+    back: npt.NDArray[np.float64] | None = None
     try:
         down = b""
         for stage in _SECURE_ORDER:
@@ -1184,6 +1210,14 @@ def _secure_flow(
                     if own:
                         restore = part.residual.copy()
                     body = session.masked_input(down, delta, n, rng)
+                    if own:
+                        assert restore is not None
+                        back = restore.astype(np.float64) - part.residual.astype(np.float64)
+                        # Saved before it is sent: once the coordinator takes the input, the
+                        # app directory must not hold the residual it carried (a process
+                        # killed before a later save would send that content again).
+                        core.keep_secure_input(a.round_id, spec, part, a.task_id)
+                        kept = True
                 else:
                     body = session.unmask(down)
             except RoundAborted as exc:  # too few neighbours left: the round cannot complete
@@ -1233,13 +1267,22 @@ def _secure_flow(
                 raise err
             down = bytes(response.content)
     finally:
-        if Stage.MASKED_INPUT in report.stages:
+        if kept:
+            # The record settles what the input stood for: at once if the input was not taken
+            # (refused, offline, a body that is no receipt: the residual is again the one from
+            # before the round, as before the save) or the round aborted (it publishes
+            # nothing), else by a check-in's `round_outcome` (a process killed here leaves the
+            # record to that too).
+            if Stage.MASKED_INPUT not in report.stages:
+                core.return_secure_input(a.round_id, back)
+            elif aborted:
+                core.return_secure_input(a.round_id)
+        elif Stage.MASKED_INPUT in report.stages:
             if aborted:
                 # An aborted round publishes nothing: what the masked input stood for goes
-                # back into the residual now (a 409 round_closed may still commit it).
+                # back into the caller's participant's residual now (a 409 round_closed may
+                # still commit it).
                 part.return_sent()
-            if own:
-                core.keep_secure_input(a.round_id, spec, part, a.task_id)
         elif restore is not None:
             part.residual = restore
             part.forget_sent()  # computed, never taken
@@ -1503,8 +1546,11 @@ class Client:
         A round that ends early for this device (stage deadline or `max_stage_wait_s` of
         polling, abort, too few neighbours left) returns a report with `completed` False and
         the reason in `detail`; other refusals raise `ClientError`, and stage bytes the protocol
-        refuses raise `protocol.secagg.SecAggError`. If the masked input never reached the
-        coordinator, the residual stays as it was before the round.
+        refuses raise `protocol.secagg.SecAggError`. The residual the masked input leaves is
+        saved before the input is sent, with a record of what the input stands for. If the
+        input never reached the coordinator, the residual is again the one from before the
+        round; if the round aborts, what the input stood for goes back into it; else a later
+        check-in settles the record (`round_outcome`), also after a process killed in between.
         """
         return self._drive(_secure_flow(self._core, a, update, participant, rng, drop_at))
 

@@ -844,11 +844,12 @@ class DeviceStore:
         self._drop_record(round_id)
 
     def return_accepted(
-        self, round_id: int, sent: npt.NDArray[np.float32], size: int
+        self, round_id: int, sent: npt.NDArray[np.float32] | npt.NDArray[np.float64], size: int
     ) -> ErrorFeedback | None:
         """The round of the record ended without its content in the model: add `sent` (the
-        record's decoded content, float32[size]) to the residual and drop the record, in one
-        crash-safe step; returns the new residual. None (nothing added) when no record of
+        record's decoded content, float32[size]; or float64[size], added in float64, which takes
+        a secure input never taken back to the residual from before it exactly) to the residual
+        and drop the record, in one crash-safe step; returns the new residual. None (nothing added) when no record of
         `round_id` is held, so a second call, or one after a crash that committed, adds nothing;
         None too, with the record dropped and the residual untouched, when the residual held is
         another model's (see `_add_to_residual`).
@@ -871,7 +872,7 @@ class DeviceStore:
     def _add_to_residual(
         self,
         size: int,
-        sent: npt.NDArray[np.float32],
+        sent: npt.NDArray[np.float32] | npt.NDArray[np.float64],
         staging: str,
         commit: str,
         leftovers: tuple[str, ...],
