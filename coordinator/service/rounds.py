@@ -1594,17 +1594,16 @@ class Coordinator:
         """A round's status (404 unknown; 409 `task_refused` for a refused task's round whose
         stored JSON does not parse). With `only` (the device asking), the measurements keep
         no other device of the round: see `_own_view`."""
-        status = self._round_status(round_id)
-        if only is not None:
-            r = self._stored_round(round_id)
-            assert r is not None  # _round_status found it
-            status.measurements = _own_view(status.measurements, frozenset(r.selected), only)
-        return status
-
-    def _round_status(self, round_id: int) -> RoundStatus:
         r = self._stored_round(round_id)
         if r is None:
             raise ApiError(404, Reason.UNKNOWN_ROUND, f"no round {round_id}")
+        status = self._round_status(r)
+        if only is not None:
+            status.measurements = _own_view(status.measurements, frozenset(r.selected), only)
+        return status
+
+    def _round_status(self, r: RoundRow) -> RoundStatus:
+        round_id = r.round_id
         found = self._runtime_for_round(round_id)
         measurements = r.measurements
         if found is not None and found[0].secure is not None:
@@ -1654,7 +1653,7 @@ class Coordinator:
             rounds = self.store.rounds(task_id)
         except DamagedRow as exc:
             self._raise_damaged(exc)
-        return [self._round_status(r.round_id) for r in rounds]
+        return [self._round_status(r) for r in rounds]
 
     def bandwidth(self, round_id: int, only: str | None = None) -> BandwidthReport:
         """A round's ledger (rows only: readable even when its stored JSON is damaged); with
