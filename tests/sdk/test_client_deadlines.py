@@ -21,14 +21,12 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from compression import encode_snapshot, model_digest
-from protocol.names import Header, ModelEncoding
 from sdk import AsyncClient, Client
 from sdk import client as sdk_client
 from sdk.client import ClientError, RoundReport
 
 from .test_client import RECEIPT, SPEC
-from .test_client_hostile_server import _train_answer
+from .test_client_hostile_server import _train_answer, snapshot_answer
 from .test_client_secure import ShiftTrainer
 
 BUDGET_S = 1.0
@@ -195,19 +193,13 @@ def test_check_in_retries_that_fit_in_max_wait_still_raise(tmp_path: Path, kind:
 def test_max_wait_does_not_bound_the_round_after_the_assignment(tmp_path: Path) -> None:
     # Prepare: an immediate assignment; the model then takes 0.3 s, past a 0.1 s wait budget
     params = np.linspace(0, 1, SPEC.size, dtype=np.float32)
-    model_headers = {
-        Header.MODEL_ENCODING: ModelEncoding.SNAPSHOT,
-        Header.MODEL_DIGEST: model_digest(params).hex(),
-        Header.MODEL_VERSION: "0",
-    }
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/checkin":
             return httpx.Response(200, content=_train_answer())
         if request.method == "GET":
             time.sleep(0.3)
-            body = encode_snapshot(params, SPEC, dtype="fp32")
-            return httpx.Response(200, headers=model_headers, content=body)
+            return snapshot_answer(params, 0)
         return httpx.Response(200, json=RECEIPT)
 
     x, y = _data()

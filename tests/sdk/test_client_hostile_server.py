@@ -344,6 +344,19 @@ def _refusal_of(reason_chars: int, detail_chars: int) -> httpx.Response:
     return httpx.Response(409, content=body.encode())
 
 
+def snapshot_answer(params: npt.NDArray[np.float32], version: int) -> httpx.Response:
+    """A coordinator's 200 to a model download: `params` as an fp32 snapshot at `version`."""
+    return httpx.Response(
+        200,
+        content=encode_snapshot(params, SPEC, dtype="fp32"),
+        headers={
+            Header.MODEL_ENCODING: ModelEncoding.SNAPSHOT,
+            Header.MODEL_DIGEST: model_digest(params).hex(),
+            Header.MODEL_VERSION: str(version),
+        },
+    )
+
+
 def _cut(text: str, kept: int, sent: int) -> str:
     return text * kept + f"[... {sent - kept} more characters cut]"
 
@@ -352,16 +365,10 @@ def test_a_refusal_megabytes_long_is_cut_to_a_loggable_error(tmp_path: Path) -> 
     # Prepare: a secure round whose setup (read under the 16 MiB cap) is refused with a 4 MiB
     # detail and a 1 MiB reason, after a correct model
     params = np.linspace(0, 1, SPEC.size, dtype=np.float32)
-    model_headers = {
-        Header.MODEL_ENCODING: ModelEncoding.SNAPSHOT,
-        Header.MODEL_DIGEST: model_digest(params).hex(),
-        Header.MODEL_VERSION: "0",
-    }
 
     def handler(request: httpx.Request) -> httpx.Response:
         if request.url.path == "/v1/tasks/1/model":
-            body = encode_snapshot(params, SPEC, dtype="fp32")
-            return httpx.Response(200, headers=model_headers, content=body)
+            return snapshot_answer(params, 0)
         return _refusal_of(1 << 20, 4 << 20)
 
     a = dataclasses.replace(_assignment(), secure=True)
@@ -633,15 +640,7 @@ def test_a_held_version_outside_0_to_2_63_is_not_offered(tmp_path: Path) -> None
         sent.append(request)
         if request.url.path == "/v1/checkin":
             return httpx.Response(200, content=WAIT)
-        return httpx.Response(
-            200,
-            content=encode_snapshot(params, SPEC, dtype="fp32"),
-            headers={
-                Header.MODEL_ENCODING: ModelEncoding.SNAPSHOT,
-                Header.MODEL_DIGEST: model_digest(params).hex(),
-                Header.MODEL_VERSION: "4",
-            },
-        )
+        return snapshot_answer(params, 4)
 
     # Execute
     with Client("http://coord", str(tmp_path), transport=httpx.MockTransport(handler)) as c:
