@@ -20,7 +20,7 @@ import numpy.typing as npt
 
 from compression import CodecConfig, ModelSpec, feedback_step_many
 from coordinator.aggregators import AggregatorFactory, FedAvg
-from coordinator.aggregators._dp import amplified_population, find_dp
+from coordinator.aggregators._dp import DPMean, amplified_population, find_dp
 from coordinator.engine import EngineConfig, RoundEngine, RoundPlan, Strategy
 from coordinator.ledger import BandwidthLedger
 from coordinator.privacy import FixedSizeSampling, PoissonSampling, Sampling
@@ -194,13 +194,17 @@ class SimConfig:
         self.engine_config()  # validates over_selection / server_lr
         self._check_dp_sampling()
 
+    def _dp_stage(self) -> DPMean | None:
+        """The `aggregator`'s dp stage, or None."""
+        try:
+            return find_dp(build_aggregator(self.aggregator))
+        except ValueError as exc:
+            raise ValueError(f"aggregator {self.aggregator!r}: {exc}") from None
+
     def dp_sampling(self) -> Sampling | None:
         """The sampling the `aggregator`'s dp stage accounts, or None (no dp stage, or one
         that accounts no epsilon)."""
-        try:
-            dp = find_dp(build_aggregator(self.aggregator))
-        except ValueError as exc:
-            raise ValueError(f"aggregator {self.aggregator!r}: {exc}") from None
+        dp = self._dp_stage()
         return dp.sampling if dp is not None else None
 
     def dp_pool_needed(self) -> int:
@@ -208,10 +212,7 @@ class SimConfig:
         `population=N,sample=k` with N > k (amplification by sampling); 0 when there is no
         amplification to protect (no dp stage, no accounting, or N == k). The coordinator
         applies the same rule (`amplified_population`)."""
-        try:
-            return amplified_population(find_dp(build_aggregator(self.aggregator)))
-        except ValueError as exc:
-            raise ValueError(f"aggregator {self.aggregator!r}: {exc}") from None
+        return amplified_population(self._dp_stage())
 
     def _check_dp_sampling(self) -> None:
         """Refuse dp accounting that this fleet makes certainly wrong (docs/simulator.md,
