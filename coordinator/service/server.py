@@ -57,13 +57,23 @@ def serve(
     The store is opened (exclusively: a second coordinator on the same database is refused)
     and the tasks restored before uvicorn starts, so a database that cannot be used raises
     `StoreError` here (a sentence, not a lifespan traceback).
+
+    Whether it stops or fails to start (a port in use, TLS files that do not load, a restore
+    that fails), the store is closed before this returns or raises: its `<db>.lock` is
+    released, so a later serve in the same process is not refused as another coordinator.
     """
-    app = create_app(config, store=Store(config.db_path, exclusive=True))
-    app.state.coordinator.restore()
-    server = uvicorn.Server(
-        uvicorn_config(app, host, port, tls_cert=tls_cert, tls_key=tls_key, log_level=log_level)
-    )
-    server.run()
+    store = Store(config.db_path, exclusive=True)
+    try:
+        app = create_app(config, store=store)
+        app.state.coordinator.restore()
+        server = uvicorn.Server(
+            uvicorn_config(app, host, port, tls_cert=tls_cert, tls_key=tls_key, log_level=log_level)
+        )
+        # uvicorn runs the lifespan shutdown (which waits for closes in flight) before it
+        # returns or exits on a bind failure, so nothing uses the store after this.
+        server.run()
+    finally:
+        store.close()
 
 
 class ServerThread:
