@@ -44,7 +44,8 @@ class DPMean:
 
     noise_multiplier: z, the total noise multiplier used by the accountant (> 0).
     clip: a fixed L2 norm C > 0, or an `AdaptiveClip` (its `count_stddev` sigma_b must satisfy
-      2 sigma_b > z; 0 picks Andrew et al.'s default sigma_b = denominator / 20).
+      2 sigma_b > z; 0 picks Andrew et al.'s default sigma_b = configured cohort / 20, see
+      `configured_cohort`).
     inner: a uniform-mean aggregator of the clipped reports.
     denominator: divide the noised sum by this (the expected cohort size). None divides by the
       number of reports, which is then treated as public (fixed-size sampling).
@@ -81,11 +82,9 @@ class DPMean:
         if not self.epsilon_budget > 0:
             raise ValueError(f"epsilon budget must be > 0, got {self.epsilon_budget!r}")
         if isinstance(self.clip, AdaptiveClip) and not self.clip.count_stddev:
-            # The default sigma_b is (expected reports) / 20, and the split of z needs
-            # 2·sigma_b > z: with a cohort of at most 10·z reports every round would fail.
-            most = self.denominator
-            if most is None and isinstance(self.sampling, FixedSizeSampling):
-                most = float(self.sampling.sample_size)
+            # The default sigma_b is (expected cohort) / 20, and the split of z needs
+            # 2·sigma_b > z: with a cohort of at most 10·z devices every round would fail.
+            most = self.configured_cohort()
             if most is not None and not 2.0 * most / 20.0 > self.noise_multiplier:
                 raise ValueError(
                     f"adaptive clipping's default count noise stddev ({most:g} / 20) is too "
@@ -100,11 +99,31 @@ class DPMean:
                 "dividing by the number of reports is not covered by the add/remove accounting"
             )
 
+    def configured_cohort(self) -> float | None:
+        """The expected cohort the default sigma_b is set from: `denominator`, else the
+        `sample_size` of fixed-size sampling, else None (no cohort is configured).
+
+        sigma_b, and with it the split z -> z_u, must not follow a round's number of reports:
+        dropouts would then change the noise (a round of at most 10·z reports could not be
+        split at all), and any dependence of the count on the data would reach the noise
+        scale. Fixed from the configuration, the split is the same every round and the
+        accountant's z holds whatever the dropouts.
+        """
+        if self.denominator is not None:
+            return float(self.denominator)
+        if isinstance(self.sampling, FixedSizeSampling):
+            return float(self.sampling.sample_size)
+        return None
+
     def count_stddev(self, expected_reports: float) -> float:
-        """sigma_b for adaptive clipping (0 for a fixed clip)."""
+        """sigma_b for adaptive clipping (0 for a fixed clip): `count_stddev` if set, else the
+        configured cohort / 20 (Andrew et al.), else `expected_reports` / 20."""
         if not isinstance(self.clip, AdaptiveClip):
             return 0.0
-        return self.clip.count_stddev or expected_reports / 20.0
+        if self.clip.count_stddev:
+            return self.clip.count_stddev
+        cohort = self.configured_cohort()
+        return (cohort if cohort is not None else expected_reports) / 20.0
 
     def update_noise_multiplier(self, expected_reports: float) -> float:
         """z_u, the noise multiplier on the update sum once the count query takes its share."""
