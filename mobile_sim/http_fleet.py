@@ -220,6 +220,39 @@ def _run(
     return SimResult(cfg, records, ledger, spec.size, final, label, started_at)
 
 
+class _Occupancy:
+    """When each simulated device was busy with a round (holding an assignment, training,
+    uploading, or sitting out a dropout), on this machine's `time.time()` clock.
+
+    A busy device is not checking in, so it cannot be in the coordinator's selection pool: the
+    devices available to a round are the fleet minus those busy when it opened.
+    """
+
+    def __init__(self, devices: int) -> None:
+        self.devices = devices
+        # Each device's busy spells: [start, end], end None while it lasts.
+        self.spells: list[list[list[float | None]]] = [[] for _ in range(devices)]
+
+    def begin(self, index: int, now: float) -> list[float | None]:
+        spell: list[float | None] = [now, None]
+        self.spells[index].append(spell)
+        return spell
+
+    def available_at(self, t: float) -> int:
+        """Devices not busy at time `t` (the coordinator's `opened_unix` of a round)."""
+        busy = 0
+        for spells in self.spells:
+            # A device's spells follow one another: the latest one begun by `t` decides.
+            for start, end in reversed(spells):
+                assert start is not None
+                if start > t:
+                    continue
+                if end is None or end > t:
+                    busy += 1
+                break
+        return self.devices - busy
+
+
 class _Fleet:
     def __init__(
         self,
@@ -244,6 +277,7 @@ class _Fleet:
         self.round_ids: list[tuple[int, int]] = []  # (coordinator round id, round number)
         # Requests that failed and were absorbed: "check_in" (retried), "round" (a dropout).
         self.failures: dict[str, int] = {}
+        self.occupancy = _Occupancy(cfg.clients)
         self.done = asyncio.Event()
 
     async def run(
@@ -326,22 +360,28 @@ class _Fleet:
                 await asyncio.sleep(answer.retry_after_s)
                 continue
             a = answer.assignment
-            if self.opts.dropout > 0 and rng.random() < self.opts.dropout:
-                # A dropout: the device vanishes for this round (the deadline cuts it off).
-                await asyncio.sleep(max(a.deadline_unix - time.time(), 0.0) + 0.05)
-                continue
+            # Busy from the assignment until the round is done with (reported, refused, cut
+            # off): no check-in in between, so no place in the next round's pool.
+            spell = self.occupancy.begin(index, time.time())
             try:
-                report = await client.train_round(a, trainer, x, y)
-            except ClientError as exc:
-                if exc.status in (403, 409):  # closed before we finished: a straggler
+                if self.opts.dropout > 0 and rng.random() < self.opts.dropout:
+                    # A dropout: the device vanishes for this round (the deadline cuts it off).
+                    await asyncio.sleep(max(a.deadline_unix - time.time(), 0.0) + 0.05)
                     continue
-                self.failures["round"] = self.failures.get("round", 0) + 1
-                log.debug("device %d: round %d refused (%s); a dropout", index, a.round_id, exc)
-                continue
-            except httpx.TransportError as exc:
-                self.failures["round"] = self.failures.get("round", 0) + 1
-                log.debug("device %d: round %d failed (%r); a dropout", index, a.round_id, exc)
-                continue
+                try:
+                    report = await client.train_round(a, trainer, x, y)
+                except ClientError as exc:
+                    if exc.status in (403, 409):  # closed before we finished: a straggler
+                        continue
+                    self.failures["round"] = self.failures.get("round", 0) + 1
+                    log.debug("device %d: round %d refused (%s); a dropout", index, a.round_id, exc)
+                    continue
+                except httpx.TransportError as exc:
+                    self.failures["round"] = self.failures.get("round", 0) + 1
+                    log.debug("device %d: round %d failed (%r); a dropout", index, a.round_id, exc)
+                    continue
+            finally:
+                spell[1] = time.time()
             self.losses.setdefault(a.round_id, []).append(report.loss)
             # Trained devices yield so the event loop serves the others' I/O.
             await asyncio.sleep(0)
@@ -396,6 +436,7 @@ class _Fleet:
                         if t["up_payload_bytes"]
                         else None,
                         wall_s=(r.closed_unix or r.opened_unix) - r.opened_unix,
+                        available=self.occupancy.available_at(r.opened_unix),
                         measurements=_jsonable(r.measurements),
                     )
                 )

@@ -302,8 +302,8 @@ class RoundRecord:
     wall_s: float
     sim_s: float | None = None
     wait_s: float | None = None  # simulated s idled before the round (selection); not in sim_s
-    # devices the engine selected the cohort from (the realistic fleet's pool, else every
-    # device); None where the runner cannot see it (the HTTP transport, secure runs)
+    # devices the cohort was selected from: the realistic fleet's pool, else every device;
+    # over HTTP the simulated devices not busy with an earlier round when it opened
     available: int | None = None
     measurements: dict[str, Any] = field(default_factory=dict)
 

@@ -514,6 +514,7 @@ def run_secure_simulation(
                 wire_down=down,
                 ratio_up=dense_up / up if up else None,
                 wall_s=time.perf_counter() - t0,
+                available=cfg.clients,  # the cohort is drawn from the whole fleet, above
                 measurements=meas,
             )
             records.append(rec)
