@@ -238,7 +238,9 @@ def register(sub: Any) -> None:
         help="keep the accepted update frames of each task's N most recent closed rounds; "
         "older ones are emptied after each round closes (their length and SHA-256 stay, so "
         "retried uploads still get their receipts; the frames can no longer be decoded). "
-        "0 = prune every closed round. Default: keep every frame (docs/operations.md)",
+        "0 = prune every closed round. The downlink delta frames of versions older than "
+        "the newest max(N, the task's max_chain) are emptied too (a device further behind "
+        "gets the snapshot, as before). Default: keep every frame (docs/operations.md)",
     )
     s.add_argument(
         "--pool-ttl",

@@ -144,7 +144,10 @@ class ServiceConfig:
         the stored frames of each task's closed rounds older than its N most recent closed
         rounds, at every round close and on start; the rows stay (key, device, round, time,
         the frame's length and SHA-256), so idempotent retries and `round_outcome` answer as
-        before (docs/operations.md, "What grows, and `--keep-frames`").
+        before (docs/operations.md, "What grows, and `--keep-frames`"). It also empties the
+        downlink delta frames of each task's versions older than its newest max(N,
+        `max_chain`): no model download reads them (a device further behind gets the
+        snapshot); their rows and digests stay.
     """
 
     db_path: str = "plume.db"
@@ -721,6 +724,28 @@ class Coordinator:
                 done.bytes_freed,
                 keep,
             )
+        rt = self.runtimes.get(task_id)
+        if rt is None:
+            return
+        # The downlink delta frames no download reads any more: a chain is served only from
+        # a version within max_chain of the current one. The newest max(keep, max_chain)
+        # versions keep theirs; a device further behind gets the snapshot, as before.
+        window = max(keep, rt.config.max_chain)
+        try:
+            with self._prune_lock:
+                gone = self.store.prune_versions(task_id, rt.version - window)
+        except Exception:  # noqa: BLE001 - as above
+            log.exception("task %d: pruning the delta frames of its old versions failed", task_id)
+            return
+        if gone.frames:
+            log.info(
+                "task %d: emptied the delta frames of %d versions (%d bytes) older than its %d "
+                "most recent",
+                task_id,
+                gone.frames,
+                gone.bytes_freed,
+                window,
+            )
 
     def _check_config(self, task_id: int) -> None:
         row = self.store.task(task_id)
@@ -1153,7 +1178,20 @@ class Coordinator:
         encoding = ModelEncoding.SNAPSHOT
         if fmt in ("auto", "delta") and chain_ok:
             assert have is not None
-            frames = [f for ver, f in self.store.chain(task_id, have) if ver <= v]
+            rows = [(ver, f) for ver, f in self.store.chain(task_id, have) if ver <= v]
+            frames = [f for _, f in rows if f is not None]
+            if [ver for ver, _ in rows] != list(range(have + 1, v + 1)) or len(frames) != len(rows):
+                # A version's frame is gone (`--keep-frames` empties those outside the chain
+                # window; a hand edit): a chain that skips it would not make version v.
+                if fmt == "delta":
+                    raise ApiError(
+                        409,
+                        Reason.UNKNOWN_VERSION,
+                        f"no delta chain from version {have} to {v}: a delta frame on the "
+                        "way is no longer stored; fetch the snapshot",
+                    )
+                chain_ok = False
+        if fmt in ("auto", "delta") and chain_ok:
             chain = pack_chain(frames)
             snap = rt.snapshot(SnapshotDType.FP32)
             if fmt == "delta" or len(chain) < len(snap):

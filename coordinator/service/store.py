@@ -541,14 +541,46 @@ class Store:
                 (task_id, digest, now),
             )
 
-    def chain(self, task_id: int, after_version: int) -> list[tuple[int, bytes]]:
-        """Delta frames taking a model from `after_version` to the task's latest version."""
+    def chain(self, task_id: int, after_version: int) -> list[tuple[int, bytes | None]]:
+        """Delta frames taking a model from `after_version` to the task's latest version,
+        by version; None for a version whose frame `prune_versions` emptied."""
         rows = self._query(
             "SELECT version, delta_frame FROM versions WHERE task_id=? AND version>? "
             "ORDER BY version",
             (task_id, after_version),
         )
-        return [(int(v), bytes(f)) for v, f in rows]
+        return [(int(v), None if f is None else bytes(f)) for v, f in rows]
+
+    def prune_versions(self, task_id: int, up_to: int) -> PruneResult:
+        """Empty (set NULL) the downlink delta frames of a task's versions 1..`up_to`, keeping
+        each row and its digest. Only a delta chain starting before `up_to` reads them, so the
+        caller picks `up_to` below every chain it still serves. Runs in transactions of its
+        own, `_PRUNE_BATCH` versions each."""
+        versions = [
+            int(r[0])
+            for r in self._query(
+                "SELECT version FROM versions WHERE task_id=? AND version BETWEEN 1 AND ? "
+                "AND delta_frame IS NOT NULL ORDER BY version",
+                (task_id, up_to),
+            )
+        ]
+        frames = freed = 0
+        for start in range(0, len(versions), _PRUNE_BATCH):
+            batch = versions[start : start + _PRUNE_BATCH]
+            marks = ",".join("?" * len(batch))
+            with self.transaction() as db:
+                size = db.execute(
+                    "SELECT COALESCE(SUM(length(delta_frame)), 0), COUNT(delta_frame) "
+                    f"FROM versions WHERE task_id=? AND version IN ({marks})",
+                    (task_id, *batch),
+                ).fetchone()
+                db.execute(
+                    f"UPDATE versions SET delta_frame=NULL WHERE task_id=? AND version IN ({marks})",
+                    (task_id, *batch),
+                )
+            freed += int(size[0])
+            frames += int(size[1])
+        return PruneResult(frames, freed)
 
     def version_digest(self, task_id: int, version: int) -> str | None:
         rows = self._query(
