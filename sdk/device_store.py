@@ -7,8 +7,10 @@ the temp files a crash left are removed when the directory is opened):
     state.json       device id, task, model version, digest, whether the model is exact
     model.f32        the model at that version, little-endian float32[d]
     residual-<t>.bin the error-feedback residual of task t (`ErrorFeedback.to_bytes`, then a
-                     16-byte trailer naming t): at most MAX_RESIDUALS tasks, the least recently
-                     written dropped past that
+                     24-byte trailer naming t and the file's write sequence number): at most
+                     MAX_RESIDUALS tasks, the least recently written (lowest sequence number)
+                     dropped past that. An older SDK's trailer is 16 bytes (no sequence number):
+                     such files still load, and count as written before any that has one
     residual.bin     the residual an older SDK kept for every task (no trailer), until the first
                      task that uses it with a matching size claims it (state.json
                      `legacy_residual_task`); see `_claim_legacy`
@@ -85,9 +87,15 @@ _STORE_TEMP = re.compile(
     r"|pending\.(json|frame|residual|refused)"
     r"|accepted(-[0-9]{1,19})?\.(json|frame|residual|settled))\.tmp"
 )
-# The trailer after a task's residual: magic, then the task id (little-endian u64).
-_TASK_MAGIC = b"PLUMTASK"
-_TRAILER = len(_TASK_MAGIC) + 8
+# The trailer after a task's residual: magic, the task id, then the write sequence number
+# (little-endian u64s). The sequence orders residuals by recency for the bound above without
+# the wall clock (a clock set back, or coarse mtimes, made mtime order drop a fresh residual):
+# each residual written gets one more than the highest held. An older SDK wrote the shorter
+# trailer (_OLD_MAGIC, task id only), which is still read.
+_TASK_MAGIC = b"PLUMTSEQ"
+_TRAILER = len(_TASK_MAGIC) + 16
+_OLD_MAGIC = b"PLUMTASK"
+_OLD_TRAILER = len(_OLD_MAGIC) + 8
 _EF_HEADER = 16  # ErrorFeedback.to_bytes's header; its bytes 8..12 hold the scalar count
 
 
@@ -188,13 +196,13 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def _residual_bytes(ef: ErrorFeedback, task_id: int | None) -> bytes:
-    """`ef` as stored: `ErrorFeedback.to_bytes`, then the trailer naming `task_id` (none for
-    the legacy residual)."""
+def _residual_bytes(ef: ErrorFeedback, task_id: int | None, seq: int) -> bytes:
+    """`ef` as stored: `ErrorFeedback.to_bytes`, then the trailer naming `task_id` and the
+    write sequence number `seq` (no trailer for the legacy residual)."""
     raw = ef.to_bytes()
     if task_id is None:
         return raw
-    return raw + _TASK_MAGIC + task_id.to_bytes(8, "little")
+    return raw + _TASK_MAGIC + task_id.to_bytes(8, "little") + seq.to_bytes(8, "little")
 
 
 def _residual_size(path: Path) -> int | None:
@@ -209,20 +217,38 @@ def _residual_size(path: Path) -> int | None:
     except OSError:
         return None
     d = int.from_bytes(head[8:12], "little")
-    return d if st.st_size in (_EF_HEADER + 4 * d, _EF_HEADER + 4 * d + _TRAILER) else None
+    body = _EF_HEADER + 4 * d
+    return d if st.st_size in (body, body + _OLD_TRAILER, body + _TRAILER) else None
+
+
+def _trailer(path: Path) -> tuple[int, int | None] | None:
+    """(task, write sequence number) from a stored residual's trailer, the sequence None in an
+    older SDK's trailer; None without a trailer (legacy) or with a foreign one."""
+    d = _residual_size(path)
+    if d is None:
+        return None
+    try:
+        with open(path, "rb") as f:
+            f.seek(_EF_HEADER + 4 * d)
+            return _parse_trailer(f.read(_TRAILER + 1))
+    except OSError:
+        return None
+
+
+def _parse_trailer(tail: bytes) -> tuple[int, int | None] | None:
+    """(task, sequence or None) from the bytes after a residual's values (see `_trailer`)."""
+    if len(tail) == _TRAILER and tail[: len(_TASK_MAGIC)] == _TASK_MAGIC:
+        task, seq = tail[8:16], tail[16:24]
+        return int.from_bytes(task, "little"), int.from_bytes(seq, "little")
+    if len(tail) == _OLD_TRAILER and tail[: len(_OLD_MAGIC)] == _OLD_MAGIC:
+        return int.from_bytes(tail[8:16], "little"), None
+    return None
 
 
 def _residual_task(path: Path) -> int | None:
     """The task a stored residual names in its trailer; None without one (legacy)."""
-    d = _residual_size(path)
-    if d is None or os.stat(path).st_size != _EF_HEADER + 4 * d + _TRAILER:
-        return None
-    with open(path, "rb") as f:
-        f.seek(_EF_HEADER + 4 * d)
-        tail = f.read(_TRAILER)
-    if tail[: len(_TASK_MAGIC)] != _TASK_MAGIC:
-        return None
-    return int.from_bytes(tail[len(_TASK_MAGIC) :], "little")
+    found = _trailer(path)
+    return None if found is None else found[0]
 
 
 def _task_field(meta: dict[str, Any]) -> int | None:
@@ -250,6 +276,7 @@ class DeviceStore:
         # the accepted-<r>.* files, before anything is read.
         self._drop_temp_files()
         self._recover()
+        self._evict_residuals(None)  # one more than the bound, if a crash cut an eviction
 
     def _drop_temp_files(self) -> None:
         """Remove the temp files of writes a crash cut before their rename (`_write`): none is
@@ -536,22 +563,54 @@ class DeviceStore:
             return
         dest = self._dest(claimer)
         if not dest.exists():  # it always is missing: a task with a residual claims nothing
+            # Make room first, so the claimed file never makes one more than the bound (a
+            # crash in between leaves the claim committed, and this is run again).
+            self._evict_residuals(None, room=1)
             os.replace(legacy, dest)
             _fsync_dir(self.root)
 
-    def _evict_residuals(self, keep: Path) -> None:
-        """Past MAX_RESIDUALS task residual files, drop the least recently written (never
-        `keep`, the one just written)."""
-        held = [
-            self.root / name
-            for name in os.listdir(self.root)
-            if (m := _RESIDUAL_FILE.fullmatch(name)) is not None and int(m.group(1)) < 2**63
-        ]
-        if len(held) <= MAX_RESIDUALS:
+    def _task_residual_files(self) -> list[Path]:
+        """The task residual files held (residual-<t>.bin; a directory of that name is no
+        residual, and is left alone)."""
+        held = []
+        for name in os.listdir(self.root):
+            m = _RESIDUAL_FILE.fullmatch(name)
+            if m is not None and int(m.group(1)) < 2**63:
+                path = self.root / name
+                if not path.is_dir():
+                    held.append(path)
+        return held
+
+    def _next_seq(self) -> int:
+        """The write sequence number of a residual written now: one more than any held (task
+        files and staged ones), so the order of the files held is their write order."""
+        seqs = [0]
+        for path in self._task_residual_files() + self._staged():
+            found = _trailer(path)
+            if found is not None and found[1] is not None:
+                seqs.append(found[1] + 1)
+        return min(max(seqs), 2**64 - 1)
+
+    def _evict_residuals(self, keep: Path | None, room: int = 0) -> None:
+        """Past MAX_RESIDUALS task residual files (less `room` to be made), drop the least
+        recently written (never `keep`, the one just written): the lowest write sequence
+        number; files without one (an older SDK's, or foreign) before any, among themselves by
+        modification time, the only order an older SDK left."""
+        held = self._task_residual_files()
+        excess = len(held) + room - MAX_RESIDUALS
+        if excess <= 0:
             return
-        held.sort(key=lambda p: (p == keep, os.stat(p).st_mtime_ns, p.name))
-        for path in held[: len(held) - MAX_RESIDUALS]:
-            _unlink(path)
+
+        def recency(path: Path) -> tuple[bool, int, int, str]:
+            found = _trailer(path)
+            if found is None or found[1] is None:
+                return (path == keep, 0, os.lstat(path).st_mtime_ns, path.name)
+            return (path == keep, 1 + found[1], 0, path.name)
+
+        held.sort(key=recency)
+        for path in held[:excess]:
+            if path != keep:
+                _unlink(path)
 
     # -- residuals -----------------------------------------------------------------------
 
@@ -566,8 +625,12 @@ class DeviceStore:
             return None
         raw = path.read_bytes()
         want = _EF_HEADER + 4 * size
-        if len(raw) == want + _TRAILER:
-            if raw[want : want + len(_TASK_MAGIC)] != _TASK_MAGIC:
+        if len(raw) > want:
+            # A trailer must be whole and name this residual's task (the claimer's, for the
+            # legacy residual): a foreign or torn one is not used.
+            found = _parse_trailer(raw[want:])
+            expected = task_id if task_id is not None else self.legacy_claimer()
+            if found is None or found[0] != expected:
                 return None
             raw = raw[:want]
         try:
@@ -586,7 +649,7 @@ class DeviceStore:
         """Make `ef` `task_id`'s residual (None: the legacy residual). Other tasks' residuals
         are untouched."""
         dest = self._dest(task_id)
-        _write(dest, _residual_bytes(ef, task_id))
+        _write(dest, _residual_bytes(ef, task_id, self._next_seq()))
         # Leftovers of an interrupted save or refusal would otherwise shadow this newer residual.
         for staged in self._staged():
             if self._dest(_residual_task(staged)) == dest:
@@ -620,7 +683,10 @@ class DeviceStore:
         # Withdraw an older commit point first: its metadata must never pair with this frame.
         _unlink(self.root / "pending.json")
         _write(self.root / "pending.frame", pending.frame)
-        _write(self.root / "pending.residual", _residual_bytes(ef, pending.task_id))
+        _write(
+            self.root / "pending.residual",
+            _residual_bytes(ef, pending.task_id, self._next_seq()),
+        )
         _write(self.root / "pending.json", encoded)
         self.save_residual(ef, pending.task_id)
 
@@ -775,7 +841,10 @@ class DeviceStore:
         _unlink(self._record(r, "json"))  # an older record must never pair with this frame
         _write(self._record(r, "frame"), record.frame)
         if ef is not None:
-            _write(self._record(r, "residual"), _residual_bytes(ef, record.task_id))
+            _write(
+                self._record(r, "residual"),
+                _residual_bytes(ef, record.task_id, self._next_seq()),
+            )
         _write(self._record(r, "json"), encoded)
 
     def _evict(self) -> None:
@@ -904,7 +973,7 @@ class DeviceStore:
         ef = ErrorFeedback(size)
         ef.residual = (base.residual + sent).astype(np.float32)
         staged = self.root / staging
-        _write(staged, _residual_bytes(ef, task_id))
+        _write(staged, _residual_bytes(ef, task_id, self._next_seq()))
         _unlink(self.root / commit)  # the commit point
         dest = self._dest(task_id)
         os.replace(staged, dest)
