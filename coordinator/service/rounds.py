@@ -883,8 +883,17 @@ class Coordinator:
             return self.task_status(task_id)
         if row.state != want_from:
             raise ApiError(409, Reason.INVALID_STATE, f"task {task_id} is {row.state}")
-        self.store.set_task_state(task_id, to)
         rt = self.runtimes.get(task_id)
+        if (
+            not paused
+            and rt is not None
+            and rt.current is None
+            and (rt.rounds_closed >= rt.config.rounds or rt.engine.stopped)
+        ):
+            # Paused while its last round closed: that close left it paused; resuming it has
+            # no round to run, so it is done (not active forever).
+            to = TaskState.DONE
+        self.store.set_task_state(task_id, to)
         if rt is not None:
             rt.state = to
             rt.waiting_since = self.clock()

@@ -167,6 +167,11 @@ _UNPRUNED_INDEX = (
 )
 
 
+# The task state a round's close writes: it finishes an active task ('done'), and otherwise
+# leaves the stored state alone. The close reads the task's state on a worker thread before
+# committing; a pause or resume committed in between must not be overwritten by what it read.
+_CLOSE_STATE = "CASE WHEN ? = 'done' AND state = 'active' THEN 'done' ELSE state END"
+
 _ROUND_COLS = (
     "round_id, task_id, seq, state, base_version, selected_json, target, min_reports, "
     "opened_unix, deadline_unix, closed_unix, version_after, measurements_json"
@@ -773,7 +778,7 @@ class Store:
             )
             db.execute(
                 "UPDATE tasks SET params=?, residual=?, agg_state=?, digest=?, version=?, "
-                "state=? WHERE task_id=?",
+                f"state={_CLOSE_STATE} WHERE task_id=?",
                 (params, residual, agg_state, digest, version, task_state, task_id),
             )
             if before_commit is not None:
@@ -793,7 +798,9 @@ class Store:
                 "WHERE round_id=?",
                 (now, json.dumps(measurements, sort_keys=True, default=str), round_id),
             )
-            db.execute("UPDATE tasks SET state=? WHERE task_id=?", (task_state, task_id))
+            db.execute(
+                f"UPDATE tasks SET state={_CLOSE_STATE} WHERE task_id=?", (task_state, task_id)
+            )
 
     # -- ledger ----------------------------------------------------------------------------
 
