@@ -203,6 +203,17 @@ class _Exchange:
     count_payload_down: bool = False
     max_response_bytes: int = MAX_JSON_RESPONSE
     awaiting_round: int | None = None  # a check-in's `awaiting_round`, if it named one
+    # Set by `_send`: an attempt that has ended may have reached the coordinator without a
+    # refusal (4xx) answering it (a read timeout, a 5xx, a 200 or a response refused by the
+    # client's caps). The last attempt's 4xx does not set it, so a request answered by a 4xx
+    # with this unset was never taken (the coordinator refuses before it stores).
+    maybe_taken: bool = False
+
+
+# Failures of an attempt that never sent a byte of the request: no connection was opened.
+_NEVER_SENT = (
+    httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol
+)  # fmt: skip
 
 
 def _json(response: httpx.Response) -> Any:
@@ -1195,6 +1206,8 @@ def _secure_flow(
     # `back` then takes that residual back to `restore` (exact in float64).
     kept = False
     back: npt.NDArray[np.float64] | None = None
+    # The masked-input upload once it is sent: whether the coordinator may hold the input.
+    masked: _Exchange | None = None
     try:
         down = b""
         for stage in _SECURE_ORDER:
@@ -1223,7 +1236,10 @@ def _secure_flow(
             except RoundAborted as exc:  # too few neighbours left: the round cannot complete
                 report.detail = f"{stage}: {exc}"
                 break
-            response = yield core.stage_upload_exchange(a.round_id, stage, body, spec.dense_bytes)
+            ex = core.stage_upload_exchange(a.round_id, stage, body, spec.dense_bytes)
+            if stage == Stage.MASKED_INPUT:
+                masked = ex
+            response = yield ex
             assert response is not None
             if (
                 response.status_code in (409, 410)
@@ -1268,15 +1284,18 @@ def _secure_flow(
             down = bytes(response.content)
     finally:
         if kept:
-            # The record settles what the input stood for: at once if the input was not taken
-            # (refused, offline, a body that is no receipt: the residual is again the one from
-            # before the round, as before the save) or the round aborted (it publishes
-            # nothing), else by a check-in's `round_outcome` (a process killed here leaves the
-            # record to that too).
-            if Stage.MASKED_INPUT not in report.stages:
+            # The record settles what the input stood for: at once if the input was surely
+            # not taken (never sent, refused by a 4xx, no attempt before it unanswered: the
+            # residual is again the one from before the round, as before the save) or the
+            # round aborted (it publishes nothing), else by a check-in's `round_outcome`: also
+            # when the answer was lost (a read timeout, a 5xx, a 200 that is no receipt),
+            # since the coordinator may hold the input and commit it (a process killed here
+            # leaves the record to that too).
+            if Stage.MASKED_INPUT in report.stages:
+                if aborted:
+                    core.return_secure_input(a.round_id)
+            elif aborted or masked is None or not masked.maybe_taken:
                 core.return_secure_input(a.round_id, back)
-            elif aborted:
-                core.return_secure_input(a.round_id)
         elif Stage.MASKED_INPUT in report.stages:
             if aborted:
                 # An aborted round publishes nothing: what the masked input stood for goes
@@ -1374,10 +1393,14 @@ class Client:
         for attempt in range(core.retries + 1):
             budget = _attempt_budget(core, deadline)
             request = core.build(self._http, ex)  # fresh timestamp and nonce per attempt
+            # Until this attempt's end says otherwise (anything raised past this loop too).
+            before, ex.maybe_taken = ex.maybe_taken, True
             try:
                 response = self._dispatch(request, ex.max_response_bytes, budget)
                 response.read()
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
+                if isinstance(exc, _NEVER_SENT):
+                    ex.maybe_taken = before
                 if attempt == core.retries:
                     raise
                 self._sleep(_retry_pause(core.delay(attempt, None), deadline))
@@ -1387,6 +1410,8 @@ class Client:
                     raise _WaitOver from None
                 raise
             core.account(request, response, ex)
+            if 400 <= response.status_code < 500:  # refused before the coordinator stored it
+                ex.maybe_taken = before
             if response.status_code in _RETRY_STATUS and attempt < core.retries:
                 self._sleep(_retry_pause(core.delay(attempt, response), deadline))
                 continue
@@ -1548,9 +1573,11 @@ class Client:
         the reason in `detail`; other refusals raise `ClientError`, and stage bytes the protocol
         refuses raise `protocol.secagg.SecAggError`. The residual the masked input leaves is
         saved before the input is sent, with a record of what the input stands for. If the
-        input never reached the coordinator, the residual is again the one from before the
-        round; if the round aborts, what the input stood for goes back into it; else a later
-        check-in settles the record (`round_outcome`), also after a process killed in between.
+        input was surely not taken (no connection opened, or a 4xx refusal with no earlier
+        attempt unanswered), the residual is again the one from before the round; if the round
+        aborts, what the input stood for goes back into it; else a later check-in settles the
+        record (`round_outcome`): also when the input's answer was lost (a read timeout, a 5xx,
+        a 200 that is no receipt), as the coordinator may hold it, and after a process killed.
         """
         return self._drive(_secure_flow(self._core, a, update, participant, rng, drop_at))
 
@@ -1691,10 +1718,13 @@ class AsyncClient:
         for attempt in range(core.retries + 1):
             budget = _attempt_budget(core, deadline)
             request = core.build(self._http, ex)
+            before, ex.maybe_taken = ex.maybe_taken, True
             try:
                 response = await self._dispatch(request, ex.max_response_bytes, budget)
                 await response.aread()
-            except httpx.TransportError:
+            except httpx.TransportError as exc:
+                if isinstance(exc, _NEVER_SENT):
+                    ex.maybe_taken = before
                 if attempt == core.retries:
                     raise
                 await asyncio.sleep(_retry_pause(core.delay(attempt, None), deadline))
@@ -1704,6 +1734,8 @@ class AsyncClient:
                     raise _WaitOver from None
                 raise
             core.account(request, response, ex)
+            if 400 <= response.status_code < 500:
+                ex.maybe_taken = before
             if response.status_code in _RETRY_STATUS and attempt < core.retries:
                 await asyncio.sleep(_retry_pause(core.delay(attempt, response), deadline))
                 continue

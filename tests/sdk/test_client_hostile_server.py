@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from compression import ErrorFeedback, encode_snapshot, model_digest
+from compression import CodecConfig, ErrorFeedback, UpdateCodec, encode_snapshot, model_digest
 from protocol.messages import Assignment, to_json
 from protocol.names import Header, ModelEncoding
 from protocol.secagg import SecAggError, Stage
@@ -807,7 +807,7 @@ def test_a_secure_round_left_with_too_few_neighbours_ends_with_a_report(
 
 
 @pytest.mark.parametrize("failure", ["round_closed", "offline", "garbage", "other_round"])
-def test_a_masked_input_that_never_arrived_leaves_the_residual_as_it_was(
+def test_a_masked_input_without_a_receipt_keeps_its_record_unless_surely_not_taken(
     secure_task: tuple[str, int], tmp_path: Path, failure: str
 ) -> None:
     # Prepare: device 0 carries a residual of 0.5 everywhere; its network path answers the
@@ -839,8 +839,7 @@ def test_a_masked_input_that_never_arrived_leaves_the_residual_as_it_was(
     # Execute
     out = _in_threads([lambda i=i: clients[i].secure_round(a[i], _zero_update) for i in range(3)])
 
-    # Assert: the victim stopped at the masked input (a report, or the error naming it), and
-    # its residual is still the one it carried: in memory for its next round, and on disk
+    # Assert: the victim stopped at the masked input (a report, or the error naming it)
     if failure == "round_closed":
         assert isinstance(out[0], SecureRoundReport) and not out[0].completed
         assert out[0].stages == ["advertise-keys", "share-keys"]
@@ -849,10 +848,26 @@ def test_a_masked_input_that_never_arrived_leaves_the_residual_as_it_was(
     else:
         assert isinstance(out[0], ClientError) and out[0].reason == "bad_response"
     residual = victim._core.secure_participant(SPEC.size, task_id).residual
-    np.testing.assert_array_equal(residual, carried)
-    stored = DeviceStore(tmp_path / "d0").load_residual(SPEC.size)
+    store = DeviceStore(tmp_path / "d0")
+    stored = store.load_residual(SPEC.size)
     assert stored is not None
-    np.testing.assert_array_equal(stored.residual, carried)
+    np.testing.assert_array_equal(stored.residual, residual)  # in memory as on disk
+    record = store.load_accepted()
+    if failure in ("round_closed", "offline"):
+        # Refused by a 4xx, or never sent: the residual is still the one it carried, for its
+        # next round, and no record waits
+        np.testing.assert_array_equal(residual, carried)
+        assert record is None
+    else:
+        # A 200 that is no receipt may stand for an input the coordinator took (here it did
+        # not: the mod answered), so the record waits for the check-in's `round_outcome`, as
+        # a plain upload's does: the residual is the one the input left, and with the record
+        # it holds the carried residual and the update (0.25) once. Before, the residual was
+        # taken back at once, and a round that committed the input got its content again
+        assert record is not None and record.round_id == a[0].round_id
+        sent = UpdateCodec(record.spec, CodecConfig.dense()).decode(record.frame).to_dense()
+        assert not np.allclose(residual, carried)
+        np.testing.assert_allclose(residual + sent, carried + 0.25, atol=1e-6)
     for c in clients:
         c.close()
 
