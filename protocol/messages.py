@@ -377,7 +377,10 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise MessageError(f"{where}: expected a number")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # a JSON integer past float's range (1 and 400 zeros)
+            raise MessageError(f"{where}: number out of range") from None
     if tp is str:
         if not isinstance(value, str):
             raise MessageError(f"{where}: expected a string")
