@@ -19,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from compression import ModelSpec
-from coordinator.secure import SecureConfig, SecureCoordinator, make_plan
+from coordinator.secure import SecureConfig, SecureCoordinator, budget_k, make_plan
 from protocol.secagg import MAX_DEGREE, NoiseKind, Stage, choose_degree
 
 from ._secagg_routes import SecureRegistry, stage_cap
@@ -126,15 +126,20 @@ def check_plan(settings: SecureSettings, cohort: int, model_size: int) -> None:
     """Plan a round of `cohort` devices once, so a config that cannot work (e.g. a ring above
     64 bits) is refused when the task is created rather than when its first round opens."""
     cfg = settings.config
-    k = max(1, int(round(cfg.coord_fraction * model_size)))
     group = cohort if cfg.group_size is None else min(cohort, cfg.group_size * 2 - 1)
-    if (k := choose_degree(group, cfg.degree_factor)) > MAX_DEGREE:
+    if (degree := choose_degree(group, cfg.degree_factor)) > MAX_DEGREE:
         raise ValueError(
-            f"a cohort of {group} gives graph degree {k} = 2 ceil(degree_factor log2 n), above "
-            f"{MAX_DEGREE} (a device's share-keys work grows with its square): lower "
+            f"a cohort of {group} gives graph degree {degree} = 2 ceil(degree_factor log2 n), "
+            f"above {MAX_DEGREE} (a device's share-keys work grows with its square): lower "
             "secure.degree_factor or use secure.group_size"
         )
-    plan = make_plan(cfg, 1, group, model_size, np.arange(k, dtype=np.int64))
+    # |S_r| as a round computes it (SecureCoordinator.k_for): under distributed DP the ring's
+    # noise headroom grows with it, so the plan is checked at that size.
+    if cfg.upload_budget is None:
+        coords = max(1, int(round(cfg.coord_fraction * model_size)))
+    else:
+        coords = budget_k(cfg, group, model_size)
+    plan = make_plan(cfg, 1, group, model_size, np.arange(coords, dtype=np.int64))
     # The guarantee needs t > k/2 (no answer set gives t shares of both of a node's secrets);
     # the largest group has the largest k, and smaller ones only lower it.
     if 2 * plan.threshold <= plan.degree:
