@@ -120,8 +120,14 @@ def _share_keys(state: ServerState, msg: ShareKeys) -> None:
         raise ProtocolViolation(f"node {msg.node} sent shares twice")
     allowed = {j for j in state.graph[msg.node] if j in state.keys}
     dests = [d for d, _ in msg.ciphertexts]
-    if len(set(dests)) != len(dests) or not set(dests) <= allowed:
-        raise WrongAddress(f"node {msg.node} addressed shares outside its live neighbourhood")
+    # Exactly one bundle for each live neighbour: a neighbour left out never gets this node's
+    # shares, so it does not mask with it, yet `_finish` would remove their pairwise mask if
+    # this node drops (a wrong sum), and that neighbour refuses to unmask.
+    if len(set(dests)) != len(dests) or set(dests) != allowed:
+        raise WrongAddress(
+            f"node {msg.node} sent {len(dests)} share bundles; it must send one to each of its "
+            f"{len(allowed)} neighbours with keys, and to no other node"
+        )
     for dest, ct in msg.ciphertexts:
         state.outbox.setdefault(dest, []).append((msg.node, ct))
     state.senders.add(msg.node)
