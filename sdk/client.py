@@ -649,26 +649,26 @@ class _Core:
         spec: ModelSpec,
         participant: SecureParticipant,
         task_id: int | None = None,
-    ) -> None:
+    ) -> bool:
         """Save the residual a secure round's masked input leaves, before the input is sent,
         with what the input stands for as the record of `round_id` (a lossless sparse fp32
         frame) while the round's outcome is unknown: `settle_outcome` forgets it once the round
-        commits with the input and adds it back if the round ends without it."""
+        commits with the input and adds it back if the round ends without it. False, with
+        nothing saved and the participant as it was, when no record can be built: the input
+        must not be sent then (its content could not go back if the round ends without it)."""
         ef = ErrorFeedback(participant.size)
         ef.residual = participant.residual
         sent = participant.sent_dense()
         if sent is None:
             self.store.save_residual(ef, task_id)
-            return
+            return True
         nonzero = int(np.count_nonzero(sent))
         # k_for rounds (nonzero + 0.5) to nonzero or nonzero + 1: never fewer than the nonzeros.
         config = CodecConfig(topk=min(1.0, (nonzero + 0.5) / spec.size), bits=32)
         try:
             frame, _ = UpdateCodec(spec, config).encode(sent, np.random.default_rng(0), weight=0.0)
-        except (CodecError, ValueError):  # not expected (finite values): keep the residual
-            self.store.save_residual(ef, task_id)
-            participant.forget_sent()
-            return
+        except (CodecError, ValueError):  # not expected (finite values)
+            return False
         mine = participant.residual
         returned = self._return_replaced(round_id, frame)
         # A return into this task put the stored residual (from before this round) into its
@@ -679,6 +679,7 @@ class _Core:
         with self._reload_on_error(task_id):
             self.store.save_accepted(AcceptedUpload(round_id, frame, spec, task_id), ef)
         participant.forget_sent()  # the app directory holds it now
+        return True
 
     def return_secure_input(
         self, round_id: int, back: npt.NDArray[np.float64] | None = None
@@ -1229,7 +1230,10 @@ def _secure_flow(
                         # Saved before it is sent: once the coordinator takes the input, the
                         # app directory must not hold the residual it carried (a process
                         # killed before a later save would send that content again).
-                        core.keep_secure_input(a.round_id, spec, part, a.task_id)
+                        if not core.keep_secure_input(a.round_id, spec, part, a.task_id):
+                            # Not sent: the `finally` puts the residual back to `restore`.
+                            report.detail = f"{stage}: no record of the input could be kept"
+                            break
                         kept = True
                 else:
                     body = session.unmask(down)
