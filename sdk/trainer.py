@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -224,6 +225,12 @@ def _check_against_output(
             f"prediction, shape [B{''.join(f', {k}' for k in out[1:])}]"
         )
     check_labels(y, out[0], allow_ignore=allow_ignore, where=where)
+    if allow_ignore and y.size and bool((y == IGNORE_INDEX).all()):
+        # Trained, it would upload a zero update weighted by its examples, pulling the round's
+        # average towards the old model; its mean loss would be NaN.
+        raise TrainingDataError(
+            f"{where}: every label is {IGNORE_INDEX} (skipped): no example to train on"
+        )
     # torch's cross-entropy takes int64 (or uint8) targets: widen the others, values unchanged.
     return y.astype(np.int64, copy=False)  # the same array when it already is int64
 
@@ -265,6 +272,36 @@ def _checked(
     if out is None:
         out = out_shapes[key] = output_shape(module, x, where=f"{where}: x")
     return _check_against_output(labels, out, allow_ignore, where), out
+
+
+def _check_start_params(params: npt.NDArray[Any]) -> None:
+    """Raise `ValueError` if the starting parameters hold NaN or inf: training from them makes
+    NaN parameters, which the update encoder refuses only at upload."""
+    finite = np.isfinite(params)
+    if not bool(finite.all()):
+        bad = np.flatnonzero(~finite)
+        raise ValueError(
+            f"params hold {bad.size} NaN or infinite value{'s' if bad.size != 1 else ''} "
+            f"(the first at {int(bad[0])}): training from them would make NaN parameters"
+        )
+
+
+def _counted_targets(y: npt.NDArray[Any]) -> npt.NDArray[np.int64] | None:
+    """The targets each example counts in the cross-entropy mean (those not `IGNORE_INDEX`),
+    or None when none is skipped (every example counts the same)."""
+    skipped = y == IGNORE_INDEX
+    if not bool(skipped.any()):
+        return None
+    counted: npt.NDArray[np.int64] = (~skipped).reshape(len(y), -1).sum(axis=1, dtype=np.int64)
+    return counted
+
+
+def _diverged(value: float, step: int, epoch: int, lr: float) -> ValueError:
+    """The error for a step whose loss is NaN or infinite (the parameters are past saving)."""
+    return ValueError(
+        f"training diverged: the loss was {value} at step {step} (epoch {epoch}); lr {lr} is "
+        "too large for this model and data"
+    )
 
 
 class TorchTrainer:
@@ -318,12 +355,16 @@ class TorchTrainer:
         labels y (int[N], or int[N, ...] for a model with logits [B, C, ...]).
 
         Each epoch draws ``rng.permutation(N)`` and walks it in batches of `batch_size`, the
-        last one partial. Returns the trained params, N and the mean loss over every step.
+        last one partial. Returns the trained params, N and the mean loss over every step,
+        each step's loss weighted by the targets it counts (labels `IGNORE_INDEX` count none).
         Raises `TrainingDataError` for data the model cannot train on and `ValueError` for
-        epochs < 0, batch_size < 1 or an lr that is not finite and >= 0.
+        epochs < 0, batch_size < 1, an lr that is not finite and >= 0, `params` holding NaN or
+        inf, or a run whose loss becomes NaN or inf (diverged).
         """
         check_settings(epochs, batch_size, lr)
         y = self.check_data(x, y)
+        _check_start_params(params)
+        per_example = _counted_targets(y)
         set_flat_params(self.module, params)
         self.module.train()
         opt = torch.optim.SGD(
@@ -332,21 +373,40 @@ class TorchTrainer:
         xt = torch.from_numpy(np.ascontiguousarray(x))
         yt = torch.from_numpy(np.ascontiguousarray(y))
         n = len(x)
-        total, count = 0.0, 0
+        total, count, steps = 0.0, 0, 0
         linear = onednn_linear(self.module) if self.fast_linear else contextlib.nullcontext(0)
         pool = fast_max_pool(self.module) if self.fast_pool else contextlib.nullcontext(0)
         with linear, pool:
-            for _ in range(epochs):
-                order = torch.from_numpy(rng.permutation(n))
+            for epoch in range(epochs):
+                perm = rng.permutation(n)
+                order = torch.from_numpy(perm)
                 for start in range(0, n, batch_size):
                     idx = order[start : start + batch_size]
                     opt.zero_grad(set_to_none=True)
                     loss = self.loss_fn(self.module(xt.index_select(0, idx)), yt[idx])
+                    value = float(loss.detach())
+                    steps += 1
+                    # A batch whose labels are all skipped has a NaN loss (a mean over no
+                    # target) and a zero gradient: it counts nothing.
+                    weight = (
+                        len(idx)
+                        if per_example is None
+                        else int(per_example[perm[start : start + batch_size]].sum())
+                    )
+                    if weight and not math.isfinite(value):
+                        raise _diverged(value, steps, epoch + 1, lr)
                     loss.backward()
                     opt.step()
-                    total += float(loss.detach()) * len(idx)
-                    count += len(idx)
-        return TrainResult(get_flat_params(self.module), n, total / max(count, 1))
+                    if weight:
+                        total += value * weight
+                        count += weight
+        flat = get_flat_params(self.module)
+        if not bool(np.isfinite(flat).all()):
+            raise ValueError(
+                f"training diverged: the parameters hold NaN or inf after step {steps}; lr {lr} "
+                "is too large for this model and data"
+            )
+        return TrainResult(flat, n, total / max(count, 1))
 
     def check_data(
         self, x: npt.NDArray[Any], y: npt.NDArray[Any], *, allow_ignore: bool = True
@@ -371,6 +431,8 @@ def evaluate(
     rows spill to memory and were about 2x slower on one thread (bench/explore_cnn_speed.py).
     `fast_pool`: 2x2 max pooling through `fast_max_pool` (same values).
     """
+    if len(x) == 0:
+        raise ValueError("no examples to evaluate")
     set_flat_params(module, params)
     module.eval()
     correct, loss_sum = 0, 0.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Sequence
 
@@ -11,7 +12,13 @@ import onnxruntime as ort
 
 from compression import ModelSpec
 
-from .._data import TrainingDataError, check_finite_inputs, check_labels, check_settings
+from .._data import (
+    IGNORE_INDEX,
+    TrainingDataError,
+    check_finite_inputs,
+    check_labels,
+    check_settings,
+)
 from .._types import TrainResult
 from ._manifest import ArtifactError, Manifest, load_manifest
 
@@ -137,7 +144,23 @@ def _labels(
     except ValueError as exc:
         raise TrainingDataError(f"{where}: {exc}") from None
     check_labels(arr, classes, allow_ignore=allow_ignore, where=where)
+    if allow_ignore and arr.size and bool((arr == IGNORE_INDEX).all()):
+        # As in sdk.trainer: a zero update weighted by its examples, and a NaN mean loss.
+        raise TrainingDataError(
+            f"{where}: every label is {IGNORE_INDEX} (skipped): no example to train on"
+        )
     return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _check_start_params(params: npt.NDArray) -> None:
+    """Raise `ValueError` if the starting parameters hold NaN or inf (as `sdk.trainer`)."""
+    finite = np.isfinite(params)
+    if not bool(finite.all()):
+        bad = np.flatnonzero(~finite)
+        raise ValueError(
+            f"params hold {bad.size} NaN or infinite value{'s' if bad.size != 1 else ''} "
+            f"(the first at {int(bad[0])}): training from them would make NaN parameters"
+        )
 
 
 class OrtTrainer:
@@ -339,7 +362,10 @@ class OrtTrainer:
         lr: float,
         rng: np.random.Generator,
     ) -> TrainResult:
-        """Run `epochs` epochs from flat `params`; returns new float32[d] params and mean loss."""
+        """Run `epochs` epochs from flat `params`; returns new float32[d] params and the mean
+        loss, each step's weighted by the targets it counts (labels -100 count none), as
+        `sdk.trainer.TorchTrainer.train`. Raises `ValueError` for `params` holding NaN or inf
+        and for a run whose loss becomes NaN or inf (diverged), with the same words."""
         check_settings(epochs, batch_size, lr)
         xs = self._check_x(x)
         check_finite_inputs(xs, where="training data")  # NaN or inf would train NaN params
@@ -351,16 +377,35 @@ class OrtTrainer:
         # step returns fresh arrays, and the result is concatenated anew, so nothing ever
         # writes through these views or hands them back.
         tensors = self.split(params)
+        _check_start_params(params)
+        per_example = None
+        if self.manifest.loss == "ce" and bool((ys == IGNORE_INDEX).any()):
+            per_example = (ys != IGNORE_INDEX).reshape(n, -1).sum(axis=1)
         state = [np.zeros_like(t) for t in tensors] if self.manifest.state_inputs else []
-        total, count = 0.0, 0
-        for _ in range(epochs):
+        total, count, steps = 0.0, 0, 0
+        for epoch in range(epochs):
             order = rng.permutation(n)
             for start in range(0, n, batch_size):
                 idx = order[start : start + batch_size]
                 loss, tensors, state = self.step(tensors, state, xs[idx], ys[idx], lr)
-                total += loss * len(idx)
-                count += len(idx)
+                steps += 1
+                # A batch whose labels are all skipped has a NaN loss (a mean over no target)
+                # and a zero gradient: it counts nothing.
+                weight = len(idx) if per_example is None else int(per_example[idx].sum())
+                if weight and not math.isfinite(loss):
+                    raise ValueError(
+                        f"training diverged: the loss was {loss} at step {steps} (epoch "
+                        f"{epoch + 1}); lr {lr} is too large for this model and data"
+                    )
+                if weight:
+                    total += loss * weight
+                    count += weight
         flat = np.concatenate([t.reshape(-1) for t in tensors]).astype(np.float32, copy=False)
+        if not bool(np.isfinite(flat).all()):
+            raise ValueError(
+                f"training diverged: the parameters hold NaN or inf after step {steps}; lr {lr} "
+                "is too large for this model and data"
+            )
         return TrainResult(flat, n, total / max(count, 1))
 
     def predict(

@@ -1,0 +1,128 @@
+"""Trainer edge cases, for both trainers (torch and onnxruntime): batches whose labels are all
+skipped (IGNORE_INDEX), data with no label to train on, a training run that diverges, starting
+parameters that are not finite, and evaluation on no examples."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from mobile_sim.models import build_model
+from sdk.flat import get_flat_params
+from sdk.onnx_export import export_training_artifacts
+from sdk.ort import OrtTrainer
+from sdk.trainer import IGNORE_INDEX, TorchTrainer, TrainingDataError, evaluate
+
+
+@pytest.fixture(scope="module")
+def trainers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """digits_mlp as a torch trainer and as an onnxruntime trainer, with its start params."""
+    torch.manual_seed(0)
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("h56_trainers")
+    export_training_artifacts(
+        build_model("digits_mlp"), torch.randn(4, 64), root, model_name="digits_mlp"
+    )
+    module = build_model("digits_mlp")
+    return {
+        "torch": TorchTrainer(module),
+        "ort": OrtTrainer.from_dir(Path(root)),
+        "params": get_flat_params(module),
+    }
+
+
+def _data(n: int = 12) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(5)
+    return rng.standard_normal((n, 64)).astype(np.float32), rng.integers(0, 10, n)
+
+
+def _train(trainer: Any, params: np.ndarray, x: Any, y: Any, **kw: Any) -> Any:
+    settings: dict[str, Any] = {"epochs": 1, "batch_size": 4, "lr": 0.1}
+    settings.update(kw)
+    return trainer.train(params, x, y, rng=np.random.default_rng(1), **settings)
+
+
+KINDS = ["torch", "ort"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_batch_whose_labels_are_all_skipped_leaves_the_mean_loss_finite(
+    trainers: dict[str, Any], kind: str
+) -> None:
+    # Prepare: batches of one example; every label but the last skipped
+    x, y = _data()
+    y = np.where(np.arange(len(y)) == len(y) - 1, y, IGNORE_INDEX)
+    params = trainers["params"]
+
+    # Execute
+    result = _train(trainers[kind], params, x, y, batch_size=1)
+
+    # Assert: the loss is the one counted example's (the mean over counted targets); before,
+    # each skipped batch's NaN loss made the whole mean NaN
+    alone = _train(trainers[kind], params, x[-1:], y[-1:], batch_size=1)
+    assert math.isfinite(result.loss)
+    assert result.loss == pytest.approx(alone.loss, rel=1e-6)
+    assert np.isfinite(result.params).all()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_skipped_labels_do_not_count_in_the_mean_loss(trainers: dict[str, Any], kind: str) -> None:
+    # Prepare: one batch of 4 with 2 labels skipped, one batch of 4 with none (lr 0: the
+    # parameters, so the per-example losses, do not change between steps)
+    x, y = _data(8)
+    y_skip = y.copy()
+    y_skip[[0, 1]] = IGNORE_INDEX
+    params = trainers["params"]
+
+    # Execute
+    result = _train(trainers[kind], params, x, y_skip, lr=0.0)
+
+    # Assert: the mean over the 6 counted examples, as one batch of them gives
+    counted = _train(trainers[kind], params, x[2:], y[2:], lr=0.0, batch_size=6)
+    assert result.loss == pytest.approx(counted.loss, rel=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_data_whose_labels_are_all_skipped_is_refused(trainers: dict[str, Any], kind: str) -> None:
+    # A device with no label to train on would upload a zero update weighted by its examples,
+    # pulling the round's average towards the old model
+    x, _ = _data()
+    y = np.full(len(x), IGNORE_INDEX)
+    with pytest.raises(TrainingDataError, match=r"every label is -100 \(skipped\)"):
+        _train(trainers[kind], trainers["params"], x, y)
+    with pytest.raises(TrainingDataError, match=r"every label is -100 \(skipped\)"):
+        trainers[kind].check_data(x, y)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_run_that_diverges_raises_naming_the_step_and_lr(
+    trainers: dict[str, Any], kind: str
+) -> None:
+    # Prepare: an lr far too large for these inputs
+    x, y = _data()
+
+    # Execute / Assert: a clear error, not NaN parameters the encoder refuses later
+    with pytest.raises(ValueError, match=r"training diverged: the loss was .* at step \d+ .*lr"):
+        _train(trainers[kind], trainers["params"], x * 1000, y, epochs=20, batch_size=2, lr=1e30)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_starting_parameters_that_are_not_finite_are_refused(
+    trainers: dict[str, Any], kind: str
+) -> None:
+    x, y = _data()
+    params = trainers["params"].copy()
+    params[3] = np.inf
+    with pytest.raises(ValueError, match=r"params hold 1 NaN or infinite value \(the first at 3\)"):
+        _train(trainers[kind], params, x, y)
+
+
+def test_evaluate_on_no_examples_is_a_clear_error(trainers: dict[str, Any]) -> None:
+    x, y = _data()
+    with pytest.raises(ValueError, match="no examples to evaluate"):
+        evaluate(trainers["torch"].module, trainers["params"], x[:0], y[:0])
