@@ -1112,15 +1112,18 @@ class Coordinator:
         for rt in sorted(self.runtimes.values(), key=lambda r: r.task_id):
             if task_id is not None and rt.task_id != task_id:
                 continue
+            cur = rt.current
+            if cur is not None and not cur.closing and now < cur.deadline:
+                # Before the state check: a task paused after this round opened still lets
+                # its selected devices learn their assignment (the round in flight closes as
+                # usual; a pause only stops new rounds and new devices joining the pool).
+                if device_id in cur.selected and device_id not in cur.uploaded:
+                    self.metrics.check_ins.labels(CheckInAction.TRAIN).inc()
+                    return CheckInResponse(CheckInAction.TRAIN, 0.0, self._assignment(rt, cur))
             if rt.state != TaskState.ACTIVE:
                 continue
             if rt.rounds_closed >= rt.config.rounds or rt.engine.stopped:
                 continue
-            cur = rt.current
-            if cur is not None and not cur.closing and now < cur.deadline:
-                if device_id in cur.selected and device_id not in cur.uploaded:
-                    self.metrics.check_ins.labels(CheckInAction.TRAIN).inc()
-                    return CheckInResponse(CheckInAction.TRAIN, 0.0, self._assignment(rt, cur))
             if not self._expire_pool(rt, now):
                 rt.waiting_since = now  # the selection timeout runs from the first device
             rt.pool[device_id] = now

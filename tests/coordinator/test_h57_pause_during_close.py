@@ -146,3 +146,31 @@ def test_a_task_paused_through_its_last_round_is_done_when_resumed(tmp_path: Pat
     assert status.state == "done" and status.rounds_closed == 1
     coord.store.close()
     assert _start(tmp_path / "p.db", clock).task_status(task_id).state == "done"
+
+
+def test_a_device_selected_before_a_pause_still_gets_its_assignment(tmp_path: Path) -> None:
+    # Prepare: b's check-in opens the round with a and b selected; a learns it at its next
+    # check-in, which comes after the admin paused the task
+    clock = Clock()
+    cfg = task_config(rounds=3, clients_per_round=2, min_reports=2)
+    coord = _start(tmp_path / "p.db", clock)
+    task_id = coord.create_task(cfg)
+    coord.set_initial_model(task_id, encode_snapshot(initial_params(), SPEC, "fp32"))
+    assert coord.check_in("a", task_id).assignment is None
+    opened = coord.check_in("b", task_id).assignment
+    assert opened is not None
+    coord.set_paused(task_id, True)
+    # Execute
+    answer = coord.check_in("a", task_id)
+    anywhere = coord.check_in("a")  # a check-in naming no task finds it too
+    # Assert: the round in flight can still gather its cohort; a new device is not pooled
+    assert answer.assignment is not None and answer.assignment.round_id == opened.round_id
+    assert anywhere.assignment is not None
+    assert coord.check_in("c", task_id).assignment is None
+    assert coord.task_status(task_id).pool == 0
+    coord.submit(opened.round_id, "a", "ka", _frame(cfg))
+    _, to_close = coord.submit(opened.round_id, "b", "kb", _frame(cfg))
+    assert to_close is not None
+    asyncio.run(coord.close_round(to_close))
+    status = coord.task_status(task_id)
+    assert (status.state, status.rounds_committed, status.current_round) == ("paused", 1, None)

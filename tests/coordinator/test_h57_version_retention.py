@@ -136,4 +136,6 @@ def test_a_chain_with_a_missing_frame_is_never_served(tmp_path: Path) -> None:
             coord.model(1, have, "delta", "fp32")
         assert refused.value.status == 409 and refused.value.reason == "unknown_version"
     # ... while a chain after the gap is still served
-    assert coord.model(1, 3, "delta", "fp32")[1]["x-plume-model-encoding"] == ModelEncoding.DELTA_CHAIN
+    assert (
+        coord.model(1, 3, "delta", "fp32")[1]["x-plume-model-encoding"] == ModelEncoding.DELTA_CHAIN
+    )
