@@ -63,7 +63,13 @@ from protocol.secagg import RoundAborted, SecAggHeader, SecAggPath, Stage
 
 from ._types import LocalTrainer
 from .device import UpdateEncoder
-from .device_store import MAX_SPEC_JSON_BYTES, AcceptedUpload, DeviceStore, PendingUpload
+from .device_store import (
+    MAX_RESIDUALS,
+    MAX_SPEC_JSON_BYTES,
+    AcceptedUpload,
+    DeviceStore,
+    PendingUpload,
+)
 from .secure import SecureParticipant
 
 __all__ = [
@@ -289,6 +295,9 @@ class _Core:
         self.max_stage_wait_s = max_stage_wait_s
         self.max_response_s = max_response_s
         self.bandwidth: dict[int, dict[str, dict[str, int]]] = {}
+        # Each holds at most MAX_RESIDUALS entries, the least recently used first (the app
+        # directory holds as many task residuals): one dropped is read again from the app
+        # directory, which holds its residual, at its next use.
         self._encoders: dict[int, UpdateEncoder] = {}
         # Keyed by (task id, model size): each task's secure residual is its own.
         self._participants: dict[tuple[int | None, int], SecureParticipant] = {}
@@ -526,7 +535,9 @@ class _Core:
             ef = self.store.load_residual(spec.size, a.task_id)
             if ef is not None:
                 enc.set_feedback(ef)
-            self._encoders[a.task_id] = enc
+        self._encoders.pop(a.task_id, None)  # the last used goes last
+        self._encoders[a.task_id] = enc
+        _drop_oldest(self._encoders)
         enc.set_config(a.codec.to_config())
         return enc
 
@@ -634,6 +645,7 @@ class _Core:
                 p.residual = ef.residual.astype(np.float32, copy=True)
         self._participants.pop((task_id, size), None)  # the last used goes last
         self._participants[(task_id, size)] = p
+        _drop_oldest(self._participants)
         return p
 
     def save_secure_residual(
@@ -731,6 +743,12 @@ class _Core:
             count_payload_down=True,
             max_response_bytes=MAX_SECURE_RESPONSE,
         )
+
+
+def _drop_oldest(held: dict[Any, Any]) -> None:
+    """Drop the first (least recently used) entries of `held` past MAX_RESIDUALS."""
+    for key in list(held)[: max(0, len(held) - MAX_RESIDUALS)]:
+        del held[key]
 
 
 def _too_large(response: httpx.Response, cap: int) -> ClientError:
