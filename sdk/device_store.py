@@ -154,13 +154,26 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _no_directory(path: Path) -> None:
+    """Raise `DeviceStoreError` if `path` is a directory: the store keeps a file under that
+    name, and a foreign directory there must be named, not fail as a bare OSError."""
+    if path.is_dir() and not path.is_symlink():
+        raise DeviceStoreError(
+            f"{path} is a directory where the app directory keeps a file: remove it"
+        )
+
+
 def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
     # Owner-only by default: the residual, model and pending frame derive from the user's data.
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    _no_directory(path)
+    _no_directory(tmp)
+    # A leftover temp is removed, not opened: a FIFO there would block the open forever, and
+    # a symlink would have the bytes written wherever it points (O_CREAT follows it).
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
-        # O_CREAT keeps the mode of a temp file left over from an earlier crash: set it anyway.
-        os.fchmod(fd, mode)
+        os.fchmod(fd, mode)  # the umask may have narrowed `mode`; set it exactly
         view = memoryview(data)
         while view:  # os.write may write less than asked (Linux caps one call at ~2 GiB)
             view = view[os.write(fd, view) :]
@@ -171,9 +184,30 @@ def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
     _fsync_dir(path.parent)
 
 
+def _replace(src: Path, dst: Path) -> None:
+    """Rename a staged residual over `dst` (`DeviceStoreError` if `dst` is a directory)."""
+    _no_directory(dst)
+    os.replace(src, dst)
+    _fsync_dir(dst.parent)
+
+
 def _unlink(path: Path) -> None:
+    _no_directory(path)
     path.unlink(missing_ok=True)
     _fsync_dir(path.parent)
+
+
+def _read_sized(path: Path, size: int) -> bytes | None:
+    """The `size` bytes of regular file `path`, or None if it is not one of that size (a
+    directory, a FIFO, which would block the read, or a file torn or grown)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        return None
+    raw = path.read_bytes()
+    return raw if len(raw) == size else None
 
 
 def _read(path: Path, limit: int, what: str) -> bytes:
@@ -283,8 +317,9 @@ class DeviceStore:
         ever the state, and one named after a round (accepted-<r>.frame.tmp) or a dropped task
         would never be written over, so each such crash would keep a file for the app's life."""
         for name in os.listdir(self.root):
-            if _STORE_TEMP.fullmatch(name) and (self.root / name).is_file():
-                _unlink(self.root / name)
+            path = self.root / name
+            if _STORE_TEMP.fullmatch(name) and not (path.is_dir() and not path.is_symlink()):
+                _unlink(path)  # a FIFO or symlink too: `_write` never leaves one
 
     # -- identity ------------------------------------------------------------------------
 
@@ -335,10 +370,8 @@ class DeviceStore:
         path = self.root / "model.f32"
         if st.get("task_id") != task_id or "model_version" not in st or not path.exists():
             return None
-        if os.stat(path).st_size != 4 * size:  # checked before reading it
-            return None
-        raw = path.read_bytes()
-        if len(raw) != 4 * size:
+        raw = _read_sized(path, 4 * size)  # the size is checked before reading it
+        if raw is None:
             return None
         version = st["model_version"]
         if isinstance(version, bool) or not isinstance(version, int):
@@ -428,8 +461,7 @@ class DeviceStore:
 
     def _finish(self, staged: Path) -> None:
         """Rename a staged residual over its task's file (a window closing)."""
-        os.replace(staged, self._dest(_residual_task(staged)))
-        _fsync_dir(self.root)
+        _replace(staged, self._dest(_residual_task(staged)))
 
     def _settle_refusal(self) -> None:
         """Finish (or drop, if it never committed) a refusal a crash interrupted."""
@@ -520,7 +552,7 @@ class DeviceStore:
         record = self.load_accepted(round_id)
         if record is None or not isinstance(size, int) or len(record.frame) != size:
             return
-        if os.stat(frame_path).st_size != size or frame_path.read_bytes() != record.frame:
+        if _read_sized(frame_path, size) != record.frame:
             return
         _unlink(meta_path)  # the record holds it: the pending copy is forgotten (clear_pending)
         _unlink(frame_path)
@@ -566,8 +598,7 @@ class DeviceStore:
             # Make room first, so the claimed file never makes one more than the bound (a
             # crash in between leaves the claim committed, and this is run again).
             self._evict_residuals(None, room=1)
-            os.replace(legacy, dest)
-            _fsync_dir(self.root)
+            _replace(legacy, dest)
 
     def _task_residual_files(self) -> list[Path]:
         """The task residual files held (residual-<t>.bin; a directory of that name is no
@@ -712,11 +743,9 @@ class DeviceStore:
         task_id = _task_field(meta)
         if "task_id" in meta and task_id is None:
             raise DeviceStoreError(f"{meta_path}: task_id must be an integer in [0, 2^63)")
-        if size > _MAX_FRAME_BYTES or os.stat(frame_path).st_size != size:
+        frame = _read_sized(frame_path, size) if size <= _MAX_FRAME_BYTES else None
+        if frame is None:
             return None  # not the frame this metadata describes
-        frame = frame_path.read_bytes()
-        if len(frame) != size:
-            return None
         if digest is not None and hashlib.sha256(frame).hexdigest() != digest:
             return None
         accepted = self.load_accepted(round_id)
@@ -888,10 +917,10 @@ class DeviceStore:
         if "task_id" in meta and task_id is None:
             return None
         digest = meta.get("sha256")
-        if round_id < 1 or size > _MAX_FRAME_BYTES or os.stat(frame_path).st_size != size:
+        if round_id < 1 or size > _MAX_FRAME_BYTES:
             return None
-        frame = frame_path.read_bytes()
-        if len(frame) != size or hashlib.sha256(frame).hexdigest() != digest:
+        frame = _read_sized(frame_path, size)
+        if frame is None or hashlib.sha256(frame).hexdigest() != digest:
             return None
         return AcceptedUpload(round_id, frame, spec, task_id)
 
@@ -976,8 +1005,7 @@ class DeviceStore:
         _write(staged, _residual_bytes(ef, task_id, self._next_seq()))
         _unlink(self.root / commit)  # the commit point
         dest = self._dest(task_id)
-        os.replace(staged, dest)
-        _fsync_dir(self.root)
+        _replace(staged, dest)
         for name in leftovers:
             _unlink(self.root / name)
         self._evict_residuals(dest)
