@@ -162,6 +162,22 @@ class SecureRegistry:
         with self._lock:
             return device_id in self._entry(round_id).task.group_of
 
+    def joinable(self, round_id: int, device_id: str) -> bool:
+        """Whether `device_id` can still join the round: its group's advertise-keys stage is
+        open (and not past its deadline) and the device is in it. Every later stage refuses
+        a device that did not advertise its keys."""
+        with self._lock:
+            entry = self._rounds.get(round_id)
+            g = None if entry is None else entry.task.group_of.get(device_id)
+            if entry is None or g is None:
+                return False
+            grp = entry.groups[g]
+            if grp.stage != Stage.ADVERTISE_KEYS or device_id not in grp.expected:
+                return False
+            return self.stage_timeout_s is None or not self._due(
+                grp, self.clock(), self.stage_timeout_s, self.stage_idle_s
+            )
+
     def stage_counts(self, round_id: int) -> dict[str, int]:
         """Uploads accepted per stage over all groups (for round status)."""
         with self._lock:

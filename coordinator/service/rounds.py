@@ -1117,7 +1117,15 @@ class Coordinator:
                 # Before the state check: a task paused after this round opened still lets
                 # its selected devices learn their assignment (the round in flight closes as
                 # usual; a pause only stops new rounds and new devices joining the pool).
-                if device_id in cur.selected and device_id not in cur.uploaded:
+                # A secure round takes a device only while its advertise-keys stage is open:
+                # past it, an assignment would have it download and train for nothing.
+                if (
+                    device_id in cur.selected
+                    and device_id not in cur.uploaded
+                    and (
+                        rt.secure is None or rt.secure.registry.joinable(cur.round_id, device_id)
+                    )
+                ):
                     self.metrics.check_ins.labels(CheckInAction.TRAIN).inc()
                     return CheckInResponse(CheckInAction.TRAIN, 0.0, self._assignment(rt, cur))
             if rt.state != TaskState.ACTIVE:
