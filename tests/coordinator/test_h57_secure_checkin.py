@@ -11,7 +11,6 @@ from pathlib import Path
 from compression import encode_snapshot
 from coordinator.service import ServiceConfig, Store
 from coordinator.service.rounds import Coordinator
-
 from protocol.secagg import SecAggHeader, Stage
 from sdk.secure import SecureParticipant
 
