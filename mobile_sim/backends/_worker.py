@@ -13,12 +13,72 @@ from ._base import JobResult, TrainContext, TrainJob
 from .sequential import run_job
 from .vectorized import VectorizedBackend
 
-__all__ = ["INNER_BACKENDS", "WorkerState", "split_jobs", "check_job_timeout", "name_devices"]
+__all__ = [
+    "INNER_BACKENDS",
+    "WorkerState",
+    "split_jobs",
+    "check_job_timeout",
+    "name_devices",
+    "StallLimit",
+    "task_examples",
+]
 
 INNER_BACKENDS = ("sequential", "vectorized")
 # Device ids a stall error lists before it only counts the rest (a vectorized share can hold
 # hundreds of jobs).
 _NAMED_DEVICES = 10
+
+
+class StallLimit:
+    """The automatic stall limit of a remote task, for `job_timeout_s=None`.
+
+    No fixed figure suits honest work of every size, but within one run every job has the
+    same model, epochs and batch size, so a task's time is about proportional to its
+    examples. The limit is `FACTOR` times the task's examples at the rate (s per example,
+    over the tasks finished since `start`), and at least `FLOOR_S`. A worker's first task
+    since `start` pays its warm-up, which no rate predicts (a tiny model's first step can
+    take 10^4 times its next ones): it gets `FIRST_S` and is left out of the rate, and so is
+    every task before a rate is known. So a worker stuck in a job (alive, never replying) fails
+    the round instead of hanging it forever, and honest work is far inside.
+    """
+
+    FACTOR = 20.0
+    FLOOR_S = 300.0
+    FIRST_S = 3600.0
+
+    def __init__(self) -> None:
+        self.seconds = 0.0  # spent by the finished tasks
+        self.examples = 0  # ... on so many examples
+
+    def observe(self, examples: int, seconds: float) -> None:
+        self.seconds += max(0.0, seconds)
+        self.examples += max(1, examples)
+
+    def limit(self, examples: int, *, first: bool = False) -> float:
+        """Seconds a task of `examples` examples may run (`first`: a worker's first task)."""
+        if first or not self.examples:
+            return self.FIRST_S
+        rate = self.seconds / self.examples
+        return max(self.FLOOR_S, self.FACTOR * rate * max(1, examples))
+
+    def explain(self, *, first: bool = False) -> str:
+        """How the limit was set, for an error message."""
+        if first or not self.examples:
+            how = f"{self.FIRST_S:g} s for a worker's first task or before any rate is known"
+        else:
+            how = (
+                f"{self.FACTOR:g}x its examples at the finished tasks' time per example, at "
+                f"least {self.FLOOR_S:g} s"
+            )
+        return (
+            f"automatic stall limit ({how}; job_timeout_s None): if the work is honest, set "
+            "job_timeout_s (plume sim --job-timeout) to a longer limit in seconds"
+        )
+
+
+def task_examples(jobs: Sequence[TrainJob], task: Sequence[int]) -> int:
+    """A task's training examples (its jobs' index counts), the unit of `StallLimit`."""
+    return sum(max(1, len(jobs[i].indices)) for i in task)
 
 
 def check_job_timeout(job_timeout_s: float | None) -> float | None:

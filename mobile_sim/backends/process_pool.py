@@ -20,7 +20,15 @@ import numpy as np
 import numpy.typing as npt
 
 from ._base import JobResult, TrainContext, TrainJob, check_round
-from ._worker import INNER_BACKENDS, WorkerState, check_job_timeout, name_devices, split_jobs
+from ._worker import (
+    INNER_BACKENDS,
+    StallLimit,
+    WorkerState,
+    check_job_timeout,
+    name_devices,
+    split_jobs,
+    task_examples,
+)
 
 __all__ = ["ProcessPoolBackend", "PoolWorkerError"]
 
@@ -185,12 +193,13 @@ class ProcessPoolBackend:
       `inner="sequential"`, a worker's whole share with `"vectorized"`), counted from when the
       task is sent. A task still running past it fails the round with `PoolWorkerError`
       naming its device ids and the limit; every worker is stopped and the pool closed, as
-      when a worker dies. It is a plain attribute: it may be changed between rounds. The
-      default is None (no limit) because no fixed figure is safe for honest work of every
-      size: a task's time grows with its examples x epochs x model size (a vectorized share
-      can be hundreds of jobs), and a slow or loaded machine stretches it further, to minutes
-      or hours; a default that fired on such a run would throw it away. Set it to a generous
-      multiple (say 10x) of the slowest honest task seen on that machine. A dead worker needs
+      when a worker dies. It is a plain attribute: it may be changed between rounds. No fixed
+      figure is safe for honest work of every size (a task's time grows with its examples x
+      epochs x model size, a vectorized share can be hundreds of jobs, and a loaded machine
+      stretches it to minutes or hours), so the default None is an automatic limit that
+      scales with the work (`StallLimit`: 20x the task's examples at the rate of the tasks
+      finished since `start`, at least 300 s; 3600 s for a worker's first task, which pays
+      its warm-up). A stuck worker therefore cannot hang the run forever. A dead worker needs
       no limit: it fails the round at once either way.
     - `start` has one deadline for all workers together (`_START_TIMEOUT_S`, 300 s); its
       error says how many workers were ready by then.
@@ -220,6 +229,8 @@ class ProcessPoolBackend:
         self.threads_per_worker = threads_per_worker
         self.start_method = start_method
         self.job_timeout_s = check_job_timeout(job_timeout_s)
+        self._stall = StallLimit()  # the limit when job_timeout_s is None
+        self._warm: set[Connection] = set()  # workers that have finished a task
         self._procs: list[Any] = []
         self._conns: list[Connection] = []
         self._params: _Shared | None = None
@@ -229,6 +240,8 @@ class ProcessPoolBackend:
     def start(self, ctx: TrainContext) -> None:
         self.close()
         self._num_examples = len(ctx.y_train)
+        self._stall = StallLimit()  # rates of another context say nothing of this one
+        self._warm = set()
         mp: Any = multiprocessing.get_context(self.start_method)
         if os.name == "posix":
             # Before 3.13 a worker attaching to a block registers it with the resource tracker.
@@ -299,7 +312,9 @@ class ProcessPoolBackend:
     def _reply(self, conn: Connection) -> Any:
         try:
             kind, payload = conn.recv()
-        except EOFError:
+        except (EOFError, ConnectionResetError):
+            # A worker that dies with a message of ours still unread resets the connection
+            # instead of closing it: the same death.
             raise PoolWorkerError("a worker process died") from None
         if kind == "error":
             raise PoolWorkerError(f"a worker failed:\n{payload}")
@@ -363,7 +378,15 @@ class ProcessPoolBackend:
         # Each busy worker's task and when it was sent (time.monotonic() s).
         busy: dict[Connection, tuple[float, list[int]]] = {}
         pending = list(reversed(tasks))
-        limit = self.job_timeout_s
+        fixed = self.job_timeout_s
+
+        def limit(conn: Connection, task: list[int]) -> float:
+            if fixed is not None:
+                return fixed
+            if conn not in self._warm:  # its first task pays the worker's warm-up
+                return self._stall.limit(0, first=True)
+            return self._stall.limit(task_examples(jobs, task))
+
         while pending or busy:
             while pending and idle:
                 conn = idle.pop()
@@ -375,30 +398,37 @@ class ProcessPoolBackend:
                     raise PoolWorkerError("a worker process died") from None
                 busy[conn] = (time.monotonic(), task)
             # A dead worker's pipe reads as ready (EOF), so death still ends the wait at once;
-            # the timeout only adds a wake-up at the oldest task's limit.
-            timeout = None
-            if limit is not None:
-                oldest = min(sent for sent, _ in busy.values())
-                timeout = max(0.0, oldest + limit - time.monotonic())
-            for ready in wait(list(busy), timeout):
+            # the timeout only adds a wake-up at the first task's limit.
+            first = min(sent + limit(conn, task) for conn, (sent, task) in busy.items())
+            for ready in wait(list(busy), max(0.0, first - time.monotonic())):
                 if not isinstance(ready, Connection):
                     continue
                 conn = ready
-                del busy[conn]
+                sent, task = busy.pop(conn)
                 for slot, device_id, examples, loss in self._reply(conn):
                     # Copy out: the slot is overwritten next round.
                     delta = shm_out.array[slot].copy()
                     results[slot] = JobResult(device_id, delta, examples, loss)
+                if conn in self._warm:  # a first task's time is mostly warm-up
+                    self._stall.observe(task_examples(jobs, task), time.monotonic() - sent)
+                self._warm.add(conn)
                 idle.append(conn)
-            if limit is not None:
-                now = time.monotonic()
-                for sent, task in busy.values():
-                    if now - sent >= limit:
-                        raise PoolWorkerError(
-                            f"a worker was still training devices {name_devices(jobs, task)} after "
-                            f"the {limit:g} s stall limit (job_timeout_s); the pool's workers "
-                            "were stopped"
-                        )
+            now = time.monotonic()
+            for conn, (sent, task) in busy.items():
+                if now - sent < limit(conn, task):
+                    continue
+                devices = name_devices(jobs, task)
+                if fixed is not None:
+                    raise PoolWorkerError(
+                        f"a worker was still training devices {devices} after the {fixed:g} s "
+                        "stall limit (job_timeout_s); the pool's workers were stopped"
+                    )
+                raise PoolWorkerError(
+                    f"a worker was still training devices {devices} after "
+                    f"{limit(conn, task):.3g} s, the "
+                    f"{self._stall.explain(first=conn not in self._warm)}; the pool's "
+                    "workers were stopped"
+                )
         return [r for r in results if r is not None]
 
     def close(self) -> None:
