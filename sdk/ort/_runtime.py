@@ -295,6 +295,9 @@ class OrtTrainer:
                 raise TrainingDataError(str(exc)) from None
             if arr.size and arr.min() < 0:
                 raise TrainingDataError(f"token ids must be >= 0, got {arr.min()}")
+            if arr.size and arr.max() > np.iinfo(np.int64).max:
+                # The cast to int64 would wrap it (a uint64 2^64-1 to -1, a row from the end).
+                raise TrainingDataError(f"token ids must be below 2^63, got {arr.max()}")
         xs = np.ascontiguousarray(x, dtype=self._x_dtype)
         if xs.ndim != 1 + len(m.x_shape) or tuple(xs.shape[1:]) != m.x_shape:
             raise TrainingDataError(f"x of shape {x.shape}, the model takes [B, {m.x_shape}]")

@@ -126,3 +126,32 @@ def test_evaluate_on_no_examples_is_a_clear_error(trainers: dict[str, Any]) -> N
     x, y = _data()
     with pytest.raises(ValueError, match="no examples to evaluate"):
         evaluate(trainers["torch"].module, trainers["params"], x[:0], y[:0])
+
+
+@pytest.fixture(scope="module")
+def token_trainer(tmp_path_factory: pytest.TempPathFactory) -> tuple[OrtTrainer, np.ndarray]:
+    """A tiny embedding model (6 token ids, 4 per example) on onnxruntime, with its params."""
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Embedding(6, 3), torch.nn.Flatten(), torch.nn.Linear(12, 2)
+    )
+    root = tmp_path_factory.mktemp("h56_tokens")
+    export_training_artifacts(module, torch.randint(0, 6, (2, 4)), root)
+    return OrtTrainer.from_dir(root), get_flat_params(module)
+
+
+@pytest.mark.parametrize(
+    "x",
+    [
+        np.array([[0, 1, 2, 3], [1, 2, 3, 2**64 - 1]], dtype=np.uint64),  # trained on row 5
+        np.array([[0, 1, 2, 3], [1, 2, 3, 2**63 + 5]], dtype=np.uint64),
+        np.array([[0.0, 1.0, 2.0, 3.0], [1.0, 2.0, 3.0, 1e19]]),
+    ],
+    ids=["uint64-max", "uint64-past-int64", "float-past-int64"],
+)
+def test_token_ids_past_int64_are_refused_not_wrapped(
+    token_trainer: tuple[OrtTrainer, np.ndarray], x: np.ndarray
+) -> None:
+    trainer, params = token_trainer
+    with pytest.raises(TrainingDataError, match=r"token ids must be below 2\^63"):
+        _train(trainer, params, x, np.array([0, 1]), batch_size=2)
