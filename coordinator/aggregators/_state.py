@@ -108,7 +108,7 @@ def decode_state(blob: bytes) -> Any:
     data = memoryview(blob)[_HEAD.size + n_json :]
     try:
         tree = json.loads(bytes(blob[_HEAD.size : _HEAD.size + n_json]))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, bad UTF-8, a 5,000-digit int
         raise StateCodecError(f"state JSON does not parse: {exc}") from None
 
     def value(n: Any, depth: int) -> Any:
@@ -149,7 +149,9 @@ def decode_state(blob: bytes) -> Any:
                     raise StateCodecError(f"dataclass {n['c']!r} is not stored")
                 fields = {k: value(v, depth + 1) for k, v in n["f"].items()}
                 return cls(**fields)
-        except (KeyError, TypeError, ValueError) as exc:
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            # AttributeError: a "dc" node's fields not an object; OverflowError: float.fromhex
+            # past float's range. Both must come out as StateCodecError, as the rest do.
             if isinstance(exc, StateCodecError):
                 raise
             raise StateCodecError(f"malformed {t!r} node: {exc}") from None
