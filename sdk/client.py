@@ -1209,6 +1209,12 @@ def _secure_flow(
     part = participant or core.secure_participant(spec.size, a.task_id)
     session = part.join(response.content, digest, params, node)
     delta, n, loss = update(params)
+    # Before any stage: a non-finite update would be quantized to arbitrary levels (NaN cast
+    # to an integer) and leave a NaN residual, as the plain path refuses it (`ValueError`).
+    if np.shape(delta) != (spec.size,):
+        raise ValueError(f"update of shape {np.shape(delta)}, model has {spec.size} scalars")
+    if not np.all(np.isfinite(delta)):
+        raise ValueError("update contains NaN or Inf")
     if rng is None:
         rng = np.random.default_rng([a.seed, a.round_id, int(core.device_id[:12], 16), 3])
     report = SecureRoundReport(

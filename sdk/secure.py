@@ -140,7 +140,14 @@ class SecureSession:
         """Encode `delta` (float32[d]) with the residual, commit the new residual, mask, pack."""
         msg = ShareDelivery.from_bytes(delivery, self.plan.num_nodes)
         p = self.participant
-        u = np.asarray(delta, dtype=np.float32) + p.residual
+        if np.shape(delta) != (p.size,):  # (1,) would broadcast over the residual
+            raise ValueError(f"update of shape {np.shape(delta)}, model has {p.size} values")
+        with np.errstate(over="ignore", invalid="ignore"):
+            u = np.asarray(delta, dtype=np.float32) + p.residual
+        # Before anything changes: NaN would be cast to an arbitrary level, and the residual
+        # kept (u minus what was sent) would be NaN for every later round.
+        if not np.all(np.isfinite(u)):
+            raise ValueError("update plus residual contains NaN or Inf")
         node = self.client.state.node
         vector, sent = encode_for_plan(u, self.plan, weight, rng, p.noise_rng, node)
         out = self.client.masked_input(msg, vector).to_bytes()

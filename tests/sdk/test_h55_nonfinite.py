@@ -1,0 +1,96 @@
+"""A SecAgg+ round whose update is not finite (a diverged local step), or whose update plus the
+residual overflows: the device must refuse it as the plain path does (`ValueError`), send no
+masked input, and keep its residual. Before, NaN was cast to an arbitrary quantization level and
+sent (a silently wrong contribution to the sum), and the residual kept for the next rounds was
+NaN: every later round of the task sent garbage on those coordinates. Also an update of the
+wrong shape, which `SecureSession.masked_input` broadcast over the residual."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from compression import ErrorFeedback
+from sdk import Client
+from sdk.device_store import DeviceStore
+from tests.coordinator.test_service_support import await_assignment
+
+from .test_client_abandoned_round import SECURE_SPEC, _residual, _secure_task
+from .test_client_abandoned_round import url as url  # noqa: F401  (the loopback fixture)
+
+BIG = np.float32(3e38)  # finite; two of them overflow float32
+
+
+def _update(kind: str) -> npt.NDArray[np.float32]:
+    d = np.full(SECURE_SPEC.size, 0.2, np.float32)
+    if kind == "nan":
+        d[0] = np.nan
+    elif kind == "inf":
+        d[3] = -np.inf
+    elif kind == "overflow":
+        d[:] = BIG
+    elif kind == "short":
+        d = d[:1]
+    return d
+
+
+@pytest.mark.parametrize("kind", ["nan", "inf", "overflow", "short"])
+def test_a_secure_round_refuses_an_update_that_is_not_finite(
+    url: str, tmp_path: Path, kind: str
+) -> None:
+    # Prepare: device 0 holds a residual (BIG with "overflow": delta + residual is inf) and
+    # trains to a non-finite update; its mod counts its masked-input uploads
+    with httpx.Client(base_url=url) as http:
+        task_id = _secure_task(http)
+    root = tmp_path / "d0"
+    old = np.full(SECURE_SPEC.size, BIG if kind == "overflow" else 0.3, np.float32)
+    ef = ErrorFeedback(SECURE_SPEC.size)
+    ef.residual = old.copy()
+    DeviceStore(root).save_residual(ef, task_id)
+    masked: list[int] = []
+
+    def count(request: httpx.Request, nxt: Callable[..., Any]) -> Any:
+        if request.method == "POST" and request.url.path.endswith("/masked-input"):
+            masked.append(1)
+        return nxt(request)
+
+    victim = Client(url, str(root), mods=(count,))
+    clients = [victim] + [Client(url, str(tmp_path / f"o{i}")) for i in range(2)]
+    for c in clients:
+        c.register()
+    out: list[Any] = [None] * 3
+
+    def run(i: int) -> None:
+        delta = _update(kind) if i == 0 else _update("")
+        try:
+            a = await_assignment(clients[i], task_id)
+            out[i] = clients[i].secure_round(a, lambda p: (delta, 8, 0.0))
+        except Exception as exc:  # noqa: BLE001 - reported to the test
+            out[i] = exc
+
+    # Execute
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for c in clients:
+        c.close()
+
+    # Assert: refused with a ValueError naming it; no masked input sent; the residual is the
+    # one from before the round, in memory and on disk, and finite; no record
+    assert isinstance(out[0], ValueError), out[0]
+    assert "NaN or Inf" in str(out[0]) or "shape" in str(out[0])
+    assert masked == []
+    np.testing.assert_array_equal(_residual(root, SECURE_SPEC.size, task_id), old)
+    part = victim._core.secure_participant(SECURE_SPEC.size, task_id)
+    np.testing.assert_array_equal(part.residual, old)
+    assert part.unsettled is None
+    assert DeviceStore(root).load_accepted() is None
