@@ -536,6 +536,8 @@ class Coordinator:
         self._background: set[asyncio.Task[Any]] = set()
         # One prune at a time (a round may close while the last close's prune still runs).
         self._prune_lock = threading.Lock()
+        # task -> the version up to which its delta frames are emptied (`prune_frames`)
+        self._versions_pruned: dict[int, int] = {}
         self.metrics.stored_frame_bytes.set_function(lambda: float(store.frame_bytes))
 
     # -- startup -------------------------------------------------------------------------
@@ -731,9 +733,12 @@ class Coordinator:
         # a version within max_chain of the current one. The newest max(keep, max_chain)
         # versions keep theirs; a device further behind gets the snapshot, as before.
         window = max(keep, rt.config.max_chain)
+        up_to = rt.version - window
         try:
             with self._prune_lock:
-                gone = self.store.prune_versions(task_id, rt.version - window)
+                after = self._versions_pruned.get(task_id, 0)
+                gone = self.store.prune_versions(task_id, up_to, after)
+                self._versions_pruned[task_id] = max(after, up_to)
         except Exception:  # noqa: BLE001 - as above
             log.exception("task %d: pruning the delta frames of its old versions failed", task_id)
             return

@@ -556,17 +556,19 @@ class Store:
         )
         return [(int(v), None if f is None else bytes(f)) for v, f in rows]
 
-    def prune_versions(self, task_id: int, up_to: int) -> PruneResult:
-        """Empty (set NULL) the downlink delta frames of a task's versions 1..`up_to`, keeping
-        each row and its digest. Only a delta chain starting before `up_to` reads them, so the
-        caller picks `up_to` below every chain it still serves. Runs in transactions of its
-        own, `_PRUNE_BATCH` versions each."""
+    def prune_versions(self, task_id: int, up_to: int, after: int = 0) -> PruneResult:
+        """Empty (set NULL) the downlink delta frames of a task's versions `after`+1..`up_to`
+        (version 0 has none), keeping each row and its digest. Only a delta chain starting
+        before `up_to` reads them, so the caller picks `up_to` below every chain it still
+        serves, and `after` at what an earlier call already emptied (the search then reads
+        only the new versions, not the whole history). Runs in transactions of its own,
+        `_PRUNE_BATCH` versions each."""
         versions = [
             int(r[0])
             for r in self._query(
-                "SELECT version FROM versions WHERE task_id=? AND version BETWEEN 1 AND ? "
+                "SELECT version FROM versions WHERE task_id=? AND version BETWEEN ? AND ? "
                 "AND delta_frame IS NOT NULL ORDER BY version",
-                (task_id, up_to),
+                (task_id, max(after, 0) + 1, up_to),
             )
         ]
         frames = freed = 0

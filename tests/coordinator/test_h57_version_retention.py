@@ -14,6 +14,7 @@ import pytest
 
 from compression import UpdateCodec, encode_snapshot
 from coordinator.service import ServiceConfig, Store
+from coordinator.service import store as store_module
 from coordinator.service.errors import ApiError
 from coordinator.service.rounds import Coordinator
 from protocol.messages import TaskConfig
@@ -139,3 +140,22 @@ def test_a_chain_with_a_missing_frame_is_never_served(tmp_path: Path) -> None:
     assert (
         coord.model(1, 3, "delta", "fp32")[1]["x-plume-model-encoding"] == ModelEncoding.DELTA_CHAIN
     )
+
+
+def test_each_close_searches_only_the_versions_it_has_not_pruned(tmp_path: Path) -> None:
+    # After the start's full pass, a close looks at the versions past what was emptied, not at
+    # the whole history (a scan under the store lock that would grow with every round).
+    coord = _run(tmp_path / "p.db", 0)
+    calls: list[tuple[int, int]] = []
+    real = coord.store.prune_versions
+
+    def spy(task_id: int, up_to: int, after: int = 0) -> store_module.PruneResult:
+        calls.append((up_to, after))
+        return real(task_id, up_to, after)
+
+    coord.store.prune_versions = spy  # type: ignore[method-assign]
+    coord.prune_frames(1)
+    assert calls == [(ROUNDS - 2, ROUNDS - 2)]  # nothing new: an empty range
+    store = Store(tmp_path / "p.db")
+    assert store.prune_versions(1, ROUNDS, after=ROUNDS - 2).frames == 2  # the rest, by range
+    store.close()
