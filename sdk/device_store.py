@@ -221,9 +221,12 @@ def _read(path: Path, limit: int, what: str) -> bytes:
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
+    raw = _read(path, _MAX_JSON_BYTES, what)
     try:
-        data = json.loads(_read(path, _MAX_JSON_BYTES, what))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = json.loads(raw)
+    # ValueError also covers an integer past Python's 4300-digit limit, and RecursionError
+    # nesting past the parser's depth: a foreign file must be the store's error, not those.
+    except (ValueError, RecursionError) as exc:
         raise DeviceStoreError(f"{path} ({what}) is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise DeviceStoreError(f"{path} ({what}) is not a JSON object")

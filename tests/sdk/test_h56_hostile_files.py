@@ -163,3 +163,45 @@ def test_a_fifo_as_a_records_frame_is_no_record_and_does_not_block(tmp_path: Pat
     np.testing.assert_array_equal(
         np.frombuffer(oldest.frame, np.uint8), np.frombuffer(_frame(4), np.uint8)
     )
+
+
+# -- JSON the parser cannot take: nesting past the recursion limit, integers past 4300 digits --
+
+DEEP = b"[" * 200_000
+LONG_INT = b'{"round_id": ' + b"7" * 5000 + b"}"
+
+
+@pytest.mark.parametrize("body", [DEEP, LONG_INT], ids=["deep", "long-int"])
+def test_a_foreign_record_json_is_no_record(tmp_path: Path, body: bytes) -> None:
+    # Prepare: round 5's record metadata is JSON the parser refuses with RecursionError or a
+    # bare ValueError (not a JSONDecodeError)
+    _held(tmp_path)
+    (tmp_path / "accepted-5.json").write_bytes(body)
+    (tmp_path / "accepted-5.frame").write_bytes(_frame(5))
+
+    # Execute
+    store = DeviceStore(tmp_path)
+
+    # Assert: no record of round 5, and round 4's still loads (a check-in is not stopped)
+    assert store.load_accepted(5) is None
+    oldest = store.load_accepted()
+    assert oldest is not None and oldest.round_id == 4
+
+
+@pytest.mark.parametrize("body", [DEEP, LONG_INT], ids=["deep", "long-int"])
+def test_unparsable_state_and_pending_json_are_device_store_errors(
+    tmp_path: Path, body: bytes
+) -> None:
+    # Prepare
+    _held(tmp_path)
+    (tmp_path / "state.json").write_bytes(body)
+    (tmp_path / "pending.json").write_bytes(body)
+    (tmp_path / "pending.frame").write_bytes(b"frame")
+
+    # Execute / Assert: the store's own error, naming the file; the claim lookup says none
+    store = DeviceStore(tmp_path)
+    with pytest.raises(DeviceStoreError, match="state.json"):
+        store.state()
+    with pytest.raises(DeviceStoreError, match="pending.json"):
+        store.load_pending()
+    assert store.legacy_claimer() is None
