@@ -7,6 +7,7 @@ they need nothing but the run folder.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,27 @@ Run = tuple[str, list[dict[str, Any]]]
 
 # What every round row must hold for the plots.
 _ROUND_KEYS = ("round", "bytes_up", "bytes_down", "wall_s")
+# Fields the plots read as numbers: required ones, and optional ones that may also be null.
+_NUMBERS = ("bytes_up", "bytes_down", "wall_s")
+_NUMBERS_OR_NULL = ("accuracy", "dense_up", "sim_s", "wait_s")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_round(path: Path, r: dict[str, Any]) -> None:
+    """Refuse a round row the plots cannot read, naming the file, the round and the field."""
+    missing = [k for k in _ROUND_KEYS if k not in r]
+    if missing:
+        raise RunDirError(f"{path}: round {r.get('round', '?')} lacks {missing}")
+    if not isinstance(r["round"], int) or isinstance(r["round"], bool):
+        raise RunDirError(f"{path}: a round number is {r['round']!r}, not an integer")
+    bad = [k for k in _NUMBERS if not _is_number(r[k])]
+    bad += [k for k in _NUMBERS_OR_NULL if r.get(k) is not None and not _is_number(r[k])]
+    if bad:
+        shown = ", ".join(f"{k}={r[k]!r}" for k in bad)
+        raise RunDirError(f"{path}: round {r['round']} has {shown}, not a finite number")
 
 
 class RunDirError(ValueError):
@@ -77,9 +99,7 @@ def load_runs(run_dir: str | Path) -> list[Run]:
         if not isinstance(rounds, list) or not all(isinstance(r, dict) for r in rounds):
             raise RunDirError(f"{path}: no 'rounds' list of objects")
         for r in rounds:
-            missing = [k for k in _ROUND_KEYS if k not in r]
-            if missing:
-                raise RunDirError(f"{path}: round {r.get('round', '?')} lacks {missing}")
+            _check_round(path, r)
         summary = doc.get("summary")
         label = (summary.get("label") if isinstance(summary, dict) else None) or path.parent.name
         runs.append((str(label), rounds))
