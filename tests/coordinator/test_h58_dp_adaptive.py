@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from compression import SparseUpdate
 from coordinator.aggregators import AdaptiveClip, ClientUpdate, DPMean
@@ -84,3 +86,59 @@ def test_denominator_sets_sigma_b_before_the_sampled_cohort() -> None:
     assert out.measurements["update_noise_multiplier"] == pytest.approx(
         (1.0 - (2 * 2.5) ** -2) ** -0.5, rel=1e-12
     )
+
+
+_VALUES = st.one_of(
+    st.floats(-10.0, 10.0, width=32),
+    st.sampled_from([0.0, 1e-30, -3e38, 3e38, 1e20]),
+)
+
+
+@st.composite
+def _neighbours(draw: st.DrawFn) -> tuple[int, list[np.ndarray], np.ndarray, int]:
+    """(d, reports as dense float32 rows, one replacement row, the replaced position)."""
+    d = draw(st.integers(1, 5))
+    n = draw(st.integers(1, 10))
+    rows = [
+        np.array(draw(st.lists(_VALUES, min_size=d, max_size=d)), dtype=np.float32)
+        for _ in range(n)
+    ]
+    other = np.array(draw(st.lists(_VALUES, min_size=d, max_size=d)), dtype=np.float32)
+    return d, rows, other, draw(st.integers(0, n - 1))
+
+
+def _reports(rows: list[np.ndarray]) -> list[ClientUpdate]:
+    d = rows[0].shape[0]
+    return [
+        ClientUpdate(f"d{i}", SparseUpdate(np.arange(d), r, d), 1.0) for i, r in enumerate(rows)
+    ]
+
+
+@settings(max_examples=80, deadline=None)
+@given(_neighbours(), st.integers(0, 2**32), st.booleans())
+def test_replace_one_moves_the_release_by_at_most_the_sensitivity(
+    case: tuple[int, list[np.ndarray], np.ndarray, int], seed: int, adaptive: bool
+) -> None:
+    # Prepare: two fleets that differ in one device's report (replace-one), the same noise seed,
+    # a cohort of 40 of which 1 to 10 reported (dropouts).
+    d, rows, other, pos = case
+    clip: float | AdaptiveClip = AdaptiveClip(initial=0.7) if adaptive else 0.7
+    dp = DPMean(1.0, clip=clip, sampling=FixedSizeSampling(1000, 40), seed=seed)
+    swapped = [*rows[:pos], other, *rows[pos + 1 :]]
+    # Execute
+    a, b = dp.create(d), dp.create(d)
+    out_a = a.next(a.initialize(), _reports(rows))
+    out_b = b.next(b.initialize(), _reports(swapped))
+    # Assert: the noise split does not depend on the reports (nor on how many arrived)...
+    assert out_a.measurements["update_noise_multiplier"] == dp.update_noise_multiplier(40)
+    assert out_b.measurements["update_noise_multiplier"] == dp.update_noise_multiplier(40)
+    # ...so with the same noise the released sums differ by at most 2C (plus float32 rounding
+    # of the released mean), and the noised count by at most 1 report.
+    n = len(rows)
+    diff = (out_a.result.astype(np.float64) - out_b.result.astype(np.float64)) * n
+    slack = 1e-6 * n * (1.0 + float(np.abs(out_a.result).max()) + float(np.abs(out_b.result).max()))
+    assert float(np.linalg.norm(diff)) <= 2 * 0.7 + slack
+    if adaptive:
+        fa = out_a.measurements["unclipped_fraction_noised"]
+        fb = out_b.measurements["unclipped_fraction_noised"]
+        assert abs(fa - fb) * n <= 1.0 + 1e-9
