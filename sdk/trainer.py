@@ -210,6 +210,10 @@ def _check_examples(
     if y.dtype.kind not in "iu":
         raise TrainingDataError(f"{where}: y must hold integer class labels, got {y.dtype}")
     check_finite_inputs(x, where=where)
+    if x.dtype.kind in "iu" and x.size and x.min() < 0:
+        # Token ids: torch's embedding raised an IndexError mid-training, at the batch holding
+        # one; refused up front with the words of `sdk.ort.OrtTrainer`.
+        raise TrainingDataError(f"token ids must be >= 0, got {x.min()}")
     return y
 
 

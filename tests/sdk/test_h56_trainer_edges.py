@@ -155,3 +155,24 @@ def test_token_ids_past_int64_are_refused_not_wrapped(
     trainer, params = token_trainer
     with pytest.raises(TrainingDataError, match=r"token ids must be below 2\^63"):
         _train(trainer, params, x, np.array([0, 1]), batch_size=2)
+
+
+def test_torch_refuses_negative_token_ids_before_training_as_ort_does(
+    token_trainer: tuple[OrtTrainer, np.ndarray],
+) -> None:
+    # Prepare: the same tiny embedding model on torch; one token id is -1, in the last batch
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(
+        torch.nn.Embedding(6, 3), torch.nn.Flatten(), torch.nn.Linear(12, 2)
+    )
+    x = np.array([[0, 1, 2, 3], [1, 2, 3, 4], [5, 4, 3, 2], [1, 2, 3, -1]])
+    y = np.array([0, 1, 0, 1])
+    ort_trainer, _ = token_trainer
+    params = get_flat_params(module)
+
+    # Execute / Assert: both refuse it with the same words, before any step (torch raised an
+    # IndexError at the batch holding it)
+    for trainer in (TorchTrainer(module), ort_trainer):
+        with pytest.raises(TrainingDataError, match=r"token ids must be >= 0, got -1"):
+            _train(trainer, params, x, y, batch_size=1)
+    np.testing.assert_array_equal(get_flat_params(module), params)
