@@ -697,18 +697,26 @@ class Store:
         """
         if keep_rounds < 0:
             raise ValueError(f"keep_rounds must be >= 0, got {keep_rounds}")
-        closed = (
-            "SELECT round_id FROM rounds WHERE task_id=? AND state IN ('committed', 'abandoned') "
-            "ORDER BY seq DESC LIMIT -1 OFFSET ?"
+        # The newest closed round to prune: the (keep_rounds + 1)-th most recent (walking the
+        # (task_id, seq) index from the top), then the unpruned rows of closed rounds up to it,
+        # found from the partial index of unpruned rows (CROSS JOIN keeps that the outer loop):
+        # a few recent rounds' rows, not the task's whole history at every close.
+        newest = self._query(
+            "SELECT seq FROM rounds WHERE task_id=? AND state IN ('committed', 'abandoned') "
+            "ORDER BY seq DESC LIMIT 1 OFFSET ?",
+            (task_id, keep_rounds),
         )
-        seqs = [
+        if not newest:
+            return PruneResult(0, 0)
+        seqs = sorted(  # sorted here: an ORDER BY would walk the whole table in seq order
             int(r[0])
             for r in self._query(
-                f"SELECT seq FROM updates WHERE pruned_len IS NULL AND round_id IN ({closed}) "
-                "ORDER BY seq",
-                (task_id, keep_rounds),
+                "SELECT u.seq FROM updates AS u CROSS JOIN rounds AS r "
+                "ON r.round_id = u.round_id WHERE u.pruned_len IS NULL AND r.task_id=? "
+                "AND r.state IN ('committed', 'abandoned') AND r.seq <= ?",
+                (task_id, int(newest[0][0])),
             )
-        ]
+        )
         frames = freed = 0
         for start in range(0, len(seqs), _PRUNE_BATCH):
             batch = seqs[start : start + _PRUNE_BATCH]
@@ -717,8 +725,8 @@ class Store:
                 # Checked again inside the transaction: only closed rounds' rows, not yet pruned.
                 rows = db.execute(
                     f"SELECT seq, frame FROM updates WHERE seq IN ({marks}) "
-                    "AND pruned_len IS NULL AND round_id IN (SELECT round_id FROM rounds "
-                    "WHERE state IN ('committed', 'abandoned'))",
+                    "AND pruned_len IS NULL AND (SELECT state FROM rounds WHERE "
+                    "rounds.round_id = updates.round_id) IN ('committed', 'abandoned')",
                     batch,
                 ).fetchall()
                 db.executemany(
