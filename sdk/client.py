@@ -538,6 +538,10 @@ class _Core:
         self._encoders.pop(a.task_id, None)  # the last used goes last
         self._encoders[a.task_id] = enc
         _drop_oldest(self._encoders)
+        # One holder of a task's residual in memory: a secure participant kept would miss what
+        # this encoder's upload takes from it (and send it again).
+        for key in [k for k in self._participants if k[0] == a.task_id]:
+            del self._participants[key]
         enc.set_config(a.codec.to_config())
         return enc
 
@@ -646,6 +650,8 @@ class _Core:
         self._participants.pop((task_id, size), None)  # the last used goes last
         self._participants[(task_id, size)] = p
         _drop_oldest(self._participants)
+        if task_id is not None:  # one holder of its residual in memory, as in `encoder`
+            self._encoders.pop(task_id, None)
         return p
 
     def save_secure_residual(

@@ -2,7 +2,9 @@
 task and model size) is capped like the app directory's task residuals (MAX_RESIDUALS), least
 recently used out; a task dropped from memory reads its residual from the app directory at its
 next use. Before, both grew by one entry per task ever seen, each holding a float32[d]
-residual, for the life of the process."""
+residual, for the life of the process. Also: a task's encoder and its secure participant are
+never both held, so a plain round after a secure one (or the reverse) starts from the residual
+the other left, not from a stale copy."""
 
 from __future__ import annotations
 
@@ -82,4 +84,30 @@ def test_secure_participants_are_capped_and_read_again_from_the_app_directory(
     assert len(client._core._participants) == MAX_RESIDUALS
     assert again is not first
     np.testing.assert_array_equal(again.residual, _delta(1, 0))
+    client.close()
+
+
+def test_plain_and_secure_rounds_of_a_task_share_the_residual_in_memory(tmp_path: Path) -> None:
+    # Prepare: a plain round of task 1 (its encoder holds the residual it left), then a secure
+    # round's participant of task 1 takes the residual and leaves another (saved, as
+    # `keep_secure_input` does)
+    client = _client(tmp_path, _accept)
+    _run(client, _task(1, 5), _delta(1, 5))
+    part = client._core.secure_participant(SPEC.size, 1)
+    part.residual = (part.residual * 0.5).astype(np.float32)  # half of it sent
+    client._core.save_secure_residual(part, 1)
+    after_secure = part.residual.copy()
+
+    # Execute: a plain round of task 1, then the participant again
+    frame = _run(client, _task(1, 7), _delta(1, 7))
+    kept = client._core._encoders[1].feedback.residual.copy()
+    after_plain = DeviceStore(tmp_path).load_residual(SPEC.size, 1)
+    again = client._core.secure_participant(SPEC.size, 1)
+
+    # Assert: the plain round started from the residual the secure round left (before, from
+    # the one its encoder kept in memory, whose other half the masked input had carried: sent
+    # twice), and the participant holds what the plain round left (before, its stale copy)
+    np.testing.assert_allclose(_decoded(frame) + kept, _delta(1, 7) + after_secure, atol=1e-5)
+    assert after_plain is not None
+    np.testing.assert_array_equal(again.residual, after_plain.residual)
     client.close()
