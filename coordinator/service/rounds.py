@@ -1076,18 +1076,29 @@ class Coordinator:
         """
         if self._runtime_for_round(round_id) is not None:
             return UploadOutcome.PENDING  # open, or closing until its model is served
+        head = self.store.round_state(round_id)
+        if head is None:
+            return UploadOutcome.UNKNOWN
+        owner, state = head
+        if state == RoundState.ABANDONED:
+            return UploadOutcome.ABANDONED
+        if state != RoundState.COMMITTED:
+            # Open or aggregating in the store but not running here: a refused task's round,
+            # which stays as stored until a coordinator that runs the task closes it.
+            return UploadOutcome.PENDING
+        rt = self.runtimes.get(owner)
+        if rt is not None and rt.secure is None:
+            # A plain task's round: its upload row says it all. Every device of the round asks
+            # once, so the round's selection and measurements (both as large as its cohort)
+            # are not parsed here.
+            inside = self.store.find_update(round_id, device_id, b"") is not None
+            return UploadOutcome.COMMITTED if inside else UploadOutcome.EXCLUDED
         try:
             r = self.store.round(round_id)
         except DamagedRow:
             return UploadOutcome.PENDING
         if r is None:
             return UploadOutcome.UNKNOWN
-        if r.state == RoundState.ABANDONED:
-            return UploadOutcome.ABANDONED
-        if r.state != RoundState.COMMITTED:
-            # Open or aggregating in the store but not running here: a refused task's round,
-            # which stays as stored until a coordinator that runs the task closes it.
-            return UploadOutcome.PENDING
         if r.measurements.get("secure"):
             # The masked inputs in the sum: the selected devices not listed as dropped.
             dropped = r.measurements.get("dropped")

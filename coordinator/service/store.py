@@ -631,6 +631,12 @@ class Store:
         rows = self._query("SELECT task_id FROM rounds WHERE round_id=?", (round_id,))
         return int(rows[0][0]) if rows else None
 
+    def round_state(self, round_id: int) -> tuple[int, str] | None:
+        """(task id, state) of a round, without parsing any stored JSON (None: no such
+        round). Its selection and measurements grow with the cohort."""
+        rows = self._query("SELECT task_id, state FROM rounds WHERE round_id=?", (round_id,))
+        return (int(rows[0][0]), str(rows[0][1])) if rows else None
+
     def round(self, round_id: int) -> RoundRow | None:
         """A round; raises `DamagedRow` if its stored JSON does not parse."""
         rows = self._query(f"SELECT {_ROUND_COLS} FROM rounds WHERE round_id=?", (round_id,))
