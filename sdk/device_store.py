@@ -383,6 +383,12 @@ class DeviceStore:
             # No coordinator version (an older SDK saved -1 when the header was missing): asked
             # for as `have`, every download would be refused, so the model counts as not held.
             return None
+        digest = st.get("model_digest")
+        if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
+            # save_model writes model.f32, then state.json: a crash between the two leaves the
+            # new parameters under the old version, which a delta chain from that version
+            # would then be applied to. Not the model the state describes: none is held.
+            return None
         params = np.frombuffer(raw, dtype="<f4").astype(np.float32)
         return params, version, bool(st.get("model_exact", False))
 
