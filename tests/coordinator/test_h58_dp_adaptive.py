@@ -142,3 +142,35 @@ def test_replace_one_moves_the_release_by_at_most_the_sensitivity(
         fa = out_a.measurements["unclipped_fraction_noised"]
         fb = out_b.measurements["unclipped_fraction_noised"]
         assert abs(fa - fb) * n <= 1.0 + 1e-9
+
+
+def test_engine_commits_a_round_whose_dropouts_leave_few_reports() -> None:
+    # Prepare: the task's dp stage as the service builds it from
+    # "dp:clip=0.5,quantile=0.5,z=1,population=1000,sample=40+fedavg" (no denom=): a cohort of
+    # 40, of which 8 report before the round closes. Before, the round raised
+    # "need 2·sigma_b > z" in close_round (sigma_b = 8 / 20) and the service abandoned it.
+    from compression import CodecConfig, ModelSpec, UpdateCodec
+    from coordinator.aggregators import build_aggregator
+    from coordinator.engine import EngineConfig, RoundEngine
+
+    spec = ModelSpec.from_shapes([("w", (3,))])
+    dense = CodecConfig.dense()
+    agg = build_aggregator("dp:clip=0.5,quantile=0.5,z=1,population=1000,sample=40,seed=4+fedavg")
+    eng = RoundEngine(
+        spec,
+        np.zeros(spec.size, np.float32),
+        agg,
+        EngineConfig(clients_per_round=40, min_reports=5, codec=dense),
+    )
+    plan = eng.open_round([f"d{i:03d}" for i in range(1000)])
+    codec = UpdateCodec(spec, dense)
+    for device in plan.selected[:8]:
+        frame, _ = codec.encode(np.full(3, 0.1, np.float32), np.random.default_rng(0))
+        eng.submit(plan.round_id, device, frame)
+    # Execute
+    out = eng.close_round(plan.round_id)
+    # Assert
+    assert out.committed and out.reports == 8 and out.version == 1
+    assert out.measurements["update_noise_multiplier"] == pytest.approx(
+        (1.0 - (2 * 2.0) ** -2) ** -0.5, rel=1e-12
+    )
