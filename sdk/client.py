@@ -285,6 +285,12 @@ class _Core:
             raise ValueError("max_stage_wait_s must be positive")
         if not (max_response_s > 0):
             raise ValueError("max_response_s must be positive")
+        # Checked here, not at the first retry: -1 made every request fail with "unreachable",
+        # and a NaN or negative backoff made the first retry's sleep raise mid-request.
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
+        if not (math.isfinite(backoff_s) and backoff_s >= 0):
+            raise ValueError(f"backoff_s must be finite seconds >= 0, not {backoff_s!r}")
         self.store = DeviceStore(app_dir)
         self.key = self.store.private_key()
         self.public_key = auth.public_key_bytes(self.key)
