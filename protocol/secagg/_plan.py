@@ -180,6 +180,18 @@ class SecurePlan:
             raise ValueError("clip_norm and coord_bound must be finite")
         if not (0 <= self.noise_variance < math.inf) or self.noise_headroom < 0:
             raise ValueError("noise variance (finite) and headroom must be non-negative")
+        if self.noise != NoiseKind.NONE:
+            # A device must be able to add the noise and the sum to decode: a zero variance
+            # has no sampler, and noise the ring's headroom cannot hold wraps. The coordinator
+            # sizes the headroom at 8 standard deviations of the group's summed noise.
+            if not self.noise_variance > 0:
+                raise ValueError("noise needs a positive variance")
+            if 16.0 * self.noise_variance * self.num_nodes > float(self.noise_headroom) ** 2:
+                raise ValueError(
+                    f"noise variance {self.noise_variance:g} per device needs a headroom of at "
+                    f"least 4 standard deviations of {self.num_nodes} devices' noise, got "
+                    f"{self.noise_headroom}"
+                )
         # Segments tile disjoint, in-order parts of the model (as `sketch_segments_for` lays
         # them out), so the sketch has at most 2 d entries and every reshape on a device fits.
         end, d = 0, self.model_size
