@@ -372,8 +372,8 @@ def register(sub: Any) -> None:
         default=None,
         metavar="SECONDS",
         help="pool and ray: fail the round when one worker task runs this long (a stuck "
-        "worker). Default: the pool's automatic limit (20x a task's examples at the finished "
-        "tasks' rate, at least 300 s; 3600 s for a worker's first task); no limit on ray",
+        "worker). Default: an automatic limit (20x a task's examples at the finished "
+        "tasks' rate, at least 300 s; 3600 s for a worker's first task)",
     )
     g.add_argument(
         "--ort-fraction",

@@ -121,8 +121,8 @@ class SimConfig:
     malicious: float = 0.0
     # execution
     backend: str = "sequential"
-    # pool and ray: seconds one worker task may run before the round fails (None: the pool's
-    # automatic limit, StallLimit; no limit on Ray)
+    # pool and ray: seconds one worker task may run before the round fails (None: an
+    # automatic limit that scales with the work, backends._worker.StallLimit)
     job_timeout_s: float | None = None
     ort_fraction: float = 0.0
     ort_artifacts: str | None = None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,15 @@ import numpy as np
 import numpy.typing as npt
 
 from ._base import JobResult, TrainContext, TrainJob, check_round
-from ._worker import INNER_BACKENDS, WorkerState, check_job_timeout, name_devices, split_jobs
+from ._worker import (
+    INNER_BACKENDS,
+    StallLimit,
+    WorkerState,
+    check_job_timeout,
+    name_devices,
+    split_jobs,
+    task_examples,
+)
 
 __all__ = ["RayBackend", "RayWorkerError"]
 
@@ -39,9 +48,11 @@ class RayBackend:
     `job_timeout_s` (seconds, or None) is a stall limit on each actor's share, counted from
     when the round's shares are sent: a share still running past it makes `train` kill every
     actor, close the backend and raise `RayWorkerError` naming the share's device ids. The
-    default None (no limit) is the process pool's, for the same reason: an honest share's time
-    grows with its jobs' examples x epochs x model size and with the load on the machines, so
-    no fixed figure is safe for every run. A dead actor needs no limit (Ray raises at once).
+    default None is the process pool's automatic limit (`StallLimit`: it scales with the
+    share's examples at the rate of the shares finished since `start`; an actor's first share
+    pays its warm-up), for the same reason: an honest share's time grows with its jobs'
+    examples x epochs x model size and with the load on the machines, so no fixed figure is
+    safe for every run. A dead actor needs no limit (Ray raises at once).
     """
 
     name = "ray"
@@ -68,6 +79,8 @@ class RayBackend:
         self.threads_per_worker = threads_per_worker
         self.runtime_env = runtime_env
         self.job_timeout_s = check_job_timeout(job_timeout_s)
+        self._stall = StallLimit()  # the limit when job_timeout_s is None
+        self._warm: set[int] = set()  # actors (by position) that have finished a share
         self._actors: list[Any] = []
         self._owns_runtime = False
         self._num_examples = 0  # the training set's size, for `check_round`
@@ -81,6 +94,7 @@ class RayBackend:
             ) from exc
         self.close()
         self._num_examples = len(ctx.y_train)
+        self._stall, self._warm = StallLimit(), set()
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if self.runtime_env is not None:
@@ -127,20 +141,41 @@ class RayBackend:
             actor.train.remote(params_ref, [jobs[i] for i in share])
             for actor, share in zip(self._actors, shares, strict=False)
         ]
-        try:
-            outs = ray.get(refs, timeout=self.job_timeout_s)
-        except ray.exceptions.GetTimeoutError:
-            # Name a share still running: ray.get does not say which one it waited for.
-            late = set(ray.wait(refs, num_returns=len(refs), timeout=0)[1])
-            stuck = [share for share, ref in zip(shares, refs, strict=False) if ref in late]
-            if stuck:
+        sent = time.monotonic()
+        fixed = self.job_timeout_s
+
+        def limit(k: int) -> float:  # share k runs on actor k
+            if fixed is not None:
+                return fixed
+            if k not in self._warm:  # its first share pays the actor's warm-up
+                return self._stall.limit(0, first=True)
+            return self._stall.limit(task_examples(jobs, shares[k]))
+
+        outs: list[Any] = [None] * len(refs)
+        pending = {ref: k for k, ref in enumerate(refs)}
+        while pending:
+            first = min(sent + limit(k) for k in pending.values())
+            timeout = max(0.0, first - time.monotonic())
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=timeout)
+            for ref in done:
+                k = pending.pop(ref)
+                outs[k] = ray.get(ref)
+                if k in self._warm:  # a first share's time is mostly warm-up
+                    self._stall.observe(task_examples(jobs, shares[k]), time.monotonic() - sent)
+                self._warm.add(k)
+            now = time.monotonic()
+            late = [k for k in pending.values() if now - sent >= limit(k)]
+            if late:
+                k = late[0]
+                if fixed is not None:
+                    why = f"the {fixed:g} s stall limit (job_timeout_s)"
+                else:
+                    why = f"{limit(k):.3g} s, the {self._stall.explain(first=k not in self._warm)}"
                 self.close()  # kills the actors: their work will never be read
                 raise RayWorkerError(
-                    f"a Ray actor was still training devices {name_devices(jobs, stuck[0])} after "
-                    f"the {self.job_timeout_s:g} s stall limit (job_timeout_s); the actors "
-                    "were killed"
-                ) from None
-            outs = ray.get(refs)  # every share finished just after the limit
+                    f"a Ray actor was still training devices {name_devices(jobs, shares[k])} "
+                    f"after {why}; the actors were killed"
+                )
         results: list[JobResult | None] = [None] * len(jobs)
         for share, out in zip(shares, outs, strict=True):
             for i, res in zip(share, out, strict=True):

@@ -3,12 +3,15 @@ limit (job_timeout_s None, the default), and a worker killed from outside fails 
 
 from __future__ import annotations
 
+import itertools
 import os
 import signal
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, NoReturn
 
 import pytest
@@ -183,3 +186,35 @@ def test_a_worker_killed_before_reading_its_task_is_a_pool_worker_error(
     assert not runner.is_alive()
     assert len(errors) == 1 and isinstance(errors[0], PoolWorkerError), errors
     assert "died" in str(errors[0])
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(240)  # before, job_timeout_s None was no limit: ray.get waited forever
+def test_ray_meets_the_same_automatic_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare: one actor on the backend's own runtime; a floor of 2 s stands for the 300 s
+    # one. Round 1 is the actor's first share (warm-up: not a rate), round 2 gives the rate,
+    # round 3 spins in C (a lambda: Ray ships it by value).
+    ray = pytest.importorskip("ray", reason="the Ray backend needs `pip install .[ray]`")
+    from mobile_sim.backends.ray_backend import RayBackend, RayWorkerError
+
+    monkeypatch.setattr(StallLimit, "FLOOR_S", 2.0)
+    ctx, params, jobs = _jobs(3, 1)
+    spin = SimpleNamespace(poison_data=lambda x, y, r: deque(itertools.count(), maxlen=0))
+    spinning = [*jobs[:2], replace(jobs[2], data_attack=spin)]
+    backend = RayBackend(workers=1, num_cpus=1)
+    assert backend.job_timeout_s is None
+    # Execute
+    try:
+        backend.start(ctx)
+        backend.train(params, jobs)
+        backend.train(params, jobs)
+        t0 = time.monotonic()
+        with pytest.raises(RayWorkerError, match=r"dev-2 after .* automatic stall limit"):
+            backend.train(params, spinning)
+        failed_after = time.monotonic() - t0
+    finally:
+        backend.close()
+    # Assert: cut near the floor (plus the runtime's shutdown); the runtime is gone
+    assert failed_after < 2.0 + 30.0
+    assert not ray.is_initialized()
