@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,8 +47,11 @@ def data_root(root: str | Path | None = None) -> Path:
 def _read_idx(path: Path, magic: int, ndim: int) -> npt.NDArray[np.uint8]:
     if not path.exists():
         raise DataError(f"{path} not found; set PLUME_DATA to the folder holding mnist-t10k/")
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError, zlib.error) as exc:  # not gzip, truncated, damaged
+        raise DataError(f"{path}: not a readable gzip file ({exc})") from exc
     header = 4 + 4 * ndim
     if len(raw) < header:
         raise DataError(f"{path}: truncated IDX header")
@@ -72,6 +76,9 @@ def load_mnist(
     labels = _read_idx(base / "t10k-labels-idx1-ubyte.gz", 2049, 1)
     if len(images) != len(labels):
         raise DataError("MNIST images and labels differ in count")
+    if labels.size and int(labels.max()) > 9:
+        # The models have 10 outputs: such a label failed inside torch mid-round.
+        raise DataError(f"{base}: MNIST labels must be 0..9, found {int(labels.max())}")
     if not 0 < train_size < len(images):
         raise ValueError(f"train_size must be in 1..{len(images) - 1}")
     x = ((images.astype(np.float32) / 255.0 - _MNIST_MEAN) / _MNIST_STD)[:, None, :, :]
