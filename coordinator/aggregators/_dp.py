@@ -81,6 +81,10 @@ class DPMean:
             raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
         if not self.epsilon_budget > 0:
             raise ValueError(f"epsilon budget must be > 0, got {self.epsilon_budget!r}")
+        if isinstance(self.clip, AdaptiveClip) and self.clip.count_stddev:
+            # The split does not depend on the round either: a count_std at or below z / 2
+            # would fail every round.
+            self.update_noise_multiplier(1.0)
         if isinstance(self.clip, AdaptiveClip) and not self.clip.count_stddev:
             # The default sigma_b is (expected cohort) / 20, and the split of z needs
             # 2·sigma_b > z: with a cohort of at most 10·z devices every round would fail.

@@ -174,3 +174,17 @@ def test_engine_commits_a_round_whose_dropouts_leave_few_reports() -> None:
     assert out.measurements["update_noise_multiplier"] == pytest.approx(
         (1.0 - (2 * 2.0) ** -2) ** -0.5, rel=1e-12
     )
+
+
+def test_an_explicit_count_std_too_small_for_z_is_refused_when_built() -> None:
+    # Before, only the default sigma_b was checked when the stage was built: count_std=0.4
+    # with z=1 built, and then every round raised "need 2·sigma_b > z" (a service task that
+    # abandons every round). The split does not depend on the round, so refuse it up front.
+    from coordinator.aggregators import AggregatorSpecError, build_aggregator
+
+    with pytest.raises(ValueError, match=r"count noise stddev 0\.4 .*need 2·sigma_b > z"):
+        DPMean(1.0, clip=AdaptiveClip(count_stddev=0.4), sampling=FixedSizeSampling(1000, 40))
+    with pytest.raises((AggregatorSpecError, ValueError), match="2·sigma_b > z"):
+        build_aggregator("dp:clip=1,z=1,quantile=0.5,count_std=0.5,population=1000,sample=40")
+    # Just above z / 2 is fine.
+    DPMean(1.0, clip=AdaptiveClip(count_stddev=0.51), sampling=FixedSizeSampling(1000, 40))
