@@ -228,10 +228,15 @@ def _stored_upload_cap(config_json: str) -> int | None:
 def _released_dp(r: RoundRow) -> dict[str, Any] | None:
     """The `dp` record a secure round counts in epsilon: its final one once committed or
     abandoned, else (stopped while closing) the one stored before unmasking."""
-    if r.state in (RoundState.COMMITTED, RoundState.ABANDONED):
-        dp = r.measurements.get("dp")
-    elif r.state == RoundState.AGGREGATING:
-        dp = r.measurements.get("pending_dp")
+    return _released_dp_of(r.state, r.measurements)
+
+
+def _released_dp_of(state: str, measurements: dict[str, Any]) -> dict[str, Any] | None:
+    """`_released_dp` of a round's state and measurements."""
+    if state in (RoundState.COMMITTED, RoundState.ABANDONED):
+        dp = measurements.get("dp")
+    elif state == RoundState.AGGREGATING:
+        dp = measurements.get("pending_dp")
     else:
         return None
     return dp if isinstance(dp, dict) else None
@@ -563,13 +568,25 @@ class Coordinator:
             if residual_bytes is not None
             else ErrorFeedback(spec.size)
         )
-        rounds = self.store.rounds(task_id)
+        # Only what a start needs is read from the task's history: its open or aggregating
+        # round (replayed), counts, and its last committed round (a plain task's dp gauges);
+        # every round's selection and measurements, as large as its cohort, would make the
+        # start's memory grow with the task's history.
+        live = self.store.rounds(task_id, (RoundState.OPEN, RoundState.AGGREGATING))
         # A secure task's privacy ledger is rebuilt from the measurements of every round whose
         # noisy sum was unmasked: committed ones, abandoned ones that carry `dp` (a group
         # that aborted after unmasking, or a publish that failed after it; the server saw the
         # sum), and a round the coordinator stopped in while closing, whose `pending_dp` was
         # stored before unmasking (it may have unmasked before the stop: count it).
-        released = [dp for r in rounds if isinstance(dp := _released_dp(r), dict)]
+        released = (
+            [
+                dp
+                for state, meas in self.store.round_measurements(task_id)
+                if isinstance(dp := _released_dp_of(state, meas), dict)
+            ]
+            if cfg.secure is not None
+            else []
+        )
         rt = TaskRuntime(
             task_id,
             cfg,
@@ -596,17 +613,14 @@ class Coordinator:
                 raise RuntimeError(
                     f"task {task_id}: the stored aggregator state does not restore ({exc!r})"
                 ) from exc
-        rt.seq = len(rounds)
-        rt.rounds_closed = sum(
-            r.state in (RoundState.COMMITTED, RoundState.ABANDONED) for r in rounds
-        )
-        rt.rounds_committed = sum(r.state == RoundState.COMMITTED for r in rounds)
-        live = [r for r in rounds if r.state in (RoundState.OPEN, RoundState.AGGREGATING)]
+        rt.seq = self.store.count_rounds(task_id)
+        rt.rounds_closed, rt.rounds_committed = self.store.round_counts(task_id)
         if rt.secure is None:
             for r in live:
                 rt.current = self._replay(rt, r)
         if rt.secure is None:
-            _observe_stored_dp(rt.privacy_metrics, rt.config, rounds)
+            newest = self.store.last_round(task_id, RoundState.COMMITTED)
+            _observe_stored_dp(rt.privacy_metrics, rt.config, [] if newest is None else [newest])
         if rt.secure is not None and released:
             last = released[-1]
             rt.privacy_metrics.observe(

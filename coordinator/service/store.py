@@ -643,11 +643,54 @@ class Store:
         return _round(rows[0]) if rows else None
 
     def rounds(self, task_id: int, states: tuple[str, ...] | None = None) -> list[RoundRow]:
+        """A task's rounds by sequence (only those in `states` if given, filtered in SQL:
+        the others are not read, let alone parsed)."""
+        if states is None:
+            rows = self._query(
+                f"SELECT {_ROUND_COLS} FROM rounds WHERE task_id=? ORDER BY seq", (task_id,)
+            )
+        else:
+            marks = ",".join("?" * len(states))
+            rows = self._query(
+                f"SELECT {_ROUND_COLS} FROM rounds WHERE task_id=? AND state IN ({marks}) "
+                "ORDER BY seq",
+                (task_id, *states),
+            )
+        return [_round(r) for r in rows]
+
+    def count_rounds(self, task_id: int) -> int:
+        """How many rounds a task has opened (its last sequence number)."""
+        return int(self._query("SELECT COUNT(*) FROM rounds WHERE task_id=?", (task_id,))[0][0])
+
+    def last_round(self, task_id: int, state: str) -> RoundRow | None:
+        """A task's most recent round in `state` (None if it has none)."""
         rows = self._query(
-            f"SELECT {_ROUND_COLS} FROM rounds WHERE task_id=? ORDER BY seq", (task_id,)
+            f"SELECT {_ROUND_COLS} FROM rounds WHERE task_id=? AND state=? "
+            "ORDER BY seq DESC LIMIT 1",
+            (task_id, state),
         )
-        out = [_round(r) for r in rows]
-        return out if states is None else [r for r in out if r.state in states]
+        return _round(rows[0]) if rows else None
+
+    def round_measurements(self, task_id: int) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(state, measurements) of each of a task's rounds, by sequence, read a page at a
+        time and parsed one at a time (the selections are not read): a task's whole history
+        never sits in memory at once. Raises `DamagedRow` at a measurements column that does
+        not parse."""
+        after = 0
+        while True:
+            rows = self._query(
+                "SELECT round_id, seq, state, measurements_json FROM rounds WHERE task_id=? "
+                "AND seq > ? ORDER BY seq LIMIT ?",
+                (task_id, after, _PRUNE_BATCH),
+            )
+            for round_id, _, state, text in rows:
+                yield (
+                    str(state),
+                    _json_column(text, dict, "rounds", round_id, task_id, "measurements_json"),
+                )
+            if len(rows) < _PRUNE_BATCH:
+                return
+            after = int(rows[-1][1])
 
     def set_round_state(self, round_id: int, state: str) -> None:
         with self.transaction() as db:
