@@ -302,6 +302,11 @@ def _counted_targets(y: npt.NDArray[Any]) -> npt.NDArray[np.int64] | None:
 
 def _diverged(value: float, step: int, epoch: int, lr: float) -> ValueError:
     """The error for a step whose loss is NaN or infinite (the parameters are past saving)."""
+    if step == 1:  # lr has not acted yet: the forward pass itself overflowed
+        return ValueError(
+            f"training diverged: the loss was {value} at step 1, before any update: the inputs "
+            "or parameters overflow float32 in the model's forward pass"
+        )
     return ValueError(
         f"training diverged: the loss was {value} at step {step} (epoch {epoch}); lr {lr} is "
         "too large for this model and data"

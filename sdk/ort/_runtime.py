@@ -163,6 +163,19 @@ def _check_start_params(params: npt.NDArray) -> None:
         )
 
 
+def _diverged(value: float, step: int, epoch: int, lr: float) -> ValueError:
+    """The error for a step whose loss is NaN or infinite (`sdk.trainer`'s words)."""
+    if step == 1:  # lr has not acted yet: the forward pass itself overflowed
+        return ValueError(
+            f"training diverged: the loss was {value} at step 1, before any update: the inputs "
+            "or parameters overflow float32 in the model's forward pass"
+        )
+    return ValueError(
+        f"training diverged: the loss was {value} at step {step} (epoch {epoch}); lr {lr} is "
+        "too large for this model and data"
+    )
+
+
 class OrtTrainer:
     """Minibatch SGD (or momentum SGD) driven by the exported training-step graph.
 
@@ -309,6 +322,11 @@ class OrtTrainer:
             ys = _labels(y, self.classes, allow_ignore=True)
         else:
             ys = np.ascontiguousarray(y, dtype=self._y_dtype)
+            bad = int(ys.size - np.count_nonzero(np.isfinite(ys)))
+            if bad:  # NaN or inf targets train NaN parameters
+                raise TrainingDataError(
+                    f"training data: y: {bad} target values are NaN or infinite"
+                )
         if ys.ndim != 1 + len(m.y_shape) or tuple(ys.shape[1:]) != m.y_shape:
             raise TrainingDataError(f"y of shape {y.shape}, the model takes [B, {m.y_shape}]")
         if len(ys) != n:
@@ -396,10 +414,7 @@ class OrtTrainer:
                 # and a zero gradient: it counts nothing.
                 weight = len(idx) if per_example is None else int(per_example[idx].sum())
                 if weight and not math.isfinite(loss):
-                    raise ValueError(
-                        f"training diverged: the loss was {loss} at step {steps} (epoch "
-                        f"{epoch + 1}); lr {lr} is too large for this model and data"
-                    )
+                    raise _diverged(loss, steps, epoch + 1, lr)
                 if weight:
                     total += loss * weight
                     count += weight

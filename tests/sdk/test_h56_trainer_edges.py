@@ -176,3 +176,40 @@ def test_torch_refuses_negative_token_ids_before_training_as_ort_does(
         with pytest.raises(TrainingDataError, match=r"token ids must be >= 0, got -1"):
             _train(trainer, params, x, y, batch_size=1)
     np.testing.assert_array_equal(get_flat_params(module), params)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_a_loss_not_finite_before_any_update_blames_the_inputs_not_lr(
+    trainers: dict[str, Any], kind: str
+) -> None:
+    # Prepare: finite inputs so large that the first forward pass overflows float32
+    x, y = _data()
+    x[:] = 3e38
+
+    # Execute / Assert: lr has not acted yet, so the error must not blame it
+    with pytest.raises(ValueError, match=r"at step 1, before any update") as caught:
+        _train(trainers[kind], trainers["params"], x, y, lr=1e-3)
+    assert "lr" not in str(caught.value)
+
+
+@pytest.fixture(scope="module")
+def mse_trainer(tmp_path_factory: pytest.TempPathFactory) -> OrtTrainer:
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("h56_mse")
+    export_training_artifacts(build_model("digits_mlp"), torch.randn(4, 64), root, loss="mse")
+    return OrtTrainer.from_dir(root)
+
+
+def test_mse_targets_that_are_not_finite_are_refused_before_training(
+    trainers: dict[str, Any], mse_trainer: OrtTrainer
+) -> None:
+    # Prepare: one-hot float targets, one of them NaN (before, it trained NaN parameters)
+    x, labels = _data()
+    y = np.eye(10, dtype=np.float32)[labels]
+    y[4, 2] = np.nan
+
+    # Execute / Assert
+    with pytest.raises(TrainingDataError, match=r"y: 1 target values are NaN or infinite"):
+        _train(mse_trainer, trainers["params"], x, y)
+    with pytest.raises(TrainingDataError, match=r"y: 1 target values are NaN or infinite"):
+        mse_trainer.check_data(x, y)
