@@ -172,7 +172,7 @@ def _diverged(value: float, step: int, epoch: int, lr: float) -> ValueError:
         )
     return ValueError(
         f"training diverged: the loss was {value} at step {step} (epoch {epoch}); lr {lr} is "
-        "too large for this model and data"
+        "too large for this model and data, or the inputs' scale is"
     )
 
 
@@ -422,7 +422,7 @@ class OrtTrainer:
         if not bool(np.isfinite(flat).all()):
             raise ValueError(
                 f"training diverged: the parameters hold NaN or inf after step {steps}; lr {lr} "
-                "is too large for this model and data"
+                "is too large for this model and data, or the inputs' scale is"
             )
         return TrainResult(flat, n, total / max(count, 1))
 
