@@ -296,6 +296,14 @@ def _task_field(meta: dict[str, Any]) -> int | None:
     return value
 
 
+def _check_task_id(task_id: int | None, what: str) -> None:
+    """Raise `ValueError` for a task id the store could not read back (`_task_field`)."""
+    if task_id is not None and (
+        isinstance(task_id, bool) or not isinstance(task_id, int) or not 0 <= task_id < 2**63
+    ):
+        raise ValueError(f"{what}: task id {task_id!r} is not in [0, 2^63); not saved")
+
+
 def _count(meta: dict[str, Any], name: str, path: Path, default: int | None = None) -> int:
     value = meta.get(name, default)
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
@@ -688,6 +696,7 @@ class DeviceStore:
     def save_residual(self, ef: ErrorFeedback, task_id: int | None = None) -> None:
         """Make `ef` `task_id`'s residual (None: the legacy residual). Other tasks' residuals
         are untouched."""
+        _check_task_id(task_id, "residual")
         dest = self._dest(task_id)
         _write(dest, _residual_bytes(ef, task_id, self._next_seq()))
         # Leftovers of an interrupted save or refusal would otherwise shadow this newer residual.
@@ -700,7 +709,18 @@ class DeviceStore:
 
     def save_pending(self, pending: PendingUpload, ef: ErrorFeedback) -> None:
         """Persist the frame and the residual that assumes it; `pending.json` is the commit
-        point, so a crash at any step leaves either the old state or the new one whole."""
+        point, so a crash at any step leaves either the old state or the new one whole.
+        Raises `ValueError`, writing nothing, for an upload `load_pending` could not read back
+        (every later load would raise): a key that is not 1 to 128 ASCII characters, a round
+        id or size outside [0, 2^63), a task id outside it."""
+        key = pending.key
+        if not isinstance(key, str) or not 1 <= len(key) <= 128 or not key.isascii():
+            raise ValueError("pending upload: key must be 1 to 128 ASCII characters; not saved")
+        for name in ("round_id", "dense_bytes"):
+            value = getattr(pending, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+                raise ValueError(f"pending upload: {name} {value!r} is not in [0, 2^63); not saved")
+        _check_task_id(pending.task_id, "pending upload")
         meta: dict[str, Any] = {
             "round_id": pending.round_id,
             "key": pending.key,
@@ -854,6 +874,7 @@ class DeviceStore:
         record)."""
         if not 1 <= record.round_id < 2**63:
             raise ValueError(f"round id {record.round_id} is not in [1, 2^63)")
+        _check_task_id(record.task_id, "accepted upload")
         self._recover()
         self._write_record(record, ef)
         if ef is not None:
