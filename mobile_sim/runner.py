@@ -160,6 +160,8 @@ class SimConfig:
             raise ValueError("malicious must be a fraction in [0, 1)")
         if self.malicious > 0 and not self.attack:
             raise ValueError("malicious > 0 needs an attack (e.g. --attack signflip)")
+        if self.attack and self.malicious > 0:
+            self.build_attack()  # a bad spec fails now, not in a round
         if not 0.0 <= self.ort_fraction <= 1.0:
             raise ValueError("ort_fraction must be in [0, 1]")
         if not (math.isfinite(self.lr) and self.lr > 0):
@@ -243,6 +245,25 @@ class SimConfig:
                 f"fleet has only {self.clients} devices (clients), so epsilon would be "
                 f"understated every round: use {fix}"
             )
+
+    def build_attack(self) -> Any:
+        """The `attack` as the runner uses it: ALIE's z from the cohort size and the expected
+        attackers in it, round(malicious x per_round) (at least 1)."""
+        from .attacks import AlieAttack, build_attack
+
+        n, f = self.per_round, max(1, round(self.malicious * self.per_round))
+        attack = build_attack(str(self.attack), num_clients=n, num_malicious=f)
+        if isinstance(attack, AlieAttack) and attack.z is None:
+            try:
+                attack.z_value  # noqa: B018  (computes z: ValueError when f >= n)
+            except ValueError as exc:
+                # Raised in the first round with two honest devices before, ending the run.
+                raise ValueError(
+                    f"attack {self.attack!r}: {exc}: the malicious fraction x per_round rounds "
+                    f"to {f} attackers in a cohort of {n}, leaving ALIE no honest majority; "
+                    "lower the malicious fraction, raise per_round, or give z= (alie:z=1.5)"
+                ) from None
+        return attack
 
     def engine_config(self) -> EngineConfig:
         """The round engine's policy for this run (cohort size, over-selection, codec)."""
@@ -513,14 +534,8 @@ def run_simulation(
     ort_devices = set(sel_rng.permutation(cfg.clients)[:n_ort].tolist())
     attack = None
     if cfg.attack and n_bad:
-        from .attacks import build_attack
-
         # Expected attackers in a cohort: ALIE's z depends on the cohort size n and on f.
-        attack = build_attack(
-            cfg.attack,
-            num_clients=cfg.per_round,
-            num_malicious=max(1, round(cfg.malicious * cfg.per_round)),
-        )
+        attack = cfg.build_attack()
 
     own_backend = backend is None
     be = backend if backend is not None else backend_for(cfg)
