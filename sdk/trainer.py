@@ -439,8 +439,13 @@ def evaluate(
     first convolution's, 32x28x28 floats per row) at about 25 MB, inside the L3 cache; 1,000
     rows spill to memory and were about 2x slower on one thread (bench/explore_cnn_speed.py).
     `fast_pool`: 2x2 max pooling through `fast_max_pool` (same values).
+
+    Both means are over every prediction: one per example for logits [B, C], one per position
+    for [B, C, d1, ...] with labels [B, d1, ...]. Labels must be classes of the model's output
+    (`TrainingDataError`, in `sdk.ort.OrtTrainer.evaluate`'s words): -100 is refused here too.
     """
-    if len(x) == 0:
+    y = np.asarray(y)
+    if len(x) == 0 or y.size == 0:
         raise ValueError("no examples to evaluate")
     set_flat_params(module, params)
     module.eval()
@@ -451,6 +456,8 @@ def evaluate(
             xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
             yb = torch.from_numpy(np.ascontiguousarray(y[start : start + batch_size]))
             logits = module(xb)
+            if start == 0 and logits.dim() >= 2:  # the class count, from the first batch
+                check_labels(y, int(logits.shape[1]), where="evaluation data")
             loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
             correct += int((logits.argmax(1) == yb).sum())
-    return correct / len(x), loss_sum / len(x)
+    return correct / y.size, loss_sum / y.size

@@ -213,3 +213,52 @@ def test_mse_targets_that_are_not_finite_are_refused_before_training(
         _train(mse_trainer, trainers["params"], x, y)
     with pytest.raises(TrainingDataError, match=r"y: 1 target values are NaN or infinite"):
         mse_trainer.check_data(x, y)
+
+
+class _Tagger(torch.nn.Module):
+    """One prediction per token: logits [B, C, T] (torch's cross-entropy layout)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(5, 4)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.embed(x)).permute(0, 2, 1)
+        return out
+
+
+def test_evaluate_averages_over_every_prediction_of_a_sequence_model() -> None:
+    # Prepare: 6 sequences of 7 tokens, one label per token (as TorchTrainer.train takes)
+    torch.manual_seed(0)
+    module = _Tagger()
+    rng = np.random.default_rng(3)
+    x, y = rng.integers(0, 5, (6, 7)), rng.integers(0, 3, (6, 7))
+    params = get_flat_params(module)
+
+    # Execute
+    accuracy, loss = evaluate(module, params, x, y, batch_size=4)
+
+    # Assert: the means over the 42 predictions (before: sums over 42 divided by 6 sequences,
+    # so an accuracy up to 7)
+    with torch.no_grad():
+        logits = module(torch.from_numpy(x))
+        want_loss = float(torch.nn.functional.cross_entropy(logits, torch.from_numpy(y)))
+        want_acc = float((logits.argmax(1).numpy() == y).mean())
+    assert accuracy == pytest.approx(want_acc)
+    assert loss == pytest.approx(want_loss, rel=1e-6)
+
+
+@pytest.mark.parametrize(("bad", "match"), [(IGNORE_INDEX, "class label -100"), (10, "label 10")])
+def test_evaluate_refuses_labels_outside_the_classes_as_ort_does(
+    trainers: dict[str, Any], bad: int, match: str
+) -> None:
+    # Before: -100 was counted as a wrong prediction with no loss, 10 raised torch's IndexError
+    x, y = _data()
+    y[3] = bad
+    for run in (
+        lambda: evaluate(trainers["torch"].module, trainers["params"], x, y),
+        lambda: trainers["ort"].evaluate(trainers["params"], x, y),
+    ):
+        with pytest.raises(TrainingDataError, match=match):
+            run()
