@@ -269,7 +269,10 @@ def _checked(
 ) -> tuple[npt.NDArray[np.int64], tuple[int, ...]]:
     """`check_training_data`'s checks: (y as int64, the model's per-example output shape).
     `out_shapes` caches the output shape per (example shape, dtype), so the probe runs once."""
-    x, y = np.asarray(x), np.asarray(y)
+    try:
+        x, y = np.asarray(x), np.asarray(y)
+    except ValueError as exc:  # a ragged list
+        raise TrainingDataError(f"{where}: x or y is not an array: {_first_line(exc)}") from None
     labels = _check_examples(x, y, where)
     key = (tuple(x.shape[1:]), x.dtype.str)
     out = out_shapes.get(key)

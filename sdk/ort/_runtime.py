@@ -311,9 +311,14 @@ class OrtTrainer:
             if arr.size and arr.max() > np.iinfo(np.int64).max:
                 # The cast to int64 would wrap it (a uint64 2^64-1 to -1, a row from the end).
                 raise TrainingDataError(f"token ids must be below 2^63, got {arr.max()}")
-        xs = np.ascontiguousarray(x, dtype=self._x_dtype)
+        try:
+            xs = np.ascontiguousarray(x, dtype=self._x_dtype)
+        except (TypeError, ValueError) as exc:  # objects, ragged lists, text that is no number
+            raise TrainingDataError(
+                f"x cannot be read as {self._x_dtype} values: {_first_line(exc)}"
+            ) from None
         if xs.ndim != 1 + len(m.x_shape) or tuple(xs.shape[1:]) != m.x_shape:
-            raise TrainingDataError(f"x of shape {x.shape}, the model takes [B, {m.x_shape}]")
+            raise TrainingDataError(f"x of shape {xs.shape}, the model takes [B, {m.x_shape}]")
         return xs
 
     def _check_y(self, y: npt.NDArray, n: int) -> npt.NDArray:
@@ -321,14 +326,19 @@ class OrtTrainer:
         if m.loss == "ce":
             ys = _labels(y, self.classes, allow_ignore=True)
         else:
-            ys = np.ascontiguousarray(y, dtype=self._y_dtype)
+            try:
+                ys = np.ascontiguousarray(y, dtype=self._y_dtype)
+            except (TypeError, ValueError) as exc:
+                raise TrainingDataError(
+                    f"y cannot be read as {self._y_dtype} values: {_first_line(exc)}"
+                ) from None
             bad = int(ys.size - np.count_nonzero(np.isfinite(ys)))
             if bad:  # NaN or inf targets train NaN parameters
                 raise TrainingDataError(
                     f"training data: y: {bad} target values are NaN or infinite"
                 )
         if ys.ndim != 1 + len(m.y_shape) or tuple(ys.shape[1:]) != m.y_shape:
-            raise TrainingDataError(f"y of shape {y.shape}, the model takes [B, {m.y_shape}]")
+            raise TrainingDataError(f"y of shape {ys.shape}, the model takes [B, {m.y_shape}]")
         if len(ys) != n:
             raise TrainingDataError(
                 f"training data: x has {n} examples but y has {len(ys)} labels: one label per "

@@ -262,3 +262,33 @@ def test_evaluate_refuses_labels_outside_the_classes_as_ort_does(
     ):
         with pytest.raises(TrainingDataError, match=match):
             run()
+
+
+@pytest.mark.parametrize(
+    "x",
+    [
+        pytest.param(np.array([{}] * 12, dtype=object), id="objects"),
+        pytest.param([[1.0] * 64] * 11 + [[1.0] * 63], id="ragged"),
+        pytest.param(np.array([b"ab"] * 12), id="bytes"),
+    ],
+)
+@pytest.mark.parametrize("kind", KINDS)
+def test_inputs_that_are_not_numbers_are_training_data_errors(
+    trainers: dict[str, Any], kind: str, x: Any
+) -> None:
+    # Before: onnxruntime's trainer (and torch's, for a ragged list) let numpy's TypeError or
+    # ValueError out of the conversion
+    _, y = _data()
+    with pytest.raises(TrainingDataError, match="x"):
+        trainers[kind].check_data(x, y)
+    with pytest.raises(TrainingDataError, match="x"):
+        _train(trainers[kind], trainers["params"], x, y)
+
+
+def test_lists_of_the_wrong_shape_are_training_data_errors(trainers: dict[str, Any]) -> None:
+    # Before: the message read `.shape` off the list given, an AttributeError
+    x, y = _data()
+    with pytest.raises(TrainingDataError, match=r"x of shape \(12, 63\)"):
+        trainers["ort"].check_data(x[:, :63].tolist(), y)
+    with pytest.raises(TrainingDataError, match=r"y of shape \(12, 1\)"):
+        trainers["ort"].check_data(x, y[:, None].tolist())
