@@ -36,8 +36,8 @@ class StallLimit:
     same model, epochs and batch size, so a task's time is about proportional to its
     examples. The limit is `FACTOR` times the task's examples at the rate (s per example,
     over the tasks finished since `start`), and at least `FLOOR_S`. A worker's first task
-    since `start` pays its warm-up, which no rate predicts (a tiny model's first step can
-    take 10^4 times its next ones): it gets `FIRST_S` and is left out of the rate, and so is
+    since `start` pays its warm-up, which no rate predicts (for a tiny model it can be many
+    times the task's own work): it gets `FIRST_S` and is left out of the rate, and so is
     every task before a rate is known. So a worker stuck in a job (alive, never replying) fails
     the round instead of hanging it forever, and honest work is far inside.
     """
