@@ -129,6 +129,11 @@ class _Round:
     closed: bool = False
 
 
+# Every closed round maps to this one record: `_precheck` refuses on `closed` before it reads
+# anything else, so a closed round need not keep its selection (as large as its cohort).
+_CLOSED = _Round(RoundPlan(0, [], CodecConfig.dense(), 0, 0), frozenset(), closed=True)
+
+
 class Strategy:
     """Overridable hooks of the round loop. Each receives the engine for read access."""
 
@@ -221,6 +226,16 @@ class RoundEngine:
         self._rounds[round_id] = _Round(plan, frozenset(selected))
         self._next_round += 1
         return plan
+
+    def cancel_open(self, round_id: int) -> None:
+        """Undo `open_round` of the newest round while nothing was submitted to it (its caller
+        could not record it, e.g. the store refused it): the engine is as before that call,
+        so the next `open_round` gets the same round number and seeded selection."""
+        rnd = self._round(round_id)
+        if round_id != self._next_round - 1 or rnd.closed or rnd.updates:
+            raise EngineError(f"round {round_id} is not a newest round with nothing submitted")
+        del self._rounds[round_id]
+        self._next_round -= 1
 
     # -- collect ------------------------------------------------------------------------------
     def submit(
@@ -320,14 +335,19 @@ class RoundEngine:
 
     # -- aggregate + publish ------------------------------------------------------------------
     def close_round(self, round_id: int) -> RoundOutcome:
+        """Aggregate and publish the round's updates, or abandon it below `min_reports`.
+
+        The round is closed however this ends: if aggregating or publishing raises, the model
+        and aggregator state are left as they were and the exception propagates. Either way
+        its updates and selection are let go (a closed round refuses every upload, so only
+        the fact that it is closed is kept)."""
         rnd = self._round(round_id)
         if rnd.closed:
             raise RoundClosed(f"round {round_id} is already closed")
-        rnd.closed = True
         # Sorted so the float accumulation order, and so the result, never depends on arrival.
         updates = [rnd.updates[k] for k in sorted(rnd.updates)]
+        self._rounds[round_id] = _CLOSED
         if len(updates) < self.config.min_reports:
-            rnd.updates.clear()
             return RoundOutcome(
                 round_id,
                 False,
@@ -354,7 +374,6 @@ class RoundEngine:
             self.params, self.aggregator_state = params, state
             raise
         self.version += 1
-        rnd.updates.clear()  # the aggregate is published; individual updates are not kept
         if find_measurement(output.measurements, "budget_exhausted") is True:
             self.stopped = True
         return RoundOutcome(round_id, True, len(updates), self.version, output.measurements)

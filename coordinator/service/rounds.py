@@ -1010,9 +1010,16 @@ class Coordinator:
         if rt.secure is not None:
             target = len(plan.selected)  # every selected device is in the SecAgg cohort
         min_reports = min(rt.config.min_reports, target)
-        round_id = self.store.open_round(
-            rt.task_id, rt.seq + 1, rt.version, plan.selected, target, min_reports, now, deadline
-        )
+        try:
+            round_id = self.store.open_round(
+                rt.task_id, rt.seq + 1, rt.version, plan.selected, target, min_reports, now,
+                deadline,
+            )  # fmt: skip
+        except BaseException:
+            # Not recorded (a full disk, a lock held too long): the engine forgets the round, so
+            # the next open takes the same round number and seeded cohort, and holds no orphan.
+            rt.engine.cancel_open(plan.round_id)
+            raise
         rt.seq += 1
         if rt.secure is not None:
             try:
