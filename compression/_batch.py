@@ -23,7 +23,9 @@ import numpy.typing as npt
 from ._bits import packed_len
 from ._config import MAX_BLOCK, MAX_WEIGHT, MIN_BLOCK, QUANTIZED_BITS, check_weight
 from ._errors import CodecError, NonFiniteValues
+from ._feedback import RESIDUAL_OVERFLOW
 from ._index import INDEX_CODINGS
+from ._quant import refuse_overflowing_top
 from ._sparse import SparseUpdate
 from ._topk import _PREFILTER_MIN, _argpartition_top
 from ._wire import (
@@ -243,7 +245,10 @@ def _quantize_rows(
         with np.errstate(over="ignore"):
             half = vals.astype("<f2")
         if not np.all(np.isfinite(half)):
-            raise ValueError("a value exceeds the fp16 range (|v| > 65504.0); use bits=32")
+            raise ValueError(
+                "a value rounds beyond the fp16 range (|v| >= 65520; the largest fp16 is "
+                "65504); use bits=32"
+            )
         return None, half.view(np.uint8), half.astype(np.float32) if want_decoded else None
     assert u is not None
     nb = _ceil_div(k, block)
@@ -277,6 +282,7 @@ def _quantize_rows(
     else:
         steps = (1 << (bits - 1)) - 1
         step = ((hi - lo) / np.float32(steps)).astype(np.float32)
+        refuse_overflowing_top(lo, step, steps, bits)
         lo_e, step_e = expand(lo), expand(step)
         x = np.divide(src - lo_e, step_e, out=np.zeros((m, k), dtype=np.float32), where=step_e > 0)
         j = np.clip(np.floor(x + u), 0, steps).astype(np.uint8)
@@ -524,7 +530,11 @@ def feedback_step_many(
     # u - decoded, where decoded is zero off its indices: subtracted only there (same floats:
     # x - 0.0 is x), without an [n, d] dense temporary.
     new = u.copy()
-    decoded.scatter(new, subtract=True)
+    with np.errstate(over="ignore"):
+        decoded.scatter(new, subtract=True)
+    if not np.all(np.isfinite(new)):
+        # What ErrorFeedback.step raises for such a row; here no feedback changes at all.
+        raise ValueError(RESIDUAL_OVERFLOW)
     for i, fb in enumerate(feedbacks):
         fb.residual = new[i].copy()
     return frames, u

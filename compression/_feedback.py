@@ -26,6 +26,27 @@ F32 = npt.NDArray[np.float32]
 _HEADER = struct.Struct("<4sBBHII")
 
 
+RESIDUAL_OVERFLOW = (
+    "the new residual u - decoded overflows float32 (a 1-bit block spans more than float32's "
+    "range); the residual is unchanged"
+)
+
+
+def checked_residual(u: F32, decoded: F32) -> F32:
+    """`u - decoded` (float32, any shape), or a ValueError if it overflows float32.
+
+    Only 1-bit blocks can get there: their two levels are the block's signed min and max, so
+    a value rounded from near +max to a lo near -max leaves a difference above float32's
+    range. An inf residual would make every later step refuse its own input; the caller
+    keeps the old residual instead.
+    """
+    with np.errstate(over="ignore"):
+        residual: F32 = u - decoded
+    if not np.all(np.isfinite(residual)):
+        raise ValueError(RESIDUAL_OVERFLOW)
+    return residual
+
+
 class ErrorFeedback:
     """`residual: float32[size]`, what compression dropped so far.
 
@@ -52,7 +73,7 @@ class ErrorFeedback:
             raise ValueError(f"delta must be float32[{self.size}], got {d.dtype}{list(d.shape)}")
         u = d + self.residual
         frame, decoded, report = codec.roundtrip(u, rng, weight)
-        self.residual = u - decoded
+        self.residual = checked_residual(u, decoded)
         return frame, report
 
     def reset(self) -> None:

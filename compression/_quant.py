@@ -17,6 +17,7 @@ __all__ = [
     "Fp32Values",
     "VALUE_CODINGS",
     "error_bound",
+    "refuse_overflowing_top",
 ]
 
 F32 = npt.NDArray[np.float32]
@@ -64,6 +65,18 @@ def _block_expand(per_block: F32, block: int, k: int) -> F32:
     return np.repeat(per_block, counts)
 
 
+def refuse_overflowing_top(lo: F32, step: F32, steps: int, bits: int) -> None:
+    """ValueError if `lo + steps * step` (the decoder's largest level, in its float32 order)
+    overflows for any block; `lo` and `step` are per block, of any shape."""
+    with np.errstate(over="ignore"):
+        top = np.float32(steps) * step + lo
+    if not np.all(np.isfinite(top)):
+        raise ValueError(
+            f"a magnitude is too close to the float32 maximum for {bits}-bit levels (the top "
+            f"level lo + {steps} * step overflows float32); use bits=32"
+        )
+
+
 class StochasticQuantizer(ValueCoding):
     """b-bit unbiased stochastic rounding with (lo, hi) float32 scales per block of values.
 
@@ -106,6 +119,9 @@ class StochasticQuantizer(ValueCoding):
             lo = np.minimum.reduceat(mag, starts)
             hi = np.maximum.reduceat(mag, starts)
             step = self._step(lo, hi)
+            # hi within an ulp or so of float32's max: the decoder's top level can round to
+            # +inf, and the frame would be refused by every decoder (NonFiniteValues).
+            refuse_overflowing_top(lo, step, self.steps, self.bits)
             step_e = _block_expand(step, block, k)
             x = np.divide(
                 mag - _block_expand(lo, block, k),
@@ -175,7 +191,10 @@ class Fp16Values(ValueCoding):
         with np.errstate(over="ignore"):
             half = values.astype("<f2")
         if not np.all(np.isfinite(half)):
-            raise ValueError(f"a value exceeds the fp16 range (|v| > {_FP16_MAX}); use bits=32")
+            raise ValueError(
+                f"a value rounds beyond the fp16 range (|v| >= 65520; the largest fp16 is "
+                f"{_FP16_MAX:.0f}); use bits=32"
+            )
         return b"", half.tobytes()
 
     def decode(self, scales: ByteView, codes: ByteView, k: int, block: int) -> F32:
