@@ -79,7 +79,9 @@ def serve(
 class ServerThread:
     """A coordinator on a background thread, e.g. `with ServerThread(cfg) as url: ...`.
 
-    Port 0 picks a free port; `url` is known once `start()` returns.
+    Port 0 picks a free port; `url` is known once `start()` returns. Without `app`, the store
+    `create_app` opened at `config.db_path` is closed once the server has stopped (`stop`, or a
+    start-up that failed); a given `app`'s store is its owner's to close.
     """
 
     def __init__(
@@ -92,6 +94,7 @@ class ServerThread:
         tls_key: str | None = None,
         app: Any = None,
     ) -> None:
+        self._owns_store = app is None
         self.app = app if app is not None else create_app(config)
         self.tls = tls_cert is not None
         self.server = uvicorn.Server(
@@ -108,6 +111,7 @@ class ServerThread:
         deadline = time.monotonic() + timeout
         while not self.server.started:
             if not self._thread.is_alive():
+                self._close_store()
                 raise RuntimeError("coordinator thread exited during start-up")
             if time.monotonic() > deadline:
                 raise TimeoutError("coordinator did not start in time")
@@ -119,6 +123,13 @@ class ServerThread:
     def stop(self, timeout: float = 20.0) -> None:
         self.server.should_exit = True
         self._thread.join(timeout)
+        if not self._thread.is_alive():  # else still serving: its store stays open
+            self._close_store()
+
+    def _close_store(self) -> None:
+        if self._owns_store:
+            self._owns_store = False  # once: a second stop() is a no-op
+            self.app.state.store.close()
 
     def __enter__(self) -> str:
         return self.start()
