@@ -397,9 +397,11 @@ def _own_view(value: Any, cohort: frozenset[str], me: str) -> Any:
     (anomaly norms and cosines, robust scores: per-device figures that depend on that device's
     data), a list item (a secure round's `dropped` and `suspect_devices`, Krum's `selected`), a
     dict value, a string with the id in it (a message such as "report from <id> ..."), and a
-    whole pair or record in a list (`[id, score]`, `{"device": id, "norm": x}`), so that no
-    figure of another device stays behind without its name. What names `me` stays, as do
-    counts and every figure about the round as a whole."""
+    whole pair or record (`[id, score]`, `{"device": id, "norm": x}`) in a list or as a dict
+    value, so that no figure of another device stays behind without its name. A record is a
+    list, or a dict of plain values only, holding another device's id; a dict that names one
+    beside nested measurements (a wrapper's, with its `inner`) is walked instead. What names
+    `me` stays, as do counts and every figure about the round as a whole."""
     others = cohort - {me}
 
     def names(v: Any) -> bool:  # another device's id, or a string that contains one
@@ -414,16 +416,21 @@ def _own_view(value: Any, cohort: frozenset[str], me: str) -> Any:
             return any(names(x) for x in v) and not all(isinstance(x, str) for x in v)
         return False
 
+    def flat(v: dict[Any, Any]) -> bool:  # plain values only: a record, not a wrapper level
+        return not any(isinstance(x, dict | list | tuple) for x in v.values())
+
     def view(v: Any) -> Any:
         if isinstance(v, dict):
-            # A dict value that names another device only as a value of its own is walked, not
-            # dropped: {"dropped": {...}, "worst": id, "kept": 2} is about the round.
+            # A dict value naming another device beside nested measurements is walked, not
+            # dropped: {"dropped": {...}, "worst": id, "kept": 2} is about the round. A flat
+            # one, {"worst": {"device": id, "norm": x}}, is that device's record: dropped whole.
             return {
                 k: view(x)
                 for k, x in v.items()
                 if not names(k)
                 and not names(x)
                 and not (isinstance(x, list | tuple) and record(x))
+                and not (isinstance(x, dict) and flat(x) and record(x))
             }
         if isinstance(v, list | tuple):
             return [view(x) for x in v if not names(x) and not record(x)]
