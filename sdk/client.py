@@ -1258,6 +1258,14 @@ def _secure_flow(
                     body = session.share_keys(down)
                 elif stage == Stage.MASKED_INPUT:
                     if own:
+                        # The participant taken at setup may have left memory while the round
+                        # waited (an AsyncClient's other rounds past MAX_RESIDUALS, a failed
+                        # store step): a record of the task settled since then reached the app
+                        # directory, not it, and an input computed from it (its residual saved
+                        # over the directory's) would lose that content. The task's current
+                        # holder (itself, or one read again from the directory) takes it.
+                        part = core.secure_participant(spec.size, a.task_id)
+                        session.participant = part
                         restore = part.residual.copy()
                     body = session.masked_input(down, delta, n, rng)
                     if own:
