@@ -25,6 +25,7 @@ from protocol.secagg import MAX_DEGREE, NoiseKind, Stage, choose_degree
 from ._secagg_routes import SecureRegistry, stage_cap
 
 __all__ = [
+    "MAX_SECURE_COORDS",
     "SECURE_STAGES",
     "SERVICE_KEYS",
     "SecureSettings",
@@ -34,6 +35,11 @@ __all__ = [
 ]
 
 SECURE_STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK)
+# Most coordinates |S_r| a secure round may share. Its plan sends 4 bytes a coordinate, and an
+# SDK device reads at most 16 MiB of a secure-stage message (sdk.client.MAX_SECURE_RESPONSE):
+# a larger set could never be delivered. Checked before anything of that size is allocated
+# (a 2^31-coordinate set is 16 GB of indices).
+MAX_SECURE_COORDS = 4_000_000
 # Keys of `TaskConfig.secure` that the service consumes itself; every other key is a
 # `SecureConfig` field. `seed` and `server_lr` come from the task, so they are refused here.
 SERVICE_KEYS = ("stage_timeout_s", "stage_idle_s")
@@ -139,6 +145,12 @@ def check_plan(settings: SecureSettings, cohort: int, model_size: int) -> None:
         coords = max(1, int(round(cfg.coord_fraction * model_size)))
     else:
         coords = budget_k(cfg, group, model_size)
+    if coords > MAX_SECURE_COORDS:
+        raise ValueError(
+            f"a round would share {coords} coordinates (|S_r|), above {MAX_SECURE_COORDS:,}: "
+            "its plan (4 bytes a coordinate) would exceed what a device reads of a secure "
+            "message (16 MiB); lower secure.coord_fraction or secure.upload_budget"
+        )
     plan = make_plan(cfg, 1, group, model_size, np.arange(coords, dtype=np.int64))
     # The guarantee needs t > k/2 (no answer set gives t shares of both of a node's secrets);
     # the largest group has the largest k, and smaller ones only lower it.
