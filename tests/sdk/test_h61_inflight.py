@@ -88,9 +88,7 @@ class SecureFake:
         self.seen: list[tuple[str, str]] = []
 
     def params(self, task_id: int) -> npt.NDArray[np.float32]:
-        return np.random.default_rng([task_id, 7]).normal(0, 0.1, self.spec.size).astype(
-            np.float32
-        )
+        return np.random.default_rng([task_id, 7]).normal(0, 0.1, self.spec.size).astype(np.float32)
 
     def _round(self, round_id: int, task_id: int) -> _Round:
         if round_id not in self.rounds:
