@@ -23,7 +23,7 @@ import numpy.typing as npt
 from ._bits import packed_len
 from ._config import MAX_BLOCK, MAX_WEIGHT, MIN_BLOCK, QUANTIZED_BITS, check_weight
 from ._errors import CodecError, NonFiniteValues
-from ._feedback import RESIDUAL_OVERFLOW
+from ._feedback import RESIDUAL_OVERFLOW, SUM_OVERFLOW
 from ._index import INDEX_CODINGS
 from ._quant import refuse_overflowing_top
 from ._sparse import SparseUpdate
@@ -524,7 +524,10 @@ def feedback_step_many(
         # A loop would chain the steps of a repeated state; a batch cannot.
         raise ValueError("feedbacks must be distinct ErrorFeedback objects")
     u = np.stack([fb.residual for fb in feedbacks]) if n else np.zeros((0, size), np.float32)
-    np.add(arr, u, out=u)  # delta + residual, as ErrorFeedback.step adds them
+    with np.errstate(over="ignore"):
+        np.add(arr, u, out=u)  # delta + residual, as ErrorFeedback.step adds them
+    if not np.all(np.isfinite(u)):
+        raise ValueError(SUM_OVERFLOW)  # as ErrorFeedback.step; no feedback changes
     frames, decoded = _encode_batch(codec, u, rngs, weights, want_decoded=True)
     assert decoded is not None
     # u - decoded, where decoded is zero off its indices: subtracted only there (same floats:

@@ -32,6 +32,23 @@ RESIDUAL_OVERFLOW = (
 )
 
 
+SUM_OVERFLOW = (
+    "delta + residual is not finite (NaN or Inf in the delta, or a sum beyond float32's "
+    "range); the residual is unchanged"
+)
+
+
+def checked_sum(delta: F32, residual: F32) -> F32:
+    """`delta + residual` (float32, any shape), or a ValueError naming the residual if it is
+    not finite: a finite delta can overflow with what compression held back, and the codec's
+    own refusal ("update contains NaN or Inf", after a RuntimeWarning) would not say so."""
+    with np.errstate(over="ignore"):
+        u: F32 = delta + residual
+    if not np.all(np.isfinite(u)):
+        raise ValueError(SUM_OVERFLOW)
+    return u
+
+
 def checked_residual(u: F32, decoded: F32) -> F32:
     """`u - decoded` (float32, any shape), or a ValueError if it overflows float32.
 
@@ -71,7 +88,7 @@ class ErrorFeedback:
         d = np.asarray(delta)
         if d.shape != (self.size,) or d.dtype != np.float32:
             raise ValueError(f"delta must be float32[{self.size}], got {d.dtype}{list(d.shape)}")
-        u = d + self.residual
+        u = checked_sum(d, self.residual)
         frame, decoded, report = codec.roundtrip(u, rng, weight)
         self.residual = checked_residual(u, decoded)
         return frame, report

@@ -200,3 +200,27 @@ def test_fp16_takes_what_rounds_into_range_and_refuses_the_rest() -> None:
     u[1] = -65520.0
     with pytest.raises(ValueError, match="fp16 range"):
         codec.encode(u, np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("batch", [False, True])
+@pytest.mark.parametrize("bad", ["overflow", "nan"])
+def test_a_delta_plus_residual_that_is_not_finite_is_refused_naming_the_residual(
+    batch: bool, bad: str
+) -> None:
+    # Prepare: a finite delta whose sum with the held residual overflows float32 (before: a
+    # RuntimeWarning from the add, then the codec's "update contains NaN or Inf"), or a NaN
+    codec = UpdateCodec(SPEC, CodecConfig(topk=0.5, bits=8, block=8))
+    ef = ErrorFeedback(16)
+    old = np.full(16, FMAX / 2, np.float32)
+    ef.residual = old.copy()
+    delta = np.full(16, FMAX, np.float32)
+    if bad == "nan":
+        delta = np.zeros(16, np.float32)
+        delta[3] = np.nan
+    # Execute / Assert: a ValueError that says what happened, the residual kept
+    with pytest.raises(ValueError, match="delta \\+ residual is not finite"):
+        if batch:
+            feedback_step_many([ef], delta[None, :], codec, [np.random.default_rng(0)], [1.0])
+        else:
+            ef.step(delta, codec, np.random.default_rng(0))
+    np.testing.assert_array_equal(ef.residual, old)
