@@ -109,6 +109,9 @@ MAX_RESPONSE_S = 600.0
 # megabytes long.
 MAX_ERROR_DETAIL = 1000
 MAX_ERROR_REASON = 64
+# Most rounds `bandwidth` keeps, the least recently counted dropped first: it grew by one entry
+# per round for the life of the process.
+MAX_BANDWIDTH_ROUNDS = 64
 
 Send = Callable[[httpx.Request], httpx.Response]
 Mod = Callable[[httpx.Request, Send], httpx.Response]
@@ -350,7 +353,10 @@ class _Core:
         if request.headers.get("expect", "").strip().lower() == "100-continue":
             down += _CONTINUE_WIRE_BYTES
         ok = response.status_code == 200
-        row = self.bandwidth.setdefault(rid, {})
+        # The round counted last goes last, so a round in flight is never the one dropped.
+        row = self.bandwidth.pop(rid, {})
+        self.bandwidth[rid] = row
+        _drop_oldest(self.bandwidth, MAX_BANDWIDTH_ROUNDS)
         for direction, payload, wire, dense in (
             ("up", ex.payload_up, up, ex.dense_up),
             (
@@ -757,9 +763,9 @@ class _Core:
         )
 
 
-def _drop_oldest(held: dict[Any, Any]) -> None:
-    """Drop the first (least recently used) entries of `held` past MAX_RESIDUALS."""
-    for key in list(held)[: max(0, len(held) - MAX_RESIDUALS)]:
+def _drop_oldest(held: dict[Any, Any], limit: int = MAX_RESIDUALS) -> None:
+    """Drop the first (least recently used) entries of `held` past `limit`."""
+    for key in list(held)[: max(0, len(held) - limit)]:
         del held[key]
 
 
@@ -1405,7 +1411,10 @@ class Client:
 
     @property
     def bandwidth(self) -> dict[int, dict[str, dict[str, int]]]:
-        """Bytes this client moved per round and direction, as the coordinator counts them."""
+        """Bytes this client moved per round and direction, as the coordinator counts them:
+        `{round_id: {"up" | "down": {"payload_bytes", "wire_bytes", "dense_bytes",
+        "requests"}}}`, for the `MAX_BANDWIDTH_ROUNDS` (64) rounds counted last (the least
+        recently counted round is dropped past that)."""
         return self._core.bandwidth
 
     def close(self) -> None:
@@ -1730,6 +1739,7 @@ class AsyncClient:
 
     @property
     def bandwidth(self) -> dict[int, dict[str, dict[str, int]]]:
+        """As `Client.bandwidth` (the last `MAX_BANDWIDTH_ROUNDS` rounds counted)."""
         return self._core.bandwidth
 
     async def aclose(self) -> None:
