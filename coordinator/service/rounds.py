@@ -165,10 +165,31 @@ class ServiceConfig:
     keep_frames_rounds: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("pool_ttl_s", "max_checkin_rate"):
+        # Refused here with the field's name: a NaN signature window would raise deep in
+        # create_app, a NaN poll would make every check-in answer a 500 (JSON has no NaN), a
+        # negative one an answer the SDK refuses, and a zero tick a busy loop.
+        def number(v: object) -> bool:
+            return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+        for name in (
+            "pool_ttl_s",
+            "max_checkin_rate",
+            "signature_window_s",
+            "tick_s",
+            "poll_s",
+            "idle_retry_s",
+        ):
             value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+            if not (number(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        for name in ("register_rate_per_s", "body_timeout_s"):
+            value = getattr(self, name)
+            if not (number(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name in ("json_body_cap", "register_burst"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
         keep = self.keep_frames_rounds
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 0):
             raise ValueError(
