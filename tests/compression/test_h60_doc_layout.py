@@ -299,3 +299,53 @@ def test_a_reader_built_from_the_doc_reads_residuals(size: int) -> None:
 def test_the_fingerprint_is_the_documented_hash(shapes: list[tuple[str, list[int]]]) -> None:
     spec = ModelSpec.from_shapes(shapes)
     assert spec.fingerprint == _doc_fingerprint(spec)
+
+
+def _doc_choice(idx: list[int], d: int) -> tuple[int, int]:
+    """`(index_id, param)` that docs/wire-format.md 1.3 says `index="auto"` writes: the exact
+    sizes of Rice (r from r0 - 2 to r0 + 3, r0 = floor(log2(max(1, mean gap)))), Elias-Fano (L
+    from l0 - 2 to l0 + 3, l0 = floor(log2(d / k))), both within 2**param <= d, and the bitmap;
+    the smallest wins, ties to rice, then ef, then bitmap, then the smaller parameter."""
+    k = len(idx)
+    if k == d:
+        return 0, 0
+    top = d.bit_length() - 1
+    gaps = [idx[0]] + [b - a - 1 for a, b in zip(idx, idx[1:], strict=False)]
+    r0 = int(np.log2(max(1.0, sum(gaps) / k)))
+    l0 = int(np.log2(max(1.0, d / k)))
+    sizes = []
+    for r in range(max(0, r0 - 2), min(r0 + 3, top) + 1):
+        sizes.append((-(-k * r // 8) + -(-(k + sum(g >> r for g in gaps)) // 8), 0, r, 2))
+    for low in range(max(0, l0 - 2), min(l0 + 3, top) + 1):
+        sizes.append((-(-k * low // 8) + -(-((idx[-1] >> low) + k) // 8), 1, low, 3))
+    sizes.append((-(-d // 8), 2, 0, 1))
+    _, _, param, index_id = min(sizes)
+    return index_id, param
+
+
+@settings(derandomize=True, max_examples=80, deadline=None)
+@given(
+    spec_i=st.integers(0, len(SPECS) - 1),
+    topk=st.sampled_from([0.01, 0.05, 0.1, 0.3, 0.5, 0.8]),
+    kind=st.sampled_from(["normal", "clustered", "sparse"]),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_auto_index_coding_is_the_documented_choice(
+    spec_i: int, topk: float, kind: str, seed: int
+) -> None:
+    # Prepare
+    spec = SPECS[spec_i]
+    rng = np.random.default_rng(seed)
+    u = rng.standard_normal(spec.size).astype(np.float32)
+    if kind == "clustered":
+        u[: spec.size // 3] *= 100  # kept coordinates bunched at the start: small gaps
+    elif kind == "sparse":
+        u[rng.random(spec.size) < 0.95] = 0.0
+    codec = UpdateCodec(spec, CodecConfig(topk=topk, bits=8))
+    # Execute
+    frame, _ = codec.encode(u, np.random.default_rng(seed))
+    idx, _, _ = _doc_read_frame(frame, spec)
+    h = _fields(UPDATE, frame)
+    # Assert
+    if idx:
+        assert (h["index_id"], h["index_param"]) == _doc_choice(idx, spec.size)
