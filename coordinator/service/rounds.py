@@ -481,6 +481,7 @@ class TaskRuntime:
         residual: ErrorFeedback,
         now: float,
         released_dp: list[dict[str, Any]] | None = None,
+        next_round: int = 1,
     ) -> None:
         self.task_id = task_id
         self.config = config
@@ -518,6 +519,7 @@ class TaskRuntime:
             ),
             strategy=self.strategy,
             version=version,
+            next_round=next_round,
         )
         self.published = np.array(params, dtype=np.float32, copy=True)
         self.version = version
@@ -615,6 +617,11 @@ class Coordinator:
             if cfg.secure is not None
             else []
         )
+        # The engine numbers rounds as the store does (a task's seq): a round's seeded cohort
+        # is drawn from (task seed, that number), so after a restart the task goes on with the
+        # draws an uninterrupted run makes instead of starting again from its first round's.
+        seq = self.store.count_rounds(task_id)
+        replayed = [r.seq for r in live] if cfg.secure is None else []
         rt = TaskRuntime(
             task_id,
             cfg,
@@ -625,6 +632,7 @@ class Coordinator:
             residual,
             self.clock(),
             released if cfg.secure is not None else None,
+            next_round=min(replayed, default=seq + 1),
         )
         blob = self.store.task_aggregator_state(task_id)
         if blob is not None:
@@ -641,7 +649,7 @@ class Coordinator:
                 raise RuntimeError(
                     f"task {task_id}: the stored aggregator state does not restore ({exc!r})"
                 ) from exc
-        rt.seq = self.store.count_rounds(task_id)
+        rt.seq = seq
         rt.rounds_closed, rt.rounds_committed = self.store.round_counts(task_id)
         if rt.secure is None:
             for r in live:
