@@ -13,7 +13,9 @@ the temp files a crash left are removed when the directory is opened):
                      such files still load, and count as written before any that has one
     residual.bin     the residual an older SDK kept for every task (no trailer), until the first
                      task that uses it with a matching size claims it (state.json
-                     `legacy_residual_task`); see `_claim_legacy`
+                     `legacy_residual_task`, and `legacy_residual_seq`, the write sequence
+                     number the claimed file counts as until it has a trailer); see
+                     `_claim_legacy`
     pending.json     an upload not yet acknowledged: round, idempotency key, frame file name
     pending.frame    its frame bytes; pending.residual the residual that assumes it
     pending.refused  the residual after a refusal, until it replaces its task's residual file
@@ -96,6 +98,12 @@ _TASK_MAGIC = b"PLUMTSEQ"
 _TRAILER = len(_TASK_MAGIC) + 16
 _OLD_MAGIC = b"PLUMTASK"
 _OLD_TRAILER = len(_OLD_MAGIC) + 8
+# Write sequence numbers stay below this (one per residual written: an app never comes near it).
+# A trailer naming one at or past it is foreign or corrupt: that file counts as having no
+# sequence number (written before any that has one). A number just below it (also only from a
+# foreign file) makes the next write renumber the residuals held 0, 1, ... in their order
+# (`_renumber`), so no write ever ties with, or overflows past, a number already held.
+_SEQ_LIMIT = 2**63
 _EF_HEADER = 16  # ErrorFeedback.to_bytes's header; its bytes 8..12 hold the scalar count
 
 
@@ -316,7 +324,14 @@ class DeviceStore:
 
     def __init__(self, app_dir: str | os.PathLike[str]) -> None:
         self.root = Path(app_dir).expanduser()
-        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as exc:
+            # A regular file (or one on the way) at the path: the store's error, naming it.
+            raise DeviceStoreError(
+                f"{self.root} cannot be the app directory: {exc.strerror or exc} "
+                f"({exc.filename or self.root})"
+            ) from exc
         # Finish what a crash interrupted, and move an older SDK's single accepted record to
         # the accepted-<r>.* files, before anything is read.
         self._drop_temp_files()
@@ -337,12 +352,29 @@ class DeviceStore:
     def private_key(self) -> bytes:
         """The device's Ed25519 key (32 raw bytes, file mode 0600), made on first use."""
         path = self.root / "device_key"
-        if path.exists():
-            key = _read(path, KEY_BYTES, "Ed25519 key")
-            if len(key) != KEY_BYTES:
-                raise DeviceStoreError(f"{path} is not a {KEY_BYTES}-byte Ed25519 key")
-            if stat.S_IMODE(os.stat(path).st_mode) & 0o077:
-                os.chmod(path, 0o600)  # readable by others: take it back to owner-only
+        if path.exists() or path.is_symlink():
+            # Opened without following a symlink: one there would have the key read from, and
+            # the chmod below applied to, a file outside the app directory.
+            try:
+                fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+            except OSError as exc:
+                raise DeviceStoreError(
+                    f"{path} (Ed25519 key) cannot be opened as a regular file: "
+                    f"{'it is a symlink' if path.is_symlink() else exc.strerror or exc}"
+                ) from exc
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise DeviceStoreError(f"{path} (Ed25519 key) is not a regular file")
+                if st.st_size != KEY_BYTES:
+                    raise DeviceStoreError(f"{path} is not a {KEY_BYTES}-byte Ed25519 key")
+                key = os.read(fd, KEY_BYTES + 1)
+                if len(key) != KEY_BYTES:
+                    raise DeviceStoreError(f"{path} is not a {KEY_BYTES}-byte Ed25519 key")
+                if stat.S_IMODE(st.st_mode) & 0o077:
+                    os.fchmod(fd, 0o600)  # readable by others: take it back to owner-only
+            finally:
+                os.close(fd)
             return key
         key = auth.generate_private_key()
         _write(path, key, 0o600)
@@ -603,7 +635,9 @@ class DeviceStore:
             return
         if self._residual_path(task_id).exists():
             return
-        self.update_state(legacy_residual_task=task_id)
+        # The claim's write sequence number: the claimed file has no trailer until its task
+        # writes it again, and must not count as older than every residual meanwhile.
+        self.update_state(legacy_residual_task=task_id, legacy_residual_seq=self._next_seq())
         self._finish_claim()
 
     def _finish_claim(self) -> None:
@@ -629,15 +663,53 @@ class DeviceStore:
                     held.append(path)
         return held
 
+    def _claim_seq(self) -> tuple[Path, int] | None:
+        """(the claimed legacy residual's file, the write sequence number of its claim) as
+        state.json records them; None without a claim, or one an older SDK made (no number)."""
+        try:
+            st = self.state()
+        except (DeviceStoreError, OSError):
+            return None
+        task = _task_field({"task_id": st.get("legacy_residual_task")})
+        seq = st.get("legacy_residual_seq")
+        if task is None or isinstance(seq, bool) or not isinstance(seq, int):
+            return None
+        return (self.root / f"residual-{task}.bin", seq) if 0 <= seq < _SEQ_LIMIT else None
+
+    def _sequence(self, path: Path, claim: tuple[Path, int] | None) -> int | None:
+        """The write sequence number of stored residual `path`: its trailer's, or the claim's
+        for the claimed legacy file while it has no trailer; None without one, or for one at
+        or past `_SEQ_LIMIT` (foreign or corrupt)."""
+        found = _trailer(path)
+        if found is not None:
+            seq = found[1]
+        else:
+            seq = claim[1] if claim is not None and path == claim[0] else None
+        return seq if seq is not None and seq < _SEQ_LIMIT else None
+
     def _next_seq(self) -> int:
         """The write sequence number of a residual written now: one more than any held (task
-        files and staged ones), so the order of the files held is their write order."""
-        seqs = [0]
-        for path in self._task_residual_files() + self._staged():
-            found = _trailer(path)
-            if found is not None and found[1] is not None:
-                seqs.append(found[1] + 1)
-        return min(max(seqs), 2**64 - 1)
+        files, staged ones and the claim), so the order of the files held is their write order.
+        At `_SEQ_LIMIT` (only a foreign number gets there) the held ones are renumbered first."""
+        claim = self._claim_seq()
+        files = self._task_residual_files() + self._staged()
+        seqs = [s for s in (self._sequence(p, claim) for p in files) if s is not None]
+        top = max(seqs, default=-1) + 1
+        return top if top < _SEQ_LIMIT else self._renumber(files, claim)
+
+    def _renumber(self, files: list[Path], claim: tuple[Path, int] | None) -> int:
+        """Give `files` that have a write sequence number the numbers 0, 1, ... in their order
+        (each rewritten whole, atomically; a crash between two leaves each file old or new, and
+        the next write renumbers again); returns the next number."""
+        numbered = [(s, p.name, p) for p in files if (s := self._sequence(p, claim)) is not None]
+        numbered.sort()
+        for new, (_, _, path) in enumerate(numbered):
+            if _trailer(path) is None:  # the claimed legacy file: its number is the claim's
+                self.update_state(legacy_residual_seq=new)
+            else:
+                raw = path.read_bytes()
+                _write(path, raw[:-8] + new.to_bytes(8, "little"))
+        return len(numbered)
 
     def _evict_residuals(self, keep: Path | None, room: int = 0) -> None:
         """Past MAX_RESIDUALS task residual files (less `room` to be made), drop the least
@@ -649,11 +721,13 @@ class DeviceStore:
         if excess <= 0:
             return
 
+        claim = self._claim_seq()
+
         def recency(path: Path) -> tuple[bool, int, int, str]:
-            found = _trailer(path)
-            if found is None or found[1] is None:
+            seq = self._sequence(path, claim)
+            if seq is None:
                 return (path == keep, 0, os.lstat(path).st_mtime_ns, path.name)
-            return (path == keep, 1 + found[1], 0, path.name)
+            return (path == keep, 1 + seq, 0, path.name)
 
         held.sort(key=recency)
         for path in held[:excess]:
