@@ -112,6 +112,9 @@ MAX_ERROR_REASON = 64
 # Most rounds `bandwidth` keeps, the least recently counted dropped first: it grew by one entry
 # per round for the life of the process.
 MAX_BANDWIDTH_ROUNDS = 64
+# Most tasks whose model layout the client remembers (`_Core._layouts`): more than the task
+# residuals the app directory holds (MAX_RESIDUALS), a few bytes each.
+MAX_LAYOUTS = 64
 
 Send = Callable[[httpx.Request], httpx.Response]
 Mod = Callable[[httpx.Request, Send], httpx.Response]
@@ -310,6 +313,12 @@ class _Core:
         self._encoders: dict[int, UpdateEncoder] = {}
         # Keyed by (task id, model size): each task's secure residual is its own.
         self._participants: dict[tuple[int | None, int], SecureParticipant] = {}
+        # Per task, the layout (`ModelSpec.fingerprint`) of the model its residual is of, as
+        # far as this process knows (it ran a round of the task), the last used at most
+        # MAX_LAYOUTS. A task id can name another model of the same size (a coordinator
+        # restored from a backup hands ids out again); the app directory keeps no layout with
+        # a residual, so only this tells the two apart.
+        self._layouts: dict[int, bytes] = {}
         # Rounds of accepted records named in a check-in since every held record was last
         # named: one still `pending` then waits while the others are asked about in turn.
         self._asked: set[int] = set()
@@ -451,6 +460,10 @@ class _Core:
         record = self.store.load_accepted(round_id)
         if record is None:
             return None
+        if self._other_layout(record.task_id, record.spec):
+            # Its model's residual is gone (as for another size): dropped as delivered.
+            self.store.forget_accepted(round_id)
+            return None
         try:
             sent = UpdateCodec(record.spec, _any_config()).decode(record.frame).to_dense()
         except CodecError:
@@ -463,6 +476,25 @@ class _Core:
         self._adopt(record.task_id, record.spec, ef)
         owner = record.task_id if record.task_id is not None else self.store.legacy_claimer()
         return owner, sent
+
+    def _layout_changed(self, task_id: int | None, spec: ModelSpec) -> bool:
+        """Note that `task_id`'s residual is now of `spec`'s model; True if it was known to be
+        of a model of another layout (its residual, of the same size or not, is then not one
+        of this model's)."""
+        if task_id is None:
+            return False
+        known = self._layouts.pop(task_id, None)
+        self._layouts[task_id] = spec.fingerprint
+        _drop_oldest(self._layouts, MAX_LAYOUTS)
+        return known is not None and known != spec.fingerprint
+
+    def _other_layout(self, task_id: int | None, spec: ModelSpec) -> bool:
+        """Whether the residual of `task_id` (None: of the task that claimed the legacy one) is
+        known to be of a model of another layout than `spec`'s: an upload or record of `spec`
+        must not go into it (another size is the store's check)."""
+        owner = task_id if task_id is not None else self.store.legacy_claimer()
+        known = self._layouts.get(owner) if owner is not None else None
+        return known is not None and known != spec.fingerprint
 
     def _adopt(self, task_id: int | None, spec: ModelSpec, ef: ErrorFeedback) -> None:
         """Make `task_id`'s in-memory encoder and secure participant hold its stored residual
@@ -541,10 +573,12 @@ class _Core:
         return params, version, encoding
 
     def encoder(self, a: Assignment, spec: ModelSpec) -> UpdateEncoder:
+        other = self._layout_changed(a.task_id, spec)
         enc = self._encoders.get(a.task_id)
         if enc is None or enc.spec.fingerprint != spec.fingerprint:
             enc = UpdateEncoder(spec, a.codec.to_config())
-            ef = self.store.load_residual(spec.size, a.task_id)
+            # A residual of another model's layout is not this model's (as for another size).
+            ef = None if other else self.store.load_residual(spec.size, a.task_id)
             if ef is not None:
                 enc.set_feedback(ef)
         self._encoders.pop(a.task_id, None)  # the last used goes last
@@ -613,7 +647,8 @@ class _Core:
         sends it next time. `spec` defaults to the layout stored with the upload (a resumed
         one after a restart)."""
         spec = spec if spec is not None else pending.spec
-        if not refused or spec is None:
+        # Of another layout than the task's residual: dropped as delivered (`_return_record`).
+        if not refused or spec is None or self._other_layout(pending.task_id, spec):
             self.store.clear_pending(pending.key)
             return
         try:
@@ -649,14 +684,18 @@ class _Core:
 
     # -- secure rounds -------------------------------------------------------------------
 
-    def secure_participant(self, size: int, task_id: int | None = None) -> SecureParticipant:
+    def secure_participant(
+        self, size: int, task_id: int | None = None, spec: ModelSpec | None = None
+    ) -> SecureParticipant:
         """This device's secure-mode state in task `task_id` for a model of `size` scalars; its
         residual (the task's, as for plain rounds) persists in the app directory. `task_id`
-        None: the older SDK's residual (`DeviceStore.load_residual`)."""
-        p = self._participants.get((task_id, size))
+        None: the older SDK's residual (`DeviceStore.load_residual`). With the model's `spec`
+        (its layout), a residual known to be of another layout's model is not used."""
+        other = spec is not None and self._layout_changed(task_id, spec)
+        p = None if other else self._participants.get((task_id, size))
         if p is None:
             p = SecureParticipant(size)
-            ef = self.store.load_residual(size, task_id)
+            ef = None if other else self.store.load_residual(size, task_id)
             if ef is not None:
                 p.residual = ef.residual.astype(np.float32, copy=True)
         self._participants.pop((task_id, size), None)  # the last used goes last
@@ -1224,7 +1263,7 @@ def _secure_flow(
     if node is None:
         raise _bad(response, f"secure setup: node {response.headers.get(SecAggHeader.NODE)!r}")
     own = participant is None
-    part = participant or core.secure_participant(spec.size, a.task_id)
+    part = participant or core.secure_participant(spec.size, a.task_id, spec)
     session = part.join(response.content, digest, params, node)
     delta, n, loss = update(params)
     # Before any stage: a non-finite update would be quantized to arbitrary levels (NaN cast
@@ -1270,7 +1309,7 @@ def _secure_flow(
                         # directory, not it, and an input computed from it (its residual saved
                         # over the directory's) would lose that content. The task's current
                         # holder (itself, or one read again from the directory) takes it.
-                        part = core.secure_participant(spec.size, a.task_id)
+                        part = core.secure_participant(spec.size, a.task_id, spec)
                         session.participant = part
                         restore = part.residual.copy()
                     body = session.masked_input(down, delta, n, rng)
