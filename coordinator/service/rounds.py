@@ -67,6 +67,7 @@ from coordinator.engine import (
     RoundEngine,
     RoundOutcome,
     UnknownRound,
+    find_measurement,
 )
 from coordinator.privacy import (
     PoissonSampling,
@@ -657,6 +658,11 @@ class Coordinator:
         if rt.secure is None:
             newest = self.store.last_round(task_id, RoundState.COMMITTED)
             _observe_stored_dp(rt.privacy_metrics, rt.config, [] if newest is None else [newest])
+            if newest is not None and find_measurement(newest.measurements, "budget_exhausted"):
+                # The engine stopped at that round (its epsilon budget is spent): a fresh
+                # engine must too, or a task left paused then could be resumed into rounds
+                # that train their devices only to be refused by DPMean and abandoned.
+                rt.engine.stopped = True
         if rt.secure is not None and released:
             last = released[-1]
             rt.privacy_metrics.observe(
