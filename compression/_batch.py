@@ -523,7 +523,7 @@ def feedback_step_many(
     if len({id(fb) for fb in feedbacks}) != n:
         # A loop would chain the steps of a repeated state; a batch cannot.
         raise ValueError("feedbacks must be distinct ErrorFeedback objects")
-    u = np.stack([fb.residual for fb in feedbacks]) if n else np.zeros((0, size), np.float32)
+    u = np.stack([fb.held() for fb in feedbacks]) if n else np.zeros((0, size), np.float32)
     with np.errstate(over="ignore"):
         np.add(arr, u, out=u)  # delta + residual, as ErrorFeedback.step adds them
     if not np.all(np.isfinite(u)):

@@ -88,17 +88,27 @@ class ErrorFeedback:
         d = np.asarray(delta)
         if d.shape != (self.size,) or d.dtype != np.float32:
             raise ValueError(f"delta must be float32[{self.size}], got {d.dtype}{list(d.shape)}")
-        u = checked_sum(d, self.residual)
+        u = checked_sum(d, self.held())
         frame, decoded, report = codec.roundtrip(u, rng, weight)
         self.residual = checked_residual(u, decoded)
         return frame, report
+
+    def held(self) -> F32:
+        """The residual, checked to be float32[size]: it is a public attribute, and another
+        shape would broadcast in `step` (a residual of shape (1,) added to every coordinate)
+        or be saved by `to_bytes` as a file that `from_bytes` refuses."""
+        r = self.residual
+        if not isinstance(r, np.ndarray) or r.shape != (self.size,) or r.dtype != np.float32:
+            got = f"{r.dtype}{list(r.shape)}" if isinstance(r, np.ndarray) else type(r).__name__
+            raise ValueError(f"residual must be float32[{self.size}], got {got}")
+        return r
 
     def reset(self) -> None:
         self.residual = np.zeros(self.size, dtype=np.float32)
 
     def to_bytes(self) -> bytes:
         """16-byte header then the residual as little-endian fp32 (see docs/wire-format.md)."""
-        body = self.residual.astype("<f4", copy=False).tobytes()
+        body = self.held().astype("<f4", copy=False).tobytes()
         header = _HEADER.pack(
             RESIDUAL_MAGIC, WIRE_VERSION, 0, _HEADER.size, self.size, zlib.crc32(body)
         )

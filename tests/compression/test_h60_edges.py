@@ -224,3 +224,27 @@ def test_a_delta_plus_residual_that_is_not_finite_is_refused_naming_the_residual
         else:
             ef.step(delta, codec, np.random.default_rng(0))
     np.testing.assert_array_equal(ef.residual, old)
+
+
+@pytest.mark.parametrize("entry", ["step", "step_many", "to_bytes"])
+@pytest.mark.parametrize(
+    "held",
+    [np.zeros(1, np.float32), np.zeros(17, np.float32), np.zeros(16, np.float64), [0.0] * 16],
+    ids=["shape-1", "shape-17", "float64", "list"],
+)
+def test_a_residual_set_to_another_shape_or_dtype_is_refused(entry: str, held: object) -> None:
+    # Prepare: `residual` is a public attribute. Before, a (1,) residual broadcast over every
+    # coordinate in step (no error), and to_bytes wrote a file from_bytes then refused.
+    codec = UpdateCodec(SPEC, CodecConfig(topk=0.5, bits=8, block=8))
+    ef = ErrorFeedback(16)
+    ef.residual = held  # type: ignore[assignment]
+    delta = np.ones(16, np.float32)
+    # Execute / Assert
+    with pytest.raises(ValueError, match=r"residual must be float32\[16\]"):
+        if entry == "step":
+            ef.step(delta, codec, np.random.default_rng(0))
+        elif entry == "step_many":
+            feedback_step_many([ef], delta[None, :], codec, [np.random.default_rng(0)], [1.0])
+        else:
+            ef.to_bytes()
+    assert ef.residual is held
