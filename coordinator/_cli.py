@@ -450,6 +450,11 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
     for flag, value in (("--signature-window", args.signature_window), ("--poll", args.poll)):
         if not (math.isfinite(value) and value > 0):
             return f"{flag} must be a positive number of seconds, got {value}"
+    if args.signature_window > 86_400:
+        return (
+            f"--signature-window must be at most 86400 seconds (a day), got "
+            f"{args.signature_window}"
+        )
     folder = Path(args.db).expanduser().resolve().parent
     if not folder.is_dir():
         return f"the folder of --db {args.db} does not exist; create it or pick another path"
@@ -485,13 +490,18 @@ def _why_not_listening(host: str, port: int) -> str:
 def _serve(args: argparse.Namespace) -> int:
     import ssl
 
-    from .service import ServiceConfig, serve
+    from .service import serve
     from .service.store import StoreError
 
     prog = "plume coordinator serve"
     problem = _serve_usage_error(args)
     if problem is not None:
         print_error(prog, problem)
+        return 2
+    try:
+        config = _service_config(args)
+    except ValueError as exc:  # what ServiceConfig refuses and the checks above do not name
+        print_error(prog, str(exc))
         return 2
     if not args.admin_token:
         # Not an error (devices can still be served), but the next step of the README,
@@ -506,18 +516,6 @@ def _serve(args: argparse.Namespace) -> int:
     db = Path(args.db).expanduser().resolve()
     if not db.exists():
         print(f"{prog}: note: {db} does not exist; starting a new database", file=sys.stderr)
-    config = ServiceConfig(
-        db_path=args.db,
-        admin_token=args.admin_token,
-        signature_window_s=args.signature_window,
-        poll_s=args.poll,
-        register_rate_per_s=args.register_rate,
-        register_burst=args.register_burst,
-        body_timeout_s=args.body_timeout,
-        keep_frames_rounds=args.keep_frames,
-        pool_ttl_s=args.pool_ttl,
-        max_checkin_rate=args.max_checkin_rate,
-    )
     try:
         serve(
             config,
@@ -538,6 +536,23 @@ def _serve(args: argparse.Namespace) -> int:
     except ssl.SSLError as exc:
         _fail(prog, f"cannot load --tls-cert/--tls-key as a PEM certificate and key: {exc}")
     return 0
+
+
+def _service_config(args: argparse.Namespace) -> Any:
+    from .service import ServiceConfig
+
+    return ServiceConfig(
+        db_path=args.db,
+        admin_token=args.admin_token,
+        signature_window_s=args.signature_window,
+        poll_s=args.poll,
+        register_rate_per_s=args.register_rate,
+        register_burst=args.register_burst,
+        body_timeout_s=args.body_timeout,
+        keep_frames_rounds=args.keep_frames,
+        pool_ttl_s=args.pool_ttl,
+        max_checkin_rate=args.max_checkin_rate,
+    )
 
 
 def _admin(args: argparse.Namespace) -> Any:

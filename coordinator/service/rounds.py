@@ -128,6 +128,10 @@ __all__ = [
 log = logging.getLogger("plume.coordinator")
 
 
+# Largest accepted clock skew of a signed request: a day (a phone further off is broken).
+MAX_SIGNATURE_WINDOW_S = 86_400.0
+
+
 @dataclass(frozen=True)
 class ServiceConfig:
     """Coordinator settings (times in seconds, sizes in bytes).
@@ -183,6 +187,12 @@ class ServiceConfig:
             value = getattr(self, name)
             if not (number(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if self.signature_window_s > MAX_SIGNATURE_WINDOW_S:
+            # Its milliseconds must be an integer (auth.py), and nonces are kept for twice it.
+            raise ValueError(
+                f"signature_window_s must be at most {MAX_SIGNATURE_WINDOW_S:g} s (a day), got "
+                f"{self.signature_window_s!r}"
+            )
         for name in ("register_rate_per_s", "body_timeout_s"):
             value = getattr(self, name)
             if not (number(value) and value >= 0):

@@ -72,3 +72,30 @@ def test_every_check_in_answer_is_json_with_the_configured_numbers(tmp_path: Pat
     waiting = coord.check_in("a" * 32)
     assert idle.retry_after_s == 7 and waiting.retry_after_s == 0.5
     assert all(math.isfinite(a.retry_after_s) for a in (idle, waiting))
+
+
+SKEWED = ["--signature-window", "1e306"]
+
+
+def test_a_signature_window_past_a_day_is_refused() -> None:
+    # 1e306 s overflowed int(window * 1000) in create_app (OverflowError)
+    ServiceConfig(signature_window_s=86_400)
+    for value in (86_401.0, 1e306):
+        with pytest.raises(ValueError, match="signature_window_s must be at most 86400"):
+            ServiceConfig(signature_window_s=value)
+
+
+def test_serve_refuses_a_signature_window_past_a_day_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: an OverflowError traceback out of `plume coordinator serve`
+    from coordinator.cli import main
+
+    expected = "--signature-window must be at most 86400 seconds"
+    # Execute
+    code = main(["coordinator", "serve", "--db", str(tmp_path / "x.db")] + SKEWED)
+    # Assert: exit 2, one line naming it, nothing opened
+    err = capsys.readouterr().err
+    assert code == 2
+    assert expected in err and "Traceback" not in err
+    assert not (tmp_path / "x.db").exists()
