@@ -19,7 +19,7 @@ from ._errors import (
     TruncatedFrame,
 )
 from ._spec import ModelSpec
-from ._wire import SNAPSHOT_MAGIC, WIRE_VERSION, byte_view, check_prefix, check_size
+from ._wire import SNAPSHOT_MAGIC, WIRE_VERSION, byte_view, check_prefix, check_size, check_u32
 from ._zstd import ZstdCodec
 
 __all__ = [
@@ -93,7 +93,7 @@ def encode_snapshot(
     payload = _zstd(level).compress(stored.tobytes())
     header = _HEADER.pack(
         SNAPSHOT_MAGIC, WIRE_VERSION, wid, SNAPSHOT_HEADER_LEN, spec.fingerprint, spec.size,
-        len(payload), digest,
+        check_u32(len(payload), "snapshot payload"), digest,
     )  # fmt: skip
     return header + payload
 

@@ -33,6 +33,7 @@ __all__ = [
     "FrameHeader",
     "byte_view",
     "check_size",
+    "check_u32",
     "pack_header",
     "parse_header",
 ]
@@ -85,7 +86,27 @@ class FrameHeader:
         return HEADER_LEN + self.payload_bytes + CRC_LEN
 
 
+def check_u32(value: int, what: str) -> int:
+    """`value` if it fits a u32 length field, else a ValueError (struct.error is no ValueError).
+
+    ModelSpec allows up to 2**31 scalars, so a dense fp32 section (4 bytes each) can pass
+    the 4 GiB that a v1 length field holds."""
+    if not 0 <= value <= 0xFFFFFFFF:
+        raise ValueError(
+            f"{what} of {value} bytes does not fit a v1 u32 length field (4 GiB); send fewer "
+            "bits or coordinates"
+        )
+    return value
+
+
 def pack_header(h: FrameHeader, index_id: int) -> bytes:
+    for what, value in (
+        ("index section", h.index_bytes),
+        ("scale section", h.scale_bytes),
+        ("value section", h.value_bytes),
+        ("payload", h.payload_bytes),
+    ):
+        check_u32(value, what)
     return _HEADER.pack(
         UPDATE_MAGIC,
         h.version,

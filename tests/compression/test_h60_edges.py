@@ -248,3 +248,41 @@ def test_a_residual_set_to_another_shape_or_dtype_is_refused(entry: str, held: o
         else:
             ef.to_bytes()
     assert ef.residual is held
+
+
+@pytest.mark.parametrize("field", ["value_bytes", "payload_bytes", "index_bytes"])
+def test_a_section_above_the_u32_length_field_is_a_value_error(field: str) -> None:
+    # Prepare: ModelSpec allows 2**31 scalars, so a dense fp32 section can need 2**33 bytes,
+    # more than a v1 u32 length holds. Before, the header packing raised struct.error (not a
+    # ValueError). The header alone shows it; no 8 GiB update is needed.
+    from dataclasses import replace
+
+    from compression._stages import FrameStage
+
+    codec = UpdateCodec(SPEC, CodecConfig(topk=1.0, bits=32))
+    frame, _ = codec.encode(np.ones(16, np.float32), np.random.default_rng(0))
+    header = replace(codec.decode_frame(frame).header, **{field: 1 << 32})
+    # Execute / Assert
+    with pytest.raises(ValueError, match="u32 length field"):
+        FrameStage.encode(header, 0, b"")
+
+
+def test_a_snapshot_payload_above_the_u32_length_field_is_a_value_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: a zstd stage that returns a 4 GiB payload (only its length is read), as a
+    # 2**31-scalar fp32 model would; before, encode_snapshot raised struct.error.
+    import compression._snapshot as snapshot
+
+    class Huge:
+        def __len__(self) -> int:
+            return 1 << 32
+
+    class BigZstd:
+        def compress(self, data: bytes) -> Huge:
+            return Huge()
+
+    monkeypatch.setattr(snapshot, "_zstd", lambda level: BigZstd())
+    # Execute / Assert
+    with pytest.raises(ValueError, match="u32 length field"):
+        snapshot.encode_snapshot(np.ones(16, np.float32), SPEC, "fp32")
