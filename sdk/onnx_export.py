@@ -51,6 +51,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from compression import ModelSpec
 
 from .ort import session_options
+from .trainer import input_vocabulary
 
 __all__ = [
     "ExampleInputError",
@@ -757,11 +758,20 @@ def _strip_metadata(message: Message) -> None:
                     _strip_metadata(item)
 
 
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def _write_files(out: Path, files: dict[str, bytes]) -> None:
     """Write `files` (name -> bytes) into folder `out`, creating it, all or nothing.
 
-    Everything is written to hidden temporary names first and renamed into place only once all
-    of it is on disk, the manifest last (it holds the others' digests). A failure (`OutputError`,
+    Everything is written to hidden temporary names first (each fsynced) and renamed into place
+    only once all of it is on disk, the manifest last (it holds the others' digests); the folder
+    is fsynced after the renames, as `sdk.device_store` does. A failure (`OutputError`,
     or an interrupt) removes the temporaries, any file already renamed into a folder this call
     created, and the folders it created, so a failed export leaves no partial artifacts behind.
     Over an older export, a failure between two renames leaves the old manifest, whose digests
@@ -786,9 +796,12 @@ def _write_files(out: Path, files: dict[str, bytes]) -> None:
             for name, data in files.items():
                 with temps[name].open("xb") as f:
                     f.write(data)
+                    f.flush()
+                    os.fsync(f.fileno())  # on disk before any rename makes it an artifact
             for name, temp in temps.items():
                 os.replace(temp, out / name)
                 placed.append(out / name)
+            _fsync_dir(out)  # the renames: a power loss must not bring back the old names
         except OSError as exc:
             raise OutputError(
                 f"cannot write the artifacts into {out} ({exc.strerror or exc})"
@@ -892,6 +905,7 @@ def _export(
     names = [n for n, _ in named]
     params = tuple(p for _, p in named)
     spec = ModelSpec.from_shapes((n, tuple(p.shape)) for n, p in named)
+    vocab = input_vocabulary(model, example_x) if example_x.dtype == torch.int64 else None
 
     if example_y is None:
         if loss == "ce":
@@ -963,6 +977,9 @@ def _export(
             "name": "x",
             "dtype": str(example_x.dtype).removeprefix("torch."),
             "shape": ["batch", *example_x.shape[1:]],
+            # Token ids: the rows of the embedding reading x, so that `sdk.ort` refuses an id
+            # past them before training (onnxruntime's gather failed mid-run).
+            **({"vocab": vocab} if vocab is not None else {}),
         },
         "y": {
             "name": "y",

@@ -35,6 +35,7 @@ __all__ = [
     "check_labels",
     "check_finite_inputs",
     "output_shape",
+    "input_vocabulary",
     "evaluate",
     "fast_max_pool",
     "onednn_linear",
@@ -164,34 +165,95 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
-def output_shape(module: nn.Module, x: npt.NDArray[Any], *, where: str = "x") -> tuple[int, ...]:
-    """The shape of `module`'s output for one example (`x[:1]`), without its batch dimension.
+def _forward_reading(module: nn.Module, xt: torch.Tensor) -> tuple[Any, int | None]:
+    """One forward pass of `module` on `xt` (eval mode, `no_grad`; the mode is restored):
+    (its output, the vocabulary bounding `xt`'s values, or None). The vocabulary is the fewest
+    rows among the `nn.Embedding` layers that read `xt` itself (or a view of it, as `x.long()`
+    of int64 ids is): a position table read from `torch.arange` does not bound token ids."""
+    ptr = xt.untyped_storage().data_ptr()
+    rows: list[int] = []
 
-    One forward pass in eval mode under `no_grad` (no dropout draw, no batch-norm statistics
-    update; the module's mode is restored). If the forward pass refuses the input (a wrong
-    shape or dtype), raises `TrainingDataError` with the first line of torch's reason.
-    """
-    if x.ndim == 0 or len(x) == 0:
-        raise TrainingDataError(f"{where} of shape {list(x.shape)}: no example to run the model on")
+    def hook(layer: nn.Module, args: tuple[Any, ...]) -> None:
+        read = args[0] if args else None
+        same = isinstance(read, torch.Tensor) and read.untyped_storage().data_ptr() == ptr
+        if same and isinstance(layer, nn.Embedding):
+            rows.append(layer.num_embeddings)
+
+    integer = not (xt.dtype.is_floating_point or xt.dtype.is_complex)
+    handles = [
+        m.register_forward_pre_hook(hook)
+        for m in module.modules()
+        if integer and isinstance(m, nn.Embedding)
+    ]
     was_training = module.training
     module.eval()
     try:
         with torch.no_grad():
-            out = module(torch.from_numpy(np.ascontiguousarray(x[:1])))
+            out = module(xt)
+    finally:
+        module.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return out, min(rows, default=None)
+
+
+def input_vocabulary(module: nn.Module, x: torch.Tensor) -> int | None:
+    """How many token ids `module` takes in integer input `x` (a batch): the rows of the
+    `nn.Embedding` that reads `x` (the fewest, if several do); None for float inputs or when no
+    embedding reads `x` itself (ids transformed first are not bounded here). One forward pass."""
+    return _forward_reading(module, x)[1]
+
+
+def _probe(
+    module: nn.Module, x: npt.NDArray[Any], where: str
+) -> tuple[tuple[int, ...], int | None]:
+    """(`output_shape`, the vocabulary bounding integer inputs (`input_vocabulary`) or None)."""
+    if x.ndim == 0 or len(x) == 0:
+        raise TrainingDataError(f"{where} of shape {list(x.shape)}: no example to run the model on")
+    # Token ids probe as zeros (a row of every embedding): an id past the vocabulary in the
+    # first example is then refused by the range check, in its words, not as a misfit.
+    one = np.zeros_like(x[:1]) if x.dtype.kind in "iu" else np.ascontiguousarray(x[:1])
+    try:
+        out, vocab = _forward_reading(module, torch.from_numpy(one))
     except Exception as exc:  # whatever the forward pass raises, the input does not fit it
         raise TrainingDataError(
             f"{where} of shape {list(x.shape)} ({x.dtype}) does not fit the model: "
             f"{_first_line(exc)}"
         ) from exc
-    finally:
-        module.train(was_training)
     if not isinstance(out, torch.Tensor) or out.dim() < 2:
         got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(
             f"the model's output for one example is {got}: cross-entropy training needs "
             "logits [B, C] (or [B, C, ...])"
         )
-    return tuple(out.shape[1:])
+    return tuple(out.shape[1:]), vocab
+
+
+def output_shape(module: nn.Module, x: npt.NDArray[Any], *, where: str = "x") -> tuple[int, ...]:
+    """The shape of `module`'s output for one example (`x[:1]`; zeros of its shape and dtype
+    for integer inputs, token ids), without its batch dimension.
+
+    One forward pass in eval mode under `no_grad` (no dropout draw, no batch-norm statistics
+    update; the module's mode is restored). If the forward pass refuses the input (a wrong
+    shape or dtype), raises `TrainingDataError` with the first line of torch's reason.
+    """
+    return _probe(module, x, where)[0]
+
+
+def _check_token_ids(x: npt.NDArray[Any], vocab: int | None) -> None:
+    """Raise `TrainingDataError` if integer inputs `x` hold an id outside [0, vocab) (`vocab`
+    None: only negative ids). Both trainers, with the same words."""
+    if x.dtype.kind not in "iu" or not x.size:
+        return
+    low, high = x.min(), x.max()
+    if low < 0:
+        raise TrainingDataError(f"token ids must be >= 0, got {low}")
+    if vocab is not None and high >= vocab:
+        count = int(np.count_nonzero(x >= vocab))
+        raise TrainingDataError(
+            f"token ids must be below {vocab}, the model's vocabulary (the rows of the "
+            f"embedding reading them), got {high} ({count} of {x.size} ids past it)"
+        )
 
 
 def _check_examples(
@@ -210,10 +272,10 @@ def _check_examples(
     if y.dtype.kind not in "iu":
         raise TrainingDataError(f"{where}: y must hold integer class labels, got {y.dtype}")
     check_finite_inputs(x, where=where)
-    if x.dtype.kind in "iu" and x.size and x.min() < 0:
-        # Token ids: torch's embedding raised an IndexError mid-training, at the batch holding
-        # one; refused up front with the words of `sdk.ort.OrtTrainer`.
-        raise TrainingDataError(f"token ids must be >= 0, got {x.min()}")
+    # Token ids: torch's embedding raised an IndexError mid-training, at the batch holding a
+    # negative one; refused up front with the words of `sdk.ort.OrtTrainer` (ids past the
+    # vocabulary are refused once the probe found it, in `_checked`).
+    _check_token_ids(x, None)
     return y
 
 
@@ -265,19 +327,22 @@ def _checked(
     y: npt.NDArray[Any],
     allow_ignore: bool,
     where: str,
-    out_shapes: dict[tuple[tuple[int, ...], str], tuple[int, ...]],
+    out_shapes: dict[tuple[tuple[int, ...], str], tuple[tuple[int, ...], int | None]],
 ) -> tuple[npt.NDArray[np.int64], tuple[int, ...]]:
     """`check_training_data`'s checks: (y as int64, the model's per-example output shape).
-    `out_shapes` caches the output shape per (example shape, dtype), so the probe runs once."""
+    `out_shapes` caches the output shape and the vocabulary of integer inputs per (example
+    shape, dtype), so the probe runs once."""
     try:
         x, y = np.asarray(x), np.asarray(y)
     except ValueError as exc:  # a ragged list
         raise TrainingDataError(f"{where}: x or y is not an array: {_first_line(exc)}") from None
     labels = _check_examples(x, y, where)
     key = (tuple(x.shape[1:]), x.dtype.str)
-    out = out_shapes.get(key)
-    if out is None:
-        out = out_shapes[key] = output_shape(module, x, where=f"{where}: x")
+    probed = out_shapes.get(key)
+    if probed is None:
+        probed = out_shapes[key] = _probe(module, x, f"{where}: x")
+    out, vocab = probed
+    _check_token_ids(x, vocab)  # torch's embedding raised IndexError at the batch holding one
     return _check_against_output(labels, out, allow_ignore, where), out
 
 
@@ -349,8 +414,10 @@ class TorchTrainer:
         self.fast_linear = fast_linear
         self.fast_pool = fast_pool
         self.loss_fn = nn.CrossEntropyLoss()
-        # (per-example input shape, dtype) -> per-example output shape, from `output_shape`.
-        self._out_shapes: dict[tuple[tuple[int, ...], str], tuple[int, ...]] = {}
+        # (per-example input shape, dtype) -> (per-example output shape, the vocabulary
+        # bounding integer inputs or None), from `_probe`.
+        self._out_shapes: dict[tuple[tuple[int, ...], str], tuple[tuple[int, ...], int | None]]
+        self._out_shapes = {}
 
     def train(
         self,
@@ -367,11 +434,14 @@ class TorchTrainer:
         labels y (int[N], or int[N, ...] for a model with logits [B, C, ...]).
 
         Each epoch draws ``rng.permutation(N)`` and walks it in batches of `batch_size`, the
-        last one partial. Returns the trained params, N and the mean loss over every step,
-        each step's loss weighted by the targets it counts (labels `IGNORE_INDEX` count none).
-        Raises `TrainingDataError` for data the model cannot train on and `ValueError` for
-        epochs < 0, batch_size < 1, an lr that is not finite and >= 0, `params` holding NaN or
-        inf, or a run whose loss becomes NaN or inf (diverged).
+        last one partial. Returns the trained params, the number of examples that have a
+        target (N, less those whose labels are all `IGNORE_INDEX`: the update's FedAvg weight)
+        and the mean loss over every step, each step's loss weighted by the targets it counts
+        (labels `IGNORE_INDEX` count none); NaN for `epochs` 0 (no step, no loss).
+        Raises `TrainingDataError` for data the model cannot train on (token ids included:
+        below the rows of the `nn.Embedding` reading them, see `input_vocabulary`) and
+        `ValueError` for epochs < 0, batch_size < 1, an lr that is not finite and >= 0, `params`
+        holding NaN or inf, or a run whose loss becomes NaN or inf (diverged).
         """
         check_settings(epochs, batch_size, lr)
         y = self.check_data(x, y)
@@ -418,7 +488,10 @@ class TorchTrainer:
                 f"training diverged: the parameters hold NaN or inf after step {steps}; lr {lr} "
                 "is too large for this model and data, or the inputs' scale is"
             )
-        return TrainResult(flat, n, total / max(count, 1))
+        # The FedAvg weight: the examples that have a target (an example whose labels are all
+        # skipped adds nothing to the update). No step (epochs 0): no loss, NaN.
+        weight = n if per_example is None else int(np.count_nonzero(per_example))
+        return TrainResult(flat, weight, total / count if count else math.nan)
 
     def check_data(
         self, x: npt.NDArray[Any], y: npt.NDArray[Any], *, allow_ignore: bool = True

@@ -63,6 +63,10 @@ class Manifest:
     # onnxruntime is handed these bytes, never the paths, so what was checked is what runs even
     # if a file changes on disk afterwards (a re-export, a partial copy).
     file_data: dict[str, bytes] = field(repr=False, compare=False)
+    # How many token ids an int64 `x` may hold (`x.vocab`: the rows of the embedding reading
+    # it), so ids past it are refused before training; None in manifests without it (older
+    # exports, float inputs, or no embedding reading x itself).
+    x_vocab: int | None = None
 
     @property
     def artifact_bytes(self) -> int:
@@ -182,6 +186,13 @@ def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> 
     if len(state) != (len(params) if optimizer == "momentum" else 0):
         raise ArtifactError("manifest: momentum needs one state input per parameter")
     x_name, x_dtype, x_shape = _tensor(data, "x")
+    x_vocab = _get(data, "x", dict).get("vocab")
+    if x_vocab is not None and (
+        isinstance(x_vocab, bool) or not isinstance(x_vocab, int) or x_vocab < 1
+    ):
+        raise ArtifactError("manifest: x vocab must be a positive integer (token ids)")
+    if x_vocab is not None and x_dtype != "int64":
+        raise ArtifactError("manifest: x vocab is for int64 token ids only")
     y_name, y_dtype, y_shape = _tensor(data, "y")
     if y_dtype != _TARGET_DTYPE[loss]:
         raise ArtifactError(f"manifest: loss {loss!r} takes {_TARGET_DTYPE[loss]} targets")
@@ -219,4 +230,5 @@ def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> 
         infer_path=infer_path,
         file_bytes={"train_step": len(train_data), "infer": len(infer_data)},
         file_data={"train_step": train_data, "infer": infer_data},
+        x_vocab=x_vocab,
     )

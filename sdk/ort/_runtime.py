@@ -152,6 +152,11 @@ def _labels(
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
+def _id(value: object) -> object:
+    """A token id as the message shows it: a whole float as the integer it stands for."""
+    return int(value) if isinstance(value, float | np.floating) else value
+
+
 def _check_start_params(params: npt.NDArray) -> None:
     """Raise `ValueError` if the starting parameters hold NaN or inf (as `sdk.trainer`)."""
     finite = np.isfinite(params)
@@ -311,6 +316,16 @@ class OrtTrainer:
             if arr.size and arr.max() > np.iinfo(np.int64).max:
                 # The cast to int64 would wrap it (a uint64 2^64-1 to -1, a row from the end).
                 raise TrainingDataError(f"token ids must be below 2^63, got {arr.max()}")
+            vocab = m.x_vocab
+            if vocab is not None and arr.size and arr.max() >= vocab:
+                # Onnxruntime's gather failed at the batch holding one (a ValueError after
+                # training the batches before it); `sdk.trainer`'s words.
+                count = int(np.count_nonzero(arr >= vocab))
+                raise TrainingDataError(
+                    f"token ids must be below {vocab}, the model's vocabulary (the rows of the "
+                    f"embedding reading them), got {_id(arr.max())} ({count} of {arr.size} ids "
+                    "past it)"
+                )
         try:
             xs = np.ascontiguousarray(x, dtype=self._x_dtype)
         except (TypeError, ValueError) as exc:  # objects, ragged lists, text that is no number
@@ -393,10 +408,12 @@ class OrtTrainer:
         lr: float,
         rng: np.random.Generator,
     ) -> TrainResult:
-        """Run `epochs` epochs from flat `params`; returns new float32[d] params and the mean
-        loss, each step's weighted by the targets it counts (labels -100 count none), as
-        `sdk.trainer.TorchTrainer.train`. Raises `ValueError` for `params` holding NaN or inf
-        and for a run whose loss becomes NaN or inf (diverged), with the same words."""
+        """Run `epochs` epochs from flat `params`; returns new float32[d] params, the number of
+        examples that have a target (those whose labels are all -100 do not count: the FedAvg
+        weight) and the mean loss, each step's weighted by the targets it counts (labels -100
+        count none; NaN for `epochs` 0), as `sdk.trainer.TorchTrainer.train`. Raises
+        `ValueError` for `params` holding NaN or inf and for a run whose loss becomes NaN or
+        inf (diverged), with the same words."""
         check_settings(epochs, batch_size, lr)
         xs = self._check_x(x)
         check_finite_inputs(xs, where="training data")  # NaN or inf would train NaN params
@@ -434,7 +451,9 @@ class OrtTrainer:
                 f"training diverged: the parameters hold NaN or inf after step {steps}; lr {lr} "
                 "is too large for this model and data, or the inputs' scale is"
             )
-        return TrainResult(flat, n, total / max(count, 1))
+        # As `sdk.trainer`: the weight counts the examples that have a target; no step, no loss.
+        weight = n if per_example is None else int(np.count_nonzero(per_example))
+        return TrainResult(flat, weight, total / count if count else math.nan)
 
     def predict(
         self, params: npt.NDArray[np.float32], x: npt.NDArray, batch_size: int = 1000
