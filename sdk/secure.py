@@ -367,8 +367,10 @@ class HttpSecureDevice:
         delivery = self.download(round_id, Stage.SHARE_KEYS, timeout_s)
         if delivery is None or drop_at == Stage.MASKED_INPUT:
             return False
-        self.upload(round_id, Stage.MASKED_INPUT, sess.masked_input(delivery, delta, weight, rng))
+        body = sess.masked_input(delivery, delta, weight, rng)
         try:
+            # An abort (410) at the upload itself publishes nothing either.
+            self.upload(round_id, Stage.MASKED_INPUT, body)
             request = self.download(round_id, Stage.MASKED_INPUT, timeout_s)
             if request is None or drop_at == Stage.UNMASK:
                 return False
