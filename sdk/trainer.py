@@ -518,11 +518,22 @@ def evaluate(
 
     Both means are over every prediction: one per example for logits [B, C], one per position
     for [B, C, d1, ...] with labels [B, d1, ...]. Labels must be classes of the model's output
-    (`TrainingDataError`, in `sdk.ort.OrtTrainer.evaluate`'s words): -100 is refused here too.
+    (`TrainingDataError`, in `sdk.ort.OrtTrainer.evaluate`'s words): -100 is refused here too;
+    one per example (len(y) == len(x)), of any integer dtype, shaped to the logits.
     """
-    y = np.asarray(y)
+    x, y = np.asarray(x), np.asarray(y)
     if len(x) == 0 or y.size == 0:
         raise ValueError("no examples to evaluate")
+    # One label per example, integer classes (any integer dtype, widened to the int64 torch's
+    # cross-entropy takes): more labels than examples in whole batches divided the sums by the
+    # wrong count, silently; other mismatches raised torch's errors.
+    if y.ndim == 0 or len(y) != len(x):
+        raise TrainingDataError(
+            f"evaluation data: x has {len(x)} examples but y has "
+            f"{'a scalar' if y.ndim == 0 else f'{len(y)} labels'}: one label per example"
+        )
+    if y.dtype.kind not in "iu":
+        raise TrainingDataError(f"evaluation data: y must hold integer class labels, got {y.dtype}")
     set_flat_params(module, params)
     module.eval()
     correct, loss_sum = 0, 0.0
@@ -532,8 +543,11 @@ def evaluate(
             xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
             yb = torch.from_numpy(np.ascontiguousarray(y[start : start + batch_size]))
             logits = module(xb)
-            if start == 0 and logits.dim() >= 2:  # the class count, from the first batch
-                check_labels(y, int(logits.shape[1]), where="evaluation data")
+            if start == 0 and logits.dim() >= 2:  # the output's shape, from the first batch
+                y = _check_against_output(
+                    y, tuple(logits.shape[1:]), allow_ignore=False, where="evaluation data"
+                )
+                yb = torch.from_numpy(np.ascontiguousarray(y[start : start + batch_size]))
             loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
             correct += int((logits.argmax(1) == yb).sum())
     return correct / y.size, loss_sum / y.size

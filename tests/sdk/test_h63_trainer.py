@@ -19,7 +19,7 @@ from torch import nn
 import sdk.onnx_export as onnx_export
 from sdk.flat import get_flat_params
 from sdk.ort import ArtifactError, OrtTrainer, load_manifest
-from sdk.trainer import IGNORE_INDEX, TorchTrainer, TrainingDataError
+from sdk.trainer import IGNORE_INDEX, TorchTrainer, TrainingDataError, evaluate
 
 VOCAB, SEQ = 6, 4
 
@@ -243,3 +243,51 @@ def test_the_exported_files_and_their_folder_are_fsynced_before_and_after_the_re
         assert any(s.startswith(f".{name}.") for s in synced), (name, events)
     assert ("fsync", str(out.resolve())) in events[renames[-1] :]
     assert {p.name: p.read_bytes() for p in out.iterdir()} == files
+
+
+# -- sdk.trainer.evaluate: labels that do not fit x --------------------------------------------
+
+
+def _linear() -> tuple[nn.Module, np.ndarray, np.ndarray, np.ndarray]:
+    torch.manual_seed(0)
+    module = nn.Linear(4, 3)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((10, 4)).astype(np.float32)
+    return module, get_flat_params(module), x, rng.integers(0, 3, 12)
+
+
+def test_evaluate_refuses_more_labels_than_examples() -> None:
+    # Prepare: 12 labels for 10 examples, in batches of 5 (each batch's labels fit its rows)
+    module, params, x, y = _linear()
+
+    # Execute / Assert: refused, naming both counts (it returned sums over 10 predictions
+    # divided by 12: a wrong accuracy and loss, silently)
+    with pytest.raises(TrainingDataError, match="x has 10 examples but y has 12 labels"):
+        evaluate(module, params, x, y, batch_size=5)
+    with pytest.raises(TrainingDataError, match="x has 10 examples but y has 9 labels"):
+        evaluate(module, params, x, y[:9], batch_size=5)
+
+
+def test_evaluate_takes_any_integer_labels_as_train_does() -> None:
+    # Prepare
+    module, params, x, y = _linear()
+    want = evaluate(module, params, x, y[:10])
+
+    # Execute / Assert: int32 and uint8 labels give the same result (int32 raised torch's
+    # RuntimeError "expected target dtype to be Long or Byte")
+    for dtype in (np.int32, np.uint8, np.int16):
+        assert evaluate(module, params, x, y[:10].astype(dtype)) == want
+
+
+@pytest.mark.parametrize(
+    ("labels", "match"),
+    [
+        (lambda y: y.astype(np.float32), "integer class labels, got float32"),
+        (lambda y: np.stack([y, y], axis=1), r"labels of shape \[10, 2\] do not fit"),
+    ],
+    ids=["float", "shape"],
+)
+def test_evaluate_refuses_labels_that_are_not_class_indices(labels: Any, match: str) -> None:
+    module, params, x, y = _linear()
+    with pytest.raises(TrainingDataError, match=match):
+        evaluate(module, params, x, labels(y[:10]))
