@@ -161,3 +161,21 @@ def test_a_round_the_store_refuses_to_open_leaves_the_engine_as_it_was(tmp_path:
         ref_rt.current.selected,
     )
     assert list(rt.engine._rounds) == [rt.current.engine_round]
+
+
+def test_the_service_engines_keep_no_in_memory_ledger(tmp_path: Path) -> None:
+    # The service's ledger is in SQLite; its engines' in-memory ledger gained a row per accepted
+    # upload, read by nothing, for the life of the process.
+    from .test_restart_midround import _frame as task_frame
+    from .test_restart_midround import _open_round
+
+    # Prepare
+    cfg = task_config(rounds=1, clients_per_round=2, selection_timeout_s=30)
+    coord = _start(tmp_path / "plume.db", Clock())
+    task_id, round_id = _open_round(coord, cfg)
+    # Execute
+    coord.submit(round_id, "a", "key-a", task_frame(cfg, 0))
+    coord.submit(round_id, "b", "key-b", task_frame(cfg, 1))
+    # Assert: accepted and stored (and in the SQLite ledger's place), nothing held in memory
+    assert coord.store.count_updates(round_id) == 2
+    assert coord.runtimes[task_id].engine.ledger.rows() == []
