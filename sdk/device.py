@@ -76,7 +76,8 @@ class UpdateEncoder:
             d = clip_l2(d, self.clip_norm)
         if not self.error_feedback:
             return self.codec.encode(d, rng, weight=weight)
-        u = d + self.feedback.residual
+        with np.errstate(over="ignore", invalid="ignore"):  # `step` refuses a non-finite u
+            u = d + self.feedback.residual
         out = self.feedback.step(d, self.codec, rng, weight=weight)
         # Only once the step succeeded: a failed encode (e.g. a NaN delta) must leave what
         # `refused` would restore for the upload still outstanding, not a u never sent.
