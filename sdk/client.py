@@ -126,9 +126,16 @@ AsyncMod = Callable[[httpx.Request, AsyncSend], Any]
 # the residual (error feedback sends it in a later round) instead of waiting as pending, where
 # the next round's encode would overwrite it. A task the coordinator refuses (`task_refused`)
 # is one: its rounds do not run, and a pending upload would block nothing but lose its content.
+# So is `duplicate_upload`: the device reported in that round under another idempotency key,
+# and this upload, which the coordinator refuses before storing it (a re-send of a stored one,
+# same key, gets its receipt again), was never taken; its content is not the other's (each
+# encode takes the residual the one before left).
 _REFUSED_FOR_GOOD = frozenset(
-    {Reason.ROUND_CLOSED, Reason.UNKNOWN_ROUND, Reason.NOT_SELECTED, Reason.TASK_REFUSED}
-)
+    {
+        Reason.ROUND_CLOSED, Reason.UNKNOWN_ROUND, Reason.NOT_SELECTED, Reason.TASK_REFUSED,
+        Reason.DUPLICATE_UPLOAD,
+    }
+)  # fmt: skip
 
 
 # Refusals of a re-sent upload that prove the coordinator never took it (decided after its
@@ -1133,17 +1140,15 @@ def _receipt(response: httpx.Response, round_id: int) -> UploadReceipt:
 def _unsettled(core: _Core, pending: PendingUpload, err: ClientError) -> None:
     """Before a new round's upload replaces `pending`, whose re-send failed with `err`: a
     refusal that proves it was never taken (`_NEVER_TAKEN`) returns its content to the
-    residual; `duplicate_upload` (the device already reported in that round under another key)
-    drops it; anything else (a 5xx, a bad answer, an authentication refusal, 429) leaves its
-    fate unknown, so `err` is raised and the pending upload kept: the coordinator answers
-    `round_closed` (content back to the residual) once its round has closed."""
+    residual (one for good, `duplicate_upload` included, `upload` returned already); anything
+    else (a 5xx, a bad answer, an authentication refusal, 429) leaves its fate unknown, so
+    `err` is raised and the pending upload kept: the coordinator answers `round_closed`
+    (content back to the residual) once its round has closed."""
     refusal = err.reason if 400 <= err.status < 500 else None
     if refusal in _REFUSED_FOR_GOOD:
         return  # `upload` settled it already
     if refusal in _NEVER_TAKEN:
         core.settle_upload(pending, None, refused=True)
-    elif refusal == Reason.DUPLICATE_UPLOAD:
-        core.settle_upload(pending, None, refused=False)
     else:
         raise err
 
