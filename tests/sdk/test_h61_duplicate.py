@@ -81,3 +81,30 @@ def test_a_pending_upload_refused_as_a_duplicate_before_a_new_round_goes_back(
     # Assert: settled, its content back into the residual
     assert DeviceStore(tmp_path).load_pending() is None
     np.testing.assert_allclose(held_residual(tmp_path, 1), DELTA[1], atol=1e-5)
+
+
+def test_a_round_assigned_again_after_its_upload_was_taken_counts_nothing_twice(
+    tmp_path: Path,
+) -> None:
+    # Prepare: the record of the device's upload to task 1's round 5, which the coordinator
+    # holds (an earlier run's); the device is given round 5 again and encodes a new upload
+    old = np.linspace(-1, 1, SPEC.size).astype(np.float32)
+    client = Client(
+        "http://coord", str(tmp_path), transport=httpx.MockTransport(_duplicate), retries=0
+    )
+    params = np.zeros(SPEC.size, np.float32)
+    first = client._core.encode(_task(1, 5), SPEC, params, old, 8)
+    client._core.accept_upload(first, SPEC)
+    left = held_residual(tmp_path, 1)
+    again = client._core.encode(_task(1, 5), SPEC, params, DELTA[1], 8)
+
+    # Execute: the coordinator, holding the first upload, refuses the second
+    with pytest.raises(ClientError, match="duplicate_upload"):
+        client.upload(again, SPEC)
+
+    # Assert: the record of the first stays (the coordinator holds it: it is not returned), and
+    # the second's content is back in the residual (it was never taken)
+    record = DeviceStore(tmp_path).load_accepted(5)
+    assert record is not None and record.frame == first.frame
+    np.testing.assert_allclose(held_residual(tmp_path, 1), left + DELTA[1], atol=1e-5)
+    client.close()
