@@ -1572,7 +1572,8 @@ class Coordinator:
     def fail_close(self, rt: TaskRuntime, cur: ActiveRound, exc: BaseException) -> None:
         """An aggregation or publish error abandons the round and rebuilds the task from the
         store. If the store cannot record that either, the round stays `aggregating` and the
-        next start abandons it (counting its `pending_dp`)."""
+        task opens no round until the next start closes it (a plain round re-aggregated from
+        its stored frames and published; a secure one abandoned, counting its `pending_dp`)."""
         log.error("round %d failed to aggregate or publish: %r", cur.round_id, exc)
         meas: dict[str, Any] = {"error": repr(exc)}
         if cur.pending_dp is not None:
