@@ -1095,6 +1095,10 @@ class DeviceStore:
         if task_id is not None:
             self._claim_legacy(task_id, size)
         current = self._residual_path(task_id)
+        # A foreign directory where the residual is written: the store's error, nothing done
+        # (read as another model's residual, the content was dropped as delivered).
+        _no_directory(self._dest(task_id))
+        _no_directory(current)
         if current.exists() and _residual_size(current) != size:
             if current.name in leftovers:  # a window of this very upload: keep what it holds
                 self._finish(current)

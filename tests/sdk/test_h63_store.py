@@ -8,13 +8,21 @@ import os
 import stat
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sdk.device_store as device_store
-from sdk.device_store import MAX_RESIDUALS, DeviceStore, DeviceStoreError
+from sdk.device_store import (
+    MAX_RESIDUALS,
+    AcceptedUpload,
+    DeviceStore,
+    DeviceStoreError,
+    PendingUpload,
+)
 
+from .test_h51_task_residuals import _frame
 from .test_review_device_state import SPEC, _ef
 
 
@@ -187,3 +195,44 @@ def test_a_regular_device_key_is_still_read_and_narrowed(tmp_path: Path) -> None
     # Assert
     assert again == key
     assert stat.S_IMODE(os.stat(tmp_path / "device_key").st_mode) == 0o600
+
+
+# -- a foreign directory where a refusal or a return must write ------------------------------
+
+
+def test_a_refusal_into_a_residual_that_is_a_directory_is_an_error_not_a_loss(
+    tmp_path: Path,
+) -> None:
+    # Prepare: task 1's upload pending; a foreign directory where task 1's residual lives
+    store = DeviceStore(tmp_path)
+    store.save_pending(PendingUpload(6, "k" * 32, _frame(6), 144, SPEC, 1), _ef(1.0))
+    os.unlink(tmp_path / "residual-1.bin")
+    (tmp_path / "residual-1.bin").mkdir()
+    sent = np.full(SPEC.size, 2.0, np.float32)
+
+    # Execute / Assert: the store's error naming it (the refusal dropped the upload as another
+    # model's, its content lost), and the upload still pending
+    with pytest.raises(DeviceStoreError, match="residual-1.bin"):
+        store.refuse_pending(sent, SPEC.size, "k" * 32)
+    held = store.load_pending()
+    assert held is not None and held.key == "k" * 32
+
+    # and once the directory is gone, the refusal goes through
+    (tmp_path / "residual-1.bin").rmdir()
+    ef = store.refuse_pending(sent, SPEC.size, "k" * 32)
+    assert ef is not None and float(ef.residual[0]) == 2.0
+
+
+def test_a_return_into_a_residual_that_is_a_directory_is_an_error_not_a_loss(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a record of task 1; a foreign directory where task 1's residual lives
+    store = DeviceStore(tmp_path)
+    store.save_accepted(AcceptedUpload(5, _frame(5), SPEC, 1))
+    (tmp_path / "residual-1.bin").mkdir()
+    sent = np.full(SPEC.size, 2.0, np.float32)
+
+    # Execute / Assert
+    with pytest.raises(DeviceStoreError, match="residual-1.bin"):
+        store.return_accepted(5, sent, SPEC.size)
+    assert store.load_accepted(5) is not None
