@@ -672,6 +672,9 @@ def _task_flag_error(args: argparse.Namespace) -> str | None:
 
     if args.model not in MODELS:
         return f"unknown model {args.model!r} (--model); choose one of {', '.join(sorted(MODELS))}"
+    if not 0 <= args.seed < 2**63:
+        # Before the model is built from it (torch refuses a seed past 64 bits in its own words).
+        return f"seed must be in [0, 2**63) (--seed), got {args.seed}"
     codecs = (
         ("--topk/--bits", args.topk, args.bits),
         ("--downlink-topk/--downlink-bits", args.downlink_topk, args.downlink_bits),
