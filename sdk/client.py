@@ -493,7 +493,13 @@ class _Core:
         known = self._layouts.pop(task_id, None)
         self._layouts[task_id] = spec.fingerprint
         _drop_oldest(self._layouts, MAX_LAYOUTS)
-        return known is not None and known != spec.fingerprint
+        if known is None or known == spec.fingerprint:
+            return False
+        # The app directory's residual too, at once: one read again later (the holder dropped
+        # from memory before the round saved) would otherwise be the other model's.
+        with self._reload_on_error(task_id):
+            self.store.save_residual(ErrorFeedback(spec.size), task_id)
+        return True
 
     def _other_layout(self, task_id: int | None, spec: ModelSpec) -> bool:
         """Whether the residual of `task_id` (None: of the task that claimed the legacy one) is

@@ -116,7 +116,13 @@ def test_a_secure_participant_of_another_layout_starts_afresh(tmp_path: Path) ->
     again = client._core.secure_participant(OTHER.size, 1, OTHER)
     same = client._core.secure_participant(OTHER.size, 1, OTHER)
 
-    # Assert: it starts from no residual (SPEC's is not OTHER's), and keeps its own afterwards
+    # Assert: it starts from no residual (SPEC's is not OTHER's), and keeps its own afterwards;
+    # the app directory's residual is OTHER's too, so a participant read again from it (this
+    # one dropped from memory before its round saved) does not take SPEC's
     assert not np.any(again.residual)
     assert same is again
+    held = DeviceStore(tmp_path).load_residual(OTHER.size, 1)
+    assert held is not None and not np.any(held.residual)
+    client._core._participants.clear()
+    assert not np.any(client._core.secure_participant(OTHER.size, 1, OTHER).residual)
     client.close()
