@@ -313,7 +313,10 @@ class OrtTrainer:
                 raise TrainingDataError(str(exc)) from None
             if arr.size and arr.min() < 0:
                 raise TrainingDataError(f"token ids must be >= 0, got {arr.min()}")
-            if arr.size and arr.max() > np.iinfo(np.int64).max:
+            # Floats compare with 2^63 itself: int64's largest converts to the float 2^63, so
+            # an id of exactly 2^63 passed a `> iinfo.max` test and the cast wrapped it.
+            top = 2.0**63 if arr.dtype.kind == "f" else np.iinfo(np.int64).max + 1
+            if arr.size and arr.max() >= top:
                 # The cast to int64 would wrap it (a uint64 2^64-1 to -1, a row from the end).
                 raise TrainingDataError(f"token ids must be below 2^63, got {arr.max()}")
             vocab = m.x_vocab

@@ -291,3 +291,23 @@ def test_evaluate_refuses_labels_that_are_not_class_indices(labels: Any, match: 
     module, params, x, y = _linear()
     with pytest.raises(TrainingDataError, match=match):
         evaluate(module, params, x, labels(y[:10]))
+
+
+def test_a_float_token_id_of_exactly_2_63_is_refused_not_wrapped(
+    exported: Path, tmp_path: Path
+) -> None:
+    # Prepare: a manifest without the vocabulary (an older export); float ids, one of them
+    # 2^63 exactly, which compared equal to int64's largest as a float and passed, then the
+    # cast wrapped it to -2^63 (onnxruntime then failed mid-run)
+    for name in ("infer.onnx", "train_step.onnx"):
+        (tmp_path / name).write_bytes((exported / name).read_bytes())
+    manifest = json.loads((exported / "manifest.json").read_text())
+    del manifest["x"]["vocab"]
+    (tmp_path / "manifest.json").write_text(json.dumps(manifest))
+    x, y = _data()
+    xf = x.astype(np.float64)
+    xf[11, 0] = 2.0**63
+
+    # Execute / Assert
+    with pytest.raises(TrainingDataError, match=r"token ids must be below 2\^63"):
+        _train(OrtTrainer.from_dir(tmp_path), xf, y)
