@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import numbers
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -521,6 +522,9 @@ def evaluate(
     (`TrainingDataError`, in `sdk.ort.OrtTrainer.evaluate`'s words): -100 is refused here too;
     one per example (len(y) == len(x)), of any integer dtype, shaped to the logits.
     """
+    if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        # 0 failed in range(); a negative size evaluated nothing and returned (0.0, 0.0).
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     x, y = np.asarray(x), np.asarray(y)
     if len(x) == 0 or y.size == 0:
         raise ValueError("no examples to evaluate")

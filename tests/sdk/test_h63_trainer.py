@@ -311,3 +311,11 @@ def test_a_float_token_id_of_exactly_2_63_is_refused_not_wrapped(
     # Execute / Assert
     with pytest.raises(TrainingDataError, match=r"token ids must be below 2\^63"):
         _train(OrtTrainer.from_dir(tmp_path), xf, y)
+
+
+@pytest.mark.parametrize("batch_size", [0, -5])
+def test_evaluate_refuses_a_batch_size_below_one(batch_size: int) -> None:
+    # 0 raised range()'s "arg 3 must not be zero"; -5 evaluated nothing and returned (0, 0)
+    module, params, x, y = _linear()
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
+        evaluate(module, params, x, y[:10], batch_size=batch_size)
