@@ -211,16 +211,25 @@ def _probe(
     """(`output_shape`, the vocabulary bounding integer inputs (`input_vocabulary`) or None)."""
     if x.ndim == 0 or len(x) == 0:
         raise TrainingDataError(f"{where} of shape {list(x.shape)}: no example to run the model on")
-    # Token ids probe as zeros (a row of every embedding): an id past the vocabulary in the
-    # first example is then refused by the range check, in its words, not as a misfit.
-    one = np.zeros_like(x[:1]) if x.dtype.kind in "iu" else np.ascontiguousarray(x[:1])
+    first = np.ascontiguousarray(x[:1])
     try:
-        out, vocab = _forward_reading(module, torch.from_numpy(one))
+        out, vocab = _forward_reading(module, torch.from_numpy(first))
     except Exception as exc:  # whatever the forward pass raises, the input does not fit it
-        raise TrainingDataError(
+        misfit = TrainingDataError(
             f"{where} of shape {list(x.shape)} ({x.dtype}) does not fit the model: "
             f"{_first_line(exc)}"
-        ) from exc
+        )
+        if x.dtype.kind not in "iu":
+            raise misfit from exc
+        # Token ids: if zeros (a row of every embedding) pass and the first example holds an
+        # id past the vocabulary found, that id is the misfit: `_checked`'s range check
+        # refuses it in its words.
+        try:
+            out, vocab = _forward_reading(module, torch.from_numpy(np.zeros_like(first)))
+        except Exception:
+            raise misfit from exc
+        if vocab is None or first.max() < vocab:
+            raise misfit from exc
     if not isinstance(out, torch.Tensor) or out.dim() < 2:
         got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise ValueError(
@@ -231,8 +240,7 @@ def _probe(
 
 
 def output_shape(module: nn.Module, x: npt.NDArray[Any], *, where: str = "x") -> tuple[int, ...]:
-    """The shape of `module`'s output for one example (`x[:1]`; zeros of its shape and dtype
-    for integer inputs, token ids), without its batch dimension.
+    """The shape of `module`'s output for one example (`x[:1]`), without its batch dimension.
 
     One forward pass in eval mode under `no_grad` (no dropout draw, no batch-norm statistics
     update; the module's mode is restored). If the forward pass refuses the input (a wrong

@@ -319,3 +319,32 @@ def test_evaluate_refuses_a_batch_size_below_one(batch_size: int) -> None:
     module, params, x, y = _linear()
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1"):
         evaluate(module, params, x, y[:10], batch_size=batch_size)
+
+
+class _Shifted(nn.Module):
+    """Reads ids + 1: no embedding reads x itself, so no vocabulary bounds x up front."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(VOCAB, 3)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(SEQ * 3, 2))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.head(self.emb(x + 1))
+        return out
+
+
+def test_ids_transformed_before_the_embedding_keep_the_misfit_check_of_the_first_example() -> None:
+    # Prepare: the first example's id 5 becomes 6, past the table (regression guard: the
+    # probe on the first example still refuses it when no vocabulary bounds x)
+    torch.manual_seed(0)
+    module = _Shifted()
+    x, y = _data()
+    x[0, 0] = VOCAB - 1
+
+    # Execute / Assert
+    with pytest.raises(TrainingDataError, match="does not fit the model"):
+        TorchTrainer(module).train(
+            get_flat_params(module), x, y, epochs=1, batch_size=4, lr=0.1,
+            rng=np.random.default_rng(0),
+        )  # fmt: skip
