@@ -188,9 +188,10 @@ def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> 
     x_name, x_dtype, x_shape = _tensor(data, "x")
     x_vocab = _get(data, "x", dict).get("vocab")
     if x_vocab is not None and (
-        isinstance(x_vocab, bool) or not isinstance(x_vocab, int) or x_vocab < 1
+        isinstance(x_vocab, bool) or not isinstance(x_vocab, int) or not 1 <= x_vocab < 2**63
     ):
-        raise ArtifactError("manifest: x vocab must be a positive integer (token ids)")
+        # Ids are int64; a larger count (10^400 overflowed comparing float ids) bounds nothing.
+        raise ArtifactError("manifest: x vocab must be an integer in [1, 2^63) (token ids)")
     if x_vocab is not None and x_dtype != "int64":
         raise ArtifactError("manifest: x vocab is for int64 token ids only")
     y_name, y_dtype, y_shape = _tensor(data, "y")

@@ -195,7 +195,11 @@ def test_a_manifest_without_the_vocabulary_still_loads(exported: Path, tmp_path:
         _train(trainer, x, y)
 
 
-@pytest.mark.parametrize("vocab", [0, -1, 2.5, True, "6"])
+@pytest.mark.parametrize(
+    "vocab",
+    [0, -1, 2.5, True, "6", 2**63, 10**400],  # the last two: not an int64 id count
+    ids=["zero", "negative", "fraction", "bool", "text", "2^63", "10^400"],
+)
 def test_a_manifest_vocabulary_that_is_not_a_count_is_refused(
     exported: Path, tmp_path: Path, vocab: Any
 ) -> None:
