@@ -81,6 +81,9 @@ class DPMean:
             raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
         if not self.epsilon_budget > 0:
             raise ValueError(f"epsilon budget must be > 0, got {self.epsilon_budget!r}")
+        if self.seed is not None and not self.seed >= 0:
+            # np.random.default_rng refuses negative seeds: fail here, not in every round.
+            raise ValueError(f"dp seed must be >= 0, got {self.seed!r}")
         if isinstance(self.clip, AdaptiveClip) and self.clip.count_stddev:
             # The split does not depend on the round either: a count_std at or below z / 2
             # would fail every round.

@@ -29,6 +29,8 @@ from ._base import (
 
 __all__ = [
     "DEFAULT_BLOCK_ELEMS",
+    "MAX_CCLIP_ITERATIONS",
+    "MAX_GEOMED_ITERATIONS",
     "Bucketing",
     "CenteredClipping",
     "CoordinateMedian",
@@ -585,6 +587,13 @@ class _KrumProcess(_RowProcess):
         )
 
 
+# Iteration bounds, refused above when a stage is built: each iteration passes over every
+# report, so one round's time grows with the count. The defaults are 100 (geomed: no benchmark
+# round needed more than 86, docs/robustness.md) and 1 (cclip, as Karimireddy et al. 2021).
+MAX_GEOMED_ITERATIONS = 1_000
+MAX_CCLIP_ITERATIONS = 100
+
+
 @dataclass(frozen=True, slots=True)
 class GeometricMedian:
     """Geometric median by smoothed Weiszfeld iterations (RFA, Pillutla et al. 2022).
@@ -609,6 +618,13 @@ class GeometricMedian:
         if not self.max_iter >= 1 or self.max_iter != int(self.max_iter):
             raise ValueError(
                 f"geometric median max_iter must be a whole number >= 1, got {self.max_iter!r}"
+            )
+        if self.max_iter > MAX_GEOMED_ITERATIONS:
+            # Each iteration is a pass over every report (and a round that does not converge
+            # runs twice): a huge count holds the round, and its close, for practically ever.
+            raise ValueError(
+                f"geometric median max_iter must be at most {MAX_GEOMED_ITERATIONS:,}, got "
+                f"{self.max_iter!r}"
             )
         if not (math.isfinite(self.tol) and self.tol >= 0):
             raise ValueError(f"geometric median tol must be finite and >= 0, got {self.tol!r}")
@@ -703,6 +719,12 @@ class CenteredClipping:
         if not 0 <= self.beta < 1 or not (self.iterations >= 1 and _whole(self.iterations)):
             raise ValueError(
                 "centered clipping needs 0 <= beta < 1 and a whole number of iterations >= 1"
+            )
+        if self.iterations > MAX_CCLIP_ITERATIONS:
+            # Each iteration is a pass over every report: a huge count holds the round.
+            raise ValueError(
+                f"centered clipping iterations must be at most {MAX_CCLIP_ITERATIONS:,}, got "
+                f"{self.iterations!r}"
             )
 
     def create(self, size: int) -> _CClipProcess:
