@@ -445,6 +445,15 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
             return f"{flag} {path}: no such file"
     if not 0 <= args.register_rate < float("inf") or args.register_burst < 1:
         return "--register-rate must be >= 0 and --register-burst >= 1"
+    # The bounds ServiceConfig holds (a wait is divided by each rate), named by their flags.
+    if 0 < args.register_rate < 1e-6 or args.register_burst > 1_000_000:
+        return (
+            "--register-rate must be 0 (unlimited) or at least 1e-06 per second, and "
+            f"--register-burst at most 1,000,000; got {args.register_rate} and "
+            f"{args.register_burst}"
+        )
+    if args.max_checkin_rate < 1e-3:
+        return f"--max-checkin-rate must be at least 0.001 per second, got {args.max_checkin_rate}"
     if not 0 <= args.body_timeout < float("inf"):
         return "--body-timeout must be a number of seconds >= 0"
     for flag, value in (("--signature-window", args.signature_window), ("--poll", args.poll)):

@@ -15,7 +15,14 @@ from protocol.names import ContentType, Header, Reason
 from .errors import ApiError, require_media_type
 from .store import Store
 
-__all__ = ["RateLimiter", "RequestVerifier", "check_admin_token", "client_key"]
+__all__ = [
+    "MAX_REGISTER_BURST",
+    "MIN_REGISTER_RATE",
+    "RateLimiter",
+    "RequestVerifier",
+    "check_admin_token",
+    "client_key",
+]
 
 
 class RequestVerifier:
@@ -175,6 +182,13 @@ def client_key(host: str | None) -> str:
     return str(ip)
 
 
+# The slowest registration rate (one per address every 1,000,000 s, 11.6 days) and the largest
+# burst: a refused registration's wait is (1 - tokens) / rate, infinite (a 500 from math.ceil)
+# for a rate near 0, and the token count is a float, which an integer past 1e308 is not.
+MIN_REGISTER_RATE = 1e-6
+MAX_REGISTER_BURST = 1_000_000
+
+
 class RateLimiter:
     """Token buckets per key: `burst` requests at once, refilled at `rate_per_s` per second.
 
@@ -194,10 +208,14 @@ class RateLimiter:
         clock: Callable[[], float] = time.monotonic,
         max_buckets: int = 65_536,
     ) -> None:
-        if not (math.isfinite(rate_per_s) and rate_per_s >= 0):
-            raise ValueError(f"rate must be a finite number >= 0 per second, got {rate_per_s}")
-        if burst < 1:
-            raise ValueError(f"burst must be at least 1, got {burst}")
+        slowest = MIN_REGISTER_RATE
+        if not (math.isfinite(rate_per_s) and (rate_per_s == 0 or rate_per_s >= slowest)):
+            raise ValueError(
+                f"rate must be 0 (unlimited) or a finite number >= {MIN_REGISTER_RATE:g} per "
+                f"second, got {rate_per_s}"
+            )
+        if not 1 <= burst <= MAX_REGISTER_BURST:
+            raise ValueError(f"burst must be in [1, {MAX_REGISTER_BURST:,}], got {burst}")
         if max_buckets < 1:
             raise ValueError(f"max_buckets must be at least 1, got {max_buckets}")
         self.rate_per_s = float(rate_per_s)

@@ -111,6 +111,7 @@ from protocol.secagg import (
 )
 
 from ._secagg_routes import DuplicateStageUpload
+from .auth import MAX_REGISTER_BURST, MIN_REGISTER_RATE
 from .downlink import DownlinkStrategy
 from .errors import ApiError
 from .faults import fault_point
@@ -132,6 +133,13 @@ log = logging.getLogger("plume.coordinator")
 
 # Largest accepted clock skew of a signed request: a day (a phone further off is broken).
 MAX_SIGNATURE_WINDOW_S = 86_400.0
+# The pacing wait is len(pool) / max_checkin_rate, so a rate near 0 gave an infinite wait (a
+# 500): one check-in every 1,000 s per task is the slowest. (MIN_REGISTER_RATE and
+# MAX_REGISTER_BURST bound the registration limiter the same way, auth.RateLimiter.)
+MIN_CHECKIN_RATE = 1e-3
+# Longest wait a check-in answers (a week, the longest task duration validate_task accepts):
+# whatever the pool and the rate, a device is not told to sleep longer than it can.
+MAX_RETRY_S = 7 * 86_400.0
 
 
 @dataclass(frozen=True)
@@ -189,6 +197,11 @@ class ServiceConfig:
             value = getattr(self, name)
             if not (number(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if self.max_checkin_rate < MIN_CHECKIN_RATE:
+            raise ValueError(
+                f"max_checkin_rate must be at least {MIN_CHECKIN_RATE:g} check-ins per second "
+                f"(the pacing wait divides by it), got {self.max_checkin_rate!r}"
+            )
         if self.signature_window_s > MAX_SIGNATURE_WINDOW_S:
             # Its milliseconds must be an integer (auth.py), and nonces are kept for twice it.
             raise ValueError(
@@ -203,6 +216,16 @@ class ServiceConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if 0 < self.register_rate_per_s < MIN_REGISTER_RATE:
+            raise ValueError(
+                f"register_rate_per_s must be 0 (unlimited) or at least {MIN_REGISTER_RATE:g} "
+                f"per second (a refused registration's wait divides by it), got "
+                f"{self.register_rate_per_s!r}"
+            )
+        if self.register_burst > MAX_REGISTER_BURST:
+            raise ValueError(
+                f"register_burst must be at most {MAX_REGISTER_BURST:,}, got {self.register_burst!r}"
+            )
         keep = self.keep_frames_rounds
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 0):
             raise ValueError(
@@ -1270,7 +1293,7 @@ class Coordinator:
             return CheckInResponse(
                 CheckInAction.WAIT, self.config.idle_retry_s, None, "no active task"
             )
-        retry = max(retry, pace)
+        retry = min(max(retry, pace), MAX_RETRY_S)
         return CheckInResponse(CheckInAction.WAIT, round(retry, 3), None, "not selected yet")
 
     def tick(self) -> list[TaskRuntime]:
