@@ -49,6 +49,7 @@ __all__ = [
     "check_assignment",
     "check_check_in",
     "check_awaiting_round",
+    "check_task_id",
     "pack_chain",
     "unpack_chain",
     "CHAIN_MAGIC",
@@ -456,6 +457,15 @@ def check_awaiting_round(value: Any, where: str = "$.awaiting_round") -> int:
     string) in [1, 2^63), the range of the coordinator's round ids; else `MessageError`."""
     if type(value) is not int:
         raise MessageError(f"{where}: expected an integer round id, got {type(value).__name__}")
+    _in_range(value, where, 1)
+    return value
+
+
+def check_task_id(value: Any, where: str = "$.task_id") -> int:
+    """`value` as the task id a check-in names: a JSON integer (not a boolean, a float or a
+    string) in [1, 2^63), the range of the coordinator's task ids; else `MessageError`."""
+    if type(value) is not int:
+        raise MessageError(f"{where}: expected an integer task id, got {type(value).__name__}")
     _in_range(value, where, 1)
     return value
 

@@ -42,6 +42,7 @@ from protocol.messages import (
     TaskStatus,
     UploadReceipt,
     check_awaiting_round,
+    check_task_id,
 )
 from protocol.names import ContentType, Path, Reason, SnapshotDType
 from protocol.names import Header as H
@@ -354,16 +355,19 @@ def create_app(
     ) -> Response:
         """A task assignment, or `wait` with `retry_after_s` (pace steering); with
         `awaiting_round`, also what became of the device's accepted upload in that round."""
-        awaiting = None
-        if body.awaiting_round is not None:
+        awaiting = task_id = None
+        if body.awaiting_round is not None or body.task_id is not None:
             # Strictly, from the JSON as sent: the model's lax parsing would take "7", 7.0 or
-            # true for a round id.
+            # true for a round or task id.
             try:
                 raw = json.loads(await request.body())
-                awaiting = check_awaiting_round(raw.get("awaiting_round"))
+                if body.task_id is not None:
+                    task_id = check_task_id(raw.get("task_id"))
+                if body.awaiting_round is not None:
+                    awaiting = check_awaiting_round(raw.get("awaiting_round"))
             except ValueError as exc:  # MessageError; JSON the model's parser took is JSON
                 raise ApiError(422, Reason.VALIDATION, str(exc)) from None
-        answer = coordinator.check_in(fields.device_id, body.task_id, awaiting)
+        answer = coordinator.check_in(fields.device_id, task_id, awaiting)
         att: Attribution = getattr(request.state, STATE_KEY)
         if answer.assignment is not None:
             att.round_id = answer.assignment.round_id
