@@ -44,7 +44,7 @@ from protocol.messages import (
     check_awaiting_round,
     check_task_id,
 )
-from protocol.names import ContentType, Path, Reason, SnapshotDType
+from protocol.names import ContentType, Path, Reason, SnapshotDType, TaskState
 from protocol.names import Header as H
 
 from ._secure_api import add_secure_routes
@@ -520,6 +520,10 @@ def create_app(
         row = the_store.task(task_id)
         if row is None:
             raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
+        if row.state != TaskState.AWAITING_MODEL:
+            # Refused before the body is read (set_initial_model checks again, under its own
+            # read): a task's model is set once, and a body we will not use is not waited for.
+            raise ApiError(409, Reason.INVALID_STATE, f"task {task_id} already has a model")
         from compression import DecodeLimits, ModelSpec
 
         spec = ModelSpec.from_json(row.config["spec"])
