@@ -227,6 +227,9 @@ class _Exchange:
     # client's caps). The last attempt's 4xx does not set it, so a request answered by a 4xx
     # with this unset was never taken (the coordinator refuses before it stores).
     maybe_taken: bool = False
+    # When every attempt and wait before a retry must have ended (time.monotonic): a secure
+    # round's stage requests end by its deadline. The secure drivers pass it to `_send`.
+    deadline: float = math.inf
 
 
 # Failures of an attempt that never sent a byte of the request: no connection was opened.
@@ -1273,6 +1276,11 @@ def _secure_flow(
     node = _decimal(response.headers.get(SecAggHeader.NODE))
     if node is None:
         raise _bad(response, f"secure setup: node {response.headers.get(SecAggHeader.NODE)!r}")
+    # The round's deadline on the monotonic clock `_send` bounds requests by: every stage
+    # request (retries and their backoff included) ends by it, or the round ends for this
+    # device, not completed. Before, a server answering 5xx held a stage poll for up to
+    # retries x (max_response_s + backoff) past it.
+    round_end = time.monotonic() + (a.deadline_unix - core.clock())
     own = participant is None
     part = participant or core.secure_participant(spec.size, a.task_id, spec)
     session = part.join(response.content, digest, params, node)
@@ -1341,9 +1349,17 @@ def _secure_flow(
                 report.detail = f"{stage}: {exc}"
                 break
             ex = core.stage_upload_exchange(a.round_id, stage, body, spec.dense_bytes)
+            ex.deadline = round_end
             if stage == Stage.MASKED_INPUT:
                 masked = ex
-            response = yield ex
+            try:
+                response = yield ex
+            except _WaitOver:
+                # The upload (its retries included) would have ended past the round's
+                # deadline; the `finally` settles a kept record as for any input whose
+                # answer is missing (returned at once if no attempt started).
+                report.detail = f"{stage}: the round's deadline passed"
+                break
             assert response is not None
             if (
                 response.status_code in (409, 410)
@@ -1363,8 +1379,16 @@ def _secure_flow(
             # the round's deadline at the latest, and never longer than max_stage_wait_s
             # whatever deadline the coordinator named. A NaN stop ends the polling at once.
             stop = min(a.deadline_unix, core.clock() + core.max_stage_wait_s)
+            # The same bound for each poll's request, its retries and their backoff.
+            stop_mono = time.monotonic() + (stop - core.clock())
             while True:
-                response = yield core.stage_download_exchange(a.round_id, stage)
+                ex = core.stage_download_exchange(a.round_id, stage)
+                ex.deadline = stop_mono
+                try:
+                    response = yield ex
+                except _WaitOver:  # this poll (or its retries) would end past `stop`
+                    response = None
+                    break
                 assert response is not None
                 if response.status_code != 425:
                     break
@@ -1373,7 +1397,7 @@ def _secure_flow(
                     break
                 # At least _MIN_POLL_S: a "Retry-After: 0" must not make the device spin.
                 yield _Sleep(min(max(core.delay(0, response), _MIN_POLL_S), stop - now))
-            if response.status_code == 425:
+            if response is None or response.status_code == 425:
                 report.detail = (
                     f"{stage} did not close before the round deadline (or max_stage_wait_s)"
                 )
@@ -1649,7 +1673,12 @@ class Client:
                     self._sleep(step.seconds)
                     step = flow.send(None)
                 else:
-                    step = flow.send(self._send(step))
+                    try:
+                        response = self._send(step, step.deadline)
+                    except _WaitOver as over:  # the flow ends the round, not completed
+                        step = flow.throw(over)
+                    else:
+                        step = flow.send(response)
         except StopIteration as done:
             report: SecureRoundReport = done.value
             return report
@@ -1973,7 +2002,12 @@ class AsyncClient:
                     await asyncio.sleep(step.seconds)
                     step = flow.send(None)
                 else:
-                    step = flow.send(await self._send(step))
+                    try:
+                        response = await self._send(step, step.deadline)
+                    except _WaitOver as over:  # as in `Client._drive`
+                        step = flow.throw(over)
+                    else:
+                        step = flow.send(response)
         except StopIteration as done:
             report: SecureRoundReport = done.value
             return report
