@@ -1635,6 +1635,18 @@ class Client:
         except ClientError as err:
             _unsettled(self._core, pending, err)
 
+    def encode_update(
+        self,
+        a: Assignment,
+        params: npt.NDArray[np.float32],
+        trained: npt.NDArray[np.float32],
+        num_examples: int,
+    ) -> PendingUpload:
+        """Encode `trained - params` with error feedback and persist it as pending (send it
+        with `upload`). Unlike `train_round`, an earlier unacknowledged upload is not settled
+        first: the new one replaces it in the app directory (docs/devices.md)."""
+        return self._core.encode(a, _spec(a), params, trained, num_examples)
+
     def train_round(
         self,
         a: Assignment,
