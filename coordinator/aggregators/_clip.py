@@ -9,6 +9,7 @@ the update norms by a geometric step on the (optionally noised) fraction of uncl
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,10 @@ from ._mean import FedAvg
 from ._robust import UpdateRows, forward_rows
 
 __all__ = ["AdaptiveClip", "Clip", "clip_update", "clip_factors"]
+
+
+# exp(709) is finite (exp(709.79) is not): a larger exponent only makes the clip the largest float.
+_MAX_EXP = 709.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,10 +56,13 @@ class AdaptiveClip:
             raise ValueError(f"count_stddev must be finite and >= 0, got {self.count_stddev!r}")
 
     def step(self, clip: float, unclipped_fraction: float) -> float:
-        """The next clip norm given this round's (noised) fraction of unclipped reports."""
-        return float(
-            clip * math.exp(-self.learning_rate * (unclipped_fraction - self.target_quantile))
-        )
+        """The next clip norm given this round's (noised) fraction of unclipped reports, kept
+        within the positive normal floats: a step past float's range (a large learning rate, a
+        noised fraction far from [0, 1]) raised OverflowError in math.exp, round after round,
+        and one below it left the clip at 0.0, which no later step moves."""
+        exponent = -self.learning_rate * (unclipped_fraction - self.target_quantile)
+        value = clip * math.exp(min(exponent, _MAX_EXP))
+        return float(min(max(value, sys.float_info.min), sys.float_info.max))
 
 
 def clip_factors(norms: npt.NDArray[np.float64], clip: float) -> npt.NDArray[np.float64]:

@@ -35,7 +35,12 @@ from ._base import AggregateOutput, AggregatorFactory, ClientUpdate, check_finit
 from ._clip import AdaptiveClip, clip_update
 from ._mean import FedAvg
 
-__all__ = ["DPMean", "accounted_sample_size", "find_dp"]
+__all__ = ["DPMean", "MAX_NOISE_SCALE", "accounted_sample_size", "find_dp"]
+
+# Largest z·C / denominator (max(z, 1) and min(denominator, 1): the clipped reports and their
+# noise, divided by the denominator, both scale with it) DPMean builds with. float32 holds
+# 3.4e38; a noise sample beyond 8 standard deviations of 1e30 is not drawn in practice.
+MAX_NOISE_SCALE = 1e30
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +103,17 @@ class DPMean:
                     f"small for noise multiplier {self.noise_multiplier:g} (need 2·sigma_b > z): "
                     "set count_std= above z / 2, or sample more devices a round"
                 )
+        first_clip = self.clip.initial if isinstance(self.clip, AdaptiveClip) else self.clip
+        cohort = self.configured_cohort()
+        z_u = self.update_noise_multiplier(cohort) if cohort is not None else self.noise_multiplier
+        if not first_clip <= self.largest_clip(z_u, self.denominator or 1.0):
+            # The released mean is float32 (at most 3.4e38): a noise of this scale overflows it
+            # to inf, which the engine refuses, so every round would be abandoned.
+            raise ValueError(
+                f"the noise z·C / denominator (z {z_u:g}, clip {first_clip:g}, denominator "
+                f"{self.denominator if self.denominator is not None else 'n'}) must be at "
+                f"most {MAX_NOISE_SCALE:g}: float32 could not hold the noised mean"
+            )
         if isinstance(self.sampling, PoissonSampling) and self.denominator is None:
             # Under Poisson sampling the number of reports is itself private (adding a device
             # changes it): dividing by it releases more than the accounted noisy sum.
@@ -105,6 +121,13 @@ class DPMean:
                 "Poisson sampling needs a fixed denominator (the expected cohort size q·N): "
                 "dividing by the number of reports is not covered by the add/remove accounting"
             )
+
+    @staticmethod
+    def largest_clip(update_noise_multiplier: float, denominator: float) -> float:
+        """The largest clip whose noised mean float32 holds: max(z_u, 1)·C / min(denominator,
+        1) at most MAX_NOISE_SCALE (the clipped reports and their noise both scale with C).
+        An adaptive clip is kept below it (post-processing of the noised count)."""
+        return MAX_NOISE_SCALE * min(denominator, 1.0) / max(update_noise_multiplier, 1.0)
 
     def configured_cohort(self) -> float | None:
         """The expected cohort the default sigma_b is set from: `denominator`, else the
@@ -231,7 +254,7 @@ class _DPMeanProcess:
             # Centred bits (b - 1/2) halve the count's sensitivity; see the module docstring.
             centred = float(np.count_nonzero(norms <= clip)) - n / 2.0
             noised_fraction = (centred + float(rng.normal(0.0, sb))) / denom + 0.5
-            new_clip = cfg.clip.step(clip, noised_fraction)
+            new_clip = min(cfg.clip.step(clip, noised_fraction), cfg.largest_clip(z_u, denom))
             noised["unclipped_fraction_noised"] = noised_fraction
         if cfg.metrics is not None:
             cfg.metrics.observe(
