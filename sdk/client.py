@@ -1111,16 +1111,17 @@ def _check_in_answer(
     core: _Core, ex: _Exchange, response: httpx.Response, task_id: int | None
 ) -> CheckInResponse:
     answer: CheckInResponse = _parse(CheckInResponse, response)
+    # Before the rest is looked at: `round_outcome` answers `awaiting_round` whatever the
+    # assignment. Refusing the whole answer first left the record unsettled for as long as the
+    # coordinator answered with another task's assignment (every check-in, for one with
+    # several tasks open) or one this SDK refuses (a newer codec option), till MAX_ACCEPTED
+    # newer records pushed it out as delivered.
+    if ex.awaiting_round is not None:
+        core.settle_outcome(ex.awaiting_round, answer.round_outcome)
     try:
         check_check_in(answer)
     except MessageError as exc:
         raise _bad(response, f"check-in answer: {exc}") from exc
-    # Before the assignment is looked at: `round_outcome` answers `awaiting_round` whatever
-    # the assignment. Refusing the whole answer first left the record unsettled for as long as
-    # the coordinator answered with another task's assignment (every check-in, for one with
-    # several tasks open), till MAX_ACCEPTED newer records pushed it out as delivered.
-    if ex.awaiting_round is not None:
-        core.settle_outcome(ex.awaiting_round, answer.round_outcome)
     a = answer.assignment
     if a is not None and task_id is not None and a.task_id != task_id:
         raise _bad(response, f"an assignment for task {a.task_id}; this device asked for {task_id}")
@@ -1562,8 +1563,8 @@ class Client:
     def check_in(self, task_id: int | None = None) -> CheckInResponse:
         """One check-in: "train" with an assignment, or "wait" `retry_after_s` seconds. An
         answer a device cannot act on (see `protocol.messages.check_check_in`, or an
-        assignment for another task than `task_id`) is a `ClientError` `bad_response`; an
-        answer refused only for its assignment's task still settles its `round_outcome`."""
+        assignment for another task than `task_id`) is a `ClientError` `bad_response`; such an
+        answer, if it parses as a check-in answer, still settles its `round_outcome`."""
         return self._check_in(task_id, math.inf)
 
     def _check_in(self, task_id: int | None, deadline: float) -> CheckInResponse:

@@ -43,16 +43,21 @@ def _holding_a_record(root: Path) -> None:
     store.save_accepted(AcceptedUpload(3, frame, SPEC, 1))
 
 
-def _other_task(outcome: str, asked: list[Any]) -> httpx.MockTransport:
-    """Every check-in is answered with an assignment of task 2 and `outcome` for the round
+def _other_task(outcome: str, asked: list[Any], refused: bool = False) -> httpx.MockTransport:
+    """Every check-in is answered with an assignment of task 2 (`refused`: of task 1, with a
+    codec this SDK refuses, as a newer coordinator's could be) and `outcome` for the round
     asked about (recorded in `asked`)."""
     other = replace(_assignment(), task_id=2, deadline_unix=4e9, model_path="/v1/tasks/2/model")
+    if refused:
+        other = replace(_assignment(), deadline_unix=4e9)
 
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/v1/checkin"
         asked.append(json.loads(request.content).get("awaiting_round"))
-        answer = CheckInResponse("train", 0.0, other, round_outcome=outcome)
-        return httpx.Response(200, json=to_json(answer))
+        answer = to_json(CheckInResponse("train", 0.0, other, round_outcome=outcome))
+        if refused:
+            answer["assignment"]["codec"]["bits"] = 99
+        return httpx.Response(200, json=answer)
 
     return httpx.MockTransport(handler)
 
@@ -114,5 +119,27 @@ def test_such_answers_every_time_no_longer_leave_the_record_unsettled(tmp_path: 
     # Assert: the first settled round 3 (BACK returned once), the later ones asked about nothing
     assert asked == [3, None, None]
     ef = DeviceStore(tmp_path).load_residual(SPEC.size, 1)
+    assert ef is not None
+    np.testing.assert_allclose(ef.residual, OLD + BACK, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_an_outcome_is_settled_even_when_the_assignment_is_refused(
+    tmp_path: Path, kind: str
+) -> None:
+    # Prepare
+    _holding_a_record(tmp_path)
+    asked: list[Any] = []
+
+    # Execute: a check-in for task 1 answered with an assignment whose codec this SDK refuses
+    err = _check_in(kind, tmp_path, _other_task("abandoned", asked, refused=True))
+
+    # Assert: refused naming the codec, and round 3 settled (BACK returned once). Before, the
+    # record stayed for as long as the coordinator sent such assignments
+    assert err.reason == "bad_response" and "codec" in err.detail
+    assert asked == [3]
+    store = DeviceStore(tmp_path)
+    assert store.load_accepted(3) is None
+    ef = store.load_residual(SPEC.size, 1)
     assert ef is not None
     np.testing.assert_allclose(ef.residual, OLD + BACK, atol=1e-6)
