@@ -21,8 +21,14 @@ from .aggregators import AggregateOutput, AggregatorFactory, ClientUpdate
 from .aggregators._dp import accounted_sample_size
 from .ledger import BandwidthLedger
 
+# The range of a float32 multiplier (np.float32(x) neither inf nor 0).
+F32_MAX = float(np.finfo(np.float32).max)
+F32_TINY = float(np.finfo(np.float32).smallest_subnormal)
+
 __all__ = [
     "EngineConfig",
+    "F32_MAX",
+    "F32_TINY",
     "RoundPlan",
     "Receipt",
     "RoundOutcome",
@@ -85,6 +91,13 @@ class EngineConfig:
             raise ValueError("min_reports must be in [1, clients_per_round]")
         if not (math.isfinite(self.server_lr) and self.server_lr > 0):
             raise ValueError("server_lr must be positive")
+        if not F32_TINY <= self.server_lr <= F32_MAX:
+            # The step is multiplied by np.float32(server_lr): inf past float32's range (every
+            # round's step refused), 0 below its smallest value (the model never moves).
+            raise ValueError(
+                f"server_lr must be a float32 number (about 1.4e-45 to 3.4e38), got "
+                f"{self.server_lr}"
+            )
 
     @property
     def cohort_size(self) -> int:

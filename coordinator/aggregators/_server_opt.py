@@ -33,6 +33,8 @@ from ._base import AggregateOutput, AggregatorFactory, ClientUpdate, saturate_f3
 __all__ = ["ServerOptimizer", "SERVER_OPTIMIZERS"]
 
 SERVER_OPTIMIZERS = ("avgm", "adagrad", "adam", "yogi")
+_F32_MAX = float(np.finfo(np.float32).max)
+_F32_TINY = float(np.finfo(np.float32).smallest_subnormal)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,16 @@ class ServerOptimizer:
             raise ValueError(f"betas must be in [0, 1), got {self.beta1}, {self.beta2}")
         if not (math.isfinite(self.tau) and self.tau > 0):
             raise ValueError(f"tau must be positive, got {self.tau}")
+        for name in ("lr", "tau"):
+            # The arithmetic is float32 (np.float32(lr)): an lr past float32's range was inf
+            # (every step inf or NaN), one below its smallest value 0 (every step 0), and a
+            # tau of 0 made an untouched coordinate's step 0 / 0 = NaN.
+            value = getattr(self, name)
+            if not _F32_TINY <= value <= _F32_MAX:
+                raise ValueError(
+                    f"server optimizer {name} must be a float32 number (about 1.4e-45 to "
+                    f"3.4e38), got {value}"
+                )
 
     def create(self, size: int) -> _ServerOptProcess:
         return _ServerOptProcess(self, size, self.inner.create(size))

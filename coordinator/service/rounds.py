@@ -59,6 +59,8 @@ from coordinator.aggregators import (
 from coordinator.aggregators._dp import accounted_sample_size, amplified_population, find_dp
 from coordinator.anomaly import AnomalyFilter, AnomalyMetrics
 from coordinator.engine import (
+    F32_MAX,
+    F32_TINY,
     DuplicateUpload,
     EngineConfig,
     EngineError,
@@ -322,6 +324,9 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
             raise ValueError(f"{name} must be in (0, 604800]")
     if not (math.isfinite(cfg.server_lr) and cfg.server_lr > 0):
         raise ValueError("server_lr must be positive")
+    if not F32_TINY <= cfg.server_lr <= F32_MAX:
+        # Multiplied into the step as np.float32(server_lr): inf or 0 outside this range
+        raise ValueError("server_lr must be a float32 number (about 1.4e-45 to 3.4e38)")
     if not 1 <= cfg.max_chain <= 1000:
         raise ValueError("max_chain must be in 1..1000")
     t = cfg.training
