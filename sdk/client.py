@@ -1724,7 +1724,9 @@ class Client:
         its own). `drop_at` makes the device go silent before that stage (simulated dropout).
         A round that ends early for this device (stage deadline or `max_stage_wait_s` of
         polling, abort, too few neighbours left) returns a report with `completed` False and
-        the reason in `detail`; other refusals raise `ClientError`, and stage bytes the protocol
+        the reason in `detail`: every stage upload and poll, its retries and their backoff
+        included, ends by the round's deadline (a poll also by `max_stage_wait_s`), else the
+        round ends there; other refusals raise `ClientError`, and stage bytes the protocol
         refuses raise `protocol.secagg.SecAggError`. The residual the masked input leaves is
         saved before the input is sent, with a record of what the input stands for. If the
         input was surely not taken (no connection opened, or a 4xx refusal with no earlier
