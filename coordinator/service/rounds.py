@@ -139,6 +139,8 @@ MAX_SIGNATURE_WINDOW_S = 86_400.0
 # 500): one check-in every 1,000 s per task is the slowest. (MIN_REGISTER_RATE and
 # MAX_REGISTER_BURST bound the registration limiter the same way, auth.RateLimiter.)
 MIN_CHECKIN_RATE = 1e-3
+# The shortest tick (the timer of deadlines and selection timeouts; 0.05 s by default).
+MIN_TICK_S = 1e-3
 # Longest wait a check-in answers (a week, the longest task duration validate_task accepts):
 # whatever the pool and the rate, a device is not told to sleep longer than it can.
 MAX_RETRY_S = 7 * 86_400.0
@@ -199,6 +201,10 @@ class ServiceConfig:
             value = getattr(self, name)
             if not (number(value) and value > 0):
                 raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        if self.tick_s < MIN_TICK_S:
+            # The tick loop sleeps tick_s between passes: a tick of 5e-324 s passed "> 0" and
+            # spun the event loop as a zero one did.
+            raise ValueError(f"tick_s must be at least {MIN_TICK_S:g} s, got {self.tick_s!r}")
         if self.max_checkin_rate < MIN_CHECKIN_RATE:
             raise ValueError(
                 f"max_checkin_rate must be at least {MIN_CHECKIN_RATE:g} check-ins per second "

@@ -99,3 +99,11 @@ def test_serve_refuses_the_flags_in_one_line_naming_them(
 
 def test_the_flag_bounds_are_the_config_bounds() -> None:
     assert (MIN_CHECKIN_RATE, MIN_REGISTER_RATE, MAX_REGISTER_BURST) == (1e-3, 1e-6, 1_000_000)
+
+
+@pytest.mark.parametrize("tick", [5e-324, 1e-9, 9.9e-4])
+def test_a_tick_that_would_spin_the_event_loop_is_refused(tick: float) -> None:
+    # Zero was refused (a busy loop); 5e-324 passed "> 0" and spun it just the same
+    with pytest.raises(ValueError, match="tick_s must be at least 0.001"):
+        ServiceConfig(tick_s=tick)
+    ServiceConfig(tick_s=1e-3)
