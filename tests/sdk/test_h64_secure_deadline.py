@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
 import pytest
 
+from compression import ErrorFeedback
 from protocol.names import Header
 from protocol.secagg import Stage
 from sdk import AsyncClient, Client
@@ -162,3 +165,41 @@ def test_a_refusal_of_a_stage_still_raises(tmp_path: Path) -> None:
     with pytest.raises(ClientError) as info:
         _run("sync", handler, tmp_path, time.time() + 30)
     assert info.value.status == 404
+
+
+def test_a_masked_input_whose_deadline_passed_before_it_is_sent_is_returned_at_once(
+    tmp_path: Path,
+) -> None:
+    # Prepare: task 1 holds residual OLD; the share-keys download answers only once the
+    # round's deadline has passed (a client mod holds it; its own bound starts after the mod)
+    old = np.linspace(-0.5, 0.5, SPEC.size).astype(np.float32)
+    ef = ErrorFeedback(SPEC.size)
+    ef.residual = old.copy()
+    DeviceStore(tmp_path).save_residual(ef, 1)
+    handler = Stalling("GET", "/never")
+    deadline = time.time() + 0.5
+
+    def late(request: httpx.Request, nxt: Callable[[httpx.Request], httpx.Response]) -> Any:
+        if request.method == "GET" and request.url.path.endswith(f"/stages/{Stage.SHARE_KEYS}"):
+            time.sleep(max(0.0, deadline - time.time()) + 0.1)
+        return nxt(request)
+
+    a = replace(secure_task(1, 101), deadline_unix=deadline)
+    delta = np.full(SPEC.size, 0.05, np.float32)
+
+    # Execute
+    with Client(
+        "http://coord", str(tmp_path), transport=httpx.MockTransport(handler), mods=(late,)
+    ) as client:
+        report = client.secure_round(a, lambda p: (delta, 8, 0.0))
+
+    # Assert: the input was computed and saved with its record, then not sent (no attempt
+    # could end by the deadline): the record is dropped and the residual is OLD again, exactly
+    assert not report.completed
+    assert report.detail == f"{Stage.MASKED_INPUT}: the round's deadline passed", report.detail
+    assert report.stages == [str(Stage.ADVERTISE_KEYS), str(Stage.SHARE_KEYS)]
+    assert not any(
+        p.endswith(f"/stages/{Stage.MASKED_INPUT}") for m, p in handler.fake.seen if m == "POST"
+    )
+    assert DeviceStore(tmp_path).load_accepted(101) is None
+    np.testing.assert_array_equal(held_residual(tmp_path, 1), old)
