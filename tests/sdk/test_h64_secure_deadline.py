@@ -31,7 +31,7 @@ from sdk.device_store import DeviceStore
 from .test_client import SPEC
 from .test_h61_inflight import SecureFake, held_residual, record_content, secure_task
 
-SLACK_S = 0.25  # how far past the deadline the last request may start (scheduling, CI noise)
+SLACK_S = 1.0  # how far past the deadline the last request may start (a loaded machine)
 LIMIT = 60  # 503s before the handler answers 404 (so the client before the fix ends, failing)
 
 
@@ -81,7 +81,7 @@ def _run(
 def test_a_stage_poll_answered_503_ends_by_the_round_deadline(tmp_path: Path, kind: str) -> None:
     # Prepare: the advertise-keys download is answered 503 (retry in 0.05 s) for ever
     handler = Stalling("GET", f"/stages/{Stage.ADVERTISE_KEYS}")
-    deadline = time.time() + 0.5
+    deadline = time.time() + 0.8
 
     # Execute
     report = _run(kind, handler, tmp_path, deadline)
@@ -119,7 +119,7 @@ def test_a_masked_input_answered_503_until_the_deadline_keeps_its_record(
     # Prepare: the masked-input upload is answered 503 for ever (the coordinator may hold the
     # input: a 5xx answers nothing); the round's outcome will be `abandoned`
     handler = Stalling("POST", f"/stages/{Stage.MASKED_INPUT}", outcomes={101: "abandoned"})
-    deadline = time.time() + 1.0
+    deadline = time.time() + 1.5
     delta = np.full(SPEC.size, 0.05, np.float32)
 
     # Execute
