@@ -18,6 +18,7 @@ import base64
 import contextlib
 import json
 import math
+import re
 import ssl
 import threading
 import time
@@ -25,6 +26,7 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpcore
@@ -115,6 +117,14 @@ MAX_BANDWIDTH_ROUNDS = 64
 # Most tasks whose model layout the client remembers (`_Core._layouts`): more than the task
 # residuals the app directory holds (MAX_RESIDUALS), a few bytes each.
 MAX_LAYOUTS = 64
+# Most rounds whose deadline the client keeps as read at the check-in that assigned them
+# (`_Core.note_round`), the least recently noted dropped first.
+MAX_ROUND_DEADLINES = 64
+# The most a device's clock can differ from the coordinator's and its signed check-in still be
+# answered: the longest `--signature-window` (docs/operations.md), one day. A `Date` header
+# further from the device's clock than this (plus its 1 s resolution and the round trip) is not
+# the coordinator's clock (a proxy's, a broken one) and is not used.
+MAX_CLOCK_SKEW_S = 86400.0
 
 Send = Callable[[httpx.Request], httpx.Response]
 Mod = Callable[[httpx.Request, Send], httpx.Response]
@@ -230,6 +240,9 @@ class _Exchange:
     # When every attempt and wait before a retry must have ended (time.monotonic): a secure
     # round's stage requests end by its deadline. The secure drivers pass it to `_send`.
     deadline: float = math.inf
+    # time.monotonic() when the last attempt started (set by `_send`): a check-in answer's
+    # `Date` was made between then and its arrival.
+    sent_at: float = math.nan
 
 
 # Failures of an attempt that never sent a byte of the request: no connection was opened.
@@ -332,6 +345,10 @@ class _Core:
         # Rounds of accepted records named in a check-in since every held record was last
         # named: one still `pending` then waits while the others are asked about in turn.
         self._asked: set[int] = set()
+        # Per assignment (task id, round id, deadline_unix), when its round's deadline falls on
+        # time.monotonic(), as the check-in answer that carried it showed the coordinator's
+        # clock (`note_round`); at most MAX_ROUND_DEADLINES, the least recently noted first.
+        self._round_ends: dict[tuple[int, int, float], float] = {}
 
     # -- requests ------------------------------------------------------------------------
 
@@ -408,6 +425,32 @@ class _Core:
                     return min(seconds, 30.0)
         # Exponential backoff with deterministic jitter from the attempt number.
         return float(self.backoff_s * (2**attempt) * (1.0 + 0.25 * ((attempt * 7919) % 4) / 4))
+
+    # -- round deadlines -----------------------------------------------------------------
+
+    def note_round(self, a: Assignment, response: httpx.Response, sent_at: float) -> None:
+        """Keep when `a`'s deadline falls on time.monotonic(): `deadline_unix` less the
+        coordinator's clock when `response` (the check-in answer carrying `a`, its last attempt
+        sent at `sent_at`, time.monotonic()) arrived, read from its `Date` (`_server_now`).
+        The device's own clock then counts only if the header is missing or unusable, so a
+        phone whose clock is minutes off still ends its round's requests by the round's
+        deadline, neither minutes early (clock fast) nor late (slow)."""
+        arrived = time.monotonic()
+        date = _http_date(response.headers.get("date"))
+        now = _server_now(date, self.clock(), arrived - sent_at)
+        key = (a.task_id, a.round_id, a.deadline_unix)
+        self._round_ends.pop(key, None)
+        self._round_ends[key] = arrived + (a.deadline_unix - now)
+        _drop_oldest(self._round_ends, MAX_ROUND_DEADLINES)
+
+    def round_end(self, a: Assignment) -> float:
+        """When `a`'s round ends on time.monotonic(): as its check-in showed (`note_round`),
+        else (an assignment this client did not receive, or one noted too long ago) by the
+        device's clock now."""
+        end = self._round_ends.get((a.task_id, a.round_id, a.deadline_unix))
+        if end is None:
+            return time.monotonic() + (a.deadline_unix - self.clock())
+        return end
 
     # -- messages ------------------------------------------------------------------------
 
@@ -818,6 +861,49 @@ class _Core:
         )
 
 
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+# RFC 9110's IMF-fixdate, the only form a server may send: "Sun, 06 Nov 1994 08:49:37 GMT".
+_IMF_FIXDATE = re.compile(
+    r"(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), (\d\d) (" + "|".join(_MONTHS) + r") (\d{4}) "
+    r"(\d\d):(\d\d):(\d\d) GMT",
+    re.ASCII,  # "\d" would take other scripts' digits, which int() reads
+)
+
+
+def _http_date(text: str | None) -> float | None:
+    """An HTTP `Date` header in IMF-fixdate form as unix seconds; None for anything else (no
+    header, two joined, another form, an impossible date). Parsed by hand: `strptime`'s month
+    names follow the device's locale, and `email.utils` reads a date without a zone as local."""
+    m = None if text is None else _IMF_FIXDATE.fullmatch(text)
+    if m is None:
+        return None
+    try:
+        when = datetime(
+            int(m[3]), _MONTHS.index(m[2]) + 1, int(m[1]), int(m[4]), int(m[5]), int(m[6]),
+            tzinfo=UTC,
+        )  # fmt: skip
+    except ValueError:  # 31 Feb, 25:00, 0000, a leap second
+        return None
+    return when.timestamp()
+
+
+def _server_now(date: float | None, device_now: float, rtt: float) -> float:
+    """The coordinator's clock (unix seconds) when its answer arrived, from the answer's `Date`
+    (`_http_date`) and the device's clock then, `rtt` seconds after the request was sent.
+
+    The header was made while the request was in flight and is cut to the second, so the
+    coordinator then read between `date` and `date + 1 + rtt`: a device clock inside that
+    interval is taken as it is (it agrees with the coordinator as far as the header shows),
+    one outside it is moved to the interval's nearer end. Without a usable header (None, or
+    more than MAX_CLOCK_SKEW_S outside the interval: not the coordinator's clock), the device's
+    own clock."""
+    if date is None or not (rtt >= 0) or not math.isfinite(rtt):
+        return device_now
+    if not abs(device_now - date) <= MAX_CLOCK_SKEW_S + 1.0 + rtt:
+        return device_now
+    return min(max(device_now, date), date + 1.0 + rtt)
+
+
 def _drop_oldest(held: dict[Any, Any], limit: int = MAX_RESIDUALS) -> None:
     """Drop the first (least recently used) entries of `held` past `limit`."""
     for key in list(held)[: max(0, len(held) - limit)]:
@@ -1125,6 +1211,8 @@ def _check_in_answer(
     a = answer.assignment
     if a is not None and task_id is not None and a.task_id != task_id:
         raise _bad(response, f"an assignment for task {a.task_id}; this device asked for {task_id}")
+    if a is not None:
+        core.note_round(a, response, ex.sent_at)
     return answer
 
 
@@ -1284,8 +1372,9 @@ def _secure_flow(
     # The round's deadline on the monotonic clock `_send` bounds requests by: every stage
     # request (retries and their backoff included) ends by it, or the round ends for this
     # device, not completed. Before, a server answering 5xx held a stage poll for up to
-    # retries x (max_response_s + backoff) past it.
-    round_end = time.monotonic() + (a.deadline_unix - core.clock())
+    # retries x (max_response_s + backoff) past it. Read against the coordinator's clock at
+    # the check-in that assigned the round where its answer showed it (`_Core.note_round`).
+    round_end = core.round_end(a)
     own = participant is None
     part = participant or core.secure_participant(spec.size, a.task_id, spec)
     session = part.join(response.content, digest, params, node)
@@ -1382,13 +1471,13 @@ def _secure_flow(
                 break
             # Poll the download that follows the stage until it closes (425 while open), until
             # the round's deadline at the latest, and never longer than max_stage_wait_s
-            # whatever deadline the coordinator named. A NaN stop ends the polling at once.
-            stop = min(a.deadline_unix, core.clock() + core.max_stage_wait_s)
-            # The same bound for each poll's request, its retries and their backoff.
-            stop_mono = time.monotonic() + (stop - core.clock())
+            # whatever deadline the coordinator named (time.monotonic, as `round_end`). The
+            # same bound for each poll's request, its retries and their backoff. A NaN stop
+            # ends the polling at once.
+            stop = min(round_end, time.monotonic() + core.max_stage_wait_s)
             while True:
                 ex = core.stage_download_exchange(a.round_id, stage)
-                ex.deadline = stop_mono
+                ex.deadline = stop
                 try:
                     response = yield ex
                 except _WaitOver:  # this poll (or its retries) would end past `stop`
@@ -1397,7 +1486,7 @@ def _secure_flow(
                 assert response is not None
                 if response.status_code != 425:
                     break
-                now = core.clock()
+                now = time.monotonic()
                 if not now < stop:
                     break
                 # At least _MIN_POLL_S: a "Retry-After: 0" must not make the device spin.
@@ -1531,6 +1620,7 @@ class Client:
             request = core.build(self._http, ex)  # fresh timestamp and nonce per attempt
             # Until this attempt's end says otherwise (anything raised past this loop too).
             before, ex.maybe_taken = ex.maybe_taken, True
+            ex.sent_at = time.monotonic()
             try:
                 response = self._dispatch(request, ex.max_response_bytes, budget)
                 response.read()
@@ -1726,7 +1816,11 @@ class Client:
         polling, abort, too few neighbours left) returns a report with `completed` False and
         the reason in `detail`: every stage upload and poll, its retries and their backoff
         included, ends by the round's deadline (a poll also by `max_stage_wait_s`), else the
-        round ends there; other refusals raise `ClientError`, and stage bytes the protocol
+        round ends there. The deadline is read against the coordinator's clock as the `Date` of
+        the check-in answer that carried `a` showed it (`_Core.note_round`), so a device clock
+        minutes off moves it by at most the header's 1 s and that check-in's round trip; by the
+        device's clock only without a usable header or for an assignment this client did not
+        receive; other refusals raise `ClientError`, and stage bytes the protocol
         refuses raise `protocol.secagg.SecAggError`. The residual the masked input leaves is
         saved before the input is sent, with a record of what the input stands for. If the
         input was surely not taken (no connection opened, or a 4xx refusal with no earlier
@@ -1876,6 +1970,7 @@ class AsyncClient:
             budget = _attempt_budget(core, deadline)
             request = core.build(self._http, ex)
             before, ex.maybe_taken = ex.maybe_taken, True
+            ex.sent_at = time.monotonic()
             try:
                 response = await self._dispatch(request, ex.max_response_bytes, budget)
                 await response.aread()
