@@ -125,6 +125,10 @@ MAX_ROUND_DEADLINES = 64
 # further from the device's clock than this (plus its 1 s resolution and the round trip) is not
 # the coordinator's clock (a proxy's, a broken one) and is not used.
 MAX_CLOCK_SKEW_S = 86400.0
+# How long past a plain round's deadline (as the check-in's `Date` showed it) its model download
+# and upload may still end, seconds: that estimate may be early by up to 1 s and the check-in's
+# round trip.
+ROUND_DEADLINE_SLACK_S = 5.0
 
 Send = Callable[[httpx.Request], httpx.Response]
 Mod = Callable[[httpx.Request, Send], httpx.Response]
@@ -348,7 +352,8 @@ class _Core:
         # Per assignment (task id, round id, deadline_unix), when its round's deadline falls on
         # time.monotonic(), as the check-in answer that carried it showed the coordinator's
         # clock (`note_round`); at most MAX_ROUND_DEADLINES, the least recently noted first.
-        self._round_ends: dict[tuple[int, int, float], float] = {}
+        # Each with whether a usable `Date` gave it (else the device's clock did).
+        self._round_ends: dict[tuple[int, int, float], tuple[float, bool]] = {}
 
     # -- requests ------------------------------------------------------------------------
 
@@ -436,21 +441,34 @@ class _Core:
         phone whose clock is minutes off still ends its round's requests by the round's
         deadline, neither minutes early (clock fast) nor late (slow)."""
         arrived = time.monotonic()
-        date = _http_date(response.headers.get("date"))
-        now = _server_now(date, self.clock(), arrived - sent_at)
+        device_now = self.clock()
+        now = _server_now(_http_date(response.headers.get("date")), device_now, arrived - sent_at)
         key = (a.task_id, a.round_id, a.deadline_unix)
         self._round_ends.pop(key, None)
-        self._round_ends[key] = arrived + (a.deadline_unix - now)
+        end = arrived + (a.deadline_unix - (device_now if now is None else now))
+        self._round_ends[key] = (end, now is not None)
         _drop_oldest(self._round_ends, MAX_ROUND_DEADLINES)
 
     def round_end(self, a: Assignment) -> float:
         """When `a`'s round ends on time.monotonic(): as its check-in showed (`note_round`),
         else (an assignment this client did not receive, or one noted too long ago) by the
         device's clock now."""
-        end = self._round_ends.get((a.task_id, a.round_id, a.deadline_unix))
-        if end is None:
+        noted = self._round_ends.get((a.task_id, a.round_id, a.deadline_unix))
+        if noted is None:
             return time.monotonic() + (a.deadline_unix - self.clock())
-        return end
+        return noted[0]
+
+    def plain_round_end(self, a: Assignment) -> float:
+        """When a plain round's download and upload must have ended (time.monotonic): its
+        deadline as the check-in's `Date` showed it plus ROUND_DEADLINE_SLACK_S; no bound (inf)
+        when only the device's clock tells it. The coordinator refuses a new upload past the
+        deadline (409 `round_closed`), so a device still retrying then only holds its upload
+        back; but a device clock minutes fast would make a bound by it give up uploads the
+        coordinator still takes, where these requests had no deadline before."""
+        noted = self._round_ends.get((a.task_id, a.round_id, a.deadline_unix))
+        if noted is None or not noted[1]:
+            return math.inf
+        return noted[0] + ROUND_DEADLINE_SLACK_S
 
     # -- messages ------------------------------------------------------------------------
 
@@ -887,20 +905,20 @@ def _http_date(text: str | None) -> float | None:
     return when.timestamp()
 
 
-def _server_now(date: float | None, device_now: float, rtt: float) -> float:
+def _server_now(date: float | None, device_now: float, rtt: float) -> float | None:
     """The coordinator's clock (unix seconds) when its answer arrived, from the answer's `Date`
     (`_http_date`) and the device's clock then, `rtt` seconds after the request was sent.
 
     The header was made while the request was in flight and is cut to the second, so the
     coordinator then read between `date` and `date + 1 + rtt`: a device clock inside that
     interval is taken as it is (it agrees with the coordinator as far as the header shows),
-    one outside it is moved to the interval's nearer end. Without a usable header (None, or
-    more than MAX_CLOCK_SKEW_S outside the interval: not the coordinator's clock), the device's
-    own clock."""
+    one outside it is moved to the interval's nearer end. None without a usable header (None,
+    a round trip that is not a finite duration, or one more than MAX_CLOCK_SKEW_S outside the
+    interval: not the coordinator's clock)."""
     if date is None or not (rtt >= 0) or not math.isfinite(rtt):
-        return device_now
+        return None
     if not abs(device_now - date) <= MAX_CLOCK_SKEW_S + 1.0 + rtt:
-        return device_now
+        return None
     return min(max(device_now, date), date + 1.0 + rtt)
 
 
@@ -990,6 +1008,15 @@ def _retry_pause(seconds: float, deadline: float) -> float:
     if time.monotonic() + seconds > deadline:
         raise _WaitOver
     return seconds
+
+
+def _past_deadline(a: Assignment, what: str, then: str) -> ClientError:
+    """A plain round's request that could not end by `_Core.plain_round_end`."""
+    return ClientError(
+        0, "deadline_passed",
+        f"round {a.round_id}: the {what} could not end by the round's deadline (+"
+        f"{ROUND_DEADLINE_SLACK_S:g} s); {then}",
+    )  # fmt: skip
 
 
 def _cut_by_wait(core: _Core, err: ClientError, budget_s: float) -> bool:
@@ -1663,9 +1690,12 @@ class Client:
 
     def fetch_model(self, a: Assignment) -> tuple[npt.NDArray[np.float32], str]:
         """The round's base model (delta chain from the held version, or a snapshot)."""
+        return self._fetch_model(a, math.inf)
+
+    def _fetch_model(self, a: Assignment, deadline: float) -> tuple[npt.NDArray[np.float32], str]:
         spec = _spec(a)
         response = self._send(
-            self._core.model_exchange(a.task_id, spec, a.round_id, a.base_version)
+            self._core.model_exchange(a.task_id, spec, a.round_id, a.base_version), deadline
         )
         if response.status_code != 200:
             raise _refusal(response)
@@ -1752,6 +1782,12 @@ class Client:
         While its fate is unknown (its re-send fails with a 5xx, a bad answer, ...), this
         raises that `ClientError` and trains nothing; once its round closes, the coordinator's
         `round_closed` settles it.
+
+        When the check-in that carried `a` showed the coordinator's clock (a usable `Date`,
+        `_Core.note_round`), the model download and the upload, retries and backoff included,
+        end by the round's deadline plus `ROUND_DEADLINE_SLACK_S` (5 s), else `ClientError`
+        `deadline_passed` (an upload cut so stays pending): the coordinator refuses a new
+        upload past its deadline. By the device's clock alone they are not bounded.
         """
         if a.secure:
             raise ValueError("a secure assignment: use run_secure_round or secure_round")
@@ -1760,10 +1796,17 @@ class Client:
         _check_layout(a, trainer)
         self._settle_pending()
         before = _wire(self.bandwidth.get(a.round_id, {}))
-        params, encoding = self.fetch_model(a)
+        end = self._core.plain_round_end(a)
+        try:
+            params, encoding = self._fetch_model(a, end)
+        except _WaitOver:
+            raise _past_deadline(a, "model download", "nothing was trained") from None
         trained, n, loss = _train(self._core, a, params, trainer, x, y)
         pending = self._core.encode(a, spec, params, trained, n)
-        receipt = self.upload(pending, spec)
+        try:
+            receipt = self._upload(pending, spec, end)
+        except _WaitOver:
+            raise _past_deadline(a, "upload", "it stays pending") from None
         row = self.bandwidth.get(a.round_id, {})
         return RoundReport(
             a.round_id, a.task_id, receipt, loss, n, a.base_version, encoding,
@@ -2007,9 +2050,14 @@ class AsyncClient:
         return _check_in_answer(self._core, ex, await self._send(ex, deadline), task_id)
 
     async def fetch_model(self, a: Assignment) -> tuple[npt.NDArray[np.float32], str]:
+        return await self._fetch_model(a, math.inf)
+
+    async def _fetch_model(
+        self, a: Assignment, deadline: float
+    ) -> tuple[npt.NDArray[np.float32], str]:
         spec = _spec(a)
         response = await self._send(
-            self._core.model_exchange(a.task_id, spec, a.round_id, a.base_version)
+            self._core.model_exchange(a.task_id, spec, a.round_id, a.base_version), deadline
         )
         if response.status_code != 200:
             raise _refusal(response)
@@ -2089,10 +2137,17 @@ class AsyncClient:
         _check_layout(a, trainer)
         await self._settle_pending()
         before = _wire(self.bandwidth.get(a.round_id, {}))
-        params, encoding = await self.fetch_model(a)
+        end = self._core.plain_round_end(a)
+        try:
+            params, encoding = await self._fetch_model(a, end)
+        except _WaitOver:
+            raise _past_deadline(a, "model download", "nothing was trained") from None
         trained, n, loss = _train(self._core, a, params, trainer, x, y)
         pending = self._core.encode(a, spec, params, trained, n)
-        receipt = await self.upload(pending, spec)
+        try:
+            receipt = await self._upload(pending, spec, end)
+        except _WaitOver:
+            raise _past_deadline(a, "upload", "it stays pending") from None
         row = self.bandwidth.get(a.round_id, {})
         return RoundReport(
             a.round_id, a.task_id, receipt, loss, n, a.base_version, encoding,
