@@ -35,12 +35,23 @@ from ._base import AggregateOutput, AggregatorFactory, ClientUpdate, check_finit
 from ._clip import AdaptiveClip, clip_update
 from ._mean import FedAvg
 
-__all__ = ["DPMean", "MAX_NOISE_SCALE", "accounted_sample_size", "find_dp"]
+__all__ = [
+    "DPMean",
+    "MAX_NOISE_SCALE",
+    "MIN_ACCOUNTED_NOISE_MULTIPLIER",
+    "accounted_sample_size",
+    "find_dp",
+]
 
 # Largest z·C / denominator (max(z, 1) and min(denominator, 1): the clipped reports and their
 # noise, divided by the denominator, both scale with it) DPMean builds with. float32 holds
 # 3.4e38; a noise sample beyond 8 standard deviations of 1e30 is not drawn in practice.
 MAX_NOISE_SCALE = 1e30
+# Smallest noise multiplier DPMean accounts (with `sampling`): below it one round's epsilon is
+# already in the millions, and the RDP accountant's arithmetic breaks further down (z = 1e-160
+# gave epsilon 0, z = 1e-300 a ZeroDivisionError). The docs' weakest dp runs use z = 0.005.
+MIN_ACCOUNTED_NOISE_MULTIPLIER = 1e-3
+_METHODS = ("auto", "pld", "rdp")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +97,20 @@ class DPMean:
             raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
         if not self.epsilon_budget > 0:
             raise ValueError(f"epsilon budget must be > 0, got {self.epsilon_budget!r}")
+        if self.accounting_method not in _METHODS:
+            # Checked here, not when the accountant is made (the engine, after the service
+            # stored the task's model), and also without sampling, where it is unused.
+            raise ValueError(
+                f"unknown accounting method {self.accounting_method!r}; use auto, pld or rdp"
+            )
+        if self.accounting_method == "pld" and isinstance(self.sampling, FixedSizeSampling):
+            raise ValueError("dp_accounting's PLD accountant has no fixed-size sampling; use rdp")
+        if self.sampling is not None and self.noise_multiplier < MIN_ACCOUNTED_NOISE_MULTIPLIER:
+            raise ValueError(
+                f"an accounted noise multiplier must be at least "
+                f"{MIN_ACCOUNTED_NOISE_MULTIPLIER:g} (below it epsilon is meaningless and the "
+                f"accountant's arithmetic breaks), got {self.noise_multiplier:g}"
+            )
         if self.seed is not None and not self.seed >= 0:
             # np.random.default_rng refuses negative seeds: fail here, not in every round.
             raise ValueError(f"dp seed must be >= 0, got {self.seed!r}")
