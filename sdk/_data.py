@@ -16,6 +16,8 @@ __all__ = [
     "check_labels",
     "check_finite_inputs",
     "check_settings",
+    "check_start_params",
+    "diverged",
 ]
 
 # Targets equal to this are skipped by torch's cross-entropy (its default `ignore_index`), as
@@ -87,3 +89,29 @@ def check_settings(epochs: int, batch_size: int, lr: float) -> None:
     if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr >= 0):
         # torch.optim.SGD refuses lr < 0 but takes NaN, and trains NaN parameters with it.
         raise ValueError(f"lr must be finite and >= 0, got {lr!r}")
+
+
+def check_start_params(params: npt.NDArray[Any]) -> None:
+    """Raise `ValueError` if the starting parameters hold NaN or inf: training from them makes
+    NaN parameters, which the update encoder refuses only at upload."""
+    finite = np.isfinite(params)
+    if not bool(finite.all()):
+        bad = np.flatnonzero(~finite)
+        raise ValueError(
+            f"params hold {bad.size} NaN or infinite value{'s' if bad.size != 1 else ''} "
+            f"(the first at {int(bad[0])}): training from them would make NaN parameters"
+        )
+
+
+def diverged(value: float, step: int, epoch: int, lr: float) -> ValueError:
+    """The error for a step whose loss is NaN or infinite (the parameters are past saving),
+    in the same words for both trainers."""
+    if step == 1:  # lr has not acted yet: the forward pass itself overflowed
+        return ValueError(
+            f"training diverged: the loss was {value} at step 1, before any update: the inputs "
+            "or parameters overflow float32 in the model's forward pass"
+        )
+    return ValueError(
+        f"training diverged: the loss was {value} at step {step} (epoch {epoch}); lr {lr} is "
+        "too large for this model and data, or the inputs' scale is"
+    )

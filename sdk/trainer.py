@@ -21,6 +21,8 @@ from ._data import (
     check_finite_inputs,
     check_labels,
     check_settings,
+    check_start_params,
+    diverged,
 )
 from ._maxpool import fast_max_pool
 from ._types import LocalTrainer, TrainResult
@@ -355,18 +357,6 @@ def _checked(
     return _check_against_output(labels, out, allow_ignore, where), out
 
 
-def _check_start_params(params: npt.NDArray[Any]) -> None:
-    """Raise `ValueError` if the starting parameters hold NaN or inf: training from them makes
-    NaN parameters, which the update encoder refuses only at upload."""
-    finite = np.isfinite(params)
-    if not bool(finite.all()):
-        bad = np.flatnonzero(~finite)
-        raise ValueError(
-            f"params hold {bad.size} NaN or infinite value{'s' if bad.size != 1 else ''} "
-            f"(the first at {int(bad[0])}): training from them would make NaN parameters"
-        )
-
-
 def _counted_targets(y: npt.NDArray[Any]) -> npt.NDArray[np.int64] | None:
     """The targets each example counts in the cross-entropy mean (those not `IGNORE_INDEX`),
     or None when none is skipped (every example counts the same)."""
@@ -375,19 +365,6 @@ def _counted_targets(y: npt.NDArray[Any]) -> npt.NDArray[np.int64] | None:
         return None
     counted: npt.NDArray[np.int64] = (~skipped).reshape(len(y), -1).sum(axis=1, dtype=np.int64)
     return counted
-
-
-def _diverged(value: float, step: int, epoch: int, lr: float) -> ValueError:
-    """The error for a step whose loss is NaN or infinite (the parameters are past saving)."""
-    if step == 1:  # lr has not acted yet: the forward pass itself overflowed
-        return ValueError(
-            f"training diverged: the loss was {value} at step 1, before any update: the inputs "
-            "or parameters overflow float32 in the model's forward pass"
-        )
-    return ValueError(
-        f"training diverged: the loss was {value} at step {step} (epoch {epoch}); lr {lr} is "
-        "too large for this model and data, or the inputs' scale is"
-    )
 
 
 class TorchTrainer:
@@ -454,7 +431,7 @@ class TorchTrainer:
         """
         check_settings(epochs, batch_size, lr)
         y = self.check_data(x, y)
-        _check_start_params(params)
+        check_start_params(params)
         per_example = _counted_targets(y)
         set_flat_params(self.module, params)
         self.module.train()
@@ -485,7 +462,7 @@ class TorchTrainer:
                         else int(per_example[perm[start : start + batch_size]].sum())
                     )
                     if weight and not math.isfinite(value):
-                        raise _diverged(value, steps, epoch + 1, lr)
+                        raise diverged(value, steps, epoch + 1, lr)
                     loss.backward()
                     opt.step()
                     if weight:

@@ -18,6 +18,8 @@ from .._data import (
     check_finite_inputs,
     check_labels,
     check_settings,
+    check_start_params,
+    diverged,
 )
 from .._types import TrainResult
 from ._manifest import ArtifactError, Manifest, load_manifest
@@ -155,30 +157,6 @@ def _labels(
 def _id(value: object) -> object:
     """A token id as the message shows it: a whole float as the integer it stands for."""
     return int(value) if isinstance(value, float | np.floating) else value
-
-
-def _check_start_params(params: npt.NDArray) -> None:
-    """Raise `ValueError` if the starting parameters hold NaN or inf (as `sdk.trainer`)."""
-    finite = np.isfinite(params)
-    if not bool(finite.all()):
-        bad = np.flatnonzero(~finite)
-        raise ValueError(
-            f"params hold {bad.size} NaN or infinite value{'s' if bad.size != 1 else ''} "
-            f"(the first at {int(bad[0])}): training from them would make NaN parameters"
-        )
-
-
-def _diverged(value: float, step: int, epoch: int, lr: float) -> ValueError:
-    """The error for a step whose loss is NaN or infinite (`sdk.trainer`'s words)."""
-    if step == 1:  # lr has not acted yet: the forward pass itself overflowed
-        return ValueError(
-            f"training diverged: the loss was {value} at step 1, before any update: the inputs "
-            "or parameters overflow float32 in the model's forward pass"
-        )
-    return ValueError(
-        f"training diverged: the loss was {value} at step {step} (epoch {epoch}); lr {lr} is "
-        "too large for this model and data, or the inputs' scale is"
-    )
 
 
 class OrtTrainer:
@@ -428,7 +406,7 @@ class OrtTrainer:
         # step returns fresh arrays, and the result is concatenated anew, so nothing ever
         # writes through these views or hands them back.
         tensors = self.split(params)
-        _check_start_params(params)
+        check_start_params(params)
         per_example = None
         if self.manifest.loss == "ce" and bool((ys == IGNORE_INDEX).any()):
             per_example = (ys != IGNORE_INDEX).reshape(n, -1).sum(axis=1)
@@ -444,7 +422,7 @@ class OrtTrainer:
                 # and a zero gradient: it counts nothing.
                 weight = len(idx) if per_example is None else int(per_example[idx].sum())
                 if weight and not math.isfinite(loss):
-                    raise _diverged(loss, steps, epoch + 1, lr)
+                    raise diverged(loss, steps, epoch + 1, lr)
                 if weight:
                     total += loss * weight
                     count += weight
