@@ -30,11 +30,16 @@ class LedgerRow:
 
 
 class BandwidthLedger:
-    """An append-only, thread-safe record of transfers with per-round totals."""
+    """An append-only, thread-safe record of transfers with per-round totals.
 
-    def __init__(self, rows: Iterable[LedgerRow] = ()) -> None:
+    `keep=False` makes and checks each row but keeps none (the coordinator service's engines:
+    its ledger is in SQLite, and one kept here would grow by a row per accepted upload for the
+    process's life, read by nobody)."""
+
+    def __init__(self, rows: Iterable[LedgerRow] = (), *, keep: bool = True) -> None:
         self._rows: list[LedgerRow] = list(rows)
         self._lock = threading.Lock()
+        self.keep = keep
 
     def record(
         self,
@@ -57,8 +62,9 @@ class BandwidthLedger:
             int(payload_bytes if wire_bytes is None else wire_bytes),
             int(dense_bytes),
         )
-        with self._lock:
-            self._rows.append(row)
+        if self.keep:
+            with self._lock:
+                self._rows.append(row)
         return row
 
     def rows(self, round_id: int | None = None) -> list[LedgerRow]:

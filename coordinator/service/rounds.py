@@ -71,8 +71,7 @@ from coordinator.engine import (
     UnknownRound,
     find_measurement,
 )
-from coordinator.ledger import BandwidthLedger, Direction
-from coordinator.ledger import LedgerRow as EngineLedgerRow
+from coordinator.ledger import BandwidthLedger
 from coordinator.privacy import (
     PoissonSampling,
     PrivacyAccountant,
@@ -514,26 +513,6 @@ def pool_capacity(config: ServiceConfig) -> float:
     return config.max_checkin_rate * config.pool_ttl_s / 2
 
 
-class _UnkeptLedger(BandwidthLedger):
-    """The engine's ledger in the service: rows are made, not kept. The service's ledger is in
-    SQLite (the wire middleware counts every request's bytes); the engine's in-memory one is
-    read by nobody here and would grow by a row per accepted upload for the process's life."""
-
-    def record(
-        self,
-        round_id: int,
-        device_id: str,
-        direction: Direction,
-        payload_bytes: int,
-        wire_bytes: int | None = None,
-        dense_bytes: int = 0,
-    ) -> EngineLedgerRow:
-        wire = payload_bytes if wire_bytes is None else wire_bytes
-        return EngineLedgerRow(
-            round_id, device_id, direction, int(payload_bytes), int(wire), int(dense_bytes)
-        )
-
-
 class TaskRuntime:
     """One task in memory: its engine, its selection pool, its open round and model caches."""
 
@@ -584,7 +563,7 @@ class TaskRuntime:
                 server_lr=config.server_lr,
                 seed=config.seed,
             ),
-            ledger=_UnkeptLedger(),
+            ledger=BandwidthLedger(keep=False),  # the service's ledger is in SQLite
             strategy=self.strategy,
             version=version,
             next_round=next_round,
