@@ -25,6 +25,7 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
+from email.utils import formatdate
 from typing import Any
 
 from starlette.exceptions import HTTPException
@@ -154,7 +155,7 @@ class WireMiddleware:
                 att: Attribution | None = scope["state"].get(STATE_KEY)
                 if att is not None and att.round_id > 0 and not self._member(att):
                     att.round_id = 0  # counted as control traffic instead
-                headers = list(message.get("headers", []))
+                headers = _with_date(message.get("headers", []))
                 if att is not None and att.round_id > 0:
                     headers.append((LEDGER_HEADER, str(att.round_id).encode()))
                 message["headers"] = headers
@@ -278,6 +279,16 @@ class WireMiddleware:
             self.metrics.bytes.labels(direction, "dense").inc(dense)
 
 
+def _with_date(headers: Any) -> list[tuple[bytes, bytes]]:
+    """`headers` with a `date` (RFC 9110 IMF-fixdate, this server's clock) unless the app set
+    one. Uvicorn's own is off (its bytes would be sent behind the ledger's back): added here,
+    it is counted like any other header, and devices read a round's deadline against it."""
+    out = list(headers)
+    if not any(bytes(k).lower() == b"date" for k, _ in out):
+        out.append((b"date", formatdate(usegmt=True).encode()))
+    return out
+
+
 def _tokens(headers: Any, name: bytes) -> set[bytes]:
     return {
         t.strip().lower() for k, v in headers if k.lower() == name for t in bytes(v).split(b",")
@@ -306,11 +317,13 @@ async def _reject(send: Send, status: int, reason: Reason, detail: str) -> tuple
     start: Message = {
         "type": "http.response.start",
         "status": status,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"connection", b"close"),
-        ],
+        "headers": _with_date(
+            [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ]
+        ),
     }
     await send(start)
     await send({"type": "http.response.body", "body": body})
