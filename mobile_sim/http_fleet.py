@@ -371,7 +371,8 @@ class _Fleet:
                 try:
                     report = await client.train_round(a, trainer, x, y)
                 except ClientError as exc:
-                    if exc.status in (403, 409):  # closed before we finished: a straggler
+                    # Closed before we finished (or the client saw the deadline pass): a straggler
+                    if exc.status in (403, 409) or exc.reason == "deadline_passed":
                         continue
                     self.failures["round"] = self.failures.get("round", 0) + 1
                     log.debug("device %d: round %d refused (%s); a dropout", index, a.round_id, exc)
