@@ -17,6 +17,7 @@ __all__ = [
     "check_finite_inputs",
     "check_settings",
     "check_start_params",
+    "check_trained_params",
     "diverged",
 ]
 
@@ -115,3 +116,13 @@ def diverged(value: float, step: int, epoch: int, lr: float) -> ValueError:
         f"training diverged: the loss was {value} at step {step} (epoch {epoch}); lr {lr} is "
         "too large for this model and data, or the inputs' scale is"
     )
+
+
+def check_trained_params(flat: npt.NDArray[Any], steps: int, lr: float) -> None:
+    """Raise `ValueError` if the trained parameters hold NaN or inf (every loss was finite, but
+    the last step's update overflowed), in the same words for both trainers."""
+    if not bool(np.isfinite(flat).all()):
+        raise ValueError(
+            f"training diverged: the parameters hold NaN or inf after step {steps}; lr {lr} "
+            "is too large for this model and data, or the inputs' scale is"
+        )

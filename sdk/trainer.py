@@ -22,6 +22,7 @@ from ._data import (
     check_labels,
     check_settings,
     check_start_params,
+    check_trained_params,
     diverged,
 )
 from ._maxpool import fast_max_pool
@@ -469,11 +470,7 @@ class TorchTrainer:
                         total += value * weight
                         count += weight
         flat = get_flat_params(self.module)
-        if not bool(np.isfinite(flat).all()):
-            raise ValueError(
-                f"training diverged: the parameters hold NaN or inf after step {steps}; lr {lr} "
-                "is too large for this model and data, or the inputs' scale is"
-            )
+        check_trained_params(flat, steps, lr)
         # The FedAvg weight: the examples that have a target (an example whose labels are all
         # skipped adds nothing to the update). No step (epochs 0): no loss, NaN.
         weight = n if per_example is None else int(np.count_nonzero(per_example))

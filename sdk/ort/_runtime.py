@@ -19,6 +19,7 @@ from .._data import (
     check_labels,
     check_settings,
     check_start_params,
+    check_trained_params,
     diverged,
 )
 from .._types import TrainResult
@@ -427,11 +428,7 @@ class OrtTrainer:
                     total += loss * weight
                     count += weight
         flat = np.concatenate([t.reshape(-1) for t in tensors]).astype(np.float32, copy=False)
-        if not bool(np.isfinite(flat).all()):
-            raise ValueError(
-                f"training diverged: the parameters hold NaN or inf after step {steps}; lr {lr} "
-                "is too large for this model and data, or the inputs' scale is"
-            )
+        check_trained_params(flat, steps, lr)
         # As `sdk.trainer`: the weight counts the examples that have a target; no step, no loss.
         weight = n if per_example is None else int(np.count_nonzero(per_example))
         return TrainResult(flat, weight, total / count if count else math.nan)
