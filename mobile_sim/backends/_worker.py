@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,30 @@ class StallLimit:
     def __init__(self) -> None:
         self.seconds = 0.0  # spent by the finished tasks
         self.examples = 0  # ... on so many examples
+        self.warm: set[Hashable] = set()  # workers (by key) that have finished a task
+
+    def task_limit(self, fixed: float | None, worker: Hashable, examples: int) -> float:
+        """Seconds `worker`'s task of `examples` examples may run: `fixed` (job_timeout_s) if
+        set, else the automatic limit (`FIRST_S` for its first task, which pays its warm-up)."""
+        if fixed is not None:
+            return fixed
+        if worker not in self.warm:
+            return self.limit(0, first=True)
+        return self.limit(examples)
+
+    def finished(self, worker: Hashable, examples: int, seconds: float) -> None:
+        """`worker` finished a task: it counts towards the rate unless it was its first (whose
+        time is mostly warm-up)."""
+        if worker in self.warm:
+            self.observe(examples, seconds)
+        self.warm.add(worker)
+
+    def overrun(self, fixed: float | None, worker: Hashable, examples: int) -> str:
+        """Which limit `worker`'s task ran past, for the error ("... after <this>; ...")."""
+        if fixed is not None:
+            return f"the {fixed:g} s stall limit (job_timeout_s)"
+        seconds = self.task_limit(None, worker, examples)
+        return f"{seconds:.3g} s, the {self.explain(first=worker not in self.warm)}"
 
     def observe(self, examples: int, seconds: float) -> None:
         self.seconds += max(0.0, seconds)

@@ -230,7 +230,6 @@ class ProcessPoolBackend:
         self.start_method = start_method
         self.job_timeout_s = check_job_timeout(job_timeout_s)
         self._stall = StallLimit()  # the limit when job_timeout_s is None
-        self._warm: set[Connection] = set()  # workers that have finished a task
         self._procs: list[Any] = []
         self._conns: list[Connection] = []
         self._params: _Shared | None = None
@@ -241,7 +240,6 @@ class ProcessPoolBackend:
         self.close()
         self._num_examples = len(ctx.y_train)
         self._stall = StallLimit()  # rates of another context say nothing of this one
-        self._warm = set()
         mp: Any = multiprocessing.get_context(self.start_method)
         if os.name == "posix":
             # Before 3.13 a worker attaching to a block registers it with the resource tracker.
@@ -381,11 +379,7 @@ class ProcessPoolBackend:
         fixed = self.job_timeout_s
 
         def limit(conn: Connection, task: list[int]) -> float:
-            if fixed is not None:
-                return fixed
-            if conn not in self._warm:  # its first task pays the worker's warm-up
-                return self._stall.limit(0, first=True)
-            return self._stall.limit(task_examples(jobs, task))
+            return self._stall.task_limit(fixed, conn, task_examples(jobs, task))
 
         while pending or busy:
             while pending and idle:
@@ -409,25 +403,16 @@ class ProcessPoolBackend:
                     # Copy out: the slot is overwritten next round.
                     delta = shm_out.array[slot].copy()
                     results[slot] = JobResult(device_id, delta, examples, loss)
-                if conn in self._warm:  # a first task's time is mostly warm-up
-                    self._stall.observe(task_examples(jobs, task), time.monotonic() - sent)
-                self._warm.add(conn)
+                self._stall.finished(conn, task_examples(jobs, task), time.monotonic() - sent)
                 idle.append(conn)
             now = time.monotonic()
             for conn, (sent, task) in busy.items():
                 if now - sent < limit(conn, task):
                     continue
-                devices = name_devices(jobs, task)
-                if fixed is not None:
-                    raise PoolWorkerError(
-                        f"a worker was still training devices {devices} after the {fixed:g} s "
-                        "stall limit (job_timeout_s); the pool's workers were stopped"
-                    )
+                why = self._stall.overrun(fixed, conn, task_examples(jobs, task))
                 raise PoolWorkerError(
-                    f"a worker was still training devices {devices} after "
-                    f"{limit(conn, task):.3g} s, the "
-                    f"{self._stall.explain(first=conn not in self._warm)}; the pool's "
-                    "workers were stopped"
+                    f"a worker was still training devices {name_devices(jobs, task)} after "
+                    f"{why}; the pool's workers were stopped"
                 )
         return [r for r in results if r is not None]
 

@@ -79,8 +79,7 @@ class RayBackend:
         self.threads_per_worker = threads_per_worker
         self.runtime_env = runtime_env
         self.job_timeout_s = check_job_timeout(job_timeout_s)
-        self._stall = StallLimit()  # the limit when job_timeout_s is None
-        self._warm: set[int] = set()  # actors (by position) that have finished a share
+        self._stall = StallLimit()  # the limit when job_timeout_s is None (actors by position)
         self._actors: list[Any] = []
         self._owns_runtime = False
         self._num_examples = 0  # the training set's size, for `check_round`
@@ -94,7 +93,7 @@ class RayBackend:
             ) from exc
         self.close()
         self._num_examples = len(ctx.y_train)
-        self._stall, self._warm = StallLimit(), set()
+        self._stall = StallLimit()
         if not ray.is_initialized():
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if self.runtime_env is not None:
@@ -145,11 +144,7 @@ class RayBackend:
         fixed = self.job_timeout_s
 
         def limit(k: int) -> float:  # share k runs on actor k
-            if fixed is not None:
-                return fixed
-            if k not in self._warm:  # its first share pays the actor's warm-up
-                return self._stall.limit(0, first=True)
-            return self._stall.limit(task_examples(jobs, shares[k]))
+            return self._stall.task_limit(fixed, k, task_examples(jobs, shares[k]))
 
         outs: list[Any] = [None] * len(refs)
         pending = {ref: k for k, ref in enumerate(refs)}
@@ -160,17 +155,12 @@ class RayBackend:
             for ref in done:
                 k = pending.pop(ref)
                 outs[k] = ray.get(ref)
-                if k in self._warm:  # a first share's time is mostly warm-up
-                    self._stall.observe(task_examples(jobs, shares[k]), time.monotonic() - sent)
-                self._warm.add(k)
+                self._stall.finished(k, task_examples(jobs, shares[k]), time.monotonic() - sent)
             now = time.monotonic()
             late = [k for k in pending.values() if now - sent >= limit(k)]
             if late:
                 k = late[0]
-                if fixed is not None:
-                    why = f"the {fixed:g} s stall limit (job_timeout_s)"
-                else:
-                    why = f"{limit(k):.3g} s, the {self._stall.explain(first=k not in self._warm)}"
+                why = self._stall.overrun(fixed, k, task_examples(jobs, shares[k]))
                 self.close()  # kills the actors: their work will never be read
                 raise RayWorkerError(
                     f"a Ray actor was still training devices {name_devices(jobs, shares[k])} "
