@@ -289,14 +289,10 @@ def _stored_upload_cap(config_json: str) -> int | None:
         return None
 
 
-def _released_dp(r: RoundRow) -> dict[str, Any] | None:
-    """The `dp` record a secure round counts in epsilon: its final one once committed or
-    abandoned, else (stopped while closing) the one stored before unmasking."""
-    return _released_dp_of(r.state, r.measurements)
-
-
-def _released_dp_of(state: str, measurements: dict[str, Any]) -> dict[str, Any] | None:
-    """`_released_dp` of a round's state and measurements."""
+def _released_dp(state: str, measurements: dict[str, Any]) -> dict[str, Any] | None:
+    """The `dp` record a secure round (in `state`, with `measurements`) counts in epsilon: its
+    final one once committed or abandoned, else (stopped while closing) the one stored before
+    unmasking."""
     if state in (RoundState.COMMITTED, RoundState.ABANDONED):
         dp = measurements.get("dp")
     elif state == RoundState.AGGREGATING:
@@ -659,7 +655,7 @@ class Coordinator:
             [
                 dp
                 for state, meas in self.store.round_measurements(task_id)
-                if isinstance(dp := _released_dp_of(state, meas), dict)
+                if isinstance(dp := _released_dp(state, meas), dict)
             ]
             if cfg.secure is not None
             else []
@@ -740,7 +736,7 @@ class Coordinator:
             rt.state = TaskState.DONE
         reason = "coordinator restarted during the secure round (its key material was in memory)"
         meas: dict[str, Any] = {"abandoned": reason}
-        if isinstance(dp := _released_dp(r), dict):
+        if isinstance(dp := _released_dp(r.state, r.measurements), dict):
             meas["dp"] = dp  # counted above; kept so every later restart counts it too
         self.store.abandon(r.round_id, rt.task_id, meas, rt.state, self.clock())
         self.metrics.rounds.labels("abandoned").inc()
@@ -1200,7 +1196,7 @@ class Coordinator:
             # A plain task's round: its upload row says it all. Every device of the round asks
             # once, so the round's selection and measurements (both as large as its cohort)
             # are not parsed here.
-            inside = self.store.find_update(round_id, device_id, b"") is not None
+            inside = self.store.has_update(round_id, device_id)
             return UploadOutcome.COMMITTED if inside else UploadOutcome.EXCLUDED
         try:
             r = self.store.round(round_id)
@@ -1215,7 +1211,7 @@ class Coordinator:
                 isinstance(dropped, list) and device_id in dropped
             )
         else:
-            inside = self.store.find_update(round_id, device_id, b"") is not None
+            inside = self.store.has_update(round_id, device_id)
         return UploadOutcome.COMMITTED if inside else UploadOutcome.EXCLUDED
 
     def check_in(

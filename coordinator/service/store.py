@@ -714,6 +714,15 @@ class Store:
         )
         return [UpdateRow(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
 
+    def has_update(self, round_id: int, device_id: str) -> bool:
+        """Whether a device has an accepted update in a round (its frame is not read)."""
+        return bool(
+            self._query(
+                "SELECT 1 FROM updates WHERE round_id=? AND device_id=? LIMIT 1",
+                (round_id, device_id),
+            )
+        )
+
     def find_update(
         self, round_id: int, device_id: str, frame: bytes
     ) -> tuple[str, int, bool] | None:
