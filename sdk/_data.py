@@ -82,8 +82,14 @@ def check_finite_inputs(x: npt.NDArray[Any], *, where: str = "x") -> None:
 
 def check_settings(epochs: int, batch_size: int, lr: float) -> None:
     """Raise `ValueError` for SGD settings that torch would misread or reject (both trainers)."""
+    # bool is an int in Python: epochs=True trained one epoch, a flag passed where a count was
+    # meant, silently.
+    if isinstance(epochs, bool):
+        raise ValueError(f"epochs must be an integer >= 0, not a bool, got {epochs!r}")
     if not (isinstance(epochs, numbers.Integral) and epochs >= 0):
         raise ValueError(f"epochs must be an integer >= 0, got {epochs!r}")
+    if isinstance(batch_size, bool):
+        raise ValueError(f"batch_size must be an integer >= 1, not a bool, got {batch_size!r}")
     if not (isinstance(batch_size, numbers.Integral) and batch_size >= 1):
         # 0 failed in range() ("arg 3 must not be zero"); a negative size trained nothing.
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
