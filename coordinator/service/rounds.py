@@ -720,13 +720,17 @@ class Coordinator:
             # they are; this writes.
             for r in live:
                 self._abandon_secure_on_start(rt, r)
-        if (short := self._pool_shortfall(rt.dp_pool)) is not None:
-            log.warning("task %d may never open a round: %s", task_id, short)
-        self.metrics.model_version.labels(str(task_id)).set(rt.version)
-        self.metrics.tasks.attach(
-            task_id, [rt.anomaly_metrics.registry, rt.privacy_metrics.registry]
-        )
+        self._attach(rt)
         return rt
+
+    def _attach(self, rt: TaskRuntime) -> None:
+        """Serve a built runtime's gauges and registries (the last step of a build)."""
+        if (short := self._pool_shortfall(rt.dp_pool)) is not None:
+            log.warning("task %d may never open a round: %s", rt.task_id, short)
+        self.metrics.model_version.labels(str(rt.task_id)).set(rt.version)
+        self.metrics.tasks.attach(
+            rt.task_id, [rt.anomaly_metrics.registry, rt.privacy_metrics.registry]
+        )
 
     def _abandon_secure_on_start(self, rt: TaskRuntime, r: RoundRow) -> None:
         """A secure round's keys, shares and masked sum were only in memory: abandon it."""
@@ -967,10 +971,34 @@ class Coordinator:
         if not np.all(np.isfinite(params)):
             raise ApiError(422, Reason.BAD_FRAME, "initial model has NaN or Inf")
         digest = model_digest(params).hex()
+        # Built before the store calls the task active, from what the store is about to hold
+        # (version 0, no residual, no rounds, no aggregator state: what `_build` reads back
+        # for it): a build that fails leaves the task awaiting its model, and a write that
+        # fails leaves no runtime for a task the store does not run.
+        try:
+            rt = TaskRuntime(
+                task_id,
+                cfg,
+                TaskState.ACTIVE,
+                params,
+                0,
+                digest,
+                ErrorFeedback(spec.size),
+                self.clock(),
+                [] if cfg.secure is not None else None,
+            )
+        except (ValueError, TypeError, ArithmeticError) as exc:
+            raise ApiError(
+                422,
+                Reason.VALIDATION,
+                f"task {task_id} cannot run with this model ({type(exc).__name__}: {exc}); "
+                "it still awaits its model",
+            ) from None
         self.store.set_initial_model(
             task_id, params.astype("<f4").tobytes(), digest, TaskState.ACTIVE, self.clock()
         )
-        self.runtimes[task_id] = self._build(task_id)
+        self._attach(rt)
+        self.runtimes[task_id] = rt
         return self.task_status(task_id)
 
     def set_paused(self, task_id: int, paused: bool) -> TaskStatus:
