@@ -47,10 +47,16 @@ def _is_count(x: object) -> bool:
 
 
 def _stop(procs: Sequence[Any]) -> None:
-    """Terminate the workers still alive: used when their work will never be read."""
+    """Kill the workers still alive: used when their work will never be read.
+
+    SIGKILL, not SIGTERM: a worker frozen by SIGSTOP holds a SIGTERM pending until it is
+    continued, so it would outlive this call and `close` would wait for it (and its pipe would
+    stay open, keeping a send to it blocked). A worker keeps nothing a clean exit would save:
+    the shared blocks belong to the parent.
+    """
     for proc in procs:
         if proc.is_alive():
-            proc.terminate()
+            proc.kill()
 
 
 class _Shared:
@@ -114,6 +120,22 @@ def _send_context(conn: Connection, payload: memoryview) -> None:
         conn.send_bytes(payload)
     except (OSError, ValueError):
         pass  # the worker died or was stopped: reading its pipe says so
+
+
+def _send_task(conn: Connection, payload: bytes | memoryview) -> None:
+    """Send one pickled task to a worker (run in a thread, one per task in flight).
+
+    A task bigger than the pipe's buffer (a device with many examples, a vectorized share of
+    hundreds of jobs) is only written as the worker reads it: sent from the parent's thread, a
+    worker frozen after its last reply (SIGSTOP, a debugger, a swapped-out machine) would block
+    the parent in the send, before the stall limit is ever checked.
+    """
+    try:
+        conn.send_bytes(payload)
+    except Exception:  # noqa: BLE001
+        # The worker died (reading its pipe says so), or was killed and its pipe closed while
+        # this write waited (the round has failed already); nobody is left to tell.
+        pass
 
 
 def _worker_main(conn: Connection, inner: str, threads: int) -> None:
@@ -232,6 +254,8 @@ class ProcessPoolBackend:
         self._stall = StallLimit()  # the limit when job_timeout_s is None
         self._procs: list[Any] = []
         self._conns: list[Connection] = []
+        # The thread writing each worker's latest task (`_send_task`), while it may still run.
+        self._senders: dict[Connection, threading.Thread] = {}
         self._params: _Shared | None = None
         self._out: _Shared | None = None
         self._num_examples = 0  # the training set's size, for `check_round`
@@ -386,10 +410,18 @@ class ProcessPoolBackend:
                 conn = idle.pop()
                 task = pending.pop()
                 work = [(i, jobs[i]) for i in task]
-                try:
-                    conn.send(("task", shm_params.name, d, shm_out.name, slots, work))
-                except (BrokenPipeError, ConnectionResetError):
-                    raise PoolWorkerError("a worker process died") from None
+                # Pickled here, so a job that cannot be pickled fails the call itself; written
+                # by a thread, so a worker that does not read cannot block this loop: the
+                # task's clock starts now and its limit covers the send too.
+                payload = ForkingPickler.dumps(
+                    ("task", shm_params.name, d, shm_out.name, slots, work)
+                )
+                previous = self._senders.pop(conn, None)
+                if previous is not None:
+                    previous.join()  # done: the worker replied, so it read the whole task
+                sender = threading.Thread(target=_send_task, args=(conn, payload), daemon=True)
+                sender.start()
+                self._senders[conn] = sender
                 busy[conn] = (time.monotonic(), task)
             # A dead worker's pipe reads as ready (EOF), so death still ends the wait at once;
             # the timeout only adds a wake-up at the first task's limit.
@@ -410,14 +442,27 @@ class ProcessPoolBackend:
                 if now - sent < limit(conn, task):
                     continue
                 why = self._stall.overrun(fixed, conn, task_examples(jobs, task))
+                writer = self._senders.get(conn)
+                doing = (
+                    "had still not read its task for devices"  # frozen, or its pipe stuck
+                    if writer is not None and writer.is_alive()
+                    else "was still training devices"
+                )
                 raise PoolWorkerError(
-                    f"a worker was still training devices {name_devices(jobs, task)} after "
-                    f"{why}; the pool's workers were stopped"
+                    f"a worker {doing} {name_devices(jobs, task)} after {why}; the pool's "
+                    "workers were stopped"
                 )
         return [r for r in results if r is not None]
 
     def close(self) -> None:
-        for conn in self._conns:
+        senders, self._senders = self._senders, {}
+        for conn, proc in zip(self._conns, self._procs, strict=True):
+            sender = senders.get(conn)
+            if sender is not None and sender.is_alive():
+                # A task still being written: the stop message would interleave with it, and
+                # a worker that does not read would block it. Its work is abandoned anyway.
+                proc.kill()
+                continue
             try:
                 conn.send(None)
             except (BrokenPipeError, OSError):
@@ -430,6 +475,10 @@ class ProcessPoolBackend:
             if proc.is_alive():  # SIGTERM caught or ignored: SIGKILL cannot be
                 proc.kill()
                 proc.join(_STOP_TIMEOUT_S)
+        # A write still waiting meets the dead worker's closed pipe and ends: close each
+        # connection only after, not under a thread that still uses it.
+        for sender in senders.values():
+            sender.join(_STOP_TIMEOUT_S)
         for conn in self._conns:
             conn.close()
         self._procs, self._conns = [], []
