@@ -130,6 +130,32 @@ MAX_CLOCK_SKEW_S = 86400.0
 # round trip.
 ROUND_DEADLINE_SLACK_S = 5.0
 
+
+def _boot_clock() -> Callable[[], float]:
+    """The clock every bound of the SDK is measured on: `CLOCK_BOOTTIME` where the platform has
+    it (Linux, Android), else `time.monotonic`. Both are steady (a wall-clock change moves
+    neither), but `time.monotonic` (CLOCK_MONOTONIC on Linux) stops while the device is
+    suspended, so a phone asleep for ten minutes found a round's deadline, a `max_wait_s` or
+    a response's budget ten minutes further off than it was; CLOCK_BOOTTIME counts the sleep."""
+    boottime = getattr(time, "CLOCK_BOOTTIME", None)
+    if boottime is None:
+        return time.monotonic
+    try:
+        time.clock_gettime(boottime)
+    except OSError:  # a kernel or sandbox that refuses it
+        return time.monotonic
+    return lambda: time.clock_gettime(boottime)
+
+
+_BOOT_CLOCK = _boot_clock()
+
+
+def _tick() -> float:
+    """Seconds on the SDK's steady clock (`_boot_clock`): every deadline and wait bound in
+    this module and `sdk.secure` reads it, and only it (tests replace it)."""
+    return _BOOT_CLOCK()
+
+
 Send = Callable[[httpx.Request], httpx.Response]
 Mod = Callable[[httpx.Request, Send], httpx.Response]
 """Client middleware (STYLE §5): `mod(request, next) -> response`, e.g. logging or shaping."""
@@ -241,10 +267,10 @@ class _Exchange:
     # client's caps). The last attempt's 4xx does not set it, so a request answered by a 4xx
     # with this unset was never taken (the coordinator refuses before it stores).
     maybe_taken: bool = False
-    # When every attempt and wait before a retry must have ended (time.monotonic): a secure
+    # When every attempt and wait before a retry must have ended (`_tick`): a secure
     # round's stage requests end by its deadline. The secure drivers pass it to `_send`.
     deadline: float = math.inf
-    # time.monotonic() when the last attempt started (set by `_send`): a check-in answer's
+    # `_tick()` when the last attempt started (set by `_send`): a check-in answer's
     # `Date` was made between then and its arrival.
     sent_at: float = math.nan
 
@@ -350,7 +376,7 @@ class _Core:
         # named: one still `pending` then waits while the others are asked about in turn.
         self._asked: set[int] = set()
         # Per assignment (task id, round id, deadline_unix), when its round's deadline falls on
-        # time.monotonic(), as the check-in answer that carried it showed the coordinator's
+        # `_tick()`, as the check-in answer that carried it showed the coordinator's
         # clock (`note_round`); at most MAX_ROUND_DEADLINES, the least recently noted first.
         # Each with whether a usable `Date` gave it (else the device's clock did).
         self._round_ends: dict[tuple[int, int, float], tuple[float, bool]] = {}
@@ -434,13 +460,13 @@ class _Core:
     # -- round deadlines -----------------------------------------------------------------
 
     def note_round(self, a: Assignment, response: httpx.Response, sent_at: float) -> None:
-        """Keep when `a`'s deadline falls on time.monotonic(): `deadline_unix` less the
+        """Keep when `a`'s deadline falls on `_tick()`: `deadline_unix` less the
         coordinator's clock when `response` (the check-in answer carrying `a`, its last attempt
-        sent at `sent_at`, time.monotonic()) arrived, read from its `Date` (`_server_now`).
+        sent at `sent_at`, `_tick()`) arrived, read from its `Date` (`_server_now`).
         The device's own clock then counts only if the header is missing or unusable, so a
         phone whose clock is minutes off still ends its round's requests by the round's
         deadline, neither minutes early (clock fast) nor late (slow)."""
-        arrived = time.monotonic()
+        arrived = _tick()
         device_now = self.clock()
         now = _server_now(_http_date(response.headers.get("date")), device_now, arrived - sent_at)
         key = (a.task_id, a.round_id, a.deadline_unix)
@@ -450,16 +476,16 @@ class _Core:
         _drop_oldest(self._round_ends, MAX_ROUND_DEADLINES)
 
     def round_end(self, a: Assignment) -> float:
-        """When `a`'s round ends on time.monotonic(): as its check-in showed (`note_round`),
+        """When `a`'s round ends on `_tick()`: as its check-in showed (`note_round`),
         else (an assignment this client did not receive, or one noted too long ago) by the
         device's clock now."""
         noted = self._round_ends.get((a.task_id, a.round_id, a.deadline_unix))
         if noted is None:
-            return time.monotonic() + (a.deadline_unix - self.clock())
+            return _tick() + (a.deadline_unix - self.clock())
         return noted[0]
 
     def plain_round_end(self, a: Assignment) -> float:
-        """When a plain round's download and upload must have ended (time.monotonic): its
+        """When a plain round's download and upload must have ended (`_tick`): its
         deadline as the check-in's `Date` showed it plus ROUND_DEADLINE_SLACK_S; no bound (inf)
         when only the device's clock tells it. The coordinator refuses a new upload past the
         deadline (409 `round_closed`), so a device still retrying then only holds its upload
@@ -995,8 +1021,8 @@ class _WaitOver(Exception):
 
 def _attempt_budget(core: _Core, deadline: float) -> float:
     """Seconds the next attempt's response may take: `max_response_s`, or what is left before
-    `deadline` (time.monotonic) when that is less; `_WaitOver` once nothing is left."""
-    left = deadline - time.monotonic()
+    `deadline` (`_tick`) when that is less; `_WaitOver` once nothing is left."""
+    left = deadline - _tick()
     if not left > 0:
         raise _WaitOver
     return min(core.max_response_s, left)
@@ -1005,7 +1031,7 @@ def _attempt_budget(core: _Core, deadline: float) -> float:
 def _retry_pause(seconds: float, deadline: float) -> float:
     """`seconds`, the wait before a retry, unless it would end past `deadline`: `_WaitOver`
     then, at once (as `participate` does with a check-in's wait)."""
-    if time.monotonic() + seconds > deadline:
+    if _tick() + seconds > deadline:
         raise _WaitOver
     return seconds
 
@@ -1026,7 +1052,7 @@ def _cut_by_wait(core: _Core, err: ClientError, budget_s: float) -> bool:
 
 
 class _Deadline(threading.local):
-    """When the response this thread is receiving must be whole (time.monotonic; inf: no
+    """When the response this thread is receiving must be whole (`_tick`; inf: no
     bound), and the budget that set it (seconds, for the `too_slow` message)."""
 
     at = math.inf
@@ -1040,7 +1066,7 @@ def _within(deadline: _Deadline, timeout: float | None, io: Callable[[float | No
     """One socket operation `io(timeout)`, its timeout cut to what is left before `deadline`;
     `too_slow` when nothing is left or the cut timeout passes. httpcore closes the connection
     on any error in a request, so the pool holds no half-read one afterwards."""
-    left = deadline.at - time.monotonic()
+    left = deadline.at - _tick()
     if not left < (math.inf if timeout is None else timeout):
         return io(timeout)
     if left <= 0:
@@ -1151,7 +1177,7 @@ def _read_capped(
     response: httpx.Response, cap: int, deadline: float = math.inf, budget_s: float = math.inf
 ) -> httpx.Response:
     """Read a streamed response's body, refusing it (`too_large`) once it passes `cap` bytes,
-    and (`too_slow`) once a chunk arrives after `deadline` (time.monotonic; `budget_s` is
+    and (`too_slow`) once a chunk arrives after `deadline` (`_tick`; `budget_s` is
     what it allowed, for the message): each read is bounded by the client's timeout."""
     try:
         _refuse_encoded(response)
@@ -1161,7 +1187,7 @@ def _read_capped(
             size += len(chunk)
             if size > cap:
                 raise _too_large(response, cap)
-            if time.monotonic() > deadline:
+            if _tick() > deadline:
                 raise _too_slow(response.status_code, budget_s)
             chunks.append(chunk)
     finally:
@@ -1498,10 +1524,10 @@ def _secure_flow(
                 break
             # Poll the download that follows the stage until it closes (425 while open), until
             # the round's deadline at the latest, and never longer than max_stage_wait_s
-            # whatever deadline the coordinator named (time.monotonic, as `round_end`). The
+            # whatever deadline the coordinator named (`_tick`, as `round_end`). The
             # same bound for each poll's request, its retries and their backoff. A NaN stop
             # ends the polling at once.
-            stop = min(round_end, time.monotonic() + core.max_stage_wait_s)
+            stop = min(round_end, _tick() + core.max_stage_wait_s)
             while True:
                 ex = core.stage_download_exchange(a.round_id, stage)
                 ex.deadline = stop
@@ -1513,7 +1539,7 @@ def _secure_flow(
                 assert response is not None
                 if response.status_code != 425:
                     break
-                now = time.monotonic()
+                now = _tick()
                 if not now < stop:
                     break
                 # At least _MIN_POLL_S: a "Retry-After: 0" must not make the device spin.
@@ -1624,7 +1650,7 @@ class Client:
     def _dispatch(self, request: httpx.Request, cap: int, budget: float) -> httpx.Response:
         def last(r: httpx.Request) -> httpx.Response:
             # Headers and body together, `budget` seconds from now (as `AsyncClient`).
-            deadline = time.monotonic() + budget
+            deadline = _tick() + budget
             self._deadline.at, self._deadline.budget_s = deadline, budget
             try:
                 return _read_capped(self._http.send(r, stream=True), cap, deadline, budget)
@@ -1639,7 +1665,7 @@ class Client:
         return call(0)(request)
 
     def _send(self, ex: _Exchange, deadline: float = math.inf) -> httpx.Response:
-        """Send `ex`, retrying transient failures; with a `deadline` (time.monotonic), every
+        """Send `ex`, retrying transient failures; with a `deadline` (`_tick`), every
         attempt and wait before a retry ends by then, else `_WaitOver`."""
         core = self._core
         for attempt in range(core.retries + 1):
@@ -1647,7 +1673,7 @@ class Client:
             request = core.build(self._http, ex)  # fresh timestamp and nonce per attempt
             # Until this attempt's end says otherwise (anything raised past this loop too).
             before, ex.maybe_taken = ex.maybe_taken, True
-            ex.sent_at = time.monotonic()
+            ex.sent_at = _tick()
             try:
                 response = self._dispatch(request, ex.max_response_bytes, budget)
                 response.read()
@@ -1735,7 +1761,7 @@ class Client:
         return self._resume_pending(math.inf)
 
     def _resume_pending(self, deadline: float) -> UploadReceipt | None:
-        """`resume_pending`, every attempt ending by `deadline` (time.monotonic), else
+        """`resume_pending`, every attempt ending by `deadline` (`_tick`), else
         `_WaitOver` with the upload still pending (its idempotency key makes the next re-send
         harmless if this one landed)."""
         pending = self._core.store.load_pending()
@@ -1907,7 +1933,7 @@ class Client:
         is refused before the check-in, so the device never takes a slot it cannot fill."""
         _check_wait(max_wait_s)
         _check_data(trainer, x, y)
-        give_up = time.monotonic() + max_wait_s
+        give_up = _tick() + max_wait_s
         try:
             self._resume_pending(give_up)
         except _WaitOver:
@@ -1923,7 +1949,7 @@ class Client:
                 return self.train_round(answer.assignment, trainer, x, y)
             # At least _MIN_POLL_S: a "wait 0" answer must not make the device spin.
             wait = max(answer.retry_after_s, _MIN_POLL_S)
-            if time.monotonic() + wait > give_up:
+            if _tick() + wait > give_up:
                 return None
             self._sleep(wait)
 
@@ -2013,7 +2039,7 @@ class AsyncClient:
             budget = _attempt_budget(core, deadline)
             request = core.build(self._http, ex)
             before, ex.maybe_taken = ex.maybe_taken, True
-            ex.sent_at = time.monotonic()
+            ex.sent_at = _tick()
             try:
                 response = await self._dispatch(request, ex.max_response_bytes, budget)
                 await response.aread()
@@ -2207,7 +2233,7 @@ class AsyncClient:
         """As `Client.participate` (`max_wait_s` bounds the check-ins the same way)."""
         _check_wait(max_wait_s)
         _check_data(trainer, x, y)
-        give_up = time.monotonic() + max_wait_s
+        give_up = _tick() + max_wait_s
         try:
             await self._resume_pending(give_up)
         except _WaitOver:
@@ -2222,6 +2248,6 @@ class AsyncClient:
                     return await self.run_secure_round(answer.assignment, trainer, x, y)
                 return await self.train_round(answer.assignment, trainer, x, y)
             wait = max(answer.retry_after_s, _MIN_POLL_S)  # as in Client.participate
-            if time.monotonic() + wait > give_up:
+            if _tick() + wait > give_up:
                 return None
             await asyncio.sleep(wait)

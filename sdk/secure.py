@@ -325,14 +325,16 @@ class HttpSecureDevice:
 
     def download(self, round_id: int, stage: Stage, timeout_s: float = 60.0) -> bytes | None:
         """The download after `stage`, polling while the stage is open; None on timeout."""
+        from .client import _tick  # the SDK's one steady clock (CLOCK_BOOTTIME)
+
         url = SecAggPath.STAGE.format(round_id=round_id, stage=stage)
-        deadline = time.monotonic() + timeout_s
+        deadline = _tick() + timeout_s
         while True:
             status, headers, body = self._get(url)
             if status != 425:
                 self._check(status, headers, body)
                 return body
-            if time.monotonic() > deadline:
+            if _tick() > deadline:
                 return None
             try:
                 retry = float(headers.get("retry-after", self.poll_s))
