@@ -1391,6 +1391,19 @@ def _delta_update(
     return update
 
 
+def _not_started(
+    core: _Core, a: Assignment, before: dict[str, int], encoding: str, detail: str
+) -> SecureRoundReport:
+    """The report of a secure round that ended for this device before its update was computed
+    (`completed` False, `detail` saying why): no receipt, no examples, a NaN loss."""
+    row = core.bandwidth.get(a.round_id, {})
+    return SecureRoundReport(
+        a.round_id, a.task_id, UploadReceipt(a.round_id, core.device_id, False, False, 0, 0),
+        math.nan, 0, a.base_version, encoding, _delta(row, before, "down"),
+        _delta(row, before, "up"), detail=detail,
+    )  # fmt: skip
+
+
 def _secure_flow(
     core: _Core,
     a: Assignment,
@@ -1406,12 +1419,29 @@ def _secure_flow(
         raise ValueError("not a secure assignment; use train_round")
     spec = _spec(a)
     before = _wire(core.bandwidth.get(a.round_id, {}))
-    response = yield core.model_exchange(a.task_id, spec, a.round_id, a.base_version)
-    assert response is not None
-    if response.status_code != 200:
-        raise _refusal(response)
-    params, _, encoding = core.apply_model(a.task_id, spec, response)
-    response = yield core.secure_setup_exchange(a.round_id)
+    # The round's deadline on the clock `_send` bounds requests by (`_tick`): every request of
+    # the round, the model download and the setup included, retries and their backoff too,
+    # ends by it, or the round ends for this device, not completed. Before, a server answering
+    # 5xx held a stage poll (and, until the download and setup were bounded too, those) for up
+    # to retries x (max_response_s + backoff) past it. Read against the coordinator's clock at
+    # the check-in that assigned the round where its answer showed it (`_Core.note_round`).
+    round_end = core.round_end(a)
+    encoding = ""
+    try:
+        ex = core.model_exchange(a.task_id, spec, a.round_id, a.base_version)
+        ex.deadline = round_end
+        response = yield ex
+        assert response is not None
+        if response.status_code != 200:
+            raise _refusal(response)
+        params, _, encoding = core.apply_model(a.task_id, spec, response)
+        ex = core.secure_setup_exchange(a.round_id)
+        ex.deadline = round_end
+        response = yield ex
+    except _WaitOver:
+        # Before any stage, nothing was trained and no residual taken: nothing to put back.
+        what = "setup" if encoding else "model download"
+        return _not_started(core, a, before, encoding, f"{what}: the round's deadline passed")
     assert response is not None
     if response.status_code != 200:
         raise _refusal(response)
@@ -1422,12 +1452,6 @@ def _secure_flow(
     node = _decimal(response.headers.get(SecAggHeader.NODE))
     if node is None:
         raise _bad(response, f"secure setup: node {response.headers.get(SecAggHeader.NODE)!r}")
-    # The round's deadline on the monotonic clock `_send` bounds requests by: every stage
-    # request (retries and their backoff included) ends by it, or the round ends for this
-    # device, not completed. Before, a server answering 5xx held a stage poll for up to
-    # retries x (max_response_s + backoff) past it. Read against the coordinator's clock at
-    # the check-in that assigned the round where its answer showed it (`_Core.note_round`).
-    round_end = core.round_end(a)
     own = participant is None
     part = participant or core.secure_participant(spec.size, a.task_id, spec)
     session = part.join(response.content, digest, params, node)
@@ -1883,9 +1907,11 @@ class Client:
         its own). `drop_at` makes the device go silent before that stage (simulated dropout).
         A round that ends early for this device (stage deadline or `max_stage_wait_s` of
         polling, abort, too few neighbours left) returns a report with `completed` False and
-        the reason in `detail`: every stage upload and poll, its retries and their backoff
-        included, ends by the round's deadline (a poll also by `max_stage_wait_s`), else the
-        round ends there. The deadline is read against the coordinator's clock as the `Date` of
+        the reason in `detail`: every request of the round (the model download, the setup,
+        each stage upload and poll), its retries and their backoff included, ends by the
+        round's deadline (a poll also by `max_stage_wait_s`), else the round ends there (one
+        ended at the download or setup, `detail` "model download: ..." or "setup: ...", trained
+        nothing: `num_examples` 0, `loss` NaN, the residual untouched). The deadline is read against the coordinator's clock as the `Date` of
         the check-in answer that carried `a` showed it (`_Core.note_round`), so a device clock
         minutes off moves it by at most the header's 1 s and that check-in's round trip; by the
         device's clock only without a usable header or for an assignment this client did not

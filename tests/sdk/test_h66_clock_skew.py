@@ -158,7 +158,8 @@ def test_without_a_usable_date_the_device_clock_counts(tmp_path: Path, date: str
     # Assert: the documented fallback: the deadline read by the device's clock, which says it
     # passed two minutes ago, so no stage is sent (a control: the behaviour before this change)
     assert not report.completed
-    assert report.detail == f"{Stage.ADVERTISE_KEYS}: the round's deadline passed", report.detail
+    # (since helper-68's bound, the round ends at its model download, before any request)
+    assert report.detail == "model download: the round's deadline passed", report.detail
     assert not any("/stages/" in p for _, p in handler.inner.fake.seen)
 
 
@@ -180,7 +181,8 @@ def test_an_assignment_the_client_did_not_receive_reads_the_device_clock(tmp_pat
 
     # Assert: read by the device's clock (past), no stage sent
     assert not report.completed
-    assert report.detail == f"{Stage.ADVERTISE_KEYS}: the round's deadline passed", report.detail
+    # (since helper-68's bound, the round ends at its model download, before any request)
+    assert report.detail == "model download: the round's deadline passed", report.detail
 
 
 def test_an_assignment_refused_by_the_check_in_is_not_noted(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import httpx
@@ -10,7 +11,7 @@ import pytest
 
 from protocol.messages import Assignment, CodecParams, TensorShape, TrainingParams
 from protocol.secagg import SecAggHeader
-from sdk.client import ClientError, _secure_flow
+from sdk.client import ClientError, _Exchange, _secure_flow
 
 SIZE = 36
 
@@ -20,14 +21,17 @@ class _FakeCore:
 
     bandwidth: dict[int, Any] = {}  # noqa: RUF012
 
-    def model_exchange(self, *args: Any) -> str:
-        return "model"
+    def round_end(self, a: Any) -> float:
+        return math.inf
+
+    def model_exchange(self, *args: Any) -> _Exchange:
+        return _Exchange("GET", "model", 2)
 
     def apply_model(self, *args: Any) -> tuple[np.ndarray, int, str]:
         return np.zeros(SIZE, np.float32), 1, "dense"
 
-    def secure_setup_exchange(self, round_id: int) -> str:
-        return "setup"
+    def secure_setup_exchange(self, round_id: int) -> _Exchange:
+        return _Exchange("GET", "setup", round_id)
 
 
 def _assignment() -> Assignment:
@@ -51,7 +55,7 @@ def test_malformed_setup_headers_are_a_client_error(headers: dict[str, str]) -> 
     # Prepare: the flow up to the setup download, then a setup answer with bad headers
     flow = _secure_flow(_FakeCore(), _assignment(), lambda p: (p, 1, 0.0), None, None, None)  # type: ignore[arg-type]
     steps: list[Any] = [next(flow), flow.send(httpx.Response(200))]
-    assert steps == ["model", "setup"]
+    assert [s.path for s in steps] == ["model", "setup"]
     # Execute / Assert: a typed ClientError (was a bare KeyError or ValueError)
     with pytest.raises(ClientError, match="bad_response"):
         flow.send(httpx.Response(200, headers=headers, content=b""))
