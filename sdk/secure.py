@@ -325,10 +325,13 @@ class HttpSecureDevice:
 
     def download(self, round_id: int, stage: Stage, timeout_s: float = 60.0) -> bytes | None:
         """The download after `stage`, polling while the stage is open; None on timeout."""
-        from .client import _tick  # the SDK's one steady clock (CLOCK_BOOTTIME)
+        from .client import _MIN_POLL_S, _tick  # the SDK's one steady clock (CLOCK_BOOTTIME)
 
         url = SecAggPath.STAGE.format(round_id=round_id, stage=stage)
         deadline = _tick() + timeout_s
+        # The shortest pause: a "Retry-After: 0" (or a negative one) must not make the device
+        # poll as fast as the server answers (it did, for all of timeout_s).
+        shortest = min(self.poll_s, _MIN_POLL_S)
         while True:
             status, headers, body = self._get(url)
             if status != 425:
@@ -342,7 +345,7 @@ class HttpSecureDevice:
                 retry = self.poll_s
             if not math.isfinite(retry):  # time.sleep(nan) raises; max/min pass NaN through
                 retry = self.poll_s
-            time.sleep(min(max(retry, 0.0), self.poll_s * 10))
+            time.sleep(min(max(retry, shortest), self.poll_s * 10))
 
     def run_round(
         self,
