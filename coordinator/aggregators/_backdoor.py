@@ -44,6 +44,7 @@ __all__ = [
     "CollusionState",
     "DeviceHistory",
     "HISTORY_CHUNK",
+    "MAX_HISTORY_VALUES",
     "collusion_scores",
 ]
 
@@ -51,6 +52,11 @@ F64 = npt.NDArray[np.float64]
 
 # History values concatenated at once when scoring (about 48 bytes each): 3 MiB.
 HISTORY_CHUNK = 1 << 16
+# Largest history_values·max_devices a CollusionFilter builds with: 2^25 values, about 400 MB
+# in the persisted state (12 bytes each), four times the defaults (8,192 x 1,000). Without a
+# cap a spec could let the histories grow past the state codec's 2 GiB (MAX_STATE_BYTES),
+# after which every round's publish failed.
+MAX_HISTORY_VALUES = 1 << 25
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,7 +160,9 @@ class CollusionFilter:
     `collusion_scores`). memory: rounds a dropped device's later reports are dropped too
     (0: only the flagged report). history_values: values kept per device history (the largest
     magnitudes). max_devices: histories kept (least recently seen evicted; never the current
-    round's, so a round with more reports than max_devices keeps one history per report).
+    round's, so a round with more reports than max_devices keeps one history per report), and
+    suspects kept (those whose sentence ends first released early; never the current round's
+    flagged). history_values·max_devices is at most MAX_HISTORY_VALUES.
     Memory: at most 32·d + 64·V bytes beyond the inputs, never n×d (d = size; V = stored
     history values, at most history_values·max(max_devices, n), 12 bytes each in the state;
     scoring takes the histories in chunks of HISTORY_CHUNK values), plus the inner aggregator's
@@ -174,6 +182,12 @@ class CollusionFilter:
         if not whole or self.memory < 0 or self.history_values < 1 or self.max_devices < 2:
             raise ValueError(
                 "need whole numbers memory >= 0, history_values >= 1 and max_devices >= 2"
+            )
+        if self.history_values * self.max_devices > MAX_HISTORY_VALUES:
+            raise ValueError(
+                f"history_values·max_devices ({self.history_values}·{self.max_devices}) must be "
+                f"at most {MAX_HISTORY_VALUES}: the histories are kept in memory and in the "
+                "persisted state (12 bytes a value)"
             )
 
     def create(self, size: int) -> _CollusionProcess:
@@ -251,6 +265,13 @@ class _CollusionProcess:
         flagged = [i for i in range(len(reports)) if scores[i] > self.cfg.threshold]
         for i in flagged:
             suspects[reports[i][0]] = rnd + self.cfg.memory
+        if len(suspects) > self.cfg.max_devices:
+            # A long memory would otherwise keep every device ever flagged: release the ones
+            # whose sentence ends first (never this round's flagged).
+            now = {reports[i][0] for i in flagged}
+            order = sorted((until, d) for d, until in suspects.items() if d not in now)
+            for _, device in order[: len(suspects) - max(self.cfg.max_devices, len(now))]:
+                del suspects[device]
         keep = [i for i, (device, _) in enumerate(reports) if device not in suspects]
         kept = set(keep)
         dropped = {
