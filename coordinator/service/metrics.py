@@ -98,6 +98,12 @@ class Metrics:
             "Tasks in the store this coordinator refuses to run (admin task status says why)",
             registry=r,
         )
+        self.tasks_unloaded = Gauge(
+            "plume_tasks_unloaded",
+            "Tasks not running since the store failed while they were rebuilt from it; each is "
+            "tried again every few seconds (503 store_unavailable to its requests meanwhile)",
+            registry=r,
+        )
         self.upload_seconds = Histogram(
             "plume_upload_seconds",
             "Server time to accept one upload (read, verify, decode, commit)",

@@ -126,6 +126,8 @@ __all__ = [
     "TaskRuntime",
     "ActiveRound",
     "RefusedTask",
+    "UnloadedTask",
+    "RELOAD_RETRY_S",
     "validate_task",
 ]
 
@@ -140,6 +142,9 @@ MAX_SIGNATURE_WINDOW_S = 86_400.0
 MIN_CHECKIN_RATE = 1e-3
 # The shortest tick (the timer of deadlines and selection timeouts; 0.05 s by default).
 MIN_TICK_S = 1e-3
+# Seconds between attempts to rebuild a task from the store after a store error stopped it
+# (`Coordinator.unloaded`); its requests' 503 says how long is left (Retry-After).
+RELOAD_RETRY_S = 5.0
 # Longest wait a check-in answers (a week, the longest task duration validate_task accepts):
 # whatever the pool and the rate, a device is not told to sleep longer than it can.
 MAX_RETRY_S = 7 * 86_400.0
@@ -277,6 +282,33 @@ class RefusedTask:
             409,
             Reason.TASK_REFUSED,
             f"task {self.task_id} is refused by this coordinator: {self.reason}",
+        )
+
+
+@dataclass(frozen=True)
+class UnloadedTask:
+    """A task whose rebuild from the store (`Coordinator._reload`) failed on a store error (a
+    lock, a full disk, an I/O error): not running, tried again from `retry_at` (clock seconds).
+    Its stored rows, accepted updates included, are what it goes on from.
+
+    upload_cap, dense_bytes: those of its model (bytes), so that an upload to one of its
+    rounds is read, answered 503 and counted as before; None and 0 when not known.
+    """
+
+    task_id: int
+    reason: str
+    retry_at: float
+    upload_cap: int | None
+    dense_bytes: int
+
+    def error(self, now: float) -> ApiError:
+        wait = max(1, math.ceil(self.retry_at - now))
+        return ApiError(
+            503,
+            Reason.STORE_UNAVAILABLE,
+            f"task {self.task_id} is not running: the coordinator's database failed while the "
+            f"task was loaded from it ({self.reason}); it is loaded again in {wait} s",
+            headers={"retry-after": str(wait)},
         )
 
 
@@ -610,6 +642,12 @@ class Coordinator:
         self.runtimes: dict[int, TaskRuntime] = {}
         # Stored tasks `restore` could not load: never run, reported with the reason.
         self.refused: dict[int, RefusedTask] = {}
+        # Running tasks a store error stopped while they were rebuilt (`_reload`): each is
+        # rebuilt again once due, by a tick or a request naming it.
+        self.unloaded: dict[int, UnloadedTask] = {}
+        # task -> when a tick rebuilds it: a round whose publish and abandonment the store
+        # both refused (`fail_close`); until then the runtime holds that round `aggregating`.
+        self._rebuild_at: dict[int, float] = {}
         self.restored = False
         self._background: set[asyncio.Task[Any]] = set()
         # One prune at a time (a round may close while the last close's prune still runs).
@@ -780,6 +818,9 @@ class Coordinator:
         """
         self.runtimes.clear()
         self.refused.clear()
+        self.unloaded.clear()
+        self._rebuild_at.clear()
+        self.metrics.tasks_unloaded.set(0)
         try:
             for task_id, version in self.store.task_versions():
                 try:
@@ -862,6 +903,8 @@ class Coordinator:
     def _refuse(self, task_id: int, exc: BaseException) -> None:
         """Record (and log, once) that a stored task will not run; the store is not touched."""
         self.runtimes.pop(task_id, None)
+        if self.unloaded.pop(task_id, None) is not None:
+            self.metrics.tasks_unloaded.set(len(self.unloaded))
         self.metrics.tasks.attach(task_id, [])
         try:
             raw = self.store.task_raw(task_id)
@@ -879,9 +922,20 @@ class Coordinator:
         )
 
     def refusal(self, task_id: int) -> ApiError | None:
-        """The 409 `task_refused` error of a refused task, None for any other."""
+        """The 409 `task_refused` error of a refused task, the 503 `store_unavailable` of an
+        unloaded one (rebuilt here first when its retry is due), None for any other."""
         refused = self.refused.get(task_id)
-        return refused.error() if refused is not None else None
+        if refused is not None:
+            return refused.error()
+        unloaded = self.unloaded.get(task_id)
+        if unloaded is None:
+            return None
+        now = self.clock()
+        if now >= unloaded.retry_at and self._reload(task_id):
+            return None
+        if task_id in self.refused:  # its stored rows no longer load
+            return self.refused[task_id].error()
+        return self.unloaded[task_id].error(now)
 
     def _stored_round(self, round_id: int) -> RoundRow | None:
         """A round as stored (None: no such round). A refused task's round whose stored JSON
@@ -1031,6 +1085,10 @@ class Coordinator:
         return self.task_status(task_id)
 
     def task_status(self, task_id: int) -> TaskStatus:
+        if task_id in self.unloaded:
+            err = self.refusal(task_id)  # rebuilt here when due
+            if err is not None and task_id in self.unloaded:
+                raise err  # not running, whatever its stored row says
         refused = self.refused.get(task_id)
         if refused is not None:
             return self._refused_status(refused)
@@ -1312,8 +1370,11 @@ class Coordinator:
 
     def tick(self) -> list[TaskRuntime]:
         """Periodic work: open rounds whose selection timed out, close secure stages whose
-        deadline passed; return rounds due to close."""
+        deadline passed, rebuild unloaded tasks whose retry is due; return rounds due to
+        close."""
         now = self.clock()
+        if self.unloaded or self._rebuild_at:
+            self._reload_due(now)
         for rt in self.runtimes.values():
             if rt.current is None:
                 self._maybe_open(rt, now)
@@ -1334,6 +1395,8 @@ class Coordinator:
         if rt is None:
             if (refusal := self.refusal(task_id)) is not None:
                 raise refusal
+            rt = self.runtimes.get(task_id)  # an unloaded task rebuilt just now
+        if rt is None:
             raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id} with a model")
         v = rt.version
         chain_ok = have is not None and 0 <= have <= v and v - have <= rt.config.max_chain
@@ -1390,6 +1453,13 @@ class Coordinator:
     ) -> tuple[UploadReceipt, TaskRuntime | None]:
         """Accept one upload durably. Returns (UploadReceipt, runtime to close now or None)."""
         found = self._runtime_for_round(round_id)
+        if found is None and self.unloaded:
+            # A round of an unloaded task: rebuilt here when due, so that its round takes the
+            # upload; else the 503 below.
+            owner = self.store.round_task(round_id)
+            if owner is not None and owner in self.unloaded:
+                self.refusal(owner)
+                found = self._runtime_for_round(round_id)
         existing = self.store.find_update(round_id, device_id, frame)
         if existing is not None:
             key, size, same = existing
@@ -1608,9 +1678,10 @@ class Coordinator:
 
     def fail_close(self, rt: TaskRuntime, cur: ActiveRound, exc: BaseException) -> None:
         """An aggregation or publish error abandons the round and rebuilds the task from the
-        store. If the store cannot record that either, the round stays `aggregating` and the
-        task opens no round until the next start closes it (a plain round re-aggregated from
-        its stored frames and published; a secure one abandoned, counting its `pending_dp`)."""
+        store. If the store cannot record that either, the round stays `aggregating` (its
+        devices told to wait) until a tick RELOAD_RETRY_S later rebuilds the task from the store
+        as a start does, which closes that round (a plain round re-aggregated from its stored
+        frames and published; a secure one abandoned, counting its `pending_dp`)."""
         log.error("round %d failed to aggregate or publish: %r", cur.round_id, exc)
         meas: dict[str, Any] = {"error": repr(exc)}
         if cur.pending_dp is not None:
@@ -1619,19 +1690,74 @@ class Coordinator:
             self.store.abandon(cur.round_id, rt.task_id, meas, rt.state, self.clock())
         except (sqlite3.Error, OSError) as store_exc:
             log.error(
-                "round %d: the store refused its abandonment too: %r", cur.round_id, store_exc
+                "round %d: the store refused its abandonment too: %r; task %d is rebuilt from "
+                "the store in %g s, which closes the round",
+                cur.round_id,
+                store_exc,
+                rt.task_id,
+                RELOAD_RETRY_S,
             )
+            # The engine in memory may hold the aggregate the store refused: it is dropped at
+            # the rebuild, never published. Not rebuilt at once: the store has just failed
+            # twice. Meanwhile the runtime answers as for any round while it aggregates.
+            self._rebuild_at[rt.task_id] = self.clock() + RELOAD_RETRY_S
             return
         self.metrics.rounds.labels("abandoned").inc()
         self._reload(rt.task_id)
 
-    def _reload(self, task_id: int) -> None:
-        """Rebuild a running task from the store (after a failed publish or upload commit).
-        If it no longer loads, it is refused until the next start, with the reason."""
+    def _reload(self, task_id: int) -> bool:
+        """Rebuild a running task from the store (after a failed publish or upload commit, or
+        when an unloaded task's retry is due); whether it runs now. A store error (the store
+        cannot be read yet) unloads it (`unloaded`), to be tried again; a task whose stored
+        rows no longer load is refused until the next start, with the reason, as at start."""
         try:
-            self.runtimes[task_id] = self._build(task_id)
+            rt = self._build(task_id)
+        except (sqlite3.Error, OSError) as exc:
+            self._unload(task_id, exc)
+            return False
         except Exception as exc:  # noqa: BLE001 - as at start: this task only
             self._refuse(task_id, exc)
+            return False
+        if self.unloaded.pop(task_id, None) is not None:
+            self.metrics.tasks_unloaded.set(len(self.unloaded))
+            log.info("task %d: loaded again from the store", task_id)
+        self.runtimes[task_id] = rt
+        return True
+
+    def _unload(self, task_id: int, exc: BaseException) -> None:
+        """Stop running a task after a store error; it is rebuilt after RELOAD_RETRY_S."""
+        old = self.runtimes.pop(task_id, None)
+        before = self.unloaded.get(task_id)
+        cap: int | None
+        if old is not None:
+            cap, dense = old.max_upload_bytes, old.spec.dense_bytes
+        else:
+            cap = before.upload_cap if before is not None else None
+            dense = before.dense_bytes if before is not None else 0
+        reason = f"{type(exc).__name__}: {exc}"
+        self.unloaded[task_id] = UnloadedTask(
+            task_id, reason, self.clock() + RELOAD_RETRY_S, cap, dense
+        )
+        self.metrics.tasks_unloaded.set(len(self.unloaded))
+        log.error(
+            "task %d is not running: the store failed while it was loaded (%s); tried again "
+            "in %g s (its requests get 503 store_unavailable meanwhile)",
+            task_id,
+            reason,
+            RELOAD_RETRY_S,
+        )
+
+    def _reload_due(self, now: float) -> None:
+        """Rebuild the unloaded and stalled tasks whose retry is due."""
+        for task_id, at in sorted(self._rebuild_at.items()):
+            if now >= at:
+                del self._rebuild_at[task_id]
+                if task_id in self.runtimes:  # not refused or unloaded meanwhile
+                    self._reload(task_id)
+        for task_id in sorted(self.unloaded):
+            unloaded = self.unloaded.get(task_id)
+            if unloaded is not None and now >= unloaded.retry_at:
+                self._reload(task_id)
 
     async def close_round(self, rt: TaskRuntime) -> RoundOutcome | None:
         try:
@@ -1679,6 +1805,8 @@ class Coordinator:
         owner = self.store.round_task(round_id)  # no JSON parsed: a damaged round has a cap
         if owner is not None and owner in self.refused:
             return self.refused[owner].upload_cap
+        if owner is not None and owner in self.unloaded:
+            return self.unloaded[owner].upload_cap
         rt = self.runtimes.get(owner) if owner is not None else None
         return rt.max_upload_bytes if rt is not None else None
 
@@ -1700,6 +1828,8 @@ class Coordinator:
         if found is not None:
             return found[0].spec.dense_bytes
         owner = self.store.round_task(round_id)
+        if owner is not None and owner in self.unloaded:
+            return self.unloaded[owner].dense_bytes
         rt = self.runtimes.get(owner) if owner is not None else None
         return rt.spec.dense_bytes if rt is not None else 0
 
