@@ -129,11 +129,10 @@ class DPMean:
                     "set count_std= above z / 2, or sample more devices a round"
                 )
         first_clip = self.clip.initial if isinstance(self.clip, AdaptiveClip) else self.clip
-        cohort = self.configured_cohort()
-        z_u = self.update_noise_multiplier(cohort) if cohort is not None else self.noise_multiplier
-        if not first_clip <= self.largest_clip(z_u, self.denominator or 1.0):
+        if not first_clip <= self.clip_ceiling():
             # The released mean is float32 (at most 3.4e38): a noise of this scale overflows it
             # to inf, which the engine refuses, so every round would be abandoned.
+            z_u = self._configured_update_noise_multiplier()
             raise ValueError(
                 f"the noise z·C / denominator (z {z_u:g}, clip {first_clip:g}, denominator "
                 f"{self.denominator if self.denominator is not None else 'n'}) must be at "
@@ -153,6 +152,22 @@ class DPMean:
         1) at most MAX_NOISE_SCALE (the clipped reports and their noise both scale with C).
         An adaptive clip is kept below it (post-processing of the noised count)."""
         return MAX_NOISE_SCALE * min(denominator, 1.0) / max(update_noise_multiplier, 1.0)
+
+    def clip_ceiling(self) -> float:
+        """The largest clip, fixed by the configuration: `largest_clip` at the configured
+        cohort's z_u (z itself when no cohort is configured) and the denominator (1 without
+        one; dividing by the reports, n >= 1, has the same min(denominator, 1)).
+
+        The build checks the first clip against it and an adaptive clip is clamped to it.
+        Computed from the round's z_u, which follows the number of reports when no cohort is
+        configured, the clamp did too: a data-dependent quantity on the clip path.
+        """
+        denominator = self.denominator if self.denominator is not None else 1.0
+        return self.largest_clip(self._configured_update_noise_multiplier(), denominator)
+
+    def _configured_update_noise_multiplier(self) -> float:
+        cohort = self.configured_cohort()
+        return self.update_noise_multiplier(cohort) if cohort is not None else self.noise_multiplier
 
     def configured_cohort(self) -> float | None:
         """The expected cohort the default sigma_b is set from: `denominator`, else the
@@ -279,7 +294,7 @@ class _DPMeanProcess:
             # Centred bits (b - 1/2) halve the count's sensitivity; see the module docstring.
             centred = float(np.count_nonzero(norms <= clip)) - n / 2.0
             noised_fraction = (centred + float(rng.normal(0.0, sb))) / denom + 0.5
-            new_clip = min(cfg.clip.step(clip, noised_fraction), cfg.largest_clip(z_u, denom))
+            new_clip = min(cfg.clip.step(clip, noised_fraction), cfg.clip_ceiling())
             noised["unclipped_fraction_noised"] = noised_fraction
         if cfg.metrics is not None:
             cfg.metrics.observe(
