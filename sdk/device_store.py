@@ -7,10 +7,13 @@ the temp files a crash left are removed when the directory is opened):
     state.json       device id, task, model version, digest, whether the model is exact
     model.f32        the model at that version, little-endian float32[d]
     residual-<t>.bin the error-feedback residual of task t (`ErrorFeedback.to_bytes`, then a
-                     24-byte trailer naming t and the file's write sequence number): at most
-                     MAX_RESIDUALS tasks, the least recently written (lowest sequence number)
-                     dropped past that. An older SDK's trailer is 16 bytes (no sequence number):
-                     such files still load, and count as written before any that has one
+                     32-byte trailer naming t, the file's write sequence number and the layout
+                     of the model the residual is of): at most MAX_RESIDUALS tasks, the least
+                     recently written (lowest sequence number) dropped past that. A residual
+                     saved without its layout has the 24-byte trailer (no layout), and an
+                     older SDK's trailer is 16 bytes (no sequence number): such files still
+                     load, matched by size only, and the latter count as written before any
+                     that has a sequence number
     residual.bin     the residual an older SDK kept for every task (no trailer), until the first
                      task that uses it with a matching size claims it (state.json
                      `legacy_residual_task`, and `legacy_residual_seq`, the write sequence
@@ -45,7 +48,7 @@ import os
 import re
 import stat
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
@@ -89,11 +92,19 @@ _STORE_TEMP = re.compile(
     r"|pending\.(json|frame|residual|refused)"
     r"|accepted(-[0-9]{1,19})?\.(json|frame|residual|settled))\.tmp"
 )
-# The trailer after a task's residual: magic, the task id, then the write sequence number
-# (little-endian u64s). The sequence orders residuals by recency for the bound above without
-# the wall clock (a clock set back, or coarse mtimes, made mtime order drop a fresh residual):
-# each residual written gets one more than the highest held. An older SDK wrote the shorter
-# trailer (_OLD_MAGIC, task id only), which is still read.
+# The trailer after a task's residual: magic, the task id, the write sequence number
+# (little-endian u64s), then the layout of the model the residual is of (its
+# `ModelSpec.fingerprint`, 8 bytes). The sequence orders residuals by recency for the bound
+# above without the wall clock (a clock set back, or coarse mtimes, made mtime order drop a
+# fresh residual): each residual written gets one more than the highest held. The layout tells,
+# after a restart, a task whose model was replaced by one of the same size in another layout
+# (the client knows it within one process only). A residual saved without its layout gets the
+# trailer without it (_TASK_MAGIC), as the SDK before the layout wrote every one, and an older
+# SDK wrote the shortest trailer (_OLD_MAGIC, task id only): both are still read, and such a
+# residual is matched by its size alone.
+_LAYOUT_MAGIC = b"PLUMTLAY"
+_LAYOUT_BYTES = 8  # ModelSpec.fingerprint
+_LAYOUT_TRAILER = len(_LAYOUT_MAGIC) + 16 + _LAYOUT_BYTES
 _TASK_MAGIC = b"PLUMTSEQ"
 _TRAILER = len(_TASK_MAGIC) + 16
 _OLD_MAGIC = b"PLUMTASK"
@@ -109,6 +120,14 @@ _EF_HEADER = 16  # ErrorFeedback.to_bytes's header; its bytes 8..12 hold the sca
 
 class DeviceStoreError(ValueError):
     """A file in the app directory is corrupt, foreign or unsafe (named in the message)."""
+
+
+class _Trailer(NamedTuple):
+    """What a stored residual's trailer names."""
+
+    task: int
+    seq: int | None  # the write sequence number; None in an older SDK's 16-byte trailer
+    layout: bytes | None  # ModelSpec.fingerprint; None in the 16- and 24-byte trailers
 
 
 class PendingUpload:
@@ -205,27 +224,80 @@ def _unlink(path: Path) -> None:
     _fsync_dir(path.parent)
 
 
-def _read_sized(path: Path, size: int) -> bytes | None:
-    """The `size` bytes of regular file `path`, or None if it is not one of that size (a
-    directory, a FIFO, which would block the read, or a file torn or grown)."""
+# Every read opens without following a symlink (one would have a file outside the app directory
+# read as the store's: its bytes sent as a residual, or its JSON taken for the device's state)
+# and without blocking (opening a FIFO to read waits for a writer, forever); the type is then
+# checked on the open file, so nothing can be swapped in between the check and the read.
+_READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
+
+
+def _open_regular(path: Path) -> int | None:
+    """A read-only descriptor on `path` if it is a regular file; None if it is missing or
+    not one (a symlink, a FIFO, a directory...). See `_READ_FLAGS`."""
     try:
-        st = os.stat(path)
+        fd = os.open(path, _READ_FLAGS)
     except OSError:
         return None
-    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+    try:
+        if stat.S_ISREG(os.fstat(fd).st_mode):
+            return fd
+    except OSError:
+        pass
+    os.close(fd)
+    return None
+
+
+def _read_fd(fd: int, n: int) -> bytes:
+    """Up to `n` bytes from `fd`'s position (fewer only at its end)."""
+    chunks = []
+    while n > 0:
+        chunk = os.read(fd, min(n, 1 << 30))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        n -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_sized(path: Path, size: int) -> bytes | None:
+    """The `size` bytes of regular file `path`, or None if it is not one of that size (a
+    directory, a FIFO, which would block the read, a symlink, or a file torn or grown)."""
+    fd = _open_regular(path)
+    if fd is None:
         return None
-    raw = path.read_bytes()
+    try:
+        if os.fstat(fd).st_size != size:
+            return None
+        raw = _read_fd(fd, size + 1)
+    finally:
+        os.close(fd)
     return raw if len(raw) == size else None
 
 
 def _read(path: Path, limit: int, what: str) -> bytes:
-    """The bytes of `path`, refusing a non-regular file or one over `limit` bytes unread."""
-    st = os.stat(path)
-    if not stat.S_ISREG(st.st_mode):
-        raise DeviceStoreError(f"{path} ({what}) is not a regular file")
-    if st.st_size > limit:
-        raise DeviceStoreError(f"{path} ({what}) is {st.st_size} bytes, over the {limit} cap")
-    return path.read_bytes()
+    """The bytes of `path`, refusing a symlink, a non-regular file or one over `limit` bytes
+    unread (`DeviceStoreError`); OSError (FileNotFoundError...) as the open raises it."""
+    try:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as exc:
+        if path.is_symlink():
+            raise DeviceStoreError(
+                f"{path} ({what}) is a symlink: the app directory's files are never read "
+                "through one (it could name a file outside the directory); remove it"
+            ) from exc
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise DeviceStoreError(f"{path} ({what}) is not a regular file")
+        if st.st_size > limit:
+            raise DeviceStoreError(f"{path} ({what}) is {st.st_size} bytes, over the {limit} cap")
+        raw = _read_fd(fd, limit + 1)
+    finally:
+        os.close(fd)
+    if len(raw) > limit:  # grown since the check
+        raise DeviceStoreError(f"{path} ({what}) is over the {limit}-byte cap")
+    return raw
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
@@ -241,53 +313,116 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def _residual_bytes(ef: ErrorFeedback, task_id: int | None, seq: int) -> bytes:
-    """`ef` as stored: `ErrorFeedback.to_bytes`, then the trailer naming `task_id` and the
-    write sequence number `seq` (no trailer for the legacy residual)."""
+def _trailer_bytes(task_id: int, seq: int, layout: bytes | None) -> bytes:
+    """The trailer naming `task_id`, write sequence number `seq` and `layout` (None: the
+    trailer without a layout)."""
+    ids = task_id.to_bytes(8, "little") + seq.to_bytes(8, "little")
+    return _TASK_MAGIC + ids if layout is None else _LAYOUT_MAGIC + ids + layout
+
+
+def _residual_bytes(
+    ef: ErrorFeedback, task_id: int | None, seq: int, layout: bytes | None = None
+) -> bytes:
+    """`ef` as stored: `ErrorFeedback.to_bytes`, then the trailer naming `task_id`, the
+    write sequence number `seq` and the model's `layout` when known (no trailer for the legacy
+    residual)."""
     raw = ef.to_bytes()
     if task_id is None:
         return raw
-    return raw + _TASK_MAGIC + task_id.to_bytes(8, "little") + seq.to_bytes(8, "little")
+    return raw + _trailer_bytes(task_id, seq, layout)
+
+
+def _peek(path: Path) -> tuple[int, bytes] | None:
+    """(the scalar count a stored residual's header names, the bytes after its values), read
+    from its header and end only; None for a file that is not a regular file (see
+    `_open_regular`) whose length is its values' with or without one of the trailers."""
+    fd = _open_regular(path)
+    if fd is None:
+        return None
+    try:
+        n = os.fstat(fd).st_size
+        head = _read_fd(fd, _EF_HEADER)
+        if len(head) < _EF_HEADER:
+            return None
+        d = int.from_bytes(head[8:12], "little")
+        body = _EF_HEADER + 4 * d
+        if n - body not in (0, _OLD_TRAILER, _TRAILER, _LAYOUT_TRAILER):
+            return None
+        os.lseek(fd, body, os.SEEK_SET)
+        tail = _read_fd(fd, n - body + 1)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    return (d, tail) if len(tail) == n - body else None
 
 
 def _residual_size(path: Path) -> int | None:
     """The scalar count a stored residual holds (read from its header, checked against its
     length with or without a trailer), or None for a file that is neither."""
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode) or st.st_size < _EF_HEADER:
-            return None
-        with open(path, "rb") as f:
-            head = f.read(_EF_HEADER)
-    except OSError:
-        return None
-    d = int.from_bytes(head[8:12], "little")
-    body = _EF_HEADER + 4 * d
-    return d if st.st_size in (body, body + _OLD_TRAILER, body + _TRAILER) else None
+    found = _peek(path)
+    return None if found is None else found[0]
 
 
-def _trailer(path: Path) -> tuple[int, int | None] | None:
-    """(task, write sequence number) from a stored residual's trailer, the sequence None in an
-    older SDK's trailer; None without a trailer (legacy) or with a foreign one."""
-    d = _residual_size(path)
-    if d is None:
-        return None
-    try:
-        with open(path, "rb") as f:
-            f.seek(_EF_HEADER + 4 * d)
-            return _parse_trailer(f.read(_TRAILER + 1))
-    except OSError:
-        return None
+def _trailer(path: Path) -> _Trailer | None:
+    """What a stored residual's trailer names; None without a trailer (legacy) or with a
+    foreign one."""
+    found = _peek(path)
+    return None if found is None else _parse_trailer(found[1])
 
 
-def _parse_trailer(tail: bytes) -> tuple[int, int | None] | None:
-    """(task, sequence or None) from the bytes after a residual's values (see `_trailer`)."""
+def _parse_trailer(tail: bytes) -> _Trailer | None:
+    """What the bytes after a residual's values name (see `_trailer`)."""
+    task = int.from_bytes(tail[8:16], "little")
+    if len(tail) == _LAYOUT_TRAILER and tail[: len(_LAYOUT_MAGIC)] == _LAYOUT_MAGIC:
+        return _Trailer(task, int.from_bytes(tail[16:24], "little"), tail[24:])
     if len(tail) == _TRAILER and tail[: len(_TASK_MAGIC)] == _TASK_MAGIC:
-        task, seq = tail[8:16], tail[16:24]
-        return int.from_bytes(task, "little"), int.from_bytes(seq, "little")
+        return _Trailer(task, int.from_bytes(tail[16:24], "little"), None)
     if len(tail) == _OLD_TRAILER and tail[: len(_OLD_MAGIC)] == _OLD_MAGIC:
-        return int.from_bytes(tail[8:16], "little"), None
+        return _Trailer(task, None, None)
     return None
+
+
+def _load_stored(path: Path, size: int | None) -> tuple[ErrorFeedback, _Trailer | None] | None:
+    """The residual stored in `path` (of `size` scalars; None: any) and its trailer (None: it
+    has none); None unless it is a whole one: missing, not a regular file (a FIFO, a
+    symlink), torn, of another size, with a foreign trailer or values that fail their checks
+    (`ErrorFeedback.from_bytes`: the CRC-32, finite values)."""
+    found = _peek(path)
+    if found is None or (size is not None and found[0] != size):
+        return None
+    d, tail = found
+    trailer = _parse_trailer(tail) if tail else None
+    if tail and trailer is None:
+        return None
+    body = _EF_HEADER + 4 * d
+    raw = _read_sized(path, body + len(tail))
+    if raw is None:
+        return None
+    try:
+        return ErrorFeedback.from_bytes(raw[:body], d), trailer
+    except ValueError:
+        return None
+
+
+def _layout_of(spec: ModelSpec | None, size: int, what: str) -> bytes | None:
+    """`spec`'s fingerprint (None without one); `ValueError` if it is not of `size` scalars."""
+    if spec is None:
+        return None
+    if spec.size != size:
+        raise ValueError(f"{what}: a layout of {spec.size} scalars for a residual of {size}")
+    return spec.fingerprint
+
+
+def _spec_layout(meta: dict[str, Any]) -> bytes | None:
+    """The fingerprint of the layout a metadata file keeps (`spec`); None without a readable
+    one (an older SDK's file, or one written without a layout)."""
+    if "spec" not in meta:
+        return None
+    try:
+        return ModelSpec.from_json(meta["spec"]).fingerprint
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return None
 
 
 def _residual_task(path: Path) -> int | None:
@@ -332,11 +467,38 @@ class DeviceStore:
                 f"{self.root} cannot be the app directory: {exc.strerror or exc} "
                 f"({exc.filename or self.root})"
             ) from exc
+        self._narrow_root()
         # Finish what a crash interrupted, and move an older SDK's single accepted record to
         # the accepted-<r>.* files, before anything is read.
         self._drop_temp_files()
         self._recover()
         self._evict_residuals(None)  # one more than the bound, if a crash cut an eviction
+
+    def _narrow_root(self) -> None:
+        """Make an existing app directory that others may read, enter or write owner-only
+        (0700: the group and other bits cleared), as a new one is made. Only one this user
+        owns: `DeviceStoreError` for one owned by another user (its owner, or anyone it lets
+        write it, could plant a symlink or read what derives from the user's data), or one
+        whose mode cannot be changed. No-op where the OS has no POSIX owners (Windows)."""
+        if not hasattr(os, "geteuid"):
+            return
+        st = os.stat(self.root)  # the directory a symlinked app_dir names
+        mode = stat.S_IMODE(st.st_mode)
+        if not mode & 0o077:
+            return
+        if st.st_uid != os.geteuid():
+            raise DeviceStoreError(
+                f"{self.root} cannot be the app directory: it is mode {mode:04o} (open to other "
+                f"users) and owned by uid {st.st_uid}, not by this process's uid "
+                f"{os.geteuid()}, so it is not narrowed to 0700; use a directory this user owns"
+            )
+        try:
+            os.chmod(self.root, mode & ~0o077)
+        except OSError as exc:
+            raise DeviceStoreError(
+                f"{self.root} cannot be the app directory: it is mode {mode:04o} (open to other "
+                f"users) and could not be narrowed to 0700: {exc.strerror or exc}"
+            ) from exc
 
     def _drop_temp_files(self) -> None:
         """Remove the temp files of writes a crash cut before their rename (`_write`): none is
@@ -704,11 +866,17 @@ class DeviceStore:
         numbered = [(s, p.name, p) for p in files if (s := self._sequence(p, claim)) is not None]
         numbered.sort()
         for new, (_, _, path) in enumerate(numbered):
-            if _trailer(path) is None:  # the claimed legacy file: its number is the claim's
+            found = _trailer(path)
+            if found is None:  # the claimed legacy file: its number is the claim's
                 self.update_state(legacy_residual_seq=new)
-            else:
-                raw = path.read_bytes()
-                _write(path, raw[:-8] + new.to_bytes(8, "little"))
+                continue
+            # The trailer rewritten, the rest as it is; a numbered file has a sequence number,
+            # so its trailer is the 24-byte one or the 32-byte one (with a layout).
+            size = os.lstat(path).st_size
+            raw = _read_sized(path, size)
+            if raw is not None:
+                cut = _TRAILER if found.layout is None else _LAYOUT_TRAILER
+                _write(path, raw[: size - cut] + _trailer_bytes(found.task, new, found.layout))
         return len(numbered)
 
     def _evict_residuals(self, keep: Path | None, room: int = 0) -> None:
@@ -736,29 +904,34 @@ class DeviceStore:
 
     # -- residuals -----------------------------------------------------------------------
 
-    def load_residual(self, size: int, task_id: int | None = None) -> ErrorFeedback | None:
+    def load_residual(
+        self, size: int, task_id: int | None = None, spec: ModelSpec | None = None
+    ) -> ErrorFeedback | None:
         """The residual (float32[size]) the device carries for `task_id`, or None if none is
         held for that task and size. A task holding none first claims the older SDK's residual
-        of that size (`_claim_legacy`). `task_id` None reads the legacy residual."""
+        of that size (`_claim_legacy`). `task_id` None reads the legacy residual.
+
+        With `spec` (the layout of the model the caller encodes for, of `size` scalars), None
+        too when the residual held names another layout: it is of another model of the same
+        size (the round starts from no residual; the file is left as it is until the task's
+        next residual is saved). One saved without a layout is matched by size, as before."""
+        layout = _layout_of(spec, size, "load_residual")
         if task_id is not None:
             self._claim_legacy(task_id, size)
-        path = self._residual_path(task_id)
-        if not path.exists() or _residual_size(path) != size:  # another model's (or torn)
+        # Another model's, torn, or no regular file (a FIFO, a symlink): start afresh.
+        stored = _load_stored(self._residual_path(task_id), size)
+        if stored is None:
             return None
-        raw = path.read_bytes()
-        want = _EF_HEADER + 4 * size
-        if len(raw) > want:
-            # A trailer must be whole and name this residual's task (the claimer's, for the
-            # legacy residual): a foreign or torn one is not used.
-            found = _parse_trailer(raw[want:])
+        ef, found = stored
+        if found is not None:
+            # A trailer must name this residual's task (the claimer's, for the legacy
+            # residual): a foreign one is not used.
             expected = task_id if task_id is not None else self.legacy_claimer()
-            if found is None or found[0] != expected:
+            if found.task != expected:
                 return None
-            raw = raw[:want]
-        try:
-            return ErrorFeedback.from_bytes(raw, size)
-        except ValueError:
-            return None  # another model's residual: start afresh
+            if None not in (layout, found.layout) and found.layout != layout:
+                return None
+        return ef
 
     def _staged(self) -> list[Path]:
         """Every staged residual file present (open window or leftover)."""
@@ -767,12 +940,17 @@ class DeviceStore:
             names += [f"accepted-{round_id}.{k}" for k in sorted(kinds & {"residual", "settled"})]
         return [self.root / n for n in names]
 
-    def save_residual(self, ef: ErrorFeedback, task_id: int | None = None) -> None:
-        """Make `ef` `task_id`'s residual (None: the legacy residual). Other tasks' residuals
-        are untouched."""
+    def save_residual(
+        self, ef: ErrorFeedback, task_id: int | None = None, spec: ModelSpec | None = None
+    ) -> None:
+        """Make `ef` `task_id`'s residual (None: the legacy residual), of the model of layout
+        `spec` (kept in the file's trailer, so that `load_residual` tells another model of the
+        same size after a restart; None: unknown, matched by size). Other tasks' residuals are
+        untouched. `ValueError`, nothing written, for a `spec` of another size than `ef`."""
         _check_task_id(task_id, "residual")
+        layout = _layout_of(spec, ef.size, "residual")
         dest = self._dest(task_id)
-        _write(dest, _residual_bytes(ef, task_id, self._next_seq()))
+        _write(dest, _residual_bytes(ef, task_id, self._next_seq(), layout))
         # Leftovers of an interrupted save or refusal would otherwise shadow this newer residual.
         for staged in self._staged():
             if self._dest(_residual_task(staged)) == dest:
@@ -817,12 +995,14 @@ class DeviceStore:
         # Withdraw an older commit point first: its metadata must never pair with this frame.
         _unlink(self.root / "pending.json")
         _write(self.root / "pending.frame", pending.frame)
+        spec = pending.spec if pending.spec is not None and pending.spec.size == ef.size else None
+        layout = None if spec is None else spec.fingerprint
         _write(
             self.root / "pending.residual",
-            _residual_bytes(ef, pending.task_id, self._next_seq()),
+            _residual_bytes(ef, pending.task_id, self._next_seq(), layout),
         )
         _write(self.root / "pending.json", encoded)
-        self.save_residual(ef, pending.task_id)
+        self.save_residual(ef, pending.task_id, spec)
 
     def load_pending(self) -> PendingUpload | None:
         """The unacknowledged upload, or None. Raises `DeviceStoreError` if pending.json is
@@ -914,12 +1094,14 @@ class DeviceStore:
         self._recover()
         if self._holds_other(key):
             return None
-        task_id = None
+        task_id, layout = None, None
         if (self.root / "pending.json").exists():
             try:
-                task_id = _task_field(_read_json(self.root / "pending.json", "pending upload"))
+                meta = _read_json(self.root / "pending.json", "pending upload")
             except DeviceStoreError:
                 pass  # not an upload load_pending returns: nothing of it is named
+            else:
+                task_id, layout = _task_field(meta), _spec_layout(meta)
         return self._add_to_residual(
             size,
             sent,
@@ -927,6 +1109,7 @@ class DeviceStore:
             "pending.json",
             ("pending.frame", "pending.residual"),
             task_id,
+            layout,
         )
 
     # -- accepted uploads awaiting their rounds' outcomes ---------------------------------
@@ -952,7 +1135,8 @@ class DeviceStore:
         self._recover()
         self._write_record(record, ef)
         if ef is not None:
-            self.save_residual(ef, record.task_id)
+            spec = record.spec if record.spec.size == ef.size else None
+            self.save_residual(ef, record.task_id, spec)
         self._evict()
 
     def _write_record(self, record: AcceptedUpload, ef: ErrorFeedback | None) -> None:
@@ -974,9 +1158,10 @@ class DeviceStore:
         _unlink(self._record(r, "json"))  # an older record must never pair with this frame
         _write(self._record(r, "frame"), record.frame)
         if ef is not None:
+            layout = record.spec.fingerprint if record.spec.size == ef.size else None
             _write(
                 self._record(r, "residual"),
-                _residual_bytes(ef, record.task_id, self._next_seq()),
+                _residual_bytes(ef, record.task_id, self._next_seq(), layout),
             )
         _write(self._record(r, "json"), encoded)
 
@@ -1069,6 +1254,7 @@ class DeviceStore:
             f"accepted-{round_id}.json",
             (f"accepted-{round_id}.frame",),
             record.task_id,
+            record.spec.fingerprint if record.spec.size == size else None,
         )
 
     def _add_to_residual(
@@ -1079,6 +1265,7 @@ class DeviceStore:
         commit: str,
         leftovers: tuple[str, ...],
         task_id: int | None,
+        layout: bytes | None,
     ) -> ErrorFeedback | None:
         """`task_id`'s residual += `sent`, written to `staging` first; removing the `commit`
         file is the commit point (`_recover` finishes or drops the step after a crash), then the
@@ -1087,10 +1274,12 @@ class DeviceStore:
 
         A task's residual is of one model: the one the device last encoded for in that task. If
         it holds one of another size (the task's model changed size since `sent` was encoded),
-        `sent` belongs to a model whose residual is gone: it is not added, and that residual is
-        not replaced (adding it to zeros of its size would discard the current model's
-        residual). The upload or record is then dropped as if delivered and None returned. No
-        residual held at all: `sent` starts one.
+        or names another layout than `layout` (the fingerprint of the layout `sent` is of, None:
+        unknown), `sent` belongs to a model whose residual is gone: it is not added, and that
+        residual is not replaced (adding it to zeros would discard the current model's
+        residual). The upload or record is then dropped as if delivered and None returned.
+        No whole residual of this task held (none, or a file that is no residual: a FIFO, a
+        symlink, torn, foreign, failing its checksum): `sent` starts one, replacing the file.
         """
         if task_id is not None:
             self._claim_legacy(task_id, size)
@@ -1099,18 +1288,26 @@ class DeviceStore:
         # (read as another model's residual, the content was dropped as delivered).
         _no_directory(self._dest(task_id))
         _no_directory(current)
-        if current.exists() and _residual_size(current) != size:
+        stored = _load_stored(current, None)
+        expected = task_id if task_id is not None else self.legacy_claimer()
+        if stored is not None and stored[1] is not None and stored[1].task != expected:
+            stored = None  # names another task: foreign, no residual of this one
+        held = None if stored is None or stored[1] is None else stored[1].layout
+        if stored is not None and (
+            stored[0].size != size or (None not in (layout, held) and held != layout)
+        ):
             if current.name in leftovers:  # a window of this very upload: keep what it holds
                 self._finish(current)
             _unlink(self.root / commit)
             for name in leftovers:
                 _unlink(self.root / name)
             return None
-        base = self.load_residual(size, task_id) or ErrorFeedback(size)
+        base = stored[0] if stored is not None else ErrorFeedback(size)
         ef = ErrorFeedback(size)
         ef.residual = (base.residual + sent).astype(np.float32)
         staged = self.root / staging
-        _write(staged, _residual_bytes(ef, task_id, self._next_seq()))
+        layout = layout if layout is not None else held
+        _write(staged, _residual_bytes(ef, task_id, self._next_seq(), layout))
         _unlink(self.root / commit)  # the commit point
         dest = self._dest(task_id)
         _replace(staged, dest)
