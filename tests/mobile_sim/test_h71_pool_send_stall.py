@@ -4,6 +4,7 @@ round as it does for a worker stuck in training."""
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import threading
@@ -13,12 +14,39 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from mobile_sim.backends import SequentialBackend
 from mobile_sim.backends.process_pool import PoolWorkerError, ProcessPoolBackend
 from tests.mobile_sim.test_backends_pool import _jobs, _shm_names
 
-pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
+
+@functools.cache
+def warm_torch_for_fork() -> None:
+    """Train once in this process, so that "fork" pool workers start warm.
+
+    A forked worker inherits torch's lazy one-time set-up from its parent: done here once, a
+    pool starts and trains its first round in about 0.1 s instead of 1.5-4 s per pool (each
+    worker paid it in its first task). Stall tests then spend their time on the limits they
+    check. One torch thread, as the workers use: no thread pool is running when they fork.
+    """
+    import torch
+
+    ctx, params, jobs = _jobs(2, 1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        backend = SequentialBackend()
+        backend.start(ctx)
+        backend.train(params, jobs)
+    finally:
+        torch.set_num_threads(threads)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _warm_parent() -> None:
+    warm_torch_for_fork()  # once per session: "fork" pools then start warm
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="needs SIGSTOP")
 @pytest.mark.timeout(60)  # before the fix, train blocked in conn.send until the worker died
 def test_a_worker_frozen_after_replying_fails_a_round_whose_task_overfills_its_pipe() -> None:
     # Prepare: one honest round, so the worker has read and answered everything sent to it.

@@ -18,7 +18,13 @@ import pytest
 from mobile_sim.backends import SequentialBackend, process_pool
 from mobile_sim.backends.process_pool import PoolWorkerError, ProcessPoolBackend
 from tests.mobile_sim.test_backends_pool import _assert_same, _jobs, _shm_names
+from tests.mobile_sim.test_h71_pool_send_stall import warm_torch_for_fork
 from tests.mobile_sim.test_review_backends import _Dies
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _warm_parent() -> None:
+    warm_torch_for_fork()  # once per session: "fork" pools then start warm
 
 
 class _Spins:
@@ -51,17 +57,18 @@ class _KillsItsLoader:
 
 
 def test_honest_rounds_keep_their_bits_under_a_limit_and_a_spinning_job_fails_within_it() -> None:
-    # Prepare: 2 workers; 9 honest jobs (more tasks than workers: the wait loop wakes and
-    # dispatches many times); then a round whose two largest jobs (dev-3, then dev-2: sent
-    # first) spin forever, so no honest job can be the one that is late.
+    # Prepare: 2 workers ("fork" from a warm parent: started in a blink); 9 honest jobs (more
+    # tasks than workers: the wait loop wakes and dispatches many times); then a round whose
+    # two largest jobs (dev-3, then dev-2: sent first) spin forever, so no honest job can be
+    # the one that is late.
     ctx, params, jobs = _jobs(9, 1)
     spinning = [
         replace(j, data_attack=_Spins()) if j.device_id in ("dev-2", "dev-3") else j
         for j in jobs[:6]
     ]
     before = _shm_names()
-    limit = 1.0
-    pool = ProcessPoolBackend(workers=2, inner="sequential")
+    limit = 0.5
+    pool = ProcessPoolBackend(workers=2, inner="sequential", start_method="fork")
     pool.start(ctx)
     procs = list(pool._procs)
 
@@ -73,7 +80,7 @@ def test_honest_rounds_keep_their_bits_under_a_limit_and_a_spinning_job_fails_wi
         bounded = pool.train(params, jobs)
         pool.job_timeout_s = limit
         t0 = time.monotonic()
-        with pytest.raises(PoolWorkerError, match=r"devices dev-3 after the 1 s stall limit"):
+        with pytest.raises(PoolWorkerError, match=r"devices dev-3 after the 0.5 s stall limit"):
             pool.train(params, spinning)
         failed_after = time.monotonic() - t0
         with pytest.raises(RuntimeError, match="not started"):  # the failure closed the pool
@@ -98,7 +105,7 @@ def test_a_stalled_vectorized_share_names_its_devices_and_a_dead_worker_still_fa
     # Prepare: one vectorized worker, so the whole round is one task holding all 12 devices
     # (the message names 10 of them); then, restarted with a long limit, a job whose worker dies.
     ctx, params, jobs = _jobs(12, 2)
-    pool = ProcessPoolBackend(workers=1, inner="vectorized", job_timeout_s=0.5)
+    pool = ProcessPoolBackend(workers=1, inner="vectorized", job_timeout_s=0.5, start_method="fork")
     pool.start(ctx)
 
     # Execute
@@ -121,10 +128,10 @@ def test_a_stalled_vectorized_share_names_its_devices_and_a_dead_worker_still_fa
 def test_start_has_one_deadline_for_all_workers_and_says_how_many_were_ready(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Prepare: two workers that can never become ready, and a 1.5 s start-up deadline. Waiting
-    # for each worker in turn would take 2 x 1.5 s.
+    # Prepare: two workers that can never become ready, and a 1 s start-up deadline. Waiting
+    # for each worker in turn would take 2 x 1 s.
     ctx, _, _ = _jobs(1, 1)
-    deadline = 1.5
+    deadline = 1.0
     monkeypatch.setattr(process_pool, "_START_TIMEOUT_S", deadline)
     stuck = replace(ctx, x_train=cast(Any, _NeverLoads()))
     pool = ProcessPoolBackend(workers=2)
@@ -132,7 +139,7 @@ def test_start_has_one_deadline_for_all_workers_and_says_how_many_were_ready(
 
     # Execute
     t0 = time.monotonic()
-    with pytest.raises(PoolWorkerError, match=r"0 of 2 workers were ready after 1.5 s"):
+    with pytest.raises(PoolWorkerError, match=r"0 of 2 workers were ready after 1 s;"):
         pool.start(stuck)
     failed_after = time.monotonic() - t0
 
