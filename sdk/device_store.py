@@ -224,10 +224,11 @@ def _unlink(path: Path) -> None:
     _fsync_dir(path.parent)
 
 
-# Every read opens without following a symlink (one would have a file outside the app directory
-# read as the store's: its bytes sent as a residual, or its JSON taken for the device's state)
-# and without blocking (opening a FIFO to read waits for a writer, forever); the type is then
-# checked on the open file, so nothing can be swapped in between the check and the read.
+# Every read opens a regular file only (lstat first: a device node is never opened, whatever
+# opening it would do), without following a symlink (one would have a file outside the app
+# directory read as the store's: its bytes sent as a residual, or its JSON taken for the
+# device's state) and without blocking (opening a FIFO to read waits for a writer, forever);
+# the type is checked again on the open file, so nothing swapped in after the lstat is read.
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
 
 
@@ -235,6 +236,8 @@ def _open_regular(path: Path) -> int | None:
     """A read-only descriptor on `path` if it is a regular file; None if it is missing or
     not one (a symlink, a FIFO, a directory...). See `_READ_FLAGS`."""
     try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return None
         fd = os.open(path, _READ_FLAGS)
     except OSError:
         return None
@@ -277,14 +280,20 @@ def _read_sized(path: Path, size: int) -> bytes | None:
 def _read(path: Path, limit: int, what: str) -> bytes:
     """The bytes of `path`, refusing a symlink, a non-regular file or one over `limit` bytes
     unread (`DeviceStoreError`); OSError (FileNotFoundError...) as the open raises it."""
+    symlink = DeviceStoreError(
+        f"{path} ({what}) is a symlink: the app directory's files are never read through one "
+        "(it could name a file outside the directory); remove it"
+    )
+    mode = os.lstat(path).st_mode
+    if stat.S_ISLNK(mode):
+        raise symlink
+    if not stat.S_ISREG(mode):
+        raise DeviceStoreError(f"{path} ({what}) is not a regular file")
     try:
         fd = os.open(path, _READ_FLAGS)
     except OSError as exc:
-        if path.is_symlink():
-            raise DeviceStoreError(
-                f"{path} ({what}) is a symlink: the app directory's files are never read "
-                "through one (it could name a file outside the directory); remove it"
-            ) from exc
+        if path.is_symlink():  # swapped in after the lstat
+            raise symlink from exc
         raise
     try:
         st = os.fstat(fd)

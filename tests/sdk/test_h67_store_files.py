@@ -202,3 +202,30 @@ def test_a_symlinked_app_directory_narrows_the_directory_it_names(tmp_path: Path
     DeviceStore(link).save_pending(PendingUpload(1, "k" * 8, _frame(1.0)), _ef(1.0))
     assert stat.S_IMODE(os.stat(real).st_mode) == 0o700
     assert stat.S_IMODE(os.lstat(link).st_mode) == 0o777  # the link itself: untouched
+
+
+def test_a_file_that_is_not_regular_is_never_opened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a FIFO where task 1's residual and the state are kept (a device node is treated
+    # alike: opening one can act, e.g. rewind a tape, so the type is checked before the open)
+    root = tmp_path / "app"
+    store = DeviceStore(root)
+    os.mkfifo(root / "residual-1.bin")
+    os.mkfifo(root / "state.json")
+    opened: list[str] = []
+    real = os.open
+
+    def spy(path: object, *args: object, **kwargs: object) -> int:
+        opened.append(Path(str(path)).name)
+        return real(path, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", spy)
+
+    # Execute
+    assert store.load_residual(SPEC.size, 1) is None
+    with pytest.raises(DeviceStoreError, match="is not a regular file"):
+        store.state()
+
+    # Assert
+    assert "residual-1.bin" not in opened and "state.json" not in opened
