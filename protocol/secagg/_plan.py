@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -28,6 +29,9 @@ from ._shamir import MAX_SHARES
 
 __all__ = [
     "MAX_DEGREE",
+    "MAX_DG_VARIANCE",
+    "MAX_SKELLAM_VARIANCE",
+    "MIN_NOISE_VARIANCE",
     "NoiseKind",
     "SecurePlan",
     "ProtocolParams",
@@ -46,6 +50,15 @@ MAX_NODES = 1 << 20
 # 2 ceil(1.5 log2 n), is 60 at n = 10^6.
 MAX_DEGREE = 2048
 MAX_SEGMENTS = 4096
+# Per-device noise variances a device can draw, by kind. Skellam(mu) = Poisson(mu) - Poisson(mu)
+# with mu = variance / 2: numpy's Poisson refuses mu above about 9.2e18 (a bare ValueError), so
+# mu is at most 2^62. The discrete Gaussian's draws go through int64: at sigma = 2^57 a draw
+# past 2^63 is 64 sigma away (probability about e^-2048). Both are far above what the
+# coordinator plans (value_bits <= 16). The least is the smallest normal float: a subnormal
+# variance halves to mu = 0, which the Skellam sampler refuses.
+MAX_SKELLAM_VARIANCE = 2.0**63
+MAX_DG_VARIANCE = 2.0**114
+MIN_NOISE_VARIANCE = sys.float_info.min
 PLAN_FLAGS = 0b11  # bit 0 rotate, bit 1 dither
 _FIXED = struct.Struct("<4sQIIIBBIQddBBdQ32s32sI")
 _ZSTD = compression.ZstdCodec()  # decoding only: one frame, declared size and window checked
@@ -191,6 +204,14 @@ class SecurePlan:
                     f"noise variance {self.noise_variance:g} per device needs a headroom of at "
                     f"least 4 standard deviations of {self.num_nodes} devices' noise, got "
                     f"{self.noise_headroom}"
+                )
+            top = MAX_SKELLAM_VARIANCE if self.noise == NoiseKind.SKELLAM else MAX_DG_VARIANCE
+            if not MIN_NOISE_VARIANCE <= self.noise_variance <= top:
+                # Checked before any sampling: the device's sampler would raise a bare
+                # ValueError mid-round instead of refusing the plan by name.
+                raise ValueError(
+                    f"noise variance {self.noise_variance:g} per device is outside what the "
+                    f"{self.noise.name.lower()} sampler draws ({MIN_NOISE_VARIANCE:g} to {top:g})"
                 )
         # Segments tile disjoint, in-order parts of the model (as `sketch_segments_for` lays
         # them out), so the sketch has at most 2 d entries and every reshape on a device fits.
