@@ -371,7 +371,8 @@ def test_a_refusal_megabytes_long_is_cut_to_a_loggable_error(tmp_path: Path) -> 
             return snapshot_answer(params, 0)
         return _refusal_of(1 << 20, 4 << 20)
 
-    a = dataclasses.replace(_assignment(), secure=True)
+    # A deadline ahead: one past ends the round at its model download (helper-68), unrefused
+    a = dataclasses.replace(_assignment(), secure=True, deadline_unix=4e9)
     # Execute
     with Client("http://coord", str(tmp_path), transport=httpx.MockTransport(handler)) as c:
         with pytest.raises(ClientError) as info:
