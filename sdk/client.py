@@ -1173,6 +1173,29 @@ def _bound_sockets(http: httpx.Client, deadline: _Deadline) -> bool:
     return True
 
 
+def _bound_transport(transport: httpx.HTTPTransport, deadline: _Deadline) -> _Deadline:
+    """`_bound_sockets` for an `httpx.HTTPTransport` the app passed as `transport=`: its pool's
+    backend is wrapped in place, once. A transport already wrapped (shared by several clients)
+    keeps its wrapper, and its deadline is returned for the client to set: the deadline is per
+    thread, and a thread receives one response at a time. The wrapper passes through requests
+    of threads with no deadline set (another httpx client on the same transport). Returns
+    `deadline` unchanged, with the warning of `_bound_sockets`, on an httpx without the pool."""
+    pool: Any = getattr(transport, "_pool", None)
+    backend = getattr(pool, "_network_backend", None)
+    if isinstance(backend, _DeadlineBackend):
+        return backend._deadline
+    if not isinstance(backend, httpcore.NetworkBackend):
+        warnings.warn(
+            f"httpx {httpx.__version__}: no httpcore network backend in {transport!r}; "
+            "max_response_s bounds response bodies only, not trickled headers",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        return deadline
+    pool._network_backend = _DeadlineBackend(backend, deadline)
+    return deadline
+
+
 def _read_capped(
     response: httpx.Response, cap: int, deadline: float = math.inf, budget_s: float = math.inf
 ) -> httpx.Response:
@@ -1642,11 +1665,14 @@ class Client:
             headers=_ACCEPT_IDENTITY,
         )  # fmt: skip
         # The response being received must be whole by this thread's deadline, headers
-        # included, on the sockets of httpx's own transports; an injected `transport=` is
-        # bounded between body chunks only (`_read_capped`).
+        # included, on the sockets of httpx's own transports, an injected `httpx.HTTPTransport`
+        # included; any other injected `transport=` is bounded between body chunks only
+        # (`_read_capped`): its headers arrive when that transport returns.
         self._deadline = _Deadline()
         if transport is None:
             _bound_sockets(self._http, self._deadline)
+        elif isinstance(transport, httpx.HTTPTransport):
+            self._deadline = _bound_transport(transport, self._deadline)
         self._mods = mods
         self._sleep = sleep
 
