@@ -1152,8 +1152,8 @@ def _bound_sockets(http: httpx.Client, deadline: _Deadline) -> bool:
     again with every byte. httpx takes no network backend, but the httpcore pool under each of
     its transports does; that backend is wrapped in place. These are httpx's private attributes
     (pinned below 1.0 in pyproject): on an httpx without them this warns once and returns False,
-    and responses are bounded between body chunks only, as with an injected transport; the
-    device keeps working. tests/sdk/test_client_deadlines.py fails if the bound is lost."""
+    and responses are bounded between body chunks only, as with an injected transport other
+    than `httpx.HTTPTransport` (`_bound_transport`); the device keeps working. tests/sdk/test_client_deadlines.py fails if the bound is lost."""
     pools: list[Any] = []
     for transport in (getattr(http, "_transport", None), *getattr(http, "_mounts", {}).values()):
         if transport is None:  # a NO_PROXY host: the default transport
