@@ -72,13 +72,24 @@ def model_digest(params: npt.ArrayLike) -> bytes:
 
 
 def encode_snapshot(
-    params: npt.ArrayLike, spec: ModelSpec, dtype: str = "fp16", level: int = 3
+    params: npt.ArrayLike,
+    spec: ModelSpec,
+    dtype: str = "fp16",
+    level: int = 3,
+    limits: DecodeLimits | None = None,
 ) -> bytes:
     """A snapshot of float32[d] `params`: header, then one zstd frame of fp16 or fp32 values.
 
     The header carries the SHA-256 of the canonical bytes of the params as the receiver will
     decode them (after fp16 rounding), so `decode_snapshot` verifies what it returns.
+
+    `limits` are the receiver's `DecodeLimits` (None: the defaults, as `decode_snapshot`).
+    The zstd window stays within `limits.zstd_max_window`, and a snapshot above
+    `limits.frame_cap(spec)` bytes is refused with ValueError, since the receiver would refuse
+    it. Under the default limits nothing is refused: the cap leaves d/8 + 1024 bytes above 4d,
+    more than zstd's worst-case growth (d/64 + 64 bytes and its frame header) plus this header.
     """
+    lim = limits if limits is not None else DecodeLimits()
     arr = _as_params(params, spec)
     if dtype not in _DTYPE_IDS:
         raise ValueError(f"dtype must be one of {sorted(_DTYPE_IDS)}, got {dtype!r}")
@@ -90,7 +101,14 @@ def encode_snapshot(
     if not np.all(np.isfinite(stored)):
         raise ValueError("a parameter exceeds the fp16 range; use dtype='fp32'")
     digest = model_digest(stored.astype(np.float32))
-    payload = _zstd(level).compress(stored.tobytes())
+    payload = _zstd(level, lim.zstd_max_window).compress(stored.tobytes())
+    total, cap = SNAPSHOT_HEADER_LEN + len(payload), lim.frame_cap(spec)
+    if total > cap:
+        raise ValueError(
+            f"the {dtype} snapshot of {total} bytes is above the receiver's cap of {cap} bytes "
+            "(DecodeLimits.max_frame_bytes), which would refuse it: raise the cap"
+            + (", or use dtype='fp16'" if dtype == "fp32" else "")
+        )
     header = _HEADER.pack(
         SNAPSHOT_MAGIC, WIRE_VERSION, wid, SNAPSHOT_HEADER_LEN, spec.fingerprint, spec.size,
         check_u32(len(payload), "snapshot payload"), digest,
