@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import hashlib
+import heapq
 import json
 import logging
 import math
@@ -534,6 +535,126 @@ def _own_view(value: Any, cohort: frozenset[str], me: str) -> Any:
     return view(value)
 
 
+# `_OwnViews` index: whom an entry names is None (no device of the cohort), one device's id,
+# or _MANY (two or more: no device's view keeps it). An entry is (position, key or None,
+# value, node): node None serves the value as it is (it names nobody, at any depth), else a
+# compiled dict or list: (kind, entries every view keeps, {device: entries only it keeps}).
+_MANY = "*"  # not a device id (those are 32 hex digits)
+_Entry = tuple[int, Any, Any, "_Node | None"]
+_Node = tuple[str, list[_Entry], dict[str, list[_Entry]]]
+
+
+def _either(a: str | None, b: str | None) -> str | None:
+    """Whom two parts of one entry name together."""
+    if a is None or a == b:
+        return b
+    if b is None:
+        return a
+    return _MANY
+
+
+class _OwnViews:
+    """`_own_view(value, cohort, me)` for any `me`, from an index built once (a closed round's
+    measurements, read by each of its devices): an entry is kept for every device, for one
+    device only (it names that device and no other of the cohort), or for none, and a subtree
+    that names no cohort device is served as it is. So a device's view costs what it holds,
+    not what the round's measurements hold (e.g. one norm, not the cohort's). Takes JSON
+    values (dicts, lists, strings, numbers); the views share unchanged subtrees with `value`,
+    which must not change."""
+
+    def __init__(self, value: Any, cohort: frozenset[str]) -> None:
+        self.cohort = cohort
+        self.value = value
+        self.root = self._compile(value)
+
+    def view(self, me: str) -> Any:
+        return self.value if self.root is None else self._view(self.root, me)
+
+    def _view(self, node: _Node, me: str) -> Any:
+        kind, always, only = node
+        mine = only.get(me)
+        entries = heapq.merge(always, mine) if mine else always
+        if kind == "dict":
+            return {k: v if n is None else self._view(n, me) for _, k, v, n in entries}
+        return [v if n is None else self._view(n, me) for _, _, v, n in entries]
+
+    def _names(self, v: Any) -> str | None:
+        """Whom a string names (itself, or ids inside a longer string)."""
+        if not isinstance(v, str):
+            return None
+        if len(v) <= 32:  # a device id is 32 digits: no id inside
+            return v if v in self.cohort else None
+        who = v if v in self.cohort else None
+        for m in _ID_IN_TEXT.findall(v):
+            if m in self.cohort:
+                who = _either(who, m)
+        return who
+
+    def _record(self, v: Any, flat_only: bool) -> str | None:
+        """Whom a list or dict is a record of (`_own_view`'s `record`; `flat_only`: a dict
+        counts only when its values are all plain, as a dict's value)."""
+        who: str | None = None
+        if isinstance(v, dict):
+            if flat_only and any(isinstance(x, dict | list | tuple) for x in v.values()):
+                return None
+            for x in v.values():
+                who = _either(who, self._names(x))
+        elif isinstance(v, list | tuple):
+            if all(isinstance(x, str) for x in v):
+                return None
+            for x in v:
+                who = _either(who, self._names(x))
+        return who
+
+    def _compile(self, v: Any) -> _Node | None:
+        """The node of a dict or list, None for a value every view serves as it is."""
+        if isinstance(v, dict):
+            kind = "dict"
+            items = [
+                (_either(_either(self._names(k), self._names(x)), self._record(x, True)), k, x)
+                for k, x in v.items()
+            ]
+        elif isinstance(v, list | tuple):
+            kind = "list"
+            items = [(_either(self._names(x), self._record(x, False)), None, x) for x in v]
+        else:
+            return None
+        always: list[_Entry] = []
+        only: dict[str, list[_Entry]] = {}
+        changed = isinstance(v, tuple)  # a view makes a list of it
+        for i, (who, key, x) in enumerate(items):
+            node = self._compile(x)
+            entry = (i, key, x, node)
+            if who is None:
+                always.append(entry)
+                changed = changed or node is not None
+            elif who != _MANY:
+                only.setdefault(who, []).append(entry)
+            changed = changed or who is not None
+        return (kind, always, only) if changed else None
+
+
+# Closed rounds kept parsed (`Coordinator._closed_rounds`): the most recently read; a device
+# asks about the round it was in, so a few cover a round's whole cohort asking at once.
+CLOSED_ROUNDS_KEPT = 8
+
+
+@dataclass
+class _ClosedRound:
+    """A committed or abandoned round as stored (its row no longer changes), parsed once for
+    the requests of its devices: membership, reports, each device's view."""
+
+    row: RoundRow
+    cohort: frozenset[str]
+    reports: int | None = None  # a plain round's accepted updates, counted on first use
+    views: _OwnViews | None = None  # built on first device read
+
+    def own_view(self, me: str) -> Any:
+        if self.views is None:
+            self.views = _OwnViews(self.row.measurements, self.cohort)
+        return self.views.view(me)
+
+
 def pool_capacity(config: ServiceConfig) -> float:
     """About how many devices a task's selection pool can hold at once: pace steering asks a
     waiting device back after len(pool) / max_checkin_rate seconds, and it must come back
@@ -648,6 +769,9 @@ class Coordinator:
         # task -> when a tick rebuilds it: a round whose publish and abandonment the store
         # both refused (`fail_close`); until then the runtime holds that round `aggregating`.
         self._rebuild_at: dict[int, float] = {}
+        # round -> its row, parsed once: committed and abandoned rounds only (their rows do
+        # not change), the most recently read CLOSED_ROUNDS_KEPT (`_stored_round`)
+        self._closed_rounds: OrderedDict[int, _ClosedRound] = OrderedDict()
         self.restored = False
         self._background: set[asyncio.Task[Any]] = set()
         # One prune at a time (a round may close while the last close's prune still runs).
@@ -820,6 +944,7 @@ class Coordinator:
         self.refused.clear()
         self.unloaded.clear()
         self._rebuild_at.clear()
+        self._closed_rounds.clear()
         self.metrics.tasks_unloaded.set(0)
         try:
             for task_id, version in self.store.task_versions():
@@ -940,11 +1065,24 @@ class Coordinator:
     def _stored_round(self, round_id: int) -> RoundRow | None:
         """A round as stored (None: no such round). A refused task's round whose stored JSON
         does not parse is its task's 409 `task_refused`, naming the damage; a running task's
-        raises `DamagedRow` (503 `store_unavailable`, see app.py)."""
+        raises `DamagedRow` (503 `store_unavailable`, see app.py).
+
+        A committed or abandoned round is parsed once and kept (`_closed_rounds`): every
+        device of its cohort asks about it (its membership for the ledger, its status), and
+        its selection and measurements, as large as the cohort, would be parsed each time."""
+        kept = self._closed_rounds.get(round_id)
+        if kept is not None:
+            self._closed_rounds.move_to_end(round_id)
+            return kept.row
         try:
-            return self.store.round(round_id)
+            r = self.store.round(round_id)
         except DamagedRow as exc:
             self._raise_damaged(exc)
+        if r is not None and r.state in (RoundState.COMMITTED, RoundState.ABANDONED):
+            self._closed_rounds[round_id] = _ClosedRound(r, frozenset(r.selected))
+            while len(self._closed_rounds) > CLOSED_ROUNDS_KEPT:
+                self._closed_rounds.popitem(last=False)
+        return r
 
     def _raise_damaged(self, exc: DamagedRow) -> NoReturn:
         """Raise the 409 `task_refused` of a damaged row's task, naming the damage, or `exc`
@@ -1817,10 +1955,15 @@ class Coordinator:
         if found is not None:
             return device_id in found[1].selected
         try:
-            r = self.store.round(round_id)
-        except DamagedRow:
+            r = self._stored_round(round_id)
+        except (DamagedRow, ApiError):
             return False  # called while the response starts: an error here would cut it
-        return r is not None and device_id in r.selected
+        if r is None:
+            return False
+        kept = self._closed_rounds.get(round_id)
+        if kept is not None and kept.row is r:
+            return device_id in kept.cohort  # a set: no scan of the cohort
+        return device_id in r.selected
 
     def dense_bytes_for_round(self, round_id: int) -> int:
         """Dense fp32 bytes of the model of a round's task (0 for an unknown round)."""
@@ -1937,7 +2080,11 @@ class Coordinator:
             raise ApiError(404, Reason.UNKNOWN_ROUND, f"no round {round_id}")
         status = self._round_status(r)
         if only is not None:
-            status.measurements = _own_view(status.measurements, frozenset(r.selected), only)
+            kept = self._closed_rounds.get(round_id)
+            if kept is not None and kept.row is r and status.measurements is r.measurements:
+                status.measurements = kept.own_view(only)  # the same view, from its index
+            else:
+                status.measurements = _own_view(status.measurements, frozenset(r.selected), only)
         return status
 
     def _round_status(self, r: RoundRow) -> RoundStatus:
@@ -1959,6 +2106,10 @@ class Coordinator:
             reports = found[1].reports
         elif measurements.get("secure"):
             reports = int(measurements.get("contributors", 0))
+        elif (kept := self._closed_rounds.get(round_id)) is not None and kept.row is r:
+            if kept.reports is None:  # a closed round takes no more updates: counted once
+                kept.reports = self.store.count_updates(round_id)
+            reports = kept.reports
         else:
             reports = self.store.count_updates(round_id)
         return RoundStatus(
