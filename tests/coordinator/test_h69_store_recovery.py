@@ -13,13 +13,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
+from compression import encode_snapshot
+from coordinator.service import ServerThread, ServiceConfig, Store
 from coordinator.service.errors import ApiError
 from coordinator.service.rounds import RELOAD_RETRY_S, Coordinator
+from protocol.secagg import Stage
 
 from .test_restart_midround import Clock, _frame, _open_round, _start
-from .test_service_support import task_config
+from .test_service_support import ADMIN, SPEC, create_task, initial_params, task_config
 
 
 class FlakyStore:
@@ -220,3 +224,66 @@ def test_a_round_whose_publish_and_abandonment_failed_closes_at_a_later_tick(
     assert status.measurements == reference.round_status(ref_round).measurements
     assert coord.task_status(task_id).model_digest == reference.task_status(ref_task).model_digest
     assert coord.task_status(task_id).rounds_closed == 1
+
+
+def test_a_secure_round_whose_two_abandonments_failed_is_abandoned_at_a_later_tick(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a secure round of five whose group aborted (nobody advertised its keys)
+    clock = Clock()
+    coord = Coordinator(
+        Store(tmp_path / "p.db"), ServiceConfig(db_path=str(tmp_path / "p.db")), clock=clock
+    )
+    coord.restore()
+    cfg = task_config(
+        rounds=2, clients_per_round=5, over_selection=1.0, min_reports=3, deadline_s=600.0,
+        secure={"coord_fraction": 0.2, "stage_timeout_s": 300.0},
+    )  # fmt: skip
+    task_id = coord.create_task(cfg)
+    coord.set_initial_model(task_id, encode_snapshot(initial_params(), SPEC, "fp32"))
+    devices = [f"{i:032x}" for i in range(5)]
+    for d in devices:
+        coord.check_in(d, task_id)
+    rt = coord.runtimes[task_id]
+    assert rt.current is not None and rt.secure is not None
+    round_id = rt.current.round_id
+    rt.secure.registry.close_stage(round_id, Stage.ADVERTISE_KEYS)
+    flaky = _flaky(coord)
+    # Execute: the close's abandonment, then fail_close's, are refused
+    flaky.fail(_commit, 2, skip=1)
+    closed = asyncio.run(coord.close_round(rt))
+    stuck = coord.store.round_state(round_id)
+    clock.now += RELOAD_RETRY_S
+    coord.tick()
+    after = coord.store.round_state(round_id)
+    status = coord.task_status(task_id)
+    for d in devices:
+        coord.check_in(d, task_id)
+    reopened = coord.runtimes[task_id].current
+    # Assert: abandoned by the rebuild (as a start abandons it), and the next round opens
+    assert closed is None and len(flaky.failed) == 2
+    assert stuck == (task_id, "aggregating")
+    assert after == (task_id, "abandoned")
+    assert status.rounds_closed == 1 and status.state == "active"
+    assert reopened is not None and reopened.round_id != round_id
+
+
+def test_an_unloaded_tasks_503_carries_retry_after_over_http(tmp_path: Path) -> None:
+    # Prepare: a running task of a served coordinator, then a store error stops it
+    server = ServerThread(ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN))
+    auth = {"authorization": f"Bearer {ADMIN}"}
+    # Execute
+    with server as url, httpx.Client(base_url=url) as http:
+        task_id = create_task(http, task_config())
+        coord: Coordinator = server.app.state.coordinator
+        coord._unload(task_id, sqlite3.OperationalError("disk I/O error"))
+        status = http.get(f"/v1/admin/tasks/{task_id}", headers=auth)
+        pause = http.post(f"/v1/admin/tasks/{task_id}/pause", headers=auth)
+        healthz = http.get("/healthz").json()
+    # Assert
+    for answer in (status, pause):
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["reason"] == "store_unavailable"
+        assert 1 <= int(answer.headers["retry-after"]) <= int(RELOAD_RETRY_S)
+        assert f"task {task_id} is not running" in answer.json()["detail"]
+    assert healthz["tasks"] == 0
