@@ -14,6 +14,7 @@ import pytest
 from mobile_sim.backends import SequentialBackend
 from mobile_sim.backends.process_pool import PoolWorkerError, ProcessPoolBackend
 from tests.mobile_sim.test_backends_pool import _assert_same, _jobs, _shm_names
+from tests.mobile_sim.test_h71_pool_send_stall import warm_torch_for_fork
 
 
 class _Dies:
@@ -42,19 +43,23 @@ def _mapped_blocks(pid: int) -> set[str]:
 @pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads /proc/<pid>/maps")
 def test_a_dying_worker_fails_the_round_promptly_leaks_nothing_and_the_pool_restarts() -> None:
     # Prepare: rounds of 3 then 12 jobs (the output block is replaced by a bigger one), then a
-    # round where one worker dies while the other is deep in a long job.
+    # round where one worker dies while the other is deep in a long job. The workers fork from
+    # a parent that trained once (they start warm: spawned, each paid torch's start-up twice);
+    # a forked worker also inherits the parent's own mappings, which are not the pool's.
+    warm_torch_for_fork()
     ctx, params, jobs3 = _jobs(3, 1)
     _, _, jobs12 = _jobs(12, 2)
     dies = replace(jobs3[0], data_attack=_Dies())
     stalls = replace(jobs12[10], data_attack=_Stalls())  # the largest job: dispatched first
     before = _shm_names()
-    pool = ProcessPoolBackend(workers=2, inner="sequential")
+    pool = ProcessPoolBackend(workers=2, inner="sequential", start_method="fork")
+    inherited = _mapped_blocks(os.getpid())
     pool.start(ctx)
     try:
         pool.train(params, jobs3)
         pool.train(params, jobs12)
         live = {pool._params.name, pool._out.name}  # type: ignore[union-attr]
-        mapped = [_mapped_blocks(p.pid) for p in pool._procs]
+        mapped = [_mapped_blocks(p.pid) - inherited for p in pool._procs]
 
         # Execute: the dying round, then a fresh start.
         t0 = time.monotonic()
