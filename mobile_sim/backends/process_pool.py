@@ -222,7 +222,10 @@ class ProcessPoolBackend:
       scales with the work (`StallLimit`: 20x the task's examples at the rate of the tasks
       finished since `start`, at least 300 s; 3600 s for a worker's first task, which pays
       its warm-up). A stuck worker therefore cannot hang the run forever. A dead worker needs
-      no limit: it fails the round at once either way.
+      no limit: it fails the round at once either way. Each task is written to its worker by a
+      thread of its own (`_send_task`), so a worker that stops reading (frozen by SIGSTOP
+      after its last reply, say) cannot block the parent in a send longer than the pipe
+      holds: the limit covers the send too, and the error says the task was not read.
     - `start` has one deadline for all workers together (`_START_TIMEOUT_S`, 300 s); its
       error says how many workers were ready by then.
     """
