@@ -588,7 +588,7 @@ class _Core:
         # The app directory's residual too, at once: one read again later (the holder dropped
         # from memory before the round saved) would otherwise be the other model's.
         with self._reload_on_error(task_id):
-            self.store.save_residual(ErrorFeedback(spec.size), task_id)
+            self.store.save_residual(ErrorFeedback(spec.size), task_id, spec)
         return True
 
     def _other_layout(self, task_id: int | None, spec: ModelSpec) -> bool:
@@ -681,7 +681,7 @@ class _Core:
         if enc is None or enc.spec.fingerprint != spec.fingerprint:
             enc = UpdateEncoder(spec, a.codec.to_config())
             # A residual of another model's layout is not this model's (as for another size).
-            ef = None if other else self.store.load_residual(spec.size, a.task_id)
+            ef = None if other else self.store.load_residual(spec.size, a.task_id, spec)
             if ef is not None:
                 enc.set_feedback(ef)
         self._encoders.pop(a.task_id, None)  # the last used goes last
@@ -798,7 +798,7 @@ class _Core:
         p = None if other else self._participants.get((task_id, size))
         if p is None:
             p = SecureParticipant(size)
-            ef = None if other else self.store.load_residual(size, task_id)
+            ef = None if other else self.store.load_residual(size, task_id, spec)
             if ef is not None:
                 p.residual = ef.residual.astype(np.float32, copy=True)
         self._participants.pop((task_id, size), None)  # the last used goes last
@@ -809,11 +809,14 @@ class _Core:
         return p
 
     def save_secure_residual(
-        self, participant: SecureParticipant, task_id: int | None = None
+        self,
+        participant: SecureParticipant,
+        task_id: int | None = None,
+        spec: ModelSpec | None = None,
     ) -> None:
         ef = ErrorFeedback(participant.size)
         ef.residual = participant.residual
-        self.store.save_residual(ef, task_id)
+        self.store.save_residual(ef, task_id, spec)
 
     def keep_secure_input(
         self,
@@ -832,7 +835,7 @@ class _Core:
         ef.residual = participant.residual
         sent = participant.sent_dense()
         if sent is None:
-            self.store.save_residual(ef, task_id)
+            self.store.save_residual(ef, task_id, spec)
             return True
         nonzero = int(np.count_nonzero(sent))
         # k_for rounds (nonzero + 0.5) to nonzero or nonzero + 1: never fewer than the nonzeros.
