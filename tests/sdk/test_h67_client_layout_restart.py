@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compression import CodecConfig, ModelSpec, UpdateCodec
+from compression import ModelSpec
 from sdk.device_store import DeviceStore
 
 from .test_client import SPEC
