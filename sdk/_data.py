@@ -93,6 +93,8 @@ def check_settings(epochs: int, batch_size: int, lr: float) -> None:
     if not (isinstance(batch_size, numbers.Integral) and batch_size >= 1):
         # 0 failed in range() ("arg 3 must not be zero"); a negative size trained nothing.
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if isinstance(lr, bool):
+        raise ValueError(f"lr must be a finite number >= 0, not a bool, got {lr!r}")
     if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr >= 0):
         # torch.optim.SGD refuses lr < 0 but takes NaN, and trains NaN parameters with it.
         raise ValueError(f"lr must be finite and >= 0, got {lr!r}")
