@@ -1,6 +1,7 @@
 """A publish that fails while the store also refuses the round's abandonment (the disk still
-full): the round stays `aggregating` and its task opens no round until the next start, which
-re-aggregates the round from its stored frames and publishes it (docs/operations.md)."""
+full): the round stays `aggregating` and its task opens no round until a tick 5 s later, or the
+next start, rebuilds the task, which re-aggregates the round from its stored frames and
+publishes it (docs/operations.md). These tests restart before the 5 s pass."""
 
 from __future__ import annotations
 
