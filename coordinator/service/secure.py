@@ -30,6 +30,8 @@ __all__ = [
     "SERVICE_KEYS",
     "SecureSettings",
     "SecureTaskState",
+    "check_plan",
+    "group_extremes",
     "parse_secure",
     "stage_cap",
 ]
@@ -128,36 +130,79 @@ def parse_secure(raw: dict[str, Any], *, seed: int, server_lr: float) -> SecureS
     return SecureSettings(config, 30.0 if timeout is None else timeout, idle)
 
 
-def check_plan(settings: SecureSettings, cohort: int, model_size: int) -> None:
-    """Plan a round of `cohort` devices once, so a config that cannot work (e.g. a ring above
-    64 bits) is refused when the task is created rather than when its first round opens."""
+def group_extremes(cohort: int, least: int, group_size: int | None) -> tuple[int, int, int]:
+    """Over every round of `least`..`cohort` devices: (the smallest SecAgg group, the fewest
+    devices the largest group has in a round holding a group that small, the largest group).
+
+    `split_groups` makes groups of g and gives the last the remainder: a round of fewer than
+    2 g devices is one group of all of them; from 2 g on, its groups have g devices but the
+    last, which has g + (n mod g). Without `group_size` a round is one group.
+    """
+    if not 1 <= least <= cohort:
+        raise ValueError(f"need 1 <= least={least} <= cohort={cohort}")
+    g = cohort if group_size is None else group_size
+    single = (least, min(cohort, 2 * g - 1)) if least < 2 * g else None  # one-group rounds
+    lo, hi = max(least, 2 * g), cohort  # rounds of several groups: g, ..., g + (n mod g)
+    if lo > hi:
+        assert single is not None
+        return single[0], single[0], single[1]
+    if hi - lo >= g - 1 or lo % g > hi % g:  # every residue, or they wrap past g - 1
+        r_lo, r_hi = 0, g - 1
+    else:
+        r_lo, r_hi = lo % g, hi % g
+    largest = g + r_hi if single is None else max(single[1], g + r_hi)
+    if single is None or g < single[0]:
+        return g, g + r_lo, largest
+    return single[0], single[0], largest  # least <= g: one group of `least` is the smallest
+
+
+def check_plan(settings: SecureSettings, cohort: int, model_size: int, least: int = 3) -> None:
+    """Plan the rounds a task can open, so a config that cannot work (e.g. a ring above 64
+    bits, or more per-device noise than a device's sampler draws) is refused when the task is
+    created rather than when a round opens.
+
+    A round has `least`..`cohort` devices (a selection timeout opens one with fewer than the
+    cohort; SecAgg needs 3), split into groups (`group_extremes`). The largest group has the
+    widest ring and graph degree and the least noise per device; the smallest group has the
+    most noise per device (each device's share of the sum's noise grows as the group shrinks),
+    and with `upload_budget` the most coordinates when the round's largest group is small
+    (|S_r| is sized for the largest group, `SecureCoordinator.k_for`). Both are planned, each
+    over the |S_r| of the round it is in.
+    """
     cfg = settings.config
-    group = cohort if cfg.group_size is None else min(cohort, cfg.group_size * 2 - 1)
-    if (degree := choose_degree(group, cfg.degree_factor)) > MAX_DEGREE:
+    least = max(3, min(least, cohort))
+    small, small_round, large = group_extremes(cohort, least, cfg.group_size)
+    if (degree := choose_degree(large, cfg.degree_factor)) > MAX_DEGREE:
         raise ValueError(
-            f"a cohort of {group} gives graph degree {degree} = 2 ceil(degree_factor log2 n), "
+            f"a cohort of {large} gives graph degree {degree} = 2 ceil(degree_factor log2 n), "
             f"above {MAX_DEGREE} (a device's share-keys work grows with its square): lower "
             "secure.degree_factor or use secure.group_size"
         )
-    # |S_r| as a round computes it (SecureCoordinator.k_for): under distributed DP the ring's
-    # noise headroom grows with it, so the plan is checked at that size.
-    if cfg.upload_budget is None:
-        coords = max(1, int(round(cfg.coord_fraction * model_size)))
-    else:
-        coords = budget_k(cfg, group, model_size)
-    if coords > MAX_SECURE_COORDS:
+
+    def coords_for(largest_group: int) -> int:
+        # |S_r| as a round computes it (SecureCoordinator.k_for): under distributed DP the
+        # ring's noise headroom and each device's noise grow with it.
+        if cfg.upload_budget is None:
+            return max(1, int(round(cfg.coord_fraction * model_size)))
+        return budget_k(cfg, largest_group, model_size)
+
+    plans = [(large, coords_for(large)), (small, coords_for(small_round))]
+    if (most := max(k for _, k in plans)) > MAX_SECURE_COORDS:
         raise ValueError(
-            f"a round would share {coords} coordinates (|S_r|), above {MAX_SECURE_COORDS:,}: "
+            f"a round would share {most} coordinates (|S_r|), above {MAX_SECURE_COORDS:,}: "
             "its plan (4 bytes a coordinate) would exceed what a device reads of a secure "
             "message (16 MiB); lower secure.coord_fraction or secure.upload_budget"
         )
-    plan = make_plan(cfg, 1, group, model_size, np.arange(coords, dtype=np.int64))
-    # The guarantee needs t > k/2 (no answer set gives t shares of both of a node's secrets);
-    # the largest group has the largest k, and smaller ones only lower it.
-    if 2 * plan.threshold <= plan.degree:
-        raise ValueError(
-            f"threshold {plan.threshold} must exceed half the graph degree {plan.degree}"
-        )
+    for n, coords in dict.fromkeys(plans):
+        # make_plan refuses a ring above 64 bits, a per-device noise variance the device's
+        # sampler cannot draw and a threshold not above half the graph degree (t > k/2 keeps
+        # a node's two secrets apart).
+        try:
+            make_plan(cfg, 1, n, model_size, np.arange(coords, dtype=np.int64))
+        except ValueError as exc:
+            raise ValueError(
+                f"a round's group of {n} devices (|S_r| = {coords}) cannot be planned: {exc}"
+            ) from None
 
 
 class SecureTaskState:
