@@ -190,6 +190,13 @@ def check_supported(model: nn.Module) -> None:
     traced, but a parameter outside a supported layer would train with unchecked ops).
     """
     for path, module in model.named_modules():
+        if any(
+            nn.parameter.is_lazy(t) for t in (*module.parameters(False), *module.buffers(False))
+        ):
+            # A lazy layer (LazyLinear subclasses Linear) would draw its weights in the forward
+            # check below, which then blamed its container for random numbers, and changed the
+            # caller's model; its shapes are unknown until then anyway.
+            raise _refuse(module, path, "its parameters are uninitialized; run one forward pass")
         children = list(module.children())
         if not children:
             if not isinstance(module, SUPPORTED_LAYERS):

@@ -74,6 +74,17 @@ class Manifest:
         return sum(self.file_bytes.values())
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object as a dict, refusing a key given twice (json keeps the last one silently,
+    where another reader of the same file may take the first)."""
+    obj: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in obj:
+            raise ValueError(f"key {key!r} appears twice in one object")
+        obj[key] = value
+    return obj
+
+
 def _get(obj: Any, key: str, kind: type | tuple[type, ...]) -> Any:
     if not isinstance(obj, dict) or key not in obj:
         raise ArtifactError(f"manifest: missing field {key!r}")
@@ -109,12 +120,14 @@ def _file(root: Path, files: Any, key: str, verify: bool) -> tuple[Path, bytes]:
     """The path and contents of ONNX file `key`, after the path, size and digest checks."""
     entry = _get(files, key, dict)
     rel = _get(entry, "path", str)
-    if os.path.isabs(rel) or ".." in Path(rel).parts:
+    if not rel or os.path.isabs(rel) or ".." in Path(rel).parts:
         raise ArtifactError(f"manifest: file {rel!r} must be a plain name inside the directory")
     try:
         path = root / rel
         if not path.is_file():
-            raise ArtifactError(f"artifact file {path} is missing")
+            # A folder (or a FIFO) under the name is there, just not a file the device can load.
+            what = "is not a regular file" if path.exists() else "is missing"
+            raise ArtifactError(f"artifact file {path} {what}")
         # A symlink (or a linked parent) could point the device at any file it can read.
         if not path.resolve().is_relative_to(root.resolve()):
             raise ArtifactError(f"manifest: file {rel!r} resolves outside the directory")
@@ -122,8 +135,11 @@ def _file(root: Path, files: Any, key: str, verify: bool) -> tuple[Path, bytes]:
     except (ValueError, OSError) as exc:  # e.g. a NUL byte in the name
         raise ArtifactError(f"manifest: unusable file name {rel!r}: {exc}") from exc
     declared = _get(entry, "bytes", int)
+    digest = _get(entry, "sha256", str) if verify else ""
     if size != declared:
-        raise ArtifactError(f"{rel}: {size} bytes on disk, manifest says {declared}")
+        # A declared size past the cap is shown as such, not as its (up to 4,300) digits.
+        said = declared if declared <= _MAX_FILE_BYTES else f"more than {_MAX_FILE_BYTES}"
+        raise ArtifactError(f"{rel}: {size} bytes on disk, manifest says {said}")
     if size > _MAX_FILE_BYTES:
         raise ArtifactError(f"{rel}: {size} bytes, more than the {_MAX_FILE_BYTES} allowed")
     try:
@@ -133,7 +149,7 @@ def _file(root: Path, files: Any, key: str, verify: bool) -> tuple[Path, bytes]:
         raise ArtifactError(f"{rel}: unreadable: {exc}") from exc
     if len(data) != size:
         raise ArtifactError(f"{rel}: changed while being read ({len(data)} bytes, not {size})")
-    if verify and hashlib.sha256(data).hexdigest() != _get(entry, "sha256", str):
+    if verify and hashlib.sha256(data).hexdigest() != digest:
         raise ArtifactError(f"{rel}: SHA-256 does not match the manifest")
     return path, data
 
@@ -151,8 +167,16 @@ def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> 
     if path.stat().st_size > _MAX_MANIFEST_BYTES:
         raise ArtifactError(f"{path} is larger than {_MAX_MANIFEST_BYTES} bytes")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    # ValueError also covers an integer past Python's 4300-digit conversion limit.
+        with path.open("rb") as f:
+            raw = f.read(_MAX_MANIFEST_BYTES + 1)  # a file that grew since the stat stays capped
+    except OSError as exc:
+        raise ArtifactError(f"{path}: unreadable: {exc}") from exc
+    if len(raw) > _MAX_MANIFEST_BYTES:
+        raise ArtifactError(f"{path} is larger than {_MAX_MANIFEST_BYTES} bytes")
+    try:
+        data = json.loads(raw.decode("utf-8"), object_pairs_hook=_unique_keys)
+    # ValueError also covers an integer past Python's 4300-digit conversion limit, and
+    # `_unique_keys`' refusal.
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ArtifactError(f"{path}: not valid JSON: {exc}") from exc
     if _get(data, "format", str) != _FORMAT:
@@ -200,17 +224,22 @@ def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> 
     outputs = _names(data, "train_outputs")
     if len(outputs) != 1 + len(params) + len(state):
         raise ArtifactError("manifest: train outputs must be loss, new params, new state")
-    files = _get(data, "files", dict)
-    train_path, train_data = _file(root, files, "train_step", verify)
-    infer_path, infer_data = _file(root, files, "infer", verify)
     opset = _get(data, "opset", int)
     if opset < 1:
         raise ArtifactError(f"manifest: opset {opset} is not a version")
     if not math.isfinite(momentum):
         raise ArtifactError("manifest: momentum must be finite")
+    model = _get(data, "model", str)
+    lr_name = _get(data, "lr", str)
+    infer_outputs = _names(data, "infer_outputs")
+    # The graphs last, once every other field has passed: reading one can mean hashing up to
+    # `_MAX_FILE_BYTES`, work for nothing if the manifest is refused anyway.
+    files = _get(data, "files", dict)
+    train_path, train_data = _file(root, files, "train_step", verify)
+    infer_path, infer_data = _file(root, files, "infer", verify)
     return Manifest(
         root=root,
-        model=_get(data, "model", str),
+        model=model,
         opset=opset,
         loss=loss,
         optimizer=optimizer,
@@ -224,9 +253,9 @@ def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> 
         y_name=y_name,
         y_dtype=y_dtype,
         y_shape=y_shape,
-        lr_name=_get(data, "lr", str),
+        lr_name=lr_name,
         train_outputs=outputs,
-        infer_outputs=_names(data, "infer_outputs"),
+        infer_outputs=infer_outputs,
         train_path=train_path,
         infer_path=infer_path,
         file_bytes={"train_step": len(train_data), "infer": len(infer_data)},

@@ -67,6 +67,12 @@ def _first_line(exc: BaseException) -> str:
 
 
 _ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}
+# The graph's lr input is float32: a larger lr (finite as a Python float) became inf.
+_MAX_LR = float(np.finfo(np.float32).max)
+# How far the measured momentum may be from the manifest's: float32 rounding of `momentum *
+# buf + g` is about 6e-8 relative, so this is loose for a correct graph and tight for any other
+# coefficient an export could have used.
+_MOMENTUM_TOL = 1e-6
 
 
 def _check_arg(arg: ort.NodeArg, dtype: str, shape: Sequence[int], batch: bool, what: str) -> None:
@@ -118,6 +124,9 @@ def _check_signature(train: ort.InferenceSession, infer: ort.InferenceSession, m
     _check_arg(i_out[0], "float32", logits[1:], True, "infer")
     if m.loss == "ce" and list(m.y_shape) != logits[1:-1]:
         raise ArtifactError(f"infer: logits {logits} do not fit class targets {list(m.y_shape)}")
+    if m.loss == "mse" and list(m.y_shape) != logits[1:]:
+        # MSE would broadcast them (targets [B, 1] against logits [B, 3]) and train silently.
+        raise ArtifactError(f"infer: logits {logits} do not fit mse targets {list(m.y_shape)}")
     return classes
 
 
@@ -213,6 +222,55 @@ class OrtTrainer:
         self.classes = _check_signature(self._train, self._infer, m)
         self._x_dtype = np.dtype(m.x_dtype)
         self._y_dtype = np.dtype(m.y_dtype)
+        # Set once `train` has measured the graph's momentum against the manifest's.
+        self._momentum_checked = not m.state_inputs
+
+    def _check_momentum(
+        self,
+        params: list[npt.NDArray[np.float32]],
+        zeros: list[npt.NDArray[np.float32]],
+        x: npt.NDArray,
+        y: npt.NDArray,
+    ) -> None:
+        """Raise `ArtifactError` unless the training step's momentum is the manifest's.
+
+        The coefficient is a constant inside the graph, and the manifest's copy is what
+        `check_matches` compares with the caller's: edited (the graphs' digests still match),
+        it let a caller training with momentum 0.5 run steps that apply 0.9. Two steps with lr
+        0 on one example, from buffers of 0 and of 1, measure it: the new buffer is
+        ``momentum * buf + g``, so the two differ by the momentum. `train` runs this once, on
+        its first example and the caller's parameters (`zeros` are its zero buffers): sizes
+        it is about to train with anyway, so a manifest cannot make this allocate more. A probe
+        onnxruntime refuses, or that is not finite, measures nothing; the next call tries again.
+        """
+        ones = [np.ones_like(z) for z in zeros]
+        try:
+            _, _, plain = self.step(params, zeros, x, y, 0.0)
+            _, _, pushed = self.step(params, ones, x, y, 0.0)
+        except ValueError:  # the first training step raises it again, in context
+            return
+        del ones
+        want = np.float32(self.manifest.momentum)
+        seen, worst, measured_at_worst = False, 0.0, float(want)
+        for g, b in zip(plain, pushed, strict=True):
+            with np.errstate(invalid="ignore", over="ignore"):  # inf - inf: not counted below
+                measured = b - g  # float32 is enough: its rounding is far below the tolerance
+                ok = np.isfinite(measured) & np.isfinite(g)
+                if not ok.any():
+                    continue
+                seen = True
+                excess = np.abs(measured - want) - _MOMENTUM_TOL * (1 + np.abs(g))
+            excess[~ok] = -np.inf
+            at = int(np.argmax(excess))
+            if excess.flat[at] > worst:
+                worst, measured_at_worst = float(excess.flat[at]), float(measured.flat[at])
+        if worst > 0:
+            raise ArtifactError(
+                f"train_step: the graph trains with momentum {measured_at_worst:.6g}, the "
+                f"manifest says {self.manifest.momentum}: the manifest was edited, or belongs "
+                "to another export"
+            )
+        self._momentum_checked = seen
 
     @classmethod
     def from_dir(
@@ -397,6 +455,12 @@ class OrtTrainer:
         `ValueError` for `params` holding NaN or inf and for a run whose loss becomes NaN or
         inf (diverged), with the same words."""
         check_settings(epochs, batch_size, lr)
+        if lr > _MAX_LR:
+            # numpy warned and fed the graph inf (torch.optim.SGD raised a RuntimeError).
+            raise ValueError(
+                f"lr must be at most {_MAX_LR:g}, the largest float32 (the graph's lr input), "
+                f"got {lr!r}"
+            )
         xs = self._check_x(x)
         check_finite_inputs(xs, where="training data")  # NaN or inf would train NaN params
         ys = self._check_y(y, len(xs))
@@ -412,6 +476,10 @@ class OrtTrainer:
         if self.manifest.loss == "ce" and bool((ys == IGNORE_INDEX).any()):
             per_example = (ys != IGNORE_INDEX).reshape(n, -1).sum(axis=1)
         state = [np.zeros_like(t) for t in tensors] if self.manifest.state_inputs else []
+        if not self._momentum_checked:
+            # An example with a target: one whose labels are all skipped has no gradient.
+            i = 0 if per_example is None else int(np.flatnonzero(per_example)[0])
+            self._check_momentum(tensors, state, xs[i : i + 1], ys[i : i + 1])
         total, count, steps = 0.0, 0, 0
         for epoch in range(epochs):
             order = rng.permutation(n)
