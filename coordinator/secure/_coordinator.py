@@ -302,12 +302,30 @@ class SecureCoordinator:
         self,
         task: SecureTask,
         before_unmask: Callable[[dict[str, Any]], None] | None = None,
+        min_contributors: int = 1,
     ) -> SecureOutcome:
         """Finish every group still in the unmask stage, combine, and publish the new model.
 
         `before_unmask`, if given, receives `pending_dp(task)` (when it is not None) before
         any sum is unmasked; an exception from it leaves every group unmasked.
+
+        `min_contributors` (the task's `min_reports`): a round whose unmasking groups hold
+        fewer masked inputs is not committed, and nothing is unmasked (no sum is released);
+        one left with fewer contributors after unmasking (a group aborted then) is not
+        committed either, its unmasked sums counted under DP as always.
         """
+        if min_contributors < 1:
+            raise ValueError(f"min_contributors must be >= 1, got {min_contributors}")
+        short = ""
+        held = sum(sr.masked_inputs for sr in task.groups if sr.stage == Stage.UNMASK)
+        if held < min_contributors:
+            short = (
+                f"{held} masked inputs in the groups left to unmask, below the round's "
+                f"{min_contributors} (min_reports): nothing unmasked"
+            )
+            for sr in task.groups:
+                if sr.stage == Stage.UNMASK:
+                    sr.abort(short)
         if before_unmask is not None and (pending := self.pending_dp(task)) is not None:
             before_unmask(pending)
         results: list[GroupResult] = []
@@ -337,6 +355,11 @@ class SecureCoordinator:
             "ring_bits": max(g.plan.ring_bits for g in task.groups),  # the widest group's
             "unmask_s": sum(res.unmask_s for res in results),
         }
+        if results and len(contributors) < min_contributors:
+            reasons.append(
+                f"{len(contributors)} contributors after unmasking, below the round's "
+                f"{min_contributors} (min_reports): not committed"
+            )
         if reasons:
             meas["abort_reasons"] = reasons
         if suspects := sorted(d for res in results for d in res.suspects):
@@ -351,6 +374,8 @@ class SecureCoordinator:
                 self.accountant, released, self.config.noise_multiplier
             )
         if not results or sum(res.weight for res in results) == 0:
+            return SecureOutcome(task.round_id, False, [], dropped, aborted, update, meas)
+        if len(contributors) < min_contributors:
             return SecureOutcome(task.round_id, False, [], dropped, aborted, update, meas)
         if self._process is None:
             (res,) = results

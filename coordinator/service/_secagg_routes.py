@@ -326,14 +326,19 @@ class SecureRegistry:
         self,
         round_id: int,
         before_unmask: Callable[[dict[str, Any]], None] | None = None,
+        min_contributors: int = 1,
     ) -> SecureOutcome:
-        """Close the unmask stage, unmask every group and update the model (`before_unmask`:
-        see `SecureCoordinator.close_round`)."""
+        """Close the unmask stage, unmask every group and update the model (`before_unmask`
+        and `min_contributors`: see `SecureCoordinator.close_round`)."""
+        if min_contributors < 1:
+            raise ValueError(f"min_contributors must be >= 1, got {min_contributors}")
         self.close_stage(round_id, Stage.UNMASK)
         with self._lock:
             entry = self._entry(round_id)
             if entry.outcome is None:
-                entry.outcome = self.coordinator.close_round(entry.task, before_unmask)
+                entry.outcome = self.coordinator.close_round(
+                    entry.task, before_unmask, min_contributors
+                )
             return entry.outcome
 
     def result(self, round_id: int) -> SecureOutcome | None:
