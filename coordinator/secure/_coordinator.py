@@ -376,7 +376,9 @@ class SecureCoordinator:
         if not results or sum(res.weight for res in results) == 0:
             return SecureOutcome(task.round_id, False, [], dropped, aborted, update, meas)
         if len(contributors) < min_contributors:
-            return SecureOutcome(task.round_id, False, [], dropped, aborted, update, meas)
+            # No input is in the model: every device is out, as when every group aborted.
+            everyone = sorted(task.group_of)
+            return SecureOutcome(task.round_id, False, [], everyone, aborted, update, meas)
         if self._process is None:
             (res,) = results
             update[task.indices] = res.mean.astype(np.float32)

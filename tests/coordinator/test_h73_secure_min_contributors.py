@@ -122,7 +122,7 @@ def test_groups_that_abort_after_unmasking_can_leave_too_few() -> None:
     out = registry.finish(task.round_id, min_contributors=7)
     # Assert: not committed; the unmasked sums count in epsilon
     assert not out.committed and registry.coordinator.version == 0
-    assert out.measurements["contributors"] == 6
+    assert out.measurements["contributors"] == 6 and out.dropped == sorted(DEVICES)
     assert "dp" in out.measurements and registry.coordinator.accountant.rounds == 1
     assert any("min_reports" in r for r in out.measurements["abort_reasons"])
 
