@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import signal
 import socket
 import sqlite3
 import sys
@@ -496,6 +497,19 @@ def _why_not_listening(host: str, port: int) -> str:
     return f"the server on {host}:{port} failed to start (see the log lines above)"
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread. uvicorn stops gracefully on SIGTERM and then
+    raises the signal again for the handler it found; with Python's default one, the process
+    died there, before `serve` closed the database: the lock went with the process, but the
+    last commits stayed in the `-wal` file, so the `.db` file alone (a copy of a stopped
+    coordinator's database) lacked them. A BaseException, so no `except Exception` of the
+    service takes it for a failure of its own."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def _serve(args: argparse.Namespace) -> int:
     import ssl
 
@@ -526,6 +540,10 @@ def _serve(args: argparse.Namespace) -> int:
     if not db.exists():
         print(f"{prog}: note: {db} does not exist; starting a new database", file=sys.stderr)
     try:
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave SIGTERM as it is
+        previous = None
+    try:
         serve(
             config,
             args.host,
@@ -534,6 +552,8 @@ def _serve(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             log_level=args.log_level,
         )
+    except _Terminated:  # a stop asked for: serve closed the database on the way out
+        return 0
     except SystemExit as exc:  # uvicorn's exit when the socket or the app fails to start
         if exc.code in (0, None):
             return 0
@@ -544,6 +564,9 @@ def _serve(args: argparse.Namespace) -> int:
         _fail(prog, f"cannot use the database --db {args.db}: {exc}")
     except ssl.SSLError as exc:
         _fail(prog, f"cannot load --tls-cert/--tls-key as a PEM certificate and key: {exc}")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 
@@ -664,11 +687,33 @@ def _create_task(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print_error("plume coordinator create-task", _with_flag(str(exc)))
         return 1
-    except (AdminError, httpx.HTTPError) as exc:
+    except AdminError as exc:
+        print_error("plume coordinator create-task", _create_task_error(exc, args.url))
+        return 1
+    except httpx.HTTPError as exc:
         print_error("plume coordinator create-task", admin_error_text(exc, args.url))
         return 1
     print(json.dumps({"task_id": task_id, "model": args.model, "params": spec.size}))
     return 0
+
+
+def _create_task_error(exc: Exception, url: str) -> str:
+    """The sentence for a create-task that failed; one that created its task but did not
+    store the model names the task it left behind (`awaiting_model`, running no round)."""
+    task_id = getattr(exc, "task_id", None)
+    if task_id is None:
+        return admin_error_text(exc, url)
+    if getattr(exc, "status", None) == 0:
+        return (
+            f"task {task_id} was created but its initial model's upload got no answer "
+            f"({getattr(exc, 'problem', '')}); `plume coordinator status --task {task_id}` "
+            "shows whether it is active or still awaiting_model (then it runs no round)"
+        )
+    return (
+        f"task {task_id} was created but its initial model was not stored: "
+        f"{admin_error_text(exc, url)}; task {task_id} stays awaiting_model and runs no "
+        "round (create-task again makes a new task)"
+    )
 
 
 def _task_flag_error(args: argparse.Namespace) -> str | None:

@@ -76,10 +76,20 @@ class AdminError(RuntimeError):
     """An admin request that did not succeed: the coordinator refused it (`status` >= 400, and
     `body` its text, normally `{"reason", "detail"}` JSON), or answered something this client
     does not read (`problem` says what: an encoded, oversized or too slow body, or a 2xx that
-    is not JSON). str(): "METHOD PATH: STATUS BODY-OR-PROBLEM"."""
+    is not JSON). str(): "METHOD PATH: STATUS BODY-OR-PROBLEM".
+
+    `task_id` is set when `create_task` created the task but its initial model was not
+    stored: the task stays `awaiting_model` (it runs no round). `status` is then 0 if the
+    model's PUT got no answer at all (`problem` says why; the model may have landed)."""
 
     def __init__(
-        self, method: str, path: str, status: int, body: str = "", problem: str = ""
+        self,
+        method: str,
+        path: str,
+        status: int,
+        body: str = "",
+        problem: str = "",
+        task_id: int | None = None,
     ) -> None:
         super().__init__(f"{method} {path}: {status} {problem or body}")
         self.method = method
@@ -87,6 +97,7 @@ class AdminError(RuntimeError):
         self.status = status
         self.body = body
         self.problem = problem
+        self.task_id = task_id
 
 
 class AdminClient:
@@ -198,16 +209,27 @@ class AdminClient:
         )
 
     def create_task(self, config: TaskConfig, params: npt.NDArray[np.float32]) -> int:
-        """Create the task and upload its initial model (an fp32 snapshot); returns its id."""
+        """Create the task and upload its initial model (an fp32 snapshot); returns its id.
+
+        Params the spec cannot hold raise `ValueError` before any request. If the task is
+        created but its model is not stored, the `AdminError` carries its `task_id`."""
         spec = ModelSpec.from_json([{"name": t.name, "shape": list(t.shape)} for t in config.spec])
-        task_id = self._call("POST", Path.ADMIN_TASKS, _task_id, json=to_json(config))
+        # Encoded first: a model that does not fit the spec must not leave a task behind.
         snapshot = encode_snapshot(np.asarray(params, dtype=np.float32), spec, "fp32")
-        self._call(
-            "PUT",
-            Path.ADMIN_TASK_MODEL.format(task_id=task_id),
-            content=snapshot,
-            headers={"content-type": "application/octet-stream"},
-        )
+        task_id = self._call("POST", Path.ADMIN_TASKS, _task_id, json=to_json(config))
+        path = Path.ADMIN_TASK_MODEL.format(task_id=task_id)
+        try:
+            self._call(
+                "PUT", path, content=snapshot, headers={"content-type": "application/octet-stream"}
+            )
+        except AdminError as exc:
+            exc.task_id = task_id
+            raise
+        except httpx.HTTPError as exc:
+            what = str(exc) or type(exc).__name__
+            raise AdminError(
+                "PUT", path, 0, problem=f"no answer ({what})", task_id=task_id
+            ) from exc
         return task_id
 
     def status(self, task_id: int) -> TaskStatus:

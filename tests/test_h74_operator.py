@@ -1,0 +1,161 @@
+"""What an operator following README.md and docs/operations.md ran into (helper-74's
+walkthrough): a coordinator stopped with SIGTERM left its database file incomplete, and a
+create-task whose initial model was refused left a task behind without naming it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from coordinator.cli import main
+from coordinator.service import AdminClient, ServerThread, ServiceConfig
+from protocol.messages import TaskConfig, TensorShape
+from tests.coordinator.test_service_support import free_port
+
+ADMIN = "s3cret-h74"
+
+
+def _plume() -> list[str]:
+    """The installed `plume` console script, else the same entry point through python -m."""
+    script = Path(sys.executable).with_name("plume")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "coordinator.cli"]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 60.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        assert proc.poll() is None, proc.communicate()
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("the coordinator did not start")
+
+
+def test_sigterm_stops_serve_with_its_database_file_complete(tmp_path: Path) -> None:
+    # Prepare: `plume coordinator serve` as an operator runs it (systemd stops it with
+    # SIGTERM), and one task created through the admin API.
+    db = tmp_path / "plume.db"
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    argv = [*_plume(), "coordinator", "serve", "--db", str(db), "--port", str(port)]
+    env = {**os.environ, "PLUME_DEBUG": "", "PLUME_ADMIN_TOKEN": ADMIN}
+    with subprocess.Popen(
+        [*argv, "--log-level", "warning"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    ) as proc:
+        try:
+            _wait_healthy(url, proc)
+            task = TaskConfig(
+                name="t", model_name="tiny", spec=[TensorShape("w", [10])], rounds=1,
+                clients_per_round=1,
+            )  # fmt: skip
+            with AdminClient(url, ADMIN) as admin:
+                task_id = admin.create_task(task, np.zeros(10, np.float32))
+            # Execute
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    # Assert: a graceful stop (status 0, no traceback) that closed the database, so the
+    # file alone holds every commit (no -wal left to replay): a copy of it, the way an
+    # operator backs up a stopped coordinator, has the task.
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    assert not Path(f"{db}-wal").exists()
+    copy = tmp_path / "copy.db"
+    shutil.copyfile(db, copy)
+    with sqlite3.connect(copy) as conn:
+        assert conn.execute("SELECT task_id FROM tasks").fetchall() == [(task_id,)]
+
+
+def test_create_task_whose_model_is_refused_names_the_task_left_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: the PUT of the initial model is refused (a snapshot the coordinator's codec
+    # refuses), after the POST created the task.
+    from coordinator.service import admin_client
+
+    real = admin_client.encode_snapshot
+    monkeypatch.setattr(admin_client, "encode_snapshot", lambda *a, **k: real(*a, **k)[:-7])
+    config = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN)
+    with ServerThread(config) as url:
+        # Execute
+        code = main([
+            "coordinator", "create-task", "--url", url, "--admin-token", ADMIN,
+            "--model", "digits_mlp",
+        ])  # fmt: skip
+        err = capsys.readouterr().err
+        with AdminClient(url, ADMIN) as admin:
+            left = [(t.task_id, t.state) for t in admin.tasks()]
+    # Assert: one error line that names the task the POST made, and what state it is in
+    assert code == 1
+    lines = [line for line in err.splitlines() if "create-task: error:" in line]
+    assert len(lines) == 1, err
+    assert left == [(1, "awaiting_model")]
+    assert "task 1 was created but its initial model was not stored" in lines[0]
+    assert "awaiting_model" in lines[0] and "422 bad_frame" in lines[0]
+
+
+def test_admin_client_create_task_creates_nothing_for_params_of_another_size(
+    tmp_path: Path,
+) -> None:
+    # Prepare
+    config = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN)
+    task = TaskConfig(
+        name="t", model_name="tiny", spec=[TensorShape("w", [10])], rounds=1,
+        clients_per_round=1,
+    )  # fmt: skip
+    with ServerThread(config) as url, AdminClient(url, ADMIN) as admin:
+        # Execute: 11 values for a 10-value spec
+        with pytest.raises(ValueError):
+            admin.create_task(task, np.zeros(11, np.float32))
+        left = admin.tasks()
+    # Assert: refused before the POST, so no task awaits a model that will never come
+    assert left == []
+
+
+def test_admin_client_create_task_error_carries_the_task_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: the PUT of the initial model is refused after the POST created the task
+    from coordinator.service import AdminError, admin_client
+
+    real = admin_client.encode_snapshot
+    monkeypatch.setattr(admin_client, "encode_snapshot", lambda *a, **k: real(*a, **k)[:-7])
+    config = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN)
+    task = TaskConfig(
+        name="t", model_name="tiny", spec=[TensorShape("w", [10])], rounds=1,
+        clients_per_round=1,
+    )  # fmt: skip
+    with ServerThread(config) as url, AdminClient(url, ADMIN) as admin:
+        # Execute
+        with pytest.raises(AdminError) as exc:
+            admin.create_task(task, np.zeros(10, np.float32))
+        with pytest.raises(AdminError) as refused_post:
+            admin.create_task(
+                TaskConfig(name="t", model_name="tiny", spec=[TensorShape("w", [10])],
+                           rounds=0, clients_per_round=1),
+                np.zeros(10, np.float32),
+            )  # fmt: skip
+    # Assert: the PUT's refusal names the task it left awaiting its model; a refused POST
+    # made none
+    assert exc.value.task_id == 1 and exc.value.status == 422
+    assert exc.value.path == "/v1/admin/tasks/1/model"
+    assert refused_post.value.task_id is None and refused_post.value.status == 422
