@@ -235,7 +235,6 @@ class SecureTaskState:
         """Largest legal upload of `stage` in `round_id` (bytes); 0 once the round is gone
         (it closed meanwhile: the upload is then refused as closed, not by its size)."""
         try:
-            plans = self.registry.plans(round_id)
+            return self.registry.upload_cap(round_id, stage)
         except LookupError:
             return 0
-        return stage_cap(plans, stage)
