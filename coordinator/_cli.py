@@ -420,19 +420,31 @@ def register(sub: Any) -> None:
     when_help(c, complete_help)
 
     for name, helptext in (
-        ("status", "print a task's status and rounds as JSON"),
+        ("status", "print a task's status and rounds as JSON, or list every task"),
         ("pause", "stop opening rounds for a task"),
         ("resume", "resume a paused task"),
     ):
+        example = f"  plume coordinator {name} --admin-token s3cret --task 1\n"
+        if name == "status":
+            example += "  plume coordinator status --admin-token s3cret    # every task, a line each\n"
         q = csub.add_parser(
             name,
             help=helptext,
             description=helptext[0].upper() + helptext[1:] + ".",
-            epilog=f"example:\n  plume coordinator {name} --admin-token s3cret --task 1\n",
+            epilog=f"example{'s' if name == 'status' else ''}:\n{example}",
         )
         admin_args(q)
         q.add_argument(
-            "--task", type=int, required=True, metavar="ID", help="id create-task printed"
+            "--task",
+            type=int,
+            required=name != "status",
+            metavar="ID",
+            help="id create-task printed"
+            + (
+                " (default: list every task, refused ones included, one JSON line each)"
+                if name == "status"
+                else ""
+            ),
         )
         q.set_defaults(func=_task_action, action_name=name)
 
@@ -816,6 +828,8 @@ def _task_action(args: argparse.Namespace) -> int:
                 out: Any = to_json(admin.pause(args.task))
             elif args.action_name == "resume":
                 out = to_json(admin.resume(args.task))
+            elif args.task is None:
+                out = [_task_line(to_json(t)) for t in admin.tasks()]
             else:
                 out = {
                     "task": to_json(admin.status(args.task)),
@@ -824,5 +838,29 @@ def _task_action(args: argparse.Namespace) -> int:
     except (AdminError, httpx.HTTPError) as exc:
         print_error(f"plume coordinator {args.action_name}", admin_error_text(exc, args.url))
         return 1
+    if isinstance(out, list):  # status without --task: a line each
+        for row in out:
+            print(json.dumps(row))
+        return 0
     print(json.dumps(out, indent=2))
     return 0
+
+
+def _task_line(status: dict[str, Any]) -> dict[str, Any]:
+    """One task of `status` without --task: what tells tasks apart and how far each got (the
+    config's spec and codecs are in `status --task ID`)."""
+    config = status.get("config")
+    config = config if isinstance(config, dict) else {}  # a refused task's stored object as is
+    return {
+        "task_id": status.get("task_id"),
+        "name": config.get("name"),
+        "model_name": config.get("model_name"),
+        "state": status.get("state"),
+        "version": status.get("version"),
+        "rounds_closed": status.get("rounds_closed"),
+        "rounds": config.get("rounds"),
+        "current_round": status.get("current_round"),
+        "pool": status.get("pool"),
+        "pool_needed": status.get("pool_needed"),
+        "refused": status.get("refused"),
+    }

@@ -159,3 +159,42 @@ def test_admin_client_create_task_error_carries_the_task_id(
     assert exc.value.task_id == 1 and exc.value.status == 422
     assert exc.value.path == "/v1/admin/tasks/1/model"
     assert refused_post.value.task_id is None and refused_post.value.status == 422
+
+
+def test_status_without_task_lists_every_task(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: two tasks, one paused, and one the create-task above would leave behind
+    # (created, no model): an operator who lost the ids has only the admin API to find them.
+    import json
+
+    config = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN)
+    task = TaskConfig(
+        name="t", model_name="tiny", spec=[TensorShape("w", [10])], rounds=3,
+        clients_per_round=1,
+    )  # fmt: skip
+    with ServerThread(config) as url:
+        with AdminClient(url, ADMIN) as admin:
+            first = admin.create_task(task, np.zeros(10, np.float32))
+            admin.create_task(task, np.zeros(10, np.float32))
+            admin.pause(first)
+            httpx.post(
+                f"{url}/v1/admin/tasks",
+                json={"name": "bare", "model_name": "tiny", "spec": [{"name": "w", "shape": [10]}],
+                      "rounds": 1, "clients_per_round": 1},
+                headers={"authorization": f"Bearer {ADMIN}"},
+            ).raise_for_status()  # fmt: skip
+        # Execute
+        code = main(["coordinator", "status", "--url", url, "--admin-token", ADMIN])
+        out = capsys.readouterr().out
+    # Assert: one line a task, in id order, with what an operator looks for first
+    assert code == 0
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert [(r["task_id"], r["name"], r["state"]) for r in rows] == [
+        (1, "t", "paused"), (2, "t", "active"), (3, "bare", "awaiting_model"),
+    ]  # fmt: skip
+    assert rows[1] == {
+        "task_id": 2, "name": "t", "model_name": "tiny", "state": "active", "version": 0,
+        "rounds_closed": 0, "rounds": 3, "current_round": None, "pool": 0, "pool_needed": 2,
+        "refused": None,
+    }  # fmt: skip
