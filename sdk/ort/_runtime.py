@@ -130,6 +130,18 @@ def _check_signature(train: ort.InferenceSession, infer: ort.InferenceSession, m
     return classes
 
 
+def _check_settings(epochs: int, batch_size: int, lr: float) -> None:
+    """`sdk._data.check_settings`, and an `lr` the graph's float32 `lr` input can hold
+    (`ValueError`): numpy warned and fed a larger one as inf (torch.optim.SGD raised a
+    RuntimeError for it)."""
+    check_settings(epochs, batch_size, lr)
+    if lr > _MAX_LR:
+        raise ValueError(
+            f"lr must be at most {_MAX_LR:g}, the largest float32 (the graph's lr input), "
+            f"got {lr!r}"
+        )
+
+
 def _whole_numbers(values: npt.ArrayLike, what: str) -> npt.NDArray:
     """`values` as an array, after checking they are integers (or floats with whole values)."""
     arr = np.asarray(values)
@@ -454,13 +466,7 @@ class OrtTrainer:
         count none; NaN for `epochs` 0), as `sdk.trainer.TorchTrainer.train`. Raises
         `ValueError` for `params` holding NaN or inf and for a run whose loss becomes NaN or
         inf (diverged), with the same words."""
-        check_settings(epochs, batch_size, lr)
-        if lr > _MAX_LR:
-            # numpy warned and fed the graph inf (torch.optim.SGD raised a RuntimeError).
-            raise ValueError(
-                f"lr must be at most {_MAX_LR:g}, the largest float32 (the graph's lr input), "
-                f"got {lr!r}"
-            )
+        _check_settings(epochs, batch_size, lr)
         xs = self._check_x(x)
         check_finite_inputs(xs, where="training data")  # NaN or inf would train NaN params
         ys = self._check_y(y, len(xs))

@@ -23,9 +23,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from compression import CodecConfig
 from sdk.flat import get_flat_params
 from sdk.onnx_export import UnsupportedLayerError, check_supported, export_training_artifacts
-from sdk.ort import MANIFEST_NAME, ArtifactError, OrtTrainer, load_manifest
+from sdk.ort import (
+    MANIFEST_NAME,
+    ArtifactError,
+    OrtDevice,
+    OrtTrainer,
+    load_manifest,
+)
 from sdk.trainer import TorchTrainer
 
 FEATURES, CLASSES = 6, 3
@@ -281,3 +288,13 @@ def test_a_lazy_layer_is_refused_by_name() -> None:
     with pytest.raises(UnsupportedLayerError, match=r"LazyLinear at '2' .*uninitialized"):
         check_supported(model)
     assert isinstance(model[2], nn.LazyLinear)  # untouched: still lazy
+
+
+def test_an_ort_device_refuses_an_lr_past_float32_when_set_up(exported: dict[str, Path]) -> None:
+    # Prepare: settings are checked when the device is set up, not at its first round
+    trainer = OrtTrainer.from_dir(exported["sgd"])
+    x, y = _data(5)
+
+    # Execute / Assert
+    with pytest.raises(ValueError, match="lr must be at most"):
+        OrtDevice(trainer, x, y, codec=CodecConfig(topk=0.1, bits=4), lr=1e39)
