@@ -12,7 +12,7 @@ from coordinator.secure import budget_k, make_plan
 from coordinator.service.secure import SecureSettings, check_plan, parse_secure
 
 MODEL = 100_000
-COHORT = 10
+COHORT = 1000
 
 
 def _settings(z: float, **more: object) -> SecureSettings:
