@@ -426,7 +426,9 @@ def register(sub: Any) -> None:
     ):
         example = f"  plume coordinator {name} --admin-token s3cret --task 1\n"
         if name == "status":
-            example += "  plume coordinator status --admin-token s3cret    # every task, a line each\n"
+            example += (
+                "  plume coordinator status --admin-token s3cret    # every task, a line each\n"
+            )
         q = csub.add_parser(
             name,
             help=helptext,
@@ -474,8 +476,7 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
             return f"{flag} must be a positive number of seconds, got {value}"
     if args.signature_window > 86_400:
         return (
-            f"--signature-window must be at most 86400 seconds (a day), got "
-            f"{args.signature_window}"
+            f"--signature-window must be at most 86400 seconds (a day), got {args.signature_window}"
         )
     folder = Path(args.db).expanduser().resolve().parent
     if not folder.is_dir():
@@ -610,6 +611,18 @@ def _admin(args: argparse.Namespace) -> Any:
         _fail(prog, f"--url must start with http:// or https://, got {args.url!r}")
     if args.cacert is not None and not Path(args.cacert).is_file():
         _fail(prog, f"--cacert {args.cacert}: no such file")
+    if args.cacert is not None:
+        import ssl
+
+        try:
+            ssl.create_default_context(cafile=args.cacert)
+        except (ssl.SSLError, ValueError) as exc:
+            _fail(
+                prog,
+                f"--cacert {args.cacert} holds no PEM certificate ({exc}); give the CA that "
+                "signed the coordinator's certificate (for a self-signed one, the file `serve "
+                "--tls-cert` was given, not its key)",
+            )
     return AdminClient(args.url, args.admin_token, verify=args.cacert or True)
 
 
@@ -619,6 +632,25 @@ def admin_error_text(exc: Exception, url: str, flag: str = "--url") -> str:
 
     if isinstance(exc, httpx.TransportError):
         what = str(exc) or type(exc).__name__
+        if "CERTIFICATE_VERIFY_FAILED" in what:
+            # The server is up and speaks TLS: the client does not trust its certificate.
+            trust = (
+                "pass the CA that signed it with --cacert PEM (for a self-signed certificate, "
+                "the certificate `serve --tls-cert` was given)"
+                if flag == "--url"
+                else "make this machine trust the CA that signed it (SSL_CERT_FILE=PEM)"
+            )
+            return f"the coordinator at {url} sent a certificate this machine does not trust ({what}); {trust}"
+        if url.startswith("https://") and "[SSL" in what:
+            return (
+                f"the TLS handshake with {url} failed ({what}); is it serving plain HTTP? "
+                f"Then use an http:// URL ({flag})"
+            )
+        if url.startswith("http://") and isinstance(exc, httpx.RemoteProtocolError):
+            return (
+                f"{url} closed the connection without an answer ({what}); is it serving HTTPS "
+                f"(`serve --tls-cert`)? Then use an https:// URL ({flag})"
+            )
         return (
             f"cannot reach the coordinator at {url} ({what}); is `plume coordinator serve` "
             f"running there? ({flag})"

@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -198,3 +199,71 @@ def test_status_without_task_lists_every_task(
         "rounds_closed": 0, "rounds": 3, "current_round": None, "pool": 0, "pool_needed": 2,
         "refused": None,
     }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tls_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, str]]:
+    """An HTTPS coordinator with a self-signed certificate: (url, cert path, key path)."""
+    from tests.coordinator.test_service_tls import _self_signed
+
+    tmp = tmp_path_factory.mktemp("tls")
+    cert, key = _self_signed(tmp)
+    config = ServiceConfig(db_path=str(tmp / "plume.db"), admin_token=ADMIN)
+    with ServerThread(config, tls_cert=cert, tls_key=key) as url:
+        yield url, cert, key
+
+
+def _status_error(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
+    try:
+        code = main(["coordinator", "status", "--admin-token", ADMIN, *argv])
+    except SystemExit as exc:  # the checks made before any request end this way
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if "plume coordinator status: error:" in line]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_an_untrusted_certificate_points_at_cacert_not_at_a_server_down(
+    tls_server: tuple[str, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare
+    url, cert, _ = tls_server
+    # Execute
+    line = _status_error(capsys, "--url", url)
+    ok = main(["coordinator", "status", "--admin-token", ADMIN, "--url", url, "--cacert", cert])
+    capsys.readouterr()
+    # Assert: the server is up; what is missing is trust in its certificate
+    assert "is `plume coordinator serve` running there?" not in line
+    assert "certificate" in line and "--cacert" in line
+    assert ok == 0
+
+
+def test_http_and_https_mixed_up_say_which_to_use(
+    tls_server: tuple[str, str, str], capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    # Prepare: an HTTPS coordinator asked over http://, and a plain one asked over https://
+    url, cert, _ = tls_server
+    plain = ServiceConfig(db_path=str(tmp_path / "plain.db"), admin_token=ADMIN)
+    with ServerThread(plain) as plain_url:
+        # Execute
+        to_tls = _status_error(capsys, "--url", url.replace("https://", "http://", 1))
+        to_plain = _status_error(
+            capsys, "--url", plain_url.replace("http://", "https://", 1), "--cacert", cert
+        )
+    # Assert
+    assert "serving HTTPS" in to_tls and "use an https:// URL (--url)" in to_tls
+    assert "plain HTTP" in to_plain and "use an http:// URL (--url)" in to_plain
+
+
+def test_a_cacert_that_is_no_certificate_names_the_flag(
+    tls_server: tuple[str, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: the key given where the certificate goes
+    url, _, key = tls_server
+    # Execute
+    line = _status_error(capsys, "--url", url, "--cacert", key)
+    # Assert
+    assert f"--cacert {key}" in line and "certificate" in line
