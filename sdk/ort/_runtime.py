@@ -73,6 +73,9 @@ _MAX_LR = float(np.finfo(np.float32).max)
 # buf + g` is about 6e-8 relative, so this is loose for a correct graph and tight for any other
 # coefficient an export could have used.
 _MOMENTUM_TOL = 1e-6
+# `check_matches` measures the momentum on one example of zeros of the graph's input shape; past
+# this many values (64 MiB of float32) it leaves the measurement to `train`, on the caller's data.
+_MAX_PROBE_VALUES = 1 << 24
 
 
 def _check_arg(arg: ort.NodeArg, dtype: str, shape: Sequence[int], batch: bool, what: str) -> None:
@@ -252,8 +255,10 @@ class OrtTrainer:
         0 on one example, from buffers of 0 and of 1, measure it: the new buffer is
         ``momentum * buf + g``, so the two differ by the momentum. `train` runs this once, on
         its first example and the caller's parameters (`zeros` are its zero buffers): sizes
-        it is about to train with anyway, so a manifest cannot make this allocate more. A probe
-        onnxruntime refuses, or that is not finite, measures nothing; the next call tries again.
+        it is about to train with anyway, so a manifest cannot make this allocate more; so
+        does `check_matches` with a momentum, once the spec is the caller's, on zeros. Not at
+        load: there nothing bounds the sizes but the manifest. A probe onnxruntime refuses, or
+        that is not finite, measures nothing; the next call tries again.
         """
         ones = [np.ones_like(z) for z in zeros]
         try:
@@ -308,7 +313,8 @@ class OrtTrainer:
         a silently wrong update when the sizes happen to agree, or fail mid-round when they do
         not. `spec` must equal the manifest's (names, shapes and order); `momentum`, if given,
         is the SGD momentum the caller trains with (0.0 for plain SGD), which must be the one
-        baked into the training step.
+        baked into the training step. For a momentum graph that is measured here (two steps on
+        one example of zeros), not read off the manifest: see `_check_momentum`.
         """
         m = self.manifest
         if spec != m.spec:
@@ -327,6 +333,13 @@ class OrtTrainer:
                 f"{m.spec.size} parameters; the model has {spec.size}): first difference at "
                 f"{where}"
             )
+        if momentum is not None and not self._momentum_checked:
+            # The spec is the caller's, so its parameters are a size the caller holds anyway.
+            if math.prod(m.x_shape) + math.prod(m.y_shape) <= _MAX_PROBE_VALUES:
+                zeros = [np.zeros(e.shape, np.float32) for e in m.spec.entries]
+                x = np.zeros((1, *m.x_shape), self._x_dtype)  # id 0 is in every vocabulary
+                y = np.zeros((1, *m.y_shape), self._y_dtype)  # class 0 is in every model
+                self._check_momentum(zeros, zeros, x, y)
         baked = m.momentum if m.optimizer == "momentum" else 0.0
         if momentum is not None and momentum != baked:
             raise ArtifactError(

@@ -78,23 +78,26 @@ def test_a_manifest_momentum_the_graph_does_not_train_with_is_refused(
     exported: dict[str, Path], tmp_path: Path, claimed: float
 ) -> None:
     # Prepare: the graphs (and their digests) are intact; only the manifest's momentum changed.
-    # check_matches trusts the manifest, so it accepts a caller training with `claimed`, while
-    # every step applied the graph's 0.9: a silently different optimizer.
+    # check_matches trusted the manifest, so it accepted a caller training with `claimed`,
+    # and every step then applied the graph's 0.9: a silently different optimizer.
     def edit(m: dict[str, Any]) -> None:
         m["optimizer"]["momentum"] = claimed
 
-    trainer = OrtTrainer.from_dir(_copy(exported["momentum"], tmp_path / "t", edit))
-    trainer.check_matches(trainer.spec, momentum=claimed)
+    folder = _copy(exported["momentum"], tmp_path / "t", edit)
     x, y = _data(6)
-    y[0] = -100  # the probe takes the first example that has a target
+    y[0] = -100  # the probe in train takes the first example that has a target
     params = get_flat_params(_model())
+    refused = r"momentum 0\.9, the manifest says " + str(claimed)
 
-    # Execute / Assert: refused before the first step, and at every call after it
+    # Execute / Assert: check_matches refuses (a simulator calls it before the run), and so
+    # does train on a trainer never checked, at every call
+    trainer = OrtTrainer.from_dir(folder)
+    with pytest.raises(ArtifactError, match=refused):
+        trainer.check_matches(trainer.spec, momentum=claimed)
+    unchecked = OrtTrainer.from_dir(folder)
     for _ in range(2):
-        with pytest.raises(
-            ArtifactError, match=r"momentum 0\.9, the manifest says " + str(claimed)
-        ):
-            trainer.train(
+        with pytest.raises(ArtifactError, match=refused):
+            unchecked.train(
                 params, x, y, epochs=1, batch_size=4, lr=0.1, rng=np.random.default_rng(0)
             )
 
