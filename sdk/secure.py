@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import time
 from typing import Any
 
@@ -249,9 +248,8 @@ class HttpSecureDevice:
             max_response_bytes = MAX_SECURE_RESPONSE
         if max_response_bytes < 1:
             raise ValueError("max_response_bytes must be positive")
-        if isinstance(poll_s, bool) or not (
-            isinstance(poll_s, numbers.Real) and math.isfinite(poll_s) and poll_s > 0
-        ):
+        ok = isinstance(poll_s, (int, float, np.floating, np.integer))
+        if isinstance(poll_s, bool) or not (ok and math.isfinite(poll_s) and poll_s > 0):
             # 0 or a negative one polled a stage with no pause; NaN slept for ever.
             raise ValueError(f"poll_s must be a finite number of seconds > 0, got {poll_s!r}")
         self.client = client
