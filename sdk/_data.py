@@ -80,6 +80,10 @@ def check_finite_inputs(x: npt.NDArray[Any], *, where: str = "x") -> None:
     )
 
 
+# The largest learning rate float32 parameters (and an ONNX graph's float32 lr input) hold.
+MAX_LR = float(np.finfo(np.float32).max)
+
+
 def check_settings(epochs: int, batch_size: int, lr: float) -> None:
     """Raise `ValueError` for SGD settings that torch would misread or reject (both trainers)."""
     # bool is an int in Python: epochs=True trained one epoch, a flag passed where a count was
@@ -98,6 +102,10 @@ def check_settings(epochs: int, batch_size: int, lr: float) -> None:
     if not (isinstance(lr, numbers.Real) and math.isfinite(lr) and lr >= 0):
         # torch.optim.SGD refuses lr < 0 but takes NaN, and trains NaN parameters with it.
         raise ValueError(f"lr must be finite and >= 0, got {lr!r}")
+    if lr > MAX_LR:
+        # float32 parameters: torch raised "value cannot be converted to type float without
+        # overflow" mid-step, and an ONNX graph's float32 lr input took it as inf.
+        raise ValueError(f"lr must be at most {MAX_LR:g}, the largest float32, got {lr!r}")
 
 
 def check_start_params(params: npt.NDArray[Any]) -> None:

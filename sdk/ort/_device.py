@@ -9,9 +9,10 @@ import numpy.typing as npt
 
 from compression import CodecConfig, EncodeReport
 
+from .._data import check_settings
 from .._types import TrainResult
 from ..device import UpdateEncoder
-from ._runtime import OrtTrainer, _check_settings
+from ._runtime import OrtTrainer
 
 __all__ = ["OrtDevice", "OrtUpload"]
 
@@ -48,7 +49,7 @@ class OrtDevice:
         # Checked (and cast to the graph's dtypes) once here, so bad local data or settings fail
         # when the device is set up (`TrainingDataError`, a ValueError), not at its first round;
         # `train` re-checks cheaply.
-        _check_settings(epochs, batch_size, lr)
+        check_settings(epochs, batch_size, lr)
         trainer.check_data(x, y)
         self.trainer = trainer
         self.x = trainer._check_x(x)

@@ -67,8 +67,6 @@ def _first_line(exc: BaseException) -> str:
 
 
 _ORT_TYPES = {"float32": "tensor(float)", "int64": "tensor(int64)"}
-# The graph's lr input is float32: a larger lr (finite as a Python float) became inf.
-_MAX_LR = float(np.finfo(np.float32).max)
 # How far the measured momentum may be from the manifest's: float32 rounding of `momentum *
 # buf + g` is about 6e-8 relative, so this is loose for a correct graph and tight for any other
 # coefficient an export could have used.
@@ -131,18 +129,6 @@ def _check_signature(train: ort.InferenceSession, infer: ort.InferenceSession, m
         # MSE would broadcast them (targets [B, 1] against logits [B, 3]) and train silently.
         raise ArtifactError(f"infer: logits {logits} do not fit mse targets {list(m.y_shape)}")
     return classes
-
-
-def _check_settings(epochs: int, batch_size: int, lr: float) -> None:
-    """`sdk._data.check_settings`, and an `lr` the graph's float32 `lr` input can hold
-    (`ValueError`): numpy warned and fed a larger one as inf (torch.optim.SGD raised a
-    RuntimeError for it)."""
-    check_settings(epochs, batch_size, lr)
-    if lr > _MAX_LR:
-        raise ValueError(
-            f"lr must be at most {_MAX_LR:g}, the largest float32 (the graph's lr input), "
-            f"got {lr!r}"
-        )
 
 
 def _whole_numbers(values: npt.ArrayLike, what: str) -> npt.NDArray:
@@ -479,7 +465,7 @@ class OrtTrainer:
         count none; NaN for `epochs` 0), as `sdk.trainer.TorchTrainer.train`. Raises
         `ValueError` for `params` holding NaN or inf and for a run whose loss becomes NaN or
         inf (diverged), with the same words."""
-        _check_settings(epochs, batch_size, lr)
+        check_settings(epochs, batch_size, lr)
         xs = self._check_x(x)
         check_finite_inputs(xs, where="training data")  # NaN or inf would train NaN params
         ys = self._check_y(y, len(xs))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from sdk._data import check_settings
@@ -34,3 +35,21 @@ def test_a_poll_interval_that_is_not_a_positive_finite_number_is_refused(
 def test_a_positive_poll_interval_is_kept() -> None:
     dev = HttpSecureDevice(object(), "d0", SecureParticipant(4), poll_s=0.2)
     assert dev.poll_s == 0.2
+
+
+def test_an_lr_float32_cannot_hold_is_refused_by_the_torch_trainer_too() -> None:
+    # torch raised its own RuntimeError ("value cannot be converted to type float without
+    # overflow") mid-step; the ONNX trainer already refused it (helper-72)
+    import torch
+
+    from sdk.flat import get_flat_params
+    from sdk.trainer import TorchTrainer
+
+    model = torch.nn.Linear(3, 2)
+    trainer = TorchTrainer(model)
+    params = get_flat_params(model)
+    x = np.zeros((4, 3), dtype=np.float32)
+    y = np.zeros(4, dtype=np.int64)
+    with pytest.raises(ValueError, match=r"^lr must be at most .*the largest float32, got 1e\+39"):
+        trainer.train(params, x, y, epochs=1, batch_size=2, lr=1e39, rng=np.random.default_rng(0))
+    check_settings(1, 4, float(np.finfo(np.float32).max))  # the largest float32 itself is legal
