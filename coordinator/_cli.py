@@ -478,6 +478,11 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
         return (
             f"--signature-window must be at most 86400 seconds (a day), got {args.signature_window}"
         )
+    if Path(args.db).expanduser().is_dir():
+        return (
+            f"--db {args.db} is a folder; give the database file's path, e.g. "
+            f"--db {Path(args.db) / 'plume.db'}"
+        )
     folder = Path(args.db).expanduser().resolve().parent
     if not folder.is_dir():
         return f"the folder of --db {args.db} does not exist; create it or pick another path"

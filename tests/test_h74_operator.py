@@ -267,3 +267,20 @@ def test_a_cacert_that_is_no_certificate_names_the_flag(
     line = _status_error(capsys, "--url", url, "--cacert", key)
     # Assert
     assert f"--cacert {key}" in line and "certificate" in line
+
+
+def test_serve_with_a_folder_as_db_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute: `--db DIR` (meant as the folder to keep the database in)
+    code = main(["coordinator", "serve", "--db", str(tmp_path), "--admin-token", ADMIN])
+    err = capsys.readouterr().err
+    # Assert: one line naming the flag, before anything is opened (was SQLite's "unable to
+    # open database file")
+    assert code == 2
+    lines = [line for line in err.splitlines() if "serve: error:" in line]
+    assert lines == [
+        f"plume coordinator serve: error: --db {tmp_path} is a folder; give the database "
+        f"file's path, e.g. --db {tmp_path / 'plume.db'}"
+    ]
+    assert list(tmp_path.iterdir()) == []
