@@ -88,7 +88,12 @@ class SecureRound:
         self.params = self.plan.protocol_params(self.model_digest)
         self.server = SecAggServer(self.params, self.min_survivors)
         self._node = {d: i for i, d in enumerate(self.device_ids)}
-        self.plan_bytes = self.plan.to_bytes()
+
+    @property
+    def plan_bytes(self) -> bytes:
+        """The plan's canonical bytes, built when asked: the groups of a round share one copy
+        of S_r's packed bytes (in their plans) instead of each keeping all of them."""
+        return self.plan.to_bytes()
 
     @property
     def digest(self) -> bytes:
@@ -112,15 +117,17 @@ class SecureRound:
 
     def announce(self) -> dict[str, bytes]:
         """The setup download: plan bytes (the digest goes alongside) for every device."""
+        body = self.plan_bytes
         for d in self.device_ids:
-            self._count(d, "down", len(self.plan_bytes) + len(self.digest))
-        return dict.fromkeys(self.device_ids, self.plan_bytes)
+            self._count(d, "down", len(body) + len(self.digest))
+        return dict.fromkeys(self.device_ids, body)
 
     def announce_one(self, device_id: str) -> bytes:
         """The setup download of one device (plan bytes; the digest goes alongside)."""
         self.node_of(device_id)
-        self._count(device_id, "down", len(self.plan_bytes) + len(self.digest))
-        return self.plan_bytes
+        body = self.plan_bytes
+        self._count(device_id, "down", len(body) + len(self.digest))
+        return body
 
     def receive(self, stage: Stage, device_id: str, body: bytes) -> None:
         """One upload. Raises a `SecAggError` (and changes nothing) if it is refused."""

@@ -14,8 +14,9 @@ import math
 import struct
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from enum import IntEnum
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -160,11 +161,42 @@ class SecurePlan:
     sketch_bits: int = 0
     sketch_segments: tuple[tuple[int, int, int, int], ...] = ()
     dither: bool = False
-    _bytes: bytes = field(default=b"", init=False, repr=False)
+    # The canonical bytes in two parts: this plan's header (fixed fields, sketch segments and
+    # the packed length), then the zstd-packed gaps of S_r, which `derive` shares between
+    # the plans of one round instead of compressing (and keeping) them once per group.
+    _head: bytes = field(default=b"", init=False, repr=False)
+    _packed: bytes = field(default=b"", init=False, repr=False)
 
     def __post_init__(self) -> None:
-        idx = np.ascontiguousarray(self.indices, dtype=np.int64).reshape(-1)
-        object.__setattr__(self, "indices", idx)
+        self._finish(None)
+
+    def derive(self, **changes: Any) -> SecurePlan:
+        """This plan with `changes` (any field but `indices` and `model_size`), over the same
+        S_r: its checked indices and packed bytes are shared, not checked and compressed again.
+
+        The result equals `SecurePlan(...)` given the same fields, byte for byte; a grouped
+        round plans every group this way (one zstd pass per round instead of one per group).
+        """
+        if "indices" in changes or "model_size" in changes:
+            raise ValueError("derive keeps the plan's indices and model_size")
+        plan = object.__new__(SecurePlan)
+        for f in fields(SecurePlan):
+            if f.init:
+                value = changes.pop(f.name, getattr(self, f.name))
+                object.__setattr__(plan, f.name, value)
+        if changes:
+            raise TypeError(f"SecurePlan has no field {', '.join(sorted(changes))}")
+        plan._finish(self)
+        return plan
+
+    def _finish(self, shared: SecurePlan | None) -> None:
+        """Normalize and check the fields, then encode; `shared` (a plan over the same S_r
+        and model size) lends its checked indices and packed gaps."""
+        if shared is None:
+            idx = np.ascontiguousarray(self.indices, dtype=np.int64).reshape(-1)
+            object.__setattr__(self, "indices", idx)
+        else:
+            idx = shared.indices
         segs = tuple(tuple(int(x) for x in t) for t in self.sketch_segments)
         object.__setattr__(self, "sketch_segments", segs)
         if not 2 <= self.num_nodes <= MAX_NODES:
@@ -183,10 +215,11 @@ class SecurePlan:
             raise ValueError(f"degree {self.degree} must be even below n - 1 (Harary graph)")
         if not 1 <= self.value_bits <= 32 or not 1 <= self.max_weight < 1 << 32:
             raise ValueError("value_bits in 1..32 and max_weight in 1..2^32-1")
-        if idx.size == 0 or idx[0] < 0 or idx[-1] >= self.model_size:
-            raise ValueError("coordinate set empty or out of range")
-        if np.any(np.diff(idx) <= 0):
-            raise ValueError("coordinate set not strictly increasing")
+        if shared is None:
+            if idx.size == 0 or idx[0] < 0 or idx[-1] >= self.model_size:
+                raise ValueError("coordinate set empty or out of range")
+            if np.any(np.diff(idx) <= 0):
+                raise ValueError("coordinate set not strictly increasing")
         if not (self.clip_norm > 0 and self.coord_bound > 0):
             raise ValueError("clip_norm and coord_bound must be positive")
         if not (math.isfinite(self.clip_norm) and math.isfinite(self.coord_bound)):
@@ -230,7 +263,9 @@ class SecurePlan:
         check_ring(
             self.num_nodes, self.max_weight, self.value_bits, self.ring_bits, self.noise_headroom
         )
-        object.__setattr__(self, "_bytes", self._encode())
+        packed = _pack_gaps(idx) if shared is None else shared._packed
+        object.__setattr__(self, "_packed", packed)
+        object.__setattr__(self, "_head", self._encode_head(len(packed)))
 
     @property
     def k(self) -> int:
@@ -253,8 +288,12 @@ class SecurePlan:
         return int(self.rotate) | int(self.dither) << 1
 
     def _encode(self) -> bytes:
-        gaps = np.diff(self.indices, prepend=np.int64(0)).astype("<u4")
-        packed = zstandard.ZstdCompressor(level=10).compress(gaps.tobytes())
+        """The canonical bytes from the fields alone (nothing shared or cached)."""
+        packed = _pack_gaps(self.indices)
+        return self._encode_head(len(packed)) + packed
+
+    def _encode_head(self, packed_len: int) -> bytes:
+        """Every byte before the packed gaps: fixed fields, sketch segments, packed length."""
         head = _FIXED.pack(
             PLAN_MAGIC, self.round_id, self.num_nodes, self.degree, self.threshold,
             self.ring_bits, self.value_bits, self.max_weight, self.model_size,
@@ -265,11 +304,17 @@ class SecurePlan:
         seg = struct.pack("<BI", self.sketch_bits, len(self.sketch_segments)) + b"".join(
             struct.pack("<QIII", *t) for t in self.sketch_segments
         )
-        return head + seg + struct.pack("<I", len(packed)) + packed
+        return head + seg + struct.pack("<I", packed_len)
 
     def to_bytes(self) -> bytes:
-        """Canonical bytes: the fixed header then the zstd-packed gaps of S_r."""
-        return self._bytes
+        """Canonical bytes: the fixed header then the zstd-packed gaps of S_r (built on each
+        call; `nbytes` is their length)."""
+        return self._head + self._packed
+
+    @property
+    def nbytes(self) -> int:
+        """Length of `to_bytes()` (bytes), without building them."""
+        return len(self._head) + len(self._packed)
 
     @classmethod
     def from_bytes(cls, data: bytes, max_model_size: int) -> SecurePlan:
@@ -338,4 +383,12 @@ def round_digest(model_digest_bytes: bytes, plan: SecurePlan) -> bytes:
     """SHA-256 over (model digest, canonical plan bytes): what every device checks."""
     if len(model_digest_bytes) != 32:
         raise ValueError("model digest is 32 bytes")
-    return hashlib.sha256(b"plume-round-v1\0" + model_digest_bytes + plan.to_bytes()).digest()
+    h = hashlib.sha256(b"plume-round-v1\0" + model_digest_bytes + plan._head)
+    h.update(plan._packed)  # the same digest as over to_bytes(), without copying S_r
+    return h.digest()
+
+
+def _pack_gaps(indices: npt.NDArray[np.int64]) -> bytes:
+    """The plan's last section: S_r as u32 gaps (the first from 0), zstd level 10."""
+    gaps = np.diff(indices, prepend=np.int64(0)).astype("<u4")
+    return zstandard.ZstdCompressor(level=10).compress(gaps.tobytes())
