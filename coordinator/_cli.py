@@ -743,6 +743,19 @@ def _create_task(args: argparse.Namespace) -> int:
         print_error("plume coordinator create-task", admin_error_text(exc, args.url))
         return 1
     print(json.dumps({"task_id": task_id, "model": args.model, "params": spec.size}))
+    if config.secure is not None:
+        stage_s = config.secure.get("stage_timeout_s", _STAGE_DEFAULTS["stage_timeout_s"])
+        if config.deadline_s < 4 * stage_s:
+            # Not an error (stages close on their last upload when nobody drops), but the
+            # defaults (60 s, 30 s) are short of what operations.md says to size for.
+            print(
+                f"plume coordinator create-task: note: --deadline {config.deadline_s:g} s is "
+                f"shorter than 4 stages x --stage-timeout {stage_s:g} s: a round whose devices "
+                "drop out in two stages can reach its deadline unfinished and be abandoned; "
+                "size --deadline as training time + 4 x --stage-timeout (docs/operations.md, "
+                "Secure tasks)",
+                file=sys.stderr,
+            )
     return 0
 
 

@@ -284,3 +284,28 @@ def test_serve_with_a_folder_as_db_says_so(
         f"file's path, e.g. --db {tmp_path / 'plume.db'}"
     ]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_create_task_secure_notes_a_deadline_shorter_than_its_stages(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: the defaults (--deadline 60, --stage-timeout 30), as the README's secure
+    # example runs them, and a deadline sized as operations.md says
+    config = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN)
+    base = ["coordinator", "create-task", "--admin-token", ADMIN, "--model", "digits_mlp",
+            "--clients-per-round", "3", "--secure"]  # fmt: skip
+    with ServerThread(config) as url:
+        # Execute
+        short = main([*base, "--url", url])
+        short_err = capsys.readouterr().err
+        sized = main([*base, "--url", url, "--deadline", "150"])
+        sized_err = capsys.readouterr().err
+    # Assert: both created; the first says why its rounds may end at the deadline
+    assert (short, sized) == (0, 0)
+    assert short_err.splitlines() == [
+        "plume coordinator create-task: note: --deadline 60 s is shorter than 4 stages x "
+        "--stage-timeout 30 s: a round whose devices drop out in two stages can reach its "
+        "deadline unfinished and be abandoned; size --deadline as training time + 4 x "
+        "--stage-timeout (docs/operations.md, Secure tasks)"
+    ]
+    assert sized_err == ""
