@@ -19,6 +19,7 @@ capped per stage from the round's plans (`stage_cap`) before they are read.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import math
 import threading
 import time
@@ -95,6 +96,11 @@ class _Group:
     stage_started: float = 0.0  # when the group's current stage opened (registry clock)
     last_upload: float | None = None  # the current stage's latest upload
     digests: dict[tuple[Stage, str], bytes] = field(default_factory=dict)
+    index: int = 0  # in the round's groups
+    # Bumped whenever stage_started is reset: a deadline-queue entry of an older epoch is
+    # stale. idle_key is the key of this epoch's live idle-queue entry (<= last_upload).
+    epoch: int = 0
+    idle_key: float | None = None
 
     @property
     def stage(self) -> Stage | None:
@@ -111,6 +117,15 @@ class _Entry:
     caps: dict[Stage, int]  # `stage_cap` of the round's plans, per upload stage
     running: int  # groups that have neither closed their unmask stage nor aborted
     outcome: SecureOutcome | None = None
+    # Kept as groups change, so that a tick or a status request does not look at every
+    # group (a cohort of 30,000 in groups of 3 is 10,000 groups): accepted uploads per stage,
+    # running groups per current stage, and two min-queues of (time, group, epoch) for
+    # `close_due`: when each group's current stage opened, and (lazily, one entry a group,
+    # refreshed when it comes up) its latest upload.
+    uploads: dict[Stage, int] = field(default_factory=lambda: dict.fromkeys(_ORDER, 0))
+    at_stage: dict[Stage, int] = field(default_factory=lambda: dict.fromkeys(_ORDER, 0))
+    by_start: list[tuple[float, int, int]] = field(default_factory=list)
+    by_upload: list[tuple[float, int, int]] = field(default_factory=list)
 
 
 class SecureRegistry:
@@ -142,13 +157,17 @@ class SecureRegistry:
             task = self.coordinator.open_round(device_ids, round_id)
             now = self.clock()
             groups = [
-                _Group(sr, expected=set(sr.device_ids), stage_started=now) for sr in task.groups
+                _Group(sr, expected=set(sr.device_ids), stage_started=now, index=i)
+                for i, sr in enumerate(task.groups)
             ]
             # Asked at every upload: kept here, not recomputed over every group each time
             # (a cohort of 30,000 in groups of 3 spent 8 ms of the event loop per upload).
             plans = [sr.plan for sr in task.groups]
             caps = {s: stage_cap(plans, s) for s in _ORDER}
-            self._rounds[task.round_id] = _Entry(task, groups, caps, len(groups))
+            entry = _Entry(task, groups, caps, len(groups))
+            entry.at_stage[Stage.ADVERTISE_KEYS] = len(groups)
+            entry.by_start = [(now, i, 0) for i in range(len(groups))]  # already a heap
+            self._rounds[task.round_id] = entry
             return task
 
     def has_round(self, round_id: int) -> bool:
@@ -196,11 +215,7 @@ class SecureRegistry:
     def stage_counts(self, round_id: int) -> dict[str, int]:
         """Uploads accepted per stage over all groups (for round status)."""
         with self._lock:
-            out = {str(s): 0 for s in _ORDER}
-            for grp in self._entry(round_id).groups:
-                for s, devs in grp.uploaded.items():
-                    out[str(s)] += len(devs)
-            return out
+            return {str(s): n for s, n in self._entry(round_id).uploads.items()}
 
     def abort_reasons(self, round_id: int) -> list[str]:
         """Why each aborted group aborted (empty if none did)."""
@@ -208,12 +223,10 @@ class SecureRegistry:
             return [g.aborted for g in self._entry(round_id).groups if g.aborted]
 
     def current_stage(self, round_id: int) -> Stage | None:
-        """The earliest stage still open in some group; None when every group is done (it
-        looks at every group: `ready` answers the per-upload question)."""
+        """The earliest stage still open in some group; None when every group is done."""
         with self._lock:
-            stages = [g.stage for g in self._entry(round_id).groups]
-            live = [s for s in stages if s is not None]
-            return min(live, key=_ORDER.index) if live else None
+            at_stage = self._entry(round_id).at_stage
+            return next((s for s in _ORDER if at_stage[s]), None)
 
     def ready(self, round_id: int) -> bool:
         """Every group closed its unmask stage or aborted: the round can be finished."""
@@ -223,17 +236,48 @@ class SecureRegistry:
     def close_due(self, round_id: int, timeout_s: float, idle_s: float | None = None) -> int:
         """Close each group's current stage whose deadline passed: `timeout_s` after the stage
         opened, or `idle_s` after its latest upload (if set and it has one). Returns how many
-        stages closed."""
+        stages closed.
+
+        It looks only at groups whose deadline may have passed (the heads of two min-queues),
+        not at every group, and closes them in group order, as a scan of every group would.
+        """
         now = self.clock()
-        closed = 0
         with self._lock:
             entry = self._entry(round_id)
-            for grp in entry.groups:
+            due = self._due_groups(entry, now, timeout_s, idle_s)
+            for g in sorted(due):
+                grp = entry.groups[g]
                 stage = grp.stage
-                if stage is not None and self._due(grp, now, timeout_s, idle_s):
-                    self._close(entry, grp, stage)
-                    closed += 1
-            return closed
+                assert stage is not None  # _due_groups keeps running groups only
+                self._close(entry, grp, stage)
+            return len(due)
+
+    @staticmethod
+    def _due_groups(entry: _Entry, now: float, timeout_s: float, idle_s: float | None) -> set[int]:
+        """The groups `_due` at `now`, found from the queues' heads. Stale entries (an older
+        epoch, or a group no longer running) are dropped as they come up; an idle entry whose
+        group has uploaded since is pushed again at its latest upload."""
+        due: set[int] = set()
+        heap = entry.by_start
+        while heap and now >= heap[0][0] + timeout_s:
+            _, g, epoch = heapq.heappop(heap)
+            grp = entry.groups[g]
+            if epoch == grp.epoch and grp.stage is not None:
+                due.add(g)
+        heap = entry.by_upload
+        while idle_s is not None and heap and now >= heap[0][0] + idle_s:
+            key, g, epoch = heapq.heappop(heap)
+            grp = entry.groups[g]
+            if epoch != grp.epoch or key != grp.idle_key or grp.stage is None:
+                continue
+            assert grp.last_upload is not None  # set with idle_key in this epoch
+            if now >= grp.last_upload + idle_s:
+                due.add(g)
+                grp.idle_key = None  # consumed: the group's stage closes now
+            else:
+                grp.idle_key = grp.last_upload
+                heapq.heappush(heap, (grp.last_upload, g, epoch))
+        return due
 
     @staticmethod
     def _due(grp: _Group, now: float, timeout_s: float, idle_s: float | None) -> bool:
@@ -291,8 +335,12 @@ class SecureRegistry:
                 raise PermissionError(f"device {device_id} is no longer in stage {stage}")
             grp.sr.receive(stage, device_id, body)
             grp.uploaded.setdefault(stage, set()).add(device_id)
+            entry.uploads[stage] += 1
             grp.digests[(stage, device_id)] = digest
-            grp.last_upload = self.clock()
+            grp.last_upload = now = self.clock()
+            if grp.idle_key is None or now < grp.idle_key:
+                grp.idle_key = now
+                heapq.heappush(entry.by_upload, (now, grp.index, grp.epoch))
             if grp.expected <= grp.uploaded[stage]:
                 self._close(entry, grp, stage)
             return True
@@ -306,10 +354,23 @@ class SecureRegistry:
                     self._close(entry, grp, stage)
 
     def _close(self, entry: _Entry, grp: _Group, stage: Stage) -> None:
-        running = grp.stage is not None
-        self._close_stage(grp, stage)
-        if running and grp.stage is None:
-            entry.running -= 1
+        before = grp.stage
+        try:
+            self._close_stage(grp, stage)
+        finally:  # also when closing a stage out of order raised (WrongStage)
+            after = grp.stage
+            # stage_started and last_upload were reset: a new epoch for the deadline queues.
+            grp.epoch += 1
+            grp.idle_key = None
+            if after is not None:
+                heapq.heappush(entry.by_start, (grp.stage_started, grp.index, grp.epoch))
+            if before != after:
+                if before is not None:
+                    entry.at_stage[before] -= 1
+                if after is not None:
+                    entry.at_stage[after] += 1
+                else:
+                    entry.running -= 1
 
     def _close_stage(self, grp: _Group, stage: Stage) -> None:
         grp.closed.add(stage)
