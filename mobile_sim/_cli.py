@@ -358,7 +358,8 @@ def register(sub: Any) -> None:
         default=None,
         metavar="URL",
         help="with --transport http: an external coordinator's URL (needs $PLUME_ADMIN_TOKEN; "
-        "default: start a loopback one)",
+        "an https:// one with a private CA also SSL_CERT_FILE=PEM; default: start a loopback "
+        "one)",
     )
     g.add_argument(
         "--backend",

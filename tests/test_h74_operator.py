@@ -309,3 +309,14 @@ def test_create_task_secure_notes_a_deadline_shorter_than_its_stages(
         "--stage-timeout (docs/operations.md, Secure tasks)"
     ]
     assert sized_err == ""
+
+
+def test_sim_help_says_how_to_trust_an_https_coordinator(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Execute
+    with pytest.raises(SystemExit):
+        main(["sim", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    # Assert: sim has no --cacert; httpx (the admin client and the devices) reads SSL_CERT_FILE
+    assert "an https:// one with a private CA also SSL_CERT_FILE=PEM" in text
