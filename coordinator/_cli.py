@@ -645,7 +645,10 @@ def admin_error_text(exc: Exception, url: str, flag: str = "--url") -> str:
                 if flag == "--url"
                 else "make this machine trust the CA that signed it (SSL_CERT_FILE=PEM)"
             )
-            return f"the coordinator at {url} sent a certificate this machine does not trust ({what}); {trust}"
+            return (
+                f"the coordinator at {url} sent a certificate this machine does not trust "
+                f"({what}); {trust}"
+            )
         if url.startswith("https://") and "[SSL" in what:
             return (
                 f"the TLS handshake with {url} failed ({what}); is it serving plain HTTP? "
@@ -767,9 +770,10 @@ def _create_task_error(exc: Exception, url: str) -> str:
         return admin_error_text(exc, url)
     if getattr(exc, "status", None) == 0:
         return (
-            f"task {task_id} was created but its initial model's upload got no answer "
-            f"({getattr(exc, 'problem', '')}); `plume coordinator status --task {task_id}` "
-            "shows whether it is active or still awaiting_model (then it runs no round)"
+            f"task {task_id} was created but its initial model's upload got "
+            f"{getattr(exc, 'problem', 'no answer')}; `plume coordinator status --task "
+            f"{task_id}` shows whether it is active or still awaiting_model (then it runs no "
+            "round)"
         )
     return (
         f"task {task_id} was created but its initial model was not stored: "

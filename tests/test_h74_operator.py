@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -320,3 +321,35 @@ def test_sim_help_says_how_to_trust_an_https_coordinator(
     text = " ".join(capsys.readouterr().out.split())
     # Assert: sim has no --cacert; httpx (the admin client and the devices) reads SSL_CERT_FILE
     assert "an https:// one with a private CA also SSL_CERT_FILE=PEM" in text
+
+
+def test_create_task_whose_model_upload_got_no_answer_says_to_check_the_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: the PUT of the initial model times out (a large model on a slow link); the
+    # POST before it created the task
+    from coordinator.service import admin_client
+
+    real = admin_client.AdminClient._call
+
+    def call(self: Any, method: str, path: str, *a: Any, **k: Any) -> Any:
+        if method == "PUT":
+            raise httpx.ReadTimeout("timed out")
+        return real(self, method, path, *a, **k)
+
+    monkeypatch.setattr(admin_client.AdminClient, "_call", call)
+    config = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN)
+    with ServerThread(config) as url:
+        # Execute
+        code = main([
+            "coordinator", "create-task", "--url", url, "--admin-token", ADMIN,
+            "--model", "digits_mlp",
+        ])  # fmt: skip
+        err = capsys.readouterr().err
+    # Assert: the model may or may not have landed; the line says how to find out
+    assert code == 1
+    assert err.splitlines() == [
+        "plume coordinator create-task: error: task 1 was created but its initial model's "
+        "upload got no answer (timed out); `plume coordinator status --task 1` shows whether "
+        "it is active or still awaiting_model (then it runs no round)"
+    ]
