@@ -1039,7 +1039,7 @@ def _main(args: argparse.Namespace) -> int:
         out / "accuracy_vs_upload_bytes.png",
         title=f"{cfg.dataset} / {cfg.model_name}",
     )
-    _extra_plots(out, results)
+    extra = _extra_plots(out, results)
     print()
     for r in results:
         s = summary(r)
@@ -1068,7 +1068,8 @@ def _main(args: argparse.Namespace) -> int:
             f"accuracy {delta_pp:+.2f} pp"
         )
     where = f"{out}/" if len(runs) == 1 else f"{out}/{{{','.join(label for label, _ in runs)}}}/"
-    print(f"wrote {where} (rounds.json, rounds.csv, ledger.csv) and {plot}")
+    plots = ", ".join(str(p) for p in [plot, *extra])
+    print(f"wrote {where} (rounds.json, rounds.csv, ledger.csv) and {plots}")
     return 0
 
 
@@ -1109,13 +1110,14 @@ def _as_dict(rec: Any) -> dict[str, Any]:
     return asdict(rec)
 
 
-def _extra_plots(out: Path, results: list[Any]) -> None:
-    """Bytes-per-round and round-duration plots, where the reporting extras are installed."""
+def _extra_plots(out: Path, results: list[Any]) -> list[Path]:
+    """Bytes-per-round and round-duration plots, where the reporting extras are installed;
+    the paths written."""
     try:
         from . import report_extra
     except ImportError:
-        return
-    report_extra.plot_run_dir(out)
+        return []
+    return report_extra.plot_run_dir(out)
 
 
 def _report(args: argparse.Namespace) -> int:

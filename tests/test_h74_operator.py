@@ -353,3 +353,21 @@ def test_create_task_whose_model_upload_got_no_answer_says_to_check_the_task(
         "upload got no answer (timed out); `plume coordinator status --task 1` shows whether "
         "it is active or still awaiting_model (then it runs no round)"
     ]
+
+
+def test_sim_names_every_file_it_wrote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Prepare: a tiny run (2 rounds of digits_mlp on 6 devices)
+    out = tmp_path / "run"
+    argv = ["sim", "--dataset", "digits", "--model", "digits_mlp", "--clients", "6",
+            "--per-round", "3", "--rounds", "2", "--local-epochs", "1", "--no-progress",
+            "--out", str(out)]  # fmt: skip
+    # Execute
+    code = main(argv)
+    last = capsys.readouterr().out.splitlines()[-1]
+    # Assert: the last line names the two plots README.md lists beside the first one
+    assert code == 0
+    assert last == (
+        f"wrote {out}/ (rounds.json, rounds.csv, ledger.csv) and {out / 'accuracy_vs_upload_bytes.png'}, "
+        f"{out / 'bytes_per_round.png'}, {out / 'round_durations.png'}"
+    )
+    assert all((out / name).is_file() for name in ("bytes_per_round.png", "round_durations.png"))
