@@ -8,7 +8,6 @@ import json
 import math
 import os
 import re
-import signal
 import socket
 import sqlite3
 import sys
@@ -515,19 +514,6 @@ def _why_not_listening(host: str, port: int) -> str:
     return f"the server on {host}:{port} failed to start (see the log lines above)"
 
 
-class _Terminated(BaseException):
-    """SIGTERM, raised in the main thread. uvicorn stops gracefully on SIGTERM and then
-    raises the signal again for the handler it found; with Python's default one, the process
-    died there, before `serve` closed the database: the lock went with the process, but the
-    last commits stayed in the `-wal` file, so the `.db` file alone (a copy of a stopped
-    coordinator's database) lacked them. A BaseException, so no `except Exception` of the
-    service takes it for a failure of its own."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise _Terminated
-
-
 def _serve(args: argparse.Namespace) -> int:
     import ssl
 
@@ -558,10 +544,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not db.exists():
         print(f"{prog}: note: {db} does not exist; starting a new database", file=sys.stderr)
     try:
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    except ValueError:  # not the main thread: leave SIGTERM as it is
-        previous = None
-    try:
+        # SIGTERM (systemd's stop) returns from serve normally, the database closed.
         serve(
             config,
             args.host,
@@ -570,8 +553,6 @@ def _serve(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             log_level=args.log_level,
         )
-    except _Terminated:  # a stop asked for: serve closed the database on the way out
-        return 0
     except SystemExit as exc:  # uvicorn's exit when the socket or the app fails to start
         if exc.code in (0, None):
             return 0
@@ -582,9 +563,6 @@ def _serve(args: argparse.Namespace) -> int:
         _fail(prog, f"cannot use the database --db {args.db}: {exc}")
     except ssl.SSLError as exc:
         _fail(prog, f"cannot load --tls-cert/--tls-key as a PEM certificate and key: {exc}")
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

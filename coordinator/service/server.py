@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from types import TracebackType
@@ -52,7 +53,8 @@ def serve(
     tls_key: str | None = None,
     log_level: str = "info",
 ) -> None:
-    """Serve until interrupted (SIGINT/SIGTERM shut down gracefully).
+    """Serve until interrupted (SIGINT/SIGTERM shut down gracefully; after SIGTERM this
+    returns normally, with the database closed).
 
     The store is opened (exclusively: a second coordinator on the same database is refused)
     and the tasks restored before uvicorn starts, so a database that cannot be used raises
@@ -62,18 +64,43 @@ def serve(
     that fails), the store is closed before this returns or raises: its `<db>.lock` is
     released, so a later serve in the same process is not refused as another coordinator.
     """
-    store = Store(config.db_path, exclusive=True)
     try:
-        app = create_app(config, store=store)
-        app.state.coordinator.restore()
-        server = uvicorn.Server(
-            uvicorn_config(app, host, port, tls_cert=tls_cert, tls_key=tls_key, log_level=log_level)
-        )
-        # uvicorn runs the lifespan shutdown (which waits for closes in flight) before it
-        # returns or exits on a bind failure, so nothing uses the store after this.
-        server.run()
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread: leave SIGTERM as it is
+        previous = None
+    try:
+        store = Store(config.db_path, exclusive=True)
+        try:
+            app = create_app(config, store=store)
+            app.state.coordinator.restore()
+            server = uvicorn.Server(
+                uvicorn_config(
+                    app, host, port, tls_cert=tls_cert, tls_key=tls_key, log_level=log_level
+                )
+            )
+            # uvicorn runs the lifespan shutdown (which waits for closes in flight) before it
+            # returns or exits on a bind failure, so nothing uses the store after this.
+            server.run()
+        finally:
+            store.close()
+    except _Terminated:  # a stop asked for: the database was closed on the way out
+        return
     finally:
-        store.close()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class _Terminated(BaseException):
+    """SIGTERM, raised in the main thread while `serve` runs. uvicorn stops gracefully on
+    SIGTERM and then raises the signal again for the handler it found; with Python's default
+    one, the process died there, before `serve` closed the database: the lock went with the
+    process, but the last commits stayed in the `-wal` file, so the `.db` file alone (a copy of
+    a stopped coordinator's database) lacked them. A BaseException, so no `except Exception` of
+    the service takes it for a failure of its own."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise _Terminated
 
 
 class ServerThread:
