@@ -282,7 +282,7 @@ def test_a_snapshot_payload_above_the_u32_length_field_is_a_value_error(
         def compress(self, data: bytes) -> Huge:
             return Huge()
 
-    monkeypatch.setattr(snapshot, "_zstd", lambda level: BigZstd())
+    monkeypatch.setattr(snapshot, "_zstd", lambda level, *window: BigZstd())
     # Execute / Assert
     with pytest.raises(ValueError, match="u32 length field"):
         snapshot.encode_snapshot(np.ones(16, np.float32), SPEC, "fp32")
