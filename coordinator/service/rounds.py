@@ -395,7 +395,8 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
             )
         cohort = math.ceil(cfg.clients_per_round * cfg.over_selection - 1e-9)
         try:
-            check_plan(settings, cohort, spec.size)
+            # A round opens with max(min_reports, 3) devices or more (`_open_round`).
+            check_plan(settings, cohort, spec.size, least=max(cfg.min_reports, 3))
         except ValueError as exc:
             raise ValueError(f"secure: {exc}") from None
     return spec
@@ -1699,7 +1700,9 @@ class Coordinator:
             cur.pending_dp = dp
             self.store.set_round_measurements(cur.round_id, {"pending_dp": dp})
 
-        secure = rt.secure.registry.finish(cur.round_id, before_unmask)
+        secure = rt.secure.registry.finish(
+            cur.round_id, before_unmask, min_contributors=cur.min_reports
+        )
         rt.engine.close_round(cur.engine_round)  # its bookkeeping only: it holds no updates
         now = self.clock()
         done = rt.rounds_closed + 1 >= rt.config.rounds
