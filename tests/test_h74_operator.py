@@ -46,45 +46,54 @@ def _wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 60.0) 
     raise AssertionError("the coordinator did not start")
 
 
+def sigterm_after_one_task(
+    cmd: list[str], port: int, env: dict[str, str], admin: str = ADMIN
+) -> tuple[subprocess.CompletedProcess[str], int]:
+    """Start a coordinator with `cmd` (serving on `port`, admin token `admin`), create one task
+    through the admin API, then stop it with SIGTERM as systemd does. The finished process
+    (return code, stdout, stderr) and the task's id."""
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as proc:
+        try:
+            _wait_healthy(f"http://127.0.0.1:{port}", proc)
+            task = TaskConfig(
+                name="t", model_name="tiny", spec=[TensorShape("w", [10])], rounds=1,
+                clients_per_round=1,
+            )  # fmt: skip
+            with AdminClient(f"http://127.0.0.1:{port}", admin) as admin_client:
+                task_id = admin_client.create_task(task, np.zeros(10, np.float32))
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err), task_id
+
+
+def assert_database_file_complete(db: Path, task_id: int) -> None:
+    """The file alone holds every commit (no -wal left to replay): a copy of it, the way an
+    operator backs up a stopped coordinator, has the task."""
+    assert not Path(f"{db}-wal").exists()
+    copy = db.with_name("copy.db")
+    shutil.copyfile(db, copy)
+    with sqlite3.connect(copy) as conn:
+        assert conn.execute("SELECT task_id FROM tasks").fetchall() == [(task_id,)]
+
+
 def test_sigterm_stops_serve_with_its_database_file_complete(tmp_path: Path) -> None:
     # Prepare: `plume coordinator serve` as an operator runs it (systemd stops it with
     # SIGTERM), and one task created through the admin API.
     db = tmp_path / "plume.db"
     port = free_port()
-    url = f"http://127.0.0.1:{port}"
     argv = [*_plume(), "coordinator", "serve", "--db", str(db), "--port", str(port)]
     env = {**os.environ, "PLUME_DEBUG": "", "PLUME_ADMIN_TOKEN": ADMIN}
-    with subprocess.Popen(
-        [*argv, "--log-level", "warning"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    ) as proc:
-        try:
-            _wait_healthy(url, proc)
-            task = TaskConfig(
-                name="t", model_name="tiny", spec=[TensorShape("w", [10])], rounds=1,
-                clients_per_round=1,
-            )  # fmt: skip
-            with AdminClient(url, ADMIN) as admin:
-                task_id = admin.create_task(task, np.zeros(10, np.float32))
-            # Execute
-            proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    # Assert: a graceful stop (status 0, no traceback) that closed the database, so the
-    # file alone holds every commit (no -wal left to replay): a copy of it, the way an
-    # operator backs up a stopped coordinator, has the task.
-    assert proc.returncode == 0, err
-    assert "Traceback" not in err
-    assert not Path(f"{db}-wal").exists()
-    copy = tmp_path / "copy.db"
-    shutil.copyfile(db, copy)
-    with sqlite3.connect(copy) as conn:
-        assert conn.execute("SELECT task_id FROM tasks").fetchall() == [(task_id,)]
+    # Execute
+    done, task_id = sigterm_after_one_task([*argv, "--log-level", "warning"], port, env)
+    # Assert: a graceful stop (status 0, no traceback) that closed the database
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert_database_file_complete(db, task_id)
 
 
 def test_create_task_whose_model_is_refused_names_the_task_left_behind(
