@@ -114,27 +114,21 @@ def _check_room(nbytes: int) -> None:
         )
 
 
-def _send_context(conn: Connection, payload: memoryview) -> None:
-    """Send the pickled training context to one worker (run in a thread, one per worker)."""
-    try:
-        conn.send_bytes(payload)
-    except (OSError, ValueError):
-        pass  # the worker died or was stopped: reading its pipe says so
+def _send(conn: Connection, payload: bytes | memoryview) -> None:
+    """Send one pickled payload to a worker, from a thread of its own: the training context
+    (one thread per worker at `start`) or a task (one per task in flight).
 
-
-def _send_task(conn: Connection, payload: bytes | memoryview) -> None:
-    """Send one pickled task to a worker (run in a thread, one per task in flight).
-
-    A task bigger than the pipe's buffer (a device with many examples, a vectorized share of
-    hundreds of jobs) is only written as the worker reads it: sent from the parent's thread, a
-    worker frozen after its last reply (SIGSTOP, a debugger, a swapped-out machine) would block
-    the parent in the send, before the stall limit is ever checked.
+    A payload bigger than the pipe's buffer (the context, a device with many examples, a
+    vectorized share of hundreds of jobs) is only written as the worker reads it: sent from
+    the parent's thread, a worker frozen after its last reply (SIGSTOP, a debugger, a
+    swapped-out machine) would block the parent in the send, before the stall limit is ever
+    checked.
     """
     try:
         conn.send_bytes(payload)
     except Exception:  # noqa: BLE001
-        # The worker died (reading its pipe says so), or was killed and its pipe closed while
-        # this write waited (the round has failed already); nobody is left to tell.
+        # The worker died or was stopped (reading its pipe says so), or was killed and its pipe
+        # closed while this write waited (the round has failed already); nobody is left to tell.
         pass
 
 
@@ -223,7 +217,7 @@ class ProcessPoolBackend:
       finished since `start`, at least 300 s; 3600 s for a worker's first task, which pays
       its warm-up). A stuck worker therefore cannot hang the run forever. A dead worker needs
       no limit: it fails the round at once either way. Each task is written to its worker by a
-      thread of its own (`_send_task`), so a worker that stops reading (frozen by SIGSTOP
+      thread of its own (`_send`), so a worker that stops reading (frozen by SIGSTOP
       after its last reply, say) cannot block the parent in a send longer than the pipe
       holds: the limit covers the send too, and the error says the task was not read.
     - `start` has one deadline for all workers together (`_START_TIMEOUT_S`, 300 s); its
@@ -257,7 +251,7 @@ class ProcessPoolBackend:
         self._stall = StallLimit()  # the limit when job_timeout_s is None
         self._procs: list[Any] = []
         self._conns: list[Connection] = []
-        # The thread writing each worker's latest task (`_send_task`), while it may still run.
+        # The thread writing each worker's latest task (`_send`), while it may still run.
         self._senders: dict[Connection, threading.Thread] = {}
         self._params: _Shared | None = None
         self._out: _Shared | None = None
@@ -299,7 +293,7 @@ class ProcessPoolBackend:
                 self._conns.append(parent)
             # Only once all are spawned: a "fork" child would inherit a sender mid-send.
             for conn in self._conns:
-                sender = threading.Thread(target=_send_context, args=(conn, payload), daemon=True)
+                sender = threading.Thread(target=_send, args=(conn, payload), daemon=True)
                 sender.start()
                 senders.append(sender)
             self._await_ready(time.monotonic() + _START_TIMEOUT_S)
@@ -422,7 +416,7 @@ class ProcessPoolBackend:
                 previous = self._senders.pop(conn, None)
                 if previous is not None:
                     previous.join()  # done: the worker replied, so it read the whole task
-                sender = threading.Thread(target=_send_task, args=(conn, payload), daemon=True)
+                sender = threading.Thread(target=_send, args=(conn, payload), daemon=True)
                 sender.start()
                 self._senders[conn] = sender
                 busy[conn] = (time.monotonic(), task)
