@@ -61,10 +61,10 @@ class AdaptiveClip:
         noised fraction far from [0, 1]) raised OverflowError in math.exp, round after round,
         and one below it left the clip at 0.0, which no later step moves. A NaN fraction says
         nothing about the norms and leaves the clip as it is (it made the clip NaN for good)."""
-        if math.isnan(unclipped_fraction):
-            return float(min(max(clip, sys.float_info.min), sys.float_info.max))
-        exponent = -self.learning_rate * (unclipped_fraction - self.target_quantile)
-        value = clip * math.exp(min(exponent, _MAX_EXP))
+        value = clip
+        if not math.isnan(unclipped_fraction):
+            exponent = -self.learning_rate * (unclipped_fraction - self.target_quantile)
+            value = clip * math.exp(min(exponent, _MAX_EXP))
         return float(min(max(value, sys.float_info.min), sys.float_info.max))
 
 
