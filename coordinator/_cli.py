@@ -12,9 +12,12 @@ import socket
 import sqlite3
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .cli import print_error, when_help
+
+if TYPE_CHECKING:
+    from .service import AdminError
 
 __all__ = ["register", "admin_error_text"]
 
@@ -740,16 +743,16 @@ def _create_task(args: argparse.Namespace) -> int:
     return 0
 
 
-def _create_task_error(exc: Exception, url: str) -> str:
+def _create_task_error(exc: AdminError, url: str) -> str:
     """The sentence for a create-task that failed; one that created its task but did not
     store the model names the task it left behind (`awaiting_model`, running no round)."""
-    task_id = getattr(exc, "task_id", None)
+    task_id = exc.task_id
     if task_id is None:
         return admin_error_text(exc, url)
-    if getattr(exc, "status", None) == 0:
+    if exc.status == 0:
         return (
             f"task {task_id} was created but its initial model's upload got "
-            f"{getattr(exc, 'problem', 'no answer')}; `plume coordinator status --task "
+            f"{exc.problem}; `plume coordinator status --task "
             f"{task_id}` shows whether it is active or still awaiting_model (then it runs no "
             "round)"
         )
