@@ -115,7 +115,6 @@ class _Entry:
     task: SecureTask
     groups: list[_Group]
     caps: dict[Stage, int]  # `stage_cap` of the round's plans, per upload stage
-    running: int  # groups that have neither closed their unmask stage nor aborted
     outcome: SecureOutcome | None = None
     # Kept as groups change, so that a tick or a status request does not look at every
     # group (a cohort of 30,000 in groups of 3 is 10,000 groups): accepted uploads per stage,
@@ -164,7 +163,7 @@ class SecureRegistry:
             # (a cohort of 30,000 in groups of 3 spent 8 ms of the event loop per upload).
             plans = [sr.plan for sr in task.groups]
             caps = {s: stage_cap(plans, s) for s in _ORDER}
-            entry = _Entry(task, groups, caps, len(groups))
+            entry = _Entry(task, groups, caps)
             entry.at_stage[Stage.ADVERTISE_KEYS] = len(groups)
             entry.by_start = [(now, i, 0) for i in range(len(groups))]  # already a heap
             self._rounds[task.round_id] = entry
@@ -231,7 +230,8 @@ class SecureRegistry:
     def ready(self, round_id: int) -> bool:
         """Every group closed its unmask stage or aborted: the round can be finished."""
         with self._lock:
-            return self._entry(round_id).running == 0
+            # No group is at any stage: each closed its unmask stage or aborted.
+            return not any(self._entry(round_id).at_stage.values())
 
     def close_due(self, round_id: int, timeout_s: float, idle_s: float | None = None) -> int:
         """Close each group's current stage whose deadline passed: `timeout_s` after the stage
@@ -369,8 +369,6 @@ class SecureRegistry:
                     entry.at_stage[before] -= 1
                 if after is not None:
                     entry.at_stage[after] += 1
-                else:
-                    entry.running -= 1
 
     def _close_stage(self, grp: _Group, stage: Stage) -> None:
         grp.closed.add(stage)
