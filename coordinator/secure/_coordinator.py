@@ -106,8 +106,8 @@ def make_plan(
     of every group would otherwise round with the same dither, and the group means would
     share their rounding error.
 
-    `like`: another plan of the round. If it is over this very `indices` array (its
-    `.indices`) and model size, the new plan shares its checked S_r and packed bytes
+    `like`: another plan of the round. If it is over the same coordinates (equal `indices`)
+    and model size, the new plan shares its checked S_r and packed bytes
     (`SecurePlan.derive`); the bytes are the same either way.
 
     Raises `RingOverflow` if n * w_max * (2^b - 1) (+ noise headroom) needs more than 64 bits.
@@ -143,7 +143,11 @@ def make_plan(
         # Subtractive dither needs uniform weights (the coordinator subtracts each term).
         "dither": config.dither and config.max_weight == 1,
     }
-    if like is not None and like.indices is indices and like.model_size == model_size:
+    if (
+        like is not None
+        and like.model_size == model_size
+        and (like.indices is indices or np.array_equal(like.indices, indices))
+    ):
         return like.derive(**fields)
     return SecurePlan(model_size=model_size, indices=indices, **fields)
 
@@ -293,7 +297,7 @@ class SecureCoordinator:
                 r,
                 len(members),
                 self.size,
-                indices if first is None else first.indices,
+                indices,
                 self.sketch_segments,
                 g,
                 like=first,
