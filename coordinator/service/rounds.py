@@ -1063,6 +1063,12 @@ class Coordinator:
             return self.refused[task_id].error()
         return self.unloaded[task_id].error(now)
 
+    def _kept(self, r: RoundRow) -> _ClosedRound | None:
+        """The parsed closed round `_stored_round` keeps for `r`, if `r` is that very row (a
+        row read elsewhere, e.g. by a listing, is not)."""
+        kept = self._closed_rounds.get(r.round_id)
+        return kept if kept is not None and kept.row is r else None
+
     def _stored_round(self, round_id: int) -> RoundRow | None:
         """A round as stored (None: no such round). A refused task's round whose stored JSON
         does not parse is its task's 409 `task_refused`, naming the damage; a running task's
@@ -1963,8 +1969,8 @@ class Coordinator:
             return False  # called while the response starts: an error here would cut it
         if r is None:
             return False
-        kept = self._closed_rounds.get(round_id)
-        if kept is not None and kept.row is r:
+        kept = self._kept(r)
+        if kept is not None:
             return device_id in kept.cohort  # a set: no scan of the cohort
         return device_id in r.selected
 
@@ -2083,8 +2089,8 @@ class Coordinator:
             raise ApiError(404, Reason.UNKNOWN_ROUND, f"no round {round_id}")
         status = self._round_status(r)
         if only is not None:
-            kept = self._closed_rounds.get(round_id)
-            if kept is not None and kept.row is r and status.measurements is r.measurements:
+            kept = self._kept(r)
+            if kept is not None and status.measurements is r.measurements:
                 status.measurements = kept.own_view(only)  # the same view, from its index
             else:
                 status.measurements = _own_view(status.measurements, frozenset(r.selected), only)
@@ -2109,7 +2115,7 @@ class Coordinator:
             reports = found[1].reports
         elif measurements.get("secure"):
             reports = int(measurements.get("contributors", 0))
-        elif (kept := self._closed_rounds.get(round_id)) is not None and kept.row is r:
+        elif (kept := self._kept(r)) is not None:
             if kept.reports is None:  # a closed round takes no more updates: counted once
                 kept.reports = self.store.count_updates(round_id)
             reports = kept.reports
