@@ -338,7 +338,6 @@ class SecureCoordinator:
         """
         if min_contributors < 1:
             raise ValueError(f"min_contributors must be >= 1, got {min_contributors}")
-        short = ""
         held = sum(sr.masked_inputs for sr in task.groups if sr.stage == Stage.UNMASK)
         if held < min_contributors:
             short = (
@@ -377,7 +376,8 @@ class SecureCoordinator:
             "ring_bits": max(g.plan.ring_bits for g in task.groups),  # the widest group's
             "unmask_s": sum(res.unmask_s for res in results),
         }
-        if results and len(contributors) < min_contributors:
+        too_few = bool(results) and len(contributors) < min_contributors
+        if too_few:
             reasons.append(
                 f"{len(contributors)} contributors after unmasking, below the round's "
                 f"{min_contributors} (min_reports): not committed"
@@ -397,7 +397,7 @@ class SecureCoordinator:
             )
         if not results or sum(res.weight for res in results) == 0:
             return SecureOutcome(task.round_id, False, [], dropped, aborted, update, meas)
-        if len(contributors) < min_contributors:
+        if too_few:
             # No input is in the model: every device is out, as when every group aborted.
             everyone = sorted(task.group_of)
             return SecureOutcome(task.round_id, False, [], everyone, aborted, update, meas)
