@@ -1149,6 +1149,22 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         self._inner.sleep(seconds)
 
 
+def _backend_pool(transport: Any) -> Any | None:
+    """The httpcore pool under an httpx transport, whose network backend can be wrapped; None,
+    with a warning, on an httpx without it (private attributes, pinned below 1.0 in
+    pyproject). stacklevel points at the Client being built."""
+    pool = getattr(transport, "_pool", None)
+    if isinstance(getattr(pool, "_network_backend", None), httpcore.NetworkBackend):
+        return pool
+    warnings.warn(
+        f"httpx {httpx.__version__}: no httpcore network backend in {transport!r}; "
+        "max_response_s bounds response bodies only, not trickled headers",
+        RuntimeWarning,
+        stacklevel=4,
+    )
+    return None
+
+
 def _bound_sockets(http: httpx.Client, deadline: _Deadline) -> bool:
     """Make the sockets of the transports httpx built for `http` (its default one and any
     environment proxy's) honour `deadline`, headers included: httpx's per-read timeout starts
@@ -1156,19 +1172,14 @@ def _bound_sockets(http: httpx.Client, deadline: _Deadline) -> bool:
     its transports does; that backend is wrapped in place. These are httpx's private attributes
     (pinned below 1.0 in pyproject): on an httpx without them this warns once and returns False,
     and responses are bounded between body chunks only, as with an injected transport other
-    than `httpx.HTTPTransport` (`_bound_transport`); the device keeps working. tests/sdk/test_client_deadlines.py fails if the bound is lost."""
+    than `httpx.HTTPTransport` (`_bound_transport`); the device keeps working.
+    tests/sdk/test_client_deadlines.py fails if the bound is lost."""
     pools: list[Any] = []
     for transport in (getattr(http, "_transport", None), *getattr(http, "_mounts", {}).values()):
         if transport is None:  # a NO_PROXY host: the default transport
             continue
-        pool = getattr(transport, "_pool", None)
-        if not isinstance(getattr(pool, "_network_backend", None), httpcore.NetworkBackend):
-            warnings.warn(
-                f"httpx {httpx.__version__}: no httpcore network backend in {transport!r}; "
-                "max_response_s bounds response bodies only, not trickled headers",
-                RuntimeWarning,
-                stacklevel=3,
-            )
+        pool = _backend_pool(transport)
+        if pool is None:
             return False
         pools.append(pool)
     for pool in pools:
@@ -1183,19 +1194,12 @@ def _bound_transport(transport: httpx.HTTPTransport, deadline: _Deadline) -> _De
     thread, and a thread receives one response at a time. The wrapper passes through requests
     of threads with no deadline set (another httpx client on the same transport). Returns
     `deadline` unchanged, with the warning of `_bound_sockets`, on an httpx without the pool."""
-    pool: Any = getattr(transport, "_pool", None)
-    backend = getattr(pool, "_network_backend", None)
-    if isinstance(backend, _DeadlineBackend):
-        return backend._deadline
-    if not isinstance(backend, httpcore.NetworkBackend):
-        warnings.warn(
-            f"httpx {httpx.__version__}: no httpcore network backend in {transport!r}; "
-            "max_response_s bounds response bodies only, not trickled headers",
-            RuntimeWarning,
-            stacklevel=3,
-        )
+    pool = _backend_pool(transport)
+    if pool is None:
         return deadline
-    pool._network_backend = _DeadlineBackend(backend, deadline)
+    if isinstance(pool._network_backend, _DeadlineBackend):
+        return pool._network_backend._deadline
+    pool._network_backend = _DeadlineBackend(pool._network_backend, deadline)
     return deadline
 
 
