@@ -341,6 +341,21 @@ def _residual_bytes(
     return raw + _trailer_bytes(task_id, seq, layout)
 
 
+def _head(fd: int) -> tuple[int, int, int] | None:
+    """(the file's length, the scalar count its header names, where its values end) of a
+    stored residual open at `fd` (read from position 0: its header only); None unless its
+    length is its values' with or without one of the trailers."""
+    n = os.fstat(fd).st_size
+    head = _read_fd(fd, _EF_HEADER)
+    if len(head) < _EF_HEADER:
+        return None
+    d = int.from_bytes(head[8:12], "little")
+    body = _EF_HEADER + 4 * d
+    if n - body not in (0, _OLD_TRAILER, _TRAILER, _LAYOUT_TRAILER):
+        return None
+    return n, d, body
+
+
 def _peek(path: Path) -> tuple[int, bytes] | None:
     """(the scalar count a stored residual's header names, the bytes after its values), read
     from its header and end only; None for a file that is not a regular file (see
@@ -349,14 +364,10 @@ def _peek(path: Path) -> tuple[int, bytes] | None:
     if fd is None:
         return None
     try:
-        n = os.fstat(fd).st_size
-        head = _read_fd(fd, _EF_HEADER)
-        if len(head) < _EF_HEADER:
+        found = _head(fd)
+        if found is None:
             return None
-        d = int.from_bytes(head[8:12], "little")
-        body = _EF_HEADER + 4 * d
-        if n - body not in (0, _OLD_TRAILER, _TRAILER, _LAYOUT_TRAILER):
-            return None
+        n, d, body = found
         os.lseek(fd, body, os.SEEK_SET)
         tail = _read_fd(fd, n - body + 1)
     except OSError:
@@ -397,16 +408,28 @@ def _load_stored(path: Path, size: int | None) -> tuple[ErrorFeedback, _Trailer 
     has none); None unless it is a whole one: missing, not a regular file (a FIFO, a
     symlink), torn, of another size, with a foreign trailer or values that fail their checks
     (`ErrorFeedback.from_bytes`: the CRC-32, finite values)."""
-    found = _peek(path)
-    if found is None or (size is not None and found[0] != size):
+    fd = _open_regular(path)
+    if fd is None:
         return None
-    d, tail = found
+    try:
+        # One descriptor and one read of the whole file (the header read first, to refuse a
+        # file of another size or length unread).
+        try:
+            found = _head(fd)
+        except OSError:
+            return None
+        if found is None or (size is not None and found[1] != size):
+            return None
+        n, d, body = found
+        os.lseek(fd, 0, os.SEEK_SET)
+        raw = _read_fd(fd, n + 1)
+    finally:
+        os.close(fd)
+    if len(raw) != n:
+        return None  # torn or grown while read
+    tail = raw[body:]
     trailer = _parse_trailer(tail) if tail else None
     if tail and trailer is None:
-        return None
-    body = _EF_HEADER + 4 * d
-    raw = _read_sized(path, body + len(tail))
-    if raw is None:
         return None
     try:
         return ErrorFeedback.from_bytes(raw[:body], d), trailer
