@@ -446,6 +446,12 @@ def _layout_of(spec: ModelSpec | None, size: int, what: str) -> bytes | None:
     return spec.fingerprint
 
 
+def _other_layout(a: bytes | None, b: bytes | None) -> bool:
+    """Two layout fingerprints that are both known and differ (an unknown one, None, matches
+    any: a residual or record saved without a layout is matched by size)."""
+    return a is not None and b is not None and a != b
+
+
 def _spec_layout(meta: dict[str, Any]) -> bytes | None:
     """The fingerprint of the layout a metadata file keeps (`spec`); None without a readable
     one (an older SDK's file, or one written without a layout)."""
@@ -950,20 +956,26 @@ class DeviceStore:
         layout = _layout_of(spec, size, "load_residual")
         if task_id is not None:
             self._claim_legacy(task_id, size)
-        # Another model's, torn, or no regular file (a FIFO, a symlink): start afresh.
+        # Another model's, torn, no regular file (a FIFO, a symlink) or foreign: start afresh.
+        held = self._held(task_id, size)
+        if held is None or _other_layout(layout, held[1]):
+            return None
+        return held[0]
+
+    def _held(
+        self, task_id: int | None, size: int | None
+    ) -> tuple[ErrorFeedback, bytes | None] | None:
+        """The whole residual `task_id`'s file holds (of `size` scalars; None: any) and the
+        layout its trailer names (None: none); None if it holds none, or its trailer names
+        another task than this residual's (the claimer's, for the legacy residual)."""
         stored = _load_stored(self._residual_path(task_id), size)
         if stored is None:
             return None
         ef, found = stored
-        if found is not None:
-            # A trailer must name this residual's task (the claimer's, for the legacy
-            # residual): a foreign one is not used.
-            expected = task_id if task_id is not None else self.legacy_claimer()
-            if found.task != expected:
-                return None
-            if None not in (layout, found.layout) and found.layout != layout:
-                return None
-        return ef
+        if found is None:
+            return ef, None
+        expected = task_id if task_id is not None else self.legacy_claimer()
+        return (ef, found.layout) if found.task == expected else None
 
     def _staged(self) -> list[Path]:
         """Every staged residual file present (open window or leftover)."""
@@ -1320,14 +1332,9 @@ class DeviceStore:
         # (read as another model's residual, the content was dropped as delivered).
         _no_directory(self._dest(task_id))
         _no_directory(current)
-        stored = _load_stored(current, None)
-        expected = task_id if task_id is not None else self.legacy_claimer()
-        if stored is not None and stored[1] is not None and stored[1].task != expected:
-            stored = None  # names another task: foreign, no residual of this one
-        held = None if stored is None or stored[1] is None else stored[1].layout
-        if stored is not None and (
-            stored[0].size != size or (None not in (layout, held) and held != layout)
-        ):
+        stored = self._held(task_id, None)  # None too if it names another task: foreign
+        held = None if stored is None else stored[1]
+        if stored is not None and (stored[0].size != size or _other_layout(layout, held)):
             if current.name in leftovers:  # a window of this very upload: keep what it holds
                 self._finish(current)
             _unlink(self.root / commit)
