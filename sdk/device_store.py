@@ -446,6 +446,12 @@ def _layout_of(spec: ModelSpec | None, size: int, what: str) -> bytes | None:
     return spec.fingerprint
 
 
+def _spec_if(spec: ModelSpec | None, size: int) -> ModelSpec | None:
+    """`spec` if it is a layout of `size` scalars, else None: a record or residual of another
+    size names no layout (it is matched by size)."""
+    return spec if spec is not None and spec.size == size else None
+
+
 def _other_layout(a: bytes | None, b: bytes | None) -> bool:
     """Two layout fingerprints that are both known and differ (an unknown one, None, matches
     any: a residual or record saved without a layout is matched by size)."""
@@ -1039,7 +1045,7 @@ class DeviceStore:
         # Withdraw an older commit point first: its metadata must never pair with this frame.
         _unlink(self.root / "pending.json")
         _write(self.root / "pending.frame", pending.frame)
-        spec = pending.spec if pending.spec is not None and pending.spec.size == ef.size else None
+        spec = _spec_if(pending.spec, ef.size)
         layout = None if spec is None else spec.fingerprint
         _write(
             self.root / "pending.residual",
@@ -1179,8 +1185,7 @@ class DeviceStore:
         self._recover()
         self._write_record(record, ef)
         if ef is not None:
-            spec = record.spec if record.spec.size == ef.size else None
-            self.save_residual(ef, record.task_id, spec)
+            self.save_residual(ef, record.task_id, _spec_if(record.spec, ef.size))
         self._evict()
 
     def _write_record(self, record: AcceptedUpload, ef: ErrorFeedback | None) -> None:
@@ -1202,7 +1207,8 @@ class DeviceStore:
         _unlink(self._record(r, "json"))  # an older record must never pair with this frame
         _write(self._record(r, "frame"), record.frame)
         if ef is not None:
-            layout = record.spec.fingerprint if record.spec.size == ef.size else None
+            spec = _spec_if(record.spec, ef.size)
+            layout = None if spec is None else spec.fingerprint
             _write(
                 self._record(r, "residual"),
                 _residual_bytes(ef, record.task_id, self._next_seq(), layout),
@@ -1298,7 +1304,7 @@ class DeviceStore:
             f"accepted-{round_id}.json",
             (f"accepted-{round_id}.frame",),
             record.task_id,
-            record.spec.fingerprint if record.spec.size == size else None,
+            None if (spec := _spec_if(record.spec, size)) is None else spec.fingerprint,
         )
 
     def _add_to_residual(
