@@ -47,8 +47,8 @@ Method = Literal["auto", "pld", "rdp"]
 PLD_VALUE_INTERVAL = 1e-4
 # Below this noise multiplier the PLD grid is coarsened. A Gaussian's privacy loss spans about
 # 1/z^2 (plus a few 1/z), so at the default step the grid grows as 1/z^2: dp_accounting builds
-# it point by point in Python (about 170,000 points at z = 0.5, 1.4 million at 0.1, and tens of
-# millions at 0.01, where one epsilon took minutes). Scaled by (PLD_FINE_Z / z)^2, the grid
+# it point by point in Python (a hundred times the points at z = 0.05 as at 0.5; at small z one
+# epsilon took minutes). Scaled by (PLD_FINE_Z / z)^2, the grid
 # stays at most the size it has at PLD_FINE_Z.
 PLD_FINE_Z = 0.5
 
