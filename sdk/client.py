@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import ipaddress
 import json
 import math
 import re
+import socket
 import ssl
 import threading
 import time
@@ -1112,6 +1114,47 @@ class _DeadlineStream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
+def _lookup(host: str, port: int, timeout: float | None) -> list[str]:
+    """The addresses `host` names, in `socket.getaddrinfo`'s order (an IP address: itself),
+    looked up within `timeout` seconds (None: unbounded). getaddrinfo takes no timeout and
+    cannot be interrupted, and httpcore calls it inside `socket.create_connection`, so a stalled
+    resolver held a request past any deadline: a bounded lookup runs in a daemon thread, which
+    is left to end on its own (the resolver's own timeout, seconds) once `timeout` passes
+    (`httpcore.ConnectTimeout`). A failed lookup is `httpcore.ConnectError`, as in httpcore."""
+    try:
+        ipaddress.ip_address(host)
+        return [host]
+    except ValueError:
+        pass
+    answer: list[Any] = []
+    done = threading.Event()
+
+    def resolve() -> None:
+        try:
+            answer.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+        except OSError as exc:  # gaierror included
+            answer.append(exc)
+        finally:
+            done.set()
+
+    if timeout is None:
+        resolve()
+    else:
+        threading.Thread(target=resolve, name=f"plume-lookup-{host}", daemon=True).start()
+        if not done.wait(max(timeout, 0.0)) or not answer:
+            raise httpcore.ConnectTimeout(f"{host!r}: no address within {timeout:g} s")
+    if isinstance(answer[0], OSError):
+        raise httpcore.ConnectError(f"{host!r}: {answer[0]}") from answer[0]
+    addresses: list[str] = []
+    for family, _, _, _, sockaddr in answer[0]:
+        address = str(sockaddr[0])
+        if family == socket.AF_INET6 and sockaddr[3] and "%" not in address:
+            address = f"{address}%{sockaddr[3]}"  # a link-local address keeps its interface
+        if address not in addresses:
+            addresses.append(address)
+    return addresses
+
+
 class _DeadlineBackend(httpcore.NetworkBackend):
     """httpcore's network backend with `_DeadlineStream` sockets (connecting bounded too)."""
 
@@ -1127,11 +1170,25 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
-        stream = _within(
-            self._deadline, timeout,
-            lambda t: self._inner.connect_tcp(host, port, t, local_address, socket_options),
-        )  # fmt: skip
-        return _DeadlineStream(stream, self._deadline)
+        def dial(address: str) -> httpcore.NetworkStream:
+            return _within(
+                self._deadline, timeout,
+                lambda t: self._inner.connect_tcp(address, port, t, local_address, socket_options),
+            )  # fmt: skip
+
+        if self._deadline.at == math.inf:  # a thread with no deadline: as httpcore connects
+            return _DeadlineStream(dial(host), self._deadline)
+        # The inner backend would look `host` up itself, unbounded (`_lookup`); it dials the
+        # addresses instead, each in turn as `socket.create_connection` does. TLS still names
+        # `host` (httpcore takes the server name from the request's URL), as does `Host`.
+        addresses = _within(self._deadline, timeout, lambda t: _lookup(host, port, t))
+        failed: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
+        for address in addresses:
+            try:
+                return _DeadlineStream(dial(address), self._deadline)
+            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
+                failed = exc
+        raise failed or httpcore.ConnectError(f"{host!r}: no address to connect to")
 
     def connect_unix_socket(
         self,
