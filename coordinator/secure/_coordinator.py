@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import copy
 import math
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -152,17 +153,78 @@ def make_plan(
     return SecurePlan(model_size=model_size, indices=indices, **fields)
 
 
+class _Groups(Sequence[SecureRound]):
+    """A round's `SecureRound`s, each planned when it is first asked for.
+
+    A group's plan, SecAgg server (its graph) and round digest cost two PRG calls and a
+    SHA-256 over the packed S_r: 10,000 of each for a cohort of 30,000 in groups of 3, on the
+    event loop when the round opens. Built on first use instead (a device's setup, upload or
+    a stage close), each from what the round fixed when it opened, so it is the same group
+    whenever it is built. Iterating builds every group.
+    """
+
+    def __init__(self, members: list[tuple[str, ...]], build: Callable[[int], SecureRound]) -> None:
+        self._members = members
+        self._build = build
+        self._built: list[SecureRound | None] = [None] * len(members)
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    @overload
+    def __getitem__(self, i: int) -> SecureRound: ...
+
+    @overload
+    def __getitem__(self, i: slice) -> list[SecureRound]: ...
+
+    def __getitem__(self, i: int | slice) -> SecureRound | list[SecureRound]:
+        if isinstance(i, slice):
+            return [self[j] for j in range(*i.indices(len(self)))]
+        sr = self._built[i]  # IndexError as a list's
+        if sr is None:
+            g = range(len(self))[i]
+            with self._lock:  # two threads asking at once get one SecAgg server
+                sr = self._built[g]
+                if sr is None:
+                    sr = self._built[g] = self._build(g)
+        return sr
+
+    def built(self, g: int) -> bool:
+        """Whether group `g` has been planned (asked for) yet."""
+        return self._built[g] is not None
+
+
 @dataclass
 class SecureTask:
-    """One open secure round: its coordinate set and one `SecureRound` per group."""
+    """One open secure round: its coordinate set and one `SecureRound` per group.
+
+    `groups` may plan each group when it is first asked for (`SecureCoordinator.open_round`
+    does); `members` gives each group's device ids (node order) without planning it.
+    """
 
     round_id: int
     indices: npt.NDArray[np.int64]
-    groups: list[SecureRound]
+    groups: Sequence[SecureRound]
     group_of: dict[str, int]
+    members: Sequence[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        if not self.members:
+            self.members = [sr.device_ids for sr in self.groups]
 
     def round_for(self, device_id: str) -> SecureRound:
         return self.groups[self.group_of[device_id]]
+
+    def by_size(self) -> dict[int, SecureRound]:
+        """The first group of each distinct size, by size. Every plan of a round with the same
+        number of devices has the same degree, threshold, ring and vector length (only the
+        rotation seed differs), so these bound every group's; `open_round` plans them when
+        the round opens."""
+        first: dict[int, int] = {}
+        for g, ids in enumerate(self.members):
+            first.setdefault(len(ids), g)
+        return {n: self.groups[g] for n, g in first.items()}
 
 
 @dataclass
@@ -264,7 +326,9 @@ class SecureCoordinator:
         return budget_k(self.config, max(group_sizes), self.size, sketch_len)
 
     def open_round(self, device_ids: Sequence[str], round_id: int | None = None) -> SecureTask:
-        """Choose S_r, split the cohort into groups and plan one SecAgg per group.
+        """Choose S_r, split the cohort into groups and plan one SecAgg per group: one group of
+        each distinct size now (a plan no group could run raises here), every other group
+        when it is first asked for (`SecureTask.groups`), with the same plan bytes and digest.
 
         Devices are numbered in sorted id order (the result does not depend on the order given).
 
@@ -287,26 +351,28 @@ class SecureCoordinator:
         k = self.k_for([len(g) for g in groups]) if len(ids) >= 3 else self.k
         indices = self.policy.select(r, self.size, k, self.score)
         digest = model_digest(self.params)
-        rounds, group_of = [], {}
-        first: SecurePlan | None = None
+        group_of: dict[str, int] = {}
         for g, members in enumerate(groups):
+            group_of.update(dict.fromkeys(members, g))
+        # What every group's plan is made of, fixed now: a group planned later (at its first
+        # request) is the one it would have been here.
+        config, size, segments, ledger = self.config, self.size, self.sketch_segments, self.ledger
+        first: list[SecurePlan] = []
+
+        def build(g: int) -> SecureRound:
             # Every group's plan shares the first's S_r (checked and zstd-packed once): a
             # cohort of 30,000 in groups of 3 compressed the same 12,500 indices 10,000 times.
-            plan = make_plan(
-                self.config,
-                r,
-                len(members),
-                self.size,
-                indices,
-                self.sketch_segments,
-                g,
-                like=first,
-            )
-            if first is None:
-                first = plan
-            rounds.append(SecureRound(plan, digest, members, self.ledger))
-            group_of.update(dict.fromkeys(members, g))
-        return SecureTask(r, indices, rounds, group_of)
+            like = first[0] if first else None
+            plan = make_plan(config, r, len(groups[g]), size, indices, segments, g, like=like)
+            if not first:
+                first.append(plan)
+            return SecureRound(plan, digest, groups[g], ledger)
+
+        task = SecureTask(r, indices, _Groups(groups, build), group_of, groups)
+        # One group of each size now (group 0 first): a plan the round cannot run (a ring
+        # overflow, a threshold below a majority) is refused when it opens, as before.
+        task.by_size()
+        return task
 
     def pending_dp(self, task: SecureTask) -> dict[str, Any] | None:
         """The `dp` measurements `close_round` would record if every group now in the unmask
@@ -373,7 +439,7 @@ class SecureCoordinator:
             "aborted_groups": aborted,
             "contributors": len(contributors),
             "k": int(task.indices.size),
-            "ring_bits": max(g.plan.ring_bits for g in task.groups),  # the widest group's
+            "ring_bits": max(sr.plan.ring_bits for sr in task.by_size().values()),  # the widest
             "unmask_s": sum(res.unmask_s for res in results),
         }
         too_few = bool(results) and len(contributors) < min_contributors

@@ -85,9 +85,9 @@ class DuplicateStageUpload(SecAggError):
     """A second, different upload of the same stage by the same device."""
 
 
-@dataclass
+@dataclass(slots=True)
 class _Group:
-    sr: SecureRound
+    rounds: Sequence[SecureRound]  # the round's groups (`SecureTask.groups`), this one at index
     uploaded: dict[Stage, set[str]] = field(default_factory=dict)
     downloads: dict[Stage, dict[str, bytes]] = field(default_factory=dict)
     expected: set[str] = field(default_factory=set)  # devices still in the current stage
@@ -101,6 +101,11 @@ class _Group:
     # stale. idle_key is the key of this epoch's live idle-queue entry (<= last_upload).
     epoch: int = 0
     idle_key: float | None = None
+
+    @property
+    def sr(self) -> SecureRound:
+        """This group's SecAgg, planned when first asked for (`SecureTask.groups`)."""
+        return self.rounds[self.index]
 
     @property
     def stage(self) -> Stage | None:
@@ -156,12 +161,13 @@ class SecureRegistry:
             task = self.coordinator.open_round(device_ids, round_id)
             now = self.clock()
             groups = [
-                _Group(sr, expected=set(sr.device_ids), stage_started=now, index=i)
-                for i, sr in enumerate(task.groups)
+                _Group(task.groups, expected=set(ids), stage_started=now, index=i)
+                for i, ids in enumerate(task.members)
             ]
             # Asked at every upload: kept here, not recomputed over every group each time
             # (a cohort of 30,000 in groups of 3 spent 8 ms of the event loop per upload).
-            plans = [sr.plan for sr in task.groups]
+            # The plans of one group per size are those of every group (`SecureTask.by_size`).
+            plans = [sr.plan for sr in task.by_size().values()]
             caps = {s: stage_cap(plans, s) for s in _ORDER}
             entry = _Entry(task, groups, caps)
             entry.at_stage[Stage.ADVERTISE_KEYS] = len(groups)
