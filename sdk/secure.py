@@ -328,7 +328,8 @@ class HttpSecureDevice:
         self._check(status, answer, text)
 
     def download(self, round_id: int, stage: Stage, timeout_s: float = 60.0) -> bytes | None:
-        """The download after `stage`, polling while the stage is open; None on timeout."""
+        """The download after `stage`, polling while the stage is open (425); None once it is
+        still open at `timeout_s` seconds (the last pause ends then, for a last poll)."""
         from .client import _MIN_POLL_S, _tick  # the SDK's one steady clock (CLOCK_BOOTTIME)
 
         url = SecAggPath.STAGE.format(round_id=round_id, stage=stage)
@@ -341,7 +342,8 @@ class HttpSecureDevice:
             if status != 425:
                 self._check(status, headers, body)
                 return body
-            if _tick() > deadline:
+            left = deadline - _tick()
+            if not left > 0:
                 return None
             try:
                 retry = float(headers.get("retry-after", self.poll_s))
@@ -349,7 +351,9 @@ class HttpSecureDevice:
                 retry = self.poll_s
             if not math.isfinite(retry):  # time.sleep(nan) raises; max/min pass NaN through
                 retry = self.poll_s
-            time.sleep(min(max(retry, shortest), self.poll_s * 10))
+            # A pause ends at the deadline at the latest, for one last poll then: the whole
+            # pause (up to 10 x poll_s) overran timeout_s.
+            time.sleep(min(max(retry, shortest), self.poll_s * 10, left))
 
     def run_round(
         self,
