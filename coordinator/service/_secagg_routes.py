@@ -123,11 +123,15 @@ class _Entry:
     outcome: SecureOutcome | None = None
     # Kept as groups change, so that a tick or a status request does not look at every
     # group (a cohort of 30,000 in groups of 3 is 10,000 groups): accepted uploads per stage,
-    # running groups per current stage, and two min-queues of (time, group, epoch) for
-    # `close_due`: when each group's current stage opened, and (lazily, one entry a group,
-    # refreshed when it comes up) its latest upload.
+    # running groups per current stage, `pending`'s two sums per stage, the abort reasons by
+    # group, and two min-queues of (time, group, epoch) for `close_due`: when each group's
+    # current stage opened, and (lazily, one entry a group, refreshed when it comes up) its
+    # latest upload.
     uploads: dict[Stage, int] = field(default_factory=lambda: dict.fromkeys(_ORDER, 0))
     at_stage: dict[Stage, int] = field(default_factory=lambda: dict.fromkeys(_ORDER, 0))
+    open_done: dict[Stage, int] = field(default_factory=lambda: dict.fromkeys(_ORDER, 0))
+    open_expected: dict[Stage, int] = field(default_factory=lambda: dict.fromkeys(_ORDER, 0))
+    reasons: dict[int, str] = field(default_factory=dict)
     by_start: list[tuple[float, int, int]] = field(default_factory=list)
     by_upload: list[tuple[float, int, int]] = field(default_factory=list)
 
@@ -171,6 +175,7 @@ class SecureRegistry:
             caps = {s: stage_cap(plans, s) for s in _ORDER}
             entry = _Entry(task, groups, caps)
             entry.at_stage[Stage.ADVERTISE_KEYS] = len(groups)
+            entry.open_expected = dict.fromkeys(_ORDER, len(task.group_of))
             entry.by_start = [(now, i, 0) for i in range(len(groups))]  # already a heap
             self._rounds[task.round_id] = entry
             return task
@@ -225,7 +230,8 @@ class SecureRegistry:
     def abort_reasons(self, round_id: int) -> list[str]:
         """Why each aborted group aborted (empty if none did)."""
         with self._lock:
-            return [g.aborted for g in self._entry(round_id).groups if g.aborted]
+            reasons = self._entry(round_id).reasons
+            return [reasons[g] for g in sorted(reasons)]  # in group order
 
     def current_stage(self, round_id: int) -> Stage | None:
         """The earliest stage still open in some group; None when every group is done."""
@@ -342,6 +348,7 @@ class SecureRegistry:
             grp.sr.receive(stage, device_id, body)
             grp.uploaded.setdefault(stage, set()).add(device_id)
             entry.uploads[stage] += 1
+            entry.open_done[stage] += 1  # `stage` is open in this running group
             grp.digests[(stage, device_id)] = digest
             grp.last_upload = now = self.clock()
             if grp.idle_key is None or now < grp.idle_key:
@@ -352,53 +359,80 @@ class SecureRegistry:
             return True
 
     def close_stage(self, round_id: int, stage: Stage) -> None:
-        """Close `stage` in every group with whoever uploaded (the stage deadline)."""
+        """Close `stage` in every group with whoever uploaded (the stage deadline).
+
+        Raises `WrongStage`, closing nothing, if a running group has not reached `stage` yet;
+        the unmask stage excepted: `finish` closes it in every group, the round's deadline
+        cutting short those behind (they count as aborted)."""
         with self._lock:
             entry = self._entry(round_id)
-            for grp in entry.groups:
-                if stage not in grp.closed and not grp.aborted:
-                    self._close(entry, grp, stage)
+            groups = [g for g in entry.groups if stage not in g.closed and not g.aborted]
+            if stage != Stage.UNMASK:
+                for grp in groups:
+                    self._check_current(grp, stage)
+            for grp in groups:
+                self._close(entry, grp, stage)
+
+    @staticmethod
+    def _check_current(grp: _Group, stage: Stage) -> None:
+        if grp.stage != stage:
+            raise WrongStage(f"group {grp.index} is in stage {grp.stage}, not {stage}")
 
     def _close(self, entry: _Entry, grp: _Group, stage: Stage) -> None:
+        """Close `stage` in one group and keep the round's counts and queues. Raises (changing
+        nothing) if the group is not in `stage` (unmask excepted, as in `close_stage`)."""
         before = grp.stage
-        try:
-            self._close_stage(grp, stage)
-        finally:  # also when closing a stage out of order raised (WrongStage)
-            after = grp.stage
-            # stage_started and last_upload were reset: a new epoch for the deadline queues.
-            grp.epoch += 1
-            grp.idle_key = None
+        was = self._open_counts(grp)
+        self._close_stage(grp, stage)
+        after = grp.stage
+        for s, (d0, e0), (d1, e1) in zip(_ORDER, was, self._open_counts(grp), strict=True):
+            entry.open_done[s] += d1 - d0
+            entry.open_expected[s] += e1 - e0
+        if grp.aborted:
+            entry.reasons[grp.index] = grp.aborted
+        # stage_started and last_upload were reset: a new epoch for the deadline queues.
+        grp.epoch += 1
+        grp.idle_key = None
+        if after is not None:
+            heapq.heappush(entry.by_start, (grp.stage_started, grp.index, grp.epoch))
+        if before != after:
+            if before is not None:
+                entry.at_stage[before] -= 1
             if after is not None:
-                heapq.heappush(entry.by_start, (grp.stage_started, grp.index, grp.epoch))
-            if before != after:
-                if before is not None:
-                    entry.at_stage[before] -= 1
-                if after is not None:
-                    entry.at_stage[after] += 1
+                entry.at_stage[after] += 1
+
+    @staticmethod
+    def _open_counts(grp: _Group) -> list[tuple[int, int]]:
+        """Per stage, what this group adds to `pending`: (uploads of it, devices expected) if
+        the stage is open in the group (not closed, not aborted), else (0, 0)."""
+        return [
+            (0, 0)
+            if s in grp.closed or grp.aborted
+            else (len(grp.uploaded.get(s, ())), len(grp.expected))
+            for s in _ORDER
+        ]
 
     def _close_stage(self, grp: _Group, stage: Stage) -> None:
+        if stage != Stage.UNMASK:
+            self._check_current(grp, stage)  # before anything changes
+            try:
+                downloads: dict[str, bytes] | None = grp.sr.close(stage)
+            except RoundAborted as exc:
+                downloads, grp.aborted = None, str(exc)
         grp.closed.add(stage)
         grp.stage_started, grp.last_upload = self.clock(), None
-        grp.expected = set(grp.uploaded.get(stage, set()))
-        if stage == Stage.UNMASK:
-            return
-        try:
-            grp.downloads[stage] = grp.sr.close(stage)
-        except RoundAborted as exc:
-            grp.aborted = str(exc)
-            return
-        grp.expected = set(grp.downloads[stage])
+        if stage == Stage.UNMASK or downloads is None:
+            grp.expected = set(grp.uploaded.get(stage, set()))
+        else:
+            grp.downloads[stage] = downloads
+            grp.expected = set(downloads)
 
     def pending(self, round_id: int, stage: Stage) -> tuple[int, int]:
-        """(uploads so far, devices still expected) for `stage`, over all open groups."""
+        """(uploads so far, devices still expected) for `stage`, over the running groups that
+        have not closed it (kept as groups change: no group is looked at)."""
         with self._lock:
-            done = expected = 0
-            for grp in self._entry(round_id).groups:
-                if stage in grp.closed or grp.aborted:
-                    continue
-                done += len(grp.uploaded.get(stage, ()))
-                expected += len(grp.expected)
-            return done, expected
+            entry = self._entry(round_id)
+            return entry.open_done[stage], entry.open_expected[stage]
 
     def download(self, round_id: int, stage: Stage, device_id: str) -> bytes | None:
         """The bytes that follow `stage` for this device, or None while it is open."""
