@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import numbers
 import os
+import signal
 import sys
 import threading
 import time
@@ -36,6 +37,11 @@ __all__ = ["ProcessPoolBackend", "PoolWorkerError"]
 # each gets to exit.
 _START_TIMEOUT_S = 300.0
 _STOP_TIMEOUT_S = 10.0
+# Seconds `close` gives all the workers together to exit on their stop message before it kills
+# the rest. An idle worker exits in milliseconds (it is waiting in `recv`, and a process exits
+# through os._exit); one still there after this is frozen in a way SIGCONT does not end (a
+# debugger's stop) or not reading its pipe, and has nothing a clean exit would save.
+_STOP_GRACE_S = 2.0
 
 
 class PoolWorkerError(RuntimeError):
@@ -57,6 +63,16 @@ def _stop(procs: Sequence[Any]) -> None:
     for proc in procs:
         if proc.is_alive():
             proc.kill()
+
+
+def _continue(proc: Any) -> None:
+    """Continue a worker that may be stopped (SIGSTOP, a terminal's Ctrl-Z): a stopped process
+    never reads the stop message. Harmless to a running one."""
+    if hasattr(signal, "SIGCONT") and proc.pid is not None and proc.is_alive():
+        try:
+            os.kill(proc.pid, signal.SIGCONT)
+        except ProcessLookupError:  # it exited since
+            pass
 
 
 class _Shared:
@@ -464,14 +480,16 @@ class ProcessPoolBackend:
                 conn.send(None)
             except (BrokenPipeError, OSError):
                 pass
+        # One grace period for all of them, then SIGKILL (a frozen worker would hold a
+        # SIGTERM pending: before, close waited 10 s, sent SIGTERM and waited 10 s more).
+        for proc in self._procs:
+            _continue(proc)
+        deadline = time.monotonic() + _STOP_GRACE_S
+        for proc in self._procs:
+            proc.join(max(0.0, deadline - time.monotonic()))
+        _stop(self._procs)
         for proc in self._procs:
             proc.join(_STOP_TIMEOUT_S)
-            if proc.is_alive():
-                proc.terminate()
-                proc.join(_STOP_TIMEOUT_S)
-            if proc.is_alive():  # SIGTERM caught or ignored: SIGKILL cannot be
-                proc.kill()
-                proc.join(_STOP_TIMEOUT_S)
         # A write still waiting meets the dead worker's closed pipe and ends: close each
         # connection only after, not under a thread that still uses it.
         for sender in senders.values():
