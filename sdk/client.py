@@ -1555,9 +1555,9 @@ def _secure_flow(
         a.round_id, a.task_id, UploadReceipt(a.round_id, core.device_id, False, False, 0, 0),
         loss, n, a.base_version, encoding, 0, 0,
     )  # fmt: skip
-    # The residual as it was before this round (own participant only): put back if the masked
-    # input was not sent because saving it failed (the directory is then reread, see
-    # `_reload_on_error`).
+    # The residual as it was before the masked input: put back if the input was not sent
+    # because saving it failed (own participant; the directory is then reread, see
+    # `_reload_on_error`), or, for a caller's participant, if it was surely not taken.
     restore: npt.NDArray[np.float32] | None = None
     # Set when the coordinator answers 410 (the round aborted) after it took the masked input.
     aborted = False
@@ -1588,7 +1588,7 @@ def _secure_flow(
                         # holder (itself, or one read again from the directory) takes it.
                         part = core.secure_participant(spec.size, a.task_id, spec)
                         session.participant = part
-                        restore = part.residual.copy()
+                    restore = part.residual.copy()
                     body = session.masked_input(down, delta, n, rng)
                     if own:
                         assert restore is not None
@@ -1682,12 +1682,21 @@ def _secure_flow(
                     core.return_secure_input(a.round_id)
             elif aborted or masked is None or not masked.maybe_taken:
                 core.return_secure_input(a.round_id, back)
-        elif Stage.MASKED_INPUT in report.stages:
-            if aborted:
-                # An aborted round publishes nothing: what the masked input stood for goes
-                # back into the caller's participant's residual now (a 409 round_closed may
-                # still commit it).
-                part.return_sent()
+        elif not own:
+            # A caller's participant (no record: the caller settles a masked input by the
+            # round's outcome) is settled here as far as the round's end settles it.
+            if Stage.MASKED_INPUT in report.stages:
+                if aborted:
+                    # An aborted round publishes nothing: what the masked input stood for
+                    # goes back into the residual now (a 409 round_closed may still commit it).
+                    part.return_sent()
+            elif masked is not None and (aborted or not masked.maybe_taken):
+                # This round's input was surely not taken (a 410 at its upload, a 4xx, no
+                # connection opened): the residual is the one from before it, as the app
+                # directory's is then. It stayed unsettled, out of the residual.
+                assert restore is not None
+                part.residual = restore
+                part.forget_sent()
         elif restore is not None:
             part.residual = restore
             part.forget_sent()  # computed, never taken
@@ -2013,6 +2022,9 @@ class Client:
         aborts, what the input stood for goes back into it; else a later check-in settles the
         record (`round_outcome`): also when the input's answer was lost (a read timeout, a 5xx,
         a 200 that is no receipt), as the coordinator may hold it, and after a process killed.
+        A given `participant` is settled the same way, except that an input the coordinator may
+        hold stays in `participant.unsettled` for the caller to settle by the round's outcome
+        (`forget_sent` / `return_sent`).
         """
         return self._drive(_secure_flow(self._core, a, update, participant, rng, drop_at))
 
