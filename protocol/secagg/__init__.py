@@ -51,6 +51,9 @@ from ._noise import CtrRandom, discrete_gaussian, skellam
 from ._packing import pack_bits, packed_size, unpack_bits
 from ._plan import (
     MAX_DEGREE,
+    MAX_DG_VARIANCE,
+    MAX_SKELLAM_VARIANCE,
+    MIN_NOISE_VARIANCE,
     NoiseKind,
     ProtocolParams,
     SecurePlan,
@@ -81,6 +84,9 @@ from ._wire import (
 
 __all__ = [
     "MAX_DEGREE",
+    "MAX_DG_VARIANCE",
+    "MAX_SKELLAM_VARIANCE",
+    "MIN_NOISE_VARIANCE",
     "AdvertiseKeys",
     "ClientState",
     "CryptoError",
