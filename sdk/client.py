@@ -215,7 +215,14 @@ class ModelIntegrityError(ClientError):
 
 @dataclass
 class RoundReport:
-    """What one participation did. Bytes as counted by this client (see `bandwidth`)."""
+    """What one participation did. Bytes as counted by this client (see `bandwidth`).
+
+    `loss` is the mean training loss `trainer.train` (or `update`) returned; NaN, never 0.0,
+    when there is none: nothing was trained (a secure round that ended before its update was
+    computed, `num_examples` 0) or the trainer counted no target (docs/devices.md). NaN, not
+    None, so that `loss: float` holds for every caller, and a mean over reports that counts
+    one is NaN rather than a plausible number. A plain round that cannot train raises instead.
+    """
 
     round_id: int
     task_id: int
@@ -235,6 +242,8 @@ class SecureRoundReport(RoundReport):
     `receipt` is the masked-input upload's (`accepted` False if the device never sent one);
     `stages` lists the stages this device uploaded; `completed` is True when it answered the
     unmask request too; `detail` says why it stopped early (stage timeout, aborted round).
+    `loss` and `num_examples` are the training's whenever it ran, also in a round that then
+    ended early: `completed`, not `loss`, says whether the update took part in the round.
     """
 
     stages: list[str] = field(default_factory=list)
