@@ -131,31 +131,34 @@ def _pyplot() -> Any:
 
 def plot_bytes_per_round(runs: Sequence[Run], path: str | Path) -> Path:
     """Upload and download payload bytes of every round, one line per run (log y axis)."""
+    from matplotlib.ticker import MaxNLocator
+
+    from .report import _log_bytes_axis
+
     plt = _pyplot()
     fig, (ax_up, ax_down) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110, sharex=True)
-    positive = {
-        "upload": any(
-            int(r["bytes_up"]) > 0 or int(r.get("dense_up", 0)) > 0
-            for _, rounds in runs
-            for r in rounds
-        ),
-        "download": any(int(r["bytes_down"]) > 0 for _, rounds in runs for r in rounds),
-    }
+    plotted: dict[str, list[int]] = {"upload": [], "download": []}
     for label, rounds in runs:
         xs = [int(r["round"]) for r in rounds]
-        ax_up.plot(xs, [int(r["bytes_up"]) for r in rounds], marker="o", ms=3, label=label)
-        ax_down.plot(xs, [int(r["bytes_down"]) for r in rounds], marker="o", ms=3, label=label)
-        if rounds and "dense_up" in rounds[0]:
-            dense = [int(r["dense_up"]) for r in rounds]
-            ax_up.plot(xs, dense, ls="--", lw=1, label=f"{label}: dense fp32")
-    from matplotlib.ticker import MaxNLocator
+        up = [int(r["bytes_up"]) for r in rounds]
+        down = [int(r["bytes_down"]) for r in rounds]
+        ax_up.plot(xs, up, marker="o", ms=3, label=label)
+        ax_down.plot(xs, down, marker="o", ms=3, label=label)
+        plotted["upload"] += up
+        plotted["download"] += down
+        # `dense_up` may be null (the file check allows it): those rounds have no point.
+        dense = [
+            (int(r["round"]), int(r["dense_up"])) for r in rounds if _is_number(r.get("dense_up"))
+        ]
+        if dense:
+            ax_up.plot(*zip(*dense, strict=True), ls="--", lw=1, label=f"{label}: dense fp32")
+            plotted["upload"] += [d for _, d in dense]
 
     for ax, title in ((ax_up, "upload"), (ax_down, "download")):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        # A run whose rounds all moved no bytes (every round abandoned) has nothing to put on
-        # a log axis: matplotlib would warn and draw an empty frame.
-        if positive[title]:
-            ax.set_yscale("log")
+        # A run whose rounds all moved no bytes (every round abandoned) keeps a linear axis:
+        # on a log one matplotlib would warn and draw an empty frame.
+        _log_bytes_axis(ax.yaxis, plotted[title])
         ax.set_xlabel("round")
         ax.set_ylabel("payload bytes (all devices)")
         ax.set_title(f"{title} bytes per round")
@@ -169,6 +172,8 @@ def plot_round_durations(runs: Sequence[Run], path: str | Path) -> Path:
     """Histograms of round durations: simulated seconds (when the run has a clock), the
     simulated seconds waited for a cohort before each round (when any round waited), and wall
     seconds."""
+    from matplotlib.ticker import MaxNLocator
+
     plt = _pyplot()
     has_sim = any(r.get("sim_s") is not None for _, rounds in runs for r in rounds)
     panels = [("sim_s", "simulated seconds per round")] if has_sim else []
@@ -184,6 +189,7 @@ def plot_round_durations(runs: Sequence[Run], path: str | Path) -> Path:
                 ax.hist(values, bins=min(30, max(5, len(values))), alpha=0.6, label=label)
         ax.set_xlabel("seconds")
         ax.set_ylabel("rounds")
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # a count of rounds
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
         ax.legend(fontsize=8)
