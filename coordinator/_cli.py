@@ -1,8 +1,10 @@
-"""`plume coordinator`: serve the HTTP coordinator, and admin helpers (create-task, status)."""
+"""`plume coordinator`: serve the HTTP coordinator, and admin helpers (create-task, status,
+pause, resume, stop, get-model)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import json
 import math
@@ -11,8 +13,10 @@ import re
 import socket
 import sqlite3
 import sys
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NoReturn
 
 from .cli import print_error, when_help
 
@@ -33,6 +37,8 @@ examples:
       --stage-timeout 30
   plume coordinator status --url http://127.0.0.1:8080 --admin-token s3cret --task 1
   plume coordinator pause  --url http://127.0.0.1:8080 --admin-token s3cret --task 1
+  plume coordinator get-model --admin-token s3cret --task 1 --out model.pt
+  plume coordinator stop --admin-token s3cret --task 1
 
 The admin token can also come from the PLUME_ADMIN_TOKEN environment variable.
 """
@@ -425,6 +431,13 @@ def register(sub: Any) -> None:
         ("status", "print a task's status and rounds as JSON, or list every task"),
         ("pause", "stop opening rounds for a task"),
         ("resume", "resume a paused task"),
+        (
+            "stop",
+            "stop a task for good: its open round is abandoned (accepted updates stay in its "
+            "ledger, the model stays the last published one), no round opens again, its "
+            "devices are refused; irreversible (pause is the reversible one). The task stays "
+            "listed with state stopped; stopping it again prints its status",
+        ),
     ):
         example = f"  plume coordinator {name} --admin-token s3cret --task 1\n"
         if name == "status":
@@ -451,6 +464,53 @@ def register(sub: Any) -> None:
             ),
         )
         q.set_defaults(func=_task_action, action_name=name)
+
+    m = csub.add_parser(
+        "get-model",
+        help="download a task's current model (checked against its digest) to a file",
+        description=(
+            "Download a task's current model from the admin API as an fp32 snapshot, decode "
+            "it under the limits of the task's model spec and check it against the version "
+            "and SHA-256 digest sent with it, then write it (atomically: a temporary file "
+            "renamed into place) as a snapshot, a torch state_dict or numpy arrays. Works for "
+            "running, done and stopped tasks; prints what it wrote as JSON."
+        ),
+        epilog=(
+            "examples:\n"
+            "  plume coordinator get-model --admin-token s3cret --task 1 --out model.pt\n"
+            "  plume coordinator get-model --admin-token s3cret --task 1 --out model.npz\n"
+            "  plume coordinator get-model --admin-token s3cret --task 1 --out v5.snap "
+            "--version 5\n\n"
+            "Load them with torch.load('model.pt', weights_only=True) into the zoo model "
+            "(mobile_sim.models.build_model(NAME)) with load_state_dict(..., strict=True); "
+            "numpy.load('model.npz', allow_pickle=False)[NAME]; "
+            "compression.decode_snapshot(bytes, spec).\n"
+        ),
+    )
+    admin_args(m)
+    m.add_argument("--task", type=int, required=True, metavar="ID", help="id create-task printed")
+    m.add_argument(
+        "--out", required=True, metavar="FILE", help="file to write (replaced if it exists)"
+    )
+    m.add_argument(
+        "--version",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the version expected (default: whatever is current). The coordinator keeps "
+        "only the current model, so an older version is refused (410 version_gone) and a "
+        "version never published is 404 unknown_version",
+    )
+    m.add_argument(
+        "--format",
+        choices=_MODEL_FORMATS,
+        default=None,
+        help="snapshot: the fp32 snapshot as sent (compression.decode_snapshot reads it); "
+        "pt: the state_dict of the task's zoo model (its model_name), for torch.load; npz: "
+        "one array per parameter, by name, for numpy.load. Default: from the --out suffix "
+        "(.pt/.pth, .npz, else snapshot)",
+    )
+    m.set_defaults(func=_get_model)
 
 
 def _serve_usage_error(args: argparse.Namespace) -> str | None:
@@ -861,6 +921,8 @@ def _task_action(args: argparse.Namespace) -> int:
         with _admin(args) as admin:
             if args.action_name == "pause":
                 out: Any = to_json(admin.pause(args.task))
+            elif args.action_name == "stop":
+                out = to_json(admin.stop(args.task))
             elif args.action_name == "resume":
                 out = to_json(admin.resume(args.task))
             elif args.task is None:
@@ -899,3 +961,127 @@ def _task_line(status: dict[str, Any]) -> dict[str, Any]:
         "pool_needed": status.get("pool_needed"),
         "refused": status.get("refused"),
     }
+
+
+_MODEL_FORMATS = ("snapshot", "pt", "npz")
+
+
+def _model_format(args: argparse.Namespace) -> str:
+    if args.format is not None:
+        return str(args.format)
+    suffix = Path(args.out).suffix.lower()
+    return {".pt": "pt", ".pth": "pt", ".npz": "npz"}.get(suffix, "snapshot")
+
+
+def _get_model(args: argparse.Namespace) -> int:
+    import httpx
+
+    from .service import AdminError
+
+    prog = "plume coordinator get-model"
+    out = Path(args.out).expanduser()
+    if out.is_dir():
+        _fail(
+            prog, f"--out {args.out} is a folder; give the file to write, e.g. {out / 'model.pt'}"
+        )
+    if not out.resolve().parent.is_dir():
+        _fail(
+            prog, f"the folder of --out {args.out} does not exist; create it or pick another path"
+        )
+    if args.version is not None and args.version < 0:
+        _fail(prog, f"--version must be >= 0, got {args.version}")
+    fmt = _model_format(args)
+    try:
+        with _admin(args) as admin:
+            exported = admin.model(args.task, args.version)
+    except (AdminError, httpx.HTTPError) as exc:
+        _fail(prog, admin_error_text(exc, args.url))
+    try:
+        write = _model_writer(exported, fmt)
+        size = _write_atomic(out, write)
+    except ValueError as exc:
+        _fail(prog, str(exc))
+    except OSError as exc:
+        _fail(prog, f"cannot write --out {args.out}: {exc.strerror or exc}")
+    print(
+        json.dumps(
+            {
+                "task_id": exported.task_id,
+                "version": exported.version,
+                "digest": exported.digest,
+                "format": fmt,
+                "out": str(out),
+                "bytes": size,
+                "params": exported.spec.size,
+            }
+        )
+    )
+    return 0
+
+
+def _model_writer(exported: Any, fmt: str) -> Callable[[IO[bytes]], None]:
+    """What writes `exported` (an `ExportedModel`) in `fmt` to a binary file; ValueError when
+    the format does not fit the task (pt for a model outside the zoo)."""
+    if fmt == "snapshot":
+
+        def snapshot(f: IO[bytes]) -> None:
+            f.write(exported.snapshot)
+
+        return snapshot
+    if fmt == "npz":
+        return lambda f: _write_npz(f, exported.arrays())
+    name = exported.config.model_name
+    from mobile_sim.models import MODELS, build_model
+    from sdk.flat import set_flat_params, spec_from_module
+
+    if name not in MODELS:
+        raise ValueError(
+            f"task {exported.task_id}'s model_name {name!r} is not a zoo model "
+            f"({', '.join(sorted(MODELS))}), so there is no torch module to make a state_dict "
+            "for; use --format npz (an array per parameter, by name) or snapshot"
+        )
+    model = build_model(name, seed=0)
+    layout = [(e.name, e.shape) for e in spec_from_module(model).entries]
+    if layout != [(e.name, e.shape) for e in exported.spec.entries]:
+        raise ValueError(
+            f"task {exported.task_id}'s spec is not the layout of the zoo model {name!r} (its "
+            "parameter names or shapes differ); use --format npz or snapshot"
+        )
+    set_flat_params(model, exported.params)
+
+    def write(f: IO[bytes]) -> None:
+        import torch
+
+        torch.save(model.state_dict(), f)
+
+    return write
+
+
+def _write_npz(f: IO[bytes], arrays: dict[str, Any]) -> None:
+    """`numpy.savez` of `arrays` (a member NAME.npy each), without its keyword arguments, which
+    a parameter named `file` or `allow_pickle` would collide with."""
+    import zipfile
+
+    import numpy as np
+
+    with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as z:
+        for name, array in arrays.items():
+            with z.open(f"{name}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
+
+
+def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> int:
+    """Write `path` through a temporary file in its folder, renamed over it once whole and
+    synced: a reader never sees half a file, a failure leaves no file behind. Its size."""
+    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path.stat().st_size

@@ -35,6 +35,7 @@ class Path(StrEnum):
     ADMIN_TASK_MODEL = "/v1/admin/tasks/{task_id}/model"
     ADMIN_PAUSE = "/v1/admin/tasks/{task_id}/pause"
     ADMIN_RESUME = "/v1/admin/tasks/{task_id}/resume"
+    ADMIN_STOP = "/v1/admin/tasks/{task_id}/stop"
     ADMIN_ROUNDS = "/v1/admin/tasks/{task_id}/rounds"
     METRICS = "/metrics"
     HEALTHZ = "/healthz"
@@ -79,6 +80,8 @@ class TaskState(StrEnum):
     ACTIVE = "active"
     PAUSED = "paused"
     DONE = "done"
+    # Stopped by the operator (POST .../stop): final, never runs again; its rows stay.
+    STOPPED = "stopped"
     # In the store, but this coordinator cannot run it (its config or stored state no longer
     # validates); kept intact, never run. TaskStatus.refused says why.
     REFUSED = "refused"
@@ -128,6 +131,7 @@ class Reason(StrEnum):
     BAD_FRAME = "bad_frame"
     INVALID_STATE = "invalid_state"
     UNKNOWN_VERSION = "unknown_version"
+    VERSION_GONE = "version_gone"
     VALIDATION = "validation"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"

@@ -1,18 +1,28 @@
-"""A small client for the admin API (create a task with its initial model, status, list, pause)."""
+"""A small client for the admin API: create a task with its initial model, status, list, pause,
+stop, and export a task's model (checked against its digest)."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import httpx
 import numpy as np
 import numpy.typing as npt
 
-from compression import ModelSpec, encode_snapshot
+from compression import (
+    CodecError,
+    DecodeLimits,
+    ModelSpec,
+    decode_snapshot,
+    encode_snapshot,
+    model_digest,
+)
 from protocol.messages import (
     MessageError,
     RoundStatus,
@@ -21,9 +31,15 @@ from protocol.messages import (
     from_json,
     to_json,
 )
-from protocol.names import Path
+from protocol.names import ContentType, Header, Path
 
-__all__ = ["AdminClient", "AdminError", "MAX_ADMIN_RESPONSE", "MAX_ADMIN_RESPONSE_S"]
+__all__ = [
+    "AdminClient",
+    "AdminError",
+    "ExportedModel",
+    "MAX_ADMIN_RESPONSE",
+    "MAX_ADMIN_RESPONSE_S",
+]
 
 # Answers are read raw and whole into memory, refused past a cap, so that a hostile or
 # misconfigured server (or proxy) cannot make the operator's process buffer without bound. The
@@ -40,6 +56,34 @@ _ERROR_BODY_CAP = 64 << 10
 MAX_ADMIN_RESPONSE_S = 600.0
 
 T = TypeVar("T")
+
+_DIGEST = re.compile(r"[0-9a-f]{64}")
+
+
+@dataclass(frozen=True)
+class ExportedModel:
+    """A task's model as `AdminClient.model` received it: decoded under the spec's limits and
+    checked against the digest the coordinator sent.
+
+    params: float32[d], in the order of `spec`. digest: SHA-256 hex of its canonical bytes
+    (little-endian fp32), as `x-plume-model-digest` and `TaskStatus.model_digest` give it.
+    snapshot: the fp32 snapshot as sent (`compression.encode_snapshot` bytes).
+    """
+
+    task_id: int
+    version: int
+    digest: str
+    params: npt.NDArray[np.float32]
+    spec: ModelSpec
+    config: TaskConfig
+    snapshot: bytes
+
+    def arrays(self) -> dict[str, npt.NDArray[np.float32]]:
+        """Each tensor of the spec by name, in its shape (views of `params`)."""
+        return {
+            e.name: self.params[e.offset : e.offset + e.size].reshape(e.shape)
+            for e in self.spec.entries
+        }
 
 
 def _as_is(data: Any) -> Any:
@@ -166,9 +210,9 @@ class AdminClient:
                 response, problem=f"an answer of the wrong shape, not read: {str(exc)[:200]}"
             ) from None
 
-    def _read(self, response: httpx.Response, deadline: float) -> bytes:
-        """The body as sent, under the caps: a 2xx past `max_response_bytes` is refused, a
-        refusal is cut at 64 KiB (its status says enough)."""
+    def _read(self, response: httpx.Response, deadline: float, cap: int | None = None) -> bytes:
+        """The body as sent, under the caps: a 2xx past `cap` (default `max_response_bytes`)
+        is refused, a refusal is cut at 64 KiB (its status says enough)."""
         encoding = response.headers.get("content-encoding", "identity").strip().lower()
         if encoding not in ("", "identity"):
             raise _error(
@@ -178,11 +222,12 @@ class AdminClient:
                 "bound); is a proxy compressing answers on the way?",
             )
         refusal = response.status_code >= 400
-        cap = _ERROR_BODY_CAP if refusal else self.max_response_bytes
+        ok_cap = self.max_response_bytes if cap is None else cap
+        cap = _ERROR_BODY_CAP if refusal else ok_cap
         declared = response.headers.get("content-length", "")
         if not refusal and declared.isascii() and declared.isdigit():
             if len(declared) > 19 or int(declared) > cap:
-                raise self._too_large(response)
+                raise self._too_large(response, cap)
         chunks: list[bytes] = []
         size = 0
         for chunk in _raw_chunks(response):
@@ -196,16 +241,19 @@ class AdminClient:
                 if refusal:
                     chunks.append(chunk[: cap - size])
                     break
-                raise self._too_large(response)
+                raise self._too_large(response, cap)
             chunks.append(chunk)
             size += len(chunk)
         return b"".join(chunks)
 
-    def _too_large(self, response: httpx.Response) -> AdminError:
+    def _too_large(self, response: httpx.Response, cap: int) -> AdminError:
+        what = (
+            "(max_response_bytes)"
+            if cap == self.max_response_bytes
+            else "(the largest snapshot of the task's model spec)"
+        )
         return _error(
-            response,
-            problem=f"a body above the admin client's {self.max_response_bytes}-byte cap "
-            "(max_response_bytes); not read",
+            response, problem=f"a body above the admin client's {cap}-byte cap {what}; not read"
         )
 
     def create_task(self, config: TaskConfig, params: npt.NDArray[np.float32]) -> int:
@@ -254,8 +302,68 @@ class AdminClient:
         path = Path.ADMIN_RESUME.format(task_id=task_id)
         return self._call("POST", path, _reader(TaskStatus))
 
+    def stop(self, task_id: int) -> TaskStatus:
+        """Stop the task for good (state "stopped"); stopping a stopped task is not an error."""
+        return self._call("POST", Path.ADMIN_STOP.format(task_id=task_id), _reader(TaskStatus))
+
+    def model(self, task_id: int, version: int | None = None) -> ExportedModel:
+        """The task's current model (or `version`, which the coordinator answers only while
+        it is the current one: 404 never published, 410 no longer held), as an fp32 snapshot
+        decoded under its spec's limits (never pickle or np.load) and checked against the
+        version and digest headers sent with it: a mismatch raises `AdminError`."""
+        status = self.status(task_id)
+        path = Path.ADMIN_TASK_MODEL.format(task_id=task_id)
+        params = {} if version is None else {"version": version}
+        spec = _spec_of(status.config)
+        if spec is None:
+            # A refused task's stored config: the coordinator refuses its model too (409).
+            self._call("GET", path, params=params)
+            raise AdminError(
+                "GET", path, 0, problem="a model for a task whose config does not parse"
+            )
+        assert isinstance(status.config, TaskConfig)
+        sent = self._http.build_request("GET", path, params=params)
+        deadline = time.monotonic() + self.max_response_s
+        response = self._http.send(sent, stream=True)
+        try:
+            body = self._read(response, deadline, DecodeLimits().frame_cap(spec))
+        finally:
+            response.close()
+        if response.status_code >= 400:
+            raise _error(response, body=body.decode("utf-8", errors="replace"))
+        got_type = response.headers.get(Header.CONTENT_TYPE, "").split(";")[0].strip()
+        if got_type != ContentType.OCTET_STREAM:
+            raise _error(response, problem=f"a {got_type or 'untyped'} body, not a snapshot")
+        raw_version = response.headers.get(Header.MODEL_VERSION, "")
+        digest = response.headers.get(Header.MODEL_DIGEST, "")
+        if not (raw_version.isascii() and raw_version.isdigit() and len(raw_version) <= 19):
+            raise _error(response, problem=f"no model version header ({raw_version[:40]!r})")
+        if not _DIGEST.fullmatch(digest):
+            raise _error(response, problem=f"no model digest header ({digest[:80]!r})")
+        got_version = int(raw_version)
+        if version is not None and got_version != version:
+            raise _error(response, problem=f"version {got_version}, not the {version} asked for")
+        try:
+            values = decode_snapshot(body, spec)
+        except CodecError as exc:
+            raise _error(response, problem=f"a snapshot the decoder refuses ({exc})") from None
+        if model_digest(values).hex() != digest:
+            raise _error(
+                response,
+                problem=f"a model whose SHA-256 {model_digest(values).hex()} is not the digest "
+                f"{digest} sent with it (damaged on the way?); nothing kept",
+            )
+        return ExportedModel(task_id, got_version, digest, values, spec, status.config, bytes(body))
+
     def bandwidth(self, round_id: int) -> dict[str, Any]:
         return self._call("GET", Path.BANDWIDTH.format(round_id=round_id), _object)
+
+
+def _spec_of(config: TaskConfig | dict[str, Any]) -> ModelSpec | None:
+    """A task config's flat layout (None for a stored config that does not parse)."""
+    if not isinstance(config, TaskConfig):
+        return None
+    return ModelSpec.from_json([{"name": t.name, "shape": list(t.shape)} for t in config.spec])
 
 
 def _error(response: httpx.Response, *, body: str = "", problem: str = "") -> AdminError:

@@ -70,7 +70,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (
             409,
             "conflict: round closed, duplicate upload, wrong task or stage state, or a stored "
-            "task this coordinator refuses (`task_refused`)",
+            "task this coordinator refuses or the operator stopped (`task_refused`)",
         ),
         (413, "body above the size cap"),
         (415, "Content-Type is not the route's (application/json or application/octet-stream)"),
@@ -537,6 +537,33 @@ def create_app(
         return coordinator.set_initial_model(task_id, b"".join(chunks))
 
     @app.get(
+        Path.ADMIN_TASK_MODEL,
+        response_class=Response,
+        responses={
+            **_ERRORS,
+            200: {
+                "content": {ContentType.OCTET_STREAM: {}},
+                "description": "the model as an fp32 snapshot",
+            },
+            410: {"model": ErrorBody, "description": "a published version no longer rebuilt"},
+        },
+        tags=["admin"],
+        dependencies=[Depends(admin)],
+    )
+    async def export_model(
+        task_id: StoreId,
+        version: int | None = Query(
+            None, ge=0, le=2**63 - 1, description="the version wanted (default: the current)"
+        ),
+    ) -> Response:
+        """The task's current model as an fp32 `encode_snapshot` snapshot (as devices get it),
+        with `x-plume-model-version` and `x-plume-model-digest`; also for a done or stopped
+        task. `version=N` other than the current is 404 `unknown_version` (never published)
+        or 410 `version_gone` (published; the store no longer holds it)."""
+        body, headers = coordinator.export_model(task_id, version)
+        return Response(body, media_type=ContentType.OCTET_STREAM, headers=headers)
+
+    @app.get(
         Path.ADMIN_TASKS,
         response_model=list[TaskStatus],
         responses=_ERRORS,
@@ -592,6 +619,20 @@ def create_app(
     async def resume(task_id: StoreId) -> TaskStatus:
         """Open rounds again (409 `task_refused` for a task this coordinator refuses)."""
         return coordinator.set_paused(task_id, False)
+
+    @app.post(
+        Path.ADMIN_STOP,
+        response_model=TaskStatus,
+        responses=_ERRORS,
+        tags=["admin"],
+        dependencies=[Depends(admin)],
+    )
+    async def stop(task_id: StoreId) -> TaskStatus:
+        """Stop the task for good (state `stopped`): its open round is abandoned ("stopped by
+        the operator"), no round opens again, and its device requests get 409 `task_refused`.
+        Its rounds, ledger and model stay readable. Stopping a stopped task answers its
+        status."""
+        return coordinator.stop_task(task_id)
 
     # -- secure rounds: the SecAgg+ stage endpoints (same signing, ledger and errors) ------
 

@@ -146,6 +146,8 @@ MIN_TICK_S = 1e-3
 # Seconds between attempts to rebuild a task from the store after a store error stopped it
 # (`Coordinator.unloaded`); its requests' 503 says how long is left (Retry-After).
 RELOAD_RETRY_S = 5.0
+# What an operator's stop (`Coordinator.stop_task`) records as the reason its open round ended.
+STOP_REASON = "stopped by the operator"
 # Longest wait a check-in answers (a week, the longest task duration validate_task accepts):
 # whatever the pool and the rate, a device is not told to sleep longer than it can.
 MAX_RETRY_S = 7 * 86_400.0
@@ -779,6 +781,9 @@ class Coordinator:
         self._prune_lock = threading.Lock()
         # task -> the version up to which its delta frames are emptied (`prune_frames`)
         self._versions_pruned: dict[int, int] = {}
+        # Tasks the operator stopped (`stop_task`), with or without a model: final; their
+        # device requests get 409 `task_refused`, their rows and model stay readable.
+        self.stopped_tasks: set[int] = set()
         self.metrics.stored_frame_bytes.set_function(lambda: float(store.frame_bytes))
 
     # -- startup -------------------------------------------------------------------------
@@ -857,7 +862,8 @@ class Coordinator:
                 ) from exc
         rt.seq = seq
         rt.rounds_closed, rt.rounds_committed = self.store.round_counts(task_id)
-        if rt.secure is None:
+        stopped = row.state == TaskState.STOPPED
+        if rt.secure is None and not stopped:
             for r in live:
                 rt.current = self._replay(rt, r)
         if rt.secure is None:
@@ -878,12 +884,18 @@ class Coordinator:
                 clip=rt.secure.settings.config.clip_norm,
                 budget_exhausted=False,
             )
-        if rt.secure is not None:
+        if stopped:
+            # Stopped for good: no round opens again (`_maybe_open` checks the state too).
+            rt.engine.stopped = True
+        if rt.secure is not None or stopped:
             # Last: everything above can refuse the task, and a refused task's rows stay as
-            # they are; this writes.
+            # they are; this writes. (A stopped task's round left open or aggregating: the
+            # stop's own abandon did not reach the store, or a close was in flight.)
             for r in live:
-                self._abandon_secure_on_start(rt, r)
+                self._abandon_on_start(rt, r)
         self._attach(rt)
+        if stopped:
+            self.stopped_tasks.add(task_id)
         return rt
 
     def _attach(self, rt: TaskRuntime) -> None:
@@ -895,19 +907,26 @@ class Coordinator:
             rt.task_id, [rt.anomaly_metrics.registry, rt.privacy_metrics.registry]
         )
 
-    def _abandon_secure_on_start(self, rt: TaskRuntime, r: RoundRow) -> None:
-        """A secure round's keys, shares and masked sum were only in memory: abandon it."""
+    def _abandon_on_start(self, rt: TaskRuntime, r: RoundRow) -> None:
+        """Abandon a round found open or aggregating on start: a secure round's keys, shares
+        and masked sum were only in memory; a stopped task's round never closes otherwise. A
+        plain round's accepted updates stay stored (and in its ledger)."""
         rt.rounds_closed += 1
         done = rt.rounds_closed >= rt.config.rounds and rt.state == TaskState.ACTIVE
         if done:
             rt.state = TaskState.DONE
-        reason = "coordinator restarted during the secure round (its key material was in memory)"
+        if rt.state == TaskState.STOPPED:
+            reason = STOP_REASON
+        else:
+            reason = (
+                "coordinator restarted during the secure round (its key material was in memory)"
+            )
         meas: dict[str, Any] = {"abandoned": reason}
         if isinstance(dp := _released_dp(r.state, r.measurements), dict):
             meas["dp"] = dp  # counted above; kept so every later restart counts it too
         self.store.abandon(r.round_id, rt.task_id, meas, rt.state, self.clock())
         self.metrics.rounds.labels("abandoned").inc()
-        log.warning("task %d secure round %d abandoned on start", rt.task_id, r.round_id)
+        log.warning("task %d round %d abandoned on start (%s)", rt.task_id, r.round_id, reason)
 
     def _replay(self, rt: TaskRuntime, r: RoundRow) -> ActiveRound:
         """Re-open a round in a fresh engine and re-submit its accepted frames in order."""
@@ -946,6 +965,7 @@ class Coordinator:
         self.unloaded.clear()
         self._rebuild_at.clear()
         self._closed_rounds.clear()
+        self.stopped_tasks.clear()
         self.metrics.tasks_unloaded.set(0)
         try:
             for task_id, version in self.store.task_versions():
@@ -1025,6 +1045,8 @@ class Coordinator:
         row = self.store.task(task_id)
         assert row is not None
         validate_task(from_json(TaskConfig, row.config))
+        if row.state == TaskState.STOPPED:  # stopped before it had a model
+            self.stopped_tasks.add(task_id)
 
     def _refuse(self, task_id: int, exc: BaseException) -> None:
         """Record (and log, once) that a stored task will not run; the store is not touched."""
@@ -1048,8 +1070,21 @@ class Coordinator:
         )
 
     def refusal(self, task_id: int) -> ApiError | None:
-        """The 409 `task_refused` error of a refused task, the 503 `store_unavailable` of an
-        unloaded one (rebuilt here first when its retry is due), None for any other."""
+        """The 409 `task_refused` error of a refused or stopped task, the 503
+        `store_unavailable` of an unloaded one (rebuilt here first when its retry is due), None
+        for any other: what a device request naming the task (or one of its rounds) gets."""
+        err = self._not_running(task_id)
+        if err is None and task_id in self.stopped_tasks:
+            err = ApiError(
+                409,
+                Reason.TASK_REFUSED,
+                f"task {task_id} was stopped by the operator; it runs no more rounds",
+            )
+        return err
+
+    def _not_running(self, task_id: int) -> ApiError | None:
+        """`refusal` without the stopped tasks: what an admin request that a stopped task
+        still answers (its model, its stop) gets."""
         refused = self.refused.get(task_id)
         if refused is not None:
             return refused.error()
@@ -1228,6 +1263,93 @@ class Coordinator:
             rt.state = to
             rt.waiting_since = self.clock()
         return self.task_status(task_id)
+
+    def stop_task(self, task_id: int) -> TaskStatus:
+        """Stop a task for good (`stopped`, persisted): no round opens again, and its device
+        requests get 409 `task_refused`. Its open round, unless its close has begun, is
+        abandoned now ("stopped by the operator"): a plain round's accepted updates stay
+        stored and in its ledger, a secure round's key material is dropped; the model stays
+        the last published one. A close already aggregating finishes as it would have (and
+        abandons the round if it reads the stop first). Stopping a stopped task answers its
+        status."""
+        if (err := self._not_running(task_id)) is not None:
+            raise err
+        if task_id in self.stopped_tasks:
+            return self.task_status(task_id)
+        if self.store.task(task_id) is None:
+            raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
+        # Durable first: a store that refuses leaves the task as it was (503, retry).
+        self.store.set_task_state(task_id, TaskState.STOPPED)
+        self.stopped_tasks.add(task_id)
+        rt = self.runtimes.get(task_id)
+        if rt is not None:
+            rt.state = TaskState.STOPPED
+            rt.engine.stopped = True
+            rt.pool.clear()
+            cur = rt.current
+            if cur is not None and not cur.close_started:
+                flags = (cur.closing, cur.close_started)
+                cur.closing = cur.close_started = True  # no close starts on it meanwhile
+                try:
+                    outcome = self._abandon_stopped(rt, cur)
+                except BaseException:
+                    # Not recorded: the round's next close (its deadline, a tick) abandons it
+                    # (`close_blocking` reads the stop), or the next start does.
+                    cur.closing, cur.close_started = flags
+                    raise
+                self.finish_close(rt, outcome)
+        log.warning("task %d stopped by the operator", task_id)
+        return self.task_status(task_id)
+
+    def _abandon_stopped(self, rt: TaskRuntime, cur: ActiveRound) -> RoundOutcome:
+        """Abandon a stopped task's round in the store (the model is not touched)."""
+        meas: dict[str, Any] = {"abandoned": STOP_REASON}
+        if cur.pending_dp is not None:
+            meas["dp"] = cur.pending_dp  # its sums may have been unmasked: they count
+        self.store.abandon(cur.round_id, rt.task_id, meas, rt.state, self.clock())
+        return RoundOutcome(cur.engine_round, False, cur.reports, rt.engine.version, meas)
+
+    def export_model(self, task_id: int, version: int | None) -> tuple[bytes, dict[str, str]]:
+        """(fp32 snapshot, headers) of a task's current model for the operator, running,
+        done or stopped; `version`, when given, must be the current one (see below)."""
+        if (err := self._not_running(task_id)) is not None:
+            raise err
+        rt = self.runtimes.get(task_id)
+        if rt is None:
+            row = self.store.task(task_id)
+            if row is None:
+                raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
+            raise ApiError(
+                409,
+                Reason.INVALID_STATE,
+                f"task {task_id} is {row.state} and has no model yet (PUT its initial model)",
+            )
+        if version is not None and version != rt.version:
+            digest = self.store.version_digest(task_id, version) if version < rt.version else None
+            if digest is None:
+                raise ApiError(
+                    404,
+                    Reason.UNKNOWN_VERSION,
+                    f"task {task_id} never published version {version}; its latest is {rt.version}",
+                )
+            # The store keeps the current parameters and each version's downlink delta frame,
+            # which lead forward from the initial model, but not the initial model itself (and
+            # undoing a float32 addition does not give back the bits it started from).
+            raise ApiError(
+                410,
+                Reason.VERSION_GONE,
+                f"version {version} of task {task_id} was published (digest {digest}) but "
+                f"cannot be rebuilt: the store keeps only the current model (version "
+                f"{rt.version}) and the delta frames after the initial model, which it does "
+                "not keep; export each version you need while it is current",
+            )
+        headers = {
+            "x-plume-model-version": str(rt.version),
+            "x-plume-model-digest": rt.digest,
+            "x-plume-model-encoding": str(ModelEncoding.SNAPSHOT),
+            "x-plume-model-exact": "1",
+        }
+        return rt.snapshot(SnapshotDType.FP32), headers
 
     def task_status(self, task_id: int) -> TaskStatus:
         if task_id in self.unloaded:
@@ -1474,9 +1596,7 @@ class Coordinator:
                 if (
                     device_id in cur.selected
                     and device_id not in cur.uploaded
-                    and (
-                        rt.secure is None or rt.secure.registry.joinable(cur.round_id, device_id)
-                    )
+                    and (rt.secure is None or rt.secure.registry.joinable(cur.round_id, device_id))
                 ):
                     self.metrics.check_ins.labels(CheckInAction.TRAIN).inc()
                     return CheckInResponse(CheckInAction.TRAIN, 0.0, self._assignment(rt, cur))
@@ -1737,7 +1857,11 @@ class Coordinator:
         )
 
     def close_blocking(self, rt: TaskRuntime, cur: ActiveRound) -> RoundOutcome:
-        """Aggregate and publish durably (runs in a worker thread)."""
+        """Aggregate and publish durably (runs in a worker thread); a stopped task's round is
+        abandoned instead (its stop's own abandon did not reach the store, or the stop landed
+        as this close began)."""
+        if rt.state == TaskState.STOPPED:
+            return self._abandon_stopped(rt, cur)
         if rt.secure is not None:
             return self._close_secure(rt, cur)
         t0 = time.perf_counter()
