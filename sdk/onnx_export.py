@@ -773,6 +773,31 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+# Bytes of the random token in a temporary's name (`.<name>.<token hex>.tmp`).
+_TOKEN_BYTES = 4
+
+
+def _remove_stale_temps(out: Path, files: dict[str, bytes]) -> None:
+    """Remove the temporaries an earlier `_write_files` into `out` left when it was killed (no
+    `except` runs on SIGKILL or a power loss): entries named exactly `.<name>.<token>.tmp`,
+    for a `name` of `files` and a token of `_TOKEN_BYTES` lower-case hex bytes, that are not
+    folders (a symlink is removed, not its target). Nothing else in `out` is touched. An export
+    running at the same time into the same folder can lose its temporaries and then fails
+    (`OutputError`, cleaning up): two exports into one folder would mix their files anyway."""
+    names = "|".join(re.escape(name) for name in files)
+    stale = re.compile(rf"\.(?:{names})\.[0-9a-f]{{{2 * _TOKEN_BYTES}}}\.tmp", re.ASCII)
+    try:
+        entries = list(os.scandir(out))
+    except OSError:
+        return  # the writes below report an unreadable folder
+    for entry in entries:
+        try:
+            if stale.fullmatch(entry.name) and not entry.is_dir(follow_symlinks=False):
+                os.unlink(entry.path)
+        except OSError:  # gone already, or not ours to remove: it only takes space
+            pass
+
+
 def _write_files(out: Path, files: dict[str, bytes]) -> None:
     """Write `files` (name -> bytes) into folder `out`, creating it, all or nothing.
 
@@ -781,6 +806,8 @@ def _write_files(out: Path, files: dict[str, bytes]) -> None:
     is fsynced after the renames, as `sdk.device_store` does. A failure (`OutputError`,
     or an interrupt) removes the temporaries, any file already renamed into a folder this call
     created, and the folders it created, so a failed export leaves no partial artifacts behind.
+    The temporaries of an export killed outright (where no cleanup runs) are removed by the
+    next export into the folder (`_remove_stale_temps`).
     Over an older export, a failure between two renames leaves the old manifest, whose digests
     then refuse the new graphs at load (`sdk.ort.ArtifactError`) rather than mixing the two.
     """
@@ -789,7 +816,7 @@ def _write_files(out: Path, files: dict[str, bytes]) -> None:
     while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
         created.append(parent)
         parent = parent.parent
-    token = secrets.token_hex(4)
+    token = secrets.token_hex(_TOKEN_BYTES)
     temps = {name: out / f".{name}.{token}.tmp" for name in files}
     placed: list[Path] = []
     try:
@@ -799,6 +826,7 @@ def _write_files(out: Path, files: dict[str, bytes]) -> None:
             raise OutputError(
                 f"cannot create the output folder {out} ({exc.strerror or exc})"
             ) from exc
+        _remove_stale_temps(out, files)
         try:
             for name, data in files.items():
                 with temps[name].open("xb") as f:
