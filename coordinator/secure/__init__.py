@@ -1,7 +1,15 @@
 """Server-side secure aggregation: coordinate-set policy, round planning, SecAgg+ orchestration."""
 
 from ._config import SecureConfig
-from ._coordinator import SecureCoordinator, SecureOutcome, SecureTask, budget_k, make_plan
+from ._coordinator import (
+    PlanNumbers,
+    SecureCoordinator,
+    SecureOutcome,
+    SecureTask,
+    budget_k,
+    make_plan,
+    plan_numbers,
+)
 from ._dp import (
     RDP_ORDERS,
     DistributedDpAccountant,
@@ -19,6 +27,7 @@ __all__ = [
     "CoordinatePolicy",
     "DistributedDpAccountant",
     "GroupResult",
+    "PlanNumbers",
     "RandomPolicy",
     "SecureConfig",
     "SecureCoordinator",
@@ -32,6 +41,7 @@ __all__ = [
     "make_plan",
     "budget_k",
     "public_seed",
+    "plan_numbers",
     "skellam_rdp",
     "split_groups",
 ]

@@ -12,7 +12,7 @@ import math
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, overload
+from typing import Any, NamedTuple, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -40,7 +40,15 @@ from ._dp import DistributedDpAccountant, account_released_groups, integer_sensi
 from ._policy import CoordinatePolicy, TopKMixPolicy, public_seed
 from ._round import GroupResult, SecureRound, split_groups
 
-__all__ = ["SecureCoordinator", "SecureTask", "SecureOutcome", "make_plan", "budget_k"]
+__all__ = [
+    "SecureCoordinator",
+    "SecureTask",
+    "SecureOutcome",
+    "make_plan",
+    "budget_k",
+    "PlanNumbers",
+    "plan_numbers",
+]
 
 
 def _plan_numbers(
@@ -62,9 +70,39 @@ def _plan_numbers(
     return degree, threshold, coord_bound, variance, headroom, ring
 
 
-def budget_k(config: SecureConfig, num_nodes: int, model_size: int, sketch_len: int = 0) -> int:
+class PlanNumbers(NamedTuple):
+    """What `make_plan` computes for a SecAgg instance before it builds the plan (and checks
+    against the plan's limits): graph degree, threshold, per-coordinate bound C', per-device
+    noise variance and headroom (integer units), ring bits."""
+
+    degree: int
+    threshold: int
+    coord_bound: float
+    variance: float
+    headroom: int
+    ring_bits: int
+
+
+def plan_numbers(config: SecureConfig, num_nodes: int, k: int) -> PlanNumbers:
+    """`PlanNumbers` of a plan for `num_nodes` devices over k coordinates: arithmetic only.
+
+    The ring is not monotone in n under DP: the noise headroom follows
+    n / ceil((1 - expected_dropout) n), which rounding makes uneven."""
+    return PlanNumbers(*_plan_numbers(config, num_nodes, k))
+
+
+def budget_k(
+    config: SecureConfig,
+    num_nodes: int,
+    model_size: int,
+    sketch_len: int = 0,
+    near: int | None = None,
+) -> int:
     """The largest |S_r| whose four-stage upload per device fits `config.upload_budget` bytes
     for a SecAgg instance of `num_nodes` devices (the ring grows with n, and under DP with k).
+
+    `near`: a guess (e.g. the answer for n - 1); if it is the answer, two costs confirm it
+    instead of a binary search. The answer is the same either way.
 
     Raises ValueError if not even one coordinate fits (the key stages alone exceed the budget).
     """
@@ -76,6 +114,13 @@ def budget_k(config: SecureConfig, num_nodes: int, model_size: int, sketch_len: 
         degree, *_, ring = _plan_numbers(config, num_nodes, k)
         return device_upload_bytes(degree, k + sketch_len + 1, ring)
 
+    if (
+        near is not None
+        and 1 <= near <= model_size
+        and cost(near) <= budget
+        and (near == model_size or cost(near + 1) > budget)
+    ):
+        return near  # cost is non-decreasing in k: near is the largest that fits
     if cost(1) > budget:
         raise ValueError(
             f"upload budget of {budget} B is below the {cost(1)} B that n={num_nodes} devices "

@@ -19,7 +19,13 @@ import numpy as np
 import numpy.typing as npt
 
 from compression import ModelSpec
-from coordinator.secure import SecureConfig, SecureCoordinator, budget_k, make_plan
+from coordinator.secure import (
+    SecureConfig,
+    SecureCoordinator,
+    budget_k,
+    make_plan,
+    plan_numbers,
+)
 from protocol.secagg import MAX_DEGREE, NoiseKind, Stage, choose_degree
 
 from ._secagg_routes import SecureRegistry, stage_cap
@@ -33,6 +39,7 @@ __all__ = [
     "check_plan",
     "group_extremes",
     "parse_secure",
+    "round_groups",
     "stage_cap",
 ]
 
@@ -156,52 +163,93 @@ def group_extremes(cohort: int, least: int, group_size: int | None) -> tuple[int
     return single[0], single[0], largest  # least <= g: one group of `least` is the smallest
 
 
+def round_groups(cohort: int, least: int, group_size: int | None) -> list[tuple[int, ...]]:
+    """Every distinct split of a round of `least`..`cohort` devices: its group sizes, ascending
+    (the last is the largest group, for which |S_r| is sized).
+
+    `split_groups` makes groups of g and gives the last the remainder: a round of fewer than
+    2 g devices is one group of all of them; from 2 g on, its groups have g devices but the
+    last, which has g + (n mod g). Without `group_size` a round is one group. So there are at
+    most 3 g splits (one-group rounds below 2 g, then a remainder 0..g - 1), or
+    cohort - least + 1 without groups.
+    """
+    if not 1 <= least <= cohort:
+        raise ValueError(f"need 1 <= least={least} <= cohort={cohort}")
+    g = group_size
+    single = cohort if g is None else min(cohort, 2 * g - 1)
+    out: list[tuple[int, ...]] = [(n,) for n in range(least, single + 1)]
+    if g is not None and cohort >= 2 * g:
+        lo, hi = max(least, 2 * g), cohort
+        residues = range(g) if hi - lo >= g - 1 else sorted({n % g for n in range(lo, hi + 1)})
+        out += [(g,) if r == 0 else (g, g + r) for r in residues]
+    return list(dict.fromkeys(out))
+
+
 def check_plan(settings: SecureSettings, cohort: int, model_size: int, least: int = 3) -> None:
     """Plan the rounds a task can open, so a config that cannot work (e.g. a ring above 64
     bits, or more per-device noise than a device's sampler draws) is refused when the task is
     created rather than when a round opens.
 
     A round has `least`..`cohort` devices (a selection timeout opens one with fewer than the
-    cohort; SecAgg needs 3), split into groups (`group_extremes`). The largest group has the
-    widest ring and graph degree and the least noise per device; the smallest group has the
-    most noise per device (each device's share of the sum's noise grows as the group shrinks),
-    and with `upload_budget` the most coordinates when the round's largest group is small
-    (|S_r| is sized for the largest group, `SecureCoordinator.k_for`). Both are planned, each
-    over the |S_r| of the round it is in.
+    cohort; SecAgg needs 3), split into groups (`round_groups`), and its |S_r| is sized for
+    its largest group (`SecureCoordinator.k_for`; with `upload_budget` it depends on that
+    group's size). Every (group size, |S_r|) pair a round can have is considered, not only
+    the smallest and largest groups: under distributed DP a group's noise headroom follows
+    n / ceil((1 - expected_dropout) n), which rounding makes uneven, so a mid-size group can
+    need the widest ring; and under a budget a round's |S_r| need not shrink as its largest
+    group grows.
+
+    What `make_plan` refuses for a pair depends on it only through numbers it computes first
+    (`plan_numbers`: arithmetic, no S_r): the graph degree and threshold (refused when the
+    threshold is not a majority, or the degree is above the limits), each device's noise
+    variance (refused outside what the sampler draws), and the ring bits (refused above 64).
+    Those are computed for every pair, and only the pairs extreme in one of them are planned
+    (at most five): if any pair is refused, one of these is.
     """
     cfg = settings.config
     least = max(3, min(least, cohort))
-    small, small_round, large = group_extremes(cohort, least, cfg.group_size)
+    splits = round_groups(cohort, least, cfg.group_size)
+    large = max(split[-1] for split in splits)
     if (degree := choose_degree(large, cfg.degree_factor)) > MAX_DEGREE:
         raise ValueError(
             f"a cohort of {large} gives graph degree {degree} = 2 ceil(degree_factor log2 n), "
             f"above {MAX_DEGREE} (a device's share-keys work grows with its square): lower "
             "secure.degree_factor or use secure.group_size"
         )
-
-    def coords_for(largest_group: int) -> int:
-        # |S_r| as a round computes it (SecureCoordinator.k_for): under distributed DP the
-        # ring's noise headroom and each device's noise grow with it.
-        if cfg.upload_budget is None:
-            return max(1, int(round(cfg.coord_fraction * model_size)))
-        return budget_k(cfg, largest_group, model_size)
-
-    plans = [(large, coords_for(large)), (small, coords_for(small_round))]
-    if (most := max(k for _, k in plans)) > MAX_SECURE_COORDS:
+    # |S_r| as a round computes it (SecureCoordinator.k_for), per largest group: under
+    # distributed DP the ring's noise headroom and each device's noise grow with it.
+    coords: dict[int, int] = {}
+    k = max(1, int(round(cfg.coord_fraction * model_size)))
+    for top in sorted({split[-1] for split in splits}):
+        if cfg.upload_budget is not None:
+            k = budget_k(cfg, top, model_size, near=k if coords else None)
+        coords[top] = k
+    if (most := max(coords.values())) > MAX_SECURE_COORDS:
         raise ValueError(
             f"a round would share {most} coordinates (|S_r|), above {MAX_SECURE_COORDS:,}: "
             "its plan (4 bytes a coordinate) would exceed what a device reads of a secure "
             "message (16 MiB); lower secure.coord_fraction or secure.upload_budget"
         )
-    for n, coords in dict.fromkeys(plans):
+    pairs = {(n, coords[split[-1]]) for split in splits for n in split}
+    numbers = {(n, k): plan_numbers(cfg, n, k) for n, k in pairs}
+    extremes = (
+        lambda p: (numbers[p].degree, p[0]),  # degree and size limits
+        lambda p: numbers[p].degree - 2 * numbers[p].threshold,  # t > k/2
+        lambda p: numbers[p].variance,  # the sampler's maximum
+        lambda p: -numbers[p].variance,  # and minimum
+        lambda p: numbers[p].ring_bits,  # 64 bits
+    )
+    ordered = sorted(pairs)  # ties go to the smallest pair, so the choice is deterministic
+    plans = {max(ordered, key=key) for key in extremes}
+    for n, k in sorted(plans, key=lambda p: (-p[0], p[1])):  # the largest group first
         # make_plan refuses a ring above 64 bits, a per-device noise variance the device's
         # sampler cannot draw and a threshold not above half the graph degree (t > k/2 keeps
         # a node's two secrets apart).
         try:
-            make_plan(cfg, 1, n, model_size, np.arange(coords, dtype=np.int64))
+            make_plan(cfg, 1, n, model_size, np.arange(k, dtype=np.int64))
         except ValueError as exc:
             raise ValueError(
-                f"a round's group of {n} devices (|S_r| = {coords}) cannot be planned: {exc}"
+                f"a round's group of {n} devices (|S_r| = {k}) cannot be planned: {exc}"
             ) from None
 
 
