@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +58,85 @@ def _check_names(
     if got_in != list(inputs) or got_out != list(outputs):
         raise ArtifactError(
             f"{what}: graph inputs/outputs {got_in} -> {got_out} do not match the manifest"
+        )
+
+
+def _varint(data: memoryview, at: int) -> tuple[int, int]:
+    """The protobuf varint at `at` and the offset past it; `ValueError` if cut or too long."""
+    value = 0
+    for shift in range(0, 70, 7):
+        if at >= len(data):
+            raise ValueError("a varint runs past the end")
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, at
+    raise ValueError("a varint longer than 10 bytes")
+
+
+def _fields(data: memoryview) -> Iterator[tuple[int, int | memoryview]]:
+    """(field number, value) of each top-level field of the protobuf message `data`: an int
+    for a varint, a view of the bytes otherwise (no copy: a graph field is up to 256 MiB).
+    `ValueError` for bytes that are not a message."""
+    at = 0
+    while at < len(data):
+        key, at = _varint(data, at)
+        wire = key & 7
+        if wire == 0:
+            value, at = _varint(data, at)
+            yield key >> 3, value
+            continue
+        if wire == 2:
+            size, at = _varint(data, at)
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+        else:  # groups (3, 4) are not in ONNX; 6 and 7 are not wire types
+            raise ValueError(f"wire type {wire}")
+        if at + size > len(data):
+            raise ValueError("a field runs past the end")
+        yield key >> 3, data[at : at + size]
+        at += size
+
+
+_OPSET_IMPORT = 8  # ModelProto.opset_import: OperatorSetIdProto (1: domain, 2: version)
+
+
+def _default_opset(model: bytes) -> int | None:
+    """The opset of the default ONNX domain ("" or "ai.onnx") the serialized ModelProto
+    `model` imports, or None if it imports none. `ValueError` for bytes that are not a
+    ModelProto, or two default-domain imports that differ. Read by hand: sdk.ort needs only
+    onnxruntime, whose sessions do not report the opset."""
+    found: set[int] = set()
+    for number, value in _fields(memoryview(model)):
+        if number != _OPSET_IMPORT or isinstance(value, int):
+            continue
+        domain, version = b"", 1  # proto3 defaults of absent fields
+        for inner, item in _fields(value):
+            if inner == 1 and not isinstance(item, int):
+                domain = bytes(item)
+            elif inner == 2 and isinstance(item, int):
+                version = item
+        if domain in (b"", b"ai.onnx"):
+            found.add(version)
+    if len(found) > 1:
+        raise ValueError(f"the default domain is imported at opsets {sorted(found)}")
+    return found.pop() if found else None
+
+
+def _check_opset(model: bytes, opset: int, what: str) -> None:
+    """Raise `ArtifactError` unless graph `what` (serialized, `model`) imports the default ONNX
+    domain at the manifest's `opset`: onnxruntime runs a graph by its own imports, so a manifest
+    naming another (edited, or another exporter's) misdescribes what runs."""
+    try:
+        got = _default_opset(model)
+    except ValueError as exc:
+        raise ArtifactError(f"{what}: the graph's opset imports cannot be read ({exc})") from exc
+    if got != opset:
+        imports = "no opset" if got is None else f"opset {got}"
+        raise ArtifactError(
+            f"{what}: the graph imports {imports} of the default ONNX domain, the manifest says "
+            f"{opset}: the manifest was edited, or belongs to another export"
         )
 
 
@@ -213,6 +292,8 @@ class OrtTrainer:
                 ) from exc
         self._train, self._infer = sessions
         m = manifest
+        for what in ("train_step", "infer"):
+            _check_opset(m.file_data[what], m.opset, what)
         _check_names(
             self._train,
             [*m.param_inputs, *m.state_inputs, m.x_name, m.y_name, m.lr_name],
