@@ -364,11 +364,13 @@ class SecureCoordinator:
 
     def k_for(self, group_sizes: Sequence[int]) -> int:
         """|S_r| for a round with these SecAgg groups: the largest that fits the upload budget
-        in the largest group (its ring is the widest), or `k` without a budget."""
+        in every group, or `k` without a budget. Each distinct size is asked (a round has at
+        most two): the largest group has the widest graph, but under distributed DP not
+        always the widest ring (its noise headroom follows n / ceil((1 - dropout) n))."""
         if self.config.upload_budget is None:
             return self.k
         sketch_len = sketch_length(self.sketch_segments)
-        return budget_k(self.config, max(group_sizes), self.size, sketch_len)
+        return min(budget_k(self.config, n, self.size, sketch_len) for n in set(group_sizes))
 
     def open_round(self, device_ids: Sequence[str], round_id: int | None = None) -> SecureTask:
         """Choose S_r, split the cohort into groups and plan one SecAgg per group: one group of

@@ -165,7 +165,7 @@ def group_extremes(cohort: int, least: int, group_size: int | None) -> tuple[int
 
 def round_groups(cohort: int, least: int, group_size: int | None) -> list[tuple[int, ...]]:
     """Every distinct split of a round of `least`..`cohort` devices: its group sizes, ascending
-    (the last is the largest group, for which |S_r| is sized).
+    (the last is the largest).
 
     `split_groups` makes groups of g and gives the last the remainder: a round of fewer than
     2 g devices is one group of all of them; from 2 g on, its groups have g devices but the
@@ -191,13 +191,12 @@ def check_plan(settings: SecureSettings, cohort: int, model_size: int, least: in
     created rather than when a round opens.
 
     A round has `least`..`cohort` devices (a selection timeout opens one with fewer than the
-    cohort; SecAgg needs 3), split into groups (`round_groups`), and its |S_r| is sized for
-    its largest group (`SecureCoordinator.k_for`; with `upload_budget` it depends on that
-    group's size). Every (group size, |S_r|) pair a round can have is considered, not only
+    cohort; SecAgg needs 3), split into groups (`round_groups`), and its |S_r| is the
+    round's (`SecureCoordinator.k_for`; with `upload_budget` it depends on its group sizes). Every (group size, |S_r|) pair a round can have is considered, not only
     the smallest and largest groups: under distributed DP a group's noise headroom follows
     n / ceil((1 - expected_dropout) n), which rounding makes uneven, so a mid-size group can
-    need the widest ring; and under a budget a round's |S_r| need not shrink as its largest
-    group grows.
+    need the widest ring; and under a budget a round's |S_r| need not shrink as its groups
+    grow.
 
     What `make_plan` refuses for a pair depends on it only through numbers it computes first
     (`plan_numbers`: arithmetic, no S_r): the graph degree and threshold (refused when the
@@ -216,21 +215,23 @@ def check_plan(settings: SecureSettings, cohort: int, model_size: int, least: in
             f"above {MAX_DEGREE} (a device's share-keys work grows with its square): lower "
             "secure.degree_factor or use secure.group_size"
         )
-    # |S_r| as a round computes it (SecureCoordinator.k_for), per largest group: under
-    # distributed DP the ring's noise headroom and each device's noise grow with it.
-    coords: dict[int, int] = {}
+    # |S_r| as a round computes it (SecureCoordinator.k_for: the largest that fits the budget
+    # in each of its groups): under distributed DP the ring's noise headroom and each
+    # device's noise grow with it.
     k = max(1, int(round(cfg.coord_fraction * model_size)))
-    for top in sorted({split[-1] for split in splits}):
+    fits: dict[int, int] = {}  # group size -> the largest |S_r| within the budget
+    for n in sorted({n for split in splits for n in split}):
         if cfg.upload_budget is not None:
-            k = budget_k(cfg, top, model_size, near=k if coords else None)
-        coords[top] = k
+            k = budget_k(cfg, n, model_size, near=k if fits else None)
+        fits[n] = k
+    coords = {split: min(fits[n] for n in split) for split in splits}
     if (most := max(coords.values())) > MAX_SECURE_COORDS:
         raise ValueError(
             f"a round would share {most} coordinates (|S_r|), above {MAX_SECURE_COORDS:,}: "
             "its plan (4 bytes a coordinate) would exceed what a device reads of a secure "
             "message (16 MiB); lower secure.coord_fraction or secure.upload_budget"
         )
-    pairs = {(n, coords[split[-1]]) for split in splits for n in split}
+    pairs = {(n, coords[split]) for split in splits for n in split}
     numbers = {(n, k): plan_numbers(cfg, n, k) for n, k in pairs}
     extremes = (
         lambda p: (numbers[p].degree, p[0]),  # degree and size limits

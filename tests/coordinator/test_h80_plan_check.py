@@ -39,14 +39,14 @@ def _config(**kw: object) -> SecureConfig:
 
 def _every_plan(cfg: SecureConfig, cohort: int, least: int) -> str | None:
     """Plan every group of every round of least..cohort devices as the coordinator would
-    (split_groups, |S_r| for the round's largest group); the first refusal, or None."""
+    (split_groups, |S_r| within the budget in each group); the first refusal, or None."""
     seen: set[tuple[int, int]] = set()
     for n in range(least, cohort + 1):
         ids = [f"d{i:05d}" for i in range(n)]
         sizes = sorted({len(g) for g in split_groups(ids, cfg.group_size, b"\x00" * 32)})
         k = max(1, int(round(cfg.coord_fraction * D)))
-        if cfg.upload_budget is not None:
-            k = budget_k(cfg, sizes[-1], D)
+        if cfg.upload_budget is not None:  # SecureCoordinator.k_for
+            k = min(budget_k(cfg, size, D) for size in sizes)
         for size in sizes:
             if (size, k) in seen:
                 continue
@@ -129,7 +129,7 @@ def _case(draw: st.DrawFn) -> tuple[SecureConfig, int, int]:
         k = max(1, int(round(base.coord_fraction * D)))
         if base.upload_budget is not None:
             try:
-                k = budget_k(base, split[-1], D)
+                k = min(budget_k(base, n, D) for n in split)
             except ValueError:
                 continue
         thresholds += [_overflow_z(base, n, k) for n in split]
