@@ -479,8 +479,8 @@ def register(sub: Any) -> None:
             "examples:\n"
             "  plume coordinator get-model --admin-token s3cret --task 1 --out model.pt\n"
             "  plume coordinator get-model --admin-token s3cret --task 1 --out model.npz\n"
-            "  plume coordinator get-model --admin-token s3cret --task 1 --out v5.snap "
-            "--version 5\n\n"
+            "  plume coordinator get-model --admin-token s3cret --task 1 --out v5.npz "
+            "--version 5 --initial v0.npz\n\n"
             "Load them with torch.load('model.pt', weights_only=True) into the zoo model "
             "(mobile_sim.models.build_model(NAME)) with load_state_dict(..., strict=True); "
             "numpy.load('model.npz', allow_pickle=False)[NAME]; "
@@ -497,9 +497,18 @@ def register(sub: Any) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="the version expected (default: whatever is current). The coordinator keeps "
-        "only the current model, so an older version is refused (410 version_gone) and a "
-        "version never published is 404 unknown_version",
+        help="the version wanted (default: the current one). The coordinator keeps only the "
+        "current model, so an older version is rebuilt here from the initial model (--initial, "
+        "or for a zoo task the zoo's weights for its seed, as create-task made them) and the "
+        "stored delta frames, checked against each version's digest; refused once "
+        "--keep-frames emptied a frame on the way",
+    )
+    m.add_argument(
+        "--initial",
+        default=None,
+        metavar="FILE",
+        help="the task's initial model (version 0) for --version: a snapshot, .npz or .pt "
+        "file as get-model writes them (default: a zoo task's weights for its seed)",
     )
     m.add_argument(
         "--format",
@@ -991,11 +1000,28 @@ def _get_model(args: argparse.Namespace) -> int:
     if args.version is not None and args.version < 0:
         _fail(prog, f"--version must be >= 0, got {args.version}")
     fmt = _model_format(args)
+    if args.initial is not None and not Path(args.initial).expanduser().is_file():
+        _fail(prog, f"--initial {args.initial}: no such file")
     try:
         with _admin(args) as admin:
-            exported = admin.model(args.task, args.version)
+            try:
+                exported = admin.model(args.task, args.version)
+            except AdminError as exc:
+                if exc.status != 410 or args.version is None:
+                    raise
+                # An older version: rebuilt here from the initial model and the stored deltas.
+                config = admin.status(args.task).config
+                initial, source = _initial_model(args, config)
+                try:
+                    exported = admin.rebuild(args.task, args.version, initial)
+                except AdminError as rebuilt:
+                    if "base model given" in rebuilt.problem:
+                        rebuilt.problem += f" ({source})"
+                    raise
     except (AdminError, httpx.HTTPError) as exc:
         _fail(prog, admin_error_text(exc, args.url))
+    except ValueError as exc:
+        _fail(prog, str(exc))
     try:
         write = _model_writer(exported, fmt)
         size = _write_atomic(out, write)
@@ -1017,6 +1043,73 @@ def _get_model(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _initial_model(args: argparse.Namespace, config: Any) -> tuple[Any, str]:
+    """(float32[d] initial model, where it came from) to rebuild an older version from:
+    --initial (a snapshot, .npz or .pt file as get-model writes them), else the zoo model's
+    initial weights for the task's seed (what create-task uploaded). ValueError if neither
+    fits; the coordinator checks it against version 0's digest."""
+    import numpy as np
+
+    from compression import ModelSpec, decode_snapshot
+
+    if isinstance(config, dict):
+        raise ValueError("the task's stored config does not parse; its model cannot be rebuilt")
+    spec = ModelSpec.from_json([{"name": t.name, "shape": list(t.shape)} for t in config.spec])
+    if args.initial is None:
+        from mobile_sim.models import MODELS, build_model
+        from sdk.flat import get_flat_params, spec_from_module
+
+        if config.model_name not in MODELS:
+            raise ValueError(
+                f"version {args.version} is no longer the task's current model, so it is "
+                f"rebuilt from the initial model and the stored deltas, and model_name "
+                f"{config.model_name!r} is not a zoo model whose initial weights can be made "
+                "here: pass the initial model with --initial FILE (a snapshot, .npz or .pt)"
+            )
+        model = build_model(config.model_name, seed=config.seed)
+        if spec_from_module(model).entries != spec.entries:
+            raise ValueError(
+                f"the zoo model {config.model_name!r} does not have the task's layout: pass "
+                "the initial model with --initial FILE"
+            )
+        source = (
+            f"made from the zoo model {config.model_name!r} with seed {config.seed}, as "
+            "create-task makes it; pass the task's initial model with --initial FILE"
+        )
+        return get_flat_params(model), source
+    path = Path(args.initial).expanduser()
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        with np.load(path, allow_pickle=False) as z:
+            missing = [e.name for e in spec.entries if e.name not in z.files]
+            if missing:
+                raise ValueError(f"--initial {args.initial} has no array {missing[0]!r}")
+            parts = [np.asarray(z[e.name], dtype=np.float32) for e in spec.entries]
+    elif suffix in (".pt", ".pth"):
+        import torch
+
+        state = torch.load(path, weights_only=True, map_location="cpu")
+        if not isinstance(state, dict) or any(e.name not in state for e in spec.entries):
+            raise ValueError(f"--initial {args.initial} is not a state_dict of the task's model")
+        parts = [state[e.name].detach().to(torch.float32).numpy() for e in spec.entries]
+    else:
+        from compression import CodecError
+
+        try:
+            return decode_snapshot(path.read_bytes(), spec), f"--initial {args.initial}"
+        except CodecError as exc:
+            raise ValueError(
+                f"--initial {args.initial} is not a snapshot of the task's model ({exc}); "
+                "name a .npz or .pt file by its suffix"
+            ) from None
+    for e, part in zip(spec.entries, parts, strict=True):
+        if part.shape != e.shape:
+            raise ValueError(
+                f"--initial {args.initial}: {e.name} has shape {part.shape}, the task {e.shape}"
+            )
+    return np.concatenate([p.reshape(-1) for p in parts]), f"--initial {args.initial}"
 
 
 def _model_writer(exported: Any, fmt: str) -> Callable[[IO[bytes]], None]:

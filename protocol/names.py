@@ -54,6 +54,10 @@ class Header(StrEnum):
     MODEL_DIGEST = "x-plume-model-digest"
     MODEL_ENCODING = "x-plume-model-encoding"
     MODEL_EXACT = "x-plume-model-exact"
+    # A delta chain the admin export answers (`?base=B`): the version it starts from, and that
+    # version's digest, which the model it is applied to must have.
+    MODEL_BASE_VERSION = "x-plume-model-base-version"
+    MODEL_BASE_DIGEST = "x-plume-model-base-digest"
     RETRY_AFTER = "retry-after"
     AUTHORIZATION = "authorization"
     CONTENT_TYPE = "content-type"

@@ -19,6 +19,7 @@ from compression import (
     CodecError,
     DecodeLimits,
     ModelSpec,
+    UpdateCodec,
     decode_snapshot,
     encode_snapshot,
     model_digest,
@@ -28,10 +29,12 @@ from protocol.messages import (
     RoundStatus,
     TaskConfig,
     TaskStatus,
+    apply_delta,
     from_json,
     to_json,
+    unpack_chain,
 )
-from protocol.names import ContentType, Header, Path
+from protocol.names import ContentType, Header, ModelEncoding, Path
 
 __all__ = [
     "AdminClient",
@@ -58,6 +61,10 @@ MAX_ADMIN_RESPONSE_S = 600.0
 T = TypeVar("T")
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
+# Versions one delta-chain request of `AdminClient.rebuild` spans; each answer is read under
+# `max_response_bytes` (256 frames of a 1.7M-parameter model at the default downlink codec,
+# 2% of the coordinates at 8 bits, are about 17 MB).
+REBUILD_STEP = 256
 
 
 @dataclass(frozen=True)
@@ -308,55 +315,142 @@ class AdminClient:
 
     def model(self, task_id: int, version: int | None = None) -> ExportedModel:
         """The task's current model (or `version`, which the coordinator answers only while
-        it is the current one: 404 never published, 410 no longer held), as an fp32 snapshot
-        decoded under its spec's limits (never pickle or np.load) and checked against the
-        version and digest headers sent with it: a mismatch raises `AdminError`."""
+        it is the current one: 404 never published, 410 no longer held; see `rebuild`), as
+        an fp32 snapshot decoded under its spec's limits (never pickle or np.load) and
+        checked against the version and digest headers sent with it: a mismatch raises
+        `AdminError`."""
         status = self.status(task_id)
+        config, spec = self._layout(task_id, status)
+        query = {} if version is None else {"version": version}
         path = Path.ADMIN_TASK_MODEL.format(task_id=task_id)
-        params = {} if version is None else {"version": version}
-        spec = _spec_of(status.config)
-        if spec is None:
-            # A refused task's stored config: the coordinator refuses its model too (409).
-            self._call("GET", path, params=params)
-            raise AdminError(
-                "GET", path, 0, problem="a model for a task whose config does not parse"
-            )
-        assert isinstance(status.config, TaskConfig)
-        sent = self._http.build_request("GET", path, params=params)
-        deadline = time.monotonic() + self.max_response_s
-        response = self._http.send(sent, stream=True)
-        try:
-            body = self._read(response, deadline, DecodeLimits().frame_cap(spec))
-        finally:
-            response.close()
-        if response.status_code >= 400:
-            raise _error(response, body=body.decode("utf-8", errors="replace"))
-        got_type = response.headers.get(Header.CONTENT_TYPE, "").split(";")[0].strip()
-        if got_type != ContentType.OCTET_STREAM:
-            raise _error(response, problem=f"a {got_type or 'untyped'} body, not a snapshot")
-        raw_version = response.headers.get(Header.MODEL_VERSION, "")
-        digest = response.headers.get(Header.MODEL_DIGEST, "")
-        if not (raw_version.isascii() and raw_version.isdigit() and len(raw_version) <= 19):
-            raise _error(response, problem=f"no model version header ({raw_version[:40]!r})")
-        if not _DIGEST.fullmatch(digest):
-            raise _error(response, problem=f"no model digest header ({digest[:80]!r})")
-        got_version = int(raw_version)
+        body, response = self._binary(path, query, DecodeLimits().frame_cap(spec))
+        got_version, digest = _model_headers(response, ModelEncoding.SNAPSHOT)
         if version is not None and got_version != version:
             raise _error(response, problem=f"version {got_version}, not the {version} asked for")
         try:
             values = decode_snapshot(body, spec)
         except CodecError as exc:
             raise _error(response, problem=f"a snapshot the decoder refuses ({exc})") from None
-        if model_digest(values).hex() != digest:
-            raise _error(
-                response,
-                problem=f"a model whose SHA-256 {model_digest(values).hex()} is not the digest "
-                f"{digest} sent with it (damaged on the way?); nothing kept",
+        _check_digest(response, values, digest, "model")
+        return ExportedModel(task_id, got_version, digest, values, spec, config, body)
+
+    def rebuild(
+        self,
+        task_id: int,
+        version: int,
+        base_params: npt.ArrayLike,
+        base_version: int = 0,
+    ) -> ExportedModel:
+        """Version `version` of the task, which the coordinator no longer holds, rebuilt from
+        `base_params` (float32[d]), the caller's copy of version `base_version` (the initial
+        model for 0: the coordinator does not keep it), with the stored downlink delta frames
+        (`?version=...&base=...`), applied as devices apply them (`version == base_version`
+        only checks the copy). The base is checked against
+        its version's digest first, and the model after every step against the digest sent
+        with it; `AdminError` on any mismatch, and 410 `version_gone` once a frame on the way
+        is no longer stored (`--keep-frames`)."""
+        if not 0 <= base_version <= version:
+            raise ValueError(f"version {version} must not be below base_version {base_version}")
+        status = self.status(task_id)
+        config, spec = self._layout(task_id, status)
+        params = np.array(base_params, dtype=np.float32).reshape(-1)
+        if params.shape[0] != spec.size:
+            raise ValueError(f"base_params has {params.shape[0]} values; the spec has {spec.size}")
+        codec = UpdateCodec(spec, config.downlink.to_config())
+        path = Path.ADMIN_TASK_MODEL.format(task_id=task_id)
+        at = base_version
+        while True:  # at least one request: `version == base_version` checks the base
+            to = min(version, at + REBUILD_STEP)
+            body, response = self._binary(
+                path, {"version": to, "base": at}, self.max_response_bytes
             )
-        return ExportedModel(task_id, got_version, digest, values, spec, status.config, bytes(body))
+            got_version, digest = _model_headers(response, ModelEncoding.DELTA_CHAIN)
+            base_digest = response.headers.get(Header.MODEL_BASE_DIGEST, "")
+            if got_version != to or response.headers.get(Header.MODEL_BASE_VERSION) != str(at):
+                raise _error(response, problem=f"not the chain from version {at} to {to}")
+            if not _DIGEST.fullmatch(base_digest):
+                raise _error(response, problem=f"no base digest header ({base_digest[:80]!r})")
+            if model_digest(params).hex() != base_digest:
+                raise _error(
+                    response,
+                    problem=f"the base model given is not version {at} of task {task_id} (its "
+                    f"SHA-256 is {model_digest(params).hex()}; version {at}'s is {base_digest})",
+                )
+            try:
+                frames = unpack_chain(
+                    body, max_frames=to - at, max_frame_bytes=DecodeLimits().frame_cap(spec)
+                )
+                if len(frames) != to - at:
+                    raise MessageError(f"{len(frames)} frames for {to - at} versions")
+                with np.errstate(over="ignore", invalid="ignore"):
+                    for frame in frames:
+                        params = apply_delta(params, codec.decode(frame))
+            except (CodecError, MessageError) as exc:
+                problem = f"a delta chain the decoder refuses ({exc})"
+                raise _error(response, problem=problem) from None
+            _check_digest(response, params, digest, f"model rebuilt to version {to}")
+            at = to
+            if at == version:
+                break
+        snapshot = encode_snapshot(params, spec, "fp32")
+        return ExportedModel(task_id, version, digest, params, spec, config, snapshot)
+
+    def _layout(self, task_id: int, status: TaskStatus) -> tuple[TaskConfig, ModelSpec]:
+        """A task's config and flat layout; for a refused task's stored config, which does not
+        parse, the coordinator's own refusal of its model (409)."""
+        spec = _spec_of(status.config)
+        if spec is None or not isinstance(status.config, TaskConfig):
+            path = Path.ADMIN_TASK_MODEL.format(task_id=task_id)
+            self._call("GET", path)
+            raise AdminError(
+                "GET", path, 0, problem="a model for a task whose config does not parse"
+            )
+        return status.config, spec
+
+    def _binary(self, path: str, query: dict[str, int], cap: int) -> tuple[bytes, httpx.Response]:
+        """A binary answer (application/octet-stream) read under `cap` bytes."""
+        sent = self._http.build_request("GET", path, params=query)
+        deadline = time.monotonic() + self.max_response_s
+        response = self._http.send(sent, stream=True)
+        try:
+            body = self._read(response, deadline, cap)
+        finally:
+            response.close()
+        if response.status_code >= 400:
+            raise _error(response, body=body.decode("utf-8", errors="replace"))
+        got_type = response.headers.get(Header.CONTENT_TYPE, "").split(";")[0].strip()
+        if got_type != ContentType.OCTET_STREAM:
+            raise _error(response, problem=f"a {got_type or 'untyped'} body, not a model")
+        return body, response
 
     def bandwidth(self, round_id: int) -> dict[str, Any]:
         return self._call("GET", Path.BANDWIDTH.format(round_id=round_id), _object)
+
+
+def _model_headers(response: httpx.Response, encoding: ModelEncoding) -> tuple[int, str]:
+    """(version, digest) a model answer names, which must be in `encoding`."""
+    got = response.headers.get(Header.MODEL_ENCODING, "")
+    if got != encoding:
+        raise _error(response, problem=f"a model encoded as {got[:40]!r}, not {encoding}")
+    raw_version = response.headers.get(Header.MODEL_VERSION, "")
+    digest = response.headers.get(Header.MODEL_DIGEST, "")
+    if not (raw_version.isascii() and raw_version.isdigit() and len(raw_version) <= 19):
+        raise _error(response, problem=f"no model version header ({raw_version[:40]!r})")
+    if not _DIGEST.fullmatch(digest):
+        raise _error(response, problem=f"no model digest header ({digest[:80]!r})")
+    return int(raw_version), digest
+
+
+def _check_digest(
+    response: httpx.Response, params: npt.NDArray[np.float32], digest: str, what: str
+) -> None:
+    got = model_digest(params).hex()
+    if got != digest:
+        raise _error(
+            response,
+            problem=f"a {what} whose SHA-256 {got} is not the digest {digest} sent with it "
+            "(damaged on the way?); nothing kept",
+        )
 
 
 def _spec_of(config: TaskConfig | dict[str, Any]) -> ModelSpec | None:

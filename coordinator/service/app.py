@@ -555,12 +555,21 @@ def create_app(
         version: int | None = Query(
             None, ge=0, le=2**63 - 1, description="the version wanted (default: the current)"
         ),
+        base: int | None = Query(
+            None,
+            ge=0,
+            le=2**63 - 1,
+            description="answer the delta chain from this version instead of a snapshot",
+        ),
     ) -> Response:
         """The task's current model as an fp32 `encode_snapshot` snapshot (as devices get it),
         with `x-plume-model-version` and `x-plume-model-digest`; also for a done or stopped
         task. `version=N` other than the current is 404 `unknown_version` (never published)
-        or 410 `version_gone` (published; the store no longer holds it)."""
-        body, headers = coordinator.export_model(task_id, version)
+        or 410 `version_gone` (the store keeps only the current model). With `base=B`: the
+        delta chain from version B to N (default the current), for the operator's own copy
+        of version B (the initial model for B=0); 410 `version_gone` once a frame on the way
+        was emptied by `--keep-frames`."""
+        body, headers = coordinator.export_model(task_id, version, base)
         return Response(body, media_type=ContentType.OCTET_STREAM, headers=headers)
 
     @app.get(

@@ -95,6 +95,7 @@ from protocol.messages import (
 )
 from protocol.names import (
     CheckInAction,
+    Header,
     ModelEncoding,
     Path,
     Reason,
@@ -146,6 +147,9 @@ MIN_TICK_S = 1e-3
 # Seconds between attempts to rebuild a task from the store after a store error stopped it
 # (`Coordinator.unloaded`); its requests' 503 says how long is left (Retry-After).
 RELOAD_RETRY_S = 5.0
+# Longest delta chain one admin export answers (`Coordinator.export_model` with a base): the
+# chain format counts frames in a u16; the client asks in steps below it.
+MAX_EXPORT_CHAIN = 0xFFFF
 # What an operator's stop (`Coordinator.stop_task`) records as the reason its open round ended.
 STOP_REASON = "stopped by the operator"
 # Longest wait a check-in answers (a week, the longest task duration validate_task accepts):
@@ -1309,9 +1313,16 @@ class Coordinator:
         self.store.abandon(cur.round_id, rt.task_id, meas, rt.state, self.clock())
         return RoundOutcome(cur.engine_round, False, cur.reports, rt.engine.version, meas)
 
-    def export_model(self, task_id: int, version: int | None) -> tuple[bytes, dict[str, str]]:
-        """(fp32 snapshot, headers) of a task's current model for the operator, running,
-        done or stopped; `version`, when given, must be the current one (see below)."""
+    def export_model(
+        self, task_id: int, version: int | None, base: int | None = None
+    ) -> tuple[bytes, dict[str, str]]:
+        """(body, headers) of a task's model for the operator, running, done or stopped.
+
+        Without `base`: the fp32 snapshot of the current version (`version`, if given, must
+        be it). With `base`: the delta chain from version `base` to `version` (default the
+        current one), the stored downlink frames a device applies, with both versions'
+        digests; the operator applies it to their own copy of version `base` (the initial
+        model for `base=0`), which the store does not keep."""
         if (err := self._not_running(task_id)) is not None:
             raise err
         rt = self.runtimes.get(task_id)
@@ -1324,32 +1335,83 @@ class Coordinator:
                 Reason.INVALID_STATE,
                 f"task {task_id} is {row.state} and has no model yet (PUT its initial model)",
             )
-        if version is not None and version != rt.version:
-            digest = self.store.version_digest(task_id, version) if version < rt.version else None
-            if digest is None:
-                raise ApiError(
-                    404,
-                    Reason.UNKNOWN_VERSION,
-                    f"task {task_id} never published version {version}; its latest is {rt.version}",
-                )
+        current = rt.version
+        want = current if version is None else version
+        digest = self._published_digest(rt, want)
+        if base is not None:
+            return self._export_chain(rt, base, want, digest)
+        if want != current:
             # The store keeps the current parameters and each version's downlink delta frame,
             # which lead forward from the initial model, but not the initial model itself (and
             # undoing a float32 addition does not give back the bits it started from).
             raise ApiError(
                 410,
                 Reason.VERSION_GONE,
-                f"version {version} of task {task_id} was published (digest {digest}) but "
-                f"cannot be rebuilt: the store keeps only the current model (version "
-                f"{rt.version}) and the delta frames after the initial model, which it does "
-                "not keep; export each version you need while it is current",
+                f"version {want} of task {task_id} was published (digest {digest}) but is not "
+                f"the current one ({current}), and the store keeps only the current model: "
+                f"rebuild it from your copy of the initial model with the delta chain "
+                f"?version={want}&base=0 (plume coordinator get-model --version {want})",
             )
-        headers = {
-            "x-plume-model-version": str(rt.version),
-            "x-plume-model-digest": rt.digest,
-            "x-plume-model-encoding": str(ModelEncoding.SNAPSHOT),
-            "x-plume-model-exact": "1",
+        headers: dict[str, str] = {
+            Header.MODEL_VERSION: str(current),
+            Header.MODEL_DIGEST: rt.digest,
+            Header.MODEL_ENCODING: str(ModelEncoding.SNAPSHOT),
+            Header.MODEL_EXACT: "1",
         }
         return rt.snapshot(SnapshotDType.FP32), headers
+
+    def _published_digest(self, rt: TaskRuntime, version: int) -> str:
+        """The digest of a version the task published, else 404 `unknown_version`."""
+        if version == rt.version:
+            return rt.digest
+        digest = self.store.version_digest(rt.task_id, version) if version < rt.version else None
+        if digest is None:
+            raise ApiError(
+                404,
+                Reason.UNKNOWN_VERSION,
+                f"task {rt.task_id} never published version {version}; its latest is "
+                f"{rt.version}",
+            )
+        return digest
+
+    def _export_chain(
+        self, rt: TaskRuntime, base: int, version: int, digest: str
+    ) -> tuple[bytes, dict[str, str]]:
+        """The delta chain from `base` to `version` (see `export_model`); empty when they are
+        the same version (its digest, to check a copy of it against)."""
+        task_id = rt.task_id
+        if base > version:
+            raise ApiError(
+                422, Reason.VALIDATION, f"base {base} must not be above the version {version}"
+            )
+        if version - base > MAX_EXPORT_CHAIN:
+            raise ApiError(
+                422,
+                Reason.VALIDATION,
+                f"a chain of {version - base} versions; at most {MAX_EXPORT_CHAIN} a request "
+                "(ask in steps, each from the version the last one reached)",
+            )
+        base_digest = self._published_digest(rt, base)
+        rows = [(v, f) for v, f in self.store.chain(task_id, base) if v <= version]
+        missing = [v for v, f in rows if f is None]
+        if [v for v, _ in rows] != list(range(base + 1, version + 1)) or missing:
+            gone = missing[0] if missing else base + 1
+            raise ApiError(
+                410,
+                Reason.VERSION_GONE,
+                f"version {version} of task {task_id} cannot be rebuilt from version {base}: "
+                f"the delta frame of version {gone} is no longer stored (`serve --keep-frames` "
+                "empties the frames of versions older than the newest max(N, max_chain))",
+            )
+        headers: dict[str, str] = {
+            Header.MODEL_VERSION: str(version),
+            Header.MODEL_DIGEST: digest,
+            Header.MODEL_ENCODING: str(ModelEncoding.DELTA_CHAIN),
+            Header.MODEL_EXACT: "1",
+            Header.MODEL_BASE_VERSION: str(base),
+            Header.MODEL_BASE_DIGEST: base_digest,
+        }
+        return pack_chain([f for _, f in rows if f is not None]), headers
 
     def task_status(self, task_id: int) -> TaskStatus:
         if task_id in self.unloaded:

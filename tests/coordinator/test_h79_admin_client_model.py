@@ -37,12 +37,13 @@ def _client(model: Callable[[httpx.Request], httpx.Response]) -> AdminClient:
 
 
 def _model(
-    body: bytes = SNAPSHOT, version: str = "4", digest: str = DIGEST
+    body: bytes = SNAPSHOT, version: str = "4", digest: str = DIGEST, encoding: str = "snapshot"
 ) -> Callable[[httpx.Request], httpx.Response]:
     headers = {
         "content-type": "application/octet-stream",
         "x-plume-model-version": version,
         "x-plume-model-digest": digest,
+        "x-plume-model-encoding": encoding,
     }
     return lambda request: httpx.Response(200, content=body, headers=headers)
 
@@ -60,6 +61,7 @@ def test_a_model_that_checks_out_is_returned_with_its_arrays() -> None:
     [
         (_model(digest="0" * 64), None, "is not the digest"),
         (_model(digest="not-hex"), None, "no model digest header"),
+        (_model(encoding="delta-chain"), None, "not snapshot"),
         (_model(version="x"), None, "no model version header"),
         (_model(), 3, "not the 3 asked for"),
         (_model(body=SNAPSHOT[:-3]), None, "decoder refuses"),
@@ -69,7 +71,7 @@ def test_a_model_that_checks_out_is_returned_with_its_arrays() -> None:
         (
             lambda request: httpx.Response(200, json={"not": "a model"}),
             None,
-            "not a snapshot",
+            "not a model",
         ),
     ],
 )

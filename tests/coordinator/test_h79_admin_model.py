@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -18,7 +19,7 @@ import pytest
 
 from compression import decode_snapshot, model_digest
 from coordinator import _cli
-from coordinator.service import AdminClient, AdminError, ServerThread, ServiceConfig
+from coordinator.service import AdminClient, AdminError, ServerThread, ServiceConfig, admin_client
 from protocol.messages import Assignment, TensorShape
 from sdk.client import Client, ClientError
 
@@ -29,6 +30,7 @@ from .test_service_support import (
     admin_get,
     await_assignment,
     create_task,
+    initial_params,
     local_data,
     task_config,
     wait_until,
@@ -257,14 +259,14 @@ def _cli_run(*argv: str) -> int:
 
 
 def _zoo_task(world: World, seed: int) -> int:
-    """A task of the zoo's digits_mlp with its seeded initial weights (version 0)."""
+    """A task of the zoo's digits_mlp with the initial weights of `seed`, its task seed too."""
     from mobile_sim.models import build_model
     from sdk.flat import get_flat_params, spec_from_module
 
     model = build_model("digits_mlp", seed=seed)
     spec = spec_from_module(model)
     cfg = replace(
-        task_config(),
+        task_config(clients_per_round=1, seed=seed),  # the task seed: as create-task sets it
         model_name="digits_mlp",
         spec=[TensorShape(e.name, list(e.shape)) for e in spec.entries],
     )
@@ -333,21 +335,6 @@ def test_get_model_refuses_pt_for_a_task_outside_the_zoo_and_writes_nothing(
     assert list(world.root.glob("m.pt*")) == [] and list(world.root.glob(".m.pt*")) == []
 
 
-def test_get_model_of_an_older_version_says_why_and_writes_nothing(
-    world: World, capsys: pytest.CaptureFixture[str]
-) -> None:
-    task_id, _ = _trained_task(world, 1)
-    out = world.root / "old.npz"
-    with pytest.raises(SystemExit):
-        _cli_run(
-            "get-model", "--url", world.url, "--admin-token", ADMIN, "--task", str(task_id),
-            "--out", str(out), "--version", "0",
-        )  # fmt: skip
-    err = capsys.readouterr().err
-    assert "410 version_gone" in err and "version 0" in err
-    assert not out.exists()
-
-
 def test_the_stop_cli_stops_the_task(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
@@ -356,3 +343,139 @@ def test_the_stop_cli_stops_the_task(world: World, capsys: pytest.CaptureFixture
     assert code == 0
     assert json.loads(capsys.readouterr().out)["state"] == "stopped"
     assert admin_get(world.http, f"/v1/admin/tasks/{task_id}")["state"] == "stopped"
+
+
+# -- older versions: rebuilt from the initial model and the stored delta frames ----------------
+
+
+def _history(world: World, rounds: int, **over: Any) -> tuple[int, dict[int, np.ndarray]]:
+    """A task run for `rounds` committed rounds: (task, version -> the model a device held)."""
+    cfg = task_config(rounds=rounds + 2, clients_per_round=2, deadline_s=60.0, **over)
+    task_id = create_task(world.http, cfg)
+    clients = world.devices(2, "h")
+    held = {0: initial_params()}
+    for r in range(rounds):
+        _train(clients, task_id, 10 * r)
+        wait_until(world.http, f"/v1/admin/tasks/{task_id}", "version", r + 1)
+        params, version, _ = clients[0].fetch_current(task_id, SPEC)
+        assert version == r + 1
+        held[version] = params
+    return task_id, held
+
+
+def test_an_older_version_is_rebuilt_bit_for_bit_from_the_initial_model(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: three versions, each as a device held it
+    task_id, held = _history(world, 3)
+    # Execute: every version, in one chain request and in steps of one version
+    with AdminClient(world.url, ADMIN) as admin:
+        rebuilt = {v: admin.rebuild(task_id, v, initial_params()) for v in range(4)}
+        monkeypatch.setattr(admin_client, "REBUILD_STEP", 1)
+        stepped = admin.rebuild(task_id, 3, initial_params())
+        from_one = admin.rebuild(task_id, 3, held[1], base_version=1)
+    # Assert
+    for v, got in rebuilt.items():
+        assert got.version == v and np.array_equal(got.params, held[v]), v
+        assert got.digest == model_digest(held[v]).hex()
+        assert np.array_equal(decode_snapshot(got.snapshot, SPEC), held[v])
+    assert np.array_equal(stepped.params, held[3]) and np.array_equal(from_one.params, held[3])
+
+
+def test_a_rebuild_from_a_wrong_initial_model_or_a_pruned_chain_is_refused(
+    tmp_path: Path,
+) -> None:
+    # Prepare: every frame older than the newest version emptied (--keep-frames 0, max_chain 1)
+    cfg = ServiceConfig(
+        db_path=str(tmp_path / "k.db"), admin_token=ADMIN, poll_s=0.05, keep_frames_rounds=0
+    )
+    with ServerThread(cfg) as url, httpx.Client(base_url=url) as http:
+        world = World(url, tmp_path, http)
+        task_id, held = _history(world, 3, max_chain=1)
+        path = f"/v1/admin/tasks/{task_id}/model"
+        with AdminClient(url, ADMIN) as admin:
+            # Execute / Assert: version 2 needs the emptied frame of version 1 (or 2)
+            with pytest.raises(AdminError) as pruned:
+                admin.rebuild(task_id, 2, initial_params())
+            assert pruned.value.status == 410 and "version_gone" in pruned.value.body
+            assert "--keep-frames" in pruned.value.body
+            # ... the newest frame is still there: version 3 from the device's version 2
+            assert np.array_equal(admin.rebuild(task_id, 3, held[2], 2).params, held[3])
+            # ... and a base that is not the version it names is caught before anything is kept
+            wrong = initial_params() + np.float32(1e-3)
+            with pytest.raises(AdminError) as mismatch:
+                admin.rebuild(task_id, 3, wrong, 2)
+            assert "the base model given is not version 2" in mismatch.value.problem
+        # ... the chain answer itself: headers naming both versions, the bounds checked
+        r = http.get(path, params={"version": 3, "base": 2}, headers=AUTH)
+        assert r.status_code == 200 and r.headers["x-plume-model-encoding"] == "delta-chain"
+        assert r.headers["x-plume-model-base-version"] == "2"
+        assert r.headers["x-plume-model-base-digest"] == model_digest(held[2]).hex()
+        assert r.headers["x-plume-model-digest"] == model_digest(held[3]).hex()
+        r = http.get(path, params={"version": 1, "base": 2}, headers=AUTH)
+        assert r.status_code == 422 and r.json()["reason"] == "validation"
+        r = http.get(path, params={"version": 9, "base": 0}, headers=AUTH)
+        assert r.status_code == 404 and r.json()["reason"] == "unknown_version"
+
+
+def test_get_model_rebuilds_an_older_version_from_initial(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    # Prepare: the initial model exported while it is current, then two rounds
+    cfg = task_config(rounds=4, clients_per_round=2, deadline_s=60.0)
+    task_id = create_task(world.http, cfg)
+    v0 = world.root / "v0.npz"
+    flags = ["--url", world.url, "--admin-token", ADMIN, "--task", str(task_id)]
+    assert _cli_run("get-model", *flags, "--out", str(v0)) == 0
+    clients = world.devices(2, "g")
+    _train(clients, task_id, 0)
+    wait_until(world.http, f"/v1/admin/tasks/{task_id}", "version", 1)
+    v1, _, _ = clients[0].fetch_current(task_id, SPEC)
+    _train(clients, task_id, 10)
+    wait_until(world.http, f"/v1/admin/tasks/{task_id}", "version", 2)
+    capsys.readouterr()
+    # Execute
+    out = world.root / "v1.snap"
+    code = _cli_run("get-model", *flags, "--out", str(out), "--version", "1", "--initial", str(v0))
+    # Assert
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["version"] == 1
+    assert np.array_equal(decode_snapshot(out.read_bytes(), SPEC), v1)
+    # ... without --initial, a task outside the zoo is told to pass it, and nothing is written
+    other = world.root / "v0-again.npz"
+    with pytest.raises(SystemExit):
+        _cli_run("get-model", *flags, "--out", str(other), "--version", "0")
+    assert "--initial FILE" in capsys.readouterr().err
+    assert not other.exists()
+
+
+def test_get_model_rebuilds_a_zoo_task_from_its_seeded_initial_weights(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from mobile_sim.models import build_model
+    from sdk.flat import spec_from_module
+
+    # Prepare: a zoo task (initial weights and task seed 3, as create-task makes them) moved
+    # to version 1 by one device's upload
+    task_id = _zoo_task(world, seed=3)
+    spec = spec_from_module(build_model("digits_mlp", seed=3))
+    device = world.devices(1, "z")[0]
+    a = await_assignment(device, task_id)
+    params, _ = device.fetch_model(a)
+    pending = device.encode_update(a, params, params + np.float32(0.01), 10)
+    device.upload(pending, spec)
+    wait_until(world.http, f"/v1/admin/tasks/{task_id}", "version", 1)
+    flags = ["--url", world.url, "--admin-token", ADMIN, "--task", str(task_id)]
+    out = world.root / "v0.npz"
+    capsys.readouterr()
+    # Execute: version 0, no longer current, with no --initial
+    assert _cli_run("get-model", *flags, "--out", str(out), "--version", "0") == 0
+    # Assert: the initial weights, checked against version 0's digest
+    assert json.loads(capsys.readouterr().out)["digest"] == model_digest(params).hex()
+    with np.load(out, allow_pickle=False) as z:
+        flat = np.concatenate([z[e.name].reshape(-1) for e in spec.entries])
+    assert np.array_equal(flat, params)
