@@ -26,6 +26,49 @@ examples:
 """
 
 
+_REPORT_HELP = """\
+usage: plume sim report [-h] RUN_DIR
+
+Rebuild the plots of a finished `plume sim` run from its rounds.json files alone, byte for
+byte as the run wrote them: accuracy_vs_upload_bytes.png, bytes_per_round.png and
+round_durations.png. The CSV and JSON files are not touched. A folder that holds no run's
+rounds.json is one error line (exit status 2).
+
+positional arguments:
+  RUN_DIR     the --out folder of a run (with --compare-dense: the folder holding
+              compressed/ and dense/)
+
+options:
+  -h, --help  show this help message and exit
+
+example:
+  plume sim report runs/mnist
+"""
+
+
+class _Help(argparse.Action):
+    """-h/--help: the report's help after `plume sim report`, the whole of `plume sim`'s
+    otherwise (the action positional is parsed before an option that follows it)."""
+
+    def __init__(self, option_strings: list[str], dest: str, help: str | None = None) -> None:
+        super().__init__(
+            option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help
+        )
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: object,
+        option_string: str | None = None,
+    ) -> None:
+        if getattr(namespace, "action", None) == "report":
+            parser._print_message(_REPORT_HELP, sys.stdout)
+        else:
+            parser.print_help()
+        parser.exit()
+
+
 def _aggregator_help() -> str:
     try:
         from coordinator.aggregators import AGGREGATOR_HELP
@@ -66,6 +109,7 @@ def register(sub: Any) -> None:
 
     p: argparse.ArgumentParser = sub.add_parser(
         "sim",
+        add_help=False,  # -h is _Help: `plume sim report --help` gets the report's own
         help="run a simulated fleet against the coordinator",
         description=(
             "Simulate a fleet of devices training a model with Plume. Every upload is really "
@@ -75,6 +119,7 @@ def register(sub: Any) -> None:
         epilog=_EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    p.add_argument("-h", "--help", action=_Help, help="show this help message and exit")
     p.add_argument(
         "action",
         nargs="?",
@@ -425,7 +470,16 @@ def register(sub: Any) -> None:
         help="no progress bar (there is none either when stderr is not a terminal); the "
         "per-round table is printed all the same",
     )
-    p.set_defaults(func=_main, _flag_defaults={d: p.get_default(d) for d in _CONDITIONAL})
+    p.set_defaults(
+        func=_main,
+        _flag_defaults={d: p.get_default(d) for d in _CONDITIONAL},
+        # Every flag of a run and its default: `plume sim report` takes none of them.
+        _run_flags={
+            a.dest: (a.option_strings[0], a.default)
+            for a in p._actions
+            if a.option_strings and a.dest != argparse.SUPPRESS
+        },
+    )
 
     def complete_help(parser: argparse.ArgumentParser) -> None:
         # The aggregator list and SecureConfig's defaults import numpy and the aggregators:
@@ -640,7 +694,17 @@ _PLAIN_ONLY = (
 _CODEC_FLAGS = tuple(
     (flag, dest)
     for flag, dest in _PLAIN_ONLY
-    if dest in ("topk", "bits", "block", "index", "topk_mode", "scope", "no_error_feedback")
+    if dest
+    in (
+        "topk",
+        "bits",
+        "block",
+        "index",
+        "topk_mode",
+        "scope",
+        "no_error_feedback",
+        "warmup_rounds",
+    )
 )
 # Flags the HTTP fleet has no use for: it trains each device in its own SDK client.
 _INPROC_ONLY = (("--backend", "backend"), ("--job-timeout", "job_timeout"))
@@ -791,6 +855,11 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         return (
             f"{head} to compressed updates; --dense runs only the dense fp32 baseline (use "
             "--compare-dense for both)"
+        )
+    if _given(args, "block") and args.bits in (16, 32):
+        return (
+            f"--block only applies to quantized values (--bits 1, 2, 4 or 8): --bits {args.bits} "
+            "sends floats, which have no per-block scale"
         )
     clockless = _clockless(args)
     if clockless and args.fleet not in (None, "off"):
@@ -1054,7 +1123,14 @@ def _main(args: argparse.Namespace) -> int:
         elif ratio:
             line += f" ({ratio:.1f}x fewer bytes than dense fp32)"
         if s["sim_s"] is not None:
-            line += f"; simulated {s['sim_s']:.0f} s in rounds + {s['wait_s']:.0f} s waiting"
+            line += (
+                f"; simulated {_seconds(s['sim_s'])} s in rounds + {_seconds(s['wait_s'])} s "
+                "waiting"
+            )
+        if s.get("dp_epsilon") is not None:
+            line += f"; dp epsilon {s['dp_epsilon']:.2f}"
+            line += f" at delta {s['dp_delta']:g}" if s["dp_delta"] is not None else ""
+            line += f" over {s['dp_rounds']} rounds" if s["dp_rounds"] is not None else ""
         print(line)
         if len(r.records) < r.config.rounds:
             print(f"{r.label or 'run'}: {_stopped_early(r)}")
@@ -1071,6 +1147,11 @@ def _main(args: argparse.Namespace) -> int:
     plots = ", ".join(str(p) for p in [plot, *extra])
     print(f"wrote {where} (rounds.json, rounds.csv, ledger.csv) and {plots}")
     return 0
+
+
+def _seconds(x: float) -> str:
+    """Simulated seconds for the summary line: 0.77, not 1 (nor 0 for 0.3); whole above 100."""
+    return f"{x:.2f}" if x < 100 else f"{x:.0f}"
 
 
 def _interrupted(done: int, rounds: int, label: str, runs: list[tuple[str, Any]], out: Path) -> str:
@@ -1123,6 +1204,14 @@ def _extra_plots(out: Path, results: list[Any]) -> list[Path]:
 def _report(args: argparse.Namespace) -> int:
     if not args.run_dir:
         return _fail("`plume sim report` needs RUN_DIR, the --out folder of a run")
+    run_flags: dict[str, tuple[str, Any]] = args._run_flags
+    if given := [
+        flag for dest, (flag, default) in run_flags.items() if getattr(args, dest) != default
+    ]:
+        return _fail(
+            f"`plume sim report RUN_DIR` takes no run flags (got {', '.join(given)}): it redraws "
+            "the plots from RUN_DIR's rounds.json alone"
+        )
     from .report_extra import RunDirError, rebuild_run_dir
 
     try:

@@ -142,6 +142,8 @@ def utc_now() -> str:
 def summary(result: SimResult) -> dict[str, Any]:
     out = {
         "label": result.label,
+        # The model that ran: the config's `model` is null when the dataset's default ran.
+        "model": result.config.model_name,
         "final_accuracy": result.final_accuracy,
         "rounds": len(result.records),
         "num_params": result.num_params,
@@ -156,7 +158,34 @@ def summary(result: SimResult) -> dict[str, Any]:
     }
     # With a dp stage accounting population=N: the rounds that selected from fewer devices.
     out.update(result.dp_pool() or {})
+    out.update(_dp_spent(result))
     return out
+
+
+def _dp_spent(result: SimResult) -> dict[str, Any]:
+    """The privacy a dp stage (or a secure run's distributed DP) had spent after the last round
+    that measured it: its epsilon at its delta, over the rounds it accounted; {} without one."""
+    for rec in reversed(result.records):
+        if (dp := _holding(rec.measurements, "epsilon")) is not None:
+            rounds = dp.get("rounds")
+            return {
+                "dp_epsilon": dp["epsilon"],
+                "dp_delta": dp.get("delta"),
+                "dp_rounds": rounds if isinstance(rounds, int) else None,
+            }
+    return {}
+
+
+def _holding(measurements: Any, name: str) -> dict[str, Any] | None:
+    """The first (depth-first) measurements dict with a non-null `name`, or None."""
+    if not isinstance(measurements, dict):
+        return None
+    if measurements.get(name) is not None:
+        return measurements
+    for value in measurements.values():
+        if (found := _holding(value, name)) is not None:
+            return found
+    return None
 
 
 def dp_pool_warning(result: SimResult) -> str | None:
