@@ -74,7 +74,7 @@ from .device_store import (
     DeviceStore,
     PendingUpload,
 )
-from .secure import SecureParticipant
+from .secure import SecureParticipant, _check_settled
 
 __all__ = [
     "Client",
@@ -1513,6 +1513,8 @@ def _secure_flow(
     `_Sleep`, and returns the `SecureRoundReport`. See `Client.secure_round`."""
     if not a.secure:
         raise ValueError("not a secure assignment; use train_round")
+    if participant is not None:
+        _check_settled(participant)  # before any request: its input would overwrite the record
     spec = _spec(a)
     before = _wire(core.bandwidth.get(a.round_id, {}))
     # The round's deadline on the clock `_send` bounds requests by (`_tick`): every request of
@@ -2033,7 +2035,8 @@ class Client:
         a 200 that is no receipt), as the coordinator may hold it, and after a process killed.
         A given `participant` is settled the same way, except that an input the coordinator may
         hold stays in `participant.unsettled` for the caller to settle by the round's outcome
-        (`forget_sent` / `return_sent`).
+        (`forget_sent` / `return_sent`); one still unsettled is a `ValueError` before any
+        request, as the next input would overwrite it.
         """
         return self._drive(_secure_flow(self._core, a, update, participant, rng, drop_at))
 

@@ -110,6 +110,14 @@ def encode_for_plan(
     return vector, sent
 
 
+def _check_settled(participant: SecureParticipant) -> None:
+    if participant.unsettled is not None:
+        raise ValueError(
+            "an earlier masked input of this participant is still unsettled: settle it by its "
+            "round's outcome (forget_sent / return_sent) before computing another"
+        )
+
+
 class SecureSession:
     """One device in one secure round; every method takes and returns wire bytes."""
 
@@ -137,9 +145,14 @@ class SecureSession:
         weight: int,
         rng: np.random.Generator,
     ) -> bytes:
-        """Encode `delta` (float32[d]) with the residual, commit the new residual, mask, pack."""
-        msg = ShareDelivery.from_bytes(delivery, self.plan.num_nodes)
+        """Encode `delta` (float32[d]) with the residual, commit the new residual, mask, pack.
+
+        `ValueError`, with nothing changed, while the participant holds an earlier input not yet
+        settled: this one would overwrite its record (`unsettled`), and that input could then
+        not go back into the residual if its round ended without it."""
         p = self.participant
+        _check_settled(p)
+        msg = ShareDelivery.from_bytes(delivery, self.plan.num_nodes)
         if np.shape(delta) != (p.size,):  # (1,) would broadcast over the residual
             raise ValueError(f"update of shape {np.shape(delta)}, model has {p.size} values")
         with np.errstate(over="ignore", invalid="ignore"):

@@ -7,7 +7,9 @@ upload: the round aborted; a 4xx refusal; no connection opened) the round has se
 `p.residual` is again the one from before the round, nothing unsettled, as the app directory's
 residual is then. Before, `p` kept the input's content out of its residual and unsettled (only a
 410 after the upload returned it): the first three tests failed. An input that may have been
-taken stays unsettled for the caller to settle by the round's outcome (controls)."""
+taken stays unsettled for the caller to settle by the round's outcome (controls), and a
+participant still holding one is refused before the next round's first request: that round's
+input would overwrite the record (the last two tests failed)."""
 
 from __future__ import annotations
 
@@ -138,26 +140,34 @@ def test_a_completed_round_leaves_the_input_unsettled_for_the_outcome(tmp_path: 
     assert report.completed and p.unsettled is not None
 
 
-def test_an_abort_before_the_masked_input_leaves_an_earlier_input_unsettled(
+def test_a_participant_with_an_unsettled_input_is_refused_before_any_request(
     tmp_path: Path,
 ) -> None:
-    # Prepare: the caller's participant still holds an earlier round's unsettled input, and
-    # this round aborts at the share-keys upload, before any masked input is computed
+    # Prepare: the caller has not settled an earlier round's masked input; a new one would
+    # overwrite `unsettled`, and that input could no longer go back if its round ends without it
     earlier = (np.arange(0, SPEC.size, 2, dtype=np.int64), np.full(SPEC.size // 2, 0.5, np.float32))
-    p = _participant()
+    coord, p = AtMaskedUpload(None), _participant()
     p.unsettled = earlier
-
-    class AtShareKeys(AtMaskedUpload):
-        def __call__(self, request: httpx.Request) -> httpx.Response:
-            if request.method == "POST" and request.url.path.endswith(
-                f"/stages/{Stage.SHARE_KEYS}"
-            ):
-                return httpx.Response(410, json={"reason": "round_closed", "detail": "aborted"})
-            return self.fake(request)
-
     # Execute
-    report = _round(tmp_path, AtShareKeys(None), p)
-    # Assert: nothing of the earlier input was settled by this round
-    assert "aborted" in report.detail
+    with pytest.raises(ValueError, match="unsettled"):
+        _round(tmp_path, coord, p)
+    # Assert: nothing sent, the participant as it was
+    assert coord.fake.seen == []
+    assert p.unsettled is earlier
+    np.testing.assert_array_equal(p.residual, BEFORE)
+
+
+def test_a_session_refuses_to_overwrite_an_unsettled_input() -> None:
+    # The same guard one level down, for callers that drive `SecureSession` themselves
+    from coordinator.secure import SecureConfig, make_plan
+    from protocol.secagg import model_digest, round_digest
+
+    plan = make_plan(SecureConfig(), 1, 3, SPEC.size, np.arange(SPEC.size, dtype=np.int64))
+    params = np.zeros(SPEC.size, np.float32)
+    p = _participant()
+    session = p.join(plan.to_bytes(), round_digest(model_digest(params), plan), params, 0)
+    p.unsettled = earlier = (np.zeros(1, np.int64), np.ones(1, np.float32))
+    with pytest.raises(ValueError, match="unsettled"):
+        session.masked_input(b"", np.zeros(SPEC.size, np.float32), 1, np.random.default_rng(0))
     assert p.unsettled is earlier
     np.testing.assert_array_equal(p.residual, BEFORE)
