@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -30,6 +31,8 @@ __all__ = [
     "PruneResult",
     "SCHEMA_VERSION",
 ]
+
+log = logging.getLogger("plume.coordinator")
 
 # 1: no tasks.agg_state; 2: no updates.pruned_len / pruned_sha256. Both migrate on open.
 SCHEMA_VERSION = 3
@@ -281,6 +284,9 @@ class Store:
         self._lock = threading.RLock()
         self._frame_bytes = 0  # see `frame_bytes`; counted in `_open`
         self._pending_frame_bytes = 0
+        # (round, device, direction) -> [payload, wire, dense, requests]: ledger rows a write
+        # the store refused kept for the next one (`ledger_add`)
+        self._ledger_kept: dict[tuple[int, str, str], list[int]] = {}
         try:
             self._open()
         except sqlite3.Error as exc:
@@ -391,6 +397,14 @@ class Store:
 
     def close(self) -> None:
         with self._lock:
+            if self._ledger_kept:
+                self.ledger_add([])  # a clean stop writes the ledger rows still kept
+            if self._ledger_kept:
+                log.error(
+                    "%d ledger rows the database refused are lost at this stop (their bytes "
+                    "are missing from their rounds' ledgers)",
+                    len(self._ledger_kept),
+                )
             self._db.close()
             self._release()
 
@@ -873,23 +887,60 @@ class Store:
     # -- ledger ----------------------------------------------------------------------------
 
     def ledger_add(self, rows: list[tuple[int, str, str, int, int, int]]) -> None:
-        """Add `(round_id, device_id, direction, payload, wire, dense)` rows in one transaction."""
-        with self.transaction() as db:
-            db.executemany(
-                "INSERT INTO ledger(round_id, device_id, direction, payload_bytes, wire_bytes, "
-                "dense_bytes, requests) VALUES (?, ?, ?, ?, ?, ?, 1) "
-                "ON CONFLICT(round_id, device_id, direction) DO UPDATE SET "
-                "payload_bytes = payload_bytes + excluded.payload_bytes, "
-                "wire_bytes = wire_bytes + excluded.wire_bytes, "
-                "dense_bytes = dense_bytes + excluded.dense_bytes, "
-                "requests = requests + 1",
-                rows,
-            )
+        """Add `(round_id, device_id, direction, payload, wire, dense)` rows (one request
+        each) in one transaction, with any rows kept from an earlier write the store refused.
+
+        The ledger is written after the answer went out (wire.py), which has told the device
+        the exchange counts (`x-plume-ledger-round`). When the store refuses the write (a full
+        disk, a lock held past the busy timeout, an I/O error: `sqlite3.OperationalError`),
+        the rows are kept in memory: `ledger_rows` reads them with the stored ones, and the
+        next ledger write that commits, or a clean `close`, writes them. Only a crash before
+        then loses them. Any other error (a bug) raises.
+        """
+        with self._lock:
+            merged = {k: list(v) for k, v in self._ledger_kept.items()}
+            for round_id, device_id, direction, payload, wire, dense in rows:
+                cell = merged.setdefault((round_id, device_id, direction), [0, 0, 0, 0])
+                for i, v in enumerate((payload, wire, dense, 1)):
+                    cell[i] += v
+            try:
+                with self.transaction() as db:
+                    db.executemany(
+                        "INSERT INTO ledger(round_id, device_id, direction, payload_bytes, "
+                        "wire_bytes, dense_bytes, requests) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT(round_id, device_id, direction) DO UPDATE SET "
+                        "payload_bytes = payload_bytes + excluded.payload_bytes, "
+                        "wire_bytes = wire_bytes + excluded.wire_bytes, "
+                        "dense_bytes = dense_bytes + excluded.dense_bytes, "
+                        "requests = requests + excluded.requests",
+                        [(*k, *v) for k, v in merged.items()],
+                    )
+            except sqlite3.OperationalError as exc:
+                self._ledger_kept = merged
+                log.warning(
+                    "the database refused a ledger write (%s): %d ledger rows kept in memory, "
+                    "written with the next ledger write (lost if the process dies first)",
+                    exc,
+                    len(merged),
+                )
+                return
+            self._ledger_kept = {}
 
     def ledger_rows(self, round_id: int) -> list[tuple[int, str, str, int, int, int, int]]:
-        rows = self._query(
-            "SELECT round_id, device_id, direction, payload_bytes, wire_bytes, dense_bytes, "
-            "requests FROM ledger WHERE round_id=? ORDER BY device_id, direction",
-            (round_id,),
-        )
-        return [tuple(r) for r in rows]  # type: ignore[misc]
+        """A round's ledger by device and direction: the stored rows plus any `ledger_add`
+        keeps in memory after a write the store refused."""
+        with self._lock:
+            rows = self._query(
+                "SELECT round_id, device_id, direction, payload_bytes, wire_bytes, dense_bytes, "
+                "requests FROM ledger WHERE round_id=? ORDER BY device_id, direction",
+                (round_id,),
+            )
+            kept = {k: v for k, v in self._ledger_kept.items() if k[0] == round_id}
+        if not kept:
+            return [tuple(r) for r in rows]  # type: ignore[misc]
+        merged = {(r[0], r[1], r[2]): list(r[3:]) for r in rows}
+        for k, v in kept.items():
+            cell = merged.setdefault(k, [0, 0, 0, 0])
+            for i, x in enumerate(v):
+                cell[i] += x
+        return [(*k, *v) for k, v in sorted(merged.items())]  # type: ignore[misc]
