@@ -1050,9 +1050,7 @@ def _initial_model(args: argparse.Namespace, config: Any) -> tuple[Any, str]:
     --initial (a snapshot, .npz or .pt file as get-model writes them), else the zoo model's
     initial weights for the task's seed (what create-task uploaded). ValueError if neither
     fits; the coordinator checks it against version 0's digest."""
-    import numpy as np
-
-    from compression import ModelSpec, decode_snapshot
+    from compression import ModelSpec
 
     if isinstance(config, dict):
         raise ValueError("the task's stored config does not parse; its model cannot be rebuilt")
@@ -1079,37 +1077,56 @@ def _initial_model(args: argparse.Namespace, config: Any) -> tuple[Any, str]:
             "create-task makes it; pass the task's initial model with --initial FILE"
         )
         return get_flat_params(model), source
-    path = Path(args.initial).expanduser()
+    import pickle
+    import zipfile
+
+    try:
+        return _read_initial(Path(args.initial).expanduser(), spec), f"--initial {args.initial}"
+    except (
+        OSError,
+        KeyError,
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        pickle.PickleError,
+    ) as exc:
+        raise ValueError(f"cannot read --initial {args.initial}: {exc}") from None
+    except ValueError as exc:
+        raise ValueError(f"--initial {args.initial}: {exc}") from None
+
+
+def _read_initial(path: Path, spec: Any) -> Any:
+    """float32[d] of the model in a local file get-model wrote: .npz (numpy.load without
+    pickle), .pt/.pth (torch.load with weights_only), else a snapshot (decode_snapshot)."""
+    import numpy as np
+
+    from compression import CodecError, decode_snapshot
+
     suffix = path.suffix.lower()
     if suffix == ".npz":
         with np.load(path, allow_pickle=False) as z:
             missing = [e.name for e in spec.entries if e.name not in z.files]
             if missing:
-                raise ValueError(f"--initial {args.initial} has no array {missing[0]!r}")
+                raise ValueError(f"no array {missing[0]!r}")
             parts = [np.asarray(z[e.name], dtype=np.float32) for e in spec.entries]
     elif suffix in (".pt", ".pth"):
         import torch
 
         state = torch.load(path, weights_only=True, map_location="cpu")
         if not isinstance(state, dict) or any(e.name not in state for e in spec.entries):
-            raise ValueError(f"--initial {args.initial} is not a state_dict of the task's model")
+            raise ValueError("not a state_dict of the task's model")
         parts = [state[e.name].detach().to(torch.float32).numpy() for e in spec.entries]
     else:
-        from compression import CodecError
-
         try:
-            return decode_snapshot(path.read_bytes(), spec), f"--initial {args.initial}"
+            return decode_snapshot(path.read_bytes(), spec)
         except CodecError as exc:
             raise ValueError(
-                f"--initial {args.initial} is not a snapshot of the task's model ({exc}); "
-                "name a .npz or .pt file by its suffix"
+                f"not a snapshot of the task's model ({exc}); name a .npz or .pt file by its suffix"
             ) from None
     for e, part in zip(spec.entries, parts, strict=True):
         if part.shape != e.shape:
-            raise ValueError(
-                f"--initial {args.initial}: {e.name} has shape {part.shape}, the task {e.shape}"
-            )
-    return np.concatenate([p.reshape(-1) for p in parts]), f"--initial {args.initial}"
+            raise ValueError(f"{e.name} has shape {part.shape}, the task {e.shape}")
+    return np.concatenate([p.reshape(-1) for p in parts])
 
 
 def _model_writer(exported: Any, fmt: str) -> Callable[[IO[bytes]], None]:

@@ -418,15 +418,16 @@ def test_a_rebuild_from_a_wrong_initial_model_or_a_pruned_chain_is_refused(
         assert r.status_code == 404 and r.json()["reason"] == "unknown_version"
 
 
+@pytest.mark.parametrize("suffix", [".npz", ".snap"])
 def test_get_model_rebuilds_an_older_version_from_initial(
-    world: World, capsys: pytest.CaptureFixture[str]
+    world: World, capsys: pytest.CaptureFixture[str], suffix: str
 ) -> None:
     import json
 
     # Prepare: the initial model exported while it is current, then two rounds
     cfg = task_config(rounds=4, clients_per_round=2, deadline_s=60.0)
     task_id = create_task(world.http, cfg)
-    v0 = world.root / "v0.npz"
+    v0 = world.root / f"v0{suffix}"
     flags = ["--url", world.url, "--admin-token", ADMIN, "--task", str(task_id)]
     assert _cli_run("get-model", *flags, "--out", str(v0)) == 0
     clients = world.devices(2, "g")
@@ -459,23 +460,35 @@ def test_get_model_rebuilds_a_zoo_task_from_its_seeded_initial_weights(
     from mobile_sim.models import build_model
     from sdk.flat import spec_from_module
 
-    # Prepare: a zoo task (initial weights and task seed 3, as create-task makes them) moved
-    # to version 1 by one device's upload
+    # Prepare: a zoo task (initial weights and task seed 3, as create-task makes them), its
+    # version 0 saved as a state_dict, then moved to version 1 by one device's upload
     task_id = _zoo_task(world, seed=3)
     spec = spec_from_module(build_model("digits_mlp", seed=3))
+    flags = ["--url", world.url, "--admin-token", ADMIN, "--task", str(task_id)]
+    v0_pt = world.root / "v0.pt"
+    assert _cli_run("get-model", *flags, "--out", str(v0_pt)) == 0
     device = world.devices(1, "z")[0]
     a = await_assignment(device, task_id)
     params, _ = device.fetch_model(a)
     pending = device.encode_update(a, params, params + np.float32(0.01), 10)
     device.upload(pending, spec)
     wait_until(world.http, f"/v1/admin/tasks/{task_id}", "version", 1)
-    flags = ["--url", world.url, "--admin-token", ADMIN, "--task", str(task_id)]
-    out = world.root / "v0.npz"
     capsys.readouterr()
-    # Execute: version 0, no longer current, with no --initial
-    assert _cli_run("get-model", *flags, "--out", str(out), "--version", "0") == 0
-    # Assert: the initial weights, checked against version 0's digest
-    assert json.loads(capsys.readouterr().out)["digest"] == model_digest(params).hex()
-    with np.load(out, allow_pickle=False) as z:
-        flat = np.concatenate([z[e.name].reshape(-1) for e in spec.entries])
-    assert np.array_equal(flat, params)
+    for initial in ([], ["--initial", str(v0_pt)]):
+        out = world.root / "v0.npz"
+        # Execute: version 0, no longer current, from the zoo's weights or the saved file
+        assert _cli_run("get-model", *flags, "--out", str(out), "--version", "0", *initial) == 0
+        # Assert: the initial weights, checked against version 0's digest
+        assert json.loads(capsys.readouterr().out)["digest"] == model_digest(params).hex()
+        with np.load(out, allow_pickle=False) as z:
+            flat = np.concatenate([z[e.name].reshape(-1) for e in spec.entries])
+        assert np.array_equal(flat, params)
+        out.unlink()
+    # ... an --initial file that does not load is one error line, nothing written
+    broken = world.root / "broken.pt"
+    broken.write_bytes(b"not a state_dict")
+    with pytest.raises(SystemExit):
+        _cli_run("get-model", *flags, "--out", str(out), "--version", "0", "--initial", str(broken))
+    err = capsys.readouterr().err
+    assert "cannot read --initial" in err and "Traceback" not in err
+    assert not out.exists()
