@@ -413,15 +413,18 @@ class SecureRegistry:
         ]
 
     def _close_stage(self, grp: _Group, stage: Stage) -> None:
+        """Close `stage` in the group. SecAgg closes it first: a refusal (a stage the group is
+        not in) leaves the group as it was; an abort is an outcome, recorded with the close."""
+        downloads: dict[str, bytes] | None = None
         if stage != Stage.UNMASK:
-            self._check_current(grp, stage)  # before anything changes
+            self._check_current(grp, stage)
             try:
-                downloads: dict[str, bytes] | None = grp.sr.close(stage)
+                downloads = grp.sr.close(stage)
             except RoundAborted as exc:
-                downloads, grp.aborted = None, str(exc)
+                grp.aborted = str(exc)
         grp.closed.add(stage)
         grp.stage_started, grp.last_upload = self.clock(), None
-        if stage == Stage.UNMASK or downloads is None:
+        if downloads is None:  # the unmask stage, or an abort
             grp.expected = set(grp.uploaded.get(stage, set()))
         else:
             grp.downloads[stage] = downloads
