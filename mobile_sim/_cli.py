@@ -1029,7 +1029,13 @@ def _main(args: argparse.Namespace) -> int:
     from coordinator.privacy import PrivacyBudgetExhausted
 
     from .data import DataError
-    from .report import dp_pool_warning, plot_accuracy_vs_bytes, summary, write_run
+    from .report import (
+        dp_pool_warning,
+        plot_accuracy_vs_bytes,
+        robust_guarantee_warning,
+        summary,
+        write_run,
+    )
 
     problem = _usage_error(args)
     if problem is not None:
@@ -1134,8 +1140,9 @@ def _main(args: argparse.Namespace) -> int:
         print(line)
         if len(r.records) < r.config.rounds:
             print(f"{r.label or 'run'}: {_stopped_early(r)}")
-        if warning := dp_pool_warning(r):
-            print(f"{r.label or 'run'}: {warning}")
+        for warning in (dp_pool_warning(r), robust_guarantee_warning(r)):
+            if warning:
+                print(f"{r.label or 'run'}: {warning}")
     if len(results) == 2 and results[0].final_accuracy is not None:
         dense_up, comp_up = results[1].total_up, results[0].total_up
         delta_pp = 100 * ((results[0].final_accuracy or 0) - (results[1].final_accuracy or 0))

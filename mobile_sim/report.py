@@ -24,6 +24,7 @@ __all__ = [
     "plot_accuracy_vs_bytes",
     "summary",
     "dp_pool_warning",
+    "robust_guarantee_warning",
 ]
 
 _COLUMNS = (
@@ -140,7 +141,7 @@ def utc_now() -> str:
 
 
 def summary(result: SimResult) -> dict[str, Any]:
-    out = {
+    out: dict[str, Any] = {
         "label": result.label,
         # The model that ran: the config's `model` is null when the dataset's default ran.
         "model": result.config.model_name,
@@ -159,7 +160,43 @@ def summary(result: SimResult) -> dict[str, Any]:
     # With a dp stage accounting population=N: the rounds that selected from fewer devices.
     out.update(result.dp_pool() or {})
     out.update(_dp_spent(result))
+    if failed := _guarantee_failures(result):
+        out["robust_guarantee_failed_rounds"] = [r for r, _ in failed]
     return out
+
+
+def _guarantee_failures(result: SimResult) -> list[tuple[int, dict[str, Any]]]:
+    """(round, the aggregator's measurements) of the rounds whose robust aggregator (Krum,
+    multi-Krum) measured `guarantee_holds: false`: too few reports for its f."""
+    failed = []
+    for rec in result.records:
+        m = _holding(rec.measurements, "guarantee_holds")
+        if m is not None and m["guarantee_holds"] is False:
+            failed.append((rec.round, m))
+    return failed
+
+
+def robust_guarantee_warning(result: SimResult) -> str | None:
+    """One line on the rounds in which the robust aggregator's guarantee did not hold, or None.
+
+    Such a round still aggregates (Krum keeps one report), so without this line a run with
+    too few reports for its `f` ended as if it had been defended."""
+    failed = _guarantee_failures(result)
+    if not failed:
+        return None
+    f = failed[-1][1].get("f")
+    counts = sorted({int(m["clients"]) for _, m in failed if isinstance(m.get("clients"), int)})
+    had = ""
+    if len(counts) == 1:
+        had = f", the round had {counts[0]}"
+    elif counts:
+        had = f", the rounds had {counts[0]} to {counts[-1]}"
+    need = f" needs more than 2f + 2 = {2 * f + 2} reports" if isinstance(f, int) else ""
+    return (
+        f"warning: in {len(failed)} of {len(result.records)} rounds the aggregator's robustness "
+        f"guarantee did not hold (Krum with f={f}{need}{had}; measurements guarantee_holds): "
+        "raise --per-round or lower f="
+    )
 
 
 def _dp_spent(result: SimResult) -> dict[str, Any]:

@@ -134,3 +134,36 @@ def test_plume_sim_report_refuses_run_flags_it_would_ignore(
     assert code == 2
     assert "takes no run flags (got --dataset, --rounds)" in err
     assert not (tmp_path / "bytes_per_round.png").exists()
+
+
+def test_a_krum_run_whose_guarantee_never_held_says_so_under_its_summary(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: Krum with f=2 needs at least 2f + 3 = 7 reports a round; the run gets 4. Before,
+    # the run ended as if all were well: `guarantee_holds: false` sat in each round's JSON.
+    flags = ["--rounds", "2", "--aggregator", "krum:f=2", "--out", str(tmp_path)]
+
+    # Execute
+    code = plume([*TINY, *flags])
+
+    # Assert
+    out = capsys.readouterr().out
+    assert code == 0
+    doc = json.loads((tmp_path / "rounds.json").read_text())
+    assert doc["summary"]["robust_guarantee_failed_rounds"] == [1, 2]
+    warning = next(x for x in out.splitlines() if "warning" in x)
+    assert warning.startswith("compressed: warning: in 2 of 2 rounds the aggregator's")
+    assert "f=2 needs more than 2f + 2 = 6 reports, the round had 4" in warning
+
+
+def test_a_krum_run_with_enough_reports_has_no_warning(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # 5 reports a round: more than 2f + 2 = 4
+    flags = ["--rounds", "1", "--per-round", "5", "--aggregator", "krum:f=1"]
+    code = plume([*TINY, *flags, "--out", str(tmp_path)])
+
+    out = capsys.readouterr().out
+    assert code == 0 and "warning" not in out
+    doc = json.loads((tmp_path / "rounds.json").read_text())
+    assert "robust_guarantee_failed_rounds" not in doc["summary"]
