@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import socket
+import ssl
 import threading
 import time
 from types import TracebackType
@@ -56,8 +58,12 @@ def serve(
     """Serve until interrupted (SIGINT/SIGTERM shut down gracefully; after SIGTERM this
     returns normally, with the database closed).
 
-    The store is opened (exclusively: a second coordinator on the same database is refused)
-    and the tasks restored before uvicorn starts, so a database that cannot be used raises
+    The listening sockets are bound and the TLS files loaded first: an address that cannot be
+    listened on (a port in use) raises `SystemExit` with a sentence naming it, and TLS files
+    that do not load `ssl.SSLError`, before the database is opened (so a new `--db` is not
+    created, nor an existing one restored, by a coordinator that cannot serve). Then the store
+    is opened (exclusively: a second coordinator on the same database is refused) and the
+    tasks restored before uvicorn starts, so a database that cannot be used raises
     `StoreError` here (a sentence, not a lifespan traceback).
 
     Whether it stops or fails to start (a port in use, TLS files that do not load, a restore
@@ -69,25 +75,57 @@ def serve(
     except ValueError:  # not the main thread: leave SIGTERM as it is
         previous = None
     try:
-        store = Store(config.db_path, exclusive=True)
+        if tls_cert is not None:
+            # As uvicorn will load them (an SSLError here rather than after the store opened).
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(tls_cert, tls_key)
+        sockets = _listen(host, port)
         try:
-            app = create_app(config, store=store)
-            app.state.coordinator.restore()
-            server = uvicorn.Server(
-                uvicorn_config(
-                    app, host, port, tls_cert=tls_cert, tls_key=tls_key, log_level=log_level
+            store = Store(config.db_path, exclusive=True)
+            try:
+                app = create_app(config, store=store)
+                app.state.coordinator.restore()
+                server = uvicorn.Server(
+                    uvicorn_config(
+                        app, host, port, tls_cert=tls_cert, tls_key=tls_key, log_level=log_level
+                    )
                 )
-            )
-            # uvicorn runs the lifespan shutdown (which waits for closes in flight) before it
-            # returns or exits on a bind failure, so nothing uses the store after this.
-            server.run()
+                # uvicorn runs the lifespan shutdown (which waits for closes in flight) before
+                # it returns or exits, so nothing uses the store after this.
+                server.run(sockets=sockets)
+            finally:
+                store.close()
         finally:
-            store.close()
+            for sock in sockets:
+                sock.close()
     except _Terminated:  # a stop asked for: the database was closed on the way out
         return
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _listen(host: str, port: int) -> list[socket.socket]:
+    """Sockets bound to every address `host` resolves to, as uvicorn's own bind
+    (`loop.create_server(host=, port=)`) binds them: SO_REUSEADDR, IPv6 sockets IPv6-only.
+    uvicorn listens on them. `SystemExit` naming the address when one cannot be bound."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        raise SystemExit(f"cannot listen on {host}:{port}: {exc}") from None
+    bound: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, addr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            bound.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(addr)
+    except OSError as exc:
+        for sock in bound:
+            sock.close()
+        raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+    return bound
 
 
 class _Terminated(BaseException):
