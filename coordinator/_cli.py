@@ -607,7 +607,7 @@ def _serve(args: argparse.Namespace) -> int:
         # create-task, would be refused: say so now rather than with a 403 later.
         print(
             f"{prog}: note: no --admin-token (nor PLUME_ADMIN_TOKEN): the admin API "
-            "(create-task, status, pause, resume) is off",
+            "(create-task, status, pause, resume, stop, get-model) is off",
             file=sys.stderr,
         )
     # A relative --db is relative to where serve starts: a coordinator started in another
