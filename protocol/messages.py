@@ -297,8 +297,10 @@ class TaskCreated:
 
 @dataclass(slots=True)
 class TaskStatus:
-    """A task's state. `refused`: why this coordinator will not run a stored task (its state is
-    then "refused"); `config` is then the stored JSON object as is if it no longer parses."""
+    """A task's state (`protocol.names.TaskState`: awaiting_model, active, paused, done, stopped
+    by the operator, refused). `refused`: why this coordinator will not run a stored task (its
+    state is then "refused"); `config` is then the stored JSON object as is if it no longer
+    parses."""
 
     task_id: int
     state: str
