@@ -12,6 +12,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 __all__ = [
     "RunDirError",
     "RunDirNotFound",
@@ -183,10 +185,19 @@ def plot_round_durations(runs: Sequence[Run], path: str | Path) -> Path:
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), dpi=110)
     axes = list(axes) if len(panels) > 1 else [axes]
     for ax, (key, title) in zip(axes, panels, strict=True):
-        for label, rounds in runs:
-            values = [float(r[key]) for r in rounds if r.get(key) is not None]
-            if values:
-                ax.hist(values, bins=min(30, max(5, len(values))), alpha=0.6, label=label)
+        values = {
+            label: [float(r[key]) for r in rounds if r.get(key) is not None]
+            for label, rounds in runs
+        }
+        pooled = [v for vs in values.values() for v in vs]
+        if pooled:
+            # One set of bins for every run of the panel: binned over its own range, each run
+            # drew bars of another width, which side by side compared nothing.
+            count = min(30, max(5, max(len(vs) for vs in values.values())))
+            edges = np.histogram_bin_edges(pooled, bins=count)
+        for label, vs in values.items():
+            if vs:
+                ax.hist(vs, bins=edges, alpha=0.6, label=label)
         ax.set_xlabel("seconds")
         ax.set_ylabel("rounds")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # a count of rounds

@@ -113,3 +113,17 @@ def test_plume_sim_report_draws_a_run_whose_dense_up_is_null(tmp_path: Path) -> 
         "round_durations.png",
     ]
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_runs_compared_in_one_histogram_share_its_bins(saved: list[Any], tmp_path: Path) -> None:
+    # Prepare: --compare-dense's two runs, whose wall seconds cover different ranges (before,
+    # each run was binned over its own range: bars of different widths side by side).
+    slow = [_round(i, 422, 38_560) | {"wall_s": 0.6 + i} for i in (1, 2, 3)]
+    fast = [_round(i, 28_000, 38_560) | {"wall_s": 0.3 + 0.1 * i} for i in (1, 2, 3)]
+
+    plot_round_durations([("compressed", slow), ("dense", fast)], tmp_path / "d.png")
+
+    (fig,) = saved
+    for ax in fig.axes:
+        widths = {round(p.get_width(), 9) for p in ax.patches}
+        assert len(widths) == 1, (ax.get_title(), widths)
