@@ -141,13 +141,11 @@ class WorkerState:
             self.backend = VectorizedBackend()
             self.backend.start(ctx)
         else:
-            from sdk.trainer import TorchTrainer
-
-            from ..models import build_model
+            from .sequential import warm_torch_trainer
 
             # Built now, not at the first job: a bad model name fails the worker's start, and
-            # the first round does not pay for the model.
-            self._trainers["torch"] = TorchTrainer(build_model(ctx.model), momentum=ctx.momentum)
+            # the first round does not pay for the model or torch's first optimizer.
+            self._trainers["torch"] = warm_torch_trainer(ctx)
 
     def train(self, params: npt.NDArray[np.float32], jobs: Sequence[TrainJob]) -> list[JobResult]:
         if self.backend is not None:

@@ -10,7 +10,7 @@ import numpy.typing as npt
 
 from ._base import JobResult, TrainContext, TrainJob, check_round, job_rng
 
-__all__ = ["SequentialBackend", "run_job"]
+__all__ = ["SequentialBackend", "run_job", "warm_torch_trainer"]
 
 
 def _torch_trainer(ctx: TrainContext) -> Any:
@@ -19,6 +19,20 @@ def _torch_trainer(ctx: TrainContext) -> Any:
     from ..models import build_model
 
     return TorchTrainer(build_model(ctx.model), momentum=ctx.momentum)
+
+
+def warm_torch_trainer(ctx: TrainContext) -> Any:
+    """A torch trainer for `ctx`, with torch's one-time set-up paid now: the first optimizer a
+    process builds imports torch._dynamo (1.5-3 s), and its first step a profiler module. A
+    backend's `start` pays them instead of its first round's wall time."""
+    import torch
+
+    trainer = _torch_trainer(ctx)
+    weight = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    (weight * weight).sum().backward()
+    optimizer.step()  # its first call imports a profiler module too
+    return trainer
 
 
 def _ort_trainer(ctx: TrainContext) -> Any:
@@ -73,7 +87,9 @@ class SequentialBackend:
 
     def start(self, ctx: TrainContext) -> None:
         self._ctx = ctx
-        self._trainers = {}
+        # Built now, not in the first round: a bad model fails here, and round 1's wall time
+        # does not include importing torch and its optimizer (as the pool's workers do).
+        self._trainers = {"torch": warm_torch_trainer(ctx)}
 
     def train(self, params: npt.NDArray[np.float32], jobs: Sequence[TrainJob]) -> list[JobResult]:
         if self._ctx is None:
