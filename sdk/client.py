@@ -1029,6 +1029,39 @@ def _too_slow(status: int, seconds: float) -> ClientError:
     )
 
 
+def _check_base_url(base_url: str) -> str:
+    """`base_url` as the clients name it in errors (no trailing slash); `ValueError` unless it
+    is an http:// or https:// URL with a host. Without this, `"127.0.0.1:8080"` failed at the
+    first request with a signing error about the request target, and `ftp://` was retried as
+    a transient failure."""
+    try:
+        url = httpx.URL(base_url)
+    except (TypeError, httpx.InvalidURL):
+        url = None
+    if url is None or url.scheme not in ("http", "https") or not url.host:
+        raise ValueError(
+            "base_url must be an http:// or https:// URL with a host, such as "
+            f"'http://127.0.0.1:8080', not {base_url!r}"
+        )
+    return str(url).rstrip("/")
+
+
+def _unreachable(
+    base: str, request: httpx.Request, exc: httpx.TransportError, attempts: int
+) -> httpx.TransportError:
+    """`exc`, the last attempt's transport failure, again as its own type (apps catch
+    `httpx.TransportError`) but naming the coordinator, the request and the attempts made:
+    httpx's own text (`[Errno 111] Connection refused`) names none of them."""
+    what = "could not reach" if isinstance(exc, _NEVER_SENT) else "lost the connection to"
+    tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
+    reason = str(exc) or type(exc).__name__
+    text = f"{what} the coordinator at {base} ({request.method} {request.url.path}) in {tries}"
+    try:
+        return type(exc)(f"{text}: {reason}", request=request)
+    except TypeError:  # an app transport's own subclass with another constructor
+        return httpx.TransportError(f"{text}: {reason}", request=request)
+
+
 class _WaitOver(Exception):
     """`participate`'s `max_wait_s` ran out during a check-in: in its request or before a retry."""
 
@@ -1740,6 +1773,7 @@ class Client:
         max_stage_wait_s: float = MAX_STAGE_WAIT_S,
         max_response_s: float = MAX_RESPONSE_S,
     ) -> None:
+        self._base = _check_base_url(base_url)  # before the app directory is made
         self._core = _Core(
             app_dir, retries=retries, backoff_s=backoff_s, clock=clock,
             max_stage_wait_s=max_stage_wait_s, max_response_s=max_response_s,
@@ -1815,7 +1849,7 @@ class Client:
                 if isinstance(exc, _NEVER_SENT):
                     ex.maybe_taken = before
                 if attempt == core.retries:
-                    raise
+                    raise _unreachable(self._base, request, exc, attempt + 1) from exc
                 self._sleep(_retry_pause(core.delay(attempt, None), deadline))
                 continue
             except ClientError as err:
@@ -2125,6 +2159,7 @@ class AsyncClient:
         max_stage_wait_s: float = MAX_STAGE_WAIT_S,
         max_response_s: float = MAX_RESPONSE_S,
     ) -> None:
+        self._base = _check_base_url(base_url)  # before the app directory is made
         self._core = _Core(
             app_dir, retries=retries, backoff_s=backoff_s, clock=clock,
             max_stage_wait_s=max_stage_wait_s, max_response_s=max_response_s,
@@ -2187,7 +2222,7 @@ class AsyncClient:
                 if isinstance(exc, _NEVER_SENT):
                     ex.maybe_taken = before
                 if attempt == core.retries:
-                    raise
+                    raise _unreachable(self._base, request, exc, attempt + 1) from exc
                 await asyncio.sleep(_retry_pause(core.delay(attempt, None), deadline))
                 continue
             except ClientError as err:
