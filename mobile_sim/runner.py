@@ -671,7 +671,8 @@ def run_simulation(
                 if isinstance(receipt, Exception):
                     raise receipt
             train_losses = [losses[dev] for dev in arrival]
-            for dev in frames.keys() - set(arrival):
+            late = frames.keys() - set(arrival)
+            for dev in late:
                 encoders[dev].refused()  # a straggler: its whole update stays in its residual
             outcome = engine.close_round(plan.round_id)
             for dev in arrival:
@@ -709,6 +710,10 @@ def run_simulation(
             )
             if fleet is not None:
                 rec.measurements["clock"] = _jsonable(timing.summary())
+                # Sent on the devices' uplinks but refused, so not in the ledger's `bytes_up`.
+                rec.measurements["clock"]["straggler_up_bytes"] = sum(
+                    len(frames[ids[i]]) for i in timing.stragglers.tolist() if ids[i] in frames
+                )
             if selection is not None:
                 rec.measurements["selection"] = _jsonable(selection.summary())
             records.append(rec)
