@@ -208,6 +208,20 @@ def input_vocabulary(module: nn.Module, x: torch.Tensor) -> int | None:
     return _forward_reading(module, x)[1]
 
 
+def _dtype_hint(module: nn.Module, x: npt.NDArray[Any]) -> str:
+    """For floating-point inputs of another dtype than `module`'s parameters (float64, as
+    sklearn and pandas give them): the cast that fits them, to end a misfit's message; else
+    ''. Torch's own words (`mat1 and mat2 must have the same dtype, but got Double and
+    Float`) do not say which side to change."""
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    if x.dtype.kind != "f" or dtype is None:
+        return ""
+    want = torch.empty(0, dtype=dtype).numpy().dtype
+    if x.dtype == want:
+        return ""
+    return f"; the model's parameters are {want}: pass x.astype(np.{want})"
+
+
 def _probe(
     module: nn.Module, x: npt.NDArray[Any], where: str
 ) -> tuple[tuple[int, ...], int | None]:
@@ -220,7 +234,7 @@ def _probe(
     except Exception as exc:  # whatever the forward pass raises, the input does not fit it
         misfit = TrainingDataError(
             f"{where} of shape {list(x.shape)} ({x.dtype}) does not fit the model: "
-            f"{_first_line(exc)}"
+            f"{_first_line(exc)}{_dtype_hint(module, x)}"
         )
         if x.dtype.kind not in "iu":
             raise misfit from exc
@@ -520,6 +534,10 @@ def evaluate(
         )
     if y.dtype.kind not in "iu":
         raise TrainingDataError(f"evaluation data: y must hold integer class labels, got {y.dtype}")
+    # An input the forward pass refuses (shape, dtype, a token id past the vocabulary) is a
+    # `TrainingDataError` in `train`'s words, not torch's RuntimeError or IndexError mid-way.
+    _, vocab = _probe(module, x, "evaluation data: x")
+    _check_token_ids(x, vocab)
     set_flat_params(module, params)
     module.eval()
     correct, loss_sum = 0, 0.0
