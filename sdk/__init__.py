@@ -6,12 +6,21 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from ._data import TrainingDataError
     from ._types import LocalTrainer, TrainResult
-    from .client import AsyncClient, Client, RoundReport, SecureRoundReport
+    from .client import (
+        AsyncClient,
+        Client,
+        ClientError,
+        ModelIntegrityError,
+        RoundReport,
+        SecureRoundReport,
+    )
 
 __all__ = [
     "AsyncClient",
     "Client",
+    "ClientError",
     "LocalTrainer",
+    "ModelIntegrityError",
     "RoundReport",
     "SecureRoundReport",
     "TrainResult",
@@ -23,6 +32,8 @@ __all__ = [
 _MODULE_OF = {
     "AsyncClient": ".client",
     "Client": ".client",
+    "ClientError": ".client",
+    "ModelIntegrityError": ".client",
     "RoundReport": ".client",
     "SecureRoundReport": ".client",
     "LocalTrainer": "._types",

@@ -33,4 +33,9 @@ class LocalTrainer(Protocol):
         batch_size: int,
         lr: float,
         rng: np.random.Generator,
-    ) -> TrainResult: ...
+    ) -> TrainResult:
+        """`epochs` passes of minibatch SGD from flat `params` (float32[d], `ModelSpec`
+        order) over (x, y), batches of `batch_size` drawn with `rng`, learning rate `lr`; the
+        trained flat params, the examples that count (the update's FedAvg weight) and the
+        mean loss (NaN when no step ran). `sdk.Client` calls it with the task's settings."""
+        ...

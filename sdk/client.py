@@ -1755,6 +1755,28 @@ class Client:
 
     >>> client = Client("http://127.0.0.1:8080", app_dir="~/.myapp/plume")  # doctest: +SKIP
     >>> client.register(); report = client.participate(trainer, x, y)       # doctest: +SKIP
+
+    Arguments (docs/http-api.md has the full contract):
+
+    - `base_url`: the coordinator, `http://` or `https://` with a host (`ValueError` else).
+    - `app_dir`: the device's own directory (`~` expanded; made 0700 if missing): its
+      Ed25519 key, the model held, error-feedback residuals and any unacknowledged upload, so
+      a restarted app resumes where it stopped. Give each device (app install) its own.
+    - `transport`: an `httpx.BaseTransport` instead of the network (tests, simulation).
+    - `timeout`: seconds for each connect, read and write of a request (httpx's timeout).
+    - `retries`: further attempts after a transport error (no connection, a timeout, a
+      connection lost), a 429 or a 5xx (so 5 attempts by default); the last one's outcome
+      is raised. An `httpx.TransportError` names the coordinator and the attempts made.
+    - `backoff_s`: the first wait before a retry, doubling each attempt; a `Retry-After`
+      (capped at 30 s) takes its place.
+    - `verify`: TLS verification, as httpx's (`True`, or the path of a CA bundle).
+    - `mods`: client middleware, `mod(request, next) -> response`, outermost first.
+    - `clock`: the device's wall clock, seconds since the epoch: request signatures, and a
+      round's deadline when the coordinator's answer carries no usable `Date`.
+    - `sleep`: how the client waits (between check-ins, before a retry).
+    - `max_stage_wait_s`: the longest a secure round polls one stage (default one day).
+    - `max_response_s`: the longest one response may take to arrive whole, headers and body
+      (default 600 s); a slower one is abandoned (`ClientError` `too_slow`).
     """
 
     def __init__(
@@ -1796,6 +1818,7 @@ class Client:
 
     @property
     def device_id(self) -> str:
+        """This device's id (hex), derived from its key in `app_dir`; the same after a restart."""
         return self._core.device_id
 
     @property
@@ -1807,6 +1830,7 @@ class Client:
         return self._core.bandwidth
 
     def close(self) -> None:
+        """Close the HTTP connections (the app directory needs no closing)."""
         self._http.close()
 
     def __enter__(self) -> Client:
@@ -2142,7 +2166,13 @@ def _delta(row: dict[str, dict[str, int]], before: dict[str, int], d: str) -> in
 
 
 class AsyncClient:
-    """The asyncio twin of `Client` (same methods, awaited), for simulations and async apps."""
+    """The asyncio twin of `Client` (same methods, awaited), for simulations and async apps.
+
+    Its arguments are `Client`'s, less `sleep` (it awaits `asyncio.sleep`): `base_url`,
+    `app_dir`, `transport` (an `httpx.AsyncBaseTransport`), `timeout`, `retries`, `backoff_s`,
+    `verify`, `mods` (each `async mod(request, next) -> response`), `clock`,
+    `max_stage_wait_s` and `max_response_s`, which here bounds any transport.
+    """
 
     def __init__(
         self,
@@ -2172,6 +2202,7 @@ class AsyncClient:
 
     @property
     def device_id(self) -> str:
+        """This device's id (hex), derived from its key in `app_dir`; the same after a restart."""
         return self._core.device_id
 
     @property
@@ -2180,6 +2211,7 @@ class AsyncClient:
         return self._core.bandwidth
 
     async def aclose(self) -> None:
+        """Close the HTTP connections (the app directory needs no closing)."""
         await self._http.aclose()
 
     async def __aenter__(self) -> AsyncClient:
@@ -2239,11 +2271,13 @@ class AsyncClient:
         raise AssertionError("unreachable")
 
     async def register(self) -> str:
+        """As `Client.register`: register this device's key (idempotent); the device id."""
         device_id = _registered(await self._send(self._core.register_exchange()), self.device_id)
         self._core.store.update_state(device_id=device_id, registered=True)
         return device_id
 
     async def check_in(self, task_id: int | None = None) -> CheckInResponse:
+        """As `Client.check_in`: one check-in, "train" with an assignment or "wait"."""
         return await self._check_in(task_id, math.inf)
 
     async def _check_in(self, task_id: int | None, deadline: float) -> CheckInResponse:
@@ -2251,6 +2285,7 @@ class AsyncClient:
         return _check_in_answer(self._core, ex, await self._send(ex, deadline), task_id)
 
     async def fetch_model(self, a: Assignment) -> tuple[npt.NDArray[np.float32], str]:
+        """As `Client.fetch_model`: the round's base model and how it came (encoding)."""
         return await self._fetch_model(a, math.inf)
 
     async def _fetch_model(
@@ -2275,6 +2310,7 @@ class AsyncClient:
         return self._core.apply_model(task_id, spec, response)
 
     async def upload(self, pending: PendingUpload, spec: ModelSpec | None = None) -> UploadReceipt:
+        """As `Client.upload`: send a pending upload; idempotent across retries and restarts."""
         return await self._upload(pending, spec, math.inf)
 
     async def _upload(
@@ -2292,6 +2328,7 @@ class AsyncClient:
         raise err
 
     async def resume_pending(self) -> UploadReceipt | None:
+        """As `Client.resume_pending`: re-send an upload a previous run left unacknowledged."""
         return await self._resume_pending(math.inf)
 
     async def _resume_pending(self, deadline: float) -> UploadReceipt | None:

@@ -47,6 +47,7 @@ class UpdateEncoder:
 
     @property
     def config(self) -> CodecConfig:
+        """The codec settings uploads are encoded with (`set_config` changes them)."""
         return self.codec.config
 
     def set_config(self, config: CodecConfig) -> None:
@@ -62,6 +63,8 @@ class UpdateEncoder:
         return self._ef
 
     def set_feedback(self, ef: ErrorFeedback) -> None:
+        """Adopt `ef` (a residual of this model's size, e.g. read from the app directory) as
+        the error-feedback state; `ValueError` for another size."""
         if ef.residual.shape != (self.spec.size,):
             raise ValueError("error-feedback state of the wrong size for this model")
         self._ef = ef
@@ -69,6 +72,10 @@ class UpdateEncoder:
     def encode(
         self, delta: npt.NDArray[np.float32], rng: np.random.Generator, weight: float
     ) -> tuple[bytes, EncodeReport]:
+        """Encode `delta` (float32[d], trained minus global params) into an upload frame
+        weighted by `weight` (examples), clipping it and adding the residual first; returns
+        the frame's bytes and its `EncodeReport`. The residual becomes what this frame did not
+        send (`ValueError` for a delta of another size)."""
         if delta.shape != (self.spec.size,):
             raise ValueError(f"delta of shape {delta.shape}, model has {self.spec.size} scalars")
         d = np.asarray(delta, dtype=np.float32)

@@ -370,6 +370,8 @@ class OrtTrainer:
 
     @property
     def spec(self) -> ModelSpec:
+        """The flat layout of the exported model's parameters (the manifest's), which
+        `sdk.Client` compares with the task's before training."""
         return self.manifest.spec
 
     def check_matches(self, spec: ModelSpec, *, momentum: float | None = None) -> None:
