@@ -69,19 +69,24 @@ def dirichlet(
             f"Dirichlet({alpha}): {n} clients of at least {min_size} examples need "
             f"{n * min_size}, there are {len(labels)}; lower the client count"
         )
-    classes = np.unique(labels)
+    members = [np.flatnonzero(labels == c).astype(np.int64) for c in np.unique(labels)]
     for _ in range(max_tries):
-        buckets: list[list[npt.NDArray[np.int64]]] = [[] for _ in range(n)]
-        for c in classes:
-            idx = np.flatnonzero(labels == c).astype(np.int64)
+        # The clients' sizes first: a draw that leaves one too small (most of them, when the
+        # request is nearly hopeless) costs no per-client splitting, joining and sorting.
+        drawn, sizes = [], np.zeros(n, dtype=np.int64)
+        for m in members:
+            idx = m.copy()
             rng.shuffle(idx)
             props = rng.dirichlet(np.full(n, alpha))
             cuts = (np.cumsum(props) * len(idx)).astype(np.int64)[:-1]
-            for client, part in enumerate(np.split(idx, cuts)):
-                buckets[client].append(part)
-        parts = [np.sort(np.concatenate(b)) for b in buckets]
-        if min(len(p) for p in parts) >= min_size:
-            return parts
+            sizes += np.diff(cuts, prepend=0, append=len(idx))
+            drawn.append((idx, cuts))
+        if sizes.min() >= min_size:
+            buckets: list[list[npt.NDArray[np.int64]]] = [[] for _ in range(n)]
+            for idx, cuts in drawn:
+                for client, part in enumerate(np.split(idx, cuts)):
+                    buckets[client].append(part)
+            return [np.sort(np.concatenate(b)) for b in buckets]
     raise ValueError(
         f"Dirichlet({alpha}) over {n} clients left some client with < {min_size} examples "
         f"in {max_tries} draws; raise alpha or lower the client count"
