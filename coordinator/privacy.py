@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "FixedSizeSampling",
+    "MIN_ACCOUNTED_NOISE_MULTIPLIER",
     "PoissonSampling",
     "PrivacyAccountant",
     "PrivacyBudgetExhausted",
@@ -45,6 +46,13 @@ __all__ = [
 ]
 
 Method = Literal["auto", "pld", "rdp"]
+
+# Smallest noise multiplier Plume accounts: DPMean refuses a smaller z with sampling, and
+# calibrate_noise_multiplier never answers below it. Below it one round's epsilon is already
+# in the hundreds of thousands, and the RDP accountant's arithmetic breaks further down
+# (z = 1e-160 gave epsilon 0, z = 1e-300 a ZeroDivisionError). The docs' weakest dp runs use
+# z = 0.005.
+MIN_ACCOUNTED_NOISE_MULTIPLIER = 1e-3
 
 # dp_accounting's PLD grid step on the privacy loss (its default value_discretization_interval).
 PLD_VALUE_INTERVAL = 1e-4
@@ -249,52 +257,83 @@ def calibrate_noise_multiplier(
 ) -> float:
     """A noise multiplier z giving (epsilon, delta)-DP after `rounds` rounds.
 
-    Under RDP the smallest such z (to the search tolerance). Under PLD the smallest in
-    [z_rdp / 2, z_rdp], or z_rdp / 2 itself when that already fits: sufficient, not
-    necessarily minimal.
+    Under RDP the smallest such z (to the search tolerance). Under PLD a z in
+    [max(z_rdp / 2, floor), z_rdp] within 0.001·z_rdp of the smallest (or that lower end
+    itself when it already fits) whose PLD epsilon on its own grid, the figure
+    `PrivacyAccountant(z, sampling).epsilon` reports, is at most the target: sufficient, not
+    necessarily minimal. Never below the floor MIN_ACCOUNTED_NOISE_MULTIPLIER (0.001), the
+    smallest z DPMean accounts: a target the floor already meets (under the chosen method) is
+    refused with a ValueError rather than answered with a z nothing would account.
     """
     if epsilon <= 0 or rounds < 1:
         raise ValueError("need epsilon > 0 and rounds >= 1")
     import dp_accounting
 
-    def make_event(z: float) -> dp_accounting.DpEvent:
-        return PrivacyAccountant(z, sampling, "rdp").dp_event(rounds)
-
-    # RDP first: it is cheap even for tiny z, where PLD's grids get enormous. RDP is never
-    # tighter than PLD, so its answer is an upper end for the PLD search.
-    z_rdp = float(
-        dp_accounting.calibrate_dp_mechanism(
-            lambda: _make_accountant(sampling, "rdp"),
-            make_event,
-            epsilon,
-            delta,
-            dp_accounting.LowerEndpointAndGuess(1e-3, 1.0),
-        )
-    )
-    chosen = (
+    chosen: Method = (
         ("rdp" if isinstance(sampling, FixedSizeSampling) else "pld")
         if method == "auto"
         else method
     )
+    floor = MIN_ACCOUNTED_NOISE_MULTIPLIER
+    at_floor = PrivacyAccountant(floor, sampling, chosen).epsilon(rounds, delta)
+    if at_floor <= epsilon:
+        # Before, RDP's search for a bracket went up from the floor and gave up after 2^30 of
+        # it (NoBracketIntervalFoundError), and PLD's, from half the RDP answer, could return
+        # a z below the floor.
+        raise ValueError(
+            f"target epsilon {epsilon:g} at delta {delta:g} needs less noise than "
+            f"z = {floor:g}, the smallest noise multiplier Plume accounts (its epsilon after "
+            f"{rounds} round(s) is already {at_floor:.6g}, {chosen}): ask for a smaller epsilon"
+        )
+
+    def make_event(z: float) -> dp_accounting.DpEvent:
+        return PrivacyAccountant(z, sampling, "rdp").dp_event(rounds)
+
+    # RDP first: it is cheap even for tiny z, where PLD's grids get enormous. RDP is never
+    # tighter than PLD, so its answer is an upper end for the PLD search (and, PLD's epsilon
+    # at the floor being above the target, so is RDP's: the bracket search starts below the
+    # answer).
+    z_rdp = max(
+        floor,
+        float(
+            dp_accounting.calibrate_dp_mechanism(
+                lambda: _make_accountant(sampling, "rdp"),
+                make_event,
+                epsilon,
+                delta,
+                dp_accounting.LowerEndpointAndGuess(floor, 1.0),
+            )
+        ),
+    )
     if chosen == "rdp":
         return z_rdp
 
-    def make_pld_event(z: float) -> dp_accounting.DpEvent:
-        return PrivacyAccountant(z, sampling, "pld").dp_event(rounds)
+    def pld_gap(z: float) -> float:
+        # On z's own grid: the figure DPMean will report for z, which a search on one grid
+        # for every z (as before) did not bound: the pessimistic rounding is not monotone in
+        # the step, so its answer could read above the target on its own grid.
+        return PrivacyAccountant(z, sampling, "pld").epsilon(rounds, delta) - epsilon
 
-    lower = z_rdp / 2
-    if PrivacyAccountant(lower, sampling, "pld").epsilon(rounds, delta) <= epsilon:
-        return lower  # PLD is more than twice as tight here; half the RDP noise is enough
-    z = dp_accounting.calibrate_dp_mechanism(
-        # One grid for the whole search: the coarsest of the bracket (its lower end).
-        lambda: _make_accountant(sampling, "pld", lower),
-        make_pld_event,
-        epsilon,
-        delta,
-        dp_accounting.ExplicitBracketInterval(lower, z_rdp),
-        tol=1e-3 * z_rdp,
-    )
-    return float(z)
+    lo = max(z_rdp / 2, floor)
+    if pld_gap(lo) <= 0:
+        return lo  # PLD is more than twice as tight here; half the RDP noise is enough
+    hi = z_rdp
+    for _ in range(64):  # RDP's answer fits under PLD in practice: no doubling at all
+        if pld_gap(hi) <= 0:
+            break
+        lo, hi = hi, 2 * hi
+    else:
+        raise ValueError(f"no noise multiplier up to {hi:g} meets epsilon {epsilon:g} under PLD")
+    # Bisection keeping pld_gap(lo) > 0 >= pld_gap(hi): the answer meets the target whether
+    # or not the discretised epsilon is monotone in z.
+    tol = 1e-3 * z_rdp
+    while hi - lo > tol:
+        mid = (lo + hi) / 2
+        if pld_gap(mid) <= 0:
+            hi = mid
+        else:
+            lo = mid
+    return hi
 
 
 class PrivacyMetrics:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from coordinator.privacy import (
+    MIN_ACCOUNTED_NOISE_MULTIPLIER,
     FixedSizeSampling,
     PoissonSampling,
     PrivacyAccountant,
@@ -47,10 +48,6 @@ __all__ = [
 # noise, divided by the denominator, both scale with it) DPMean builds with. float32 holds
 # 3.4e38; a noise sample beyond 8 standard deviations of 1e30 is not drawn in practice.
 MAX_NOISE_SCALE = 1e30
-# Smallest noise multiplier DPMean accounts (with `sampling`): below it one round's epsilon is
-# already in the millions, and the RDP accountant's arithmetic breaks further down (z = 1e-160
-# gave epsilon 0, z = 1e-300 a ZeroDivisionError). The docs' weakest dp runs use z = 0.005.
-MIN_ACCOUNTED_NOISE_MULTIPLIER = 1e-3
 _METHODS = ("auto", "pld", "rdp")
 
 
