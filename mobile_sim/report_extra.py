@@ -140,21 +140,28 @@ def plot_bytes_per_round(runs: Sequence[Run], path: str | Path) -> Path:
     plt = _pyplot()
     fig, (ax_up, ax_down) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110, sharex=True)
     plotted: dict[str, list[int]] = {"upload": [], "download": []}
-    for label, rounds in runs:
+    # `dense_up` may be null (the file check allows it): those rounds have no point.
+    denses = [
+        [(int(r["round"]), int(r["dense_up"])) for r in rounds if _is_number(r.get("dense_up"))]
+        for _, rounds in runs
+    ]
+    # Runs of one comparison (--compare-dense) train the same cohorts, so their dense sizes
+    # agree: one reference line, not one per run hiding the others.
+    shared = len(runs) > 1 and all(d == denses[0] for d in denses)
+    for (label, rounds), dense in zip(runs, denses, strict=True):
         xs = [int(r["round"]) for r in rounds]
         up = [int(r["bytes_up"]) for r in rounds]
         down = [int(r["bytes_down"]) for r in rounds]
         ax_up.plot(xs, up, marker="o", ms=3, label=label)
         ax_down.plot(xs, down, marker="o", ms=3, label=label)
-        plotted["upload"] += up
+        plotted["upload"] += up + [d for _, d in dense]
         plotted["download"] += down
-        # `dense_up` may be null (the file check allows it): those rounds have no point.
-        dense = [
-            (int(r["round"]), int(r["dense_up"])) for r in rounds if _is_number(r.get("dense_up"))
-        ]
-        if dense:
+        if dense and not shared:
             ax_up.plot(*zip(*dense, strict=True), ls="--", lw=1, label=f"{label}: dense fp32")
-            plotted["upload"] += [d for _, d in dense]
+    if shared and denses[0]:
+        ax_up.plot(
+            *zip(*denses[0], strict=True), ls="--", lw=1, c="0.4", label="dense fp32 (uncompressed)"
+        )
 
     for ax, title in ((ax_up, "upload"), (ax_down, "download")):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

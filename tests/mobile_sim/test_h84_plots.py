@@ -127,3 +127,32 @@ def test_runs_compared_in_one_histogram_share_its_bins(saved: list[Any], tmp_pat
     for ax in fig.axes:
         widths = {round(p.get_width(), 9) for p in ax.patches}
         assert len(widths) == 1, (ax.get_title(), widths)
+
+
+def test_compared_runs_with_the_same_dense_size_draw_one_dense_reference(
+    saved: list[Any], tmp_path: Path
+) -> None:
+    # Prepare: --compare-dense's runs train the same cohorts, so their dense fp32 sizes agree;
+    # before, two identical dashed lines were drawn, one hiding the other, with two legend rows.
+    comp = [_round(i, 422, 38_560) for i in (1, 2)]
+    dense = [_round(i, 28_000, 38_560) for i in (1, 2)]
+
+    plot_bytes_per_round([("compressed", comp), ("dense", dense)], tmp_path / "b.png")
+
+    (fig,) = saved
+    up = fig.axes[0]
+    labels = [t.get_text() for t in up.get_legend().get_texts()]
+    assert labels == ["compressed", "dense", "dense fp32 (uncompressed)"]
+
+
+def test_runs_with_different_dense_sizes_keep_one_reference_each(
+    saved: list[Any], tmp_path: Path
+) -> None:
+    a = [_round(i, 422, 38_560) for i in (1, 2)]
+    b = [_round(i, 422, 38_560) | {"dense_up": 96_400} for i in (1, 2)]
+
+    plot_bytes_per_round([("a", a), ("b", b)], tmp_path / "b.png")
+
+    (fig,) = saved
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert labels == ["a", "a: dense fp32", "b", "b: dense fp32"]
