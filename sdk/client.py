@@ -1055,7 +1055,7 @@ def _unreachable(
     what = "could not reach" if isinstance(exc, _NEVER_SENT) else "lost the connection to"
     tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
     reason = str(exc) or type(exc).__name__
-    text = f"{what} the coordinator at {base} ({request.method} {request.url.path}) in {tries}"
+    text = f"{what} the coordinator at {base} for {request.method} {request.url.path} in {tries}"
     try:
         return type(exc)(f"{text}: {reason}", request=request)
     except TypeError:  # an app transport's own subclass with another constructor

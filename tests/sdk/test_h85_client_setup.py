@@ -61,7 +61,7 @@ def test_an_unreachable_coordinator_is_named_with_the_attempts(tmp_path: Path) -
         with pytest.raises(httpx.ConnectError) as info:
             client.register()
     text = str(info.value)
-    assert f"could not reach the coordinator at {url} (POST /v1/devices" in text
+    assert f"could not reach the coordinator at {url} for POST /v1/devices in" in text
     assert "2 attempts" in text
     assert isinstance(info.value.__cause__, httpx.ConnectError)  # httpx's own error kept
 
