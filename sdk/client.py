@@ -371,6 +371,8 @@ class _Core:
         self.max_stage_wait_s = max_stage_wait_s
         self.max_response_s = max_response_s
         self.bandwidth: dict[int, dict[str, dict[str, int]]] = {}
+        # The last check-in answer acted on (`last_check_in`): why `participate` returned None.
+        self.last_check_in: CheckInResponse | None = None
         # Each holds at most MAX_RESIDUALS entries, the least recently used first (the app
         # directory holds as many task residuals): one dropped is read again from the app
         # directory, which holds its residual, at its next use.
@@ -1395,6 +1397,7 @@ def _check_in_answer(
         raise _bad(response, f"an assignment for task {a.task_id}; this device asked for {task_id}")
     if a is not None:
         core.note_round(a, response, ex.sent_at)
+    core.last_check_in = answer
     return answer
 
 
@@ -1829,6 +1832,13 @@ class Client:
         recently counted round is dropped past that)."""
         return self._core.bandwidth
 
+    @property
+    def last_check_in(self) -> CheckInResponse | None:
+        """The coordinator's last check-in answer this client acted on (None before one).
+        When `participate` returns None its `detail` says why: "not selected yet" (a round
+        still gathering), "no active task" (no such task, or it has finished), ..."""
+        return self._core.last_check_in
+
     def close(self) -> None:
         """Close the HTTP connections (the app directory needs no closing)."""
         self._http.close()
@@ -2209,6 +2219,11 @@ class AsyncClient:
     def bandwidth(self) -> dict[int, dict[str, dict[str, int]]]:
         """As `Client.bandwidth` (the last `MAX_BANDWIDTH_ROUNDS` rounds counted)."""
         return self._core.bandwidth
+
+    @property
+    def last_check_in(self) -> CheckInResponse | None:
+        """As `Client.last_check_in`: the last check-in answer acted on, or None."""
+        return self._core.last_check_in
 
     async def aclose(self) -> None:
         """Close the HTTP connections (the app directory needs no closing)."""
