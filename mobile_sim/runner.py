@@ -637,8 +637,10 @@ def run_simulation(
             if fleet is None:
                 # No clock: reports arrive in selection order; train only those that count.
                 jobs = jobs[: plan.target_reports]
+            bar.phase(f"training {len(jobs)} devices")
             results = be.train(params, jobs)
             results = _apply_model_attacks(results, jobs, malicious, index_of, attack)
+            bar.phase(f"encoding {len(results)} updates")
             frames = encode_reports(
                 encoders,
                 jobs,
@@ -685,6 +687,7 @@ def run_simulation(
             acc: float | None = None
             loss: float | None = None
             if plan.round_id % cfg.eval_every == 0 or plan.round_id == cfg.rounds:
+                bar.phase("evaluating")
                 acc, loss = evaluate(eval_model, engine.params, data.x_test, data.y_test)
             totals = engine.ledger.round_totals(plan.round_id)
             up, down = totals["up"], totals["down"]
@@ -905,6 +908,11 @@ class _progress:
             tqdm.write(table_header(label))
             self.bar = tqdm(total=total, desc=label, unit="round", leave=False)
 
+    def phase(self, text: str) -> None:
+        """Say what the round is doing now (a long round's bar otherwise looks stuck)."""
+        if self.bar is not None:
+            self.bar.set_postfix_str(text)
+
     def update(self, rec: RoundRecord) -> None:
         if self.bar is not None:
             from tqdm import tqdm
@@ -912,6 +920,7 @@ class _progress:
             from .report import table_row
 
             tqdm.write(table_row(rec))
+            self.bar.set_postfix_str("", refresh=False)  # until the next round's first phase
             self.bar.update(1)
 
     def close(self) -> None:
