@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import inspect
 import ipaddress
 import json
 import math
@@ -1458,6 +1459,31 @@ def _trainer_layout(trainer: LocalTrainer) -> list[tuple[int, ...]] | None:
     return None
 
 
+def _check_trainer(trainer: LocalTrainer) -> None:
+    """`TypeError` unless `trainer.train` can take the call `_train` makes, before any request:
+    a torch module passed as the trainer (`Module.train(mode)`) checked in, took a round slot
+    and downloaded the model before failing on `epochs`."""
+    train = getattr(trainer, "train", None)
+    fits = callable(train)
+    if fits:
+        try:
+            inspect.signature(train).bind(  # type: ignore[arg-type]
+                None, None, None, epochs=1, batch_size=1, lr=0.0, rng=None
+            )
+        except TypeError:
+            fits = False
+        except ValueError:  # no signature to read (a builtin): its call will say
+            pass
+    if not fits:
+        kind = type(trainer)
+        hint = "; wrap a torch module: TorchTrainer(module)" if hasattr(trainer, "parameters") else ""
+        raise TypeError(
+            "trainer must be a LocalTrainer, with train(params, x, y, *, epochs, batch_size, lr, "
+            "rng), such as sdk.trainer.TorchTrainer(module) or sdk.ort.OrtTrainer.from_dir(path)"
+            f"; got {kind.__module__}.{kind.__qualname__}{hint}"
+        )
+
+
 def _check_data(trainer: LocalTrainer, x: npt.NDArray[Any], y: npt.NDArray[Any]) -> None:
     """The trainer's own check of its data, where it has one (`TorchTrainer.check_data`):
     raises its `TrainingDataError` before the device asks for a round."""
@@ -2021,6 +2047,7 @@ class Client:
             raise ValueError("a secure assignment: use run_secure_round or secure_round")
         spec = _spec(a)
         # Before the download: a model this device cannot train must not replace the one held.
+        _check_trainer(trainer)
         _check_layout(a, trainer)
         self._settle_pending()
         before = _wire(self.bandwidth.get(a.round_id, {}))
@@ -2116,6 +2143,7 @@ class Client:
         y: npt.NDArray[np.int64],
     ) -> SecureRoundReport:
         """Download, train locally, and send the update through the secure round `a`."""
+        _check_trainer(trainer)
         _check_layout(a, trainer)
         return self.secure_round(a, _delta_update(self._core, a, trainer, x, y))
 
@@ -2140,6 +2168,7 @@ class Client:
         the trainer refuses (`sdk.trainer.TrainingDataError`, from a trainer with `check_data`)
         is refused before the check-in, so the device never takes a slot it cannot fill."""
         _check_wait(max_wait_s)
+        _check_trainer(trainer)
         _check_data(trainer, x, y)
         give_up = _tick() + max_wait_s
         try:
@@ -2387,6 +2416,7 @@ class AsyncClient:
             raise ValueError("a secure assignment: use run_secure_round or secure_round")
         spec = _spec(a)
         # Before the download: a model this device cannot train must not replace the one held.
+        _check_trainer(trainer)
         _check_layout(a, trainer)
         await self._settle_pending()
         before = _wire(self.bandwidth.get(a.round_id, {}))
@@ -2445,6 +2475,7 @@ class AsyncClient:
         y: npt.NDArray[np.int64],
     ) -> SecureRoundReport:
         """Download, train locally, and send the update through the secure round `a`."""
+        _check_trainer(trainer)
         _check_layout(a, trainer)
         return await self.secure_round(a, _delta_update(self._core, a, trainer, x, y))
 
@@ -2459,6 +2490,7 @@ class AsyncClient:
     ) -> RoundReport | None:
         """As `Client.participate` (`max_wait_s` bounds the check-ins the same way)."""
         _check_wait(max_wait_s)
+        _check_trainer(trainer)
         _check_data(trainer, x, y)
         give_up = _tick() + max_wait_s
         try:
