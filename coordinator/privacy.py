@@ -12,8 +12,8 @@ noise multiplier z (noise stddev / clip norm), applied to a sampled cohort. Roun
   multiplier is z / 2. `dp_accounting` supports this only with RDP.
 
 The accountant is a frozen value: `epsilon(rounds, delta)` composes `rounds` identical rounds.
-Epsilons are cached, and under PLD so is the one-round distribution every round count is
-self-composed from (building it is the same work for every round count).
+Epsilons are cached, and so is one round's PLD (self-composed to each round count) or RDP
+curve (scaled by it): building them is the same work for every round count.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 # dp_accounting (and scipy with it) is slow to import, so the functions that account import
 # it, and PrivacyMetrics imports prometheus_client: the aggregators and `plume --help` import
@@ -206,9 +206,34 @@ class PrivacyAccountant:
 def _epsilon_cached(acc: PrivacyAccountant, rounds: int, delta: float) -> float:
     if isinstance(acc.sampling, PoissonSampling) and acc.method in ("auto", "pld"):
         return _pld_epsilon(acc.noise_multiplier, acc.sampling.probability, rounds, delta)
-    a = _make_accountant(acc.sampling, acc.method, acc.noise_multiplier)
-    a.compose(acc.dp_event(rounds))
-    return float(a.get_epsilon(delta))
+    return _rdp_epsilon(acc.noise_multiplier, acc.sampling, rounds, delta)
+
+
+@functools.lru_cache(maxsize=64)
+def _round_rdp(noise_multiplier: float, sampling: Sampling) -> tuple[Any, Any]:
+    """(orders, one round's RDP curve) from dp_accounting's RdpAccountant: float64[orders]."""
+    a = _make_accountant(sampling, "rdp")
+    a.compose(PrivacyAccountant(noise_multiplier, sampling, "rdp").dp_event(1))
+    orders, curve = a.orders, a.rdp.copy()  # the accountant starts at 0: 0 + 1·curve = curve
+    curve.setflags(write=False)
+    return orders, curve
+
+
+def _rdp_epsilon(noise_multiplier: float, sampling: Sampling, rounds: int, delta: float) -> float:
+    """RDP epsilon of `rounds` rounds from the cached one-round curve.
+
+    dp_accounting's RdpAccountant composes `SelfComposedDpEvent(round, rounds)` as
+    zeros + rounds · (the round's curve) and reads epsilon with `compute_epsilon`; this does
+    the same arithmetic, so the same floats (tests/coordinator/test_h82_rdp_cache.py), with
+    the curve, the costly part (every order of the sampled Gaussian), computed once.
+    """
+    import numpy as np
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    orders, curve = _round_rdp(noise_multiplier, sampling)
+    total = np.zeros_like(curve)
+    total += rounds * curve
+    return float(rdp_privacy_accountant.compute_epsilon(orders, total, delta)[0])
 
 
 # A few megabytes each at z = 0.5 (two float64 arrays of about 2·10^5 points); a run asks for
@@ -247,9 +272,10 @@ def _pld_epsilon(noise_multiplier: float, probability: float, rounds: int, delta
 
 
 def clear_accounting_caches() -> None:
-    """Forget every cached epsilon and one-round PLD (for tests that count the work)."""
+    """Forget every cached epsilon, one-round PLD and RDP curve (for tests that count work)."""
     _epsilon_cached.cache_clear()
     _round_pld.cache_clear()
+    _round_rdp.cache_clear()
 
 
 def calibrate_noise_multiplier(
