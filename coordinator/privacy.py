@@ -284,8 +284,8 @@ def calibrate_noise_multiplier(
     """A noise multiplier z giving (epsilon, delta)-DP after `rounds` rounds.
 
     Under RDP the smallest such z (to the search tolerance). Under PLD a z in
-    [max(z_rdp / 2, floor), z_rdp] within 0.001·z_rdp of the smallest (or that lower end
-    itself when it already fits) whose PLD epsilon on its own grid, the figure
+    [max(z_rdp / 2, floor), z_rdp], at most 0.001·z_rdp above one that misses the target (or
+    that lower end itself when it already fits), whose PLD epsilon on its own grid, the figure
     `PrivacyAccountant(z, sampling).epsilon` reports, is at most the target: sufficient, not
     necessarily minimal. Never below the floor MIN_ACCOUNTED_NOISE_MULTIPLIER (0.001), the
     smallest z DPMean accounts: a target the floor already meets (under the chosen method) is
