@@ -163,7 +163,16 @@ def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> 
     root = Path(directory)
     path = root / MANIFEST_NAME
     if not path.is_file():
-        raise ArtifactError(f"no {MANIFEST_NAME} in {root}")
+        if not root.exists():
+            why = "no such directory"
+        elif not root.is_dir():
+            why = "it is a file, not a directory"
+        else:
+            why = "the directory holds no export"
+        raise ArtifactError(
+            f"no {MANIFEST_NAME} in {root}: {why}; write the artifacts with "
+            f"`plume export --model NAME --out {root}` (docs/devices.md)"
+        )
     if path.stat().st_size > _MAX_MANIFEST_BYTES:
         raise ArtifactError(f"{path} is larger than {_MAX_MANIFEST_BYTES} bytes")
     try:
