@@ -94,6 +94,14 @@ class DPMean:
             raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
         if not self.epsilon_budget > 0:
             raise ValueError(f"epsilon budget must be > 0, got {self.epsilon_budget!r}")
+        if self.sampling is None and math.isfinite(self.epsilon_budget):
+            # Without a sampling model there is no accountant, so the budget would never be
+            # checked: refuse it rather than let a user believe it holds.
+            raise ValueError(
+                f"an epsilon budget ({self.epsilon_budget:g}) needs a sampling model to be "
+                "accounted against: give q= with denom= (Poisson) or population=,sample= "
+                "(fixed size), or drop eps="
+            )
         if self.accounting_method not in _METHODS:
             # Checked here, not when the accountant is made (the engine, after the service
             # stored the task's model), and also without sampling, where it is unused.

@@ -331,7 +331,7 @@ def test_bad_specs_fail_loudly(spec: str) -> None:
     [
         "dp:clip=1,z=1,q=0.01,denom=10",
         "dp:clip=1,z=1,population=100,sample=10",
-        "dp:clip=1,z=1,eps=8",
+        "dp:clip=1,z=1,population=100,sample=10,eps=8",
     ],
 )
 def test_screen_in_front_of_an_accounting_dp_is_refused(dp: str) -> None:

@@ -50,9 +50,9 @@ def test_poisson_sampling_without_a_cohort_is_refused() -> None:
 
 
 def test_without_sampling_there_is_no_accountant_and_no_epsilon() -> None:
-    # No cohort configured: sigma_b follows the reports, and nothing is accounted, not even
-    # an eps= budget (docs/privacy.md says so rather than implying a figure).
-    dp = build_aggregator("dp:clip=1,quantile=0.5,z=1,eps=4+fedavg")
+    # No cohort configured: sigma_b follows the reports, and nothing is accounted (an eps=
+    # budget is refused there: tests/coordinator/test_s14_eps_needs_sampling.py).
+    dp = build_aggregator("dp:clip=1,quantile=0.5,z=1+fedavg")
     assert isinstance(dp, DPMean)
     assert dp.configured_cohort() is None
     assert dp.count_stddev(40) == 2.0 and dp.count_stddev(80) == 4.0
