@@ -2155,6 +2155,7 @@ class Client:
         *,
         task_id: int | None = None,
         max_wait_s: float = 600.0,
+        min_poll_s: float = _MIN_POLL_S,
     ) -> RoundReport | None:
         """Check in until assigned (sleeping as told), then train one round; None on timeout.
 
@@ -2166,8 +2167,12 @@ class Client:
 
         A secure task's round runs through `run_secure_round` (a `SecureRoundReport`). Data
         the trainer refuses (`sdk.trainer.TrainingDataError`, from a trainer with `check_data`)
-        is refused before the check-in, so the device never takes a slot it cannot fill."""
-        _check_wait(max_wait_s)
+        is refused before the check-in, so the device never takes a slot it cannot fill.
+        `min_poll_s` is the app's floor on the time between two check-ins: while a round
+        gathers the coordinator says "wait" for its `--poll` (0.25 s by default), four signed
+        requests a second; `min_poll_s=5.0` makes it one every 5 s (a longer wait the
+        coordinator asks for still wins). The default, 0.05 s, only stops a "wait 0" spin."""
+        _check_wait(max_wait_s, min_poll_s)
         _check_trainer(trainer)
         _check_data(trainer, x, y)
         give_up = _tick() + max_wait_s
@@ -2185,15 +2190,17 @@ class Client:
                     return self.run_secure_round(answer.assignment, trainer, x, y)
                 return self.train_round(answer.assignment, trainer, x, y)
             # At least _MIN_POLL_S: a "wait 0" answer must not make the device spin.
-            wait = max(answer.retry_after_s, _MIN_POLL_S)
+            wait = max(answer.retry_after_s, _MIN_POLL_S, min_poll_s)
             if _tick() + wait > give_up:
                 return None
             self._sleep(wait)
 
 
-def _check_wait(max_wait_s: float) -> None:
+def _check_wait(max_wait_s: float, min_poll_s: float) -> None:
     if math.isnan(max_wait_s):  # every comparison with it is False: it would never end
         raise ValueError("max_wait_s must be a number of seconds, not NaN")
+    if not (math.isfinite(min_poll_s) and min_poll_s >= 0):
+        raise ValueError(f"min_poll_s must be finite seconds >= 0, not {min_poll_s!r}")
 
 
 def _wire(row: dict[str, dict[str, int]]) -> dict[str, int]:
@@ -2487,9 +2494,11 @@ class AsyncClient:
         *,
         task_id: int | None = None,
         max_wait_s: float = 600.0,
+        min_poll_s: float = _MIN_POLL_S,
     ) -> RoundReport | None:
-        """As `Client.participate` (`max_wait_s` bounds the check-ins the same way)."""
-        _check_wait(max_wait_s)
+        """As `Client.participate` (`max_wait_s` bounds the check-ins the same way, and
+        `min_poll_s` spaces them)."""
+        _check_wait(max_wait_s, min_poll_s)
         _check_trainer(trainer)
         _check_data(trainer, x, y)
         give_up = _tick() + max_wait_s
@@ -2506,7 +2515,7 @@ class AsyncClient:
                 if answer.assignment.secure:
                     return await self.run_secure_round(answer.assignment, trainer, x, y)
                 return await self.train_round(answer.assignment, trainer, x, y)
-            wait = max(answer.retry_after_s, _MIN_POLL_S)  # as in Client.participate
+            wait = max(answer.retry_after_s, _MIN_POLL_S, min_poll_s)  # as in Client.participate
             if _tick() + wait > give_up:
                 return None
             await asyncio.sleep(wait)
