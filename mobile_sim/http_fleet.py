@@ -350,6 +350,11 @@ class _Fleet:
             try:
                 answer = await client.check_in(self.task_id)
             except (ClientError, httpx.TransportError) as exc:
+                if isinstance(exc, ClientError) and exc.reason == "task_refused":
+                    # Stopped by the operator (or refused): the monitor reads the task's state
+                    # and ends the run (or raises); this device has nothing more to do.
+                    await self.done.wait()
+                    return
                 if isinstance(exc, ClientError) and not _transient(exc.status):
                     raise
                 self.failures["check_in"] = self.failures.get("check_in", 0) + 1
@@ -441,7 +446,17 @@ class _Fleet:
                         measurements=_jsonable(r.measurements),
                     )
                 )
-            if status.state == "done" and all(r.round_id in seen for r in rounds):
+            if status.state == "refused":
+                raise RuntimeError(
+                    f"task {self.task_id} is refused by the coordinator: {status.refused}"
+                )
+            if status.state in ("done", "stopped") and all(r.round_id in seen for r in rounds):
+                if status.state == "stopped":
+                    log.warning(
+                        "task %d was stopped by the operator after %d rounds",
+                        self.task_id,
+                        len(seen),
+                    )
                 break
             await asyncio.sleep(0.05)
         if params is None:
