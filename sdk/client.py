@@ -308,6 +308,17 @@ def _error(response: httpx.Response) -> ClientError:
         reason, detail = str(body.get("reason", "")), str(body.get("detail", ""))
     except (ValueError, AttributeError):
         reason, detail = "", response.text[:200]
+    if response.status_code == 404 and reason in ("", Reason.NOT_FOUND):
+        # No such route (the coordinator's own 404s carry their reason: unknown_task, ...):
+        # a base_url with a path the coordinator does not serve, or a proxy not routing it.
+        # "404 not_found: Not Found" named neither the URL nor what to check.
+        try:
+            asked = f"{response.request.method} {response.request.url}: "
+        except RuntimeError:  # a response a `mods=` middleware built, with no request
+            asked = ""
+        detail = _clip(detail, 200) + (
+            f" ({asked}no such endpoint; is base_url the coordinator's address?)"
+        )
     return ClientError(response.status_code, reason, detail)
 
 
