@@ -233,7 +233,8 @@ def register(sub: Any) -> None:
         type=float,
         default=1.0,
         metavar="LR",
-        help="server step: the model moves by LR x the aggregate",
+        help="server step: the model moves by LR x the aggregate (keep 1 with a server "
+        "optimizer such as yogi:lr=0.01, whose lr= is the step; LR would multiply it)",
     )
 
     g = p.add_argument_group("local training")
@@ -827,6 +828,14 @@ def _fleet(args: argparse.Namespace) -> str:
     return "off" if _clockless(args) else "timing"
 
 
+def _server_optimizer(spec: str | None) -> bool:
+    """Whether an aggregator spec starts with a server optimizer (avgm, adam, yogi, ...)."""
+    from coordinator.aggregators import SERVER_OPTIMIZERS
+
+    first = (spec or "").split("+", 1)[0].partition(":")[0].strip().lower()
+    return first in SERVER_OPTIMIZERS
+
+
 def _usage_error(args: argparse.Namespace) -> str | None:
     """The first mistake in the flags of a run that only the command line knows of (flags
     that do not go together, folders, specs), named by its flags, or None.
@@ -1040,6 +1049,14 @@ def _main(args: argparse.Namespace) -> int:
     problem = _usage_error(args)
     if problem is not None:
         return _fail(problem)
+    if args.server_lr != 1.0 and _server_optimizer(args.aggregator):
+        # Allowed (it is a step size), but rarely meant: robustness.md says keep it 1.
+        print(
+            f"{_PROG}: note: --server-lr {args.server_lr:g} multiplies the step of the server "
+            f"optimizer in --aggregator {args.aggregator} (its own lr= is the step; keep "
+            "--server-lr 1 unless you mean both)",
+            file=sys.stderr,
+        )
     if args.threads is not None:
         import torch
 
