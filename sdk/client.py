@@ -2058,7 +2058,6 @@ class Client:
             raise ValueError("a secure assignment: use run_secure_round or secure_round")
         spec = _spec(a)
         # Before the download: a model this device cannot train must not replace the one held.
-        _check_trainer(trainer)
         _check_layout(a, trainer)
         self._settle_pending()
         before = _wire(self.bandwidth.get(a.round_id, {}))
@@ -2154,7 +2153,6 @@ class Client:
         y: npt.NDArray[np.int64],
     ) -> SecureRoundReport:
         """Download, train locally, and send the update through the secure round `a`."""
-        _check_trainer(trainer)
         _check_layout(a, trainer)
         return self.secure_round(a, _delta_update(self._core, a, trainer, x, y))
 
@@ -2434,7 +2432,6 @@ class AsyncClient:
             raise ValueError("a secure assignment: use run_secure_round or secure_round")
         spec = _spec(a)
         # Before the download: a model this device cannot train must not replace the one held.
-        _check_trainer(trainer)
         _check_layout(a, trainer)
         await self._settle_pending()
         before = _wire(self.bandwidth.get(a.round_id, {}))
@@ -2493,7 +2490,6 @@ class AsyncClient:
         y: npt.NDArray[np.int64],
     ) -> SecureRoundReport:
         """Download, train locally, and send the update through the secure round `a`."""
-        _check_trainer(trainer)
         _check_layout(a, trainer)
         return await self.secure_round(a, _delta_update(self._core, a, trainer, x, y))
 
