@@ -19,7 +19,22 @@ settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("PLUME_HYPOTHESIS", "deterministic"))
 
 
+def _absl_on_process_stderr() -> None:
+    """absl (dp_accounting imports it) builds its logging handler on the `sys.stderr` of its
+    import, under pytest a capture stream. uvicorn's `dictConfig` (every ServerThread) closes
+    every logging handler, and absl's close closes its stream unless it is the current
+    `sys.stderr`: inside a `capsys` test that was pytest's global capture, and the session
+    died with "lost sys.stderr" (tests/test_s14_absl_stream.py). The process's own stderr,
+    which absl never closes, is where it would write anyway (fd capture)."""
+    import sys
+
+    import absl.logging
+
+    absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    _absl_on_process_stderr()
     try:
         import torch
     except ImportError:
