@@ -149,9 +149,10 @@ def register(sub: Any) -> None:
     )
     g.add_argument(
         "--partition",
-        default="dirichlet",
+        default=None,
         choices=("iid", "dirichlet", "shards", "natural"),
-        help="how examples are split over devices; natural: the dataset's own users",
+        help="how examples are split over devices; natural: the dataset's own users (default: "
+        "natural for shakespeare and synthetic, which have them; dirichlet for mnist and digits)",
     )
     g.add_argument(
         "--alpha",
@@ -168,7 +169,14 @@ def register(sub: Any) -> None:
     )
 
     g = p.add_argument_group("fleet and rounds")
-    g.add_argument("--clients", type=int, default=100, metavar="N", help="registered devices")
+    g.add_argument(
+        "--clients",
+        type=int,
+        default=None,
+        metavar="N",
+        help="registered devices (default: 100; with --partition natural, all the dataset's "
+        "natural clients: 98 shakespeare speakers, 30 synthetic devices)",
+    )
     g.add_argument(
         "--per-round", type=int, default=10, metavar="N", help="reports aggregated per round"
     )
@@ -492,9 +500,43 @@ def register(sub: Any) -> None:
     when_help(p, complete_help)
 
 
+# The datasets that have their own users (one client per speaker or per synthetic device).
+_NATURAL_USERS = {"shakespeare": "speakers", "synthetic": "devices"}
+
+
+def _natural_family(dataset: str) -> str | None:
+    """'shakespeare' or 'synthetic' (also for synthetic(a,b) and synthetic_iid), else None."""
+    family = re.split(r"[(_]", dataset, maxsplit=1)[0]
+    return family if family in _NATURAL_USERS else None
+
+
+def _default_partition(args: argparse.Namespace) -> None:
+    """--partition left out: the dataset's own users where it has them, as in LEAF and
+    FedProx (a label split would erase what synthetic(alpha, beta) varies), else dirichlet."""
+    if args.partition is None:
+        args.partition = "natural" if _natural_family(args.dataset) else "dirichlet"
+
+
+def _default_clients(args: argparse.Namespace) -> None:
+    """--clients left out: 100, or with the natural split every natural client (loading the
+    dataset to count them; a `DataError` if it is missing). Sets `args.natural_count`."""
+    _default_partition(args)
+    if args.clients is not None:
+        return
+    if args.partition == "natural" and _natural_family(args.dataset):
+        from .runner import natural_client_count
+
+        args.clients = args.natural_count = natural_client_count(
+            args.dataset, args.data_root, args.seed
+        )
+    else:
+        args.clients = 100
+
+
 def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
     from .runner import SimConfig
 
+    _default_clients(args)
     values: dict[str, Any] = {
         "dataset": args.dataset,
         "model": args.model,
@@ -844,6 +886,7 @@ def _usage_error(args: argparse.Namespace) -> str | None:
     (--per-round <= --clients, --lr > 0, a dp stage the fleet cannot honour, ...) are
     SimConfig's: `config_from_args` states them, and `_in_flags` names the flags.
     """
+    _default_partition(args)
     if not 0.0 <= args.secure_dropout < 1.0:
         return f"--secure-dropout is a fraction in [0, 1), got {args.secure_dropout}"
     if args.threads is not None and args.threads < 1:
@@ -1046,9 +1089,21 @@ def _main(args: argparse.Namespace) -> int:
         write_run,
     )
 
+    _default_partition(args)
     problem = _usage_error(args)
     if problem is not None:
         return _fail(problem)
+    try:
+        _default_clients(args)
+    except DataError as exc:
+        return _fail(_data_error_text(args, exc), 1)
+    if getattr(args, "natural_count", None) is not None:
+        family = _natural_family(args.dataset) or ""
+        print(
+            f"{args.dataset}: --partition natural (its own {_NATURAL_USERS[family]}): "
+            f"{args.clients} devices, all of them (--clients N takes the first N)",
+            flush=True,
+        )
     if args.server_lr != 1.0 and _server_optimizer(args.aggregator):
         # Allowed (it is a step size), but rarely meant: robustness.md says keep it 1.
         print(
@@ -1113,14 +1168,7 @@ def _main(args: argparse.Namespace) -> int:
                 text.replace("(--admin-token or PLUME_ADMIN_TOKEN)", "(PLUME_ADMIN_TOKEN)"), 1
             )
         except DataError as exc:  # the data folder is missing or unreadable
-            text = str(exc)
-            if args.data_root:
-                text = text.replace("set PLUME_DATA to", "pass --data-root")
-            elif os.environ.get("PLUME_DATA"):
-                text = text.replace(
-                    "set PLUME_DATA to", f"set PLUME_DATA (now {os.environ['PLUME_DATA']}) to"
-                )
-            return _fail(text, 1)
+            return _fail(_data_error_text(args, exc), 1)
         write_run(res, run_dir)
         results.append(res)
     plot = plot_accuracy_vs_bytes(
@@ -1171,6 +1219,18 @@ def _main(args: argparse.Namespace) -> int:
     plots = ", ".join(str(p) for p in [plot, *extra])
     print(f"wrote {where} (rounds.json, rounds.csv, ledger.csv) and {plots}")
     return 0
+
+
+def _data_error_text(args: argparse.Namespace, exc: Exception) -> str:
+    """A `DataError`'s message, with the flag or variable that sets the data folder."""
+    text = str(exc)
+    if args.data_root:
+        return text.replace("set PLUME_DATA to", "pass --data-root")
+    if os.environ.get("PLUME_DATA"):
+        return text.replace(
+            "set PLUME_DATA to", f"set PLUME_DATA (now {os.environ['PLUME_DATA']}) to"
+        )
+    return text
 
 
 def _seconds(x: float) -> str:

@@ -401,6 +401,16 @@ def load_dataset(name: str, root: str | None = None, seed: int = 0) -> Federated
     return loaded
 
 
+def natural_client_count(name: str, root: str | None = None, seed: int = 0) -> int:
+    """How many natural clients (speakers, synthetic devices) dataset `name` has; loads it.
+
+    A `ValueError` for a dataset without them (mnist, digits)."""
+    groups = getattr(load_dataset(name, root, seed), "train_groups", None)
+    if not groups:
+        raise ValueError(f"dataset {name!r} has no natural partition")
+    return len(groups)
+
+
 def build_aggregator(spec: str) -> AggregatorFactory:
     """Aggregator from a CLI string ('fedavg', 'median', 'normbound:5+fedavg', ...)."""
     try:
@@ -434,7 +444,10 @@ def _partition(cfg: SimConfig, data: FederatedData) -> list[npt.NDArray[np.int64
             raise ValueError(f"dataset {cfg.dataset!r} has no natural partition")
         parts = natural(groups, num_examples=len(data.y_train))
         if len(parts) < cfg.clients:
-            raise ValueError(f"{cfg.dataset!r} has only {len(parts)} natural clients")
+            raise ValueError(
+                f"clients must be at most {len(parts)} with the natural partition: "
+                f"{cfg.dataset} has {len(parts)} natural clients, got {cfg.clients}"
+            )
         return parts[: cfg.clients]
     return partition(
         data.y_train,
