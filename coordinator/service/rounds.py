@@ -655,11 +655,23 @@ class _ClosedRound:
     cohort: frozenset[str]
     reports: int | None = None  # a plain round's accepted updates, counted on first use
     views: _OwnViews | None = None  # built on first device read
+    summed: frozenset[str] | None = None  # a secure round's: cohort less `dropped`, on first use
 
     def own_view(self, me: str) -> Any:
         if self.views is None:
             self.views = _OwnViews(self.row.measurements, self.cohort)
         return self.views.view(me)
+
+    def in_secure_sum(self, me: str) -> bool:
+        """Whether `me`'s masked input is in a secure round's sum: selected, and not in the
+        round's `dropped` list (a set built once, not a scan of the list per device)."""
+        if self.summed is None:
+            dropped = self.row.measurements.get("dropped")
+            # Only a string can equal a device id: other items (a hand-edited row's) drop
+            # nobody, as `device_id in dropped` found.
+            out = {d for d in dropped if isinstance(d, str)} if isinstance(dropped, list) else ()
+            self.summed = self.cohort.difference(out)
+        return me in self.summed
 
 
 def pool_capacity(config: ServiceConfig) -> float:
@@ -1124,11 +1136,19 @@ class Coordinator:
             r = self.store.round(round_id)
         except DamagedRow as exc:
             self._raise_damaged(exc)
-        if r is not None and r.state in (RoundState.COMMITTED, RoundState.ABANDONED):
-            self._closed_rounds[round_id] = _ClosedRound(r, frozenset(r.selected))
-            while len(self._closed_rounds) > CLOSED_ROUNDS_KEPT:
-                self._closed_rounds.popitem(last=False)
+        if r is not None:
+            self._keep(r)
         return r
+
+    def _keep(self, r: RoundRow) -> _ClosedRound | None:
+        """Keep `r`, just read from the store, among the parsed closed rounds if it is closed
+        (the most recently read `CLOSED_ROUNDS_KEPT`); None for a round still open."""
+        if r.state not in (RoundState.COMMITTED, RoundState.ABANDONED):
+            return None
+        kept = self._closed_rounds[r.round_id] = _ClosedRound(r, frozenset(r.selected))
+        while len(self._closed_rounds) > CLOSED_ROUNDS_KEPT:
+            self._closed_rounds.popitem(last=False)
+        return kept
 
     def _raise_damaged(self, exc: DamagedRow) -> NoReturn:
         """Raise the 409 `task_refused` of a damaged row's task, naming the damage, or `exc`
@@ -1613,18 +1633,25 @@ class Coordinator:
             # are not parsed here.
             inside = self.store.has_update(round_id, device_id)
             return UploadOutcome.COMMITTED if inside else UploadOutcome.EXCLUDED
-        try:
-            r = self.store.round(round_id)
-        except DamagedRow:
-            return UploadOutcome.PENDING
-        if r is None:
-            return UploadOutcome.UNKNOWN
-        if r.measurements.get("secure"):
+        # A secure task's round (or a refused task's): its `dropped` list says it, so the row
+        # is read, once per round like `_stored_round`'s (the same kept rounds), not at each
+        # of its devices' check-ins. A row damaged in the store is not kept: `pending`.
+        kept = self._closed_rounds.get(round_id)
+        if kept is not None:
+            self._closed_rounds.move_to_end(round_id)
+        else:
+            try:
+                r = self.store.round(round_id)
+            except DamagedRow:
+                return UploadOutcome.PENDING
+            if r is None:
+                return UploadOutcome.UNKNOWN
+            kept = self._keep(r)
+            if kept is None:  # not closed after all (round_state said committed): as stored
+                kept = _ClosedRound(r, frozenset(r.selected))
+        if kept.row.measurements.get("secure"):
             # The masked inputs in the sum: the selected devices not listed as dropped.
-            dropped = r.measurements.get("dropped")
-            inside = device_id in r.selected and not (
-                isinstance(dropped, list) and device_id in dropped
-            )
+            inside = kept.in_secure_sum(device_id)
         else:
             inside = self.store.has_update(round_id, device_id)
         return UploadOutcome.COMMITTED if inside else UploadOutcome.EXCLUDED

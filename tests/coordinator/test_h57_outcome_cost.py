@@ -70,4 +70,13 @@ def test_a_secure_rounds_outcome_still_reads_its_dropped_list(tmp_path: Path) ->
     assert coord.upload_outcome(round_id, "b") == UploadOutcome.EXCLUDED
     with coord.store.transaction() as tx:
         tx.execute("UPDATE rounds SET measurements_json='{' WHERE round_id=?", (round_id,))
-    assert coord.upload_outcome(round_id, "a") == UploadOutcome.PENDING  # cannot be read
+    # A closed round's row no longer changes, so the coordinator keeps the parse it read
+    # (helper-86: once per round, as GET /v1/rounds/{id} and the membership check do; a hand
+    # edit after the first read is not seen until the round leaves the kept rounds or a
+    # restart, operations.md). A coordinator that reads the damaged row answers `pending`.
+    assert coord.upload_outcome(round_id, "a") == UploadOutcome.COMMITTED
+    coord.store.close()
+    again = Coordinator(Store(tmp_path / "p.db"), ServiceConfig(db_path=str(tmp_path / "p.db")))
+    again.restore()
+    assert again.upload_outcome(round_id, "a") == UploadOutcome.PENDING  # cannot be read
+    assert again.upload_outcome(round_id, "b") == UploadOutcome.PENDING
