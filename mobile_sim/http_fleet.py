@@ -154,6 +154,7 @@ def _run(
     from sdk.flat import get_flat_params
     from sdk.trainer import TorchTrainer, evaluate
 
+    from .backends.sequential import warm_torch
     from .models import build_model
 
     setup = prepare(cfg)
@@ -182,6 +183,9 @@ def _run(
         task_id = admin.create_task(task, get_flat_params(model))
         fleet = _Fleet(cfg, url, task_id, spec, tmp, parts, data, opts)
         trainer = TorchTrainer(build_model(cfg.model_name, seed=cfg.seed), momentum=cfg.momentum)
+        # Before the devices start, as the in-process backends' start() does: otherwise round
+        # 1's wall s includes torch's first optimizer (importing torch._dynamo, 1.5-3 s).
+        warm_torch()
         eval_model = build_model(cfg.model_name, seed=cfg.seed)
         records: list[RoundRecord] = []
         bar = _progress(cfg.rounds, label or ("dense" if cfg.dense else "compressed"), progress)

@@ -10,7 +10,7 @@ import numpy.typing as npt
 
 from ._base import JobResult, TrainContext, TrainJob, check_round, job_rng
 
-__all__ = ["SequentialBackend", "run_job", "warm_torch_trainer"]
+__all__ = ["SequentialBackend", "run_job", "warm_torch", "warm_torch_trainer"]
 
 
 def _torch_trainer(ctx: TrainContext) -> Any:
@@ -21,17 +21,23 @@ def _torch_trainer(ctx: TrainContext) -> Any:
     return TorchTrainer(build_model(ctx.model), momentum=ctx.momentum)
 
 
-def warm_torch_trainer(ctx: TrainContext) -> Any:
-    """A torch trainer for `ctx`, with torch's one-time set-up paid now: the first optimizer a
-    process builds imports torch._dynamo (1.5-3 s), and its first step a profiler module. A
-    backend's `start` pays them instead of its first round's wall time."""
+def warm_torch() -> None:
+    """Pay torch's one-time set-up now: the first optimizer a process builds imports
+    torch._dynamo (1.5-3 s), and its first step a profiler module. One throwaway step on a
+    tensor of its own: no model, no RNG draw, no data touched."""
     import torch
 
-    trainer = _torch_trainer(ctx)
     weight = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.SGD([weight], lr=0.1)
     (weight * weight).sum().backward()
     optimizer.step()  # its first call imports a profiler module too
+
+
+def warm_torch_trainer(ctx: TrainContext) -> Any:
+    """A torch trainer for `ctx`, with torch's one-time set-up paid now (`warm_torch`): a
+    backend's `start` pays it instead of its first round's wall time."""
+    trainer = _torch_trainer(ctx)
+    warm_torch()
     return trainer
 
 
