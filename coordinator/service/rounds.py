@@ -504,13 +504,16 @@ def _own_view(value: Any, cohort: frozenset[str], me: str) -> Any:
     value, so that no figure of another device stays behind without its name. A record is a
     list, or a dict of plain values only, holding another device's id; a dict that names one
     beside nested measurements (a wrapper's, with its `inner`) is walked instead. What names
-    `me` stays, as do counts and every figure about the round as a whole."""
-    others = cohort - {me}
+    `me` stays, as do counts and every figure about the round as a whole. Costs what `value`
+    holds: `cohort` is only looked up (no copy of it less `me` at each read)."""
+
+    def other(s: str) -> bool:  # in the cohort, not `me`
+        return s != me and s in cohort
 
     def names(v: Any) -> bool:  # another device's id, or a string that contains one
         if not isinstance(v, str):
             return False
-        return v in others or (len(v) > 32 and any(m in others for m in _ID_IN_TEXT.findall(v)))
+        return other(v) or (len(v) > 32 and any(other(m) for m in _ID_IN_TEXT.findall(v)))
 
     def record(v: Any) -> bool:  # a list or dict about another device: its id next to figures
         if isinstance(v, dict):
@@ -2306,7 +2309,11 @@ class Coordinator:
             if kept is not None and status.measurements is r.measurements:
                 status.measurements = kept.own_view(only)  # the same view, from its index
             else:
-                status.measurements = _own_view(status.measurements, frozenset(r.selected), only)
+                # A running round's cohort is its selection in memory (the set `in_round`
+                # reads, from the same stored list), not a set built again at each read.
+                found = self._runtime_for_round(round_id)
+                cohort = found[1].selected if found is not None else frozenset(r.selected)
+                status.measurements = _own_view(status.measurements, cohort, only)
         return status
 
     def _round_status(self, r: RoundRow) -> RoundStatus:
