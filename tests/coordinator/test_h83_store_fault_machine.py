@@ -626,6 +626,17 @@ class StoreFaultMachine(PlainServiceMachine):
         self.faulty.faults = []
 
     @invariant()
+    def the_round_in_memory_is_live(self) -> None:
+        """The task's current round is open or aggregating in the store: a round the store
+        calls committed or abandoned is never still the one its devices are told about."""
+        if not hasattr(self, "task_id"):
+            return
+        cur = self.coord.runtimes[self.task_id].current
+        if cur is not None:
+            state = self.svc.store.round_state(cur.round_id)
+            assert state is not None and state[1] in ("open", "aggregating"), (state, self.trace)
+
+    @invariant()
     def the_delta_chain_rebuilds_every_version(self) -> None:
         if not hasattr(self, "task_id"):
             return
@@ -708,6 +719,7 @@ def run_steps(steps: list[tuple[str, dict[str, Any]]], fired: tuple[str, ...] = 
         m.ledger_matches_the_wire,
         m.versions_grow_and_the_model_matches,
         m.no_fault_left_armed,
+        m.the_round_in_memory_is_live,
         m.the_delta_chain_rebuilds_every_version,
     ]
     try:
