@@ -525,7 +525,9 @@ def _default_clients(args: argparse.Namespace) -> None:
         return
     if args.partition == "natural" and _natural_family(args.dataset):
         from .runner import natural_client_count
+        from .status import say
 
+        say(f"loading {args.dataset}")
         args.clients = args.natural_count = natural_client_count(
             args.dataset, args.data_root, args.seed
         )
@@ -696,6 +698,9 @@ def _fail(message: str, status: int = 2) -> int:
     """Print `plume sim: error: MESSAGE` on stderr; returns `status` (2: a usage error)."""
     from coordinator.cli import print_error
 
+    from .status import clear
+
+    clear()
     print_error(_PROG, message)
     return status
 
@@ -1067,6 +1072,15 @@ def _model_mismatch(dataset: str, model: str | None) -> str | None:
 
 
 def _main(args: argparse.Namespace) -> int:
+    from .status import status_line
+
+    # What the run is doing before its first round and after its last (loading the data,
+    # starting workers, writing plots), on the same condition as the progress bar.
+    with status_line(args.action == "run" and not args.no_progress and sys.stderr.isatty()):
+        return _sim(args)
+
+
+def _sim(args: argparse.Namespace) -> int:
     if args.action == "report":
         return _report(args)
     if args.action != "run":
@@ -1088,6 +1102,7 @@ def _main(args: argparse.Namespace) -> int:
         summary,
         write_run,
     )
+    from .status import clear, say
 
     _default_partition(args)
     problem = _usage_error(args)
@@ -1099,6 +1114,7 @@ def _main(args: argparse.Namespace) -> int:
         return _fail(_data_error_text(args, exc), 1)
     if getattr(args, "natural_count", None) is not None:
         family = _natural_family(args.dataset) or ""
+        clear()
         print(
             f"{args.dataset}: --partition natural (its own {_NATURAL_USERS[family]}): "
             f"{args.clients} devices, all of them (--clients N takes the first N)",
@@ -1142,6 +1158,7 @@ def _main(args: argparse.Namespace) -> int:
         try:
             res = _run_one(c, args, label, rows)
         except KeyboardInterrupt:
+            clear()
             print(
                 f"{_PROG}: {_interrupted(rows.done, c.rounds, label, runs, out)}", file=sys.stderr
             )
@@ -1171,6 +1188,7 @@ def _main(args: argparse.Namespace) -> int:
             return _fail(_data_error_text(args, exc), 1)
         write_run(res, run_dir)
         results.append(res)
+    say("writing plots")
     plot = plot_accuracy_vs_bytes(
         [
             (r.label or label, [_as_dict(x) for x in r.records])
@@ -1180,6 +1198,7 @@ def _main(args: argparse.Namespace) -> int:
         title=f"{cfg.dataset} / {cfg.model_name}",
     )
     extra = _extra_plots(out, results)
+    clear()
     print()
     for r in results:
         s = summary(r)

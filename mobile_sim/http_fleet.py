@@ -37,6 +37,7 @@ from .runner import (
     _progress,
     prepare,
 )
+from .status import say
 
 __all__ = ["run_http_simulation", "HttpFleetOptions", "DOWNLINK", "DeviceFailed"]
 
@@ -123,6 +124,7 @@ def run_http_simulation(
         from coordinator.service import ServerThread, ServiceConfig
 
         token = opts.admin_token or secrets.token_hex(16)
+        say("starting the coordinator")
         server = ServerThread(
             ServiceConfig(
                 db_path=os.path.join(tmp, "coordinator.db"),
@@ -185,6 +187,7 @@ def _run(
         trainer = TorchTrainer(build_model(cfg.model_name, seed=cfg.seed), momentum=cfg.momentum)
         # Before the devices start, as the in-process backends' start() does: otherwise round
         # 1's wall s includes torch's first optimizer (importing torch._dynamo, 1.5-3 s).
+        say("warming up torch")
         warm_torch()
         eval_model = build_model(cfg.model_name, seed=cfg.seed)
         records: list[RoundRecord] = []

@@ -30,6 +30,7 @@ from .backends import Backend, JobResult, TrainContext, TrainJob, build_backend,
 from .backends._seeding import RngPool
 from .data import FederatedData, load_digits_data, load_mnist
 from .partition import natural, partition
+from .status import clear, say
 
 if TYPE_CHECKING:
     from .fleet import Selection
@@ -482,8 +483,10 @@ def prepare(cfg: SimConfig) -> SimSetup:
 
     torch.manual_seed(cfg.seed)
     started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    say(f"loading {cfg.dataset}")
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.seed)
     parts = _partition(cfg, data)
+    say(f"building {cfg.model_name}")
     model = build_model(cfg.model_name, seed=cfg.seed)
     eval_model = build_model(cfg.model_name, seed=cfg.seed)
     spec = spec_from_module(model)
@@ -915,6 +918,8 @@ class _progress:
         self.bar: Any = None
         if enabled:
             from tqdm import tqdm
+
+            clear()  # the set-up's status line gives way to the table and the bar
 
             from .report import table_header
 

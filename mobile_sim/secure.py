@@ -423,6 +423,7 @@ def run_secure_simulation(
 
     from .backends import TrainContext, TrainJob
     from .runner import _device_ids, backend_for, prepare
+    from .status import clear
 
     setup = prepare(cfg)
     data, parts, model, eval_model = setup.data, setup.parts, setup.model, setup.eval_model
@@ -448,6 +449,7 @@ def run_secure_simulation(
     )
     records: list[RoundRecord] = []
     fleet = HttpSecureFleet(coord, spec=setup.spec) if transport == "http" else None
+    clear()  # the set-up's status line gives way to the bar
     bar = tqdm(total=cfg.rounds, desc=label, unit="round", disable=not progress, leave=False)
     try:
         for r in range(1, cfg.rounds + 1):

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..status import say
 from ._base import JobResult, TrainContext, TrainJob, check_round
 from ._worker import (
     INNER_BACKENDS,
@@ -292,6 +293,7 @@ class ProcessPoolBackend:
         # writes those itself and, if the child dies before reading them all, blocks forever
         # (it holds the pipe's read end until the write is done). Threads send it in parallel,
         # pickled once, so the deadline below covers every step of the start-up.
+        say(f"starting {self.workers} pool worker{'s' if self.workers != 1 else ''}")
         payload = ForkingPickler.dumps(ctx)
         senders: list[threading.Thread] = []
         started = False

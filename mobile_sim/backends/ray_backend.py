@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..status import say
 from ._base import JobResult, TrainContext, TrainJob, check_round
 from ._worker import (
     INNER_BACKENDS,
@@ -95,6 +96,7 @@ class RayBackend:
         self._num_examples = len(ctx.y_train)
         self._stall = StallLimit()
         if not ray.is_initialized():
+            say("starting Ray")
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if self.runtime_env is not None:
                 kwargs["runtime_env"] = self.runtime_env
@@ -109,6 +111,7 @@ class RayBackend:
         # free CPU forever, and so would `train`. Ray takes shares to 4 decimals.
         total = float(ray.cluster_resources().get("CPU", 0.0))
         cpus = 1.0 if total >= n else math.floor(total / n * 1e4) / 1e4
+        say(f"starting {n} Ray actor{'s' if n != 1 else ''}")
         actor_cls = ray.remote(num_cpus=cpus)(WorkerState)
         ctx_ref = ray.put(ctx)
         self._actors = [

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from ..status import say
 from ._base import JobResult, TrainContext, TrainJob, check_round, job_rng
 
 __all__ = ["SequentialBackend", "run_job", "warm_torch", "warm_torch_trainer"]
@@ -95,6 +96,7 @@ class SequentialBackend:
         self._ctx = ctx
         # Built now, not in the first round: a bad model fails here, and round 1's wall time
         # does not include importing torch and its optimizer (as the pool's workers do).
+        say("warming up torch")
         self._trainers = {"torch": warm_torch_trainer(ctx)}
 
     def train(self, params: npt.NDArray[np.float32], jobs: Sequence[TrainJob]) -> list[JobResult]:
