@@ -695,7 +695,7 @@ def test_the_store_fault_machine_explores_longer() -> None:
     run_state_machine_as_test(
         StoreFaultMachine,
         settings=settings(
-            max_examples=60,
+            max_examples=150,
             stateful_step_count=40,
             report_multiple_bugs=False,
             derandomize=True,
