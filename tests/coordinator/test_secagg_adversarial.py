@@ -476,6 +476,10 @@ def test_more_drops_than_the_threshold_abort_cleanly_and_the_next_round_commits(
     np.testing.assert_array_equal(params, params0)
     late = world.post(world.devices[4], Stage.UNMASK, b"PSA1")
     _refused(late, 409, Reason.ROUND_CLOSED)
+    # The abandoned round's inputs go back into each device's residual, as the SDK's client
+    # settles them (a participant refuses a new input while one is unsettled)
+    for dev in world.devices:
+        dev.participant.return_sent()
     # Execute: the next round, with every device honest
     world.open_round()
     requests = _honest_until_unmask(world, world.devices)
