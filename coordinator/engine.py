@@ -347,6 +347,12 @@ class RoundEngine:
         return len(self._round(round_id).updates)
 
     # -- aggregate + publish ------------------------------------------------------------------
+    def abandon_round(self, round_id: int) -> None:
+        """Close a round without aggregating it (a stopped task's): its updates and selection
+        are let go, as `close_round` lets them go. A round already closed stays closed."""
+        if not self._round(round_id).closed:
+            self._rounds[round_id] = _CLOSED
+
     def close_round(self, round_id: int) -> RoundOutcome:
         """Aggregate and publish the round's updates, or abandon it below `min_reports`.
 

@@ -1319,12 +1319,20 @@ class Coordinator:
                 cur.closing = cur.close_started = True  # no close starts on it meanwhile
                 try:
                     outcome = self._abandon_stopped(rt, cur)
-                except BaseException:
-                    # Not recorded: the round's next close (its deadline, a tick) abandons it
-                    # (`close_blocking` reads the stop), or the next start does.
+                except (sqlite3.Error, OSError) as exc:
+                    # The stop itself is durable, so it answers 200: the round's abandonment
+                    # was not recorded, and the round's next close (its deadline, a tick)
+                    # abandons it (`close_blocking` reads the stop), or the next start does.
                     cur.closing, cur.close_started = flags
-                    raise
-                self.finish_close(rt, outcome)
+                    log.warning(
+                        "task %d stopped; its round %d is abandoned at its close (the "
+                        "database refused it now: %s)",
+                        task_id,
+                        cur.round_id,
+                        exc,
+                    )
+                else:
+                    self.finish_close(rt, outcome)
         log.warning("task %d stopped by the operator", task_id)
         return self.task_status(task_id)
 
@@ -1334,6 +1342,7 @@ class Coordinator:
         if cur.pending_dp is not None:
             meas["dp"] = cur.pending_dp  # its sums may have been unmasked: they count
         self.store.abandon(cur.round_id, rt.task_id, meas, rt.state, self.clock())
+        rt.engine.abandon_round(cur.engine_round)  # its decoded updates are let go
         return RoundOutcome(cur.engine_round, False, cur.reports, rt.engine.version, meas)
 
     def export_model(
