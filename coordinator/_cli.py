@@ -10,7 +10,6 @@ import json
 import math
 import os
 import re
-import socket
 import sqlite3
 import sys
 import tempfile
@@ -560,36 +559,28 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _why_not_listening(host: str, port: int) -> str:
-    """Why (host, port) cannot be bound, found by trying it (after uvicorn failed to start)."""
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-    except (socket.gaierror, UnicodeError) as exc:
-        return f"--host {host!r} is not an address of this machine ({exc})"
-    family, kind, proto, _, addr = infos[0]
-    with socket.socket(family, kind, proto) as probe:
-        # uvicorn sets SO_REUSEADDR too, so TIME_WAIT leftovers do not count as "in use".
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(addr)
-        except OSError as exc:
-            if exc.errno == errno.EADDRINUSE:
-                return (
-                    f"port {port} on {host} is already in use (another coordinator?); stop it "
-                    "or pick another --port"
-                )
-            if exc.errno == errno.EACCES:
-                return f"no permission to listen on port {port}; use a port above 1023"
-            if exc.errno == errno.EADDRNOTAVAIL:
-                return f"--host {host} is not an address of this machine"
-            return f"cannot listen on {host}:{port}: {exc.strerror or exc}"
-    return f"the server on {host}:{port} failed to start (see the log lines above)"
+def _listen_sentence(exc: Any) -> str:
+    """The CLI's sentence for a `ListenError`: what to change, by the bind's error number."""
+    host, port = exc.host, exc.port
+    if exc.errno is None:
+        return f"--host {host!r} is not an address of this machine ({exc.code})"
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"port {port} on {host} is already in use (another coordinator?); stop it or pick "
+            "another --port"
+        )
+    if exc.errno == errno.EACCES:
+        return f"no permission to listen on port {port}; use a port above 1023"
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"--host {host} is not an address of this machine"
+    return str(exc.code)
 
 
 def _serve(args: argparse.Namespace) -> int:
     import ssl
 
     from .service import serve
+    from .service.server import ListenError
     from .service.store import StoreError
 
     prog = "plume coordinator serve"
@@ -625,10 +616,13 @@ def _serve(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             log_level=args.log_level,
         )
-    except SystemExit as exc:  # uvicorn's exit when the socket or the app fails to start
+    except ListenError as exc:  # found before the database was opened
+        _fail(prog, _listen_sentence(exc))
+    except SystemExit as exc:  # uvicorn's exit when the app fails to start
         if exc.code in (0, None):
             return 0
-        _fail(prog, _why_not_listening(args.host, args.port))
+        where = f"{args.host}:{args.port}"
+        _fail(prog, f"the server on {where} failed to start (see the log lines above)")
     except StoreError as exc:  # already names the file and what to do
         _fail(prog, str(exc))
     except sqlite3.Error as exc:

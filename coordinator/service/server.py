@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import signal
 import socket
 import ssl
@@ -16,7 +17,7 @@ from .app import create_app
 from .rounds import ServiceConfig
 from .store import Store
 
-__all__ = ["serve", "ServerThread", "uvicorn_config"]
+__all__ = ["ListenError", "serve", "ServerThread", "uvicorn_config"]
 
 
 def uvicorn_config(
@@ -59,8 +60,9 @@ def serve(
     returns normally, with the database closed).
 
     The listening sockets are bound and the TLS files loaded first: an address that cannot be
-    listened on (a port in use) raises `SystemExit` with a sentence naming it, and TLS files
-    that do not load `ssl.SSLError`, before the database is opened (so a new `--db` is not
+    listened on (a port in use) raises `ListenError` (a `SystemExit`) naming it, and TLS files
+    that do not load `ssl.SSLError` (or `OSError` for a file that cannot be read), before the
+    database is opened (so a new `--db` is not
     created, nor an existing one restored, by a coordinator that cannot serve). Then the store
     is opened (exclusively: a second coordinator on the same database is refused) and the
     tasks restored before uvicorn starts, so a database that cannot be used raises
@@ -89,6 +91,7 @@ def serve(
                         app, host, port, tls_cert=tls_cert, tls_key=tls_key, log_level=log_level
                     )
                 )
+                _log_listening(sockets, tls_cert is not None)
                 # uvicorn runs the lifespan shutdown (which waits for closes in flight) before
                 # it returns or exits, so nothing uses the store after this.
                 server.run(sockets=sockets)
@@ -104,28 +107,58 @@ def serve(
             signal.signal(signal.SIGTERM, previous)
 
 
+class ListenError(SystemExit):
+    """`serve` cannot listen on an address: `host`/`port` name the address that failed (one of
+    several `host` resolves to), `errno` the bind's error number (None when the name does not
+    resolve). A `SystemExit`, as uvicorn's own exit on a bind failure was."""
+
+    def __init__(self, host: str, port: int, errno: int | None, reason: str) -> None:
+        super().__init__(f"cannot listen on {host}:{port}: {reason}")
+        self.host, self.port, self.errno = host, port, errno
+
+
 def _listen(host: str, port: int) -> list[socket.socket]:
-    """Sockets bound to every address `host` resolves to, as uvicorn's own bind
-    (`loop.create_server(host=, port=)`) binds them: SO_REUSEADDR, IPv6 sockets IPv6-only.
-    uvicorn listens on them. `SystemExit` naming the address when one cannot be bound."""
+    """Sockets bound to the addresses `host` resolves to, with uvicorn's options (SO_REUSEADDR;
+    IPv6 sockets IPv6-only); uvicorn listens on them. An address family this machine cannot
+    open is skipped, as asyncio's `create_server` skips it; `ListenError` when an address
+    cannot be bound, or none can be opened."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (OSError, UnicodeError) as exc:
-        raise SystemExit(f"cannot listen on {host}:{port}: {exc}") from None
+        raise ListenError(host, port, None, str(exc)) from None
     bound: list[socket.socket] = []
     try:
         for family, kind, proto, _, addr in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:
+                continue  # e.g. IPv6 compiled in but not available here
             bound.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
-            sock.bind(addr)
-    except OSError as exc:
+            try:
+                sock.bind(addr)
+            except OSError as exc:
+                raise ListenError(str(addr[0]), port, exc.errno, exc.strerror or str(exc)) from None
+    except BaseException:
         for sock in bound:
             sock.close()
-        raise SystemExit(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        raise
+    if not bound:
+        raise ListenError(host, port, None, "no address of it can be opened on this machine")
     return bound
+
+
+def _log_listening(sockets: list[socket.socket], tls: bool) -> None:
+    """uvicorn logs where it listens only when it binds itself: say it for the sockets given
+    (the port chosen for `--port 0` included)."""
+    logger = logging.getLogger("uvicorn.error")
+    for sock in sockets:
+        host, port = sock.getsockname()[:2]
+        shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
+        scheme = "https" if tls else "http"
+        logger.info("Uvicorn running on %s://%s:%d (Press CTRL+C to quit)", scheme, shown, port)
 
 
 class _Terminated(BaseException):

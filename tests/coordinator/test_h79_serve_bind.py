@@ -75,3 +75,54 @@ def test_serve_in_python_says_which_address_it_cannot_listen_on(
         serve(ServiceConfig(db_path=str(tmp_path / "p.db")), "127.0.0.1", taken_port)
     assert f"127.0.0.1:{taken_port}" in str(exited.value.code)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_address_that_failed_is_named_when_a_host_has_several(
+    monkeypatch: pytest.MonkeyPatch, taken_port: int
+) -> None:
+    # Prepare: a name resolving to ::1 then 127.0.0.1, the second's port taken. The CLI used
+    # to re-probe only the first address and blame "the log lines above" (helper-88's review).
+    from coordinator._cli import _listen_sentence
+    from coordinator.service.server import ListenError, _listen
+
+    real = socket.getaddrinfo
+
+    def dual(host: str, port: int, *args: object, **kwargs: object) -> list[object]:
+        found = [i for i in real("localhost", port, *args, **kwargs)]  # type: ignore[arg-type]
+        v6 = [i for i in found if i[0] == socket.AF_INET6]
+        v4 = [i for i in found if i[0] == socket.AF_INET]
+        return v6 + v4
+
+    monkeypatch.setattr(socket, "getaddrinfo", dual)
+    # Execute
+    with pytest.raises(ListenError) as failed:
+        _listen("dual.example", taken_port)
+    # Assert: the failing address and errno travel with the error, and the CLI's sentence
+    assert (failed.value.host, failed.value.port) == ("127.0.0.1", taken_port)
+    assert _listen_sentence(failed.value).startswith(
+        f"port {taken_port} on 127.0.0.1 is already in use"
+    )
+
+
+def test_serve_logs_the_address_it_listens_on_for_port_0(tmp_path: Path) -> None:
+    # uvicorn logs "running on" only when it binds itself; with the sockets bound by serve it
+    # said nothing, so `--port 0` never told the operator its port (helper-88's review).
+    proc = subprocess.Popen(
+        [*_plume(), "coordinator", "serve", "--db", str(tmp_path / "p.db"), "--port", "0",
+         "--log-level", "info"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "PLUME_DEBUG": ""},
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        lines = []
+        for line in proc.stderr:
+            lines.append(line)
+            if "Uvicorn running on" in line or len(lines) > 50:
+                break
+        said = "".join(lines)
+        assert "Uvicorn running on http://127.0.0.1:" in said, said
+        port = int(said.split("Uvicorn running on http://127.0.0.1:")[1].split()[0])
+        assert port > 0
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
