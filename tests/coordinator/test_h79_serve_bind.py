@@ -88,7 +88,7 @@ def test_the_address_that_failed_is_named_when_a_host_has_several(
     real = socket.getaddrinfo
 
     def dual(host: str, port: int, *args: object, **kwargs: object) -> list[object]:
-        found = [i for i in real("localhost", port, *args, **kwargs)]  # type: ignore[arg-type]
+        found = list(real("localhost", port, *args, **kwargs))  # type: ignore[arg-type]
         v6 = [i for i in found if i[0] == socket.AF_INET6]
         v4 = [i for i in found if i[0] == socket.AF_INET]
         return v6 + v4
