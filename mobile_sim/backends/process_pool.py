@@ -39,8 +39,8 @@ __all__ = ["ProcessPoolBackend", "PoolWorkerError"]
 _START_TIMEOUT_S = 300.0
 _STOP_TIMEOUT_S = 10.0
 # Seconds `close` gives all the workers together to exit on their stop message before it kills
-# the rest. An idle worker exits in milliseconds (it is waiting in `recv`, and a process exits
-# through os._exit); one still there after this is frozen in a way SIGCONT does not end (a
+# the rest. An idle worker exits in milliseconds (it is waiting in `recv`, and `_worker_main`
+# ends with os._exit whatever the start method); one still there after this is frozen in a way SIGCONT does not end (a
 # debugger's stop) or not reading its pipe, and has nothing a clean exit would save.
 _STOP_GRACE_S = 2.0
 
@@ -204,6 +204,12 @@ def _worker_main(conn: Connection, inner: str, threads: int) -> None:
     finally:
         for shared in attached.values():
             shared.close()
+    # Told to stop (or orphaned): leave at once, as a forked child does. A spawned worker
+    # returning from here would run the whole interpreter shutdown with torch loaded, which
+    # can outlast `close`'s grace period and get a healthy worker SIGKILLed.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 class ProcessPoolBackend:
