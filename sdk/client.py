@@ -1188,7 +1188,7 @@ def _lookup(host: str, port: int, timeout: float | None) -> list[str]:
     def resolve() -> None:
         try:
             answer.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
-        except OSError as exc:  # gaierror included
+        except (OSError, UnicodeError) as exc:  # gaierror; a label over 63 characters
             answer.append(exc)
         finally:
             done.set()
@@ -1197,9 +1197,9 @@ def _lookup(host: str, port: int, timeout: float | None) -> list[str]:
         resolve()
     else:
         threading.Thread(target=resolve, name=f"plume-lookup-{host}", daemon=True).start()
-        if not done.wait(max(timeout, 0.0)) or not answer:
+        if not done.wait(max(timeout, 0.0)):
             raise httpcore.ConnectTimeout(f"{host!r}: no address within {timeout:g} s")
-    if isinstance(answer[0], OSError):
+    if isinstance(answer[0], (OSError, UnicodeError)):
         raise httpcore.ConnectError(f"{host!r}: {answer[0]}") from answer[0]
     addresses: list[str] = []
     for family, _, _, _, sockaddr in answer[0]:

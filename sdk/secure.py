@@ -380,8 +380,13 @@ class HttpSecureDevice:
     ) -> bool:
         """All four stages, blocking; False if the device was left behind (a stage timed out).
 
-        `drop_at` (simulation) makes the device go silent before uploading that stage.
+        `drop_at` (simulation) makes the device go silent before uploading that stage. A
+        participant still holding an earlier unsettled input is a `ValueError` before any
+        request; the caller settles each round's input by its outcome (`forget_sent` /
+        `return_sent`) after the round; this method returns it itself only when the round aborts
+        (410) after the masked input.
         """
+        _check_settled(self.participant)  # before joining: it would fail at the masked input
         sess = self.join(round_id, params)
         if drop_at == Stage.ADVERTISE_KEYS:
             return False
