@@ -506,7 +506,9 @@ _NATURAL_USERS = {"shakespeare": "speakers", "synthetic": "devices"}
 
 def _natural_family(dataset: str) -> str | None:
     """'shakespeare' or 'synthetic' (also for synthetic(a,b) and synthetic_iid), else None."""
-    family = re.split(r"[(_]", dataset, maxsplit=1)[0]
+    from .runner import dataset_family
+
+    family = dataset_family(dataset)
     return family if family in _NATURAL_USERS else None
 
 
@@ -1050,11 +1052,11 @@ def _model_mismatch(dataset: str, model: str | None) -> str | None:
     from sdk._cli import example_input_shape
 
     from .models import MODELS
-    from .runner import DEFAULT_MODEL
+    from .runner import DEFAULT_MODEL, dataset_family
 
     if model is not None and model not in MODELS:
         return f"unknown model {model!r} (--model); choose one of {', '.join(sorted(MODELS))}"
-    family = re.split(r"[(_]", dataset, maxsplit=1)[0]  # synthetic(1,1), synthetic_iid
+    family = dataset_family(dataset)  # synthetic(1,1), synthetic_iid
     natural = DEFAULT_MODEL.get(family)
     if model is None or natural is None or model == natural:
         return None

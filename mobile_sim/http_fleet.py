@@ -28,6 +28,7 @@ import numpy.typing as npt
 from compression import ModelSpec
 from coordinator.ledger import BandwidthLedger
 from protocol.messages import CodecParams, TaskConfig, TensorShape, TrainingParams
+from protocol.names import Reason
 
 from .runner import (
     RoundRecord,
@@ -357,7 +358,7 @@ class _Fleet:
             try:
                 answer = await client.check_in(self.task_id)
             except (ClientError, httpx.TransportError) as exc:
-                if isinstance(exc, ClientError) and exc.reason == "task_refused":
+                if isinstance(exc, ClientError) and exc.reason == Reason.TASK_REFUSED:
                     # Stopped by the operator (or refused): the monitor reads the task's state
                     # and ends the run (or raises); this device has nothing more to do.
                     await self.done.wait()

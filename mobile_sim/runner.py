@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -45,6 +46,7 @@ __all__ = [
     "load_dataset",
     "build_aggregator",
     "DEFAULT_MODEL",
+    "dataset_family",
     "encode_reports",
     "backend_for",
 ]
@@ -55,6 +57,12 @@ DEFAULT_MODEL = {
     "shakespeare": "shakespeare_lstm_small",
     "synthetic": "synthetic_lr",
 }
+
+
+def dataset_family(dataset: str) -> str:
+    """A dataset name without its parameters or variant: "synthetic" for synthetic(1,1) and
+    synthetic_iid, the name itself otherwise (the key of `DEFAULT_MODEL`)."""
+    return re.split(r"[(_]", dataset, maxsplit=1)[0]
 
 
 # Backends whose jobs run in other processes, where a stuck worker can be stopped.
@@ -282,7 +290,7 @@ class SimConfig:
         if self.model:
             return self.model
         try:
-            return DEFAULT_MODEL[self.dataset]
+            return DEFAULT_MODEL[dataset_family(self.dataset)]
         except KeyError:
             raise ValueError(
                 f"no default model for dataset {self.dataset!r}; pass --model"
