@@ -149,7 +149,7 @@ MIN_TICK_S = 1e-3
 RELOAD_RETRY_S = 5.0
 # Longest delta chain one admin export answers (`Coordinator.export_model` with a base): the
 # chain format counts frames in a u16; the client asks in steps below it.
-MAX_EXPORT_CHAIN = 0xFFFF
+MAX_EXPORT_CHAIN = 1024
 # What an operator's stop (`Coordinator.stop_task`) records as the reason its open round ended.
 STOP_REASON = "stopped by the operator"
 # Longest wait a check-in answers (a week, the longest task duration validate_task accepts):
@@ -1406,6 +1406,17 @@ class Coordinator:
             )
         return digest
 
+    def _chain_frames(self, task_id: int, after: int, upto: int) -> tuple[list[bytes], int | None]:
+        """The stored delta frames taking version `after` to `upto`, and the first version on
+        the way whose frame is gone (emptied by `--keep-frames`, or a row missing), None when
+        the chain is whole. Reads only those versions."""
+        rows = self.store.chain(task_id, after, upto)
+        stored = dict(rows)
+        for v in range(after + 1, upto + 1):
+            if stored.get(v) is None:
+                return [], v
+        return [f for _, f in rows if f is not None], None
+
     def _export_chain(
         self, rt: TaskRuntime, base: int, version: int, digest: str
     ) -> tuple[bytes, dict[str, str]]:
@@ -1424,10 +1435,8 @@ class Coordinator:
                 "(ask in steps, each from the version the last one reached)",
             )
         base_digest = self._published_digest(rt, base)
-        rows = [(v, f) for v, f in self.store.chain(task_id, base) if v <= version]
-        missing = [v for v, f in rows if f is None]
-        if [v for v, _ in rows] != list(range(base + 1, version + 1)) or missing:
-            gone = missing[0] if missing else base + 1
+        frames, gone = self._chain_frames(task_id, base, version)
+        if gone is not None:
             raise ApiError(
                 410,
                 Reason.VERSION_GONE,
@@ -1443,7 +1452,7 @@ class Coordinator:
             Header.MODEL_BASE_VERSION: str(base),
             Header.MODEL_BASE_DIGEST: base_digest,
         }
-        return pack_chain([f for _, f in rows if f is not None]), headers
+        return pack_chain(frames), headers
 
     def task_status(self, task_id: int) -> TaskStatus:
         if task_id in self.unloaded:
@@ -1776,9 +1785,8 @@ class Coordinator:
         encoding = ModelEncoding.SNAPSHOT
         if fmt in ("auto", "delta") and chain_ok:
             assert have is not None
-            rows = [(ver, f) for ver, f in self.store.chain(task_id, have) if ver <= v]
-            frames = [f for _, f in rows if f is not None]
-            if [ver for ver, _ in rows] != list(range(have + 1, v + 1)) or len(frames) != len(rows):
+            frames, gone = self._chain_frames(task_id, have, v)
+            if gone is not None:
                 # A version's frame is gone (`--keep-frames` empties those outside the chain
                 # window; a hand edit): a chain that skips it would not make version v.
                 if fmt == "delta":

@@ -560,13 +560,16 @@ class Store:
                 (task_id, digest, now),
             )
 
-    def chain(self, task_id: int, after_version: int) -> list[tuple[int, bytes | None]]:
-        """Delta frames taking a model from `after_version` to the task's latest version,
-        by version; None for a version whose frame `prune_versions` emptied."""
+    def chain(
+        self, task_id: int, after_version: int, up_to: int | None = None
+    ) -> list[tuple[int, bytes | None]]:
+        """Delta frames taking a model from `after_version` to version `up_to` (default: the
+        task's latest), by version; None for a version whose frame `prune_versions` emptied.
+        Only those versions' rows are read."""
         rows = self._query(
             "SELECT version, delta_frame FROM versions WHERE task_id=? AND version>? "
-            "ORDER BY version",
-            (task_id, after_version),
+            "AND version<=? ORDER BY version",
+            (task_id, after_version, (1 << 62) if up_to is None else up_to),
         )
         return [(int(v), None if f is None else bytes(f)) for v, f in rows]
 
