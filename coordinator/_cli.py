@@ -1107,8 +1107,10 @@ def _read_initial(path: Path, spec: Any) -> Any:
         import torch
 
         state = torch.load(path, weights_only=True, map_location="cpu")
-        if not isinstance(state, dict) or any(e.name not in state for e in spec.entries):
-            raise ValueError("not a state_dict of the task's model")
+        if not isinstance(state, dict) or any(
+            not isinstance(state.get(e.name), torch.Tensor) for e in spec.entries
+        ):
+            raise ValueError("not a state_dict of the task's model (a tensor for each entry)")
         parts = [state[e.name].detach().to(torch.float32).numpy() for e in spec.entries]
     else:
         try:

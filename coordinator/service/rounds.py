@@ -1365,7 +1365,8 @@ class Coordinator:
             raise ApiError(
                 409,
                 Reason.INVALID_STATE,
-                f"task {task_id} is {row.state} and has no model yet (PUT its initial model)",
+                f"task {task_id} is {row.state} and has no model"
+                + ("" if row.state == TaskState.STOPPED else " yet (PUT its initial model)"),
             )
         current = rt.version
         want = current if version is None else version
