@@ -51,25 +51,6 @@ __all__ = [
 ]
 
 
-def _plan_numbers(
-    config: SecureConfig, num_nodes: int, k: int
-) -> tuple[int, int, float, float, int, int]:
-    """(degree, threshold, C', per-device noise variance, noise headroom, ring bits) of a plan
-    for `num_nodes` devices over k coordinates. Raises `RingOverflow` past 64 ring bits."""
-    degree = choose_degree(num_nodes, config.degree_factor)
-    threshold = min(degree, config.threshold or choose_threshold(degree))
-    coord_bound = min(config.clip_norm, config.coord_bound_sigmas * config.clip_norm / math.sqrt(k))
-    variance, headroom = 0.0, 0
-    if config.dp:
-        sens = integer_sensitivity(config.clip_norm, coord_bound, config.value_bits, k)
-        n_min = max(threshold, math.ceil((1.0 - config.expected_dropout) * num_nodes))
-        variance = (config.noise_multiplier * sens) ** 2 / n_min
-        # 8 standard deviations of the full-cohort noise sum: P[exceed] < 1e-15 per coordinate.
-        headroom = math.ceil(8.0 * math.sqrt(variance * num_nodes)) + 1
-    ring = required_ring_bits(num_nodes, config.max_weight, config.value_bits, headroom)
-    return degree, threshold, coord_bound, variance, headroom, ring
-
-
 class PlanNumbers(NamedTuple):
     """What `make_plan` computes for a SecAgg instance before it builds the plan (and checks
     against the plan's limits): graph degree, threshold, per-coordinate bound C', per-device
@@ -85,10 +66,22 @@ class PlanNumbers(NamedTuple):
 
 def plan_numbers(config: SecureConfig, num_nodes: int, k: int) -> PlanNumbers:
     """`PlanNumbers` of a plan for `num_nodes` devices over k coordinates: arithmetic only.
+    Raises `RingOverflow` past 64 ring bits.
 
     The ring is not monotone in n under DP: the noise headroom follows
     n / ceil((1 - expected_dropout) n), which rounding makes uneven."""
-    return PlanNumbers(*_plan_numbers(config, num_nodes, k))
+    degree = choose_degree(num_nodes, config.degree_factor)
+    threshold = min(degree, config.threshold or choose_threshold(degree))
+    coord_bound = min(config.clip_norm, config.coord_bound_sigmas * config.clip_norm / math.sqrt(k))
+    variance, headroom = 0.0, 0
+    if config.dp:
+        sens = integer_sensitivity(config.clip_norm, coord_bound, config.value_bits, k)
+        n_min = max(threshold, math.ceil((1.0 - config.expected_dropout) * num_nodes))
+        variance = (config.noise_multiplier * sens) ** 2 / n_min
+        # 8 standard deviations of the full-cohort noise sum: P[exceed] < 1e-15 per coordinate.
+        headroom = math.ceil(8.0 * math.sqrt(variance * num_nodes)) + 1
+    ring = required_ring_bits(num_nodes, config.max_weight, config.value_bits, headroom)
+    return PlanNumbers(degree, threshold, coord_bound, variance, headroom, ring)
 
 
 def budget_k(
@@ -111,7 +104,7 @@ def budget_k(
         raise ValueError("config has no upload_budget")
 
     def cost(k: int) -> int:
-        degree, *_, ring = _plan_numbers(config, num_nodes, k)
+        degree, *_, ring = plan_numbers(config, num_nodes, k)
         return device_upload_bytes(degree, k + sketch_len + 1, ring)
 
     if (
@@ -162,7 +155,7 @@ def make_plan(
         # With two devices the sum minus one's own update is the other's update.
         raise ValueError(f"a secure aggregation needs at least 3 devices, got {num_nodes}")
     k = int(indices.size)
-    degree, threshold, coord_bound, variance, headroom, ring = _plan_numbers(config, num_nodes, k)
+    degree, threshold, coord_bound, variance, headroom, ring = plan_numbers(config, num_nodes, k)
     if 2 * threshold <= degree:
         # Devices refuse such a plan (t > k/2 keeps a node's two secrets apart): say so now.
         raise ValueError(f"threshold {threshold} must exceed half the graph degree {degree}")
@@ -252,11 +245,7 @@ class SecureTask:
     indices: npt.NDArray[np.int64]
     groups: Sequence[SecureRound]
     group_of: dict[str, int]
-    members: Sequence[tuple[str, ...]] = ()
-
-    def __post_init__(self) -> None:
-        if not self.members:
-            self.members = [sr.device_ids for sr in self.groups]
+    members: Sequence[tuple[str, ...]]
 
     def round_for(self, device_id: str) -> SecureRound:
         return self.groups[self.group_of[device_id]]
