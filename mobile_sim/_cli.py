@@ -481,8 +481,8 @@ def register(sub: Any) -> None:
     )
     p.set_defaults(
         func=_main,
-        _flag_defaults={d: p.get_default(d) for d in _CONDITIONAL},
-        # Every flag of a run and its default: `plume sim report` takes none of them.
+        # Every flag of a run and its default: `plume sim report` takes none of them, and
+        # `_given` reads which were set.
         _run_flags={
             a.dest: (a.option_strings[0], a.default)
             for a in p._actions
@@ -651,12 +651,18 @@ class _Rows:
         self._say(table_row(rec))
 
 
+def _progress_on(args: argparse.Namespace) -> bool:
+    """Whether a run shows its progress (the bar, the status line): on a terminal's stderr,
+    unless --no-progress."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
 def _run_one(cfg: Any, args: argparse.Namespace, label: str, rows: _Rows) -> Any:
     """Run one simulation; `rows` prints its table (or only counts its rounds, where the
     runner's own progress bar prints them)."""
     # The bar goes to stderr: only on a terminal, so a log (`2>&1 | tee`) holds no
     # carriage-return noise; the table rows go to stdout either way, one per finished round.
-    bar = not args.no_progress and sys.stderr.isatty()
+    bar = _progress_on(args)
     if args.secure and not cfg.dense:
         from .secure import run_secure_simulation
 
@@ -765,22 +771,12 @@ _REALISTIC_ONLY = (
     ("--selection-timeout", "selection_timeout"),
     ("--checkin-period", "checkin_period"),
 )
-# Flags that only apply with another setting; a value other than the parser's default counts
-# as given (the defaults are read from the parser in `register`, so they have one home).
-_CONDITIONAL = (
-    "alpha",
-    "shards_per_client",
-    *(dest for _, dest in _REALISTIC_ONLY),
-    *(dest for _, dest in _SECURE_ONLY),
-    *(dest for _, dest in _INPROC_ONLY),
-    *(dest for _, dest in _PLAIN_ONLY),
-)
 
 
 def _given(args: argparse.Namespace, dest: str) -> bool:
     """Whether flag `dest` was set to something other than its default."""
-    defaults: dict[str, Any] = args._flag_defaults
-    return bool(getattr(args, dest) != defaults[dest])
+    run_flags: dict[str, tuple[str, Any]] = args._run_flags
+    return bool(getattr(args, dest) != run_flags[dest][1])
 
 
 def _only_apply(
@@ -1078,7 +1074,7 @@ def _main(args: argparse.Namespace) -> int:
 
     # What the run is doing before its first round and after its last (loading the data,
     # starting workers, writing plots), on the same condition as the progress bar.
-    with status_line(args.action == "run" and not args.no_progress and sys.stderr.isatty()):
+    with status_line(args.action == "run" and _progress_on(args)):
         return _sim(args)
 
 
@@ -1106,8 +1102,7 @@ def _sim(args: argparse.Namespace) -> int:
     )
     from .status import clear, say
 
-    _default_partition(args)
-    problem = _usage_error(args)
+    problem = _usage_error(args)  # sets the default --partition first
     if problem is not None:
         return _fail(problem)
     try:
@@ -1310,9 +1305,7 @@ def _report(args: argparse.Namespace) -> int:
     if not args.run_dir:
         return _fail("`plume sim report` needs RUN_DIR, the --out folder of a run")
     run_flags: dict[str, tuple[str, Any]] = args._run_flags
-    if given := [
-        flag for dest, (flag, default) in run_flags.items() if getattr(args, dest) != default
-    ]:
+    if given := [flag for dest, (flag, _) in run_flags.items() if _given(args, dest)]:
         return _fail(
             f"`plume sim report RUN_DIR` takes no run flags (got {', '.join(given)}): it redraws "
             "the plots from RUN_DIR's rounds.json alone"
