@@ -452,6 +452,11 @@ def _spec_if(spec: ModelSpec | None, size: int) -> ModelSpec | None:
     return spec if spec is not None and spec.size == size else None
 
 
+def _layout_if(spec: ModelSpec | None, size: int) -> bytes | None:
+    """The fingerprint of `spec` if it is a layout of `size` scalars (`_spec_if`), else None."""
+    return None if (kept := _spec_if(spec, size)) is None else kept.fingerprint
+
+
 def _other_layout(a: bytes | None, b: bytes | None) -> bool:
     """Two layout fingerprints that are both known and differ (an unknown one, None, matches
     any: a residual or record saved without a layout is matched by size)."""
@@ -969,12 +974,13 @@ class DeviceStore:
         return held[0]
 
     def _held(
-        self, task_id: int | None, size: int | None
+        self, task_id: int | None, size: int | None, path: Path | None = None
     ) -> tuple[ErrorFeedback, bytes | None] | None:
         """The whole residual `task_id`'s file holds (of `size` scalars; None: any) and the
         layout its trailer names (None: none); None if it holds none, or its trailer names
-        another task than this residual's (the claimer's, for the legacy residual)."""
-        stored = _load_stored(self._residual_path(task_id), size)
+        another task than this residual's (the claimer's, for the legacy residual). `path`:
+        the residual's path when the caller has it (`_residual_path` reads state.json)."""
+        stored = _load_stored(path or self._residual_path(task_id), size)
         if stored is None:
             return None
         ef, found = stored
@@ -1207,8 +1213,7 @@ class DeviceStore:
         _unlink(self._record(r, "json"))  # an older record must never pair with this frame
         _write(self._record(r, "frame"), record.frame)
         if ef is not None:
-            spec = _spec_if(record.spec, ef.size)
-            layout = None if spec is None else spec.fingerprint
+            layout = _layout_if(record.spec, ef.size)
             _write(
                 self._record(r, "residual"),
                 _residual_bytes(ef, record.task_id, self._next_seq(), layout),
@@ -1304,7 +1309,7 @@ class DeviceStore:
             f"accepted-{round_id}.json",
             (f"accepted-{round_id}.frame",),
             record.task_id,
-            None if (spec := _spec_if(record.spec, size)) is None else spec.fingerprint,
+            _layout_if(record.spec, size),
         )
 
     def _add_to_residual(
@@ -1338,7 +1343,7 @@ class DeviceStore:
         # (read as another model's residual, the content was dropped as delivered).
         _no_directory(self._dest(task_id))
         _no_directory(current)
-        stored = self._held(task_id, None)  # None too if it names another task: foreign
+        stored = self._held(task_id, None, current)  # None too if it names another task
         held = None if stored is None else stored[1]
         if stored is not None and (stored[0].size != size or _other_layout(layout, held)):
             if current.name in leftovers:  # a window of this very upload: keep what it holds
