@@ -4,7 +4,8 @@
 optionally rejects reports whose norm is too large (absolute, or relative to the round's
 median norm), aggregates the rest with `inner`, and then optionally rejects reports whose
 cosine to that aggregate is below a threshold and aggregates once more without them (from the
-same inner state, so a stateful inner aggregator advances once). Signals go to an
+same inner state, so a stateful inner aggregator advances once); a screen that would reject at
+least half of those reports distrusts the aggregate instead and rejects none. Signals go to an
 `AnomalyMetrics` object holding prometheus_client metrics in its own `CollectorRegistry`
 (serve it with `prometheus_client.generate_latest(metrics.registry)`), and to measurements.
 """
@@ -133,9 +134,12 @@ class AnomalyFilter:
 
     max_norm: reject reports with L2 norm above this. max_norm_ratio: reject reports whose norm
     exceeds this multiple of the round's median norm. min_cosine: reject reports whose cosine
-    to the (first-pass) aggregate is below this, then aggregate again. All None: measure only.
+    to the (first-pass) aggregate is below this, then aggregate again, unless that would reject
+    at least half of the reports left after the norm screen: the aggregate is then not trusted
+    as a reference (a non-robust inner lets one huge report set it), nothing is rejected for
+    its cosine and `cosine_distrusted` is true. All None: measure only.
     Measurements: {"norms": {device: norm}, "cosines": {device: cosine}, "rejected":
-    {device: reason}, "inner": ...}.
+    {device: reason}, "cosine_distrusted": bool, "inner": ...}.
     """
 
     inner: AggregatorFactory = field(default_factory=FedAvg)
@@ -180,13 +184,20 @@ class _AnomalyProcess:
         kept = [cu for cu in updates if cu.device_id not in reasons]
         out: AggregateOutput = self.inner.next(state, kept)
         cosines = cosine_to(updates, out.result)
+        distrusted = False
         if cfg.min_cosine is not None:
             low = {
                 cu.device_id
                 for cu, c in zip(updates, cosines, strict=True)
                 if cu.device_id not in reasons and c < cfg.min_cosine
             }
-            if low:
+            # The reference is this round's aggregate, which a non-robust inner lets one huge
+            # report set: every honest report then points away from it (one sign-flipped report
+            # at 1,000 times the honest norm made the screen reject the other nine and
+            # aggregate the attacker alone). Rejecting at least half of the reports that passed
+            # the norm screen cannot leave an honest majority, so the screen is not applied.
+            distrusted = bool(low) and 2 * len(low) >= len(kept)
+            if low and not distrusted:
                 reasons.update(dict.fromkeys(low, RejectReason.COSINE))
                 kept = [cu for cu in kept if cu.device_id not in low]
                 out = self.inner.next(state, kept)
@@ -204,6 +215,7 @@ class _AnomalyProcess:
                 "norms": dict(zip(ids, norms.tolist(), strict=True)),
                 "cosines": dict(zip(ids, cosines.tolist(), strict=True)),
                 "rejected": reasons,
+                "cosine_distrusted": distrusted,
                 "inner": out.measurements,
             },
         )

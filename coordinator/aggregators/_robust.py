@@ -528,7 +528,8 @@ class Krum:
     made it the plain mean), so a round with fewer than m + f reports averages n - f and says
     so (measurements `m`, `m_capped`). Below n = 2f + 3 the paper's guarantee does not hold;
     the rule still runs, with at least one neighbour per score and one report selected, and
-    reports `guarantee_holds: false`. Distances come from sparse dot products:
+    reports `guarantee_holds: false`. A fraction f >= 0.5 can never meet n > 2f + 2 and is
+    refused when the factory is built. Distances come from sparse dot products:
     memory float64[n, n] plus one float64[d] scratch and the result, never n×d; time
     O(n · total nnz).
     """
@@ -538,6 +539,13 @@ class Krum:
 
     def __post_init__(self) -> None:
         resolve_f(self.f, 1)
+        if 0.5 <= self.f < 1:
+            # floor(f·n) >= floor(n/2), so 2f + 2 >= n + 1: no round could meet n > 2f + 2, and
+            # the spec would run every round without the guarantee it is chosen for.
+            raise ValueError(
+                f"Krum needs n > 2f + 2, which a fraction f >= 0.5 never meets; got f={self.f!r} "
+                "(give a fraction below 0.5 or a count)"
+            )
         if self.m is not None and not (self.m >= 1 and _whole(self.m)):
             raise ValueError(f"multi-Krum m must be a whole number >= 1, got {self.m!r}")
 
