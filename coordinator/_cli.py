@@ -479,7 +479,7 @@ def register(sub: Any) -> None:
             "  plume coordinator get-model --admin-token s3cret --task 1 --out model.pt\n"
             "  plume coordinator get-model --admin-token s3cret --task 1 --out model.npz\n"
             "  plume coordinator get-model --admin-token s3cret --task 1 --out v5.npz "
-            "--version 5 --initial v0.npz\n\n"
+            "--version 5\n\n"
             "Load them with torch.load('model.pt', weights_only=True) into the zoo model "
             "(mobile_sim.models.build_model(NAME)) with load_state_dict(..., strict=True); "
             "numpy.load('model.npz', allow_pickle=False)[NAME]; "
@@ -496,17 +496,19 @@ def register(sub: Any) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="the version wanted (default: the current one). The coordinator keeps only the "
-        "current model, so an older version is rebuilt here from the initial model (--initial, "
-        "or for a zoo task the zoo's weights for its seed, as create-task made them) and the "
-        "stored delta frames, checked against each version's digest; refused once "
-        "--keep-frames emptied a frame on the way",
+        help="the version wanted (default: the current one). The coordinator rebuilds an older "
+        "version from the initial model it keeps and the stored delta frames, checked against "
+        "the version's digest; refused once --keep-frames emptied a frame on the way. For a "
+        "task stored before the coordinator kept initial models (schema 3 or older), the "
+        "version is rebuilt here from --initial, or for a zoo task the zoo's weights for its "
+        "seed (as create-task made them)",
     )
     m.add_argument(
         "--initial",
         default=None,
         metavar="FILE",
-        help="the task's initial model (version 0) for --version: a snapshot, .npz or .pt "
+        help="the task's initial model (version 0) for --version, needed only when the "
+        "coordinator does not keep it (a task stored before schema 4): a snapshot, .npz or .pt "
         "file as get-model writes them (default: a zoo task's weights for its seed)",
     )
     m.add_argument(
@@ -976,6 +978,12 @@ def _model_format(args: argparse.Namespace) -> str:
     return {".pt": "pt", ".pth": "pt", ".npz": "npz"}.get(suffix, "snapshot")
 
 
+# In the detail of a 410 `version_gone` for an older version that the coordinator cannot
+# rebuild from the initial model it keeps (app.py `_older_version`): a frame on the way is
+# emptied or the store damaged, which the operator's copy of the initial model does not mend.
+_REBUILD_REFUSED = "cannot be rebuilt"
+
+
 def _get_model(args: argparse.Namespace) -> int:
     import httpx
 
@@ -998,14 +1006,23 @@ def _get_model(args: argparse.Namespace) -> int:
         _fail(prog, f"--initial {args.initial}: no such file")
     try:
         with _admin(args) as admin:
+            given = None
+            if args.initial is not None and args.version is not None:
+                # Read first: a file that does not load is an error even when the
+                # coordinator rebuilds the version itself.
+                given = _initial_model(args, admin.status(args.task).config)
             try:
+                # An older version is rebuilt by the coordinator from the initial model it
+                # keeps (checked against the version's digest there and here).
                 exported = admin.model(args.task, args.version)
             except AdminError as exc:
                 if exc.status != 410 or args.version is None:
                     raise
-                # An older version: rebuilt here from the initial model and the stored deltas.
-                config = admin.status(args.task).config
-                initial, source = _initial_model(args, config)
+                if given is None and _REBUILD_REFUSED in exc.body:
+                    raise  # a frame on the way emptied, or a damaged store: no initial helps
+                # A task stored before the coordinator kept initial models (or the one it
+                # keeps is damaged): rebuilt here from the operator's copy or the zoo's.
+                initial, source = given or _initial_model(args, admin.status(args.task).config)
                 try:
                     exported = admin.rebuild(args.task, args.version, initial)
                 except AdminError as rebuilt:

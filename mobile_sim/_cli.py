@@ -779,6 +779,26 @@ def _given(args: argparse.Namespace, dest: str) -> bool:
     return bool(getattr(args, dest) != run_flags[dest][1])
 
 
+def _command(args: argparse.Namespace) -> str:
+    """The `plume sim` line that reruns this run: every flag whose value differs from its
+    default (the defaults filled in by the time of the call, such as --clients and
+    --partition, are written out), in the parser's order. Recorded as rounds.json's
+    `command`."""
+    import shlex
+
+    run_flags: dict[str, tuple[str, Any]] = args._run_flags
+    words = ["plume", "sim"]
+    for dest, (flag, default) in run_flags.items():
+        value = getattr(args, dest)
+        if value == default:
+            continue
+        if value is True and default is False:  # a switch (--dense, --secure, ...)
+            words.append(flag)
+        else:
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
 def _only_apply(
     args: argparse.Namespace, flags: tuple[tuple[str, str], ...], sep: str = ", "
 ) -> str | None:
@@ -1095,6 +1115,7 @@ def _sim(args: argparse.Namespace) -> int:
     from .data import DataError
     from .report import (
         dp_pool_warning,
+        dp_unaccounted_note,
         plot_accuracy_vs_bytes,
         robust_guarantee_warning,
         summary,
@@ -1183,7 +1204,7 @@ def _sim(args: argparse.Namespace) -> int:
             )
         except DataError as exc:  # the data folder is missing or unreadable
             return _fail(_data_error_text(args, exc), 1)
-        write_run(res, run_dir)
+        write_run(res, run_dir, command=_command(args))
         results.append(res)
     say("writing plots")
     plot = plot_accuracy_vs_bytes(
@@ -1221,7 +1242,7 @@ def _sim(args: argparse.Namespace) -> int:
         print(line)
         if len(r.records) < r.config.rounds:
             print(f"{r.label or 'run'}: {_stopped_early(r)}")
-        for warning in (dp_pool_warning(r), robust_guarantee_warning(r)):
+        for warning in (dp_pool_warning(r), robust_guarantee_warning(r), dp_unaccounted_note(r)):
             if warning:
                 print(f"{r.label or 'run'}: {warning}")
     if len(results) == 2 and results[0].final_accuracy is not None:

@@ -20,10 +20,12 @@ __all__ = [
     "table_row",
     "format_bytes",
     "machine_info",
+    "code_info",
     "write_run",
     "plot_accuracy_vs_bytes",
     "summary",
     "dp_pool_warning",
+    "dp_unaccounted_note",
     "robust_guarantee_warning",
 ]
 
@@ -254,6 +256,23 @@ def dp_pool_warning(result: SimResult) -> str | None:
     return None
 
 
+def dp_unaccounted_note(result: SimResult) -> str | None:
+    """One line when the run's `dp:` stage added noise but accounted no epsilon, or None.
+
+    Without `population=N,sample=k` the stage has no sampling model, so it reports no epsilon
+    (docs/privacy.md); the summary line simply had no "dp epsilon", which read as if the
+    number had been forgotten."""
+    cfg = result.config
+    if cfg._dp_stage() is None or cfg.dp_sampling() is not None:
+        return None
+    k = cfg.engine_config().cohort_size
+    return (
+        "note: the dp stage added noise but accounts no epsilon (no sampling model): add "
+        f"population=N,sample={k} to its spec (N the devices each cohort is drawn from, at "
+        f"most --clients {cfg.clients}) for an epsilon"
+    )
+
+
 def _total(values: Iterable[float | None]) -> float | None:
     got = [v for v in values if v is not None]
     return float(sum(got)) if got else None
@@ -277,20 +296,68 @@ def _finite_or_null(value: Any) -> Any:
     return value
 
 
-def write_run(result: SimResult, out_dir: str | Path) -> dict[str, Path]:
-    """Write rounds.json, rounds.csv and ledger.csv for one run into `out_dir`."""
+def code_info() -> dict[str, Any]:
+    """Which code ran: the installed plume version, and where this is a git checkout its
+    commit and whether tracked files differed from it (None where git cannot say)."""
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        plume = version("plume-fl")
+    except PackageNotFoundError:
+        plume = None
+    info: dict[str, Any] = {"plume": plume, "git_commit": None, "git_dirty": None}
+    repo = Path(__file__).resolve().parent.parent
+
+    def git(*words: str) -> str | None:
+        try:
+            done = subprocess.run(
+                ["git", "-C", str(repo), *words],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit:
+        info["git_commit"] = commit.strip()
+        status = git("status", "--porcelain", "--untracked-files=no")
+        info["git_dirty"] = None if status is None else bool(status.strip())
+    return info
+
+
+def write_run(
+    result: SimResult, out_dir: str | Path, *, command: str | None = None
+) -> dict[str, Path]:
+    """Write rounds.json, rounds.csv and ledger.csv for one run into `out_dir`.
+
+    `command`: the `plume sim ...` line that reruns it (`plume sim` passes its own), kept in
+    rounds.json as `command`; None leaves the key out (a run started from Python)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = [_record_dict(r) for r in result.records]
-    doc = {
-        "config": result.config.as_dict(),
-        "summary": summary(result),
-        "rounds": rows,
-        "ledger_totals": result.ledger.totals(),
-        "machine": machine_info(),
-        "started_at": result.started_at,
-        "finished_at": utc_now(),
-    }
+    doc: dict[str, Any] = {}
+    if command is not None:
+        doc["command"] = command
+    doc["config"] = result.config.as_dict()
+    if result.secure is not None:
+        # A secure run's own settings: `config`'s codec fields (topk, bits, ...) are unused.
+        doc["secure"] = result.secure
+    doc.update(
+        {
+            "summary": summary(result),
+            "rounds": rows,
+            "ledger_totals": result.ledger.totals(),
+            "machine": machine_info(),
+            "code": code_info(),
+            "started_at": result.started_at,
+            "finished_at": utc_now(),
+        }
+    )
     paths = {
         "json": out / "rounds.json",
         "csv": out / "rounds.csv",

@@ -64,7 +64,8 @@ def _run_files(root: Path) -> list[Path]:
     if not root.is_dir():
         raise RunDirNotFound(f"{root} is not a folder (no rounds.json)")
     top = root / "rounds.json"
-    subs = sorted(root.glob("*/rounds.json"))
+    # A sweep of --compare-dense runs (SWEEP/k0.01/{compressed,dense}/) is two levels deep.
+    subs = sorted(root.glob("*/rounds.json")) or sorted(root.glob("*/*/rounds.json"))
     if top.is_file() and subs:
         # A reused --out folder holds a single run's file and a --compare-dense run's
         # subfolders: the newer of the two is the run that last wrote here.
@@ -74,6 +75,19 @@ def _run_files(root: Path) -> list[Path]:
     if not paths:
         raise RunDirNotFound(f"no rounds.json in {root} or its subfolders")
     return paths
+
+
+def _label(root: Path, path: Path, doc: dict[str, Any]) -> str:
+    """A run's name in the plots: its folder below `root` (`k0.01`, `k0.01/dense`) when it is
+    in one, else the label it ran under (`compressed`, `dense`, `secure`).
+
+    Every run of a sweep (one `--out` folder per setting) ran as "compressed": labelled by
+    that, the legend named every line the same. `--compare-dense` names its subfolders after
+    its labels, so its plots are unchanged."""
+    if path.parent != root:
+        return path.parent.relative_to(root).as_posix()
+    summary = doc.get("summary")
+    return str((summary.get("label") if isinstance(summary, dict) else None) or root.name)
 
 
 def _read_doc(path: Path) -> dict[str, Any]:
@@ -87,25 +101,27 @@ def _read_doc(path: Path) -> dict[str, Any]:
 
 
 def load_runs(run_dir: str | Path) -> list[Run]:
-    """(label, rounds) for ``RUN_DIR/rounds.json`` or every ``RUN_DIR/*/rounds.json`` (when a
-    reused folder has both, the newer: the run that wrote there last).
+    """(label, rounds) for ``RUN_DIR/rounds.json`` or every ``RUN_DIR/*/rounds.json``, else
+    every ``RUN_DIR/*/*/rounds.json`` (when a reused folder has a top file and subfolders, the
+    newer: the run that wrote there last). A run in a subfolder is labelled by its path below
+    RUN_DIR, one at the top by the label it ran under.
 
     Runs are in folder-name order, except that a run labelled ``dense`` (the baseline that
     ``plume sim --compare-dense`` adds after the main run) comes last, as in the run itself.
     Raises `RunDirError` naming the file when the folder has no run or a file is not a run's.
     """
     runs: list[Run] = []
-    for path in _run_files(Path(run_dir)):
+    root = Path(run_dir)
+    for path in _run_files(root):
         doc = _read_doc(path)
         rounds = doc.get("rounds")
         if not isinstance(rounds, list) or not all(isinstance(r, dict) for r in rounds):
             raise RunDirError(f"{path}: no 'rounds' list of objects")
         for r in rounds:
             _check_round(path, r)
-        summary = doc.get("summary")
-        label = (summary.get("label") if isinstance(summary, dict) else None) or path.parent.name
-        runs.append((str(label), rounds))
-    return sorted(runs, key=lambda run: run[0] == "dense")  # stable: folder order otherwise
+        runs.append((_label(root, path, doc), rounds))
+    # stable: folder order otherwise
+    return sorted(runs, key=lambda run: run[0].rsplit("/", 1)[-1] == "dense")
 
 
 def run_title(run_dir: str | Path) -> str:

@@ -348,6 +348,8 @@ class SimResult:
     final_params: npt.NDArray[np.float32]
     label: str = ""
     started_at: str = ""
+    # A secure run's SecureConfig and dropout (rounds.json's `secure`); None for plain rounds.
+    secure: dict[str, Any] | None = None
 
     @property
     def final_accuracy(self) -> float | None:
@@ -743,6 +745,13 @@ def run_simulation(
                 )
             if selection is not None:
                 rec.measurements["selection"] = _jsonable(selection.summary())
+            if attack is not None:
+                # Cohorts are drawn at random, so how many attackers a round aggregated varies:
+                # the attack's effect is read against this, round by round.
+                rec.measurements["attack"] = {
+                    "malicious_reports": sum(index_of[dev] in malicious for dev in arrival),
+                    "malicious_devices": n_bad,
+                }
             records.append(rec)
             if on_round is not None:
                 on_round(rec)

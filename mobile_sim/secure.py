@@ -12,7 +12,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
@@ -24,7 +24,7 @@ from coordinator.secure import SecureConfig, SecureCoordinator, SecureOutcome
 from protocol.secagg import RoundAborted, SecAggError, Stage
 from sdk.secure import SecureParticipant, SecureSession
 
-from .runner import RoundRecord, SimConfig, SimResult
+from .runner import RoundRecord, SimConfig, SimResult, _jsonable
 
 __all__ = [
     "STAGES",
@@ -529,4 +529,7 @@ def run_secure_simulation(
         be.close()
         if fleet is not None:
             fleet.close()
-    return SimResult(cfg, records, ledger, d, coord.params.copy(), label, started_at)
+    settings = {**asdict(secure), "noise": secure.noise.name.lower(), "dropout": dropout}
+    return SimResult(
+        cfg, records, ledger, d, coord.params.copy(), label, started_at, _jsonable(settings)
+    )

@@ -65,6 +65,10 @@ _DIGEST = re.compile(r"[0-9a-f]{64}")
 # `max_response_bytes` (256 frames of a 1.7M-parameter model at the default downlink codec,
 # 2% of the coordinates at 8 bits, are about 17 MB).
 REBUILD_STEP = 256
+# The furthest version from the initial model the coordinator rebuilds in one export (its
+# `rounds.MAX_EXPORT_CHAIN`): `AdminClient.model` gets a version past it as that version's
+# snapshot and the delta chain from there.
+EXPORT_REACH = 1024
 
 
 @dataclass(frozen=True)
@@ -314,13 +318,36 @@ class AdminClient:
         return self._call("POST", Path.ADMIN_STOP.format(task_id=task_id), _reader(TaskStatus))
 
     def model(self, task_id: int, version: int | None = None) -> ExportedModel:
-        """The task's current model (or `version`, which the coordinator answers only while
-        it is the current one: 404 never published, 410 no longer held; see `rebuild`), as
-        an fp32 snapshot decoded under its spec's limits (never pickle or np.load) and
-        checked against the version and digest headers sent with it: a mismatch raises
-        `AdminError`."""
+        """The task's current model, or its version `version`, as an fp32 snapshot decoded
+        under its spec's limits (never pickle or np.load) and checked against the version
+        and digest headers sent with it: a mismatch raises `AdminError`.
+
+        An older version is rebuilt by the coordinator from the initial model it keeps and
+        the stored delta frames, checked against the version's digest there and here. A
+        version more than `EXPORT_REACH` (1,024) versions from the initial model is the
+        snapshot of version 1,024 with the delta chain from it applied here (`rebuild`).
+        404 `unknown_version`: never published. 410 `version_gone` (its `detail` says why):
+        a task stored before the coordinator kept initial models (rebuild it from your copy
+        of the initial model with `rebuild`), or a delta frame on the way emptied by
+        `--keep-frames` (the version cannot be rebuilt), or a damaged database."""
         status = self.status(task_id)
         config, spec = self._layout(task_id, status)
+        try:
+            return self._snapshot(task_id, version, config, spec)
+        except AdminError as exc:
+            reach = EXPORT_REACH
+            if exc.status != 410 or version is None or version <= reach:
+                raise
+            try:  # the coordinator rebuilds at most `reach` versions: the rest is done here
+                base = self._snapshot(task_id, reach, config, spec)
+            except AdminError:
+                raise exc from None  # why version `version` itself is gone
+        return self.rebuild(task_id, version, base.params, reach)
+
+    def _snapshot(
+        self, task_id: int, version: int | None, config: TaskConfig, spec: ModelSpec
+    ) -> ExportedModel:
+        """One snapshot request (`model`): the version asked for, checked."""
         query = {} if version is None else {"version": version}
         path = Path.ADMIN_TASK_MODEL.format(task_id=task_id)
         body, response = self._binary(path, query, DecodeLimits().frame_cap(spec))
@@ -341,14 +368,14 @@ class AdminClient:
         base_params: npt.ArrayLike,
         base_version: int = 0,
     ) -> ExportedModel:
-        """Version `version` of the task, which the coordinator no longer holds, rebuilt from
-        `base_params` (float32[d]), the caller's copy of version `base_version` (the initial
-        model for 0: the coordinator does not keep it), with the stored downlink delta frames
-        (`?version=...&base=...`), applied as devices apply them (`version == base_version`
-        only checks the copy). The base is checked against
-        its version's digest first, and the model after every step against the digest sent
-        with it; `AdminError` on any mismatch, and 410 `version_gone` once a frame on the way
-        is no longer stored (`--keep-frames`)."""
+        """Version `version` of the task rebuilt here from `base_params` (float32[d]), the
+        caller's copy of version `base_version` (the initial model for 0, for a task stored
+        before the coordinator kept it; `model` asks the coordinator otherwise), with the
+        stored downlink delta frames (`?version=...&base=...`), applied as devices apply them
+        (`version == base_version` only checks the copy). The base is checked against its
+        version's digest first, and the model after every step against the digest sent with
+        it; `AdminError` on any mismatch, and 410 `version_gone` once a frame on the way is no
+        longer stored (`--keep-frames`)."""
         if not 0 <= base_version <= version:
             raise ValueError(f"version {version} must not be below base_version {base_version}")
         status = self.status(task_id)

@@ -20,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -28,12 +29,21 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from compression import (
+    CodecConfig,
+    CodecError,
+    ModelSpec,
+    UpdateCodec,
+    encode_snapshot,
+    model_digest,
+)
 from protocol import auth as pauth
 from protocol.messages import (
     BandwidthReport,
     CheckInRequest,
     CheckInResponse,
     ErrorBody,
+    MessageError,
     RegisterRequest,
     RegisterResponse,
     RoundStatus,
@@ -41,12 +51,14 @@ from protocol.messages import (
     TaskCreated,
     TaskStatus,
     UploadReceipt,
+    apply_delta,
     check_awaiting_round,
     check_task_id,
 )
-from protocol.names import ContentType, Path, Reason, SnapshotDType, TaskState
+from protocol.names import ContentType, ModelEncoding, Path, Reason, SnapshotDType, TaskState
 from protocol.names import Header as H
 
+from . import rounds
 from ._secure_api import add_secure_routes
 from .auth import RateLimiter, RequestVerifier, check_admin_token, client_key
 from .errors import ApiError, StoreId, require_media_type
@@ -564,12 +576,31 @@ def create_app(
     ) -> Response:
         """The task's current model as an fp32 `encode_snapshot` snapshot (as devices get it),
         with `x-plume-model-version` and `x-plume-model-digest`; also for a done or stopped
-        task. `version=N` other than the current is 404 `unknown_version` (never published)
-        or 410 `version_gone` (the store keeps only the current model). With `base=B`: the
-        delta chain from version B to N (default the current), for the operator's own copy
-        of version B (the initial model for B=0); 410 `version_gone` once a frame on the way
-        was emptied by `--keep-frames`."""
-        body, headers = coordinator.export_model(task_id, version, base)
+        task. `version=N` other than the current is 404 `unknown_version` (never published),
+        else version N's fp32 snapshot, rebuilt from the stored initial model and delta
+        frames and checked against its digest; 410 `version_gone` (the reason in `detail`)
+        for a task stored before schema 4 (no initial model kept), a frame on the way emptied
+        by `--keep-frames`, N above 1,024 (ask for version 1,024, then the chain from it), or
+        a stored model or frame that fails its digest. With `base=B`: the delta chain from
+        version B to N (default the current), for the operator's own copy of version B; 410
+        `version_gone` once a frame on the way was emptied by `--keep-frames`."""
+        try:
+            body, headers = coordinator.export_model(task_id, version, base)
+        except ApiError as exc:
+            rt = coordinator.runtimes.get(task_id)
+            if exc.status != 410 or base is not None or version is None or rt is None:
+                raise
+            # A published version that is no longer the current one (the only 410 of a
+            # snapshot request): rebuilt off the event loop, from the store alone.
+            body, headers = await asyncio.to_thread(
+                _older_version,
+                the_store,
+                task_id,
+                version,
+                rt.spec,
+                rt.config.downlink.to_config(),
+                exc,
+            )
         return Response(body, media_type=ContentType.OCTET_STREAM, headers=headers)
 
     @app.get(
@@ -684,3 +715,115 @@ def create_app(
         body_timeout_s=config.body_timeout_s or None,
     )
     return app
+
+
+# Delta frames an older version's rebuild reads from the store at once (`_older_version`):
+# the rest of its chain, up to MAX_EXPORT_CHAIN frames, is not held in memory with them.
+_REBUILD_PAGE = 64
+
+
+def _older_version(
+    store: Store,
+    task_id: int,
+    version: int,
+    spec: ModelSpec,
+    downlink: CodecConfig,
+    gone: ApiError,
+) -> tuple[bytes, dict[str, str]]:
+    """(fp32 snapshot, headers) of a published version of a task that is no longer its current
+    one: its initial model as the store keeps it, checked against version 0's digest, with
+    the stored downlink delta frames of versions 1..`version` applied as devices apply them,
+    the result checked against the version's stored digest. Reads the store only (call it off
+    the event loop: up to `rounds.MAX_EXPORT_CHAIN` frames are decoded).
+
+    Raises `gone` itself (the 410 answered before schema 4) for a task stored by schema 3 or
+    older, which kept no initial model; else 410 `version_gone` naming the reason: a frame on
+    the way emptied by `--keep-frames` (or its row missing), a version more than
+    MAX_EXPORT_CHAIN versions from the initial model, a stored initial model or frame that
+    fails its digest or does not decode (a damaged database).
+    """
+    initial = store.initial_params(task_id)
+    if initial is None:
+        raise gone
+    missing = store.first_missing_frame(task_id, version)
+    if missing is not None:
+        raise _frame_gone(task_id, version, missing)
+    cap = rounds.MAX_EXPORT_CHAIN
+    if version > cap:
+        raise ApiError(
+            410,
+            Reason.VERSION_GONE,
+            f"version {version} of task {task_id} is {version} versions from its initial "
+            f"model, and one export rebuilds at most {cap}: ask for version {cap} "
+            f"(?version={cap}) and apply to it the delta chain ?version={version}&base={cap}, "
+            f"in steps of at most {cap} versions (plume coordinator get-model --version "
+            f"{version} does)",
+        )
+    first_digest = store.version_digest(task_id, 0)
+    digest = store.version_digest(task_id, version)
+    params = np.frombuffer(initial, dtype="<f4").astype(np.float32)
+    if params.shape[0] != spec.size or model_digest(params).hex() != first_digest:
+        raise _damaged(
+            task_id,
+            version,
+            f"the initial model stored for task {task_id} does not match version 0's digest "
+            f"{first_digest}; rebuild it from your copy of the initial model (plume "
+            f"coordinator get-model --version {version} --initial FILE)",
+        )
+    codec = UpdateCodec(spec, downlink)
+    at = 0
+    while at < version:
+        to = min(version, at + _REBUILD_PAGE)
+        rows = store.chain(task_id, at, to)
+        for v, frame in rows:
+            if frame is None:  # emptied since the check above
+                raise _frame_gone(task_id, version, v)
+            try:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    params = apply_delta(params, codec.decode(frame))
+            except (CodecError, MessageError) as exc:
+                raise _damaged(
+                    task_id,
+                    version,
+                    f"the stored delta frame of version {v} does not decode ({exc}); restore "
+                    "a backup",
+                ) from None
+        if len(rows) != to - at:  # a row deleted since the check above
+            raise _frame_gone(task_id, version, at + len(rows) + 1)
+        at = to
+    got = model_digest(params).hex()
+    if got != digest:
+        raise _damaged(
+            task_id,
+            version,
+            f"the model rebuilt from the stored initial model and delta frames has SHA-256 "
+            f"{got}, not version {version}'s stored digest {digest}; restore a backup",
+        )
+    headers: dict[str, str] = {
+        H.MODEL_VERSION: str(version),
+        H.MODEL_DIGEST: got,
+        H.MODEL_ENCODING: str(ModelEncoding.SNAPSHOT),
+        H.MODEL_EXACT: "1",
+    }
+    return encode_snapshot(params, spec, SnapshotDType.FP32), headers
+
+
+def _frame_gone(task_id: int, version: int, missing: int) -> ApiError:
+    return ApiError(
+        410,
+        Reason.VERSION_GONE,
+        f"version {version} of task {task_id} cannot be rebuilt from its initial model: the "
+        f"delta frame of version {missing} is no longer stored (`serve --keep-frames` empties "
+        "the frames of versions older than the newest max(N, max_chain)); export the versions "
+        "to keep while they are current",
+    )
+
+
+def _damaged(task_id: int, version: int, why: str) -> ApiError:
+    log.error("task %d: version %d cannot be rebuilt: %s", task_id, version, why)
+    return ApiError(
+        410,
+        Reason.VERSION_GONE,
+        f"version {version} of task {task_id} cannot be rebuilt: the database is damaged "
+        f"(a hand edit, a disk fault): {why}",
+    )

@@ -34,8 +34,9 @@ __all__ = [
 
 log = logging.getLogger("plume.coordinator")
 
-# 1: no tasks.agg_state; 2: no updates.pruned_len / pruned_sha256. Both migrate on open.
-SCHEMA_VERSION = 3
+# 1: no tasks.agg_state; 2: no updates.pruned_len / pruned_sha256; 3: no versions.params (a
+# task stored then keeps no initial model). Each migrates on open.
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -65,6 +66,7 @@ CREATE TABLE IF NOT EXISTS versions (
     delta_frame BLOB,
     digest TEXT NOT NULL,
     created_unix REAL NOT NULL,
+    params BLOB,
     PRIMARY KEY (task_id, version)
 );
 CREATE TABLE IF NOT EXISTS rounds (
@@ -179,6 +181,10 @@ _ROUND_COLS = (
     "round_id, task_id, seq, state, base_version, selected_json, target, min_reports, "
     "opened_unix, deadline_unix, closed_unix, version_after, measurements_json"
 )
+
+
+# The schema versions `_open` migrates to SCHEMA_VERSION in place.
+_MIGRATED_FROM = ("1", "2", "3")
 
 
 class DamagedRow(ValueError):
@@ -343,7 +349,7 @@ class Store:
         if "meta" in tables:
             row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             found = None if row is None else str(row[0])
-        if found is not None and found not in ("1", "2", str(SCHEMA_VERSION)):
+        if found is not None and found not in _MIGRATED_FROM + (str(SCHEMA_VERSION),):
             newer = found.isdigit() and int(found) > SCHEMA_VERSION
             raise StoreError(
                 f"cannot use the database {self.path}: its schema version {found!r} is "
@@ -374,7 +380,7 @@ class Store:
                     "INSERT INTO meta(key, value) VALUES ('schema_version', ?)",
                     (str(SCHEMA_VERSION),),
                 )
-            elif str(row[0]) in ("1", "2"):
+            elif str(row[0]) in _MIGRATED_FROM:
                 # Version 1 had no aggregator state; its tasks resume from the initial state.
                 columns = {r[1] for r in tx.execute("PRAGMA table_info(tasks)").fetchall()}
                 if "agg_state" not in columns:
@@ -385,6 +391,11 @@ class Store:
                     tx.execute("ALTER TABLE updates ADD COLUMN pruned_len INTEGER")
                 if "pruned_sha256" not in columns:
                     tx.execute("ALTER TABLE updates ADD COLUMN pruned_sha256 BLOB")
+                # Versions 1 to 3 kept no initial model: their tasks have none (NULL), and
+                # an older version of theirs is rebuilt from the operator's copy, as before.
+                columns = {r[1] for r in tx.execute("PRAGMA table_info(versions)").fetchall()}
+                if "params" not in columns:
+                    tx.execute("ALTER TABLE versions ADD COLUMN params BLOB")
                 tx.execute(
                     "UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),)
                 )
@@ -547,7 +558,10 @@ class Store:
     def set_initial_model(
         self, task_id: int, params: bytes, digest: str, state: str, now: float
     ) -> None:
-        """Version 0 of a task: its initial parameters."""
+        """Version 0 of a task: its initial parameters (little-endian float32 bytes), kept
+        twice in one transaction: as the current model (`tasks.params`, which each publish
+        overwrites) and with version 0's row (`versions.params`, never overwritten nor
+        pruned), from which `initial_params` rebuilds older versions."""
         with self.transaction() as db:
             db.execute(
                 "UPDATE tasks SET params=?, residual=NULL, agg_state=NULL, digest=?, version=0, "
@@ -556,9 +570,30 @@ class Store:
             )
             db.execute(
                 "INSERT INTO versions(task_id, version, round_id, delta_frame, digest, "
-                "created_unix) VALUES (?, 0, NULL, NULL, ?, ?)",
-                (task_id, digest, now),
+                "created_unix, params) VALUES (?, 0, NULL, NULL, ?, ?, ?)",
+                (task_id, digest, now, params),
             )
+
+    def initial_params(self, task_id: int) -> bytes | None:
+        """A task's initial model (version 0) as `set_initial_model` stored it, little-endian
+        float32 bytes; None for a task without a model yet, or one stored by schema 3 or
+        older (which kept only the current model)."""
+        rows = self._query("SELECT params FROM versions WHERE task_id=? AND version=0", (task_id,))
+        return None if not rows or rows[0][0] is None else bytes(rows[0][0])
+
+    def first_missing_frame(self, task_id: int, up_to: int) -> int | None:
+        """The first version of 1..`up_to` whose delta frame is not stored (emptied by
+        `prune_versions`, or its row missing), None when every one is. Reads no frame:
+        length() of a blob is in its record header."""
+        stored = self._query(
+            "SELECT version FROM versions WHERE task_id=? AND version BETWEEN 1 AND ? "
+            "AND length(delta_frame) IS NOT NULL ORDER BY version",
+            (task_id, up_to),
+        )
+        for want, (got,) in enumerate(stored, start=1):
+            if got != want:
+                return want
+        return len(stored) + 1 if len(stored) < up_to else None
 
     def chain(
         self, task_id: int, after_version: int, up_to: int | None = None
@@ -575,11 +610,12 @@ class Store:
 
     def prune_versions(self, task_id: int, up_to: int, after: int = 0) -> PruneResult:
         """Empty (set NULL) the downlink delta frames of a task's versions `after`+1..`up_to`
-        (version 0 has none), keeping each row and its digest. Only a delta chain starting
-        before `up_to` reads them, so the caller picks `up_to` below every chain it still
-        serves, and `after` at what an earlier call already emptied (the search then reads
-        only the new versions, not the whole history). Runs in transactions of its own,
-        `_PRUNE_BATCH` versions each."""
+        (version 0 has none; its initial model stays), keeping each row and its digest. Only
+        a delta chain starting before `up_to` reads them, so the caller picks `up_to` below
+        every chain it still serves, and `after` at what an earlier call already emptied (the
+        search then reads only the new versions, not the whole history). An older version
+        whose frames are emptied can no longer be rebuilt from the initial model. Runs in
+        transactions of its own, `_PRUNE_BATCH` versions each."""
         versions = [
             int(r[0])
             for r in self._query(

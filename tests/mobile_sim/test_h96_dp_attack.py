@@ -1,0 +1,83 @@
+"""What a researcher reads off a dp or attack run: a dp stage without accounting says it
+reports no epsilon, and an attack run counts the attackers each round aggregated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coordinator.cli import main as plume
+from mobile_sim.runner import SimConfig, run_simulation
+
+TINY = [
+    "sim",
+    "--dataset",
+    "digits",
+    "--clients",
+    "10",
+    "--per-round",
+    "4",
+    "--local-epochs",
+    "1",
+    "--no-progress",
+]
+
+
+def test_a_dp_stage_without_accounting_says_it_reports_no_epsilon(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: noise and clipping, but no population=,sample=: no accountant
+    spec = "dp:clip=1,z=0.3+fedavg"
+
+    # Execute
+    code = plume([*TINY, "--rounds", "1", "--aggregator", spec, "--out", str(tmp_path)])
+
+    # Assert: one note naming the fix, instead of a summary that just lacks the epsilon
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "dp epsilon" not in out
+    assert (
+        "compressed: note: the dp stage added noise but accounts no epsilon (no sampling "
+        "model): add population=N,sample=4 to its spec"
+    ) in out
+
+
+def test_an_accounted_dp_stage_has_no_note(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    spec = "dp:clip=1,z=1,population=10,sample=4+fedavg"
+    code = plume([*TINY, "--rounds", "1", "--aggregator", spec, "--out", str(tmp_path)])
+
+    # Assert
+    out = capsys.readouterr().out
+    assert code == 0 and "dp epsilon" in out and "accounts no epsilon" not in out
+
+
+def test_an_attack_run_counts_the_attackers_in_each_round() -> None:
+    # Prepare: every device reports every round, 3 of 10 attack
+    cfg = SimConfig(
+        dataset="digits",
+        clients=10,
+        per_round=10,
+        rounds=2,
+        local_epochs=1,
+        attack="signflip",
+        malicious=0.3,
+    )
+
+    # Execute
+    result = run_simulation(cfg, progress=False)
+
+    # Assert
+    for rec in result.records:
+        assert rec.measurements["attack"] == {"malicious_reports": 3, "malicious_devices": 3}
+
+
+def test_a_run_without_attack_has_no_attack_measurement() -> None:
+    # Execute
+    cfg = SimConfig(dataset="digits", clients=10, per_round=4, rounds=1, local_epochs=1)
+
+    # Assert
+    assert "attack" not in run_simulation(cfg, progress=False).records[0].measurements

@@ -1,0 +1,115 @@
+"""`plume sim` output as a researcher compares it: a sweep's runs are told apart in one plot,
+a run folder says how to rerun it and with which code, and a secure run records its own
+settings."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+from coordinator.cli import build_parser
+from coordinator.cli import main as plume
+from mobile_sim import _cli as sim_cli
+from mobile_sim.report_extra import load_runs, rebuild_run_dir
+
+TINY = [
+    "sim",
+    "--dataset",
+    "digits",
+    "--clients",
+    "10",
+    "--per-round",
+    "4",
+    "--local-epochs",
+    "1",
+    "--no-progress",
+]
+
+
+def _write_run(folder: Path, label: str, accuracy: float) -> None:
+    folder.mkdir(parents=True)
+    row = {"round": 1, "accuracy": accuracy, "bytes_up": 500, "bytes_down": 5000, "wall_s": 0.1}
+    doc = {"config": {"dataset": "digits"}, "summary": {"label": label}, "rounds": [row]}
+    (folder / "rounds.json").write_text(json.dumps(doc))
+
+
+def test_a_sweep_folder_labels_each_run_by_its_folder(tmp_path: Path) -> None:
+    # Prepare: one --out folder per setting, as a shell loop over --topk writes them; every
+    # run ran as "compressed".
+    for name in ("k0.01", "k0.1", "k0.05"):
+        _write_run(tmp_path / name, "compressed", 0.5)
+
+    # Execute
+    labels = [label for label, _ in load_runs(tmp_path)]
+
+    # Assert: the legend names the settings (it used to say "compressed" three times)
+    assert labels == ["k0.01", "k0.05", "k0.1"]
+
+
+def test_a_sweep_of_compare_dense_runs_is_found_two_levels_down(tmp_path: Path) -> None:
+    # Prepare: SWEEP/k/{compressed,dense}, each a --compare-dense run's folder
+    for k in ("k0.01", "k0.1"):
+        _write_run(tmp_path / k / "compressed", "compressed", 0.5)
+        _write_run(tmp_path / k / "dense", "dense", 0.6)
+
+    # Execute
+    labels = [label for label, _ in load_runs(tmp_path)]
+    paths = rebuild_run_dir(tmp_path)
+
+    # Assert: every run, dense baselines last (it used to be "no rounds.json" in the sweep)
+    assert labels == ["k0.01/compressed", "k0.1/compressed", "k0.01/dense", "k0.1/dense"]
+    assert all(p.is_file() for p in paths)
+
+
+def test_a_compare_dense_folder_keeps_its_labels(tmp_path: Path) -> None:
+    # Prepare
+    _write_run(tmp_path / "compressed", "compressed", 0.5)
+    _write_run(tmp_path / "dense", "dense", 0.6)
+
+    # Execute + Assert
+    assert [label for label, _ in load_runs(tmp_path)] == ["compressed", "dense"]
+
+
+def test_rounds_json_holds_the_command_that_reruns_it_and_the_code(tmp_path: Path) -> None:
+    # Prepare
+    out = tmp_path / "run"
+    flags = [*TINY, "--rounds", "1", "--topk", "0.1", "--aggregator", "median", "--out", str(out)]
+
+    # Execute
+    assert plume(flags) == 0
+    doc = json.loads((out / "rounds.json").read_text())
+
+    # Assert: the command parses back to the same config, and says which code ran
+    words = shlex.split(doc["command"])
+    assert words[:2] == ["plume", "sim"]
+    args = build_parser().parse_args(words[1:])
+    assert sim_cli.config_from_args(args).as_dict() == doc["config"]
+    assert doc["code"]["plume"]
+    assert "git_commit" in doc["code"] and "git_dirty" in doc["code"]
+
+
+def test_a_secure_run_records_its_secure_settings(tmp_path: Path) -> None:
+    # Prepare
+    out = tmp_path / "secure"
+    flags = [*TINY, "--rounds", "1", "--secure", "--secure-bits", "4", "--out", str(out)]
+    flags += ["--dp-noise", "gaussian", "--noise-multiplier", "0.5", "--secure-dropout", "0.2"]
+
+    # Execute
+    assert plume(flags) == 0
+    doc = json.loads((out / "rounds.json").read_text())
+
+    # Assert: two secure runs of other noise or bits no longer have identical files
+    secure = doc["secure"]
+    assert secure["value_bits"] == 4
+    assert secure["noise"] == "discrete_gaussian"
+    assert secure["noise_multiplier"] == 0.5
+    assert secure["dropout"] == 0.2
+
+
+def test_a_plain_run_has_no_secure_section(tmp_path: Path) -> None:
+    # Execute
+    assert plume([*TINY, "--rounds", "1", "--out", str(tmp_path)]) == 0
+
+    # Assert
+    assert "secure" not in json.loads((tmp_path / "rounds.json").read_text())
