@@ -44,6 +44,7 @@ __all__ = [
     "prepare",
     "SimSetup",
     "load_dataset",
+    "DATASET_LOADERS",
     "build_aggregator",
     "DEFAULT_MODEL",
     "dataset_family",
@@ -290,7 +291,8 @@ class SimConfig:
         if self.model:
             return self.model
         try:
-            return DEFAULT_MODEL[dataset_family(self.dataset)]
+            # The name itself first: a registered dataset "my_data" has the family "my".
+            return DEFAULT_MODEL.get(self.dataset) or DEFAULT_MODEL[dataset_family(self.dataset)]
         except KeyError:
             raise ValueError(
                 f"no default model for dataset {self.dataset!r}; pass --model"
@@ -398,8 +400,43 @@ class SimResult:
         }
 
 
+# Your own datasets: name -> loader(root, seed) -> FederatedData (a `NaturalData`, with
+# `train_groups`, also splits by its own users). `SimConfig(dataset=name)` then loads it, in
+# every backend (workers receive the arrays, not the name). docs/simulator.md, "Your own
+# model or dataset".
+DATASET_LOADERS: dict[str, Callable[[str | None, int], FederatedData]] = {}
+
+
+def _checked(name: str, data: object) -> FederatedData:
+    """A registered loader's answer, refused with its dataset's name if it is not one the
+    partitioners and trainers can take."""
+    if not isinstance(data, FederatedData):
+        raise ValueError(
+            f"dataset {name!r}: its loader returned {type(data).__name__}, not a FederatedData"
+        )
+    for split in ("train", "test"):
+        x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
+        if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim < 2:
+            raise ValueError(f"dataset {name!r}: x_{split} must be a float32 array [N, ...]")
+        if not isinstance(y, np.ndarray) or y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise ValueError(f"dataset {name!r}: y_{split} must be a 1-D integer array [N]")
+        if len(x) != len(y):
+            raise ValueError(
+                f"dataset {name!r}: x_{split} has {len(x)} rows but y_{split} {len(y)} labels"
+            )
+        if len(y) and not (0 <= y.min() and y.max() < data.num_classes):
+            raise ValueError(
+                f"dataset {name!r}: y_{split} holds labels outside 0..{data.num_classes - 1} "
+                "(num_classes)"
+            )
+    return data
+
+
 def load_dataset(name: str, root: str | None = None, seed: int = 0) -> FederatedData:
-    """Built-in 'mnist' and 'digits'; other names come from `mobile_sim.datasets`."""
+    """A dataset registered in `DATASET_LOADERS`, built-in 'mnist' and 'digits', or one of
+    `mobile_sim.datasets`."""
+    if name in DATASET_LOADERS:
+        return _checked(name, DATASET_LOADERS[name](root, seed))
     if name == "mnist":
         return load_mnist(root, seed=seed)
     if name == "digits":
