@@ -192,6 +192,41 @@ def test_a_count_liar_sets_the_direction_of_a_norm_bounded_mean() -> None:
     assert cos("normbound:1+fedavg:uniform=1") > 0.9
 
 
+def test_inside_bucketing_the_inner_f_counts_buckets_not_reports() -> None:
+    # 20 reports with 20% attackers: up to 4 of the 10 bucket means hold an attacker, but the
+    # inner Krum's fraction is of the rows it sees (10 buckets), so it tolerates 2 and still
+    # reports its guarantee as holding. Written as a count for the buckets (f=4), it says no.
+    x = np.random.default_rng(0).normal(size=(20, 5))
+    for spec, f, holds in (("bucket:2+krum:f=0.2", 2, True), ("bucket:2+krum:f=4", 4, False)):
+        proc = build_aggregator(spec).create(5)
+        inner = proc.next(proc.initialize(), _reports(x)).measurements["inner"]
+        assert (inner["clients"], inner["f"], inner["guarantee_holds"]) == (10, f, holds)
+
+
+def test_a_copy_of_a_victims_report_gets_the_victim_screened_out() -> None:
+    # The collusion screen's evidence is symmetric: an attacker that sends a copy of an honest
+    # device's report (it must know or guess it) is flagged, and so is the victim, who then
+    # stays suspect for `memory` rounds. One report per round can silence one honest device.
+    rng = np.random.default_rng(0)
+    d = 400
+
+    def cohort() -> np.ndarray:
+        x = np.zeros((10, d))
+        for row in x:
+            idx = rng.choice(d, 8, replace=False)
+            row[idx] = rng.normal(size=8)
+        return x
+
+    proc = build_aggregator("collusion:tau=0.3+fedavg").create(d)
+    state = proc.next(proc.initialize(), _reports(cohort())).state
+    framed = cohort()
+    framed[9] = framed[0]  # d09 copies d00
+    out = proc.next(state, _reports(framed))
+    assert set(out.measurements["dropped"]) == {"d00", "d09"}
+    later = proc.next(out.state, _reports(cohort()))
+    assert "d00" in later.measurements["dropped"]  # still suspect the round after
+
+
 if __name__ == "__main__":
     table = attack_table()
     print("| rule | " + " | ".join(ATTACKS) + " |")
