@@ -1235,6 +1235,8 @@ def _sim(args: argparse.Namespace) -> int:
                 f"; simulated {_seconds(s['sim_s'])} s in rounds + {_seconds(s['wait_s'])} s "
                 "waiting"
             )
+        if s.get("backdoor_accuracy") is not None:
+            line += f"; backdoor accuracy {s['backdoor_accuracy']:.4f}"
         if s.get("dp_epsilon") is not None:
             line += f"; dp epsilon {s['dp_epsilon']:.2f}"
             line += f" at delta {s['dp_delta']:g}" if s["dp_delta"] is not None else ""

@@ -162,6 +162,14 @@ def summary(result: SimResult) -> dict[str, Any]:
     # With a dp stage accounting population=N: the rounds that selected from fewer devices.
     out.update(result.dp_pool() or {})
     out.update(_dp_spent(result))
+    backdoor = [
+        r.measurements["attack"]["backdoor_accuracy"]
+        for r in result.records
+        if r.measurements.get("attack", {}).get("backdoor_accuracy") is not None
+    ]
+    if backdoor:
+        # The last evaluated round's: a backdoor barely moves the main-task accuracy.
+        out["backdoor_accuracy"] = backdoor[-1]
     if failed := _guarantee_failures(result):
         out["robust_guarantee_failed_rounds"] = [r for r, _ in failed]
     return out

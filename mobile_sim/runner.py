@@ -27,6 +27,7 @@ from coordinator.ledger import BandwidthLedger
 from coordinator.privacy import FixedSizeSampling, PoissonSampling, Sampling
 from sdk.device import UpdateEncoder, clip_l2
 
+from .attacks import BackdoorAttack, backdoor_accuracy
 from .backends import Backend, JobResult, TrainContext, TrainJob, build_backend, job_rng
 from .backends._seeding import RngPool
 from .data import FederatedData, load_digits_data, load_mnist
@@ -749,9 +750,12 @@ def run_simulation(
                     encoders[dev].refused()
             acc: float | None = None
             loss: float | None = None
+            backdoor: float | None = None
             if plan.round_id % cfg.eval_every == 0 or plan.round_id == cfg.rounds:
                 bar.phase("evaluating")
                 acc, loss = evaluate(eval_model, engine.params, data.x_test, data.y_test)
+                if isinstance(attack, BackdoorAttack):
+                    backdoor = _backdoor_accuracy(eval_model, engine.params, data, attack)
             totals = engine.ledger.round_totals(plan.round_id)
             up, down = totals["up"], totals["down"]
             rec = RoundRecord(
@@ -789,6 +793,10 @@ def run_simulation(
                     "malicious_reports": sum(index_of[dev] in malicious for dev in arrival),
                     "malicious_devices": n_bad,
                 }
+                if isinstance(attack, BackdoorAttack):
+                    # Main-task accuracy barely moves under a backdoor: this is its effect
+                    # (None in a round that was not evaluated).
+                    rec.measurements["attack"]["backdoor_accuracy"] = backdoor
             records.append(rec)
             if on_round is not None:
                 on_round(rec)
@@ -800,6 +808,28 @@ def run_simulation(
     return SimResult(
         cfg, records, engine.ledger, spec.size, engine.params.copy(), label, started_at
     )
+
+
+def _backdoor_accuracy(
+    model: Any, params: npt.NDArray[np.float32], data: FederatedData, attack: BackdoorAttack
+) -> float:
+    """`attacks.backdoor_accuracy` of `params`: the fraction of triggered test images (true
+    label not the target) classified as the target, as bench/robustness.py measures it."""
+    import torch
+
+    from sdk.flat import set_flat_params
+
+    set_flat_params(model, params)
+    model.eval()
+
+    def predict(x: npt.NDArray[Any]) -> npt.NDArray[np.integer]:
+        with torch.no_grad():
+            out: npt.NDArray[np.integer] = (
+                model(torch.from_numpy(np.ascontiguousarray(x))).argmax(1).numpy()
+            )
+            return out
+
+    return backdoor_accuracy(predict, data.x_test, data.y_test, attack)
 
 
 def _abandoned_selection(

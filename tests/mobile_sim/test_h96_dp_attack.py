@@ -81,3 +81,54 @@ def test_a_run_without_attack_has_no_attack_measurement() -> None:
 
     # Assert
     assert "attack" not in run_simulation(cfg, progress=False).records[0].measurements
+
+
+def test_a_backdoor_run_measures_the_backdoor_accuracy_it_reached(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: the main-task accuracy alone says nothing about a backdoor's success
+    import json
+
+    import numpy as np
+    import torch
+
+    from mobile_sim.attacks import backdoor_accuracy, build_attack
+    from mobile_sim.data import load_digits_data
+    from mobile_sim.models import build_model
+    from sdk.flat import set_flat_params
+
+    spec = "backdoor:target=0,poison_fraction=0.5"
+    flags = [*TINY, "--rounds", "2", "--attack", spec, "--malicious", "0.3"]
+
+    # Execute
+    code = plume([*flags, "--out", str(tmp_path)])
+
+    # Assert: the last round's figure is the fraction of triggered test images (true label not
+    # the target) the final model classifies as the target, as bench/robustness.py computes it
+    out = capsys.readouterr().out
+    assert code == 0
+    doc = json.loads((tmp_path / "rounds.json").read_text())
+    model = build_model("digits_mlp")
+    data = load_digits_data(seed=0)
+    cfg = SimConfig(
+        dataset="digits",
+        clients=10,
+        per_round=4,
+        rounds=2,
+        local_epochs=1,
+        attack=spec,
+        malicious=0.3,
+    )
+    final = run_simulation(cfg, progress=False).final_params
+    set_flat_params(model, final)
+    model.eval()
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return model(torch.from_numpy(np.ascontiguousarray(x))).argmax(1).numpy()
+
+    expected = backdoor_accuracy(predict, data.x_test, data.y_test, build_attack(spec))
+    measured = [r["measurements"]["attack"]["backdoor_accuracy"] for r in doc["rounds"]]
+    assert measured[-1] == pytest.approx(expected, abs=1e-12)
+    assert doc["summary"]["backdoor_accuracy"] == measured[-1]
+    assert f"backdoor accuracy {expected:.4f}" in out
