@@ -192,6 +192,27 @@ def test_a_count_liar_sets_the_direction_of_a_norm_bounded_mean() -> None:
     assert cos("normbound:1+fedavg:uniform=1") > 0.9
 
 
+@pytest.mark.parametrize(
+    ("spec", "liar_wins"),
+    [
+        ("bucket:2+fedavg", True),  # its bucket's mean, weighted by the bucket's summed counts
+        ("cosfilter+fedavg", True),  # first round: no momentum, everything kept
+        ("anomaly:norm_ratio=5+fedavg", True),  # 3 times the honest norm passes the ratio
+        ("collusion+fedavg", True),  # no history to match
+        ("nnm:f=2+fedavg", False),  # its mixed row is mostly its neighbours'
+        ("bucket:2+fedavg:max_weight=100", False),
+    ],
+)
+def test_fedavg_inside_a_wrapper_still_trusts_claimed_counts(spec: str, liar_wins: bool) -> None:
+    rng = np.random.default_rng(1)
+    g = rng.normal(size=50)
+    x = np.vstack([g + 0.5 * rng.normal(size=(9, 50)), -3.0 * g])
+    proc = build_aggregator(spec).create(50)
+    r = proc.next(proc.initialize(), _reports(x, [50.0] * 9 + [float(2**53)])).result
+    cos = float(r @ g / (np.linalg.norm(r) * np.linalg.norm(g)))
+    assert (cos < -0.9) if liar_wins else (cos > 0.9)
+
+
 def test_inside_bucketing_the_inner_f_counts_buckets_not_reports() -> None:
     # 20 reports with 20% attackers: up to 4 of the 10 bucket means hold an attacker, but the
     # inner Krum's fraction is of the rows it sees (10 buckets), so it tolerates 2 and still
