@@ -31,12 +31,14 @@ usage: plume sim report [-h] RUN_DIR
 
 Rebuild the plots of a finished `plume sim` run from its rounds.json files alone, byte for
 byte as the run wrote them: accuracy_vs_upload_bytes.png, bytes_per_round.png and
-round_durations.png. The CSV and JSON files are not touched. A folder that holds no run's
+round_durations.png, then print one line per run (rounds, final accuracy, upload bytes,
+ratio vs dense). The CSV and JSON files are not touched. A folder that holds no run's
 rounds.json is one error line (exit status 2).
 
 positional arguments:
   RUN_DIR     the --out folder of a run (with --compare-dense: the folder holding
-              compressed/ and dense/)
+              compressed/ and dense/), or a sweep's folder holding one run folder per
+              setting (each run is then named by its folder)
 
 options:
   -h, --help  show this help message and exit
@@ -1333,11 +1335,13 @@ def _report(args: argparse.Namespace) -> int:
             f"`plume sim report RUN_DIR` takes no run flags (got {', '.join(given)}): it redraws "
             "the plots from RUN_DIR's rounds.json alone"
         )
-    from .report_extra import RunDirError, rebuild_run_dir
+    from .report_extra import RunDirError, compare_table, load_runs, rebuild_run_dir
 
     try:
         paths = rebuild_run_dir(args.run_dir)
     except RunDirError as exc:  # missing folder, no rounds.json, or a corrupt one
         return _fail(f"{exc}; RUN_DIR must be the --out folder of a `plume sim` run")
     print("rebuilt " + ", ".join(str(p) for p in paths))
+    print()
+    print(compare_table(load_runs(args.run_dir)))
     return 0

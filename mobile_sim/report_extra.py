@@ -23,6 +23,7 @@ __all__ = [
     "plot_round_durations",
     "plot_run_dir",
     "rebuild_run_dir",
+    "compare_table",
 ]
 
 Run = tuple[str, list[dict[str, Any]]]
@@ -247,6 +248,25 @@ def plot_run_dir(run_dir: str | Path) -> list[Path]:
         plot_bytes_per_round(runs, root / "bytes_per_round.png"),
         plot_round_durations(runs, root / "round_durations.png"),
     ]
+
+
+def compare_table(runs: Sequence[Run]) -> str:
+    """One line per run, in the plots' order: rounds, final accuracy (the last evaluated
+    round's), total upload bytes and the upload's ratio to dense fp32, so that the runs of a
+    sweep folder compare at a glance (`plume sim report` prints it)."""
+    from .report import format_bytes
+
+    head = f"{'run':<24} {'rounds':>6} {'final accuracy':>14} {'upload bytes':>12} "
+    head += f"{'ratio vs dense':>14}"
+    lines = [head, "-" * len(head)]
+    for label, rounds in runs:
+        accs = [float(r["accuracy"]) for r in rounds if r.get("accuracy") is not None]
+        up = sum(int(r["bytes_up"]) for r in rounds)
+        dense = sum(int(r["dense_up"]) for r in rounds if _is_number(r.get("dense_up")))
+        acc = f"{accs[-1]:.4f}" if accs else "-"
+        ratio = f"{dense / up:.1f}x" if up and dense else "-"
+        lines.append(f"{label:<24} {len(rounds):>6} {acc:>14} {format_bytes(up):>12} {ratio:>14}")
+    return "\n".join(lines)
 
 
 def rebuild_run_dir(run_dir: str | Path) -> list[Path]:

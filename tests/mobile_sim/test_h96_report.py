@@ -8,6 +8,8 @@ import json
 import shlex
 from pathlib import Path
 
+import pytest
+
 from coordinator.cli import build_parser
 from coordinator.cli import main as plume
 from mobile_sim import _cli as sim_cli
@@ -113,3 +115,43 @@ def test_a_plain_run_has_no_secure_section(tmp_path: Path) -> None:
 
     # Assert
     assert "secure" not in json.loads((tmp_path / "rounds.json").read_text())
+
+
+def test_plume_sim_report_prints_one_comparable_line_per_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: two settings of a sweep, two rounds each; the second round of k0.1 was not
+    # evaluated, so its final accuracy is the first round's
+    def run(name: str, rows: list[dict[str, object]]) -> None:
+        (tmp_path / name).mkdir()
+        doc = {"summary": {"label": "compressed"}, "rounds": rows}
+        (tmp_path / name / "rounds.json").write_text(json.dumps(doc))
+
+    row = {"bytes_down": 5000, "wall_s": 0.1}
+    run(
+        "k0.01",
+        [
+            {**row, "round": 1, "accuracy": 0.5, "bytes_up": 400, "dense_up": 40_000},
+            {**row, "round": 2, "accuracy": 0.6, "bytes_up": 600, "dense_up": 40_000},
+        ],
+    )
+    run(
+        "k0.1",
+        [
+            {**row, "round": 1, "accuracy": 0.7, "bytes_up": 4_000, "dense_up": 40_000},
+            {**row, "round": 2, "accuracy": None, "bytes_up": 4_000, "dense_up": 40_000},
+        ],
+    )
+
+    # Execute
+    code = plume(["sim", "report", str(tmp_path)])
+
+    # Assert: the runs in the plots' order, with what a comparison needs
+    out = capsys.readouterr().out.splitlines()
+    assert code == 0
+    start = out.index(next(line for line in out if line.startswith("run ")))
+    assert out[start].split() == [
+        "run", "rounds", "final", "accuracy", "upload", "bytes", "ratio", "vs", "dense",
+    ]  # fmt: skip
+    assert out[start + 2].split() == ["k0.01", "2", "0.6000", "1.0", "KB", "80.0x"]
+    assert out[start + 3].split() == ["k0.1", "2", "0.7000", "8.0", "KB", "10.0x"]
