@@ -165,6 +165,9 @@ class PruneResult:
 # open round wait for a batch at most, never for a whole backlog.
 _PRUNE_BATCH = 256
 
+# Version numbers `first_missing_frame` reads per query.
+_VERSION_PAGE = 4096
+
 # Rows whose frame is still stored: the partial index keeps the search for frames to prune to
 # the rows not yet pruned (a pruned table of millions of rows is not rescanned at every close).
 _UNPRUNED_INDEX = (
@@ -583,17 +586,23 @@ class Store:
 
     def first_missing_frame(self, task_id: int, up_to: int) -> int | None:
         """The first version of 1..`up_to` whose delta frame is not stored (emptied by
-        `prune_versions`, or its row missing), None when every one is. Reads no frame:
-        length() of a blob is in its record header."""
-        stored = self._query(
-            "SELECT version FROM versions WHERE task_id=? AND version BETWEEN 1 AND ? "
-            "AND length(delta_frame) IS NOT NULL ORDER BY version",
-            (task_id, up_to),
-        )
-        for want, (got,) in enumerate(stored, start=1):
-            if got != want:
-                return want
-        return len(stored) + 1 if len(stored) < up_to else None
+        `prune_versions`, or its row missing), None when every one is. Reads no frame
+        (length() of a blob is in its record header) and a page of version numbers at a time:
+        a long history is never in memory at once."""
+        after = 0
+        while after < up_to:
+            page = self._query(
+                "SELECT version FROM versions WHERE task_id=? AND version > ? AND version <= ? "
+                "AND length(delta_frame) IS NOT NULL ORDER BY version LIMIT ?",
+                (task_id, after, up_to, _VERSION_PAGE),
+            )
+            for (got,) in page:
+                if got != after + 1:
+                    return after + 1
+                after = got
+            if len(page) < _VERSION_PAGE:
+                return after + 1 if after < up_to else None
+        return None
 
     def chain(
         self, task_id: int, after_version: int, up_to: int | None = None

@@ -16,10 +16,13 @@ import httpx
 import numpy as np
 import numpy.typing as npt
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from compression import decode_snapshot, encode_snapshot, model_digest
 from coordinator.service import AdminClient, AdminError, ServerThread, ServiceConfig, admin_client
 from coordinator.service import rounds as rounds_module
+from coordinator.service import store as store_module
 from coordinator.service.store import SCHEMA_VERSION, Store
 from protocol.messages import unpack_chain
 
@@ -304,3 +307,47 @@ def test_a_new_store_keeps_version_0_beside_the_current_params(tmp_path: Path) -
     assert store.initial_params(task_id + 1) is None
     assert store.version_digest(task_id, 0) == "d0"
     store.close()
+
+
+# Each version 1..n: 0 its row missing, 1 its frame emptied, 2 its frame stored.
+_ROWS = st.lists(st.integers(0, 2), max_size=12)
+
+
+@settings(derandomize=True, max_examples=60, deadline=None)
+@given(rows=_ROWS, page=st.integers(1, 4))
+def test_first_missing_frame_is_the_first_version_without_a_frame(
+    rows: list[int], page: int
+) -> None:
+    # Prepare: a task's version rows as given, read `page` versions a query
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as folder:
+        store = Store(Path(folder) / "s.db")
+        task_id = store.create_task({}, "active", 0.0)
+        with store.transaction() as db:
+            db.execute(
+                "INSERT INTO versions(task_id, version, digest, created_unix) VALUES (?, 0, "
+                "'d', 0)",
+                (task_id,),
+            )
+            for v, kind in enumerate(rows, start=1):
+                if kind:
+                    db.execute(
+                        "INSERT INTO versions(task_id, version, delta_frame, digest, "
+                        "created_unix) VALUES (?, ?, ?, 'd', 0)",
+                        (task_id, v, b"f" if kind == 2 else None),
+                    )
+        stored = {v for v, kind in enumerate(rows, start=1) if kind == 2}
+        old_page = store_module._VERSION_PAGE
+        store_module._VERSION_PAGE = page
+        try:
+            # Execute
+            got = [store.first_missing_frame(task_id, up) for up in range(len(rows) + 3)]
+        finally:
+            store_module._VERSION_PAGE = old_page
+            store.close()
+    # Assert: the first version of 1..up without a stored frame (past the last row: missing)
+    want = [
+        next((v for v in range(1, up + 1) if v not in stored), None) for up in range(len(rows) + 3)
+    ]
+    assert got == want
