@@ -310,8 +310,14 @@ class _DPMeanProcess:
                 clip=clip,
                 budget_exhausted=bool(privacy.get("budget_exhausted", False)),
             )
+        # Under Poisson sampling (add/remove) the number of reports is itself private: one
+        # device more is one report more, and the accounting covers only the noised sum over
+        # a fixed denominator. So neither it nor the inner mean's measurements (its `clients`
+        # and `total_weight` are that count) are published; under fixed-size sampling
+        # (replace-one) the count is public and both are.
+        count_public = not isinstance(cfg.sampling, PoissonSampling)
         measurements: dict[str, Any] = {
-            "clients": n,
+            **({"clients": n} if count_public else {}),
             "clip": clip,
             # No exact count of clipped reports: measurements reach every registered device
             # (GET /v1/rounds/{id}), and that count is data the noise is meant to hide.
@@ -321,7 +327,7 @@ class _DPMeanProcess:
             "noise_stddev": noise_std / denom,
             "rounds": rnd + 1,
             **privacy,
-            "inner": inner_out.measurements,
+            **({"inner": inner_out.measurements} if count_public else {}),
         }
         return AggregateOutput((rnd + 1, new_clip, inner_out.state), result, measurements)
 
