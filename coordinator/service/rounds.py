@@ -269,6 +269,10 @@ class ActiveRound:
     close_started: bool = False  # an aggregation is in flight
     # A secure DP round's `dp` record, stored before its sums were unmasked (see _close_secure)
     pending_dp: dict[str, Any] | None = None
+    # What its close wrote to the store (published or abandoned), set by the worker thread
+    # under `Coordinator._close_lock`: a stop that lands before the event loop has finished
+    # the close finishes it itself, so that its answer is the task's final state.
+    stored: RoundOutcome | None = None
 
 
 @dataclass(frozen=True)
@@ -803,6 +807,11 @@ class Coordinator:
         # Tasks the operator stopped (`stop_task`), with or without a model: final; their
         # device requests get 409 `task_refused`, their rows and model stay readable.
         self.stopped_tasks: set[int] = set()
+        # Orders a stop against a close's store write (`_store_close`, in the worker thread):
+        # a stop that takes it first has the close discard its aggregate; one that comes after
+        # sees the close's write in `ActiveRound.stored`. So nothing is published after a
+        # stop's answer.
+        self._close_lock = threading.Lock()
         self.metrics.stored_frame_bytes.set_function(lambda: float(store.frame_bytes))
 
     # -- startup -------------------------------------------------------------------------
@@ -1296,23 +1305,33 @@ class Coordinator:
         requests get 409 `task_refused`. Its open round, unless its close has begun, is
         abandoned now ("stopped by the operator"): a plain round's accepted updates stay
         stored and in its ledger, a secure round's key material is dropped; the model stays
-        the last published one. A close already aggregating finishes as it would have (and
-        abandons the round if it reads the stop first). Stopping a stopped task answers its
-        status."""
+        the last published one. A close already aggregating discards its aggregate and
+        abandons the round the same way, unless its publish was stored before the stop, whose
+        answer then shows that version: nothing is published after the answer. Stopping a
+        stopped task answers its status."""
         if (err := self._not_running(task_id)) is not None:
             raise err
         if task_id in self.stopped_tasks:
             return self.task_status(task_id)
         if self.store.task(task_id) is None:
             raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
-        # Durable first: a store that refuses leaves the task as it was (503, retry).
-        self.store.set_task_state(task_id, TaskState.STOPPED)
-        self.stopped_tasks.add(task_id)
         rt = self.runtimes.get(task_id)
+        stored: RoundOutcome | None = None
+        with self._close_lock:
+            # Durable first: a store that refuses leaves the task as it was (503, retry).
+            self.store.set_task_state(task_id, TaskState.STOPPED)
+            self.stopped_tasks.add(task_id)
+            if rt is not None:
+                rt.state = TaskState.STOPPED  # a close that stores after this abandons
+                rt.engine.stopped = True
+                stored = rt.current.stored if rt.current is not None else None
         if rt is not None:
-            rt.state = TaskState.STOPPED
-            rt.engine.stopped = True
             rt.pool.clear()
+            if stored is not None:
+                # Its close stored its outcome before the stop (a version published, or the
+                # round abandoned) and only its event-loop half is left: done here, so the
+                # answer below is final (`close_round` sees it done and leaves it).
+                self.finish_close(rt, stored)
             cur = rt.current
             if cur is not None and not cur.close_started:
                 flags = (cur.closing, cur.close_started)
@@ -1336,14 +1355,19 @@ class Coordinator:
         log.warning("task %d stopped by the operator", task_id)
         return self.task_status(task_id)
 
-    def _abandon_stopped(self, rt: TaskRuntime, cur: ActiveRound) -> RoundOutcome:
-        """Abandon a stopped task's round in the store (the model is not touched)."""
+    def _abandon_stopped(
+        self, rt: TaskRuntime, cur: ActiveRound, closed: bool = False
+    ) -> RoundOutcome:
+        """Abandon a stopped task's round in the store (the model is not touched); `closed`:
+        its engine round was already closed (aggregated), so the engine has nothing to let
+        go."""
         meas: dict[str, Any] = {"abandoned": STOP_REASON}
         if cur.pending_dp is not None:
             meas["dp"] = cur.pending_dp  # its sums may have been unmasked: they count
         self.store.abandon(cur.round_id, rt.task_id, meas, rt.state, self.clock())
-        rt.engine.abandon_round(cur.engine_round)  # its decoded updates are let go
-        return RoundOutcome(cur.engine_round, False, cur.reports, rt.engine.version, meas)
+        if not closed:
+            rt.engine.abandon_round(cur.engine_round)  # its decoded updates are let go
+        return RoundOutcome(cur.engine_round, False, cur.reports, rt.version, meas)
 
     def export_model(
         self, task_id: int, version: int | None, base: int | None = None
@@ -1940,9 +1964,6 @@ class Coordinator:
             cur.round_id, before_unmask, min_contributors=cur.min_reports
         )
         rt.engine.close_round(cur.engine_round)  # its bookkeeping only: it holds no updates
-        now = self.clock()
-        done = rt.rounds_closed + 1 >= rt.config.rounds
-        task_state = TaskState.DONE if done and rt.state == TaskState.ACTIVE else rt.state
         meas: dict[str, Any] = dict(secure.measurements)
         meas["secure"] = True
         meas["dropped"] = sorted(secure.dropped)
@@ -1956,15 +1977,14 @@ class Coordinator:
             )
             rt.engine.version += 1
             version = rt.engine.version
-            self._publish(rt, cur, version, meas, task_state, now)
-            rt.secure.set_params(rt.engine.params)
         else:
             meas.setdefault("abandoned", "secure round aborted: too few devices at some stage")
-            self.store.abandon(cur.round_id, rt.task_id, meas, task_state, now)
-        self.metrics.aggregate_seconds.observe(time.perf_counter() - t0)
-        return RoundOutcome(
+        outcome = RoundOutcome(
             cur.engine_round, secure.committed, len(secure.contributors), version, meas
         )
+        outcome = self._store_close(rt, cur, outcome, meas)
+        self.metrics.aggregate_seconds.observe(time.perf_counter() - t0)
+        return outcome
 
     def close_blocking(self, rt: TaskRuntime, cur: ActiveRound) -> RoundOutcome:
         """Aggregate and publish durably (runs in a worker thread); a stopped task's round is
@@ -1977,16 +1997,33 @@ class Coordinator:
         t0 = time.perf_counter()
         rt.strategy.round_key = cur.round_id
         outcome = rt.engine.close_round(cur.engine_round)
-        now = self.clock()
-        closed_after = rt.rounds_closed + 1
-        done = closed_after >= rt.config.rounds or rt.engine.stopped
-        task_state = TaskState.DONE if done and rt.state == TaskState.ACTIVE else rt.state
         measurements = dict(outcome.measurements)
-        if outcome.committed:
-            self._publish(rt, cur, outcome.version, measurements, task_state, now)
-        else:
-            self.store.abandon(cur.round_id, rt.task_id, measurements, task_state, now)
+        outcome = self._store_close(rt, cur, outcome, measurements)
         self.metrics.aggregate_seconds.observe(time.perf_counter() - t0)
+        return outcome
+
+    def _store_close(
+        self, rt: TaskRuntime, cur: ActiveRound, outcome: RoundOutcome, meas: dict[str, Any]
+    ) -> RoundOutcome:
+        """Write a close's outcome to the store (worker thread): publish the engine's new
+        model if `outcome.committed`, else abandon the round with `meas`. A stop answered
+        since the aggregation began wins: the aggregate is discarded (the engine's copy of it
+        is never served: a stopped task runs no round again, and a start rebuilds it from the
+        store) and the round abandoned as stopped, its accepted updates kept."""
+        with self._close_lock:
+            if rt.state == TaskState.STOPPED:
+                outcome = self._abandon_stopped(rt, cur, closed=True)
+            else:
+                now = self.clock()
+                done = rt.rounds_closed + 1 >= rt.config.rounds or rt.engine.stopped
+                task_state = TaskState.DONE if done and rt.state == TaskState.ACTIVE else rt.state
+                if outcome.committed:
+                    self._publish(rt, cur, outcome.version, meas, task_state, now)
+                    if rt.secure is not None:
+                        rt.secure.set_params(rt.engine.params)
+                else:
+                    self.store.abandon(cur.round_id, rt.task_id, meas, task_state, now)
+            cur.stored = outcome
         return outcome
 
     def _publish(
@@ -2163,7 +2200,8 @@ class Coordinator:
             log.exception("round %d: unexpected error while closing", cur.round_id)
             self.fail_close(rt, cur, exc)
             return None
-        self.finish_close(rt, outcome)
+        if rt.current is cur:  # else a stop that landed meanwhile finished it
+            self.finish_close(rt, outcome)
         # After the publish has committed, in its own transactions, off the event loop.
         await asyncio.to_thread(self.prune_frames, rt.task_id)
         return outcome
