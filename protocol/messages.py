@@ -187,7 +187,8 @@ class Assignment:
 
 @dataclass(slots=True)
 class CheckInResponse:
-    """`action` is "train" (with `assignment`) or "wait" (come back after `retry_after_s`)."""
+    """`action` is "train" (with `assignment`), "wait" (come back after `retry_after_s`), or
+    "end" (the task the check-in named is done: stop checking in for it; docs/http-api.md)."""
 
     action: str
     retry_after_s: float
@@ -474,7 +475,7 @@ def check_task_id(value: Any, where: str = "$.task_id") -> int:
 
 def check_check_in(answer: CheckInResponse) -> None:
     """Refuse (`MessageError`) a check-in answer a device cannot act on: a `retry_after_s` that
-    is negative or not finite, "train" without an assignment, or an assignment
+    is negative or not finite, "train" without an assignment, "end" with one, or an assignment
     `check_assignment` refuses."""
     if not (math.isfinite(answer.retry_after_s) and answer.retry_after_s >= 0):
         raise MessageError(
@@ -482,6 +483,8 @@ def check_check_in(answer: CheckInResponse) -> None:
         )
     if answer.action == CheckInAction.TRAIN and answer.assignment is None:
         raise MessageError('$.action is "train" but there is no assignment')
+    if answer.action == CheckInAction.END and answer.assignment is not None:
+        raise MessageError('$.action is "end" but there is an assignment')
     if answer.assignment is not None:
         check_assignment(answer.assignment)
 

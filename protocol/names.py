@@ -92,10 +92,16 @@ class TaskState(StrEnum):
 
 
 class CheckInAction(StrEnum):
-    """What a check-in answers: train now, or come back after `retry_after_s`."""
+    """What a check-in answers: train now, come back after `retry_after_s`, or stop asking.
+
+    `end` answers only a check-in that names a task, one that is done: it runs no more rounds,
+    so the device stops checking in for it. It carries `retry_after_s` as "wait" does, so a
+    client that knows only "train" and "wait" reads it as the wait it was answered before.
+    """
 
     TRAIN = "train"
     WAIT = "wait"
+    END = "end"
 
 
 class ModelEncoding(StrEnum):

@@ -82,6 +82,8 @@ __all__ = [
     "AsyncClient",
     "ClientError",
     "ModelIntegrityError",
+    "TaskEndedError",
+    "TASK_DONE",
     "RoundReport",
     "SecureRoundReport",
     "UpdateFn",
@@ -212,6 +214,35 @@ class ClientError(Exception):
 
 class ModelIntegrityError(ClientError):
     """A downloaded model's SHA-256 does not match the coordinator's digest."""
+
+
+# `TaskEndedError.reason` of a check-in answered "end" (the coordinator sends no error body
+# then: the name is the SDK's, like "bad_response").
+TASK_DONE = "task_done"
+
+# Refusals of a check-in naming a task that say the task runs no rounds for this device, now
+# or later: stopped by the operator or refused by this coordinator (409), or no such task (404).
+_TASK_OVER = frozenset({(409, Reason.TASK_REFUSED), (404, Reason.UNKNOWN_TASK)})
+
+
+class TaskEndedError(ClientError):
+    """The task a check-in named runs no more rounds for this device: stop asking for it.
+
+    `reason` says why: `TASK_DONE` ("task_done", `status` 200: the coordinator answered "end",
+    the task ran its rounds), "task_refused" (409: the operator stopped it, or this coordinator
+    refuses to run it; `detail` says which) or "unknown_task" (404: no such task). `task_id`
+    is the task named. `participate` raises it on the first such answer, without another
+    check-in; `check_in` raises it for the two refusals and returns an "end" answer.
+    """
+
+    def __init__(self, status: int, reason: str, detail: str, task_id: int | None) -> None:
+        super().__init__(status, reason, detail)
+        self.task_id = task_id
+
+
+def _ended(answer: CheckInResponse, task_id: int | None) -> TaskEndedError:
+    """The error `participate` raises on a check-in answered "end"."""
+    return TaskEndedError(200, TASK_DONE, answer.detail or "the task is done", task_id)
 
 
 @dataclass
@@ -1392,6 +1423,11 @@ def _parse(cls: type[Any], response: httpx.Response) -> Any:
 def _check_in_answer(
     core: _Core, ex: _Exchange, response: httpx.Response, task_id: int | None
 ) -> CheckInResponse:
+    if response.status_code != 200 and task_id is not None:
+        err = _refusal(response)
+        if (err.status, err.reason) in _TASK_OVER:
+            raise TaskEndedError(err.status, err.reason, err.detail, task_id)
+        raise err
     answer: CheckInResponse = _parse(CheckInResponse, response)
     # Before the rest is looked at: `round_outcome` answers `awaiting_round` whatever the
     # assignment. Refusing the whole answer first left the record unsettled for as long as the
@@ -1873,7 +1909,9 @@ class Client:
     def last_check_in(self) -> CheckInResponse | None:
         """The coordinator's last check-in answer this client acted on (None before one).
         When `participate` returns None its `detail` says why: "not selected yet" (a round
-        still gathering), "no active task" (no such task, or it has finished), ..."""
+        still gathering), "no active task" (no task named and none running, or the task named
+        is paused or awaits its model), ...; after a `TaskEndedError` on an "end" answer, it is
+        that answer."""
         return self._core.last_check_in
 
     def close(self) -> None:
@@ -1943,10 +1981,12 @@ class Client:
         return device_id
 
     def check_in(self, task_id: int | None = None) -> CheckInResponse:
-        """One check-in: "train" with an assignment, or "wait" `retry_after_s` seconds. An
-        answer a device cannot act on (see `protocol.messages.check_check_in`, or an
-        assignment for another task than `task_id`) is a `ClientError` `bad_response`; such an
-        answer, if it parses as a check-in answer, still settles its `round_outcome`."""
+        """One check-in: "train" with an assignment, "wait" `retry_after_s` seconds, or "end"
+        (the task named is done; returned, not raised). A task named that is stopped, refused
+        or unknown raises `TaskEndedError`. An answer a device cannot act on (see
+        `protocol.messages.check_check_in`, or an assignment for another task than `task_id`)
+        is a `ClientError` `bad_response`; such an answer, if it parses as a check-in answer,
+        still settles its `round_outcome`."""
         return self._check_in(task_id, math.inf)
 
     def _check_in(self, task_id: int | None, deadline: float) -> CheckInResponse:
@@ -2166,7 +2206,9 @@ class Client:
         max_wait_s: float = 600.0,
         min_poll_s: float = _MIN_POLL_S,
     ) -> RoundReport | None:
-        """Check in until assigned (sleeping as told), then train one round; None on timeout.
+        """Check in until assigned (sleeping as told), then train one round; None on timeout;
+        `TaskEndedError` at once when the task named runs no more rounds (done, stopped,
+        refused or unknown), with no further check-in.
 
         `max_wait_s` bounds the re-send of an upload an earlier run left pending (which comes
         first), the check-ins, their retries and the waits between them: a wait, a backoff or a
@@ -2198,6 +2240,8 @@ class Client:
                 if answer.assignment.secure:
                     return self.run_secure_round(answer.assignment, trainer, x, y)
                 return self.train_round(answer.assignment, trainer, x, y)
+            if answer.action == CheckInAction.END:
+                raise _ended(answer, task_id)
             # At least _MIN_POLL_S: a "wait 0" answer must not make the device spin.
             wait = max(answer.retry_after_s, _MIN_POLL_S, min_poll_s)
             if _tick() + wait > give_up:
@@ -2337,7 +2381,7 @@ class AsyncClient:
         return device_id
 
     async def check_in(self, task_id: int | None = None) -> CheckInResponse:
-        """As `Client.check_in`: one check-in, "train" with an assignment or "wait"."""
+        """As `Client.check_in`: one check-in, "train" with an assignment, "wait" or "end"."""
         return await self._check_in(task_id, math.inf)
 
     async def _check_in(self, task_id: int | None, deadline: float) -> CheckInResponse:
@@ -2522,6 +2566,8 @@ class AsyncClient:
                 if answer.assignment.secure:
                     return await self.run_secure_round(answer.assignment, trainer, x, y)
                 return await self.train_round(answer.assignment, trainer, x, y)
+            if answer.action == CheckInAction.END:
+                raise _ended(answer, task_id)
             wait = max(answer.retry_after_s, _MIN_POLL_S, min_poll_s)  # as in Client.participate
             if _tick() + wait > give_up:
                 return None

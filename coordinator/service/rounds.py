@@ -1760,13 +1760,35 @@ class Coordinator:
             # several pools (a check-in naming no task) is paced by the largest: the soonest
             # wait of another task must not undo it.
             pace = max(pace, len(rt.pool) / self.config.max_checkin_rate)
+        if retry is None and task_id is not None and self._task_done(task_id):
+            # Final: a "wait" here had the device poll for as long as its app let it.
+            self.metrics.check_ins.labels(CheckInAction.END).inc()
+            return CheckInResponse(
+                CheckInAction.END,
+                self.config.idle_retry_s,
+                None,
+                f"task {task_id} is done: it runs no more rounds",
+            )
         self.metrics.check_ins.labels(CheckInAction.WAIT).inc()
         if retry is None:
+            # No task named, or one paused or awaiting its model: any of them may run later.
             return CheckInResponse(
                 CheckInAction.WAIT, self.config.idle_retry_s, None, "no active task"
             )
         retry = min(max(retry, pace), MAX_RETRY_S)
         return CheckInResponse(CheckInAction.WAIT, round(retry, 3), None, "not selected yet")
+
+    def _task_done(self, task_id: int) -> bool:
+        """Whether the task a check-in named, and found nothing to do in, is done; a 404
+        `unknown_task` when there is no such task. (Stopped and refused tasks were refused
+        before, by `refusal`.) The store is read only for a task with no runtime: one awaiting
+        its model, or none."""
+        rt = self.runtimes.get(task_id)
+        if rt is not None:
+            return rt.state == TaskState.DONE
+        if self.store.task(task_id) is None:
+            raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
+        return False
 
     def tick(self) -> list[TaskRuntime]:
         """Periodic work: open rounds whose selection timed out, close secure stages whose
