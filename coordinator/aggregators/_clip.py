@@ -74,18 +74,23 @@ def clip_factors(norms: npt.NDArray[np.float64], clip: float) -> npt.NDArray[np.
     return np.asarray(np.where(norms > clip, clip / safe, 1.0), dtype=np.float64)
 
 
-def clip_update(update: SparseUpdate, clip: float) -> SparseUpdate:
+def clip_update(update: SparseUpdate, clip: float, *, always_scale: bool = False) -> SparseUpdate:
     """The update scaled to L2 norm at most `clip` (same coordinates), exactly: the float32
     result's norm (computed in float64, as `squared_norm` does) never exceeds `clip`.
 
     Rounding the scaled values to float32 lands above `clip` about half the time (by up to a
     few 1e-8 relative); DP's sensitivity bound needs <=, so the factor is shrunk until it holds.
+
+    always_scale: scale a report under the clip too (by 1, which leaves its values as they
+    are), so that clipping costs the same arithmetic whether a report is clipped or not. DPMean
+    asks for it: otherwise a round's aggregation time, which /metrics and the next version's
+    appearance make public, grows with the number of clipped reports it does not publish.
     """
     norm = math.sqrt(update.squared_norm())
-    if norm <= clip:
+    if norm <= clip and not always_scale:
         return update
     v64 = update.values.astype(np.float64)
-    factor = clip / norm
+    factor = clip / norm if norm > clip else 1.0
     for _ in range(64):
         values = (v64 * factor).astype(np.float32)
         w = values.astype(np.float64)

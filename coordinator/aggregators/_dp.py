@@ -283,7 +283,11 @@ class _DPMeanProcess:
                 raise ValueError(f"update of size {cu.update.size}, expected {self.size}")
             norms[i] = math.sqrt(cu.update.squared_norm())
             # Weight 1: example counts are data-dependent and would break the sensitivity bound.
-            clipped.append(ClientUpdate(cu.device_id, clip_update(cu.update, clip), 1.0))
+            # always_scale: the same arithmetic for every report, so that the round's
+            # aggregation time does not count the clipped ones (see clip_update).
+            clipped.append(
+                ClientUpdate(cu.device_id, clip_update(cu.update, clip, always_scale=True), 1.0)
+            )
         inner_out = self.inner.next(inner_state, clipped)
         z_u = cfg.update_noise_multiplier(denom)
         rng = self._rng(rnd)
