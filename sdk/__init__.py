@@ -13,6 +13,7 @@ if TYPE_CHECKING:
         ModelIntegrityError,
         RoundReport,
         SecureRoundReport,
+        TaskEndedError,
     )
 
 __all__ = [
@@ -23,6 +24,7 @@ __all__ = [
     "ModelIntegrityError",
     "RoundReport",
     "SecureRoundReport",
+    "TaskEndedError",
     "TrainResult",
     "TrainingDataError",
 ]
@@ -36,6 +38,7 @@ _MODULE_OF = {
     "ModelIntegrityError": ".client",
     "RoundReport": ".client",
     "SecureRoundReport": ".client",
+    "TaskEndedError": ".client",
     "LocalTrainer": "._types",
     "TrainResult": "._types",
     "TrainingDataError": "._data",

@@ -148,7 +148,9 @@ MIN_TICK_S = 1e-3
 # (`Coordinator.unloaded`); its requests' 503 says how long is left (Retry-After).
 RELOAD_RETRY_S = 5.0
 # Longest delta chain one admin export answers (`Coordinator.export_model` with a base): the
-# chain format counts frames in a u16; the client asks in steps below it.
+# chain format counts frames in a u16; the client asks in steps below it. It also bounds the
+# versions one export rebuilds from the initial model (app.py `_older_version`;
+# `admin_client.EXPORT_REACH` mirrors it).
 MAX_EXPORT_CHAIN = 1024
 # What an operator's stop (`Coordinator.stop_task`) records as the reason its open round ended.
 STOP_REASON = "stopped by the operator"
@@ -1378,7 +1380,9 @@ class Coordinator:
         be it). With `base`: the delta chain from version `base` to `version` (default the
         current one), the stored downlink frames a device applies, with both versions'
         digests; the operator applies it to their own copy of version `base` (the initial
-        model for `base=0`), which the store does not keep."""
+        model for `base=0`). Another published `version` without `base` is 410
+        `version_gone` here; the admin route (app.py `_older_version`) answers it with the
+        version rebuilt from the initial model the store keeps (schema 4) when it can."""
         if (err := self._not_running(task_id)) is not None:
             raise err
         rt = self.runtimes.get(task_id)
@@ -1398,9 +1402,8 @@ class Coordinator:
         if base is not None:
             return self._export_chain(rt, base, want, digest)
         if want != current:
-            # The store keeps the current parameters and each version's downlink delta frame,
-            # which lead forward from the initial model, but not the initial model itself (and
-            # undoing a float32 addition does not give back the bits it started from).
+            # An older version: app.py's route rebuilds it from Store.initial_params (schema 4)
+            # and answers this 410 unchanged for a task stored before schema 4.
             raise ApiError(
                 410,
                 Reason.VERSION_GONE,
