@@ -28,7 +28,7 @@ import numpy.typing as npt
 from compression import ModelSpec
 from coordinator.ledger import BandwidthLedger
 from protocol.messages import CodecParams, TaskConfig, TensorShape, TrainingParams
-from protocol.names import Reason
+from protocol.names import CheckInAction, Reason
 
 from .runner import (
     RoundRecord,
@@ -369,6 +369,10 @@ class _Fleet:
                 log.debug("device %d: check-in failed (%r); retrying", index, exc)
                 await asyncio.sleep(self.opts.retry_after_s)
                 continue
+            if answer.action == CheckInAction.END:
+                # The task is done: the monitor sees it too and ends the run.
+                await self.done.wait()
+                return
             if answer.assignment is None:
                 await asyncio.sleep(answer.retry_after_s)
                 continue
