@@ -61,18 +61,29 @@ class RunDirNotFound(RunDirError, FileNotFoundError):
     """The folder does not exist or holds no ``rounds.json``."""
 
 
-def _run_files(root: Path) -> list[Path]:
-    if not root.is_dir():
-        raise RunDirNotFound(f"{root} is not a folder (no rounds.json)")
-    top = root / "rounds.json"
-    # A sweep of --compare-dense runs (SWEEP/k0.01/{compressed,dense}/) is two levels deep.
-    subs = sorted(root.glob("*/rounds.json")) or sorted(root.glob("*/*/rounds.json"))
+def _own_files(folder: Path) -> list[Path]:
+    """The run files of one `--out` folder: its rounds.json, or its subfolders' (a
+    --compare-dense run); [] if it has neither."""
+    top = folder / "rounds.json"
+    subs = sorted(folder.glob("*/rounds.json"))
     if top.is_file() and subs:
         # A reused --out folder holds a single run's file and a --compare-dense run's
         # subfolders: the newer of the two is the run that last wrote here.
         newest_sub = max(p.stat().st_mtime_ns for p in subs)
         return subs if newest_sub > top.stat().st_mtime_ns else [top]
-    paths = [top] if top.is_file() else subs
+    return [top] if top.is_file() else subs
+
+
+def _run_files(root: Path) -> list[Path]:
+    if not root.is_dir():
+        raise RunDirNotFound(f"{root} is not a folder (no rounds.json)")
+    if (root / "rounds.json").is_file():
+        paths = _own_files(root)
+    else:
+        # One run folder per subfolder (a plain --compare-dense run's compressed/ and dense/,
+        # or a sweep's settings), each holding a single run or a --compare-dense pair.
+        subs = sorted(p for p in root.iterdir() if p.is_dir())
+        paths = [path for sub in subs for path in _own_files(sub)]
     if not paths:
         raise RunDirNotFound(f"no rounds.json in {root} or its subfolders")
     return paths
@@ -102,10 +113,10 @@ def _read_doc(path: Path) -> dict[str, Any]:
 
 
 def load_runs(run_dir: str | Path) -> list[Run]:
-    """(label, rounds) for ``RUN_DIR/rounds.json`` or every ``RUN_DIR/*/rounds.json``, else
-    every ``RUN_DIR/*/*/rounds.json`` (when a reused folder has a top file and subfolders, the
-    newer: the run that wrote there last). A run in a subfolder is labelled by its path below
-    RUN_DIR, one at the top by the label it ran under.
+    """(label, rounds) for ``RUN_DIR/rounds.json`` or, without it, every subfolder's run:
+    ``RUN_DIR/SUB/rounds.json`` or ``RUN_DIR/SUB/*/rounds.json`` (when a reused folder has a
+    top file and subfolders, the newer: the run that wrote there last). A run in a subfolder
+    is labelled by its path below RUN_DIR, one at the top by the label it ran under.
 
     Runs are in folder-name order, except that a run labelled ``dense`` (the baseline that
     ``plume sim --compare-dense`` adds after the main run) comes last, as in the run itself.

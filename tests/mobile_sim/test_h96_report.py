@@ -155,3 +155,16 @@ def test_plume_sim_report_prints_one_comparable_line_per_run(
     ]  # fmt: skip
     assert out[start + 2].split() == ["k0.01", "2", "0.6000", "1.0", "KB", "80.0x"]
     assert out[start + 3].split() == ["k0.1", "2", "0.7000", "8.0", "KB", "10.0x"]
+
+
+def test_a_sweep_mixing_single_and_compare_dense_runs_finds_every_run(tmp_path: Path) -> None:
+    # Prepare: one setting run alone, another with --compare-dense
+    _write_run(tmp_path / "k0.01", "compressed", 0.5)
+    _write_run(tmp_path / "k0.1" / "compressed", "compressed", 0.6)
+    _write_run(tmp_path / "k0.1" / "dense", "dense", 0.7)
+
+    # Execute
+    labels = [label for label, _ in load_runs(tmp_path)]
+
+    # Assert: k0.1's runs were silently left out before (only one level was read)
+    assert labels == ["k0.01", "k0.1/compressed", "k0.1/dense"]
