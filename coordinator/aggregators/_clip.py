@@ -37,7 +37,10 @@ class AdaptiveClip:
     b is the fraction of reports with norm <= C (noised by the caller when private).
     initial: the first round's C (> 0). target_quantile in (0, 1). learning_rate: the geometric
     step eta (Andrew et al. use 0.2). count_stddev: Gaussian noise on the count of unclipped
-    reports (in reports); 0 means exact counting (fine for robustness, not private).
+    reports (in reports); 0 means exact counting (fine for robustness, not private). Private
+    only inside `DPMean`, which draws it from fresh OS entropy and accounts it; `Clip` draws it
+    from its own seed (anyone can recompute it) and publishes the exact `clipped` count and
+    `max_norm` besides, so there it steadies the clip and hides nothing.
     """
 
     initial: float = 0.1

@@ -369,8 +369,9 @@ def accounted_sample_size(factory: object) -> int | None:
 
 def amplified_population(dp: DPMean | None) -> int:
     """The devices a round must select its cohort from for `dp`'s epsilon to hold: N of a
-    `FixedSizeSampling(N, k)` accounting with N > k (a uniform k of M >= N devices includes
-    each with probability k/M <= k/N, so accounting at N is then conservative); 0 when there is
+    `FixedSizeSampling(N, k)` accounting with N > k (a uniform k of M >= N devices is a
+    uniform k of a uniform N of them: a same-weight mixture of the accounted k-of-N round and
+    of rounds without the device, so accounting at N is then conservative); 0 when there is
     no amplification to protect (no dp stage, no sampling accounted, or N == k). The
     coordinator service and the simulator open a round only once this many devices wait."""
     s = dp.sampling if dp is not None else None
