@@ -1253,7 +1253,7 @@ def _sim(args: argparse.Namespace) -> int:
         dense_up, comp_up = results[1].total_up, results[0].total_up
         delta_pp = 100 * ((results[0].final_accuracy or 0) - (results[1].final_accuracy or 0))
         print(
-            f"compressed vs dense: {dense_up / comp_up:.1f}x fewer upload bytes, "
+            f"{runs[0][0]} vs dense: {dense_up / comp_up:.1f}x fewer upload bytes, "
             f"accuracy {delta_pp:+.2f} pp"
         )
     where = f"{out}/" if len(runs) == 1 else f"{out}/{{{','.join(label for label, _ in runs)}}}/"

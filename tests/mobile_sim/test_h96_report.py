@@ -168,3 +168,16 @@ def test_a_sweep_mixing_single_and_compare_dense_runs_finds_every_run(tmp_path: 
 
     # Assert: k0.1's runs were silently left out before (only one level was read)
     assert labels == ["k0.01", "k0.1/compressed", "k0.1/dense"]
+
+
+def test_a_secure_compare_dense_run_names_the_secure_run_in_its_comparison(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    flags = [*TINY, "--rounds", "1", "--secure", "--compare-dense", "--out", str(tmp_path)]
+    code = plume(flags)
+
+    # Assert: the comparison line named a "compressed" run this invocation did not have
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "secure vs dense: " in out and "compressed vs dense" not in out
