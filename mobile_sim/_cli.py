@@ -878,6 +878,7 @@ _ADVICE_IN_FLAGS = (
     ("raise alpha", "raise --alpha"),
     ("exceeds clients ", "exceeds --clients "),
     ("devices (clients)", "devices (--clients)"),
+    ("of clients ", "of --clients "),
 )
 
 

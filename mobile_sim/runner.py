@@ -172,6 +172,13 @@ class SimConfig:
         if self.malicious > 0 and not self.attack:
             raise ValueError("malicious > 0 needs an attack (e.g. --attack signflip)")
         if self.attack and self.malicious > 0:
+            if round(self.malicious * self.clients) == 0:
+                # The runner makes round(malicious x clients) devices attack: none here, and
+                # the run went ahead as a clean one.
+                raise ValueError(
+                    f"malicious must make at least one device attack: {self.malicious:g} of "
+                    f"clients {self.clients} rounds to 0 (use at least {1 / self.clients:g})"
+                )
             self.build_attack()  # a bad spec fails now, not in a round
         if not 0.0 <= self.ort_fraction <= 1.0:
             raise ValueError("ort_fraction must be in [0, 1]")

@@ -132,3 +132,22 @@ def test_a_backdoor_run_measures_the_backdoor_accuracy_it_reached(
     assert measured[-1] == pytest.approx(expected, abs=1e-12)
     assert doc["summary"]["backdoor_accuracy"] == measured[-1]
     assert f"backdoor accuracy {expected:.4f}" in out
+
+
+def test_a_malicious_fraction_that_rounds_to_no_attacker_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute: 0.02 of 10 devices is 0.2 of a device; the run used to go ahead with no attacker
+    flags = [*TINY, "--rounds", "1", "--attack", "signflip", "--malicious", "0.02"]
+    code = plume([*flags, "--out", str(tmp_path)])
+
+    # Assert: one usage error with the smallest fraction that gives one attacker
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (
+        "plume sim: error: --malicious must make at least one device attack: 0.02 of --clients "
+        "10 rounds to 0 (use at least 0.1)"
+    ) in err
+    assert not (tmp_path / "rounds.json").exists()
+    with pytest.raises(ValueError, match="rounds to 0"):
+        SimConfig(dataset="digits", clients=10, per_round=4, attack="signflip", malicious=0.02)
