@@ -21,6 +21,7 @@ __all__ = [
     "format_bytes",
     "machine_info",
     "code_info",
+    "git_info",
     "write_run",
     "plot_accuracy_vs_bytes",
     "summary",
@@ -304,18 +305,12 @@ def _finite_or_null(value: Any) -> Any:
     return value
 
 
-def code_info() -> dict[str, Any]:
-    """Which code ran: the installed plume version, and where this is a git checkout its
-    commit and whether tracked files differed from it (None where git cannot say)."""
+def git_info(repo: Path) -> dict[str, Any]:
+    """`git_commit` (HEAD) and `git_dirty` (whether tracked files differ from it) of the git
+    checkout whose top folder is `repo`; both None when `repo` is not the top of one (a
+    package installed into a virtualenv inside some other project's checkout must not report
+    that project's commit) or git cannot answer."""
     import subprocess
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        plume = version("plume-fl")
-    except PackageNotFoundError:
-        plume = None
-    info: dict[str, Any] = {"plume": plume, "git_commit": None, "git_dirty": None}
-    repo = Path(__file__).resolve().parent.parent
 
     def git(*words: str) -> str | None:
         try:
@@ -328,14 +323,29 @@ def code_info() -> dict[str, Any]:
             )
         except (OSError, subprocess.SubprocessError):
             return None
-        return done.stdout if done.returncode == 0 else None
+        return done.stdout.strip() if done.returncode == 0 else None
 
-    commit = git("rev-parse", "HEAD")
-    if commit:
-        info["git_commit"] = commit.strip()
+    info: dict[str, Any] = {"git_commit": None, "git_dirty": None}
+    top = git("rev-parse", "--show-toplevel")
+    if top is None or Path(top).resolve() != repo.resolve():
+        return info
+    info["git_commit"] = git("rev-parse", "HEAD")
+    if info["git_commit"] is not None:
         status = git("status", "--porcelain", "--untracked-files=no")
-        info["git_dirty"] = None if status is None else bool(status.strip())
+        info["git_dirty"] = None if status is None else bool(status)
     return info
+
+
+def code_info() -> dict[str, Any]:
+    """Which code ran: `plume`, the installed version, and `git_info` of the checkout this
+    package runs from (None for both where it is not the top of one)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        plume = version("plume-fl")
+    except PackageNotFoundError:
+        plume = None
+    return {"plume": plume, **git_info(Path(__file__).resolve().parent.parent)}
 
 
 def write_run(

@@ -181,3 +181,33 @@ def test_a_secure_compare_dense_run_names_the_secure_run_in_its_comparison(
     out = capsys.readouterr().out
     assert code == 0
     assert "secure vs dense: " in out and "compressed vs dense" not in out
+
+
+def _git(cwd: Path, *words: str) -> None:
+    import subprocess
+
+    env = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t"}
+    env |= {"GIT_COMMITTER_EMAIL": "t@t", "PATH": "/usr/bin:/bin", "HOME": str(cwd)}
+    subprocess.run(["git", "-C", str(cwd), *words], check=True, capture_output=True, env=env)
+
+
+def test_git_info_is_only_read_from_the_checkout_the_package_is(tmp_path: Path) -> None:
+    # Prepare: a project checkout with a virtualenv inside it, where a pip-installed plume
+    # would sit in .venv/.../site-packages, below the project's git repository
+    from mobile_sim.report import git_info
+
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "f").write_text("x")
+    _git(tmp_path, "add", "f")
+    _git(tmp_path, "commit", "-q", "-m", "c")
+    installed = tmp_path / ".venv" / "site-packages"
+    installed.mkdir(parents=True)
+
+    # Execute
+    own, inside = git_info(tmp_path), git_info(installed)
+
+    # Assert: the checkout's commit for the checkout, none for a package merely inside it
+    # (it was the project's commit, not the code that ran)
+    assert own["git_commit"] is not None and len(own["git_commit"]) == 40
+    assert own["git_dirty"] is False
+    assert inside == {"git_commit": None, "git_dirty": None}
