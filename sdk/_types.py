@@ -8,7 +8,7 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["TrainResult", "LocalTrainer"]
+__all__ = ["TrainResult", "LocalTrainer", "CancelFlag", "TrainingCancelled"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +18,22 @@ class TrainResult:
     params: npt.NDArray[np.float32]
     num_examples: int
     loss: float
+
+
+class CancelFlag(Protocol):
+    """What a trainer's `cancel` reads: `threading.Event` is one."""
+
+    def is_set(self) -> bool: ...
+
+
+class TrainingCancelled(Exception):
+    """`train(..., cancel=flag)` stopped because `flag.is_set()` was true before a minibatch
+    step: after `steps` steps (0: none ran), with no result (the partly trained params are
+    not an update anyone should send)."""
+
+    def __init__(self, steps: int) -> None:
+        super().__init__(f"training cancelled after {steps} step{'s' if steps != 1 else ''}")
+        self.steps = steps
 
 
 class LocalTrainer(Protocol):
@@ -37,5 +53,11 @@ class LocalTrainer(Protocol):
         """`epochs` passes of minibatch SGD from flat `params` (float32[d], `ModelSpec`
         order) over (x, y), batches of `batch_size` drawn with `rng`, learning rate `lr`; the
         trained flat params, the examples that count (the update's FedAvg weight) and the
-        mean loss (NaN when no step ran). `sdk.Client` calls it with the task's settings."""
+        mean loss (NaN when no step ran). `sdk.Client` calls it with the task's settings.
+
+        A trainer may also take a keyword `cancel: CancelFlag | None = None` (`TorchTrainer`
+        and `OrtTrainer` do): it then reads `cancel.is_set()` before each minibatch step and
+        raises `TrainingCancelled` once it is true. `sdk.Client` passes the `cancel` event of
+        `participate` to a trainer whose `train` names that keyword, and to no other: a trainer
+        without it trains to the end, and the client checks the event after it returns."""
         ...

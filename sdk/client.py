@@ -66,7 +66,7 @@ from protocol.messages import (
 from protocol.names import CheckInAction, Header, ModelEncoding, Path, Reason
 from protocol.secagg import RoundAborted, SecAggHeader, SecAggPath, Stage
 
-from ._types import LocalTrainer
+from ._types import CancelFlag, LocalTrainer, TrainingCancelled
 from .device import UpdateEncoder
 from .device_store import (
     MAX_RESIDUALS,
@@ -84,6 +84,8 @@ __all__ = [
     "ModelIntegrityError",
     "TaskEndedError",
     "TASK_DONE",
+    "ParticipationCancelled",
+    "CANCELLED",
     "RoundReport",
     "SecureRoundReport",
     "UpdateFn",
@@ -243,6 +245,48 @@ class TaskEndedError(ClientError):
 def _ended(answer: CheckInResponse, task_id: int | None) -> TaskEndedError:
     """The error `participate` raises on a check-in answered "end"."""
     return TaskEndedError(200, TASK_DONE, answer.detail or "the task is done", task_id)
+
+
+# `ParticipationCancelled.reason` (no request was refused: the name is the SDK's).
+CANCELLED = "cancelled"
+
+
+class ParticipationCancelled(ClientError):
+    """The app set the `cancel` event it passed (`Client.participate`, `train_round`,
+    `run_secure_round`, `secure_round`): the call stopped and left the app directory as a
+    crash at that point would, never half-changed.
+
+    `status` 0, `reason` `CANCELLED` ("cancelled"); `phase` says where it stopped, `detail`
+    what it left: "resend" (re-sending an upload an earlier round left pending: it stays
+    pending), "check-in" or "wait" (nothing changed), "download" or "training" (nothing was
+    trained or encoded: the error-feedback residual is as before the round), "upload" (the
+    upload stays pending: the next `participate` re-sends it, its idempotency key making a
+    second copy harmless), "secure" (the device drops out of the secure round: the residual
+    is as before the round unless its masked input may have reached the coordinator, whose
+    record a later check-in settles). `round_id` is the round it was in, None before one.
+    """
+
+    def __init__(self, phase: str, detail: str, round_id: int | None) -> None:
+        where = f" in round {round_id}" if round_id is not None else ""
+        super().__init__(0, CANCELLED, f"cancelled at {phase}{where}: {detail}")
+        self.phase = phase
+        self.round_id = round_id
+
+
+class _Stop(Exception):
+    """The thread's cancel event was seen set before a request or during a wait (`_Client`'s
+    entry points turn it into `ParticipationCancelled`). Not a `ClientError`: the handlers that
+    settle a refused upload must not take it for a refusal."""
+
+
+# What a cancel before the trained update was encoded leaves.
+_SECURE_DROPPED = (
+    "the device dropped out of the secure round; the residual is as before the round unless "
+    "its masked input may have reached the coordinator, whose record a later check-in settles"
+)
+_UNTRAINED = "nothing was trained or encoded; the error-feedback residual is as before the round"
+_STAYS_PENDING = "the upload stays pending; the next participate re-sends it"
+_EARLIER_PENDING = f"an upload an earlier round left stays pending; {_UNTRAINED}"
 
 
 @dataclass
@@ -1149,6 +1193,8 @@ class _Deadline(threading.local):
 
     at = math.inf
     budget_s = math.inf
+    # The app's cancel event for the call this thread runs (`Client._cancel_scope`), or None.
+    cancel: CancelFlag | None = None
 
 
 _T = TypeVar("_T")
@@ -1552,6 +1598,16 @@ def _check_layout(a: Assignment, trainer: LocalTrainer) -> None:
         )
 
 
+def _takes_cancel(trainer: LocalTrainer) -> bool:
+    """Whether `trainer.train` names a keyword `cancel` (`TorchTrainer`, `OrtTrainer`): one
+    taking only `**kwargs` is not passed it, as it may not know what to do with it."""
+    try:
+        param = inspect.signature(trainer.train).parameters.get("cancel")
+    except (TypeError, ValueError):
+        return False
+    return param is not None and param.kind in (param.KEYWORD_ONLY, param.POSITIONAL_OR_KEYWORD)
+
+
 def _train(
     core: _Core,
     a: Assignment,
@@ -1559,13 +1615,28 @@ def _train(
     trainer: LocalTrainer,
     x: npt.NDArray[np.float32],
     y: npt.NDArray[np.int64],
+    cancel: CancelFlag | None = None,
 ) -> tuple[npt.NDArray[np.float32], int, float]:
+    """Train the round `a` from `params`. With `cancel` set before, during (a trainer that
+    takes it stops within one step) or right after the training: `ParticipationCancelled`
+    ("training"), nothing trained kept."""
     _check_layout(a, trainer)
     rng = np.random.default_rng([a.seed, a.round_id, int(core.device_id[:12], 16), 1])
-    res = trainer.train(
-        params, x, y, epochs=a.training.local_epochs, batch_size=a.training.batch_size,
-        lr=a.training.lr, rng=rng,
-    )  # fmt: skip
+    settings: dict[str, Any] = {
+        "epochs": a.training.local_epochs, "batch_size": a.training.batch_size,
+        "lr": a.training.lr, "rng": rng,
+    }  # fmt: skip
+    if cancel is not None:
+        if cancel.is_set():
+            raise ParticipationCancelled("training", _UNTRAINED, a.round_id)
+        if _takes_cancel(trainer):
+            settings["cancel"] = cancel
+    try:
+        res = trainer.train(params, x, y, **settings)
+    except TrainingCancelled as exc:
+        raise ParticipationCancelled("training", f"{exc}; {_UNTRAINED}", a.round_id) from exc
+    if cancel is not None and cancel.is_set():  # a trainer that does not take `cancel`
+        raise ParticipationCancelled("training", _UNTRAINED, a.round_id)
     return res.params, res.num_examples, res.loss
 
 
@@ -1585,12 +1656,13 @@ def _delta_update(
     trainer: LocalTrainer,
     x: npt.NDArray[np.float32],
     y: npt.NDArray[np.int64],
+    cancel: CancelFlag | None = None,
 ) -> Callable[[npt.NDArray[np.float32]], tuple[npt.NDArray[np.float32], int, float]]:
     """The secure flow's `update`: train on (x, y) from the round's params and return
     (delta float32[d], examples, loss)."""
 
     def update(params: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float32], int, float]:
-        trained, n, loss = _train(core, a, params, trainer, x, y)
+        trained, n, loss = _train(core, a, params, trainer, x, y, cancel)
         return (trained - params).astype(np.float32), n, loss
 
     return update
@@ -1946,6 +2018,9 @@ class Client:
         attempt and wait before a retry ends by then, else `_WaitOver`."""
         core = self._core
         for attempt in range(core.retries + 1):
+            cancel = self._deadline.cancel
+            if cancel is not None and cancel.is_set():  # before `maybe_taken` is set
+                raise _Stop
             budget = _attempt_budget(core, deadline)
             request = core.build(self._http, ex)  # fresh timestamp and nonce per attempt
             # Until this attempt's end says otherwise (anything raised past this loop too).
@@ -1959,7 +2034,7 @@ class Client:
                     ex.maybe_taken = before
                 if attempt == core.retries:
                     raise _unreachable(self._base, request, exc, attempt + 1) from exc
-                self._sleep(_retry_pause(core.delay(attempt, None), deadline))
+                self._pause(_retry_pause(core.delay(attempt, None), deadline))
                 continue
             except ClientError as err:
                 if _cut_by_wait(core, err, budget):
@@ -1969,10 +2044,38 @@ class Client:
             if 400 <= response.status_code < 500:  # refused before the coordinator stored it
                 ex.maybe_taken = before
             if response.status_code in _RETRY_STATUS and attempt < core.retries:
-                self._sleep(_retry_pause(core.delay(attempt, response), deadline))
+                self._pause(_retry_pause(core.delay(attempt, response), deadline))
                 continue
             return response
         raise AssertionError("unreachable")
+
+    def _pause(self, seconds: float) -> None:
+        """Wait `seconds` (between check-ins, before a retry, between secure-stage polls); `_Stop`
+        once the thread's cancel event is set, at once when it is set during the wait if the
+        client waits with the default `sleep` (`time.sleep`: the wait is then the event's
+        `wait`), else when the app's `sleep` returns."""
+        cancel = self._deadline.cancel
+        if cancel is None:
+            self._sleep(seconds)
+            return
+        if self._sleep is time.sleep and isinstance(cancel, threading.Event):
+            cancel.wait(seconds)
+        else:
+            self._sleep(seconds)
+        if cancel.is_set():
+            raise _Stop
+
+    @contextlib.contextmanager
+    def _cancel_scope(self, cancel: threading.Event | None) -> Iterator[None]:
+        """Make `cancel` the event this thread's requests and waits read (`_Stop`), for the
+        call; an outer call's stays when `cancel` is None."""
+        outer = self._deadline.cancel
+        if cancel is not None:
+            self._deadline.cancel = cancel
+        try:
+            yield
+        finally:
+            self._deadline.cancel = outer
 
     def register(self) -> str:
         """Register this device's key (idempotent); returns the device id."""
@@ -2079,6 +2182,8 @@ class Client:
         trainer: LocalTrainer,
         x: npt.NDArray[np.float32],
         y: npt.NDArray[np.int64],
+        *,
+        cancel: threading.Event | None = None,
     ) -> RoundReport:
         """Download, train locally, encode with error feedback, upload.
 
@@ -2093,25 +2198,47 @@ class Client:
         end by the round's deadline plus `ROUND_DEADLINE_SLACK_S` (5 s), else `ClientError`
         `deadline_passed` (an upload cut so stays pending): the coordinator refuses a new
         upload past its deadline. By the device's clock alone they are not bounded.
+
+        `cancel`: see `participate`; set, it ends the call with `ParticipationCancelled`.
         """
         if a.secure:
             raise ValueError("a secure assignment: use run_secure_round or secure_round")
         spec = _spec(a)
         # Before the download: a model this device cannot train must not replace the one held.
         _check_layout(a, trainer)
-        self._settle_pending()
+        with self._cancel_scope(cancel):
+            return self._train_round(a, spec, trainer, x, y)
+
+    def _train_round(
+        self,
+        a: Assignment,
+        spec: ModelSpec,
+        trainer: LocalTrainer,
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.int64],
+    ) -> RoundReport:
+        r = a.round_id
+        try:
+            self._settle_pending()
+        except _Stop:
+            raise ParticipationCancelled("resend", _EARLIER_PENDING, r) from None
         before = _wire(self.bandwidth.get(a.round_id, {}))
         end = self._core.plain_round_end(a)
         try:
             params, encoding = self._fetch_model(a, end)
         except _WaitOver:
             raise _past_deadline(a, "model download", "nothing was trained") from None
-        trained, n, loss = _train(self._core, a, params, trainer, x, y)
+        except _Stop:
+            raise ParticipationCancelled("download", _UNTRAINED, r) from None
+        # Checked before, during and after the training: not once the update is encoded.
+        trained, n, loss = _train(self._core, a, params, trainer, x, y, self._deadline.cancel)
         pending = self._core.encode(a, spec, params, trained, n)
         try:
             receipt = self._upload(pending, spec, end)
         except _WaitOver:
             raise _past_deadline(a, "upload", "it stays pending") from None
+        except _Stop:
+            raise ParticipationCancelled("upload", _STAYS_PENDING, r) from None
         row = self.bandwidth.get(a.round_id, {})
         return RoundReport(
             a.round_id, a.task_id, receipt, loss, n, a.base_version, encoding,
@@ -2120,13 +2247,16 @@ class Client:
 
     # -- secure rounds (SecAgg+) -----------------------------------------------------------
 
-    def _drive(self, flow: _SecureFlow) -> SecureRoundReport:
-        """Run a secure-round flow: send each exchange it yields, sleep when it asks."""
+    def _drive(self, flow: _SecureFlow, round_id: int) -> SecureRoundReport:
+        """Run a secure-round flow: send each exchange it yields, sleep when it asks. A cancel
+        seen before a request or during a sleep closes the flow where it waits (its `finally`
+        settles the residual as for any request that raised) and raises
+        `ParticipationCancelled` ("secure")."""
         try:
             step = next(flow)
             while True:
                 if isinstance(step, _Sleep):
-                    self._sleep(step.seconds)
+                    self._pause(step.seconds)
                     step = flow.send(None)
                 else:
                     try:
@@ -2138,6 +2268,8 @@ class Client:
         except StopIteration as done:
             report: SecureRoundReport = done.value
             return report
+        except _Stop:
+            raise ParticipationCancelled("secure", _SECURE_DROPPED, round_id) from None
         finally:
             # A request that raised (offline, too large) ends the flow now, so its `finally`
             # (residual kept or put back) runs before this call returns, not at collection.
@@ -2151,6 +2283,7 @@ class Client:
         participant: SecureParticipant | None = None,
         rng: np.random.Generator | None = None,
         drop_at: Stage | None = None,
+        cancel: threading.Event | None = None,
     ) -> SecureRoundReport:
         """Take part in the secure round `a` (an assignment with `secure` set).
 
@@ -2182,8 +2315,15 @@ class Client:
         hold stays in `participant.unsettled` for the caller to settle by the round's outcome
         (`forget_sent` / `return_sent`); one still unsettled is a `ValueError` before any
         request, as the next input would overwrite it.
+
+        `cancel` (see `participate`) is read before each request and during each wait between
+        stage polls: once set, the device drops out of the round there, settled as above (as
+        `drop_at` would), and `ParticipationCancelled` ("secure") is raised; `update` is not
+        interrupted (`run_secure_round`'s training is, within one step: "training").
         """
-        return self._drive(_secure_flow(self._core, a, update, participant, rng, drop_at))
+        with self._cancel_scope(cancel):
+            flow = _secure_flow(self._core, a, update, participant, rng, drop_at)
+            return self._drive(flow, a.round_id)
 
     def run_secure_round(
         self,
@@ -2191,10 +2331,15 @@ class Client:
         trainer: LocalTrainer,
         x: npt.NDArray[np.float32],
         y: npt.NDArray[np.int64],
+        *,
+        cancel: threading.Event | None = None,
     ) -> SecureRoundReport:
-        """Download, train locally, and send the update through the secure round `a`."""
+        """Download, train locally, and send the update through the secure round `a`;
+        `cancel` as in `secure_round` (the training stops within one step)."""
         _check_layout(a, trainer)
-        return self.secure_round(a, _delta_update(self._core, a, trainer, x, y))
+        with self._cancel_scope(cancel):
+            update = _delta_update(self._core, a, trainer, x, y, self._deadline.cancel)
+            return self.secure_round(a, update)
 
     def participate(
         self,
@@ -2205,6 +2350,7 @@ class Client:
         task_id: int | None = None,
         max_wait_s: float = 600.0,
         min_poll_s: float = _MIN_POLL_S,
+        cancel: threading.Event | None = None,
     ) -> RoundReport | None:
         """Check in until assigned (sleeping as told), then train one round; None on timeout;
         `TaskEndedError` at once when the task named runs no more rounds (done, stopped,
@@ -2222,20 +2368,49 @@ class Client:
         `min_poll_s` is the app's floor on the time between two check-ins: while a round
         gathers the coordinator says "wait" for its `--poll` (0.25 s by default), four signed
         requests a second; `min_poll_s=5.0` makes it one every 5 s (a longer wait the
-        coordinator asks for still wins). The default, 0.05 s, only stops a "wait 0" spin."""
+        coordinator asks for still wins). The default, 0.05 s, only stops a "wait 0" spin.
+
+        `cancel` is for an app whose OS stops its background work (Android's `onStopJob`, an
+        iOS task's expiration handler): set the event from any thread and the call raises
+        `ParticipationCancelled` (a `ClientError`, `reason` "cancelled"; `phase` says where),
+        leaving the app directory consistent. It is read before every request and retry, and
+        a wait between check-ins or before a retry ends as soon as it is set (with the default
+        `sleep`); a trainer that takes `cancel` (`TorchTrainer`, `OrtTrainer`) stops within
+        one minibatch step, any other is checked when it returns. A request already sent is
+        not interrupted: the cancel is seen when it ends, within `timeout` per connect, read or
+        write and `max_response_s` in all. Set before the update is encoded, the residual is
+        as before the round; set later, the upload stays pending and the next `participate`
+        re-sends it. An upload answered before the cancel is seen is a round done: the
+        `RoundReport` is returned (docs/devices.md, "Stopping when the OS says so")."""
         _check_wait(max_wait_s, min_poll_s)
         _check_trainer(trainer)
         _check_data(trainer, x, y)
+        with self._cancel_scope(cancel):
+            return self._participate(trainer, x, y, task_id, max_wait_s, min_poll_s)
+
+    def _participate(
+        self,
+        trainer: LocalTrainer,
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.int64],
+        task_id: int | None,
+        max_wait_s: float,
+        min_poll_s: float,
+    ) -> RoundReport | None:
         give_up = _tick() + max_wait_s
         try:
             self._resume_pending(give_up)
         except _WaitOver:
             return None
+        except _Stop:
+            raise ParticipationCancelled("resend", _EARLIER_PENDING, None) from None
         while True:
             try:
                 answer = self._check_in(task_id, give_up)
             except _WaitOver:
                 return None
+            except _Stop:
+                raise ParticipationCancelled("check-in", "nothing changed", None) from None
             if answer.action == CheckInAction.TRAIN and answer.assignment is not None:
                 if answer.assignment.secure:
                     return self.run_secure_round(answer.assignment, trainer, x, y)
@@ -2246,7 +2421,10 @@ class Client:
             wait = max(answer.retry_after_s, _MIN_POLL_S, min_poll_s)
             if _tick() + wait > give_up:
                 return None
-            self._sleep(wait)
+            try:
+                self._pause(wait)
+            except _Stop:
+                raise ParticipationCancelled("wait", "nothing changed", None) from None
 
 
 def _check_wait(max_wait_s: float, min_poll_s: float) -> None:

@@ -26,7 +26,7 @@ from ._data import (
     diverged,
 )
 from ._maxpool import fast_max_pool
-from ._types import LocalTrainer, TrainResult
+from ._types import CancelFlag, LocalTrainer, TrainingCancelled, TrainResult
 from .flat import get_flat_params, set_flat_params
 
 __all__ = [
@@ -430,6 +430,7 @@ class TorchTrainer:
         batch_size: int,
         lr: float,
         rng: np.random.Generator,
+        cancel: CancelFlag | None = None,
     ) -> TrainResult:
         """E epochs of SGD from flat `params` (float32[d]) on x (float32[N, ...]) and class
         labels y (int[N], or int[N, ...] for a model with logits [B, C, ...]).
@@ -443,6 +444,9 @@ class TorchTrainer:
         below the rows of the `nn.Embedding` reading them, see `input_vocabulary`) and
         `ValueError` for epochs < 0, batch_size < 1, an lr that is not finite and >= 0, `params`
         holding NaN or inf, or a run whose loss becomes NaN or inf (diverged).
+        `cancel` (a `threading.Event`, say) is read before each step: once set, `train` raises
+        `TrainingCancelled` without a result, within one step (the module holds the partly
+        trained weights, which the next call overwrites).
         """
         check_settings(epochs, batch_size, lr)
         y = self.check_data(x, y)
@@ -464,6 +468,8 @@ class TorchTrainer:
                 perm = rng.permutation(n)
                 order = torch.from_numpy(perm)
                 for start in range(0, n, batch_size):
+                    if cancel is not None and cancel.is_set():
+                        raise TrainingCancelled(steps)
                     idx = order[start : start + batch_size]
                     opt.zero_grad(set_to_none=True)
                     loss = self.loss_fn(self.module(xt.index_select(0, idx)), yt[idx])

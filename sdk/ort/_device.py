@@ -10,7 +10,7 @@ import numpy.typing as npt
 from compression import CodecConfig, EncodeReport
 
 from .._data import check_settings
-from .._types import TrainResult
+from .._types import CancelFlag, TrainResult
 from ..device import UpdateEncoder
 from ._runtime import OrtTrainer
 
@@ -66,8 +66,11 @@ class OrtDevice:
         global_params: npt.NDArray[np.float32],
         rng: np.random.Generator,
         codec: CodecConfig | None = None,
+        cancel: CancelFlag | None = None,
     ) -> OrtUpload:
-        """Train from `global_params` and encode the update (`codec` overrides the config)."""
+        """Train from `global_params` and encode the update (`codec` overrides the config).
+        `cancel` stops the training within one step (`TrainingCancelled`, nothing encoded:
+        the error-feedback residual stays as it was)."""
         if codec is not None:
             self.encoder.set_config(codec)
         start = np.ascontiguousarray(global_params, dtype=np.float32)
@@ -79,6 +82,7 @@ class OrtDevice:
             batch_size=self.batch_size,
             lr=self.lr,
             rng=rng,
+            cancel=cancel,
         )
         delta = (result.params - start).astype(np.float32, copy=False)
         frame, report = self.encoder.encode(delta, rng, float(result.num_examples))

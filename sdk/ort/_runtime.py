@@ -22,7 +22,7 @@ from .._data import (
     check_trained_params,
     diverged,
 )
-from .._types import TrainResult
+from .._types import CancelFlag, TrainingCancelled, TrainResult
 from ._manifest import ArtifactError, Manifest, load_manifest
 
 __all__ = ["OrtTrainer", "session_options"]
@@ -541,13 +541,15 @@ class OrtTrainer:
         batch_size: int,
         lr: float,
         rng: np.random.Generator,
+        cancel: CancelFlag | None = None,
     ) -> TrainResult:
         """Run `epochs` epochs from flat `params`; returns new float32[d] params, the number of
         examples that have a target (those whose labels are all -100 do not count: the FedAvg
         weight) and the mean loss, each step's weighted by the targets it counts (labels -100
         count none; NaN for `epochs` 0), as `sdk.trainer.TorchTrainer.train`. Raises
         `ValueError` for `params` holding NaN or inf and for a run whose loss becomes NaN or
-        inf (diverged), with the same words."""
+        inf (diverged), with the same words. `cancel` is read before each step: once it is
+        set, `train` raises `TrainingCancelled` without a result, within one step."""
         check_settings(epochs, batch_size, lr)
         xs = self._check_x(x)
         check_finite_inputs(xs, where="training data")  # NaN or inf would train NaN params
@@ -572,6 +574,8 @@ class OrtTrainer:
         for epoch in range(epochs):
             order = rng.permutation(n)
             for start in range(0, n, batch_size):
+                if cancel is not None and cancel.is_set():
+                    raise TrainingCancelled(steps)
                 idx = order[start : start + batch_size]
                 loss, tensors, state = self.step(tensors, state, xs[idx], ys[idx], lr)
                 steps += 1
