@@ -47,6 +47,7 @@ __all__ = [
     "load_dataset",
     "DATASET_LOADERS",
     "build_aggregator",
+    "AGGREGATORS",
     "DEFAULT_MODEL",
     "dataset_family",
     "encode_reports",
@@ -467,8 +468,19 @@ def natural_client_count(name: str, root: str | None = None, seed: int = 0) -> i
     return len(groups)
 
 
+# Your own aggregators: name -> a function with no arguments returning an AggregatorFactory
+# (`create(size)` -> a process with `initialize()` and `next(state, updates)`, as in
+# coordinator.aggregators). `SimConfig(aggregator=name)` then runs it; the name is the whole
+# spec (it does not compose with the built-in stages). docs/simulator.md, "Your own model,
+# dataset or aggregator".
+AGGREGATORS: dict[str, Callable[[], AggregatorFactory]] = {}
+
+
 def build_aggregator(spec: str) -> AggregatorFactory:
-    """Aggregator from a CLI string ('fedavg', 'median', 'normbound:5+fedavg', ...)."""
+    """Aggregator from a CLI string ('fedavg', 'median', 'normbound:5+fedavg', ...), or one
+    registered in `AGGREGATORS` by its name."""
+    if spec in AGGREGATORS:
+        return AGGREGATORS[spec]()
     try:
         from coordinator.aggregators import build_aggregator as registry
     except ImportError:

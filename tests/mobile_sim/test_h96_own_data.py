@@ -10,6 +10,7 @@ import numpy.typing as npt
 import pytest
 from torch import nn
 
+from coordinator.aggregators import AggregateOutput, ClientUpdate
 from mobile_sim import runner
 from mobile_sim.data import FederatedData, load_digits_data
 from mobile_sim.models import MODELS
@@ -97,3 +98,46 @@ def test_a_loader_that_returns_something_else_is_refused(
     # Execute + Assert
     with pytest.raises(ValueError, match="its loader returned tuple, not a FederatedData"):
         load_dataset("tuple_data")
+
+
+class _UnweightedMeanProcess:
+    """The plain mean of the round's reports, counting them in a measurement."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+
+    def initialize(self) -> int:
+        return 0
+
+    def next(self, state: int, updates: list[ClientUpdate]) -> AggregateOutput:
+        total = np.zeros(self.size, np.float32)
+        for cu in updates:
+            total[cu.update.indices] += cu.update.values
+        seen = state + len(updates)
+        return AggregateOutput(seen, total / len(updates), {"clients": len(updates), "seen": seen})
+
+
+class _UnweightedMean:
+    def create(self, size: int) -> _UnweightedMeanProcess:
+        return _UnweightedMeanProcess(size)
+
+
+def test_an_own_aggregator_runs_by_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Prepare
+    monkeypatch.setitem(runner.AGGREGATORS, "unweighted_mean", _UnweightedMean)
+    cfg = SimConfig(
+        dataset="digits", clients=10, per_round=4, rounds=2, local_epochs=1,
+        aggregator="unweighted_mean",
+    )  # fmt: skip
+
+    # Execute
+    records = run_simulation(cfg, progress=False).records
+
+    # Assert: its state carried from round to round, its measurements in each record
+    assert [r.measurements["seen"] for r in records] == [4, 8]
+
+
+def test_an_unknown_aggregator_name_is_still_refused() -> None:
+    # Execute + Assert
+    with pytest.raises(ValueError, match="unknown aggregator 'unweighted_mean'"):
+        SimConfig(dataset="digits", clients=10, per_round=4, aggregator="unweighted_mean")
