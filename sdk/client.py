@@ -1215,18 +1215,66 @@ def _within(deadline: _Deadline, timeout: float | None, io: Callable[[float | No
         raise _too_slow(0, deadline.budget_s) from None
 
 
+# While the thread's call can be cancelled (`_Deadline.cancel`), a socket read waits at most
+# this long (seconds) before it looks at the event again, and a write sends at most this many
+# bytes at a time: a cancel ends a request in flight within about that.
+_CANCEL_POLL_S = 0.05
+_CANCEL_WRITE_BYTES = 64 << 10
+
+
+def _ends_at(timeout: float | None) -> float:
+    """When an operation given `timeout` seconds (None: unbounded) must end (`_tick`)."""
+    return math.inf if timeout is None else _tick() + timeout
+
+
 class _DeadlineStream(httpcore.NetworkStream):
-    """A socket stream whose reads, writes and TLS handshake end by the thread's deadline."""
+    """A socket stream whose reads, writes and TLS handshake end by the thread's deadline, and
+    whose reads and writes stop (`_Stop`) soon after the thread's cancel event is set."""
 
     def __init__(self, inner: httpcore.NetworkStream, deadline: _Deadline) -> None:
         self._inner = inner
         self._deadline = deadline
 
     def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return _within(self._deadline, timeout, lambda t: self._inner.read(max_bytes, t))
+        cancel = self._deadline.cancel
+        if cancel is None:
+            return _within(self._deadline, timeout, lambda t: self._inner.read(max_bytes, t))
+        # A read that times out has consumed nothing (a plain socket's recv, or TLS, whose
+        # partial record stays in the SSL object), so it is tried again after looking at the
+        # event; the request's own timeout still ends it where it would have.
+        end = _ends_at(timeout)
+        while True:
+            if cancel.is_set():
+                raise _Stop
+            left = end - _tick()
+            if not left > 0:
+                raise httpcore.ReadTimeout("timed out")
+            slice_s = min(left, _CANCEL_POLL_S)
+            try:
+                return _within(self._deadline, slice_s, lambda t: self._inner.read(max_bytes, t))
+            except httpcore.ReadTimeout:
+                continue
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        _within(self._deadline, timeout, lambda t: self._inner.write(buffer, t))
+        cancel = self._deadline.cancel
+        if cancel is None:
+            _within(self._deadline, timeout, lambda t: self._inner.write(buffer, t))
+            return
+        # In pieces, each sent whole: a write that timed out part-way cannot be tried again
+        # (what was sent is unknown), but one stopped between pieces just ends the request
+        # (httpcore closes the connection on any error).
+        end, view = _ends_at(timeout), memoryview(buffer)
+        for at in range(0, len(view), _CANCEL_WRITE_BYTES):
+            if cancel.is_set():
+                raise _Stop
+            left = end - _tick()
+            if not left > 0:
+                raise httpcore.WriteTimeout("timed out")
+            piece = bytes(view[at : at + _CANCEL_WRITE_BYTES])
+            _within(
+                self._deadline, None if left == math.inf else left,
+                lambda t: self._inner.write(piece, t),  # noqa: B023 - called at once
+            )  # fmt: skip
 
     def close(self) -> None:
         self._inner.close()
@@ -1247,7 +1295,9 @@ class _DeadlineStream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
-def _lookup(host: str, port: int, timeout: float | None) -> list[str]:
+def _lookup(
+    host: str, port: int, timeout: float | None, cancel: CancelFlag | None = None
+) -> list[str]:
     """The addresses `host` names, in `socket.getaddrinfo`'s order (an IP address: itself),
     looked up within `timeout` seconds (None: unbounded). getaddrinfo takes no timeout and
     cannot be interrupted, and httpcore calls it inside `socket.create_connection`, so a stalled
@@ -1270,12 +1320,17 @@ def _lookup(host: str, port: int, timeout: float | None) -> list[str]:
         finally:
             done.set()
 
-    if timeout is None:
+    if timeout is None and cancel is None:
         resolve()
     else:
         threading.Thread(target=resolve, name=f"plume-lookup-{host}", daemon=True).start()
-        if not done.wait(max(timeout, 0.0)):
-            raise httpcore.ConnectTimeout(f"{host!r}: no address within {timeout:g} s")
+        end = _ends_at(timeout)
+        # A cancel (`_Stop`) is seen within _CANCEL_POLL_S; the lookup is left to end alone.
+        while not done.wait(max(min(end - _tick(), _CANCEL_POLL_S), 0.0)):
+            if cancel is not None and cancel.is_set():
+                raise _Stop
+            if not _tick() < end:
+                raise httpcore.ConnectTimeout(f"{host!r}: no address within {timeout:g} s")
     if isinstance(answer[0], (OSError, UnicodeError)):
         raise httpcore.ConnectError(f"{host!r}: {answer[0]}") from answer[0]
     addresses: list[str] = []
@@ -1314,7 +1369,8 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         # The inner backend would look `host` up itself, unbounded (`_lookup`); it dials the
         # addresses instead, each in turn as `socket.create_connection` does. TLS still names
         # `host` (httpcore takes the server name from the request's URL), as does `Host`.
-        addresses = _within(self._deadline, timeout, lambda t: _lookup(host, port, t))
+        cancel = self._deadline.cancel
+        addresses = _within(self._deadline, timeout, lambda t: _lookup(host, port, t, cancel))
         failed: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
         for address in addresses:
             try:
@@ -1394,11 +1450,17 @@ def _bound_transport(transport: httpx.HTTPTransport, deadline: _Deadline) -> _De
 
 
 def _read_capped(
-    response: httpx.Response, cap: int, deadline: float = math.inf, budget_s: float = math.inf
+    response: httpx.Response,
+    cap: int,
+    deadline: float = math.inf,
+    budget_s: float = math.inf,
+    cancel: CancelFlag | None = None,
 ) -> httpx.Response:
     """Read a streamed response's body, refusing it (`too_large`) once it passes `cap` bytes,
     and (`too_slow`) once a chunk arrives after `deadline` (`_tick`; `budget_s` is
-    what it allowed, for the message): each read is bounded by the client's timeout."""
+    what it allowed, for the message): each read is bounded by the client's timeout. `_Stop`
+    between chunks once `cancel` is set (an injected transport's body: the client's own
+    sockets see it within their reads)."""
     try:
         _refuse_encoded(response)
         _refuse_declared(response, cap)
@@ -1409,6 +1471,8 @@ def _read_capped(
                 raise _too_large(response, cap)
             if _tick() > deadline:
                 raise _too_slow(response.status_code, budget_s)
+            if cancel is not None and cancel.is_set():
+                raise _Stop
             chunks.append(chunk)
     finally:
         response.close()
@@ -2002,7 +2066,9 @@ class Client:
             deadline = _tick() + budget
             self._deadline.at, self._deadline.budget_s = deadline, budget
             try:
-                return _read_capped(self._http.send(r, stream=True), cap, deadline, budget)
+                return _read_capped(
+                    self._http.send(r, stream=True), cap, deadline, budget, self._deadline.cancel
+                )
             finally:
                 self._deadline.at = math.inf
 

@@ -10,6 +10,8 @@ An `AsyncClient` task cancelled with `Task.cancel()` is checked here too."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -365,3 +367,126 @@ def test_an_async_participate_cancelled_during_its_upload_leaves_it_pending(
 
     asyncio.run(run())
     assert "pending.json" not in _files(app_dir)
+
+
+class _Stalls:
+    """A TCP server on loopback that reads a request and never answers it (`received` is set
+    when a request has arrived): a coordinator behind a network that stopped."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.received = threading.Event()
+        self.done = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn:
+            while b"\r\n\r\n" not in conn.recv(65536):
+                pass
+            self.received.set()
+            self.done.wait(LONG)
+
+    def close(self) -> None:
+        self.done.set()
+        self.listener.close()
+
+
+def test_a_cancel_ends_a_check_in_whose_answer_never_comes(tmp_path: Path) -> None:
+    # Prepare: the answer would be waited for `timeout` (30 s) and retried; the cancel comes
+    # while the request waits for its answer.
+    server = _Stalls()
+    cancel = threading.Event()
+    try:
+        with Client(server.url, str(tmp_path / "dev"), timeout=30.0) as device:
+            worker, out = _in_thread(
+                lambda: device.participate(SoftmaxTrainer(), X, Y, cancel=cancel)
+            )
+            assert server.received.wait(LONG)
+            set_at = time.monotonic()
+            cancel.set()
+            worker.join(LONG)
+    finally:
+        server.close()
+    err = out["error"]
+    assert isinstance(err, ParticipationCancelled) and err.phase == "check-in", err
+    assert out["ended"] - set_at < 1.0
+
+
+class _HoldsTheUploadAnswer:
+    """A TCP proxy on loopback in front of the coordinator that passes every byte, except the
+    answer to an upload (`POST /v1/rounds/...`): it is held back, and `holding` set once its
+    first bytes arrive (the coordinator has taken the upload)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = ("127.0.0.1", int(target.rsplit(":", 1)[1]))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.holding = threading.Event()
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # closed
+                return
+            upstream = socket.create_connection(self.target)
+            seen = threading.Event()  # this connection carried an upload
+            threading.Thread(target=self._up, args=(conn, upstream, seen), daemon=True).start()
+            threading.Thread(target=self._down, args=(upstream, conn, seen), daemon=True).start()
+
+    def _up(self, conn: socket.socket, upstream: socket.socket, seen: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := conn.recv(65536):
+                if b"POST /v1/rounds/" in data:
+                    seen.set()
+                upstream.sendall(data)
+        with contextlib.suppress(OSError):
+            upstream.close()
+
+    def _down(self, upstream: socket.socket, conn: socket.socket, seen: threading.Event) -> None:
+        with contextlib.suppress(OSError):
+            while data := upstream.recv(65536):
+                if seen.is_set():  # HTTP/1.1, no pipelining: the upload's answer
+                    self.holding.set()
+                    continue
+                conn.sendall(data)
+        with contextlib.suppress(OSError):
+            conn.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_a_cancel_ends_an_upload_in_flight_and_the_next_call_resumes_it(
+    served: tuple[str, httpx.Client], tmp_path: Path
+) -> None:
+    # Prepare: the coordinator took the upload; its answer does not come (timeout 30 s).
+    url, http = served
+    task_id = create_task(http, task_config(clients_per_round=1, rounds=3))
+    app_dir = tmp_path / "dev"
+    proxy = _HoldsTheUploadAnswer(url)
+    cancel = threading.Event()
+    try:
+        with Client(proxy.url, str(app_dir), timeout=30.0) as device:
+            device.register()
+            worker, out = _in_thread(
+                lambda: device.participate(SoftmaxTrainer(), X, Y, task_id=task_id, cancel=cancel)
+            )
+            # Execute
+            assert proxy.holding.wait(LONG)
+            set_at = time.monotonic()
+            cancel.set()
+            worker.join(LONG)
+    finally:
+        proxy.close()
+    # Assert: ended at once, the upload pending as after a crash; re-sent, taken once
+    err = out["error"]
+    assert isinstance(err, ParticipationCancelled) and err.phase == "upload", err
+    assert out["ended"] - set_at < 1.0
+    assert "pending.json" in _files(app_dir)
+    with Client(url, str(app_dir)) as device:
+        receipt = device.resume_pending()
+    assert receipt is not None and receipt.accepted and receipt.duplicate
