@@ -467,7 +467,23 @@ def register(sub: Any) -> None:
         help="evaluate the global model every N rounds (and after the last)",
     )
     g.add_argument(
-        "--seed", type=int, default=0, help="seed of the data split, cohorts and weights"
+        "--seed",
+        type=int,
+        default=0,
+        help=(
+            "seed of the partition over devices, the cohorts and the initial weights, and "
+            "(unless --data-seed) of the dataset's train/test split"
+        ),
+    )
+    g.add_argument(
+        "--data-seed",
+        type=int,
+        default=None,
+        metavar="SEED",
+        help=(
+            "seed of the dataset's train/test split (mnist, digits) or generated data "
+            "(synthetic); fix it to repeat over --seed on one test set (default: --seed)"
+        ),
     )
     g.add_argument(
         "--out",
@@ -533,7 +549,7 @@ def _default_clients(args: argparse.Namespace) -> None:
 
         say(f"loading {args.dataset}")
         args.clients = args.natural_count = natural_client_count(
-            args.dataset, args.data_root, args.seed
+            args.dataset, args.data_root, args.seed if args.data_seed is None else args.data_seed
         )
     else:
         args.clients = 100
@@ -580,6 +596,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         "ort_tier": args.ort_tier,
         "eval_every": args.eval_every,
         "seed": args.seed,
+        "data_seed": args.data_seed,
         "fleet": _fleet(args),
         "deadline_s": args.deadline,
         "selection_timeout_s": None if args.selection_timeout < 0 else args.selection_timeout,
@@ -831,6 +848,7 @@ _FLAG_OF_FIELD = {
     "ort_fraction": "--ort-fraction",
     "ort_artifacts": "--ort-artifacts",
     "eval_every": "--eval-every",
+    "data_seed": "--data-seed",
     "topk_mode": "--topk-mode",
     "warmup_rounds": "--warmup-rounds",
     "expected_dropout": "--secure-dropout",

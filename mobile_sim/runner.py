@@ -151,6 +151,10 @@ class SimConfig:
     # check in once per `checkin_period_s`, at a uniformly random time (0: instantly)
     selection_timeout_s: float | None = 900.0
     checkin_period_s: float = 900.0
+    # The dataset's own draw: mnist's and digits' train/test split, synthetic's generated
+    # devices. None: `seed`, as before this field. Fixed, it keeps one test set while `seed`
+    # varies the partition, the cohorts and the initial weights.
+    data_seed: int | None = None
 
     def __post_init__(self) -> None:
         for name in _INT_FIELDS:
@@ -191,6 +195,12 @@ class SimConfig:
             raise ValueError(f"alpha must be positive and finite, got {self.alpha!r}")
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0, got {self.seed}")
+        if self.data_seed is not None and (
+            isinstance(self.data_seed, bool)
+            or not isinstance(self.data_seed, numbers.Integral)
+            or self.data_seed < 0
+        ):
+            raise ValueError(f"data_seed must be an integer >= 0, got {self.data_seed!r}")
         if self.warmup_rounds < 0:
             raise ValueError(f"warmup_rounds must be >= 0, got {self.warmup_rounds}")
         if self.fleet not in ("off", "timing", "realistic"):
@@ -294,6 +304,11 @@ class SimConfig:
             server_lr=self.server_lr,
             seed=self.seed,
         )
+
+    @property
+    def dataset_seed(self) -> int:
+        """The seed of the dataset's draw and train/test split: `data_seed`, else `seed`."""
+        return self.seed if self.data_seed is None else int(self.data_seed)
 
     @property
     def model_name(self) -> str:
@@ -551,7 +566,7 @@ def prepare(cfg: SimConfig) -> SimSetup:
     torch.manual_seed(cfg.seed)
     started_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     say(f"loading {cfg.dataset}")
-    data = load_dataset(cfg.dataset, cfg.data_root, cfg.seed)
+    data = load_dataset(cfg.dataset, cfg.data_root, cfg.dataset_seed)
     parts = _partition(cfg, data)
     say(f"building {cfg.model_name}")
     model = build_model(cfg.model_name, seed=cfg.seed)
