@@ -2442,9 +2442,10 @@ class Client:
         leaving the app directory consistent. It is read before every request and retry, and
         a wait between check-ins or before a retry ends as soon as it is set (with the default
         `sleep`); a trainer that takes `cancel` (`TorchTrainer`, `OrtTrainer`) stops within
-        one minibatch step, any other is checked when it returns. A request already sent is
-        not interrupted: the cancel is seen when it ends, within `timeout` per connect, read or
-        write and `max_response_s` in all. Set before the update is encoded, the residual is
+        one minibatch step, any other is checked when it returns. A request on the client's own
+        sockets stops within about 50 ms (`_DeadlineStream`), except while its connection is
+        opened (TCP connect, TLS handshake: up to `timeout` each); through another injected
+        transport, when that returns. Set before the update is encoded, the residual is
         as before the round; set later, the upload stays pending and the next `participate`
         re-sends it. An upload answered before the cancel is seen is a round done: the
         `RoundReport` is returned (docs/devices.md, "Stopping when the OS says so")."""
