@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["iid", "dirichlet", "shards", "natural", "partition", "PARTITIONS"]
+__all__ = ["iid", "dirichlet", "shards", "natural", "partition", "partition_stats", "PARTITIONS"]
 
 Parts = list[npt.NDArray[np.int64]]
 
@@ -164,3 +164,23 @@ def partition(
     if how == "shards":
         return shards(labels, n, shards_per_client, rng)
     raise ValueError(f"unknown partition {how!r}; choose one of {PARTITIONS} (or natural)")
+
+
+def partition_stats(
+    parts: Sequence[npt.NDArray[np.int64]], labels: npt.NDArray[np.int64]
+) -> dict[str, int | float]:
+    """How a split came out: `devices`; examples per device (`examples_min`, `_median`,
+    `_max`); distinct labels per device (`classes_min`, `_mean`, `_max`). A label-skew run
+    states its skew with these (rounds.json's summary `partition`)."""
+    labels = np.asarray(labels)
+    sizes = np.array([len(p) for p in parts], dtype=np.int64)
+    classes = np.array([len(np.unique(labels[p])) for p in parts], dtype=np.int64)
+    return {
+        "devices": len(parts),
+        "examples_min": int(sizes.min()),
+        "examples_median": float(np.median(sizes)),
+        "examples_max": int(sizes.max()),
+        "classes_min": int(classes.min()),
+        "classes_mean": float(classes.mean()),
+        "classes_max": int(classes.max()),
+    }

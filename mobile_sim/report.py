@@ -160,6 +160,8 @@ def summary(result: SimResult) -> dict[str, Any]:
         "sim_s": _total(r.sim_s for r in result.records),
         "wait_s": _total(r.wait_s for r in result.records),
     }
+    if result.partition is not None:
+        out["partition"] = result.partition  # how skewed the split really was
     # With a dp stage accounting population=N: the rounds that selected from fewer devices.
     out.update(result.dp_pool() or {})
     out.update(_dp_spent(result))

@@ -31,7 +31,7 @@ from .attacks import BackdoorAttack, backdoor_accuracy
 from .backends import Backend, JobResult, TrainContext, TrainJob, build_backend, job_rng
 from .backends._seeding import RngPool
 from .data import FederatedData, load_digits_data, load_mnist
-from .partition import natural, partition
+from .partition import natural, partition, partition_stats
 from .status import clear, say
 
 if TYPE_CHECKING:
@@ -376,6 +376,8 @@ class SimResult:
     started_at: str = ""
     # A secure run's SecureConfig and dropout (rounds.json's `secure`); None for plain rounds.
     secure: dict[str, Any] | None = None
+    # partition.partition_stats of the split the run trained on (the summary's `partition`)
+    partition: dict[str, Any] | None = None
 
     @property
     def final_accuracy(self) -> float | None:
@@ -840,7 +842,14 @@ def run_simulation(
         if own_backend:
             be.close()
     return SimResult(
-        cfg, records, engine.ledger, spec.size, engine.params.copy(), label, started_at
+        cfg,
+        records,
+        engine.ledger,
+        spec.size,
+        engine.params.copy(),
+        label,
+        started_at,
+        partition=partition_stats(parts, data.y_train),
     )
 
 

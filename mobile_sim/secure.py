@@ -24,6 +24,7 @@ from coordinator.secure import SecureConfig, SecureCoordinator, SecureOutcome
 from protocol.secagg import RoundAborted, SecAggError, Stage
 from sdk.secure import SecureParticipant, SecureSession
 
+from .partition import partition_stats
 from .runner import RoundRecord, SimConfig, SimResult, _jsonable
 
 __all__ = [
@@ -531,5 +532,13 @@ def run_secure_simulation(
             fleet.close()
     settings = {**asdict(secure), "noise": secure.noise.name.lower(), "dropout": dropout}
     return SimResult(
-        cfg, records, ledger, d, coord.params.copy(), label, started_at, _jsonable(settings)
+        cfg,
+        records,
+        ledger,
+        d,
+        coord.params.copy(),
+        label,
+        started_at,
+        _jsonable(settings),
+        partition_stats(parts, data.y_train),
     )
