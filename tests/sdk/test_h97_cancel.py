@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -490,3 +491,64 @@ def test_a_cancel_ends_an_upload_in_flight_and_the_next_call_resumes_it(
     with Client(url, str(app_dir)) as device:
         receipt = device.resume_pending()
     assert receipt is not None and receipt.accepted and receipt.duplicate
+
+
+def _secure_task(http: httpx.Client) -> int:
+    """A secure task of three devices a round (the same SecAgg+ settings as
+    tests/sdk/test_client_secure.py), its stage timeout long: a test that waited for it fails."""
+    secure = {"coord_fraction": 0.5, "stage_timeout_s": 30.0}
+    cfg = task_config(clients_per_round=3, min_reports=3, rounds=2, secure=secure)
+    return create_task(http, replace(cfg, selection_timeout_s=60.0))
+
+
+@pytest.mark.parametrize("after", ["advertise-keys", "masked-input"])
+def test_a_cancel_during_a_secure_round_drops_the_device_out_as_a_crash_would(
+    served: tuple[str, httpx.Client], tmp_path: Path, after: str
+) -> None:
+    # Prepare: device 0's cancel is set once its `after` stage upload is answered; the two
+    # others are cancelled once it has stopped, so nothing waits for a stage timeout.
+    url, http = served
+    task_id = _secure_task(http)
+    cancels = [threading.Event() for _ in range(3)]
+
+    def cancel_after(request: httpx.Request, nxt: Any) -> httpx.Response:
+        response: httpx.Response = nxt(request)
+        if request.method == "POST" and request.url.path.endswith(f"/stages/{after}"):
+            cancels[0].set()
+        return response
+
+    devices = [
+        Client(url, str(tmp_path / f"d{i}"), mods=(Requests(cancel_after),) if i == 0 else ())
+        for i in range(3)
+    ]
+    runs = []
+    for device, cancel in zip(devices, cancels, strict=True):
+        device.register()
+        runs.append(
+            _in_thread(
+                lambda d=device, c=cancel: d.participate(
+                    SoftmaxTrainer(), X, Y, task_id=task_id, cancel=c
+                )
+            )
+        )
+    # Execute
+    runs[0][0].join(LONG)
+    for cancel in cancels[1:]:
+        cancel.set()
+    for worker, _ in runs[1:]:
+        worker.join(LONG)
+    for device in devices:
+        device.close()
+    # Assert: all stopped; device 0 left its residual and record as a crash there would
+    assert all(not worker.is_alive() for worker, _ in runs)
+    err = runs[0][1]["error"]
+    assert isinstance(err, ParticipationCancelled) and err.phase == "secure", err
+    names = sorted(p.name for p in (tmp_path / "d0").iterdir())
+    records = [n for n in names if n.startswith("accepted-")]
+    if after == "advertise-keys":  # before the masked input: residual as before (none)
+        assert records == [] and not any(n.startswith("residual") for n in names)
+    else:  # the masked input was taken: its record waits for the round's outcome
+        assert any(n.endswith(".json") for n in records), names
+        assert any(n.startswith("residual") for n in names), names  # what it did not send
+    for _, out in runs[1:]:  # the others, cancelled while they waited for device 0
+        assert isinstance(out.get("error"), ParticipationCancelled), out
