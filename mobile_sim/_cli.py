@@ -243,8 +243,11 @@ def register(sub: Any) -> None:
         type=float,
         default=1.0,
         metavar="LR",
-        help="server step: the model moves by LR x the aggregate (keep 1 with a server "
-        "optimizer such as yogi:lr=0.01, whose lr= is the step; LR would multiply it)",
+        help="server step: the model moves by LR x the aggregate. top-k shrinks the averaged "
+        "update (a coordinate a report did not keep counts as 0 in the mean), so compressed "
+        "runs may need more: the README's headline run uses 2.0 with --topk 0.005. Keep 1 "
+        "with a server optimizer such as yogi:lr=0.01, whose lr= is the step; LR would "
+        "multiply it",
     )
 
     g = p.add_argument_group("local training")

@@ -211,3 +211,17 @@ def test_git_info_is_only_read_from_the_checkout_the_package_is(tmp_path: Path) 
     assert own["git_commit"] is not None and len(own["git_commit"]) == 40
     assert own["git_dirty"] is False
     assert inside == {"git_commit": None, "git_dirty": None}
+
+
+def test_server_lr_help_says_compressed_runs_may_need_a_larger_step(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Execute: a compressed-vs-dense comparison at the default step handicaps the compressed
+    # run, which the help did not say (the README's headline run uses 2.0)
+    with pytest.raises(SystemExit):
+        plume(["sim", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+
+    # Assert
+    assert "top-k shrinks the averaged update" in text
+    assert "the README's headline run uses 2.0 with --topk 0.005" in text
