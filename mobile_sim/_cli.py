@@ -817,8 +817,25 @@ def _command(args: argparse.Namespace) -> str:
         if value is True and default is False:  # a switch (--dense, --secure, ...)
             words.append(flag)
         else:
-            words += [flag, str(value)]
+            words += [flag, _without_credentials(str(value))]
     return shlex.join(words)
+
+
+def _without_credentials(value: str) -> str:
+    """`value` with a URL's user and password left out (`http://u:p@host` -> `http://host`):
+    rounds.json is shared with results, and a --coordinator URL may carry a secret."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    if "://" not in value or "@" not in value:
+        return value
+    try:
+        url = urlsplit(value)
+    except ValueError:
+        return value
+    if url.username is None and url.password is None:
+        return value
+    host = url.netloc.rpartition("@")[2]
+    return urlunsplit(url._replace(netloc=host))
 
 
 def _only_apply(

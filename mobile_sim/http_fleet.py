@@ -30,6 +30,7 @@ from coordinator.ledger import BandwidthLedger
 from protocol.messages import CodecParams, TaskConfig, TensorShape, TrainingParams
 from protocol.names import CheckInAction, Reason
 
+from .partition import partition_stats
 from .runner import (
     RoundRecord,
     SimConfig,
@@ -225,7 +226,10 @@ def _run(
                     row["wire_bytes"],
                     row["dense_bytes"],
                 )
-    return SimResult(cfg, records, ledger, spec.size, final, label, started_at)
+    partition = partition_stats(parts, data.y_train)
+    return SimResult(
+        cfg, records, ledger, spec.size, final, label, started_at, partition=partition
+    )
 
 
 class _Occupancy:
