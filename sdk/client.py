@@ -1222,6 +1222,43 @@ _CANCEL_POLL_S = 0.05
 _CANCEL_WRITE_BYTES = 64 << 10
 
 
+def _until_cancelled(
+    open_stream: Callable[[], httpcore.NetworkStream], cancel: CancelFlag
+) -> httpcore.NetworkStream:
+    """`open_stream()` (a TCP connect or a TLS handshake: neither can be taken up again once cut
+    short) on a daemon thread, waited for _CANCEL_POLL_S at a time: `_Stop` once `cancel` is
+    set. The thread then ends by its own timeout (or sooner: httpcore closes the connection's
+    socket, which ends a handshake) and closes any stream it opened after all."""
+    result: list[httpcore.NetworkStream | BaseException] = []
+    abandoned = False
+    lock = threading.Lock()
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            opened: httpcore.NetworkStream | BaseException = open_stream()
+        except BaseException as exc:  # noqa: BLE001 - raised again by the waiting thread
+            opened = exc
+        with lock:
+            if abandoned and isinstance(opened, httpcore.NetworkStream):
+                with contextlib.suppress(Exception):
+                    opened.close()
+            result.append(opened)
+        done.set()
+
+    threading.Thread(target=run, name="plume-connect", daemon=True).start()
+    while not done.wait(_CANCEL_POLL_S):
+        if cancel.is_set():
+            with lock:
+                if not result:
+                    abandoned = True
+                    raise _Stop
+    got = result[0]
+    if isinstance(got, BaseException):
+        raise got
+    return got
+
+
 def _ends_at(timeout: float | None) -> float:
     """When an operation given `timeout` seconds (None: unbounded) must end (`_tick`)."""
     return math.inf if timeout is None else _tick() + timeout
@@ -1229,7 +1266,7 @@ def _ends_at(timeout: float | None) -> float:
 
 class _DeadlineStream(httpcore.NetworkStream):
     """A socket stream whose reads, writes and TLS handshake end by the thread's deadline, and
-    whose reads and writes stop (`_Stop`) soon after the thread's cancel event is set."""
+    stop (`_Stop`) within about _CANCEL_POLL_S of the thread's cancel event being set."""
 
     def __init__(self, inner: httpcore.NetworkStream, deadline: _Deadline) -> None:
         self._inner = inner
@@ -1285,9 +1322,13 @@ class _DeadlineStream(httpcore.NetworkStream):
         server_hostname: str | None = None,
         timeout: float | None = None,
     ) -> httpcore.NetworkStream:
+        def handshake(t: float | None) -> httpcore.NetworkStream:
+            return self._inner.start_tls(ssl_context, server_hostname, t)
+
+        cancel = self._deadline.cancel
         tls = _within(
             self._deadline, timeout,
-            lambda t: self._inner.start_tls(ssl_context, server_hostname, t),
+            handshake if cancel is None else lambda t: _until_cancelled(lambda: handshake(t), cancel),
         )  # fmt: skip
         return _DeadlineStream(tls, self._deadline)
 
@@ -1359,9 +1400,13 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
         def dial(address: str) -> httpcore.NetworkStream:
+            def connect(t: float | None) -> httpcore.NetworkStream:
+                return self._inner.connect_tcp(address, port, t, local_address, socket_options)
+
+            cancel = self._deadline.cancel
             return _within(
                 self._deadline, timeout,
-                lambda t: self._inner.connect_tcp(address, port, t, local_address, socket_options),
+                connect if cancel is None else lambda t: _until_cancelled(lambda: connect(t), cancel),
             )  # fmt: skip
 
         if self._deadline.at == math.inf:  # a thread with no deadline: as httpcore connects
@@ -2443,9 +2488,10 @@ class Client:
         a wait between check-ins or before a retry ends as soon as it is set (with the default
         `sleep`); a trainer that takes `cancel` (`TorchTrainer`, `OrtTrainer`) stops within
         one minibatch step, any other is checked when it returns. A request on the client's own
-        sockets stops within about 50 ms (`_DeadlineStream`), except while its connection is
-        opened (TCP connect, TLS handshake: up to `timeout` each); through another injected
-        transport, when that returns. Set before the update is encoded, the residual is
+        sockets stops within about 50 ms, wherever it is (host lookup, connect, TLS handshake,
+        sending, waiting for or reading its answer: `_DeadlineStream`, `_until_cancelled`);
+        through another injected transport, when that returns. Set before the update is
+        encoded, the residual is
         as before the round; set later, the upload stays pending and the next `participate`
         re-sends it. An upload answered before the cancel is seen is a round done: the
         `RoundReport` is returned (docs/devices.md, "Stopping when the OS says so")."""

@@ -552,3 +552,73 @@ def test_a_cancel_during_a_secure_round_drops_the_device_out_as_a_crash_would(
         assert any(n.startswith("residual") for n in names), names  # what it did not send
     for _, out in runs[1:]:  # the others, cancelled while they waited for device 0
         assert isinstance(out.get("error"), ParticipationCancelled), out
+
+
+def test_a_cancel_ends_a_connect_that_hangs(tmp_path: Path) -> None:
+    # Prepare: a listener whose backlog one connection fills: a further connect hangs (its SYN
+    # dropped) until its timeout, 30 s here, as to a server behind a network that went away.
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port), timeout=LONG)
+    sending = threading.Event()
+
+    def signal(request: httpx.Request, nxt: Any) -> httpx.Response:
+        sending.set()  # the transport connects next
+        response: httpx.Response = nxt(request)
+        return response
+
+    cancel = threading.Event()
+    try:
+        with Client(f"http://127.0.0.1:{port}", str(tmp_path / "dev"), timeout=30.0,
+                    mods=(Requests(signal),)) as device:  # fmt: skip
+            worker, out = _in_thread(
+                lambda: device.participate(SoftmaxTrainer(), X, Y, cancel=cancel)
+            )
+            # Execute
+            assert sending.wait(LONG)
+            set_at = time.monotonic()
+            cancel.set()
+            worker.join(LONG)
+    finally:
+        filler.close()
+        listener.close()
+    # Assert
+    err = out["error"]
+    assert isinstance(err, ParticipationCancelled) and err.phase == "check-in", err
+    assert out["ended"] - set_at < 1.0
+
+
+def test_a_cancel_ends_a_tls_handshake_that_hangs(tmp_path: Path) -> None:
+    # Prepare: a server that accepts the connection and never answers the ClientHello: the
+    # handshake would wait for its timeout, 30 s here.
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    accepted, done = threading.Event(), threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            accepted.set()
+            done.wait(LONG)
+
+    threading.Thread(target=serve, daemon=True).start()
+    cancel = threading.Event()
+    try:
+        with Client(f"https://127.0.0.1:{port}", str(tmp_path / "dev"), timeout=30.0) as device:
+            worker, out = _in_thread(
+                lambda: device.participate(SoftmaxTrainer(), X, Y, cancel=cancel)
+            )
+            # Execute
+            assert accepted.wait(LONG)
+            set_at = time.monotonic()
+            cancel.set()
+            worker.join(LONG)
+    finally:
+        done.set()
+        listener.close()
+    # Assert
+    err = out["error"]
+    assert isinstance(err, ParticipationCancelled) and err.phase == "check-in", err
+    assert out["ended"] - set_at < 1.0
