@@ -622,3 +622,36 @@ def test_a_cancel_ends_a_tls_handshake_that_hangs(tmp_path: Path) -> None:
     err = out["error"]
     assert isinstance(err, ParticipationCancelled) and err.phase == "check-in", err
     assert out["ended"] - set_at < 1.0
+
+
+def test_an_async_participate_cancelled_while_it_trains_stops_at_the_upload(
+    served: tuple[str, httpx.Client], tmp_path: Path
+) -> None:
+    # Training runs on the event loop's thread: a cancel asked for meanwhile (here by the
+    # trainer itself, standing for any other code) lands at the task's next await, the upload.
+    url, http = served
+    task_id = create_task(http, task_config(clients_per_round=1, rounds=3))
+    app_dir = tmp_path / "dev"
+
+    class CancelsItsTask(SoftmaxTrainer):
+        task: asyncio.Task[Any] | None = None
+
+        def train(self, *args: Any, **kwargs: Any) -> TrainResult:
+            assert self.task is not None
+            self.task.cancel()
+            return super().train(*args, **kwargs)
+
+    async def run() -> None:
+        trainer = CancelsItsTask()
+        async with AsyncClient(url, str(app_dir)) as device:
+            await device.register()
+            trainer.task = asyncio.create_task(device.participate(trainer, X, Y, task_id=task_id))
+            with pytest.raises(asyncio.CancelledError):
+                await trainer.task
+        assert "pending.json" in _files(app_dir)  # encoded, then cancelled
+        async with AsyncClient(url, str(app_dir)) as device:
+            receipt = await device.resume_pending()
+        assert receipt is not None and receipt.accepted
+
+    asyncio.run(run())
+    assert "pending.json" not in _files(app_dir)
