@@ -274,12 +274,12 @@ class ParticipationCancelled(ClientError):
 
 
 class _Stop(Exception):
-    """The thread's cancel event was seen set before a request or during a wait (`_Client`'s
-    entry points turn it into `ParticipationCancelled`). Not a `ClientError`: the handlers that
-    settle a refused upload must not take it for a refusal."""
+    """The thread's cancel event was seen set before or during a request, or during a wait
+    (`Client`'s entry points turn it into `ParticipationCancelled`). Not a `ClientError`: the
+    handlers that settle a refused upload must not take it for a refusal."""
 
 
-# What a cancel before the trained update was encoded leaves.
+# `ParticipationCancelled.detail`: what the call left, by where it stopped.
 _SECURE_DROPPED = (
     "the device dropped out of the secure round; the residual is as before the round unless "
     "its masked input may have reached the coordinator, whose record a later check-in settles"
@@ -2030,7 +2030,9 @@ class Client:
     - `mods`: client middleware, `mod(request, next) -> response`, outermost first.
     - `clock`: the device's wall clock, seconds since the epoch: request signatures, and a
       round's deadline when the coordinator's answer carries no usable `Date`.
-    - `sleep`: how the client waits (between check-ins, before a retry).
+    - `sleep`: how the client waits (between check-ins, before a retry). A call given a
+      `cancel` event waits on the event instead while `sleep` is the default `time.sleep`, so
+      that setting it ends the wait at once; with another `sleep`, when that returns.
     - `max_stage_wait_s`: the longest a secure round polls one stage (default one day).
     - `max_response_s`: the longest one response may take to arrive whole, headers and body
       (default 600 s); a slower one is abandoned (`ClientError` `too_slow`).
