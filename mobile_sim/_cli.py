@@ -867,6 +867,7 @@ _FLAG_OF_FIELD = {
     "job_timeout_s": "--job-timeout",
     "ort_fraction": "--ort-fraction",
     "ort_artifacts": "--ort-artifacts",
+    "ort_tier": "--ort-tier",
     "eval_every": "--eval-every",
     "data_seed": "--data-seed",
     "topk_mode": "--topk-mode",

@@ -187,6 +187,20 @@ class SimConfig:
             self.build_attack()  # a bad spec fails now, not in a round
         if not 0.0 <= self.ort_fraction <= 1.0:
             raise ValueError("ort_fraction must be in [0, 1]")
+        if self.ort_fraction > 0 and self.ort_tier is not None:
+            # The tier's devices replaced the fraction's choice without a word.
+            raise ValueError(
+                "ort_fraction and ort_tier both choose the devices that train on onnxruntime: "
+                "give one"
+            )
+        if self.ort_fraction > 0 and round(self.ort_fraction * self.clients) == 0:
+            # The runner makes round(ort_fraction x clients) devices train on onnxruntime:
+            # none here, and the run went ahead as an all-torch fleet.
+            raise ValueError(
+                "ort_fraction must make at least one device train on onnxruntime: "
+                f"{self.ort_fraction:g} of clients {self.clients} rounds to 0 (use at least "
+                f"{1 / self.clients:g})"
+            )
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be finite and > 0, got {self.lr!r}")
         if not (math.isfinite(self.momentum) and self.momentum >= 0):
