@@ -5,12 +5,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ._data import TrainingDataError
-    from ._types import LocalTrainer, TrainResult
+    from ._types import LocalTrainer, TrainingCancelled, TrainResult
     from .client import (
         AsyncClient,
         Client,
         ClientError,
         ModelIntegrityError,
+        ParticipationCancelled,
         RoundReport,
         SecureRoundReport,
         TaskEndedError,
@@ -22,10 +23,12 @@ __all__ = [
     "ClientError",
     "LocalTrainer",
     "ModelIntegrityError",
+    "ParticipationCancelled",
     "RoundReport",
     "SecureRoundReport",
     "TaskEndedError",
     "TrainResult",
+    "TrainingCancelled",
     "TrainingDataError",
 ]
 
@@ -36,11 +39,13 @@ _MODULE_OF = {
     "Client": ".client",
     "ClientError": ".client",
     "ModelIntegrityError": ".client",
+    "ParticipationCancelled": ".client",
     "RoundReport": ".client",
     "SecureRoundReport": ".client",
     "TaskEndedError": ".client",
     "LocalTrainer": "._types",
     "TrainResult": "._types",
+    "TrainingCancelled": "._types",
     "TrainingDataError": "._data",
 }
 
