@@ -284,6 +284,28 @@ def dp_unaccounted_note(result: SimResult) -> str | None:
     )
 
 
+# rounds.csv's columns after the RoundRecord fields: figures that are otherwise only in a
+# round's `measurements`. Every run has them (empty cells where it has no such figure), so the
+# files of a dp run and a clean one load as one table; appended, so the older columns keep
+# their places.
+CSV_EXTRA_COLUMNS = ("dp_epsilon", "dp_delta", "malicious_reports", "backdoor_accuracy")
+
+
+def csv_extra(rec: RoundRecord) -> dict[str, Any]:
+    """A round's `CSV_EXTRA_COLUMNS`: the epsilon a dp stage (or a secure run's distributed
+    DP) had spent after it and its delta, the attackers among its accepted reports, and its
+    backdoor accuracy (None where the round has no such figure)."""
+    dp = _holding(rec.measurements, "epsilon") or {}
+    attack = rec.measurements.get("attack")
+    attack = attack if isinstance(attack, dict) else {}
+    return {
+        "dp_epsilon": dp.get("epsilon"),
+        "dp_delta": dp.get("delta"),
+        "malicious_reports": attack.get("malicious_reports"),
+        "backdoor_accuracy": attack.get("backdoor_accuracy"),
+    }
+
+
 def _total(values: Iterable[float | None]) -> float | None:
     got = [v for v in values if v is not None]
     return float(sum(got)) if got else None
@@ -389,9 +411,12 @@ def write_run(
     )
     fields = [k for k in rows[0] if k != "measurements"] if rows else []
     with paths["csv"].open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore", lineterminator="\n")
+        writer = csv.DictWriter(
+            f, fieldnames=[*fields, *CSV_EXTRA_COLUMNS], extrasaction="ignore", lineterminator="\n"
+        )
         writer.writeheader()
-        writer.writerows(rows)
+        for row, rec in zip(rows, result.records, strict=True):
+            writer.writerow({**row, **csv_extra(rec)})
     paths["ledger"].write_text(result.ledger.to_csv())
     return paths
 
