@@ -1211,17 +1211,19 @@ def _sim(args: argparse.Namespace) -> int:
     # the loopback one (ours), such an error would be a bug and keeps its traceback.
     remote_errors = _remote_errors() if args.coordinator else ()
     debug = bool(os.environ.get("PLUME_DEBUG"))
-    results = []
+    results: list[Any] = []
     for label, c in runs:
         run_dir = out / label if len(runs) > 1 else out
         rows = _Rows(label, above_bar=False)
         try:
             res = _run_one(c, args, label, rows)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as exc:
             clear()
-            print(
-                f"{_PROG}: {_interrupted(rows.done, c.rounds, label, runs, out)}", file=sys.stderr
-            )
+            partial = getattr(exc, "result", None)  # the in-process runner's RunInterrupted
+            text = _interrupted(rows.done, c.rounds, label, runs, out, partial)
+            if partial is not None and partial.records:
+                text += _write_interrupted(partial, run_dir, args, out, [*results, partial])
+            print(f"{_PROG}: {text}", file=sys.stderr)
             return 130
         except ValueError as exc:
             if debug:
@@ -1319,22 +1321,90 @@ def _seconds(x: float) -> str:
     return f"{x:.2f}" if x < 100 else f"{x:.0f}"
 
 
-def _interrupted(done: int, rounds: int, label: str, runs: list[tuple[str, Any]], out: Path) -> str:
-    """The line for a Ctrl-C during run `label`: how far it got and what is on disk.
+def _interrupted(
+    done: int, rounds: int, label: str, runs: list[tuple[str, Any]], out: Path, partial: Any
+) -> str:
+    """The start of the line for a Ctrl-C during run `label`: how far it got and, with
+    --compare-dense, where the runs that ended before it are.
 
-    A run's files are written when it ends, so an interrupted run leaves none; with
-    --compare-dense the runs that ended before it are in their subfolders.
+    `partial`: the runner's `SimResult` of the rounds that finished (`RunInterrupted`), which
+    `_write_interrupted` then writes and the line's end names; None where the runner keeps
+    none (--secure, --transport http) or no round finished, and then nothing is written.
     """
+    if partial is not None:
+        done = len(partial.records)
     of = f" of the {label} run" if len(runs) > 1 else ""
-    text = f"interrupted after {done} of {rounds} rounds{of}; its results were not written"
+    text = f"interrupted after {done} of {rounds} rounds{of}"
+    if partial is None or not partial.records:
+        text += (
+            "; no round finished, so nothing was written"
+            if partial is not None or done == 0
+            else "; its results were not written (this runner keeps no partial results)"
+        )
     labels = [lbl for lbl, _ in runs]
     finished = labels[: labels.index(label)]
     if finished:
         text += " (" + ", ".join(f"the {lbl} run is in {out / lbl}" for lbl in finished) + ")"
     run_dir = out / label if len(runs) > 1 else out
-    if (run_dir / "rounds.json").exists():
+    if (partial is None or not partial.records) and (run_dir / "rounds.json").exists():
         text += f"; {run_dir / 'rounds.json'} is from an earlier run"
     return text
+
+
+def _write_interrupted(
+    partial: Any, run_dir: Path, args: argparse.Namespace, out: Path, results: list[Any]
+) -> str:
+    """Write an interrupted run's finished rounds into `run_dir` (its summary says
+    `"interrupted": true`) and the plots of `results` (the runs of this command so far) into
+    `out`; the end of the one line: where they are, or what a second Ctrl-C left."""
+    from .report import write_run
+    from .status import clear, say
+
+    n = len(partial.records)
+    files = "(rounds.json with summary.interrupted true, rounds.csv, ledger.csv)"
+    try:
+        say("writing the finished rounds")
+        write_run(partial, run_dir, command=_command(args))
+    except KeyboardInterrupt:
+        clear()
+        # write_run renames each whole file into place, rounds.json last: nothing half-written.
+        return (
+            f"; interrupted again while writing its {n} finished rounds: {run_dir}/rounds.json "
+            "was not written"
+        )
+    try:
+        say("writing plots")
+        plots = _interrupted_plots(out, results)
+    except KeyboardInterrupt:
+        clear()
+        return (
+            f"; its {n} finished rounds are in {run_dir}/ {files}; interrupted again while "
+            "drawing the plots (plume sim report redraws them)"
+        )
+    clear()
+    drawn = " and " + ", ".join(str(p) for p in plots) if plots else ""
+    return f"; wrote its {n} finished rounds to {run_dir}/ {files}{drawn}"
+
+
+def _interrupted_plots(out: Path, results: list[Any]) -> list[Path]:
+    """The plots of a completed run for `results`, drawn from these runs alone (a folder of
+    an earlier run beside them is not drawn into them)."""
+    from .report import plot_accuracy_vs_bytes
+
+    runs = [(r.label or "run", [_as_dict(x) for x in r.records]) for r in results]
+    cfg = results[0].config
+    paths = [
+        plot_accuracy_vs_bytes(
+            runs, out / "accuracy_vs_upload_bytes.png", title=f"{cfg.dataset} / {cfg.model_name}"
+        )
+    ]
+    try:
+        from . import report_extra
+    except ImportError:
+        return paths
+    paths.append(report_extra.plot_bytes_per_round(runs, out / "bytes_per_round.png"))
+    paths.append(report_extra.plot_round_durations(runs, out / "round_durations.png"))
+    return paths
 
 
 def _stopped_early(result: Any) -> str:
@@ -1375,7 +1445,13 @@ def _report(args: argparse.Namespace) -> int:
             f"`plume sim report RUN_DIR` takes no run flags (got {', '.join(given)}): it redraws "
             "the plots from RUN_DIR's rounds.json alone"
         )
-    from .report_extra import RunDirError, compare_table, load_runs, rebuild_run_dir
+    from .report_extra import (
+        RunDirError,
+        compare_table,
+        interrupted_notes,
+        load_runs,
+        rebuild_run_dir,
+    )
 
     try:
         paths = rebuild_run_dir(args.run_dir)
@@ -1384,4 +1460,6 @@ def _report(args: argparse.Namespace) -> int:
     print("rebuilt " + ", ".join(str(p) for p in paths))
     print()
     print(compare_table(load_runs(args.run_dir)))
+    for note in interrupted_notes(args.run_dir):
+        print(note)
     return 0

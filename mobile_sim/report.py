@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import os
 import platform
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -150,6 +151,8 @@ def summary(result: SimResult) -> dict[str, Any]:
         "model": result.config.model_name,
         "final_accuracy": result.final_accuracy,
         "rounds": len(result.records),
+        # Ctrl-C stopped it: every figure here is as of the last round that finished.
+        "interrupted": result.interrupted,
         "num_params": result.num_params,
         "total_upload_bytes": result.total_up,
         "total_dense_upload_bytes": result.total_dense_up,
@@ -160,6 +163,8 @@ def summary(result: SimResult) -> dict[str, Any]:
         "sim_s": _total(r.sim_s for r in result.records),
         "wait_s": _total(r.wait_s for r in result.records),
     }
+    if result.interrupted:
+        out["rounds_planned"] = result.config.rounds
     if result.partition is not None:
         out["partition"] = result.partition  # how skewed the split really was
     # With a dp stage accounting population=N: the rounds that selected from fewer devices.
@@ -405,20 +410,40 @@ def write_run(
         "csv": out / "rounds.csv",
         "ledger": out / "ledger.csv",
     }
-    # allow_nan=False: NaN and Infinity are not JSON (jq and JSON.parse refuse the file)
-    paths["json"].write_text(
-        json.dumps(_finite_or_null(doc), indent=2, default=str, allow_nan=False) + "\n"
-    )
+    # Each file is written whole under a temporary name and then renamed, rounds.json (what
+    # `plume sim report` reads) last and an earlier run's removed first: a second Ctrl-C while
+    # an interrupted run writes its rounds leaves no half-written file, and no rounds.json of
+    # another run beside this one's CSV files.
+    paths["json"].unlink(missing_ok=True)
     fields = [k for k in rows[0] if k != "measurements"] if rows else []
-    with paths["csv"].open("w", newline="") as f:
-        writer = csv.DictWriter(
-            f, fieldnames=[*fields, *CSV_EXTRA_COLUMNS], extrasaction="ignore", lineterminator="\n"
-        )
-        writer.writeheader()
-        for row, rec in zip(rows, result.records, strict=True):
-            writer.writerow({**row, **csv_extra(rec)})
-    paths["ledger"].write_text(result.ledger.to_csv())
+    buf = io.StringIO()
+    writer = csv.DictWriter(
+        buf, fieldnames=[*fields, *CSV_EXTRA_COLUMNS], extrasaction="ignore", lineterminator="\n"
+    )
+    writer.writeheader()
+    for row, rec in zip(rows, result.records, strict=True):
+        writer.writerow({**row, **csv_extra(rec)})
+    _replace_with(paths["csv"], buf.getvalue())
+    _replace_with(paths["ledger"], result.ledger.to_csv())
+    # allow_nan=False: NaN and Infinity are not JSON (jq and JSON.parse refuse the file)
+    text = json.dumps(_finite_or_null(doc), indent=2, default=str, allow_nan=False) + "\n"
+    _replace_with(paths["json"], text)
     return paths
+
+
+def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Have `write(tmp)` write the whole of `path` under a temporary name beside it, then
+    rename it to `path`: an interruption leaves the old file or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _replace_with(path: Path, text: str) -> None:
+    replace_atomically(path, lambda tmp: tmp.write_text(text, newline=""))
 
 
 def plot_accuracy_vs_bytes(
@@ -453,6 +478,8 @@ def plot_accuracy_vs_bytes(
     fig.tight_layout()
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p)
-    plt.close(fig)
+    try:
+        replace_atomically(p, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
     return p

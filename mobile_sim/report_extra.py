@@ -24,6 +24,7 @@ __all__ = [
     "plot_run_dir",
     "rebuild_run_dir",
     "compare_table",
+    "interrupted_notes",
 ]
 
 Run = tuple[str, list[dict[str, Any]]]
@@ -244,10 +245,14 @@ def plot_round_durations(runs: Sequence[Run], path: str | Path) -> Path:
 
 
 def _save(fig: Any, plt: Any, path: str | Path) -> Path:
+    from .report import replace_atomically
+
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(p)
-    plt.close(fig)
+    try:
+        replace_atomically(p, lambda tmp: fig.savefig(tmp, format="png"))
+    finally:
+        plt.close(fig)
     return p
 
 
@@ -278,6 +283,30 @@ def compare_table(runs: Sequence[Run]) -> str:
         ratio = f"{dense / up:.1f}x" if up and dense else "-"
         lines.append(f"{label:<24} {len(rounds):>6} {acc:>14} {format_bytes(up):>12} {ratio:>14}")
     return "\n".join(lines)
+
+
+def interrupted_notes(run_dir: str | Path) -> list[str]:
+    """One line per run in `run_dir` that Ctrl-C stopped (its rounds.json summary has
+    `"interrupted": true`), in the plots' order: how far it got, and that its figures are
+    those of its last finished round, not of a completed run."""
+    root = Path(run_dir)
+    notes: list[tuple[str, str]] = []
+    for path in _run_files(root):
+        doc = _read_doc(path)
+        summary = doc.get("summary")
+        if not isinstance(summary, dict) or summary.get("interrupted") is not True:
+            continue
+        label = _label(root, path, doc)
+        done, planned = summary.get("rounds"), summary.get("rounds_planned")
+        of = f" of {planned}" if isinstance(planned, int) else ""
+        notes.append(
+            (
+                label,
+                f"{label}: interrupted after {done}{of} rounds; its figures are those of round "
+                f"{done}, the last that finished",
+            )
+        )
+    return [text for _, text in sorted(notes, key=lambda n: n[0].rsplit("/", 1)[-1] == "dense")]
 
 
 def rebuild_run_dir(run_dir: str | Path) -> list[Path]:

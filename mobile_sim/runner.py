@@ -41,6 +41,7 @@ __all__ = [
     "SimConfig",
     "RoundRecord",
     "SimResult",
+    "RunInterrupted",
     "run_simulation",
     "prepare",
     "SimSetup",
@@ -392,6 +393,8 @@ class SimResult:
     secure: dict[str, Any] | None = None
     # partition.partition_stats of the split the run trained on (the summary's `partition`)
     partition: dict[str, Any] | None = None
+    # Stopped by Ctrl-C (`RunInterrupted`): `records` are the rounds that finished before it.
+    interrupted: bool = False
 
     @property
     def final_accuracy(self) -> float | None:
@@ -438,6 +441,21 @@ class SimResult:
                 rnd for rnd, committed, n in rows if not committed and n is not None and n < need
             ],
         }
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (a KeyboardInterrupt) stopped `run_simulation`; `result` holds the rounds that
+    finished before it (`result.interrupted` is True), their ledger rows and the model of the
+    last committed round, so that a long run's finished rounds can still be written.
+
+    A KeyboardInterrupt still: code that catches that (or lets it end the program) is
+    unchanged."""
+
+    def __init__(self, result: SimResult) -> None:
+        super().__init__(
+            f"interrupted after {len(result.records)} of {result.config.rounds} rounds"
+        )
+        self.result = result
 
 
 # Your own datasets: name -> loader(root, seed) -> FederatedData (a `NaturalData`, with
@@ -851,6 +869,23 @@ def run_simulation(
             if on_round is not None:
                 on_round(rec)
             bar.update(rec)
+    except KeyboardInterrupt as exc:
+        # The rounds that finished are kept; a round cut short leaves its downloads (and
+        # perhaps uploads) in the ledger, which the finished rounds' ledger leaves out.
+        done = {r.round for r in records}
+        ledger = BandwidthLedger(r for r in engine.ledger.rows() if r.round_id in done)
+        partial = SimResult(
+            cfg,
+            records,
+            ledger,
+            spec.size,
+            engine.params.copy(),
+            label,
+            started_at,
+            partition=partition_stats(parts, data.y_train),
+            interrupted=True,
+        )
+        raise RunInterrupted(partial) from exc
     finally:
         bar.close()
         if own_backend:

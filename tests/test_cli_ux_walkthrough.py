@@ -31,16 +31,6 @@ def _error_line(err: str, prog: str) -> str:
     return lines[0]
 
 
-def _record(round_id: int) -> Any:
-    from mobile_sim.runner import RoundRecord
-
-    return RoundRecord(
-        round=round_id, accuracy=0.1, loss=2.3, train_loss=2.3, reports=3, committed=True,
-        bytes_up=100, bytes_down=400, dense_up=400, dense_down=400, wire_up=100, wire_down=400,
-        ratio_up=4.0, wall_s=0.01,
-    )  # fmt: skip
-
-
 # --- a mistyped option -----------------------------------------------------------------------
 
 
@@ -114,26 +104,44 @@ def test_a_run_piped_into_head_ends_quietly(tmp_path: Path) -> None:
 # --- Ctrl-C ----------------------------------------------------------------------------------
 
 
-def test_ctrl_c_in_a_run_says_how_far_it_got_and_that_nothing_was_written(
+def test_ctrl_c_in_a_run_says_how_far_it_got_and_writes_the_finished_rounds(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Prepare: a runner that finishes one round, then meets Ctrl-C in the next
+    # Prepare: the real runner, whose first round meets Ctrl-C as it is printed
     import mobile_sim.runner as runner
 
+    real = runner.run_simulation
+
     def interrupted(cfg: Any, progress: bool, label: str, on_round: Any) -> Any:
-        on_round(_record(1))
-        raise KeyboardInterrupt
+        def ctrl_c(rec: Any) -> None:
+            on_round(rec)
+            raise KeyboardInterrupt
+
+        return real(cfg, progress=progress, label=label, on_round=ctrl_c)
 
     monkeypatch.setattr(runner, "run_simulation", interrupted)
+    out = tmp_path / "run"
     # Execute
-    code = main([*TINY, "--out", str(tmp_path / "run")])
+    code = main([*TINY, "--out", str(out)])
     captured = capsys.readouterr()
-    # Assert: exit 130, one line in the `plume sim:` form, the finished row printed, no files
+    # Assert: exit 130, one line in the `plume sim:` form naming what it wrote, the finished
+    # row printed, and the finished round on disk, marked interrupted (not a completed run)
     assert code == 130
     lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert lines == ["plume sim: interrupted after 1 of 2 rounds; its results were not written"]
+    plots = ", ".join(
+        str(out / name)
+        for name in ("accuracy_vs_upload_bytes.png", "bytes_per_round.png", "round_durations.png")
+    )
+    assert lines == [
+        f"plume sim: interrupted after 1 of 2 rounds; wrote its 1 finished rounds to {out}/ "
+        f"(rounds.json with summary.interrupted true, rounds.csv, ledger.csv) and {plots}"
+    ]
     assert "round accuracy" in captured.out
-    assert not (tmp_path / "run" / "rounds.json").exists()
+    assert "final accuracy" not in captured.out
+    summary = json.loads((out / "rounds.json").read_text())["summary"]
+    assert (summary["interrupted"], summary["rounds"], summary["rounds_planned"]) == (True, 1, 2)
+    assert (out / "rounds.csv").read_text().count("\n") == 2  # the header and round 1
+    assert (out / "ledger.csv").is_file()
 
 
 def test_ctrl_c_in_the_dense_run_of_compare_dense_points_at_the_finished_run(
@@ -160,7 +168,10 @@ def test_ctrl_c_in_the_dense_run_of_compare_dense_points_at_the_finished_run(
     # Assert
     assert code == 130
     line = next(line for line in err.splitlines() if "interrupted" in line)
-    assert line.startswith("plume sim: interrupted after 0 of 2 rounds of the dense run")
+    assert line.startswith(
+        "plume sim: interrupted after 0 of 2 rounds of the dense run; no round finished, so "
+        "nothing was written"
+    )
     assert f"(the compressed run is in {out / 'compressed'})" in line
     assert f"{out / 'dense' / 'rounds.json'} is from an earlier run" in line
     assert (out / "compressed" / "rounds.json").is_file()
