@@ -1248,18 +1248,39 @@ def _sim(args: argparse.Namespace) -> int:
             )
         except DataError as exc:  # the data folder is missing or unreadable
             return _fail(_data_error_text(args, exc), 1)
-        write_run(res, run_dir, command=_command(args))
+        try:
+            write_run(res, run_dir, command=_command(args))
+        except KeyboardInterrupt:
+            # Every round ran; write_run renames each whole file into place, rounds.json last.
+            clear()
+            of = f" of the {label} run" if len(runs) > 1 else ""
+            print(
+                f"{_PROG}: interrupted while writing the results of all {len(res.records)} "
+                f"rounds{of}: {run_dir}/rounds.json was not written",
+                file=sys.stderr,
+            )
+            return 130
         results.append(res)
     say("writing plots")
-    plot = plot_accuracy_vs_bytes(
-        [
-            (r.label or label, [_as_dict(x) for x in r.records])
-            for (label, _), r in zip(runs, results, strict=True)
-        ],
-        out / "accuracy_vs_upload_bytes.png",
-        title=f"{cfg.dataset} / {cfg.model_name}",
-    )
-    extra = _extra_plots(out, results)
+    try:
+        plot = plot_accuracy_vs_bytes(
+            [
+                (r.label or label, [_as_dict(x) for x in r.records])
+                for (label, _), r in zip(runs, results, strict=True)
+            ],
+            out / "accuracy_vs_upload_bytes.png",
+            title=f"{cfg.dataset} / {cfg.model_name}",
+        )
+        extra = _extra_plots(out, results)
+    except KeyboardInterrupt:
+        clear()
+        where = f"{out}/" if len(runs) == 1 else f"{out}/{{{','.join(lbl for lbl, _ in runs)}}}/"
+        print(
+            f"{_PROG}: interrupted while drawing the plots; the runs' files are in {where} "
+            f"(rounds.json, rounds.csv, ledger.csv): plume sim report {out} draws them",
+            file=sys.stderr,
+        )
+        return 130
     clear()
     print()
     for r in results:
@@ -1379,7 +1400,7 @@ def _write_interrupted(
         clear()
         return (
             f"; its {n} finished rounds are in {run_dir}/ {files}; interrupted again while "
-            "drawing the plots (plume sim report redraws them)"
+            f"drawing the plots: plume sim report {out} draws them"
         )
     clear()
     drawn = " and " + ", ".join(str(p) for p in plots) if plots else ""

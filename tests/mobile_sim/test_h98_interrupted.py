@@ -195,3 +195,103 @@ def test_the_runner_raises_run_interrupted_with_the_finished_rounds(
     assert partial.interrupted
     assert [r.round for r in partial.records] == [1]
     assert {row.round_id for row in partial.ledger.rows()} == {1}
+
+
+def test_ctrl_c_in_the_first_run_of_compare_dense_writes_it_in_its_subfolder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: Ctrl-C in round 2 of the compressed run; the dense run never starts
+    _ctrl_c_in_round(monkeypatch, 2)
+    out = tmp_path / "run"
+
+    # Execute
+    code = plume([*TINY, "--compare-dense", "--out", str(out)])
+    err = capsys.readouterr().err
+
+    # Assert
+    assert code == 130
+    line = next(line for line in err.splitlines() if line.strip())
+    assert line.startswith(
+        "plume sim: interrupted after 1 of 3 rounds of the compressed run; wrote its 1 finished "
+        f"rounds to {out / 'compressed'}/ (rounds.json with summary.interrupted true, "
+        f"rounds.csv, ledger.csv) and {out / 'accuracy_vs_upload_bytes.png'}"
+    )
+    assert json.loads((out / "compressed" / "rounds.json").read_text())["summary"]["interrupted"]
+    assert not (out / "dense").exists()
+
+
+def test_a_runner_that_keeps_no_partial_results_says_nothing_was_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: a runner that lets a plain KeyboardInterrupt through after one round, as the
+    # --secure and --transport http runners do
+    def plain(cfg: Any, progress: bool, label: str, on_round: Any) -> Any:
+        on_round(
+            runner.RoundRecord(
+                round=1, accuracy=0.1, loss=2.3, train_loss=2.3, reports=3, committed=True,
+                bytes_up=100, bytes_down=400, dense_up=400, dense_down=400, wire_up=100,
+                wire_down=400, ratio_up=4.0, wall_s=0.01,
+            )  # fmt: skip
+        )
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "run_simulation", plain)
+
+    # Execute
+    code = plume([*TINY, "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+
+    # Assert
+    assert code == 130
+    assert [line for line in err.splitlines() if line.strip()] == [
+        "plume sim: interrupted after 1 of 3 rounds; its results were not written (this runner "
+        "keeps no partial results)"
+    ]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_ctrl_c_while_a_completed_run_is_written_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: every round ran; Ctrl-C while its ledger is written
+    def ledger_interrupted(self: BandwidthLedger, round_id: int | None = None) -> str:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(BandwidthLedger, "to_csv", ledger_interrupted)
+
+    # Execute
+    code = plume([*TINY, "--rounds", "1", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+
+    # Assert: 130, one line, no traceback, no rounds.json nor temporary file
+    assert code == 130
+    assert [line for line in err.splitlines() if line.strip()] == [
+        "plume sim: interrupted while writing the results of all 1 rounds: "
+        f"{tmp_path}/rounds.json was not written"
+    ]
+    assert not (tmp_path / "rounds.json").exists()
+    assert _tmp_files(tmp_path) == []
+
+
+def test_ctrl_c_while_the_plots_are_drawn_points_at_plume_sim_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: Ctrl-C while the extra plots are drawn, after the run's files are written
+    import mobile_sim.report_extra as report_extra
+
+    def plots_interrupted(run_dir: Any) -> list[Path]:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(report_extra, "plot_run_dir", plots_interrupted)
+
+    # Execute
+    code = plume([*TINY, "--rounds", "1", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+
+    # Assert
+    assert code == 130
+    assert [line for line in err.splitlines() if line.strip()] == [
+        f"plume sim: interrupted while drawing the plots; the runs' files are in {tmp_path}/ "
+        f"(rounds.json, rounds.csv, ledger.csv): plume sim report {tmp_path} draws them"
+    ]
+    assert json.loads((tmp_path / "rounds.json").read_text())["summary"]["interrupted"] is False
