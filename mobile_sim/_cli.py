@@ -29,11 +29,12 @@ examples:
 _REPORT_HELP = """\
 usage: plume sim report [-h] RUN_DIR
 
-Rebuild the plots of a finished `plume sim` run from its rounds.json files alone, byte for
-byte as the run wrote them: accuracy_vs_upload_bytes.png, bytes_per_round.png and
-round_durations.png, then print one line per run (rounds, final accuracy, upload bytes,
-ratio vs dense). The CSV and JSON files are not touched. A folder that holds no run's
-rounds.json is one error line (exit status 2).
+Rebuild the plots of a `plume sim` run (ended, or interrupted by Ctrl-C) from its
+rounds.json files alone, byte for byte as the run wrote them: accuracy_vs_upload_bytes.png,
+bytes_per_round.png and round_durations.png, then print one line per run (rounds, final
+accuracy, upload bytes, ratio vs dense) and one for each run that Ctrl-C interrupted (its
+figures stop at its last finished round). The CSV and JSON files are not touched. A folder
+that holds no run's rounds.json is one error line (exit status 2).
 
 positional arguments:
   RUN_DIR     the --out folder of a run (with --compare-dense: the folder holding

@@ -302,8 +302,8 @@ def interrupted_notes(run_dir: str | Path) -> list[str]:
         notes.append(
             (
                 label,
-                f"{label}: interrupted after {done}{of} rounds; its figures are those of round "
-                f"{done}, the last that finished",
+                f"{label}: interrupted after {done}{of} rounds; its figures stop at round {done}, "
+                "the last that finished",
             )
         )
     return [text for _, text in sorted(notes, key=lambda n: n[0].rsplit("/", 1)[-1] == "dense")]

@@ -103,8 +103,8 @@ def test_plume_sim_report_reads_an_interrupted_run_and_says_so(
     row = next(line for line in report.splitlines() if line.startswith("compressed "))
     assert row.split()[1] == "1"  # rounds
     assert report.rstrip("\n").splitlines()[-1] == (
-        "compressed: interrupted after 1 of 3 rounds; its figures are those of round 1, the "
-        "last that finished"
+        "compressed: interrupted after 1 of 3 rounds; its figures stop at round 1, the last "
+        "that finished"
     )
 
 
