@@ -348,6 +348,13 @@ def register(sub: Any) -> None:
         help="upload: bits a value, 1, 2, 4, 8 (quantized), 16 or 32 (floats)",
     )
     c.add_argument(
+        "--no-error-feedback",
+        action="store_true",
+        help="devices send each compressed update alone, keeping no residual for the next "
+        "round (codec.error_feedback false; what a dp stage with population= > sample= needs "
+        "for its epsilon to be proven, docs/privacy.md)",
+    )
+    c.add_argument(
         "--downlink-topk",
         type=float,
         default=0.02,
@@ -751,7 +758,7 @@ def _create_task(args: argparse.Namespace) -> int:
     from sdk.flat import get_flat_params, spec_from_module
 
     from .service import AdminError
-    from .service.rounds import validate_task
+    from .service.rounds import unproven_feedback_note, validate_task
 
     problem = _task_flag_error(args)
     if problem is not None:
@@ -770,7 +777,11 @@ def _create_task(args: argparse.Namespace) -> int:
             deadline_s=args.deadline,
             min_reports=args.min_reports,
             selection_timeout_s=args.selection_timeout,
-            codec=CodecParams(topk=args.topk, bits=args.bits),
+            codec=CodecParams(
+                topk=args.topk,
+                bits=args.bits,
+                error_feedback=False if args.no_error_feedback else None,
+            ),
             downlink=CodecParams(topk=args.downlink_topk, bits=args.downlink_bits),
             aggregator=args.aggregator,
             server_lr=args.server_lr,
@@ -792,6 +803,9 @@ def _create_task(args: argparse.Namespace) -> int:
         print_error("plume coordinator create-task", admin_error_text(exc, args.url))
         return 1
     print(json.dumps({"task_id": task_id, "model": args.model, "params": spec.size}))
+    if (note := unproven_feedback_note(config)) is not None:
+        # What the coordinator logs for this task, said to the operator who made it.
+        print(f"plume coordinator create-task: note: task {task_id}: {note}", file=sys.stderr)
     if config.secure is not None:
         stage_s = config.secure.get("stage_timeout_s", _STAGE_DEFAULTS["stage_timeout_s"])
         if config.deadline_s < 4 * stage_s:
@@ -871,6 +885,7 @@ _TASK_FLAGS = {
     "name": "--name",
     "seed": "--seed",
     "aggregator": "--aggregator",
+    "codec.error_feedback": "--no-error-feedback",
     "noise": "--secure-noise",
     **{key: flag for flag, key, _, _ in _SECURE_FLAGS},
 }

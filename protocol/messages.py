@@ -77,9 +77,22 @@ class TensorShape:
     shape: list[int]
 
 
+# A dataclass field with this metadata key set is left out of the JSON while it is None (its
+# default): a setting added to a message later keeps the bytes of every message that does not
+# use it (`to_json`, and the coordinator's responses through `_omit_none_schema`).
+_OMIT_NONE = "plume_omit_none"
+
+
 @dataclass(slots=True)
 class CodecParams:
-    """`compression.CodecConfig` on the wire (same fields, same defaults)."""
+    """`compression.CodecConfig` on the wire (same fields, same defaults), plus the device's
+    error feedback on uploads.
+
+    error_feedback: whether devices carry what compression drops into their next upload (a
+    residual); None (left out of the JSON) is the default, on. False: each upload is the
+    compressed delta alone and the device keeps no residual for the task (docs/privacy.md,
+    item 5). A task setting for uploads (`TaskConfig.codec`); not for the downlink.
+    """
 
     topk: float = 0.01
     bits: int = 4
@@ -88,6 +101,17 @@ class CodecParams:
     topk_mode: str = "exact"
     scope: str = "global"
     zstd_level: int = 3
+    error_feedback: bool | None = field(default=None, metadata={_OMIT_NONE: True})
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        return _omit_none_schema(cls, handler(source))
+
+    @property
+    def lossless(self) -> bool:
+        """Whether every upload decodes to exactly the delta (all coordinates, fp32): error
+        feedback then has nothing to carry."""
+        return self.topk == 1.0 and self.bits == 32
 
     def to_config(self) -> CodecConfig:
         """The codec config; raises `ValueError` for out-of-domain fields."""
@@ -331,9 +355,14 @@ class ErrorBody:
 
 
 def to_json(obj: Any) -> Any:
-    """A message dataclass as JSON-ready builtins (dicts, lists, numbers, strings)."""
+    """A message dataclass as JSON-ready builtins (dicts, lists, numbers, strings); a field
+    marked to be left out while None is left out then."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_json(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {
+            f.name: to_json(getattr(obj, f.name))
+            for f in dataclasses.fields(obj)
+            if not (f.metadata.get(_OMIT_NONE) and getattr(obj, f.name) is None)
+        }
     if isinstance(obj, list | tuple):
         return [to_json(v) for v in obj]
     if isinstance(obj, dict):
@@ -390,6 +419,35 @@ def _convert(tp: Any, value: Any, where: str) -> Any:
             raise MessageError(f"{where}: expected a string")
         return value
     raise MessageError(f"{where}: unsupported type {tp!r}")
+
+
+def _omit_none_schema(cls: type, schema: Any) -> Any:
+    """`schema` (pydantic's core schema of message dataclass `cls`, as the coordinator's app
+    builds it) with `cls`'s fields marked `_OMIT_NONE` left out of dumps while None, and
+    refused in input unless a JSON boolean or null: pydantic's lax mode would read "no", 0 or
+    "off" as a boolean, and `from_json` on a device refuses them."""
+    from pydantic_core import core_schema
+
+    names = [f.name for f in dataclasses.fields(cls) if f.metadata.get(_OMIT_NONE)]
+
+    def check(value: Any) -> Any:
+        if isinstance(value, dict):
+            for name in names:
+                v = value.get(name)
+                if v is not None and not isinstance(v, bool):
+                    raise ValueError(f"{name}: expected a boolean or null, got {v!r}")
+        return value
+
+    def dump(value: Any, nxt: Any) -> Any:
+        out = nxt(value)
+        if isinstance(out, dict):
+            for name in names:
+                if name in out and out[name] is None:
+                    del out[name]
+        return out
+
+    schema["serialization"] = core_schema.wrap_serializer_function_ser_schema(dump)
+    return core_schema.no_info_before_validator_function(check, schema)
 
 
 _HINTS: dict[type, dict[str, Any]] = {}

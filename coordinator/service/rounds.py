@@ -131,6 +131,7 @@ __all__ = [
     "UnloadedTask",
     "RELOAD_RETRY_S",
     "validate_task",
+    "unproven_feedback_note",
 ]
 
 log = logging.getLogger("plume.coordinator")
@@ -384,6 +385,20 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
         raise ValueError("seed must be in [0, 2**63)")
     cfg.codec.to_config()
     cfg.downlink.to_config()
+    ef = cfg.codec.error_feedback
+    if ef is not None and not isinstance(ef, bool):
+        raise ValueError(f"codec.error_feedback must be true, false or null, got {ef!r}")
+    if cfg.downlink.error_feedback is not None:
+        raise ValueError(
+            "downlink.error_feedback is not a setting: the coordinator always keeps the "
+            "downlink's residual; codec.error_feedback sets the devices' (uploads)"
+        )
+    if ef is False and cfg.secure is not None:
+        raise ValueError(
+            "codec.error_feedback false is for plain tasks: a secure task's devices keep "
+            "their residual inside SecAgg+, which claims no amplification by sampling "
+            "(docs/privacy.md)"
+        )
     factory = _aggregator(cfg.aggregator)
     _check_dp(factory)
     sample = accounted_sample_size(factory)
@@ -412,6 +427,30 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
         except ValueError as exc:
             raise ValueError(f"secure: {exc}") from None
     return spec
+
+
+def unproven_feedback_note(cfg: TaskConfig) -> str | None:
+    """Why `cfg`'s accounted epsilon rests on an unproven assumption, or None: a `dp` stage
+    that claims amplification by fixed-size sampling (population=N > sample=k) while devices
+    keep an error-feedback residual of a lossy upload codec (docs/privacy.md, item 5). Such a
+    task is not refused (existing configs and benchmarks use it); `create_task` logs this and
+    `plume coordinator create-task` prints it. `cfg` must be valid (`validate_task`)."""
+    if cfg.secure is not None or cfg.codec.error_feedback is False or cfg.codec.lossless:
+        return None
+    dp = find_dp(_aggregator(cfg.aggregator))
+    population = amplified_population(dp)
+    if dp is None or population == 0:
+        return None
+    return (
+        f"its dp stage accounts epsilon with amplification by fixed-size sampling "
+        f"(population={population} > sample={accounted_sample_size(dp)}) while its devices "
+        "keep an error-feedback residual of a lossy upload codec: a residual depends on which "
+        "rounds a device took part in, and no proof covers that path, so the accounted "
+        "epsilon rests on an unproven assumption (docs/privacy.md, item 5); to remove it, "
+        "turn the devices' error feedback off (codec.error_feedback false, create-task "
+        "--no-error-feedback; devices need an SDK that honours it) or account without "
+        "amplification (population=k,sample=k)"
+    )
 
 
 def _check_dp(factory: object) -> None:
@@ -1208,6 +1247,8 @@ class Coordinator:
                 task_id,
                 dp.seed,
             )
+        if (note := unproven_feedback_note(cfg)) is not None:
+            log.warning("task %d: %s", task_id, note)
         return task_id
 
     def _pool_shortfall(self, need: int) -> str | None:
