@@ -164,25 +164,7 @@ def _run(
     setup = prepare(cfg)
     data, parts, model, spec = setup.data, setup.parts, setup.model, setup.spec
     started_at = setup.started_at
-    codec = cfg.codec()
-    task = TaskConfig(
-        name=label or f"sim-{cfg.dataset}-{cfg.model_name}",
-        model_name=cfg.model_name,
-        spec=[TensorShape(e.name, list(e.shape)) for e in spec.entries],
-        rounds=cfg.rounds,
-        clients_per_round=cfg.per_round,
-        over_selection=cfg.over_selection,
-        deadline_s=opts.deadline_s,
-        min_reports=cfg.min_reports,
-        selection_timeout_s=opts.selection_timeout_s,
-        codec=CodecParams.from_config(codec),
-        downlink=CodecParams(topk=1.0, bits=32) if cfg.dense else opts.downlink,
-        aggregator=cfg.aggregator,
-        server_lr=cfg.server_lr,
-        seed=cfg.seed,
-        training=TrainingParams(cfg.local_epochs, cfg.batch_size, cfg.lr),
-        retry_after_s=opts.retry_after_s,
-    )
+    task = _task_config(cfg, spec, label, opts)
     with AdminClient(url, token) as admin:
         task_id = admin.create_task(task, get_flat_params(model))
         fleet = _Fleet(cfg, url, task_id, spec, tmp, parts, data, opts)
@@ -227,8 +209,33 @@ def _run(
                     row["dense_bytes"],
                 )
     partition = partition_stats(parts, data.y_train)
-    return SimResult(
-        cfg, records, ledger, spec.size, final, label, started_at, partition=partition
+    return SimResult(cfg, records, ledger, spec.size, final, label, started_at, partition=partition)
+
+
+def _task_config(cfg: SimConfig, spec: ModelSpec, label: str, opts: HttpFleetOptions) -> TaskConfig:
+    """The task `cfg` runs as on the coordinator. `cfg.error_feedback` False reaches the devices
+    as `codec.error_feedback` false (their SDK clients then keep no residual); the default
+    leaves the field out, so the task's JSON is what it was before the setting existed."""
+    codec = CodecParams.from_config(cfg.codec())
+    if not cfg.error_feedback:
+        codec.error_feedback = False
+    return TaskConfig(
+        name=label or f"sim-{cfg.dataset}-{cfg.model_name}",
+        model_name=cfg.model_name,
+        spec=[TensorShape(e.name, list(e.shape)) for e in spec.entries],
+        rounds=cfg.rounds,
+        clients_per_round=cfg.per_round,
+        over_selection=cfg.over_selection,
+        deadline_s=opts.deadline_s,
+        min_reports=cfg.min_reports,
+        selection_timeout_s=opts.selection_timeout_s,
+        codec=codec,
+        downlink=CodecParams(topk=1.0, bits=32) if cfg.dense else opts.downlink,
+        aggregator=cfg.aggregator,
+        server_lr=cfg.server_lr,
+        seed=cfg.seed,
+        training=TrainingParams(cfg.local_epochs, cfg.batch_size, cfg.lr),
+        retry_after_s=opts.retry_after_s,
     )
 
 
