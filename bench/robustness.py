@@ -178,15 +178,27 @@ def _dp_noise(measurements: list[dict[str, Any]], size: int) -> dict[str, Any] |
     }
 
 
+def final_backdoor_accuracy(cfg: SimConfig, params: Any, attack_spec: str) -> float:
+    """The backdoor accuracy of `params` (a run's final model) on the test split the run
+    trained against: the dataset is loaded with `cfg.dataset_seed` (its `data_seed`, else its
+    `seed`, as the runner loads it), and measured as the runner measures it each round."""
+    import mobile_sim.runner as runner
+    from mobile_sim.attacks import BackdoorAttack, build_attack
+    from mobile_sim.models import build_model
+
+    data = runner.load_dataset(cfg.dataset, cfg.data_root, cfg.dataset_seed)
+    attack = build_attack(attack_spec)
+    if not isinstance(attack, BackdoorAttack):
+        raise ValueError(f"{attack_spec!r} is not a backdoor attack")
+    model = build_model(cfg.model_name, seed=cfg.seed)
+    return runner._backdoor_accuracy(model, params, data, attack)
+
+
 def _run(job: dict[str, Any]) -> dict[str, Any]:
-    import numpy as np
     import torch
 
     import mobile_sim.runner as runner
-    from mobile_sim.attacks import BackdoorAttack, backdoor_accuracy, build_attack
-    from mobile_sim.models import build_model
-    from mobile_sim.runner import load_dataset, run_simulation
-    from sdk.flat import set_flat_params
+    from mobile_sim.runner import run_simulation
 
     torch.set_num_threads(1)
     logging.getLogger("absl").setLevel(logging.ERROR)  # dp_accounting's per-order chatter
@@ -227,18 +239,9 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
         "wall_s": round(time.perf_counter() - t0, 1),
     }
     if job["kind"] == "backdoor":
-        data = load_dataset(cfg.dataset, cfg.data_root, cfg.seed)
-        model = build_model(cfg.model_name, seed=cfg.seed)
-        set_flat_params(model, res.final_params)
-        model.eval()
-
-        def predict(x: Any) -> Any:
-            with torch.no_grad():
-                return model(torch.from_numpy(np.ascontiguousarray(x))).argmax(1).numpy()
-
-        attack = build_attack(job["backdoor_attack"])
-        assert isinstance(attack, BackdoorAttack)
-        out["backdoor_accuracy"] = backdoor_accuracy(predict, data.x_test, data.y_test, attack)
+        out["backdoor_accuracy"] = final_backdoor_accuracy(
+            cfg, res.final_params, job["backdoor_attack"]
+        )
         eps = [r.measurements for r in res.records]
         out["last_measurements"] = eps[-1] if eps else {}
         out["screened"] = _screen_counts(cfg, eps)
