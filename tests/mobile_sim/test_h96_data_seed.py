@@ -4,6 +4,7 @@ train/test split, so averaging runs over seeds mixed test-set variance into the 
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -33,14 +34,30 @@ def test_data_seed_keeps_the_test_set_while_seed_varies_the_rest() -> None:
     assert any(not np.array_equal(p, q) for p, q in zip(a.parts, b.parts, strict=True))
 
 
-def test_plume_sim_data_seed_is_recorded_and_rerun(tmp_path: Path) -> None:
-    # Execute
+def test_plume_sim_data_seed_is_recorded_and_its_command_reruns_the_run(tmp_path: Path) -> None:
+    # Prepare: a run with --data-seed, and its recorded command
     flags = ["sim", "--dataset", "digits", "--clients", "10", "--per-round", "4"]
     flags += ["--rounds", "1", "--local-epochs", "1", "--no-progress"]
-    code = plume([*flags, "--seed", "3", "--data-seed", "0", "--out", str(tmp_path)])
+    first = tmp_path / "first"
+    assert plume([*flags, "--seed", "3", "--data-seed", "0", "--out", str(first)]) == 0
+    doc = json.loads((first / "rounds.json").read_text())
+    words = shlex.split(doc["command"])
+    assert words[:2] == ["plume", "sim"] and "--data-seed" in words
 
-    # Assert
-    doc = json.loads((tmp_path / "rounds.json").read_text())
+    # Execute: rerun the recorded command, its --out pointed at another folder
+    again = tmp_path / "again"
+    assert words[words.index("--out") + 1] == str(first)
+    words[words.index("--out") + 1] = str(again)
+    code = plume(words[1:])
+
+    # Assert: the same config (seed 3, data seed 0) and the same rounds
+    rerun = json.loads((again / "rounds.json").read_text())
     assert code == 0
     assert doc["config"]["seed"] == 3 and doc["config"]["data_seed"] == 0
-    assert "--data-seed 0" in doc["command"]
+    assert rerun["config"] == doc["config"]
+    assert rerun["command"] == shlex.join(words)
+    same = ("round", "accuracy", "loss", "train_loss", "reports", "bytes_up", "bytes_down")
+    assert [{k: r[k] for k in same} for r in rerun["rounds"]] == [
+        {k: r[k] for k in same} for r in doc["rounds"]
+    ]
+    assert doc["rounds"][0]["accuracy"] is not None
