@@ -1751,9 +1751,13 @@ class Coordinator:
     ) -> CheckInResponse:
         """Assign a round or tell the device when to come back (pace steering). With
         `awaiting_round`, the answer carries that round's `upload_outcome` for the device."""
-        if task_id is not None and (refusal := self.refusal(task_id)) is not None:
-            raise refusal
-        answer = self._check_in(device_id, task_id)
+        if task_id is not None and (refusal := self._not_running(task_id)) is not None:
+            raise refusal  # refused or unloaded: an operator may bring it back
+        if task_id is not None and task_id in self.stopped_tasks:
+            # Final, as a done task is: the device stops checking in for it.
+            answer = self._end(task_id, "was stopped by the operator; it runs no more rounds")
+        else:
+            answer = self._check_in(device_id, task_id)
         if awaiting_round is not None:
             answer.round_outcome = str(self.upload_outcome(awaiting_round, device_id))
         return answer
@@ -1806,13 +1810,7 @@ class Coordinator:
             pace = max(pace, len(rt.pool) / self.config.max_checkin_rate)
         if retry is None and task_id is not None and self._task_done(task_id):
             # Final: a "wait" here had the device poll for as long as its app let it.
-            self.metrics.check_ins.labels(CheckInAction.END).inc()
-            return CheckInResponse(
-                CheckInAction.END,
-                self.config.idle_retry_s,
-                None,
-                f"task {task_id} is done: it runs no more rounds",
-            )
+            return self._end(task_id, "is done: it runs no more rounds")
         self.metrics.check_ins.labels(CheckInAction.WAIT).inc()
         if retry is None:
             # No task named, or one paused or awaiting its model: any of them may run later.
@@ -1821,6 +1819,13 @@ class Coordinator:
             )
         retry = min(max(retry, pace), MAX_RETRY_S)
         return CheckInResponse(CheckInAction.WAIT, round(retry, 3), None, "not selected yet")
+
+    def _end(self, task_id: int, why: str) -> CheckInResponse:
+        """The "end" answer to a check-in naming a task that runs no more rounds."""
+        self.metrics.check_ins.labels(CheckInAction.END).inc()
+        return CheckInResponse(
+            CheckInAction.END, self.config.idle_retry_s, None, f"task {task_id} {why}"
+        )
 
     def _task_done(self, task_id: int) -> bool:
         """Whether the task a check-in named, and found nothing to do in, is done; a 404

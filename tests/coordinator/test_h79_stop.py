@@ -116,10 +116,9 @@ def test_a_stopped_task_refuses_its_devices_with_the_reason(tmp_path: Path) -> N
     # Prepare
     coord, cfg, task_id, open_round, _ = _plain_world(tmp_path / "p.db")
     coord.stop_task(task_id)
-    # Execute / Assert: the third device's upload, a check-in naming it, pause and resume
+    # Execute / Assert: the third device's upload, pause and resume
     calls = [
         lambda: coord.submit(open_round, "c", "k2c", _frame(cfg, 12)),
-        lambda: coord.check_in("c", task_id),
         lambda: coord.set_paused(task_id, True),
         lambda: coord.set_paused(task_id, False),
     ]
@@ -127,6 +126,10 @@ def test_a_stopped_task_refuses_its_devices_with_the_reason(tmp_path: Path) -> N
         err = _refused(call)
         assert (err.status, err.reason) == (409, "task_refused")
         assert "stopped by the operator" in err.detail
+    # ... a check-in naming it is told the task is over ("end"), with the reason
+    answer = coord.check_in("c", task_id)
+    assert (answer.action, answer.assignment) == ("end", None)
+    assert "stopped by the operator" in answer.detail
     # ... an accepted upload's retry still gets its receipt (it was stored)
     receipt, _ = coord.submit(open_round, "a", "k2a", _frame(cfg, 10))
     assert receipt.duplicate
@@ -157,8 +160,7 @@ def test_a_stop_survives_a_restart(tmp_path: Path) -> None:
     assert (status.version, status.model_digest) == (1, digest)
     assert again.runtimes[task_id].engine.stopped
     for d in DEVICES:
-        err = _refused(lambda d=d: again.check_in(d, task_id))
-        assert err.reason == "task_refused"
+        assert again.check_in(d, task_id).action == "end"
     again.tick()
     assert again.runtimes[task_id].current is None
     assert [u.device_id for u in again.store.updates(open_round)] == ["a", "b"]

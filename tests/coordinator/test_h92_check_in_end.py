@@ -69,14 +69,17 @@ def test_a_done_task_answers_end(tmp_path: Path) -> None:
     assert not coord.runtimes[task_id].pool and coord.runtimes[task_id].current is None
 
 
-def test_an_unknown_task_is_404_and_a_stopped_one_409(tmp_path: Path) -> None:
+def test_an_unknown_task_is_404_and_a_stopped_one_ends(tmp_path: Path) -> None:
     coord, task_id, _ = _done_world(tmp_path / "p.db")
     err = _refused(lambda: coord.check_in("a", task_id + 1))
     assert (err.status, err.reason, err.detail) == (404, "unknown_task", f"no task {task_id + 1}")
     other = _task(coord, task_config(rounds=5, clients_per_round=3))
     coord.stop_task(other)
-    err = _refused(lambda: coord.check_in("a", other))
-    assert (err.status, err.reason) == (409, "task_refused")
+    answer = coord.check_in("a", other)
+    assert (answer.action, answer.assignment, answer.retry_after_s) == (
+        "end", None, coord.config.idle_retry_s
+    )
+    assert answer.detail == f"task {other} was stopped by the operator; it runs no more rounds"
 
 
 def test_tasks_that_may_still_run_and_no_task_named_still_wait(tmp_path: Path) -> None:

@@ -1,6 +1,6 @@
 """`participate` ends at once, raising `sdk.client.TaskEndedError`, when the task it names runs
-no more rounds: done (the coordinator answers "end"), stopped by the operator (409
-`task_refused`), or unknown (404 `unknown_task`).
+no more rounds: done or stopped by the operator (the coordinator answers "end"), or unknown
+(404 `unknown_task`).
 
 Before, a done or unknown task was answered "wait" like an idle check-in, so `participate`
 kept polling (a signed request every `idle_retry_s`) until its `max_wait_s`, and a stopped
@@ -137,8 +137,9 @@ def test_participate_waiting_on_a_task_that_is_stopped_ends_at_the_next_check_in
             assert time.monotonic() - stopped_at < 5
             (err,) = outcome
             assert isinstance(err, TaskEndedError)
-            assert (err.status, err.reason, err.task_id) == (409, "task_refused", task_id)
+            assert (err.status, err.reason, err.task_id) == (200, TASK_DONE, task_id)
             assert "stopped by the operator" in err.detail
+            assert device.last_check_in is not None and device.last_check_in.action == "end"
 
 
 def test_the_async_client_ends_the_same_way(tmp_path: Path) -> None:
