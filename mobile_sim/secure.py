@@ -25,7 +25,7 @@ from protocol.secagg import RoundAborted, SecAggError, Stage
 from sdk.secure import SecureParticipant, SecureSession
 
 from .partition import partition_stats
-from .runner import RoundRecord, SimConfig, SimResult, _jsonable
+from .runner import RoundRecord, RunInterrupted, SimConfig, SimResult, _jsonable
 
 __all__ = [
     "STAGES",
@@ -449,6 +449,7 @@ def run_secure_simulation(
         )
     )
     records: list[RoundRecord] = []
+    last_params = coord.params.copy()  # the model of the last round in `records`
     fleet = HttpSecureFleet(coord, spec=setup.spec) if transport == "http" else None
     clear()  # the set-up's status line gives way to the bar
     bar = tqdm(total=cfg.rounds, desc=label, unit="round", disable=not progress, leave=False)
@@ -520,17 +521,38 @@ def run_secure_simulation(
                 available=cfg.clients,  # the cohort is drawn from the whole fleet, above
                 measurements=meas,
             )
+            params_now = coord.params.copy()
             records.append(rec)
+            last_params = params_now
             if on_round is not None:
                 on_round(rec)
             bar.update(1)
             bar.set_postfix(acc=f"{acc:.3f}" if acc is not None else "-", up=f"{up / 1e3:.1f} kB")
+    except KeyboardInterrupt as exc:
+        # As `run_simulation`: the finished rounds are kept, with their ledger rows only (a
+        # round cut short may have recorded uploads) and the model of the last of them: a
+        # round cut short after its close (while it is evaluated, say) changed `coord.params`.
+        # Over HTTP a round cut short may still commit on the service; it is not kept either.
+        done = {rec.round for rec in records}
+        raise RunInterrupted(
+            SimResult(
+                cfg,
+                records,
+                BandwidthLedger(row for row in ledger.rows() if row.round_id in done),
+                d,
+                last_params,
+                label,
+                started_at,
+                _jsonable(_settings(secure, dropout)),
+                partition_stats(parts, data.y_train),
+                interrupted=True,
+            )
+        ) from exc
     finally:
         bar.close()
         be.close()
         if fleet is not None:
             fleet.close()
-    settings = {**asdict(secure), "noise": secure.noise.name.lower(), "dropout": dropout}
     return SimResult(
         cfg,
         records,
@@ -539,6 +561,11 @@ def run_secure_simulation(
         coord.params.copy(),
         label,
         started_at,
-        _jsonable(settings),
+        _jsonable(_settings(secure, dropout)),
         partition_stats(parts, data.y_train),
     )
+
+
+def _settings(secure: SecureConfig, dropout: float) -> dict[str, Any]:
+    """The secure settings a `SimResult` records (rounds.json's `secure`)."""
+    return {**asdict(secure), "noise": secure.noise.name.lower(), "dropout": dropout}
