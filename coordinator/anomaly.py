@@ -4,8 +4,9 @@
 optionally rejects reports whose norm is too large (absolute, or relative to the round's
 median norm), aggregates the rest with `inner`, and then optionally rejects reports whose
 cosine to that aggregate is below a threshold and aggregates once more without them (from the
-same inner state, so a stateful inner aggregator advances once); a screen that would reject at
-least half of those reports distrusts the aggregate instead and rejects none. Signals go to an
+same inner state, so a stateful inner aggregator advances once). A screen that would reject at
+least `max_drop` (default half) of those reports distrusts the aggregate as its reference and
+screens against the geometric median of the same reports instead. Signals go to an
 `AnomalyMetrics` object holding prometheus_client metrics in its own `CollectorRegistry`
 (serve it with `prometheus_client.generate_latest(metrics.registry)`), and to measurements.
 """
@@ -21,7 +22,13 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from .aggregators import AggregateOutput, AggregatorFactory, ClientUpdate, FedAvg
+from .aggregators import (
+    AggregateOutput,
+    AggregatorFactory,
+    ClientUpdate,
+    FedAvg,
+    GeometricMedian,
+)
 from .aggregators._base import check_finite_reports
 
 __all__ = [
@@ -134,18 +141,22 @@ class AnomalyFilter:
 
     max_norm: reject reports with L2 norm above this. max_norm_ratio: reject reports whose norm
     exceeds this multiple of the round's median norm. min_cosine: reject reports whose cosine
-    to the (first-pass) aggregate is below this, then aggregate again, unless that would reject
-    at least half of the reports left after the norm screen: the aggregate is then not trusted
-    as a reference (a non-robust inner lets one huge report set it), nothing is rejected for
-    its cosine and `cosine_distrusted` is true. All None: measure only.
-    Measurements: {"norms": {device: norm}, "cosines": {device: cosine}, "rejected":
-    {device: reason}, "cosine_distrusted": bool, "inner": ...}.
+    to the (first-pass) aggregate is below this, then aggregate again. max_drop: if that would
+    reject at least this fraction of the reports left after the norm screens, the aggregate is
+    not trusted as the reference (a non-robust inner lets one huge report set it): the reports
+    are screened against their geometric median instead, whatever fraction that rejects,
+    and `cosine_distrusted` is true. max_drop=1 distrusts it only when it would reject every
+    report. All of max_norm, max_norm_ratio and min_cosine None: measure only.
+    Measurements: {"norms": {device: norm}, "cosines": {device: cosine to the first-pass
+    aggregate}, "rejected": {device: reason}, "cosine_distrusted": bool, "median_cosines":
+    {device: cosine to the geometric median} (empty unless distrusted), "inner": ...}.
     """
 
     inner: AggregatorFactory = field(default_factory=FedAvg)
     max_norm: float | None = None
     max_norm_ratio: float | None = None
     min_cosine: float | None = None
+    max_drop: float = 0.5
     metrics: AnomalyMetrics | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -155,6 +166,8 @@ class AnomalyFilter:
             raise ValueError(f"max_norm_ratio must be >= 1, got {self.max_norm_ratio!r}")
         if self.min_cosine is not None and not -1.0 <= self.min_cosine <= 1.0:
             raise ValueError(f"min_cosine must be in [-1, 1], got {self.min_cosine!r}")
+        if not 0.0 < self.max_drop <= 1.0:
+            raise ValueError(f"max_drop must be in (0, 1], got {self.max_drop!r}")
 
     def create(self, size: int) -> _AnomalyProcess:
         return _AnomalyProcess(self, size, self.inner.create(size))
@@ -185,19 +198,33 @@ class _AnomalyProcess:
         out: AggregateOutput = self.inner.next(state, kept)
         cosines = cosine_to(updates, out.result)
         distrusted = False
-        if cfg.min_cosine is not None:
+        median_cosines: dict[str, float] = {}
+        if cfg.min_cosine is not None and kept:
             low = {
                 cu.device_id
                 for cu, c in zip(updates, cosines, strict=True)
                 if cu.device_id not in reasons and c < cfg.min_cosine
             }
-            # The reference is this round's aggregate, which a non-robust inner lets one huge
-            # report set: every honest report then points away from it (one sign-flipped report
-            # at 1,000 times the honest norm made the screen reject the other nine and
-            # aggregate the attacker alone). Rejecting at least half of the reports that passed
-            # the norm screen cannot leave an honest majority, so the screen is not applied.
-            distrusted = bool(low) and 2 * len(low) >= len(kept)
-            if low and not distrusted:
+            # The first-pass aggregate is a poor reference exactly when it rejects many: a
+            # non-robust inner lets one huge report set it (one sign-flipped report at 1,000
+            # times the honest norm made every honest cosine negative, and the screen rejected
+            # the nine honest reports and aggregated the attacker alone). Rejecting nothing
+            # then, as 266982d did, is wrong too: half the round rejected does not mean no
+            # honest majority is left, and under non-IID data honest reports with naturally low
+            # cosines plus a minority of attackers reach half and pass the attackers unscreened
+            # (tests/coordinator/test_h104_anomaly_reference.py). The geometric median of the
+            # same reports moves arbitrarily far only if half of them do (breakdown point 1/2),
+            # so it is the reference then, and what it rejects is rejected, however many.
+            distrusted = bool(low) and len(low) >= cfg.max_drop * len(kept)
+            if distrusted:
+                geomed = GeometricMedian().create(self.size)
+                reference = geomed.next(geomed.initialize(), kept).result
+                ref_cos = cosine_to(kept, reference)
+                median_cosines = {
+                    cu.device_id: float(c) for cu, c in zip(kept, ref_cos, strict=True)
+                }
+                low = {d for d, c in median_cosines.items() if c < cfg.min_cosine}
+            if low:
                 reasons.update(dict.fromkeys(low, RejectReason.COSINE))
                 kept = [cu for cu in kept if cu.device_id not in low]
                 out = self.inner.next(state, kept)
@@ -216,6 +243,7 @@ class _AnomalyProcess:
                 "cosines": dict(zip(ids, cosines.tolist(), strict=True)),
                 "rejected": reasons,
                 "cosine_distrusted": distrusted,
+                "median_cosines": median_cosines,
                 "inner": out.measurements,
             },
         )
