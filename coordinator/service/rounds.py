@@ -498,6 +498,12 @@ def _observe_stored_dp(metrics: PrivacyMetrics, config: TaskConfig, rounds: list
     factory = find_dp(_aggregator(config.aggregator))
     if factory is None:
         return
+    if not any(r.state == RoundState.COMMITTED for r in rounds):
+        # Nothing released yet: the gauges read as a fresh task's.
+        for gauge in (metrics.epsilon, metrics.rounds, metrics.noise_multiplier, metrics.clip):
+            gauge.set(0.0)
+        metrics.budget_exhausted.set(0.0)
+        return
     for r in sorted(rounds, key=lambda r: r.seq, reverse=True):
         if r.state != RoundState.COMMITTED:
             continue
@@ -2084,6 +2090,12 @@ class Coordinator:
         with self._close_lock:
             if rt.state == TaskState.STOPPED:
                 outcome = self._abandon_stopped(rt, cur, closed=True)
+                if rt.secure is None:
+                    # DPMean set the dp gauges while aggregating, but its noised sum is never
+                    # released: back to the last committed round's (a secure round's unmasked
+                    # sums do count, in its pending dp record).
+                    newest = self.store.last_round(rt.task_id, RoundState.COMMITTED)
+                    _observe_stored_dp(rt.privacy_metrics, rt.config, [newest] if newest else [])
             else:
                 now = self.clock()
                 done = rt.rounds_closed + 1 >= rt.config.rounds or rt.engine.stopped
