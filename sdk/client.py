@@ -36,6 +36,7 @@ import httpcore
 import httpx
 import numpy as np
 import numpy.typing as npt
+from httpcore._backends.sync import SyncStream
 
 from compression import (
     CodecConfig,
@@ -1215,20 +1216,28 @@ def _within(deadline: _Deadline, timeout: float | None, io: Callable[[float | No
         raise _too_slow(0, deadline.budget_s) from None
 
 
-# While the thread's call can be cancelled (`_Deadline.cancel`), a socket read waits at most
-# this long (seconds) before it looks at the event again, and a write sends at most this many
-# bytes at a time: a cancel ends a request in flight within about that.
+# While the thread's call can be cancelled (`_Deadline.cancel`), a socket read, or a send's
+# wait for room in the socket's buffer, lasts at most this long (seconds) before the event is
+# looked at again: a cancel ends a request in flight within about that.
 _CANCEL_POLL_S = 0.05
+# A TLS socket's send while the call can be cancelled: one TLS record's worth (RFC 8446's
+# largest), so that each completed send is progress (see `_DeadlineStream._send_polled`).
+_CANCEL_TLS_BYTES = 16 << 10
+# A stream that is not httpcore's own socket stream (TLS in TLS through a proxy, an app's
+# network backend) is written in pieces of at most this many bytes, the event read between them.
 _CANCEL_WRITE_BYTES = 64 << 10
 
 
 def _until_cancelled(
-    open_stream: Callable[[], httpcore.NetworkStream], cancel: CancelFlag
+    open_stream: Callable[[], httpcore.NetworkStream],
+    cancel: CancelFlag,
+    cut_short: Callable[[], None] | None = None,
 ) -> httpcore.NetworkStream:
     """`open_stream()` (a TCP connect or a TLS handshake: neither can be taken up again once cut
     short) on a daemon thread, waited for _CANCEL_POLL_S at a time: `_Stop` once `cancel` is
-    set. The thread then ends by its own timeout (or sooner: httpcore closes the connection's
-    socket, which ends a handshake) and closes any stream it opened after all."""
+    set, after calling `cut_short` (if given), which makes `open_stream` fail at once. Without
+    it (a TCP connect: its socket is not reachable from here) the thread ends by the connect's
+    own timeout; either way it closes any stream it opened after all."""
     result: list[httpcore.NetworkStream | BaseException] = []
     abandoned = False
     lock = threading.Lock()
@@ -1252,7 +1261,11 @@ def _until_cancelled(
             with lock:
                 if not result:
                     abandoned = True
-                    raise _Stop
+            if abandoned:
+                if cut_short is not None:
+                    with contextlib.suppress(Exception):
+                        cut_short()
+                raise _Stop
     got = result[0]
     if isinstance(got, BaseException):
         raise got
@@ -1297,21 +1310,60 @@ class _DeadlineStream(httpcore.NetworkStream):
         if cancel is None:
             _within(self._deadline, timeout, lambda t: self._inner.write(buffer, t))
             return
-        # In pieces, each sent whole: a write that timed out part-way cannot be tried again
+        sock = self._inner.get_extra_info("socket") if type(self._inner) is SyncStream else None
+        if isinstance(sock, socket.socket):
+            self._send_polled(sock, memoryview(buffer), timeout, cancel)
+            return
+        # Another stream: in pieces, each sent whole with the full `timeout` (as httpcore gives
+        # each send that makes progress). A write that timed out part-way cannot be tried again
         # (what was sent is unknown), but one stopped between pieces just ends the request
         # (httpcore closes the connection on any error).
-        end, view = _ends_at(timeout), memoryview(buffer)
+        view = memoryview(buffer)
         for at in range(0, len(view), _CANCEL_WRITE_BYTES):
+            if cancel.is_set():
+                raise _Stop
+            piece = bytes(view[at : at + _CANCEL_WRITE_BYTES])
+            _within(
+                self._deadline, timeout,
+                lambda t: self._inner.write(piece, t),  # noqa: B023 - called at once
+            )  # fmt: skip
+
+    def _send_polled(
+        self, sock: socket.socket, view: memoryview, timeout: float | None, cancel: CancelFlag
+    ) -> None:
+        """`view` sent on httpcore's own socket as its write would (each send that makes
+        progress has the whole `timeout`; the thread's deadline bounds all, `_within`), but no
+        send waits more than _CANCEL_POLL_S for room in the socket's buffer before the event is
+        looked at again, so a cancel ends a write whose peer stopped reading. A plain socket's
+        send that timed out sent nothing. A TLS socket sends one record at a time, and one that
+        timed out is sent again with the same bytes: OpenSSL's rule for retrying a write, which
+        keeps what it already wrote and sends the rest, so nothing is lost or sent twice."""
+        tls = isinstance(sock, ssl.SSLSocket)
+        piece = view
+
+        def send(t: float | None) -> int:
+            sock.settimeout(t)
+            try:
+                return sock.send(piece)
+            except TimeoutError:
+                raise httpcore.WriteTimeout("timed out") from None
+            except OSError as exc:  # as httpcore maps it
+                raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
+
+        end = _ends_at(timeout)
+        while view:
             if cancel.is_set():
                 raise _Stop
             left = end - _tick()
             if not left > 0:
                 raise httpcore.WriteTimeout("timed out")
-            piece = bytes(view[at : at + _CANCEL_WRITE_BYTES])
-            _within(
-                self._deadline, None if left == math.inf else left,
-                lambda t: self._inner.write(piece, t),  # noqa: B023 - called at once
-            )  # fmt: skip
+            piece = view[:_CANCEL_TLS_BYTES] if tls else view
+            try:
+                sent = _within(self._deadline, min(left, _CANCEL_POLL_S), send)
+            except httpcore.WriteTimeout:
+                continue
+            if sent > 0:
+                view, end = view[sent:], _ends_at(timeout)
 
     def close(self) -> None:
         self._inner.close()
@@ -1326,10 +1378,28 @@ class _DeadlineStream(httpcore.NetworkStream):
             return self._inner.start_tls(ssl_context, server_hostname, t)
 
         cancel = self._deadline.cancel
-        tls = _within(
-            self._deadline, timeout,
-            handshake if cancel is None else lambda t: _until_cancelled(lambda: handshake(t), cancel),
-        )  # fmt: skip
+        if cancel is None:
+            return _DeadlineStream(_within(self._deadline, timeout, handshake), self._deadline)
+        # httpcore does not close the TCP stream when start_tls raises (httpcore 1.0.9's
+        # `_connect`), and the handshake's thread would wait out its timeout: a cancel shuts the
+        # connection down through a duplicate of its socket (the handshake moves the socket's
+        # own descriptor to the TLS socket it makes), which ends the handshake at once; its
+        # failure closes the TLS socket (ssl's wrap_socket does). The duplicate is closed after.
+        sock = self._inner.get_extra_info("socket")
+        twin = sock.dup() if isinstance(sock, socket.socket) else None
+
+        def cut_short() -> None:
+            if twin is not None:
+                twin.shutdown(socket.SHUT_RDWR)
+
+        try:
+            tls = _within(
+                self._deadline, timeout,
+                lambda t: _until_cancelled(lambda: handshake(t), cancel, cut_short),
+            )  # fmt: skip
+        finally:
+            if twin is not None:
+                twin.close()
         return _DeadlineStream(tls, self._deadline)
 
     def get_extra_info(self, info: str) -> Any:
@@ -2145,6 +2215,8 @@ class Client:
             except httpx.TransportError as exc:
                 if isinstance(exc, _NEVER_SENT):
                     ex.maybe_taken = before
+                if cancel is not None and cancel.is_set():  # perhaps what cut the request
+                    raise _Stop from exc
                 if attempt == core.retries:
                     raise _unreachable(self._base, request, exc, attempt + 1) from exc
                 self._pause(_retry_pause(core.delay(attempt, None), deadline))
