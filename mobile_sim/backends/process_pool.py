@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import numbers
 import os
@@ -10,7 +11,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import ForkingPickler
@@ -149,6 +150,36 @@ def _send(conn: Connection, payload: bytes | memoryview) -> None:
         pass
 
 
+def _ignore_sigint() -> None:
+    """Make this worker deaf to SIGINT. A terminal's Ctrl-C goes to the whole foreground
+    process group, workers included: each printed a KeyboardInterrupt traceback before the
+    parent's own message. The parent handles the interrupt and closes the pool (its stop
+    message, or SIGKILL), so a worker has nothing to do on it. A "fork" worker starts with
+    SIGINT blocked (`_sigint_blocked`): one that arrived since is discarded here."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+
+
+@contextlib.contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread while a worker is started. A "fork" child inherits the
+    mask, so a Ctrl-C before it reaches `_ignore_sigint` waits, blocked, and is then
+    discarded. A "spawn" (or "forkserver") child does not: multiprocessing starts its
+    interpreter with an empty mask, so a Ctrl-C during that start-up (before
+    `_ignore_sigint`, while `start` says it is starting the workers) still reaches it. The
+    parent's own Ctrl-C is held only while `Process.start` runs, then delivered: not lost
+    (ignoring SIGINT in the parent instead, which exec would pass on, would lose it)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 def _worker_main(conn: Connection, inner: str, threads: int) -> None:
     """A worker's life: receive the context, build the model once, then train until told to stop.
 
@@ -157,6 +188,7 @@ def _worker_main(conn: Connection, inner: str, threads: int) -> None:
     delta is written into its slot of the output block, so no array crosses the pipe; only
     (slot, examples, loss) go back.
     """
+    _ignore_sigint()
     try:
         ctx: TrainContext = conn.recv()
         state = WorkerState(ctx, inner, threads)
@@ -311,7 +343,8 @@ class ProcessPoolBackend:
                     args=(child, self.inner, self.threads_per_worker),
                     daemon=True,
                 )
-                proc.start()
+                with _sigint_blocked():
+                    proc.start()
                 child.close()
                 self._procs.append(proc)
                 self._conns.append(parent)
