@@ -69,7 +69,7 @@ Wrappers (stages before the base):
   cosfilter[:min_cos=C,beta=B,max_drop=F]  drop reports with cosine <= C (default 0) to the server
                                    momentum of past aggregates (beta 0.5); if at least F (0.5)
                                    of a cohort would go, keep all and leave the momentum
-  anomaly[:max_norm=,norm_ratio=,min_cos=]   norm / cosine screening with rejection
+  anomaly[:max_norm=,norm_ratio=,min_cos=,max_drop=]  norm / cosine screening with rejection
   collusion[:tau=T,memory=R,hist=H,devices=M]  drop reports whose inverse-frequency-weighted
                                    cosine to another device's history exceeds T (0.3), and
                                    that device's reports for R rounds (30): backdoor defence
@@ -267,6 +267,7 @@ def _anomaly(p: _Params, inner: AggregatorFactory) -> AggregatorFactory:
         max_norm=p.opt_num("max_norm"),
         max_norm_ratio=p.opt_num("norm_ratio", "max_norm_ratio"),
         min_cosine=p.opt_num("min_cos", "min_cosine"),
+        max_drop=p.num("max_drop", default=0.5),
     )
 
 
