@@ -340,8 +340,10 @@ class AdminClient:
                 raise
             try:  # the coordinator rebuilds at most `reach` versions: the rest is done here
                 base = self._snapshot(task_id, reach, config, spec)
-            except AdminError:
-                raise exc from None  # why version `version` itself is gone
+            except AdminError as at_reach:
+                # Version `version`'s own reason, unless it only said to ask for `reach`
+                # (the cap's answer): then why `reach` is gone is why `version` is.
+                raise (at_reach if f"?version={reach}" in exc.body else exc) from None
         return self.rebuild(task_id, version, base.params, reach)
 
     def _snapshot(
