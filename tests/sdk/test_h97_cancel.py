@@ -505,15 +505,24 @@ def _secure_task(http: httpx.Client) -> int:
 def test_a_cancel_during_a_secure_round_drops_the_device_out_as_a_crash_would(
     served: tuple[str, httpx.Client], tmp_path: Path, after: str
 ) -> None:
-    # Prepare: device 0's cancel is set once its `after` stage upload is answered; the two
-    # others are cancelled once it has stopped, so nothing waits for a stage timeout.
+    # Prepare: a first round of all three devices, so that device 0 holds a residual the
+    # cancelled round must keep (or replace, once its masked input was sent). In the second
+    # round device 0's cancel is set once its `after` stage upload is answered; the two others
+    # are cancelled once it has stopped, so nothing waits for a stage timeout.
     url, http = served
     task_id = _secure_task(http)
     cancels = [threading.Event() for _ in range(3)]
+    armed = threading.Event()  # the second round
+    set_at: list[float] = []
 
     def cancel_after(request: httpx.Request, nxt: Any) -> httpx.Response:
         response: httpx.Response = nxt(request)
-        if request.method == "POST" and request.url.path.endswith(f"/stages/{after}"):
+        if (
+            armed.is_set()
+            and request.method == "POST"
+            and request.url.path.endswith(f"/stages/{after}")
+        ):
+            set_at.append(time.monotonic())
             cancels[0].set()
         return response
 
@@ -521,37 +530,51 @@ def test_a_cancel_during_a_secure_round_drops_the_device_out_as_a_crash_would(
         Client(url, str(tmp_path / f"d{i}"), mods=(Requests(cancel_after),) if i == 0 else ())
         for i in range(3)
     ]
-    runs = []
-    for device, cancel in zip(devices, cancels, strict=True):
+    for device in devices:
         device.register()
-        runs.append(
+
+    def participate_all(with_cancel: bool) -> list[tuple[threading.Thread, dict[str, Any]]]:
+        return [
             _in_thread(
                 lambda d=device, c=cancel: d.participate(
-                    SoftmaxTrainer(), X, Y, task_id=task_id, cancel=c
+                    SoftmaxTrainer(), X, Y, task_id=task_id, cancel=c if with_cancel else None
                 )
             )
-        )
+            for device, cancel in zip(devices, cancels, strict=True)
+        ]
+
+    for worker, out in participate_all(False):
+        worker.join(LONG)
+        assert out.get("value") is not None, out
+    before = _files(tmp_path / "d0")
+    assert any(n.startswith("residual") for n in before), before
     # Execute
+    armed.set()
+    runs = participate_all(True)
     runs[0][0].join(LONG)
+    others_set_at = time.monotonic()
     for cancel in cancels[1:]:
         cancel.set()
     for worker, _ in runs[1:]:
         worker.join(LONG)
     for device in devices:
         device.close()
-    # Assert: all stopped; device 0 left its residual and record as a crash there would
+    # Assert: all stopped, each within 1 s of its cancel (docs/devices.md); device 0 left its
+    # residual and record as a crash there would
     assert all(not worker.is_alive() for worker, _ in runs)
     err = runs[0][1]["error"]
     assert isinstance(err, ParticipationCancelled) and err.phase == "secure", err
+    assert runs[0][1]["ended"] - set_at[0] < 1.0
     names = sorted(p.name for p in (tmp_path / "d0").iterdir())
     records = [n for n in names if n.startswith("accepted-")]
-    if after == "advertise-keys":  # before the masked input: residual as before (none)
-        assert records == [] and not any(n.startswith("residual") for n in names)
+    if after == "advertise-keys":  # before the masked input: residual as before, byte for byte
+        assert records == [] and _files(tmp_path / "d0") == before, names
     else:  # the masked input was taken: its record waits for the round's outcome
         assert any(n.endswith(".json") for n in records), names
-        assert any(n.startswith("residual") for n in names), names  # what it did not send
+        assert _files(tmp_path / "d0") != before  # the residual now what it did not send
     for _, out in runs[1:]:  # the others, cancelled while they waited for device 0
         assert isinstance(out.get("error"), ParticipationCancelled), out
+        assert out["ended"] - others_set_at < 1.0
 
 
 def test_a_cancel_ends_a_connect_that_hangs(tmp_path: Path) -> None:

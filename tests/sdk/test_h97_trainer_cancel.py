@@ -96,7 +96,9 @@ def test_ort_device_run_round_cancelled_encodes_nothing(
     trainer = trainers["ort"]
     assert isinstance(trainer, OrtTrainer)
     device = OrtDevice(trainer, x, y, codec=CodecConfig(topk=0.1, bits=8), batch_size=10)
+    device.run_round(params, np.random.default_rng(1))  # a residual a cancel must not touch
     before = device.encoder.feedback.residual.copy()
+    assert np.any(before != 0)
     with pytest.raises(TrainingCancelled):
         device.run_round(params, np.random.default_rng(0), cancel=SetOnRead(3))
     assert np.array_equal(device.encoder.feedback.residual, before)
