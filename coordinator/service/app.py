@@ -32,6 +32,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from compression import (
     CodecConfig,
     CodecError,
+    DecodeLimits,
     ModelSpec,
     UpdateCodec,
     encode_snapshot,
@@ -137,6 +138,9 @@ def create_app(
     """
     metrics = Metrics()
     the_store = store if store is not None else Store(config.db_path)
+    # One older-version rebuild at a time: each decodes up to MAX_EXPORT_CHAIN frames in the
+    # default executor, which round closes share.
+    rebuild_lock = asyncio.Lock()
     coordinator = Coordinator(the_store, config, metrics)
     verifier = RequestVerifier(the_store, config.signature_window_s)
     register_limit = RateLimiter(
@@ -536,7 +540,7 @@ def create_app(
             # Refused before the body is read (set_initial_model checks again, under its own
             # read): a task's model is set once, and a body we will not use is not waited for.
             raise ApiError(409, Reason.INVALID_STATE, f"task {task_id} already has a model")
-        from compression import DecodeLimits, ModelSpec
+        from compression import ModelSpec
 
         spec = ModelSpec.from_json(row.config["spec"])
         cap = DecodeLimits().frame_cap(spec)
@@ -592,15 +596,16 @@ def create_app(
                 raise
             # A published version that is no longer the current one (the only 410 of a
             # snapshot request): rebuilt off the event loop, from the store alone.
-            body, headers = await asyncio.to_thread(
-                _older_version,
-                the_store,
-                task_id,
-                version,
-                rt.spec,
-                rt.config.downlink.to_config(),
-                exc,
-            )
+            async with rebuild_lock:
+                body, headers = await asyncio.to_thread(
+                    _older_version,
+                    the_store,
+                    task_id,
+                    version,
+                    rt.spec,
+                    rt.config.downlink.to_config(),
+                    exc,
+                )
         return Response(body, media_type=ContentType.OCTET_STREAM, headers=headers)
 
     @app.get(
@@ -718,8 +723,11 @@ def create_app(
 
 
 # Delta frames an older version's rebuild reads from the store at once (`_older_version`):
-# the rest of its chain, up to MAX_EXPORT_CHAIN frames, is not held in memory with them.
+# at most _REBUILD_PAGE of them, and no more than _REBUILD_BYTES of the largest legal frames
+# (a dense downlink's frame is the model's size); the rest of its chain, up to
+# MAX_EXPORT_CHAIN frames, is not held in memory with them.
 _REBUILD_PAGE = 64
+_REBUILD_BYTES = 64 << 20
 
 
 def _older_version(
@@ -771,9 +779,10 @@ def _older_version(
             f"coordinator get-model --version {version} --initial FILE)",
         )
     codec = UpdateCodec(spec, downlink)
+    page = max(1, min(_REBUILD_PAGE, _REBUILD_BYTES // DecodeLimits().frame_cap(spec)))
     at = 0
     while at < version:
-        to = min(version, at + _REBUILD_PAGE)
+        to = min(version, at + page)
         rows = store.chain(task_id, at, to)
         for v, frame in rows:
             if frame is None:  # emptied since the check above
