@@ -2564,8 +2564,9 @@ class Client:
         one minibatch step, any other is checked when it returns. A request on the client's own
         sockets stops within about 50 ms, wherever it is (host lookup, connect, TLS handshake,
         sending, waiting for or reading its answer: `_DeadlineStream`, `_until_cancelled`);
-        through another injected transport, when that returns. Set before the update is
-        encoded, the residual is
+        through another injected transport, when that returns. Giving `cancel` changes no
+        timeout, and a request that fails while it is set ends the call with
+        `ParticipationCancelled`. Set before the update is encoded, the residual is
         as before the round; set later, the upload stays pending and the next `participate`
         re-sends it. An upload answered before the cancel is seen is a round done: the
         `RoundReport` is returned (docs/devices.md, "Stopping when the OS says so")."""
