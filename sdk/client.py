@@ -223,19 +223,15 @@ class ModelIntegrityError(ClientError):
 # then: the name is the SDK's, like "bad_response").
 TASK_DONE = "task_done"
 
-# Refusals of a check-in naming a task that say the task runs no rounds for this device, now
-# or later: stopped by the operator or refused by this coordinator (409), or no such task (404).
-_TASK_OVER = frozenset({(409, Reason.TASK_REFUSED), (404, Reason.UNKNOWN_TASK)})
-
 
 class TaskEndedError(ClientError):
-    """The task a check-in named runs no more rounds for this device: stop asking for it.
+    """The task a check-in named runs no more rounds: stop asking for it.
 
-    `reason` says why: `TASK_DONE` ("task_done", `status` 200: the coordinator answered "end",
-    the task ran its rounds), "task_refused" (409: the operator stopped it, or this coordinator
-    refuses to run it; `detail` says which) or "unknown_task" (404: no such task). `task_id`
-    is the task named. `participate` raises it on the first such answer, without another
-    check-in; `check_in` raises it for the two refusals and returns an "end" answer.
+    The coordinator answered "end": the task ran its rounds, or the operator stopped it
+    (`detail` says which). `reason` is `TASK_DONE` ("task_done"), `status` 200, `task_id` the
+    task named. `participate` raises it on that answer, without another check-in; `check_in`
+    returns the answer. A 409 `task_refused` (a task this coordinator cannot run now, which
+    the operator may fix) or 404 `unknown_task` stays a plain `ClientError`: not final.
     """
 
     def __init__(self, status: int, reason: str, detail: str, task_id: int | None) -> None:
@@ -793,6 +789,9 @@ class _Core:
         for key in [k for k in self._participants if k[0] == a.task_id]:
             del self._participants[key]
         enc.set_config(a.codec.to_config())
+        # A task's `codec.error_feedback` false: each upload is the compressed delta alone
+        # (docs/privacy.md, item 5). Set every time, as the codec is: the encoder is cached.
+        enc.error_feedback = a.codec.error_feedback is not False
         return enc
 
     def encode(
@@ -807,6 +806,11 @@ class _Core:
         delta = (trained - params).astype(np.float32)
         rng = np.random.default_rng([a.seed, a.round_id, int(self.device_id[:12], 16), 2])
         frame, _ = enc.encode(delta, rng, float(num_examples))
+        if not enc.error_feedback:
+            # Cleared, not left unused: what it holds (an earlier task of this id's residual,
+            # an upload of this task refused or abandoned since) must never reach a later
+            # upload, and it is saved (zero) with the pending upload, in the same step.
+            enc.feedback.residual[:] = 0.0
         pending = PendingUpload(
             a.round_id, uuid.uuid4().hex, frame, spec.dense_bytes, spec, a.task_id
         )
@@ -1648,11 +1652,6 @@ def _parse(cls: type[Any], response: httpx.Response) -> Any:
 def _check_in_answer(
     core: _Core, ex: _Exchange, response: httpx.Response, task_id: int | None
 ) -> CheckInResponse:
-    if response.status_code != 200 and task_id is not None:
-        err = _refusal(response)
-        if (err.status, err.reason) in _TASK_OVER:
-            raise TaskEndedError(err.status, err.reason, err.detail, task_id)
-        raise err
     answer: CheckInResponse = _parse(CheckInResponse, response)
     # Before the rest is looked at: `round_outcome` answers `awaiting_round` whatever the
     # assignment. Refusing the whole answer first left the record unsettled for as long as the

@@ -1,6 +1,6 @@
 """`participate` ends at once, raising `sdk.client.TaskEndedError`, when the task it names runs
-no more rounds: done or stopped by the operator (the coordinator answers "end"), or unknown
-(404 `unknown_task`).
+no more rounds: done or stopped by the operator (the coordinator answers "end"). An unknown
+task (404 `unknown_task`) is a plain `ClientError`: not final.
 
 Before, a done or unknown task was answered "wait" like an idle check-in, so `participate`
 kept polling (a signed request every `idle_retry_s`) until its `max_wait_s`, and a stopped
@@ -88,17 +88,20 @@ def test_participate_on_a_done_task_raises_after_one_check_in(tmp_path: Path) ->
             assert device.last_check_in is not None and device.last_check_in.action == "end"
 
 
-def test_participate_on_an_unknown_task_raises_after_one_check_in(tmp_path: Path) -> None:
+def test_participate_on_an_unknown_task_raises_a_plain_client_error(tmp_path: Path) -> None:
+    # Not final (a task may yet be created, a database restored): a ClientError to act on,
+    # not a TaskEndedError telling the app to stop asking
     with _server(tmp_path) as url, httpx.Client(base_url=url) as http:
         task_id = create_task(http)
         count = CheckIns()
         with Client(url, str(tmp_path / "dev"), mods=(count,)) as device:
             device.register()
-            with pytest.raises(TaskEndedError) as caught:
+            with pytest.raises(ClientError) as caught:
                 device.participate(SoftmaxTrainer(), X, Y, task_id=task_id + 7, max_wait_s=10.0)
             assert len(count.sent) == 1
             err = caught.value
-            assert (err.status, err.reason, err.task_id) == (404, "unknown_task", task_id + 7)
+            assert not isinstance(err, TaskEndedError)
+            assert (err.status, err.reason) == (404, "unknown_task")
 
 
 def test_participate_waiting_on_a_task_that_is_stopped_ends_at_the_next_check_in(
@@ -154,11 +157,12 @@ def test_the_async_client_ends_the_same_way(tmp_path: Path) -> None:
                     await device.participate(
                         SoftmaxTrainer(), X, Y, task_id=task_id, max_wait_s=10.0
                     )
-                with pytest.raises(TaskEndedError) as unknown:
+                with pytest.raises(ClientError) as unknown:
                     await device.participate(
                         SoftmaxTrainer(), X, Y, task_id=task_id + 7, max_wait_s=10.0
                     )
                 assert unknown.value.reason == "unknown_task"
+                assert not isinstance(unknown.value, TaskEndedError)
                 return caught.value
 
         err = asyncio.run(run())
