@@ -710,6 +710,9 @@ def run_simulation(
     encoders: dict[str, UpdateEncoder] = {}
     rng_pool = RngPool()
     records: list[RoundRecord] = []
+    # The model of the last round in `records`: a round cut short after its close (while it
+    # is evaluated, say) has already changed the engine's. An abandoned round changes nothing.
+    last_params = engine.params.copy()
     bar = _progress(cfg.rounds, label or ("dense" if cfg.dense else "compressed"), progress)
     try:
         for _ in range(cfg.rounds):
@@ -865,13 +868,16 @@ def run_simulation(
                     # Main-task accuracy barely moves under a backdoor: this is its effect
                     # (None in a round that was not evaluated).
                     rec.measurements["attack"]["backdoor_accuracy"] = backdoor
+            params_now = engine.params.copy()
             records.append(rec)
+            last_params = params_now
             if on_round is not None:
                 on_round(rec)
             bar.update(rec)
     except KeyboardInterrupt as exc:
-        # The rounds that finished are kept; a round cut short leaves its downloads (and
-        # perhaps uploads) in the ledger, which the finished rounds' ledger leaves out.
+        # The rounds that finished are kept, with the model of the last of them; a round cut
+        # short leaves its downloads (and perhaps uploads) in the ledger, which the finished
+        # rounds' ledger leaves out.
         done = {r.round for r in records}
         ledger = BandwidthLedger(r for r in engine.ledger.rows() if r.round_id in done)
         partial = SimResult(
@@ -879,7 +885,7 @@ def run_simulation(
             records,
             ledger,
             spec.size,
-            engine.params.copy(),
+            last_params,
             label,
             started_at,
             partition=partition_stats(parts, data.y_train),

@@ -5,9 +5,11 @@ them. Interrupted deterministically: a KeyboardInterrupt raised inside a chosen 
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 import mobile_sim.secure as secure
@@ -40,11 +42,14 @@ def _ctrl_c_in_round(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
 def test_the_secure_runner_raises_run_interrupted_with_the_finished_rounds(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Prepare
-    _ctrl_c_in_round(monkeypatch, 2)
+    # Prepare: the model after round 1 of this config; Ctrl-C once round 2 has closed
     cfg = SimConfig(
         dataset="digits", model="digits_mlp", clients=8, per_round=4, rounds=3, local_epochs=1
     )
+    one = secure.run_secure_simulation(
+        replace(cfg, rounds=1), SecureConfig(coord_fraction=0.5), dropout=0.0, progress=False
+    )
+    _ctrl_c_in_round(monkeypatch, 2)
 
     # Execute
     with pytest.raises(KeyboardInterrupt) as info:
@@ -63,6 +68,7 @@ def test_the_secure_runner_raises_run_interrupted_with_the_finished_rounds(
     assert sum(r.payload_bytes for r in ups) == partial.records[0].bytes_up
     assert partial.secure is not None and partial.secure["dropout"] == 0.0
     assert partial.partition is not None
+    np.testing.assert_array_equal(partial.final_params, one.final_params)  # not round 2's
 
 
 def test_ctrl_c_in_a_secure_run_writes_its_finished_rounds(
