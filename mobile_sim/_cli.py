@@ -1351,7 +1351,7 @@ def _interrupted(
 
     `partial`: the runner's `SimResult` of the rounds that finished (`RunInterrupted`), which
     `_write_interrupted` then writes and the line's end names; None where the runner keeps
-    none (--secure, --transport http) or no round finished, and then nothing is written.
+    none (plain --transport http) or no round finished, and then nothing is written.
     """
     if partial is not None:
         done = len(partial.records)
