@@ -20,6 +20,7 @@ import inspect
 import ipaddress
 import json
 import math
+import os
 import re
 import socket
 import ssl
@@ -1311,10 +1312,18 @@ class _DeadlineStream(httpcore.NetworkStream):
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         cancel = self._deadline.cancel
-        if cancel is None:
+        sock = self._inner.get_extra_info("socket") if type(self._inner) is SyncStream else None
+        if cancel is None and not isinstance(sock, ssl.SSLSocket):
             _within(self._deadline, timeout, lambda t: self._inner.write(buffer, t))
             return
-        sock = self._inner.get_extra_info("socket") if type(self._inner) is SyncStream else None
+        if cancel is None:
+            # Python's SSL send gives `timeout` to the whole buffer (one deadline): a record
+            # at a time, so that each send that makes progress has the whole timeout, as a
+            # plain socket's sends have. (A timed-out piece ends the request: nothing to retry.)
+            for at in range(0, len(buffer), _CANCEL_TLS_BYTES):
+                piece = buffer[at : at + _CANCEL_TLS_BYTES]
+                _within(self._deadline, timeout, lambda t: self._inner.write(piece, t))  # noqa: B023
+            return
         if isinstance(sock, socket.socket):
             self._send_polled(sock, memoryview(buffer), timeout, cancel)
             return
@@ -1390,7 +1399,11 @@ class _DeadlineStream(httpcore.NetworkStream):
         # own descriptor to the TLS socket it makes), which ends the handshake at once; its
         # failure closes the TLS socket (ssl's wrap_socket does). The duplicate is closed after.
         sock = self._inner.get_extra_info("socket")
-        twin = sock.dup() if isinstance(sock, socket.socket) else None
+        twin: socket.socket | None = None
+        if isinstance(sock, socket.socket):
+            # SSLSocket.dup() refuses (TLS in TLS through an https proxy): dup the descriptor.
+            with contextlib.suppress(OSError):
+                twin = socket.socket(fileno=os.dup(sock.fileno()))
 
         def cut_short() -> None:
             if twin is not None:
