@@ -107,12 +107,6 @@ class CodecParams:
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
         return _omit_none_schema(cls, handler(source))
 
-    @property
-    def lossless(self) -> bool:
-        """Whether every upload decodes to exactly the delta (all coordinates, fp32): error
-        feedback then has nothing to carry."""
-        return self.topk == 1.0 and self.bits == 32
-
     def to_config(self) -> CodecConfig:
         """The codec config; raises `ValueError` for out-of-domain fields."""
         return CodecConfig(

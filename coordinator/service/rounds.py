@@ -432,10 +432,12 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
 def unproven_feedback_note(cfg: TaskConfig) -> str | None:
     """Why `cfg`'s accounted epsilon rests on an unproven assumption, or None: a `dp` stage
     that claims amplification by fixed-size sampling (population=N > sample=k) while devices
-    keep an error-feedback residual of a lossy upload codec (docs/privacy.md, item 5). Such a
+    keep an error-feedback residual (docs/privacy.md, item 5). A lossless upload codec is no
+    exception: an upload refused for good (a straggler's, an abandoned round's) goes back into
+    the residual and out with the device's next report. Such a
     task is not refused (existing configs and benchmarks use it); `create_task` logs this and
     `plume coordinator create-task` prints it. `cfg` must be valid (`validate_task`)."""
-    if cfg.secure is not None or cfg.codec.error_feedback is False or cfg.codec.lossless:
+    if cfg.secure is not None or cfg.codec.error_feedback is False:
         return None
     dp = find_dp(_aggregator(cfg.aggregator))
     population = amplified_population(dp)
@@ -444,7 +446,7 @@ def unproven_feedback_note(cfg: TaskConfig) -> str | None:
     return (
         f"its dp stage accounts epsilon with amplification by fixed-size sampling "
         f"(population={population} > sample={accounted_sample_size(dp)}) while its devices "
-        "keep an error-feedback residual of a lossy upload codec: a residual depends on which "
+        "keep an error-feedback residual: a residual depends on which "
         "rounds a device took part in, and no proof covers that path, so the accounted "
         "epsilon rests on an unproven assumption (docs/privacy.md, item 5); to remove it, "
         "turn the devices' error feedback off (codec.error_feedback false, create-task "

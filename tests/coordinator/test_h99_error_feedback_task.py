@@ -37,7 +37,8 @@ CASES: list[tuple[str, dict[str, Any], bool]] = [
     (AMPLIFIED, {"codec": CodecParams(topk=0.25, bits=8, error_feedback=True)}, True),
     (AMPLIFIED, {"codec": CodecParams(topk=1.0, bits=16)}, True),  # fp16 is lossy
     (AMPLIFIED, {"codec": CodecParams(topk=0.25, bits=8, error_feedback=False)}, False),
-    (AMPLIFIED, {"codec": CodecParams(topk=1.0, bits=32)}, False),  # lossless: no residual
+    # lossless too: an upload refused for good goes back into the residual (helper-105)
+    (AMPLIFIED, {"codec": CodecParams(topk=1.0, bits=32)}, True),
     (UNAMPLIFIED, {}, False),  # population=k,sample=k: participation is not hidden
     ("dp:clip=1,z=2.0+fedavg", {}, False),  # no epsilon claimed
     ("fedavg", {}, False),

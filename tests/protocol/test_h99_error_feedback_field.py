@@ -151,9 +151,3 @@ def test_the_openapi_schema_shows_the_field_as_an_optional_boolean() -> None:
     assert "error_feedback" not in schema["$defs"]["CodecParams"].get("required", [])
 
 
-def test_only_all_coordinates_in_fp32_are_lossless() -> None:
-    # Execute / Assert
-    assert CodecParams(topk=1.0, bits=32).lossless
-    assert not CodecParams(topk=1.0, bits=16).lossless
-    assert not CodecParams(topk=0.5, bits=32).lossless
-    assert not CodecParams().lossless
