@@ -127,6 +127,13 @@ def _list_reader(cls: type[T]) -> Callable[[Any], list[T]]:
     return read
 
 
+def _only_the_cap(exc: AdminError, reach: int) -> bool:
+    """Whether a 410 for an older version is the coordinator's "one export rebuilds at most
+    `reach` versions: ask for version `reach` (?version=`reach`) ..." (app.py), not a reason
+    of the version's own."""
+    return f"(?version={reach})" in exc.body
+
+
 class AdminError(RuntimeError):
     """An admin request that did not succeed: the coordinator refused it (`status` >= 400, and
     `body` its text, normally `{"reason", "detail"}` JSON), or answered something this client
@@ -343,7 +350,7 @@ class AdminClient:
             except AdminError as at_reach:
                 # Version `version`'s own reason, unless it only said to ask for `reach`
                 # (the cap's answer): then why `reach` is gone is why `version` is.
-                raise (at_reach if f"?version={reach}" in exc.body else exc) from None
+                raise (at_reach if _only_the_cap(exc, reach) else exc) from None
         return self.rebuild(task_id, version, base.params, reach)
 
     def _snapshot(

@@ -43,3 +43,22 @@ def test_past_the_cap_a_damaged_initial_model_is_named_not_the_cap(
     assert raised.value.status == 410
     assert "initial model" in raised.value.body and "version 0's digest" in raised.value.body
     assert "?version=2" not in raised.value.body
+
+
+def test_only_the_caps_own_answer_counts_as_the_cap() -> None:
+    # The cap's answer (app.py) against a pre-schema-4 task's answer for version 10240, whose
+    # text holds "?version=10240": not the cap's (helper-105's review of 293b44d)
+    cap = AdminError(
+        "GET", "/m", 410,
+        '{"reason":"version_gone","detail":"version 2000 of task 1 is 2000 versions from its '
+        'initial model, and one export rebuilds at most 1024: ask for version 1024 '
+        '(?version=1024) and apply to it the delta chain ?version=2000&base=1024"}',
+    )  # fmt: skip
+    own = AdminError(
+        "GET", "/m", 410,
+        '{"reason":"version_gone","detail":"... rebuild it from your copy of the initial '
+        'model with the delta chain ?version=10240&base=0 (plume coordinator get-model '
+        '--version 10240)"}',
+    )  # fmt: skip
+    assert admin_client._only_the_cap(cap, 1024)
+    assert not admin_client._only_the_cap(own, 1024)
