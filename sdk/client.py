@@ -37,7 +37,6 @@ import httpcore
 import httpx
 import numpy as np
 import numpy.typing as npt
-from httpcore._backends.sync import SyncStream
 
 from compression import (
     CodecConfig,
@@ -78,6 +77,16 @@ from .device_store import (
     PendingUpload,
 )
 from .secure import SecureParticipant, _check_settled
+
+# httpcore's own socket stream (private): writes on it poll a cancel event. On an httpcore
+# without it, a cancel is looked at between 64 KiB pieces instead.
+_SyncStream: type | None
+try:
+    from httpcore._backends.sync import SyncStream as _HttpcoreSyncStream
+
+    _SyncStream = _HttpcoreSyncStream
+except ImportError:
+    _SyncStream = None
 
 __all__ = [
     "Client",
@@ -1312,7 +1321,7 @@ class _DeadlineStream(httpcore.NetworkStream):
 
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         cancel = self._deadline.cancel
-        sock = self._inner.get_extra_info("socket") if type(self._inner) is SyncStream else None
+        sock = self._inner.get_extra_info("socket") if type(self._inner) is _SyncStream else None
         if cancel is None and not isinstance(sock, ssl.SSLSocket):
             _within(self._deadline, timeout, lambda t: self._inner.write(buffer, t))
             return

@@ -16,10 +16,12 @@ import threading
 from pathlib import Path
 
 import httpx
+import pytest
 from httpcore._backends.sync import SyncStream
 
 from coordinator.service import ServerThread, ServiceConfig
 from sdk import Client, RoundReport
+from sdk import client as client_module
 from sdk.client import _Deadline, _DeadlineStream
 from tests.coordinator.test_service_support import (
     ADMIN,
@@ -124,3 +126,23 @@ def test_a_cancellable_round_through_an_https_proxy_to_an_https_coordinator(
         assert isinstance(report, RoundReport) and report.num_examples > 0
     finally:
         listener.close()
+
+
+def test_without_httpcores_private_stream_a_cancellable_write_still_goes_through(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # As on an httpcore whose private SyncStream moved: the cancel is looked at between pieces
+    monkeypatch.setattr(client_module, "_SyncStream", None)
+    srv, cli, peer = _pair()
+    body, got = _body(256 << 10), []
+    reader = _drain(peer, len(body), got, 0.0)
+    deadline = _Deadline()
+    deadline.cancel = threading.Event()
+    try:
+        _DeadlineStream(SyncStream(cli), deadline).write(body, timeout=5)
+        reader.join(5)
+        assert b"".join(got) == body
+    finally:
+        cli.close()
+        peer.close()
+        srv.close()
