@@ -284,12 +284,14 @@ class RefusedTask:
 
     upload_cap: the largest upload frame of its model (bytes), so that an upload to one of its
     rounds is read and answered 409 `task_refused` rather than cut off as too large; None when
-    its stored spec does not parse either.
+    its stored spec does not parse either. state: its state as stored ("" when unreadable):
+    a done or stopped one runs no more rounds whatever this coordinator makes of its config.
     """
 
     task_id: int
     reason: str
     upload_cap: int | None
+    state: str = ""
 
     def error(self) -> ApiError:
         return ApiError(
@@ -1137,7 +1139,7 @@ class Coordinator:
             raw = None  # the store failing is what refused it: no cap to offer
         cap = _stored_upload_cap(raw[0]) if raw is not None else None
         reason = f"{type(exc).__name__}: {exc}"
-        self.refused[task_id] = RefusedTask(task_id, reason, cap)
+        self.refused[task_id] = RefusedTask(task_id, reason, cap, raw[1] if raw else "")
         self.metrics.tasks_refused.set(len(self.refused))
         log.error(
             "task %d in the store is refused and will not run (kept as stored; fix its config "
@@ -1759,9 +1761,13 @@ class Coordinator:
     ) -> CheckInResponse:
         """Assign a round or tell the device when to come back (pace steering). With
         `awaiting_round`, the answer carries that round's `upload_outcome` for the device."""
-        if task_id is not None and (refusal := self._not_running(task_id)) is not None:
+        over = self.refused.get(task_id) if task_id is not None else None
+        if over is not None and over.state in (TaskState.DONE, TaskState.STOPPED):
+            # Stored as over: final, whatever this coordinator makes of its config.
+            answer = self._end(over.task_id, f"is {over.state}: it runs no more rounds")
+        elif task_id is not None and (refusal := self._not_running(task_id)) is not None:
             raise refusal  # refused or unloaded: an operator may bring it back
-        if task_id is not None and task_id in self.stopped_tasks:
+        elif task_id is not None and task_id in self.stopped_tasks:
             # Final, as a done task is: the device stops checking in for it.
             answer = self._end(task_id, "was stopped by the operator; it runs no more rounds")
         else:
