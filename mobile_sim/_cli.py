@@ -822,6 +822,32 @@ def _command(args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
+def _unproven_dp_note(cfg: Any, secure: bool) -> str | None:
+    """The coordinator's create-task note for the same setting (docs/privacy.md, item 5): a
+    `dp` stage accounting amplification by fixed-size sampling (population > sample) while
+    the devices keep an error-feedback residual, whose accounted epsilon no proof covers.
+    None otherwise, and for an aggregator the coordinator's grammar does not build (your own)."""
+    if secure or cfg.dense or not cfg.error_feedback:
+        return None
+    from coordinator.aggregators import build_aggregator
+    from coordinator.aggregators._dp import accounted_sample_size, amplified_population, find_dp
+
+    try:
+        dp = find_dp(build_aggregator(cfg.aggregator))
+    except ValueError:
+        return None
+    population = amplified_population(dp)
+    if dp is None or population == 0:
+        return None
+    return (
+        f"the dp stage accounts epsilon with amplification by fixed-size sampling "
+        f"(population={population} > sample={accounted_sample_size(dp)}) while the devices "
+        "keep an error-feedback residual, which depends on the rounds a device took part in; "
+        "no proof covers that path, so the reported epsilon rests on an unproven assumption "
+        "(docs/privacy.md, item 5); --no-error-feedback removes it"
+    )
+
+
 def _without_credentials(value: str) -> str:
     """`value` with a URL's user and password left out (`http://u:p@host` -> `http://host`):
     rounds.json is shared with results, and a --coordinator URL may carry a secret."""
@@ -1195,6 +1221,8 @@ def _sim(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     try:
         cfg = config_from_args(args)
+        if (note := _unproven_dp_note(cfg, args.secure)) is not None:
+            print(f"{_PROG}: note: {note}", file=sys.stderr)
         first = "dense" if cfg.dense else ("secure" if args.secure else "compressed")
         runs = [(first, cfg)]
         if args.compare_dense and not cfg.dense:
