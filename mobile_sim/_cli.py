@@ -830,18 +830,17 @@ def _unproven_dp_note(cfg: Any, secure: bool) -> str | None:
     if secure or cfg.dense or not cfg.error_feedback:
         return None
     from coordinator.aggregators import build_aggregator
-    from coordinator.aggregators._dp import accounted_sample_size, amplified_population, find_dp
+    from coordinator.aggregators._dp import amplified_cohort
 
     try:
-        dp = find_dp(build_aggregator(cfg.aggregator))
+        cohort = amplified_cohort(build_aggregator(cfg.aggregator))
     except ValueError:
         return None
-    population = amplified_population(dp)
-    if dp is None or population == 0:
+    if cohort is None:
         return None
     return (
         f"the dp stage accounts epsilon with amplification by fixed-size sampling "
-        f"(population={population} > sample={accounted_sample_size(dp)}) while the devices "
+        f"(population={cohort[0]} > sample={cohort[1]}) while the devices "
         "keep an error-feedback residual, which depends on the rounds a device took part in; "
         "no proof covers that path, so the reported epsilon rests on an unproven assumption "
         "(docs/privacy.md, item 5); --no-error-feedback removes it"

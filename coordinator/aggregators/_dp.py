@@ -378,3 +378,15 @@ def amplified_population(dp: DPMean | None) -> int:
     if isinstance(s, FixedSizeSampling) and s.population > s.sample_size:
         return int(s.population)
     return 0
+
+
+def amplified_cohort(factory: object) -> tuple[int, int] | None:
+    """(population N, sample k) of the `dp` stage inside `factory` when it accounts epsilon
+    with amplification by fixed-size sampling (N > k), else None: the setting whose epsilon
+    rests on an unproven assumption while devices keep an error-feedback residual
+    (docs/privacy.md, item 5; the coordinator's create-task note and `plume sim`'s)."""
+    dp = find_dp(factory)
+    if dp is None or not (population := amplified_population(dp)):
+        return None
+    assert isinstance(dp.sampling, FixedSizeSampling)  # amplified_population checked it
+    return population, int(dp.sampling.sample_size)

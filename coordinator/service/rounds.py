@@ -57,7 +57,12 @@ from coordinator.aggregators import (
     decode_state,
     encode_state,
 )
-from coordinator.aggregators._dp import accounted_sample_size, amplified_population, find_dp
+from coordinator.aggregators._dp import (
+    accounted_sample_size,
+    amplified_cohort,
+    amplified_population,
+    find_dp,
+)
 from coordinator.anomaly import AnomalyFilter, AnomalyMetrics
 from coordinator.engine import (
     F32_MAX,
@@ -441,13 +446,11 @@ def unproven_feedback_note(cfg: TaskConfig) -> str | None:
     `plume coordinator create-task` prints it. `cfg` must be valid (`validate_task`)."""
     if cfg.secure is not None or cfg.codec.error_feedback is False:
         return None
-    dp = find_dp(_aggregator(cfg.aggregator))
-    population = amplified_population(dp)
-    if dp is None or population == 0:
+    if (cohort := amplified_cohort(_aggregator(cfg.aggregator))) is None:
         return None
     return (
         f"its dp stage accounts epsilon with amplification by fixed-size sampling "
-        f"(population={population} > sample={accounted_sample_size(dp)}) while its devices "
+        f"(population={cohort[0]} > sample={cohort[1]}) while its devices "
         "keep an error-feedback residual: a residual depends on which "
         "rounds a device took part in, and no proof covers that path, so the accounted "
         "epsilon rests on an unproven assumption (docs/privacy.md, item 5); to remove it, "
