@@ -540,7 +540,6 @@ def create_app(
             # Refused before the body is read (set_initial_model checks again, under its own
             # read): a task's model is set once, and a body we will not use is not waited for.
             raise ApiError(409, Reason.INVALID_STATE, f"task {task_id} already has a model")
-        from compression import ModelSpec
 
         spec = ModelSpec.from_json(row.config["spec"])
         cap = DecodeLimits().frame_cap(spec)
