@@ -1136,12 +1136,11 @@ def _model_mismatch(dataset: str, model: str | None) -> str | None:
     from sdk._cli import example_input_shape
 
     from .models import MODELS
-    from .runner import DEFAULT_MODEL, dataset_family
+    from .runner import default_model
 
     if model is not None and model not in MODELS:
         return f"unknown model {model!r} (--model); choose one of {', '.join(sorted(MODELS))}"
-    family = dataset_family(dataset)  # synthetic(1,1), synthetic_iid
-    natural = DEFAULT_MODEL.get(family)
+    natural = default_model(dataset)  # synthetic(1,1), synthetic_iid: their family's
     if model is None or natural is None or model == natural:
         return None
     try:

@@ -145,9 +145,9 @@ def run_title(run_dir: str | Path) -> str:
         return ""
     model = config.get("model")
     if not model:
-        from .runner import DEFAULT_MODEL  # the model `SimConfig.model_name` picked
+        from .runner import default_model  # the model `SimConfig.model_name` picked
 
-        model = DEFAULT_MODEL.get(str(config["dataset"]))
+        model = default_model(str(config["dataset"]))
     return f"{config['dataset']} / {model}" if model else ""
 
 

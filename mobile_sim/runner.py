@@ -69,6 +69,13 @@ def dataset_family(dataset: str) -> str:
     return re.split(r"[(_]", dataset, maxsplit=1)[0]
 
 
+def default_model(dataset: str) -> str | None:
+    """The model a run of `dataset` trains without --model (`SimConfig.model_name`): the name's
+    own `DEFAULT_MODEL` entry first (a registered dataset "my_data" has the family "my"), else
+    its family's; None when neither has one."""
+    return DEFAULT_MODEL.get(dataset) or DEFAULT_MODEL.get(dataset_family(dataset))
+
+
 # Backends whose jobs run in other processes, where a stuck worker can be stopped.
 _TIMED_BACKENDS = ("pool", "ray")
 
@@ -329,13 +336,9 @@ class SimConfig:
     def model_name(self) -> str:
         if self.model:
             return self.model
-        try:
-            # The name itself first: a registered dataset "my_data" has the family "my".
-            return DEFAULT_MODEL.get(self.dataset) or DEFAULT_MODEL[dataset_family(self.dataset)]
-        except KeyError:
-            raise ValueError(
-                f"no default model for dataset {self.dataset!r}; pass --model"
-            ) from None
+        if (name := default_model(self.dataset)) is None:
+            raise ValueError(f"no default model for dataset {self.dataset!r}; pass --model")
+        return name
 
     def codec(self) -> CodecConfig:
         if self.dense:

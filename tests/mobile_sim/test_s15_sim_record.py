@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import shlex
+from pathlib import Path
 
 import pytest
 
@@ -49,3 +51,21 @@ def test_an_http_run_records_the_partition_it_trained_on() -> None:
     # Assert
     assert result.partition == partition_stats(setup.parts, setup.data.y_train)
     assert result.partition is not None and result.partition["devices"] == 6
+
+
+@pytest.mark.parametrize(
+    ("dataset", "model"),
+    [("synthetic_iid", "synthetic_lr"), ("synthetic(1,1)", "synthetic_lr"), ("digits", "digits_mlp")],
+)
+def test_a_rebuilt_plot_is_titled_with_the_model_the_run_picked(
+    tmp_path: Path, dataset: str, model: str
+) -> None:
+    # A run without --model: the title `plume sim report` rebuilds names the model the run
+    # trained (SimConfig.model_name), a family's default included (helper-108's review)
+    from mobile_sim.report_extra import run_title
+
+    (tmp_path / "rounds.json").write_text(
+        json.dumps({"config": {"dataset": dataset, "model": None}, "rounds": []})
+    )
+    assert SimConfig(dataset=dataset).model_name == model
+    assert run_title(tmp_path) == f"{dataset} / {model}"
