@@ -460,6 +460,14 @@ class RunInterrupted(KeyboardInterrupt):
         )
         self.result = result
 
+    @classmethod
+    def of(cls, result: SimResult) -> RunInterrupted:
+        """`result` cut to its finished rounds: their ledger rows only (a round cut short may
+        have recorded downloads and uploads), marked `interrupted`."""
+        done = {r.round for r in result.records}
+        ledger = BandwidthLedger(row for row in result.ledger.rows() if row.round_id in done)
+        return cls(replace(result, ledger=ledger, interrupted=True))
+
 
 # Your own datasets: name -> loader(root, seed) -> FederatedData (a `NaturalData`, with
 # `train_groups`, also splits by its own users). `SimConfig(dataset=name)` then loads it, in
@@ -878,23 +886,19 @@ def run_simulation(
                 on_round(rec)
             bar.update(rec)
     except KeyboardInterrupt as exc:
-        # The rounds that finished are kept, with the model of the last of them; a round cut
-        # short leaves its downloads (and perhaps uploads) in the ledger, which the finished
-        # rounds' ledger leaves out.
-        done = {r.round for r in records}
-        ledger = BandwidthLedger(r for r in engine.ledger.rows() if r.round_id in done)
+        # The rounds that finished are kept, with the model of the last of them (a round cut
+        # short leaves its downloads, perhaps uploads, in the ledger: `of` leaves them out).
         partial = SimResult(
             cfg,
             records,
-            ledger,
+            engine.ledger,
             spec.size,
             last_params,
             label,
             started_at,
             partition=partition_stats(parts, data.y_train),
-            interrupted=True,
         )
-        raise RunInterrupted(partial) from exc
+        raise RunInterrupted.of(partial) from exc
     finally:
         bar.close()
         if own_backend:

@@ -533,19 +533,17 @@ def run_secure_simulation(
         # round cut short may have recorded uploads) and the model of the last of them: a
         # round cut short after its close (while it is evaluated, say) changed `coord.params`.
         # Over HTTP a round cut short may still commit on the service; it is not kept either.
-        done = {rec.round for rec in records}
-        raise RunInterrupted(
+        raise RunInterrupted.of(
             SimResult(
                 cfg,
                 records,
-                BandwidthLedger(row for row in ledger.rows() if row.round_id in done),
+                ledger,
                 d,
                 last_params,
                 label,
                 started_at,
                 _jsonable(_settings(secure, dropout)),
                 partition_stats(parts, data.y_train),
-                interrupted=True,
             )
         ) from exc
     finally:
