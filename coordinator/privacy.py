@@ -124,9 +124,7 @@ def pld_value_interval(noise_multiplier: float) -> float:
     return PLD_VALUE_INTERVAL * (PLD_FINE_Z / noise_multiplier) ** 2
 
 
-def _make_accountant(
-    sampling: Sampling, method: Method, noise_multiplier: float = PLD_FINE_Z
-) -> dp_accounting.PrivacyAccountant:
+def _make_accountant(sampling: Sampling, method: Method) -> dp_accounting.PrivacyAccountant:
     import dp_accounting
     from dp_accounting import pld, rdp
 
@@ -142,7 +140,7 @@ def _make_accountant(
             raise ValueError("dp_accounting's PLD accountant has no fixed-size sampling; use rdp")
         return pld.PLDAccountant(
             neighboring_relation=relation,
-            value_discretization_interval=pld_value_interval(noise_multiplier),
+            value_discretization_interval=PLD_VALUE_INTERVAL,
         )
     if chosen == "rdp":
         return rdp.RdpAccountant(neighboring_relation=relation)

@@ -1739,21 +1739,16 @@ class Coordinator:
         # A secure task's round (or a refused task's): its `dropped` list says it, so the row
         # is read, once per round like `_stored_round`'s (the same kept rounds), not at each
         # of its devices' check-ins. A row damaged in the store is not kept: `pending`.
-        kept = self._closed_rounds.get(round_id)
-        if kept is not None:
-            self._closed_rounds.move_to_end(round_id)
-        else:
-            try:
-                r = self.store.round(round_id)
-            except DamagedRow:
-                return UploadOutcome.PENDING
-            if r is None:
-                return UploadOutcome.UNKNOWN
-            kept = self._keep(r)
-            if kept is None:  # not closed after all (round_state said committed): as stored
-                kept = _ClosedRound(r, frozenset(r.selected))
-        if kept.row.measurements.get("secure"):
-            # The masked inputs in the sum: the selected devices not listed as dropped.
+        try:
+            r = self._stored_round(round_id)
+        except (DamagedRow, ApiError):  # a damaged row (`_raise_damaged`): not kept, pending
+            return UploadOutcome.PENDING
+        if r is None:
+            return UploadOutcome.UNKNOWN
+        if r.measurements.get("secure"):
+            # The masked inputs in the sum: the selected devices not listed as dropped. Not
+            # kept if not closed after all (round_state said committed): as stored.
+            kept = self._kept(r) or _ClosedRound(r, frozenset(r.selected))
             inside = kept.in_secure_sum(device_id)
         else:
             inside = self.store.has_update(round_id, device_id)
@@ -1846,8 +1841,8 @@ class Coordinator:
 
     def _task_done(self, task_id: int) -> bool:
         """Whether the task a check-in named, and found nothing to do in, is done; a 404
-        `unknown_task` when there is no such task. (Stopped and refused tasks were refused
-        before, by `refusal`.) The store is read only for a task with no runtime: one awaiting
+        `unknown_task` when there is no such task. (`check_in` has already answered stopped
+        tasks "end" and refused or unloaded ones with `_not_running`'s error.) The store is read only for a task with no runtime: one awaiting
         its model, or none."""
         rt = self.runtimes.get(task_id)
         if rt is not None:
