@@ -249,6 +249,15 @@ class TaskEndedError(ClientError):
         self.task_id = task_id
 
 
+def _next_wait(answer: CheckInResponse, task_id: int | None, min_poll_s: float) -> float:
+    """The wait before the next check-in after `answer` (no round to train): `TaskEndedError`
+    for "end"; else at least _MIN_POLL_S (a "wait 0" must not make the device spin) and the
+    app's `min_poll_s`."""
+    if answer.action == CheckInAction.END:
+        raise _ended(answer, task_id)
+    return max(answer.retry_after_s, _MIN_POLL_S, min_poll_s)
+
+
 def _ended(answer: CheckInResponse, task_id: int | None) -> TaskEndedError:
     """The error `participate` raises on a check-in answered "end"."""
     return TaskEndedError(200, TASK_DONE, answer.detail or "the task is done", task_id)
@@ -815,12 +824,9 @@ class _Core:
         enc = self.encoder(a, spec)
         delta = (trained - params).astype(np.float32)
         rng = np.random.default_rng([a.seed, a.round_id, int(self.device_id[:12], 16), 2])
+        # With error feedback off the encoder drops the residual (an earlier task of this id's,
+        # an upload of this task refused or abandoned since): saved zero with the pending upload.
         frame, _ = enc.encode(delta, rng, float(num_examples))
-        if not enc.error_feedback:
-            # Cleared, not left unused: what it holds (an earlier task of this id's residual,
-            # an upload of this task refused or abandoned since) must never reach a later
-            # upload, and it is saved (zero) with the pending upload, in the same step.
-            enc.feedback.residual[:] = 0.0
         pending = PendingUpload(
             a.round_id, uuid.uuid4().hex, frame, spec.dense_bytes, spec, a.task_id
         )
@@ -1495,11 +1501,12 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
+        cancel = self._deadline.cancel
+
         def dial(address: str) -> httpcore.NetworkStream:
             def connect(t: float | None) -> httpcore.NetworkStream:
                 return self._inner.connect_tcp(address, port, t, local_address, socket_options)
 
-            cancel = self._deadline.cancel
             return _within(
                 self._deadline, timeout,
                 connect if cancel is None else lambda t: _until_cancelled(lambda: connect(t), cancel),
@@ -1510,7 +1517,6 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         # The inner backend would look `host` up itself, unbounded (`_lookup`); it dials the
         # addresses instead, each in turn as `socket.create_connection` does. TLS still names
         # `host` (httpcore takes the server name from the request's URL), as does `Host`.
-        cancel = self._deadline.cancel
         addresses = _within(self._deadline, timeout, lambda t: _lookup(host, port, t, cancel))
         failed: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
         for address in addresses:
@@ -2291,8 +2297,9 @@ class Client:
 
     def check_in(self, task_id: int | None = None) -> CheckInResponse:
         """One check-in: "train" with an assignment, "wait" `retry_after_s` seconds, or "end"
-        (the task named is done; returned, not raised). A task named that is stopped, refused
-        or unknown raises `TaskEndedError`. An answer a device cannot act on (see
+        (the task named is done or stopped; returned, not raised). A task named that this
+        coordinator refuses or does not know is its `ClientError` (409 `task_refused`, 404
+        `unknown_task`). An answer a device cannot act on (see
         `protocol.messages.check_check_in`, or an assignment for another task than `task_id`)
         is a `ClientError` `bad_response`; such an answer, if it parses as a check-in answer,
         still settles its `round_outcome`."""
@@ -2559,8 +2566,8 @@ class Client:
         cancel: threading.Event | None = None,
     ) -> RoundReport | None:
         """Check in until assigned (sleeping as told), then train one round; None on timeout;
-        `TaskEndedError` at once when the task named runs no more rounds (done, stopped,
-        refused or unknown), with no further check-in.
+        `TaskEndedError` at once when the task named runs no more rounds (done or stopped),
+        with no further check-in.
 
         `max_wait_s` bounds the re-send of an upload an earlier run left pending (which comes
         first), the check-ins, their retries and the waits between them: a wait, a backoff or a
@@ -2624,10 +2631,7 @@ class Client:
                 if answer.assignment.secure:
                     return self.run_secure_round(answer.assignment, trainer, x, y)
                 return self.train_round(answer.assignment, trainer, x, y)
-            if answer.action == CheckInAction.END:
-                raise _ended(answer, task_id)
-            # At least _MIN_POLL_S: a "wait 0" answer must not make the device spin.
-            wait = max(answer.retry_after_s, _MIN_POLL_S, min_poll_s)
+            wait = _next_wait(answer, task_id, min_poll_s)
             if _tick() + wait > give_up:
                 return None
             try:
@@ -2953,9 +2957,7 @@ class AsyncClient:
                 if answer.assignment.secure:
                     return await self.run_secure_round(answer.assignment, trainer, x, y)
                 return await self.train_round(answer.assignment, trainer, x, y)
-            if answer.action == CheckInAction.END:
-                raise _ended(answer, task_id)
-            wait = max(answer.retry_after_s, _MIN_POLL_S, min_poll_s)  # as in Client.participate
+            wait = _next_wait(answer, task_id, min_poll_s)
             if _tick() + wait > give_up:
                 return None
             await asyncio.sleep(wait)

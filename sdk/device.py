@@ -82,7 +82,10 @@ class UpdateEncoder:
         if self.clip_norm is not None:
             d = clip_l2(d, self.clip_norm)
         if not self.error_feedback:
-            return self.codec.encode(d, rng, weight=weight)
+            out = self.codec.encode(d, rng, weight=weight)
+            if self._ef is not None:  # dropped, never carried into a later upload
+                self._ef.residual[:] = 0.0
+            return out
         with np.errstate(over="ignore", invalid="ignore"):  # `step` refuses a non-finite u
             u = d + self.feedback.residual
         out = self.feedback.step(d, self.codec, rng, weight=weight)
