@@ -1328,29 +1328,29 @@ class _DeadlineStream(httpcore.NetworkStream):
     def write(self, buffer: bytes, timeout: float | None = None) -> None:
         cancel = self._deadline.cancel
         sock = self._inner.get_extra_info("socket") if type(self._inner) is _SyncStream else None
-        if cancel is None and not isinstance(sock, ssl.SSLSocket):
-            _within(self._deadline, timeout, lambda t: self._inner.write(buffer, t))
-            return
-        if cancel is None:
-            # Python's SSL send gives `timeout` to the whole buffer (one deadline): a record
-            # at a time, so that each send that makes progress has the whole timeout, as a
-            # plain socket's sends have. (A timed-out piece ends the request: nothing to retry.)
-            for at in range(0, len(buffer), _CANCEL_TLS_BYTES):
-                piece = buffer[at : at + _CANCEL_TLS_BYTES]
-                _within(self._deadline, timeout, lambda t: self._inner.write(piece, t))  # noqa: B023
-            return
-        if isinstance(sock, socket.socket):
+        if cancel is not None and isinstance(sock, socket.socket):
             self._send_polled(sock, memoryview(buffer), timeout, cancel)
-            return
-        # Another stream: in pieces, each sent whole with the full `timeout` (as httpcore gives
-        # each send that makes progress). A write that timed out part-way cannot be tried again
-        # (what was sent is unknown), but one stopped between pieces just ends the request
-        # (httpcore closes the connection on any error).
+        elif cancel is None and not isinstance(sock, ssl.SSLSocket):
+            _within(self._deadline, timeout, lambda t: self._inner.write(buffer, t))
+        else:
+            # Python's SSL send gives `timeout` to the whole buffer (one deadline): a TLS
+            # record at a time. Another stream while cancellable: 64 KiB pieces, the event
+            # read between them.
+            size = _CANCEL_TLS_BYTES if cancel is None else _CANCEL_WRITE_BYTES
+            self._write_pieces(buffer, size, timeout, cancel)
+
+    def _write_pieces(
+        self, buffer: bytes, size: int, timeout: float | None, cancel: CancelFlag | None
+    ) -> None:
+        """`buffer` in pieces of at most `size` bytes, each sent whole with the full `timeout`
+        (as httpcore gives each send that makes progress); `_Stop` between pieces once `cancel`
+        is set. A piece that timed out part-way cannot be tried again (what was sent is
+        unknown): it ends the request (httpcore closes the connection on any error)."""
         view = memoryview(buffer)
-        for at in range(0, len(view), _CANCEL_WRITE_BYTES):
-            if cancel.is_set():
+        for at in range(0, len(view), size):
+            if cancel is not None and cancel.is_set():
                 raise _Stop
-            piece = bytes(view[at : at + _CANCEL_WRITE_BYTES])
+            piece = bytes(view[at : at + size])
             _within(
                 self._deadline, timeout,
                 lambda t: self._inner.write(piece, t),  # noqa: B023 - called at once
