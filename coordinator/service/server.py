@@ -6,8 +6,11 @@ import logging
 import signal
 import socket
 import ssl
+import sys
 import threading
 import time
+from collections.abc import Callable
+from pathlib import Path
 from types import TracebackType
 from typing import Any
 
@@ -18,6 +21,8 @@ from .rounds import ServiceConfig
 from .store import Store
 
 __all__ = ["ListenError", "serve", "ServerThread", "uvicorn_config"]
+
+log = logging.getLogger("plume.coordinator")
 
 
 def uvicorn_config(
@@ -71,11 +76,16 @@ def serve(
     Whether it stops or fails to start (a port in use, TLS files that do not load, a restore
     that fails), the store is closed before this returns or raises: its `<db>.lock` is
     released, so a later serve in the same process is not refused as another coordinator.
+
+    `log_level` is uvicorn's and, unless the process already handles `plume.coordinator`'s
+    records (a handler on it or on an ancestor, e.g. the root's), the coordinator's own: while
+    it serves, its lines go to stderr at that level, formatted as uvicorn's (`WARNING:  ...`).
     """
     try:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread: leave SIGTERM as it is
         previous = None
+    unlog = _log_coordinator(log_level)
     try:
         if tls_cert is not None:
             # As uvicorn will load them (an SSLError here rather than after the store opened).
@@ -85,7 +95,16 @@ def serve(
             store = Store(config.db_path, exclusive=True)
             try:
                 app = create_app(config, store=store)
-                app.state.coordinator.restore()
+                coordinator = app.state.coordinator
+                coordinator.restore()
+                loaded, refused = len(coordinator.runtimes), len(coordinator.refused)
+                log.info(
+                    "serving the database %s: %d task%s loaded, %d refused",
+                    Path(config.db_path).resolve(),
+                    loaded,
+                    "" if loaded == 1 else "s",
+                    refused,
+                )
                 server = uvicorn.Server(
                     uvicorn_config(
                         app, host, port, tls_cert=tls_cert, tls_key=tls_key, log_level=log_level
@@ -103,8 +122,33 @@ def serve(
     except _Terminated:  # a stop asked for: the database was closed on the way out
         return
     finally:
+        unlog()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _log_coordinator(log_level: str) -> Callable[[], None]:
+    """Show `plume.coordinator`'s records on stderr at `log_level`, in uvicorn's format, unless
+    something already handles them; returns what undoes it. Without a handler, its INFO
+    lines (a round opened, frames pruned) were never shown, and its warnings and errors went
+    through Python's last-resort handler: bare, and whatever the level."""
+    from uvicorn.config import LOG_LEVELS
+    from uvicorn.logging import DefaultFormatter
+
+    logger = logging.getLogger("plume.coordinator")
+    if logger.hasHandlers():
+        return lambda: None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(DefaultFormatter("%(levelprefix)s %(message)s"))
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(LOG_LEVELS[log_level])
+
+    def undo() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+    return undo
 
 
 class ListenError(SystemExit):

@@ -1,0 +1,78 @@
+"""`plume coordinator serve --log-level` governs the coordinator's own log lines
+(`plume.coordinator`), as its help and docs/operations.md say. Before, nothing configured that
+logger in the serve process: its INFO lines (a round opened, frames pruned, a task loaded
+again) were never shown at any level, and its warnings and errors reached stderr through
+Python's last-resort handler, bare (no level) and even under `--log-level critical`.
+A subprocess, as an operator runs it (uvicorn reconfigures the logging of its process)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from coordinator.service import AdminClient, ServerThread, ServiceConfig
+from protocol.messages import TaskConfig, TensorShape
+from tests.coordinator.test_service_support import free_port
+from tests.test_h74_operator import _plume, _wait_healthy
+
+ADMIN = "s3cret-h113"
+# A dp task accounted over a population of 50 devices: a coordinator whose pool holds fewer
+# (--max-checkin-rate x --pool-ttl / 2) warns at start that it may never open a round.
+DP_TASK = TaskConfig(
+    name="dp", model_name="tiny", spec=[TensorShape("w", [10])], rounds=1, clients_per_round=2,
+    over_selection=1.0, aggregator="dp:clip=1,z=1,population=50,sample=2,denom=2+fedavg",
+    codec={"topk": 1.0, "bits": 32, "error_feedback": False},
+)  # fmt: skip
+SHORT_POOL = ["--max-checkin-rate", "1", "--pool-ttl", "1"]
+
+
+@pytest.fixture(scope="module")
+def dp_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database holding DP_TASK, made by an in-process coordinator."""
+    db = tmp_path_factory.mktemp("h113log") / "dp.db"
+    with (
+        ServerThread(ServiceConfig(db_path=str(db), admin_token=ADMIN)) as url,
+        AdminClient(url, ADMIN) as admin,
+    ):
+        assert admin.create_task(DP_TASK, np.zeros(10, np.float32)) == 1
+    return db
+
+
+def _serve_then_stop(db: Path, *flags: str) -> str:
+    """stderr of `plume coordinator serve` on `db` with `flags`, stopped by SIGTERM once up."""
+    port = free_port()
+    cmd = [*_plume(), "coordinator", "serve", "--db", str(db), "--port", str(port), *flags]
+    env = {**os.environ, "PLUME_ADMIN_TOKEN": ADMIN, "PLUME_DEBUG": ""}
+    with subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    ) as proc:
+        try:
+            _wait_healthy(f"http://127.0.0.1:{port}", proc)
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    assert proc.returncode == 0, err
+    return err
+
+
+def test_the_coordinators_lines_are_shown_at_info_with_their_level(dp_db: Path) -> None:
+    err = _serve_then_stop(dp_db, *SHORT_POOL).splitlines()
+    # A warning, prefixed as uvicorn's lines are
+    warnings = [line for line in err if "may never open a round" in line]
+    assert len(warnings) == 1, err
+    assert warnings[0].startswith("WARNING:  task 1 may never open a round: "), err
+    # An INFO line: which database it serves (the absolute path) and what it loaded from it
+    assert f"INFO:     serving the database {dp_db.resolve()}: 1 task loaded, 0 refused" in err
+
+
+def test_log_level_error_silences_the_coordinators_warnings_and_info(dp_db: Path) -> None:
+    err = _serve_then_stop(dp_db, *SHORT_POOL, "--log-level", "error")
+    assert "may never open a round" not in err, err
+    assert "serving the database" not in err, err
