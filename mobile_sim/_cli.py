@@ -1246,7 +1246,7 @@ def _sim(args: argparse.Namespace) -> int:
             res = _run_one(c, args, label, rows)
         except KeyboardInterrupt as exc:
             clear()
-            partial = getattr(exc, "result", None)  # the in-process runner's RunInterrupted
+            partial = getattr(exc, "result", None)  # the runner's RunInterrupted
             text = _interrupted(rows.done, c.rounds, label, runs, out, partial)
             if partial is not None and partial.records:
                 text += _write_interrupted(partial, run_dir, args, out, [*results, partial])
@@ -1375,9 +1375,11 @@ def _interrupted(
     """The start of the line for a Ctrl-C during run `label`: how far it got and, with
     --compare-dense, where the runs that ended before it are.
 
-    `partial`: the runner's `SimResult` of the rounds that finished (`RunInterrupted`), which
-    `_write_interrupted` then writes and the line's end names; None where the runner keeps
-    none (plain --transport http) or no round finished, and then nothing is written.
+    `partial`: the runner's `SimResult` of the rounds that finished (`RunInterrupted`, which
+    every runner raises: in process, --secure, --transport http), which `_write_interrupted`
+    then writes and the line's end names; None where the Ctrl-C came before the runner had
+    anything to keep (loading the data, starting a coordinator) or from a runner that keeps
+    none, and then nothing is written.
     """
     if partial is not None:
         done = len(partial.records)

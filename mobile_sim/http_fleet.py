@@ -33,6 +33,7 @@ from protocol.names import CheckInAction, Reason
 from .partition import partition_stats
 from .runner import (
     RoundRecord,
+    RunInterrupted,
     SimConfig,
     SimResult,
     _jsonable,
@@ -94,6 +95,11 @@ def run_http_simulation(
     none), and settings only the in-process runner has raise `ValueError` rather than being
     ignored (attacks, ONNX devices, warm-up, clipping, `fleet="realistic"`, `deadline_s`, a
     backend other than sequential, `job_timeout_s`).
+
+    Ctrl-C raises `RunInterrupted` (a KeyboardInterrupt) with the rounds recorded before it,
+    their ledger rows and the model of the last of them, as `run_simulation` does. The
+    embedded coordinator is shut down; on one at `coordinator_url` the run's task is stopped
+    first (best effort), so that it does not wait for the gone fleet's check-ins for ever.
     """
     opts = options or HttpFleetOptions()
     inproc_only = [
@@ -122,7 +128,7 @@ def run_http_simulation(
             token = opts.admin_token or os.environ.get("PLUME_ADMIN_TOKEN")
             if not token:
                 raise ValueError("--coordinator needs an admin token ($PLUME_ADMIN_TOKEN)")
-            return _run(cfg, coordinator_url, token, tmp, progress, label, on_round, opts)
+            return _run(cfg, coordinator_url, token, tmp, progress, label, on_round, opts, True)
         from coordinator.service import ServerThread, ServiceConfig
 
         token = opts.admin_token or secrets.token_hex(16)
@@ -135,9 +141,10 @@ def run_http_simulation(
                 tick_s=0.02,
             )
         )
-        url = server.start()
         try:
-            return _run(cfg, url, token, tmp, progress, label, on_round, opts)
+            # Inside: a Ctrl-C while it starts stops it too (its thread starts first thing).
+            url = server.start()
+            return _run(cfg, url, token, tmp, progress, label, on_round, opts, False)
         finally:
             server.stop()
 
@@ -151,7 +158,10 @@ def _run(
     label: str,
     on_round: Callable[[RoundRecord], None] | None,
     opts: HttpFleetOptions,
+    external: bool,
 ) -> SimResult:
+    """The run against the coordinator at `url`; `external`: one that outlives the run (a
+    Ctrl-C then stops the run's task on it)."""
     import torch
 
     from coordinator.service import AdminClient
@@ -165,51 +175,99 @@ def _run(
     data, parts, model, spec = setup.data, setup.parts, setup.model, setup.spec
     started_at = setup.started_at
     task = _task_config(cfg, spec, label, opts)
-    with AdminClient(url, token) as admin:
-        task_id = admin.create_task(task, get_flat_params(model))
-        fleet = _Fleet(cfg, url, task_id, spec, tmp, parts, data, opts)
-        trainer = TorchTrainer(build_model(cfg.model_name, seed=cfg.seed), momentum=cfg.momentum)
-        # Before the devices start, as the in-process backends' start() does: otherwise round
-        # 1's wall s includes torch's first optimizer (importing torch._dynamo, 1.5-3 s).
-        say("warming up torch")
-        warm_torch()
-        eval_model = build_model(cfg.model_name, seed=cfg.seed)
-        records: list[RoundRecord] = []
-        bar = _progress(cfg.rounds, label or ("dense" if cfg.dense else "compressed"), progress)
-
-        def evaluate_version(params: npt.NDArray[np.float32]) -> tuple[float, float]:
-            return evaluate(eval_model, params, data.x_test, data.y_test)
-
-        def emit(rec: RoundRecord) -> None:
-            records.append(rec)
-            if on_round is not None:
-                on_round(rec)
-            bar.update(rec)
-
-        # Tiny per-device batches train fastest on one thread; more threads only spin against
-        # the coordinator's thread in this process.
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            final = asyncio.run(fleet.run(trainer, admin, evaluate_version, emit))
-        finally:
-            torch.set_num_threads(threads)
-            bar.close()
-        # Rows keyed by the task's round number (1..rounds), like the in-process ledger; the
-        # coordinator's round ids are global across its tasks.
-        ledger = BandwidthLedger()
-        for rec_round, seq in fleet.round_ids:
-            for row in admin.bandwidth(rec_round)["rows"]:
-                ledger.record(
-                    seq,
-                    row["device_id"],
-                    row["direction"],
-                    row["payload_bytes"],
-                    row["wire_bytes"],
-                    row["dense_bytes"],
-                )
+    initial = get_flat_params(model)
     partition = partition_stats(parts, data.y_train)
+    records: list[RoundRecord] = []
+    task_id = 0
+    fleet: _Fleet | None = None
+    with AdminClient(url, token) as admin:
+        try:
+            task_id = admin.create_task(task, initial)
+            fleet = _Fleet(cfg, url, task_id, spec, tmp, parts, data, opts)
+            trainer = TorchTrainer(
+                build_model(cfg.model_name, seed=cfg.seed), momentum=cfg.momentum
+            )
+            # Before the devices start, as the in-process backends' start() does: otherwise
+            # round 1's wall s includes torch's first optimizer (importing torch._dynamo,
+            # 1.5-3 s).
+            say("warming up torch")
+            warm_torch()
+            eval_model = build_model(cfg.model_name, seed=cfg.seed)
+            bar = _progress(cfg.rounds, label or ("dense" if cfg.dense else "compressed"), progress)
+
+            def evaluate_version(params: npt.NDArray[np.float32]) -> tuple[float, float]:
+                return evaluate(eval_model, params, data.x_test, data.y_test)
+
+            def emit(rec: RoundRecord) -> None:
+                records.append(rec)
+                if on_round is not None:
+                    on_round(rec)
+                bar.update(rec)
+
+            # Tiny per-device batches train fastest on one thread; more threads only spin
+            # against the coordinator's thread in this process.
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                # A Ctrl-C cancels the fleet (asyncio's SIGINT handler), which closes every
+                # client before asyncio.run raises KeyboardInterrupt.
+                final = asyncio.run(fleet.run(trainer, admin, evaluate_version, emit))
+            finally:
+                torch.set_num_threads(threads)
+                bar.close()
+            # Read again at the end, not only when each round was recorded: the coordinator
+            # writes an exchange's ledger row after its answer, so a round's last upload may
+            # land after the round closed. Rows keyed by the task's round number (1..rounds),
+            # like the in-process ledger; the coordinator's round ids are global across tasks.
+            ledger = BandwidthLedger()
+            for rec_round, seq in fleet.round_ids:
+                for row in admin.bandwidth(rec_round)["rows"]:
+                    _add_row(ledger, seq, row)
+        except KeyboardInterrupt as exc:
+            if external and task_id:
+                _stop_task(admin, task_id)
+            # The rounds recorded before it, with the ledger rows read as each was recorded
+            # (what its bytes count) and the model of the last of them.
+            last = fleet.last_params if fleet is not None else None
+            partial = SimResult(
+                cfg,
+                records,
+                fleet.ledger if fleet is not None else BandwidthLedger(),
+                spec.size,
+                last if last is not None else initial,
+                label,
+                started_at,
+                partition=partition,
+            )
+            raise RunInterrupted.of(partial) from exc
     return SimResult(cfg, records, ledger, spec.size, final, label, started_at, partition=partition)
+
+
+def _add_row(ledger: BandwidthLedger, seq: int, row: dict[str, Any]) -> None:
+    """One row of the coordinator's bandwidth answer, under the task's round number `seq`."""
+    ledger.record(
+        seq,
+        row["device_id"],
+        row["direction"],
+        row["payload_bytes"],
+        row["wire_bytes"],
+        row["dense_bytes"],
+    )
+
+
+def _stop_task(admin: Any, task_id: int) -> None:
+    """Stop an interrupted run's task on a coordinator that outlives the run: with no fleet
+    left, it would keep the task running, waiting for check-ins, for ever. Best effort: an
+    unreachable coordinator, a task already ended, or a second Ctrl-C leaves it as it is
+    (quietly: the run's one line about the interrupt is the one said)."""
+    import httpx
+
+    from coordinator.service import AdminError
+
+    try:
+        admin.stop(task_id)
+    except (AdminError, httpx.HTTPError, KeyboardInterrupt) as exc:
+        log.debug("could not stop task %d after the interrupt: %r", task_id, exc)
 
 
 def _task_config(cfg: SimConfig, spec: ModelSpec, label: str, opts: HttpFleetOptions) -> TaskConfig:
@@ -294,6 +352,10 @@ class _Fleet:
         self.opts = opts
         self.losses: dict[int, list[float]] = {}
         self.round_ids: list[tuple[int, int]] = []  # (coordinator round id, round number)
+        # The recorded rounds' ledger rows as read when each was recorded (what its record's
+        # bytes count), and the model of the last of them (None: no round changed it yet).
+        self.ledger = BandwidthLedger()
+        self.last_params: npt.NDArray[np.float32] | None = None
         # Requests that failed and were absorbed: "check_in" (retried), "round" (a dropout).
         self.failures: dict[str, int] = {}
         self.occupancy = _Occupancy(cfg.clients)
@@ -447,6 +509,10 @@ class _Fleet:
                 bw = await asyncio.to_thread(admin.bandwidth, r.round_id)
                 t = bw["totals"]
                 losses = self.losses.get(r.round_id, [])
+                for row in bw["rows"]:
+                    _add_row(self.ledger, r.seq, row)
+                if r.state == "committed":
+                    self.last_params = params
                 emit(
                     RoundRecord(
                         round=r.seq,
