@@ -568,6 +568,34 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _db_access_error(db_arg: str) -> str | None:
+    """Why this user cannot use the database's files (permissions), or None. Checked before
+    the store opens them: SQLite says only "unable to open database file", and a lock file
+    another user left was taken for a folder that is not writable."""
+    db = Path(db_arg).expanduser()
+    user = f"this user (uid {os.geteuid()})"
+    fix = "run serve as the user that owns the database's files, or give them to this one (chown)"
+    for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm"), Path(f"{db}.lock")):
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            continue
+        if not os.access(path, os.R_OK | os.W_OK):
+            return (
+                f"cannot use the database {db_arg}: {user} cannot read and write {path} "
+                f"(owned by uid {st.st_uid}, mode {st.st_mode & 0o7777:04o}); {fix}"
+            )
+    folder = db.resolve().parent
+    if not db.exists() and not os.access(folder, os.W_OK | os.X_OK):
+        st = folder.stat()
+        return (
+            f"cannot use the database {db_arg}: {user} cannot create files in its folder "
+            f"{folder} (owned by uid {st.st_uid}, mode {st.st_mode & 0o7777:04o}); make it "
+            "writable by this user, or pick a --db in a folder it may write"
+        )
+    return None
+
+
 def _listen_sentence(exc: Any) -> str:
     """The CLI's sentence for a `ListenError`: what to change, by the bind's error number."""
     host, port = exc.host, exc.port
@@ -610,6 +638,9 @@ def _serve(args: argparse.Namespace) -> int:
             "(create-task, status, pause, resume, stop, get-model) is off",
             file=sys.stderr,
         )
+    if (problem := _db_access_error(args.db)) is not None:
+        print_error(prog, problem)
+        return 1
     # A relative --db is relative to where serve starts: a coordinator started in another
     # folder gets a new, empty database (no tasks), which is worth a line before it serves.
     db = Path(args.db).expanduser().resolve()

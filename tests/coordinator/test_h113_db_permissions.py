@@ -1,0 +1,92 @@
+"""`plume coordinator serve` run as a user who may not read or write the database's files (a
+service user given a database root made, the commonest deployment slip) names the file, its
+owner and mode, and what to do. Before, a database file it could not open was SQLite's "unable
+to open database file", and a lock file left by another user was "cannot create its lock
+file ... (Permission denied); make its folder writable" when the folder was writable.
+
+Real file permissions, so the coordinator runs as another user: as `nobody` through `setpriv`
+when the tests run as root (root reads and writes any file), else as the test's own user with
+the files made unreadable to it."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from coordinator.service import Store
+from tests.test_h74_operator import _plume
+
+ROOT = os.geteuid() == 0
+if ROOT and shutil.which("setpriv") is None:
+    pytest.skip("needs setpriv to run the coordinator as another user", allow_module_level=True)
+NOBODY = 65534
+
+
+@pytest.fixture()
+def folder() -> Iterator[Path]:
+    """A folder the coordinator's user may write (pytest's tmp_path is private to root)."""
+    path = Path(tempfile.mkdtemp(prefix="plume-h113-"))
+    path.chmod(0o777)
+    yield path
+    shutil.rmtree(path)
+
+
+def _made_by_someone_else(path: Path, mode: int) -> None:
+    """`path` with `mode`, owned by a user the coordinator is not (as root: root, the
+    coordinator running as nobody); without root, a mode the test's own user cannot use."""
+    path.chmod(mode if ROOT else 0)
+
+
+def _serve(db: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [*_plume(), "coordinator", "serve", "--db", str(db), "--port", "0"]
+    if ROOT:
+        cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd]
+    return subprocess.run(
+        cmd, capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "PLUME_DEBUG": "", "PLUME_ADMIN_TOKEN": "t", "HOME": "/tmp"},
+    )  # fmt: skip
+
+
+def _error_line(done: subprocess.CompletedProcess[str]) -> str:
+    errors = [line for line in done.stderr.splitlines() if ": error: " in line]
+    assert done.returncode == 1 and len(errors) == 1, done.stderr
+    assert "Traceback" not in done.stderr
+    return errors[0]
+
+
+def test_a_database_file_it_may_not_read_is_named_with_owner_and_mode(folder: Path) -> None:
+    # Prepare: a database made by another user, readable only by them
+    db = folder / "plume.db"
+    Store(db).close()
+    _made_by_someone_else(db, 0o600)
+    before = db.read_bytes()
+    # Execute
+    line = _error_line(_serve(db))
+    # Assert
+    assert line.startswith(f"plume coordinator serve: error: cannot use the database {db}: "), line
+    assert f"this user (uid {NOBODY if ROOT else os.geteuid()}) cannot read and write {db}" in line
+    assert f"owned by uid {os.geteuid()}" in line and "mode 0" in line
+    assert "unable to open database file" not in line
+    assert db.read_bytes() == before
+
+
+def test_a_lock_file_of_another_user_is_named_not_the_folder(folder: Path) -> None:
+    # Prepare: a database the coordinator's user may use, but its lock file (left by a serve
+    # run as another user) it may not
+    db = folder / "plume.db"
+    Store(db, exclusive=True).close()
+    db.chmod(0o666)
+    lock = Path(f"{db}.lock")
+    assert lock.exists()
+    _made_by_someone_else(lock, 0o644)
+    # Execute
+    line = _error_line(_serve(db))
+    # Assert: the lock file is named, and the folder (writable) is not blamed
+    assert f"cannot read and write {lock}" in line, line
+    assert "make its folder writable" not in line
