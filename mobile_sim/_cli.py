@@ -1438,23 +1438,12 @@ def _write_interrupted(
 
 def _interrupted_plots(out: Path, results: list[Any]) -> list[Path]:
     """The plots of a completed run for `results`, drawn from these runs alone (a folder of
-    an earlier run beside them is not drawn into them)."""
-    from .report import plot_accuracy_vs_bytes
+    an earlier run beside them is not drawn into them), as `plume sim report` redraws them."""
+    from .report_extra import plot_runs
 
     runs = [(r.label or "run", [_as_dict(x) for x in r.records]) for r in results]
     cfg = results[0].config
-    paths = [
-        plot_accuracy_vs_bytes(
-            runs, out / "accuracy_vs_upload_bytes.png", title=f"{cfg.dataset} / {cfg.model_name}"
-        )
-    ]
-    try:
-        from . import report_extra
-    except ImportError:
-        return paths
-    paths.append(report_extra.plot_bytes_per_round(runs, out / "bytes_per_round.png"))
-    paths.append(report_extra.plot_round_durations(runs, out / "round_durations.png"))
-    return paths
+    return plot_runs(runs, out, title=f"{cfg.dataset} / {cfg.model_name}")
 
 
 def _stopped_early(result: Any) -> str:
@@ -1495,21 +1484,16 @@ def _report(args: argparse.Namespace) -> int:
             f"`plume sim report RUN_DIR` takes no run flags (got {', '.join(given)}): it redraws "
             "the plots from RUN_DIR's rounds.json alone"
         )
-    from .report_extra import (
-        RunDirError,
-        compare_table,
-        interrupted_notes,
-        load_runs,
-        rebuild_run_dir,
-    )
+    from .report_extra import RunDirError, compare_table, plot_runs, read_run_dir
 
     try:
-        paths = rebuild_run_dir(args.run_dir)
+        found = read_run_dir(args.run_dir)  # each rounds.json read once, before any drawing
     except RunDirError as exc:  # missing folder, no rounds.json, or a corrupt one
         return _fail(f"{exc}; RUN_DIR must be the --out folder of a `plume sim` run")
+    paths = plot_runs(found.runs, found.root, found.title)
     print("rebuilt " + ", ".join(str(p) for p in paths))
     print()
-    print(compare_table(load_runs(args.run_dir)))
-    for note in interrupted_notes(args.run_dir):
+    print(compare_table(found.runs))
+    for note in found.notes:
         print(note)
     return 0

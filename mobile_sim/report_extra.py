@@ -1,7 +1,8 @@
-"""Extra run plots: bytes per round (up and down) and the distribution of round durations.
+"""A run's plots, and reading them back: bytes per round (up and down), the distribution of
+round durations, and `plot_runs`, which draws those two and the accuracy plot.
 
-Both are rebuilt from a finished run's ``rounds.json`` files (``plume sim report RUN_DIR``), so
-they need nothing but the run folder.
+``plume sim`` draws them from its runs; ``plume sim report RUN_DIR`` redraws them from the run
+folder's ``rounds.json`` files alone (`read_run_dir`, each file parsed once).
 """
 
 from __future__ import annotations
@@ -9,14 +10,18 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "RunDir",
     "RunDirError",
     "RunDirNotFound",
+    "read_run_dir",
+    "plot_runs",
     "load_runs",
     "run_title",
     "plot_bytes_per_round",
@@ -113,18 +118,34 @@ def _read_doc(path: Path) -> dict[str, Any]:
     return doc
 
 
-def load_runs(run_dir: str | Path) -> list[Run]:
-    """(label, rounds) for ``RUN_DIR/rounds.json`` or, without it, every subfolder's run:
-    ``RUN_DIR/SUB/rounds.json`` or ``RUN_DIR/SUB/*/rounds.json`` (when a reused folder has a
-    top file and subfolders, the newer: the run that wrote there last). A run in a subfolder
-    is labelled by its path below RUN_DIR, one at the top by the label it ran under.
+@dataclass(frozen=True)
+class RunDir:
+    """A run folder as ``plume sim report`` reads it (`read_run_dir`).
+
+    runs: (label, rounds) of each run, in the plots' order (`load_runs`).
+    title: the accuracy plot's title ``plume sim`` gave it (`run_title`).
+    notes: one line per run that Ctrl-C stopped (`interrupted_notes`).
+    """
+
+    root: Path
+    runs: list[Run]
+    title: str
+    notes: list[str]
+
+
+def read_run_dir(run_dir: str | Path) -> RunDir:
+    """``RUN_DIR/rounds.json`` or, without it, every subfolder's run: ``RUN_DIR/SUB/rounds.json``
+    or ``RUN_DIR/SUB/*/rounds.json`` (when a reused folder has a top file and subfolders, the
+    newer: the run that wrote there last), each file read and checked once. A run in a
+    subfolder is labelled by its path below RUN_DIR, one at the top by the label it ran under.
 
     Runs are in folder-name order, except that a run labelled ``dense`` (the baseline that
     ``plume sim --compare-dense`` adds after the main run) comes last, as in the run itself.
     Raises `RunDirError` naming the file when the folder has no run or a file is not a run's.
     """
-    runs: list[Run] = []
     root = Path(run_dir)
+    found: list[tuple[str, list[dict[str, Any]], Any]] = []  # label, rounds, summary
+    title: str | None = None
     for path in _run_files(root):
         doc = _read_doc(path)
         rounds = doc.get("rounds")
@@ -132,15 +153,25 @@ def load_runs(run_dir: str | Path) -> list[Run]:
             raise RunDirError(f"{path}: no 'rounds' list of objects")
         for r in rounds:
             _check_round(path, r)
-        runs.append((_label(root, path, doc), rounds))
+        if title is None:  # the first run in folder order: the one `plume sim` titled by
+            title = _title(doc.get("config"))
+        found.append((_label(root, path, doc), rounds, doc.get("summary")))
     # stable: folder order otherwise
-    return sorted(runs, key=lambda run: run[0].rsplit("/", 1)[-1] == "dense")
+    found.sort(key=lambda run: run[0].rsplit("/", 1)[-1] == "dense")
+    return RunDir(
+        root,
+        [(label, rounds) for label, rounds, _ in found],
+        title or "",
+        [note for label, _, summary in found if (note := _interrupted_note(label, summary))],
+    )
 
 
-def run_title(run_dir: str | Path) -> str:
-    """The accuracy plot's title that ``plume sim`` gave the run: "dataset / model"; "" when
-    the run's config does not say."""
-    config = _read_doc(_run_files(Path(run_dir))[0]).get("config")
+def load_runs(run_dir: str | Path) -> list[Run]:
+    """(label, rounds) of every run in `run_dir`, in the plots' order (`read_run_dir`)."""
+    return read_run_dir(run_dir).runs
+
+
+def _title(config: Any) -> str:
     if not isinstance(config, dict) or not config.get("dataset"):
         return ""
     model = config.get("model")
@@ -149,6 +180,12 @@ def run_title(run_dir: str | Path) -> str:
 
         model = default_model(str(config["dataset"]))
     return f"{config['dataset']} / {model}" if model else ""
+
+
+def run_title(run_dir: str | Path) -> str:
+    """The accuracy plot's title that ``plume sim`` gave the run: "dataset / model"; "" when
+    the run's config does not say."""
+    return read_run_dir(run_dir).title
 
 
 def _pyplot() -> Any:
@@ -256,14 +293,32 @@ def _save(fig: Any, plt: Any, path: str | Path) -> Path:
     return p
 
 
-def plot_run_dir(run_dir: str | Path) -> list[Path]:
-    """Write ``bytes_per_round.png`` and ``round_durations.png`` into `run_dir`."""
-    root = Path(run_dir)
-    runs = load_runs(root)
+def plot_runs(runs: Sequence[Run], out: str | Path, title: str = "") -> list[Path]:
+    """Every plot of `runs` into the folder `out`: ``accuracy_vs_upload_bytes.png`` (titled
+    `title`), ``bytes_per_round.png`` and ``round_durations.png``; the paths written.
+
+    How ``plume sim report`` (`rebuild_run_dir`) redraws them and ``plume sim`` draws an
+    interrupted run's, so that a redraw is the run's bytes. (A completed run draws the
+    accuracy plot from its runs and the other two with `plot_run_dir` from its folder: the
+    same functions on the same rounds.)"""
+    from .report import plot_accuracy_vs_bytes
+
+    root = Path(out)
+    accuracy = plot_accuracy_vs_bytes(runs, root / "accuracy_vs_upload_bytes.png", title)
+    return [accuracy, *_plot_extras(runs, root)]
+
+
+def _plot_extras(runs: Sequence[Run], root: Path) -> list[Path]:
     return [
         plot_bytes_per_round(runs, root / "bytes_per_round.png"),
         plot_round_durations(runs, root / "round_durations.png"),
     ]
+
+
+def plot_run_dir(run_dir: str | Path) -> list[Path]:
+    """Write ``bytes_per_round.png`` and ``round_durations.png`` into `run_dir`, from its runs."""
+    root = Path(run_dir)
+    return _plot_extras(load_runs(root), root)
 
 
 def compare_table(runs: Sequence[Run]) -> str:
@@ -289,35 +344,24 @@ def interrupted_notes(run_dir: str | Path) -> list[str]:
     """One line per run in `run_dir` that Ctrl-C stopped (its rounds.json summary has
     `"interrupted": true`), in the plots' order: how far it got, and that its figures are
     those of its last finished round, not of a completed run."""
-    root = Path(run_dir)
-    notes: list[tuple[str, str]] = []
-    for path in _run_files(root):
-        doc = _read_doc(path)
-        summary = doc.get("summary")
-        if not isinstance(summary, dict) or summary.get("interrupted") is not True:
-            continue
-        label = _label(root, path, doc)
-        done, planned = summary.get("rounds"), summary.get("rounds_planned")
-        of = f" of {planned}" if isinstance(planned, int) else ""
-        notes.append(
-            (
-                label,
-                f"{label}: interrupted after {done}{of} rounds; its figures stop at round {done}, "
-                "the last that finished",
-            )
-        )
-    return [text for _, text in sorted(notes, key=lambda n: n[0].rsplit("/", 1)[-1] == "dense")]
+    return read_run_dir(run_dir).notes
+
+
+def _interrupted_note(label: str, summary: Any) -> str | None:
+    if not isinstance(summary, dict) or summary.get("interrupted") is not True:
+        return None
+    done, planned = summary.get("rounds"), summary.get("rounds_planned")
+    of = f" of {planned}" if isinstance(planned, int) else ""
+    return (
+        f"{label}: interrupted after {done}{of} rounds; its figures stop at round {done}, "
+        "the last that finished"
+    )
 
 
 def rebuild_run_dir(run_dir: str | Path) -> list[Path]:
     """Every plot of a finished run, from its ``rounds.json`` files alone, byte for byte as
-    ``plume sim`` wrote them: ``accuracy_vs_upload_bytes.png`` (same runs, order and title),
-    ``bytes_per_round.png`` and ``round_durations.png``. The CSV and JSON are left as they are.
-    Raises `RunDirError` for a missing or unreadable run folder, before writing anything."""
-    from .report import plot_accuracy_vs_bytes
-
-    root = Path(run_dir)
-    runs = load_runs(root)
-    title = run_title(root)
-    accuracy = plot_accuracy_vs_bytes(runs, root / "accuracy_vs_upload_bytes.png", title)
-    return [accuracy, *plot_run_dir(root)]
+    ``plume sim`` wrote them (`plot_runs`: same runs, order and title). The CSV and JSON are
+    left as they are. Raises `RunDirError` for a missing or unreadable run folder, before
+    writing anything."""
+    found = read_run_dir(run_dir)
+    return plot_runs(found.runs, found.root, found.title)
