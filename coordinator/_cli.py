@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import errno
 import json
 import math
 import os
 import re
 import sqlite3
+import stat
 import sys
 import tempfile
 from collections.abc import Callable
@@ -29,6 +31,7 @@ examples:
   plume coordinator serve --db plume.db --host 127.0.0.1 --port 8080 --admin-token s3cret
   plume coordinator serve --db plume.db --host 0.0.0.0 --port 8443 \\
       --tls-cert cert.pem --tls-key key.pem
+  plume coordinator serve --config /etc/plume/coordinator.toml
   plume coordinator create-task --url http://127.0.0.1:8080 --admin-token s3cret \\
       --model mlp --rounds 20 --clients-per-round 10 --topk 0.01 --bits 4
   plume coordinator create-task --url http://127.0.0.1:8080 --admin-token s3cret \\
@@ -176,8 +179,25 @@ def register(sub: Any) -> None:
         help="serve the coordinator until interrupted",
         description="Serve the coordinator's HTTP API until Ctrl-C (or SIGTERM).",
         epilog=(
-            "example:\n  plume coordinator serve --db plume.db --port 8080 --admin-token s3cret\n"
+            "examples:\n  plume coordinator serve --db plume.db --port 8080 --admin-token s3cret\n"
+            "  plume coordinator serve --config /etc/plume/coordinator.toml --port 8081\n\n"
+            "A --config file is TOML, one key per flag, named as the flag without its dashes:\n"
+            '  db = "/var/lib/plume/plume.db"\n'
+            "  port = 8080\n"
+            "  keep-frames = 50\n"
+            "Relative paths in it (db, tls-cert, tls-key) are relative to its folder.\n"
         ),
+    )
+    # Each option notes that it was given, so --config fills only what the command line
+    # left out (a flag given with its default value included).
+    s.register("action", None, _Given)  # what add_argument takes without action=
+    s.add_argument(
+        "--config",
+        default=None,
+        metavar="TOML",
+        help="read these flags from a TOML file (keys: the flags without their dashes, e.g. "
+        "db, port, admin-token, keep-frames); a flag given on the command line wins over the "
+        "file, and the file over the defaults and $PLUME_ADMIN_TOKEN",
     )
     s.add_argument(
         "--db",
@@ -273,7 +293,7 @@ def register(sub: Any) -> None:
         choices=_LOG_LEVELS,
         help="uvicorn and plume.coordinator logging",
     )
-    s.set_defaults(func=_serve)
+    s.set_defaults(func=_serve, _serve_parser=s)
 
     def admin_args(q: argparse.ArgumentParser) -> None:
         q.add_argument(
@@ -530,6 +550,94 @@ def register(sub: Any) -> None:
     m.set_defaults(func=_get_model)
 
 
+class _Given(argparse._StoreAction):
+    """argparse's `store`, also noting in `namespace._given` that the option was given."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: str | None = None,
+    ) -> None:
+        super().__call__(parser, namespace, values, option_string)
+        namespace._given = getattr(namespace, "_given", frozenset()) | {self.dest}
+
+
+# serve options naming a file: relative in a --config file, relative to the file's folder.
+_CONFIG_PATHS = ("db", "tls_cert", "tls_key")
+
+
+def _apply_config(args: argparse.Namespace) -> str | None:
+    """Set the serve options the command line left out from the `--config` TOML file (keys:
+    the flags without their dashes, `_` or `-` alike), each value checked as its flag checks
+    it; a relative path in it is relative to the file's folder. What is wrong with the
+    file, or None."""
+    import tomllib
+
+    where = f"--config {args.config}"
+    path = Path(args.config).expanduser()
+    try:
+        with path.open("rb") as f:
+            doc = tomllib.load(f)
+    except FileNotFoundError:
+        return f"{where}: no such file"
+    except IsADirectoryError:
+        return f"{where}: is a folder; give the TOML file"
+    except OSError as exc:
+        return f"{where}: cannot read it ({exc.strerror or exc})"
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        return f"{where}: it is not TOML ({exc})"
+    parser: argparse.ArgumentParser = args._serve_parser
+    actions = {
+        option[2:]: action
+        for action in parser._actions
+        for option in action.option_strings
+        if option.startswith("--") and action.dest not in ("help", "config")
+    }
+    values: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            return f"{where}: [{key}] is a table; write the keys at the top of the file"
+        name = key.replace("_", "-")
+        action = actions.get(name)
+        if action is None:
+            close = difflib.get_close_matches(name, list(actions), n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            return (
+                f"{where}: unknown key {key!r}{hint}; its keys are serve's flags without their "
+                f"dashes: {', '.join(actions)}"
+            )
+        shown = str(value).lower() if isinstance(value, bool) else repr(value)
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            return f"{where}: {key} = {shown}: give a string or a number"
+        try:
+            converted = action.type(str(value)) if callable(action.type) else str(value)
+        except argparse.ArgumentTypeError as exc:
+            return f"{where}: {key} = {shown}: {exc}"
+        except (TypeError, ValueError):
+            kind = getattr(action.type, "__name__", "value")
+            return f"{where}: {key} = {shown}: expected a{'n' if kind == 'int' else ''} {kind}"
+        if action.choices is not None and converted not in action.choices:
+            return f"{where}: {key} = {shown}: choose one of {', '.join(action.choices)}"
+        if action.dest in _CONFIG_PATHS and not Path(str(converted)).expanduser().is_absolute():
+            # As the file says, wherever serve starts (systemd starts it in /).
+            converted = str(path.parent / str(converted))
+        values[action.dest] = converted
+    given: frozenset[str] = getattr(args, "_given", frozenset())
+    for dest, converted in values.items():
+        if dest not in given:  # the command line wins
+            setattr(args, dest, converted)
+    mode = path.stat().st_mode
+    if "admin_token" in values and mode & (stat.S_IRGRP | stat.S_IROTH):
+        print(
+            f"plume coordinator serve: note: {where} holds the admin token and other users "
+            f"may read it (mode {mode & 0o7777:04o}); chmod 600 {args.config}",
+            file=sys.stderr,
+        )
+    return None
+
+
 def _serve_usage_error(args: argparse.Namespace) -> str | None:
     """What is wrong with the serve flags (checked before the database is opened), or None."""
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -621,7 +729,8 @@ def _serve(args: argparse.Namespace) -> int:
     from .service.store import StoreError
 
     prog = "plume coordinator serve"
-    problem = _serve_usage_error(args)
+    problem = _apply_config(args) if args.config is not None else None
+    problem = problem or _serve_usage_error(args)
     if problem is not None:
         print_error(prog, problem)
         return 2
