@@ -723,7 +723,9 @@ def run_simulation(
     records: list[RoundRecord] = []
     # The model of the last round in `records`: a round cut short after its close (while it
     # is evaluated, say) has already changed the engine's. An abandoned round changes nothing.
-    last_params = engine.params.copy()
+    # Held, not copied: the engine publishes each round's model as a new array, and nothing
+    # changes one in place (tests/mobile_sim/test_h112_last_params.py).
+    last_params = engine.params
     bar = _progress(cfg.rounds, label or ("dense" if cfg.dense else "compressed"), progress)
     try:
         for _ in range(cfg.rounds):
@@ -879,7 +881,7 @@ def run_simulation(
                     # Main-task accuracy barely moves under a backdoor: this is its effect
                     # (None in a round that was not evaluated).
                     rec.measurements["attack"]["backdoor_accuracy"] = backdoor
-            params_now = engine.params.copy()
+            params_now = engine.params
             records.append(rec)
             last_params = params_now
             if on_round is not None:
