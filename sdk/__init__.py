@@ -16,8 +16,10 @@ if TYPE_CHECKING:
         SecureRoundReport,
         TaskEndedError,
     )
+    from .device_store import AppDirInUse
 
 __all__ = [
+    "AppDirInUse",
     "AsyncClient",
     "Client",
     "ClientError",
@@ -35,6 +37,7 @@ __all__ = [
 # Each name is loaded from its module on first use: the coordinator client imports httpx and
 # the others numpy, so `import sdk` (as `plume --help` does, for `plume export`) imports neither.
 _MODULE_OF = {
+    "AppDirInUse": ".device_store",
     "AsyncClient": ".client",
     "Client": ".client",
     "ClientError": ".client",

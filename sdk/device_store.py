@@ -38,6 +38,9 @@ carries the trailer of its task, so a crash-interrupted step finishes into that 
 one without a trailer (an older SDK's, or of an upload or record that names no task) belongs to
 the legacy residual. pending.json and accepted-<r>.json name their task (`task_id`), absent in
 files an older SDK wrote.
+
+While a `DeviceStore` is open its process holds an exclusive `flock` on the directory itself
+(no lock file): another process's store on it raises `AppDirInUse` (see `_lock`).
 """
 
 from __future__ import annotations
@@ -47,8 +50,15 @@ import json
 import os
 import re
 import stat
+import threading
+import weakref
 from pathlib import Path
 from typing import Any, NamedTuple
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock, and the SDK supports POSIX systems only
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 import numpy.typing as npt
@@ -58,6 +68,7 @@ from protocol import auth
 
 __all__ = [
     "AcceptedUpload",
+    "AppDirInUse",
     "DeviceStore",
     "DeviceStoreError",
     "PendingUpload",
@@ -120,6 +131,22 @@ _EF_HEADER = 16  # ErrorFeedback.to_bytes's header; its bytes 8..12 hold the sca
 
 class DeviceStoreError(ValueError):
     """A file in the app directory is corrupt, foreign or unsafe (named in the message)."""
+
+
+class AppDirInUse(RuntimeError):
+    """Another process holds the app directory `path` (its `DeviceStore`, or a `Client` on it,
+    is open there). `pid` is the holder's process id where the OS tells it (Linux's
+    /proc/locks), else None. Not a `DeviceStoreError`: nothing in the directory is wrong, so an app
+    must not repair or clear it on this error; try again once the other process is done."""
+
+    def __init__(self, path: Path, pid: int | None) -> None:
+        self.path = path
+        self.pid = pid
+        holder = "another process" if pid is None else f"process {pid}"
+        super().__init__(
+            f"{path} is in use by {holder}: one process at a time may use an app directory "
+            "(close that process's Client, or give each process its own app_dir)"
+        )
 
 
 class _Trailer(NamedTuple):
@@ -503,25 +530,166 @@ def _count(meta: dict[str, Any], name: str, path: Path, default: int | None = No
     return value
 
 
+# `DeviceStore` holds an exclusive `flock` on the app directory itself while open, so two
+# processes (an app and its background worker) never use one app directory at once: both would
+# act as the same device, each spending the same residual on an upload of its own and
+# overwriting the other's pending upload. The directory, not a lock file in it: nothing is
+# added to the layout, and no file can be removed, replaced by a symlink or left behind.
+class _Hold:
+    """This process's flock on one app directory, shared by every `DeviceStore` the process
+    has open on it (`users`): a flock belongs to an open file, so a second open of the
+    directory in this process would be refused by the first's lock."""
+
+    __slots__ = ("fd", "key", "pid", "users")
+
+    def __init__(self, fd: int, key: tuple[int, int]) -> None:
+        self.fd = fd
+        self.key = key  # the directory's (st_dev, st_ino): the same directory by any path
+        self.pid = os.getpid()
+        self.users = 1
+
+    def here(self) -> bool:
+        """Whether this process holds the lock through this hold (False once released, and
+        in a forked child: the child does not inherit it)."""
+        return self.users > 0 and self.pid == os.getpid()
+
+
+_HOLDS: dict[tuple[int, int], _Hold] = {}
+_HOLDS_GUARD = threading.Lock()
+
+
+def _forget_holds_in_child() -> None:
+    # A forked child closes its copies of the locked directories' descriptors: the parent's
+    # lock then ends when the parent lets it go, not when the last child exits, and the child's
+    # own `DeviceStore` on a directory is refused while the parent holds it. The stores the
+    # child inherited refuse to be used (`DeviceStore.root`).
+    global _HOLDS_GUARD
+    _HOLDS_GUARD = threading.Lock()  # another thread may have held it at the fork
+    for hold in _HOLDS.values():
+        try:
+            os.close(hold.fd)
+        except OSError:
+            pass
+    _HOLDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_holds_in_child)
+
+
+def _holder_pid(st: os.stat_result) -> int | None:
+    """The pid of the process holding a flock on the file `st` describes, as Linux's
+    /proc/locks names it; None elsewhere or if it cannot be told (for the message only)."""
+    want = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as f:
+            lines = f.read(1 << 20).splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        # "1: FLOCK  ADVISORY  WRITE 1234 fd:01:5678 0 EOF"; a waiter's line has "->".
+        fields = line.split()
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[5] == want:
+            return int(fields[4]) if fields[4].isdigit() else None
+    return None
+
+
+def _lock(root: Path) -> _Hold:
+    """Take the app directory's lock for this process (or share this process's hold on it);
+    `AppDirInUse` at once if another process holds it."""
+    if fcntl is None:
+        raise NotImplementedError(
+            f"{root}: the app directory is locked with fcntl.flock, which this platform lacks; "
+            "the device SDK runs on POSIX systems (Linux, Android, macOS, iOS), not Windows"
+        )
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        key = (st.st_dev, st.st_ino)
+        with _HOLDS_GUARD:
+            hold = _HOLDS.get(key)
+            if hold is not None:
+                hold.users += 1
+                return hold  # `fd` is closed below: that ends no flock (it is another open file)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise AppDirInUse(root, _holder_pid(st)) from None
+            hold = _HOLDS[key] = _Hold(fd, key)
+            fd = -1  # the hold owns it now
+            return hold
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def _unlock(hold: _Hold) -> None:
+    """One `DeviceStore` lets go of `hold`; the last one in this process closes the
+    directory's descriptor, which ends the flock (the kernel also ends it when the process
+    dies)."""
+    with _HOLDS_GUARD:
+        if not hold.here():
+            return
+        hold.users -= 1
+        if hold.users:
+            return
+        if _HOLDS.get(hold.key) is hold:
+            del _HOLDS[hold.key]
+        os.close(hold.fd)
+
+
 class DeviceStore:
-    """Files under `app_dir` (created if missing). One process per directory."""
+    """Files under `app_dir` (created if missing), locked for this process while the store is
+    open: another process's `DeviceStore` (or `Client`) on the same directory raises
+    `AppDirInUse` until `close()` (or the end of a `with` block, or this process's exit).
+    Stores a process opens on one directory share its lock: it is released when the last of
+    them closes or is garbage-collected."""
 
     def __init__(self, app_dir: str | os.PathLike[str]) -> None:
-        self.root = Path(app_dir).expanduser()
+        self._root = Path(app_dir).expanduser()
         try:
-            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
             # A regular file (or one on the way) at the path: the store's error, naming it.
             raise DeviceStoreError(
-                f"{self.root} cannot be the app directory: {exc.strerror or exc} "
-                f"({exc.filename or self.root})"
+                f"{self._root} cannot be the app directory: {exc.strerror or exc} "
+                f"({exc.filename or self._root})"
             ) from exc
         self._narrow_root()
-        # Finish what a crash interrupted, and move an older SDK's single accepted record to
-        # the accepted-<r>.* files, before anything is read.
-        self._drop_temp_files()
-        self._recover()
-        self._evict_residuals(None)  # one more than the bound, if a crash cut an eviction
+        # Locked before anything is read or repaired: the recovery below must not run while
+        # another process is between two writes.
+        self._hold = _lock(self._root)
+        self._release = weakref.finalize(self, _unlock, self._hold)
+        try:
+            # Finish what a crash interrupted, and move an older SDK's single accepted record
+            # to the accepted-<r>.* files, before anything is read.
+            self._drop_temp_files()
+            self._recover()
+            self._evict_residuals(None)  # one more than the bound, if a crash cut an eviction
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def root(self) -> Path:
+        """The app directory. `ValueError` once the store is closed, or in a child process
+        forked from the one that opened it (the lock is not the child's)."""
+        if not self._hold.here():
+            raise ValueError(
+                f"{self._root}: this DeviceStore is closed"
+                + ("" if self._hold.pid == os.getpid() else " (opened before a fork)")
+            )
+        return self._root
+
+    def close(self) -> None:
+        """Release this store's share of the lock (idempotent); it cannot be used after."""
+        self._release()
+
+    def __enter__(self) -> DeviceStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def _narrow_root(self) -> None:
         """Make an existing app directory that others may read, enter or write owner-only
@@ -531,21 +699,22 @@ class DeviceStore:
         whose mode cannot be changed. No-op where the OS has no POSIX owners (Windows)."""
         if not hasattr(os, "geteuid"):
             return
-        st = os.stat(self.root)  # the directory a symlinked app_dir names
+        root = self._root  # not yet locked: `root` is readable once the lock is held
+        st = os.stat(root)  # the directory a symlinked app_dir names
         mode = stat.S_IMODE(st.st_mode)
         if not mode & 0o077:
             return
         if st.st_uid != os.geteuid():
             raise DeviceStoreError(
-                f"{self.root} cannot be the app directory: it is mode {mode:04o} (open to other "
+                f"{root} cannot be the app directory: it is mode {mode:04o} (open to other "
                 f"users) and owned by uid {st.st_uid}, not by this process's uid "
                 f"{os.geteuid()}, so it is not narrowed to 0700; use a directory this user owns"
             )
         try:
-            os.chmod(self.root, mode & ~0o077)
+            os.chmod(root, mode & ~0o077)
         except OSError as exc:
             raise DeviceStoreError(
-                f"{self.root} cannot be the app directory: it is mode {mode:04o} (open to other "
+                f"{root} cannot be the app directory: it is mode {mode:04o} (open to other "
                 f"users) and could not be narrowed to 0700: {exc.strerror or exc}"
             ) from exc
 
