@@ -95,6 +95,9 @@ __all__ = [
     "ModelIntegrityError",
     "TaskEndedError",
     "TASK_DONE",
+    "SdkUnsupportedError",
+    "SDK_UNSUPPORTED",
+    "FEATURES",
     "ParticipationCancelled",
     "CANCELLED",
     "RoundReport",
@@ -261,6 +264,30 @@ def _next_wait(answer: CheckInResponse, task_id: int | None, min_poll_s: float) 
 def _ended(answer: CheckInResponse, task_id: int | None) -> TaskEndedError:
     """The error `participate` raises on a check-in answered "end"."""
     return TaskEndedError(200, TASK_DONE, answer.detail or "the task is done", task_id)
+
+
+# What this SDK honours, declared in every check-in's `features` (docs/http-api.md, "What the
+# device's SDK honours"): a coordinator gives a task that needs a feature only to devices that
+# declare it. `error_feedback_off`: an assignment's `codec.error_feedback` false is honoured
+# (each upload the compressed delta alone, no residual kept: `_Core.encoder`). To move into
+# `protocol.names` with the coordinator's copy (`coordinator.service.rounds`).
+FEATURES = ("error_feedback_off",)
+# The `reason` of a check-in naming a task that needs a feature this SDK does not declare.
+SDK_UNSUPPORTED = "sdk_unsupported"
+
+
+class SdkUnsupportedError(ClientError):
+    """The task a check-in named needs something this SDK does not do: update the app's SDK.
+
+    The coordinator's 409 `sdk_unsupported` (`reason` `SDK_UNSUPPORTED`); `detail` names the
+    feature the task needs (one this SDK does not list in `FEATURES`, from a newer
+    coordinator) and `task_id` the task named. `check_in` and `participate` raise it and check
+    in no more: asking again, this SDK is refused again. Other tasks are not affected.
+    """
+
+    def __init__(self, status: int, reason: str, detail: str, task_id: int | None) -> None:
+        super().__init__(status, reason, detail)
+        self.task_id = task_id
 
 
 # `ParticipationCancelled.reason` (no request was refused: the name is the SDK's).
@@ -631,6 +658,9 @@ class _Core:
         awaiting = self.awaiting_round()
         if awaiting is not None:
             parts.append(f'"awaiting_round":{awaiting}')
+        # In the signed body, not a header (headers are not signed). A coordinator before
+        # `features` ignores the key, as it ignores any it does not know.
+        parts.append('"features":[' + ",".join(f'"{f}"' for f in FEATURES) + "]")
         body = ("{" + ",".join(parts) + "}").encode()
         return _Exchange(
             "POST", Path.CHECK_IN, 0, body, headers={"content-type": "application/json"},
@@ -1680,6 +1710,11 @@ def _parse(cls: type[Any], response: httpx.Response) -> Any:
 def _check_in_answer(
     core: _Core, ex: _Exchange, response: httpx.Response, task_id: int | None
 ) -> CheckInResponse:
+    if response.status_code != 200:
+        err = _refusal(response)
+        if err.reason == SDK_UNSUPPORTED:
+            raise SdkUnsupportedError(err.status, err.reason, err.detail, task_id)
+        raise err
     answer: CheckInResponse = _parse(CheckInResponse, response)
     # Before the rest is looked at: `round_outcome` answers `awaiting_round` whatever the
     # assignment. Refusing the whole answer first left the record unsettled for as long as the
@@ -2299,7 +2334,9 @@ class Client:
         """One check-in: "train" with an assignment, "wait" `retry_after_s` seconds, or "end"
         (the task named is done or stopped; returned, not raised). A task named that this
         coordinator refuses or does not know is its `ClientError` (409 `task_refused`, 404
-        `unknown_task`). An answer a device cannot act on (see
+        `unknown_task`); one that needs a feature this SDK does not honour is
+        `SdkUnsupportedError` (409 `sdk_unsupported`: update the SDK). An answer a device
+        cannot act on (see
         `protocol.messages.check_check_in`, or an assignment for another task than `task_id`)
         is a `ClientError` `bad_response`; such an answer, if it parses as a check-in answer,
         still settles its `round_outcome`."""
@@ -2567,7 +2604,8 @@ class Client:
     ) -> RoundReport | None:
         """Check in until assigned (sleeping as told), then train one round; None on timeout;
         `TaskEndedError` at once when the task named runs no more rounds (done or stopped),
-        with no further check-in.
+        and `SdkUnsupportedError` when it needs a feature this SDK does not honour, with no
+        further check-in.
 
         `max_wait_s` bounds the re-send of an upload an earlier run left pending (which comes
         first), the check-ins, their retries and the waits between them: a wait, a backoff or a

@@ -12,7 +12,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import json
 import logging
 import re
 import sqlite3
@@ -370,20 +369,24 @@ def create_app(
         fields: pauth.SignedFields = Depends(device),  # noqa: B008
     ) -> Response:
         """A task assignment, or `wait` with `retry_after_s` (pace steering); with
-        `awaiting_round`, also what became of the device's accepted upload in that round."""
+        `awaiting_round`, also what became of the device's accepted upload in that round.
+        `features` lists what the device's SDK honours: a task that needs one it does not list
+        is not given to it (409 `sdk_unsupported` when named)."""
         awaiting = task_id = None
-        if body.awaiting_round is not None or body.task_id is not None:
-            # Strictly, from the JSON as sent: the model's lax parsing would take "7", 7.0 or
-            # true for a round or task id.
-            try:
-                raw = json.loads(await request.body())
-                if body.task_id is not None:
-                    task_id = check_task_id(raw.get("task_id"))
-                if body.awaiting_round is not None:
-                    awaiting = check_awaiting_round(raw.get("awaiting_round"))
-            except ValueError as exc:  # MessageError; JSON the model's parser took is JSON
-                raise ApiError(422, Reason.VALIDATION, str(exc)) from None
-        answer = coordinator.check_in(fields.device_id, task_id, awaiting)
+        # Strictly, from the JSON as sent: the model's lax parsing would take "7", 7.0 or true
+        # for a round or task id. The object FastAPI parsed for `body` (Starlette keeps it):
+        # not parsed again. `features` is read from it too: `CheckInRequest` does not name it,
+        # and a coordinator before it ignored the key (so a newer SDK works against it).
+        raw = await request.json()
+        try:
+            if body.task_id is not None:
+                task_id = check_task_id(raw.get("task_id"))
+            if body.awaiting_round is not None:
+                awaiting = check_awaiting_round(raw.get("awaiting_round"))
+            features = rounds.check_features(raw.get("features"))
+        except ValueError as exc:  # MessageError; JSON the model's parser took is JSON
+            raise ApiError(422, Reason.VALIDATION, str(exc)) from None
+        answer = coordinator.check_in(fields.device_id, task_id, awaiting, features)
         att: Attribution = getattr(request.state, STATE_KEY)
         if answer.assignment is not None:
             att.round_id = answer.assignment.round_id

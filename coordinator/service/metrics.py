@@ -83,6 +83,15 @@ class Metrics:
         )
         self.rounds = Counter("plume_rounds", "Rounds closed, by outcome", ["outcome"], registry=r)
         self.check_ins = Counter("plume_check_ins", "Check-ins by answer", ["action"], registry=r)
+        self.check_ins_sdk_unsupported = Counter(
+            "plume_check_ins_sdk_unsupported",
+            "Check-ins not given a task's rounds because the device's SDK did not declare a "
+            "feature the task needs (naming the task: 409 sdk_unsupported; naming none: the "
+            "task passed over), by task and feature; devices on an older SDK poll on, so "
+            "divide the rate by their polling rate for a head count",
+            ["task", "feature"],
+            registry=r,
+        )
         self.model_version = Gauge(
             "plume_model_version", "Published model version", ["task"], registry=r
         )

@@ -121,7 +121,7 @@ from protocol.secagg import (
 from ._secagg_routes import DuplicateStageUpload
 from .auth import MAX_REGISTER_BURST, MIN_REGISTER_RATE
 from .downlink import DownlinkStrategy
-from .errors import ApiError
+from .errors import SDK_UNSUPPORTED, ApiError
 from .faults import fault_point
 from .metrics import Metrics
 from .secure import SECURE_STAGES, SecureTaskState, check_plan, parse_secure
@@ -137,6 +137,9 @@ __all__ = [
     "RELOAD_RETRY_S",
     "validate_task",
     "unproven_feedback_note",
+    "FEATURE_ERROR_FEEDBACK_OFF",
+    "check_features",
+    "required_features",
 ]
 
 log = logging.getLogger("plume.coordinator")
@@ -163,6 +166,61 @@ STOP_REASON = "stopped by the operator"
 # Longest wait a check-in answers (a week, the longest task duration validate_task accepts):
 # whatever the pool and the rate, a device is not told to sleep longer than it can.
 MAX_RETRY_S = 7 * 86_400.0
+
+# Check-in `features`: what the device's SDK honours, so that a task that needs one is never
+# given to a device whose SDK would silently not do it (docs/http-api.md, "What the device's SDK
+# honours"). A closed vocabulary; a name this coordinator does not know is taken and ignored (a
+# newer SDK's). To move into `protocol.names` (a `Feature` StrEnum) with the SDK's copy
+# (`sdk.client.FEATURES`).
+FEATURE_ERROR_FEEDBACK_OFF = "error_feedback_off"  # keeps no residual (codec.error_feedback)
+MAX_FEATURES = 32
+# What a task that needs a feature asks of the device, for its refusal's detail.
+_FEATURE_WHY = {
+    FEATURE_ERROR_FEEDBACK_OFF: (
+        "the task turns the devices' error feedback off, and an SDK that does not honour it "
+        "keeps its residual and sends it"
+    ),
+}
+_FEATURE_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
+
+
+def check_features(value: object) -> frozenset[str]:
+    """A check-in's `features` as sent (JSON builtins): null or absent is none; else a list of
+    at most MAX_FEATURES names, each a lower-case letter then up to 63 lower-case letters,
+    digits or `_`. Anything else raises `ValueError` naming the field (a 422)."""
+    if value is None:
+        return frozenset()
+    if not isinstance(value, list):
+        raise ValueError(f"features: expected a JSON array of names, got {_shown(value)}")
+    if len(value) > MAX_FEATURES:
+        raise ValueError(f"features: {len(value)} names, more than {MAX_FEATURES}")
+    for i, name in enumerate(value):
+        if not (isinstance(name, str) and _FEATURE_NAME.fullmatch(name)):
+            raise ValueError(
+                f"features[{i}]: {_shown(name)} is not a feature name (a lower-case letter, "
+                "then up to 63 lower-case letters, digits or _)"
+            )
+    return frozenset(value)
+
+
+def _shown(value: object) -> str:
+    """A JSON value in a refusal: a string or number as sent (cut at 80 characters), a
+    container by its kind only (nested arbitrarily deep, it is not printed back)."""
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:80] + "..."
+
+
+def required_features(cfg: TaskConfig) -> frozenset[str]:
+    """The check-in features a device must declare to be given `cfg`'s rounds: none, or
+    `error_feedback_off` for a task whose devices keep no residual (docs/privacy.md, item 5).
+    A secure task never needs it (`validate_task` refuses error feedback off there)."""
+    if cfg.codec.error_feedback is False:
+        return frozenset({FEATURE_ERROR_FEEDBACK_OFF})
+    return frozenset()
 
 
 @dataclass(frozen=True)
@@ -762,6 +820,8 @@ class TaskRuntime:
         self.config = config
         self.state = state
         self.spec = validate_task(config)
+        # The check-in features a device must declare to be given this task's rounds.
+        self.requires = required_features(config)
         self.strategy = DownlinkStrategy(
             self.spec, config.downlink.to_config(), config.seed, residual
         )
@@ -1755,10 +1815,19 @@ class Coordinator:
         return UploadOutcome.COMMITTED if inside else UploadOutcome.EXCLUDED
 
     def check_in(
-        self, device_id: str, task_id: int | None = None, awaiting_round: int | None = None
+        self,
+        device_id: str,
+        task_id: int | None = None,
+        awaiting_round: int | None = None,
+        features: frozenset[str] = frozenset(),
     ) -> CheckInResponse:
         """Assign a round or tell the device when to come back (pace steering). With
-        `awaiting_round`, the answer carries that round's `upload_outcome` for the device."""
+        `awaiting_round`, the answer carries that round's `upload_outcome` for the device.
+
+        `features`: what the device's SDK declared it honours (`check_features`). A task that
+        needs one it did not declare (`TaskRuntime.requires`) is never given to it: naming the
+        task is 409 `sdk_unsupported`, unless the task is over ("end" as for anyone); naming
+        none passes the task over. Both are counted in `plume_check_ins_sdk_unsupported`."""
         over = self.refused.get(task_id) if task_id is not None else None
         if over is not None and over.state in (TaskState.DONE, TaskState.STOPPED):
             # Stored as over: final, whatever this coordinator makes of its config.
@@ -1769,17 +1838,30 @@ class Coordinator:
             # Final, as a done task is: the device stops checking in for it.
             answer = self._end(task_id, "was stopped by the operator; it runs no more rounds")
         else:
-            answer = self._check_in(device_id, task_id)
+            answer = self._check_in(device_id, task_id, features)
         if awaiting_round is not None:
             answer.round_outcome = str(self.upload_outcome(awaiting_round, device_id))
         return answer
 
-    def _check_in(self, device_id: str, task_id: int | None) -> CheckInResponse:
+    def _check_in(
+        self, device_id: str, task_id: int | None, features: frozenset[str]
+    ) -> CheckInResponse:
         now = self.clock()
         retry: float | None = None
         pace = 0.0
+        # Why each task the device's SDK cannot run (it lacks a feature) was passed over.
+        passed_over: list[str] = []
         for rt in sorted(self.runtimes.values(), key=lambda r: r.task_id):
             if task_id is not None and rt.task_id != task_id:
+                continue
+            if rt.requires and rt.state != TaskState.DONE and not rt.requires <= features:
+                # Before the assignment of a selected device too: one selected before this
+                # check existed (a coordinator upgraded mid-round) gets none from such a
+                # check-in. A done task goes on to its "end", as for any device.
+                why = self._unsupported(rt, features)
+                if task_id is not None:
+                    raise ApiError(409, SDK_UNSUPPORTED, why)
+                passed_over.append(why)
                 continue
             cur = rt.current
             if cur is not None and not cur.closing and now < cur.deadline:
@@ -1826,11 +1908,26 @@ class Coordinator:
         self.metrics.check_ins.labels(CheckInAction.WAIT).inc()
         if retry is None:
             # No task named, or one paused or awaiting its model: any of them may run later.
-            return CheckInResponse(
-                CheckInAction.WAIT, self.config.idle_retry_s, None, "no active task"
-            )
+            # A device whose SDK cannot run the tasks there are: so may one it can, and its
+            # check-ins stay as slow as an idle device's (counted for the operator).
+            detail = "no active task"
+            if passed_over:
+                detail = f"no active task this device's SDK can run: {'; '.join(passed_over)}"
+            return CheckInResponse(CheckInAction.WAIT, self.config.idle_retry_s, None, detail)
         retry = min(max(retry, pace), MAX_RETRY_S)
         return CheckInResponse(CheckInAction.WAIT, round(retry, 3), None, "not selected yet")
+
+    def _unsupported(self, rt: TaskRuntime, features: frozenset[str]) -> str:
+        """Count a check-in that cannot be given `rt`'s rounds (its features lack some of
+        `rt.requires`) and say why, for the device's app."""
+        missing = sorted(rt.requires - features)
+        for name in missing:
+            self.metrics.check_ins_sdk_unsupported.labels(str(rt.task_id), name).inc()
+        what = "; ".join(f"{name}: {_FEATURE_WHY.get(name, name)}" for name in missing)
+        return (
+            f"task {rt.task_id} needs feature {', '.join(missing)}, which this device's SDK "
+            f"did not declare in its check-in ({what}): update the app's SDK"
+        )
 
     def _end(self, task_id: int, why: str) -> CheckInResponse:
         """The "end" answer to a check-in naming a task that runs no more rounds."""

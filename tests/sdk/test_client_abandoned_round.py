@@ -136,7 +136,12 @@ def test_an_abandoned_round_returns_the_accepted_upload_to_the_residual(
 
     # Assert: the content is back, exactly as a refusal puts it back (residual + decoded
     # frame), i.e. the whole update u = delta + old residual; once, and in memory too
-    assert seen.sent[-2] == {"task_id": task_id, "awaiting_round": assignment, "model_version": 0}
+    assert seen.sent[-2] == {
+        "task_id": task_id,
+        "awaiting_round": assignment,
+        "model_version": 0,
+        "features": ["error_feedback_off"],
+    }
     assert seen.answers[-2]["round_outcome"] == "abandoned"
     assert "awaiting_round" not in seen.sent[-1] and "round_outcome" not in seen.answers[-1]
     np.testing.assert_array_equal(settled, (after_upload + sent).astype(np.float32))
@@ -241,7 +246,8 @@ def test_a_coordinator_that_ignores_the_field_leaves_the_record_waiting(tmp_path
 
     # Assert: asked each time, nothing settled (the record stays, no residual written)
     assert answer.round_outcome is None
-    assert [json.loads(b) for b in bodies] == [{"task_id": 3, "awaiting_round": 5}] * 2
+    sent = {"task_id": 3, "awaiting_round": 5, "features": ["error_feedback_off"]}
+    assert [json.loads(b) for b in bodies] == [sent] * 2
     record = DeviceStore(root).load_accepted()
     assert record is not None and record.round_id == 5
     assert DeviceStore(root).load_residual(SPEC.size) is None
