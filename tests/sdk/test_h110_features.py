@@ -152,3 +152,12 @@ def test_other_refusals_of_a_check_in_stay_plain_client_errors(
     # Assert
     assert caught.value.reason == "unknown_task"
     assert not isinstance(caught.value, SdkUnsupportedError)
+
+
+def test_the_sdk_and_the_coordinator_spell_the_wire_names_alike() -> None:
+    # The names live in two places until they move into protocol.names: they must not drift.
+    from coordinator.service import errors, rounds
+
+    assert sdk.client.SDK_UNSUPPORTED == errors.SDK_UNSUPPORTED
+    assert sdk.client.FEATURES == (rounds.FEATURE_ERROR_FEEDBACK_OFF,)
+    assert rounds.check_features(list(sdk.client.FEATURES)) == {"error_feedback_off"}
