@@ -41,6 +41,8 @@ examples:
   plume coordinator pause  --url http://127.0.0.1:8080 --admin-token s3cret --task 1
   plume coordinator get-model --admin-token s3cret --task 1 --out model.pt
   plume coordinator stop --admin-token s3cret --task 1
+  plume coordinator backup --db plume.db --out backups/plume-2026-11-29.db
+  plume coordinator restore --db plume.db --from backups/plume-2026-11-29.db
 
 The admin token can also come from the PLUME_ADMIN_TOKEN environment variable.
 """
@@ -548,6 +550,48 @@ def register(sub: Any) -> None:
         "(.pt/.pth, .npz, else snapshot)",
     )
     m.set_defaults(func=_get_model)
+
+    b = csub.add_parser(
+        "backup",
+        help="copy the database, consistently even while the coordinator serves it",
+        description=(
+            "Copy the coordinator's SQLite database to a file with SQLite's online backup: "
+            "consistent while `serve` runs, with every commit (those still in the -wal file "
+            "too). The copy is checked (PRAGMA integrity_check) and written through a "
+            "temporary file renamed into place; it is one file, with no -wal beside it. "
+            "Prints what it wrote as JSON. Needs no sqlite3 command-line tool."
+        ),
+        epilog=(
+            "example:\n  plume coordinator backup --db /var/lib/plume/plume.db "
+            "--out /backups/plume-$(date +%F).db\n"
+        ),
+    )
+    b.add_argument("--db", default="plume.db", metavar="PATH", help="serve's --db")
+    b.add_argument(
+        "--out", required=True, metavar="FILE", help="file to write (replaced if it exists)"
+    )
+    b.set_defaults(func=_backup)
+    r = csub.add_parser(
+        "restore",
+        help="replace a stopped coordinator's database with a backup",
+        description=(
+            "Replace the database with a backup `plume coordinator backup` (or sqlite3's "
+            ".backup) wrote. Refused while a coordinator serves --db (stop it first), and for "
+            "a file that is not a sound Plume database or was written by a newer Plume. The "
+            "database's -wal file, which a killed coordinator leaves, is folded in first and "
+            "then overwritten, never replayed onto the restored pages. Everything stored "
+            "after the backup is lost (docs/operations.md, Persistence and recovery)."
+        ),
+        epilog=(
+            "example:\n  plume coordinator restore --db /var/lib/plume/plume.db "
+            "--from /backups/plume-2026-11-29.db\n"
+        ),
+    )
+    r.add_argument("--db", default="plume.db", metavar="PATH", help="serve's --db, replaced")
+    r.add_argument(
+        "--from", dest="source", required=True, metavar="FILE", help="the backup to restore"
+    )
+    r.set_defaults(func=_restore)
 
 
 class _Given(argparse._StoreAction):
@@ -1363,3 +1407,145 @@ def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> int:
             os.unlink(tmp)
         raise
     return path.stat().st_size
+
+
+def _connect_existing(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
+    """A connection to the SQLite file at `path`, which must exist (a plain connect would
+    create an empty database where a path was mistyped)."""
+    from urllib.parse import quote
+
+    mode = "ro" if read_only else "rw"
+    conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode={mode}", uri=True)
+    conn.execute("PRAGMA busy_timeout=5000")
+    return conn
+
+
+def _plume_info(conn: sqlite3.Connection, what: str) -> tuple[str, int]:
+    """(schema version, number of tasks) of a Plume database; ValueError naming `what` when
+    the file is not one."""
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"meta", "tasks"} <= tables:
+            listed = ", ".join(sorted(tables)[:5]) or "none"
+            raise ValueError(f"{what} is not a Plume database (tables: {listed})")
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        tasks = int(conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0])
+    except sqlite3.DatabaseError as exc:
+        raise ValueError(f"{what} is not a SQLite database or it is corrupt ({exc})") from None
+    if row is None:
+        raise ValueError(f"{what} is not a Plume database (no schema version)")
+    return str(row[0]), tasks
+
+
+def _backup(args: argparse.Namespace) -> int:
+    prog = "plume coordinator backup"
+    db, out = Path(args.db).expanduser(), Path(args.out).expanduser()
+    if not db.is_file():
+        _fail(prog, f"--db {args.db}: no such file")
+    if out.exists() and out.samefile(db):
+        _fail(prog, f"--out is the database itself ({args.out}); give another file")
+    if out.is_dir():
+        _fail(prog, f"--out {args.out} is a folder; give the file to write")
+    if not out.resolve().parent.is_dir():
+        _fail(prog, f"the folder of --out {args.out} does not exist; create it or pick another")
+    try:
+        with contextlib.closing(_connect_existing(db)) as source:
+            version, tasks = _plume_info(source, f"--db {args.db}")
+            size = _backup_atomic(source, out)
+    except ValueError as exc:
+        _fail(prog, str(exc))
+    except (sqlite3.Error, OSError) as exc:
+        _fail(prog, f"cannot back up --db {args.db} to {args.out}: {exc}")
+    line = {"db": args.db, "out": args.out, "bytes": size, "schema_version": int(version)}
+    print(json.dumps(line | {"tasks": tasks}))
+    return 0
+
+
+def _backup_atomic(source: sqlite3.Connection, out: Path) -> int:
+    """SQLite's online backup of `source` into `out`, through a temporary file in its folder
+    renamed over it once checked and synced: a failure leaves no file behind. Its size."""
+    fd, tmp = tempfile.mkstemp(dir=out.resolve().parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with contextlib.closing(sqlite3.connect(tmp)) as copy:
+            source.backup(copy)  # one step: a read transaction, so one consistent state
+            # One file, no -wal/-shm beside it (serve turns WAL back on when it opens it).
+            copy.execute("PRAGMA journal_mode=DELETE")
+            check = copy.execute("PRAGMA integrity_check").fetchone()
+            if check != ("ok",):
+                raise ValueError(f"the copy fails SQLite's integrity check ({check[0]})")
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, out)
+    except BaseException:
+        for leftover in (tmp, f"{tmp}-journal", f"{tmp}-wal", f"{tmp}-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+        raise
+    return out.stat().st_size
+
+
+def _restore(args: argparse.Namespace) -> int:
+    import fcntl
+
+    from .service.store import SCHEMA_VERSION
+
+    prog = "plume coordinator restore"
+    db, source_path = Path(args.db).expanduser(), Path(args.source).expanduser()
+    if not source_path.is_file():
+        _fail(prog, f"--from {args.source}: no such file")
+    if db.exists() and db.samefile(source_path):
+        _fail(prog, f"--from is the database itself ({args.source}); give the backup")
+    if not db.resolve().parent.is_dir():
+        _fail(prog, f"the folder of --db {args.db} does not exist; create it or pick another")
+    # serve's lock (Store(exclusive=True)): held through the restore, so a coordinator that
+    # serves the database refuses it, and one starting meanwhile is refused.
+    lock_path = f"{db}.lock"
+    try:
+        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        _fail(prog, f"cannot open the database's lock file {lock_path} ({exc.strerror or exc})")
+    try:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(lock, 32).decode("ascii", "replace").strip() or "unknown"
+            _fail(
+                prog,
+                f"a coordinator (pid {holder}) is serving --db {args.db}; stop it first "
+                "(restore replaces the database under it)",
+            )
+        try:
+            with contextlib.closing(_connect_existing(source_path, read_only=True)) as source:
+                what = f"--from {args.source}"
+                version, tasks = _plume_info(source, what)
+                if not version.isdigit() or not 1 <= int(version) <= SCHEMA_VERSION:
+                    newer = version.isdigit() and int(version) > SCHEMA_VERSION
+                    raise ValueError(
+                        f"{what}: its schema version {version!r} is "
+                        + (
+                            f"newer than this coordinator's {SCHEMA_VERSION} (a backup of a "
+                            "newer Plume: restore it with that version)"
+                            if newer
+                            else f"not one this coordinator reads (1 to {SCHEMA_VERSION})"
+                        )
+                    )
+                check = source.execute("PRAGMA integrity_check").fetchone()
+                if check != ("ok",):
+                    raise ValueError(f"{what} fails SQLite's integrity check ({check[0]})")
+                # Through a connection to the database: its -wal (a killed coordinator's) is
+                # recovered first, then every page is replaced in one transaction.
+                with contextlib.closing(sqlite3.connect(db)) as target:
+                    target.execute("PRAGMA busy_timeout=5000")
+                    source.backup(target)
+                    if target.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
+                        target.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        except ValueError as exc:
+            _fail(prog, str(exc))
+        except (sqlite3.Error, OSError) as exc:
+            _fail(prog, f"cannot restore --db {args.db} from {args.source}: {exc}")
+    finally:
+        os.close(lock)  # drops the flock
+    line = {"db": args.db, "from": args.source, "schema_version": int(version), "tasks": tasks}
+    print(json.dumps(line))
+    return 0
