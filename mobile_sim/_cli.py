@@ -1183,7 +1183,6 @@ def _sim(args: argparse.Namespace) -> int:
     from .report import (
         dp_pool_warning,
         dp_unaccounted_note,
-        plot_accuracy_vs_bytes,
         robust_guarantee_warning,
         summary,
         write_run,
@@ -1290,15 +1289,7 @@ def _sim(args: argparse.Namespace) -> int:
         results.append(res)
     say("writing plots")
     try:
-        plot = plot_accuracy_vs_bytes(
-            [
-                (r.label or label, [_as_dict(x) for x in r.records])
-                for (label, _), r in zip(runs, results, strict=True)
-            ],
-            out / "accuracy_vs_upload_bytes.png",
-            title=f"{cfg.dataset} / {cfg.model_name}",
-        )
-        extra = _extra_plots(out, results)
+        plots = _run_plots(out, results)
     except KeyboardInterrupt:
         clear()
         where = f"{out}/" if len(runs) == 1 else f"{out}/{{{','.join(lbl for lbl, _ in runs)}}}/"
@@ -1347,8 +1338,7 @@ def _sim(args: argparse.Namespace) -> int:
             f"accuracy {delta_pp:+.2f} pp"
         )
     where = f"{out}/" if len(runs) == 1 else f"{out}/{{{','.join(label for label, _ in runs)}}}/"
-    plots = ", ".join(str(p) for p in [plot, *extra])
-    print(f"wrote {where} (rounds.json, rounds.csv, ledger.csv) and {plots}")
+    print(f"wrote {where} (rounds.json, rounds.csv, ledger.csv) and {', '.join(map(str, plots))}")
     return 0
 
 
@@ -1424,7 +1414,7 @@ def _write_interrupted(
         )
     try:
         say("writing plots")
-        plots = _interrupted_plots(out, results)
+        plots = _run_plots(out, results)
     except KeyboardInterrupt:
         clear()
         return (
@@ -1436,9 +1426,9 @@ def _write_interrupted(
     return f"; wrote its {n} finished rounds to {run_dir}/ {files}{drawn}"
 
 
-def _interrupted_plots(out: Path, results: list[Any]) -> list[Path]:
-    """The plots of a completed run for `results`, drawn from these runs alone (a folder of
-    an earlier run beside them is not drawn into them), as `plume sim report` redraws them."""
+def _run_plots(out: Path, results: list[Any]) -> list[Path]:
+    """The three plots of `results` (a completed or an interrupted run) into `out`, drawn from
+    these runs alone: a folder of an earlier run beside them is not drawn into them."""
     from .report_extra import plot_runs
 
     runs = [(r.label or "run", [_as_dict(x) for x in r.records]) for r in results]
@@ -1463,16 +1453,6 @@ def _as_dict(rec: Any) -> dict[str, Any]:
     from dataclasses import asdict
 
     return asdict(rec)
-
-
-def _extra_plots(out: Path, results: list[Any]) -> list[Path]:
-    """Bytes-per-round and round-duration plots, where the reporting extras are installed;
-    the paths written."""
-    try:
-        from . import report_extra
-    except ImportError:
-        return []
-    return report_extra.plot_run_dir(out)
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -297,10 +297,8 @@ def plot_runs(runs: Sequence[Run], out: str | Path, title: str = "") -> list[Pat
     """Every plot of `runs` into the folder `out`: ``accuracy_vs_upload_bytes.png`` (titled
     `title`), ``bytes_per_round.png`` and ``round_durations.png``; the paths written.
 
-    How ``plume sim report`` (`rebuild_run_dir`) redraws them and ``plume sim`` draws an
-    interrupted run's, so that a redraw is the run's bytes. (A completed run draws the
-    accuracy plot from its runs and the other two with `plot_run_dir` from its folder: the
-    same functions on the same rounds.)"""
+    How ``plume sim`` draws a run's plots (completed or interrupted) and ``plume sim report``
+    (`rebuild_run_dir`) redraws them, so that a redraw is the run's bytes."""
     from .report import plot_accuracy_vs_bytes
 
     root = Path(out)

@@ -223,8 +223,9 @@ def test_ctrl_c_in_the_first_run_of_compare_dense_writes_it_in_its_subfolder(
 def test_a_runner_that_keeps_no_partial_results_says_nothing_was_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Prepare: a runner that lets a plain KeyboardInterrupt through after one round, as the
-    # --secure and --transport http runners do
+    # Prepare: a runner that lets a plain KeyboardInterrupt through after one round (every
+    # runner of plume sim now keeps its finished rounds; this is the fallback for one that
+    # does not)
     def plain(cfg: Any, progress: bool, label: str, on_round: Any) -> Any:
         on_round(
             runner.RoundRecord(
@@ -279,10 +280,10 @@ def test_ctrl_c_while_the_plots_are_drawn_points_at_plume_sim_report(
     # Prepare: Ctrl-C while the extra plots are drawn, after the run's files are written
     import mobile_sim.report_extra as report_extra
 
-    def plots_interrupted(run_dir: Any) -> list[Path]:
+    def plots_interrupted(*args: Any, **kwargs: Any) -> list[Path]:
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(report_extra, "plot_run_dir", plots_interrupted)
+    monkeypatch.setattr(report_extra, "plot_runs", plots_interrupted)
 
     # Execute
     code = plume([*TINY, "--rounds", "1", "--out", str(tmp_path)])
