@@ -12,11 +12,12 @@ import sys
 import threading
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 
 from compression import ErrorFeedback
-from sdk import AppDirInUse, Client, device_store
+from sdk import AppDirInUse, Client, ClientError, device_store
 from sdk.device_store import DeviceStore, PendingUpload
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -266,7 +267,18 @@ def test_without_fcntl_the_store_says_the_platform_is_unsupported(
 def test_a_client_holds_its_app_directory(tmp_path: Path) -> None:
     # A Client opens its DeviceStore, so a second process's Client on the same app_dir is
     # refused before any request, and the lock ends with the Client object.
-    client = Client("http://127.0.0.1:9", app_dir=str(tmp_path))
+    # A client that made a request sits in reference cycles: docs/devices.md says to collect.
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"error": "bad_request", "detail": "no"})
+
+    client = Client(
+        "http://127.0.0.1:9",
+        app_dir=str(tmp_path),
+        retries=0,
+        transport=httpx.MockTransport(refuse),
+    )
+    with pytest.raises(ClientError):
+        client.register()
     seen = _try_open(tmp_path)
     assert seen.get("pid") == os.getpid()
     client.close()
