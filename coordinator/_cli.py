@@ -795,10 +795,8 @@ def _serve(args: argparse.Namespace) -> int:
         print_error(prog, problem)
         return 1
     # A relative --db is relative to where serve starts: a coordinator started in another
-    # folder gets a new, empty database (no tasks), which is worth a line before it serves.
-    db = Path(args.db).expanduser().resolve()
-    if not db.exists():
-        print(f"{prog}: note: {db} does not exist; starting a new database", file=sys.stderr)
+    # folder gets a new, empty database (no tasks). serve logs "creating a new database at
+    # PATH" once it can listen (a port in use creates none, so it says nothing).
     try:
         # SIGTERM (systemd's stop) returns from serve normally, the database closed.
         serve(
@@ -829,7 +827,7 @@ def _service_config(args: argparse.Namespace) -> Any:
     from .service import ServiceConfig
 
     return ServiceConfig(
-        db_path=args.db,
+        db_path=str(Path(args.db).expanduser()),  # "~/plume.db" in a --config file too
         admin_token=args.admin_token,
         signature_window_s=args.signature_window,
         poll_s=args.poll,
@@ -1142,6 +1140,12 @@ def _task_action(args: argparse.Namespace) -> int:
     if isinstance(out, list):  # status without --task: a line each
         for row in out:
             print(json.dumps(row))
+        if not out:  # else nothing at all: is it the coordinator meant?
+            print(
+                f"plume coordinator status: note: the coordinator at {args.url} has no task "
+                "yet; `plume coordinator create-task` makes one",
+                file=sys.stderr,
+            )
         return 0
     print(json.dumps(out, indent=2))
     return 0
@@ -1197,6 +1201,13 @@ def _get_model(args: argparse.Namespace) -> int:
     if not out.resolve().parent.is_dir():
         _fail(
             prog, f"the folder of --out {args.out} does not exist; create it or pick another path"
+        )
+    if not os.access(out.resolve().parent, os.W_OK | os.X_OK):
+        # Before the download (and an older version's rebuild), not after it.
+        _fail(
+            prog,
+            f"cannot write --out {args.out}: this user may not create files in "
+            f"{out.resolve().parent}; pick another --out",
         )
     if args.version is not None and args.version < 0:
         _fail(prog, f"--version must be >= 0, got {args.version}")

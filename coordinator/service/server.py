@@ -92,6 +92,11 @@ def serve(
             ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(tls_cert, tls_key)
         sockets = _listen(host, port)
         try:
+            db = Path(config.db_path).expanduser().resolve()
+            if not db.exists():
+                # A relative --db is relative to where serve starts: one started in another
+                # folder gets a new, empty database (no tasks), which is worth a line.
+                log.info("creating a new database at %s", db)
             store = Store(config.db_path, exclusive=True)
             try:
                 app = create_app(config, store=store)

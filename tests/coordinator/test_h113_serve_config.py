@@ -185,3 +185,15 @@ def test_the_documented_example_file_is_what_serve_reads(
     assert (host, port, config.keep_frames_rounds, config.poll_s) == ("0.0.0.0", 8080, 50, 3.0)
     assert config.admin_token and kw["tls_cert"] is None
     assert os.path.basename(config.db_path) == "plume.db"
+
+
+def test_a_tilde_in_the_files_db_is_the_home_folder(
+    tmp_path: Path,
+    served: list[tuple[ServiceConfig, str, int, dict]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The shell expands ~ in a flag, but nothing did in the file: the store opened ./~/x.db
+    monkeypatch.setenv("HOME", str(tmp_path))
+    conf = _config(tmp_path, 'db = "~/x.db"\n')
+    assert _serve("--config", str(conf)) == 0
+    assert served[0][0].db_path == str(tmp_path / "x.db")

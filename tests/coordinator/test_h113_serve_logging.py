@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 from pathlib import Path
 
@@ -76,3 +77,23 @@ def test_log_level_error_silences_the_coordinators_warnings_and_info(dp_db: Path
     err = _serve_then_stop(dp_db, *SHORT_POOL, "--log-level", "error")
     assert "may never open a round" not in err, err
     assert "serving the database" not in err, err
+
+
+def test_a_new_database_is_announced_only_when_it_is_created(tmp_path: Path) -> None:
+    # A port in use: serve stops before the database is opened, so nothing says it is started
+    # (before: "note: ... does not exist; starting a new database", then the port's error)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [*_plume(), "coordinator", "serve", "--db", str(tmp_path / "new.db"),
+             "--port", str(port)],
+            capture_output=True, text=True, timeout=120, check=False,
+            env={**os.environ, "PLUME_ADMIN_TOKEN": ADMIN, "PLUME_DEBUG": ""},
+        )  # fmt: skip
+    assert done.returncode == 1 and "already in use" in done.stderr, done.stderr
+    assert "new database" not in done.stderr and not (tmp_path / "new.db").exists()
+    # A start that creates it says so, with the absolute path
+    err = _serve_then_stop(tmp_path / "new.db").splitlines()
+    assert f"INFO:     creating a new database at {tmp_path / 'new.db'}" in err, err

@@ -1,0 +1,64 @@
+"""Admin commands an operator runs first: `status` on a coordinator with no task yet said
+nothing at all (exit 0, no output), and `get-model --out` into a folder this user may not write
+downloaded (and for `--version`, had the coordinator rebuild) the model before failing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from coordinator.cli import main
+from coordinator.service import ServerThread, ServiceConfig
+from tests.coordinator.test_service_support import free_port
+from tests.test_h74_operator import _plume
+
+ADMIN = "s3cret-h113a"
+
+
+def test_status_of_a_coordinator_without_tasks_says_so_on_stderr(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with ServerThread(ServiceConfig(db_path=str(tmp_path / "p.db"), admin_token=ADMIN)) as url:
+        code = main(["coordinator", "status", "--url", url, "--admin-token", ADMIN])
+    out, err = capsys.readouterr()
+    # stdout stays one JSON line a task (none), so a script reading it is unchanged
+    assert code == 0 and out == ""
+    assert err.strip() == (
+        f"plume coordinator status: note: the coordinator at {url} has no task yet; "
+        "`plume coordinator create-task` makes one"
+    )
+
+
+def test_get_model_into_a_folder_it_may_not_write_fails_before_any_request() -> None:
+    # Prepare: a folder of another user (as root: root's, get-model running as nobody), and
+    # a --url where nothing listens: the folder must be named before anything is asked
+    folder = Path(tempfile.mkdtemp(prefix="plume-h113-ro-"))
+    try:
+        cmd = [*_plume(), "coordinator", "get-model", "--url", f"http://127.0.0.1:{free_port()}",
+               "--admin-token", ADMIN, "--task", "1", "--out", str(folder / "model.npz")]  # fmt: skip
+        if os.geteuid() == 0:
+            if shutil.which("setpriv") is None:
+                pytest.skip("needs setpriv to run as another user")
+            folder.chmod(0o755)
+            cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+        else:
+            folder.chmod(0o555)
+        # Execute
+        done = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=120, check=False,
+            env={**os.environ, "PLUME_DEBUG": "", "HOME": "/tmp"},
+        )  # fmt: skip
+    finally:
+        folder.chmod(0o755)
+        shutil.rmtree(folder)
+    # Assert
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().startswith(
+        f"plume coordinator get-model: error: cannot write --out {folder / 'model.npz'}: "
+        f"this user may not create files in {folder}"
+    ), done.stderr
