@@ -164,11 +164,16 @@ class CheckInRequest:
 
     `awaiting_round`: the round of this device's last accepted upload whose outcome it has not
     learnt yet (sent only then); the answer's `round_outcome` settles it (docs/http-api.md).
+
+    `features`: what the device's SDK honours (`protocol.names.Feature` values; a name this
+    side does not know is ignored). A task that needs one is not given to a device that does
+    not list it (docs/http-api.md, "What the device's SDK honours").
     """
 
     task_id: int | None = None
     model_version: int | None = None
     awaiting_round: int | None = None
+    features: list[str] | None = field(default=None, metadata={_OMIT_NONE: True})
 
 
 class UploadOutcome(StrEnum):

@@ -149,5 +149,14 @@ class Reason(StrEnum):
     RATE_LIMITED = "rate_limited"
     REQUEST_TIMEOUT = "request_timeout"
     TASK_REFUSED = "task_refused"
+    SDK_UNSUPPORTED = "sdk_unsupported"
     STORE_UNAVAILABLE = "store_unavailable"
     INTERNAL_ERROR = "internal_error"
+
+
+class Feature(StrEnum):
+    """What a device's SDK honours, declared in its check-in's `features`: a task that needs
+    one is given only to devices that declare it (docs/http-api.md, "What the device's SDK
+    honours"). A name a coordinator does not know is taken and ignored (a newer SDK's)."""
+
+    ERROR_FEEDBACK_OFF = "error_feedback_off"  # keeps no residual (codec.error_feedback false)

@@ -64,7 +64,7 @@ from protocol.messages import (
     response_wire_bytes,
     unpack_chain,
 )
-from protocol.names import CheckInAction, Header, ModelEncoding, Path, Reason
+from protocol.names import CheckInAction, Feature, Header, ModelEncoding, Path, Reason
 from protocol.secagg import RoundAborted, SecAggHeader, SecAggPath, Stage
 
 from ._types import CancelFlag, LocalTrainer, TrainingCancelled
@@ -96,7 +96,6 @@ __all__ = [
     "TaskEndedError",
     "TASK_DONE",
     "SdkUnsupportedError",
-    "SDK_UNSUPPORTED",
     "FEATURES",
     "ParticipationCancelled",
     "CANCELLED",
@@ -269,17 +268,14 @@ def _ended(answer: CheckInResponse, task_id: int | None) -> TaskEndedError:
 # What this SDK honours, declared in every check-in's `features` (docs/http-api.md, "What the
 # device's SDK honours"): a coordinator gives a task that needs a feature only to devices that
 # declare it. `error_feedback_off`: an assignment's `codec.error_feedback` false is honoured
-# (each upload the compressed delta alone, no residual kept: `_Core.encoder`). To move into
-# `protocol.names` with the coordinator's copy (`coordinator.service.rounds`).
-FEATURES = ("error_feedback_off",)
-# The `reason` of a check-in naming a task that needs a feature this SDK does not declare.
-SDK_UNSUPPORTED = "sdk_unsupported"
+# (each upload the compressed delta alone, no residual kept: `_Core.encoder`).
+FEATURES: tuple[Feature, ...] = (Feature.ERROR_FEEDBACK_OFF,)
 
 
 class SdkUnsupportedError(ClientError):
     """The task a check-in named needs something this SDK does not do: update the app's SDK.
 
-    The coordinator's 409 `sdk_unsupported` (`reason` `SDK_UNSUPPORTED`); `detail` names the
+    The coordinator's 409 `sdk_unsupported` (`Reason.SDK_UNSUPPORTED`); `detail` names the
     feature the task needs (one this SDK does not list in `FEATURES`, from a newer
     coordinator) and `task_id` the task named. `check_in` and `participate` raise it and check
     in no more: asking again, this SDK is refused again. Other tasks are not affected.
@@ -1712,7 +1708,7 @@ def _check_in_answer(
 ) -> CheckInResponse:
     if response.status_code != 200:
         err = _refusal(response)
-        if err.reason == SDK_UNSUPPORTED:
+        if err.reason == Reason.SDK_UNSUPPORTED:
             raise SdkUnsupportedError(err.status, err.reason, err.detail, task_id)
         raise err
     answer: CheckInResponse = _parse(CheckInResponse, response)

@@ -8,12 +8,7 @@ from fastapi import Path as PathParam
 
 from protocol.names import ContentType, Reason
 
-__all__ = ["ApiError", "SDK_UNSUPPORTED", "StoreId", "media_type", "require_media_type"]
-
-# The 409 `reason` of a check-in naming a task that needs a feature the device's SDK did not
-# declare (docs/http-api.md, "What the device's SDK honours"). To move into
-# `protocol.names.Reason` (SDK_UNSUPPORTED), with the SDK's copy (`sdk.client.SDK_UNSUPPORTED`).
-SDK_UNSUPPORTED = "sdk_unsupported"
+__all__ = ["ApiError", "StoreId", "media_type", "require_media_type"]
 
 # A task or round id in a URL. SQLite's INTEGER is signed 64-bit, so an id outside it names
 # nothing: it is refused as 422 `validation` here rather than overflowing the store's query (a
@@ -22,15 +17,10 @@ StoreId = Annotated[int, PathParam(ge=-(2**63), le=2**63 - 1)]
 
 
 class ApiError(Exception):
-    """Raised anywhere in a request; rendered as `{"reason": ..., "detail": ...}` with `status`.
-    `reason` is a `Reason`, or `SDK_UNSUPPORTED` until that is one."""
+    """Raised anywhere in a request; rendered as `{"reason": ..., "detail": ...}` with `status`."""
 
     def __init__(
-        self,
-        status: int,
-        reason: Reason | str,
-        detail: str,
-        headers: dict[str, str] | None = None,
+        self, status: int, reason: Reason, detail: str, headers: dict[str, str] | None = None
     ) -> None:
         super().__init__(f"{status} {reason}: {detail}")
         self.status = status

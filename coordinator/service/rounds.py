@@ -100,6 +100,7 @@ from protocol.messages import (
 )
 from protocol.names import (
     CheckInAction,
+    Feature,
     Header,
     ModelEncoding,
     Path,
@@ -121,7 +122,7 @@ from protocol.secagg import (
 from ._secagg_routes import DuplicateStageUpload
 from .auth import MAX_REGISTER_BURST, MIN_REGISTER_RATE
 from .downlink import DownlinkStrategy
-from .errors import SDK_UNSUPPORTED, ApiError
+from .errors import ApiError
 from .faults import fault_point
 from .metrics import Metrics
 from .secure import SECURE_STAGES, SecureTaskState, check_plan, parse_secure
@@ -137,7 +138,6 @@ __all__ = [
     "RELOAD_RETRY_S",
     "validate_task",
     "unproven_feedback_note",
-    "FEATURE_ERROR_FEEDBACK_OFF",
     "check_features",
     "required_features",
 ]
@@ -167,16 +167,12 @@ STOP_REASON = "stopped by the operator"
 # whatever the pool and the rate, a device is not told to sleep longer than it can.
 MAX_RETRY_S = 7 * 86_400.0
 
-# Check-in `features`: what the device's SDK honours, so that a task that needs one is never
-# given to a device whose SDK would silently not do it (docs/http-api.md, "What the device's SDK
-# honours"). A closed vocabulary; a name this coordinator does not know is taken and ignored (a
-# newer SDK's). To move into `protocol.names` (a `Feature` StrEnum) with the SDK's copy
-# (`sdk.client.FEATURES`).
-FEATURE_ERROR_FEEDBACK_OFF = "error_feedback_off"  # keeps no residual (codec.error_feedback)
+# Check-in `features` (`protocol.names.Feature`): what the device's SDK honours, so that a task
+# that needs one is never given to a device whose SDK would silently not do it.
 MAX_FEATURES = 32
 # What a task that needs a feature asks of the device, for its refusal's detail.
-_FEATURE_WHY = {
-    FEATURE_ERROR_FEEDBACK_OFF: (
+_FEATURE_WHY: dict[str, str] = {
+    Feature.ERROR_FEEDBACK_OFF: (
         "the task turns the devices' error feedback off, and an SDK that does not honour it "
         "keeps its residual and sends it"
     ),
@@ -219,7 +215,7 @@ def required_features(cfg: TaskConfig) -> frozenset[str]:
     `error_feedback_off` for a task whose devices keep no residual (docs/privacy.md, item 5).
     A secure task never needs it (`validate_task` refuses error feedback off there)."""
     if cfg.codec.error_feedback is False:
-        return frozenset({FEATURE_ERROR_FEEDBACK_OFF})
+        return frozenset({Feature.ERROR_FEEDBACK_OFF})
     return frozenset()
 
 
@@ -1860,7 +1856,7 @@ class Coordinator:
                 # check-in. A done task goes on to its "end", as for any device.
                 why = self._unsupported(rt, features)
                 if task_id is not None:
-                    raise ApiError(409, SDK_UNSUPPORTED, why)
+                    raise ApiError(409, Reason.SDK_UNSUPPORTED, why)
                 passed_over.append(why)
                 continue
             cur = rt.current

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +24,9 @@ from pydantic import TypeAdapter
 import sdk.client
 from coordinator.service import ServerThread, ServiceConfig
 from protocol.messages import CheckInRequest, CodecParams
+from protocol.names import Feature, Reason
 from sdk import AsyncClient, Client, ClientError
-from sdk.client import SDK_UNSUPPORTED, SdkUnsupportedError
+from sdk.client import SdkUnsupportedError
 from tests.coordinator.test_service_support import (
     ADMIN,
     SoftmaxTrainer,
@@ -86,13 +88,27 @@ def test_every_check_in_declares_what_the_sdk_honours(world: World, tmp_path: Pa
     assert named.detail == anything.detail == "not selected yet"
 
 
+@dataclass(slots=True)
+class CheckInRequestBeforeFeatures:
+    """`protocol.messages.CheckInRequest` as a coordinator before `features` had it."""
+
+    task_id: int | None = None
+    model_version: int | None = None
+    awaiting_round: int | None = None
+
+
 def test_a_coordinator_before_features_reads_the_check_in_as_before() -> None:
     # Prepare: this SDK's body and an older SDK's
     body = b'{"task_id":7,"model_version":3,"awaiting_round":9,"features":["error_feedback_off"]}'
     older = b'{"task_id":7,"model_version":3,"awaiting_round":9}'
-    parse = TypeAdapter(CheckInRequest).validate_json  # the route's body model, as FastAPI
+    # the older route's body model, parsed as FastAPI parses it
+    parse = TypeAdapter(CheckInRequestBeforeFeatures).validate_json
     # Execute / Assert: the key is dropped, not refused
-    assert parse(body) == parse(older) == CheckInRequest(7, 3, 9)
+    assert parse(body) == parse(older) == CheckInRequestBeforeFeatures(7, 3, 9)
+    # and today's model reads both
+    now = TypeAdapter(CheckInRequest).validate_json
+    assert now(body) == CheckInRequest(7, 3, 9, ["error_feedback_off"])
+    assert now(older) == CheckInRequest(7, 3, 9)
 
 
 def test_participate_on_a_task_needing_a_feature_it_lacks_raises_once(
@@ -113,7 +129,7 @@ def test_participate_on_a_task_needing_a_feature_it_lacks_raises_once(
     # Assert: one check-in, a ClientError naming the feature and the task, at once
     err = caught.value
     assert isinstance(err, ClientError)
-    assert (err.status, err.reason, err.task_id) == (409, SDK_UNSUPPORTED, world.off)
+    assert (err.status, err.reason, err.task_id) == (409, Reason.SDK_UNSUPPORTED, world.off)
     assert "error_feedback_off" in err.detail and "update the app's SDK" in err.detail
     assert seen.bodies == [f'{{"task_id":{world.off},"features":[]}}'.encode()] * 2
     assert took < 5.0
@@ -136,7 +152,7 @@ def test_the_async_client_raises_it_too(
     # Execute
     err = asyncio.run(run())
     # Assert
-    assert (err.status, err.reason, err.task_id) == (409, SDK_UNSUPPORTED, world.off)
+    assert (err.status, err.reason, err.task_id) == (409, Reason.SDK_UNSUPPORTED, world.off)
     assert len(seen.bodies) == 1
 
 
@@ -154,10 +170,10 @@ def test_other_refusals_of_a_check_in_stay_plain_client_errors(
     assert not isinstance(caught.value, SdkUnsupportedError)
 
 
-def test_the_sdk_and_the_coordinator_spell_the_wire_names_alike() -> None:
-    # The names live in two places until they move into protocol.names: they must not drift.
-    from coordinator.service import errors, rounds
+def test_this_sdk_declares_every_feature_the_protocol_names() -> None:
+    # A feature added to protocol.names.Feature must be honoured by this SDK before it is
+    # declared; and what it declares is what the coordinator's check accepts.
+    from coordinator.service import rounds
 
-    assert sdk.client.SDK_UNSUPPORTED == errors.SDK_UNSUPPORTED
-    assert sdk.client.FEATURES == (rounds.FEATURE_ERROR_FEEDBACK_OFF,)
+    assert set(sdk.client.FEATURES) == set(Feature)
     assert rounds.check_features(list(sdk.client.FEATURES)) == {"error_feedback_off"}
