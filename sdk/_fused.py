@@ -1,0 +1,420 @@
+"""An autograd-free SGD step for models that are a chain of Conv2d, ReLU, MaxPool2d(2), Flatten
+and Linear layers, trained with cross-entropy: `TorchTrainer`'s fast path (`fused=True`).
+
+The step calls the aten kernels autograd would call (`convolution`, `convolution_backward`,
+`_log_softmax`, `nll_loss_forward` and their backward functions, oneDNN's inner product for
+large Linear layers) in a fixed order, with no autograd graph, no per-step module dispatch and
+no gradient tensors kept: each parameter is updated in place as soon as its gradient is known.
+Two rewrites make it cheaper than the module's own forward and backward:
+
+- ReLU followed by 2x2 max pooling runs as pooling then ReLU. max(relu(a)) = relu(max(a))
+  exactly, and the gradient reaches the same element: where the window's maximum is positive
+  both orders pick it by the same first-index rule; where it is not, ReLU's gradient is zero
+  either way. The ReLU pass and its backward then touch a quarter of the elements.
+- A Linear layer with at least `FUSED_UPDATE_MIN_WEIGHTS` weights takes its SGD update inside
+  the weight-gradient product (`W.addmm_(g.T, x, alpha=-lr)`): no gradient tensor of the
+  weight's size is written and read back. This changes the float rounding of that update
+  (the MNIST CNN's trained parameters differ from the autograd path's by about 1e-7
+  relative). Without it (layers below the threshold) the step does autograd's arithmetic in
+  autograd's order: a real MNIST client's five epochs came out bit-identical to the autograd
+  path on the machine measured (bench/explore_cnn_speed.py, "fused"), though a BLAS is free to
+  round the transposed weight-gradient product differently.
+
+`fused_chain` decides, strictly, whether a module qualifies; anything it does not recognise
+trains through autograd as before.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ._data import IGNORE_INDEX
+from ._maxpool import _is_plain_2x2
+
+__all__ = ["FusedChain", "fused_chain", "LARGE_LINEAR_WEIGHTS", "FUSED_UPDATE_MIN_WEIGHTS"]
+
+# Linear layers with at least this many weights run on oneDNN (with `onednn`): the same
+# threshold as `sdk.trainer.ONEDNN_LINEAR_MIN_WEIGHTS`.
+LARGE_LINEAR_WEIGHTS = 1 << 16
+# ... and take their SGD update inside the weight-gradient product (addmm_) from this many
+# weights on. (bench/explore_cnn_speed.py "fused" sets it past every layer to time and check
+# the variant without it.)
+FUSED_UPDATE_MIN_WEIGHTS = 1 << 16
+
+_aten = torch.ops.aten
+_LEAF_TYPES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Linear)
+
+
+def _has_hooks(module: nn.Module) -> bool:
+    hook_dicts = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks")
+    if any(getattr(module, name, None) for name in hook_dicts):
+        return True
+    for p in module.parameters(recurse=False):
+        if getattr(p, "_backward_hooks", None) or getattr(p, "_post_accumulate_grad_hooks", None):
+            return True
+    return False
+
+
+def _global_hooks() -> bool:
+    from torch.nn.modules import module as nn_module
+
+    names = (
+        "_global_forward_hooks",
+        "_global_forward_pre_hooks",
+        "_global_backward_hooks",
+        "_global_backward_pre_hooks",
+    )
+    return any(getattr(nn_module, name, None) for name in names)
+
+
+def _supported_layer(m: nn.Module) -> bool:
+    """A layer of exactly one of the supported classes (no subclass), in a configuration the
+    fused step computes as torch does."""
+    kind = type(m)
+    if kind is nn.ReLU:
+        return True
+    if kind is nn.MaxPool2d:
+        return _is_plain_2x2(m)  # type: ignore[arg-type]
+    if kind is nn.Flatten:
+        return m.start_dim == 1 and m.end_dim == -1  # type: ignore[return-value]
+    if kind is nn.Linear:
+        return True
+    if kind is nn.Conv2d:
+        conv: nn.Conv2d = m  # type: ignore[assignment]
+        return (
+            conv.padding_mode == "zeros"
+            and not isinstance(conv.padding, str)
+            and not conv.transposed
+            and all(isinstance(v, int) for v in (*conv.padding, *conv.stride, *conv.dilation))
+        )
+    return False
+
+
+def _sequential_layers(module: nn.Sequential) -> list[nn.Module] | None:
+    out: list[nn.Module] = []
+    for child in module:
+        if type(child) is nn.Sequential:
+            inner = _sequential_layers(child)
+            if inner is None:
+                return None
+            out += inner
+        else:
+            out.append(child)
+    return out
+
+
+def _traced_layers(module: nn.Module) -> list[nn.Module] | None:
+    """The layers a custom module's forward calls, if torch.fx traces it as exactly one chain
+    input -> layer -> layer -> ... -> output (each layer a submodule, called on the previous
+    result alone). The trace runs the forward once on symbolic values; data-dependent branches
+    and any other operation make it refuse."""
+    import torch.fx
+
+    try:
+        graph = torch.fx.symbolic_trace(module).graph
+    except Exception:  # whatever the forward does that fx cannot follow: not a plain chain
+        return None
+    nodes = list(graph.nodes)
+    if len(nodes) < 3 or nodes[0].op != "placeholder" or nodes[-1].op != "output":
+        return None
+    layers: list[nn.Module] = []
+    prev = nodes[0]
+    for node in nodes[1:-1]:
+        if node.op != "call_module" or node.args != (prev,) or node.kwargs:
+            return None
+        layers.append(module.get_submodule(str(node.target)))
+        prev = node
+    if nodes[-1].args != (prev,) or len(prev.users) != 1 or len(nodes[0].users) != 1:
+        return None
+    return layers
+
+
+def _layers_of(module: nn.Module) -> list[nn.Module] | None:
+    # Every submodule must be a supported layer or a plain nn.Sequential holding them; the root
+    # may be any module (its forward is then traced) but owns no parameter or buffer itself.
+    for sub in module.modules():
+        if sub is module and type(sub) is not nn.Sequential:
+            if any(True for _ in sub.parameters(recurse=False)) or any(
+                True for _ in sub.buffers(recurse=False)
+            ):
+                return None
+            continue
+        if type(sub) is not nn.Sequential and not _supported_layer(sub):
+            return None
+        if any(True for _ in sub.buffers(recurse=False)):
+            return None
+    if type(module) is nn.Sequential:
+        return _sequential_layers(module)
+    return _traced_layers(module)
+
+
+@dataclass
+class _Op:
+    kind: str  # "conv", "linear", "relu", "pool", "flatten"
+    layer: nn.Module | None = None
+
+
+@dataclass
+class FusedChain:
+    """A recognised chain, as the ops the step runs (ReLU before pooling already swapped)."""
+
+    ops: list[_Op]
+    params: list[torch.Tensor]
+    signature: tuple[Any, ...]
+    onednn: bool = False
+    _saved: list[Any] = field(default_factory=list)
+    _buffers: dict[tuple[int, tuple[int, ...]], list[torch.Tensor]] = field(default_factory=dict)
+    _dlogits: torch.Tensor | None = None
+
+    def fits(self, example_shape: tuple[int, ...]) -> bool:
+        """True if an input of per-example shape `example_shape` (float32) flows through
+        every op in a shape the fused step handles, ending in logits [B, C]."""
+        shape = (1, *example_shape)
+        for op in self.ops:
+            if op.kind == "conv":
+                conv: nn.Conv2d = op.layer  # type: ignore[assignment]
+                if len(shape) != 4 or shape[1] != conv.in_channels:
+                    return False
+                size = []
+                pads: tuple[int, ...] = conv.padding  # type: ignore[assignment]  # not a str here
+                geometry = zip(
+                    shape[2:], conv.kernel_size, conv.stride, pads, conv.dilation, strict=True
+                )
+                for dim, k, s, p, d in geometry:
+                    out = (dim + 2 * p - d * (k - 1) - 1) // s + 1
+                    if out < 1:
+                        return False
+                    size.append(out)
+                shape = (shape[0], conv.out_channels, *size)
+            elif op.kind == "linear":
+                lin: nn.Linear = op.layer  # type: ignore[assignment]
+                if len(shape) != 2 or shape[1] != lin.in_features:
+                    return False
+                shape = (shape[0], lin.out_features)
+            elif op.kind == "pool":
+                if len(shape) != 4 or shape[2] % 2 or shape[3] % 2 or shape[2] == 0:
+                    return False
+                shape = (shape[0], shape[1], shape[2] // 2, shape[3] // 2)
+            elif op.kind == "flatten":
+                if len(shape) < 2:
+                    return False
+                shape = (shape[0], math.prod(shape[1:]))
+        return len(shape) == 2 and shape[1] >= 1
+
+    def _buffer(self, i: int, shape: tuple[int, ...], count: int) -> list[torch.Tensor]:
+        key = (i, shape)
+        bufs = self._buffers.get(key)
+        if bufs is None:
+            bufs = self._buffers[key] = [torch.empty(0) for _ in range(count)]
+        return bufs
+
+    def forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        """Forward pass and mean cross-entropy on one batch (under `torch.no_grad`); keeps what
+        `backward_update` needs. Returns the loss (NaN for a batch with no counted target)."""
+        saved: list[Any] = []
+        h = x
+        owned = False  # h is ours to overwrite (not the caller's input or a view of it)
+        large = LARGE_LINEAR_WEIGHTS
+        for i, op in enumerate(self.ops):
+            if op.kind == "conv":
+                conv: nn.Conv2d = op.layer  # type: ignore[assignment]
+                saved.append(h)
+                h = _aten.convolution(
+                    h, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation,
+                    False, [0, 0], conv.groups,
+                )  # fmt: skip
+                owned = True
+            elif op.kind == "linear":
+                lin: nn.Linear = op.layer  # type: ignore[assignment]
+                saved.append(h)
+                if self.onednn and lin.weight.numel() >= large:
+                    h = torch.ops.mkldnn._linear_pointwise(h, lin.weight, lin.bias, "none", [], "")
+                elif lin.bias is not None:
+                    h = torch.addmm(lin.bias, h, lin.weight.t())
+                else:
+                    h = h.mm(lin.weight.t())
+                owned = True
+            elif op.kind == "relu":
+                h = h.relu_() if owned else torch.relu(h)
+                owned = True
+                saved.append(h)
+            elif op.kind == "pool":
+                h, masks = self._pool_forward(i, h)
+                saved.append(masks)
+                owned = True
+            else:  # flatten
+                saved.append(h.shape)
+                h = h.reshape(h.shape[0], -1)
+        logp = torch._log_softmax(h, 1, False)
+        loss, total_weight = _aten.nll_loss_forward(logp, y, None, 1, IGNORE_INDEX)
+        ones = torch.ones((), dtype=h.dtype)
+        dnll = _aten.nll_loss_backward(ones, logp, y, None, 1, IGNORE_INDEX, total_weight)
+        self._dlogits = torch._log_softmax_backward_data(dnll, logp, 1, h.dtype)
+        self._saved = saved
+        return float(loss)
+
+    def backward_update(self, lr: float) -> None:
+        """Backward through the batch of the last `forward_loss`, each parameter updated in
+        place by plain SGD (p -= lr * grad) once its gradient is known."""
+        g = self._dlogits
+        assert g is not None
+        saved = self._saved
+        large = LARGE_LINEAR_WEIGHTS
+        for i in range(len(self.ops) - 1, -1, -1):
+            op, s = self.ops[i], saved[i]
+            need_input = i > 0
+            if op.kind == "conv":
+                conv: nn.Conv2d = op.layer  # type: ignore[assignment]
+                has_bias = conv.bias is not None
+                gi, gw, gb = _aten.convolution_backward(
+                    g, s, conv.weight, [conv.out_channels] if has_bias else None,
+                    conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups,
+                    [need_input, True, has_bias],
+                )  # fmt: skip
+                conv.weight.add_(gw, alpha=-lr)
+                if conv.bias is not None:
+                    conv.bias.add_(gb, alpha=-lr)
+                g = gi
+            elif op.kind == "linear":
+                lin: nn.Linear = op.layer  # type: ignore[assignment]
+                big = lin.weight.numel() >= large
+                gi = None
+                if need_input:  # before the update: the input gradient reads the old weights
+                    if self.onednn and big:
+                        gi = torch.ops.mkldnn._linear_pointwise(
+                            g, lin.weight.t(), None, "none", [], ""
+                        )
+                    else:
+                        gi = g.mm(lin.weight)
+                if lin.bias is not None:
+                    lin.bias.add_(g.sum(0), alpha=-lr)
+                if lin.weight.numel() >= FUSED_UPDATE_MIN_WEIGHTS:
+                    lin.weight.addmm_(g.t(), s, alpha=-lr)
+                else:
+                    lin.weight.add_(g.t().mm(s), alpha=-lr)
+                g = gi
+            elif op.kind == "relu":
+                g = _aten.threshold_backward(g, s, 0)
+            elif op.kind == "pool":
+                g = self._pool_backward(g, s)
+            else:  # flatten
+                g = g.view(s)
+            if g is None:
+                break
+        self._saved = []
+        self._dlogits = None
+
+    def _pool_forward(self, i: int, h: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """`sdk._maxpool.MaxPool2x2`'s forward (the same values and tie rule) into buffers
+        reused from step to step."""
+        n, c, hh, w = h.shape
+        h = h.contiguous()
+        bufs = self._buffer(i, (n, c, hh, w), 6)
+        if bufs[0].numel() == 0:
+            bufs[:] = [
+                h.new_empty(n, c, hh, w // 2),  # take_right
+                h.new_empty(n, c, hh, w // 2),  # row maxima
+                h.new_empty(n, c, hh // 2, w // 2),  # take_bottom
+                h.new_empty(n, c, hh // 2, w // 2),  # output
+                h.new_empty(n, c, hh // 2, 2, w // 2),  # backward: per-row gradient
+                h.new_empty(n, c, hh, w // 2, 2),  # backward: input gradient
+            ]
+        take_right, rows, take_bottom, out = bufs[:4]
+        pairs = h.view(n, c, hh, w // 2, 2)
+        left, right = pairs[..., 0], pairs[..., 1]
+        torch.sub(right, left, out=take_right).gt_(0)  # 1.0 where the right one is larger
+        torch.maximum(left, right, out=rows)
+        by_row = rows.view(n, c, hh // 2, 2, w // 2)
+        top, bottom = by_row[:, :, :, 0], by_row[:, :, :, 1]
+        torch.sub(bottom, top, out=take_bottom).gt_(0)
+        torch.maximum(top, bottom, out=out)
+        return out, bufs
+
+    @staticmethod
+    def _pool_backward(g: torch.Tensor, bufs: list[torch.Tensor]) -> torch.Tensor:
+        take_right, _, take_bottom, _, rows, out = bufs
+        n, c, hh, w2 = take_right.shape
+        g = g.contiguous()
+        torch.mul(g, take_bottom, out=rows[:, :, :, 1])
+        torch.sub(g, rows[:, :, :, 1], out=rows[:, :, :, 0])
+        per_row = rows.view(n, c, hh, w2)
+        torch.mul(per_row, take_right, out=out[..., 1])
+        torch.sub(per_row, out[..., 1], out=out[..., 0])
+        return out.view(n, c, hh, 2 * w2)
+
+
+def _signature(module: nn.Module) -> tuple[Any, ...]:
+    """What a cached chain depends on: the module tree's objects and parameter tensors."""
+    return (
+        tuple((name, id(m), type(m)) for name, m in module.named_modules()),
+        tuple(id(p) for p in module.parameters()),
+    )
+
+
+def fused_chain(
+    module: nn.Module, onednn: bool, cached: FusedChain | None = None
+) -> FusedChain | None:
+    """The fused step for `module`, or None if it does not qualify: every submodule a supported
+    layer (`nn.Conv2d` with zero padding given in numbers, `nn.ReLU`, `nn.MaxPool2d(2)`,
+    `nn.Flatten()`, `nn.Linear`, exact classes) or a plain `nn.Sequential`; the forward exactly
+    the chain of them (an `nn.Sequential`, or a forward torch.fx traces as one); no hook on any
+    module or parameter (nor a global module hook); every parameter float32, on the CPU,
+    trainable, strided and used by one layer once. `cached` is reused when the module tree
+    and its parameters are the same objects (the hooks are checked again each call)."""
+    if _global_hooks() or any(_has_hooks(m) for m in module.modules()):
+        return None
+    sig = _signature(module)
+    if cached is not None and cached.signature == sig:
+        return (
+            cached
+            if cached.onednn == onednn
+            else FusedChain(cached.ops, cached.params, sig, onednn)
+        )
+    layers = _layers_of(module)
+    if not layers:
+        return None
+    ops: list[_Op] = []
+    seen: set[int] = set()
+    params: list[torch.Tensor] = []
+    for layer in layers:
+        kind = {
+            nn.Conv2d: "conv",
+            nn.Linear: "linear",
+            nn.ReLU: "relu",
+            nn.MaxPool2d: "pool",
+            nn.Flatten: "flatten",
+        }[type(layer)]
+        own = list(layer.parameters())
+        if own:
+            if id(layer) in seen:
+                return None  # weight sharing: one update per use would not be SGD's
+            seen.add(id(layer))
+            params += own
+        ops.append(_Op(kind, layer if own else None))
+    if ops[-1].kind != "linear":
+        return None
+    ids = [id(p) for p in params]
+    if len(set(ids)) != len(ids) or set(ids) != {id(p) for p in module.parameters()}:
+        return None
+    for p in params:
+        if (
+            p.dtype != torch.float32
+            or p.device.type != "cpu"
+            or p.layout != torch.strided
+            or not p.requires_grad
+            or not p.is_contiguous()
+        ):
+            return None
+    i = 0
+    while i + 1 < len(ops):  # ReLU then 2x2 max pooling: pool first (see the module docstring)
+        if ops[i].kind == "relu" and ops[i + 1].kind == "pool":
+            ops[i], ops[i + 1] = ops[i + 1], ops[i]
+            i += 2
+        else:
+            i += 1
+    return FusedChain(ops, params, sig, onednn)
