@@ -28,6 +28,12 @@ Experiments (default: all):
             2048^3 GEMM (the per-core ceiling); the step minus the kernels is the rest.
   fftconv   conv2 (10x32x14x14, 64 filters 5x5) forward + backward: oneDNN's direct kernel vs
             an FFT convolution (16x16 rfft, one complex matmul per frequency), one thread.
+  fused     the cohort's training, one thread: TorchTrainer's autograd path (fused=False) vs
+            its autograd-free step (fused=True, sdk/_fused.py) with and without fc1's in-place
+            addmm_ update, and how far each one's trained parameters are from autograd's.
+
+The trainer, maxpool and ops experiments time TorchTrainer's autograd path (fused=False), the
+path their fast_linear / fast_pool switches act on.
 """
 
 from __future__ import annotations
@@ -69,6 +75,7 @@ EXPERIMENTS = (
     "ceiling",
     "ops",
     "fftconv",
+    "fused",
 )
 
 
@@ -255,11 +262,17 @@ def _plain_client(s: _Setup) -> Callable[[], None]:
     return run
 
 
-def _trainer_client(s: _Setup, fast_linear: bool, fast_pool: bool = True) -> Callable[[], None]:
+def _trainer_client(
+    s: _Setup, fast_linear: bool, fast_pool: bool = True, fused: bool = False
+) -> Callable[[], None]:
+    """One client's E=5 training with `TorchTrainer`; by default on its autograd path
+    (`fused=False`), the path the fast_linear and fast_pool experiments measure."""
     from mobile_sim.models import build_model
     from sdk.trainer import TorchTrainer
 
-    trainer = TorchTrainer(build_model("mnist_cnn"), fast_linear=fast_linear, fast_pool=fast_pool)
+    trainer = TorchTrainer(
+        build_model("mnist_cnn"), fast_linear=fast_linear, fast_pool=fast_pool, fused=fused
+    )
     x, y = s.xy(s.client)
 
     def run() -> None:
@@ -290,7 +303,7 @@ def exp_trainer(s: _Setup, reps: int) -> dict[str, Any]:
     _threads(1)
     x, y = s.xy(s.client)
     res = [
-        TorchTrainer(build_model("mnist_cnn"), fast_linear=f).train(
+        TorchTrainer(build_model("mnist_cnn"), fast_linear=f, fused=False).train(
             s.params, x, y, epochs=5, batch_size=10, lr=0.05, rng=np.random.default_rng(0)
         )
         for f in (False, True)
@@ -321,7 +334,7 @@ def exp_maxpool(s: _Setup, reps: int) -> dict[str, Any]:
         )
     x, y = s.xy(s.client)
     params = [
-        TorchTrainer(build_model("mnist_cnn"), fast_pool=fast)
+        TorchTrainer(build_model("mnist_cnn"), fast_pool=fast, fused=False)
         .train(s.params, x, y, epochs=5, batch_size=10, lr=0.05, rng=np.random.default_rng(0))
         .params
         for fast in (False, True)
@@ -823,6 +836,67 @@ def exp_fftconv(s: _Setup, reps: int) -> dict[str, Any]:
     }
 
 
+def exp_fused(s: _Setup, reps: int) -> dict[str, Any]:
+    """The cohort's 10 real clients' E=5 training, one thread, interleaved per client:
+    `TorchTrainer` on its autograd path (`fused=False`) vs the fused step (`fused=True`, the
+    default) vs the fused step without the in-place addmm_ update of fc1 (`fused_exact`). Also
+    how far the median client's trained parameters are from the autograd path's."""
+    import torch
+
+    import sdk._fused as fused_mod
+    from mobile_sim.models import build_model
+    from sdk.trainer import TorchTrainer
+
+    _threads(1)
+    trainers = {
+        "autograd": TorchTrainer(build_model("mnist_cnn"), fused=False),
+        "fused": TorchTrainer(build_model("mnist_cnn")),
+        "fused_exact": TorchTrainer(build_model("mnist_cnn")),
+    }
+    default_min = fused_mod.FUSED_UPDATE_MIN_WEIGHTS
+
+    def train(name: str, dev: int) -> Any:
+        x, y = s.xy(dev)
+        fused_mod.FUSED_UPDATE_MIN_WEIGHTS = 1 << 62 if name == "fused_exact" else default_min
+        try:
+            return trainers[name].train(
+                s.params, x, y, epochs=5, batch_size=10, lr=0.05, rng=np.random.default_rng(0)
+            )
+        finally:
+            fused_mod.FUSED_UPDATE_MIN_WEIGHTS = default_min
+
+    def cohort(name: str) -> Callable[[], None]:
+        def run() -> None:
+            for dev in s.cohort:
+                train(name, dev)
+
+        return run
+
+    timing = _ab({name: cohort(name) for name in trainers}, reps, "fused")
+    steps = sum(5 * -(-len(s.parts[dev]) // 10) for dev in s.cohort)
+    for v in timing.values():
+        v["ms_per_step"] = 1e3 * v["median_s"] / steps
+    used = all(p.grad is None for p in trainers["fused"].module.parameters())
+    ref = train("autograd", s.client).params - s.params
+    agreement = {}
+    for name in ("fused", "fused_exact"):
+        delta = train(name, s.client).params - s.params
+        agreement[name] = {
+            "bit_identical": bool(np.array_equal(delta, ref)),
+            "delta_max_abs_diff": float(np.abs(delta - ref).max()),
+            "delta_rel_l2_diff": float(np.linalg.norm(delta - ref) / np.linalg.norm(ref)),
+        }
+    return {
+        "threads": torch.get_num_threads(),
+        "clients": len(s.cohort),
+        "steps_per_rep": steps,
+        "fused_path_used": used,
+        "timing": timing,
+        "delta_max_abs": float(np.abs(ref).max()),
+        "agreement_with_autograd": agreement,
+    }
+
+
 # Results of the experiments run so far in this invocation (ceiling reads `share`).
 _LAST: dict[str, dict[str, Any]] = {}
 
@@ -841,6 +915,7 @@ RUNNERS: dict[str, Callable[[_Setup, int], dict[str, Any]]] = {
     "ceiling": exp_ceiling,
     "ops": exp_ops,
     "fftconv": exp_fftconv,
+    "fused": exp_fused,
 }
 
 
