@@ -124,6 +124,12 @@ def _port(text: str) -> int:
     return port
 
 
+def _on_off(text: str) -> bool:
+    if text not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return text == "on"
+
+
 def _positive(text: str) -> float:
     try:
         x = float(text)
@@ -294,6 +300,14 @@ def register(sub: Any) -> None:
         default="info",
         choices=_LOG_LEVELS,
         help="uvicorn and plume.coordinator logging",
+    )
+    s.add_argument(
+        "--access-log",
+        type=_on_off,
+        default=True,
+        metavar="{on,off}",
+        help="uvicorn's access log, a line per request on stdout (default: on; off: a fleet's "
+        "check-ins are most of the log, and the coordinator's own lines stay)",
     )
     s.set_defaults(func=_serve, _serve_parser=s)
 
@@ -806,6 +820,7 @@ def _serve(args: argparse.Namespace) -> int:
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
             log_level=args.log_level,
+            access_log=args.access_log,
         )
     except ListenError as exc:  # found before the database was opened
         _fail(prog, _listen_sentence(exc))

@@ -33,6 +33,7 @@ def uvicorn_config(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     log_level: str = "warning",
+    access_log: bool = True,
 ) -> uvicorn.Config:
     """Uvicorn settings the ledger relies on: no `server`/`date` headers (the app counts every
     response header it sends, so uvicorn must not add its own), one process, TLS if given."""
@@ -41,6 +42,7 @@ def uvicorn_config(
         host=host,
         port=port,
         log_level=log_level,
+        access_log=access_log,
         server_header=False,
         date_header=False,
         ssl_certfile=tls_cert,
@@ -60,6 +62,7 @@ def serve(
     tls_cert: str | None = None,
     tls_key: str | None = None,
     log_level: str = "info",
+    access_log: bool = True,
 ) -> None:
     """Serve until interrupted (SIGINT/SIGTERM shut down gracefully; after SIGTERM this
     returns normally, with the database closed).
@@ -80,6 +83,7 @@ def serve(
     `log_level` is uvicorn's and, unless the process already handles `plume.coordinator`'s
     records (a handler on it or on an ancestor, e.g. the root's), the coordinator's own: while
     it serves, its lines go to stderr at that level, formatted as uvicorn's (`WARNING:  ...`).
+    `access_log=False` turns off uvicorn's line per request (stdout).
     """
     try:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
@@ -112,7 +116,13 @@ def serve(
                 )
                 server = uvicorn.Server(
                     uvicorn_config(
-                        app, host, port, tls_cert=tls_cert, tls_key=tls_key, log_level=log_level
+                        app,
+                        host,
+                        port,
+                        tls_cert=tls_cert,
+                        tls_key=tls_key,
+                        log_level=log_level,
+                        access_log=access_log,
                     )
                 )
                 _log_listening(sockets, tls_cert is not None)

@@ -56,7 +56,8 @@ def test_the_file_sets_the_serve_flags(
     conf = _config(
         tmp_path,
         f'db = "{db}"\nhost = "127.0.0.2"\nport = 9090\nadmin-token = "from-file"\n'
-        'poll = 3\nkeep_frames = 10\npool-ttl = 120.5\nlog-level = "warning"\n',
+        'poll = 3\nkeep_frames = 10\npool-ttl = 120.5\nlog-level = "warning"\n'
+        'access-log = "off"\n',
     )
     # Execute
     code = _serve("--config", str(conf))
@@ -66,7 +67,7 @@ def test_the_file_sets_the_serve_flags(
     assert (config.db_path, host, port) == (str(db), "127.0.0.2", 9090)
     assert config.admin_token == "from-file"
     assert (config.poll_s, config.keep_frames_rounds, config.pool_ttl_s) == (3.0, 10, 120.5)
-    assert kw["log_level"] == "warning"
+    assert kw["log_level"] == "warning" and kw["access_log"] is False
 
 
 def test_a_flag_on_the_command_line_wins_over_the_file_wherever_it_is(
@@ -116,6 +117,7 @@ def test_the_file_wins_over_the_environments_admin_token(
         ("port = 70000\n", "port = 70000: a TCP port is 0-65535, got 70000"),
         ("log-level = 'loud'\n", "log-level = 'loud': choose one of critical, error, warning"),
         ("poll = true\n", "poll = true: give a string or a number"),
+        ("access-log = 'no'\n", "access-log = 'no': expected on or off, got 'no'"),
         ("[serve]\nport = 1\n", "[serve] is a table; write the keys at the top of the file"),
         ("port = \n", "it is not TOML (Invalid value (at line 1, column 8))"),
     ],

@@ -44,8 +44,9 @@ def dp_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return db
 
 
-def _serve_then_stop(db: Path, *flags: str) -> str:
-    """stderr of `plume coordinator serve` on `db` with `flags`, stopped by SIGTERM once up."""
+def _serve_then_stop(db: Path, *flags: str, stdout: bool = False) -> str:
+    """stderr (or stdout, where uvicorn's access log goes) of `plume coordinator serve` on
+    `db` with `flags`, stopped by SIGTERM once up."""
     port = free_port()
     cmd = [*_plume(), "coordinator", "serve", "--db", str(db), "--port", str(port), *flags]
     env = {**os.environ, "PLUME_ADMIN_TOKEN": ADMIN, "PLUME_DEBUG": ""}
@@ -55,12 +56,12 @@ def _serve_then_stop(db: Path, *flags: str) -> str:
         try:
             _wait_healthy(f"http://127.0.0.1:{port}", proc)
             proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=30)
+            out, err = proc.communicate(timeout=30)
         finally:
             if proc.poll() is None:
                 proc.kill()
     assert proc.returncode == 0, err
-    return err
+    return out if stdout else err
 
 
 def test_the_coordinators_lines_are_shown_at_info_with_their_level(dp_db: Path) -> None:
@@ -97,3 +98,14 @@ def test_a_new_database_is_announced_only_when_it_is_created(tmp_path: Path) -> 
     # A start that creates it says so, with the absolute path
     err = _serve_then_stop(tmp_path / "new.db").splitlines()
     assert f"INFO:     creating a new database at {tmp_path / 'new.db'}" in err, err
+
+
+def test_access_log_off_keeps_the_coordinators_lines_but_not_one_per_request(
+    dp_db: Path,
+) -> None:
+    # uvicorn's access log writes a line per request: at a fleet's check-in rate, most of the
+    # log.
+    # The default (on) logs the start's health probes, on stdout; off logs none.
+    on = _serve_then_stop(dp_db, stdout=True)
+    assert '"GET /healthz HTTP/1.1" 200' in on, on
+    assert _serve_then_stop(dp_db, "--access-log", "off", stdout=True) == ""
