@@ -687,7 +687,7 @@ def _apply_config(args: argparse.Namespace) -> str | None:
         if dest not in given:  # the command line wins
             setattr(args, dest, converted)
     mode = path.stat().st_mode
-    if "admin_token" in values and mode & (stat.S_IRGRP | stat.S_IROTH):
+    if "admin_token" in values and mode & stat.S_IROTH:  # a group may be meant (root:plume)
         print(
             f"plume coordinator serve: note: {where} holds the admin token and other users "
             f"may read it (mode {mode & 0o7777:04o}); chmod 600 {args.config}",

@@ -165,10 +165,39 @@ def test_a_token_in_a_file_others_may_read_gets_a_note(
     assert _serve("--config", str(conf)) == 0
     err = capsys.readouterr().err
     assert f"note: --config {conf} holds the admin token and other users may read it" in err
-    # a file only its owner reads gets none
-    conf.chmod(0o600)
-    assert _serve("--config", str(conf)) == 0
-    assert "holds the admin token" not in capsys.readouterr().err
+    # a file only its owner, or its owner and group (root:plume, 0640), reads gets none
+    for mode in (0o600, 0o640):
+        conf.chmod(mode)
+        assert _serve("--config", str(conf)) == 0
+        assert "holds the admin token" not in capsys.readouterr().err
+
+
+def test_the_documented_systemd_unit_starts_serve_with_its_config_file(
+    tmp_path: Path, served: list[tuple[ServiceConfig, str, int, dict]]
+) -> None:
+    # Prepare: the unit's ExecStart, its --config pointed at the documented example file
+    import shlex
+
+    text = DOC.read_text()
+    unit = re.search(
+        r"```ini\n# /etc/systemd/system/plume-coordinator.service\n(.*?)```", text, re.S
+    )
+    assert unit, "docs/operations.md: the systemd unit is gone"
+    (exec_start,) = re.findall(r"^ExecStart=(.*)$", unit.group(1), re.M)
+    program, *argv = shlex.split(exec_start)
+    assert program.endswith("/bin/plume") and argv[:2] == ["coordinator", "serve"]
+    example = re.search(r"```toml\n# /etc/plume/coordinator.toml\n(.*?)```", text, re.S)
+    assert example
+    conf = _config(tmp_path, example.group(1).replace("/var/lib/plume", str(tmp_path)))
+    argv = [str(conf) if a == "/etc/plume/coordinator.toml" else a for a in argv]
+    # Execute
+    assert main(argv) == 0
+    # Assert: served with the file's settings; a mistake in it exits 2, which the unit's
+    # RestartPreventExitStatus does not retry
+    assert served[0][2] == 8080
+    assert "RestartPreventExitStatus=2" in unit.group(1)
+    conf.write_text("prot = 1\n")
+    assert _serve(*argv[2:]) == 2
 
 
 def test_the_documented_example_file_is_what_serve_reads(
