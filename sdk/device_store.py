@@ -674,7 +674,7 @@ class DeviceStore:
     def root(self) -> Path:
         """The app directory. `ValueError` once the store is closed, or in a child process
         forked from the one that opened it (the lock is not the child's)."""
-        if not self._hold.here():
+        if not (self._release.alive and self._hold.here()):
             raise ValueError(
                 f"{self._root}: this DeviceStore is closed"
                 + ("" if self._hold.pid == os.getpid() else " (opened before a fork)")

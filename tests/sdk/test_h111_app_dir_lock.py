@@ -285,3 +285,16 @@ def test_a_client_holds_its_app_directory(tmp_path: Path) -> None:
     del client
     gc.collect()
     assert _try_open(tmp_path) == {"opened": True}
+
+
+def test_a_closed_store_is_refused_while_another_store_holds_the_directory(
+    tmp_path: Path,
+) -> None:
+    # The process still holds the lock through `other`; `closed` gave its share back.
+    other = DeviceStore(tmp_path)
+    closed = DeviceStore(tmp_path)
+    closed.close()
+    with pytest.raises(ValueError, match="this DeviceStore is closed"):
+        closed.save_residual(_residual(1.0), 1)
+    assert other.load_residual(4, 1) is None
+    other.close()
