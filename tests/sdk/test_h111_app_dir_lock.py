@@ -9,12 +9,15 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from compression import ErrorFeedback
 from sdk import AppDirInUse, Client, ClientError, device_store
@@ -298,3 +301,33 @@ def test_a_closed_store_is_refused_while_another_store_holds_the_directory(
         closed.save_residual(_residual(1.0), 1)
     assert other.load_residual(4, 1) is None
     other.close()
+
+
+@settings(derandomize=True, max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 3)), max_size=12))
+def test_the_directory_is_locked_exactly_while_a_store_of_the_process_is_open(
+    steps: list[tuple[bool, int]],
+) -> None:
+    # Prepare: open (True) or close (False) stores in any order, closing one twice included.
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        stores: list[DeviceStore] = []
+        open_ones: set[int] = set()
+        for opening, pick in steps:
+            # Execute
+            if opening:
+                stores.append(DeviceStore(root))
+                open_ones.add(len(stores) - 1)
+            elif stores:
+                i = pick % len(stores)
+                stores[i].close()
+                open_ones.discard(i)
+            # Assert: another open file of the directory is refused iff a store is open.
+            if open_ones:
+                with pytest.raises(AppDirInUse):
+                    _fresh_flock(root)
+            else:
+                _fresh_flock(root)
+        for s in stores:
+            s.close()
+        _fresh_flock(root)
