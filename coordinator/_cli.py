@@ -703,6 +703,15 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
     for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
         if path is not None and not Path(path).is_file():
             return f"{flag} {path}: no such file"
+        if path is not None and not os.access(path, os.R_OK):
+            # Else ssl's "[Errno 13] Permission denied", naming no file (a certbot
+            # privkey.pem is root's alone; serve runs as a service user).
+            st = Path(path).stat()
+            return (
+                f"{flag} {path}: this user (uid {os.geteuid()}) cannot read it (owned by uid "
+                f"{st.st_uid}, mode {st.st_mode & 0o7777:04o}); give this user read access "
+                "(e.g. a group that may read it) or a copy it may read"
+            )
     if not 0 <= args.register_rate < float("inf") or args.register_burst < 1:
         return "--register-rate must be >= 0 and --register-burst >= 1"
     # The bounds ServiceConfig holds (a wait is divided by each rate), named by their flags.

@@ -43,8 +43,8 @@ def _made_by_someone_else(path: Path, mode: int) -> None:
     path.chmod(mode if ROOT else 0)
 
 
-def _serve(db: Path) -> subprocess.CompletedProcess[str]:
-    cmd = [*_plume(), "coordinator", "serve", "--db", str(db), "--port", "0"]
+def _serve(db: Path, *flags: str) -> subprocess.CompletedProcess[str]:
+    cmd = [*_plume(), "coordinator", "serve", "--db", str(db), "--port", "0", *flags]
     if ROOT:
         cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *cmd]
     return subprocess.run(
@@ -53,9 +53,9 @@ def _serve(db: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def _error_line(done: subprocess.CompletedProcess[str]) -> str:
+def _error_line(done: subprocess.CompletedProcess[str], status: int = 1) -> str:
     errors = [line for line in done.stderr.splitlines() if ": error: " in line]
-    assert done.returncode == 1 and len(errors) == 1, done.stderr
+    assert done.returncode == status and len(errors) == 1, done.stderr
     assert "Traceback" not in done.stderr
     return errors[0]
 
@@ -90,3 +90,19 @@ def test_a_lock_file_of_another_user_is_named_not_the_folder(folder: Path) -> No
     # Assert: the lock file is named, and the folder (writable) is not blamed
     assert f"cannot read and write {lock}" in line, line
     assert "make its folder writable" not in line
+
+
+def test_a_tls_key_it_may_not_read_is_named(folder: Path) -> None:
+    # Prepare: a certificate and a key only another user reads (as a certbot privkey.pem is)
+    from tests.coordinator.test_service_tls import _self_signed
+
+    cert, key = _self_signed(folder)
+    Path(cert).chmod(0o644)
+    _made_by_someone_else(Path(key), 0o600)
+    # Execute
+    done = _serve(folder / "plume.db", "--tls-cert", cert, "--tls-key", key)
+    line = _error_line(done, status=2)  # as a --tls-key that is not there
+    # Assert: before, "error: [Errno 13] Permission denied", naming no file
+    assert f"--tls-key {key}: this user (uid {NOBODY if ROOT else os.geteuid()}) " in line, line
+    assert "cannot read it" in line and f"owned by uid {os.geteuid()}" in line, line
+    assert not (folder / "plume.db").exists()
