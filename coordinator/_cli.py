@@ -942,6 +942,14 @@ def admin_error_text(exc: Exception, url: str, flag: str = "--url") -> str:
             f"{url} answered {head} with {status} and a body that is not the coordinator's "
             f"JSON ({brief or 'empty'}); is a Plume coordinator serving there? ({flag})"
         )
+    if reason in ("not_found", "method_not_allowed"):
+        # No route (a task, round or version the coordinator lacks has its own reason): the
+        # URL's path is not where the admin API is, e.g. --url with a path behind no proxy.
+        return (
+            f"{url} answered {head} with {status} {reason}: no such route; --url is the "
+            "coordinator's base URL (scheme, host and port, plus a path only if a proxy "
+            f"serves it under one) ({flag})"
+        )
     if reason == "bad_admin_token" and "disabled" in detail:
         return (
             f"the coordinator's admin API is off ({detail}); restart `plume coordinator serve` "

@@ -62,3 +62,18 @@ def test_get_model_into_a_folder_it_may_not_write_fails_before_any_request() -> 
         f"plume coordinator get-model: error: cannot write --out {folder / 'model.npz'}: "
         f"this user may not create files in {folder}"
     ), done.stderr
+
+
+def test_a_url_with_a_path_the_coordinator_does_not_serve_says_to_check_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: "error: Not Found (404 not_found, GET /plume/v1/admin/tasks)"
+    with ServerThread(ServiceConfig(db_path=str(tmp_path / "p.db"), admin_token=ADMIN)) as url:
+        code = main(["coordinator", "status", "--url", f"{url}/plume", "--admin-token", ADMIN])
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert err == (
+        f"plume coordinator status: error: {url}/plume answered GET /plume/v1/admin/tasks with "
+        "404 not_found: no such route; --url is the coordinator's base URL (scheme, host and "
+        "port, plus a path only if a proxy serves it under one) (--url)"
+    )
