@@ -295,6 +295,9 @@ class FusedChain:
                     lin.bias.add_(g.sum(0), alpha=-lr)
                 if lin.weight.numel() >= FUSED_UPDATE_MIN_WEIGHTS:
                     lin.weight.addmm_(g.t(), s, alpha=-lr)
+                elif self.onednn and big:  # the product `_OneDnnLinear`'s backward runs
+                    gw = torch.ops.mkldnn._linear_pointwise(g.t(), s.t(), None, "none", [], "")
+                    lin.weight.add_(gw, alpha=-lr)
                 else:
                     lin.weight.add_(g.t().mm(s), alpha=-lr)
                 g = gi

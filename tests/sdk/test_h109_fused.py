@@ -18,7 +18,7 @@ from mobile_sim.data import load_digits_data
 from mobile_sim.models import build_model
 from sdk._fused import FUSED_UPDATE_MIN_WEIGHTS, fused_chain
 from sdk.flat import get_flat_params
-from sdk.trainer import IGNORE_INDEX, TorchTrainer, TrainingCancelled
+from sdk.trainer import IGNORE_INDEX, TorchTrainer, TrainingCancelled, onednn_linear_available
 
 # The backends-agreement tolerance (tests/mobile_sim/test_backends.py `_assert_same`).
 ATOL, RTOL = 1e-5, 1e-4
@@ -177,6 +177,26 @@ def test_the_mnist_cnn_is_traced_and_its_large_layer_takes_the_fused_update() ->
     # Execute / Assert: with oneDNN (fast_linear) and with BLAS
     _agree(module, x, y, epochs=1, batch_size=5)
     _agree(module, x, y, epochs=1, batch_size=5, fast_linear=False)
+
+
+def test_without_the_fused_update_large_layers_take_onednn_s_weight_gradient(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The variant bench/explore_cnn_speed.py "fused" times as fused_exact.
+    import sdk._fused as fused_module
+
+    monkeypatch.setattr(fused_module, "FUSED_UPDATE_MIN_WEIGHTS", 1 << 62)
+    module = build_model("mnist_cnn")
+    rng = np.random.default_rng(4)
+    x = rng.random((8, 1, 28, 28), dtype=np.float32)
+    y = rng.integers(0, 10, size=8)
+    _agree(module, x, y, epochs=1, batch_size=4)
+    _agree(module, x, y, epochs=1, batch_size=4, fast_linear=False)
+    if onednn_linear_available():
+        # One step (one batch of 8): every kernel and its operands are autograd's, so the
+        # update is bit for bit the autograd path's.
+        got, want = _agree(module, x, y, epochs=1, batch_size=8)
+        np.testing.assert_array_equal(got.params, want.params)
 
 
 def test_a_large_linear_layer_without_bias_in_an_mlp() -> None:
