@@ -199,6 +199,27 @@ def test_without_the_fused_update_large_layers_take_onednn_s_weight_gradient(
         np.testing.assert_array_equal(got.params, want.params)
 
 
+@pytest.mark.parametrize(("groups", "dilation", "stride"), [(2, 1, 1), (1, 2, 1), (2, 2, 2)])
+def test_grouped_dilated_and_strided_convolutions_train_as_autograd_does(
+    groups: int, dilation: int, stride: int
+) -> None:
+    module = _seeded(
+        lambda: nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=2, dilation=dilation, stride=stride, groups=groups),
+            nn.ReLU(),
+            nn.Conv2d(4, 4, 1, groups=groups),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(4 * (((8 + 4 - 2 * dilation - 1) // stride + 1) // 2) ** 2, 3),
+        ),
+        11,
+    )
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((7, 2, 8, 8)).astype(np.float32)
+    _agree(module, x, rng.integers(0, 3, size=7), batch_size=3)
+
+
 def test_a_large_linear_layer_without_bias_in_an_mlp() -> None:
     module = _seeded(
         lambda: nn.Sequential(nn.Linear(256, 256, bias=False), nn.ReLU(), nn.Linear(256, 4)), 2
