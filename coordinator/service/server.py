@@ -18,7 +18,7 @@ import uvicorn
 
 from .app import create_app
 from .rounds import ServiceConfig
-from .store import Store
+from .store import SCHEMA_VERSION, Store
 
 __all__ = ["ListenError", "serve", "ServerThread", "uvicorn_config"]
 
@@ -108,8 +108,11 @@ def serve(
                 coordinator.restore()
                 loaded, refused = len(coordinator.runtimes), len(coordinator.refused)
                 log.info(
-                    "serving the database %s: %d task%s loaded, %d refused",
-                    Path(config.db_path).resolve(),
+                    "plume %s (database schema %d) serving the database %s: %d task%s loaded, "
+                    "%d refused",
+                    _version(),
+                    SCHEMA_VERSION,
+                    db,
                     loaded,
                     "" if loaded == 1 else "s",
                     refused,
@@ -140,6 +143,16 @@ def serve(
         unlog()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _version() -> str:
+    """The installed plume-fl version (after an upgrade, the log says which one ran when)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("plume-fl")
+    except PackageNotFoundError:  # a source tree never installed
+        return "(not installed)"
 
 
 def _log_coordinator(log_level: str) -> Callable[[], None]:

@@ -70,8 +70,14 @@ def test_the_coordinators_lines_are_shown_at_info_with_their_level(dp_db: Path) 
     warnings = [line for line in err if "may never open a round" in line]
     assert len(warnings) == 1, err
     assert warnings[0].startswith("WARNING:  task 1 may never open a round: "), err
-    # An INFO line: which database it serves (the absolute path) and what it loaded from it
-    assert f"INFO:     serving the database {dp_db.resolve()}: 1 task loaded, 0 refused" in err
+    # An INFO line: which version serves which database (the absolute path; after an upgrade,
+    # the log says which version ran when) and what it loaded from it
+    from importlib.metadata import version
+
+    assert (
+        f"INFO:     plume {version('plume-fl')} (database schema 4) serving the database "
+        f"{dp_db.resolve()}: 1 task loaded, 0 refused"
+    ) in err, err
 
 
 def test_log_level_error_silences_the_coordinators_warnings_and_info(dp_db: Path) -> None:
