@@ -946,9 +946,9 @@ def admin_error_text(exc: Exception, url: str, flag: str = "--url") -> str:
         # No route (a task, round or version the coordinator lacks has its own reason): the
         # URL's path is not where the admin API is, e.g. --url with a path behind no proxy.
         return (
-            f"{url} answered {head} with {status} {reason}: no such route; --url is the "
+            f"{url} answered {head} with {status} {reason}: no such route; {flag} is the "
             "coordinator's base URL (scheme, host and port, plus a path only if a proxy "
-            f"serves it under one) ({flag})"
+            "serves it under one)"
         )
     if reason == "bad_admin_token" and "disabled" in detail:
         return (

@@ -75,5 +75,15 @@ def test_a_url_with_a_path_the_coordinator_does_not_serve_says_to_check_url(
     assert err == (
         f"plume coordinator status: error: {url}/plume answered GET /plume/v1/admin/tasks with "
         "404 not_found: no such route; --url is the coordinator's base URL (scheme, host and "
-        "port, plus a path only if a proxy serves it under one) (--url)"
+        "port, plus a path only if a proxy serves it under one)"
+    )
+    # plume sim --coordinator words it by its own flag
+    from coordinator._cli import admin_error_text
+    from coordinator.service import AdminError
+
+    refused = AdminError(
+        "GET", "/plume/v1/admin/tasks", 404, '{"reason": "not_found", "detail": "Not Found"}'
+    )
+    assert "; --coordinator is the coordinator's base URL" in admin_error_text(
+        refused, "http://h:1/plume", "--coordinator"
     )
