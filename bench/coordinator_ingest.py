@@ -437,9 +437,12 @@ def _http_run(
 
             async def setup() -> list[Any]:
                 expected = min(n, math.ceil(clients_per_round * over - 1e-9))
-                _, transport, assignments = await _fleet(
+                clients, transport, assignments = await _fleet(
                     server.url, n, task_id, os.path.join(tmp, label), concurrency, expected
                 )
+                # The upload workers, other processes, open these devices' app directories:
+                # each client holds its directory's lock until it is closed.
+                await asyncio.gather(*(c.aclose() for c in clients))
                 await transport.aclose()
                 return assignments
 

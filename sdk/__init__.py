@@ -13,6 +13,7 @@ if TYPE_CHECKING:
         ModelIntegrityError,
         ParticipationCancelled,
         RoundReport,
+        SdkUnsupportedError,
         SecureRoundReport,
         TaskEndedError,
     )
@@ -27,6 +28,7 @@ __all__ = [
     "ModelIntegrityError",
     "ParticipationCancelled",
     "RoundReport",
+    "SdkUnsupportedError",
     "SecureRoundReport",
     "TaskEndedError",
     "TrainResult",
@@ -44,6 +46,7 @@ _MODULE_OF = {
     "ModelIntegrityError": ".client",
     "ParticipationCancelled": ".client",
     "RoundReport": ".client",
+    "SdkUnsupportedError": ".client",
     "SecureRoundReport": ".client",
     "TaskEndedError": ".client",
     "LocalTrainer": "._types",

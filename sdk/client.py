@@ -2226,8 +2226,12 @@ class Client:
         return self._core.last_check_in
 
     def close(self) -> None:
-        """Close the HTTP connections (the app directory needs no closing)."""
-        self._http.close()
+        """Close the HTTP connections and release the app directory's lock (another process
+        may then use `app_dir`); the client cannot be used after."""
+        try:
+            self._http.close()
+        finally:
+            self._core.store.close()
 
     def __enter__(self) -> Client:
         return self
@@ -2740,8 +2744,11 @@ class AsyncClient:
         return self._core.last_check_in
 
     async def aclose(self) -> None:
-        """Close the HTTP connections (the app directory needs no closing)."""
-        await self._http.aclose()
+        """As `Client.close`: the HTTP connections, then the app directory's lock."""
+        try:
+            await self._http.aclose()
+        finally:
+            self._core.store.close()
 
     async def __aenter__(self) -> AsyncClient:
         return self

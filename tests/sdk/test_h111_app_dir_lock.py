@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
-import gc
 import json
 import os
 import signal
@@ -12,6 +12,7 @@ import sys
 import tempfile
 import threading
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -20,7 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from compression import ErrorFeedback
-from sdk import AppDirInUse, Client, ClientError, device_store
+from sdk import AppDirInUse, AsyncClient, Client, ClientError, device_store
 from sdk.device_store import DeviceStore, PendingUpload
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -270,7 +271,8 @@ def test_without_fcntl_the_store_says_the_platform_is_unsupported(
 def test_a_client_holds_its_app_directory(tmp_path: Path) -> None:
     # A Client opens its DeviceStore, so a second process's Client on the same app_dir is
     # refused before any request, and the lock ends with the Client object.
-    # A client that made a request sits in reference cycles: docs/devices.md says to collect.
+    # close() gives the lock back at once (a client that made a request sits in reference
+    # cycles: dropping it would wait for a collection).
     def refuse(request: httpx.Request) -> httpx.Response:
         return httpx.Response(400, json={"error": "bad_request", "detail": "no"})
 
@@ -285,9 +287,32 @@ def test_a_client_holds_its_app_directory(tmp_path: Path) -> None:
     seen = _try_open(tmp_path)
     assert seen.get("pid") == os.getpid()
     client.close()
-    del client
-    gc.collect()
     assert _try_open(tmp_path) == {"opened": True}
+
+
+def test_an_async_client_releases_its_app_directory_on_aclose(tmp_path: Path) -> None:
+    # Prepare: an AsyncClient that made a (refused) request
+    def refuse(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(400, json={"error": "bad_request", "detail": "no"})
+
+    async def run() -> tuple[dict[str, Any], dict[str, Any]]:
+        async with AsyncClient(
+            "http://127.0.0.1:9",
+            app_dir=str(tmp_path),
+            retries=0,
+            transport=httpx.MockTransport(refuse),
+        ) as client:
+            with pytest.raises(ClientError):
+                await client.register()
+            held = _try_open(tmp_path)
+        return held, _try_open(tmp_path)  # `client` is still referenced here
+
+    # Execute
+    held, after = asyncio.run(run())
+
+    # Assert
+    assert held.get("pid") == os.getpid()
+    assert after == {"opened": True}
 
 
 def test_a_closed_store_is_refused_while_another_store_holds_the_directory(
