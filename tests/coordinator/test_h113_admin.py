@@ -42,10 +42,12 @@ def test_get_model_into_a_folder_it_may_not_write_fails_before_any_request() -> 
         cmd = [*_plume(), "coordinator", "get-model", "--url", f"http://127.0.0.1:{free_port()}",
                "--admin-token", ADMIN, "--task", "1", "--out", str(folder / "model.npz")]  # fmt: skip
         if os.geteuid() == 0:
-            if shutil.which("setpriv") is None:
-                pytest.skip("needs setpriv to run as another user")
+            from tests.coordinator.test_h113_db_permissions import AS_NOBODY, nobody_runs_plume
+
+            if not nobody_runs_plume():
+                pytest.skip("needs `nobody` to run plume (setpriv, a readable checkout)")
             folder.chmod(0o755)
-            cmd = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *cmd]
+            cmd = [*AS_NOBODY, *cmd]
         else:
             folder.chmod(0o555)
         # Execute
