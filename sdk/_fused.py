@@ -47,7 +47,6 @@ LARGE_LINEAR_WEIGHTS = 1 << 16
 FUSED_UPDATE_MIN_WEIGHTS = 1 << 16
 
 _aten = torch.ops.aten
-_LEAF_TYPES = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, nn.Flatten, nn.Linear)
 
 
 def _has_hooks(module: nn.Module) -> bool:
