@@ -29,8 +29,9 @@ Experiments (default: all):
   fftconv   conv2 (10x32x14x14, 64 filters 5x5) forward + backward: oneDNN's direct kernel vs
             an FFT convolution (16x16 rfft, one complex matmul per frequency), one thread.
   fused     the cohort's training, one thread: TorchTrainer's autograd path (fused=False) vs
-            its autograd-free step (fused=True, sdk/_fused.py) with and without fc1's in-place
-            addmm_ update, and how far each one's trained parameters are from autograd's.
+            its autograd-free step (fused=True, the default, sdk/_fused.py) and that step with
+            fc1's SGD update folded into an in-place addmm_ (fold_update=True, opt-in), and how
+            far each one's trained parameters are from autograd's.
 
 The trainer, maxpool and ops experiments time TorchTrainer's autograd path (fused=False), the
 path their fast_linear / fast_pool switches act on.
@@ -839,11 +840,11 @@ def exp_fftconv(s: _Setup, reps: int) -> dict[str, Any]:
 def exp_fused(s: _Setup, reps: int) -> dict[str, Any]:
     """The cohort's 10 real clients' E=5 training, one thread, interleaved per client:
     `TorchTrainer` on its autograd path (`fused=False`) vs the fused step (`fused=True`, the
-    default) vs the fused step without the in-place addmm_ update of fc1 (`fused_exact`). Also
+    default) vs the fused step with fc1's SGD update folded into its weight-gradient product
+    (`fold_update=True`, opt-in: it changes float rounding). Also
     how far the median client's trained parameters are from the autograd path's."""
     import torch
 
-    import sdk._fused as fused_mod
     from mobile_sim.models import build_model
     from sdk.trainer import TorchTrainer
 
@@ -851,19 +852,14 @@ def exp_fused(s: _Setup, reps: int) -> dict[str, Any]:
     trainers = {
         "autograd": TorchTrainer(build_model("mnist_cnn"), fused=False),
         "fused": TorchTrainer(build_model("mnist_cnn")),
-        "fused_exact": TorchTrainer(build_model("mnist_cnn")),
+        "fused_fold_update": TorchTrainer(build_model("mnist_cnn"), fold_update=True),
     }
-    default_min = fused_mod.FUSED_UPDATE_MIN_WEIGHTS
 
     def train(name: str, dev: int) -> Any:
         x, y = s.xy(dev)
-        fused_mod.FUSED_UPDATE_MIN_WEIGHTS = 1 << 62 if name == "fused_exact" else default_min
-        try:
-            return trainers[name].train(
-                s.params, x, y, epochs=5, batch_size=10, lr=0.05, rng=np.random.default_rng(0)
-            )
-        finally:
-            fused_mod.FUSED_UPDATE_MIN_WEIGHTS = default_min
+        return trainers[name].train(
+            s.params, x, y, epochs=5, batch_size=10, lr=0.05, rng=np.random.default_rng(0)
+        )
 
     def cohort(name: str) -> Callable[[], None]:
         def run() -> None:
@@ -879,7 +875,7 @@ def exp_fused(s: _Setup, reps: int) -> dict[str, Any]:
     used = all(p.grad is None for p in trainers["fused"].module.parameters())
     ref = train("autograd", s.client).params - s.params
     agreement = {}
-    for name in ("fused", "fused_exact"):
+    for name in ("fused", "fused_fold_update"):
         delta = train(name, s.client).params - s.params
         agreement[name] = {
             "bit_identical": bool(np.array_equal(delta, ref)),

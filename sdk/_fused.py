@@ -11,14 +11,15 @@ Two rewrites make it cheaper than the module's own forward and backward:
   exactly, and the gradient reaches the same element: where the window's maximum is positive
   both orders pick it by the same first-index rule; where it is not, ReLU's gradient is zero
   either way. The ReLU pass and its backward then touch a quarter of the elements.
-- A Linear layer with at least `FUSED_UPDATE_MIN_WEIGHTS` weights takes its SGD update inside
-  the weight-gradient product (`W.addmm_(g.T, x, alpha=-lr)`): no gradient tensor of the
-  weight's size is written and read back. This changes the float rounding of that update
-  (the MNIST CNN's trained parameters differ from the autograd path's by about 1e-7
-  relative). Without it (layers below the threshold) the step does autograd's arithmetic in
-  autograd's order: a real MNIST client's five epochs came out bit-identical to the autograd
-  path on the machine measured (bench/explore_cnn_speed.py, "fused"), though a BLAS is free to
-  round the transposed weight-gradient product differently.
+The step does autograd's arithmetic in autograd's order: a real MNIST client's five epochs
+came out bit-identical to the autograd path on the machine measured (bench/explore_cnn_speed.py,
+"fused"), though a BLAS is free to round the transposed weight-gradient product differently.
+
+Opt-in (`fold_update=True`): a Linear layer with at least `FUSED_UPDATE_MIN_WEIGHTS` weights
+takes its SGD update inside the weight-gradient product (`W.addmm_(g.T, x, alpha=-lr)`): no
+gradient tensor of the weight's size is written and read back. This changes the float rounding
+of that update (the MNIST CNN's trained parameters differ from the autograd path's by about
+1e-7 relative), so results no longer reproduce the autograd path's bit for bit.
 
 `fused_chain` decides, strictly, whether a module qualifies; anything it does not recognise
 trains through autograd as before.
@@ -41,9 +42,8 @@ __all__ = ["FusedChain", "fused_chain", "LARGE_LINEAR_WEIGHTS", "FUSED_UPDATE_MI
 # Linear layers with at least this many weights run on oneDNN (with `onednn`): the same
 # threshold as `sdk.trainer.ONEDNN_LINEAR_MIN_WEIGHTS`.
 LARGE_LINEAR_WEIGHTS = 1 << 16
-# ... and take their SGD update inside the weight-gradient product (addmm_) from this many
-# weights on. (bench/explore_cnn_speed.py "fused" sets it past every layer to time and check
-# the variant without it.)
+# ... and, with `fold_update`, take their SGD update inside the weight-gradient product
+# (addmm_) from this many weights on.
 FUSED_UPDATE_MIN_WEIGHTS = 1 << 16
 
 _aten = torch.ops.aten
@@ -166,6 +166,7 @@ class FusedChain:
     params: list[torch.Tensor]
     signature: tuple[Any, ...]
     onednn: bool = False
+    fold_update: bool = False
     _saved: list[Any] = field(default_factory=list)
     _buffers: dict[tuple[int, tuple[int, ...]], list[torch.Tensor]] = field(default_factory=dict)
     _dlogits: torch.Tensor | None = None
@@ -292,7 +293,7 @@ class FusedChain:
                         gi = g.mm(lin.weight)
                 if lin.bias is not None:
                     lin.bias.add_(g.sum(0), alpha=-lr)
-                if lin.weight.numel() >= FUSED_UPDATE_MIN_WEIGHTS:
+                if self.fold_update and lin.weight.numel() >= FUSED_UPDATE_MIN_WEIGHTS:
                     lin.weight.addmm_(g.t(), s, alpha=-lr)
                 elif self.onednn and big:  # the product `_OneDnnLinear`'s backward runs
                     gw = torch.ops.mkldnn._linear_pointwise(g.t(), s.t(), None, "none", [], "")
@@ -359,7 +360,7 @@ def _signature(module: nn.Module) -> tuple[Any, ...]:
 
 
 def fused_chain(
-    module: nn.Module, onednn: bool, cached: FusedChain | None = None
+    module: nn.Module, onednn: bool, cached: FusedChain | None = None, fold_update: bool = False
 ) -> FusedChain | None:
     """The fused step for `module`, or None if it does not qualify: every submodule a supported
     layer (`nn.Conv2d` with zero padding given in numbers, `nn.ReLU`, `nn.MaxPool2d(2)`,
@@ -367,16 +368,16 @@ def fused_chain(
     the chain of them (an `nn.Sequential`, or a forward torch.fx traces as one); no hook on any
     module or parameter (nor a global module hook); every parameter float32, on the CPU,
     trainable, strided and used by one layer once. `cached` is reused when the module tree
-    and its parameters are the same objects (the hooks are checked again each call)."""
+    and its parameters are the same objects (the hooks are checked again each call).
+    `fold_update`: large Linear layers' SGD update inside their weight-gradient product (the
+    module docstring)."""
     if _global_hooks() or any(_has_hooks(m) for m in module.modules()):
         return None
     sig = _signature(module)
     if cached is not None and cached.signature == sig:
-        return (
-            cached
-            if cached.onednn == onednn
-            else FusedChain(cached.ops, cached.params, sig, onednn)
-        )
+        if (cached.onednn, cached.fold_update) == (onednn, fold_update):
+            return cached
+        return FusedChain(cached.ops, cached.params, sig, onednn, fold_update)
     layers = _layers_of(module)
     if not layers:
         return None
@@ -419,4 +420,4 @@ def fused_chain(
             i += 2
         else:
             i += 1
-    return FusedChain(ops, params, sig, onednn)
+    return FusedChain(ops, params, sig, onednn, fold_update)

@@ -400,10 +400,13 @@ class TorchTrainer:
     see `sdk._fused.fused_chain` for every condition), the optimizer is plain SGD (momentum and
     weight decay 0), `loss_fn` is the default `nn.CrossEntropyLoss()`, and the inputs are float32
     whose shapes the chain handles, ending in logits [B, C]. Each step then calls the kernels
-    autograd would, updates each parameter in place, and updates large Linear layers' weights
-    inside the weight-gradient product: the same SGD, float rounding aside (the MNIST CNN's
-    trained parameters agree with the autograd path's to about 1e-7 relative, well inside the
-    backends' agreement tolerance). Anything else trains through autograd. A module
+    autograd would, in autograd's order, and updates each parameter in place: the same
+    arithmetic (an MNIST-CNN client's local training came out bit-identical to the autograd
+    path's on the machine measured). Anything else trains through autograd.
+    `fold_update` (default off; only with `fused`) also updates large Linear layers' weights
+    inside their weight-gradient product: a faster step, but float rounding then differs from
+    the autograd path's (about 1e-7 relative on the MNIST CNN's trained parameters, well inside
+    the simulator backends' agreement tolerance), so results no longer reproduce bit for bit. A module
     that is not an `nn.Sequential` but holds only those layers is traced once (its forward runs
     on symbolic values) at the first call that could use the fast path. The fast path leaves
     the parameters' `.grad` at None. Its speed against the autograd path: `python
@@ -424,6 +427,7 @@ class TorchTrainer:
         fast_linear: bool = True,
         fast_pool: bool = True,
         fused: bool = True,
+        fold_update: bool = False,
     ) -> None:
         self.module = module
         self.momentum = momentum
@@ -431,6 +435,7 @@ class TorchTrainer:
         self.fast_linear = fast_linear
         self.fast_pool = fast_pool
         self.fused = fused
+        self.fold_update = fold_update
         self.loss_fn = nn.CrossEntropyLoss()
         self._chain: FusedChain | None = None
         # (per-example input shape, dtype) -> (per-example output shape, the vocabulary
@@ -538,7 +543,7 @@ class TorchTrainer:
         ):
             return None
         onednn = self.fast_linear and onednn_linear_available()
-        self._chain = chain = fused_chain(self.module, onednn, self._chain)
+        self._chain = chain = fused_chain(self.module, onednn, self._chain, self.fold_update)
         if chain is None or not chain.fits(tuple(xt.shape[1:])):
             return None
         return chain

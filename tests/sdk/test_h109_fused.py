@@ -160,13 +160,13 @@ def test_a_digits_cnn_and_mlp_train_as_autograd_does(digits: tuple[np.ndarray, n
     _agree(_seeded(lambda: build_model("digits_mlp", seed=None), 1), x, y, batch_size=10)
 
 
-def test_the_mnist_cnn_is_traced_and_its_large_layer_takes_the_fused_update() -> None:
+def test_the_mnist_cnn_is_traced_and_its_large_layer_takes_the_folded_update() -> None:
     # Prepare: the zoo's MnistCNN (a custom forward, traced) on MNIST-sized inputs; fc1 has
-    # 1.6M weights, so it takes the in-place addmm_ update.
+    # 1.6M weights, so with fold_update it takes the in-place addmm_ update.
     module = build_model("mnist_cnn")
     assert module.fc1.weight.numel() >= FUSED_UPDATE_MIN_WEIGHTS
-    chain = fused_chain(module, onednn=True)
-    assert chain is not None
+    chain = fused_chain(module, onednn=True, fold_update=True)
+    assert chain is not None and chain.fold_update
     assert [op.kind for op in chain.ops] == [
         "conv", "pool", "relu", "conv", "pool", "relu", "flatten", "linear", "relu", "linear"
     ]  # fmt: skip
@@ -175,17 +175,12 @@ def test_the_mnist_cnn_is_traced_and_its_large_layer_takes_the_fused_update() ->
     x[x < 0.6] = 0.0  # blank background: many equal values in the pooling windows
     y = rng.integers(0, 10, size=12)
     # Execute / Assert: with oneDNN (fast_linear) and with BLAS
-    _agree(module, x, y, epochs=1, batch_size=5)
-    _agree(module, x, y, epochs=1, batch_size=5, fast_linear=False)
+    _agree(module, x, y, epochs=1, batch_size=5, fold_update=True)
+    _agree(module, x, y, epochs=1, batch_size=5, fast_linear=False, fold_update=True)
 
 
-def test_without_the_fused_update_large_layers_take_onednn_s_weight_gradient(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    # The variant bench/explore_cnn_speed.py "fused" times as fused_exact.
-    import sdk._fused as fused_module
-
-    monkeypatch.setattr(fused_module, "FUSED_UPDATE_MIN_WEIGHTS", 1 << 62)
+def test_by_default_large_layers_take_onednn_s_weight_gradient() -> None:
+    # The default (fold_update off), which bench/explore_cnn_speed.py "fused" times as fused.
     module = build_model("mnist_cnn")
     rng = np.random.default_rng(4)
     x = rng.random((8, 1, 28, 28), dtype=np.float32)

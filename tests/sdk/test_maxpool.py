@@ -112,7 +112,7 @@ def test_trainer_and_evaluate_give_identical_results_with_and_without_the_fast_p
 
     # Execute
     results = [
-        TorchTrainer(build_model("mnist_cnn"), fast_pool=fast).train(
+        TorchTrainer(build_model("mnist_cnn"), fast_pool=fast, fused=False).train(
             p0, x, y, epochs=2, batch_size=10, lr=0.05, rng=np.random.default_rng(1)
         )
         for fast in (False, True)

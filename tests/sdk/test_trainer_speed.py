@@ -79,7 +79,7 @@ def test_trainer_results_agree_with_and_without_onednn_within_float_tolerance() 
 
     # Execute
     plain, fast, again = (
-        TorchTrainer(build_model("mlp"), fast_linear=f).train(
+        TorchTrainer(build_model("mlp"), fast_linear=f, fused=False).train(
             p0, x, y, epochs=3, batch_size=10, lr=0.05, rng=np.random.default_rng(1)
         )
         for f in (False, True, True)
