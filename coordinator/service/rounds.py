@@ -1090,6 +1090,10 @@ class Coordinator:
             cur.reports += 1
             cur.uploaded.add(u.device_id)
         cur.closing = r.state == RoundState.AGGREGATING
+        log.info(
+            "task %d round %d resumed from the store with %d accepted updates%s",
+            rt.task_id, r.round_id, cur.reports, " (it was aggregating)" if cur.closing else "",
+        )  # fmt: skip
         return cur
 
     def restore(self) -> None:

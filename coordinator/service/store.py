@@ -376,6 +376,7 @@ class Store:
         # last commits), and it keeps an upload's commit well under a millisecond.
         db.execute("PRAGMA synchronous=NORMAL")
         db.executescript(_SCHEMA)
+        migrated_from = None
         with self.transaction() as tx:
             row = tx.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             if row is None:
@@ -402,7 +403,14 @@ class Store:
                 tx.execute(
                     "UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),)
                 )
+                migrated_from = str(row[0])
             tx.execute(_UNPRUNED_INDEX)
+        if migrated_from is not None:  # said once it is committed
+            log.info(
+                "migrated the database %s from schema %s to %d (older coordinators now refuse "
+                "it; restore a backup taken before to go back)",
+                self.path, migrated_from, SCHEMA_VERSION,
+            )  # fmt: skip
         # Bytes of the frames stored in `updates`, for the `plume_stored_frame_bytes` gauge:
         # one scan here (length() reads no blob content), then kept by insert and prune.
         self._frame_bytes = int(
