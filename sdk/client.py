@@ -2761,9 +2761,12 @@ class AsyncClient:
             return await _aread_capped(await self._http.send(r, stream=True), cap)
 
         async def last(r: httpx.Request) -> httpx.Response:
-            # Headers and body together: a server that trickles either is cut off.
+            # Headers and body together: a server that trickles either is cut off. In this
+            # task, not `asyncio.wait_for`'s: on Python 3.11 that returns an answer read in the
+            # same step as the task's cancel, and the cancel is lost (the task runs on).
             try:
-                return await asyncio.wait_for(read(r), budget)
+                async with asyncio.timeout(budget if math.isfinite(budget) else None):
+                    return await read(r)
             except TimeoutError:
                 raise _too_slow(0, budget) from None
 
