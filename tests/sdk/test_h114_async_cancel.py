@@ -17,7 +17,9 @@ models and residuals are the same in every run."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,7 @@ from tests.coordinator.test_service_support import (
 
 X, Y = local_data(3)
 ROUNDS = 2
+LONG = 10.0  # how long a test waits before it fails (never reached when it passes)
 
 
 class Cancels:
@@ -247,3 +250,104 @@ def test_a_cancel_that_comes_with_the_answer_is_not_lost(tmp_path: Path) -> None
     # Assert: stopped at its check-in's answer: nothing downloaded, trained or sent
     assert sorted(_files(app_dir)) == ["state.json"]
     assert [r["reports"] for r in rounds] == [0]
+
+
+class CancelsAt:
+    """An async client mod that cancels its task at the first step labelled `label` ("before
+    POST .../stages/masked-input") once `armed` is set, there (the mod awaits) or at the
+    client's next await."""
+
+    def __init__(self, label: str, here: bool) -> None:
+        self.label, self.here = label, here
+        self.armed = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    async def _step(self, where: str) -> None:
+        if self.armed.is_set() and not self.cancelled.is_set() and where.endswith(self.label):
+            task = asyncio.current_task()
+            assert task is not None
+            task.cancel()
+            self.cancelled.set()
+            if self.here:
+                await asyncio.sleep(0)
+                raise AssertionError("not cancelled")
+
+    async def __call__(self, request: httpx.Request, nxt: Any) -> httpx.Response:
+        what = f"{request.method} {request.url.path}"
+        await self._step("before " + what)
+        response: httpx.Response = await nxt(request)
+        await self._step("after " + what)
+        return response
+
+
+def _secure_task(http: httpx.Client) -> int:
+    """Three devices a round, SecAgg+ (as in tests/sdk/test_h97_cancel.py), its stage timeout
+    long: a test that waited for it fails."""
+    secure = {"coord_fraction": 0.5, "stage_timeout_s": 30.0}
+    cfg = task_config(clients_per_round=3, min_reports=3, rounds=2, secure=secure)
+    return create_task(http, replace(cfg, selection_timeout_s=60.0))
+
+
+@pytest.mark.parametrize(
+    ("label", "here", "taken"),
+    [
+        ("before POST /v1/secure/rounds/2/stages/advertise-keys", True, False),
+        ("after POST /v1/secure/rounds/2/stages/share-keys", False, False),
+        ("before POST /v1/secure/rounds/2/stages/masked-input", False, True),
+        ("after POST /v1/secure/rounds/2/stages/masked-input", True, True),
+    ],
+)
+def test_a_secure_round_task_cancelled_drops_out_as_a_crash_would(
+    tmp_path: Path, label: str, here: bool, taken: bool
+) -> None:
+    # Prepare: a first round of three devices leaves device 0 a residual; in the second,
+    # device 0's task is cancelled at `label`, then the two others' (they wait for it).
+    cfg = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.02)
+    mod = CancelsAt(label, here)
+    left: dict[str, bytes] = {}
+    before: dict[str, bytes] = {}
+    d0 = tmp_path / "d0"
+    with ServerThread(cfg) as url, httpx.Client(base_url=url) as http:
+        task_id = _secure_task(http)
+
+        async def run() -> None:
+            nonlocal before, left
+            async with contextlib.AsyncExitStack() as stack:
+                devices = [
+                    await stack.enter_async_context(
+                        AsyncClient(url, str(tmp_path / f"d{i}"), mods=(mod,) if i == 0 else ())
+                    )
+                    for i in range(3)
+                ]
+                for device in devices:
+                    await device.register()
+
+                def go(device: AsyncClient) -> asyncio.Task[Any]:
+                    return asyncio.create_task(
+                        device.participate(SoftmaxTrainer(), X, Y, task_id=task_id, max_wait_s=5)
+                    )
+
+                first = await asyncio.wait_for(asyncio.gather(*map(go, devices)), LONG)
+                assert all(r is not None and r.completed for r in first), first
+                before = _files(d0)
+                mod.armed.set()
+                tasks = [go(d) for d in devices]
+                with pytest.raises(asyncio.CancelledError):
+                    await asyncio.wait_for(tasks[0], LONG)
+                for t in tasks[1:]:
+                    t.cancel()
+                await asyncio.gather(*tasks[1:], return_exceptions=True)
+                left = _files(d0)
+            DeviceStore(str(d0)).close()  # aclose released the lock
+
+        asyncio.run(run())
+    # Assert: as a crash there would leave it
+    assert mod.cancelled.is_set()
+    residuals = {n: b for n, b in left.items() if n.startswith("residual")}
+    assert "pending.json" not in left
+    if not taken:  # before the masked input: residual as before, no record
+        assert not any(n.startswith("accepted-") for n in left), sorted(left)
+        assert residuals == {n: b for n, b in before.items() if n.startswith("residual")}
+    else:  # the masked input's request started: its record waits for the round's outcome
+        assert "accepted-2.json" in left, sorted(left)
+        assert residuals != {n: b for n, b in before.items() if n.startswith("residual")}
