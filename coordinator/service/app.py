@@ -375,8 +375,8 @@ def create_app(
         awaiting = task_id = None
         # Strictly, from the JSON as sent: the model's lax parsing would take "7", 7.0 or true
         # for a round or task id. The object FastAPI parsed for `body` (Starlette keeps it):
-        # not parsed again. `features` is read from it too: `CheckInRequest` does not name it,
-        # and a coordinator before it ignored the key (so a newer SDK works against it).
+        # not parsed again. `features` is read from it too, strictly (a coordinator before it
+        # ignored the key, so a newer SDK works against one).
         raw = await request.json()
         try:
             if body.task_id is not None:

@@ -1854,15 +1854,18 @@ class Coordinator:
         for rt in sorted(self.runtimes.values(), key=lambda r: r.task_id):
             if task_id is not None and rt.task_id != task_id:
                 continue
-            if rt.requires and rt.state != TaskState.DONE and not rt.requires <= features:
+            if rt.requires and not rt.requires <= features:
                 # Before the assignment of a selected device too: one selected before this
                 # check existed (a coordinator upgraded mid-round) gets none from such a
-                # check-in. A done task goes on to its "end", as for any device.
-                why = self._unsupported(rt, features)
-                if task_id is not None:
-                    raise ApiError(409, Reason.SDK_UNSUPPORTED, why)
-                passed_over.append(why)
-                continue
+                # check-in. A task named: refused (a done one goes on to its "end", as for
+                # any device). None named: passed over, and said and counted only for a task
+                # that would take devices now (not a paused or stopped one).
+                if task_id is not None and rt.state != TaskState.DONE:
+                    raise ApiError(409, Reason.SDK_UNSUPPORTED, self._unsupported(rt, features))
+                if task_id is None:
+                    if self._takes_devices(rt):
+                        passed_over.append(self._unsupported(rt, features))
+                    continue
             cur = rt.current
             if cur is not None and not cur.closing and now < cur.deadline:
                 # Before the state check: a task paused after this round opened still lets
@@ -1877,9 +1880,7 @@ class Coordinator:
                 ):
                     self.metrics.check_ins.labels(CheckInAction.TRAIN).inc()
                     return CheckInResponse(CheckInAction.TRAIN, 0.0, self._assignment(rt, cur))
-            if rt.state != TaskState.ACTIVE:
-                continue
-            if rt.rounds_closed >= rt.config.rounds or rt.engine.stopped:
+            if not self._takes_devices(rt):
                 continue
             if not self._expire_pool(rt, now):
                 rt.waiting_since = now  # the selection timeout runs from the first device
@@ -1916,6 +1917,15 @@ class Coordinator:
             return CheckInResponse(CheckInAction.WAIT, self.config.idle_retry_s, None, detail)
         retry = min(max(retry, pace), MAX_RETRY_S)
         return CheckInResponse(CheckInAction.WAIT, round(retry, 3), None, "not selected yet")
+
+    @staticmethod
+    def _takes_devices(rt: TaskRuntime) -> bool:
+        """Whether `rt` takes devices into its pool now: active, with rounds left to run."""
+        return (
+            rt.state == TaskState.ACTIVE
+            and rt.rounds_closed < rt.config.rounds
+            and not rt.engine.stopped
+        )
 
     def _unsupported(self, rt: TaskRuntime, features: frozenset[str]) -> str:
         """Count a check-in that cannot be given `rt`'s rounds (its features lack some of
