@@ -590,8 +590,10 @@ def register(sub: Any) -> None:
         help="replace a stopped coordinator's database with a backup",
         description=(
             "Replace the database with a backup `plume coordinator backup` (or sqlite3's "
-            ".backup) wrote. Refused while a coordinator serves --db (stop it first), and for "
-            "a file that is not a sound Plume database or was written by a newer Plume. The "
+            ".backup) wrote. Refused while `serve` serves --db (stop it first), for a backup "
+            "that is not a sound Plume database or was written by a newer Plume, and for a "
+            "--db that exists and is not a Plume database or has other hard links (--force "
+            "replaces it anyway). The "
             "database's -wal file, which a killed coordinator leaves, is folded in first and "
             "then overwritten, never replayed onto the restored pages. Everything stored "
             "after the backup is lost (docs/operations.md, Persistence and recovery)."
@@ -604,6 +606,12 @@ def register(sub: Any) -> None:
     r.add_argument("--db", default="plume.db", metavar="PATH", help="serve's --db, replaced")
     r.add_argument(
         "--from", dest="source", required=True, metavar="FILE", help="the backup to restore"
+    )
+    r.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --db even if it is not a Plume database (another application's file, or "
+        "one too damaged to read) or has other hard links (whose lock restore cannot see)",
     )
     r.set_defaults(func=_restore)
 
@@ -634,7 +642,7 @@ def _apply_config(args: argparse.Namespace) -> str | None:
     import tomllib
 
     where = f"--config {args.config}"
-    path = Path(args.config).expanduser()
+    path = _path(args.config)
     try:
         with path.open("rb") as f:
             doc = tomllib.load(f)
@@ -732,12 +740,12 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
         return (
             f"--signature-window must be at most 86400 seconds (a day), got {args.signature_window}"
         )
-    if Path(args.db).expanduser().is_dir():
+    if _path(args.db).is_dir():
         return (
             f"--db {args.db} is a folder; give the database file's path, e.g. "
             f"--db {Path(args.db) / 'plume.db'}"
         )
-    folder = Path(args.db).expanduser().resolve().parent
+    folder = _path(args.db).resolve().parent
     if not folder.is_dir():
         return f"the folder of --db {args.db} does not exist; create it or pick another path"
     return None
@@ -747,10 +755,12 @@ def _db_access_error(db_arg: str) -> str | None:
     """Why this user cannot use the database's files (permissions), or None. Checked before
     the store opens them: SQLite says only "unable to open database file", and a lock file
     another user left was taken for a folder that is not writable."""
-    db = Path(db_arg).expanduser()
+    from .service.store import lock_path
+
+    db = _path(db_arg)
     user = f"this user (uid {os.geteuid()})"
     fix = "run serve as the user that owns the database's files, or give them to this one (chown)"
-    for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm"), Path(f"{db}.lock")):
+    for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm"), Path(lock_path(db))):
         try:
             st = path.stat()
         except FileNotFoundError:
@@ -851,7 +861,7 @@ def _service_config(args: argparse.Namespace) -> Any:
     from .service import ServiceConfig
 
     return ServiceConfig(
-        db_path=str(Path(args.db).expanduser()),  # "~/plume.db" in a --config file too
+        db_path=str(_path(args.db)),  # "~/plume.db" in a --config file too
         admin_token=args.admin_token,
         signature_window_s=args.signature_window,
         poll_s=args.poll,
@@ -1225,7 +1235,7 @@ def _get_model(args: argparse.Namespace) -> int:
     from .service import AdminError
 
     prog = "plume coordinator get-model"
-    out = Path(args.out).expanduser()
+    out = _path(args.out)
     if out.is_dir():
         _fail(
             prog, f"--out {args.out} is a folder; give the file to write, e.g. {out / 'model.pt'}"
@@ -1244,7 +1254,7 @@ def _get_model(args: argparse.Namespace) -> int:
     if args.version is not None and args.version < 0:
         _fail(prog, f"--version must be >= 0, got {args.version}")
     fmt = _model_format(args)
-    if args.initial is not None and not Path(args.initial).expanduser().is_file():
+    if args.initial is not None and not _path(args.initial).is_file():
         _fail(prog, f"--initial {args.initial}: no such file")
     try:
         with _admin(args) as admin:
@@ -1334,7 +1344,7 @@ def _initial_model(args: argparse.Namespace, config: Any) -> tuple[Any, str]:
     import zipfile
 
     try:
-        return _read_initial(Path(args.initial).expanduser(), spec), f"--initial {args.initial}"
+        return _read_initial(_path(args.initial), spec), f"--initial {args.initial}"
     except (
         OSError,
         KeyError,
@@ -1482,11 +1492,18 @@ def _plume_info(conn: sqlite3.Connection, what: str) -> tuple[str, int]:
 
 def _backup(args: argparse.Namespace) -> int:
     prog = "plume coordinator backup"
-    db, out = Path(args.db).expanduser(), Path(args.out).expanduser()
+    db, out = _path(args.db), _path(args.out)
     if not db.is_file():
         _fail(prog, f"--db {args.db}: no such file")
     if out.exists() and out.samefile(db):
         _fail(prog, f"--out is the database itself ({args.out}); give another file")
+    if _is_side_file(out, db):
+        # Replacing the -wal loses its commits, the lock file lets a second serve start.
+        _fail(
+            prog,
+            f"--out {args.out} is a side file of the database (its -wal, -shm, -journal or "
+            ".lock file); give another file",
+        )
     if out.is_dir():
         _fail(prog, f"--out {args.out} is a folder; give the file to write")
     if not out.resolve().parent.is_dir():
@@ -1529,50 +1546,46 @@ def _backup_atomic(source: sqlite3.Connection, out: Path) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    import fcntl
-
-    from .service.store import SCHEMA_VERSION
+    from .service.store import LockHeld, StoreError, schema_version_problem, take_lock
 
     prog = "plume coordinator restore"
-    db, source_path = Path(args.db).expanduser(), Path(args.source).expanduser()
+    db, source_path = _path(args.db), _path(args.source)
     if not source_path.is_file():
         _fail(prog, f"--from {args.source}: no such file")
     if db.exists() and db.samefile(source_path):
         _fail(prog, f"--from is the database itself ({args.source}); give the backup")
     if not db.resolve().parent.is_dir():
         _fail(prog, f"the folder of --db {args.db} does not exist; create it or pick another")
-    # serve's lock (Store(exclusive=True)): held through the restore, so a coordinator that
-    # serves the database refuses it, and one starting meanwhile is refused.
-    lock_path = f"{db}.lock"
+    # serve's lock (Store(exclusive=True), beside the file a symlink names): held through the
+    # restore, so a coordinator that serves the database refuses it, and one starting
+    # meanwhile is refused, naming this process.
     try:
-        lock = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        _fail(prog, f"cannot open the database's lock file {lock_path} ({exc.strerror or exc})")
+        lock = take_lock(db)
+    except LockHeld as exc:
+        _fail(
+            prog,
+            f"a coordinator (pid {exc.holder}) is serving --db {args.db}; stop it first "
+            "(restore replaces the database under it)",
+        )
+    except StoreError as exc:
+        _fail(prog, str(exc))
     try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(lock, 32).decode("ascii", "replace").strip() or "unknown"
+        links = db.stat().st_nlink if db.exists() else 1
+        if links > 1 and not args.force:
             _fail(
                 prog,
-                f"a coordinator (pid {holder}) is serving --db {args.db}; stop it first "
-                "(restore replaces the database under it)",
+                f"--db {args.db} has {links} hard links, and a coordinator serving it under "
+                "another name holds a lock restore cannot see; stop it, then give --force",
             )
         try:
             with contextlib.closing(_connect_existing(source_path, read_only=True)) as source:
                 what = f"--from {args.source}"
                 version, tasks = _plume_info(source, what)
-                if not version.isdigit() or not 1 <= int(version) <= SCHEMA_VERSION:
-                    newer = version.isdigit() and int(version) > SCHEMA_VERSION
-                    raise ValueError(
-                        f"{what}: its schema version {version!r} is "
-                        + (
-                            f"newer than this coordinator's {SCHEMA_VERSION} (a backup of a "
-                            "newer Plume: restore it with that version)"
-                            if newer
-                            else f"not one this coordinator reads (1 to {SCHEMA_VERSION})"
-                        )
-                    )
+                problem = schema_version_problem(
+                    version, "a backup of a newer Plume: restore it with that version"
+                )
+                if problem is not None:
+                    raise ValueError(f"{what}: {problem}")
                 check = source.execute("PRAGMA integrity_check").fetchone()
                 if check != ("ok",):
                     raise ValueError(f"{what} fails SQLite's integrity check ({check[0]})")
@@ -1580,6 +1593,11 @@ def _restore(args: argparse.Namespace) -> int:
                 # recovered first, then every page is replaced in one transaction.
                 with contextlib.closing(sqlite3.connect(db)) as target:
                     target.execute("PRAGMA busy_timeout=5000")
+                    if not args.force and (problem := _restore_target_problem(target)):
+                        raise ValueError(
+                            f"--db {args.db} {problem}; check --db, or give --force to "
+                            "replace it with the backup"
+                        )
                     source.backup(target)
                     if target.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
                         target.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -1592,3 +1610,34 @@ def _restore(args: argparse.Namespace) -> int:
     line = {"db": args.db, "from": args.source, "schema_version": int(version), "tasks": tasks}
     print(json.dumps(line))
     return 0
+
+
+def _restore_target_problem(conn: sqlite3.Connection) -> str | None:
+    """Why the database restore would replace is not one to replace without --force (a
+    mistyped --db naming another application's file), or None: absent, empty, or Plume's."""
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError as exc:
+        return f"is not a SQLite database or it is corrupt ({exc})"
+    if tables and not {"meta", "tasks"} <= tables:
+        listed = ", ".join(sorted(tables)[:5])
+        return f"is not a Plume database (tables: {listed}; another application's?)"
+    return None
+
+
+def _is_side_file(out: Path, db: Path) -> bool:
+    """Whether `out` names one of the files SQLite and serve keep beside the database `db`
+    (-wal, -shm, -journal, .lock), by any path: a symlink or the database's own link."""
+    from .service.store import lock_path
+
+    names = {lock_path(db)}
+    for base in {str(db), os.path.realpath(db)}:
+        names |= {os.path.realpath(base + side) for side in ("-wal", "-shm", "-journal")}
+    if os.path.realpath(out) in names:
+        return True
+    return out.exists() and any(os.path.exists(n) and out.samefile(n) for n in names)
+
+
+def _path(text: str) -> Path:
+    """A path the user gave (a flag, or a --config value): `~` is the home folder."""
+    return Path(text).expanduser()

@@ -30,6 +30,10 @@ __all__ = [
     "UpdateRow",
     "PruneResult",
     "SCHEMA_VERSION",
+    "LockHeld",
+    "lock_path",
+    "take_lock",
+    "schema_version_problem",
 ]
 
 log = logging.getLogger("plume.coordinator")
@@ -268,6 +272,59 @@ def _setup_error(path: str, exc: sqlite3.Error) -> StoreError:
     return StoreError(f"cannot use the database {path}: {why}")
 
 
+def schema_version_problem(found: str, newer: str) -> str | None:
+    """Why a database whose meta table says schema version `found` cannot be used, or None
+    when this coordinator reads it (as is, or migrating it). `newer`: what to do when it
+    was written by a newer Plume. One check for `Store` and `plume coordinator restore`."""
+    if found in _MIGRATED_FROM + (str(SCHEMA_VERSION),):
+        return None
+    if found.isdigit() and int(found) > SCHEMA_VERSION:
+        return (
+            f"its schema version {found!r} is newer than this coordinator's {SCHEMA_VERSION} "
+            f"({newer})"
+        )
+    return f"its schema version {found!r} is not one this coordinator reads (1 to {SCHEMA_VERSION})"
+
+
+def lock_path(db_path: str | Path) -> str:
+    """The lock file of the database at `db_path`: beside the file the path resolves to, so
+    a symlink to the database and the database itself name one lock."""
+    return os.path.realpath(os.path.expanduser(os.fspath(db_path))) + ".lock"
+
+
+class LockHeld(RuntimeError):
+    """Another process holds the database's lock; `holder` is the pid it wrote there."""
+
+    def __init__(self, path: str, holder: str) -> None:
+        super().__init__(f"{path} is locked by pid {holder}")
+        self.holder = holder
+
+
+def take_lock(db_path: str | Path) -> int:
+    """Take the advisory lock `serve` (`Store(exclusive=True)`) and `restore` hold on the
+    database at `db_path` (`lock_path`), and write this process's pid in it. Returns the
+    open descriptor: closing it (or the process ending, `kill -9` included) drops the lock.
+    `LockHeld` when another process holds it; `StoreError` when the file cannot be created."""
+    path = lock_path(db_path)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot use the database {db_path}: cannot create its lock file {path} "
+            f"({exc.strerror or exc}); make its folder writable"
+        ) from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise LockHeld(path, holder) from exc
+    # The pid of whoever holds it now, not of a coordinator that stopped.
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 class Store:
     """One SQLite database in WAL mode. Thread-safe through one lock (writes are short).
 
@@ -309,27 +366,14 @@ class Store:
 
     def _take_ownership(self) -> int:
         """The open, flock-ed lock file (its descriptor), holding this process's pid."""
-        lock_path = self.path + ".lock"
         try:
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
+            return take_lock(self.path)
+        except LockHeld as exc:
             raise StoreError(
-                f"cannot use the database {self.path}: cannot create its lock file "
-                f"{lock_path} ({exc.strerror or exc}); make its folder writable"
-            ) from exc
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise StoreError(
-                f"cannot use the database {self.path}: another coordinator (pid {holder}) is "
-                "serving it; stop that one first (two on one database would run the same "
+                f"cannot use the database {self.path}: another coordinator (pid {exc.holder}) "
+                "is serving it; stop that one first (two on one database would run the same "
                 "rounds twice)"
             ) from exc
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        return fd
 
     def _release(self) -> None:
         if self._owner is not None:
@@ -352,17 +396,13 @@ class Store:
         if "meta" in tables:
             row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
             found = None if row is None else str(row[0])
-        if found is not None and found not in _MIGRATED_FROM + (str(SCHEMA_VERSION),):
-            newer = found.isdigit() and int(found) > SCHEMA_VERSION
-            raise StoreError(
-                f"cannot use the database {self.path}: its schema version {found!r} is "
-                + (
-                    f"newer than this coordinator's {SCHEMA_VERSION} (it was written by a newer "
-                    "Plume: run that version, or restore a backup taken before the upgrade)"
-                    if newer
-                    else f"not one this coordinator reads (1 to {SCHEMA_VERSION})"
-                )
-            )
+        problem = None if found is None else schema_version_problem(
+            found,
+            "it was written by a newer Plume: run that version, or restore a backup taken "
+            "before the upgrade",
+        )  # fmt: skip
+        if problem is not None:
+            raise StoreError(f"cannot use the database {self.path}: {problem}")
         if found is not None:
             # A write rolled back: a read-only file fails here, before anything changes (a
             # read-only connection takes the lock and reads fine; only writing tells).
