@@ -662,6 +662,7 @@ def _apply_config(args: argparse.Namespace) -> str | None:
         if option.startswith("--") and action.dest not in ("help", "config")
     }
     values: dict[str, Any] = {}
+    spelled: dict[str, str] = {}  # flag name -> the key that gave it
     for key, value in doc.items():
         if isinstance(value, dict):
             return f"{where}: [{key}] is a table; write the keys at the top of the file"
@@ -674,8 +675,16 @@ def _apply_config(args: argparse.Namespace) -> str | None:
                 f"{where}: unknown key {key!r}{hint}; its keys are serve's flags without their "
                 f"dashes: {', '.join(actions)}"
             )
+        if name in spelled:  # admin_token and admin-token: which one was meant?
+            return f"{where}: {name}: given twice ({spelled[name]} and {key}); keep one"
+        spelled[name] = key
         shown = str(value).lower() if isinstance(value, bool) else repr(value)
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
+        if action.type in (None, str) and not isinstance(value, str):
+            # host = 0 would be "0" (every interface), admin-token = 1_000 "1000"
+            return f"{where}: {key} = {shown}: give a string (in quotes)"
+        if action.type is _on_off and isinstance(value, bool):
+            value = "on" if value else "off"  # access-log = false
+        elif isinstance(value, bool) or not isinstance(value, str | int | float):
             return f"{where}: {key} = {shown}: give a string or a number"
         try:
             converted = action.type(str(value)) if callable(action.type) else str(value)
@@ -686,9 +695,11 @@ def _apply_config(args: argparse.Namespace) -> str | None:
             return f"{where}: {key} = {shown}: expected a{'n' if kind == 'int' else ''} {kind}"
         if action.choices is not None and converted not in action.choices:
             return f"{where}: {key} = {shown}: choose one of {', '.join(action.choices)}"
-        if action.dest in _CONFIG_PATHS and not Path(str(converted)).expanduser().is_absolute():
-            # As the file says, wherever serve starts (systemd starts it in /).
-            converted = str(path.parent / str(converted))
+        if action.dest in _CONFIG_PATHS:
+            converted = str(_path(str(converted)))  # ~ is the home folder, as in a shell
+            if not Path(converted).is_absolute():
+                # As the file says, wherever serve starts (systemd starts it in /).
+                converted = str(path.parent / converted)
         values[action.dest] = converted
     given: frozenset[str] = getattr(args, "_given", frozenset())
     for dest, converted in values.items():
@@ -698,7 +709,7 @@ def _apply_config(args: argparse.Namespace) -> str | None:
     if "admin_token" in values and mode & stat.S_IROTH:  # a group may be meant (root:plume)
         print(
             f"plume coordinator serve: note: {where} holds the admin token and other users "
-            f"may read it (mode {mode & 0o7777:04o}); chmod 600 {args.config}",
+            f"may read it (mode {mode & 0o7777:04o}); chmod o-r {args.config}",
             file=sys.stderr,
         )
     return None
@@ -904,6 +915,8 @@ def admin_error_text(exc: Exception, url: str, flag: str = "--url") -> str:
     """A sentence for an admin call that failed: refused by the coordinator, or not sent."""
     import httpx
 
+    from protocol.names import Reason
+
     if isinstance(exc, httpx.TransportError):
         what = str(exc) or type(exc).__name__
         if "CERTIFICATE_VERIFY_FAILED" in what:
@@ -952,7 +965,7 @@ def admin_error_text(exc: Exception, url: str, flag: str = "--url") -> str:
             f"{url} answered {head} with {status} and a body that is not the coordinator's "
             f"JSON ({brief or 'empty'}); is a Plume coordinator serving there? ({flag})"
         )
-    if reason in ("not_found", "method_not_allowed"):
+    if reason in (Reason.NOT_FOUND, Reason.METHOD_NOT_ALLOWED):
         # No route (a task, round or version the coordinator lacks has its own reason): the
         # URL's path is not where the admin API is, e.g. --url with a path behind no proxy.
         return (
