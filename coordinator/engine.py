@@ -173,7 +173,10 @@ class Strategy:
         return engine.process.next(engine.aggregator_state, updates)
 
     def publish(self, engine: RoundEngine, round_id: int, output: AggregateOutput) -> None:
-        """w_r = w_{r-1} + server_lr * aggregate."""
+        """w_r = w_{r-1} + server_lr * aggregate.
+
+        An override assigns a new array to `engine.params` and never changes the published one
+        in place: the engine's rollback and the simulator's `last_params` hold it by reference."""
         step = output.result.astype(np.float32)
         if engine.config.server_lr != 1.0:
             step = step * np.float32(engine.config.server_lr)

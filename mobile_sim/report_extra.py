@@ -358,7 +358,8 @@ def _interrupted_note(label: str, summary: Any) -> str | None:
 
 def rebuild_run_dir(run_dir: str | Path) -> list[Path]:
     """Every plot of a finished run, from its ``rounds.json`` files alone, byte for byte as
-    ``plume sim`` wrote them (`plot_runs`: same runs, order and title). The CSV and JSON are
+    ``plume sim`` wrote them (`plot_runs`: same runs, order and title) when the folder holds
+    only that run (a subfolder an earlier run left there is drawn too). The CSV and JSON are
     left as they are. Raises `RunDirError` for a missing or unreadable run folder, before
     writing anything."""
     found = read_run_dir(run_dir)

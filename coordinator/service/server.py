@@ -292,6 +292,9 @@ class ServerThread:
 
     def stop(self, timeout: float = 20.0) -> None:
         self.server.should_exit = True
+        if self._thread.ident is None:  # never started (a Ctrl-C before `start` ran)
+            self._close_store()
+            return
         self._thread.join(timeout)
         if not self._thread.is_alive():  # else still serving: its store stays open
             self._close_store()
