@@ -35,6 +35,13 @@ class MnistCNN(nn.Module):
         out: torch.Tensor = self.fc2(x)
         return out
 
+    def fused_layers(self) -> list[nn.Module]:
+        """The chain `forward` runs, in order: declared for `sdk.trainer.TorchTrainer`'s fused
+        step (`sdk._fused`), which trusts it to be exactly `forward`."""
+        relu, pool = self.relu, self.pool
+        return [self.conv1, relu, pool, self.conv2, relu, pool, self.flatten, self.fc1, relu,
+                self.fc2]  # fmt: skip
+
 
 class MLP(nn.Module):
     """A fully connected ReLU network. Input: float32[B, ...], flattened to `in_features`."""
@@ -54,6 +61,10 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = self.net(x)
         return out
+
+    def fused_layers(self) -> list[nn.Module]:
+        """The chain `forward` runs (`self.net`'s layers), declared for `sdk._fused`."""
+        return list(self.net)
 
 
 MODELS: dict[str, Callable[[], nn.Module]] = {

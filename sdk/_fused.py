@@ -22,12 +22,26 @@ of that update (the MNIST CNN's trained parameters differ from the autograd path
 1e-7 relative), so results no longer reproduce the autograd path's bit for bit.
 
 `fused_chain` decides, strictly, whether a module qualifies; anything it does not recognise
-trains through autograd as before.
+trains through autograd as before. Which layers a module's forward runs is never guessed from
+its code: an exact `nn.Sequential` (its `forward` not replaced on the instance) is its layers;
+any other module qualifies only if it declares its chain with a method
+
+    def fused_layers(self) -> Sequence[nn.Module]:
+        return [self.conv1, self.relu, self.pool, self.flatten, self.fc]
+
+returning the layers its forward applies, in order, each to the previous one's output alone
+(a plain `nn.Sequential` in the list stands for its layers; a parameter-free layer may appear
+more than once; returning None declares nothing, for a module whose forward is a chain only
+in some configurations). The author promises that forward is exactly that chain: nothing
+checks it, so a forward that does anything else (an extra op, a `torch.no_grad()` block, a
+side effect such as keeping its features) must not declare one. The declaration, like every
+other condition (layer settings, parameters, hooks), is read again on every `train` call.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,11 +108,17 @@ def _supported_layer(m: nn.Module) -> bool:
     return False
 
 
-def _sequential_layers(module: nn.Sequential) -> list[nn.Module] | None:
+DECLARATION = "fused_layers"
+
+
+def _flattened(layers: Sequence[nn.Module]) -> list[nn.Module] | None:
+    """The layers, with each plain `nn.Sequential` among them replaced by its own layers."""
     out: list[nn.Module] = []
-    for child in module:
+    for child in layers:
+        if not isinstance(child, nn.Module):
+            return None
         if type(child) is nn.Sequential:
-            inner = _sequential_layers(child)
+            inner = _flattened(list(child))
             if inner is None:
                 return None
             out += inner
@@ -107,49 +127,37 @@ def _sequential_layers(module: nn.Sequential) -> list[nn.Module] | None:
     return out
 
 
-def _traced_layers(module: nn.Module) -> list[nn.Module] | None:
-    """The layers a custom module's forward calls, if torch.fx traces it as exactly one chain
-    input -> layer -> layer -> ... -> output (each layer a submodule, called on the previous
-    result alone). The trace runs the forward once on symbolic values; data-dependent branches
-    and any other operation make it refuse."""
-    import torch.fx
-
-    try:
-        graph = torch.fx.symbolic_trace(module).graph
-    except Exception:  # whatever the forward does that fx cannot follow: not a plain chain
+def _declared_layers(module: nn.Module) -> list[nn.Module] | None:
+    """The chain `module`'s forward runs: an exact `nn.Sequential` (its forward not replaced on
+    the instance) is its layers; any other module qualifies only by declaring its chain with a
+    `fused_layers()` method (the module docstring). Nothing is traced or run."""
+    if "forward" in module.__dict__:
         return None
-    nodes = list(graph.nodes)
-    if len(nodes) < 3 or nodes[0].op != "placeholder" or nodes[-1].op != "output":
+    if type(module) is nn.Sequential:
+        return _flattened(list(module))
+    declare = getattr(type(module), DECLARATION, None)
+    if not callable(declare):
         return None
-    layers: list[nn.Module] = []
-    prev = nodes[0]
-    for node in nodes[1:-1]:
-        if node.op != "call_module" or node.args != (prev,) or node.kwargs:
-            return None
-        layers.append(module.get_submodule(str(node.target)))
-        prev = node
-    if nodes[-1].args != (prev,) or len(prev.users) != 1 or len(nodes[0].users) != 1:
+    layers = declare(module)
+    if isinstance(layers, (str, bytes, nn.Module)) or not isinstance(layers, Sequence):
         return None
-    return layers
+    return _flattened(layers)
 
 
-def _layers_of(module: nn.Module) -> list[nn.Module] | None:
-    # Every submodule must be a supported layer or a plain nn.Sequential holding them; the root
-    # may be any module (its forward is then traced) but owns no parameter or buffer itself.
+def _tree_supported(module: nn.Module) -> bool:
+    """Every submodule is a supported layer or a plain `nn.Sequential`, none has its forward
+    replaced on the instance or holds a buffer; a root that is not an `nn.Sequential` (a module
+    declaring its chain) owns no parameter itself."""
     for sub in module.modules():
+        if "forward" in sub.__dict__ or any(True for _ in sub.buffers(recurse=False)):
+            return False
         if sub is module and type(sub) is not nn.Sequential:
-            if any(True for _ in sub.parameters(recurse=False)) or any(
-                True for _ in sub.buffers(recurse=False)
-            ):
-                return None
+            if any(True for _ in sub.parameters(recurse=False)):
+                return False
             continue
         if type(sub) is not nn.Sequential and not _supported_layer(sub):
-            return None
-        if any(True for _ in sub.buffers(recurse=False)):
-            return None
-    if type(module) is nn.Sequential:
-        return _sequential_layers(module)
-    return _traced_layers(module)
+            return False
+    return True
 
 
 @dataclass
@@ -168,7 +176,7 @@ class FusedChain:
     onednn: bool = False
     fold_update: bool = False
     _saved: list[Any] = field(default_factory=list)
-    _buffers: dict[tuple[int, tuple[int, ...]], list[torch.Tensor]] = field(default_factory=dict)
+    _buffers: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     _dlogits: torch.Tensor | None = None
 
     def fits(self, example_shape: tuple[int, ...]) -> bool:
@@ -206,12 +214,19 @@ class FusedChain:
                 shape = (shape[0], math.prod(shape[1:]))
         return len(shape) == 2 and shape[1] >= 1
 
-    def _buffer(self, i: int, shape: tuple[int, ...], count: int) -> list[torch.Tensor]:
-        key = (i, shape)
-        bufs = self._buffers.get(key)
-        if bufs is None:
-            bufs = self._buffers[key] = [torch.empty(0) for _ in range(count)]
-        return bufs
+    def _buffer(self, i: int, n: int, shapes: list[tuple[int, ...]]) -> list[torch.Tensor]:
+        """Op `i`'s buffers, of these per-example shapes, as views of their first `n` examples:
+        one set per op, sized to the largest batch seen (kept while the per-example shapes
+        stay the same), so a batch of any size reuses it."""
+        bufs = self._buffers.get(i)
+        if bufs is None or len(bufs[0]) < n or [b.shape[1:] for b in bufs] != shapes:
+            bufs = self._buffers[i] = [torch.empty(n, *s, dtype=torch.float32) for s in shapes]
+        return [b[:n] for b in bufs]
+
+    def release(self) -> None:
+        """Drop what one step keeps between its forward and backward (its inputs and masks)."""
+        self._saved = []
+        self._dlogits = None
 
     def forward_loss(self, x: torch.Tensor, y: torch.Tensor) -> float:
         """Forward pass and mean cross-entropy on one batch (under `torch.no_grad`); keeps what
@@ -289,6 +304,10 @@ class FusedChain:
                         gi = torch.ops.mkldnn._linear_pointwise(
                             g, lin.weight.t(), None, "none", [], ""
                         )
+                    elif s.stride(0) == 1 and s.stride(1) == s.size(0):
+                        # autograd's mm_mat1_backward for an input it sees as column-major (a
+                        # [1, 1] input, say): (W^T g^T)^T, which can round differently
+                        gi = lin.weight.t().mm(g.t()).t()
                     else:
                         gi = g.mm(lin.weight)
                 if lin.bias is not None:
@@ -317,16 +336,15 @@ class FusedChain:
         reused from step to step."""
         n, c, hh, w = h.shape
         h = h.contiguous()
-        bufs = self._buffer(i, (n, c, hh, w), 6)
-        if bufs[0].numel() == 0:
-            bufs[:] = [
-                h.new_empty(n, c, hh, w // 2),  # take_right
-                h.new_empty(n, c, hh, w // 2),  # row maxima
-                h.new_empty(n, c, hh // 2, w // 2),  # take_bottom
-                h.new_empty(n, c, hh // 2, w // 2),  # output
-                h.new_empty(n, c, hh // 2, 2, w // 2),  # backward: per-row gradient
-                h.new_empty(n, c, hh, w // 2, 2),  # backward: input gradient
-            ]
+        shapes = [
+            (c, hh, w // 2),  # take_right
+            (c, hh, w // 2),  # row maxima
+            (c, hh // 2, w // 2),  # take_bottom
+            (c, hh // 2, w // 2),  # output
+            (c, hh // 2, 2, w // 2),  # backward: per-row gradient
+            (c, hh, w // 2, 2),  # backward: input gradient
+        ]
+        bufs = self._buffer(i, n, shapes)
         take_right, rows, take_bottom, out = bufs[:4]
         pairs = h.view(n, c, hh, w // 2, 2)
         left, right = pairs[..., 0], pairs[..., 1]
@@ -351,12 +369,13 @@ class FusedChain:
         return out.view(n, c, hh, 2 * w2)
 
 
-def _signature(module: nn.Module) -> tuple[Any, ...]:
-    """What a cached chain depends on: the module tree's objects and parameter tensors."""
-    return (
-        tuple((name, id(m), type(m)) for name, m in module.named_modules()),
-        tuple(id(p) for p in module.parameters()),
-    )
+_KINDS = {
+    nn.Conv2d: "conv",
+    nn.Linear: "linear",
+    nn.ReLU: "relu",
+    nn.MaxPool2d: "pool",
+    nn.Flatten: "flatten",
+}
 
 
 def fused_chain(
@@ -365,33 +384,35 @@ def fused_chain(
     """The fused step for `module`, or None if it does not qualify: every submodule a supported
     layer (`nn.Conv2d` with zero padding given in numbers, `nn.ReLU`, `nn.MaxPool2d(2)`,
     `nn.Flatten()`, `nn.Linear`, exact classes) or a plain `nn.Sequential`; the forward exactly
-    the chain of them (an `nn.Sequential`, or a forward torch.fx traces as one); no hook on any
-    module or parameter (nor a global module hook); every parameter float32, on the CPU,
-    trainable, strided and used by one layer once. `cached` is reused when the module tree
-    and its parameters are the same objects (the hooks are checked again each call).
+    the chain of them: an exact `nn.Sequential`, or a module declaring its chain with
+    `fused_layers()` (the module docstring); no `forward` replaced on an instance; no hook on
+    any module or parameter (nor a global module hook); every parameter an exact `nn.Parameter`,
+    float32, on the CPU, trainable, contiguous and used by one layer once. Every condition is
+    checked on each call (they are cheap: nothing is traced), so a parameter frozen or a layer
+    reconfigured after a call is seen; `cached` (the last call's answer) is returned, with its
+    pooling buffers, when the chain is the same layer and parameter objects.
     `fold_update`: large Linear layers' SGD update inside their weight-gradient product (the
     module docstring)."""
     if _global_hooks() or any(_has_hooks(m) for m in module.modules()):
         return None
-    sig = _signature(module)
-    if cached is not None and cached.signature == sig:
-        if (cached.onednn, cached.fold_update) == (onednn, fold_update):
-            return cached
-        return FusedChain(cached.ops, cached.params, sig, onednn, fold_update)
-    layers = _layers_of(module)
+    if not _tree_supported(module):
+        return None
+    layers = _declared_layers(module)
     if not layers:
         return None
     ops: list[_Op] = []
     seen: set[int] = set()
     params: list[torch.Tensor] = []
     for layer in layers:
-        kind = {
-            nn.Conv2d: "conv",
-            nn.Linear: "linear",
-            nn.ReLU: "relu",
-            nn.MaxPool2d: "pool",
-            nn.Flatten: "flatten",
-        }[type(layer)]
+        kind = _KINDS.get(type(layer))  # type: ignore[call-overload]
+        if (
+            kind is None
+            or not _supported_layer(layer)
+            or "forward" in layer.__dict__
+            or _has_hooks(layer)
+            or any(True for _ in layer.buffers())
+        ):
+            return None
         own = list(layer.parameters())
         if own:
             if id(layer) in seen:
@@ -406,7 +427,8 @@ def fused_chain(
         return None
     for p in params:
         if (
-            p.dtype != torch.float32
+            type(p) is not nn.Parameter
+            or p.dtype != torch.float32
             or p.device.type != "cpu"
             or p.layout != torch.strided
             or not p.requires_grad
@@ -420,4 +442,10 @@ def fused_chain(
             i += 2
         else:
             i += 1
-    return FusedChain(ops, params, sig, onednn, fold_update)
+    # What the cached chain depends on: the same layer and parameter objects, in order.
+    sig = (tuple(id(layer) for layer in layers), tuple(id(p) for p in params))
+    if cached is None or cached.signature != sig:
+        return FusedChain(ops, params, sig, onednn, fold_update)
+    if (cached.onednn, cached.fold_update) == (onednn, fold_update):
+        return cached
+    return FusedChain(ops, params, sig, onednn, fold_update, _buffers=cached._buffers)

@@ -396,8 +396,10 @@ class TorchTrainer:
     values and gradients, 3-5% faster for an MNIST-CNN client's local training.
     `fused` (default on) trains without autograd where it can (`sdk._fused`): when the module
     is a chain of `nn.Conv2d`, `nn.ReLU`, `nn.MaxPool2d(2)`, `nn.Flatten()` and `nn.Linear`
-    layers (an `nn.Sequential`, or a module whose forward torch.fx traces as exactly that chain;
-    see `sdk._fused.fused_chain` for every condition), the optimizer is plain SGD (momentum and
+    layers (an exact `nn.Sequential`, or a module that declares its chain with a method
+    `fused_layers(self) -> Sequence[nn.Module]` returning the layers its forward applies, in
+    order: the author promises forward is exactly that chain, nothing is traced or checked
+    against it; see `sdk._fused` and `sdk._fused.fused_chain` for every condition), the optimizer is plain SGD (momentum and
     weight decay 0), `loss_fn` is the default `nn.CrossEntropyLoss()`, and the inputs are float32
     whose shapes the chain handles, ending in logits [B, C]. Each step then calls the kernels
     autograd would, in autograd's order, and updates each parameter in place: the same
@@ -406,16 +408,19 @@ class TorchTrainer:
     `fold_update` (default off; only with `fused`) also updates large Linear layers' weights
     inside their weight-gradient product: a faster step, but float rounding then differs from
     the autograd path's (about 1e-7 relative on the MNIST CNN's trained parameters, well inside
-    the simulator backends' agreement tolerance), so results no longer reproduce bit for bit. A module
-    that is not an `nn.Sequential` but holds only those layers is traced once (its forward runs
-    on symbolic values) at the first call that could use the fast path. The fast path leaves
-    the parameters' `.grad` at None. Its speed against the autograd path: `python
+    the simulator backends' agreement tolerance), so results no longer reproduce bit for bit.
+    Whether a call qualifies is checked on every call (a parameter frozen or a layer
+    reconfigured between calls trains through autograd). The fast path leaves the parameters'
+    `.grad` at None. Its speed against the autograd path: `python
     bench/explore_cnn_speed.py --only fused`.
 
     `train` checks its data once per call, before the first step (`TrainingDataError`, a
     `ValueError`): see `check_training_data`. Labels may also be `IGNORE_INDEX` (-100), skipped
     as torch's cross-entropy skips it. The forward pass that finds the model's output shape
     runs once per input shape and dtype and is cached, so a call costs O(data) numpy work.
+
+    A trainer is not thread-safe: it keeps per-call state (the module's weights, the fused
+    step's buffers), so use one trainer (and one module) per thread.
     """
 
     def __init__(
@@ -538,6 +543,8 @@ class TorchTrainer:
             or loss.label_smoothing != 0.0
             or loss._forward_hooks
             or loss._forward_pre_hooks
+            or loss._backward_hooks
+            or loss._backward_pre_hooks
             or xt.dtype != torch.float32
             or yt.dim() != 1
         ):
@@ -565,29 +572,32 @@ class TorchTrainer:
             p.grad = None
         n = len(xt)
         total, count, steps = 0.0, 0, 0
-        with torch.no_grad():
-            for epoch in range(epochs):
-                perm = rng.permutation(n)
-                order = torch.from_numpy(perm)
-                # One gather per epoch; each batch is then a contiguous slice of it.
-                xe, ye = xt.index_select(0, order), yt.index_select(0, order)
-                for start in range(0, n, batch_size):
-                    if cancel is not None and cancel.is_set():
-                        raise TrainingCancelled(steps)
-                    stop = start + batch_size
-                    value = chain.forward_loss(xe[start:stop], ye[start:stop])
-                    steps += 1
-                    weight = (
-                        len(perm[start:stop])
-                        if per_example is None
-                        else int(per_example[perm[start:stop]].sum())
-                    )
-                    if weight and not math.isfinite(value):
-                        raise diverged(value, steps, epoch + 1, lr)
-                    chain.backward_update(lr)
-                    if weight:
-                        total += value * weight
-                        count += weight
+        try:
+            with torch.no_grad():
+                for epoch in range(epochs):
+                    perm = rng.permutation(n)
+                    order = torch.from_numpy(perm)
+                    # One gather per epoch; each batch is then a contiguous slice of it.
+                    xe, ye = xt.index_select(0, order), yt.index_select(0, order)
+                    for start in range(0, n, batch_size):
+                        if cancel is not None and cancel.is_set():
+                            raise TrainingCancelled(steps)
+                        stop = start + batch_size
+                        value = chain.forward_loss(xe[start:stop], ye[start:stop])
+                        steps += 1
+                        weight = (
+                            len(perm[start:stop])
+                            if per_example is None
+                            else int(per_example[perm[start:stop]].sum())
+                        )
+                        if weight and not math.isfinite(value):
+                            raise diverged(value, steps, epoch + 1, lr)
+                        chain.backward_update(lr)
+                        if weight:
+                            total += value * weight
+                            count += weight
+        finally:  # a cancelled or diverged run keeps no batch's activations alive
+            chain.release()
         flat = get_flat_params(self.module)
         check_trained_params(flat, steps, lr)
         weight = n if per_example is None else int(np.count_nonzero(per_example))

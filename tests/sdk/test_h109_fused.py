@@ -160,8 +160,8 @@ def test_a_digits_cnn_and_mlp_train_as_autograd_does(digits: tuple[np.ndarray, n
     _agree(_seeded(lambda: build_model("digits_mlp", seed=None), 1), x, y, batch_size=10)
 
 
-def test_the_mnist_cnn_is_traced_and_its_large_layer_takes_the_folded_update() -> None:
-    # Prepare: the zoo's MnistCNN (a custom forward, traced) on MNIST-sized inputs; fc1 has
+def test_the_mnist_cnn_declares_its_chain_and_its_large_layer_takes_the_folded_update() -> None:
+    # Prepare: the zoo's MnistCNN (a custom forward, its chain declared) on MNIST-sized inputs; fc1 has
     # 1.6M weights, so with fold_update it takes the in-place addmm_ update.
     module = build_model("mnist_cnn")
     assert module.fc1.weight.numel() >= FUSED_UPDATE_MIN_WEIGHTS
@@ -244,6 +244,10 @@ class _Chain(nn.Module):
             h = self.relu(h)
         out: torch.Tensor = self.fc(self.flat(h))
         return out
+
+    def fused_layers(self) -> list[nn.Module] | None:
+        # Declared only when forward is exactly the chain (None: not declared).
+        return None if self.extra else [self.conv, self.relu, self.pool, self.flat, self.fc]
 
 
 class _Linear(nn.Linear):
