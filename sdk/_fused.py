@@ -30,7 +30,8 @@ any other module qualifies only if it declares its chain with a method
         return [self.conv1, self.relu, self.pool, self.flatten, self.fc]
 
 returning the layers its forward applies, in order, each to the previous one's output alone
-(a plain `nn.Sequential` in the list stands for its layers; a parameter-free layer may appear
+(a plain `nn.Sequential` in the list stands for its layers; a subclass that overrides
+forward must declare again: an inherited declaration does not count; a parameter-free layer may appear
 more than once; returning None declares nothing, for a module whose forward is a chain only
 in some configurations). The author promises that forward is exactly that chain: nothing
 checks it, so a forward that does anything else (an extra op, a `torch.no_grad()` block, a
@@ -127,6 +128,11 @@ def _flattened(layers: Sequence[nn.Module]) -> list[nn.Module] | None:
     return out
 
 
+def _definer(cls: type, name: str) -> type:
+    """The class in `cls`'s method resolution order that defines attribute `name`."""
+    return next(c for c in cls.__mro__ if name in c.__dict__)
+
+
 def _declared_layers(module: nn.Module) -> list[nn.Module] | None:
     """The chain `module`'s forward runs: an exact `nn.Sequential` (its forward not replaced on
     the instance) is its layers; any other module qualifies only by declaring its chain with a
@@ -136,8 +142,10 @@ def _declared_layers(module: nn.Module) -> list[nn.Module] | None:
     if type(module) is nn.Sequential:
         return _flattened(list(module))
     declare = getattr(type(module), DECLARATION, None)
-    if not callable(declare):
-        return None
+    if not callable(declare) or not issubclass(
+        _definer(type(module), DECLARATION), _definer(type(module), "forward")
+    ):
+        return None  # a subclass that overrides forward does not inherit a declaration
     layers = declare(module)
     if isinstance(layers, (str, bytes, nn.Module)) or not isinstance(layers, Sequence):
         return None

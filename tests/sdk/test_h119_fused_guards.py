@@ -241,6 +241,33 @@ def test_a_declaration_is_read_on_every_call() -> None:
         np.testing.assert_array_equal(got.params, want.params)
 
 
+class _DeclaredThenScaled(_Declared):
+    """Overrides forward (an extra op) but not the declaration it inherits."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) * 0.5
+
+
+class _DeclaredAgain(_DeclaredThenScaled):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return _Plain.forward(self, x)
+
+    def fused_layers(self) -> list[nn.Module]:
+        return [self.conv, self.relu, self.pool, self.flat, self.fc]
+
+
+def test_an_inherited_declaration_does_not_cover_an_overridden_forward() -> None:
+    x, y = _data()
+    for make, fused_path in ((_DeclaredThenScaled, False), (_DeclaredAgain, True)):
+        auto, fused = _seeded(make), _seeded(make)
+        want = _train(TorchTrainer(auto, fused=False), x, y)
+        got = _train(TorchTrainer(fused), x, y)
+        assert _fused_ran(fused) == fused_path
+        np.testing.assert_array_equal(got.params, want.params)
+    # a subclass that changes only __init__ keeps its parent's declaration
+    assert fused_chain(type("Wider", (_Declared,), {})(), onednn=False) is not None
+
+
 def test_a_sequential_with_its_forward_replaced_does_not_qualify() -> None:
     seq = _seeded(_cnn)
     assert fused_chain(seq, onednn=False) is not None
