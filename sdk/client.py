@@ -488,7 +488,14 @@ class _Core:
         if not (math.isfinite(backoff_s) and backoff_s >= 0):
             raise ValueError(f"backoff_s must be finite seconds >= 0, not {backoff_s!r}")
         self.store = DeviceStore(app_dir)
-        self.key = self.store.private_key()
+        try:
+            # One client per app directory in a process too (an app and its background worker
+            # often share a process): claimed until the client closes or is collected.
+            self.store.claim(self)
+            self.key = self.store.private_key()
+        except BaseException:
+            self.store.close()
+            raise
         self.public_key = auth.public_key_bytes(self.key)
         self.device_id = auth.device_id_for(self.public_key)
         self.retries = retries
@@ -2187,10 +2194,14 @@ class Client:
             app_dir, retries=retries, backoff_s=backoff_s, clock=clock,
             max_stage_wait_s=max_stage_wait_s, max_response_s=max_response_s,
         )  # fmt: skip
-        self._http = httpx.Client(
-            base_url=base_url, transport=transport, timeout=timeout, verify=verify,
-            headers=_ACCEPT_IDENTITY,
-        )  # fmt: skip
+        try:
+            self._http = httpx.Client(
+                base_url=base_url, transport=transport, timeout=timeout, verify=verify,
+                headers=_ACCEPT_IDENTITY,
+            )  # fmt: skip
+        except BaseException:
+            self._core.store.close()  # its claim and lock: this client never was
+            raise
         # The response being received must be whole by this thread's deadline, headers
         # included, on the sockets of httpx's own transports, an injected `httpx.HTTPTransport`
         # included; any other injected `transport=` is bounded between body chunks only
@@ -2722,10 +2733,14 @@ class AsyncClient:
             app_dir, retries=retries, backoff_s=backoff_s, clock=clock,
             max_stage_wait_s=max_stage_wait_s, max_response_s=max_response_s,
         )  # fmt: skip
-        self._http = httpx.AsyncClient(
-            base_url=base_url, transport=transport, timeout=timeout, verify=verify,
-            headers=_ACCEPT_IDENTITY,
-        )  # fmt: skip
+        try:
+            self._http = httpx.AsyncClient(
+                base_url=base_url, transport=transport, timeout=timeout, verify=verify,
+                headers=_ACCEPT_IDENTITY,
+            )  # fmt: skip
+        except BaseException:
+            self._core.store.close()  # its claim and lock: this client never was
+            raise
         self._mods = mods
 
     @property

@@ -45,6 +45,7 @@ While a `DeviceStore` is open its process holds an exclusive `flock` on the dire
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import json
 import os
@@ -135,13 +136,21 @@ class DeviceStoreError(ValueError):
 
 class AppDirInUse(RuntimeError):
     """Another process holds the app directory `path` (its `DeviceStore`, or a `Client` on it,
-    is open there). `pid` is the holder's process id where the OS tells it (Linux's
+    is open there), or another `Client` of this process does (`DeviceStore.claim`; `pid` is
+    then this process's). `pid` is the holder's process id where the OS tells it (Linux's
     /proc/locks), else None. Not a `DeviceStoreError`: nothing in the directory is wrong, so an app
     must not repair or clear it on this error; try again once the other process is done."""
 
-    def __init__(self, path: Path, pid: int | None) -> None:
+    def __init__(self, path: Path, pid: int | None, *, by_client: bool = False) -> None:
         self.path = path
         self.pid = pid
+        if by_client:
+            super().__init__(
+                f"{path} is in use by another client of this process ({pid}): one client at a "
+                "time may use an app directory (close that Client first, or give each its own "
+                "app_dir)"
+            )
+            return
         holder = "another process" if pid is None else f"process {pid}"
         super().__init__(
             f"{path} is in use by {holder}: one process at a time may use an app directory "
@@ -538,15 +547,17 @@ def _count(meta: dict[str, Any], name: str, path: Path, default: int | None = No
 class _Hold:
     """This process's flock on one app directory, shared by every `DeviceStore` the process
     has open on it (`users`): a flock belongs to an open file, so a second open of the
-    directory in this process would be refused by the first's lock."""
+    directory in this process would be refused by the first's lock. `claim` is the token of
+    the one store a `Client` of this process uses it through (`DeviceStore.claim`), or None."""
 
-    __slots__ = ("fd", "key", "pid", "users")
+    __slots__ = ("claim", "fd", "key", "pid", "users")
 
     def __init__(self, fd: int, key: tuple[int, int]) -> None:
         self.fd = fd
         self.key = key  # the directory's (st_dev, st_ino): the same directory by any path
         self.pid = os.getpid()
         self.users = 1
+        self.claim: object | None = None
 
     def here(self) -> bool:
         """Whether this process holds the lock through this hold (False once released, and
@@ -554,8 +565,88 @@ class _Hold:
         return self.users > 0 and self.pid == os.getpid()
 
 
+# `_HOLDS` changes only under `_HOLDS_GUARD`, a plain (non-reentrant) lock. A store's release
+# can run in a garbage collection, which may start in any allocation, also in a thread inside
+# the guard: a release that waited for the guard would then wait for its own thread for ever.
+# So a release is queued (`_RELEASES`, whose appends need no lock) and done by whoever holds the
+# guard: at once if it is free, else by its holder on the way out (`_Guarded.__exit__`). A
+# release run re-entrantly in the middle of `_lock` is queued too, so it cannot close a
+# descriptor `_lock` has just counted a user of.
 _HOLDS: dict[tuple[int, int], _Hold] = {}
 _HOLDS_GUARD = threading.Lock()
+_GUARD_OWNER: list[int | None] = [None]  # the thread holding the guard (`threading.get_ident`)
+_RELEASES: collections.deque[tuple[_Hold, object]] = collections.deque()
+
+
+def _release_queued() -> None:
+    """Do the queued releases; the caller holds the guard."""
+    while _RELEASES:
+        hold, token = _RELEASES.popleft()
+        if not hold.here():
+            continue
+        if hold.claim is token:
+            hold.claim = None
+        hold.users -= 1
+        if hold.users:
+            continue
+        if _HOLDS.get(hold.key) is hold:
+            del _HOLDS[hold.key]
+        os.close(hold.fd)
+
+
+def _drain() -> None:
+    """Do the queued releases if the guard is free; never waits (a finalizer calls it). If
+    another thread holds the guard, it does them as it lets the guard go."""
+    while _RELEASES:
+        if not _HOLDS_GUARD.acquire(blocking=False):
+            return
+        _GUARD_OWNER[0] = threading.get_ident()
+        try:
+            _release_queued()
+        finally:
+            _GUARD_OWNER[0] = None
+            _HOLDS_GUARD.release()
+        # A release queued between the last check and the guard's release is seen here.
+
+
+class _Guarded:
+    """`with _Guarded():` holds the guard, and does the releases queued meanwhile on the way
+    out."""
+
+    def __enter__(self) -> None:
+        _HOLDS_GUARD.acquire()
+        _GUARD_OWNER[0] = threading.get_ident()
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            _release_queued()
+        finally:
+            _GUARD_OWNER[0] = None
+            _HOLDS_GUARD.release()
+            _drain()
+
+
+def _guard_is_mine() -> bool:
+    return _GUARD_OWNER[0] == threading.get_ident()
+
+
+_FORK_TOOK_GUARD = [False]
+
+
+def _before_fork() -> None:
+    # Taken across a fork: no thread is then between its flock and recording the hold (a
+    # child forked there would keep a locked descriptor it does not know of, and the directory
+    # would stay locked while the child lives).
+    if not _guard_is_mine():
+        _HOLDS_GUARD.acquire()
+        _FORK_TOOK_GUARD[0] = True
+
+
+def _after_fork_in_parent() -> None:
+    if _FORK_TOOK_GUARD[0]:
+        _FORK_TOOK_GUARD[0] = False
+        _HOLDS_GUARD.release()
+        _drain()
 
 
 def _forget_holds_in_child() -> None:
@@ -564,17 +655,24 @@ def _forget_holds_in_child() -> None:
     # own `DeviceStore` on a directory is refused while the parent holds it. The stores the
     # child inherited refuse to be used (`DeviceStore.root`).
     global _HOLDS_GUARD
-    _HOLDS_GUARD = threading.Lock()  # another thread may have held it at the fork
+    _HOLDS_GUARD = threading.Lock()  # the parent's, held across the fork
+    _GUARD_OWNER[0] = None
+    _FORK_TOOK_GUARD[0] = False
     for hold in _HOLDS.values():
         try:
             os.close(hold.fd)
         except OSError:
             pass
     _HOLDS.clear()
+    _RELEASES.clear()
 
 
 if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_holds_in_child)
+    os.register_at_fork(
+        before=_before_fork,
+        after_in_parent=_after_fork_in_parent,
+        after_in_child=_forget_holds_in_child,
+    )
 
 
 def _holder_pid(st: os.stat_result) -> int | None:
@@ -606,7 +704,7 @@ def _lock(root: Path) -> _Hold:
     try:
         st = os.fstat(fd)
         key = (st.st_dev, st.st_ino)
-        with _HOLDS_GUARD:
+        with _Guarded():
             hold = _HOLDS.get(key)
             if hold is not None:
                 hold.users += 1
@@ -614,28 +712,33 @@ def _lock(root: Path) -> _Hold:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise AppDirInUse(root, _holder_pid(st)) from None
-            hold = _HOLDS[key] = _Hold(fd, key)
-            fd = -1  # the hold owns it now
-            return hold
+                hold = None
+            else:
+                hold = _HOLDS[key] = _Hold(fd, key)
+                fd = -1  # the hold owns it now
+                return hold
+        # Outside the guard: reading /proc/locks allocates, and may run a collection.
+        raise AppDirInUse(root, _holder_pid(st))
     finally:
         if fd >= 0:
             os.close(fd)
 
 
-def _unlock(hold: _Hold) -> None:
-    """One `DeviceStore` lets go of `hold`; the last one in this process closes the
-    directory's descriptor, which ends the flock (the kernel also ends it when the process
-    dies)."""
-    with _HOLDS_GUARD:
-        if not hold.here():
-            return
-        hold.users -= 1
-        if hold.users:
-            return
-        if _HOLDS.get(hold.key) is hold:
-            del _HOLDS[hold.key]
-        os.close(hold.fd)
+def _unlock(hold: _Hold, token: object) -> None:
+    """One `DeviceStore` (the one `token` names) lets go of `hold`, and of its claim; the
+    last one in this process closes the directory's descriptor, which ends the flock (the
+    kernel also ends it when the process dies). Never waits: it is queued if the guard is
+    busy, and done by the guard's holder (a store's finalizer runs it, maybe in a collection
+    inside the guard)."""
+    _RELEASES.append((hold, token))
+    _drain()
+
+
+def _unclaim(hold: _Hold, token: object) -> None:
+    """A client's claim ends (its owner was garbage-collected). Never waits: only the claim's
+    own token is cleared, and a claim is set only where none is."""
+    if hold.claim is token:
+        hold.claim = None
 
 
 class DeviceStore:
@@ -643,7 +746,8 @@ class DeviceStore:
     open: another process's `DeviceStore` (or `Client`) on the same directory raises
     `AppDirInUse` until `close()` (or the end of a `with` block, or this process's exit).
     Stores a process opens on one directory share its lock: it is released when the last of
-    them closes or is garbage-collected."""
+    them closes or is garbage-collected. A `Client`'s store also claims the directory
+    (`claim`): a second client of the process on it is refused."""
 
     def __init__(self, app_dir: str | os.PathLike[str]) -> None:
         self._root = Path(app_dir).expanduser()
@@ -659,7 +763,8 @@ class DeviceStore:
         # Locked before anything is read or repaired: the recovery below must not run while
         # another process is between two writes.
         self._hold = _lock(self._root)
-        self._release = weakref.finalize(self, _unlock, self._hold)
+        self._token = object()  # names this store's share (and claim) of the hold
+        self._release = weakref.finalize(self, _unlock, self._hold, self._token)
         try:
             # Finish what a crash interrupted, and move an older SDK's single accepted record
             # to the accepted-<r>.* files, before anything is read.
@@ -682,8 +787,25 @@ class DeviceStore:
         return self._root
 
     def close(self) -> None:
-        """Release this store's share of the lock (idempotent); it cannot be used after."""
+        """Release this store's share of the lock, and its claim (idempotent); it cannot be
+        used after. The lock is free when this returns if this was the process's last store."""
         self._release()
+        if _RELEASES and not _guard_is_mine():
+            with _Guarded():  # another thread's guard held it queued: wait for it to finish
+                pass
+
+    def claim(self, owner: object) -> None:
+        """Make this store the one a `Client` (`owner`) of this process uses the directory
+        through, until the store is closed or `owner` is garbage-collected: while it lasts,
+        another claim on the directory (another `Client`'s, by any path) raises `AppDirInUse`
+        naming this process. Plain stores (a tool, a test inspecting a live client's directory)
+        claim nothing and share the lock."""
+        root = self.root  # refused once closed
+        with _Guarded():
+            if self._hold.claim is not None:
+                raise AppDirInUse(root, os.getpid(), by_client=True)
+            self._hold.claim = self._token
+        weakref.finalize(owner, _unclaim, self._hold, self._token)
 
     def __enter__(self) -> DeviceStore:
         return self

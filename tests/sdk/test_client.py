@@ -71,6 +71,7 @@ def _left_offline(root: Path, delta: np.ndarray) -> PendingUpload:
     pending = first._core.encode(_assignment(), SPEC, params, params + delta, 8)
     with pytest.raises(httpx.ConnectError):
         first.upload(pending, SPEC)
+    first.close()  # the app is gone: its claim on the directory ends (one client per app_dir)
     return pending
 
 

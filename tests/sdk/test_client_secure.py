@@ -125,8 +125,6 @@ def test_participate_runs_a_secure_round_and_keeps_the_residual(
     assert r0.receipt.accepted and r0.receipt.payload_bytes > 0 and r0.num_examples == 8
     residual = clients[0]._core.secure_participant(SPEC.size, task_id).residual.copy()
     assert np.count_nonzero(residual) > 0  # coordinates outside S_r wait for later rounds
-    restarted = Client(url, str(tmp_path / "d0"))
-    np.testing.assert_array_equal(restarted._core.secure_participant(SPEC.size, task_id).residual, residual)
     # The plain-round entry points refuse a secure assignment, and vice versa
     a = Assignment(
         task_id, 1, 0, "tiny", [], CodecParams(), TrainingParams(), 0.0, "", "", 0, 0, True
@@ -136,6 +134,10 @@ def test_participate_runs_a_secure_round_and_keeps_the_residual(
     a.secure = False
     with pytest.raises(ValueError, match="not a secure"):
         clients[0].secure_round(a, lambda p: (p, 1, 0.0))
+    clients[0].close()  # the app restarts (one client per app_dir in a process)
+    restarted = Client(url, str(tmp_path / "d0"))
+    np.testing.assert_array_equal(restarted._core.secure_participant(SPEC.size, task_id).residual, residual)
+    restarted.close()
 
 
 def test_async_clients_run_a_secure_round_counted_like_the_ledger(

@@ -193,13 +193,15 @@ def test_secure_participants_keep_one_residual_per_task(tmp_path: Path) -> None:
 
     # Execute: task 2's participant of the same size, and a restarted app's task 1 participant
     p2 = client._core.secure_participant(SPEC.size, 2)
-    again = _client(tmp_path, _accept)._core.secure_participant(SPEC.size, 1)
+    client.close()  # the app restarts (one client per app_dir in a process)
+    restarted = _client(tmp_path, _accept)
+    again = restarted._core.secure_participant(SPEC.size, 1)
 
     # Assert: task 2 starts from zeros; task 1 resumes its own residual
     assert p2 is not p1 and not np.any(p2.residual)
     np.testing.assert_array_equal(again.residual, np.full(SPEC.size, 0.5, np.float32))
     assert DeviceStore(tmp_path).load_residual(SPEC.size, 2) is None
-    client.close()
+    restarted.close()
 
 
 # -- an older SDK's app directory --------------------------------------------------------------
