@@ -79,9 +79,9 @@ def _two_tasks(db: Path, **bad_over: Any) -> tuple[int, int]:
 
 def _participate(url: str, root: Path, task_id: int, n: int = 2) -> None:
     def run(i: int) -> None:
-        c = Client(url, str(root / f"dev{i}"))
-        c.register()
-        c.participate(SoftmaxTrainer(), *local_data(i), task_id=task_id, max_wait_s=30)
+        with Client(url, str(root / f"dev{i}")) as c:  # closed: the next call's may open
+            c.register()
+            c.participate(SoftmaxTrainer(), *local_data(i), task_id=task_id, max_wait_s=30)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
     for t in threads:
@@ -167,6 +167,7 @@ def test_device_requests_for_a_refused_task_get_409_not_500(tmp_path: Path) -> N
     assert len(before["updates"]) == 1 and before["rounds"][0][3] == "open"
     # Execute
     with _service(db) as url, httpx.Client(base_url=url) as http:
+        a.close()  # the app restarts too (one client per app_dir in a process)
         a = Client(url, str(tmp_path / "a"), retries=0)
         with pytest.raises(ClientError) as model_refused:
             a.fetch_model(assignment)

@@ -40,9 +40,9 @@ def _one_round(url: str, tmp_path: Path, task_id: int, version: int) -> None:
     """Two devices check in together and report once; wait until the task reaches `version`."""
 
     def run(i: int) -> None:
-        c = Client(url, str(tmp_path / f"dev{i}"))
-        c.register()
-        c.participate(SoftmaxTrainer(), *local_data(i), task_id=task_id, max_wait_s=60)
+        with Client(url, str(tmp_path / f"dev{i}")) as c:  # closed: the next round's may open
+            c.register()
+            c.participate(SoftmaxTrainer(), *local_data(i), task_id=task_id, max_wait_s=60)
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
     for t in threads:

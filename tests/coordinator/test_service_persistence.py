@@ -140,6 +140,8 @@ def test_kill_9_then_restart_loses_nothing_and_counts_nothing_twice(
     # Restart on the same database, without faults
     with coordinator(db, None, fault_file) as (url, _proc):
         http = httpx.Client(base_url=url)
+        a.close()  # the apps restart too (one client per app_dir in a process)
+        b.close()
         a, b = (Client(url, d, timeout=60) for d in dirs)
         if point == "after_accept":
             receipt = a.resume_pending()  # the app restarts and re-sends with the same key

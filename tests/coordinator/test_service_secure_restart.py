@@ -104,6 +104,8 @@ def test_restart_mid_secure_round_keeps_commits_ledger_and_epsilon(tmp_path: Pat
         after = admin_get(http, "/v1/rounds/2")
         status = admin_get(http, f"/v1/admin/tasks/{task_id}")
         eps_restart = _metric(http.get("/metrics").text, "plume_dp_epsilon", task_id)
+        for c in clients:
+            c.close()  # the apps restart too (one client per app_dir in a process)
         clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
         assert all(r.completed for r in _round(clients, task_id))
         final = wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 2)
@@ -181,6 +183,8 @@ def test_kill_9_inside_a_secure_publish_abandons_the_round_and_the_next_commits(
         http = httpx.Client(base_url=url)
         crashed = admin_get(http, "/v1/rounds/1")
         before = admin_get(http, f"/v1/admin/tasks/{task_id}")
+        for c in clients:
+            c.close()  # the apps restart too (one client per app_dir in a process)
         clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
         assert all(r.completed for r in _round(clients, task_id))
         after = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
