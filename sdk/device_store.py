@@ -46,6 +46,7 @@ While a `DeviceStore` is open its process holds an exclusive `flock` on the dire
 from __future__ import annotations
 
 import collections
+import gc
 import hashlib
 import json
 import os
@@ -801,10 +802,16 @@ class DeviceStore:
         naming this process. Plain stores (a tool, a test inspecting a live client's directory)
         claim nothing and share the lock."""
         root = self.root  # refused once closed
-        with _Guarded():
-            if self._hold.claim is not None:
+        for collected in (False, True):
+            with _Guarded():
+                if self._hold.claim is None:
+                    self._hold.claim = self._token
+                    break
+            if collected:
                 raise AppDirInUse(root, os.getpid(), by_client=True)
-            self._hold.claim = self._token
+            # A client dropped without close() (a client that made a request sits in
+            # reference cycles) holds its claim until a collection: run one, then look again.
+            gc.collect()
         weakref.finalize(owner, _unclaim, self._hold, self._token)
 
     def __enter__(self) -> DeviceStore:

@@ -232,6 +232,7 @@ def test_a_clients_claim_ends_at_with_exit_aclose_and_garbage_collection(
         first.register()
     del first
     gc.collect()
+    _client(tmp_path).close()
 
     async def run() -> None:
         async with _async_client(tmp_path) as client:
@@ -286,3 +287,24 @@ def test_a_client_whose_http_setup_fails_claims_nothing(tmp_path: Path) -> None:
     _fresh_flock(tmp_path)
     _client(tmp_path).close()
     assert info.value is not None and info_async.value is not None
+
+
+def test_a_client_dropped_without_close_does_not_refuse_the_next_one(tmp_path: Path) -> None:
+    # Prepare: a client that made a request (it sits in reference cycles), dropped unclosed;
+    # no automatic collection, so that only the refusal path's own can free it
+    gc.disable()
+    try:
+        first = _client(tmp_path)
+        with pytest.raises(ClientError):
+            first.register()
+        del first
+
+        # Execute: the next client on the directory
+        second = _client(tmp_path)
+    finally:
+        gc.enable()
+
+    # Assert: a collection gave the dropped client's claim back; a live one still refuses
+    with pytest.raises(AppDirInUse):
+        _client(tmp_path)
+    second.close()
