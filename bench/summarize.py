@@ -325,11 +325,17 @@ def render() -> str:
             out += [f"Not run yet: `{command}` writes `bench/results/{stem}.json`.", ""]
             continue
         doc = json.loads(path.read_text())
-        out += [
-            f"Command: `{doc.get('command', command)}`. Machine: {_machine(doc)}. "
-            f"Date: {doc.get('date', 'not recorded')}.",
-            "",
-        ]
+        when = f"Date: {doc.get('date', 'not recorded')}."
+        sections = doc.get("sections")
+        if isinstance(sections, dict) and sections:
+            # A file whose sections run separately: the date of the last, and each one's.
+            measured = ", ".join(
+                f"{name} {sec.get('measured_at', 'not recorded')}"
+                for name, sec in sections.items()
+                if isinstance(sec, dict)
+            )
+            when = f"Date: {doc.get('date', 'not recorded')} (sections measured: {measured})."
+        out += [f"Command: `{doc.get('command', command)}`. Machine: {_machine(doc)}. {when}", ""]
         if keys:
             out += ["| metric | measured | target |", "|---|---|---|"]
             for key, target in keys:
