@@ -240,6 +240,12 @@ def _run(
                 partition=partition,
             )
             raise RunInterrupted.of(partial) from exc
+        except BaseException:
+            # Any other failure ends the run too: its fleet is gone, so the task it created on
+            # a coordinator that outlives it is stopped (an embedded one stops with the run).
+            if external and task_id:
+                _stop_task(admin, task_id)
+            raise
     return SimResult(cfg, records, ledger, spec.size, final, label, started_at, partition=partition)
 
 
@@ -256,10 +262,10 @@ def _add_row(ledger: BandwidthLedger, seq: int, row: dict[str, Any]) -> None:
 
 
 def _stop_task(admin: Any, task_id: int) -> None:
-    """Stop an interrupted run's task on a coordinator that outlives the run: with no fleet
-    left, it would keep the task running, waiting for check-ins, for ever. Best effort: an
-    unreachable coordinator, a task already ended, or a second Ctrl-C leaves it as it is
-    (quietly: the run's one line about the interrupt is the one said)."""
+    """Stop an interrupted or failed run's task on a coordinator that outlives the run: with no
+    fleet left, it would keep the task running, waiting for check-ins, for ever. Best effort:
+    an unreachable coordinator, a task already ended, or a second Ctrl-C leaves it as it is
+    (quietly: the run's own line about the interrupt or error is the one said)."""
     import httpx
 
     from coordinator.service import AdminError
