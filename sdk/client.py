@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import contextvars
 import inspect
 import ipaddress
 import json
@@ -28,7 +29,7 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -236,7 +237,16 @@ class ModelIntegrityError(ClientError):
 TASK_DONE = "task_done"
 
 
-class TaskEndedError(ClientError):
+class _TaskError(ClientError):
+    """A refusal about the task a check-in named (`task_id`): the base of `TaskEndedError` and
+    `SdkUnsupportedError`, which `participate` raises with no further check-in."""
+
+    def __init__(self, status: int, reason: str, detail: str, task_id: int | None) -> None:
+        super().__init__(status, reason, detail)
+        self.task_id = task_id
+
+
+class TaskEndedError(_TaskError):
     """The task a check-in named runs no more rounds: stop asking for it.
 
     The coordinator answered "end": the task ran its rounds, or the operator stopped it
@@ -245,10 +255,6 @@ class TaskEndedError(ClientError):
     returns the answer. A 409 `task_refused` (a task this coordinator cannot run now, which
     the operator may fix) or 404 `unknown_task` stays a plain `ClientError`: not final.
     """
-
-    def __init__(self, status: int, reason: str, detail: str, task_id: int | None) -> None:
-        super().__init__(status, reason, detail)
-        self.task_id = task_id
 
 
 def _next_wait(answer: CheckInResponse, task_id: int | None, min_poll_s: float) -> float:
@@ -272,7 +278,7 @@ def _ended(answer: CheckInResponse, task_id: int | None) -> TaskEndedError:
 FEATURES: tuple[Feature, ...] = (Feature.ERROR_FEEDBACK_OFF,)
 
 
-class SdkUnsupportedError(ClientError):
+class SdkUnsupportedError(_TaskError):
     """The task a check-in named needs something this SDK does not do: update the app's SDK.
 
     The coordinator's 409 `sdk_unsupported` (`Reason.SDK_UNSUPPORTED`); `detail` names the
@@ -280,10 +286,6 @@ class SdkUnsupportedError(ClientError):
     coordinator) and `task_id` the task named. `check_in` and `participate` raise it and check
     in no more: asking again, this SDK is refused again. Other tasks are not affected.
     """
-
-    def __init__(self, status: int, reason: str, detail: str, task_id: int | None) -> None:
-        super().__init__(status, reason, detail)
-        self.task_id = task_id
 
 
 # `ParticipationCancelled.reason` (no request was refused: the name is the SDK's).
@@ -2704,6 +2706,63 @@ def _delta(row: dict[str, dict[str, int]], before: dict[str, int], d: str) -> in
     return row.get(d, {}).get("wire_bytes", 0) - before.get(d, 0)
 
 
+# The app's cancel event for the `AsyncClient` call the asyncio task runs (`_async_cancel_scope`),
+# or None: each task reads its own (a context variable, as `_Deadline` is a thread's).
+_ASYNC_CANCEL: contextvars.ContextVar[CancelFlag | None] = contextvars.ContextVar(
+    "plume_async_cancel", default=None
+)
+
+
+@contextlib.contextmanager
+def _async_cancel_scope(cancel: threading.Event | None) -> Iterator[None]:
+    """As `Client._cancel_scope`, for the running asyncio task."""
+    if cancel is None:
+        yield
+        return
+    token = _ASYNC_CANCEL.set(cancel)
+    try:
+        yield
+    finally:
+        _ASYNC_CANCEL.reset(token)
+
+
+async def _apause(seconds: float) -> None:
+    """As `Client._pause`: `asyncio.sleep(seconds)`, in _CANCEL_POLL_S slices while the task's
+    call has a cancel event, `_Stop` as soon as it is seen set."""
+    cancel = _ASYNC_CANCEL.get()
+    if cancel is None:
+        await asyncio.sleep(seconds)
+        return
+    end = _tick() + seconds
+    while True:
+        if cancel.is_set():
+            raise _Stop
+        left = end - _tick()
+        if not left > 0:
+            return
+        await asyncio.sleep(min(left, _CANCEL_POLL_S))
+
+
+async def _unless_cancelled(aw: Coroutine[Any, Any, _T], cancel: CancelFlag) -> _T:
+    """Await `aw` in a task of its own, looking at `cancel` every _CANCEL_POLL_S: once it is
+    set, that task is cancelled (the request let go, as the task's own cancel would) and waited
+    for, then `_Stop`. An answer that arrived first is returned. A cancel of the calling task
+    cancels the inner one too."""
+    inner = asyncio.ensure_future(aw)
+    try:
+        while True:
+            done, _ = await asyncio.wait({inner}, timeout=_CANCEL_POLL_S)
+            if done:
+                return inner.result()
+            if cancel.is_set():
+                break
+    finally:
+        if not inner.done():
+            inner.cancel()
+            await asyncio.wait({inner})
+    raise _Stop
+
+
 class AsyncClient:
     """The asyncio twin of `Client` (same methods, awaited), for simulations and async apps.
 
@@ -2794,22 +2853,28 @@ class AsyncClient:
         return response
 
     async def _send(self, ex: _Exchange, deadline: float = math.inf) -> httpx.Response:
-        """As `Client._send`."""
+        """As `Client._send`; with a cancel event (`_ASYNC_CANCEL`) the request runs in a task
+        of its own, let go once the event is set (`_unless_cancelled`)."""
         core = self._core
+        cancel = _ASYNC_CANCEL.get()
         for attempt in range(core.retries + 1):
+            if cancel is not None and cancel.is_set():  # before `maybe_taken` is set
+                raise _Stop
             budget = _attempt_budget(core, deadline)
             request = core.build(self._http, ex)
             before, ex.maybe_taken = ex.maybe_taken, True
             ex.sent_at = _tick()
             try:
-                response = await self._dispatch(request, ex.max_response_bytes, budget)
-                await response.aread()
+                read = self._read(request, ex.max_response_bytes, budget)
+                response = await (read if cancel is None else _unless_cancelled(read, cancel))
             except httpx.TransportError as exc:
                 if isinstance(exc, _NEVER_SENT):
                     ex.maybe_taken = before
+                if cancel is not None and cancel.is_set():  # perhaps what cut the request
+                    raise _Stop from exc
                 if attempt == core.retries:
                     raise _unreachable(self._base, request, exc, attempt + 1) from exc
-                await asyncio.sleep(_retry_pause(core.delay(attempt, None), deadline))
+                await _apause(_retry_pause(core.delay(attempt, None), deadline))
                 continue
             except ClientError as err:
                 if _cut_by_wait(core, err, budget):
@@ -2819,10 +2884,16 @@ class AsyncClient:
             if 400 <= response.status_code < 500:
                 ex.maybe_taken = before
             if response.status_code in _RETRY_STATUS and attempt < core.retries:
-                await asyncio.sleep(_retry_pause(core.delay(attempt, response), deadline))
+                await _apause(_retry_pause(core.delay(attempt, response), deadline))
                 continue
             return response
         raise AssertionError("unreachable")
+
+    async def _read(self, request: httpx.Request, cap: int, budget: float) -> httpx.Response:
+        """One attempt: send `request` and read its whole answer."""
+        response = await self._dispatch(request, cap, budget)
+        await response.aread()
+        return response
 
     async def register(self) -> str:
         """As `Client.register`: register this device's key (idempotent); the device id."""
@@ -2920,26 +2991,50 @@ class AsyncClient:
         trainer: LocalTrainer,
         x: npt.NDArray[np.float32],
         y: npt.NDArray[np.int64],
+        *,
+        cancel: threading.Event | None = None,
     ) -> RoundReport:
-        """As `Client.train_round` (an unacknowledged earlier upload is settled first)."""
+        """As `Client.train_round` (an unacknowledged earlier upload is settled first), `cancel`
+        too."""
         if a.secure:
             raise ValueError("a secure assignment: use run_secure_round or secure_round")
         spec = _spec(a)
         # Before the download: a model this device cannot train must not replace the one held.
         _check_layout(a, trainer)
-        await self._settle_pending()
+        with _async_cancel_scope(cancel):
+            return await self._train_round(a, spec, trainer, x, y)
+
+    async def _train_round(
+        self,
+        a: Assignment,
+        spec: ModelSpec,
+        trainer: LocalTrainer,
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.int64],
+    ) -> RoundReport:
+        """As `Client._train_round`."""
+        r = a.round_id
+        try:
+            await self._settle_pending()
+        except _Stop:
+            raise ParticipationCancelled("resend", _EARLIER_PENDING, r) from None
         before = _wire(self.bandwidth.get(a.round_id, {}))
         end = self._core.plain_round_end(a)
         try:
             params, encoding = await self._fetch_model(a, end)
         except _WaitOver:
             raise _past_deadline(a, "model download", "nothing was trained") from None
-        trained, n, loss = _train(self._core, a, params, trainer, x, y)
+        except _Stop:
+            raise ParticipationCancelled("download", _UNTRAINED, r) from None
+        # On the event loop's thread: only the cancel event, not the task's cancel, stops it.
+        trained, n, loss = _train(self._core, a, params, trainer, x, y, _ASYNC_CANCEL.get())
         pending = self._core.encode(a, spec, params, trained, n)
         try:
             receipt = await self._upload(pending, spec, end)
         except _WaitOver:
             raise _past_deadline(a, "upload", "it stays pending") from None
+        except _Stop:
+            raise ParticipationCancelled("upload", _STAYS_PENDING, r) from None
         row = self.bandwidth.get(a.round_id, {})
         return RoundReport(
             a.round_id, a.task_id, receipt, loss, n, a.base_version, encoding,
@@ -2954,27 +3049,32 @@ class AsyncClient:
         participant: SecureParticipant | None = None,
         rng: np.random.Generator | None = None,
         drop_at: Stage | None = None,
+        cancel: threading.Event | None = None,
     ) -> SecureRoundReport:
-        """`Client.secure_round`, awaited (the same requests, bytes and refusals)."""
-        flow = _secure_flow(self._core, a, update, participant, rng, drop_at)
-        try:
-            step = next(flow)
-            while True:
-                if isinstance(step, _Sleep):
-                    await asyncio.sleep(step.seconds)
-                    step = flow.send(None)
-                else:
-                    try:
-                        response = await self._send(step, step.deadline)
-                    except _WaitOver as over:  # as in `Client._drive`
-                        step = flow.throw(over)
+        """`Client.secure_round`, awaited (the same requests, bytes and refusals; `cancel`
+        too)."""
+        with _async_cancel_scope(cancel):
+            flow = _secure_flow(self._core, a, update, participant, rng, drop_at)
+            try:
+                step = next(flow)
+                while True:
+                    if isinstance(step, _Sleep):
+                        await _apause(step.seconds)
+                        step = flow.send(None)
                     else:
-                        step = flow.send(response)
-        except StopIteration as done:
-            report: SecureRoundReport = done.value
-            return report
-        finally:
-            flow.close()
+                        try:
+                            response = await self._send(step, step.deadline)
+                        except _WaitOver as over:  # as in `Client._drive`
+                            step = flow.throw(over)
+                        else:
+                            step = flow.send(response)
+            except StopIteration as done:
+                report: SecureRoundReport = done.value
+                return report
+            except _Stop:
+                raise ParticipationCancelled("secure", _SECURE_DROPPED, a.round_id) from None
+            finally:
+                flow.close()
 
     async def run_secure_round(
         self,
@@ -2982,10 +3082,15 @@ class AsyncClient:
         trainer: LocalTrainer,
         x: npt.NDArray[np.float32],
         y: npt.NDArray[np.int64],
+        *,
+        cancel: threading.Event | None = None,
     ) -> SecureRoundReport:
-        """Download, train locally, and send the update through the secure round `a`."""
+        """Download, train locally, and send the update through the secure round `a`;
+        `cancel` as in `Client.run_secure_round`."""
         _check_layout(a, trainer)
-        return await self.secure_round(a, _delta_update(self._core, a, trainer, x, y))
+        with _async_cancel_scope(cancel):
+            update = _delta_update(self._core, a, trainer, x, y, _ASYNC_CANCEL.get())
+            return await self.secure_round(a, update)
 
     async def participate(
         self,
@@ -2996,22 +3101,47 @@ class AsyncClient:
         task_id: int | None = None,
         max_wait_s: float = 600.0,
         min_poll_s: float = _MIN_POLL_S,
+        cancel: threading.Event | None = None,
     ) -> RoundReport | None:
         """As `Client.participate` (`max_wait_s` bounds the check-ins the same way, and
-        `min_poll_s` spaces them)."""
+        `min_poll_s` spaces them).
+
+        `cancel` as there: set from any thread (an OS callback), the call raises
+        `ParticipationCancelled` with the phase it stopped in and the app directory left as a
+        crash there would. It is read before every request and retry, every _CANCEL_POLL_S
+        (50 ms) of a wait, and of a request in flight (run in a task of its own, cancelled
+        then: through any transport); a trainer that takes `cancel` stops within one step.
+        The training runs on the event loop's thread, so the task's own `cancel()` does not
+        stop it: this event does. Cancelling the task works as before, with or without it."""
         _check_wait(max_wait_s, min_poll_s)
         _check_trainer(trainer)
         _check_data(trainer, x, y)
+        with _async_cancel_scope(cancel):
+            return await self._participate(trainer, x, y, task_id, max_wait_s, min_poll_s)
+
+    async def _participate(
+        self,
+        trainer: LocalTrainer,
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.int64],
+        task_id: int | None,
+        max_wait_s: float,
+        min_poll_s: float,
+    ) -> RoundReport | None:
         give_up = _tick() + max_wait_s
         try:
             await self._resume_pending(give_up)
         except _WaitOver:
             return None
+        except _Stop:
+            raise ParticipationCancelled("resend", _EARLIER_PENDING, None) from None
         while True:
             try:
                 answer = await self._check_in(task_id, give_up)
             except _WaitOver:
                 return None
+            except _Stop:
+                raise ParticipationCancelled("check-in", "nothing changed", None) from None
             if answer.action == CheckInAction.TRAIN and answer.assignment is not None:
                 if answer.assignment.secure:
                     return await self.run_secure_round(answer.assignment, trainer, x, y)
@@ -3019,4 +3149,7 @@ class AsyncClient:
             wait = _next_wait(answer, task_id, min_poll_s)
             if _tick() + wait > give_up:
                 return None
-            await asyncio.sleep(wait)
+            try:
+                await _apause(wait)
+            except _Stop:
+                raise ParticipationCancelled("wait", "nothing changed", None) from None
