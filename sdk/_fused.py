@@ -128,6 +128,18 @@ def _flattened(layers: Sequence[nn.Module]) -> list[nn.Module] | None:
     return out
 
 
+# What calling a module runs besides `forward`: replaced anywhere (on its class or the
+# instance), the call is no longer the declared chain.
+_CALL_PATH = ("__call__", "_call_impl", "_wrapped_call_impl")
+
+
+def _plain_call(module: nn.Module) -> bool:
+    """Calling `module` runs `nn.Module`'s own call path into its `forward`."""
+    return not any(name in module.__dict__ for name in ("forward", *_CALL_PATH)) and all(
+        getattr(type(module), name) is getattr(nn.Module, name) for name in _CALL_PATH
+    )
+
+
 def _definer(cls: type, name: str) -> type:
     """The class in `cls`'s method resolution order that defines attribute `name`."""
     return next(c for c in cls.__mro__ if name in c.__dict__)
@@ -137,7 +149,7 @@ def _declared_layers(module: nn.Module) -> list[nn.Module] | None:
     """The chain `module`'s forward runs: an exact `nn.Sequential` (its forward not replaced on
     the instance) is its layers; any other module qualifies only by declaring its chain with a
     `fused_layers()` method (the module docstring). Nothing is traced or run."""
-    if "forward" in module.__dict__:
+    if not _plain_call(module):
         return None
     if type(module) is nn.Sequential:
         return _flattened(list(module))
@@ -157,7 +169,7 @@ def _tree_supported(module: nn.Module) -> bool:
     replaced on the instance or holds a buffer; a root that is not an `nn.Sequential` (a module
     declaring its chain) owns no parameter itself."""
     for sub in module.modules():
-        if "forward" in sub.__dict__ or any(True for _ in sub.buffers(recurse=False)):
+        if not _plain_call(sub) or any(True for _ in sub.buffers(recurse=False)):
             return False
         if sub is module and type(sub) is not nn.Sequential:
             if any(True for _ in sub.parameters(recurse=False)):
@@ -432,6 +444,10 @@ def fused_chain(
         return None
     ids = [id(p) for p in params]
     if len(set(ids)) != len(ids) or set(ids) != {id(p) for p in module.parameters()}:
+        return None
+    # Each layer is updated in place once its gradient is known (autograd computes every
+    # gradient first): no two parameters may share storage.
+    if len({p.untyped_storage().data_ptr() for p in params}) != len(params):
         return None
     for p in params:
         if (
