@@ -340,7 +340,7 @@ class Store:
         (a restart while the old process still runs) is refused instead of running the same
         rounds twice. `serve` opens its store this way.
         """
-        self.path = str(path)
+        self.path = os.path.expanduser(os.fspath(path))  # as `lock_path` reads it
         self._owner: int | None = self._take_ownership() if exclusive else None
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
