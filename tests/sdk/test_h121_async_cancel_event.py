@@ -12,10 +12,12 @@ are the same in every run. Interleavings are forced by mods and trainers, not by
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from coordinator.service import ServerThread, ServiceConfig
 from protocol.names import Header
 from sdk import AsyncClient, ClientError, TaskEndedError, TrainResult
 from sdk._types import CancelFlag, TrainingCancelled
-from sdk.client import CANCELLED, ParticipationCancelled
+from sdk.client import CANCELLED, ParticipationCancelled, SecureRoundReport
 from sdk.device_store import DeviceStore
 from tests.coordinator.test_service_support import (
     ADMIN,
@@ -363,3 +365,97 @@ def test_a_task_cancel_still_ends_a_call_given_an_event(tmp_path: Path, key: Pat
                 assert seen == ["cancelled"]
 
         asyncio.run(run())
+
+
+def _secure_task(http: httpx.Client) -> int:
+    """Three devices a round, SecAgg+ (as in tests/sdk/test_h97_cancel.py), its stage timeout
+    long: a test that waited for it fails."""
+    secure = {"coord_fraction": 0.5, "stage_timeout_s": 30.0}
+    cfg = task_config(clients_per_round=3, min_reports=3, rounds=2, secure=secure)
+    return create_task(http, replace(cfg, selection_timeout_s=60.0))
+
+
+@pytest.mark.parametrize("after", ["advertise-keys", "masked-input"])
+def test_a_cancel_during_a_secure_round_drops_the_device_out_as_a_crash_would(
+    tmp_path: Path, after: str
+) -> None:
+    # Prepare: a first round of all three devices leaves device 0 a residual. In the second,
+    # device 0's event is set once its `after` stage upload is answered; the two others' once
+    # it has stopped (they wait for it), so nothing waits for a stage timeout.
+    cfg = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.02)
+    cancels = [threading.Event() for _ in range(3)]
+    armed = threading.Event()
+
+    def cancel_after(request: httpx.Request, nxt: Any) -> Awaitable[Any] | None:
+        if not (armed.is_set() and request.url.path.endswith(f"/stages/{after}")):
+            return None
+
+        async def answered_then_set() -> httpx.Response:
+            response: httpx.Response = await nxt(request)
+            cancels[0].set()
+            return response
+
+        return answered_then_set()
+
+    before: dict[str, bytes] = {}
+    outcomes: list[Any] = []
+    d0 = tmp_path / "d0"
+    with ServerThread(cfg) as url, httpx.Client(base_url=url) as http:
+        task_id = _secure_task(http)
+
+        async def run() -> None:
+            nonlocal before, outcomes
+            mod = Requests(cancel_after)
+            async with contextlib.AsyncExitStack() as stack:
+                devices = [
+                    await stack.enter_async_context(
+                        AsyncClient(url, str(tmp_path / f"d{i}"), mods=(mod,) if i == 0 else ())
+                    )
+                    for i in range(3)
+                ]
+                for device in devices:
+                    await device.register()
+
+                def go(device: AsyncClient, cancel: threading.Event | None) -> Any:
+                    return asyncio.create_task(
+                        device.participate(SoftmaxTrainer(), X, Y, task_id=task_id, cancel=cancel)
+                    )
+
+                first = await asyncio.wait_for(
+                    asyncio.gather(*(go(d, None) for d in devices)), LONG
+                )
+                assert all(r is not None and r.completed for r in first), first
+                before = _files(d0)
+                armed.set()
+                tasks = [go(d, c) for d, c in zip(devices, cancels, strict=True)]
+                await asyncio.wait({tasks[0]}, timeout=LONG)
+                for cancel in cancels[1:]:
+                    cancel.set()
+                outcomes = await asyncio.wait_for(
+                    asyncio.gather(*tasks, return_exceptions=True), LONG
+                )
+
+        asyncio.run(run())
+    # Assert: every device stopped with ParticipationCancelled("secure"); device 0 left its
+    # residual and record as a crash there would
+    assert isinstance(outcomes[0], ParticipationCancelled) and outcomes[0].phase == "secure"
+    # The others: cancelled while they waited for device 0 or before they trained (a device
+    # trains after the setup, and device 0 may reach its stages first), or at the round's end
+    # for them, reached before their event was set (the two of them may finish the round
+    # without device 0 once its masked input is in)
+    for o in outcomes[1:]:
+        if isinstance(o, ParticipationCancelled):
+            assert o.phase in ("secure", "training"), o
+        else:
+            assert isinstance(o, SecureRoundReport), o
+    left = _files(d0)
+    records = [n for n in left if n.startswith("accepted-")]
+    residuals = {n: b for n, b in left.items() if n.startswith("residual")}
+    assert "pending.json" not in left
+    if after == "advertise-keys":  # before the masked input: residual as before, no record
+        assert records == [] and residuals == {
+            n: b for n, b in before.items() if n.startswith("residual")
+        }
+    else:  # the masked input was taken: its record waits for the round's outcome
+        assert records, sorted(left)
+        assert residuals != {n: b for n, b in before.items() if n.startswith("residual")}
