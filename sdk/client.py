@@ -294,7 +294,7 @@ CANCELLED = "cancelled"
 
 class ParticipationCancelled(ClientError):
     """The app set the `cancel` event it passed (`Client.participate`, `train_round`,
-    `run_secure_round`, `secure_round`): the call stopped and left the app directory as a
+    `run_secure_round`, `secure_round`, and `AsyncClient`'s): the call stopped and left the app directory as a
     crash at that point would, never half-changed.
 
     `status` 0, `reason` `CANCELLED` ("cancelled"); `phase` says where it stopped, `detail`
@@ -315,9 +315,10 @@ class ParticipationCancelled(ClientError):
 
 
 class _Stop(Exception):
-    """The thread's cancel event was seen set before or during a request, or during a wait
-    (`Client`'s entry points turn it into `ParticipationCancelled`). Not a `ClientError`: the
-    handlers that settle a refused upload must not take it for a refusal."""
+    """The thread's cancel event (an `AsyncClient` task's: `_ASYNC_CANCEL`) was seen set before
+    or during a request, or during a wait (the entry points turn it into
+    `ParticipationCancelled`). Not a `ClientError`: the handlers that settle a refused upload
+    must not take it for a refusal."""
 
 
 # `ParticipationCancelled.detail`: what the call left, by where it stopped.
