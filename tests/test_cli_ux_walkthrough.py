@@ -398,20 +398,21 @@ def test_create_task_mistakes_name_their_flag(
     assert expected in _error_line(err, "plume coordinator create-task")
 
 
-def test_serve_says_when_it_starts_a_new_database(tmp_path: Path) -> None:
-    # Prepare: a relative --db, resolved against the folder serve starts in; the port is taken
-    # so that serve stops right after its note. A subprocess, because uvicorn
-    # reconfigures the logging of the process it runs in.
+def test_serve_on_a_port_in_use_creates_no_database_and_says_only_why(tmp_path: Path) -> None:
+    # Prepare: a relative --db that does not exist yet; the port is taken. A subprocess,
+    # because uvicorn reconfigures the logging of the process it runs in. (A start that can
+    # listen logs "creating a new database at PATH": test_h113_serve_logging.)
     script = Path(sys.executable).with_name("plume")
     plume = [str(script)] if script.exists() else [sys.executable, "-m", "coordinator.cli"]
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        argv = ["coordinator", "serve", "--db", "plume.db", "--port", str(busy.getsockname()[1])]
-        # Execute: two starts on a port in use
+        port = busy.getsockname()[1]
+        argv = ["coordinator", "serve", "--db", "plume.db", "--port", str(port)]
+        # Execute: two starts on a port in use, at the default log level and at critical
         runs = [
             subprocess.run(
-                [*plume, *argv, "--log-level", "critical"],
+                [*plume, *argv, *level],
                 cwd=tmp_path,
                 capture_output=True,
                 text=True,
@@ -419,18 +420,16 @@ def test_serve_says_when_it_starts_a_new_database(tmp_path: Path) -> None:
                 check=False,
                 env={**os.environ, "PLUME_DEBUG": "", "PLUME_ADMIN_TOKEN": "t"},
             )
-            for _ in range(2)
+            for level in ([], ["--log-level", "critical"])
         ]
-    # Assert: a note with the absolute path from the first start only, then the error line
-    note = (
-        f"plume coordinator serve: note: {tmp_path / 'plume.db'} does not exist; starting a new "
-        "database"
-    )
+    # Assert: one error line each, no note about a database no start created
     assert [r.returncode for r in runs] == [1, 1]
-    # A port in use is found before the database is opened, so neither start created it
-    assert all(r.stderr.splitlines()[0] == note for r in runs)
+    for r in runs:
+        assert [line for line in r.stderr.splitlines() if line.strip()] == [
+            f"plume coordinator serve: error: port {port} on 127.0.0.1 is already in use "
+            "(another coordinator?); stop it or pick another --port"
+        ]
     assert not (tmp_path / "plume.db").exists()
-    assert "is already in use" in _error_line(runs[1].stderr, "plume coordinator serve")
 
 
 @pytest.mark.parametrize(
