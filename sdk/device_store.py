@@ -551,19 +551,25 @@ class _Hold:
     directory in this process would be refused by the first's lock. `claim` is the token of
     the one store a `Client` of this process uses it through (`DeviceStore.claim`), or None."""
 
-    __slots__ = ("claim", "fd", "key", "pid", "users")
+    __slots__ = ("claim", "fd", "key", "pid", "tokens")
 
     def __init__(self, fd: int, key: tuple[int, int]) -> None:
-        self.fd = fd
+        self.fd = fd  # -1 once closed
         self.key = key  # the directory's (st_dev, st_ino): the same directory by any path
         self.pid = os.getpid()
-        self.users = 1
+        # The tokens of the stores sharing it: adding and discarding one are each a single
+        # step, and a release done twice (re-run after an interrupt) is a release done once.
+        self.tokens: set[object] = set()
         self.claim: object | None = None
+
+    @property
+    def users(self) -> int:
+        return len(self.tokens)
 
     def here(self) -> bool:
         """Whether this process holds the lock through this hold (False once released, and
         in a forked child: the child does not inherit it)."""
-        return self.users > 0 and self.pid == os.getpid()
+        return bool(self.tokens) and self.pid == os.getpid()
 
 
 # `_HOLDS` changes only under `_HOLDS_GUARD`, a plain (non-reentrant) lock. A store's release
@@ -580,19 +586,21 @@ _RELEASES: collections.deque[tuple[_Hold, object]] = collections.deque()
 
 
 def _release_queued() -> None:
-    """Do the queued releases; the caller holds the guard."""
+    """Do the queued releases; the caller holds the guard. Each is taken off the queue only
+    once done, and every step is one that can be done again: one cut short (a KeyboardInterrupt)
+    is finished by the next guard holder, not lost (the directory locked until the exit)."""
     while _RELEASES:
-        hold, token = _RELEASES.popleft()
-        if not hold.here():
-            continue
-        if hold.claim is token:
-            hold.claim = None
-        hold.users -= 1
-        if hold.users:
-            continue
-        if _HOLDS.get(hold.key) is hold:
-            del _HOLDS[hold.key]
-        os.close(hold.fd)
+        hold, token = _RELEASES[0]
+        if hold.pid == os.getpid():
+            if hold.claim is token:
+                hold.claim = None
+            hold.tokens.discard(token)
+            if not hold.tokens and hold.fd >= 0:
+                if _HOLDS.get(hold.key) is hold:
+                    del _HOLDS[hold.key]
+                fd, hold.fd = hold.fd, -1
+                os.close(fd)
+        _RELEASES.popleft()
 
 
 def _drain() -> None:
@@ -635,19 +643,27 @@ _FORK_TOOK_GUARD = [False]
 
 
 def _before_fork() -> None:
-    # Taken across a fork: no thread is then between its flock and recording the hold (a
-    # child forked there would keep a locked descriptor it does not know of, and the directory
-    # would stay locked while the child lives).
+    # Taken across a fork: no thread is then between opening a directory and recording its
+    # hold (a child forked there would keep a copy of a descriptor it does not know of, which
+    # the parent then locks: the directory would stay locked while the child lives). Recorded
+    # as this thread's, so that a store closed by the forking thread between the fork hooks
+    # (a __del__ in a collection, a signal handler) queues its release rather than waiting on
+    # its own thread for ever.
     if not _guard_is_mine():
         _HOLDS_GUARD.acquire()
+        _GUARD_OWNER[0] = threading.get_ident()
         _FORK_TOOK_GUARD[0] = True
 
 
 def _after_fork_in_parent() -> None:
     if _FORK_TOOK_GUARD[0]:
         _FORK_TOOK_GUARD[0] = False
-        _HOLDS_GUARD.release()
-        _drain()
+        try:
+            _release_queued()
+        finally:
+            _GUARD_OWNER[0] = None
+            _HOLDS_GUARD.release()
+            _drain()
 
 
 def _forget_holds_in_child() -> None:
@@ -693,30 +709,38 @@ def _holder_pid(st: os.stat_result) -> int | None:
     return None
 
 
-def _lock(root: Path) -> _Hold:
-    """Take the app directory's lock for this process (or share this process's hold on it);
-    `AppDirInUse` at once if another process holds it."""
+def _lock(root: Path, token: object) -> _Hold:
+    """Take the app directory's lock for this process (or share this process's hold on it) for
+    the store `token` names; `AppDirInUse` at once if another process holds it."""
     if fcntl is None:
         raise NotImplementedError(
             f"{root}: the app directory is locked with fcntl.flock, which this platform lacks; "
             "the device SDK runs on POSIX systems (Linux, Android, macOS, iOS), not Windows"
         )
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fd = -1
     try:
-        st = os.fstat(fd)
-        key = (st.st_dev, st.st_ino)
         with _Guarded():
+            # Opened inside the guard, which a fork waits for (`_before_fork`): a child forked
+            # by another thread gets no copy of a descriptor this process is about to lock.
+            fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            st = os.fstat(fd)
+            key = (st.st_dev, st.st_ino)
             hold = _HOLDS.get(key)
             if hold is not None:
-                hold.users += 1
+                hold.tokens.add(token)
                 return hold  # `fd` is closed below: that ends no flock (it is another open file)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 hold = None
             else:
-                hold = _HOLDS[key] = _Hold(fd, key)
-                fd = -1  # the hold owns it now
+                # The hold owns the descriptor before it is published: an interrupt in between
+                # leaves a locked descriptor (others refused until this process exits), never a
+                # published hold whose descriptor `finally` closed (others let in).
+                hold = _Hold(fd, key)
+                hold.tokens.add(token)
+                fd = -1
+                _HOLDS[key] = hold
                 return hold
         # Outside the guard: reading /proc/locks allocates, and may run a collection.
         raise AppDirInUse(root, _holder_pid(st))
@@ -763,8 +787,8 @@ class DeviceStore:
         self._narrow_root()
         # Locked before anything is read or repaired: the recovery below must not run while
         # another process is between two writes.
-        self._hold = _lock(self._root)
         self._token = object()  # names this store's share (and claim) of the hold
+        self._hold = _lock(self._root, self._token)
         self._release = weakref.finalize(self, _unlock, self._hold, self._token)
         try:
             # Finish what a crash interrupted, and move an older SDK's single accepted record
@@ -791,8 +815,10 @@ class DeviceStore:
         """Release this store's share of the lock, and its claim (idempotent); it cannot be
         used after. The lock is free when this returns if this was the process's last store."""
         self._release()
-        if _RELEASES and not _guard_is_mine():
-            with _Guarded():  # another thread's guard held it queued: wait for it to finish
+        if not _guard_is_mine():
+            # Another thread's guard may hold the release queued, or be doing it (popped, in
+            # os.close): passing through the guard waits for it to finish.
+            with _Guarded():
                 pass
 
     def claim(self, owner: object) -> None:
