@@ -377,12 +377,15 @@ class _Fleet:
         from sdk.client import AsyncClient
 
         self.done = asyncio.Event()
-        clients = [
-            AsyncClient(self.url, os.path.join(self.tmp, f"device-{i:05d}"))
-            for i in range(self.cfg.clients)
-        ]
-        observer = AsyncClient(self.url, os.path.join(self.tmp, "observer"))
+        # Every client made is closed, also when making a later one fails (AppDirInUse, "too
+        # many open files"): each holds its app directory's lock and an HTTP pool.
+        made: list[AsyncClient] = []
         try:
+            for i in range(self.cfg.clients):
+                made.append(AsyncClient(self.url, os.path.join(self.tmp, f"device-{i:05d}")))
+            clients = made[:]
+            observer = AsyncClient(self.url, os.path.join(self.tmp, "observer"))
+            made.append(observer)
             await asyncio.gather(observer.register(), *(c.register() for c in clients))
             devices = [
                 asyncio.create_task(self._device(i, c, trainer)) for i, c in enumerate(clients)
@@ -397,7 +400,7 @@ class _Fleet:
                     d.cancel()
                 await asyncio.gather(monitor, *devices, return_exceptions=True)
         finally:
-            await asyncio.gather(observer.aclose(), *(c.aclose() for c in clients))
+            await asyncio.gather(*(c.aclose() for c in made))
         return final
 
     async def _watch(
