@@ -803,11 +803,22 @@ class DeviceStore:
     @property
     def root(self) -> Path:
         """The app directory. `ValueError` once the store is closed, or in a child process
-        forked from the one that opened it (the lock is not the child's)."""
+        forked from the one that opened it (the lock is not the child's); `DeviceStoreError`
+        once the path names another directory than the one locked (moved or replaced: writing
+        by the path would go where another process may hold the lock)."""
         if not (self._release.alive and self._hold.here()):
             raise ValueError(
                 f"{self._root}: this DeviceStore is closed"
                 + ("" if self._hold.pid == os.getpid() else " (opened before a fork)")
+            )
+        try:
+            st = os.stat(self._root)
+        except OSError:
+            return self._root  # gone: the operation fails on it as it would have
+        if (st.st_dev, st.st_ino) != self._hold.key:
+            raise DeviceStoreError(
+                f"{self._root} is no longer the app directory this store locked (it was moved "
+                "or replaced while open): close the store (or Client) and open it again"
             )
         return self._root
 

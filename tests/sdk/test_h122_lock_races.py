@@ -256,3 +256,29 @@ def test_an_interrupt_as_a_hold_is_published_leaves_the_directory_locked_not_fre
                 fd, hold.fd = hold.fd, -1
                 os.close(fd)
         holds.clear()
+
+
+def test_a_store_whose_directory_was_replaced_refuses_to_write_by_its_path(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a store on app/; the directory is moved away and a new one made at the path,
+    # which another process then locks.
+    app = tmp_path / "app"
+    store = DeviceStore(app)
+    store.update_state(round=1)
+    app.rename(tmp_path / "moved")
+    app.mkdir(mode=0o700)
+    other = os.open(app, os.O_RDONLY)
+    fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        # Execute / Assert: the store refuses, naming the path; nothing is written there.
+        with pytest.raises(device_store.DeviceStoreError, match="no longer the app directory"):
+            store.update_state(round=2)
+        assert list(app.iterdir()) == []
+    finally:
+        os.close(other)
+        store.close()
+    # The directory it locked is free once it is closed; a store on the new one opens.
+    _fresh_flock(tmp_path / "moved")
+    with DeviceStore(app) as again:
+        assert again.state() == {}
