@@ -627,12 +627,18 @@ class _Guarded:
         _GUARD_OWNER[0] = threading.get_ident()
 
     def __exit__(self, *exc: object) -> None:
-        try:
-            _release_queued()
-        finally:
-            _GUARD_OWNER[0] = None
-            _HOLDS_GUARD.release()
-            _drain()
+        _let_go()
+
+
+def _let_go() -> None:
+    """Give the guard (this thread's) back: the queued releases first, then the ones queued
+    meanwhile by others' finalizers."""
+    try:
+        _release_queued()
+    finally:
+        _GUARD_OWNER[0] = None
+        _HOLDS_GUARD.release()
+        _drain()
 
 
 def _guard_is_mine() -> bool:
@@ -658,12 +664,7 @@ def _before_fork() -> None:
 def _after_fork_in_parent() -> None:
     if _FORK_TOOK_GUARD[0]:
         _FORK_TOOK_GUARD[0] = False
-        try:
-            _release_queued()
-        finally:
-            _GUARD_OWNER[0] = None
-            _HOLDS_GUARD.release()
-            _drain()
+        _let_go()
 
 
 def _forget_holds_in_child() -> None:
