@@ -123,6 +123,7 @@ def run_http_simulation(
             "--transport http runs benign torch devices with the plain codec, one SDK client "
             f"each, in wall time; {', '.join(inproc_only)} run with --transport inproc"
         )
+    ensure_open_files(cfg.clients)  # before any task or client is made
     with tempfile.TemporaryDirectory(prefix="plume-http-") as tmp:
         if coordinator_url is not None:
             token = opts.admin_token or os.environ.get("PLUME_ADMIN_TOKEN")
@@ -259,6 +260,35 @@ def _add_row(ledger: BandwidthLedger, seq: int, row: dict[str, Any]) -> None:
         row["wire_bytes"],
         row["dense_bytes"],
     )
+
+
+# Open files a simulated device needs at once: its app directory's lock, its connection, and
+# the embedded coordinator's end of it; plus a margin for the process itself.
+FILES_PER_DEVICE = 3
+FILES_MARGIN = 256
+
+
+def ensure_open_files(clients: int, resource_module: Any = None) -> None:
+    """Raise this process's soft open-file limit to what `clients` devices need at once (up
+    to the hard limit), before any is made; `ValueError` naming the numbers when even the hard
+    limit is too low. No-op where the OS has no such limit (no `resource` module)."""
+    if resource_module is None:
+        try:
+            import resource as resource_module
+        except ImportError:
+            return
+    need = FILES_PER_DEVICE * clients + FILES_MARGIN
+    soft, hard = resource_module.getrlimit(resource_module.RLIMIT_NOFILE)
+    if soft == resource_module.RLIM_INFINITY or soft >= need:
+        return
+    if hard != resource_module.RLIM_INFINITY and hard < need:
+        raise ValueError(
+            f"{clients} devices over HTTP need about {need} open files at once (a lock, a "
+            f"connection and the coordinator's end of it each), and this process may open "
+            f"{hard} at most (ulimit -Hn): raise that limit, use fewer --clients, or simulate "
+            "in process (no --transport http)"
+        )
+    resource_module.setrlimit(resource_module.RLIMIT_NOFILE, (need, hard))
 
 
 def _stop_task(admin: Any, task_id: int) -> None:
