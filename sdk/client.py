@@ -2747,8 +2747,10 @@ async def _apause(seconds: float) -> None:
 async def _unless_cancelled(aw: Coroutine[Any, Any, _T], cancel: CancelFlag) -> _T:
     """Await `aw` in a task of its own, looking at `cancel` every _CANCEL_POLL_S: once it is
     set, that task is cancelled (the request let go, as the task's own cancel would) and waited
-    for, then `_Stop`. An answer that arrived first is returned. A cancel of the calling task
-    cancels the inner one too."""
+    for, then `_Stop`. An answer that arrived first is returned, and so is one the let-go
+    request still ended with (a transport or mod that answers instead of being cancelled); an
+    error it ended with is retrieved, then `_Stop`. A cancel of the calling task cancels the
+    inner one too."""
     inner = asyncio.ensure_future(aw)
     try:
         while True:
@@ -2761,6 +2763,8 @@ async def _unless_cancelled(aw: Coroutine[Any, Any, _T], cancel: CancelFlag) -> 
         if not inner.done():
             inner.cancel()
             await asyncio.wait({inner})
+    if not inner.cancelled() and inner.exception() is None:  # exception(): retrieved
+        return inner.result()
     raise _Stop
 
 
