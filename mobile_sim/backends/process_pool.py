@@ -44,6 +44,10 @@ _STOP_TIMEOUT_S = 10.0
 # ends with os._exit whatever the start method); one still there after this is frozen in a way SIGCONT does not end (a
 # debugger's stop) or not reading its pipe, and has nothing a clean exit would save.
 _STOP_GRACE_S = 2.0
+# Seconds `close` waits for a task's sender thread to end before it takes the task for one
+# still being written (and kills its worker): a finished write's thread ends in microseconds
+# on an idle machine, and was seen still alive at close under load (workers killed, -9).
+_SENDER_SETTLE_S = 0.5
 
 
 class PoolWorkerError(RuntimeError):
@@ -512,6 +516,10 @@ class ProcessPoolBackend:
         senders, self._senders = self._senders, {}
         for conn, proc in zip(self._conns, self._procs, strict=True):
             sender = senders.get(conn)
+            if sender is not None:
+                # A write the worker has read (it replied) ends its thread in moments, but not
+                # always before this check on a crowded machine: give it that moment.
+                sender.join(_SENDER_SETTLE_S)
             if sender is not None and sender.is_alive():
                 # A task still being written: the stop message would interleave with it, and
                 # a worker that does not read would block it. Its work is abandoned anyway.
