@@ -298,7 +298,7 @@ def test_each_outcome_is_acted_on(tmp_path: Path, outcome: str, kept: bool, retu
 SECURE_SPEC = ModelSpec.from_shapes([("w", (4, 8)), ("b", (4,))])
 
 
-def _secure_task(http: httpx.Client, cohort: int = 3) -> int:
+def _secure_task(http: httpx.Client, cohort: int = 3, stage_timeout_s: float = 1.0) -> int:
     from compression import encode_snapshot
     from protocol.messages import TaskConfig, to_json
 
@@ -308,7 +308,7 @@ def _secure_task(http: httpx.Client, cohort: int = 3) -> int:
         rounds=2, clients_per_round=cohort, over_selection=1.0, min_reports=3,
         selection_timeout_s=60.0, deadline_s=30.0, downlink=CodecParams(topk=1.0, bits=32),
         training=TrainingParams(1, 8, 0.1), retry_after_s=0.2,
-        secure={"coord_fraction": 0.5, "stage_timeout_s": 1.0},
+        secure={"coord_fraction": 0.5, "stage_timeout_s": stage_timeout_s},
     )  # fmt: skip
     task_id = int(http.post("/v1/admin/tasks", json=to_json(cfg), headers=AUTH).json()["task_id"])
     snap = encode_snapshot(np.zeros(SECURE_SPEC.size, np.float32), SECURE_SPEC, "fp32")

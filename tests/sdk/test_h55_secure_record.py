@@ -45,7 +45,10 @@ def test_a_masked_input_whose_record_cannot_be_built_is_not_sent(
     # Prepare: device 0 carries residual OLD; its network path refuses the masked input (the
     # round's deadline passed), and the record of the input cannot be built
     with httpx.Client(base_url=url) as http:
-        task_id = _secure_task(http)
+        # Every device takes part in share-keys: a stage closes once all have uploaded, and
+        # the 1 s default let a loaded machine close it before the victim's (a flake; the
+        # masked-input stage, which the victim skips, now waits 2.5 s)
+        task_id = _secure_task(http, stage_timeout_s=2.5)
     root = tmp_path / "d0"
     ef = ErrorFeedback(SECURE_SPEC.size)
     ef.residual = np.full(SECURE_SPEC.size, OLD, np.float32)
