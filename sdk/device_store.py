@@ -74,6 +74,7 @@ __all__ = [
     "DeviceStore",
     "DeviceStoreError",
     "PendingUpload",
+    "UnsupportedPlatform",
     "MAX_ACCEPTED",
     "MAX_RESIDUALS",
     "MAX_SPEC_JSON_BYTES",
@@ -133,6 +134,11 @@ _EF_HEADER = 16  # ErrorFeedback.to_bytes's header; its bytes 8..12 hold the sca
 
 class DeviceStoreError(ValueError):
     """A file in the app directory is corrupt, foreign or unsafe (named in the message)."""
+
+
+class UnsupportedPlatform(RuntimeError):
+    """This platform cannot lock an app directory (it has no `fcntl.flock`: Windows). The SDK
+    refuses to run there rather than let two processes act as one device unseen."""
 
 
 class AppDirInUse(RuntimeError):
@@ -714,7 +720,7 @@ def _lock(root: Path, token: object) -> _Hold:
     """Take the app directory's lock for this process (or share this process's hold on it) for
     the store `token` names; `AppDirInUse` at once if another process holds it."""
     if fcntl is None:
-        raise NotImplementedError(
+        raise UnsupportedPlatform(
             f"{root}: the app directory is locked with fcntl.flock, which this platform lacks; "
             "the device SDK runs on POSIX systems (Linux, Android, macOS, iOS), not Windows"
         )

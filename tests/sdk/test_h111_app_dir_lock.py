@@ -264,7 +264,7 @@ def test_without_fcntl_the_store_says_the_platform_is_unsupported(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(device_store, "fcntl", None)
-    with pytest.raises(NotImplementedError, match="not Windows"):
+    with pytest.raises(device_store.UnsupportedPlatform, match="not Windows"):
         DeviceStore(tmp_path)
 
 
