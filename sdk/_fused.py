@@ -54,8 +54,8 @@ from ._maxpool import _is_plain_2x2
 
 __all__ = ["FusedChain", "fused_chain", "LARGE_LINEAR_WEIGHTS", "FUSED_UPDATE_MIN_WEIGHTS"]
 
-# Linear layers with at least this many weights run on oneDNN (with `onednn`): the same
-# threshold as `sdk.trainer.ONEDNN_LINEAR_MIN_WEIGHTS`.
+# Linear layers with at least this many weights run on oneDNN (with `onednn`), here and on the
+# autograd path (`sdk.trainer.ONEDNN_LINEAR_MIN_WEIGHTS` is this number).
 LARGE_LINEAR_WEIGHTS = 1 << 16
 # ... and, with `fold_update`, take their SGD update inside the weight-gradient product
 # (addmm_) from this many weights on.

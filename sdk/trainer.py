@@ -25,7 +25,7 @@ from ._data import (
     check_trained_params,
     diverged,
 )
-from ._fused import FusedChain, fused_chain
+from ._fused import LARGE_LINEAR_WEIGHTS, FusedChain, fused_chain
 from ._maxpool import fast_max_pool
 from ._types import CancelFlag, LocalTrainer, TrainingCancelled, TrainResult
 from .flat import get_flat_params, set_flat_params
@@ -50,7 +50,8 @@ __all__ = [
 
 # Below this many weights a Linear layer stays on torch's default (BLAS) path: for small
 # layers the kernel choice is lost in per-op overhead (bench/explore_cnn_speed.py, "linear").
-ONEDNN_LINEAR_MIN_WEIGHTS = 1 << 16
+# One number with the fused step's, which must pick the kernel autograd's path picks.
+ONEDNN_LINEAR_MIN_WEIGHTS = LARGE_LINEAR_WEIGHTS
 
 
 def _mkldnn_linear_op() -> Callable[..., torch.Tensor] | None:
