@@ -1544,9 +1544,7 @@ def _backup_atomic(source: sqlite3.Connection, out: Path) -> int:
             source.backup(copy)  # one step: a read transaction, so one consistent state
             # One file, no -wal/-shm beside it (serve turns WAL back on when it opens it).
             copy.execute("PRAGMA journal_mode=DELETE")
-            check = copy.execute("PRAGMA integrity_check").fetchone()
-            if check != ("ok",):
-                raise ValueError(f"the copy fails SQLite's integrity check ({check[0]})")
+            _check_integrity(copy, "the copy")
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, out)
@@ -1599,9 +1597,7 @@ def _restore(args: argparse.Namespace) -> int:
                 )
                 if problem is not None:
                     raise ValueError(f"{what}: {problem}")
-                check = source.execute("PRAGMA integrity_check").fetchone()
-                if check != ("ok",):
-                    raise ValueError(f"{what} fails SQLite's integrity check ({check[0]})")
+                _check_integrity(source, what)
                 # Through a connection to the database: its -wal (a killed coordinator's) is
                 # recovered first, then every page is replaced in one transaction.
                 with contextlib.closing(sqlite3.connect(db)) as target:
@@ -1623,6 +1619,13 @@ def _restore(args: argparse.Namespace) -> int:
     line = {"db": args.db, "from": args.source, "schema_version": int(version), "tasks": tasks}
     print(json.dumps(line))
     return 0
+
+
+def _check_integrity(conn: sqlite3.Connection, what: str) -> None:
+    """`ValueError` naming `what` unless SQLite's integrity check of `conn` passes."""
+    check = conn.execute("PRAGMA integrity_check").fetchone()
+    if check != ("ok",):
+        raise ValueError(f"{what} fails SQLite's integrity check ({check[0]})")
 
 
 def _restore_target_problem(conn: sqlite3.Connection) -> str | None:
