@@ -98,6 +98,18 @@ def _files(app_dir: Path) -> dict[str, bytes]:
     }
 
 
+def _end_state(http: httpx.Client, task_id: int) -> tuple[list[tuple[Any, ...]], bytes]:
+    """Where a run ended on the coordinator: each round's (id, state, reports, version after)
+    and the task's current model."""
+    rounds = [
+        (r["round_id"], r["state"], r["reports"], r["version_after"])
+        for r in admin_get(http, f"/v1/admin/tasks/{task_id}/rounds")
+    ]
+    got = http.get(f"/v1/admin/tasks/{task_id}/model", headers={"authorization": f"Bearer {ADMIN}"})
+    assert got.status_code == 200, got.text
+    return rounds, got.content
+
+
 async def _script(url: str, app_dir: Path, task_id: int, mods: tuple[Any, ...] = ()) -> None:
     """What the app does: participate until the task ends (each round a device's), then
     nothing more. Idempotent from any point a crash leaves: it is also how a run resumes."""
@@ -147,15 +159,7 @@ class Run:
 
             asyncio.run(run())
             self.files = _files(app_dir)
-            self.rounds = [
-                (r["round_id"], r["state"], r["reports"], r["version_after"])
-                for r in admin_get(http, f"/v1/admin/tasks/{task_id}/rounds")
-            ]
-            got = http.get(
-                f"/v1/admin/tasks/{task_id}/model", headers={"authorization": f"Bearer {ADMIN}"}
-            )
-            assert got.status_code == 200, got.text
-            self.model = got.content
+            self.rounds, self.model = _end_state(http, task_id)
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ import shutil
 import threading
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,43 +27,21 @@ import pytest
 
 from coordinator.service import ServerThread, ServiceConfig
 from protocol.names import Header
-from sdk import AsyncClient, ClientError, TaskEndedError, TrainResult
+from sdk import AsyncClient, ClientError, TrainResult
 from sdk._types import CancelFlag, TrainingCancelled
 from sdk.client import CANCELLED, ParticipationCancelled, SecureRoundReport
 from sdk.device_store import DeviceStore
 from tests.coordinator.test_service_support import (
     ADMIN,
     SoftmaxTrainer,
-    admin_get,
     create_task,
-    local_data,
     task_config,
 )
 
-X, Y = local_data(3)  # 40 examples: 4 steps of 10 per epoch
+from .test_h114_async_cancel import X, Y, _end_state, _files, _script, _secure_task
+
 ROUNDS = 2
 LONG = 5.0  # how long a test waits before it fails (never reached when it passes)
-
-
-def _files(app_dir: Path) -> dict[str, bytes]:
-    """Every file of an app directory but its key (the same in every run)."""
-    return {
-        p.name: p.read_bytes()
-        for p in sorted(app_dir.iterdir())
-        if p.is_file() and p.name != "device_key"
-    }
-
-
-async def _script(url: str, app_dir: Path, task_id: int) -> None:
-    """What the app does: participate until the task ends. Idempotent from any point a crash
-    leaves: it is also how a run resumes."""
-    async with AsyncClient(url, str(app_dir), backoff_s=0.0) as device:
-        await device.register()
-        while True:
-            try:
-                await device.participate(SoftmaxTrainer(), X, Y, task_id=task_id, max_wait_s=5)
-            except TaskEndedError:
-                return
 
 
 class Requests:
@@ -114,15 +91,7 @@ class Run:
 
             asyncio.run(run())
             self.files = _files(app_dir)
-            self.rounds = [
-                (r["round_id"], r["state"], r["reports"], r["version_after"])
-                for r in admin_get(http, f"/v1/admin/tasks/{task_id}/rounds")
-            ]
-            got = http.get(
-                f"/v1/admin/tasks/{task_id}/model", headers={"authorization": f"Bearer {ADMIN}"}
-            )
-            assert got.status_code == 200, got.text
-            self.model = got.content
+            self.rounds, self.model = _end_state(http, task_id)
 
 
 @pytest.fixture(scope="module")
@@ -365,14 +334,6 @@ def test_a_task_cancel_still_ends_a_call_given_an_event(tmp_path: Path, key: Pat
                 assert seen == ["cancelled"]
 
         asyncio.run(run())
-
-
-def _secure_task(http: httpx.Client) -> int:
-    """Three devices a round, SecAgg+ (as in tests/sdk/test_h97_cancel.py), its stage timeout
-    long: a test that waited for it fails."""
-    secure = {"coord_fraction": 0.5, "stage_timeout_s": 30.0}
-    cfg = task_config(clients_per_round=3, min_reports=3, rounds=2, secure=secure)
-    return create_task(http, replace(cfg, selection_timeout_s=60.0))
 
 
 @pytest.mark.parametrize("after", ["advertise-keys", "masked-input"])
