@@ -10,42 +10,14 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.cli import main
 from coordinator.service import ServiceConfig
 
-DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
-
-
-@pytest.fixture()
-def served(monkeypatch: pytest.MonkeyPatch) -> list[tuple[ServiceConfig, str, int, dict]]:
-    """What `plume coordinator serve` would serve: (config, host, port, keywords) per call."""
-    import coordinator.service as service
-
-    seen: list[tuple[ServiceConfig, str, int, dict]] = []
-    monkeypatch.setattr(
-        service, "serve", lambda config, host, port, **kw: seen.append((config, host, port, kw))
-    )
-    monkeypatch.delenv("PLUME_ADMIN_TOKEN", raising=False)
-    return seen
-
-
-def _config(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "plume.toml"
-    path.write_text(text)
-    path.chmod(0o600)
-    return path
-
-
-def _serve(*flags: str) -> int:
-    try:
-        return main(["coordinator", "serve", *flags])
-    except SystemExit as exc:
-        return int(exc.code or 0)
+from .test_h113_serve_config import DOC, _config, _serve, served  # noqa: F401 (served: fixture)
 
 
 def test_a_tilde_in_every_path_of_the_file_is_the_home_folder(
     tmp_path: Path,
-    served: list[tuple[ServiceConfig, str, int, dict]],
+    served: list[tuple[ServiceConfig, str, int, dict]],  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Prepare: a certificate and key under $HOME (serve only checks that they are files)
@@ -70,7 +42,10 @@ def test_a_tilde_in_every_path_of_the_file_is_the_home_folder(
 
 @pytest.mark.parametrize(("text", "on"), [("false", False), ("true", True), ('"off"', False)])
 def test_an_on_off_key_takes_a_toml_boolean(
-    tmp_path: Path, served: list[tuple[ServiceConfig, str, int, dict]], text: str, on: bool
+    tmp_path: Path,
+    served: list[tuple[ServiceConfig, str, int, dict]],  # noqa: F811
+    text: str,
+    on: bool,
 ) -> None:
     conf = _config(tmp_path, f'db = "{tmp_path / "x.db"}"\naccess-log = {text}\n')
     assert _serve("--config", str(conf)) == 0
@@ -92,7 +67,7 @@ def test_an_on_off_key_takes_a_toml_boolean(
 )
 def test_a_value_of_the_wrong_kind_or_a_key_given_twice_is_refused(
     tmp_path: Path,
-    served: list[tuple[ServiceConfig, str, int, dict]],
+    served: list[tuple[ServiceConfig, str, int, dict]],  # noqa: F811
     capsys: pytest.CaptureFixture[str],
     text: str,
     words: str,
@@ -111,7 +86,7 @@ def test_a_value_of_the_wrong_kind_or_a_key_given_twice_is_refused(
 
 def test_the_docs_give_the_config_file_one_mode_the_service_user_can_read(
     tmp_path: Path,
-    served: list[tuple[ServiceConfig, str, int, dict]],
+    served: list[tuple[ServiceConfig, str, int, dict]],  # noqa: F811
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     # docs/operations.md said both chmod 600 (root's alone: the unit's user cannot read it)
