@@ -150,6 +150,21 @@ def _rounds_to_keep(text: str) -> int:
     return n
 
 
+# The most rounds `status --last` asks for: the coordinator's `rounds.MAX_ROUNDS_PAGE`, written
+# again here so that building the parser imports no part of the service.
+_MAX_LAST = 100_000
+
+
+def _rounds_page(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of rounds, got {text!r}") from None
+    if not 1 <= n <= _MAX_LAST:
+        raise argparse.ArgumentTypeError(f"a number of rounds is 1 to {_MAX_LAST}, got {n}")
+    return n
+
+
 def _aggregator_list() -> str:
     try:
         from .aggregators import AGGREGATOR_HELP
@@ -484,6 +499,7 @@ def register(sub: Any) -> None:
         example = f"  plume coordinator {name} --admin-token s3cret --task 1\n"
         if name == "status":
             example += (
+                "  plume coordinator status --admin-token s3cret --task 1 --last 20\n"
                 "  plume coordinator status --admin-token s3cret    # every task, a line each\n"
             )
         q = csub.add_parser(
@@ -505,6 +521,14 @@ def register(sub: Any) -> None:
                 else ""
             ),
         )
+        if name == "status":
+            q.add_argument(
+                "--last",
+                type=_rounds_page,
+                metavar="N",
+                help="with --task: only the task's N newest rounds, oldest first (default: "
+                f"every round; at most {_MAX_LAST})",
+            )
         q.set_defaults(func=_task_action, action_name=name)
 
     m = csub.add_parser(
@@ -1174,6 +1198,9 @@ def _task_action(args: argparse.Namespace) -> int:
 
     from .service import AdminError
 
+    last = getattr(args, "last", None)
+    if last is not None and args.task is None:
+        _fail(f"plume coordinator {args.action_name}", "--last needs --task", 2)
     try:
         with _admin(args) as admin:
             if args.action_name == "pause":
@@ -1187,7 +1214,7 @@ def _task_action(args: argparse.Namespace) -> int:
             else:
                 out = {
                     "task": to_json(admin.status(args.task)),
-                    "rounds": [to_json(r) for r in admin.rounds(args.task)],
+                    "rounds": [to_json(r) for r in admin.rounds(args.task, last=last)],
                 }
     except (AdminError, httpx.HTTPError) as exc:
         print_error(f"plume coordinator {args.action_name}", admin_error_text(exc, args.url))

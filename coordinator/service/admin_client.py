@@ -50,7 +50,8 @@ __all__ = [
 # hundred bytes a round with FedAvg's measurements (more for aggregators that report more).
 # 64 MiB holds over 150,000 FedAvg rounds (tests/coordinator/test_admin_client_hostile.py
 # measures a real task's), or 10,000 rounds of 6 kB; a task with more rounds than that (a task
-# may have up to 1,000,000) needs `max_response_bytes=`. The operator's process can hold it.
+# may have up to 1,000,000) is read a page at a time (`rounds(..., last=, before=)`), or whole
+# with `max_response_bytes=`. The operator's process can hold it.
 MAX_ADMIN_RESPONSE = 64 << 20
 # A refusal is a sentence: its body is read up to this many bytes and the rest dropped.
 _ERROR_BODY_CAP = 64 << 10
@@ -305,9 +306,15 @@ class AdminClient:
         """Every task in the store; a refused one has state "refused" and `refused` (why)."""
         return self._call("GET", Path.ADMIN_TASKS, _list_reader(TaskStatus))
 
-    def rounds(self, task_id: int) -> list[RoundStatus]:
+    def rounds(
+        self, task_id: int, last: int | None = None, before: int | None = None
+    ) -> list[RoundStatus]:
+        """The task's rounds, oldest first: every one, or only those older than round id
+        `before`, and of these only the `last` newest (1 to 100,000; the coordinator refuses
+        others, 422). Page backwards with `before=` the first round of the previous page."""
         path = Path.ADMIN_ROUNDS.format(task_id=task_id)
-        return self._call("GET", path, _list_reader(RoundStatus))
+        params = {k: v for k, v in (("last", last), ("before", before)) if v is not None}
+        return self._call("GET", path, _list_reader(RoundStatus), params=params)
 
     def round(self, round_id: int) -> RoundStatus:
         """One round's status (for a secure round in flight: its stage and stage uploads)."""

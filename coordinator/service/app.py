@@ -641,9 +641,23 @@ def create_app(
         tags=["admin"],
         dependencies=[Depends(admin)],
     )
-    async def task_rounds(task_id: StoreId) -> list[RoundStatus]:
-        """Every round of a task, by sequence."""
-        return coordinator.task_rounds(task_id)
+    async def task_rounds(
+        task_id: StoreId,
+        last: int | None = Query(
+            None,
+            ge=1,
+            le=rounds.MAX_ROUNDS_PAGE,
+            description="only the N newest rounds (still oldest first)",
+        ),
+        before: int | None = Query(
+            None,
+            ge=1,
+            le=2**63 - 1,
+            description="only the rounds older than this round of the task (paging backwards)",
+        ),
+    ) -> list[RoundStatus]:
+        """Every round of a task, by sequence; `last` and `before` answer a page of them."""
+        return coordinator.task_rounds(task_id, last, before)
 
     @app.post(
         Path.ADMIN_PAUSE,

@@ -161,6 +161,9 @@ RELOAD_RETRY_S = 5.0
 # versions one export rebuilds from the initial model (app.py `_older_version`;
 # `admin_client.EXPORT_REACH` mirrors it).
 MAX_EXPORT_CHAIN = 1024
+# Most rounds one `GET /v1/admin/tasks/{id}/rounds?last=N` answers (a task may have up to
+# 1,000,000; the whole list is still answered without `last`).
+MAX_ROUNDS_PAGE = 100_000
 # What an operator's stop (`Coordinator.stop_task`) records as the reason its open round ended.
 STOP_REASON = "stopped by the operator"
 # Longest wait a check-in answers (a week, the longest task duration validate_task accepts):
@@ -2614,13 +2617,21 @@ class Coordinator:
             measurements=measurements,
         )
 
-    def task_rounds(self, task_id: int) -> list[RoundStatus]:
-        """Every round of a task, by sequence (404 unknown task; 409 `task_refused` when a
-        refused task's round does not parse)."""
+    def task_rounds(
+        self, task_id: int, last: int | None = None, before: int | None = None
+    ) -> list[RoundStatus]:
+        """A task's rounds by sequence: every one, or those older than round `before`, or
+        the `last` newest of these (404 unknown task, or `before` not one of its rounds; 409
+        `task_refused` when a refused task's round does not parse). Only the rounds answered
+        are read from the store."""
         if self.store.task_raw(task_id) is None:  # not parsed: a refused config may not be
             raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
+        if before is not None and self.store.round_task(before) != task_id:
+            raise ApiError(
+                404, Reason.UNKNOWN_ROUND, f"round {before} is not one of task {task_id}'s rounds"
+            )
         try:
-            rounds = self.store.rounds(task_id)
+            rounds = self.store.rounds(task_id, last=last, before=before)
         except DamagedRow as exc:
             self._raise_damaged(exc)
         return [self._round_status(r) for r in rounds]

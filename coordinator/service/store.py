@@ -752,20 +752,38 @@ class Store:
         rows = self._query(f"SELECT {_ROUND_COLS} FROM rounds WHERE round_id=?", (round_id,))
         return _round(rows[0]) if rows else None
 
-    def rounds(self, task_id: int, states: tuple[str, ...] | None = None) -> list[RoundRow]:
-        """A task's rounds by sequence (only those in `states` if given, filtered in SQL:
-        the others are not read, let alone parsed)."""
-        if states is None:
+    def rounds(
+        self,
+        task_id: int,
+        states: tuple[str, ...] | None = None,
+        *,
+        last: int | None = None,
+        before: int | None = None,
+    ) -> list[RoundRow]:
+        """A task's rounds by sequence, filtered in SQL (the others are not read, let alone
+        parsed): only those in `states` if given, only those older than round id `before`
+        (none if `before` is not one of the task's rounds), and of those the `last` newest."""
+        where = "task_id=?"
+        args: list[Any] = [task_id]
+        if states is not None:
+            where += f" AND state IN ({','.join('?' * len(states))})"
+            args += states
+        if before is not None:
+            # A round of another task, or none, makes the subquery NULL: `seq < NULL` matches
+            # no row.
+            where += " AND seq < (SELECT seq FROM rounds WHERE round_id=? AND task_id=?)"
+            args += [before, task_id]
+        if last is None:
             rows = self._query(
-                f"SELECT {_ROUND_COLS} FROM rounds WHERE task_id=? ORDER BY seq", (task_id,)
+                f"SELECT {_ROUND_COLS} FROM rounds WHERE {where} ORDER BY seq", tuple(args)
             )
         else:
-            marks = ",".join("?" * len(states))
+            # Newest first through the (task_id, seq) index, so only `last` rows are read.
             rows = self._query(
-                f"SELECT {_ROUND_COLS} FROM rounds WHERE task_id=? AND state IN ({marks}) "
-                "ORDER BY seq",
-                (task_id, *states),
+                f"SELECT {_ROUND_COLS} FROM rounds WHERE {where} ORDER BY seq DESC LIMIT ?",
+                (*args, last),
             )
+            rows.reverse()
         return [_round(r) for r in rows]
 
     def count_rounds(self, task_id: int) -> int:
