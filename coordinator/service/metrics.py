@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterable, Iterator
+from importlib.metadata import PackageNotFoundError, version
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
-__all__ = ["Metrics", "TaskRegistries"]
+from .store import SCHEMA_VERSION
+
+__all__ = ["Metrics", "TaskRegistries", "plume_version"]
+
+
+def plume_version() -> str:
+    """The installed plume-fl version, as the coordinator's start log line gives it."""
+    try:
+        return version("plume-fl")
+    except PackageNotFoundError:  # a source tree never installed
+        return "(not installed)"
 
 
 class TaskRegistries(Collector):
@@ -53,6 +65,17 @@ class Metrics:
         r = self.registry
         self.tasks = TaskRegistries()
         r.register(self.tasks)
+        # Prometheus's build-info convention: always 1, the labels say which build answered
+        # (joined onto other series in queries, e.g. to see a change across an upgrade).
+        self.build_info = Gauge(
+            "plume_build_info",
+            "Always 1; the labels name the plume version, the store schema version it runs "
+            "and the Python version",
+            ["version", "schema", "python"],
+            registry=r,
+        )
+        python = ".".join(str(n) for n in sys.version_info[:3])
+        self.build_info.labels(plume_version(), str(SCHEMA_VERSION), python).set(1)
         self.requests = Counter(
             "plume_http_requests", "HTTP requests by route and status", ["route", "status"],
             registry=r,
