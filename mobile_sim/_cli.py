@@ -22,6 +22,7 @@ examples:
   plume sim --attack alie --malicious 0.2 --aggregator median
   plume sim --secure --rounds 5 --model mlp                   # SecAgg+ with 10% dropouts
   plume sim --transport http --model mlp --rounds 5          # against a loopback coordinator
+  plume sim --plugin my_plugin --dataset my_data --model my_cnn  # yours, registered by my_plugin.py
   plume sim report runs/mnist                                 # rebuild plots from a run
 """
 
@@ -135,6 +136,18 @@ def register(sub: Any) -> None:
     )
 
     g = p.add_argument_group("data and model")
+    g.add_argument(
+        "--plugin",
+        action="append",
+        default=None,
+        metavar="MODULE",
+        help="import MODULE before the run (repeatable; also a path to a .py file), so its "
+        "top-level code registers your own models, datasets and aggregators "
+        "(mobile_sim.models.MODELS, mobile_sim.runner.DATASET_LOADERS, AGGREGATORS) for "
+        "--model, --dataset and --aggregator; a module name is found from the current "
+        "directory, as with python -m; e.g. --plugin my_plugin --dataset my_data --model "
+        'my_cnn (docs/simulator.md, "Your own model, dataset or aggregator")',
+    )
     g.add_argument("--dataset", default="mnist", metavar="NAME", help=_DATASETS)
     g.add_argument(
         "--model",
@@ -605,6 +618,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         "deadline_s": args.deadline,
         "selection_timeout_s": None if args.selection_timeout < 0 else args.selection_timeout,
         "checkin_period_s": args.checkin_period,
+        "plugins": tuple(args.plugin or ()),
     }
     values.update(overrides)
     return SimConfig(**values)
@@ -815,7 +829,10 @@ def _command(args: argparse.Namespace) -> str:
         value = getattr(args, dest)
         if value == default:
             continue
-        if value is True and default is False:  # a switch (--dense, --secure, ...)
+        if isinstance(value, list):  # a repeatable flag (--plugin): once per value
+            for item in value:
+                words += [flag, _without_credentials(str(item))]
+        elif value is True and default is False:  # a switch (--dense, --secure, ...)
             words.append(flag)
         else:
             words += [flag, _without_credentials(str(value))]
@@ -1111,9 +1128,14 @@ def _spec_error(args: argparse.Namespace) -> str | None:
     from coordinator.aggregators import build_aggregator
 
     from .attacks import build_attack
+    from .runner import AGGREGATORS
+    from .runner import build_aggregator as plain_aggregator  # also the ones plugins register
 
+    # In process, the runner also builds the aggregators registered in AGGREGATORS (by a
+    # --plugin); over HTTP the coordinator builds the aggregator, from its own grammar only.
+    http = args.transport == "http"
     specs: list[tuple[str, str, Callable[[str], object]]] = [
-        ("--aggregator", args.aggregator, build_aggregator)
+        ("--aggregator", args.aggregator, build_aggregator if http else plain_aggregator)
     ]
     if args.secure and args.group_size is not None:
         specs.append(("--group-aggregator", args.group_aggregator, build_aggregator))
@@ -1123,6 +1145,12 @@ def _spec_error(args: argparse.Namespace) -> str | None:
         try:
             build(spec)
         except ValueError as exc:
+            if http and flag == "--aggregator" and spec in AGGREGATORS:
+                return (
+                    f"--aggregator {spec!r} is registered in this process (a --plugin's), but "
+                    "--transport http aggregates in a coordinator, which builds only its own "
+                    "aggregators: drop --transport http"
+                )
             return f"{flag} {spec!r}: {exc}"
     return None
 
@@ -1189,6 +1217,16 @@ def _sim(args: argparse.Namespace) -> int:
     )
     from .status import clear, say
 
+    if args.plugin:
+        # Before any check: the plugins register the names --model, --dataset and
+        # --aggregator may give.
+        from .backends._base import PluginError, import_plugins
+
+        say("importing plugins")
+        try:
+            import_plugins(args.plugin)
+        except PluginError as exc:
+            return _fail(f"--plugin {exc.spec}: {exc.reason}")
     problem = _usage_error(args)  # sets the default --partition first
     if problem is not None:
         return _fail(problem)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from sdk.device import UpdateEncoder, clip_l2
 
 from .attacks import BackdoorAttack, backdoor_accuracy
 from .backends import Backend, JobResult, TrainContext, TrainJob, build_backend, job_rng
+from .backends._base import import_plugins
 from .backends._seeding import RngPool
 from .data import FederatedData, load_digits_data, load_mnist
 from .partition import natural, partition, partition_stats
@@ -163,8 +165,20 @@ class SimConfig:
     # devices. None: `seed`, as before this field. Fixed, it keeps one test set while `seed`
     # varies the partition, the cohorts and the initial weights.
     data_seed: int | None = None
+    # Modules imported first (`plume sim --plugin`), whose top-level code registers models,
+    # datasets and aggregators in MODELS, DATASET_LOADERS and AGGREGATORS: dotted names found
+    # from the current directory, or paths to .py files (backends._base.import_plugins). The
+    # backends' workers in other interpreters import them too, before building the model.
+    plugins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.plugins, str):
+            raise ValueError(
+                f"plugins must be a sequence of module names, not the string {self.plugins!r}"
+            )
+        object.__setattr__(self, "plugins", tuple(self.plugins))
+        if self.plugins:  # first: the checks below build the aggregator, a plugin's perhaps
+            import_plugins(self.plugins)
         for name in _INT_FIELDS:
             value = getattr(self, name)
             # 1.5 clients or 2.0 epochs would fail far from here, under another name.
@@ -353,7 +367,13 @@ class SimConfig:
         )
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        values = asdict(self)
+        if self.plugins:
+            values["plugins"] = list(self.plugins)  # as rounds.json reads back
+        else:
+            # A run without plugins records the same config as before the field existed.
+            del values["plugins"]
+        return values
 
 
 @dataclass
@@ -692,6 +712,8 @@ def run_simulation(
             lr=cfg.lr,
             momentum=cfg.momentum,
             ort_artifacts=cfg.ort_artifacts,
+            plugins=cfg.plugins,
+            plugin_root=os.getcwd() if cfg.plugins else None,
         )
     )
     fleet = None

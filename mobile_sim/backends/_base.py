@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
+import importlib
+import importlib.util
 import math
 import numbers
+import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -11,7 +16,94 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["TrainContext", "TrainJob", "JobResult", "Backend", "job_rng", "check_round"]
+__all__ = [
+    "TrainContext",
+    "TrainJob",
+    "JobResult",
+    "Backend",
+    "job_rng",
+    "check_round",
+    "import_plugins",
+    "PluginError",
+]
+
+
+class PluginError(ValueError):
+    """A plugin module that could not be imported: `spec` as given, `reason` one line
+    ("ModuleNotFoundError: No module named 'x'", "no such file ...")."""
+
+    def __init__(self, spec: str, reason: str) -> None:
+        super().__init__(f"plugin {spec!r} did not import: {reason}")
+        self.spec = spec
+        self.reason = reason
+
+
+def _is_file_spec(spec: str) -> bool:
+    return spec.endswith(".py") or "/" in spec or os.sep in spec
+
+
+def _file_module_name(path: str) -> str:
+    """The sys.modules name of plugin file `path` (absolute): its stem and a digest of the
+    path, so a file named like another module (json.py) shadows nothing, and every process
+    that imports the same file calls it the same."""
+    stem = "".join(c if c.isalnum() else "_" for c in os.path.basename(path)[: -len(".py")])
+    digest = hashlib.sha256(path.encode()).hexdigest()[:10]
+    return f"_plume_plugin_{stem}_{digest}"
+
+
+def import_plugins(specs: Sequence[str], root: str | None = None) -> None:
+    """Import each plugin, in order, so its top-level code registers models, datasets and
+    aggregators (`mobile_sim.models.MODELS`, `mobile_sim.runner.DATASET_LOADERS`, ...).
+
+    A spec is a dotted module name, looked up with `root` (default: the current directory)
+    first on sys.path, as `python -m` has it; or a path to a .py file (ending in .py or
+    holding a slash), relative to `root`. A module already imported is not run again. Raises
+    `PluginError` naming the spec and the exception its import raised.
+    """
+    if not specs:
+        return
+    base = os.path.abspath(root if root is not None else os.getcwd())
+    for spec in specs:
+        if not isinstance(spec, str) or not spec.strip():
+            raise PluginError(str(spec), "a plugin is a module name or a path to a .py file")
+        if _is_file_spec(spec):
+            _import_file(spec, os.path.join(base, os.path.expanduser(spec)))
+            continue
+        if not any(os.path.abspath(p or os.curdir) == base for p in sys.path):
+            sys.path.insert(0, base)
+        try:
+            importlib.import_module(spec)
+        except Exception as exc:  # noqa: BLE001 (the plugin's own code may raise anything)
+            raise PluginError(spec, _one_line(exc)) from exc
+
+
+def _import_file(spec: str, path: str) -> None:
+    path = os.path.abspath(path)
+    if not path.endswith(".py"):
+        raise PluginError(spec, "a plugin file must end in .py")
+    if not os.path.isfile(path):
+        raise PluginError(spec, f"no such file: {path}")
+    name = _file_module_name(path)
+    if name in sys.modules:
+        return
+    found = importlib.util.spec_from_file_location(name, path)
+    if found is None or found.loader is None:
+        raise PluginError(spec, f"cannot load {path} as a module")
+    module = importlib.util.module_from_spec(found)
+    sys.modules[name] = module  # as an import does: dataclasses and pickle look it up
+    try:
+        found.loader.exec_module(module)
+    except Exception as exc:  # noqa: BLE001
+        del sys.modules[name]
+        raise PluginError(spec, _one_line(exc)) from exc
+
+
+def _one_line(exc: BaseException) -> str:
+    """`Type: message` on one line; a SyntaxError also says where."""
+    text = " ".join(str(exc).split())
+    if isinstance(exc, SyntaxError) and exc.filename and exc.lineno:
+        text = f"{exc.msg} ({os.path.basename(exc.filename)}, line {exc.lineno})"
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 @dataclass(frozen=True)
@@ -20,6 +112,11 @@ class TrainContext:
 
     x_train: float32[N, ...]; y_train: int64[N]. `ort_artifacts` is a directory written by
     `plume export`, used by jobs whose `trainer` is "ort".
+
+    `plugins`: modules a worker in another interpreter (a "spawn" or "forkserver" pool
+    worker, a Ray actor) imports before it builds the model, so a model they register is
+    found there too (`import_plugins`, module names looked up from `plugin_root`, the
+    driver's current directory, and .py paths relative to it).
     """
 
     model: str
@@ -30,6 +127,8 @@ class TrainContext:
     lr: float
     momentum: float = 0.0
     ort_artifacts: str | None = None
+    plugins: tuple[str, ...] = ()
+    plugin_root: str | None = None
 
     def __post_init__(self) -> None:
         # Before, epochs or batch_size <= 0 trained nothing on one backend and failed inside

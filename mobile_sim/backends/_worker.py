@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._base import JobResult, TrainContext, TrainJob
+from ._base import JobResult, TrainContext, TrainJob, import_plugins
 from .sequential import run_job
 from .vectorized import VectorizedBackend
 
@@ -124,7 +124,8 @@ class WorkerState:
     """Holds the training context once per worker and trains any share of a round's jobs.
 
     `threads` caps torch's intra-op threads in the worker: with one worker per core, more than
-    one thread each only oversubscribes the machine.
+    one thread each only oversubscribes the machine. The context's plugins are imported
+    before the model is built.
     """
 
     def __init__(self, ctx: TrainContext, inner: str = "sequential", threads: int = 1) -> None:
@@ -134,6 +135,9 @@ class WorkerState:
             raise ValueError(f"inner backend must be one of {INNER_BACKENDS}, got {inner!r}")
         if threads >= 1:
             torch.set_num_threads(threads)
+        # A fresh interpreter ("spawn", "forkserver", a Ray actor) has only the built-in
+        # models: the plugins register the rest (a no-op in a forked worker, which has them).
+        import_plugins(ctx.plugins, ctx.plugin_root)
         self.ctx = ctx
         self.backend: VectorizedBackend | None = None
         self._trainers: dict[str, Any] = {}
