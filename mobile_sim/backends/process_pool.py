@@ -251,9 +251,9 @@ def _worker_main(conn: Connection, inner: str, threads: int) -> None:
 class ProcessPoolBackend:
     """Trains each round's jobs in `workers` persistent processes (default: one per CPU core).
 
-    - The training context (model name, data, SGD settings) goes to each worker once, at
-      `start`, which also waits until every worker has built its model: process start-up is
-      not paid inside the first round.
+    - The training context (model name, data, SGD settings, plugins) goes to each worker once,
+      at `start`, which also waits until every worker has imported the context's plugins and
+      built its model: process start-up is not paid inside the first round.
     - Each round, the global params are written once into shared memory and every delta comes
       back through a shared-memory slot: only job descriptions and (examples, loss) are
       pickled, not 6.6 MB arrays per job.

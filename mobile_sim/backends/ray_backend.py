@@ -43,7 +43,8 @@ class RayWorkerError(RuntimeError):
 class RayBackend:
     """Trains each round's jobs on `workers` Ray actors (default: one per CPU Ray reports).
 
-    The training context is put in Ray's object store once and each actor keeps it; each round
+    The training context is put in Ray's object store once and each actor keeps it (importing
+    its plugins before it builds the model: on a cluster every node needs them); each round
     puts the global params once and sends every actor its share of the jobs.
 
     `job_timeout_s` (seconds, or None) is a stall limit on each actor's share, counted from

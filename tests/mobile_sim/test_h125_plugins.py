@@ -163,6 +163,27 @@ def test_a_py_file_path_is_a_plugin_too(plugin: Plugin, capsys: pytest.CaptureFi
     assert len(doc["rounds"]) == 2
 
 
+def test_a_plugin_model_trains_on_the_vectorized_backend(
+    plugin: Plugin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    code = _run(plugin, plugin.folder / "vec", "--backend", "vectorized")
+
+    # Assert
+    assert code == 0, capsys.readouterr().err
+    assert len(_accuracies(plugin.folder / "vec")) == 2
+
+
+def test_report_takes_no_plugin(plugin: Plugin, capsys: pytest.CaptureFixture[str]) -> None:
+    # `plume sim report` redraws from rounds.json alone: --plugin is a run flag like the rest
+    code = plume(["sim", "report", str(plugin.folder), "--plugin", plugin.module])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "takes no run flags (got --plugin)" in err
+    assert plugin.module not in sys.modules
+
+
 @pytest.mark.timeout(120)
 def test_a_plugin_model_trains_in_spawned_pool_workers(
     plugin: Plugin, capsys: pytest.CaptureFixture[str]
@@ -200,21 +221,26 @@ def _context(p: Plugin, plugins: tuple[str, ...]) -> tuple[object, np.ndarray, l
 
 
 @pytest.mark.timeout(120)
-def test_forkserver_workers_import_the_plugins_of_the_context(
-    plugin: Plugin, monkeypatch: pytest.MonkeyPatch
+# "forkserver" workers are new interpreters; a "fork" worker inherits the plugin, and
+# importing it again there must be a harmless no-op.
+@pytest.mark.parametrize("start_method", ["forkserver", "fork"])
+def test_pool_workers_import_the_plugins_of_the_context(
+    plugin: Plugin, monkeypatch: pytest.MonkeyPatch, start_method: str
 ) -> None:
     from mobile_sim.backends._base import import_plugins
     from mobile_sim.backends.process_pool import ProcessPoolBackend
     from mobile_sim.backends.sequential import SequentialBackend
 
-    # Prepare: the driver has the plugin; the worker's start-up path does not (another cwd)
+    # Prepare: the driver has the plugin; a new interpreter would not find it (another cwd,
+    # and the plugin's folder off sys.path, which "forkserver" passes on at its start)
     import_plugins([plugin.module])
     ctx, params, jobs = _context(plugin, (plugin.module,))
     monkeypatch.chdir(plugin.folder.parent)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(plugin.folder)])
     want = SequentialBackend()
     want.start(ctx)  # type: ignore[arg-type]
     expected = want.train(params, jobs)  # type: ignore[arg-type]
-    pool = ProcessPoolBackend(workers=1, start_method="forkserver")
+    pool = ProcessPoolBackend(workers=1, start_method=start_method)
 
     # Execute
     try:
