@@ -534,7 +534,14 @@ def load_dataset(name: str, root: str | None = None, seed: int = 0) -> Federated
         from . import datasets
     except ImportError:
         raise ValueError(f"unknown dataset {name!r}; choose mnist or digits") from None
-    loaded: FederatedData = datasets.load_federated(name, root=root, seed=seed)
+    try:
+        loaded: FederatedData = datasets.load_federated(name, root=root, seed=seed)
+    except ValueError as exc:
+        if DATASET_LOADERS and str(exc).startswith("unknown dataset"):
+            # The built-in list alone hid the names registered (by a --plugin, say).
+            registered = ", ".join(sorted(DATASET_LOADERS))
+            raise ValueError(f"{exc}, or one registered: {registered}") from None
+        raise
     return loaded
 
 

@@ -442,3 +442,20 @@ def test_the_docs_plugin_example_runs_as_written(
     doc = json.loads((tmp_path / "runs" / "own" / "rounds.json").read_text())
     assert doc["summary"]["num_params"] == 650 and len(doc["rounds"]) == 2
     assert doc["config"]["plugins"] == ["my_plugin"]
+
+
+def test_an_unknown_dataset_after_plugins_lists_theirs(
+    plugin: Plugin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, the list named only the built-in datasets, not the ones the plugins registered.
+    # Execute
+    code = plume(
+        ["sim", "--plugin", plugin.module, "--dataset", "nosuch", "--model", plugin.model]
+        + ["--rounds", "1", "--no-progress", "--out", str(plugin.folder / "run")]
+    )
+
+    # Assert
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("plume sim: error: unknown dataset 'nosuch'; choose mnist, digits")
+    assert err.rstrip().endswith(f"or one registered: {plugin.dataset}")
