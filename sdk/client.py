@@ -100,6 +100,8 @@ __all__ = [
     "FEATURES",
     "ParticipationCancelled",
     "CANCELLED",
+    "CoordinatorUnreachable",
+    "UNREACHABLE",
     "RoundReport",
     "SecureRoundReport",
     "UpdateFn",
@@ -312,6 +314,56 @@ class ParticipationCancelled(ClientError):
         super().__init__(0, CANCELLED, f"cancelled at {phase}{where}: {detail}")
         self.phase = phase
         self.round_id = round_id
+
+
+# `CoordinatorUnreachable.reason` (no answer came: the name is the SDK's).
+UNREACHABLE = "unreachable"
+
+
+class CoordinatorUnreachable(ClientError, httpx.TransportError):
+    """No connection to the coordinator, or one lost, after every attempt a call made.
+
+    Both a `ClientError` (`status` 0, `reason` `UNREACHABLE` ("unreachable"), `detail` the
+    message) and an `httpx.TransportError` with the `request` of the last attempt, so either
+    `except` catches it. The message names the coordinator, the request and the attempts
+    (`could not reach the coordinator at http://127.0.0.1:8080 for POST /v1/checkin in 5
+    attempts: [Errno 111] Connection refused`), and `__cause__` is httpx's own error. Raised
+    as a subclass of that error's class too (`_unreachable_class`): an app that catches
+    `httpx.ConnectError` or `httpx.TimeoutException` still catches what it did.
+    """
+
+    def __init__(self, message: str, *, request: httpx.Request | None = None) -> None:
+        # httpx's constructor, not ClientError's "status reason: detail" message: the next one
+        # after ClientError, the httpx class mixed in (`_unreachable_class`) or TransportError.
+        init: Callable[..., None] = super(ClientError, self).__init__
+        init(message, request=request)
+        self.status, self.reason, self.detail = 0, UNREACHABLE, message
+
+
+_UNREACHABLE_CLASSES: dict[type[httpx.TransportError], type[CoordinatorUnreachable]] = {}
+_UNREACHABLE_LOCK = threading.Lock()
+
+
+def _unreachable_class(kind: type[httpx.TransportError]) -> type[CoordinatorUnreachable]:
+    """`CoordinatorUnreachable` that is also a `kind` (httpx's `ConnectError`, `ReadTimeout`,
+    an app transport's own class), made once per class; plain `CoordinatorUnreachable` for
+    `httpx.TransportError` itself and for a class it cannot be mixed with."""
+    if issubclass(kind, CoordinatorUnreachable):
+        return kind
+    if kind is httpx.TransportError:
+        return CoordinatorUnreachable
+    with _UNREACHABLE_LOCK:
+        made = _UNREACHABLE_CLASSES.get(kind)
+        if made is None:
+            try:
+                made = type(
+                    "CoordinatorUnreachable", (CoordinatorUnreachable, kind),
+                    {"__module__": __name__, "__doc__": CoordinatorUnreachable.__doc__},
+                )  # fmt: skip
+            except TypeError:  # a layout or MRO conflict: an app's class, not httpx's
+                made = CoordinatorUnreachable
+            _UNREACHABLE_CLASSES[kind] = made
+        return made
 
 
 class _Stop(Exception):
@@ -1194,18 +1246,19 @@ def _check_base_url(base_url: str) -> str:
 
 def _unreachable(
     base: str, request: httpx.Request, exc: httpx.TransportError, attempts: int
-) -> httpx.TransportError:
-    """`exc`, the last attempt's transport failure, again as its own type (apps catch
-    `httpx.TransportError`) but naming the coordinator, the request and the attempts made:
-    httpx's own text (`[Errno 111] Connection refused`) names none of them."""
+) -> CoordinatorUnreachable:
+    """`exc`, the last attempt's transport failure, as `CoordinatorUnreachable` that is still
+    of `exc`'s own class (apps catch `httpx.TransportError`, some `httpx.ConnectError`) but
+    naming the coordinator, the request and the attempts made: httpx's own text (`[Errno 111]
+    Connection refused`) names none of them. The caller chains `exc` (`raise ... from exc`)."""
     what = "could not reach" if isinstance(exc, _NEVER_SENT) else "lost the connection to"
     tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
     reason = str(exc) or type(exc).__name__
     text = f"{what} the coordinator at {base} for {request.method} {request.url.path} in {tries}"
     try:
-        return type(exc)(f"{text}: {reason}", request=request)
+        return _unreachable_class(type(exc))(f"{text}: {reason}", request=request)
     except TypeError:  # an app transport's own subclass with another constructor
-        return httpx.TransportError(f"{text}: {reason}", request=request)
+        return CoordinatorUnreachable(f"{text}: {reason}", request=request)
 
 
 class _WaitOver(Exception):
@@ -2161,7 +2214,8 @@ class Client:
     - `timeout`: seconds for each connect, read and write of a request (httpx's timeout).
     - `retries`: further attempts after a transport error (no connection, a timeout, a
       connection lost), a 429 or a 5xx (so 5 attempts by default); the last one's outcome
-      is raised. An `httpx.TransportError` names the coordinator and the attempts made.
+      is raised. No connection (or one lost) on the last attempt is `CoordinatorUnreachable`
+      (a `ClientError` and an `httpx.TransportError`), naming the coordinator and the attempts.
     - `backoff_s`: the first wait before a retry, doubling each attempt; a `Retry-After`
       (capped at 30 s) takes its place.
     - `verify`: TLS verification, as httpx's (`True`, or the path of a CA bundle).
@@ -2415,6 +2469,8 @@ class Client:
             return None
         try:
             return self._upload(pending, None, deadline)
+        except CoordinatorUnreachable:
+            raise  # not a refusal: the upload stays pending, as the app must hear
         except ClientError:
             return None
 
@@ -2968,6 +3024,8 @@ class AsyncClient:
             return None
         try:
             return await self._upload(pending, None, deadline)
+        except CoordinatorUnreachable:
+            raise  # as `Client._resume_pending`
         except ClientError:
             return None
 
