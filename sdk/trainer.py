@@ -54,6 +54,35 @@ __all__ = [
 ONEDNN_LINEAR_MIN_WEIGHTS = LARGE_LINEAR_WEIGHTS
 
 
+def _check_threads(threads: object) -> int | None:
+    """`TorchTrainer`'s `threads` as an int, or None; `ValueError` unless None or an integer
+    >= 1 (a bool is no thread count, nor a float such as 2.0)."""
+    if threads is None:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
+        raise ValueError(f"threads must be an integer >= 1 or None, got {threads!r}")
+    return int(threads)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with torch's thread count at `threads` (None: as it is), then put the
+    previous count back, also when the block raises. The count is the process's, not the
+    thread's: a second block in another thread at the same time changes it for both."""
+    if threads is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    if before == threads:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _mkldnn_linear_op() -> Callable[..., torch.Tensor] | None:
     """torch's oneDNN inner-product op (the one inductor uses on CPU), if this build has it."""
     if not torch.backends.mkldnn.is_available():
@@ -420,6 +449,14 @@ class TorchTrainer:
     as torch's cross-entropy skips it. The forward pass that finds the model's output shape
     runs once per input shape and dtype and is cached, so a call costs O(data) numpy work.
 
+    `threads` (default None: torch's setting is left as it is) runs each `train` call with
+    `torch.set_num_threads(threads)` and puts the previous count back when the call returns or
+    raises (cancelled included): an app on a phone keeps local training to that many CPU
+    threads. torch's thread count is the process's: two trainers with different `threads`
+    training at once in two threads of one process set it for each other. Another count may
+    change float rounding (torch's kernels split their work by thread); with `threads` equal
+    to the current count, the result is the same bits as with None.
+
     A trainer is not thread-safe: it keeps per-call state (the module's weights, the fused
     step's buffers), so use one trainer (and one module) per thread.
     """
@@ -434,7 +471,9 @@ class TorchTrainer:
         fast_pool: bool = True,
         fused: bool = True,
         fold_update: bool = False,
+        threads: int | None = None,
     ) -> None:
+        self.threads = _check_threads(threads)
         self.module = module
         self.momentum = momentum
         self.weight_decay = weight_decay
@@ -476,7 +515,26 @@ class TorchTrainer:
         `cancel` (a `threading.Event`, say) is read before each step: once set, `train` raises
         `TrainingCancelled` without a result, within one step (the module holds the partly
         trained weights, which the next call overwrites).
+        Runs on `self.threads` torch threads when set (see the class).
         """
+        with _torch_threads(self.threads):
+            return self._train(
+                params, x, y, epochs=epochs, batch_size=batch_size, lr=lr, rng=rng, cancel=cancel
+            )
+
+    def _train(
+        self,
+        params: npt.NDArray[np.float32],
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.int64],
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        rng: np.random.Generator,
+        cancel: CancelFlag | None,
+    ) -> TrainResult:
+        """`train`, on the thread count the caller set."""
         check_settings(epochs, batch_size, lr)
         y = self.check_data(x, y)
         check_start_params(params)
