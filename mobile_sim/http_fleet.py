@@ -475,7 +475,10 @@ class _Fleet:
                     # and ends the run (or raises); this device has nothing more to do.
                     await self.done.wait()
                     return
-                if isinstance(exc, ClientError) and not _transient(exc.status):
+                # A lost connection (httpx's own, or `sdk.CoordinatorUnreachable`, a
+                # ClientError too) is retried, as an overload is; other refusals are bugs.
+                unreachable = isinstance(exc, httpx.TransportError)
+                if isinstance(exc, ClientError) and not unreachable and not _transient(exc.status):
                     raise
                 self.failures["check_in"] = self.failures.get("check_in", 0) + 1
                 log.debug("device %d: check-in failed (%r); retrying", index, exc)

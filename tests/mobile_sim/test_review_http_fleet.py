@@ -24,10 +24,12 @@ _CFG = replace(SMALL_FLEET, min_reports=1)
 
 
 class _Faults:
-    """Fails chosen requests of every device client: the first check-in of each device (503),
-    the fleet's first model download (read timeout) and its first upload (500)."""
+    """Fails chosen requests of every device client: the first check-in of each device (503,
+    or with `refuse_check_in` a refused connection), the fleet's first model download (read
+    timeout) and its first upload (500)."""
 
-    def __init__(self) -> None:
+    def __init__(self, refuse_check_in: bool = False) -> None:
+        self.refuse_check_in = refuse_check_in
         self.checked_in: set[int] = set()
         self.injected = {"check_in": 0, "model": 0, "upload": 0}
 
@@ -37,6 +39,8 @@ class _Faults:
             if path == Path.CHECK_IN and owner not in self.checked_in:
                 self.checked_in.add(owner)
                 self.injected["check_in"] += 1
+                if self.refuse_check_in:
+                    raise httpx.ConnectError("injected", request=request)
                 return httpx.Response(503, json={"reason": "overloaded", "detail": "injected"})
             if path.endswith("/model") and not self.injected["model"]:
                 self.injected["model"] += 1
@@ -50,13 +54,16 @@ class _Faults:
         return inject
 
 
+# A refused check-in: sdk.CoordinatorUnreachable, a ClientError with status 0 since 5698a7a,
+# stopped every device as a device bug until the fleet told it apart.
+@pytest.mark.parametrize("refuse_check_in", [False, True], ids=["503", "refused"])
 @pytest.mark.timeout(30)  # before the fix every device died at its first check-in: a hang
 def test_refused_and_timed_out_requests_are_dropouts_on_a_loopback_coordinator(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, refuse_check_in: bool
 ) -> None:
     # Prepare: device clients without their own retries, so every injected failure reaches the
     # fleet; the observer (which only downloads published models) is left alone.
-    faults = _Faults()
+    faults = _Faults(refuse_check_in)
     real = sdk.client.AsyncClient
 
     def client(url: str, app_dir: str, **kw: Any) -> sdk.client.AsyncClient:
