@@ -125,10 +125,10 @@ class ClientEF(RuleBasedStateMachine):
                 step()  # type: ignore[operator]
         except _Crash:
             self.restart()
+        except httpx.TransportError:  # first: `CoordinatorUnreachable` is a ClientError too
+            pass  # the network gone
         except ClientError as err:  # a refusal the fake coordinator gives: the app carries on
             assert err.reason in ("round_closed", "duplicate_upload"), err
-        except httpx.TransportError:
-            pass  # the network gone
 
     @rule(
         task=st.sampled_from(TASKS),
