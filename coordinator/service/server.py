@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 
 from .app import create_app
+from .metrics import plume_version
 from .rounds import ServiceConfig
 from .store import SCHEMA_VERSION, Store
 
@@ -110,7 +111,7 @@ def serve(
                 log.info(
                     "plume %s (database schema %d) serving the database %s: %d task%s loaded, "
                     "%d refused",
-                    _version(),
+                    plume_version(),
                     SCHEMA_VERSION,
                     db,
                     loaded,
@@ -143,16 +144,6 @@ def serve(
         unlog()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
-
-
-def _version() -> str:
-    """The installed plume-fl version (after an upgrade, the log says which one ran when)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("plume-fl")
-    except PackageNotFoundError:  # a source tree never installed
-        return "(not installed)"
 
 
 def _log_coordinator(log_level: str) -> Callable[[], None]:
