@@ -46,15 +46,22 @@ While a `DeviceStore` is open its process holds an exclusive `flock` on the dire
 from __future__ import annotations
 
 import collections
+import contextlib
+import functools
 import gc
 import hashlib
+import itertools
 import json
+import operator
 import os
 import re
 import stat
+import sys
 import threading
 import weakref
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any, NamedTuple
 
 try:
@@ -585,10 +592,87 @@ class _Hold:
 # guard: at once if it is free, else by its holder on the way out (`_Guarded.__exit__`). A
 # release run re-entrantly in the middle of `_lock` is queued too, so it cannot close a
 # descriptor `_lock` has just counted a user of.
+#
+# The guard must also survive a KeyboardInterrupt (any exception a signal handler raises), which
+# CPython raises at a Python function's entry or as a C call returns. Two rules make it so:
+# - Who holds the guard (`_GUARD_OWNER`) changes with the lock in one C call, with no Python
+#   code in between (`_take`, `_give`): the guard is never held with no holder recorded (the
+#   state that made the next open or close wait for ever), nor recorded as held when free.
+# - The record names the holder's region, the frame that gives the guard back (the frame of
+#   the `with _Guarded()`, `_drain`'s own, or the one calling os.fork while at that call). An
+#   interrupt that kills the region first (at `__exit__`'s entry, say) leaves the guard held by
+#   a region that is gone: whoever next waits for the guard sees that holder's stack without
+#   the frame (`_running`), and frees it. Other threads still wait while the region runs, and
+#   the holder's own finalizers still queue their releases (`_held_here`).
 _HOLDS: dict[tuple[int, int], _Hold] = {}
 _HOLDS_GUARD = threading.Lock()
-_GUARD_OWNER: list[int | None] = [None]  # the thread holding the guard (`threading.get_ident`)
+# [(thread ident, region frame, the frame's f_lasti for the fork hooks' hold else None)] while
+# the guard is held, [] while free.
+_GUARD_OWNER: list[tuple[int, FrameType, int | None]] = []
 _RELEASES: collections.deque[tuple[_Hold, object]] = collections.deque()
+_POLL_S = 0.05  # how often a thread waiting for the guard looks for a holder that is gone
+
+
+def _running(owner: tuple[int, FrameType, int | None]) -> bool:
+    """Whether the region that took the guard (`owner`) still runs: its frame is on its
+    thread's stack (and, for the fork hooks' hold, still at the os.fork call)."""
+    ident, region, at = owner
+    frame = sys._getframe() if ident == threading.get_ident() else sys._current_frames().get(ident)
+    while frame is not None:
+        if frame is region:
+            return at is None or frame.f_lasti == at
+        frame = frame.f_back
+    return False  # the region is gone (or its thread is): nobody will give the guard back
+
+
+def _take(blocking: bool, region: FrameType, at: int | None = None) -> bool:
+    """Take the guard for `region` (the caller checked it is not this thread's already, see
+    `_held_here`); False if `blocking` is False and another running region holds it. An
+    interrupt while waiting leaves it untaken; one after it is taken leaves it recorded as
+    this thread's (the caller gives it back)."""
+    me = (threading.get_ident(), region, at)
+    while True:
+        # One C call: the lock taken and the holder recorded, or neither (`compress` appends
+        # `me` only if the acquire returned True; no signal handler runs in between).
+        wait = _POLL_S if blocking else -1
+        _GUARD_OWNER.extend(
+            itertools.compress((me,), map(_HOLDS_GUARD.acquire, (blocking,), (wait,)))
+        )
+        owner = _GUARD_OWNER[:1]
+        if owner and owner[0] is me:
+            return True
+        if owner and not _running(owner[0]):
+            # Its region is gone: free the guard in its stead (the record removed and the lock
+            # released in one C call; a ValueError if another waiter freed it first).
+            with contextlib.suppress(ValueError):
+                _calls(functools.partial(_GUARD_OWNER.remove, owner[0]), _HOLDS_GUARD.release)
+        elif not blocking:
+            return False
+
+
+def _give() -> None:
+    """Give the guard back (this thread's): the record cleared and the lock released in one C
+    call, so no interrupt leaves either without the other."""
+    _calls(_GUARD_OWNER.clear, _HOLDS_GUARD.release)
+
+
+def _calls(*fns: Callable[[], object]) -> None:
+    """Call `fns` in turn in one C call (no Python code runs between them, so no signal
+    handler does either); an exception stops it at the function that raised."""
+    collections.deque(map(operator.call, fns), maxlen=0)
+
+
+def _guard_is_mine() -> bool:
+    """Whether the guard is recorded as this thread's (by a region running or gone)."""
+    return bool(_GUARD_OWNER) and _GUARD_OWNER[0][0] == threading.get_ident()
+
+
+def _held_here() -> bool:
+    """Whether a region of this thread holds the guard and runs: this thread is inside it (a
+    finalizer or signal handler in the middle of it, or the forking thread between the fork
+    hooks), where waiting for the guard would wait for this thread."""
+    owner = _GUARD_OWNER[:1]
+    return bool(owner) and owner[0][0] == threading.get_ident() and _running(owner[0])
 
 
 def _release_queued() -> None:
@@ -611,16 +695,18 @@ def _release_queued() -> None:
 
 def _drain() -> None:
     """Do the queued releases if the guard is free; never waits (a finalizer calls it). If
-    another thread holds the guard, it does them as it lets the guard go."""
-    while _RELEASES:
-        if not _HOLDS_GUARD.acquire(blocking=False):
-            return
-        _GUARD_OWNER[0] = threading.get_ident()
+    another thread holds the guard, it does them as it lets the guard go; inside this thread's
+    own region they wait for its end."""
+    while _RELEASES and not _held_here():
         try:
+            if not _take(False, sys._getframe()):
+                return
             _release_queued()
         finally:
-            _GUARD_OWNER[0] = None
-            _HOLDS_GUARD.release()
+            # Taken above (not before: `_held_here` said so), or a gone region's hold that
+            # `_take` was freeing when an interrupt came: given back either way.
+            if _guard_is_mine():
+                _give()
         # A release queued between the last check and the guard's release is seen here.
 
 
@@ -629,8 +715,19 @@ class _Guarded:
     out."""
 
     def __enter__(self) -> None:
-        _HOLDS_GUARD.acquire()
-        _GUARD_OWNER[0] = threading.get_ident()
+        if _held_here():
+            # A signal handler or finalizer opening (or claiming) a store while its thread is
+            # inside the guard: waiting would wait for this thread.
+            raise RuntimeError(
+                "a DeviceStore (or Client) was opened or claimed from inside the SDK's own "
+                "locking, by a signal handler or finalizer of the thread doing it: do it after"
+            )
+        try:
+            _take(True, sys._getframe(1))
+        except BaseException:
+            if _guard_is_mine():  # interrupted once taken: no `__exit__` will run
+                _give()
+            raise
 
     def __exit__(self, *exc: object) -> None:
         _let_go()
@@ -642,34 +739,27 @@ def _let_go() -> None:
     try:
         _release_queued()
     finally:
-        _GUARD_OWNER[0] = None
-        _HOLDS_GUARD.release()
-        _drain()
-
-
-def _guard_is_mine() -> bool:
-    return _GUARD_OWNER[0] == threading.get_ident()
-
-
-_FORK_TOOK_GUARD = [False]
+        _give()
+    _drain()
 
 
 def _before_fork() -> None:
     # Taken across a fork: no thread is then between opening a directory and recording its
     # hold (a child forked there would keep a copy of a descriptor it does not know of, which
-    # the parent then locks: the directory would stay locked while the child lives). Recorded
-    # as this thread's, so that a store closed by the forking thread between the fork hooks
-    # (a __del__ in a collection, a signal handler) queues its release rather than waiting on
-    # its own thread for ever.
-    if not _guard_is_mine():
-        _HOLDS_GUARD.acquire()
-        _GUARD_OWNER[0] = threading.get_ident()
-        _FORK_TOOK_GUARD[0] = True
+    # the parent then locks: the directory would stay locked while the child lives). Its
+    # region is the frame calling os.fork, while at that call: a store closed by the forking
+    # thread between the fork hooks (a __del__ in a collection, a signal handler) queues its
+    # release rather than waiting on its own thread for ever, and a hold the after-fork hook
+    # never gave back (an interrupt at its entry) is freed once os.fork has returned.
+    if not _held_here():
+        frame = sys._getframe()
+        region = frame.f_back or frame
+        _take(True, region, region.f_lasti)
 
 
 def _after_fork_in_parent() -> None:
-    if _FORK_TOOK_GUARD[0]:
-        _FORK_TOOK_GUARD[0] = False
+    owner = _GUARD_OWNER[:1]
+    if owner and owner[0][0] == threading.get_ident() and owner[0][2] is not None:
         _let_go()
 
 
@@ -680,8 +770,7 @@ def _forget_holds_in_child() -> None:
     # child inherited refuse to be used (`DeviceStore.root`).
     global _HOLDS_GUARD
     _HOLDS_GUARD = threading.Lock()  # the parent's, held across the fork
-    _GUARD_OWNER[0] = None
-    _FORK_TOOK_GUARD[0] = False
+    _GUARD_OWNER.clear()
     for hold in _HOLDS.values():
         try:
             os.close(hold.fd)
@@ -833,7 +922,7 @@ class DeviceStore:
         """Release this store's share of the lock, and its claim (idempotent); it cannot be
         used after. The lock is free when this returns if this was the process's last store."""
         self._release()
-        if not _guard_is_mine():
+        if not _held_here():
             # Another thread's guard may hold the release queued, or be doing it (popped, in
             # os.close): passing through the guard waits for it to finish.
             with _Guarded():
