@@ -229,6 +229,16 @@ class ClientError(Exception):
         self.reason = reason
         self.detail = detail
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Exception's own pickles `args` (the message) for the constructor, which takes
+        # (status, reason, detail): a refusal raised in a process pool's worker broke the pool.
+        return (_remade_error, (type(self), self.args), self.__dict__)
+
+
+def _remade_error(cls: type[ClientError], args: tuple[Any, ...]) -> ClientError:
+    """A pickled `ClientError` (of any subclass) again: its message, then its attributes."""
+    return cls.__new__(cls, *args)
+
 
 class ModelIntegrityError(ClientError):
     """A downloaded model's SHA-256 does not match the coordinator's digest."""
@@ -339,6 +349,15 @@ class CoordinatorUnreachable(ClientError, httpx.TransportError):
         init(message, request=request)
         self.status, self.reason, self.detail = 0, UNREACHABLE, message
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # By the httpx class it was made with, not by its own (a `_unreachable_class` class is
+        # no module attribute: pickle refused it, and a process pool broke on the error).
+        made = type(self)
+        kind = next((b for b in made.__bases__ if b is not CoordinatorUnreachable), None)
+        if made is CoordinatorUnreachable or kind is None:
+            kind = httpx.TransportError
+        return (_remade_unreachable, (kind, self.args), self.__dict__)
+
 
 _UNREACHABLE_CLASSES: dict[type[httpx.TransportError], type[CoordinatorUnreachable]] = {}
 _UNREACHABLE_LOCK = threading.Lock()
@@ -364,6 +383,15 @@ def _unreachable_class(kind: type[httpx.TransportError]) -> type[CoordinatorUnre
                 made = CoordinatorUnreachable
             _UNREACHABLE_CLASSES[kind] = made
         return made
+
+
+def _remade_unreachable(
+    kind: type[httpx.TransportError], args: tuple[Any, ...]
+) -> CoordinatorUnreachable:
+    """A pickled `CoordinatorUnreachable` again, of `_unreachable_class(kind)` (its attributes,
+    `request` included, follow from the pickled state)."""
+    made = _unreachable_class(kind)
+    return made.__new__(made, *args)
 
 
 class _Stop(Exception):
