@@ -314,7 +314,21 @@ class AdminClient:
         others, 422). Page backwards with `before=` the first round of the previous page."""
         path = Path.ADMIN_ROUNDS.format(task_id=task_id)
         params = {k: v for k, v in (("last", last), ("before", before)) if v is not None}
-        return self._call("GET", path, _list_reader(RoundStatus), params=params)
+        page = self._call("GET", path, _list_reader(RoundStatus), params=params)
+        # A coordinator older than the parameters ignores them and sends every round: a page
+        # that long, or one holding round `before` itself, is such an answer (paging
+        # backwards on it would never end).
+        if (last is not None and len(page) > last) or (
+            before is not None and any(r.round_id == before for r in page)
+        ):
+            raise AdminError(
+                "GET", path, 200,
+                problem=(
+                    "the coordinator ignored ?last/?before and sent every round: it predates "
+                    "them (upgrade it, or call rounds() without them)"
+                ),
+            )  # fmt: skip
+        return page
 
     def round(self, round_id: int) -> RoundStatus:
         """One round's status (for a secure round in flight: its stage and stage uploads)."""
