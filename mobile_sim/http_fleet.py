@@ -502,16 +502,16 @@ class _Fleet:
                     continue
                 try:
                     report = await client.train_round(a, trainer, x, y)
+                except httpx.TransportError as exc:  # first: CoordinatorUnreachable is both
+                    self.failures["round"] = self.failures.get("round", 0) + 1
+                    log.debug("device %d: round %d failed (%r); a dropout", index, a.round_id, exc)
+                    continue
                 except ClientError as exc:
                     # Closed before we finished (or the client saw the deadline pass): a straggler
                     if exc.status in (403, 409) or exc.reason == "deadline_passed":
                         continue
                     self.failures["round"] = self.failures.get("round", 0) + 1
                     log.debug("device %d: round %d refused (%s); a dropout", index, a.round_id, exc)
-                    continue
-                except httpx.TransportError as exc:
-                    self.failures["round"] = self.failures.get("round", 0) + 1
-                    log.debug("device %d: round %d failed (%r); a dropout", index, a.round_id, exc)
                     continue
             finally:
                 spell[1] = time.time()
