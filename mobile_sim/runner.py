@@ -177,8 +177,12 @@ class SimConfig:
                 f"plugins must be a sequence of module names, not the string {self.plugins!r}"
             )
         object.__setattr__(self, "plugins", tuple(self.plugins))
+        # The directory the plugins are found from (names and relative .py paths), taken
+        # now, when they are imported here: the backends' workers import them from it too,
+        # wherever run_simulation is called from (not a field: no config records it).
+        object.__setattr__(self, "_plugin_root", os.getcwd() if self.plugins else None)
         if self.plugins:  # first: the checks below build the aggregator, a plugin's perhaps
-            import_plugins(self.plugins)
+            import_plugins(self.plugins, self.plugin_root)
         for name in _INT_FIELDS:
             value = getattr(self, name)
             # 1.5 clients or 2.0 epochs would fail far from here, under another name.
@@ -365,6 +369,12 @@ class SimConfig:
             topk_mode=self.topk_mode,
             scope=self.scope,
         )
+
+    @property
+    def plugin_root(self) -> str | None:
+        """The directory `plugins` were imported from (the current one when this config was
+        made); None without plugins."""
+        return getattr(self, "_plugin_root", None)
 
     def as_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -665,6 +675,24 @@ def _device_ids(n: int) -> list[str]:
     return [f"dev-{i:0{width}d}" for i in range(n)]
 
 
+def train_context(cfg: SimConfig, data: FederatedData) -> TrainContext:
+    """The context a backend is started with for `cfg` on `data`: one for the plain and the
+    secure run (mobile_sim.secure), so that neither leaves out what the other passes on (the
+    secure run's lacked the plugins, and a spawned pool worker found no plugin model)."""
+    return TrainContext(
+        model=cfg.model_name,
+        x_train=data.x_train,
+        y_train=data.y_train,
+        epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        ort_artifacts=cfg.ort_artifacts,
+        plugins=cfg.plugins,
+        plugin_root=cfg.plugin_root,
+    )
+
+
 def run_simulation(
     cfg: SimConfig,
     *,
@@ -709,20 +737,7 @@ def run_simulation(
 
     own_backend = backend is None
     be = backend if backend is not None else backend_for(cfg)
-    be.start(
-        TrainContext(
-            model=cfg.model_name,
-            x_train=data.x_train,
-            y_train=data.y_train,
-            epochs=cfg.local_epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-            ort_artifacts=cfg.ort_artifacts,
-            plugins=cfg.plugins,
-            plugin_root=os.getcwd() if cfg.plugins else None,
-        )
-    )
+    be.start(train_context(cfg, data))
     fleet = None
     if cfg.fleet != "off":
         from .fleet import SimFleet, relative_cost

@@ -422,8 +422,8 @@ def run_secure_simulation(
     from sdk.flat import get_flat_params
     from sdk.trainer import evaluate
 
-    from .backends import TrainContext, TrainJob
-    from .runner import _device_ids, backend_for, prepare
+    from .backends import TrainJob
+    from .runner import _device_ids, backend_for, prepare, train_context
     from .status import clear
 
     setup = prepare(cfg)
@@ -437,17 +437,7 @@ def run_secure_simulation(
     participants: dict[str, SecureParticipant] = {}
     drop_rng = np.random.default_rng([cfg.seed, 4])
     be = backend_for(cfg)
-    be.start(
-        TrainContext(
-            model=cfg.model_name,
-            x_train=data.x_train,
-            y_train=data.y_train,
-            epochs=cfg.local_epochs,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            momentum=cfg.momentum,
-        )
-    )
+    be.start(train_context(cfg, data))
     records: list[RoundRecord] = []
     last_params = coord.params.copy()  # the model of the last round in `records`
     fleet = HttpSecureFleet(coord, spec=setup.spec) if transport == "http" else None
