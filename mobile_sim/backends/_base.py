@@ -58,7 +58,8 @@ def import_plugins(specs: Sequence[str], root: str | None = None) -> None:
     A spec is a dotted module name, looked up with `root` (default: the current directory)
     first on sys.path, as `python -m` has it; or a path to a .py file (ending in .py or
     holding a slash), relative to `root`. A module already imported is not run again. Raises
-    `PluginError` naming the spec and the exception its import raised.
+    `PluginError` naming the spec and the exception its import raised (a `SystemExit` too);
+    a KeyboardInterrupt goes on as it is.
     """
     if not specs:
         return
@@ -73,7 +74,9 @@ def import_plugins(specs: Sequence[str], root: str | None = None) -> None:
             sys.path.insert(0, base)
         try:
             importlib.import_module(spec)
-        except Exception as exc:  # noqa: BLE001 (the plugin's own code may raise anything)
+        # The plugin's own code may raise anything; a sys.exit() in it is no reason to end
+        # the run with its status (exit 0 with nothing run, before).
+        except (Exception, SystemExit) as exc:  # noqa: BLE001
             raise PluginError(spec, _one_line(exc)) from exc
 
 
@@ -93,9 +96,13 @@ def _import_file(spec: str, path: str) -> None:
     sys.modules[name] = module  # as an import does: dataclasses and pickle look it up
     try:
         found.loader.exec_module(module)
-    except Exception as exc:  # noqa: BLE001
-        del sys.modules[name]
-        raise PluginError(spec, _one_line(exc)) from exc
+    except BaseException as exc:
+        # Whatever stopped it (a KeyboardInterrupt too): a half-run module left here would
+        # be taken as imported, and skipped, by the next import_plugins.
+        sys.modules.pop(name, None)
+        if isinstance(exc, (Exception, SystemExit)):
+            raise PluginError(spec, _one_line(exc)) from exc
+        raise
 
 
 def _one_line(exc: BaseException) -> str:
