@@ -78,7 +78,7 @@ def _explore(base: SimConfig, dense: SimResult, out: Path, quick: bool) -> int:
     doc = {
         "benchmark": "bandwidth_accuracy knob sweep",
         "command": "python bench/bandwidth_accuracy.py --explore" + (" --quick" if quick else ""),
-        "base_config": asdict(base),
+        "base_config": base.as_dict(),
         "dense_final_accuracy": dense.final_accuracy,
         "dense": _summ(dense),
         "variants": sweep,
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {
         "benchmark": "bandwidth_accuracy",
         "command": "python bench/bandwidth_accuracy.py" + (" --quick" if args.quick else ""),
-        "config": asdict(base),
+        "config": base.as_dict(),
         "dense_final_accuracy": dense.final_accuracy,
         "compressed_final_accuracy": comp.final_accuracy,
         "accuracy_delta_pp": round(delta_pp, 3),

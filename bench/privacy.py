@@ -23,7 +23,7 @@ import logging
 import multiprocessing as mp
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 "epsilon": None,
                 "clip": None,
                 "seed": seed,
-                "config": asdict(replace(common, aggregator="fedavg:uniform=1")),
+                "config": replace(common, aggregator="fedavg:uniform=1").as_dict(),
             }
         )
         for clip in args.clips:
@@ -132,9 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                     "epsilon": None,
                     "clip": clip,
                     "seed": seed,
-                    "config": asdict(
-                        replace(common, aggregator=f"normbound:{clip}+fedavg:uniform=1")
-                    ),
+                    "config": replace(
+                        common, aggregator=f"normbound:{clip}+fedavg:uniform=1"
+                    ).as_dict(),
                 }
             )
             for eps in args.epsilons:
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                         "seed": seed,
                         "noise_multiplier": noise[eps],
                         "aggregator": spec,
-                        "config": asdict(replace(common, aggregator=spec)),
+                        "config": replace(common, aggregator=spec).as_dict(),
                     }
                 )
 
@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
         "accuracy_by_epsilon uses the first clip norm, fixed before the run (picking the best "
         "clip per epsilon after the fact would itself be tuning on private data)",
         "seeds": args.seeds,
-        "config": {k: v for k, v in asdict(base).items() if k not in ("aggregator", "seed")},
+        "config": {k: v for k, v in base.as_dict().items() if k not in ("aggregator", "seed")},
         "runs": rows,
         "command": "python " + " ".join(["bench/privacy.py", *sys.argv[1:]]),
     }

@@ -26,7 +26,7 @@ import logging
 import multiprocessing as mp
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -291,7 +291,7 @@ def _jobs(args: argparse.Namespace, base: SimConfig) -> list[dict[str, Any]]:
                 "attack": None,
                 "malicious": 0.0,
                 "seed": base.seed,
-                "config": asdict(cfg),
+                "config": cfg.as_dict(),
             }
         )
         if agg in clean_only:
@@ -308,7 +308,7 @@ def _jobs(args: argparse.Namespace, base: SimConfig) -> list[dict[str, Any]]:
                         "attack_spec": spec,
                         "malicious": frac,
                         "seed": base.seed,
-                        "config": asdict(cfg),
+                        "config": cfg.as_dict(),
                     }
                 )
     if not args.skip_backdoor:
@@ -330,7 +330,7 @@ def _jobs(args: argparse.Namespace, base: SimConfig) -> list[dict[str, Any]]:
                             "backdoor_attack": attack or args.backdoor_attacks[0],
                             "malicious": cfg.malicious,
                             "seed": seed,
-                            "config": asdict(cfg),
+                            "config": cfg.as_dict(),
                         }
                     )
     return jobs
@@ -569,7 +569,7 @@ def _summarise(
             if base.model_name == "mlp"
             else "as the issue asks"
         ),
-        "config": {k: v for k, v in asdict(base).items() if k not in ("aggregator", "attack")},
+        "config": _setting(base),
         "default_robust_aggregator": DEFAULT_ROBUST,
         "worst_case_accuracy_fraction_20pct": headline,
         "worst_case_accuracy_fraction_20pct_of_own_no_attack": default.get(
@@ -734,6 +734,31 @@ def _plot_backdoor(summary: dict[str, Any], path: Path) -> bool:
     return True
 
 
+def _setting(base: SimConfig) -> dict[str, Any]:
+    """The config a results file records: `base`'s, but for what its runs vary."""
+    return {k: v for k, v in base.as_dict().items() if k not in ("aggregator", "attack")}
+
+
+def _merged_rows(paths: list[str], setting: dict[str, Any]) -> list[dict[str, Any]]:
+    """The runs of the results files `paths` (--merge), each run with `setting`."""
+    rows: list[dict[str, Any]] = []
+    for path in paths:
+        saved = json.loads(Path(path).read_text())
+        # Fields SimConfig gained after that run count at their defaults (e.g. `fleet`).
+        defaults = SimConfig().as_dict()
+        old = {k: saved.get("config", {}).get(k, defaults.get(k)) for k in setting}
+        if old != setting or not set(saved.get("config", {})) <= set(setting):
+            raise SystemExit(f"{path} was run with another setting; not merging it")
+        seed = saved["config"]["seed"]
+        # A run keeps the file it was first merged from, so that provenance survives merging
+        # a merged file again (e.g. the previous robustness.json).
+        rows.extend(
+            {**r, "seed": r.get("seed", seed), "merged_from": r.get("merged_from", Path(path).name)}
+            for r in saved["runs"]
+        )
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -838,22 +863,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 0
     jobs = _jobs(args, base)
-    setting = {k: v for k, v in asdict(base).items() if k not in ("aggregator", "attack")}
-    rows: list[dict[str, Any]] = []
-    for path in args.merge:
-        saved = json.loads(Path(path).read_text())
-        # Fields SimConfig gained after that run count at their defaults (e.g. `fleet`).
-        defaults = asdict(SimConfig())
-        old = {k: saved.get("config", {}).get(k, defaults.get(k)) for k in setting}
-        if old != setting or not set(saved.get("config", {})) <= set(setting):
-            raise SystemExit(f"{path} was run with another setting; not merging it")
-        seed = saved["config"]["seed"]
-        # A run keeps the file it was first merged from, so that provenance survives merging
-        # a merged file again (e.g. the previous robustness.json).
-        rows.extend(
-            {**r, "seed": r.get("seed", seed), "merged_from": r.get("merged_from", Path(path).name)}
-            for r in saved["runs"]
-        )
+    rows = _merged_rows(args.merge, _setting(base))
     # A matrix run already in a merged file (same kind, aggregator, attack, fraction, seed) is
     # not repeated: the runs are deterministic given the setting and seed. Backdoor runs are
     # run afresh and replace merged ones, unless --reuse-backdoor (merge only files written by
