@@ -6,6 +6,7 @@ import contextlib
 import functools
 import math
 import numbers
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -54,21 +55,50 @@ __all__ = [
 ONEDNN_LINEAR_MIN_WEIGHTS = LARGE_LINEAR_WEIGHTS
 
 
+# The largest count `torch.set_num_threads` takes (a C int): a larger one, refused by
+# `_check_threads`, would fail only inside `train` (torch's "Overflow when unpacking long").
+_MAX_THREADS = 2**31 - 1
+
+
 def _check_threads(threads: object) -> int | None:
     """`TorchTrainer`'s `threads` as an int, or None; `ValueError` unless None or an integer
-    >= 1 (a bool is no thread count, nor a float such as 2.0)."""
+    from 1 to `_MAX_THREADS` (a bool is no thread count, nor a float such as 2.0)."""
     if threads is None:
         return None
-    if isinstance(threads, bool) or not isinstance(threads, numbers.Integral) or threads < 1:
-        raise ValueError(f"threads must be an integer >= 1 or None, got {threads!r}")
-    return int(threads)
+    if isinstance(threads, numbers.Integral) and not isinstance(threads, bool):
+        n = int(threads)
+        if 1 <= n <= _MAX_THREADS:
+            return n
+    raise ValueError(
+        f"threads must be an integer from 1 to {_MAX_THREADS} or None, got {threads!r}"
+    )
+
+
+def _parallel_backend() -> str:
+    """torch's intra-op parallel backend as `torch.__config__.parallel_info()` names it
+    ("OpenMP", "native thread pool", ...)."""
+    for line in torch.__config__.parallel_info().splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip() == "ATen parallel backend":
+            return value.strip()
+    return "unknown"
+
+
+_ONCE_AT_START = "call torch.set_num_threads(n) once at start and leave threads=None"
 
 
 @contextlib.contextmanager
 def _torch_threads(threads: int | None) -> Iterator[None]:
     """Run the block with torch's thread count at `threads` (None: as it is), then put the
-    previous count back, also when the block raises. The count is the process's, not the
-    thread's: a second block in another thread at the same time changes it for both."""
+    previous count back, also when the block raises.
+
+    With torch's OpenMP backend the count is the calling thread's once it has run torch work
+    (another thread's block does not change it), and a thread that first runs torch work
+    during the block takes `threads`. Torch's native backend keeps one count per process and
+    ignores (with a warning) a change once parallel work has started or a count was set: a
+    `threads` it does not take is a `RuntimeError` before the block runs; a previous count it
+    does not take back after the block is a `RuntimeWarning` (the block's result or error
+    stands, and `threads` stays set)."""
     if threads is None:
         yield
         return
@@ -77,10 +107,29 @@ def _torch_threads(threads: int | None) -> Iterator[None]:
         yield
         return
     torch.set_num_threads(threads)
+    now = torch.get_num_threads()
+    if now != threads:
+        if now != before:
+            torch.set_num_threads(before)
+        raise RuntimeError(
+            f"threads={threads}: torch kept {now} threads, not {threads}: its parallel backend "
+            f"({_parallel_backend()}) did not take the change (torch's native backend ignores "
+            f"one once parallel work has started or a count was set); {_ONCE_AT_START}"
+        )
     try:
         yield
     finally:
         torch.set_num_threads(before)
+        now = torch.get_num_threads()
+        if now != before:
+            # Not raised: it would hide the training's result (or its own error).
+            warnings.warn(
+                f"threads={threads}: torch's thread count stays at {now} after training, not "
+                f"the {before} from before: its parallel backend ({_parallel_backend()}) did "
+                f"not take the change back; {_ONCE_AT_START}",
+                RuntimeWarning,
+                stacklevel=4,  # this generator, contextlib's __exit__, train: train's caller
+            )
 
 
 def _mkldnn_linear_op() -> Callable[..., torch.Tensor] | None:
@@ -449,13 +498,21 @@ class TorchTrainer:
     as torch's cross-entropy skips it. The forward pass that finds the model's output shape
     runs once per input shape and dtype and is cached, so a call costs O(data) numpy work.
 
-    `threads` (default None: torch's setting is left as it is) runs each `train` call with
-    `torch.set_num_threads(threads)` and puts the previous count back when the call returns or
-    raises (cancelled included): an app on a phone keeps local training to that many CPU
-    threads. torch's thread count is the process's: two trainers with different `threads`
-    training at once in two threads of one process set it for each other. Another count may
-    change float rounding (torch's kernels split their work by thread); with `threads` equal
-    to the current count, the result is the same bits as with None.
+    `threads` (default None: torch's setting is left as it is; else an integer from 1 to
+    2**31 - 1) runs each `train` call with `torch.set_num_threads(threads)` and puts the
+    previous count back when the call returns or raises (cancelled included): an app on a
+    phone keeps local training to that many CPU threads. With torch's OpenMP backend
+    (`torch.__config__.parallel_info()` says `ATen parallel backend: OpenMP`; Linux and
+    Windows wheels) the count is kept per OS thread once that thread has run torch work, so
+    this sets and restores the calling thread's: two trainers training at once in two threads
+    each train on their own `threads`, and a thread that first runs torch work during a call
+    takes `threads`. Torch's native backend (a build without OpenMP) keeps one count per
+    process and ignores a change once parallel work has started or a count was set: a
+    `threads` it does not take is a `RuntimeError` before any training, and a count it does
+    not take back afterwards a `RuntimeWarning` (the training stands, `threads` stays set);
+    there, call `torch.set_num_threads(n)` once at start and leave `threads` at None. Another
+    count may change float rounding (torch's kernels split their work by thread); with
+    `threads` equal to the current count, the result is the same bits as with None.
 
     A trainer is not thread-safe: it keeps per-call state (the module's weights, the fused
     step's buffers), so use one trainer (and one module) per thread.

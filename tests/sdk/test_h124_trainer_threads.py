@@ -1,6 +1,6 @@
-"""`TorchTrainer(threads=N)`: training runs on at most N torch threads and the process's setting
-is restored afterwards (also when training raises or is cancelled); None leaves it alone;
-anything but an integer >= 1 is refused; the numbers do not change."""
+"""`TorchTrainer(threads=N)`: training runs on at most N torch threads and the calling thread's
+setting is restored afterwards (also when training raises or is cancelled); None leaves it
+alone; anything but an integer from 1 to 2**31 - 1 is refused; the numbers do not change."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from sdk.trainer import TorchTrainer, TrainingCancelled
 
 @pytest.fixture
 def before() -> Iterator[int]:
-    """The process's torch thread count, put back whatever a test does."""
+    """This thread's torch thread count, put back whatever a test does."""
     n = torch.get_num_threads()
     yield n
     torch.set_num_threads(n)
@@ -73,7 +73,7 @@ def test_training_runs_on_n_threads_and_the_setting_is_restored(before: int) -> 
     # Execute
     _train(TorchTrainer(module, threads=n), x, y)
 
-    # Assert: every step (and the data check's probe) on n threads; the process's count back
+    # Assert: every step (and the data check's probe) on n threads; the thread's count back
     assert module.seen and set(module.seen) == {n}
     assert torch.get_num_threads() == before
 
@@ -132,7 +132,9 @@ def test_the_setting_is_restored_after_training_raises(before: int, fused: bool)
 
 @pytest.mark.parametrize("bad", [0, -1, True, False, 1.5, 2.0, "2", [2]])
 def test_bad_thread_counts_are_refused(bad: object) -> None:
-    with pytest.raises(ValueError, match=r"^threads must be an integer >= 1 or None, got "):
+    with pytest.raises(
+        ValueError, match=r"^threads must be an integer from 1 to 2147483647 or None, got "
+    ):
         TorchTrainer(nn.Linear(2, 2), threads=bad)  # type: ignore[arg-type]
 
 
