@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Protocol
 
 import numpy as np
@@ -57,7 +58,9 @@ def import_plugins(specs: Sequence[str], root: str | None = None) -> None:
 
     A spec is a dotted module name, looked up with `root` (default: the current directory)
     first on sys.path, as `python -m` has it; or a path to a .py file (ending in .py or
-    holding a slash), relative to `root`. A module already imported is not run again. Raises
+    holding a slash), relative to `root`, whose folder goes first on sys.path (as running the
+    file as a script has it: it imports the modules beside it). A module already imported
+    (a file also by module name, or the other way round) is not run again. Raises
     `PluginError` naming the spec and the exception its import raised (a `SystemExit` too);
     a KeyboardInterrupt goes on as it is.
     """
@@ -73,11 +76,41 @@ def import_plugins(specs: Sequence[str], root: str | None = None) -> None:
         if not any(os.path.abspath(p or os.curdir) == base for p in sys.path):
             sys.path.insert(0, base)
         try:
+            if spec not in sys.modules and _same_file_loaded(spec):
+                continue
             importlib.import_module(spec)
         # The plugin's own code may raise anything; a sys.exit() in it is no reason to end
         # the run with its status (exit 0 with nothing run, before).
         except (Exception, SystemExit) as exc:  # noqa: BLE001
             raise PluginError(spec, _one_line(exc)) from exc
+
+
+def _loaded_from(path: str) -> ModuleType | None:
+    """The module already imported from file `path` (by any name), if any."""
+    real = os.path.realpath(path)
+    base = os.path.basename(real)
+    for module in list(sys.modules.values()):
+        try:
+            file = getattr(module, "__file__", None)
+        except Exception:  # noqa: BLE001 (a module's own __getattr__)
+            continue
+        if isinstance(file, str) and os.path.basename(file) == base:
+            if os.path.realpath(file) == real:
+                return module
+    return None
+
+
+def _same_file_loaded(spec: str) -> bool:
+    """Whether module `spec`'s file was imported already as a .py plugin (by its path): then
+    `spec` names that module, and the file's top-level code does not run twice."""
+    found = importlib.util.find_spec(spec)
+    if found is None or not found.has_location or not isinstance(found.origin, str):
+        return False
+    module = _loaded_from(found.origin)
+    if module is None or not module.__name__.startswith("_plume_plugin_"):
+        return False
+    sys.modules[spec] = module
+    return True
 
 
 def _import_file(spec: str, path: str) -> None:
@@ -86,8 +119,15 @@ def _import_file(spec: str, path: str) -> None:
         raise PluginError(spec, "a plugin file must end in .py")
     if not os.path.isfile(path):
         raise PluginError(spec, f"no such file: {path}")
+    # The file's folder goes first on sys.path, as running the file as a script has it: the
+    # plugin imports the modules beside it (here and in every worker that imports it).
+    folder = os.path.dirname(path)
+    added = not any(os.path.abspath(p or os.curdir) == folder for p in sys.path)
+    if added:
+        sys.path.insert(0, folder)
     name = _file_module_name(path)
-    if name in sys.modules:
+    # Imported already (also under a module name, `--plugin x --plugin ./x.py`): not again.
+    if name in sys.modules or _loaded_from(path) is not None:
         return
     found = importlib.util.spec_from_file_location(name, path)
     if found is None or found.loader is None:
@@ -100,6 +140,8 @@ def _import_file(spec: str, path: str) -> None:
         # Whatever stopped it (a KeyboardInterrupt too): a half-run module left here would
         # be taken as imported, and skipped, by the next import_plugins.
         sys.modules.pop(name, None)
+        if added and folder in sys.path:
+            sys.path.remove(folder)
         if isinstance(exc, (Exception, SystemExit)):
             raise PluginError(spec, _one_line(exc)) from exc
         raise
