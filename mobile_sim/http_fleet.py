@@ -476,9 +476,10 @@ class _Fleet:
                     await self.done.wait()
                     return
                 # A lost connection (httpx's own, or `sdk.CoordinatorUnreachable`, a
-                # ClientError too) is retried, as an overload is; other refusals are bugs.
-                unreachable = isinstance(exc, httpx.TransportError)
-                if isinstance(exc, ClientError) and not unreachable and not _transient(exc.status):
+                # ClientError too) or an answer slower than the client's max_response_s is
+                # retried, as an overload is; other refusals are bugs.
+                lost = isinstance(exc, httpx.TransportError) or exc.reason == "too_slow"
+                if isinstance(exc, ClientError) and not lost and not _transient(exc.status):
                     raise
                 self.failures["check_in"] = self.failures.get("check_in", 0) + 1
                 log.debug("device %d: check-in failed (%r); retrying", index, exc)

@@ -21,25 +21,27 @@ from protocol.names import Path
 from .test_http_fleet import SMALL_FLEET
 
 _CFG = replace(SMALL_FLEET, min_reports=1)
+_SLOW_S = 0.5  # the "slow" case's max_response_s
 
 
 class _Faults:
-    """Fails chosen requests of every device client: the first check-in of each device (503,
-    or with `refuse_check_in` a refused connection), the fleet's first model download (read
-    timeout) and its first upload (500)."""
+    """Fails chosen requests of every device client: the first check-in of each device (503;
+    with `check_in` "refused" a refused connection, "slow" an answer that comes after the
+    client's `max_response_s`), the fleet's first model download (read timeout) and its first
+    upload (500)."""
 
-    def __init__(self, refuse_check_in: bool = False) -> None:
-        self.refuse_check_in = refuse_check_in
+    def __init__(self, check_in: str = "503") -> None:
+        self.check_in = check_in
         self.checked_in: set[int] = set()
         self.injected = {"check_in": 0, "model": 0, "upload": 0}
 
     def mod(self, owner: int) -> Callable[[httpx.Request, Any], Awaitable[httpx.Response]]:
         async def inject(request: httpx.Request, send: Any) -> httpx.Response:
             path = request.url.path
-            if path == Path.CHECK_IN and owner not in self.checked_in:
+            if path == Path.CHECK_IN and self.check_in != "slow" and owner not in self.checked_in:
                 self.checked_in.add(owner)
                 self.injected["check_in"] += 1
-                if self.refuse_check_in:
+                if self.check_in == "refused":
                     raise httpx.ConnectError("injected", request=request)
                 return httpx.Response(503, json={"reason": "overloaded", "detail": "injected"})
             if path.endswith("/model") and not self.injected["model"]:
@@ -55,22 +57,41 @@ class _Faults:
 
 
 # A refused check-in: sdk.CoordinatorUnreachable, a ClientError with status 0 since 5698a7a,
-# stopped every device as a device bug until the fleet told it apart.
-@pytest.mark.parametrize("refuse_check_in", [False, True], ids=["503", "refused"])
+# stopped every device as a device bug until the fleet told it apart; so did a check-in whose
+# answer took longer than max_response_s (status 0, reason too_slow).
+class _SlowCheckIn(httpx.AsyncHTTPTransport):
+    """A device's transport whose first check-in answer takes twice `_SLOW_S`."""
+
+    def __init__(self, faults: _Faults, owner: int) -> None:
+        super().__init__()
+        self.faults, self.owner = faults, owner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path == Path.CHECK_IN and self.owner not in self.faults.checked_in:
+            self.faults.checked_in.add(self.owner)
+            self.faults.injected["check_in"] += 1
+            await asyncio.sleep(2 * _SLOW_S)
+        return await super().handle_async_request(request)
+
+
+@pytest.mark.parametrize("check_in", ["503", "refused", "slow"])
 @pytest.mark.timeout(30)  # before the fix every device died at its first check-in: a hang
 def test_refused_and_timed_out_requests_are_dropouts_on_a_loopback_coordinator(
-    monkeypatch: pytest.MonkeyPatch, refuse_check_in: bool
+    monkeypatch: pytest.MonkeyPatch, check_in: str
 ) -> None:
     # Prepare: device clients without their own retries, so every injected failure reaches the
     # fleet; the observer (which only downloads published models) is left alone.
-    faults = _Faults(refuse_check_in)
+    faults = _Faults(check_in)
     real = sdk.client.AsyncClient
 
     def client(url: str, app_dir: str, **kw: Any) -> sdk.client.AsyncClient:
         if app_dir.endswith("observer"):
             return real(url, app_dir, **kw)
         owner = int(app_dir.rsplit("-", 1)[1])
-        return real(url, app_dir, retries=0, mods=(faults.mod(owner),), **kw)
+        slow: dict[str, Any] = {}
+        if check_in == "slow":  # the answer comes inside the client's own time limit's reach
+            slow = {"max_response_s": _SLOW_S, "transport": _SlowCheckIn(faults, owner)}
+        return real(url, app_dir, retries=0, mods=(faults.mod(owner),), **slow, **kw)
 
     monkeypatch.setattr(sdk.client, "AsyncClient", client)
     opts = HttpFleetOptions(deadline_s=3.0, retry_after_s=0.1)
