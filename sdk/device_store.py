@@ -652,8 +652,12 @@ def _take(blocking: bool, region: FrameType, at: int | None = None) -> bool:
 
 def _give() -> None:
     """Give the guard back (this thread's): the record cleared and the lock released in one C
-    call, so no interrupt leaves either without the other."""
+    call, so no interrupt leaves either without the other. The record is kept (`rec`) across
+    that call: clearing it may drop the last reference to a gone region's frame, whose freeing
+    runs finalizers (which may open or close a store) only once the guard is free, at `del`."""
+    rec = _GUARD_OWNER[:]
     _calls(_GUARD_OWNER.clear, _HOLDS_GUARD.release)
+    del rec
 
 
 def _calls(*fns: Callable[[], object]) -> None:
@@ -712,7 +716,12 @@ def _drain() -> None:
 
 class _Guarded:
     """`with _Guarded():` holds the guard, and does the releases queued meanwhile on the way
-    out."""
+    out. Use it only in a frame that lets any exception of the with statement propagate (no
+    `try` with `except` handlers around it in the same function, nor a `finally` that returns,
+    nor a `contextlib.suppress`): the hold's region is that frame, and ends with it. A frame that
+    caught an interrupt raised at `__exit__`'s entry would live on with the guard never given
+    back, judged still running (`_running`), so every other thread would wait for it for ever.
+    tests/sdk/test_h133_guard_rules.py checks this module keeps to it."""
 
     def __enter__(self) -> None:
         if _held_here():
