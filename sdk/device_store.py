@@ -58,6 +58,7 @@ import re
 import stat
 import sys
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -611,6 +612,10 @@ _HOLDS_GUARD = threading.Lock()
 _GUARD_OWNER: list[tuple[int, FrameType, int | None]] = []
 _RELEASES: collections.deque[tuple[_Hold, object]] = collections.deque()
 _POLL_S = 0.05  # how often a thread waiting for the guard looks for a holder that is gone
+# `DeviceStore.claim`'s collections before it refuses a second client, the k-th one (k >= 1)
+# `_CLAIM_COLLECT_GAP_S * k` after the one before (5, 10 and 15 ms).
+_CLAIM_COLLECTS = 4
+_CLAIM_COLLECT_GAP_S = 0.005
 
 
 def _running(owner: tuple[int, FrameType, int | None]) -> bool:
@@ -941,18 +946,24 @@ class DeviceStore:
         """Make this store the one a `Client` (`owner`) of this process uses the directory
         through, until the store is closed or `owner` is garbage-collected: while it lasts,
         another claim on the directory (another `Client`'s, by any path) raises `AppDirInUse`
-        naming this process. Plain stores (a tool, a test inspecting a live client's directory)
-        claim nothing and share the lock."""
+        naming this process. A client dropped unclosed is not in the way: before refusing, up
+        to `_CLAIM_COLLECTS` garbage collections run to free it (a few, since one asked for
+        while another thread collects is skipped). Plain stores (a tool, a test inspecting a
+        live client's directory) claim nothing and share the lock."""
         root = self.root  # refused once closed
-        for collected in (False, True):
+        for collects in range(_CLAIM_COLLECTS + 1):
             with _Guarded():
                 if self._hold.claim is None:
                     self._hold.claim = self._token
                     break
-            if collected:
+            if collects == _CLAIM_COLLECTS:
                 raise AppDirInUse(root, os.getpid(), by_client=True)
             # A client dropped without close() (a client that made a request sits in
             # reference cycles) holds its claim until a collection: run one, then look again.
+            # CPython skips a collection asked for while another thread's runs (which need
+            # not free this garbage): so a few, a little apart, before refusing.
+            if collects:
+                time.sleep(_CLAIM_COLLECT_GAP_S * collects)
             gc.collect()
         weakref.finalize(owner, _unclaim, self._hold, self._token)
 
