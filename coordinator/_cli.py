@@ -165,6 +165,17 @@ def _rounds_page(text: str) -> int:
     return n
 
 
+def _round_id(text: str) -> int:
+    """A round id as the coordinator takes it in `?before=` (SQLite's positive INTEGERs)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a round id, got {text!r}") from None
+    if not 1 <= n <= 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"a round id is 1 to 2**63 - 1, got {n}")
+    return n
+
+
 def _aggregator_list() -> str:
     try:
         from .aggregators import AGGREGATOR_HELP
@@ -500,6 +511,7 @@ def register(sub: Any) -> None:
         if name == "status":
             example += (
                 "  plume coordinator status --admin-token s3cret --task 1 --last 20\n"
+                "  plume coordinator status --admin-token s3cret --task 1 --last 20 --before 81\n"
                 "  plume coordinator status --admin-token s3cret    # every task, a line each\n"
             )
         q = csub.add_parser(
@@ -528,6 +540,14 @@ def register(sub: Any) -> None:
                 metavar="N",
                 help="with --task: only the task's N newest rounds, oldest first (default: "
                 f"every round; at most {_MAX_LAST})",
+            )
+            q.add_argument(
+                "--before",
+                type=_round_id,
+                metavar="ROUND_ID",
+                help="with --task: only the task's rounds older than round ROUND_ID, and of "
+                "those the --last N newest (page backwards: give the first round_id of the page "
+                "printed before)",
             )
         q.set_defaults(func=_task_action, action_name=name)
 
@@ -1198,9 +1218,16 @@ def _task_action(args: argparse.Namespace) -> int:
 
     from .service import AdminError
 
-    last = getattr(args, "last", None)
-    if last is not None and args.task is None:
-        _fail(f"plume coordinator {args.action_name}", "--last needs --task", 2)
+    last, before = getattr(args, "last", None), getattr(args, "before", None)
+    if args.task is None and (last is not None or before is not None):
+        given = (
+            "--last and --before need"
+            if last and before
+            else "--last needs"
+            if last
+            else "--before needs"
+        )
+        _fail(f"plume coordinator {args.action_name}", f"{given} --task", 2)
     try:
         with _admin(args) as admin:
             if args.action_name == "pause":
@@ -1214,7 +1241,9 @@ def _task_action(args: argparse.Namespace) -> int:
             else:
                 out = {
                     "task": to_json(admin.status(args.task)),
-                    "rounds": [to_json(r) for r in admin.rounds(args.task, last=last)],
+                    "rounds": [
+                        to_json(r) for r in admin.rounds(args.task, last=last, before=before)
+                    ],
                 }
     except (AdminError, httpx.HTTPError) as exc:
         print_error(f"plume coordinator {args.action_name}", admin_error_text(exc, args.url))

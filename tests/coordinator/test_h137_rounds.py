@@ -1,0 +1,123 @@
+"""A task's rounds, paged: `plume coordinator status --task ID --before ROUND` pages backwards
+as `AdminClient.rounds(before=)` does (the command had --last only, so an operator could
+read the newest N rounds but none older)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from coordinator.cli import main
+from coordinator.service import ServerThread, ServiceConfig
+from coordinator.service.store import Store
+
+from .test_service_support import ADMIN, create_task, task_config
+
+AUTH = {"authorization": f"Bearer {ADMIN}"}
+ROUNDS = 6
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int, list[int]]]:
+    """(url, task id, its round ids by seq) of a running coordinator; the task has ROUNDS
+    abandoned rounds, and another task's rounds are interleaved with them."""
+    db = tmp_path_factory.mktemp("h137") / "p.db"
+    with ServerThread(ServiceConfig(db_path=str(db), admin_token=ADMIN)) as url:
+        with httpx.Client(base_url=url) as http:
+            task_id = create_task(http, task_config(rounds=100))
+            other = create_task(http, task_config(rounds=100))
+        store = Store(db)
+        ids = []
+        try:
+            for seq in range(1, ROUNDS + 1):
+                for task in (task_id, other):
+                    rid = store.open_round(task, seq, 0, ["d"], 1, 1, float(seq), seq + 1.0)
+                    store.abandon(rid, task, {"reason": f"r{seq}"}, "active", seq + 1.0)
+                    if task == task_id:
+                        ids.append(rid)
+        finally:
+            store.close()
+        yield url, task_id, ids
+
+
+def _status(url: str, task_id: int, *flags: str) -> list[str]:
+    return ["coordinator", "status", "--url", url, "--admin-token", ADMIN, "--task",
+            str(task_id), *flags]  # fmt: skip
+
+
+def test_status_before_pages_backwards(
+    served: tuple[str, int, list[int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare
+    url, task_id, ids = served
+    assert main(_status(url, task_id)) == 0
+    whole = json.loads(capsys.readouterr().out)
+
+    # Execute: the two rounds before seq 5, then the page before that one, then all before seq 4
+    code = main(_status(url, task_id, "--last", "2", "--before", str(ids[4])))
+    page = json.loads(capsys.readouterr().out)
+    older = main(
+        _status(url, task_id, "--last", "2", "--before", str(page["rounds"][0]["round_id"]))
+    )
+    page2 = json.loads(capsys.readouterr().out)
+    code_all = main(_status(url, task_id, "--before", str(ids[3])))
+    page3 = json.loads(capsys.readouterr().out)
+
+    # Assert: the same JSON as without, the rounds cut to the slice
+    assert (code, older, code_all) == (0, 0, 0)
+    assert page == {"task": whole["task"], "rounds": whole["rounds"][2:4]}
+    assert page2 == {"task": whole["task"], "rounds": whole["rounds"][0:2]}
+    assert page3 == {"task": whole["task"], "rounds": whole["rounds"][0:3]}
+    assert [r["seq"] for r in page["rounds"]] == [3, 4]
+
+
+def test_status_before_the_first_round_prints_no_rounds(
+    served: tuple[str, int, list[int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, task_id, ids = served
+    assert main(_status(url, task_id, "--before", str(ids[0]))) == 0
+    assert json.loads(capsys.readouterr().out)["rounds"] == []
+
+
+def test_status_before_a_round_not_of_the_task_is_the_coordinators_404(
+    served: tuple[str, int, list[int]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    url, task_id, ids = served
+    code = main(_status(url, task_id, "--before", str(ids[-1] + 1)))  # the other task's round
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"round {ids[-1] + 1} is not one of task {task_id}'s rounds" in err, err
+    assert "unknown_round" in err, err
+
+
+@pytest.mark.parametrize(
+    ("flags", "says"),
+    [
+        (["--before", "81"], "--before needs --task"),
+        (["--last", "3", "--before", "81"], "error: --last and --before need --task"),
+        (["--task", "1", "--before", "0"], "argument --before: a round id is 1 to"),
+        (["--task", "1", "--before", "x"], "argument --before: expected a round id, got 'x'"),
+        (["--task", "1", "--before", str(2**63)], "argument --before: a round id is 1 to"),
+    ],
+)
+def test_status_refuses_a_bad_before_before_any_request(
+    flags: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Nothing listens at this URL: a request would fail differently (exit 1)
+    argv = ["coordinator", "status", "--url", "http://127.0.0.1:9", "--admin-token", ADMIN]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, *flags])
+    assert info.value.code == 2
+    assert says in capsys.readouterr().err
+
+
+def test_status_help_shows_before() -> None:
+    from coordinator.cli import build_parser, iter_parsers
+
+    status = next(p for p in iter_parsers(build_parser()) if p.prog.endswith("status"))
+    text = status.format_help()
+    assert "--before ROUND_ID" in text
+    assert "plume coordinator status --admin-token s3cret --task 1 --last 20 --before 81" in text
