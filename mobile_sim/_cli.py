@@ -1265,8 +1265,10 @@ def _sim(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(_in_flags(str(exc)))
     out = Path(args.out)
+    made = _missing_folders(out)
     try:
-        # Made before the run, so an unwritable --out fails now rather than after the rounds.
+        # Made before the run, so an unwritable --out fails now rather than after the rounds;
+        # a run that fails removes the folders made here while they are empty.
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         reason = exc.strerror or str(exc)
@@ -1276,55 +1278,63 @@ def _sim(args: argparse.Namespace) -> int:
     remote_errors = _remote_errors() if args.coordinator else ()
     debug = bool(os.environ.get("PLUME_DEBUG"))
     results: list[Any] = []
-    for label, c in runs:
-        run_dir = out / label if len(runs) > 1 else out
-        rows = _Rows(label, above_bar=False)
-        try:
-            res = _run_one(c, args, label, rows)
-        except KeyboardInterrupt as exc:
-            clear()
-            partial = getattr(exc, "result", None)  # the runner's RunInterrupted
-            text = _interrupted(rows.done, c.rounds, label, runs, out, partial)
-            if partial is not None and partial.records:
-                text += _write_interrupted(partial, run_dir, args, out, [*results, partial])
-            print(f"{_PROG}: {text}", file=sys.stderr)
-            return 130
-        except ValueError as exc:
-            if debug:
-                raise
-            return _fail(_in_flags(str(exc)))
-        except PrivacyBudgetExhausted as exc:
-            if debug:
-                raise
-            # Only a budget that cannot pay for the first round gets here: later rounds end
-            # the run early instead, as the summary says.
-            return _fail(
-                f"--aggregator {args.aggregator!r}: {exc}; the dp budget (eps=) does not cover "
-                "one round: raise eps= or z=, or sample fewer devices a round"
-            )
-        except remote_errors as exc:
-            from coordinator._cli import admin_error_text
+    kept = False  # whether --out stays, empty or not
+    try:
+        for label, c in runs:
+            run_dir = out / label if len(runs) > 1 else out
+            rows = _Rows(label, above_bar=False)
+            try:
+                res = _run_one(c, args, label, rows)
+            except KeyboardInterrupt as exc:
+                clear()
+                partial = getattr(exc, "result", None)  # the runner's RunInterrupted
+                text = _interrupted(rows.done, c.rounds, label, runs, out, partial)
+                if partial is not None and partial.records:
+                    text += _write_interrupted(partial, run_dir, args, out, [*results, partial])
+                print(f"{_PROG}: {text}", file=sys.stderr)
+                kept = True  # an interrupted run writes the rounds it finished, as before
+                return 130
+            except ValueError as exc:
+                if debug:
+                    raise
+                return _fail(_in_flags(str(exc)))
+            except PrivacyBudgetExhausted as exc:
+                if debug:
+                    raise
+                # Only a budget that cannot pay for the first round gets here: later rounds
+                # end the run early instead, as the summary says.
+                return _fail(
+                    f"--aggregator {args.aggregator!r}: {exc}; the dp budget (eps=) does not "
+                    "cover one round: raise eps= or z=, or sample fewer devices a round"
+                )
+            except remote_errors as exc:
+                from coordinator._cli import admin_error_text
 
-            # `plume sim` has no --admin-token flag: its token comes from the environment.
-            text = admin_error_text(exc, args.coordinator, "--coordinator")
-            return _fail(
-                text.replace("(--admin-token or PLUME_ADMIN_TOKEN)", "(PLUME_ADMIN_TOKEN)"), 1
-            )
-        except DataError as exc:  # the data folder is missing or unreadable
-            return _fail(_data_error_text(args, exc), 1)
-        try:
-            write_run(res, run_dir, command=_command(args))
-        except KeyboardInterrupt:
-            # Every round ran; write_run renames each whole file into place, rounds.json last.
-            clear()
-            of = f" of the {label} run" if len(runs) > 1 else ""
-            print(
-                f"{_PROG}: interrupted while writing the results of all {len(res.records)} "
-                f"rounds{of}: {run_dir}/rounds.json was not written",
-                file=sys.stderr,
-            )
-            return 130
-        results.append(res)
+                # `plume sim` has no --admin-token flag: its token comes from the environment.
+                text = admin_error_text(exc, args.coordinator, "--coordinator")
+                text = text.replace("(--admin-token or PLUME_ADMIN_TOKEN)", "(PLUME_ADMIN_TOKEN)")
+                return _fail(text, 1)
+            except DataError as exc:  # the data folder is missing or unreadable
+                return _fail(_data_error_text(args, exc), 1)
+            try:
+                write_run(res, run_dir, command=_command(args))
+            except KeyboardInterrupt:
+                # Every round ran; write_run renames each whole file into place, rounds.json
+                # last.
+                clear()
+                of = f" of the {label} run" if len(runs) > 1 else ""
+                print(
+                    f"{_PROG}: interrupted while writing the results of all {len(res.records)} "
+                    f"rounds{of}: {run_dir}/rounds.json was not written",
+                    file=sys.stderr,
+                )
+                kept = True
+                return 130
+            results.append(res)
+        kept = True
+    finally:
+        if not kept:
+            _remove_empty(made)
     say("writing plots")
     try:
         plots = _run_plots(out, results)
@@ -1378,6 +1388,25 @@ def _sim(args: argparse.Namespace) -> int:
     where = f"{out}/" if len(runs) == 1 else f"{out}/{{{','.join(label for label, _ in runs)}}}/"
     print(f"wrote {where} (rounds.json, rounds.csv, ledger.csv) and {', '.join(map(str, plots))}")
     return 0
+
+
+def _missing_folders(path: Path) -> list[Path]:
+    """The folders `path.mkdir(parents=True)` would make, deepest first."""
+    missing: list[Path] = []
+    while not path.exists() and path != path.parent:
+        missing.append(path)
+        path = path.parent
+    return missing
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove `folders` (deepest first) while each is empty: a failed run's --out, made for
+    it, is not left behind; one that holds anything (an earlier run's files) stays."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty, or already gone: leave it and its parents
+            return
 
 
 def _data_error_text(args: argparse.Namespace, exc: Exception) -> str:

@@ -654,9 +654,22 @@ def prepare(cfg: SimConfig) -> SimSetup:
     model = build_model(cfg.model_name, seed=cfg.seed)
     eval_model = build_model(cfg.model_name, seed=cfg.seed)
     spec = spec_from_module(model)
+    _check_fits(eval_model, data, parts)
     if cfg.ort_artifacts is not None and (cfg.ort_fraction > 0 or cfg.ort_tier):
         _check_ort_artifacts(cfg, spec)
     return SimSetup(data, parts, model, spec, eval_model, started_at)
+
+
+def _check_fits(model: Any, data: FederatedData, parts: list[npt.NDArray[np.int64]]) -> None:
+    """The trainer's check (`TrainingDataError`, a ValueError) on the first device with data,
+    now: a model that does not fit its data (a --plugin's, say) is refused in the trainer's
+    words, not with torch's traceback from the fleet's cost probe or a device stopped
+    mid-round. One forward pass on one example; the model is left as it was."""
+    from sdk.trainer import check_training_data
+
+    part = next((p for p in parts if len(p)), None)
+    if part is not None:
+        check_training_data(model, data.x_train[part], data.y_train[part], allow_ignore=True)
 
 
 def _check_ort_artifacts(cfg: SimConfig, spec: ModelSpec) -> None:
