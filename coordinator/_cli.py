@@ -358,7 +358,8 @@ def register(sub: Any) -> None:
         help="create a task with a zoo model's initial weights",
         description=(
             "Create a training task on a running coordinator (`plume coordinator serve`) and "
-            "upload the initial weights of a zoo model; prints the task id as JSON."
+            "upload the initial weights of a zoo model (or of one a --plugin registers); prints the "
+            "task id as JSON."
         ),
         epilog=(
             "example:\n  plume coordinator create-task --admin-token s3cret --model mlp "
@@ -368,7 +369,19 @@ def register(sub: Any) -> None:
     admin_args(c)
     c.add_argument("--name", default=None, help="task name (default: the model's name)")
     c.add_argument(
-        "--model", default="mlp", metavar="NAME", help="zoo model: " + ", ".join(_ZOO_MODELS)
+        "--model",
+        default="mlp",
+        metavar="NAME",
+        help="zoo model (" + ", ".join(_ZOO_MODELS) + "), or one a --plugin registers",
+    )
+    c.add_argument(
+        "--plugin",
+        action="append",
+        default=None,
+        metavar="MODULE",
+        help="import MODULE first (repeatable; also a path to a .py file), as `plume sim "
+        "--plugin` does, so that --model takes the names its top-level code registers in "
+        "mobile_sim.models.MODELS; the task's layout and initial weights are that model's",
     )
     c.add_argument("--seed", type=int, default=0, help="initial weights and round seeds")
     c.add_argument("--rounds", type=int, default=10, metavar="N", help="training rounds")
@@ -1041,6 +1054,15 @@ def _create_task(args: argparse.Namespace) -> int:
     from .service import AdminError
     from .service.rounds import unproven_feedback_note, validate_task
 
+    if args.plugin:
+        # Before any check: the plugins register the names --model may give.
+        from mobile_sim.backends._base import PluginError, import_plugins
+
+        try:
+            import_plugins(args.plugin)
+        except PluginError as exc:
+            print_error("plume coordinator create-task", f"--plugin {exc.spec}: {exc.reason}")
+            return 2
     problem = _task_flag_error(args)
     if problem is not None:
         print_error("plume coordinator create-task", problem)
