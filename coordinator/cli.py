@@ -11,7 +11,15 @@ import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
-__all__ = ["main", "build_parser", "HelpFormatter", "iter_parsers", "print_error", "when_help"]
+__all__ = [
+    "main",
+    "build_parser",
+    "debug_enabled",
+    "HelpFormatter",
+    "iter_parsers",
+    "print_error",
+    "when_help",
+]
 
 # Each module has `register(subparsers) -> None` and sets `func` on its parsers. Only the
 # registration code runs for --help; the heavy imports happen inside the commands, and help
@@ -141,6 +149,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def debug_enabled() -> bool:
+    """Whether PLUME_DEBUG asks for tracebacks: set, and neither empty nor 0."""
+    return os.environ.get("PLUME_DEBUG", "").strip() not in ("", "0")
+
+
 def print_error(prog: str, message: str) -> None:
     """The one line every `plume` command ends a user mistake with: `PROG: error: MESSAGE`."""
     print(f"{prog}: error: {message}", file=sys.stderr)
@@ -195,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as exc:
         # The commands turn the mistakes they expect into sentences; this is the net under
         # them, so a bad value or an unreadable file still ends in one line, not a traceback.
-        if os.environ.get("PLUME_DEBUG"):
+        if debug_enabled():
             raise
         print_error(prog, _error_line(exc))
         return 2 if isinstance(exc, ValueError) else 1
