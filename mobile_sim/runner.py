@@ -32,7 +32,7 @@ from .attacks import BackdoorAttack, backdoor_accuracy
 from .backends import Backend, JobResult, TrainContext, TrainJob, build_backend, job_rng
 from .backends._base import import_plugins
 from .backends._seeding import RngPool
-from .data import FederatedData, load_digits_data, load_mnist
+from .data import DataError, FederatedData, data_root, load_digits_data, load_mnist
 from .partition import natural, partition, partition_stats
 from .status import clear, say
 
@@ -516,7 +516,12 @@ def _checked(name: str, data: object) -> FederatedData:
     for split in ("train", "test"):
         x, y = getattr(data, f"x_{split}"), getattr(data, f"y_{split}")
         if not isinstance(x, np.ndarray) or x.dtype != np.float32 or x.ndim < 2:
-            raise ValueError(f"dataset {name!r}: x_{split} must be a float32 array [N, ...]")
+            got = f"{x.dtype} of shape {list(x.shape)}" if isinstance(x, np.ndarray) else None
+            fix = "; return x.astype(np.float32)" if got and x.dtype.kind == "f" else ""
+            raise ValueError(
+                f"dataset {name!r}: x_{split} must be a float32 array [N, ...], "
+                f"got {got or type(x).__name__}{fix}"
+            )
         if not isinstance(y, np.ndarray) or y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
             raise ValueError(f"dataset {name!r}: y_{split} must be a 1-D integer array [N]")
         if len(x) != len(y):
@@ -535,7 +540,7 @@ def load_dataset(name: str, root: str | None = None, seed: int = 0) -> Federated
     """A dataset registered in `DATASET_LOADERS`, built-in 'mnist' and 'digits', or one of
     `mobile_sim.datasets`."""
     if name in DATASET_LOADERS:
-        return _checked(name, DATASET_LOADERS[name](root, seed))
+        return _checked(name, _run_loader(name, root, seed))
     if name == "mnist":
         return load_mnist(root, seed=seed)
     if name == "digits":
@@ -547,12 +552,33 @@ def load_dataset(name: str, root: str | None = None, seed: int = 0) -> Federated
     try:
         loaded: FederatedData = datasets.load_federated(name, root=root, seed=seed)
     except ValueError as exc:
-        if DATASET_LOADERS and str(exc).startswith("unknown dataset"):
-            # The built-in list alone hid the names registered (by a --plugin, say).
-            registered = ", ".join(sorted(DATASET_LOADERS))
-            raise ValueError(f"{exc}, or one registered: {registered}") from None
+        if str(exc).startswith("unknown dataset"):
+            # One plain list (not a Python tuple), with the names registered (by a --plugin,
+            # say), which the built-in list alone hid.
+            names = ["mnist", "digits", *datasets.DATASETS]
+            choose = f"{', '.join(names[:-1])} or {names[-1]}"
+            if DATASET_LOADERS:
+                registered = ", ".join(sorted(DATASET_LOADERS))
+                choose = f"{', '.join(names)} or one registered: {registered}"
+            raise ValueError(f"unknown dataset {name!r}; choose {choose}") from None
         raise
     return loaded
+
+
+def _run_loader(name: str, root: str | None, seed: int) -> object:
+    """What `DATASET_LOADERS[name]` returns for `root` (None: $PLUME_DATA, else
+    ../shared/data, resolved as the built-in loaders do, `mobile_sim.data.data_root`); its
+    exception is raised again naming the dataset and the loader: a `DataError` for a missing
+    or unreadable file (`OSError`), a `ValueError` for any other."""
+    loader = DATASET_LOADERS[name]
+    try:
+        return loader(str(data_root(root)), seed)
+    except Exception as exc:
+        where = f"{getattr(loader, '__module__', None)}.{getattr(loader, '__qualname__', loader)}"
+        text = f"dataset {name!r} (its loader {where}): {type(exc).__name__}: {exc}"
+        if isinstance(exc, (DataError, OSError)):
+            raise DataError(text) from exc
+        raise ValueError(text) from exc
 
 
 def natural_client_count(name: str, root: str | None = None, seed: int = 0) -> int:

@@ -131,3 +131,95 @@ def test_a_failed_run_keeps_an_out_folder_that_was_there(
     # Assert
     assert code == 2, capsys.readouterr().err
     assert out.is_dir()
+
+
+def test_a_registered_loader_gets_the_default_data_root(
+    plugin: Plugin, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before, it got None though --data-root's help says "default: $PLUME_DATA, else
+    # ../shared/data", as the built-in loaders resolve it (mobile_sim.data.data_root).
+    from mobile_sim.data import data_root
+    from mobile_sim.runner import load_dataset
+
+    # Prepare
+    monkeypatch.setenv("PLUME_DATA", str(plugin.folder))
+    _sim(plugin, "--dataset", "nosuch_h136")  # imports the plugin; the dataset is refused
+    capsys.readouterr()
+    seen = sys.modules[plugin.module].SEEN
+
+    # Execute
+    load_dataset(plugin.small)
+    monkeypatch.delenv("PLUME_DATA")
+    load_dataset(plugin.small)
+    load_dataset(plugin.small, root="elsewhere")
+
+    # Assert
+    assert seen == [str(plugin.folder), str(data_root()), "elsewhere"]
+
+
+def test_a_loader_that_raises_is_named_in_the_error(
+    plugin: Plugin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    code = _sim(plugin, "--dataset", plugin.missing, "--model", "mlp", "--rounds", "1")
+
+    # Assert: one line naming the dataset, its loader and the loader's exception
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 1, err
+    assert len(lines) == 1, err
+    assert lines[0].startswith(
+        f"plume sim: error: dataset {plugin.missing!r} (its loader {plugin.module}.missing): "
+        "FileNotFoundError: "
+    )
+    assert "nosuch_h136.npz" in lines[0]
+
+
+def test_a_float64_dataset_is_told_its_dtype_and_the_cast(
+    plugin: Plugin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    code = _sim(plugin, "--dataset", plugin.wide, "--model", "mlp", "--rounds", "1")
+
+    # Assert
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.strip() == (
+        f"plume sim: error: dataset {plugin.wide!r}: x_train must be a float32 array [N, ...], "
+        "got float64 of shape [10, 4]; return x.astype(np.float32)"
+    )
+
+
+def test_a_dataset_of_another_type_is_told_what_it_got() -> None:
+    # Prepare: not a floating dtype, so no cast is suggested
+    import numpy as np
+
+    from mobile_sim.data import FederatedData
+    from mobile_sim.runner import _checked
+
+    x, y = np.zeros((3, 2), np.int64), np.zeros(3, np.int64)
+
+    # Execute / Assert
+    with pytest.raises(ValueError) as caught:
+        _checked("ints", FederatedData("ints", x, y, x, y, 2))
+    assert str(caught.value) == (
+        "dataset 'ints': x_train must be a float32 array [N, ...], got int64 of shape [3, 2]"
+    )
+    with pytest.raises(ValueError, match=r"got list$"):
+        _checked("lists", FederatedData("lists", [[1.0]], y, x, y, 2))  # type: ignore[arg-type]
+
+
+def test_an_unknown_dataset_lists_the_names_as_one_plain_list(
+    plugin: Plugin, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Before: "choose mnist, digits or one of ('shakespeare', ...), or one registered: ..."
+    # Execute
+    code = _sim(plugin, "--dataset", "nosuch_h136", "--model", "mlp")
+
+    # Assert
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "('shakespeare'" not in err and "'shakespeare'" not in err, err
+    registered = sorted([plugin.small, plugin.missing, plugin.wide])
+    assert err.strip().endswith(f"or one registered: {', '.join(registered)}"), err
+    assert "choose mnist, digits, shakespeare" in err, err
