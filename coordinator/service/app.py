@@ -95,6 +95,8 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _STORE_RETRY_S = 5
 # ... and of one caused by a damaged database, which only the operator's restore clears.
 _DAMAGED_RETRY_S = 60
+# The query keys `GET /v1/admin/tasks/{id}/rounds` takes; another is refused (422).
+_ROUNDS_QUERY = frozenset({"last", "before"})
 _RATE_LIMITED: dict[int | str, dict[str, Any]] = {
     429: {
         "model": ErrorBody,
@@ -642,6 +644,7 @@ def create_app(
         dependencies=[Depends(admin)],
     )
     async def task_rounds(
+        request: Request,
         task_id: StoreId,
         last: int | None = Query(
             None,
@@ -657,6 +660,15 @@ def create_app(
         ),
     ) -> list[RoundStatus]:
         """Every round of a task, by sequence; `last` and `before` answer a page of them."""
+        # A mistyped key (`?lats=2`) would otherwise answer every round, however many.
+        for key in request.query_params:
+            if key not in _ROUNDS_QUERY:
+                shown = key if len(key) <= 64 else key[:64] + "..."
+                raise ApiError(
+                    422,
+                    Reason.VALIDATION,
+                    f"query.{shown}: unknown parameter; this route takes last and before",
+                )
         return coordinator.task_rounds(task_id, last, before)
 
     @app.post(

@@ -121,3 +121,54 @@ def test_status_help_shows_before() -> None:
     text = status.format_help()
     assert "--before ROUND_ID" in text
     assert "plume coordinator status --admin-token s3cret --task 1 --last 20 --before 81" in text
+
+
+# -- the route refuses a query key it does not take -------------------------------------------
+
+
+def _get(url: str, path: str, **headers: str) -> httpx.Response:
+    with httpx.Client(base_url=url) as http:
+        return http.get(path, headers={**AUTH, **headers})
+
+
+@pytest.mark.parametrize(
+    ("query", "key"),
+    [
+        ("lats=2", "lats"),  # a typo of last: answered every round, as without a query
+        ("last=2&befor=3", "befor"),
+        ("Last=2", "Last"),
+        ("last=2&x=", "x"),
+        ("limit=5&offset=2", "limit"),
+    ],
+)
+def test_an_unknown_query_key_is_422_validation_naming_it(
+    served: tuple[str, int, list[int]], query: str, key: str
+) -> None:
+    url, task_id, _ = served
+    r = _get(url, f"/v1/admin/tasks/{task_id}/rounds?{query}")
+    assert r.status_code == 422, r.text
+    assert r.json() == {
+        "reason": "validation",
+        "detail": f"query.{key}: unknown parameter; this route takes last and before",
+    }
+
+
+def test_known_keys_still_answer(served: tuple[str, int, list[int]]) -> None:
+    url, task_id, ids = served
+    path = f"/v1/admin/tasks/{task_id}/rounds"
+    assert [r["seq"] for r in _get(url, f"{path}?last=2").json()] == [5, 6]
+    assert [r["seq"] for r in _get(url, f"{path}?before={ids[2]}&last=1").json()] == [2]
+    assert len(_get(url, f"{path}?").json()) == ROUNDS
+
+
+def test_the_admin_token_is_checked_before_the_query(served: tuple[str, int, list[int]]) -> None:
+    url, task_id, _ = served
+    with httpx.Client(base_url=url) as http:
+        r = http.get(f"/v1/admin/tasks/{task_id}/rounds?lats=2")
+    assert r.status_code == 401, r.text
+
+
+def test_other_routes_keep_ignoring_unknown_keys(served: tuple[str, int, list[int]]) -> None:
+    url, task_id, _ = served
+    assert _get(url, f"/v1/admin/tasks/{task_id}?lats=2").status_code == 200
+    assert _get(url, "/v1/admin/tasks?lats=2").status_code == 200
