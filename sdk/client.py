@@ -1272,6 +1272,30 @@ def _check_base_url(base_url: str) -> str:
     return str(url).rstrip("/")
 
 
+def _url_hint(request: httpx.Request, exc: BaseException) -> str:
+    """What to check in `base_url` when `exc` (or an error it was raised from) shows a mistake
+    in it rather than an outage, else "": an https:// URL answered in plain HTTP (OpenSSL's
+    "wrong version number"), a host name that does not resolve (`socket.gaierror`, except
+    EAI_AGAIN, the resolver not answering: a device offline). The retries are unchanged; the
+    hint only keeps "call again later" from being the app's one idea. (A plain http:// URL
+    sent to a TLS port is not told apart: h11 reports the TLS bytes as "illegal request
+    line", with no trace of them.)"""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        tls = isinstance(cause, ssl.SSLError) and request.url.scheme == "https"
+        if tls and "WRONG_VERSION_NUMBER" in f"{getattr(cause, 'reason', '')} {cause}":
+            return "the server does not speak TLS: is base_url http://?"
+        if isinstance(cause, socket.gaierror) and cause.errno != socket.EAI_AGAIN:
+            return f"could not resolve the host {request.url.host!r}: check base_url"
+        if isinstance(cause, _LookupFailed):
+            cause = cause.error
+        else:
+            cause = cause.__cause__ or cause.__context__
+    return ""
+
+
 def _unreachable(
     base: str, request: httpx.Request, exc: httpx.TransportError, attempts: int
 ) -> CoordinatorUnreachable:
@@ -1282,6 +1306,9 @@ def _unreachable(
     what = "could not reach" if isinstance(exc, _NEVER_SENT) else "lost the connection to"
     tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
     reason = str(exc) or type(exc).__name__
+    hint = _url_hint(request, exc)
+    if hint:
+        reason = f"{reason}; {hint}"
     text = f"{what} the coordinator at {base} for {request.method} {request.url.path} in {tries}"
     try:
         return _unreachable_class(type(exc))(f"{text}: {reason}", request=request)
@@ -1290,24 +1317,47 @@ def _unreachable(
 
 
 class _WaitOver(Exception):
-    """`participate`'s `max_wait_s` ran out during a check-in: in its request or before a retry."""
+    """`participate`'s `max_wait_s` ran out during a check-in: in its request or before a retry.
+    `unreachable`: when the last attempt failed on the transport (no answer came), the
+    `CoordinatorUnreachable` it would have been after the retries (chained from httpx's
+    error), for `participate` to raise when none of its check-ins was answered."""
+
+    def __init__(self, unreachable: CoordinatorUnreachable | None = None) -> None:
+        super().__init__()
+        self.unreachable = unreachable
 
 
-def _attempt_budget(core: _Core, deadline: float) -> float:
+def _attempt_budget(
+    core: _Core, deadline: float, failed: CoordinatorUnreachable | None = None
+) -> float:
     """Seconds the next attempt's response may take: `max_response_s`, or what is left before
-    `deadline` (`_tick`) when that is less; `_WaitOver` once nothing is left."""
+    `deadline` (`_tick`) when that is less; `_WaitOver` (carrying `failed`, the previous
+    attempt's transport failure) once nothing is left."""
     left = deadline - _tick()
     if not left > 0:
-        raise _WaitOver
+        raise _WaitOver(failed)
     return min(core.max_response_s, left)
 
 
-def _retry_pause(seconds: float, deadline: float) -> float:
+def _retry_pause(
+    seconds: float, deadline: float, failed: CoordinatorUnreachable | None = None
+) -> float:
     """`seconds`, the wait before a retry, unless it would end past `deadline`: `_WaitOver`
-    then, at once (as `participate` does with a check-in's wait)."""
+    (carrying `failed`, as `_attempt_budget`) then, at once (as `participate` does with a
+    check-in's wait)."""
     if _tick() + seconds > deadline:
-        raise _WaitOver
+        raise _WaitOver(failed)
     return seconds
+
+
+def _failed(
+    base: str, request: httpx.Request, exc: httpx.TransportError, attempts: int
+) -> CoordinatorUnreachable:
+    """`_unreachable(...)` chained from `exc`, as `raise ... from exc` leaves it, for a
+    `_WaitOver` to carry: an attempt that failed on the transport before the retries ran out."""
+    err = _unreachable(base, request, exc, attempts)
+    err.__cause__ = exc
+    return err
 
 
 def _past_deadline(a: Assignment, what: str, then: str) -> ClientError:
@@ -1555,6 +1605,16 @@ class _DeadlineStream(httpcore.NetworkStream):
         return self._inner.get_extra_info(info)
 
 
+class _LookupFailed(httpcore.ConnectError):
+    """`_lookup`'s failure, keeping the resolver's error (`error`, a `socket.gaierror` mostly)
+    for `_url_hint`: httpcore's pool re-raises with `from None`, which drops the chain, and the
+    lookup ran in another thread, so no `__context__` holds it either."""
+
+    def __init__(self, message: str, error: BaseException) -> None:
+        super().__init__(message)
+        self.error = error
+
+
 def _lookup(
     host: str, port: int, timeout: float | None, cancel: CancelFlag | None = None
 ) -> list[str]:
@@ -1592,7 +1652,7 @@ def _lookup(
             if not _tick() < end:
                 raise httpcore.ConnectTimeout(f"{host!r}: no address within {timeout:g} s")
     if isinstance(answer[0], (OSError, UnicodeError)):
-        raise httpcore.ConnectError(f"{host!r}: {answer[0]}") from answer[0]
+        raise _LookupFailed(f"{host!r}: {answer[0]}", answer[0]) from answer[0]
     addresses: list[str] = []
     for family, _, _, _, sockaddr in answer[0]:
         address = str(sockaddr[0])
@@ -2315,10 +2375,13 @@ class Client:
     @property
     def last_check_in(self) -> CheckInResponse | None:
         """The coordinator's last check-in answer this client acted on (None before one).
-        When `participate` returns None its `detail` says why: "not selected yet" (a round
-        still gathering), "no active task" (no task named and none running, or the task named
-        is paused or awaits its model), ...; after a `TaskEndedError` on an "end" answer, it is
-        that answer."""
+        `participate` resets it when it starts, so it is always that call's last answer, never
+        an earlier call's. When `participate` returns None its `detail` says why: "not selected
+        yet" (a round still gathering), "no active task" (no task named and none running, or
+        the task named is paused or awaits its model), ...; None itself when no check-in of the
+        call was answered usably (the coordinator said 5xx or 429 for the whole wait, or
+        answered too slowly; an outage is `CoordinatorUnreachable`, not None). After a
+        `TaskEndedError` on an "end" answer, it is that answer."""
         return self._core.last_check_in
 
     def close(self) -> None:
@@ -2358,11 +2421,13 @@ class Client:
         """Send `ex`, retrying transient failures; with a `deadline` (`_tick`), every
         attempt and wait before a retry ends by then, else `_WaitOver`."""
         core = self._core
+        # The last attempt's transport failure, for a `_WaitOver` (`participate`).
+        failed: CoordinatorUnreachable | None = None
         for attempt in range(core.retries + 1):
             cancel = self._deadline.cancel
             if cancel is not None and cancel.is_set():  # before `maybe_taken` is set
                 raise _Stop
-            budget = _attempt_budget(core, deadline)
+            budget = _attempt_budget(core, deadline, failed)
             request = core.build(self._http, ex)  # fresh timestamp and nonce per attempt
             # Until this attempt's end says otherwise (anything raised past this loop too).
             before, ex.maybe_taken = ex.maybe_taken, True
@@ -2377,13 +2442,15 @@ class Client:
                     raise _Stop from exc
                 if attempt == core.retries:
                     raise _unreachable(self._base, request, exc, attempt + 1) from exc
-                self._pause(_retry_pause(core.delay(attempt, None), deadline))
+                failed = _failed(self._base, request, exc, attempt + 1)
+                self._pause(_retry_pause(core.delay(attempt, None), deadline, failed))
                 continue
             except ClientError as err:
                 if _cut_by_wait(core, err, budget):
                     raise _WaitOver from None
                 raise
             core.account(request, response, ex)
+            failed = None  # answered (a 5xx is an answer, not an outage)
             if 400 <= response.status_code < 500:  # refused before the coordinator stored it
                 ex.maybe_taken = before
             if response.status_code in _RETRY_STATUS and attempt < core.retries:
@@ -2700,7 +2767,8 @@ class Client:
         min_poll_s: float = _MIN_POLL_S,
         cancel: threading.Event | None = None,
     ) -> RoundReport | None:
-        """Check in until assigned (sleeping as told), then train one round; None on timeout;
+        """Check in until assigned (sleeping as told), then train one round; None on timeout
+        (`last_check_in`, this call's last answer, says why);
         `TaskEndedError` at once when the task named runs no more rounds (done or stopped),
         and `SdkUnsupportedError` when it needs a feature this SDK does not honour, with no
         further check-in.
@@ -2708,8 +2776,10 @@ class Client:
         `max_wait_s` bounds the re-send of an upload an earlier run left pending (which comes
         first), the check-ins, their retries and the waits between them: a wait, a backoff or a
         request that would end past it is not started, or abandoned, and None is returned (an
-        abandoned re-send stays pending). Training and uploading after the assignment are not
-        counted in it.
+        abandoned re-send stays pending); but when no check-in of the call was answered and
+        the last attempt failed on the network (refused, unreachable, lost), the wait ending
+        early is an outage: `CoordinatorUnreachable`, naming the attempts made, whatever
+        `max_wait_s`. Training and uploading after the assignment are not counted in it.
 
         A secure task's round runs through `run_secure_round` (a `SecureRoundReport`). Data
         the trainer refuses (`sdk.trainer.TrainingDataError`, from a trainer with `check_data`)
@@ -2750,16 +2820,22 @@ class Client:
         min_poll_s: float,
     ) -> RoundReport | None:
         give_up = _tick() + max_wait_s
+        # This call's answers only: a None return never comes with an earlier call's answer.
+        self._core.last_check_in = None
         try:
             self._resume_pending(give_up)
-        except _WaitOver:
+        except _WaitOver as over:
+            _raise_outage(over)
             return None
         except _Stop:
             raise ParticipationCancelled("resend", _EARLIER_PENDING, None) from None
+        answered = False
         while True:
             try:
                 answer = self._check_in(task_id, give_up)
-            except _WaitOver:
+            except _WaitOver as over:
+                if not answered:
+                    _raise_outage(over)
                 return None
             except _Stop:
                 raise ParticipationCancelled("check-in", "nothing changed", None) from None
@@ -2767,6 +2843,7 @@ class Client:
                 if answer.assignment.secure:
                     return self.run_secure_round(answer.assignment, trainer, x, y)
                 return self.train_round(answer.assignment, trainer, x, y)
+            answered = True
             wait = _next_wait(answer, task_id, min_poll_s)
             if _tick() + wait > give_up:
                 return None
@@ -2774,6 +2851,16 @@ class Client:
                 self._pause(wait)
             except _Stop:
                 raise ParticipationCancelled("wait", "nothing changed", None) from None
+
+
+def _raise_outage(over: _WaitOver) -> None:
+    """End `participate` with the `CoordinatorUnreachable` `over` carries, if any: its wait
+    ended with the last attempt failed on the transport before any check-in of the call was
+    answered. Returning None then (the default retries' backoff, 0.2 + 0.4 + 0.8 + 1.6 s,
+    outlasts a `max_wait_s` under ~3 s) told an outage from "not selected yet" only by a
+    `last_check_in` left from an earlier call."""
+    if over.unreachable is not None:
+        raise over.unreachable from over.unreachable.__cause__
 
 
 def _check_wait(max_wait_s: float, min_poll_s: float) -> None:
@@ -2946,10 +3033,11 @@ class AsyncClient:
         of its own, let go once the event is set (`_unless_cancelled`)."""
         core = self._core
         cancel = _ASYNC_CANCEL.get()
+        failed: CoordinatorUnreachable | None = None  # as in `Client._send`
         for attempt in range(core.retries + 1):
             if cancel is not None and cancel.is_set():  # before `maybe_taken` is set
                 raise _Stop
-            budget = _attempt_budget(core, deadline)
+            budget = _attempt_budget(core, deadline, failed)
             request = core.build(self._http, ex)
             before, ex.maybe_taken = ex.maybe_taken, True
             ex.sent_at = _tick()
@@ -2963,13 +3051,15 @@ class AsyncClient:
                     raise _Stop from exc
                 if attempt == core.retries:
                     raise _unreachable(self._base, request, exc, attempt + 1) from exc
-                await _apause(_retry_pause(core.delay(attempt, None), deadline))
+                failed = _failed(self._base, request, exc, attempt + 1)
+                await _apause(_retry_pause(core.delay(attempt, None), deadline, failed))
                 continue
             except ClientError as err:
                 if _cut_by_wait(core, err, budget):
                     raise _WaitOver from None
                 raise
             core.account(request, response, ex)
+            failed = None  # answered (a 5xx is an answer, not an outage)
             if 400 <= response.status_code < 500:
                 ex.maybe_taken = before
             if response.status_code in _RETRY_STATUS and attempt < core.retries:
@@ -3220,16 +3310,22 @@ class AsyncClient:
         min_poll_s: float,
     ) -> RoundReport | None:
         give_up = _tick() + max_wait_s
+        # This call's answers only: a None return never comes with an earlier call's answer.
+        self._core.last_check_in = None
         try:
             await self._resume_pending(give_up)
-        except _WaitOver:
+        except _WaitOver as over:
+            _raise_outage(over)
             return None
         except _Stop:
             raise ParticipationCancelled("resend", _EARLIER_PENDING, None) from None
+        answered = False
         while True:
             try:
                 answer = await self._check_in(task_id, give_up)
-            except _WaitOver:
+            except _WaitOver as over:
+                if not answered:
+                    _raise_outage(over)
                 return None
             except _Stop:
                 raise ParticipationCancelled("check-in", "nothing changed", None) from None
@@ -3237,6 +3333,7 @@ class AsyncClient:
                 if answer.assignment.secure:
                     return await self.run_secure_round(answer.assignment, trainer, x, y)
                 return await self.train_round(answer.assignment, trainer, x, y)
+            answered = True
             wait = _next_wait(answer, task_id, min_poll_s)
             if _tick() + wait > give_up:
                 return None
