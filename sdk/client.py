@@ -2379,8 +2379,9 @@ class Client:
         an earlier call's. When `participate` returns None its `detail` says why: "not selected
         yet" (a round still gathering), "no active task" (no task named and none running, or
         the task named is paused or awaits its model), ...; None itself when no check-in of the
-        call was answered usably (the coordinator said 5xx or 429 for the whole wait, or
-        answered too slowly; an outage is `CoordinatorUnreachable`, not None). After a
+        call was answered usably (the coordinator said 5xx or 429 for the whole wait, or nothing
+        came in time, a connection not made in time included; a failed connection is
+        `CoordinatorUnreachable`, not None). After a
         `TaskEndedError` on an "end" answer, it is that answer."""
         return self._core.last_check_in
 

@@ -9,6 +9,8 @@ answered, e.g. the coordinator said 503 for the whole wait)."""
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -206,3 +208,45 @@ def test_an_outage_in_the_re_send_raises_and_the_upload_stays_pending(
     # Assert: the re-send's outage, not None; the upload is still pending for the next call
     assert "POST /v1/rounds/4/updates" in str(info.value)
     assert kept and kept[0] is not None
+
+
+@pytest.mark.timeout(20)
+@MODES
+def test_no_connection_within_the_wait_returns_none_with_no_answer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, asynchronous: bool
+) -> None:
+    # Setup: the host-name lookup stalls past the wait (as a connect to an address that drops
+    # packets would): no attempt fails, the wait cuts the first one. Documented as None with
+    # `last_check_in` None ("nothing came in time"), not as an outage.
+    release = threading.Event()
+    real = socket.getaddrinfo
+
+    def stalled(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if (host.decode() if isinstance(host, bytes) else str(host)).endswith(".invalid"):
+            release.wait(10)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", stalled)
+    seen: list[Any] = []
+
+    def calls(client: Any, participate: Any) -> Any:
+        if not asynchronous:
+            seen.append((participate(max_wait_s=0.5), client.last_check_in))
+            release.set()
+            return None
+
+        async def one() -> None:
+            seen.append((await participate(max_wait_s=0.5), client.last_check_in))
+            release.set()  # before `asyncio.run` waits for the executor's lookup thread
+
+        return [one()]
+
+    # Execute
+    try:
+        _run(asynchronous, "http://coordinator.invalid:8080", tmp_path / "app", {}, calls)
+    finally:
+        release.set()  # the lookup left in a worker thread ends now
+
+    # Assert
+    assert seen == [(None, None)]
