@@ -1050,7 +1050,7 @@ def _usage_error(args: argparse.Namespace) -> str | None:
             f"for {args.dataset} use iid, dirichlet or shards"
         )
     if args.coordinator and args.transport != "http":
-        return "--coordinator URL is only used with --transport http"
+        return "--coordinator URL is only used with --transport http (add it)"
     if args.coordinator and not args.coordinator.startswith(("http://", "https://")):
         return f"--coordinator must start with http:// or https://, got {args.coordinator!r}"
     if not args.secure:
@@ -1276,7 +1276,9 @@ def _sim(args: argparse.Namespace) -> int:
     # An external --coordinator's refusals and network failures are the user's to fix; with
     # the loopback one (ours), such an error would be a bug and keeps its traceback.
     remote_errors = _remote_errors() if args.coordinator else ()
-    debug = bool(os.environ.get("PLUME_DEBUG"))
+    from coordinator.cli import debug_enabled
+
+    debug = debug_enabled()  # PLUME_DEBUG set, and neither empty nor 0
     results: list[Any] = []
     kept = False  # whether --out stays, empty or not
     try:

@@ -604,6 +604,13 @@ def build_aggregator(spec: str) -> AggregatorFactory:
     registered in `AGGREGATORS` by its name."""
     if spec in AGGREGATORS:
         return AGGREGATORS[spec]()
+    for stage in spec.split("+") if "+" in spec else ():
+        name = stage.split(":", 1)[0].strip()
+        if name in AGGREGATORS:
+            raise ValueError(
+                f"{name!r} is a registered aggregator: it is the whole spec "
+                f"(--aggregator {name}) and does not combine with '+' stages"
+            )
     try:
         from coordinator.aggregators import build_aggregator as registry
     except ImportError:

@@ -82,7 +82,15 @@ def import_plugins(specs: Sequence[str], root: str | None = None) -> None:
         # The plugin's own code may raise anything; a sys.exit() in it is no reason to end
         # the run with its status (exit 0 with nothing run, before).
         except (Exception, SystemExit) as exc:  # noqa: BLE001
-            raise PluginError(spec, _one_line(exc)) from exc
+            reason = _one_line(exc)
+            missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+            if missing is not None and (spec == missing or spec.startswith(f"{missing}.")):
+                # The plugin itself (not a module it imports) was not found: say where.
+                reason += (
+                    f" (looked in {base} and the installed packages; run from the folder "
+                    "holding it, or pass its .py path)"
+                )
+            raise PluginError(spec, reason) from exc
 
 
 def _loaded_from(path: str) -> ModuleType | None:
