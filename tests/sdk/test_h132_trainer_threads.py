@@ -21,6 +21,8 @@ from torch import nn
 from sdk.flat import get_flat_params
 from sdk.trainer import TorchTrainer
 
+from .test_h124_trainer_threads import _Counting, _other
+
 _INT_MAX = 2**31 - 1  # torch.set_num_threads takes a C int
 
 
@@ -31,25 +33,6 @@ def before() -> Iterator[int]:
     n = torch.get_num_threads()
     yield n
     real(n)
-
-
-def _other(n: int) -> int:
-    return 1 if n != 1 else 2
-
-
-class _Counting(nn.Module):
-    """A linear classifier that notes torch's thread count at each forward pass."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        torch.manual_seed(0)
-        self.linear = nn.Linear(6, 3)
-        self.seen: list[int] = []
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.seen.append(torch.get_num_threads())
-        out: torch.Tensor = self.linear(x)
-        return out
 
 
 def _data(n: int = 24) -> tuple[Any, Any]:
