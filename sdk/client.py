@@ -25,6 +25,7 @@ import os
 import re
 import socket
 import ssl
+import sys
 import threading
 import time
 import uuid
@@ -1272,7 +1273,9 @@ def _check_base_url(base_url: str) -> str:
     return str(url).rstrip("/")
 
 
-def _url_hint(request: httpx.Request, exc: BaseException) -> str:
+def _url_hint(
+    request: httpx.Request, exc: BaseException, outer: BaseException | None = None
+) -> str:
     """What to check in `base_url` when `exc` (or an error it was raised from) shows a mistake
     in it rather than an outage, else "": an https:// URL answered in plain HTTP (OpenSSL's
     "wrong version number"), a host name that does not resolve (`socket.gaierror`, except
@@ -1281,6 +1284,10 @@ def _url_hint(request: httpx.Request, exc: BaseException) -> str:
     sent to a TLS port is not told apart: h11 reports the TLS bytes as "illegal request
     line", with no trace of them.)"""
     seen: set[int] = set()
+    chain = outer
+    while chain is not None and id(chain) not in seen:  # the app's, not this request's
+        seen.add(id(chain))
+        chain = chain.__cause__ or chain.__context__
     cause: BaseException | None = exc
     while cause is not None and id(cause) not in seen:
         seen.add(id(cause))
@@ -1297,7 +1304,8 @@ def _url_hint(request: httpx.Request, exc: BaseException) -> str:
 
 
 def _unreachable(
-    base: str, request: httpx.Request, exc: httpx.TransportError, attempts: int
+    base: str, request: httpx.Request, exc: httpx.TransportError, attempts: int,
+    outer: BaseException | None = None,
 ) -> CoordinatorUnreachable:
     """`exc`, the last attempt's transport failure, as `CoordinatorUnreachable` that is still
     of `exc`'s own class (apps catch `httpx.TransportError`, some `httpx.ConnectError`) but
@@ -1306,7 +1314,7 @@ def _unreachable(
     what = "could not reach" if isinstance(exc, _NEVER_SENT) else "lost the connection to"
     tries = f"{attempts} attempt{'s' if attempts != 1 else ''}"
     reason = str(exc) or type(exc).__name__
-    hint = _url_hint(request, exc)
+    hint = _url_hint(request, exc, outer)
     if hint:
         reason = f"{reason}; {hint}"
     text = f"{what} the coordinator at {base} for {request.method} {request.url.path} in {tries}"
@@ -1351,11 +1359,12 @@ def _retry_pause(
 
 
 def _failed(
-    base: str, request: httpx.Request, exc: httpx.TransportError, attempts: int
+    base: str, request: httpx.Request, exc: httpx.TransportError, attempts: int,
+    outer: BaseException | None = None,
 ) -> CoordinatorUnreachable:
     """`_unreachable(...)` chained from `exc`, as `raise ... from exc` leaves it, for a
     `_WaitOver` to carry: an attempt that failed on the transport before the retries ran out."""
-    err = _unreachable(base, request, exc, attempts)
+    err = _unreachable(base, request, exc, attempts, outer)
     err.__cause__ = exc
     return err
 
@@ -1610,7 +1619,7 @@ class _LookupFailed(httpcore.ConnectError):
     for `_url_hint`: httpcore's pool re-raises with `from None`, which drops the chain, and the
     lookup ran in another thread, so no `__context__` holds it either."""
 
-    def __init__(self, message: str, error: BaseException) -> None:
+    def __init__(self, message: str, error: BaseException | None = None) -> None:
         super().__init__(message)
         self.error = error
 
@@ -2424,6 +2433,7 @@ class Client:
         core = self._core
         # The last attempt's transport failure, for a `_WaitOver` (`participate`).
         failed: CoordinatorUnreachable | None = None
+        outer = sys.exc_info()[1]  # what the app was handling: not this request's cause
         for attempt in range(core.retries + 1):
             cancel = self._deadline.cancel
             if cancel is not None and cancel.is_set():  # before `maybe_taken` is set
@@ -2442,13 +2452,13 @@ class Client:
                 if cancel is not None and cancel.is_set():  # perhaps what cut the request
                     raise _Stop from exc
                 if attempt == core.retries:
-                    raise _unreachable(self._base, request, exc, attempt + 1) from exc
-                failed = _failed(self._base, request, exc, attempt + 1)
+                    raise _unreachable(self._base, request, exc, attempt + 1, outer) from exc
+                failed = _failed(self._base, request, exc, attempt + 1, outer)
                 self._pause(_retry_pause(core.delay(attempt, None), deadline, failed))
                 continue
             except ClientError as err:
                 if _cut_by_wait(core, err, budget):
-                    raise _WaitOver from None
+                    raise _WaitOver(failed) from None
                 raise
             core.account(request, response, ex)
             failed = None  # answered (a 5xx is an answer, not an outage)
@@ -2831,12 +2841,14 @@ class Client:
         except _Stop:
             raise ParticipationCancelled("resend", _EARLIER_PENDING, None) from None
         answered = False
+        mine: CheckInResponse | None = None
         while True:
             try:
                 answer = self._check_in(task_id, give_up)
             except _WaitOver as over:
                 if not answered:
                     _raise_outage(over)
+                self._core.last_check_in = mine
                 return None
             except _Stop:
                 raise ParticipationCancelled("check-in", "nothing changed", None) from None
@@ -2844,9 +2856,10 @@ class Client:
                 if answer.assignment.secure:
                     return self.run_secure_round(answer.assignment, trainer, x, y)
                 return self.train_round(answer.assignment, trainer, x, y)
-            answered = True
+            answered, mine = True, answer
             wait = _next_wait(answer, task_id, min_poll_s)
             if _tick() + wait > give_up:
+                self._core.last_check_in = mine
                 return None
             try:
                 self._pause(wait)
@@ -3035,6 +3048,7 @@ class AsyncClient:
         core = self._core
         cancel = _ASYNC_CANCEL.get()
         failed: CoordinatorUnreachable | None = None  # as in `Client._send`
+        outer = sys.exc_info()[1]
         for attempt in range(core.retries + 1):
             if cancel is not None and cancel.is_set():  # before `maybe_taken` is set
                 raise _Stop
@@ -3051,13 +3065,13 @@ class AsyncClient:
                 if cancel is not None and cancel.is_set():  # perhaps what cut the request
                     raise _Stop from exc
                 if attempt == core.retries:
-                    raise _unreachable(self._base, request, exc, attempt + 1) from exc
-                failed = _failed(self._base, request, exc, attempt + 1)
+                    raise _unreachable(self._base, request, exc, attempt + 1, outer) from exc
+                failed = _failed(self._base, request, exc, attempt + 1, outer)
                 await _apause(_retry_pause(core.delay(attempt, None), deadline, failed))
                 continue
             except ClientError as err:
                 if _cut_by_wait(core, err, budget):
-                    raise _WaitOver from None
+                    raise _WaitOver(failed) from None
                 raise
             core.account(request, response, ex)
             failed = None  # answered (a 5xx is an answer, not an outage)
@@ -3321,12 +3335,14 @@ class AsyncClient:
         except _Stop:
             raise ParticipationCancelled("resend", _EARLIER_PENDING, None) from None
         answered = False
+        mine: CheckInResponse | None = None
         while True:
             try:
                 answer = await self._check_in(task_id, give_up)
             except _WaitOver as over:
                 if not answered:
                     _raise_outage(over)
+                self._core.last_check_in = mine
                 return None
             except _Stop:
                 raise ParticipationCancelled("check-in", "nothing changed", None) from None
@@ -3334,9 +3350,10 @@ class AsyncClient:
                 if answer.assignment.secure:
                     return await self.run_secure_round(answer.assignment, trainer, x, y)
                 return await self.train_round(answer.assignment, trainer, x, y)
-            answered = True
+            answered, mine = True, answer
             wait = _next_wait(answer, task_id, min_poll_s)
             if _tick() + wait > give_up:
+                self._core.last_check_in = mine
                 return None
             try:
                 await _apause(wait)
