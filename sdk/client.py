@@ -1295,7 +1295,11 @@ def _url_hint(
         if tls and "WRONG_VERSION_NUMBER" in f"{getattr(cause, 'reason', '')} {cause}":
             return "the server does not speak TLS: is base_url http://?"
         if isinstance(cause, socket.gaierror) and cause.errno != socket.EAI_AGAIN:
-            return f"could not resolve the host {request.url.host!r}: check base_url"
+            # Some systems report a device with no network so too (Android's EAI_NODATA, say).
+            return (
+                f"could not resolve the host {request.url.host!r}: check base_url (or whether "
+                "the device is online)"
+            )
         if isinstance(cause, _LookupFailed):
             cause = cause.error
         else:

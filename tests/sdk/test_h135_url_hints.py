@@ -24,7 +24,10 @@ from .test_h124_unreachable import _dead
 
 _REAL_GETADDRINFO = socket.getaddrinfo
 TLS_HINT = "; the server does not speak TLS: is base_url http://?"
-DNS_HINT = "; could not resolve the host 'coordinator.invalid': check base_url"
+DNS_HINT = (
+    "; could not resolve the host 'coordinator.invalid': check base_url (or whether the device "
+    "is online)"
+)
 MODES = pytest.mark.parametrize("asynchronous", [False, True], ids=["Client", "AsyncClient"])
 
 
