@@ -316,10 +316,12 @@ class AdminClient:
         params = {k: v for k, v in (("last", last), ("before", before)) if v is not None}
         page = self._call("GET", path, _list_reader(RoundStatus), params=params)
         # A coordinator older than the parameters ignores them and sends every round: a page
-        # that long, or one holding round `before` itself, is such an answer (paging
-        # backwards on it would never end).
+        # that long, or one holding a round not older than `before`, is such an answer (paging
+        # backwards on it would never end). Round ids are shared by all tasks, so `before` may
+        # be another task's id: no real page holds any round >= it (a task's round ids rise
+        # with its seq, and pages are cut by seq).
         if (last is not None and len(page) > last) or (
-            before is not None and any(r.round_id == before for r in page)
+            before is not None and any(r.round_id >= before for r in page)
         ):
             raise AdminError(
                 "GET", path, 200,

@@ -55,3 +55,26 @@ def test_a_page_that_fits_is_taken() -> None:
     page = _client(3, seen).rounds(1, last=5, before=99)
     assert [r.seq for r in page] == [1, 2, 3]
     assert [r.seq for r in _client(3, seen).rounds(1)] == [1, 2, 3]
+
+
+def test_before_another_tasks_round_id_is_caught() -> None:
+    # Round ids are shared by every task: this task's rounds are 10, 12 and 14 (another task
+    # took 11 and 13), so `before=13` is no round of this task. An older coordinator sends all
+    # three; 14 is not older than 13, which no real page holds (helper-140's review: only
+    # round_id == before was looked for, and the whole list passed for a page).
+    rounds = [
+        RoundStatus(round_id=rid, task_id=1, seq=i + 1, state="closed", base_version=i,
+                    selected=3, target=2, min_reports=1, reports=2, opened_unix=1.0,
+                    deadline_unix=2.0, closed_unix=2.0, version_after=i + 1)
+        for i, rid in enumerate((10, 12, 14))
+    ]  # fmt: skip
+    body = json.dumps([asdict(r) for r in rounds]).encode()
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=body, headers={"content-type": "application/json"})
+
+    client = AdminClient("http://coordinator", "t", transport=httpx.MockTransport(answer))
+    with pytest.raises(AdminError, match="predates them"):
+        client.rounds(1, before=13)
+    # A real page before 15 holds all three: taken.
+    assert [r.round_id for r in client.rounds(1, before=15)] == [10, 12, 14]
