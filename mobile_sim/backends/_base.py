@@ -58,8 +58,9 @@ def import_plugins(specs: Sequence[str], root: str | None = None) -> None:
 
     A spec is a dotted module name, looked up with `root` (default: the current directory)
     first on sys.path, as `python -m` has it; or a path to a .py file (ending in .py or
-    holding a slash), relative to `root`, whose folder goes first on sys.path (as running the
-    file as a script has it: it imports the modules beside it). A module already imported
+    holding a slash), relative to `root`, whose folder goes last on sys.path (it imports the
+    modules beside it, but none of them hides a standard or installed module). A module
+    that fails to import leaves sys.path as it was. A module already imported
     (a file also by module name, or the other way round) is not run again. Raises
     `PluginError` naming the spec and the exception its import raised (a `SystemExit` too);
     a KeyboardInterrupt goes on as it is.
@@ -73,7 +74,8 @@ def import_plugins(specs: Sequence[str], root: str | None = None) -> None:
         if _is_file_spec(spec):
             _import_file(spec, os.path.join(base, os.path.expanduser(spec)))
             continue
-        if not any(os.path.abspath(p or os.curdir) == base for p in sys.path):
+        added = not any(os.path.abspath(p or os.curdir) == base for p in sys.path)
+        if added:
             sys.path.insert(0, base)
         try:
             if spec not in sys.modules and _same_file_loaded(spec):
@@ -81,7 +83,13 @@ def import_plugins(specs: Sequence[str], root: str | None = None) -> None:
             importlib.import_module(spec)
         # The plugin's own code may raise anything; a sys.exit() in it is no reason to end
         # the run with its status (exit 0 with nothing run, before).
-        except (Exception, SystemExit) as exc:  # noqa: BLE001
+        except BaseException as exc:
+            # As for a file: a root left first on sys.path by a plugin that did not import
+            # would hide, with its files, the modules imported later.
+            if added and base in sys.path:
+                sys.path.remove(base)
+            if not isinstance(exc, (Exception, SystemExit)):
+                raise
             reason = _one_line(exc)
             missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
             if missing is not None and (spec == missing or spec.startswith(f"{missing}.")):
@@ -127,12 +135,13 @@ def _import_file(spec: str, path: str) -> None:
         raise PluginError(spec, "a plugin file must end in .py")
     if not os.path.isfile(path):
         raise PluginError(spec, f"no such file: {path}")
-    # The file's folder goes first on sys.path, as running the file as a script has it: the
-    # plugin imports the modules beside it (here and in every worker that imports it).
+    # The file's folder goes last on sys.path: the plugin imports the modules beside it (here
+    # and in every worker that imports it), but none of them (a compression.py, a
+    # statistics.py) hides a standard or installed module imported later, as it would first.
     folder = os.path.dirname(path)
     added = not any(os.path.abspath(p or os.curdir) == folder for p in sys.path)
     if added:
-        sys.path.insert(0, folder)
+        sys.path.append(folder)
     name = _file_module_name(path)
     # Imported already (also under a module name, `--plugin x --plugin ./x.py`): not again.
     if name in sys.modules or _loaded_from(path) is not None:

@@ -149,7 +149,7 @@ def test_a_file_plugin_imports_the_modules_beside_it(folder: Path) -> None:
 
         # Assert
         assert "h131_beside" in MODELS
-        assert sys.path[0] == str(folder / "plugins")
+        assert sys.path[-1] == str(folder / "plugins")
     finally:
         MODELS.pop("h131_beside", None)
 
