@@ -669,6 +669,12 @@ def create_app(
                     Reason.VALIDATION,
                     f"query.{shown}: unknown parameter; this route takes last and before",
                 )
+            # `?last=5&last=1` would otherwise answer for the last value alone, silently.
+            times = len(request.query_params.getlist(key))
+            if times > 1:
+                raise ApiError(
+                    422, Reason.VALIDATION, f"query.{key}: given {times} times; give it once"
+                )
         return coordinator.task_rounds(task_id, last, before)
 
     @app.post(
