@@ -612,10 +612,35 @@ _HOLDS_GUARD = threading.Lock()
 _GUARD_OWNER: list[tuple[int, FrameType, int | None]] = []
 _RELEASES: collections.deque[tuple[_Hold, object]] = collections.deque()
 _POLL_S = 0.05  # how often a thread waiting for the guard looks for a holder that is gone
-# `DeviceStore.claim`'s collections before it refuses a second client, the k-th one (k >= 1)
-# `_CLAIM_COLLECT_GAP_S * k` after the one before (5, 10 and 15 ms).
-_CLAIM_COLLECTS = 4
-_CLAIM_COLLECT_GAP_S = 0.005
+# How long `DeviceStore.claim`'s collection waits for another thread's to end (CPython skips
+# a collection asked for while another runs) before it looks at the claim again.
+_CLAIM_WAIT_S = 5.0
+
+
+def _collect(timeout: float) -> None:
+    """One full garbage collection run by this thread. While another thread's collection runs,
+    CPython skips the one asked for here (`gc.collect()` returns at once, no callback fires):
+    then wait, up to `timeout` seconds in all, for that one to end, and ask again."""
+    me = threading.get_ident()
+    ran, ended = threading.Event(), threading.Event()
+
+    def watch(phase: str, info: dict[str, int]) -> None:
+        if phase == "start" and info.get("generation") == 2 and threading.get_ident() == me:
+            ran.set()
+        elif phase == "stop":
+            ended.set()
+
+    gc.callbacks.append(watch)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            ended.clear()
+            gc.collect()
+            if ran.is_set() or time.monotonic() >= deadline:
+                return
+            ended.wait(max(0.0, deadline - time.monotonic()))
+    finally:
+        gc.callbacks.remove(watch)
 
 
 def _running(owner: tuple[int, FrameType, int | None]) -> bool:
@@ -946,25 +971,21 @@ class DeviceStore:
         """Make this store the one a `Client` (`owner`) of this process uses the directory
         through, until the store is closed or `owner` is garbage-collected: while it lasts,
         another claim on the directory (another `Client`'s, by any path) raises `AppDirInUse`
-        naming this process. A client dropped unclosed is not in the way: before refusing, up
-        to `_CLAIM_COLLECTS` garbage collections run to free it (a few, since one asked for
-        while another thread collects is skipped). Plain stores (a tool, a test inspecting a
-        live client's directory) claim nothing and share the lock."""
+        naming this process. A client dropped unclosed is not in the way: before refusing, a
+        garbage collection runs to free it (`_collect`: this thread's own, after waiting for
+        another thread's to end, up to `_CLAIM_WAIT_S`). Plain stores (a tool, a test
+        inspecting a live client's directory) claim nothing and share the lock."""
         root = self.root  # refused once closed
-        for collects in range(_CLAIM_COLLECTS + 1):
+        for collected in (False, True):
             with _Guarded():
                 if self._hold.claim is None:
                     self._hold.claim = self._token
                     break
-            if collects == _CLAIM_COLLECTS:
+            if collected:
                 raise AppDirInUse(root, os.getpid(), by_client=True)
             # A client dropped without close() (a client that made a request sits in
             # reference cycles) holds its claim until a collection: run one, then look again.
-            # CPython skips a collection asked for while another thread's runs (which need
-            # not free this garbage): so a few, a little apart, before refusing.
-            if collects:
-                time.sleep(_CLAIM_COLLECT_GAP_S * collects)
-            gc.collect()
+            _collect(_CLAIM_WAIT_S)
         weakref.finalize(owner, _unclaim, self._hold, self._token)
 
     def __enter__(self) -> DeviceStore:
