@@ -22,6 +22,8 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn
 from .cli import print_error, when_help
 
 if TYPE_CHECKING:
+    import torch
+
     from .service import AdminError
 
 __all__ = ["register", "admin_error_text"]
@@ -1047,7 +1049,6 @@ def admin_error_text(exc: Exception, url: str, flag: str = "--url") -> str:
 def _create_task(args: argparse.Namespace) -> int:
     import httpx
 
-    from mobile_sim.models import build_model
     from protocol.messages import CodecParams, TaskConfig, TensorShape, TrainingParams
     from sdk.flat import get_flat_params, spec_from_module
 
@@ -1067,8 +1068,11 @@ def _create_task(args: argparse.Namespace) -> int:
     if problem is not None:
         print_error("plume coordinator create-task", problem)
         return 1
+    model = _build_task_model(args.model, args.seed)
+    if isinstance(model, str):
+        print_error("plume coordinator create-task", model)
+        return 1
     try:
-        model = build_model(args.model, seed=args.seed)
         spec = spec_from_module(model)
         config = TaskConfig(
             name=args.name or args.model,
@@ -1125,6 +1129,28 @@ def _create_task(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_task_model(name: str, seed: int) -> torch.nn.Module | str:
+    """Zoo or plugin model `name` built with `seed`, or the sentence saying why it was not: a
+    plugin's factory may raise anything, or return something that is not a module."""
+    import torch
+
+    from mobile_sim.models import build_model
+
+    from .cli import debug_enabled
+
+    try:
+        model = build_model(name, seed=seed)
+    except Exception as exc:  # the factory is the plugin's code: any error is its
+        if debug_enabled():
+            raise
+        text = str(exc).strip().splitlines()
+        why = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+        return f"--model {name}: building it raised {why}"
+    if not isinstance(model, torch.nn.Module):
+        return f"--model {name}: its factory returned {type(model).__name__}, not a torch.nn.Module"
+    return model
+
+
 def _create_task_error(exc: AdminError, url: str) -> str:
     """The sentence for a create-task that failed; one that created its task but did not
     store the model names the task it left behind (`awaiting_model`, running no round)."""
@@ -1170,6 +1196,15 @@ def _task_flag_error(args: argparse.Namespace) -> str | None:
     try:
         build_aggregator(args.aggregator)
     except ValueError as exc:
+        from mobile_sim.runner import AGGREGATORS
+
+        if args.aggregator in AGGREGATORS:
+            # As `plume sim --transport http` says of the same mistake.
+            return (
+                f"--aggregator {args.aggregator!r} is registered in this process (a --plugin's), "
+                "but a coordinator builds only its own aggregators: choose one of those "
+                "(`plume coordinator create-task --help` lists them)"
+            )
         return f"--aggregator {args.aggregator!r}: {exc}"
     return None
 
