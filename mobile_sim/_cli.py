@@ -1265,11 +1265,11 @@ def _sim(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(_in_flags(str(exc)))
     out = Path(args.out)
-    made = _missing_folders(out)
     try:
         # Made before the run, so an unwritable --out fails now rather than after the rounds;
-        # a run that fails removes the folders made here while they are empty.
-        out.mkdir(parents=True, exist_ok=True)
+        # a run that fails (or is interrupted before it wrote anything) removes the folders
+        # made here, and only those, while they are empty.
+        made = _make_folders(out)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         return _fail(f"cannot create the output folder --out {out} ({reason})", 1)
@@ -1294,7 +1294,9 @@ def _sim(args: argparse.Namespace) -> int:
                 if partial is not None and partial.records:
                     text += _write_interrupted(partial, run_dir, args, out, [*results, partial])
                 print(f"{_PROG}: {text}", file=sys.stderr)
-                kept = True  # an interrupted run writes the rounds it finished, as before
+                # An interrupted run writes the rounds it finished, as before; with none
+                # ("nothing was written"), the empty folders made for it go.
+                kept = partial is not None and bool(partial.records)
                 return 130
             except ValueError as exc:
                 if debug:
@@ -1392,13 +1394,26 @@ def _sim(args: argparse.Namespace) -> int:
     return 0
 
 
-def _missing_folders(path: Path) -> list[Path]:
-    """The folders `path.mkdir(parents=True)` would make, deepest first."""
-    missing: list[Path] = []
-    while not path.exists() and path != path.parent:
-        missing.append(path)
-        path = path.parent
-    return missing
+def _make_folders(path: Path) -> list[Path]:
+    """Make folder `path` and its missing parents, one at a time; the folders made, deepest
+    first. Only these are a failed run's to remove: `new/../keep_me` makes `new` and not
+    `keep_me`, which was there (looking for missing folders by name took `keep_me` for one
+    made and missed `new`). Raises the OSError of a folder that cannot be made, or
+    FileExistsError for a file in the way, after removing the folders it made."""
+    made: list[Path] = []
+    try:
+        for folder in [*reversed(path.parents), path]:
+            try:
+                folder.mkdir()
+            except FileExistsError:
+                if not folder.is_dir():
+                    raise
+                continue
+            made.append(folder)
+    except OSError:
+        _remove_empty(made[::-1])
+        raise
+    return made[::-1]
 
 
 def _remove_empty(folders: list[Path]) -> None:
