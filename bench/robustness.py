@@ -744,10 +744,15 @@ def _merged_rows(paths: list[str], setting: dict[str, Any]) -> list[dict[str, An
     rows: list[dict[str, Any]] = []
     for path in paths:
         saved = json.loads(Path(path).read_text())
+        recorded = dict(saved.get("config", {}))
+        # Files written between 11d3449 and 792bb93 record `dataclasses.asdict`, with
+        # "plugins": [] for a run without plugins; as_dict (the setting) leaves the key out.
+        if recorded.get("plugins") == []:
+            del recorded["plugins"]
         # Fields SimConfig gained after that run count at their defaults (e.g. `fleet`).
         defaults = SimConfig().as_dict()
-        old = {k: saved.get("config", {}).get(k, defaults.get(k)) for k in setting}
-        if old != setting or not set(saved.get("config", {})) <= set(setting):
+        old = {k: recorded.get(k, defaults.get(k)) for k in setting}
+        if old != setting or not set(recorded) <= set(setting):
             raise SystemExit(f"{path} was run with another setting; not merging it")
         seed = saved["config"]["seed"]
         # A run keeps the file it was first merged from, so that provenance survives merging
