@@ -1274,6 +1274,7 @@ def _task_action(args: argparse.Namespace) -> int:
     from protocol.messages import to_json
 
     from .service import AdminError
+    from .service.admin_client import PAGE_IGNORED
 
     last, before = getattr(args, "last", None), getattr(args, "before", None)
     if args.task is None and (last is not None or before is not None):
@@ -1303,7 +1304,20 @@ def _task_action(args: argparse.Namespace) -> int:
                     ],
                 }
     except (AdminError, httpx.HTTPError) as exc:
-        print_error(f"plume coordinator {args.action_name}", admin_error_text(exc, args.url))
+        if (
+            isinstance(exc, AdminError)
+            and exc.status == 200
+            and exc.problem.startswith(PAGE_IGNORED)
+        ):
+            # AdminClient's words are for a Python caller; this one gave flags.
+            text = (
+                f"the coordinator at {args.url} ignored --last/--before and answered every "
+                f"round of task {args.task}: it predates them; upgrade it, or drop "
+                "--last/--before"
+            )
+        else:
+            text = admin_error_text(exc, args.url)
+        print_error(f"plume coordinator {args.action_name}", text)
         return 1
     if isinstance(out, list):  # status without --task: a line each
         for row in out:

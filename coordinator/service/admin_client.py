@@ -135,6 +135,11 @@ def _only_the_cap(exc: AdminError, reach: int) -> bool:
     return f"(?version={reach})" in exc.body
 
 
+# How `AdminError.problem` starts when a coordinator older than ?last/?before answered every
+# round for a page (`plume coordinator status` words it with its own flags).
+PAGE_IGNORED = "the coordinator ignored ?last/?before and sent every round"
+
+
 class AdminError(RuntimeError):
     """An admin request that did not succeed: the coordinator refused it (`status` >= 400, and
     `body` its text, normally `{"reason", "detail"}` JSON), or answered something this client
@@ -325,10 +330,7 @@ class AdminClient:
         ):
             raise AdminError(
                 "GET", path, 200,
-                problem=(
-                    "the coordinator ignored ?last/?before and sent every round: it predates "
-                    "them (upgrade it, or call rounds() without them)"
-                ),
+                problem=f"{PAGE_IGNORED}: it predates them (upgrade it, or ask without them)",
             )  # fmt: skip
         return page
 

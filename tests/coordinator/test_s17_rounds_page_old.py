@@ -44,6 +44,7 @@ def test_an_older_coordinator_ignoring_the_page_is_an_error(
     with pytest.raises(AdminError, match="predates them") as caught:
         _client(5, seen).rounds(1, last=last, before=before)
     assert caught.value.status == 200
+    assert caught.value.problem.endswith("(upgrade it, or ask without them)")
     asked = {k for k, v in (("last", last), ("before", before)) if v is not None}
     assert seen and asked == set(seen[0].params)
 
