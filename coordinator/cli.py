@@ -149,9 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# PLUME_DEBUG values that mean off (after strip().lower()); anything else asks for tracebacks.
+_DEBUG_OFF = frozenset({"", "0", "false", "no", "off"})
+
+
 def debug_enabled() -> bool:
-    """Whether PLUME_DEBUG asks for tracebacks: set, and neither empty nor 0."""
-    return os.environ.get("PLUME_DEBUG", "").strip() not in ("", "0")
+    """Whether PLUME_DEBUG asks for tracebacks: set to anything but "", "0", "false", "no"
+    or "off" (any case, spaces around ignored)."""
+    return os.environ.get("PLUME_DEBUG", "").strip().lower() not in _DEBUG_OFF
 
 
 def print_error(prog: str, message: str) -> None:
