@@ -604,21 +604,41 @@ def build_aggregator(spec: str) -> AggregatorFactory:
     registered in `AGGREGATORS` by its name."""
     if spec in AGGREGATORS:
         return AGGREGATORS[spec]()
-    for stage in spec.split("+") if "+" in spec else ():
-        name = stage.split(":", 1)[0].strip()
-        if name in AGGREGATORS:
-            raise ValueError(
-                f"{name!r} is a registered aggregator: it is the whole spec "
-                f"(--aggregator {name}) and does not combine with '+' stages"
-            )
     try:
         from coordinator.aggregators import build_aggregator as registry
     except ImportError:
         if spec in ("fedavg", "mean"):
             return FedAvg()
+        _refuse_registered_stage(spec)
         raise ValueError(f"unknown aggregator {spec!r}") from None
-    factory: AggregatorFactory = registry(spec)
+    # The built-in stages first: a registered aggregator named like one ("median") leaves
+    # "normbound:5+median" the built-in median, as before it was registered.
+    try:
+        factory: AggregatorFactory = registry(spec)
+    except ValueError as exc:
+        _refuse_registered_stage(spec, exc)
+        raise
     return factory
+
+
+def _refuse_registered_stage(spec: str, cause: Exception | None = None) -> None:
+    """For a '+' spec the built-in stages do not make: a ValueError naming a stage
+    registered in `AGGREGATORS` that is no built-in stage (a registered "median" in a spec
+    that fails for another reason leaves that reason to be told), which is a whole spec and
+    does not combine."""
+    try:
+        from coordinator.aggregators._registry import BASES, WRAPPERS
+
+        built_in = {*BASES, *WRAPPERS}
+    except ImportError:
+        built_in = set()
+    for stage in spec.split("+") if "+" in spec else ():
+        name = stage.split(":", 1)[0].strip()
+        if name in AGGREGATORS and name.lower() not in built_in:
+            raise ValueError(
+                f"{name!r} is a registered aggregator: it is the whole spec "
+                f"(--aggregator {name}) and does not combine with '+' stages"
+            ) from cause
 
 
 class _WarmupStrategy(Strategy):
