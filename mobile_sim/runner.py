@@ -540,7 +540,12 @@ def load_dataset(name: str, root: str | None = None, seed: int = 0) -> Federated
     """A dataset registered in `DATASET_LOADERS`, built-in 'mnist' and 'digits', or one of
     `mobile_sim.datasets`."""
     if name in DATASET_LOADERS:
-        return _checked(name, _run_loader(name, root, seed))
+        data = _run_loader(name, root, seed)
+        try:
+            return _checked(name, data)
+        except ValueError as exc:
+            setattr(exc, _DATASET_ERROR, name)  # already names it: as it is, in any loader
+            raise
     if name == "mnist":
         return load_mnist(root, seed=seed)
     if name == "digits":
@@ -565,20 +570,29 @@ def load_dataset(name: str, root: str | None = None, seed: int = 0) -> Federated
     return loaded
 
 
+# The attribute marking an exception `load_dataset` raised naming a registered dataset (its
+# value the name): a loader that loads another registered dataset raises it as it is, not
+# wrapped again in its own words.
+_DATASET_ERROR = "plume_dataset"
+
+
 def _run_loader(name: str, root: str | None, seed: int) -> object:
     """What `DATASET_LOADERS[name]` returns for `root` (None: $PLUME_DATA, else
     ../shared/data, resolved as the built-in loaders do, `mobile_sim.data.data_root`); its
     exception is raised again naming the dataset and the loader: a `DataError` for a missing
-    or unreadable file (`OSError`), a `ValueError` for any other."""
+    or unreadable file (`OSError`), a `ValueError` for any other; but one `load_dataset`
+    raised for another registered dataset (a loader that loads one) goes on as it is."""
     loader = DATASET_LOADERS[name]
     try:
         return loader(str(data_root(root)), seed)
     except Exception as exc:
+        if getattr(exc, _DATASET_ERROR, None) is not None:
+            raise  # another registered dataset's, which names it already
         where = f"{getattr(loader, '__module__', None)}.{getattr(loader, '__qualname__', loader)}"
         text = f"dataset {name!r} (its loader {where}): {type(exc).__name__}: {exc}"
-        if isinstance(exc, (DataError, OSError)):
-            raise DataError(text) from exc
-        raise ValueError(text) from exc
+        wrapped = DataError(text) if isinstance(exc, (DataError, OSError)) else ValueError(text)
+        setattr(wrapped, _DATASET_ERROR, name)
+        raise wrapped from exc
 
 
 def natural_client_count(name: str, root: str | None = None, seed: int = 0) -> int:
