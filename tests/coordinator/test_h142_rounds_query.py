@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -23,16 +24,21 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int,
     with ServerThread(ServiceConfig(db_path=str(db), admin_token=ADMIN)) as url:
         with httpx.Client(base_url=url) as http:
             task_id = create_task(http, task_config(rounds=100))
-        store = Store(db)
-        ids = []
-        try:
-            for seq in range(1, 5):
-                rid = store.open_round(task_id, seq, 0, ["d"], 1, 1, float(seq), seq + 1.0)
-                store.abandon(rid, task_id, {"reason": f"r{seq}"}, "active", seq + 1.0)
-                ids.append(rid)
-        finally:
-            store.close()
-        yield url, task_id, ids
+        yield url, task_id, abandoned_rounds(db, task_id, 4)
+
+
+def abandoned_rounds(db: Path, task_id: int, n: int) -> list[int]:
+    """`n` rounds of the task, opened and abandoned in the store itself: their ids by seq."""
+    store = Store(db)
+    ids = []
+    try:
+        for seq in range(1, n + 1):
+            rid = store.open_round(task_id, seq, 0, ["d"], 1, 1, float(seq), seq + 1.0)
+            store.abandon(rid, task_id, {"reason": f"r{seq}"}, "active", seq + 1.0)
+            ids.append(rid)
+    finally:
+        store.close()
+    return ids
 
 
 def _get(url: str, path: str) -> httpx.Response:

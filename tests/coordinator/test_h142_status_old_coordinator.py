@@ -14,8 +14,8 @@ import pytest
 from coordinator.cli import main
 from coordinator.service import ServerThread, ServiceConfig
 from coordinator.service.rounds import Coordinator
-from coordinator.service.store import Store
 
+from .test_h142_rounds_query import abandoned_rounds
 from .test_service_support import ADMIN, create_task, task_config
 
 
@@ -33,16 +33,7 @@ def old(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, i
     with ServerThread(ServiceConfig(db_path=str(db), admin_token=ADMIN)) as url:
         with httpx.Client(base_url=url) as http:
             task_id = create_task(http, task_config(rounds=100))
-        store = Store(db)
-        ids = []
-        try:
-            for seq in range(1, 4):
-                rid = store.open_round(task_id, seq, 0, ["d"], 1, 1, float(seq), seq + 1.0)
-                store.abandon(rid, task_id, {"reason": f"r{seq}"}, "active", seq + 1.0)
-                ids.append(rid)
-        finally:
-            store.close()
-        yield url, task_id, ids[1]
+        yield url, task_id, abandoned_rounds(db, task_id, 3)[1]
 
 
 @pytest.mark.parametrize(
