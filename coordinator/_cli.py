@@ -582,14 +582,24 @@ def register(sub: Any) -> None:
             "  plume coordinator get-model --admin-token s3cret --task 1 --out model.npz\n"
             "  plume coordinator get-model --admin-token s3cret --task 1 --out v5.npz "
             "--version 5\n\n"
-            "Load them with torch.load('model.pt', weights_only=True) into the zoo model "
-            "(mobile_sim.models.build_model(NAME)) with load_state_dict(..., strict=True); "
+            "Load them with torch.load('model.pt', weights_only=True) into the model "
+            "(mobile_sim.models.build_model(NAME), after importing the plugin that registers "
+            "NAME if it is not a zoo model) with load_state_dict(..., strict=True); "
             "numpy.load('model.npz', allow_pickle=False)[NAME]; "
             "compression.decode_snapshot(bytes, spec).\n"
         ),
     )
     admin_args(m)
     m.add_argument("--task", type=int, required=True, metavar="ID", help="id create-task printed")
+    m.add_argument(
+        "--plugin",
+        action="append",
+        default=None,
+        metavar="MODULE",
+        help="import MODULE first (repeatable; also a path to a .py file), as create-task "
+        "--plugin does, so that --format pt (and a rebuild from the model's own initial "
+        "weights) can build a task whose model_name a plugin registers",
+    )
     m.add_argument(
         "--out", required=True, metavar="FILE", help="file to write (replaced if it exists)"
     )
@@ -618,7 +628,8 @@ def register(sub: Any) -> None:
         choices=_MODEL_FORMATS,
         default=None,
         help="snapshot: the fp32 snapshot as sent (compression.decode_snapshot reads it); "
-        "pt: the state_dict of the task's zoo model (its model_name), for torch.load; npz: "
+        "pt: the state_dict of the task's model (its model_name: a zoo model, or one a "
+        "--plugin registers), for torch.load; npz: "
         "one array per parameter, by name, for numpy.load. Default: from the --out suffix "
         "(.pt/.pth, .npz, else snapshot)",
     )
@@ -1055,15 +1066,9 @@ def _create_task(args: argparse.Namespace) -> int:
     from .service import AdminError
     from .service.rounds import unproven_feedback_note, validate_task
 
-    if args.plugin:
-        # Before any check: the plugins register the names --model may give.
-        from mobile_sim.backends._base import PluginError, import_plugins
-
-        try:
-            import_plugins(args.plugin)
-        except PluginError as exc:
-            print_error("plume coordinator create-task", f"--plugin {exc.spec}: {exc.reason}")
-            return 2
+    # Before any check: the plugins register the names --model may give.
+    if not _import_plugins("plume coordinator create-task", args.plugin, args.model):
+        return 2
     problem = _task_flag_error(args)
     if problem is not None:
         print_error("plume coordinator create-task", problem)
@@ -1129,9 +1134,36 @@ def _create_task(args: argparse.Namespace) -> int:
     return 0
 
 
-def _build_task_model(name: str, seed: int) -> torch.nn.Module | str:
-    """Zoo or plugin model `name` built with `seed`, or the sentence saying why it was not: a
-    plugin's factory may raise anything, or return something that is not a module."""
+def _import_plugins(prog: str, specs: list[str] | None, model: str | None = None) -> bool:
+    """Import the --plugin modules `specs` in order (create-task, get-model); False after
+    printing the one error line naming the plugin that did not import. With `model` (the
+    name create-task deploys): a warning line when a plugin replaced that zoo model's factory
+    in `mobile_sim.models.MODELS`, naming the plugin that did."""
+    if not specs:
+        return True
+    from mobile_sim import models
+    from mobile_sim.backends._base import PluginError, import_plugins
+
+    for spec in specs:
+        # One at a time, to name the plugin that replaced the zoo's model.
+        before = models.MODELS.get(model) if model is not None and model in _ZOO_MODELS else None
+        try:
+            import_plugins([spec])
+        except PluginError as exc:
+            print_error(prog, f"--plugin {exc.spec}: {exc.reason}")
+            return False
+        if model is not None and before is not None and models.MODELS.get(model) is not before:
+            print(
+                f"{prog}: warning: --plugin {spec} replaced the zoo's model {model!r}",
+                file=sys.stderr,
+            )
+    return True
+
+
+def _build_task_model(name: str, seed: int, what: str | None = None) -> torch.nn.Module | str:
+    """Zoo or plugin model `name` built with `seed`, or the sentence (beginning with `what`,
+    default `--model NAME`) saying why it was not: a plugin's factory may raise anything, or
+    return something that is not a module."""
     import torch
 
     from mobile_sim.models import build_model
@@ -1145,9 +1177,12 @@ def _build_task_model(name: str, seed: int) -> torch.nn.Module | str:
             raise
         text = str(exc).strip().splitlines()
         why = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-        return f"--model {name}: building it raised {why}"
+        return f"{what or f'--model {name}'}: building it raised {why}"
     if not isinstance(model, torch.nn.Module):
-        return f"--model {name}: its factory returned {type(model).__name__}, not a torch.nn.Module"
+        return (
+            f"{what or f'--model {name}'}: its factory returned {type(model).__name__}, "
+            "not a torch.nn.Module"
+        )
     return model
 
 
@@ -1375,6 +1410,9 @@ def _get_model(args: argparse.Namespace) -> int:
     from .service import AdminError
 
     prog = "plume coordinator get-model"
+    # Before anything else: the plugins register the model_name --format pt builds.
+    if not _import_plugins(prog, args.plugin):
+        return 2
     out = _path(args.out)
     if out.is_dir():
         _fail(
@@ -1459,24 +1497,29 @@ def _initial_model(args: argparse.Namespace, config: Any) -> tuple[Any, str]:
         raise ValueError("the task's stored config does not parse; its model cannot be rebuilt")
     spec = ModelSpec.from_json([{"name": t.name, "shape": list(t.shape)} for t in config.spec])
     if args.initial is None:
-        from mobile_sim.models import MODELS, build_model
+        from mobile_sim.models import MODELS
         from sdk.flat import get_flat_params, spec_from_module
 
         if config.model_name not in MODELS:
             raise ValueError(
                 f"version {args.version} is no longer the task's current model, so it is "
                 f"rebuilt from the initial model and the stored deltas, and model_name "
-                f"{config.model_name!r} is not a zoo model whose initial weights can be made "
-                "here: pass the initial model with --initial FILE (a snapshot, .npz or .pt)"
+                f"{config.model_name!r} is not a zoo model (nor one a --plugin registered) "
+                "whose initial weights can be made here: pass the initial model with "
+                "--initial FILE (a snapshot, .npz or .pt), or the plugin with --plugin MODULE"
             )
-        model = build_model(config.model_name, seed=config.seed)
+        model = _build_task_model(
+            config.model_name, config.seed, f"the task's model_name {config.model_name!r}"
+        )
+        if isinstance(model, str):
+            raise ValueError(model)
         if spec_from_module(model).entries != spec.entries:
             raise ValueError(
-                f"the zoo model {config.model_name!r} does not have the task's layout: pass "
+                f"the model {config.model_name!r} does not have the task's layout: pass "
                 "the initial model with --initial FILE"
             )
         source = (
-            f"made from the zoo model {config.model_name!r} with seed {config.seed}, as "
+            f"made from the model {config.model_name!r} with seed {config.seed}, as "
             "create-task makes it; pass the task's initial model with --initial FILE"
         )
         return get_flat_params(model), source
@@ -1536,7 +1579,8 @@ def _read_initial(path: Path, spec: Any) -> Any:
 
 def _model_writer(exported: Any, fmt: str) -> Callable[[IO[bytes]], None]:
     """What writes `exported` (an `ExportedModel`) in `fmt` to a binary file; ValueError when
-    the format does not fit the task (pt for a model outside the zoo)."""
+    the format does not fit the task (pt for a model neither in the zoo nor registered by a
+    --plugin, or whose factory fails)."""
     if fmt == "snapshot":
 
         def snapshot(f: IO[bytes]) -> None:
@@ -1546,20 +1590,23 @@ def _model_writer(exported: Any, fmt: str) -> Callable[[IO[bytes]], None]:
     if fmt == "npz":
         return lambda f: _write_npz(f, exported.arrays())
     name = exported.config.model_name
-    from mobile_sim.models import MODELS, build_model
+    from mobile_sim.models import MODELS
     from sdk.flat import set_flat_params, spec_from_module
 
     if name not in MODELS:
         raise ValueError(
             f"task {exported.task_id}'s model_name {name!r} is not a zoo model "
-            f"({', '.join(sorted(MODELS))}), so there is no torch module to make a state_dict "
-            "for; use --format npz (an array per parameter, by name) or snapshot"
+            f"({', '.join(sorted(_ZOO_MODELS))}) nor one a --plugin registered, so there is no "
+            "torch module to make a state_dict for; pass the plugin that registers it with "
+            "--plugin MODULE, or use --format npz (an array per parameter, by name) or snapshot"
         )
-    model = build_model(name, seed=0)
+    model = _build_task_model(name, 0, f"task {exported.task_id}'s model_name {name!r}")
+    if isinstance(model, str):
+        raise ValueError(model)
     layout = [(e.name, e.shape) for e in spec_from_module(model).entries]
     if layout != [(e.name, e.shape) for e in exported.spec.entries]:
         raise ValueError(
-            f"task {exported.task_id}'s spec is not the layout of the zoo model {name!r} (its "
+            f"task {exported.task_id}'s spec is not the layout of the model {name!r} (its "
             "parameter names or shapes differ); use --format npz or snapshot"
         )
     set_flat_params(model, exported.params)
