@@ -221,3 +221,35 @@ def test_get_model_help_names_plugin() -> None:
     parser = next(p for p in iter_parsers(build_parser()) if p.prog.endswith("get-model"))
     text = " ".join(parser.format_help().split())
     assert "--plugin MODULE" in text and "a plugin registers" in text
+
+
+def test_a_rebuild_without_initial_makes_the_plugins_initial_model(
+    plugin_dir: Path, url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The rebuild of an older version of a task stored before schema 4 starts from the
+    model's own initial weights for the task's seed when no --initial is given (what
+    create-task uploaded); a plugin's model is built once get-model imported the plugin."""
+    import argparse
+
+    from coordinator import _cli
+
+    task_id = _plugin_task(url, capsys)
+    with AdminClient(url, ADMIN) as admin:
+        config = admin.status(task_id).config
+        exported = admin.model(task_id)
+    args = argparse.Namespace(initial=None, version=1)
+    # Without the plugin: said, with what to pass
+    with pytest.raises(ValueError, match=r"'h143_tiny' is not a zoo model .*--plugin MODULE"):
+        _cli._initial_model(args, config)
+    # A factory that raises: the one-line sentence, not the factory's traceback
+    assert _run(*_get("http://127.0.0.1:9", 1, plugin_dir / "x.pt", "--plugin", "h143_raises"))
+    capsys.readouterr()
+    with pytest.raises(ValueError, match="building it raised RuntimeError: needs a GPU"):
+        _cli._initial_model(args, config)
+    # With the plugin: version 0 as create-task made it (seed 3)
+    sys.modules.pop("h143_plugin", None)
+    assert _run(*_get("http://127.0.0.1:9", 1, plugin_dir / "x.pt", "--plugin", "h143_plugin"))
+    capsys.readouterr()
+    initial, source = _cli._initial_model(args, config)
+    np.testing.assert_array_equal(initial, exported.params)
+    assert "'h143_tiny' with seed 3" in source
