@@ -620,7 +620,9 @@ _CLAIM_WAIT_S = 5.0
 def _collect(timeout: float) -> None:
     """One full garbage collection run by this thread. While another thread's collection runs,
     CPython skips the one asked for here (`gc.collect()` returns at once, no callback fires):
-    then wait, up to `timeout` seconds in all, for that one to end, and ask again."""
+    then wait, up to `timeout` seconds in all, for that one to end, and ask again. (Asked for
+    from inside this thread's own collection, a finalizer creating a client, every ask is
+    skipped and it waits the whole `timeout`.)"""
     me = threading.get_ident()
     ran, ended = threading.Event(), threading.Event()
 
@@ -630,17 +632,20 @@ def _collect(timeout: float) -> None:
         elif phase == "stop":
             ended.set()
 
-    gc.callbacks.append(watch)
+    deadline = time.monotonic() + timeout
     try:
-        deadline = time.monotonic() + timeout
+        gc.callbacks.append(watch)
         while True:
             ended.clear()
             gc.collect()
             if ran.is_set() or time.monotonic() >= deadline:
                 return
-            ended.wait(max(0.0, deadline - time.monotonic()))
+            # A "stop" can reach `watch` before CPython drops its collecting flag (a callback
+            # after ours that lets the GIL go): look again every `_POLL_S`, not only on a stop.
+            ended.wait(min(_POLL_S, max(0.0, deadline - time.monotonic())))
     finally:
-        gc.callbacks.remove(watch)
+        with contextlib.suppress(ValueError):  # someone cleared gc.callbacks
+            gc.callbacks.remove(watch)
 
 
 def _running(owner: tuple[int, FrameType, int | None]) -> bool:
