@@ -1264,6 +1264,13 @@ def _sim(args: argparse.Namespace) -> int:
             runs.append(("dense", config_from_args(args, dense=True)))
     except ValueError as exc:
         return _fail(_in_flags(str(exc)))
+    # An external --coordinator's refusals and network failures are the user's to fix; with
+    # the loopback one (ours), such an error would be a bug and keeps its traceback. Before the
+    # --out folders are made: a Ctrl-C in these imports leaves none behind.
+    remote_errors = _remote_errors() if args.coordinator else ()
+    from coordinator.cli import debug_enabled
+
+    debug = debug_enabled()  # PLUME_DEBUG set to anything but "", 0, false, no or off
     out = Path(args.out)
     try:
         # Made before the run, so an unwritable --out fails now rather than after the rounds;
@@ -1273,12 +1280,6 @@ def _sim(args: argparse.Namespace) -> int:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         return _fail(f"cannot create the output folder --out {out} ({reason})", 1)
-    # An external --coordinator's refusals and network failures are the user's to fix; with
-    # the loopback one (ours), such an error would be a bug and keeps its traceback.
-    remote_errors = _remote_errors() if args.coordinator else ()
-    from coordinator.cli import debug_enabled
-
-    debug = debug_enabled()  # PLUME_DEBUG set, and neither empty nor 0
     results: list[Any] = []
     kept = False  # whether --out stays, empty or not
     try:
