@@ -54,9 +54,20 @@ class DeviceFailed(RuntimeError):
     """A simulated device stopped on an error that is not a network or coordinator failure."""
 
 
-def _transient(status: int) -> bool:
-    """Whether a refused check-in is worth retrying (overload, timeout, server error)."""
-    return status in (408, 425, 429) or status >= 500
+def _transient(exc: Exception) -> bool:
+    """Whether a failed check-in is worth retrying: a connection not made or lost (httpx's own
+    error, or `sdk.CoordinatorUnreachable`, a ClientError too), an answer slower than the
+    client's max_response_s, an overload, a timeout or a server error. Other refusals are
+    bugs."""
+    import httpx
+
+    from sdk.client import ClientError
+
+    if isinstance(exc, httpx.TransportError):
+        return True
+    if not isinstance(exc, ClientError):
+        return False
+    return exc.reason == "too_slow" or exc.status in (408, 425, 429) or exc.status >= 500
 
 
 @dataclass(frozen=True)
@@ -475,11 +486,7 @@ class _Fleet:
                     # and ends the run (or raises); this device has nothing more to do.
                     await self.done.wait()
                     return
-                # A lost connection (httpx's own, or `sdk.CoordinatorUnreachable`, a
-                # ClientError too) or an answer slower than the client's max_response_s is
-                # retried, as an overload is; other refusals are bugs.
-                lost = isinstance(exc, httpx.TransportError) or exc.reason == "too_slow"
-                if isinstance(exc, ClientError) and not lost and not _transient(exc.status):
+                if not _transient(exc):
                     raise
                 self.failures["check_in"] = self.failures.get("check_in", 0) + 1
                 log.debug("device %d: check-in failed (%r); retrying", index, exc)
