@@ -2844,13 +2844,12 @@ class Client:
             return None
         except _Stop:
             raise ParticipationCancelled("resend", _EARLIER_PENDING, None) from None
-        answered = False
-        mine: CheckInResponse | None = None
+        mine: CheckInResponse | None = None  # this call's last answer
         while True:
             try:
                 answer = self._check_in(task_id, give_up)
             except _WaitOver as over:
-                if not answered:
+                if mine is None:
                     _raise_outage(over)
                 self._core.last_check_in = mine
                 return None
@@ -2860,7 +2859,7 @@ class Client:
                 if answer.assignment.secure:
                     return self.run_secure_round(answer.assignment, trainer, x, y)
                 return self.train_round(answer.assignment, trainer, x, y)
-            answered, mine = True, answer
+            mine = answer
             wait = _next_wait(answer, task_id, min_poll_s)
             if _tick() + wait > give_up:
                 self._core.last_check_in = mine
@@ -3338,13 +3337,12 @@ class AsyncClient:
             return None
         except _Stop:
             raise ParticipationCancelled("resend", _EARLIER_PENDING, None) from None
-        answered = False
-        mine: CheckInResponse | None = None
+        mine: CheckInResponse | None = None  # this call's last answer
         while True:
             try:
                 answer = await self._check_in(task_id, give_up)
             except _WaitOver as over:
-                if not answered:
+                if mine is None:
                     _raise_outage(over)
                 self._core.last_check_in = mine
                 return None
@@ -3354,7 +3352,7 @@ class AsyncClient:
                 if answer.assignment.secure:
                     return await self.run_secure_round(answer.assignment, trainer, x, y)
                 return await self.train_round(answer.assignment, trainer, x, y)
-            answered, mine = True, answer
+            mine = answer
             wait = _next_wait(answer, task_id, min_poll_s)
             if _tick() + wait > give_up:
                 self._core.last_check_in = mine
