@@ -116,7 +116,7 @@ def test_a_cancel_ends_a_write_whose_peer_stopped_reading() -> None:
     try:
         with pytest.raises(_Stop):
             _DeadlineStream(SyncStream(cli), deadline).write(b"x" * (8 << 20), timeout=5.0)
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < 3.0  # the 5 s timeout's end: not this
     finally:
         cli.close(), peer.close(), srv.close()
 
@@ -129,7 +129,7 @@ def test_a_write_whose_peer_stopped_reading_still_times_out_after_timeout() -> N
     try:
         with pytest.raises(httpcore.WriteTimeout):
             _DeadlineStream(SyncStream(cli), _cancellable()).write(b"x" * (8 << 20), timeout=0.4)
-        assert 0.4 <= time.monotonic() - t0 < 2.0
+        assert 0.4 <= time.monotonic() - t0 < 4.0
     finally:
         cli.close(), peer.close(), srv.close()
 
@@ -147,7 +147,7 @@ def test_the_threads_deadline_still_bounds_a_slow_write_that_keeps_moving() -> N
         with pytest.raises(ClientError) as caught:
             _DeadlineStream(SyncStream(cli), deadline).write(_body(512 << 10), timeout=5.0)
         assert caught.value.reason == "too_slow"
-        assert time.monotonic() - t0 < 1.0
+        assert time.monotonic() - t0 < 3.0  # the 5 s timeout's end: not this
     finally:
         cli.close(), peer.close(), srv.close()
 
@@ -241,7 +241,7 @@ def test_a_cancel_ends_a_tls_write_whose_peer_stopped_reading(
     t0 = time.monotonic()
     with pytest.raises(_Stop):
         _DeadlineStream(stream, deadline).write(b"x" * (8 << 20), timeout=5.0)
-    assert time.monotonic() - t0 < 1.0
+    assert time.monotonic() - t0 < 3.0  # the 5 s timeout's end: not this
 
 
 class _ReadsHeadersOnly:
