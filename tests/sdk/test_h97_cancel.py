@@ -39,7 +39,10 @@ from tests.coordinator.test_service_support import (
 )
 
 X, Y = local_data(3)  # 40 examples: 4 steps of 10 per epoch
-LONG = 5.0  # how long a test waits for an event before it fails (never reached when it passes)
+LONG = 15.0  # how long a test waits for an event before it fails (never reached when it passes)
+# How soon after the app's cancel a call must have ended: far above the few ms it takes, even on a
+# loaded machine, and a third of the 30 s wait, backoff or timeout each test's cancel cuts short.
+CANCEL_S = 10.0
 
 
 @pytest.fixture
@@ -156,7 +159,7 @@ def test_a_cancel_ends_the_wait_between_check_ins_at_once(
     assert not worker.is_alive()
     err = out["error"]
     assert isinstance(err, ParticipationCancelled) and err.phase == "wait", err
-    assert out["ended"] - set_at < 1.0
+    assert out["ended"] - set_at < CANCEL_S
     assert count.count("/v1/checkin") == 1
 
 
@@ -208,7 +211,7 @@ def test_a_cancel_stops_torch_training_within_one_step_and_keeps_the_residual(
     assert isinstance(err, ParticipationCancelled) and err.phase == "training", err
     assert err.round_id is not None and "after 2 steps" in err.detail
     assert module.steps == 2
-    assert out["ended"] - set_at < 1.0
+    assert out["ended"] - set_at < CANCEL_S
     assert count.count("/updates") == 0
     assert _files(app_dir) == held
 
@@ -331,7 +334,7 @@ def test_a_cancel_before_a_retry_of_the_check_in_does_not_wait_out_the_backoff(
         worker.join(LONG)
     err = out["error"]
     assert isinstance(err, ParticipationCancelled) and err.phase == "check-in", err
-    assert out["ended"] - set_at < 1.0
+    assert out["ended"] - set_at < CANCEL_S
     assert count.count("/v1/checkin") == 1
 
 
@@ -412,7 +415,7 @@ def test_a_cancel_ends_a_check_in_whose_answer_never_comes(tmp_path: Path) -> No
         server.close()
     err = out["error"]
     assert isinstance(err, ParticipationCancelled) and err.phase == "check-in", err
-    assert out["ended"] - set_at < 1.0
+    assert out["ended"] - set_at < CANCEL_S
 
 
 class _HoldsTheUploadAnswer:
@@ -486,7 +489,7 @@ def test_a_cancel_ends_an_upload_in_flight_and_the_next_call_resumes_it(
     # Assert: ended at once, the upload pending as after a crash; re-sent, taken once
     err = out["error"]
     assert isinstance(err, ParticipationCancelled) and err.phase == "upload", err
-    assert out["ended"] - set_at < 1.0
+    assert out["ended"] - set_at < CANCEL_S
     assert "pending.json" in _files(app_dir)
     with Client(url, str(app_dir)) as device:
         receipt = device.resume_pending()
@@ -564,7 +567,7 @@ def test_a_cancel_during_a_secure_round_drops_the_device_out_as_a_crash_would(
     assert all(not worker.is_alive() for worker, _ in runs)
     err = runs[0][1]["error"]
     assert isinstance(err, ParticipationCancelled) and err.phase == "secure", err
-    assert runs[0][1]["ended"] - set_at[0] < 1.0
+    assert runs[0][1]["ended"] - set_at[0] < CANCEL_S
     names = sorted(p.name for p in (tmp_path / "d0").iterdir())
     records = [n for n in names if n.startswith("accepted-")]
     if after == "advertise-keys":  # before the masked input: residual as before, byte for byte
@@ -574,7 +577,7 @@ def test_a_cancel_during_a_secure_round_drops_the_device_out_as_a_crash_would(
         assert _files(tmp_path / "d0") != before  # the residual now what it did not send
     for _, out in runs[1:]:  # the others, cancelled while they waited for device 0
         assert isinstance(out.get("error"), ParticipationCancelled), out
-        assert out["ended"] - others_set_at < 1.0
+        assert out["ended"] - others_set_at < CANCEL_S
 
 
 def test_a_cancel_ends_a_connect_that_hangs(tmp_path: Path) -> None:
@@ -610,7 +613,7 @@ def test_a_cancel_ends_a_connect_that_hangs(tmp_path: Path) -> None:
     # Assert
     err = out["error"]
     assert isinstance(err, ParticipationCancelled) and err.phase == "check-in", err
-    assert out["ended"] - set_at < 1.0
+    assert out["ended"] - set_at < CANCEL_S
 
 
 def test_a_cancel_ends_a_tls_handshake_that_hangs(tmp_path: Path) -> None:
@@ -644,7 +647,7 @@ def test_a_cancel_ends_a_tls_handshake_that_hangs(tmp_path: Path) -> None:
     # Assert
     err = out["error"]
     assert isinstance(err, ParticipationCancelled) and err.phase == "check-in", err
-    assert out["ended"] - set_at < 1.0
+    assert out["ended"] - set_at < CANCEL_S
 
 
 def test_an_async_participate_cancelled_while_it_trains_stops_at_the_upload(
