@@ -46,11 +46,11 @@ def _with_pending(root: Path) -> PendingUpload:
 def _participate(kind: str, url: str, root: Path) -> RoundReport | None:
     x, y = np.zeros((8, 4), np.float32), np.zeros(8, np.int64)
     if kind == "sync":
-        with Client(url, str(root), timeout=5.0) as c:
+        with Client(url, str(root), timeout=30.0) as c:
             return c.participate(ShiftTrainer(0.01), x, y, task_id=1, max_wait_s=BUDGET_S)
 
     async def run() -> RoundReport | None:
-        async with AsyncClient(url, str(root), timeout=5.0) as ac:
+        async with AsyncClient(url, str(root), timeout=30.0) as ac:
             return await ac.participate(ShiftTrainer(0.01), x, y, task_id=1, max_wait_s=BUDGET_S)
 
     return asyncio.run(run())
@@ -59,7 +59,7 @@ def _participate(kind: str, url: str, root: Path) -> RoundReport | None:
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_stalled_resend_of_a_pending_upload_ends_with_max_wait(tmp_path: Path, kind: str) -> None:
     # Prepare: an upload an earlier run left pending; a coordinator that reads every request
-    # and never answers (read timeout 5 s, 4 retries: 25 s unbounded)
+    # and never answers (read timeout 30 s, 4 retries: 150 s unbounded)
     pending = _with_pending(tmp_path)
     with Loopback(lambda n: "stall") as server:
         start = time.monotonic()
