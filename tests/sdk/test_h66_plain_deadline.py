@@ -172,9 +172,10 @@ def test_without_a_date_the_round_is_not_bounded(tmp_path: Path) -> None:
 def test_a_device_clock_minutes_off_completes_a_plain_round(
     tmp_path: Path, dated: bool, skew: float
 ) -> None:
-    # A round due in 2 s completes whichever way the device's clock is off (with a Date the
-    # deadline is the coordinator's; without one the round is unbounded)
-    handler = PlainCoordinator(time.time() + 2.0, dated=dated)
+    # A round due in 10 s (room for a loaded machine) completes whichever way the device's clock
+    # is two minutes off (with a Date the deadline is the coordinator's; without one the round
+    # is unbounded)
+    handler = PlainCoordinator(time.time() + 10.0, dated=dated)
     report = _run("sync", handler, tmp_path, skew)
     assert report.receipt.accepted and handler.uploads == 1
     assert DeviceStore(tmp_path).load_pending() is None
