@@ -62,7 +62,9 @@ def test_the_same_parts_as_the_draw_by_draw_loop(
 def test_a_hopeless_request_fails_fast() -> None:
     # 1,437 labels over 10 classes, as many as digits' training set
     labels = np.random.default_rng(0).integers(0, 10, 1437).astype(np.int64)
-    t0 = time.process_time()
+    # This thread's CPU time (not the process's: threads other tests left behind, a server's
+    # or a pool's, count in that): ~0.5-0.8 s here, the draw-by-draw loop took 6-10 s
+    t0 = time.thread_time()
     with pytest.raises(ValueError, match="in 1000 draws"):
         dirichlet(labels, 700, 0.5, np.random.default_rng(0))
-    assert time.process_time() - t0 < 2.0
+    assert time.thread_time() - t0 < 3.0
