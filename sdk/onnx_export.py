@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -697,6 +698,29 @@ def _missing_translation(exc: BaseException) -> str | None:
     return None
 
 
+def _traceable(model: nn.Module) -> nn.Module:
+    """`model`, or a deep copy of it if a module or parameter in it is reachable by two paths.
+
+    `functional_call` (in both traced functions) swaps the given tensors into the module and
+    back; a slot reachable under two names is swapped twice, and the caller's model was left
+    holding the trace's FakeTensors (pytorch/pytorch#164759). `copy.deepcopy` keeps the
+    sharing (one tensor, both uses), so the graphs are those of the model itself, and the
+    caller's model is not touched. (`tie_weights=False` would instead untie a parameter
+    shared by two modules.)
+    """
+    modules = sum(1 for _ in model.named_modules(remove_duplicate=False))
+    params = sum(1 for _ in model.named_parameters(remove_duplicate=False))
+    if modules == sum(1 for _ in model.named_modules()) and params == len(list(model.parameters())):
+        return model
+    try:
+        return copy.deepcopy(model)
+    except Exception as exc:  # whatever an attribute's __deepcopy__ raises
+        raise ExportError(
+            f"the model shares a layer or parameter between two places, and tracing it needs "
+            f"a copy, but copy.deepcopy fails: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def _make_infer(model: nn.Module, names: list[str]) -> Callable[..., torch.Tensor]:
     n = len(names)
 
@@ -937,6 +961,7 @@ def _export(
     model_name: str,
 ) -> ExportResult:
     named = [(n, p.detach().to(torch.float32).clone()) for n, p in model.named_parameters()]
+    model = _traceable(model)
     names = [n for n, _ in named]
     params = tuple(p for _, p in named)
     spec = ModelSpec.from_shapes((n, tuple(p.shape)) for n, p in named)

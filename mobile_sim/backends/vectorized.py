@@ -10,6 +10,7 @@ one through the sequential path and `fallback_reason` says why.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -47,9 +48,21 @@ def _unflatten(module: nn.Module, flat: torch.Tensor) -> Params:
 
 
 def _step_fn(module: nn.Module) -> Callable[..., tuple[Params, torch.Tensor]]:
-    """vmap(grad(masked mean cross-entropy)) over the client axis."""
+    """vmap(grad(masked mean cross-entropy)) over the client axis.
+
+    A module with a layer or parameter reachable by two paths is traced as a deep copy (which
+    keeps the sharing): `functional_call` swaps a shared slot twice and left the caller's
+    module holding dead functorch tensors (pytorch/pytorch#164759). Training was right either
+    way, as every call passes every parameter.
+    """
     from torch.func import functional_call, grad, vmap
 
+    modules = sum(1 for _ in module.named_modules(remove_duplicate=False))
+    tensors = sum(1 for _ in module.named_parameters(remove_duplicate=False))
+    if modules != sum(1 for _ in module.named_modules()) or tensors != sum(
+        1 for _ in module.parameters()
+    ):
+        module = copy.deepcopy(module)
     buffers = dict(module.named_buffers())
 
     def loss(
