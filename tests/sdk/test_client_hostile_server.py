@@ -901,11 +901,13 @@ def test_polling_a_stage_that_never_closes_ends_within_max_stage_wait(
     report = victim.secure_round(forever, _zero_update)
     took = time.monotonic() - start
 
-    # Assert: about max_stage_wait_s of polling, every wait one time.sleep takes, none
-    # shorter than the floor (a "Retry-After: 0" must not make the device spin)
+    # Assert: about max_stage_wait_s of polling, most of it in waits time.sleep takes (the
+    # rest is the polls themselves: 0.1 s of them on a loaded machine made the sleeps 0.89 s,
+    # so their sum is not held to 0.9), none shorter than the floor (a "Retry-After: 0" must
+    # not make the device spin)
     assert not report.completed and "did not close" in report.detail
     assert report.stages == ["advertise-keys"]
-    assert took < 10.0 and 0.9 <= sum(sleeps) <= 1.0 + 1e-9
+    assert 0.9 <= took < 10.0 and 0.5 <= sum(sleeps) <= 1.0 + 1e-9, (took, sum(sleeps))
     assert all(0 < s for s in sleeps[:-1]) and min(sleeps[:-1]) >= 0.05
     for c in clients:
         c.close()
