@@ -126,13 +126,13 @@ def test_a_fork_while_another_thread_takes_the_lock_leaves_the_child_no_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Prepare: a thread stops between its flock and recording the hold until this thread has
-    # forked (or half a second has passed).
+    # forked (or 5 s have passed: a loaded machine may take a while to fork).
     locked, forked = threading.Event(), threading.Event()
 
     class SlowHold(device_store._Hold):
         def __init__(self, fd: int, key: tuple[int, int]) -> None:
             locked.set()
-            forked.wait(0.5)
+            forked.wait(5.0)
             super().__init__(fd, key)
 
     monkeypatch.setattr(device_store, "_Hold", SlowHold)

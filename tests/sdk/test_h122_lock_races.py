@@ -180,7 +180,7 @@ def test_a_store_closed_by_the_forking_thread_between_the_fork_hooks_does_not_ha
 
     # Execute
     thread.start()
-    finished = done.wait(2)
+    finished = done.wait(10)
     if not finished:  # it waits for the guard its own thread holds: let it go, to fail cleanly
         device_store._after_fork_in_parent()
     thread.join(5)
