@@ -298,7 +298,7 @@ def test_a_cancel_ends_an_upload_whose_body_stalled(tmp_path: Path) -> None:
     finally:
         server.close()
     assert isinstance(out.get("error"), _Stop), out
-    assert out["ended"] - set_at < 1.0
+    assert out["ended"] - set_at < 3.0  # the 30 s timeout's end: not this
 
 
 @pytest.fixture
@@ -378,4 +378,4 @@ def test_a_cancelled_tls_handshake_closes_its_connection_at_once(tmp_path: Path)
         listener.close()
     err = out.get("error")
     assert isinstance(err, ParticipationCancelled) and err.phase == "check-in", out
-    assert closed_after < 1.0
+    assert closed_after < 3.0  # the handshake's 5 s timeout: not this
