@@ -262,6 +262,84 @@ def check_training_mode(model: nn.Module, example_x: torch.Tensor) -> None:
     _checked_forward(model, example_x)
 
 
+# float32 holds every whole number only up to 2^24: float ids past it would be rounded.
+_MAX_FLOAT_VOCAB = 1 << 24
+
+
+def _float_id_vocabulary(model: nn.Module, example_x: torch.Tensor) -> int | None:
+    """For float `example_x`: the rows of the `nn.Embedding` that reads it as token ids (its
+    values cast to an integer type, as ``x.long()`` gives them; the fewest rows if several
+    do), or None when no embedding does (a position table read from `torch.arange` does not).
+
+    mobile_sim's text datasets hold ids as float32. The manifest records this vocabulary so
+    that `sdk.ort` checks the ids before training: onnxruntime's Gather reads id -1 as the last
+    row, where torch raises. One forward pass (eval mode, no grad, the RNG state restored).
+    Raises `ExampleInputError` if `example_x` holds an id such an embedding cannot take (torch
+    only said "index out of range in self", or nothing for 2.5), `ExportError` if the
+    vocabulary is past what float32 holds exactly. Other failures of the forward pass are left
+    to `_checked_forward` to report.
+    """
+    if not example_x.dtype.is_floating_point:
+        return None
+    rows: list[int] = []
+
+    def reader(path: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
+        def hook(layer: nn.Module, args: tuple[Any, ...]) -> None:
+            read = args[0] if args else None
+            if not (
+                isinstance(layer, nn.Embedding)
+                and isinstance(read, torch.Tensor)
+                and not read.dtype.is_floating_point
+                and read.shape == example_x.shape
+                and torch.equal(read, example_x.to(read.dtype))
+            ):
+                return
+            n = layer.num_embeddings
+            x = example_x.detach()
+            bad = ~torch.isfinite(x) | (x != x.floor()) | (x < 0) | (x >= n)
+            if bool(bad.any()):
+                reason = (
+                    f"the embedding at {path!r} reads x as token ids and x holds "
+                    f"{float(x[bad][0]):g}: token ids must be whole numbers in [0, {n})"
+                )
+                raise ExampleInputError(
+                    f"example_x of shape {list(x.shape)} "
+                    f"({str(x.dtype).removeprefix('torch.')}) does not fit the model: {reason}",
+                    reason,
+                )
+            if n > _MAX_FLOAT_VOCAB:
+                raise ExportError(
+                    f"the embedding at {path!r} reads float token ids but has {n} rows: "
+                    f"float32 holds whole numbers exactly only up to 2^24; pass int64 ids"
+                )
+            rows.append(n)
+
+        return hook
+
+    handles = [
+        m.register_forward_pre_hook(reader(path or "<root>"))
+        for path, m in model.named_modules()
+        if isinstance(m, nn.Embedding)
+    ]
+    if not handles:
+        return None
+    was_training = model.training
+    try:
+        with torch.random.fork_rng(), torch.no_grad():
+            model.eval()
+            try:
+                model(example_x)
+            except ExportError:
+                raise
+            except Exception:  # a misfit elsewhere: `_checked_forward` says it in its words
+                return None
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return min(rows, default=None)
+
+
 def _checked_forward(model: nn.Module, example_x: torch.Tensor) -> torch.Tensor:
     """`check_training_mode`, returning the eval-mode output on `example_x` (no grad).
 
@@ -928,6 +1006,7 @@ def export_training_artifacts(
             f"parameter {name!r} is {str(dtype).removeprefix('torch.')}: the device trains "
             f"float32 parameters; convert the model with model.float()"
         )
+    float_vocab = _float_id_vocabulary(model, example_x)
     example_out = _checked_forward(model, example_x)
     _check_targets(example_out, example_x, example_y, loss)
 
@@ -944,6 +1023,7 @@ def export_training_artifacts(
             momentum,
             example_y,
             model_name,
+            float_vocab,
         )
     finally:
         model.train(was_training)
@@ -959,13 +1039,14 @@ def _export(
     momentum: float,
     example_y: torch.Tensor | None,
     model_name: str,
+    float_vocab: int | None,
 ) -> ExportResult:
     named = [(n, p.detach().to(torch.float32).clone()) for n, p in model.named_parameters()]
     model = _traceable(model)
     names = [n for n, _ in named]
     params = tuple(p for _, p in named)
     spec = ModelSpec.from_shapes((n, tuple(p.shape)) for n, p in named)
-    vocab = input_vocabulary(model, example_x) if example_x.dtype == torch.int64 else None
+    vocab = input_vocabulary(model, example_x) if example_x.dtype == torch.int64 else float_vocab
 
     if example_y is None:
         if loss == "ce":
@@ -1037,8 +1118,9 @@ def _export(
             "name": "x",
             "dtype": str(example_x.dtype).removeprefix("torch."),
             "shape": ["batch", *example_x.shape[1:]],
-            # Token ids: the rows of the embedding reading x, so that `sdk.ort` refuses an id
-            # past them before training (onnxruntime's gather failed mid-run).
+            # Token ids (int64, or float32 read through x.long()): the rows of the embedding
+            # reading x, so that `sdk.ort` refuses an id past them before training
+            # (onnxruntime's gather failed mid-run, and read a float -1 as the last row).
             **({"vocab": vocab} if vocab is not None else {}),
         },
         "y": {

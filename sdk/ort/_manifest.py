@@ -63,9 +63,10 @@ class Manifest:
     # onnxruntime is handed these bytes, never the paths, so what was checked is what runs even
     # if a file changes on disk afterwards (a re-export, a partial copy).
     file_data: dict[str, bytes] = field(repr=False, compare=False)
-    # How many token ids an int64 `x` may hold (`x.vocab`: the rows of the embedding reading
-    # it), so ids past it are refused before training; None in manifests without it (older
-    # exports, float inputs, or no embedding reading x itself).
+    # How many token ids `x` may hold (`x.vocab`: the rows of the embedding reading it; int64
+    # ids, or float32 ids read through `x.long()`), so ids past it are refused before
+    # training; None in manifests without it (older exports, which recorded it for int64 only,
+    # float features, or no embedding reading x itself).
     x_vocab: int | None = None
 
     @property
@@ -225,8 +226,11 @@ def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> 
     ):
         # Ids are int64; a larger count (10^400 overflowed comparing float ids) bounds nothing.
         raise ArtifactError("manifest: x vocab must be an integer in [1, 2^63) (token ids)")
-    if x_vocab is not None and x_dtype != "int64":
-        raise ArtifactError("manifest: x vocab is for int64 token ids only")
+    if x_vocab is not None and x_dtype not in ("int64", "float32"):
+        raise ArtifactError("manifest: x vocab is for int64 or float32 token ids only")
+    if x_vocab is not None and x_dtype == "float32" and x_vocab > 2**24:
+        # float32 holds every whole number only up to 2^24: larger ids would be rounded.
+        raise ArtifactError("manifest: x vocab past 2^24 needs int64 token ids, not float32")
     y_name, y_dtype, y_shape = _tensor(data, "y")
     if y_dtype != _TARGET_DTYPE[loss]:
         raise ArtifactError(f"manifest: loss {loss!r} takes {_TARGET_DTYPE[loss]} targets")

@@ -431,13 +431,15 @@ class OrtTrainer:
     def _check_x(self, x: npt.NDArray) -> npt.NDArray:
         """`x` as the graph's dtype, contiguous, after checking its per-example shape.
 
-        Integer inputs are token ids, which only an Embedding reads among the supported layers:
-        they must be whole numbers >= 0. Onnxruntime's gather would wrap a negative id to a row
-        from the end where torch raises (ids past the end fail in onnxruntime, a ValueError).
-        Raises `TrainingDataError`.
+        Integer inputs are token ids, which only an Embedding reads among the supported layers,
+        and so are float inputs with a vocabulary in the manifest (float32 ids read through
+        `x.long()`, as mobile_sim's text datasets hold them): they must be whole numbers >= 0
+        (and below the vocabulary, if recorded). Onnxruntime's gather would wrap a negative id
+        to a row from the end where torch raises (ids past the end fail in onnxruntime, a
+        ValueError). Raises `TrainingDataError`.
         """
         m = self.manifest
-        if self._x_dtype.kind == "i":
+        if self._x_dtype.kind == "i" or m.x_vocab is not None:
             try:
                 arr = _whole_numbers(x, "token ids")
             except ValueError as exc:
