@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("PLUME_DATA", str(ROOT.parent / "shared" / "data"))
@@ -14,10 +14,13 @@ os.environ.setdefault("PLUME_DATA", str(ROOT.parent / "shared" / "data"))
 # Property tests draw the same examples on every run by default (`make test` is deterministic);
 # PLUME_HYPOTHESIS=explore draws fresh ones each run to hunt for new counterexamples (a failure
 # found that way becomes an explicit regression test).
-# No per-example deadline: hypothesis' default (200 ms) fails a correct test on a slow or loaded
-# machine (CI's 2 cores after thousands of tests); a hang is still caught by pytest-timeout.
-settings.register_profile("deterministic", derandomize=True, print_blob=True, deadline=None)
-settings.register_profile("explore", derandomize=False, print_blob=True, deadline=None)
+# No per-example deadline and no too_slow health check: hypothesis' default deadline (200 ms)
+# and its data-generation timing check fail a correct test on a slow or loaded machine (CI's 2
+# cores after thousands of tests); a hang is still caught by pytest-timeout. (A test's own
+# suppress_health_check list replaces this one: such lists name too_slow as well.)
+_PATIENT = {"deadline": None, "suppress_health_check": [HealthCheck.too_slow]}
+settings.register_profile("deterministic", derandomize=True, print_blob=True, **_PATIENT)
+settings.register_profile("explore", derandomize=False, print_blob=True, **_PATIENT)
 settings.load_profile(os.environ.get("PLUME_HYPOTHESIS", "deterministic"))
 
 

@@ -123,7 +123,7 @@ def test_a_huge_sequence_number_does_not_make_later_writes_tie(tmp_path: Path, s
     max_examples=20,
     deadline=None,
     derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
     start=st.sampled_from([0, 5, 2**62, 2**63 - 3, 2**63 - 1, 2**63, 2**64 - 2, 2**64 - 1]),

@@ -206,7 +206,7 @@ _LAYOUTS = {"SPEC": SPEC, "OTHER": OTHER, "none": None}
     max_examples=25,
     deadline=None,
     derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
     saved=st.sampled_from(sorted(_LAYOUTS)),

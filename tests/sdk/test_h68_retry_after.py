@@ -99,7 +99,7 @@ def core(tmp_path_factory: pytest.TempPathFactory) -> _Core:
 
 @settings(
     max_examples=300, derandomize=True, deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )  # fmt: skip
 @given(
     text=st.one_of(

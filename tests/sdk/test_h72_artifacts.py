@@ -235,7 +235,7 @@ def test_an_lr_past_float32_is_refused_before_the_first_step(exported: dict[str,
     max_examples=25,
     deadline=None,
     derandomize=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
     n=st.integers(1, 13),

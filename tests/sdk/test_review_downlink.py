@@ -99,7 +99,7 @@ def test_a_model_version_that_is_not_an_integer_is_a_client_error(
     derandomize=True,
     max_examples=80,
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
     body=st.one_of(
