@@ -51,7 +51,11 @@ Base aggregators (rightmost stage):
   fedavg[:uniform=0|1,max_weight=W]  example-weighted mean (mean is an alias); W caps each
                                    device's declared example count
   median                           coordinate-wise median
-  trimmed_mean:BETA                drop floor(BETA*n) high and low values per coordinate
+  trimmed_mean:BETA[,support=0|1]  drop floor(BETA*n) high and low values per coordinate;
+                                   support=1 (for top-k reports): a coordinate that at least
+                                   2t+1 reports sent (t = floor(BETA*n)) drops t high and t low
+                                   values of its senders only, instead of counting every
+                                   report that did not send it as a 0
   krum[:f=F]                       Krum; F a count (>=1) or a fraction of reports (default 0.2)
   multikrum[:f=F,m=M]              mean of the M best Krum scores (default M = n - f; a
                                    larger M is capped at n - f)
@@ -81,7 +85,8 @@ Server optimizers (only as the very first stage; they turn the aggregate into th
   avgm[:momentum=B,lr=L]           FedAvgM: server momentum B (0.9), step lr (1.0)
   adam[:lr=L,b1=,b2=,tau=]         FedAdam (Reddi et al. 2021): lr 0.01, b1 0.9, b2 0.99,
   yogi[:...], adagrad[:...]        tau 1e-3; FedYogi, FedAdagrad take the same parameters
-Examples: "median", "trimmed_mean:0.1", "multikrum:f=2,m=5", "bucket:2+median",
+Examples: "median", "trimmed_mean:0.1", "trimmed_mean:0.2,support=1",
+  "multikrum:f=2,m=5", "bucket:2+median",
   "nnm+krum", "normbound:5+fedavg", "dp:clip=1,z=1.0,population=1000,sample=10,eps=8+fedavg"
 """
 
@@ -164,7 +169,10 @@ def _fedavg(p: _Params) -> AggregatorFactory:
 
 
 def _trimmed(p: _Params) -> AggregatorFactory:
-    return TrimmedMean(beta=p.num("beta", default=0.1, positional=True))
+    support = p.int("support", default=0)
+    if support not in (0, 1):
+        raise AggregatorSpecError(f"trimmed_mean's support is 0 or 1, got {support}")
+    return TrimmedMean(beta=p.num("beta", default=0.1, positional=True), support=bool(support))
 
 
 def _krum(p: _Params) -> AggregatorFactory:

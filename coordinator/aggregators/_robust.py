@@ -52,6 +52,7 @@ DEFAULT_BLOCK_ELEMS = 1 << 20
 
 F64 = npt.NDArray[np.float64]
 F32 = npt.NDArray[np.float32]
+Bools = npt.NDArray[np.bool_]
 
 
 class UpdateRows:
@@ -194,6 +195,27 @@ class UpdateRows:
             else:
                 yield start, stop, (self.mix @ block).astype(np.float32)
 
+    def sent_blocks(
+        self, block_elems: int = DEFAULT_BLOCK_ELEMS
+    ) -> Iterator[tuple[int, int, F32, Bools]]:
+        """As `blocks`, with bool[n', stop - start]: which row sent which coordinate.
+
+        A base row sent a coordinate when its sparse update lists the index (a value sent as
+        0 counts as sent); a mixed row when one of the base rows it mixes with a nonzero
+        coefficient did. The mask adds one byte per block scalar.
+        """
+        rows = len(self)
+        width = max(1, block_elems // max(rows, self._base.n, 1))
+        # 0/1 in float32: "some source with a nonzero coefficient sent it" as a BLAS product
+        # (numpy's bool matmul is a plain loop, many times slower on sparse masks).
+        mixes = None if self.mix is None else (self.mix != 0.0).astype(np.float32)
+        for start, stop, block, sent in self._base.sent_blocks(width):
+            if self.mix is None or mixes is None:
+                yield start, stop, block, sent
+            else:
+                mixed = (self.mix @ block).astype(np.float32)
+                yield start, stop, mixed, (mixes @ sent.astype(np.float32)) > 0.0
+
     def materialize(self) -> list[ClientUpdate]:
         """The rows as ClientUpdates (sparse over their nonzeros), one dense d-vector at a time.
 
@@ -295,6 +317,15 @@ class _Base:
         return _wsum(self.idx, coef[self.row_of] * self.vals, self.size)
 
     def blocks(self, width: int) -> Iterator[tuple[int, int, F32]]:
+        for start, stop, block, _ in self._blocks(width, sent=False):
+            yield start, stop, block
+
+    def sent_blocks(self, width: int) -> Iterator[tuple[int, int, F32, Bools]]:
+        for start, stop, block, sent in self._blocks(width, sent=True):
+            assert sent is not None
+            yield start, stop, block, sent
+
+    def _blocks(self, width: int, *, sent: bool) -> Iterator[tuple[int, int, F32, Bools | None]]:
         bounds = np.array([*range(0, self.size, width), self.size], dtype=np.int64)
         # cut[j, b]: first position of update j at or after coordinate bounds[b].
         cut = (
@@ -303,12 +334,15 @@ class _Base:
         for b in range(bounds.shape[0] - 1):
             start, stop = int(bounds[b]), int(bounds[b + 1])
             block = np.zeros((self.n, stop - start), dtype=np.float32)
+            mask = np.zeros((self.n, stop - start), dtype=np.bool_) if sent else None
             if cut is not None:
                 for j, u in enumerate(self.updates):
                     lo, hi = cut[j, b], cut[j, b + 1]
                     if hi > lo:
                         block[j, u.indices[lo:hi] - start] = u.values[lo:hi]
-            yield start, stop, block
+                        if mask is not None:
+                            mask[j, u.indices[lo:hi] - start] = True
+            yield start, stop, block, mask
 
 
 @runtime_checkable
@@ -384,6 +418,16 @@ class CoordinateMedian:
         return _MedianProcess(size, self.block_elems)
 
 
+def _sender_values(block: F32, sent: Bools, cols: npt.NDArray[np.int64]) -> F32:
+    """float32[n, len(cols)]: each column's senders' values sorted first, then +inf (unsent).
+
+    Reports are finite (UpdateRows refuses others), so +inf marks exactly the unsent places.
+    """
+    vals = np.where(sent[:, cols], block[:, cols], np.float32(np.inf))
+    vals.sort(axis=0)
+    return vals
+
+
 def _check_block(block_elems: int) -> None:
     if not block_elems >= 1:
         raise ValueError(f"block_elems must be >= 1, got {block_elems!r}")
@@ -422,34 +466,77 @@ class TrimmedMean:
     """Coordinate-wise mean after dropping the floor(beta·n) largest and smallest values.
 
     beta in [0, 0.5); the trim is capped so that at least one value per coordinate remains.
-    Memory: the result float32[d] plus about 3 · block_elems float32 scalars, never n×d.
+    `support=True` is the support rule for sparse (top-k) reports. With t = floor(beta·n), the
+    trim of the round: a coordinate that at least 2t + 1 reports sent is the mean of those
+    senders' values after dropping the t largest and t smallest of them; any other coordinate
+    is the plain rule's (the n values, unsent ones counted as 0, t dropped at each end). Both
+    tolerate t attackers per coordinate: at most t attacker values, whatever they are, leave
+    the result within the honest values (the honest senders' values where supported), and
+    attackers alone never set a coordinate no honest report sent. A round's attackers beyond t
+    move both without bound. On dense reports (every report sends every coordinate) it is
+    the plain rule, bit for bit.
+    Memory: the result float32[d] plus about 3 · block_elems float32 scalars, never n×d; with
+    `support`, also the sent mask (one byte per block scalar) and a float32 copy of the
+    supported columns.
     """
 
     beta: float = 0.1
     block_elems: int = DEFAULT_BLOCK_ELEMS
+    support: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.beta < 0.5:
             raise ValueError(f"trimmed mean beta must be in [0, 0.5), got {self.beta!r}")
         _check_block(self.block_elems)
+        if not isinstance(self.support, bool):
+            raise ValueError(f"trimmed mean support must be True or False, got {self.support!r}")
 
     def create(self, size: int) -> _TrimmedMeanProcess:
-        return _TrimmedMeanProcess(size, self.beta, self.block_elems)
+        return _TrimmedMeanProcess(size, self.beta, self.block_elems, self.support)
 
 
 class _TrimmedMeanProcess(_RowProcess):
-    def __init__(self, size: int, beta: float, block_elems: int) -> None:
-        self.size, self.beta, self.block_elems = size, beta, block_elems
+    def __init__(self, size: int, beta: float, block_elems: int, support: bool = False) -> None:
+        self.size, self.beta, self.block_elems, self.support = size, beta, block_elems, support
 
     def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:
         n = len(rows)
         out = _zeros(self.size)
         trim = min(int(np.floor(self.beta * n)), (n - 1) // 2) if n else 0
+        if not self.support:
+            if n:
+                for start, stop, block in rows.blocks(self.block_elems):
+                    block.sort(axis=0)
+                    out[start:stop] = block[trim : n - trim].mean(axis=0, dtype=np.float64)
+            return AggregateOutput(state, out, {"clients": n, "trimmed_each_side": trim})
+        threshold, supported = 2 * trim + 1, 0
         if n:
-            for start, stop, block in rows.blocks(self.block_elems):
+            pos = np.arange(n)[:, None]
+            for start, stop, block, sent in rows.sent_blocks(self.block_elems):
+                counts = sent.sum(axis=0)
+                cols = np.flatnonzero(counts >= threshold)
+                vals = _sender_values(block, sent, cols) if cols.size else None
+                del sent
                 block.sort(axis=0)
-                out[start:stop] = block[trim : n - trim].mean(axis=0, dtype=np.float64)
-        return AggregateOutput(state, out, {"clients": n, "trimmed_each_side": trim})
+                res = block[trim : n - trim].mean(axis=0, dtype=np.float64)
+                if vals is not None:
+                    k = counts[cols]
+                    # The senders' values sit sorted in rows [0, k): keep rows [trim, k - trim).
+                    keep = (pos >= trim) & (pos < k - trim)
+                    kept = np.where(keep, vals, np.float32(0)).sum(axis=0, dtype=np.float64)
+                    res[cols] = kept / (k - 2 * trim)
+                    supported += int(cols.size)
+                out[start:stop] = res
+        return AggregateOutput(
+            state,
+            out,
+            {
+                "clients": n,
+                "trimmed_each_side": trim,
+                "support_threshold": threshold,
+                "supported_coords": supported,
+            },
+        )
 
 
 @dataclass(frozen=True, slots=True)
