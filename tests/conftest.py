@@ -10,6 +10,11 @@ from hypothesis import HealthCheck, settings
 
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("PLUME_DATA", str(ROOT.parent / "shared" / "data"))
+# Settings a developer's shell may carry change what the tests see (a token the admin tests
+# expect to be missing, tracebacks instead of one-line errors, injected store faults): every
+# test starts without them and sets what it needs itself.
+for _name in ("PLUME_ADMIN_TOKEN", "PLUME_DEBUG", "PLUME_FAULT_FILE", "PLUME_FAULT_PAUSE_AT"):
+    os.environ.pop(_name, None)
 
 # Property tests draw the same examples on every run by default (`make test` is deterministic);
 # PLUME_HYPOTHESIS=explore draws fresh ones each run to hunt for new counterexamples (a failure
