@@ -78,9 +78,10 @@ Wrappers (stages before the base):
                                    cosine to another device's history exceeds T (0.3), and
                                    that device's reports for R rounds (30): backdoor defence
   dp:clip=C,z=Z[,q=Q|population=N,sample=M][,delta=,eps=,denom=,seed=,quantile=,count_std=]
-                                   user-level DP mean (must be the first stage); Poisson
-                                   sampling (q=) needs denom= (the expected cohort q·N); the
-                                   coordinator service takes population=,sample= only
+                                   user-level DP mean (must be the first stage); `plume sim`
+                                   and the coordinator service take population=,sample= only;
+                                   q= (Poisson sampling, with denom= the expected cohort q·N)
+                                   in library use only
 Server optimizers (only as the very first stage; they turn the aggregate into the step):
   avgm[:momentum=B,lr=L]           FedAvgM: server momentum B (0.9), step lr (1.0)
   adam[:lr=L,b1=,b2=,tau=]         FedAdam (Reddi et al. 2021): lr 0.01, b1 0.9, b2 0.99,
