@@ -142,6 +142,23 @@ BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
         ],
     ),
     (
+        "robustness_sparse_support",
+        "Trimmed mean with the support rule for top-k reports, MNIST MLP, seed 0",
+        "python bench/robustness.py --aggregators trimmed_mean:0.2 trimmed_mean:0.2,support=1 "
+        "--attacks signflip scaling alie ipm:epsilon=0.1 labelflip gaussian --fractions 0.2 "
+        "--clean-only fedavg --skip-backdoor --name robustness_sparse_support --workers 1",
+        [],
+    ),
+    (
+        "robustness_sparse_support_seed1",
+        "Trimmed mean with the support rule for top-k reports, MNIST MLP, seed 1 (held out)",
+        "python bench/robustness.py --aggregators trimmed_mean:0.2 trimmed_mean:0.2,support=1 "
+        "--attacks signflip scaling alie ipm:epsilon=0.1 labelflip gaussian --fractions 0.2 "
+        "--clean-only fedavg --skip-backdoor --name robustness_sparse_support_seed1 --workers 1 "
+        "--seed 1",
+        [],
+    ),
+    (
         "server_opt",
         "Server optimizers on the compressed MNIST CNN (FedAvg, FedAvgM, FedAdam, FedYogi)",
         "python bench/server_opt.py",
@@ -263,6 +280,44 @@ def _fraction_table() -> list[str]:
     return lines + [""]
 
 
+# bench/robustness.py files whose result is the accuracy matrix itself (no headline rule).
+MATRIX_TABLES = {"robustness_sparse_support", "robustness_sparse_support_seed1"}
+
+
+def _matrix_table(doc: dict[str, Any]) -> list[str]:
+    """Each rule's final accuracy without attack and under each attack, one table per
+    attacker fraction (bench/robustness.py's `no_attack_accuracy` and `accuracy`); a run that
+    diverged says so, one not run is a dash."""
+    clean = doc.get("no_attack_accuracy") or {}
+    diverged = {
+        (r["aggregator"], r["attack"], f"{round(100 * r['malicious'])}pct")
+        for r in doc.get("runs", [])
+        if r.get("kind") == "matrix" and r.get("diverged")
+    }
+    lines: list[str] = []
+    for frac, cells in (doc.get("accuracy") or {}).items():
+        attacks = list(dict.fromkeys(a for row in cells.values() for a in row))
+        lines += [
+            f"Final accuracy, {frac.removesuffix('pct')}% malicious devices (the first column "
+            "without attack):",
+            "",
+            "| rule | no attack | " + " | ".join(attacks) + " |",
+            "|---|---|" + "---|" * len(attacks),
+        ]
+        for rule in dict.fromkeys([*clean, *cells]):
+            row = cells.get(rule, {})
+            shown = [
+                "diverged (0)"
+                if (rule, attack, frac) in diverged
+                else (_fmt(row[attack]) if attack in row else "–")
+                for attack in attacks
+            ]
+            no_attack = _fmt(clean[rule]) if rule in clean else "–"
+            lines.append(f"| `{rule}` | {no_attack} | " + " | ".join(shown) + " |")
+        lines.append("")
+    return lines
+
+
 def _server_opt_table(doc: dict[str, Any]) -> list[str]:
     """Every arm of bench/server_opt.py: spec, server step, accuracy, bytes."""
     s = doc.get("settings", {})
@@ -345,6 +400,8 @@ def render() -> str:
             out += _sweep_table()
         if stem == "robustness":
             out += _fraction_table()
+        if stem in MATRIX_TABLES:
+            out += _matrix_table(doc)
         if stem == "server_opt":
             out += _server_opt_table(doc)
         for key in sorted(k for k in doc if k in ("notes", "note") or k.endswith("_note")):
