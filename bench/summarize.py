@@ -94,7 +94,7 @@ BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
     ),
     (
         "robustness_cnn_v3",
-        "Byzantine robustness on the MNIST CNN, default aggregator, seed 0 (issue 5)",
+        "Byzantine robustness on the MNIST CNN, robust aggregator cosfilter+geomed, seed 0 (issue 5)",
         "python bench/robustness.py --model mnist_cnn --aggregators cosfilter+geomed "
         "--clean-only fedavg --skip-backdoor --name robustness_cnn_v3 --workers 1",
         [
@@ -105,7 +105,7 @@ BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
     ),
     (
         "robustness_cnn_seed1_v3",
-        "Byzantine robustness on the MNIST CNN, default aggregator, seed 1 (issue 5)",
+        "Byzantine robustness on the MNIST CNN, robust aggregator cosfilter+geomed, seed 1 (issue 5)",
         "python bench/robustness.py --model mnist_cnn --aggregators cosfilter+geomed "
         "--clean-only fedavg --skip-backdoor --name robustness_cnn_seed1_v3 --workers 1 --seed 1",
         [
@@ -116,7 +116,7 @@ BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
     ),
     (
         "robustness_cnn_seed2_v3",
-        "Byzantine robustness on the MNIST CNN, default aggregator, seed 2, held out (issue 5)",
+        "Byzantine robustness on the MNIST CNN, robust aggregator cosfilter+geomed, seed 2, held out (issue 5)",
         "python bench/robustness.py --model mnist_cnn --aggregators cosfilter+geomed "
         "--clean-only fedavg --skip-backdoor --name robustness_cnn_seed2_v3 --workers 2 --seed 2",
         [
