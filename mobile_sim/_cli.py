@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import math
 import os
 import re
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -720,12 +722,35 @@ def _run_one(cfg: Any, args: argparse.Namespace, label: str, rows: _Rows) -> Any
             from .http_fleet import run_http_simulation
         except ImportError as exc:
             raise SystemExit(f"--transport http is unavailable in this build: {exc}") from exc
-        return run_http_simulation(
-            cfg, coordinator_url=args.coordinator, progress=bar, label=label, on_round=rows
-        )
+        said = args.coordinator is None and _unproven_dp_note(cfg, args.secure) is not None
+        with _without_coordinator_note() if said else contextlib.nullcontext():
+            return run_http_simulation(
+                cfg, coordinator_url=args.coordinator, progress=bar, label=label, on_round=rows
+            )
     from .runner import run_simulation
 
     return run_simulation(cfg, progress=bar, label=label, on_round=rows)
+
+
+# The embedded coordinator's create-task warning that `_unproven_dp_note` has already said.
+_COORDINATOR_NOTE = "its dp stage accounts epsilon with amplification by fixed-size sampling"
+
+
+@contextlib.contextmanager
+def _without_coordinator_note() -> Iterator[None]:
+    """Drop the embedded coordinator's log line of `_unproven_dp_note` (its create-task
+    warning, logged on `plume.coordinator` in this process) while the run lasts: `plume sim`
+    printed the same note before the run, and the line came out twice. Its other lines pass."""
+
+    def keep(record: logging.LogRecord) -> bool:
+        return _COORDINATOR_NOTE not in record.getMessage()
+
+    logger = logging.getLogger("plume.coordinator")
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
 
 
 def _remote_errors() -> tuple[type[Exception], ...]:
@@ -1066,6 +1091,12 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         )
     elif problem := _dp_noise_error(args):
         return problem
+    if not (args.dense or args.secure) and args.rounds >= 1 and args.warmup_rounds >= args.rounds:
+        # Every round dense: the compressed run is the dense one and its codec flags are void.
+        return (
+            f"--warmup-rounds {args.warmup_rounds} makes every one of the {args.rounds} rounds "
+            "dense (fp32), so the codec flags change nothing: give fewer than --rounds, or --dense"
+        )
     if (args.ort_fraction > 0 or args.ort_tier) and not args.ort_artifacts:
         return (
             "--ort-fraction/--ort-tier need --ort-artifacts DIR, a folder written by "
@@ -1209,6 +1240,7 @@ def _sim(args: argparse.Namespace) -> int:
 
     from .data import DataError
     from .report import (
+        abandoned_warning,
         dp_pool_warning,
         dp_unaccounted_note,
         robust_guarantee_warning,
@@ -1380,7 +1412,12 @@ def _sim(args: argparse.Namespace) -> int:
         print(line)
         if len(r.records) < r.config.rounds:
             print(f"{r.label or 'run'}: {_stopped_early(r)}")
-        for warning in (dp_pool_warning(r), robust_guarantee_warning(r), dp_unaccounted_note(r)):
+        for warning in (
+            abandoned_warning(r),
+            dp_pool_warning(r),
+            robust_guarantee_warning(r),
+            dp_unaccounted_note(r),
+        ):
             if warning:
                 print(f"{r.label or 'run'}: {warning}")
     if len(results) == 2 and results[0].final_accuracy is not None:

@@ -272,6 +272,32 @@ def dp_pool_warning(result: SimResult) -> str | None:
     return None
 
 
+def abandoned_warning(result: SimResult) -> str | None:
+    """One line when rounds were abandoned (the model unchanged in them), or None; rounds
+    that `dp_pool_warning` explains (no dp population in the pool) are left to it.
+
+    Before, a run whose every round was abandoned (a --deadline no device meets) printed its
+    summary and exited 0 as if it had trained: only the `*` after each round said otherwise."""
+    pool = result.dp_pool() or {}
+    told = set(pool.get("dp_pool_abandoned_rounds", ()))
+    lost = [r for r in result.records if not r.committed and r.round not in told]
+    if not lost:
+        return None
+    cfg = result.config
+    short = all("min_reports" in str(r.measurements.get("abandoned", "")) for r in lost)
+    if short and cfg.deadline_s is not None and all(r.reports == 0 for r in lost):
+        why = f"no report before --deadline {cfg.deadline_s:g} s"
+    elif short and cfg.deadline_s is not None:
+        why = f"fewer than --min-reports {cfg.min_reports} reports before --deadline {cfg.deadline_s:g} s"
+    else:
+        why = "measurements.abandoned in rounds.json says why"
+    head = f"warning: {len(lost)} of {len(result.records)} rounds were abandoned ({why})"
+    if len(lost) == len(result.records):
+        return f"{head}; the model never changed"
+    names = ", ".join(str(r.round) for r in lost[:5]) + (", ..." if len(lost) > 5 else "")
+    return f"{head}: the model did not change in round{'s' * (len(lost) > 1)} {names}"
+
+
 def dp_unaccounted_note(result: SimResult) -> str | None:
     """One line when the run's `dp:` stage added noise but accounted no epsilon, or None.
 
@@ -391,6 +417,9 @@ def write_run(
     if command is not None:
         doc["command"] = command
     doc["config"] = result.config.as_dict()
+    if result.dp_seed is not None:
+        # Only dp runs have the key: other runs record the config they did before it.
+        doc["config"]["dp_seed"] = result.dp_seed
     if result.secure is not None:
         # A secure run's own settings: `config`'s codec fields (topk, bits, ...) are unused.
         doc["secure"] = result.secure

@@ -50,6 +50,7 @@ __all__ = [
     "load_dataset",
     "DATASET_LOADERS",
     "build_aggregator",
+    "dp_seed_for",
     "AGGREGATORS",
     "DEFAULT_MODEL",
     "dataset_family",
@@ -231,6 +232,9 @@ class SimConfig:
             raise ValueError(f"lr must be finite and > 0, got {self.lr!r}")
         if not (math.isfinite(self.momentum) and self.momentum >= 0):
             raise ValueError(f"momentum must be finite and >= 0, got {self.momentum!r}")
+        if self.momentum >= 1:
+            # The velocity then never decays: local training diverges without an error.
+            raise ValueError(f"momentum must be below 1 (0.9 is usual), got {self.momentum!r}")
         if not (math.isfinite(self.alpha) and self.alpha > 0):
             raise ValueError(f"alpha must be positive and finite, got {self.alpha!r}")
         if self.seed < 0:
@@ -265,6 +269,37 @@ class SimConfig:
         self.codec()  # validates topk / bits / index / ...
         self.engine_config()  # validates over_selection / server_lr
         self._check_dp_sampling()
+
+    @property
+    def run_aggregator(self) -> str:
+        """The spec the in-process engine builds: `aggregator`, its `dp` stage given
+        `seed=dp_seed_for(seed)` when it has no seed= (docs/simulator.md, "Differential
+        privacy: reading epsilon"). Without one, DPMean draws each round's noise from OS
+        entropy, as a deployment must, and no rerun repeats the run. An aggregator registered
+        in `AGGREGATORS` is left as it is."""
+        if self.aggregator in AGGREGATORS:
+            return self.aggregator
+        stages = self.aggregator.split("+")
+        for i, stage in enumerate(stages):
+            name, colon, params = stage.partition(":")
+            if name.strip().lower() != "dp":
+                continue
+            keys = {part.partition("=")[0].strip() for part in params.split(",") if "=" in part}
+            if "seed" not in keys:
+                given = params.strip()
+                seed = f"seed={dp_seed_for(self.seed)}"
+                stages[i] = f"{name}:{given},{seed}" if given else f"{name}:{seed}"
+        return "+".join(stages)
+
+    @property
+    def dp_seed(self) -> int | None:
+        """The seed of the in-process run's dp noise (its spec's seed=, else derived from
+        `seed`), or None: no dp stage, or a registered aggregator's stage without a seed."""
+        try:
+            dp = find_dp(build_aggregator(self.run_aggregator))
+        except ValueError:
+            return None
+        return None if dp is None or dp.seed is None else int(dp.seed)
 
     def _dp_stage(self) -> DPMean | None:
         """The `aggregator`'s dp stage, or None."""
@@ -428,6 +463,10 @@ class SimResult:
     partition: dict[str, Any] | None = None
     # Stopped by Ctrl-C (`RunInterrupted`): `records` are the rounds that finished before it.
     interrupted: bool = False
+    # The seed of the dp stage's noise in an in-process run (`SimConfig.dp_seed`: its spec's
+    # seed=, else derived from `seed`), rounds.json's `config.dp_seed`; None: no dp stage, or
+    # its noise came from OS entropy (over HTTP the coordinator builds the aggregator itself).
+    dp_seed: int | None = None
 
     @property
     def final_accuracy(self) -> float | None:
@@ -611,6 +650,15 @@ def natural_client_count(name: str, root: str | None = None, seed: int = 0) -> i
 # spec (it does not compose with the built-in stages). docs/simulator.md, "Your own model,
 # dataset or aggregator".
 AGGREGATORS: dict[str, Callable[[], AggregatorFactory]] = {}
+
+
+def dp_seed_for(seed: int) -> int:
+    """The seed of a `dp` stage without seed= in an in-process run of `--seed seed`: the
+    first 32-bit word of numpy's SeedSequence([seed, 0xD9]), halved (below 2**31, so the
+    spec's seed= carries it exactly). Not `seed` itself: default_rng([seed, r]) draws the
+    secure runs' cohorts, and the noise must not repeat any of the run's streams."""
+    word = np.random.SeedSequence([seed, 0xD9]).generate_state(1, np.uint32)[0]
+    return int(word) >> 1
 
 
 def build_aggregator(spec: str) -> AggregatorFactory:
@@ -798,7 +846,7 @@ def run_simulation(
     engine = RoundEngine(
         spec,
         get_flat_params(model),
-        build_aggregator(cfg.aggregator),
+        build_aggregator(cfg.run_aggregator),
         cfg.engine_config(),
         strategy=_WarmupStrategy(cfg.warmup_rounds) if cfg.warmup_rounds else None,
     )
@@ -1023,6 +1071,7 @@ def run_simulation(
             label,
             started_at,
             partition=partition_stats(parts, data.y_train),
+            dp_seed=cfg.dp_seed,
         )
         raise RunInterrupted.of(partial) from exc
     finally:
@@ -1038,6 +1087,7 @@ def run_simulation(
         label,
         started_at,
         partition=partition_stats(parts, data.y_train),
+        dp_seed=cfg.dp_seed,
     )
 
 
