@@ -422,8 +422,13 @@ def _sender_values(block: F32, sent: Bools, cols: npt.NDArray[np.int64]) -> F32:
     """float32[n, len(cols)]: each column's senders' values sorted first, then +inf (unsent).
 
     Reports are finite (UpdateRows refuses others), so +inf marks exactly the unsent places.
+    One float32 copy of the columns and one bool[n, len(cols)], filled and sorted in place.
     """
-    vals = np.where(sent[:, cols], block[:, cols], np.float32(np.inf))
+    vals = block[:, cols]
+    unsent = sent[:, cols]
+    np.logical_not(unsent, out=unsent)
+    np.copyto(vals, np.float32(np.inf), where=unsent)
+    del unsent
     vals.sort(axis=0)
     return vals
 
@@ -476,8 +481,9 @@ class TrimmedMean:
     move both without bound. On dense reports (every report sends every coordinate) it is
     the plain rule, bit for bit.
     Memory: the result float32[d] plus about 3 · block_elems float32 scalars, never n×d; with
-    `support`, also the sent mask (one byte per block scalar) and a float32 copy of the
-    supported columns.
+    `support`, also the sent mask (one byte per block scalar), a float32 copy of the
+    supported columns and a bool temporary of the copy's shape: about 10 bytes per block
+    scalar at the peak (tests/coordinator/test_h155_support_memory.py).
     """
 
     beta: float = 0.1
@@ -515,15 +521,22 @@ class _TrimmedMeanProcess(_RowProcess):
             for start, stop, block, sent in rows.sent_blocks(self.block_elems):
                 counts = sent.sum(axis=0)
                 cols = np.flatnonzero(counts >= threshold)
-                vals = _sender_values(block, sent, cols) if cols.size else None
+                k = counts[cols]
+                kept = None
+                if cols.size:
+                    # Memory, bytes per block scalar: the block (4), the mask (1), this copy
+                    # (4) and one bool temporary (1) at a time, within the docs' 16·block.
+                    vals = _sender_values(block, sent, cols)
+                    # The senders' values sit sorted in rows [0, k): keep rows [trim, k - trim)
+                    # by zeroing the others in place (the t smallest, the t largest, unsent).
+                    vals[:trim] = 0.0
+                    vals[pos >= k - trim] = 0.0
+                    kept = vals.sum(axis=0, dtype=np.float64)
+                    del vals
                 del sent
                 block.sort(axis=0)
                 res = block[trim : n - trim].mean(axis=0, dtype=np.float64)
-                if vals is not None:
-                    k = counts[cols]
-                    # The senders' values sit sorted in rows [0, k): keep rows [trim, k - trim).
-                    keep = (pos >= trim) & (pos < k - trim)
-                    kept = np.where(keep, vals, np.float32(0)).sum(axis=0, dtype=np.float64)
+                if kept is not None:
                     res[cols] = kept / (k - 2 * trim)
                     supported += int(cols.size)
                 out[start:stop] = res
