@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from coordinator.ledger import BandwidthLedger
 from coordinator.secure import SecureConfig, SecureCoordinator, SecureOutcome
-from protocol.secagg import RoundAborted, SecAggError, Stage
+from protocol.secagg import CtrRandom, RoundAborted, SecAggError, Stage
 from sdk.secure import SecureParticipant, SecureSession
 
 from .partition import partition_stats
@@ -363,6 +363,13 @@ class HttpSecureFleet:
         return outcome
 
 
+def _noise_key(seed: int, index: int) -> bytes:
+    """The 32-byte key of device `index`'s `--dp-noise` stream (an AES-CTR CtrRandom) in a run
+    of `seed`: SeedSequence([seed, 0xD9, index])'s first 256 bits. Without it each device drew
+    a key from os.urandom and no rerun repeated a noised run; the SDK on a phone still does."""
+    return np.random.SeedSequence([seed, 0xD9, index]).generate_state(8, np.uint32).tobytes()
+
+
 def _job_stream(jobs: Mapping[str, Any], device_id: str) -> np.random.Generator:
     from .backends import job_rng
 
@@ -457,7 +464,9 @@ def run_secure_simulation(
             results = be.train(coord.params, jobs)
             updates = {res.device_id: (res.delta, int(res.num_examples)) for res in results}
             for dev in selected:
-                participants.setdefault(dev, SecureParticipant(d))
+                if dev not in participants:
+                    noise = CtrRandom(_noise_key(cfg.seed, index_of[dev]))
+                    participants[dev] = SecureParticipant(d, noise_rng=noise)
             job_of = {j.device_id: j for j in jobs}
             drops = draw_dropouts(selected, dropout, drop_rng)
             if fleet is not None:
