@@ -226,7 +226,8 @@ def _round_rdp(
     Gaussian's RDP bounds every round too. The
     sampled bound (Wang et al. 2019, Thm. 27) is far looser than that just below m = N
     (epsilon 43.2 against the Gaussian's 22.0 at N = 110, m = 100, z = 4, 50 rounds), where
-    dp_accounting uses it as it is, and at tiny z (0.005) even at m = N / 10. Method "rdp"
+    dp_accounting uses it as it is, and at small z far below m = N too: at z = 0.5 from m = 8
+    of N = 50 (10 rounds), at z = 0.2 even at m = 1 (docs/privacy.md). Method "rdp"
     keeps dp_accounting's curve as it is, to the bit.
     """
     import numpy as np
