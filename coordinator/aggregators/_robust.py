@@ -259,6 +259,14 @@ class _Base:
         self.updates = list(updates)
         self.size = size
         self.n = len(self.updates)
+        for row, u in enumerate(self.updates):
+            # A NaN would spread through every Gram entry, distance and mix (Krum's combine
+            # multiplies it by 0 and still gets NaN); refuse it before any of them is computed.
+            # One report at a time: a mask over all N values would add a byte per value to the
+            # 24 the concatenation below takes.
+            if not np.isfinite(u.values).all():
+                name = names[row] if names is not None and len(names) == self.n else f"update {row}"
+                raise NonFiniteReportError(f"report from {name} holds NaN or infinity")
         counts = np.array([u.nnz for u in self.updates], dtype=np.int64)
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         if self.n:
@@ -270,13 +278,6 @@ class _Base:
             self.idx = np.zeros(0, dtype=np.int64)
             self.vals = np.zeros(0, dtype=np.float64)
         self.row_of = np.repeat(np.arange(self.n, dtype=np.int64), counts)
-        finite = np.isfinite(self.vals)
-        if not finite.all():
-            # A NaN would spread through every Gram entry, distance and mix (Krum's combine
-            # multiplies it by 0 and still gets NaN); refuse it before any of them is computed.
-            row = int(self.row_of[np.argmin(finite)])
-            name = names[row] if names is not None and len(names) == self.n else f"update {row}"
-            raise NonFiniteReportError(f"report from {name} holds NaN or infinity")
         self._gram: F64 | None = None
         self._sq: F64 | None = None
 

@@ -14,7 +14,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from coordinator.aggregators import TrimmedMean
+from coordinator.aggregators import CoordinateMedian, TrimmedMean
 from tests.coordinator.test_h148_sparse_support import reference, reports
 
 
@@ -52,3 +52,28 @@ def test_support_rule_stays_within_the_trimmed_mean_row_of_the_docs(
     np.testing.assert_allclose(results[True], reference(values, sent, 0.2), rtol=1e-6, atol=1e-7)
     if density == 1.0:
         assert results[True].tobytes() == results[False].tobytes()
+
+
+def test_block_rules_stay_within_their_row_when_the_block_is_small() -> None:
+    # Prepare: 20 dense reports, d = 200,000 (N = 4,000,000 values), block 2^16 scalars. The
+    # reports' concatenation takes 24·N bytes (indices, float64 values, row numbers); the
+    # 16·block of the row leaves no room for another byte per value.
+    n, d, block = 20, 200_000, 1 << 16
+    rng = np.random.default_rng(12)
+    values = rng.normal(size=(n, d)).astype(np.float32)
+    updates = reports(values, np.ones((n, d), dtype=bool))
+    bound = 8 * d + 24 * n * d + 16 * block
+    for factory in (
+        TrimmedMean(0.2, block_elems=block),
+        TrimmedMean(0.2, block_elems=block, support=True),
+        CoordinateMedian(block_elems=block),
+    ):
+        proc = factory.create(d)
+        state = proc.initialize()
+        # Execute
+        tracemalloc.start()
+        proc.next(state, updates)
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        # Assert
+        assert peak < bound, f"{factory}: peak {peak} bytes > stated bound {bound}"
