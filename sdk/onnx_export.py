@@ -21,7 +21,6 @@
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import json
 import logging
@@ -52,7 +51,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from compression import ModelSpec
 
 from .ort import session_options
-from .trainer import input_vocabulary
+from .trainer import input_vocabulary, restored_slots
 
 __all__ = [
     "ExampleInputError",
@@ -776,29 +775,6 @@ def _missing_translation(exc: BaseException) -> str | None:
     return None
 
 
-def _traceable(model: nn.Module) -> nn.Module:
-    """`model`, or a deep copy of it if a module or parameter in it is reachable by two paths.
-
-    `functional_call` (in both traced functions) swaps the given tensors into the module and
-    back; a slot reachable under two names is swapped twice, and the caller's model was left
-    holding the trace's FakeTensors (pytorch/pytorch#164759). `copy.deepcopy` keeps the
-    sharing (one tensor, both uses), so the graphs are those of the model itself, and the
-    caller's model is not touched. (`tie_weights=False` would instead untie a parameter
-    shared by two modules.)
-    """
-    modules = sum(1 for _ in model.named_modules(remove_duplicate=False))
-    params = sum(1 for _ in model.named_parameters(remove_duplicate=False))
-    if modules == sum(1 for _ in model.named_modules()) and params == len(list(model.parameters())):
-        return model
-    try:
-        return copy.deepcopy(model)
-    except Exception as exc:  # whatever an attribute's __deepcopy__ raises
-        raise ExportError(
-            f"the model shares a layer or parameter between two places, and tracing it needs "
-            f"a copy, but copy.deepcopy fails: {type(exc).__name__}: {exc}"
-        ) from exc
-
-
 def _make_infer(model: nn.Module, names: list[str]) -> Callable[..., torch.Tensor]:
     n = len(names)
 
@@ -1042,7 +1018,6 @@ def _export(
     float_vocab: int | None,
 ) -> ExportResult:
     named = [(n, p.detach().to(torch.float32).clone()) for n, p in model.named_parameters()]
-    model = _traceable(model)
     names = [n for n, _ in named]
     params = tuple(p for _, p in named)
     spec = ModelSpec.from_shapes((n, tuple(p.shape)) for n, p in named)
@@ -1068,26 +1043,30 @@ def _export(
     train_args = (*params, *state, example_x, example_y, lr)
     n_in = len(train_args)
 
-    joint = _export_joint(
-        _make_joint_step(model, names, loss, optimizer, momentum),
-        train_args,
-        train_inputs,
-        [*train_outputs, "logits"],
-        batch_inputs=(n_in - 3, n_in - 2),
-    )
+    # The model itself is traced (a copy cannot stand in for one whose hooks or closures
+    # reach its layers), and its slots are put back after each trace (`restored_slots`).
+    with restored_slots(model):
+        joint = _export_joint(
+            _make_joint_step(model, names, loss, optimizer, momentum),
+            train_args,
+            train_inputs,
+            [*train_outputs, "logits"],
+            batch_inputs=(n_in - 3, n_in - 2),
+        )
     train_model = _cut(joint, train_inputs, train_outputs)
     if train_model is None:
         raise ExportError("the training step could not be separated from the joint graph")
     infer_inputs = [*param_inputs, "x"]
     infer_model = _cut(joint, infer_inputs, ["logits"])
     if infer_model is None:
-        infer_model = _export_joint(
-            _make_infer(model, names),
-            (*params, example_x),
-            infer_inputs,
-            ["logits"],
-            batch_inputs=(len(params),),
-        )
+        with restored_slots(model):
+            infer_model = _export_joint(
+                _make_infer(model, names),
+                (*params, example_x),
+                infer_inputs,
+                ["logits"],
+                batch_inputs=(len(params),),
+            )
     blobs: dict[str, bytes] = {}
     for what, graph in (("train_step", train_model), ("infer", infer_model)):
         _strip_metadata(graph)  # before the load check: what is checked is what is written

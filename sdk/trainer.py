@@ -47,6 +47,7 @@ __all__ = [
     "onednn_linear",
     "onednn_linear_available",
     "ONEDNN_LINEAR_MIN_WEIGHTS",
+    "restored_slots",
 ]
 
 # Below this many weights a Linear layer stays on torch's default (BLAS) path: for small
@@ -243,6 +244,40 @@ def onednn_linear(module: nn.Module, min_weights: int = ONEDNN_LINEAR_MIN_WEIGHT
     finally:
         for layer in layers:
             del layer.forward
+
+
+@contextlib.contextmanager
+def restored_slots(module: nn.Module) -> Iterator[None]:
+    """Put every tensor slot of `module` back as it was when the block exits (raised included):
+    each submodule's `_parameters` and `_buffers` entries and its tensor attributes.
+
+    `torch.func.functional_call` swaps the given tensors into the module's slots and back, but
+    a slot reachable under two names (a layer registered twice, a tied weight) is swapped twice
+    and "restored" to the traced tensor: after tracing or vmapping, the caller's model held
+    FakeTensors or dead functorch tensors (pytorch/pytorch#164759). Tracing a deep copy instead
+    broke models a copy cannot stand in for (a lambda or hook closing over `self`, a
+    `__deepcopy__` that unties a weight, a lock). Slots are kept per module object, so a module
+    reached by several paths is restored once, and every module holding a tied tensor is. A
+    tensor attribute (torch's hook-based weight norm sets `weight` in each forward) is put back
+    too. Used by `sdk.onnx_export` and mobile_sim's vectorized backend (torch's side of the
+    SDK: `sdk.ort` imports no torch).
+    """
+    saved = [
+        (
+            m,
+            dict(m._parameters),
+            dict(m._buffers),
+            {k: v for k, v in vars(m).items() if isinstance(v, torch.Tensor)},
+        )
+        for m in module.modules()
+    ]
+    try:
+        yield
+    finally:
+        for m, params, buffers, attrs in saved:
+            m._parameters.update(params)
+            m._buffers.update(buffers)
+            vars(m).update(attrs)
 
 
 def _first_line(exc: BaseException) -> str:

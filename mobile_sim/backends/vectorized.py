@@ -10,7 +10,6 @@ one through the sequential path and `fallback_reason` says why.
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 from collections.abc import Callable, Sequence
@@ -20,6 +19,8 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from torch import nn
+
+from sdk.trainer import restored_slots
 
 from ._base import JobResult, TrainContext, TrainJob, check_round, job_rng
 from ._seeding import RngPool
@@ -50,19 +51,15 @@ def _unflatten(module: nn.Module, flat: torch.Tensor) -> Params:
 def _step_fn(module: nn.Module) -> Callable[..., tuple[Params, torch.Tensor]]:
     """vmap(grad(masked mean cross-entropy)) over the client axis.
 
-    A module with a layer or parameter reachable by two paths is traced as a deep copy (which
-    keeps the sharing): `functional_call` swaps a shared slot twice and left the caller's
-    module holding dead functorch tensors (pytorch/pytorch#164759). Training was right either
-    way, as every call passes every parameter.
+    Each call puts the module's slots back afterwards (`sdk.trainer.restored_slots`):
+    `functional_call` swaps a slot reachable by two paths (a layer or parameter registered
+    under two names) twice and left the caller's module holding dead functorch tensors
+    (pytorch/pytorch#164759). Training was right either way, as every call passes every
+    parameter. The module itself is traced, not a copy, which hooks or closures over `self`
+    would bypass (and which a lock in the model cannot make).
     """
     from torch.func import functional_call, grad, vmap
 
-    modules = sum(1 for _ in module.named_modules(remove_duplicate=False))
-    tensors = sum(1 for _ in module.named_parameters(remove_duplicate=False))
-    if modules != sum(1 for _ in module.named_modules()) or tensors != sum(
-        1 for _ in module.parameters()
-    ):
-        module = copy.deepcopy(module)
     buffers = dict(module.named_buffers())
 
     def loss(
@@ -74,7 +71,13 @@ def _step_fn(module: nn.Module) -> Callable[..., tuple[Params, torch.Tensor]]:
         # The mean over this client's real rows, as nn.CrossEntropyLoss on the unpadded batch.
         return total / mask.sum().clamp_min(1.0), total
 
-    return vmap(grad(loss, has_aux=True))  # type: ignore[no-any-return]
+    vmapped = vmap(grad(loss, has_aux=True))
+
+    def step(*args: Any) -> tuple[Params, torch.Tensor]:
+        with restored_slots(module):
+            return vmapped(*args)  # type: ignore[no-any-return]
+
+    return step
 
 
 def train_clients_vmapped(
@@ -205,7 +208,7 @@ class VectorizedBackend:
         self._trainers = {}
         self._module = build_model(ctx.model)
         self._d = sum(p.numel() for p in self._module.parameters() if p.requires_grad)
-        self._step = _step_fn(self._module)
+        self._step = None
         self.fallback_reason = self._probe(ctx)
         if self.fallback_reason is not None:
             log.warning(
@@ -222,6 +225,8 @@ class VectorizedBackend:
         x, y = ctx.x_train[:n], ctx.y_train[:n]
         params = torch.cat([p.detach().reshape(-1) for p in self._module.parameters()]).numpy()
         try:
+            # Building the step inside the try: whatever it raises means "not vmappable".
+            self._step = _step_fn(self._module)
             train_clients_vmapped(
                 self._module,
                 params,
