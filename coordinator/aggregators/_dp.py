@@ -41,6 +41,7 @@ __all__ = [
     "MAX_NOISE_SCALE",
     "MIN_ACCOUNTED_NOISE_MULTIPLIER",
     "accounted_sample_size",
+    "delta_refusal",
     "find_dp",
 ]
 
@@ -365,6 +366,28 @@ def accounted_sample_size(factory: object) -> int | None:
     dp = find_dp(factory)
     s = dp.sampling if dp is not None else None
     return s.sample_size if isinstance(s, FixedSizeSampling) else None
+
+
+def delta_refusal(dp: DPMean | None) -> str | None:
+    """Why a new task or run may not use `dp`'s delta, or None: a delta of at least 1/N when
+    the sampling model gives the population N (`population=N,sample=k`). A mechanism that
+    publishes one device's data in full, a device chosen at random, is (0, 1/N)-DP, so such
+    a delta allows that (docs/privacy.md, assumption 8). None without a dp stage, without
+    sampling, and under Poisson sampling (q= gives no N).
+
+    Not checked by `DPMean` itself, hence not by `build_aggregator`: the coordinator service
+    builds a stored task's aggregator with it when it loads the task, and a task stored
+    before this check must still load and run. So only the paths that create a new task or
+    run call this (not a restart)."""
+    s = dp.sampling if dp is not None else None
+    if dp is None or not isinstance(s, FixedSizeSampling) or dp.delta < 1.0 / s.population:
+        return None
+    return (
+        f"dp: delta {dp.delta:g} is not below 1/N = 1/{s.population} (population="
+        f"{s.population}): a mechanism that publishes one device's data in full, a device "
+        "chosen at random, is (0, 1/N)-DP, so this delta allows that; pick delta well below "
+        "1/N (docs/privacy.md, assumption 8)"
+    )
 
 
 def amplified_population(dp: DPMean | None) -> int:
