@@ -22,7 +22,7 @@ import numpy.typing as npt
 
 from compression import CodecConfig, ModelSpec, feedback_step_many
 from coordinator.aggregators import AggregatorFactory, FedAvg
-from coordinator.aggregators._dp import DPMean, amplified_population, find_dp
+from coordinator.aggregators._dp import DPMean, amplified_population, delta_refusal, find_dp
 from coordinator.engine import EngineConfig, RoundEngine, RoundPlan, Strategy
 from coordinator.ledger import BandwidthLedger
 from coordinator.privacy import FixedSizeSampling, PoissonSampling, Sampling
@@ -349,6 +349,8 @@ class SimConfig:
                 f"fleet has only {self.clients} devices (clients), so epsilon would be "
                 f"understated every round: use {fix}"
             )
+        if (why := delta_refusal(self._dp_stage())) is not None:
+            raise ValueError(why)
 
     def build_attack(self) -> Any:
         """The `attack` as the runner uses it: ALIE's z from the cohort size and the expected

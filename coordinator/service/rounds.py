@@ -61,6 +61,7 @@ from coordinator.aggregators._dp import (
     accounted_sample_size,
     amplified_cohort,
     amplified_population,
+    delta_refusal,
     find_dp,
 )
 from coordinator.anomaly import AnomalyFilter, AnomalyMetrics
@@ -1312,6 +1313,9 @@ class Coordinator:
     def create_task(self, cfg: TaskConfig) -> int:
         validate_task(cfg)
         dp = find_dp(_aggregator(cfg.aggregator))
+        if (why := delta_refusal(dp)) is not None:
+            # New tasks only: validate_task, which a stored task is loaded with, accepts it.
+            raise ValueError(f"aggregator: {why}")
         if (short := self._pool_shortfall(amplified_population(dp))) is not None:
             raise ValueError(f"aggregator: {short}")
         task_id = self.store.create_task(to_json(cfg), TaskState.AWAITING_MODEL, self.clock())

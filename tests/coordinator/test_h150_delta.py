@@ -41,11 +41,6 @@ from .test_service_support import (
     wait_until,
 )
 
-WIRING = (
-    "the create-time call of delta_refusal is in files helper-150 does not own "
-    "(coordinator/service/rounds.py, mobile_sim/); see its report"
-)
-
 
 def _service(db: Path) -> ServerThread:
     return ServerThread(ServiceConfig(db_path=str(db), admin_token=ADMIN, poll_s=0.05, tick_s=0.02))
@@ -138,7 +133,6 @@ def test_a_task_stored_with_such_a_delta_still_loads_and_runs_after_a_restart(
     assert committed["measurements"]["delta"] == 0.5
 
 
-@pytest.mark.xfail(strict=True, reason=WIRING)
 def test_the_service_refuses_a_new_task_with_such_a_delta(tmp_path: Path) -> None:
     cfg = ServiceConfig(db_path=str(tmp_path / "p.db"), admin_token=ADMIN, poll_s=0.05)
     spec = "dp:clip=1,z=1,population=100,sample=2,delta=0.3+fedavg"
@@ -153,7 +147,6 @@ def test_the_service_refuses_a_new_task_with_such_a_delta(tmp_path: Path) -> Non
     assert "delta 0.3 is not below 1/N = 1/100" in r.json()["detail"]
 
 
-@pytest.mark.xfail(strict=True, reason=WIRING)
 def test_the_simulator_refuses_such_a_delta() -> None:
     # SimConfig's checks are what `plume sim` reports as a usage error, before any data loads
     spec = "dp:clip=1,z=1,population=10,sample=4,delta=0.5+fedavg"
