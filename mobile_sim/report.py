@@ -8,6 +8,7 @@ import json
 import math
 import os
 import platform
+import re
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -272,6 +273,10 @@ def dp_pool_warning(result: SimResult) -> str | None:
     return None
 
 
+# The engine's reason for a round closed with too few reports (coordinator/engine.py).
+_ENGINE_SHORT = re.compile(r"\d+ reports < min_reports \d+")
+
+
 def abandoned_warning(result: SimResult) -> str | None:
     """One line when rounds were abandoned (the model unchanged in them), or None; rounds
     that `dp_pool_warning` explains (no dp population in the pool) are left to it.
@@ -284,11 +289,18 @@ def abandoned_warning(result: SimResult) -> str | None:
     if not lost:
         return None
     cfg = result.config
-    short = all("min_reports" in str(r.measurements.get("abandoned", "")) for r in lost)
+    reasons = [str(r.measurements.get("abandoned", "")) for r in lost]
+    # Only the engine's own reason (coordinator/engine.py: "N reports < min_reports M") is a
+    # deadline's doing; a round its selection abandoned ("selection: ... below min_reports M",
+    # mobile_sim.runner._abandoned_selection) never opened to devices, deadline or not.
+    short = all(_ENGINE_SHORT.fullmatch(why) for why in reasons)
+    unpooled = all(why.startswith("selection:") and "below min_reports" in why for why in reasons)
     if short and cfg.deadline_s is not None and all(r.reports == 0 for r in lost):
         why = f"no report before --deadline {cfg.deadline_s:g} s"
     elif short and cfg.deadline_s is not None:
         why = f"fewer than --min-reports {cfg.min_reports} reports before --deadline {cfg.deadline_s:g} s"
+    elif unpooled:
+        why = f"the check-in pool never held --min-reports {cfg.min_reports} devices"
     else:
         why = "measurements.abandoned in rounds.json says why"
     head = f"warning: {len(lost)} of {len(result.records)} rounds were abandoned ({why})"
