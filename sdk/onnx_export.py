@@ -51,7 +51,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from compression import ModelSpec
 
 from .ort import session_options
-from .trainer import input_vocabulary, restored_slots
+from .trainer import MAX_FLOAT_VOCAB, float_id_reader, input_vocabulary, restored_slots
 
 __all__ = [
     "ExampleInputError",
@@ -261,82 +261,48 @@ def check_training_mode(model: nn.Module, example_x: torch.Tensor) -> None:
     _checked_forward(model, example_x)
 
 
-# float32 holds every whole number only up to 2^24: float ids past it would be rounded.
-_MAX_FLOAT_VOCAB = 1 << 24
-
-
 def _float_id_vocabulary(model: nn.Module, example_x: torch.Tensor) -> int | None:
-    """For float `example_x`: the rows of the `nn.Embedding` that reads it as token ids (its
-    values cast to an integer type, as ``x.long()`` gives them; the fewest rows if several
-    do), or None when no embedding does (a position table read from `torch.arange` does not).
+    """For float `example_x`: the rows of the `nn.Embedding` that reads it as token ids, to be
+    recorded in the manifest, or None.
 
-    mobile_sim's text datasets hold ids as float32. The manifest records this vocabulary so
-    that `sdk.ort` checks the ids before training: onnxruntime's Gather reads id -1 as the last
-    row, where torch raises. One forward pass (eval mode, no grad, the RNG state restored).
-    Raises `ExampleInputError` if `example_x` holds an id such an embedding cannot take (torch
-    only said "index out of range in self", or nothing for 2.5), `ExportError` if the
-    vocabulary is past what float32 holds exactly. Other failures of the forward pass are left
-    to `_checked_forward` to report.
+    An embedding reads token ids when it reads the input's cast (``x.long()``) on two probe
+    inputs (`sdk.trainer.float_id_reader`: zeros and negative whole numbers, so a flag such as
+    ``(x > 0.5).long()`` is not taken for ids); and `example_x` says whether its values are
+    ids: whole numbers only. An example holding a fraction records nothing (a model bucketing
+    features with ``x.long()`` reads the same way), and the device then checks no ids.
+    mobile_sim's text datasets hold ids as float32; with the vocabulary recorded, `sdk.ort`
+    checks them before training (onnxruntime's Gather reads id -1 as the last row, where torch
+    raises). Raises `ExampleInputError` if such an embedding cannot take `example_x` at all
+    (a value that is not finite, or truncates outside its rows: torch only said "index out of
+    range in self"), `ExportError` if a vocabulary to record is past what float32 holds
+    exactly.
     """
     if not example_x.dtype.is_floating_point:
         return None
-    rows: list[int] = []
-
-    def reader(path: str) -> Callable[[nn.Module, tuple[Any, ...]], None]:
-        def hook(layer: nn.Module, args: tuple[Any, ...]) -> None:
-            read = args[0] if args else None
-            if not (
-                isinstance(layer, nn.Embedding)
-                and isinstance(read, torch.Tensor)
-                and not read.dtype.is_floating_point
-                and read.shape == example_x.shape
-                and torch.equal(read, example_x.to(read.dtype))
-            ):
-                return
-            n = layer.num_embeddings
-            x = example_x.detach()
-            bad = ~torch.isfinite(x) | (x != x.floor()) | (x < 0) | (x >= n)
-            if bool(bad.any()):
-                reason = (
-                    f"the embedding at {path!r} reads x as token ids and x holds "
-                    f"{float(x[bad][0]):g}: token ids must be whole numbers in [0, {n})"
-                )
-                raise ExampleInputError(
-                    f"example_x of shape {list(x.shape)} "
-                    f"({str(x.dtype).removeprefix('torch.')}) does not fit the model: {reason}",
-                    reason,
-                )
-            if n > _MAX_FLOAT_VOCAB:
-                raise ExportError(
-                    f"the embedding at {path!r} reads float token ids but has {n} rows: "
-                    f"float32 holds whole numbers exactly only up to 2^24; pass int64 ids"
-                )
-            rows.append(n)
-
-        return hook
-
-    handles = [
-        m.register_forward_pre_hook(reader(path or "<root>"))
-        for path, m in model.named_modules()
-        if isinstance(m, nn.Embedding)
-    ]
-    if not handles:
+    found = float_id_reader(model, tuple(example_x.shape[1:]), example_x.dtype)
+    if found is None:
         return None
-    was_training = model.training
-    try:
-        with torch.random.fork_rng(), torch.no_grad():
-            model.eval()
-            try:
-                model(example_x)
-            except ExportError:
-                raise
-            except Exception:  # a misfit elsewhere: `_checked_forward` says it in its words
-                return None
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
-    return min(rows, default=None)
+    n, path = found
+    x = example_x.detach()
+    bad = ~torch.isfinite(x) | (x.trunc() < 0) | (x.trunc() >= n)
+    if bool(bad.any()):
+        reason = (
+            f"the embedding at {path!r} reads x as token ids and x holds "
+            f"{float(x[bad][0]):g}: token ids must be whole numbers in [0, {n})"
+        )
+        raise ExampleInputError(
+            f"example_x of shape {list(x.shape)} "
+            f"({str(x.dtype).removeprefix('torch.')}) does not fit the model: {reason}",
+            reason,
+        )
+    if bool((x != x.floor()).any()):
+        return None  # features, truncated by the model: no ids to check
+    if n > MAX_FLOAT_VOCAB:
+        raise ExportError(
+            f"the embedding at {path!r} reads float token ids but has {n} rows: "
+            f"float32 holds whole numbers exactly only up to 2^24; pass int64 ids"
+        )
+    return n
 
 
 def _checked_forward(model: nn.Module, example_x: torch.Tensor) -> torch.Tensor:

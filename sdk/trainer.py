@@ -48,6 +48,8 @@ __all__ = [
     "onednn_linear_available",
     "ONEDNN_LINEAR_MIN_WEIGHTS",
     "restored_slots",
+    "float_id_reader",
+    "MAX_FLOAT_VOCAB",
 ]
 
 # Below this many weights a Linear layer stays on torch's default (BLAS) path: for small
@@ -316,6 +318,77 @@ def _forward_reading(module: nn.Module, xt: torch.Tensor) -> tuple[Any, int | No
     return out, min(rows, default=None)
 
 
+# float32 holds every whole number only up to 2^24: float ids past it would be rounded.
+MAX_FLOAT_VOCAB = 1 << 24
+
+
+def float_id_reader(
+    module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype
+) -> tuple[int, str] | None:
+    """For float inputs of per-example `shape`: (rows, path) of the `nn.Embedding` that reads
+    them as token ids through a cast (``x.long()``, as mobile_sim's text models do; the fewest
+    rows if several do), or None when none does.
+
+    An embedding is taken to read token ids when what it reads is the cast of the input, of
+    the input's shape, on two probe inputs: zeros (id 0 is in every vocabulary) and negative
+    whole numbers. The second rules out transforms that agree with the cast on some inputs
+    only: a flag ``(x > 0.5).long()`` equals ``x.long()`` on 0/1 inputs, a clamp on ids in
+    range. The probes never reach an embedding with an id it lacks (each embedding reads its
+    input clamped to its rows), and nothing about the caller's data is assumed: whether given
+    float values are ids or features (a model bucketing features with ``x.long()`` reads the
+    same way) is the caller's call (`sdk.onnx_export` and `TorchTrainer` decide from whole
+    numbers). Two forward passes of a batch of 2 (eval mode, no grad, the RNG state and mode
+    restored); None if either raises.
+    """
+    found: list[dict[str, int]] = []
+
+    def reader(path: str) -> Callable[[nn.Module, tuple[Any, ...]], Any]:
+        def hook(layer: nn.Module, args: tuple[Any, ...]) -> Any:
+            read = args[0] if args else None
+            if not (isinstance(layer, nn.Embedding) and isinstance(read, torch.Tensor)):
+                return None
+            if read.dtype.is_floating_point or read.dtype.is_complex:
+                return None
+            n = layer.num_embeddings
+            if read.shape == probe.shape and torch.equal(read, probe.to(read.dtype)):
+                found[-1][path] = n
+            return (read.clamp(0, n - 1), *args[1:])
+
+        return hook
+
+    handles = [
+        m.register_forward_pre_hook(reader(path or "<root>"))
+        for path, m in module.named_modules()
+        if isinstance(m, nn.Embedding)
+    ]
+    if not handles:
+        return None
+    count = 2 * math.prod(shape)
+    probes = [
+        torch.zeros((2, *shape), dtype=dtype),
+        (-1 - torch.arange(count) % 5).to(dtype).reshape(2, *shape),
+    ]
+    was_training = module.training
+    try:
+        with torch.random.fork_rng(), torch.no_grad():
+            module.eval()
+            for probe in probes:
+                found.append({})
+                try:
+                    module(probe)
+                except Exception:  # a forward pass that refuses the probes reads no ids
+                    return None
+    finally:
+        module.train(was_training)
+        for handle in handles:
+            handle.remove()
+    both = {path: n for path, n in found[0].items() if found[1].get(path) == n}
+    if not both:
+        return None
+    path = min(both, key=lambda k: both[k])
+    return both[path], path
+
+
 def input_vocabulary(module: nn.Module, x: torch.Tensor) -> int | None:
     """How many token ids `module` takes in integer input `x` (a batch): the rows of the
     `nn.Embedding` that reads `x` (the fewest, if several do); None for float inputs or when no
@@ -381,20 +454,62 @@ def output_shape(module: nn.Module, x: npt.NDArray[Any], *, where: str = "x") ->
     return _probe(module, x, where)[0]
 
 
+def _id(value: object) -> object:
+    """A token id as the message shows it: a whole float as the integer it stands for."""
+    return int(value) if isinstance(value, float | np.floating) else value
+
+
+def _float_ids(x: npt.NDArray[Any]) -> bool:
+    """Whether float inputs `x` (finite) are token ids for a model that reads them through a
+    cast: at least half of the examples hold whole numbers only. A token sequence is whole
+    numbers, so one bad id does not make the data features; continuous features (a model
+    bucketing them with ``x.long()``) are almost never whole in a whole example."""
+    if not len(x):
+        return False
+    whole = (x == np.floor(x)).reshape(len(x), -1).all(axis=1)
+    return 2 * int(np.count_nonzero(whole)) >= len(x)
+
+
 def _check_token_ids(x: npt.NDArray[Any], vocab: int | None) -> None:
     """Raise `TrainingDataError` if integer inputs `x` hold an id outside [0, vocab) (`vocab`
-    None: only negative ids). Both trainers, with the same words."""
-    if x.dtype.kind not in "iu" or not x.size:
+    None: only negative ids), or float inputs read as token ids (`vocab` from
+    `float_id_reader`, and `_float_ids`) a value that is not a whole number in [0, vocab).
+    Both trainers, with the same words."""
+    if not x.size:
+        return
+    if x.dtype.kind == "f":
+        if vocab is None or not _float_ids(x):
+            return
+        if bool((x != np.floor(x)).any()):
+            raise TrainingDataError("token ids must be whole numbers")
+    elif x.dtype.kind not in "iu":
         return
     low, high = x.min(), x.max()
     if low < 0:
-        raise TrainingDataError(f"token ids must be >= 0, got {low}")
+        raise TrainingDataError(f"token ids must be >= 0, got {_id(low)}")
     if vocab is not None and high >= vocab:
         count = int(np.count_nonzero(x >= vocab))
         raise TrainingDataError(
             f"token ids must be below {vocab}, the model's vocabulary (the rows of the "
-            f"embedding reading them), got {high} ({count} of {x.size} ids past it)"
+            f"embedding reading them), got {_id(high)} ({count} of {x.size} ids past it)"
         )
+
+
+def _probe_ids(
+    module: nn.Module, x: npt.NDArray[Any], where: str
+) -> tuple[tuple[int, ...], int | None]:
+    """`_probe`, and `x` checked against the vocabulary of its token ids (`_check_token_ids`):
+    torch's embedding raised IndexError at the batch holding a bad one, mid-run. Float ids
+    (read through ``x.long()``) are found from probe inputs (`float_id_reader`), not from
+    ``x[:1]``, and checked before the probe's forward pass on ``x[:1]`` could fail on one."""
+    if x.dtype.kind == "f" and x.ndim >= 1 and len(x):
+        found = float_id_reader(module, tuple(x.shape[1:]), torch.from_numpy(x[:0]).dtype)
+        vocab = found[0] if found is not None else None
+        _check_token_ids(x, vocab)
+        return _probe(module, x, where)[0], vocab
+    probed = _probe(module, x, where)
+    _check_token_ids(x, probed[1])
+    return probed
 
 
 def _check_examples(
@@ -481,9 +596,10 @@ def _checked(
     key = (tuple(x.shape[1:]), x.dtype.str)
     probed = out_shapes.get(key)
     if probed is None:
-        probed = out_shapes[key] = _probe(module, x, f"{where}: x")
-    out, vocab = probed
-    _check_token_ids(x, vocab)  # torch's embedding raised IndexError at the batch holding one
+        probed = out_shapes[key] = _probe_ids(module, x, f"{where}: x")
+    else:
+        _check_token_ids(x, probed[1])  # torch's embedding raised IndexError at the batch
+    out = probed[0]
     return _check_against_output(labels, out, allow_ignore, where), out
 
 
@@ -800,8 +916,7 @@ def evaluate(
         raise TrainingDataError(f"evaluation data: y must hold integer class labels, got {y.dtype}")
     # An input the forward pass refuses (shape, dtype, a token id past the vocabulary) is a
     # `TrainingDataError` in `train`'s words, not torch's RuntimeError or IndexError mid-way.
-    _, vocab = _probe(module, x, "evaluation data: x")
-    _check_token_ids(x, vocab)
+    _probe_ids(module, x, "evaluation data: x")
     set_flat_params(module, params)
     module.eval()
     correct, loss_sum = 0, 0.0

@@ -444,8 +444,12 @@ class OrtTrainer:
                 arr = _whole_numbers(x, "token ids")
             except ValueError as exc:
                 raise TrainingDataError(str(exc)) from None
+            if arr.dtype == np.float16:
+                # Exact in float32; numpy cast 2^63 (and a vocabulary past 65504) to float16,
+                # inf with an overflow warning, to compare them with float16 ids.
+                arr = arr.astype(np.float32)
             if arr.size and arr.min() < 0:
-                raise TrainingDataError(f"token ids must be >= 0, got {arr.min()}")
+                raise TrainingDataError(f"token ids must be >= 0, got {_id(arr.min())}")
             # Floats compare with 2^63 itself: int64's largest converts to the float 2^63, so
             # an id of exactly 2^63 passed a `> iinfo.max` test and the cast wrapped it.
             top = 2.0**63 if arr.dtype.kind == "f" else np.iinfo(np.int64).max + 1
