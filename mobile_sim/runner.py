@@ -656,10 +656,14 @@ AGGREGATORS: dict[str, Callable[[], AggregatorFactory]] = {}
 
 def dp_seed_for(seed: int) -> int:
     """The seed of a `dp` stage without seed= in an in-process run of `--seed seed`: the
-    first 32-bit word of numpy's SeedSequence([seed, 0xD9]), halved (below 2**31, so the
-    spec's seed= carries it exactly). Not `seed` itself: default_rng([seed, r]) draws the
-    secure runs' cohorts, and the noise must not repeat any of the run's streams."""
-    word = np.random.SeedSequence([seed, 0xD9]).generate_state(1, np.uint32)[0]
+    first 32-bit word of numpy's SeedSequence(seed, spawn_key=(0xD9,)), halved (below 2**31,
+    so the spec's seed= carries it exactly). Not `seed` itself, nor SeedSequence([seed, 0xD9]):
+    numpy pads a short entropy list with zeros, so that one was the sequence of
+    default_rng([seed, 217]), the engine's round-217 selection and a secure run's round-217
+    cohort. With a spawn key numpy pads `seed` to four words before appending the key, so the
+    sequence is one of five words or more, [seed, 0, 0, 0, 0xD9] for a seed below 2**32, which
+    none of the run's default_rng([seed, ...]) lists of two to four words makes."""
+    word = np.random.SeedSequence(seed, spawn_key=(0xD9,)).generate_state(1, np.uint32)[0]
     return int(word) >> 1
 
 

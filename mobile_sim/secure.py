@@ -365,9 +365,14 @@ class HttpSecureFleet:
 
 def _noise_key(seed: int, index: int) -> bytes:
     """The 32-byte key of device `index`'s `--dp-noise` stream (an AES-CTR CtrRandom) in a run
-    of `seed`: SeedSequence([seed, 0xD9, index])'s first 256 bits. Without it each device drew
-    a key from os.urandom and no rerun repeated a noised run; the SDK on a phone still does."""
-    return np.random.SeedSequence([seed, 0xD9, index]).generate_state(8, np.uint32).tobytes()
+    of `seed`: SeedSequence(seed, spawn_key=(0xD9, index))'s first 256 bits. Without it each
+    device drew a key from os.urandom and no rerun repeated a noised run; the SDK on a phone
+    still does. Not SeedSequence([seed, 0xD9, index]): numpy pads a short entropy list with
+    zeros, so that key was the PCG64 seed of job_rng(round 217, device index, stream 0). With a
+    spawn key `seed` is padded to four words before the key, a six-word sequence (for a seed
+    below 2**32) that none of the run's default_rng([seed, ...]) lists makes."""
+    seq = np.random.SeedSequence(seed, spawn_key=(0xD9, index))
+    return seq.generate_state(8, np.uint32).tobytes()
 
 
 def _job_stream(jobs: Mapping[str, Any], device_id: str) -> np.random.Generator:
