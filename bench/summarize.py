@@ -363,6 +363,36 @@ def _server_opt_table(doc: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+# Wording of a note that committed result files carry and bench/robustness.py no longer writes:
+# the MLP runs' model_note called the recommended robust aggregator (DEFAULT_ROBUST,
+# cosfilter+geomed) "the default aggregator", which read as Plume's default (--aggregator
+# defaults to fedavg). The files stay as written; the doc shows the note as the script now
+# writes it (bench/robustness.py MLP_MODEL_NOTE).
+_REWORDED = {
+    "the default aggregator's CNN runs are in robustness_cnn*.json.": (
+        "the recommended robust aggregator's (cosfilter+geomed) CNN runs are in "
+        "robustness_cnn*.json."
+    ),
+}
+
+
+def _notes(doc: dict[str, Any]) -> list[str]:
+    """The doc lines of a result file's `note`, `notes` and `*_note` keys, by key. A robustness
+    file whose `backdoor_runs` is empty (--skip-backdoor) gets no `backdoor_*` note: those
+    describe figures the file does not have (bench/robustness.py writes them on every run)."""
+    no_backdoor = "backdoor_runs" in doc and not doc["backdoor_runs"]
+    out = []
+    for key in sorted(k for k in doc if k in ("notes", "note") or k.endswith("_note")):
+        if no_backdoor and key.startswith("backdoor_"):
+            continue
+        value = doc[key]
+        text = value if isinstance(value, str) else json.dumps(value)
+        for old, new in _REWORDED.items():
+            text = text.replace(old, new)
+        out += [f"Note (`{key}`): {text}", ""]
+    return out
+
+
 def render() -> str:
     out = [
         "# Benchmark results",
@@ -404,9 +434,7 @@ def render() -> str:
             out += _matrix_table(doc)
         if stem == "server_opt":
             out += _server_opt_table(doc)
-        for key in sorted(k for k in doc if k in ("notes", "note") or k.endswith("_note")):
-            value = doc[key]
-            out += [f"Note (`{key}`): {value if isinstance(value, str) else json.dumps(value)}", ""]
+        out += _notes(doc)
         extra = [k for k in doc if k.startswith("accuracy_at_eps") or k == "accuracy_by_epsilon"]
         for k in extra:
             out += [f"`{k}`: {_fmt(doc[k])}", ""]
