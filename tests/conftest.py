@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,13 @@ def data_root() -> Path:
     if not (root / "mnist-t10k").exists():
         pytest.fail(f"test data missing at {root}; set PLUME_DATA")
     return root
+
+
+@pytest.fixture
+def default_sigint() -> Iterator[None]:
+    """A test that sends itself SIGINT gets Python's handler, also in a process started with
+    SIGINT ignored (a background job of a script or CI): tests/_sigint.py."""
+    from tests._sigint import default_sigint as handled
+
+    with handled():
+        yield

@@ -67,6 +67,7 @@ def test_a_worker_keeps_running_and_prints_nothing_on_sigint(
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.usefixtures("default_sigint")  # also where SIGINT was inherited ignored
 def test_starting_a_pool_leaves_the_parents_sigint_handling_as_it_was() -> None:
     # Prepare
     ctx, params, jobs = _jobs(2, 1)

@@ -169,6 +169,7 @@ def test_ctrl_c_against_an_external_coordinator_writes_the_rounds_and_stops_the_
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.usefixtures("default_sigint")  # also where SIGINT was inherited ignored
 def test_a_sigint_raises_run_interrupted_with_the_last_recorded_rounds_model(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
