@@ -270,7 +270,9 @@ def _float_id_vocabulary(model: nn.Module, example_x: torch.Tensor) -> int | Non
     ``(x > 0.5).long()`` is not taken for ids); and `example_x` says whether its values are
     ids: whole numbers only. An example holding a fraction records nothing (a model bucketing
     features with ``x.long()`` reads the same way), and the device then checks no ids.
-    mobile_sim's text datasets hold ids as float32; with the vocabulary recorded, `sdk.ort`
+    If the model's forward pass refuses the probes (`float_id_reader` finds nothing), a whole
+    example decides alone (`_example_id_reader`). mobile_sim's text datasets hold ids as
+    float32; with the vocabulary recorded, `sdk.ort`
     checks them before training (onnxruntime's Gather reads id -1 as the last row, where torch
     raises). Raises `ExampleInputError` if such an embedding cannot take `example_x` at all
     (a value that is not finite, or truncates outside its rows: torch only said "index out of
@@ -280,6 +282,8 @@ def _float_id_vocabulary(model: nn.Module, example_x: torch.Tensor) -> int | Non
     if not example_x.dtype.is_floating_point:
         return None
     found = float_id_reader(model, tuple(example_x.shape[1:]), example_x.dtype)
+    if found is None:
+        found = _example_id_reader(model, example_x)
     if found is None:
         return None
     n, path = found
@@ -303,6 +307,59 @@ def _float_id_vocabulary(model: nn.Module, example_x: torch.Tensor) -> int | Non
             f"float32 holds whole numbers exactly only up to 2^24; pass int64 ids"
         )
     return n
+
+
+def _example_id_reader(model: nn.Module, example_x: torch.Tensor) -> tuple[int, str] | None:
+    """(rows, path) of the `nn.Embedding` whose read is ``example_x.long()`` on `example_x`
+    itself (the fewest rows if several), for a model whose forward pass refuses
+    `float_id_reader`'s probes; None if none is, or if `example_x` is not whole numbers with
+    one past 1 (a flag ``(x > 0.5).long()`` equals the cast on 0/1 values, a clamp on values
+    below its bound). One forward pass (eval mode, no grad, the RNG state and mode restored;
+    each embedding reads its input clamped to its rows, so an id past them is left to the
+    caller's check); None if it raises."""
+    x = example_x.detach()
+    if not bool(torch.isfinite(x).all()) or bool((x != x.floor()).any()) or x.numel() == 0:
+        return None
+    if float(x.max()) <= 1:
+        return None
+    cast = x.long()
+    found: dict[str, int] = {}
+
+    def reader(path: str) -> Callable[[nn.Module, tuple[Any, ...]], Any]:
+        def hook(layer: nn.Module, args: tuple[Any, ...]) -> Any:
+            read = args[0] if args else None
+            if not (isinstance(layer, nn.Embedding) and isinstance(read, torch.Tensor)):
+                return None
+            if read.dtype.is_floating_point or read.dtype.is_complex:
+                return None
+            n = layer.num_embeddings
+            if read.shape == cast.shape and torch.equal(read, cast.to(read.dtype)):
+                found[path] = n
+            return (read.clamp(0, n - 1), *args[1:])
+
+        return hook
+
+    handles = [
+        m.register_forward_pre_hook(reader(path or "<root>"))
+        for path, m in model.named_modules()
+        if isinstance(m, nn.Embedding)
+    ]
+    was_training = model.training
+    try:
+        with torch.random.fork_rng(), torch.no_grad():
+            model.eval()
+            try:
+                model(x)
+            except Exception:  # `_checked_forward` reports it
+                return None
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    if not found:
+        return None
+    path = min(found, key=lambda k: found[k])
+    return found[path], path
 
 
 def _checked_forward(model: nn.Module, example_x: torch.Tensor) -> torch.Tensor:

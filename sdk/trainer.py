@@ -333,12 +333,15 @@ def float_id_reader(
     the input's shape, on two probe inputs: zeros (id 0 is in every vocabulary) and negative
     whole numbers. The second rules out transforms that agree with the cast on some inputs
     only: a flag ``(x > 0.5).long()`` equals ``x.long()`` on 0/1 inputs, a clamp on ids in
-    range. The probes never reach an embedding with an id it lacks (each embedding reads its
-    input clamped to its rows), and nothing about the caller's data is assumed: whether given
-    float values are ids or features (a model bucketing features with ``x.long()`` reads the
-    same way) is the caller's call (`sdk.onnx_export` and `TorchTrainer` decide from whole
-    numbers). Two forward passes of a batch of 2 (eval mode, no grad, the RNG state and mode
-    restored); None if either raises.
+    range. A forward pass that refuses one of them (an RNN packing sequences by their count of
+    non-zero ids fails on zeros, ``F.one_hot`` on negative ids) is replaced by positive whole
+    numbers (1, 2, 3, ..., which a flag does not read as its cast either). The probes never
+    reach an embedding with an id it lacks (each embedding reads its input clamped to its
+    rows), and nothing about the caller's data is assumed: whether given float values are ids
+    or features (a model bucketing features with ``x.long()`` reads the same way) is the
+    caller's call (`sdk.onnx_export` and `TorchTrainer` decide from whole numbers). Two or
+    three forward passes of a batch of 2 (eval mode, no grad, the RNG state and mode
+    restored); None if fewer than two of them run.
     """
     found: list[dict[str, int]] = []
 
@@ -367,6 +370,7 @@ def float_id_reader(
     probes = [
         torch.zeros((2, *shape), dtype=dtype),
         (-1 - torch.arange(count) % 5).to(dtype).reshape(2, *shape),
+        (1 + torch.arange(count) % 3).to(dtype).reshape(2, *shape),  # if one of those fails
     ]
     was_training = module.training
     try:
@@ -376,12 +380,16 @@ def float_id_reader(
                 found.append({})
                 try:
                     module(probe)
-                except Exception:  # a forward pass that refuses the probes reads no ids
-                    return None
+                except Exception:  # a forward pass that refuses a probe reads nothing of it
+                    found.pop()
+                if len(found) == 2:
+                    break
     finally:
         module.train(was_training)
         for handle in handles:
             handle.remove()
+    if len(found) < 2:
+        return None
     both = {path: n for path, n in found[0].items() if found[1].get(path) == n}
     if not both:
         return None
@@ -456,7 +464,9 @@ def output_shape(module: nn.Module, x: npt.NDArray[Any], *, where: str = "x") ->
 
 def _id(value: object) -> object:
     """A token id as the message shows it: a whole float as the integer it stands for."""
-    return int(value) if isinstance(value, float | np.floating) else value
+    if isinstance(value, float | np.floating) and float(value) == np.floor(value):
+        return int(value)
+    return value
 
 
 def _float_ids(x: npt.NDArray[Any]) -> bool:
@@ -472,26 +482,29 @@ def _float_ids(x: npt.NDArray[Any]) -> bool:
 
 def _check_token_ids(x: npt.NDArray[Any], vocab: int | None) -> None:
     """Raise `TrainingDataError` if integer inputs `x` hold an id outside [0, vocab) (`vocab`
-    None: only negative ids), or float inputs read as token ids (`vocab` from
-    `float_id_reader`, and `_float_ids`) a value that is not a whole number in [0, vocab).
-    Both trainers, with the same words."""
+    None: only negative ids), or float inputs read through a cast by an embedding of `vocab`
+    rows (`float_id_reader`) a value torch cannot run (not finite, or truncating outside
+    [0, vocab)), or a fraction when they are token ids by `_float_ids`. Both trainers, with
+    the same words."""
     if not x.size:
         return
+    read = x
     if x.dtype.kind == "f":
-        if vocab is None or not _float_ids(x):
+        if vocab is None:
             return
-        if bool((x != np.floor(x)).any()):
+        if not bool(np.isfinite(x).all()) or (_float_ids(x) and bool((x != np.floor(x)).any())):
             raise TrainingDataError("token ids must be whole numbers")
+        read = np.trunc(x)  # what ``x.long()`` reads; features (fractions) are truncated
     elif x.dtype.kind not in "iu":
         return
-    low, high = x.min(), x.max()
-    if low < 0:
-        raise TrainingDataError(f"token ids must be >= 0, got {_id(low)}")
-    if vocab is not None and high >= vocab:
-        count = int(np.count_nonzero(x >= vocab))
+    low, high = int(np.argmin(read)), int(np.argmax(read))
+    if read.flat[low] < 0:
+        raise TrainingDataError(f"token ids must be >= 0, got {_id(x.flat[low])}")
+    if vocab is not None and read.flat[high] >= vocab:
+        count = int(np.count_nonzero(read >= vocab))
         raise TrainingDataError(
             f"token ids must be below {vocab}, the model's vocabulary (the rows of the "
-            f"embedding reading them), got {_id(high)} ({count} of {x.size} ids past it)"
+            f"embedding reading them), got {_id(x.flat[high])} ({count} of {x.size} ids past it)"
         )
 
 
