@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 
-from sdk.onnx_export import export_training_artifacts
+from sdk.onnx_export import _float_id_vocabulary, export_training_artifacts
 from sdk.ort import OrtTrainer
 from sdk.trainer import TorchTrainer, TrainingDataError, evaluate, float_id_reader
 from tests.sdk.test_h149_float_ids import SEQ, VOCAB, _data, _flat, _Ids
@@ -201,3 +201,29 @@ def test_evaluate_refuses_non_finite_float_ids_as_not_whole_numbers(bad: float, 
     x[:count, 1] = bad
     with pytest.raises(TrainingDataError, match="^token ids must be whole numbers$"):
         evaluate(_Ids(), _flat(), x, y)
+
+
+class _FlagRefusingProbes(nn.Module):
+    """A flag embedding ``(x > 0.5).long()``, in a forward pass that refuses rows of zeros and
+    negative values (so the export goes by the example)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.flag = nn.Embedding(2, 3)
+        self.head = nn.Linear(3 * SEQ, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if bool((x < 0).any()) or bool((x.sum(1) == 0).any()):
+            raise ValueError("rows of pixels that are all off, or negative")
+        out: torch.Tensor = self.head(self.flag((x > 0.5).long()).flatten(1))
+        return out
+
+
+def test_the_example_fallback_takes_no_flag_for_ids_from_a_binary_example() -> None:
+    torch.set_num_threads(1)
+    model = _FlagRefusingProbes()
+    assert float_id_reader(model, (SEQ,), torch.float32) is None
+    example = torch.ones(3, SEQ)
+    example[1, 2] = 0
+    assert _float_id_vocabulary(model, example) is None  # (x > 0.5).long() == x.long() here
