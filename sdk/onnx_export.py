@@ -51,7 +51,13 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from compression import ModelSpec
 
 from .ort import session_options
-from .trainer import MAX_FLOAT_VOCAB, float_id_reader, input_vocabulary, restored_slots
+from .trainer import (
+    MAX_FLOAT_VOCAB,
+    cast_readers,
+    float_id_reader,
+    input_vocabulary,
+    restored_slots,
+)
 
 __all__ = [
     "ExampleInputError",
@@ -322,40 +328,8 @@ def _example_id_reader(model: nn.Module, example_x: torch.Tensor) -> tuple[int, 
         return None
     if float(x.max()) <= 1:
         return None
-    cast = x.long()
-    found: dict[str, int] = {}
-
-    def reader(path: str) -> Callable[[nn.Module, tuple[Any, ...]], Any]:
-        def hook(layer: nn.Module, args: tuple[Any, ...]) -> Any:
-            read = args[0] if args else None
-            if not (isinstance(layer, nn.Embedding) and isinstance(read, torch.Tensor)):
-                return None
-            if read.dtype.is_floating_point or read.dtype.is_complex:
-                return None
-            n = layer.num_embeddings
-            if read.shape == cast.shape and torch.equal(read, cast.to(read.dtype)):
-                found[path] = n
-            return (read.clamp(0, n - 1), *args[1:])
-
-        return hook
-
-    handles = [
-        m.register_forward_pre_hook(reader(path or "<root>"))
-        for path, m in model.named_modules()
-        if isinstance(m, nn.Embedding)
-    ]
-    was_training = model.training
-    try:
-        with torch.random.fork_rng(), torch.no_grad():
-            model.eval()
-            try:
-                model(x)
-            except Exception:  # `_checked_forward` reports it
-                return None
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    runs = cast_readers(model, [x], want=1)  # [] if the forward pass raises:
+    found = runs[0] if runs else {}  # `_checked_forward` reports it
     if not found:
         return None
     path = min(found, key=lambda k: found[k])

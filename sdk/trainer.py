@@ -48,6 +48,7 @@ __all__ = [
     "onednn_linear_available",
     "ONEDNN_LINEAR_MIN_WEIGHTS",
     "restored_slots",
+    "cast_readers",
     "float_id_reader",
     "MAX_FLOAT_VOCAB",
 ]
@@ -322,27 +323,13 @@ def _forward_reading(module: nn.Module, xt: torch.Tensor) -> tuple[Any, int | No
 MAX_FLOAT_VOCAB = 1 << 24
 
 
-def float_id_reader(
-    module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype
-) -> tuple[int, str] | None:
-    """For float inputs of per-example `shape`: (rows, path) of the `nn.Embedding` that reads
-    them as token ids through a cast (``x.long()``, as mobile_sim's text models do; the fewest
-    rows if several do), or None when none does.
-
-    An embedding is taken to read token ids when what it reads is the cast of the input, of
-    the input's shape, on two probe inputs: zeros (id 0 is in every vocabulary) and negative
-    whole numbers. The second rules out transforms that agree with the cast on some inputs
-    only: a flag ``(x > 0.5).long()`` equals ``x.long()`` on 0/1 inputs, a clamp on ids in
-    range. A forward pass that refuses one of them (an RNN packing sequences by their count of
-    non-zero ids fails on zeros, ``F.one_hot`` on negative ids) is replaced by positive whole
-    numbers (1, 2, 3, ..., which a flag does not read as its cast either). The probes never
-    reach an embedding with an id it lacks (each embedding reads its input clamped to its
-    rows), and nothing about the caller's data is assumed: whether given float values are ids
-    or features (a model bucketing features with ``x.long()`` reads the same way) is the
-    caller's call (`sdk.onnx_export` and `TorchTrainer` decide from whole numbers). Two or
-    three forward passes of a batch of 2 (eval mode, no grad, the RNG state and mode
-    restored); None if fewer than two of them run.
-    """
+def cast_readers(module: nn.Module, inputs: list[torch.Tensor], want: int) -> list[dict[str, int]]:
+    """For each of `inputs` in turn whose forward pass runs, until `want` have: the
+    {path: rows} of the `nn.Embedding` layers whose read is that input cast to integers (as
+    ``x.long()`` gives it). Each embedding reads its input clamped to its rows, so a probe
+    never reaches one with an id it lacks; a forward pass that raises reads nothing and is
+    skipped. Eval mode, no grad, the RNG state and mode restored; [] without embeddings (no
+    pass run)."""
     found: list[dict[str, int]] = []
 
     def reader(path: str) -> Callable[[nn.Module, tuple[Any, ...]], Any]:
@@ -365,29 +352,54 @@ def float_id_reader(
         if isinstance(m, nn.Embedding)
     ]
     if not handles:
-        return None
+        return found
+    was_training = module.training
+    try:
+        with torch.random.fork_rng(), torch.no_grad():
+            module.eval()
+            for probe in inputs:
+                found.append({})
+                try:
+                    module(probe)
+                except Exception:  # a forward pass that refuses a probe reads nothing of it
+                    found.pop()
+                if len(found) == want:
+                    break
+    finally:
+        module.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return found
+
+
+def float_id_reader(
+    module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype
+) -> tuple[int, str] | None:
+    """For float inputs of per-example `shape`: (rows, path) of the `nn.Embedding` that reads
+    them as token ids through a cast (``x.long()``, as mobile_sim's text models do; the fewest
+    rows if several do), or None when none does.
+
+    An embedding is taken to read token ids when what it reads is the cast of the input, of
+    the input's shape, on two probe inputs: zeros (id 0 is in every vocabulary) and negative
+    whole numbers. The second rules out transforms that agree with the cast on some inputs
+    only: a flag ``(x > 0.5).long()`` equals ``x.long()`` on 0/1 inputs, a clamp on ids in
+    range. A forward pass that refuses one of them (an RNN packing sequences by their count of
+    non-zero ids fails on zeros, ``F.one_hot`` on negative ids) is replaced by positive whole
+    numbers (1, 2, 3, ..., which a flag does not read as its cast either). The probes never
+    reach an embedding with an id it lacks (each embedding reads its input clamped to its
+    rows), and nothing about the caller's data is assumed: whether given float values are ids
+    or features (a model bucketing features with ``x.long()`` reads the same way) is the
+    caller's call (`sdk.onnx_export` and `TorchTrainer` decide from whole numbers). Two or
+    three forward passes of a batch of 2 (eval mode, no grad, the RNG state and mode
+    restored); None if fewer than two of them run.
+    """
     count = 2 * math.prod(shape)
     probes = [
         torch.zeros((2, *shape), dtype=dtype),
         (-1 - torch.arange(count) % 5).to(dtype).reshape(2, *shape),
         (1 + torch.arange(count) % 3).to(dtype).reshape(2, *shape),  # if one of those fails
     ]
-    was_training = module.training
-    try:
-        with torch.random.fork_rng(), torch.no_grad():
-            module.eval()
-            for probe in probes:
-                found.append({})
-                try:
-                    module(probe)
-                except Exception:  # a forward pass that refuses a probe reads nothing of it
-                    found.pop()
-                if len(found) == 2:
-                    break
-    finally:
-        module.train(was_training)
-        for handle in handles:
-            handle.remove()
+    found = cast_readers(module, probes, want=2)
     if len(found) < 2:
         return None
     both = {path: n for path, n in found[0].items() if found[1].get(path) == n}
