@@ -11,6 +11,7 @@ independence of block size, report order and repetition; bounded memory.
 from __future__ import annotations
 
 import tracemalloc
+from typing import Any
 
 import numpy as np
 import pytest
@@ -242,6 +243,20 @@ def test_mixed_rows_sent_what_their_sources_sent() -> None:
     assert np.any(bsent & (means == 0.0))
 
 
+def peak_of(factory: Any, d: int, updates: list[ClientUpdate]) -> tuple[int, Any]:
+    """The traced peak bytes of one round of `factory` over `updates` (its state made
+    before the measurement starts), and the round's output."""
+    proc = factory.create(d)
+    state = proc.initialize()
+    tracemalloc.start()
+    try:
+        out = proc.next(state, updates)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak, out
+
+
 def test_memory_stays_bounded_without_an_n_by_d_matrix() -> None:
     """The bound test_aggregators_robust checks (32·d + 48·N + 8·n² + 16·block bytes), with
     the support rule on: 100 reports of 500 values over d = 50,000 (an n×d float32 matrix
@@ -259,12 +274,7 @@ def test_memory_stays_bounded_without_an_n_by_d_matrix() -> None:
         TrimmedMean(0.01, block_elems=block, support=True),
         Bucketing(2, inner=TrimmedMean(0.02, block_elems=block, support=True)),
     ):
-        proc = factory.create(d)
-        state = proc.initialize()
-        tracemalloc.start()
-        out = proc.next(state, updates)
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
+        peak, out = peak_of(factory, d, updates)
         assert peak < bound, f"{factory}: peak {peak} bytes > stated bound {bound}"
         assert peak < 4 * n * d / 2, factory
         meas = out.measurements.get("inner", out.measurements)

@@ -10,13 +10,11 @@ bound, Krum failed first (34.5 MB > 12.9 MB). Measured as test_h148_sparse_suppo
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 
 from coordinator.aggregators import Krum, NearestNeighborMixing
 from coordinator.aggregators._robust import DEFAULT_BLOCK_ELEMS
-from tests.coordinator.test_h148_sparse_support import reports
+from tests.coordinator.test_h148_sparse_support import peak_of, reports
 
 
 def test_krum_and_nnm_stay_within_their_rows_for_a_thousand_small_reports() -> None:
@@ -34,13 +32,8 @@ def test_krum_and_nnm_stay_within_their_rows_for_a_thousand_small_reports() -> N
         (Krum(0.1, m=None), krum_row),
         (NearestNeighborMixing(0.1, inner=Krum(0.1)), nnm_row),
     ):
-        proc = factory.create(d)
-        state = proc.initialize()
         # Execute
-        tracemalloc.start()
-        out = proc.next(state, updates)
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
+        peak, out = peak_of(factory, d, updates)
         # Assert
         assert peak < bound, f"{factory}: peak {peak} bytes > bound {bound}"
         assert np.any(out.result != 0.0)

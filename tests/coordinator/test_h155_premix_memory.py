@@ -17,13 +17,11 @@ Measured as tests/coordinator/test_h148_sparse_support.py measures.
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
 
 from coordinator.aggregators import Bucketing, CoordinateMedian, NearestNeighborMixing, TrimmedMean
-from tests.coordinator.test_h148_sparse_support import reference, reports
+from tests.coordinator.test_h148_sparse_support import peak_of, reference, reports
 
 
 def block_rule(kind: str, block: int) -> TrimmedMean | CoordinateMedian:
@@ -61,13 +59,8 @@ def test_pre_aggregator_over_a_block_rule_stays_within_its_row(
         s = int(pre.split(":")[1])
         factory = Bucketing(s, inner=block_rule(inner, block), seed=7)
         bound = inner_bound + 16 * n * n / s + 24 * block
-    proc = factory.create(d)
-    state = proc.initialize()
     # Execute
-    tracemalloc.start()
-    out = proc.next(state, updates)
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
+    peak, out = peak_of(factory, d, updates)
     # Assert
     assert peak < bound, f"{pre}+{inner}: peak {peak} bytes > bound {bound}"
     assert np.all(np.isfinite(out.result)) and np.any(out.result != 0.0)

@@ -9,13 +9,11 @@ support rule's copy of the supported columns is a whole block; measured as test_
 
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
 
 from coordinator.aggregators import CoordinateMedian, TrimmedMean
-from tests.coordinator.test_h148_sparse_support import reference, reports
+from tests.coordinator.test_h148_sparse_support import peak_of, reference, reports
 
 
 @pytest.mark.parametrize(
@@ -37,13 +35,10 @@ def test_support_rule_stays_within_the_trimmed_mean_row_of_the_docs(
     bound = 8 * d + 24 * nnz + 16 * block
     peaks, results = {}, {}
     for support in (False, True):
-        proc = TrimmedMean(0.2, block_elems=block, support=support).create(d)
-        state = proc.initialize()
         # Execute
-        tracemalloc.start()
-        out = proc.next(state, updates)
-        _, peaks[support] = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
+        peaks[support], out = peak_of(
+            TrimmedMean(0.2, block_elems=block, support=support), d, updates
+        )
         results[support] = out.result
     # Assert: every coordinate was supported, and both rules are within the row's bound.
     assert out.measurements["supported_coords"] == d
@@ -68,12 +63,7 @@ def test_block_rules_stay_within_their_row_when_the_block_is_small() -> None:
         TrimmedMean(0.2, block_elems=block, support=True),
         CoordinateMedian(block_elems=block),
     ):
-        proc = factory.create(d)
-        state = proc.initialize()
         # Execute
-        tracemalloc.start()
-        proc.next(state, updates)
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
+        peak, _ = peak_of(factory, d, updates)
         # Assert
         assert peak < bound, f"{factory}: peak {peak} bytes > stated bound {bound}"
