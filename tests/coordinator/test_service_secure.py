@@ -197,7 +197,7 @@ def test_a_round_below_threshold_is_abandoned_and_the_next_commits(
 ) -> None:
     # Prepare: three devices; in round 1 two of them vanish before sharing keys
     http = httpx.Client(base_url=server)
-    task_id = create_task(http, _config(rounds=2, n=3, stage_timeout_s=1.0))
+    task_id = create_task(http, _config(rounds=2, n=3, stage_timeout_s=3.0))
     clients = _clients(server, tmp_path, 3)
     ids = [c.device_id for c in clients]
     # Execute

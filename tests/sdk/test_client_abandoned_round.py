@@ -298,7 +298,7 @@ def test_each_outcome_is_acted_on(tmp_path: Path, outcome: str, kept: bool, retu
 SECURE_SPEC = ModelSpec.from_shapes([("w", (4, 8)), ("b", (4,))])
 
 
-def _secure_task(http: httpx.Client, cohort: int = 3, stage_timeout_s: float = 1.0) -> int:
+def _secure_task(http: httpx.Client, cohort: int = 3, stage_timeout_s: float = 4.0) -> int:
     from compression import encode_snapshot
     from protocol.messages import TaskConfig, to_json
 

@@ -720,7 +720,7 @@ def test_an_upload_answered_with_anything_but_its_receipt_stays_pending(
 
 @pytest.fixture()
 def secure_task(tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """A loopback coordinator with a secure task of three devices (stages close after 1 s)."""
+    """A loopback coordinator with a secure task of three devices (stages close after 3 s)."""
     from coordinator.service import ServerThread, ServiceConfig
 
     from .test_client_secure import ADMIN, _task
@@ -730,7 +730,7 @@ def secure_task(tmp_path: Path) -> Iterator[tuple[str, int]]:
     )
     with ServerThread(cfg) as url:
         task = _task(rounds=2)
-        task["secure"] = {"coord_fraction": 0.5, "stage_timeout_s": 1.0}
+        task["secure"] = {"coord_fraction": 0.5, "stage_timeout_s": 3.0}
         with httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"}) as http:
             task_id = int(http.post("/v1/admin/tasks", json=task).json()["task_id"])
             snap = encode_snapshot(np.zeros(SPEC.size, np.float32), SPEC, "fp32")
