@@ -27,6 +27,7 @@ from coordinator.aggregators import (
     build_aggregator,
 )
 from coordinator.aggregators._base import AggregateOutput
+from tests.coordinator.test_h95_attacks import topk_example
 
 Mask = np.ndarray
 BETAS = [0.0, 0.1, 0.2, 0.3, 0.45]
@@ -285,14 +286,7 @@ def test_the_sparse_top_k_example_of_the_docs() -> None:
     # docs/robustness.md's example (test_h95_attacks): 10 reports, each the top 1% (k = 20 of
     # d = 2,000) of one common gradient plus as much noise; 147 coordinates are sent, 12 of
     # them by at least 3 reports and 1 by at least 5.
-    rng = np.random.default_rng(4)
-    d, n, k = 2000, 10, 20
-    g = rng.normal(size=d)
-    x = np.zeros((n, d))
-    for i in range(n):
-        u = g + rng.normal(size=d)
-        top = np.argpartition(-np.abs(u), k)[:k]
-        x[i, top] = u[top]
+    x = topk_example()
     mean = x.mean(axis=0)
     sent = x != 0
 

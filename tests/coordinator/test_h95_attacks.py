@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from compression import SparseUpdate
@@ -142,9 +143,9 @@ def test_the_default_drops_what_points_backwards_and_keeps_alie() -> None:
     assert not set(meas["dropped"]) & {f"d{i:02d}" for i in range(N - F, N)}
 
 
-def test_median_and_trimmed_mean_shrink_sparse_updates_towards_zero() -> None:
-    # Top-k reports (k = 1% of d) of one common gradient plus noise: most coordinates are sent by
-    # a few devices, and a coordinate-wise rule counts every missing value as a 0.
+def topk_example() -> npt.NDArray[np.float64]:
+    """docs/robustness.md's sparse example: 10 reports (rows) over d = 2,000, each the top 1%
+    (k = 20) by magnitude of one common gradient plus as much noise (seed 4)."""
     rng = np.random.default_rng(4)
     d, n, k = 2000, 10, 20
     g = rng.normal(size=d)
@@ -153,6 +154,14 @@ def test_median_and_trimmed_mean_shrink_sparse_updates_towards_zero() -> None:
         u = g + rng.normal(size=d)
         top = np.argpartition(-np.abs(u), k)[:k]
         x[i, top] = u[top]
+    return x
+
+
+def test_median_and_trimmed_mean_shrink_sparse_updates_towards_zero() -> None:
+    # Top-k reports (k = 1% of d) of one common gradient plus noise: most coordinates are sent by
+    # a few devices, and a coordinate-wise rule counts every missing value as a 0.
+    x = topk_example()
+    n, d = x.shape
     mean = x.mean(axis=0)
 
     def ratio(spec: str) -> tuple[float, int]:
