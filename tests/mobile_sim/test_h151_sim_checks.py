@@ -107,40 +107,6 @@ def test_a_run_with_no_abandoned_round_has_no_such_warning(
     assert "were abandoned" not in capsys.readouterr().out
 
 
-@pytest.mark.parametrize(
-    ("flags", "expected"),
-    [
-        (["--momentum", "1.5"], "--momentum must be below 1 (0.9 is usual), got 1.5"),
-        (["--momentum", "1"], "--momentum must be below 1 (0.9 is usual), got 1.0"),
-        (
-            ["--warmup-rounds", "2"],
-            "--warmup-rounds 2 makes every one of the 2 rounds dense (fp32), so the codec "
-            "flags change nothing: give fewer than --rounds, or --dense",
-        ),
-        (["--warmup-rounds", "5"], "--warmup-rounds 5 makes every one of the 2 rounds dense"),
-    ],
-)
-def test_flags_that_break_or_void_the_run_are_usage_errors(
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    flags: list[str],
-    expected: str,
-) -> None:
-    # Prepare: data that does not exist, so only a mistake found before loading exits 2
-    monkeypatch.setenv("PLUME_DATA", str(tmp_path / "nonexistent"))
-    argv = ["sim", "--dataset", "mnist", "--rounds", "2", "--no-progress", *flags]
-
-    # Execute
-    code = plume([*argv, "--out", str(tmp_path / "run")])
-
-    # Assert: one line, before the data loads
-    err = capsys.readouterr().err
-    lines = [line for line in err.splitlines() if "plume sim: error:" in line]
-    assert code == 2, err
-    assert len(lines) == 1 and expected in lines[0], err
-
-
 def test_momentum_below_one_and_warmup_below_rounds_still_run() -> None:
     # Execute: the largest legal values
     SimConfig(dataset="digits", rounds=2, momentum=0.99, warmup_rounds=1)

@@ -28,6 +28,18 @@ ARGV = ["sim", "--dataset", "mnist", "--rounds", "1", "--no-progress"]
         # SimConfig builds the engine's policy: refused now, not once the data had loaded
         (["--over-selection", "11"], "--over-selection must be in [1, 10]"),
         (["--server-lr", "0"], "--server-lr must be positive"),
+        # helper-151: values that break the run (momentum) or void the codec flags (warmup)
+        (["--momentum", "1.5"], "--momentum must be below 1 (0.9 is usual), got 1.5"),
+        (["--momentum", "1"], "--momentum must be below 1 (0.9 is usual), got 1.0"),
+        (
+            ["--rounds", "2", "--warmup-rounds", "2"],
+            "--warmup-rounds 2 makes every one of the 2 rounds dense (fp32), so the codec "
+            "flags change nothing: give fewer than --rounds, or --dense",
+        ),
+        (
+            ["--rounds", "2", "--warmup-rounds", "5"],
+            "--warmup-rounds 5 makes every one of the 2 rounds dense",
+        ),
     ],
 )
 def test_each_bad_value_is_one_line_naming_its_flag_before_the_data_loads(
