@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import threading
 from pathlib import Path
 
 import httpx
@@ -28,15 +27,13 @@ from coordinator.service.rounds import Coordinator
 from mobile_sim.runner import SimConfig
 from protocol.messages import to_json
 from protocol.names import TaskState
-from sdk.client import Client
 
+from .test_restart_refused import _participate
 from .test_service_support import (
     ADMIN,
     SPEC,
-    SoftmaxTrainer,
     admin_get,
     initial_params,
-    local_data,
     task_config,
     wait_until,
 )
@@ -44,19 +41,6 @@ from .test_service_support import (
 
 def _service(db: Path) -> ServerThread:
     return ServerThread(ServiceConfig(db_path=str(db), admin_token=ADMIN, poll_s=0.05, tick_s=0.02))
-
-
-def _participate(url: str, root: Path, task_id: int, n: int = 2) -> None:
-    def run(i: int) -> None:
-        with Client(url, str(root / f"dev{i}")) as c:
-            c.register()
-            c.participate(SoftmaxTrainer(), *local_data(i), task_id=task_id, max_wait_s=30)
-
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
 
 
 def _refusal(spec: str) -> str | None:
