@@ -328,8 +328,10 @@ def create_app(
         response_model=RegisterResponse,
         responses={**_ERRORS, **_RATE_LIMITED},
         tags=["device"],
-        # The quota first: a flood is refused before its signature is checked or it is stored.
-        dependencies=[Depends(registration_quota), json_body],
+        # The media type (the header alone) first, so a 415 spends no token of the address's
+        # quota; then the quota: a flood is refused before its signature is checked or it is
+        # stored.
+        dependencies=[json_body, Depends(registration_quota)],
     )
     async def register(request: Request, body: RegisterRequest) -> RegisterResponse:
         """Register an Ed25519 public key; the request is signed with that same key."""
