@@ -35,6 +35,7 @@ from .names import Header
 
 __all__ = [
     "SIGNATURE_VERSION",
+    "MAX_TARGET_CHARS",
     "AuthError",
     "SignedFields",
     "generate_private_key",
@@ -58,7 +59,8 @@ SIGNATURE_BYTES = 64
 
 _METHOD = re.compile(r"[A-Z]{1,16}")
 # A request target is printable ASCII without spaces (RFC 9112 origin-form), capped in length.
-_TARGET = re.compile(r"/[\x21-\x7e]{0,2047}")
+MAX_TARGET_CHARS = 2048
+_TARGET = re.compile(r"/[\x21-\x7e]*")
 _DEVICE = re.compile(r"[0-9a-f]{32}")
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _NONCE = re.compile(r"[0-9a-f]{16,64}")
@@ -182,6 +184,11 @@ def signing_message(
     """The exact bytes that get signed. Raises `AuthError` if any field is out of its form."""
     if not _METHOD.fullmatch(method):
         raise AuthError(f"method must be upper-case letters, got {method!r}")
+    if len(target) > MAX_TARGET_CHARS:
+        raise AuthError(
+            f"request target is {len(target):,} characters, above the signing format's cap of "
+            f"{MAX_TARGET_CHARS:,} (path and query): send a shorter query"
+        )
     if not _TARGET.fullmatch(target):
         raise AuthError("request target must be printable ASCII starting with '/'")
     if not _DEVICE.fullmatch(device_id):
