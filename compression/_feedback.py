@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._codec import EncodeReport, UpdateCodec
+from ._config import DecodeLimits
 from ._errors import (
     ChecksumMismatch,
     MalformedHeader,
@@ -24,6 +25,9 @@ __all__ = ["ErrorFeedback"]
 F32 = npt.NDArray[np.float32]
 # magic, version, flags, header_len | d | CRC-32 of the values
 _HEADER = struct.Struct("<4sBBHII")
+# The header-length cap of update frames and snapshots (`DecodeLimits.max_header_bytes`): a
+# residual declaring more is `HeaderTooLarge`, any other length up to it `MalformedHeader`.
+_MAX_HEADER = DecodeLimits().max_header_bytes
 
 
 RESIDUAL_OVERFLOW = (
@@ -121,7 +125,7 @@ class ErrorFeedback:
         view = byte_view(data, "residual")
         n = view.nbytes
         head = bytes(view[: _HEADER.size])
-        header_len = check_prefix(head, RESIDUAL_MAGIC, "residual", _HEADER.size)
+        header_len = check_prefix(head, RESIDUAL_MAGIC, "residual", _MAX_HEADER)
         if header_len != _HEADER.size:
             raise MalformedHeader(f"residual header is {_HEADER.size} bytes, got {header_len}")
         if n < _HEADER.size:
