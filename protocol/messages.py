@@ -570,11 +570,13 @@ def unpack_chain(data: bytes, *, max_frames: int, max_frame_bytes: int) -> list[
     """Split a chain body, checking every declared length before slicing."""
     if len(data) < _CHAIN_HEAD.size:
         raise MessageError("chain shorter than its header")
-    magic, version, _reserved, count = _CHAIN_HEAD.unpack_from(data)
+    magic, version, reserved, count = _CHAIN_HEAD.unpack_from(data)
     if magic != CHAIN_MAGIC:
         raise MessageError("not a delta chain")
     if version != 1:
         raise MessageError(f"unsupported chain version {version}")
+    if reserved != 0:
+        raise MessageError(f"chain reserved byte is {reserved}, must be 0")
     if count > max_frames:
         raise MessageError(f"chain of {count} frames exceeds the cap of {max_frames}")
     table_end = _CHAIN_HEAD.size + 4 * count
