@@ -870,19 +870,41 @@ class TaskRuntime:
         self.seq = 0
         self.max_upload_bytes = DecodeLimits().frame_cap(self.spec)
         self._snapshots: dict[str, bytes] = {}
+        # Whether the published model fits fp16's range (None: not looked at since published).
+        self._fits_fp16: bool | None = None
 
     def snapshot(self, dtype: str) -> bytes:
+        """The published model as a `dtype` snapshot, encoded once per version. An fp16
+        snapshot of a model with a parameter beyond fp16's range (|x| > 65,504, which fp16
+        rounds to inf) is 409 `invalid_state` asking for fp32, not the encoder's ValueError
+        (a 500): a device's legal upload can bring the model there."""
         blob = self._snapshots.get(dtype)
         if blob is None:
+            if dtype == SnapshotDType.FP16 and not self._fp16_range_ok():
+                raise ApiError(
+                    409,
+                    Reason.INVALID_STATE,
+                    f"task {self.task_id}'s model (version {self.version}) has a parameter "
+                    "beyond fp16's range (|x| > 65504), so it cannot be sent as an fp16 "
+                    "snapshot; ask for dtype=fp32",
+                )
             blob = encode_snapshot(self.published, self.spec, dtype)
             self._snapshots[dtype] = blob
         return blob
+
+    def _fp16_range_ok(self) -> bool:
+        if self._fits_fp16 is None:
+            # The encoder's own test: cast to fp16 and look for inf.
+            with np.errstate(over="ignore"):
+                self._fits_fp16 = bool(np.isfinite(self.published.astype(np.float16)).all())
+        return self._fits_fp16
 
     def set_published(self, params: npt.NDArray[np.float32], version: int, digest: str) -> None:
         self.published = params
         self.version = version
         self.digest = digest
         self._snapshots.clear()
+        self._fits_fp16 = None
 
 
 class Coordinator:

@@ -1,0 +1,60 @@
+"""`GET /v1/tasks/{id}/model?dtype=fp16` of a model with a parameter beyond fp16's range
+(|x| > 65,504) is 409 `invalid_state` whose detail asks for dtype=fp32.
+
+Before: `compression.encode_snapshot` raised ValueError inside the route and the device got
+500 `internal_error`. A device can bring a task there itself (a legal upload of large values
+with a large claimed weight), so the answer must be a client error that says what to ask.
+The SDK always asks for fp32 (sdk/client.py `model_exchange`): it still gets such a model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from coordinator.service import AdminClient, ServerThread, ServiceConfig
+from protocol import auth
+from protocol.names import Reason
+from sdk.client import Client
+
+from .test_service_hardening import _refused, _register, _signed
+from .test_service_support import ADMIN, SPEC, initial_params, task_config
+
+
+def _get_model(http: httpx.Client, key: bytes, task_id: int, dtype: str) -> httpx.Response:
+    target = f"/v1/tasks/{task_id}/model?dtype={dtype}"
+    return http.get(target, headers=_signed(key, "GET", target, 0, b""))
+
+
+def test_fp16_of_a_model_beyond_fp16_range_is_409_asking_for_fp32(tmp_path: Path) -> None:
+    # Prepare: one task whose model holds 70,000 (fp16's largest finite value is 65,504), one
+    # whose model fits fp16; a registered device
+    big = initial_params()
+    big[3] = 70000.0
+    cfg = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05)
+    key = auth.generate_private_key()
+    with ServerThread(cfg) as url, httpx.Client(base_url=url) as http:
+        with AdminClient(url, ADMIN) as admin:
+            over = admin.create_task(task_config(), big)
+            fits = admin.create_task(task_config(), initial_params())
+        assert _register(http, key).status_code == 200
+        # Execute: fp16 twice (the refusal is not a cached success), fp32, and fp16 of the
+        # model that fits
+        refused = [_get_model(http, key, over, "fp16") for _ in range(2)]
+        fp32 = _get_model(http, key, over, "fp32")
+        fine = _get_model(http, key, fits, "fp16")
+        # and the SDK's own download of the big model
+        device = Client(url, str(tmp_path / "dev"))
+        device.register()
+        params, version, encoding = device.fetch_current(over, SPEC)
+    # Assert: 409 invalid_state naming fp16's range and dtype=fp32, each time
+    for r in refused:
+        body = _refused(r, 409, Reason.INVALID_STATE)
+        assert "fp16" in body["detail"] and "dtype=fp32" in body["detail"], body
+    # fp32 serves the model exactly; fp16 still serves a model that fits
+    assert fp32.status_code == 200 and fp32.headers["x-plume-model-exact"] == "1"
+    assert fine.status_code == 200 and fine.headers["x-plume-model-exact"] == "0"
+    assert (version, encoding) == (0, "snapshot")
+    np.testing.assert_array_equal(params, big)
