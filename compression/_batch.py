@@ -887,7 +887,7 @@ def _decode_groups(
                 index_coding=name,
                 index_param=param,
                 block=block,
-                weight=cols["weight"][j],
+                weight=cols["weight"][j] + 0.0,  # -0.0 as +0.0, as parse_header returns it
                 index_bytes=cols["index_bytes"][j],
                 scale_bytes=sb,
                 value_bytes=vb,

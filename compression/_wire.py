@@ -255,7 +255,7 @@ def parse_header(frame: bytes, spec: ModelSpec, limits: DecodeLimits) -> FrameHe
         index_coding=coding.name,
         index_param=param,
         block=block,
-        weight=weight,
+        weight=weight + 0.0,  # -0.0 (in range as a number) decodes as +0.0: one weight zero
         index_bytes=index_bytes,
         scale_bytes=scale_bytes,
         value_bytes=value_bytes,
