@@ -500,6 +500,27 @@ def _json(response: httpx.Response) -> Any:
         raise ValueError("JSON nested too deeply") from None
 
 
+def _poll_hint(response: httpx.Response) -> float | None:
+    """A 425's poll interval from its JSON body's `retry_after_s` (the coordinator's `--poll`,
+    sub-second allowed; its `Retry-After` header holds whole seconds only, as RFC 9110 says),
+    capped at 30 s as a Retry-After is; None when the body has no finite number >= 0 there (a
+    coordinator before it: the header then applies)."""
+    try:
+        body = _json(response)
+    except ValueError:
+        return None
+    value = body.get("retry_after_s") if isinstance(body, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        seconds = float(value)
+    except OverflowError:  # an integer of hundreds of digits
+        return None
+    if not (math.isfinite(seconds) and seconds >= 0):
+        return None
+    return min(seconds, 30.0)
+
+
 def _error(response: httpx.Response) -> ClientError:
     try:
         body = _json(response)
@@ -2246,8 +2267,12 @@ def _secure_flow(
                 now = _tick()
                 if not now < stop:
                     break
-                # At least _MIN_POLL_S: a "Retry-After: 0" must not make the device spin.
-                yield _Sleep(min(max(core.delay(0, response), _MIN_POLL_S), stop - now))
+                # The answer's sub-second `retry_after_s` if it has one (Retry-After holds
+                # whole seconds only), else its Retry-After. At least _MIN_POLL_S: a
+                # "Retry-After: 0" must not make the device spin.
+                hint = _poll_hint(response)
+                wait = core.delay(0, response) if hint is None else hint
+                yield _Sleep(min(max(wait, _MIN_POLL_S), stop - now))
             if response is None or response.status_code == 425:
                 report.detail = (
                     f"{stage} did not close before the round deadline (or max_stage_wait_s)"

@@ -14,6 +14,7 @@ round's bandwidth ledger. docs/http-api.md lists bodies and errors.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -68,7 +69,10 @@ def add_secure_routes(
     }
     gone: dict[int | str, dict[str, Any]] = {
         410: {"description": "the secure round aborted (too few devices at some stage)"},
-        425: {"description": "the stage is still open; retry after `Retry-After` seconds"},
+        425: {
+            "description": "the stage is still open; poll again after the body's "
+            "`retry_after_s` seconds (`Retry-After`: the same, rounded up to whole seconds)"
+        },
     }
 
     @app.get(
@@ -165,11 +169,16 @@ def add_secure_routes(
         _same_round(fields, round_id)
         body = coordinator.secure_download(round_id, stage, fields.device_id)
         if body is None:
-            retry = f"{config.poll_s:g}"
+            # Retry-After in whole seconds (RFC 9110's delay-seconds), rounded up; the poll
+            # interval itself, sub-second allowed, in the body (the SDK reads it first).
             return JSONResponse(
-                {"reason": str(Reason.INVALID_STATE), "detail": f"stage {stage} is still open"},
+                {
+                    "reason": str(Reason.INVALID_STATE),
+                    "detail": f"stage {stage} is still open",
+                    "retry_after_s": config.poll_s,
+                },
                 status_code=425,
-                headers={H.RETRY_AFTER: retry},
+                headers={H.RETRY_AFTER: str(math.ceil(config.poll_s))},
             )
         att: Attribution = getattr(request.state, STATE_KEY)
         att.payload_down = len(body)
