@@ -37,6 +37,7 @@ from ._wire import (
     WIRE_VERSION,
     FrameHeader,
     byte_view,
+    check_frame_fits,
 )
 
 if TYPE_CHECKING:
@@ -427,6 +428,7 @@ def _encode_batch(
     index, ids, params = _index_sections(idx, d, codec.config.index)
 
     fp = codec.spec.fingerprint
+    cap = codec.limits.frame_cap(codec.spec)
     wire_block = codec.quantize.block
     zstd = codec.zstd.zstd
     sb = 0 if scales is None else scales.shape[1]
@@ -442,6 +444,7 @@ def _encode_batch(
             packed = zstd.compress(raw)  # with its window cap, as the single encoder
             if len(packed) < len(raw):
                 payload, flags = packed, FLAG_ZSTD
+        check_frame_fits(len(payload), cap)  # as the single encoder
         body = (
             _HEADER.pack(
                 UPDATE_MAGIC,

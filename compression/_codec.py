@@ -15,7 +15,7 @@ from ._errors import CodecError
 from ._sparse import SparseUpdate
 from ._spec import ModelSpec
 from ._stages import FrameStage, IndexStage, QuantizeStage, Sections, TopKStage, ZstdStage
-from ._wire import WIRE_VERSION, FrameHeader, byte_view, check_size
+from ._wire import WIRE_VERSION, FrameHeader, byte_view, check_frame_fits, check_size
 
 __all__ = ["StageReport", "EncodeReport", "DecodedFrame", "UpdateCodec"]
 
@@ -134,6 +134,8 @@ class UpdateCodec:
         payload, flags = self.zstd.encode(raw)
         t4 = clock()
         report.stages.append(StageReport(self.zstd.name, len(raw), len(payload), t4 - t3))
+        # Not a frame this codec's own decoder (its limits) would refuse: ValueError, no state.
+        check_frame_fits(len(payload), self.limits.frame_cap(self.spec))
 
         header = FrameHeader(
             version=WIRE_VERSION,
@@ -166,7 +168,9 @@ class UpdateCodec:
     ) -> tuple[bytes, EncodeReport]:
         """Encode float32[d] `u` into one v1 frame carrying `weight` (example count, >= 0).
 
-        `rng` drives the stochastic rounding (and the sample of "sampled" top-k).
+        `rng` drives the stochastic rounding (and the sample of "sampled" top-k). A frame
+        longer than `limits.frame_cap(spec)`, which this codec's decoder refuses, is a
+        ValueError instead (before anything is returned; `roundtrip` and the batch encoders too).
         """
         frame, _, _, report = self._encode(u, rng, weight, want_decoded=False)
         return frame, report

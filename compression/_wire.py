@@ -32,6 +32,7 @@ __all__ = [
     "FLAG_ZSTD",
     "FrameHeader",
     "byte_view",
+    "check_frame_fits",
     "check_size",
     "check_u32",
     "pack_header",
@@ -137,6 +138,20 @@ def byte_view(data: object, what: str) -> memoryview:
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"{what} must be bytes, got {type(data).__name__}")
     return memoryview(data).cast("B")
+
+
+def check_frame_fits(payload_bytes: int, cap: int) -> None:
+    """The encoders' refusal (ValueError) of a frame of `payload_bytes` stored payload bytes
+    that is longer than `cap` (the codec's `DecodeLimits.frame_cap`), which step 1 of the
+    decoder with those limits refuses: called before the frame is assembled, so nothing is
+    written and no error-feedback residual changes."""
+    total = HEADER_LEN + payload_bytes + CRC_LEN
+    if total > cap:
+        raise ValueError(
+            f"the update frame of {total} bytes is above the cap of {cap} bytes of this codec's "
+            "DecodeLimits (max_frame_bytes), which its decoder refuses: raise the cap, or send "
+            "fewer coordinates or bits"
+        )
 
 
 def check_size(nbytes: int, cap: int, what: str) -> None:
