@@ -875,9 +875,9 @@ class TaskRuntime:
 
     def snapshot(self, dtype: str) -> bytes:
         """The published model as a `dtype` snapshot, encoded once per version. An fp16
-        snapshot of a model with a parameter beyond fp16's range (|x| > 65,504, which fp16
-        rounds to inf) is 409 `invalid_state` asking for fp32, not the encoder's ValueError
-        (a 500): a device's legal upload can bring the model there."""
+        snapshot of a model with a parameter beyond fp16's range (|x| >= 65,520, which fp16
+        rounds to inf; its largest value is 65,504) is 409 `invalid_state` asking for fp32, not
+        the encoder's ValueError (a 500): a device's legal upload can bring the model there."""
         blob = self._snapshots.get(dtype)
         if blob is None:
             if dtype == SnapshotDType.FP16 and not self._fp16_range_ok():
@@ -885,8 +885,8 @@ class TaskRuntime:
                     409,
                     Reason.INVALID_STATE,
                     f"task {self.task_id}'s model (version {self.version}) has a parameter "
-                    "beyond fp16's range (|x| > 65504), so it cannot be sent as an fp16 "
-                    "snapshot; ask for dtype=fp32",
+                    "beyond fp16's range (|x| >= 65520, which fp16 rounds to infinity), so it "
+                    "cannot be sent as an fp16 snapshot; ask for dtype=fp32",
                 )
             blob = encode_snapshot(self.published, self.spec, dtype)
             self._snapshots[dtype] = blob

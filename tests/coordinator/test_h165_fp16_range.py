@@ -33,18 +33,24 @@ def test_fp16_of_a_model_beyond_fp16_range_is_409_asking_for_fp32(tmp_path: Path
     # whose model fits fp16; a registered device
     big = initial_params()
     big[3] = 70000.0
+    # and the edge, as the encoder rounds: 65,519.99 becomes fp16's largest value (65,504),
+    # -65,520 becomes -inf
+    near, over_edge = initial_params(), initial_params()
+    near[0], over_edge[0] = 65519.99, -65520.0
     cfg = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05)
     key = auth.generate_private_key()
     with ServerThread(cfg) as url, httpx.Client(base_url=url) as http:
         with AdminClient(url, ADMIN) as admin:
             over = admin.create_task(task_config(), big)
             fits = admin.create_task(task_config(), initial_params())
+            edge = [admin.create_task(task_config(), p) for p in (near, over_edge)]
         assert _register(http, key).status_code == 200
         # Execute: fp16 twice (the refusal is not a cached success), fp32, and fp16 of the
         # model that fits
         refused = [_get_model(http, key, over, "fp16") for _ in range(2)]
         fp32 = _get_model(http, key, over, "fp32")
         fine = _get_model(http, key, fits, "fp16")
+        at_edge = [_get_model(http, key, t, "fp16") for t in edge]
         # and the SDK's own download of the big model
         device = Client(url, str(tmp_path / "dev"))
         device.register()
@@ -56,5 +62,7 @@ def test_fp16_of_a_model_beyond_fp16_range_is_409_asking_for_fp32(tmp_path: Path
     # fp32 serves the model exactly; fp16 still serves a model that fits
     assert fp32.status_code == 200 and fp32.headers["x-plume-model-exact"] == "1"
     assert fine.status_code == 200 and fine.headers["x-plume-model-exact"] == "0"
+    assert at_edge[0].status_code == 200, at_edge[0].text
+    _refused(at_edge[1], 409, Reason.INVALID_STATE)
     assert (version, encoding) == (0, "snapshot")
     np.testing.assert_array_equal(params, big)
