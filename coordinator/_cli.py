@@ -266,7 +266,9 @@ def register(sub: Any) -> None:
         type=float,
         default=0.25,
         metavar="SECONDS",
-        help="Retry-After a device is told while a round gathers, seconds",
+        help="seconds a device is told to wait before it polls again while a round gathers "
+        "or a secure stage is open (retry_after_s in the answer's body; a 425's Retry-After "
+        "header carries it rounded up to whole seconds)",
     )
     s.add_argument(
         "--register-rate",
