@@ -1756,7 +1756,13 @@ class Coordinator:
         )
         for d in plan.selected:
             rt.pool.pop(d, None)
-        log.info("task %d round %d opened with %d devices", rt.task_id, round_id, len(fresh))
+        log.info(
+            "task %d round %d opened with %d of %d checked-in devices",
+            rt.task_id,
+            round_id,
+            len(plan.selected),
+            len(fresh),
+        )
         return True
 
     def _expire_pool(self, rt: TaskRuntime, now: float) -> OrderedDict[str, float]:
