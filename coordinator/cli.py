@@ -160,7 +160,15 @@ def debug_enabled() -> bool:
 
 
 def print_error(prog: str, message: str) -> None:
-    """The one line every `plume` command ends a user mistake with: `PROG: error: MESSAGE`."""
+    """The one line every `plume` command ends a user mistake with: `PROG: error: MESSAGE`.
+
+    Called while an exception is being handled (`except ... as exc: print_error(...)`) with
+    PLUME_DEBUG on, it raises that exception instead, so its traceback shows, as `plume
+    --help` promises for every error; a mistake found without an exception (a flag check)
+    still prints its line."""
+    handled = sys.exc_info()[1]
+    if isinstance(handled, Exception) and debug_enabled():
+        raise handled
     print(f"{prog}: error: {message}", file=sys.stderr)
 
 
