@@ -180,16 +180,7 @@ def register(sub: Any) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
-
     from mobile_sim.models import MODELS, build_model
-
-    from .onnx_export import (
-        ExampleInputError,
-        ExportError,
-        OutputError,
-        export_training_artifacts,
-    )
 
     if args.batch_size < 2:
         return _fail(f"--batch-size must be at least 2, got {args.batch_size}")
@@ -209,6 +200,46 @@ def _run(args: argparse.Namespace) -> int:
         shape = args.input_shape or example_input_shape(args.model)
     except ValueError as exc:
         return _fail(str(exc))
+    out = Path(args.out)
+    try:
+        # Checked before tracing (seconds, minutes for an LSTM), as `plume sim` makes its --out
+        # before the rounds; the export itself would find it only when it writes.
+        _check_writable(out)
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        return _fail(f"--out: cannot write the artifacts into {out} ({reason})", 1)
+    return _export(args, model, shape, out)
+
+
+def _check_writable(out: Path) -> None:
+    """Raise the OSError that keeps a file from being written in folder `out`: make it and its
+    missing parents, write and remove a file in it, then remove the folders made (the export
+    makes them again, and removes the ones it made if it fails)."""
+    import os
+    import tempfile
+
+    from mobile_sim._cli import _make_folders, _remove_empty
+
+    made = _make_folders(out)
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".plume-export-", suffix=".probe", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    finally:
+        _remove_empty(made)
+
+
+def _export(args: argparse.Namespace, model: Any, shape: tuple[int, ...], out: Path) -> int:
+    """Trace `model` into `out` and print the summary; the exit status."""
+    import torch
+
+    from .onnx_export import (
+        ExampleInputError,
+        ExportError,
+        OutputError,
+        export_training_artifacts,
+    )
+
     dtype = args.input_dtype or ("int64" if args.model in _INT_INPUT_MODELS else "float32")
     gen = torch.Generator().manual_seed(args.seed)
     if dtype == "int64":
@@ -219,7 +250,6 @@ def _run(args: argparse.Namespace) -> int:
     else:
         x = torch.randn((args.batch_size, *shape), generator=gen)
     torch.set_num_threads(1)
-    out = Path(args.out)
     params = sum(t.numel() for t in model.parameters())
     try:
         with _Elapsed(
