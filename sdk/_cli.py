@@ -18,6 +18,7 @@ examples:
   plume export --model mlp --out artifacts/mlp --optimizer momentum --momentum 0.9
   plume export --model digits_mlp --out artifacts/digits --loss mse
   plume export --model shakespeare_lstm_small --out artifacts/lstm --input-dtype int64
+  plume export --plugin my_plugin --model my_cnn --input-shape 1,28,28 --out artifacts/my_cnn
 """
 
 # Per-example input shapes of the zoo models (the batch dimension is exported dynamic).
@@ -122,7 +123,8 @@ def register(sub: Any) -> None:
         "export",
         help="export ONNX training artifacts for devices without torch",
         description=(
-            "Write the inference graph, the training-step graph and a manifest for a zoo model. "
+            "Write the inference graph, the training-step graph and a manifest for a zoo model "
+            "(or one a --plugin registers). "
             "Devices then train with plain onnxruntime (sdk.ort), no torch needed. Prints a "
             "JSON summary on stdout; an LSTM takes a minute or two."
         ),
@@ -132,7 +134,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--model",
         required=True,
-        help="zoo model: " + ", ".join(_INPUT_SHAPES) + " (mobile_sim.models)",
+        help="zoo model: " + ", ".join(_INPUT_SHAPES) + " (mobile_sim.models), or one a "
+        "--plugin registers (give its --input-shape)",
     )
     p.add_argument("--out", required=True, metavar="DIR", help="output folder (created if missing)")
     p.add_argument(
@@ -176,12 +179,26 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="weights seed (only used for tracing)")
     p.add_argument("--no-progress", action="store_true", help="no elapsed-time line on stderr")
+    # Last, so that the usage line stays four lines long.
+    p.add_argument(
+        "--plugin",
+        action="append",
+        default=None,
+        metavar="MODULE",
+        help="import MODULE first (repeatable; also a path to a .py file), as `plume sim "
+        "--plugin` does, so that --model takes the names its top-level code registers in "
+        "mobile_sim.models.MODELS",
+    )
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from mobile_sim.models import MODELS, build_model
+    from coordinator._cli import _build_task_model, _import_plugins
+    from mobile_sim.models import MODELS
 
+    # Before any check: the plugins register the names --model may give (as create-task's).
+    if not _import_plugins(_PROG, args.plugin, args.model):
+        return 2
     if args.batch_size < 2:
         return _fail(f"--batch-size must be at least 2, got {args.batch_size}")
     if args.optimizer != "momentum" and args.momentum != _MOMENTUM:
@@ -196,10 +213,12 @@ def _run(args: argparse.Namespace) -> int:
         # when it writes.
         return _fail(f"--out {args.out}: {blocker} is not a folder", 1)
     try:
-        model = build_model(args.model, seed=args.seed)
         shape = args.input_shape or example_input_shape(args.model)
     except ValueError as exc:
         return _fail(str(exc))
+    model = _build_task_model(args.model, args.seed)
+    if isinstance(model, str):  # a plugin's factory raised, or returned no torch module
+        return _fail(model, 1)
     out = Path(args.out)
     try:
         # Checked before tracing (seconds, minutes for an LSTM), as `plume sim` makes its --out
