@@ -13,8 +13,13 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
+from compression import encode_snapshot
 from coordinator.service import AdminClient, ServerThread, ServiceConfig
+from coordinator.service.errors import ApiError
+from coordinator.service.rounds import Coordinator
+from coordinator.service.store import Store
 from protocol import auth
 from protocol.names import Reason
 from sdk.client import Client
@@ -66,3 +71,27 @@ def test_fp16_of_a_model_beyond_fp16_range_is_409_asking_for_fp32(tmp_path: Path
     _refused(at_edge[1], 409, Reason.INVALID_STATE)
     assert (version, encoding) == (0, "snapshot")
     np.testing.assert_array_equal(params, big)
+
+
+def test_the_fp16_range_check_follows_each_published_version(tmp_path: Path) -> None:
+    # The range check is cached per published version (`TaskRuntime._fits_fp16`); a new
+    # version must be checked again, both ways. Without the reset in `set_published`, a model
+    # that fitted and then left fp16's range went back to the encoder's ValueError (a 500).
+    # Prepare: a task whose first model fits fp16
+    store = Store(str(tmp_path / "p.db"))
+    coord = Coordinator(store, ServiceConfig(db_path=store.path))
+    task = coord.create_task(task_config())
+    fits = initial_params()
+    coord.set_initial_model(task, encode_snapshot(fits, SPEC, "fp32"))
+    rt = coord.runtimes[task]
+    big = fits.copy()
+    big[0] = 1e6
+    # Execute and assert: served, then refused with the new version intact, then served again
+    assert rt.snapshot("fp16")
+    rt.set_published(big, 1, "v1")
+    with pytest.raises(ApiError) as refused:
+        rt.snapshot("fp16")
+    assert refused.value.status == 409
+    np.testing.assert_array_equal(rt.published, big)
+    rt.set_published(fits.copy(), 2, "v2")
+    assert rt.snapshot("fp16")

@@ -9,6 +9,7 @@ so it would have polled every 1 s instead of every 0.25 s: the first test failed
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ import httpx
 import numpy as np
 import pytest
 
-from sdk import Client
+import sdk.client as sdk_client
+from sdk import AsyncClient, Client
 from sdk.client import _MIN_POLL_S
 
 from .test_client import SPEC
@@ -63,7 +65,6 @@ def _sleeps(tmp_path: Path, handler: OpenOnce) -> list[float]:
 
 def test_the_body_hint_sets_the_pause_under_a_whole_second_header(tmp_path: Path) -> None:
     # The coordinator's answer with --poll 0.25: "Retry-After: 1", retry_after_s 0.25
-    # (Client and AsyncClient run the same round generator, so this covers both)
     assert _sleeps(tmp_path, OpenOnceWithHint("1", 0.25)) == [0.25] * 3
 
 
@@ -81,3 +82,22 @@ def test_a_missing_or_unusable_hint_leaves_the_header(tmp_path: Path, hint: Any)
 def test_the_hint_keeps_the_floor_and_the_cap(tmp_path: Path, hint: float, want: float) -> None:
     # As a Retry-After: at least _MIN_POLL_S (no spinning), at most 30 s
     assert _sleeps(tmp_path, OpenOnceWithHint("1", hint)) == [want] * 3
+
+
+def test_the_async_client_reads_the_body_hint_too(tmp_path: Path, monkeypatch: Any) -> None:
+    # AsyncClient drives the same round generator through its own pause (`_apause`)
+    pauses: list[float] = []
+
+    async def pause(seconds: float) -> None:
+        pauses.append(seconds)
+
+    monkeypatch.setattr(sdk_client, "_apause", pause)
+
+    async def run() -> Any:
+        transport = httpx.MockTransport(OpenOnceWithHint("1", 0.25))
+        async with AsyncClient("http://coord", str(tmp_path), transport=transport) as client:
+            return await client.secure_round(secure_task(1, 101), _update)
+
+    report = asyncio.run(run())
+    assert report.completed, report.detail
+    assert pauses == [0.25] * 3, pauses
