@@ -803,6 +803,8 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
                 f"{st.st_uid}, mode {st.st_mode & 0o7777:04o}); give this user read access "
                 "(e.g. a group that may read it) or a copy it may read"
             )
+    if (problem := _host_error(args.host)) is not None:
+        return problem
     if not 0 <= args.register_rate < float("inf") or args.register_burst < 1:
         return "--register-rate must be >= 0 and --register-burst >= 1"
     # The bounds ServiceConfig holds (a wait is divided by each rate), named by their flags.
@@ -831,6 +833,66 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
     folder = _path(args.db).resolve().parent
     if not folder.is_dir():
         return f"the folder of --db {args.db} does not exist; create it or pick another path"
+    return None
+
+
+def _tls_error(cert: str, key: str) -> str | None:
+    """Why --tls-cert/--tls-key do not load as a certificate and its key, naming the file at
+    fault, or None (they load). An encrypted key is not asked for its passphrase here."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    asked: list[bool] = []
+
+    def password() -> bytes:  # called only for an encrypted key; uvicorn would prompt for it
+        asked.append(True)
+        return b""
+
+    try:
+        context.load_cert_chain(cert, key, password=password)
+    except ssl.SSLError as exc:
+        if asked:
+            return (
+                f"--tls-key {key} is encrypted (it asks for a passphrase); give serve an "
+                f"unencrypted key (e.g. `openssl pkey -in {key} -out KEY`, readable by this "
+                "user alone)"
+            )
+        if exc.reason == "KEY_VALUES_MISMATCH":
+            return f"--tls-key {key} is not the private key of the certificate in --tls-cert {cert}"
+        try:
+            ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
+        except ssl.SSLError:
+            return f"--tls-cert {cert} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+        return (
+            f"--tls-key {key} holds no PEM private key (-----BEGIN PRIVATE KEY-----), or "
+            f"--tls-cert {cert} does not begin with its certificate ({exc})"
+        )
+    return None
+
+
+def _host_error(host: str) -> str | None:
+    """Why --host is no IP address, when it is written as one (digits and dots, or with a
+    colon), or None. A name is left to the resolver at the start: one that does not resolve
+    then is status 1, retried, as DNS may come up after the coordinator."""
+    import socket
+
+    bare = host.split("%", 1)[0]  # an IPv6 scope, fe80::1%eth0
+    if re.fullmatch(r"[0-9.]+", bare):
+        try:
+            socket.inet_aton(bare)  # 127.1 too, as the resolver takes it
+        except OSError:
+            return (
+                f"--host {host!r} is not an IPv4 address (four numbers 0-255, e.g. 127.0.0.1, "
+                "or 0.0.0.0 for every interface)"
+            )
+    elif ":" in bare:
+        try:
+            socket.inet_pton(socket.AF_INET6, bare)
+        except OSError:
+            return (
+                f"--host {host!r} is not an IPv6 address (e.g. ::1, or :: for every interface; "
+                "no brackets)"
+            )
     return None
 
 
@@ -935,7 +997,11 @@ def _serve(args: argparse.Namespace) -> int:
         _fail(prog, str(exc))
     except sqlite3.Error as exc:
         _fail(prog, f"cannot use the database --db {args.db}: {exc}")
-    except ssl.SSLError as exc:
+    except ssl.SSLError as exc:  # loaded by serve before the database is opened
+        # Which file is at fault, said as a usage error (status 2: a service manager does not
+        # retry it), rather than ssl's "[SSL] PEM lib", which names neither.
+        if (problem := _tls_error(args.tls_cert, args.tls_key)) is not None:
+            _fail(prog, f"cannot load --tls-cert/--tls-key: {problem}", 2)
         _fail(prog, f"cannot load --tls-cert/--tls-key as a PEM certificate and key: {exc}")
     return 0
 

@@ -329,6 +329,8 @@ def test_sim_given_a_run_folder_without_report_suggests_it(
         (["--tls-cert", "/nonexistent.pem", "--tls-key", "/nonexistent.key"], "no such file"),
         (["--signature-window", "0"], "--signature-window must be a positive number"),
         (["--poll", "-1"], "--poll must be a positive number"),
+        (["--host", "999.1.1.1"], "--host '999.1.1.1' is not an IPv4 address"),
+        (["--host", "[::1]"], "--host '[::1]' is not an IPv6 address"),
     ],
 )
 def test_serve_refuses_bad_flags_before_opening_anything(
