@@ -72,10 +72,25 @@ class _Parser(argparse.ArgumentParser):
         return super().format_help()
 
     def error(self, message: str) -> NoReturn:
+        message += self._command_suggestion(message)
         usage = self.format_usage()
         if usage.count("\n") > 4:
             usage = f"usage: {self.prog} [OPTIONS] (`{self.prog} --help` lists them)\n"
         self.exit(2, f"{usage}{self.prog}: error: {message}\n")
+
+    def _command_suggestion(self, message: str) -> str:
+        """` (did you mean create-task?)` for a mistyped subcommand, as a mistyped option gets
+        one (`_unrecognized`), else ""."""
+        for action in self._actions:
+            if not isinstance(action, argparse._SubParsersAction):
+                continue
+            prefix = f"argument {action.metavar or action.dest}: invalid choice: "
+            if message.startswith(prefix):
+                word = message[len(prefix) :].split(" (choose from", 1)[0].strip("'\"")
+                close = difflib.get_close_matches(word, list(action.choices), n=1, cutoff=0.6)
+                if close:
+                    return f" (did you mean {close[0]}?)"
+        return ""
 
 
 def _version() -> str:
