@@ -2272,6 +2272,9 @@ class Coordinator:
         assert frame is not None
         params = rt.engine.params
         measurements["downlink_frame_bytes"] = len(frame)
+        if rt.strategy.last_fallback is not None:
+            # The step was beyond the downlink codec's range: its frame carries fp32 values.
+            measurements["downlink_bits"] = 32
         # A secure task aggregates inside SecAgg (its engine's aggregator never runs); what it
         # carries between rounds is the secure coordinator's scores and group aggregator state.
         carried = (
