@@ -1523,6 +1523,7 @@ def _write_interrupted(
     from .status import clear, say
 
     n = len(partial.records)
+    rounds = f"{n} finished round{'' if n == 1 else 's'}"
     files = "(rounds.json with summary.interrupted true, rounds.csv, ledger.csv)"
     try:
         say("writing the finished rounds")
@@ -1531,8 +1532,7 @@ def _write_interrupted(
         clear()
         # write_run renames each whole file into place, rounds.json last: nothing half-written.
         return (
-            f"; interrupted again while writing its {n} finished rounds: {run_dir}/rounds.json "
-            "was not written"
+            f"; interrupted again while writing its {rounds}: {run_dir}/rounds.json was not written"
         )
     try:
         say("writing plots")
@@ -1540,12 +1540,12 @@ def _write_interrupted(
     except KeyboardInterrupt:
         clear()
         return (
-            f"; its {n} finished rounds are in {run_dir}/ {files}; interrupted again while "
+            f"; its {rounds} are in {run_dir}/ {files}; interrupted again while "
             f"drawing the plots: plume sim report {out} draws them"
         )
     clear()
     drawn = " and " + ", ".join(str(p) for p in plots) if plots else ""
-    return f"; wrote its {n} finished rounds to {run_dir}/ {files}{drawn}"
+    return f"; wrote its {rounds} to {run_dir}/ {files}{drawn}"
 
 
 def _run_plots(out: Path, results: list[Any]) -> list[Path]:

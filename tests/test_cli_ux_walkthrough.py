@@ -133,7 +133,7 @@ def test_ctrl_c_in_a_run_says_how_far_it_got_and_writes_the_finished_rounds(
         for name in ("accuracy_vs_upload_bytes.png", "bytes_per_round.png", "round_durations.png")
     )
     assert lines == [
-        f"plume sim: interrupted after 1 of 2 rounds; wrote its 1 finished rounds to {out}/ "
+        f"plume sim: interrupted after 1 of 2 rounds; wrote its 1 finished round to {out}/ "
         f"(rounds.json with summary.interrupted true, rounds.csv, ledger.csv) and {plots}"
     ]
     assert "round accuracy" in captured.out

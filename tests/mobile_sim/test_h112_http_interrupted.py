@@ -121,7 +121,7 @@ def test_ctrl_c_in_an_http_run_writes_its_finished_rounds_and_stops_its_coordina
     assert code == 130
     plots = ", ".join(str(out / name) for name in PLOTS)
     assert [line for line in err.splitlines() if line.strip()] == [
-        f"plume sim: interrupted after 1 of 3 rounds; wrote its 1 finished rounds to {out}/ "
+        f"plume sim: interrupted after 1 of 3 rounds; wrote its 1 finished round to {out}/ "
         f"(rounds.json with summary.interrupted true, rounds.csv, ledger.csv) and {plots}"
     ]
     _check_written(out, 1)

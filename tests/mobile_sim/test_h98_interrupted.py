@@ -148,7 +148,7 @@ def test_a_second_ctrl_c_while_writing_leaves_no_rounds_json_that_looks_complete
     lines = [line for line in err.splitlines() if line.strip()]
     assert lines == [
         "plume sim: interrupted after 1 of 3 rounds; interrupted again while writing its 1 "
-        f"finished rounds: {out}/rounds.json was not written"
+        f"finished round: {out}/rounds.json was not written"
     ]
     assert not (out / "rounds.json").exists()
     assert (out / "ledger.csv").read_text() == "an earlier run's ledger\n"  # untouched
@@ -213,7 +213,7 @@ def test_ctrl_c_in_the_first_run_of_compare_dense_writes_it_in_its_subfolder(
     line = next(line for line in err.splitlines() if line.strip())
     assert line.startswith(
         "plume sim: interrupted after 1 of 3 rounds of the compressed run; wrote its 1 finished "
-        f"rounds to {out / 'compressed'}/ (rounds.json with summary.interrupted true, "
+        f"round to {out / 'compressed'}/ (rounds.json with summary.interrupted true, "
         f"rounds.csv, ledger.csv) and {out / 'accuracy_vs_upload_bytes.png'}"
     )
     assert json.loads((out / "compressed" / "rounds.json").read_text())["summary"]["interrupted"]
