@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         ),
         epilog=(
             "Run `plume COMMAND --help` for the options of one command. Errors print one line; "
-            "set PLUME_DEBUG=1 to see the Python traceback of an error instead."
+            "set PLUME_DEBUG=1 to see the Python traceback of an error too."
         ),
         formatter_class=HelpFormatter,
     )
@@ -178,12 +178,15 @@ def print_error(prog: str, message: str) -> None:
     """The one line every `plume` command ends a user mistake with: `PROG: error: MESSAGE`.
 
     Called while an exception is being handled (`except ... as exc: print_error(...)`) with
-    PLUME_DEBUG on, it raises that exception instead, so its traceback shows, as `plume
-    --help` promises for every error; a mistake found without an exception (a flag check)
-    still prints its line."""
+    PLUME_DEBUG on, it prints that exception's traceback first, as `plume --help` promises for
+    every error. The line and the caller's exit status stay as they are: a usage mistake is
+    still status 2 under PLUME_DEBUG, which a service manager's "do not restart on 2" relies
+    on. A mistake found without an exception (a flag check) prints its line alone."""
     handled = sys.exc_info()[1]
     if isinstance(handled, Exception) and debug_enabled():
-        raise handled
+        import traceback
+
+        traceback.print_exception(handled, file=sys.stderr)
     print(f"{prog}: error: {message}", file=sys.stderr)
 
 

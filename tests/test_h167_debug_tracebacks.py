@@ -1,13 +1,16 @@
 """PLUME_DEBUG=1 shows the traceback of every error `plume` would end with one line. Before,
 `plume sim`'s handlers for a missing data folder (DataError) and for an unreachable
 coordinator, and create-task's, status's and serve's handlers, printed their line whatever
-PLUME_DEBUG said; only the handlers that checked it themselves (sim's ValueError) raised."""
+PLUME_DEBUG said; only the handlers that checked it themselves (sim's ValueError) raised.
+
+The traceback comes before the same line, and the exit status is the same as without
+PLUME_DEBUG (a first version raised the exception instead: the handler's sentence was lost and
+a usage error's status 2 became 1, which a service manager would retry)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import httpx
 import pytest
 
 from coordinator.cli import main
@@ -33,10 +36,11 @@ def test_sim_data_error(
         assert capsys.readouterr().err.startswith("plume sim: error: ")
     else:
         monkeypatch.setenv("PLUME_DEBUG", debug)
-        # Execute + Assert: the DataError itself
-        with pytest.raises(DataError):
-            main([*_SIM, "--out", str(tmp_path / "out")])
-        assert "plume sim: error:" not in capsys.readouterr().err
+        # Execute + Assert: the DataError's traceback, then the same line and status
+        assert main([*_SIM, "--out", str(tmp_path / "out")]) == 1
+        err = capsys.readouterr().err
+        assert "Traceback (most recent call last)" in err and f"{DataError.__module__}" in err
+        assert err.rstrip().splitlines()[-1].startswith("plume sim: error: "), err
     assert not (tmp_path / "out").exists()  # the --out made for the run is removed either way
 
 
@@ -62,10 +66,12 @@ def test_unreachable_coordinator(
     # Execute + Assert: one line without PLUME_DEBUG ...
     assert main(argv) == 1
     assert ": error: " in capsys.readouterr().err
-    # ... and httpx's error itself with it
+    # ... and httpx's error's traceback before the same line and status with it
     monkeypatch.setenv("PLUME_DEBUG", "1")
-    with pytest.raises(httpx.HTTPError):
-        main(argv)
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "httpx" in err, err
+    assert ": error: " in err.rstrip().splitlines()[-1], err
 
 
 def test_serve_store_error(
@@ -82,6 +88,29 @@ def test_serve_store_error(
     assert exited.value.code == 1
     assert "plume coordinator serve: error: " in capsys.readouterr().err
     monkeypatch.setenv("PLUME_DEBUG", "1")
-    with pytest.raises(Exception) as raised:
+    with pytest.raises(SystemExit) as exited:
         main(argv)
-    assert not isinstance(raised.value, SystemExit)
+    assert exited.value.code == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err, err
+    assert "plume coordinator serve: error: " in err.rstrip().splitlines()[-1], err
+
+
+def test_a_usage_error_keeps_status_2_and_its_line_under_debug(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: a TLS file that holds no PEM (a usage error, status 2, which the documented
+    # systemd unit does not restart), PLUME_DEBUG on
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a PEM file\n")
+    monkeypatch.setenv("PLUME_DEBUG", "1")
+    argv = ["coordinator", "serve", "--db", str(tmp_path / "x.db"), "--port", "0",
+            "--tls-cert", str(junk), "--tls-key", str(junk)]  # fmt: skip
+    # Execute
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    # Assert: ssl's traceback, then the same line naming the file, and status 2 still
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and "SSLError" in err, err
+    assert f"--tls-cert {junk} holds no PEM certificate" in err.rstrip().splitlines()[-1], err
