@@ -997,11 +997,15 @@ def _serve(args: argparse.Namespace) -> int:
         _fail(prog, str(exc))
     except sqlite3.Error as exc:
         _fail(prog, f"cannot use the database --db {args.db}: {exc}")
-    except ssl.SSLError as exc:  # loaded by serve before the database is opened
+    except OSError as exc:  # ssl.SSLError included: serve loads the TLS files first
         # Which file is at fault, said as a usage error (status 2: a service manager does not
-        # retry it), rather than ssl's "[SSL] PEM lib", which names neither.
-        if (problem := _tls_error(args.tls_cert, args.tls_key)) is not None:
+        # retry it), rather than ssl's "[SSL] PEM lib", which names neither. An encrypted key
+        # with nobody to type its passphrase (systemd, a container) fails serve's load with a
+        # bare OSError (EINVAL: OpenSSL's prompt read end-of-file), not an SSLError.
+        if args.tls_cert and (problem := _tls_error(args.tls_cert, args.tls_key)) is not None:
             _fail(prog, f"cannot load --tls-cert/--tls-key: {problem}", 2)
+        if not isinstance(exc, ssl.SSLError):
+            raise
         _fail(prog, f"cannot load --tls-cert/--tls-key as a PEM certificate and key: {exc}")
     return 0
 

@@ -6,6 +6,8 @@ each exited 1 with ssl's "[SSL] PEM lib (_ssl.c:3905)", which names neither file
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -99,3 +101,36 @@ def test_a_host_name_and_shorthand_addresses_reach_serve(
         assert main(["coordinator", "serve", "--db", str(tmp_path / "x.db"), "--host", host]) == 0
     # Assert
     assert [a[0] for a in seen] == ["localhost", "127.1", "::1", "fe80::1%lo"]
+
+
+def test_an_encrypted_key_with_no_terminal_is_a_usage_error_naming_it(
+    pem: dict[str, str], tmp_path: Path
+) -> None:
+    # As under systemd: no controlling terminal and no stdin, so OpenSSL's passphrase prompt
+    # reads end-of-file and serve's own load fails with a bare OSError (EINVAL). Before, that
+    # was status 1 ("[Errno 22] Invalid argument"), which the documented unit retries forever.
+    # Prepare
+    db = tmp_path / "x.db"
+    argv = ["coordinator", "serve", "--db", str(db), "--port", "0",
+            "--tls-cert", pem["cert"], "--tls-key", pem["encrypted"]]  # fmt: skip
+    # Execute: the real serve in a new session (no terminal), stdin closed
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"from coordinator.cli import main; raise SystemExit(main({argv!r}))",
+        ],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        start_new_session=True,
+        timeout=120,
+    )
+    # Assert: status 2, the last line names the encrypted key, no database made
+    assert done.returncode == 2, done.stderr
+    last = done.stderr.strip().splitlines()[-1]
+    assert (
+        last.startswith(f"{_PROG}: error: ")
+        and f"--tls-key {pem['encrypted']} is encrypted" in last
+    )
+    assert not db.exists()
