@@ -1540,8 +1540,8 @@ def _write_interrupted(
     except KeyboardInterrupt:
         clear()
         return (
-            f"; its {rounds} are in {run_dir}/ {files}; interrupted again while "
-            f"drawing the plots: plume sim report {out} draws them"
+            f"; its {rounds} {'is' if n == 1 else 'are'} in {run_dir}/ {files}; interrupted "
+            f"again while drawing the plots: plume sim report {out} draws them"
         )
     clear()
     drawn = " and " + ", ".join(str(p) for p in plots) if plots else ""
