@@ -17,6 +17,7 @@ if TYPE_CHECKING:
         SdkUnsupportedError,
         SecureRoundReport,
         TaskEndedError,
+        TlsCertificateError,
     )
     from .device_store import AppDirInUse
 
@@ -33,6 +34,7 @@ __all__ = [
     "SdkUnsupportedError",
     "SecureRoundReport",
     "TaskEndedError",
+    "TlsCertificateError",
     "TrainResult",
     "TrainingCancelled",
     "TrainingDataError",
@@ -52,6 +54,7 @@ _MODULE_OF = {
     "SdkUnsupportedError": ".client",
     "SecureRoundReport": ".client",
     "TaskEndedError": ".client",
+    "TlsCertificateError": ".client",
     "LocalTrainer": "._types",
     "TrainResult": "._types",
     "TrainingCancelled": "._types",

@@ -103,6 +103,8 @@ __all__ = [
     "CANCELLED",
     "CoordinatorUnreachable",
     "UNREACHABLE",
+    "TlsCertificateError",
+    "TLS_CERTIFICATE",
     "RoundReport",
     "SecureRoundReport",
     "UpdateFn",
@@ -358,6 +360,73 @@ class CoordinatorUnreachable(ClientError, httpx.TransportError):
         if made is CoordinatorUnreachable or kind is None:
             kind = httpx.TransportError
         return (_remade_unreachable, (kind, self.args), self.__dict__)
+
+
+# `TlsCertificateError.reason` (no request was refused: the name is the SDK's).
+TLS_CERTIFICATE = "tls_certificate"
+
+
+class TlsCertificateError(ClientError):
+    """The coordinator's TLS certificate failed verification: the device does not trust it
+    (self-signed, or issued by a CA not in the bundle `verify=` gives), it does not name
+    `base_url`'s host, or it is expired or not yet valid (or the device's clock is off).
+
+    A configuration (or security) problem, not an outage: it fails the same way at every
+    attempt, so it is raised at the first one, never retried, and is not a
+    `CoordinatorUnreachable` ("call again later"). `status` 0, `reason` `TLS_CERTIFICATE`
+    ("tls_certificate"); `detail` names the coordinator, the request, OpenSSL's reason and
+    what to check (`verify=`: the path of the coordinator's CA bundle or an `ssl.SSLContext`;
+    the host in `base_url`). `__cause__` is httpx's own error. A network that intercepts TLS (a
+    captive portal before its login, a corporate proxy) fails so too, which is why the message
+    says which check failed.
+    """
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(0, TLS_CERTIFICATE, detail)
+
+
+def _certificate_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The `ssl.SSLCertVerificationError` behind `exc` (httpx's `ConnectError` from httpcore's,
+    from OpenSSL's), or None: any other failure, an SSL one included."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
+
+
+# OpenSSL's X509_V_ERR_* codes for a certificate that does not name the host, and for one out
+# of its validity dates.
+_NAME_MISMATCH = frozenset({62, 64})  # HOSTNAME_MISMATCH, IP_ADDRESS_MISMATCH
+_OUT_OF_DATE = frozenset({9, 10})  # CERT_NOT_YET_VALID, CERT_HAS_EXPIRED
+
+
+def _certificate_error(
+    base: str, request: httpx.Request, cert: ssl.SSLCertVerificationError
+) -> TlsCertificateError:
+    """`TlsCertificateError` for `cert`, the verification failure of a request to `base`, with
+    what to check for its kind of failure. The caller chains httpx's error."""
+    code = getattr(cert, "verify_code", None)
+    why = getattr(cert, "verify_message", None) or str(cert)
+    if code in _NAME_MISMATCH:
+        fix = (
+            f"the certificate does not name the host {request.url.host!r}: use a base_url "
+            "whose host the certificate names (or reissue it with that name)"
+        )
+    elif code in _OUT_OF_DATE:
+        fix = "check the certificate's validity dates and the device's clock"
+    else:
+        fix = (
+            "pass verify= the coordinator's CA bundle (the path of its PEM file, or an "
+            "ssl.SSLContext that trusts it), or install that CA in the system's trust store"
+        )
+    return TlsCertificateError(
+        f"the coordinator at {base} presented a TLS certificate that failed verification "
+        f"({why}) for {request.method} {request.url.path}; not retried: {fix}"
+    )
 
 
 _UNREACHABLE_CLASSES: dict[type[httpx.TransportError], type[CoordinatorUnreachable]] = {}
@@ -2342,6 +2411,8 @@ class Client:
       connection lost), a 429 or a 5xx (so 5 attempts by default); the last one's outcome
       is raised. No connection (or one lost) on the last attempt is `CoordinatorUnreachable`
       (a `ClientError` and an `httpx.TransportError`), naming the coordinator and the attempts.
+      A TLS certificate that fails verification is not retried: `TlsCertificateError` (a
+      `ClientError`, reason `tls_certificate`) at the first attempt.
     - `backoff_s`: the first wait before a retry, doubling each attempt; a `Retry-After`
       (capped at 30 s) takes its place.
     - `verify`: TLS verification, as httpx's (`True`, or the path of a CA bundle).
@@ -2480,6 +2551,9 @@ class Client:
                     ex.maybe_taken = before
                 if cancel is not None and cancel.is_set():  # perhaps what cut the request
                     raise _Stop from exc
+                cert = _certificate_failure(exc)
+                if cert is not None:  # the same at every attempt: a setting, not an outage
+                    raise _certificate_error(self._base, request, cert) from exc
                 if attempt == core.retries:
                     raise _unreachable(self._base, request, exc, attempt + 1, outer) from exc
                 failed = _failed(self._base, request, exc, attempt + 1, outer)
@@ -2604,7 +2678,7 @@ class Client:
             return None
         try:
             return self._upload(pending, None, deadline)
-        except CoordinatorUnreachable:
+        except (CoordinatorUnreachable, TlsCertificateError):
             raise  # not a refusal: the upload stays pending, as the app must hear
         except ClientError:
             return None
@@ -3092,6 +3166,9 @@ class AsyncClient:
                     ex.maybe_taken = before
                 if cancel is not None and cancel.is_set():  # perhaps what cut the request
                     raise _Stop from exc
+                cert = _certificate_failure(exc)
+                if cert is not None:  # the same at every attempt: a setting, not an outage
+                    raise _certificate_error(self._base, request, cert) from exc
                 if attempt == core.retries:
                     raise _unreachable(self._base, request, exc, attempt + 1, outer) from exc
                 failed = _failed(self._base, request, exc, attempt + 1, outer)
@@ -3185,7 +3262,7 @@ class AsyncClient:
             return None
         try:
             return await self._upload(pending, None, deadline)
-        except CoordinatorUnreachable:
+        except (CoordinatorUnreachable, TlsCertificateError):
             raise  # as `Client._resume_pending`
         except ClientError:
             return None
