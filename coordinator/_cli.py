@@ -1038,11 +1038,13 @@ def _admin(args: argparse.Namespace) -> Any:
         _fail(prog, f"--url must start with http:// or https://, got {args.url!r}")
     if args.cacert is not None and not Path(args.cacert).is_file():
         _fail(prog, f"--cacert {args.cacert}: no such file")
+    verify: Any = True
     if args.cacert is not None:
         import ssl
 
         try:
-            ssl.create_default_context(cafile=args.cacert)
+            # The context itself, not the path: httpx 0.28 deprecates `verify=<str>`.
+            verify = ssl.create_default_context(cafile=args.cacert)
         except (ssl.SSLError, ValueError) as exc:
             _fail(
                 prog,
@@ -1050,7 +1052,9 @@ def _admin(args: argparse.Namespace) -> Any:
                 "signed the coordinator's certificate (for a self-signed one, the file `serve "
                 "--tls-cert` was given, not its key)",
             )
-    return AdminClient(args.url, args.admin_token, verify=args.cacert or True)
+    # `Any`: AdminClient's annotation says `bool | str`, but it hands `verify` to httpx, which
+    # takes an `ssl.SSLContext` (its preferred form since 0.28).
+    return AdminClient(args.url, args.admin_token, verify=verify)
 
 
 def admin_error_text(exc: Exception, url: str, flag: str = "--url") -> str:

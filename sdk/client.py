@@ -1363,6 +1363,35 @@ def _check_base_url(base_url: str) -> str:
     return str(url).rstrip("/")
 
 
+def _tls_verify(verify: bool | str | os.PathLike[str] | ssl.SSLContext) -> bool | ssl.SSLContext:
+    """`verify` as httpx takes it without a warning: `True`, `False` or an `ssl.SSLContext` as
+    given; the path of a CA bundle (a PEM file, or a directory of hashed certificates, as httpx
+    read it) as a context trusting it, made here, since httpx 0.28 deprecates `verify=<str>`.
+    `ValueError` naming the path for one that is missing, unreadable or holds no certificate
+    (httpx's was a bare `FileNotFoundError` naming nothing); `TypeError` for anything else."""
+    if isinstance(verify, bool | ssl.SSLContext):
+        return verify
+    if not isinstance(verify, str | os.PathLike):
+        raise TypeError(
+            "verify must be True, False, the path of a CA bundle or an ssl.SSLContext, not "
+            f"{type(verify).__name__}"
+        )
+    path = os.fspath(verify)
+    try:
+        if os.path.isdir(path):
+            return ssl.create_default_context(capath=path)
+        return ssl.create_default_context(cafile=path)
+    except FileNotFoundError:
+        raise ValueError(f"verify={path!r}: no such CA bundle file") from None
+    except (ssl.SSLError, ValueError) as exc:  # read, but no PEM certificate in it
+        raise ValueError(
+            f"verify={path!r} holds no PEM certificate ({exc}): give the CA that signed the "
+            "coordinator's certificate (for a self-signed one, that certificate itself)"
+        ) from exc
+    except OSError as exc:
+        raise ValueError(f"verify={path!r}: cannot read the CA bundle: {exc}") from exc
+
+
 def _url_hint(
     request: httpx.Request, exc: BaseException, outer: BaseException | None = None
 ) -> str:
@@ -2415,7 +2444,10 @@ class Client:
       `ClientError`, reason `tls_certificate`) at the first attempt.
     - `backoff_s`: the first wait before a retry, doubling each attempt; a `Retry-After`
       (capped at 30 s) takes its place.
-    - `verify`: TLS verification, as httpx's (`True`, or the path of a CA bundle).
+    - `verify`: TLS verification: `True` (the system's CAs, as httpx's), `False` (none: for
+      tests only), an `ssl.SSLContext`, or the path of the coordinator's CA bundle (a PEM
+      file, or a directory of hashed certificates), read into a context at construction: a
+      path that is missing, unreadable or holds no certificate is a `ValueError` naming it.
     - `mods`: client middleware, `mod(request, next) -> response`, outermost first.
     - `clock`: the device's wall clock, seconds since the epoch: request signatures, and a
       round's deadline when the coordinator's answer carries no usable `Date`.
@@ -2436,7 +2468,7 @@ class Client:
         timeout: float = 30.0,
         retries: int = 4,
         backoff_s: float = 0.2,
-        verify: bool | str = True,
+        verify: bool | str | os.PathLike[str] | ssl.SSLContext = True,
         mods: tuple[Mod, ...] = (),
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
@@ -2444,13 +2476,14 @@ class Client:
         max_response_s: float = MAX_RESPONSE_S,
     ) -> None:
         self._base = _check_base_url(base_url)  # before the app directory is made
+        tls_verify = _tls_verify(verify)  # so too
         self._core = _Core(
             app_dir, retries=retries, backoff_s=backoff_s, clock=clock,
             max_stage_wait_s=max_stage_wait_s, max_response_s=max_response_s,
         )  # fmt: skip
         try:
             self._http = httpx.Client(
-                base_url=base_url, transport=transport, timeout=timeout, verify=verify,
+                base_url=base_url, transport=transport, timeout=timeout, verify=tls_verify,
                 headers=_ACCEPT_IDENTITY,
             )  # fmt: skip
         except BaseException:
@@ -3073,20 +3106,21 @@ class AsyncClient:
         timeout: float = 30.0,
         retries: int = 4,
         backoff_s: float = 0.2,
-        verify: bool | str = True,
+        verify: bool | str | os.PathLike[str] | ssl.SSLContext = True,
         mods: tuple[AsyncMod, ...] = (),
         clock: Callable[[], float] = time.time,
         max_stage_wait_s: float = MAX_STAGE_WAIT_S,
         max_response_s: float = MAX_RESPONSE_S,
     ) -> None:
         self._base = _check_base_url(base_url)  # before the app directory is made
+        tls_verify = _tls_verify(verify)  # so too
         self._core = _Core(
             app_dir, retries=retries, backoff_s=backoff_s, clock=clock,
             max_stage_wait_s=max_stage_wait_s, max_response_s=max_response_s,
         )  # fmt: skip
         try:
             self._http = httpx.AsyncClient(
-                base_url=base_url, transport=transport, timeout=timeout, verify=verify,
+                base_url=base_url, transport=transport, timeout=timeout, verify=tls_verify,
                 headers=_ACCEPT_IDENTITY,
             )  # fmt: skip
         except BaseException:

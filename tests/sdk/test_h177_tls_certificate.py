@@ -29,6 +29,28 @@ MODES = pytest.mark.parametrize("asynchronous", [False, True], ids=["Client", "A
 KW: dict[str, Any] = {"retries": 4, "backoff_s": 0.05, "timeout": 10.0}
 
 
+def _read_request(sock: ssl.SSLSocket) -> None:
+    """Read one HTTP request whole (its headers, then `Content-Length` bytes): a reply sent
+    and the socket closed with request bytes unread resets the connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    size = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            size = int(value)
+    while len(body) < size:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return
+        body += chunk
+
+
 class _TlsServer:
     """A TLS listener on `host` that counts handshakes attempted and answers every request
     with a check-in "wait"."""
@@ -56,7 +78,7 @@ class _TlsServer:
         try:
             conn.settimeout(10)
             tls = self.ctx.wrap_socket(conn, server_side=True)
-            tls.recv(65536)
+            _read_request(tls)
             body = b'{"action":"wait","retry_after_s":1}'
             head = b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body)
             tls.sendall(head + body)
