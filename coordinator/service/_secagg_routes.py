@@ -121,6 +121,10 @@ class _Entry:
     groups: list[_Group]
     caps: dict[Stage, int]  # `stage_cap` of the round's plans, per upload stage
     outcome: SecureOutcome | None = None
+    # Set (under the registry lock) when `finish` closes the unmask stage, and kept: from
+    # then on no upload or stage close changes a group's SecAgg, so `finish` can unmask
+    # outside the lock (and a close that raised leaves the round as it was, to try again).
+    sealed: bool = False
     # Kept as groups change, so that a tick or a status request does not look at every
     # group (a cohort of 30,000 in groups of 3 is 10,000 groups): accepted uploads per stage,
     # running groups per current stage, `pending`'s two sums per stage, the abort reasons by
@@ -143,6 +147,12 @@ class SecureRegistry:
     `stage_timeout_s` (and optionally `stage_idle_s`, as in `close_due`) an upload first
     closes its group's stage if that stage's deadline has passed, so an upload after the
     deadline is refused even before the orchestrator's next `close_due` runs.
+
+    The registry lock guards bookkeeping only and is held for short steps: `finish` unmasks
+    (secret reconstruction, unmask, decode, `before_unmask`'s write) outside it, the round
+    sealed first, so that a status read or an upload's size cap asked on the event loop never
+    waits for an unmask. `_coord_lock` keeps the coordinator's own calls (`open_round`,
+    `close_round`) one at a time, as they were when the registry lock covered both.
     """
 
     def __init__(
@@ -158,10 +168,11 @@ class SecureRegistry:
         self.stage_idle_s = stage_idle_s
         self._rounds: dict[int, _Entry] = {}
         self._lock = threading.Lock()
+        self._coord_lock = threading.Lock()  # taken before `_lock`, never while holding it
 
     def open_round(self, device_ids: Sequence[str], round_id: int | None = None) -> SecureTask:
         """Plan a round over `device_ids` (named `round_id`, default the coordinator's next)."""
-        with self._lock:
+        with self._coord_lock, self._lock:
             task = self.coordinator.open_round(device_ids, round_id)
             now = self.clock()
             groups = [
@@ -213,7 +224,7 @@ class SecureRegistry:
         with self._lock:
             entry = self._rounds.get(round_id)
             g = None if entry is None else entry.task.group_of.get(device_id)
-            if entry is None or g is None:
+            if entry is None or g is None or entry.sealed:
                 return False
             grp = entry.groups[g]
             if grp.stage != Stage.ADVERTISE_KEYS or device_id not in grp.expected:
@@ -256,6 +267,8 @@ class SecureRegistry:
         now = self.clock()
         with self._lock:
             entry = self._entry(round_id)
+            if entry.sealed:  # `finish` closed every stage that will close
+                return 0
             due = self._due_groups(entry, now, timeout_s, idle_s)
             for g in sorted(due):
                 grp = entry.groups[g]
@@ -332,6 +345,7 @@ class SecureRegistry:
             if (
                 self.stage_timeout_s is not None
                 and current is not None
+                and not entry.sealed
                 and self._due(grp, self.clock(), self.stage_timeout_s, self.stage_idle_s)
             ):
                 self._close(entry, grp, current)  # its deadline passed: the upload is late
@@ -343,6 +357,8 @@ class SecureRegistry:
                 raise DuplicateStageUpload(f"device {device_id} already uploaded stage {stage}")
             if stage in grp.closed:
                 raise WrongStage(f"stage {stage} is closed")
+            if entry.sealed:  # a group cut short by the round's close: nothing changes now
+                raise WrongStage(f"secure round {round_id} is closed: stage {stage} is closed")
             if device_id not in grp.expected:
                 raise PermissionError(f"device {device_id} is no longer in stage {stage}")
             grp.sr.receive(stage, device_id, body)
@@ -365,13 +381,18 @@ class SecureRegistry:
         the unmask stage excepted: `finish` closes it in every group, the round's deadline
         cutting short those behind (they count as aborted)."""
         with self._lock:
-            entry = self._entry(round_id)
-            groups = [g for g in entry.groups if stage not in g.closed and not g.aborted]
-            if stage != Stage.UNMASK:
-                for grp in groups:
-                    self._check_current(grp, stage)
+            self._close_stage_locked(self._entry(round_id), stage)
+
+    def _close_stage_locked(self, entry: _Entry, stage: Stage) -> None:
+        groups = [g for g in entry.groups if stage not in g.closed and not g.aborted]
+        if entry.sealed and groups:
+            # Only a group `finish` cut short can still be behind: it stays as it was.
+            raise WrongStage(f"secure round {entry.task.round_id} is closed")
+        if stage != Stage.UNMASK:
             for grp in groups:
-                self._close(entry, grp, stage)
+                self._check_current(grp, stage)
+        for grp in groups:
+            self._close(entry, grp, stage)
 
     @staticmethod
     def _check_current(grp: _Group, stage: Stage) -> None:
@@ -462,14 +483,22 @@ class SecureRegistry:
         and `min_contributors`: see `SecureCoordinator.close_round`)."""
         if min_contributors < 1:
             raise ValueError(f"min_contributors must be >= 1, got {min_contributors}")
-        self.close_stage(round_id, Stage.UNMASK)
-        with self._lock:
-            entry = self._entry(round_id)
-            if entry.outcome is None:
-                entry.outcome = self.coordinator.close_round(
-                    entry.task, before_unmask, min_contributors
-                )
-            return entry.outcome
+        with self._coord_lock:
+            # `_coord_lock` makes a second `finish` wait for this one and return its outcome.
+            with self._lock:
+                entry = self._entry(round_id)
+                if entry.outcome is not None:  # a round closes once
+                    return entry.outcome
+                if not entry.sealed:
+                    self._close_stage_locked(entry, Stage.UNMASK)
+                    entry.sealed = True
+            # The slow part, outside the registry lock: every group's unmask stage is closed
+            # and the round sealed, so no request changes what it reads meanwhile. If it
+            # raises, the entry has no outcome, as before, and a later `finish` tries again.
+            outcome = self.coordinator.close_round(entry.task, before_unmask, min_contributors)
+            with self._lock:
+                entry.outcome = outcome
+            return outcome
 
     def result(self, round_id: int) -> SecureOutcome | None:
         with self._lock:
