@@ -4,6 +4,7 @@ from ._budget import device_upload_bytes, key_stage_bytes, masked_input_bytes
 from ._client import ClientState, SecAggClient, pair_mask_seed, pair_mask_sign, self_mask
 from ._crypto import (
     agree,
+    check_public_key,
     decrypt,
     encrypt,
     generate_keypair,
@@ -124,6 +125,7 @@ __all__ = [
     "WrongAddress",
     "WrongStage",
     "agree",
+    "check_public_key",
     "check_ring",
     "sketch_length",
     "choose_degree",

@@ -15,7 +15,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from ._crypto import agree, decrypt, encrypt, generate_keypair, share_associated_data
+from ._crypto import (
+    agree,
+    check_public_key,
+    decrypt,
+    encrypt,
+    generate_keypair,
+    share_associated_data,
+)
 from ._errors import (
     DecryptionFailed,
     DuplicateKey,
@@ -105,6 +112,7 @@ def _share_keys(state: ClientState, directory: KeyDirectory) -> ShareKeys:
             raise DuplicateKey(f"node {node} listed twice in the key directory")
         seen_nodes.add(node)
         for key in (epk, mpk):
+            check_public_key(key)  # canonical, so that comparing bytes compares points
             if key in seen_keys:
                 raise DuplicateKey(f"public key of node {node} duplicates another key")
             seen_keys.add(key)

@@ -23,6 +23,7 @@ __all__ = [
     "TAG_BYTES",
     "generate_keypair",
     "public_key_of",
+    "check_public_key",
     "agree",
     "hkdf",
     "share_associated_data",
@@ -33,6 +34,7 @@ __all__ = [
 KEY_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
+_P25519 = (1 << 255) - 19
 
 
 def generate_keypair() -> tuple[bytes, bytes]:
@@ -48,6 +50,23 @@ def public_key_of(private_key: bytes) -> bytes:
     return X25519PrivateKey.from_private_bytes(private_key).public_key().public_bytes_raw()
 
 
+def check_public_key(key: bytes) -> None:
+    """Refuse (`KeyAgreementFailed`) an X25519 public key not in canonical form.
+
+    RFC 7748 ignores bit 255 and reads u modulo 2^255 - 19, so a key with bit 255 set, or with
+    u >= 2^255 - 19, is another spelling of a canonical key's point: it agrees the same
+    secrets yet passes a byte-for-byte duplicate check. Honest keys are canonical (X25519
+    writes u < 2^255 - 19 with bit 255 clear); anything else is refused where keys arrive.
+    """
+    if len(key) != KEY_BYTES:
+        raise KeyAgreementFailed(f"X25519 public key of {len(key)} bytes, expected 32")
+    if int.from_bytes(key, "little") >= _P25519:  # bit 255 set is u >= 2^255 > p too
+        raise KeyAgreementFailed(
+            "X25519 public key is not canonical (bit 255 set or u >= 2^255 - 19): another "
+            "encoding of some other key's point"
+        )
+
+
 def hkdf(secret: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
     """HKDF-SHA256 (no salt) of `secret` under the context label `info`."""
     return HKDF(algorithm=hashes.SHA256(), length=length, salt=None, info=info).derive(secret)
@@ -61,6 +80,7 @@ def agree(private_key: bytes, peer_public: bytes, info: bytes) -> bytes:
     """
     if len(private_key) != KEY_BYTES or len(peer_public) != KEY_BYTES:
         raise KeyAgreementFailed("X25519 keys are 32 bytes")
+    check_public_key(peer_public)
     try:
         shared = X25519PrivateKey.from_private_bytes(private_key).exchange(
             X25519PublicKey.from_public_bytes(peer_public)

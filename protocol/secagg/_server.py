@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._client import pair_mask_seed, pair_mask_sign, self_mask
-from ._crypto import KEY_BYTES, agree, public_key_of
+from ._crypto import KEY_BYTES, agree, check_public_key, public_key_of
 from ._errors import (
     DuplicateKey,
     ProtocolViolation,
@@ -94,6 +94,9 @@ def _advertise(state: ServerState, msg: AdvertiseKeys) -> None:
     if msg.node in state.keys:
         raise ProtocolViolation(f"node {msg.node} advertised twice")
     for key in (msg.enc_public, msg.mask_public):
+        # Canonical first: the duplicate check below compares bytes, and a key with bit 255
+        # set (or u >= 2^255 - 19) is the same point as a canonical one (RFC 7748).
+        check_public_key(key)
         agree(_PROBE, key, b"plume-secagg-probe")  # KeyAgreementFailed for a low-order point
     known = {k for pair in state.keys.values() for k in pair}
     if msg.enc_public in known or msg.mask_public in known or msg.enc_public == msg.mask_public:
