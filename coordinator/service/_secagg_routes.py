@@ -500,6 +500,17 @@ class SecureRegistry:
                 entry.outcome = outcome
             return outcome
 
+    def suspect_devices(self, round_id: int) -> list[str]:
+        """Devices any group's unmask found with a share off its dealer's polynomial, those of
+        groups that aborted included (a group that needed error correction for too many
+        secrets aborts naming its suspects' nodes; these are their device ids). Asked after
+        `finish`; a group never planned has none."""
+        with self._lock:
+            rounds = self._entry(round_id).task.groups
+        planned: Callable[[int], bool] = getattr(rounds, "built", lambda g: True)
+        groups = [rounds[g] for g in range(len(rounds)) if planned(g)]
+        return sorted({sr.device_ids[i] for sr in groups for i in sr.server.state.suspects})
+
     def result(self, round_id: int) -> SecureOutcome | None:
         with self._lock:
             return self._entry(round_id).outcome

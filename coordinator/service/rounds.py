@@ -2192,6 +2192,10 @@ class Coordinator:
         meas: dict[str, Any] = dict(secure.measurements)
         meas["secure"] = True
         meas["dropped"] = sorted(secure.dropped)
+        if suspects := rt.secure.registry.suspect_devices(cur.round_id):
+            # Also those of a group that aborted on too many corrected secrets (its reason
+            # names their node numbers only).
+            meas["suspect_devices"] = sorted({*meas.get("suspect_devices", ()), *suspects})
         if reasons:
             meas["aborted"] = reasons
         version = rt.engine.version

@@ -65,7 +65,7 @@ from ._plan import (
     sketch_length,
 )
 from ._prg import expand_mask, prg_bytes, ring_mask
-from ._server import SecAggResult, SecAggServer, ServerState
+from ._server import MAX_ROBUST_DECODES, SecAggResult, SecAggServer, ServerState
 from ._shamir import combine_shares, combine_shares_robust, create_shares, share_x
 from ._sketch import device_sketch, sketch_scores, sketch_segments_for
 from ._wire import (
@@ -113,6 +113,7 @@ __all__ = [
     "SecAggPath",
     "SecAggResult",
     "SecAggServer",
+    "MAX_ROBUST_DECODES",
     "SecurePlan",
     "ServerState",
     "ShareDelivery",

@@ -5,6 +5,13 @@ secrets only after checking that every needed secret has at least t shares; othe
 aborts with nothing reconstructed. A share whose x is not its sender's is refused on arrival;
 wrong share values are corrected (Berlekamp-Welch, up to (m - t) / 2 of m shares per secret) and
 their senders named in `SecAggResult.suspects`, so one lying survivor cannot abort the round.
+
+Error correction is bounded: it costs about m^3 field operations per secret in pure Python
+(k = 120: about a second), so a few survivors returning wrong values for every share they hold
+could stretch one unmask to minutes. Once a sender is a suspect its shares are left out and the
+strict reconstruction is tried first (a liar costs at most one corrected secret, not one per
+share it holds), and at most `MAX_ROBUST_DECODES` secrets per instance are error-corrected;
+one more aborts the round, naming the suspects found so far.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from ._graph import neighbours
 from ._packing import unpack_bits
 from ._plan import ProtocolParams
 from ._prg import expand_mask, ring_mask
-from ._shamir import combine_shares_robust, share_params
+from ._shamir import combine_shares, combine_shares_robust, share_params
 from ._wire import (
     AdvertiseKeys,
     KeyDirectory,
@@ -41,7 +48,12 @@ from ._wire import (
     UnmaskResponse,
 )
 
-__all__ = ["ServerState", "SecAggServer", "SecAggResult"]
+__all__ = ["MAX_ROBUST_DECODES", "ServerState", "SecAggServer", "SecAggResult"]
+
+# Secrets one instance may reconstruct with error correction (Berlekamp-Welch). With suspects'
+# shares left out first, each needs a liar the earlier ones did not catch, so an honest round
+# uses none and a round with a few liars a few.
+MAX_ROBUST_DECODES = 8
 
 
 @dataclass(slots=True)
@@ -64,6 +76,9 @@ class ServerState:
     shares: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)  # (sender, share)
     holder_x: dict[int, dict[int, int]] = field(default_factory=dict)  # dealer -> holder -> x
     abort_reason: str = ""
+    max_robust_decodes: int = MAX_ROBUST_DECODES
+    robust_decodes: int = 0  # secrets `_finish` reconstructed with error correction
+    suspects: set[int] = field(default_factory=set)  # responders with a share found wrong
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,10 +238,26 @@ def _finish(state: ServerState) -> SecAggResult:
     short = [n for n in needed if len(state.shares.get(n, ())) < t]
     if short:
         raise _abort(state, f"{len(short)} nodes have fewer than t={t} shares (e.g. {short[:5]})")
-    suspects: set[int] = set()
+    suspects = state.suspects
 
     def recover(node: int) -> bytes:
         pairs = state.shares[node]
+        # A known suspect's shares left out, the strict reconstruction first (O(m t)): it
+        # needs every share kept to be on the dealer's polynomial, and its commitment.
+        kept = [share for sender, share in pairs if sender not in suspects]
+        if len(kept) >= t:
+            try:
+                return combine_shares(kept)
+            except SecAggError:
+                pass
+        if state.robust_decodes >= state.max_robust_decodes:
+            raise _abort(
+                state,
+                f"unmask shares of more than {state.max_robust_decodes} secrets needed error "
+                f"correction (the most one group corrects); suspect nodes, each with a share "
+                f"off its dealer's polynomial: {sorted(suspects)}",
+            )
+        state.robust_decodes += 1
         secret, unused = combine_shares_robust([share for _, share in pairs], t)
         suspects.update(pairs[i][0] for i in unused)
         return secret
@@ -234,6 +265,8 @@ def _finish(state: ServerState) -> SecAggResult:
     try:
         seeds = {n: recover(n) for n in state.alive}
         keys = {n: recover(n) for n in state.dropped}
+    except RoundAborted:
+        raise
     except SecAggError as exc:
         raise _abort(state, f"share reconstruction failed: {exc}") from exc
     for n, sk in keys.items():
@@ -262,10 +295,23 @@ class SecAggServer:
     """The server's half of one secure round. Messages from nodes that dropped are simply never
     passed in; the `close_*` calls end a stage with whoever answered."""
 
-    def __init__(self, params: ProtocolParams, min_survivors: int | None = None) -> None:
+    def __init__(
+        self,
+        params: ProtocolParams,
+        min_survivors: int | None = None,
+        max_robust_decodes: int | None = None,
+    ) -> None:
+        """`max_robust_decodes`: secrets `finish` may reconstruct with error correction before
+        it aborts (default `MAX_ROBUST_DECODES`, read when the server is made)."""
+        if max_robust_decodes is None:
+            max_robust_decodes = MAX_ROBUST_DECODES
+        if max_robust_decodes < 0:
+            raise ValueError(f"max_robust_decodes must be >= 0, got {max_robust_decodes}")
         graph = neighbours(params.num_nodes, params.degree, params.graph_seed)
         floor = params.threshold if min_survivors is None else min_survivors
-        self.state = ServerState(params, graph, max(2, floor))
+        self.state = ServerState(
+            params, graph, max(2, floor), max_robust_decodes=max_robust_decodes
+        )
 
     @property
     def stage(self) -> Stage:
