@@ -132,6 +132,10 @@ MAX_STAGE_WAIT_S = 86400.0
 # Longest one response may take to arrive whole by default, seconds (a server trickling bytes
 # just inside the per-read timeout would otherwise hold the device for cap x timeout).
 MAX_RESPONSE_S = 600.0
+# Longest exponential-backoff wait before one retry, seconds: `backoff_s` doubles with each
+# attempt, so `retries=12` at the default 0.2 s waited 435 s before its last attempt (and a
+# huge `retries` overflowed the float). A `Retry-After` is capped at 30 s separately.
+MAX_BACKOFF_S = 60.0
 # Most characters of a refusal's `detail` and `reason` a `ClientError` keeps: the server's text
 # arrives under the 4/16 MiB response caps, and a hostile one would make every logged error
 # megabytes long.
@@ -763,7 +767,8 @@ class _Core:
 
     def delay(self, attempt: int, response: httpx.Response | None) -> float:
         """Seconds to wait before attempt `attempt + 1`: the response's `Retry-After` (capped
-        at 30 s) when it is a finite non-negative number, else exponential backoff."""
+        at 30 s) when it is a finite non-negative number, else exponential backoff (capped at
+        MAX_BACKOFF_S, 60 s)."""
         if response is not None:
             ra = response.headers.get(Header.RETRY_AFTER)
             if ra is not None:
@@ -774,8 +779,10 @@ class _Core:
                 # NaN, inf and negative values would make time.sleep raise (or never return).
                 if math.isfinite(seconds) and seconds >= 0:
                     return min(seconds, 30.0)
-        # Exponential backoff with deterministic jitter from the attempt number.
-        return float(self.backoff_s * (2**attempt) * (1.0 + 0.25 * ((attempt * 7919) % 4) / 4))
+        # Exponential backoff with deterministic jitter from the attempt number, at most
+        # MAX_BACKOFF_S (2.0 ** 64: past any cap, and a float that cannot overflow to an error).
+        jitter = 1.0 + 0.25 * ((attempt * 7919) % 4) / 4
+        return min(self.backoff_s * 2.0 ** min(attempt, 64) * jitter, MAX_BACKOFF_S)
 
     # -- round deadlines -----------------------------------------------------------------
 
@@ -1361,6 +1368,17 @@ def _check_base_url(base_url: str) -> str:
             f"'http://127.0.0.1:8080', not {base_url!r}"
         )
     return str(url).rstrip("/")
+
+
+def _check_timeout(timeout: object) -> None:
+    """`ValueError` or `TypeError` unless `timeout` is a finite number of seconds > 0, at
+    construction: -1 and NaN failed at the first request with httpx's bare "Timeout value out
+    of range", "5" with a `TypeError` from a comparison, and 0 made every connect fail, which
+    the retries then reported as an outage (`CoordinatorUnreachable`)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ValueError(f"timeout must be finite seconds > 0, not {timeout!r}")
 
 
 def _tls_verify(verify: bool | str | os.PathLike[str] | ssl.SSLContext) -> bool | ssl.SSLContext:
@@ -2435,15 +2453,16 @@ class Client:
       Ed25519 key, the model held, error-feedback residuals and any unacknowledged upload, so
       a restarted app resumes where it stopped. Give each device (app install) its own.
     - `transport`: an `httpx.BaseTransport` instead of the network (tests, simulation).
-    - `timeout`: seconds for each connect, read and write of a request (httpx's timeout).
+    - `timeout`: seconds for each connect, read and write of a request (httpx's timeout); a
+      finite number > 0, else `ValueError` (`TypeError` for a non-number) at construction.
     - `retries`: further attempts after a transport error (no connection, a timeout, a
       connection lost), a 429 or a 5xx (so 5 attempts by default); the last one's outcome
       is raised. No connection (or one lost) on the last attempt is `CoordinatorUnreachable`
       (a `ClientError` and an `httpx.TransportError`), naming the coordinator and the attempts.
       A TLS certificate that fails verification is not retried: `TlsCertificateError` (a
       `ClientError`, reason `tls_certificate`) at the first attempt.
-    - `backoff_s`: the first wait before a retry, doubling each attempt; a `Retry-After`
-      (capped at 30 s) takes its place.
+    - `backoff_s`: the first wait before a retry, doubling each attempt up to
+      `MAX_BACKOFF_S` (60 s) per wait; a `Retry-After` (capped at 30 s) takes its place.
     - `verify`: TLS verification: `True` (the system's CAs, as httpx's), `False` (none: for
       tests only), an `ssl.SSLContext`, or the path of the coordinator's CA bundle (a PEM
       file, or a directory of hashed certificates), read into a context at construction: a
@@ -2476,7 +2495,8 @@ class Client:
         max_response_s: float = MAX_RESPONSE_S,
     ) -> None:
         self._base = _check_base_url(base_url)  # before the app directory is made
-        tls_verify = _tls_verify(verify)  # so too
+        _check_timeout(timeout)  # so too
+        tls_verify = _tls_verify(verify)
         self._core = _Core(
             app_dir, retries=retries, backoff_s=backoff_s, clock=clock,
             max_stage_wait_s=max_stage_wait_s, max_response_s=max_response_s,
@@ -3113,7 +3133,8 @@ class AsyncClient:
         max_response_s: float = MAX_RESPONSE_S,
     ) -> None:
         self._base = _check_base_url(base_url)  # before the app directory is made
-        tls_verify = _tls_verify(verify)  # so too
+        _check_timeout(timeout)  # so too
+        tls_verify = _tls_verify(verify)
         self._core = _Core(
             app_dir, retries=retries, backoff_s=backoff_s, clock=clock,
             max_stage_wait_s=max_stage_wait_s, max_response_s=max_response_s,
