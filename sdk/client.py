@@ -248,7 +248,10 @@ def _remade_error(cls: type[ClientError], args: tuple[Any, ...]) -> ClientError:
 
 
 class ModelIntegrityError(ClientError):
-    """A downloaded model's SHA-256 does not match the coordinator's digest."""
+    """A downloaded model does not decode (`bad_model`), or its SHA-256 does not match the
+    coordinator's digest (`digest_mismatch`). A delta chain that fails so is asked for again
+    once as a snapshot in a round's download (`fetch_model`, `participate`); this is raised
+    when a snapshot fails, and by `fetch_current` for either."""
 
 
 # `TaskEndedError.reason` of a check-in answered "end" (the coordinator sends no error body
@@ -944,9 +947,12 @@ class _Core:
             p.residual = ef.residual.astype(np.float32, copy=True)
 
     def model_exchange(
-        self, task_id: int, spec: ModelSpec, round_id: int, max_version: int | None
+        self, task_id: int, spec: ModelSpec, round_id: int, max_version: int | None,
+        snapshot: bool = False,
     ) -> _Exchange:
-        held = self.store.load_model(task_id, spec.size)
+        """The model download; from the version held (`have=`, a delta chain if the
+        coordinator has one) unless `snapshot`: then no `have=`, so a whole snapshot."""
+        held = None if snapshot else self.store.load_model(task_id, spec.size)
         params = {"format": "auto", "dtype": "fp32"}
         if held is not None and held[2] and (max_version is None or held[1] <= max_version):
             params["have"] = str(held[1])
@@ -963,7 +969,9 @@ class _Core:
     def apply_model(
         self, task_id: int, spec: ModelSpec, response: httpx.Response
     ) -> tuple[npt.NDArray[np.float32], int, str]:
-        """Decode a download, check its digest, persist it; returns (params, encoding)."""
+        """Decode a download, check its digest, persist it; returns (params, version,
+        encoding). `ModelIntegrityError` (the held model forgotten) for one that does not
+        decode, or whose digest is not the coordinator's."""
         encoding = response.headers.get(Header.MODEL_ENCODING, "")
         digest = response.headers.get(Header.MODEL_DIGEST, "")
         raw_version = response.headers.get(Header.MODEL_VERSION)
@@ -1351,6 +1359,13 @@ def _too_slow(status: int, seconds: float) -> ClientError:
     return ClientError(
         status, "too_slow", f"response not received whole within {seconds:g} s; abandoned"
     )
+
+
+def _chain_failed(response: httpx.Response) -> bool:
+    """Whether `response`, whose model failed its integrity check, was a delta chain: the base
+    it applies to (the model the device held, now forgotten) may be what is wrong, or the
+    chain, so a snapshot is worth asking for; a snapshot that fails would fail again."""
+    return bool(response.headers.get(Header.MODEL_ENCODING, "") == ModelEncoding.DELTA_CHAIN)
 
 
 def _check_base_url(base_url: str) -> str:
@@ -2245,13 +2260,21 @@ def _secure_flow(
     round_end = core.round_end(a)
     encoding = ""
     try:
-        ex = core.model_exchange(a.task_id, spec, a.round_id, a.base_version)
-        ex.deadline = round_end
-        response = yield ex
-        assert response is not None
-        if response.status_code != 200:
-            raise _refusal(response)
-        params, _, encoding = core.apply_model(a.task_id, spec, response)
+        snapshot = False  # a delta chain that fails is asked for again as a snapshot
+        while True:
+            ex = core.model_exchange(a.task_id, spec, a.round_id, a.base_version, snapshot)
+            ex.deadline = round_end
+            response = yield ex
+            assert response is not None
+            if response.status_code != 200:
+                raise _refusal(response)
+            try:
+                params, _, encoding = core.apply_model(a.task_id, spec, response)
+                break
+            except ModelIntegrityError:
+                if snapshot or not _chain_failed(response):
+                    raise
+                snapshot = True
         ex = core.secure_setup_exchange(a.round_id)
         ex.deadline = round_end
         response = yield ex
@@ -2681,24 +2704,40 @@ class Client:
         return self._fetch_model(a, math.inf)
 
     def _fetch_model(self, a: Assignment, deadline: float) -> tuple[npt.NDArray[np.float32], str]:
-        spec = _spec(a)
-        response = self._send(
-            self._core.model_exchange(a.task_id, spec, a.round_id, a.base_version), deadline
+        params, _, encoding = self._download(
+            a.task_id, _spec(a), a.round_id, a.base_version, deadline
         )
-        if response.status_code != 200:
-            raise _refusal(response)
-        params, _, encoding = self._core.apply_model(a.task_id, spec, response)
         return params, encoding
+
+    def _download(
+        self, task_id: int, spec: ModelSpec, round_id: int, max_version: int | None,
+        deadline: float = math.inf, again: bool = True,
+    ) -> tuple[npt.NDArray[np.float32], int, str]:
+        """The model, applied and saved (`_Core.apply_model`); with `again` (a round's
+        download), a delta chain that fails its integrity check is asked for again once as a
+        snapshot (`_chain_failed`), in the same call, so the round is not lost. A snapshot
+        that fails is `ModelIntegrityError`."""
+        snapshot = False
+        while True:
+            ex = self._core.model_exchange(task_id, spec, round_id, max_version, snapshot)
+            response = self._send(ex, deadline)
+            if response.status_code != 200:
+                raise _refusal(response)
+            try:
+                return self._core.apply_model(task_id, spec, response)
+            except ModelIntegrityError:
+                if snapshot or not again or not _chain_failed(response):
+                    raise
+                snapshot = True
 
     def fetch_current(
         self, task_id: int, spec: ModelSpec
     ) -> tuple[npt.NDArray[np.float32], int, str]:
         """The task's latest model outside any round (e.g. to evaluate or serve it):
-        (params float32[d], version, encoding)."""
-        response = self._send(self._core.model_exchange(task_id, spec, 0, None))
-        if response.status_code != 200:
-            raise _refusal(response)
-        return self._core.apply_model(task_id, spec, response)
+        (params float32[d], version, encoding). A model that fails its integrity check is
+        `ModelIntegrityError` (no round is at stake: the held model is forgotten, so the next
+        call gets a snapshot)."""
+        return self._download(task_id, spec, 0, None, again=False)
 
     def upload(self, pending: PendingUpload, spec: ModelSpec | None = None) -> UploadReceipt:
         """Send a pending upload; idempotent across retries and restarts."""
@@ -3270,23 +3309,35 @@ class AsyncClient:
     async def _fetch_model(
         self, a: Assignment, deadline: float
     ) -> tuple[npt.NDArray[np.float32], str]:
-        spec = _spec(a)
-        response = await self._send(
-            self._core.model_exchange(a.task_id, spec, a.round_id, a.base_version), deadline
+        params, _, encoding = await self._download(
+            a.task_id, _spec(a), a.round_id, a.base_version, deadline
         )
-        if response.status_code != 200:
-            raise _refusal(response)
-        params, _, encoding = self._core.apply_model(a.task_id, spec, response)
         return params, encoding
+
+    async def _download(
+        self, task_id: int, spec: ModelSpec, round_id: int, max_version: int | None,
+        deadline: float = math.inf, again: bool = True,
+    ) -> tuple[npt.NDArray[np.float32], int, str]:
+        """As `Client._download`: a delta chain that fails is asked for again as a snapshot."""
+        snapshot = False
+        while True:
+            ex = self._core.model_exchange(task_id, spec, round_id, max_version, snapshot)
+            response = await self._send(ex, deadline)
+            if response.status_code != 200:
+                raise _refusal(response)
+            try:
+                return self._core.apply_model(task_id, spec, response)
+            except ModelIntegrityError:
+                if snapshot or not again or not _chain_failed(response):
+                    raise
+                snapshot = True
 
     async def fetch_current(
         self, task_id: int, spec: ModelSpec
     ) -> tuple[npt.NDArray[np.float32], int, str]:
-        """The task's latest model outside any round: (params, version, encoding)."""
-        response = await self._send(self._core.model_exchange(task_id, spec, 0, None))
-        if response.status_code != 200:
-            raise _refusal(response)
-        return self._core.apply_model(task_id, spec, response)
+        """The task's latest model outside any round: (params, version, encoding); as
+        `Client.fetch_current`, a model that fails its integrity check is raised."""
+        return await self._download(task_id, spec, 0, None, again=False)
 
     async def upload(self, pending: PendingUpload, spec: ModelSpec | None = None) -> UploadReceipt:
         """As `Client.upload`: send a pending upload; idempotent across retries and restarts."""
