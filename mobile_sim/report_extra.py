@@ -3,12 +3,26 @@ round durations, and `plot_runs`, which draws those two and the accuracy plot.
 
 ``plume sim`` draws them from its runs; ``plume sim report RUN_DIR`` redraws them from the run
 folder's ``rounds.json`` files alone (`read_run_dir`, each file parsed once).
+
+A file that is not a run's as `report.write_run` writes it is refused with one `RunDirError`
+naming the file (and the round and field): not JSON (or nested too deep, or an integer of
+over 4300 digits), no `rounds` list of objects, `config` or `summary` that is not an object, `summary.interrupted` that is not true or false, a round
+number that is not an integer or that two rounds share, a byte count or duration that is not
+a finite number or is negative, a byte count that is not a whole number, or an `accuracy`
+outside [0, 1]. ``plume sim report`` prints it as one error line with exit status 2.
+
+A run with an empty `rounds` list (a ``--transport http`` task its operator stopped before
+round 1) is a run's file: it is read, its lines in the plots are empty, the figures with
+nothing at all to show say "no round to draw" (no legend), and `RunDir.notes` has a line
+for it (``LABEL: no round finished, nothing to draw``), which ``plume sim report`` prints
+under its table.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,29 +48,90 @@ __all__ = [
 
 Run = tuple[str, list[dict[str, Any]]]
 
+# The schema below is what `report.write_run` writes (`RoundRecord` fields, `summary`); a
+# file that breaks it is refused, one `RunDirError` naming the file, the round and the field.
 # What every round row must hold for the plots.
 _ROUND_KEYS = ("round", "bytes_up", "bytes_down", "wall_s")
 # Fields the plots read as numbers: required ones, and optional ones that may also be null.
 _NUMBERS = ("bytes_up", "bytes_down", "wall_s")
 _NUMBERS_OR_NULL = ("accuracy", "dense_up", "sim_s", "wait_s")
+# Byte counts (`RoundRecord`'s ints): whole numbers.
+_COUNTS = ("bytes_up", "bytes_down", "dense_up")
+# A top-level key that, when present, must be a JSON object (the writer's dicts).
+_OBJECTS = ("config", "summary")
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """A finite int or float, not a bool (an int too large for a float is not finite)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float's range (10**400): no plot can draw it
+        return False
+
+
+def _shown(r: dict[str, Any], keys: list[str]) -> str:
+    """`key=value, ...` of round `r`, each value cut to 40 characters (10**400 is 401 digits)."""
+    return ", ".join(f"{k}={_cut(r[k])}" for k in keys)
+
+
+def _cut(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _check_round(path: Path, r: dict[str, Any]) -> None:
-    """Refuse a round row the plots cannot read, naming the file, the round and the field."""
+    """Refuse a round row the plots cannot read, or whose figures cannot be a run's (a negative
+    byte count or duration, an accuracy outside [0, 1], a fraction of a byte), naming the
+    file, the round and the field."""
     missing = [k for k in _ROUND_KEYS if k not in r]
     if missing:
         raise RunDirError(f"{path}: round {r.get('round', '?')} lacks {missing}")
     if not isinstance(r["round"], int) or isinstance(r["round"], bool):
-        raise RunDirError(f"{path}: a round number is {r['round']!r}, not an integer")
+        raise RunDirError(f"{path}: a round number is {_cut(r['round'])}, not an integer")
     bad = [k for k in _NUMBERS if not _is_number(r[k])]
     bad += [k for k in _NUMBERS_OR_NULL if r.get(k) is not None and not _is_number(r[k])]
     if bad:
-        shown = ", ".join(f"{k}={r[k]!r}" for k in bad)
-        raise RunDirError(f"{path}: round {r['round']} has {shown}, not a finite number")
+        raise RunDirError(f"{path}: round {r['round']} has {_shown(r, bad)}, not a finite number")
+    present = [k for k in (*_NUMBERS, *_NUMBERS_OR_NULL) if r.get(k) is not None]
+    if negative := [k for k in present if k != "accuracy" and r[k] < 0]:
+        raise RunDirError(
+            f"{path}: round {r['round']} has {_shown(r, negative)}: byte counts and seconds "
+            "cannot be negative"
+        )
+    if fractional := [k for k in present if k in _COUNTS and r[k] != int(r[k])]:
+        raise RunDirError(
+            f"{path}: round {r['round']} has {_shown(r, fractional)}, not a whole number of bytes"
+        )
+    if "accuracy" in present and not 0.0 <= r["accuracy"] <= 1.0:
+        raise RunDirError(
+            f"{path}: round {r['round']} has {_shown(r, ['accuracy'])}, outside [0, 1]"
+        )
+
+
+def _check_doc(path: Path, doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """`doc`'s rounds, once the file is checked to be a run's (`_check_round` for each round)."""
+    rounds = doc.get("rounds")
+    if not isinstance(rounds, list) or not all(isinstance(r, dict) for r in rounds):
+        raise RunDirError(f"{path}: no 'rounds' list of objects")
+    for key in _OBJECTS:
+        if key in doc and not isinstance(doc[key], dict):
+            raise RunDirError(
+                f"{path}: '{key}' is {type(doc[key]).__name__} {_cut(doc[key])}, not an object"
+            )
+    summary = doc.get("summary")
+    if isinstance(summary, dict) and not isinstance(summary.get("interrupted", False), bool):
+        raise RunDirError(
+            f"{path}: summary.interrupted is {_cut(summary['interrupted'])}, not true or false"
+        )
+    seen: set[int] = set()
+    for r in rounds:
+        _check_round(path, r)
+        if r["round"] in seen:
+            raise RunDirError(f"{path}: round {r['round']} appears twice in 'rounds'")
+        seen.add(r["round"])
+    return rounds
 
 
 class RunDirError(ValueError):
@@ -111,8 +186,15 @@ def _label(root: Path, path: Path, doc: dict[str, Any]) -> str:
 def _read_doc(path: Path) -> dict[str, Any]:
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError as exc:  # [[[... nested deeper than the parser's stack
+        raise RunDirError(f"{path}: cannot read a run's rounds.json (nested too deep)") from exc
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RunDirError(f"{path}: cannot read a run's rounds.json ({exc})") from exc
+    except ValueError as exc:  # what else json.loads raises: int("9" * 5000) in a number
+        limit = sys.get_int_max_str_digits()
+        raise RunDirError(
+            f"{path}: cannot read a run's rounds.json (an integer of over {limit} digits)"
+        ) from exc
     if not isinstance(doc, dict):
         raise RunDirError(f"{path}: expected a JSON object, got {type(doc).__name__}")
     return doc
@@ -124,7 +206,8 @@ class RunDir:
 
     runs: (label, rounds) of each run, in the plots' order (`load_runs`).
     title: the accuracy plot's title ``plume sim`` gave it (`run_title`).
-    notes: one line per run that Ctrl-C stopped (`interrupted_notes`).
+    notes: one line per run that Ctrl-C stopped (`interrupted_notes`), and one per run with
+        no round (an empty `rounds` list), in the plots' order.
     """
 
     root: Path
@@ -141,18 +224,15 @@ def read_run_dir(run_dir: str | Path) -> RunDir:
 
     Runs are in folder-name order, except that a run labelled ``dense`` (the baseline that
     ``plume sim --compare-dense`` adds after the main run) comes last, as in the run itself.
-    Raises `RunDirError` naming the file when the folder has no run or a file is not a run's.
+    Raises `RunDirError` naming the file when the folder has no run or a file is not a run's
+    (see the module's docstring); a run with no round is read (its note says so).
     """
     root = Path(run_dir)
     found: list[tuple[str, list[dict[str, Any]], Any]] = []  # label, rounds, summary
     title: str | None = None
     for path in _run_files(root):
         doc = _read_doc(path)
-        rounds = doc.get("rounds")
-        if not isinstance(rounds, list) or not all(isinstance(r, dict) for r in rounds):
-            raise RunDirError(f"{path}: no 'rounds' list of objects")
-        for r in rounds:
-            _check_round(path, r)
+        rounds = _check_doc(path, doc)
         if title is None:  # the first run in folder order: the one `plume sim` titled by
             title = _title(doc.get("config"))
         found.append((_label(root, path, doc), rounds, doc.get("summary")))
@@ -162,7 +242,12 @@ def read_run_dir(run_dir: str | Path) -> RunDir:
         root,
         [(label, rounds) for label, rounds, _ in found],
         title or "",
-        [note for label, _, summary in found if (note := _interrupted_note(label, summary))],
+        [
+            note
+            for label, rounds, summary in found
+            for note in (_interrupted_note(label, summary), _empty_note(label, rounds))
+            if note
+        ],
     )
 
 
@@ -238,7 +323,7 @@ def plot_bytes_per_round(runs: Sequence[Run], path: str | Path) -> Path:
         ax.set_ylabel("payload bytes (all devices)")
         ax.set_title(f"{title} bytes per round")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend_or_nothing(ax, bool(plotted[title]))
     fig.tight_layout()
     return _save(fig, plt, path)
 
@@ -267,18 +352,38 @@ def plot_round_durations(runs: Sequence[Run], path: str | Path) -> Path:
             # One set of bins for every run of the panel: binned over its own range, each run
             # drew bars of another width, which side by side compared nothing.
             count = min(30, max(5, max(len(vs) for vs in values.values())))
-            edges = np.histogram_bin_edges(pooled, bins=count)
+            lo, hi = min(pooled), max(pooled)
+            # Durations within 1 % of each other (a clock that gives every round the same
+            # time, up to rounding) are one bar over a 2 % wide axis: binned over their own
+            # spread of 1e-7 s, the axis' tick labels ran into one another.
+            floor = 0.01 * max(abs(lo), abs(hi))
+            span = (lo + hi) / 2 - floor, (lo + hi) / 2 + floor
+            edges = np.histogram_bin_edges(
+                pooled, bins=count, range=span if hi - lo < floor else None
+            )
         for label, vs in values.items():
             if vs:
                 ax.hist(vs, bins=edges, alpha=0.6, label=label)
         ax.set_xlabel("seconds")
+        # Plain tick labels: nearly equal durations had an offset ("1e-6+2.052e-1") at the
+        # axis' end that the reader had to add to every tick.
+        ax.ticklabel_format(axis="x", useOffset=False)
         ax.set_ylabel("rounds")
         ax.yaxis.set_major_locator(MaxNLocator(integer=True))  # a count of rounds
         ax.set_title(title)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
+        _legend_or_nothing(ax, bool(pooled))
     fig.tight_layout()
     return _save(fig, plt, path)
+
+
+def _legend_or_nothing(ax: Any, drawn: bool) -> None:
+    """The legend of a panel that shows something; else "no round to draw" in its middle (a
+    run with no round: a legend of no bars made matplotlib warn)."""
+    if drawn:
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no round to draw", transform=ax.transAxes, ha="center", va="center")
 
 
 def _save(fig: Any, plt: Any, path: str | Path) -> Path:
@@ -342,7 +447,13 @@ def interrupted_notes(run_dir: str | Path) -> list[str]:
     """One line per run in `run_dir` that Ctrl-C stopped (its rounds.json summary has
     `"interrupted": true`), in the plots' order: how far it got, and that its figures are
     those of its last finished round, not of a completed run."""
-    return read_run_dir(run_dir).notes
+    found = read_run_dir(run_dir)
+    empty = {_empty_note(label, rounds) for label, rounds in found.runs}
+    return [note for note in found.notes if note not in empty]
+
+
+def _empty_note(label: str, rounds: list[dict[str, Any]]) -> str | None:
+    return None if rounds else f"{label}: no round finished, nothing to draw"
 
 
 def _interrupted_note(label: str, summary: Any) -> str | None:

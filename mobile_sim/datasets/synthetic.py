@@ -11,6 +11,8 @@ and input distribution). Device sizes follow FedProx's power law: lognormal(4, 2
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ._types import NaturalData
@@ -18,6 +20,7 @@ from ._types import NaturalData
 __all__ = ["load_synthetic"]
 
 _DIM, _CLASSES = 60, 10
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def load_synthetic(
@@ -31,8 +34,14 @@ def load_synthetic(
     max_samples: int = 2000,
 ) -> NaturalData:
     """synthetic(alpha, beta) over `num_devices` devices; x float32[N, 60], y int64[N] in 0..9."""
-    if alpha < 0 or beta < 0:
-        raise ValueError("alpha and beta must be >= 0")
+    for param, value in (("alpha", alpha), ("beta", beta)):
+        # `not >= 0` also refuses NaN, which every comparison lets through
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(
+                f"synthetic({alpha:g},{beta:g}): {param} must be a finite number >= 0, "
+                f"got {value:g}"
+            )
+    alpha, beta = alpha + 0.0, beta + 0.0  # -0.0 as 0.0: numpy refuses a scale of -0.0
     if num_devices < 1:
         raise ValueError("num_devices must be >= 1")
     if not 0.0 < train_fraction < 1.0:
@@ -56,7 +65,18 @@ def load_synthetic(
             b = rng.normal(u_k, 1.0, _CLASSES)
             v = rng.normal(big_b, 1.0, _DIM)
         x = rng.normal(v, np.sqrt(cov_diag), (int(sizes[k]), _DIM))
-        y = np.argmax(x @ w.T + b, axis=1).astype(np.int64)  # softmax is monotone
+        logits = x @ w.T + b
+        finite = np.isfinite(logits).all() and np.abs(x).max() <= _FLOAT32_MAX
+        if not (finite and np.ptp(logits, axis=1).any()):
+            # alpha or beta so large that the generator is float64 noise: logits or float32
+            # inputs overflow (beta 1e39), or W_k ~ N(u_k, 1) rounds to u_k everywhere (alpha
+            # 1e300) and every example's ten logits tie. argmax then labels every example 0.
+            raise ValueError(
+                f"synthetic({alpha:g},{beta:g}): alpha and beta this large overflow the "
+                "generator (logits or float32 inputs not finite, or every label a tie); use "
+                "smaller values (FedProx uses 0 to 1)"
+            )
+        y = np.argmax(logits, axis=1).astype(np.int64)  # softmax is monotone
         cut = min(max(1, int(round(len(x) * train_fraction))), len(x) - 1)
         xs_tr.append(x[:cut])
         ys_tr.append(y[:cut])
