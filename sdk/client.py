@@ -432,7 +432,7 @@ def _certificate_error(
         )
     return TlsCertificateError(
         f"the coordinator at {base} presented a TLS certificate that failed verification "
-        f"({why}) for {request.method} {request.url.path}; not retried: {fix}"
+        f"for {request.method} {request.url.path} ({why}); not retried: {fix}"
     )
 
 
@@ -2499,6 +2499,15 @@ class Client:
     - `max_stage_wait_s`: the longest a secure round polls one stage (default one day).
     - `max_response_s`: the longest one response may take to arrive whole, headers and body
       (default 600 s); a slower one is abandoned (`ClientError` `too_slow`).
+
+    Threads: one call at a time. Calls may come from different threads one after another
+    (each thread's deadline and cancel event are its own, `_Deadline`), but two calls running
+    at once on one client (two threads, or an app and its worker sharing it) are not supported:
+    the device's state (the pending upload, the error-feedback residual, the model held, the
+    per-round `bandwidth`) is read and written with no lock, so both could spend the same
+    residual or overwrite each other's pending upload. Serialise calls with a lock of the app's.
+    Setting a call's `cancel` event from another thread is supported, and is how to stop it;
+    `close()` from another thread while a call runs is not (docs/devices.md).
     """
 
     def __init__(
@@ -3153,7 +3162,9 @@ class AsyncClient:
     Its arguments are `Client`'s, less `sleep` (it awaits `asyncio.sleep`): `base_url`,
     `app_dir`, `transport` (an `httpx.AsyncBaseTransport`), `timeout`, `retries`, `backoff_s`,
     `verify`, `mods` (each `async mod(request, next) -> response`), `clock`,
-    `max_stage_wait_s` and `max_response_s`, which here bounds any transport.
+    `max_stage_wait_s` and `max_response_s`, which here bounds any transport. As `Client`, one
+    call at a time: two tasks running calls on one client at once interleave at their awaits
+    over the same unlocked device state.
     """
 
     def __init__(
