@@ -1038,10 +1038,10 @@ def _admin(args: argparse.Namespace) -> Any:
         _fail(prog, f"--url must start with http:// or https://, got {args.url!r}")
     if args.cacert is not None and not Path(args.cacert).is_file():
         _fail(prog, f"--cacert {args.cacert}: no such file")
-    verify: Any = True
-    if args.cacert is not None:
-        import ssl
+    import ssl
 
+    verify: bool | ssl.SSLContext = True
+    if args.cacert is not None:
         try:
             # The context itself, not the path: httpx 0.28 deprecates `verify=<str>`.
             verify = ssl.create_default_context(cafile=args.cacert)
@@ -1052,8 +1052,6 @@ def _admin(args: argparse.Namespace) -> Any:
                 "signed the coordinator's certificate (for a self-signed one, the file `serve "
                 "--tls-cert` was given, not its key)",
             )
-    # `Any`: AdminClient's annotation says `bool | str`, but it hands `verify` to httpx, which
-    # takes an `ssl.SSLContext` (its preferred form since 0.28).
     return AdminClient(args.url, args.admin_token, verify=verify)
 
 

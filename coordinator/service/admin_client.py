@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -182,11 +184,14 @@ class AdminClient:
         token: str,
         *,
         transport: httpx.BaseTransport | None = None,
-        verify: bool | str = True,
+        verify: bool | str | os.PathLike[str] | ssl.SSLContext = True,
         timeout: float = 60.0,
         max_response_bytes: int = MAX_ADMIN_RESPONSE,
         max_response_s: float = MAX_ADMIN_RESPONSE_S,
     ) -> None:
+        if isinstance(verify, (str, os.PathLike)):
+            # A CA bundle's path becomes its context here: httpx 0.28 deprecates `verify=<str>`.
+            verify = ssl.create_default_context(cafile=os.fspath(verify))
         if max_response_bytes < 1:
             raise ValueError("max_response_bytes must be at least 1")
         if not (0 < max_response_s < math.inf):  # NaN included

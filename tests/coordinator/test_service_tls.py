@@ -70,3 +70,24 @@ def test_https_with_self_signed_certificate(tmp_path: Path) -> None:
             httpx.get(url + "/healthz")
         with pytest.raises(httpx.TransportError):  # plain HTTP is not spoken on the TLS port
             httpx.get(url.replace("https://", "http://") + "/healthz", timeout=2)
+
+
+def test_admin_client_takes_a_ca_path_without_httpx_deprecation(tmp_path: Path) -> None:
+    """httpx 0.28 deprecates `verify=<str>`: AdminClient turns a CA path into its context
+    (as the SDK's Client does), so a path works and no DeprecationWarning is raised."""
+    import warnings
+
+    from coordinator.service.admin_client import AdminClient
+
+    # Prepare
+    cert, key = _self_signed(tmp_path)
+    cfg = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05)
+    with ServerThread(cfg, tls_cert=cert, tls_key=key) as url:
+        for verify in (cert, Path(cert)):
+            # Execute
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", DeprecationWarning)
+                admin = AdminClient(url, ADMIN, verify=verify)
+            # Assert: the certificate is trusted through the path's context
+            assert admin.tasks() == []
+            admin.close()
