@@ -219,25 +219,31 @@ def register(sub: Any) -> None:
         default=None,
         choices=("off", "timing", "realistic"),
         help="simulated clock: 'timing' adds simulated seconds (everyone available, no "
-        "dropouts); 'realistic' adds diurnal availability, tier dropouts and the deadline. "
-        "Default: timing for in-process plain runs; off (wall time only) for --transport "
-        "http and --secure, which have no simulated clock",
+        "dropouts); 'realistic' adds diurnal availability, check-ins, tier dropouts and the "
+        "coordinator's default deadline. --deadline applies in both. Default: timing for "
+        "in-process plain runs; off (wall time only) for --transport http and --secure, "
+        "which have no simulated clock",
     )
-    g.add_argument(
+    # The coordinator's numbers ({max}, {default}) are filled in when the help is shown.
+    clock_actions = {}
+    clock_actions["deadline"] = g.add_argument(
         "--deadline",
         type=float,
         default=None,
         metavar="SECONDS",
-        help="round deadline, simulated seconds (default: none)",
+        help="round deadline, simulated seconds, in (0, {max}] as the coordinator's; a late "
+        "report is a straggler (default: with --fleet realistic the coordinator's default "
+        "{default}, the wait of a round that loses a device; with --fleet timing none, every "
+        "device reports)",
     )
-    g.add_argument(
+    clock_actions["selection_timeout"] = g.add_argument(
         "--selection-timeout",
         type=float,
         default=900.0,
         metavar="SECONDS",
         help="realistic: open a round with >= --min-reports devices this many simulated s "
-        "after the first check-in, as `plume coordinator serve` does (default 900; -1: full "
-        "cohort only)",
+        "after the first check-in, as `plume coordinator serve` does, in (0, {max}] "
+        "(default 900; -1: full cohort only)",
     )
     g.add_argument(
         "--checkin-period",
@@ -246,6 +252,14 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="realistic: each eligible device checks in once per this many simulated s, at a "
         "uniformly random time (default 900, at most 900; 0: instantly)",
+    )
+    g.add_argument(
+        "--min-memory-mb",
+        type=float,
+        default=None,
+        metavar="MIB",
+        help="realistic: only devices with at least this much memory are eligible, e.g. 4096 "
+        "leaves out the low tier's 2 and 3 GB phones (default: none, no memory filter)",
     )
     g.add_argument(
         "--aggregator",
@@ -533,6 +547,13 @@ def register(sub: Any) -> None:
         parser.epilog = _EXAMPLES + _aggregator_help()
         for name, action in secure_actions.items():
             action.help = f"{action.help} (default: {_secure_default(name)})"
+        from .clock import COORDINATOR_DEADLINE_S, COORDINATOR_MAX_S
+
+        for action in clock_actions.values():
+            assert action.help is not None
+            action.help = action.help.format(
+                max=f"{COORDINATOR_MAX_S:.0f}", default=f"{COORDINATOR_DEADLINE_S:g}"
+            )
 
     when_help(p, complete_help)
 
@@ -618,8 +639,9 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         "data_seed": args.data_seed,
         "fleet": _fleet(args),
         "deadline_s": args.deadline,
-        "selection_timeout_s": None if args.selection_timeout < 0 else args.selection_timeout,
+        "selection_timeout_s": None if args.selection_timeout == -1 else args.selection_timeout,
         "checkin_period_s": args.checkin_period,
+        "min_memory_mb": args.min_memory_mb,
         "plugins": tuple(args.plugin or ()),
     }
     values.update(overrides)
@@ -832,6 +854,7 @@ _INPROC_ONLY = (("--backend", "backend"), ("--job-timeout", "job_timeout"))
 _REALISTIC_ONLY = (
     ("--selection-timeout", "selection_timeout"),
     ("--checkin-period", "checkin_period"),
+    ("--min-memory-mb", "min_memory_mb"),
 )
 
 
@@ -932,6 +955,7 @@ _FLAG_OF_FIELD = {
     "deadline_s": "--deadline",
     "selection_timeout_s": "--selection-timeout",
     "checkin_period_s": "--checkin-period",
+    "min_memory_mb": "--min-memory-mb",
     "job_timeout_s": "--job-timeout",
     "ort_fraction": "--ort-fraction",
     "ort_artifacts": "--ort-artifacts",
@@ -1063,6 +1087,8 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         )
     if _fleet(args) != "realistic" and (head := _only_apply(args, _REALISTIC_ONLY, " and ")):
         return f"{head} with --fleet realistic"
+    if problem := _selection_timeout_error(args.selection_timeout):
+        return problem
     if _given(args, "alpha") and args.partition != "dirichlet":
         return f"--alpha only applies with --partition dirichlet (this run: {args.partition})"
     if _given(args, "shards_per_client") and args.partition != "shards":
@@ -1109,6 +1135,19 @@ def _usage_error(args: argparse.Namespace) -> str | None:
     if args.data_root and not Path(args.data_root).is_dir():
         return f"--data-root {args.data_root} is not a folder"
     return _spec_error(args) or _model_mismatch(args.dataset, args.model)
+
+
+def _selection_timeout_error(timeout: float) -> str | None:
+    """What is wrong with --selection-timeout, or None: the coordinator's rule (validate_task,
+    (0, 604800] seconds), or -1, the simulator's own "only with the full cohort"."""
+    from .clock import COORDINATOR_MAX_S
+
+    if timeout == -1 or 0 < timeout <= COORDINATOR_MAX_S:
+        return None
+    return (
+        f"--selection-timeout must be in (0, {COORDINATOR_MAX_S:.0f}] simulated seconds, as "
+        f"the coordinator's, or -1 (open only with the full cohort), got {timeout:g}"
+    )
 
 
 def _dp_noise_error(args: argparse.Namespace) -> str | None:

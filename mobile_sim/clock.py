@@ -5,28 +5,68 @@ A selected device downloads the model, trains, then uploads its update:
 + (latency + up_bytes*8/up_bps)``. A device drops out with its own probability and never
 reports. As in the coordinator (Bonawitz et al. 2019, sec. 2.2), the over-selected cohort races:
 the first `per_round` reports that arrive before the deadline are kept, later ones are stragglers
-and are ignored. The round ends when the `per_round`-th report arrives, or at the deadline; with
-no deadline it ends when the last surviving device reports.
+and are ignored. The round ends when the `per_round`-th report arrives, or at the deadline. With
+no deadline (`deadline_s=None`) a round that cannot fill ends when the last surviving device
+reports: an idealisation, since no server knows which devices dropped out; the coordinator always
+has a deadline (`TaskConfig.deadline_s`, at most `COORDINATOR_MAX_S`), and `plume sim --fleet
+realistic` uses its default when none is given (docs/simulator.md).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 import numpy.typing as npt
 
 from mobile_sim.population import ProfileBatch, _fmix, _fmix_int, _is_int, _uniform
+from protocol.messages import TaskConfig
 
-__all__ = ["RoundTiming", "SimClock", "ClockError"]
+__all__ = [
+    "RoundTiming",
+    "SimClock",
+    "ClockError",
+    "COORDINATOR_MAX_S",
+    "COORDINATOR_DEADLINE_S",
+    "check_deadline",
+]
 
 F64 = npt.NDArray[np.float64]
 I64 = npt.NDArray[np.int64]
 
+# The coordinator's bound on a task's deadline_s and selection_timeout_s, (0, 604800] seconds
+# (one week; coordinator/service/rounds.py, validate_task, which writes it as 7 * 86400 and
+# names no constant). tests/mobile_sim/test_h178_coordinator_deadline.py checks they agree.
+COORDINATOR_MAX_S = 7 * 86_400.0
+
+
+def _task_default(name: str) -> float:
+    """The default of `TaskConfig` field `name` (a slots dataclass: read from its fields)."""
+    (default,) = (f.default for f in fields(TaskConfig) if f.name == name)
+    if not isinstance(default, float):
+        raise TypeError(f"TaskConfig.{name} has no float default: {default!r}")
+    return default
+
+
+# The coordinator's default round deadline (protocol.messages.TaskConfig.deadline_s, 60 s):
+# `plume sim --fleet realistic` without --deadline runs with it (SimConfig.deadline_s).
+COORDINATOR_DEADLINE_S = _task_default("deadline_s")
+
 
 class ClockError(ValueError):
     """A round was planned with inconsistent arguments."""
+
+
+def check_deadline(deadline_s: float | None) -> None:
+    """Raise `ClockError` unless `deadline_s` is None or in (0, `COORDINATOR_MAX_S`] seconds:
+    an infinite one (or 1e308) would end a round that cannot fill at an infinite time, which
+    the clock cannot advance past."""
+    if deadline_s is not None and not 0 < deadline_s <= COORDINATOR_MAX_S:
+        raise ClockError(
+            f"deadline_s must be > 0 seconds or None, at most {COORDINATOR_MAX_S:.0f} (a week, "
+            f"the coordinator's bound), got {deadline_s}"
+        )
 
 
 def _per_device(name: str, values: npt.ArrayLike, n: int) -> F64:
@@ -173,8 +213,7 @@ class SimClock:
         """
         if not _is_int(per_round) or per_round < 1:
             raise ClockError(f"per_round must be >= 1, got {per_round!r}")
-        if deadline_s is not None and not deadline_s > 0:
-            raise ClockError(f"deadline_s must be > 0 or None, got {deadline_s}")
+        check_deadline(deadline_s)
         ids = profiles.device_ids
         if np.unique(ids).size != ids.size:
             raise ClockError("a cohort must not select the same device twice")
@@ -194,6 +233,7 @@ class SimClock:
         elif deadline_s is not None:
             duration = float(deadline_s)  # the server waits for reports until the deadline
         else:
+            # No deadline (see the module docstring): ends with the last surviving device
             alive = finish[np.isfinite(finish)]
             duration = float(alive.max()) if alive.size else 0.0
         kept_mask = np.zeros(ids.size, dtype=np.bool_)

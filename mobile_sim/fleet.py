@@ -15,7 +15,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
-from .clock import RoundTiming, SimClock
+from .clock import RoundTiming, SimClock, check_deadline
 from .population import DEFAULT_TIERS, Population, PopulationConfig, _is_int
 
 __all__ = [
@@ -92,7 +92,9 @@ class Selection:
 class SimFleet:
     """A population plus a clock, seeded together.
 
-    `deadline_s` is the reporting deadline of every round (None: wait for the cohort).
+    `deadline_s` is the reporting deadline of every round, in (0, 604800] s as the
+    coordinator's (None: no deadline; a round that cannot fill then ends with the last
+    surviving device's report, which no server knows: see `mobile_sim.clock`).
     `dropouts=False` zeroes every tier's dropout probability (timing only, same reports).
     `cost_per_sample` scales the devices' compute speed (measured on the MNIST CNN) to the
     model trained here; `population_kwargs` go to `PopulationConfig` (tiers, day shape).
@@ -115,9 +117,8 @@ class SimFleet:
     ) -> None:
         if not (checkin_period_s >= 0 and math.isfinite(checkin_period_s)):
             raise ValueError(f"checkin_period_s must be finite and >= 0, got {checkin_period_s}")
-        if deadline_s is not None and not deadline_s > 0:
-            # Checked here, not at the first round: the clock would refuse it only then.
-            raise ValueError(f"deadline_s must be > 0 seconds or None, got {deadline_s}")
+        # Checked here, not at the first round: the clock would refuse it only then.
+        check_deadline(deadline_s)
         if not dropouts:
             tiers = population_kwargs.get("tiers", DEFAULT_TIERS)
             population_kwargs["tiers"] = tuple(replace(t, dropout_p=0.0) for t in tiers)

@@ -32,6 +32,7 @@ from .attacks import BackdoorAttack, backdoor_accuracy
 from .backends import Backend, JobResult, TrainContext, TrainJob, build_backend, job_rng
 from .backends._base import import_plugins
 from .backends._seeding import RngPool
+from .clock import COORDINATOR_DEADLINE_S, COORDINATOR_MAX_S
 from .data import DataError, FederatedData, data_root, load_digits_data, load_mnist
 from .partition import natural, partition, partition_stats
 from .status import clear, say
@@ -155,6 +156,11 @@ class SimConfig:
     # the simulated clock: "off"; "timing" (everyone available, no dropouts: only adds
     # simulated seconds); "realistic" (diurnal availability, tier dropouts, the deadline)
     fleet: str = "timing"
+    # The round deadline in simulated seconds, in (0, 604800] as the coordinator's. None: in
+    # realistic mode the coordinator's default (TaskConfig.deadline_s, 60 s; `run_simulation`
+    # records it in its result's config), since a round that loses a device cannot fill and
+    # the server waits to its deadline; in timing mode no deadline (no device drops out, so
+    # every round fills and the model is the one `fleet="off"` trains).
     deadline_s: float | None = None
     # realistic mode's selection (the HTTP coordinator's rule, on the simulated clock): a round
     # opens once the pool holds the cohort, or `selection_timeout_s` after the first check-in
@@ -162,6 +168,9 @@ class SimConfig:
     # check in once per `checkin_period_s`, at a uniformly random time (0: instantly)
     selection_timeout_s: float | None = 900.0
     checkin_period_s: float = 900.0
+    # realistic mode: only devices with at least this much memory (MiB) are eligible
+    # (`SimFleet.select`'s min_memory_mb); None: no memory floor
+    min_memory_mb: float | None = None
     # The dataset's own draw: mnist's and digits' train/test split, synthetic's generated
     # devices. None: `seed`, as before this field. Fixed, it keeps one test set while `seed`
     # varies the partition, the cohorts and the initial weights.
@@ -257,12 +266,30 @@ class SimConfig:
                 )
             if not (math.isfinite(self.job_timeout_s) and self.job_timeout_s > 0):
                 raise ValueError("job_timeout_s must be a positive number of seconds")
-        if self.deadline_s is not None and not self.deadline_s > 0:
-            raise ValueError("deadline_s must be positive")
+        # The coordinator's bound (coordinator/service/rounds.py, validate_task).
+        if self.deadline_s is not None and not 0 < self.deadline_s <= COORDINATOR_MAX_S:
+            raise ValueError(
+                f"deadline_s must be in (0, {COORDINATOR_MAX_S:.0f}] simulated seconds, as "
+                f"the coordinator's (one week at most), got {self.deadline_s}"
+            )
         if self.selection_timeout_s is not None and not (
-            math.isfinite(self.selection_timeout_s) and self.selection_timeout_s >= 0
+            0 < self.selection_timeout_s <= COORDINATOR_MAX_S
         ):
-            raise ValueError("selection_timeout_s must be finite and >= 0 (or None)")
+            raise ValueError(
+                f"selection_timeout_s must be in (0, {COORDINATOR_MAX_S:.0f}] simulated "
+                f"seconds, as the coordinator's, or None (open only with the full cohort), "
+                f"got {self.selection_timeout_s}"
+            )
+        if self.min_memory_mb is not None:
+            if not (math.isfinite(self.min_memory_mb) and self.min_memory_mb >= 0):
+                raise ValueError(
+                    f"min_memory_mb must be a finite number of MiB >= 0, got {self.min_memory_mb}"
+                )
+            if self.fleet != "realistic":
+                raise ValueError(
+                    "min_memory_mb applies to the realistic fleet's selection "
+                    f"(fleet='realistic'), not fleet={self.fleet!r}"
+                )
         if not (math.isfinite(self.checkin_period_s) and 0 <= self.checkin_period_s <= 900.0):
             # One availability step (15 simulated minutes) at most: see SimFleet.select.
             raise ValueError("checkin_period_s must be in [0, 900] simulated seconds")
@@ -420,7 +447,17 @@ class SimConfig:
         else:
             # A run without plugins records the same config as before the field existed.
             del values["plugins"]
+        if self.min_memory_mb is None:
+            del values["min_memory_mb"]  # likewise
         return values
+
+    def with_coordinator_deadline(self) -> SimConfig:
+        """This config with the deadline its rounds run with: realistic mode without one gets
+        the coordinator's default (`TaskConfig.deadline_s`), as a coordinator task always has
+        a deadline and waits to it for a round that cannot fill; otherwise `self`."""
+        if self.fleet != "realistic" or self.deadline_s is not None:
+            return self
+        return replace(self, deadline_s=COORDINATOR_DEADLINE_S)
 
 
 @dataclass
@@ -839,6 +876,7 @@ def run_simulation(
     from sdk.flat import get_flat_params
     from sdk.trainer import evaluate
 
+    cfg = cfg.with_coordinator_deadline()  # the result's config records it
     setup = prepare(cfg)
     data, parts, model, spec, eval_model = (
         setup.data,
@@ -921,6 +959,7 @@ def run_simulation(
                     round_id=len(records) + 1,
                     min_n=pool_least,
                     selection_timeout_s=cfg.selection_timeout_s,
+                    min_memory_mb=cfg.min_memory_mb or 0.0,
                 )
                 available = [ids[i] for i in sorted(selection.device_ids.tolist())]
                 if not available:

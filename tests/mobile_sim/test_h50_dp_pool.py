@@ -140,9 +140,10 @@ def test_a_committed_round_that_selected_from_fewer_than_n_is_flagged(tmp_path: 
 
 def test_without_amplification_a_short_pool_is_no_shortfall() -> None:
     # Prepare: population=k,sample=k accounts every selected device as certainly sampled, so
-    # a realistic round opened by the timeout over a small pool is covered
+    # a realistic round opened by the timeout over a small pool is covered (a 1 s timeout:
+    # the coordinator refuses 0, and so does SimConfig since helper-178)
     cfg = replace(
-        TINY, aggregator=_dp("population=3,sample=3"), fleet="realistic", selection_timeout_s=0.0
+        TINY, aggregator=_dp("population=3,sample=3"), fleet="realistic", selection_timeout_s=1.0
     )
     # Execute
     res = run_simulation(cfg, progress=False)
@@ -169,10 +170,11 @@ def test_the_realistic_pool_fills_up_to_the_dp_population_not_just_the_cohort() 
 def test_a_pool_that_never_holds_the_population_abandons_the_round_even_after_the_timeout(
     tmp_path: Path,
 ) -> None:
-    # Prepare: all 30 devices are never eligible at once; a timeout of 0 s used to open
-    # each round with the first devices to check in, 3 of them accounted as 3 of 30
+    # Prepare: all 30 devices are never eligible at once; a short timeout used to open each
+    # round with the first devices to check in, 3 of them accounted as 3 of 30 (1 s here: 0 s
+    # before helper-178, which the coordinator and now SimConfig refuse)
     cfg = replace(
-        TINY, aggregator=_dp("population=30,sample=3"), fleet="realistic", selection_timeout_s=0.0
+        TINY, aggregator=_dp("population=30,sample=3"), fleet="realistic", selection_timeout_s=1.0
     )
     # Execute
     res = run_simulation(cfg, progress=False)
@@ -196,8 +198,9 @@ def test_a_pool_that_never_holds_the_population_abandons_the_round_even_after_th
 def test_the_cli_prints_the_warning_under_the_summary(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Execute: 30 registered devices, realistic availability, timeout 0
-    argv = [*ARGV, "--clients", "30", "--fleet", "realistic", "--selection-timeout", "0"]
+    # Execute: 30 registered devices, realistic availability, timeout 1 s (0 before
+    # helper-178; the coordinator refuses 0)
+    argv = [*ARGV, "--clients", "30", "--fleet", "realistic", "--selection-timeout", "1"]
     code = plume([*argv, "--aggregator", _dp("population=30,sample=3"), "--out", str(tmp_path)])
     out = capsys.readouterr().out
     # Assert
