@@ -37,7 +37,9 @@ rounds.json files alone, byte for byte as the run wrote them: accuracy_vs_upload
 bytes_per_round.png and round_durations.png, then print one line per run (rounds, final
 accuracy, upload bytes, ratio vs dense) and one for each run that Ctrl-C interrupted (its
 figures stop at its last finished round). The CSV and JSON files are not touched. A folder
-that holds no run's rounds.json is one error line (exit status 2).
+that holds no run's rounds.json, or a damaged one (not JSON, a field missing, of the wrong
+type or impossible, such as a negative byte count), is one error line naming the file (exit
+status 2).
 
 positional arguments:
   RUN_DIR     the --out folder of a run (with --compare-dense: the folder holding
