@@ -147,6 +147,9 @@ def test_a_device_whose_clock_runs_slow_stops_polling_by_the_real_deadline(
         formatdate(time.time(), usegmt=True) + ", " + formatdate(time.time(), usegmt=True),
         formatdate(time.time() - 2 * MAX_CLOCK_SKEW_S, usegmt=True),  # not this coordinator's
     ],
+    # Fixed ids: two of the dates are made at collection, and ids built from them would differ
+    # between two collections of the suite (pytest-xdist's workers must collect the same ids).
+    ids=["none", "word", "rfc850", "two_dates", "too_old"],
 )
 def test_without_a_usable_date_the_device_clock_counts(tmp_path: Path, date: str | None) -> None:
     # Prepare: as the fast-clock case, but the answer's Date is missing or unusable
