@@ -30,6 +30,7 @@ from .aggregators import (
     GeometricMedian,
 )
 from .aggregators._base import check_finite_reports
+from .aggregators._robust import UpdateRows, forward_rows
 
 __all__ = [
     "AnomalyFilter",
@@ -173,6 +174,56 @@ class AnomalyFilter:
         return _AnomalyProcess(self, size, self.inner.create(size))
 
 
+class _Listed:
+    """The reports as decoded ClientUpdates (the filter called with `next`)."""
+
+    def __init__(self, updates: Sequence[ClientUpdate]) -> None:
+        self.updates = list(updates)
+        self.ids = [cu.device_id for cu in self.updates]
+
+    def norms(self) -> npt.NDArray[np.float64]:
+        return update_norms(self.updates)
+
+    def cosines(self, aggregate: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+        return cosine_to(self.updates, aggregate)
+
+    def run(self, process: Any, state: Any, keep: list[int]) -> AggregateOutput:
+        out: AggregateOutput = process.next(state, [self.updates[i] for i in keep])
+        return out
+
+
+class _Lazy:
+    """The reports as lazily mixed rows (the filter behind `nnm`, `bucket`, `normbound`, ...).
+
+    Norms and cosines come from the rows' float64 Gram entries and dot products, and the kept
+    rows go on lazily, so the n mixed rows are never materialised together.
+    """
+
+    def __init__(self, rows: UpdateRows) -> None:
+        self.rows = rows
+        self.ids = list(rows.labels)
+        self._norms: npt.NDArray[np.float64] | None = None
+
+    def norms(self) -> npt.NDArray[np.float64]:
+        if self._norms is None:
+            self._norms = np.sqrt(np.maximum(self.rows.sq_norms(), 0.0))
+        return self._norms
+
+    def cosines(self, aggregate: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
+        a = np.asarray(aggregate, dtype=np.float64)
+        an = math.sqrt(float(a @ a))
+        norms = self.norms()
+        out = np.zeros(len(self.ids), dtype=np.float64)
+        if an > 0:
+            ok = norms > 0
+            out[ok] = self.rows.dots(a)[ok] / (an * norms[ok])
+        return out
+
+    def run(self, process: Any, state: Any, keep: list[int]) -> AggregateOutput:
+        rows = self.rows if len(keep) == len(self.ids) else self.rows.subset(keep)
+        return forward_rows(process, state, rows)
+
+
 class _AnomalyProcess:
     def __init__(self, cfg: AnomalyFilter, size: int, inner: Any) -> None:
         self.cfg, self.size, self.inner = cfg, size, inner
@@ -181,29 +232,39 @@ class _AnomalyProcess:
         return self.inner.initialize()
 
     def next(self, state: Any, updates: Sequence[ClientUpdate]) -> AggregateOutput:
-        cfg = self.cfg
         # A NaN norm compares False against every threshold, so it would pass the screen and
         # reach the histograms; refuse it by device first (NonFiniteReportError), as the
         # robust rules do, before any metric or inner state moves.
         check_finite_reports(updates)
-        norms = update_norms(updates)
+        return self._screen(state, _Listed(updates))
+
+    def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:
+        """Screen lazily mixed rows (UpdateRows has refused NaN and infinity already)."""
+        if rows.size != self.size:
+            raise ValueError(f"rows of size {rows.size}, expected {self.size}")
+        return self._screen(state, _Lazy(rows))
+
+    def _screen(self, state: Any, reports: _Listed | _Lazy) -> AggregateOutput:
+        cfg = self.cfg
+        ids = reports.ids
+        norms = reports.norms()
         reasons: dict[str, str] = {}
         median = float(np.median(norms)) if norms.shape[0] else 0.0
-        for cu, norm in zip(updates, norms, strict=True):
+        for device, norm in zip(ids, norms, strict=True):
             if cfg.max_norm is not None and norm > cfg.max_norm:
-                reasons[cu.device_id] = RejectReason.NORM
+                reasons[device] = RejectReason.NORM
             elif cfg.max_norm_ratio is not None and norm > cfg.max_norm_ratio * median:
-                reasons[cu.device_id] = RejectReason.NORM_RATIO
-        kept = [cu for cu in updates if cu.device_id not in reasons]
-        out: AggregateOutput = self.inner.next(state, kept)
-        cosines = cosine_to(updates, out.result)
+                reasons[device] = RejectReason.NORM_RATIO
+        kept = [i for i, device in enumerate(ids) if device not in reasons]
+        out = reports.run(self.inner, state, kept)
+        cosines = reports.cosines(out.result)
         distrusted = False
         median_cosines: dict[str, float] = {}
         if cfg.min_cosine is not None and kept:
             low = {
-                cu.device_id
-                for cu, c in zip(updates, cosines, strict=True)
-                if cu.device_id not in reasons and c < cfg.min_cosine
+                device
+                for device, c in zip(ids, cosines, strict=True)
+                if device not in reasons and c < cfg.min_cosine
             }
             # The first-pass aggregate is a poor reference exactly when it rejects many: a
             # non-robust inner lets one huge report set it (one sign-flipped report at 1,000
@@ -218,23 +279,20 @@ class _AnomalyProcess:
             distrusted = bool(low) and len(low) >= cfg.max_drop * len(kept)
             if distrusted:
                 geomed = GeometricMedian().create(self.size)
-                reference = geomed.next(geomed.initialize(), kept).result
-                ref_cos = cosine_to(kept, reference)
-                median_cosines = {
-                    cu.device_id: float(c) for cu, c in zip(kept, ref_cos, strict=True)
-                }
+                reference = reports.run(geomed, geomed.initialize(), kept).result
+                ref_cos = reports.cosines(reference)
+                median_cosines = {ids[i]: float(ref_cos[i]) for i in kept}
                 low = {d for d, c in median_cosines.items() if c < cfg.min_cosine}
             if low:
                 reasons.update(dict.fromkeys(low, RejectReason.COSINE))
-                kept = [cu for cu in kept if cu.device_id not in low]
-                out = self.inner.next(state, kept)
+                kept = [i for i in kept if ids[i] not in low]
+                out = reports.run(self.inner, state, kept)
         counts = {
             r: sum(1 for v in reasons.values() if v == r)
             for r in (RejectReason.NORM, RejectReason.NORM_RATIO, RejectReason.COSINE)
         }
         if cfg.metrics is not None:
             cfg.metrics.observe(norms, cosines, counts)
-        ids = [cu.device_id for cu in updates]
         return AggregateOutput(
             out.state,
             out.result,

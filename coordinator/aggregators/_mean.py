@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import numpy.typing as npt
 
 from ._base import AggregateOutput, ClientUpdate, sparse_weighted_sum
+
+if TYPE_CHECKING:
+    from ._robust import UpdateRows
 
 __all__ = ["FedAvg"]
 
@@ -17,7 +21,9 @@ __all__ = ["FedAvg"]
 class FedAvg:
     """Weighted mean, sum_i w_i u_i / sum_i w_i, accumulated sparsely in float64.
 
-    Memory: one float64[d] accumulator, whatever the number of clients.
+    Memory: one float64[d] accumulator, whatever the number of clients. Behind a pre-aggregator
+    (`nnm`, `bucket`, `normbound`, `cosfilter`) it sums the lazily mixed rows one at a time
+    (`next_rows`), bit for bit as it sums the same rows materialised.
     `uniform=True` ignores example counts (every device weighs 1).
     `max_weight` caps each declared example count: devices report their own counts, so
     without a cap (or `uniform`) one device declaring 2^53 examples sets the mean alone. With a
@@ -47,21 +53,36 @@ class _FedAvgProcess:
     def initialize(self) -> Any:
         return ()
 
-    def next(self, state: Any, updates: Sequence[ClientUpdate]) -> AggregateOutput:
+    def _weights(self, claimed: Iterable[tuple[str, float]]) -> tuple[list[float], float, int]:
+        """(weights, their sum, how many were capped) from (device, claimed count) pairs."""
         total = 0.0
         weights = []
         capped = 0
-        for cu in updates:
-            if cu.update.size != self.size:
-                raise ValueError(f"update of size {cu.update.size}, expected {self.size}")
-            w = 1.0 if self.uniform else float(cu.weight)
+        for device, weight in claimed:
+            w = 1.0 if self.uniform else float(weight)
             if not np.isfinite(w) or w < 0:
-                raise ValueError(f"invalid weight {cu.weight!r} from {cu.device_id}")
+                raise ValueError(f"invalid weight {weight!r} from {device}")
             if self.max_weight is not None and w > self.max_weight:
                 w = self.max_weight
                 capped += 1
             weights.append(w)
             total += w
+        return weights, total, capped
+
+    def _finish(
+        self, state: Any, acc: npt.NDArray[np.float64], total: float, clients: int, capped: int
+    ) -> AggregateOutput:
+        result = (acc / total).astype(np.float32) if total > 0 else acc.astype(np.float32)
+        measurements: dict[str, Any] = {"clients": clients, "total_weight": total}
+        if self.max_weight is not None:
+            measurements["weights_capped"] = capped
+        return AggregateOutput(state, result, measurements)
+
+    def next(self, state: Any, updates: Sequence[ClientUpdate]) -> AggregateOutput:
+        for cu in updates:
+            if cu.update.size != self.size:
+                raise ValueError(f"update of size {cu.update.size}, expected {self.size}")
+        weights, total, capped = self._weights((cu.device_id, cu.weight) for cu in updates)
         # One bincount over all rows (bit-identical to the add_to loop below, which stays for
         # updates it does not cover): no per-update numpy calls for a 1,000-client round.
         with np.errstate(over="ignore"):
@@ -79,8 +100,31 @@ class _FedAvgProcess:
             acc = np.zeros(self.size, dtype=np.float64)
             for cu, w in zip(updates, weights, strict=True):
                 acc[cu.update.indices] += w * cu.update.values.astype(np.float64)
-        result = (acc / total).astype(np.float32) if total > 0 else acc.astype(np.float32)
-        measurements: dict[str, Any] = {"clients": len(updates), "total_weight": total}
-        if self.max_weight is not None:
-            measurements["weights_capped"] = capped
-        return AggregateOutput(state, result, measurements)
+        return self._finish(state, acc, total, len(updates), capped)
+
+    def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:
+        """The mean of lazily mixed rows, summed one dense row at a time.
+
+        Bit for bit `next(state, rows.materialize())`: each row is rounded to float32 as
+        `materialize` rounds it, and w · row (float32) is added to the float64 accumulator in
+        the same row order as `next`'s bincount adds it (a coordinate a row does not hold adds
+        0). Memory: the accumulator, one row in float64 and float32 and its product, instead of
+        the n materialised rows (up to min(d, total nnz) values each) and their concatenation.
+        """
+        if rows.size != self.size:
+            raise ValueError(f"rows of size {rows.size}, expected {self.size}")
+        if rows.mix is None:
+            # The rows are the decoded updates themselves: nothing is copied.
+            return self.next(state, rows.materialize())
+        weights, total, capped = self._weights(zip(rows.labels, rows.weights.tolist(), strict=True))
+        acc = np.zeros(self.size, dtype=np.float64)
+        # inf + -inf (two overflowed products) is NaN: caught below, as in `next`.
+        with np.errstate(over="ignore", invalid="ignore"):
+            for w, dense in zip(weights, rows.dense_rows(), strict=True):
+                acc += w * dense
+        if not np.all(np.isfinite(acc)):
+            # As in `next`: a float32 product overflowed; redo the sum in float64.
+            acc = np.zeros(self.size, dtype=np.float64)
+            for w, dense in zip(weights, rows.dense_rows(), strict=True):
+                acc += w * dense.astype(np.float64)
+        return self._finish(state, acc, total, len(rows), capped)

@@ -216,11 +216,24 @@ class UpdateRows:
                 mixed = (self.mix @ block).astype(np.float32)
                 yield start, stop, mixed, (mixes @ sent.astype(np.float32)) > 0.0
 
-    def materialize(self) -> list[ClientUpdate]:
-        """The rows as ClientUpdates (sparse over their nonzeros), one dense d-vector at a time.
+    def dense_rows(self) -> Iterator[F32]:
+        """Each row in turn as a dense float32[d], rounded as `materialize` rounds it.
 
-        A mixed row can hold up to min(d, sum of its sources' nnz) values, so this is only used
-        to hand rows to an inner aggregator that does not understand UpdateRows.
+        One row at a time: a consumer that only sums (FedAvg) holds one float32[d] and the
+        float64[d] it is computed in, never the n rows. Time O(total nnz + d) per row.
+        """
+        eye = np.zeros(len(self))
+        for i in range(len(self)):
+            eye[:] = 0.0
+            eye[i] = 1.0
+            yield self.combine(eye).astype(np.float32)
+
+    def materialize(self) -> list[ClientUpdate]:
+        """The rows as ClientUpdates (sparse over their nonzeros), all at once.
+
+        A mixed row can hold up to min(d, sum of its sources' nnz) values, so the list can take
+        n times that: this is only used to hand rows to an inner aggregator that understands
+        neither UpdateRows nor `dense_rows` (a custom one, the collusion screen).
         """
         if self.mix is None:
             return [
@@ -228,11 +241,7 @@ class UpdateRows:
                 for label, upd, w in zip(self.labels, self._base.updates, self.weights, strict=True)
             ]
         out = []
-        eye = np.zeros(len(self))
-        for i in range(len(self)):
-            eye[:] = 0.0
-            eye[i] = 1.0
-            dense = self.combine(eye).astype(np.float32)
+        for i, dense in enumerate(self.dense_rows()):
             idx = np.flatnonzero(dense).astype(np.int64)
             upd = SparseUpdate(idx, dense[idx], self.size)
             out.append(ClientUpdate(self.labels[i], upd, float(self.weights[i])))
@@ -883,8 +892,9 @@ class Bucketing:
     """Shuffle the reports into buckets of `bucket_size` and hand the bucket means to `inner`.
 
     Karimireddy, He and Jaggi 2022. The shuffle is drawn from (seed, round). The bucket means
-    stay lazy (UpdateRows) for the robust aggregators here; another inner gets them
-    materialised, each with at most bucket_size · max nnz values.
+    stay lazy (UpdateRows) for the robust aggregators here and FedAvg (which sums them one at
+    a time); another inner gets them materialised, each with at most bucket_size · max nnz
+    values.
     """
 
     bucket_size: int = 2
@@ -935,7 +945,9 @@ class NearestNeighborMixing:
 
     Allouah et al. 2023 ("Fixing by mixing"). `f` is a count or a fraction of the round's
     reports. Needs the float64[n, n] distance matrix (sparse dot products); the mixed rows stay
-    lazy for the robust aggregators here, so memory is O(n² + d + total nnz), never n×d.
+    lazy for the robust aggregators here, FedAvg and the anomaly screen, so memory is
+    O(n² + d + total nnz), never n×d (an inner that takes only ClientUpdates gets the n mixed
+    rows materialised, each up to min(d, total nnz) values).
     """
 
     f: float = 0.2
