@@ -185,14 +185,28 @@ def summary(result: SimResult) -> dict[str, Any]:
 
 
 def _guarantee_failures(result: SimResult) -> list[tuple[int, dict[str, Any]]]:
-    """(round, the aggregator's measurements) of the rounds whose robust aggregator (Krum,
-    multi-Krum) measured `guarantee_holds: false`: too few reports for its f."""
+    """(round, the failing stage's measurements) of the rounds in which a robust stage (Krum,
+    multi-Krum, NNM, trimmed mean) measured `guarantee_holds: false`: too few reports for its
+    f, or a fraction f (trimmed mean's beta) that resolved to 0 reports in the round. Every
+    stage of the nesting is looked at (NNM's own flag sits above its inner Krum's)."""
     failed = []
     for rec in result.records:
-        m = _holding(rec.measurements, "guarantee_holds")
-        if m is not None and m["guarantee_holds"] is False:
+        m = _failing(rec.measurements)
+        if m is not None:
             failed.append((rec.round, m))
     return failed
+
+
+def _failing(measurements: Any) -> dict[str, Any] | None:
+    """The first (depth-first) measurements dict with `guarantee_holds: false`, or None."""
+    if not isinstance(measurements, dict):
+        return None
+    if measurements.get("guarantee_holds") is False:
+        return measurements
+    for value in measurements.values():
+        if (found := _failing(value)) is not None:
+            return found
+    return None
 
 
 def robust_guarantee_warning(result: SimResult) -> str | None:
@@ -203,18 +217,31 @@ def robust_guarantee_warning(result: SimResult) -> str | None:
     failed = _guarantee_failures(result)
     if not failed:
         return None
-    f = failed[-1][1].get("f")
+    last = failed[-1][1]
+    f = last.get("f")
     counts = sorted({int(m["clients"]) for _, m in failed if isinstance(m.get("clients"), int)})
     had = ""
     if len(counts) == 1:
         had = f", the round had {counts[0]}"
     elif counts:
         had = f", the rounds had {counts[0]} to {counts[-1]}"
-    need = f" needs more than 2f + 2 = {2 * f + 2} reports" if isinstance(f, int) else ""
+    fix = "raise --per-round or lower f="
+    if "trimmed_each_side" in last:
+        what = f"trimmed mean with beta={last.get('beta')} trims floor(beta·n) = 0 a side: the mean"
+        fix = "raise --per-round or beta"
+    elif last.get("f_fraction") is not None and f == 0:
+        rule = "NNM" if "neighbours" in last else "Krum"
+        what = f"{rule} with f={last['f_fraction']} tolerates floor(f·n) = 0 reports"
+        fix = "raise --per-round or f="
+    elif "neighbours" in last:
+        need = f" needs more than 2f = {2 * f} reports" if isinstance(f, int) else ""
+        what = f"NNM with f={f}{need}"
+    else:
+        need = f" needs more than 2f + 2 = {2 * f + 2} reports" if isinstance(f, int) else ""
+        what = f"Krum with f={f}{need}"
     return (
         f"warning: in {len(failed)} of {len(result.records)} rounds the aggregator's robustness "
-        f"guarantee did not hold (Krum with f={f}{need}{had}; measurements guarantee_holds): "
-        "raise --per-round or lower f="
+        f"guarantee did not hold ({what}{had}; measurements guarantee_holds): {fix}"
     )
 
 

@@ -42,6 +42,7 @@ __all__ = [
     "RowAggregationProcess",
     "TrimmedMean",
     "UpdateRows",
+    "cohort_refusal",
     "forward_rows",
     "krum_scores",
     "resolve_f",
@@ -387,6 +388,63 @@ def resolve_f(f: float, n: int) -> int:
     return int(np.floor(f * n))
 
 
+def cohort_refusal(factory: Any, reports: int) -> str | None:
+    """Why a full round of `reports` reports can never meet a stage's bound, or None.
+
+    Walks the stages (`inner` slots): Krum and multi-Krum need n > 2f + 2, NNM needs f < n/2
+    (Allouah et al.), and a fraction f (trimmed mean: beta) must tolerate at least one report,
+    ⌊f·n⌋ >= 1; bucketing hands its inner rule ⌈n/s⌉ bucket means. A count f that fails at the
+    full round fails in every smaller one too, so such a task could never run with the
+    guarantee its rule is chosen for. Rounds that close with fewer reports (dropouts) are
+    recorded per round instead (`guarantee_holds`).
+    """
+    n, stage, unit, src = reports, factory, "reports", "clients_per_round"
+    while stage is not None:
+        if isinstance(stage, (Krum, NearestNeighborMixing)):
+            f = resolve_f(stage.f, n)
+            if isinstance(stage, NearestNeighborMixing):
+                name, least = "nnm: NNM needs f < n/2", 2 * f
+            else:
+                name = "krum" if stage.m == 1 else "multikrum"
+                name, least = f"{name}: Krum needs n > 2f + 2", 2 * f + 2
+            given = f"f={_num(stage.f)}" + (f" (floor(f·n) = {f})" if 0 < stage.f < 1 else "")
+            if 0 < stage.f < 1 and f == 0:
+                return (
+                    f"{name.split(':')[0]}: {given} of a full round's {n} {unit} ({src}) "
+                    "tolerates none, so no round has the rule's guarantee (raise "
+                    "clients_per_round or f)"
+                )
+            if not n > least:
+                return (
+                    f"{name}, so {given} needs more than {least} {unit} a round, and a full "
+                    f"round has {n} ({src}) (raise clients_per_round or lower f)"
+                )
+        elif isinstance(stage, TrimmedMean) and stage.beta > 0 and resolve_f(stage.beta, n) == 0:
+            return (
+                f"trimmed_mean: beta={_num(stage.beta)} trims floor(beta·n) = 0 of a full "
+                f"round's {n} {unit} ({src}) a side, so every round is the plain mean (raise "
+                "clients_per_round or beta)"
+            )
+        elif isinstance(stage, Bucketing):
+            n, unit = -(-n // stage.bucket_size), "bucket means"
+            src = f"clients_per_round={reports} in buckets of {stage.bucket_size}"
+        stage = getattr(stage, "inner", None)
+    return None
+
+
+def _num(v: float) -> str:
+    """v as written in a spec: 2 for 2.0, 0.45 for 0.45."""
+    return str(int(v)) if _whole(v) else repr(v)
+
+
+def _fraction_meas(f: float) -> dict[str, Any]:
+    """`f_fraction` for a fractional f (0 < f < 1), which `guarantee_holds` needs: a fraction
+    that resolves to 0 in a round (⌊f·n⌋ = 0, a small or dropout round) tolerates no report,
+    and the rule then computes its attack-free form (Krum's and NNM's plain selection and
+    mean, the trimmed mean's mean) without the guarantee it was chosen for."""
+    return {"f_fraction": f} if 0 < f < 1 else {}
+
+
 def _whole(v: float) -> bool:
     """v is a finite whole number (int(inf) would raise OverflowError, not say no)."""
     return bool(math.isfinite(v) and v == int(v))
@@ -489,7 +547,8 @@ class TrimmedMean:
     the result within the honest values (the honest senders' values where supported), and
     attackers alone never set a coordinate no honest report sent. A round's attackers beyond t
     move both without bound. On dense reports (every report sends every coordinate) it is
-    the plain rule, bit for bit.
+    the plain rule, bit for bit. A round with t = 0 (beta > 0) is the plain mean and measures
+    `guarantee_holds: false`.
     Memory: the result float32[d] plus about 3 · block_elems float32 scalars, never n×d; with
     `support`, also the sent mask (one byte per block scalar), a float32 copy of the
     supported columns and a bool temporary of the copy's shape: about 10 bytes per block
@@ -524,7 +583,7 @@ class _TrimmedMeanProcess(_RowProcess):
                 for start, stop, block in rows.blocks(self.block_elems):
                     block.sort(axis=0)
                     out[start:stop] = block[trim : n - trim].mean(axis=0, dtype=np.float64)
-            return AggregateOutput(state, out, {"clients": n, "trimmed_each_side": trim})
+            return AggregateOutput(state, out, self._meas(n, trim))
         threshold, supported = 2 * trim + 1, 0
         if n:
             pos = np.arange(n)[:, None]
@@ -553,13 +612,15 @@ class _TrimmedMeanProcess(_RowProcess):
         return AggregateOutput(
             state,
             out,
-            {
-                "clients": n,
-                "trimmed_each_side": trim,
-                "support_threshold": threshold,
-                "supported_coords": supported,
-            },
+            self._meas(n, trim) | {"support_threshold": threshold, "supported_coords": supported},
         )
+
+    def _meas(self, n: int, trim: int) -> dict[str, Any]:
+        meas: dict[str, Any] = {"clients": n, "trimmed_each_side": trim}
+        if n and self.beta > 0:
+            # beta > 0 and floor(beta·n) = 0: the round's trimmed mean is the plain mean.
+            meas.update(beta=self.beta, guarantee_holds=trim >= 1)
+        return meas
 
 
 @dataclass(frozen=True, slots=True)
@@ -638,7 +699,7 @@ class Krum:
     made it the plain mean), so a round with fewer than m + f reports averages n - f and says
     so (measurements `m`, `m_capped`). Below n = 2f + 3 the paper's guarantee does not hold;
     the rule still runs, with at least one neighbour per score and one report selected, and
-    reports `guarantee_holds: false`. A fraction f >= 0.5 can never meet n > 2f + 2 and is
+    reports `guarantee_holds: false`, as it does when a fraction f resolves to 0 in a round. A fraction f >= 0.5 can never meet n > 2f + 2 and is
     refused when the factory is built. Distances come from sparse dot products:
     memory float64[n, n] plus one float64[d] scratch and the result, never n×d; time
     O(n · total nnz).
@@ -700,7 +761,8 @@ class _KrumProcess(_RowProcess):
                 "m": m,
                 "m_capped": self.m is not None and self.m > cap,
                 "selected": [rows.labels[i] for i in chosen],
-                "guarantee_holds": n > 2 * f + 2,
+                "guarantee_holds": n > 2 * f + 2 and not (0 < self.f < 1 and f == 0),
+                **_fraction_meas(self.f),
             },
         )
 
@@ -980,11 +1042,13 @@ class _NNMProcess(_RowProcess):
         inner_out = forward_rows(
             self.inner, state, rows.mixed(mix, weights=rows.weights, labels=rows.labels)
         )
-        return AggregateOutput(
-            inner_out.state,
-            inner_out.result,
-            {"f": f, "neighbours": keep, "inner": inner_out.measurements},
-        )
+        meas: dict[str, Any] = {"f": f, "neighbours": keep}
+        if n:
+            # Allouah et al. need f < n/2; a fraction that resolved to 0 tolerates none.
+            meas["guarantee_holds"] = 2 * f < n and not (0 < self.f < 1 and f == 0)
+            meas.update(_fraction_meas(self.f))
+        meas["inner"] = inner_out.measurements
+        return AggregateOutput(inner_out.state, inner_out.result, meas)
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,6 +64,7 @@ from coordinator.aggregators._dp import (
     delta_refusal,
     find_dp,
 )
+from coordinator.aggregators._robust import cohort_refusal
 from coordinator.anomaly import AnomalyFilter, AnomalyMetrics
 from coordinator.engine import (
     F32_MAX,
@@ -466,6 +467,9 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
         )
     factory = _aggregator(cfg.aggregator)
     _check_dp(factory)
+    if (short := cohort_refusal(factory, cfg.clients_per_round)) is not None:
+        # A round hands its rule at most clients_per_round reports (the engine's target).
+        raise ValueError(f"aggregator: {short}")
     sample = accounted_sample_size(factory)
     cohort = math.ceil(cfg.clients_per_round * cfg.over_selection - 1e-9)
     if sample is not None and cohort > sample:

@@ -26,7 +26,7 @@ def test_a_stored_krum_task_with_f_one_half_is_refused_at_start(tmp_path: Path) 
     db = tmp_path / "p.db"
     coord = Coordinator(Store(db), ServiceConfig(db_path=str(db)))
     coord.restore()
-    task_id = coord.create_task(task_config(aggregator="krum:f=0.4"))
+    task_id = coord.create_task(task_config(aggregator="krum:f=0.4", clients_per_round=7))
     coord.set_initial_model(task_id, encode_snapshot(initial_params(), SPEC, "fp32"))
     coord.store.close()
     con = sqlite3.connect(db)

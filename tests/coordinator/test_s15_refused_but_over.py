@@ -23,7 +23,7 @@ def _refused_world(db: Path, stop: bool) -> tuple[Coordinator, int]:
     """A task with a model, stopped or not, whose stored spec a restart refuses."""
     coord = Coordinator(Store(db), ServiceConfig(db_path=str(db)))
     coord.restore()
-    task_id = coord.create_task(task_config(aggregator="krum:f=0.4"))
+    task_id = coord.create_task(task_config(aggregator="krum:f=0.4", clients_per_round=7))
     coord.set_initial_model(task_id, encode_snapshot(initial_params(), SPEC, "fp32"))
     if stop:
         coord.stop_task(task_id)
