@@ -1093,8 +1093,10 @@ class MomentumCosineFilter:
             raise ValueError(f"min_cosine must be in [-1, 1), got {self.min_cosine!r}")
         if not 0.0 <= self.beta < 1.0:
             raise ValueError(f"momentum beta must be in [0, 1), got {self.beta!r}")
-        if not 0.0 <= self.max_drop <= 1.0:
-            raise ValueError(f"max_drop must be in [0, 1], got {self.max_drop!r}")
+        if not 0.0 < self.max_drop <= 1.0:
+            # 0 would distrust the reference in every round (0 drops are "at least 0 of the
+            # cohort"): the filter would keep everything, silently. AnomalyFilter refuses it too.
+            raise ValueError(f"max_drop must be in (0, 1], got {self.max_drop!r}")
 
     def create(self, size: int) -> _MomentumCosineProcess:
         return _MomentumCosineProcess(
