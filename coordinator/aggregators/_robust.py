@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
@@ -385,7 +386,16 @@ def resolve_f(f: float, n: int) -> int:
         if f != int(f):
             raise ValueError(f"f >= 1 must be a whole number of clients, got {f!r}")
         return int(f)
-    return int(np.floor(f * n))
+    return floor_times(f, n)
+
+
+def floor_times(f: float, n: int) -> int:
+    """⌊f·n⌋ for the decimal that f is written as (its shortest repr), exactly.
+
+    The float product can fall just below a whole number: 0.29·100 is 28.999999999999996 in
+    floating point and floored to 28, where the docs' ⌊f·n⌋ of a spec's f=0.29 is 29.
+    """
+    return math.floor(Fraction(repr(float(f))) * n)
 
 
 def cohort_refusal(factory: Any, reports: int) -> str | None:
@@ -577,7 +587,7 @@ class _TrimmedMeanProcess(_RowProcess):
     def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:
         n = len(rows)
         out = _zeros(self.size)
-        trim = min(int(np.floor(self.beta * n)), (n - 1) // 2) if n else 0
+        trim = min(floor_times(self.beta, n), (n - 1) // 2) if n else 0
         if not self.support:
             if n:
                 for start, stop, block in rows.blocks(self.block_elems):
