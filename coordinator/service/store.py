@@ -385,17 +385,17 @@ class Store:
         db = self._db
         db.execute("PRAGMA busy_timeout=5000")  # another process's short write: wait, not fail
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if tables and "meta" not in tables:
+        # A file with any table is Plume's only if its meta table has a schema version (a new
+        # store is created and stamped in one transaction, below): another application's
+        # `meta(key, value)` table (Chrome's History and Cookies files have one) is not.
+        found = self._schema_version(tables) if tables else None
+        if tables and found is None:
             # Creating our tables beside another application's would rewrite its database.
             raise StoreError(
                 f"cannot use the database {self.path}: it is a SQLite database of another "
                 f"application (tables {', '.join(sorted(tables)[:5])}), not a Plume store; "
                 "pick another --db"
             )
-        found: str | None = None
-        if "meta" in tables:
-            row = db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-            found = None if row is None else str(row[0])
         problem = None if found is None else schema_version_problem(
             found,
             "it was written by a newer Plume: run that version, or restore a backup taken "
@@ -415,7 +415,22 @@ class Store:
         # NORMAL is durable against a process kill in WAL mode (only power loss can drop the
         # last commits), and it keeps an upload's commit well under a millisecond.
         db.execute("PRAGMA synchronous=NORMAL")
-        db.executescript(_SCHEMA)
+        if found is None:
+            # A new file: its tables and schema version in one transaction, so that a start
+            # killed midway leaves an empty file (initialised at the next start), never
+            # tables without a version (refused as another application's).
+            try:
+                db.executescript(
+                    f"BEGIN IMMEDIATE;\n{_SCHEMA}"
+                    "INSERT OR IGNORE INTO meta(key, value) "
+                    f"VALUES ('schema_version', '{SCHEMA_VERSION}');\nCOMMIT;"
+                )
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+        else:
+            db.executescript(_SCHEMA)
         migrated_from = None
         with self.transaction() as tx:
             row = tx.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -456,6 +471,17 @@ class Store:
         self._frame_bytes = int(
             db.execute("SELECT COALESCE(SUM(length(frame)), 0) FROM updates").fetchone()[0]
         )
+
+    def _schema_version(self, tables: set[str]) -> str | None:
+        """The schema version the file's `meta` table holds, or None when it has none: no
+        `meta` table, one without Plume's `key` and `value` columns, or no version row."""
+        if "meta" not in tables:
+            return None
+        columns = {r[1] for r in self._db.execute("PRAGMA table_info(meta)")}
+        if not {"key", "value"} <= columns:
+            return None
+        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        return None if row is None else str(row[0])
 
     def close(self) -> None:
         with self._lock:
