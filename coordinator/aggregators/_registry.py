@@ -196,8 +196,18 @@ def _geomed(p: _Params) -> AggregatorFactory:
 
 def _cclip(p: _Params) -> AggregatorFactory:
     tau_text = p.take("tau", positional=True)
+    tau: float | None = 1.0
+    if tau_text is not None and tau_text.lower() == "auto":
+        tau = None  # as stage names, matched case-insensitively
+    elif tau_text is not None:
+        try:
+            tau = _number("tau", tau_text)
+        except AggregatorSpecError:
+            raise AggregatorSpecError(
+                f"parameter 'tau' needs a number or auto, got {tau_text!r}"
+            ) from None
     return CenteredClipping(
-        tau=None if tau_text == "auto" else 1.0 if tau_text is None else _number("tau", tau_text),
+        tau=tau,
         beta=p.num("beta", default=0.9),
         iterations=p.int("iters", "iterations", default=1),
     )

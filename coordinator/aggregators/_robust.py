@@ -1027,6 +1027,14 @@ class NearestNeighborMixing:
 
     def __post_init__(self) -> None:
         resolve_f(self.f, 1)
+        if 0.5 < self.f < 1:
+            # Allouah et al. need f < n/2. A fraction above one half asks NNM to tolerate a
+            # majority of the reports, which floor(f·n) >= n/2 breaks in most rounds. f = 0.5
+            # stays: floor(n/2) < n/2 whenever n is odd (measured per round).
+            raise ValueError(
+                f"NNM needs f < n/2, which a fraction f above 0.5 asks it to break; got "
+                f"f={self.f!r} (give a fraction of at most 0.5 or a count)"
+            )
 
     def create(self, size: int) -> _NNMProcess:
         return _NNMProcess(size, self.f, self.inner.create(size))
