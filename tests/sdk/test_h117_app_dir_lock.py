@@ -277,13 +277,19 @@ def test_a_client_that_fails_to_start_claims_nothing(tmp_path: Path) -> None:
     _fresh_flock(tmp_path)
 
 
-def test_a_client_whose_http_setup_fails_claims_nothing(tmp_path: Path) -> None:
+def test_a_client_whose_http_setup_fails_claims_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The failed client stays referenced (by the traceback `info` keeps), as an app's error
-    # handler may keep it: its claim and lock must end anyway.
-    with pytest.raises(FileNotFoundError) as info:
-        Client("https://127.0.0.1:9", str(tmp_path), verify=str(tmp_path / "no-ca.pem"))
-    with pytest.raises(FileNotFoundError) as info_async:
-        AsyncClient("https://127.0.0.1:9", str(tmp_path), verify=str(tmp_path / "no-ca.pem"))
+    # handler may keep it: its claim and lock must end anyway. httpx's own setup fails after
+    # the claim on a proxy URL from the environment it cannot use (a missing CA bundle, this
+    # test's first cause, is refused before the claim since 706648f).
+    monkeypatch.setenv("HTTPS_PROXY", "bogus://proxy.invalid")
+    with pytest.raises(ValueError, match="proxy") as info:
+        Client("https://127.0.0.1:9", str(tmp_path))
+    with pytest.raises(ValueError, match="proxy") as info_async:
+        AsyncClient("https://127.0.0.1:9", str(tmp_path))
+    monkeypatch.delenv("HTTPS_PROXY")
     _fresh_flock(tmp_path)
     _client(tmp_path).close()
     assert info.value is not None and info_async.value is not None
