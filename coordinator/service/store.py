@@ -410,7 +410,8 @@ class Store:
             try:
                 db.execute("UPDATE meta SET value=value WHERE key='schema_version'")
             finally:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # the error above, not a ROLLBACK's, is reported
+                    db.execute("ROLLBACK")
         db.execute("PRAGMA journal_mode=WAL")
         # NORMAL is durable against a process kill in WAL mode (only power loss can drop the
         # last commits), and it keeps an upload's commit well under a millisecond.
@@ -510,7 +511,10 @@ class Store:
             try:
                 yield self._db
             except BaseException:
-                self._db.execute("ROLLBACK")
+                # After a full disk or an I/O error SQLite has already rolled the transaction
+                # back: a second ROLLBACK would fail and its error replace the real one.
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
                 raise
             try:
                 self._db.execute("COMMIT")
