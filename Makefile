@@ -22,11 +22,16 @@ demo: $(STAMP)
 	$(BIN)/plume sim --transport http --dataset mnist --model mlp --clients 40 --per-round 10 \
 		--rounds 15 --topk 0.05 --bits 4 --local-epochs 2 --out runs/demo
 
+# Two pytest-xdist workers, one per core, a test file each at a time (module fixtures stay in
+# one process); TEST_WORKERS=0 runs the suite in this process, one test after another.
+TEST_WORKERS ?= 2
+XDIST = $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(XDIST)
 
 test-all: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m ''
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(XDIST) -m ''
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
