@@ -257,6 +257,10 @@ class WireMiddleware:
             self.metrics.control_wire_bytes.labels(Direction.UP).inc(up)
             self.metrics.control_wire_bytes.labels(Direction.DOWN).inc(down)
             return
+        # After the response went out (its wire bytes are known only now): a process killed
+        # before this commit loses the exchange's rows, while what the exchange did (an
+        # accepted upload) was committed before its answer (docs/operations.md, "What the
+        # ledger counts").
         self.store.ledger_add(
             [
                 (att.round_id, att.device_id, Direction.UP, att.payload_up, up, att.dense_up),
