@@ -142,6 +142,11 @@ def _positive(text: str) -> float:
     return x
 
 
+# The most rounds --keep-frames takes: SQLite's largest integer (the store's query bound);
+# any larger count keeps every frame just the same.
+_MAX_KEEP = 2**63 - 1
+
+
 def _rounds_to_keep(text: str) -> int:
     try:
         n = int(text)
@@ -149,6 +154,11 @@ def _rounds_to_keep(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a number of rounds, got {text!r}") from None
     if n < 0:
         raise argparse.ArgumentTypeError(f"a number of rounds is >= 0, got {n}")
+    if n > _MAX_KEEP:
+        raise argparse.ArgumentTypeError(
+            f"a number of rounds is at most {_MAX_KEEP} (SQLite's largest integer; leave it "
+            f"out to keep every frame), got {n}"
+        )
     return n
 
 

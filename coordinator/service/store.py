@@ -169,6 +169,15 @@ class PruneResult:
 # open round wait for a batch at most, never for a whole backlog.
 _PRUNE_BATCH = 256
 
+# SQLite's integers are 64-bit: a Python int outside binds as an OverflowError.
+_SQL_INT_MAX = 2**63 - 1
+
+
+def _sql_int(n: int) -> int:
+    """`n` clamped to SQLite's integer range (a bound in a query: the same rows match)."""
+    return max(-_SQL_INT_MAX - 1, min(n, _SQL_INT_MAX))
+
+
 # Version numbers `first_missing_frame` reads per query.
 _VERSION_PAGE = 4096
 
@@ -708,7 +717,7 @@ class Store:
             for r in self._query(
                 "SELECT version FROM versions WHERE task_id=? AND version BETWEEN ? AND ? "
                 "AND delta_frame IS NOT NULL ORDER BY version",
-                (task_id, max(after, 0) + 1, up_to),
+                (task_id, min(max(after, 0), _SQL_INT_MAX - 1) + 1, _sql_int(up_to)),
             )
         ]
         frames = freed = 0
@@ -913,6 +922,9 @@ class Store:
         """
         if keep_rounds < 0:
             raise ValueError(f"keep_rounds must be >= 0, got {keep_rounds}")
+        # SQLite binds 64-bit integers (a larger Python int is an OverflowError): no task has
+        # that many rounds, so a larger count keeps every frame, as this one does.
+        keep_rounds = min(keep_rounds, _SQL_INT_MAX)
         # The newest closed round to prune: the (keep_rounds + 1)-th most recent (walking the
         # (task_id, seq) index from the top), then the unpruned rows of closed rounds up to it,
         # found from the partial index of unpruned rows (CROSS JOIN keeps that the outer loop):
