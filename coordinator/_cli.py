@@ -745,6 +745,7 @@ def _apply_config(args: argparse.Namespace) -> str | None:
     }
     values: dict[str, Any] = {}
     spelled: dict[str, str] = {}  # flag name -> the key that gave it
+    origin: dict[str, str] = {}  # dest -> "--config FILE: key = value", for later checks
     for key, value in doc.items():
         if isinstance(value, dict):
             return f"{where}: [{key}] is a table; write the keys at the top of the file"
@@ -783,10 +784,13 @@ def _apply_config(args: argparse.Namespace) -> str | None:
                 # As the file says, wherever serve starts (systemd starts it in /).
                 converted = str(path.parent / converted)
         values[action.dest] = converted
+        origin[action.dest] = f"{where}: {key} = {shown}"
     given: frozenset[str] = getattr(args, "_given", frozenset())
     for dest, converted in values.items():
         if dest not in given:  # the command line wins
             setattr(args, dest, converted)
+    # `_serve_usage_error` names the file and key of a value that came from it.
+    args._from_file = {dest: text for dest, text in origin.items() if dest not in given}
     mode = path.stat().st_mode
     if "admin_token" in values and mode & stat.S_IROTH:  # a group may be meant (root:plume)
         print(
@@ -799,50 +803,90 @@ def _apply_config(args: argparse.Namespace) -> str | None:
 
 def _serve_usage_error(args: argparse.Namespace) -> str | None:
     """What is wrong with the serve flags (checked before the database is opened), or None."""
+    # A value from the --config file is named by its file and key, as the file's other
+    # mistakes are (`_apply_config`); one from the command line by its flag.
+    from_file: dict[str, str] = getattr(args, "_from_file", {})
+
+    def bad(dest: str, flag_text: str, reason: str) -> str:
+        return f"{from_file[dest]}: {reason}" if dest in from_file else flag_text
+
     if (args.tls_cert is None) != (args.tls_key is None):
         return "--tls-cert and --tls-key go together"
-    for flag, path in (("--tls-cert", args.tls_cert), ("--tls-key", args.tls_key)):
+    for dest, path in (("tls_cert", args.tls_cert), ("tls_key", args.tls_key)):
+        flag = "--" + dest.replace("_", "-")
+        # A path from the file is shown as written there; the one looked at is added.
+        at = f" ({path})" if dest in from_file else ""
         if path is not None and not Path(path).is_file():
-            return f"{flag} {path}: no such file"
+            return bad(dest, f"{flag} {path}: no such file", f"no such file{at}")
         if path is not None and not os.access(path, os.R_OK):
             # Else ssl's "[Errno 13] Permission denied", naming no file (a certbot
             # privkey.pem is root's alone; serve runs as a service user).
             st = Path(path).stat()
-            return (
-                f"{flag} {path}: this user (uid {os.geteuid()}) cannot read it (owned by uid "
+            why = (
+                f"this user (uid {os.geteuid()}) cannot read it{at} (owned by uid "
                 f"{st.st_uid}, mode {st.st_mode & 0o7777:04o}); give this user read access "
                 "(e.g. a group that may read it) or a copy it may read"
             )
+            return bad(dest, f"{flag} {path}: {why}", why)
     if (problem := _host_error(args.host)) is not None:
-        return problem
-    if not 0 <= args.register_rate < float("inf") or args.register_burst < 1:
-        return "--register-rate must be >= 0 and --register-burst >= 1"
+        return bad("host", problem, problem.removeprefix(f"--host {args.host!r} "))
+    rate, burst = args.register_rate, args.register_burst
+    both = "--register-rate must be >= 0 and --register-burst >= 1"
+    if not 0 <= rate < float("inf"):
+        return bad("register_rate", both, "must be a number >= 0 (0: unlimited)")
+    if burst < 1:
+        return bad("register_burst", both, "must be >= 1")
     # The bounds ServiceConfig holds (a wait is divided by each rate), named by their flags.
-    if 0 < args.register_rate < 1e-6 or args.register_burst > 1_000_000:
-        return (
+    if 0 < rate < 1e-6 or burst > 1_000_000:
+        both = (
             "--register-rate must be 0 (unlimited) or at least 1e-06 per second, and "
-            f"--register-burst at most 1,000,000; got {args.register_rate} and "
-            f"{args.register_burst}"
+            f"--register-burst at most 1,000,000; got {rate} and {burst}"
         )
+        if 0 < rate < 1e-6:
+            return bad("register_rate", both, "must be 0 (unlimited) or at least 1e-06 per second")
+        return bad("register_burst", both, "must be at most 1,000,000")
     if args.max_checkin_rate < 1e-3:
-        return f"--max-checkin-rate must be at least 0.001 per second, got {args.max_checkin_rate}"
-    if not 0 <= args.body_timeout < float("inf"):
-        return "--body-timeout must be a number of seconds >= 0"
-    for flag, value in (("--signature-window", args.signature_window), ("--poll", args.poll)):
-        if not (math.isfinite(value) and value > 0):
-            return f"{flag} must be a positive number of seconds, got {value}"
-    if args.signature_window > 86_400:
-        return (
-            f"--signature-window must be at most 86400 seconds (a day), got {args.signature_window}"
+        return bad(
+            "max_checkin_rate",
+            f"--max-checkin-rate must be at least 0.001 per second, got {args.max_checkin_rate}",
+            "must be at least 0.001 per second",
         )
+    if not 0 <= args.body_timeout < float("inf"):
+        return bad(
+            "body_timeout",
+            "--body-timeout must be a number of seconds >= 0",
+            "must be a number of seconds >= 0 (0: no limit)",
+        )
+    for dest, value in (("signature_window", args.signature_window), ("poll", args.poll)):
+        if not (math.isfinite(value) and value > 0):
+            flag = "--" + dest.replace("_", "-")
+            return bad(
+                dest,
+                f"{flag} must be a positive number of seconds, got {value}",
+                "must be a positive number of seconds",
+            )
+    if args.signature_window > 86_400:
+        return bad(
+            "signature_window",
+            f"--signature-window must be at most 86400 seconds (a day), got "
+            f"{args.signature_window}",
+            "must be at most 86400 seconds (a day)",
+        )
+    at = f" ({args.db})" if "db" in from_file else ""
     if _path(args.db).is_dir():
-        return (
+        return bad(
+            "db",
             f"--db {args.db} is a folder; give the database file's path, e.g. "
-            f"--db {Path(args.db) / 'plume.db'}"
+            f"--db {Path(args.db) / 'plume.db'}",
+            f"is a folder{at}; give the database file's path",
         )
     folder = _path(args.db).resolve().parent
     if not folder.is_dir():
-        return f"the folder of --db {args.db} does not exist; create it or pick another path"
+        return bad(
+            "db",
+            f"the folder of --db {args.db} does not exist; create it or pick another path",
+            f"its folder does not exist{at}; create it or pick another path",
+        )
     return None
 
 
