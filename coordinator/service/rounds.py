@@ -332,6 +332,7 @@ class ActiveRound:
     base_version: int
     reports: int = 0
     uploaded: set[str] = field(default_factory=set)
+    upload_bytes: int = 0  # the accepted update frames' bytes (plain rounds; for its close's log)
     closing: bool = False  # no more uploads accepted
     close_started: bool = False  # an aggregation is in flight
     # A secure DP round's `dp` record, stored before its sums were unmasked (see _close_secure)
@@ -1095,6 +1096,8 @@ class Coordinator:
         self.store.abandon(r.round_id, rt.task_id, meas, rt.state, self.clock())
         self.metrics.rounds.labels("abandoned").inc()
         log.warning("task %d round %d abandoned on start (%s)", rt.task_id, r.round_id, reason)
+        if done:
+            self._log_done(rt)
 
     def _replay(self, rt: TaskRuntime, r: RoundRow) -> ActiveRound:
         """Re-open a round in a fresh engine and re-submit its accepted frames in order."""
@@ -1119,6 +1122,7 @@ class Coordinator:
                 ) from exc
             cur.reports += 1
             cur.uploaded.add(u.device_id)
+            cur.upload_bytes += len(u.frame)
         cur.closing = r.state == RoundState.AGGREGATING
         log.info(
             "task %d round %d resumed from the store with %d accepted updates%s",
@@ -1447,6 +1451,8 @@ class Coordinator:
         if rt is not None:
             rt.state = to
             rt.waiting_since = self.clock()
+            if to == TaskState.DONE:
+                self._log_done(rt)
         return self.task_status(task_id)
 
     def stop_task(self, task_id: int) -> TaskStatus:
@@ -1747,6 +1753,8 @@ class Coordinator:
                     rt.state = TaskState.DONE
                 self.store.abandon(round_id, rt.task_id, {"error": str(exc)}, rt.state, now)
                 self.metrics.rounds.labels("abandoned").inc()
+                if rt.state == TaskState.DONE:
+                    self._log_done(rt)
                 return False
         rt.current = ActiveRound(
             round_id=round_id,
@@ -2157,6 +2165,7 @@ class Coordinator:
         fault_point("after_accept")
         cur.reports += 1
         cur.uploaded.add(device_id)
+        cur.upload_bytes += len(frame)
         self.metrics.updates_accepted.inc()
         receipt = UploadReceipt(round_id, device_id, True, False, len(frame), cur.reports)
         return receipt, (rt if cur.reports >= cur.target else None)
@@ -2309,6 +2318,7 @@ class Coordinator:
     def finish_close(self, rt: TaskRuntime, outcome: RoundOutcome) -> None:
         """Make the published model visible and reset for the next round (event-loop side)."""
         now = self.clock()
+        was_active = rt.state == TaskState.ACTIVE
         rt.rounds_closed += 1
         if outcome.committed:
             rt.rounds_committed += 1
@@ -2332,22 +2342,69 @@ class Coordinator:
                     clip=rt.secure.settings.config.clip_norm,
                     budget_exhausted=False,
                 )
+        if rt.current is not None:
+            self._log_outcome(rt, rt.current, outcome, now)
+        if was_active and rt.state == TaskState.DONE:
+            self._log_done(rt)
         rt.current = None
         rt.waiting_since = now
         self.metrics.model_version.labels(str(rt.task_id)).set(rt.version)
 
+    def _log_outcome(
+        self, rt: TaskRuntime, cur: ActiveRound, outcome: RoundOutcome, now: float
+    ) -> None:
+        """A closed round's line, as its "opened" line: the version it published, or why it
+        was abandoned (the reason its status records). Counts and sizes only, no content."""
+        kind = "secure round" if rt.secure is not None else "round"
+        closed = f"{rt.rounds_closed} of the task's {rt.config.rounds} rounds closed"
+        meas = outcome.measurements
+        if outcome.committed:
+            frame = rt.strategy.last_frame  # the delta this close published
+            down = "?" if frame is None else str(len(frame))
+            if rt.secure is not None:
+                detail = f"{len(meas.get('dropped', ()))} dropped"
+            else:
+                detail = f"{cur.upload_bytes} update bytes"
+            log.info(
+                "task %d %s %d committed model version %d from %d reports of %d selected "
+                "devices (%s, a %s-byte downlink delta); %s",
+                rt.task_id, kind, cur.round_id, outcome.version, outcome.reports,
+                len(cur.selected), detail, down, closed,
+            )  # fmt: skip
+            return
+        reason = meas.get("abandoned") or meas.get("error") or "no reason recorded"
+        log.info(
+            "task %d %s %d abandoned: %s (%d reports of %d selected devices%s); %s",
+            rt.task_id, kind, cur.round_id, reason, outcome.reports, len(cur.selected),
+            ", at its deadline" if now >= cur.deadline else "", closed,
+        )  # fmt: skip
+
+    def _log_done(self, rt: TaskRuntime) -> None:
+        """The line of a task that has closed its last round (or spent its privacy budget)."""
+        spent = rt.engine.stopped and rt.rounds_closed < rt.config.rounds
+        log.info(
+            "task %d done%s: %d of its %d rounds closed, %d committed; model version %d is final",
+            rt.task_id, " (its privacy budget is spent)" if spent else "", rt.rounds_closed,
+            rt.config.rounds, rt.rounds_committed, rt.version,
+        )  # fmt: skip
+
     def fail_close(self, rt: TaskRuntime, cur: ActiveRound, exc: BaseException) -> None:
-        """An aggregation or publish error abandons the round and rebuilds the task from the
-        store. If the store cannot record that either, the round stays `aggregating` (its
-        devices told to wait) until a tick RELOAD_RETRY_S later rebuilds the task from the store
-        as a start does, which closes that round (a plain round re-aggregated from its stored
-        frames and published; a secure one abandoned, counting its `pending_dp`)."""
+        """An aggregation or publish error abandons the round (and ends the task if it was
+        its last) and rebuilds the task from the store. If the store cannot record that
+        either, the round stays `aggregating` (its devices told to wait) until a tick
+        RELOAD_RETRY_S later rebuilds the task from the store as a start does, which closes
+        that round (a plain round re-aggregated from its stored frames and published; a
+        secure one abandoned, counting its `pending_dp`)."""
         log.error("round %d failed to aggregate or publish: %r", cur.round_id, exc)
         meas: dict[str, Any] = {"error": repr(exc)}
         if cur.pending_dp is not None:
             meas["dp"] = cur.pending_dp  # its sums may have been unmasked: they count
+        # Its last round failing ends the task, as its abandonment at the deadline does (it
+        # stayed `active` with no round left to open, its devices told to wait, for good).
+        done = rt.rounds_closed + 1 >= rt.config.rounds or rt.engine.stopped
+        task_state = TaskState.DONE if done and rt.state == TaskState.ACTIVE else rt.state
         try:
-            self.store.abandon(cur.round_id, rt.task_id, meas, rt.state, self.clock())
+            self.store.abandon(cur.round_id, rt.task_id, meas, task_state, self.clock())
         except (sqlite3.Error, OSError) as store_exc:
             log.error(
                 "round %d: the store refused its abandonment too: %r; task %d is rebuilt from "
@@ -2363,7 +2420,13 @@ class Coordinator:
             self._rebuild_at[rt.task_id] = self.clock() + RELOAD_RETRY_S
             return
         self.metrics.rounds.labels("abandoned").inc()
-        self._reload(rt.task_id)
+        log.info(
+            "task %d %s %d abandoned: %s (its close failed; the task is rebuilt from the store)",
+            rt.task_id, "secure round" if rt.secure is not None else "round", cur.round_id,
+            meas["error"],
+        )  # fmt: skip
+        if self._reload(rt.task_id) and task_state == TaskState.DONE:
+            self._log_done(self.runtimes[rt.task_id])
 
     def _reload(self, task_id: int) -> bool:
         """Rebuild a running task from the store (after a failed publish or upload commit, or
