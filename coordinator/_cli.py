@@ -1790,19 +1790,27 @@ def _connect_existing(path: Path, *, read_only: bool = False) -> sqlite3.Connect
 
 def _plume_info(conn: sqlite3.Connection, what: str) -> tuple[str, int]:
     """(schema version, number of tasks) of a Plume database; ValueError naming `what` when
-    the file is not one."""
+    the file is not one: the store's rule (`schema_version_of`), and a `tasks` table."""
+    from .service.store import schema_version_of
+
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if not {"meta", "tasks"} <= tables:
-            listed = ", ".join(sorted(tables)[:5]) or "none"
-            raise ValueError(f"{what} is not a Plume database (tables: {listed})")
-        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        tasks = int(conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0])
+        version = schema_version_of(conn, tables)
+        tasks = None
+        if version is not None and "tasks" in tables:
+            tasks = int(conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0])
     except sqlite3.DatabaseError as exc:
         raise ValueError(f"{what} is not a SQLite database or it is corrupt ({exc})") from None
-    if row is None:
-        raise ValueError(f"{what} is not a Plume database (no schema version)")
-    return str(row[0]), tasks
+    listed = ", ".join(sorted(tables)[:5]) or "none"
+    if tables and version is None:
+        # Another application's `meta(key, value)` (Chrome's History has one) is not Plume's.
+        raise ValueError(
+            f"{what} is a SQLite database of another application (tables: {listed}; no Plume "
+            "schema version), not a Plume database"
+        )
+    if version is None or tasks is None:
+        raise ValueError(f"{what} is not a Plume database (tables: {listed})")
+    return version, tasks
 
 
 def _backup(args: argparse.Namespace) -> int:
@@ -1932,14 +1940,22 @@ def _check_integrity(conn: sqlite3.Connection, what: str) -> None:
 
 def _restore_target_problem(conn: sqlite3.Connection) -> str | None:
     """Why the database restore would replace is not one to replace without --force (a
-    mistyped --db naming another application's file), or None: absent, empty, or Plume's."""
+    mistyped --db naming another application's file), or None: absent, empty, or Plume's
+    (the store's rule, `schema_version_of`, and a `tasks` table: a `meta` and a `tasks`
+    table without Plume's schema version are another application's)."""
+    from .service.store import schema_version_of
+
     try:
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        plume = "tasks" in tables and schema_version_of(conn, tables) is not None
     except sqlite3.DatabaseError as exc:
         return f"is not a SQLite database or it is corrupt ({exc})"
-    if tables and not {"meta", "tasks"} <= tables:
+    if tables and not plume:
         listed = ", ".join(sorted(tables)[:5])
-        return f"is not a Plume database (tables: {listed}; another application's?)"
+        return (
+            f"is not a Plume database (tables: {listed}; no Plume schema version: another "
+            "application's?)"
+        )
     return None
 
 

@@ -34,6 +34,7 @@ __all__ = [
     "lock_path",
     "take_lock",
     "schema_version_problem",
+    "schema_version_of",
 ]
 
 log = logging.getLogger("plume.coordinator")
@@ -295,6 +296,21 @@ def schema_version_problem(found: str, newer: str) -> str | None:
     return f"its schema version {found!r} is not one this coordinator reads (1 to {SCHEMA_VERSION})"
 
 
+def schema_version_of(conn: sqlite3.Connection, tables: set[str]) -> str | None:
+    """The schema version the `meta` table of the database `conn` (its tables: `tables`)
+    holds, or None when it has none: no `meta` table, one without Plume's `key` and `value`
+    columns, or no version row. A file with tables and no version is another application's
+    (Chrome's History has a `meta(key, value)` table). One rule for `Store` and `plume
+    coordinator backup`/`restore`; SQLite's errors (a corrupt file) are raised."""
+    if "meta" not in tables:
+        return None
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(meta)")}
+    if not {"key", "value"} <= columns:
+        return None
+    row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    return None if row is None else str(row[0])
+
+
 def lock_path(db_path: str | Path) -> str:
     """The lock file of the database at `db_path`: beside the file the path resolves to, so
     a symlink to the database and the database itself name one lock."""
@@ -483,15 +499,8 @@ class Store:
         )
 
     def _schema_version(self, tables: set[str]) -> str | None:
-        """The schema version the file's `meta` table holds, or None when it has none: no
-        `meta` table, one without Plume's `key` and `value` columns, or no version row."""
-        if "meta" not in tables:
-            return None
-        columns = {r[1] for r in self._db.execute("PRAGMA table_info(meta)")}
-        if not {"key", "value"} <= columns:
-            return None
-        row = self._db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        return None if row is None else str(row[0])
+        """The schema version the file's `meta` table holds, or None: `schema_version_of`."""
+        return schema_version_of(self._db, tables)
 
     def close(self) -> None:
         with self._lock:
