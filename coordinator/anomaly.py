@@ -14,7 +14,7 @@ screens against the geometric median of the same reports instead. Signals go to 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -195,18 +195,66 @@ class _Listed:
 class _Lazy:
     """The reports as lazily mixed rows (the filter behind `nnm`, `bucket`, `normbound`, ...).
 
-    Norms and cosines come from the rows' float64 Gram entries and dot products, and the kept
-    rows go on lazily, so the n mixed rows are never materialised together.
+    A row that sums two or more reports (a bucket mean, an NNM mix) is measured on the row
+    itself, one dense row at a time, rounded to float32 as `UpdateRows.dense_rows` and
+    `materialize` round it: its norm and its dot with the reference are what the screen
+    computes on the materialised row, bit for bit. Its Gram entries would not do: a report and
+    its near negation in one bucket make ||y||² = sum_jk c_j c_k <x_j, x_k> the difference of
+    huge float64 numbers, so a bucket row of norm 0.02 from two reports of ~1e6 per coordinate
+    measured 0 (cosine 0, rejected) and colluding reports could choose which rows the screen
+    rejects and whether it distrusts the aggregate. A row that is one report scaled
+    (`normbound`, `cosfilter`, the reports themselves) is measured from the report's own
+    squared norm and dot product times the scale: no cancellation, float64 of the exact row
+    rather than of its float32 rounding. Memory: one summed row at a time (its float64[d] and
+    float32[d], its nonzeros' indices and values), never the n rows together; time O(total nnz
+    + d) per summed row for the norms and again for each reference's cosines.
     """
 
     def __init__(self, rows: UpdateRows) -> None:
         self.rows = rows
         self.ids = list(rows.labels)
+        mix = rows.mix
+        summed = (
+            np.zeros(len(rows), dtype=bool) if mix is None else np.count_nonzero(mix, axis=1) > 1
+        )
+        self._summed = np.flatnonzero(summed)
+        self._single = np.flatnonzero(~summed)
+        self._exact_sq: npt.NDArray[np.float64] | None = None
         self._norms: npt.NDArray[np.float64] | None = None
+
+    def _summed_rows(
+        self,
+    ) -> Iterator[tuple[int, float, npt.NDArray[np.int64], npt.NDArray[np.float64]]]:
+        """Each summed row in turn: its position, the squared norm of the exact (float64) row,
+        and the indices and float64 values of the nonzeros of its float32 rounding."""
+        if self._summed.shape[0] == 0:
+            return
+        rows = self.rows.subset(self._summed.tolist())
+        eye = np.zeros(len(rows))
+        for j, i in enumerate(self._summed.tolist()):
+            # What `dense_rows` yields, keeping the float64 row for its exact squared norm.
+            eye[:] = 0.0
+            eye[j] = 1.0
+            exact = rows.combine(eye)
+            exact_sq = float(exact @ exact)
+            dense = exact.astype(np.float32)
+            del exact
+            idx = np.flatnonzero(dense)
+            yield i, exact_sq, idx, dense[idx].astype(np.float64)
 
     def norms(self) -> npt.NDArray[np.float64]:
         if self._norms is None:
-            self._norms = np.sqrt(np.maximum(self.rows.sq_norms(), 0.0))
+            sq = np.zeros(len(self.ids), dtype=np.float64)
+            if self._summed.shape[0] == 0:
+                sq[:] = self.rows.sq_norms()
+            elif self._single.shape[0]:
+                sq[self._single] = self.rows.subset(self._single.tolist()).sq_norms()
+            exact = sq.copy()
+            for i, exact_sq, _, v in self._summed_rows():
+                sq[i] = float(v @ v)
+                exact[i] = exact_sq
+            self._exact_sq = np.maximum(exact, 0.0)
+            self._norms = np.sqrt(np.maximum(sq, 0.0))
         return self._norms
 
     def cosines(self, aggregate: npt.NDArray[np.floating]) -> npt.NDArray[np.float64]:
@@ -215,12 +263,29 @@ class _Lazy:
         norms = self.norms()
         out = np.zeros(len(self.ids), dtype=np.float64)
         if an > 0:
-            ok = norms > 0
-            out[ok] = self.rows.dots(a)[ok] / (an * norms[ok])
+            if self._single.shape[0]:
+                dots = self.rows.dots(a)
+                for i in self._single.tolist():
+                    if norms[i] > 0:
+                        out[i] = float(dots[i]) / (an * float(norms[i]))
+            for i, _, idx, v in self._summed_rows():
+                if norms[i] > 0:
+                    out[i] = float(a[idx] @ v) / (an * float(norms[i]))
         return out
 
     def run(self, process: Any, state: Any, keep: list[int]) -> AggregateOutput:
-        rows = self.rows if len(keep) == len(self.ids) else self.rows.subset(keep)
+        rows = self.rows
+        if self._summed.shape[0]:
+            # The exact rows' squared norms go along: the geometric median reference (or a
+            # robust inner) would take them from the Gram matrix and lose them the same way.
+            # Exact rather than of the float32 rounding: its distances ||z||² - 2<z, y_i> +
+            # ||y_i||² take the dot products from the exact rows, and rounding a row of norm
+            # 1e7 to float32 moves ||y_i||² by ~1e7, far more than a near distance.
+            self.norms()
+            assert self._exact_sq is not None
+            rows = rows.with_sq_norms(self._exact_sq)
+        if len(keep) != len(self.ids):
+            rows = rows.subset(keep)
         return forward_rows(process, state, rows)
 
 

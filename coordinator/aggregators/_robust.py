@@ -98,6 +98,7 @@ class UpdateRows:
         self.labels = list(labels) if labels is not None else [f"row-{i}" for i in range(rows)]
         if len(self.labels) != rows:
             raise ValueError(f"need {rows} labels, got {len(self.labels)}")
+        self._measured_sq: F64 | None = None
 
     @classmethod
     def from_client_updates(cls, updates: Sequence[ClientUpdate], size: int) -> UpdateRows:
@@ -140,11 +141,41 @@ class UpdateRows:
         )
 
     def subset(self, keep: Sequence[int]) -> UpdateRows:
-        """Only the rows at positions `keep`."""
+        """Only the rows at positions `keep` (with their measured squared norms, if given)."""
         k = np.asarray(keep, dtype=np.int64)
         sel = np.zeros((k.shape[0], len(self)))
         sel[np.arange(k.shape[0]), k] = 1.0
-        return self.mixed(sel, weights=self.weights[k], labels=[self.labels[i] for i in k])
+        out = self.mixed(sel, weights=self.weights[k], labels=[self.labels[i] for i in k])
+        if self._measured_sq is not None:
+            out = out.with_sq_norms(self._measured_sq[k])
+        return out
+
+    def with_sq_norms(self, sq: npt.ArrayLike) -> UpdateRows:
+        """The same rows, whose `sq_norms()` is float64[n'] `sq` as a caller measured them.
+
+        A mixed row's squared norm from the Gram matrix, sum_jk c_j c_k <x_j, x_k>, is the
+        difference of huge numbers when its reports nearly cancel (a report and its near
+        negation in one bucket) and can lose every digit. A consumer that measured the rows
+        themselves (the anomaly screen, one dense row at a time) hands its values on here, so
+        that an aggregator run on these rows (the geometric median's distances
+        ||z||² - 2<z, y_i> + ||y_i||²) uses them. `subset` keeps them; `mixed`, `scaled`,
+        `gram` and `sq_distances` do not use them.
+        """
+        v = np.array(sq, dtype=np.float64)
+        if v.shape != (len(self),):
+            raise ValueError(f"need {len(self)} squared norms, got shape {v.shape}")
+        if not np.all(np.isfinite(v)) or np.any(v < 0):
+            raise ValueError("squared norms must be finite and non-negative")
+        out = UpdateRows(
+            [],
+            self.size,
+            weights=self.weights,
+            labels=self.labels,
+            mix=self.mix,
+            _shared=self._base,
+        )
+        out._measured_sq = v
+        return out
 
     def gram(self) -> F64:
         """float64[n', n'] of row inner products <y_i, y_j>."""
@@ -152,7 +183,9 @@ class UpdateRows:
         return g if self.mix is None else self.mix @ g @ self.mix.T
 
     def sq_norms(self) -> F64:
-        """float64[n'] squared L2 norms of the rows."""
+        """float64[n'] squared L2 norms of the rows (as measured, if `with_sq_norms` gave them)."""
+        if self._measured_sq is not None:
+            return self._measured_sq.copy()
         if self.mix is None:
             return self._base.sq_norms()
         if np.all(np.count_nonzero(self.mix, axis=1) <= 1):
