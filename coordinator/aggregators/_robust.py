@@ -64,7 +64,8 @@ class UpdateRows:
     the rows' FedAvg weights (example counts), `labels` their names in measurements.
     A base update holding NaN or infinity raises NonFiniteReportError here, before any maths.
     Memory: the base updates as given, their concatenation (12 bytes per stored value), a
-    float64[n, n] Gram matrix once one is asked for, and one float64[d] scratch vector.
+    float64[n, n] Gram matrix once one is asked for, and one float64[d] scratch vector; rows
+    that sum two or more updates are measured one dense float64[d] row at a time (`gram`).
     """
 
     def __init__(
@@ -99,6 +100,9 @@ class UpdateRows:
         if len(self.labels) != rows:
             raise ValueError(f"need {rows} labels, got {len(self.labels)}")
         self._measured_sq: F64 | None = None
+        # Computed on first use (`sq_norms`, `gram`): see `_summed`.
+        self._sq: F64 | None = None
+        self._gram: F64 | None = None
 
     @classmethod
     def from_client_updates(cls, updates: Sequence[ClientUpdate], size: int) -> UpdateRows:
@@ -148,6 +152,8 @@ class UpdateRows:
         out = self.mixed(sel, weights=self.weights[k], labels=[self.labels[i] for i in k])
         if self._measured_sq is not None:
             out = out.with_sq_norms(self._measured_sq[k])
+        elif self._sq is not None:
+            out._sq = self._sq[k]
         return out
 
     def with_sq_norms(self, sq: npt.ArrayLike) -> UpdateRows:
@@ -158,8 +164,9 @@ class UpdateRows:
         negation in one bucket) and can lose every digit. A consumer that measured the rows
         themselves (the anomaly screen, one dense row at a time) hands its values on here, so
         that an aggregator run on these rows (the geometric median's distances
-        ||z||² - 2<z, y_i> + ||y_i||²) uses them. `subset` keeps them; `mixed`, `scaled`,
-        `gram` and `sq_distances` do not use them.
+        ||z||² - 2<z, y_i> + ||y_i||²) uses them. `subset` keeps them, `gram` and
+        `sq_distances` put them on the diagonal; `mixed` and `scaled` do not use them. (The
+        rows measure summed rows on themselves too now, `gram`; this saves the passes.)
         """
         v = np.array(sq, dtype=np.float64)
         if v.shape != (len(self),):
@@ -177,23 +184,88 @@ class UpdateRows:
         out._measured_sq = v
         return out
 
+    def _summed(self) -> npt.NDArray[np.int64]:
+        """Positions of the rows that sum two or more base updates (nonzero coefficients).
+
+        Such a row's Gram entries are not safe: a bucket mean of a report and its near
+        negation (~1e6 per coordinate) has ||y||² = sum_jk c_j c_k <x_j, x_k>, the difference
+        of numbers near 1e12·d whose float64 error (~1e-16 of them) is far more than the true
+        value, so colluders could make a far row look near (Krum, NNM) or move the geometric
+        median and centered clipping's distances (helper-188). A row that is one base update
+        scaled has no such cancellation.
+        """
+        if self.mix is None:
+            return np.zeros(0, dtype=np.int64)
+        return np.flatnonzero(np.count_nonzero(self.mix, axis=1) > 1).astype(np.int64)
+
+    def _row(self, i: int) -> F64:
+        """Row i as a dense float64[d] (its exact float64 combination, not rounded)."""
+        eye = np.zeros(len(self))
+        eye[i] = 1.0
+        return self.combine(eye)
+
     def gram(self) -> F64:
-        """float64[n', n'] of row inner products <y_i, y_j>."""
+        """float64[n', n'] of row inner products <y_i, y_j>.
+
+        Rows that are base updates scaled take theirs from the base Gram matrix. Each row that
+        sums base updates (`_summed`) is built as a dense float64[d], one at a time: its
+        squared norm is taken on it, and its dot with each row y_j is sum_k c_jk <y_i, x_k>,
+        whose float64 error is about 1e-16·||y_i||·sum_k |c_jk| ||x_k||, small when y_i is
+        (the cancelling sum is the dense row, not its decomposition). Of the two ways to get
+        <y_i, y_j> for two summed rows, the one with the smaller such bound is taken. Extra
+        cost: one combine and one sparse dot pass per summed row, O(n_s·(N + d)) time and one
+        float64[d] row plus float64[n_s, n'] at a time.
+        """
+        if self._gram is not None:
+            return self._gram
         g = self._base.gram()
-        return g if self.mix is None else self.mix @ g @ self.mix.T
+        if self.mix is None:
+            return g
+        out = self.mix @ g @ self.mix.T
+        summed = self._summed()
+        if summed.shape[0]:
+            h = np.empty((summed.shape[0], len(self)))
+            sq = np.empty(summed.shape[0])
+            for k, i in enumerate(summed.tolist()):
+                y = self._row(i)
+                sq[k] = float(y @ y)
+                h[k] = self.mix @ self._base.dots(y)
+                del y
+            # Error bound of h[k, j] up to the unit roundoff: ||y_i|| · sum_k |c_jk| ||x_k||.
+            spread = np.abs(self.mix) @ np.sqrt(self._base.sq_norms())
+            own = np.sqrt(sq)
+            out[summed, :] = h
+            out[:, summed] = h.T
+            hs = h[:, summed]
+            first = own[:, None] * spread[summed][None, :] <= own[None, :] * spread[summed][:, None]
+            out[np.ix_(summed, summed)] = np.where(first, hs, hs.T)
+            out[summed, summed] = sq
+            if self._sq is None:
+                self._sq = np.diagonal(out).copy()
+        if self._measured_sq is not None:
+            np.fill_diagonal(out, self._measured_sq)
+        self._gram = out
+        return out
 
     def sq_norms(self) -> F64:
-        """float64[n'] squared L2 norms of the rows (as measured, if `with_sq_norms` gave them)."""
+        """float64[n'] squared L2 norms of the rows (as measured, if `with_sq_norms` gave them).
+
+        A row that sums base updates is measured on itself (see `gram`), one dense row at a
+        time; the others from the base updates' squared norms.
+        """
         if self._measured_sq is not None:
             return self._measured_sq.copy()
         if self.mix is None:
             return self._base.sq_norms()
-        if np.all(np.count_nonzero(self.mix, axis=1) <= 1):
-            # Scaled/selected base rows: no Gram needed.
-            return np.asarray((self.mix**2) @ self._base.sq_norms(), dtype=np.float64)
-        return np.asarray(
-            np.einsum("ij,jk,ik->i", self.mix, self._base.gram(), self.mix), dtype=np.float64
-        )
+        if self._sq is None:
+            # Scaled/selected base rows: no Gram needed (and no cancellation).
+            sq = np.asarray((self.mix**2) @ self._base.sq_norms(), dtype=np.float64)
+            for i in self._summed().tolist():
+                y = self._row(i)
+                sq[i] = float(y @ y)
+                del y
+            self._sq = sq
+        return self._sq.copy()
 
     def sq_distances(self) -> F64:
         """float64[n', n'] squared L2 distances between rows (from the Gram matrix)."""
