@@ -250,8 +250,8 @@ def _remade_error(cls: type[ClientError], args: tuple[Any, ...]) -> ClientError:
 class ModelIntegrityError(ClientError):
     """A downloaded model does not decode (`bad_model`), or its SHA-256 does not match the
     coordinator's digest (`digest_mismatch`). A delta chain that fails so is asked for again
-    once as a snapshot in a round's download (`fetch_model`, `participate`); this is raised
-    when a snapshot fails, and by `fetch_current` for either."""
+    once as a snapshot, in the same call (`fetch_model`, `participate`, `fetch_current`); this
+    is raised when a snapshot fails."""
 
 
 # `TaskEndedError.reason` of a check-in answered "end" (the coordinator sends no error body
@@ -947,7 +947,11 @@ class _Core:
             p.residual = ef.residual.astype(np.float32, copy=True)
 
     def model_exchange(
-        self, task_id: int, spec: ModelSpec, round_id: int, max_version: int | None,
+        self,
+        task_id: int,
+        spec: ModelSpec,
+        round_id: int,
+        max_version: int | None,
         snapshot: bool = False,
     ) -> _Exchange:
         """The model download; from the version held (`have=`, a delta chain if the
@@ -1460,7 +1464,10 @@ def _url_hint(
 
 
 def _unreachable(
-    base: str, request: httpx.Request, exc: httpx.TransportError, attempts: int,
+    base: str,
+    request: httpx.Request,
+    exc: httpx.TransportError,
+    attempts: int,
     outer: BaseException | None = None,
 ) -> CoordinatorUnreachable:
     """`exc`, the last attempt's transport failure, as `CoordinatorUnreachable` that is still
@@ -1515,7 +1522,10 @@ def _retry_pause(
 
 
 def _failed(
-    base: str, request: httpx.Request, exc: httpx.TransportError, attempts: int,
+    base: str,
+    request: httpx.Request,
+    exc: httpx.TransportError,
+    attempts: int,
     outer: BaseException | None = None,
 ) -> CoordinatorUnreachable:
     """`_unreachable(...)` chained from `exc`, as `raise ... from exc` leaves it, for a
@@ -2122,7 +2132,9 @@ def _check_trainer(trainer: LocalTrainer) -> None:
             pass
     if not fits:
         kind = type(trainer)
-        hint = "; wrap a torch module: TorchTrainer(module)" if hasattr(trainer, "parameters") else ""
+        hint = (
+            "; wrap a torch module: TorchTrainer(module)" if hasattr(trainer, "parameters") else ""
+        )
         raise TypeError(
             "trainer must be a LocalTrainer, with train(params, x, y, *, epochs, batch_size, lr, "
             "rng), such as sdk.trainer.TorchTrainer(module) or sdk.ort.OrtTrainer.from_dir(path)"
@@ -2719,13 +2731,17 @@ class Client:
         return params, encoding
 
     def _download(
-        self, task_id: int, spec: ModelSpec, round_id: int, max_version: int | None,
-        deadline: float = math.inf, again: bool = True,
+        self,
+        task_id: int,
+        spec: ModelSpec,
+        round_id: int,
+        max_version: int | None,
+        deadline: float = math.inf,
     ) -> tuple[npt.NDArray[np.float32], int, str]:
-        """The model, applied and saved (`_Core.apply_model`); with `again` (a round's
-        download), a delta chain that fails its integrity check is asked for again once as a
-        snapshot (`_chain_failed`), in the same call, so the round is not lost. A snapshot
-        that fails is `ModelIntegrityError`."""
+        """The model, applied and saved (`_Core.apply_model`); a delta chain that fails its
+        integrity check is asked for again once as a snapshot (`_chain_failed`), in the same
+        call, so a round is not lost (and `fetch_current` does not fail for a chain). A
+        snapshot that fails is `ModelIntegrityError`."""
         snapshot = False
         while True:
             ex = self._core.model_exchange(task_id, spec, round_id, max_version, snapshot)
@@ -2735,7 +2751,7 @@ class Client:
             try:
                 return self._core.apply_model(task_id, spec, response)
             except ModelIntegrityError:
-                if snapshot or not again or not _chain_failed(response):
+                if snapshot or not _chain_failed(response):
                     raise
                 snapshot = True
 
@@ -2743,10 +2759,10 @@ class Client:
         self, task_id: int, spec: ModelSpec
     ) -> tuple[npt.NDArray[np.float32], int, str]:
         """The task's latest model outside any round (e.g. to evaluate or serve it):
-        (params float32[d], version, encoding). A model that fails its integrity check is
-        `ModelIntegrityError` (no round is at stake: the held model is forgotten, so the next
-        call gets a snapshot)."""
-        return self._download(task_id, spec, 0, None, again=False)
+        (params float32[d], version, encoding). As a round's download, a delta chain that
+        fails its integrity check is asked for again once as a snapshot in the same call; a
+        snapshot that fails is `ModelIntegrityError` (the held model forgotten)."""
+        return self._download(task_id, spec, 0, None)
 
     def upload(self, pending: PendingUpload, spec: ModelSpec | None = None) -> UploadReceipt:
         """Send a pending upload; idempotent across retries and restarts."""
@@ -3326,8 +3342,12 @@ class AsyncClient:
         return params, encoding
 
     async def _download(
-        self, task_id: int, spec: ModelSpec, round_id: int, max_version: int | None,
-        deadline: float = math.inf, again: bool = True,
+        self,
+        task_id: int,
+        spec: ModelSpec,
+        round_id: int,
+        max_version: int | None,
+        deadline: float = math.inf,
     ) -> tuple[npt.NDArray[np.float32], int, str]:
         """As `Client._download`: a delta chain that fails is asked for again as a snapshot."""
         snapshot = False
@@ -3339,7 +3359,7 @@ class AsyncClient:
             try:
                 return self._core.apply_model(task_id, spec, response)
             except ModelIntegrityError:
-                if snapshot or not again or not _chain_failed(response):
+                if snapshot or not _chain_failed(response):
                     raise
                 snapshot = True
 
@@ -3347,8 +3367,9 @@ class AsyncClient:
         self, task_id: int, spec: ModelSpec
     ) -> tuple[npt.NDArray[np.float32], int, str]:
         """The task's latest model outside any round: (params, version, encoding); as
-        `Client.fetch_current`, a model that fails its integrity check is raised."""
-        return await self._download(task_id, spec, 0, None, again=False)
+        `Client.fetch_current`, a delta chain that fails its integrity check is asked for
+        again once as a snapshot, and a snapshot that fails is `ModelIntegrityError`."""
+        return await self._download(task_id, spec, 0, None)
 
     async def upload(self, pending: PendingUpload, spec: ModelSpec | None = None) -> UploadReceipt:
         """As `Client.upload`: send a pending upload; idempotent across retries and restarts."""

@@ -39,11 +39,14 @@ def _model_response(body: bytes, encoding: str, digest: str, version: str) -> ht
     )
 
 
-def _serve(responses: list[httpx.Response]) -> Handler:
-    """A server that answers the model downloads in order."""
+def _serve(responses: list[httpx.Response], haves: list[str | None] | None = None) -> Handler:
+    """A server that answers the model downloads in order (recording each request's `have=`
+    in `haves`, None for a snapshot asked for)."""
 
     def handler(request: httpx.Request) -> httpx.Response:
         assert request.url.path == "/v1/tasks/1/model"
+        if haves is not None:
+            haves.append(request.url.params.get("have"))
         return responses.pop(0)
 
     return handler
@@ -57,7 +60,9 @@ def _snapshot_of(params: np.ndarray, version: int = 1) -> httpx.Response:
 def test_a_delta_chain_that_overflows_the_model_is_refused_and_forgotten(tmp_path: Path) -> None:
     # Prepare: the server first sends a (finite) model holding float32's largest value, then
     # a delta chain adding it again: finite frames whose sum is inf. The server's digest
-    # header matches the inf model, as a buggy or hostile server's would.
+    # header matches the inf model, as a buggy or hostile server's would. A chain that fails
+    # is asked for again once, in the same call, as a snapshot (no have=; as in a round since
+    # helper-189): the server answers that with a finite model.
     base = np.zeros(SPEC.size, np.float32)
     base[0] = F32_MAX
     delta = np.zeros(SPEC.size, np.float32)
@@ -65,19 +70,62 @@ def test_a_delta_chain_that_overflows_the_model_is_refused_and_forgotten(tmp_pat
     frame, _ = UpdateCodec(SPEC, CodecConfig.dense()).encode(delta, np.random.default_rng(0))
     with np.errstate(over="ignore"):
         overflowed = base + delta
-    chain = _model_response(
-        pack_chain([frame]), ModelEncoding.DELTA_CHAIN, model_digest(overflowed).hex(), "2"
-    )
-    handler = _serve([_snapshot_of(base), chain])
+    chain_digest = model_digest(overflowed).hex()
+    chain = _model_response(pack_chain([frame]), ModelEncoding.DELTA_CHAIN, chain_digest, "2")
+    finite = np.linspace(-1, 1, SPEC.size, dtype=np.float32)
+    haves: list[str | None] = []
+    handler = _serve([_snapshot_of(base), chain, _snapshot_of(finite, 2)], haves)
     # Execute
     with Client("http://coord", str(tmp_path), transport=httpx.MockTransport(handler)) as c:
         params, version, _ = c.fetch_current(1, SPEC)
+        got, got_version, encoding = c.fetch_current(1, SPEC)
+    # Assert: the first model was kept; the chain was refused (the held model dropped, so the
+    # second request of the call asked for a snapshot, without have=), and only the finite
+    # snapshot reached the app and its directory: nothing non-finite
+    assert version == 1 and params[0] == F32_MAX
+    assert haves == [None, "1", None]
+    assert got_version == 2 and encoding == ModelEncoding.SNAPSHOT
+    assert np.array_equal(got, finite)
+    held = DeviceStore(tmp_path).load_model(1, SPEC.size)
+    assert held is not None and held[1] == 2 and np.array_equal(held[0], finite)
+    # ... and the chain's own refusal (hidden by the snapshot that followed) is a bad model
+    # that would be non-finite, the held model dropped
+    store = DeviceStore(tmp_path / "again")
+    store.save_model(1, base, 1, model_digest(base).hex(), True)
+    with Client("http://coord", str(tmp_path / "again")) as c:
+        again = _model_response(chain.content, ModelEncoding.DELTA_CHAIN, chain_digest, "2")
+        with pytest.raises(ModelIntegrityError) as info:
+            c._core.apply_model(1, SPEC, again)
+    assert info.value.reason == "bad_model" and "finite" in info.value.detail
+    assert DeviceStore(tmp_path / "again").load_model(1, SPEC.size) is None
+
+
+def test_a_delta_chain_that_overflows_then_a_bad_snapshot_is_an_integrity_error(
+    tmp_path: Path,
+) -> None:
+    # Prepare: as above, but the snapshot asked for after the refused chain carries the inf
+    # model's digest too (a finite body that is not it)
+    base = np.zeros(SPEC.size, np.float32)
+    base[0] = F32_MAX
+    delta = np.zeros(SPEC.size, np.float32)
+    delta[0] = F32_MAX
+    frame, _ = UpdateCodec(SPEC, CodecConfig.dense()).encode(delta, np.random.default_rng(0))
+    with np.errstate(over="ignore"):
+        overflowed = base + delta
+    digest = model_digest(overflowed).hex()
+    chain = _model_response(pack_chain([frame]), ModelEncoding.DELTA_CHAIN, digest, "2")
+    liar = _model_response(_snapshot_of(base).content, ModelEncoding.SNAPSHOT, digest, "2")
+    haves: list[str | None] = []
+    handler = _serve([_snapshot_of(base), chain, liar], haves)
+    # Execute
+    with Client("http://coord", str(tmp_path), transport=httpx.MockTransport(handler)) as c:
+        c.fetch_current(1, SPEC)
         with pytest.raises(ModelIntegrityError) as info:
             c.fetch_current(1, SPEC)
-    # Assert: the first model was kept; the chain is refused as a bad model, and nothing
-    # non-finite reached the app directory (the held model is dropped, as for a bad digest)
-    assert version == 1 and params[0] == F32_MAX
-    assert info.value.reason == "bad_model" and "finite" in info.value.detail
+    # Assert: the snapshot's failure is raised, with no third request in the call, and no
+    # model is held
+    assert haves == [None, "1", None]
+    assert info.value.reason == "digest_mismatch"
     assert DeviceStore(tmp_path).load_model(1, SPEC.size) is None
 
 
@@ -116,14 +164,21 @@ def test_any_model_body_is_a_client_error_or_a_checked_model(
     params = np.linspace(-1, 1, SPEC.size, dtype=np.float32)
     store = DeviceStore(tmp_path / "app")
     store.save_model(1, params, 1, model_digest(params).hex(), True)
-    reply = _model_response(body, encoding, model_digest(params).hex(), "2")
-    transport = httpx.MockTransport(_serve([reply]))
-    # Execute / Assert: only ClientError (ModelIntegrityError included) ever escapes
+    # A server that answers every download with the same bytes: a delta chain that fails is
+    # asked for again once as a snapshot (no have=), and gets them again
+    replies = [_model_response(body, encoding, model_digest(params).hex(), "2") for _ in "ab"]
+    haves: list[str | None] = []
+    transport = httpx.MockTransport(_serve(replies, haves))
+    # Execute / Assert: only ClientError (ModelIntegrityError included) ever escapes, after at
+    # most a second request (without have=), and only for a delta chain
     with Client("http://coord", str(tmp_path / "app"), transport=transport) as c:
         try:
             got, _, _ = c.fetch_current(1, SPEC)
         except ClientError:
+            assert haves in (["1"], ["1", None])
+            assert len(haves) == 1 or encoding == ModelEncoding.DELTA_CHAIN
             return
+    assert haves == ["1"]
     assert np.all(np.isfinite(got)) and model_digest(got) == model_digest(params)
 
 
