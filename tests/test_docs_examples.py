@@ -684,7 +684,7 @@ SLOW_BLOCKS: dict[tuple[str, str], tuple[pytest.MarkDecorator, ...]] = {
     # trains 50 digits devices twice, ~25 s on a busy 2-core machine
     ("docs/simulator.md", 'for name in ("sequential", "vectorized"):'): (pytest.mark.slow,),
     # starts a local Ray runtime, ~10 s
-    ("docs/simulator.md", "ray.init(num_cpus=2, include_dashboard=False)"): (
+    ("docs/simulator.md", 'ray.init(address="local", num_cpus=2, include_dashboard=False)'): (
         pytest.mark.slow,
         pytest.mark.ray,
     ),

@@ -1,6 +1,7 @@
 """Ray backend: a round's jobs split over Ray actors, on this machine or a whole cluster.
 
-`pip install .[ray]`. Without an address it starts a private local Ray runtime; with
+`pip install .[ray]`. Without an address it starts a private local Ray runtime (even when
+`ray start` runs a cluster on this machine); with
 ``address="auto"``, an explicit ``ray://`` / ``host:port`` address or the ``RAY_ADDRESS``
 environment variable it joins a running cluster (``ray start --head`` on one node,
 ``ray start --address=HEAD:6379`` on the others). Every node needs Plume installed, or pass
@@ -104,7 +105,11 @@ class RayBackend:
             if self.address:
                 ray.init(address=self.address, **kwargs)
             else:
-                ray.init(num_cpus=self.num_cpus or os.cpu_count() or 1, **kwargs)
+                # "local": a private runtime even when a cluster was started on this machine
+                # (`ray start`). Without it ray.init joins the cluster named in
+                # /tmp/ray/ray_current_cluster, and refuses num_cpus for an existing cluster.
+                own_cpus = self.num_cpus or os.cpu_count() or 1
+                ray.init(address="local", num_cpus=own_cpus, **kwargs)
             self._owns_runtime = True
         n = self.workers or max(1, int(ray.available_resources().get("CPU", 1)))
         # One CPU per actor, or an equal share of the cluster's CPUs when more workers than

@@ -161,7 +161,7 @@ def test_ray_matches_sequential_on_a_local_runtime() -> None:
     from mobile_sim.backends.ray_backend import RayBackend
 
     ctx, params, jobs = _digits_jobs(8)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     backend = RayBackend(workers=2)
 
     # Execute

@@ -269,7 +269,7 @@ def test_ray_actors_import_the_plugins_of_the_context(plugin: Plugin) -> None:
     want = SequentialBackend()
     want.start(ctx)  # type: ignore[arg-type]
     expected = want.train(params, jobs)  # type: ignore[arg-type]
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     backend = RayBackend(workers=1)
 
     # Execute

@@ -198,7 +198,7 @@ def test_ray_with_vmap_inside_its_actors_matches_sequential() -> None:
     seq = SequentialBackend()
     seq.start(ctx)
     ref = seq.train(params, jobs)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     backend = RayBackend(workers=2, inner="vectorized")
 
     # Execute

@@ -101,7 +101,7 @@ def test_ray_places_more_workers_than_cpus_and_closes_only_its_own_runtime() -> 
     want = seq.train(params, jobs)
 
     # Execute: on the caller's runtime, then on the backend's own.
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
     try:
         theirs = RayBackend(workers=2)
         theirs.start(ctx)
