@@ -49,6 +49,10 @@ __all__ = [
     "resolve_f",
 ]
 
+# A summed row whose reports' spread sum_k |c_k| ||u_k|| exceeds this times its own norm has
+# its dot products with dense vectors taken on the row itself (`UpdateRows._wide`).
+WIDE_SPREAD = 1e6
+
 # Scalars per coordinate block (n' rows × c columns): 2**20 float32 = 4 MiB per block copy.
 DEFAULT_BLOCK_ELEMS = 1 << 20
 
@@ -103,6 +107,11 @@ class UpdateRows:
         # Computed on first use (`sq_norms`, `gram`): see `_summed`.
         self._sq: F64 | None = None
         self._gram: F64 | None = None
+        # Summed rows whose dots go through the row itself (`_wide`), and their cached
+        # nonzeros (`_wide_row`).
+        self._wide_pos: list[int] | None = None
+        self._wide_cache: dict[int, tuple[npt.NDArray[np.int64], F64]] = {}
+        self._wide_cached = 0
 
     @classmethod
     def from_client_updates(cls, updates: Sequence[ClientUpdate], size: int) -> UpdateRows:
@@ -242,6 +251,20 @@ class UpdateRows:
             out[summed, summed] = sq
             if self._sq is None:
                 self._sq = np.diagonal(out).copy()
+            # Two rows whose reports both nearly cancel (`_wide`): both bounds are large, so
+            # their dot is taken between the two rows themselves (a wide row against a
+            # summed one that is not wide takes the first route above, whose bound is small).
+            wide = self._wide()
+            if len(wide) > 1:
+                scratch = np.zeros(self.size)
+                for a, i in enumerate(wide[:-1]):
+                    idx_i, v_i = self._wide_row(i)
+                    scratch[idx_i] = v_i
+                    for j in wide[a + 1 :]:
+                        idx_j, v_j = self._wide_row(j)
+                        out[i, j] = out[j, i] = float(scratch[idx_j] @ v_j)
+                    scratch[idx_i] = 0.0
+                del scratch
         if self._measured_sq is not None:
             np.fill_diagonal(out, self._measured_sq)
         self._gram = out
@@ -276,18 +299,94 @@ class UpdateRows:
         np.fill_diagonal(d2, 0.0)
         return d2
 
+    def _wide(self) -> list[int]:
+        """Positions of the summed rows whose reports' spread sum_k |c_k| ||u_k|| exceeds
+        `WIDE_SPREAD` times the row's own norm (once per rows object).
+
+        Their dot with a dense z taken through the reports, sum_k c_k <z, u_k>, errs by about
+        1e-16·||z||·sum_k |c_k| ||u_k||, which for a report and its near negation at 1e20 a
+        coordinate is far more than <z, y_i> (helper-188's remaining limit: a bucket row's dot
+        of -3.42 came out 0). Only colluders' rows cancel like that: a mean of honest reports
+        has a spread of a few times its norm (about sqrt(s) for s unrelated reports).
+        """
+        if self._wide_pos is None:
+            summed = self._summed()
+            if self.mix is None or summed.shape[0] == 0:
+                self._wide_pos = []
+            else:
+                spread = np.abs(self.mix[summed]) @ np.sqrt(self._base.sq_norms())
+                own = np.sqrt(np.maximum(self.sq_norms()[summed], 0.0))
+                self._wide_pos = summed[spread > WIDE_SPREAD * own].tolist()
+        return self._wide_pos
+
+    def _wide_row(self, i: int) -> tuple[npt.NDArray[np.int64], F64]:
+        """Row i's nonzeros (indices, float64 values) as its exact float64 combination.
+
+        Built from the row's own reports only (the same sums, in the same order, as `combine`
+        forms them), through one float64[d] scratch. Kept while the kept rows hold at most as
+        many values as the base updates (16·N bytes); rows beyond that are rebuilt per call.
+        """
+        hit = self._wide_cache.get(i)
+        if hit is not None:
+            return hit
+        assert self.mix is not None
+        base, coef = self._base, self.mix[i]
+        src = np.flatnonzero(coef)
+        pos = np.concatenate(
+            [np.arange(base.offsets[k], base.offsets[k + 1], dtype=np.int64) for k in src]
+        )
+        dense = _wsum(base.idx[pos], coef[base.row_of[pos]] * base.vals[pos], self.size)
+        del pos
+        idx = np.flatnonzero(dense).astype(np.int64)
+        out = (idx, dense[idx])
+        del dense
+        if self._wide_cached + idx.shape[0] <= base.vals.shape[0]:
+            self._wide_cache[i] = out
+            self._wide_cached += idx.shape[0]
+        return out
+
     def dots(self, z: npt.NDArray[np.floating]) -> F64:
-        """float64[n'] of <y_i, z> for a dense z of length d."""
+        """float64[n'] of <y_i, z> for a dense z of length d.
+
+        From the base updates' dots, sum_k c_ik <z, u_k>, except for rows whose reports nearly
+        cancel (`_wide`), whose dot is taken on the row's own nonzeros: error about
+        1e-16·||z||·||y_i|| rather than 1e-16·||z||·sum_k |c_ik| ||u_k||.
+        """
         b = self._base.dots(z)
-        return b if self.mix is None else self.mix @ b
+        if self.mix is None:
+            return b
+        out: F64 = self.mix @ b
+        wide = self._wide()
+        if wide:
+            z64 = np.asarray(z, dtype=np.float64)
+            for i in wide:
+                idx, v = self._wide_row(i)
+                out[i] = float(z64[idx] @ v)
+        return out
 
     def combine(self, coef: npt.ArrayLike) -> F64:
         """sum_i coef[i] y_i as a dense float64[d] (one d-vector of memory)."""
         c = np.asarray(coef, dtype=np.float64)
         if c.shape != (len(self),):
             raise ValueError(f"need {len(self)} coefficients, got shape {c.shape}")
-        base = c if self.mix is None else self.mix.T @ c
-        return self._base.combine(base)
+        if self.mix is None:
+            return self._base.combine(c)
+        # Rows whose reports nearly cancel (`_wide`) are added from their own nonzeros: summed
+        # through the base updates, another row's values at the same coordinate would be
+        # added to c·1e20 and lost when the partner's -c·1e20 cancels it (the error is
+        # ~1e-16·sum_k |c_k u_kj| per coordinate). A single row (`dense_rows`) has no others.
+        wide = []
+        if np.count_nonzero(c) > 1 and self._summed().shape[0]:
+            wide = [i for i in self._wide() if c[i] != 0.0]
+        if not wide:
+            return self._base.combine(self.mix.T @ c)
+        rest = c.copy()
+        rest[wide] = 0.0
+        out = self._base.combine(self.mix.T @ rest)
+        for i in wide:
+            idx, v = self._wide_row(i)
+            out[idx] += c[i] * v
+        return out
 
     def blocks(self, block_elems: int = DEFAULT_BLOCK_ELEMS) -> Iterator[tuple[int, int, F32]]:
         """Yield `(start, stop, float32[n', stop - start])` coordinate blocks covering [0, d).
