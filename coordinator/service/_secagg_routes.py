@@ -245,16 +245,24 @@ class SecureRegistry:
             return [reasons[g] for g in sorted(reasons)]  # in group order
 
     def current_stage(self, round_id: int) -> Stage | None:
-        """The earliest stage still open in some group; None when every group is done."""
+        """The earliest stage still open in some group; None when every group is done, or
+        once `finish` sealed the round (unmasking, or finished): a group the close cut short
+        still sits at an earlier stage (`at_stage`), but that stage takes nothing more, so the
+        round's status says it is finishing, not that stage."""
         with self._lock:
-            at_stage = self._entry(round_id).at_stage
-            return next((s for s in _ORDER if at_stage[s]), None)
+            entry = self._entry(round_id)
+            if entry.sealed:
+                return None
+            return next((s for s in _ORDER if entry.at_stage[s]), None)
 
     def ready(self, round_id: int) -> bool:
-        """Every group closed its unmask stage or aborted: the round can be finished."""
+        """Every group closed its unmask stage or aborted, or the round is sealed (`finish`
+        closed every stage that will close): the round can be finished. Always
+        `current_stage(round_id) is None`."""
         with self._lock:
+            entry = self._entry(round_id)
             # No group is at any stage: each closed its unmask stage or aborted.
-            return not any(self._entry(round_id).at_stage.values())
+            return entry.sealed or not any(entry.at_stage.values())
 
     def close_due(self, round_id: int, timeout_s: float, idle_s: float | None = None) -> int:
         """Close each group's current stage whose deadline passed: `timeout_s` after the stage
