@@ -544,9 +544,11 @@ class _Base:
     def _blocks(self, width: int, *, sent: bool) -> Iterator[tuple[int, int, F32, Bools | None]]:
         bounds = np.array([*range(0, self.size, width), self.size], dtype=np.int64)
         # cut[j, b]: first position of update j at or after coordinate bounds[b].
-        cut = (
-            np.stack([np.searchsorted(u.indices, bounds) for u in self.updates]) if self.n else None
-        )
+        # Filled in place: stacking a list of its rows held the table twice at the peak.
+        cut = np.empty((self.n, bounds.shape[0]), dtype=np.int64) if self.n else None
+        if cut is not None:
+            for j, u in enumerate(self.updates):
+                cut[j] = np.searchsorted(u.indices, bounds)
         for b in range(bounds.shape[0] - 1):
             start, stop = int(bounds[b]), int(bounds[b + 1])
             block = np.zeros((self.n, stop - start), dtype=np.float32)
