@@ -604,7 +604,14 @@ def floor_times(f: float, n: int) -> int:
     return math.floor(Fraction(repr(float(f))) * n)
 
 
-def cohort_refusal(factory: Any, reports: int) -> str | None:
+def cohort_refusal(
+    factory: Any,
+    reports: int,
+    *,
+    unit: str = "reports",
+    src: str = "clients_per_round",
+    grow: str = "clients_per_round",
+) -> str | None:
     """Why a full round of `reports` reports can never meet a stage's bound, or None.
 
     Walks the stages (`inner` slots): Krum and multi-Krum need n > 2f + 2, NNM needs f < n/2
@@ -612,9 +619,10 @@ def cohort_refusal(factory: Any, reports: int) -> str | None:
     ⌊f·n⌋ >= 1; bucketing hands its inner rule ⌈n/s⌉ bucket means. A count f that fails at the
     full round fails in every smaller one too, so such a task could never run with the
     guarantee its rule is chosen for. Rounds that close with fewer reports (dropouts) are
-    recorded per round instead (`guarantee_holds`).
+    recorded per round instead (`guarantee_holds`). Secure grouped mode passes its group count
+    (`unit` "group sums", `src` how it follows from the task, `grow` what raises it).
     """
-    n, stage, unit, src = reports, factory, "reports", "clients_per_round"
+    n, stage, first = reports, factory, unit
     while stage is not None:
         if isinstance(stage, (Krum, NearestNeighborMixing)):
             f = resolve_f(stage.f, n)
@@ -627,23 +635,23 @@ def cohort_refusal(factory: Any, reports: int) -> str | None:
             if 0 < stage.f < 1 and f == 0:
                 return (
                     f"{name.split(':')[0]}: {given} of a full round's {n} {unit} ({src}) "
-                    "tolerates none, so no round has the rule's guarantee (raise "
-                    "clients_per_round or f)"
+                    f"tolerates none, so no round has the rule's guarantee (raise {grow} or f)"
                 )
             if not n > least:
                 return (
                     f"{name}, so {given} needs more than {least} {unit} a round, and a full "
-                    f"round has {n} ({src}) (raise clients_per_round or lower f)"
+                    f"round has {n} ({src}) (raise {grow} or lower f)"
                 )
         elif isinstance(stage, TrimmedMean) and stage.beta > 0 and resolve_f(stage.beta, n) == 0:
             return (
                 f"trimmed_mean: beta={_num(stage.beta)} trims floor(beta·n) = 0 of a full "
                 f"round's {n} {unit} ({src}) a side, so every round is the plain mean (raise "
-                "clients_per_round or beta)"
+                f"{grow} or beta)"
             )
         elif isinstance(stage, Bucketing):
             n, unit = -(-n // stage.bucket_size), "bucket means"
-            src = f"clients_per_round={reports} in buckets of {stage.bucket_size}"
+            whole = f"{src}={reports}" if first == "reports" else f"{reports} {first}, {src}"
+            src = f"{whole} in buckets of {stage.bucket_size}"
         stage = getattr(stage, "inner", None)
     return None
 

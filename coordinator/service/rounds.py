@@ -496,6 +496,20 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
             check_plan(settings, cohort, spec.size, least=max(cfg.min_reports, 3))
         except ValueError as exc:
             raise ValueError(f"secure: {exc}") from None
+        g = settings.config.group_size
+        if g is not None:
+            # Grouped mode: the group aggregator's n is the number of group sums, at most
+            # max(1, cohort // g) (`split_groups`; the last group takes the remainder).
+            groups = max(1, cohort // g)
+            short = cohort_refusal(
+                _aggregator(settings.config.group_aggregator),
+                groups,
+                unit="group sums",
+                src=f"{cohort} devices selected in groups of secure.group_size={g}",
+                grow="clients_per_round or lower secure.group_size",
+            )
+            if short is not None:
+                raise ValueError(f"secure.group_aggregator: {short}")
     return spec
 
 
