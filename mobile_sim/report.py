@@ -322,10 +322,18 @@ def abandoned_warning(result: SimResult) -> str | None:
     # mobile_sim.runner._abandoned_selection) never opened to devices, deadline or not.
     short = all(_ENGINE_SHORT.fullmatch(why) for why in reasons)
     unpooled = all(why.startswith("selection:") and "below min_reports" in why for why in reasons)
+    # A realistic run without --deadline ran with the coordinator's default (runner's
+    # with_coordinator_deadline): the user passed no --deadline to blame.
+    if cfg.deadline_s is None:
+        before = ""
+    elif getattr(cfg, "deadline_defaulted", False):
+        before = f"before the coordinator's default {cfg.deadline_s:g} s deadline"
+    else:
+        before = f"before --deadline {cfg.deadline_s:g} s"
     if short and cfg.deadline_s is not None and all(r.reports == 0 for r in lost):
-        why = f"no report before --deadline {cfg.deadline_s:g} s"
+        why = f"no report {before}"
     elif short and cfg.deadline_s is not None:
-        why = f"fewer than --min-reports {cfg.min_reports} reports before --deadline {cfg.deadline_s:g} s"
+        why = f"fewer than --min-reports {cfg.min_reports} reports {before}"
     elif unpooled:
         why = f"the check-in pool never held --min-reports {cfg.min_reports} devices"
     else:

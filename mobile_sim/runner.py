@@ -449,15 +449,29 @@ class SimConfig:
             del values["plugins"]
         if self.min_memory_mb is None:
             del values["min_memory_mb"]  # likewise
+        if self.deadline_defaulted:
+            # Only then: a config without the key (every rounds.json before it) had its
+            # deadline, if any, given by the user.
+            values["deadline_defaulted"] = True
         return values
+
+    @property
+    def deadline_defaulted(self) -> bool:
+        """Whether `deadline_s` is the coordinator's default that `with_coordinator_deadline`
+        filled in (no deadline was given), not the user's. Not a field: it is set by that
+        method only, and a config built with a deadline (even 60 s) has it False."""
+        return bool(getattr(self, "_deadline_defaulted", False))
 
     def with_coordinator_deadline(self) -> SimConfig:
         """This config with the deadline its rounds run with: realistic mode without one gets
         the coordinator's default (`TaskConfig.deadline_s`), as a coordinator task always has
-        a deadline and waits to it for a round that cannot fill; otherwise `self`."""
+        a deadline and waits to it for a round that cannot fill (`deadline_defaulted` True,
+        and rounds.json's config says `"deadline_defaulted": true`); otherwise `self`."""
         if self.fleet != "realistic" or self.deadline_s is not None:
             return self
-        return replace(self, deadline_s=COORDINATOR_DEADLINE_S)
+        out = replace(self, deadline_s=COORDINATOR_DEADLINE_S)
+        object.__setattr__(out, "_deadline_defaulted", True)
+        return out
 
 
 @dataclass
