@@ -198,10 +198,11 @@ def test_an_interrupted_release_is_finished_by_the_next_pass_through_the_guard(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Prepare: an interrupt falls in the release's bookkeeping (at its look-up of the hold).
-    store = DeviceStore(tmp_path)
-
+    # The store claims its directory in the stand-in table (armed only after the claim), so
+    # that the process's own table keeps no hold of this test's directory once monkeypatch
+    # puts it back (a stale hold there outlived the test before).
     class Holds(dict[Any, Any]):
-        interrupted = False
+        interrupted = True
 
         def get(self, *args: Any) -> Any:
             if not Holds.interrupted:
@@ -210,6 +211,8 @@ def test_an_interrupted_release_is_finished_by_the_next_pass_through_the_guard(
             return super().get(*args)
 
     monkeypatch.setattr(device_store, "_HOLDS", Holds(device_store._HOLDS))
+    store = DeviceStore(tmp_path)
+    Holds.interrupted = False
 
     # Execute: the interrupt reaches close()'s caller, who closes again.
     with pytest.raises(_Interrupt):
