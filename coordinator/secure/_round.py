@@ -217,7 +217,10 @@ class SecureRound:
     def finish(self) -> GroupResult:
         """End the unmask stage: reconstruct, unmask the sum, decode it (or `RoundAborted`)."""
         t0 = time.perf_counter()
-        res = self.server.finish()
+        try:
+            res = self.server.finish()
+        except RoundAborted as exc:
+            raise self._naming_suspects(exc) from exc
         c, w_max = len(res.contributors), self.plan.max_weight
         self.unmasked = c
         reason = None
@@ -247,6 +250,19 @@ class SecureRound:
             sketch,
             tuple(self.device_ids[i] for i in res.suspects),
         )
+
+    def _naming_suspects(self, exc: RoundAborted) -> RoundAborted:
+        """`exc` (the server's unmask abort), its reason followed by the device ids of the
+        suspects it may name by node number (the error-correction budget's abort), so that a
+        caller without the plan (mobile_sim, a log) can tell who lied; unchanged without
+        suspects. The server's own `abort_reason` is set to the same text."""
+        suspects = sorted(self.server.state.suspects)
+        if not suspects:
+            return exc
+        devices = [self.device_ids[i] for i in suspects]
+        reason = f"{exc}; suspect devices, in node order: {devices}"
+        self.server.state.abort_reason = reason
+        return RoundAborted(reason)
 
     def _out_of_range(self, total: npt.NDArray[np.uint64], contributors: int) -> int:
         """How many ring sums no honest cohort sends: values above W (2^b - 1) + headroom and
