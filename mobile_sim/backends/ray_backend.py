@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -35,6 +36,34 @@ __all__ = ["RayBackend", "RayWorkerError"]
 
 # Seconds the actors get to be scheduled and build their model (import torch, get the data).
 _START_TIMEOUT_S = 300.0
+# Seconds a plain host:port address gets to accept a TCP connection before `start` gives up
+# (ray.init would otherwise retry an unreachable address for minutes).
+_CONNECT_TIMEOUT_S = 5.0
+
+
+def check_reachable(address: str, source: str, timeout_s: float = _CONNECT_TIMEOUT_S) -> None:
+    """Fail at once, in one line, when a plain ``host:port`` Ray address takes no TCP
+    connection within `timeout_s` (`source` says where the address came from). Other forms
+    ("auto", "local", ``ray://...``, anything without a numeric port) are left to Ray."""
+    if "://" in address or address in ("auto", "local"):
+        return
+    host, sep, port_text = address.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        return
+    host = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [::1]:6379
+    try:
+        with socket.create_connection((host, int(port_text)), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        if isinstance(exc, TimeoutError):
+            why = f"no answer in {timeout_s:g} s"
+        else:
+            why = (exc.strerror or str(exc) or type(exc).__name__).lower()
+        raise ConnectionError(
+            f"cannot reach a Ray cluster at {address} (given by {source}): {why}; start one "
+            "there (ray start --head) or fix the address (without RAY_ADDRESS or address=, "
+            "plume starts a private local Ray runtime)"
+        ) from None
 
 
 class RayWorkerError(RuntimeError):
@@ -77,6 +106,7 @@ class RayBackend:
             raise ValueError(f"inner backend must be one of {INNER_BACKENDS}, got {inner!r}")
         self.workers = workers
         self.address = address or os.environ.get("RAY_ADDRESS") or None
+        self._address_source = "RayBackend(address=...)" if address else "RAY_ADDRESS"
         self.num_cpus = num_cpus
         self.inner = inner
         self.threads_per_worker = threads_per_worker
@@ -103,6 +133,7 @@ class RayBackend:
             if self.runtime_env is not None:
                 kwargs["runtime_env"] = self.runtime_env
             if self.address:
+                check_reachable(self.address, self._address_source)
                 ray.init(address=self.address, **kwargs)
             else:
                 # "local": a private runtime even when a cluster was started on this machine
