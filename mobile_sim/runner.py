@@ -863,7 +863,12 @@ def _device_ids(n: int) -> list[str]:
 def train_context(cfg: SimConfig, data: FederatedData) -> TrainContext:
     """The context a backend is started with for `cfg` on `data`: one for the plain and the
     secure run (mobile_sim.secure), so that neither leaves out what the other passes on (the
-    secure run's lacked the plugins, and a spawned pool worker found no plugin model)."""
+    secure run's lacked the plugins, and a spawned pool worker found no plugin model).
+
+    `ort_artifacts` is made absolute against the current directory, as the plugins are (their
+    `plugin_root`): a Ray actor runs in the directory `ray start` ran in, where a relative
+    path names another folder or none."""
+    artifacts = None if cfg.ort_artifacts is None else os.path.abspath(cfg.ort_artifacts)
     return TrainContext(
         model=cfg.model_name,
         x_train=data.x_train,
@@ -872,7 +877,7 @@ def train_context(cfg: SimConfig, data: FederatedData) -> TrainContext:
         batch_size=cfg.batch_size,
         lr=cfg.lr,
         momentum=cfg.momentum,
-        ort_artifacts=cfg.ort_artifacts,
+        ort_artifacts=artifacts,
         plugins=cfg.plugins,
         plugin_root=cfg.plugin_root,
     )
