@@ -197,6 +197,35 @@ def _error_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
+# The simulator's worker errors, by (module, class): looked up in sys.modules, so neither the
+# simulator nor Ray is imported to check (an error of a module never imported is none of them).
+_WORKER_ERRORS = (
+    ("mobile_sim.backends.process_pool", "PoolWorkerError"),
+    ("mobile_sim.backends.ray_backend", "RayWorkerError"),
+    ("ray.exceptions", "RayError"),  # an actor's exception (RayTaskError), a dead actor, ...
+)
+
+
+def _worker_error_line(exc: BaseException) -> str | None:
+    """The one line for a simulator worker's failure (`plume sim --backend pool|ray`), or None
+    when `exc` is not one. The traceback a worker sends along is left for PLUME_DEBUG=1: the
+    line keeps its last line (the exception itself)."""
+    for module, name in _WORKER_ERRORS:
+        cls = getattr(sys.modules.get(module), name, None)
+        if isinstance(cls, type) and isinstance(exc, cls):
+            break
+    else:
+        return None
+    cause = getattr(exc, "cause", None)  # RayTaskError: the actor's own exception
+    if name == "RayError" and isinstance(cause, BaseException):
+        return f"a Ray actor failed: {type(cause).__name__}: {_error_line(cause)}"
+    head, _, rest = str(exc).strip().partition("\n")
+    lines = [line.strip() for line in rest.splitlines() if line.strip()]
+    if head.endswith(":") and lines:  # "a worker failed:" and the worker's traceback
+        return f"{head} {lines[-1]}"
+    return head or type(exc).__name__
+
+
 def _unrecognized(parser: argparse.ArgumentParser, prog: str, extras: list[str]) -> NoReturn:
     """Refuse `extras` as the command they were typed for (`plume sim: error: ...`, with its
     usage), not as `plume`'s, and suggest the closest option of that command."""
@@ -236,7 +265,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141
-    except (ValueError, OSError) as exc:
+    except Exception as exc:
+        # A simulator's worker that failed, died or stalled (pool, Ray): one line, status 1.
+        # Checked first: Ray's error for an actor's exception is also an instance of that
+        # exception's class (a ValueError in an actor would pass for a usage mistake).
+        worker = _worker_error_line(exc)
+        if worker is not None:
+            if debug_enabled():
+                raise
+            print_error(prog, worker)
+            return 1
+        if not isinstance(exc, (ValueError, OSError)):
+            raise
         # The commands turn the mistakes they expect into sentences; this is the net under
         # them, so a bad value or an unreadable file still ends in one line, not a traceback.
         if debug_enabled():
