@@ -5,7 +5,8 @@
 ``address="auto"``, an explicit ``ray://`` / ``host:port`` address or the ``RAY_ADDRESS``
 environment variable it joins a running cluster (``ray start --head`` on one node,
 ``ray start --address=HEAD:6379`` on the others). Every node needs Plume installed, or pass
-``runtime_env={"py_modules": [...]}``.
+``runtime_env={"py_modules": [...]}`` (to ray.init when the backend starts Ray; in a runtime the
+caller started, to the actors themselves, where Ray takes no local folders or modules).
 """
 
 from __future__ import annotations
@@ -64,6 +65,27 @@ def check_reachable(address: str, source: str, timeout_s: float = _CONNECT_TIMEO
             "there (ray start --head) or fix the address (without RAY_ADDRESS or address=, "
             "plume starts a private local Ray runtime)"
         ) from None
+
+
+def _actor_runtime_env(env: dict[str, Any]) -> dict[str, Any]:
+    """`env` for the actors' own options, in a Ray runtime the caller started (ray.init before
+    `start`): a runtime_env given only to this backend would otherwise be dropped. Ray uploads
+    local folders, files or imported modules (``py_modules``, ``working_dir``) only for the
+    runtime_env given to ray.init, so those are refused here, in one line that says where to
+    put them; URIs and every other field (``env_vars``, ``pip``, ...) go to the actors."""
+    local: list[str] = []
+    modules = env.get("py_modules")
+    for item in [*(modules if isinstance(modules, list) else []), env.get("working_dir")]:
+        if item is not None and not (isinstance(item, str) and "://" in item):
+            local.append(getattr(item, "__name__", None) or str(item))
+    if local:
+        raise ValueError(
+            "RayBackend(runtime_env=...): Ray uploads local py_modules/working_dir "
+            f"({', '.join(local)}) only when they are given to ray.init, and this process "
+            "started Ray before the backend: give the runtime_env to that ray.init(...) "
+            "instead of to RayBackend, or let the backend start Ray"
+        )
+    return env
 
 
 class RayWorkerError(RuntimeError):
@@ -149,7 +171,11 @@ class RayBackend:
         total = float(ray.cluster_resources().get("CPU", 0.0))
         cpus = 1.0 if total >= n else math.floor(total / n * 1e4) / 1e4
         say(f"starting {n} Ray actor{'s' if n != 1 else ''}")
-        actor_cls = ray.remote(num_cpus=cpus)(WorkerState)
+        options: dict[str, Any] = {"num_cpus": cpus}
+        if self.runtime_env is not None and not self._owns_runtime:
+            # The caller's runtime (ray.init before start) never saw it: the actors take it.
+            options["runtime_env"] = _actor_runtime_env(self.runtime_env)
+        actor_cls = ray.remote(**options)(WorkerState)
         ctx_ref = ray.put(ctx)
         self._actors = [
             actor_cls.remote(ctx_ref, self.inner, self.threads_per_worker) for _ in range(n)
