@@ -93,7 +93,8 @@ class RayWorkerError(RuntimeError):
 
 
 class RayBackend:
-    """Trains each round's jobs on `workers` Ray actors (default: one per CPU Ray reports).
+    """Trains each round's jobs on `workers` Ray actors (default: one per CPU that is free when
+    `start` runs, `ray.available_resources()`).
 
     The training context is put in Ray's object store once and each actor keeps it (importing
     its plugins before it builds the model: on a cluster every node needs them); each round
