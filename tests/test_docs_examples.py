@@ -1518,6 +1518,9 @@ def test_keyword_arguments_in_docs_exist() -> None:
 FOREIGN_FLAGS = {
     "--no-deps": "pip's (docs/devices.md installs the package without torch)",
     "--shm-size": "docker's (docs/simulator.md, Ray in a container)",
+    "--head": "ray start's (docs/simulator.md, a Ray cluster)",
+    "--address": "ray start's (docs/simulator.md, a Ray cluster)",
+    "--temp-dir": "ray start's (docs/simulator.md, a Ray cluster on a shared machine)",
     "--secure-*": "the family of create-task's --secure-... flags",
 }
 
