@@ -68,6 +68,7 @@ from protocol.messages import (
 )
 from protocol.names import CheckInAction, Feature, Header, ModelEncoding, Path, Reason
 from protocol.secagg import RoundAborted, SecAggHeader, SecAggPath, Stage
+from protocol.tls import tls_verify as _tls_verify
 
 from ._types import CancelFlag, LocalTrainer, TrainingCancelled
 from .device import UpdateEncoder
@@ -1398,35 +1399,6 @@ def _check_timeout(timeout: object) -> None:
         raise TypeError(f"timeout must be a number of seconds, not {type(timeout).__name__}")
     if not (math.isfinite(timeout) and timeout > 0):
         raise ValueError(f"timeout must be finite seconds > 0, not {timeout!r}")
-
-
-def _tls_verify(verify: bool | str | os.PathLike[str] | ssl.SSLContext) -> bool | ssl.SSLContext:
-    """`verify` as httpx takes it without a warning: `True`, `False` or an `ssl.SSLContext` as
-    given; the path of a CA bundle (a PEM file, or a directory of hashed certificates, as httpx
-    read it) as a context trusting it, made here, since httpx 0.28 deprecates `verify=<str>`.
-    `ValueError` naming the path for one that is missing, unreadable or holds no certificate
-    (httpx's was a bare `FileNotFoundError` naming nothing); `TypeError` for anything else."""
-    if isinstance(verify, bool | ssl.SSLContext):
-        return verify
-    if not isinstance(verify, str | os.PathLike):
-        raise TypeError(
-            "verify must be True, False, the path of a CA bundle or an ssl.SSLContext, not "
-            f"{type(verify).__name__}"
-        )
-    path = os.fspath(verify)
-    try:
-        if os.path.isdir(path):
-            return ssl.create_default_context(capath=path)
-        return ssl.create_default_context(cafile=path)
-    except FileNotFoundError:
-        raise ValueError(f"verify={path!r}: no such CA bundle file") from None
-    except (ssl.SSLError, ValueError) as exc:  # read, but no PEM certificate in it
-        raise ValueError(
-            f"verify={path!r} holds no PEM certificate ({exc}): give the CA that signed the "
-            "coordinator's certificate (for a self-signed one, that certificate itself)"
-        ) from exc
-    except OSError as exc:
-        raise ValueError(f"verify={path!r}: cannot read the CA bundle: {exc}") from exc
 
 
 def _url_hint(
