@@ -7,6 +7,7 @@ import argparse
 import contextlib
 import difflib
 import errno
+import fcntl
 import json
 import math
 import os
@@ -677,7 +678,10 @@ def register(sub: Any) -> None:
             "--db that exists and is not a Plume database or has other hard links (--force "
             "replaces it anyway). The "
             "database's -wal file, which a killed coordinator leaves, is folded in first and "
-            "then overwritten, never replayed onto the restored pages. Everything stored "
+            "then overwritten, never replayed onto the restored pages; the database is left "
+            "one file, as backup writes it. The backup is only read, nothing is created "
+            "beside it; one with a non-empty -wal or -journal beside it, or that serve "
+            "serves, is refused. Everything stored "
             "after the backup is lost (docs/operations.md, Persistence and recovery)."
         ),
         epilog=(
@@ -1777,12 +1781,16 @@ def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> int:
     return path.stat().st_size
 
 
-def _connect_existing(path: Path, *, read_only: bool = False) -> sqlite3.Connection:
+def _connect_existing(path: Path, *, immutable: bool = False) -> sqlite3.Connection:
     """A connection to the SQLite file at `path`, which must exist (a plain connect would
-    create an empty database where a path was mistyped)."""
+    create an empty database where a path was mistyped). `immutable`: read-only, and SQLite
+    neither locks the file nor opens or creates anything beside it (a backup flagged WAL, as
+    a `cp` of a served database or sqlite3's `.backup` of one is, otherwise gets a -wal and
+    a -shm created beside it, and cannot be read at all where its folder is read-only); a
+    -wal or -journal beside it is ignored, so `_backup_file_problem` refuses those first."""
     from urllib.parse import quote
 
-    mode = "ro" if read_only else "rw"
+    mode = "ro&immutable=1" if immutable else "rw"
     conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode={mode}", uri=True)
     conn.execute("PRAGMA busy_timeout=5000")
     return conn
@@ -1899,8 +1907,13 @@ def _restore(args: argparse.Namespace) -> int:
                 "another name holds a lock restore cannot see; stop it, then give --force",
             )
         try:
-            with contextlib.closing(_connect_existing(source_path, read_only=True)) as source:
-                what = f"--from {args.source}"
+            what = f"--from {args.source}"
+            if problem := _backup_file_problem(source_path):
+                raise ValueError(
+                    f"{what} {problem}; make a one-file backup of it with `plume coordinator "
+                    f"backup --db {args.source} --out FILE` and restore that file"
+                )
+            with contextlib.closing(_connect_existing(source_path, immutable=True)) as source:
                 version, tasks = _plume_info(source, what)
                 problem = schema_version_problem(
                     version, "a backup of a newer Plume: restore it with that version"
@@ -1918,8 +1931,11 @@ def _restore(args: argparse.Namespace) -> int:
                             "replace it with the backup"
                         )
                     source.backup(target)
-                    if target.execute("PRAGMA journal_mode").fetchone()[0] == "wal":
-                        target.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                    # One file, as `backup` writes, whatever the backup's header said: the
+                    # -wal is checkpointed and deleted (serve turns WAL back on).
+                    mode = target.execute("PRAGMA journal_mode=DELETE").fetchone()[0]
+                    if mode != "delete":
+                        raise sqlite3.OperationalError(f"journal mode stayed {mode}")
         except ValueError as exc:
             _fail(prog, str(exc))
         except (sqlite3.Error, OSError) as exc:
@@ -1936,6 +1952,32 @@ def _check_integrity(conn: sqlite3.Connection, what: str) -> None:
     check = conn.execute("PRAGMA integrity_check").fetchone()
     if check != ("ok",):
         raise ValueError(f"{what} fails SQLite's integrity check ({check[0]})")
+
+
+def _backup_file_problem(path: Path) -> str | None:
+    """Why the file at `path` is not a backup restore may read as it stands, or None: a
+    coordinator serving it (its `.lock` held: read without creating anything), or a -wal or
+    -journal beside it holding writes the file alone lacks (a database killed mid-write or
+    in use, not a backup). An empty -wal (one a reader left) holds none."""
+    from .service.store import lock_path
+
+    with contextlib.suppress(OSError):
+        fd = os.open(lock_path(path), os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            return f"is a database a coordinator (pid {holder}) serves, not a backup"
+        finally:
+            os.close(fd)
+    for side in ("-wal", "-journal"):
+        with contextlib.suppress(OSError):
+            if (size := os.stat(os.path.realpath(path) + side).st_size) > 0:
+                return (
+                    f"has a {side} file beside it ({size} bytes): writes the file alone does "
+                    "not hold (a database a process was writing, not a backup)"
+                )
+    return None
 
 
 def _restore_target_problem(conn: sqlite3.Connection) -> str | None:

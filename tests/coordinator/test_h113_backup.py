@@ -13,6 +13,7 @@ import json
 import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -145,7 +146,7 @@ def test_restore_refuses_and_leaves_the_database_as_it_was(
     if case in ("serving", "newer"):
         Store(bak).close()
     if case == "newer":
-        with sqlite3.connect(bak) as conn:
+        with closing(sqlite3.connect(bak)) as conn, conn:  # closed: no -wal left
             conn.execute("UPDATE meta SET value='99' WHERE key='schema_version'")
     if case == "not plume":
         bak.write_bytes(b"not a database at all" * 100)

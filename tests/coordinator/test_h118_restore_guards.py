@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -154,7 +155,7 @@ def test_a_schema_version_store_refuses_is_refused_by_restore(
     db, bak = tmp_path / "plume.db", tmp_path / "b.db"
     _marked(db, "live")
     _marked(bak, "backup")
-    with sqlite3.connect(bak) as conn:
+    with closing(sqlite3.connect(bak)) as conn, conn:  # closed: no -wal left
         conn.execute("UPDATE meta SET value='04' WHERE key='schema_version'")
     with pytest.raises(StoreError) as refused:
         Store(bak)
