@@ -37,6 +37,7 @@ from protocol.messages import (
     unpack_chain,
 )
 from protocol.names import ContentType, Header, ModelEncoding, Path
+from protocol.tls import tls_verify
 
 __all__ = [
     "AdminClient",
@@ -172,6 +173,9 @@ class AdminError(RuntimeError):
 
 class AdminClient:
     """`AdminClient(url, token)`; `transport` is the same httpx seam as the device SDK's.
+    `verify` is `True`, `False`, an `ssl.SSLContext` or the path of a CA bundle (a PEM file or
+    a directory of hashed certificates), read as the SDK's `Client` reads it
+    (`protocol.tls.tls_verify`): a bad path is a `ValueError` naming it, at construction.
 
     Every answer is asked for and read as sent (`Accept-Encoding: identity`; one with a
     Content-Encoding is refused unread, never inflated), at most `max_response_bytes` of it
@@ -189,9 +193,9 @@ class AdminClient:
         max_response_bytes: int = MAX_ADMIN_RESPONSE,
         max_response_s: float = MAX_ADMIN_RESPONSE_S,
     ) -> None:
-        if isinstance(verify, (str, os.PathLike)):
-            # A CA bundle's path becomes its context here: httpx 0.28 deprecates `verify=<str>`.
-            verify = ssl.create_default_context(cafile=os.fspath(verify))
+        # A CA bundle's path (file or directory) becomes its context, as in the SDK's Client:
+        # httpx 0.28 deprecates `verify=<str>`. ValueError naming a bad path, TypeError else.
+        tls = tls_verify(verify)
         if max_response_bytes < 1:
             raise ValueError("max_response_bytes must be at least 1")
         if not (0 < max_response_s < math.inf):  # NaN included
@@ -201,7 +205,7 @@ class AdminClient:
         self._http = httpx.Client(
             base_url=base_url,
             transport=transport,
-            verify=verify,
+            verify=tls,
             timeout=timeout,
             headers={"authorization": f"Bearer {token}", "accept-encoding": "identity"},
         )
