@@ -92,8 +92,9 @@ class SecureConfig:
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {v}")
         if self.noise != NoiseKind.NONE:
-            if not self.noise_multiplier > 0:
-                raise ValueError("noise needs noise_multiplier > 0")
+            z = self.noise_multiplier
+            if not (math.isfinite(z) and z > 0):
+                raise ValueError(f"noise needs a finite noise_multiplier > 0, got {z}")
             if self.max_weight != 1:
                 raise ValueError("distributed DP needs max_weight=1 (uniform weights)")
         if not 0.0 <= self.expected_dropout < 1.0 or not 0.0 < self.dp_delta < 1.0:

@@ -66,7 +66,8 @@ class PlanNumbers(NamedTuple):
 
 def plan_numbers(config: SecureConfig, num_nodes: int, k: int) -> PlanNumbers:
     """`PlanNumbers` of a plan for `num_nodes` devices over k coordinates: arithmetic only.
-    Raises `RingOverflow` past 64 ring bits.
+    Raises `RingOverflow` past 64 ring bits, and a ValueError when the DP noise is past a
+    float's range (a huge noise_multiplier, or a clip so small its quantizer scale is).
 
     The ring is not monotone in n under DP: the noise headroom follows
     n / ceil((1 - expected_dropout) n), which rounding makes uneven."""
@@ -75,11 +76,26 @@ def plan_numbers(config: SecureConfig, num_nodes: int, k: int) -> PlanNumbers:
     coord_bound = min(config.clip_norm, config.coord_bound_sigmas * config.clip_norm / math.sqrt(k))
     variance, headroom = 0.0, 0
     if config.dp:
-        sens = integer_sensitivity(config.clip_norm, coord_bound, config.value_bits, k)
         n_min = max(threshold, math.ceil((1.0 - config.expected_dropout) * num_nodes))
-        variance = (config.noise_multiplier * sens) ** 2 / n_min
-        # 8 standard deviations of the full-cohort noise sum: P[exceed] < 1e-15 per coordinate.
-        headroom = math.ceil(8.0 * math.sqrt(variance * num_nodes)) + 1
+        sens = math.nan
+        try:
+            sens = integer_sensitivity(config.clip_norm, coord_bound, config.value_bits, k)
+            variance = (config.noise_multiplier * sens) ** 2 / n_min
+            # 8 standard deviations of the full-cohort noise sum: P[exceed] < 1e-15 per
+            # coordinate.
+            headroom = math.ceil(8.0 * math.sqrt(variance * num_nodes)) + 1
+        except ArithmeticError:  # (z sens)^2, 1 / C' or the headroom past a float's range
+            fix = (
+                "lower noise_multiplier"
+                if math.isfinite(sens)
+                else f"the per-coordinate bound {coord_bound:g} is too small to quantize: "
+                "raise clip_norm or coord_bound_sigmas"
+            )
+            raise ValueError(
+                f"the noise of {num_nodes} devices over {k} coordinates is past a float's "
+                f"range (noise_multiplier {config.noise_multiplier:g}, integer-domain "
+                f"sensitivity {sens:.6g}): {fix}"
+            ) from None
     ring = required_ring_bits(num_nodes, config.max_weight, config.value_bits, headroom)
     return PlanNumbers(degree, threshold, coord_bound, variance, headroom, ring)
 

@@ -20,6 +20,7 @@ import numpy.typing as npt
 
 from compression import ModelSpec
 from coordinator.secure import (
+    PlanNumbers,
     SecureConfig,
     SecureCoordinator,
     budget_k,
@@ -232,7 +233,14 @@ def check_plan(settings: SecureSettings, cohort: int, model_size: int, least: in
             "message (16 MiB); lower secure.coord_fraction or secure.upload_budget"
         )
     pairs = {(n, coords[split]) for split in splits for n in split}
-    numbers = {(n, k): plan_numbers(cfg, n, k) for n, k in pairs}
+    numbers: dict[tuple[int, int], PlanNumbers] = {}
+    for n, k in sorted(pairs):
+        try:
+            numbers[n, k] = plan_numbers(cfg, n, k)
+        except ValueError as exc:  # a ring past 64 bits, or noise past a float's range
+            raise ValueError(
+                f"a round's group of {n} devices (|S_r| = {k}) cannot be planned: {exc}"
+            ) from None
     extremes = (
         lambda p: (numbers[p].degree, p[0]),  # degree and size limits
         lambda p: numbers[p].degree - 2 * numbers[p].threshold,  # t > k/2
