@@ -2470,10 +2470,12 @@ class Client:
       `ClientError`, reason `tls_certificate`) at the first attempt.
     - `backoff_s`: the first wait before a retry, doubling each attempt up to
       `MAX_BACKOFF_S` (60 s) per wait; a `Retry-After` (capped at 30 s) takes its place.
-    - `verify`: TLS verification: `True` (the system's CAs, as httpx's), `False` (none: for
+    - `verify`: TLS verification: `True` (httpx's default: the `certifi` bundle, or
+      `SSL_CERT_FILE`/`SSL_CERT_DIR` when set; not the system store), `False` (none: for
       tests only), an `ssl.SSLContext`, or the path of the coordinator's CA bundle (a PEM
       file, or a directory of hashed certificates), read into a context at construction: a
-      path that is missing, unreadable or holds no certificate is a `ValueError` naming it.
+      path that is empty, missing, unreadable or holds no certificate is a `ValueError`
+      naming it.
     - `mods`: client middleware, `mod(request, next) -> response`, outermost first.
     - `clock`: the device's wall clock, seconds since the epoch: request signatures, and a
       round's deadline when the coordinator's answer carries no usable `Date`.
