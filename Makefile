@@ -39,7 +39,10 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 # Every benchmark at the issues' settings (hours on 2 cores); results land in bench/results/
-# and docs/benchmarks.md is regenerated from them. `make bench-quick` is a smoke run of each.
+# and docs/benchmarks.md is regenerated from them. `make bench-quick` is a smoke run of each:
+# a --quick run never writes a canonical results file unless --out names it; it writes
+# bench/results/<name>_quick.json (marked "quick": true) beside <name>.json, and
+# bench/summarize.py refuses a results file or section marked quick (bench/_common.py).
 BENCHES := codec bandwidth_accuracy coordinator_ingest secagg robustness privacy onnx_train sim_throughput server_opt
 
 bench: $(STAMP)

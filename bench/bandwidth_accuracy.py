@@ -5,7 +5,7 @@ Runs the MNIST-CNN config of issue 2 twice in one invocation (dense, then compre
 Writes bench/results/bandwidth_accuracy.json and a plot of accuracy against cumulative upload.
 
     python bench/bandwidth_accuracy.py                  # the issue's setting
-    python bench/bandwidth_accuracy.py --quick          # 3 rounds, a smoke run
+    python bench/bandwidth_accuracy.py --quick          # 3 rounds, a smoke run (*_quick.json)
     python bench/bandwidth_accuracy.py --explore        # also the knob sweep (long)
 """
 
@@ -24,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from bench._common import command_line, quick_stem  # noqa: E402
 from mobile_sim.report import machine_info, plot_accuracy_vs_bytes, utc_now  # noqa: E402
 from mobile_sim.runner import SimConfig, SimResult, run_simulation  # noqa: E402
 
@@ -60,7 +61,14 @@ def _summ(res: SimResult) -> dict[str, Any]:
     }
 
 
-def _explore(base: SimConfig, dense: SimResult, out: Path, quick: bool) -> int:
+def results_path(args: argparse.Namespace) -> Path:
+    """This run's JSON, in the --out folder: bandwidth_accuracy.json (--explore:
+    bandwidth_accuracy_explore.json), `_quick` before `.json` for a --quick run."""
+    stem = "bandwidth_accuracy_explore" if args.explore else "bandwidth_accuracy"
+    return Path(args.out) / (quick_stem(stem, args.quick) + ".json")
+
+
+def _explore(base: SimConfig, dense: SimResult, path: Path, quick: bool, command: str) -> int:
     """One run per knob, each against the same dense baseline; writes *_explore.json."""
     sweep: dict[str, Any] = {}
     runs = [("dense fp32", [asdict(r) for r in dense.records])]
@@ -74,10 +82,10 @@ def _explore(base: SimConfig, dense: SimResult, out: Path, quick: bool) -> int:
         print(
             f"{name}: accuracy {res.final_accuracy:.4f}, ratio {res.upload_ratio:.1f}x", flush=True
         )
-    stem = "bandwidth_accuracy_explore" + ("_quick" if quick else "")
     doc = {
         "benchmark": "bandwidth_accuracy knob sweep",
-        "command": "python bench/bandwidth_accuracy.py --explore" + (" --quick" if quick else ""),
+        "command": command,
+        "quick": quick,
         "base_config": base.as_dict(),
         "dense_final_accuracy": dense.final_accuracy,
         "dense": _summ(dense),
@@ -85,9 +93,9 @@ def _explore(base: SimConfig, dense: SimResult, out: Path, quick: bool) -> int:
         "machine": machine_info(),
         "date": utc_now(),
     }
-    (out / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
-    plot_accuracy_vs_bytes(runs, out / f"{stem}.png", title="knob sweep (MNIST CNN)")
-    print(f"wrote {out / (stem + '.json')}")
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    plot_accuracy_vs_bytes(runs, path.with_suffix(".png"), title="knob sweep (MNIST CNN)")
+    print(f"wrote {path}")
     return 0
 
 
@@ -144,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     dense_cfg = replace(base, dense=True, server_lr=1.0)
     dense = run_simulation(dense_cfg, label="dense fp32")
     if args.explore:
-        return _explore(base, dense, out, args.quick)
+        return _explore(base, dense, results_path(args), args.quick, command_line(__file__, argv))
     # The control: dense at the compressed run's server step size, so the gain from the step
     # size is not mistaken for a gain from compression.
     control = None
@@ -161,7 +169,8 @@ def main(argv: list[str] | None = None) -> int:
     delta_pp = 100.0 * ((comp.final_accuracy or 0.0) - (dense.final_accuracy or 0.0))
     result: dict[str, Any] = {
         "benchmark": "bandwidth_accuracy",
-        "command": "python bench/bandwidth_accuracy.py" + (" --quick" if args.quick else ""),
+        "command": command_line(__file__, argv),
+        "quick": bool(args.quick),
         "config": base.as_dict(),
         "dense_final_accuracy": dense.final_accuracy,
         "compressed_final_accuracy": comp.final_accuracy,
@@ -191,11 +200,11 @@ def main(argv: list[str] | None = None) -> int:
         )
         runs.append((control.label, [asdict(r) for r in control.records]))
     runs.append((comp.label, [asdict(r) for r in comp.records]))
-    stem = "bandwidth_accuracy" + ("_quick" if args.quick else "")
+    path = results_path(args)
     plot_accuracy_vs_bytes(
-        runs, out / f"{stem}.png", title="MNIST CNN, 100 clients, Dirichlet 0.5, 10/round, E=5"
+        runs, path.with_suffix(".png"), title="MNIST CNN, 100 clients, Dirichlet 0.5, 10/round, E=5"
     )
-    (out / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
+    path.write_text(json.dumps(result, indent=2) + "\n")
     print(
         json.dumps(
             {
@@ -212,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             indent=2,
         )
     )
-    print(f"wrote {out / (stem + '.json')}")
+    print(f"wrote {path}")
     return 0
 
 

@@ -26,6 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._common import command_line  # noqa: E402
 from coordinator.cli import build_parser, iter_parsers  # noqa: E402
 from mobile_sim.report import machine_info, utc_now  # noqa: E402
 
@@ -76,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     full_ms = per_command["full_stack_help"]["median_ms"]
     doc: dict[str, Any] = {
         "benchmark": "bench/cli_startup.py",
-        "command": "python bench/cli_startup.py"
-        + ("" if args.repeats == 15 else f" --repeats {args.repeats}"),
+        "command": command_line(__file__, argv),
         "date": utc_now(),
         "machine": machine_info(),
         "repeats": args.repeats,

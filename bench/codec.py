@@ -36,6 +36,7 @@ import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from bench._common import command_line, quick_stem  # noqa: E402
 from compression import CodecConfig, ModelSpec, UpdateCodec  # noqa: E402
 from compression._index import BitmapCoding, EliasFanoCoding, RiceCoding  # noqa: E402
 from compression._topk import exact_topk, sampled_topk  # noqa: E402
@@ -266,6 +267,12 @@ def explore(spec: ModelSpec, u: F32, reps: int) -> dict[str, Any]:
     return out
 
 
+def results_path(args: argparse.Namespace, stem: str = "codec") -> Path:
+    """This run's JSON in the --out folder: codec.json (codec_knobs.json for the knob sweep),
+    `_quick` before `.json` for a --quick run."""
+    return Path(args.out) / (quick_stem(stem, args.quick) + ".json")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Time encode/decode of one MNIST-CNN update at several (topk, bits) on one "
@@ -280,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-explore", action="store_true", help="skip the knob exploration")
     parser.add_argument(
-        "--out", type=Path, default=ROOT / "bench" / "results", help="result folder"
+        "--out",
+        type=Path,
+        default=ROOT / "bench" / "results",
+        help="result folder (codec.json; a --quick run writes codec_quick.json)",
     )
     args = parser.parse_args(argv)
     reps = args.reps or (5 if args.quick else 200)
@@ -311,7 +321,8 @@ def main(argv: list[str] | None = None) -> int:
     enc, dec = default["encode_ms"]["median"], default["decode_ms"]["median"]
     doc: dict[str, Any] = {
         "benchmark": "bench/codec.py",
-        "command": "python bench/codec.py" + (" --quick" if args.quick else ""),
+        "command": command_line(__file__, argv),
+        "quick": bool(args.quick),
         "date": utc_now(),
         "machine": machine_info(),
         "threads": 1,
@@ -344,24 +355,26 @@ def main(argv: list[str] | None = None) -> int:
         "settings": results,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    name = "codec_quick.json" if args.quick else "codec.json"
-    (args.out / name).write_text(json.dumps(doc, indent=2) + "\n")
+    path = results_path(args)
+    path.write_text(json.dumps(doc, indent=2) + "\n")
     print(
         f"default topk={DEFAULT[0]} bits={DEFAULT[1]}: encode {enc:.3f} ms (target {TARGET_ENCODE_MS}), "
         f"decode {dec:.3f} ms (target {TARGET_DECODE_MS}), {default['frame_bytes']} bytes, "
-        f"{default['ratio_vs_dense']}x vs dense; wrote {args.out / name}"
+        f"{default['ratio_vs_dense']}x vs dense; wrote {path}"
     )
     if not args.no_explore:
         print("exploring knobs ...", flush=True)
         knobs = {
+            "command": doc["command"],
+            "quick": doc["quick"],
             "date": doc["date"],
             "machine": doc["machine"],
             "update": doc["update"],
             **explore(spec, u, max(3, reps // 4)),
         }
-        kname = "codec_knobs_quick.json" if args.quick else "codec_knobs.json"
-        (args.out / kname).write_text(json.dumps(knobs, indent=2) + "\n")
-        print(f"wrote {args.out / kname}")
+        kpath = results_path(args, "codec_knobs")
+        kpath.write_text(json.dumps(knobs, indent=2) + "\n")
+        print(f"wrote {kpath}")
     return 0
 
 

@@ -11,8 +11,9 @@ processes (pre-encoded frames, signed before the timed phase with each device's 
 pre-opened keep-alive connections), so the figure is the server's: every upload still goes
 through the signature, timestamp window, nonce cache, size cap, decode limits and SQLite commit.
 
-Writes bench/results/coordinator_ingest.json. Every figure is measured in this run on this
-machine; targets are reported next to the measurements, never in their place.
+Writes bench/results/coordinator_ingest.json (a --quick run: coordinator_ingest_quick.json
+beside it, unless --out is given). Every figure is measured in this run on this machine; targets
+are reported next to the measurements, never in their place.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._common import RESULTS, command_line, out_file  # noqa: E402
 from compression import CodecConfig, ModelSpec, UpdateCodec  # noqa: E402
 from coordinator.service import AdminClient, Coordinator, ServiceConfig, Store  # noqa: E402
 from protocol.messages import CodecParams, TaskConfig, TensorShape  # noqa: E402
@@ -559,6 +561,14 @@ def _downlink(
     return out
 
 
+CANONICAL = RESULTS / "coordinator_ingest.json"
+
+
+def results_path(args: argparse.Namespace) -> Path:
+    """Where this run's JSON goes (a --quick run never writes CANONICAL unless --out names it)."""
+    return out_file(args.out, CANONICAL, args.quick)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -576,7 +586,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--distinct-frames", type=int, default=64)
     parser.add_argument(
-        "--out", default=str(ROOT / "bench" / "results" / "coordinator_ingest.json")
+        "--out",
+        default=None,
+        help="results file (default bench/results/coordinator_ingest.json; with --quick "
+        "bench/results/coordinator_ingest_quick.json)",
     )
     parser.add_argument(
         "--wait-load",
@@ -683,12 +696,12 @@ def main(argv: list[str] | None = None) -> int:
             "load_average": os.getloadavg(),
             "phase_seconds": phases,
             "date": time.strftime("%Y-%m-%d", time.gmtime()),
-            "command": "python bench/coordinator_ingest.py "
-            + " ".join(sys.argv[1:] if argv is None else argv),
+            "command": command_line(__file__, argv),
         }
     )
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    out = results_path(args)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: result[k] for k in (
         "inprocess_updates_per_s", "http_updates_per_s", "dense_updates_per_s",
         "downlink_ratio_vs_dense", "load_lost_updates", "load_p99_upload_ms", "targets_met",

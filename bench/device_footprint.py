@@ -19,6 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._common import command_line  # noqa: E402
 from mobile_sim.report import machine_info, utc_now  # noqa: E402
 
 # The ONNX device's runtime dependencies (docs/devices.md), then torch for comparison.
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         if k in DEVICE
     )
     result = {
-        "command": "python bench/device_footprint.py",
+        "command": command_line(__file__, argv),
         "machine": machine_info(),
         "date": utc_now(),
         "packages": packages,

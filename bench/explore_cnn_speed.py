@@ -56,7 +56,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-RESULT = ROOT / "bench" / "results" / "cnn_speed_explore.json"
+from bench._common import RESULTS, command_line, out_file  # noqa: E402
+
+RESULT = RESULTS / "cnn_speed_explore.json"
 # Forward + backward FLOPs of one mnist_cnn training sample: conv1 627k MACs + conv2 10.0M +
 # fc 1.6M forward, about 3x that for forward + backward (conv1 has no input gradient).
 CNN_TRAIN_FLOP_PER_SAMPLE = 72e6
@@ -918,6 +920,12 @@ RUNNERS: dict[str, Callable[[_Setup, int], dict[str, Any]]] = {
 }
 
 
+def results_path(args: argparse.Namespace) -> Path:
+    """The file experiments merge into (a --quick run never writes RESULT unless --out names
+    it)."""
+    return out_file(args.out, RESULT, args.quick)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -925,8 +933,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="smoke run: 2 repetitions each")
     parser.add_argument("--only", nargs="+", choices=EXPERIMENTS, default=list(EXPERIMENTS))
     parser.add_argument("--reps", type=int, default=7, help="interleaved repetitions")
-    parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results file, merged into (default bench/results/cnn_speed_explore.json; with "
+        "--quick bench/results/cnn_speed_explore_quick.json)",
+    )
     args = parser.parse_args(argv)
+    args.out = results_path(args)
     reps = 2 if args.quick else args.reps
 
     from mobile_sim.report import machine_info
@@ -943,10 +958,13 @@ def main(argv: list[str] | None = None) -> int:
         res["wall_s"] = time.perf_counter() - t0
         res["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         res["quick"] = bool(args.quick)
+        # Each experiment keeps its own machine and command; the top level is the last one's.
+        res["machine"] = machine_info()
+        res["command"] = command_line(__file__, argv)
         doc["experiments"][name] = res
-        doc["machine"] = machine_info()
+        doc["machine"] = res["machine"]
         doc["date"] = time.strftime("%Y-%m-%d", time.gmtime())
-        doc["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+        doc["command"] = res["command"]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(doc, indent=2) + "\n")
         print(name, json.dumps(res, indent=1)[:3000], flush=True)

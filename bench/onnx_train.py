@@ -9,7 +9,8 @@ doing the same training, ORT session options tried, and a federated run mixing t
 devices against the same run with torch devices only.
 
     python bench/onnx_train.py            # the issue's setting (mnist_cnn headline, B=10)
-    python bench/onnx_train.py --quick    # a smoke run (few steps, small mixed run)
+    python bench/onnx_train.py --quick    # a smoke run (few steps, small mixed run), to
+                                          # bench/results/onnx_train_quick.json
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from bench._common import RESULTS, command_line, out_file  # noqa: E402
 from mobile_sim.data import load_mnist  # noqa: E402
 from mobile_sim.models import build_model  # noqa: E402
 from mobile_sim.report import machine_info  # noqa: E402
@@ -215,6 +217,14 @@ def _mixed_run(quick: bool, artifacts: Path) -> dict[str, Any]:
     }
 
 
+CANONICAL = RESULTS / "onnx_train.json"
+
+
+def results_path(args: argparse.Namespace) -> Path:
+    """Where this run's JSON goes (a --quick run never writes CANONICAL unless --out names it)."""
+    return out_file(args.out, CANONICAL, args.quick)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="few steps and a small mixed run")
@@ -222,7 +232,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-sizes", default="10,32", help="first one is the headline")
     parser.add_argument("--steps", type=int, default=200, help="timed steps per measurement")
     parser.add_argument("--no-mixed", action="store_true", help="skip the federated mixed run")
-    parser.add_argument("--out", default=str(ROOT / "bench/results/onnx_train.json"))
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="results file (default bench/results/onnx_train.json; with --quick "
+        "bench/results/onnx_train_quick.json)",
+    )
     args = parser.parse_args(argv)
     steps = 20 if args.quick else args.steps
     warmup = 5 if args.quick else 20
@@ -234,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
 
     results: dict[str, Any] = {
         "benchmark": "onnx_train",
+        "command": command_line(__file__, argv),
+        "quick": bool(args.quick),
         "machine": machine_info(),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "torch": torch.__version__,
@@ -330,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         results["mixed_run"] = _mixed_run(args.quick, tmp / "mixed")
 
-    out = Path(args.out)
+    out = results_path(args)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps({k: v for k, v in results.items() if k != "models"}, indent=2))

@@ -1,7 +1,7 @@
 """Privacy-utility benchmark: accuracy of user-level DP-FedAvg at epsilon in {1, 2, 4, 8}, delta 1e-5.
 
 DP needs many devices per round: the noise on the mean has stddev z·C / m for m reports, and
-its norm grows with sqrt(d). So this runs sklearn's digits (1,437 training images) with the
+its norm grows with sqrt(d). So this runs sklearn's digits (1,438 training images) with the
 zoo's `digits_mlp` (2,410 parameters) over 1,400 simulated devices of about one image each
 (IID), 140 devices per round (fixed-size sampling, q = 0.1), for a fixed number of rounds.
 For each epsilon the noise multiplier z is calibrated with dp_accounting (RDP, replace-one,
@@ -12,7 +12,7 @@ Clip norms C in {1, 2} are swept (C = 1 is the headline, fixed beforehand), over
 Baselines in the same run: FedAvg without DP, and clipping alone (no noise).
 
     python bench/privacy.py             # the full sweep (about 20 minutes on 2 cores)
-    python bench/privacy.py --quick     # a smoke run
+    python bench/privacy.py --quick     # a smoke run, to bench/results/privacy_quick.json
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._common import command_line, quick_stem  # noqa: E402
 from coordinator.privacy import FixedSizeSampling, calibrate_noise_multiplier  # noqa: E402
 from mobile_sim.report import machine_info, utc_now  # noqa: E402
 from mobile_sim.runner import SimConfig  # noqa: E402
@@ -62,6 +63,11 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
         "epsilon_by_round": [find_measurement(r.measurements, "epsilon") for r in res.records],
         "wall_s": round(time.perf_counter() - t0, 1),
     }
+
+
+def results_path(args: argparse.Namespace) -> Path:
+    """This run's JSON in the --out folder: privacy.json, privacy_quick.json for --quick."""
+    return Path(args.out) / (quick_stem("privacy", args.quick) + ".json")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,13 +108,11 @@ def main(argv: list[str] | None = None) -> int:
         bits=4,
         eval_every=max(1, args.rounds // 8),
     )
-    name = "privacy"
     if args.quick:
         base = replace(base, clients=300, per_round=30, rounds=4, eval_every=2)
         args.epsilons = [8.0]
         args.seeds = [0]
         args.clips = args.clips[:1]
-        name = "privacy.quick"
     sampling = FixedSizeSampling(base.clients, base.per_round)
     jobs: list[dict[str, Any]] = []
     noise: dict[float, float] = {}
@@ -204,13 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         "seeds": args.seeds,
         "config": {k: v for k, v in base.as_dict().items() if k not in ("aggregator", "seed")},
         "runs": rows,
-        "command": "python " + " ".join(["bench/privacy.py", *sys.argv[1:]]),
+        "command": command_line(__file__, argv),
+        "quick": bool(args.quick),
     }
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / f"{name}.json"
+    json_path = results_path(args)
+    json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(summary, indent=1))
-    _plot(summary, out_dir / f"{name}.png")
+    _plot(summary, json_path.with_suffix(".png"))
     print(
         json.dumps(
             {

@@ -16,6 +16,7 @@ with two workers on a quiet 2-core machine: `--model mnist_cnn` runs it (docs/ro
 
     python bench/robustness.py                 # the full matrix (over an hour on 2 cores)
     python bench/robustness.py --quick         # a smoke run: 2 attacks, 2 aggregators, 3 rounds
+                                               # (to bench/results/robustness_quick.json)
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench._common import command_line, quick_stem  # noqa: E402
 from coordinator.aggregators import DEFAULT_ROBUST  # noqa: E402
 from mobile_sim.report import machine_info, utc_now  # noqa: E402
 from mobile_sim.runner import SimConfig  # noqa: E402
@@ -671,7 +673,8 @@ def _summarise(
         "backdoor_runs": backdoor["runs"],
         "runs": rows,
         "merged_from": [Path(p).name for p in args.merge],
-        "command": "python " + " ".join(["bench/robustness.py", *sys.argv[1:]]),
+        "command": command_line(__file__, getattr(args, "argv", None)),
+        "quick": bool(args.quick),
     }
 
 
@@ -786,6 +789,31 @@ def _merged_rows(paths: list[str], setting: dict[str, Any]) -> list[dict[str, An
     return rows
 
 
+def _seeds(words: list[str]) -> list[int]:
+    """--backdoor-seeds values: integers and inclusive ranges, `0-19` or `0 1 2 10-19`."""
+    seeds: list[int] = []
+    for word in words:
+        first, dash, last = word.partition("-")
+        try:
+            if dash and first:
+                lo, hi = int(first), int(last)
+                if hi < lo:
+                    raise ValueError
+                seeds.extend(range(lo, hi + 1))
+            else:
+                seeds.append(int(word))
+        except ValueError:
+            raise SystemExit(
+                f"--backdoor-seeds: {word!r} is not a seed or a range like 0-19"
+            ) from None
+    return list(dict.fromkeys(seeds))
+
+
+def results_path(args: argparse.Namespace) -> Path:
+    """This run's JSON in the --out folder: <--name>.json, <--name>_quick.json for --quick."""
+    return Path(args.out) / (quick_stem(args.name, args.quick) + ".json")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -816,9 +844,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--backdoor-seeds",
         nargs="+",
-        type=int,
-        default=BACKDOOR_SEEDS,
-        help="seeds of the backdoor runs (mean and each seed reported)",
+        default=[str(s) for s in BACKDOOR_SEEDS],
+        metavar="SEEDS",
+        help="seeds of the backdoor runs (mean and each seed reported): integers or inclusive "
+        "ranges, e.g. 0-19 (default 0-9)",
     )
     ap.add_argument("--backdoor-malicious", type=float, default=0.1)
     ap.add_argument("--backdoor-rounds", type=int, default=30)
@@ -848,6 +877,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a smoke run (minutes)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args(argv)
+    args.backdoor_seeds = _seeds(args.backdoor_seeds)
+    args.argv = argv
 
     base = SimConfig(
         dataset="mnist",
@@ -861,7 +892,6 @@ def main(argv: list[str] | None = None) -> int:
         eval_every=5,
         seed=args.seed,
     )
-    name = args.name
     if args.quick:
         base = replace(base, clients=20, per_round=5, rounds=3, eval_every=1)
         args.aggregators = ["fedavg", DEFAULT_ROBUST]
@@ -870,10 +900,10 @@ def main(argv: list[str] | None = None) -> int:
         args.backdoor_rounds = 3
         args.backdoor_defenses = args.backdoor_defenses[:1]
         args.backdoor_seeds = [args.seed]
-        name = "robustness.quick"
-    out_dir = Path(args.out)
+    json_path = results_path(args)
+    out_dir = json_path.parent
+    name = json_path.stem
     out_dir.mkdir(parents=True, exist_ok=True)
-    json_path = out_dir / f"{name}.json"
     if args.replot:
         saved = json.loads(json_path.read_text())
         _plot_backdoor(saved, out_dir / f"{name}_backdoor.png")

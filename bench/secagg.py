@@ -16,7 +16,7 @@ FILE` reuses the plain arm of an earlier result with the same settings (for
 exploring secure settings; the canonical run computes both arms).
 
     python bench/secagg.py                 # the issue's settings (long: run in the background)
-    python bench/secagg.py --quick         # smoke run, a minute or two
+    python bench/secagg.py --quick         # smoke run, a minute or two (to secagg_quick.json)
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench._common import RESULTS, command_line, out_file  # noqa: E402
 
 TARGET_UPLOAD_RATIO = 2.0
 TARGET_UNMASK_S = 1.0
@@ -265,6 +267,14 @@ def accuracy_runs(args: argparse.Namespace, secure_cfg: Any) -> dict[str, Any]:
     }
 
 
+CANONICAL = RESULTS / "secagg.json"
+
+
+def results_path(args: argparse.Namespace) -> Path:
+    """Where this run's JSON goes (a --quick run never writes CANONICAL unless --out names it)."""
+    return out_file(args.out, CANONICAL, args.quick)
+
+
 def main(argv: list[str] | None = None) -> int:
     from coordinator.secure import SecureConfig
 
@@ -340,7 +350,13 @@ def main(argv: list[str] | None = None) -> int:
         metavar="ROUNDS",
         help="only the coordinate-selection analysis after ROUNDS plain rounds (to --out)",
     )
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "secagg.json")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results file (default bench/results/secagg.json; with --quick "
+        "bench/results/secagg_quick.json)",
+    )
     ap.add_argument(
         "--merge",
         action="store_true",
@@ -348,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         "--skip-accuracy); each part records when it ran",
     )
     args = ap.parse_args(argv)
+    args.out = results_path(args)
     if args.quick:
         args.sizes = [10, 30]
         args.rounds = 3
@@ -386,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     doc: dict[str, Any] = {
         "bench": "secagg",
+        "command": command_line(__file__, argv),
+        "quick": bool(args.quick),
         "machine": machine_info(),
         "date": utc_now()[:10],
         "started_at": utc_now(),

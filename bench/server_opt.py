@@ -7,6 +7,7 @@ the aggregator spec and the server step change. Upload bytes differ only through
 devices' updates look like, so the table is accuracy at (nearly) equal bytes.
 
     python bench/server_opt.py                    # all arms, seed 0
+    python bench/server_opt.py --quick            # 2 rounds, to bench/results/server_opt_quick.json
     python bench/server_opt.py --arms fedavg adam:lr=0.003 --seed 1 --out /tmp/x.json
 """
 
@@ -23,6 +24,10 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench._common import RESULTS, command_line, out_file  # noqa: E402
+
+CANONICAL = RESULTS / "server_opt.json"
 
 # (aggregator spec, server_lr): FedAvg at step 1 and at the headline's step 2, then the
 # optimizers at step 1 (their own lr is the step size).
@@ -46,6 +51,11 @@ def _arm(text: str) -> tuple[str, float]:
     return spec, float(lr) if lr else 1.0
 
 
+def results_path(args: argparse.Namespace) -> Path:
+    """Where this run's JSON goes (a --quick run never writes CANONICAL unless --out names it)."""
+    return out_file(args.out, CANONICAL, args.quick)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -60,8 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--backend", default="pool", help="simulator backend (same results)")
     ap.add_argument("--quick", action="store_true", help="2 rounds per arm, to check it runs")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "server_opt.json")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results file (default bench/results/server_opt.json; with --quick "
+        "bench/results/server_opt_quick.json)",
+    )
     args = ap.parse_args(argv)
+    args.out = results_path(args)
 
     from mobile_sim.report import machine_info
     from mobile_sim.runner import SimConfig, run_simulation
@@ -94,9 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{text:28s} final {res.final_accuracy:.4f}  upload {res.total_up:,} B", flush=True)
     best = max(arms, key=lambda k: arms[k]["final_accuracy"])
     doc = {
-        "command": " ".join(
-            [Path(sys.argv[0]).name, *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": command_line(__file__, argv),
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
         "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": machine_info(),

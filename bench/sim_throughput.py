@@ -9,7 +9,10 @@ Sections (default: all, at the issue's settings):
            backend, and a plain sequential torch loop over the same cohorts.
 
 Each section merges its results into bench/results/sim_throughput.json, so a long section can
-run separately (e.g. `--sections mnist` in the background) without losing the others.
+run separately (e.g. `--sections mnist` in the background) without losing the others. Each
+section records its own `machine`, `date`, `measured_at` and `command`; the file's top-level
+`machine` and `date` are those of the last section written. A --quick run merges into
+bench/results/sim_throughput_quick.json instead (unless --out is given), under `<section>_quick`.
 
 The plain torch loop is what a user writes without a simulator: per client, deepcopy the global
 model, `DataLoader(TensorDataset, shuffle=True)`, `torch.optim.SGD`, then flatten the delta,
@@ -36,7 +39,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-RESULT = ROOT / "bench" / "results" / "sim_throughput.json"
+from bench._common import RESULTS, command_line, out_file  # noqa: E402
+
+RESULT = RESULTS / "sim_throughput.json"
 SECTIONS = ("million", "digits", "mnist")
 
 
@@ -169,7 +174,7 @@ def bench_million(args: argparse.Namespace) -> dict[str, Any]:
 
 def _digits_indices(device: int, pool: int, n: int) -> np.ndarray:
     """A device's 20 examples, drawn from the digits pool by its own seed (devices overlap:
-    1,000 x 20 examples exceed the 1,437 digits)."""
+    1,000 x 20 examples exceed the 1,438 training digits)."""
     rng = np.random.default_rng([7, device])
     return np.sort(rng.choice(pool, size=n, replace=False)).astype(np.int64)
 
@@ -592,24 +597,45 @@ def _digits_note(section: dict[str, Any], best: str) -> str:
     return text
 
 
+def results_path(args: argparse.Namespace) -> Path:
+    """The file sections merge into (a --quick run never writes RESULT unless --out names it)."""
+    return out_file(args.out, RESULT, args.quick)
+
+
+def section_key(section: str, quick: bool) -> str:
+    """The key a section's results go under: `<section>_quick` for a --quick run."""
+    return f"{section}_quick" if quick else section
+
+
 def _merge(
     path: Path, section: str, value: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
+    """Write `value` as `sections[section]` of the JSON at `path`, keeping the other sections
+    (each with its own machine and date), and recompute the headline keys. The top-level
+    `machine` and `date` are the last section written's."""
     from mobile_sim.report import machine_info
 
     doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
-    doc["machine"] = machine_info()
-    doc["date"] = time.strftime("%Y-%m-%d", time.gmtime())
-    value["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    value["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    machine = machine_info()
+    now = time.gmtime()
+    doc["machine"] = machine
+    doc["date"] = time.strftime("%Y-%m-%d", now)
+    value["machine"] = machine
+    value["date"] = time.strftime("%Y-%m-%d", now)
+    value["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", now)
+    value["command"] = command_line(__file__, getattr(args, "argv", None))
     value["load_average_at_end"] = os.getloadavg()
     doc.setdefault("sections", {})[section] = value
     s = doc["sections"]
-    if "million" in s:
-        doc["million_devices_rss_gb"] = s["million"]["peak_rss_gb"]
-        doc["million_devices_wall_s_per_round"] = s["million"]["wall_s_per_round_median"]
-    if "digits" in s:
-        res = s["digits"]["results"]
+    million = "million" if "million" in s else "million_quick" if "million_quick" in s else None
+    if million is not None:
+        doc["million_devices_rss_gb"] = s[million]["peak_rss_gb"]
+        doc["million_devices_wall_s_per_round"] = s[million]["wall_s_per_round_median"]
+        doc["million_from_section"] = million
+    digits = "digits" if "digits" in s else "digits_quick" if "digits_quick" in s else None
+    if digits is not None:
+        doc["digits_many_from_section"] = digits
+        res = s[digits]["results"]
         best = max(
             (k for k in res if k != "plain_torch_loop"),
             key=lambda k: res[k]["updates_per_s"],
@@ -621,7 +647,7 @@ def _merge(
             doc["digits_many_target_met"] = res[best]["updates_per_s"] >= 5000
         doc["digits_many_plain_loop_updates_per_s"] = res["plain_torch_loop"]["updates_per_s"]
         if best is not None:
-            doc["digits_many_note"] = _digits_note(s["digits"], best)
+            doc["digits_many_note"] = _digits_note(s[digits], best)
     key = "mnist" if "mnist" in s else "mnist_quick" if "mnist_quick" in s else None
     if key is not None:
         res = s[key]["results"]
@@ -685,8 +711,16 @@ def main(argv: list[str] | None = None) -> int:
         help="the inline backend pool / Ray workers run (auto: vmap for the tiny digits MLP, "
         "plain per-client training for the CNN)",
     )
-    parser.add_argument("--out", type=Path, default=RESULT)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results file (default bench/results/sim_throughput.json; with --quick "
+        "bench/results/sim_throughput_quick.json)",
+    )
     args = parser.parse_args(argv)
+    args.out = results_path(args)
+    args.argv = argv
     if args.quick:
         args.digits_rounds = min(args.digits_rounds, 2)
         args.million_rounds = min(args.million_rounds, 2)
@@ -699,8 +733,7 @@ def main(argv: list[str] | None = None) -> int:
     for section in [s for s in SECTIONS if s in args.sections]:
         _INNER["inner"] = _AUTO_INNER[section] if args.worker_inner == "auto" else args.worker_inner
         value = runners[section](args)
-        key = f"{section}_quick" if args.quick and section == "mnist" else section
-        doc = _merge(args.out, key, value, args)
+        doc = _merge(args.out, section_key(section, args.quick), value, args)
     summary = {k: v for k, v in doc.items() if k not in ("sections", "machine")}
     print(json.dumps(summary, indent=2))
     return 0

@@ -1,0 +1,61 @@
+"""What every bench script shares: where a `--quick` run writes, and the command it records.
+
+The rule for `--quick` (a smoke run, `make bench-quick`): it never writes a canonical results
+file unless `--out` names one explicitly. A script whose `--out` is a file writes
+`<name>_quick.json` beside the canonical `<name>.json` when `--out` is not given; a script whose
+`--out` is a folder writes `<name>_quick.json` in it. Every file a quick run writes records
+`"quick": true`, and bench/summarize.py refuses a results file (or a section of one) marked
+quick, so a smoke run's numbers are never published.
+
+Every results file records `command`: the command line as run, `python bench/<script>.py ...`,
+runnable from the repository root.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+QUICK_SUFFIX = "_quick"
+
+
+def quick_stem(stem: str, quick: bool) -> str:
+    """The file stem a run writes: `stem`, or `stem_quick` for a --quick run."""
+    return stem + QUICK_SUFFIX if quick and not stem.endswith(QUICK_SUFFIX) else stem
+
+
+def out_file(out: str | Path | None, canonical: Path, quick: bool) -> Path:
+    """The results file of a script whose --out is a file: `out` when given; otherwise the
+    canonical path, or `<stem>_quick<suffix>` beside it for a --quick run."""
+    if out is not None:
+        return Path(out)
+    return canonical.with_name(quick_stem(canonical.stem, quick) + canonical.suffix)
+
+
+def command_line(script: str | Path, argv: list[str] | None = None) -> str:
+    """`python bench/<script>.py ARGS` as run (ARGS: `argv`, or sys.argv[1:] when None),
+    quoted for a POSIX shell, runnable from the repository root."""
+    path = Path(script).resolve()
+    try:
+        rel = path.relative_to(ROOT).as_posix()
+    except ValueError:
+        rel = f"bench/{path.name}"
+    words = list(sys.argv[1:] if argv is None else argv)
+    return shlex.join(["python", rel, *words])
+
+
+def is_quick(doc: Any, name: str = "") -> bool:
+    """Whether a results document (or a section of one, by its key `name`) is from a --quick
+    run: `"quick": true`, `settings.quick` true, or a name ending in `_quick` or `.quick`."""
+    if name.endswith(QUICK_SUFFIX) or name.endswith(".quick"):
+        return True
+    if not isinstance(doc, dict):
+        return False
+    if doc.get("quick") is True:
+        return True
+    settings = doc.get("settings")
+    return isinstance(settings, dict) and settings.get("quick") is True
