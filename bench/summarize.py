@@ -2,6 +2,14 @@
 
 python bench/summarize.py            # rewrite docs/benchmarks.md
 python bench/summarize.py --check    # exit 1 if docs/benchmarks.md is stale
+
+A results file marked as a --quick smoke run (`"quick": true`, `settings.quick`, or a
+`*_quick` name; see bench/_common.py) is refused: nothing is written and the exit status is 1.
+Quick sections of a sectioned file (sim_throughput.json) and quick files among the globbed
+extras (server_opt_seed*.json, robustness_backdoor_fraction_*.json) are left out, with a note.
+A file that records no `command` is shown as "Command: not recorded"; a command recorded as a
+bare script name (`server_opt.py ...`, argv[0]'s name) is shown as `python bench/server_opt.py
+...`, the same command run from the repository root.
 """
 
 from __future__ import annotations
@@ -13,8 +21,45 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench._common import is_quick  # noqa: E402
+
 RESULTS = ROOT / "bench" / "results"
 DOC = ROOT / "docs" / "benchmarks.md"
+
+
+class QuickResults(Exception):
+    """A results file that would be published is from a --quick smoke run."""
+
+
+def _extras(pattern: str) -> list[tuple[Path, dict[str, Any]]]:
+    """The globbed extra files, less those from --quick runs (named on stderr)."""
+    out = []
+    for path in sorted(RESULTS.glob(pattern)):
+        doc = json.loads(path.read_text())
+        if is_quick(doc, path.stem):
+            print(f"summarize: left out {path.name}: a --quick smoke run", file=sys.stderr)
+            continue
+        out.append((path, doc))
+    return out
+
+
+def _command(doc: dict[str, Any]) -> str:
+    """The recorded command as a runnable line, or "not recorded"."""
+    command = doc.get("command")
+    if not isinstance(command, str) or not command.strip():
+        settings = doc.get("settings")
+        if isinstance(settings, dict) and "out" in settings:
+            # bench/secagg.py's older files: every option it parsed, not the command line.
+            return "not recorded (the file's `settings` hold every option the run parsed)"
+        return "not recorded"
+    first = command.split(maxsplit=1)[0]
+    if first.endswith(".py") and "/" not in first and (ROOT / "bench" / first).is_file():
+        # Recorded as argv[0]'s name (older server_opt.py / sim_throughput.py files).
+        command = "python bench/" + command
+    return f"`{command}`"
+
 
 # file stem -> (title, reproduce command, [(key, target text or "")])
 BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
@@ -210,7 +255,7 @@ def _fmt(value: Any) -> str:
 
 
 def _machine(doc: dict[str, Any]) -> str:
-    m = doc.get("machine")
+    m = doc.get("machine") if isinstance(doc, dict) else None
     if isinstance(m, dict):
         return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('memory_gib', '?')} GiB"
     return str(m) if m else "not recorded"
@@ -254,8 +299,8 @@ def _sweep_table() -> list[str]:
 
 def _fraction_table() -> list[str]:
     """Backdoor runs at other attacker fractions (bench/robustness.py --backdoor-malicious)."""
-    paths = sorted(RESULTS.glob("robustness_backdoor_fraction_*.json"))
-    if not paths:
+    files = _extras("robustness_backdoor_fraction_*.json")
+    if not files:
         return []
     lines = [
         "Backdoor at other attacker fractions (each file's `command`; robustness.json's",
@@ -266,8 +311,7 @@ def _fraction_table() -> list[str]:
         "| target on every seed |",
         "|---|---|---|---|---|---|---|",
     ]
-    for path in paths:
-        doc = json.loads(path.read_text())
+    for path, doc in files:
         for name, d in doc.get("backdoor_by_defense", {}).items():
             if d.get("mean_backdoor_accuracy") is None:
                 continue
@@ -334,9 +378,7 @@ def _server_opt_table(doc: dict[str, Any]) -> list[str]:
             f"| `{name}` | `{a['aggregator']}` | {_fmt(a['server_lr'])} | "
             f"{_fmt(a['final_accuracy'])} | {_fmt(a['best_accuracy'])} | {a['upload_bytes']:,} |"
         )
-    runs = [doc] + [
-        json.loads(p.read_text()) for p in sorted(RESULTS.glob("server_opt_seed*.json"))
-    ]
+    runs = [doc] + [d for _, d in _extras("server_opt_seed*.json")]
     common = [a for a in doc.get("arms", {}) if all(a in r.get("arms", {}) for r in runs)]
     if len(runs) > 1 and common:
         seeds = [r["settings"]["seed"] for r in runs]
@@ -393,6 +435,31 @@ def _notes(doc: dict[str, Any]) -> list[str]:
     return out
 
 
+def _sections_line(doc: dict[str, Any], sections: dict[str, Any]) -> list[str]:
+    """A file whose sections run separately (sim_throughput.json): each section's time, and its
+    own machine where it recorded one. Quick sections are left out, by name; headline keys
+    taken from a quick section are refused."""
+    for key, value in doc.items():
+        if key.endswith("_from_section") and is_quick(sections.get(value), str(value)):
+            raise QuickResults(f"{key} is {value!r}, a --quick smoke run: not publishing it")
+    shown, quick = [], []
+    for name, sec in sections.items():
+        if not isinstance(sec, dict):
+            continue
+        if is_quick(sec, name):
+            quick.append(name)
+            continue
+        own = f", {sec['date']} on {_machine(sec)}" if "machine" in sec else ""
+        shown.append(f"{name} {sec.get('measured_at', 'not recorded')}{own}")
+    lines = [
+        "Sections, each measured separately (with its own date and machine where it recorded "
+        f"them): {', '.join(shown)}."
+    ]
+    if quick:
+        lines.append(f"Left out, --quick smoke runs: {', '.join(quick)}.")
+    return lines + [""]
+
+
 def render() -> str:
     out = [
         "# Benchmark results",
@@ -410,17 +477,20 @@ def render() -> str:
             out += [f"Not run yet: `{command}` writes `bench/results/{stem}.json`.", ""]
             continue
         doc = json.loads(path.read_text())
+        if is_quick(doc, stem):
+            raise QuickResults(
+                f"bench/results/{stem}.json is from a --quick smoke run, not publishing it: "
+                f"restore the file (git checkout -- bench/results/{stem}.json) or run `{command}`"
+            )
+        machine = f"Machine: {_machine(doc)}."
         when = f"Date: {doc.get('date', 'not recorded')}."
         sections = doc.get("sections")
+        per_section: list[str] = []
         if isinstance(sections, dict) and sections:
-            # A file whose sections run separately: the date of the last, and each one's.
-            measured = ", ".join(
-                f"{name} {sec.get('measured_at', 'not recorded')}"
-                for name, sec in sections.items()
-                if isinstance(sec, dict)
-            )
-            when = f"Date: {doc.get('date', 'not recorded')} (sections measured: {measured})."
-        out += [f"Command: `{doc.get('command', command)}`. Machine: {_machine(doc)}. {when}", ""]
+            per_section = _sections_line(doc, sections)
+            machine = f"Machine of the last section run: {_machine(doc)}."
+            when = f"Date of the last section run: {doc.get('date', 'not recorded')}."
+        out += [f"Command: {_command(doc)}. {machine} {when}", "", *per_section]
         if keys:
             out += ["| metric | measured | target |", "|---|---|---|"]
             for key, target in keys:
@@ -447,7 +517,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--check", action="store_true", help="fail if docs/benchmarks.md is stale")
     args = ap.parse_args(argv)
-    text = render()
+    try:
+        text = render()
+    except QuickResults as exc:
+        print(f"summarize: {exc}", file=sys.stderr)
+        return 1
     if args.check:
         if not DOC.exists() or DOC.read_text() != text:
             print("docs/benchmarks.md is stale: run python bench/summarize.py", file=sys.stderr)
