@@ -5,7 +5,8 @@ The mechanism per round (McMahan et al. 2018; Andrew et al. 2021 for adaptive cl
      privacy unit and weighs 1);
   2. the inner aggregator takes the clipped reports (it must be a uniform mean, e.g.
      `FedAvg(uniform=True)` or a secure sum divided by the count, for the sensitivity to hold);
-  3. sum = inner mean · n; release (sum + N(0, (z_u · C)² I_d)) / denominator.
+  3. sum = the inner FedAvg's float64 sum (another inner rule: its mean · n); release
+     (sum + N(0, (z_u · C)² I_d)) / denominator, computed in float64 and rounded to float32 once.
 With adaptive clipping the count of unclipped reports is released with Gaussian noise of
 stddev sigma_b, and the update noise multiplier z_u is set so that both releases together are
 one Gaussian mechanism of multiplier z: z_u = (z^-2 - (2 sigma_b)^-2)^-1/2 (Andrew et al. 2021).
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from coordinator.privacy import (
     MIN_ACCOUNTED_NOISE_MULTIPLIER,
@@ -34,7 +36,7 @@ from coordinator.privacy import (
 
 from ._base import AggregateOutput, AggregatorFactory, ClientUpdate, check_finite_reports
 from ._clip import AdaptiveClip, clip_update
-from ._mean import FedAvg
+from ._mean import FedAvg, _FedAvgProcess
 
 __all__ = [
     "DPMean",
@@ -289,11 +291,24 @@ class _DPMeanProcess:
             clipped.append(
                 ClientUpdate(cu.device_id, clip_update(cu.update, clip, always_scale=True), 1.0)
             )
-        inner_out = self.inner.next(inner_state, clipped)
+        total: npt.NDArray[np.float64]
+        if isinstance(self.inner, _FedAvgProcess):
+            # The float64 sum FedAvg divides, not its float32 mean times n: that mean's
+            # rounding, times n, let one device move the noised sum by 2C (1 + 7.4e-5) at
+            # n = 5,000 (docs/privacy.md, assumption 3). Every weight is 1 (FedAvg's
+            # max_weight W < 1 makes them all W: divided out). The sum is FedAvg's own array.
+            inner_out, acc = self.inner.next_sum(inner_state, clipped)
+            weight = float(inner_out.measurements["total_weight"])
+            total = acc if weight == n or weight <= 0 else acc * (n / weight)
+        else:
+            # Another uniform mean (a secure sum over the count, say): its mean times n.
+            inner_out = self.inner.next(inner_state, clipped)
+            total = inner_out.result.astype(np.float64) * n
         z_u = cfg.update_noise_multiplier(denom)
         rng = self._rng(rnd)
         noise_std = z_u * clip
-        total = inner_out.result.astype(np.float64) * n
+        # Noise added in float64; the one float32 rounding is of the noised mean
+        # (post-processing).
         total += rng.normal(0.0, noise_std, size=self.size)
         result = (total / denom).astype(np.float32)
 

@@ -79,6 +79,13 @@ class _FedAvgProcess:
         return AggregateOutput(state, result, measurements)
 
     def next(self, state: Any, updates: Sequence[ClientUpdate]) -> AggregateOutput:
+        return self.next_sum(state, updates)[0]
+
+    def next_sum(
+        self, state: Any, updates: Sequence[ClientUpdate]
+    ) -> tuple[AggregateOutput, npt.NDArray[np.float64]]:
+        """`next`'s output and the weighted sum sum_i w_i u_i it divides, in float64 (its
+        float32 mean times n is off by up to n float32 roundings: `DPMean` noises this)."""
         for cu in updates:
             if cu.update.size != self.size:
                 raise ValueError(f"update of size {cu.update.size}, expected {self.size}")
@@ -100,7 +107,7 @@ class _FedAvgProcess:
             acc = np.zeros(self.size, dtype=np.float64)
             for cu, w in zip(updates, weights, strict=True):
                 acc[cu.update.indices] += w * cu.update.values.astype(np.float64)
-        return self._finish(state, acc, total, len(updates), capped)
+        return self._finish(state, acc, total, len(updates), capped), acc
 
     def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:
         """The mean of lazily mixed rows, summed one dense row at a time.
