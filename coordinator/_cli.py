@@ -270,7 +270,8 @@ def register(sub: Any) -> None:
         type=float,
         default=300.0,
         metavar="SECONDS",
-        help="accepted clock skew of a signed device request, seconds",
+        help="accepted clock skew of a signed device request, seconds (1 to 86400; it also covers "
+        "the upload's transfer: a request is checked once its body has arrived)",
     )
     s.add_argument(
         "--poll",
@@ -305,7 +306,8 @@ def register(sub: Any) -> None:
         default=120.0,
         metavar="SECONDS",
         help="seconds a request body may take to arrive in full, else 408 and the connection "
-        "closes (default 120: a 24 KB update at 2G speeds takes about 10 s; 0 = no limit)",
+        "closes (default 120: a 24 KB update at 2G speeds takes about 10 s; 0 = no limit, else at "
+        "least 1)",
     )
     s.add_argument(
         "--keep-frames",
@@ -325,7 +327,7 @@ def register(sub: Any) -> None:
         default=60.0,
         metavar="SECONDS",
         help="a device that has not checked in for this long leaves its task's selection pool "
-        "(default 60)",
+        "(default 60; at least 1, and more than --poll)",
     )
     s.add_argument(
         "--max-checkin-rate",
@@ -861,6 +863,11 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
             "--body-timeout must be a number of seconds >= 0",
             "must be a number of seconds >= 0 (0: no limit)",
         )
+    # The lower bounds ServiceConfig holds (rounds.py MIN_BODY_TIMEOUT_S, MIN_SIGNATURE_WINDOW_S,
+    # MIN_POOL_TTL_S; not imported: serve's flags are checked before the service loads).
+    if 0 < args.body_timeout < 1:
+        why = "must be 0 (no limit) or at least 1 second: a request's whole body must arrive in it"
+        return bad("body_timeout", f"--body-timeout {why}, got {args.body_timeout}", why)
     for dest, value in (("signature_window", args.signature_window), ("poll", args.poll)):
         if not (math.isfinite(value) and value > 0):
             flag = "--" + dest.replace("_", "-")
@@ -875,6 +882,30 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
             f"--signature-window must be at most 86400 seconds (a day), got "
             f"{args.signature_window}",
             "must be at most 86400 seconds (a day)",
+        )
+    if args.signature_window < 1:
+        why = (
+            "must be at least 1 second: a signed request is checked once its body has arrived, "
+            "so the window must cover the device's clock skew and the request's transfer time"
+        )
+        return bad(
+            "signature_window", f"--signature-window {why}, got {args.signature_window}", why
+        )
+    if args.pool_ttl < 1:
+        why = (
+            "must be at least 1 second: a waiting device leaves the selection pool unless it "
+            "checks in again within it, which takes it the poll interval and a round trip"
+        )
+        return bad("pool_ttl", f"--pool-ttl {why}, got {args.pool_ttl}", why)
+    if args.pool_ttl <= args.poll:
+        why = (
+            "waiting devices are told to check in again after it, so every one would leave "
+            "the selection pool before it came back"
+        )
+        return bad(
+            "pool_ttl",
+            f"--pool-ttl {args.pool_ttl:g} must be more than --poll ({args.poll:g} s): {why}",
+            f"must be more than the poll interval ({args.poll:g} s): {why}",
         )
     at = f" ({args.db})" if "db" in from_file else ""
     if _path(args.db).is_dir():

@@ -149,6 +149,18 @@ log = logging.getLogger("plume.coordinator")
 
 # Largest accepted clock skew of a signed request: a day (a phone further off is broken).
 MAX_SIGNATURE_WINDOW_S = 86_400.0
+# Shortest: a signed request is checked once its whole body has arrived, so the window holds
+# the device's clock skew and the request's transfer; under a second (1e-9 was accepted) every
+# request of a device over a network is 401 stale_timestamp, and serve started regardless.
+MIN_SIGNATURE_WINDOW_S = 1.0
+# Shortest pool_ttl_s (and it must exceed poll_s): a waiting device stays in the selection pool
+# only if it checks in again within it; it is told to come back after poll_s (the SDK waits
+# at least 0.05 s) and its check-in takes a round trip. 1e-6 was accepted and emptied the pool
+# between any two check-ins, so no cohort ever formed.
+MIN_POOL_TTL_S = 1.0
+# Shortest body_timeout_s other than 0 (no limit): a request's whole body must arrive within
+# it of its first read; 1e-6 was accepted and answered every upload 408.
+MIN_BODY_TIMEOUT_S = 1.0
 # The pacing wait is len(pool) / max_checkin_rate, so a rate near 0 gave an infinite wait (a
 # 500): one check-in every 1,000 s per task is the slowest. (MIN_REGISTER_RATE and
 # MAX_REGISTER_BURST bound the registration limiter the same way, auth.RateLimiter.)
@@ -294,10 +306,35 @@ class ServiceConfig:
                 f"signature_window_s must be at most {MAX_SIGNATURE_WINDOW_S:g} s (a day), got "
                 f"{self.signature_window_s!r}"
             )
+        if self.signature_window_s < MIN_SIGNATURE_WINDOW_S:
+            raise ValueError(
+                f"signature_window_s must be at least {MIN_SIGNATURE_WINDOW_S:g} s: a signed "
+                "request is checked once its body has arrived, so the window must cover the "
+                "device's clock skew and the request's transfer time (300 s by default), got "
+                f"{self.signature_window_s!r}"
+            )
+        if self.pool_ttl_s < MIN_POOL_TTL_S:
+            raise ValueError(
+                f"pool_ttl_s must be at least {MIN_POOL_TTL_S:g} s: a waiting device leaves the "
+                "selection pool unless it checks in again within it, which takes it poll_s "
+                f"and a round trip (60 s by default), got {self.pool_ttl_s!r}"
+            )
+        if self.pool_ttl_s <= self.poll_s:
+            raise ValueError(
+                f"pool_ttl_s ({self.pool_ttl_s:g} s) must be more than poll_s "
+                f"({self.poll_s:g} s): waiting devices are told to check in again after poll_s, "
+                "so every one would leave the selection pool before it came back"
+            )
         for name in ("register_rate_per_s", "body_timeout_s"):
             value = getattr(self, name)
             if not (number(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        if 0 < self.body_timeout_s < MIN_BODY_TIMEOUT_S:
+            raise ValueError(
+                f"body_timeout_s must be 0 (no limit) or at least {MIN_BODY_TIMEOUT_S:g} s: a "
+                "request's whole body must arrive within it (120 s by default), got "
+                f"{self.body_timeout_s!r}"
+            )
         for name in ("json_body_cap", "register_burst"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
