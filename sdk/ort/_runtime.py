@@ -140,6 +140,71 @@ def _check_opset(model: bytes, opset: int, what: str) -> None:
         )
 
 
+# Where a serialized ModelProto holds TensorProtos, by field number (onnx.proto3). Each key is
+# a message type, each value its fields that are messages to descend into, by their type.
+_MODEL, _GRAPH, _NODE, _ATTRIBUTE, _FUNCTION, _TRAINING, _TENSOR, _SPARSE = range(8)
+_MESSAGE_FIELDS: dict[int, dict[int, int]] = {
+    # ModelProto: graph, training_info, functions
+    _MODEL: {7: _GRAPH, 20: _TRAINING, 25: _FUNCTION},
+    # TrainingInfoProto: initialization, algorithm
+    _TRAINING: {1: _GRAPH, 2: _GRAPH},
+    # GraphProto: node, initializer, sparse_initializer
+    _GRAPH: {1: _NODE, 5: _TENSOR, 15: _SPARSE},
+    # NodeProto: attribute
+    _NODE: {5: _ATTRIBUTE},
+    # AttributeProto: t, g, tensors, graphs, sparse_tensor, sparse_tensors
+    _ATTRIBUTE: {5: _TENSOR, 6: _GRAPH, 10: _TENSOR, 11: _GRAPH, 22: _SPARSE, 23: _SPARSE},
+    # FunctionProto: node, attribute_proto (attribute defaults)
+    _FUNCTION: {7: _NODE, 11: _ATTRIBUTE},
+    # SparseTensorProto: values, indices
+    _SPARSE: {1: _TENSOR, 2: _TENSOR},
+    _TENSOR: {},
+}
+_TENSOR_EXTERNAL_DATA = 13  # TensorProto.external_data: where the bytes are (location, offset)
+_TENSOR_DATA_LOCATION = 14  # TensorProto.data_location: DEFAULT 0, EXTERNAL 1
+
+
+def _external_tensor(model: bytes) -> bool:
+    """Whether the serialized ModelProto `model` holds a TensorProto whose data lives outside
+    the file (data_location EXTERNAL, or any external_data entry): in an initializer, a sparse
+    initializer, a node attribute (subgraphs included, at any depth), a function or a training
+    graph. `ValueError` for bytes that are not a message. Walked by hand (sdk.ort needs only
+    onnxruntime) with a stack, not recursion, so nesting cannot exhaust Python's stack."""
+    stack: list[tuple[int, memoryview]] = [(_MODEL, memoryview(model))]
+    while stack:
+        kind, data = stack.pop()
+        inner = _MESSAGE_FIELDS[kind]
+        for number, value in _fields(data):
+            if kind == _TENSOR:
+                if number == _TENSOR_EXTERNAL_DATA:
+                    return True
+                if number == _TENSOR_DATA_LOCATION and value != 0:
+                    return True
+            elif number in inner and not isinstance(value, int):
+                stack.append((inner[number], value))
+    return False
+
+
+def _check_no_external_data(model: bytes, what: str) -> None:
+    """Raise `ArtifactError` if graph `what` (serialized, `model`) names external data.
+
+    Plume's exports never write any, and onnxruntime reads such a tensor's bytes from a path
+    the file gives, at session creation: older onnxruntime releases followed a path out of the
+    artifact directory (``../``, an absolute path, a symlink), so a hostile graph could load
+    any file the app can read into a tensor that may reach the uploaded update. Refusing them
+    here makes that independent of the onnxruntime version. Called before any session exists.
+    """
+    try:
+        found = _external_tensor(model)
+    except ValueError as exc:
+        raise ArtifactError(f"{what}: the graph cannot be read ({exc})") from exc
+    if found:
+        raise ArtifactError(
+            f"{what}: the graph keeps a tensor in an external data file; Plume's exports hold "
+            "every tensor in the graph, and a device loads no other file"
+        )
+
+
 def _first_line(exc: BaseException) -> str:
     """onnxruntime's error, first line only: its messages can carry a page of detail."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -274,14 +339,16 @@ class OrtTrainer:
         self.manifest = manifest
         options = session_options(threads, optimization)
         # Loaded from the bytes `load_manifest` read (and hashed), not from the paths, which
-        # onnxruntime would read again. External data (Plume never writes any) then resolves
-        # in the artifact folder, as it would from the path, rather than the working directory.
+        # onnxruntime would read again. External data is refused before any session reads it
+        # (`_check_no_external_data`); the folder is named as well, so that onnxruntime itself
+        # would resolve a path in the artifact folder, not in the working directory.
         options.add_session_config_entry(
             "session.model_external_initializers_file_folder_path", str(manifest.root)
         )
         providers = ["CPUExecutionProvider"]
         sessions = []
         for what in ("train_step", "infer"):
+            _check_no_external_data(manifest.file_data[what], what)  # onnxruntime would read it
             try:
                 sessions.append(
                     ort.InferenceSession(manifest.file_data[what], options, providers=providers)
