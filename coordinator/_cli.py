@@ -1125,22 +1125,24 @@ def _admin(args: argparse.Namespace) -> Any:
         _fail(prog, "an admin token is required (--admin-token or PLUME_ADMIN_TOKEN)")
     if not args.url.startswith(("http://", "https://")):
         _fail(prog, f"--url must start with http:// or https://, got {args.url!r}")
-    if args.cacert is not None and not Path(args.cacert).is_file():
-        _fail(prog, f"--cacert {args.cacert}: no such file")
     import ssl
+
+    from protocol.tls import tls_verify
 
     verify: bool | ssl.SSLContext = True
     if args.cacert is not None:
         try:
-            # The context itself, not the path: httpx 0.28 deprecates `verify=<str>`.
-            verify = ssl.create_default_context(cafile=args.cacert)
-        except (ssl.SSLError, ValueError) as exc:
-            _fail(
-                prog,
-                f"--cacert {args.cacert} holds no PEM certificate ({exc}); give the CA that "
-                "signed the coordinator's certificate (for a self-signed one, the file `serve "
-                "--tls-cert` was given, not its key)",
+            # The context itself, not the path (httpx 0.28 deprecates `verify=<str>`), made as
+            # the clients make theirs: a folder of hashed certificates works, and an empty,
+            # missing, unreadable or certificate-less path is one line naming the flag.
+            verify = tls_verify(args.cacert, name="--cacert")
+        except ValueError as exc:
+            hint = (
+                " (the file `serve --tls-cert` was given, not its key)"
+                if "no PEM certificate" in str(exc)
+                else ""
             )
+            _fail(prog, f"{exc}{hint}")
     return AdminClient(args.url, args.admin_token, verify=verify)
 
 

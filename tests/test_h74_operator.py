@@ -276,7 +276,7 @@ def test_a_cacert_that_is_no_certificate_names_the_flag(
     # Execute
     line = _status_error(capsys, "--url", url, "--cacert", key)
     # Assert
-    assert f"--cacert {key}" in line and "certificate" in line
+    assert f"--cacert={key!r}" in line and "certificate" in line and "not its key" in line
 
 
 def test_serve_with_a_folder_as_db_says_so(
@@ -380,3 +380,22 @@ def test_sim_names_every_file_it_wrote(tmp_path: Path, capsys: pytest.CaptureFix
         f"{out / 'bytes_per_round.png'}, {out / 'round_durations.png'}"
     )
     assert all((out / name).is_file() for name in ("bytes_per_round.png", "round_durations.png"))
+
+
+def test_cacert_takes_a_folder_of_hashed_certificates_and_refuses_an_empty_path(
+    tls_server: tuple[str, str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `_admin` reads --cacert as the clients read verify= (protocol.tls): before, a folder was
+    # "no such file" and an empty path "--cacert : no such file" (was is_file, then a cafile).
+    from tests.protocol.test_h196_tls_verify import hashed_dir
+
+    # Prepare: the self-signed certificate under its subject hash, as `openssl rehash` names it
+    url, cert, _ = tls_server
+    folder = hashed_dir(cert, tmp_path / "certs")
+    # Execute
+    ok = main(["coordinator", "status", "--admin-token", ADMIN, "--url", url, "--cacert", folder])
+    capsys.readouterr()
+    line = _status_error(capsys, "--url", url, "--cacert", "")
+    # Assert
+    assert ok == 0
+    assert "--cacert=''" in line and "empty" in line
