@@ -367,7 +367,11 @@ def register(sub: Any) -> None:
             help="the serve command's --admin-token (default $PLUME_ADMIN_TOKEN)",
         )
         q.add_argument(
-            "--cacert", default=None, metavar="PEM", help="CA bundle to verify an HTTPS coordinator"
+            "--cacert",
+            default=None,
+            metavar="PEM",
+            help="CA bundle to verify an HTTPS coordinator (a PEM file, or a folder of hashed "
+            "certificates as `openssl rehash` makes)",
         )
 
     c = csub.add_parser(
