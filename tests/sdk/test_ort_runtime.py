@@ -393,8 +393,11 @@ def test_a_corrupt_graph_with_a_matching_manifest_is_an_artifact_error(
     with pytest.raises(ArtifactError) as info:
         OrtTrainer.from_dir(d)
 
-    # Assert: typed, names the file, one line.
-    assert str(info.value).startswith("infer: onnxruntime refused the artifact: ")
+    # Assert: typed, names the file, one line. Bytes that are no protobuf message are refused
+    # by the external-data walk before onnxruntime sees them (helper-201).
+    assert str(info.value).startswith(
+        ("infer: onnxruntime refused the artifact: ", "infer: the graph cannot be read (")
+    )
     assert "\n" not in str(info.value)
 
 
