@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import os
 from collections.abc import Iterator, Sequence
 
@@ -35,14 +36,41 @@ _OPT_LEVELS = {
 }
 
 
+# The most intra-op threads a session may be given: more than a phone (or most servers) has
+# cores. onnxruntime starts every one of them as an OS thread per session, whatever the cores,
+# and a count past a C int was a raw pybind TypeError.
+_MAX_THREADS = 256
+
+
+def _check_threads(threads: object) -> int:
+    """`threads` as an int; `ValueError` unless an integer from 0 to `_MAX_THREADS` (a bool is
+    no thread count, nor a float such as 2.0 or a string), as `sdk.trainer.TorchTrainer`
+    checks its own (which has no 0: torch's default there is None)."""
+    if isinstance(threads, numbers.Integral) and not isinstance(threads, bool):
+        n = int(threads)
+        if 0 <= n <= _MAX_THREADS:
+            return n
+    raise ValueError(
+        f"threads must be an integer from 0 (onnxruntime's default) to {_MAX_THREADS}, "
+        f"got {threads!r}"
+    )
+
+
 def session_options(threads: int = 1, optimization: str = "all") -> ort.SessionOptions:
-    """Session options for a device: `threads` intra-op threads (0 = onnxruntime's default)."""
-    if threads < 0:
-        raise ValueError("threads must be >= 0")
+    """Session options for a device: `threads` intra-op threads (0 = onnxruntime's default,
+    one per physical core; `ValueError` for anything but an integer from 0 to `_MAX_THREADS`).
+
+    With more than one thread, the pool's threads do not spin while waiting for work
+    (``session.intra_op.allow_spinning`` "0"): spinning keeps the waiting threads busy between
+    the small kernels of a training step, CPU time (a phone's battery) spent for no work.
+    """
+    n = _check_threads(threads)
     if optimization not in _OPT_LEVELS:
         raise ValueError(f"optimization must be one of {sorted(_OPT_LEVELS)}")
     so = ort.SessionOptions()
-    so.intra_op_num_threads = threads
+    so.intra_op_num_threads = n
+    if n != 1:
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.inter_op_num_threads = 1
     so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     so.graph_optimization_level = _OPT_LEVELS[optimization]
@@ -337,21 +365,29 @@ class OrtTrainer:
         optimization: str = "all",
     ) -> None:
         self.manifest = manifest
-        options = session_options(threads, optimization)
+        # Training runs on `threads`; the inference graph (`predict`, `evaluate`) on one thread:
+        # it is idle while a device trains, and each thread of its pool is an OS thread.
+        options = {
+            "train_step": session_options(threads, optimization),
+            "infer": session_options(1, optimization),
+        }
         # Loaded from the bytes `load_manifest` read (and hashed), not from the paths, which
         # onnxruntime would read again. External data is refused before any session reads it
         # (`_check_no_external_data`); the folder is named as well, so that onnxruntime itself
         # would resolve a path in the artifact folder, not in the working directory.
-        options.add_session_config_entry(
-            "session.model_external_initializers_file_folder_path", str(manifest.root)
-        )
+        for each in options.values():
+            each.add_session_config_entry(
+                "session.model_external_initializers_file_folder_path", str(manifest.root)
+            )
         providers = ["CPUExecutionProvider"]
         sessions = []
         for what in ("train_step", "infer"):
             _check_no_external_data(manifest.file_data[what], what)  # onnxruntime would read it
             try:
                 sessions.append(
-                    ort.InferenceSession(manifest.file_data[what], options, providers=providers)
+                    ort.InferenceSession(
+                        manifest.file_data[what], options[what], providers=providers
+                    )
                 )
             except Exception as exc:  # onnxruntime raises its own untyped errors on a bad model
                 raise ArtifactError(
@@ -361,14 +397,24 @@ class OrtTrainer:
         m = manifest
         for what in ("train_step", "infer"):
             _check_opset(m.file_data[what], m.opset, what)
-        _check_names(
-            self._train,
-            [*m.param_inputs, *m.state_inputs, m.x_name, m.y_name, m.lr_name],
-            m.train_outputs,
-            "train_step",
-        )
-        _check_names(self._infer, [*m.param_inputs, m.x_name], m.infer_outputs, "infer")
-        self.classes = _check_signature(self._train, self._infer, m)
+        try:
+            _check_names(
+                self._train,
+                [*m.param_inputs, *m.state_inputs, m.x_name, m.y_name, m.lr_name],
+                m.train_outputs,
+                "train_step",
+            )
+            _check_names(self._infer, [*m.param_inputs, m.x_name], m.infer_outputs, "infer")
+            self.classes = _check_signature(self._train, self._infer, m)
+        except ArtifactError:
+            raise
+        except Exception as exc:
+            # onnxruntime hands names as str: a name (or a dimension's) that is not UTF-8 raised
+            # UnicodeDecodeError while being read; the graph is at fault, whatever failed.
+            raise ArtifactError(
+                f"the graphs' inputs and outputs cannot be read: {type(exc).__name__}: "
+                f"{_first_line(exc)}"
+            ) from exc
         self._x_dtype = np.dtype(m.x_dtype)
         self._y_dtype = np.dtype(m.y_dtype)
         # Set once `train` has measured the graph's momentum against the manifest's.
