@@ -41,6 +41,7 @@ from ._mean import FedAvg, _FedAvgProcess
 __all__ = [
     "DPMean",
     "MAX_NOISE_SCALE",
+    "MIN_CLIP",
     "MIN_ACCOUNTED_NOISE_MULTIPLIER",
     "accounted_sample_size",
     "delta_refusal",
@@ -51,6 +52,9 @@ __all__ = [
 # noise, divided by the denominator, both scale with it) DPMean builds with. float32 holds
 # 3.4e38; a noise sample beyond 8 standard deviations of 1e30 is not drawn in practice.
 MAX_NOISE_SCALE = 1e30
+# The smallest clip DPMean builds with: float32's smallest normal number (1.1754944e-38). The
+# clipped reports are float32, so a smaller clip rounds them to 0 or a few subnormal levels.
+MIN_CLIP = float(np.finfo(np.float32).tiny)
 _METHODS = ("auto", "pld", "rdp")
 
 
@@ -91,8 +95,21 @@ class DPMean:
             )
         if isinstance(self.clip, int | float) and not (self.clip > 0 and math.isfinite(self.clip)):
             raise ValueError(f"clip norm must be finite and > 0, got {self.clip!r}")
-        if self.denominator is not None and not self.denominator > 0:
-            raise ValueError(f"denominator must be > 0, got {self.denominator!r}")
+        first = self.clip.initial if isinstance(self.clip, AdaptiveClip) else self.clip
+        if not first >= MIN_CLIP:
+            # The clipped reports are float32: scaled to a smaller norm they round to 0 (or
+            # to a few subnormal levels), and every release is noise around nothing.
+            raise ValueError(
+                f"clip (clip=) must be at least {MIN_CLIP:.8g}, float32's smallest normal "
+                f"number (smaller, the clipped float32 reports round to 0), got {first!r}"
+            )
+        if self.denominator is not None and not (
+            self.denominator > 0 and math.isfinite(self.denominator)
+        ):
+            # An infinite one made every release 0 and its noise_stddev 0.
+            raise ValueError(
+                f"denominator (denom=) must be finite and > 0, got {self.denominator!r}"
+            )
         if not 0.0 < self.delta < 1.0:
             raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
         if not self.epsilon_budget > 0:
@@ -319,7 +336,7 @@ class _DPMeanProcess:
             # Centred bits (b - 1/2) halve the count's sensitivity; see the module docstring.
             centred = float(np.count_nonzero(norms <= clip)) - n / 2.0
             noised_fraction = (centred + float(rng.normal(0.0, sb))) / denom + 0.5
-            new_clip = min(cfg.clip.step(clip, noised_fraction), cfg.clip_ceiling())
+            new_clip = min(max(cfg.clip.step(clip, noised_fraction), MIN_CLIP), cfg.clip_ceiling())
             noised["unclipped_fraction_noised"] = noised_fraction
         if cfg.metrics is not None:
             cfg.metrics.observe(
