@@ -381,7 +381,7 @@ def test_an_external_coordinator_refusing_the_token_points_at_the_environment(
         (["--model", "nope"], "unknown model 'nope' (--model); choose one of digits_mlp, mlp,"),
         (
             ["--secure", "--secure-noise", "skellam"],
-            "secure: noise needs --secure-noise-multiplier > 0 (--secure-noise)",
+            "secure: noise needs a finite --secure-noise-multiplier > 0, got 0.0 (--secure-noise)",
         ),
     ],
 )
