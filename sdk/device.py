@@ -8,6 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from compression import CodecConfig, EncodeReport, ErrorFeedback, ModelSpec, UpdateCodec
+from compression._feedback import checked_residual, checked_sum
 
 __all__ = ["UpdateEncoder", "clip_l2"]
 
@@ -86,13 +87,18 @@ class UpdateEncoder:
             if self._ef is not None:  # dropped, never carried into a later upload
                 self._ef.residual[:] = 0.0
             return out
-        with np.errstate(over="ignore", invalid="ignore"):  # `step` refuses a non-finite u
-            u = d + self.feedback.residual
-        out = self.feedback.step(d, self.codec, rng, weight=weight)
+        # `ErrorFeedback.step`, with its u kept for `refused`: the step computed u = d +
+        # residual again, a second parameter-sized copy alive at once (the same float32 sum,
+        # so the same bits). A non-finite u or residual is refused, the residual kept.
+        feedback = self.feedback
+        u = checked_sum(d, feedback.held())
+        frame, decoded, report = self.codec.roundtrip(u, rng, weight)
+        feedback.residual = checked_residual(u, decoded)
+        del decoded
         # Only once the step succeeded: a failed encode (e.g. a NaN delta) must leave what
         # `refused` would restore for the upload still outstanding, not a u never sent.
         self._pending_u = u
-        return out
+        return frame, report
 
     def hold(self, u: npt.NDArray[np.float32]) -> None:
         """Keep `u` (delta + residual, float32[d]) for `refused`, for an upload whose

@@ -86,4 +86,8 @@ class OrtDevice:
         )
         delta = (result.params - start).astype(np.float32, copy=False)
         frame, report = self.encoder.encode(delta, rng, float(result.num_examples))
+        # An OrtDevice has no path for a refused upload (`UpdateEncoder.refused`): the copy of
+        # u the encoder keeps for one would be held, a parameter-sized array, until the next
+        # round replaced it.
+        self.encoder.accepted()
         return OrtUpload(frame, report, result)
