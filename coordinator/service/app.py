@@ -455,11 +455,12 @@ def create_app(
             cap=coordinator.upload_cap_for_round(round_id) or config.json_body_cap,
             what="update",
         )
+        if fields.round_id != round_id:
+            # A refusal is control traffic: it carried no update into either round.
+            raise ApiError(403, Reason.ROUND_MISMATCH, "signed round differs from the URL")
         att = Attribution(fields.device_id, fields.round_id, payload_up=len(frame))
         att.dense_up = coordinator.dense_bytes_for_round(round_id)
         setattr(request.state, STATE_KEY, att)
-        if fields.round_id != round_id:
-            raise ApiError(403, Reason.ROUND_MISMATCH, "signed round differs from the URL")
         key = headers.get(H.IDEMPOTENCY_KEY)
         if key is None or not _IDEMPOTENCY.fullmatch(key):
             raise ApiError(400, Reason.MALFORMED, "Idempotency-Key header (1-128 chars) required")
@@ -752,7 +753,7 @@ def create_app(
         store=the_store,
         metrics=metrics,
         json_cap=config.json_body_cap,
-        member=coordinator.in_round,
+        member=coordinator.attributable,
         body_timeout_s=config.body_timeout_s or None,
     )
     return app

@@ -175,6 +175,11 @@ RELOAD_RETRY_S = 5.0
 # versions one export rebuilds from the initial model (app.py `_older_version`;
 # `admin_client.EXPORT_REACH` mirrors it).
 MAX_EXPORT_CHAIN = 1024
+# How long after a round closed the exchanges its own devices sign with it still count in its
+# ledger (`Coordinator.attributable`): an upload retried across the close (answered 409
+# `round_closed`, or its receipt again) and a late read of the round's status or of a secure
+# round's last stage. Later ones are control traffic: a closed round's ledger stops growing.
+LEDGER_GRACE_S = 60.0
 # Most rounds one `GET /v1/admin/tasks/{id}/rounds?last=N` answers (a task may have up to
 # 1,000,000; the whole list is still answered without `last`).
 MAX_ROUNDS_PAGE = 100_000
@@ -2585,9 +2590,40 @@ class Coordinator:
         rt = self.runtimes.get(owner) if owner is not None else None
         return rt.max_upload_bytes if rt is not None else None
 
+    def attributable(
+        self,
+        round_id: int,
+        device_id: str,
+        task_id: int | None = None,
+        url_round: int | None = None,
+    ) -> bool:
+        """Whether an exchange a device signed with `round_id` counts in that round's ledger:
+        the device was selected for it, the round is open or closed at most `LEDGER_GRACE_S`
+        ago, and it is the round of the request's URL (`url_round`) and a round of the task of
+        the URL (`task_id`) when the URL names one. Anyone can sign any round id: without
+        these a device of an old round charged any later traffic, another task's model
+        downloads too, to that round. False (control traffic) when the round's stored row
+        does not parse."""
+        if url_round is not None and url_round != round_id:
+            return False
+        found = self._runtime_for_round(round_id)
+        if found is not None:
+            return (task_id is None or found[0].task_id == task_id) and (
+                device_id in found[1].selected
+            )
+        try:
+            r = self._stored_round(round_id)
+        except (DamagedRow, ApiError):
+            return False  # called while the response starts: an error here would cut it
+        if r is None or (task_id is not None and r.task_id != task_id):
+            return False
+        if r.closed_unix is None or self.clock() - r.closed_unix > LEDGER_GRACE_S:
+            return False  # closed too long ago, or not closed and not running (task refused)
+        return self.in_round(round_id, device_id)
+
     def in_round(self, round_id: int, device_id: str) -> bool:
         """Whether `device_id` was selected for round `round_id` (open or closed); False when
-        the round's stored selection does not parse (its traffic then counts as control)."""
+        the round's stored selection does not parse."""
         found = self._runtime_for_round(round_id)
         if found is not None:
             return device_id in found[1].selected

@@ -94,7 +94,7 @@ class WireMiddleware:
         store: Store,
         metrics: Metrics,
         json_cap: int,
-        member: Callable[[int, str], bool] | None = None,
+        member: Callable[[int, str, int | None, int | None], bool] | None = None,
         body_timeout_s: float | None = None,
     ) -> None:
         self.app = app
@@ -104,8 +104,10 @@ class WireMiddleware:
         # A request's whole body must arrive within this many seconds of its first read: a
         # sender that trickles bytes cannot hold a connection open indefinitely.
         self.body_timeout_s = body_timeout_s
-        # member(round_id, device_id): was the device selected for the round? Anyone can sign
-        # any round id, so only a round's own devices may add bytes to its ledger.
+        # member(round_id, device_id, task_id, url_round): may the exchange count in the round
+        # (the device was selected for it, it is open or just closed, it is the round of the
+        # URL and of the URL's task)? Anyone can sign any round id, so only a round's own
+        # devices may add bytes to its ledger, and only while it runs.
         self.member = member
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -153,7 +155,7 @@ class WireMiddleware:
             nonlocal sent_body
             if message["type"] == "http.response.start":
                 att: Attribution | None = scope["state"].get(STATE_KEY)
-                if att is not None and att.round_id > 0 and not self._member(att):
+                if att is not None and att.round_id > 0 and not self._member(scope, att):
                     att.round_id = 0  # counted as control traffic instead
                 headers = _with_date(message.get("headers", []))
                 if att is not None and att.round_id > 0:
@@ -214,13 +216,19 @@ class WireMiddleware:
         if started:
             self._account(scope, received, started, sent_body + interim)
 
-    def _member(self, att: Attribution) -> bool:
+    def _member(self, scope: Scope, att: Attribution) -> bool:
         """Whether the round may count the exchange. A failed check (a store error) counts it
         as control traffic with a log line: raised as the response starts, it would cut it."""
         if self.member is None:
             return True
+        params = scope.get("path_params") or {}
         try:
-            return self.member(att.round_id, att.device_id)
+            return self.member(
+                att.round_id,
+                att.device_id,
+                _url_id(params.get("task_id")),
+                _url_id(params.get("round_id")),
+            )
         except Exception:
             log.exception(
                 "round %d membership check failed; its exchange is counted as control traffic",
@@ -281,6 +289,15 @@ class WireMiddleware:
             self.metrics.bytes.labels(direction, "payload").inc(payload)
             self.metrics.bytes.labels(direction, "wire").inc(wire)
             self.metrics.bytes.labels(direction, "dense").inc(dense)
+
+
+def _url_id(value: Any) -> int | None:
+    """A task or round id the router matched in the URL path (None: the route names none).
+    One that is not a decimal id names no round (-1): the route refused it anyway."""
+    if value is None:
+        return None
+    text = str(value)
+    return int(text) if text.isascii() and text.isdigit() and len(text) < 20 else -1
 
 
 def _with_date(headers: Any) -> list[tuple[bytes, bytes]]:

@@ -106,7 +106,7 @@ def test_an_error_of_a_rounds_device_is_counted_in_that_round_without_payload_do
         raise RuntimeError("bug")
 
     metrics = Metrics()
-    middleware = WireMiddleware(app, store, metrics, 1 << 16, member=lambda r, d: r == 3)
+    middleware = WireMiddleware(app, store, metrics, 1 << 16, member=lambda r, d, *_: r == 3)
     # Execute
     sent, raised = _drive(middleware)
     # Assert: named and counted in round 3 (wire bytes, one request each way), no payload down
@@ -149,7 +149,7 @@ def test_a_failed_membership_check_counts_the_answer_as_control_instead_of_cutti
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
-    def member(round_id: int, device_id: str) -> bool:
+    def member(round_id: int, device_id: str, *_: object) -> bool:
         raise OSError("database is locked")
 
     metrics = Metrics()
