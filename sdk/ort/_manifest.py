@@ -20,9 +20,11 @@ _VERSIONS = (1,)
 _MAX_MANIFEST_BYTES = 1 << 22  # 4 MiB: a manifest lists names and shapes, never weights
 _DTYPES = ("float32", "int64")
 # An ONNX file holds the graph, never the weights (they are inputs): the 80-step unrolled LSTM,
-# the largest exported so far, is 388 KB. The cap bounds what a received manifest can make the
-# device hash and hand to onnxruntime.
-_MAX_FILE_BYTES = 1 << 28  # 256 MiB
+# the largest zoo export, is 388 KB (about 5 KB a time step), mnist_cnn's training step 11 KB.
+# The cap bounds what a received manifest can make the device read, hash and hand to
+# onnxruntime; 16 MiB is 40 times the LSTM (an unrolled sequence of some 3,000 steps) and a
+# small allocation even on a phone. `load_manifest(max_file_bytes=...)` takes another.
+_MAX_FILE_BYTES = 1 << 24  # 16 MiB
 _TARGET_DTYPE = {"ce": "int64", "mse": "float32"}
 
 
@@ -117,8 +119,9 @@ def _tensor(obj: Any, key: str) -> tuple[str, str, tuple[int, ...]]:
     return name, dtype, tuple(dims)
 
 
-def _file(root: Path, files: Any, key: str, verify: bool) -> tuple[Path, bytes]:
-    """The path and contents of ONNX file `key`, after the path, size and digest checks."""
+def _file(root: Path, files: Any, key: str, verify: bool, cap: int) -> tuple[Path, bytes]:
+    """The path and contents of ONNX file `key`, after the path, size (at most `cap` bytes)
+    and digest checks."""
     entry = _get(files, key, dict)
     rel = _get(entry, "path", str)
     if not rel or os.path.isabs(rel) or ".." in Path(rel).parts:
@@ -139,10 +142,13 @@ def _file(root: Path, files: Any, key: str, verify: bool) -> tuple[Path, bytes]:
     digest = _get(entry, "sha256", str) if verify else ""
     if size != declared:
         # A declared size past the cap is shown as such, not as its (up to 4,300) digits.
-        said = declared if declared <= _MAX_FILE_BYTES else f"more than {_MAX_FILE_BYTES}"
+        said = declared if declared <= cap else f"more than {cap}"
         raise ArtifactError(f"{rel}: {size} bytes on disk, manifest says {said}")
-    if size > _MAX_FILE_BYTES:
-        raise ArtifactError(f"{rel}: {size} bytes, more than the {_MAX_FILE_BYTES} allowed")
+    if size > cap:
+        raise ArtifactError(
+            f"{rel}: {size} bytes, more than the {cap} allowed (max_file_bytes; Plume's "
+            f"largest zoo graph is 388 KB)"
+        )
     try:
         with path.open("rb") as f:
             data = f.read(size + 1)  # one byte more shows a file that grew since the stat
@@ -155,12 +161,29 @@ def _file(root: Path, files: Any, key: str, verify: bool) -> tuple[Path, bytes]:
     return path, data
 
 
-def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> Manifest:
+def _check_cap(max_file_bytes: object) -> int:
+    """`max_file_bytes` (None: `_MAX_FILE_BYTES`) as an int; `ValueError` unless a positive
+    integer (a bool or a float is no byte count)."""
+    if max_file_bytes is None:
+        return _MAX_FILE_BYTES
+    if isinstance(max_file_bytes, int) and not isinstance(max_file_bytes, bool):
+        if max_file_bytes >= 1:
+            return max_file_bytes
+    raise ValueError(f"max_file_bytes must be a positive integer, got {max_file_bytes!r}")
+
+
+def load_manifest(
+    directory: str | os.PathLike[str], *, verify: bool = True, max_file_bytes: int | None = None
+) -> Manifest:
     """Read and check ``manifest.json`` in `directory`, and read the two ONNX files it names.
 
     With `verify`, the files' SHA-256 must match the manifest's. Their contents are kept in
     `Manifest.file_data` (kilobytes: the weights are not in them) for `OrtTrainer` to load.
+    Each file may be at most `max_file_bytes` (default 16 MiB, 40 times the largest zoo
+    graph), checked before it is read (`ArtifactError`); `ValueError` for a cap that is not a
+    positive integer.
     """
+    cap = _check_cap(max_file_bytes)
     root = Path(directory)
     path = root / MANIFEST_NAME
     if not path.is_file():
@@ -246,10 +269,10 @@ def load_manifest(directory: str | os.PathLike[str], *, verify: bool = True) -> 
     lr_name = _get(data, "lr", str)
     infer_outputs = _names(data, "infer_outputs")
     # The graphs last, once every other field has passed: reading one can mean hashing up to
-    # `_MAX_FILE_BYTES`, work for nothing if the manifest is refused anyway.
+    # `max_file_bytes`, work for nothing if the manifest is refused anyway.
     files = _get(data, "files", dict)
-    train_path, train_data = _file(root, files, "train_step", verify)
-    infer_path, infer_data = _file(root, files, "infer", verify)
+    train_path, train_data = _file(root, files, "train_step", verify, cap)
+    infer_path, infer_data = _file(root, files, "infer", verify, cap)
     return Manifest(
         root=root,
         model=model,

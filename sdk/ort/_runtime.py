@@ -105,7 +105,7 @@ def _varint(data: memoryview, at: int) -> tuple[int, int]:
 
 def _fields(data: memoryview) -> Iterator[tuple[int, int | memoryview]]:
     """(field number, value) of each top-level field of the protobuf message `data`: an int
-    for a varint, a view of the bytes otherwise (no copy: a graph field is up to 256 MiB).
+    for a varint, a view of the bytes otherwise (no copy: a graph field is up to `max_file_bytes`).
     `ValueError` for bytes that are not a message."""
     at = 0
     while at < len(data):
@@ -477,9 +477,15 @@ class OrtTrainer:
         threads: int = 1,
         optimization: str = "all",
         verify: bool = True,
+        max_file_bytes: int | None = None,
     ) -> OrtTrainer:
-        """Load the artifacts `sdk.onnx_export` (or `plume export`) wrote to `path`."""
-        return cls(load_manifest(path, verify=verify), threads=threads, optimization=optimization)
+        """Load the artifacts `sdk.onnx_export` (or `plume export`) wrote to `path`.
+
+        Each ONNX file may be at most `max_file_bytes` (None: 16 MiB, 40 times the largest
+        zoo graph; see `load_manifest`), checked before it is read.
+        """
+        manifest = load_manifest(path, verify=verify, max_file_bytes=max_file_bytes)
+        return cls(manifest, threads=threads, optimization=optimization)
 
     @property
     def spec(self) -> ModelSpec:
