@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -246,7 +247,23 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     data = load_mnist()
     tmp = Path(tempfile.mkdtemp(prefix="plume_onnx_bench_"))
+    try:
+        return _bench(args, argv, tmp, steps, warmup, models, batches, data)
+    finally:  # the exported artifacts and the data file: nothing of the run is kept there
+        shutil.rmtree(tmp, ignore_errors=True)
 
+
+def _bench(
+    args: argparse.Namespace,
+    argv: list[str] | None,
+    tmp: Path,
+    steps: int,
+    warmup: int,
+    models: list[str],
+    batches: list[int],
+    data: Any,
+) -> int:
+    """The body of `main`, writing its temporary files under `tmp` (removed by `main`)."""
     results: dict[str, Any] = {
         "benchmark": "onnx_train",
         "command": command_line(__file__, argv),
