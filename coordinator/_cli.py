@@ -68,6 +68,13 @@ _SECURE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
     ("--secure-group-aggregator", "group_aggregator", str, "robust aggregator across groups"),
     ("--secure-noise-multiplier", "noise_multiplier", float, "distributed DP noise multiplier"),
     ("--secure-expected-dropout", "expected_dropout", float, "dropout the DP noise allows for"),
+    (
+        "--secure-epsilon-budget",
+        "epsilon_budget",
+        float,
+        "distributed DP: the epsilon (at delta 1e-5) the task may spend; a round whose release "
+        "could pass it is abandoned unreleased and the task stops",
+    ),
     ("--stage-timeout", "stage_timeout_s", float, "a stage closes this long after it opened"),
     ("--stage-idle", "stage_idle_s", float, "or this long after its latest upload"),
 )
@@ -84,6 +91,7 @@ _SECURE_METAVARS = {
     "group_aggregator": "SPEC",
     "noise_multiplier": "Z",
     "expected_dropout": "FRACTION",
+    "epsilon_budget": "EPS",
     "stage_timeout_s": "SECONDS",
     "stage_idle_s": "SECONDS",
 }
@@ -524,7 +532,8 @@ def register(sub: Any) -> None:
         defaults = _secure_defaults()
         for key, action in secure_actions.items():
             if key in defaults:
-                shown = "none" if defaults[key] is None else defaults[key]
+                value = defaults[key]
+                shown = "none" if value is None or value == math.inf else value
                 action.help = f"{action.help} (default: {shown})"
 
     when_help(c, complete_help)

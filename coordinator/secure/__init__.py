@@ -2,6 +2,7 @@
 
 from ._config import SecureConfig
 from ._coordinator import (
+    BudgetExhausted,
     PlanNumbers,
     SecureCoordinator,
     SecureOutcome,
@@ -16,6 +17,7 @@ from ._dp import (
     ddg_epsilon,
     integer_sensitivity,
     l1_sensitivity,
+    min_round_rho,
     skellam_rdp,
 )
 from ._policy import CoordinatePolicy, RandomPolicy, TopKMixPolicy, public_seed
@@ -23,6 +25,7 @@ from ._round import BUNDLE_BYTES, GroupResult, SecureRound, split_groups
 
 __all__ = [
     "BUNDLE_BYTES",
+    "BudgetExhausted",
     "RDP_ORDERS",
     "CoordinatePolicy",
     "DistributedDpAccountant",
@@ -39,6 +42,7 @@ __all__ = [
     "integer_sensitivity",
     "l1_sensitivity",
     "make_plan",
+    "min_round_rho",
     "budget_k",
     "public_seed",
     "plan_numbers",

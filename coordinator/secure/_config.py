@@ -37,6 +37,11 @@ class SecureConfig:
     noise, noise_multiplier, expected_dropout, dp_delta: distributed DP; each device's noise
         is calibrated so that if at least (1 - expected_dropout) of the cohort survive, the sum
         carries stddev noise_multiplier * (integer-domain L2 sensitivity).
+    epsilon_budget: with distributed DP, the epsilon (at dp_delta) the task may spend; inf (the
+        default) sets none. A round whose unmasking could take epsilon past it is abandoned
+        before any sum is unmasked (nothing released, nothing spent), and a round is not
+        opened once even the most favourable next round would (`SecureCoordinator`); either
+        way the round's measurements carry `budget_exhausted` and the service stops the task.
     degree_factor / threshold: graph degree k = 2 ceil(factor log2 n) and threshold t
         (default floor(k/2) + 1).
     group_size: None for one SecAgg over the cohort; g for grouped mode, where SecAgg runs in
@@ -64,6 +69,7 @@ class SecureConfig:
     noise_multiplier: float = 0.0
     expected_dropout: float = 0.1
     dp_delta: float = 1e-5
+    epsilon_budget: float = math.inf
     degree_factor: float = 1.5
     threshold: int | None = None
     group_size: int | None = None
@@ -99,6 +105,14 @@ class SecureConfig:
                 raise ValueError("distributed DP needs max_weight=1 (uniform weights)")
         if not 0.0 <= self.expected_dropout < 1.0 or not 0.0 < self.dp_delta < 1.0:
             raise ValueError("expected_dropout in [0, 1) and dp_delta in (0, 1)")
+        if not self.epsilon_budget > 0:  # NaN too
+            raise ValueError(f"epsilon_budget must be > 0, got {self.epsilon_budget!r}")
+        if math.isfinite(self.epsilon_budget) and self.noise == NoiseKind.NONE:
+            # Without noise nothing is accounted, so the budget would never be checked.
+            raise ValueError(
+                f"epsilon_budget ({self.epsilon_budget:g}) needs distributed DP noise "
+                "(noise discrete_gaussian or skellam, with noise_multiplier > 0)"
+            )
         if self.group_size is not None and self.group_size < 3:
             raise ValueError("group_size must be at least 3")
         if self.sketch_bits is not None and not 1 <= self.sketch_bits <= self.value_bits:

@@ -36,11 +36,17 @@ from protocol.secagg import (
 )
 
 from ._config import SecureConfig
-from ._dp import DistributedDpAccountant, account_released_groups, integer_sensitivity
+from ._dp import (
+    DistributedDpAccountant,
+    account_released_groups,
+    integer_sensitivity,
+    min_round_rho,
+)
 from ._policy import CoordinatePolicy, TopKMixPolicy, public_seed
 from ._round import GroupResult, SecureRound, split_groups
 
 __all__ = [
+    "BudgetExhausted",
     "SecureCoordinator",
     "SecureTask",
     "SecureOutcome",
@@ -49,6 +55,10 @@ __all__ = [
     "PlanNumbers",
     "plan_numbers",
 ]
+
+
+class BudgetExhausted(ValueError):
+    """A round refused because the task's `epsilon_budget` is spent (`SecureCoordinator`)."""
 
 
 class PlanNumbers(NamedTuple):
@@ -311,6 +321,9 @@ class SecureCoordinator:
         self.round_id = 0
         self.score: npt.NDArray[np.float32] | None = None
         self.accountant = DistributedDpAccountant(config.dp_delta)
+        # Set when a round was abandoned before unmasking because its release could pass the
+        # epsilon budget (`close_round`): no round opens after it.
+        self.budget_stopped = False
         # The sketch needs tensor shapes, and it is not noised, so it is off under DP.
         self.sketch_segments: tuple[tuple[int, int, int, int], ...] = ()
         if spec is not None and config.sketch and not config.dp:
@@ -363,6 +376,24 @@ class SecureCoordinator:
         )
 
     @property
+    def budgeted(self) -> bool:
+        """Whether the task has an epsilon budget to keep (distributed DP and a finite one)."""
+        return self.config.dp and math.isfinite(self.config.epsilon_budget)
+
+    def next_round_floor(self) -> float:
+        """The least epsilon any next round can leave: the accountant's with one more round of
+        `min_round_rho` (whatever its cohort, grouping, |S_r| or survivors)."""
+        rho = min_round_rho(self.config.noise_multiplier, self.config.expected_dropout)
+        return self.accountant.epsilon_after(rho)
+
+    def budget_exhausted(self) -> bool:
+        """Whether no next round can be released within `epsilon_budget`: a round was refused
+        for it, or even the most favourable next round would pass it. False without a budget."""
+        if not self.budgeted:
+            return False
+        return self.budget_stopped or self.next_round_floor() > self.config.epsilon_budget
+
+    @property
     def k(self) -> int:
         """|S_r| from `coord_fraction` (the size without an upload budget)."""
         return max(1, int(round(self.config.coord_fraction * self.size)))
@@ -390,6 +421,13 @@ class SecureCoordinator:
         """
         if round_id is not None and round_id < 1:
             raise ValueError(f"round_id must be positive, got {round_id}")
+        if self.budget_exhausted():
+            raise BudgetExhausted(
+                f"the epsilon budget {self.config.epsilon_budget:g} (epsilon_budget, at delta "
+                f"{self.config.dp_delta:g}) is spent: epsilon is "
+                f"{self.accountant.epsilon():.4g} after {self.accountant.rounds} released "
+                "rounds and another round could pass the budget; no round opens"
+            )
         if len(set(device_ids)) != len(device_ids):
             raise ValueError("a device is listed twice in the cohort")
         self.round_id = self.round_id + 1 if round_id is None else round_id
@@ -453,6 +491,13 @@ class SecureCoordinator:
         fewer masked inputs is not committed, and nothing is unmasked (no sum is released);
         one left with fewer contributors after unmasking (a group aborted then) is not
         committed either, its unmasked sums counted under DP as always.
+
+        With an `epsilon_budget`: a round whose `pending_dp` epsilon (an upper bound on what
+        unmasking records) is above the budget is not committed and nothing is unmasked
+        (nothing released, nothing spent, `before_unmask` not called); its measurements carry
+        `budget_exhausted` True and `dp_refused`, and no round opens after it. A released
+        round's `dp` carries `epsilon_budget` and `budget_exhausted` (True when even the most
+        favourable next round would pass the budget: the task should stop).
         """
         if min_contributors < 1:
             raise ValueError(f"min_contributors must be >= 1, got {min_contributors}")
@@ -465,7 +510,29 @@ class SecureCoordinator:
             for sr in task.groups:
                 if sr.stage == Stage.UNMASK:
                     sr.abort(short)
-        if before_unmask is not None and (pending := self.pending_dp(task)) is not None:
+        pending = self.pending_dp(task)
+        refused: dict[str, Any] | None = None
+        if pending is not None and self.budgeted:
+            budget = self.config.epsilon_budget
+            if not pending["epsilon"] <= budget:
+                spent = self.accountant.epsilon()
+                refused = {
+                    "epsilon": spent,
+                    "epsilon_if_released": pending["epsilon"],
+                    "epsilon_budget": budget,
+                    "delta": self.accountant.delta,
+                    "rounds": self.accountant.rounds,
+                }
+                why = (
+                    f"unmasking could take epsilon from {spent:.4g} to {pending['epsilon']:.4g}, "
+                    f"above the budget {budget:g} (epsilon_budget): nothing unmasked"
+                )
+                for sr in task.groups:
+                    if sr.stage == Stage.UNMASK:
+                        sr.abort(why)
+                self.budget_stopped = True
+                pending = None
+        if before_unmask is not None and pending is not None:
             before_unmask(pending)
         results: list[GroupResult] = []
         aborted = 0
@@ -502,6 +569,14 @@ class SecureCoordinator:
             )
         if reasons:
             meas["abort_reasons"] = reasons
+        if refused is not None:
+            meas["budget_exhausted"] = True
+            meas["dp_refused"] = refused
+            meas["abandoned"] = (
+                f"the epsilon budget {refused['epsilon_budget']:g} would be passed: unmasking "
+                f"could take epsilon from {refused['epsilon']:.4g} to "
+                f"{refused['epsilon_if_released']:.4g}; nothing unmasked, the task stops"
+            )
         if suspects := sorted(d for res in results for d in res.suspects):
             # Each sent an unmask share off its dealer's polynomial; the shares were corrected
             # around, and the ids are here for the operator (docs/secure-aggregation.md).
@@ -513,6 +588,9 @@ class SecureCoordinator:
             meas["dp"] = account_released_groups(
                 self.accountant, released, self.config.noise_multiplier
             )
+            if self.budgeted:
+                meas["dp"]["epsilon_budget"] = self.config.epsilon_budget
+                meas["dp"]["budget_exhausted"] = self.budget_exhausted()
         if not results or sum(res.weight for res in results) == 0:
             return SecureOutcome(task.round_id, False, [], dropped, aborted, update, meas)
         if too_few:

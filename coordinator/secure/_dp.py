@@ -46,6 +46,15 @@ at ceil(alpha) is used: Renyi divergence is non-decreasing in the order.
 Rounds compose by adding RDP curves at `RDP_ORDERS` (dp_accounting's default grid); a
 non-private round adds inf. dp_accounting's `compute_epsilon` converts the total to (eps, delta).
 No subsampling amplification is claimed (conservative).
+
+An epsilon budget needs the least a round can add (`min_round_rho`). A group of N devices
+adds per-device variance (z Delta2)^2 / n_min with n_min = max(t, ceil((1 - expected_dropout)
+N)) >= (1 - expected_dropout) N, and n <= N of them survive, so n sigma^2 >= (1 - dropout)
+(z Delta2)^2. Every bound above is at least Delta2 / (sqrt(n) sigma) (discrete Gaussian: each
+of the three terms; Skellam: its Gaussian term alone, at every order), so every round, of any
+size, |S_r| or grouping, is at least rho-zCDP's RDP curve with rho = (1 - dropout) / (2 z^2).
+`DistributedDpAccountant.epsilon_after(rho)` composes one such round: if even that passes the
+budget, no next round can stay within it.
 """
 
 from __future__ import annotations
@@ -73,6 +82,7 @@ __all__ = [
     "ddg_tau",
     "skellam_rdp",
     "DistributedDpAccountant",
+    "min_round_rho",
 ]
 
 # dp_accounting's `rdp_privacy_accountant.DEFAULT_RDP_ORDERS`, built the same way, as floats
@@ -207,6 +217,28 @@ class DistributedDpAccountant:
             return 0.0
         eps, _ = rdp_privacy_accountant.compute_epsilon(RDP_ORDERS, self.rdp(), self.delta)
         return float(eps)
+
+    def epsilon_after(self, rho: float) -> float:
+        """Epsilon at `delta` if one more round, rho-zCDP, were recorded (nothing recorded).
+        With `min_round_rho` it bounds from below the epsilon after any next round."""
+        import dp_accounting
+        from dp_accounting.rdp import rdp_privacy_accountant
+
+        acc = rdp_privacy_accountant.RdpAccountant(RDP_ORDERS)
+        acc.compose(dp_accounting.ComposedDpEvent([*self.events, dp_accounting.ZCDpEvent(rho)]))
+        rdp = np.asarray(acc.rdp, dtype=np.float64) + self.skellam
+        eps, _ = rdp_privacy_accountant.compute_epsilon(RDP_ORDERS, rdp, self.delta)
+        return float(eps)
+
+
+def min_round_rho(noise_multiplier: float, expected_dropout: float) -> float:
+    """rho such that every distributed-DP round is at least rho-zCDP's RDP curve:
+    (1 - expected_dropout) / (2 z^2) (see the module docstring)."""
+    if not (math.isfinite(noise_multiplier) and noise_multiplier > 0):
+        raise ValueError(f"need a finite noise_multiplier > 0, got {noise_multiplier}")
+    if not 0.0 <= expected_dropout < 1.0:
+        raise ValueError(f"need expected_dropout in [0, 1), got {expected_dropout}")
+    return (1.0 - expected_dropout) / (2.0 * noise_multiplier**2)
 
 
 def account_released_groups(

@@ -20,11 +20,13 @@ import numpy.typing as npt
 
 from compression import ModelSpec
 from coordinator.secure import (
+    DistributedDpAccountant,
     PlanNumbers,
     SecureConfig,
     SecureCoordinator,
     budget_k,
     make_plan,
+    min_round_rho,
     plan_numbers,
 )
 from protocol.secagg import MAX_DEGREE, NoiseKind, Stage, choose_degree
@@ -205,8 +207,22 @@ def check_plan(settings: SecureSettings, cohort: int, model_size: int, least: in
     variance (refused outside what the sampler draws), and the ring bits (refused above 64).
     Those are computed for every pair, and only the pairs extreme in one of them are planned
     (at most five): if any pair is refused, one of these is.
+
+    An `epsilon_budget` that even the most favourable first round would pass is refused: the
+    task could never release a sum (`SecureCoordinator.close_round` abandons such a round).
     """
     cfg = settings.config
+    if cfg.dp and math.isfinite(cfg.epsilon_budget):
+        rho = min_round_rho(cfg.noise_multiplier, cfg.expected_dropout)
+        first = DistributedDpAccountant(cfg.dp_delta).epsilon_after(rho)
+        if first > cfg.epsilon_budget:
+            raise ValueError(
+                f"epsilon_budget {cfg.epsilon_budget:g} is below what any one round spends "
+                f"(at least epsilon {first:.4g} at dp_delta {cfg.dp_delta:g} with "
+                f"noise_multiplier {cfg.noise_multiplier:g} and expected_dropout "
+                f"{cfg.expected_dropout:g}): no round could be released; raise epsilon_budget "
+                "or noise_multiplier"
+            )
     least = max(3, min(least, cohort))
     splits = round_groups(cohort, least, cfg.group_size)
     large = max(split[-1] for split in splits)
