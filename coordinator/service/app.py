@@ -418,11 +418,18 @@ def create_app(
         fields: pauth.SignedFields = Depends(device),  # noqa: B008
     ) -> Response:
         """The current model: a delta chain from `have`, or a full snapshot (fp32/fp16+zstd)."""
-        body, headers, rt = coordinator.model(task_id, have, format, dtype)
+        answer = coordinator.plan_model(task_id, have, format, dtype)
+        if answer.body is None:
+            # Up to max_chain (1000) frames read from SQLite: in a worker thread, not on the
+            # event loop every other request waits on.
+            chain = await asyncio.to_thread(coordinator.read_chain, answer)
+            answer = coordinator.chain_answer(answer, chain)
+        body = answer.body
+        assert body is not None
         att: Attribution = getattr(request.state, STATE_KEY)
         att.payload_down = len(body)
-        att.dense_down = rt.spec.dense_bytes
-        return Response(body, media_type=ContentType.OCTET_STREAM, headers=headers)
+        att.dense_down = answer.rt.spec.dense_bytes
+        return Response(body, media_type=ContentType.OCTET_STREAM, headers=answer.headers)
 
     @app.post(
         Path.UPLOAD,

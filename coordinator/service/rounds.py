@@ -968,6 +968,42 @@ class TaskRuntime:
         self._fits_fp16 = None
 
 
+# A delta chain's fixed head: "PLCH", u8 version, u8 reserved, u16 count (http-api.md); each
+# frame adds a u32 length to it.
+CHAIN_HEAD_BYTES = 8
+
+
+@dataclass(frozen=True)
+class ModelAnswer:
+    """A model download `Coordinator.plan_model` decided: the body (None: the delta chain from
+    `have` to the version in `headers`, still to be read with `read_chain`) and its headers."""
+
+    rt: TaskRuntime
+    headers: dict[str, str]
+    body: bytes | None
+    have: int
+    fmt: str
+    dtype: str
+
+
+def _model_headers(version: int, digest: str, encoding: str, exact: bool) -> dict[str, str]:
+    return {
+        Header.MODEL_VERSION: str(version),
+        Header.MODEL_DIGEST: digest,
+        Header.MODEL_ENCODING: str(encoding),
+        Header.MODEL_EXACT: "1" if exact else "0",
+    }
+
+
+def _chain_gone(have: int, v: int) -> ApiError:
+    return ApiError(
+        409,
+        Reason.UNKNOWN_VERSION,
+        f"no delta chain from version {have} to {v}: a delta frame on the way is no longer "
+        "stored; fetch the snapshot",
+    )
+
+
 class Coordinator:
     """All tasks of one coordinator over one `Store`. Call from one thread (the event loop);
     only `close_round`'s aggregation step runs in a worker thread."""
@@ -2083,7 +2119,22 @@ class Coordinator:
     def model(
         self, task_id: int, have: int | None, fmt: str, dtype: str
     ) -> tuple[bytes, dict[str, str], TaskRuntime]:
-        """(body, headers, runtime) of a model download; see docs/http-api.md."""
+        """(body, headers, runtime) of a model download; see docs/http-api.md. The route
+        reads a chain's frames off the event loop instead (`plan_model`, `read_chain`,
+        `chain_answer`); this does all three in the caller's thread."""
+        answer = self.plan_model(task_id, have, fmt, dtype)
+        if answer.body is None:
+            answer = self.chain_answer(answer, self.read_chain(answer))
+        assert answer.body is not None
+        return answer.body, answer.headers, answer.rt
+
+    def plan_model(self, task_id: int, have: int | None, fmt: str, dtype: str) -> ModelAnswer:
+        """What a model download sends, decided from the stored frames' lengths before any
+        frame is read: the snapshot (its body), or the delta chain from `have` (body None: the
+        caller reads it with `read_chain`). A chain is sent only when it is smaller than the
+        fp32 snapshot: `auto` sends the snapshot otherwise, and `format=delta` is 409
+        `unknown_version` asking for the snapshot (a forced chain was sent at any size, up to
+        `max_chain` frames: 14-45x the snapshot's bytes, helper-202's amplify.py)."""
         rt = self.runtimes.get(task_id)
         if rt is None:
             if (refusal := self.refusal(task_id)) is not None:
@@ -2099,38 +2150,68 @@ class Coordinator:
                 Reason.UNKNOWN_VERSION,
                 f"no delta chain from version {have} to {v} (max chain {rt.config.max_chain})",
             )
-        body: bytes | None = None
-        encoding = ModelEncoding.SNAPSHOT
         if fmt in ("auto", "delta") and chain_ok:
             assert have is not None
-            frames, gone = self._chain_frames(task_id, have, v)
+            size, gone = self._chain_size(task_id, have, v)
             if gone is not None:
                 # A version's frame is gone (`--keep-frames` empties those outside the chain
                 # window; a hand edit): a chain that skips it would not make version v.
                 if fmt == "delta":
+                    raise _chain_gone(have, v)
+            else:
+                snap = len(rt.snapshot(SnapshotDType.FP32))
+                if size < snap:
+                    headers = _model_headers(v, rt.digest, ModelEncoding.DELTA_CHAIN, True)
+                    return ModelAnswer(rt, headers, None, have, fmt, dtype)
+                if fmt == "delta":
                     raise ApiError(
                         409,
                         Reason.UNKNOWN_VERSION,
-                        f"no delta chain from version {have} to {v}: a delta frame on the "
-                        "way is no longer stored; fetch the snapshot",
+                        f"the delta chain from version {have} to {v} would be {size} bytes, "
+                        f"no smaller than the fp32 snapshot ({snap} bytes); fetch the snapshot",
                     )
-                chain_ok = False
-        if fmt in ("auto", "delta") and chain_ok:
-            chain = pack_chain(frames)
-            snap = rt.snapshot(SnapshotDType.FP32)
-            if fmt == "delta" or len(chain) < len(snap):
-                body, encoding = chain, ModelEncoding.DELTA_CHAIN
-        exact = True
-        if body is None:
-            body = rt.snapshot(dtype)
-            exact = dtype == SnapshotDType.FP32
-        headers = {
-            "x-plume-model-version": str(v),
-            "x-plume-model-digest": rt.digest,
-            "x-plume-model-encoding": str(encoding),
-            "x-plume-model-exact": "1" if exact else "0",
-        }
-        return body, headers, rt
+        body = rt.snapshot(dtype)
+        exact = dtype == SnapshotDType.FP32
+        headers = _model_headers(v, rt.digest, ModelEncoding.SNAPSHOT, exact)
+        return ModelAnswer(rt, headers, body, 0, fmt, dtype)
+
+    def read_chain(self, answer: ModelAnswer) -> bytes | None:
+        """The delta chain `plan_model` chose, packed; None when a frame on the way was
+        emptied since (`--keep-frames` ran in between). Only store reads: the route runs it in
+        a worker thread, so a long chain's reads do not hold the event loop."""
+        frames, gone = self._chain_frames(
+            answer.rt.task_id, answer.have, int(answer.headers[Header.MODEL_VERSION])
+        )
+        return None if gone is not None else pack_chain(frames)
+
+    def chain_answer(self, answer: ModelAnswer, chain: bytes | None) -> ModelAnswer:
+        """`answer` with the chain `read_chain` read; when it found a frame gone, what
+        `plan_model` answers without a chain (the current snapshot under `auto`)."""
+        if chain is not None:
+            return dataclasses.replace(answer, body=chain)
+        v = int(answer.headers[Header.MODEL_VERSION])
+        if answer.fmt == "delta":
+            raise _chain_gone(answer.have, v)
+        return self.plan_model(answer.rt.task_id, None, answer.fmt, answer.dtype)
+
+    def _chain_size(self, task_id: int, after: int, upto: int) -> tuple[int, int | None]:
+        """The bytes of the delta chain taking version `after` to `upto` (its header, length
+        table and frames), and the first version on the way whose frame is gone (None: the
+        chain is whole), from the stored frames' lengths: no frame is read (SQLite keeps a
+        blob's length in its record header)."""
+        rows = self.store._query(
+            "SELECT version, length(delta_frame) FROM versions WHERE task_id=? AND version>? "
+            "AND version<=? ORDER BY version",
+            (task_id, after, upto),
+        )
+        stored = {int(ver): n for ver, n in rows}
+        size = CHAIN_HEAD_BYTES
+        for ver in range(after + 1, upto + 1):
+            n = stored.get(ver)
+            if n is None:
+                return 0, ver
+            size += 4 + int(n)
+        return size, None
 
     # -- uploads ---------------------------------------------------------------------------
 
