@@ -15,6 +15,7 @@ The accountant (coordinator.privacy) then composes rounds of multiplier z.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -38,12 +39,15 @@ from ._base import AggregateOutput, AggregatorFactory, ClientUpdate, check_finit
 from ._clip import AdaptiveClip, clip_update
 from ._mean import FedAvg, _FedAvgProcess
 
+_log = logging.getLogger("plume.coordinator.dp")
+
 __all__ = [
     "DPMean",
     "MAX_NOISE_SCALE",
     "MIN_CLIP",
     "MIN_ACCOUNTED_NOISE_MULTIPLIER",
     "accounted_sample_size",
+    "delta_note",
     "delta_refusal",
     "find_dp",
 ]
@@ -413,12 +417,35 @@ def delta_refusal(dp: DPMean | None) -> str | None:
     run call this (not a restart)."""
     s = dp.sampling if dp is not None else None
     if dp is None or not isinstance(s, FixedSizeSampling) or dp.delta < 1.0 / s.population:
+        if (note := delta_note(dp)) is not None:
+            _log.warning("%s", note)
         return None
     return (
         f"dp: delta {dp.delta:g} is not below 1/N = 1/{s.population} (population="
         f"{s.population}): a mechanism that publishes one device's data in full, a device "
         "chosen at random, is (0, 1/N)-DP, so this delta allows that; pick delta well below "
         "1/N (docs/privacy.md, assumption 8)"
+    )
+
+
+def delta_note(dp: DPMean | None) -> str | None:
+    """A warning, or None: `dp`'s delta is below 1/N (`delta_refusal` takes it) but above
+    1/(10 N), N the population of its `population=N,sample=k` accounting. docs/privacy.md
+    (assumption 8) asks for delta well below 1/N: (0, delta)-DP with delta close to 1/N still
+    allows publishing one device's data in full with probability close to 1/N. Not a refusal:
+    stored tasks and existing configs use such deltas. `delta_refusal` logs it (logger
+    plume.coordinator.dp), so the paths that create a new task or run warn."""
+    s = dp.sampling if dp is not None else None
+    if dp is None or not isinstance(s, FixedSizeSampling):
+        return None
+    n = s.population
+    if not 1.0 / (10.0 * n) < dp.delta < 1.0 / n:
+        return None
+    return (
+        f"dp: delta {dp.delta:g} is below 1/N = 1/{n} (population={n}) but above 1/(10 N) = "
+        f"{1.0 / (10.0 * n):g}: publishing a device chosen at random in full, with "
+        f"probability delta N = {dp.delta * n:.2g}, is (0, delta)-DP, so the guarantee allows "
+        "that; pick delta well below 1/N (docs/privacy.md, assumption 8)"
     )
 
 
