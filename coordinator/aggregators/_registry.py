@@ -81,7 +81,11 @@ Wrappers (stages before the base):
                                    user-level DP mean (must be the first stage); `plume sim`
                                    and the coordinator service take population=,sample= only;
                                    q= (Poisson sampling, with denom= the expected cohort q·N)
-                                   in library use only
+                                   in library use only.
+                                   clip= (with quantile=, the adaptive clip's start) at least
+                                   1.1754944e-38, float32's smallest normal; denom=, the
+                                   divisor of the noised sum, finite and > 0; and
+                                   max(z, 1)·clip / min(denom, 1) at most 1e30
 Server optimizers (only as the very first stage; they turn the aggregate into the step):
   avgm[:momentum=B,lr=L]           FedAvgM: server momentum B (0.9), step lr (1.0)
   adam[:lr=L,b1=,b2=,tau=]         FedAdam (Reddi et al. 2021): lr 0.01, b1 0.9, b2 0.99,
