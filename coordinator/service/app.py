@@ -406,6 +406,11 @@ def create_app(
         responses={
             **_ERRORS,
             200: {"content": {ContentType.OCTET_STREAM: {}}, "description": "model bytes"},
+            429: {
+                "model": ErrorBody,
+                "description": "this device's snapshots of this version are over the "
+                "snapshots_per_version limit; retry after `Retry-After` s",
+            },
         },
         tags=["device"],
     )
@@ -418,7 +423,7 @@ def create_app(
         fields: pauth.SignedFields = Depends(device),  # noqa: B008
     ) -> Response:
         """The current model: a delta chain from `have`, or a full snapshot (fp32/fp16+zstd)."""
-        answer = coordinator.plan_model(task_id, have, format, dtype)
+        answer = coordinator.plan_model(task_id, have, format, dtype, fields.device_id)
         if answer.body is None:
             # Up to max_chain (1000) frames read from SQLite: in a worker thread, not on the
             # event loop every other request waits on.

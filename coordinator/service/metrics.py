@@ -93,6 +93,18 @@ class Metrics:
             ["direction"],
             registry=r,
         )
+        self.control_wire_bytes_by_route = Counter(
+            "plume_control_wire_bytes_by_route",
+            "plume_control_wire_bytes by route template (unmatched: no route) and direction: "
+            "which requests the traffic outside rounds is",
+            ["route", "direction"],
+            registry=r,
+        )
+        self.model_snapshots_rate_limited = Counter(
+            "plume_model_snapshots_rate_limited",
+            "Model downloads refused (429) by the per-device snapshots_per_version limit",
+            registry=r,
+        )
         self.updates_accepted = Counter(
             "plume_updates_accepted", "Uploads accepted and committed", registry=r
         )

@@ -180,6 +180,9 @@ MAX_EXPORT_CHAIN = 1024
 # `round_closed`, or its receipt again) and a late read of the round's status or of a secure
 # round's last stage. Later ones are control traffic: a closed round's ledger stops growing.
 LEDGER_GRACE_S = 60.0
+# The window of `ServiceConfig.snapshots_per_version`: a device's count of snapshots of the
+# current version starts again after this many seconds, or at the task's next version.
+SNAPSHOT_WINDOW_S = 3600.0
 # Most rounds one `GET /v1/admin/tasks/{id}/rounds?last=N` answers (a task may have up to
 # 1,000,000; the whole list is still answered without `last`).
 MAX_ROUNDS_PAGE = 100_000
@@ -262,6 +265,10 @@ class ServiceConfig:
         downlink delta frames of each task's versions older than its newest max(N,
         `max_chain`): no model download reads them (a device further behind gets the
         snapshot); their rows and digests stay.
+    snapshots_per_version: whole-model snapshots (`GET /v1/tasks/{id}/model` answered with a
+        snapshot, any format or dtype) one device may fetch of one version of one task within
+        `SNAPSHOT_WINDOW_S`; past it, 429 `rate_limited` with `Retry-After`. The SDK fetches
+        at most one or two per round, and a round's retries a few more; 0 turns it off.
     """
 
     db_path: str = "plume.db"
@@ -277,6 +284,7 @@ class ServiceConfig:
     register_burst: int = 20
     body_timeout_s: float = 120.0
     keep_frames_rounds: int | None = None
+    snapshots_per_version: int = 16
 
     def __post_init__(self) -> None:
         # Refused here with the field's name: a NaN signature window would raise deep in
@@ -353,6 +361,11 @@ class ServiceConfig:
         if self.register_burst > MAX_REGISTER_BURST:
             raise ValueError(
                 f"register_burst must be at most {MAX_REGISTER_BURST:,}, got {self.register_burst!r}"
+            )
+        cap = self.snapshots_per_version
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
+            raise ValueError(
+                f"snapshots_per_version must be an integer >= 0 (0: no limit), got {cap!r}"
             )
         keep = self.keep_frames_rounds
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 0):
@@ -984,6 +997,7 @@ class ModelAnswer:
     have: int
     fmt: str
     dtype: str
+    device_id: str | None = None
 
 
 def _model_headers(version: int, digest: str, encoding: str, exact: bool) -> dict[str, str]:
@@ -1031,6 +1045,9 @@ class Coordinator:
         # round -> its row, parsed once: committed and abandoned rounds only (their rows do
         # not change), the most recently read CLOSED_ROUNDS_KEPT (`_stored_round`)
         self._closed_rounds: OrderedDict[int, _ClosedRound] = OrderedDict()
+        # task id -> (version, device id -> (window start, snapshots of that version)): what
+        # `_count_snapshot` limits. Dropped per task when its version changes.
+        self._snapshot_counts: dict[int, tuple[int, dict[str, tuple[float, int]]]] = {}
         self.restored = False
         self._background: set[asyncio.Task[Any]] = set()
         # One prune at a time (a round may close while the last close's prune still runs).
@@ -2117,24 +2134,27 @@ class Coordinator:
     # -- model download --------------------------------------------------------------------
 
     def model(
-        self, task_id: int, have: int | None, fmt: str, dtype: str
+        self, task_id: int, have: int | None, fmt: str, dtype: str, device_id: str | None = None
     ) -> tuple[bytes, dict[str, str], TaskRuntime]:
         """(body, headers, runtime) of a model download; see docs/http-api.md. The route
         reads a chain's frames off the event loop instead (`plan_model`, `read_chain`,
         `chain_answer`); this does all three in the caller's thread."""
-        answer = self.plan_model(task_id, have, fmt, dtype)
+        answer = self.plan_model(task_id, have, fmt, dtype, device_id)
         if answer.body is None:
             answer = self.chain_answer(answer, self.read_chain(answer))
         assert answer.body is not None
         return answer.body, answer.headers, answer.rt
 
-    def plan_model(self, task_id: int, have: int | None, fmt: str, dtype: str) -> ModelAnswer:
+    def plan_model(
+        self, task_id: int, have: int | None, fmt: str, dtype: str, device_id: str | None = None
+    ) -> ModelAnswer:
         """What a model download sends, decided from the stored frames' lengths before any
         frame is read: the snapshot (its body), or the delta chain from `have` (body None: the
         caller reads it with `read_chain`). A chain is sent only when it is smaller than the
         fp32 snapshot: `auto` sends the snapshot otherwise, and `format=delta` is 409
         `unknown_version` asking for the snapshot (a forced chain was sent at any size, up to
-        `max_chain` frames: 14-45x the snapshot's bytes, helper-202's amplify.py)."""
+        `max_chain` frames: 14-45x the snapshot's bytes, helper-202's amplify.py). A snapshot
+        for `device_id` counts against its `snapshots_per_version` (`_count_snapshot`)."""
         rt = self.runtimes.get(task_id)
         if rt is None:
             if (refusal := self.refusal(task_id)) is not None:
@@ -2162,7 +2182,7 @@ class Coordinator:
                 snap = len(rt.snapshot(SnapshotDType.FP32))
                 if size < snap:
                     headers = _model_headers(v, rt.digest, ModelEncoding.DELTA_CHAIN, True)
-                    return ModelAnswer(rt, headers, None, have, fmt, dtype)
+                    return ModelAnswer(rt, headers, None, have, fmt, dtype, device_id)
                 if fmt == "delta":
                     raise ApiError(
                         409,
@@ -2171,9 +2191,41 @@ class Coordinator:
                         f"no smaller than the fp32 snapshot ({snap} bytes); fetch the snapshot",
                     )
         body = rt.snapshot(dtype)
+        if device_id is not None:
+            self._count_snapshot(rt, device_id)
         exact = dtype == SnapshotDType.FP32
         headers = _model_headers(v, rt.digest, ModelEncoding.SNAPSHOT, exact)
-        return ModelAnswer(rt, headers, body, 0, fmt, dtype)
+        return ModelAnswer(rt, headers, body, 0, fmt, dtype, device_id)
+
+    def _count_snapshot(self, rt: TaskRuntime, device_id: str) -> None:
+        """Count one snapshot of `rt`'s current version for `device_id`, or refuse it (429
+        `rate_limited`) past `snapshots_per_version` within `SNAPSHOT_WINDOW_S`. One device
+        pulled 735 snapshots in 4 s before (helper-202); the counts are per task, and dropped
+        whole when its version changes."""
+        cap = self.config.snapshots_per_version
+        if not cap:
+            return
+        version, counts = self._snapshot_counts.get(rt.task_id, (-1, {}))
+        if version != rt.version:
+            counts = {}
+            self._snapshot_counts[rt.task_id] = (rt.version, counts)
+        now = self.clock()
+        start, n = counts.get(device_id, (now, 0))
+        if now - start >= SNAPSHOT_WINDOW_S:
+            start, n = now, 0
+        if n >= cap:
+            wait = max(1, math.ceil(start + SNAPSHOT_WINDOW_S - now))
+            self.metrics.model_snapshots_rate_limited.inc()
+            raise ApiError(
+                429,
+                Reason.RATE_LIMITED,
+                f"this device fetched {n} snapshots of version {rt.version} of task "
+                f"{rt.task_id} within {SNAPSHOT_WINDOW_S:g} s, the limit: keep the model and ask "
+                f"with have=<its version> (a delta chain, or nothing new); retry in {wait} s or "
+                "at the next version",
+                headers={Header.RETRY_AFTER: str(wait)},
+            )
+        counts[device_id] = (start, n + 1)
 
     def read_chain(self, answer: ModelAnswer) -> bytes | None:
         """The delta chain `plan_model` chose, packed; None when a frame on the way was
@@ -2192,7 +2244,9 @@ class Coordinator:
         v = int(answer.headers[Header.MODEL_VERSION])
         if answer.fmt == "delta":
             raise _chain_gone(answer.have, v)
-        return self.plan_model(answer.rt.task_id, None, answer.fmt, answer.dtype)
+        return self.plan_model(
+            answer.rt.task_id, None, answer.fmt, answer.dtype, answer.device_id
+        )
 
     def _chain_size(self, task_id: int, after: int, upto: int) -> tuple[int, int | None]:
         """The bytes of the delta chain taking version `after` to `upto` (its header, length

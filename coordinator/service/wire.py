@@ -264,6 +264,9 @@ class WireMiddleware:
         if att is None or att.round_id <= 0:
             self.metrics.control_wire_bytes.labels(Direction.UP).inc(up)
             self.metrics.control_wire_bytes.labels(Direction.DOWN).inc(down)
+            by_route = self.metrics.control_wire_bytes_by_route
+            by_route.labels(route_name, Direction.UP).inc(up)
+            by_route.labels(route_name, Direction.DOWN).inc(down)
             return
         # After the response went out (its wire bytes are known only now): a process killed
         # before this commit loses the exchange's rows, while what the exchange did (an
