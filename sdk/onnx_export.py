@@ -797,20 +797,133 @@ def _cut(joint: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> onnx.
     return model
 
 
-def _check_loads(model: bytes, what: str) -> None:
-    """Raise `ExportError` unless onnxruntime (what the device runs) accepts the graph.
+def _check_loads(model: bytes, what: str) -> ort.InferenceSession:
+    """Raise `ExportError` unless onnxruntime (what the device runs) accepts the graph; return
+    the session, for `_check_numbers`.
 
     onnx's own checker skips shape inference, so a node with malformed attributes would only
     surface on the device; loading it here moves that failure to the export.
     """
     try:
-        ort.InferenceSession(
+        return ort.InferenceSession(
             model,
             session_options(threads=1, optimization="disable"),
             providers=["CPUExecutionProvider"],
         )
     except Exception as exc:  # onnxruntime's errors are untyped
         raise ExportError(f"{what}: onnxruntime cannot load the exported graph: {exc}") from exc
+
+
+# How far the exported graphs' numbers may be from torch's (`_check_numbers`), as a fraction of
+# the reference's L2 norm: float32 rounding, reassociation and the lr-seeded backward keep a
+# correct graph near 1e-6 (the 80-step LSTM included); a graph traced through another branch
+# of the model's Python is off by a whole term (helper-194's batch-centring model: 0.48).
+_NUMBERS_RTOL = 1e-3
+# The absolute part, per parameter: `p - lr * g` rounds p to float32 (about 6e-8 of |p|), which
+# a tiny update does not cover.
+_NUMBERS_PTOL = 1e-6
+
+
+def _mismatch(got: np.ndarray, want: np.ndarray, floor: float) -> float | None:
+    """The relative L2 distance of `got` from `want` if it is past tolerance, else None."""
+    got64 = np.asarray(got, dtype=np.float64)
+    want64 = np.asarray(want, dtype=np.float64)
+    if got64.shape != want64.shape:
+        return math.inf
+    if not (np.isfinite(got64).all() and np.isfinite(want64).all()):
+        same = np.array_equal(got64, want64, equal_nan=True)
+        return None if same else math.inf
+    scale = float(np.linalg.norm(want64))
+    err = float(np.linalg.norm(got64 - want64))
+    if err <= _NUMBERS_RTOL * scale + floor:
+        return None
+    return err / max(scale, 1e-30)
+
+
+def _check_numbers(
+    model: nn.Module,
+    names: list[str],
+    params: tuple[torch.Tensor, ...],
+    state: tuple[torch.Tensor, ...],
+    example_x: torch.Tensor,
+    example_y: torch.Tensor,
+    loss: str,
+    optimizer: str,
+    momentum: float,
+    sessions: dict[str, ort.InferenceSession],
+    train_inputs: list[str],
+    infer_inputs: list[str],
+) -> None:
+    """Raise `ExportError` unless the exported graphs compute what torch computes at batch
+    sizes other than the traced one.
+
+    The trace runs the model's Python once, at `example_x`'s batch size with a symbolic batch
+    dimension that the tracer assumes is at least 2: a forward branching on the batch size
+    (``if x.shape[0] > 1: h = h - h.mean(0)``) is exported with that branch, while the graph
+    takes any batch from 1, so a device's last partial batch of one trained another model
+    than torch did. Here the inference graph runs at a batch of 1 and one larger than the
+    example's, against the model's own forward (eval mode, no grad), and the training step at
+    a batch of 1 against the same step function run eagerly (torch's autograd, this export's
+    loss and optimizer; momentum buffers of zero). A difference past float32 rounding
+    (`_NUMBERS_RTOL`) names the graph, the batch size and the output.
+    """
+    n = example_x.shape[0]
+    wider_x = torch.cat([example_x, example_x[:1]])
+    p_np = [p.numpy() for p in params]
+    with torch.no_grad():
+        for size, x in ((1, example_x[:1]), (n + 1, wider_x)):
+            try:
+                want = functional_call(model, dict(zip(names, params, strict=True)), (x,))
+            except _MISFIT_ERRORS as exc:
+                raise ExportError(
+                    f"the model's forward refuses a batch of {size} ({_first_line(exc)}), "
+                    f"while the exported graphs take any batch size from 1"
+                ) from exc
+            feeds = dict(zip(infer_inputs, [*p_np, x.numpy()], strict=True))
+            got = sessions["infer"].run(None, feeds)[0]
+            off = _mismatch(got, want.numpy(), 1e-6 * math.sqrt(max(got.size, 1)))
+            if off is not None:
+                raise ExportError(_differs("infer", "logits", size, off))
+    step = _make_joint_step(model, names, loss, optimizer, momentum)
+    lr = torch.tensor(0.1, dtype=torch.float32)
+    args = (*params, *state, example_x[:1], example_y[:1], lr)
+    try:
+        want_out = step(*args)
+    except _MISFIT_ERRORS as exc:
+        raise ExportError(
+            f"the model's training step refuses a batch of 1 ({_first_line(exc)}), "
+            f"while the exported graphs take any batch size from 1"
+        ) from exc
+    feeds = dict(zip(train_inputs, [a.detach().numpy() for a in args], strict=True))
+    got_out = sessions["train_step"].run(None, feeds)
+    labels = ["loss", *(f"new {name}" for name in names)]
+    labels += [f"momentum buffer of {name}" for name in names][: len(state)]
+    for i, label in enumerate(labels):
+        want_t = want_out[i].detach().numpy()
+        floor = (
+            1e-7 if i == 0 else _NUMBERS_PTOL * float(np.linalg.norm(params[(i - 1) % len(names)]))
+        )
+        if 0 < i <= len(names):
+            # Compare the update, not the parameters, whose size would hide it.
+            start = params[i - 1].numpy()
+            off = _mismatch(got_out[i] - start, want_t - start, floor)
+        else:
+            off = _mismatch(got_out[i], want_t, floor)
+        if off is not None:
+            raise ExportError(_differs("train_step", label, 1, off))
+
+
+def _differs(what: str, output: str, size: int, off: float) -> str:
+    return (
+        f"{what}: the exported graph's {output} at a batch of {size} differs from torch's by "
+        f"{off:.3g} (relative L2): the model's forward changes with the batch size (a branch "
+        f"on x.shape[0], or a value read off it in Python), which the graph, traced at "
+        f"another batch size, does not reproduce; compute it with tensor ops or drop it"
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 # The ONNX fields that only annotate: no runtime reads them (ONNX calls them human-readable
@@ -1065,11 +1178,27 @@ def _export(
                 batch_inputs=(len(params),),
             )
     blobs: dict[str, bytes] = {}
+    sessions: dict[str, ort.InferenceSession] = {}
     for what, graph in (("train_step", train_model), ("infer", infer_model)):
         _strip_metadata(graph)  # before the load check: what is checked is what is written
         # The bytes onnx.save_model writes for a model without external data.
         blobs[what] = graph.SerializeToString()
-        _check_loads(blobs[what], what)
+        sessions[what] = _check_loads(blobs[what], what)
+    with restored_slots(model):
+        _check_numbers(
+            model,
+            names,
+            params,
+            state,
+            example_x,
+            example_y,
+            loss,
+            optimizer,
+            momentum,
+            sessions,
+            train_inputs,
+            infer_inputs,
+        )
     files = {
         what: {
             "path": f"{what}.onnx",
