@@ -999,6 +999,13 @@ class ModelAnswer:
     dtype: str
     device_id: str | None = None
 
+    @property
+    def sends_model(self) -> bool:
+        """False for the empty chain (`have` is the current version): no model goes out, so
+        the ledger counts no dense bytes for it."""
+        chain = self.headers[Header.MODEL_ENCODING] == ModelEncoding.DELTA_CHAIN
+        return not (chain and self.have == int(self.headers[Header.MODEL_VERSION]))
+
 
 def _model_headers(version: int, digest: str, encoding: str, exact: bool) -> dict[str, str]:
     return {

@@ -178,3 +178,33 @@ def test_an_upload_refused_as_round_mismatch_is_control_traffic(
     assert r.json()["reason"] == "round_mismatch"
     assert LEDGER not in r.headers
     assert _totals(http, rid) == before
+
+
+def test_an_empty_chain_adds_no_dense_bytes(
+    served: tuple[httpx.Client, str], tmp_path: Path
+) -> None:
+    # helper-202's F2: have=<current version> is answered with an 8-byte empty chain; it
+    # carries no model, so the round's dense baseline must not grow by a model per request
+    http, url = served
+    task, clients, rid = _finished_task(http, url, tmp_path)
+    version = http.get(f"/v1/admin/tasks/{task}", headers=AUTH).json()["version"]
+
+    def down() -> Any:
+        rows = http.get(f"/v1/rounds/{rid}/bandwidth", headers=AUTH).json()["rows"]
+        (row,) = [
+            r for r in rows if r["device_id"] == clients[0].device_id and r["direction"] == "down"
+        ]
+        return row
+
+    before = down()
+    for _ in range(5):
+        r = _signed(
+            http, clients[0], "GET", f"/v1/tasks/{task}/model", rid, params={"have": str(version)}
+        )
+        assert r.status_code == 200, r.text
+        assert r.headers["x-plume-model-encoding"] == "delta-chain" and len(r.content) == 8
+        assert r.headers.get(LEDGER) == str(rid)  # within the grace after the close
+    after = down()
+    assert after["requests"] == before["requests"] + 5
+    assert after["payload_bytes"] == before["payload_bytes"] + 5 * 8
+    assert after["dense_bytes"] == before["dense_bytes"]
