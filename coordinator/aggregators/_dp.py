@@ -50,6 +50,7 @@ __all__ = [
     "delta_note",
     "delta_refusal",
     "find_dp",
+    "seed_refusal",
 ]
 
 # Largest z·C / denominator (max(z, 1) and min(denominator, 1): the clipped reports and their
@@ -426,6 +427,34 @@ def delta_refusal(dp: DPMean | None) -> str | None:
         "chosen at random, is (0, 1/N)-DP, so this delta allows that; pick delta well below "
         "1/N (docs/privacy.md, assumption 8)"
     )
+
+
+def seed_refusal(dp: DPMean | None) -> str | None:
+    """Why a new service task may not use `dp`, or None: a fixed noise `seed=` together with
+    accounting (`population=`/`q=`, and so any `eps=`). The noise is then a function of the
+    seed and the round, so whoever knows or guesses the seed subtracts it, and the epsilon the
+    task reports (and its budget) bounds nothing. None without a dp stage, without a seed, or
+    without accounting (an unaccounted seeded dp stage claims no epsilon).
+
+    Not checked by `DPMean`, `build_aggregator` or `delta_refusal`: a seeded run is what makes
+    a simulation repeatable (`plume sim`, the benchmarks), and a task stored with one must
+    still load. The coordinator service calls it when it creates a task."""
+    if dp is None or dp.seed is None or dp.sampling is None:
+        return None
+    return (
+        f"dp: seed={dp.seed} with accounting ({_accounting(dp)}): the noise is then a function "
+        "of the seed and the round, so whoever knows or guesses the seed can subtract it, and "
+        "the epsilon this task reports (and any eps= budget) means nothing; drop seed= (each "
+        "round's noise then comes from the OS's random source). A seed is for simulations "
+        "(plume sim) only (docs/privacy.md)"
+    )
+
+
+def _accounting(dp: DPMean) -> str:
+    s = dp.sampling
+    if isinstance(s, FixedSizeSampling):
+        return f"population={s.population},sample={s.sample_size}"
+    return f"q={s.probability:g}" if isinstance(s, PoissonSampling) else "none"
 
 
 def delta_note(dp: DPMean | None) -> str | None:
