@@ -2133,6 +2133,24 @@ def _check_layout(a: Assignment, trainer: LocalTrainer) -> None:
             f"the layout of task {a.task_id}'s model {a.model_name!r} ({len(task_layout)} "
             f"tensors, shapes {task_layout[:4]}...): this device cannot train this task"
         )
+    # Artifacts exported under a name (`plume export --model`) name the model they train; the
+    # same layout with other layers (a Tanh where the task's model has a ReLU) would train a
+    # silently wrong update. An export without a name (the class name stands in) is not
+    # compared: nothing says what the task calls that model.
+    manifest = getattr(trainer, "manifest", None)
+    exported = getattr(manifest, "model", None)
+    if (
+        getattr(manifest, "model_named", False) is True
+        and isinstance(exported, str)
+        and exported
+        and a.model_name
+        and exported != a.model_name
+    ):
+        raise ValueError(
+            f"the trainer's artifacts were exported from model {exported!r}, task "
+            f"{a.task_id} trains model {a.model_name!r}: this device cannot train this task "
+            f"(export it with `plume export --model {a.model_name}`)"
+        )
 
 
 def _takes_cancel(trainer: LocalTrainer) -> bool:

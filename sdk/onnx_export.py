@@ -1211,6 +1211,9 @@ def _export(
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
         "model": model_name or type(model).__name__,
+        # Whether `model` is the caller's name for it, which `sdk.Client` compares with the
+        # task's model name; the class name that stands in otherwise names no task's model.
+        "model_named": bool(model_name),
         "opset": OPSET,
         "loss": loss,
         "optimizer": {"name": optimizer, "momentum": momentum if optimizer == "momentum" else 0.0},

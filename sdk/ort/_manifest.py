@@ -70,6 +70,10 @@ class Manifest:
     # training; None in manifests without it (older exports, which recorded it for int64 only,
     # float features, or no embedding reading x itself).
     x_vocab: int | None = None
+    # Whether `model` is the name the export was given (`model_name=`, `plume export --model`),
+    # which `sdk.Client` compares with a task's model name; False where the export fell back
+    # to the module's class name, and in manifests without `model_named` (older exports).
+    model_named: bool = False
 
     @property
     def artifact_bytes(self) -> int:
@@ -266,6 +270,7 @@ def load_manifest(
     if not math.isfinite(momentum):
         raise ArtifactError("manifest: momentum must be finite")
     model = _get(data, "model", str)
+    model_named = _get(data, "model_named", bool) if "model_named" in data else False
     lr_name = _get(data, "lr", str)
     infer_outputs = _names(data, "infer_outputs")
     # The graphs last, once every other field has passed: reading one can mean hashing up to
@@ -297,4 +302,5 @@ def load_manifest(
         file_bytes={"train_step": len(train_data), "infer": len(infer_data)},
         file_data={"train_step": train_data, "infer": infer_data},
         x_vocab=x_vocab,
+        model_named=model_named,
     )
