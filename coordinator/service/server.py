@@ -14,16 +14,58 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import h11
 import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .app import create_app
 from .metrics import plume_version
 from .rounds import ServiceConfig
 from .store import SCHEMA_VERSION, Store
+from .wire import HEAD_BYTES
 
 __all__ = ["ListenError", "serve", "ServerThread", "uvicorn_config"]
 
 log = logging.getLogger("plume.coordinator")
+
+
+class CountingH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol, which also puts the size of each request's head as it arrived
+    (request line, header lines, blank line) in the request's scope, under
+    `scope["extensions"][HEAD_BYTES]`, for the wire middleware to count.
+
+    h11 hands the app headers without the optional whitespace around each value, so the head
+    the ledger rebuilt from them missed whatever spacing a client sent: up to the whole head,
+    tens of KB of padding per request, uncounted (helper-202's F5). The size is what h11 took
+    from its receive buffer for the request event, pipelined requests included (each is parsed
+    from the buffer when its turn comes)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._head_bytes: int | None = None
+        conn = self.conn
+        parse = conn.next_event
+
+        def next_event() -> Any:
+            if conn.their_state is not h11.IDLE:
+                return parse()  # a body or the end of one: the app counts body bytes
+            before = len(conn.trailing_data[0])
+            event = parse()
+            if isinstance(event, h11.Request):
+                self._head_bytes = before - len(conn.trailing_data[0])
+            return event
+
+        setattr(conn, "next_event", next_event)  # noqa: B010 (a method, shadowed per instance)
+
+    def handle_events(self) -> None:
+        scope = self.scope
+        super().handle_events()
+        # A request read just now has a new scope; its app task has not started yet (it was
+        # only scheduled), so the size is there before the app reads the scope.
+        if self._head_bytes is not None and self.scope is not scope and self.scope is not None:
+            extensions = self.scope.setdefault("extensions", {})  # type: ignore[typeddict-item]
+            extensions[HEAD_BYTES] = {"bytes": self._head_bytes}
+        self._head_bytes = None
 
 
 def uvicorn_config(
@@ -37,11 +79,14 @@ def uvicorn_config(
     access_log: bool = True,
 ) -> uvicorn.Config:
     """Uvicorn settings the ledger relies on: no `server`/`date` headers (the app counts every
-    response header it sends, so uvicorn must not add its own), one process, TLS if given."""
+    response header it sends, so uvicorn must not add its own), h11 with each request head's
+    size as it arrived (`CountingH11Protocol`; httptools, which uvicorn would pick when
+    installed, is not used), one process, TLS if given."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
+        http=CountingH11Protocol,
         log_level=log_level,
         access_log=access_log,
         server_header=False,

@@ -4,7 +4,8 @@ bandwidth ledger.
 Handlers attach an `Attribution` (device, round, payload and dense bytes) to the request state
 once a request has authenticated. When the response is complete this middleware computes the
 request's and the response's HTTP/1.1 wire bytes with `protocol.messages` rules (the same the
-SDK uses), adds them to the ledger and the Prometheus counters, and tells the client which round
+SDK uses; a request's head is counted as it arrived when the server says its size, as
+`server.CountingH11Protocol` does, whitespace a client padded it with included), adds them to the ledger and the Prometheus counters, and tells the client which round
 it counted the exchange under in the `x-plume-ledger-round` response header. Two things uvicorn
 writes without the app are counted too: the `100 Continue` interim response to a request that
 sent `Expect: 100-continue` (once the app reads its body), and the `connection: close` header
@@ -37,7 +38,7 @@ from protocol.names import Direction, Reason
 from .metrics import Metrics
 from .store import Store
 
-__all__ = ["Attribution", "WireMiddleware", "LEDGER_HEADER", "STATE_KEY"]
+__all__ = ["Attribution", "WireMiddleware", "HEAD_BYTES", "LEDGER_HEADER", "STATE_KEY"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -49,6 +50,10 @@ log = logging.getLogger("plume.coordinator")
 
 LEDGER_HEADER = b"x-plume-ledger-round"
 STATE_KEY = "plume_attribution"
+# The scope extension where server.CountingH11Protocol puts a request head's size as it arrived
+# (`{"bytes": n}`): counted instead of the head rebuilt from the parsed headers, which lacks the
+# optional whitespace a client may put around header values.
+HEAD_BYTES = "plume.head_bytes"
 # What uvicorn writes on its own (httptools and h11 alike): the interim response it sends on the
 # app's first body read when the request carried `Expect: 100-continue`, and the header it adds
 # when the connection will close and the app's response did not say so.
@@ -252,9 +257,13 @@ class WireMiddleware:
         target = scope.get("raw_path") or scope["path"].encode()
         if scope.get("query_string"):
             target = target + b"?" + scope["query_string"]
-        up = request_wire_bytes(
-            scope["method"], target.decode("latin-1"), scope["headers"], received
-        )
+        raw_head = (scope.get("extensions") or {}).get(HEAD_BYTES)
+        if isinstance(raw_head, dict) and isinstance(raw_head.get("bytes"), int):
+            up = raw_head["bytes"] + received
+        else:  # another server: the head as `protocol.messages` writes it
+            up = request_wire_bytes(
+                scope["method"], target.decode("latin-1"), scope["headers"], received
+            )
         down = response_wire_bytes(started["status"], started["headers"], sent_body)
         down += _server_added_bytes(scope, started["headers"])
         route = scope.get("route")
