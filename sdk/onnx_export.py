@@ -707,8 +707,10 @@ def _export_joint(
     input_names: list[str],
     output_names: list[str],
     batch_inputs: Sequence[int],
+    model: nn.Module,
 ) -> onnx.ModelProto:
-    """Trace `fn` to ATen with a symbolic batch dimension and export it as one ONNX model."""
+    """Trace `fn` (which runs `model`) to ATen with a symbolic batch dimension and export it
+    as one ONNX model."""
     registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration_log.level
     try:
@@ -735,6 +737,17 @@ def _export_joint(
     except ExportError:
         raise
     except Exception as exc:
+        plain = _plain_tensors(model) if _NOT_FAKE in _chain_text(exc) else []
+        if plain:
+            # torch's words ("Please convert all Tensors to FakeTensors first ...") name
+            # neither the tensor nor the fix.
+            raise ExportError(
+                f"the model keeps tensors as plain attributes ({', '.join(plain)}), neither "
+                f"parameters nor buffers, and its forward reads them: the trace cannot take a "
+                f"constant held that way. Build the tensor inside forward() (for a mask, "
+                f"torch.tril(torch.ones(n, n)) there): buffers outside the supported layers are "
+                f"not exported either"
+            ) from exc
         missing = _missing_translation(exc)
         if missing:
             raise ExportError(
@@ -748,6 +761,37 @@ def _export_joint(
     if program is None:
         raise ExportError("the exporter produced no program")
     return program.model_proto
+
+
+# What make_fx says when the traced code reads a real tensor it was not given (a tensor kept as
+# a plain attribute of a module: `self.mask = torch.tril(...)`).
+_NOT_FAKE = "Please convert all Tensors to FakeTensors"
+
+
+def _chain_text(exc: BaseException) -> str:
+    """The messages of `exc` and of its causes and contexts, joined."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    parts = []
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        parts.append(str(err))
+        todo += [err.__cause__, err.__context__]
+    return "\n".join(parts)
+
+
+def _plain_tensors(model: nn.Module) -> list[str]:
+    """Paths of the tensors `model`'s modules keep as plain attributes (not parameters or
+    buffers: those live in `_parameters` and `_buffers`, not in the instance's `__dict__`)."""
+    return [
+        f"{path}.{name}" if path else name
+        for path, module in model.named_modules()
+        for name, value in vars(module).items()
+        if isinstance(value, torch.Tensor)
+    ]
 
 
 _NO_TRANSLATION = re.compile(r"No ONNX function found for <OpOverload\(op='([\w.]+)'")
@@ -1162,6 +1206,7 @@ def _export(
             train_inputs,
             [*train_outputs, "logits"],
             batch_inputs=(n_in - 3, n_in - 2),
+            model=model,
         )
     train_model = _cut(joint, train_inputs, train_outputs)
     if train_model is None:
@@ -1176,6 +1221,7 @@ def _export(
                 infer_inputs,
                 ["logits"],
                 batch_inputs=(len(params),),
+                model=model,
             )
     blobs: dict[str, bytes] = {}
     sessions: dict[str, ort.InferenceSession] = {}
