@@ -8,6 +8,7 @@ data, partition, model and local training as `mobile_sim.runner.run_simulation` 
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections import defaultdict
@@ -244,6 +245,9 @@ class HttpSecureFleet:
             if f.name not in ("seed", "server_lr", "noise")
         }
         secure["noise"] = cfg.noise.name.lower()
+        if not math.isfinite(cfg.epsilon_budget):
+            # JSON has no infinity: no budget is the service's default, so leave the key out.
+            del secure["epsilon_budget"]
         # The sketch needs the model's tensor shapes; without them the in-process coordinator
         # runs without it, and so does the service.
         secure["sketch"] = bool(self.coord.sketch_segments)
