@@ -151,6 +151,9 @@ def run_http_simulation(
                 admin_token=token,
                 poll_s=opts.poll_s,
                 tick_s=0.02,
+                # A simulation: a seeded dp stage (repeatable runs) is taken, as `plume sim`
+                # takes it on its other transports.
+                allow_seeded_dp=True,
             )
         )
         try:

@@ -63,6 +63,7 @@ from coordinator.aggregators._dp import (
     amplified_population,
     delta_refusal,
     find_dp,
+    seed_refusal,
 )
 from coordinator.aggregators._robust import cohort_refusal
 from coordinator.anomaly import AnomalyFilter, AnomalyMetrics
@@ -269,6 +270,10 @@ class ServiceConfig:
         snapshot, any format or dtype) one device may fetch of one version of one task within
         `SNAPSHOT_WINDOW_S`; past it, 429 `rate_limited` with `Retry-After`. The SDK fetches
         at most one or two per round, and a round's retries a few more; 0 turns it off.
+    allow_seeded_dp: take a new task whose dp stage has a fixed noise seed= and accounts
+        epsilon (population=/q=), with a warning; off (the default), such a task is refused
+        (`seed_refusal`: its epsilon would mean nothing). For simulations and tests only, e.g.
+        the HTTP simulator's own in-process coordinator; no `serve` flag sets it.
     """
 
     db_path: str = "plume.db"
@@ -285,6 +290,7 @@ class ServiceConfig:
     body_timeout_s: float = 120.0
     keep_frames_rounds: int | None = None
     snapshots_per_version: int = 16
+    allow_seeded_dp: bool = False
 
     def __post_init__(self) -> None:
         # Refused here with the field's name: a NaN signature window would raise deep in
@@ -1104,15 +1110,16 @@ class Coordinator:
         # that aborted after unmasking, or a publish that failed after it; the server saw the
         # sum), and a round the coordinator stopped in while closing, whose `pending_dp` was
         # stored before unmasking (it may have unmasked before the stop: count it).
-        released = (
-            [
-                dp
-                for state, meas in self.store.round_measurements(task_id)
-                if isinstance(dp := _released_dp(state, meas), dict)
-            ]
-            if cfg.secure is not None
-            else []
-        )
+        # A round that spent its epsilon budget (secure.epsilon_budget) says so in its
+        # measurements (`budget_exhausted`: a released round after which none fits, or one
+        # abandoned unreleased); the task stays stopped, as a plain task's DPMean stop does.
+        released: list[dict[str, Any]] = []
+        budget_spent = False
+        if cfg.secure is not None:
+            for state, meas in self.store.round_measurements(task_id):
+                if isinstance(dp := _released_dp(state, meas), dict):
+                    released.append(dp)
+                budget_spent = budget_spent or find_measurement(meas, "budget_exhausted") is True
         # The engine numbers rounds as the store does (a task's seq): a round's seeded cohort
         # is drawn from (task seed, that number), so after a restart the task goes on with the
         # draws an uninterrupted run makes instead of starting again from its first round's.
@@ -1167,8 +1174,11 @@ class Coordinator:
                 rounds=len(released),
                 noise_multiplier=float(last.get("noise_multiplier", 0.0)),
                 clip=rt.secure.settings.config.clip_norm,
-                budget_exhausted=False,
+                budget_exhausted=budget_spent,
             )
+        if budget_spent:
+            rt.engine.stopped = True
+            rt.privacy_metrics.budget_exhausted.set(1.0)
         if stopped:
             # Stopped for good: no round opens again (`_maybe_open` checks the state too).
             rt.engine.stopped = True
@@ -1462,6 +1472,8 @@ class Coordinator:
         if (why := delta_refusal(dp)) is not None:
             # New tasks only: validate_task, which a stored task is loaded with, accepts it.
             raise ValueError(f"aggregator: {why}")
+        if (why := seed_refusal(dp)) is not None and not self.config.allow_seeded_dp:
+            raise ValueError(f"aggregator: {why}")  # new tasks only, as above
         if (short := self._pool_shortfall(amplified_population(dp))) is not None:
             raise ValueError(f"aggregator: {short}")
         task_id = self.store.create_task(to_json(cfg), TaskState.AWAITING_MODEL, self.clock())
@@ -2409,6 +2421,8 @@ class Coordinator:
             meas["suspect_devices"] = sorted({*meas.get("suspect_devices", ()), *suspects})
         if reasons:
             meas["aborted"] = reasons
+        if find_measurement(meas, "budget_exhausted") is True:
+            rt.engine.stopped = True  # its epsilon budget is spent: no round opens again
         version = rt.engine.version
         if secure.committed:
             rt.strategy.round_key = cur.round_id
@@ -2538,8 +2552,10 @@ class Coordinator:
                     rounds=int(dp["rounds"]),
                     noise_multiplier=float(dp["noise_multiplier"]),
                     clip=rt.secure.settings.config.clip_norm,
-                    budget_exhausted=False,
+                    budget_exhausted=bool(dp.get("budget_exhausted", False)),
                 )
+            if find_measurement(outcome.measurements, "budget_exhausted") is True:
+                rt.privacy_metrics.budget_exhausted.set(1.0)  # also a round refused unreleased
         if rt.current is not None:
             self._log_outcome(rt, rt.current, outcome, now)
         if was_active and rt.state == TaskState.DONE:

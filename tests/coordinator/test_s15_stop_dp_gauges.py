@@ -14,7 +14,7 @@ from .test_h79_stop import DEVICES, _frame, _open_round, _start, _task
 from .test_h92_stop_while_aggregating import _blocked_close, _hold
 from .test_service_support import task_config
 
-DP = "dp:clip=1,z=1,population=3,sample=3,seed=1+fedavg"
+DP = "dp:clip=1,z=1,population=3,sample=3+fedavg"
 
 
 def _gauges(rt: object) -> tuple[float | None, float | None]:

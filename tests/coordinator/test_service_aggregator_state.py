@@ -33,7 +33,10 @@ DP = DP_FIXED
 
 
 def _service(db: Path) -> ServerThread:
-    return ServerThread(ServiceConfig(db_path=str(db), admin_token=ADMIN, poll_s=0.05, tick_s=0.02))
+    cfg = ServiceConfig(
+        db_path=str(db), admin_token=ADMIN, poll_s=0.05, tick_s=0.02, allow_seeded_dp=True
+    )  # its DP task is seeded, for repeatable noise
+    return ServerThread(cfg)
 
 
 def _one_round(url: str, tmp_path: Path, task_id: int, version: int) -> None:

@@ -92,8 +92,11 @@ def test_an_unexpected_close_error_abandons_the_round_and_the_task_goes_on(
 def test_creating_a_task_with_a_seeded_dp_stage_logs_a_warning(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # A fixed dp seed makes the noise guessable: the service takes it but says so.
-    cfg = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05)
+    # A fixed dp seed makes the noise guessable: a service that allows it (simulations) takes
+    # it but says so; a default one refuses it (tests/coordinator/test_h204_seed_service.py).
+    cfg = ServiceConfig(
+        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, allow_seeded_dp=True
+    )
     seeded = "dp:clip=1,z=1,population=10,sample=2,seed=3+fedavg"
     with caplog.at_level("WARNING", logger="plume.coordinator"):
         with ServerThread(cfg) as url, httpx.Client(base_url=url) as http:

@@ -121,7 +121,8 @@ def test_a_seeded_dp_task_keeps_the_reproducible_seeded_cohort(
     monkeypatch.setattr(rounds_module.secrets, "randbits", no_os_draw)
     cohorts = []
     for run in range(2):
-        coordinator, _ = _coordinator(tmp_path / str(run))
+        # A seeded accounted dp stage is refused unless the service allows it (simulations).
+        coordinator, _ = _coordinator(tmp_path / str(run), allow_seeded_dp=True)
         task_id = _task(coordinator, "dp:clip=1,z=1,population=12,sample=2,seed=4+fedavg")
         # Execute
         _check_in_all(coordinator, task_id, DEVICES)
