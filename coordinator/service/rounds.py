@@ -2272,12 +2272,7 @@ class Coordinator:
         table and frames), and the first version on the way whose frame is gone (None: the
         chain is whole), from the stored frames' lengths: no frame is read (SQLite keeps a
         blob's length in its record header)."""
-        rows = self.store._query(
-            "SELECT version, length(delta_frame) FROM versions WHERE task_id=? AND version>? "
-            "AND version<=? ORDER BY version",
-            (task_id, after, upto),
-        )
-        stored = {int(ver): n for ver, n in rows}
+        stored = self.store.frame_lengths(task_id, after, upto)
         size = CHAIN_HEAD_BYTES
         for ver in range(after + 1, upto + 1):
             n = stored.get(ver)

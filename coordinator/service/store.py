@@ -680,6 +680,17 @@ class Store:
         rows = self._query("SELECT params FROM versions WHERE task_id=? AND version=0", (task_id,))
         return None if not rows or rows[0][0] is None else bytes(rows[0][0])
 
+    def frame_lengths(self, task_id: int, after: int, upto: int) -> dict[int, int]:
+        """The stored delta frames' lengths of versions `after`+1..`upto`, by version; a
+        version whose frame is gone (pruned, or its row missing) is absent. Reads no frame
+        (length() of a blob is in its record header)."""
+        rows = self._query(
+            "SELECT version, length(delta_frame) FROM versions WHERE task_id=? AND version>? "
+            "AND version<=? AND delta_frame IS NOT NULL ORDER BY version",
+            (task_id, after, upto),
+        )
+        return {int(ver): int(n) for ver, n in rows}
+
     def first_missing_frame(self, task_id: int, up_to: int) -> int | None:
         """The first version of 1..`up_to` whose delta frame is not stored (emptied by
         `prune_versions`, or its row missing), None when every one is. Reads no frame
