@@ -758,7 +758,7 @@ class _Core:
                 "down",
                 len(response.content) if ok and ex.count_payload_down else 0,
                 down,
-                ex.dense_down_on_ok if ok else 0,
+                ex.dense_down_on_ok if ok and _sends_model(ex, response) else 0,
             ),
         ):
             cell = row.setdefault(
@@ -1297,6 +1297,17 @@ def _server_now(date: float | None, device_now: float, rtt: float) -> float | No
     if not abs(device_now - date) <= MAX_CLOCK_SKEW_S + 1.0 + rtt:
         return None
     return min(max(device_now, date), date + 1.0 + rtt)
+
+
+def _sends_model(ex: _Exchange, response: httpx.Response) -> bool:
+    """False for a model download answered with the empty chain (`have=` the current version):
+    no model came, so no dense bytes are counted, as the coordinator's ledger counts them."""
+    have = ex.params.get("have")
+    return not (
+        have is not None
+        and response.headers.get(Header.MODEL_ENCODING) == ModelEncoding.DELTA_CHAIN
+        and response.headers.get(Header.MODEL_VERSION) == have
+    )
 
 
 def _drop_oldest(held: dict[Any, Any], limit: int = MAX_RESIDUALS) -> None:
