@@ -1522,6 +1522,7 @@ FOREIGN_FLAGS = {
     "--address": "ray start's (docs/simulator.md, a Ray cluster)",
     "--temp-dir": "ray start's (docs/simulator.md, a Ray cluster on a shared machine)",
     "--secure-*": "the family of create-task's --secure-... flags",
+    "--factory": "uvicorn's (docs/operations.md, create_app under another server)",
 }
 
 
