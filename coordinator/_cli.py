@@ -171,6 +171,16 @@ def _rounds_to_keep(text: str) -> int:
     return n
 
 
+def _snapshot_cap(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= n <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1000000] (0: no limit), got {n}")
+    return n
+
+
 # The most rounds `status --last` asks for: the coordinator's `rounds.MAX_ROUNDS_PAGE`, written
 # again here so that building the parser imports no part of the service.
 _MAX_LAST = 100_000
@@ -328,6 +338,15 @@ def register(sub: Any) -> None:
         "0 = prune every closed round. The downlink delta frames of versions older than "
         "the newest max(N, the task's max_chain) are emptied too (a device further behind "
         "gets the snapshot, as before). Default: keep every frame (docs/operations.md)",
+    )
+    s.add_argument(
+        "--snapshots-per-version",
+        type=_snapshot_cap,
+        default=16,
+        metavar="N",
+        help="whole-model snapshots one device may download of one version of a task within "
+        "an hour; past it the download is 429 rate_limited with Retry-After (default 16, far "
+        "above the SDK's one or two per round; 0 = no limit)",
     )
     s.add_argument(
         "--pool-ttl",
@@ -1124,6 +1143,7 @@ def _service_config(args: argparse.Namespace) -> Any:
         register_burst=args.register_burst,
         body_timeout_s=args.body_timeout,
         keep_frames_rounds=args.keep_frames,
+        snapshots_per_version=args.snapshots_per_version,
         pool_ttl_s=args.pool_ttl,
         max_checkin_rate=args.max_checkin_rate,
     )
