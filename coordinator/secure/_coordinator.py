@@ -507,9 +507,7 @@ class SecureCoordinator:
                 f"{held} masked inputs in the groups left to unmask, below the round's "
                 f"{min_contributors} (min_reports): nothing unmasked"
             )
-            for sr in task.groups:
-                if sr.stage == Stage.UNMASK:
-                    sr.abort(short)
+            _abort_unmasking(task, short)
         pending = self.pending_dp(task)
         refused: dict[str, Any] | None = None
         if pending is not None and self.budgeted:
@@ -527,9 +525,7 @@ class SecureCoordinator:
                     f"unmasking could take epsilon from {spent:.4g} to {pending['epsilon']:.4g}, "
                     f"above the budget {budget:g} (epsilon_budget): nothing unmasked"
                 )
-                for sr in task.groups:
-                    if sr.stage == Stage.UNMASK:
-                        sr.abort(why)
+                _abort_unmasking(task, why)
                 self.budget_stopped = True
                 pending = None
         if before_unmask is not None and pending is not None:
@@ -627,3 +623,11 @@ class SecureCoordinator:
             self.score = (decay * self.score + (1 - decay) * fresh).astype(np.float32)
         self.version += 1
         return SecureOutcome(task.round_id, True, contributors, dropped, aborted, update, meas)
+
+
+def _abort_unmasking(task: SecureTask, why: str) -> None:
+    """Abort every group of `task` still in the unmask stage, with `why`: nothing of theirs is
+    unmasked."""
+    for sr in task.groups:
+        if sr.stage == Stage.UNMASK:
+            sr.abort(why)
