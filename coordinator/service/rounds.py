@@ -86,6 +86,7 @@ from coordinator.privacy import (
     PrivacyAccountant,
     PrivacyMetrics,
 )
+from coordinator.secure import BudgetExhausted
 from protocol.messages import (
     Assignment,
     BandwidthReport,
@@ -1166,6 +1167,11 @@ class Coordinator:
                 # engine must too, or a task left paused then could be resumed into rounds
                 # that train their devices only to be refused by DPMean and abandoned.
                 rt.engine.stopped = True
+        if rt.secure is not None and rt.secure.coordinator.budget_exhausted():
+            # The replayed ledger leaves no round within the budget, though no stored round
+            # says so: the last released one was stored through its `pending_dp` (a publish
+            # that failed after unmasking, or a stop while closing), which carries no flag.
+            budget_spent = True
         if rt.secure is not None and released:
             last = released[-1]
             rt.privacy_metrics.observe(
@@ -1188,6 +1194,12 @@ class Coordinator:
             # stop's own abandon did not reach the store, or a close was in flight.)
             for r in live:
                 self._abandon_on_start(rt, r)
+        if budget_spent and rt.state == TaskState.ACTIVE:
+            # Spent while active (its last released round stored through `pending_dp`, with no
+            # flag): done now, not active forever with no round it may open.
+            self.store.set_task_state(task_id, TaskState.DONE)
+            rt.state = TaskState.DONE
+            self._log_done(rt)
         self._attach(rt)
         if stopped:
             self.stopped_tasks.add(task_id)
@@ -1877,9 +1889,17 @@ class Coordinator:
                 log.error("task %d secure round %d cannot open: %s", rt.task_id, round_id, exc)
                 rt.engine.close_round(plan.round_id)
                 rt.rounds_closed += 1
-                if rt.rounds_closed >= rt.config.rounds:
-                    rt.state = TaskState.DONE
-                self.store.abandon(round_id, rt.task_id, {"error": str(exc)}, rt.state, now)
+                meas: dict[str, Any] = {"error": str(exc)}
+                if isinstance(exc, BudgetExhausted):
+                    # No round fits the epsilon budget any more: the task ends here, as on a
+                    # round marked budget_exhausted, instead of opening one a tick to refuse.
+                    rt.engine.stopped = True
+                    rt.privacy_metrics.budget_exhausted.set(1.0)
+                    meas["budget_exhausted"] = True
+                if rt.rounds_closed >= rt.config.rounds or rt.engine.stopped:
+                    if rt.state == TaskState.ACTIVE:
+                        rt.state = TaskState.DONE
+                self.store.abandon(round_id, rt.task_id, meas, rt.state, now)
                 self.metrics.rounds.labels("abandoned").inc()
                 if rt.state == TaskState.DONE:
                     self._log_done(rt)
