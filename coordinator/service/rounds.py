@@ -2264,6 +2264,12 @@ class Coordinator:
                 "at the next version",
                 headers={Header.RETRY_AFTER: str(wait)},
             )
+        if device_id not in counts and len(counts) >= 1024 and not len(counts) & (len(counts) - 1):
+            # At each power of two from 1,024: drop the devices whose window has passed, so a
+            # version served for long holds about the devices of one window, not every device
+            # that ever fetched it (amortized O(1) a snapshot).
+            for dev in [d for d, (t0, _) in counts.items() if now - t0 >= SNAPSHOT_WINDOW_S]:
+                del counts[dev]
         counts[device_id] = (start, n + 1)
 
     def read_chain(self, answer: ModelAnswer) -> bytes | None:
