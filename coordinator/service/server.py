@@ -29,6 +29,15 @@ __all__ = ["ListenError", "serve", "ServerThread", "uvicorn_config"]
 log = logging.getLogger("plume.coordinator")
 
 
+def _buffered(conn: h11.Connection) -> int:
+    """How many received bytes `conn` holds unparsed. `trailing_data` copies the whole buffer,
+    which made a long run of pipelined requests cost quadratic time (helper-205), so h11's own
+    buffer is measured where it has one (its length is kept; a private name, hence the
+    fallback)."""
+    buf = getattr(conn, "_receive_buffer", None)
+    return len(buf) if buf is not None else len(conn.trailing_data[0])
+
+
 class CountingH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, which also puts the size of each request's head as it arrived
     (request line, header lines, blank line) in the request's scope, under
@@ -49,10 +58,10 @@ class CountingH11Protocol(H11Protocol):
         def next_event() -> Any:
             if conn.their_state is not h11.IDLE:
                 return parse()  # a body or the end of one: the app counts body bytes
-            before = len(conn.trailing_data[0])
+            before = _buffered(conn)
             event = parse()
             if isinstance(event, h11.Request):
-                self._head_bytes = before - len(conn.trailing_data[0])
+                self._head_bytes = before - _buffered(conn)
             return event
 
         setattr(conn, "next_event", next_event)  # noqa: B010 (a method, shadowed per instance)
