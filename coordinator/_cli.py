@@ -1857,7 +1857,8 @@ def _connect_existing(path: Path, *, immutable: bool = False) -> sqlite3.Connect
     from urllib.parse import quote
 
     mode = "ro&immutable=1" if immutable else "rw"
-    conn = sqlite3.connect(f"file:{quote(str(path.resolve()))}?mode={mode}", uri=True)
+    # The path as bytes: a file name that is not UTF-8 (surrogate escapes in `str`) quotes too.
+    conn = sqlite3.connect(f"file:{quote(os.fsencode(path.resolve()))}?mode={mode}", uri=True)
     conn.execute("PRAGMA busy_timeout=5000")
     return conn
 
