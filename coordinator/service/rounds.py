@@ -2796,8 +2796,14 @@ class Coordinator:
             return False  # called while the response starts: an error here would cut it
         if r is None or (task_id is not None and r.task_id != task_id):
             return False
-        if r.closed_unix is None or self.clock() - r.closed_unix > LEDGER_GRACE_S:
-            return False  # closed too long ago, or not closed and not running (task refused)
+        if r.closed_unix is None:
+            # Open in the store but not running: live only while its task waits to be rebuilt
+            # after a store error (the round's requests meet 503s on its behalf meanwhile, as
+            # before 324831c), not for a task refused at start.
+            if r.task_id not in self.unloaded:
+                return False
+        elif self.clock() - r.closed_unix > LEDGER_GRACE_S:
+            return False  # closed too long ago
         return self.in_round(round_id, device_id)
 
     def in_round(self, round_id: int, device_id: str) -> bool:

@@ -143,6 +143,9 @@ def test_a_status_read_of_another_round_is_not_charged_to_the_signed_one(
     )
     peer.start()
     a = await_assignment(clients[0], other)  # an open round of task B, device 0 in it
+    # The peer's own download and upload count in that round: let them land first (under
+    # load they came between the two readings, a full make test's failure).
+    peer.join()
     before = _totals(http, a.round_id)
     r = _signed(http, clients[0], "GET", f"/v1/rounds/{rid}", a.round_id)
     assert r.status_code == 200, r.text
@@ -156,7 +159,6 @@ def test_a_status_read_of_another_round_is_not_charged_to_the_signed_one(
     r = _signed(http, clients[0], "GET", f"/v1/tasks/{other}/model", a.round_id)
     assert r.headers.get(LEDGER) == str(a.round_id)
     clients[0].train_round(a, SoftmaxTrainer(), *local_data(0))
-    peer.join()
 
 
 def test_an_upload_refused_as_round_mismatch_is_control_traffic(

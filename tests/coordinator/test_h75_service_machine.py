@@ -35,6 +35,7 @@ import collections
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass
@@ -58,7 +59,7 @@ from hypothesis.stateful import (
 
 from compression import UpdateCodec, decode_snapshot, model_digest
 from coordinator.service import ServerThread, ServiceConfig, create_app
-from coordinator.service.rounds import Coordinator
+from coordinator.service.rounds import LEDGER_GRACE_S, Coordinator
 from coordinator.service.store import Store
 from protocol import auth
 from protocol.messages import (
@@ -299,10 +300,22 @@ class PlainServiceMachine(RuleBasedStateMachine):
             )  # fmt: skip
             down = response_wire_bytes(status, response.headers.raw, len(response.content))
             model = status == 200 and request.method == "GET" and "/model" in request.url.path
+            # The empty chain (have= the current version) sends no model: no dense bytes, as
+            # the ledger counts it since 1e252e0.
+            empty_chain = (
+                response.headers.get("x-plume-model-encoding") == "delta-chain"
+                and response.headers.get("x-plume-model-version")
+                == request.url.params.get("have")
+            )
             device = request.headers["x-plume-device"]
             for direction, payload, wire, dense in (
                 ("up", payload_up, up, dense_up),
-                ("down", len(response.content) if model else 0, down, SPEC.dense_bytes * model),
+                (
+                    "down",
+                    len(response.content) if model else 0,
+                    down,
+                    SPEC.dense_bytes * (model and not empty_chain),
+                ),
             ):
                 cell = self.ledger.setdefault((int(counted), device, direction), [0, 0, 0, 0])
                 for i, v in enumerate((payload, wire, dense, 1)):
@@ -333,8 +346,20 @@ class PlainServiceMachine(RuleBasedStateMachine):
             request.headers[str(k)] = v
         member = False
         if round_id > 0:
+            # Counted in the signed round only while it is open or closed at most
+            # LEDGER_GRACE_S ago, and only for the round or task the URL names (324831c).
             row = self.svc.store.round(round_id)
-            member = row is not None and DEVICE_IDS[d] in row.selected
+            url_round = re.match(r"/v1/rounds/(\d+)", path)
+            url_task = re.match(r"/v1/tasks/(\d+)", path)
+            member = (
+                row is not None
+                and DEVICE_IDS[d] in row.selected
+                and (
+                    row.closed_unix is None or self.clock.now - row.closed_unix <= LEDGER_GRACE_S
+                )
+                and (url_round is None or int(url_round.group(1)) == round_id)
+                and (url_task is None or int(url_task.group(1)) == row.task_id)
+            )
         response = self.send(request, dense_up=dense_up, payload_up=payload_up)
         verified = response.status_code not in (401, 413, 415)
         if verified:  # its nonce was spent
