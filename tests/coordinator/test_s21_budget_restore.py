@@ -39,10 +39,10 @@ def _as_if_stored_through_pending_dp(db: Path, task_id: int) -> None:
     con.close()
 
 
-def test_a_spent_budget_without_its_flag_still_stops_the_task_at_start(tmp_path: Path) -> None:
-    # Prepare: a budget the first round fits and no second round can; round 1 released
+def _spent_then_flag_lost(tmp_path: Path, db: Path) -> int:
+    """A secure task whose budget the first round fits and no second round can, run to done
+    (round 1 released), then stored as if round 1 had gone through `pending_dp`; its id."""
     one, floor, _ = _epsilons()
-    db = tmp_path / "plume.db"
     with _service(db) as url, httpx.Client(base_url=url) as http:
         task_id = create_task(http, _task((one + floor) / 2))
         clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
@@ -53,6 +53,20 @@ def test_a_spent_budget_without_its_flag_still_stops_the_task_at_start(tmp_path:
         for c in clients:
             c.close()
     _as_if_stored_through_pending_dp(db, task_id)
+    return task_id
+
+
+def _rounds_of(db: Path, task_id: int) -> int:
+    with sqlite3.connect(db) as con:
+        (n,) = con.execute("SELECT COUNT(*) FROM rounds WHERE task_id=?", (task_id,)).fetchone()
+    con.close()
+    return int(n)
+
+
+def test_a_spent_budget_without_its_flag_still_stops_the_task_at_start(tmp_path: Path) -> None:
+    # Prepare: a budget the first round fits and no second round can; round 1 released
+    db = tmp_path / "plume.db"
+    task_id = _spent_then_flag_lost(tmp_path, db)
     # Execute: a start with the flag gone
     with _service(db) as url, httpx.Client(base_url=url) as http:
         clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
@@ -61,12 +75,10 @@ def test_a_spent_budget_without_its_flag_still_stops_the_task_at_start(tmp_path:
         metrics = http.get("/metrics").text
         for c in clients:
             c.close()
-    with sqlite3.connect(db) as con:
-        opened = con.execute("SELECT COUNT(*) FROM rounds WHERE task_id=?", (task_id,)).fetchone()
-    con.close()
+    opened = _rounds_of(db, task_id)
     # Assert: no round opened after round 1 (before: one abandoned per tick until 5), done,
     # and the gauge says the budget is spent
-    assert opened[0] == 1
+    assert opened == 1
     assert task["state"] == "done"
     assert _metric(metrics, "plume_dp_budget_exhausted", task_id) == 1.0
 
@@ -77,18 +89,8 @@ def test_a_round_refused_at_open_for_the_budget_ends_the_task(
     # The restore's check is made to miss once (as a ledger it could not read would), so the
     # first open meets SecureCoordinator's own refusal (BudgetExhausted): that ends the task,
     # where before each tick opened and abandoned another round until the task's 5 were used.
-    one, floor, _ = _epsilons()
     db = tmp_path / "plume.db"
-    with _service(db) as url, httpx.Client(base_url=url) as http:
-        task_id = create_task(http, _task((one + floor) / 2))
-        clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
-        for c in clients:
-            c.register()
-        assert all(r.completed for r in _round(clients, task_id))
-        wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
-        for c in clients:
-            c.close()
-    _as_if_stored_through_pending_dp(db, task_id)
+    task_id = _spent_then_flag_lost(tmp_path, db)
     real = SecureCoordinator.budget_exhausted
     calls = {"n": 0}
 
@@ -106,10 +108,8 @@ def test_a_round_refused_at_open_for_the_budget_ends_the_task(
         metrics = http.get("/metrics").text
         for c in clients:
             c.close()
-    with sqlite3.connect(db) as con:
-        opened = con.execute("SELECT COUNT(*) FROM rounds WHERE task_id=?", (task_id,)).fetchone()
-    con.close()
+    opened = _rounds_of(db, task_id)
     # Assert: one round refused at open, marked; then done
-    assert opened[0] == 2 and task["state"] == "done"
+    assert opened == 2 and task["state"] == "done"
     assert round2["measurements"]["budget_exhausted"] is True
     assert _metric(metrics, "plume_dp_budget_exhausted", task_id) == 1.0
