@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import re
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,9 +13,9 @@ import httpx
 import pytest
 
 from coordinator.service import ServerThread, ServiceConfig
-from protocol import auth as pauth
 from sdk.client import Client
 
+from .test_h203_delta_bounded import _get  # a model GET signed by the device, round 0
 from .test_service_support import (
     ADMIN,
     SPEC,
@@ -42,21 +41,6 @@ def _serve(tmp: Path, **over: int) -> ServerThread:
 def served(tmp_path: Path) -> Iterator[tuple[httpx.Client, str]]:
     with _serve(tmp_path) as url, httpx.Client(base_url=url, timeout=30) as http:
         yield http, url
-
-
-def _get(http: httpx.Client, c: Client, task: int, params: dict[str, str]) -> httpx.Response:
-    req = http.build_request("GET", f"/v1/tasks/{task}/model", params=params)
-    signed = pauth.sign_request(
-        c._core.key,
-        method="GET",
-        target=req.url.raw_path.decode(),
-        round_id=0,
-        body=b"",
-        timestamp_ms=int(time.time() * 1000),
-    )
-    for k, v in signed.items():
-        req.headers[str(k)] = v
-    return http.send(req)
 
 
 def test_a_device_past_the_default_limit_gets_429_with_retry_after(
