@@ -92,7 +92,18 @@ class ErrorFeedback:
         d = np.asarray(delta)
         if d.shape != (self.size,) or d.dtype != np.float32:
             raise ValueError(f"delta must be float32[{self.size}], got {d.dtype}{list(d.shape)}")
-        u = checked_sum(d, self.held())
+        return self.step_sum(checked_sum(d, self.held()), codec, rng, weight)
+
+    def step_sum(
+        self,
+        u: F32,
+        codec: UpdateCodec,
+        rng: np.random.Generator,
+        weight: float = 1.0,
+    ) -> tuple[bytes, EncodeReport]:
+        """`step` for a caller that already holds u = `checked_sum(delta, held())` (and keeps
+        it): encode u, keep residual = u - decoded(u); returns the frame. A residual that
+        overflows is refused (`checked_residual`) and the old one kept."""
         frame, decoded, report = codec.roundtrip(u, rng, weight)
         self.residual = checked_residual(u, decoded)
         return frame, report

@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from compression import CodecConfig, EncodeReport, ErrorFeedback, ModelSpec, UpdateCodec
-from compression._feedback import checked_residual, checked_sum
+from compression._feedback import checked_sum
 
 __all__ = ["UpdateEncoder", "clip_l2"]
 
@@ -87,14 +87,12 @@ class UpdateEncoder:
             if self._ef is not None:  # dropped, never carried into a later upload
                 self._ef.residual[:] = 0.0
             return out
-        # `ErrorFeedback.step`, with its u kept for `refused`: the step computed u = d +
-        # residual again, a second parameter-sized copy alive at once (the same float32 sum,
-        # so the same bits). A non-finite u or residual is refused, the residual kept.
+        # `ErrorFeedback.step` in its two halves, so that u is computed once and kept for
+        # `refused` (the whole step computed it again: a second parameter-sized copy alive at
+        # once). A non-finite u or residual is refused, the residual kept.
         feedback = self.feedback
         u = checked_sum(d, feedback.held())
-        frame, decoded, report = self.codec.roundtrip(u, rng, weight)
-        feedback.residual = checked_residual(u, decoded)
-        del decoded
+        frame, report = feedback.step_sum(u, self.codec, rng, weight)
         # Only once the step succeeded: a failed encode (e.g. a NaN delta) must leave what
         # `refused` would restore for the upload still outstanding, not a u never sent.
         self._pending_u = u
