@@ -35,7 +35,7 @@ test-all: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/ruff format --check compression
+	$(BIN)/ruff format --check sdk coordinator compression mobile_sim protocol bench tests
 	$(BIN)/mypy
 
 # Every benchmark at the issues' settings (hours on 2 cores); results land in bench/results/

@@ -357,7 +357,10 @@ def test_serve_without_admin_token_says_the_admin_api_is_off(
     code = main(["coordinator", "serve", "--db", str(tmp_path / "x.db")])
     # Assert: it serves, with a note on stderr
     assert code == 0 and len(seen) == 1 and seen[0].admin_token is None
-    assert "the admin API (create-task, status, pause, resume, stop, get-model) is off" in capsys.readouterr().err
+    assert (
+        "the admin API (create-task, status, pause, resume, stop, get-model) is off"
+        in capsys.readouterr().err
+    )
 
 
 def test_serve_rejects_a_port_out_of_range(capsys: pytest.CaptureFixture[str]) -> None:

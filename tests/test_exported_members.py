@@ -6,7 +6,13 @@ import importlib
 
 import pytest
 
-PACKAGES = ["compression", "sdk", "coordinator.aggregators", "coordinator.engine", "mobile_sim.runner"]
+PACKAGES = [
+    "compression",
+    "sdk",
+    "coordinator.aggregators",
+    "coordinator.engine",
+    "mobile_sim.runner",
+]
 
 
 @pytest.mark.parametrize("name", PACKAGES)

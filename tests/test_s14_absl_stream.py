@@ -12,7 +12,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-PAIR = '''
+PAIR = """
 import logging.config
 
 def test_a_imports_absl():
@@ -22,7 +22,7 @@ def test_b_configures_logging_inside_capsys(capsys):
     logging.config.dictConfig({"version": 1, "disable_existing_loggers": False})
     print("still writable")
     assert capsys.readouterr().out == "still writable\\n"
-'''
+"""
 
 
 def test_a_uvicorn_style_dictconfig_after_absl_keeps_the_capture_alive(tmp_path: Path) -> None:

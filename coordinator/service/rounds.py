@@ -616,7 +616,9 @@ def _check_dp(factory: object) -> None:
     if node.sampling is None or not math.isfinite(node.epsilon_budget):
         return
     accountant = PrivacyAccountant(
-        node.noise_multiplier, node.sampling, node.accounting_method  # type: ignore[arg-type]
+        node.noise_multiplier,
+        node.sampling,
+        node.accounting_method,  # type: ignore[arg-type]
     )
     eps = accountant.epsilon(1, node.delta)
     if eps > node.epsilon_budget:
@@ -1722,8 +1724,7 @@ class Coordinator:
             raise ApiError(
                 404,
                 Reason.UNKNOWN_VERSION,
-                f"task {rt.task_id} never published version {version}; its latest is "
-                f"{rt.version}",
+                f"task {rt.task_id} never published version {version}; its latest is {rt.version}",
             )
         return digest
 
@@ -2289,9 +2290,7 @@ class Coordinator:
         v = int(answer.headers[Header.MODEL_VERSION])
         if answer.fmt == "delta":
             raise _chain_gone(answer.have, v)
-        return self.plan_model(
-            answer.rt.task_id, None, answer.fmt, answer.dtype, answer.device_id
-        )
+        return self.plan_model(answer.rt.task_id, None, answer.fmt, answer.dtype, answer.device_id)
 
     def _chain_size(self, task_id: int, after: int, upto: int) -> tuple[int, int | None]:
         """The bytes of the delta chain taking version `after` to `upto` (its header, length

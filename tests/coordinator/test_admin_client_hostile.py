@@ -347,8 +347,16 @@ def test_the_default_cap_holds_150000_rounds_of_a_real_task(tmp_path: Path) -> N
         (lambda a: a.pause(1), b"{}"),
         (lambda a: a.bandwidth(1), b"[]"),
     ],
-    ids=["status-list", "status-bad-field", "tasks-object", "tasks-ints", "rounds-null",
-         "round-string", "pause-empty", "bandwidth-list"],  # fmt: skip
+    ids=[
+        "status-list",
+        "status-bad-field",
+        "tasks-object",
+        "tasks-ints",
+        "rounds-null",
+        "round-string",
+        "pause-empty",
+        "bandwidth-list",
+    ],  # fmt: skip
 )
 def test_json_of_the_wrong_shape_is_an_admin_error(
     call: Callable[[AdminClient], object], body: bytes

@@ -266,8 +266,12 @@ class PlainServiceMachine(RuleBasedStateMachine):
         return (
             [(t.task_id, t.state, t.version, t.digest) for t in store.tasks()],
             [
-                (r.round_id, r.state, r.version_after, [(u.device_id, u.idempotency_key, u.frame)
-                 for u in store.updates(r.round_id)])
+                (
+                    r.round_id,
+                    r.state,
+                    r.version_after,
+                    [(u.device_id, u.idempotency_key, u.frame) for u in store.updates(r.round_id)],
+                )
                 for r in store.rounds(self.task_id)
             ],  # fmt: skip
             store.count_devices(),
@@ -302,11 +306,11 @@ class PlainServiceMachine(RuleBasedStateMachine):
             model = status == 200 and request.method == "GET" and "/model" in request.url.path
             # The empty chain (have= the current version) sends no model: no dense bytes, as
             # the ledger counts it since 1e252e0.
-            empty_chain = (
-                response.headers.get("x-plume-model-encoding") == "delta-chain"
-                and response.headers.get("x-plume-model-version")
-                == request.url.params.get("have")
-            )
+            empty_chain = response.headers.get(
+                "x-plume-model-encoding"
+            ) == "delta-chain" and response.headers.get(
+                "x-plume-model-version"
+            ) == request.url.params.get("have")
             device = request.headers["x-plume-device"]
             for direction, payload, wire, dense in (
                 ("up", payload_up, up, dense_up),
@@ -354,9 +358,7 @@ class PlainServiceMachine(RuleBasedStateMachine):
             member = (
                 row is not None
                 and DEVICE_IDS[d] in row.selected
-                and (
-                    row.closed_unix is None or self.clock.now - row.closed_unix <= LEDGER_GRACE_S
-                )
+                and (row.closed_unix is None or self.clock.now - row.closed_unix <= LEDGER_GRACE_S)
                 and (url_round is None or int(url_round.group(1)) == round_id)
                 and (url_task is None or int(url_task.group(1)) == row.task_id)
             )
@@ -444,7 +446,6 @@ class PlainServiceMachine(RuleBasedStateMachine):
         assert r.status_code == 200, r.text
         for d in range(N_DEVICES - 1):  # the last device registers later, if ever
             self.register(d)
-
 
     @rule(train=st.sets(devices), seed=st.integers(0, 2**16))
     def fleet_checks_in(self, train: set[int], seed: int) -> None:
@@ -640,13 +641,15 @@ class PlainServiceMachine(RuleBasedStateMachine):
             )
         elif how == "other_round":
             response = self.upload(d, r, frame, self.new_key(), signed_round=r + 1)
-            owed = (401, Reason.UNREGISTERED) if d not in self.registered else (
-                403, Reason.ROUND_MISMATCH
+            owed = (
+                (401, Reason.UNREGISTERED)
+                if d not in self.registered
+                else (403, Reason.ROUND_MISMATCH)
             )
         elif how == "no_key":
             response = self.upload(d, r, frame, None)
-            owed = (401, Reason.UNREGISTERED) if d not in self.registered else (
-                400, Reason.MALFORMED
+            owed = (
+                (401, Reason.UNREGISTERED) if d not in self.registered else (400, Reason.MALFORMED)
             )
         elif how == "oversized":
             response = self.upload(d, r, frame, self.new_key())
@@ -658,8 +661,10 @@ class PlainServiceMachine(RuleBasedStateMachine):
             if owed[0] == 200 or (owed[0] == 409 and owed[1] == Reason.DUPLICATE_UPLOAD):
                 # find_update compares frames: another frame after an upload is a duplicate;
                 # before, the decoder refuses it
-                owed = (409, Reason.DUPLICATE_UPLOAD) if (r, d) in self.receipts else (
-                    422, Reason.BAD_FRAME
+                owed = (
+                    (409, Reason.DUPLICATE_UPLOAD)
+                    if (r, d) in self.receipts
+                    else (422, Reason.BAD_FRAME)
                 )
             response = self.upload(d, r, frame, self.new_key())
         assert (response.status_code, response.json()["reason"]) == owed, (how, response.text)

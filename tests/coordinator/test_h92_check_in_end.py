@@ -77,7 +77,9 @@ def test_an_unknown_task_is_404_and_a_stopped_one_ends(tmp_path: Path) -> None:
     coord.stop_task(other)
     answer = coord.check_in("a", other)
     assert (answer.action, answer.assignment, answer.retry_after_s) == (
-        "end", None, coord.config.idle_retry_s
+        "end",
+        None,
+        coord.config.idle_retry_s,
     )
     assert answer.detail == f"task {other} was stopped by the operator; it runs no more rounds"
 

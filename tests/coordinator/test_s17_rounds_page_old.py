@@ -34,9 +34,7 @@ def _client(n: int, seen: list[httpx.URL]) -> AdminClient:
     return AdminClient("http://coordinator", "t", transport=httpx.MockTransport(answer))
 
 
-@pytest.mark.parametrize(
-    ("last", "before"), [(2, None), (None, 13), (3, 14), (1, 10)], ids=str
-)
+@pytest.mark.parametrize(("last", "before"), [(2, None), (None, 13), (3, 14), (1, 10)], ids=str)
 def test_an_older_coordinator_ignoring_the_page_is_an_error(
     last: int | None, before: int | None
 ) -> None:

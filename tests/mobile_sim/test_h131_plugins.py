@@ -192,4 +192,3 @@ def test_a_secure_run_and_a_plain_run_start_their_backend_with_one_context(
     assert plain.plugin_root == secure.plugin_root == str(plugin.folder)  # type: ignore[attr-defined]
     for name in ("model", "epochs", "batch_size", "lr", "momentum", "ort_artifacts"):
         assert getattr(plain, name) == getattr(secure, name), name
-

@@ -182,8 +182,9 @@ def test_a_pool_that_never_holds_the_population_abandons_the_round_even_after_th
     assert not any(r.committed for r in res.records)
     for rec in res.records:
         assert rec.available is not None and rec.available < 30
-        assert "short of the dp population of 30, which a dp round needs in its pool" in (
-            rec.measurements["abandoned"]
+        assert (
+            "short of the dp population of 30, which a dp round needs in its pool"
+            in (rec.measurements["abandoned"])
         )
     s = summary(res)
     assert s["dp_pool_abandoned_rounds"] == [1, 2] and s["dp_pool_short_rounds"] == []

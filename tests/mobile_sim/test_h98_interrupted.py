@@ -229,9 +229,20 @@ def test_a_runner_that_keeps_no_partial_results_says_nothing_was_written(
     def plain(cfg: Any, progress: bool, label: str, on_round: Any) -> Any:
         on_round(
             runner.RoundRecord(
-                round=1, accuracy=0.1, loss=2.3, train_loss=2.3, reports=3, committed=True,
-                bytes_up=100, bytes_down=400, dense_up=400, dense_down=400, wire_up=100,
-                wire_down=400, ratio_up=4.0, wall_s=0.01,
+                round=1,
+                accuracy=0.1,
+                loss=2.3,
+                train_loss=2.3,
+                reports=3,
+                committed=True,
+                bytes_up=100,
+                bytes_down=400,
+                dense_up=400,
+                dense_down=400,
+                wire_up=100,
+                wire_down=400,
+                ratio_up=4.0,
+                wall_s=0.01,
             )  # fmt: skip
         )
         raise KeyboardInterrupt

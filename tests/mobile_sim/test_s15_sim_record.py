@@ -55,7 +55,11 @@ def test_an_http_run_records_the_partition_it_trained_on() -> None:
 
 @pytest.mark.parametrize(
     ("dataset", "model"),
-    [("synthetic_iid", "synthetic_lr"), ("synthetic(1,1)", "synthetic_lr"), ("digits", "digits_mlp")],
+    [
+        ("synthetic_iid", "synthetic_lr"),
+        ("synthetic(1,1)", "synthetic_lr"),
+        ("digits", "digits_mlp"),
+    ],
 )
 def test_a_rebuilt_plot_is_titled_with_the_model_the_run_picked(
     tmp_path: Path, dataset: str, model: str

@@ -149,5 +149,3 @@ def test_the_openapi_schema_shows_the_field_as_an_optional_boolean() -> None:
     prop = schema["$defs"]["CodecParams"]["properties"]["error_feedback"]
     assert prop["anyOf"] == [{"type": "boolean"}, {"type": "null"}]
     assert "error_feedback" not in schema["$defs"]["CodecParams"].get("required", [])
-
-

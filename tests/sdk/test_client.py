@@ -395,7 +395,12 @@ def test_a_trainer_whose_model_has_another_layout_is_refused_before_training() -
         (422, "bad_frame", True, True),  # decoded and refused: never taken
         (413, "too_large", True, True),  # the same frame is always too large for its round
         (409, "invalid_state", True, True),
-        (409, "duplicate_upload", True, True),  # reported in that round under another key: not taken
+        (
+            409,
+            "duplicate_upload",
+            True,
+            True,
+        ),  # reported in that round under another key: not taken
         (503, "store_unavailable", False, False),  # unknown: an earlier try may have landed
         (401, "stale_timestamp", False, False),
         (429, "rate_limited", False, False),

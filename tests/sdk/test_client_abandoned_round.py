@@ -404,7 +404,9 @@ def test_a_410_after_the_masked_input_returns_it_at_once(url: str, tmp_path: Pat
     r0 = reports[0]
     assert r0 is not None and "masked-input" in r0.stages and not r0.completed
     assert "aborted" in r0.detail
-    np.testing.assert_allclose(_residual(tmp_path / "v", SECURE_SPEC.size, task_id), delta, atol=1e-6)
+    np.testing.assert_allclose(
+        _residual(tmp_path / "v", SECURE_SPEC.size, task_id), delta, atol=1e-6
+    )
     assert DeviceStore(tmp_path / "v").load_accepted() is None
     for c in clients:
         c.close()

@@ -136,7 +136,9 @@ def test_participate_runs_a_secure_round_and_keeps_the_residual(
         clients[0].secure_round(a, lambda p: (p, 1, 0.0))
     clients[0].close()  # the app restarts (one client per app_dir in a process)
     restarted = Client(url, str(tmp_path / "d0"))
-    np.testing.assert_array_equal(restarted._core.secure_participant(SPEC.size, task_id).residual, residual)
+    np.testing.assert_array_equal(
+        restarted._core.secure_participant(SPEC.size, task_id).residual, residual
+    )
     restarted.close()
 
 

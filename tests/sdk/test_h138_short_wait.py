@@ -2,6 +2,7 @@
 cut-short attempt still raises; the URL hint reads only this request's errors, not what the
 app was handling; two concurrent participate calls each get their own last answer; a re-send
 during an outage changes nothing in the app directory; `_LookupFailed` pickles."""
+
 from __future__ import annotations
 
 import asyncio
@@ -61,9 +62,11 @@ def test_no_dns_hint_on_a_refused_port_called_from_an_except_block(
                     with Client(base, str(tmp_path / "a"), **kw) as c:
                         c.check_in(1)
                 else:
+
                     async def run() -> None:
                         async with AsyncClient(base, str(tmp_path / "a"), **kw) as c:
                             await c.check_in(1)
+
                     asyncio.run(run())
             except CoordinatorUnreachable as exc:
                 err = exc
@@ -89,10 +92,12 @@ def test_slow_nxdomain_short_wait_raises(
                 out.append(c.participate(_Trainer(), X, Y, max_wait_s=1.0))
                 out.append(c.last_check_in)
         else:
+
             async def run() -> None:
                 async with AsyncClient(base, str(tmp_path / "a")) as c:
                     out.append(await c.participate(_Trainer(), X, Y, max_wait_s=1.0))
                     out.append(c.last_check_in)
+
             asyncio.run(run())
 
     with pytest.raises(CoordinatorUnreachable):
@@ -120,6 +125,7 @@ def test_concurrent_participate_last_check_in(tmp_path: Path) -> None:
         async with AsyncClient(
             "http://coord", str(tmp_path / "a"), transport=httpx.MockTransport(coordinator)
         ) as c:
+
             async def a() -> None:
                 r = await c.participate(_Trainer(), X, Y, task_id=1, max_wait_s=0.5)
                 out["A"] = (r, c.last_check_in)
@@ -140,7 +146,8 @@ def test_concurrent_participate_last_check_in(tmp_path: Path) -> None:
 def _files(root: Path) -> dict[str, str]:
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*")) if p.is_file() and not p.name.endswith(".lock")
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and not p.name.endswith(".lock")
     }
 
 
@@ -162,6 +169,7 @@ def test_resend_outage_changes_nothing(tmp_path: Path, asynchronous: bool, kind:
                 snap.append(_files(root))
                 p = c._core.store.load_pending()
         else:
+
             async def run() -> Any:
                 async with AsyncClient(base, str(root)) as c:
                     _encoded(c)
@@ -170,6 +178,7 @@ def test_resend_outage_changes_nothing(tmp_path: Path, asynchronous: bool, kind:
                         await c.participate(_Trainer(), X, Y, max_wait_s=1.0)
                     snap.append(_files(root))
                     return c._core.store.load_pending()
+
             p = asyncio.run(run())
     assert p is not None
     assert snap[0] == snap[1]

@@ -49,7 +49,10 @@ def _with(arr: np.ndarray, pos: tuple[int, ...], value: Any) -> np.ndarray:
     ("bad", "match"),
     [
         # Before: IndexError "Target 12 is out of bounds." from inside cross-entropy.
-        (12, r"class label 12 out of range: the model has 10 classes, so labels must be in \[0, 10\)"),
+        (
+            12,
+            r"class label 12 out of range: the model has 10 classes, so labels must be in \[0, 10\)",
+        ),
         (10, r"class label 10 out of range: the model has 10 classes"),
         (-1, r"class label -1 out of range"),
         (-101, r"class label -101 out of range"),
@@ -108,7 +111,11 @@ def test_ignore_index_is_skipped_as_torch_skips_it(digits: tuple[np.ndarray, np.
         (None, lambda y: y.astype(np.float32), "integer class labels, got float32"),
         (None, lambda y: y.astype(bool), "integer class labels, got bool"),
         (None, lambda y: y[:, None], r"labels of shape \[40, 1\] do not fit the model's output"),
-        (lambda x: x.astype(np.float64), None, r"\(float64\) does not fit the model: mat1 and mat2"),
+        (
+            lambda x: x.astype(np.float64),
+            None,
+            r"\(float64\) does not fit the model: mat1 and mat2",
+        ),
         (lambda x: x[:, :60], None, r"x of shape \[40, 60\] \(float32\) does not fit the model"),
         (lambda x: x.astype(str), None, "does not fit the model"),  # was a TypeError
         (lambda x: _with(x, (5, 3), np.nan), None, "1 input values are NaN or infinite"),
@@ -271,8 +278,9 @@ def test_participate_refuses_bad_data_before_asking_for_a_round(
 
     # Execute / Assert: both clients refuse it, and nothing reached the network.
     with (
-        Client("http://plume.test", str(tmp_path / "a"), transport=httpx.MockTransport(handler))
-        as client,
+        Client(
+            "http://plume.test", str(tmp_path / "a"), transport=httpx.MockTransport(handler)
+        ) as client,
         pytest.raises(TrainingDataError, match="class label 10 out of range"),
     ):
         client.participate(trainer, x, bad_y, max_wait_s=0)
