@@ -7,9 +7,7 @@ unreadable or holds no PEM certificate is a `ValueError` naming it; any other ty
 
 from __future__ import annotations
 
-import datetime as dt
 import hashlib
-import ipaddress
 import os
 import socket
 import ssl
@@ -19,11 +17,10 @@ from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.hazmat.primitives import serialization
 
 from protocol.tls import tls_verify
+from tests._tls import self_signed
 
 LONG = 10.0  # seconds a local handshake may take; it takes milliseconds
 CN = "plume-h196-test"  # lower case, one UTF8String: its DER is already OpenSSL's canonical form
@@ -31,36 +28,7 @@ CN = "plume-h196-test"  # lower case, one UTF8String: its DER is already OpenSSL
 
 def make_ca(tmp: Path) -> tuple[str, str]:
     """A self-signed CA certificate for 127.0.0.1 and its key, as PEM files."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, CN)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "ca.pem", tmp / "ca-key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(cert_path), str(key_path)
+    return self_signed(tmp, cn=CN, names=("ca.pem", "ca-key.pem"))
 
 
 def hashed_dir(cert: str, folder: Path) -> str:

@@ -14,9 +14,7 @@ Each test below failed before the fix (see the commit message)."""
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import hashlib
-import ipaddress
 import socket
 import ssl
 import threading
@@ -28,16 +26,13 @@ from typing import Any
 import httpcore
 import httpx
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from httpcore._backends.sync import SyncStream
 
 from coordinator.service import ServerThread, ServiceConfig
 from sdk import Client, ClientError
 from sdk.client import ParticipationCancelled, _Deadline, _DeadlineStream, _Stop, _tick
 from sdk.device_store import PendingUpload
+from tests._tls import self_signed
 from tests.coordinator.test_service_support import (
     ADMIN,
     SoftmaxTrainer,
@@ -153,35 +148,8 @@ def test_the_threads_deadline_still_bounds_a_slow_write_that_keeps_moving() -> N
 
 
 def _self_signed(tmp: Path) -> tuple[str, str]:
-    """A certificate for 127.0.0.1 and its key, as PEM files (as test_service_tls.py)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "plume-test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-            critical=False,
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_path, key_path = tmp / "cert.pem", tmp / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return str(cert_path), str(key_path)
+    """A certificate for 127.0.0.1 (not localhost) and its key, as PEM files."""
+    return self_signed(tmp, localhost=False)
 
 
 @pytest.fixture
