@@ -11,7 +11,6 @@ would train for only to be refused.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 from pathlib import Path
@@ -27,20 +26,14 @@ from coordinator.secure import (
     make_plan,
     min_round_rho,
 )
-from coordinator.service import ServerThread, ServiceConfig
-from protocol.messages import Assignment, CodecParams, TaskConfig
+from protocol.messages import TaskConfig
 from protocol.secagg import NoiseKind
 from sdk.client import Client, SecureRoundReport
 
-from .test_service_support import ADMIN, SPEC, admin_get, create_task, task_config, wait_until
+from ._secure_service import assignment, fast_service, metric, secure_dp_task, secure_round_of
+from .test_service_support import ADMIN, SPEC, admin_get, create_task, wait_until
 
 AUTH = {"authorization": f"Bearer {ADMIN}"}
-SECURE = {
-    "coord_fraction": 0.25,
-    "stage_timeout_s": 100.0,
-    "noise": "discrete_gaussian",
-    "noise_multiplier": 1.0,
-}
 
 
 def _epsilons() -> tuple[float, float, float]:
@@ -57,47 +50,7 @@ def _epsilons() -> tuple[float, float, float]:
 
 
 def _task(budget: float) -> TaskConfig:
-    return task_config(
-        rounds=5, clients_per_round=3, over_selection=1.0, min_reports=3,
-        selection_timeout_s=60.0, deadline_s=60.0, downlink=CodecParams(topk=1.0, bits=32),
-        secure=dict(SECURE, epsilon_budget=budget),
-    )  # fmt: skip
-
-
-def _service(db: Path) -> ServerThread:
-    return ServerThread(ServiceConfig(db_path=str(db), admin_token=ADMIN, poll_s=0.05, tick_s=0.02))
-
-
-def _assignment(c: Client, task_id: int) -> Assignment:
-    give_up = time.monotonic() + 20
-    while True:
-        answer = c.check_in(task_id)
-        if answer.assignment is not None:
-            return answer.assignment
-        assert time.monotonic() < give_up
-        time.sleep(0.02)
-
-
-def _round(clients: list[Client], task_id: int) -> list[SecureRoundReport]:
-    out: list[SecureRoundReport] = []
-
-    def run(c: Client) -> None:
-        a = _assignment(c, task_id)
-        out.append(c.secure_round(a, lambda p: (np.full(SPEC.size, 0.02, np.float32), 1, 0.0)))
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in clients]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert len(out) == len(clients)
-    return out
-
-
-def _metric(text: str, name: str, task: int) -> float:
-    m = re.search(rf'^{name}\{{task="{task}"\}} (\S+)$', text, re.MULTILINE)
-    assert m is not None, f"{name} for task {task} not in /metrics"
-    return float(m.group(1))
+    return secure_dp_task(5, epsilon_budget=budget)
 
 
 def _no_assignment(clients: list[Client], task_id: int, seconds: float = 1.0) -> None:
@@ -114,13 +67,13 @@ def test_the_round_after_which_none_fits_ends_the_task(tmp_path: Path) -> None:
     one, floor, _ = _epsilons()
     budget = (one + floor) / 2
     db = tmp_path / "plume.db"
-    with _service(db) as url, httpx.Client(base_url=url) as http:
+    with fast_service(db) as url, httpx.Client(base_url=url) as http:
         task_id = create_task(http, _task(budget))
         clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
         for c in clients:
             c.register()
         # Execute
-        assert all(r.completed for r in _round(clients, task_id))
+        assert all(r.completed for r in secure_round_of(clients, task_id))
         done = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
         _no_assignment(clients, task_id)
         metrics = http.get("/metrics").text
@@ -131,11 +84,11 @@ def test_the_round_after_which_none_fits_ends_the_task(tmp_path: Path) -> None:
     assert done["version"] == 1 and not _exists_after(db, 2)
     assert round1["measurements"]["dp"]["budget_exhausted"] is True
     assert round1["measurements"]["dp"]["epsilon"] == one
-    assert _metric(metrics, "plume_dp_budget_exhausted", task_id) == 1.0
+    assert metric(metrics, "plume_dp_budget_exhausted", task_id) == 1.0
     # A restart keeps it done and spent
-    with _service(db) as url, httpx.Client(base_url=url) as http:
+    with fast_service(db) as url, httpx.Client(base_url=url) as http:
         assert admin_get(http, f"/v1/admin/tasks/{task_id}")["state"] == "done"
-        assert _metric(http.get("/metrics").text, "plume_dp_budget_exhausted", task_id) == 1.0
+        assert metric(http.get("/metrics").text, "plume_dp_budget_exhausted", task_id) == 1.0
 
 
 def _exists_after(db: Path, round_id: int) -> bool:
@@ -153,19 +106,19 @@ def test_a_round_past_the_budget_is_abandoned_unreleased_and_stays_stopped(
     one, floor, two = _epsilons()
     budget = (floor + two) / 2
     db = tmp_path / "plume.db"
-    with _service(db) as url, httpx.Client(base_url=url) as http:
+    with fast_service(db) as url, httpx.Client(base_url=url) as http:
         task_id = create_task(http, _task(budget))
         clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
         for c in clients:
             c.register()
-        assert all(r.completed for r in _round(clients, task_id))
+        assert all(r.completed for r in secure_round_of(clients, task_id))
         wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 1)
         # Execute: round 2 opens, the task is paused, the round runs to its unmask stage
         reports: list[SecureRoundReport] = []
         opened = threading.Barrier(len(clients) + 1, timeout=60)
 
         def run(c: Client) -> None:
-            a = _assignment(c, task_id)
+            a = assignment(c, task_id)
             opened.wait()  # every device assigned; the task paused meanwhile
             opened.wait()
             reports.append(
@@ -190,10 +143,10 @@ def test_a_round_past_the_budget_is_abandoned_unreleased_and_stays_stopped(
     assert meas["budget_exhausted"] is True and "dp" not in meas
     assert meas["dp_refused"]["epsilon"] == one
     assert meas["dp_refused"]["epsilon_if_released"] > budget
-    assert _metric(metrics, "plume_dp_epsilon", task_id) == one
-    assert _metric(metrics, "plume_dp_budget_exhausted", task_id) == 1.0
+    assert metric(metrics, "plume_dp_epsilon", task_id) == one
+    assert metric(metrics, "plume_dp_budget_exhausted", task_id) == 1.0
     # Execute: a restart, then resume the paused task
-    with _service(db) as url, httpx.Client(base_url=url) as http:
+    with fast_service(db) as url, httpx.Client(base_url=url) as http:
         metrics = http.get("/metrics").text
         resumed = http.post(f"/v1/admin/tasks/{task_id}/resume", headers=AUTH)
         clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
@@ -202,6 +155,6 @@ def test_a_round_past_the_budget_is_abandoned_unreleased_and_stays_stopped(
             c.close()
     # Assert: resuming has no round to run: done, epsilon as before, no third round
     assert resumed.status_code == 200 and resumed.json()["state"] == "done"
-    assert _metric(metrics, "plume_dp_epsilon", task_id) == one
-    assert _metric(metrics, "plume_dp_budget_exhausted", task_id) == 1.0
+    assert metric(metrics, "plume_dp_epsilon", task_id) == one
+    assert metric(metrics, "plume_dp_budget_exhausted", task_id) == 1.0
     assert not _exists_after(db, 3)

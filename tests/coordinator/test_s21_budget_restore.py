@@ -16,14 +16,8 @@ import pytest
 from coordinator.secure import SecureCoordinator
 from sdk.client import Client
 
-from .test_h204_secure_budget_service import (
-    _epsilons,
-    _metric,
-    _no_assignment,
-    _round,
-    _service,
-    _task,
-)
+from ._secure_service import fast_service, metric, secure_round_of
+from .test_h204_secure_budget_service import _epsilons, _no_assignment, _task
 from .test_service_support import admin_get, create_task, wait_until
 
 
@@ -43,12 +37,12 @@ def _spent_then_flag_lost(tmp_path: Path, db: Path) -> int:
     """A secure task whose budget the first round fits and no second round can, run to done
     (round 1 released), then stored as if round 1 had gone through `pending_dp`; its id."""
     one, floor, _ = _epsilons()
-    with _service(db) as url, httpx.Client(base_url=url) as http:
+    with fast_service(db) as url, httpx.Client(base_url=url) as http:
         task_id = create_task(http, _task((one + floor) / 2))
         clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
         for c in clients:
             c.register()
-        assert all(r.completed for r in _round(clients, task_id))
+        assert all(r.completed for r in secure_round_of(clients, task_id))
         wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
         for c in clients:
             c.close()
@@ -68,7 +62,7 @@ def test_a_spent_budget_without_its_flag_still_stops_the_task_at_start(tmp_path:
     db = tmp_path / "plume.db"
     task_id = _spent_then_flag_lost(tmp_path, db)
     # Execute: a start with the flag gone
-    with _service(db) as url, httpx.Client(base_url=url) as http:
+    with fast_service(db) as url, httpx.Client(base_url=url) as http:
         clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
         _no_assignment(clients, task_id)
         task = admin_get(http, f"/v1/admin/tasks/{task_id}")
@@ -80,7 +74,7 @@ def test_a_spent_budget_without_its_flag_still_stops_the_task_at_start(tmp_path:
     # and the gauge says the budget is spent
     assert opened == 1
     assert task["state"] == "done"
-    assert _metric(metrics, "plume_dp_budget_exhausted", task_id) == 1.0
+    assert metric(metrics, "plume_dp_budget_exhausted", task_id) == 1.0
 
 
 def test_a_round_refused_at_open_for_the_budget_ends_the_task(
@@ -100,7 +94,7 @@ def test_a_round_refused_at_open_for_the_budget_ends_the_task(
 
     monkeypatch.setattr(SecureCoordinator, "budget_exhausted", misses_once)
     # Execute
-    with _service(db) as url, httpx.Client(base_url=url) as http:
+    with fast_service(db) as url, httpx.Client(base_url=url) as http:
         clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
         _no_assignment(clients, task_id)
         task = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
@@ -112,4 +106,4 @@ def test_a_round_refused_at_open_for_the_budget_ends_the_task(
     # Assert: one round refused at open, marked; then done
     assert opened == 2 and task["state"] == "done"
     assert round2["measurements"]["budget_exhausted"] is True
-    assert _metric(metrics, "plume_dp_budget_exhausted", task_id) == 1.0
+    assert metric(metrics, "plume_dp_budget_exhausted", task_id) == 1.0

@@ -155,15 +155,15 @@ def test_a_version_1_database_gains_the_column_and_keeps_its_tasks(tmp_path: Pat
 
 def test_a_secure_task_resumes_its_coordinate_scores(tmp_path: Path) -> None:
     # Prepare: one committed secure round moves the coordinate scores off the spec prior.
-    from .test_service_secure_restart import _round, _secure_dp_task
+    from ._secure_service import secure_dp_task, secure_round_of
 
     db = tmp_path / "plume.db"
     with _service(db) as url:
-        task_id = create_task(httpx.Client(base_url=url), _secure_dp_task(rounds=3))
+        task_id = create_task(httpx.Client(base_url=url), secure_dp_task(rounds=3))
         clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
         for c in clients:
             c.register()
-        assert all(r.completed for r in _round(clients, task_id))
+        assert all(r.completed for r in secure_round_of(clients, task_id))
         status = wait_until(
             httpx.Client(base_url=url), f"/v1/admin/tasks/{task_id}", "version", 1, timeout=60
         )

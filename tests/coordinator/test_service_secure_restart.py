@@ -4,24 +4,18 @@ starts fresh. Also: `/metrics` serves the anomaly and privacy series per task.""
 
 from __future__ import annotations
 
-import re
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
 import httpx
-import numpy as np
 import pytest
 
-from coordinator.service import ServerThread, ServiceConfig
-from protocol.messages import Assignment, CodecParams, TaskConfig
 from protocol.secagg import Stage
-from sdk.client import Client, SecureRoundReport
+from sdk.client import Client
 
+from ._secure_service import fast_service, metric, secure_dp_task, secure_round_of
 from .test_service_support import (
-    ADMIN,
-    SPEC,
     SoftmaxTrainer,
     admin_get,
     create_task,
@@ -31,85 +25,35 @@ from .test_service_support import (
 )
 
 
-def _secure_dp_task(rounds: int) -> TaskConfig:
-    return task_config(
-        rounds=rounds, clients_per_round=3, over_selection=1.0, min_reports=3,
-        selection_timeout_s=60.0, deadline_s=60.0, downlink=CodecParams(topk=1.0, bits=32),
-        secure={"coord_fraction": 0.25, "stage_timeout_s": 100.0,
-                "noise": "discrete_gaussian", "noise_multiplier": 1.0},
-    )  # fmt: skip
-
-
-def _service(db: Path) -> ServerThread:
-    return ServerThread(ServiceConfig(db_path=str(db), admin_token=ADMIN, poll_s=0.05, tick_s=0.02))
-
-
-def _assignment(c: Client, task_id: int) -> Assignment:
-    give_up = time.monotonic() + 20
-    while True:
-        answer = c.check_in(task_id)
-        if answer.assignment is not None:
-            return answer.assignment
-        assert time.monotonic() < give_up
-        time.sleep(0.02)
-
-
-def _round(
-    clients: list[Client], task_id: int, drop_at: Stage | None = None
-) -> list[SecureRoundReport]:
-    out: list[SecureRoundReport] = []
-
-    def run(c: Client) -> None:
-        a = _assignment(c, task_id)
-        out.append(
-            c.secure_round(a, lambda p: (np.full(SPEC.size, 0.02, np.float32), 1, 0.0),
-                           drop_at=drop_at)
-        )  # fmt: skip
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in clients]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert len(out) == len(clients)
-    return out
-
-
-def _metric(text: str, name: str, task: int) -> float:
-    m = re.search(rf'^{name}\{{task="{task}"\}} (\S+)$', text, re.MULTILINE)
-    assert m is not None, f"{name} for task {task} not in /metrics"
-    return float(m.group(1))
-
-
 def test_restart_mid_secure_round_keeps_commits_ledger_and_epsilon(tmp_path: Path) -> None:
     # Prepare: one committed secure round, then a second one stopped after advertise-keys
     db = tmp_path / "plume.db"
-    with _service(db) as url:
+    with fast_service(db) as url:
         http = httpx.Client(base_url=url)
-        task_id = create_task(http, _secure_dp_task(rounds=3))
+        task_id = create_task(http, secure_dp_task(rounds=3))
         clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
         for c in clients:
             c.register()
-        assert all(r.completed for r in _round(clients, task_id))
+        assert all(r.completed for r in secure_round_of(clients, task_id))
         wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 1)
         ledger1 = admin_get(http, "/v1/rounds/1/bandwidth")
-        eps1 = _metric(http.get("/metrics").text, "plume_dp_epsilon", task_id)
-        stopped = _round(clients, task_id, drop_at=Stage.SHARE_KEYS)
+        eps1 = metric(http.get("/metrics").text, "plume_dp_epsilon", task_id)
+        stopped = secure_round_of(clients, task_id, drop_at=Stage.SHARE_KEYS)
         assert all(r.stages == ["advertise-keys"] for r in stopped)
         assert admin_get(http, "/v1/rounds/2")["measurements"]["stage"] == "share-keys"
         model1 = admin_get(http, f"/v1/admin/tasks/{task_id}")["model_digest"]
     # Execute: restart on the same database, then run another round
-    with _service(db) as url:
+    with fast_service(db) as url:
         http = httpx.Client(base_url=url)
         after = admin_get(http, "/v1/rounds/2")
         status = admin_get(http, f"/v1/admin/tasks/{task_id}")
-        eps_restart = _metric(http.get("/metrics").text, "plume_dp_epsilon", task_id)
+        eps_restart = metric(http.get("/metrics").text, "plume_dp_epsilon", task_id)
         for c in clients:
             c.close()  # the apps restart too (one client per app_dir in a process)
         clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
-        assert all(r.completed for r in _round(clients, task_id))
+        assert all(r.completed for r in secure_round_of(clients, task_id))
         final = wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 2)
-        eps2 = _metric(http.get("/metrics").text, "plume_dp_epsilon", task_id)
+        eps2 = metric(http.get("/metrics").text, "plume_dp_epsilon", task_id)
         round3 = admin_get(http, "/v1/rounds/3")
         # Assert: round 2 was abandoned, round 1 and its ledger intact, epsilon kept
         assert after["state"] == "abandoned" and "restarted" in after["measurements"]["abandoned"]
@@ -118,12 +62,12 @@ def test_restart_mid_secure_round_keeps_commits_ledger_and_epsilon(tmp_path: Pat
         assert eps1 > 0 and eps_restart == eps1 and eps2 > eps1
         assert round3["state"] == "committed" and round3["measurements"]["dp"]["rounds"] == 2
         assert final["version"] == 2 and final["state"] == "done"
-        assert _metric(http.get("/metrics").text, "plume_dp_rounds", task_id) == 2
+        assert metric(http.get("/metrics").text, "plume_dp_rounds", task_id) == 2
 
 
 def test_metrics_serve_anomaly_and_privacy_series_per_task(tmp_path: Path) -> None:
     # Prepare: two plain tasks, one screening updates for anomalies, one with central DP
-    with _service(tmp_path / "plume.db") as url:
+    with fast_service(tmp_path / "plume.db") as url:
         http = httpx.Client(base_url=url)
         tasks = [
             create_task(http, task_config(rounds=1, aggregator=agg, selection_timeout_s=0.5))
@@ -151,13 +95,13 @@ def test_metrics_serve_anomaly_and_privacy_series_per_task(tmp_path: Path) -> No
     # Assert: each task's series carry its label: norms and cosines of the screened task's
     # two updates, epsilon of the DP task's one release
     screened, private = tasks
-    assert _metric(text, "plume_update_norm_count", screened) == 2
-    assert _metric(text, "plume_update_cosine_to_aggregate_count", screened) == 2
+    assert metric(text, "plume_update_norm_count", screened) == 2
+    assert metric(text, "plume_update_cosine_to_aggregate_count", screened) == 2
     assert f'plume_update_norm_bucket{{le="+Inf",task="{screened}"}} 2.0' in text
-    assert _metric(text, "plume_update_norm_count", private) == 0
-    assert _metric(text, "plume_dp_epsilon", private) > 0
-    assert _metric(text, "plume_dp_rounds", private) == 1
-    assert _metric(text, "plume_dp_epsilon", screened) == 0
+    assert metric(text, "plume_update_norm_count", private) == 0
+    assert metric(text, "plume_dp_epsilon", private) > 0
+    assert metric(text, "plume_dp_rounds", private) == 1
+    assert metric(text, "plume_dp_epsilon", screened) == 0
     assert text.count("# TYPE plume_dp_epsilon gauge") == 1
 
 
@@ -170,11 +114,11 @@ def test_kill_9_inside_a_secure_publish_abandons_the_round_and_the_next_commits(
     db, fault_file = tmp_path / "plume.db", tmp_path / "fault"
     with coordinator(db, "during_publish", fault_file) as (url, proc):
         http = httpx.Client(base_url=url)
-        task_id = create_task(http, _secure_dp_task(rounds=2))
+        task_id = create_task(http, secure_dp_task(rounds=2))
         clients = [Client(url, str(tmp_path / f"dev{i}"), retries=0) for i in range(3)]
         for c in clients:
             c.register()
-        assert all(r.completed for r in _round(clients, task_id))
+        assert all(r.completed for r in secure_round_of(clients, task_id))
         assert _wait_file(fault_file) == "during_publish"
         # Execute: SIGKILL mid-publish, restart on the same database, run the next round
         proc.kill()
@@ -186,7 +130,7 @@ def test_kill_9_inside_a_secure_publish_abandons_the_round_and_the_next_commits(
         for c in clients:
             c.close()  # the apps restart too (one client per app_dir in a process)
         clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
-        assert all(r.completed for r in _round(clients, task_id))
+        assert all(r.completed for r in secure_round_of(clients, task_id))
         after = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
         ledger = admin_get(http, "/v1/rounds/1/bandwidth")
         round2 = admin_get(http, "/v1/rounds/2")
@@ -219,19 +163,19 @@ def test_a_publish_that_fails_after_unmasking_still_counts_in_epsilon(
         real_publish(self, **kwargs)
 
     monkeypatch.setattr(Store, "publish", publish_once_failing)
-    with _service(tmp_path / "plume.db") as url:
+    with fast_service(tmp_path / "plume.db") as url:
         http = httpx.Client(base_url=url)
-        task_id = create_task(http, _secure_dp_task(rounds=2))
+        task_id = create_task(http, secure_dp_task(rounds=2))
         clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
         for c in clients:
             c.register()
         # Execute: the failed round, then one that commits
-        _round(clients, task_id)
+        secure_round_of(clients, task_id)
         failed = wait_until(http, "/v1/rounds/1", "state", "abandoned")
-        assert all(r.completed for r in _round(clients, task_id))
+        assert all(r.completed for r in secure_round_of(clients, task_id))
         done = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
         committed = admin_get(http, "/v1/rounds/2")
-        rounds_metric = _metric(http.get("/metrics").text, "plume_dp_rounds", task_id)
+        rounds_metric = metric(http.get("/metrics").text, "plume_dp_rounds", task_id)
     # Assert: the failed round is abandoned with its release on record, and epsilon composes
     # both releases
     assert failures == [1] and "disk full" in failed["measurements"]["error"]
