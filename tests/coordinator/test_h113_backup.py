@@ -19,21 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from coordinator.cli import main
 from coordinator.service import AdminClient, ServerThread, ServiceConfig, Store
 from protocol.messages import TaskConfig, TensorShape
+
+from ._restore import run
 
 ADMIN = "s3cret-h113b"
 TASK = TaskConfig(
     name="t", model_name="tiny", spec=[TensorShape("w", [10])], rounds=1, clients_per_round=1
 )
-
-
-def _run(*argv: str) -> int:
-    try:
-        return main(["coordinator", *argv])
-    except SystemExit as exc:
-        return int(exc.code or 0)
 
 
 def _tasks(db: Path) -> list[str]:
@@ -56,7 +50,7 @@ def test_backup_of_a_running_coordinator_holds_every_commit(
         admin.stop(2)
         assert Path(f"{db}-wal").stat().st_size > 0
         # Execute
-        code = _run("backup", "--db", str(db), "--out", str(out))
+        code = run("backup", "--db", str(db), "--out", str(out))
     # Assert: one JSON line; the copy alone (no -wal beside it) has both tasks, as they were
     assert code == 0, capsys.readouterr().err
     line = json.loads(capsys.readouterr().out)
@@ -87,7 +81,7 @@ def test_backup_refuses_with_one_line_and_creates_nothing(
         out = tmp_path / "nowhere" / "plume.bak"
     before = sorted(p.name for p in tmp_path.iterdir())
     # Execute
-    code = _run("backup", "--db", str(db), "--out", str(out))
+    code = run("backup", "--db", str(db), "--out", str(out))
     # Assert
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1, err
@@ -113,7 +107,7 @@ def test_restore_puts_the_backup_in_place_of_a_killed_coordinators_database(
         AdminClient(url, ADMIN) as admin,
     ):
         admin.create_task(TASK, np.zeros(10, np.float32))
-        assert _run("backup", "--db", str(db), "--out", str(bak)) == 0
+        assert run("backup", "--db", str(db), "--out", str(bak)) == 0
         admin.create_task(TASK, np.zeros(10, np.float32))
     killed = (
         "import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
@@ -123,7 +117,7 @@ def test_restore_puts_the_backup_in_place_of_a_killed_coordinators_database(
     assert Path(f"{db}-wal").stat().st_size > 0
     capsys.readouterr()
     # Execute
-    code = _run("restore", "--db", str(db), "--from", str(bak))
+    code = run("restore", "--db", str(db), "--from", str(bak))
     # Assert: the backup's one task; a coordinator opens it
     assert code == 0, capsys.readouterr().err
     line = json.loads(capsys.readouterr().out)
@@ -154,7 +148,7 @@ def test_restore_refuses_and_leaves_the_database_as_it_was(
     holder = Store(db, exclusive=True) if case == "serving" else None
     try:
         # Execute
-        code = _run("restore", "--db", str(db), "--from", str(bak))
+        code = run("restore", "--db", str(db), "--from", str(bak))
     finally:
         if holder is not None:
             holder.close()

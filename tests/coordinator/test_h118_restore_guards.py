@@ -6,7 +6,6 @@ another application's SQLite file."""
 
 from __future__ import annotations
 
-import json
 import os
 import sqlite3
 from contextlib import closing
@@ -15,34 +14,10 @@ from pathlib import Path
 import pytest
 
 import coordinator._cli as cli
-from coordinator.cli import main
 from coordinator.service import Store
 from coordinator.service.store import StoreError, lock_path
 
-
-def _run(*argv: str) -> int:
-    try:
-        return main(["coordinator", *argv])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-
-
-def _marked(path: Path, who: str) -> None:
-    store = Store(path)
-    store.create_task({"name": who}, "awaiting_model", 0.0)
-    store.close()
-
-
-def _names(path: Path) -> list[str]:
-    with sqlite3.connect(path) as conn:
-        return [json.loads(r[0])["name"] for r in conn.execute("SELECT config_json FROM tasks")]
-
-
-def _one_error(capsys: pytest.CaptureFixture[str], prog: str) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith(f"plume coordinator {prog}: error: "), err
-    return err[0]
+from ._restore import marked, names, one_error, run
 
 
 def test_restore_through_a_symlink_of_a_served_database_is_refused(
@@ -50,19 +25,19 @@ def test_restore_through_a_symlink_of_a_served_database_is_refused(
 ) -> None:
     # Prepare: serve's store on real.db, restore given a symlink to it (a "current" link)
     real, link, bak = tmp_path / "real.db", tmp_path / "current.db", tmp_path / "b.db"
-    _marked(real, "live")
-    _marked(bak, "backup")
+    marked(real, "live")
+    marked(bak, "backup")
     link.symlink_to(real)
     live = Store(link, exclusive=True)  # serve given the link: the lock is the real file's
     try:
         # Execute: before, the lock looked for current.db.lock, found none, and overwrote
-        code = _run("restore", "--db", str(real), "--from", str(bak))
-        code_link = _run("restore", "--db", str(link), "--from", str(bak))
+        code = run("restore", "--db", str(real), "--from", str(bak))
+        code_link = run("restore", "--db", str(link), "--from", str(bak))
     finally:
         live.close()
     # Assert
     assert (code, code_link) == (1, 1)
-    assert _names(real) == ["live"]
+    assert names(real) == ["live"]
     assert "a coordinator (pid " in capsys.readouterr().err
 
 
@@ -83,8 +58,8 @@ def test_restore_holds_the_lock_with_its_own_pid(
 ) -> None:
     # Prepare: a coordinator that ran and stopped left its pid in plume.db.lock
     db, bak = tmp_path / "plume.db", tmp_path / "b.db"
-    _marked(db, "live")
-    _marked(bak, "backup")
+    marked(db, "live")
+    marked(bak, "backup")
     Path(f"{db}.lock").write_text("999999\n")
     seen: list[str] = []
     info = cli._plume_info
@@ -95,10 +70,10 @@ def test_restore_holds_the_lock_with_its_own_pid(
 
     monkeypatch.setattr(cli, "_plume_info", spy)
     # Execute
-    assert _run("restore", "--db", str(db), "--from", str(bak)) == 0, capsys.readouterr().err
+    assert run("restore", "--db", str(db), "--from", str(bak)) == 0, capsys.readouterr().err
     # Assert: a serve started meanwhile would name restore's process, not the stopped one
     assert seen and set(seen) == {str(os.getpid())}
-    assert _names(db) == ["backup"]
+    assert names(db) == ["backup"]
 
 
 def test_restore_onto_a_hard_linked_database_needs_force(
@@ -106,19 +81,19 @@ def test_restore_onto_a_hard_linked_database_needs_force(
 ) -> None:
     # A coordinator serving the other name holds a lock restore cannot find
     db, other, bak = tmp_path / "plume.db", tmp_path / "other.db", tmp_path / "b.db"
-    _marked(db, "live")
-    _marked(bak, "backup")
+    marked(db, "live")
+    marked(bak, "backup")
     os.link(db, other)
     live = Store(other, exclusive=True)
     try:
-        code = _run("restore", "--db", str(db), "--from", str(bak))
+        code = run("restore", "--db", str(db), "--from", str(bak))
     finally:
         live.close()
     assert code == 1
-    assert "hard link" in _one_error(capsys, "restore")
-    assert _names(db) == ["live"]
-    assert _run("restore", "--db", str(db), "--from", str(bak), "--force") == 0
-    assert _names(other) == ["backup"]
+    assert "hard link" in one_error(capsys, "restore")
+    assert names(db) == ["live"]
+    assert run("restore", "--db", str(db), "--from", str(bak), "--force") == 0
+    assert names(other) == ["backup"]
 
 
 @pytest.mark.parametrize("side", ["-wal", "-shm", "-journal", ".lock", "link"])
@@ -138,13 +113,13 @@ def test_backup_refuses_an_out_naming_a_side_file_of_the_database(
         out = Path(f"{db}{side}")
     try:
         # Execute
-        code = _run("backup", "--db", str(db), "--out", str(out))
+        code = run("backup", "--db", str(db), "--out", str(out))
         after = wal.read_bytes()
     finally:
         live.close()
     # Assert: refused, the -wal as it was
     assert code == 1
-    assert "side file" in _one_error(capsys, "backup")
+    assert "side file" in one_error(capsys, "backup")
     assert after == before
 
 
@@ -153,21 +128,21 @@ def test_a_schema_version_store_refuses_is_refused_by_restore(
 ) -> None:
     # Prepare: a backup whose version is '04' (int says 4, Store says not one it reads)
     db, bak = tmp_path / "plume.db", tmp_path / "b.db"
-    _marked(db, "live")
-    _marked(bak, "backup")
+    marked(db, "live")
+    marked(bak, "backup")
     with closing(sqlite3.connect(bak)) as conn, conn:  # closed: no -wal left
         conn.execute("UPDATE meta SET value='04' WHERE key='schema_version'")
     with pytest.raises(StoreError) as refused:
         Store(bak)
     # Execute
-    code = _run("restore", "--db", str(db), "--from", str(bak))
+    code = run("restore", "--db", str(db), "--from", str(bak))
     # Assert: the same words as Store's
     assert code == 1
     assert "its schema version '04' is not one this coordinator reads" in str(refused.value)
-    assert "its schema version '04' is not one this coordinator reads" in _one_error(
+    assert "its schema version '04' is not one this coordinator reads" in one_error(
         capsys, "restore"
     )
-    assert _names(db) == ["live"]
+    assert names(db) == ["live"]
 
 
 def test_restore_over_another_applications_database_needs_force(
@@ -175,19 +150,19 @@ def test_restore_over_another_applications_database_needs_force(
 ) -> None:
     # Prepare: a typo'd --db naming another application's SQLite file
     other, bak = tmp_path / "app.sqlite", tmp_path / "b.db"
-    _marked(bak, "backup")
+    marked(bak, "backup")
     with sqlite3.connect(other) as conn:
         conn.execute("CREATE TABLE invoices (id INTEGER)")
     before = other.read_bytes()
     # Execute
-    code = _run("restore", "--db", str(other), "--from", str(bak))
+    code = run("restore", "--db", str(other), "--from", str(bak))
     # Assert: refused with one line, the file as it was; --force replaces it
     assert code == 1
-    line = _one_error(capsys, "restore")
+    line = one_error(capsys, "restore")
     assert "not a Plume database" in line and "--force" in line, line
     assert other.read_bytes() == before
-    assert _run("restore", "--db", str(other), "--from", str(bak), "--force") == 0
-    assert _names(other) == ["backup"]
+    assert run("restore", "--db", str(other), "--from", str(bak), "--force") == 0
+    assert names(other) == ["backup"]
 
 
 @pytest.mark.parametrize("kind", ["absent", "empty"])
@@ -195,8 +170,8 @@ def test_restore_onto_an_absent_or_empty_file_needs_no_force(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], kind: str
 ) -> None:
     db, bak = tmp_path / "plume.db", tmp_path / "b.db"
-    _marked(bak, "backup")
+    marked(bak, "backup")
     if kind == "empty":
         db.touch()
-    assert _run("restore", "--db", str(db), "--from", str(bak)) == 0, capsys.readouterr().err
-    assert _names(db) == ["backup"]
+    assert run("restore", "--db", str(db), "--from", str(bak)) == 0, capsys.readouterr().err
+    assert names(db) == ["backup"]

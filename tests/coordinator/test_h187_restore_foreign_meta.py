@@ -10,43 +10,18 @@ table as Chrome's History has), and a `meta` table without a `value` column was 
 from __future__ import annotations
 
 import hashlib
-import json
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from coordinator.cli import main
 from coordinator.service import Store
 
-
-def _run(*argv: str) -> int:
-    try:
-        return main(["coordinator", *argv])
-    except SystemExit as exc:
-        return int(exc.code or 0)
+from ._restore import marked, names, one_error, run
 
 
 def _md5(path: Path) -> str:
     return hashlib.md5(path.read_bytes()).hexdigest()
-
-
-def _one_error(capsys: pytest.CaptureFixture[str], prog: str) -> str:
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1, err
-    assert err[0].startswith(f"plume coordinator {prog}: error: "), err
-    return err[0]
-
-
-def _backup(path: Path) -> None:
-    store = Store(path)
-    store.create_task({"name": "backup"}, "awaiting_model", 0.0)
-    store.close()
-
-
-def _names(path: Path) -> list[str]:
-    with sqlite3.connect(path) as conn:
-        return [json.loads(r[0])["name"] for r in conn.execute("SELECT config_json FROM tasks")]
 
 
 def _foreign(path: Path, meta: str, rows: list[tuple[str, str]]) -> None:
@@ -76,20 +51,20 @@ def test_restore_over_a_foreign_file_with_meta_and_tasks_needs_force(
 ) -> None:
     # Prepare: a --db naming another application's file that has meta and tasks tables
     other, bak = tmp_path / "todo.sqlite", tmp_path / "b.db"
-    _backup(bak)
+    marked(bak, "backup")
     _foreign(other, *FOREIGN[case])
     before = _md5(other)
     # Execute
-    code = _run("restore", "--db", str(other), "--from", str(bak))
+    code = run("restore", "--db", str(other), "--from", str(bak))
     # Assert: refused as for any other application's file, the file byte for byte as it was
     assert code == 1
-    line = _one_error(capsys, "restore")
+    line = one_error(capsys, "restore")
     assert "not a Plume database" in line and "--force" in line, line
     assert "tables: meta, tasks" in line and "no such column" not in line, line
     assert _md5(other) == before
     # and --force replaces it, as for other foreign targets
-    assert _run("restore", "--db", str(other), "--from", str(bak), "--force") == 0
-    assert _names(other) == ["backup"]
+    assert run("restore", "--db", str(other), "--from", str(bak), "--force") == 0
+    assert names(other) == ["backup"]
 
 
 def test_restore_over_a_plume_database_needs_no_force(
@@ -98,12 +73,12 @@ def test_restore_over_a_plume_database_needs_no_force(
     # Prepare: the target is Plume's (its meta has a schema_version row)
     db, bak = tmp_path / "plume.db", tmp_path / "b.db"
     Store(db).close()
-    _backup(bak)
+    marked(bak, "backup")
     # Execute
-    code = _run("restore", "--db", str(db), "--from", str(bak))
+    code = run("restore", "--db", str(db), "--from", str(bak))
     # Assert
     assert code == 0, capsys.readouterr().err
-    assert _names(db) == ["backup"]
+    assert names(db) == ["backup"]
 
 
 @pytest.mark.parametrize("prog", ["backup", "restore"])
@@ -117,12 +92,12 @@ def test_a_meta_table_without_a_value_column_is_named_another_applications(
     before, before_db = _md5(other), _md5(db)
     # Execute
     if prog == "backup":
-        code = _run("backup", "--db", str(other), "--out", str(out))
+        code = run("backup", "--db", str(other), "--out", str(out))
     else:
-        code = _run("restore", "--db", str(db), "--from", str(other))
+        code = run("restore", "--db", str(db), "--from", str(other))
     # Assert: not "not a SQLite database or it is corrupt (no such column: value)"
     assert code == 1
-    line = _one_error(capsys, prog)
+    line = one_error(capsys, prog)
     assert "SQLite database of another application" in line, line
     assert "not a Plume database" in line and "tables: meta, tasks" in line, line
     assert "corrupt" not in line and "no such column" not in line, line
@@ -139,10 +114,10 @@ def test_a_backup_without_a_schema_version_row_is_named_another_applications(
     Store(db).close()
     before_db = _md5(db)
     # Execute
-    code = _run("restore", "--db", str(db), "--from", str(other))
+    code = run("restore", "--db", str(db), "--from", str(other))
     # Assert
     assert code == 1
-    line = _one_error(capsys, "restore")
+    line = one_error(capsys, "restore")
     assert "SQLite database of another application" in line, line
     assert "not a Plume database" in line, line
     assert _md5(db) == before_db

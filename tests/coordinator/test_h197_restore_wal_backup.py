@@ -15,7 +15,6 @@ is one rollback-journal file, as `backup` writes, which `serve` turns to WAL."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import sqlite3
@@ -27,35 +26,18 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.cli import main
 from coordinator.service import Store
 
+from ._restore import marked, names, run
+
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _run(*argv: str) -> int:
-    try:
-        return main(["coordinator", *argv])
-    except SystemExit as exc:
-        return int(exc.code or 0)
-
-
-def _marked(path: Path, who: str) -> None:
-    store = Store(path)
-    store.create_task({"name": who}, "awaiting_model", 0.0)
-    store.close()
-
-
-def _names(path: Path) -> list[str]:
-    with sqlite3.connect(path) as conn:
-        return [json.loads(r[0])["name"] for r in conn.execute("SELECT config_json FROM tasks")]
 
 
 def _wal_flagged_backup(folder: Path, how: str) -> Path:
     """A backup of a Plume database with one task, 'backup', whose header says WAL."""
     folder.mkdir(parents=True, exist_ok=True)
     live = folder.parent / f"live-{folder.name}.db"
-    _marked(live, "backup")
+    marked(live, "backup")
     bak = folder / "plume-backup.db"
     if how == "cp":  # the coordinator stopped cleanly: the .db alone holds every commit
         shutil.copyfile(live, bak)
@@ -87,7 +69,7 @@ def test_restore_from_a_wal_flagged_backup_leaves_it_alone_and_the_target_one_fi
     db = tmp_path / "var" / "plume.db"
     db.parent.mkdir()
     if target == "plume":
-        _marked(db, "old")
+        marked(db, "old")
     elif target == "killed":
         killed = (
             "import os, sys; sys.path.insert(0, sys.argv[2]); "
@@ -98,7 +80,7 @@ def test_restore_from_a_wal_flagged_backup_leaves_it_alone_and_the_target_one_fi
         assert Path(f"{db}-wal").stat().st_size > 0
     before = _state(bak.parent)
     # Execute
-    code = _run("restore", "--db", str(db), "--from", str(bak))
+    code = run("restore", "--db", str(db), "--from", str(bak))
     # Assert: the backup byte-identical with nothing beside it (before: -wal and -shm)
     assert code == 0, capsys.readouterr().err
     assert _state(bak.parent) == before
@@ -106,7 +88,7 @@ def test_restore_from_a_wal_flagged_backup_leaves_it_alone_and_the_target_one_fi
     # `backup`'s output, the backup's content, sound; serve's store opens it in WAL
     assert sorted(p.name for p in db.parent.iterdir()) == ["plume.db", "plume.db.lock"]
     assert _header_mode(db) == (1, 1)
-    assert _names(db) == ["backup"]
+    assert names(db) == ["backup"]
     store = Store(db, exclusive=True)
     try:
         assert store.journal_mode == "wal"
@@ -125,9 +107,9 @@ def test_a_backup_left_beside_the_old_restores_empty_wal_and_shm_still_restores(
     db = tmp_path / "plume.db"
     before = _state(bak.parent)
     # Execute / Assert
-    assert _run("restore", "--db", str(db), "--from", str(bak)) == 0, capsys.readouterr().err
+    assert run("restore", "--db", str(db), "--from", str(bak)) == 0, capsys.readouterr().err
     assert _state(bak.parent) == before
-    assert _names(db) == ["backup"]
+    assert names(db) == ["backup"]
 
 
 def _as_nobody(argv: list[str]) -> subprocess.CompletedProcess[str]:
@@ -165,13 +147,13 @@ def test_restore_reads_a_wal_flagged_backup_in_a_folder_it_may_not_write(
                 done = _as_nobody(["-m", "coordinator.cli", *argv])
                 code, err = done.returncode, done.stderr
             else:
-                code = _run(*argv[1:])
+                code = run(*argv[1:])
                 err = capsys.readouterr().err
             # Assert: before, "--from ... is not a SQLite database or it is corrupt
             # (attempt to write a readonly database)"
             assert code == 0, err
             assert _state(bak.parent) == before
-            assert _names(db) == ["backup"]
+            assert names(db) == ["backup"]
         finally:
             bak.parent.chmod(0o755)
 
@@ -192,11 +174,11 @@ def test_restore_refuses_a_backup_with_writes_in_a_wal_beside_it(
     subprocess.run([sys.executable, "-c", killed, str(bak), str(ROOT)], check=True, timeout=60)
     os.unlink(f"{bak}-shm")  # as a cp of the .db and its -wal
     db = tmp_path / "plume.db"
-    _marked(db, "old")
+    marked(db, "old")
     before, db_bytes = _state(src), db.read_bytes()
     capsys.readouterr()
     # Execute
-    code = _run("restore", "--db", str(db), "--from", str(bak))
+    code = run("restore", "--db", str(db), "--from", str(bak))
     # Assert: refused in one line naming the -wal and the way out; nothing changed
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
@@ -212,13 +194,13 @@ def test_restore_refuses_a_database_a_coordinator_serves_as_the_backup(
 ) -> None:
     # Prepare: --from is a database serve holds (Store(exclusive=True) is serve's store)
     live, db = tmp_path / "live.db", tmp_path / "plume.db"
-    _marked(db, "old")
+    marked(db, "old")
     served = Store(live, exclusive=True)
     try:
         served.create_task({"name": "live"}, "awaiting_model", 0.0)
         capsys.readouterr()
         # Execute
-        code = _run("restore", "--db", str(db), "--from", str(live))
+        code = run("restore", "--db", str(db), "--from", str(live))
     finally:
         served.close()
     # Assert
@@ -226,4 +208,4 @@ def test_restore_refuses_a_database_a_coordinator_serves_as_the_backup(
     assert code == 1
     assert len(err) == 1, err
     assert f"is a database a coordinator (pid {os.getpid()}) serves, not a backup" in err[0]
-    assert _names(db) == ["old"]
+    assert names(db) == ["old"]
