@@ -373,6 +373,34 @@ class _Recording:
         self.inner.close()
 
 
+# The plain loop's phases: per-client training (deepcopy, DataLoader, SGD, the delta), the
+# codec (encode with error feedback, decode, accumulate), the test evaluation, the rest.
+PLAIN_PHASES = ("train", "codec", "eval", "other")
+# `phase_wall_s`'s keys: RoundRecord's parts of wall_s (mobile_sim.runner.WALL_PHASES).
+PHASES = {
+    "train": "wall_train_s",
+    "encode": "wall_encode_s",
+    "aggregate": "wall_aggregate_s",
+    "eval": "wall_eval_s",
+    "other": "wall_other_s",
+}
+
+
+def phase_sums(records: list[Any]) -> dict[str, float | None]:
+    """The rounds' wall seconds by phase, summed (`PHASES`); None for a phase no round
+    measured (a backend whose records have no split)."""
+    out: dict[str, float | None] = {}
+    for key, field in PHASES.items():
+        got = [getattr(r, field) for r in records if getattr(r, field) is not None]
+        out[key] = float(sum(got)) if got else None
+    return out
+
+
+def plain_phase_sums(rounds: list[dict[str, float]]) -> dict[str, float]:
+    """The plain loop's rounds' wall seconds by phase (`PLAIN_PHASES`), summed."""
+    return {key: float(sum(r[key] for r in rounds)) for key in PLAIN_PHASES}
+
+
 class _PlainLoop:
     """The loop a user writes without a simulator, over the runner's partition and cohorts:
     per client deepcopy + DataLoader(shuffle) + torch.optim.SGD, the same codec with error
@@ -402,6 +430,8 @@ class _PlainLoop:
         self.encoders: dict[int, Any] = {}
         self.eval_model = build_model(cfg.model_name)
         self.round_wall: list[float] = []
+        # Each round's wall seconds by phase (`PLAIN_PHASES`), summing to its round_wall.
+        self.round_phases: list[dict[str, float]] = []
         self.accuracy = 0.0
 
     def round(self, r: int, cohort: list[int]) -> None:
@@ -413,10 +443,12 @@ class _PlainLoop:
 
         cfg, data = self.cfg, self.data
         t0 = time.perf_counter()
+        train_s = codec_s = 0.0
         set_flat_params(self.model, self.params)
         acc_sum = np.zeros_like(self.params)
         weight = 0.0
         for dev in cohort:
+            t_train = time.perf_counter()
             local = copy.deepcopy(self.model)
             opt = torch.optim.SGD(local.parameters(), lr=cfg.lr)
             idx = self.parts[dev]
@@ -434,17 +466,27 @@ class _PlainLoop:
                     torch.nn.functional.cross_entropy(local(xb), yb).backward()
                     opt.step()
             delta = get_flat_params(local) - self.params
+            t_codec = time.perf_counter()
+            train_s += t_codec - t_train
             enc = self.encoders.setdefault(dev, UpdateEncoder(self.spec, cfg.codec()))
             frame, _ = enc.encode(delta, np.random.default_rng([r, dev]), float(len(idx)))
             self.codec.decode(frame).add_to(acc_sum, float(len(idx)))
+            codec_s += time.perf_counter() - t_codec
             weight += len(idx)
         self.params = self.params + acc_sum / weight
         # torch's own max-pool kernel, as a plain loop has (the product's fast_pool is not
         # the baseline's); batching and inference_mode as in the product's evaluation.
+        t_eval = time.perf_counter()
         self.accuracy, _ = evaluate(
             self.eval_model, self.params, data.x_test, data.y_test, fast_pool=False
         )
-        self.round_wall.append(time.perf_counter() - t0)
+        t_end = time.perf_counter()
+        eval_s = t_end - t_eval
+        wall = t_end - t0
+        self.round_wall.append(wall)
+        other = max(0.0, wall - (train_s + codec_s + eval_s))
+        phases = (train_s, codec_s, eval_s, other)
+        self.round_phases.append(dict(zip(PLAIN_PHASES, phases, strict=True)))
 
 
 class _AfterRound:
@@ -526,6 +568,8 @@ def bench_mnist(args: argparse.Namespace) -> dict[str, Any]:
             "wall_s": rounds_wall,
             "wall_s_with_setup_and_plain_loop": total,
             "round_wall_s": [r.wall_s for r in res.records],
+            # Where the rounds' wall_s went, summed over them (RoundRecord.wall_*_s).
+            "phase_wall_s": phase_sums(res.records),
             "updates": updates,
             "updates_per_s": updates / rounds_wall,
             "final_accuracy": res.final_accuracy,
@@ -534,6 +578,7 @@ def bench_mnist(args: argparse.Namespace) -> dict[str, Any]:
         plain_wall = sum(plain.round_wall)
         out[name]["plain_loop_wall_s"] = plain_wall
         out[name]["plain_loop_round_wall_s"] = plain.round_wall
+        out[name]["plain_loop_phase_wall_s"] = plain_phase_sums(plain.round_phases)
         out[name]["wall_ratio_vs_plain_loop"] = out[name]["wall_s"] / plain_wall
         # Per-round ratios' median: robust to a few rounds hit by other load.
         out[name]["median_round_ratio_vs_plain_loop"] = float(
@@ -548,6 +593,7 @@ def bench_mnist(args: argparse.Namespace) -> dict[str, Any]:
     out["plain_torch_loop"] = {
         "wall_s": plain_wall,
         "round_wall_s": plain.round_wall,
+        "phase_wall_s": plain_phase_sums(plain.round_phases),
         "updates": updates,
         "updates_per_s": updates / plain_wall,
         "final_accuracy": plain.accuracy,
@@ -567,6 +613,10 @@ def bench_mnist(args: argparse.Namespace) -> dict[str, Any]:
             "codec": f"topk {cfg.topk}, {cfg.bits}-bit, error feedback",
             "torch_threads": torch.get_num_threads(),
             "wall_s": "sum of per-round wall times (train, encode, engine decode+aggregate, eval)",
+            "phase_wall_s": "wall_s by phase, summed over the rounds: train (the backend, "
+            "model attacks included), encode, aggregate (the engine's decode + aggregate), "
+            "eval, other (selection, bookkeeping); the plain loop's: train, codec (encode + "
+            "decode + accumulate), eval, other",
         },
         "results": out,
     }

@@ -491,10 +491,17 @@ def write_run(
     # an interrupted run writes its rounds leaves no half-written file, and no rounds.json of
     # another run beside this one's CSV files.
     paths["json"].unlink(missing_ok=True)
-    fields = [k for k in rows[0] if k != "measurements"] if rows else []
+    from .runner import WALL_PHASES
+
+    # The RoundRecord fields, then the extra figures, then where wall_s went (added after
+    # both: every earlier column keeps its place).
+    fields = [k for k in rows[0] if k != "measurements" and k not in WALL_PHASES] if rows else []
     buf = io.StringIO()
     writer = csv.DictWriter(
-        buf, fieldnames=[*fields, *CSV_EXTRA_COLUMNS], extrasaction="ignore", lineterminator="\n"
+        buf,
+        fieldnames=[*fields, *CSV_EXTRA_COLUMNS, *WALL_PHASES],
+        extrasaction="ignore",
+        lineterminator="\n",
     )
     writer.writeheader()
     for row, rec in zip(rows, result.records, strict=True):

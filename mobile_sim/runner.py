@@ -57,6 +57,7 @@ __all__ = [
     "dataset_family",
     "encode_reports",
     "backend_for",
+    "WALL_PHASES",
 ]
 
 DEFAULT_MODEL = {
@@ -499,6 +500,33 @@ class RoundRecord:
     # over HTTP the simulated devices not busy with an earlier round when it opened
     available: int | None = None
     measurements: dict[str, Any] = field(default_factory=dict)
+    # Where `wall_s` went (wall seconds, `WALL_PHASES`), in an in-process run: the backend's
+    # training (model attacks included), encoding the uploads (`encode_reports`), the round
+    # engine's decode and aggregation (`submit_many` + `close_round`), evaluation (test
+    # accuracy and backdoor accuracy), and the rest (selection, the simulated clock,
+    # bookkeeping), so that the five sum to `wall_s`. A phase a round did not run took 0.0 s
+    # (an unevaluated round's eval, an abandoned selection's training). None where no split
+    # was measured: the HTTP transport (devices train concurrently, `wall_s` is the
+    # coordinator's open-to-close) and secure rounds.
+    wall_train_s: float | None = None
+    wall_encode_s: float | None = None
+    wall_aggregate_s: float | None = None
+    wall_eval_s: float | None = None
+    wall_other_s: float | None = None
+
+
+# RoundRecord's parts of `wall_s`, in order (rounds.json and the last columns of rounds.csv).
+WALL_PHASES = ("wall_train_s", "wall_encode_s", "wall_aggregate_s", "wall_eval_s", "wall_other_s")
+
+
+def _wall_split(
+    wall_s: float, train: float, encode: float, aggregate: float, evaluate: float
+) -> dict[str, float]:
+    """`WALL_PHASES` of a round of `wall_s` seconds whose measured phases took these: the
+    rest is `wall_other_s` (never below 0: the phases are disjoint spans inside `wall_s`, so
+    only float rounding could make it so)."""
+    other = max(0.0, wall_s - (train + encode + aggregate + evaluate))
+    return dict(zip(WALL_PHASES, (train, encode, aggregate, evaluate, other), strict=True))
 
 
 @dataclass
@@ -1022,8 +1050,11 @@ def run_simulation(
                 # No clock: reports arrive in selection order; train only those that count.
                 jobs = jobs[: plan.target_reports]
             bar.phase(f"training {len(jobs)} devices")
+            t_train = time.perf_counter()
             results = be.train(params, jobs)
             results = _apply_model_attacks(results, jobs, malicious, index_of, attack)
+            t_encode = time.perf_counter()
+            train_s = t_encode - t_train
             bar.phase(f"encoding {len(results)} updates")
             frames = encode_reports(
                 encoders,
@@ -1035,6 +1066,7 @@ def run_simulation(
                 clip_norm=cfg.clip_norm,
                 rng_pool=rng_pool,
             )
+            encode_s = time.perf_counter() - t_encode
             losses = {res.device_id: res.loss for res in results}
             arrival = list(frames)
             sim_s: float | None = None
@@ -1052,7 +1084,9 @@ def run_simulation(
                 sim_s = timing.duration_s
                 fleet.advance(timing)
             # One batched decode for the round; each upload gets what `submit` would give it.
+            t_submit = time.perf_counter()
             receipts = engine.submit_many(plan.round_id, [(dev, frames[dev]) for dev in arrival])
+            aggregate_s = time.perf_counter() - t_submit
             for receipt in receipts:
                 if isinstance(receipt, Exception):
                     raise receipt
@@ -1060,7 +1094,9 @@ def run_simulation(
             late = frames.keys() - set(arrival)
             for dev in late:
                 encoders[dev].refused()  # a straggler: its whole update stays in its residual
+            t_close = time.perf_counter()
             outcome = engine.close_round(plan.round_id)
+            aggregate_s += time.perf_counter() - t_close
             for dev in arrival:
                 # Accepted, but only a committed round puts it in the model: an abandoned one
                 # (fewer than min_reports) hands it back, as the SDK does on `abandoned`.
@@ -1071,13 +1107,17 @@ def run_simulation(
             acc: float | None = None
             loss: float | None = None
             backdoor: float | None = None
+            eval_s = 0.0
             if plan.round_id % cfg.eval_every == 0 or plan.round_id == cfg.rounds:
                 bar.phase("evaluating")
+                t_eval = time.perf_counter()
                 acc, loss = evaluate(eval_model, engine.params, data.x_test, data.y_test)
                 if isinstance(attack, BackdoorAttack):
                     backdoor = _backdoor_accuracy(eval_model, engine.params, data, attack)
+                eval_s = time.perf_counter() - t_eval
             totals = engine.ledger.round_totals(plan.round_id)
             up, down = totals["up"], totals["down"]
+            wall_s = time.perf_counter() - t0
             rec = RoundRecord(
                 round=plan.round_id,
                 accuracy=acc,
@@ -1092,11 +1132,12 @@ def run_simulation(
                 wire_up=up["wire_bytes"],
                 wire_down=down["wire_bytes"],
                 ratio_up=up["ratio_vs_dense"],
-                wall_s=time.perf_counter() - t0,
+                wall_s=wall_s,
                 sim_s=sim_s,
                 wait_s=timing.waited_s if fleet is not None else None,
                 available=len(available),
                 measurements=_jsonable(outcome.measurements),
+                **_wall_split(wall_s, train_s, encode_s, aggregate_s, eval_s),
             )
             if fleet is not None:
                 rec.measurements["clock"] = _jsonable(timing.summary())
@@ -1199,10 +1240,14 @@ def _abandoned_selection(
 
     The coordinator would not open it; the engine numbers rounds, so it is opened over that
     pool and closed at once with no report (the engine abandons it: model unchanged). Nobody
-    is told to train, so no bytes move and no device's state changes.
+    is told to train, so no bytes move and no device's state changes. Its wall time is the
+    selection's (`wall_other_s`) and the engine's close (`wall_aggregate_s`); nothing trained,
+    encoded or was evaluated (0.0 s each).
     """
     plan = engine.open_round(available)
+    t_close = time.perf_counter()
     outcome = engine.close_round(plan.round_id)
+    aggregate_s = time.perf_counter() - t_close
     if len(available) < dp_pool:
         why = f"short of the dp population of {dp_pool}, which a dp round needs in its pool"
     elif len(available) < selection.min_n:
@@ -1216,6 +1261,7 @@ def _abandoned_selection(
         ),
         "selection": _jsonable(selection.summary()),
     }
+    wall_s = time.perf_counter() - t0
     return RoundRecord(
         round=plan.round_id,
         accuracy=None,
@@ -1230,11 +1276,12 @@ def _abandoned_selection(
         wire_up=0,
         wire_down=0,
         ratio_up=None,
-        wall_s=time.perf_counter() - t0,
+        wall_s=wall_s,
         sim_s=0.0,
         wait_s=float(selection.waited_s),
         available=len(available),
         measurements=meas,
+        **_wall_split(wall_s, 0.0, 0.0, aggregate_s, 0.0),
     )
 
 

@@ -16,7 +16,13 @@ import pytest
 
 from coordinator.aggregators._dp import find_dp
 from coordinator.cli import main as plume
-from mobile_sim.runner import SimConfig, build_aggregator, dp_seed_for, run_simulation
+from mobile_sim.runner import (
+    WALL_PHASES,
+    SimConfig,
+    build_aggregator,
+    dp_seed_for,
+    run_simulation,
+)
 
 TINY = ["sim", "--dataset", "digits", "--clients", "10", "--per-round", "4"]
 TINY += ["--local-epochs", "1", "--no-progress", "--rounds", "2", "--lr", "0.2"]
@@ -24,9 +30,10 @@ DP = "dp:clip=1,z=0.5,population=10,sample=4+fedavg"
 CFG = SimConfig(
     dataset="digits", clients=10, per_round=4, rounds=2, local_epochs=1, lr=0.2, aggregator=DP
 )
-# Fields of rounds.json that differ between two runs (simulator.md, Rerunning a run).
+# Fields of rounds.json that differ between two runs (simulator.md, Rerunning a run): wall
+# times (a round's and its parts) and dates.
 # Also `command` (its --out) and `code` (the tree may change under a test: other commits).
-_TIMES = ("wall_s", "started_at", "finished_at", "command", "code")
+_TIMES = ("wall_s", *WALL_PHASES, "started_at", "finished_at", "command", "code")
 
 
 def _stable(doc: Any) -> Any:

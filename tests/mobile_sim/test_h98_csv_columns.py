@@ -24,6 +24,8 @@ OLD = [
     "available",
 ]  # fmt: skip
 NEW = ["dp_epsilon", "dp_delta", "malicious_reports", "backdoor_accuracy"]
+# Where each round's wall_s went (helper-206), after those.
+WALL = ["wall_train_s", "wall_encode_s", "wall_aggregate_s", "wall_eval_s", "wall_other_s"]
 
 
 def _csv(folder: Path) -> list[dict[str, str]]:
@@ -44,7 +46,7 @@ def test_a_dp_backdoor_run_has_its_epsilon_and_attack_figures_in_the_csv(
     # round's figure in rounds.json
     assert code == 0
     header = (tmp_path / "rounds.csv").read_text().splitlines()[0].split(",")
-    assert header == [*OLD, *NEW]
+    assert header == [*OLD, *NEW, *WALL]
     rows = _csv(tmp_path)
     doc = json.loads((tmp_path / "rounds.json").read_text())
     assert len(rows) == len(doc["rounds"]) == 2
@@ -69,7 +71,7 @@ def test_a_plain_run_has_the_same_header_with_empty_cells(
     # Assert: same header as a dp/attack run; no figure is an empty cell, not 0
     assert code == 0
     header = (tmp_path / "rounds.csv").read_text().splitlines()[0].split(",")
-    assert header == [*OLD, *NEW]
+    assert header == [*OLD, *NEW, *WALL]
     rows = _csv(tmp_path)
     assert [row["round"] for row in rows] == ["1", "2"]
     assert all(row[name] == "" for row in rows for name in NEW)
