@@ -48,6 +48,22 @@ def _serve(*flags: str) -> int:
         return int(exc.code or 0)
 
 
+def _config_refused(
+    capsys: pytest.CaptureFixture[str],
+    served: list[tuple[ServiceConfig, str, int, dict]],
+    conf: Path,
+    *flags: str,
+) -> str:
+    """`plume coordinator serve *flags --config conf` refuses the file: status 2, nothing
+    served, one line on stderr naming the file; that line."""
+    code = _serve(*flags, "--config", str(conf))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and served == []
+    assert len(err) == 1, err
+    assert err[0].startswith(f"plume coordinator serve: error: --config {conf}: "), err
+    return err[0]
+
+
 def test_the_file_sets_the_serve_flags(
     tmp_path: Path, served: list[tuple[ServiceConfig, str, int, dict]]
 ) -> None:
@@ -131,14 +147,9 @@ def test_a_mistake_in_the_file_is_one_line_naming_it(
 ) -> None:
     # Prepare
     conf = _config(tmp_path, text)
-    # Execute
-    code = _serve("--db", str(tmp_path / "x.db"), "--config", str(conf))
-    # Assert: refused before anything is served or created
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and served == []
-    assert len(err) == 1, err
-    assert err[0].startswith(f"plume coordinator serve: error: --config {conf}: "), err
-    assert words in err[0], err
+    # Execute / Assert: refused before anything is served or created
+    line = _config_refused(capsys, served, conf, "--db", str(tmp_path / "x.db"))
+    assert words in line, line
     assert not (tmp_path / "x.db").exists()
 
 

@@ -12,7 +12,13 @@ import pytest
 
 from coordinator.service import ServiceConfig
 
-from .test_h113_serve_config import DOC, _config, _serve, served  # noqa: F401 (served: fixture)
+from .test_h113_serve_config import (  # noqa: F401 (served: fixture)
+    DOC,
+    _config,
+    _config_refused,
+    _serve,
+    served,
+)
 
 
 def test_a_tilde_in_every_path_of_the_file_is_the_home_folder(
@@ -75,13 +81,8 @@ def test_a_value_of_the_wrong_kind_or_a_key_given_twice_is_refused(
     # Before: host = 0 served every interface ("0"), a token of 1_000 became "1000", and the
     # second of two spellings silently won
     conf = _config(tmp_path, text)
-    code = _serve("--db", str(tmp_path / "x.db"), "--config", str(conf))
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and served == []
-    assert len(err) == 1 and err[0].startswith(
-        f"plume coordinator serve: error: --config {conf}: "
-    ), err
-    assert words in err[0], err
+    line = _config_refused(capsys, served, conf, "--db", str(tmp_path / "x.db"))
+    assert words in line, line
 
 
 def test_the_docs_give_the_config_file_one_mode_the_service_user_can_read(

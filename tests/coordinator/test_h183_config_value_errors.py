@@ -14,7 +14,12 @@ import pytest
 
 from coordinator.service import ServiceConfig
 
-from .test_h113_serve_config import _config, _serve, served  # noqa: F401 (served: fixture)
+from .test_h113_serve_config import (  # noqa: F401 (served: fixture)
+    _config,
+    _config_refused,
+    _serve,
+    served,
+)
 
 CASES = [
     ("poll = nan", "poll = nan: must be a positive number of seconds"),
@@ -47,14 +52,10 @@ def test_a_bad_value_from_the_file_is_one_line_naming_the_file_and_key(
     # Prepare
     db = "" if text.startswith("db") else f'db = "{tmp_path / "x.db"}"\n'
     conf = _config(tmp_path, f"{db}{text}\n")
-    # Execute
-    code = _serve("--config", str(conf))
-    # Assert
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and served == []
-    assert len(err) == 1, err
-    assert err[0].startswith(f"plume coordinator serve: error: --config {conf}: {words}"), err[0]
-    assert "--" not in err[0].split(f"--config {conf}", 1)[1], err[0]  # no flag named
+    # Execute / Assert
+    line = _config_refused(capsys, served, conf)
+    assert line.startswith(f"plume coordinator serve: error: --config {conf}: {words}"), line
+    assert "--" not in line.split(f"--config {conf}", 1)[1], line  # no flag named
 
 
 def test_the_same_value_on_the_command_line_still_names_the_flag(

@@ -15,7 +15,11 @@ import pytest
 from coordinator.service import ServiceConfig
 from coordinator.service.rounds import MIN_BODY_TIMEOUT_S, MIN_POOL_TTL_S, MIN_SIGNATURE_WINDOW_S
 
-from .test_h113_serve_config import _config, _serve, served  # noqa: F401 (served: fixture)
+from .test_h113_serve_config import (  # noqa: F401 (served: fixture)
+    _config,
+    _config_refused,
+    served,
+)
 from .test_service_support import serve_cli
 
 TOO_SMALL = [
@@ -105,8 +109,5 @@ def test_a_tiny_duration_from_the_config_file_names_the_file_and_key(
     words: str,
 ) -> None:
     conf = _config(tmp_path, f'db = "{tmp_path / "x.db"}"\n{text}\n')
-    code = _serve("--config", str(conf))
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and served == []
-    assert len(err) == 1, err
-    assert err[0].startswith(f"plume coordinator serve: error: --config {conf}: {words}"), err[0]
+    line = _config_refused(capsys, served, conf)
+    assert line.startswith(f"plume coordinator serve: error: --config {conf}: {words}"), line
