@@ -23,9 +23,13 @@ from ._base import AggregateOutput, AggregatorFactory, ClientUpdate, check_finit
 from ._mean import FedAvg
 from ._robust import UpdateRows, forward_rows
 
-__all__ = ["AdaptiveClip", "Clip", "clip_update", "clip_factors"]
+__all__ = ["AdaptiveClip", "Clip", "MIN_CLIP", "clip_update", "clip_factors"]
 
 
+# The smallest clip `Clip` (normbound) and `DPMean` (dp) build with, and the floor of an adaptive
+# clip's step: float32's smallest normal number (1.1754944e-38). The clipped reports are
+# float32, so a smaller clip rounds them to 0 or to a few subnormal levels.
+MIN_CLIP = float(np.finfo(np.float32).tiny)
 # exp(709) is finite (exp(709.79) is not): a larger exponent only makes the clip the largest float.
 _MAX_EXP = 709.0
 
@@ -60,15 +64,18 @@ class AdaptiveClip:
 
     def step(self, clip: float, unclipped_fraction: float) -> float:
         """The next clip norm given this round's (noised) fraction of unclipped reports, kept
-        within the positive normal floats: a step past float's range (a large learning rate, a
+        within [MIN_CLIP, float's largest]: a step past float's range (a large learning rate, a
         noised fraction far from [0, 1]) raised OverflowError in math.exp, round after round,
-        and one below it left the clip at 0.0, which no later step moves. A NaN fraction says
-        nothing about the norms and leaves the clip as it is (it made the clip NaN for good)."""
+        and one below it left the clip at 0.0, which no later step moves. Below MIN_CLIP
+        (float32's smallest normal; the floor was float64's, 2.2e-308) every clipped float32
+        report rounds to 0, and a clip that sank there (a run of zero reports) took hundreds of
+        rounds of exactly-zero aggregates to climb back. A NaN fraction says nothing about the
+        norms and leaves the clip as it is (it made the clip NaN for good)."""
         value = clip
         if not math.isnan(unclipped_fraction):
             exponent = -self.learning_rate * (unclipped_fraction - self.target_quantile)
             value = clip * math.exp(min(exponent, _MAX_EXP))
-        return float(min(max(value, sys.float_info.min), sys.float_info.max))
+        return float(min(max(value, MIN_CLIP), sys.float_info.max))
 
 
 def clip_factors(norms: npt.NDArray[np.float64], clip: float) -> npt.NDArray[np.float64]:
@@ -109,7 +116,9 @@ def clip_update(update: SparseUpdate, clip: float, *, always_scale: bool = False
 class Clip:
     """Norm bounding: clip each report to L2 norm `norm`, then aggregate with `inner`.
 
-    `norm` is a fixed C > 0 or an `AdaptiveClip`. Weights and device ids pass through.
+    `norm` is a fixed C >= MIN_CLIP or an `AdaptiveClip` whose `initial` is >= MIN_CLIP (as
+    `DPMean` requires of its clip: smaller, the clipped float32 reports round to 0). Weights
+    and device ids pass through.
     Measurements: {"clip": C used this round, "clipped": count, "max_norm": largest norm seen,
     "inner": inner measurements}. Memory: one scaled copy of the reports' values.
     """
@@ -123,6 +132,17 @@ class Clip:
             self.norm > 0 and math.isfinite(self.norm)
         ):
             raise ValueError(f"clip norm must be finite and > 0, got {self.norm!r}")
+        adaptive = isinstance(self.norm, AdaptiveClip)
+        first = self.norm.initial if isinstance(self.norm, AdaptiveClip) else self.norm
+        if not first >= MIN_CLIP:
+            # The clipped reports are float32: scaled to a smaller norm they round to 0 (or to
+            # a few subnormal levels), and the aggregate of any inner rule is (nearly) 0. The
+            # floor `DPMean` holds its clip to (the same constant).
+            what = "initial clip (init=)" if adaptive else "clip norm"
+            raise ValueError(
+                f"{what} must be at least {MIN_CLIP:.8g}, float32's smallest normal number "
+                f"(smaller, the clipped float32 reports round to 0), got {first!r}"
+            )
         if not self.seed >= 0:
             # np.random.default_rng refuses negative seeds: fail here, not mid-round.
             raise ValueError(f"clip seed must be >= 0, got {self.seed!r}")

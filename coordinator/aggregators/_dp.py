@@ -36,7 +36,7 @@ from coordinator.privacy import (
 )
 
 from ._base import AggregateOutput, AggregatorFactory, ClientUpdate, check_finite_reports
-from ._clip import AdaptiveClip, clip_update
+from ._clip import MIN_CLIP, AdaptiveClip, clip_update
 from ._mean import FedAvg, _FedAvgProcess
 
 _log = logging.getLogger("plume.coordinator.dp")
@@ -57,9 +57,6 @@ __all__ = [
 # noise, divided by the denominator, both scale with it) DPMean builds with. float32 holds
 # 3.4e38; a noise sample beyond 8 standard deviations of 1e30 is not drawn in practice.
 MAX_NOISE_SCALE = 1e30
-# The smallest clip DPMean builds with: float32's smallest normal number (1.1754944e-38). The
-# clipped reports are float32, so a smaller clip rounds them to 0 or a few subnormal levels.
-MIN_CLIP = float(np.finfo(np.float32).tiny)
 _METHODS = ("auto", "pld", "rdp")
 
 

@@ -68,6 +68,8 @@ Base aggregators (rightmost stage):
 Wrappers (stages before the base):
   normbound:C | clip:C             clip each report to L2 norm C
   normbound:q=Q[,init=,lr=]        adaptive clip norm tracking quantile Q of the norms
+                                   C (or init=) at least 1.1754944e-38, float32's smallest
+                                   normal; the adaptive clip stays at or above it too
   bucket:S[,seed=]                 average random buckets of S reports first
   nnm[:f=F]                        nearest-neighbour mixing with n - F neighbours
   cosfilter[:min_cos=C,beta=B,max_drop=F]  drop reports with cosine <= C (default 0) to the server
