@@ -28,18 +28,17 @@ import httpx
 import pytest
 from httpcore._backends.sync import SyncStream
 
-from coordinator.service import ServerThread, ServiceConfig
 from sdk import Client, ClientError
 from sdk.client import ParticipationCancelled, _Deadline, _DeadlineStream, _Stop, _tick
 from sdk.device_store import PendingUpload
 from tests._tls import self_signed
 from tests.coordinator.test_service_support import (
-    ADMIN,
     SoftmaxTrainer,
     create_task,
     local_data,
     task_config,
 )
+from tests.sdk.test_h97_cancel import _in_thread, served  # noqa: F401 (served: fixture)
 
 X, Y = local_data(3)
 LONG = 5.0  # how long a test waits for an event before it fails (never reached when it passes)
@@ -243,21 +242,15 @@ def test_a_cancel_ends_an_upload_whose_body_stalled(tmp_path: Path) -> None:
     # reading its body; timeout 30 s. The app cancels once the body is being sent.
     server = _ReadsHeadersOnly()
     cancel = threading.Event()
-    out: dict[str, Any] = {}
     try:
         with Client(server.url, str(tmp_path / "dev"), timeout=30.0) as device:
             pending = PendingUpload(1, "k" * 32, b"\0" * (16 << 20), 0, None, None)
 
             def upload() -> None:
-                try:
-                    with device._cancel_scope(cancel):
-                        device._upload(pending, None, float("inf"))
-                except BaseException as exc:  # noqa: BLE001 - the test reads it
-                    out["error"] = exc
-                out["ended"] = time.monotonic()
+                with device._cancel_scope(cancel):
+                    device._upload(pending, None, float("inf"))
 
-            worker = threading.Thread(target=upload, daemon=True)
-            worker.start()
+            worker, out = _in_thread(upload)
             assert server.reading.wait(LONG)
             time.sleep(0.2)  # the buffers fill; the send waits for room
             set_at = time.monotonic()
@@ -269,15 +262,9 @@ def test_a_cancel_ends_an_upload_whose_body_stalled(tmp_path: Path) -> None:
     assert out["ended"] - set_at < 3.0  # the 30 s timeout's end: not this
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, httpx.Client]]:
-    cfg = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05)
-    with ServerThread(cfg) as url, httpx.Client(base_url=url) as http:
-        yield url, http
-
-
 def test_a_transport_failure_that_came_with_the_cancel_is_a_cancel_and_stays_pending(
-    served: tuple[str, httpx.Client], tmp_path: Path
+    served: tuple[str, httpx.Client],  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     # The upload's last attempt (retries=0) fails while the app's cancel is set (the OS took
     # the network away as it stopped the job): ParticipationCancelled, not httpx's WriteError,
@@ -326,16 +313,9 @@ def test_a_cancelled_tls_handshake_closes_its_connection_at_once(tmp_path: Path)
     cancel = threading.Event()
     try:
         with Client(f"https://127.0.0.1:{port}", str(tmp_path / "dev"), timeout=LONG) as device:
-            out: dict[str, Any] = {}
-
-            def run() -> None:
-                try:
-                    device.participate(SoftmaxTrainer(), X, Y, cancel=cancel)
-                except BaseException as exc:  # noqa: BLE001 - the test reads it
-                    out["error"] = exc
-
-            worker = threading.Thread(target=run, daemon=True)
-            worker.start()
+            worker, out = _in_thread(
+                lambda: device.participate(SoftmaxTrainer(), X, Y, cancel=cancel)
+            )
             assert accepted.wait(LONG)
             set_at = time.monotonic()
             cancel.set()
