@@ -13,22 +13,17 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import numpy as np
 import pytest
 
-from compression import encode_snapshot
-from coordinator.service import ServiceConfig, Store
-from coordinator.service.rounds import Coordinator
 from protocol.names import RoundState
-from protocol.secagg import SecAggHeader, Stage, UnmaskResponse
+from protocol.secagg import Stage, UnmaskResponse
 from protocol.secagg import _server as server_mod
-from sdk.secure import SecureParticipant, SecureSession
+from sdk.secure import SecureSession
 
+from ._secure_inproc import STAGES, join_round, secure_coordinator, stage_body
 from .test_secure_robust_unmask import _lie
-from .test_service_support import SPEC, initial_params, task_config
 
 DEVICES = [f"{i:032x}" for i in range(12)]  # one group: complete graph, k = 11, t = 6
-STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK)
 # Node 2 lies about the secrets of nodes 0 and 1, node 9 about those of 10 and 11: no secret
 # gets two wrong shares, so each liar needs its own correction.
 LIES = {2: {0, 1}, 9: {10, 11}}
@@ -51,41 +46,19 @@ def test_past_the_correction_budget_the_round_is_abandoned_naming_the_liars(
         return dataclasses.replace(msg, shares=lies).to_bytes()
 
     monkeypatch.setattr(SecureSession, "unmask", unmask)
-    db = tmp_path / "p.db"
-    coord = Coordinator(Store(db), ServiceConfig(db_path=str(db)), clock=lambda: 1000.0)
-    coord.restore()
-    cfg = task_config(
-        clients_per_round=12, min_reports=3, deadline_s=600.0, rounds=2,
-        secure={"coord_fraction": 0.2, "stage_timeout_s": 300.0},
-    )  # fmt: skip
-    task_id = coord.create_task(cfg)
-    coord.set_initial_model(task_id, encode_snapshot(initial_params(), SPEC, "fp32"))
+    coord, task_id = secure_coordinator(tmp_path, clients=12, min_reports=3)
     for d in DEVICES:
         coord.check_in(d, task_id)
     rt = coord.runtimes[task_id]
     assert rt.current is not None and rt.secure is not None
     rid = rt.current.round_id
-    sessions, node_of = {}, {}
-    for d in DEVICES:
-        plan, headers = coord.secure_setup(rid, d)
-        digest = bytes.fromhex(headers[str(SecAggHeader.DIGEST)])
-        node_of[d] = int(headers[str(SecAggHeader.NODE)])
-        sessions[d] = SecureParticipant(SPEC.size).join(plan, digest, rt.published, node_of[d])
-    update = np.full(SPEC.size, 0.01, np.float32)
+    sessions, node_of = join_round(coord, rt, rid, DEVICES)
     for stage, before in zip(STAGES, (None, *STAGES[:-1]), strict=True):
         for d, s in sessions.items():
             got = coord.secure_download(rid, before, d) if before is not None else None
-            if stage == Stage.ADVERTISE_KEYS:
-                body = s.advertise()
-            elif got is None:
+            if stage != Stage.ADVERTISE_KEYS and got is None:
                 raise AssertionError(f"{before} did not close")
-            elif stage == Stage.SHARE_KEYS:
-                body = s.share_keys(got)
-            elif stage == Stage.MASKED_INPUT:
-                body = s.masked_input(got, update, 1, np.random.default_rng(int(d, 16)))
-            else:
-                body = s.unmask(got)
-            coord.secure_upload(rid, stage, d, body)
+            coord.secure_upload(rid, stage, d, stage_body(s, stage, got, d))
     assert rt.secure.registry.ready(rid)
     cur = coord.begin_close(rt)
     assert cur is not None

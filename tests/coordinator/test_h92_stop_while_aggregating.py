@@ -17,21 +17,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from compression import encode_snapshot
 from coordinator.engine import RoundOutcome
-from coordinator.service import ServiceConfig, Store
 from coordinator.service.errors import ApiError
 from coordinator.service.rounds import STOP_REASON, Coordinator, TaskRuntime
 from protocol.messages import TaskStatus
 from protocol.names import RoundState, TaskState
-from protocol.secagg import SecAggHeader, Stage
-from sdk.secure import SecureParticipant
 
+from ._secure_inproc import STAGES, join_round, secure_coordinator, stage_body
 from .test_h79_stop import _frame, _plain_world
-from .test_service_support import SPEC, initial_params, task_config
 
 WAIT_S = 5.0
 
@@ -133,45 +128,22 @@ def test_a_stop_after_the_publish_committed_answers_that_version(
 
 
 SECURE_DEVICES = [f"{i:032x}" for i in range(3)]
-STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK)
 
 
 def _secure_round_unmasked(tmp_path: Path) -> tuple[Coordinator, TaskRuntime, int]:
     """A secure task whose first round ran all four stages with three devices (it is due to
     close and would commit): (coordinator, runtime, round)."""
-    db = tmp_path / "p.db"
-    coord = Coordinator(Store(db), ServiceConfig(db_path=str(db)), clock=lambda: 1000.0)
-    coord.restore()
-    cfg = task_config(
-        clients_per_round=3, min_reports=3, deadline_s=600.0, rounds=2,
-        secure={"coord_fraction": 0.2, "stage_timeout_s": 300.0},
-    )  # fmt: skip
-    task_id = coord.create_task(cfg)
-    coord.set_initial_model(task_id, encode_snapshot(initial_params(), SPEC, "fp32"))
+    coord, task_id = secure_coordinator(tmp_path, clients=3, min_reports=3)
     for d in SECURE_DEVICES:
         coord.check_in(d, task_id)
     rt = coord.runtimes[task_id]
     assert rt.current is not None and rt.secure is not None
     rid = rt.current.round_id
-    sessions = {}
-    for d in SECURE_DEVICES:
-        plan, headers = coord.secure_setup(rid, d)
-        digest = bytes.fromhex(headers[str(SecAggHeader.DIGEST)])
-        node = int(headers[str(SecAggHeader.NODE)])
-        sessions[d] = SecureParticipant(SPEC.size).join(plan, digest, rt.published, node)
-    update = np.full(SPEC.size, 0.01, np.float32)
+    sessions, _ = join_round(coord, rt, rid, SECURE_DEVICES)
     for stage, before in zip(STAGES, (None, *STAGES[:-1]), strict=True):
         for d, s in sessions.items():
             got = coord.secure_download(rid, before, d) if before is not None else None
-            if stage == Stage.ADVERTISE_KEYS:
-                body = s.advertise()
-            elif stage == Stage.SHARE_KEYS:
-                body = s.share_keys(got)
-            elif stage == Stage.MASKED_INPUT:
-                body = s.masked_input(got, update, 1, np.random.default_rng(int(d, 16)))
-            else:
-                body = s.unmask(got)
-            coord.secure_upload(rid, stage, d, body)
+            coord.secure_upload(rid, stage, d, stage_body(s, stage, got, d))
     assert rt.secure.registry.ready(rid)
     return coord, rt, rid
 

@@ -11,33 +11,21 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
-from compression import encode_snapshot
 from coordinator.service import ServiceConfig, Store
 from coordinator.service.errors import ApiError
 from coordinator.service.rounds import Coordinator
 from protocol.messages import TensorShape
-from protocol.secagg import SecAggHeader, Stage
-from sdk.secure import SecureParticipant
-from tests.coordinator.test_service_support import SPEC, initial_params, task_config
+from protocol.secagg import Stage
+from tests.coordinator._secure_inproc import STAGES, join_round, secure_coordinator, stage_body
+from tests.coordinator.test_service_support import task_config
 
 DEVICES = [f"{i:032x}" for i in range(9)]
-STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK)
 
 
 def _coordinator(tmp_path: Path, min_reports: int) -> tuple[Coordinator, int]:
-    db = tmp_path / "p.db"
-    coord = Coordinator(Store(db), ServiceConfig(db_path=str(db)), clock=lambda: 1000.0)
-    coord.restore()
-    cfg = task_config(
-        clients_per_round=9, min_reports=min_reports, deadline_s=600.0, rounds=2,
-        secure={"coord_fraction": 0.2, "stage_timeout_s": 300.0, "group_size": 3},
-    )  # fmt: skip
-    task_id = coord.create_task(cfg)
-    coord.set_initial_model(task_id, encode_snapshot(initial_params(), SPEC, "fp32"))
-    return coord, task_id
+    return secure_coordinator(tmp_path, clients=9, min_reports=min_reports, group_size=3)
 
 
 def _round_with_two_groups_short(coord: Coordinator, task_id: int) -> int:
@@ -50,13 +38,7 @@ def _round_with_two_groups_short(coord: Coordinator, task_id: int) -> int:
     rid = rt.current.round_id
     groups = [sr.device_ids for sr in rt.secure.registry._rounds[rid].task.groups]
     silent = {d for g in groups[:2] for d in sorted(g)[:2]}
-    sessions = {}
-    for d in sorted(rt.current.selected):
-        plan, headers = coord.secure_setup(rid, d)
-        digest = bytes.fromhex(headers[str(SecAggHeader.DIGEST)])
-        node = int(headers[str(SecAggHeader.NODE)])
-        sessions[d] = SecureParticipant(SPEC.size).join(plan, digest, rt.published, node)
-    update = np.full(SPEC.size, 0.01, np.float32)
+    sessions, _ = join_round(coord, rt, rid, sorted(rt.current.selected))
     for stage, before in zip(STAGES, (None, *STAGES[:-1]), strict=True):
         for d, s in sessions.items():
             if d in silent and stage in (Stage.MASKED_INPUT, Stage.UNMASK):
@@ -66,15 +48,7 @@ def _round_with_two_groups_short(coord: Coordinator, task_id: int) -> int:
             except ApiError as exc:
                 assert exc.status == 410, exc  # this device's group aborted
                 continue
-            if stage == Stage.ADVERTISE_KEYS:
-                body = s.advertise()
-            elif stage == Stage.SHARE_KEYS:
-                body = s.share_keys(got)
-            elif stage == Stage.MASKED_INPUT:
-                body = s.masked_input(got, update, 1, np.random.default_rng(int(d, 16)))
-            else:
-                body = s.unmask(got)
-            coord.secure_upload(rid, stage, d, body)
+            coord.secure_upload(rid, stage, d, stage_body(s, stage, got, d))
         if rt.current is not None and not rt.secure.registry.ready(rid):
             rt.secure.registry.close_stage(rid, stage)
     asyncio.run(coord.close_round(rt))
