@@ -10,7 +10,9 @@ import pytest
 
 from coordinator.cli import main as plume
 
-TINY = [
+# A tiny `plume sim` (10 digits clients, 4 a round, one local epoch), rounds and the rest to add;
+# a tuple, as test_h96_dp_attack, test_h96_report and test_h182_cohort_bounds share it.
+TINY = (
     "sim",
     "--dataset",
     "digits",
@@ -21,7 +23,7 @@ TINY = [
     "--local-epochs",
     "1",
     "--no-progress",
-]
+)
 
 
 def test_a_dp_run_prints_and_records_the_epsilon_it_spent(

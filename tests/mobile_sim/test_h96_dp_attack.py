@@ -9,19 +9,7 @@ import pytest
 
 from coordinator.cli import main as plume
 from mobile_sim.runner import SimConfig, run_simulation
-
-TINY = [
-    "sim",
-    "--dataset",
-    "digits",
-    "--clients",
-    "10",
-    "--per-round",
-    "4",
-    "--local-epochs",
-    "1",
-    "--no-progress",
-]
+from tests.mobile_sim.test_h84_cli import TINY
 
 
 def test_a_dp_stage_without_accounting_says_it_reports_no_epsilon(

@@ -14,19 +14,7 @@ from coordinator.cli import build_parser
 from coordinator.cli import main as plume
 from mobile_sim import _cli as sim_cli
 from mobile_sim.report_extra import load_runs, rebuild_run_dir
-
-TINY = [
-    "sim",
-    "--dataset",
-    "digits",
-    "--clients",
-    "10",
-    "--per-round",
-    "4",
-    "--local-epochs",
-    "1",
-    "--no-progress",
-]
+from tests.mobile_sim.test_h84_cli import TINY
 
 
 def _write_run(folder: Path, label: str, accuracy: float) -> None:
