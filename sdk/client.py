@@ -836,12 +836,12 @@ class _Core:
         )
 
     def check_in_exchange(self, task_id: int | None) -> _Exchange:
-        st = self.store.state()
         parts = []
         if task_id is not None:
             parts.append(f'"task_id":{int(task_id)}')
-        version = st.get("model_version")
-        if isinstance(version, int) and not isinstance(version, bool) and 0 <= version < MAX_ID:
+        # The version held of the task named (with none named, of the model written last).
+        version = self.store.model_version(task_id)
+        if version is not None and version < MAX_ID:
             parts.append(f'"model_version":{version}')
         awaiting = self.awaiting_round()
         if awaiting is not None:
@@ -955,8 +955,9 @@ class _Core:
         max_version: int | None,
         snapshot: bool = False,
     ) -> _Exchange:
-        """The model download; from the version held (`have=`, a delta chain if the
-        coordinator has one) unless `snapshot`: then no `have=`, so a whole snapshot."""
+        """The model download; from the version held of `task_id` (`have=`, a delta chain if
+        the coordinator has one; the app directory holds a model per task) unless `snapshot`:
+        then no `have=`, so a whole snapshot."""
         held = None if snapshot else self.store.load_model(task_id, spec.size)
         params = {"format": "auto", "dtype": "fp32"}
         if held is not None and held[2] and (max_version is None or held[1] <= max_version):
@@ -1007,11 +1008,11 @@ class _Core:
             else:
                 raise ClientError(response.status_code, "bad_encoding", f"unknown {encoding!r}")
         except (CodecError, MessageError) as exc:
-            self.store.forget_model()
+            self.store.forget_model(task_id)  # this task's only: other tasks' models stay
             raise ModelIntegrityError(200, "bad_model", str(exc)) from exc
         got = model_digest(params).hex()
         if got != digest:
-            self.store.forget_model()
+            self.store.forget_model(task_id)
             raise ModelIntegrityError(
                 200, "digest_mismatch", f"model digest {got} != coordinator's {digest}"
             )
@@ -2486,8 +2487,9 @@ class Client:
 
     - `base_url`: the coordinator, `http://` or `https://` with a host (`ValueError` else).
     - `app_dir`: the device's own directory (`~` expanded; made 0700 if missing): its
-      Ed25519 key, the model held, error-feedback residuals and any unacknowledged upload, so
-      a restarted app resumes where it stopped. Give each device (app install) its own.
+      Ed25519 key, the models held (one per task, at most 8), error-feedback residuals and
+      any unacknowledged upload, so a restarted app resumes where it stopped. Give each
+      device (app install) its own.
     - `transport`: an `httpx.BaseTransport` instead of the network (tests, simulation).
     - `timeout`: seconds for each connect, read and write of a request (httpx's timeout); a
       finite number > 0, else `ValueError` (`TypeError` for a non-number) at construction.

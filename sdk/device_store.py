@@ -4,8 +4,13 @@ Layout (every file replaced atomically: write to a temp file, fsync, rename, fsy
 the temp files a crash left are removed when the directory is opened):
 
     device_key       32-byte Ed25519 private key (every file mode 0600, the directory 0700)
-    state.json       device id, task, model version, digest, whether the model is exact
-    model.f32        the model at that version, little-endian float32[d]
+    state.json       device id, and the version, SHA-256 digest and exactness of each model held
+    model.f32        the model of task `task_id`, little-endian float32[d], at state.json's
+                     `model_version` (`model_digest`, `model_exact`, and `model_seq` its write
+                     sequence number): the one model an older SDK held, read as it wrote it
+    model-<t>.f32    the model of task t, its metadata in state.json `models["<t>"]` (`version`,
+                     `digest`, `exact`, `seq`): with model.f32, at most MAX_MODELS models, the
+                     least recently written (lowest sequence number) dropped past that
     residual-<t>.bin the error-feedback residual of task t (`ErrorFeedback.to_bytes`, then a
                      32-byte trailer naming t, the file's write sequence number and the layout
                      of the model the residual is of): at most MAX_RESIDUALS tasks, the least
@@ -84,6 +89,7 @@ __all__ = [
     "PendingUpload",
     "UnsupportedPlatform",
     "MAX_ACCEPTED",
+    "MAX_MODELS",
     "MAX_RESIDUALS",
     "MAX_SPEC_JSON_BYTES",
 ]
@@ -108,9 +114,19 @@ _RECORD_FILE = re.compile(r"accepted-([1-9][0-9]{0,18})\.(json|frame|residual|se
 # fresh install (docs/devices.md, "Error feedback across tasks").
 MAX_RESIDUALS = 8
 _RESIDUAL_FILE = re.compile(r"residual-(0|[1-9][0-9]{0,18})\.bin")
+# Most tasks whose models are held (model.f32 and model-<task id>.f32), the bound on residuals:
+# a device alternating between tasks downloads a delta from its own version of each. Past it
+# the least recently written is dropped: that task's next download is a whole snapshot, as
+# after a fresh install (docs/devices.md, "Held models across tasks").
+MAX_MODELS = MAX_RESIDUALS
+_MODEL_FILE = re.compile(r"model-(0|[1-9][0-9]{0,18})\.f32")
+_TASK_KEY = re.compile(r"0|[1-9][0-9]{0,18}")
+_PRIMARY_MODEL = "model.f32"
+# The state.json keys of the model in model.f32 (`task_id` names its task).
+_PRIMARY_KEYS = ("model_version", "model_digest", "model_exact", "model_seq")
 # The temp file of each file this module writes (`_write`): its name, then ".tmp".
 _STORE_TEMP = re.compile(
-    r"(device_key|state\.json|model\.f32|residual(-[0-9]{1,19})?\.bin"
+    r"(device_key|state\.json|model(-[0-9]{1,19})?\.f32|residual(-[0-9]{1,19})?\.bin"
     r"|pending\.(json|frame|residual|refused)"
     r"|accepted(-[0-9]{1,19})?\.(json|frame|residual|settled))\.tmp"
 )
@@ -539,6 +555,64 @@ def _task_field(meta: dict[str, Any]) -> int | None:
     return value
 
 
+class _HeldModel(NamedTuple):
+    """A held model as state.json names it: its task, its file's name, and its entry's fields
+    as read (checked when the model is loaded)."""
+
+    task: int
+    name: str  # model.f32 or model-<task>.f32
+    version: object
+    digest: object
+    exact: object
+    seq: int  # the write sequence number; -1 without one (an older SDK's model.f32)
+
+    @property
+    def primary(self) -> bool:
+        return self.name == _PRIMARY_MODEL
+
+    def meta(self) -> dict[str, Any]:
+        return {"version": self.version, "digest": self.digest, "exact": self.exact}
+
+
+def _seq_field(value: object) -> int:
+    """A model's write sequence number as state.json holds it; -1 for none, or for one that is
+    no integer in [0, 2^63) (foreign: counted as written before any that has one)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _SEQ_LIMIT:
+        return value
+    return -1
+
+
+def _held_models(st: dict[str, Any]) -> dict[int, _HeldModel]:
+    """The models state.json `st` names, by task: model.f32's (`task_id` with `model_version`,
+    as an older SDK wrote it) and model-<t>.f32's (`models`). An entry that is no JSON object,
+    or under a key that is no task id, names none; model.f32's wins over a `models` entry of
+    the same task (an older SDK, run in between, wrote model.f32 for a task held there)."""
+    held: dict[int, _HeldModel] = {}
+    models = st.get("models")
+    if isinstance(models, dict):
+        for key, meta in models.items():
+            if not (isinstance(key, str) and _TASK_KEY.fullmatch(key) and isinstance(meta, dict)):
+                continue
+            task = int(key)
+            if task < 2**63:
+                held[task] = _HeldModel(
+                    task, f"model-{task}.f32", meta.get("version"), meta.get("digest"),
+                    meta.get("exact", False), _seq_field(meta.get("seq")),
+                )  # fmt: skip
+    primary = _task_field(st)
+    if primary is not None and "model_version" in st:
+        held[primary] = _HeldModel(
+            primary, _PRIMARY_MODEL, st["model_version"], st.get("model_digest"),
+            st.get("model_exact", False), _seq_field(st.get("model_seq")),
+        )  # fmt: skip
+    return held
+
+
+def _by_recency(held: dict[int, _HeldModel]) -> list[_HeldModel]:
+    """`held`'s models, the least recently written first (write sequence number, then task)."""
+    return sorted(held.values(), key=lambda m: (m.seq, m.task))
+
+
 def _check_task_id(task_id: int | None, what: str) -> None:
     """Raise `ValueError` for a task id the store could not read back (`_task_field`)."""
     if task_id is not None and (
@@ -936,6 +1010,7 @@ class DeviceStore:
             self._drop_temp_files()
             self._recover()
             self._evict_residuals(None)  # one more than the bound, if a crash cut an eviction
+            self._drop_unheld_models()  # a model file a crash left without its entry
         except BaseException:
             self.close()
             raise
@@ -1083,49 +1158,161 @@ class DeviceStore:
         _write(self.root / "state.json", json.dumps(data, sort_keys=True).encode())
         return data
 
-    # -- model ---------------------------------------------------------------------------
+    # -- models ----------------------------------------------------------------------------
+    #
+    # One model per task, at most MAX_MODELS. A task's model keeps the file it was first
+    # written to: model.f32 (its metadata state.json's top-level `model_*` keys, as an older
+    # SDK kept its one model, which so stays its task's model after an upgrade) when that was
+    # free, else model-<t>.f32 (metadata under `models`). Each save writes the task's file,
+    # then state.json: the commit point, with the new digest and, past the bound, without the
+    # least recently written model, whose file goes after. A model is held only while its bytes
+    # match the digest in state.json, so a crash between the two writes leaves that task with
+    # no model held (its next download is a whole snapshot), and never another task's model
+    # touched. A model file no entry names (a crash before its first commit, or after an
+    # eviction's) is removed when the directory is opened.
 
     def save_model(
         self, task_id: int, params: npt.NDArray[np.float32], version: int, digest: str, exact: bool
     ) -> None:
-        _write(self.root / "model.f32", params.astype("<f4").tobytes())
-        self.update_state(
-            task_id=task_id, model_version=version, model_digest=digest, model_exact=exact
-        )
+        """Hold `params` as `task_id`'s model at `version` (`digest`: the SHA-256 of its
+        little-endian float32 bytes; `exact`: bit-identical to the coordinator's), beside other
+        tasks' models; past MAX_MODELS the least recently written other one is dropped."""
+        _check_task_id(task_id, "model")
+        if task_id is None:
+            raise ValueError("model: a model is held for a task; task id None, not saved")
+        st = self.state()
+        held = _held_models(st)
+        mine = held.pop(task_id, None)
+        if mine is not None:
+            primary = mine.primary
+        else:
+            primary = not any(m.primary for m in held.values())
+        name = _PRIMARY_MODEL if primary else f"model-{task_id}.f32"
+        _write(self.root / name, params.astype("<f4").tobytes())
+        others = _by_recency(held)
+        kept = others[max(0, len(others) - (MAX_MODELS - 1)) :]
+        new = dict(st)
+        if not any(m.primary for m in kept):
+            for key in _PRIMARY_KEYS:
+                new.pop(key, None)
+        # Sequence numbers are renumbered 0, 1, ... in recency order at each save (all of them
+        # live in this one file), so none ever nears its limit.
+        models: dict[str, Any] = {}
+        for seq, m in enumerate(kept):
+            if m.primary:
+                new["model_seq"] = seq
+            else:
+                models[str(m.task)] = {**m.meta(), "seq": seq}
+        if primary:
+            new.update(
+                task_id=task_id, model_version=version, model_digest=digest, model_exact=exact,
+                model_seq=len(kept),
+            )  # fmt: skip
+        else:
+            models[str(task_id)] = {
+                "version": version, "digest": digest, "exact": exact, "seq": len(kept),
+            }  # fmt: skip
+        if models:
+            new["models"] = models
+        else:
+            new.pop("models", None)
+        _write(self.root / "state.json", json.dumps(new, sort_keys=True).encode())
+        self._drop_unheld_models(new)
 
     def load_model(
         self, task_id: int, size: int
     ) -> tuple[npt.NDArray[np.float32], int, bool] | None:
-        """(params float32[size], version, exact) held for `task_id`, or None."""
-        st = self.state()
-        path = self.root / "model.f32"
-        if st.get("task_id") != task_id or "model_version" not in st or not path.exists():
+        """(params float32[size], version, exact) held for `task_id`, or None: none held, its
+        file missing, of another size, not a regular file, or not the bytes its digest names.
+        Other tasks' models are not read. `DeviceStoreError` for a version that is no integer
+        (state.json is foreign or corrupt)."""
+        held = _held_models(self.state()).get(task_id)
+        if held is None:
+            return None
+        path = self.root / held.name
+        if not path.exists():
             return None
         raw = _read_sized(path, 4 * size)  # the size is checked before reading it
         if raw is None:
             return None
-        version = st["model_version"]
+        version = held.version
         if isinstance(version, bool) or not isinstance(version, int):
-            raise DeviceStoreError(f"{self.root / 'state.json'}: model_version is not an integer")
+            field = "model_version" if held.primary else f"models[{task_id}].version"
+            raise DeviceStoreError(f"{self.root / 'state.json'}: {field} is not an integer")
         if not 0 <= version < 2**63:
             # No coordinator version (an older SDK saved -1 when the header was missing): asked
             # for as `have`, every download would be refused, so the model counts as not held.
             return None
-        digest = st.get("model_digest")
+        digest = held.digest
+        if digest is None and not held.primary:
+            return None  # written with one always: a foreign entry
         if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
-            # save_model writes model.f32, then state.json: a crash between the two leaves the
-            # new parameters under the old version, which a delta chain from that version
-            # would then be applied to. Not the model the state describes: none is held.
+            # save_model writes the model's file, then state.json: a crash between the two
+            # leaves the new parameters under the old version, which a delta chain from that
+            # version would then be applied to. Not the model the state describes: none held.
+            # (An older SDK's model.f32 without a digest is taken as it is, as it was then.)
             return None
         params = np.frombuffer(raw, dtype="<f4").astype(np.float32)
-        return params, version, bool(st.get("model_exact", False))
+        return params, version, bool(held.exact)
 
-    def forget_model(self) -> None:
-        _unlink(self.root / "model.f32")
+    def model_version(self, task_id: int | None = None) -> int | None:
+        """The version of `task_id`'s model as state.json names it (None: of the model written
+        last), without reading the model; None without one, or for one that is no version in
+        [0, 2^63). What a check-in names; a download asks from `load_model`'s, checked."""
+        held = _held_models(self.state())
+        if task_id is None:
+            ordered = _by_recency(held)
+            found = ordered[-1] if ordered else None
+        else:
+            found = held.get(task_id)
+        version = None if found is None else found.version
+        if isinstance(version, bool) or not isinstance(version, int) or not 0 <= version < 2**63:
+            return None
+        return version
+
+    def forget_model(self, task_id: int | None = None) -> None:
+        """Forget `task_id`'s model (None: every task's); other tasks' are kept. The file
+        goes first, then its entry in state.json: a crash between the two leaves an entry whose
+        file is gone, which holds no model."""
         st = self.state()
-        for k in ("model_version", "model_digest", "model_exact"):
-            st.pop(k, None)
-        _write(self.root / "state.json", json.dumps(st, sort_keys=True).encode())
+        held = _held_models(st)
+        if task_id is None:
+            gone = list(held.values())
+        else:
+            gone = [held[task_id]] if task_id in held else []
+        for m in gone:
+            _unlink(self.root / m.name)
+        new = dict(st)
+        found = st.get("models")
+        models = dict(found) if isinstance(found, dict) and task_id is not None else {}
+        if task_id is None or any(m.primary for m in gone):
+            for key in _PRIMARY_KEYS:
+                new.pop(key, None)
+        if task_id is not None:
+            models.pop(str(task_id), None)
+        if models:
+            new["models"] = models
+        else:
+            new.pop("models", None)
+        if new != st:
+            _write(self.root / "state.json", json.dumps(new, sort_keys=True).encode())
+        self._drop_unheld_models(new)
+
+    def _drop_unheld_models(self, st: dict[str, Any] | None = None) -> None:
+        """Remove the model files state.json (`st`, read if None) names no model in: a save a
+        crash cut before its first commit, an eviction cut after its commit. Nothing while
+        state.json does not read (the calls that need it report it)."""
+        if st is None:
+            try:
+                st = self.state()
+            except (DeviceStoreError, OSError):
+                return
+        names = {m.name for m in _held_models(st).values()}
+        for name in os.listdir(self.root):
+            if (name == _PRIMARY_MODEL or _MODEL_FILE.fullmatch(name)) and name not in names:
+                path = self.root / name
+                if not (path.is_dir() and not path.is_symlink()):
+                    _unlink(path)
 
     # -- error feedback ------------------------------------------------------------------
     #
