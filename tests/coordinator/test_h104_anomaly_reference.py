@@ -10,16 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from compression import SparseUpdate
-from coordinator.aggregators import ClientUpdate, FedAvg
+from coordinator.aggregators import FedAvg
 from coordinator.anomaly import AnomalyFilter
 
-
-def reports(x: np.ndarray) -> list[ClientUpdate]:
-    return [
-        ClientUpdate(f"d{i:02d}", SparseUpdate.from_dense(row.astype(np.float32)), 1.0)
-        for i, row in enumerate(x)
-    ]
+from .test_h95_gaps import huge_flip_round, reports
 
 
 def non_iid_round(
@@ -85,9 +79,7 @@ def test_over_fifty_seeds_the_median_reference_beats_both_earlier_rules() -> Non
 def test_one_huge_sign_flipped_report_is_rejected_alone() -> None:
     # Prepare: test_h95_gaps' round: nine honest reports, one -1,000·g. The FedAvg first pass
     # follows the attacker; the geometric median does not.
-    rng = np.random.default_rng(1)
-    g = rng.normal(size=50)
-    x = np.vstack([g + 0.5 * rng.normal(size=(9, 50)), -1e3 * g])
+    x = huge_flip_round()
     plain = FedAvg().create(50)
     honest_mean = plain.next(plain.initialize(), reports(x[:9])).result
     proc = AnomalyFilter(FedAvg(), min_cosine=0.0).create(50)
@@ -104,9 +96,7 @@ def test_one_huge_sign_flipped_report_is_rejected_alone() -> None:
 def test_max_drop_sets_when_the_aggregate_is_distrusted() -> None:
     # max_drop=1 distrusts the aggregate only when it would reject every report: the 1,000x
     # round then rejects the nine honest reports, as before 266982d.
-    rng = np.random.default_rng(1)
-    g = rng.normal(size=50)
-    x = np.vstack([g + 0.5 * rng.normal(size=(9, 50)), -1e3 * g])
+    x = huge_flip_round()
     proc = AnomalyFilter(FedAvg(), min_cosine=0.0, max_drop=1.0).create(50)
     out = proc.next(proc.initialize(), reports(x))
     assert set(out.measurements["rejected"]) == {f"d{i:02d}" for i in range(9)}

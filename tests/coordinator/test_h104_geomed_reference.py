@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from compression import SparseUpdate
-from coordinator.aggregators import ClientUpdate, GeometricMedian
+from coordinator.aggregators import GeometricMedian
+
+from .test_h95_gaps import reports
 
 ATTACKERS = (2, 4, 6, 9)
 EXPONENTS = (-3, 0, 2, 4, 6, 8, 12, 16, 20)
 D = 100
-
-
-def reports(x: np.ndarray) -> list[ClientUpdate]:
-    return [
-        ClientUpdate(f"d{i:02d}", SparseUpdate.from_dense(row.astype(np.float32)), 1.0)
-        for i, row in enumerate(x)
-    ]
 
 
 def objective(z: np.ndarray, x: np.ndarray) -> float:

@@ -17,10 +17,18 @@ from coordinator.anomaly import AnomalyFilter
 
 
 def reports(x: np.ndarray) -> list[ClientUpdate]:
+    """One dense report per row of `x`, devices d00, d01, ..., weight 1."""
     return [
         ClientUpdate(f"d{i:02d}", SparseUpdate.from_dense(row.astype(np.float32)), 1.0)
         for i, row in enumerate(x)
     ]
+
+
+def huge_flip_round() -> np.ndarray:
+    """Nine honest reports around a direction g (seed 1, d = 50), then one -1,000·g."""
+    rng = np.random.default_rng(1)
+    g = rng.normal(size=50)
+    return np.vstack([g + 0.5 * rng.normal(size=(9, 50)), -1e3 * g])
 
 
 def test_one_huge_report_cannot_make_the_cosine_screen_reject_the_honest_majority() -> None:
@@ -28,9 +36,7 @@ def test_one_huge_report_cannot_make_the_cosine_screen_reject_the_honest_majorit
     # FedAvg inside, the first-pass aggregate points along the attacker, so every honest report
     # has a negative cosine to it. Before the fix the screen rejected all nine as "cosine" and
     # aggregated the attacker alone: ten times further off than FedAvg without the screen.
-    rng = np.random.default_rng(1)
-    g = rng.normal(size=50)
-    x = np.vstack([g + 0.5 * rng.normal(size=(9, 50)), -1e3 * g])
+    x = huge_flip_round()
     plain = FedAvg().create(50)
     honest_mean = plain.next(plain.initialize(), reports(x[:9])).result
     proc = AnomalyFilter(FedAvg(), min_cosine=0.0).create(50)
