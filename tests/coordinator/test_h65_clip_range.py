@@ -24,6 +24,7 @@ from coordinator.aggregators import (
     ClientUpdate,
     build_aggregator,
 )
+from coordinator.aggregators._clip import MIN_CLIP
 
 
 def _rounds(spec: str, scales: list[float], d: int = 8) -> list[float]:
@@ -60,9 +61,10 @@ def test_an_adaptive_clip_step_past_floats_range_is_clamped_not_raised(spec: str
 def test_a_clip_driven_towards_zero_recovers() -> None:
     # Zero reports shrink the clip by exp(-500) a round: before, it reached 0.0 within two
     # rounds and stayed there (0 times any factor), clipping every later report to nothing.
-    # Now it stops at the smallest normal float and grows again once reports exceed it.
+    # Now it stops at MIN_CLIP (float32's smallest normal, since 3463406; float64's before)
+    # and grows again once reports exceed it.
     clips = _rounds("normbound:q=0.5,lr=1e3", [0.0] * 4 + [10.0] * 2)
-    assert min(clips) == sys.float_info.min
+    assert min(clips) == MIN_CLIP
     assert clips[-1] > clips[-2]
 
 
