@@ -14,7 +14,6 @@ hand-signed requests standing in for an older SDK.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,7 +22,6 @@ import numpy as np
 import pytest
 
 from coordinator.service import ServerThread, ServiceConfig
-from protocol import auth
 from protocol.messages import CodecParams
 from sdk.client import Client
 
@@ -33,6 +31,7 @@ from .test_service_support import (
     admin_get,
     create_task,
     local_data,
+    signed_headers,
     task_config,
     wait_until,
 )
@@ -51,11 +50,7 @@ class World:
         self.device.register()
 
     def check_in(self, body: bytes) -> httpx.Response:
-        signed = auth.sign_request(
-            self.device._core.key, method="POST", target="/v1/checkin", round_id=0, body=body,
-            timestamp_ms=int(time.time() * 1000),
-        )  # fmt: skip
-        headers = {str(k): v for k, v in signed.items()}
+        headers = signed_headers(self.device._core.key, "POST", "/v1/checkin", 0, body)
         headers["content-type"] = "application/json"
         return self.http.post("/v1/checkin", content=body, headers=headers)
 

@@ -19,12 +19,11 @@ import pytest
 
 from compression import ModelSpec, encode_snapshot
 from coordinator.service import ServerThread, ServiceConfig
-from protocol import auth as pauth
 from protocol.messages import CodecParams, TensorShape, to_json, unpack_chain
 from sdk import TrainResult
 from sdk.client import Client
 
-from .test_service_support import ADMIN, await_assignment, task_config
+from .test_service_support import ADMIN, await_assignment, send_signed, task_config
 
 AUTH = {"authorization": f"Bearer {ADMIN}"}
 D = 4000
@@ -97,18 +96,7 @@ def world(
 
 
 def _get(http: httpx.Client, device: Client, task: int, params: dict[str, str]) -> httpx.Response:
-    req = http.build_request("GET", f"/v1/tasks/{task}/model", params=params)
-    signed = pauth.sign_request(
-        device._core.key,
-        method="GET",
-        target=req.url.raw_path.decode(),
-        round_id=0,
-        body=b"",
-        timestamp_ms=int(time.time() * 1000),
-    )
-    for k, v in signed.items():
-        req.headers[str(k)] = v
-    return http.send(req)
+    return send_signed(http, device, "GET", f"/v1/tasks/{task}/model", 0, params=params)
 
 
 def _snapshot_len(http: httpx.Client, device: Client, task: int) -> int:

@@ -7,7 +7,6 @@ downloads above all, to that round. A loopback coordinator and real SDK devices.
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,6 @@ import pytest
 
 from coordinator.service import ServerThread, ServiceConfig
 from coordinator.service import rounds as rounds_mod
-from protocol import auth as pauth
 from sdk.client import Client
 
 from .test_service_support import (
@@ -26,6 +24,7 @@ from .test_service_support import (
     await_assignment,
     create_task,
     local_data,
+    send_signed,
     task_config,
     wait_until,
 )
@@ -41,31 +40,6 @@ def served(tmp_path: Path) -> Iterator[tuple[httpx.Client, str]]:
     )
     with ServerThread(cfg) as url, httpx.Client(base_url=url, timeout=30) as http:
         yield http, url
-
-
-def _signed(
-    http: httpx.Client,
-    c: Client,
-    method: str,
-    path: str,
-    round_id: int,
-    *,
-    params: dict[str, str] | None = None,
-    body: bytes = b"",
-    headers: dict[str, str] | None = None,
-) -> httpx.Response:
-    req = http.build_request(method, path, params=params, content=body, headers=headers)
-    signed = pauth.sign_request(
-        c._core.key,
-        method=method,
-        target=req.url.raw_path.decode(),
-        round_id=round_id,
-        body=body,
-        timestamp_ms=int(time.time() * 1000),
-    )
-    for k, v in signed.items():
-        req.headers[str(k)] = v
-    return http.send(req)
 
 
 def _totals(http: httpx.Client, rid: int) -> Any:
@@ -105,7 +79,7 @@ def test_another_tasks_model_download_is_not_charged_to_an_old_round(
     before = _totals(http, rid)
     other = create_task(http, task_config(rounds=5, name="B"))
     for _ in range(5):
-        r = _signed(http, clients[0], "GET", f"/v1/tasks/{other}/model", rid)
+        r = send_signed(http, clients[0], "GET", f"/v1/tasks/{other}/model", rid)
         assert r.status_code == 200, r.text
         assert LEDGER not in r.headers  # control traffic
     assert _totals(http, rid) == before
@@ -118,13 +92,13 @@ def test_a_closed_rounds_ledger_stops_growing_after_the_grace(
     task, clients, rid = _finished_task(http, url, tmp_path)
     # Within the grace (60 s by default) the round's own device still counts in it: the
     # exchanges an SDK makes as a round ends.
-    r = _signed(http, clients[0], "GET", f"/v1/rounds/{rid}", rid)
+    r = send_signed(http, clients[0], "GET", f"/v1/rounds/{rid}", rid)
     assert r.status_code == 200, r.text
     assert r.headers.get(LEDGER) == str(rid)
     monkeypatch.setattr(rounds_mod, "LEDGER_GRACE_S", 0.0, raising=False)
     before = _totals(http, rid)
     for path in (f"/v1/tasks/{task}/model", f"/v1/rounds/{rid}"):
-        r = _signed(http, clients[0], "GET", path, rid)
+        r = send_signed(http, clients[0], "GET", path, rid)
         assert r.status_code == 200, r.text
         assert LEDGER not in r.headers
     assert _totals(http, rid) == before
@@ -147,16 +121,16 @@ def test_a_status_read_of_another_round_is_not_charged_to_the_signed_one(
     # load they came between the two readings, a full make test's failure).
     peer.join()
     before = _totals(http, a.round_id)
-    r = _signed(http, clients[0], "GET", f"/v1/rounds/{rid}", a.round_id)
+    r = send_signed(http, clients[0], "GET", f"/v1/rounds/{rid}", a.round_id)
     assert r.status_code == 200, r.text
     assert LEDGER not in r.headers
     # Task A's model, signed with task B's open round: not B's traffic either.
-    r = _signed(http, clients[0], "GET", f"/v1/tasks/{task}/model", a.round_id)
+    r = send_signed(http, clients[0], "GET", f"/v1/tasks/{task}/model", a.round_id)
     assert r.status_code == 200, r.text
     assert LEDGER not in r.headers
     assert _totals(http, a.round_id) == before
     # The round's own model, signed with it: counted in it.
-    r = _signed(http, clients[0], "GET", f"/v1/tasks/{other}/model", a.round_id)
+    r = send_signed(http, clients[0], "GET", f"/v1/tasks/{other}/model", a.round_id)
     assert r.headers.get(LEDGER) == str(a.round_id)
     clients[0].train_round(a, SoftmaxTrainer(), *local_data(0))
 
@@ -167,7 +141,7 @@ def test_an_upload_refused_as_round_mismatch_is_control_traffic(
     http, url = served
     _, clients, rid = _finished_task(http, url, tmp_path)
     before = _totals(http, rid)
-    r = _signed(
+    r = send_signed(
         http,
         clients[0],
         "POST",
@@ -200,7 +174,7 @@ def test_an_empty_chain_adds_no_dense_bytes(
 
     before = down()
     for _ in range(5):
-        r = _signed(
+        r = send_signed(
             http, clients[0], "GET", f"/v1/tasks/{task}/model", rid, params={"have": str(version)}
         )
         assert r.status_code == 200, r.text

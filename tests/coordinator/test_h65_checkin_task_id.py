@@ -5,7 +5,6 @@ check_in_exchange), which is unchanged."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +12,9 @@ import httpx
 import pytest
 
 from coordinator.service import ServerThread, ServiceConfig
-from protocol import auth
 from sdk.client import Client
 
-from .test_service_support import ADMIN, create_task, task_config
+from .test_service_support import ADMIN, create_task, signed_headers, task_config
 
 
 class World:
@@ -27,11 +25,7 @@ class World:
         self.device.register()
 
     def check_in(self, body: bytes) -> httpx.Response:
-        signed = auth.sign_request(
-            self.device._core.key, method="POST", target="/v1/checkin", round_id=0, body=body,
-            timestamp_ms=int(time.time() * 1000),
-        )  # fmt: skip
-        headers = {str(k): v for k, v in signed.items()}
+        headers = signed_headers(self.device._core.key, "POST", "/v1/checkin", 0, body)
         headers["content-type"] = "application/json"
         return self.http.post("/v1/checkin", content=body, headers=headers)
 

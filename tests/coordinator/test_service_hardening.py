@@ -6,7 +6,6 @@ import base64
 import json
 import math
 import re
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from .test_service_support import (
     admin_get,
     create_task,
     serve_cli,
+    signed_headers,
     task_config,
     task_server,
 )
@@ -70,16 +70,7 @@ def _url(http: httpx.Client) -> str:
     return str(http.base_url).rstrip("/")
 
 
-def _signed(key: bytes, method: str, target: str, round_id: int, body: bytes) -> dict[str, str]:
-    signed = auth.sign_request(
-        key,
-        method=method,
-        target=target,
-        round_id=round_id,
-        body=body,
-        timestamp_ms=int(time.time() * 1000),
-    )
-    return {str(k): v for k, v in signed.items()}
+_signed = signed_headers  # (key, method, target, round_id, body); test_h165_* import it
 
 
 def _with_type(headers: dict[str, str], content_type: str | None) -> dict[str, str]:

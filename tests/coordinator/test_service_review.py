@@ -16,7 +16,6 @@ import pytest
 
 from compression import CodecConfig, ErrorFeedback, UpdateCodec
 from coordinator.service import ServerThread, ServiceConfig
-from protocol import auth
 from protocol.messages import Assignment
 from sdk.client import Client
 
@@ -26,6 +25,7 @@ from .test_service_support import (
     SPEC,
     admin_get,
     create_task,
+    signed_headers,
     task_config,
     task_server,
     wait_until,
@@ -141,15 +141,7 @@ def _post_upload(
 ) -> httpx.Response:
     """POST `body` to round `round_id`'s upload path, signed by `client`, under `key`."""
     path = f"/v1/rounds/{round_id}/updates"
-    signed = auth.sign_request(
-        client._core.key,
-        method="POST",
-        target=path,
-        round_id=round_id,
-        body=body,
-        timestamp_ms=int(time.time() * 1000),
-    )
-    headers = {str(k): v for k, v in signed.items()}
+    headers = signed_headers(client._core.key, "POST", path, round_id, body)
     headers.update({"idempotency-key": key, "content-type": "application/octet-stream"})
     return http.post(path, content=body, headers=headers)
 
@@ -170,17 +162,7 @@ def _one_report_round(
 
 
 def _signed_get(client: Client, path: str, round_id: int) -> dict[str, str]:
-    return {
-        str(k): v
-        for k, v in auth.sign_request(
-            client._core.key,
-            method="GET",
-            target=path,
-            round_id=round_id,
-            body=b"",
-            timestamp_ms=int(time.time() * 1000),
-        ).items()
-    }
+    return signed_headers(client._core.key, "GET", path, round_id)
 
 
 def test_only_a_rounds_devices_add_to_its_ledger(http: httpx.Client, tmp_path: Path) -> None:
@@ -213,17 +195,7 @@ def test_chunked_json_body_above_the_cap_is_413(http: httpx.Client, tmp_path: Pa
     device = Client(url, str(tmp_path / "big"))
     device.register()
     body = b'{"task_id": 1, "pad": "' + b"x" * 100_000 + b'"}'
-    headers = {
-        str(k): v
-        for k, v in auth.sign_request(
-            device._core.key,
-            method="POST",
-            target="/v1/checkin",
-            round_id=0,
-            body=body,
-            timestamp_ms=int(time.time() * 1000),
-        ).items()
-    }
+    headers = signed_headers(device._core.key, "POST", "/v1/checkin", 0, body)
     device.close()
 
     def chunks() -> Iterator[bytes]:

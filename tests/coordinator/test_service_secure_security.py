@@ -21,18 +21,22 @@ from protocol.names import Reason
 from protocol.secagg import AdvertiseKeys, Stage
 from sdk.client import Client
 
-from .test_service_support import ADMIN, SPEC, admin_get, create_task, task_config, wait_until
+from .test_service_support import (
+    ADMIN,
+    SPEC,
+    admin_get,
+    create_task,
+    signed_headers,
+    task_config,
+    wait_until,
+)
 
 STAGES = [
     str(s) for s in (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK)
 ]
 
 
-def _signed(key: bytes, method: str, target: str, round_id: int, body: bytes) -> dict[str, str]:
-    return {str(k): v for k, v in auth.sign_request(
-        key, method=method, target=target, round_id=round_id, body=body,
-        timestamp_ms=int(time.time() * 1000),
-    ).items()}  # fmt: skip
+_signed = signed_headers  # (key, method, target, round_id, body); test_h165_* import it
 
 
 class World:

@@ -15,16 +15,13 @@ from protocol import auth
 from protocol.messages import Assignment
 from sdk.client import Client
 
-from .test_service_support import ADMIN, SPEC, admin_get, create_task, task_config
+from .test_service_support import ADMIN, SPEC, admin_get, create_task, signed_headers, task_config
 
 
 def _headers(
     key: bytes, method: str, target: str, round_id: int, body: bytes, **kw: int
 ) -> dict[str, str]:
-    ts = kw.get("ts", int(time.time() * 1000))
-    return {str(k): v for k, v in auth.sign_request(
-        key, method=method, target=target, round_id=round_id, body=body, timestamp_ms=ts
-    ).items()}  # fmt: skip
+    return signed_headers(key, method, target, round_id, body, kw.get("ts"))
 
 
 class World:

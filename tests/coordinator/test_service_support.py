@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import socket
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -18,6 +19,7 @@ import pytest
 from compression import ModelSpec, encode_snapshot
 from coordinator import _cli
 from coordinator.service import ServerThread, ServiceConfig
+from protocol import auth
 from protocol.messages import CodecParams, TaskConfig, TensorShape, TrainingParams, to_json
 from sdk import TrainResult
 
@@ -117,6 +119,43 @@ def admin_get(http: httpx.Client, path: str) -> Any:
     r = http.get(path, headers={"authorization": f"Bearer {ADMIN}"})
     assert r.status_code == 200, r.text
     return r.json()
+
+
+def signed_headers(
+    key: bytes,
+    method: str,
+    target: str,
+    round_id: int,
+    body: bytes = b"",
+    timestamp_ms: int | None = None,
+) -> dict[str, str]:
+    """The headers that sign a device's request with its key (`protocol.auth.sign_request`),
+    timestamped now unless `timestamp_ms` is given."""
+    ts = int(time.time() * 1000) if timestamp_ms is None else timestamp_ms
+    signed = auth.sign_request(
+        key, method=method, target=target, round_id=round_id, body=body, timestamp_ms=ts
+    )
+    return {str(k): v for k, v in signed.items()}
+
+
+def send_signed(
+    http: httpx.Client,
+    client: Any,
+    method: str,
+    path: str,
+    round_id: int,
+    *,
+    params: dict[str, str] | None = None,
+    body: bytes = b"",
+    headers: dict[str, str] | None = None,
+) -> httpx.Response:
+    """`method path` sent through `http` (with `params`, `body` and `headers`), signed by
+    `client` (an sdk Client) for `round_id` over the request's target as sent."""
+    req = http.build_request(method, path, params=params, content=body, headers=headers)
+    req.headers.update(
+        signed_headers(client._core.key, method, req.url.raw_path.decode(), round_id, body)
+    )
+    return http.send(req)
 
 
 def await_assignment(client: Any, task_id: int, timeout: float = 20.0) -> Any:
