@@ -18,17 +18,7 @@ import pytest
 from sdk import AppDirInUse, AsyncClient, Client, ClientError, device_store
 from sdk.device_store import DeviceStore
 
-
-def _fresh_flock(path: Path) -> None:
-    """Flock `path` through a new open file, as another process would (AppDirInUse if held)."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise AppDirInUse(path, None) from None
-    finally:
-        os.close(fd)
+from .test_h111_app_dir_lock import _fresh_flock
 
 
 @pytest.fixture
