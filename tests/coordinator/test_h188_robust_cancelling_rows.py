@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import tracemalloc
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,6 @@ import pytest
 
 from compression import SparseUpdate
 from coordinator.aggregators import (
-    AggregateOutput,
     CenteredClipping,
     ClientUpdate,
     GeometricMedian,
@@ -33,12 +31,9 @@ from coordinator.aggregators import (
 )
 from coordinator.aggregators._robust import DEFAULT_BLOCK_ELEMS
 
+from .test_h186_anomaly_cancelling_rows import _cu, _Eager
+
 D = 10_000
-
-
-def _cu(name: str, v: np.ndarray) -> ClientUpdate:
-    idx = np.flatnonzero(v).astype(np.int64)
-    return ClientUpdate(name, SparseUpdate(idx, v[idx].astype(np.float32), v.shape[0]), 1.0)
 
 
 def colluding_bucket_rows() -> tuple[UpdateRows, np.ndarray]:
@@ -129,28 +124,6 @@ def test_pairs_of_colluding_buckets_have_their_true_dot_products() -> None:
 
 
 # --- lazy vs materialised through the specs, on random rounds -----------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class _Eager:
-    """Factory wrapper whose process has no next_rows: forward_rows materialises the rows."""
-
-    inner: Any
-
-    def create(self, size: int) -> _EagerProcess:
-        return _EagerProcess(self.inner.create(size))
-
-
-class _EagerProcess:
-    def __init__(self, process: Any) -> None:
-        self.process = process
-
-    def initialize(self) -> Any:
-        return self.process.initialize()
-
-    def next(self, state: Any, updates: Sequence[ClientUpdate]) -> AggregateOutput:
-        out: AggregateOutput = self.process.next(state, updates)
-        return out
 
 
 def random_round(rng: np.random.Generator, seed: int, bucket: int) -> list[ClientUpdate]:

@@ -31,12 +31,9 @@ from coordinator.aggregators import (
 )
 from coordinator.aggregators._robust import DEFAULT_BLOCK_ELEMS, WIDE_SPREAD
 
+from .test_h186_anomaly_cancelling_rows import _cu
+
 D = 1000
-
-
-def _cu(name: str, v: np.ndarray) -> ClientUpdate:
-    idx = np.flatnonzero(v).astype(np.int64)
-    return ClientUpdate(name, SparseUpdate(idx, v[idx].astype(np.float32), v.shape[0]), 1.0)
 
 
 def scratch_case(mag: float, sign: float = -1.0) -> tuple[UpdateRows, np.ndarray, np.ndarray]:
