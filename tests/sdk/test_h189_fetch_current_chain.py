@@ -6,7 +6,7 @@ round's download does (1f6038f): asked for again once in the same call as a snap
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,35 +14,18 @@ import httpx
 import pytest
 
 from compression import ModelSpec
-from coordinator.service import ServerThread, ServiceConfig
 from protocol.names import ModelEncoding
 from sdk import AsyncClient, Client, ModelIntegrityError
 from tests.coordinator.test_service_support import (
-    ADMIN,
     SHAPES,
     SoftmaxTrainer,
-    create_task,
     local_data,
-    task_config,
 )
-from tests.sdk.test_h177_chain_fallback import _Corrupter
+from tests.sdk.test_h177_chain_fallback import _Corrupter, coordinator  # noqa: F401 (a fixture)
 
 X, Y = local_data(0)
 SPEC = ModelSpec.from_shapes(SHAPES)
 MODES = pytest.mark.parametrize("asynchronous", [False, True], ids=["Client", "AsyncClient"])
-
-
-@pytest.fixture
-def coordinator(tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """A coordinator with one task of 3 one-device rounds: (url, task id)."""
-    cfg = ServiceConfig(db_path=str(tmp_path / "p.db"), admin_token=ADMIN, poll_s=0.05)
-    with ServerThread(cfg) as url:
-        with httpx.Client(base_url=url) as admin:
-            task = create_task(
-                admin,
-                task_config(clients_per_round=1, rounds=3, selection_timeout_s=0.2, deadline_s=20),
-            )
-        yield url, task
 
 
 class _Haves:
@@ -90,7 +73,9 @@ def _round_then_fetch_current(
 
 @MODES
 def test_fetch_current_asks_for_a_snapshot_after_a_corrupt_chain(
-    coordinator: tuple[str, int], tmp_path: Path, asynchronous: bool
+    coordinator: tuple[str, int],  # noqa: F811
+    tmp_path: Path,
+    asynchronous: bool,
 ) -> None:
     # Prepare
     url, task = coordinator
@@ -110,7 +95,9 @@ def test_fetch_current_asks_for_a_snapshot_after_a_corrupt_chain(
 
 @MODES
 def test_fetch_current_still_raises_for_a_corrupt_snapshot(
-    coordinator: tuple[str, int], tmp_path: Path, asynchronous: bool
+    coordinator: tuple[str, int],  # noqa: F811
+    tmp_path: Path,
+    asynchronous: bool,
 ) -> None:
     # Prepare: every model body corrupted once the round is done
     url, task = coordinator
