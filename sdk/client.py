@@ -96,6 +96,8 @@ __all__ = [
     "AsyncClient",
     "ClientError",
     "ModelIntegrityError",
+    "ModelTooLargeError",
+    "MODEL_TOO_LARGE",
     "TaskEndedError",
     "TASK_DONE",
     "SdkUnsupportedError",
@@ -125,6 +127,12 @@ _CONTINUE_WIRE_BYTES = len(b"HTTP/1.1 100 Continue\r\n\r\n")
 MAX_JSON_RESPONSE = 4 << 20
 MAX_SECURE_RESPONSE = 16 << 20
 MODEL_RESPONSE_SLACK = 1 << 20
+# The default of `max_model_bytes`: the largest model (4 bytes a parameter, as the task's spec
+# declares it) a client downloads, 64 Mi parameters. The spec alone allows 2^31 (8 GiB): a
+# hostile or broken coordinator could make a device read, and allocate arrays of, that much.
+# About 40 times `mnist_cnn` (6.7 MB); a round holds the model and more arrays of its size
+# (the trained parameters, the delta, and with error feedback the residual): ~1 GiB at the cap.
+MAX_MODEL_BYTES = 256 << 20
 # Shortest wait between polls of a secure stage that is still open (425), seconds.
 _MIN_POLL_S = 0.05
 # Longest a device polls one secure stage by default, seconds: the coordinator closes a stage
@@ -253,6 +261,38 @@ class ModelIntegrityError(ClientError):
     coordinator's digest (`digest_mismatch`). A delta chain that fails so is asked for again
     once as a snapshot, in the same call (`fetch_model`, `participate`, `fetch_current`); this
     is raised when a snapshot fails."""
+
+
+# `ModelTooLargeError.reason` (no request was made: the name is the SDK's).
+MODEL_TOO_LARGE = "model_too_large"
+
+
+class ModelTooLargeError(ClientError):
+    """The task's model is larger than the client's `max_model_bytes` allows: refused before
+    any of it is downloaded (no request made) or any array of its size allocated, whether it
+    would have come as a snapshot or as a delta chain. `status` 0, `reason` `MODEL_TOO_LARGE`
+    ("model_too_large"); `declared` is the model's size as the task's spec declares it (4
+    bytes a parameter: its fp32 snapshot, and each array a round holds), `limit` the client's
+    `max_model_bytes`, `task_id` the task. The app directory is as before the call."""
+
+    def __init__(self, task_id: int, declared: int, limit: int) -> None:
+        super().__init__(
+            0,
+            MODEL_TOO_LARGE,
+            f"task {task_id}'s model is {declared} bytes ({declared // 4} float32 parameters, "
+            f"as its spec declares), over this client's max_model_bytes={limit}: not "
+            "downloaded (raise max_model_bytes if the device can hold it)",
+        )
+        self.task_id = task_id
+        self.declared = declared
+        self.limit = limit
+
+
+def _check_max_model_bytes(value: object) -> int:
+    """`value` as a `max_model_bytes`: an integer >= 4 (one parameter); `ValueError` else."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 4:
+        raise ValueError(f"max_model_bytes must be an integer number of bytes >= 4, not {value!r}")
+    return value
 
 
 # `TaskEndedError.reason` of a check-in answered "end" (the coordinator sends no error body
@@ -658,7 +698,9 @@ class _Core:
         clock: Callable[[], float],
         max_stage_wait_s: float = MAX_STAGE_WAIT_S,
         max_response_s: float = MAX_RESPONSE_S,
+        max_model_bytes: int = MAX_MODEL_BYTES,
     ) -> None:
+        self.max_model_bytes = _check_max_model_bytes(max_model_bytes)
         if not (max_stage_wait_s > 0):  # NaN included
             raise ValueError("max_stage_wait_s must be positive")
         if not (max_response_s > 0):
@@ -957,7 +999,11 @@ class _Core:
     ) -> _Exchange:
         """The model download; from the version held of `task_id` (`have=`, a delta chain if
         the coordinator has one; the app directory holds a model per task) unless `snapshot`:
-        then no `have=`, so a whole snapshot."""
+        then no `have=`, so a whole snapshot. `ModelTooLargeError` first, before anything is
+        read or asked for, for a model over `max_model_bytes`: it also bounds the answer read
+        (the model's size plus `MODEL_RESPONSE_SLACK`) and so every delta chain's frames."""
+        if spec.dense_bytes > self.max_model_bytes:
+            raise ModelTooLargeError(task_id, spec.dense_bytes, self.max_model_bytes)
         held = None if snapshot else self.store.load_model(task_id, spec.size)
         params = {"format": "auto", "dtype": "fp32"}
         if held is not None and held[2] and (max_version is None or held[1] <= max_version):
@@ -2516,6 +2562,10 @@ class Client:
     - `max_stage_wait_s`: the longest a secure round polls one stage (default one day).
     - `max_response_s`: the longest one response may take to arrive whole, headers and body
       (default 600 s); a slower one is abandoned (`ClientError` `too_slow`).
+    - `max_model_bytes`: the largest model the client downloads, 4 bytes a parameter as the
+      task's spec declares it (default `MAX_MODEL_BYTES`, 256 MiB); a larger one is refused
+      before any request or allocation for it (`ModelTooLargeError`). An integer >= 4, else
+      `ValueError` at construction.
 
     Threads: one call at a time. Calls may come from different threads one after another
     (each thread's deadline and cancel event are its own, `_Deadline`), but two calls running
@@ -2542,6 +2592,7 @@ class Client:
         sleep: Callable[[float], None] = time.sleep,
         max_stage_wait_s: float = MAX_STAGE_WAIT_S,
         max_response_s: float = MAX_RESPONSE_S,
+        max_model_bytes: int = MAX_MODEL_BYTES,
     ) -> None:
         self._base = _check_base_url(base_url)  # before the app directory is made
         _check_timeout(timeout)  # so too
@@ -2549,6 +2600,7 @@ class Client:
         self._core = _Core(
             app_dir, retries=retries, backoff_s=backoff_s, clock=clock,
             max_stage_wait_s=max_stage_wait_s, max_response_s=max_response_s,
+            max_model_bytes=max_model_bytes,
         )  # fmt: skip
         try:
             self._http = httpx.Client(
@@ -3183,7 +3235,8 @@ class AsyncClient:
     Its arguments are `Client`'s, less `sleep` (it awaits `asyncio.sleep`): `base_url`,
     `app_dir`, `transport` (an `httpx.AsyncBaseTransport`), `timeout`, `retries`, `backoff_s`,
     `verify`, `mods` (each `async mod(request, next) -> response`), `clock`,
-    `max_stage_wait_s` and `max_response_s`, which here bounds any transport. As `Client`, one
+    `max_stage_wait_s`, `max_response_s`, which here bounds any transport, and
+    `max_model_bytes`. As `Client`, one
     call at a time: two tasks running calls on one client at once interleave at their awaits
     over the same unlocked device state.
     """
@@ -3202,6 +3255,7 @@ class AsyncClient:
         clock: Callable[[], float] = time.time,
         max_stage_wait_s: float = MAX_STAGE_WAIT_S,
         max_response_s: float = MAX_RESPONSE_S,
+        max_model_bytes: int = MAX_MODEL_BYTES,
     ) -> None:
         self._base = _check_base_url(base_url)  # before the app directory is made
         _check_timeout(timeout)  # so too
@@ -3209,6 +3263,7 @@ class AsyncClient:
         self._core = _Core(
             app_dir, retries=retries, backoff_s=backoff_s, clock=clock,
             max_stage_wait_s=max_stage_wait_s, max_response_s=max_response_s,
+            max_model_bytes=max_model_bytes,
         )  # fmt: skip
         try:
             self._http = httpx.AsyncClient(
