@@ -3,8 +3,6 @@ at the next start, with the reason in its status, and its rows are kept as store
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from pathlib import Path
 
 from compression import encode_snapshot
@@ -12,7 +10,7 @@ from coordinator.service import ServiceConfig, Store
 from coordinator.service.rounds import Coordinator
 from protocol.names import TaskState
 
-from .test_service_support import SPEC, initial_params, task_config
+from .test_service_support import SPEC, initial_params, rewrite_stored_config, task_config
 
 REASON = (
     "AggregatorSpecError: krum: Krum needs n > 2f + 2, which a fraction f >= 0.5 never meets; "
@@ -29,12 +27,7 @@ def test_a_stored_krum_task_with_f_one_half_is_refused_at_start(tmp_path: Path) 
     task_id = coord.create_task(task_config(aggregator="krum:f=0.4", clients_per_round=7))
     coord.set_initial_model(task_id, encode_snapshot(initial_params(), SPEC, "fp32"))
     coord.store.close()
-    con = sqlite3.connect(db)
-    (raw,) = con.execute("SELECT config_json FROM tasks WHERE task_id=?", (task_id,)).fetchone()
-    stored = json.dumps(json.loads(raw) | {"aggregator": "krum:f=0.5"})
-    con.execute("UPDATE tasks SET config_json=? WHERE task_id=?", (stored, task_id))
-    con.commit()
-    con.close()
+    stored = rewrite_stored_config(db, task_id, aggregator="krum:f=0.5")
 
     # Execute: the upgraded coordinator starts on that store
     coord = Coordinator(Store(db), ServiceConfig(db_path=str(db)))

@@ -12,8 +12,6 @@ XPASS) once they do, and their marker then goes."""
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from pathlib import Path
 
 import httpx
@@ -34,6 +32,7 @@ from .test_service_support import (
     SPEC,
     admin_get,
     initial_params,
+    rewrite_stored_config,
     task_config,
     wait_until,
 )
@@ -96,12 +95,7 @@ def test_a_task_stored_with_such_a_delta_still_loads_and_runs_after_a_restart(
     coord.set_initial_model(task_id, encode_snapshot(initial_params(), SPEC, "fp32"))
     coord.store.close()
     stored_spec = "dp:clip=1,z=1,population=2,sample=2,delta=0.5+fedavg"
-    con = sqlite3.connect(db)
-    (raw,) = con.execute("SELECT config_json FROM tasks WHERE task_id=?", (task_id,)).fetchone()
-    stored = json.dumps(json.loads(raw) | {"aggregator": stored_spec})
-    con.execute("UPDATE tasks SET config_json=? WHERE task_id=?", (stored, task_id))
-    con.commit()
-    con.close()
+    rewrite_stored_config(db, task_id, aggregator=stored_spec)
 
     # Execute: the upgraded coordinator starts on that store; two devices take its round
     with _service(db) as url, httpx.Client(base_url=url) as http:

@@ -11,7 +11,6 @@ while Krum reported `guarantee_holds: true`.
 from __future__ import annotations
 
 import json
-import sqlite3
 from pathlib import Path
 
 import httpx
@@ -26,7 +25,7 @@ from coordinator.service.rounds import Coordinator, validate_task
 from protocol.messages import to_json
 from tests.mobile_sim.test_h84_cli import TINY
 
-from .test_service_support import ADMIN, SPEC, initial_params, task_config
+from .test_service_support import ADMIN, SPEC, initial_params, rewrite_stored_config, task_config
 
 REFUSED = [
     # spec, clients_per_round, what the reason says
@@ -167,12 +166,7 @@ def test_a_stored_task_with_such_a_cohort_is_refused_at_start(tmp_path: Path) ->
     task_id = coord.create_task(task_config(aggregator="krum:f=2", clients_per_round=7))
     coord.set_initial_model(task_id, encode_snapshot(initial_params(), SPEC, "fp32"))
     coord.store.close()
-    con = sqlite3.connect(db)
-    (raw,) = con.execute("SELECT config_json FROM tasks WHERE task_id=?", (task_id,)).fetchone()
-    stored = json.dumps(json.loads(raw) | {"clients_per_round": 4})
-    con.execute("UPDATE tasks SET config_json=? WHERE task_id=?", (stored, task_id))
-    con.commit()
-    con.close()
+    stored = rewrite_stored_config(db, task_id, clients_per_round=4)
     # Execute
     coord = Coordinator(Store(db), ServiceConfig(db_path=str(db)))
     coord.restore()

@@ -8,9 +8,7 @@ refused when the coordinator starts, with the reason, its rows kept as stored.
 
 from __future__ import annotations
 
-import json
 import math
-import sqlite3
 from pathlib import Path
 
 import httpx
@@ -30,7 +28,7 @@ from coordinator.service.rounds import Coordinator
 from protocol.messages import to_json
 from protocol.names import TaskState
 
-from .test_service_support import ADMIN, SPEC, initial_params, task_config
+from .test_service_support import ADMIN, SPEC, initial_params, rewrite_stored_config, task_config
 
 BASE = "dp:z=1,population=1000,sample=10"
 AUTH = {"authorization": f"Bearer {ADMIN}"}
@@ -121,12 +119,7 @@ def test_a_task_stored_with_denom_inf_is_refused_at_start(tmp_path: Path) -> Non
     task_id = coord.create_task(task_config(aggregator=ok, clients_per_round=10))
     coord.set_initial_model(task_id, encode_snapshot(initial_params(), SPEC, "fp32"))
     coord.store.close()
-    con = sqlite3.connect(db)
-    (raw,) = con.execute("SELECT config_json FROM tasks WHERE task_id=?", (task_id,)).fetchone()
-    stored = json.dumps(json.loads(raw) | {"aggregator": ok.replace("denom=10", "denom=inf")})
-    con.execute("UPDATE tasks SET config_json=? WHERE task_id=?", (stored, task_id))
-    con.commit()
-    con.close()
+    stored = rewrite_stored_config(db, task_id, aggregator=ok.replace("denom=10", "denom=inf"))
     # Execute
     coord = Coordinator(Store(db), ServiceConfig(db_path=str(db)))
     coord.restore()

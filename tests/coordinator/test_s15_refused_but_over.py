@@ -5,8 +5,6 @@ refused task that was running stays 409: the operator's fix brings it back."""
 
 from __future__ import annotations
 
-import json
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -16,7 +14,7 @@ from coordinator.service import ServiceConfig, Store
 from coordinator.service.errors import ApiError
 from coordinator.service.rounds import Coordinator
 
-from .test_service_support import SPEC, initial_params, task_config
+from .test_service_support import SPEC, initial_params, rewrite_stored_config, task_config
 
 
 def _refused_world(db: Path, stop: bool) -> tuple[Coordinator, int]:
@@ -28,12 +26,7 @@ def _refused_world(db: Path, stop: bool) -> tuple[Coordinator, int]:
     if stop:
         coord.stop_task(task_id)
     coord.store.close()
-    con = sqlite3.connect(db)
-    (raw,) = con.execute("SELECT config_json FROM tasks WHERE task_id=?", (task_id,)).fetchone()
-    stored = json.dumps(json.loads(raw) | {"aggregator": "krum:f=0.5"})
-    con.execute("UPDATE tasks SET config_json=? WHERE task_id=?", (stored, task_id))
-    con.commit()
-    con.close()
+    rewrite_stored_config(db, task_id, aggregator="krum:f=0.5")
     again = Coordinator(Store(db), ServiceConfig(db_path=str(db)))
     again.restore()
     assert task_id in again.refused

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import socket
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -113,6 +115,18 @@ def create_task(http: httpx.Client, cfg: TaskConfig | None = None) -> int:
     )
     assert r.status_code == 200, r.text
     return task_id
+
+
+def rewrite_stored_config(db: Path, task_id: int, **changes: Any) -> str:
+    """Rewrite the config a task's row holds in the database at `db` (no store open on it),
+    `changes` merged in, as a store written before a check existed holds it: the JSON stored."""
+    con = sqlite3.connect(db)
+    (raw,) = con.execute("SELECT config_json FROM tasks WHERE task_id=?", (task_id,)).fetchone()
+    stored = json.dumps(json.loads(raw) | changes)
+    con.execute("UPDATE tasks SET config_json=? WHERE task_id=?", (stored, task_id))
+    con.commit()
+    con.close()
+    return stored
 
 
 def admin_get(http: httpx.Client, path: str) -> Any:
