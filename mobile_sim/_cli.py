@@ -97,7 +97,74 @@ def _aggregator_help() -> str:
 _DATASETS = "mnist, digits, shakespeare, synthetic, synthetic_iid or synthetic(ALPHA,BETA)"
 _MODELS = "mnist_cnn, mlp, digits_mlp, synthetic_lr, shakespeare_lstm, shakespeare_lstm_small"
 _BACKENDS = ("sequential", "vectorized", "pool", "ray")
+_INNER_BACKENDS = ("sequential", "vectorized")  # in pool and Ray workers (--inner-backend)
 _PROG = "plume sim"
+
+
+class RuntimeEnv:
+    """A parsed --ray-runtime-env: `env`, Ray's runtime_env (a JSON object), and `path`, the
+    file it was read from (None: given inline). Its `str` is what rounds.json's `command`
+    records: the path, or for inline JSON a placeholder naming its keys (its values may be
+    secrets), which a rerun refuses in one line."""
+
+    def __init__(self, env: dict[str, Any], path: str | None) -> None:
+        self.env = env
+        self.path = path
+
+    def __str__(self) -> str:
+        if self.path is not None:
+            return self.path
+        return f"{_NOT_RECORDED} (keys: {', '.join(sorted(self.env)) or 'none'})>"
+
+
+_NOT_RECORDED = "<inline runtime_env not recorded"
+
+
+def _runtime_env(text: str) -> RuntimeEnv:
+    """--ray-runtime-env: a JSON object, or the path of a file holding one (read now)."""
+    import json
+
+    if text.startswith(_NOT_RECORDED):
+        raise argparse.ArgumentTypeError(
+            "this is the placeholder rounds.json's command records for an inline runtime_env "
+            "(its values may be secrets, so they were not recorded): give the JSON object, or "
+            "a file holding it, again"
+        )
+    path: str | None = None
+    source = text
+    if _is_file(text):
+        path = source = text
+        try:
+            source = Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise argparse.ArgumentTypeError(f"cannot read {path} ({reason})") from None
+    try:
+        env = json.loads(source)
+    except (ValueError, RecursionError) as exc:
+        if path is not None:
+            raise argparse.ArgumentTypeError(f"{path} does not hold valid JSON: {exc}") from None
+        if text.lstrip().startswith(("{", "[", '"')):
+            raise argparse.ArgumentTypeError(f"not valid JSON: {exc}") from None
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a JSON object nor a file holding one (no such file)"
+        ) from None
+    if not isinstance(env, dict):
+        kind = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}
+        raise argparse.ArgumentTypeError(
+            f"{f'{path} must hold' if path else 'must be'} a JSON object (Ray's runtime_env: "
+            f"py_modules, pip, env_vars, ...), not {kind.get(type(env), 'a number')}"
+        )
+    return RuntimeEnv(env, path)
+
+
+def _is_file(text: str) -> bool:
+    """Whether `text` names an existing file (False for what no path can be: a name too long,
+    a NUL byte, as an inline JSON object may be)."""
+    try:
+        return Path(text).is_file()
+    except (OSError, ValueError):
+        return False
 
 
 def _secure_default(name: str) -> str:
@@ -468,6 +535,39 @@ def register(sub: Any) -> None:
         "tasks' rate, at least 300 s; 3600 s for a worker's first task)",
     )
     g.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="pool and ray: worker processes or Ray actors (default: the pool one per CPU of "
+        "this machine; Ray one per CPU free in the cluster when it starts)",
+    )
+    g.add_argument(
+        "--inner-backend",
+        default=None,
+        choices=_INNER_BACKENDS,
+        help="pool and ray: how each worker trains its share of the devices: one by one, or "
+        "vectorized (vmap; fastest for small models such as digits_mlp) (default: sequential)",
+    )
+    g.add_argument(
+        "--ray-address",
+        default=None,
+        metavar="ADDRESS",
+        help="ray: the cluster to join: HOST:PORT of `ray start --head`, ray://HOST:PORT, or "
+        "auto (default: $RAY_ADDRESS, else a private Ray runtime on this machine)",
+    )
+    g.add_argument(
+        "--ray-runtime-env",
+        type=_runtime_env,
+        default=None,
+        metavar="JSON|FILE",
+        help="ray: Ray's runtime_env for ray.init, a JSON object or a .json file holding one, "
+        'e.g. \'{"env_vars": {"OMP_NUM_THREADS": "1"}}\' or {"py_modules": [...]} to ship '
+        "code to nodes without Plume. rounds.json records only its keys (values such as "
+        "env_vars may be secrets): its command names the FILE, or leaves inline JSON out "
+        "(default: none)",
+    )
+    g.add_argument(
         "--ort-fraction",
         type=float,
         default=0.0,
@@ -633,6 +733,10 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         "malicious": args.malicious,
         "backend": args.backend,
         "job_timeout_s": args.job_timeout,
+        "workers": args.workers,
+        "inner_backend": args.inner_backend,
+        "ray_address": args.ray_address,
+        "ray_runtime_env": None if args.ray_runtime_env is None else args.ray_runtime_env.env,
         "ort_fraction": args.ort_fraction,
         "ort_artifacts": args.ort_artifacts,
         "ort_tier": args.ort_tier,
@@ -849,7 +953,17 @@ _CODEC_FLAGS = tuple(
     )
 )
 # Flags the HTTP fleet has no use for: it trains each device in its own SDK client.
-_INPROC_ONLY = (("--backend", "backend"), ("--job-timeout", "job_timeout"))
+_INPROC_ONLY = (
+    ("--backend", "backend"),
+    ("--job-timeout", "job_timeout"),
+    ("--workers", "workers"),
+    ("--inner-backend", "inner_backend"),
+    ("--ray-address", "ray_address"),
+    ("--ray-runtime-env", "ray_runtime_env"),
+)
+# Options of the backends whose workers run in other processes, and of Ray alone.
+_WORKER_ONLY = (("--workers", "workers"), ("--inner-backend", "inner_backend"))
+_RAY_ONLY = (("--ray-address", "ray_address"), ("--ray-runtime-env", "ray_runtime_env"))
 
 
 # Flags of the realistic fleet's selection.
@@ -959,6 +1073,9 @@ _FLAG_OF_FIELD = {
     "checkin_period_s": "--checkin-period",
     "min_memory_mb": "--min-memory-mb",
     "job_timeout_s": "--job-timeout",
+    "inner_backend": "--inner-backend",
+    "ray_address": "--ray-address",
+    "ray_runtime_env": "--ray-runtime-env",
     "ort_fraction": "--ort-fraction",
     "ort_artifacts": "--ort-artifacts",
     "ort_tier": "--ort-tier",
@@ -987,6 +1104,7 @@ _LEADING_FIELDS = (
     "lr",
     "momentum",
     "seed",
+    "workers",
 )
 
 
@@ -1087,6 +1205,10 @@ def _usage_error(args: argparse.Namespace) -> str | None:
             f"{head} to --transport inproc (the HTTP fleet trains one SDK client per device "
             "in this process)"
         )
+    if args.backend not in ("pool", "ray") and (head := _only_apply(args, _WORKER_ONLY, " and ")):
+        return f"{head} to --backend pool or ray (this run: --backend {args.backend})"
+    if args.backend != "ray" and (head := _only_apply(args, _RAY_ONLY, " and ")):
+        return f"{head} to --backend ray (this run: --backend {args.backend})"
     if _fleet(args) != "realistic" and (head := _only_apply(args, _REALISTIC_ONLY, " and ")):
         return f"{head} with --fleet realistic"
     if problem := _selection_timeout_error(args.selection_timeout):
@@ -1394,6 +1516,15 @@ def _sim(args: argparse.Namespace) -> int:
                 return _fail(text, 1)
             except DataError as exc:  # the data folder is missing or unreadable
                 return _fail(_data_error_text(args, exc), 1)
+            except ConnectionError as exc:
+                if args.backend != "ray" or "Ray cluster" not in str(exc):
+                    raise
+                # RayBackend.start's one line for an address nothing answers at, in flags.
+                text = str(exc).replace("RayBackend(address=...)", "--ray-address")
+                text = text.replace(
+                    "without RAY_ADDRESS or address=", "without --ray-address or RAY_ADDRESS"
+                )
+                return _fail(text, 1)
             try:
                 write_run(res, run_dir, command=_command(args))
             except KeyboardInterrupt:

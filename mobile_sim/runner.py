@@ -83,13 +83,24 @@ def default_model(dataset: str) -> str | None:
 
 # Backends whose jobs run in other processes, where a stuck worker can be stopped.
 _TIMED_BACKENDS = ("pool", "ray")
+# What a pool or Ray worker runs inside (backends._worker.INNER_BACKENDS, not imported here:
+# it imports torch).
+_INNER_BACKENDS = ("sequential", "vectorized")
 
 
 def backend_for(cfg: SimConfig) -> Backend:
-    """The backend `cfg` names, with its stall limit (`job_timeout_s`) where one is set."""
-    if cfg.job_timeout_s is None:
-        return build_backend(cfg.backend)
-    return build_backend(cfg.backend, job_timeout_s=cfg.job_timeout_s)
+    """The backend `cfg` names, with the options it sets: the stall limit (`job_timeout_s`),
+    the worker count (`workers`) and what the workers run (`inner_backend`) of the pool and
+    Ray, and Ray's `ray_address` and `ray_runtime_env`. An option left None is left to the
+    backend's own default."""
+    options = {
+        "job_timeout_s": cfg.job_timeout_s,
+        "workers": cfg.workers,
+        "inner": cfg.inner_backend,
+        "address": cfg.ray_address,
+        "runtime_env": None if cfg.ray_runtime_env is None else dict(cfg.ray_runtime_env),
+    }
+    return build_backend(cfg.backend, **{k: v for k, v in options.items() if v is not None})
 
 
 # Integer fields that count something a run needs at least one of.
@@ -149,6 +160,17 @@ class SimConfig:
     # pool and ray: seconds one worker task may run before the round fails (None: an
     # automatic limit that scales with the work, backends._worker.StallLimit)
     job_timeout_s: float | None = None
+    # pool and ray: how many workers (None: the pool's one per CPU, Ray's one actor per CPU
+    # free when it starts) and what each runs inside, "sequential" or "vectorized" (None:
+    # sequential)
+    workers: int | None = None
+    inner_backend: str | None = None
+    # ray: the cluster to join ("auto", host:port, ray://...; None: $RAY_ADDRESS, else a
+    # private local runtime) and the runtime_env given to ray.init (py_modules, pip,
+    # env_vars, ...). rounds.json records only the runtime_env's keys: values such as
+    # env_vars may be secrets (`as_dict`).
+    ray_address: str | None = None
+    ray_runtime_env: dict[str, Any] | None = field(default=None, hash=False)
     ort_fraction: float = 0.0
     ort_artifacts: str | None = None
     ort_tier: str | None = None  # e.g. "low": that tier's phones train on onnxruntime
@@ -267,6 +289,7 @@ class SimConfig:
                 )
             if not (math.isfinite(self.job_timeout_s) and self.job_timeout_s > 0):
                 raise ValueError("job_timeout_s must be a positive number of seconds")
+        self._check_backend_options()
         # The coordinator's bound (coordinator/service/rounds.py, validate_task).
         if self.deadline_s is not None and not 0 < self.deadline_s <= COORDINATOR_MAX_S:
             raise ValueError(
@@ -297,6 +320,38 @@ class SimConfig:
         self.codec()  # validates topk / bits / index / ...
         self.engine_config()  # validates over_selection / server_lr
         self._check_dp_sampling()
+
+    def _check_backend_options(self) -> None:
+        """Refuse a pool or Ray option for a backend that has no use for it (it was not
+        silently dropped: there was no such option), or a value the backend would refuse."""
+        workers, inner = self.workers, self.inner_backend
+        for name in ("workers", "inner_backend"):
+            if getattr(self, name) is not None and self.backend not in _TIMED_BACKENDS:
+                raise ValueError(
+                    f"{name} applies to the {' and '.join(_TIMED_BACKENDS)} backends, not "
+                    f"{self.backend!r} (an inline backend runs in this process)"
+                )
+        if workers is not None and (
+            isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1
+        ):
+            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        if inner is not None and inner not in _INNER_BACKENDS:
+            raise ValueError(f"inner_backend must be {' or '.join(_INNER_BACKENDS)}, got {inner!r}")
+        for name in ("ray_address", "ray_runtime_env"):
+            if getattr(self, name) is not None and self.backend != "ray":
+                raise ValueError(f"{name} applies to the ray backend, not {self.backend!r}")
+        if self.ray_address is not None and (
+            not isinstance(self.ray_address, str) or not self.ray_address.strip()
+        ):
+            raise ValueError(f"ray_address must be a non-empty string, got {self.ray_address!r}")
+        env = self.ray_runtime_env
+        if env is not None:
+            if not isinstance(env, dict) or not all(isinstance(k, str) for k in env):
+                raise ValueError(
+                    "ray_runtime_env must be a dict with string keys (Ray's runtime_env: "
+                    f"py_modules, pip, env_vars, ...), got {type(env).__name__}"
+                )
+            object.__setattr__(self, "ray_runtime_env", dict(env))  # not the caller's dict
 
     @property
     def run_aggregator(self) -> str:
@@ -450,6 +505,11 @@ class SimConfig:
             del values["plugins"]
         if self.min_memory_mb is None:
             del values["min_memory_mb"]  # likewise
+        if self.ray_runtime_env is not None:
+            # Its keys only: values such as env_vars (tokens, passwords) may be secrets, and
+            # rounds.json is shared with results.
+            del values["ray_runtime_env"]
+            values["ray_runtime_env_keys"] = sorted(self.ray_runtime_env)
         if self.deadline_defaulted:
             # Only then: a config without the key (every rounds.json before it) had its
             # deadline, if any, given by the user.
