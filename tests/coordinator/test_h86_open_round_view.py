@@ -20,12 +20,10 @@ from hypothesis import strategies as st
 from compression import encode_snapshot
 from coordinator.service.rounds import Coordinator, _own_view
 
+# the cohort, another device and the measurement trees test_h69_closed_round_cost draws from
+from .test_h69_closed_round_cost import _COHORT, _OTHER, _STRINGS, _TREE, _device
 from .test_restart_midround import Clock, _start
 from .test_service_support import SPEC, initial_params, task_config
-
-
-def _device(i: int) -> str:
-    return f"{i:032x}"
 
 
 def _open_round(db: Path, cohort: int) -> tuple[Coordinator, int]:
@@ -98,21 +96,6 @@ def test_a_device_read_of_an_open_round_allocates_the_same_at_any_cohort(tmp_pat
         coord.store.close()
     # Assert: no set of the cohort built per read (one of 1,200 ids is ~32 KiB)
     assert peaks[1] < peaks[0] + 4096, peaks
-
-
-_COHORT = [_device(i) for i in range(4)]
-_OTHER = _device(99)
-_STRINGS = st.sampled_from(
-    [*_COHORT, _OTHER, "x", "clients", f"from {_COHORT[0]} and {_COHORT[1]}", f"{_COHORT[2]}!"]
-)
-_LEAF = st.one_of(st.integers(-3, 3), st.floats(allow_nan=False), st.none(), _STRINGS)
-_TREE = st.recursive(
-    _LEAF,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=5), st.dictionaries(_STRINGS, inner, max_size=5)
-    ),
-    max_leaves=30,
-)
 
 
 @settings(max_examples=200, derandomize=True, deadline=None)
