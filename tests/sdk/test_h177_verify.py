@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,19 +21,9 @@ from sdk import AsyncClient, Client
 from tests.coordinator.test_service_support import ADMIN
 
 from .test_h102_cancel_write import _self_signed
-from .test_h177_tls_certificate import _TlsServer
+from .test_h177_tls_certificate import _TlsServer, tls  # noqa: F401 (tls: a fixture)
 
 MODES = pytest.mark.parametrize("asynchronous", [False, True], ids=["Client", "AsyncClient"])
-
-
-@pytest.fixture
-def tls(tmp_path: Path) -> Iterator[tuple[_TlsServer, str]]:
-    cert, key = _self_signed(tmp_path)
-    server = _TlsServer(cert, key)
-    try:
-        yield server, cert
-    finally:
-        server.close()
 
 
 def _check_in(base: str, root: Path, asynchronous: bool, verify: Any) -> Any:
@@ -55,7 +44,10 @@ def _check_in(base: str, root: Path, asynchronous: bool, verify: Any) -> Any:
 @MODES
 @pytest.mark.parametrize("kind", [str, Path], ids=["str", "Path"])
 def test_a_ca_bundle_path_is_trusted_without_a_deprecation_warning(
-    tls: tuple[_TlsServer, str], tmp_path: Path, asynchronous: bool, kind: type
+    tls: tuple[_TlsServer, str],  # noqa: F811
+    tmp_path: Path,
+    asynchronous: bool,
+    kind: type,
 ) -> None:
     # Prepare
     server, cert = tls
