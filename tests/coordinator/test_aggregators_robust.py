@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -24,6 +23,8 @@ from coordinator.aggregators import (
     UpdateRows,
 )
 from coordinator.aggregators._robust import krum_scores, resolve_f
+
+from .test_h148_sparse_support import peak_of, random_sparse_reports
 
 
 def sparse_updates(dense: np.ndarray) -> list[ClientUpdate]:
@@ -257,12 +258,7 @@ def test_memory_stays_far_below_n_by_d() -> None:
     """
     # Prepare
     n, d, k = 200, 100_000, 1_000
-    rng = np.random.default_rng(10)
-    updates = []
-    for i in range(n):
-        idx = np.sort(rng.choice(d, size=k, replace=False)).astype(np.int64)
-        vals = rng.normal(size=k).astype(np.float32)
-        updates.append(ClientUpdate(f"d{i}", SparseUpdate(idx, vals, d), 1.0))
+    updates = random_sparse_reports(n, d, k, seed=10)
     block = 1 << 18
     factories: dict[str, Any] = {
         "median": CoordinateMedian(block_elems=block),
@@ -274,13 +270,8 @@ def test_memory_stays_far_below_n_by_d() -> None:
     }
     bound = 32 * d + 48 * n * k + 8 * n * n + 16 * block
     for name, factory in factories.items():
-        proc = factory.create(d)
-        state = proc.initialize()
         # Execute
-        tracemalloc.start()
-        proc.next(state, updates)
-        _, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
+        peak, _ = peak_of(factory, d, updates)
         # Assert
         assert peak < bound, f"{name}: peak {peak} bytes > stated bound {bound}"
         assert peak < 4 * n * d / 5, name

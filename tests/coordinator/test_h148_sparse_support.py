@@ -244,6 +244,20 @@ def test_mixed_rows_sent_what_their_sources_sent() -> None:
     assert np.any(bsent & (means == 0.0))
 
 
+def random_sparse_reports(
+    n: int, d: int, k: int, seed: int, name: str = "d{}"
+) -> list[ClientUpdate]:
+    """`n` reports (named `name.format(i)`, weight 1) of `k` standard normal values each, at
+    sorted distinct coordinates of `d` drawn at random (seed `seed`)."""
+    rng = np.random.default_rng(seed)
+    updates = []
+    for i in range(n):
+        idx = np.sort(rng.choice(d, size=k, replace=False)).astype(np.int64)
+        vals = rng.normal(size=k).astype(np.float32)
+        updates.append(ClientUpdate(name.format(i), SparseUpdate(idx, vals, d), 1.0))
+    return updates
+
+
 def peak_of(factory: Any, d: int, updates: list[ClientUpdate]) -> tuple[int, Any]:
     """The traced peak bytes of one round of `factory` over `updates` (its state made
     before the measurement starts), and the round's output."""
@@ -263,12 +277,7 @@ def test_memory_stays_bounded_without_an_n_by_d_matrix() -> None:
     the support rule on: 100 reports of 500 values over d = 50,000 (an n×d float32 matrix
     would take 20 MB)."""
     n, d, k = 100, 50_000, 500
-    rng = np.random.default_rng(10)
-    updates = []
-    for i in range(n):
-        idx = np.sort(rng.choice(d, size=k, replace=False)).astype(np.int64)
-        vals = rng.normal(size=k).astype(np.float32)
-        updates.append(ClientUpdate(f"d{i}", SparseUpdate(idx, vals, d), 1.0))
+    updates = random_sparse_reports(n, d, k, seed=10)
     block = 1 << 18
     bound = 32 * d + 48 * n * k + 8 * n * n + 16 * block
     for factory in (

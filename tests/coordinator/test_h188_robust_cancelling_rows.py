@@ -14,7 +14,6 @@ loss as c00d542 fixed in the anomaly screen).
 from __future__ import annotations
 
 import dataclasses
-import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -31,6 +30,7 @@ from coordinator.aggregators import (
 )
 from coordinator.aggregators._robust import DEFAULT_BLOCK_ELEMS
 
+from .test_h148_sparse_support import peak_of, random_sparse_reports
 from .test_h186_anomaly_cancelling_rows import _cu, _Eager
 
 D = 10_000
@@ -199,24 +199,12 @@ def test_lazy_rule_decides_as_the_materialised_rule_on_random_rounds(template: s
 def test_measuring_summed_rows_stays_within_the_documented_bound(spec: str, extra: str) -> None:
     # Each summed row is built one at a time (one float64[d] and the sparse dot temporaries).
     n, d, k = 100, 100_000, 1_000
-    rng = np.random.default_rng(0)
-    updates = []
-    for i in range(n):
-        idx = np.sort(rng.choice(d, size=k, replace=False)).astype(np.int64)
-        vals = rng.normal(size=k).astype(np.float32)
-        updates.append(ClientUpdate(f"d{i:03d}", SparseUpdate(idx, vals, d), 1.0))
+    updates = random_sparse_reports(n, d, k, seed=0, name="d{:03d}")
     nn, big_n, block = n * n, n * k, DEFAULT_BLOCK_ELEMS
     inner = {"krum": 16 * d + 48 * big_n + 40 * nn, "geomed": 32 * d + 48 * big_n}
     inner["cclip"] = inner["geomed"]
     pre = 16 * nn // 2 + 24 * block if spec.startswith("bucket") else 8 * d + 16 * big_n
     bound = inner[extra] + pre + (48 * nn + 24 * block if spec.startswith("nnm") else 0)
-    proc = build_aggregator(spec).create(d)
-    state = proc.initialize()
-    tracemalloc.start()
-    try:
-        out = proc.next(state, updates)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak, out = peak_of(build_aggregator(spec), d, updates)
     assert peak < bound, f"{spec}: peak {peak / 1e6:.1f} MB > documented {bound / 1e6:.1f} MB"
     assert np.all(np.isfinite(out.result))

@@ -11,25 +11,16 @@ import tracemalloc
 
 import numpy as np
 
-from compression import SparseUpdate
-from coordinator.aggregators import ClientUpdate, UpdateRows, build_aggregator
+from coordinator.aggregators import UpdateRows, build_aggregator
 
-
-def _reports(n: int, d: int, k: int, seed: int) -> list[ClientUpdate]:
-    rng = np.random.default_rng(seed)
-    out = []
-    for i in range(n):
-        idx = np.sort(rng.choice(d, size=k, replace=False)).astype(np.int64)
-        vals = rng.normal(size=k).astype(np.float32)
-        out.append(ClientUpdate(f"d{i}", SparseUpdate(idx, vals, d), 1.0))
-    return out
+from .test_h148_sparse_support import random_sparse_reports
 
 
 def test_the_index_table_is_held_once_at_the_peak() -> None:
     # Prepare: 200 reports of 10 values over d = 10⁶ in blocks of 50 columns: the table is
     # int64[200, 20,001] = 32 MB, everything else small.
     n, d, width = 200, 1_000_000, 50
-    rows = UpdateRows.from_client_updates(_reports(n, d, 10, seed=0), d)
+    rows = UpdateRows.from_client_updates(random_sparse_reports(n, d, 10, seed=0), d)
     table = 8 * n * (-(-d // width) + 1)
     # Execute: the table is built before the first block is yielded
     tracemalloc.start()
@@ -47,7 +38,7 @@ def test_the_index_table_is_held_once_at_the_peak() -> None:
 def test_blocks_are_the_reports_dense_values() -> None:
     # Prepare
     n, d = 7, 1_003
-    ups = _reports(n, d, 150, seed=1)
+    ups = random_sparse_reports(n, d, 150, seed=1)
     rows = UpdateRows.from_client_updates(ups, d)
     dense = np.zeros((n, d), dtype=np.float32)
     sent = np.zeros((n, d), dtype=bool)

@@ -14,7 +14,6 @@ such rows (Krum's and NNM's distances) too. Honest mixes keep the old route bit 
 
 from __future__ import annotations
 
-import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -31,6 +30,7 @@ from coordinator.aggregators import (
 )
 from coordinator.aggregators._robust import DEFAULT_BLOCK_ELEMS, WIDE_SPREAD
 
+from .test_h148_sparse_support import peak_of
 from .test_h186_anomaly_cancelling_rows import _cu
 
 D = 1000
@@ -176,7 +176,6 @@ def test_cached_cancelling_rows_stay_within_the_documented_bound(noise: float) -
     # the reports (before, with noise 0: lost to big's rounding, the result off by 512).
     n, d, k = 100, 100_000, 1_000
     rng = np.random.default_rng(0)
-    proc = build_aggregator("bucket:2,seed=3+geomed").create(d)
     perm = np.random.default_rng([3, 0]).permutation(n)  # Bucketing(seed=3), round 0
     vecs: list[tuple[np.ndarray, np.ndarray]] = []
     for _ in range(n):
@@ -194,14 +193,8 @@ def test_cached_cancelling_rows_stay_within_the_documented_bound(noise: float) -
     nn, big_n, block = n * n, n * k, DEFAULT_BLOCK_ELEMS
     # geomed's 32·d + 48·N, bucket's 16·n²/s + 24·block, the cached rows' 16·N.
     bound = 32 * d + 48 * big_n + 16 * nn // 2 + 24 * block + 16 * big_n
-    state = proc.initialize()
     # Execute
-    tracemalloc.start()
-    try:
-        out = proc.next(state, updates)
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak, out = peak_of(build_aggregator("bucket:2,seed=3+geomed"), d, updates)
     # Assert
     assert peak < bound, f"peak {peak / 1e6:.1f} MB > documented {bound / 1e6:.1f} MB"
     mix = np.zeros((n // 2, n))
