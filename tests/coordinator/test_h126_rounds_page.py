@@ -158,6 +158,16 @@ def test_status_last_prints_the_newest_rounds_only(
     assert out == {"task": whole["task"], "rounds": whole["rounds"][-2:]}
 
 
+def _status_usage_error(capsys: pytest.CaptureFixture[str], *flags: str) -> str:
+    """`plume coordinator status *flags` refused with a usage error (status 2): its stderr.
+    Nothing listens at its URL: a request would fail differently (status 1)."""
+    argv = ["coordinator", "status", "--url", "http://127.0.0.1:9", "--admin-token", ADMIN]
+    with pytest.raises(SystemExit) as info:
+        main([*argv, *flags])
+    assert info.value.code == 2
+    return capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("flags", "says"),
     [
@@ -170,12 +180,7 @@ def test_status_last_prints_the_newest_rounds_only(
 def test_status_refuses_a_bad_last_before_any_request(
     flags: list[str], says: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Nothing listens at this URL: a request would fail differently
-    argv = ["coordinator", "status", "--url", "http://127.0.0.1:9", "--admin-token", ADMIN]
-    with pytest.raises(SystemExit) as info:
-        main([*argv, *flags])
-    assert info.value.code == 2
-    assert says in capsys.readouterr().err
+    assert says in _status_usage_error(capsys, *flags)
 
 
 # -- the store: limited in SQL, only the page parsed ------------------------------------------
