@@ -835,6 +835,19 @@ def test_the_service_machines_explore_longer(machine: type[PlainServiceMachine])
     print(dict(sorted(FIRED.items())))
 
 
+def replay(m: Any, steps: list[tuple[str, dict[str, Any]]], checks: list[Any]) -> None:
+    """Run `steps` (rule name, arguments) on the fresh machine `m` after its task is created,
+    each of `checks` after each step, as hypothesis does; `m` is torn down at the end."""
+    try:
+        m.create_task()
+        for name, kwargs in steps:
+            getattr(m, name)(**kwargs)
+            for check in checks:
+                check()
+    finally:
+        m.teardown()
+
+
 def run_steps(steps: list[tuple[str, dict[str, Any]]], machine: Any = PlainServiceMachine) -> None:
     """Run `steps` (rule name, arguments) on a fresh machine, checking every invariant after
     each, as hypothesis does; a known path stays covered whatever the search draws."""
@@ -845,14 +858,7 @@ def run_steps(steps: list[tuple[str, dict[str, Any]]], machine: Any = PlainServi
         m.ledger_matches_the_wire,
         m.versions_grow_and_the_model_matches,
     ]
-    try:
-        m.create_task()
-        for name, kwargs in steps:
-            getattr(m, name)(**kwargs)
-            for check in checks:
-                check()
-    finally:
-        m.teardown()
+    replay(m, steps, checks)
 
 
 def test_a_crash_while_a_round_aggregates_keeps_its_uploads_counted() -> None:

@@ -65,6 +65,7 @@ from .test_h75_service_machine import (
     Receipt,
     Service,
     encode_update,
+    replay,
 )
 from .test_service_support import SPEC, initial_params
 
@@ -722,14 +723,7 @@ def run_steps(steps: list[tuple[str, dict[str, Any]]], fired: tuple[str, ...] = 
         m.the_round_in_memory_is_live,
         m.the_delta_chain_rebuilds_every_version,
     ]
-    try:
-        m.create_task()
-        for name, kwargs in steps:
-            getattr(m, name)(**kwargs)
-            for check in checks:
-                check()
-    finally:
-        m.teardown()
+    replay(m, steps, checks)
     assert not [c for c in fired if not FAULTS_FIRED[c]], (fired, FAULTS_FIRED)
 
 
