@@ -14,6 +14,19 @@ from mobile_sim.backends import TrainContext
 from mobile_sim.backends.ray_backend import RayBackend, check_reachable
 
 
+def tiny_context() -> TrainContext:
+    """A digits_mlp context over 8 random examples (seed 0): enough to start a backend."""
+    rng = np.random.default_rng(0)
+    return TrainContext(
+        "digits_mlp",
+        rng.standard_normal((8, 64)).astype(np.float32),
+        rng.integers(0, 10, 8).astype(np.int64),
+        epochs=1,
+        batch_size=4,
+        lr=0.1,
+    )
+
+
 def _closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -53,15 +66,7 @@ def test_start_with_an_unreachable_ray_address_fails_fast(
     monkeypatch.setattr(ray, "init", lambda *a, **k: started.append((a, k)))
     address = f"127.0.0.1:{_closed_port()}"
     monkeypatch.setenv("RAY_ADDRESS", address)
-    rng = np.random.default_rng(0)
-    ctx = TrainContext(
-        "digits_mlp",
-        rng.standard_normal((8, 64)).astype(np.float32),
-        rng.integers(0, 10, 8).astype(np.int64),
-        epochs=1,
-        batch_size=4,
-        lr=0.1,
-    )
+    ctx = tiny_context()
     backend = RayBackend(workers=1)
     t0 = time.monotonic()
     with pytest.raises(ConnectionError, match="RAY_ADDRESS") as info:

@@ -9,12 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 import mobile_sim
-from mobile_sim.backends import TrainContext
 from mobile_sim.backends.ray_backend import RayBackend
+from tests.mobile_sim.test_h192_ray_address import tiny_context
 
 
 class _Ready:
@@ -56,15 +55,7 @@ def _start(
     monkeypatch.setattr(ray, "get", lambda refs, timeout=None: refs)
     monkeypatch.setattr(ray, "kill", lambda actor: None)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    rng = np.random.default_rng(0)
-    ctx = TrainContext(
-        "digits_mlp",
-        rng.standard_normal((8, 64)).astype(np.float32),
-        rng.integers(0, 10, 8).astype(np.int64),
-        epochs=1,
-        batch_size=4,
-        lr=0.1,
-    )
+    ctx = tiny_context()
     backend = RayBackend(workers=2, runtime_env=runtime_env)
     try:
         backend.start(ctx)
