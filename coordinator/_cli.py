@@ -1262,7 +1262,7 @@ def _create_task(args: argparse.Namespace) -> int:
     from sdk.flat import get_flat_params, spec_from_module
 
     from .service import AdminError
-    from .service.rounds import unproven_feedback_note, validate_task
+    from .service.rounds import creation_warnings, validate_task
 
     # Before any check: the plugins register the names --model may give.
     if not _import_plugins("plume coordinator create-task", args.plugin, args.model):
@@ -1303,6 +1303,7 @@ def _create_task(args: argparse.Namespace) -> int:
         validate_task(config)
         with _admin(args) as admin:
             task_id = admin.create_task(config, get_flat_params(model))
+            warned: list[str] | None = getattr(admin, "created_warnings", None)
     except ValueError as exc:
         print_error("plume coordinator create-task", _with_flag(str(exc)))
         return 1
@@ -1313,8 +1314,10 @@ def _create_task(args: argparse.Namespace) -> int:
         print_error("plume coordinator create-task", admin_error_text(exc, args.url))
         return 1
     print(json.dumps({"task_id": task_id, "model": args.model, "params": spec.size}))
-    if (note := unproven_feedback_note(config)) is not None:
-        # What the coordinator logs for this task, said to the operator who made it.
+    # What the coordinator logs for this task (a dp delta above 1/(10 N), a dp seed=, an
+    # epsilon on an unproven assumption), said to the operator who made it: the `warnings` it
+    # answered, or the same checks run here for a coordinator older than that field.
+    for note in creation_warnings(config) if warned is None else warned:
         print(f"plume coordinator create-task: note: task {task_id}: {note}", file=sys.stderr)
     if config.secure is not None:
         stage_s = config.secure.get("stage_timeout_s", _STAGE_DEFAULTS["stage_timeout_s"])

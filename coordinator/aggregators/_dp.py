@@ -50,6 +50,7 @@ __all__ = [
     "delta_note",
     "delta_refusal",
     "find_dp",
+    "seed_note",
     "seed_refusal",
 ]
 
@@ -447,6 +448,22 @@ def seed_refusal(dp: DPMean | None) -> str | None:
     )
 
 
+def seed_note(dp: DPMean | None) -> str | None:
+    """A warning, or None: `dp` has a fixed noise `seed=` (None without a dp stage or a seed).
+    A new service task with one exists only when `seed_refusal` passes it (no accounting: the
+    stage claims no epsilon, yet its noise can be subtracted all the same) or the service
+    allows seeded dp (`ServiceConfig.allow_seeded_dp`, for simulations and tests). The
+    coordinator logs it when it creates such a task and answers it among the task's
+    `warnings`."""
+    if dp is None or dp.seed is None:
+        return None
+    return (
+        f"its dp stage has seed={dp.seed}: the noise is a function of the seed and the round, "
+        "so whoever knows or guesses the seed can subtract it and its epsilon means nothing "
+        "(docs/privacy.md); leave seed= to simulations"
+    )
+
+
 def _accounting(dp: DPMean) -> str:
     s = dp.sampling
     if isinstance(s, FixedSizeSampling):
@@ -460,7 +477,9 @@ def delta_note(dp: DPMean | None) -> str | None:
     (assumption 8) asks for delta well below 1/N: (0, delta)-DP with delta close to 1/N still
     allows publishing one device's data in full with probability close to 1/N. Not a refusal:
     stored tasks and existing configs use such deltas. `delta_refusal` logs it (logger
-    plume.coordinator.dp), so the paths that create a new task or run warn."""
+    plume.coordinator.dp), so the paths that create a new task or run warn; the coordinator
+    also answers it among a new task's `warnings` (`plume coordinator create-task` prints
+    them)."""
     s = dp.sampling if dp is not None else None
     if dp is None or not isinstance(s, FixedSizeSampling):
         return None

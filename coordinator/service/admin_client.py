@@ -118,6 +118,16 @@ def _task_id(data: Any) -> int:
     return task_id
 
 
+def _task_created(data: Any) -> tuple[int, list[str] | None]:
+    """`POST /v1/admin/tasks`'s task id and `warnings` (its strings; None when the answer
+    has no list there: a coordinator older than the field). Lenient past the id: the task
+    exists by then, and a warning the client cannot read must not stop its model's upload."""
+    warnings = _object(data).get("warnings")
+    if not isinstance(warnings, list):
+        return _task_id(data), None
+    return _task_id(data), [w for w in warnings if isinstance(w, str)]
+
+
 def _reader(cls: type[T]) -> Callable[[Any], T]:
     return lambda data: from_json(cls, data)
 
@@ -202,6 +212,9 @@ class AdminClient:
             raise ValueError("max_response_s must be a positive number of seconds")
         self.max_response_bytes = max_response_bytes
         self.max_response_s = max_response_s
+        # The `warnings` of the last `create_task`'s POST (None: none yet, or an older
+        # coordinator that sends no such field).
+        self.created_warnings: list[str] | None = None
         self._http = httpx.Client(
             base_url=base_url,
             transport=transport,
@@ -293,11 +306,17 @@ class AdminClient:
         """Create the task and upload its initial model (an fp32 snapshot); returns its id.
 
         Params the spec cannot hold raise `ValueError` before any request. If the task is
-        created but its model is not stored, the `AdminError` carries its `task_id`."""
+        created but its model is not stored, the `AdminError` carries its `task_id`.
+        `created_warnings` is then the coordinator's warnings about the new task (a dp delta
+        above 1/(10 N), a dp seed=, ...: what it logs; docs/http-api.md), None from a
+        coordinator older than that field."""
         spec = ModelSpec.from_json([{"name": t.name, "shape": list(t.shape)} for t in config.spec])
         # Encoded first: a model that does not fit the spec must not leave a task behind.
         snapshot = encode_snapshot(np.asarray(params, dtype=np.float32), spec, "fp32")
-        task_id = self._call("POST", Path.ADMIN_TASKS, _task_id, json=to_json(config))
+        self.created_warnings = None
+        task_id, self.created_warnings = self._call(
+            "POST", Path.ADMIN_TASKS, _task_created, json=to_json(config)
+        )
         path = Path.ADMIN_TASK_MODEL.format(task_id=task_id)
         try:
             self._call(

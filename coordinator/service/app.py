@@ -17,6 +17,7 @@ import re
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,16 @@ from .wire import STATE_KEY, Attribution, WireMiddleware
 __all__ = ["create_app"]
 
 log = logging.getLogger("plume.coordinator")
+
+
+@dataclass(slots=True)
+class TaskCreatedWarned(TaskCreated):
+    """`POST /v1/admin/tasks`'s answer: `TaskCreated` (`task_id`, `state`) and `warnings`, what
+    the task was created with but warned about (`rounds.creation_warnings`; empty for most),
+    so that the operator who creates it sees what the coordinator logs."""
+
+    warnings: list[str] = field(default_factory=list)
+
 
 _IDEMPOTENCY = re.compile(r"[A-Za-z0-9_.:-]{1,128}")
 _ERRORS: dict[int | str, dict[str, Any]] = {
@@ -524,19 +535,20 @@ def create_app(
 
     @app.post(
         Path.ADMIN_TASKS,
-        response_model=TaskCreated,
+        response_model=TaskCreatedWarned,
         status_code=201,
         responses=_ERRORS,
         tags=["admin"],
         dependencies=[json_body, Depends(admin)],
     )
-    async def create_task(body: TaskConfig) -> TaskCreated:
-        """Create a task; it waits for its initial model (PUT .../model) before running."""
+    async def create_task(body: TaskConfig) -> TaskCreatedWarned:
+        """Create a task; it waits for its initial model (PUT .../model) before running.
+        `warnings`: what it was created with but warned about (a dp delta above 1/(10 N), ...)."""
         try:
             task_id = coordinator.create_task(body)
         except ValueError as exc:
             raise ApiError(422, Reason.VALIDATION, str(exc)) from None
-        return TaskCreated(task_id, "awaiting_model")
+        return TaskCreatedWarned(task_id, "awaiting_model", rounds.creation_warnings(body))
 
     @app.put(
         Path.ADMIN_TASK_MODEL,

@@ -61,8 +61,10 @@ from coordinator.aggregators._dp import (
     accounted_sample_size,
     amplified_cohort,
     amplified_population,
+    delta_note,
     delta_refusal,
     find_dp,
+    seed_note,
     seed_refusal,
 )
 from coordinator.aggregators._robust import cohort_refusal
@@ -142,6 +144,7 @@ __all__ = [
     "RELOAD_RETRY_S",
     "validate_task",
     "unproven_feedback_note",
+    "creation_warnings",
     "check_features",
     "required_features",
 ]
@@ -597,6 +600,17 @@ def unproven_feedback_note(cfg: TaskConfig) -> str | None:
         "--no-error-feedback; devices need an SDK that honours it) or account without "
         "amplification (population=k,sample=k)"
     )
+
+
+def creation_warnings(cfg: TaskConfig) -> list[str]:
+    """What a new task `cfg` is created with but warned about, in this order: a dp delta
+    above 1/(10 N) (`delta_note`), a dp noise `seed=` (`seed_note`) and an epsilon that rests
+    on an unproven assumption (`unproven_feedback_note`). The coordinator logs each when it
+    creates the task and answers them as the `warnings` of `POST /v1/admin/tasks`, which
+    `plume coordinator create-task` prints. `cfg` must be valid (`validate_task`)."""
+    dp = find_dp(_aggregator(cfg.aggregator))
+    notes = (delta_note(dp), seed_note(dp), unproven_feedback_note(cfg))
+    return [note for note in notes if note is not None]
 
 
 def _check_dp(factory: object) -> None:
@@ -1491,16 +1505,10 @@ class Coordinator:
         if (short := self._pool_shortfall(amplified_population(dp))) is not None:
             raise ValueError(f"aggregator: {short}")
         task_id = self.store.create_task(to_json(cfg), TaskState.AWAITING_MODEL, self.clock())
-        if dp is not None and dp.seed is not None:
-            log.warning(
-                "task %d: its dp stage has seed=%d: the noise is a function of the seed and the "
-                "round, so whoever knows or guesses the seed can subtract it and its epsilon "
-                "means nothing (docs/privacy.md); leave seed= to simulations",
-                task_id,
-                dp.seed,
-            )
-        if (note := unproven_feedback_note(cfg)) is not None:
-            log.warning("task %d: %s", task_id, note)
+        # delta_refusal logged delta_note above; the API answers all three (creation_warnings).
+        for note in (seed_note(dp), unproven_feedback_note(cfg)):
+            if note is not None:
+                log.warning("task %d: %s", task_id, note)
         return task_id
 
     def _pool_shortfall(self, need: int) -> str | None:
