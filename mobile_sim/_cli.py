@@ -998,6 +998,10 @@ def _command(args: argparse.Namespace) -> str:
                 words += [flag, _without_credentials(str(item))]
         elif value is True and default is False:  # a switch (--dense, --secure, ...)
             words.append(flag)
+        elif dest == "ray_address":  # also user:password@host:port, which has no scheme
+            from .backends.ray_backend import public_address
+
+            words += [flag, public_address(str(value))]
         else:
             words += [flag, _without_credentials(str(value))]
     return shlex.join(words)
@@ -1125,6 +1129,7 @@ def _in_flags(message: str) -> str:
 
 # (words in a library message, the same advice in `plume sim` flags)
 _ADVICE_IN_FLAGS = (
+    ("(given by RayBackend(address=...)", "(given by --ray-address"),
     ("lower the client count", "lower --clients"),
     ("raise alpha", "raise --alpha"),
     ("exceeds clients ", "exceeds --clients "),

@@ -168,7 +168,7 @@ class SimConfig:
     # ray: the cluster to join ("auto", host:port, ray://...; None: $RAY_ADDRESS, else a
     # private local runtime) and the runtime_env given to ray.init (py_modules, pip,
     # env_vars, ...). rounds.json records only the runtime_env's keys: values such as
-    # env_vars may be secrets (`as_dict`).
+    # env_vars may be secrets; and the address without a user:password@ (`as_dict`).
     ray_address: str | None = None
     ray_runtime_env: dict[str, Any] | None = field(default=None, hash=False)
     ort_fraction: float = 0.0
@@ -505,6 +505,11 @@ class SimConfig:
             del values["plugins"]
         if self.min_memory_mb is None:
             del values["min_memory_mb"]  # likewise
+        if self.ray_address is not None:
+            from .backends.ray_backend import public_address
+
+            # Without a user:password@ before the host: rounds.json is shared with results.
+            values["ray_address"] = public_address(self.ray_address)
         if self.ray_runtime_env is not None:
             # Its keys only: values such as env_vars (tokens, passwords) may be secrets, and
             # rounds.json is shared with results.

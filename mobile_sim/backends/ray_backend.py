@@ -42,12 +42,35 @@ _START_TIMEOUT_S = 300.0
 _CONNECT_TIMEOUT_S = 5.0
 
 
+def public_address(address: str) -> str:
+    """`address` without a user or password before its host (``ray://u:p@head:10001`` ->
+    ``ray://head:10001``, ``u:p@head:6379`` -> ``head:6379``): what rounds.json and error
+    messages show of a Ray address, since rounds.json is shared with results. A Ray address
+    takes no credentials (Ray authenticates with its token), so this only keeps a mistaken
+    secret from being written; the backend itself still gets the address as given."""
+    scheme, sep, rest = address.partition("://")
+    if not sep:
+        scheme, rest = "", address
+    netloc, slash, path = rest.partition("/")
+    if "@" not in netloc:
+        return address
+    return f"{scheme}{sep}{netloc.rpartition('@')[2]}{slash}{path}"
+
+
 def check_reachable(address: str, source: str, timeout_s: float = _CONNECT_TIMEOUT_S) -> None:
     """Fail at once, in one line, when a plain ``host:port`` Ray address takes no TCP
     connection within `timeout_s` (`source` says where the address came from). Other forms
-    ("auto", "local", ``ray://...``, anything without a numeric port) are left to Ray."""
+    ("auto", "local", ``ray://...``, anything without a numeric port) are left to Ray. A
+    ``user:password@`` before a plain address's host is a ValueError, which shows the address
+    without it (`public_address`): Ray's GCS address takes none, and would show it in full."""
     if "://" in address or address in ("auto", "local"):
         return
+    if public_address(address) != address:
+        raise ValueError(
+            f"a Ray address takes no user or password: {public_address(address)} (given by "
+            f"{source}, shown here without them) had some before its host; Ray authenticates "
+            "with its token (RAY_AUTH_TOKEN or ~/.ray/auth_token), not with the address"
+        )
     host, sep, port_text = address.rpartition(":")
     if not sep or not host or not port_text.isdigit():
         return
