@@ -50,6 +50,7 @@ __all__ = [
     "check_check_in",
     "check_awaiting_round",
     "check_task_id",
+    "check_max_model_bytes",
     "pack_chain",
     "unpack_chain",
     "CHAIN_MAGIC",
@@ -168,12 +169,19 @@ class CheckInRequest:
     `features`: what the device's SDK honours (`protocol.names.Feature` values; a name this
     side does not know is ignored). A task that needs one is not given to a device that does
     not list it (docs/http-api.md, "What the device's SDK honours").
+
+    `max_model_bytes`: the largest model the device downloads (`check_max_model_bytes`: an
+    integer in [4, 2^63)), measured as `compression.ModelSpec.dense_bytes` (4 bytes a
+    parameter of the task's spec) on both sides. A task whose model is larger is not given to
+    the device (docs/http-api.md, "The largest model a device takes"); None (left out of the
+    JSON): no limit declared, as from an SDK before the field.
     """
 
     task_id: int | None = None
     model_version: int | None = None
     awaiting_round: int | None = None
     features: list[str] | None = field(default=None, metadata={_OMIT_NONE: True})
+    max_model_bytes: int | None = field(default=None, metadata={_OMIT_NONE: True})
 
 
 class UploadOutcome(StrEnum):
@@ -527,6 +535,24 @@ def check_task_id(value: Any, where: str = "$.task_id") -> int:
     if type(value) is not int:
         raise MessageError(f"{where}: expected an integer task id, got {type(value).__name__}")
     _in_range(value, where, 1)
+    return value
+
+
+# A check-in's `max_model_bytes` lies in [MIN_MODEL_CAP, MAX_ID): one float32 parameter at
+# least (the SDK's own floor), and below 2^63, the range of every other integer a device sends.
+# Above 8 GiB (the 2^31 parameters a spec may have) it limits nothing; the SDK sends a larger
+# setting of its own as 2^63 - 1.
+MIN_MODEL_CAP = 4
+
+
+def check_max_model_bytes(value: Any, where: str = "$.max_model_bytes") -> int:
+    """`value` as the largest model a device declares it takes: a JSON integer (not a boolean,
+    a float or a string) in [4, 2^63) bytes; else `MessageError`."""
+    if type(value) is not int:
+        raise MessageError(
+            f"{where}: expected an integer number of bytes, got {type(value).__name__}"
+        )
+    _in_range(value, where, MIN_MODEL_CAP)
     return value
 
 

@@ -150,6 +150,8 @@ class Reason(StrEnum):
     REQUEST_TIMEOUT = "request_timeout"
     TASK_REFUSED = "task_refused"
     SDK_UNSUPPORTED = "sdk_unsupported"
+    # A check-in naming a task whose model is larger than the `max_model_bytes` it declared.
+    MODEL_TOO_LARGE = "model_too_large"
     STORE_UNAVAILABLE = "store_unavailable"
     INTERNAL_ERROR = "internal_error"
 

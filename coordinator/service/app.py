@@ -54,6 +54,7 @@ from protocol.messages import (
     UploadReceipt,
     apply_delta,
     check_awaiting_round,
+    check_max_model_bytes,
     check_task_id,
 )
 from protocol.names import ContentType, ModelEncoding, Path, Reason, SnapshotDType, TaskState
@@ -386,12 +387,13 @@ def create_app(
         """A task assignment, or `wait` with `retry_after_s` (pace steering); with
         `awaiting_round`, also what became of the device's accepted upload in that round.
         `features` lists what the device's SDK honours: a task that needs one it does not list
-        is not given to it (409 `sdk_unsupported` when named)."""
-        awaiting = task_id = None
+        is not given to it (409 `sdk_unsupported` when named); nor is a task whose model is
+        over the `max_model_bytes` it declares (409 `model_too_large` when named)."""
+        awaiting = task_id = cap = None
         # Strictly, from the JSON as sent: the model's lax parsing would take "7", 7.0 or true
         # for a round or task id. The object FastAPI parsed for `body` (Starlette keeps it):
-        # not parsed again. `features` is read from it too, strictly (a coordinator before it
-        # ignored the key, so a newer SDK works against one).
+        # not parsed again. `features` and `max_model_bytes` are read from it too, strictly (a
+        # coordinator before either ignored the key, so a newer SDK works against one).
         raw = await request.json()
         try:
             if body.task_id is not None:
@@ -399,9 +401,11 @@ def create_app(
             if body.awaiting_round is not None:
                 awaiting = check_awaiting_round(raw.get("awaiting_round"))
             features = rounds.check_features(raw.get("features"))
+            if body.max_model_bytes is not None:
+                cap = check_max_model_bytes(raw.get("max_model_bytes"))
         except ValueError as exc:  # MessageError; JSON the model's parser took is JSON
             raise ApiError(422, Reason.VALIDATION, str(exc)) from None
-        answer = coordinator.check_in(fields.device_id, task_id, awaiting, features)
+        answer = coordinator.check_in(fields.device_id, task_id, awaiting, features, cap)
         att: Attribution = getattr(request.state, STATE_KEY)
         if answer.assignment is not None:
             att.round_id = answer.assignment.round_id

@@ -240,6 +240,16 @@ def _shown(value: object) -> str:
     return text if len(text) <= 80 else text[:80] + "..."
 
 
+def _too_large(rt: TaskRuntime, max_model_bytes: int) -> str:
+    """Why a task's rounds are not given to a device that declared `max_model_bytes`."""
+    size = rt.spec.dense_bytes
+    return (
+        f"task {rt.task_id}'s model is {size} bytes ({size // 4} float32 parameters, as its spec "
+        f"declares), over the max_model_bytes={max_model_bytes} this device declared in its "
+        "check-in"
+    )
+
+
 def required_features(cfg: TaskConfig) -> frozenset[str]:
     """The check-in features a device must declare to be given `cfg`'s rounds: none, or
     `error_feedback_off` for a task whose devices keep no residual (docs/privacy.md, item 5).
@@ -2024,6 +2034,7 @@ class Coordinator:
         task_id: int | None = None,
         awaiting_round: int | None = None,
         features: frozenset[str] = frozenset(),
+        max_model_bytes: int | None = None,
     ) -> CheckInResponse:
         """Assign a round or tell the device when to come back (pace steering). With
         `awaiting_round`, the answer carries that round's `upload_outcome` for the device.
@@ -2031,7 +2042,15 @@ class Coordinator:
         `features`: what the device's SDK declared it honours (`check_features`). A task that
         needs one it did not declare (`TaskRuntime.requires`) is never given to it: naming the
         task is 409 `sdk_unsupported`, unless the task is over ("end" as for anyone); naming
-        none passes the task over. Both are counted in `plume_check_ins_sdk_unsupported`."""
+        none passes the task over. Both are counted in `plume_check_ins_sdk_unsupported`.
+
+        `max_model_bytes`: the largest model the device declared it takes
+        (`protocol.messages.check_max_model_bytes`; None: none declared, no limit). A task
+        whose model is larger (`ModelSpec.dense_bytes`, 4 bytes a parameter: the measure the
+        SDK's own check uses) is never given to it, in the same way: naming the task is 409
+        `model_too_large` unless the task is over; naming none passes it over (a "wait" whose
+        detail names it when no other task takes the device). Either way the device leaves
+        the task's selection pool, so no round of it selects the device."""
         over = self.refused.get(task_id) if task_id is not None else None
         if over is not None and over.state in (TaskState.DONE, TaskState.STOPPED):
             # Stored as over: final, whatever this coordinator makes of its config.
@@ -2042,19 +2061,25 @@ class Coordinator:
             # Final, as a done task is: the device stops checking in for it.
             answer = self._end(task_id, "was stopped by the operator; it runs no more rounds")
         else:
-            answer = self._check_in(device_id, task_id, features)
+            answer = self._check_in(device_id, task_id, features, max_model_bytes)
         if awaiting_round is not None:
             answer.round_outcome = str(self.upload_outcome(awaiting_round, device_id))
         return answer
 
     def _check_in(
-        self, device_id: str, task_id: int | None, features: frozenset[str]
+        self,
+        device_id: str,
+        task_id: int | None,
+        features: frozenset[str],
+        max_model_bytes: int | None = None,
     ) -> CheckInResponse:
         now = self.clock()
         retry: float | None = None
         pace = 0.0
         # Why each task the device's SDK cannot run (it lacks a feature) was passed over.
         passed_over: list[str] = []
+        # Why each task whose model is over the device's max_model_bytes was passed over.
+        too_large: list[str] = []
         for rt in sorted(self.runtimes.values(), key=lambda r: r.task_id):
             if task_id is not None and rt.task_id != task_id:
                 continue
@@ -2069,6 +2094,18 @@ class Coordinator:
                 if task_id is None:
                     if self._takes_devices(rt):
                         passed_over.append(self._unsupported(rt, features))
+                    continue
+            if max_model_bytes is not None and rt.spec.dense_bytes > max_model_bytes:
+                # As a missing feature, before a selected device's assignment too (one
+                # selected while it declared a larger limit, or none, gets no assignment it
+                # would refuse). Out of the pool as well: it may be there from such a check-in,
+                # and a round opened by another device's check-in must not select it.
+                rt.pool.pop(device_id, None)
+                if task_id is not None and rt.state != TaskState.DONE:
+                    raise ApiError(409, Reason.MODEL_TOO_LARGE, _too_large(rt, max_model_bytes))
+                if task_id is None:
+                    if self._takes_devices(rt):
+                        too_large.append(_too_large(rt, max_model_bytes))
                     continue
             cur = rt.current
             if cur is not None and not cur.closing and now < cur.deadline:
@@ -2116,7 +2153,9 @@ class Coordinator:
             # A device whose SDK cannot run the tasks there are: so may one it can, and its
             # check-ins stay as slow as an idle device's (counted for the operator).
             detail = "no active task"
-            if passed_over:
+            if too_large:
+                detail = f"no active task this device can run: {'; '.join(passed_over + too_large)}"
+            elif passed_over:
                 detail = f"no active task this device's SDK can run: {'; '.join(passed_over)}"
             return CheckInResponse(CheckInAction.WAIT, self.config.idle_retry_s, None, detail)
         retry = min(max(retry, pace), MAX_RETRY_S)
