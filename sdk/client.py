@@ -263,26 +263,34 @@ class ModelIntegrityError(ClientError):
     is raised when a snapshot fails."""
 
 
-# `ModelTooLargeError.reason` (no request was made: the name is the SDK's).
+# `ModelTooLargeError.reason`: the SDK's own refusal (no request made) and the coordinator's
+# 409 to a check-in naming such a task (`protocol.names.Reason.MODEL_TOO_LARGE`) alike.
 MODEL_TOO_LARGE = "model_too_large"
 
 
 class ModelTooLargeError(ClientError):
     """The task's model is larger than the client's `max_model_bytes` allows: refused before
-    any of it is downloaded (no request made) or any array of its size allocated, whether it
-    would have come as a snapshot or as a delta chain. `status` 0, `reason` `MODEL_TOO_LARGE`
-    ("model_too_large"); `declared` is the model's size as the task's spec declares it (4
-    bytes a parameter: its fp32 snapshot, and each array a round holds), `limit` the client's
-    `max_model_bytes`, `task_id` the task. The app directory is as before the call."""
+    any of it is downloaded or any array of its size allocated, whether it would have come as
+    a snapshot or as a delta chain. `reason` `MODEL_TOO_LARGE` ("model_too_large"), `task_id`
+    the task, `limit` the client's `max_model_bytes`. The app directory is as before the call.
 
-    def __init__(self, task_id: int, declared: int, limit: int) -> None:
-        super().__init__(
-            0,
-            MODEL_TOO_LARGE,
-            f"task {task_id}'s model is {declared} bytes ({declared // 4} float32 parameters, "
-            f"as its spec declares), over this client's max_model_bytes={limit}: not "
-            "downloaded (raise max_model_bytes if the device can hold it)",
-        )
+    Two sources. The coordinator, told the limit in every check-in, refuses a check-in naming
+    such a task: `status` 409, `detail` the coordinator's (it names the model's size), and
+    `declared` None. Or the client itself, given such a task's round all the same (by a
+    coordinator from before `max_model_bytes`, which ignores it): `status` 0, no request made
+    for the model, `declared` its size as the task's spec declares it (4 bytes a parameter:
+    its fp32 snapshot, and each array a round holds)."""
+
+    def __init__(
+        self, task_id: int, declared: int | None, limit: int, *, status: int = 0, detail: str = ""
+    ) -> None:
+        if declared is not None:
+            detail = (
+                f"task {task_id}'s model is {declared} bytes ({declared // 4} float32 "
+                f"parameters, as its spec declares), over this client's max_model_bytes={limit}: "
+                "not downloaded (raise max_model_bytes if the device can hold it)"
+            )
+        super().__init__(status, MODEL_TOO_LARGE, detail)
         self.task_id = task_id
         self.declared = declared
         self.limit = limit
@@ -888,8 +896,13 @@ class _Core:
         awaiting = self.awaiting_round()
         if awaiting is not None:
             parts.append(f'"awaiting_round":{awaiting}')
-        # In the signed body, not a header (headers are not signed). A coordinator before
-        # `features` ignores the key, as it ignores any it does not know.
+        # The largest model this client downloads, so the coordinator gives it no task whose
+        # model is larger (it would be refused in `model_exchange`, and hold a selection slot
+        # for nothing). A setting of 2^63 or more limits nothing: sent as 2^63 - 1, the most
+        # the field takes. In the signed body, not a header (headers are not signed). A
+        # coordinator before `max_model_bytes` or `features` ignores the key, as it ignores any
+        # it does not know.
+        parts.append(f'"max_model_bytes":{min(self.max_model_bytes, MAX_ID - 1)}')
         parts.append('"features":[' + ",".join(f'"{f}"' for f in FEATURES) + "]")
         body = ("{" + ",".join(parts) + "}").encode()
         return _Exchange(
@@ -2066,6 +2079,9 @@ def _check_in_answer(
         err = _refusal(response)
         if err.reason == Reason.SDK_UNSUPPORTED:
             raise SdkUnsupportedError(err.status, err.reason, err.detail, task_id)
+        if err.reason == Reason.MODEL_TOO_LARGE and task_id is not None:
+            limit = core.max_model_bytes
+            raise ModelTooLargeError(task_id, None, limit, status=err.status, detail=err.detail)
         raise err
     answer: CheckInResponse = _parse(CheckInResponse, response)
     # Before the rest is looked at: `round_outcome` answers `awaiting_round` whatever the
@@ -2564,8 +2580,9 @@ class Client:
       (default 600 s); a slower one is abandoned (`ClientError` `too_slow`).
     - `max_model_bytes`: the largest model the client downloads, 4 bytes a parameter as the
       task's spec declares it (default `MAX_MODEL_BYTES`, 256 MiB); a larger one is refused
-      before any request or allocation for it (`ModelTooLargeError`). An integer >= 4, else
-      `ValueError` at construction.
+      before any request or allocation for it (`ModelTooLargeError`). Every check-in tells the
+      coordinator, which then assigns no task whose model is larger (docs/devices.md). An
+      integer >= 4, else `ValueError` at construction.
 
     Threads: one call at a time. Calls may come from different threads one after another
     (each thread's deadline and cancel event are its own, `_Deadline`), but two calls running
@@ -2766,7 +2783,9 @@ class Client:
         (the task named is done or stopped; returned, not raised). A task named that this
         coordinator refuses or does not know is its `ClientError` (409 `task_refused`, 404
         `unknown_task`); one that needs a feature this SDK does not honour is
-        `SdkUnsupportedError` (409 `sdk_unsupported`: update the SDK). An answer a device
+        `SdkUnsupportedError` (409 `sdk_unsupported`: update the SDK); one whose model is over
+        this client's `max_model_bytes` is `ModelTooLargeError` (409 `model_too_large`). An
+        answer a device
         cannot act on (see
         `protocol.messages.check_check_in`, or an assignment for another task than `task_id`)
         is a `ClientError` `bad_response`; such an answer, if it parses as a check-in answer,
@@ -3058,8 +3077,10 @@ class Client:
         """Check in until assigned (sleeping as told), then train one round; None on timeout
         (`last_check_in`, this call's last answer, says why);
         `TaskEndedError` at once when the task named runs no more rounds (done or stopped),
-        and `SdkUnsupportedError` when it needs a feature this SDK does not honour, with no
-        further check-in.
+        `SdkUnsupportedError` when it needs a feature this SDK does not honour, and
+        `ModelTooLargeError` when its model is over `max_model_bytes`, with no further
+        check-in. Naming no task, the coordinator gives the device no task whose model is over
+        `max_model_bytes` (each check-in tells it the limit).
 
         `max_wait_s` bounds the re-send of an upload an earlier run left pending (which comes
         first), the check-ins, their retries and the waits between them: a wait, a backoff or a
