@@ -140,6 +140,7 @@ def test_an_abandoned_round_returns_the_accepted_upload_to_the_residual(
         "task_id": task_id,
         "awaiting_round": assignment,
         "model_version": 0,
+        "max_model_bytes": 268435456,
         "features": ["error_feedback_off"],
     }
     assert seen.answers[-2]["round_outcome"] == "abandoned"
@@ -246,7 +247,12 @@ def test_a_coordinator_that_ignores_the_field_leaves_the_record_waiting(tmp_path
 
     # Assert: asked each time, nothing settled (the record stays, no residual written)
     assert answer.round_outcome is None
-    sent = {"task_id": 3, "awaiting_round": 5, "features": ["error_feedback_off"]}
+    sent = {
+        "task_id": 3,
+        "awaiting_round": 5,
+        "max_model_bytes": 268435456,
+        "features": ["error_feedback_off"],
+    }
     assert [json.loads(b) for b in bodies] == [sent] * 2
     record = DeviceStore(root).load_accepted()
     assert record is not None and record.round_id == 5

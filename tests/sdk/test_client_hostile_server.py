@@ -649,7 +649,11 @@ def test_a_held_version_outside_0_to_2_63_is_not_offered(tmp_path: Path) -> None
         _, version, _ = c.fetch_current(1, SPEC)
     # Assert: neither the check-in nor the download named -1 (which the coordinator refuses);
     # the device asked for a snapshot and now holds a real version
-    assert json.loads(sent[0].content) == {"task_id": 1, "features": ["error_feedback_off"]}
+    assert json.loads(sent[0].content) == {
+        "task_id": 1,
+        "max_model_bytes": 268435456,
+        "features": ["error_feedback_off"],
+    }
     assert "have" not in sent[1].url.params
     assert version == 4 and store.state()["model_version"] == 4
 

@@ -79,10 +79,12 @@ def test_every_check_in_declares_what_the_sdk_honours(world: World, tmp_path: Pa
         # Execute: naming the task and naming none
         named = device.check_in(world.off)
         anything = device.check_in()
-    # Assert: the exact bytes (the feature last), and the task that needs it takes the device
+    # Assert: the exact bytes (the feature last, after the model limit: test_h212), and the
+    # task that needs it takes the device
+    limit = '"max_model_bytes":268435456'
     assert seen.bodies == [
-        f'{{"task_id":{world.off},"features":["error_feedback_off"]}}'.encode(),
-        b'{"features":["error_feedback_off"]}',
+        f'{{"task_id":{world.off},{limit},"features":["error_feedback_off"]}}'.encode(),
+        f'{{{limit},"features":["error_feedback_off"]}}'.encode(),
     ]
     assert named.action == anything.action == "wait"
     assert named.detail == anything.detail == "not selected yet"
@@ -131,7 +133,8 @@ def test_participate_on_a_task_needing_a_feature_it_lacks_raises_once(
     assert isinstance(err, ClientError)
     assert (err.status, err.reason, err.task_id) == (409, Reason.SDK_UNSUPPORTED, world.off)
     assert "error_feedback_off" in err.detail and "update the app's SDK" in err.detail
-    assert seen.bodies == [f'{{"task_id":{world.off},"features":[]}}'.encode()] * 2
+    sent = f'{{"task_id":{world.off},"max_model_bytes":268435456,"features":[]}}'
+    assert seen.bodies == [sent.encode()] * 2
     assert took < 5.0
 
 
