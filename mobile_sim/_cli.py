@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import math
 import os
@@ -121,9 +122,8 @@ _NOT_RECORDED = "<inline runtime_env not recorded"
 
 
 def _runtime_env(text: str) -> RuntimeEnv:
-    """--ray-runtime-env: a JSON object, or the path of a file holding one (read now)."""
-    import json
-
+    """--ray-runtime-env: a JSON object, or the path of a file holding one (read now), of the
+    shape Ray takes (`_runtime_env_problem`)."""
     if text.startswith(_NOT_RECORDED):
         raise argparse.ArgumentTypeError(
             "this is the placeholder rounds.json's command records for an inline runtime_env "
@@ -150,12 +150,120 @@ def _runtime_env(text: str) -> RuntimeEnv:
             f"{text!r} is neither a JSON object nor a file holding one (no such file)"
         ) from None
     if not isinstance(env, dict):
-        kind = {list: "an array", str: "a string", bool: "true or false", type(None): "null"}
         raise argparse.ArgumentTypeError(
             f"{f'{path} must hold' if path else 'must be'} a JSON object (Ray's runtime_env: "
-            f"py_modules, pip, env_vars, ...), not {kind.get(type(env), 'a number')}"
+            f"py_modules, pip, env_vars, ...), not {_json_kind(env)}"
         )
+    problem = _runtime_env_problem(env)
+    if problem is not None:
+        raise argparse.ArgumentTypeError(f"{path}: {problem}" if path else problem)
     return RuntimeEnv(env, path)
+
+
+def _json_kind(value: object) -> str:
+    """What JSON `value` is, in words ("a string", "an array holding a number", ...)."""
+    if isinstance(value, bool):
+        return "true or false"
+    if isinstance(value, list):
+        odd = next((item for item in value if not isinstance(item, str)), None)
+        return "an array" if odd is None else f"an array holding {_json_kind(odd)}"
+    kinds = {dict: "an object", str: "a string", type(None): "null"}
+    return kinds.get(type(value), "a number")
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+# The fields Ray (2.60) takes in a runtime_env's pip and uv objects, and their types.
+_PACKAGE_FIELDS: dict[str, dict[str, tuple[type, str]]] = {
+    "pip": {
+        "pip_check": (bool, "true or false"),
+        "pip_version": (str, "a string"),
+        "pip_install_options": (list, "an array of strings"),
+    },
+    "uv": {
+        "uv_check": (bool, "true or false"),
+        "uv_version": (str, "a string"),
+        "uv_pip_install_options": (list, "an array of strings"),
+    },
+}
+
+
+def _runtime_env_problem(env: dict[str, Any]) -> str | None:
+    """What Ray would refuse in a --ray-runtime-env by its shape alone, or None: the checks of
+    Ray 2.60's runtime_env for env_vars, py_modules, working_dir, excludes, pip, uv, conda,
+    container and config (a null value is left unset, as Ray does). It names the key, never a
+    value: env_vars may hold secrets, and Ray's own messages quote values. What only Ray can
+    check (a path, a URI, its other keys) is checked when the run starts Ray, where a refusal
+    is also one line naming the key (RayBackend.start)."""
+    given = {key: value for key, value in env.items() if value is not None}
+    env_vars = given.get("env_vars")
+    if env_vars is not None:
+        if not isinstance(env_vars, dict):
+            return (
+                "env_vars must be an object of variable names to strings (Ray sets each as an "
+                f"environment variable of the workers), not {_json_kind(env_vars)}"
+            )
+        for name, value in env_vars.items():
+            if not isinstance(value, str):
+                return (
+                    f"env_vars[{json.dumps(name)}] must be a string (Ray sets it as an "
+                    f"environment variable: quote it), not {_json_kind(value)}"
+                )
+    for key in ("py_modules", "excludes"):
+        if key in given and not _strings(given[key]):
+            return f"{key} must be an array of strings, not {_json_kind(given[key])}"
+    if "working_dir" in given and not isinstance(given["working_dir"], str):
+        return f"working_dir must be a string, not {_json_kind(given['working_dir'])}"
+    installers = [key for key in ("pip", "uv", "conda") if key in given]
+    if len(installers) > 1:
+        return f"{' and '.join(installers)} cannot be given together (Ray takes one of them)"
+    for key, fields in _PACKAGE_FIELDS.items():
+        if key in given and (problem := _packages_problem(key, given[key], fields)):
+            return problem
+    if "conda" in given and not isinstance(given["conda"], (str, dict)):
+        return (
+            "conda must be the name of a conda environment, a .yaml file or an object, not "
+            f"{_json_kind(given['conda'])}"
+        )
+    if given.get("container") and (
+        others := sorted(set(given) - {"container", "config", "env_vars"})
+    ):
+        return f"container takes only config and env_vars with it, not {', '.join(others)}"
+    if "config" in given and not isinstance(given["config"], dict):
+        return f"config must be an object, not {_json_kind(given['config'])}"
+    return None
+
+
+def _packages_problem(key: str, value: object, fields: dict[str, tuple[type, str]]) -> str | None:
+    """What Ray refuses in a runtime_env's `key` ("pip" or "uv"): a requirements file's path,
+    an array of requirements, or an object of `packages` and `fields`."""
+    if isinstance(value, str) or _strings(value):
+        return None
+    if not isinstance(value, dict):
+        return (
+            f"{key} must be a requirements file's path, an array of strings or an object, not "
+            f"{_json_kind(value)}"
+        )
+    unknown = sorted(set(value) - {"packages", *fields})
+    if unknown:
+        return (
+            f"{key} takes only the fields packages, {', '.join(fields)}, not "
+            f"{', '.join(json.dumps(name) for name in unknown)}"
+        )
+    if "packages" not in value:
+        return f"{key} must include packages (the requirements to install)"
+    packages = value["packages"]
+    if not (_strings(packages) or (key == "pip" and isinstance(packages, str))):
+        what = "an array of strings" + (" or a requirements file's path" if key == "pip" else "")
+        return f"{key}.packages must be {what}, not {_json_kind(packages)}"
+    for name, (kind, words) in fields.items():
+        if name in value and not (
+            _strings(value[name]) if kind is list else isinstance(value[name], kind)
+        ):
+            return f"{key}.{name} must be {words}, not {_json_kind(value[name])}"
+    return None
 
 
 def _is_file(text: str) -> bool:
@@ -563,9 +671,10 @@ def register(sub: Any) -> None:
         metavar="JSON|FILE",
         help="ray: Ray's runtime_env for ray.init, a JSON object or a .json file holding one, "
         'e.g. \'{"env_vars": {"OMP_NUM_THREADS": "1"}}\' or {"py_modules": [...]} to ship '
-        "code to nodes without Plume. rounds.json records only its keys (values such as "
-        "env_vars may be secrets): its command names the FILE, or leaves inline JSON out "
-        "(default: none)",
+        "code to nodes without Plume; a shape Ray refuses (env_vars maps names to strings) is "
+        "an error naming the key, never a value. rounds.json records only its keys (values "
+        "such as env_vars may be secrets): its command names the FILE, or leaves inline JSON "
+        "out (default: none)",
     )
     g.add_argument(
         "--ort-fraction",
@@ -1130,6 +1239,7 @@ def _in_flags(message: str) -> str:
 # (words in a library message, the same advice in `plume sim` flags)
 _ADVICE_IN_FLAGS = (
     ("(given by RayBackend(address=...)", "(given by --ray-address"),
+    ("RayBackend(runtime_env=...)", "--ray-runtime-env"),
     ("lower the client count", "lower --clients"),
     ("raise alpha", "raise --alpha"),
     ("exceeds clients ", "exceeds --clients "),
@@ -1530,6 +1640,14 @@ def _sim(args: argparse.Namespace) -> int:
                     "without RAY_ADDRESS or address=", "without --ray-address or RAY_ADDRESS"
                 )
                 return _fail(text, 1)
+            except RuntimeError as exc:
+                from .backends.ray_backend import RuntimeEnvSetupFailed
+
+                if debug or not isinstance(exc, RuntimeEnvSetupFailed):
+                    raise
+                # A node could not set --ray-runtime-env up: one line without Ray's message
+                # (a refusal of its shape is a ValueError, above: a usage error).
+                return _fail(_in_flags(str(exc)), 1)
             try:
                 write_run(res, run_dir, command=_command(args))
             except KeyboardInterrupt:

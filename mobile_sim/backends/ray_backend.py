@@ -11,11 +11,13 @@ caller started, to the actors themselves, where Ray takes no local folders or mo
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import socket
 import time
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -33,7 +35,7 @@ from ._worker import (
     task_examples,
 )
 
-__all__ = ["RayBackend", "RayWorkerError"]
+__all__ = ["RayBackend", "RayWorkerError", "RuntimeEnvRefused", "RuntimeEnvSetupFailed"]
 
 # Seconds the actors get to be scheduled and build their model (import torch, get the data).
 _START_TIMEOUT_S = 300.0
@@ -115,6 +117,109 @@ class RayWorkerError(RuntimeError):
     """An actor's share of the round ran past the backend's stall limit (`job_timeout_s`)."""
 
 
+class RuntimeEnvRefused(ValueError):
+    """Ray refused the backend's `runtime_env` (the shape of a key, a path or URI in it, keys
+    it takes only alone). The message names the key(s) and leaves out Ray's own, which may
+    quote a value: env_vars (and pip's options) may hold secrets."""
+
+
+class RuntimeEnvSetupFailed(RuntimeError):
+    """Ray could not set the backend's `runtime_env` up for the actors (a pip or conda install
+    that failed, say). Like `RuntimeEnvRefused`, without Ray's message; Ray's logs have it."""
+
+
+# Keys of a runtime_env that ray.init turns from local folders or imported modules into
+# uploads before it checks them: checked by Ray there, not by `_check_runtime_env` before.
+_UPLOADED_KEYS = ("py_modules", "working_dir")
+# Where Ray's runtime_env code lives (a frame there raised the error: it is about the env).
+_RUNTIME_ENV_CODE = (
+    os.path.join("ray", "runtime_env", ""),
+    os.path.join("ray", "_private", "runtime_env", ""),
+)
+_RUNTIME_ENV_FUNCTIONS = ("set_runtime_env", "_validate_runtime_env", "_merge_runtime_env")
+_NOT_SHOWN = "Ray's message is left out, as it may quote a value such as a secret"
+
+
+def _refused_alone(env: dict[str, Any]) -> list[str]:
+    """The keys of `env` (none of `_UPLOADED_KEYS`) that Ray's runtime_env check refuses on
+    their own."""
+    from ray.runtime_env import RuntimeEnv
+
+    refused = []
+    for key, value in env.items():
+        try:
+            RuntimeEnv(**{key: value})
+        except Exception:
+            refused.append(key)
+    return refused
+
+
+def _which(keys: list[str], env: dict[str, Any], together: bool) -> str:
+    """The `keys` of `env` Ray refused, in words ("its pip"); none known: all of its keys,
+    refused `together` (a combination, such as pip with conda) or "one of" them."""
+    if keys or len(env) == 1:
+        return "its " + " and ".join(keys or list(env))
+    listed = ", ".join(sorted(env))
+    return f"its keys {listed} together" if together else f"one of its keys ({listed})"
+
+
+def _check_runtime_env(env: dict[str, Any]) -> None:
+    """Ray's own check of `env` (what ray.init and an actor's options run), before Ray is
+    started or an actor is made: a refusal is one line naming the key, not Ray's message.
+    py_modules and working_dir are left to ray.init, which uploads them before it checks."""
+    from ray.runtime_env import RuntimeEnv
+
+    checked = {key: value for key, value in env.items() if key not in _UPLOADED_KEYS}
+    try:
+        RuntimeEnv(**checked)
+    except Exception as exc:
+        keys = _refused_alone(checked)
+        raise RuntimeEnvRefused(
+            f"RayBackend(runtime_env=...): Ray refuses {_which(keys, checked, together=True)} "
+            f"({type(exc).__name__}; {_NOT_SHOWN})"
+        ) from None
+
+
+def _from_runtime_env(exc: BaseException) -> list[str] | None:
+    """When Ray's runtime_env code raised `exc`, the keys its frames name (py_modules.py,
+    working_dir.py, pip.py, ...; possibly none); None when `exc` came from elsewhere."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    named: list[str] = []
+    found = False
+    for frame in frames:
+        in_code = any(part in frame.filename for part in _RUNTIME_ENV_CODE)
+        if in_code or frame.name in _RUNTIME_ENV_FUNCTIONS:
+            found = True
+        if in_code:
+            stem = os.path.splitext(os.path.basename(frame.filename))[0]
+            if stem not in named:
+                named.append(stem)
+    return named if found else None
+
+
+@contextlib.contextmanager
+def _runtime_env_errors(
+    env: dict[str, Any] | None, on_refusal: Callable[[], None]
+) -> Iterator[None]:
+    """Turn an error Ray's runtime_env code raises (in ray.init, or making the actors) into
+    `RuntimeEnvRefused`, naming the key(s) and leaving Ray's message out; `on_refusal` runs
+    first (shutting down a runtime ray.init left half started)."""
+    try:
+        yield
+    except Exception as exc:
+        named = None if env is None else _from_runtime_env(exc)
+        if named is None or env is None:
+            raise
+        on_refusal()
+        keys = [key for key in env if key in named]
+        if not keys:
+            keys = _refused_alone({k: v for k, v in env.items() if k not in _UPLOADED_KEYS})
+        raise RuntimeEnvRefused(
+            f"RayBackend(runtime_env=...): Ray refused {_which(keys, env, together=False)} "
+            f"while starting ({type(exc).__name__}; {_NOT_SHOWN})"
+        ) from None
+
+
 class RayBackend:
     """Trains each round's jobs on `workers` Ray actors (default: one per CPU that is free when
     `start` runs, `ray.available_resources()`).
@@ -173,20 +278,24 @@ class RayBackend:
         self.close()
         self._num_examples = len(ctx.y_train)
         self._stall = StallLimit()
+        env = self.runtime_env
+        if env is not None:
+            _check_runtime_env(env)
         if not ray.is_initialized():
             say("starting Ray")
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
-            if self.runtime_env is not None:
-                kwargs["runtime_env"] = self.runtime_env
-            if self.address:
-                check_reachable(self.address, self._address_source)
-                ray.init(address=self.address, **kwargs)
-            else:
-                # "local": a private runtime even when a cluster was started on this machine
-                # (`ray start`). Without it ray.init joins the cluster named in
-                # /tmp/ray/ray_current_cluster, and refuses num_cpus for an existing cluster.
-                own_cpus = self.num_cpus or os.cpu_count() or 1
-                ray.init(address="local", num_cpus=own_cpus, **kwargs)
+            if env is not None:
+                kwargs["runtime_env"] = env
+            with _runtime_env_errors(env, ray.shutdown):  # a half-started runtime ends too
+                if self.address:
+                    check_reachable(self.address, self._address_source)
+                    ray.init(address=self.address, **kwargs)
+                else:
+                    # "local": a private runtime even when a cluster was started on this
+                    # machine (`ray start`). Without it ray.init joins the cluster named in
+                    # /tmp/ray/ray_current_cluster, and refuses num_cpus for an existing one.
+                    own_cpus = self.num_cpus or os.cpu_count() or 1
+                    ray.init(address="local", num_cpus=own_cpus, **kwargs)
             self._owns_runtime = True
         n = self.workers or max(1, int(ray.available_resources().get("CPU", 1)))
         # One CPU per actor, or an equal share of the cluster's CPUs when more workers than
@@ -196,14 +305,15 @@ class RayBackend:
         cpus = 1.0 if total >= n else math.floor(total / n * 1e4) / 1e4
         say(f"starting {n} Ray actor{'s' if n != 1 else ''}")
         options: dict[str, Any] = {"num_cpus": cpus}
-        if self.runtime_env is not None and not self._owns_runtime:
+        if env is not None and not self._owns_runtime:
             # The caller's runtime (ray.init before start) never saw it: the actors take it.
-            options["runtime_env"] = _actor_runtime_env(self.runtime_env)
-        actor_cls = ray.remote(**options)(WorkerState)
-        ctx_ref = ray.put(ctx)
-        self._actors = [
-            actor_cls.remote(ctx_ref, self.inner, self.threads_per_worker) for _ in range(n)
-        ]
+            options["runtime_env"] = _actor_runtime_env(env)
+        with _runtime_env_errors(env, self.close):
+            actor_cls = ray.remote(**options)(WorkerState)
+            ctx_ref = ray.put(ctx)
+            self._actors = [
+                actor_cls.remote(ctx_ref, self.inner, self.threads_per_worker) for _ in range(n)
+            ]
         # Like the pool: wait until every actor has built its model, so a bad context fails
         # `start` (with the actor's traceback) and actors that cannot be placed fail it too.
         try:
@@ -213,6 +323,16 @@ class RayBackend:
             raise RuntimeError(
                 f"{n} Ray actors ({cpus} CPU each) did not start in {_START_TIMEOUT_S:.0f} s; "
                 f"the cluster reports {total:g} CPUs"
+            ) from None
+        except ray.exceptions.RuntimeEnvSetupError:
+            self.close()
+            if env is None:  # Ray's own (a runtime the caller started with its runtime_env)
+                raise
+            raise RuntimeEnvSetupFailed(
+                f"RayBackend(runtime_env=...): Ray could not set up the actors' runtime_env "
+                f"({', '.join(sorted(env))}; {_NOT_SHOWN}): its account is in "
+                "runtime_env_setup-*.log and runtime_env_agent.log in the logs folder of the Ray "
+                "session on each node (/tmp/ray/session_latest/logs by default)"
             ) from None
         except BaseException:
             self.close()
