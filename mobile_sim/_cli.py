@@ -99,6 +99,8 @@ _DATASETS = "mnist, digits, shakespeare, synthetic, synthetic_iid or synthetic(A
 _MODELS = "mnist_cnn, mlp, digits_mlp, synthetic_lr, shakespeare_lstm, shakespeare_lstm_small"
 _BACKENDS = ("sequential", "vectorized", "pool", "ray")
 _INNER_BACKENDS = ("sequential", "vectorized")  # in pool and Ray workers (--inner-backend)
+_MAX_WORKERS = 1024  # --workers: process_pool.MAX_WORKERS and WORKERS_PER_CPU
+_WORKERS_PER_CPU = 4
 _PROG = "plume sim"
 
 
@@ -648,7 +650,11 @@ def register(sub: Any) -> None:
         default=None,
         metavar="N",
         help="pool and ray: worker processes or Ray actors (default: the pool one per CPU of "
-        "this machine; Ray one per CPU free in the cluster when it starts)",
+        "this machine; Ray one per CPU free in the cluster when it starts), at most "
+        f"{_MAX_WORKERS}, and at most {_WORKERS_PER_CPU} per CPU (the pool: of this machine; "
+        "Ray: of the cluster, checked when it starts): more only take turns on the same CPUs, "
+        "each a process that imports torch, and workers beyond the devices of a round get no "
+        "jobs",
     )
     g.add_argument(
         "--inner-backend",

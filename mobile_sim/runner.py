@@ -331,10 +331,11 @@ class SimConfig:
                     f"{name} applies to the {' and '.join(_TIMED_BACKENDS)} backends, not "
                     f"{self.backend!r} (an inline backend runs in this process)"
                 )
-        if workers is not None and (
-            isinstance(workers, bool) or not isinstance(workers, numbers.Integral) or workers < 1
-        ):
-            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        from .backends.process_pool import check_workers
+
+        # An integer in [1, 1024]; the bound per CPU is the backend's (the pool's is of the
+        # machine that builds it, Ray's of the cluster it joins).
+        check_workers(workers)
         if inner is not None and inner not in _INNER_BACKENDS:
             raise ValueError(f"inner_backend must be {' or '.join(_INNER_BACKENDS)}, got {inner!r}")
         for name in ("ray_address", "ray_runtime_env"):

@@ -58,6 +58,41 @@ def _is_count(x: object) -> bool:
     return isinstance(x, numbers.Integral) and not isinstance(x, bool)
 
 
+# The most workers `workers=` takes, pool or Ray (`SimConfig.workers`, `--workers`): each is a
+# process of its own that imports torch and keeps a model and the training data, and
+# workers beyond the devices a round trains get no jobs. And the most per CPU (of this machine
+# for the pool, of the cluster for Ray, checked when it starts): a worker trains on one torch
+# thread by default, so more workers than CPUs only take turns on them, at a process each.
+MAX_WORKERS = 1024
+WORKERS_PER_CPU = 4
+
+
+def check_workers(workers: int | None) -> None:
+    """Refuse a `workers=` that is not an integer in [1, MAX_WORKERS] (None: the default)."""
+    if workers is None:
+        return
+    if not (_is_count(workers) and workers >= 1):
+        raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+    if workers > MAX_WORKERS:
+        raise ValueError(
+            f"workers must be at most {MAX_WORKERS} (pool and ray), got {workers}: each is a "
+            "process that imports torch, and workers beyond the devices of a round get no jobs"
+        )
+
+
+def too_many_per_cpu(workers: int, cpus: float, where: str) -> str | None:
+    """The error for `workers` over WORKERS_PER_CPU per CPU of `cpus` ("this machine for the
+    pool", "the Ray cluster"), None when they fit."""
+    most = int(WORKERS_PER_CPU * cpus)
+    if workers <= most:
+        return None
+    return (
+        f"workers must be at most {WORKERS_PER_CPU} per CPU of {where} ({most} with its "
+        f"{cpus:g} CPUs), got {workers}: more only take turns on the same CPUs, each a process "
+        "that imports torch"
+    )
+
+
 def _stop(procs: Sequence[Any]) -> None:
     """Kill the workers still alive: used when their work will never be read.
 
@@ -294,15 +329,18 @@ class ProcessPoolBackend:
         start_method: str = "spawn",
         job_timeout_s: float | None = None,
     ) -> None:
-        if workers is not None and not (_is_count(workers) and workers >= 1):
-            raise ValueError(f"workers must be an integer >= 1, got {workers!r}")
+        check_workers(workers)
         if not _is_count(threads_per_worker):
             raise ValueError(f"threads_per_worker must be an integer, got {threads_per_worker!r}")
         if inner not in INNER_BACKENDS:
             raise ValueError(f"inner backend must be one of {INNER_BACKENDS}, got {inner!r}")
         if start_method not in multiprocessing.get_all_start_methods():
             raise ValueError(f"start method {start_method!r} is not available here")
-        self.workers = workers or os.cpu_count() or 1
+        cpus = os.cpu_count() or 1
+        where = "this machine for the pool"
+        if workers is not None and (problem := too_many_per_cpu(workers, cpus, where)):
+            raise ValueError(problem)
+        self.workers = workers or cpus
         self.inner = inner
         self.threads_per_worker = threads_per_worker
         self.start_method = start_method

@@ -34,6 +34,7 @@ from ._worker import (
     split_jobs,
     task_examples,
 )
+from .process_pool import MAX_WORKERS, check_workers, too_many_per_cpu
 
 __all__ = ["RayBackend", "RayWorkerError", "RuntimeEnvRefused", "RuntimeEnvSetupFailed"]
 
@@ -251,8 +252,7 @@ class RayBackend:
         runtime_env: dict[str, Any] | None = None,
         job_timeout_s: float | None = None,
     ) -> None:
-        if workers is not None and workers < 1:
-            raise ValueError("workers must be >= 1")
+        check_workers(workers)
         if inner not in INNER_BACKENDS:
             raise ValueError(f"inner backend must be one of {INNER_BACKENDS}, got {inner!r}")
         self.workers = workers
@@ -297,11 +297,16 @@ class RayBackend:
                     own_cpus = self.num_cpus or os.cpu_count() or 1
                     ray.init(address="local", num_cpus=own_cpus, **kwargs)
             self._owns_runtime = True
-        n = self.workers or max(1, int(ray.available_resources().get("CPU", 1)))
+        free = int(ray.available_resources().get("CPU", 1))
+        n = self.workers or min(MAX_WORKERS, max(1, free))
         # One CPU per actor, or an equal share of the cluster's CPUs when more workers than
         # CPUs are asked for (as the pool allows): otherwise the extra actors would wait for a
-        # free CPU forever, and so would `train`. Ray takes shares to 4 decimals.
+        # free CPU forever, and so would `train`. Ray takes shares to 4 decimals; at most
+        # WORKERS_PER_CPU actors per CPU, so a share is at least a quarter of a CPU.
         total = float(ray.cluster_resources().get("CPU", 0.0))
+        if total > 0 and (problem := too_many_per_cpu(n, total, "the Ray cluster")):
+            self.close()  # the runtime this call started, if it did
+            raise ValueError(problem)
         cpus = 1.0 if total >= n else math.floor(total / n * 1e4) / 1e4
         say(f"starting {n} Ray actor{'s' if n != 1 else ''}")
         options: dict[str, Any] = {"num_cpus": cpus}
