@@ -61,11 +61,17 @@ def public_address(address: str) -> str:
 
 
 def check_reachable(address: str, source: str, timeout_s: float = _CONNECT_TIMEOUT_S) -> None:
-    """Fail at once, in one line, when a plain ``host:port`` Ray address takes no TCP
-    connection within `timeout_s` (`source` says where the address came from). Other forms
-    ("auto", "local", ``ray://...``, anything without a numeric port) are left to Ray. A
-    ``user:password@`` before a plain address's host is a ValueError, which shows the address
-    without it (`public_address`): Ray's GCS address takes none, and would show it in full."""
+    """Fail at once, in one line, when a plain ``host:port`` or a ``ray://host:port`` Ray
+    address takes no TCP connection within `timeout_s` (`source` says where the address came
+    from; for ``ray://`` the Ray client's port, where ray.init would otherwise wait about 30 s
+    and end in a traceback). Other forms ("auto", "local", other schemes, anything without a
+    numeric port) are left to Ray. A ``user:password@`` before a plain address's host is a
+    ValueError, which shows the address without it (`public_address`): Ray's GCS address
+    takes none, and would show it in full."""
+    if address.startswith("ray://"):
+        netloc = address[len("ray://") :].partition("/")[0].rpartition("@")[2]
+        _connect(netloc, public_address(address), source, timeout_s)
+        return
     if "://" in address or address in ("auto", "local"):
         return
     if public_address(address) != address:
@@ -74,7 +80,13 @@ def check_reachable(address: str, source: str, timeout_s: float = _CONNECT_TIMEO
             f"{source}, shown here without them) had some before its host; Ray authenticates "
             "with its token (RAY_AUTH_TOKEN or ~/.ray/auth_token), not with the address"
         )
-    host, sep, port_text = address.rpartition(":")
+    _connect(address, address, source, timeout_s)
+
+
+def _connect(netloc: str, shown: str, source: str, timeout_s: float) -> None:
+    """`check_reachable`'s TCP check of `netloc` (``host:port``; nothing without a numeric
+    port), naming the address as `shown`."""
+    host, sep, port_text = netloc.rpartition(":")
     if not sep or not host or not port_text.isdigit():
         return
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [::1]:6379
@@ -87,7 +99,7 @@ def check_reachable(address: str, source: str, timeout_s: float = _CONNECT_TIMEO
         else:
             why = (exc.strerror or str(exc) or type(exc).__name__).lower()
         raise ConnectionError(
-            f"cannot reach a Ray cluster at {address} (given by {source}): {why}; start one "
+            f"cannot reach a Ray cluster at {shown} (given by {source}): {why}; start one "
             "there (ray start --head) or fix the address (without RAY_ADDRESS or address=, "
             "plume starts a private local Ray runtime)"
         ) from None

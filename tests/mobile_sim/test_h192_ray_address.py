@@ -45,7 +45,8 @@ def test_check_reachable_refuses_a_closed_port() -> None:
 
 
 def test_check_reachable_leaves_other_forms_to_ray() -> None:
-    for address in ("auto", "local", "ray://127.0.0.1:1", "no-port-here"):
+    # (ray://host:port is checked since session 22: test_s22_ray_client_unreachable)
+    for address in ("auto", "local", "ray://no-port-here", "http://127.0.0.1:1", "no-port-here"):
         check_reachable(address, "RAY_ADDRESS", timeout_s=0.1)  # no socket, no error
 
 
