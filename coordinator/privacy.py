@@ -43,6 +43,9 @@ __all__ = [
     "Sampling",
     "calibrate_noise_multiplier",
     "clear_accounting_caches",
+    "composed_rdp_epsilon",
+    "rdp_curve",
+    "rdp_orders",
     "pld_value_interval",
     "PLD_FINE_Z",
     "PLD_VALUE_INTERVAL",
@@ -267,6 +270,61 @@ def _rdp_epsilon(
     orders, curve = _round_rdp(noise_multiplier, sampling, capped)
     total = np.zeros_like(curve)
     total += rounds * curve
+    return float(rdp_privacy_accountant.compute_epsilon(orders, total, delta)[0])
+
+
+def rdp_orders() -> Any:
+    """dp_accounting's default RDP orders (float64, read-only): the grid every curve below,
+    `_round_rdp`'s and a secure task's (`coordinator.secure._dp.RDP_ORDERS`), is on."""
+    import numpy as np
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    orders = np.array(rdp_privacy_accountant.DEFAULT_RDP_ORDERS, dtype=np.float64)
+    orders.setflags(write=False)
+    return orders
+
+
+def rdp_curve(accountant: PrivacyAccountant, rounds: int) -> Any:
+    """The RDP curve (float64 at `rdp_orders()`) of `rounds` rounds as `accountant` would
+    account them under RDP: dp_accounting's curve of its round event times `rounds`, and under
+    method "auto" with fixed-size sampling each round capped by the unsampled Gaussian's
+    (`_round_rdp`). A PLD-accounted (Poisson) task's curve is dp_accounting's RDP one: PLDs of
+    different tasks would compose too, but not with a secure task's zCDP rounds or a
+    fixed-size task's capped curve, which only RDP holds."""
+    import numpy as np
+
+    if rounds < 0:
+        raise ValueError(f"rounds must be >= 0, got {rounds}")
+    _, curve = _round_rdp(
+        accountant.noise_multiplier, accountant.sampling, accountant.method == "auto"
+    )
+    total = np.zeros_like(curve)
+    total += rounds * curve  # as dp_accounting composes SelfComposedDpEvent(round, rounds)
+    return total
+
+
+def composed_rdp_epsilon(curves: Any, delta: float) -> float:
+    """Epsilon at `delta` of the composition of mechanisms with these RDP curves (each at
+    `rdp_orders()`): the curves add, as dp_accounting's RdpAccountant adds its events' curves
+    for a ComposedDpEvent (in the same order, so the same floats), and dp_accounting's
+    `compute_epsilon` converts the sum. 0 for no curve; inf if a curve is (a round that was
+    not private)."""
+    import numpy as np
+    from dp_accounting.rdp import rdp_privacy_accountant
+
+    if not 0.0 < delta < 1.0:
+        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+    orders = rdp_orders()
+    total = np.zeros(len(orders), dtype=np.float64)
+    n = 0
+    for curve in curves:
+        curve = np.asarray(curve, dtype=np.float64)
+        if curve.shape != total.shape:
+            raise ValueError(f"an RDP curve of {curve.shape} values, expected {total.shape}")
+        total += curve
+        n += 1
+    if n == 0:
+        return 0.0
     return float(rdp_privacy_accountant.compute_epsilon(orders, total, delta)[0])
 
 

@@ -63,6 +63,7 @@ from protocol.names import Header as H
 from . import rounds
 from ._secure_api import add_secure_routes
 from .auth import RateLimiter, RequestVerifier, check_admin_token, client_key
+from .dp_total import AllTasksPrivacyCache
 from .errors import ApiError, StoreId, require_media_type
 from .metrics import Metrics
 from .rounds import Coordinator, ServiceConfig
@@ -155,6 +156,9 @@ def create_app(
     # default executor, which round closes share.
     rebuild_lock = asyncio.Lock()
     coordinator = Coordinator(the_store, config, metrics)
+    # The epsilon of a device in every DP-accounted task (report only; docs/privacy.md, 7).
+    all_tasks_dp = AllTasksPrivacyCache(coordinator.runtimes)
+    metrics.dp_all_tasks.source = all_tasks_dp.get
     verifier = RequestVerifier(the_store, config.signature_window_s)
     register_limit = RateLimiter(
         config.register_rate_per_s, config.register_burst, clock=rate_clock or time.monotonic
@@ -776,6 +780,7 @@ def create_app(
             "journal_mode": the_store.journal_mode,
             "tasks": len(coordinator.runtimes),
             "tasks_refused": len(coordinator.refused),
+            "dp_all_tasks": all_tasks_dp.get().to_json(),
         }
 
     app.add_middleware(

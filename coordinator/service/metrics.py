@@ -12,6 +12,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
+from .dp_total import AllTasksPrivacyCollector
 from .store import SCHEMA_VERSION
 
 __all__ = ["Metrics", "TaskRegistries", "plume_version"]
@@ -65,6 +66,10 @@ class Metrics:
         r = self.registry
         self.tasks = TaskRegistries()
         r.register(self.tasks)
+        # plume_dp_epsilon_all_tasks and its companions (docs/privacy.md, assumption 7); the
+        # app points it at its coordinator's tasks.
+        self.dp_all_tasks = AllTasksPrivacyCollector()
+        r.register(self.dp_all_tasks)
         # Prometheus's build-info convention: always 1, the labels say which build answered
         # (joined onto other series in queries, e.g. to see a change across an upgrade).
         self.build_info = Gauge(
