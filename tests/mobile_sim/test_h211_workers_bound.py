@@ -20,6 +20,7 @@ from mobile_sim.backends.process_pool import ProcessPoolBackend
 from mobile_sim.backends.ray_backend import RayBackend
 from mobile_sim.runner import SimConfig, backend_for
 from tests.mobile_sim.test_h192_ray_address import tiny_context
+from tests.mobile_sim.test_h206_backend_flags import _error_line
 
 TINY = [
     "sim", "--dataset", "digits", "--clients", "4", "--per-round", "2", "--rounds", "1",
@@ -145,12 +146,6 @@ def test_rays_default_is_one_actor_per_free_cpu_at_most_1024(
     backend, _, _ = _ray_start(None, 3.0, monkeypatch)
     assert len(backend._actors) == 3
     backend.close()
-
-
-def _error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("plume sim: error:")]
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.mark.parametrize(
