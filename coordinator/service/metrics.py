@@ -132,6 +132,15 @@ class Metrics:
             ["task", "feature"],
             registry=r,
         )
+        self.check_ins_model_too_large = Counter(
+            "plume_check_ins_model_too_large",
+            "Check-ins not given a task's rounds because its model is larger than the "
+            "max_model_bytes the device declared (naming the task: 409 model_too_large; "
+            "naming none: the task passed over), by task; devices poll on, so divide the rate "
+            "by their polling rate for a head count",
+            ["task"],
+            registry=r,
+        )
         self.model_version = Gauge(
             "plume_model_version", "Published model version", ["task"], registry=r
         )

@@ -240,8 +240,10 @@ def _shown(value: object) -> str:
     return text if len(text) <= 80 else text[:80] + "..."
 
 
-def _too_large(rt: TaskRuntime, max_model_bytes: int) -> str:
-    """Why a task's rounds are not given to a device that declared `max_model_bytes`."""
+def _too_large(rt: TaskRuntime, max_model_bytes: int, metrics: Metrics) -> str:
+    """Why a task's rounds are not given to a device that declared `max_model_bytes`; counted
+    in `plume_check_ins_model_too_large`."""
+    metrics.check_ins_model_too_large.labels(str(rt.task_id)).inc()
     size = rt.spec.dense_bytes
     return (
         f"task {rt.task_id}'s model is {size} bytes ({size // 4} float32 parameters, as its spec "
@@ -2102,10 +2104,12 @@ class Coordinator:
                 # and a round opened by another device's check-in must not select it.
                 rt.pool.pop(device_id, None)
                 if task_id is not None and rt.state != TaskState.DONE:
-                    raise ApiError(409, Reason.MODEL_TOO_LARGE, _too_large(rt, max_model_bytes))
+                    raise ApiError(
+                        409, Reason.MODEL_TOO_LARGE, _too_large(rt, max_model_bytes, self.metrics)
+                    )
                 if task_id is None:
                     if self._takes_devices(rt):
-                        too_large.append(_too_large(rt, max_model_bytes))
+                        too_large.append(_too_large(rt, max_model_bytes, self.metrics))
                     continue
             cur = rt.current
             if cur is not None and not cur.closing and now < cur.deadline:
