@@ -4,9 +4,11 @@ DP-accounted task on this coordinator (report only: nothing is refused on it).
 Each task keeps its own accountant (docs/privacy.md, assumption 7); this composes them. A
 plain task with an accounting `dp` stage (`population=`/`q=`) contributes its released rounds
 as `coordinator.privacy.rdp_curve` gives them (its accountant's round event, `rounds` times;
-the round count is the one its `plume_dp_rounds` gauge reads, restored from the store at a
-start); a secure task with distributed DP its `DistributedDpAccountant`'s curve (its zCDP and
-Skellam rounds, rebuilt from the stored measurements at a start). The curves add (RDP
+the round count is the one its accountant keeps, in the aggregator state of its last
+committed round: `TaskRuntime.dp_rounds_released`, restored from the store at a start, so a
+round aggregated but not committed, or discarded, is not in it); a secure task with
+distributed DP its `DistributedDpAccountant`'s curve (its zCDP and Skellam rounds, rebuilt
+from the stored measurements at a start). The curves add (RDP
 composition) and `composed_rdp_epsilon` converts the sum at the smallest delta of the tasks
 that released a round. With one such task the figure is that task's own epsilon, as it
 reports it (PLD for a Poisson-sampled task): the composition of one mechanism is itself.
@@ -88,10 +90,21 @@ def _part(rt: TaskRuntime) -> _Part | None:
     dp = _dp_stage(rt.config.aggregator)
     if dp is None or dp.sampling is None:
         return None
-    value = rt.privacy_metrics.registry.get_sample_value("plume_dp_rounds")
-    rounds = int(value) if value is not None and value > 0 else 0
+    rounds = _central_rounds(rt)
     key = ("central", dp.noise_multiplier, dp.sampling, dp.accounting_method)
     return _Part(rt.task_id, key, rounds, float(dp.delta))
+
+
+def _central_rounds(rt: TaskRuntime) -> int:
+    """A central task's released rounds, as its accountant counts them."""
+    released = getattr(rt, "dp_rounds_released", None)
+    if released is not None:
+        return max(int(released() or 0), 0)
+    # A stand-in without the task's aggregator state (h213's unit tests build runtimes of a
+    # task id, a config and the dp gauges): the gauge its DPMean sets. A TaskRuntime always
+    # answers above.
+    value = rt.privacy_metrics.registry.get_sample_value("plume_dp_rounds")
+    return int(value) if value is not None and value > 0 else 0
 
 
 def _task_epsilon(rt: TaskRuntime, part: _Part) -> float:

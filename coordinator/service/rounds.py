@@ -53,6 +53,8 @@ from compression import (
 from coordinator.aggregators import (
     AggregateOutput,
     AggregatorFactory,
+    DPMean,
+    ServerOptimizer,
     build_aggregator,
     decode_state,
     encode_state,
@@ -495,6 +497,23 @@ def _released_dp(state: str, measurements: dict[str, Any]) -> dict[str, Any] | N
 def _aggregator(name: str) -> AggregatorFactory:
     factory: AggregatorFactory = build_aggregator(name)
     return factory
+
+
+def dp_rounds_in_state(factory: AggregatorFactory, state: Any) -> int | None:
+    """The rounds the `dp` stage of `factory` has released, as its accountant counts them:
+    the round counter of that stage's state within `state`, the aggregator state of
+    `factory`'s process (`DPMean`'s is (rounds, clip, inner state), and a server optimizer's
+    in front of it (m, v, inner state)). None without a `dp` stage there: `build_aggregator`
+    puts one first, or right behind a server optimizer (a `dp` behind a report screen
+    accounts no epsilon)."""
+    node, st = factory, state
+    for _ in range(2):
+        if isinstance(node, DPMean):
+            return int(st[0])
+        if not isinstance(node, ServerOptimizer):
+            return None
+        node, st = node.inner, st[2]
+    return None
 
 
 def validate_task(cfg: TaskConfig) -> ModelSpec:
@@ -949,6 +968,8 @@ class TaskRuntime:
         # An unseeded dp stage's cohort is drawn from OS randomness, not from the task seed
         # (which every assignment carries): a cohort anyone can recompute is no sample.
         self.secret_selection = dp is not None and dp.seed is None
+        # A plain task whose dp stage accounts epsilon: read by `dp_rounds_released`.
+        self._accounted = factory if dp is not None and dp.sampling is not None else None
         self.engine = RoundEngine(
             self.spec,
             params,
@@ -966,6 +987,12 @@ class TaskRuntime:
             version=version,
             next_round=next_round,
         )
+        # The aggregator state the last committed round left (the initial one before any):
+        # what the store keeps with that round and a start restores. The engine's own state
+        # runs ahead of it from the aggregation until the commit, and keeps an aggregate that
+        # is then discarded (a stop that wins against the close, a publish the store refused)
+        # until the task is rebuilt from the store.
+        self.committed_state: Any = self.engine.aggregator_state
         self.published = np.array(params, dtype=np.float32, copy=True)
         self.version = version
         self.digest = digest
@@ -981,6 +1008,16 @@ class TaskRuntime:
         self._snapshots: dict[str, bytes] = {}
         # Whether the published model fits fp16's range (None: not looked at since published).
         self._fits_fp16: bool | None = None
+
+    def dp_rounds_released(self) -> int | None:
+        """The rounds a plain task's accounting `dp` stage has released: the round count its
+        accountant keeps, in the aggregator state of the last committed round
+        (`committed_state`), so a round aggregated but not (yet) committed is not in it.
+        None for a secure task (its `DistributedDpAccountant` counts its rounds) and without
+        a `dp` stage that accounts epsilon (`population=`/`q=`)."""
+        if self.secure is not None or self._accounted is None:
+            return None
+        return dp_rounds_in_state(self._accounted, self.committed_state)
 
     def snapshot(self, dtype: str) -> bytes:
         """The published model as a `dtype` snapshot, encoded once per version. An fp16
@@ -1176,7 +1213,7 @@ class Coordinator:
                 if rt.secure is not None:
                     rt.secure.coordinator.restore_carried_state(carried)
                 else:
-                    rt.engine.aggregator_state = carried
+                    rt.engine.aggregator_state = rt.committed_state = carried
             except (KeyError, TypeError, ValueError) as exc:  # StateCodecError included
                 raise RuntimeError(
                     f"task {task_id}: the stored aggregator state does not restore ({exc!r})"
@@ -2597,6 +2634,8 @@ class Coordinator:
             agg_state=agg_state,
             before_commit=lambda: fault_point("during_publish"),
         )
+        if rt.secure is None:
+            rt.committed_state = carried  # committed: the round's release counts from now
 
     def finish_close(self, rt: TaskRuntime, outcome: RoundOutcome) -> None:
         """Make the published model visible and reset for the next round (event-loop side)."""
