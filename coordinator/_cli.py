@@ -1513,6 +1513,7 @@ def _task_action(args: argparse.Namespace) -> int:
     from .service.admin_client import PAGE_IGNORED
 
     last, before = getattr(args, "last", None), getattr(args, "before", None)
+    privacy: str | None = None
     if args.task is None and (last is not None or before is not None):
         given = (
             "--last and --before need"
@@ -1532,6 +1533,7 @@ def _task_action(args: argparse.Namespace) -> int:
                 out = to_json(admin.resume(args.task))
             elif args.task is None:
                 out = [_task_line(to_json(t)) for t in admin.tasks()]
+                privacy = _privacy_line(admin)
             else:
                 out = {
                     "task": to_json(admin.status(args.task)),
@@ -1558,6 +1560,8 @@ def _task_action(args: argparse.Namespace) -> int:
     if isinstance(out, list):  # status without --task: a line each
         for row in out:
             print(json.dumps(row))
+        if privacy is not None:  # on stderr: stdout stays one JSON line a task
+            print(privacy, file=sys.stderr)
         if not out:  # else nothing at all: is it the coordinator meant?
             print(
                 f"plume coordinator status: note: the coordinator at {args.url} has no task "
@@ -1567,6 +1571,42 @@ def _task_action(args: argparse.Namespace) -> int:
         return 0
     print(json.dumps(out, indent=2))
     return 0
+
+
+def _privacy_line(admin: Any) -> str | None:
+    """`status`'s line for the coordinator-wide epsilon (GET /healthz's `dp_all_tasks`,
+    docs/privacy.md item 7), or None: no task is DP-accounted, or the coordinator does not
+    say (one older than the field, or a /healthz that does not answer: the task lines are
+    printed all the same)."""
+    import httpx
+
+    from protocol.names import Path as Route
+
+    from .service import AdminError
+
+    try:
+        health = admin._call("GET", Route.HEALTHZ)
+    except (AdminError, httpx.HTTPError):
+        return None
+    dp = health.get("dp_all_tasks") if isinstance(health, dict) else None
+    if not isinstance(dp, dict):
+        return None
+    composed, tasks = dp.get("tasks_composed"), dp.get("tasks")
+    eps, delta = dp.get("epsilon"), dp.get("delta")
+    if not isinstance(composed, int) or not isinstance(tasks, int) or composed < 1:
+        return None
+    if dp.get("epsilon_infinite") is True:
+        figure = "epsilon = infinite (a secure task released a round without noise)"
+    elif isinstance(eps, int | float) and isinstance(delta, int | float):
+        figure = f"epsilon = {eps:.3g} at delta = {delta:g}"
+    elif eps == 0:
+        figure = "epsilon = 0 (no round released yet)"
+    else:
+        return None
+    return (
+        f"privacy across tasks: {figure}, composed over {composed} of {tasks} tasks (a "
+        "device in every DP-accounted task; reported, not enforced)"
+    )
 
 
 def _task_line(status: dict[str, Any]) -> dict[str, Any]:
