@@ -215,7 +215,11 @@ def _epsilon_cached(acc: PrivacyAccountant, rounds: int, delta: float) -> float:
     return _rdp_epsilon(acc.noise_multiplier, acc.sampling, rounds, delta, acc.method == "auto")
 
 
-@functools.lru_cache(maxsize=64)
+# 1,024 configs: the coordinator-wide figure (`coordinator.service.dp_total`) walks every
+# accounted task's config at each change, and with more configs than the cache holds each walk
+# recomputed every curve (about 0.25 s each; helper-215). One entry is two float64 arrays of
+# about 100 orders.
+@functools.lru_cache(maxsize=1024)
 def _round_rdp(
     noise_multiplier: float, sampling: Sampling, capped: bool = False
 ) -> tuple[Any, Any]:

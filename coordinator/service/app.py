@@ -157,7 +157,9 @@ def create_app(
     rebuild_lock = asyncio.Lock()
     coordinator = Coordinator(the_store, config, metrics)
     # The epsilon of a device in every DP-accounted task (report only; docs/privacy.md, 7).
-    all_tasks_dp = AllTasksPrivacyCache(coordinator.runtimes)
+    all_tasks_dp = AllTasksPrivacyCache(
+        coordinator.runtimes, lambda: [*coordinator.refused, *coordinator.unloaded]
+    )
     metrics.dp_all_tasks.source = all_tasks_dp.get
     verifier = RequestVerifier(the_store, config.signature_window_s)
     register_limit = RateLimiter(
@@ -767,20 +769,38 @@ def create_app(
 
     # -- operations ------------------------------------------------------------------------
 
+    async def _warm_all_tasks_dp() -> Exception | None:
+        """Compute the coordinator-wide epsilon off the event loop (new curves cost about
+        0.25 s each, one per task config), so the answer below reads it from the cache; the
+        error, if it fails (logged, and left out of the answer)."""
+        try:
+            await asyncio.to_thread(all_tasks_dp.get)
+        except Exception as exc:
+            log.exception("the coordinator-wide epsilon could not be computed")
+            return exc
+        return None
+
     @app.get(Path.METRICS, response_class=Response, tags=["ops"])
     async def prometheus() -> Response:
         """Prometheus text exposition."""
+        await _warm_all_tasks_dp()
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     @app.get(Path.HEALTHZ, tags=["ops"])
     async def healthz() -> dict[str, Any]:
         """Liveness and a few counts."""
+        failed = await _warm_all_tasks_dp()
+        dp: dict[str, Any]
+        if failed is None:
+            dp = all_tasks_dp.get().to_json()
+        else:  # liveness does not hang on the privacy arithmetic
+            dp = {"error": f"not computed ({type(failed).__name__}; see the coordinator's log)"}
         return {
             "ok": True,
             "journal_mode": the_store.journal_mode,
             "tasks": len(coordinator.runtimes),
             "tasks_refused": len(coordinator.refused),
-            "dp_all_tasks": all_tasks_dp.get().to_json(),
+            "dp_all_tasks": dp,
         }
 
     app.add_middleware(

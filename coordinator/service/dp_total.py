@@ -16,7 +16,9 @@ reports it (PLD for a Poisson-sampled task): the composition of one mechanism is
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import logging
 import math
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AllTasksPrivacy", "AllTasksPrivacyCollector", "AllTasksPrivacyCache"]
 
+_log = logging.getLogger("plume.coordinator.dp")
+
 
 @dataclass(frozen=True, slots=True)
 class AllTasksPrivacy:
@@ -50,6 +54,9 @@ class AllTasksPrivacy:
     tasks: int
     composed: tuple[int, ...]
     not_accounted: tuple[int, ...]
+    # Tasks this coordinator has but does not run now (refused at start, or unloaded after a
+    # store error): their released rounds are not in `epsilon`, which is then a lower bound.
+    not_running: tuple[int, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """JSON-ready (an infinite epsilon is null with `epsilon_infinite` true)."""
@@ -61,6 +68,8 @@ class AllTasksPrivacy:
             "tasks_composed": len(self.composed),
             "composed": list(self.composed),
             "not_accounted": list(self.not_accounted),
+            "not_running": list(self.not_running),
+            "partial": bool(self.not_running),
         }
 
 
@@ -155,19 +164,30 @@ class AllTasksPrivacyCache:
     task's accounting moved (a round released, a task added or gone): /healthz and every
     scrape read it."""
 
-    def __init__(self, runtimes: dict[int, TaskRuntime]) -> None:
+    def __init__(
+        self,
+        runtimes: dict[int, TaskRuntime],
+        not_running: Callable[[], Iterable[int]] | None = None,
+    ) -> None:
         self._runtimes = runtimes  # the coordinator's own dict: the tasks it runs now
+        # The ids of tasks the coordinator has but does not run (refused, unloaded).
+        self._not_running = not_running
         self._lock = threading.Lock()
         self._key: tuple[Any, ...] | None = None
         self._value: AllTasksPrivacy | None = None
 
     def get(self) -> AllTasksPrivacy:
+        """The figure, computed again only when some task's accounting moved. Safe to call
+        from a worker thread (the app warms it there, `asyncio.to_thread`, before answering on
+        the event loop): it reads a snapshot of the task dicts."""
+        # sorted() copies the values first, in one C call the event loop cannot interleave
         rts = sorted(self._runtimes.values(), key=lambda rt: rt.task_id)
-        key = tuple((rt.task_id, _part(rt)) for rt in rts)
+        missing = tuple(sorted(set(self._not_running()))) if self._not_running else ()
+        key = (tuple((rt.task_id, _part(rt)) for rt in rts), missing)
         with self._lock:
             if self._value is not None and key == self._key:
                 return self._value
-        value = _compute(rts)
+        value = dataclasses.replace(_compute(rts), not_running=missing)
         with self._lock:
             self._key, self._value = key, value
         return value
@@ -181,7 +201,11 @@ class AllTasksPrivacyCollector(Collector):
         self.source = source
 
     def collect(self) -> Iterator[Metric]:
-        v = self.source() if self.source is not None else AllTasksPrivacy(0.0, None, 0, (), ())
+        try:
+            v = self.source() if self.source is not None else AllTasksPrivacy(0.0, None, 0, (), ())
+        except Exception:  # a scrape keeps every other metric; the log says why
+            _log.exception("the coordinator-wide epsilon could not be computed")
+            return
         eps = GaugeMetricFamily(
             "plume_dp_epsilon_all_tasks",
             "Epsilon of a device that takes part in every DP-accounted task on this "
