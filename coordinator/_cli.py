@@ -1580,12 +1580,10 @@ def _privacy_line(admin: Any) -> str | None:
     printed all the same)."""
     import httpx
 
-    from protocol.names import Path as Route
-
     from .service import AdminError
 
     try:
-        health = admin._call("GET", Route.HEALTHZ)
+        health = admin.healthz()
     except (AdminError, httpx.HTTPError):
         return None
     dp = health.get("dp_all_tasks") if isinstance(health, dict) else None
@@ -1603,9 +1601,14 @@ def _privacy_line(admin: Any) -> str | None:
         figure = "epsilon = 0 (no round released yet)"
     else:
         return None
+    missing = dp.get("not_running")
+    partial = ""
+    if dp.get("partial") is True and isinstance(missing, list) and missing:
+        ids = ", ".join(str(t) for t in missing[:8]) + (", ..." if len(missing) > 8 else "")
+        partial = f"; at least that: task {ids} not running, not in it"
     return (
         f"privacy across tasks: {figure}, composed over {composed} of {tasks} tasks (a "
-        "device in every DP-accounted task; reported, not enforced)"
+        f"device in every DP-accounted task; reported, not enforced{partial})"
     )
 
 

@@ -335,6 +335,12 @@ class AdminClient:
     def status(self, task_id: int) -> TaskStatus:
         return self._call("GET", Path.ADMIN_TASK.format(task_id=task_id), _reader(TaskStatus))
 
+    def healthz(self) -> Any:
+        """GET /healthz as JSON (liveness, task counts and `dp_all_tasks`, the epsilon of a
+        device in every DP-accounted task: docs/operations.md), under this client's response
+        caps and time limit."""
+        return self._call("GET", Path.HEALTHZ)
+
     def tasks(self) -> list[TaskStatus]:
         """Every task in the store; a refused one has state "refused" and `refused` (why)."""
         return self._call("GET", Path.ADMIN_TASKS, _list_reader(TaskStatus))

@@ -24,6 +24,7 @@ from coordinator.service import ServerThread, ServiceConfig
 from coordinator.service.dp_total import all_tasks_privacy
 
 from .test_h213_dp_all_tasks import _runtime  # a stand-in task, rounds in its gauge
+from .test_h214_status_privacy_line import _status
 from .test_service_support import ADMIN, create_task, rewrite_stored_config, task_config
 
 
@@ -95,3 +96,25 @@ def test_a_refused_task_is_named_and_the_figure_says_it_is_partial(tmp_path: Pat
     assert health["tasks_refused"] == 1
     dp = health["dp_all_tasks"]
     assert dp["composed"] == [kept] and dp["not_running"] == [lost] and dp["partial"] is True
+
+
+def test_status_says_when_a_refused_task_is_missing_from_the_figure(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: two dp tasks; the second's stored aggregator made unbuildable, then a restart
+    db = tmp_path / "plume.db"
+    with _service(db) as url:
+        http = httpx.Client(base_url=url)
+        create_task(http, task_config(aggregator="dp:clip=1,z=1,population=4,sample=2+fedavg"))
+        lost = create_task(
+            http, task_config(aggregator="dp:clip=1,z=2,population=4,sample=2+fedavg")
+        )
+        http.close()
+    rewrite_stored_config(db, lost, aggregator="no-such-aggregator")
+    with _service(db) as url:
+        # Execute
+        code, _, err = _status(url, capsys)
+    # Assert: the line names the task left out
+    assert code == 0
+    line = next(x for x in err.splitlines() if x.startswith("privacy across tasks:"))
+    assert f"task {lost} not running, not in it" in line and "at least that" in line
