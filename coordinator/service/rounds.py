@@ -51,6 +51,7 @@ from compression import (
     model_digest,
 )
 from coordinator.aggregators import (
+    AdaptiveClip,
     AggregateOutput,
     AggregatorFactory,
     DPMean,
@@ -59,6 +60,7 @@ from coordinator.aggregators import (
     decode_state,
     encode_state,
 )
+from coordinator.aggregators._clip import MIN_CLIP
 from coordinator.aggregators._dp import (
     accounted_sample_size,
     amplified_cohort,
@@ -514,6 +516,38 @@ def dp_rounds_in_state(factory: AggregatorFactory, state: Any) -> int | None:
             return None
         node, st = node.inner, st[2]
     return None
+
+
+def _with_dp_rounds(factory: AggregatorFactory, state: Any, rounds: int, clip: float | None) -> Any:
+    """`state` (the aggregator state of `factory`'s process) with its accounting `dp` stage's
+    round counter set to `rounds`, and its clip to `clip` unless None: the inverse of
+    `dp_rounds_in_state`, at the same places (first, or right behind a server optimizer)."""
+    if isinstance(factory, DPMean):
+        _, old_clip, inner = state
+        return (rounds, old_clip if clip is None else clip, inner)
+    if isinstance(factory, ServerOptimizer) and isinstance(factory.inner, DPMean):
+        m, v, inner = state
+        return (m, v, _with_dp_rounds(factory.inner, inner, rounds, clip))
+    raise ValueError("no accounting dp stage where the coordinator reads its round counter")
+
+
+def _restored_clip(dp: DPMean, last: dict[str, Any]) -> float | None:
+    """The clip an adaptive `dp` stage carries out of the round whose dp measurements are
+    `last`, as `DPMean` computes it (`clip` is the round's own, `unclipped_fraction_noised` the
+    noised fraction it stepped on; both stored exactly, as JSON floats); None for a fixed clip
+    or when the record does not say (the clip is not in epsilon: the configured start is then
+    a loss of tuning, not of accounting)."""
+    if not isinstance(dp.clip, AdaptiveClip):
+        return None
+    used, fraction = last.get("clip"), last.get("unclipped_fraction_noised")
+    if isinstance(used, bool) or not isinstance(used, int | float):
+        return None
+    if not (math.isfinite(used) and used > 0):
+        return None
+    value = float(used)
+    if isinstance(fraction, int | float) and not isinstance(fraction, bool):
+        value = dp.clip.step(value, float(fraction))
+    return min(max(value, MIN_CLIP), dp.clip_ceiling())
 
 
 def validate_task(cfg: TaskConfig) -> ModelSpec:
@@ -1218,6 +1252,12 @@ class Coordinator:
                 raise RuntimeError(
                     f"task {task_id}: the stored aggregator state does not restore ({exc!r})"
                 ) from exc
+        elif rt.secure is None and rt._accounted is not None:
+            # No stored state (a database from store schema 1, which had no tasks.agg_state)
+            # but maybe rounds released: the accountant would start again at 0 and every later
+            # round's epsilon, its budget check and the all-tasks figure under-count. Its
+            # counter is rebuilt from the round records (never deleted) instead.
+            self._restore_dp_rounds(rt)
         rt.seq = seq
         rt.rounds_closed, rt.rounds_committed = self.store.round_counts(task_id)
         stopped = row.state == TaskState.STOPPED
@@ -1269,6 +1309,37 @@ class Coordinator:
         if stopped:
             self.stopped_tasks.add(task_id)
         return rt
+
+    def _restore_dp_rounds(self, rt: TaskRuntime) -> None:
+        """Set a plain task's accounting `dp` counter, with no stored aggregator state, to the
+        rounds it released: its committed rounds (each one `DPMean` aggregated and the store
+        published; an abandoned round published nothing), or the last one's own `rounds` if
+        larger (what the stored state would hold: a round aggregated and then abandoned
+        advances the counter too). Never fewer than the records show. An adaptive clip
+        continues from the last committed round's record; a server optimizer's moments and
+        the inner aggregator's state start again, as they did under schema 1."""
+        assert rt._accounted is not None
+        dp = find_dp(rt._accounted)
+        assert dp is not None
+        committed, last = 0, None
+        for state, meas in self.store.round_measurements(rt.task_id):
+            if state == RoundState.COMMITTED:
+                committed += 1
+                last = _dp_measurements(meas) or last
+        if committed == 0:
+            return
+        recorded = last.get("rounds") if last is not None else None
+        released = committed
+        if isinstance(recorded, int) and not isinstance(recorded, bool):
+            released = max(released, recorded)
+        clip = _restored_clip(dp, last) if last is not None else None
+        state = _with_dp_rounds(rt._accounted, rt.engine.aggregator_state, released, clip)
+        rt.engine.aggregator_state = rt.committed_state = state
+        log.warning(
+            "task %d has no stored aggregator state (a database from before it was stored): "
+            "its dp accountant resumes at the %d round(s) its records show released%s",
+            rt.task_id, released, "" if clip is None else f", its adaptive clip at {clip:.6g}",
+        )  # fmt: skip
 
     def _attach(self, rt: TaskRuntime) -> None:
         """Serve a built runtime's gauges and registries (the last step of a build)."""
