@@ -496,9 +496,32 @@ MAX_LOCAL_EPOCHS = 1000
 MAX_BATCH_SIZE = 1_000_000
 
 
+# Longest value a refusal echoes, as sent (coordinator/service/rounds.py's `_shown` cuts
+# check-in `features` the same way): a JSON integer may have 4,300 digits, and a string
+# anything up to the body's size.
+SHOWN_CHARS = 80
+
+
+def _cut(text: str) -> str:
+    """`text` as a refusal shows it: whole up to SHOWN_CHARS characters, else its first
+    SHOWN_CHARS and "..."."""
+    return text if len(text) <= SHOWN_CHARS else text[:SHOWN_CHARS] + "..."
+
+
+def _shown(value: int | float) -> str:
+    """A number a refusal echoes, as sent, cut at SHOWN_CHARS characters (`_cut`). An int too
+    long for Python to write out (more than 4,300 digits: only a caller's own, JSON does not
+    parse one) is named by its size instead."""
+    try:
+        text = str(value)
+    except ValueError:  # past sys.get_int_max_str_digits(); writing it out is quadratic
+        return f"an integer of {int(value).bit_length()} bits"
+    return _cut(text)
+
+
 def _in_range(value: int, where: str, low: int = 0, high: int = MAX_ID) -> None:
     if not low <= value < high:
-        raise MessageError(f"{where} = {value} is outside [{low}, {high})")
+        raise MessageError(f"{where} = {_shown(value)} is outside [{low}, {high})")
 
 
 def check_assignment(a: Assignment, where: str = "$.assignment") -> None:
@@ -508,16 +531,21 @@ def check_assignment(a: Assignment, where: str = "$.assignment") -> None:
     for name in ("task_id", "round_id", "base_version", "seed", "max_upload_bytes"):
         _in_range(getattr(a, name), f"{where}.{name}")
     if not math.isfinite(a.deadline_unix):
-        raise MessageError(f"{where}.deadline_unix = {a.deadline_unix} is not a finite time")
+        raise MessageError(
+            f"{where}.deadline_unix = {_shown(a.deadline_unix)} is not a finite time"
+        )
     t = a.training
     _in_range(t.local_epochs, f"{where}.training.local_epochs", 1, MAX_LOCAL_EPOCHS + 1)
     _in_range(t.batch_size, f"{where}.training.batch_size", 1, MAX_BATCH_SIZE + 1)
     if not (math.isfinite(t.lr) and t.lr > 0):
-        raise MessageError(f"{where}.training.lr = {t.lr} is not a positive finite number")
+        raise MessageError(f"{where}.training.lr = {_shown(t.lr)} is not a positive finite number")
     try:
         a.codec.to_config()
     except (ValueError, TypeError) as exc:
-        raise MessageError(f"{where}.codec: {exc}") from exc
+        # compression's refusals end ", got <the value's repr>": a string field may be as long
+        # as the body, so the value is cut as `_shown` cuts a number.
+        what, got, value = str(exc).partition(", got ")
+        raise MessageError(f"{where}.codec: {what}{got}{_cut(value)}") from exc
 
 
 def check_awaiting_round(value: Any, where: str = "$.awaiting_round") -> int:
@@ -562,7 +590,7 @@ def check_check_in(answer: CheckInResponse) -> None:
     `check_assignment` refuses."""
     if not (math.isfinite(answer.retry_after_s) and answer.retry_after_s >= 0):
         raise MessageError(
-            f"$.retry_after_s = {answer.retry_after_s} is not a non-negative finite number"
+            f"$.retry_after_s = {_shown(answer.retry_after_s)} is not a non-negative finite number"
         )
     if answer.action == CheckInAction.TRAIN and answer.assignment is None:
         raise MessageError('$.action is "train" but there is no assignment')
