@@ -107,8 +107,8 @@ _PROG = "plume sim"
 class RuntimeEnv:
     """A parsed --ray-runtime-env: `env`, Ray's runtime_env (a JSON object), and `path`, the
     file it was read from (None: given inline). Its `str` is what rounds.json's `command`
-    records: the path, or for inline JSON a placeholder naming its keys (its values may be
-    secrets), which a rerun refuses in one line."""
+    records: the path, or for inline JSON a redaction marker naming its keys (its values may
+    be secrets), which a rerun refuses in one line."""
 
     def __init__(self, env: dict[str, Any], path: str | None) -> None:
         self.env = env
@@ -128,7 +128,7 @@ def _runtime_env(text: str) -> RuntimeEnv:
     shape Ray takes (`_runtime_env_problem`)."""
     if text.startswith(_NOT_RECORDED):
         raise argparse.ArgumentTypeError(
-            "this is the placeholder rounds.json's command records for an inline runtime_env "
+            "this is the redaction marker rounds.json's command records for an inline runtime_env "
             "(its values may be secrets, so they were not recorded): give the JSON object, or "
             "a file holding it, again"
         )

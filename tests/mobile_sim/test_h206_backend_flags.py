@@ -83,7 +83,7 @@ def test_a_backend_flag_the_run_cannot_use_is_one_line(
     assert not (tmp_path / "run").exists()
 
 
-def _placeholder() -> str:
+def _redacted() -> str:
     return str(_cli.RuntimeEnv({"env_vars": {}}, None))
 
 
@@ -96,7 +96,7 @@ def _placeholder() -> str:
         ("no-such-file.json", "'no-such-file.json' is neither a JSON object nor a file"),
         ("FILE:[]", "must hold a JSON object (Ray's runtime_env"),
         ("FILE:{oops", "does not hold valid JSON"),
-        ("PLACEHOLDER", "this is the placeholder rounds.json's command records"),
+        ("REDACTED", "this is the redaction marker rounds.json's command records"),
     ],
 )
 def test_a_runtime_env_that_is_not_a_json_object_is_a_usage_error(
@@ -107,8 +107,8 @@ def test_a_runtime_env_that_is_not_a_json_object_is_a_usage_error(
         path = tmp_path / "env.json"
         path.write_text(value.removeprefix("FILE:"))
         value = str(path)
-    elif value == "PLACEHOLDER":  # as a rerun of a recorded command gives it
-        value = _placeholder()
+    elif value == "REDACTED":  # as a rerun of a recorded command gives it
+        value = _redacted()
 
     # Execute
     argv = [*TINY, "--backend", "ray", "--ray-runtime-env", value, "--out", str(tmp_path / "r")]
@@ -212,7 +212,7 @@ def test_an_inline_runtime_env_is_left_out_of_the_recorded_command(
     code = plume([*TINY, *flags, "--out", str(tmp_path / "run")])
     capsys.readouterr()
 
-    # Assert: the backend got it; the command holds a placeholder naming its keys only
+    # Assert: the backend got it; the command holds a redaction marker naming its keys only
     assert code == 0
     assert _Recorded.calls == [{"runtime_env": ENV}]
     doc = json.loads((tmp_path / "run" / "rounds.json").read_text())
