@@ -54,6 +54,27 @@ def pytest_configure(config: pytest.Config) -> None:
     torch.set_num_threads(1)
 
 
+@pytest.fixture(autouse=True)
+def _ray_log_on_process_stderr() -> None:
+    """Ray's driver log handler (`ray._private.log.PlainRayHandler`, a StreamHandler) keeps
+    the `sys.stderr` of its setup, under pytest the capture stream of the first test that
+    started Ray, which pytest closes after it. A later test's `ray.init` then logs "Started a
+    local Ray instance." into the closed stream, and logging prints "--- Logging error ---" and
+    a traceback into that test's stderr (test_h206_backend_flags then
+    test_h211_runtime_env_check in one process). As for absl above: the process's own stderr.
+    Nothing to do until a test has imported Ray."""
+    import logging
+    import sys
+
+    ray_log = sys.modules.get("ray._private.log")
+    if ray_log is None:
+        return
+    for handler in logging.getLogger("ray").handlers:
+        # Only Ray's own: pytest's capture handlers are StreamHandlers too
+        if isinstance(handler, ray_log.PlainRayHandler) and handler.stream is not sys.__stderr__:
+            handler.stream = sys.__stderr__  # not setStream: it flushes the old, closed stream
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     root = Path(os.environ["PLUME_DATA"])
