@@ -106,14 +106,7 @@ def _part(rt: TaskRuntime) -> _Part | None:
 
 def _central_rounds(rt: TaskRuntime) -> int:
     """A central task's released rounds, as its accountant counts them."""
-    released = getattr(rt, "dp_rounds_released", None)
-    if released is not None:
-        return max(int(released() or 0), 0)
-    # A stand-in without the task's aggregator state (h213's unit tests build runtimes of a
-    # task id, a config and the dp gauges): the gauge its DPMean sets. A TaskRuntime always
-    # answers above.
-    value = rt.privacy_metrics.registry.get_sample_value("plume_dp_rounds")
-    return int(value) if value is not None and value > 0 else 0
+    return max(rt.dp_rounds_released() or 0, 0)
 
 
 def _task_epsilon(rt: TaskRuntime, part: _Part) -> float:

@@ -21,7 +21,6 @@ from coordinator.privacy import (
     FixedSizeSampling,
     PoissonSampling,
     PrivacyAccountant,
-    PrivacyMetrics,
     composed_rdp_epsilon,
     rdp_curve,
 )
@@ -75,13 +74,13 @@ def test_a_fixed_size_task_composes_with_a_secure_tasks_zcdp_rounds() -> None:
 
 
 def _runtime(task_id: int, aggregator: str, rounds: int) -> Any:
-    metrics = PrivacyMetrics()
-    metrics.rounds.set(rounds)
+    """A stand-in plain task: its id, its config's aggregator, and the rounds its accountant
+    counts released (`TaskRuntime.dp_rounds_released`)."""
     return SimpleNamespace(
         task_id=task_id,
         secure=None,
         config=SimpleNamespace(aggregator=aggregator),
-        privacy_metrics=metrics,
+        dp_rounds_released=lambda: rounds,
     )
 
 

@@ -23,7 +23,7 @@ from coordinator.privacy import _round_rdp
 from coordinator.service import ServerThread, ServiceConfig
 from coordinator.service.dp_total import all_tasks_privacy
 
-from .test_h213_dp_all_tasks import _runtime  # a stand-in task, rounds in its gauge
+from .test_h213_dp_all_tasks import _runtime  # a stand-in task
 from .test_h214_status_privacy_line import _status
 from .test_service_support import ADMIN, create_task, rewrite_stored_config, task_config
 
@@ -47,7 +47,7 @@ def test_one_more_round_with_70_task_configs_recomputes_no_curve() -> None:
     all_tasks_privacy(rts)
     misses = _round_rdp.cache_info().misses
     # Execute: one task released one more round
-    rts[0].privacy_metrics.rounds.set(4)
+    rts[0] = _runtime(1, rts[0].config.aggregator, 4)
     all_tasks_privacy(rts)
     # Assert: every curve came from the cache (before: 64 entries, so all 70 were computed again)
     assert _round_rdp.cache_info().misses == misses
