@@ -17,7 +17,6 @@ reports it (PLD for a Poisson-sampled task): the composition of one mechanism is
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import math
 import threading
@@ -29,8 +28,6 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from coordinator.aggregators import DPMean, build_aggregator
-from coordinator.aggregators._dp import find_dp
 from coordinator.privacy import PrivacyAccountant, composed_rdp_epsilon, rdp_curve
 
 if TYPE_CHECKING:
@@ -83,20 +80,13 @@ class _Part:
     delta: float
 
 
-@functools.lru_cache(maxsize=256)
-def _dp_stage(aggregator: str) -> DPMean | None:
-    """The `dp` stage of a task's aggregator string (the one the task runs was built from it;
-    the string's parse is cached: every scrape asks)."""
-    return find_dp(build_aggregator(aggregator))
-
-
 def _part(rt: TaskRuntime) -> _Part | None:
     if rt.secure is not None:
         if not rt.secure.settings.config.dp:
             return None
         acc = rt.secure.coordinator.accountant
         return _Part(rt.task_id, ("secure", id(acc)), acc.rounds, float(acc.delta))
-    dp = _dp_stage(rt.config.aggregator)
+    dp = rt.accounted_dp  # the task's own dp stage, when it accounts epsilon
     if dp is None or dp.sampling is None:
         return None
     rounds = _central_rounds(rt)

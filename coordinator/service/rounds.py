@@ -1002,8 +1002,10 @@ class TaskRuntime:
         # An unseeded dp stage's cohort is drawn from OS randomness, not from the task seed
         # (which every assignment carries): a cohort anyone can recompute is no sample.
         self.secret_selection = dp is not None and dp.seed is None
-        # A plain task whose dp stage accounts epsilon: read by `dp_rounds_released`.
+        # A plain task whose dp stage accounts epsilon: read by `dp_rounds_released`, and
+        # that stage (`accounted_dp`: its noise, sampling and delta) by the all-tasks figure.
         self._accounted = factory if dp is not None and dp.sampling is not None else None
+        self.accounted_dp = dp if self._accounted is not None else None
         self.engine = RoundEngine(
             self.spec,
             params,

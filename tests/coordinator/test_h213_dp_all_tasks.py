@@ -17,6 +17,8 @@ import numpy as np
 import pytest
 from dp_accounting.rdp import RdpAccountant
 
+from coordinator.aggregators import build_aggregator
+from coordinator.aggregators._dp import find_dp
 from coordinator.privacy import (
     FixedSizeSampling,
     PoissonSampling,
@@ -74,12 +76,15 @@ def test_a_fixed_size_task_composes_with_a_secure_tasks_zcdp_rounds() -> None:
 
 
 def _runtime(task_id: int, aggregator: str, rounds: int) -> Any:
-    """A stand-in plain task: its id, its config's aggregator, and the rounds its accountant
-    counts released (`TaskRuntime.dp_rounds_released`)."""
+    """A stand-in plain task: its id, its config's aggregator, its dp stage when that accounts
+    epsilon (`TaskRuntime.accounted_dp`), and the rounds its accountant counts released
+    (`TaskRuntime.dp_rounds_released`)."""
+    dp = find_dp(build_aggregator(aggregator))
     return SimpleNamespace(
         task_id=task_id,
         secure=None,
         config=SimpleNamespace(aggregator=aggregator),
+        accounted_dp=dp if dp is not None and dp.sampling is not None else None,
         dp_rounds_released=lambda: rounds,
     )
 
