@@ -111,4 +111,7 @@ def test_plume_sim_pool_stall_is_one_line(tmp_path: Path) -> None:
     assert done.returncode == 1, done.stderr
     assert "Traceback" not in done.stderr
     last = done.stderr.strip().splitlines()[-1]
-    assert last.startswith("plume sim: error: a worker was still training devices ")
+    # Which stall it names depends on the load: a worker still training, or (on a loaded
+    # machine, within 0.001 s) one that had not yet read its task (process_pool's two texts)
+    stalls = ("was still training devices ", "had still not read its task for devices ")
+    assert any(last.startswith(f"plume sim: error: a worker {s}") for s in stalls), last
