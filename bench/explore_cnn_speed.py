@@ -28,6 +28,13 @@ Experiments (default: all):
             2048^3 GEMM (the per-core ceiling); the step minus the kernels is the rest.
   fftconv   conv2 (10x32x14x14, 64 filters 5x5) forward + backward: oneDNN's direct kernel vs
             an FFT convolution (16x16 rfft, one complex matmul per frequency), one thread.
+  winograd  conv2 forward + backward, one thread: oneDNN's direct kernel vs Winograd's minimal
+            filtering F(2x2,5x5) and F(4x4,5x5) written in torch ops (tiles by unfold and the
+            input transform as a matmul, or as a strided 1-channel convolution; one batched
+            matmul over the transform points; the output transform as a matmul), with the
+            output back in NCHW and, the best case for a fused step that would pool in
+            Winograd's tile layout, left in that layout; forward alone too; how far each one's
+            output and gradients are from the direct kernel's.
   fused     the cohort's training, one thread: TorchTrainer's autograd path (fused=False) vs
             its autograd-free step (fused=True, the default, sdk/_fused.py) and that step with
             fc1's SGD update folded into an in-place addmm_ (fold_update=True, opt-in), and how
@@ -79,6 +86,7 @@ EXPERIMENTS = (
     "ops",
     "fftconv",
     "fused",
+    "winograd",
 )
 
 
@@ -839,6 +847,156 @@ def exp_fftconv(s: _Setup, reps: int) -> dict[str, Any]:
     }
 
 
+def winograd_matrices(m: int, r: int, points: list[float]) -> tuple[Any, Any, Any]:
+    """Cook-Toom matrices (A^T, G, B^T) of Winograd's F(m, r): y = A^T [(G g) * (B^T d)] for
+    the correlation y_i = sum_k d_(i+k) g_k, from m + r - 2 finite interpolation points and the
+    point at infinity. A^T and G are the textbook ones; B^T is solved for in float64 (the
+    system is consistent) and checked on a random tile."""
+    n = m + r - 1
+    if len(points) != n - 1:
+        raise ValueError(f"F({m},{r}) needs {n - 1} finite points, got {len(points)}")
+    if len(set(points)) != len(points):
+        raise ValueError(f"F({m},{r})'s interpolation points must be distinct: {points}")
+    p = np.asarray(points, dtype=np.float64)
+    at = np.zeros((m, n))
+    for i in range(m):
+        at[i, : n - 1] = p**i
+    at[m - 1, n - 1] = 1.0
+    g = np.zeros((n, r))
+    for j in range(n - 1):
+        g[j] = p[j] ** np.arange(r) / np.prod([p[j] - p[k] for k in range(n - 1) if k != j])
+    g[n - 1, r - 1] = 1.0
+    rows = np.array([at[i] * g[:, k] for i in range(m) for k in range(r)])
+    bt = np.zeros((n, n))
+    for col in range(n):
+        rhs = np.array([1.0 if col == i + k else 0.0 for i in range(m) for k in range(r)])
+        bt[:, col] = np.linalg.lstsq(rows, rhs, rcond=None)[0]
+    rng = np.random.default_rng(0)
+    d, w = rng.standard_normal(n), rng.standard_normal(r)
+    want = np.array([d[i : i + r] @ w for i in range(m)])
+    if not np.allclose(at @ ((g @ w) * (bt @ d)), want, rtol=1e-9, atol=1e-9):
+        raise ArithmeticError(f"F({m},{r}) matrices do not reproduce the correlation")
+    return at, g, bt
+
+
+def exp_winograd(s: _Setup, reps: int) -> dict[str, Any]:
+    """Could Winograd's minimal filtering pay for conv2 at B=10 where FFT did not? F(2x2,5x5)
+    needs 9 multiplications per output against the direct kernel's 25, F(4x4,5x5) 4; the
+    transforms are extra memory passes. Built from torch ops; autograd gives the backward
+    (fold, or a transposed strided convolution, for the input transform; two batched matmuls;
+    a matmul)."""
+    import torch
+    import torch.nn.functional as F
+
+    _threads(1)
+    gen = torch.Generator().manual_seed(0)
+    batch, cin, cout, size, r = 10, 32, 64, 14, 5
+    x = torch.randn(batch, cin, size, size, generator=gen).relu_().requires_grad_()
+    w = (0.05 * torch.randn(cout, cin, r, r, generator=gen)).requires_grad_()
+    bias = torch.zeros(cout, requires_grad=True)
+    points = {2: [0.0, 1.0, -1.0, 2.0, -2.0], 4: [0.0, 1.0, -1.0, 2.0, -2.0, 0.5, -0.5]}
+
+    def make(m: int, nchw: bool, conv_transform: bool = False) -> Callable[..., Any]:
+        at, g, bt = winograd_matrices(m, r, points[m])
+        n = m + r - 1
+        tiles = -(-size // m)
+        padded = tiles * m + r - 1
+        f32 = torch.float32
+        wb = torch.tensor(np.einsum("ai,bj->abij", bt, bt).reshape(n * n, 1, n, n), dtype=f32)
+        kb = torch.tensor(np.kron(bt, bt), dtype=f32)  # [n*n, n*n]
+        kg = torch.tensor(np.kron(g, g).T, dtype=f32)  # [r*r, n*n]
+        kat = torch.tensor(np.kron(at, at), dtype=f32)  # [m*m, n*n]
+
+        def conv(x: Any, w: Any, bias: Any) -> Any:
+            xp = F.pad(x, (2, padded - size - 2, 2, padded - size - 2))
+            if conv_transform:  # B^T d B of every tile as one strided 1-channel convolution
+                z = F.conv2d(xp.reshape(batch * cin, 1, padded, padded), wb, stride=m)
+                v = z.reshape(batch * cin, -1).t().reshape(n * n, tiles * tiles * batch, cin)
+            else:  # the tiles by unfold (its backward is fold), then one matmul
+                col = F.unfold(xp, n, stride=m).reshape(batch, cin, n * n, tiles * tiles)
+                v = torch.matmul(kb, col).permute(2, 3, 0, 1)
+                v = v.reshape(n * n, tiles * tiles * batch, cin)
+            u = (w.reshape(cout * cin, r * r) @ kg).reshape(cout, cin, n * n).permute(2, 1, 0)
+            y = (kat @ torch.bmm(v, u).reshape(n * n, -1)).reshape(m * m, -1, cout) + bias
+            if not nchw:
+                return y  # [m*m, tiles*tiles*batch, cout]: (i, j), (t1, t2, b), o
+            y = y.reshape(m, m, tiles, tiles, batch, cout).permute(4, 5, 2, 0, 3, 1)
+            return y.reshape(batch, cout, tiles * m, tiles * m)[:, :, :size, :size]
+
+        return conv
+
+    def direct(x: Any, w: Any, bias: Any) -> Any:
+        return F.conv2d(x, w, bias, padding=2)
+
+    convs = {
+        "direct": direct,
+        "winograd_f2": make(2, True),
+        "winograd_f4": make(4, True),
+        "winograd_f4_tile_layout": make(4, False),
+        "winograd_f4_conv_transform": make(4, True, conv_transform=True),
+    }
+    grad = torch.randn(batch, cout, size, size, generator=gen)
+    # The tile-layout variant's gradient: the same values, in its layout (zero on the rows and
+    # columns of the padded 16x16 that are not outputs).
+    tile_grad = torch.zeros(batch, cout, 16, 16)
+    tile_grad[:, :, :size, :size] = grad
+    tile_grad = tile_grad.reshape(batch, cout, 4, 4, 4, 4).permute(3, 5, 2, 4, 0, 1)
+    tile_grad = tile_grad.reshape(16, 16 * batch, cout).contiguous()
+
+    def grads(name: str) -> dict[str, Any]:
+        g_out = tile_grad if name.endswith("tile_layout") else grad
+        y = convs[name](x, w, bias)
+        dx, dw, db = torch.autograd.grad(y, (x, w, bias), g_out)
+        if name.endswith("tile_layout"):
+            y = y.reshape(4, 4, 4, 4, batch, cout).permute(4, 5, 2, 0, 3, 1)
+            y = y.reshape(batch, cout, 16, 16)[:, :, :size, :size]
+        return {"y": y.detach(), "dx": dx, "dw": dw, "db": db}
+
+    want = grads("direct")
+    with torch.no_grad():
+        x64, w64 = x.detach().double(), w.detach().double()
+        y64 = F.conv2d(x64, w64, padding=2)
+    accuracy: dict[str, Any] = {
+        "direct_output_vs_float64": float((want["y"].double() - y64).abs().max())
+        / float(y64.abs().max())
+    }
+    for name in convs:
+        if name == "direct":
+            continue
+        got = grads(name)
+        accuracy[name] = {
+            k: float((got[k] - want[k]).abs().max()) / float(want[k].abs().max()) for k in want
+        }
+
+    def fwd_bwd(name: str) -> Callable[[], None]:
+        f = convs[name]
+        g_out = tile_grad if name.endswith("tile_layout") else grad
+
+        def run() -> None:
+            for _ in range(20):
+                f(x, w, bias).backward(g_out)
+
+        return run
+
+    def fwd(name: str) -> Callable[[], None]:
+        f = convs[name]
+
+        def run() -> None:
+            with torch.inference_mode():
+                for _ in range(20):
+                    f(x, w, bias)
+
+        return run
+
+    return {
+        "threads": 1,
+        "calls_per_rep": 20,
+        "fwd_bwd": _ab({k: fwd_bwd(k) for k in convs}, reps, "winograd fwd+bwd"),
+        "fwd_only": _ab({k: fwd(k) for k in convs}, reps, "winograd fwd"),
+        "max_rel_diff_to_direct": accuracy,
+    }
+
+
 def exp_fused(s: _Setup, reps: int) -> dict[str, Any]:
     """The cohort's 10 real clients' E=5 training, one thread, interleaved per client:
     `TorchTrainer` on its autograd path (`fused=False`) vs the fused step (`fused=True`, the
@@ -917,6 +1075,7 @@ RUNNERS: dict[str, Callable[[_Setup, int], dict[str, Any]]] = {
     "ops": exp_ops,
     "fftconv": exp_fftconv,
     "fused": exp_fused,
+    "winograd": exp_winograd,
 }
 
 
