@@ -65,6 +65,19 @@ def _block_expand(per_block: F32, block: int, k: int) -> F32:
     return np.repeat(per_block, counts)
 
 
+def first_non_finite(values: F32) -> int | None:
+    """Position of the first NaN or Inf in `values` (1-D), or None if every value is finite.
+
+    Its only temporary is one bool a value, whatever the count of bad values (flatnonzero of
+    the bad mask built an int64 array of every bad position: 8 more bytes a scalar when all
+    are bad).
+    """
+    finite = np.isfinite(values)
+    if finite.all():
+        return None
+    return int(np.argmin(finite))
+
+
 def refuse_overflowing_top(lo: F32, step: F32, steps: int, bits: int) -> None:
     """ValueError if `lo + steps * step` (the decoder's largest level, in its float32 order)
     overflows for any block; `lo` and `step` are per block, of any shape."""
@@ -147,20 +160,19 @@ class StochasticQuantizer(ValueCoding):
                 f"scale section of {len(scales)} bytes; k={k}, block={block} needs {8 * nb}"
             )
         sc = np.frombuffer(scales, dtype="<f4").astype(np.float32)
-        if not np.all(np.isfinite(sc)):
-            raise NonFiniteValues(
-                f"non-finite scale in block {int(np.flatnonzero(~np.isfinite(sc))[0]) // 2}"
-            )
+        bad = first_non_finite(sc)
+        if bad is not None:
+            raise NonFiniteValues(f"non-finite scale in block {bad // 2}")
         lo, hi = sc[0::2], sc[1::2]
         if np.any(lo > hi):
-            raise MalformedSection(f"block {int(np.flatnonzero(lo > hi)[0])} has lo > hi")
+            raise MalformedSection(f"block {int(np.argmax(lo > hi))} has lo > hi")
         c = unpack_small(codes, k, self.bits, f"{self.bits}-bit values")
         if self.bits == 1:
             out = np.where(c == 1, _block_expand(hi, block, k), _block_expand(lo, block, k))
         else:
             if np.any(lo < 0):
                 raise MalformedSection(
-                    f"block {int(np.flatnonzero(lo < 0)[0])} has a negative magnitude scale"
+                    f"block {int(np.argmax(lo < 0))} has a negative magnitude scale"
                 )
             # lo + j * step in float32, in place (k may be d). A hostile block with hi near
             # float32's max can overflow here; that is checked just below.
@@ -203,10 +215,9 @@ class Fp16Values(ValueCoding):
                 f"fp16 values: {len(scales)} scale and {len(codes)} value bytes for k={k}"
             )
         out = np.frombuffer(codes, dtype="<f2").astype(np.float32)
-        if not np.all(np.isfinite(out)):
-            raise NonFiniteValues(
-                f"NaN or Inf at value {int(np.flatnonzero(~np.isfinite(out))[0])}"
-            )
+        bad = first_non_finite(out)
+        if bad is not None:
+            raise NonFiniteValues(f"NaN or Inf at value {bad}")
         return out
 
 
@@ -230,10 +241,9 @@ class Fp32Values(ValueCoding):
                 f"fp32 values: {len(scales)} scale and {len(codes)} value bytes for k={k}"
             )
         out = np.frombuffer(codes, dtype="<f4").astype(np.float32)
-        if not np.all(np.isfinite(out)):
-            raise NonFiniteValues(
-                f"NaN or Inf at value {int(np.flatnonzero(~np.isfinite(out))[0])}"
-            )
+        bad = first_non_finite(out)
+        if bad is not None:
+            raise NonFiniteValues(f"NaN or Inf at value {bad}")
         return out
 
 

@@ -18,6 +18,7 @@ from ._errors import (
     TrailingBytes,
     TruncatedFrame,
 )
+from ._quant import first_non_finite
 from ._spec import ModelSpec
 from ._wire import SNAPSHOT_MAGIC, WIRE_VERSION, byte_view, check_prefix, check_size, check_u32
 from ._zstd import ZstdCodec
@@ -150,10 +151,9 @@ def decode_snapshot(data: bytes, spec: ModelSpec, limits: DecodeLimits | None = 
         memoryview(data)[SNAPSHOT_HEADER_LEN:], width * d
     )
     values = np.frombuffer(raw, dtype=np_dtype).astype(np.float32)
-    if not np.all(np.isfinite(values)):
-        raise NonFiniteValues(
-            f"NaN or Inf at parameter {int(np.flatnonzero(~np.isfinite(values))[0])}"
-        )
+    bad = first_non_finite(values)
+    if bad is not None:
+        raise NonFiniteValues(f"NaN or Inf at parameter {bad}")
     if model_digest(values) != digest:
         raise ChecksumMismatch("snapshot SHA-256 does not match its decoded parameters")
     return values
