@@ -228,8 +228,10 @@ class EliasFanoCoding(IndexCoding):
         if low is not None:
             idx |= low
             del low
-        if k > 1 and not np.all(idx[1:] > idx[:-1]):
-            bad = int(np.flatnonzero(idx[1:] <= idx[:-1])[0])
+        rising = idx[1:] > idx[:-1] if k > 1 else None
+        if rising is not None and not rising.all():
+            # argmin finds the first False without an array of every bad position.
+            bad = int(np.argmin(rising))
             raise InvalidIndices(
                 f"indices not strictly increasing at position {bad + 1}: "
                 f"{int(idx[bad])} then {int(idx[bad + 1])}"
