@@ -34,6 +34,7 @@ from protocol.secagg import MAX_DEGREE, NoiseKind, Stage, choose_degree
 from ._secagg_routes import SecureRegistry, stage_cap
 
 __all__ = [
+    "GROUP_DP_REFUSAL",
     "MAX_SECURE_COORDS",
     "SECURE_STAGES",
     "SERVICE_KEYS",
@@ -56,6 +57,25 @@ MAX_SECURE_COORDS = 4_000_000
 # `SecureConfig` field. `seed` and `server_lr` come from the task, so they are refused here.
 SERVICE_KEYS = ("stage_timeout_s", "stage_idle_s")
 _FROM_TASK = ("seed", "server_lr")
+# Why `parse_secure` refuses a `dp` stage (any, accounting or not) in a grouped task's
+# `group_aggregator`. Such a stage runs on the group means the server has already unmasked:
+# its `population=`/`sample=` count group sums, not devices, so the epsilon it reports (and its
+# `eps=` budget) under-counts what one device spends; the task's cohorts come from the task
+# seed, not a secret draw, so no amplification by sampling holds; and none of the central-DP
+# checks a plain task's `dp` stage gets (delta, `seed=`, `q=`, the pool, sample >= cohort)
+# reach it. Without accounting it is noise the server adds to sums it saw un-noised, which
+# protects no device from it and claims no epsilon anyone could read. Distributed DP is the
+# secure tasks' DP (docs/privacy.md, "Distributed DP in secure mode").
+GROUP_DP_REFUSAL = (
+    "secure.group_aggregator: a dp stage is not allowed there: it would clip and noise the "
+    "group means the server has already unmasked, so its population=/sample= would count "
+    "group sums, not devices (the epsilon it reports, and any eps= budget, would under-count "
+    "what one device spends), the task's cohorts are drawn from the task seed (no "
+    "amplification by sampling holds), and the server still sees every un-noised group sum; "
+    "for DP in a secure task use distributed DP: secure.noise discrete_gaussian or skellam "
+    "with secure.noise_multiplier (and secure.epsilon_budget for a budget), which works in "
+    "grouped mode too (docs/privacy.md, 'Distributed DP in secure mode')"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,8 +155,10 @@ def parse_secure(raw: dict[str, Any], *, seed: int, server_lr: float) -> SecureS
         raise ValueError(f"secure: {exc}") from None
     if config.group_size is not None:
         from coordinator.aggregators import build_aggregator
+        from coordinator.aggregators._dp import find_dp
 
-        build_aggregator(config.group_aggregator)
+        if find_dp(build_aggregator(config.group_aggregator)) is not None:
+            raise ValueError(GROUP_DP_REFUSAL)
     return SecureSettings(config, 30.0 if timeout is None else timeout, idle)
 
 
