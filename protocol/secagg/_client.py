@@ -248,6 +248,16 @@ class SecAggClient:
             raise ProtocolViolation(
                 f"threshold {params.threshold} is not above half the degree {params.degree}"
             )
+        if params.num_nodes < 3 or params.threshold < 2:
+            # With two devices (k = 1, t = 1) one neighbour listed alive is enough to unmask,
+            # and the sum less a colluding device's own update is this device's update. The
+            # coordinator plans n >= 3, where the degree checks give t >= 2, so every unmask
+            # needs t + 1 >= 3 survivors; a plan below that is a deviating server's. (After
+            # the 2t > k check, which already refuses t < 2 whenever k >= 2.)
+            raise ProtocolViolation(
+                f"a plan of {params.num_nodes} nodes at threshold {params.threshold}: secure "
+                "aggregation needs at least 3 nodes and a threshold of at least 2"
+            )
         mine = neighbours_of(params.num_nodes, params.degree, params.graph_seed, node)
         self.state = ClientState(params, node, frozenset(mine))
 
