@@ -115,6 +115,17 @@ class SecureConfig:
             )
         if self.group_size is not None and self.group_size < 3:
             raise ValueError("group_size must be at least 3")
+        if self.group_size is not None:
+            from coordinator.aggregators import build_aggregator
+            from coordinator.aggregators._dp import find_dp
+
+            if find_dp(build_aggregator(self.group_aggregator)) is not None:
+                raise ValueError(
+                    f"group_aggregator {self.group_aggregator!r} has a dp stage, which is not "
+                    "allowed across SecAgg groups: it would noise group means the server has "
+                    "already unmasked and count groups, not devices, in its epsilon; for DP use "
+                    "distributed DP (noise discrete_gaussian or skellam with noise_multiplier)"
+                )
         if self.sketch_bits is not None and not 1 <= self.sketch_bits <= self.value_bits:
             raise ValueError("sketch_bits must be in 1..value_bits")
         if self.sketch_pool < 1:
