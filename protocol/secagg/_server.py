@@ -3,15 +3,18 @@
 The server keeps a running sum of masked inputs (never an individual vector), and reconstructs
 secrets only after checking that every needed secret has at least t shares; otherwise the round
 aborts with nothing reconstructed. A share whose x is not its sender's is refused on arrival;
-wrong share values are corrected (Berlekamp-Welch, up to (m - t) / 2 of m shares per secret) and
-their senders named in `SecAggResult.suspects`, so one lying survivor cannot abort the round.
+wrong share values are corrected (Reed-Solomon decoding, up to (m - t) / 2 of m shares per
+secret) and their senders named in `SecAggResult.suspects`, so one lying survivor cannot abort
+the round.
 
-Error correction is bounded: it costs about m^3 field operations per secret in pure Python
-(k = 120: about a second), so a few survivors returning wrong values for every share they hold
-could stretch one unmask to minutes. Once a sender is a suspect its shares are left out and the
-strict reconstruction is tried first (a liar costs at most one corrected secret, not one per
-share it holds), and at most `MAX_ROBUST_DECODES` secrets per instance are error-corrected;
-one more aborts the round, naming the suspects found so far.
+Error correction is bounded in count and in size. One corrected secret costs O(m^2) field
+operations per 15-byte chunk (syndromes and Berlekamp-Massey, `_shamir._berlekamp_welch`), the
+order of the strict reconstruction every secret goes through anyway; the Berlekamp-Welch linear
+system used before cost m^3 (m = 240: 12 s per secret), so 8 liars stretched a k = 240 unmask
+from 4 s to 2 minutes. Once a sender is a suspect its shares are left out and the strict
+reconstruction is tried first (a liar costs at most one corrected secret, not one per share it
+holds), and at most `MAX_ROBUST_DECODES` secrets per instance are error-corrected; one more
+aborts the round, naming the suspects found so far.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ from ._wire import (
 
 __all__ = ["MAX_ROBUST_DECODES", "ServerState", "SecAggServer", "SecAggResult"]
 
-# Secrets one instance may reconstruct with error correction (Berlekamp-Welch). With suspects'
+# Secrets one instance may reconstruct with error correction (O(m^2) each). With suspects'
 # shares left out first, each needs a liar the earlier ones did not catch, so an honest round
 # uses none and a round with a few liars a few.
 MAX_ROBUST_DECODES = 8
