@@ -1375,7 +1375,7 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         )
     if args.ort_artifacts and not Path(args.ort_artifacts).is_dir():
         return f"--ort-artifacts {args.ort_artifacts} is not a folder (run `plume export` first)"
-    if args.ort_artifacts and (problem := _ort_loss_error(Path(args.ort_artifacts))):
+    if args.ort_artifacts and (problem := _ort_loss_error(Path(args.ort_artifacts), args.dataset)):
         return problem
     if args.data_root and not Path(args.data_root).is_dir():
         return f"--data-root {args.data_root} is not a folder"
@@ -1416,14 +1416,16 @@ def _dp_noise_error(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _ort_loss_error(folder: Path) -> str | None:
-    """Why the export in `folder` cannot train a `plume sim` classifier, or None.
-
-    Every simulated dataset has class labels, which only a cross-entropy training step takes;
-    an `--loss mse` export used to fail mid-round with a shape error about `y`. A missing or
-    unreadable manifest is left to the library's artifact checks, which name the problem.
+def _ort_loss_error(folder: Path, dataset: str) -> str | None:
+    """Why the export in `folder` cannot train a `plume sim` classifier, or None: the runner's
+    check (`mobile_sim.runner.ort_loss_error`), made here from the manifest alone, before any
+    data is loaded. A missing or unreadable manifest is left to the runner's artifact checks,
+    which load the artifacts and check them against the data before round 1 (the per-example
+    shapes of x and y, token ids, labels), and name the problem.
     """
     import json
+
+    from .runner import ort_loss_error
 
     try:
         loss = json.loads((folder / "manifest.json").read_text()).get("loss")
@@ -1431,10 +1433,7 @@ def _ort_loss_error(folder: Path) -> str | None:
         return None
     if loss in (None, "ce"):
         return None
-    return (
-        f"--ort-artifacts {folder} was exported with --loss {loss}, but plume sim trains "
-        "classifiers on class labels: export with --loss ce (the default)"
-    )
+    return _in_flags(ort_loss_error(folder, str(loss), dataset))
 
 
 def _spec_error(args: argparse.Namespace) -> str | None:

@@ -922,7 +922,7 @@ def prepare(cfg: SimConfig) -> SimSetup:
     spec = spec_from_module(model)
     _check_fits(eval_model, data, parts)
     if cfg.ort_artifacts is not None and (cfg.ort_fraction > 0 or cfg.ort_tier):
-        _check_ort_artifacts(cfg, spec)
+        _check_ort_artifacts(cfg, spec, data, parts)
     return SimSetup(data, parts, model, spec, eval_model, started_at)
 
 
@@ -938,15 +938,65 @@ def _check_fits(model: Any, data: FederatedData, parts: list[npt.NDArray[np.int6
         check_training_data(model, data.x_train[part], data.y_train[part], allow_ignore=True)
 
 
-def _check_ort_artifacts(cfg: SimConfig, spec: ModelSpec) -> None:
-    """Refuse artifacts of another model or optimizer now, not inside a worker mid-round."""
+def ort_loss_error(folder: str | os.PathLike[str], loss: str, dataset: str) -> str:
+    """Why an export for `loss` (not "ce") cannot train on `dataset`: every simulated dataset
+    has class labels. Shared with `plume sim`, which says it from the manifest before loading
+    any data (`mobile_sim._cli._ort_loss_error`)."""
+    return (
+        f"ort_artifacts {folder} was exported with --loss {loss}, but the {dataset} data has "
+        "class labels, which only a cross-entropy training step takes: export with --loss ce "
+        "(the default)"
+    )
+
+
+def _check_ort_artifacts(
+    cfg: SimConfig,
+    spec: ModelSpec,
+    data: FederatedData,
+    parts: list[npt.NDArray[np.int64]],
+) -> None:
+    """Refuse artifacts of another model or optimizer, or that do not fit the data, now, not
+    inside a worker mid-round.
+
+    The data is checked as torch devices' is (`_check_fits`): with `OrtTrainer.check_data`
+    on the first device with data, after the loss and the per-example shapes of x and y, which
+    get their own words (the artifacts' folder, the dataset, and the export flag to change).
+    An export for --loss mse, or for another --input-shape, used to start the run and fail at
+    the first round that picked an onnxruntime device (or never, if none was picked), saying
+    only "x of shape (166, 64), the model takes [B, (8, 8)]"."""
+    from sdk import TrainingDataError
     from sdk.ort import ArtifactError, OrtTrainer
 
     folder = str(cfg.ort_artifacts)
     try:
-        OrtTrainer.from_dir(folder).check_matches(spec, momentum=cfg.momentum)
+        trainer = OrtTrainer.from_dir(folder)
+        trainer.check_matches(spec, momentum=cfg.momentum)
     except ArtifactError as exc:
         raise ValueError(f"ort_artifacts: {exc}") from exc
+    m = trainer.manifest
+    if m.loss != "ce":
+        raise ValueError(ort_loss_error(folder, m.loss, cfg.dataset))
+    x_shape, y_shape = tuple(data.x_train.shape[1:]), tuple(data.y_train.shape[1:])
+    if m.x_shape != x_shape:
+        raise ValueError(
+            f"ort_artifacts {folder} take examples x of shape {m.x_shape}, but the "
+            f"{cfg.dataset} data's are {x_shape}: export with --input-shape "
+            f"{','.join(map(str, x_shape))}"
+        )
+    if m.y_shape != y_shape:
+        raise ValueError(
+            f"ort_artifacts {folder} take targets y of shape {m.y_shape} for each example, "
+            f"but the {cfg.dataset} data's are {y_shape}"
+        )
+    part = next((p for p in parts if len(p)), None)
+    if part is None:
+        return
+    try:
+        trainer.check_data(data.x_train[part], data.y_train[part])
+    except TrainingDataError as exc:
+        raise ValueError(
+            f"ort_artifacts {folder} cannot train on the {cfg.dataset} data: {exc}"
+        ) from exc
 
 
 def _device_ids(n: int) -> list[str]:
