@@ -708,9 +708,10 @@ def _export_joint(
     output_names: list[str],
     batch_inputs: Sequence[int],
     model: nn.Module,
-) -> onnx.ModelProto:
+) -> tuple[onnx.ModelProto, dict[int, str]]:
     """Trace `fn` (which runs `model`) to ATen with a symbolic batch dimension and export it
-    as one ONNX model."""
+    as one ONNX model; with it, the batch sizes past the trace's assumptions about the batch
+    size (`_batch_guard_sizes`), for `_check_numbers`."""
     registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration_log.level
     try:
@@ -760,7 +761,97 @@ def _export_joint(
         registration_log.setLevel(level)
     if program is None:
         raise ExportError("the exporter produced no program")
-    return program.model_proto
+    traced = int(args[batch_inputs[0]].shape[0])
+    try:
+        guard_sizes = _batch_guard_sizes(gm, batch_inputs[0], traced)
+    except Exception:  # torch's tracer internals, which change between versions
+        guard_sizes = dict.fromkeys(_FALLBACK_SIZES, "")
+    return program.model_proto, guard_sizes
+
+
+# Batch sizes `_check_numbers` also runs when the trace's assumptions about the batch size
+# cannot be read (`_batch_guard_sizes`): small ones, and the common training batch sizes.
+_FALLBACK_SIZES = (2, 3, 8, 16, 32, 64)
+# A guard's other side is checked up to this batch size (the check runs the model and the
+# graphs at it, so its cost grows with it), and at most this many guard sizes, smallest first.
+_MAX_GUARD_SIZE = 1024
+_MAX_GUARD_SIZES = 6
+
+
+def _batch_guard_sizes(gm: Any, x_index: int, traced: int) -> dict[int, str]:
+    """Batch sizes on the other side of each assumption the trace made about the batch size,
+    each with the assumption (``batch < 8``) for the error message.
+
+    The tracer runs the model's Python once, at the example's batch size `traced`, and records
+    as a guard each condition on a symbolic size that the Python branched on. A forward with
+    ``if x.shape[0] >= 8: ...`` traced at 4 leaves ``batch < 8``: the graph then holds the
+    other branch from 8 on. Harmless guards occur too (the MNIST CNN's trace has one,
+    ``batch < 16``), so a guard is not refused; `_check_numbers` compares the graphs with torch
+    at the smallest batch size where it fails. Guards over other symbols as well (spatial
+    sizes, parameter shapes: static in the exported graph) are read with those at their traced
+    values. For each guard, the smallest size in [1, `_MAX_GUARD_SIZE`] that breaks it is taken
+    (among 1-64, powers of two and the neighbours of the guard's constants), and at most
+    `_MAX_GUARD_SIZES` sizes, smallest first. A guard that cannot be read (a symbol without a
+    traced value, an expression that does not evaluate to true or false), or a trace whose
+    batch size is not symbolic, adds `_FALLBACK_SIZES` instead (as does any error reading the
+    trace: `_export_joint`).
+    """
+    import sympy
+
+    fallback = dict.fromkeys(_FALLBACK_SIZES, "")
+    placeholders = [node for node in gm.graph.nodes if node.op == "placeholder"]
+    val = placeholders[x_index].meta.get("val") if x_index < len(placeholders) else None
+    dim = val.shape[0] if isinstance(val, torch.Tensor) and val.dim() else None
+    if not isinstance(dim, torch.SymInt):
+        return fallback
+    batch = dim.node.expr
+    env = dim.node.shape_env
+    if not isinstance(batch, sympy.Symbol):
+        return fallback
+    # The traced value of each symbol; torch 2.13 renamed `var_to_val` (now deprecated).
+    values = getattr(env, "backed_var_to_val", None)
+    if values is None:
+        values = env.var_to_val
+    found: dict[int, str] = {}
+    unreadable = False
+    for guard in env.guards:
+        expr = guard.expr
+        if batch not in expr.free_symbols:
+            continue
+        others = expr.free_symbols - {batch}
+        if any(sym not in values for sym in others):
+            unreadable = True
+            continue
+        fixed = expr.xreplace({sym: sympy.Integer(int(values[sym])) for sym in others})
+        consts = {int(c) for c in fixed.atoms(sympy.Integer)}
+        candidates = {
+            v
+            for v in (
+                *range(1, 65),
+                *(1 << k for k in range(_MAX_GUARD_SIZE.bit_length())),
+                *(c + d for c in consts for d in (-1, 0, 1)),
+            )
+            if 1 <= v <= _MAX_GUARD_SIZE
+        }
+        try:
+            if fixed.xreplace({batch: sympy.Integer(traced)}) is not sympy.true:
+                unreadable = True  # it should hold where it was recorded
+                continue
+            broken = None
+            for v in sorted(candidates):
+                holds = fixed.xreplace({batch: sympy.Integer(v)})
+                if holds is sympy.false:
+                    broken = v
+                    break
+                if holds is not sympy.true:
+                    raise TypeError(f"{holds} is not true or false")
+        except Exception:  # sympy's own errors are many; the guard is unreadable either way
+            unreadable = True
+            continue
+        if broken is not None and broken not in found:
+            found[broken] = str(fixed.xreplace({batch: sympy.Symbol("batch")}))
+    sizes = dict(sorted(found.items())[:_MAX_GUARD_SIZES])
+    return {**fallback, **sizes} if unreadable else sizes
 
 
 # What make_fx says when the traced code reads a real tensor it was not given (a tensor kept as
@@ -897,25 +988,36 @@ def _check_numbers(
     sessions: dict[str, ort.InferenceSession],
     train_inputs: list[str],
     infer_inputs: list[str],
+    guard_sizes: dict[int, str],
 ) -> None:
     """Raise `ExportError` unless the exported graphs compute what torch computes at batch
     sizes other than the traced one.
 
-    The trace runs the model's Python once, at `example_x`'s batch size with a symbolic batch
+    The trace runs the model's Python once, at `example_x`'s batch size n with a symbolic batch
     dimension that the tracer assumes is at least 2: a forward branching on the batch size
-    (``if x.shape[0] > 1: h = h - h.mean(0)``) is exported with that branch, while the graph
-    takes any batch from 1, so a device's last partial batch of one trained another model
-    than torch did. Here the inference graph runs at a batch of 1 and one larger than the
-    example's, against the model's own forward (eval mode, no grad), and the training step at
-    a batch of 1 against the same step function run eagerly (torch's autograd, this export's
-    loss and optimizer; momentum buffers of zero). A difference past float32 rounding
-    (`_NUMBERS_RTOL`) names the graph, the batch size and the output.
+    (``if x.shape[0] > 1: h = h - h.mean(0)``, or ``>= 8`` traced at 4) is exported with the
+    branch of n, while the graph takes any batch from 1, so a device trained another model than
+    torch did at the batch sizes past the branch. The graphs are checked at a batch of 1, of
+    n + 1, and at each size of `guard_sizes` (`_batch_guard_sizes`: the other side of each
+    assumption the tracer recorded about the batch size, with it for the message); a batch of m
+    is example_x's rows (and example_y's) repeated to m. At each size the inference graph runs
+    against the model's own forward (eval mode, no grad), and the training step against the
+    same step function run eagerly (torch's autograd, this export's loss and optimizer;
+    momentum buffers of zero). A difference past float32 rounding (`_NUMBERS_RTOL`) names the
+    graph, the batch size, the traced one and the assumption, and the output.
     """
-    n = example_x.shape[0]
-    wider_x = torch.cat([example_x, example_x[:1]])
+    n = int(example_x.shape[0])
+    sizes = sorted({1, n + 1, *guard_sizes})
     p_np = [p.numpy() for p in params]
-    with torch.no_grad():
-        for size, x in ((1, example_x[:1]), (n + 1, wider_x)):
+    step = _make_joint_step(model, names, loss, optimizer, momentum)
+    lr = torch.tensor(0.1, dtype=torch.float32)
+    labels = ["loss", *(f"new {name}" for name in names)]
+    labels += [f"momentum buffer of {name}" for name in names][: len(state)]
+    for size in sizes:
+        rows = torch.arange(size) % n
+        x, y = example_x[rows], example_y[rows]
+        why = guard_sizes.get(size, "")
+        with torch.no_grad():
             try:
                 want = functional_call(model, dict(zip(names, params, strict=True)), (x,))
             except _MISFIT_ERRORS as exc:
@@ -927,42 +1029,42 @@ def _check_numbers(
             got = sessions["infer"].run(None, feeds)[0]
             off = _mismatch(got, want.numpy(), 1e-6 * math.sqrt(max(got.size, 1)))
             if off is not None:
-                raise ExportError(_differs("infer", "logits", size, off))
-    step = _make_joint_step(model, names, loss, optimizer, momentum)
-    lr = torch.tensor(0.1, dtype=torch.float32)
-    args = (*params, *state, example_x[:1], example_y[:1], lr)
-    try:
-        want_out = step(*args)
-    except _MISFIT_ERRORS as exc:
-        raise ExportError(
-            f"the model's training step refuses a batch of 1 ({_first_line(exc)}), "
-            f"while the exported graphs take any batch size from 1"
-        ) from exc
-    feeds = dict(zip(train_inputs, [a.detach().numpy() for a in args], strict=True))
-    got_out = sessions["train_step"].run(None, feeds)
-    labels = ["loss", *(f"new {name}" for name in names)]
-    labels += [f"momentum buffer of {name}" for name in names][: len(state)]
-    for i, label in enumerate(labels):
-        want_t = want_out[i].detach().numpy()
-        floor = (
-            1e-7 if i == 0 else _NUMBERS_PTOL * float(np.linalg.norm(params[(i - 1) % len(names)]))
-        )
-        if 0 < i <= len(names):
-            # Compare the update, not the parameters, whose size would hide it.
-            start = params[i - 1].numpy()
-            off = _mismatch(got_out[i] - start, want_t - start, floor)
-        else:
-            off = _mismatch(got_out[i], want_t, floor)
-        if off is not None:
-            raise ExportError(_differs("train_step", label, 1, off))
+                raise ExportError(_differs("infer", "logits", size, off, n, why))
+        args = (*params, *state, x, y, lr)
+        try:
+            want_out = step(*args)
+        except _MISFIT_ERRORS as exc:
+            raise ExportError(
+                f"the model's training step refuses a batch of {size} ({_first_line(exc)}), "
+                f"while the exported graphs take any batch size from 1"
+            ) from exc
+        feeds = dict(zip(train_inputs, [a.detach().numpy() for a in args], strict=True))
+        got_out = sessions["train_step"].run(None, feeds)
+        for i, label in enumerate(labels):
+            want_t = want_out[i].detach().numpy()
+            floor = (
+                1e-7
+                if i == 0
+                else _NUMBERS_PTOL * float(np.linalg.norm(params[(i - 1) % len(names)]))
+            )
+            if 0 < i <= len(names):
+                # Compare the update, not the parameters, whose size would hide it.
+                start = params[i - 1].numpy()
+                off = _mismatch(got_out[i] - start, want_t - start, floor)
+            else:
+                off = _mismatch(got_out[i], want_t, floor)
+            if off is not None:
+                raise ExportError(_differs("train_step", label, size, off, n, why))
 
 
-def _differs(what: str, output: str, size: int, off: float) -> str:
+def _differs(what: str, output: str, size: int, off: float, traced: int, why: str) -> str:
+    assumed = f", where the tracer assumed {why}" if why else ""
     return (
         f"{what}: the exported graph's {output} at a batch of {size} differs from torch's by "
-        f"{off:.3g} (relative L2): the model's forward changes with the batch size (a branch "
-        f"on x.shape[0], or a value read off it in Python), which the graph, traced at "
-        f"another batch size, does not reproduce; compute it with tensor ops or drop it"
+        f"{off:.3g} (relative L2); the graph was traced at a batch of {traced}{assumed}: the "
+        f"model's forward changes with the batch size (a branch on x.shape[0], or a value "
+        f"read off it in Python), which the graph, traced at another batch size, does not "
+        f"reproduce; compute it with tensor ops or drop it"
     )
 
 
@@ -1200,7 +1302,7 @@ def _export(
     # The model itself is traced (a copy cannot stand in for one whose hooks or closures
     # reach its layers), and its slots are put back after each trace (`restored_slots`).
     with restored_slots(model):
-        joint = _export_joint(
+        joint, guard_sizes = _export_joint(
             _make_joint_step(model, names, loss, optimizer, momentum),
             train_args,
             train_inputs,
@@ -1215,7 +1317,7 @@ def _export(
     infer_model = _cut(joint, infer_inputs, ["logits"])
     if infer_model is None:
         with restored_slots(model):
-            infer_model = _export_joint(
+            infer_model, more = _export_joint(
                 _make_infer(model, names),
                 (*params, example_x),
                 infer_inputs,
@@ -1223,6 +1325,7 @@ def _export(
                 batch_inputs=(len(params),),
                 model=model,
             )
+        guard_sizes = {**more, **guard_sizes}
     blobs: dict[str, bytes] = {}
     sessions: dict[str, ort.InferenceSession] = {}
     for what, graph in (("train_step", train_model), ("infer", infer_model)):
@@ -1244,6 +1347,7 @@ def _export(
             sessions,
             train_inputs,
             infer_inputs,
+            guard_sizes,
         )
     files = {
         what: {
