@@ -559,14 +559,14 @@ def register(sub: Any) -> None:
 
     for name, helptext in (
         ("status", "print a task's status and rounds as JSON, or list every task"),
-        ("pause", "stop opening rounds for a task"),
-        ("resume", "resume a paused task"),
+        ("pause", "stop opening rounds for a task; prints its status line"),
+        ("resume", "resume a paused task; prints its status line"),
         (
             "stop",
             "stop a task for good: its open round is abandoned (accepted updates stay in its "
             "ledger, the model stays the last published one), no round opens again, its "
             "devices are refused; irreversible (pause is the reversible one). The task stays "
-            "listed with state stopped; stopping it again prints its status",
+            "listed with state stopped; stopping it again prints its status line",
         ),
     ):
         example = f"  plume coordinator {name} --admin-token s3cret --task 1\n"
@@ -1525,12 +1525,14 @@ def _task_action(args: argparse.Namespace) -> int:
         _fail(f"plume coordinator {args.action_name}", f"{given} --task", 2)
     try:
         with _admin(args) as admin:
+            # pause, resume, stop: the task's line as `status` lists it (its whole config,
+            # spec and codecs, is `status --task ID`'s).
             if args.action_name == "pause":
-                out: Any = to_json(admin.pause(args.task))
+                out: Any = _task_line(to_json(admin.pause(args.task)))
             elif args.action_name == "stop":
-                out = to_json(admin.stop(args.task))
+                out = _task_line(to_json(admin.stop(args.task)))
             elif args.action_name == "resume":
-                out = to_json(admin.resume(args.task))
+                out = _task_line(to_json(admin.resume(args.task)))
             elif args.task is None:
                 out = [_task_line(to_json(t)) for t in admin.tasks()]
                 privacy = _privacy_line(admin)
@@ -1568,6 +1570,9 @@ def _task_action(args: argparse.Namespace) -> int:
                 "yet; `plume coordinator create-task` makes one",
                 file=sys.stderr,
             )
+        return 0
+    if args.action_name != "status":
+        print(json.dumps(out))
         return 0
     print(json.dumps(out, indent=2))
     return 0
