@@ -13,6 +13,7 @@ make one; ATTACKS lists the names.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
@@ -304,7 +305,10 @@ def build_attack(spec: str, **kwargs: Any) -> Attack:
     try:
         cls = ATTACKS[name]
     except KeyError:
-        raise ValueError(f"unknown attack {name!r}; choose one of {sorted(ATTACKS)}") from None
+        close = difflib.get_close_matches(name, sorted(ATTACKS), n=1, cutoff=0.6)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        known = ", ".join(sorted(ATTACKS))
+        raise ValueError(f"unknown attack {name!r}{hint}; choose one of {known}") from None
     params: dict[str, Any] = {}
     if text.strip():
         for part in text.split(","):

@@ -16,6 +16,7 @@ every name and parameter.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable
 from typing import Any
@@ -374,6 +375,17 @@ WRAPPERS: dict[str, Callable[[_Params, AggregatorFactory], AggregatorFactory]] =
 }
 
 
+def _unknown_name(name: str, spec: str) -> str:
+    """`unknown aggregator 'medain' (did you mean 'median'?); known: cclip, fedavg, ...`: the
+    closest known name suggested (as a mistyped CLI option is), the spec named only when it is
+    more than the name (`in 'nosuch+median'`), the known names bases first."""
+    known = sorted(BASES) + sorted(WRAPPERS)
+    where = f" in {spec.strip()!r}" if spec.strip().lower() != name else ""
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown aggregator {name!r}{where}{hint}; known: {', '.join(known)}"
+
+
 def build_aggregator(spec: str) -> AggregatorFactory:
     """The aggregator factory a spec string describes (see the module docstring and
     AGGREGATOR_HELP). Raises AggregatorSpecError on an unknown name or a bad parameter."""
@@ -396,8 +408,7 @@ def build_aggregator(spec: str) -> AggregatorFactory:
         name, _, params = stage.partition(":")
         name = name.strip().lower()
         if name not in BASES and name not in WRAPPERS:
-            known = sorted(BASES) + sorted(WRAPPERS)
-            raise AggregatorSpecError(f"unknown aggregator {name!r} in {spec!r}; known: {known}")
+            raise AggregatorSpecError(_unknown_name(name, spec))
         if name in BASES and i != len(stages) - 1:
             raise AggregatorSpecError(f"{name!r} is a base aggregator and must come last")
         if name in SERVER_OPTIMIZERS and i != 0:
