@@ -9,7 +9,9 @@ import logging
 import math
 import os
 import re
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -924,6 +926,7 @@ class _Rows:
     def __call__(self, rec: Any) -> None:
         from .report import table_header, table_row
 
+        _hold_sigterm()
         self.done += 1
         if not self.show:
             return
@@ -1498,13 +1501,88 @@ def _model_mismatch(dataset: str, model: str | None) -> str | None:
     )
 
 
+# The signal that stopped the current `plume sim` (SIGTERM), None for a Ctrl-C or none.
+_stopped_by: str | None = None
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """SIGTERM (timeout, Slurm, docker stop, CI) stops the run as Ctrl-C does: raised as a
+    KeyboardInterrupt, so the finished rounds are written and the workers shut down."""
+    global _stopped_by
+    if os.getpid() != _sigterm_pid:
+        # A "fork" worker inherited this handler: it ends as SIGTERM ends it by default.
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return
+    _stopped_by = signal.Signals(signum).name
+    raise KeyboardInterrupt
+
+
+_sigterm_pid = -1
+
+
+def _hold_sigterm() -> None:
+    """Put `_on_sigterm` back if something took SIGTERM since (ray.init installs its own,
+    which exits at once without writing the finished rounds). Called as each round ends."""
+    if _sigterm_pid == os.getpid() and signal.getsignal(signal.SIGTERM) is not _on_sigterm:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM handled as Ctrl-C while in this block (from the main thread only); the handler
+    before it is put back at its end, since the CLI may be called in a program or a test."""
+    global _stopped_by, _sigterm_pid
+    _stopped_by = None
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGTERM)
+    pid = _sigterm_pid
+    _sigterm_pid = os.getpid()
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+        _sigterm_pid = pid
+
+
+def _stop_text(text: str) -> str:
+    """A Ctrl-C line (starting "interrupted ...") said for the signal that stopped the run."""
+    if _stopped_by is None or not text.startswith("interrupted"):
+        return text
+    return f"stopped by {_stopped_by}" + text[len("interrupted") :]
+
+
+def _stop_status() -> int:
+    """Exit status of an interrupted run: 130 after Ctrl-C, 128 + the signal's number after
+    another (143 for SIGTERM), as a shell reports a process that signal ended."""
+    return 128 + signal.Signals[_stopped_by] if _stopped_by is not None else 130
+
+
 def _main(args: argparse.Namespace) -> int:
     from .status import status_line
 
-    # What the run is doing before its first round and after its last (loading the data,
-    # starting workers, writing plots), on the same condition as the progress bar.
-    with status_line(args.action == "run" and _progress_on(args)):
-        return _sim(args)
+    with _sigterm_interrupts():
+        try:
+            # What the run is doing before its first round and after its last (loading the
+            # data, starting workers, writing plots), on the same condition as the bar.
+            with status_line(args.action == "run" and _progress_on(args)):
+                status = _sim(args)
+        except KeyboardInterrupt:
+            if _stopped_by is None:
+                raise  # Ctrl-C where _sim has nothing to say: `plume`'s own line
+            print(f"{_PROG}: stopped by {_stopped_by}", file=sys.stderr)
+            return _stop_status()
+        except SystemExit as exc:
+            # Ray's driver handler, between ray.init and the end of the first round.
+            if exc.code != signal.SIGTERM or args.backend != "ray":
+                raise
+            print(f"{_PROG}: stopped by SIGTERM while Ray started or ran round 1", file=sys.stderr)
+            return 128 + signal.SIGTERM
+        return _stop_status() if status == 130 else status
 
 
 def _sim(args: argparse.Namespace) -> int:
@@ -1609,7 +1687,7 @@ def _sim(args: argparse.Namespace) -> int:
                 text = _interrupted(rows.done, c.rounds, label, runs, out, partial)
                 if partial is not None and partial.records:
                     text += _write_interrupted(partial, run_dir, args, out, [*results, partial])
-                print(f"{_PROG}: {text}", file=sys.stderr)
+                print(f"{_PROG}: {_stop_text(text)}", file=sys.stderr)
                 # An interrupted run writes the rounds it finished, as before; with none
                 # ("nothing was written"), the empty folders made for it go.
                 kept = partial is not None and bool(partial.records)
@@ -1660,11 +1738,11 @@ def _sim(args: argparse.Namespace) -> int:
                 # last.
                 clear()
                 of = f" of the {label} run" if len(runs) > 1 else ""
-                print(
-                    f"{_PROG}: interrupted while writing the results of all {len(res.records)} "
-                    f"rounds{of}: {run_dir}/rounds.json was not written",
-                    file=sys.stderr,
+                text = (
+                    f"interrupted while writing the results of all {len(res.records)} "
+                    f"rounds{of}: {run_dir}/rounds.json was not written"
                 )
+                print(f"{_PROG}: {_stop_text(text)}", file=sys.stderr)
                 kept = True
                 return 130
             results.append(res)
@@ -1678,11 +1756,11 @@ def _sim(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         clear()
         where = f"{out}/" if len(runs) == 1 else f"{out}/{{{','.join(lbl for lbl, _ in runs)}}}/"
-        print(
-            f"{_PROG}: interrupted while drawing the plots; the runs' files are in {where} "
-            f"(rounds.json, rounds.csv, ledger.csv): plume sim report {out} draws them",
-            file=sys.stderr,
+        text = (
+            f"interrupted while drawing the plots; the runs' files are in {where} "
+            f"(rounds.json, rounds.csv, ledger.csv): plume sim report {out} draws them"
         )
+        print(f"{_PROG}: {_stop_text(text)}", file=sys.stderr)
         return 130
     clear()
     print()
