@@ -128,6 +128,31 @@ def _headers(request: Request) -> dict[str, str]:
     return {k.lower(): v for k, v in request.headers.items()}
 
 
+async def _capped_body(request: Request, cap: int) -> bytes:
+    """The request's body, read no further than `cap` bytes: 413 `too_large` (closing the
+    connection, the rest unread) for a declared `Content-Length` above it, before a byte is
+    read, or at the first chunk past it. The signed-request check reads a body with this, before
+    it checks a signature: the JSON cap of the wire middleware holds such a body already, and
+    this holds it again whatever the middleware exempts. A body the route's own parser read
+    first (a check-in's JSON) is the one Starlette kept."""
+    too_large = ApiError(
+        413, Reason.TOO_LARGE, f"request body above the {cap}-byte cap", {"connection": "close"}
+    )
+    declared = request.headers.get(H.CONTENT_LENGTH)
+    if declared is not None and declared.isdigit() and int(declared) > cap:
+        raise too_large
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():  # Starlette's kept body, if the route read it
+        size += len(chunk)
+        if size > cap:
+            raise too_large
+        parts.append(chunk)
+    body = b"".join(parts)
+    request._body = body  # as `request.body()` keeps it: a later read gets it again
+    return body
+
+
 def _media(expected: ContentType) -> Callable[[Request], Awaitable[None]]:
     """A route dependency refusing (415) a body not labelled `expected`. Route dependencies run
     before parameter ones (the signature check, which spends a nonce) and before the body is
@@ -307,7 +332,7 @@ def create_app(
         x_plume_signature: str | None = Header(None, description="Ed25519, base64url"),
     ) -> pauth.SignedFields:
         """A signed request from a registered device (see docs/http-api.md, Signing)."""
-        body = await request.body()
+        body = await _capped_body(request, config.json_body_cap)
         fields = verifier.verify(
             method=request.method, target=_target(request), headers=_headers(request), body=body
         )

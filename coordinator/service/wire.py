@@ -59,10 +59,20 @@ HEAD_BYTES = "plume.head_bytes"
 # when the connection will close and the app's response did not say so.
 _CONTINUE = len(b"HTTP/1.1 100 Continue\r\n\r\n")
 _CLOSE_HEADER = len(b"connection: close\r\n")
-# Routes that stream large binary bodies and enforce their own, per-task cap.
-_STREAMING = re.compile(
-    r"^/v1/(rounds/[^/]+/updates|admin/tasks/[^/]+/model|secure/rounds/[^/]+/stages/[^/]+)$"
-)
+# Routes that stream large binary bodies and enforce their own, per-task cap, by method: only
+# the method whose handler applies that cap is exempt from the JSON cap. A GET of a secure stage
+# (the download) or of a task's model (the export) shares its path with an upload, but takes no
+# body: one sent with it is held to the JSON cap like any other request's.
+_STREAMING: dict[str, re.Pattern[str]] = {
+    "POST": re.compile(r"^/v1/(rounds/[^/]+/updates|secure/rounds/[^/]+/stages/[^/]+)$"),
+    "PUT": re.compile(r"^/v1/admin/tasks/[^/]+/model$"),
+}
+
+
+def _streams(scope: Scope) -> bool:
+    """Whether the request is one of the streamed uploads, which cap their own body."""
+    pattern = _STREAMING.get(scope["method"])
+    return pattern is not None and pattern.match(scope["path"]) is not None
 
 
 @dataclass
@@ -120,7 +130,7 @@ class WireMiddleware:
             await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})
-        cap = None if _STREAMING.match(scope["path"]) else self.json_cap
+        cap = None if _streams(scope) else self.json_cap
         if cap is not None:
             for k, v in scope["headers"]:
                 if k == b"content-length" and v.isdigit() and int(v) > cap:
