@@ -322,12 +322,13 @@ def _labels(
     Onnxruntime's gather would wrap a negative label to a class from the end (a silently wrong
     update) and fail with an untyped error past the end; torch raises for both. With
     `allow_ignore`, -100 is let through: torch's cross_entropy and the graph both skip it.
-    Raises `TrainingDataError`, as `sdk.trainer.TorchTrainer` does, with the same words.
+    Raises `TrainingDataError`, as `sdk.trainer.TorchTrainer` does, with the same words: labels
+    of another dtype than an integer one (floats with whole values included: torch refuses
+    them, and a float array of labels is usually targets of another kind) are refused.
     """
-    try:
-        arr = _whole_numbers(y, "class labels")
-    except ValueError as exc:
-        raise TrainingDataError(f"{where}: {exc}") from None
+    arr = np.asarray(y)
+    if arr.dtype.kind not in "iu":
+        raise TrainingDataError(f"{where}: y must hold integer class labels, got {arr.dtype}")
     check_labels(arr, classes, allow_ignore=allow_ignore, where=where)
     if allow_ignore and arr.size and bool((arr == IGNORE_INDEX).all()):
         # As in sdk.trainer: a zero update weighted by its examples, and a NaN mean loss.
@@ -335,6 +336,11 @@ def _labels(
             f"{where}: every label is {IGNORE_INDEX} (skipped): no example to train on"
         )
     return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def _batch_shape(shape: Sequence[int]) -> str:
+    """A per-example shape with the batch first, as `sdk.trainer` prints shapes: [B, 28, 28]."""
+    return f"[B{''.join(f', {k}' for k in shape)}]"
 
 
 def _id(value: object) -> object:
@@ -547,8 +553,13 @@ class OrtTrainer:
             raise ValueError(f"params of shape {flat.shape}, the model has {self.spec.size}")
         return [flat[e.offset : e.offset + e.size].reshape(e.shape) for e in self.spec.entries]
 
-    def _check_x(self, x: npt.NDArray) -> npt.NDArray:
+    def _check_x(self, x: npt.NDArray, where: str = "training data") -> npt.NDArray:
         """`x` as the graph's dtype, contiguous, after checking its per-example shape.
+
+        A float graph without a vocabulary takes floating-point `x` only (float64 is cast to
+        float32, the one documented difference from `sdk.trainer.TorchTrainer`): integer or
+        bool inputs into it, such as raw uint8 pixels, are refused as torch refuses them, not
+        cast and trained on unnormalized.
 
         Integer inputs are token ids, which only an Embedding reads among the supported layers,
         and so are float inputs with a vocabulary in the manifest (float32 ids read through
@@ -585,6 +596,21 @@ class OrtTrainer:
                     f"embedding reading them), got {_id(arr.max())} ({count} of {arr.size} ids "
                     "past it)"
                 )
+        if self._x_dtype.kind == "f" and m.x_vocab is None:
+            given = x if isinstance(x, np.ndarray) else None
+            if given is None:
+                try:
+                    given = np.asarray(x)
+                except (TypeError, ValueError):  # ragged: refused below, in its words
+                    given = None
+            if given is not None and given.dtype.kind not in "f":
+                # torch refuses them in the forward pass (`mat1 and mat2 must have the same
+                # dtype`); cast, raw uint8 pixels trained unnormalized.
+                raise TrainingDataError(
+                    f"{where}: x of shape {list(given.shape)} ({given.dtype}) does not fit the "
+                    f"model: it takes {self._x_dtype} inputs; scale and cast integer data to "
+                    f"floats first"
+                )
         try:
             xs = np.ascontiguousarray(x, dtype=self._x_dtype)
         except (TypeError, ValueError) as exc:  # objects, ragged lists, text that is no number
@@ -592,13 +618,40 @@ class OrtTrainer:
                 f"x cannot be read as {self._x_dtype} values: {_first_line(exc)}"
             ) from None
         if xs.ndim != 1 + len(m.x_shape) or tuple(xs.shape[1:]) != m.x_shape:
-            raise TrainingDataError(f"x of shape {xs.shape}, the model takes [B, {m.x_shape}]")
+            dtype = x.dtype if isinstance(x, np.ndarray) else np.asarray(x).dtype
+            raise TrainingDataError(
+                f"{where}: x of shape {list(xs.shape)} ({dtype}) does not fit the model: it "
+                f"takes x of shape {_batch_shape(m.x_shape)}"
+            )
         return xs
 
     def _check_y(self, y: npt.NDArray, n: int) -> npt.NDArray:
+        """`y` as the graph's dtype after the checks `sdk.trainer.TorchTrainer` runs, in its
+        words and order: one label per example, integer labels, shaped to the output, in
+        range."""
         m = self.manifest
+        where = "training data"
         if m.loss == "ce":
-            ys = _labels(y, self.classes, allow_ignore=True)
+            arr = np.asarray(y)
+            if arr.ndim == 0 or len(arr) != n:
+                got = "a scalar" if arr.ndim == 0 else f"{len(arr)} labels"
+                raise TrainingDataError(
+                    f"{where}: x has {n} examples but y has {got} (shapes "
+                    f"{[n, *m.x_shape]} and {list(arr.shape)}): one label per example"
+                )
+            if arr.dtype.kind not in "iu":
+                raise TrainingDataError(
+                    f"{where}: y must hold integer class labels, got {arr.dtype}"
+                )
+            if tuple(arr.shape[1:]) != m.y_shape:
+                # torch's words, with the output as the graph gives it (classes last).
+                out = [*m.y_shape, self.classes]
+                raise TrainingDataError(
+                    f"{where}: labels of shape {list(arr.shape)} do not fit the model's output "
+                    f"{_batch_shape(out)}: cross-entropy takes one class index per "
+                    f"prediction, shape {_batch_shape(m.y_shape)}"
+                )
+            ys = _labels(arr, self.classes, allow_ignore=True)
         else:
             try:
                 ys = np.ascontiguousarray(y, dtype=self._y_dtype)
@@ -612,11 +665,14 @@ class OrtTrainer:
                     f"training data: y: {bad} target values are NaN or infinite"
                 )
         if ys.ndim != 1 + len(m.y_shape) or tuple(ys.shape[1:]) != m.y_shape:
-            raise TrainingDataError(f"y of shape {ys.shape}, the model takes [B, {m.y_shape}]")
+            raise TrainingDataError(
+                f"{where}: y of shape {list(ys.shape)} does not fit the model: it takes y of "
+                f"shape {_batch_shape(m.y_shape)}"
+            )
         if len(ys) != n:
             raise TrainingDataError(
-                f"training data: x has {n} examples but y has {len(ys)} labels: one label per "
-                "example"
+                f"{where}: x has {n} examples but y has {len(ys)} labels (shapes "
+                f"{[n, *m.x_shape]} and {list(ys.shape)}): one label per example"
             )
         return ys
 
@@ -624,11 +680,15 @@ class OrtTrainer:
         """Raise `TrainingDataError` unless `train` can train on (x, y): the checks `train` runs
         once per call (shapes, dtypes, finite inputs, labels in range, at least one example).
         `sdk.Client.participate` calls it before asking for a round."""
+        self._check_data(x, y)
+
+    def _check_data(self, x: npt.NDArray, y: npt.NDArray) -> tuple[npt.NDArray, npt.NDArray]:
+        """(x, y) as the graph's dtypes after `check_data`'s checks."""
         xs = self._check_x(x)
+        if xs.ndim == 0 or len(xs) == 0:
+            raise TrainingDataError("training data: a device needs at least one example to train")
         check_finite_inputs(xs, where="training data")  # NaN or inf would train NaN params
-        self._check_y(y, len(xs))
-        if len(xs) == 0:
-            raise TrainingDataError("a device needs at least one example to train")
+        return xs, self._check_y(y, len(xs))
 
     def step(
         self,
@@ -676,12 +736,8 @@ class OrtTrainer:
         inf (diverged), with the same words. `cancel` is read before each step: once it is
         set, `train` raises `TrainingCancelled` without a result, within one step."""
         check_settings(epochs, batch_size, lr)
-        xs = self._check_x(x)
-        check_finite_inputs(xs, where="training data")  # NaN or inf would train NaN params
-        ys = self._check_y(y, len(xs))
+        xs, ys = self._check_data(x, y)
         n = len(xs)
-        if n == 0:
-            raise TrainingDataError("a device needs at least one example to train")
         # Views of the caller's array, not copies: onnxruntime only reads its feeds and each
         # step returns fresh arrays, and the result is concatenated anew, so nothing ever
         # writes through these views or hands them back.
