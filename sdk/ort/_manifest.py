@@ -258,6 +258,18 @@ def load_manifest(
     if x_vocab is not None and x_dtype == "float32" and x_vocab > 2**24:
         # float32 holds every whole number only up to 2^24: larger ids would be rounded.
         raise ArtifactError("manifest: x vocab past 2^24 needs int64 token ids, not float32")
+    if x_vocab is not None:
+        # The export records the rows of the `nn.Embedding` reading x: the first dimension of
+        # its [rows, dim] weight, which the spec holds. Edited (17 to 100), the device's check
+        # let ids past the table through, and onnxruntime's gather failed at the batch holding
+        # one, after the batches before it had trained.
+        rows = sorted({e.shape[0] for e in spec.entries if len(e.shape) == 2})
+        if x_vocab not in rows:
+            raise ArtifactError(
+                f"manifest: x vocab {x_vocab} is the row count of no embedding table in the "
+                f"spec (its 2-D tensors have {rows or 'no'} rows): the manifest was edited, "
+                "or belongs to another export"
+            )
     y_name, y_dtype, y_shape = _tensor(data, "y")
     if y_dtype != _TARGET_DTYPE[loss]:
         raise ArtifactError(f"manifest: loss {loss!r} takes {_TARGET_DTYPE[loss]} targets")
