@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import signal
 import socket
 import ssl
@@ -24,9 +26,16 @@ from .rounds import ServiceConfig
 from .store import SCHEMA_VERSION, Store
 from .wire import HEAD_BYTES
 
-__all__ = ["ListenError", "serve", "ServerThread", "uvicorn_config"]
+__all__ = ["HEAD_TIMEOUT_S", "ListenError", "serve", "ServerThread", "uvicorn_config"]
 
 log = logging.getLogger("plume.coordinator")
+
+# Seconds a connection may wait for a request head to arrive in full (see CountingH11Protocol):
+# uvicorn's keep-alive timeout, so a new connection waits as long as an idle one between
+# requests does. A head is a few hundred bytes: a second or two on the slowest mobile link.
+HEAD_TIMEOUT_S = 30.0
+# uvicorn's keep-alive timeout (seconds without a byte after a response, before closing).
+_KEEP_ALIVE_S = 30
 
 
 def _buffered(conn: h11.Connection) -> int:
@@ -47,11 +56,25 @@ class CountingH11Protocol(H11Protocol):
     the ledger rebuilt from them missed whatever spacing a client sent: up to the whole head,
     tens of KB of padding per request, uncounted (helper-202's F5). The size is what h11 took
     from its receive buffer for the request event, pipelined requests included (each is parsed
-    from the buffer when its turn comes)."""
+    from the buffer when its turn comes).
+
+    It also closes a connection whose request head does not arrive in full within
+    `head_timeout_s` seconds (0: no limit) of the connection opening, or of the first byte of
+    a head after a response, and one still sending, that long after its next byte arrived, the
+    body of a request already answered (uvicorn reads such a body to its end). uvicorn has
+    no timer before a connection's first request, and its keep-alive timer, started after a
+    response, stops at the next byte: a client that sent part of a head and stopped, or
+    trickled it, held its connection (and a file descriptor) forever, and a few hundred of
+    them left the coordinator unable to accept anyone (helper-228). Bodies the app reads have
+    their own deadline (`ServiceConfig.body_timeout_s`, the wire middleware). An idle
+    keep-alive connection is still closed by uvicorn's keep-alive timeout alone."""
+
+    head_timeout_s: float = HEAD_TIMEOUT_S
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_bytes: int | None = None
+        self._head_timer: asyncio.TimerHandle | None = None
         conn = self.conn
         parse = conn.next_event
 
@@ -75,6 +98,84 @@ class CountingH11Protocol(H11Protocol):
             extensions = self.scope.setdefault("extensions", {})  # type: ignore[typeddict-item]
             extensions[HEAD_BYTES] = {"bytes": self._head_bytes}
         self._head_bytes = None
+        self._watch_head()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)  # type: ignore[arg-type]
+        self._arm_head_timer()  # the first head: counted from the connection opening
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def _watch_head(self) -> None:
+        """After the received bytes were parsed: a deadline while the connection waits for the
+        rest of a head (between requests, with part of one received) or drains the body of a
+        request already answered; none once a request's head has arrived (its body is the
+        app's to time). Between requests with nothing received, the timer armed when the
+        connection opened stays (the first request), else uvicorn's keep-alive timer runs."""
+        conn = self.conn
+        ours, theirs = conn.our_state, conn.their_state
+        if ours is h11.IDLE and theirs is h11.IDLE:
+            if _buffered(conn):
+                self._arm_head_timer()
+            elif self.scope is not None:  # not the first request: keep-alive's turn
+                self._disarm_head_timer()
+        elif ours is h11.DONE and theirs is h11.SEND_BODY:
+            self._arm_head_timer()
+        else:
+            self._disarm_head_timer()
+
+    def _arm_head_timer(self) -> None:
+        if self._head_timer is None and self.head_timeout_s > 0:
+            self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        # One line per connection closed, hence debug: many of them are what it guards against.
+        log.debug(
+            "closing the connection from %s: no complete request head within %g s",
+            "{}:{}".format(*self.client) if self.client else "a client",
+            self.head_timeout_s,
+        )
+        try:
+            self.conn.send(h11.ConnectionClosed())  # as uvicorn's keep-alive timeout does
+        except h11.LocalProtocolError:
+            pass
+        self.transport.close()
+
+
+def _check_head_timeout(head_timeout_s: float) -> float:
+    if (
+        not isinstance(head_timeout_s, int | float)
+        or isinstance(head_timeout_s, bool)
+        or not math.isfinite(head_timeout_s)
+        or head_timeout_s < 0
+    ):
+        raise ValueError(
+            f"head_timeout_s must be 0 (no limit) or a positive number of seconds, got "
+            f"{head_timeout_s!r}"
+        )
+    return float(head_timeout_s)
+
+
+def _protocol(head_timeout_s: float) -> type[CountingH11Protocol]:
+    """`CountingH11Protocol` with its head deadline (uvicorn builds the protocol itself)."""
+    if head_timeout_s == CountingH11Protocol.head_timeout_s:
+        return CountingH11Protocol
+    timeout = head_timeout_s
+
+    class Protocol(CountingH11Protocol):
+        head_timeout_s = timeout
+
+    return Protocol
 
 
 def uvicorn_config(
@@ -86,23 +187,29 @@ def uvicorn_config(
     tls_key: str | None = None,
     log_level: str = "warning",
     access_log: bool = True,
+    head_timeout_s: float = HEAD_TIMEOUT_S,
 ) -> uvicorn.Config:
     """Uvicorn settings the ledger relies on: no `server`/`date` headers (the app counts every
     response header it sends, so uvicorn must not add its own), h11 with each request head's
     size as it arrived (`CountingH11Protocol`; httptools, which uvicorn would pick when
-    installed, is not used), one process, TLS if given."""
+    installed, is not used), one process, TLS if given. A request head must arrive in full
+    within `head_timeout_s` (0: no limit; `CountingH11Protocol`).
+
+    No `limit_concurrency`: uvicorn counts open connections against it, those still waiting
+    for a head included, and answers 503 to the requests of any connection past it; held-open
+    connections would then turn devices away before the file descriptors ran out."""
     return uvicorn.Config(
         app,
         host=host,
         port=port,
-        http=CountingH11Protocol,
+        http=_protocol(_check_head_timeout(head_timeout_s)),
         log_level=log_level,
         access_log=access_log,
         server_header=False,
         date_header=False,
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
-        timeout_keep_alive=30,
+        timeout_keep_alive=_KEEP_ALIVE_S,
         # Idle TLS keep-alive connections can hold a graceful shutdown open; cap the wait.
         timeout_graceful_shutdown=3,
         lifespan="on",
@@ -118,6 +225,7 @@ def serve(
     tls_key: str | None = None,
     log_level: str = "info",
     access_log: bool = True,
+    head_timeout_s: float = HEAD_TIMEOUT_S,
 ) -> None:
     """Serve until interrupted (SIGINT/SIGTERM shut down gracefully; after SIGTERM this
     returns normally, with the database closed).
@@ -138,8 +246,10 @@ def serve(
     `log_level` is uvicorn's and, unless the process already handles `plume.coordinator`'s
     records (a handler on it or on an ancestor, e.g. the root's), the coordinator's own: while
     it serves, its lines go to stderr at that level, formatted as uvicorn's (`WARNING:  ...`).
-    `access_log=False` turns off uvicorn's line per request (stdout).
+    `access_log=False` turns off uvicorn's line per request (stdout). `head_timeout_s`: see
+    `uvicorn_config` (checked before anything is opened).
     """
+    _check_head_timeout(head_timeout_s)
     try:
         previous = signal.signal(signal.SIGTERM, _raise_terminated)
     except ValueError:  # not the main thread: leave SIGTERM as it is
@@ -181,6 +291,7 @@ def serve(
                         tls_key=tls_key,
                         log_level=log_level,
                         access_log=access_log,
+                        head_timeout_s=head_timeout_s,
                     )
                 )
                 _log_listening(sockets, tls_cert is not None)
@@ -308,12 +419,21 @@ class ServerThread:
         tls_cert: str | None = None,
         tls_key: str | None = None,
         app: Any = None,
+        head_timeout_s: float = HEAD_TIMEOUT_S,
     ) -> None:
+        _check_head_timeout(head_timeout_s)
         self._owns_store = app is None
         self.app = app if app is not None else create_app(config)
         self.tls = tls_cert is not None
         self.server = uvicorn.Server(
-            uvicorn_config(self.app, host, port, tls_cert=tls_cert, tls_key=tls_key)
+            uvicorn_config(
+                self.app,
+                host,
+                port,
+                tls_cert=tls_cert,
+                tls_key=tls_key,
+                head_timeout_s=head_timeout_s,
+            )
         )
         self.host = host
         self._thread = threading.Thread(
