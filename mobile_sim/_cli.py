@@ -709,7 +709,8 @@ def register(sub: Any) -> None:
         default=None,
         metavar="N",
         help="torch threads in this process (default: torch's choice); tiny models such as "
-        "digits_mlp run fastest on 1",
+        "digits_mlp run fastest on 1, and so does any model on a machine whose CPUs other "
+        "processes keep busy",
     )
     g.add_argument(
         "--eval-every",
@@ -1647,6 +1648,8 @@ def _sim(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    elif (busy := _busy_cpu_warning(args)) is not None:
+        print(f"{_PROG}: warning: {busy}", file=sys.stderr)
     try:
         cfg = config_from_args(args)
         if (note := _unproven_dp_note(cfg, args.secure)) is not None:
@@ -1934,6 +1937,39 @@ def _run_plots(out: Path, results: list[Any]) -> list[Path]:
     runs = [(r.label or "run", [_as_dict(x) for x in r.records]) for r in results]
     cfg = results[0].config
     return plot_runs(runs, out, title=f"{cfg.dataset} / {cfg.model_name}")
+
+
+def _load_average() -> float | None:
+    """The 1-minute load average (None where the system has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _busy_cpu_warning(args: argparse.Namespace, load: float | None = None) -> str | None:
+    """The warning for a run on torch's default thread count (no --threads) with the
+    sequential backend on a machine whose every CPU is already busy: torch's threads then
+    wait for each other behind the other processes, and a round can take 10-30x as long
+    (helper-222's report: an MNIST CNN round on 2 CPUs, 3.4 s quiet, 108 s beside one busy
+    process, 11 s there with --threads 1). The default is not changed by the load: a thread count can change a
+    run's float results, and runs must repeat. `load` (tests): the 1-minute load average."""
+    if args.threads is not None or args.backend != "sequential" or args.transport == "http":
+        return None  # an HTTP run trains on one thread already
+    load = _load_average() if load is None else load
+    cpus = os.cpu_count() or 1
+    if load is None or load < cpus:
+        return None
+    import torch
+
+    threads = torch.get_num_threads()
+    if threads < 2:
+        return None
+    return (
+        f"the load average ({load:.1f}) is at least the number of CPUs ({cpus}): torch's "
+        f"default {threads} threads can make each round many times slower while other "
+        "processes use the CPUs; --threads 1 (or --backend pool) avoids that"
+    )
 
 
 def _stopped_early(result: Any) -> str:
