@@ -2,18 +2,40 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import Path as PathParam
+from pydantic import BeforeValidator
+from pydantic_core import PydanticCustomError
 
 from protocol.names import ContentType, Reason
 
 __all__ = ["ApiError", "StoreId", "media_type", "require_media_type"]
 
-# A task or round id in a URL. SQLite's INTEGER is signed 64-bit, so an id outside it names
-# nothing: it is refused as 422 `validation` here rather than overflowing the store's query (a
-# 500), above 2^63 - 1 and below -2^63 alike.
-StoreId = Annotated[int, PathParam(ge=-(2**63), le=2**63 - 1)]
+_DECIMAL_ID = re.compile(r"0|[1-9][0-9]*")
+
+
+def _decimal_id(value: object) -> object:
+    """A path id as sent: ASCII digits without a leading zero, nothing else. Pydantic's int
+    takes `+1`, `1.0`, ` 1` (`%201`), `1_0` or `01` for an id too; one round would answer to
+    several paths, and the bandwidth ledger, which reads the id from the path as written, could
+    not tell an upload to `/v1/rounds/+1/updates` was round 1's."""
+    if isinstance(value, str) and not (value.isascii() and _DECIMAL_ID.fullmatch(value)):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise PydanticCustomError(
+            "decimal_id",
+            "an id in the path is decimal digits with no sign, space, point or leading zero "
+            "(got {shown})",
+            {"shown": repr(shown)},
+        )
+    return value
+
+
+# A task or round id in a URL: decimal digits as above (422 `validation` otherwise), up to
+# SQLite's largest INTEGER (signed 64-bit): an id above it names nothing and is refused here
+# rather than overflowing the store's query (a 500).
+StoreId = Annotated[int, BeforeValidator(_decimal_id), PathParam(ge=0, le=2**63 - 1)]
 
 
 class ApiError(Exception):
