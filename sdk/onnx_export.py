@@ -414,6 +414,16 @@ def _check_targets(
             f"loss 'ce' needs logits [B, ..., C], the model outputs {list(out.shape)}",
             f"output shape {list(out.shape)}",
         )
+    if loss == "ce" and out.dim() >= 3 and out.shape[1] == out.shape[-1]:
+        # The graph reads a per-position output [B, T, C] with the classes last; torch's
+        # cross_entropy (and so `sdk.trainer.TorchTrainer`) reads them from dimension 1. With
+        # T == C both take the same targets and train different models, silently.
+        raise ExportError(
+            f"the model outputs {list(out.shape)}: cross-entropy on the device reads the "
+            f"classes from the last dimension ([B, T, C]), sdk.trainer.TorchTrainer from "
+            f"dimension 1 ([B, C, T]), and with both {out.shape[1]} the two would train "
+            f"different models on the same labels; change the number of positions or classes"
+        )
     if example_y is None:
         return
     want = list(out.shape[:-1] if loss == "ce" else out.shape)
