@@ -1288,22 +1288,32 @@ class MomentumCosineFilter:
     """Drop reports that point against the server momentum, then aggregate the rest with `inner`.
 
     The reference is the server momentum m of past aggregates (m' = beta·m + (1 - beta)·result),
-    a direction the attackers of one round cannot move. A report y_i is kept when
-    cos(y_i, m) > `min_cosine`. Honest deltas of consecutive rounds agree (on our MNIST runs
+    which a screened round's attackers move only through `inner`'s result. A report y_i is kept
+    when cos(y_i, m) > `min_cosine`. Honest deltas of consecutive rounds agree (on our MNIST runs
     their cosine to the previous aggregate is positive), while sign flip and IPM send the
-    negative of honest progress, so their cosine is negative whatever their number in a cohort:
-    the screen has no breakdown fraction of its own. The idea is FLTrust's (Cao et al. 2021:
-    trust by cosine to a reference update) with the server's own momentum as the reference
-    instead of a root data set, as in Zeno++'s use of a stale reference (Xie et al. 2020).
+    negative of honest progress, so once the reference is sound their cosine is negative
+    whatever their number in a cohort. The reference is only as sound as the aggregates it is
+    made of: round 1 is not screened, and on top-k reports 4 identical IPM reports of 10 can
+    capture the geometric median (docs/robustness.md), leaving a reference that points
+    against honest progress (see `max_drop` for how it is replaced). The idea is FLTrust's
+    (Cao et al. 2021: trust by cosine to a reference update) with the server's own momentum as
+    the reference instead of a root data set, as in Zeno++'s use of a stale reference (Xie et
+    al. 2020).
     No reference yet (first round, or m = 0): everything is kept. Nothing kept: the round's
     result is zero (no step). A report of norm 0 has cosine 0 (dropped unless min_cosine < 0).
     An empty round (no reports) keeps, drops and distrusts nothing, leaves the momentum as it
     was and does not call `inner`, like the collusion screen.
     `max_drop`: if at least this fraction of a round's reports would be dropped, the
     reference is distrusted for the round: every report goes to `inner` (measurement
-    `distrusted`) and the momentum is left as it was, so one such round cannot bend the
-    reference for the next. 1.0 turns the check off. Late in training honest cosines to the
-    momentum fall to about zero, and a filter that drops most of a cohort can hand `inner` an
+    `distrusted`). The first distrusted round after a trusted one leaves the momentum as it
+    was, so one odd cohort (say an attacker majority) cannot bend the reference for the next;
+    a second distrusted round in a row says the reference, not the cohorts, is off, and the
+    momentum restarts from that round's result, (1 - beta)·result, as from round 1. A frozen
+    momentum used to stay frozen: after a poisoned round 1 every later round was distrusted,
+    attackers or not, and the screen was off for the run (helper-229). The state carries the
+    count of distrusted rounds in a row as a third element while it is not 0 (a 2-tuple
+    otherwise, as states written before the count). 1.0 turns the check off. Late in training
+    honest cosines to the momentum fall to about zero, and a filter that drops most of a cohort can hand `inner` an
     attacker majority (on the MNIST CNN at 20% label flip it dropped 6 of 10 honest-leaning
     reports and the model fell from 94% to 22%). With the default 0.5 the filter never drops
     half a cohort or more: under the honest-majority assumption `inner` needs anyway, that
@@ -1352,7 +1362,17 @@ class _MomentumCosineProcess(_RowProcess):
         return (_zeros(self.size), self.inner.initialize())
 
     def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:
-        momentum, inner_state = state
+        # (momentum, inner state), plus the number of distrusted rounds in a row when the last
+        # round was distrusted; states written before that count existed are the 2-tuple.
+        if len(state) == 3:
+            momentum, inner_state, in_a_row = state
+            if type(in_a_row) is not int or in_a_row < 1:
+                raise ValueError(
+                    f"cosine filter state: distrusted rounds in a row must be an int >= 1, "
+                    f"got {in_a_row!r}"
+                )
+        else:
+            (momentum, inner_state), in_a_row = state, 0
         m = np.asarray(momentum, dtype=np.float64)
         if m.shape != (self.size,):
             raise ValueError(f"cosine filter state must hold float32[{self.size}]")
@@ -1381,14 +1401,21 @@ class _MomentumCosineProcess(_RowProcess):
             )
         else:
             result, inner_meas = _zeros(self.size), {}
-        if distrusted or n == 0:
+        if n == 0 or (distrusted and in_a_row == 0):
+            # An empty round, or the first distrusted round after a trusted one: the reference
+            # is kept (the cohort may be the odd one, e.g. an attacker majority).
             new_m = np.asarray(momentum, dtype=np.float32)
         else:
-            new_m = (self.beta * m + (1.0 - self.beta) * result.astype(np.float64)).astype(
-                np.float32
-            )
+            # A trusted round moves the momentum; a second distrusted round in a row says the
+            # reference, not the cohorts, is off, so it restarts from this round's result as
+            # from a zero momentum (as in round 1) and cannot stay stuck.
+            base = 0.0 if distrusted else self.beta * m
+            new_m = (base + (1.0 - self.beta) * result.astype(np.float64)).astype(np.float32)
+        if n:
+            in_a_row = in_a_row + 1 if distrusted else 0
+        new_state = (new_m, inner_state, in_a_row) if in_a_row else (new_m, inner_state)
         return AggregateOutput(
-            (new_m, inner_state),
+            new_state,
             result,
             {"kept": len(keep), "dropped": dropped, "distrusted": distrusted, "inner": inner_meas},
         )
