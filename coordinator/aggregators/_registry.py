@@ -3,8 +3,9 @@
 Grammar: `stage ("+" stage)*`, `stage = name [":" params]`, `params = param ("," param)*`,
 `param = key "=" value | value` (one positional value, first). Stages nest left to right: the
 leftmost is the outermost wrapper and the rightmost is the base aggregator, so
-"dp:clip=1,z=1+fedavg" is DPMean(1.0, clip=1, inner=FedAvg(uniform=True)). A wrapper written
-last gets FedAvg as its inner. `dp` must be the first stage: anything outside it would see
+"dp:clip=1,z=1+fedavg" is DPMean(1.0, clip=1, inner=FedAvg()) (DPMean sets every report's
+weight to 1 itself). A wrapper written last gets FedAvg as its inner (uniform=True behind a bare
+`dp`). `dp` must be the first stage: anything outside it would see
 individual reports or re-release noise. The one exception is a report screen (`collusion`),
 which may stand in front of `dp` and drops whole reports before they are clipped and noised;
 such a `dp` may not account epsilon (no q=/population=/eps=), because the screen lets one device's
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -120,6 +122,9 @@ def _integer(key: str, value: str) -> int:
     return int(v)
 
 
+_STAGE_BREAK = re.compile(r"(?<![0-9][eE])\+")
+
+
 class _Params:
     """One stage's parameters; every key must be consumed, so typos fail loudly."""
 
@@ -133,7 +138,8 @@ class _Params:
             part = part.strip()
             if "=" in part:
                 key, _, value = part.partition("=")
-                key, value = key.strip(), value.strip()
+                # Keys are case-insensitive, as stage names are.
+                key, value = key.strip().lower(), value.strip()
                 if not key or not value or key in self.values:
                     raise AggregatorSpecError(f"bad or repeated parameter {part!r} in {stage!r}")
                 self.values[key] = value
@@ -144,6 +150,12 @@ class _Params:
 
     def take(self, *keys: str, positional: bool = False) -> str | None:
         if positional and self.positional is not None:
+            twice = [k for k in keys if k in self.values]
+            if twice:
+                raise AggregatorSpecError(
+                    f"{twice[0]!r} given twice in {self.stage!r}: as the first, unnamed value "
+                    f"and as {twice[0]}="
+                )
             value, self.positional = self.positional, None
             return value
         for key in keys:
@@ -391,7 +403,8 @@ def build_aggregator(spec: str) -> AggregatorFactory:
     AGGREGATOR_HELP). Raises AggregatorSpecError on an unknown name or a bad parameter."""
     if not isinstance(spec, str) or not spec.strip():
         raise AggregatorSpecError("empty aggregator spec")
-    stages = [s.strip() for s in spec.strip().split("+")]
+    # A '+' right after a digit and an 'e' is a number's exponent sign (1e+3), not a stage break.
+    stages = [s.strip() for s in _STAGE_BREAK.split(spec.strip())]
     if not all(stages):
         raise AggregatorSpecError(f"empty stage in {spec!r} (two '+' in a row, or one at an end)")
     names = [s.partition(":")[0].strip().lower() for s in stages]
