@@ -125,6 +125,11 @@ _ZOO_MODELS = (
 )
 
 
+# The codec's bits a value (compression's VALID_BITS, as `plume sim --bits` lists them: not
+# imported, so that building the parser imports no numpy).
+_CODEC_BITS = (1, 2, 4, 8, 16, 32)
+
+
 def _port(text: str) -> int:
     try:
         port = int(text)
@@ -467,6 +472,7 @@ def register(sub: Any) -> None:
         "--bits",
         type=int,
         default=4,
+        choices=_CODEC_BITS,
         metavar="BITS",
         help="upload: bits a value, 1, 2, 4, 8 (quantized), 16 or 32 (floats)",
     )
@@ -488,8 +494,9 @@ def register(sub: Any) -> None:
         "--downlink-bits",
         type=int,
         default=8,
+        choices=_CODEC_BITS,
         metavar="BITS",
-        help="model download deltas: bits a value",
+        help="model download deltas: bits a value, 1, 2, 4, 8 (quantized), 16 or 32 (floats)",
     )
     c.add_argument(
         "--aggregator",
@@ -1267,16 +1274,24 @@ def _create_task(args: argparse.Namespace) -> int:
     # Before any check: the plugins register the names --model may give.
     if not _import_plugins("plume coordinator create-task", args.plugin, args.model):
         return 2
+    # A flag value refused here, before any request, is a usage mistake: status 2, as `plume
+    # sim` gives the same mistake. A refusal by the coordinator (a 4xx) and one it cannot be
+    # asked (unreachable) are status 1, as is a --model whose factory fails (the plugin's
+    # code, not a flag's value).
     problem = _task_flag_error(args)
     if problem is not None:
         print_error("plume coordinator create-task", problem)
-        return 1
+        return 2
     model = _build_task_model(args.model, args.seed)
     if isinstance(model, str):
         print_error("plume coordinator create-task", model)
         return 1
     try:
         spec = spec_from_module(model)
+    except ValueError as exc:  # the model's parameters, not a flag
+        print_error("plume coordinator create-task", f"--model {args.model}: {exc}")
+        return 1
+    try:
         config = TaskConfig(
             name=args.name or args.model,
             model_name=args.model,
@@ -1301,6 +1316,10 @@ def _create_task(args: argparse.Namespace) -> int:
         )
         # The server's own checks, run here first: a bad value is named without a server.
         validate_task(config)
+    except ValueError as exc:
+        print_error("plume coordinator create-task", _with_flag(str(exc)))
+        return 2
+    try:
         with _admin(args) as admin:
             task_id = admin.create_task(config, get_flat_params(model))
             warned: list[str] | None = getattr(admin, "created_warnings", None)
@@ -1421,14 +1440,20 @@ def _task_flag_error(args: argparse.Namespace) -> str | None:
         # Before the model is built from it (torch refuses a seed past 64 bits in its own words).
         return f"seed must be in [0, 2**63) (--seed), got {args.seed}"
     codecs = (
-        ("--topk/--bits", args.topk, args.bits),
-        ("--downlink-topk/--downlink-bits", args.downlink_topk, args.downlink_bits),
+        ("--topk", "--bits", args.topk, args.bits),
+        ("--downlink-topk", "--downlink-bits", args.downlink_topk, args.downlink_bits),
     )
-    for flags, topk, bits in codecs:
+    for topk_flag, bits_flag, topk, bits in codecs:
         try:
             CodecParams(topk=topk, bits=bits).to_config()
         except ValueError as exc:
-            return f"{exc} ({flags})"
+            # "topk must be in (0, 1], got 2.0": the flag in the field's place, as `plume
+            # sim` says it (a --bits outside its choices is argparse's to refuse).
+            text = str(exc)
+            for field, flag in (("topk", topk_flag), ("bits", bits_flag)):
+                if text.startswith(f"{field} "):
+                    return flag + text[len(field) :]
+            return f"{text} ({topk_flag}/{bits_flag})"
     try:
         build_aggregator(args.aggregator)
     except ValueError as exc:
@@ -1483,6 +1508,11 @@ def _with_flag(message: str) -> str:
     head = message.removeprefix("secure: ")
     for field in sorted(_TASK_FLAGS, key=len, reverse=True):
         if re.match(rf"{re.escape(field)}\b", head):
+            return f"{message} ({_TASK_FLAGS[field]})"
+    # A field later in the sentence ("a secure task needs clients_per_round >= 3"): only
+    # names with an underscore or a dot, which never occur as plain words.
+    for field in sorted(_TASK_FLAGS, key=len, reverse=True):
+        if ("_" in field or "." in field) and re.search(rf"(?<![\w.-]){re.escape(field)}\b", head):
             return f"{message} ({_TASK_FLAGS[field]})"
     return message
 

@@ -522,8 +522,8 @@ def test_create_task_checks_the_task_before_contacting_the_server(
     # Execute
     code = main(["coordinator", "create-task", "--url", url, "--admin-token", ADMIN,
                  "--model", "digits_mlp", *flags])  # fmt: skip
-    # Assert
-    assert code == 1
+    # Assert: refused before any request, a usage mistake (helper-231; it was 1)
+    assert code == 2
     line = _one_error_line(capsys.readouterr().err, "plume coordinator create-task")
     assert expected in line and "cannot reach" not in line
 

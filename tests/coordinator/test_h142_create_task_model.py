@@ -91,7 +91,7 @@ def test_a_plugins_aggregator_says_the_coordinator_builds_its_own(
 ) -> None:
     code = main(_create("--model", "h142_linear", "--aggregator", "h142_agg"))
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2  # a flag's value refused before any request (helper-231)
     assert err == (
         "plume coordinator create-task: error: --aggregator 'h142_agg' is registered in this "
         "process (a --plugin's), but a coordinator builds only its own aggregators: choose "

@@ -20,5 +20,5 @@ def test_create_task_names_a_seed_out_of_range(
     )
     # Assert
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2  # a usage mistake, refused before any request (helper-231)
     assert "seed must be in [0, 2**63) (--seed)" in err, err

@@ -164,6 +164,6 @@ def test_no_error_feedback_with_secure_names_its_flag(capsys: pytest.CaptureFixt
     )
     # Assert
     err = capsys.readouterr().err
-    assert code == 1
+    assert code == 2  # a flag's value refused before any request (helper-231)
     assert "codec.error_feedback false is for plain tasks" in err
     assert err.rstrip().endswith("(--no-error-feedback)"), err

@@ -55,21 +55,22 @@ def test_create_secure_task_from_the_cli(server: str, capsys: pytest.CaptureFixt
 
 
 def test_bad_secure_options_are_refused(server: str, capsys: pytest.CaptureFixture[str]) -> None:
-    # Execute + Assert: a knob without --secure, an impossible ring, too small a cohort
-    assert main(_create(server, "--secure-bits", "8")) == 1
+    # Execute + Assert: a knob without --secure, an impossible ring, too small a cohort; each
+    # refused before any request, a usage mistake (status 2, helper-231)
+    assert main(_create(server, "--secure-bits", "8")) == 2
     assert "need --secure" in capsys.readouterr().err
-    assert main(_create(server, "--secure", "--secure-bits", "17")) == 1
+    assert main(_create(server, "--secure", "--secure-bits", "17")) == 2
     assert "value_bits" in capsys.readouterr().err
-    assert main(_create(server, "--secure", "--clients-per-round", "2")) == 1
+    assert main(_create(server, "--secure", "--clients-per-round", "2")) == 2
     assert "clients_per_round >= 3" in capsys.readouterr().err
     # the plain upload codec, which secure devices never use (it was silently ignored)
-    assert main(_create(server, "--secure", "--topk", "0.1")) == 1
+    assert main(_create(server, "--secure", "--topk", "0.1")) == 2
     assert "--topk and --bits set the plain upload codec" in capsys.readouterr().err
-    assert main(_create(server, "--secure", "--bits", "8")) == 1
+    assert main(_create(server, "--secure", "--bits", "8")) == 2
     assert "--secure-bits bits a value" in capsys.readouterr().err
     # a graph degree above MAX_DEGREE: every device's share-keys work grows with its square
     big = ["--clients-per-round", "5000", "--min-reports", "3", "--secure-degree-factor", "200"]
-    assert main(_create(server, "--secure", *big)) == 1
+    assert main(_create(server, "--secure", *big)) == 2
     err = capsys.readouterr().err
     assert "graph degree 5068" in err and "above 2048" in err
     assert "lower --secure-degree-factor or use --secure-group-size" in err
