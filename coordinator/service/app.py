@@ -12,10 +12,13 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import dataclasses
+import difflib
 import logging
 import re
 import sqlite3
 import time
+import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -151,6 +154,34 @@ async def _capped_body(request: Request, cap: int) -> bytes:
     body = b"".join(parts)
     request._body = body  # as `request.body()` keeps it: a later read gets it again
     return body
+
+
+def _unknown_keys(cls: Any, raw: Any, where: str = "") -> list[str]:
+    """The keys of the JSON object `raw` that are not fields of the dataclass `cls`, and those
+    of the objects in its dataclass fields (`codec.bitz`, `spec[0].shap`), each with the
+    closest field when one is close ("aggregater (did you mean aggregator?)"). A dict field
+    (`secure`) is its own parser's to check."""
+    if not isinstance(raw, dict) or not dataclasses.is_dataclass(cls):
+        return []
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    out = []
+    for key in raw:
+        if key not in names:
+            shown = f"{where}{str(key)[:40]!r}" if not str(key).isidentifier() else where + key
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.6)
+            out.append(shown + (f" (did you mean {where}{close[0]}?)" if close else ""))
+    for name in names:
+        value = raw.get(name)
+        kinds = typing.get_args(hints[name]) or (hints[name],)
+        if typing.get_origin(hints[name]) is list and isinstance(value, list):
+            for i, item in enumerate(value):
+                out += _unknown_keys(kinds[0], item, f"{where}{name}[{i}].")
+        else:
+            for kind in kinds:
+                if dataclasses.is_dataclass(kind):
+                    out += _unknown_keys(kind, value, f"{where}{name}.")
+    return out
 
 
 def _media(expected: ContentType) -> Callable[[Request], Awaitable[None]]:
@@ -576,9 +607,22 @@ def create_app(
         tags=["admin"],
         dependencies=[json_body, Depends(admin)],
     )
-    async def create_task(body: TaskConfig) -> TaskCreatedWarned:
+    async def create_task(request: Request, body: TaskConfig) -> TaskCreatedWarned:
         """Create a task; it waits for its initial model (PUT .../model) before running.
-        `warnings`: what it was created with but warned about (a dp delta above 1/(10 N), ...)."""
+        `warnings`: what it was created with but warned about (a dp delta above 1/(10 N), ...).
+        A key that is not a field (a misspelled `aggregater`) is refused, not ignored."""
+        # The JSON as sent (the object FastAPI parsed for `body`; Starlette keeps it): the
+        # model's parser drops keys it does not know, which would run the task on defaults.
+        unknown = _unknown_keys(TaskConfig, await request.json())
+        if unknown:
+            raise ApiError(
+                422,
+                Reason.VALIDATION,
+                f"unknown task config key{'s' if len(unknown) > 1 else ''}: "
+                + ", ".join(unknown[:8])
+                + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else "")
+                + " (a key the coordinator ignored would leave its setting at the default)",
+            )
         try:
             task_id = coordinator.create_task(body)
         except ValueError as exc:
