@@ -1605,6 +1605,7 @@ def _sim(args: argparse.Namespace) -> int:
         abandoned_warning,
         dp_pool_warning,
         dp_unaccounted_note,
+        ort_note,
         robust_guarantee_warning,
         summary,
         write_run,
@@ -1784,6 +1785,8 @@ def _sim(args: argparse.Namespace) -> int:
                 f"; simulated {_seconds(s['sim_s'])} s in rounds + {_seconds(s['wait_s'])} s "
                 "waiting"
             )
+        if (ort := ort_note(r)) is not None:
+            line += f"; {ort}"
         if s.get("backdoor_accuracy") is not None:
             line += f"; backdoor accuracy {s['backdoor_accuracy']:.4f}"
         if s.get("dp_epsilon") is not None:

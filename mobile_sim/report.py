@@ -29,6 +29,7 @@ __all__ = [
     "summary",
     "dp_pool_warning",
     "dp_unaccounted_note",
+    "ort_note",
     "robust_guarantee_warning",
 ]
 
@@ -181,7 +182,31 @@ def summary(result: SimResult) -> dict[str, Any]:
         out["backdoor_accuracy"] = backdoor[-1]
     if failed := _guarantee_failures(result):
         out["robust_guarantee_failed_rounds"] = [r for r, _ in failed]
+    if uses_ort(result):
+        # Device trainings on onnxruntime over the rounds, and the reports they made.
+        out["ort_trained"] = sum(r.ort_trained or 0 for r in result.records)
+        out["ort_reports"] = sum(r.ort_reports or 0 for r in result.records)
     return out
+
+
+def uses_ort(result: SimResult) -> bool:
+    """Whether the run had devices training on onnxruntime (its rounds count them)."""
+    return any(r.ort_trained is not None for r in result.records)
+
+
+def ort_note(result: SimResult) -> str | None:
+    """The summary line's part on onnxruntime devices, in a run that has them: how many of
+    its reports were trained on onnxruntime (none, with --ort-tier, where no device of that
+    tier was picked), and the device trainings on it."""
+    if not uses_ort(result):
+        return None
+    reports = sum(r.reports for r in result.records)
+    got = sum(r.ort_reports or 0 for r in result.records)
+    trained = sum(r.ort_trained or 0 for r in result.records)
+    return (
+        f"{got:,} of {reports:,} reports trained on onnxruntime "
+        f"({trained:,} device trainings on it)"
+    )
 
 
 def _guarantee_failures(result: SimResult) -> list[tuple[int, dict[str, Any]]]:
@@ -491,15 +516,18 @@ def write_run(
     # an interrupted run writes its rounds leaves no half-written file, and no rounds.json of
     # another run beside this one's CSV files.
     paths["json"].unlink(missing_ok=True)
-    from .runner import WALL_PHASES
+    from .runner import ORT_FIELDS, WALL_PHASES
 
-    # The RoundRecord fields, then the extra figures, then where wall_s went (added after
-    # both: every earlier column keeps its place).
-    fields = [k for k in rows[0] if k != "measurements" and k not in WALL_PHASES] if rows else []
+    # The RoundRecord fields, then the extra figures, then (in a run with onnxruntime devices
+    # only) how many trained on it, then where wall_s went (added after both: every earlier
+    # column keeps its place).
+    late = (*ORT_FIELDS, *WALL_PHASES)
+    fields = [k for k in rows[0] if k != "measurements" and k not in late] if rows else []
+    ort = [*ORT_FIELDS] if uses_ort(result) else []
     buf = io.StringIO()
     writer = csv.DictWriter(
         buf,
-        fieldnames=[*fields, *CSV_EXTRA_COLUMNS, *WALL_PHASES],
+        fieldnames=[*fields, *CSV_EXTRA_COLUMNS, *ort, *WALL_PHASES],
         extrasaction="ignore",
         lineterminator="\n",
     )

@@ -15,7 +15,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
@@ -45,6 +45,7 @@ __all__ = [
     "RoundRecord",
     "SimResult",
     "RunInterrupted",
+    "ORT_FIELDS",
     "run_simulation",
     "prepare",
     "SimSetup",
@@ -579,20 +580,44 @@ class RoundRecord:
     wall_aggregate_s: float | None = None
     wall_eval_s: float | None = None
     wall_other_s: float | None = None
+    # In a run with onnxruntime devices (--ort-fraction or --ort-tier): how many of this
+    # round's devices trained on onnxruntime (`TrainJob.trainer` "ort"), and how many of its
+    # `reports` came from them (a straggler or a dropped device trains, or not, but does not
+    # report). None in a run without such devices, and over HTTP or --secure, which refuse them.
+    ort_trained: int | None = None
+    ort_reports: int | None = None
 
+
+# RoundRecord's ORT fields: in rounds.csv only for runs that have onnxruntime devices, after
+# the other columns and before `WALL_PHASES` (the columns of other runs are unchanged).
+ORT_FIELDS = ("ort_trained", "ort_reports")
 
 # RoundRecord's parts of `wall_s`, in order (rounds.json and the last columns of rounds.csv).
 WALL_PHASES = ("wall_train_s", "wall_encode_s", "wall_aggregate_s", "wall_eval_s", "wall_other_s")
 
 
+class _WallSplit(TypedDict):
+    wall_train_s: float
+    wall_encode_s: float
+    wall_aggregate_s: float
+    wall_eval_s: float
+    wall_other_s: float
+
+
 def _wall_split(
     wall_s: float, train: float, encode: float, aggregate: float, evaluate: float
-) -> dict[str, float]:
+) -> _WallSplit:
     """`WALL_PHASES` of a round of `wall_s` seconds whose measured phases took these: the
     rest is `wall_other_s` (never below 0: the phases are disjoint spans inside `wall_s`, so
     only float rounding could make it so)."""
     other = max(0.0, wall_s - (train + encode + aggregate + evaluate))
-    return dict(zip(WALL_PHASES, (train, encode, aggregate, evaluate, other), strict=True))
+    return _WallSplit(
+        wall_train_s=train,
+        wall_encode_s=encode,
+        wall_aggregate_s=aggregate,
+        wall_eval_s=evaluate,
+        wall_other_s=other,
+    )
 
 
 @dataclass
@@ -1063,6 +1088,7 @@ def run_simulation(
     sel_rng = np.random.default_rng([cfg.seed, 2])
     n_bad = int(round(cfg.malicious * cfg.clients))
     malicious = set(sel_rng.permutation(cfg.clients)[:n_bad].tolist())
+    uses_ort = cfg.ort_artifacts is not None and (cfg.ort_fraction > 0 or bool(cfg.ort_tier))
     n_ort = int(round(cfg.ort_fraction * cfg.clients))
     ort_devices = set(sel_rng.permutation(cfg.clients)[:n_ort].tolist())
     attack = None
@@ -1134,6 +1160,8 @@ def run_simulation(
                     )
                 if not selection.opened:
                     rec = _abandoned_selection(engine, available, selection, dp_pool, t0)
+                    if uses_ort:
+                        rec.ort_trained = rec.ort_reports = 0
                     records.append(rec)
                     if on_round is not None:
                         on_round(rec)
@@ -1255,6 +1283,9 @@ def run_simulation(
                 measurements=_jsonable(outcome.measurements),
                 **_wall_split(wall_s, train_s, encode_s, aggregate_s, eval_s),
             )
+            if uses_ort:
+                rec.ort_trained = sum(job.trainer == "ort" for job in jobs)
+                rec.ort_reports = sum(index_of[dev] in ort_devices for dev in arrival)
             if fleet is not None:
                 rec.measurements["clock"] = _jsonable(timing.summary())
                 # Sent on the devices' uplinks but refused, so not in the ledger's `bytes_up`.
