@@ -494,7 +494,9 @@ def create_app(
     async def model(
         request: Request,
         task_id: StoreId,
-        have: int | None = Query(None, ge=0, description="model version the device holds"),
+        have: int | None = Query(
+            None, ge=0, le=2**63 - 1, description="model version the device holds"
+        ),
         format: str = Query("auto", pattern="^(auto|snapshot|delta)$"),
         dtype: SnapshotDType = Query(SnapshotDType.FP32),  # noqa: B008
         fields: pauth.SignedFields = Depends(device),  # noqa: B008
