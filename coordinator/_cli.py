@@ -2023,7 +2023,13 @@ def _backup_atomic(source: sqlite3.Connection, out: Path) -> int:
 
 
 def _restore(args: argparse.Namespace) -> int:
-    from .service.store import LockHeld, StoreError, schema_version_problem, take_lock
+    from .service.store import (
+        LockHeld,
+        StoreError,
+        lock_path,
+        schema_version_problem,
+        take_lock,
+    )
 
     prog = "plume coordinator restore"
     db, source_path = _path(args.db), _path(args.source)
@@ -2033,6 +2039,14 @@ def _restore(args: argparse.Namespace) -> int:
         _fail(prog, f"--from is the database itself ({args.source}); give the backup")
     if not db.resolve().parent.is_dir():
         _fail(prog, f"the folder of --db {args.db} does not exist; create it or pick another")
+    # What a refused restore removes again: the files it created (the lock file; for a --db
+    # that did not exist, the database and the files SQLite made beside it), nothing else.
+    lock_file = Path(lock_path(db))
+    created: list[Path] = [] if lock_file.exists() else [lock_file]
+    if not db.exists() and not db.is_symlink():
+        beside = [db, *(Path(f"{db}{suffix}") for suffix in ("-journal", "-wal", "-shm"))]
+        created = [f for f in beside if not f.exists()] + created
+    restored = False
     # serve's lock (Store(exclusive=True), beside the file a symlink names): held through the
     # restore, so a coordinator that serves the database refuses it, and one starting
     # meanwhile is refused, naming this process.
@@ -2088,7 +2102,13 @@ def _restore(args: argparse.Namespace) -> int:
             _fail(prog, str(exc))
         except (sqlite3.Error, OSError) as exc:
             _fail(prog, f"cannot restore --db {args.db} from {args.source}: {exc}")
+        restored = True
     finally:
+        if not restored:
+            # Removed while the lock is held: no coordinator can have opened them meanwhile.
+            for f in created:
+                with contextlib.suppress(OSError):
+                    f.unlink()
         os.close(lock)  # drops the flock
     line = {"db": args.db, "from": args.source, "schema_version": int(version), "tasks": tasks}
     print(json.dumps(line))
