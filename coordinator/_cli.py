@@ -1652,6 +1652,12 @@ def _task_line(status: dict[str, Any]) -> dict[str, Any]:
     config's spec and codecs are in `status --task ID`)."""
     config = status.get("config")
     config = config if isinstance(config, dict) else {}  # a refused task's stored object as is
+    # A finished task (done, stopped) opens no round again: it has no pool to draw from. The
+    # service still counts a done task's devices until its pool's entries expire (--pool-ttl),
+    # which read as devices waiting; null says there is nothing to wait for.
+    from protocol.names import TaskState
+
+    finished = status.get("state") in (TaskState.DONE, TaskState.STOPPED)
     return {
         "task_id": status.get("task_id"),
         "name": config.get("name"),
@@ -1661,8 +1667,8 @@ def _task_line(status: dict[str, Any]) -> dict[str, Any]:
         "rounds_closed": status.get("rounds_closed"),
         "rounds": config.get("rounds"),
         "current_round": status.get("current_round"),
-        "pool": status.get("pool"),
-        "pool_needed": status.get("pool_needed"),
+        "pool": None if finished else status.get("pool"),
+        "pool_needed": None if finished else status.get("pool_needed"),
         "refused": status.get("refused"),
     }
 
