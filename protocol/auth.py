@@ -14,7 +14,8 @@ Every device request is signed over one ASCII message, eight lines joined by `\\
 The signature is the 64-byte Ed25519 signature of those bytes, sent base64url without padding.
 No field may contain a newline, so the message parses back one way only. Headers are canonical
 too, so one signed request has one header text: round and timestamp are decimal without leading
-zeros, and the signature's last base64url character has its 4 spare bits zero.
+zeros (and below 2^63), and the signature's last base64url character has its 4 spare bits
+zero.
 """
 
 from __future__ import annotations
@@ -295,10 +296,12 @@ def fields_from_headers(get: dict[str, str]) -> SignedFields:
         raise AuthError("device id must be 32 lower-case hex digits")
     round_text = get.get(Header.ROUND, "0")
     ts_text = get[Header.TIMESTAMP]
-    if not _DIGITS.fullmatch(round_text):
-        raise AuthError("round header must be a decimal integer")
-    if not _DIGITS.fullmatch(ts_text):
-        raise AuthError("timestamp header must be decimal milliseconds")
+    # 19 digits reach past 2^63 - 1: refused here with the other malformed headers (`unsigned`),
+    # not later by `signing_message` as if the signature were wrong.
+    if not _DIGITS.fullmatch(round_text) or int(round_text) >= 2**63:
+        raise AuthError("round header must be a decimal integer in [0, 2^63)")
+    if not _DIGITS.fullmatch(ts_text) or int(ts_text) >= 2**63:
+        raise AuthError("timestamp header must be decimal milliseconds in [0, 2^63)")
     nonce = get[Header.NONCE]
     if not _NONCE.fullmatch(nonce):
         raise AuthError("nonce must be 16 to 64 lower-case hex digits")
