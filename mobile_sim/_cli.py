@@ -280,15 +280,17 @@ def _is_file(text: str) -> bool:
 
 
 def _secure_default(name: str) -> str:
-    """SecureConfig's default of field `name`, for the help of the flag left unset."""
+    """The default of SecureConfig's field `name` (what a --secure run uses when the flag is
+    left unset), for the flag's help: the value alone, as `plume coordinator create-task
+    --help` shows it (the class name meant nothing to a user)."""
     try:
         from dataclasses import fields
 
         from coordinator.secure import SecureConfig
     except ImportError:
-        return "SecureConfig's"
+        return "the secure aggregation library's"
     default = next(f.default for f in fields(SecureConfig) if f.name == name)
-    return f"SecureConfig's, {default}"
+    return f"{default}"
 
 
 def register(sub: Any) -> None:
