@@ -133,6 +133,20 @@ def iter_parsers(parser: argparse.ArgumentParser) -> Iterator[argparse.ArgumentP
                 yield from iter_parsers(child)
 
 
+# Kept as written by HelpFormatter (multi-line text); each example is checked to parse
+# (tests/coordinator/test_h231_top_level_help.py).
+_EXAMPLES = """\
+examples:
+  plume sim --dataset digits --rounds 30 --lr 0.2     # a simulated fleet, seconds long
+  plume coordinator serve --db plume.db                # the HTTP coordinator
+  plume coordinator create-task --admin-token s3cret --model mlp --rounds 20
+  plume export --model mnist_cnn --out artifacts/mnist_cnn   # for devices without torch
+
+Run `plume COMMAND --help` for the options and examples of one command. Errors print one
+line; set PLUME_DEBUG=1 to see the Python traceback of an error too.
+"""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="plume",
@@ -140,10 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Plume: federated learning for phones and small devices, where the network is the "
             "scarce resource."
         ),
-        epilog=(
-            "Run `plume COMMAND --help` for the options of one command. Errors print one line; "
-            "set PLUME_DEBUG=1 to see the Python traceback of an error too."
-        ),
+        epilog=_EXAMPLES,
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action=_VersionAction)
