@@ -1572,7 +1572,11 @@ def _main(args: argparse.Namespace) -> int:
         try:
             # What the run is doing before its first round and after its last (loading the
             # data, starting workers, writing plots), on the same condition as the bar.
-            with status_line(args.action == "run" and _progress_on(args)):
+            run = args.action == "run"
+            # Without a terminal (a log, CI), the one slow start-up step (pool or Ray
+            # workers) still gets a plain line, unless --no-progress.
+            notes = run and not args.no_progress and not sys.stderr.isatty()
+            with status_line(run and _progress_on(args), notes=notes):
                 status = _sim(args)
         except KeyboardInterrupt:
             if _stopped_by is None:

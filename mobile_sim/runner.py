@@ -35,7 +35,7 @@ from .backends._seeding import RngPool
 from .clock import COORDINATOR_DEADLINE_S, COORDINATOR_MAX_S
 from .data import DataError, FederatedData, data_root, load_digits_data, load_mnist
 from .partition import natural, partition, partition_stats
-from .status import clear, say
+from .status import clear, note, say
 
 if TYPE_CHECKING:
     from .fleet import Selection
@@ -1098,6 +1098,12 @@ def run_simulation(
 
     own_backend = backend is None
     be = backend if backend is not None else backend_for(cfg)
+    if be.name in ("pool", "ray"):
+        # The backend's own status line says it on a terminal; this line says it in a log.
+        workers = getattr(be, "workers", None)
+        kind = "pool" if be.name == "pool" else "Ray"
+        plural = "" if workers == 1 else "s"
+        note(f"starting {workers} {kind} worker{plural}" if workers else f"starting {kind} workers")
     be.start(train_context(cfg, data))
     fleet = None
     if cfg.fleet != "off":
