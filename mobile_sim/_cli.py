@@ -1655,8 +1655,6 @@ def _sim(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    elif (busy := _busy_cpu_warning(args)) is not None:
-        print(f"{_PROG}: warning: {busy}", file=sys.stderr)
     try:
         cfg = config_from_args(args)
         if (note := _unproven_dp_note(cfg, args.secure)) is not None:
@@ -1667,6 +1665,9 @@ def _sim(args: argparse.Namespace) -> int:
             runs.append(("dense", config_from_args(args, dense=True)))
     except ValueError as exc:
         return _fail(_in_flags(str(exc)))
+    # Once the flags are known to make a run, so that a usage error stays one line.
+    if (busy := _busy_cpu_warning(args)) is not None:
+        print(f"{_PROG}: warning: {busy}", file=sys.stderr)
     # An external --coordinator's refusals and network failures are the user's to fix; with
     # the loopback one (ours), such an error would be a bug and keeps its traceback. Before the
     # --out folders are made: a Ctrl-C in these imports leaves none behind.
@@ -1961,8 +1962,9 @@ def _busy_cpu_warning(args: argparse.Namespace, load: float | None = None) -> st
     sequential backend on a machine whose every CPU is already busy: torch's threads then
     wait for each other behind the other processes, and a round can take 10-30x as long
     (helper-222's report: an MNIST CNN round on 2 CPUs, 3.4 s quiet, 108 s beside one busy
-    process, 11 s there with --threads 1). The default is not changed by the load: a thread count can change a
-    run's float results, and runs must repeat. `load` (tests): the 1-minute load average."""
+    process, 11 s there with --threads 1). The default is not changed by the load: a thread
+    count can change a run's float results, and runs must repeat. `load` (tests): the
+    1-minute load average."""
     if args.threads is not None or args.backend != "sequential" or args.transport == "http":
         return None  # an HTTP run trains on one thread already
     load = _load_average() if load is None else load

@@ -104,3 +104,18 @@ def test_one_torch_thread_needs_no_warning(
     _load(monkeypatch, 4.0 * (os.cpu_count() or 1))
     assert plume([*TINY, "--out", str(tmp_path)]) == 0
     assert _warnings(capsys.readouterr().err) == []
+
+
+@pytest.mark.usefixtures("two_threads")
+def test_a_usage_error_stays_one_line_on_a_busy_machine(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A run that cannot start gets its error alone (test_cli_ux pins that line)
+    _load(monkeypatch, 4.0 * (os.cpu_count() or 1))
+    code = plume([*TINY, "--per-round", "9", "--out", str(tmp_path / "w")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.splitlines() == [
+        "plume sim: error: --per-round 9 exceeds --clients 6: a round cannot aggregate more "
+        "devices than the fleet has"
+    ]
