@@ -333,6 +333,16 @@ def register(sub: Any) -> None:
         "least 1)",
     )
     s.add_argument(
+        "--head-timeout",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds a connection may take to send a request's head (request line and "
+        "headers), from its opening or from the first byte of its next request; past it the "
+        "connection closes without an answer, so a client that stalls mid-head cannot hold it "
+        "(default 30; 0 = no limit, else at least 1)",
+    )
+    s.add_argument(
         "--keep-frames",
         type=_rounds_to_keep,
         default=None,
@@ -907,6 +917,9 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
     if 0 < args.body_timeout < 1:
         why = "must be 0 (no limit) or at least 1 second: a request's whole body must arrive in it"
         return bad("body_timeout", f"--body-timeout {why}, got {args.body_timeout}", why)
+    if not 0 <= args.head_timeout < float("inf") or 0 < args.head_timeout < 1:
+        why = "must be 0 (no limit) or at least 1 second: a request's whole head must arrive in it"
+        return bad("head_timeout", f"--head-timeout {why}, got {args.head_timeout}", why)
     for dest, value in (("signature_window", args.signature_window), ("poll", args.poll)):
         if not (math.isfinite(value) and value > 0):
             flag = "--" + dest.replace("_", "-")
@@ -1113,6 +1126,7 @@ def _serve(args: argparse.Namespace) -> int:
             tls_key=args.tls_key,
             log_level=args.log_level,
             access_log=args.access_log,
+            head_timeout_s=args.head_timeout,
         )
     except ListenError as exc:  # found before the database was opened
         _fail(prog, _listen_sentence(exc))

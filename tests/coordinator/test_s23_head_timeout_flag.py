@@ -1,0 +1,62 @@
+"""`plume coordinator serve --head-timeout SECONDS` (and `head-timeout` in a --config file)
+reaches the server's request-head timer (befdf3c added `serve(head_timeout_s=)`, default 30 s,
+with no way for an operator to change it); a value the timer cannot run with is refused in
+one line naming the flag or the file and key, before the database is opened."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from coordinator.service import ServiceConfig
+from coordinator.service.server import HEAD_TIMEOUT_S
+
+from .test_h113_serve_config import (  # noqa: F401 (served: fixture)
+    _config,
+    _config_refused,
+    _serve,
+    served,
+)
+
+
+@pytest.mark.parametrize(("flags", "want"), [([], HEAD_TIMEOUT_S), (["--head-timeout", "5"], 5.0),
+                                             (["--head-timeout", "0"], 0.0)])  # fmt: skip
+def test_the_flag_reaches_serve(
+    tmp_path: Path,
+    served: list[tuple[ServiceConfig, str, int, dict]],  # noqa: F811
+    flags: list[str],
+    want: float,
+) -> None:
+    assert _serve("--db", str(tmp_path / "x.db"), *flags) == 0
+    assert served[-1][3]["head_timeout_s"] == want
+
+
+@pytest.mark.parametrize("value", ["0.5", "-1", "nan", "inf"])
+def test_a_value_the_timer_cannot_run_with_is_refused(
+    tmp_path: Path,
+    served: list[tuple[ServiceConfig, str, int, dict]],  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+    value: str,
+) -> None:
+    code = _serve("--db", str(tmp_path / "x.db"), "--head-timeout", value)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (code, served) == (2, [])
+    assert err == [
+        "plume coordinator serve: error: --head-timeout must be 0 (no limit) or at least 1 "
+        f"second: a request's whole head must arrive in it, got {float(value)}"
+    ]
+    assert not (tmp_path / "x.db").exists()
+
+
+def test_the_config_file_key(
+    tmp_path: Path,
+    served: list[tuple[ServiceConfig, str, int, dict]],  # noqa: F811
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    line = _config_refused(capsys, served, _config(tmp_path, "head-timeout = 0.5\n"))
+    assert line.endswith("head-timeout = 0.5: must be 0 (no limit) or at least 1 second: a "
+                         "request's whole head must arrive in it")  # fmt: skip
+    conf = _config(tmp_path, "head-timeout = 12\n")
+    assert _serve("--db", str(tmp_path / "y.db"), "--config", str(conf)) == 0
+    assert served[-1][3]["head_timeout_s"] == 12.0
