@@ -1957,6 +1957,13 @@ def _load_average() -> float | None:
         return None
 
 
+def _stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
+
+
 def _busy_cpu_warning(args: argparse.Namespace, load: float | None = None) -> str | None:
     """The warning for a run on torch's default thread count (no --threads) with the
     sequential backend on a machine whose every CPU is already busy: torch's threads then
@@ -1967,6 +1974,11 @@ def _busy_cpu_warning(args: argparse.Namespace, load: float | None = None) -> st
     1-minute load average."""
     if args.threads is not None or args.backend != "sequential" or args.transport == "http":
         return None  # an HTTP run trains on one thread already
+    if not _stderr_is_terminal():
+        # For someone watching a terminal. Piped or logged runs (scripts, CI, tests) keep
+        # stderr to what the run did: a warning that depends on other processes' load would
+        # make it differ between two runs of the same command.
+        return None
     load = _load_average() if load is None else load
     cpus = os.cpu_count() or 1
     if load is None or load < cpus:

@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from coordinator.cli import main as plume
+from mobile_sim import _cli as sim_cli
 
 TINY = (
     "sim",
@@ -43,8 +44,11 @@ def two_threads() -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _load(monkeypatch: pytest.MonkeyPatch, value: float) -> None:
+def _load(monkeypatch: pytest.MonkeyPatch, value: float, terminal: bool = True) -> None:
+    """The load average `value`, and stderr a terminal (the warning is for someone watching
+    one; a piped or captured stderr never gets it)."""
     monkeypatch.setattr(os, "getloadavg", lambda: (value, value, value))
+    monkeypatch.setattr(sim_cli, "_stderr_is_terminal", lambda: terminal)
 
 
 def _warnings(err: str) -> list[str]:
@@ -102,6 +106,17 @@ def test_one_torch_thread_needs_no_warning(
     # The tests' conftest runs torch on 1 thread: nothing to warn about
     assert torch.get_num_threads() == 1
     _load(monkeypatch, 4.0 * (os.cpu_count() or 1))
+    assert plume([*TINY, "--out", str(tmp_path)]) == 0
+    assert _warnings(capsys.readouterr().err) == []
+
+
+@pytest.mark.usefixtures("two_threads")
+def test_no_warning_when_stderr_is_not_a_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A piped or logged run (a script, CI, a test's subprocess) keeps stderr to what the run
+    # did, whatever else loads the machine: test_cli_ux_walkthrough's piped run expects none.
+    _load(monkeypatch, 4.0 * (os.cpu_count() or 1), terminal=False)
     assert plume([*TINY, "--out", str(tmp_path)]) == 0
     assert _warnings(capsys.readouterr().err) == []
 
