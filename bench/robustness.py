@@ -480,7 +480,9 @@ def _summarise_backdoor(args: argparse.Namespace, rows: list[dict[str, Any]]) ->
 
 
 def _stages(spec: str) -> list[str]:
-    return [stage.partition(":")[0].strip().lower() for stage in spec.split("+")]
+    from coordinator.aggregators._registry import split_stages
+
+    return [stage.partition(":")[0].strip().lower() for stage in split_stages(spec)]
 
 
 def _screen_weak_dp(by_defense: dict[str, Any]) -> str | None:

@@ -23,6 +23,7 @@ import numpy.typing as npt
 from compression import CodecConfig, ModelSpec, feedback_step_many
 from coordinator.aggregators import AggregatorFactory, FedAvg
 from coordinator.aggregators._dp import DPMean, amplified_population, delta_refusal, find_dp
+from coordinator.aggregators._registry import split_stages
 from coordinator.engine import EngineConfig, RoundEngine, RoundPlan, Strategy
 from coordinator.ledger import BandwidthLedger
 from coordinator.privacy import FixedSizeSampling, PoissonSampling, Sampling
@@ -364,12 +365,14 @@ class SimConfig:
         in `AGGREGATORS` is left as it is."""
         if self.aggregator in AGGREGATORS:
             return self.aggregator
-        stages = self.aggregator.split("+")
+        stages = split_stages(self.aggregator)
         for i, stage in enumerate(stages):
             name, colon, params = stage.partition(":")
             if name.strip().lower() != "dp":
                 continue
-            keys = {part.partition("=")[0].strip() for part in params.split(",") if "=" in part}
+            keys = {
+                part.partition("=")[0].strip().lower() for part in params.split(",") if "=" in part
+            }
             if "seed" not in keys:
                 given = params.strip()
                 seed = f"seed={dp_seed_for(self.seed)}"
@@ -870,7 +873,7 @@ def _refuse_registered_stage(spec: str, cause: Exception | None = None) -> None:
         built_in = {*BASES, *WRAPPERS}
     except ImportError:
         built_in = set()
-    for stage in spec.split("+") if "+" in spec else ():
+    for stage in split_stages(spec) if "+" in spec else ():
         name = stage.split(":", 1)[0].strip()
         if name in AGGREGATORS and name.lower() not in built_in:
             raise ValueError(

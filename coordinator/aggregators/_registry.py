@@ -125,6 +125,12 @@ def _integer(key: str, value: str) -> int:
 _STAGE_BREAK = re.compile(r"(?<![0-9][eE])\+")
 
 
+def split_stages(spec: str) -> list[str]:
+    """`spec`'s stages as written (not stripped), split at each '+' that is not a number's
+    exponent sign ("normbound:1e+3+median" is two stages); "+".join gives `spec` back."""
+    return _STAGE_BREAK.split(spec)
+
+
 class _Params:
     """One stage's parameters; every key must be consumed, so typos fail loudly."""
 
@@ -404,7 +410,7 @@ def build_aggregator(spec: str) -> AggregatorFactory:
     if not isinstance(spec, str) or not spec.strip():
         raise AggregatorSpecError("empty aggregator spec")
     # A '+' right after a digit and an 'e' is a number's exponent sign (1e+3), not a stage break.
-    stages = [s.strip() for s in _STAGE_BREAK.split(spec.strip())]
+    stages = [s.strip() for s in split_stages(spec.strip())]
     if not all(stages):
         raise AggregatorSpecError(f"empty stage in {spec!r} (two '+' in a row, or one at an end)")
     names = [s.partition(":")[0].strip().lower() for s in stages]
