@@ -36,33 +36,20 @@ def test_naming_the_finished_task_ends_at_once(tmp_path: Path) -> None:
 
     from coordinator.service import AdminClient, ServerThread, ServiceConfig
     from mobile_sim.models import build_model
-    from protocol.messages import TaskConfig, TensorShape, TrainingParams
     from sdk import Client
     from sdk.client import TaskEndedError
-    from sdk.flat import get_flat_params, spec_from_module
     from sdk.trainer import TorchTrainer
+    from tests.sdk.test_client import create_readme_task
 
     # Prepare: the README's task (mlp, one round, one device) and a device that took part
     torch.manual_seed(0)
     torch.set_num_threads(1)
     model = build_model("mlp")
-    spec = spec_from_module(model)
     x = np.random.default_rng(0).random((64, 1, 28, 28), dtype=np.float32)
     y = np.random.default_rng(1).integers(0, 10, 64)
     cfg = ServiceConfig(db_path=str(tmp_path / "p.db"), admin_token="t", poll_s=0.05)
     with ServerThread(cfg) as url, AdminClient(url, "t") as admin:
-        task_id = admin.create_task(
-            TaskConfig(
-                name="readme",
-                model_name="mlp",
-                spec=[TensorShape(e.name, list(e.shape)) for e in spec.entries],
-                rounds=1,
-                clients_per_round=1,
-                selection_timeout_s=0.2,
-                training=TrainingParams(1, 32, 0.05),
-            ),
-            get_flat_params(model),
-        )
+        task_id = create_readme_task(admin, model)
         with Client(url, app_dir=str(tmp_path / "plume-app")) as client:
             client.register()
             assert client.participate(TorchTrainer(model), x, y, max_wait_s=30) is not None

@@ -10,6 +10,7 @@ import os
 import re
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -289,14 +290,34 @@ def test_device_store_refuses_a_foreign_residual(tmp_path: Path) -> None:
     assert codec.config.bits == 8
 
 
+def create_readme_task(admin: Any, model: Any) -> int:
+    """The README's task (`create-task --model mlp --rounds 1 --clients-per-round 1
+    --selection-timeout 1`, with a shorter timeout) on `admin`, an AdminClient; its id."""
+    from protocol.messages import TaskConfig
+    from sdk.flat import get_flat_params, spec_from_module
+
+    spec = spec_from_module(model)
+    task_id: int = admin.create_task(
+        TaskConfig(
+            name="readme",
+            model_name="mlp",
+            spec=[TensorShape(e.name, list(e.shape)) for e in spec.entries],
+            rounds=1,
+            clients_per_round=1,
+            selection_timeout_s=0.2,
+            training=TrainingParams(1, 32, 0.05),
+        ),
+        get_flat_params(model),
+    )
+    return task_id
+
+
 def test_readme_example_runs_as_written(tmp_path: Path) -> None:
     """The embedding example in docs/http-api.md, executed verbatim against a loopback server."""
     import torch
 
     from coordinator.service import AdminClient, ServerThread, ServiceConfig
     from mobile_sim.models import build_model
-    from protocol.messages import TaskConfig
-    from sdk.flat import get_flat_params, spec_from_module
 
     doc = (Path(__file__).parents[2] / "docs" / "http-api.md").read_text()
     block = re.search(r"## Embedding the SDK in an app\n\n```python\n(.*?)```", doc, re.S)
@@ -309,22 +330,9 @@ def test_readme_example_runs_as_written(tmp_path: Path) -> None:
         blocks = re.findall(r"```python\n(.*?)```", readme.read_text(), re.S)
         assert any(b == code for b in blocks if "from sdk import Client" in b)
     torch.set_num_threads(1)
-    model = build_model("mlp")
-    spec = spec_from_module(model)
     cfg = ServiceConfig(db_path=str(tmp_path / "p.db"), admin_token="t", poll_s=0.05)
     with ServerThread(cfg) as url, AdminClient(url, "t") as admin:
-        task_id = admin.create_task(
-            TaskConfig(
-                name="readme",
-                model_name="mlp",
-                spec=[TensorShape(e.name, list(e.shape)) for e in spec.entries],
-                rounds=1,
-                clients_per_round=1,
-                selection_timeout_s=0.2,
-                training=TrainingParams(1, 32, 0.05),
-            ),
-            get_flat_params(model),
-        )
+        task_id = create_readme_task(admin, build_model("mlp"))
         cwd = os.getcwd()
         os.chdir(tmp_path)
         try:
