@@ -809,8 +809,8 @@ def _batch_guard_sizes(gm: Any, x_index: int, traced: int) -> dict[int, str]:
     import sympy
 
     fallback = dict.fromkeys(_FALLBACK_SIZES, "")
-    placeholders = [node for node in gm.graph.nodes if node.op == "placeholder"]
-    val = placeholders[x_index].meta.get("val") if x_index < len(placeholders) else None
+    graph_inputs = [node for node in gm.graph.nodes if node.op == "placeholder"]  # torch.fx's op
+    val = graph_inputs[x_index].meta.get("val") if x_index < len(graph_inputs) else None
     dim = val.shape[0] if isinstance(val, torch.Tensor) and val.dim() else None
     if not isinstance(dim, torch.SymInt):
         return fallback
@@ -872,15 +872,15 @@ _NOT_FAKE = "Please convert all Tensors to FakeTensors"
 def _chain_text(exc: BaseException) -> str:
     """The messages of `exc` and of its causes and contexts, joined."""
     seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
+    pending: list[BaseException | None] = [exc]
     parts = []
-    while todo:
-        err = todo.pop()
+    while pending:
+        err = pending.pop()
         if err is None or id(err) in seen:
             continue
         seen.add(id(err))
         parts.append(str(err))
-        todo += [err.__cause__, err.__context__]
+        pending += [err.__cause__, err.__context__]
     return "\n".join(parts)
 
 
@@ -904,16 +904,16 @@ def _missing_translation(exc: BaseException) -> str | None:
     The exporter's message is a page of generic advice with the op buried in it.
     """
     seen: set[int] = set()
-    todo: list[BaseException | None] = [exc]
-    while todo:
-        err = todo.pop()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        err = pending.pop()
         if err is None or id(err) in seen:
             continue
         seen.add(id(err))
         found = _NO_TRANSLATION.search(str(err))
         if found:
             return found.group(1)
-        todo += [err.__cause__, err.__context__]
+        pending += [err.__cause__, err.__context__]
     return None
 
 
