@@ -171,6 +171,18 @@ BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
         ],
     ),
     (
+        "robustness_cnn_v4_check",
+        "Byzantine robustness on the MNIST CNN, cosfilter+geomed, seed 0, re-run after "
+        "cosfilter's momentum re-anchoring (commit b5c7927), on the Intel Xeon VM",
+        "python bench/robustness.py --model mnist_cnn --aggregators cosfilter+geomed "
+        "--clean-only fedavg --skip-backdoor --name robustness_cnn_v4_check --workers 2",
+        [
+            ("worst_case_accuracy_fraction_20pct", ">= 0.95"),
+            ("worst_case_accuracy_fraction_20pct_of_own_no_attack", ""),
+            ("worst_case_attack_20pct", ""),
+        ],
+    ),
+    (
         "robustness_backdoor_cnn",
         "Backdoor on the MNIST CNN, 10% attackers, seeds 0-2 (issue 5)",
         "python bench/robustness.py --model mnist_cnn --skip-matrix --backdoor-seeds 0 1 2 "
