@@ -22,6 +22,7 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import math
@@ -809,8 +810,10 @@ def _batch_guard_sizes(gm: Any, x_index: int, traced: int) -> dict[int, str]:
     import sympy
 
     fallback = dict.fromkeys(_FALLBACK_SIZES, "")
-    graph_inputs = [node for node in gm.graph.nodes if node.op == "placeholder"]  # torch.fx's op
-    val = graph_inputs[x_index].meta.get("val") if x_index < len(graph_inputs) else None
+    # An fx graph lists its inputs first, in argument order: node x_index is x's input node
+    # (one that reads no other node). Anything else falls back.
+    node = next(itertools.islice(gm.graph.nodes, x_index, None), None)
+    val = node.meta.get("val") if node is not None and not node.all_input_nodes else None
     dim = val.shape[0] if isinstance(val, torch.Tensor) and val.dim() else None
     if not isinstance(dim, torch.SymInt):
         return fallback
