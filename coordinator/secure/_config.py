@@ -10,6 +10,10 @@ from protocol.secagg import NoiseKind
 __all__ = ["SecureConfig"]
 
 
+class GroupDpError(ValueError):
+    """`SecureConfig.group_aggregator` has a dp stage, which is not allowed across groups."""
+
+
 @dataclass(frozen=True, slots=True)
 class SecureConfig:
     """How a task runs secure aggregation.
@@ -120,7 +124,7 @@ class SecureConfig:
             from coordinator.aggregators._dp import find_dp
 
             if find_dp(build_aggregator(self.group_aggregator)) is not None:
-                raise ValueError(
+                raise GroupDpError(
                     f"group_aggregator {self.group_aggregator!r} has a dp stage, which is not "
                     "allowed across SecAgg groups: it would noise group means the server has "
                     "already unmasked and count groups, not devices, in its epsilon; for DP use "

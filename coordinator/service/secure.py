@@ -29,6 +29,7 @@ from coordinator.secure import (
     min_round_rho,
     plan_numbers,
 )
+from coordinator.secure._config import GroupDpError
 from protocol.secagg import MAX_DEGREE, NoiseKind, Stage, choose_degree
 
 from ._secagg_routes import SecureRegistry, stage_cap
@@ -149,16 +150,10 @@ def parse_secure(raw: dict[str, Any], *, seed: int, server_lr: float) -> SecureS
             if value is None and default is not None:
                 raise ValueError(f"secure.{key} must be an integer")
             kwargs[key] = value
-    if kwargs.get("group_size") is not None:
-        # Before SecureConfig, which refuses the same in its own words (for library users).
-        from coordinator.aggregators import build_aggregator
-        from coordinator.aggregators._dp import find_dp
-
-        group = kwargs.get("group_aggregator", fields["group_aggregator"].default)
-        if find_dp(build_aggregator(str(group))) is not None:
-            raise ValueError(GROUP_DP_REFUSAL)
     try:
         config = SecureConfig(**kwargs, seed=seed, server_lr=server_lr)
+    except GroupDpError:  # SecureConfig's check, in the service's words
+        raise ValueError(GROUP_DP_REFUSAL) from None
     except (TypeError, ValueError) as exc:
         raise ValueError(f"secure: {exc}") from None
     return SecureSettings(config, 30.0 if timeout is None else timeout, idle)
