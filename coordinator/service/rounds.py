@@ -1919,17 +1919,22 @@ class Coordinator:
             raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
         rt = self.runtimes.get(task_id)
         cfg = from_json(TaskConfig, row.config)
+        state = rt.state if rt else row.state
+        # A done or stopped task opens no round again: no device waits for one and none is
+        # needed (0, as for a task this coordinator does not run). A done task's pool entries
+        # stay until --pool-ttl expires them; they are not devices waiting.
+        live = rt if rt and state not in (TaskState.DONE, TaskState.STOPPED) else None
         return TaskStatus(
             task_id=task_id,
-            state=rt.state if rt else row.state,
+            state=state,
             version=rt.version if rt else row.version,
             rounds_closed=rt.rounds_closed if rt else 0,
             rounds_committed=rt.rounds_committed if rt else 0,
             current_round=rt.current.round_id if rt and rt.current else None,
             model_digest=rt.digest if rt else row.digest,
             config=cfg,
-            pool=len(self._expire_pool(rt, self.clock())) if rt else 0,
-            pool_needed=max(rt.engine.config.cohort_size, rt.dp_pool) if rt else 0,
+            pool=len(self._expire_pool(live, self.clock())) if live else 0,
+            pool_needed=max(live.engine.config.cohort_size, live.dp_pool) if live else 0,
         )
 
     def _refused_status(self, refused: RefusedTask) -> TaskStatus:
