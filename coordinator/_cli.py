@@ -1667,8 +1667,8 @@ def _task_line(status: dict[str, Any]) -> dict[str, Any]:
     config = status.get("config")
     config = config if isinstance(config, dict) else {}  # a refused task's stored object as is
     # A finished task (done, stopped) opens no round again: it has no pool to draw from. The
-    # service still counts a done task's devices until its pool's entries expire (--pool-ttl),
-    # which read as devices waiting; null says there is nothing to wait for.
+    # service reports 0 for both counts then (as for a task it does not run); null says there
+    # is nothing to wait for, where 0 could read as a pool that is empty for now.
     from protocol.names import TaskState
 
     finished = status.get("state") in (TaskState.DONE, TaskState.STOPPED)
