@@ -117,6 +117,16 @@ class SecureConfig:
                 f"epsilon_budget ({self.epsilon_budget:g}) needs distributed DP noise "
                 "(noise discrete_gaussian or skellam, with noise_multiplier > 0)"
             )
+        if not (math.isfinite(self.degree_factor) and self.degree_factor > 0):
+            raise ValueError(
+                f"degree_factor must be a positive finite number, got {self.degree_factor}"
+            )
+        if self.threshold is not None and self.threshold < 2:
+            # 0 used to mean the default silently; 1 would let one share reveal a secret.
+            raise ValueError(
+                f"threshold must be at least 2 (or left out for floor(k/2) + 1), "
+                f"got {self.threshold}"
+            )
         if self.group_size is not None and self.group_size < 3:
             raise ValueError("group_size must be at least 3")
         if self.group_size is not None:
