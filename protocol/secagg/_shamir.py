@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import math
+import operator
 import secrets
 import struct
 from collections import Counter
@@ -185,12 +187,136 @@ def _lagrange_at(xs: Sequence[int], ys: Sequence[int], at: int) -> int:
     return sum(w * y for w, y in zip(_lagrange_weights(xs, at), ys, strict=True)) % PRIME
 
 
+def _batch_inverse(values: Sequence[int]) -> list[int]:
+    """1 / v mod PRIME for every (nonzero) v: one modular inversion and 3 products per value
+    (Montgomery's trick)."""
+    prefix = [1]
+    for v in values:
+        prefix.append(prefix[-1] * v % PRIME)
+    inv = pow(prefix[-1], -1, PRIME)
+    out = [0] * len(values)
+    for i in range(len(values) - 1, -1, -1):
+        out[i] = inv * prefix[i] % PRIME  # inv is 1 / (v_0 ... v_i) here
+        inv = inv * values[i] % PRIME
+    return out
+
+
+# n! and 1/n! mod PRIME for n = 0..len - 1, grown on demand (doubling) and never beyond
+# MAX_SHARES + 1 entries (about 6 MB at most). Replaced whole, never mutated, so a reader in
+# another thread sees one consistent pair.
+_FACTORIALS: tuple[tuple[int, ...], tuple[int, ...]] = ((1,), (1,))
+
+
+def _factorials(top: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(fact, inv_fact) covering 0..top (top <= MAX_SHARES)."""
+    global _FACTORIALS
+    tables = _FACTORIALS
+    if len(tables[0]) <= top:
+        size = min(max(top + 1, 2 * len(tables[0])), MAX_SHARES + 1)
+        fact = [1] * size
+        for i in range(1, size):
+            fact[i] = fact[i - 1] * i % PRIME
+        inv = [1] * size
+        inv[-1] = pow(fact[-1], -1, PRIME)
+        for i in range(size - 1, 0, -1):
+            inv[i - 1] = inv[i] * i % PRIME
+        tables = _FACTORIALS = (tuple(fact), tuple(inv))
+    return tables
+
+
+@functools.lru_cache(maxsize=32)
+def _fast_weights(xs: tuple[int, ...]) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(u, at_zero) for distinct xs in 1..MAX_SHARES: u_i = 1 / prod_{j != i} (x_i - x_j), the
+    barycentric weights, and at_zero_i = u_i prod_{j != i} (0 - x_j), with
+    f(0) = sum_i at_zero_i f(x_i) for any polynomial f of degree < len(xs).
+
+    Share x coordinates are holder numbers, so xs is usually most of 1..X, X = max(xs). Over
+    all of 1..X, prod_{s != x} (x - s) = (-1)^(X - x) (x - 1)! (X - x)!, so
+    u_i = (-1)^(X - x_i) / ((x_i - 1)! (X - x_i)!) * prod_{s missing from xs} (x_i - s):
+    O(m |missing|) products for m = len(xs), used while fewer than m are missing; otherwise
+    `_bary_weights`, O(m^2).
+    """
+    m, top = len(xs), max(xs)
+    present = set(xs)
+    missing = [s for s in range(1, top + 1) if s not in present] if top - m < m else None
+    if missing is not None:
+        fact, inv_fact = _factorials(top)
+        u = []
+        for x in xs:
+            w = inv_fact[x - 1] * inv_fact[top - x] % PRIME
+            for s in missing:
+                w = w * (x - s) % PRIME
+            u.append(PRIME - w if (top - x) & 1 else w)
+        inv_x = [fact[x - 1] * inv_fact[x] % PRIME for x in xs]  # (x - 1)! / x! = 1 / x
+    else:
+        u = list(_bary_weights(xs))
+        inv_x = _batch_inverse(xs)
+    m_zero = 1  # M(0) = prod (0 - x_j)
+    for x in xs:
+        m_zero = m_zero * (PRIME - x) % PRIME
+    at_zero = tuple(
+        w * m_zero % PRIME * (PRIME - ix) % PRIME for w, ix in zip(u, inv_x, strict=True)
+    )
+    return tuple(u), at_zero
+
+
+@functools.lru_cache(maxsize=4)
+def _powers(e: int, top: int) -> tuple[int, ...]:
+    """x^e mod PRIME for x = 0..top: a modular power per prime x, one product per composite
+    (x^e = p^e (x / p)^e for p the smallest prime factor of x)."""
+    spf = list(range(top + 1))
+    for p in range(2, math.isqrt(top) + 1):
+        if spf[p] == p:
+            for q in range(p * p, top + 1, p):
+                if spf[q] == q:
+                    spf[q] = p
+    out = [pow(0, e, PRIME), 1]  # top >= 1: share x coordinates start at 1
+    for x in range(2, top + 1):
+        p = spf[x]
+        out.append(pow(x, e, PRIME) if p == x else out[p] * out[x // p] % PRIME)
+    return tuple(out)
+
+
+def _check_weights(xs: tuple[int, ...], u: Sequence[int], d: int) -> list[int]:
+    """w_i = u_i g(x_i) with g(z) = sum_{l <= d} r^l z^l for a fresh secret r, so that
+    sum_i w_i y_i = sum_{l <= d} r^l S_l, S_l = sum_i u_i y_i x_i^l the syndromes: 0 for every r
+    when all S_l are 0, and otherwise 0 for at most d values of r. g(x_i) is computed as
+    ((r x_i)^(d+1) - 1) / (r x_i - 1), so r is drawn again in the rare case r x_i = 1."""
+    powers = _powers(d + 1, max(xs))
+    while True:
+        r = secrets.randbelow(PRIME)
+        dens = [(r * x - 1) % PRIME for x in xs]
+        if all(dens):
+            break
+    big_r = pow(r, d + 1, PRIME)
+    inv = _batch_inverse(dens)
+    return [
+        w * ((big_r * powers[x] - 1) % PRIME) % PRIME * iv % PRIME
+        for w, x, iv in zip(u, xs, inv, strict=True)
+    ]
+
+
 def combine_shares(shares: Sequence[bytes]) -> bytes:
     """Recover the secret from at least `threshold` shares of it.
 
     Raises `NotEnoughShares` below the threshold, and `ShareError` for malformed, mixed,
     duplicated or tampered shares (extra shares beyond the threshold must lie on the same
     polynomial, and the result must match the commitment).
+
+    O(m) field operations per 15-byte chunk for m shares at threshold t, plus O(m) per call
+    for weights when the x coordinates are holder numbers with few gaps (`_fast_weights`;
+    until 2026-11-30 it was O(m t) per chunk plus O(t^2) per new set of x coordinates). The m
+    points (x_i, y_i) of a chunk lie on one polynomial of degree < t exactly when the
+    Reed-Solomon syndromes S_l = sum_i u_i y_i x_i^l are 0 for l = 0..m-t-1
+    (u_i = 1 / prod_{j != i} (x_i - x_j)). The check is randomized: a secret r, drawn afresh
+    with `secrets.randbelow` in every call after all the shares are in hand, and
+    sum_l r^l S_l == 0 tested for every chunk (`_check_weights`). When some S_l is not 0 that
+    is a nonzero polynomial in r of degree at most m - t - 1, so shares off the polynomial pass
+    with probability at most (m - t - 1) / (2^127 - 1 - m) (r avoids the m values 1 / x_i),
+    below 2^-111 for any m <= MAX_SHARES; the commitment check follows regardless. At m = t
+    there is nothing to check. The secret is f(0) from all m points (the value any t of them
+    give when they agree). A failed check names the share the former check named: the first
+    share beyond the first t that is off the polynomial through those t (O(m t), once).
     """
     parsed = [_parse(s) for s in shares]
     if not parsed:
@@ -203,22 +329,20 @@ def combine_shares(shares: Sequence[bytes]) -> bytes:
             first.commit,
         ):
             raise ShareError("shares belong to different secrets or thresholds")
-    xs = [p.x for p in parsed]
+    xs = tuple(p.x for p in parsed)
     if len(set(xs)) != len(xs):
         raise ShareError("two shares carry the same x coordinate")
     if len(parsed) < first.threshold:
         raise NotEnoughShares(f"{len(parsed)} shares, threshold is {first.threshold}")
     t = first.threshold
-    base_x = xs[:t]
-    at_zero = _lagrange_weights(base_x, 0)
-    at_extra = [(p, _lagrange_weights(base_x, p.x)) for p in parsed[t:]]
+    u, at_zero = _fast_weights(xs)
+    check = _check_weights(xs, u, len(xs) - t - 1) if len(xs) > t else None
     out = bytearray()
     for c in range(len(first.ys)):
-        base_y = [p.ys[c] for p in parsed[:t]]
-        for extra, weights in at_extra:
-            if sum(w * y for w, y in zip(weights, base_y, strict=True)) % PRIME != extra.ys[c]:
-                raise ShareError(f"share x={extra.x} is inconsistent with the others (tampered)")
-        value = sum(w * y for w, y in zip(at_zero, base_y, strict=True)) % PRIME
+        ys = [p.ys[c] for p in parsed]
+        if check is not None and sum(map(operator.mul, check, ys)) % PRIME:
+            raise _first_inconsistent(parsed, t, c)
+        value = sum(map(operator.mul, at_zero, ys)) % PRIME
         width = min(CHUNK_BYTES, first.secret_len - c * CHUNK_BYTES)
         if value >= 1 << (8 * width):
             raise ShareError("reconstructed chunk out of range (tampered shares)")
@@ -227,6 +351,19 @@ def combine_shares(shares: Sequence[bytes]) -> bytes:
     if _commit(secret) != first.commit:
         raise ShareError("reconstructed secret does not match its commitment (tampered shares)")
     return secret
+
+
+def _first_inconsistent(parsed: Sequence[_Share], t: int, c: int) -> ShareError:
+    """The error for chunk c, whose points are not on one polynomial of degree < t: it names
+    the first share beyond the first t that is off the polynomial through those t."""
+    base_x = [p.x for p in parsed[:t]]
+    base_y = [p.ys[c] for p in parsed[:t]]
+    for extra in parsed[t:]:
+        weights = _lagrange_weights(base_x, extra.x)
+        if sum(w * y for w, y in zip(weights, base_y, strict=True)) % PRIME != extra.ys[c]:
+            return ShareError(f"share x={extra.x} is inconsistent with the others (tampered)")
+    # Unreachable: nonzero syndromes mean the points are not on one polynomial of degree < t.
+    return ShareError("shares are inconsistent with each other (tampered)")
 
 
 def _poly_eval(coeffs: Sequence[int], x: int) -> int:
