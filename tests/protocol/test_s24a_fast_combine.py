@@ -19,16 +19,25 @@ from hypothesis import strategies as st
 
 from protocol.secagg._errors import NotEnoughShares, ShareError
 from protocol.secagg._shamir import (
+    _HEADER,
+    CHECK_BYTES,
     CHUNK_BYTES,
+    COMMIT_BYTES,
+    MAX_SECRET_BYTES,
     MAX_SHARES,
     PRIME,
+    VERSION,
+    Y_BYTES,
     _bary_weights,
+    _check,
+    _chunks,
     _commit,
     _factorials,
     _fast_weights,
     _lagrange_weights,
     _parse,
     _powers,
+    _Share,
     _weights_cached,
     combine_shares,
     create_shares,
@@ -262,3 +271,59 @@ def test_a_known_r_lets_wrong_shares_pass_the_check_but_not_the_commitment(
     monkeypatch.setattr("protocol.secagg._shamir.secrets.randbelow", lambda n: r)
     with pytest.raises(ShareError, match="commitment|range"):
         combine_shares(bad)
+
+
+def _reference_parse(share: bytes) -> _Share:
+    """`_parse` as it was before its y values were read with a list (at 496ad1d)."""
+    head = _HEADER.size + COMMIT_BYTES
+    if len(share) < head + CHECK_BYTES:
+        raise ShareError(f"share of {len(share)} bytes is shorter than its header")
+    version, threshold, x, secret_len = _HEADER.unpack_from(share)
+    if version != VERSION:
+        raise ShareError(f"share version {version}, expected {VERSION}")
+    if not 1 <= secret_len <= MAX_SECRET_BYTES or threshold < 1 or x < 1:
+        raise ShareError("share header out of range")
+    n_chunks = _chunks(secret_len)
+    if len(share) != head + n_chunks * Y_BYTES + CHECK_BYTES:
+        raise ShareError(f"share of {len(share)} bytes does not match its {secret_len}-byte secret")
+    body, check = share[:-CHECK_BYTES], share[-CHECK_BYTES:]
+    if _check(body) != check:
+        raise ShareError(f"share x={x} fails its integrity check (tampered or corrupt)")
+    ys = tuple(
+        int.from_bytes(body[head + i * Y_BYTES : head + (i + 1) * Y_BYTES], "little")
+        for i in range(n_chunks)
+    )
+    if any(y >= PRIME for y in ys):
+        raise ShareError(f"share x={x} holds a value outside the field")
+    return _Share(threshold, x, secret_len, share[_HEADER.size : head], ys)
+
+
+def _sealed(body: bytes) -> bytes:
+    return body + _check(body)
+
+
+def test_parse_refuses_and_reads_as_before() -> None:
+    rng = random.Random(9)
+    good = create_shares(bytes(range(40)), 3, 5)[2]
+    body = good[:-CHECK_BYTES]
+    head = _HEADER.size + COMMIT_BYTES
+    cases = [
+        good,
+        good[:10],
+        good[:-1],
+        good + b"\0",
+        body + bytes(CHECK_BYTES),
+        _sealed(_HEADER.pack(VERSION + 1, 3, 3, 40) + body[_HEADER.size :]),
+        _sealed(_HEADER.pack(VERSION, 0, 3, 40) + body[_HEADER.size :]),
+        _sealed(_HEADER.pack(VERSION, 3, 0, 40) + body[_HEADER.size :]),
+        _sealed(_HEADER.pack(VERSION, 3, 3, 0) + body[_HEADER.size :]),
+        _sealed(_HEADER.pack(VERSION, 3, 3, 31) + body[_HEADER.size :]),
+    ]
+    for chunk in range(3):
+        for y in (PRIME - 1, PRIME, (1 << 128) - 1):
+            at = head + chunk * Y_BYTES
+            cases.append(_sealed(body[:at] + y.to_bytes(Y_BYTES, "little") + body[at + Y_BYTES :]))
+    cases += [bytes(rng.randrange(256) for _ in range(rng.randrange(90))) for _ in range(200)]
+    for case in cases:
+        assert _outcome(_parse, case) == _outcome(_reference_parse, case)
+    assert _outcome(_parse, good)[0] == "ok"
