@@ -35,6 +35,7 @@ from protocol.secagg._shamir import (
     _factorials,
     _fast_weights,
     _lagrange_weights,
+    _missing_products,
     _parse,
     _powers,
     _Share,
@@ -196,6 +197,26 @@ def test_closed_form_weights_equal_the_quadratic_ones() -> None:
     assert _fast_weights(xs) == (_bary_weights(xs), _weights_cached(xs, 0))
     xs = tuple(range(MAX_SHARES - 40, MAX_SHARES + 1))
     assert _fast_weights(xs) == (_bary_weights(xs), _weights_cached(xs, 0))
+
+
+def test_products_over_missing_holders() -> None:
+    rng = random.Random(7)
+    cases = [((1, 2), [3]), ((5,), [1, 2, 3, 4]), ((MAX_SHARES,), [1, 2, MAX_SHARES - 1])]
+    for q in range(1, 14):
+        xs = tuple(rng.sample(range(1, 60), 20))
+        cases.append((xs, sorted(rng.sample(sorted(set(range(1, 61)) - set(xs)), q))))
+    # more than 2^20 differences: the rows go in two blocks
+    xs = tuple(rng.sample(range(1, 2101), 1100))
+    cases.append((xs, sorted(set(range(1, 2101)) - set(xs))))
+    for xs, missing in cases:
+        want = []
+        for x in xs:
+            w = 1
+            for s in missing:
+                w = w * (x - s) % PRIME
+            want.append(w)
+        assert _missing_products(xs, missing) == want
+    assert _missing_products((4, 9), []) == [1, 1]
 
 
 def test_factorial_and_power_tables() -> None:
