@@ -19,7 +19,9 @@ holds, for each neighbour, that neighbour's Shamir share of its own 32-byte self
 the x coordinate the server expects. Dealer d's shares are valid shares on its own polynomial
 of degree < t, f_A + (d + 1) f_B, built from two `create_shares` calls (f_A of a random seed,
 f_B of the seed 1): O(k) per dealer. `finish` must return the exact sum, which checks all of
-them. The former `combine_shares` is timed in `finish` at k <= --old-max.
+them. The former `combine_shares` is timed in `finish` at k <= --old-max, and at
+k <= --liars-max the group runs again with 8 survivors that each return one share moved off its
+dealer's polynomial (8 secrets error-corrected, the most a group allows; the 8 must be named).
 
     python bench/secagg_unmask.py     # writes bench/results/secagg_unmask.json (a few minutes)
     python bench/secagg_unmask.py --quick   # k, m <= 240 only, to secagg_unmask_quick.json
@@ -63,6 +65,8 @@ from protocol.secagg import (  # noqa: E402
 from protocol.secagg._plan import ProtocolParams  # noqa: E402
 from protocol.secagg._shamir import (  # noqa: E402
     _HEADER,
+    CHECK_BYTES,
+    COMMIT_BYTES,
     PRIME,
     VERSION,
     Y_BYTES,
@@ -163,9 +167,21 @@ def _dealer_shares(k: int, t: int, seed: bytes) -> tuple[list[bytes], list[list[
     return seeds, out
 
 
-def _group(k: int) -> tuple[SecAggServer, int, float]:
+def _moved(share: bytes) -> bytes:
+    """The share with its first y moved off the polynomial, re-sealed (what a lying survivor
+    can send: right x, threshold and length, a valid check)."""
+    at = _HEADER.size + COMMIT_BYTES
+    body = bytearray(share[:-CHECK_BYTES])
+    y = int.from_bytes(body[at : at + Y_BYTES], "little")
+    body[at : at + Y_BYTES] = ((y + 7) % PRIME).to_bytes(Y_BYTES, "little")
+    return bytes(body) + _check(bytes(body))
+
+
+def _group(k: int, liars: int = 0) -> tuple[SecAggServer, int, float]:
     """A server of a complete-graph group of k + 1 nodes, every unmask response received:
-    (server, the sum `finish` must return, seconds the server spent receiving the responses)."""
+    (server, the sum `finish` must return, seconds the server spent receiving the responses).
+    Survivor i < `liars` returns its share of node n // 2 + i's seed moved off the polynomial
+    (one corrected secret each, as tests/protocol/test_h224_robust_decode_cost.py's liars)."""
     n = k + 1
     t = k // 2 + 1
     rng = random.Random(k)
@@ -196,6 +212,10 @@ def _group(k: int) -> tuple[SecAggServer, int, float]:
         answer = tuple(
             (d, ShareKind.SELF_MASK, shares[d][i if i < d else i - 1]) for d in range(n) if d != i
         )
+        if i < liars:
+            answer = tuple(
+                (d, kind, _moved(share) if d == n // 2 + i else share) for d, kind, share in answer
+            )
         responses.append(UnmaskResponse(9, i, answer))
     del shares
     t0 = time.perf_counter()
@@ -205,18 +225,21 @@ def _group(k: int) -> tuple[SecAggServer, int, float]:
     return server, sum(range(n)) & mask, receive
 
 
-def unmask(ks: list[int], old_max: int) -> list[dict[str, Any]]:
+def unmask(ks: list[int], old_max: int, liars_max: int) -> list[dict[str, Any]]:
     rows = []
     for k in ks:
         row: dict[str, Any] = {"k": k, "n": k + 1, "t": k // 2 + 1}
-        arms: list[tuple[str, Callable[[list[bytes]], bytes]]] = [("new", combine_shares)]
+        arms: list[tuple[str, Callable[[list[bytes]], bytes], int]] = [("new", combine_shares, 0)]
         if k <= old_max:
-            arms.append(("old", _reference_combine))
-        for name, fn in arms:
+            arms.append(("old", _reference_combine, 0))
+        if k <= liars_max:
+            arms.append(("new_8_liars", combine_shares, 8))
+        for name, fn, liars in arms:
             t0 = time.perf_counter()
-            server, want, receive = _group(k)
-            row["setup_s"] = round(time.perf_counter() - t0 - receive, 2)
-            row["receive_unmask_s"] = round(receive, 2)
+            server, want, receive = _group(k, liars)
+            if name == "new":
+                row["setup_s"] = round(time.perf_counter() - t0 - receive, 2)
+                row["receive_unmask_s"] = round(receive, 2)
             _cold()
             real = vars(_server)["combine_shares"]
             setattr(_server, "combine_shares", fn)  # noqa: B010 (the name finish calls)
@@ -226,8 +249,8 @@ def unmask(ks: list[int], old_max: int) -> list[dict[str, Any]]:
                 took = time.perf_counter() - t0
             finally:
                 setattr(_server, "combine_shares", real)  # noqa: B010
-            assert res.total.tolist() == [want] * LENGTH and not res.suspects
-            assert server.state.robust_decodes == 0
+            assert res.total.tolist() == [want] * LENGTH
+            assert res.suspects == tuple(range(liars)) and server.state.robust_decodes == liars
             row[f"finish_{name}_s"] = round(took, 3)
             del server, res
             gc.collect()
@@ -247,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--old-max", type=int, default=240, help="largest m and k the former function runs at"
     )
+    ap.add_argument(
+        "--liars-max", type=int, default=1024, help="largest k run again with 8 lying survivors"
+    )
     ap.add_argument("--repeats", type=int, default=5, help="calls per strict figure (median)")
     ap.add_argument("--quick", action="store_true", help="m and k <= 240 only")
     ap.add_argument("--out", type=Path, default=None)
@@ -261,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine_info(),
         "quick": args.quick,
         "strict_reconstruction": strict(ms, args.old_max, args.repeats),
-        "honest_unmask": unmask(ks, args.old_max),
+        "honest_unmask": unmask(ks, args.old_max, args.liars_max),
         "notes": [
             "strict: one 32-byte secret from m shares, t = m // 2 + 1; cold = weight caches "
             "cleared before the call; tenth_missing = m of m + m // 10 holders (gaps in x); "
@@ -269,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
             "honest_unmask: SecAggServer.finish of a complete graph of k + 1 nodes, all alive, "
             "vector of 4 elements in Z_2^8 (self-mask expansion is negligible at this size); "
             "receive_unmask_s is the server's receive_unmask calls before it (not in finish); "
-            "setup_s builds the messages; caches cleared before finish",
+            "setup_s builds the messages; caches cleared before finish; finish_new_8_liars_s: "
+            "survivors 0..7 each return one share moved off its polynomial (8 secrets "
+            "error-corrected, the most a group allows; the 8 named)",
             "shared 2-core machine with other jobs running: compare the ratios of this run",
         ],
     }
