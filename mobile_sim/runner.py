@@ -895,6 +895,47 @@ class _WarmupStrategy(Strategy):
         return plan
 
 
+def _fleet_test_split(cfg: SimConfig, data: FederatedData) -> FederatedData:
+    """`data` with the test split the run evaluates on: with `--partition natural` over fewer
+    clients than the dataset has, a `NaturalData` whose test split is per device
+    (`test_groups`, as synthetic's devices and Shakespeare's speakers have) keeps only the
+    test rows of the devices `_partition` kept, the first `cfg.clients` (FedProx and LEAF
+    evaluate on the participating devices' own test data; the devices left out are not in the
+    fleet, and in synthetic(alpha, beta) each has its own labelling model). Its groups and
+    names are cut to those devices too. Every other run (iid, dirichlet, shards; a natural run
+    over every device; a dataset without per-device test rows, or whose kept devices hold
+    none) keeps the dataset's whole test split. Done once in `prepare`, so every backend and
+    transport evaluates (and scores a backdoor) on the same rows."""
+    from .datasets import NaturalData
+
+    if cfg.partition != "natural" or not isinstance(data, NaturalData):
+        return data
+    if not data.test_groups or cfg.clients >= len(data.test_groups):
+        return data
+    kept = [np.asarray(g) for g in data.test_groups[: cfg.clients]]
+    if any(g.size and not np.issubdtype(g.dtype, np.integer) for g in kept):
+        raise ValueError(f"dataset {cfg.dataset!r}: test_groups hold non-integer row indices")
+    rows = np.concatenate([g.astype(np.int64).reshape(-1) for g in kept])
+    if rows.size == 0:
+        return data
+    if int(rows.min()) < 0 or int(rows.max()) >= len(data.y_test):
+        raise ValueError(
+            f"dataset {cfg.dataset!r}: test_groups hold row indices outside x_test's "
+            f"{len(data.y_test)} rows"
+        )
+    starts = np.cumsum([0] + [g.size for g in kept])
+    return replace(
+        data,
+        x_test=data.x_test[rows],
+        y_test=data.y_test[rows],
+        train_groups=tuple(data.train_groups[: cfg.clients]),
+        test_groups=tuple(
+            np.arange(starts[i], starts[i + 1], dtype=np.int64) for i in range(len(kept))
+        ),
+        group_names=tuple(data.group_names[: cfg.clients]),
+    )
+
+
 def _partition(cfg: SimConfig, data: FederatedData) -> list[npt.NDArray[np.int64]]:
     rng = np.random.default_rng([cfg.seed, 1])
     if cfg.partition == "natural":
@@ -944,6 +985,7 @@ def prepare(cfg: SimConfig) -> SimSetup:
     say(f"loading {cfg.dataset}")
     data = load_dataset(cfg.dataset, cfg.data_root, cfg.dataset_seed)
     parts = _partition(cfg, data)
+    data = _fleet_test_split(cfg, data)
     say(f"building {cfg.model_name}")
     model = build_model(cfg.model_name, seed=cfg.seed)
     eval_model = build_model(cfg.model_name, seed=cfg.seed)
