@@ -533,7 +533,9 @@ def write_run(
     )
     writer.writeheader()
     for row, rec in zip(rows, result.records, strict=True):
-        writer.writerow({**row, **csv_extra(rec)})
+        # An empty cell for NaN or infinity (an abandoned round's train_loss), as the JSON's
+        # null: the raw record wrote "nan", which docs/simulator.md said would be empty.
+        writer.writerow(_finite_or_null({**row, **csv_extra(rec)}))
     _replace_with(paths["csv"], buf.getvalue())
     _replace_with(paths["ledger"], result.ledger.to_csv())
     # allow_nan=False: NaN and Infinity are not JSON (jq and JSON.parse refuse the file)
