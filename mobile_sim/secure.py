@@ -507,7 +507,12 @@ def run_secure_simulation(
                 acc, loss = evaluate(eval_model, coord.params, data.x_test, data.y_test)
             up = sum(stats.bytes_up.values())
             down = sum(stats.bytes_down.values())
-            dense_up = 4 * d * len(outcome.contributors)
+            # The dense baselines as the ledger holds them (one fp32 model per masked input
+            # the server took, and per model download), so that rounds.json's rounds and its
+            # ledger totals agree, as in plain runs: before, the rounds counted
+            # 4 d x contributors while the ledger's upload rows said 0.
+            dense = ledger.round_totals(outcome.round_id if fleet is None else r)
+            dense_up = int(dense["up"]["dense_bytes"])
             meas: dict[str, Any] = dict(outcome.measurements)
             meas["client_s"] = {s: float(np.mean(v)) for s, v in stats.client_s.items() if v}
             meas["refused"] = len(stats.refused)
@@ -521,7 +526,7 @@ def run_secure_simulation(
                 bytes_up=up,
                 bytes_down=down,
                 dense_up=dense_up,
-                dense_down=4 * d * len(selected),
+                dense_down=int(dense["down"]["dense_bytes"]),
                 wire_up=up,
                 wire_down=down,
                 ratio_up=dense_up / up if up else None,

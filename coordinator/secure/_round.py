@@ -110,10 +110,14 @@ class SecureRound:
         except KeyError:
             raise ProtocolViolation(f"device {device_id!r} is not in this secure round") from None
 
-    def _count(self, device_id: str, direction: Literal["up", "down"], nbytes: int) -> None:
+    def _count(
+        self, device_id: str, direction: Literal["up", "down"], nbytes: int, dense: int = 0
+    ) -> None:
+        """`dense`: the ledger's dense fp32 baseline of the message (only a masked input has
+        one: it stands for the device's update)."""
         (self.bytes_up if direction == "up" else self.bytes_down)[device_id] += nbytes
         if self.ledger is not None:
-            self.ledger.record(self.plan.round_id, device_id, direction, nbytes)
+            self.ledger.record(self.plan.round_id, device_id, direction, nbytes, None, dense)
 
     def announce(self) -> dict[str, bytes]:
         """The setup download: plan bytes (the digest goes alongside) for every device."""
@@ -154,7 +158,11 @@ class SecureRound:
         else:
             raise WrongStage(f"no uploads in stage {stage}")
         self.stage_seconds[str(stage)] += time.perf_counter() - t0
-        self._count(device_id, "up", len(body))
+        # A masked input replaces the device's dense fp32 update: its dense baseline is the
+        # whole model at 4 bytes a parameter, as the plain engine counts an accepted upload
+        # (`ModelSpec.dense_bytes`) and the service counts a masked-input request.
+        dense = 4 * self.plan.model_size if stage == Stage.MASKED_INPUT else 0
+        self._count(device_id, "up", len(body), dense)
 
     def _check_bundles(self, sk: ShareKeys, node: int) -> None:
         """A share-keys upload holds one bundle of the one legal length for each live
