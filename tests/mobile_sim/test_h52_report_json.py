@@ -37,13 +37,14 @@ def test_an_abandoned_round_writes_a_null_loss_not_nan(tmp_path: Path) -> None:
     assert all(math.isnan(r.train_loss) for r in res.records)
     # Execute
     paths = write_run(res, tmp_path)
-    # Assert: strict JSON, the missing loss null; the CSV as before
+    # Assert: strict JSON, the missing loss null; an empty CSV cell (it was "nan" before
+    # test_s24c_csv_nonfinite.py: docs/simulator.md promises empty cells)
     doc = json.loads(paths["json"].read_text(), parse_constant=_strict)
     assert [row["train_loss"] for row in doc["rounds"]] == [None, None]
     assert doc["summary"]["dp_pool_abandoned_rounds"] == [1, 2]
     csv_rows = paths["csv"].read_text().splitlines()
     header = csv_rows[0].split(",")
-    assert csv_rows[1].split(",")[header.index("train_loss")] == "nan"
+    assert csv_rows[1].split(",")[header.index("train_loss")] == ""
 
 
 def test_a_committed_round_keeps_its_figures(tmp_path: Path) -> None:
