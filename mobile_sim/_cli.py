@@ -28,7 +28,7 @@ examples:
   plume sim --secure --rounds 5 --model mlp                   # SecAgg+ with 10% dropouts
   plume sim --transport http --model mlp --rounds 5          # against a loopback coordinator
   plume sim --plugin my_plugin --dataset my_data --model my_cnn  # yours, registered by my_plugin.py
-  plume sim report runs/mnist                                 # rebuild plots from a run
+  plume sim report runs/mnist                   # rebuild a run's plots and rounds.csv
 """
 
 
@@ -37,12 +37,14 @@ usage: plume sim report [-h] RUN_DIR
 
 Rebuild the plots of a `plume sim` run (ended, or interrupted by Ctrl-C) from its
 rounds.json files alone, byte for byte as the run wrote them: accuracy_vs_upload_bytes.png,
-bytes_per_round.png and round_durations.png, then print one line per run (rounds, final
-accuracy, upload bytes, ratio vs dense) and one for each run that Ctrl-C interrupted (its
-figures stop at its last finished round). The CSV and JSON files are not touched. A folder
-that holds no run's rounds.json, or a damaged one (not JSON, a field missing, of the wrong
-type or impossible, such as a negative byte count), is one error line naming the file (exit
-status 2).
+bytes_per_round.png and round_durations.png; write each run's rounds.csv again from its
+rounds.json, byte for byte as the run wrote it (ledger.csv cannot be rebuilt: rounds.json has
+no per-device rows, and a missing one is one line); print each run's per-round table as the
+run printed it, then one line per run (rounds, final accuracy, upload bytes, ratio vs dense)
+and one for each run that Ctrl-C interrupted (its figures stop at its last finished round).
+rounds.json and ledger.csv are not touched. A folder that holds no run's rounds.json, or a
+damaged one (not JSON, a field missing, of the wrong type or impossible, such as a negative
+byte count), is one error line naming the file (exit status 2).
 
 positional arguments:
   RUN_DIR     the --out folder of a run (with --compare-dense: the folder holding
@@ -314,7 +316,8 @@ def register(sub: Any) -> None:
         nargs="?",
         default="run",
         metavar="{run,report}",  # checked in _main, to suggest `report` for a stray folder
-        help="'run' (default) a simulation, or 'report' to rebuild plots of RUN_DIR",
+        help="'run' (default) a simulation, or 'report' to rebuild the plots and rounds.csv "
+        "of RUN_DIR",
     )
     p.add_argument(
         "run_dir", nargs="?", metavar="RUN_DIR", help="with 'report': the run's output folder"
@@ -2023,7 +2026,15 @@ def _report(args: argparse.Namespace) -> int:
             f"`plume sim report RUN_DIR` takes no run flags (got {', '.join(given)}): it redraws "
             "the plots from RUN_DIR's rounds.json alone"
         )
-    from .report_extra import RunDirError, compare_table, plot_runs, read_run_dir
+    from .report import table_header, table_row
+    from .report_extra import (
+        RunDirError,
+        compare_table,
+        missing_ledgers,
+        plot_runs,
+        read_run_dir,
+        rebuild_rounds_csv,
+    )
 
     try:
         found = read_run_dir(args.run_dir)  # each rounds.json read once, before any drawing
@@ -2031,6 +2042,16 @@ def _report(args: argparse.Namespace) -> int:
         return _fail(f"{exc}; RUN_DIR must be the --out folder of a `plume sim` run")
     paths = plot_runs(found.runs, found.root, found.title)
     print("rebuilt " + ", ".join(str(p) for p in paths))
+    print("rebuilt " + ", ".join(str(p) for p in rebuild_rounds_csv(found)))
+    for line in missing_ledgers(found):
+        print(line)
+    # Each run's per-round table, as the run printed it (an empty run has no table).
+    for label, rounds in found.runs:
+        if rounds:
+            print()
+            print(table_header(label))
+            for r in rounds:
+                print(table_row(r))
     print()
     print(compare_table(found.runs))
     for note in found.notes:

@@ -10,7 +10,7 @@ import os
 import platform
 import re
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +25,7 @@ __all__ = [
     "code_info",
     "git_info",
     "write_run",
+    "rounds_csv",
     "plot_accuracy_vs_bytes",
     "summary",
     "dp_pool_warning",
@@ -86,20 +87,31 @@ def table_header(label: str = "") -> str:
     return (f"[{label}]\n" if label else "") + head + "\n" + rule
 
 
-def table_row(rec: RoundRecord) -> str:
-    acc = f"{rec.accuracy:.4f}" if rec.accuracy is not None else "-"
-    loss = f"{rec.loss:.4f}" if rec.loss is not None else "-"
-    ratio = f"{rec.ratio_up:.1f}x" if rec.ratio_up else "-"
-    sim = f"{rec.sim_s:.1f}" if rec.sim_s is not None else "-"
-    wait = f"{rec.wait_s:.1f}" if rec.wait_s is not None else "-"
+def table_row(rec: RoundRecord | Mapping[str, Any]) -> str:
+    """One line of the per-round table: of a `RoundRecord` as the run prints it, or of a round
+    as rounds.json holds it (`plume sim report` prints the same lines from the file; a field
+    the file lacks is "-", and a round without `committed` counts as committed)."""
+
+    def get(name: str, default: Any = None) -> Any:
+        if isinstance(rec, Mapping):
+            return rec.get(name, default)
+        return getattr(rec, name, default)
+
+    accuracy, loss_, ratio_up = get("accuracy"), get("loss"), get("ratio_up")
+    sim_s, wait_s = get("sim_s"), get("wait_s")
+    acc = f"{accuracy:.4f}" if accuracy is not None else "-"
+    loss = f"{loss_:.4f}" if loss_ is not None else "-"
+    ratio = f"{ratio_up:.1f}x" if ratio_up else "-"
+    sim = f"{sim_s:.1f}" if sim_s is not None else "-"
+    wait = f"{wait_s:.1f}" if wait_s is not None else "-"
     cells = (
-        str(rec.round) + ("" if rec.committed else "*"),
+        str(get("round")) + ("" if get("committed", True) else "*"),
         acc,
         loss,
-        format_bytes(rec.bytes_up),
-        format_bytes(rec.bytes_down),
+        format_bytes(get("bytes_up")),
+        format_bytes(get("bytes_down")),
         ratio,
-        f"{rec.wall_s:.2f}",
+        f"{get('wall_s'):.2f}",
         sim,
         wait,
     )
@@ -398,8 +410,15 @@ def csv_extra(rec: RoundRecord) -> dict[str, Any]:
     """A round's `CSV_EXTRA_COLUMNS`: the epsilon a dp stage (or a secure run's distributed
     DP) had spent after it and its delta, the attackers among its accepted reports, and its
     backdoor accuracy (None where the round has no such figure)."""
-    dp = _holding(rec.measurements, "epsilon") or {}
-    attack = rec.measurements.get("attack")
+    return _csv_extra_of(rec.measurements)
+
+
+def _csv_extra_of(measurements: Any) -> dict[str, Any]:
+    """`csv_extra` of a round's `measurements` (a RoundRecord's, or rounds.json's)."""
+    if not isinstance(measurements, dict):
+        measurements = {}
+    dp = _holding(measurements, "epsilon") or {}
+    attack = measurements.get("attack")
     attack = attack if isinstance(attack, dict) else {}
     return {
         "dp_epsilon": dp.get("epsilon"),
@@ -516,32 +535,44 @@ def write_run(
     # an interrupted run writes its rounds leaves no half-written file, and no rounds.json of
     # another run beside this one's CSV files.
     paths["json"].unlink(missing_ok=True)
-    from .runner import ORT_FIELDS, WALL_PHASES
+    # allow_nan=False: NaN and Infinity are not JSON (jq and JSON.parse refuse the file)
+    text = json.dumps(_finite_or_null(doc), indent=2, default=str, allow_nan=False) + "\n"
+    # rounds.csv is made from the rounds as rounds.json holds them, so that `plume sim
+    # report` rebuilds it byte for byte from the JSON (`rounds_csv`).
+    _replace_with(paths["csv"], rounds_csv(json.loads(text)["rounds"]))
+    _replace_with(paths["ledger"], result.ledger.to_csv())
+    _replace_with(paths["json"], text)
+    return paths
 
-    # The RoundRecord fields, then the extra figures, then (in a run with onnxruntime devices
-    # only) how many trained on it, then where wall_s went (added after both: every earlier
-    # column keeps its place).
-    late = (*ORT_FIELDS, *WALL_PHASES)
-    fields = [k for k in rows[0] if k != "measurements" and k not in late] if rows else []
-    ort = [*ORT_FIELDS] if uses_ort(result) else []
+
+def rounds_csv(rounds: Sequence[Mapping[str, Any]]) -> str:
+    """rounds.csv's text for `rounds`, the round objects as rounds.json holds them: one row
+    per round without its `measurements`, then `CSV_EXTRA_COLUMNS` taken from them. What
+    `write_run` writes and `plume sim report` writes again from rounds.json.
+
+    Columns: the `RoundRecord` fields, then the extra figures, then (in a run with
+    onnxruntime devices only) how many trained on it, then where wall_s went (added after
+    both: every earlier column keeps its place). A value that is null, missing (a file
+    written before its field existed) or not a finite number is an empty cell (an abandoned
+    round's train_loss was written "nan")."""
+    from dataclasses import fields
+
+    from .runner import ORT_FIELDS, WALL_PHASES, RoundRecord
+
+    late = {"measurements", *ORT_FIELDS, *WALL_PHASES}
+    columns = [f.name for f in fields(RoundRecord) if f.name not in late]
+    ort = [*ORT_FIELDS] if any(r.get("ort_trained") is not None for r in rounds) else []
     buf = io.StringIO()
     writer = csv.DictWriter(
         buf,
-        fieldnames=[*fields, *CSV_EXTRA_COLUMNS, *ort, *WALL_PHASES],
+        fieldnames=[*columns, *CSV_EXTRA_COLUMNS, *ort, *WALL_PHASES],
         extrasaction="ignore",
         lineterminator="\n",
     )
     writer.writeheader()
-    for row, rec in zip(rows, result.records, strict=True):
-        # An empty cell for NaN or infinity (an abandoned round's train_loss), as the JSON's
-        # null: the raw record wrote "nan", which docs/simulator.md said would be empty.
-        writer.writerow(_finite_or_null({**row, **csv_extra(rec)}))
-    _replace_with(paths["csv"], buf.getvalue())
-    _replace_with(paths["ledger"], result.ledger.to_csv())
-    # allow_nan=False: NaN and Infinity are not JSON (jq and JSON.parse refuse the file)
-    text = json.dumps(_finite_or_null(doc), indent=2, default=str, allow_nan=False) + "\n"
-    _replace_with(paths["json"], text)
-    return paths
+    for row in rounds:
+        writer.writerow(_finite_or_null({**row, **_csv_extra_of(row.get("measurements"))}))
+    return buf.getvalue()
 
 
 def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:

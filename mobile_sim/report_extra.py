@@ -2,14 +2,16 @@
 round durations, and `plot_runs`, which draws those two and the accuracy plot.
 
 ``plume sim`` draws them from its runs; ``plume sim report RUN_DIR`` redraws them from the run
-folder's ``rounds.json`` files alone (`read_run_dir`, each file parsed once).
+folder's ``rounds.json`` files alone (`read_run_dir`, each file parsed once), and writes each
+run's ``rounds.csv`` again from its ``rounds.json`` (`rebuild_rounds_csv`).
 
 A file that is not a run's as `report.write_run` writes it is refused with one `RunDirError`
 naming the file (and the round and field): not JSON (or nested too deep, or an integer of
 over 4300 digits), no `rounds` list of objects, `config` or `summary` that is not an object, `summary.interrupted` that is not true or false, a round
 number that is not an integer or that two rounds share, a byte count or duration that is not
-a finite number or is negative, a byte count that is not a whole number, or an `accuracy`
-outside [0, 1]. ``plume sim report`` prints it as one error line with exit status 2.
+a finite number or is negative, a byte count that is not a whole number, an `accuracy`
+outside [0, 1], a `loss` or `ratio_up` that is neither null nor a finite number, or a
+`committed` that is not true or false. ``plume sim report`` prints it as one error line with exit status 2.
 
 A run with an empty `rounds` list (a ``--transport http`` task its operator stopped before
 round 1) is a run's file: it is read, its lines in the plots are empty, the figures with
@@ -23,8 +25,8 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,8 @@ __all__ = [
     "plot_round_durations",
     "plot_run_dir",
     "rebuild_run_dir",
+    "rebuild_rounds_csv",
+    "missing_ledgers",
     "compare_table",
     "interrupted_notes",
 ]
@@ -55,6 +59,8 @@ _ROUND_KEYS = ("round", "bytes_up", "bytes_down", "wall_s")
 # Fields the plots read as numbers: required ones, and optional ones that may also be null.
 _NUMBERS = ("bytes_up", "bytes_down", "wall_s")
 _NUMBERS_OR_NULL = ("accuracy", "dense_up", "sim_s", "wait_s")
+# Read by the per-round table (`report.table_row`) only: a finite number or null when present.
+_TABLE_NUMBERS = ("loss", "ratio_up")
 # Byte counts (`RoundRecord`'s ints): whole numbers.
 _COUNTS = ("bytes_up", "bytes_down", "dense_up")
 # A top-level key that, when present, must be a JSON object (the writer's dicts).
@@ -91,9 +97,17 @@ def _check_round(path: Path, r: dict[str, Any]) -> None:
     if not isinstance(r["round"], int) or isinstance(r["round"], bool):
         raise RunDirError(f"{path}: a round number is {_cut(r['round'])}, not an integer")
     bad = [k for k in _NUMBERS if not _is_number(r[k])]
-    bad += [k for k in _NUMBERS_OR_NULL if r.get(k) is not None and not _is_number(r[k])]
+    bad += [
+        k
+        for k in (*_NUMBERS_OR_NULL, *_TABLE_NUMBERS)
+        if r.get(k) is not None and not _is_number(r[k])
+    ]
     if bad:
         raise RunDirError(f"{path}: round {r['round']} has {_shown(r, bad)}, not a finite number")
+    if not isinstance(r.get("committed", True), bool):
+        raise RunDirError(
+            f"{path}: round {r['round']} has {_shown(r, ['committed'])}, not true or false"
+        )
     present = [k for k in (*_NUMBERS, *_NUMBERS_OR_NULL) if r.get(k) is not None]
     if negative := [k for k in present if k != "accuracy" and r[k] < 0]:
         raise RunDirError(
@@ -208,12 +222,14 @@ class RunDir:
     title: the accuracy plot's title ``plume sim`` gave it (`run_title`).
     notes: one line per run that Ctrl-C stopped (`interrupted_notes`), and one per run with
         no round (an empty `rounds` list), in the plots' order.
+    files: the ``rounds.json`` of each run, in the order of `runs`.
     """
 
     root: Path
     runs: list[Run]
     title: str
     notes: list[str]
+    files: list[Path] = field(default_factory=list)
 
 
 def read_run_dir(run_dir: str | Path) -> RunDir:
@@ -228,26 +244,28 @@ def read_run_dir(run_dir: str | Path) -> RunDir:
     (see the module's docstring); a run with no round is read (its note says so).
     """
     root = Path(run_dir)
-    found: list[tuple[str, list[dict[str, Any]], Any]] = []  # label, rounds, summary
+    # label, rounds, summary, file
+    found: list[tuple[str, list[dict[str, Any]], Any, Path]] = []
     title: str | None = None
     for path in _run_files(root):
         doc = _read_doc(path)
         rounds = _check_doc(path, doc)
         if title is None:  # the first run in folder order: the one `plume sim` titled by
             title = _title(doc.get("config"))
-        found.append((_label(root, path, doc), rounds, doc.get("summary")))
+        found.append((_label(root, path, doc), rounds, doc.get("summary"), path))
     # stable: folder order otherwise
     found.sort(key=lambda run: run[0].rsplit("/", 1)[-1] == "dense")
     return RunDir(
         root,
-        [(label, rounds) for label, rounds, _ in found],
+        [(label, rounds) for label, rounds, _, _ in found],
         title or "",
         [
             note
-            for label, rounds, summary in found
+            for label, rounds, summary, _ in found
             for note in (_interrupted_note(label, summary), _empty_note(label, rounds))
             if note
         ],
+        [path for _, _, _, path in found],
     )
 
 
@@ -471,7 +489,36 @@ def rebuild_run_dir(run_dir: str | Path) -> list[Path]:
     """Every plot of a finished run, from its ``rounds.json`` files alone, byte for byte as
     ``plume sim`` wrote them (`plot_runs`: same runs, order and title) when the folder holds
     only that run (a subfolder an earlier run left there is drawn too). The CSV and JSON are
-    left as they are. Raises `RunDirError` for a missing or unreadable run folder, before
-    writing anything."""
+    left as they are (`rebuild_rounds_csv` writes rounds.csv again). Raises `RunDirError` for
+    a missing or unreadable run folder, before writing anything."""
     found = read_run_dir(run_dir)
     return plot_runs(found.runs, found.root, found.title)
+
+
+def rebuild_rounds_csv(found: RunDir) -> list[Path]:
+    """Write each run's ``rounds.csv`` beside its ``rounds.json``, from the rounds that file
+    holds (`report.rounds_csv`): byte for byte the file the run wrote. The paths written, in
+    the order of `found.runs`."""
+    from .report import replace_atomically, rounds_csv
+
+    def writer(text: str) -> Callable[[Path], object]:
+        return lambda tmp: tmp.write_text(text, newline="")
+
+    paths = []
+    for path, (_, rounds) in zip(found.files, found.runs, strict=True):
+        target = path.parent / "rounds.csv"
+        replace_atomically(target, writer(rounds_csv(rounds)))
+        paths.append(target)
+    return paths
+
+
+def missing_ledgers(found: RunDir) -> list[str]:
+    """One line per run of `found` whose folder has no ``ledger.csv``: rounds.json holds the
+    ledger's totals only, not the per-device rows the file is made of, so it cannot be
+    rebuilt."""
+    return [
+        f"{label}: no {path.parent / 'ledger.csv'}; it cannot be rebuilt (rounds.json has the "
+        "ledger's totals, not its per-device rows)"
+        for path, (label, _) in zip(found.files, found.runs, strict=True)
+        if not (path.parent / "ledger.csv").is_file()
+    ]
