@@ -7,9 +7,13 @@ A results file marked as a --quick smoke run (`"quick": true`, `settings.quick`,
 `*_quick` name; see bench/_common.py) is refused: nothing is written and the exit status is 1.
 Quick sections of a sectioned file (sim_throughput.json) and quick files among the globbed
 extras (server_opt_seed*.json, robustness_backdoor_fraction_*.json) are left out, with a note.
-A file that records no `command` is shown as "Command: not recorded"; a command recorded as a
-bare script name (`server_opt.py ...`, argv[0]'s name) is shown as `python bench/server_opt.py
-...`, the same command run from the repository root.
+A file that records no `command` shows the command the docs give for it (DOC_COMMANDS), marked
+as taken from that doc; tests/mobile_sim/test_s24e_summarize_commands.py checks each against the
+options the file's `settings` record. A file with neither is shown as "Command: not recorded". A
+command recorded as a bare script name (`server_opt.py ...`, argv[0]'s name) is shown as `python
+bench/server_opt.py ...`, the same command run from the repository root. A file whose recorded
+command wrote outside the repository (COPIED) says so and gives the same run with the default
+--out. A sectioned file (sim_throughput.json) shows each section's own recorded command.
 """
 
 from __future__ import annotations
@@ -45,19 +49,82 @@ def _extras(pattern: str) -> list[tuple[Path, dict[str, Any]]]:
     return out
 
 
-def _command(doc: dict[str, Any]) -> str:
-    """The recorded command as a runnable line, or "not recorded"."""
+# Result files that record no `command`: the command the docs give for them (file stem ->
+# (command, doc)). Never a command made up here: each is quoted from the doc named, and
+# tests/mobile_sim/test_s24e_summarize_commands.py parses it with the script's own options and
+# compares it with the file's `settings` (bench/secagg.py records every option it parsed) or its
+# recorded models, batch sizes and step count (bench/onnx_train.py).
+DOC_COMMANDS: dict[str, tuple[str, str]] = {
+    "secagg": ("python bench/secagg.py", "docs/secure-aggregation.md"),
+    "secagg_seed1_budget": (
+        "python bench/secagg.py --skip-timing --seed 1 --plain-from "
+        "bench/results/secagg_seed1_pool1.json --out bench/results/secagg_seed1_budget.json",
+        "docs/secure-aggregation.md",
+    ),
+    "secagg_seed2_budget": (
+        "python bench/secagg.py --skip-timing --seed 2 --plain-from "
+        "bench/results/secagg_seed2_pool1.json --out bench/results/secagg_seed2_budget.json",
+        "docs/secure-aggregation.md, which gives seed 1's and says 'the same with 2 for seed 2'",
+    ),
+    "onnx_train": ("python bench/onnx_train.py", "docs/devices.md"),
+}
+
+# Result files whose recorded command wrote outside the repository, so the committed file is a
+# copy of that run's output (file stem -> (the same run with the default --out, the doc that
+# says so)). The test checks that the two commands differ in --out only.
+COPIED: dict[str, tuple[str, str]] = {
+    "privacy": ("python bench/privacy.py", "docs/privacy.md"),
+}
+
+
+def _runnable(command: str) -> str:
+    """A recorded command as run from the repository root."""
+    first = command.split(maxsplit=1)[0]
+    if first.endswith(".py") and "/" not in first and (ROOT / "bench" / first).is_file():
+        # Recorded as argv[0]'s name (older server_opt.py / sim_throughput.py files).
+        command = "python bench/" + command
+    return command
+
+
+def _command(doc: dict[str, Any], stem: str = "") -> str:
+    """The recorded command as a runnable line; else the docs' command, marked as such; else
+    "not recorded"."""
     command = doc.get("command")
     if not isinstance(command, str) or not command.strip():
+        settings = doc.get("settings")
+        out = settings.get("out") if isinstance(settings, dict) else None
+        copied = ""
+        if isinstance(out, str) and Path(out) not in (
+            Path(f"bench/results/{stem}.json"),
+            RESULTS / f"{stem}.json",
+        ):
+            copied = (
+                f"; its `settings` say the run wrote `{out}`, so the committed file is a copy of "
+                "that output"
+            )
+        if stem in DOC_COMMANDS:
+            given, source = DOC_COMMANDS[stem]
+            return f"`{given}` (from {source}: the file records no command{copied})"
+        note = doc.get("note")
+        if isinstance(note, str) and "Run as `" in note:
+            # bench/secagg.py's --plain-from files: the command written into the file's note.
+            recorded = note.split("Run as `", 1)[1].split("`", 1)[0]
+            return f"`{recorded}` (from the file's `note`{copied})"
+        if isinstance(doc.get("sections"), dict):
+            return "each section records its own (below)"
         settings = doc.get("settings")
         if isinstance(settings, dict) and "out" in settings:
             # bench/secagg.py's older files: every option it parsed, not the command line.
             return "not recorded (the file's `settings` hold every option the run parsed)"
         return "not recorded"
-    first = command.split(maxsplit=1)[0]
-    if first.endswith(".py") and "/" not in first and (ROOT / "bench" / first).is_file():
-        # Recorded as argv[0]'s name (older server_opt.py / sim_throughput.py files).
-        command = "python bench/" + command
+    command = _runnable(command)
+    if stem in COPIED:
+        same, source = COPIED[stem]
+        return (
+            f"`{command}` as recorded, whose `--out` is outside the repository: the committed "
+            f"`bench/results/{stem}.json` is a copy of that run's output ({source} says so). "
+            f"The same run written into the repository: `{same}`"
+        )
     return f"`{command}`"
 
 
@@ -454,7 +521,7 @@ def _sections_line(doc: dict[str, Any], sections: dict[str, Any]) -> list[str]:
     for key, value in doc.items():
         if key.endswith("_from_section") and is_quick(sections.get(value), str(value)):
             raise QuickResults(f"{key} is {value!r}, a --quick smoke run: not publishing it")
-    shown, quick = [], []
+    rows, quick = [], []
     for name, sec in sections.items():
         if not isinstance(sec, dict):
             continue
@@ -462,14 +529,117 @@ def _sections_line(doc: dict[str, Any], sections: dict[str, Any]) -> list[str]:
             quick.append(name)
             continue
         own = f", {sec['date']} on {_machine(sec)}" if "machine" in sec else ""
-        shown.append(f"{name} {sec.get('measured_at', 'not recorded')}{own}")
+        command = sec.get("command")
+        shown = "not recorded"
+        if isinstance(command, str):
+            # "... --out /tmp/x.json (section copied into this file)": the comment stays outside
+            # the command.
+            run, sep, comment = command.partition(" (")
+            shown = f"`{_runnable(run)}`" + (f" ({comment}" if sep else "")
+        rows.append(f"| `{name}` | {sec.get('measured_at', 'not recorded')}{own} | {shown} |")
     lines = [
-        "Sections, each measured separately (with its own date and machine where it recorded "
-        f"them): {', '.join(shown)}."
+        "Sections, each measured separately, with the command each recorded (a section whose "
+        "run wrote elsewhere says it was copied into this file):",
+        "",
+        "| section | measured at | command |",
+        "|---|---|---|",
+        *rows,
+        "",
     ]
     if quick:
         lines.append(f"Left out, --quick smoke runs: {', '.join(quick)}.")
     return lines + [""]
+
+
+# Result files the README quotes that have no section above (stem or folder, what they hold,
+# headline keys). Each shows its recorded command, or DOC_COMMANDS's, as the sections do.
+OTHER_FILES: list[tuple[str, str, list[str]]] = [
+    (
+        "secagg_seed0_budget",
+        "SecAgg+ accuracy, seed 0 again with the plain arm reused (--plain-from)",
+        ["accuracy_plain", "accuracy_secure", "accuracy_gap_pp"],
+    ),
+    (
+        "secagg_seed1_budget",
+        "SecAgg+ accuracy, seed 1 (the README's 3-seed row; seed 0 is secagg.json)",
+        ["accuracy_plain", "accuracy_secure", "accuracy_gap_pp"],
+    ),
+    (
+        "secagg_seed2_budget",
+        "SecAgg+ accuracy, seed 2",
+        ["accuracy_plain", "accuracy_secure", "accuracy_gap_pp"],
+    ),
+    (
+        "sim_throughput_xeon",
+        "Simulator, MNIST CNN vs plain torch loop, on the Intel Xeon VM (docs/simulator.md, "
+        "'On another machine')",
+        ["mnist_cnn_wall_ratio_vs_plain_loop", "mnist_cnn_ratios_by_backend"],
+    ),
+    (
+        "sim_throughput_xeon_quiet",
+        "The same, repeated on the Xeon VM",
+        ["mnist_cnn_wall_ratio_vs_plain_loop", "mnist_cnn_ratios_by_backend"],
+    ),
+    (
+        "sim_throughput_xeon_phases",
+        "The same with pool and sequential and per-phase times, on the Xeon VM",
+        ["mnist_cnn_wall_ratio_vs_plain_loop", "mnist_cnn_ratios_by_backend"],
+    ),
+    (
+        "readme_cnn_download/rounds",
+        "README: a 1-round run of the compressed MNIST-CNN setting, for its download bytes",
+        ["summary.final_accuracy", "summary.total_upload_bytes", "summary.total_download_bytes"],
+    ),
+    (
+        "readme_http_mlp/rounds",
+        "README: the MLP in the headline setting over HTTP, for its download bytes",
+        [
+            "summary.final_accuracy",
+            "summary.total_upload_bytes",
+            "summary.upload_ratio_vs_dense",
+            "summary.total_download_bytes",
+            "ledger_totals.down.ratio_vs_dense",
+        ],
+    ),
+]
+
+
+def _lookup(doc: dict[str, Any], key: str) -> Any:
+    value: Any = doc
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return value
+
+
+def _other_files() -> list[str]:
+    """The OTHER_FILES: file, command, machine, date and the figures the README quotes."""
+    out = [
+        "## Other result files the README quotes",
+        "",
+        "Runs the README cites that have no section above; each with its command (as recorded, "
+        "or the docs' command where the file records none), machine and date.",
+        "",
+    ]
+    for stem, title, keys in OTHER_FILES:
+        path = RESULTS / f"{stem}.json"
+        if not path.exists():
+            continue
+        doc = json.loads(path.read_text())
+        sections = doc.get("sections")
+        command = _command(doc, stem)
+        if isinstance(sections, dict) and command.startswith("each section"):
+            # One measured section (the headline's) and its command.
+            sec = sections.get(doc.get("mnist_cnn_from_section", ""), {})
+            recorded = sec.get("command") if isinstance(sec, dict) else None
+            if isinstance(recorded, str):
+                command = f"`{_runnable(recorded)}` (its `{doc['mnist_cnn_from_section']}` section)"
+        when = doc.get("date") or doc.get("finished_at") or "not recorded"
+        figures = ", ".join(f"`{k}` {_fmt(_lookup(doc, k))}" for k in keys)
+        out += [
+            f"- **{title}**: `bench/results/{stem}.json`. Command: {command}. Machine: "
+            f"{_machine(doc)}. Date: {when}. {figures}.",
+        ]
+    return out + [""]
 
 
 def render() -> str:
@@ -477,9 +647,11 @@ def render() -> str:
         "# Benchmark results",
         "",
         "Generated by `python bench/summarize.py` from `bench/results/*.json`; every number",
-        "below comes from the JSON a committed command wrote. Speed figures were measured on a",
-        "shared 2-core machine while other work ran, so compare the ratios (each against a",
-        "baseline measured in the same run) rather than the absolute times.",
+        "below comes from a JSON a committed bench script wrote. Each section names the command:",
+        "the one the file records, or, where the file records none, the one the docs give for",
+        "it, marked as such. Speed figures were measured on a shared 2-core machine while other",
+        "work ran, so compare the ratios (each against a baseline measured in the same run)",
+        "rather than the absolute times.",
         "",
     ]
     for stem, title, command, keys in BENCHES:
@@ -502,7 +674,7 @@ def render() -> str:
             per_section = _sections_line(doc, sections)
             machine = f"Machine of the last section run: {_machine(doc)}."
             when = f"Date of the last section run: {doc.get('date', 'not recorded')}."
-        out += [f"Command: {_command(doc)}. {machine} {when}", "", *per_section]
+        out += [f"Command: {_command(doc, stem)}. {machine} {when}", "", *per_section]
         if keys:
             out += ["| metric | measured | target |", "|---|---|---|"]
             for key, target in keys:
@@ -520,6 +692,7 @@ def render() -> str:
         extra = [k for k in doc if k.startswith("accuracy_at_eps") or k == "accuracy_by_epsilon"]
         for k in extra:
             out += [f"`{k}`: {_fmt(doc[k])}", ""]
+    out += _other_files()
     return "\n".join(out).rstrip() + "\n"
 
 

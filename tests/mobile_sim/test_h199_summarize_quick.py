@@ -51,16 +51,23 @@ def test_a_quick_canonical_file_is_refused(
 
 
 def test_a_missing_command_is_not_invented(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Before: "Command: `python bench/onnx_train.py`" although the file recorded none.
+    # Before: "Command: `python bench/onnx_train.py`" although the file recorded none. Since
+    # s24e the docs' command for such a file is shown, marked as the docs' (DOC_COMMANDS,
+    # checked against the file by test_s24e_summarize_commands); a file with neither is
+    # "not recorded".
     module = _summarize(tmp_path, monkeypatch)
     _write(module, "onnx_train.json", {"machine": MACHINE, "date": "2026-01-01"})
+    _write(module, "cli_startup.json", {"machine": MACHINE, "date": "2026-01-01"})
     _write(module, "server_opt.json", {"command": "server_opt.py --seed 3", "arms": {}})
     _write(module, "codec.json", {"command": "python bench/codec.py --reps 50"})
 
     text = module.render()
 
-    assert "Command: not recorded. Machine: Test CPU" in text
-    assert "`python bench/onnx_train.py`" not in text.split("## On-device training")[1]
+    assert "Command: not recorded. Machine: Test CPU" in text.split("## CLI start-up")[1]
+    assert (
+        "Command: `python bench/onnx_train.py` (from docs/devices.md: the file records no "
+        "command). Machine: Test CPU"
+    ) in text
     assert "Command: `python bench/server_opt.py --seed 3`." in text
     assert "Command: `python bench/codec.py --reps 50`." in text
 
@@ -79,8 +86,9 @@ def test_sections_show_their_own_machine_and_quick_sections_are_left_out(
 
     text = module.render().split("## Simulator throughput")[1]
 
-    assert "million 2026-01-01T00:00:00Z, 2026-01-01 on Old CPU" in text
-    assert "digits 2026-02-01T00:00:00Z, 2026-02-01 on Test CPU" in text
+    assert "| `million` | 2026-01-01T00:00:00Z, 2026-01-01 on Old CPU" in text
+    assert "| `digits` | 2026-02-01T00:00:00Z, 2026-02-01 on Test CPU" in text
+    assert "mnist_quick`" not in text
     assert "Left out, --quick smoke runs: mnist_quick, x." in text
     assert "Machine of the last section run: Test CPU" in text
 
