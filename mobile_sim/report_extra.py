@@ -251,7 +251,7 @@ def read_run_dir(run_dir: str | Path) -> RunDir:
         doc = _read_doc(path)
         rounds = _check_doc(path, doc)
         if title is None:  # the first run in folder order: the one `plume sim` titled by
-            title = _title(doc.get("config"))
+            title = _title(doc)
         found.append((_label(root, path, doc), rounds, doc.get("summary"), path))
     # stable: folder order otherwise
     found.sort(key=lambda run: run[0].rsplit("/", 1)[-1] == "dense")
@@ -274,15 +274,31 @@ def load_runs(run_dir: str | Path) -> list[Run]:
     return read_run_dir(run_dir).runs
 
 
-def _title(config: Any) -> str:
+def _title(doc: dict[str, Any]) -> str:
+    """`dataset / model` of the run `doc` (its rounds.json), as `plume sim` titled its
+    accuracy plot; "" when the file does not say."""
+    config = doc.get("config")
     if not isinstance(config, dict) or not config.get("dataset"):
         return ""
-    model = config.get("model")
-    if not model:
-        from .runner import default_model  # the model `SimConfig.model_name` picked
-
-        model = default_model(str(config["dataset"]))
+    model = _model(doc)
     return f"{config['dataset']} / {model}" if model else ""
+
+
+def _model(doc: dict[str, Any]) -> str | None:
+    """The model the run `doc` trained, as its file records it: `summary.model` (the model
+    that ran), else `config.model`. Only a file that records neither (written before
+    `summary.model` existed, by a run of the dataset's default) has it looked up in this
+    process's registry: a plugin's model, or a default changed since, is what the file says."""
+    summary, config = doc.get("summary"), doc.get("config")
+    for part in (summary, config):
+        model = part.get("model") if isinstance(part, dict) else None
+        if model:
+            return str(model)
+    if not isinstance(config, dict) or not config.get("dataset"):
+        return None
+    from .runner import default_model  # the model `SimConfig.model_name` picked
+
+    return default_model(str(config["dataset"]))
 
 
 def run_title(run_dir: str | Path) -> str:
