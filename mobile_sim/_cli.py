@@ -49,7 +49,8 @@ byte count), is one error line naming the file (exit status 2).
 positional arguments:
   RUN_DIR     the --out folder of a run (with --compare-dense: the folder holding
               compressed/ and dense/), or a sweep's folder holding one run folder per
-              setting (each run is then named by its folder)
+              setting (each run is then named by its folder); runs of different datasets
+              or models are refused, naming them (exit status 2)
 
 options:
   -h, --help  show this help message and exit
@@ -2029,6 +2030,7 @@ def _report(args: argparse.Namespace) -> int:
     from .report import table_header, table_row
     from .report_extra import (
         RunDirError,
+        RunDirMixed,
         compare_table,
         missing_ledgers,
         plot_runs,
@@ -2038,6 +2040,8 @@ def _report(args: argparse.Namespace) -> int:
 
     try:
         found = read_run_dir(args.run_dir)  # each rounds.json read once, before any drawing
+    except RunDirMixed as exc:  # runs of different datasets or models: it names them
+        return _fail(str(exc))
     except RunDirError as exc:  # missing folder, no rounds.json, or a corrupt one
         return _fail(f"{exc}; RUN_DIR must be the --out folder of a `plume sim` run")
     paths = plot_runs(found.runs, found.root, found.title)

@@ -36,6 +36,7 @@ __all__ = [
     "RunDir",
     "RunDirError",
     "RunDirNotFound",
+    "RunDirMixed",
     "read_run_dir",
     "plot_runs",
     "load_runs",
@@ -156,6 +157,11 @@ class RunDirNotFound(RunDirError, FileNotFoundError):
     """The folder does not exist or holds no ``rounds.json``."""
 
 
+class RunDirMixed(RunDirError):
+    """The folder's runs trained different datasets or models: one plot under one title
+    cannot compare them (a sweep varies the other settings of one dataset and model)."""
+
+
 def _own_files(folder: Path) -> list[Path]:
     """The run files of one `--out` folder: its rounds.json, or its subfolders' (a
     --compare-dense run); [] if it has neither."""
@@ -241,18 +247,25 @@ def read_run_dir(run_dir: str | Path) -> RunDir:
     Runs are in folder-name order, except that a run labelled ``dense`` (the baseline that
     ``plume sim --compare-dense`` adds after the main run) comes last, as in the run itself.
     Raises `RunDirError` naming the file when the folder has no run or a file is not a run's
-    (see the module's docstring); a run with no round is read (its note says so).
+    (see the module's docstring), and `RunDirMixed` naming the runs when they recorded
+    different datasets or models; a run with no round is read (its note says so).
     """
     root = Path(run_dir)
     # label, rounds, summary, file
     found: list[tuple[str, list[dict[str, Any]], Any, Path]] = []
+    trained: list[tuple[str, str | None, str | None]] = []  # label, dataset, model
     title: str | None = None
     for path in _run_files(root):
         doc = _read_doc(path)
         rounds = _check_doc(path, doc)
         if title is None:  # the first run in folder order: the one `plume sim` titled by
             title = _title(doc)
-        found.append((_label(root, path, doc), rounds, doc.get("summary"), path))
+        label = _label(root, path, doc)
+        found.append((label, rounds, doc.get("summary"), path))
+        config = doc.get("config")
+        dataset = config.get("dataset") if isinstance(config, dict) else None
+        trained.append((label, str(dataset) if dataset else None, _model(doc)))
+    _check_one_task(root, trained)
     # stable: folder order otherwise
     found.sort(key=lambda run: run[0].rsplit("/", 1)[-1] == "dense")
     return RunDir(
@@ -266,6 +279,24 @@ def read_run_dir(run_dir: str | Path) -> RunDir:
             if note
         ],
         [path for _, _, _, path in found],
+    )
+
+
+def _check_one_task(root: Path, trained: list[tuple[str, str | None, str | None]]) -> None:
+    """Refuse (`RunDirMixed`) runs of `root` that recorded different datasets or models: a
+    folder holding unrelated runs (say `runs/`, with a digits run and an mnist one) drew them
+    as one plot under the first run's title. A run whose file does not say is not compared."""
+    datasets = {dataset for _, dataset, _ in trained if dataset is not None}
+    models = {model for _, _, model in trained if model is not None}
+    if len(datasets) <= 1 and len(models) <= 1:
+        return
+    runs = ", ".join(
+        f"{label} ({dataset or '?'} / {model or '?'})" for label, dataset, model in trained
+    )
+    raise RunDirMixed(
+        f"{root} holds runs of different datasets or models, which one plot cannot compare: "
+        f"{runs}; report each one's own folder (a sweep folder holds runs of one dataset and "
+        "model)"
     )
 
 
