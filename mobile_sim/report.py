@@ -593,32 +593,45 @@ def _replace_with(path: Path, text: str) -> None:
 def plot_accuracy_vs_bytes(
     runs: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: str | Path, title: str = ""
 ) -> Path:
-    """Accuracy against cumulative upload bytes, one line per run (log x axis).
+    """Accuracy against cumulative bytes, one line per run, in two panels (log x axes): the
+    upload bytes (what compression shrinks), and the upload and download bytes together
+    (everything the run moved: the dense model's broadcast is most of it).
 
-    `runs` holds `(label, rounds)` where each round dict has `accuracy` and `bytes_up`.
+    `runs` holds `(label, rounds)` where each round dict has `accuracy`, `bytes_up` and
+    `bytes_down`. `title` (the run's "dataset / model") heads the figure.
     """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
-    plotted: list[int] = []
+    fig, (ax_up, ax_all) = plt.subplots(1, 2, figsize=(13, 4.6), dpi=110, sharey=True)
+    plotted: dict[str, list[int]] = {"up": [], "all": []}
     for label, rounds in runs:
-        cum, xs, ys = 0, [], []
+        up = both = 0
+        xs_up, xs_all, ys = [], [], []
         for r in rounds:
-            cum += int(r["bytes_up"])
+            up += int(r["bytes_up"])
+            both += int(r["bytes_up"]) + int(r["bytes_down"])
             if r.get("accuracy") is not None:
-                xs.append(cum)
+                xs_up.append(up)
+                xs_all.append(both)
                 ys.append(float(r["accuracy"]))
-        plotted += xs
-        ax.plot(xs, ys, marker="o", markersize=3, label=label)
-    _log_bytes_axis(ax.xaxis, plotted)  # linear for runs that moved no bytes
-    ax.set_xlabel("cumulative upload bytes (all devices)")
-    ax.set_ylabel("test accuracy")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.set_title(title or "accuracy vs upload bytes")
-    ax.legend()
+        plotted["up"] += xs_up
+        plotted["all"] += xs_all
+        ax_up.plot(xs_up, ys, marker="o", markersize=3, label=label)
+        ax_all.plot(xs_all, ys, marker="o", markersize=3, label=label)
+    for ax, key, what in (
+        (ax_up, "up", "upload bytes"),
+        (ax_all, "all", "upload + download bytes"),
+    ):
+        _log_bytes_axis(ax.xaxis, plotted[key])  # linear for runs that moved no bytes
+        ax.set_xlabel(f"cumulative {what} (all devices)")
+        ax.set_title(f"accuracy vs cumulative {what}")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    ax_up.set_ylabel("test accuracy")
+    fig.suptitle(title or "accuracy vs bytes")
     fig.tight_layout()
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
