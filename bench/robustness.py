@@ -42,6 +42,20 @@ from mobile_sim.runner import SimConfig  # noqa: E402
 TARGET_FRACTION = 0.95
 TARGET_BACKDOOR = 0.10
 TARGET_MAIN_LOSS_PP = 1.0
+# Tolerance of the backdoor targets' comparisons. Accuracies are counts over the test images
+# (2,000 for the main task: one image is 0.05 pp), so a loss of exactly 1 pp can come out of
+# float subtraction as 1.0000000000000009 (FedAvg's 0.904 - 0.894, screen + weak DP on seed 16
+# of robustness_backdoor_20seeds_rebuild.json) and was counted as missing "<= 1 pp". A millionth of
+# a pp (and of a backdoor-accuracy point) is far below one test image and far above float
+# rounding, so it only forgives the rounding.
+TARGET_TOLERANCE_PP = 1e-6
+
+
+def _meets(value: float, target: float, scale: float = 1.0) -> bool:
+    """value <= target up to TARGET_TOLERANCE_PP (scale 100 for a fraction against a pp-scaled
+    tolerance: backdoor accuracy is a fraction)."""
+    return value <= target + TARGET_TOLERANCE_PP / scale
+
 
 AGGREGATORS = [
     "fedavg",
@@ -449,14 +463,14 @@ def _summarise_backdoor(args: argparse.Namespace, rows: list[dict[str, Any]]) ->
             "max_main_task_loss_pp": max(worst_loss) if done else None,
             "target_met_every_seed": None
             if not done
-            else all(b <= TARGET_BACKDOOR for b in worst_bd)
-            and all(x <= TARGET_MAIN_LOSS_PP for x in worst_loss),
+            else all(_meets(b, TARGET_BACKDOOR, 100.0) for b in worst_bd)
+            and all(_meets(x, TARGET_MAIN_LOSS_PP) for x in worst_loss),
             "target_met_on_mean": None
             if not done
-            else sum(worst_bd) / len(worst_bd) <= TARGET_BACKDOOR
-            and sum(worst_loss) / len(worst_loss) <= TARGET_MAIN_LOSS_PP,
+            else _meets(sum(worst_bd) / len(worst_bd), TARGET_BACKDOOR, 100.0)
+            and _meets(sum(worst_loss) / len(worst_loss), TARGET_MAIN_LOSS_PP),
             "seeds_meeting_target": sum(
-                b <= TARGET_BACKDOOR and x <= TARGET_MAIN_LOSS_PP
+                _meets(b, TARGET_BACKDOOR, 100.0) and _meets(x, TARGET_MAIN_LOSS_PP)
                 for b, x in zip(worst_bd, worst_loss, strict=True)
             ),
             **(
@@ -766,20 +780,25 @@ def _setting(base: SimConfig) -> dict[str, Any]:
     return {k: v for k, v in base.as_dict().items() if k not in ("aggregator", "attack")}
 
 
+def _same_setting(saved: dict[str, Any], setting: dict[str, Any]) -> bool:
+    """Whether a results file's recorded config is `setting`."""
+    recorded = dict(saved.get("config", {}))
+    # Files written between 11d3449 and 792bb93 record `dataclasses.asdict`, with
+    # "plugins": [] for a run without plugins; as_dict (the setting) leaves the key out.
+    if recorded.get("plugins") == []:
+        del recorded["plugins"]
+    # Fields SimConfig gained after that run count at their defaults (e.g. `fleet`).
+    defaults = SimConfig().as_dict()
+    old = {k: recorded.get(k, defaults.get(k)) for k in setting}
+    return old == setting and set(recorded) <= set(setting)
+
+
 def _merged_rows(paths: list[str], setting: dict[str, Any]) -> list[dict[str, Any]]:
     """The runs of the results files `paths` (--merge), each run with `setting`."""
     rows: list[dict[str, Any]] = []
     for path in paths:
         saved = json.loads(Path(path).read_text())
-        recorded = dict(saved.get("config", {}))
-        # Files written between 11d3449 and 792bb93 record `dataclasses.asdict`, with
-        # "plugins": [] for a run without plugins; as_dict (the setting) leaves the key out.
-        if recorded.get("plugins") == []:
-            del recorded["plugins"]
-        # Fields SimConfig gained after that run count at their defaults (e.g. `fleet`).
-        defaults = SimConfig().as_dict()
-        old = {k: recorded.get(k, defaults.get(k)) for k in setting}
-        if old != setting or not set(recorded) <= set(setting):
+        if not _same_setting(saved, setting):
             raise SystemExit(f"{path} was run with another setting; not merging it")
         seed = saved["config"]["seed"]
         # A run keeps the file it was first merged from, so that provenance survives merging
@@ -873,6 +892,13 @@ def main(argv: list[str] | None = None) -> int:
         help="run nothing: summarise the --merge files' runs (a defence is summarised over the "
         "seeds it has complete runs for)",
     )
+    ap.add_argument(
+        "--resummarise",
+        action="store_true",
+        help="run nothing: recompute the summary of the results file --name/--out names from the "
+        "runs it holds, with this invocation's options (give the file's own), keeping its date, "
+        "machine, command and merged_from; the file records when and by which command",
+    )
     ap.add_argument("--replot", action="store_true", help="redraw the plot from the saved JSON")
     ap.add_argument("--workers", type=int, default=2, help="simulations run in parallel")
     ap.add_argument("--seed", type=int, default=0)
@@ -920,6 +946,26 @@ def main(argv: list[str] | None = None) -> int:
                 if any(a in row for cells in saved["accuracy"].values() for row in cells.values())
             ],
         )
+        return 0
+    if args.resummarise:
+        saved = json.loads(json_path.read_text())
+        if not _same_setting(saved, _setting(base)):
+            raise SystemExit(f"{json_path} was run with another setting: give its own options")
+        summary = _summarise(args, base, saved["runs"], bool(saved.get("complete")))
+        # The file keeps the config it recorded (a field SimConfig gained since counts at its
+        # default, as in --merge).
+        summary["config"] = saved["config"]
+        for key in ("date", "finished_at", "machine", "command", "merged_from", "quick"):
+            if key in saved:
+                summary[key] = saved[key]
+        summary["resummarised"] = {
+            "at": utc_now(),
+            "command": command_line(__file__, argv),
+            "note": "summary recomputed from the file's own runs (no run repeated); the "
+            "backdoor targets are compared with TARGET_TOLERANCE_PP",
+        }
+        json_path.write_text(json.dumps(summary, indent=1))
+        print(f"wrote {json_path}")
         return 0
     jobs = _jobs(args, base)
     rows = _merged_rows(args.merge, _setting(base))
