@@ -12,7 +12,7 @@ nodes (degree k, t = k // 2 + 1, vector of 4 elements in Z_2^8, as
 tests/protocol/test_h224_robust_decode_cost.py measured before), every node alive. The server
 is real and receives every message through its public methods; the nodes are not simulated
 (their dealing is O(k t) each, O(k^3) for the group: hours at k = 2,048). Instead each node's
-advertised keys are fresh X25519 keys, its key-sharing bundles are placeholders (the server
+advertised keys are fresh X25519 keys, its key-sharing bundles are stand-in bytes (the server
 only routes them), its masked input is its value plus its self-mask (with nobody dropped the
 pairwise masks cancel in the sum and `finish` never computes them), and its unmask response
 holds, for each neighbour, that neighbour's Shamir share of its own 32-byte self-mask seed at
@@ -195,9 +195,9 @@ def _group(k: int, liars: int = 0) -> tuple[SecAggServer, int, float]:
     for i in range(n):
         server.receive_advertise(AdvertiseKeys(9, i, generate_keypair()[1], generate_keypair()[1]))
     server.close_advertise()
-    placeholder = bytes(16)  # the server routes bundles without reading them
+    bundle = bytes(16)  # the server routes bundles without reading them
     for i in range(n):
-        others = tuple((j, placeholder) for j in range(n) if j != i)
+        others = tuple((j, bundle) for j in range(n) if j != i)
         server.receive_share_keys(ShareKeys(9, i, others))
     server.close_share_keys()
     seeds, shares = _dealer_shares(k, t, seed)
