@@ -748,7 +748,10 @@ def register(sub: Any) -> None:
         "--out",
         default="runs/latest",
         metavar="DIR",
-        help="output folder for JSON, CSV and plots (created if missing)",
+        help="output folder for JSON, CSV and plots (created if missing). An earlier run's "
+        "files there (rounds.json, rounds.csv, ledger.csv, the three PNGs; in compressed/, "
+        "dense/ and secure/ too) are removed before round 1, and a line says so; nothing "
+        "else in it is touched",
     )
     g.add_argument(
         "--no-progress",
@@ -1688,6 +1691,19 @@ def _sim(args: argparse.Namespace) -> int:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         return _fail(f"cannot create the output folder --out {out} ({reason})", 1)
+    try:
+        # Before round 1: a run killed where it cannot write (SIGKILL) must not leave an
+        # earlier run's rounds.json for `plume sim report` to take for this one's.
+        removed = _remove_earlier_outputs(out)
+    except OSError as exc:
+        _remove_empty(made)
+        where = exc.filename or out
+        reason = exc.strerror or str(exc)
+        return _fail(f"cannot remove an earlier run's {where} from --out {out} ({reason})", 1)
+    if removed:
+        clear()
+        names = ", ".join(p.relative_to(out).as_posix() for p in removed)
+        print(f"replacing an earlier run's files in {out}/: removed {names}", flush=True)
     results: list[Any] = []
     kept = False  # whether --out stays, empty or not
     try:
@@ -1827,6 +1843,28 @@ def _sim(args: argparse.Namespace) -> int:
     return 0
 
 
+# The files a run writes into its --out folder (the PNGs) and into each run folder (the rest),
+# and the run folders --compare-dense makes inside it (`_sim`'s labels).
+_RUN_FILES = ("rounds.json", "rounds.csv", "ledger.csv")
+_PLOT_FILES = ("accuracy_vs_upload_bytes.png", "bytes_per_round.png", "round_durations.png")
+_RUN_FOLDERS = ("compressed", "dense", "secure")
+
+
+def _remove_earlier_outputs(out: Path) -> list[Path]:
+    """Remove the files an earlier `plume sim` run wrote into `out` (`_RUN_FILES` and
+    `_PLOT_FILES` in it, `_RUN_FILES` in its `_RUN_FOLDERS`); the paths removed. Nothing else
+    is touched: other files, the folders themselves. Raises the OSError of a file that cannot
+    be removed."""
+    candidates = [out / name for name in (*_RUN_FILES, *_PLOT_FILES)]
+    candidates += [out / sub / name for sub in _RUN_FOLDERS for name in _RUN_FILES]
+    removed = []
+    for path in candidates:
+        if path.is_symlink() or path.is_file():
+            path.unlink()
+            removed.append(path)
+    return removed
+
+
 def _make_folders(path: Path) -> list[Path]:
     """Make folder `path` and its missing parents, one at a time; the folders made, deepest
     first. Only these are a failed run's to remove: `new/../keep_me` makes `new` and not
@@ -1902,9 +1940,7 @@ def _interrupted(
     finished = labels[: labels.index(label)]
     if finished:
         text += " (" + ", ".join(f"the {lbl} run is in {out / lbl}" for lbl in finished) + ")"
-    run_dir = out / label if len(runs) > 1 else out
-    if (partial is None or not partial.records) and (run_dir / "rounds.json").exists():
-        text += f"; {run_dir / 'rounds.json'} is from an earlier run"
+    # (An earlier run's rounds.json in the run's folder was removed before round 1.)
     return text
 
 
