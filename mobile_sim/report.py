@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -60,15 +61,23 @@ def _log_bytes_axis(axis: Any, values: Iterable[float]) -> None:
     is (B, KB, MB: powers of 1000), at 1-2-5 steps over up to three decades.
 
     The view spans at least a decade around the positive `values`: a log axis fitted to two
-    downloads 0.4 % apart drew them as a steep line under tick labels like 5.5775x10^4. Nothing
-    changes when no value is positive (a log axis would have nothing to show).
+    downloads 0.4 % apart drew them as a steep line under tick labels like 5.5775x10^4. When
+    no value is positive (a log axis would have nothing to show) the axis stays linear, from
+    0 B to 1 B.
     """
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     got = [float(v) for v in values if v > 0]
-    if not got:
-        return
     ax, is_x = axis.axes, axis.axis_name == "x"
+    if not got:
+        # Nothing moved (every round abandoned): a linear axis from 0 B, not one that
+        # matplotlib centres on the zeros (-0.04 to 0.04 bytes).
+        from matplotlib.ticker import MaxNLocator
+
+        (ax.set_xlim if is_x else ax.set_ylim)(0, 1)
+        axis.set_major_locator(MaxNLocator(nbins=1, integer=True))
+        axis.set_major_formatter(FuncFormatter(lambda v, _pos: format_bytes(v)))
+        return
     (ax.set_xscale if is_x else ax.set_yscale)("log")
     lo, hi = min(got), max(got)
     if hi < 10 * lo:
@@ -577,13 +586,21 @@ def rounds_csv(rounds: Sequence[Mapping[str, Any]]) -> str:
 
 def replace_atomically(path: Path, write: Callable[[Path], object]) -> None:
     """Have `write(tmp)` write the whole of `path` under a temporary name beside it, then
-    rename it to `path`: an interruption leaves the old file or the new one, never a part."""
+    rename it to `path`: an interruption leaves the old file or the new one, never a part.
+
+    An OSError about the temporary file (a folder that cannot be written) is raised naming
+    `path`, the file that was asked for: the error line named `.rounds.csv.123.tmp`."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         write(tmp)
         os.replace(tmp, path)
+    except OSError as exc:
+        if exc.strerror is None or str(exc.filename) != str(tmp):
+            raise
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a temporary file that cannot go (a folder there)
+            tmp.unlink(missing_ok=True)
 
 
 def _replace_with(path: Path, text: str) -> None:
