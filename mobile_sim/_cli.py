@@ -556,7 +556,8 @@ def register(sub: Any) -> None:
         default=None,
         metavar="BYTES",
         help="per-device upload over the four stages; |S_r| is the largest that fits each "
-        "round's cohort (overrides --secure-fraction; e.g. 2x the plain frame)",
+        "round's cohort (overrides --secure-fraction; e.g. 2x the plain frame) (default: none, "
+        "|S_r| from --secure-fraction)",
     )
     secure_actions["value_bits"] = g.add_argument(
         "--secure-bits",
@@ -612,7 +613,8 @@ def register(sub: Any) -> None:
         default=None,
         metavar="NAME[:k=v,...]",
         help="poisoning attack of the malicious devices (needs --malicious): signflip, "
-        "scaling, alie, ipm, labelflip, gaussian, backdoor",
+        "scaling, alie, ipm, labelflip, gaussian, backdoor (default: none, every device "
+        "honest)",
     )
     g.add_argument(
         "--malicious",
@@ -701,13 +703,15 @@ def register(sub: Any) -> None:
         "--ort-artifacts",
         default=None,
         metavar="DIR",
-        help="folder written by `plume export` for the same model",
+        help="folder written by `plume export` for the same model (default: none; "
+        "--ort-fraction and --ort-tier need it)",
     )
     g.add_argument(
         "--ort-tier",
         default=None,
         choices=("low", "mid", "high"),
-        help="that device tier trains on onnxruntime (needs --ort-artifacts)",
+        help="that device tier trains on onnxruntime (needs --ort-artifacts) (default: none, "
+        "every device trains on torch unless --ort-fraction)",
     )
     g.add_argument(
         "--threads",
@@ -1300,6 +1304,8 @@ def _usage_error(args: argparse.Namespace) -> str | None:
     _default_partition(args)
     if not 0.0 <= args.secure_dropout < 1.0:
         return f"--secure-dropout is a fraction in [0, 1), got {args.secure_dropout}"
+    if not 1.0 <= args.over_selection <= 10.0:  # the engine's rule, with the value it got
+        return f"--over-selection must be in [1, 10], got {args.over_selection:g}"
     if args.threads is not None and args.threads < 1:
         return f"--threads must be at least 1, got {args.threads}"
     if args.attack and not args.malicious > 0:
