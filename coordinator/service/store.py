@@ -8,7 +8,9 @@ connection, explicit transactions.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -20,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 __all__ = [
     "Store",
@@ -262,9 +265,28 @@ def _task(row: tuple[Any, ...]) -> TaskRow:
     return TaskRow(row[0], config, row[2], row[3], row[4])
 
 
+# The connection the checks read the file through (a `file:...?mode=ro` URI): bound here, so
+# that it stays read-only whatever opens the store's own connection.
+_connect_read_only = functools.partial(sqlite3.connect, uri=True, check_same_thread=False)
+
+
+def _file_size(path: str) -> int | None:
+    """The size of the file at `path`, None when there is none."""
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return None
+
+
+def _tables(conn: sqlite3.Connection) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
 class StoreError(RuntimeError):
     """The database cannot be used by this coordinator: not a SQLite file, corrupt, read-only,
-    another application's database, or written by a newer schema. Nothing was written to it."""
+    another application's database, or written by a newer schema. Nothing was written to it
+    nor to its -wal (the checks read through a read-only connection); only a hot rollback
+    journal, which SQLite rolls back before anyone reads the file, was rolled back."""
 
 
 def _setup_error(path: str, exc: sqlite3.Error) -> StoreError:
@@ -367,6 +389,17 @@ class Store:
         """
         self.path = os.path.expanduser(os.fspath(path))  # as `lock_path` reads it
         self._owner: int | None = self._take_ownership() if exclusive else None
+        # The checks read the file through a read-only connection, before the store's own
+        # (read-write) one is opened: closing a read-write connection on a refusal would let
+        # SQLite checkpoint the -wal into the .db and delete the -wal.
+        try:
+            checked = self._check_file()
+        except sqlite3.Error as exc:
+            self._release()
+            raise _setup_error(self.path, exc) from exc
+        except StoreError:
+            self._release()
+            raise
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
@@ -379,7 +412,7 @@ class Store:
         # the store refused kept for the next one (`ledger_add`)
         self._ledger_kept: dict[tuple[int, str, str], list[int]] = {}
         try:
-            self._open()
+            self._open(checked)
         except sqlite3.Error as exc:
             self._db.close()
             self._release()
@@ -405,15 +438,46 @@ class Store:
             os.close(self._owner)  # closing the descriptor drops the flock
             self._owner = None
 
-    def _open(self) -> None:
-        """Check the file's schema (read-only), then set WAL and create or migrate tables."""
-        db = self._db
-        db.execute("PRAGMA busy_timeout=5000")  # another process's short write: wait, not fail
-        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    def _check_file(self) -> tuple[set[str], str | None] | None:
+        """Check the file without writing to it: (its tables, its schema version or None for
+        a new store), or None when a read-only connection cannot read it (a hot rollback
+        journal SQLite must roll back first, or a -shm it cannot write): `_open` checks it
+        then through the read-write connection. `StoreError` for a file this coordinator
+        refuses, SQLite's error for one it cannot read; either way the .db and its -wal are
+        left byte for byte (and a -shm SQLite made to read the -wal is removed again)."""
+        real = os.path.realpath(self.path)  # where SQLite puts the -wal: beside the file
+        size = _file_size(real)
+        if not size:
+            return set(), None  # a new store
+        shm = real + "-shm"
+        shm_existed = os.path.lexists(shm)
+        passed = False
+        try:
+            with contextlib.closing(
+                _connect_read_only(f"file:{quote(os.fsencode(real))}?mode=ro")
+            ) as conn:
+                conn.execute("PRAGMA busy_timeout=5000")
+                tables = _tables(conn)
+                found = self._check_schema(conn, tables)
+            passed = True
+            return tables, found
+        except sqlite3.Error as exc:
+            if getattr(exc, "sqlite_errorname", "").startswith("SQLITE_READONLY"):
+                return None
+            raise
+        finally:
+            if not passed and not shm_existed:
+                # Made by SQLite to read the -wal (derived from it, nothing else in it).
+                with contextlib.suppress(OSError):
+                    os.unlink(shm)
+
+    def _check_schema(self, conn: sqlite3.Connection, tables: set[str]) -> str | None:
+        """The schema version of the database `conn` (its tables: `tables`), None for a new
+        (empty) one; `StoreError` for one this coordinator does not use."""
         # A file with any table is Plume's only if its meta table has a schema version (a new
         # store is created and stamped in one transaction, below): another application's
         # `meta(key, value)` table (Chrome's History and Cookies files have one) is not.
-        found = self._schema_version(tables) if tables else None
+        found = schema_version_of(conn, tables) if tables else None
         if tables and found is None:
             # Creating our tables beside another application's would rewrite its database.
             raise StoreError(
@@ -428,6 +492,14 @@ class Store:
         )  # fmt: skip
         if problem is not None:
             raise StoreError(f"cannot use the database {self.path}: {problem}")
+        return found
+
+    def _open(self, checked: tuple[set[str], str | None] | None) -> None:
+        """Set WAL and create or migrate tables in the file `_check_file` passed (`checked`),
+        or check it first through this connection where that could not read it."""
+        db = self._db
+        db.execute("PRAGMA busy_timeout=5000")  # another process's short write: wait, not fail
+        found = self._check_schema(db, _tables(db)) if checked is None else checked[1]
         if found is not None:
             # A write rolled back: a read-only file fails here, before anything changes (a
             # read-only connection takes the lock and reads fine; only writing tells).
@@ -497,10 +569,6 @@ class Store:
         self._frame_bytes = int(
             db.execute("SELECT COALESCE(SUM(length(frame)), 0) FROM updates").fetchone()[0]
         )
-
-    def _schema_version(self, tables: set[str]) -> str | None:
-        """The schema version the file's `meta` table holds, or None: `schema_version_of`."""
-        return schema_version_of(self._db, tables)
 
     def close(self) -> None:
         with self._lock:
