@@ -2067,7 +2067,7 @@ def _report(args: argparse.Namespace) -> int:
     if given := [flag for dest, (flag, _) in run_flags.items() if _given(args, dest)]:
         return _fail(
             f"`plume sim report RUN_DIR` takes no run flags (got {', '.join(given)}): it redraws "
-            "the plots from RUN_DIR's rounds.json alone"
+            "the plots and rewrites rounds.csv from RUN_DIR's rounds.json alone"
         )
     from .report import table_header, table_row
     from .report_extra import (
