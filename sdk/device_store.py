@@ -267,14 +267,23 @@ def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
-        os.fchmod(fd, mode)  # the umask may have narrowed `mode`; set it exactly
-        view = memoryview(data)
-        while view:  # os.write may write less than asked (Linux caps one call at ~2 GiB)
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        try:
+            os.fchmod(fd, mode)  # the umask may have narrowed `mode`; set it exactly
+            view = memoryview(data)
+            while view:  # os.write may write less than asked (Linux caps one call at ~2 GiB)
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        # A failed write (ENOSPC, EIO) leaves no temp file behind: in a long-lived process on a
+        # full disk each would hold its bytes until the directory is next opened, and a temp
+        # named after a round (accepted-<r>.frame.tmp) is never written over. Best effort: the
+        # error raised is the write's, and a temp this misses is removed at the next open.
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     _fsync_dir(path.parent)
 
 
