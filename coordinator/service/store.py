@@ -448,6 +448,19 @@ class Store:
         real = os.path.realpath(self.path)  # where SQLite puts the -wal: beside the file
         size = _file_size(real)
         if not size:
+            wal = _file_size(real + "-wal")
+            if wal:
+                # A store's file always keeps its first page (SQLite writes it when the store
+                # turns WAL on, before any -wal exists): this file was truncated or removed.
+                # SQLite's first look at an empty file deletes the -wal beside it, and a new,
+                # empty store would be served in place of its commits.
+                what = "is empty (0 bytes)" if size == 0 else "does not exist"
+                raise StoreError(
+                    f"cannot use the database {self.path}: the file {what} but its -wal file "
+                    f"holds {wal} bytes: the database file was truncated or removed (damage, "
+                    "not a new store); restore a backup, or delete the -wal to start a new, "
+                    "empty store"
+                )
             return set(), None  # a new store
         shm = real + "-shm"
         shm_existed = os.path.lexists(shm)
