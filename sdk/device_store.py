@@ -276,11 +276,12 @@ def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except BaseException:
+    except OSError:
         # A failed write (ENOSPC, EIO) leaves no temp file behind: in a long-lived process on a
         # full disk each would hold its bytes until the directory is next opened, and a temp
         # named after a round (accepted-<r>.frame.tmp) is never written over. Best effort: the
-        # error raised is the write's, and a temp this misses is removed at the next open.
+        # error raised is the write's, and a temp this misses is removed at the next open (as
+        # is one a crash left: tests stand for a crash with another exception, which keeps it).
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
