@@ -2551,7 +2551,10 @@ class Client:
     - `app_dir`: the device's own directory (`~` expanded; made 0700 if missing): its
       Ed25519 key, the models held (one per task, at most 8), error-feedback residuals and
       any unacknowledged upload, so a restarted app resumes where it stopped. Give each
-      device (app install) its own.
+      device (app install) its own. The key is made once: a directory whose state.json names
+      a registered device whose key is gone (missing, unreadable, or another device's)
+      raises `sdk.device_store.DeviceIdentityLost` (a `DeviceStoreError`) here, nothing sent
+      (docs/devices.md, "The device's identity").
     - `transport`: an `httpx.BaseTransport` instead of the network (tests, simulation).
     - `timeout`: seconds for each connect, read and write of a request (httpx's timeout); a
       finite number > 0, else `ValueError` (`TypeError` for a non-number) at construction.
@@ -2773,7 +2776,10 @@ class Client:
             self._deadline.cancel = outer
 
     def register(self) -> str:
-        """Register this device's key (idempotent); returns the device id."""
+        """Register this device's key (idempotent); returns the device id.
+        `sdk.device_store.DeviceIdentityLost`, with nothing sent, if the app directory names
+        another device or its key file is no longer this client's (see `Client`)."""
+        self._core.store.check_registration(self.device_id)
         device_id = _registered(self._send(self._core.register_exchange()), self.device_id)
         self._core.store.update_state(device_id=device_id, registered=True)
         return device_id
@@ -3398,6 +3404,7 @@ class AsyncClient:
 
     async def register(self) -> str:
         """As `Client.register`: register this device's key (idempotent); the device id."""
+        self._core.store.check_registration(self.device_id)
         device_id = _registered(await self._send(self._core.register_exchange()), self.device_id)
         self._core.store.update_state(device_id=device_id, registered=True)
         return device_id

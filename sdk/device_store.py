@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import errno
 import functools
 import gc
 import hashlib
@@ -84,6 +85,7 @@ from protocol import auth
 __all__ = [
     "AcceptedUpload",
     "AppDirInUse",
+    "DeviceIdentityLost",
     "DeviceStore",
     "DeviceStoreError",
     "PendingUpload",
@@ -158,6 +160,29 @@ _EF_HEADER = 16  # ErrorFeedback.to_bytes's header; its bytes 8..12 hold the sca
 
 class DeviceStoreError(ValueError):
     """A file in the app directory is corrupt, foreign or unsafe (named in the message)."""
+
+
+class DeviceIdentityLost(DeviceStoreError):
+    """The app directory is a registered device's (state.json names its device id; a state.json
+    that does not read may) but its key is gone: `device_key` is missing, unreadable, or the
+    key of another device than the one state.json names. Refused rather than made anew: under
+    a new key the device's uploads are another device's, whose re-sent pending upload and
+    records of accepted uploads the coordinator answers as never received, so their content
+    would go back into the residual and count twice in the model. The message says what to do: restore that device's
+    `device_key`, or remove the whole app directory to start over as a new device (which
+    discards the residual, the unsent part of its earlier updates). `path` is the key file."""
+
+    def __init__(self, path: Path, problem: str, held: list[str]) -> None:
+        self.path = path
+        super().__init__(
+            f"{path}: this device's identity is lost: {problem}, but {'; '.join(held)}. The "
+            "residual, pending upload and upload records here are that device's and are never "
+            "used under another key (the coordinator would count their content a second time). "
+            "Restore that device's device_key into the app directory, or, to start over as a "
+            "new device, remove the whole app directory: that discards the unsent "
+            "error-feedback residual (what this device's earlier updates left out) and any "
+            "unacknowledged upload"
+        )
 
 
 class UnsupportedPlatform(RuntimeError):
@@ -1122,9 +1147,86 @@ class DeviceStore:
 
     # -- identity ------------------------------------------------------------------------
 
+    @staticmethod
+    def _identity_held(state: dict[str, Any] | None) -> list[str]:
+        """What ties the app directory to the device of its key (`state` as read, None: it did
+        not read): state.json naming a registered device (its `device_id`, written with
+        `registered` at registration), or a state.json that does not read, which may. Empty
+        when a key may be made (`private_key`). A device takes part only once registered, so
+        its residual, pending upload and records sit beside such a state.json."""
+        if state is None:
+            return ["state.json does not read, so whether a device registered here is unknown"]
+        if state.get("registered") or "device_id" in state:
+            return [f"state.json names registered device {str(state.get('device_id'))[:40]}"]
+        return []
+
     def private_key(self) -> bytes:
-        """The device's Ed25519 key (32 raw bytes, file mode 0600), made on first use."""
+        """The device's Ed25519 key (32 raw bytes, file mode 0600), made on first use: in an app
+        directory whose state.json names no registered device (`_identity_held`).
+        `DeviceIdentityLost` when it names one whose key is gone: missing or unreadable, or
+        the key of another device (state.json's `device_id` is the key's fingerprint, the
+        first 16 bytes of SHA-256 of its public key, as every SDK version wrote it at
+        registration: a directory an earlier SDK wrote is checked with nothing to migrate)."""
         path = self.root / "device_key"
+        try:
+            state: dict[str, Any] | None = self.state()
+        except DeviceStoreError:
+            state = None  # with the key present, the calls that read the state report it
+        if not (path.exists() or path.is_symlink()):
+            held = self._identity_held(state)
+            if held:
+                raise DeviceIdentityLost(path, "device_key is missing", held)
+            key = auth.generate_private_key()
+            _write(path, key, 0o600)
+            return key
+        try:
+            key = self._read_key(path)
+        except DeviceStoreError as exc:
+            held = self._identity_held(state)
+            if held:
+                raise DeviceIdentityLost(path, f"device_key does not read ({exc})", held) from exc
+            raise
+        recorded = None if state is None else state.get("device_id")
+        if recorded is not None:
+            mine = auth.device_id_for(auth.public_key_bytes(key))
+            if recorded != mine:
+                raise DeviceIdentityLost(
+                    path,
+                    f"device_key is the key of device {mine}",
+                    [f"state.json names registered device {str(recorded)[:40]}"],
+                )
+        return key
+
+    def check_registration(self, device_id: str) -> None:
+        """Before `device_id` (this client's, from the key it read) is written to state.json as
+        registered: `DeviceIdentityLost` if state.json names another device, or the key file
+        is no longer that device's (replaced, or removed, while the client was open)."""
+        recorded = self.state().get("device_id")
+        path = self.root / "device_key"
+        if recorded is not None and recorded != device_id:
+            raise DeviceIdentityLost(
+                path,
+                f"this client's key is that of device {device_id}",
+                [f"state.json names registered device {str(recorded)[:40]}"],
+            )
+        try:
+            on_disk = auth.device_id_for(auth.public_key_bytes(self._read_key(path)))
+        except (DeviceStoreError, OSError) as exc:
+            raise DeviceIdentityLost(
+                path,
+                f"device_key does not read ({exc})",
+                [f"this client registers as device {device_id}, whose key it was"],
+            ) from exc
+        if on_disk != device_id:
+            raise DeviceIdentityLost(
+                path,
+                f"device_key is now the key of device {on_disk}",
+                [f"this client registers as device {device_id}, whose key it was"],
+            )
+
+    def _read_key(self, path: Path) -> bytes:
+        """The 32 bytes of the key file `path` (`DeviceStoreError` if it is no such file;
+        FileNotFoundError if it is gone)."""
         if path.exists() or path.is_symlink():
             # Opened without following a symlink: one there would have the key read from, and
             # the chmod below applied to, a file outside the app directory.
@@ -1149,9 +1251,7 @@ class DeviceStore:
             finally:
                 os.close(fd)
             return key
-        key = auth.generate_private_key()
-        _write(path, key, 0o600)
-        return key
+        raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT), str(path))
 
     # -- state ---------------------------------------------------------------------------
 
