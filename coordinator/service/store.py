@@ -203,8 +203,17 @@ _ROUND_COLS = (
 )
 
 
-# The schema versions `_open` migrates to SCHEMA_VERSION in place.
+# The schema versions `_open` migrates to SCHEMA_VERSION in place, and the columns that
+# migration adds where they are missing: (table, column).
 _MIGRATED_FROM = ("1", "2", "3")
+_ADDED_BY_MIGRATION = frozenset(
+    {
+        ("tasks", "agg_state"),
+        ("updates", "pruned_len"),
+        ("updates", "pruned_sha256"),
+        ("versions", "params"),
+    }
+)
 
 
 class DamagedRow(ValueError):
@@ -280,6 +289,42 @@ def _file_size(path: str) -> int | None:
 
 def _tables(conn: sqlite3.Connection) -> set[str]:
     return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+def _schema_columns() -> dict[str, tuple[str, ...]]:
+    """Every table `_SCHEMA` creates and its columns, as SQLite reads them."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript(_SCHEMA)
+        names = sorted(t for t in _tables(conn) if not t.startswith("sqlite_"))
+        return {t: tuple(r[1] for r in conn.execute(f"PRAGMA table_info({t})")) for t in names}
+    finally:
+        conn.close()
+
+
+# What a store of this schema version holds (read once, at import).
+_SCHEMA_COLUMNS = _schema_columns()
+
+
+def _missing_schema(conn: sqlite3.Connection, tables: set[str], found: str) -> list[str]:
+    """The tables and columns of this coordinator's schema the Plume database `conn` (its
+    tables: `tables`, its schema version: `found`) lacks: damage or a hand edit. A current
+    store must have all of them; an older one, which `_open` migrates, may lack the columns
+    its migration adds, and a table (created empty, as before)."""
+    current = found == str(SCHEMA_VERSION)
+    missing: list[str] = []
+    for table, columns in _SCHEMA_COLUMNS.items():
+        if table not in tables:
+            if current:
+                missing.append(f"table {table}")
+            continue
+        have = {r[1] for r in conn.execute(f'PRAGMA table_info("{table}")')}
+        missing.extend(
+            f"column {table}.{column}"
+            for column in columns
+            if column not in have and (current or (table, column) not in _ADDED_BY_MIGRATION)
+        )
+    return missing
 
 
 class StoreError(RuntimeError):
@@ -444,7 +489,8 @@ class Store:
         journal SQLite must roll back first, or a -shm it cannot write): `_open` checks it
         then through the read-write connection. `StoreError` for a file this coordinator
         refuses, SQLite's error for one it cannot read; either way the .db and its -wal are
-        left byte for byte (and a -shm SQLite made to read the -wal is removed again)."""
+        left byte for byte (and an empty -wal and a -shm SQLite made to read the file are
+        removed again)."""
         real = os.path.realpath(self.path)  # where SQLite puts the -wal: beside the file
         size = _file_size(real)
         if not size:
@@ -462,8 +508,9 @@ class Store:
                     "empty store"
                 )
             return set(), None  # a new store
-        shm = real + "-shm"
-        shm_existed = os.path.lexists(shm)
+        # Files SQLite makes to read a WAL database (an empty -wal, a -shm indexing it),
+        # removed again on a refusal; a -wal is only if it is still empty.
+        made = [f for f in (real + "-wal", real + "-shm") if not os.path.lexists(f)]
         passed = False
         try:
             with contextlib.closing(
@@ -479,10 +526,10 @@ class Store:
                 return None
             raise
         finally:
-            if not passed and not shm_existed:
-                # Made by SQLite to read the -wal (derived from it, nothing else in it).
+            for f in made if not passed else ():
                 with contextlib.suppress(OSError):
-                    os.unlink(shm)
+                    if f.endswith("-shm") or os.stat(f).st_size == 0:
+                        os.unlink(f)
 
     def _check_schema(self, conn: sqlite3.Connection, tables: set[str]) -> str | None:
         """The schema version of the database `conn` (its tables: `tables`), None for a new
@@ -505,6 +552,18 @@ class Store:
         )  # fmt: skip
         if problem is not None:
             raise StoreError(f"cannot use the database {self.path}: {problem}")
+        if found is not None and (missing := _missing_schema(conn, tables, found)):
+            # Checked before anything is created: `CREATE TABLE IF NOT EXISTS` would put an
+            # empty table in place of a dropped one (a ledger gone, silently), and a missing
+            # column fails every statement that names it (uploads answered 503 for ever).
+            listed = ", ".join(missing[:6]) + (
+                f" and {len(missing) - 6} more" if len(missing) > 6 else ""
+            )
+            raise StoreError(
+                f"cannot use the database {self.path}: it is a Plume store (schema {found}) "
+                f"that lacks {listed} of its schema: damaged, or edited by hand; restore a "
+                "backup"
+            )
         return found
 
     def _open(self, checked: tuple[set[str], str | None] | None) -> None:
