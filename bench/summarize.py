@@ -94,10 +94,10 @@ def _command(doc: dict[str, Any], stem: str = "") -> str:
         settings = doc.get("settings")
         out = settings.get("out") if isinstance(settings, dict) else None
         copied = ""
-        if isinstance(out, str) and Path(out) not in (
-            Path(f"bench/results/{stem}.json"),
-            RESULTS / f"{stem}.json",
-        ):
+        # The run wrote the committed file itself when its --out was bench/results/<stem>.json
+        # of some checkout (relative, or absolute under whatever directory the repository was
+        # in then): the page must not depend on where this checkout lives.
+        if isinstance(out, str) and Path(out).parts[-3:] != ("bench", "results", f"{stem}.json"):
             copied = (
                 f"; its `settings` say the run wrote `{out}`, so the committed file is a copy of "
                 "that output"

@@ -143,3 +143,19 @@ def test_a_file_with_no_command_and_no_docs_command_stays_not_recorded() -> None
     assert summarize._command({"command": "server_opt.py --seed 1"}) == (
         "`python bench/server_opt.py --seed 1`"
     )
+
+
+def test_the_page_does_not_depend_on_where_the_checkout_lives() -> None:
+    # secagg.json's settings record --out as an absolute path into the checkout the run used
+    # (/work/main/...). In a clone elsewhere (CI) the page said "a copy of that output", so
+    # `summarize.py --check` passed in one directory and failed in another.
+    doc = {"settings": {"out": "/work/main/bench/results/secagg.json"}}
+    for out in (
+        "/work/main/bench/results/secagg.json",
+        "/tmp/tmp.x/bench/results/secagg.json",
+        "bench/results/secagg.json",
+    ):
+        doc["settings"]["out"] = out
+        assert "copy" not in summarize._command(doc, "secagg"), out
+    doc["settings"]["out"] = "/tmp/secagg_seed0.json"
+    assert "a copy of that output" in summarize._command(doc, "secagg")
