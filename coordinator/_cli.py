@@ -732,7 +732,9 @@ def register(sub: Any) -> None:
             "then overwritten, never replayed onto the restored pages; the database is left "
             "one file, as backup writes it. The backup is only read, nothing is created "
             "beside it; one with a non-empty -wal or -journal beside it, or that serve "
-            "serves, is refused. Everything stored "
+            "serves, is refused. So is a backup with fewer released rounds or a smaller "
+            "epsilon than --db for any DP-accounted task (--allow-privacy-rollback restores "
+            "it anyway). Everything stored "
             "after the backup is lost (docs/operations.md, Persistence and recovery)."
         ),
         epilog=(
@@ -749,6 +751,15 @@ def register(sub: Any) -> None:
         action="store_true",
         help="replace --db even if it is not a Plume database (another application's file, or "
         "one too damaged to read) or has other hard links (whose lock restore cannot see)",
+    )
+    r.add_argument(
+        "--allow-privacy-rollback",
+        action="store_true",
+        help="restore even if --db has a DP-accounted task with more released rounds or a "
+        "larger epsilon than the backup (or accounting restore cannot read). What it costs: "
+        "the restored task counts from the backup's figures, although the rounds released "
+        "since reached devices, so its epsilon under-reports them and the rounds it releases "
+        "again can overspend its budget (docs/privacy.md); the figures rolled back are printed",
     )
     r.set_defaults(func=_restore)
 
@@ -2067,6 +2078,8 @@ def _restore(args: argparse.Namespace) -> int:
         beside = [db, *(Path(f"{db}{suffix}") for suffix in ("-journal", "-wal", "-shm"))]
         created = [f for f in beside if not f.exists()] + created
     restored = False
+    rolled_back: list[dict[str, Any]] = []
+    unreadable: str | None = None
     # serve's lock (Store(exclusive=True), beside the file a symlink names): held through the
     # restore, so a coordinator that serves the database refuses it, and one starting
     # meanwhile is refused, naming this process.
@@ -2112,6 +2125,21 @@ def _restore(args: argparse.Namespace) -> int:
                             f"--db {args.db} {problem}; check --db, or give --force to "
                             "replace it with the backup"
                         )
+                    rolled_back, unreadable = _privacy_rollback(source, target)
+                    if unreadable and not args.allow_privacy_rollback:
+                        raise ValueError(
+                            f"{unreadable}: restore cannot tell whether --db {args.db} "
+                            "released DP rounds the backup lacks; give "
+                            "--allow-privacy-rollback to restore anyway"
+                        )
+                    if rolled_back and not args.allow_privacy_rollback:
+                        raise ValueError(
+                            f"--db {args.db} has released more DP rounds than the backup "
+                            f"holds ({_rollback_text(rolled_back)}): restored, a task would "
+                            "count from the backup's figures and release those rounds again "
+                            "against the same budget, overspending it; keep --db, restore a "
+                            "later backup, or give --allow-privacy-rollback to restore anyway"
+                        )
                     source.backup(target)
                     # One file, as `backup` writes, whatever the backup's header said: the
                     # -wal is checkpointed and deleted (serve turns WAL back on).
@@ -2130,9 +2158,130 @@ def _restore(args: argparse.Namespace) -> int:
                 with contextlib.suppress(OSError):
                     f.unlink()
         os.close(lock)  # drops the flock
-    line = {"db": args.db, "from": args.source, "schema_version": int(version), "tasks": tasks}
+    line: dict[str, Any] = {
+        "db": args.db,
+        "from": args.source,
+        "schema_version": int(version),
+        "tasks": tasks,
+    }
+    # Given --allow-privacy-rollback: said, and in the line, not lost silently.
+    if unreadable:
+        print(f"{prog}: warning: {unreadable}; restored all the same", file=sys.stderr)
+    if rolled_back:
+        print(
+            f"{prog}: warning: rolled back the DP accounting of --db "
+            f"({_rollback_text(rolled_back)}); those rounds reached devices and are no longer "
+            "in the restored tasks' epsilon",
+            file=sys.stderr,
+        )
+        line["privacy_rollback"] = rolled_back
     print(json.dumps(line))
     return 0
+
+
+def _rollback_text(rolled_back: list[dict[str, Any]]) -> str:
+    """The tasks and figures of `_privacy_rollback`, for one line."""
+    parts = [
+        f"task {r['task']}: {r['rounds']} rounds, epsilon {r['epsilon']:.6g}; the backup: "
+        f"{r['backup_rounds']} rounds, epsilon {r['backup_epsilon']:.6g}"
+        for r in rolled_back[:8]
+    ]
+    more = f"; and {len(rolled_back) - 8} more tasks" if len(rolled_back) > 8 else ""
+    return "; ".join(parts) + more
+
+
+def _privacy_rollback(
+    source: sqlite3.Connection, target: sqlite3.Connection
+) -> tuple[list[dict[str, Any]], str | None]:
+    """What restoring the backup `source` over the database `target` rolls back of the DP
+    accounting: one entry per task whose released rounds or epsilon in `target` are above the
+    backup's (task, rounds, epsilon, backup_rounds, backup_epsilon; a task the backup lacks
+    has 0 and 0 there), and why either's accounting cannot be read, if so (a damaged page or
+    row: what it released is not known). A `target` that is not a Plume database (absent,
+    empty, another application's, or not SQLite at all) has none."""
+    figures = []
+    for conn, what in ((target, "--db"), (source, "the backup")):
+        try:
+            figures.append(_dp_released(conn))
+        except (sqlite3.DatabaseError, ValueError) as exc:
+            return [], f"the DP accounting of {what} cannot be read ({exc})"
+    had, held = figures
+    out = []
+    for task, (rounds, eps) in sorted(had.items()):
+        b_rounds, b_eps = held.get(task, (0, 0.0))
+        if rounds > b_rounds or eps > b_eps:
+            out.append(
+                {
+                    "task": task,
+                    "rounds": rounds,
+                    "epsilon": eps,
+                    "backup_rounds": b_rounds,
+                    "backup_epsilon": b_eps,
+                }
+            )
+    return out, None
+
+
+def _dp_released(conn: sqlite3.Connection) -> dict[int, tuple[int, float]]:
+    """(rounds released, epsilon spent) of each task of the Plume database `conn` with DP
+    accounting, as its round records say: a plain task's committed rounds whose `dp` stage
+    accounted epsilon (its measurements, found through wrappers' `inner`), a secure task's
+    rounds whose noisy sum was unmasked (`dp` of a committed or abandoned round, `pending_dp`
+    of one stopped while aggregating), as the coordinator counts them at a start. Rounds: the
+    larger of the records' count and their own `rounds`; epsilon: the largest recorded. Not a
+    Plume database: {}. SQLite's error, or ValueError for a row that does not parse."""
+    from .service.store import schema_version_of
+
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.DatabaseError:
+        return {}  # not SQLite, or too damaged to list its tables: --force's case
+    if not {"tasks", "rounds"} <= tables or schema_version_of(conn, tables) is None:
+        return {}
+    secure = {}
+    for task, text in conn.execute("SELECT task_id, config_json FROM tasks"):
+        config = json.loads(text)
+        if not isinstance(config, dict):
+            raise ValueError(f"task {task}: its stored config is not a JSON object")
+        secure[int(task)] = bool(config.get("secure"))
+    count: dict[int, int] = {}
+    top: dict[int, tuple[int, float]] = {}
+    rows = conn.execute(
+        "SELECT task_id, round_id, state, measurements_json FROM rounds "
+        "WHERE state IN ('committed', 'abandoned', 'aggregating')"
+    )
+    for task, round_id, state, text in rows:
+        meas = json.loads(text)
+        if not isinstance(meas, dict):
+            raise ValueError(f"round {round_id}: its stored measurements are not a JSON object")
+        record = _released_dp_record(secure.get(int(task), False), state, meas)
+        eps = None if record is None else record.get("epsilon")
+        if not isinstance(eps, int | float) or isinstance(eps, bool):
+            continue  # no release, or a dp stage that accounts no epsilon
+        rounds = record.get("rounds") if record is not None else None
+        rounds = rounds if isinstance(rounds, int) and not isinstance(rounds, bool) else 0
+        task = int(task)
+        count[task] = count.get(task, 0) + 1
+        r0, e0 = top.get(task, (0, 0.0))
+        top[task] = (max(r0, rounds), max(e0, float(eps)))
+    return {t: (max(count[t], r), e) for t, (r, e) in top.items()}
+
+
+def _released_dp_record(secure: bool, state: str, meas: dict[str, Any]) -> dict[str, Any] | None:
+    """The DP record of a round (in `state`, with `meas`) that released a noisy aggregate, or
+    None (docs/privacy.md: an abandoned plain round published nothing)."""
+    if secure:
+        key = {"committed": "dp", "abandoned": "dp", "aggregating": "pending_dp"}.get(state)
+        record = meas.get(key) if key is not None else None
+        return record if isinstance(record, dict) else None
+    node: Any = meas
+    for _ in range(64):  # wrapper chains are a few stages deep
+        if state != "committed" or not isinstance(node, dict):
+            return None
+        if "noise_multiplier" in node and "rounds" in node and "clip" in node:
+            return node
+        node = node.get("inner")
+    return None
 
 
 def _check_integrity(conn: sqlite3.Connection, what: str) -> None:
