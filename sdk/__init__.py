@@ -20,7 +20,7 @@ if TYPE_CHECKING:
         TaskEndedError,
         TlsCertificateError,
     )
-    from .device_store import AppDirInUse
+    from .device_store import AppDirInUse, DeviceIdentityLost, DeviceStoreError
 
 __all__ = [
     "AppDirInUse",
@@ -28,6 +28,8 @@ __all__ = [
     "Client",
     "ClientError",
     "CoordinatorUnreachable",
+    "DeviceIdentityLost",
+    "DeviceStoreError",
     "LocalTrainer",
     "ModelIntegrityError",
     "ModelTooLargeError",
@@ -46,6 +48,8 @@ __all__ = [
 # the others numpy, so `import sdk` (as `plume --help` does, for `plume export`) imports neither.
 _MODULE_OF = {
     "AppDirInUse": ".device_store",
+    "DeviceIdentityLost": ".device_store",
+    "DeviceStoreError": ".device_store",
     "AsyncClient": ".client",
     "Client": ".client",
     "ClientError": ".client",

@@ -257,3 +257,14 @@ def test_an_unregistered_directory_with_a_torn_key_is_refused_as_before(tmp_path
     with pytest.raises(DeviceStoreError, match="32-byte Ed25519 key") as caught:
         DeviceStore(tmp_path).private_key()
     assert not isinstance(caught.value, DeviceIdentityLost)
+
+
+def test_the_store_errors_are_importable_from_sdk() -> None:
+    # An app catches them around Client(...) and participate(): `from sdk import ...`.
+    import sdk
+    from sdk.device_store import DeviceIdentityLost, DeviceStoreError
+
+    assert sdk.DeviceIdentityLost is DeviceIdentityLost
+    assert sdk.DeviceStoreError is DeviceStoreError
+    assert issubclass(sdk.DeviceIdentityLost, sdk.DeviceStoreError)
+    assert {"DeviceIdentityLost", "DeviceStoreError"} <= set(sdk.__all__)
