@@ -49,13 +49,13 @@ def test_the_table_names_a_full_disk_and_a_corrupt_file_with_what_to_do() -> Non
     disk = rows["OSError"]
     assert "ENOSPC" in disk[0] and "stays pending" in disk[1]
     assert "call again later" in disk[2] and "do not clear the directory" in disk[2]
-    store = rows["sdk.device_store.DeviceStoreError"]
+    store = rows["sdk.DeviceStoreError"]
     assert "state.json" in store[1] and "pending.json" in store[1]
     assert "spec is not a model layout" in store[1]
     assert "remove the file named, and nothing else" in store[2]
     assert "keep `device_key`" in store[2] and "never counted twice" in store[2]
     assert "Never clear the whole directory" in store[2]
-    lost = rows["sdk.device_store.DeviceIdentityLost"]
+    lost = rows["sdk.DeviceIdentityLost"]
     assert "restore that device's `device_key`" in lost[2] and "residual" in lost[2]
 
 
