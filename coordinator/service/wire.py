@@ -12,13 +12,17 @@ sent `Expect: 100-continue` (once the app reads its body), and the `connection: 
 of a response to a request that did not keep the connection alive. A HEAD response's body,
 which uvicorn does not send, is not counted. An unhandled error in the app is answered here, as
 a JSON 500 `internal_error` that closes the connection, and counted like any other answer (the
-traceback goes to the log, not to the client). tests/coordinator/test_ledger_wire_audit.py holds
-all of it against the bytes a TCP relay copied.
+traceback goes to the log, not to the client). An answer the server drops because it has seen
+the client close the connection (uvicorn's `send` then writes nothing) is not counted, nor the
+parts of a streamed one sent after the close (`client_gone`, asked as each part goes out).
+tests/coordinator/test_ledger_wire_audit.py holds all of it against the bytes a TCP relay
+copied.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import re
@@ -145,12 +149,46 @@ class WireMiddleware:
         started: dict[str, Any] = {}
         body_done = False
         deadline: float | None = None
+        reads = 0  # the app's calls of `receive`
+        # Request messages `client_gone` took from the server, handed to the app's next reads.
+        taken: list[Message] = []
+        gone = False  # the server saw the client close the connection: it drops what is sent
+        dropped = False  # ... and it had, when the answer started: nothing of it went out
+
+        async def client_gone() -> bool:
+            """Whether the server has seen the client close the connection: then it drops
+            what the app sends (uvicorn's `send` returns without writing). Asked as each part
+            of the answer goes out, from `receive`, which hands over an `http.disconnect` at
+            once when the connection is closed and otherwise waits (the read is cancelled).
+            Not asked before the app's first read of a request that expects `100 Continue`:
+            that read makes uvicorn send it."""
+            nonlocal gone
+            if gone or (expects_continue and reads == 0):
+                return gone
+            # As a task: it runs to its first wait while this one yields once, which also
+            # lets a close the loop has just read reach the server before the answer does.
+            peek = asyncio.ensure_future(receive())
+            await asyncio.sleep(0)
+            if not peek.done():
+                peek.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await peek
+                return False
+            message = peek.result()
+            if message["type"] == "http.disconnect":
+                gone = True
+            elif message["type"] == "http.request":
+                taken.append(message)  # part of the body the app has not read yet
+            return gone
 
         async def counting_receive() -> Message:
-            nonlocal received, body_done, deadline, interim
+            nonlocal received, body_done, deadline, interim, reads
+            reads += 1
             if expects_continue and not started:
                 interim = _CONTINUE  # uvicorn answers the first read before any response
-            if body_done or self.body_timeout_s is None:
+            if taken:
+                message = taken.pop(0)
+            elif body_done or self.body_timeout_s is None:
                 message = await receive()  # after the body: only disconnects arrive here
             else:
                 if deadline is None:
@@ -167,8 +205,9 @@ class WireMiddleware:
             return message
 
         async def counting_send(message: Message) -> None:
-            nonlocal sent_body
+            nonlocal sent_body, dropped
             if message["type"] == "http.response.start":
+                dropped = await client_gone()
                 att: Attribution | None = scope["state"].get(STATE_KEY)
                 if att is not None and att.round_id > 0 and not self._member(scope, att):
                     att.round_id = 0  # counted as control traffic instead
@@ -179,7 +218,8 @@ class WireMiddleware:
                 started["status"] = message["status"]
                 started["headers"] = headers
             elif message["type"] == "http.response.body" and scope["method"] != "HEAD":
-                sent_body += len(message.get("body", b""))  # uvicorn drops a HEAD's body
+                if not await client_gone():  # a part sent after the close is dropped
+                    sent_body += len(message.get("body", b""))  # uvicorn drops a HEAD's body
             await send(message)
 
         try:
@@ -207,7 +247,8 @@ class WireMiddleware:
             if started:
                 # The answer is (partly) out and cannot be replaced: uvicorn logs the
                 # traceback and closes the connection. What the app sent is counted.
-                self._account(scope, received, started, sent_body + interim)
+                if not dropped:
+                    self._account(scope, received, started, sent_body + interim)
                 raise
             # Starlette's own 500 would go out from outside this middleware, counted nowhere,
             # as text/plain. Answered here instead: JSON, by the same rules as any other
@@ -228,7 +269,15 @@ class WireMiddleware:
                 "retry later"
             )
             await _reject(counting_send, 500, Reason.INTERNAL_ERROR, detail)
-        if started:
+        if started and dropped:
+            # Nothing of the answer went out: counted nowhere, as a request whose body was
+            # cut off (operations.md, "What the ledger counts"); the device retries.
+            log.info(
+                "client closed the connection before the answer to %s %s",
+                scope["method"],
+                scope["path"],
+            )
+        elif started:
             self._account(scope, received, started, sent_body + interim)
 
     def _member(self, scope: Scope, att: Attribution) -> bool:
