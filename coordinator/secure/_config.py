@@ -47,7 +47,7 @@ class SecureConfig:
         opened once even the most favourable next round would (`SecureCoordinator`); either
         way the round's measurements carry `budget_exhausted` and the service stops the task.
     degree_factor / threshold: graph degree k = 2 ceil(factor log2 n) and threshold t
-        (default floor(k/2) + 1).
+        (default floor(k/2) + 1, also when threshold is 0).
     group_size: None for one SecAgg over the cohort; g for grouped mode, where SecAgg runs in
         groups of g (the last group takes the remainder) and `group_aggregator` (a
         coordinator.aggregators spec string) combines the group means.
@@ -121,10 +121,11 @@ class SecureConfig:
             raise ValueError(
                 f"degree_factor must be a positive finite number, got {self.degree_factor}"
             )
-        if self.threshold is not None and self.threshold < 2:
-            # 0 used to mean the default silently; 1 would let one share reveal a secret.
+        if self.threshold is not None and self.threshold != 0 and self.threshold < 2:
+            # 1 would let one share reveal a secret. 0 means the default, as None does (stores
+            # written before 2026-11-30 may hold it; the plan reads `threshold or default`).
             raise ValueError(
-                f"threshold must be at least 2 (or left out for floor(k/2) + 1), "
+                f"threshold must be at least 2 (or left out, or 0, for floor(k/2) + 1), "
                 f"got {self.threshold}"
             )
         if self.group_size is not None and self.group_size < 3:
