@@ -1306,7 +1306,7 @@ class Coordinator:
             # flag): done now, not active forever with no round it may open.
             self.store.set_task_state(task_id, TaskState.DONE)
             rt.state = TaskState.DONE
-            self._log_done(rt)
+            self._done_task_ends(rt)
         self._attach(rt)
         if stopped:
             self.stopped_tasks.add(task_id)
@@ -1373,7 +1373,7 @@ class Coordinator:
         self.metrics.rounds.labels("abandoned").inc()
         log.warning("task %d round %d abandoned on start (%s)", rt.task_id, r.round_id, reason)
         if done:
-            self._log_done(rt)
+            self._done_task_ends(rt)
 
     def _replay(self, rt: TaskRuntime, r: RoundRow) -> ActiveRound:
         """Re-open a round in a fresh engine and re-submit its accepted frames in order."""
@@ -1724,7 +1724,7 @@ class Coordinator:
             rt.state = to
             rt.waiting_since = self.clock()
             if to == TaskState.DONE:
-                self._log_done(rt)
+                self._done_task_ends(rt)
         return self.task_status(task_id)
 
     def stop_task(self, task_id: int) -> TaskStatus:
@@ -1921,8 +1921,8 @@ class Coordinator:
         cfg = from_json(TaskConfig, row.config)
         state = rt.state if rt else row.state
         # A done or stopped task opens no round again: no device waits for one and none is
-        # needed (0, as for a task this coordinator does not run). A done task's pool entries
-        # stay until --pool-ttl expires them; they are not devices waiting.
+        # needed (0, as for a task this coordinator does not run). Its pool was dropped when
+        # it finished (`_done_task_ends`, `stop_task`).
         live = rt if rt and state not in (TaskState.DONE, TaskState.STOPPED) else None
         return TaskStatus(
             task_id=task_id,
@@ -2038,7 +2038,7 @@ class Coordinator:
                 self.store.abandon(round_id, rt.task_id, meas, rt.state, now)
                 self.metrics.rounds.labels("abandoned").inc()
                 if rt.state == TaskState.DONE:
-                    self._log_done(rt)
+                    self._done_task_ends(rt)
                 return False
         rt.current = ActiveRound(
             round_id=round_id,
@@ -2747,7 +2747,7 @@ class Coordinator:
         if rt.current is not None:
             self._log_outcome(rt, rt.current, outcome, now)
         if was_active and rt.state == TaskState.DONE:
-            self._log_done(rt)
+            self._done_task_ends(rt)
         rt.current = None
         rt.waiting_since = now
         self.metrics.model_version.labels(str(rt.task_id)).set(rt.version)
@@ -2781,8 +2781,11 @@ class Coordinator:
             ", at its deadline" if now >= cur.deadline else "", closed,
         )  # fmt: skip
 
-    def _log_done(self, rt: TaskRuntime) -> None:
-        """The line of a task that has closed its last round (or spent its privacy budget)."""
+    def _done_task_ends(self, rt: TaskRuntime) -> None:
+        """A task that has closed its last round (or spent its privacy budget): its selection
+        pool is dropped (no round opens again, and nothing else would expire its entries:
+        check-ins and round opening skip a done task) and its line is logged."""
+        rt.pool.clear()
         spent = rt.engine.stopped and rt.rounds_closed < rt.config.rounds
         log.info(
             "task %d done%s: %d of its %d rounds closed, %d committed; model version %d is final",
@@ -2828,7 +2831,7 @@ class Coordinator:
             meas["error"],
         )  # fmt: skip
         if self._reload(rt.task_id) and task_state == TaskState.DONE:
-            self._log_done(self.runtimes[rt.task_id])
+            self._done_task_ends(self.runtimes[rt.task_id])
 
     def _reload(self, task_id: int) -> bool:
         """Rebuild a running task from the store (after a failed publish or upload commit, or

@@ -24,7 +24,7 @@ from .test_service_support import task_config
 ADMIN = "s3cret-s24b"
 
 
-def test_a_done_task_reports_no_pool_while_its_late_devices_are_still_remembered(
+def test_a_done_task_reports_no_pool_and_forgets_its_late_devices(
     tmp_path: Path,
 ) -> None:
     # Prepare: a one-round task; two devices check in after its round opened (they wait in
@@ -43,11 +43,12 @@ def test_a_done_task_reports_no_pool_while_its_late_devices_are_still_remembered
     assert to_close is not None
     asyncio.run(coord.close_round(to_close))
     status = coord.task_status(task_id)
-    # Assert: done, nothing waiting, nothing needed (the entries are still there, within
-    # --pool-ttl: the status no longer reads them)
+    # Assert: done, nothing waiting, nothing needed, and the late devices' entries dropped:
+    # nothing else would expire them (check-ins and round opening skip a done task), so
+    # before they stayed in memory for the coordinator's life (helper-248 F6)
     assert status.state == TaskState.DONE
     assert (status.pool, status.pool_needed) == (0, 0)
-    assert len(coord.runtimes[task_id].pool) == 2
+    assert len(coord.runtimes[task_id].pool) == 0
 
 
 def test_a_paused_task_keeps_its_counts(tmp_path: Path) -> None:
