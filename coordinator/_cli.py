@@ -2240,7 +2240,7 @@ def _dp_released(conn: sqlite3.Connection) -> dict[int, tuple[int, float]]:
         return {}
     secure = {}
     for task, text in conn.execute("SELECT task_id, config_json FROM tasks"):
-        config = json.loads(text)
+        config = _stored_json(text)
         if not isinstance(config, dict):
             raise ValueError(f"task {task}: its stored config is not a JSON object")
         secure[int(task)] = bool(config.get("secure"))
@@ -2251,7 +2251,7 @@ def _dp_released(conn: sqlite3.Connection) -> dict[int, tuple[int, float]]:
         "WHERE state IN ('committed', 'abandoned', 'aggregating')"
     )
     for task, round_id, state, text in rows:
-        meas = json.loads(text)
+        meas = _stored_json(text)
         if not isinstance(meas, dict):
             raise ValueError(f"round {round_id}: its stored measurements are not a JSON object")
         record = _released_dp_record(secure.get(int(task), False), state, meas)
@@ -2265,6 +2265,16 @@ def _dp_released(conn: sqlite3.Connection) -> dict[int, tuple[int, float]]:
         r0, e0 = top.get(task, (0, 0.0))
         top[task] = (max(r0, rounds), max(e0, float(eps)))
     return {t: (max(count[t], r), e) for t, (r, e) in top.items()}
+
+
+def _stored_json(text: Any) -> Any:
+    """A stored JSON column's value; None for one that is not JSON text (a blob, bytes that are
+    not UTF-8, nesting deeper than the parser allows), which the callers refuse as not an
+    object: one line, not a traceback, for a hand-damaged row."""
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError):
+        return None
 
 
 def _released_dp_record(secure: bool, state: str, meas: dict[str, Any]) -> dict[str, Any] | None:

@@ -200,3 +200,28 @@ def test_accounting_restore_cannot_read_needs_the_flag(
     with sqlite3.connect(db) as con:
         assert con.execute("SELECT COUNT(*) FROM rounds").fetchone() == (2,)  # the backup's
     con.close()
+
+
+@pytest.mark.parametrize("damage", ["blob", "deep"])
+def test_a_round_record_that_is_not_json_text_is_one_line_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str
+) -> None:
+    # Prepare: the last round's measurements a blob (json.loads: TypeError) or nested deeper
+    # than the parser goes (RecursionError); both were tracebacks (helper-248)
+    db, bak = _central_world(tmp_path, capsys)
+    value: bytes | str = b"\x00\xff" if damage == "blob" else "[" * 200_000 + "]" * 200_000
+    con = sqlite3.connect(db)
+    con.execute(
+        "UPDATE rounds SET measurements_json=? WHERE round_id=(SELECT MAX(round_id) FROM rounds)",
+        (value,),
+    )
+    con.commit()
+    con.close()
+    before = _digest(db)
+    # Execute
+    status, out, err = _run(capsys, "restore", "--db", str(db), "--from", str(bak))
+    # Assert
+    assert status == 1 and out == ""
+    assert len(err.strip().splitlines()) == 1, err
+    assert "the DP accounting of --db cannot be read" in err
+    assert _digest(db) == before
