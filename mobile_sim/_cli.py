@@ -754,8 +754,8 @@ def register(sub: Any) -> None:
         metavar="DIR",
         help="output folder for JSON, CSV and plots (created if missing). An earlier run's "
         "files there (rounds.json, rounds.csv, ledger.csv, the three PNGs; in compressed/, "
-        "dense/ and secure/ too) are removed before round 1, and a line says so; nothing "
-        "else in it is touched",
+        "dense/ and secure/ too) are removed as the first round ends, and a line says so (a "
+        "run that fails or is stopped before then leaves them); nothing else in it is touched",
     )
     g.add_argument(
         "--no-progress",
@@ -922,10 +922,17 @@ class _Rows:
     """Prints the per-round table as rounds finish: above the progress bar (tqdm.write) when
     there is one, as plain lines otherwise."""
 
-    def __init__(self, label: str, above_bar: bool, show: bool = True) -> None:
+    def __init__(
+        self,
+        label: str,
+        above_bar: bool,
+        show: bool = True,
+        first: Callable[[], None] | None = None,
+    ) -> None:
         self.label = label
         self.above_bar = above_bar
         self.show = show  # False: count the rounds only (a runner's own bar prints them)
+        self.first = first  # called as the first round ends, before its row
         self.started = False
         self.done = 0
 
@@ -941,6 +948,8 @@ class _Rows:
         from .report import table_header, table_row
 
         _hold_sigterm()
+        if self.done == 0 and self.first is not None:
+            self.first()
         self.done += 1
         if not self.show:
             return
@@ -1697,25 +1706,26 @@ def _sim(args: argparse.Namespace) -> int:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         return _fail(f"cannot create the output folder --out {out} ({reason})", 1)
-    try:
-        # Before round 1: a run killed where it cannot write (SIGKILL) must not leave an
-        # earlier run's rounds.json for `plume sim report` to take for this one's.
-        removed = _remove_earlier_outputs(out)
-    except OSError as exc:
+    # An earlier run's files in --out go as this command's first round ends (before its row is
+    # printed, long before anything is written): a run killed later where it cannot write
+    # (SIGKILL) must not leave an earlier run's rounds.json for `plume sim report` to take for
+    # this one's, and a run that fails while it sets up (a missing admin token, an unreachable
+    # --coordinator, a data folder without the dataset, a runner's refusal) or in round 1
+    # leaves them as they were. The runners have no call just before round 1; the first
+    # round's record is the first thing of this run's they hand back.
+    if (stuck := _unremovable(out)) is not None:  # now, rather than after round 1
         _remove_empty(made)
-        where = exc.filename or out
-        reason = exc.strerror or str(exc)
-        return _fail(f"cannot remove an earlier run's {where} from --out {out} ({reason})", 1)
-    if removed:
-        clear()
-        names = ", ".join(p.relative_to(out).as_posix() for p in removed)
-        print(f"replacing an earlier run's files in {out}/: removed {names}", flush=True)
+        return _fail(
+            f"cannot remove an earlier run's {stuck} from --out {out} (its folder is not writable)",
+            1,
+        )
+    replace = _Replacer(out, above_bar=_progress_on(args))
     results: list[Any] = []
     kept = False  # whether --out stays, empty or not
     try:
         for label, c in runs:
             run_dir = out / label if len(runs) > 1 else out
-            rows = _Rows(label, above_bar=False)
+            rows = _Rows(label, above_bar=False, first=replace)
             try:
                 res = _run_one(c, args, label, rows)
             except KeyboardInterrupt as exc:
@@ -1723,12 +1733,18 @@ def _sim(args: argparse.Namespace) -> int:
                 partial = getattr(exc, "result", None)  # the runner's RunInterrupted
                 text = _interrupted(rows.done, c.rounds, label, runs, out, partial)
                 if partial is not None and partial.records:
-                    text += _write_interrupted(partial, run_dir, args, out, [*results, partial])
+                    try:
+                        replace()  # done already, unless the Ctrl-C came before its call
+                        text += _write_interrupted(partial, run_dir, args, out, [*results, partial])
+                    except _NotRemoved as err:
+                        text += f"; its rounds were not written: {err.text(out)}"
                 print(f"{_PROG}: {_stop_text(text)}", file=sys.stderr)
                 # An interrupted run writes the rounds it finished, as before; with none
                 # ("nothing was written"), the empty folders made for it go.
                 kept = partial is not None and bool(partial.records)
                 return 130
+            except _NotRemoved as exc:
+                return _fail(exc.text(out), 1)
             except ValueError as exc:
                 if debug:
                     raise
@@ -1768,6 +1784,10 @@ def _sim(args: argparse.Namespace) -> int:
                 # A node could not set --ray-runtime-env up: one line without Ray's message
                 # (a refusal of its shape is a ValueError, above: a usage error).
                 return _fail(_in_flags(str(exc)), 1)
+            try:
+                replace()  # done already, unless the run recorded no round
+            except _NotRemoved as exc:
+                return _fail(exc.text(out), 1)
             try:
                 write_run(res, run_dir, command=_command(args))
             except KeyboardInterrupt:
@@ -1856,18 +1876,78 @@ _PLOT_FILES = ("accuracy_vs_upload_bytes.png", "bytes_per_round.png", "round_dur
 _RUN_FOLDERS = ("compressed", "dense", "secure")
 
 
+class _NotRemoved(Exception):
+    """An earlier run's file in --out could not be removed (the OSError is its cause)."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+    def text(self, out: Path) -> str:
+        where = self.error.filename or out
+        reason = self.error.strerror or str(self.error)
+        return f"cannot remove an earlier run's {where} from --out {out} ({reason})"
+
+
+class _Replacer:
+    """Removes an earlier run's files from --out (`_remove_earlier_outputs`) when first
+    called, and says so in one line on stdout (above the progress bar, if any); later calls do
+    nothing. Raises `_NotRemoved` for a file that cannot be removed."""
+
+    def __init__(self, out: Path, above_bar: bool) -> None:
+        self.out = out
+        self.above_bar = above_bar
+        self.done = False
+
+    def __call__(self) -> None:
+        if self.done:
+            return
+        try:
+            removed = _remove_earlier_outputs(self.out)
+        except OSError as exc:
+            raise _NotRemoved(exc) from exc
+        self.done = True
+        if not removed:
+            return
+        from .status import clear
+
+        names = ", ".join(p.relative_to(self.out).as_posix() for p in removed)
+        text = f"replacing an earlier run's files in {self.out}/: removed {names}"
+        clear()
+        if self.above_bar:
+            from tqdm import tqdm
+
+            tqdm.write(text)
+        else:
+            print(text, flush=True)
+
+
+def _unremovable(out: Path) -> Path | None:
+    """The first of an earlier run's files in `out` that `_remove_earlier_outputs` could not
+    remove as far as the folder holding it says (not writable by this process); None if
+    none."""
+    for path in _earlier_outputs(out):
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            return path
+    return None
+
+
+def _earlier_outputs(out: Path) -> list[Path]:
+    """The files of an earlier `plume sim` run in `out` (see `_remove_earlier_outputs`)."""
+    candidates = [out / name for name in (*_RUN_FILES, *_PLOT_FILES)]
+    candidates += [out / sub / name for sub in _RUN_FOLDERS for name in _RUN_FILES]
+    return [path for path in candidates if path.is_symlink() or path.is_file()]
+
+
 def _remove_earlier_outputs(out: Path) -> list[Path]:
     """Remove the files an earlier `plume sim` run wrote into `out` (`_RUN_FILES` and
     `_PLOT_FILES` in it, `_RUN_FILES` in its `_RUN_FOLDERS`); the paths removed. Nothing else
     is touched: other files, the folders themselves. Raises the OSError of a file that cannot
     be removed."""
-    candidates = [out / name for name in (*_RUN_FILES, *_PLOT_FILES)]
-    candidates += [out / sub / name for sub in _RUN_FOLDERS for name in _RUN_FILES]
     removed = []
-    for path in candidates:
-        if path.is_symlink() or path.is_file():
-            path.unlink()
-            removed.append(path)
+    for path in _earlier_outputs(out):
+        path.unlink()
+        removed.append(path)
     return removed
 
 
@@ -1946,7 +2026,8 @@ def _interrupted(
     finished = labels[: labels.index(label)]
     if finished:
         text += " (" + ", ".join(f"the {lbl} run is in {out / lbl}" for lbl in finished) + ")"
-    # (An earlier run's rounds.json in the run's folder was removed before round 1.)
+    # (An earlier run's rounds.json in the run's folder was removed as this command's first
+    # round ended; a Ctrl-C before then left it.)
     return text
 
 

@@ -1,7 +1,8 @@
 """A run into an --out folder that holds an earlier run's files removes those files (and
-only those) before its first round, and says so in one line: a run killed where it cannot
+only those) as its first round ends, and says so in one line: a run killed where it cannot
 write (SIGKILL) used to leave the earlier run's rounds.json, which `plume sim report` then
-rebuilt as if it were this run's."""
+rebuilt as if it were this run's. (Not before round 1: a run that fails while it sets up
+leaves them, tests/mobile_sim/test_s24j_out_kept_on_setup_failure.py.)"""
 
 from __future__ import annotations
 
@@ -27,7 +28,11 @@ def _files(folder: Path) -> list[str]:
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
 
-def test_an_earlier_runs_files_are_removed_before_round_1(
+class _Killed(Exception):
+    pass
+
+
+def test_an_earlier_runs_files_are_removed_as_round_1_ends(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Prepare: an earlier --compare-dense run's files, and the user's own files beside them
@@ -38,12 +43,24 @@ def test_an_earlier_runs_files_are_removed_before_round_1(
     (out / "other").mkdir()
     (out / "other" / "rounds.json").write_text("{}")  # not a folder plume sim writes
     capsys.readouterr()
+    earlier = _files(out)
     seen: list[list[str]] = []
+    real = sim_cli._run_one
 
-    def killed(*args: Any) -> Any:
-        # What --out holds when the first round would start; then the process dies without
-        # writing anything (as SIGKILL would leave it)
+    def killed(cfg: Any, args: Any, label: str, rows: Any) -> Any:
+        # What --out holds when the run starts and as its first round ends; then the process
+        # dies without writing anything (as SIGKILL would leave it)
         seen.append(_files(out))
+
+        def round_ended(rec: Any) -> None:
+            rows(rec)
+            seen.append(_files(out))
+            raise _Killed
+
+        try:
+            real(cfg, args, label, round_ended)
+        except _Killed:
+            pass
         raise KeyboardInterrupt
 
     monkeypatch.setattr(sim_cli, "_run_one", killed)
@@ -52,9 +69,9 @@ def test_an_earlier_runs_files_are_removed_before_round_1(
     assert plume([*TINY, "--out", str(out)]) == 130
     stdout = capsys.readouterr().out
 
-    # Assert: only plume sim's own files went, before the run; one line named them
+    # Assert: only plume sim's own files went, as round 1 ended; one line named them
     kept = ["dense/extra.csv", "notes.txt", "other/rounds.json"]
-    assert seen == [kept]
+    assert seen == [earlier, kept]
     assert _files(out) == kept
     [line] = [line for line in stdout.splitlines() if "earlier run" in line]
     assert line.startswith(f"replacing an earlier run's files in {out}/: removed ")
