@@ -86,6 +86,9 @@ class UpdateEncoder:
             out = self.codec.encode(d, rng, weight=weight)
             if self._ef is not None:  # dropped, never carried into a later upload
                 self._ef.residual[:] = 0.0
+            # Nothing for `refused` to restore: an earlier upload's u, kept while error
+            # feedback was on, is not this upload's and may already be in the model.
+            self._pending_u = None
             return out
         # `ErrorFeedback.step` in its two halves, so that u is computed once and kept for
         # `refused` (the whole step computed it again: a second parameter-sized copy alive at

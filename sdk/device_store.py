@@ -2128,7 +2128,15 @@ class DeviceStore:
             return None
         base = stored[0] if stored is not None else ErrorFeedback(size)
         ef = ErrorFeedback(size)
-        ef.residual = (base.residual + sent).astype(np.float32)
+        with np.errstate(over="ignore", invalid="ignore"):
+            ef.residual = (base.residual + sent).astype(np.float32)
+        if not np.isfinite(ef.residual).all():
+            # Near float32's largest value the sum overflows. An infinite residual would make
+            # every later step refuse its input (`ErrorFeedback.step` never keeps one) and the
+            # file unreadable after a restart (the whole residual lost): those coordinates keep
+            # what the residual held, their returned content dropped as if delivered.
+            over = ~np.isfinite(ef.residual)
+            ef.residual[over] = base.residual[over]
         staged = self.root / staging
         layout = layout if layout is not None else held
         _write(staged, _residual_bytes(ef, task_id, self._next_seq(), layout))
