@@ -793,6 +793,47 @@ def _same_setting(saved: dict[str, Any], setting: dict[str, Any]) -> bool:
     return old == setting and set(recorded) <= set(setting)
 
 
+# The backdoor options, by argparse dest, that --resummarise takes from the file's summary.
+BACKDOOR_FLAGS = {
+    "backdoor_seeds": "--backdoor-seeds",
+    "backdoor_defenses": "--backdoor-defenses",
+    "backdoor_attacks": "--backdoor-attacks",
+    "backdoor_malicious": "--backdoor-malicious",
+    "backdoor_rounds": "--backdoor-rounds",
+}
+
+
+def _recorded_backdoor_options(saved: dict[str, Any]) -> dict[str, Any]:
+    """The backdoor options a results file's summary records, by argparse dest; an option it
+    does not record is left out (files written before backdoor_seeds and backdoor_attacks were
+    recorded). The defences are backdoor_by_defense's keys after fedavg, which
+    `_summarise_backdoor` puts first, with backdoor_defense (the first defence) in front if it
+    is fedavg itself."""
+    found: dict[str, Any] = {
+        dest: saved[dest]
+        for dest in ("backdoor_seeds", "backdoor_attacks", "backdoor_malicious", "backdoor_rounds")
+        if dest in saved
+    }
+    by_defense, headline = saved.get("backdoor_by_defense"), saved.get("backdoor_defense")
+    if isinstance(by_defense, dict) and by_defense:
+        defenses = list(by_defense)[1:]
+        if headline == "fedavg":
+            defenses = ["fedavg", *defenses]
+        if defenses[:1] == [headline]:
+            found["backdoor_defenses"] = defenses
+    return found
+
+
+def _same_backdoor_option(dest: str, a: Any, b: Any) -> bool:
+    """Whether two values of backdoor option `dest` summarise alike: the defences by their first
+    (the headline) and the set `_summarise_backdoor` summarises, fedavg included."""
+    if dest == "backdoor_defenses":
+        return a[:1] == b[:1] and list(dict.fromkeys(["fedavg", *a])) == list(
+            dict.fromkeys(["fedavg", *b])
+        )
+    return bool(a == b)
+
+
 def _merged_rows(paths: list[str], setting: dict[str, Any]) -> list[dict[str, Any]]:
     """The runs of the results files `paths` (--merge), each run with `setting`."""
     rows: list[dict[str, Any]] = []
@@ -808,6 +849,13 @@ def _merged_rows(paths: list[str], setting: dict[str, Any]) -> list[dict[str, An
             for r in saved["runs"]
         )
     return rows
+
+
+def _shown(value: Any) -> str:
+    """An option's value as its flag takes it: a list as its words."""
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return str(value)
 
 
 def _seeds(words: list[str]) -> list[int]:
@@ -896,8 +944,10 @@ def main(argv: list[str] | None = None) -> int:
         "--resummarise",
         action="store_true",
         help="run nothing: recompute the summary of the results file --name/--out names from the "
-        "runs it holds, with this invocation's options (give the file's own), keeping its date, "
-        "machine, command and merged_from; the file records when and by which command",
+        "runs it holds, with the setting this invocation gives (give the file's own: another is "
+        "refused) and the --backdoor-* options the file records (one given with another value "
+        "is refused), keeping its date, machine, command and merged_from; the file records when "
+        "and by which command",
     )
     ap.add_argument("--replot", action="store_true", help="redraw the plot from the saved JSON")
     ap.add_argument("--workers", type=int, default=2, help="simulations run in parallel")
@@ -951,6 +1001,24 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads(json_path.read_text())
         if not _same_setting(saved, _setting(base)):
             raise SystemExit(f"{json_path} was run with another setting: give its own options")
+        # The backdoor summary follows the file's own backdoor options, as far as it records
+        # them (before, this invocation's: without --backdoor-seeds a 20-seed file was rewritten
+        # as a summary of seeds 0-9). One given here with another value is refused.
+        recorded = _recorded_backdoor_options(saved)
+        ap.set_defaults(**dict.fromkeys(BACKDOOR_FLAGS))  # None: not given (even --quick's)
+        flags = ap.parse_args(argv)
+        other = []
+        for dest, value in recorded.items():
+            given = getattr(args, dest)
+            if getattr(flags, dest) is not None and not _same_backdoor_option(dest, given, value):
+                other.append(f"{BACKDOOR_FLAGS[dest]} {_shown(value)} (given {_shown(given)})")
+        if other:
+            raise SystemExit(
+                f"{json_path} records other backdoor options: {'; '.join(other)}; leave them "
+                "out to summarise with the file's own"
+            )
+        for dest, value in recorded.items():
+            setattr(args, dest, value)
         summary = _summarise(args, base, saved["runs"], bool(saved.get("complete")))
         # The file keeps the config it recorded (a field SimConfig gained since counts at its
         # default, as in --merge).
@@ -961,8 +1029,8 @@ def main(argv: list[str] | None = None) -> int:
         summary["resummarised"] = {
             "at": utc_now(),
             "command": command_line(__file__, argv),
-            "note": "summary recomputed from the file's own runs (no run repeated); the "
-            "backdoor targets are compared with TARGET_TOLERANCE_PP",
+            "note": "summary recomputed from the file's own runs (no run repeated) with its "
+            "own backdoor options; the backdoor targets are compared with TARGET_TOLERANCE_PP",
         }
         json_path.write_text(json.dumps(summary, indent=1))
         print(f"wrote {json_path}")
