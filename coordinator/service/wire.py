@@ -153,6 +153,7 @@ class WireMiddleware:
         # Request messages `client_gone` took from the server, handed to the app's next reads.
         taken: list[Message] = []
         gone = False  # the server saw the client close the connection: it drops what is sent
+        streaming = False  # the answer's body comes in more than one part
         dropped = False  # ... and it had, when the answer started: nothing of it went out
 
         async def client_gone() -> bool:
@@ -205,7 +206,7 @@ class WireMiddleware:
             return message
 
         async def counting_send(message: Message) -> None:
-            nonlocal sent_body, dropped
+            nonlocal sent_body, dropped, streaming
             if message["type"] == "http.response.start":
                 dropped = await client_gone()
                 att: Attribution | None = scope["state"].get(STATE_KEY)
@@ -218,7 +219,13 @@ class WireMiddleware:
                 started["status"] = message["status"]
                 started["headers"] = headers
             elif message["type"] == "http.response.body" and scope["method"] != "HEAD":
-                if not await client_gone():  # a part sent after the close is dropped
+                # A part sent after the close is dropped. An answer in one body part (every
+                # JSON answer, a model or delta chain sent whole) was asked about at its start,
+                # in the same loop turn or one before: asked again only while streaming, which
+                # saves a loop turn per answer.
+                single = not streaming and not message.get("more_body", False)
+                streaming = streaming or bool(message.get("more_body", False))
+                if single or not await client_gone():
                     sent_body += len(message.get("body", b""))  # uvicorn drops a HEAD's body
             await send(message)
 
