@@ -14,7 +14,8 @@ which uvicorn does not send, is not counted. An unhandled error in the app is an
 a JSON 500 `internal_error` that closes the connection, and counted like any other answer (the
 traceback goes to the log, not to the client). An answer the server drops because it has seen
 the client close the connection (uvicorn's `send` then writes nothing) is not counted, nor the
-parts of a streamed one sent after the close (`client_gone`, asked as each part goes out).
+parts of a streamed one sent after the close (`client_gone`, asked as an answer starts and as
+each part of a streamed one goes out).
 tests/coordinator/test_ledger_wire_audit.py holds all of it against the bytes a TCP relay
 copied.
 """
@@ -158,8 +159,8 @@ class WireMiddleware:
 
         async def client_gone() -> bool:
             """Whether the server has seen the client close the connection: then it drops
-            what the app sends (uvicorn's `send` returns without writing). Asked as each part
-            of the answer goes out, from `receive`, which hands over an `http.disconnect` at
+            what the app sends (uvicorn's `send` returns without writing). Asked as the answer
+            starts and as each part of a streamed answer goes out, from `receive`, which hands over an `http.disconnect` at
             once when the connection is closed and otherwise waits (the read is cancelled).
             Not asked before the app's first read of a request that expects `100 Continue`:
             that read makes uvicorn send it."""
