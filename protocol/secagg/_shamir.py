@@ -144,15 +144,7 @@ def _bary_weights(xs: tuple[int, ...]) -> tuple[int, ...]:
             if j != i:
                 d = d * (xi - xj) % PRIME
         dens.append(d)
-    prefix = [1]
-    for d in dens:
-        prefix.append(prefix[-1] * d % PRIME)
-    inv = pow(prefix[-1], -1, PRIME)
-    out = [0] * len(xs)
-    for i in range(len(xs) - 1, -1, -1):
-        out[i] = inv * prefix[i] % PRIME
-        inv = inv * dens[i] % PRIME
-    return tuple(out)
+    return tuple(_batch_inverse(dens))
 
 
 def _lagrange_weights(xs: Sequence[int], at: int) -> tuple[int, ...]:
