@@ -2371,10 +2371,18 @@ class Coordinator:
         v = rt.version
         chain_ok = have is not None and 0 <= have <= v and v - have <= rt.config.max_chain
         if fmt == "delta" and not chain_ok:
+            if have is None:
+                why = "ask with ?have=<the version you hold>, or for the snapshot"
+            elif have > v:
+                # Ahead of the coordinator (a restored backup, another task's version): no
+                # chain leads back; "max chain" would point the wrong way.
+                why = f"the task is at version {v}, older than {have}; ask for the snapshot"
+            else:
+                why = f"max chain {rt.config.max_chain}; ask for the snapshot"
             raise ApiError(
                 409,
                 Reason.UNKNOWN_VERSION,
-                f"no delta chain from version {have} to {v} (max chain {rt.config.max_chain})",
+                f"no delta chain from version {have} to {v} ({why})",
             )
         if fmt in ("auto", "delta") and chain_ok:
             assert have is not None
