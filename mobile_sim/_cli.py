@@ -1727,7 +1727,15 @@ def _sim(args: argparse.Namespace) -> int:
             run_dir = out / label if len(runs) > 1 else out
             rows = _Rows(label, above_bar=False, first=replace)
             try:
-                res = _run_one(c, args, label, rows)
+                try:
+                    res = _run_one(c, args, label, rows)
+                except Exception as exc:
+                    line = _worker_failure_line(exc, run_dir, args, out, results, replace)
+                    if line is None:
+                        raise
+                    print(f"{_PROG}: error: {line}", file=sys.stderr)
+                    kept = True
+                    return 1
             except KeyboardInterrupt as exc:
                 clear()
                 partial = getattr(exc, "result", None)  # the runner's RunInterrupted
@@ -2029,6 +2037,34 @@ def _interrupted(
     # (An earlier run's rounds.json in the run's folder was removed as this command's first
     # round ended; a Ctrl-C before then left it.)
     return text
+
+
+def _worker_failure_line(
+    exc: Exception,
+    run_dir: Path,
+    args: argparse.Namespace,
+    out: Path,
+    results: list[Any],
+    replace: Callable[[], None],
+) -> str | None:
+    """For a pool or Ray worker that failed, died or stalled after some rounds finished (the
+    runner hands them on the error, `finished_rounds`): write those rounds as an interrupted
+    run's and return the one error line, the worker's and where the rounds went. None for any
+    other error, or one before a round finished: handled as before. PLUME_DEBUG=1 keeps the
+    traceback (nothing is written then, as for any error under it)."""
+    from coordinator.cli import _worker_error_line, debug_enabled
+
+    partial = getattr(exc, "finished_rounds", None)
+    if partial is None or not partial.records or debug_enabled():
+        return None
+    line = _worker_error_line(exc)
+    if line is None:
+        return None
+    try:
+        replace()  # done already: a round finished
+        return line + _write_interrupted(partial, run_dir, args, out, [*results, partial])
+    except _NotRemoved as err:
+        return f"{line}; its finished rounds were not written: {err.text(out)}"
 
 
 def _write_interrupted(

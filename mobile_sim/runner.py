@@ -1362,7 +1362,7 @@ def run_simulation(
             if on_round is not None:
                 on_round(rec)
             bar.update(rec)
-    except KeyboardInterrupt as exc:
+    except (KeyboardInterrupt, Exception) as exc:
         # The rounds that finished are kept, with the model of the last of them (a round cut
         # short leaves its downloads, perhaps uploads, in the ledger: `of` leaves them out).
         partial = SimResult(
@@ -1376,7 +1376,17 @@ def run_simulation(
             partition=partition_stats(parts, data.y_train),
             dp_seed=cfg.dp_seed,
         )
-        raise RunInterrupted.of(partial) from exc
+        if isinstance(exc, KeyboardInterrupt):
+            raise RunInterrupted.of(partial) from exc
+        if records:
+            # Any other error (a pool or Ray worker that failed, died or stalled, most likely
+            # on a long run) goes on as it is, carrying the finished rounds, marked
+            # interrupted, for `plume sim` to write (before, they were lost with it).
+            try:
+                exc.finished_rounds = RunInterrupted.of(partial).result  # type: ignore[attr-defined]
+            except (AttributeError, TypeError):  # an exception that takes no attributes
+                pass
+        raise
     finally:
         bar.close()
         if own_backend:
