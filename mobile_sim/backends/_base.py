@@ -11,6 +11,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import ModuleType
 from typing import Any, Protocol
 
@@ -26,7 +27,26 @@ __all__ = [
     "check_round",
     "import_plugins",
     "PluginError",
+    "usable_cpus",
 ]
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on: its CPU affinity (a Slurm allocation, `taskset`,
+    `docker --cpuset-cpus`), capped by a cgroup v2 CPU quota (`docker --cpus`, a Kubernetes
+    limit) rounded up, else `os.cpu_count()`. The pool's default worker count and a private
+    Ray runtime's CPUs come from it: `os.cpu_count()` alone counts every core of the host."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max" and int(period) > 0:
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))
+    except (OSError, ValueError):  # no cgroup v2 file, or one that does not parse
+        pass
+    return max(1, cpus)
 
 
 class PluginError(ValueError):

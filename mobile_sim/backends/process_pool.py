@@ -22,7 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..status import say
-from ._base import JobResult, TrainContext, TrainJob, check_round
+from ._base import JobResult, TrainContext, TrainJob, check_round, usable_cpus
 from ._worker import (
     INNER_BACKENDS,
     StallLimit,
@@ -336,7 +336,7 @@ class ProcessPoolBackend:
             raise ValueError(f"inner backend must be one of {INNER_BACKENDS}, got {inner!r}")
         if start_method not in multiprocessing.get_all_start_methods():
             raise ValueError(f"start method {start_method!r} is not available here")
-        cpus = os.cpu_count() or 1
+        cpus = usable_cpus()  # affinity and cgroup quota, not every core of the host
         where = "this machine for the pool"
         if workers is not None and (problem := too_many_per_cpu(workers, cpus, where)):
             raise ValueError(problem)

@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..status import say
-from ._base import JobResult, TrainContext, TrainJob, check_round
+from ._base import JobResult, TrainContext, TrainJob, check_round, usable_cpus
 from ._worker import (
     INNER_BACKENDS,
     StallLimit,
@@ -306,7 +306,7 @@ class RayBackend:
                     # "local": a private runtime even when a cluster was started on this
                     # machine (`ray start`). Without it ray.init joins the cluster named in
                     # /tmp/ray/ray_current_cluster, and refuses num_cpus for an existing one.
-                    own_cpus = self.num_cpus or os.cpu_count() or 1
+                    own_cpus = self.num_cpus or usable_cpus()  # affinity, cgroup quota
                     ray.init(address="local", num_cpus=own_cpus, **kwargs)
             self._owns_runtime = True
         free = int(ray.available_resources().get("CPU", 1))
