@@ -1978,10 +1978,10 @@ def _connect_existing(path: Path, *, immutable: bool = False) -> sqlite3.Connect
 def _plume_info(conn: sqlite3.Connection, what: str) -> tuple[str, int]:
     """(schema version, number of tasks) of a Plume database; ValueError naming `what` when
     the file is not one: the store's rule (`schema_version_of`), and a `tasks` table."""
-    from .service.store import schema_version_of
+    from .service.store import schema_version_of, table_names
 
     try:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = table_names(conn)
         version = schema_version_of(conn, tables)
         tasks = None
         if version is not None and "tasks" in tables:
@@ -2230,10 +2230,10 @@ def _dp_released(conn: sqlite3.Connection) -> dict[int, tuple[int, float]]:
     of one stopped while aggregating), as the coordinator counts them at a start. Rounds: the
     larger of the records' count and their own `rounds`; epsilon: the largest recorded. Not a
     Plume database: {}. SQLite's error, or ValueError for a row that does not parse."""
-    from .service.store import schema_version_of
+    from .service.store import schema_version_of, table_names
 
     try:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = table_names(conn)
     except sqlite3.DatabaseError:
         return {}  # not SQLite, or too damaged to list its tables: --force's case
     if not {"tasks", "rounds"} <= tables or schema_version_of(conn, tables) is None:
@@ -2332,10 +2332,10 @@ def _restore_target_problem(conn: sqlite3.Connection) -> str | None:
     mistyped --db naming another application's file), or None: absent, empty, or Plume's
     (the store's rule, `schema_version_of`, and a `tasks` table: a `meta` and a `tasks`
     table without Plume's schema version are another application's)."""
-    from .service.store import schema_version_of
+    from .service.store import schema_version_of, table_names
 
     try:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        tables = table_names(conn)
         plume = "tasks" in tables and schema_version_of(conn, tables) is not None
     except sqlite3.DatabaseError as exc:
         return f"is not a SQLite database or it is corrupt ({exc})"

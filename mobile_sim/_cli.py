@@ -1741,11 +1741,7 @@ def _sim(args: argparse.Namespace) -> int:
                 partial = getattr(exc, "result", None)  # the runner's RunInterrupted
                 text = _interrupted(rows.done, c.rounds, label, runs, out, partial)
                 if partial is not None and partial.records:
-                    try:
-                        replace()  # done already, unless the Ctrl-C came before its call
-                        text += _write_interrupted(partial, run_dir, args, out, [*results, partial])
-                    except _NotRemoved as err:
-                        text += f"; its rounds were not written: {err.text(out)}"
+                    text += _write_finished(partial, run_dir, args, out, results, replace)
                 print(f"{_PROG}: {_stop_text(text)}", file=sys.stderr)
                 # An interrupted run writes the rounds it finished, as before; with none
                 # ("nothing was written"), the empty folders made for it go.
@@ -2060,11 +2056,25 @@ def _worker_failure_line(
     line = _worker_error_line(exc)
     if line is None:
         return None
+    return line + _write_finished(partial, run_dir, args, out, results, replace)
+
+
+def _write_finished(
+    partial: Any,
+    run_dir: Path,
+    args: argparse.Namespace,
+    out: Path,
+    results: list[Any],
+    replace: Callable[[], None],
+) -> str:
+    """Write the finished rounds of a run that stopped early (Ctrl-C, SIGTERM, a failed
+    worker), after the earlier run's files in --out are gone (`replace`: done already unless
+    it stopped before its first round ended); the end of its one line."""
     try:
-        replace()  # done already: a round finished
-        return line + _write_interrupted(partial, run_dir, args, out, [*results, partial])
+        replace()
+        return _write_interrupted(partial, run_dir, args, out, [*results, partial])
     except _NotRemoved as err:
-        return f"{line}; its finished rounds were not written: {err.text(out)}"
+        return f"; its rounds were not written: {err.text(out)}"
 
 
 def _write_interrupted(

@@ -704,13 +704,18 @@ class RunInterrupted(KeyboardInterrupt):
         )
         self.result = result
 
-    @classmethod
-    def of(cls, result: SimResult) -> RunInterrupted:
+    @staticmethod
+    def finished(result: SimResult) -> SimResult:
         """`result` cut to its finished rounds: their ledger rows only (a round cut short may
         have recorded downloads and uploads), marked `interrupted`."""
         done = {r.round for r in result.records}
         ledger = BandwidthLedger(row for row in result.ledger.rows() if row.round_id in done)
-        return cls(replace(result, ledger=ledger, interrupted=True))
+        return replace(result, ledger=ledger, interrupted=True)
+
+    @classmethod
+    def of(cls, result: SimResult) -> RunInterrupted:
+        """The interruption of a run whose rounds so far are `result` (`finished`)."""
+        return cls(cls.finished(result))
 
 
 # Your own datasets: name -> loader(root, seed) -> FederatedData (a `NaturalData`, with
@@ -1183,6 +1188,21 @@ def run_simulation(
     # changes one in place (tests/mobile_sim/test_h112_last_params.py).
     last_params = engine.params
     bar = _progress(cfg.rounds, label or ("dense" if cfg.dense else "compressed"), progress)
+
+    def result(params: npt.NDArray[np.float32]) -> SimResult:
+        """The run's result over the rounds in `records`, with the model `params`."""
+        return SimResult(
+            cfg,
+            records,
+            engine.ledger,
+            spec.size,
+            params,
+            label,
+            started_at,
+            partition=partition_stats(parts, data.y_train),
+            dp_seed=cfg.dp_seed,
+        )
+
     try:
         for _ in range(cfg.rounds):
             if engine.stopped:
@@ -1362,28 +1382,17 @@ def run_simulation(
             if on_round is not None:
                 on_round(rec)
             bar.update(rec)
-    except (KeyboardInterrupt, Exception) as exc:
+    except KeyboardInterrupt as exc:
         # The rounds that finished are kept, with the model of the last of them (a round cut
         # short leaves its downloads, perhaps uploads, in the ledger: `of` leaves them out).
-        partial = SimResult(
-            cfg,
-            records,
-            engine.ledger,
-            spec.size,
-            last_params,
-            label,
-            started_at,
-            partition=partition_stats(parts, data.y_train),
-            dp_seed=cfg.dp_seed,
-        )
-        if isinstance(exc, KeyboardInterrupt):
-            raise RunInterrupted.of(partial) from exc
+        raise RunInterrupted.of(result(last_params)) from exc
+    except Exception as exc:
         if records:
             # Any other error (a pool or Ray worker that failed, died or stalled, most likely
             # on a long run) goes on as it is, carrying the finished rounds, marked
             # interrupted, for `plume sim` to write (before, they were lost with it).
             try:
-                exc.finished_rounds = RunInterrupted.of(partial).result  # type: ignore[attr-defined]
+                exc.finished_rounds = RunInterrupted.finished(result(last_params))  # type: ignore[attr-defined]
             except (AttributeError, TypeError):  # an exception that takes no attributes
                 pass
         raise
@@ -1391,17 +1400,7 @@ def run_simulation(
         bar.close()
         if own_backend:
             be.close()
-    return SimResult(
-        cfg,
-        records,
-        engine.ledger,
-        spec.size,
-        engine.params.copy(),
-        label,
-        started_at,
-        partition=partition_stats(parts, data.y_train),
-        dp_seed=cfg.dp_seed,
-    )
+    return result(engine.params.copy())
 
 
 # Rows per forward pass when measuring backdoor accuracy, as `sdk.trainer.evaluate` batches

@@ -38,6 +38,7 @@ __all__ = [
     "take_lock",
     "schema_version_problem",
     "schema_version_of",
+    "table_names",
 ]
 
 log = logging.getLogger("plume.coordinator")
@@ -287,7 +288,8 @@ def _file_size(path: str) -> int | None:
         return None
 
 
-def _tables(conn: sqlite3.Connection) -> set[str]:
+def table_names(conn: sqlite3.Connection) -> set[str]:
+    """The tables of the database `conn` (SQLite's error for a file it cannot read)."""
     return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
@@ -296,7 +298,7 @@ def _schema_columns() -> dict[str, tuple[str, ...]]:
     conn = sqlite3.connect(":memory:")
     try:
         conn.executescript(_SCHEMA)
-        names = sorted(t for t in _tables(conn) if not t.startswith("sqlite_"))
+        names = sorted(t for t in table_names(conn) if not t.startswith("sqlite_"))
         return {t: tuple(r[1] for r in conn.execute(f"PRAGMA table_info({t})")) for t in names}
     finally:
         conn.close()
@@ -517,7 +519,7 @@ class Store:
                 _connect_read_only(f"file:{quote(os.fsencode(real))}?mode=ro")
             ) as conn:
                 conn.execute("PRAGMA busy_timeout=5000")
-                tables = _tables(conn)
+                tables = table_names(conn)
                 found = self._check_schema(conn, tables)
             passed = True
             return tables, found
@@ -571,7 +573,7 @@ class Store:
         or check it first through this connection where that could not read it."""
         db = self._db
         db.execute("PRAGMA busy_timeout=5000")  # another process's short write: wait, not fail
-        found = self._check_schema(db, _tables(db)) if checked is None else checked[1]
+        found = self._check_schema(db, table_names(db)) if checked is None else checked[1]
         if found is not None:
             # A write rolled back: a read-only file fails here, before anything changes (a
             # read-only connection takes the lock and reads fine; only writing tells).
