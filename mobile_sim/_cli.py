@@ -2044,16 +2044,20 @@ def _worker_failure_line(
     replace: Callable[[], None],
 ) -> str | None:
     """For a pool or Ray worker that failed, died or stalled after some rounds finished (the
-    runner hands them on the error, `finished_rounds`): write those rounds as an interrupted
-    run's and return the one error line, the worker's and where the rounds went. None for any
-    other error, or one before a round finished: handled as before. PLUME_DEBUG=1 keeps the
-    traceback (nothing is written then, as for any error under it)."""
+    runner hands them on the error, `finished_rounds`; in process or --secure), or a
+    --transport http device that stopped on an error (`DeviceFailed`): write those rounds as
+    an interrupted run's and return the one error line, the worker's and where the rounds
+    went. None for any other error, or one before a round finished: handled as before.
+    PLUME_DEBUG=1 keeps the traceback (nothing is written then, as for any error under it)."""
     from coordinator.cli import _worker_error_line, debug_enabled
 
     partial = getattr(exc, "finished_rounds", None)
     if partial is None or not partial.records or debug_enabled():
         return None
     line = _worker_error_line(exc)
+    device_failed = getattr(sys.modules.get("mobile_sim.http_fleet"), "DeviceFailed", None)
+    if line is None and isinstance(device_failed, type) and isinstance(exc, device_failed):
+        line = str(exc).strip().partition("\n")[0]  # "simulated device 3 stopped: ..."
     if line is None:
         return None
     return line + _write_finished(partial, run_dir, args, out, results, replace)

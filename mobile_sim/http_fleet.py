@@ -195,6 +195,22 @@ def _run(
     records: list[RoundRecord] = []
     task_id = 0
     fleet: _Fleet | None = None
+
+    def finished() -> SimResult:
+        """The rounds recorded so far, with the ledger rows read as each was recorded (what
+        its bytes count) and the model of the last of them."""
+        last = fleet.last_params if fleet is not None else None
+        return SimResult(
+            cfg,
+            records,
+            fleet.ledger if fleet is not None else BandwidthLedger(),
+            spec.size,
+            last if last is not None else initial,
+            label,
+            started_at,
+            partition=partition,
+        )
+
     with AdminClient(url, token) as admin:
         try:
             task_id = admin.create_task(task, initial)
@@ -241,25 +257,20 @@ def _run(
         except KeyboardInterrupt as exc:
             if external and task_id:
                 _stop_task(admin, task_id)
-            # The rounds recorded before it, with the ledger rows read as each was recorded
-            # (what its bytes count) and the model of the last of them.
-            last = fleet.last_params if fleet is not None else None
-            partial = SimResult(
-                cfg,
-                records,
-                fleet.ledger if fleet is not None else BandwidthLedger(),
-                spec.size,
-                last if last is not None else initial,
-                label,
-                started_at,
-                partition=partition,
-            )
-            raise RunInterrupted.of(partial) from exc
-        except BaseException:
+            raise RunInterrupted.of(finished()) from exc
+        except BaseException as exc:
             # Any other failure ends the run too: its fleet is gone, so the task it created on
             # a coordinator that outlives it is stopped (an embedded one stops with the run).
             if external and task_id:
                 _stop_task(admin, task_id)
+            if records and isinstance(exc, Exception):
+                # It goes on as it is (a device that failed, a coordinator that refused the
+                # task), carrying the rounds recorded before it as `run_simulation`'s errors
+                # do, for `plume sim` to write (before, they were lost with it).
+                try:
+                    exc.finished_rounds = RunInterrupted.finished(finished())  # type: ignore[attr-defined]
+                except (AttributeError, TypeError):  # an exception that takes no attributes
+                    pass
             raise
     return SimResult(cfg, records, ledger, spec.size, final, label, started_at, partition=partition)
 

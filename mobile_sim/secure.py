@@ -459,6 +459,20 @@ def run_secure_simulation(
     fleet = HttpSecureFleet(coord, spec=setup.spec) if transport == "http" else None
     clear()  # the set-up's status line gives way to the bar
     bar = tqdm(total=cfg.rounds, desc=label, unit="round", disable=not progress, leave=False)
+
+    def result(params: npt.NDArray[np.float32]) -> SimResult:
+        return SimResult(
+            cfg,
+            records,
+            ledger,
+            d,
+            params,
+            label,
+            started_at,
+            _jsonable(_settings(secure, dropout)),
+            partition_stats(parts, data.y_train),
+        )
+
     try:
         for r in range(1, cfg.rounds + 1):
             t0 = time.perf_counter()
@@ -546,35 +560,23 @@ def run_secure_simulation(
         # round cut short may have recorded uploads) and the model of the last of them: a
         # round cut short after its close (while it is evaluated, say) changed `coord.params`.
         # Over HTTP a round cut short may still commit on the service; it is not kept either.
-        raise RunInterrupted.of(
-            SimResult(
-                cfg,
-                records,
-                ledger,
-                d,
-                last_params,
-                label,
-                started_at,
-                _jsonable(_settings(secure, dropout)),
-                partition_stats(parts, data.y_train),
-            )
-        ) from exc
+        raise RunInterrupted.of(result(last_params)) from exc
+    except Exception as exc:
+        if records:
+            # Any other error (a pool or Ray worker that failed, died or stalled, a failed
+            # HTTP stage) goes on as it is, carrying the finished rounds as `run_simulation`'s
+            # does, for `plume sim` to write (before, they were lost with it).
+            try:
+                exc.finished_rounds = RunInterrupted.finished(result(last_params))  # type: ignore[attr-defined]
+            except (AttributeError, TypeError):  # an exception that takes no attributes
+                pass
+        raise
     finally:
         bar.close()
         be.close()
         if fleet is not None:
             fleet.close()
-    return SimResult(
-        cfg,
-        records,
-        ledger,
-        d,
-        coord.params.copy(),
-        label,
-        started_at,
-        _jsonable(_settings(secure, dropout)),
-        partition_stats(parts, data.y_train),
-    )
+    return result(coord.params.copy())
 
 
 def _settings(secure: SecureConfig, dropout: float) -> dict[str, Any]:
