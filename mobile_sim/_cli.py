@@ -1732,6 +1732,13 @@ def _sim(args: argparse.Namespace) -> int:
                 except Exception as exc:
                     line = _worker_failure_line(exc, run_dir, args, out, results, replace)
                     if line is None:
+                        # Any other error after a finished round (an external --coordinator
+                        # gone, a refused task, a bug): its rounds are written first, then
+                        # the error is reported as before.
+                        note = _finished_before_error(exc, run_dir, args, out, results, replace)
+                        if note:
+                            print(f"{_PROG}: {note}", file=sys.stderr)
+                            kept = True
                         raise
                     print(f"{_PROG}: error: {line}", file=sys.stderr)
                     kept = True
@@ -2061,6 +2068,27 @@ def _worker_failure_line(
     if line is None:
         return None
     return line + _write_finished(partial, run_dir, args, out, results, replace)
+
+
+def _finished_before_error(
+    exc: Exception,
+    run_dir: Path,
+    args: argparse.Namespace,
+    out: Path,
+    results: list[Any],
+    replace: Callable[[], None],
+) -> str | None:
+    """For an error `_worker_failure_line` does not word (any other, after some rounds
+    finished: the runners hand those on the error, `finished_rounds`): write them as an
+    interrupted run's and return the line that says so, printed before the error itself.
+    None when no round finished, or under PLUME_DEBUG=1 (nothing is written then)."""
+    from coordinator.cli import debug_enabled
+
+    partial = getattr(exc, "finished_rounds", None)
+    if partial is None or not partial.records or debug_enabled():
+        return None
+    where = _write_finished(partial, run_dir, args, out, results, replace)
+    return "the run stopped on the error below" + where
 
 
 def _write_finished(
