@@ -658,11 +658,15 @@ def create_app(
 
         spec = ModelSpec.from_json(row.config["spec"])
         cap = DecodeLimits().frame_cap(spec)
+        too_large = ApiError(413, Reason.TOO_LARGE, f"snapshot above the {cap}-byte cap")
+        declared = request.headers.get(H.CONTENT_LENGTH)
+        if declared is not None and declared.isdigit() and int(declared) > cap:
+            raise too_large  # before a byte is read, as the upload routes refuse
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
             if size > cap:
-                raise ApiError(413, Reason.TOO_LARGE, f"snapshot above the {cap}-byte cap")
+                raise too_large
             chunks.append(chunk)
         return coordinator.set_initial_model(task_id, b"".join(chunks))
 

@@ -18,6 +18,13 @@ parts of a streamed one sent after the close (`client_gone`, asked as an answer 
 each part of a streamed one goes out).
 tests/coordinator/test_ledger_wire_audit.py holds all of it against the bytes a TCP relay
 copied.
+
+An answer that starts before the app has read the request's body to its end (a 415, 401 or 413
+decided from the headers, a refusal while the body streams) gets `connection: close`, so that
+uvicorn closes the connection once it is sent instead of reading the rest of the body (all of a
+declared length, or a chunked body without end, until the head timeout). A request with both
+`Content-Length` and `Transfer-Encoding` is refused here (400 `malformed`, the connection
+closed), as RFC 9112 section 6.1 asks. tests/coordinator/test_h260_early_refusal_close.py.
 """
 
 from __future__ import annotations
@@ -135,12 +142,24 @@ class WireMiddleware:
             await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})
+        if _framed_twice(scope["headers"]):
+            # RFC 9112 §6.1: a front proxy that frames by Content-Length and this server (h11
+            # frames by the chunked encoding) would read two different requests from the same
+            # bytes (request smuggling). Refused, and the connection closed after the answer.
+            self._account_reject(scope, 0, 0, await _reject(send, 400, Reason.MALFORMED, _TWICE))
+            return
         cap = None if _streams(scope) else self.json_cap
         if cap is not None:
             for k, v in scope["headers"]:
                 if k == b"content-length" and v.isdigit() and int(v) > cap:
                     self._account_reject(scope, 0, 0, await _reject_413(send, cap))
                     return
+        # Whether the request has a body (a chunked one, or a Content-Length above 0): an
+        # answer that starts before the app has read it to its end closes the connection.
+        has_body = any(
+            (k == b"content-length" and v.strip() not in (b"", b"0")) or k == b"transfer-encoding"
+            for k, v in scope["headers"]
+        )
         received = 0
         sent_body = 0
         interim = 0  # bytes of a `100 Continue` uvicorn sent before the response
@@ -216,6 +235,13 @@ class WireMiddleware:
                 headers = _with_date(message.get("headers", []))
                 if att is not None and att.round_id > 0:
                     headers.append((LEDGER_HEADER, str(att.round_id).encode()))
+                if has_body and not body_done and not _ends_body(taken):
+                    # Answered before the body has arrived (a 415, 401 or 413 from the headers,
+                    # a refusal while streaming): uvicorn would go on reading the rest of it
+                    # after the answer, all of a declared length or a chunked body without end,
+                    # until the head timeout. Closing after the answer ends that.
+                    if b"close" not in _tokens(headers, b"connection"):
+                        headers.append((b"connection", b"close"))
                 message["headers"] = headers
                 started["status"] = message["status"]
                 started["headers"] = headers
@@ -387,6 +413,24 @@ def _with_date(headers: Any) -> list[tuple[bytes, bytes]]:
     if not any(bytes(k).lower() == b"date" for k, _ in out):
         out.append((b"date", formatdate(usegmt=True).encode()))
     return out
+
+
+_TWICE = (
+    "a request with both Content-Length and Transfer-Encoding is refused (RFC 9112 section "
+    "6.1): send one of them"
+)
+
+
+def _framed_twice(headers: Any) -> bool:
+    """Whether a request carries both `Content-Length` and `Transfer-Encoding`."""
+    names = {bytes(k).lower() for k, _ in headers}
+    return b"content-length" in names and b"transfer-encoding" in names
+
+
+def _ends_body(taken: list[Message]) -> bool:
+    """Whether the request messages `client_gone` took from the server hold the body's end
+    (the whole body arrived, though the app did not read it)."""
+    return any(m["type"] == "http.request" and not m.get("more_body", False) for m in taken)
 
 
 def _tokens(headers: Any, name: bytes) -> set[bytes]:
