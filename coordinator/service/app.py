@@ -263,6 +263,7 @@ def create_app(
     )
     app.state.coordinator = coordinator
     app.state.store = the_store
+    app.state.verifier = verifier
     app.state.metrics = metrics
 
     # -- error rendering ---------------------------------------------------------------------

@@ -30,7 +30,10 @@ class RequestVerifier:
 
     The checks run in that order so a forged request can never burn a real device's nonce:
     a nonce is recorded only after its signature verified. Nonces live in the SQLite store, so
-    a restart does not reopen the replay window; rows older than the window are pruned.
+    a restart does not reopen the replay window; rows older than twice the window are pruned,
+    and a timestamp before the store's nonce horizon (the latest prune's cut-off, kept across
+    restarts) is refused whatever the window, so a window raised at a restart does not let a
+    request whose nonce was pruned through again.
     """
 
     def __init__(self, store: Store, window_s: float = 300.0) -> None:
@@ -122,6 +125,17 @@ class RequestVerifier:
                 Reason.STALE_TIMESTAMP,
                 f"timestamp is {abs(now - fields.timestamp_ms) / 1000:.1f}s from the server "
                 f"clock (window {self.window_ms / 1000:.0f}s)",
+            )
+        horizon = self.store.nonce_horizon_ms
+        if fields.timestamp_ms < horizon:
+            # Its nonce may have been pruned (under a smaller window before a restart): it
+            # cannot be told from a replay.
+            raise ApiError(
+                401,
+                Reason.STALE_TIMESTAMP,
+                f"timestamp is {(horizon - fields.timestamp_ms) / 1000:.1f}s before the "
+                "oldest one whose nonce this coordinator still keeps (nonces older than twice "
+                "the signature window are forgotten); sign the request again",
             )
         try:
             message = auth.signing_message(

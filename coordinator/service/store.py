@@ -204,6 +204,11 @@ _ROUND_COLS = (
 )
 
 
+# The `meta` key of the nonce horizon (`Store.nonce_horizon_ms`): a row, not a column, so a
+# store written before it opens as it is (no row: no horizon yet), and an older coordinator
+# that opens this one ignores it.
+_NONCE_HORIZON = "nonce_horizon_ms"
+
 # The schema versions `_open` migrates to SCHEMA_VERSION in place, and the columns that
 # migration adds where they are missing: (table, column).
 _MIGRATED_FROM = ("1", "2", "3")
@@ -215,6 +220,24 @@ _ADDED_BY_MIGRATION = frozenset(
         ("versions", "params"),
     }
 )
+
+
+def _stored_horizon(row: tuple[Any, ...] | None, path: str) -> int:
+    """The nonce horizon a `meta` row holds: 0 for none. A value that is not a decimal
+    integer (a hand edit) counts as none, with a warning."""
+    if row is None:
+        return 0
+    text = str(row[0])
+    if text.isascii() and text.isdigit() and len(text) < 20:
+        return int(text)
+    log.warning(
+        "the database %s holds a %s of %r, not a time in ms: ignored (a replay of a request "
+        "whose nonce was pruned is refused again after the next prune)",
+        path,
+        _NONCE_HORIZON,
+        text[:40],
+    )
+    return 0
 
 
 class DamagedRow(ValueError):
@@ -454,6 +477,7 @@ class Store:
             raise _setup_error(self.path, exc) from exc
         self._lock = threading.RLock()
         self._frame_bytes = 0  # see `frame_bytes`; counted in `_open`
+        self._nonce_horizon_ms = 0  # see `nonce_horizon_ms`; read in `_open`
         self._pending_frame_bytes = 0
         # (round, device, direction) -> [payload, wire, dense, requests]: ledger rows a write
         # the store refused kept for the next one (`ledger_add`)
@@ -638,6 +662,10 @@ class Store:
                 "it; restore a backup taken before to go back)",
                 self.path, migrated_from, SCHEMA_VERSION,
             )  # fmt: skip
+        self._nonce_horizon_ms = _stored_horizon(
+            db.execute("SELECT value FROM meta WHERE key=?", (_NONCE_HORIZON,)).fetchone(),
+            self.path,
+        )
         # Bytes of the frames stored in `updates`, for the `plume_stored_frame_bytes` gauge:
         # one scan here (length() reads no blob content), then kept by insert and prune.
         self._frame_bytes = int(
@@ -726,8 +754,29 @@ class Store:
             return cur.rowcount == 1
 
     def prune_nonces(self, older_than_ms: int) -> int:
+        """Forget the nonces timestamped before `older_than_ms`; how many. The cut-off raises
+        `nonce_horizon_ms` (never lowers it), in the same transaction as the delete."""
         with self.transaction() as db:
-            return db.execute("DELETE FROM nonces WHERE ts_ms < ?", (older_than_ms,)).rowcount
+            pruned = db.execute("DELETE FROM nonces WHERE ts_ms < ?", (older_than_ms,)).rowcount
+            horizon = max(self._nonce_horizon_ms, int(older_than_ms))
+            if horizon != self._nonce_horizon_ms:
+                db.execute(
+                    "INSERT INTO meta(key, value) VALUES (?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                    (_NONCE_HORIZON, str(horizon)),
+                )
+        self._nonce_horizon_ms = horizon  # once committed
+        return int(pruned)
+
+    @property
+    def nonce_horizon_ms(self) -> int:
+        """The largest cut-off `prune_nonces` ever deleted nonces below (Unix ms; 0 before the
+        first prune), kept in the `meta` table across restarts. A signed request timestamped
+        before it may have had its nonce forgotten, so it cannot be told from a replay: the
+        verifier refuses it whatever its signature window (a window raised at a restart would
+        otherwise let such a request through again)."""
+        with self._lock:
+            return self._nonce_horizon_ms
 
     # -- tasks and versions ----------------------------------------------------------------
 
