@@ -22,7 +22,13 @@ import numpy.typing as npt
 
 from compression import CodecConfig, ModelSpec, feedback_step_many
 from coordinator.aggregators import AggregatorFactory, FedAvg
-from coordinator.aggregators._dp import DPMean, amplified_population, delta_refusal, find_dp
+from coordinator.aggregators._dp import (
+    DPMean,
+    amplified_population,
+    delta_refusal,
+    find_dp,
+    returns_refused,
+)
 from coordinator.aggregators._registry import split_stages
 from coordinator.engine import EngineConfig, RoundEngine, RoundPlan, Strategy
 from coordinator.ledger import BandwidthLedger
@@ -1125,13 +1131,17 @@ def run_simulation(
     )
     started_at = setup.started_at
 
+    factory = build_aggregator(cfg.run_aggregator)
     engine = RoundEngine(
         spec,
         get_flat_params(model),
-        build_aggregator(cfg.run_aggregator),
+        factory,
         cfg.engine_config(),
         strategy=_WarmupStrategy(cfg.warmup_rounds) if cfg.warmup_rounds else None,
     )
+    # With a dp stage a straggler's or an abandoned round's upload is dropped as if delivered,
+    # as the SDK does for a task the coordinator marks so (`returns_refused`).
+    return_refused = returns_refused(factory)
 
     ids = _device_ids(cfg.clients)
     index_of = {d: i for i, d in enumerate(ids)}
@@ -1308,17 +1318,24 @@ def run_simulation(
             train_losses = [losses[dev] for dev in arrival]
             late = frames.keys() - set(arrival)
             for dev in late:
-                encoders[dev].refused()  # a straggler: its whole update stays in its residual
+                # A straggler: its whole update stays in its residual (dropped with DP).
+                if return_refused:
+                    encoders[dev].refused()
+                else:
+                    encoders[dev].dropped()
             t_close = time.perf_counter()
             outcome = engine.close_round(plan.round_id)
             aggregate_s += time.perf_counter() - t_close
             for dev in arrival:
                 # Accepted, but only a committed round puts it in the model: an abandoned one
-                # (fewer than min_reports) hands it back, as the SDK does on `abandoned`.
+                # (fewer than min_reports) hands it back, as the SDK does on `abandoned` (with
+                # DP it drops it, as the SDK does then).
                 if outcome.committed:
                     encoders[dev].accepted()
-                else:
+                elif return_refused:
                     encoders[dev].refused()
+                else:
+                    encoders[dev].dropped()
             acc: float | None = None
             loss: float | None = None
             backdoor: float | None = None

@@ -199,7 +199,16 @@ class UploadOutcome(StrEnum):
 
 @dataclass(slots=True)
 class Assignment:
-    """A round to train in. Download `model_path`, train, upload to `upload_path`."""
+    """A round to train in. Download `model_path`, train, upload to `upload_path`.
+
+    return_refused: what the device does with the content of an upload the round did not take
+    (refused for good: a straggler's, a closed round's) or handed back (its round abandoned,
+    its upload excluded): None (left out of the JSON, as from a coordinator before the field)
+    or True puts it back into the task's error-feedback residual, to go out with a later
+    upload; False drops it as if delivered (the residual stays what acceptance leaves). A task
+    with differential privacy sends False, so that no device's later upload depends on
+    whether another device's data made its upload late (docs/privacy.md, item 2).
+    """
 
     task_id: int
     round_id: int
@@ -214,6 +223,11 @@ class Assignment:
     max_upload_bytes: int
     seed: int
     secure: bool = False  # a SecAgg+ round: run its stage endpoints (docs/http-api.md)
+    return_refused: bool | None = field(default=None, metadata={_OMIT_NONE: True})
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        return _omit_none_schema(cls, handler(source))
 
 
 @dataclass(slots=True)

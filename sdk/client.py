@@ -946,6 +946,11 @@ class _Core:
         record = self.store.load_accepted(round_id)
         if record is None:
             return None
+        if not record.return_refused:
+            # Its task has DP (`Assignment.return_refused` false): dropped as delivered, so the
+            # device's later uploads do not depend on whether this round took it.
+            self.store.forget_accepted(round_id)
+            return None
         if self._other_layout(record.task_id, record.spec):
             # Its model's residual is gone (as for another size): dropped as delivered.
             self.store.forget_accepted(round_id)
@@ -1115,7 +1120,13 @@ class _Core:
         # an upload of this task refused or abandoned since): saved zero with the pending upload.
         frame, _ = enc.encode(delta, rng, float(num_examples))
         pending = PendingUpload(
-            a.round_id, uuid.uuid4().hex, frame, spec.dense_bytes, spec, a.task_id
+            a.round_id,
+            uuid.uuid4().hex,
+            frame,
+            spec.dense_bytes,
+            spec,
+            a.task_id,
+            a.return_refused is not False,
         )
         with self._reload_on_error(a.task_id):
             self.store.save_pending(pending, enc.feedback)
@@ -1155,11 +1166,17 @@ class _Core:
     def settle_upload(self, pending: PendingUpload, spec: ModelSpec | None, refused: bool) -> None:
         """Forget a pending upload. If the coordinator refused it for good (round closed), put
         what it carried back into the residual, in one crash-safe step: error feedback then
-        sends it next time. `spec` defaults to the layout stored with the upload (a resumed
-        one after a restart)."""
+        sends it next time; unless its task said `return_refused` false (a task with DP): then
+        it is dropped as if delivered, the residual left as acceptance leaves it. `spec`
+        defaults to the layout stored with the upload (a resumed one after a restart)."""
         spec = spec if spec is not None else pending.spec
         # Of another layout than the task's residual: dropped as delivered (`_return_record`).
-        if not refused or spec is None or self._other_layout(pending.task_id, spec):
+        if (
+            not refused
+            or not pending.return_refused
+            or spec is None
+            or self._other_layout(pending.task_id, spec)
+        ):
             self.store.clear_pending(pending.key)
             return
         try:
@@ -1232,11 +1249,13 @@ class _Core:
         spec: ModelSpec,
         participant: SecureParticipant,
         task_id: int | None = None,
+        return_refused: bool = True,
     ) -> bool:
         """Save the residual a secure round's masked input leaves, before the input is sent,
         with what the input stands for as the record of `round_id` (a lossless sparse fp32
         frame) while the round's outcome is unknown: `settle_outcome` forgets it once the round
-        commits with the input and adds it back if the round ends without it. False, with
+        commits with the input and adds it back if the round ends without it (with
+        `return_refused` false, a task with DP, it forgets it then too). False, with
         nothing saved and the participant as it was, when no record can be built: the input
         must not be sent then (its content could not go back if the round ends without it)."""
         ef = ErrorFeedback(participant.size)
@@ -1260,7 +1279,9 @@ class _Core:
             participant.residual = (mine + returned[1]).astype(np.float32)
         ef.residual = participant.residual
         with self._reload_on_error(task_id):
-            self.store.save_accepted(AcceptedUpload(round_id, frame, spec, task_id), ef)
+            self.store.save_accepted(
+                AcceptedUpload(round_id, frame, spec, task_id, return_refused), ef
+            )
         participant.forget_sent()  # the app directory holds it now
         return True
 
@@ -1277,6 +1298,11 @@ class _Core:
             return
         record = self.store.load_accepted(round_id)
         if record is None:
+            return
+        if not record.return_refused:
+            # A task with DP: dropped as if taken (the residual the input left stays), whether
+            # the round took the input or not (see `_return_record`).
+            self.store.forget_accepted(round_id)
             return
         with self._reload_on_error(record.task_id):
             ef = self.store.return_accepted(round_id, back, record.spec.size)
@@ -2425,7 +2451,9 @@ def _secure_flow(
                         # Saved before it is sent: once the coordinator takes the input, the
                         # app directory must not hold the residual it carried (a process
                         # killed before a later save would send that content again).
-                        if not core.keep_secure_input(a.round_id, spec, part, a.task_id):
+                        if not core.keep_secure_input(
+                            a.round_id, spec, part, a.task_id, a.return_refused is not False
+                        ):
                             # Not sent: the `finally` puts the residual back to `restore`.
                             report.detail = f"{stage}: no record of the input could be kept"
                             break
@@ -2517,18 +2545,24 @@ def _secure_flow(
                 core.return_secure_input(a.round_id, back)
         elif not own:
             # A caller's participant (no record: the caller settles a masked input by the
-            # round's outcome) is settled here as far as the round's end settles it.
+            # round's outcome) is settled here as far as the round's end settles it. A task
+            # with DP (`return_refused` false) drops the input instead, as the record would be:
+            # the residual stays the one the input left.
             if Stage.MASKED_INPUT in report.stages:
                 if aborted:
                     # An aborted round publishes nothing: what the masked input stood for
                     # goes back into the residual now (a 409 round_closed may still commit it).
-                    part.return_sent()
+                    if a.return_refused is False:
+                        part.forget_sent()
+                    else:
+                        part.return_sent()
             elif masked is not None and (aborted or not masked.maybe_taken):
                 # This round's input was surely not taken (a 410 at its upload, a 4xx, no
                 # connection opened): the residual is the one from before it, as the app
                 # directory's is then. It stayed unsettled, out of the residual.
                 assert restore is not None
-                part.residual = restore
+                if a.return_refused is not False:
+                    part.residual = restore
                 part.forget_sent()
         elif restore is not None:
             part.residual = restore
@@ -3039,10 +3073,13 @@ class Client:
         aborts, what the input stood for goes back into it; else a later check-in settles the
         record (`round_outcome`): also when the input's answer was lost (a read timeout, a 5xx,
         a 200 that is no receipt), as the coordinator may hold it, and after a process killed.
+        An assignment with `return_refused` false (a task with distributed DP) drops the input
+        in all of these cases instead, as if taken: the residual stays the one it left.
         A given `participant` is settled the same way, except that an input the coordinator may
         hold stays in `participant.unsettled` for the caller to settle by the round's outcome
-        (`forget_sent` / `return_sent`); one still unsettled is a `ValueError` before any
-        request, as the next input would overwrite it.
+        (`forget_sent` / `return_sent`; `forget_sent` alone when `a.return_refused` is false);
+        one still unsettled is a `ValueError` before any request, as the next input would
+        overwrite it.
 
         `cancel` (see `participate`) is read before each request and during each wait between
         stage polls: once set, the device drops out of the round there, settled as above (as

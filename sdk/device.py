@@ -118,3 +118,10 @@ class UpdateEncoder:
     def accepted(self) -> None:
         """The last upload was accepted; forget the copy `refused` would restore."""
         self._pending_u = None
+
+    def dropped(self) -> None:
+        """The last upload was refused or handed back, but its task has DP
+        (`Assignment.return_refused` false): its content is dropped as if delivered, the
+        residual left as `accepted` leaves it, so that this device's later uploads do not
+        depend on whether a round took this one (docs/privacy.md, item 2)."""
+        self._pending_u = None

@@ -225,7 +225,7 @@ class _Trailer(NamedTuple):
 class PendingUpload:
     """An encoded update waiting for the coordinator's receipt."""
 
-    __slots__ = ("round_id", "key", "frame", "dense_bytes", "spec", "task_id")
+    __slots__ = ("round_id", "key", "frame", "dense_bytes", "spec", "task_id", "return_refused")
 
     def __init__(
         self,
@@ -235,6 +235,7 @@ class PendingUpload:
         dense_bytes: int = 0,
         spec: ModelSpec | None = None,
         task_id: int | None = None,
+        return_refused: bool = True,
     ) -> None:
         self.round_id = round_id
         self.key = key
@@ -246,21 +247,32 @@ class PendingUpload:
         # The task whose residual a refusal returns the content to (None: written by an older
         # SDK, or by a caller that names no task: the legacy residual's).
         self.task_id = task_id
+        # False (a task with DP: `Assignment.return_refused`): a refusal for good drops the
+        # content as if delivered instead of returning it to the residual; kept with the upload
+        # (and with its accepted record), so a resumed one after a restart is settled alike.
+        self.return_refused = return_refused
 
 
 class AcceptedUpload:
     """An upload the coordinator accepted whose round's outcome the device has not learnt:
     `frame` decodes under `spec` to the dense content (float32[d]) it added to the round."""
 
-    __slots__ = ("round_id", "frame", "spec", "task_id")
+    __slots__ = ("round_id", "frame", "spec", "task_id", "return_refused")
 
     def __init__(
-        self, round_id: int, frame: bytes, spec: ModelSpec, task_id: int | None = None
+        self,
+        round_id: int,
+        frame: bytes,
+        spec: ModelSpec,
+        task_id: int | None = None,
+        return_refused: bool = True,
     ) -> None:
         self.round_id = round_id
         self.frame = frame
         self.spec = spec
         self.task_id = task_id  # whose residual takes the content back (None: the legacy one)
+        # False: a round that ends without the content drops it instead (see `PendingUpload`).
+        self.return_refused = return_refused
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -1814,6 +1826,8 @@ class DeviceStore:
             meta["task_id"] = pending.task_id
         if pending.spec is not None:
             meta["spec"] = pending.spec.to_json()
+        if not pending.return_refused:
+            meta["return_refused"] = False  # left out otherwise: the file an older SDK wrote
         encoded = json.dumps(meta).encode()
         if len(encoded) > _MAX_JSON_BYTES:
             # Written, it could never be read back: every later load_pending would raise.
@@ -1856,6 +1870,9 @@ class DeviceStore:
         task_id = _task_field(meta)
         if "task_id" in meta and task_id is None:
             raise DeviceStoreError(f"{meta_path}: task_id must be an integer in [0, 2^63)")
+        returns = meta.get("return_refused", True)  # absent: written by an older SDK
+        if not isinstance(returns, bool):
+            raise DeviceStoreError(f"{meta_path}: return_refused must be true or false")
         frame = _read_sized(frame_path, size) if size <= _MAX_FRAME_BYTES else None
         if frame is None:
             return None  # not the frame this metadata describes
@@ -1874,7 +1891,7 @@ class DeviceStore:
                 spec = ModelSpec.from_json(meta["spec"])
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 raise DeviceStoreError(f"{meta_path}: spec is not a model layout ({exc})") from exc
-        return PendingUpload(round_id, key, frame, dense, spec, task_id)
+        return PendingUpload(round_id, key, frame, dense, spec, task_id, returns)
 
     def _holds_other(self, key: str | None) -> bool:
         """Whether the pending upload held is not the one of idempotency key `key` (none held,
@@ -1977,6 +1994,8 @@ class DeviceStore:
         }
         if record.task_id is not None:
             meta["task_id"] = record.task_id
+        if not record.return_refused:
+            meta["return_refused"] = False
         encoded = json.dumps(meta).encode()
         if len(encoded) > _MAX_JSON_BYTES:
             raise DeviceStoreError(
@@ -2011,7 +2030,9 @@ class DeviceStore:
         spec = spec if spec is not None else pending.spec
         if spec is not None and pending.round_id >= 1:
             self.save_accepted(
-                AcceptedUpload(pending.round_id, pending.frame, spec, pending.task_id)
+                AcceptedUpload(
+                    pending.round_id, pending.frame, spec, pending.task_id, pending.return_refused
+                )
             )
         self.clear_pending(pending.key)  # a later upload that replaced it stays pending
 
@@ -2034,13 +2055,16 @@ class DeviceStore:
         task_id = _task_field(meta)
         if "task_id" in meta and task_id is None:
             return None
+        returns = meta.get("return_refused", True)
+        if not isinstance(returns, bool):
+            return None
         digest = meta.get("sha256")
         if round_id < 1 or size > _MAX_FRAME_BYTES:
             return None
         frame = _read_sized(frame_path, size)
         if frame is None or hashlib.sha256(frame).hexdigest() != digest:
             return None
-        return AcceptedUpload(round_id, frame, spec, task_id)
+        return AcceptedUpload(round_id, frame, spec, task_id, returns)
 
     def load_accepted(self, round_id: int | None = None) -> AcceptedUpload | None:
         """The accepted record of `round_id` (by default the oldest one that loads), or None:

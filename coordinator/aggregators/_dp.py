@@ -50,6 +50,7 @@ __all__ = [
     "delta_note",
     "delta_refusal",
     "find_dp",
+    "returns_refused",
     "seed_note",
     "seed_refusal",
 ]
@@ -389,6 +390,18 @@ def find_dp(factory: object) -> DPMean | None:
         if node is None:
             return None
     return None
+
+
+def returns_refused(factory: object) -> bool:
+    """Whether a device puts the content of an upload the round did not take (a straggler's,
+    a closed or abandoned round's) back into its error-feedback residual, to go out with its
+    next upload: True (what devices always did) unless `factory` has a dp stage, accounted or
+    not. With one it is dropped as if delivered. Which device a round refuses depends on
+    arrival order, and so on other devices' data: a returned upload would let one device's data
+    move another device's next report, a round's clipped sum by 4C instead of the 2C that
+    replace-one accounts (docs/privacy.md, item 2). The coordinator service tells devices
+    (`Assignment.return_refused`) and `plume sim` follows it for its own devices."""
+    return find_dp(factory) is None
 
 
 def accounted_sample_size(factory: object) -> int | None:

@@ -68,6 +68,7 @@ from coordinator.aggregators._dp import (
     delta_note,
     delta_refusal,
     find_dp,
+    returns_refused,
     seed_note,
     seed_refusal,
 )
@@ -121,6 +122,7 @@ from protocol.names import (
 )
 from protocol.secagg import (
     MalformedMessage,
+    NoiseKind,
     RoundAborted,
     SecAggError,
     SecAggHeader,
@@ -647,8 +649,9 @@ def unproven_feedback_note(cfg: TaskConfig) -> str | None:
     """Why `cfg`'s accounted epsilon rests on an unproven assumption, or None: a `dp` stage
     that claims amplification by fixed-size sampling (population=N > sample=k) while devices
     keep an error-feedback residual (docs/privacy.md, item 5). A lossless upload codec is no
-    exception: an upload refused for good (a straggler's, an abandoned round's) goes back into
-    the residual and out with the device's next report. Such a
+    exception for an SDK from before `Assignment.return_refused`: an upload refused for good (a
+    straggler's, an abandoned round's) goes back into its residual and out with the device's
+    next report (this SDK drops it for a task with DP). Such a
     task is not refused (existing configs and benchmarks use it); `create_task` logs this and
     `plume coordinator create-task` prints it. `cfg` must be valid (`validate_task`)."""
     if cfg.secure is not None or cfg.codec.error_feedback is False:
@@ -1006,6 +1009,12 @@ class TaskRuntime:
         # that stage (`accounted_dp`: its noise, sampling and delta) by the all-tasks figure.
         self._accounted = factory if dp is not None and dp.sampling is not None else None
         self.accounted_dp = dp if self._accounted is not None else None
+        # With DP (a dp stage, or a secure task's distributed noise) the devices drop an upload
+        # the round did not take instead of returning it to their residual: which one a round
+        # refuses depends on other devices' data (`returns_refused`; docs/privacy.md, item 2).
+        self.return_refused = returns_refused(factory) and (
+            self.secure is None or self.secure.settings.config.noise == NoiseKind.NONE
+        )
         self.engine = RoundEngine(
             self.spec,
             params,
@@ -2097,6 +2106,8 @@ class Coordinator:
             ),
             seed=cfg.seed,
             secure=rt.secure is not None,
+            # Left out (None) without DP: the assignment is the bytes it was before the field.
+            return_refused=None if rt.return_refused else False,
         )
 
     def upload_outcome(self, round_id: int, device_id: str) -> UploadOutcome:
