@@ -72,8 +72,9 @@ _SECURE_FLAGS: tuple[tuple[str, str, type, str], ...] = (
         "--secure-epsilon-budget",
         "epsilon_budget",
         float,
-        "distributed DP: the epsilon (at delta 1e-5) the task may spend; a round whose release "
-        "could pass it is abandoned unreleased and the task stops",
+        "distributed DP: the epsilon (at the task's secure.dp_delta, default 1e-5) the task "
+        "may spend; a round whose release could pass it is abandoned unreleased and the task "
+        "stops",
     ),
     ("--stage-timeout", "stage_timeout_s", float, "a stage closes this long after it opened"),
     ("--stage-idle", "stage_idle_s", float, "or this long after its latest upload"),

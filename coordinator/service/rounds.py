@@ -645,6 +645,28 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
     return spec
 
 
+def secure_delta_refusal(cfg: TaskConfig) -> str | None:
+    """Why a new secure task may not use its distributed DP's `secure.dp_delta`, or None: a
+    delta of at least 1/n, n the cohort each round selects (clients_per_round x
+    over_selection, rounded up), as `delta_refusal` refuses a central dp stage's delta of at
+    least 1/N. None without secure noise (the delta is then unused). `cfg` must be valid
+    (`validate_task`); stored tasks are not checked (they must still load)."""
+    if cfg.secure is None:
+        return None
+    config = parse_secure(cfg.secure, seed=cfg.seed, server_lr=cfg.server_lr).config
+    if config.noise == NoiseKind.NONE:
+        return None
+    n = math.ceil(cfg.clients_per_round * cfg.over_selection - 1e-9)
+    if config.dp_delta < 1.0 / n:
+        return None
+    return (
+        f"dp_delta {config.dp_delta:g} is not below 1/n = 1/{n} (the {n} devices each round "
+        "selects): a mechanism that publishes one device's data in full, a device chosen at "
+        "random, is (0, 1/n)-DP, so this delta allows that; pick dp_delta well below 1/n "
+        "(docs/privacy.md, assumption 8)"
+    )
+
+
 def unproven_feedback_note(cfg: TaskConfig) -> str | None:
     """Why `cfg`'s accounted epsilon rests on an unproven assumption, or None: a `dp` stage
     that claims amplification by fixed-size sampling (population=N > sample=k) while devices
@@ -1631,6 +1653,8 @@ class Coordinator:
         if (why := delta_refusal(dp)) is not None:
             # New tasks only: validate_task, which a stored task is loaded with, accepts it.
             raise ValueError(f"aggregator: {why}")
+        if (why := secure_delta_refusal(cfg)) is not None:
+            raise ValueError(f"secure: {why}")  # new tasks only, as above
         if (why := seed_refusal(dp)) is not None and not self.config.allow_seeded_dp:
             raise ValueError(f"aggregator: {why}")  # new tasks only, as above
         if (short := self._pool_shortfall(amplified_population(dp))) is not None:
