@@ -130,7 +130,7 @@ def run_secure_round(
         except RoundAborted:
             continue
     outcome = coord.close_round(task)
-    _settle_inputs(participants, sessions, outcome)
+    _settle_inputs(participants, sessions, outcome, coord.config.dp)
     stats.server_s["unmask"] += float(outcome.measurements.get("unmask_s", 0.0))
     for sr in task.groups:
         stats.bytes_up.update(sr.bytes_up)
@@ -142,14 +142,21 @@ def _settle_inputs(
     participants: Mapping[str, SecureParticipant],
     devices: Iterable[str],
     outcome: SecureOutcome,
+    noised: bool,
 ) -> None:
     """Settle each device's masked input once the round's outcome is known: what it stood for
     stays sent if the published sum holds it, and goes back into the device's residual if the
     round aborted or was abandoned, or its group was left out (as the SDK does on the check-in's
-    `abandoned` / `excluded`). A device that sent no masked input has nothing to settle."""
+    `abandoned` / `excluded`). A device that sent no masked input has nothing to settle.
+
+    With distributed DP noise (`noised`) nothing goes back, as the SDK does for such a task
+    (`return_refused` false): whether a device's input is taken can depend on other devices
+    (when a stage closes, whether a group aborts), so a returned input would let one device's
+    data move other devices' later inputs, past the one-device bound the accounting assumes
+    (docs/privacy.md). The content is lost to error feedback instead."""
     inside = set(outcome.contributors) if outcome.committed else set()
     for dev in devices:
-        if dev in inside:
+        if noised or dev in inside:
             participants[dev].forget_sent()
         else:
             participants[dev].return_sent()
@@ -363,7 +370,7 @@ class HttpSecureFleet:
         )
         # The devices' flows keep what an unsettled masked input stood for in their
         # participant (the simulator's, not an app directory): settle it as a check-in would.
-        _settle_inputs(participants, updates, outcome)
+        _settle_inputs(participants, updates, outcome, self.coord.config.dp)
         return outcome
 
 
