@@ -267,10 +267,7 @@ def _run(
                 # It goes on as it is (a device that failed, a coordinator that refused the
                 # task), carrying the rounds recorded before it as `run_simulation`'s errors
                 # do, for `plume sim` to write (before, they were lost with it).
-                try:
-                    exc.finished_rounds = RunInterrupted.finished(finished())  # type: ignore[attr-defined]
-                except (AttributeError, TypeError):  # an exception that takes no attributes
-                    pass
+                RunInterrupted.attach(exc, finished())
             raise
     return SimResult(cfg, records, ledger, spec.size, final, label, started_at, partition=partition)
 

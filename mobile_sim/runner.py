@@ -723,6 +723,16 @@ class RunInterrupted(KeyboardInterrupt):
         """The interruption of a run whose rounds so far are `result` (`finished`)."""
         return cls(cls.finished(result))
 
+    @classmethod
+    def attach(cls, exc: BaseException, result: SimResult) -> None:
+        """Hand the finished rounds of `result` on the error that ended its run, as its
+        `finished_rounds` attribute (`finished`), for `plume sim` to write; an exception that
+        takes no attributes goes on without them."""
+        try:
+            exc.finished_rounds = cls.finished(result)  # type: ignore[attr-defined]
+        except (AttributeError, TypeError):
+            pass
+
 
 # Your own datasets: name -> loader(root, seed) -> FederatedData (a `NaturalData`, with
 # `train_groups`, also splits by its own users). `SimConfig(dataset=name)` then loads it, in
@@ -1408,10 +1418,7 @@ def run_simulation(
             # Any other error (a pool or Ray worker that failed, died or stalled, most likely
             # on a long run) goes on as it is, carrying the finished rounds, marked
             # interrupted, for `plume sim` to write (before, they were lost with it).
-            try:
-                exc.finished_rounds = RunInterrupted.finished(result(last_params))  # type: ignore[attr-defined]
-            except (AttributeError, TypeError):  # an exception that takes no attributes
-                pass
+            RunInterrupted.attach(exc, result(last_params))
         raise
     finally:
         bar.close()

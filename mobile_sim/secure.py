@@ -573,10 +573,7 @@ def run_secure_simulation(
             # Any other error (a pool or Ray worker that failed, died or stalled, a failed
             # HTTP stage) goes on as it is, carrying the finished rounds as `run_simulation`'s
             # does, for `plume sim` to write (before, they were lost with it).
-            try:
-                exc.finished_rounds = RunInterrupted.finished(result(last_params))  # type: ignore[attr-defined]
-            except (AttributeError, TypeError):  # an exception that takes no attributes
-                pass
+            RunInterrupted.attach(exc, result(last_params))
         raise
     finally:
         bar.close()
