@@ -16,9 +16,9 @@ from __future__ import annotations
 import asyncio
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response
 
 from protocol import auth as pauth
@@ -39,10 +39,18 @@ __all__ = ["add_secure_routes"]
 Dependency = Callable[..., Awaitable[Any]]
 
 
-def _stage(stage: Stage) -> Stage:
-    if stage not in SECURE_STAGES:
-        raise ApiError(422, Reason.VALIDATION, f"{stage} is not an upload stage")
-    return stage
+# The stage names the stage routes take: the upload stages (`SECURE_STAGES`), not `done` or
+# `aborted`, which `Stage` also holds. Typed so, FastAPI's 422 for another name and the OpenAPI
+# spec list these four only (s25/http: they listed all six, then refused two).
+UploadStage = Literal["advertise-keys", "share-keys", "masked-input", "unmask"]
+if set(get_args(UploadStage)) != {str(s) for s in SECURE_STAGES}:  # pragma: no cover
+    raise AssertionError("UploadStage must name the SECURE_STAGES")
+# The `{stage}` of the URL, as `UploadStage` (the route's own variable is the `Stage`).
+StageInPath = Annotated[UploadStage, Path(alias="stage")]
+
+
+def _stage(name: UploadStage) -> Stage:
+    return Stage(name)
 
 
 def _same_round(fields: pauth.SignedFields, round_id: int) -> None:
@@ -113,9 +121,11 @@ def add_secure_routes(
             ],
         },
     )  # fmt: skip
-    async def secure_upload(request: Request, round_id: StoreId, stage: Stage) -> JSONResponse:
+    async def secure_upload(
+        request: Request, round_id: StoreId, stage_name: StageInPath
+    ) -> JSONResponse:
         """One stage message; answered once it is checked and held by the round."""
-        stage = _stage(stage)
+        stage = _stage(stage_name)
         fields, body = await verifier.read_signed_body(
             method=request.method,
             target=target(request),
@@ -158,12 +168,12 @@ def add_secure_routes(
     async def secure_download(
         request: Request,
         round_id: StoreId,
-        stage: Stage,
+        stage_name: StageInPath,
         fields: pauth.SignedFields = Depends(device),  # noqa: B008
     ) -> Response:
         """What follows `stage` for this device: the key directory after advertise-keys, the
         share delivery after share-keys, the unmask request after masked-input."""
-        stage = _stage(stage)
+        stage = _stage(stage_name)
         if stage == Stage.UNMASK:
             raise ApiError(422, Reason.VALIDATION, "nothing follows the unmask stage")
         _same_round(fields, round_id)

@@ -111,8 +111,6 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 _STORE_RETRY_S = 5
 # ... and of one caused by a damaged database, which only the operator's restore clears.
 _DAMAGED_RETRY_S = 60
-# The query keys `GET /v1/admin/tasks/{id}/rounds` takes; another is refused (422).
-_ROUNDS_QUERY = frozenset({"last", "before"})
 _RATE_LIMITED: dict[int | str, dict[str, Any]] = {
     429: {
         "model": ErrorBody,
@@ -193,6 +191,38 @@ def _media(expected: ContentType) -> Callable[[Request], Awaitable[None]]:
         require_media_type(request.headers.get(H.CONTENT_TYPE), expected)
 
     return check
+
+
+def _idempotency_key(headers: dict[str, str]) -> None:
+    """400 `malformed` for an upload without a valid `Idempotency-Key`: checked with the
+    signature headers, before the body is read and the nonce spent (a request refused after
+    could not be sent again with the header added: its nonce was used)."""
+    key = headers.get(H.IDEMPOTENCY_KEY)
+    if key is None or not _IDEMPOTENCY.fullmatch(key):
+        raise ApiError(400, Reason.MALFORMED, "Idempotency-Key header (1-128 chars) required")
+
+
+def _only_query(request: Request, *allowed: str) -> None:
+    """422 `validation` (naming the key) for a query key the route does not take, and for one
+    given more than once. Else a mistyped key (`?hav=3`, `?lats=2`) would be ignored and the
+    route answer as without it (a full snapshot, every round), and `?have=0&have=1` would
+    answer for the last value alone, silently. Called first in the route's body: after its
+    authentication, as FastAPI's own check of a query value (`?have=x`) runs."""
+    params = request.query_params
+    for key in params:
+        if key not in allowed:
+            shown = key if len(key) <= 64 else key[:64] + "..."
+            names = ", ".join(allowed[:-1]) + " and " + allowed[-1] if allowed[1:] else allowed[0]
+            raise ApiError(
+                422,
+                Reason.VALIDATION,
+                f"query.{shown}: unknown parameter; this route takes {names}",
+            )
+        times = len(params.getlist(key))
+        if times > 1:
+            raise ApiError(
+                422, Reason.VALIDATION, f"query.{key}: given {times} times; give it once"
+            )
 
 
 def create_app(
@@ -503,6 +533,7 @@ def create_app(
         fields: pauth.SignedFields = Depends(device),  # noqa: B008
     ) -> Response:
         """The current model: a delta chain from `have`, or a full snapshot (fp32/fp16+zstd)."""
+        _only_query(request, "have", "format", "dtype")
         answer = coordinator.plan_model(task_id, have, format, dtype, fields.device_id)
         if answer.body is None:
             # Up to max_chain (1000) frames read from SQLite: in a worker thread, not on the
@@ -539,8 +570,9 @@ def create_app(
     async def upload(request: Request, round_id: StoreId) -> UploadReceipt:
         """Upload one compressed update frame; streamed under the round's size cap."""
         headers = _headers(request)
-        # Cheap checks first (Content-Type, signature headers), before reading a byte of the
-        # body. Unknown rounds get the JSON cap: nothing legitimate is bigger than a 404 needs.
+        # Cheap checks first (Content-Type, signature headers, the idempotency key), before
+        # reading a byte of the body or spending the nonce. Unknown rounds get the JSON cap:
+        # nothing legitimate is bigger than a 404 needs.
         fields, frame = await verifier.read_signed_body(
             method=request.method,
             target=_target(request),
@@ -548,16 +580,15 @@ def create_app(
             chunks=request.stream(),
             cap=coordinator.upload_cap_for_round(round_id) or config.json_body_cap,
             what="update",
+            check_headers=_idempotency_key,
         )
+        key = headers[H.IDEMPOTENCY_KEY]
         if fields.round_id != round_id:
             # A refusal is control traffic: it carried no update into either round.
             raise ApiError(403, Reason.ROUND_MISMATCH, "signed round differs from the URL")
         att = Attribution(fields.device_id, fields.round_id, payload_up=len(frame))
         att.dense_up = coordinator.dense_bytes_for_round(round_id)
         setattr(request.state, STATE_KEY, att)
-        key = headers.get(H.IDEMPOTENCY_KEY)
-        if key is None or not _IDEMPOTENCY.fullmatch(key):
-            raise ApiError(400, Reason.MALFORMED, "Idempotency-Key header (1-128 chars) required")
         t0 = asyncio.get_running_loop().time()
         receipt, to_close = coordinator.submit(round_id, fields.device_id, key, frame)
         metrics.upload_seconds.observe(asyncio.get_running_loop().time() - t0)
@@ -582,6 +613,7 @@ def create_app(
         tags=["device"],
     )
     async def bandwidth(
+        request: Request,
         round_id: StoreId,
         format: str = Query("json", pattern="^(json|csv)$"),
         caller: str | None = Depends(device_or_admin),  # noqa: B008
@@ -589,6 +621,7 @@ def create_app(
         """The round's bandwidth ledger: per device and direction, payload/wire/dense bytes.
         The admin gets every device's rows; a device only its own, totals included (another
         device's upload size depends on its data under top-k and zstd)."""
+        _only_query(request, "format")
         report = coordinator.bandwidth(round_id, only=caller)
         if format == "csv":
             lines = ["round_id,device_id,direction,payload_bytes,wire_bytes,dense_bytes,requests"]
@@ -686,6 +719,7 @@ def create_app(
         dependencies=[Depends(admin)],
     )
     async def export_model(
+        request: Request,
         task_id: StoreId,
         version: int | None = Query(
             None, ge=0, le=2**63 - 1, description="the version wanted (default: the current)"
@@ -707,6 +741,7 @@ def create_app(
         a stored model or frame that fails its digest. With `base=B`: the delta chain from
         version B to N (default the current), for the operator's own copy of version B; 410
         `version_gone` once a frame on the way was emptied by `--keep-frames`."""
+        _only_query(request, "version", "base")
         try:
             body, headers = coordinator.export_model(task_id, version, base)
         except ApiError as exc:
@@ -775,21 +810,7 @@ def create_app(
         ),
     ) -> list[RoundStatus]:
         """Every round of a task, by sequence; `last` and `before` answer a page of them."""
-        # A mistyped key (`?lats=2`) would otherwise answer every round, however many.
-        for key in request.query_params:
-            if key not in _ROUNDS_QUERY:
-                shown = key if len(key) <= 64 else key[:64] + "..."
-                raise ApiError(
-                    422,
-                    Reason.VALIDATION,
-                    f"query.{shown}: unknown parameter; this route takes last and before",
-                )
-            # `?last=5&last=1` would otherwise answer for the last value alone, silently.
-            times = len(request.query_params.getlist(key))
-            if times > 1:
-                raise ApiError(
-                    422, Reason.VALIDATION, f"query.{key}: given {times} times; give it once"
-                )
+        _only_query(request, "last", "before")
         return coordinator.task_rounds(task_id, last, before)
 
     @app.post(

@@ -58,14 +58,17 @@ class RequestVerifier:
         chunks: AsyncIterator[bytes],
         cap: int,
         what: str,
+        check_headers: Callable[[dict[str, str]], None] | None = None,
     ) -> tuple[auth.SignedFields, bytes]:
         """Stream a signed request's binary body under `cap` bytes, then verify it.
 
-        The cheap checks (Content-Type, signature headers present, device registered, declared
-        length) run before a byte of the body is read, and the read stops at the first byte past
-        the cap: 415 unless the body is `application/octet-stream`, 401 for unsigned or unknown
-        devices, 413 naming `what` for an oversized body. The media type comes first so a
-        mislabelled request is refused before its nonce is spent.
+        The cheap checks (Content-Type, signature headers present, device registered, the
+        route's own `check_headers`, declared length) run before a byte of the body is read,
+        and the read stops at the first byte past the cap: 415 unless the body is
+        `application/octet-stream`, 401 for unsigned or unknown devices, whatever
+        `check_headers` raises, 413 naming `what` for an oversized body. They all come before
+        the signature is verified, so a request they refuse has not spent its nonce: the same
+        signed request can be sent again with the header set right.
         """
         require_media_type(headers.get(Header.CONTENT_TYPE), ContentType.OCTET_STREAM)
         try:
@@ -74,6 +77,8 @@ class RequestVerifier:
             raise ApiError(401, Reason.UNSIGNED, str(exc)) from None
         if self.public_key(pre.device_id) is None:
             raise ApiError(401, Reason.UNREGISTERED, "unknown device; register first")
+        if check_headers is not None:
+            check_headers(headers)
         declared = headers.get(Header.CONTENT_LENGTH)
         if declared is not None and declared.isdigit() and int(declared) > cap:
             raise ApiError(413, Reason.TOO_LARGE, f"{what} above the {cap}-byte cap")
