@@ -45,12 +45,19 @@ class AdaptiveClip:
     only inside `DPMean`, which draws it from fresh OS entropy and accounts it; `Clip` draws it
     from its own seed (anyone can recompute it) and publishes the exact `clipped` count and
     `max_norm` besides, so there it steadies the clip and hides nothing.
+    maximum: a ceiling on C (at least `initial`), None for none (float's largest). The clip
+    tracks quantile Q of every report's norm, attackers' included: attackers sending more
+    than 1 - Q of a round's reports, all above C, keep the unclipped fraction below Q and
+    raise C by a fixed factor every round, without limit (and their clipped reports with it).
+    A ceiling bounds what each of them can send, whatever their share; set it from the honest
+    norms (a few times `initial`). None keeps the unbounded clip.
     """
 
     initial: float = 0.1
     target_quantile: float = 0.5
     learning_rate: float = 0.2
     count_stddev: float = 0.0
+    maximum: float | None = None
 
     def __post_init__(self) -> None:
         if not self.initial > 0 or not math.isfinite(self.initial):
@@ -61,6 +68,13 @@ class AdaptiveClip:
             raise ValueError(f"learning_rate must be finite and > 0, got {self.learning_rate!r}")
         if not (self.count_stddev >= 0 and math.isfinite(self.count_stddev)):
             raise ValueError(f"count_stddev must be finite and >= 0, got {self.count_stddev!r}")
+        if self.maximum is not None and not (
+            math.isfinite(self.maximum) and self.maximum >= self.initial
+        ):
+            raise ValueError(
+                f"the adaptive clip's ceiling must be finite and at least its initial clip "
+                f"({self.initial!r}), got {self.maximum!r}"
+            )
 
     def step(self, clip: float, unclipped_fraction: float) -> float:
         """The next clip norm given this round's (noised) fraction of unclipped reports, kept
@@ -70,12 +84,14 @@ class AdaptiveClip:
         (float32's smallest normal; the floor was float64's, 2.2e-308) every clipped float32
         report rounds to 0, and a clip that sank there (a run of zero reports) took hundreds of
         rounds of exactly-zero aggregates to climb back. A NaN fraction says nothing about the
-        norms and leaves the clip as it is (it made the clip NaN for good)."""
+        norms and leaves the clip as it is (it made the clip NaN for good). With `maximum`
+        the clip stays at or below it."""
         value = clip
         if not math.isnan(unclipped_fraction):
             exponent = -self.learning_rate * (unclipped_fraction - self.target_quantile)
             value = clip * math.exp(min(exponent, _MAX_EXP))
-        return float(min(max(value, MIN_CLIP), sys.float_info.max))
+        ceiling = sys.float_info.max if self.maximum is None else self.maximum
+        return float(min(max(value, MIN_CLIP), ceiling))
 
 
 def clip_factors(norms: npt.NDArray[np.float64], clip: float) -> npt.NDArray[np.float64]:
@@ -120,7 +136,9 @@ class Clip:
     `DPMean` requires of its clip: smaller, the clipped float32 reports round to 0). Weights
     and device ids pass through.
     Measurements: {"clip": C used this round, "clipped": count, "max_norm": largest norm seen,
-    "inner": inner measurements}. Memory: one scaled copy of the reports' values.
+    "inner": inner measurements}; an adaptive clip with a ceiling (`AdaptiveClip.maximum`)
+    adds "clip_max" and "clip_at_max" (the next round's C is held at the ceiling). Memory: one
+    scaled copy of the reports' values.
     """
 
     norm: float | AdaptiveClip = 1.0
@@ -173,16 +191,16 @@ class _ClipProcess:
     ) -> AggregateOutput:
         rnd, clip, _ = state
         new_clip = self._next_clip(rnd, clip, norms)
-        return AggregateOutput(
-            (rnd + 1, new_clip, out.state),
-            out.result,
-            {
-                "clip": clip,
-                "clipped": int(np.count_nonzero(norms > clip)),
-                "max_norm": float(norms.max()) if norms.shape[0] else 0.0,
-                "inner": out.measurements,
-            },
-        )
+        meas: dict[str, Any] = {
+            "clip": clip,
+            "clipped": int(np.count_nonzero(norms > clip)),
+            "max_norm": float(norms.max()) if norms.shape[0] else 0.0,
+        }
+        if isinstance(self.norm, AdaptiveClip) and self.norm.maximum is not None:
+            # Only with a ceiling: without one the measurements are what they were.
+            meas.update(clip_max=self.norm.maximum, clip_at_max=new_clip >= self.norm.maximum)
+        meas["inner"] = out.measurements
+        return AggregateOutput((rnd + 1, new_clip, out.state), out.result, meas)
 
     def next(self, state: Any, updates: Sequence[ClientUpdate]) -> AggregateOutput:
         _, clip, inner_state = state

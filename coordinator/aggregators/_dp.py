@@ -69,7 +69,8 @@ class DPMean:
     noise_multiplier: z, the total noise multiplier used by the accountant (> 0).
     clip: a fixed L2 norm C > 0, or an `AdaptiveClip` (its `count_stddev` sigma_b must satisfy
       2 sigma_b > z; 0 picks Andrew et al.'s default sigma_b = configured cohort / 20, see
-      `configured_cohort`).
+      `configured_cohort`; its `maximum`, spec `max_clip=`, caps it below `clip_ceiling`:
+      reports above the clip from more than 1 - quantile of a round raise it without limit).
     inner: a uniform-mean aggregator of the clipped reports.
     denominator: divide the noised sum by this (the expected cohort size). None divides by the
       number of reports, which is then treated as public (fixed-size sampling).

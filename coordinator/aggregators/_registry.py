@@ -70,9 +70,12 @@ Base aggregators (rightmost stage):
                                    the step reversed); T above the round's n is capped at n
 Wrappers (stages before the base):
   normbound:C | clip:C             clip each report to L2 norm C
-  normbound:q=Q[,init=,lr=]        adaptive clip norm tracking quantile Q of the norms
-                                   C (or init=) at least 1.1754944e-38, float32's smallest
-                                   normal; the adaptive clip stays at or above it too
+  normbound:q=Q[,init=,lr=,max=M]  adaptive clip norm tracking quantile Q of the norms,
+                                   attackers' included: more than 1-Q of a round's reports
+                                   above it raise it every round without limit unless max=M
+                                   (a ceiling, at least init=) caps it; C or init= at least
+                                   1.1754944e-38, float32's smallest normal, and the adaptive
+                                   clip stays at or above it too
   bucket:S[,seed=]                 average random buckets of S reports first
   nnm[:f=F]                        nearest-neighbour mixing with n - F neighbours
   cosfilter[:min_cos=C,beta=B,max_drop=F]  drop reports with cosine <= C (default 0) to the server
@@ -82,15 +85,16 @@ Wrappers (stages before the base):
   collusion[:tau=T,memory=R,hist=H,devices=M]  drop reports whose inverse-frequency-weighted
                                    cosine to another device's history exceeds T (0.3), and
                                    that device's reports for R rounds (30): backdoor defence
-  dp:clip=C,z=Z[,q=Q|population=N,sample=M][,delta=,eps=,denom=,seed=,quantile=,count_std=]
+  dp:clip=C,z=Z[,q=Q|population=N,sample=M][,delta=,eps=,denom=,seed=,quantile=,count_std=,max_clip=]
                                    user-level DP mean (must be the first stage); `plume sim`
                                    and the coordinator service take population=,sample= only;
                                    q= (Poisson sampling, with denom= the expected cohort q·N)
                                    in library use only.
                                    clip= (with quantile=, the adaptive clip's start) at least
-                                   1.1754944e-38, float32's smallest normal; denom=, the
-                                   divisor of the noised sum, finite and > 0; and
-                                   max(z, 1)·clip / min(denom, 1) at most 1e30
+                                   1.1754944e-38, float32's smallest normal; max_clip= (with
+                                   quantile=) caps the adaptive clip, as max= in normbound;
+                                   denom=, the divisor of the noised sum, finite and > 0;
+                                   and max(z, 1)·clip / min(denom, 1) at most 1e30
 Server optimizers (only as the very first stage; they turn the aggregate into the step):
   avgm[:momentum=B,lr=L]           FedAvgM: server momentum B (0.9), step lr (1.0)
   adam[:lr=L,b1=,b2=,tau=]         FedAdam (Reddi et al. 2021): lr 0.01, b1 0.9, b2 0.99,
@@ -264,8 +268,16 @@ def _clip(p: _Params, inner: AggregatorFactory) -> AggregatorFactory:
             initial=p.num("init", default=0.1),
             target_quantile=q,
             learning_rate=p.num("lr", default=0.2),
+            maximum=p.opt_num("max", "max_clip"),
         )
     else:
+        adaptive_only = [k for k in ("init", "lr", "max", "max_clip") if k in p.values]
+        if adaptive_only:
+            raise AggregatorSpecError(
+                f"normbound: {adaptive_only[0]}= sets the adaptive clip, which needs a quantile "
+                f"q= (normbound:q=0.9,{adaptive_only[0]}=...); a fixed norm (normbound:5) "
+                "takes none"
+            )
         norm = p.num("norm", "c", default=math.nan, positional=True)
         if math.isnan(norm):
             raise AggregatorSpecError("normbound needs a norm (normbound:5) or a quantile (q=0.5)")
@@ -330,6 +342,12 @@ def _dp(p: _Params, inner: AggregatorFactory) -> AggregatorFactory:
             target_quantile=quantile,
             learning_rate=p.num("lr", default=0.2),
             count_stddev=p.num("count_std", default=0.0),
+            maximum=p.opt_num("max_clip"),
+        )
+    elif "max_clip" in p.values:
+        raise AggregatorSpecError(
+            "dp: max_clip= is the adaptive clip's ceiling and needs quantile= "
+            "(dp:clip=1,quantile=0.9,max_clip=4,...); a fixed clip= is its own bound"
         )
     q = p.opt_num("q")
     population = p.take("population")
