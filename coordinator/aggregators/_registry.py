@@ -59,7 +59,11 @@ Base aggregators (rightmost stage):
                                    2t+1 reports sent (t = floor(BETA*n)) drops t high and t low
                                    values of its senders only, instead of counting every
                                    report that did not send it as a 0
-  krum[:f=F]                       Krum; F a count (>=1) or a fraction of reports (default 0.2)
+  krum[:f=F]                       Krum; F a count (>=1) or a fraction of reports (default 0.2);
+                                   it keeps one report, and with top-k uploads (nearly
+                                   disjoint supports) the smallest report wins, so one
+                                   attacker sending a small report is kept every round: use
+                                   multikrum or nnm+krum with top-k
   multikrum[:f=F,m=M]              mean of the M best Krum scores (default M = n - f; a
                                    larger M is capped at n - f)
   geomed[:nu=,max_iter=,tol=]      geometric median, smoothed Weiszfeld (RFA)
@@ -264,6 +268,15 @@ BASES: dict[str, Callable[[_Params], AggregatorFactory]] = {
 def _clip(p: _Params, inner: AggregatorFactory) -> AggregatorFactory:
     q = p.opt_num("q", "quantile")
     if q is not None:
+        fixed = p.positional if p.positional is not None else p.take("norm", "c")
+        if fixed is not None:
+            # A fixed norm and a quantile: before, the norm was left over and named as an
+            # unknown parameter ("unknown parameter(s) ['5']").
+            raise AggregatorSpecError(
+                f"normbound takes either a fixed norm (normbound:5) or an adaptive one "
+                f"(normbound:q=0.5[,init=,lr=,max=]), not both: got the norm {fixed!r} and "
+                f"q={q:g}"
+            )
         norm: float | AdaptiveClip = AdaptiveClip(
             initial=p.num("init", default=0.1),
             target_quantile=q,

@@ -639,7 +639,7 @@ def cohort_refusal(
                 )
             if not n > least:
                 return (
-                    f"{name}, so {given} needs more than {least} {unit} a round, and a full "
+                    f"{name}, so {given} needs more than {_num(least)} {unit} a round, and a full "
                     f"round has {n} ({src}) (raise {grow} or lower f)"
                 )
         elif isinstance(stage, TrimmedMean) and stage.beta > 0 and resolve_f(stage.beta, n) == 0:
@@ -656,8 +656,15 @@ def cohort_refusal(
     return None
 
 
+# At or above this a count is written in exponent form (1e+300), not as its hundreds of digits.
+_LARGE_COUNT = 1e15
+
+
 def _num(v: float) -> str:
-    """v as written in a spec: 2 for 2.0, 0.45 for 0.45."""
+    """v as written in a spec: 2 for 2.0, 0.45 for 0.45; 1e+300 for 1e300 (a whole number that
+    large printed every digit: krum:f=1e300's refusal named a 301-digit f)."""
+    if abs(v) >= _LARGE_COUNT and math.isfinite(v):
+        return f"{v:.6g}"
     return str(int(v)) if _whole(v) else repr(v)
 
 
