@@ -80,7 +80,10 @@ Wrappers (stages before the base):
                                    (a ceiling, at least init=) caps it; C or init= at least
                                    1.1754944e-38, float32's smallest normal, and the adaptive
                                    clip stays at or above it too
-  bucket:S[,seed=]                 average random buckets of S reports first
+  bucket:S[,seed=]                 average random buckets of S reports first; a task whose
+                                   full round leaves 2 or fewer bucket means (S >= half of
+                                   clients_per_round) is refused: the inner rule would be the
+                                   mean
   nnm[:f=F]                        nearest-neighbour mixing with n - F neighbours
   cosfilter[:min_cos=C,beta=B,max_drop=F]  drop reports with cosine <= C (default 0) to the server
                                    momentum of past aggregates (beta 0.5); if at least F (0.5)

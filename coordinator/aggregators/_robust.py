@@ -604,6 +604,11 @@ def floor_times(f: float, n: int) -> int:
     return math.floor(Fraction(repr(float(f))) * n)
 
 
+# `cohort_refusal` refuses a `bucket` stage that leaves fewer bucket means than this at a full
+# round, and `Bucketing` measures `guarantee_holds: false` for a round that has fewer.
+MIN_BUCKETS = 3
+
+
 def cohort_refusal(
     factory: Any,
     reports: int,
@@ -649,7 +654,21 @@ def cohort_refusal(
                 f"{grow} or beta)"
             )
         elif isinstance(stage, Bucketing):
-            n, unit = -(-n // stage.bucket_size), "bucket means"
+            buckets = -(-n // stage.bucket_size)
+            if buckets < MIN_BUCKETS:
+                # The median of two values is their mean, and the geometric median of two
+                # points, started from their mean, stays there: over 2 or fewer bucket means no
+                # rule can outvote a bad one, and one huge report moves the round at will
+                # (median, geomed and cclip have no f, so nothing below would say so).
+                means = "bucket mean" if buckets == 1 else "bucket means"
+                return (
+                    f"bucket: s={_num(stage.bucket_size)} leaves {buckets} {means} of a full "
+                    f"round's {n} {unit} ({src}), and over {MIN_BUCKETS - 1} or fewer no rule "
+                    f"can outvote a bad one (the median of two is their mean): s must be below "
+                    f"n/2 = {_num(n / 2)} for {MIN_BUCKETS} bucket means or more (lower s or "
+                    f"raise {grow})"
+                )
+            n, unit = buckets, "bucket means"
             whole = f"{src}={reports}" if first == "reports" else f"{reports} {first}, {src}"
             src = f"{whole} in buckets of {stage.bucket_size}"
         stage = getattr(stage, "inner", None)
@@ -1225,11 +1244,16 @@ class _BucketingProcess(_RowProcess):
         inner_out = forward_rows(
             self.inner, inner_state, rows.mixed(mix, weights=weights, labels=labels)
         )
-        return AggregateOutput(
-            (rnd + 1, inner_out.state),
-            inner_out.result,
-            {"buckets": len(buckets), "inner": inner_out.measurements},
-        )
+        # A round with fewer than MIN_BUCKETS bucket means (fewer reports than the task's
+        # cohort, which `cohort_refusal` checks) runs, but its inner rule is then no better
+        # than their mean: say so, as Krum and NNM do below their bound.
+        meas = {
+            "buckets": len(buckets),
+            "bucket_size": self.bucket_size,
+            "guarantee_holds": len(buckets) >= MIN_BUCKETS,
+            "inner": inner_out.measurements,
+        }
+        return AggregateOutput((rnd + 1, inner_out.state), inner_out.result, meas)
 
 
 @dataclass(frozen=True, slots=True)
