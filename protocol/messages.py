@@ -51,6 +51,8 @@ __all__ = [
     "check_awaiting_round",
     "check_task_id",
     "check_max_model_bytes",
+    "check_model_layouts",
+    "MAX_MODEL_LAYOUTS",
     "pack_chain",
     "unpack_chain",
     "CHAIN_MAGIC",
@@ -175,6 +177,13 @@ class CheckInRequest:
     parameter of the task's spec) on both sides. A task whose model is larger is not given to
     the device (docs/http-api.md, "The largest model a device takes"); None (left out of the
     JSON): no limit declared, as from an SDK before the field.
+
+    `model_layouts`: the model layouts the device can train, each the hex of a
+    `compression.ModelSpec.fingerprint` (16 lower-case hex digits: names and shapes; the
+    fingerprint every update frame and snapshot carries). A task whose spec is none of them is
+    not given to the device (docs/http-api.md, "The models a device trains"); None (left out
+    of the JSON): any layout, as from an SDK before the field. Checked strictly as sent
+    (`check_model_layouts`), in this schema's own validation: a bad value is a 422.
     """
 
     task_id: int | None = None
@@ -182,6 +191,21 @@ class CheckInRequest:
     awaiting_round: int | None = None
     features: list[str] | None = field(default=None, metadata={_OMIT_NONE: True})
     max_model_bytes: int | None = field(default=None, metadata={_OMIT_NONE: True})
+    model_layouts: list[str] | None = field(default=None, metadata={_OMIT_NONE: True})
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        # `model_layouts` is checked on the JSON as sent, before pydantic builds the list (a
+        # long array is refused by its length, not copied and then refused): a check-in route
+        # that parses its body into this class refuses a bad one (422) whatever it reads next.
+        from pydantic_core import core_schema
+
+        def check(value: Any) -> Any:
+            if isinstance(value, dict) and value.get("model_layouts") is not None:
+                check_model_layouts(value["model_layouts"])
+            return value
+
+        return core_schema.no_info_before_validator_function(check, handler(source))
 
 
 class UploadOutcome(StrEnum):
@@ -596,6 +620,62 @@ def check_max_model_bytes(value: Any, where: str = "$.max_model_bytes") -> int:
         )
     _in_range(value, where, MIN_MODEL_CAP)
     return value
+
+
+# A check-in's `model_layouts`: at most MAX_MODEL_LAYOUTS entries (a device ships a model or
+# a few; the cap bounds the work of one check-in), each the hex of a `ModelSpec.fingerprint`.
+MAX_MODEL_LAYOUTS = 16
+LAYOUT_HEX_DIGITS = 16  # 8 bytes
+_LAYOUT_HEX = frozenset("0123456789abcdef")
+
+
+def check_model_layouts(value: Any, where: str = "$.model_layouts") -> frozenset[str]:
+    """`value` as the model layouts a device declares it trains: a JSON array of 1 to
+    MAX_MODEL_LAYOUTS (16) distinct strings, each 16 lower-case hex digits (the hex of a
+    `compression.ModelSpec.fingerprint`, as `bytes.hex()` writes it); else `MessageError`.
+    The array's length is checked before any entry is looked at."""
+    if type(value) is not list:
+        raise MessageError(f"{where}: expected an array of layout fingerprints, got {_kind(value)}")
+    if not value:
+        raise MessageError(
+            f"{where}: an empty array declares no layout the device trains; leave the field "
+            "out to take a task of any layout"
+        )
+    if len(value) > MAX_MODEL_LAYOUTS:
+        raise MessageError(f"{where}: {len(value)} layouts, more than {MAX_MODEL_LAYOUTS}")
+    seen: set[str] = set()
+    for i, item in enumerate(value):
+        if type(item) is not str:
+            raise MessageError(
+                f"{where}[{i}]: expected a string of {LAYOUT_HEX_DIGITS} hex digits, got "
+                f"{_kind(item)}"
+            )
+        if len(item) != LAYOUT_HEX_DIGITS or not _LAYOUT_HEX.issuperset(item):
+            raise MessageError(
+                f"{where}[{i}] = {_cut(repr(item))} is not a layout fingerprint "
+                f"({LAYOUT_HEX_DIGITS} lower-case hex digits, compression.ModelSpec.fingerprint)"
+            )
+        if item in seen:
+            raise MessageError(f"{where}[{i}] = {item!r} is listed twice")
+        seen.add(item)
+    return frozenset(seen)
+
+
+def _kind(value: Any) -> str:
+    """A JSON value's kind, for a refusal (its content is not echoed)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return type(value).__name__
 
 
 def check_check_in(answer: CheckInResponse) -> None:

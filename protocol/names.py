@@ -152,6 +152,8 @@ class Reason(StrEnum):
     SDK_UNSUPPORTED = "sdk_unsupported"
     # A check-in naming a task whose model is larger than the `max_model_bytes` it declared.
     MODEL_TOO_LARGE = "model_too_large"
+    # A check-in naming a task whose model layout is none of the `model_layouts` it declared.
+    MODEL_LAYOUT_MISMATCH = "model_layout_mismatch"
     STORE_UNAVAILABLE = "store_unavailable"
     INTERNAL_ERROR = "internal_error"
 

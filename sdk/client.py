@@ -30,7 +30,15 @@ import threading
 import time
 import uuid
 import warnings
-from collections.abc import AsyncIterator, Callable, Coroutine, Generator, Iterable, Iterator
+from collections.abc import (
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -357,6 +365,30 @@ class SdkUnsupportedError(_TaskError):
     coordinator) and `task_id` the task named. `check_in` and `participate` raise it and check
     in no more: asking again, this SDK is refused again. Other tasks are not affected.
     """
+
+
+# `LayoutMismatchError.reason`: the SDK's own refusal of an assignment (no request made) and
+# the coordinator's 409 to a check-in naming such a task
+# (`protocol.names.Reason.MODEL_LAYOUT_MISMATCH`) alike.
+MODEL_LAYOUT_MISMATCH = "model_layout_mismatch"
+
+
+class LayoutMismatchError(_TaskError, ValueError):
+    """The task's model is not one this device's trainer can train: its layout (tensor shapes,
+    and for artifacts exported under a model name, that name) is not the trainer's. A trainer
+    whose model is fixed (an `sdk.ort.OrtTrainer`'s artifacts) cannot take such a task: not a
+    setup error of the app, which goes on checking in for other tasks (or names its own with
+    `task_id`). `reason` `MODEL_LAYOUT_MISMATCH` ("model_layout_mismatch"), `task_id` the
+    task. Also a `ValueError`, the type this refusal had before it had a class of its own.
+
+    Two sources. The coordinator, told the trainer's layout in the check-in (`model_layouts`,
+    sent when the trainer has a `spec`: `_declared_layouts`), refuses a check-in naming
+    another task: `status` 409, `detail` the coordinator's (it names the task's layout).
+    Naming no task, such a coordinator never gives the device one. Or the client itself,
+    given such a task's round all the same (by a coordinator from before `model_layouts`,
+    which ignores it, or for a trainer that declares no layout): `status` 0, raised before the
+    model is downloaded, nothing trained or sent, the app directory as before; the round's
+    slot stays empty until its deadline (the coordinator is not told)."""
 
 
 # `ParticipationCancelled.reason` (no request was refused: the name is the SDK's).
@@ -885,7 +917,12 @@ class _Core:
             "POST", Path.REGISTER, 0, body, headers={"content-type": "application/json"}
         )
 
-    def check_in_exchange(self, task_id: int | None) -> _Exchange:
+    def check_in_exchange(
+        self, task_id: int | None, layouts: Sequence[str] | None = None
+    ) -> _Exchange:
+        """The check-in request; `layouts` (`_declared_layouts`) the model layouts the
+        trainer trains, sent as `model_layouts` after `features`; None sends no such key (the
+        bytes an SDK before the field sent)."""
         parts = []
         if task_id is not None:
             parts.append(f'"task_id":{int(task_id)}')
@@ -904,6 +941,11 @@ class _Core:
         # it does not know.
         parts.append(f'"max_model_bytes":{min(self.max_model_bytes, MAX_ID - 1)}')
         parts.append('"features":[' + ",".join(f'"{f}"' for f in FEATURES) + "]")
+        if layouts:
+            # The model this device's trainer trains, so the coordinator gives it no task of
+            # another layout (it would be refused in `_check_layout` after the selection, its
+            # slot empty till the round's deadline). Ignored by a coordinator before the field.
+            parts.append('"model_layouts":[' + ",".join(f'"{h}"' for h in layouts) + "]")
         body = ("{" + ",".join(parts) + "}").encode()
         return _Exchange(
             "POST", Path.CHECK_IN, 0, body, headers={"content-type": "application/json"},
@@ -2108,6 +2150,8 @@ def _check_in_answer(
         if err.reason == Reason.MODEL_TOO_LARGE and task_id is not None:
             limit = core.max_model_bytes
             raise ModelTooLargeError(task_id, None, limit, status=err.status, detail=err.detail)
+        if err.reason == Reason.MODEL_LAYOUT_MISMATCH and task_id is not None:
+            raise LayoutMismatchError(err.status, err.reason, err.detail, task_id)
         raise err
     answer: CheckInResponse = _parse(CheckInResponse, response)
     # Before the rest is looked at: `round_outcome` answers `awaiting_round` whatever the
@@ -2222,16 +2266,39 @@ def _check_data(trainer: LocalTrainer, x: npt.NDArray[Any], y: npt.NDArray[Any])
         check(x, y)
 
 
+def _declared_layouts(trainer: LocalTrainer) -> tuple[str, ...] | None:
+    """The check-in's `model_layouts` for `trainer`: the hex of its `spec`'s fingerprint
+    (`compression.ModelSpec.fingerprint`, names and shapes) when it has one (an `OrtTrainer`,
+    whose artifacts fix its model), else None (no field sent: any task, as before). A torch
+    trainer declares none: its module's parameter names need not be the task's spec's (the
+    SDK's own check, `_check_layout`, compares shapes), so declaring them could keep it from
+    a task it trains today; such an app names its task (`participate(task_id=...)`)."""
+    spec = getattr(trainer, "spec", None)
+    if isinstance(spec, ModelSpec):
+        return (spec.fingerprint.hex(),)
+    return None
+
+
+def _shapes_shown(shapes: list[tuple[int, ...]]) -> str:
+    """The first 4 shapes of a layout, and "..." only when there are more."""
+    return f"{shapes[:4]}{'...' if len(shapes) > 4 else ''}"
+
+
 def _check_layout(a: Assignment, trainer: LocalTrainer) -> None:
-    """`ValueError` if the trainer's model (where it tells its layout) is not the task's."""
+    """`LayoutMismatchError` (a `ValueError`, `status` 0) if the trainer's model (where it
+    tells its layout) is not the task's."""
     task_layout = [tuple(t.shape) for t in a.spec]
     layout = _trainer_layout(trainer)
     if layout is not None and layout != task_layout:
         # Same size in another layout would load, train and upload a silently wrong update.
-        raise ValueError(
-            f"the trainer's model ({len(layout)} tensors, shapes {layout[:4]}...) does not have "
-            f"the layout of task {a.task_id}'s model {a.model_name!r} ({len(task_layout)} "
-            f"tensors, shapes {task_layout[:4]}...): this device cannot train this task"
+        raise LayoutMismatchError(
+            0,
+            MODEL_LAYOUT_MISMATCH,
+            f"the trainer's model ({len(layout)} tensors, shapes {_shapes_shown(layout)}) does "
+            f"not have the layout of task {a.task_id}'s model {a.model_name!r} "
+            f"({len(task_layout)} tensors, shapes {_shapes_shown(task_layout)}): this device "
+            "cannot train this task (nothing downloaded or trained)",
+            a.task_id,
         )
     # Artifacts exported under a name (`plume export --model`) name the model they train; the
     # same layout with other layers (a Tanh where the task's model has a ReLU) would train a
@@ -2246,10 +2313,13 @@ def _check_layout(a: Assignment, trainer: LocalTrainer) -> None:
         and a.model_name
         and exported != a.model_name
     ):
-        raise ValueError(
+        raise LayoutMismatchError(
+            0,
+            MODEL_LAYOUT_MISMATCH,
             f"the trainer's artifacts were exported from model {exported!r}, task "
             f"{a.task_id} trains model {a.model_name!r}: this device cannot train this task "
-            f"(export it with `plume export --model {a.model_name}`)"
+            f"(export it with `plume export --model {a.model_name}`)",
+            a.task_id,
         )
 
 
@@ -2832,8 +2902,10 @@ class Client:
         still settles its `round_outcome`."""
         return self._check_in(task_id, math.inf)
 
-    def _check_in(self, task_id: int | None, deadline: float) -> CheckInResponse:
-        ex = self._core.check_in_exchange(task_id)
+    def _check_in(
+        self, task_id: int | None, deadline: float, layouts: Sequence[str] | None = None
+    ) -> CheckInResponse:
+        ex = self._core.check_in_exchange(task_id, layouts)
         return _check_in_answer(self._core, ex, self._send(ex, deadline), task_id)
 
     def fetch_model(self, a: Assignment) -> tuple[npt.NDArray[np.float32], str]:
@@ -3123,7 +3195,12 @@ class Client:
         `SdkUnsupportedError` when it needs a feature this SDK does not honour, and
         `ModelTooLargeError` when its model is over `max_model_bytes`, with no further
         check-in. Naming no task, the coordinator gives the device no task whose model is over
-        `max_model_bytes` (each check-in tells it the limit).
+        `max_model_bytes` (each check-in tells it the limit). A trainer that declares its model
+        (an `OrtTrainer`, through its `spec`: `_declared_layouts`) has each check-in tell the
+        coordinator its layout (`model_layouts`), which then gives it no task of another model,
+        and refuses a check-in naming one: `LayoutMismatchError` (`status` 409). A round of
+        another model assigned all the same (a coordinator before the field, or a trainer that
+        declares nothing) is `LayoutMismatchError` (`status` 0) before its download.
 
         `max_wait_s` bounds the re-send of an upload an earlier run left pending (which comes
         first), the check-ins, their retries and the waits between them: a wait, a backoff or a
@@ -3182,9 +3259,10 @@ class Client:
         except _Stop:
             raise ParticipationCancelled("resend", _EARLIER_PENDING, None) from None
         mine: CheckInResponse | None = None  # this call's last answer
+        layouts = _declared_layouts(trainer)
         while True:
             try:
-                answer = self._check_in(task_id, give_up)
+                answer = self._check_in(task_id, give_up, layouts)
             except _WaitOver as over:
                 if mine is None:
                     _raise_outage(over)
@@ -3450,8 +3528,10 @@ class AsyncClient:
         """As `Client.check_in`: one check-in, "train" with an assignment, "wait" or "end"."""
         return await self._check_in(task_id, math.inf)
 
-    async def _check_in(self, task_id: int | None, deadline: float) -> CheckInResponse:
-        ex = self._core.check_in_exchange(task_id)
+    async def _check_in(
+        self, task_id: int | None, deadline: float, layouts: Sequence[str] | None = None
+    ) -> CheckInResponse:
+        ex = self._core.check_in_exchange(task_id, layouts)
         return _check_in_answer(self._core, ex, await self._send(ex, deadline), task_id)
 
     async def fetch_model(self, a: Assignment) -> tuple[npt.NDArray[np.float32], str]:
@@ -3703,9 +3783,10 @@ class AsyncClient:
         except _Stop:
             raise ParticipationCancelled("resend", _EARLIER_PENDING, None) from None
         mine: CheckInResponse | None = None  # this call's last answer
+        layouts = _declared_layouts(trainer)
         while True:
             try:
-                answer = await self._check_in(task_id, give_up)
+                answer = await self._check_in(task_id, give_up, layouts)
             except _WaitOver as over:
                 if mine is None:
                     _raise_outage(over)
