@@ -225,7 +225,9 @@ class SimClock:
         order = np.argsort(finish, kind="stable")
         on_time = np.isfinite(finish[order])
         if deadline_s is not None:
-            on_time &= finish[order] <= deadline_s
+            # Strictly before it: the coordinator refuses an upload at clock() >= deadline
+            # (coordinator/service/rounds.py, submit).
+            on_time &= finish[order] < deadline_s
         arrivals = order[on_time]
         kept_pos = arrivals[:per_round]
         if kept_pos.size == per_round:
