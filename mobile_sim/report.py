@@ -232,7 +232,7 @@ def ort_note(result: SimResult) -> str | None:
 
 def _guarantee_failures(result: SimResult) -> list[tuple[int, dict[str, Any]]]:
     """(round, the failing stage's measurements) of the rounds in which a robust stage (Krum,
-    multi-Krum, NNM, trimmed mean) measured `guarantee_holds: false`: too few reports for its
+    multi-Krum, NNM, trimmed mean, bucketing) measured `guarantee_holds: false`: too few reports for its
     f, or a fraction f (trimmed mean's beta) that resolved to 0 reports in the round. Every
     stage of the nesting is looked at (NNM's own flag sits above its inner Krum's)."""
     failed = []
@@ -272,7 +272,11 @@ def robust_guarantee_warning(result: SimResult) -> str | None:
     elif counts:
         had = f", the rounds had {counts[0]} to {counts[-1]}"
     fix = "raise --per-round or lower f="
-    if "trimmed_each_side" in last:
+    if "buckets" in last:
+        b = last.get("bucket_size")
+        what = f"bucket:{b} left {last['buckets']} bucket means, fewer than 3: their mean"
+        fix = "raise --per-round or lower the bucket size"
+    elif "trimmed_each_side" in last:
         what = f"trimmed mean with beta={last.get('beta')} trims floor(beta·n) = 0 a side: the mean"
         fix = "raise --per-round or beta"
     elif last.get("f_fraction") is not None and f == 0:
