@@ -248,7 +248,7 @@ def register(sub: Any) -> None:
     s = csub.add_parser(
         "serve",
         help="serve the coordinator until interrupted",
-        description="Serve the coordinator's HTTP API until Ctrl-C (or SIGTERM).",
+        description="Serve the coordinator's HTTP API until Ctrl-C (or SIGTERM, or SIGHUP).",
         epilog=(
             "examples:\n  plume coordinator serve --db plume.db --port 8080 --admin-token s3cret\n"
             "  plume coordinator serve --config /etc/plume/coordinator.toml --port 8081\n\n"
@@ -342,6 +342,16 @@ def register(sub: Any) -> None:
         "headers), from its opening or from the first byte of its next request; past it the "
         "connection closes without an answer, so a client that stalls mid-head cannot hold it "
         "(default 30; 0 = no limit, else at least 1)",
+    )
+    s.add_argument(
+        "--shutdown-grace",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="seconds a stop (SIGTERM, SIGHUP, Ctrl-C) waits for requests in flight; those "
+        "still running then are answered 503 shutting_down with Retry-After (the device sends "
+        "them again) and answers still going out are cut (default 10; 0 = answer them at "
+        "once; keep it below the service manager's stop timeout, systemd's 90 s)",
     )
     s.add_argument(
         "--keep-frames",
@@ -932,6 +942,9 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
     if not 0 <= args.head_timeout < float("inf") or 0 < args.head_timeout < 1:
         why = "must be 0 (no limit) or at least 1 second: a request's whole head must arrive in it"
         return bad("head_timeout", f"--head-timeout {why}, got {args.head_timeout}", why)
+    if not 0 <= args.shutdown_grace < float("inf"):
+        why = "must be a number of seconds >= 0 (0: requests in flight are answered 503 at once)"
+        return bad("shutdown_grace", f"--shutdown-grace {why}, got {args.shutdown_grace}", why)
     for dest, value in (("signature_window", args.signature_window), ("poll", args.poll)):
         if not (math.isfinite(value) and value > 0):
             flag = "--" + dest.replace("_", "-")
@@ -1139,6 +1152,7 @@ def _serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             access_log=args.access_log,
             head_timeout_s=args.head_timeout,
+            shutdown_grace_s=args.shutdown_grace,
         )
     except ListenError as exc:  # found before the database was opened
         _fail(prog, _listen_sentence(exc))

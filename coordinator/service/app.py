@@ -225,6 +225,65 @@ def _only_query(request: Request, *allowed: str) -> None:
             )
 
 
+# The `reason` of the 503 a request still running at the end of a stop's grace is answered
+# with (server.py `_Server`), and its Retry-After (seconds: a restart takes a few).
+SHUTTING_DOWN = "shutting_down"
+_SHUTDOWN_RETRY_S = 5
+
+
+class _ShutdownAnswer:
+    """ASGI middleware, inside the wire middleware (which counts what it sends): a request
+    whose task is cancelled before its answer started, as the server cancels the requests
+    still running at the end of a stop's grace (server.py `_Server`), is answered 503
+    `shutting_down` with `Retry-After` and `connection: close`, with an INFO line. Before,
+    uvicorn answered it with its plain-text 500 and an ERROR traceback (s25/ops finding 1). A
+    stop is not a failure of the request: the device sends it again, to the next coordinator
+    (an upload with the same Idempotency-Key is accepted once). The answer is control
+    traffic, not the round's. A request whose answer had started cannot be answered again:
+    the cancellation goes on (the server closes its connection)."""
+
+    def __init__(self, app: Callable[..., Awaitable[None]]) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched_send(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if started or task is None or not task.cancelling():
+                raise
+            task.uncancel()  # answered here: the task ends normally
+            log.info(
+                "%s %s was still running at the end of the shutdown grace: answered 503 %s",
+                scope["method"],
+                scope["path"],
+                SHUTTING_DOWN,
+            )
+            scope.setdefault("state", {}).pop(STATE_KEY, None)  # control traffic
+            response = JSONResponse(
+                {
+                    "reason": SHUTTING_DOWN,
+                    "detail": "the coordinator is stopping (a restart or a deploy) and this "
+                    "request was still running at the end of its shutdown grace; send it "
+                    f"again in {_SHUTDOWN_RETRY_S} s",
+                },
+                status_code=503,
+                headers={H.RETRY_AFTER: str(_SHUTDOWN_RETRY_S), "connection": "close"},
+            )
+            await response(scope, receive, watched_send)
+
+
 def create_app(
     config: ServiceConfig,
     *,
@@ -900,6 +959,7 @@ def create_app(
             "dp_all_tasks": dp,
         }
 
+    app.add_middleware(_ShutdownAnswer)  # inside WireMiddleware: its 503 is counted
     app.add_middleware(
         WireMiddleware,
         store=the_store,

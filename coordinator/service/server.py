@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import signal
@@ -11,9 +12,9 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import Any
 
 import h11
@@ -26,7 +27,14 @@ from .rounds import ServiceConfig
 from .store import SCHEMA_VERSION, Store
 from .wire import HEAD_BYTES
 
-__all__ = ["HEAD_TIMEOUT_S", "ListenError", "serve", "ServerThread", "uvicorn_config"]
+__all__ = [
+    "HEAD_TIMEOUT_S",
+    "SHUTDOWN_GRACE_S",
+    "ListenError",
+    "serve",
+    "ServerThread",
+    "uvicorn_config",
+]
 
 log = logging.getLogger("plume.coordinator")
 
@@ -36,6 +44,19 @@ log = logging.getLogger("plume.coordinator")
 HEAD_TIMEOUT_S = 30.0
 # uvicorn's keep-alive timeout (seconds without a byte after a response, before closing).
 _KEEP_ALIVE_S = 30
+# Seconds a stop (SIGTERM, SIGHUP, Ctrl-C, `ServerThread.stop`) waits for requests in flight
+# to finish before it answers those still running 503 `shutting_down` (`_Server`). A 24 KB
+# update at 2G speeds takes about 10 s to arrive; systemd's stop timeout is 90 s.
+SHUTDOWN_GRACE_S = 10.0
+# A connection already closing with no request running (an idle TLS keep-alive connection
+# whose peer does not answer the close) is cut this long into a stop: it would otherwise hold
+# the stop for the whole grace.
+_IDLE_CLOSE_S = 1.0
+# After the grace: how long the 503s just sent get to go out before connections still open
+# are cut, and how much longer uvicorn's own limit waits before it cancels what is left (it
+# logs that at ERROR; the grace's end should have left nothing for it).
+_AFTER_GRACE_S = 0.5
+_UVICORN_BACKSTOP_S = 5
 
 
 def _buffered(conn: h11.Connection) -> int:
@@ -166,6 +187,20 @@ def _check_head_timeout(head_timeout_s: float) -> float:
     return float(head_timeout_s)
 
 
+def _check_shutdown_grace(shutdown_grace_s: float) -> float:
+    if (
+        not isinstance(shutdown_grace_s, int | float)
+        or isinstance(shutdown_grace_s, bool)
+        or not math.isfinite(shutdown_grace_s)
+        or shutdown_grace_s < 0
+    ):
+        raise ValueError(
+            f"shutdown_grace_s must be a number of seconds >= 0 (0: requests in flight are "
+            f"answered 503 at once), got {shutdown_grace_s!r}"
+        )
+    return float(shutdown_grace_s)
+
+
 def _protocol(head_timeout_s: float) -> type[CountingH11Protocol]:
     """`CountingH11Protocol` with its head deadline (uvicorn builds the protocol itself)."""
     if head_timeout_s == CountingH11Protocol.head_timeout_s:
@@ -188,12 +223,15 @@ def uvicorn_config(
     log_level: str = "warning",
     access_log: bool = True,
     head_timeout_s: float = HEAD_TIMEOUT_S,
+    shutdown_grace_s: float = SHUTDOWN_GRACE_S,
 ) -> uvicorn.Config:
     """Uvicorn settings the ledger relies on: no `server`/`date` headers (the app counts every
     response header it sends, so uvicorn must not add its own), h11 with each request head's
     size as it arrived (`CountingH11Protocol`; httptools, which uvicorn would pick when
     installed, is not used), one process, TLS if given. A request head must arrive in full
-    within `head_timeout_s` (0: no limit; `CountingH11Protocol`).
+    within `head_timeout_s` (0: no limit; `CountingH11Protocol`). A stop waits
+    `shutdown_grace_s` for requests in flight when run by `_Server` (which `serve` and
+    `ServerThread` use); uvicorn's own limit, a few seconds later, is only a backstop.
 
     No `limit_concurrency`: uvicorn counts open connections against it, those still waiting
     for a head included, and answers 503 to the requests of any connection past it; held-open
@@ -210,10 +248,121 @@ def uvicorn_config(
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
         timeout_keep_alive=_KEEP_ALIVE_S,
-        # Idle TLS keep-alive connections can hold a graceful shutdown open; cap the wait.
-        timeout_graceful_shutdown=3,
+        # `_Server` ends the grace itself (503s, no ERROR line); this is a backstop.
+        timeout_graceful_shutdown=math.ceil(
+            _check_shutdown_grace(shutdown_grace_s) + _UVICORN_BACKSTOP_S
+        ),
         lifespan="on",
     )
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server with the end of a stop's grace handled here, and SIGHUP taken as
+    SIGTERM (a graceful stop; in the main thread only, as uvicorn's own signals).
+
+    A stop (SIGTERM, SIGHUP, Ctrl-C, `should_exit`) closes the listening sockets and the idle
+    connections, then waits up to `shutdown_grace_s` for the requests in flight. uvicorn's
+    own end of that wait logged "Cancel N running task(s)" at ERROR, cancelled each request,
+    and answered one whose answer had not started with its plain-text 500 after an "Exception
+    in ASGI application" traceback (s25/ops finding 1). At the grace's end this server instead
+    (one WARNING line): closes the connections whose answer is still going out (a slow
+    download; the client sees the connection close mid-answer and asks again), then cancels
+    the requests still running, which the app answers 503 `shutting_down` with `Retry-After`
+    and `connection: close` (app.py, `_ShutdownAnswer`), and a moment later closes the
+    connections still open. Connections already closing with no request running (an idle
+    TLS connection whose peer does not answer the close) are cut after `_IDLE_CLOSE_S`."""
+
+    def __init__(self, config: uvicorn.Config, shutdown_grace_s: float) -> None:
+        super().__init__(config)
+        self.shutdown_grace_s = _check_shutdown_grace(shutdown_grace_s)
+        self.hung_up = False
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            with super().capture_signals():
+                yield
+            return
+        previous = signal.signal(signal.SIGHUP, self._hang_up)
+        try:
+            with super().capture_signals():
+                yield
+        finally:
+            signal.signal(signal.SIGHUP, previous)
+
+    def _hang_up(self, signum: int, frame: FrameType | None) -> None:
+        # As SIGTERM: uvicorn raises SIGTERM again once stopped, which `serve` takes as a
+        # stop asked for. Logged in `shutdown`, not in a signal handler.
+        self.hung_up = True
+        self.handle_exit(signal.SIGTERM, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        if self.hung_up:
+            log.info("SIGHUP: stopping gracefully, as for SIGTERM (serve does not reload)")
+        ender = asyncio.ensure_future(self._end_grace())
+        try:
+            await super().shutdown(sockets)
+        finally:
+            ender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ender
+
+    def _connections(self) -> list[H11Protocol]:
+        return [c for c in self.server_state.connections if isinstance(c, H11Protocol)]
+
+    async def _end_grace(self) -> None:
+        grace = self.shutdown_grace_s
+        await asyncio.sleep(min(grace, _IDLE_CLOSE_S))
+        for conn in self._connections():
+            if conn.transport.is_closing() and not _answering(conn):
+                conn.transport.abort()
+        if grace > _IDLE_CLOSE_S:
+            await asyncio.sleep(grace - _IDLE_CLOSE_S)
+        tasks = [t for t in self.server_state.tasks if not t.done()]
+        sending = [c for c in self._connections() if _sending(c)]
+        if not tasks:
+            for conn in self._connections():
+                if not _answering(conn):
+                    conn.transport.abort()  # closing, with nothing to answer
+            return
+        log.warning(
+            "the %g s shutdown grace is over: %d request%s still running %s answered 503 "
+            "shutting_down, %d answer%s still going out cut (--shutdown-grace)",
+            grace,
+            len(tasks) - len(sending),
+            "" if len(tasks) - len(sending) == 1 else "s",
+            "is" if len(tasks) - len(sending) == 1 else "are",
+            len(sending),
+            "" if len(sending) == 1 else "s",
+        )
+        for conn in sending:
+            # Its app task finishes once uvicorn sees the connection lost (its send returns).
+            conn.transport.abort()
+        if sending:
+            await asyncio.sleep(0.1)
+        for task in tasks:
+            if not task.done():
+                task.cancel(msg=_SHUTDOWN_CANCEL)
+        await asyncio.sleep(_AFTER_GRACE_S)
+        for conn in self._connections():
+            if not _answering(conn):
+                conn.transport.abort()
+
+
+# The message a request task is cancelled with at the end of the grace (the app's 503 is
+# keyed on the cancellation itself; this names it in a debugger or a log).
+_SHUTDOWN_CANCEL = "plume: the shutdown grace is over"
+
+
+def _answering(conn: H11Protocol) -> bool:
+    """Whether a request runs on the connection (its answer not complete)."""
+    cycle = conn.cycle
+    return cycle is not None and not cycle.response_complete and not cycle.disconnected
+
+
+def _sending(conn: H11Protocol) -> bool:
+    """Whether the connection's answer has started and is not complete."""
+    return _answering(conn) and conn.cycle is not None and conn.cycle.response_started
 
 
 def serve(
@@ -226,9 +375,12 @@ def serve(
     log_level: str = "info",
     access_log: bool = True,
     head_timeout_s: float = HEAD_TIMEOUT_S,
+    shutdown_grace_s: float = SHUTDOWN_GRACE_S,
 ) -> None:
-    """Serve until interrupted (SIGINT/SIGTERM shut down gracefully; after SIGTERM this
-    returns normally, with the database closed).
+    """Serve until interrupted (SIGINT, SIGTERM and SIGHUP shut down gracefully; after SIGTERM
+    or SIGHUP this returns normally, with the database closed). A stop waits
+    `shutdown_grace_s` seconds for the requests in flight; those still running then are
+    answered 503 `shutting_down` (`_Server`).
 
     The listening sockets are bound and the TLS files loaded first: an address that cannot be
     listened on (a port in use) raises `ListenError` (a `SystemExit`) naming it, and TLS files
@@ -247,13 +399,20 @@ def serve(
     records (a handler on it or on an ancestor, e.g. the root's), the coordinator's own: while
     it serves, its lines go to stderr at that level, formatted as uvicorn's (`WARNING:  ...`).
     `access_log=False` turns off uvicorn's line per request (stdout). `head_timeout_s`: see
-    `uvicorn_config` (checked before anything is opened).
+    `uvicorn_config` (checked before anything is opened, as `shutdown_grace_s` is).
+
+    SIGHUP (a closed terminal, `systemctl reload`, `kill -HUP`) killed the process at once,
+    before it closed the database (s25/ops finding 6): it is a graceful stop now, as SIGTERM.
+    Nothing is reloaded (the TLS files included: a renewed certificate needs a restart).
     """
     _check_head_timeout(head_timeout_s)
+    _check_shutdown_grace(shutdown_grace_s)
+    previous: dict[int, Any] = {}
     try:
-        previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    except ValueError:  # not the main thread: leave SIGTERM as it is
-        previous = None
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            previous[signum] = signal.signal(signum, _raise_terminated)
+    except ValueError:  # not the main thread: leave the signals as they are
+        pass
     unlog = _log_coordinator(log_level)
     try:
         if tls_cert is not None:
@@ -282,7 +441,7 @@ def serve(
                     "" if loaded == 1 else "s",
                     refused,
                 )
-                server = uvicorn.Server(
+                server = _Server(
                     uvicorn_config(
                         app,
                         host,
@@ -292,7 +451,9 @@ def serve(
                         log_level=log_level,
                         access_log=access_log,
                         head_timeout_s=head_timeout_s,
-                    )
+                        shutdown_grace_s=shutdown_grace_s,
+                    ),
+                    shutdown_grace_s,
                 )
                 _log_listening(sockets, tls_cert is not None)
                 # uvicorn runs the lifespan shutdown (which waits for closes in flight) before
@@ -307,8 +468,8 @@ def serve(
         return
     finally:
         unlog()
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        for caught, handler in previous.items():
+            signal.signal(caught, handler)
 
 
 def _log_coordinator(log_level: str) -> Callable[[], None]:
@@ -390,7 +551,7 @@ def _log_listening(sockets: list[socket.socket], tls: bool) -> None:
 
 
 class _Terminated(BaseException):
-    """SIGTERM, raised in the main thread while `serve` runs. uvicorn stops gracefully on
+    """SIGTERM (or SIGHUP), raised in the main thread while `serve` runs. uvicorn stops gracefully on
     SIGTERM and then raises the signal again for the handler it found; with Python's default
     one, the process died there, before `serve` closed the database: the lock went with the
     process, but the last commits stayed in the `-wal` file, so the `.db` file alone (a copy of
@@ -405,7 +566,8 @@ def _raise_terminated(signum: int, frame: object) -> None:
 class ServerThread:
     """A coordinator on a background thread, e.g. `with ServerThread(cfg) as url: ...`.
 
-    Port 0 picks a free port; `url` is known once `start()` returns. Without `app`, the store
+    Port 0 picks a free port; `url` is known once `start()` returns. `stop()` waits
+    `shutdown_grace_s` for requests in flight, as `serve` does on SIGTERM. Without `app`, the store
     `create_app` opened at `config.db_path` is closed once the server has stopped (`stop`, or a
     start-up that failed); a given `app`'s store is its owner's to close.
     """
@@ -420,12 +582,14 @@ class ServerThread:
         tls_key: str | None = None,
         app: Any = None,
         head_timeout_s: float = HEAD_TIMEOUT_S,
+        shutdown_grace_s: float = SHUTDOWN_GRACE_S,
     ) -> None:
         _check_head_timeout(head_timeout_s)
+        _check_shutdown_grace(shutdown_grace_s)
         self._owns_store = app is None
         self.app = app if app is not None else create_app(config)
         self.tls = tls_cert is not None
-        self.server = uvicorn.Server(
+        self.server: uvicorn.Server = _Server(
             uvicorn_config(
                 self.app,
                 host,
@@ -433,7 +597,9 @@ class ServerThread:
                 tls_cert=tls_cert,
                 tls_key=tls_key,
                 head_timeout_s=head_timeout_s,
-            )
+                shutdown_grace_s=shutdown_grace_s,
+            ),
+            shutdown_grace_s,
         )
         self.host = host
         self._thread = threading.Thread(
