@@ -72,7 +72,9 @@ class Selection:
     "abandoned" (neither within the wait window: no round opens, and `device_ids` is the
     largest pool seen). `waited_s` runs from the opening of the selection window to the
     round's opening (or to the end of the window); `first_checkin_s` from the window's opening
-    to the first check-in (nan if nobody checked in).
+    to the first check-in (nan if nobody checked in; 0 when the pool already held devices when
+    the window opened). `carried` counts those: devices that checked in while the previous
+    round ran and were not selected, still in the coordinator's pool at its close.
     """
 
     device_ids: npt.NDArray[np.int64]
@@ -80,6 +82,7 @@ class Selection:
     waited_s: float
     first_checkin_s: float
     min_n: int
+    carried: int = 0
 
     @property
     def opened(self) -> bool:
@@ -93,7 +96,34 @@ class Selection:
             "waited_s": float(self.waited_s),
             "first_checkin_s": float(self.first_checkin_s),
             "min_reports": int(self.min_n),
+            "carried": int(self.carried),
         }
+
+
+@dataclass(frozen=True)
+class _Chain:
+    """Periodic check-ins: device d checks in at `origin_s + period * (u_d + k)` for every
+    integer k, with u_d = `SimClock.checkin_fraction(d, round_id)` (drawn when the chain
+    started, in round `round_id`'s selection window opening at `origin_s`)."""
+
+    round_id: int
+    origin_s: float
+
+
+@dataclass(frozen=True)
+class _Window:
+    """What `select` opened, for `advance` to work out the pool the next window starts with."""
+
+    opens_s: float  # simulated time the round opened
+    chain: _Chain | None  # None: it opened at a later step, where every eligible device is in
+    pool_ids: npt.NDArray[np.int64]  # the pool handed to the engine
+    pool_at: npt.NDArray[np.float64]  # their check-in times (simulated s)
+    rest_ids: npt.NDArray[np.int64]  # devices left in the coordinator's pool besides
+    rest_at: npt.NDArray[np.float64]
+
+
+_NO_IDS = np.zeros(0, dtype=np.int64)
+_NO_TIMES = np.zeros(0, dtype=np.float64)
 
 
 class SimFleet:
@@ -105,9 +135,16 @@ class SimFleet:
     `dropouts=False` zeroes every tier's dropout probability (timing only, same reports).
     `cost_per_sample` scales the devices' compute speed (measured on the MNIST CNN) to the
     model trained here; `population_kwargs` go to `PopulationConfig` (tiers, day shape).
-    `checkin_period_s` is how often an eligible device checks in (`select`: each one checks in
-    once, at a uniformly random time, in the first period of a selection window; 0: devices
-    are in the coordinator's pool the moment they are eligible).
+    `checkin_period_s` is how often an eligible device checks in (`select`: once per period,
+    at its own phase, drawn uniformly when a chain of selection windows starts and kept while
+    rounds follow one another; 0: devices are in the coordinator's pool the moment they are
+    eligible).
+
+    Between rounds the fleet keeps what the coordinator would know at a round's close
+    (`advance`): a device still busy with a round (a straggler uploading after the close) does
+    not check in until it is done, so no selection takes it before; and after a round `select`
+    opened, the devices that checked in while it ran and were not selected are still in the
+    pool when the next selection window opens.
     """
 
     def __init__(
@@ -137,6 +174,21 @@ class SimFleet:
         self.checkin_period_s = float(checkin_period_s)
         self.idle_s = 0.0  # simulated time spent waiting for enough eligible devices
         self._waited_s = 0.0  # the part of it since the last round, for that round's report
+        # Devices still busy with a round after its close (stragglers still uploading), sorted
+        # by index, and the simulated time each is done.
+        self._busy_ids = _NO_IDS
+        self._busy_until = _NO_TIMES
+        # The coordinator's pool at the last close, for the next `select` (set by `advance`):
+        # the devices carried into it and their check-in times, in check-in order; or, with
+        # `_everyone`, every eligible device not busy and not in `_skip` (the round opened at a
+        # later step, where every eligible device has checked in). `_chain`: the check-in
+        # phases the next window continues.
+        self._carried_ids = _NO_IDS
+        self._carried_at = _NO_TIMES
+        self._everyone = False
+        self._skip = _NO_IDS
+        self._chain: _Chain | None = None
+        self._window: _Window | None = None  # what the last `select` opened, for `advance`
 
     @property
     def now_s(self) -> float:
@@ -149,6 +201,32 @@ class SimFleet:
         return self.population.sample_available(
             n, self.clock.now_s, rng, min_memory_mb=min_memory_mb
         )
+
+    def busy(self, at_s: float | None = None) -> npt.NDArray[np.int64]:
+        """Sorted indices of the devices still busy with an earlier round at `at_s` (default:
+        now): stragglers whose upload ends after their round's close (`advance`)."""
+        t = self.clock.now_s if at_s is None else at_s
+        return self._busy_ids[self._busy_until > t]
+
+    def wait_idle(self, n: int) -> npt.NDArray[np.int64]:
+        """Every device index not busy with an earlier round, once at least `n` are: the pool
+        of a fleet whose devices are all eligible and in the pool the moment they are free
+        (`plume sim --fleet timing`). A straggler still uploading its update after its round's
+        close has not checked in again, so the coordinator cannot select it. If fewer than `n`
+        are free, the clock moves to when enough are, and the wait is counted in `idle_s` and
+        the next round's `waited_s` (the coordinator's selection waits too)."""
+        if not (_is_int(n) and n >= 1):
+            raise ValueError(f"need n >= 1, got {n!r}")
+        total = len(self.population)
+        now = self.clock.now_s
+        ends = np.sort(self._busy_until[self._busy_until > now])
+        short = n - (total - ends.size)
+        if short > 0 and ends.size:
+            self._wait(float(ends[min(short, ends.size) - 1]) - now, 0, 0.0, stepwise=False,
+                       count_for_round=True)  # fmt: skip
+        everyone = np.arange(total, dtype=np.int64)
+        busy = self.busy()
+        return everyone if not busy.size else np.setdiff1d(everyone, busy, assume_unique=True)
 
     def wait_for(
         self,
@@ -163,7 +241,7 @@ class SimFleet:
     ) -> npt.NDArray[np.int64]:
         """`n` eligible device indices, advancing simulated time in `step_s` steps until there
         are that many (as a coordinator idles until enough devices check in); the time waited
-        is added to `idle_s`.
+        is added to `idle_s`. A device busy with an earlier round (`busy`) is not eligible.
 
         With `selection_timeout_s`, the HTTP coordinator's selection rule applies too
         (`coordinator/service/rounds.py`: a round opens with the full cohort, or once the
@@ -176,7 +254,8 @@ class SimFleet:
         the first step where that set was seen, not to the end of the window.
 
         This is `select`'s loop in its coarser, step-by-step form (see `_select`): no check-in
-        delays, the timeout counted from the start of the wait, and no abandoned rounds.
+        delays, no pool carried over from the last round, the timeout counted from the start
+        of the wait, and no abandoned rounds.
         """
         return self._select(
             n,
@@ -205,18 +284,25 @@ class SimFleet:
 
         The coordinator (`coordinator/service/rounds.py`) keeps a pool of the devices that have
         checked in. A round opens the moment the pool holds the cohort (`n`), or once
-        `selection_timeout_s` has passed since the first check-in with at least `min_n`
+        `selection_timeout_s` has passed since the first check-in into an empty pool (or since
+        the last round's close, if the pool was not empty then) with at least `min_n`
         (`min_reports`) devices in the pool; below that it keeps waiting. Here:
 
-        - the selection window opens at the current simulated time. When it opens, each
-          eligible device checks in after `SimClock.checkin_delays` (uniform over one
-          `checkin_period_s`, drawn from (seed, `round_id`, device)), so the pool grows one
-          check-in at a time and the round opens at the `n`-th check-in of an eligible device
-          (the earliest ones, over the whole fleet), or by the timeout rule;
+        - the selection window opens at the current simulated time: the last round's close.
+          The pool then holds what it held at that close (`advance`): the devices that checked
+          in while that round ran, were not selected and are still eligible (if more than `n`,
+          `n` of them, chosen uniformly with `rng`, as the coordinator selects from its pool);
+        - every other eligible device checks in once per `checkin_period_s`, at its own phase
+          (`SimClock.checkin_fraction`, drawn from (seed, round, device) in the round that
+          started the chain of windows, and kept while rounds follow one another; after a
+          round that opened at a later step or an abandoned window, a new chain starts), but not
+          before it is done with an earlier round (`busy`); so the pool grows one check-in at a
+          time and the round opens at the `n`-th (the earliest ones, over the whole fleet), or
+          by the timeout rule;
         - availability is looked at again every `step_s` (15 minutes): if the first step does
-          not open the round, the pool from then on is every device eligible at the latest
-          step (they have all checked in: the period is at most one step), held until the
-          next step; a round may open by the timeout rule between steps;
+          not open the round, the pool from then on is every device eligible (and not busy) at
+          the latest step (they have all checked in: the period is at most one step), held
+          until the next step; a round may open by the timeout rule between steps;
         - if nothing opens within `max_wait_s`, the selection is abandoned: no round opens,
           the clock moves to the end of the window, and the next round's selection starts
           there (the coordinator's retry). `device_ids` is then the largest pool seen.
@@ -251,9 +337,10 @@ class SimFleet:
 
         Both look at the fleet every `step_s` from the current simulated time (offset 0) and
         open the round with the cohort, or by the timeout rule with at least `min_n` devices.
-        `wait_for` is the step-by-step form of the same loop, which differs in four ways only:
+        `wait_for` is the step-by-step form of the same loop, which differs in five ways only:
 
         - no check-in delays: every device eligible at a step is in the pool at that step;
+        - no pool carried over from the last round's close;
         - a round opens only at a step, and the clock moves one `step_s` at a time (availability
           is looked at the time the clock reads after that many `advance(step_s)` calls);
         - the timeout counts from the start of the wait, not from the first check-in;
@@ -276,21 +363,52 @@ class SimFleet:
         if selection_timeout_s is not None and not selection_timeout_s >= 0:
             raise ValueError(f"selection_timeout_s must be >= 0, got {selection_timeout_s}")
         timeout = math.inf if selection_timeout_s is None else float(selection_timeout_s)
+        # What the last close left in the coordinator's pool: taken now, whatever this window
+        # does (`wait_for` carries nothing over).
+        carried_ids, carried_at, everyone, skip, chain = self._take_pool()
+        everyone = everyone and not stepwise
         t0 = self.clock.now_s
         t_step = t0  # the clock after `steps` calls of advance(step_s): `stepwise` looks here
         offset = 0.0  # seconds since the window opened, at the current step
         steps = 0
         first: float | None = None  # offset of the first check-in
         best, best_steps = np.zeros(0, dtype=np.int64), 0  # the largest pool, first seen
+        carried = 0  # devices in the pool when the window opened, at the head of `ids`
+        rest_ids, rest_at = _NO_IDS, _NO_TIMES  # carried devices left in the pool besides
         while True:
             t = t_step if stepwise else t0 + offset
-            if first is None and period > 0:
+            step_chain: _Chain | None = None  # the check-in phases this step's draws follow
+            if steps == 0 and everyone:
+                # The last round opened where every eligible device had checked in: they are
+                # all in the pool now, except those still busy and that round's cohort, which
+                # check in again over the period (a new chain of phases).
+                ids = self._sample(n, t, rng, min_memory_mb, skip)
+                carried = ids.size
+                again, frac = self._checkins_of(skip, n - ids.size, t, round_id, min_memory_mb)
+                times = np.concatenate([np.full(ids.size, offset), offset + period * frac])
+                at = np.concatenate([np.full(ids.size, t), t + period * frac])
+                ids = np.concatenate([ids, again])
+            elif first is None and period > 0:
                 assert round_id is not None  # period > 0 only for `select`
-                ids, frac = self._earliest_checkins(n, t, round_id, min_memory_mb)
-                times = offset + period * frac
+                step_chain = chain if steps == 0 and chain is not None else _Chain(round_id, t)
+                c_ids, c_at = _NO_IDS, _NO_TIMES
+                if steps == 0 and carried_ids.size:
+                    c_ids, c_at, rest_ids, rest_at = self._carried_pool(
+                        carried_ids, carried_at, n, t, rng, min_memory_mb
+                    )
+                    carried = c_ids.size
+                new_ids, frac = _NO_IDS, _NO_TIMES
+                if n > c_ids.size:
+                    new_ids, frac = self._earliest_checkins(
+                        n - c_ids.size, t, step_chain, min_memory_mb, c_ids
+                    )
+                ids = np.concatenate([c_ids, new_ids])
+                times = np.concatenate([np.full(c_ids.size, offset), offset + period * frac])
+                at = np.concatenate([c_at, t + period * frac])
             else:
-                ids = self.population.sample_available(n, t, rng, min_memory_mb=min_memory_mb)
+                ids = self._sample(n, t, rng, min_memory_mb, _NO_IDS)
                 times = np.full(ids.size, offset)
+                at = np.full(ids.size, t)
             if ids.size:
                 if first is None:
                     first = float(times[0])
@@ -303,10 +421,15 @@ class SimFleet:
                 # Opens at this step (`stepwise`), or before the next step looks again.
                 opens_now = opens <= offset if stepwise else opens < offset + step_s
                 if opens_now:
-                    pool = ids[times <= opens][:n]
+                    inside = times <= opens
+                    pool = ids[inside][:n]
                     self._wait(opens, steps, step_s, stepwise=stepwise, count_for_round=True)
+                    if not stepwise:
+                        self._window = _Window(
+                            t0 + opens, step_chain, pool, at[inside][:n], rest_ids, rest_at
+                        )
                     by = "cohort" if pool.size >= n else "timeout"
-                    return Selection(pool, by, opens, first, min_n)
+                    return Selection(pool, by, opens, first, min_n, min(carried, pool.size))
             if steps == 0 or ids.size > best.size:
                 best, best_steps = ids, steps
             if offset >= max_wait_s:
@@ -321,6 +444,110 @@ class SimFleet:
             t_step += step_s
             offset += step_s
             steps += 1
+
+    def _take_pool(
+        self,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], bool, npt.NDArray[np.int64],
+               _Chain | None]:  # fmt: skip
+        """The pool the last close left (`advance`), emptied: each is used by one window."""
+        out = (self._carried_ids, self._carried_at, self._everyone, self._skip, self._chain)
+        self._carried_ids, self._carried_at = _NO_IDS, _NO_TIMES
+        self._everyone, self._skip, self._chain = False, _NO_IDS, None
+        self._window = None
+        return out
+
+    def _checkins_of(
+        self,
+        device_ids: npt.NDArray[np.int64],
+        n: int,
+        sim_time_s: float,
+        round_id: int | None,
+        min_memory_mb: float,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """(ids, fractions): the first `n` of `device_ids` (a few) to check in over the period
+        from `sim_time_s`, on a chain started there, among those eligible then and not busy at
+        their check-in, in check-in order."""
+        if n <= 0 or not device_ids.size or round_id is None:
+            return _NO_IDS, _NO_TIMES
+        frac = self._phase(device_ids, _Chain(round_id, sim_time_s), sim_time_s)
+        ok = self._eligible_mask(device_ids, sim_time_s, min_memory_mb)
+        ok &= sim_time_s + self.checkin_period_s * frac >= self._busy_until_of(device_ids)
+        order = np.argsort(frac[ok], kind="stable")[:n]
+        return device_ids[ok][order], frac[ok][order]
+
+    def _sample(
+        self,
+        n: int,
+        sim_time_s: float,
+        rng: np.random.Generator,
+        min_memory_mb: float,
+        skip: npt.NDArray[np.int64],
+    ) -> npt.NDArray[np.int64]:
+        """Up to `n` devices eligible at `sim_time_s`, uniformly, leaving out `skip` and the
+        devices busy then (`sample_available`)."""
+        busy = self.busy(sim_time_s)
+        exclude = np.union1d(busy, skip) if skip.size else busy
+        return self.population.sample_available(
+            n, sim_time_s, rng, min_memory_mb=min_memory_mb,
+            exclude=exclude if exclude.size else None,
+        )  # fmt: skip
+
+    def _eligible_mask(
+        self, ids: npt.NDArray[np.int64], sim_time_s: float, min_memory_mb: float
+    ) -> npt.NDArray[np.bool_]:
+        prof = self.population.profiles(ids)
+        ok: npt.NDArray[np.bool_] = self.population.available_mask(prof, sim_time_s)
+        return ok & (prof.memory_mb >= min_memory_mb)
+
+    def _carried_pool(
+        self,
+        ids: npt.NDArray[np.int64],
+        at: npt.NDArray[np.float64],
+        n: int,
+        sim_time_s: float,
+        rng: np.random.Generator,
+        min_memory_mb: float,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], npt.NDArray[np.int64],
+               npt.NDArray[np.float64]]:  # fmt: skip
+        """(ids, times, rest ids, rest times): the carried devices (`ids`, checked in at `at`,
+        in check-in order) still eligible at `sim_time_s`, the others having left the pool (a
+        phone off its charger stops checking in); when more than `n` are, `n` of them chosen
+        uniformly (`rng.choice`, as the coordinator selects from its whole pool), in check-in
+        order, and the rest, which stay in the pool."""
+        if not ids.size:
+            return ids, at, _NO_IDS, _NO_TIMES
+        ok = np.concatenate(
+            [self._eligible_mask(ids[a : a + _CHUNK], sim_time_s, min_memory_mb)
+             for a in range(0, ids.size, _CHUNK)]
+        )  # fmt: skip
+        ids, at = ids[ok], at[ok]
+        if ids.size <= n:
+            return ids, at, _NO_IDS, _NO_TIMES
+        chosen = np.sort(rng.choice(ids.size, size=n, replace=False))
+        stay = np.ones(ids.size, dtype=np.bool_)
+        stay[chosen] = False
+        return ids[chosen], at[chosen], ids[stay], at[stay]
+
+    def _phase(
+        self, device_ids: npt.NDArray[np.int64], chain: _Chain, sim_time_s: float
+    ) -> npt.NDArray[np.float64]:
+        """float64[n] in [0, 1): when each device next checks in at or after `sim_time_s`
+        under `chain`, as a fraction of the period from `sim_time_s`."""
+        u = self.clock.checkin_fraction(device_ids, chain.round_id)
+        if chain.origin_s == sim_time_s:
+            return u
+        shift = (chain.origin_s - sim_time_s) / self.checkin_period_s
+        out: npt.NDArray[np.float64] = np.mod(u + shift, 1.0)
+        return out
+
+    def _busy_until_of(self, device_ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float64]:
+        """float64[n]: when each device is done with an earlier round (-inf: not busy)."""
+        out = np.full(device_ids.size, -np.inf)
+        if self._busy_ids.size and device_ids.size:
+            pos = np.minimum(np.searchsorted(self._busy_ids, device_ids), self._busy_ids.size - 1)
+            hit = self._busy_ids[pos] == device_ids
+            out[hit] = self._busy_until[pos[hit]]
+        return out
 
     def _wait(
         self, seconds: float, steps: int, step_s: float, *, stepwise: bool, count_for_round: bool
@@ -338,26 +565,38 @@ class SimFleet:
                 self._waited_s += part
 
     def _earliest_checkins(
-        self, n: int, sim_time_s: float, round_id: int, min_memory_mb: float
+        self,
+        n: int,
+        sim_time_s: float,
+        chain: _Chain,
+        min_memory_mb: float,
+        skip: npt.NDArray[np.int64],
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-        """(ids, fractions): the (up to) `n` devices eligible at `sim_time_s` that check in
-        first in round `round_id`, in check-in order, and their check-in times as fractions of
-        the period. Exact over the whole fleet: it hashes every device's draw (block by block,
-        cheap) but builds profiles only for devices whose draw is below a threshold `q`,
-        raising `q` until `n` eligible ones are found or every device has been looked at."""
+        """(ids, fractions): the (up to) `n` devices eligible at `sim_time_s`, not in `skip`,
+        that check in first (`chain`'s phases) in the period from `sim_time_s`, in check-in
+        order, and their check-in times as fractions of the period. A device busy with an
+        earlier round at its check-in time does not check in this period. Exact over the whole
+        fleet: it hashes every device's draw (block by block, cheap) but builds profiles only
+        for devices whose draw is below a threshold `q`, raising `q` until `n` eligible ones
+        are found or every device has been looked at."""
         total = len(self.population)
+        period = self.checkin_period_s
         q = min(1.0, max(4 * n, 256) / total)
         while True:
             got_ids, got_u = [], []
             for a in range(0, total, _CHUNK):
                 ids = np.arange(a, min(a + _CHUNK, total), dtype=np.int64)
-                u = self.clock.checkin_fraction(ids, round_id)
+                u = self._phase(ids, chain, sim_time_s)
                 if q < 1.0:
                     keep = u < q
                     ids, u = ids[keep], u[keep]
-                prof = self.population.profiles(ids)
-                ok = self.population.available_mask(prof, sim_time_s)
-                ok &= prof.memory_mb >= min_memory_mb
+                if skip.size:
+                    keep = ~np.isin(ids, skip)
+                    ids, u = ids[keep], u[keep]
+                if self._busy_ids.size:
+                    keep = sim_time_s + period * u >= self._busy_until_of(ids)
+                    ids, u = ids[keep], u[keep]
+                ok = self._eligible_mask(ids, sim_time_s, min_memory_mb)
                 got_ids.append(ids[ok])
                 got_u.append(u[ok])
             ids, u = np.concatenate(got_ids), np.concatenate(got_u)
@@ -399,6 +638,76 @@ class SimFleet:
         return self.clock.dropout_mask(profiles, round_id)
 
     def advance(self, timing: RoundTiming) -> float:
-        """Move simulated time past the round; returns the new simulated time (seconds)."""
+        """Move simulated time past the round; returns the new simulated time (seconds).
+
+        It also notes what the coordinator knows at the round's close, for the next selection:
+        which of the round's devices are still busy (a straggler uploads after the close, and
+        checks in again only once done), and, after a round that `select` opened, which
+        devices are in the pool (those that checked in while the round ran, were not selected
+        and were not busy then, besides those left in it when the round opened)."""
         self._waited_s = 0.0
-        return self.clock.advance(timing)
+        close = self.clock.advance(timing)
+        self._note_busy(timing, close)
+        window, self._window = self._window, None
+        if window is not None and self.checkin_period_s > 0:
+            self._carry(window, timing, close)
+        return close
+
+    def _note_busy(self, timing: RoundTiming, close_s: float) -> None:
+        """Add the round's stragglers, busy until their upload ends, and forget the devices
+        done by `close_s`."""
+        ends = timing.start_s + timing.finish_s
+        late = np.isfinite(ends) & (ends > close_s)
+        still = self._busy_until > close_s
+        ids = np.concatenate([self._busy_ids[still], timing.device_ids[late]])
+        until = np.concatenate([self._busy_until[still], ends[late]])
+        order = np.lexsort((-until, ids))  # by device, the latest end first
+        ids, until = ids[order], until[order]
+        first = np.ones(ids.size, dtype=np.bool_)
+        first[1:] = ids[1:] != ids[:-1]
+        self._busy_ids, self._busy_until = ids[first], until[first]
+
+    def _carry(self, window: _Window, timing: RoundTiming, close_s: float) -> None:
+        """The pool at the close of the round `window` opened, for the next `select`."""
+        cohort = np.unique(timing.device_ids)
+        period = self.checkin_period_s
+        if window.chain is None or close_s - window.opens_s >= period:
+            # Every eligible device has checked in by the close (the round opened at a later
+            # step, or lasted a whole period).
+            self._everyone, self._skip = True, cohort
+            return
+        new_ids, new_at = self._checkins_between(window.chain, window.opens_s, close_s)
+        ids = np.concatenate([window.rest_ids, window.pool_ids, new_ids])
+        at = np.concatenate([window.rest_at, window.pool_at, new_at])
+        keep = ~np.isin(ids, cohort)
+        ids, at = ids[keep], at[keep]
+        order = np.lexsort((ids, at))  # in check-in order; a device once, its first check-in
+        ids, at = ids[order], at[order]
+        _, once = np.unique(ids, return_index=True)
+        once.sort()
+        self._carried_ids, self._carried_at = ids[once], at[once]
+        self._chain = window.chain
+
+    def _checkins_between(
+        self, chain: _Chain, after_s: float, until_s: float
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """(ids, times): the devices whose next check-in under `chain` after `after_s`, and
+        after they are done with an earlier round (`busy`), comes by `until_s` (less than a
+        period later), in id order, with that check-in's time. Eligibility is not looked at
+        here: `select` looks when it takes them into its pool."""
+        total = len(self.population)
+        period = self.checkin_period_s
+        got_ids, got_at = [], []
+        for a in range(0, total, _CHUNK):
+            ids = np.arange(a, min(a + _CHUNK, total), dtype=np.int64)
+            frac = self._phase(ids, chain, after_s)
+            at = after_s + period * frac
+            if self._busy_ids.size:
+                done = self._busy_until_of(ids)
+                late = at < done
+                # its check-ins while busy are not seen: the next one after it is done
+                at[late] += period * np.ceil((done[late] - at[late]) / period)
+            hit = (at > after_s) & (at <= until_s)
+            got_ids.append(ids[hit])
+            got_at.append(at[hit])
+        return np.concatenate(got_ids), np.concatenate(got_at)

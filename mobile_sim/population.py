@@ -541,7 +541,7 @@ class Population:
         rng: np.random.Generator,
         *,
         min_memory_mb: float = 0.0,
-        exclude: Sequence[int] | None = None,
+        exclude: Sequence[int] | I64 | None = None,
     ) -> I64:
         """Up to `n` distinct device ids, uniform among devices eligible at `sim_time_s`.
 
@@ -555,7 +555,7 @@ class Population:
         if math.isnan(min_memory_mb):
             raise PopulationError("min_memory_mb must be a number (MiB), got nan")
         total = self.config.num_devices
-        excluded = np.unique(np.asarray(list(exclude or ()), dtype=np.int64))
+        excluded = np.unique(np.asarray(() if exclude is None else exclude, dtype=np.int64))
         if n == 0:
             return np.zeros(0, dtype=np.int64)
 

@@ -1258,6 +1258,13 @@ def run_simulation(
                         on_round(rec)
                     bar.update(rec)
                     continue
+            elif fleet is not None:
+                # Every device is eligible at once, but a straggler still uploading an earlier
+                # round's update has not checked in again: the coordinator cannot select it
+                # (with fewer than the cohort free, the round waits for them to finish).
+                free = fleet.wait_idle(pool_target)
+                if free.size < len(ids):
+                    available = [ids[i] for i in free.tolist()]
             plan = engine.open_round(available)
             params = engine.params
             for dev in plan.selected:  # the dense model broadcast
