@@ -2081,9 +2081,12 @@ def _finished_before_error(
     """For an error `_worker_failure_line` does not word (any other, after some rounds
     finished: the runners hand those on the error, `finished_rounds`): write them as an
     interrupted run's and return the line that says so, printed before the error itself.
-    None when no round finished, or under PLUME_DEBUG=1 (nothing is written then)."""
+    None when no round finished, under PLUME_DEBUG=1, or for a closed stdout (a run piped
+    into `head`, which ends quietly): nothing is written then."""
     from coordinator.cli import debug_enabled
 
+    if isinstance(exc, BrokenPipeError):
+        return None  # `plume sim ... | head`: ends quietly, as a SIGPIPE death would
     partial = getattr(exc, "finished_rounds", None)
     if partial is None or not partial.records or debug_enabled():
         return None
