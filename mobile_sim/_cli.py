@@ -389,10 +389,11 @@ def register(sub: Any) -> None:
     g.add_argument(
         "--over-selection",
         type=float,
-        default=1.0,
+        default=None,
         metavar="FACTOR",
         help="devices selected per round = FACTOR x --per-round, 1 to 10; e.g. 1.3 selects "
-        "30%% extra",
+        "30%% extra (default: 1.0, none; with --fleet realistic the coordinator's default, "
+        "1.3, as a task has)",
     )
     g.add_argument(
         "--min-reports",
@@ -1313,7 +1314,8 @@ def _usage_error(args: argparse.Namespace) -> str | None:
     _default_partition(args)
     if not 0.0 <= args.secure_dropout < 1.0:
         return f"--secure-dropout is a fraction in [0, 1), got {args.secure_dropout}"
-    if not 1.0 <= args.over_selection <= 10.0:  # the engine's rule, with the value it got
+    if args.over_selection is not None and not 1.0 <= args.over_selection <= 10.0:
+        # the engine's rule, with the value it got (None: the fleet's default, SimConfig's)
         return f"--over-selection must be in [1, 10], got {args.over_selection:g}"
     if args.threads is not None and args.threads < 1:
         return f"--threads must be at least 1, got {args.threads}"

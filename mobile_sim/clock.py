@@ -29,6 +29,7 @@ __all__ = [
     "ClockError",
     "COORDINATOR_MAX_S",
     "COORDINATOR_DEADLINE_S",
+    "COORDINATOR_OVER_SELECTION",
     "check_deadline",
 ]
 
@@ -52,6 +53,9 @@ def _task_default(name: str) -> float:
 # The coordinator's default round deadline (protocol.messages.TaskConfig.deadline_s, 60 s):
 # `plume sim --fleet realistic` without --deadline runs with it (SimConfig.deadline_s).
 COORDINATOR_DEADLINE_S = _task_default("deadline_s")
+# The coordinator's default over-selection (TaskConfig.over_selection, 1.3): `plume sim --fleet
+# realistic` without --over-selection runs with it (SimConfig.over_selection).
+COORDINATOR_OVER_SELECTION = _task_default("over_selection")
 
 
 class ClockError(ValueError):

@@ -39,7 +39,7 @@ from .attacks import BackdoorAttack, backdoor_accuracy
 from .backends import Backend, JobResult, TrainContext, TrainJob, build_backend, job_rng
 from .backends._base import import_plugins
 from .backends._seeding import RngPool
-from .clock import COORDINATOR_DEADLINE_S, COORDINATOR_MAX_S
+from .clock import COORDINATOR_DEADLINE_S, COORDINATOR_MAX_S, COORDINATOR_OVER_SELECTION
 from .data import DataError, FederatedData, data_root, load_digits_data, load_mnist
 from .partition import natural, partition, partition_stats
 from .status import clear, note, say
@@ -156,7 +156,12 @@ class SimConfig:
     shards_per_client: int = 2
     data_root: str | None = None
     # round policy
-    over_selection: float = 1.0
+    # Devices selected per round = over_selection x per_round, in [1, 10]. None (the default)
+    # is filled in when the config is made: in realistic mode the coordinator's default
+    # (TaskConfig.over_selection, 1.3: a coordinator task over-selects unless told otherwise;
+    # `over_selection_defaulted` is then True and rounds.json's config says so), otherwise
+    # 1.0. A config made from another (dataclasses.replace) keeps the value it was given.
+    over_selection: float = None  # type: ignore[assignment]  # a float once made
     min_reports: int = 1
     server_lr: float = 1.0
     aggregator: str = "fedavg"
@@ -218,6 +223,11 @@ class SimConfig:
                 f"plugins must be a sequence of module names, not the string {self.plugins!r}"
             )
         object.__setattr__(self, "plugins", tuple(self.plugins))
+        if self.over_selection is None:  # the mode's default (see the field)
+            realistic = self.fleet == "realistic"
+            value = COORDINATOR_OVER_SELECTION if realistic else 1.0
+            object.__setattr__(self, "over_selection", value)
+            object.__setattr__(self, "_over_selection_defaulted", realistic)
         # The directory the plugins are found from (names and relative .py paths), taken
         # now, when they are imported here: the backends' workers import them from it too,
         # wherever run_simulation is called from (not a field: no config records it).
@@ -530,7 +540,17 @@ class SimConfig:
             # Only then: a config without the key (every rounds.json before it) had its
             # deadline, if any, given by the user.
             values["deadline_defaulted"] = True
+        if self.over_selection_defaulted:
+            # Likewise: realistic mode took the coordinator's over-selection.
+            values["over_selection_defaulted"] = True
         return values
+
+    @property
+    def over_selection_defaulted(self) -> bool:
+        """Whether `over_selection` is the coordinator's default that realistic mode filled in
+        (none was given), not the user's. Not a field: a config given an over-selection (even
+        1.3), or made from another by `dataclasses.replace`, has it False."""
+        return bool(getattr(self, "_over_selection_defaulted", False))
 
     @property
     def deadline_defaulted(self) -> bool:
@@ -548,6 +568,7 @@ class SimConfig:
             return self
         out = replace(self, deadline_s=COORDINATOR_DEADLINE_S)
         object.__setattr__(out, "_deadline_defaulted", True)
+        object.__setattr__(out, "_over_selection_defaulted", self.over_selection_defaulted)
         return out
 
 

@@ -200,8 +200,10 @@ def test_the_cli_prints_the_warning_under_the_summary(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Execute: 30 registered devices, realistic availability, timeout 1 s (0 before
-    # helper-178; the coordinator refuses 0)
+    # helper-178; the coordinator refuses 0); no over-selection, written out since realistic
+    # mode's default is now the coordinator's 1.3 (helper-265), a cohort of 4 > sample=3
     argv = [*ARGV, "--clients", "30", "--fleet", "realistic", "--selection-timeout", "1"]
+    argv += ["--over-selection", "1"]
     code = plume([*argv, "--aggregator", _dp("population=30,sample=3"), "--out", str(tmp_path)])
     out = capsys.readouterr().out
     # Assert
