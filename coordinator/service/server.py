@@ -48,8 +48,8 @@ _KEEP_ALIVE_S = 30
 # to finish before it answers those still running 503 `shutting_down` (`_Server`). A 24 KB
 # update at 2G speeds takes about 10 s to arrive; systemd's stop timeout is 90 s.
 SHUTDOWN_GRACE_S = 10.0
-# A connection already closing with no request running (an idle TLS keep-alive connection
-# whose peer does not answer the close) is cut this long into a stop: it would otherwise hold
+# A connection already closing with no request running and nothing left to send (an idle TLS
+# keep-alive connection whose peer does not answer the close) is cut this long into a stop: it would otherwise hold
 # the stop for the whole grace.
 _IDLE_CLOSE_S = 1.0
 # After the grace: how long the 503s just sent get to go out before connections still open
@@ -266,11 +266,13 @@ class _Server(uvicorn.Server):
     and answered one whose answer had not started with its plain-text 500 after an "Exception
     in ASGI application" traceback (s25/ops finding 1). At the grace's end this server instead
     (one WARNING line): closes the connections whose answer is still going out (a slow
-    download; the client sees the connection close mid-answer and asks again), then cancels
-    the requests still running, which the app answers 503 `shutting_down` with `Retry-After`
-    and `connection: close` (app.py, `_ShutdownAnswer`), and a moment later closes the
-    connections still open. Connections already closing with no request running (an idle
-    TLS connection whose peer does not answer the close) are cut after `_IDLE_CLOSE_S`."""
+    download, whether its request still runs or handed its answer over whole and it waits in
+    the write buffer; the client sees the connection close mid-answer and asks again), then
+    cancels the requests still running, which the app answers 503 `shutting_down` with
+    `Retry-After` and `connection: close` (app.py, `_ShutdownAnswer`), and a moment later
+    closes the connections still open. Connections already closing with no request running
+    and nothing left to send (an idle TLS connection whose peer does not answer the close)
+    are cut after `_IDLE_CLOSE_S`."""
 
     def __init__(self, config: uvicorn.Config, shutdown_grace_s: float) -> None:
         super().__init__(config)
@@ -314,39 +316,39 @@ class _Server(uvicorn.Server):
         grace = self.shutdown_grace_s
         await asyncio.sleep(min(grace, _IDLE_CLOSE_S))
         for conn in self._connections():
-            if conn.transport.is_closing() and not _answering(conn):
-                conn.transport.abort()
+            if conn.transport.is_closing() and not _answering(conn) and not _buffered_out(conn):
+                conn.transport.abort()  # closing with nothing left to send (an idle TLS one)
         if grace > _IDLE_CLOSE_S:
             await asyncio.sleep(grace - _IDLE_CLOSE_S)
         tasks = [t for t in self.server_state.tasks if not t.done()]
-        sending = [c for c in self._connections() if _sending(c)]
-        if not tasks:
-            for conn in self._connections():
-                if not _answering(conn):
-                    conn.transport.abort()  # closing, with nothing to answer
-            return
-        log.warning(
-            "the %g s shutdown grace is over: %d request%s still running %s answered 503 "
-            "shutting_down, %d answer%s still going out cut (--shutdown-grace)",
-            grace,
-            len(tasks) - len(sending),
-            "" if len(tasks) - len(sending) == 1 else "s",
-            "is" if len(tasks) - len(sending) == 1 else "are",
-            len(sending),
-            "" if len(sending) == 1 else "s",
-        )
+        # Answers going out: started by a request still running, or handed over whole by one
+        # that finished and still in the connection's write buffer (a slow download).
+        sending = [c for c in self._connections() if _sending(c) or _buffered_out(c)]
+        running = len(tasks) - sum(1 for c in sending if _answering(c))
+        if tasks or sending:
+            log.warning(
+                "the %g s shutdown grace is over: %d request%s still running %s answered 503 "
+                "shutting_down, %d answer%s still going out cut (--shutdown-grace)",
+                grace,
+                running,
+                "" if running == 1 else "s",
+                "is" if running == 1 else "are",
+                len(sending),
+                "" if len(sending) == 1 else "s",
+            )
         for conn in sending:
-            # Its app task finishes once uvicorn sees the connection lost (its send returns).
+            # A request task whose answer started finishes once uvicorn sees the connection
+            # lost (its send returns); it is not cancelled (the answer cannot be replaced).
             conn.transport.abort()
-        if sending:
+        if tasks:
             await asyncio.sleep(0.1)
-        for task in tasks:
-            if not task.done():
-                task.cancel(msg=_SHUTDOWN_CANCEL)
-        await asyncio.sleep(_AFTER_GRACE_S)
+            for task in tasks:
+                if not task.done():
+                    task.cancel(msg=_SHUTDOWN_CANCEL)
+            await asyncio.sleep(_AFTER_GRACE_S)  # the 503s go out
         for conn in self._connections():
             if not _answering(conn):
-                conn.transport.abort()
+                conn.transport.abort()  # still closing (a TLS peer that does not answer)
 
 
 # The message a request task is cancelled with at the end of the grace (the app's 503 is
@@ -358,6 +360,11 @@ def _answering(conn: H11Protocol) -> bool:
     """Whether a request runs on the connection (its answer not complete)."""
     cycle = conn.cycle
     return cycle is not None and not cycle.response_complete and not cycle.disconnected
+
+
+def _buffered_out(conn: H11Protocol) -> bool:
+    """Whether the connection still holds bytes to send (an answer handed over whole)."""
+    return conn.transport.get_write_buffer_size() > 0
 
 
 def _sending(conn: H11Protocol) -> bool:

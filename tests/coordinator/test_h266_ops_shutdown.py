@@ -25,12 +25,13 @@ import time
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
 from coordinator.cli import main
-from coordinator.service import ServerThread, ServiceConfig, serve
+from coordinator.service import AdminClient, ServerThread, ServiceConfig, serve
 from coordinator.service.server import SHUTDOWN_GRACE_S
-from protocol.messages import to_json
+from protocol.messages import TaskConfig, TensorShape, to_json
 from tests.test_h74_operator import _plume, _wait_healthy, assert_database_file_complete
 
 from .test_service_support import ADMIN, free_port, task_config
@@ -118,6 +119,42 @@ def test_a_request_still_running_at_the_grace_end_gets_a_json_503(
         {"route": "/v1/admin/tasks/{task_id}/model", "status": "503"},
     )
     assert sample == 1.0
+
+
+def test_a_download_still_going_out_is_cut_at_the_grace_end_not_before(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: a 16 MB model, and a client that asks for it and reads only its first bytes
+    # (the app hands the answer over whole; it waits in the connection's write buffer)
+    cfg = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN)
+    server = ServerThread(cfg, shutdown_grace_s=2.5)
+    url = server.start()
+    n = 4_000_000
+    task = TaskConfig(
+        name="big", model_name="tiny", spec=[TensorShape("w", [n])], rounds=1, clients_per_round=1
+    )
+    with AdminClient(url, ADMIN) as admin:
+        task_id = admin.create_task(task, np.random.default_rng(0).normal(size=n).astype("<f4"))
+    host, port = url.removeprefix("http://").split(":")
+    s = socket.create_connection((host, int(port)), timeout=30)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sendall(f"GET /v1/admin/tasks/{task_id}/model HTTP/1.1\r\nhost: x\r\n".encode())
+    s.sendall(f"authorization: Bearer {ADMIN}\r\n\r\n".encode())
+    assert s.recv(16) == b"HTTP/1.1 200 OK\r"
+    time.sleep(0.5)
+    caplog.set_level(logging.INFO)
+    # Execute: stop while the answer is going out
+    started = time.monotonic()
+    server.stop()
+    took = time.monotonic() - started
+    s.close()
+    # Assert: the grace held (before this test: cut 1 s into the stop as an idle connection),
+    # then the answer was cut, with one WARNING and no ERROR
+    assert took >= 2.0, took
+    said = [r.getMessage() for r in caplog.records if r.name == "plume.coordinator"]
+    assert any("1 answer still going out cut" in m for m in said), said
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [], errors
 
 
 def test_a_request_that_ends_within_the_grace_gets_its_own_answer(tmp_path: Path) -> None:
