@@ -9,6 +9,7 @@ connection, explicit transactions.
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import functools
 import hashlib
@@ -359,10 +360,39 @@ class StoreError(RuntimeError):
     journal, which SQLite rolls back before anyone reads the file, was rolled back."""
 
 
+def _no_space(path: str) -> str:
+    """The sentence for a file system with no space left, naming the file that needed it."""
+    folder = os.path.dirname(os.path.realpath(path)) or "."
+    return (
+        f"no space left on the file system of {path} (see `df {folder}`); free some space "
+        "and start again"
+    )
+
+
+def _out_of_space(path: str, exc: sqlite3.Error) -> bool:
+    """Whether SQLite's error `exc` on the database `path` is a full file system: SQLITE_FULL
+    ("database or disk is full"), or an I/O error (SQLite's "disk I/O error" when it cannot
+    grow its -shm or -wal file) while the file system of `path` has no block left for this
+    user."""
+    name = getattr(exc, "sqlite_errorname", "") or ""
+    if name == "SQLITE_FULL" or "database or disk is full" in str(exc):
+        return True
+    if not (name.startswith("SQLITE_IOERR") or "disk I/O error" in str(exc)):
+        return False
+    try:
+        fs = os.statvfs(os.path.dirname(os.path.realpath(path)) or ".")
+    except OSError:
+        return False
+    return fs.f_bavail == 0
+
+
 def _setup_error(path: str, exc: sqlite3.Error) -> StoreError:
     """A sentence for a database SQLite refuses while it is opened and checked."""
     text = str(exc)
-    if "readonly" in text or "read-only" in text:
+    if _out_of_space(path, exc):
+        # Else "disk I/O error", which points at the hardware (s25/ops finding 9).
+        why = f"{_no_space(path)} ({text})"
+    elif "readonly" in text or "read-only" in text:
         why = (
             "it is read-only (the coordinator commits every accepted upload; make the file, "
             "its -wal/-shm files and its folder writable)"
@@ -423,9 +453,12 @@ def take_lock(db_path: str | Path) -> int:
     open descriptor: closing it (or the process ending, `kill -9` included) drops the lock.
     `LockHeld` when another process holds it; `StoreError` when the file cannot be created."""
     path = lock_path(db_path)
+    existed = os.path.lexists(path)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise StoreError(f"cannot use the database {db_path}: {_no_space(path)}") from exc
         raise StoreError(
             f"cannot use the database {db_path}: cannot create its lock file {path} "
             f"({exc.strerror or exc}); make its folder writable"
@@ -437,8 +470,23 @@ def take_lock(db_path: str | Path) -> int:
         os.close(fd)
         raise LockHeld(path, holder) from exc
     # The pid of whoever holds it now, not of a coordinator that stopped.
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+    except OSError as exc:
+        # A full file system (s25/ops finding 9): before, "[Errno 28] No space left on
+        # device", naming no file, and an empty lock file left behind. One this start
+        # created is removed (while held: nobody else can have taken it meanwhile).
+        if not existed:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+        os.close(fd)
+        why = (
+            _no_space(path)
+            if exc.errno == errno.ENOSPC
+            else f"cannot write its lock file {path} ({exc.strerror or exc})"
+        )
+        raise StoreError(f"cannot use the database {db_path}: {why}") from exc
     return fd
 
 
