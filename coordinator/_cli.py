@@ -31,23 +31,25 @@ __all__ = ["register", "admin_error_text"]
 
 _EXAMPLES = """\
 examples:
-  plume coordinator serve --db plume.db --host 127.0.0.1 --port 8080 --admin-token s3cret
+  export PLUME_ADMIN_TOKEN=s3cret   # serve and the admin commands read the token from it
+  plume coordinator serve --db plume.db --host 127.0.0.1 --port 8080
   plume coordinator serve --db plume.db --host 0.0.0.0 --port 8443 \\
       --tls-cert cert.pem --tls-key key.pem
   plume coordinator serve --config /etc/plume/coordinator.toml
-  plume coordinator create-task --url http://127.0.0.1:8080 --admin-token s3cret \\
+  plume coordinator create-task --url http://127.0.0.1:8080 \\
       --model mlp --rounds 20 --clients-per-round 10 --topk 0.01 --bits 4
-  plume coordinator create-task --url http://127.0.0.1:8080 --admin-token s3cret \\
+  plume coordinator create-task --url http://127.0.0.1:8080 \\
       --model mlp --rounds 20 --clients-per-round 10 --secure --secure-fraction 0.05 \\
       --stage-timeout 30
-  plume coordinator status --url http://127.0.0.1:8080 --admin-token s3cret --task 1
-  plume coordinator pause  --url http://127.0.0.1:8080 --admin-token s3cret --task 1
-  plume coordinator get-model --admin-token s3cret --task 1 --out model.pt
-  plume coordinator stop --admin-token s3cret --task 1
+  plume coordinator status --url http://127.0.0.1:8080 --task 1
+  plume coordinator pause  --url http://127.0.0.1:8080 --task 1
+  plume coordinator get-model --task 1 --out model.pt
+  plume coordinator stop --task 1
   plume coordinator backup --db plume.db --out backups/plume-2026-11-29.db
   plume coordinator restore --db plume.db --from backups/plume-2026-11-29.db
 
-The admin token can also come from the PLUME_ADMIN_TOKEN environment variable.
+The admin token comes from the PLUME_ADMIN_TOKEN environment variable (or --admin-token, whose
+value any local user sees in ps; or serve's --config file).
 """
 
 
@@ -250,7 +252,8 @@ def register(sub: Any) -> None:
         help="serve the coordinator until interrupted",
         description="Serve the coordinator's HTTP API until Ctrl-C (or SIGTERM, or SIGHUP).",
         epilog=(
-            "examples:\n  plume coordinator serve --db plume.db --port 8080 --admin-token s3cret\n"
+            "examples:\n  export PLUME_ADMIN_TOKEN=s3cret   # the admin API's token\n"
+            "  plume coordinator serve --db plume.db --port 8080\n"
             "  plume coordinator serve --config /etc/plume/coordinator.toml --port 8081\n\n"
             "A --config file is TOML, one key per flag, named as the flag without its dashes:\n"
             '  db = "/var/lib/plume/plume.db"\n'
@@ -436,8 +439,8 @@ def register(sub: Any) -> None:
             "task id as JSON."
         ),
         epilog=(
-            "example:\n  plume coordinator create-task --admin-token s3cret --model mlp "
-            "--rounds 20 --clients-per-round 10\n\n"
+            "example:\n  export PLUME_ADMIN_TOKEN=s3cret   # serve's admin token\n"
+            "  plume coordinator create-task --model mlp --rounds 20 --clients-per-round 10\n\n"
         ),
     )
     admin_args(c)
@@ -597,12 +600,13 @@ def register(sub: Any) -> None:
             "listed with state stopped; stopping it again prints its status line",
         ),
     ):
-        example = f"  plume coordinator {name} --admin-token s3cret --task 1\n"
+        example = "  export PLUME_ADMIN_TOKEN=s3cret   # serve's admin token\n"
+        example += f"  plume coordinator {name} --task 1\n"
         if name == "status":
             example += (
-                "  plume coordinator status --admin-token s3cret --task 1 --last 20\n"
-                "  plume coordinator status --admin-token s3cret --task 1 --last 20 --before 81\n"
-                "  plume coordinator status --admin-token s3cret    # every task, a line each\n"
+                "  plume coordinator status --task 1 --last 20\n"
+                "  plume coordinator status --task 1 --last 20 --before 81\n"
+                "  plume coordinator status    # every task, a line each\n"
             )
         q = csub.add_parser(
             name,
@@ -653,10 +657,10 @@ def register(sub: Any) -> None:
         ),
         epilog=(
             "examples:\n"
-            "  plume coordinator get-model --admin-token s3cret --task 1 --out model.pt\n"
-            "  plume coordinator get-model --admin-token s3cret --task 1 --out model.npz\n"
-            "  plume coordinator get-model --admin-token s3cret --task 1 --out v5.npz "
-            "--version 5\n\n"
+            "  export PLUME_ADMIN_TOKEN=s3cret   # serve's admin token\n"
+            "  plume coordinator get-model --task 1 --out model.pt\n"
+            "  plume coordinator get-model --task 1 --out model.npz\n"
+            "  plume coordinator get-model --task 1 --out v5.npz --version 5\n\n"
             "Load them with torch.load('model.pt', weights_only=True) into the model "
             "(mobile_sim.models.build_model(NAME), after importing the plugin that registers "
             "NAME if it is not a zoo model) with load_state_dict(..., strict=True); "
@@ -1130,11 +1134,7 @@ def _serve(args: argparse.Namespace) -> int:
     if not args.admin_token:
         # Not an error (devices can still be served), but the next step of the README,
         # create-task, would be refused: say so now rather than with a 403 later.
-        print(
-            f"{prog}: note: no --admin-token (nor PLUME_ADMIN_TOKEN): the admin API "
-            "(create-task, status, pause, resume, stop, get-model) is off",
-            file=sys.stderr,
-        )
+        print(f"{prog}: note: {_no_admin_token(args)}", file=sys.stderr)
     if (problem := _db_access_error(args.db)) is not None:
         print_error(prog, problem)
         return 1
@@ -1176,6 +1176,22 @@ def _serve(args: argparse.Namespace) -> int:
             raise
         _fail(prog, f"cannot load --tls-cert/--tls-key as a PEM certificate and key: {exc}")
     return 0
+
+
+def _no_admin_token(args: argparse.Namespace) -> str:
+    """serve's note when it runs without an admin token: where the empty value came from. An
+    empty value in the --config file (or on the command line) overrides PLUME_ADMIN_TOKEN,
+    as documented; the note said "no --admin-token (nor PLUME_ADMIN_TOKEN)" even with the
+    variable set (s25/ops finding 10)."""
+    off = "the admin API (create-task, status, pause, resume, stop, get-model) is off"
+    env = bool(os.environ.get("PLUME_ADMIN_TOKEN"))
+    overrides = ", which overrides PLUME_ADMIN_TOKEN" if env else ""
+    from_file: dict[str, str] = getattr(args, "_from_file", {})
+    if "admin_token" in from_file:
+        return f"--config {args.config} sets admin-token to an empty value{overrides}: {off}"
+    if "admin_token" in getattr(args, "_given", frozenset()):
+        return f"--admin-token is empty{overrides}: {off}"
+    return f"no --admin-token (nor PLUME_ADMIN_TOKEN): {off}"
 
 
 def _service_config(args: argparse.Namespace) -> Any:

@@ -139,7 +139,7 @@ _EXAMPLES = """\
 examples:
   plume sim --dataset digits --rounds 30 --lr 0.2     # a simulated fleet, seconds long
   plume coordinator serve --db plume.db                # the HTTP coordinator
-  plume coordinator create-task --admin-token s3cret --model mlp --rounds 20
+  plume coordinator create-task --model mlp --rounds 20   # token: $PLUME_ADMIN_TOKEN
   plume export --model mnist_cnn --out artifacts/mnist_cnn   # for devices without torch
 
 Run `plume COMMAND --help` for the options and examples of one command. Errors print one

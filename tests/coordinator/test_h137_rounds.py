@@ -116,7 +116,7 @@ def test_status_help_shows_before() -> None:
     status = next(p for p in iter_parsers(build_parser()) if p.prog.endswith("status"))
     text = status.format_help()
     assert "--before ROUND_ID" in text
-    assert "plume coordinator status --admin-token s3cret --task 1 --last 20 --before 81" in text
+    assert "plume coordinator status --task 1 --last 20 --before 81" in text
 
 
 # -- the route refuses a query key it does not take -------------------------------------------
