@@ -237,15 +237,42 @@ def _worker_error_line(exc: BaseException) -> str | None:
     return head or type(exc).__name__
 
 
+# The same setting under each command's name for it: `plume sim` and `plume coordinator
+# create-task` grew their flags apart (a simulation's --per-round is a task's
+# --clients-per-round; a task's secure noise flags carry a --secure- prefix). A flag of the
+# other command is answered with this command's name for it, which the closest spelling can
+# miss (create-task --per-round is closest to --rounds).
+_SIM_PROG = "plume sim"
+_TASK_PROG = "plume coordinator create-task"
+_SAME_SETTING = (
+    ("--per-round", "--clients-per-round"),
+    ("--dp-noise", "--secure-noise"),
+    ("--noise-multiplier", "--secure-noise-multiplier"),
+    ("--group-size", "--secure-group-size"),
+    ("--group-aggregator", "--secure-group-aggregator"),
+)
+OTHER_COMMANDS_NAME = {
+    _SIM_PROG: {task: sim for sim, task in _SAME_SETTING},
+    _TASK_PROG: dict(_SAME_SETTING),
+}
+
+
 def _unrecognized(parser: argparse.ArgumentParser, prog: str, extras: list[str]) -> NoReturn:
     """Refuse `extras` as the command they were typed for (`plume sim: error: ...`, with its
-    usage), not as `plume`'s, and suggest the closest option of that command."""
+    usage), not as `plume`'s, and suggest that command's name for another command's flag
+    (`OTHER_COMMANDS_NAME`), else its closest option."""
     command = next((p for p in iter_parsers(parser) if p.prog == prog), parser)
     message = f"unrecognized arguments: {' '.join(extras)}"
     options = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
     for word in extras:
         if word.startswith("--"):
-            close = difflib.get_close_matches(word.split("=", 1)[0], options, n=1, cutoff=0.6)
+            flag = word.split("=", 1)[0]
+            same = OTHER_COMMANDS_NAME.get(prog, {}).get(flag)
+            if same in options:
+                other = _TASK_PROG if prog == _SIM_PROG else _SIM_PROG
+                message += f" ({flag} is {other}'s name; {prog} calls it {same})"
+                break
+            close = difflib.get_close_matches(flag, options, n=1, cutoff=0.6)
             if close:
                 message += f" (did you mean {close[0]}?)"
             break
