@@ -225,6 +225,42 @@ def _only_query(request: Request, *allowed: str) -> None:
             )
 
 
+# The readiness route (not in protocol.names.Path: devices do not call it).
+READYZ = "/readyz"
+# At most one store error log line per this many seconds (`_EveryFew`).
+_STORE_LOG_EVERY_S = 5.0
+
+
+class _EveryFew:
+    """Lets a log line through at most once every `every_s` seconds (`clock`: monotonic
+    seconds). Calling it says whether this one goes out: None when it is left out (counted),
+    else how many were left out since the last one, which `since` turns into the line's
+    suffix."""
+
+    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.every_s = every_s
+        self.clock = clock
+        self._next = -float("inf")
+        self._skipped = 0
+
+    def __call__(self) -> int | None:
+        now = self.clock()
+        if now < self._next:
+            self._skipped += 1
+            return None
+        self._next = now + self.every_s
+        skipped, self._skipped = self._skipped, 0
+        return skipped
+
+    def since(self, skipped: int) -> str:
+        if not skipped:
+            return ""
+        return (
+            f" ({skipped} more like it since the last such line, not logged: at most one "
+            f"every {self.every_s:g} s)"
+        )
+
+
 # The `reason` of the 503 a request still running at the end of a stop's grace is answered
 # with (server.py `_Server`), and its Retry-After (seconds: a restart takes a few).
 SHUTTING_DOWN = "shutting_down"
@@ -306,6 +342,7 @@ def create_app(
         coordinator.runtimes, lambda: [*coordinator.refused, *coordinator.unloaded]
     )
     metrics.dp_all_tasks.source = all_tasks_dp.get
+    metrics.store_errors.source = lambda: the_store.write_errors
     verifier = RequestVerifier(the_store, config.signature_window_s)
     register_limit = RateLimiter(
         config.register_rate_per_s, config.register_burst, clock=rate_clock or time.monotonic
@@ -354,6 +391,10 @@ def create_app(
     app.state.store = the_store
     app.state.verifier = verifier
     app.state.metrics = metrics
+    # One store error line per request flooded the log (often on the full disk itself) at a
+    # fleet's check-in rate: at most one every _STORE_LOG_EVERY_S, with the count left out.
+    store_log = app.state.store_error_log = _EveryFew(_STORE_LOG_EVERY_S)
+    damaged_log = _EveryFew(_STORE_LOG_EVERY_S)
 
     # -- error rendering ---------------------------------------------------------------------
 
@@ -379,7 +420,14 @@ def create_app(
         # The database failing to do its work (a lock held too long, a full disk, a file
         # turned read-only, an I/O error) is the service being unavailable, not a bug: 503
         # with a sentence and one log line. Constraint errors are bugs and stay a 500.
-        log.error("store error on %s %s: %s", request.method, request.url.path, exc)
+        if (skipped := store_log()) is not None:
+            log.error(
+                "store error on %s %s: %s%s",
+                request.method,
+                request.url.path,
+                exc,
+                store_log.since(skipped),
+            )
         return _unavailable(
             f"the coordinator's database failed ({exc}); retry later", _STORE_RETRY_S
         )
@@ -392,14 +440,16 @@ def create_app(
         # ProgrammingError, ...) are bugs in this code: re-raised, a 500 with its traceback.
         if type(exc) is not sqlite3.DatabaseError:
             raise exc
-        log.error(
-            "the database %s is damaged (%s, on %s %s): stop the coordinator and restore a "
-            "backup (docs/operations.md, 'Persistence and recovery')",
-            the_store.path,
-            exc,
-            request.method,
-            request.url.path,
-        )
+        if (skipped := damaged_log()) is not None:
+            log.error(
+                "the database %s is damaged (%s, on %s %s): stop the coordinator and restore "
+                "a backup (docs/operations.md, 'Persistence and recovery')%s",
+                the_store.path,
+                exc,
+                request.method,
+                request.url.path,
+                damaged_log.since(skipped),
+            )
         return _unavailable(
             f"the coordinator's database is damaged ({exc}); retry later", _DAMAGED_RETRY_S
         )
@@ -942,9 +992,29 @@ def create_app(
         await _warm_all_tasks_dp()
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    @app.get(READYZ, tags=["ops"])
+    async def readyz() -> JSONResponse:
+        """Readiness: 503 while the database refuses writes (the last write failed and none
+        has committed since), else 200. While it fails, each call (at most one a second)
+        tries a write that leaves the database as it was, so a coordinator that gets no
+        traffic (a load balancer took it out) still sees the disk freed."""
+        failing = the_store.write_failing
+        if failing is not None:
+            failing = await asyncio.to_thread(the_store.probe_write)
+        body = {
+            "ready": failing is None,
+            "store_writable": failing is None,
+            "store_error": failing,
+            "tasks_unloaded": len(coordinator.unloaded),
+        }
+        if failing is None:
+            return JSONResponse(body)
+        return JSONResponse(body, 503, headers={H.RETRY_AFTER: str(_STORE_RETRY_S)})
+
     @app.get(Path.HEALTHZ, tags=["ops"])
     async def healthz() -> dict[str, Any]:
-        """Liveness and a few counts."""
+        """Liveness and a few counts (`ok` is always true: whether the coordinator can take
+        writes is `/readyz`'s)."""
         failed = await _warm_all_tasks_dp()
         dp: dict[str, Any]
         if failed is None:

@@ -15,9 +15,11 @@ import functools
 import hashlib
 import json
 import logging
+import math
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -360,6 +362,10 @@ class StoreError(RuntimeError):
     journal, which SQLite rolls back before anyone reads the file, was rolled back."""
 
 
+# The meta row `Store.probe_write` inserts and deletes in one transaction: never left behind.
+_PROBE_KEY = "plume_write_probe"
+
+
 def _no_space(path: str) -> str:
     """The sentence for a file system with no space left, naming the file that needed it."""
     folder = os.path.dirname(os.path.realpath(path)) or "."
@@ -530,6 +536,11 @@ class Store:
         # (round, device, direction) -> [payload, wire, dense, requests]: ledger rows a write
         # the store refused kept for the next one (`ledger_add`)
         self._ledger_kept: dict[tuple[int, str, str], list[int]] = {}
+        # Writes the database refused (`write_errors`), and the error of the last write while
+        # none has committed since (`write_failing`); `probe_write`'s last try (monotonic).
+        self._write_errors = 0
+        self._write_failing: str | None = None
+        self._probed = -math.inf
         try:
             self._open(checked)
         except sqlite3.Error as exc:
@@ -740,8 +751,11 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK if the block raises."""
-        with self._lock:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK if the block raises. A
+        `sqlite3.OperationalError` on the way (the database failing to do its work: a full
+        disk, a lock held past the busy timeout, a read-only file, an I/O error) is counted in
+        `write_errors` and makes `write_failing` its text until a write commits."""
+        with self._lock, self._writing():
             self._db.execute("BEGIN IMMEDIATE")
             self._pending_frame_bytes = 0  # frame bytes this transaction adds (or frees)
             try:
@@ -761,6 +775,64 @@ class Store:
                     self._db.execute("ROLLBACK")
                 raise
             self._frame_bytes += self._pending_frame_bytes
+
+    @contextmanager
+    def _writing(self) -> Iterator[None]:
+        """Keep `write_errors` and `write_failing` for one write (under `_lock`). A write
+        that committed no change (an INSERT OR IGNORE of a row already there) wrote nothing
+        to the disk, so it does not say the store takes writes again."""
+        changes = self._db.total_changes
+        try:
+            yield
+        except sqlite3.OperationalError as exc:
+            self._write_errors += 1
+            self._write_failing = str(exc)
+            raise
+        if self._db.total_changes != changes:
+            self._write_failing = None
+
+    @property
+    def write_errors(self) -> int:
+        """Writes (transactions, and a nonce's insert) the database refused with
+        `sqlite3.OperationalError` since the store opened: `plume_store_errors_total`."""
+        return self._write_errors
+
+    @property
+    def write_failing(self) -> str | None:
+        """The error of the last write when it failed and no write has committed since (the
+        store refuses writes: `/readyz` answers 503), else None."""
+        return self._write_failing
+
+    def probe_write(self, every_s: float = 1.0) -> str | None:
+        """While `write_failing`: try one write that leaves the database as it was (a `meta`
+        row inserted and deleted in one transaction, which still appends its pages to the
+        -wal as any commit does; a row rewritten with its own value writes nothing) and say
+        whether the store takes writes again (`write_failing` after it). At most one try per `every_s`
+        seconds; not counted in `write_errors` (it is asked by readiness probes, not
+        devices). Without it, a coordinator a load balancer stopped sending requests to
+        would never write again, so never be ready again."""
+        with self._lock:
+            now = time.monotonic()
+            if self._write_failing is None or now - self._probed < every_s:
+                return self._write_failing
+            self._probed = now
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    db.execute(
+                        "INSERT OR REPLACE INTO meta(key, value) VALUES (?, '1')", (_PROBE_KEY,)
+                    )
+                    db.execute("DELETE FROM meta WHERE key=?", (_PROBE_KEY,))
+                    db.execute("COMMIT")
+                finally:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+            except sqlite3.OperationalError as exc:
+                self._write_failing = str(exc)
+            else:
+                self._write_failing = None
+            return self._write_failing
 
     @property
     def frame_bytes(self) -> int:
@@ -794,7 +866,8 @@ class Store:
 
     def remember_nonce(self, device_id: str, nonce: str, ts_ms: int) -> bool:
         """Record a nonce; False if this device already used it (a replay)."""
-        with self._lock:  # one statement in autocommit mode: its own durable transaction
+        # One statement in autocommit mode: its own durable transaction.
+        with self._lock, self._writing():
             cur = self._db.execute(
                 "INSERT OR IGNORE INTO nonces(device_id, nonce, ts_ms) VALUES (?, ?, ?)",
                 (device_id, nonce, ts_ms),
