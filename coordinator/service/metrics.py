@@ -180,6 +180,15 @@ class Metrics:
             ["task"],
             registry=r,
         )
+        self.check_ins_model_layout_mismatch = Counter(
+            "plume_check_ins_model_layout_mismatch",
+            "Check-ins not given a task's rounds because its model's layout is none of the "
+            "model_layouts the device declared (naming the task: 409 model_layout_mismatch; "
+            "naming none: the task passed over), by task; devices poll on, so divide the rate "
+            "by their polling rate for a head count",
+            ["task"],
+            registry=r,
+        )
         self.model_version = Gauge(
             "plume_model_version", "Published model version", ["task"], registry=r
         )

@@ -34,7 +34,7 @@ import sqlite3
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -255,6 +255,19 @@ def _too_large(rt: TaskRuntime, max_model_bytes: int, metrics: Metrics) -> str:
         f"task {rt.task_id}'s model is {size} bytes ({size // 4} float32 parameters, as its spec "
         f"declares), over the max_model_bytes={max_model_bytes} this device declared in its "
         "check-in"
+    )
+
+
+def _other_layout(rt: TaskRuntime, model_layouts: Collection[str], metrics: Metrics) -> str:
+    """Why a task's rounds are not given to a device whose declared `model_layouts` do not
+    include its model's layout; counted in `plume_check_ins_model_layout_mismatch`."""
+    metrics.check_ins_model_layout_mismatch.labels(str(rt.task_id)).inc()
+    name = _shown(rt.config.model_name) if rt.config.model_name else "its model"
+    declared = ", ".join(sorted(model_layouts))
+    return (
+        f"task {rt.task_id}'s model {name} has layout {rt.layout} ({len(rt.spec.entries)} "
+        f"tensors, {rt.spec.size} parameters), not one of the model_layouts this device "
+        f"declared in its check-in ({declared})"
     )
 
 
@@ -1007,6 +1020,9 @@ class TaskRuntime:
         self.config = config
         self.state = state
         self.spec = validate_task(config)
+        # The model layout a check-in's `model_layouts` names to be given this task's rounds
+        # (`ModelSpec.fingerprint` in hex; a task's spec never changes).
+        self.layout = self.spec.fingerprint.hex()
         # The check-in features a device must declare to be given this task's rounds.
         self.requires = required_features(config)
         self.strategy = DownlinkStrategy(
@@ -2187,6 +2203,7 @@ class Coordinator:
         awaiting_round: int | None = None,
         features: frozenset[str] = frozenset(),
         max_model_bytes: int | None = None,
+        model_layouts: Collection[str] | None = None,
     ) -> CheckInResponse:
         """Assign a round or tell the device when to come back (pace steering). With
         `awaiting_round`, the answer carries that round's `upload_outcome` for the device.
@@ -2202,7 +2219,14 @@ class Coordinator:
         SDK's own check uses) is never given to it, in the same way: naming the task is 409
         `model_too_large` unless the task is over; naming none passes it over (a "wait" whose
         detail names it when no other task takes the device). Either way the device leaves
-        the task's selection pool, so no round of it selects the device."""
+        the task's selection pool, so no round of it selects the device.
+
+        `model_layouts`: the layouts the device declared it trains (hex `ModelSpec.fingerprint`
+        values, `protocol.messages.check_model_layouts`; None: none declared, any layout). A
+        task whose layout (`TaskRuntime.layout`) is not one of them is never given to it, in
+        the same way as a model over `max_model_bytes`: naming the task is 409
+        `model_layout_mismatch`, naming none passes it over, counted in
+        `plume_check_ins_model_layout_mismatch`."""
         over = self.refused.get(task_id) if task_id is not None else None
         if over is not None and over.state in (TaskState.DONE, TaskState.STOPPED):
             # Stored as over: final, whatever this coordinator makes of its config.
@@ -2213,7 +2237,7 @@ class Coordinator:
             # Final, as a done task is: the device stops checking in for it.
             answer = self._end(task_id, "was stopped by the operator; it runs no more rounds")
         else:
-            answer = self._check_in(device_id, task_id, features, max_model_bytes)
+            answer = self._check_in(device_id, task_id, features, max_model_bytes, model_layouts)
         if awaiting_round is not None:
             answer.round_outcome = str(self.upload_outcome(awaiting_round, device_id))
         return answer
@@ -2224,13 +2248,15 @@ class Coordinator:
         task_id: int | None,
         features: frozenset[str],
         max_model_bytes: int | None = None,
+        model_layouts: Collection[str] | None = None,
     ) -> CheckInResponse:
         now = self.clock()
         retry: float | None = None
         pace = 0.0
         # Why each task the device's SDK cannot run (it lacks a feature) was passed over.
         passed_over: list[str] = []
-        # Why each task whose model is over the device's max_model_bytes was passed over.
+        # Why each task whose model is over the device's max_model_bytes, or of a layout it did
+        # not declare, was passed over.
         too_large: list[str] = []
         for rt in sorted(self.runtimes.values(), key=lambda r: r.task_id):
             if task_id is not None and rt.task_id != task_id:
@@ -2260,6 +2286,22 @@ class Coordinator:
                 if task_id is None:
                     if self._takes_devices(rt):
                         too_large.append(_too_large(rt, max_model_bytes, self.metrics))
+                    continue
+            if model_layouts is not None and rt.layout not in model_layouts:
+                # As a model over max_model_bytes: the device cannot train this task's model
+                # (an app whose trainer's model is fixed, such as an ONNX Runtime device's
+                # artifacts). Selected, it would refuse the assignment and leave its slot empty
+                # till the round's deadline; so not in the pool either.
+                rt.pool.pop(device_id, None)
+                if task_id is not None and rt.state != TaskState.DONE:
+                    raise ApiError(
+                        409,
+                        Reason.MODEL_LAYOUT_MISMATCH,
+                        _other_layout(rt, model_layouts, self.metrics),
+                    )
+                if task_id is None:
+                    if self._takes_devices(rt):
+                        too_large.append(_other_layout(rt, model_layouts, self.metrics))
                     continue
             cur = rt.current
             if cur is not None and not cur.closing and now < cur.deadline:
