@@ -590,7 +590,9 @@ def create_app(
         `awaiting_round`, also what became of the device's accepted upload in that round.
         `features` lists what the device's SDK honours: a task that needs one it does not list
         is not given to it (409 `sdk_unsupported` when named); nor is a task whose model is
-        over the `max_model_bytes` it declares (409 `model_too_large` when named)."""
+        over the `max_model_bytes` it declares (409 `model_too_large` when named), nor one
+        whose layout is not among the `model_layouts` it declares (409
+        `model_layout_mismatch` when named)."""
         awaiting = task_id = cap = None
         # Strictly, from the JSON as sent: the model's lax parsing would take "7", 7.0 or true
         # for a round or task id. The object FastAPI parsed for `body` (Starlette keeps it):
@@ -607,7 +609,9 @@ def create_app(
                 cap = check_max_model_bytes(raw.get("max_model_bytes"))
         except ValueError as exc:  # MessageError; JSON the model's parser took is JSON
             raise ApiError(422, Reason.VALIDATION, str(exc)) from None
-        answer = coordinator.check_in(fields.device_id, task_id, awaiting, features, cap)
+        # `model_layouts` was checked as sent by `CheckInRequest`'s own schema (a bad one: 422).
+        layouts = None if body.model_layouts is None else frozenset(body.model_layouts)
+        answer = coordinator.check_in(fields.device_id, task_id, awaiting, features, cap, layouts)
         att: Attribution = getattr(request.state, STATE_KEY)
         if answer.assignment is not None:
             att.round_id = answer.assignment.round_id

@@ -42,12 +42,6 @@ from tests.coordinator.test_service_support import (
 
 AUTH = {"authorization": f"Bearer {ADMIN}"}
 MODES = pytest.mark.parametrize("asynchronous", [False, True], ids=["Client", "AsyncClient"])
-# The coordinator's check-in route (coordinator/service/app.py, not this change's to edit) does
-# not pass `model_layouts` on to `Coordinator.check_in` yet: these fail as the reviewer's run
-# did until it does, and pass with it (strict: remove the mark then).
-NEEDS_ROUTE = pytest.mark.xfail(
-    strict=True, reason="the check-in route does not pass model_layouts on yet (app.py)"
-)
 
 
 def _models() -> dict[str, torch.nn.Module]:
@@ -159,7 +153,6 @@ def _participate(
     return asyncio.run(run())
 
 
-@NEEDS_ROUTE
 @MODES
 def test_two_tasks_each_ort_device_only_trains_its_own_task_and_all_rounds_commit(
     world: World, asynchronous: bool
@@ -189,7 +182,6 @@ def test_two_tasks_each_ort_device_only_trains_its_own_task_and_all_rounds_commi
         ), status  # fmt: skip
 
 
-@NEEDS_ROUTE
 @MODES
 def test_naming_a_task_of_another_model_raises_layout_mismatch_at_the_first_check_in(
     world: World, asynchronous: bool
