@@ -312,7 +312,9 @@ class ServiceConfig:
     """
 
     db_path: str = "plume.db"
-    admin_token: str | None = None
+    # Kept out of the repr: a log line, an error message or a debugger dump of the config
+    # would show the token (s25/ops finding 7).
+    admin_token: str | None = field(default=None, repr=False)
     signature_window_s: float = 300.0
     tick_s: float = 0.05
     poll_s: float = 0.25
@@ -1015,6 +1017,7 @@ class TaskRuntime:
         now: float,
         released_dp: list[dict[str, Any]] | None = None,
         next_round: int = 1,
+        anomaly_metrics: AnomalyMetrics | None = None,
     ) -> None:
         self.task_id = task_id
         self.config = config
@@ -1028,8 +1031,11 @@ class TaskRuntime:
         self.strategy = DownlinkStrategy(
             self.spec, config.downlink.to_config(), config.seed, residual
         )
-        # Per-task registries, served at /metrics with a `task` label (Metrics.tasks).
-        self.anomaly_metrics = AnomalyMetrics()
+        # Per-task registries, served at /metrics with a `task` label (Metrics.tasks). The
+        # anomaly counters and histograms are the task's for the process's life, handed to
+        # each rebuild of it (`Coordinator._anomaly_metrics`); the privacy gauges are set
+        # again from the store at each build.
+        self.anomaly_metrics = anomaly_metrics or AnomalyMetrics()
         self.privacy_metrics = PrivacyMetrics()
         self.secure: SecureTaskState | None = None
         if config.secure is not None:
@@ -1204,6 +1210,11 @@ class Coordinator:
         # task -> when a tick rebuilds it: a round whose publish and abandonment the store
         # both refused (`fail_close`); until then the runtime holds that round `aggregating`.
         self._rebuild_at: dict[int, float] = {}
+        # task id -> its anomaly counters and histograms, kept across rebuilds of the task
+        # (`_reload` after a refused COMMIT or a failed publish, an unloaded task loaded
+        # again): a new set each time put its `_total` and `_count` series back to 0 in
+        # the middle of the process's life (s25/ops finding 3).
+        self._anomaly: dict[int, AnomalyMetrics] = {}
         # round -> its row, parsed once: committed and abandoned rounds only (their rows do
         # not change), the most recently read CLOSED_ROUNDS_KEPT (`_stored_round`)
         self._closed_rounds: OrderedDict[int, _ClosedRound] = OrderedDict()
@@ -1285,6 +1296,7 @@ class Coordinator:
             self.clock(),
             released if cfg.secure is not None else None,
             next_round=min(replayed, default=seq + 1),
+            anomaly_metrics=self._anomaly_metrics(task_id),
         )
         blob = self.store.task_aggregator_state(task_id)
         if blob is not None:
@@ -1389,6 +1401,13 @@ class Coordinator:
             "its dp accountant resumes at the %d round(s) its records show released%s",
             rt.task_id, released, "" if clip is None else f", its adaptive clip at {clip:.6g}",
         )  # fmt: skip
+
+    def _anomaly_metrics(self, task_id: int) -> AnomalyMetrics:
+        """The task's anomaly counters and histograms, made at its first build."""
+        found = self._anomaly.get(task_id)
+        if found is None:
+            found = self._anomaly[task_id] = AnomalyMetrics()
+        return found
 
     def _attach(self, rt: TaskRuntime) -> None:
         """Serve a built runtime's gauges and registries (the last step of a build)."""
@@ -1730,6 +1749,7 @@ class Coordinator:
                 ErrorFeedback(spec.size),
                 self.clock(),
                 [] if cfg.secure is not None else None,
+                anomaly_metrics=self._anomaly_metrics(task_id),
             )
         except (ValueError, TypeError, ArithmeticError) as exc:
             raise ApiError(
