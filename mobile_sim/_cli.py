@@ -1846,6 +1846,7 @@ def _sim(args: argparse.Namespace) -> int:
             line += f" (fp32 frames through zstd: {ratio:.1f}x fewer bytes than raw fp32)"
         elif ratio:
             line += f" ({ratio:.1f}x fewer bytes than dense fp32)"
+        line += _download_and_wire(r, s["total_download_bytes"])
         if s["sim_s"] is not None:
             line += (
                 f"; simulated {_seconds(s['sim_s'])} s in rounds + {_seconds(s['wait_s'])} s "
@@ -2203,6 +2204,24 @@ def _busy_cpu_warning(args: argparse.Namespace, load: float | None = None) -> st
         f"default {threads} threads can make each round many times slower while other "
         "processes use the CPUs; --threads 1 (or --backend pool) avoids that"
     )
+
+
+def _download_and_wire(result: Any, down: int) -> str:
+    """The summary line's download part (against the fp32 snapshots each download stands
+    against) and, over HTTP, the bytes the devices' requests took on the wire (request lines,
+    headers, signatures and check-ins included, `wire_up`), which the upload figure before it
+    leaves out: the upload figure is the updates' payload."""
+    text = ""
+    dense_down = sum(int(r.dense_down or 0) for r in result.records)
+    if down and dense_down:
+        text += f", download {down:,} B ({dense_down / down:.1f}x fewer than fp32 snapshots)"
+    elif down:
+        text += f", download {down:,} B"
+    wire = [r.wire_up for r in result.records]
+    up = sum(int(r.bytes_up or 0) for r in result.records)
+    if all(w is not None for w in wire) and sum(wire) != up:
+        text += f"; on the wire {sum(wire):,} B up (HTTP requests, check-ins included)"
+    return text
 
 
 def _stopped_early(result: Any) -> str:

@@ -1,0 +1,54 @@
+"""`plume sim`'s summary line gives the download next to the upload (against the fp32
+snapshots), and over HTTP the bytes the devices' requests took on the wire: before, it gave
+the upload payload only, so an HTTP run's "NNNx fewer bytes" read as the whole traffic
+(helper-266's walkthrough: 534x of payload, 265x of wire bytes, in the README's HTTP run)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from coordinator.cli import main as plume
+
+TINY = [
+    "sim", "--dataset", "digits", "--model", "digits_mlp", "--clients", "6", "--per-round",
+    "3", "--rounds", "2", "--local-epochs", "1", "--no-progress",
+]  # fmt: skip
+
+
+def _summary(out: str) -> str:
+    return next(x for x in out.splitlines() if x.startswith("compressed: final accuracy"))
+
+
+def test_an_in_process_run_gives_its_download_against_fp32_snapshots(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    assert plume([*TINY, "--out", str(tmp_path)]) == 0
+    line = _summary(capsys.readouterr().out)
+
+    # Assert: the download and its ratio, from rounds.json's own figures; no wire part in process
+    rounds = json.loads((tmp_path / "rounds.json").read_text())["rounds"]
+    down = sum(r["bytes_down"] for r in rounds)
+    dense = sum(r["dense_down"] for r in rounds)
+    assert f", download {down:,} B ({dense / down:.1f}x fewer than fp32 snapshots)" in line
+    assert "on the wire" not in line
+
+
+@pytest.mark.timeout(90)
+def test_an_http_run_also_gives_its_wire_bytes_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Execute
+    assert plume([*TINY, "--transport", "http", "--out", str(tmp_path)]) == 0
+    line = _summary(capsys.readouterr().out)
+
+    # Assert: the wire figure is rounds.json's wire_up, above the payload
+    rounds = json.loads((tmp_path / "rounds.json").read_text())["rounds"]
+    wire = sum(r["wire_up"] for r in rounds)
+    assert wire > sum(r["bytes_up"] for r in rounds)
+    assert f"; on the wire {wire:,} B up (HTTP requests, check-ins included)" in line
+    assert re.search(r", download [\d,]+ B", line)
