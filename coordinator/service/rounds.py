@@ -54,8 +54,17 @@ from coordinator.aggregators import (
     AdaptiveClip,
     AggregateOutput,
     AggregatorFactory,
+    CenteredClipping,
+    Clip,
+    CoordinateMedian,
     DPMean,
+    GeometricMedian,
+    Krum,
+    MomentumCosineFilter,
+    NearestNeighborMixing,
+    RobustLearningRate,
     ServerOptimizer,
+    TrimmedMean,
     build_aggregator,
     decode_state,
     encode_state,
@@ -150,6 +159,8 @@ __all__ = [
     "RELOAD_RETRY_S",
     "validate_task",
     "unproven_feedback_note",
+    "over_selection_note",
+    "krum_topk_note",
     "creation_warnings",
     "check_features",
     "required_features",
@@ -707,14 +718,106 @@ def unproven_feedback_note(cfg: TaskConfig) -> str | None:
     )
 
 
+def _stages(factory: object) -> list[object]:
+    """`factory`'s stages, outermost first, found through wrappers' `.inner` (the chains
+    `build_aggregator` makes are a few stages deep)."""
+    out: list[object] = []
+    node: object | None = factory
+    while node is not None and len(out) < 64:
+        out.append(node)
+        node = getattr(node, "inner", None)
+    return out
+
+
+def _share_sized(stage: object) -> bool:
+    """Whether `stage` is a robust rule sized against the attackers among a round's reports: an
+    f (Krum, multi-Krum, NNM), a trim (trimmed mean with beta > 0), a breakdown point
+    (median, geometric median, centered clipping), a vote threshold (rlr's theta), a screen
+    whose reference or drop limit the reports set (cosfilter, anomaly's norm-ratio or cosine
+    screen) or a clip that follows a quantile of the reports' norms (adaptive normbound).
+    Bucketing is not one by itself (over a mean it is the mean); the rule behind it is."""
+    if isinstance(stage, TrimmedMean):
+        return stage.beta > 0
+    if isinstance(stage, AnomalyFilter):
+        return stage.max_norm_ratio is not None or stage.min_cosine is not None
+    if isinstance(stage, Clip):
+        return isinstance(stage.norm, AdaptiveClip)
+    return isinstance(
+        stage,
+        (
+            Krum,
+            NearestNeighborMixing,
+            CoordinateMedian,
+            GeometricMedian,
+            CenteredClipping,
+            MomentumCosineFilter,
+            RobustLearningRate,
+        ),
+    )
+
+
+def over_selection_note(cfg: TaskConfig) -> str | None:
+    """Why `cfg`'s robust rule may see more attackers than its f or trim is sized for, or
+    None: the round selects S = ceil(clients_per_round x over_selection) > clients_per_round
+    devices and keeps the first clients_per_round uploads, and attackers, who need not train,
+    can all arrive first, so a share a among the S selected is up to min(1, a·S/cpr) of the
+    reports (docs/robustness.md, "Size f for the attackers among the selected cohort"). Only
+    for an aggregator with a rule sized against the attackers' share (`_share_sized`); a
+    secure task's aggregator is fedavg. Not refused (the service's default over_selection is
+    1.3); `create_task` logs it and the API answers it. `cfg` must be valid
+    (`validate_task`)."""
+    cpr, x = cfg.clients_per_round, cfg.over_selection
+    selected = math.ceil(cpr * x - 1e-9)
+    if selected <= cpr:
+        return None
+    if not any(_share_sized(s) for s in _stages(_aggregator(cfg.aggregator))):
+        return None
+    return (
+        f"over_selection {x:g} selects S = ceil({cpr}·{x:g}) = {selected} devices and keeps "
+        f"the first {cpr} uploads; attackers need not train and can all arrive first, so with "
+        f"a share a among the {selected} selected up to min(1, a·{selected}/{cpr}) of the "
+        f"reports its robust rule sees can be attackers: size f/beta for the attackers among "
+        f"the {selected} selected, or set over_selection 1 (docs/robustness.md)"
+    )
+
+
+def krum_topk_note(cfg: TaskConfig) -> str | None:
+    """Why `cfg`'s Krum is one attacker's, or None: Krum with m=1 (`krum`, not `multikrum`)
+    that no `nnm` stage precedes, on top-k uploads (codec.topk < 1). Nearly disjoint supports
+    make ||a - b||^2 about ||a||^2 + ||b||^2, so the smallest report has the lowest score and
+    one attacker sending a small report is selected every round, with `guarantee_holds` true
+    (docs/robustness.md, "Krum with m = 1 on top-k reports is one attacker's"). Not refused;
+    `create_task` logs it and the API answers it. `cfg` must be valid (`validate_task`)."""
+    if not cfg.codec.topk < 1:
+        return None
+    for stage in _stages(_aggregator(cfg.aggregator)):
+        if isinstance(stage, NearestNeighborMixing):
+            return None  # NNM mixes each report with its neighbours first: not sparse any more
+        if isinstance(stage, Krum) and stage.m == 1:
+            return (
+                f"krum keeps the smallest report on top-k uploads (codec.topk {cfg.codec.topk:g};"
+                " one small report is selected every round): use multikrum or nnm+krum "
+                "(docs/robustness.md)"
+            )
+    return None
+
+
 def creation_warnings(cfg: TaskConfig) -> list[str]:
     """What a new task `cfg` is created with but warned about, in this order: a dp delta
-    above 1/(10 N) (`delta_note`), a dp noise `seed=` (`seed_note`) and an epsilon that rests
-    on an unproven assumption (`unproven_feedback_note`). The coordinator logs each when it
-    creates the task and answers them as the `warnings` of `POST /v1/admin/tasks`, which
-    `plume coordinator create-task` prints. `cfg` must be valid (`validate_task`)."""
+    above 1/(10 N) (`delta_note`), a dp noise `seed=` (`seed_note`), an epsilon that rests
+    on an unproven assumption (`unproven_feedback_note`), a robust rule over an over-selected
+    cohort that keeps the first uploads (`over_selection_note`) and Krum on top-k uploads
+    (`krum_topk_note`). The coordinator logs each when it creates the task and answers them
+    as the `warnings` of `POST /v1/admin/tasks`, which `plume coordinator create-task`
+    prints. `cfg` must be valid (`validate_task`)."""
     dp = find_dp(_aggregator(cfg.aggregator))
-    notes = (delta_note(dp), seed_note(dp), unproven_feedback_note(cfg))
+    notes = (
+        delta_note(dp),
+        seed_note(dp),
+        unproven_feedback_note(cfg),
+        over_selection_note(cfg),
+        krum_topk_note(cfg),
+    )
     return [note for note in notes if note is not None]
 
 
@@ -1695,8 +1798,9 @@ class Coordinator:
         if (short := self._pool_shortfall(amplified_population(dp))) is not None:
             raise ValueError(f"aggregator: {short}")
         task_id = self.store.create_task(to_json(cfg), TaskState.AWAITING_MODEL, self.clock())
-        # delta_refusal logged delta_note above; the API answers all three (creation_warnings).
-        for note in (seed_note(dp), unproven_feedback_note(cfg)):
+        # delta_refusal logged delta_note above; the API answers them all (creation_warnings).
+        notes = (seed_note(dp), unproven_feedback_note(cfg))
+        for note in (*notes, over_selection_note(cfg), krum_topk_note(cfg)):
             if note is not None:
                 log.warning("task %d: %s", task_id, note)
         return task_id
