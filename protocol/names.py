@@ -155,6 +155,8 @@ class Reason(StrEnum):
     # A check-in naming a task whose model layout is none of the `model_layouts` it declared.
     MODEL_LAYOUT_MISMATCH = "model_layout_mismatch"
     STORE_UNAVAILABLE = "store_unavailable"
+    # A request still running at the end of a coordinator stop's shutdown grace (503).
+    SHUTTING_DOWN = "shutting_down"
     INTERNAL_ERROR = "internal_error"
 
 

@@ -261,9 +261,9 @@ class _EveryFew:
         )
 
 
-# The `reason` of the 503 a request still running at the end of a stop's grace is answered
-# with (server.py `_Server`), and its Retry-After (seconds: a restart takes a few).
-SHUTTING_DOWN = "shutting_down"
+# The Retry-After (seconds: a restart takes a few) of the 503 `shutting_down`
+# (`Reason.SHUTTING_DOWN`) a request still running at the end of a stop's grace is answered
+# with (server.py `_Server`).
 _SHUTDOWN_RETRY_S = 5
 
 
@@ -304,12 +304,12 @@ class _ShutdownAnswer:
                 "%s %s was still running at the end of the shutdown grace: answered 503 %s",
                 scope["method"],
                 scope["path"],
-                SHUTTING_DOWN,
+                Reason.SHUTTING_DOWN,
             )
             scope.setdefault("state", {}).pop(STATE_KEY, None)  # control traffic
             response = JSONResponse(
                 {
-                    "reason": SHUTTING_DOWN,
+                    "reason": str(Reason.SHUTTING_DOWN),
                     "detail": "the coordinator is stopping (a restart or a deploy) and this "
                     "request was still running at the end of its shutdown grace; send it "
                     f"again in {_SHUTDOWN_RETRY_S} s",
