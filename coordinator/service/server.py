@@ -285,6 +285,12 @@ class _Server(uvicorn.Server):
             with super().capture_signals():
                 yield
             return
+        if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+            # Started under `nohup` (or with SIGHUP ignored otherwise): a closed terminal must
+            # not stop it, so SIGHUP stays ignored.
+            with super().capture_signals():
+                yield
+            return
         previous = signal.signal(signal.SIGHUP, self._hang_up)
         try:
             with super().capture_signals():
@@ -409,7 +415,8 @@ def serve(
     `uvicorn_config` (checked before anything is opened, as `shutdown_grace_s` is).
 
     SIGHUP (a closed terminal, `systemctl reload`, `kill -HUP`) killed the process at once,
-    before it closed the database (s25/ops finding 6): it is a graceful stop now, as SIGTERM.
+    before it closed the database (s25/ops finding 6): it is a graceful stop now, as SIGTERM,
+    unless the process started with SIGHUP ignored (`nohup`), which keeps it ignored.
     Nothing is reloaded (the TLS files included: a renewed certificate needs a restart).
     """
     _check_head_timeout(head_timeout_s)
@@ -417,6 +424,8 @@ def serve(
     previous: dict[int, Any] = {}
     try:
         for signum in (signal.SIGTERM, signal.SIGHUP):
+            if signum == signal.SIGHUP and signal.getsignal(signum) is signal.SIG_IGN:
+                continue  # `nohup plume coordinator serve &`: SIGHUP stays ignored
             previous[signum] = signal.signal(signum, _raise_terminated)
     except ValueError:  # not the main thread: leave the signals as they are
         pass
