@@ -47,7 +47,7 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
 
     torch.set_num_threads(1)
     logging.getLogger("absl").setLevel(logging.ERROR)
-    cfg = SimConfig(**job["config"])
+    cfg = SimConfig.from_dict(job["config"])
     t0 = time.perf_counter()
     res = run_simulation(cfg, progress=False)
     last = res.records[-1].measurements if res.records else {}

@@ -246,7 +246,7 @@ def _run(job: dict[str, Any]) -> dict[str, Any]:
             return _probe_dp(build(spec))
 
         runner.build_aggregator = _probed_build
-    cfg = SimConfig(**job["config"])
+    cfg = SimConfig.from_dict(job["config"])
     t0 = time.perf_counter()
     try:
         res = run_simulation(cfg, progress=False)

@@ -13,7 +13,7 @@ import numbers
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -433,9 +433,15 @@ class SimConfig:
         sampling = self.dp_sampling()
         cohort = self.engine_config().cohort_size
         if isinstance(sampling, FixedSizeSampling) and sampling.sample_size < cohort:
+            defaulted = (
+                f" (--fleet realistic takes the coordinator's over-selection "
+                f"{self.over_selection:g}: pass --over-selection 1 to select per_round)"
+                if self.over_selection_defaulted
+                else ""
+            )
             raise ValueError(
                 f"dp accounts cohorts of sample={sampling.sample_size} but the engine selects "
-                f"{cohort} (over-selection included): set sample= to the cohort"
+                f"{cohort} (over-selection included): set sample= to the cohort{defaulted}"
             )
         fix = (
             f"population=N,sample={cohort} with N at most the devices available each round "
@@ -516,6 +522,27 @@ class SimConfig:
         """The directory `plugins` were imported from (the current one when this config was
         made); None without plugins."""
         return getattr(self, "_plugin_root", None)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> SimConfig:
+        """The config `as_dict` wrote (a rounds.json's `config`, a benchmark's job): the
+        `deadline_defaulted` / `over_selection_defaulted` marks say the value was realistic
+        mode's default, so it is left for the new config to default again (as the run that
+        wrote it did), instead of being refused as an unknown field. A config whose
+        `ray_runtime_env` was recorded by its keys only cannot be rebuilt (ValueError)."""
+        values = dict(values)
+        if "ray_runtime_env_keys" in values:
+            raise ValueError(
+                "this config recorded ray_runtime_env by its keys only (its values may be "
+                "secrets): give ray_runtime_env again to rebuild it"
+            )
+        if values.pop("deadline_defaulted", False):
+            values["deadline_s"] = None
+        if values.pop("over_selection_defaulted", False):
+            values["over_selection"] = None
+        if "plugins" in values:
+            values["plugins"] = tuple(values["plugins"])
+        return cls(**values)
 
     def as_dict(self) -> dict[str, Any]:
         values = asdict(self)
