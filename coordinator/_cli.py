@@ -1390,7 +1390,8 @@ def _create_task(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps({"task_id": task_id, "model": args.model, "params": spec.size}))
     # What the coordinator logs for this task (a dp delta above 1/(10 N), a dp seed=, an
-    # epsilon on an unproven assumption), said to the operator who made it: the `warnings` it
+    # epsilon on an unproven assumption, a robust rule behind over-selection, krum on top-k
+    # uploads), said to the operator who made it: the `warnings` it
     # answered, or the same checks run here for a coordinator older than that field.
     for note in creation_warnings(config) if warned is None else warned:
         print(f"plume coordinator create-task: note: task {task_id}: {note}", file=sys.stderr)
