@@ -33,7 +33,9 @@ class RequestVerifier:
     a restart does not reopen the replay window; rows older than twice the window are pruned,
     and a timestamp before the store's nonce horizon (the latest prune's cut-off, kept across
     restarts) is refused whatever the window, so a window raised at a restart does not let a
-    request whose nonce was pruned through again.
+    request whose nonce was pruned through again. A horizon after the current time (a prune
+    ran while the clock was ahead) is lowered at the first request that sees it, so a clock
+    set back right locks no device out.
     """
 
     def __init__(self, store: Store, window_s: float = 300.0) -> None:
@@ -132,6 +134,15 @@ class RequestVerifier:
                 f"clock (window {self.window_ms / 1000:.0f}s)",
             )
         horizon = self.store.nonce_horizon_ms
+        if horizon > now:
+            # A prune ran while the clock was ahead (set back since): lowered to just after the
+            # newest timestamp a prune forgot, or to now (`Store.clamp_nonce_horizon`), so that
+            # correctly timed requests pass again. Not to min(horizon, now - window): the
+            # window check above already refuses every timestamp before now - window, so that
+            # horizon would refuse nothing, not even a request whose nonce a smaller window's
+            # prune forgot (replayed after a restart with a larger window), nor one accepted
+            # just before the clock jumped ahead, whose nonce that prune deleted.
+            horizon = self.store.clamp_nonce_horizon(now)
         if fields.timestamp_ms < horizon:
             # Its nonce may have been pruned (under a smaller window before a restart): it
             # cannot be told from a replay.
@@ -164,7 +175,7 @@ class RequestVerifier:
 
     def prune(self, now_ms: int | None = None) -> int:
         now = int(time.time() * 1000) if now_ms is None else now_ms
-        return self.store.prune_nonces(now - 2 * self.window_ms)
+        return self.store.prune_nonces(now - 2 * self.window_ms, now_ms=now)
 
 
 def check_admin_token(expected: str | None, authorization: str | None) -> None:

@@ -211,6 +211,9 @@ _ROUND_COLS = (
 # store written before it opens as it is (no row: no horizon yet), and an older coordinator
 # that opens this one ignores it.
 _NONCE_HORIZON = "nonce_horizon_ms"
+# ... and of the newest timestamp of a nonce a prune deleted (`Store.clamp_nonce_horizon`): no
+# row in a store written before it was kept, or before its first prune.
+_NONCE_FORGOTTEN = "nonce_forgotten_ms"
 
 # The schema versions `_open` migrates to SCHEMA_VERSION in place, and the columns that
 # migration adds where they are missing: (table, column).
@@ -223,6 +226,47 @@ _ADDED_BY_MIGRATION = frozenset(
         ("versions", "params"),
     }
 )
+
+
+def _write_meta_ms(db: sqlite3.Connection, key: str, value_ms: int) -> None:
+    db.execute(
+        "INSERT INTO meta(key, value) VALUES (?, ?) "
+        "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+        (key, str(value_ms)),
+    )
+
+
+def _warn_horizon_ahead(path: str, ahead_ms: int, lowered_ms: int, now_ms: int, when: str) -> None:
+    log.warning(
+        "the nonce horizon of the database %s was %.1f s ahead of the clock (%s): a nonce prune "
+        "ran while the clock was ahead, and it has been set back since. Lowered to %.1f s "
+        "before now (%s), so correctly timestamped signed requests are accepted again",
+        path,
+        ahead_ms / 1000,
+        when,
+        (now_ms - lowered_ms) / 1000,
+        "just after the newest timestamp whose nonce was pruned"
+        if lowered_ms < now_ms
+        else "the newest pruned timestamp is not before now, or is unknown",
+    )
+
+
+def _stored_forgotten(row: tuple[Any, ...] | None, path: str) -> int | None:
+    """The newest pruned nonce timestamp a `meta` row holds; None for no row or a value that
+    is not an integer of -1 or more (a hand edit, with a warning): unknown."""
+    if row is None:
+        return None
+    text = str(row[0])
+    digits = text[1:] if text.startswith("-") else text
+    if digits.isascii() and digits.isdigit() and len(text) < 20 and int(text) >= -1:
+        return int(text)
+    log.warning(
+        "the database %s holds a %s of %r, not a time in ms: ignored",
+        path,
+        _NONCE_FORGOTTEN,
+        text[:40],
+    )
+    return None
 
 
 def _stored_horizon(row: tuple[Any, ...] | None, path: str) -> int:
@@ -532,6 +576,7 @@ class Store:
         self._lock = threading.RLock()
         self._frame_bytes = 0  # see `frame_bytes`; counted in `_open`
         self._nonce_horizon_ms = 0  # see `nonce_horizon_ms`; read in `_open`
+        self._nonce_forgotten_ms: int | None = None  # see `clamp_nonce_horizon`; read in `_open`
         self._pending_frame_bytes = 0
         # (round, device, direction) -> [payload, wire, dense, requests]: ledger rows a write
         # the store refused kept for the next one (`ledger_add`)
@@ -725,6 +770,17 @@ class Store:
             db.execute("SELECT value FROM meta WHERE key=?", (_NONCE_HORIZON,)).fetchone(),
             self.path,
         )
+        # A new file has forgotten no nonce; a store without the row, anything before its
+        # horizon (`prune_nonces`).
+        self._nonce_forgotten_ms = (
+            -1
+            if found is None
+            else _stored_forgotten(
+                db.execute("SELECT value FROM meta WHERE key=?", (_NONCE_FORGOTTEN,)).fetchone(),
+                self.path,
+            )
+        )
+        self.clamp_nonce_horizon(int(time.time() * 1000), "at open")
         # Bytes of the frames stored in `updates`, for the `plume_stored_frame_bytes` gauge:
         # one scan here (length() reads no blob content), then kept by insert and prune.
         self._frame_bytes = int(
@@ -874,28 +930,75 @@ class Store:
             )
             return cur.rowcount == 1
 
-    def prune_nonces(self, older_than_ms: int) -> int:
+    def prune_nonces(self, older_than_ms: int, now_ms: int | None = None) -> int:
         """Forget the nonces timestamped before `older_than_ms`; how many. The cut-off raises
-        `nonce_horizon_ms` (never lowers it), in the same transaction as the delete."""
-        with self.transaction() as db:
-            pruned = db.execute("DELETE FROM nonces WHERE ts_ms < ?", (older_than_ms,)).rowcount
-            horizon = max(self._nonce_horizon_ms, int(older_than_ms))
-            if horizon != self._nonce_horizon_ms:
-                db.execute(
-                    "INSERT INTO meta(key, value) VALUES (?, ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                    (_NONCE_HORIZON, str(horizon)),
-                )
-        self._nonce_horizon_ms = horizon  # once committed
+        `nonce_horizon_ms`, in the same transaction as the delete, which also keeps the newest
+        timestamp deleted; a horizon after `now_ms` (the prune's clock, Unix ms; the wall
+        clock if None) is first lowered as `clamp_nonce_horizon` does."""
+        now = int(time.time() * 1000) if now_ms is None else int(now_ms)
+        cut = int(older_than_ms)
+        with self._lock:  # the commit and the attributes together
+            with self.transaction() as db:
+                newest = db.execute(
+                    "SELECT MAX(ts_ms) FROM nonces WHERE ts_ms < ?", (cut,)
+                ).fetchone()
+                pruned = db.execute("DELETE FROM nonces WHERE ts_ms < ?", (cut,)).rowcount
+                forgotten = self._nonce_forgotten_ms
+                if forgotten is None:  # unknown: whatever earlier prunes deleted lies before both
+                    forgotten = max(self._nonce_horizon_ms, cut) - 1
+                if newest[0] is not None:
+                    forgotten = max(forgotten, int(newest[0]))
+                ahead = self._nonce_horizon_ms - now
+                horizon = min(forgotten + 1, now) if ahead > 0 else self._nonce_horizon_ms
+                horizon = max(horizon, cut)
+                if horizon != self._nonce_horizon_ms:
+                    _write_meta_ms(db, _NONCE_HORIZON, horizon)
+                if forgotten != self._nonce_forgotten_ms:
+                    _write_meta_ms(db, _NONCE_FORGOTTEN, forgotten)
+            self._nonce_horizon_ms = horizon  # once committed
+            self._nonce_forgotten_ms = forgotten
+        if ahead > 0:
+            _warn_horizon_ahead(self.path, ahead, horizon, now, "at a nonce prune")
         return int(pruned)
+
+    def clamp_nonce_horizon(self, now_ms: int, when: str = "at a signed request") -> int:
+        """The nonce horizon, first lowered if it lies after `now_ms` (Unix ms); `when` says
+        where, for the WARNING a lowering logs.
+
+        A horizon after the current time means a prune ran while the clock was ahead (a VM
+        resumed with a fast clock, set back since). Left there, it would refuse every correctly
+        timestamped signed request until real time passed it, across restarts. It is lowered to
+        just after the newest timestamp a prune deleted (kept with the horizon), which lets
+        through no request whose nonce was forgotten, so no replay: the requests accepted
+        before the clock jumped, whose nonces that prune deleted, stay refused. If that
+        timestamp is not before `now_ms` (a device signed with a clock as far ahead as the
+        server's, and its nonce was pruned), or is unknown (a store from before it was kept,
+        not pruned since), the horizon is lowered to `now_ms` instead: a request signed from
+        then on passes, and such a request can be replayed once real time reaches its
+        timestamp. A clock that never steps back by more than twice the signature window
+        never puts the horizon after the current time, and then this does nothing.
+        """
+        now = int(now_ms)
+        with self._lock:
+            ahead = self._nonce_horizon_ms - now
+            if ahead <= 0:
+                return self._nonce_horizon_ms
+            forgotten = self._nonce_forgotten_ms
+            lowered = now if forgotten is None else min(forgotten + 1, now)
+            with self.transaction() as db:
+                _write_meta_ms(db, _NONCE_HORIZON, lowered)
+            self._nonce_horizon_ms = lowered  # once committed
+        _warn_horizon_ahead(self.path, ahead, lowered, now, when)
+        return lowered
 
     @property
     def nonce_horizon_ms(self) -> int:
-        """The largest cut-off `prune_nonces` ever deleted nonces below (Unix ms; 0 before the
-        first prune), kept in the `meta` table across restarts. A signed request timestamped
-        before it may have had its nonce forgotten, so it cannot be told from a replay: the
-        verifier refuses it whatever its signature window (a window raised at a restart would
-        otherwise let such a request through again)."""
+        """The largest cut-off `prune_nonces` deleted nonces below (Unix ms; 0 before the first
+        prune), kept in the `meta` table across restarts. A prune never lowers it; only a
+        horizon found after the current time is lowered (`clamp_nonce_horizon`). A signed
+        request timestamped before it may have had its nonce forgotten, so it cannot be told
+        from a replay: the verifier refuses it whatever its signature window (a window raised
+        at a restart would otherwise let such a request through again)."""
         with self._lock:
             return self._nonce_horizon_ms
 
