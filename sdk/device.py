@@ -8,17 +8,25 @@ import numpy as np
 import numpy.typing as npt
 
 from compression import CodecConfig, EncodeReport, ErrorFeedback, ModelSpec, UpdateCodec
-from compression._feedback import checked_sum
+from compression._feedback import SUM_OVERFLOW, checked_sum
 
 __all__ = ["UpdateEncoder", "clip_l2"]
 
 
 def clip_l2(delta: npt.NDArray[np.float32], norm: float) -> npt.NDArray[np.float32]:
     """Scale `delta` down to L2 norm `norm` if it is longer (the DP and robustness clip)."""
+    scale = _clip_scale(delta, norm)
+    if scale is None:
+        return delta
+    return (delta * scale).astype(np.float32)
+
+
+def _clip_scale(delta: npt.NDArray[np.float32], norm: float) -> np.float32 | None:
+    """The factor `clip_l2` multiplies `delta` by, or None when it is left as it is."""
     length = float(np.linalg.norm(delta.astype(np.float64)))
     if length <= norm or length == 0.0:
-        return delta
-    return (delta * np.float32(norm / length)).astype(np.float32)
+        return None
+    return np.float32(norm / length)
 
 
 class UpdateEncoder:
@@ -82,6 +90,44 @@ class UpdateEncoder:
         d = np.asarray(delta, dtype=np.float32)
         if self.clip_norm is not None:
             d = clip_l2(d, self.clip_norm)
+        return self._encode(d, rng, weight, owned=False)
+
+    def encode_owned(
+        self, delta: npt.NDArray[np.float32], rng: np.random.Generator, weight: float
+    ) -> tuple[bytes, EncodeReport]:
+        """`encode`, reusing `delta`'s buffer for the clip and for u = delta + residual: one
+        parameter-sized array fewer at the peak, the same frame and residual bit for bit.
+
+        For a caller that owns `delta` (a writable, C-contiguous float32[d] array nothing else
+        reads) and gives it up: whether the call succeeds or fails, its content afterwards is
+        unspecified, and with error feedback on it is the copy of u that `refused` restores
+        until `accepted`, `dropped` or the next encode. Another dtype, layout or a read-only
+        array is a `ValueError`, not a silent copy."""
+        if delta.shape != (self.spec.size,):
+            raise ValueError(f"delta of shape {delta.shape}, model has {self.spec.size} scalars")
+        if not (
+            isinstance(delta, np.ndarray)
+            and delta.dtype == np.float32
+            and delta.flags.c_contiguous
+            and delta.flags.writeable
+        ):
+            raise ValueError("encode_owned needs a writable, C-contiguous float32 delta")
+        # Writing into the residual or into the u kept for `refused` would lose what a failed
+        # encode promises to keep (the residual unchanged, the outstanding upload's u).
+        kept = [self._pending_u, None if self._ef is None else self._ef.residual]
+        if any(a is not None and np.may_share_memory(delta, a) for a in kept):
+            raise ValueError("encode_owned: delta shares memory with the encoder's own state")
+        if self.clip_norm is not None:
+            scale = _clip_scale(delta, self.clip_norm)
+            if scale is not None:  # float32 times float32, as `clip_l2` computes it
+                np.multiply(delta, scale, out=delta)
+        return self._encode(delta, rng, weight, owned=True)
+
+    def _encode(
+        self, d: npt.NDArray[np.float32], rng: np.random.Generator, weight: float, *, owned: bool
+    ) -> tuple[bytes, EncodeReport]:
+        """The clipped delta `d` through error feedback and the codec (`owned`: u is computed
+        into `d`'s buffer)."""
         if not self.error_feedback:
             out = self.codec.encode(d, rng, weight=weight)
             if self._ef is not None:  # dropped, never carried into a later upload
@@ -94,7 +140,16 @@ class UpdateEncoder:
         # `refused` (the whole step computed it again: a second parameter-sized copy alive at
         # once). A non-finite u or residual is refused, the residual kept.
         feedback = self.feedback
-        u = checked_sum(d, feedback.held())
+        if owned:
+            # `checked_sum` into d's buffer: the same float32 sums. `held` is checked first, so
+            # a residual of another shape fails before d is written.
+            residual = feedback.held()
+            with np.errstate(over="ignore"):
+                u = np.add(d, residual, out=d)
+            if not np.all(np.isfinite(u)):
+                raise ValueError(SUM_OVERFLOW)
+        else:
+            u = checked_sum(d, feedback.held())
         frame, report = feedback.step_sum(u, self.codec, rng, weight)
         # Only once the step succeeded: a failed encode (e.g. a NaN delta) must leave what
         # `refused` would restore for the upload still outstanding, not a u never sent.

@@ -67,10 +67,17 @@ class OrtDevice:
         rng: np.random.Generator,
         codec: CodecConfig | None = None,
         cancel: CancelFlag | None = None,
+        *,
+        keep_params: bool = True,
     ) -> OrtUpload:
         """Train from `global_params` and encode the update (`codec` overrides the config).
         `cancel` stops the training within one step (`TrainingCancelled`, nothing encoded:
-        the error-feedback residual stays as it was)."""
+        the error-feedback residual stays as it was).
+
+        `keep_params=False` computes the delta into the trained parameters' own buffer, one
+        parameter-sized array fewer at the peak (the same frame and residual): the upload's
+        `result.params` is then an empty float32 array, not the trained parameters (its
+        `num_examples` and `loss` are kept)."""
         if codec is not None:
             self.encoder.set_config(codec)
         start = np.ascontiguousarray(global_params, dtype=np.float32)
@@ -84,8 +91,26 @@ class OrtDevice:
             rng=rng,
             cancel=cancel,
         )
-        delta = (result.params - start).astype(np.float32, copy=False)
-        frame, report = self.encoder.encode(delta, rng, float(result.num_examples))
+        trained = result.params
+        # The delta gets its own buffer, which the encoder then reuses for u (`encode_owned`);
+        # with keep_params=False it is the trained parameters' buffer, when that is the fresh
+        # float32 array `OrtTrainer.train` returns (never the caller's `global_params`).
+        reuse = (
+            not keep_params
+            and trained.dtype == np.float32
+            and trained.shape == start.shape
+            and trained.flags.c_contiguous
+            and trained.flags.writeable
+            and not np.may_share_memory(trained, start)
+        )
+        if reuse:
+            result = TrainResult(np.empty(0, np.float32), result.num_examples, result.loss)
+            delta = np.subtract(trained, start, out=trained)
+        else:  # a fresh array either way
+            delta = (trained - start).astype(np.float32, copy=False)
+        del trained
+        frame, report = self.encoder.encode_owned(delta, rng, float(result.num_examples))
+        del delta
         # An OrtDevice has no path for a refused upload (`UpdateEncoder.refused`): the copy of
         # u the encoder keeps for one would be held, a parameter-sized array, until the next
         # round replaced it.
