@@ -773,7 +773,26 @@ def register(sub: Any) -> None:
             for a in p._actions
             if a.option_strings and a.dest != argparse.SUPPRESS
         },
+        # Every option string (and each value-taking flag's dest), for `_typed_argv`.
+        _option_dests={
+            option: a.dest
+            for a in p._actions
+            if a.dest != argparse.SUPPRESS
+            for option in a.option_strings
+        },
     )
+    # The words after `plume sim` as they were typed, kept for rounds.json's `argv`: the
+    # parser of `plume` hands this parser exactly those words (argparse's subparser action).
+    parse_known = p.parse_known_args
+
+    def parse_known_args(
+        args: Any = None, namespace: Any = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        parsed, extras = parse_known(args, namespace)
+        parsed._typed = list(sys.argv[2:] if args is None else args)
+        return parsed, extras
+
+    p.parse_known_args = parse_known_args  # type: ignore[method-assign,assignment]
 
     def complete_help(parser: argparse.ArgumentParser) -> None:
         # The aggregator list and SecureConfig's defaults import numpy and the aggregators:
@@ -1147,6 +1166,62 @@ def _command(args: argparse.Namespace) -> str:
         else:
             words += [flag, _without_credentials(str(value))]
     return shlex.join(words)
+
+
+def _typed_argv(args: argparse.Namespace) -> list[str] | None:
+    """rounds.json's `argv`: the command as it was typed, word for word (`plume`, `sim`, then
+    the words after them, abbreviations and `--flag=value` forms kept), with the credentials
+    `_command` leaves out left out here too: a URL's user and password in any word, a
+    --ray-address's `user:password@`, and an inline --ray-runtime-env's JSON (its values may
+    be secrets; replaced by the redaction marker `_command` records). None where the words
+    are not known (a namespace not made by this parser)."""
+    typed: list[str] | None = getattr(args, "_typed", None)
+    if typed is None:
+        return None
+    options: dict[str, str] = args._option_dests
+
+    def dest_of(flag: str) -> str | None:
+        if flag in options:
+            return options[flag]
+        dests = {dest for option, dest in options.items() if option.startswith(flag)}
+        return dests.pop() if len(dests) == 1 and flag.startswith("--") else None
+
+    def redacted(dest: str | None, value: str) -> str:
+        if dest == "ray_address":
+            from .backends.ray_backend import public_address
+
+            return public_address(value)
+        if dest == "ray_runtime_env" and not _is_file(value):
+            try:
+                env = json.loads(value)
+            except ValueError:
+                env = None
+            keys = env if isinstance(env, dict) else {}
+            return str(RuntimeEnv(keys, None))
+        return _without_credentials(value)
+
+    words = ["plume", "sim"]
+    takes_value: str | None = None  # the dest of the flag before this word, if it takes one
+    for i, word in enumerate(typed):
+        if word == "--":
+            words += typed[i:]
+            break
+        if takes_value is not None:
+            words.append(redacted(takes_value, word))
+            takes_value = None
+            continue
+        if word.startswith("-") and len(word) > 1:
+            flag, eq, value = word.partition("=")
+            dest = dest_of(flag)
+            if eq:
+                words.append(f"{flag}={redacted(dest, value)}")
+            else:
+                words.append(word)
+                if dest in ("ray_address", "ray_runtime_env", "coordinator"):
+                    takes_value = dest
+            continue
+        words.append(redacted(None, word))
+    return words
 
 
 def _unproven_dp_note(cfg: Any, secure: bool) -> str | None:
@@ -1638,7 +1713,6 @@ def _sim(args: argparse.Namespace) -> int:
         ort_note,
         robust_guarantee_warning,
         summary,
-        write_run,
     )
     from .status import clear, say
 
@@ -1728,6 +1802,7 @@ def _sim(args: argparse.Namespace) -> int:
         for label, c in runs:
             run_dir = out / label if len(runs) > 1 else out
             rows = _Rows(label, above_bar=False, first=replace)
+            args._load_start = _load_average()  # rounds.json's machine.load_average_start
             try:
                 try:
                     res = _run_one(c, args, label, rows)
@@ -1802,7 +1877,7 @@ def _sim(args: argparse.Namespace) -> int:
             except _NotRemoved as exc:
                 return _fail(exc.text(out), 1)
             try:
-                write_run(res, run_dir, command=_command(args))
+                _write_run(res, run_dir, args)
             except KeyboardInterrupt:
                 # Every round ran; write_run renames each whole file into place, rounds.json
                 # last.
@@ -2121,7 +2196,6 @@ def _write_interrupted(
     """Write an interrupted run's finished rounds into `run_dir` (its summary says
     `"interrupted": true`) and the plots of `results` (the runs of this command so far) into
     `out`; the end of the one line: where they are, or what a second Ctrl-C left."""
-    from .report import write_run
     from .status import clear, say
 
     n = len(partial.records)
@@ -2129,7 +2203,7 @@ def _write_interrupted(
     files = "(rounds.json with summary.interrupted true, rounds.csv, ledger.csv)"
     try:
         say("writing the finished rounds")
-        write_run(partial, run_dir, command=_command(args))
+        _write_run(partial, run_dir, args)
     except KeyboardInterrupt:
         clear()
         # write_run renames each whole file into place, rounds.json last: nothing half-written.
@@ -2148,6 +2222,20 @@ def _write_interrupted(
     clear()
     drawn = " and " + ", ".join(str(p) for p in plots) if plots else ""
     return f"; wrote its {rounds} to {run_dir}/ {files}{drawn}"
+
+
+def _write_run(result: Any, run_dir: Path, args: argparse.Namespace) -> None:
+    """`report.write_run` with what `plume sim` records of the command: `command` (the line
+    that reruns it), `argv` (the line as typed) and the load average when the run started."""
+    from .report import write_run
+
+    write_run(
+        result,
+        run_dir,
+        command=_command(args),
+        argv=_typed_argv(args),
+        load_average_start=getattr(args, "_load_start", None),
+    )
 
 
 def _run_plots(out: Path, results: list[Any]) -> list[Path]:

@@ -40,7 +40,7 @@ from .runner import (
     _progress,
     prepare,
 )
-from .status import say
+from .status import note, say
 
 __all__ = ["run_http_simulation", "HttpFleetOptions", "DOWNLINK", "DeviceFailed"]
 
@@ -135,6 +135,10 @@ def run_http_simulation(
             f"each, in wall time; {', '.join(inproc_only)} run with --transport inproc"
         )
     ensure_open_files(cfg.clients)  # before any task or client is made
+    # Seconds pass before round 1 (loading the data, starting a loopback coordinator,
+    # registering every device): one line in a log too, as a pool's workers get (`note`).
+    where = "the coordinator" if coordinator_url is not None else "a loopback coordinator"
+    note(f"setting up: loading {cfg.dataset}, registering {cfg.clients} devices with {where}")
     with tempfile.TemporaryDirectory(prefix="plume-http-") as tmp:
         if coordinator_url is not None:
             token = opts.admin_token or os.environ.get("PLUME_ADMIN_TOKEN")

@@ -23,6 +23,7 @@ __all__ = [
     "table_row",
     "format_bytes",
     "machine_info",
+    "load_average_1m",
     "code_info",
     "git_info",
     "write_run",
@@ -161,6 +162,14 @@ def machine_info() -> dict[str, Any]:
     except ImportError:
         pass
     return info
+
+
+def load_average_1m() -> float | None:
+    """The 1-minute load average (None where the system has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
 
 
 def utc_now() -> str:
@@ -508,18 +517,30 @@ def code_info() -> dict[str, Any]:
 
 
 def write_run(
-    result: SimResult, out_dir: str | Path, *, command: str | None = None
+    result: SimResult,
+    out_dir: str | Path,
+    *,
+    command: str | None = None,
+    argv: list[str] | None = None,
+    load_average_start: float | None = None,
 ) -> dict[str, Path]:
     """Write rounds.json, rounds.csv and ledger.csv for one run into `out_dir`.
 
     `command`: the `plume sim ...` line that reruns it (`plume sim` passes its own), kept in
-    rounds.json as `command`; None leaves the key out (a run started from Python)."""
+    rounds.json as `command`; `argv`: the words of the command as it was typed (credentials
+    redacted), kept as `argv`; None leaves each key out (a run started from Python).
+    `load_average_start`: the 1-minute load average when the run started (`plume sim` reads
+    it before each run), rounds.json's `machine.load_average_start`; `machine` also has
+    `load_average_end`, read now. Either is null where it was not read (no load average on
+    this system, or a run started from Python)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = [_record_dict(r) for r in result.records]
     doc: dict[str, Any] = {}
     if command is not None:
         doc["command"] = command
+    if argv is not None:
+        doc["argv"] = list(argv)
     doc["config"] = result.config.as_dict()
     if result.dp_seed is not None:
         # Only dp runs have the key: other runs record the config they did before it.
@@ -532,7 +553,11 @@ def write_run(
             "summary": summary(result),
             "rounds": rows,
             "ledger_totals": result.ledger.totals(),
-            "machine": machine_info(),
+            "machine": {
+                **machine_info(),
+                "load_average_start": load_average_start,
+                "load_average_end": load_average_1m(),
+            },
             "code": code_info(),
             "started_at": result.started_at,
             "finished_at": utc_now(),

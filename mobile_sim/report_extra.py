@@ -162,11 +162,16 @@ class RunDirMixed(RunDirError):
     cannot compare them (a sweep varies the other settings of one dataset and model)."""
 
 
+# The subfolders `plume sim --compare-dense` writes its runs into, named after their labels.
+_RUN_LABELS = ("compressed", "secure", "dense")
+
+
 def _own_files(folder: Path) -> list[Path]:
-    """The run files of one `--out` folder: its rounds.json, or its subfolders' (a
-    --compare-dense run); [] if it has neither."""
+    """The run files of one `--out` folder: its rounds.json, or its --compare-dense run's
+    (`_RUN_LABELS` subfolders'); [] if it has neither. Other subfolders are not looked in."""
     top = folder / "rounds.json"
-    subs = sorted(folder.glob("*/rounds.json"))
+    subs = [p for p in (folder / label / "rounds.json" for label in _RUN_LABELS) if p.is_file()]
+    subs.sort()
     if top.is_file() and subs:
         # A reused --out folder holds a single run's file and a --compare-dense run's
         # subfolders: the newer of the two is the run that last wrote here.
@@ -176,18 +181,37 @@ def _own_files(folder: Path) -> list[Path]:
 
 
 def _run_files(root: Path) -> list[Path]:
+    """The run files `plume sim report ROOT` reads, in the layouts `plume sim` writes (and a
+    sweep of them): ROOT/rounds.json, ROOT/{compressed,secure,dense}/rounds.json, else each
+    subfolder SUB's ROOT/SUB/rounds.json or ROOT/SUB/{compressed,secure,dense}/rounds.json.
+    Nothing deeper: a folder such as /tmp is not searched for any rounds.json below it."""
     if not root.is_dir():
         raise RunDirNotFound(f"{root} is not a folder (no rounds.json)")
-    if (root / "rounds.json").is_file():
-        paths = _own_files(root)
-    else:
-        # One run folder per subfolder (a plain --compare-dense run's compressed/ and dense/,
-        # or a sweep's settings), each holding a single run or a --compare-dense pair.
+    paths = _own_files(root)
+    if not paths:
+        # One run folder per subfolder (a sweep's settings), each holding a single run or a
+        # --compare-dense pair.
         subs = sorted(p for p in root.iterdir() if p.is_dir())
         paths = [path for sub in subs for path in _own_files(sub)]
     if not paths:
-        raise RunDirNotFound(f"no rounds.json in {root} or its subfolders")
+        raise RunDirNotFound(
+            f"no rounds.json in {root} or its subfolders (nor in a subfolder's "
+            f"{', '.join(_RUN_LABELS)}/)"
+        )
     return paths
+
+
+def _in_subfolder(root: Path, path: Path) -> str:
+    """For an error about `path`, a run file `_run_files(root)` found below `root` that was
+    not asked for by name: what it was taken as. "" for ROOT/rounds.json and a --compare-dense
+    run's own files (ROOT/LABEL/rounds.json beside no sweep), which name themselves."""
+    if path.parent == root or (path.parent.parent == root and path.parent.name in _RUN_LABELS):
+        return ""
+    sub = path.relative_to(root).parts[0]
+    return (
+        f" ({root} has no rounds.json of its own, so its subfolder {sub}/ was read as one of "
+        "a sweep's runs; name a run's own folder to report only it)"
+    )
 
 
 def _label(root: Path, path: Path, doc: dict[str, Any]) -> str:
@@ -256,8 +280,13 @@ def read_run_dir(run_dir: str | Path) -> RunDir:
     trained: list[tuple[str, str | None, str | None]] = []  # label, dataset, model
     title: str | None = None
     for path in _run_files(root):
-        doc = _read_doc(path)
-        rounds = _check_doc(path, doc)
+        try:
+            doc = _read_doc(path)
+            rounds = _check_doc(path, doc)
+        except RunDirError as exc:
+            if not (found_in := _in_subfolder(root, path)):
+                raise
+            raise type(exc)(f"{exc}{found_in}") from exc
         if title is None:  # the first run in folder order: the one `plume sim` titled by
             title = _title(doc)
         label = _label(root, path, doc)

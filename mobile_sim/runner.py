@@ -629,9 +629,12 @@ class RoundRecord:
     # engine's decode and aggregation (`submit_many` + `close_round`), evaluation (test
     # accuracy and backdoor accuracy), and the rest (selection, the simulated clock,
     # bookkeeping), so that the five sum to `wall_s`. A phase a round did not run took 0.0 s
-    # (an unevaluated round's eval, an abandoned selection's training). None where no split
-    # was measured: the HTTP transport (devices train concurrently, `wall_s` is the
-    # coordinator's open-to-close) and secure rounds.
+    # (an unevaluated round's eval, an abandoned selection's training). An in-process secure
+    # round fills them in too (`secure.run_secure_simulation`: the masked inputs as the
+    # encoding, the server's SecAgg+ stages and unmask as the aggregation). None where no
+    # split was measured: the HTTP transport (plain: devices train concurrently, `wall_s` is
+    # the coordinator's open-to-close; secure: the devices' SecAgg+ steps and the service's
+    # overlap in other threads).
     wall_train_s: float | None = None
     wall_encode_s: float | None = None
     wall_aggregate_s: float | None = None

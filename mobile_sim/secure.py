@@ -26,7 +26,7 @@ from protocol.secagg import CtrRandom, RoundAborted, SecAggError, Stage
 from sdk.secure import SecureParticipant, SecureSession
 
 from .partition import partition_stats
-from .runner import RoundRecord, RunInterrupted, SimConfig, SimResult, _jsonable
+from .runner import RoundRecord, RunInterrupted, SimConfig, SimResult, _jsonable, _wall_split
 
 __all__ = [
     "STAGES",
@@ -46,6 +46,8 @@ class RoundStats:
 
     client_s[stage]: device seconds per stage, one entry per device that ran it.
     server_s[stage]: server seconds to receive that stage's uploads and close it.
+    server_wall_s: the server's wall seconds in the round: every upload's receive and stage's
+    close, and the coordinator's `close_round` (the unmask and the published step).
     """
 
     client_s: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))
@@ -53,6 +55,7 @@ class RoundStats:
     refused: dict[str, str] = field(default_factory=dict)
     bytes_up: dict[str, int] = field(default_factory=dict)
     bytes_down: dict[str, int] = field(default_factory=dict)
+    server_wall_s: float = 0.0
 
 
 def draw_dropouts(device_ids: list[str], rate: float, rng: np.random.Generator) -> dict[str, Stage]:
@@ -122,14 +125,20 @@ def run_secure_round(
                     if body is not None:
                         t0 = time.perf_counter()
                         sr.receive(stage, dev, body)
-                        stats.server_s[str(stage)] += time.perf_counter() - t0
+                        spent = time.perf_counter() - t0
+                        stats.server_s[str(stage)] += spent
+                        stats.server_wall_s += spent
                 if stage != Stage.UNMASK:
                     t0 = time.perf_counter()
                     inbox = sr.close(stage)
-                    stats.server_s[str(stage)] += time.perf_counter() - t0
+                    spent = time.perf_counter() - t0
+                    stats.server_s[str(stage)] += spent
+                    stats.server_wall_s += spent
         except RoundAborted:
             continue
+    t0 = time.perf_counter()
     outcome = coord.close_round(task)
+    stats.server_wall_s += time.perf_counter() - t0
     _settle_inputs(participants, sessions, outcome, coord.config.dp)
     stats.server_s["unmask"] += float(outcome.measurements.get("unmask_s", 0.0))
     for sr in task.groups:
@@ -447,8 +456,12 @@ def run_secure_simulation(
 
     from .backends import TrainJob
     from .runner import _device_ids, backend_for, prepare, train_context
-    from .status import clear
+    from .status import clear, note
 
+    if transport == "http":
+        # Seconds pass before round 1 (loading the data, starting the loopback coordinator,
+        # registering the devices in round 1): one line in a log too (`note`).
+        note(f"setting up: loading {cfg.dataset}, starting a loopback coordinator")
     setup = prepare(cfg)
     data, parts, model, eval_model = setup.data, setup.parts, setup.model, setup.eval_model
     started_at = setup.started_at
@@ -491,7 +504,9 @@ def run_secure_simulation(
             jobs = [
                 TrainJob(dev, index_of[dev], r, cfg.seed, parts[index_of[dev]]) for dev in selected
             ]
+            t_train = time.perf_counter()
             results = be.train(coord.params, jobs)
+            train_s = time.perf_counter() - t_train
             updates = {res.device_id: (res.delta, int(res.num_examples)) for res in results}
             for dev in selected:
                 if dev not in participants:
@@ -524,8 +539,11 @@ def run_secure_simulation(
                     stats.bytes_down[dev] = stats.bytes_down.get(dev, 0) + 4 * d
             acc: float | None = None
             loss: float | None = None
+            eval_s = 0.0
             if r % cfg.eval_every == 0 or r == cfg.rounds:
+                t_eval = time.perf_counter()
                 acc, loss = evaluate(eval_model, coord.params, data.x_test, data.y_test)
+                eval_s = time.perf_counter() - t_eval
             up = sum(stats.bytes_up.values())
             down = sum(stats.bytes_down.values())
             # The dense baselines as the ledger holds them (one fp32 model per masked input
@@ -537,6 +555,7 @@ def run_secure_simulation(
             meas: dict[str, Any] = dict(outcome.measurements)
             meas["client_s"] = {s: float(np.mean(v)) for s, v in stats.client_s.items() if v}
             meas["refused"] = len(stats.refused)
+            wall_s = time.perf_counter() - t0
             rec = RoundRecord(
                 round=r,
                 accuracy=acc,
@@ -551,10 +570,21 @@ def run_secure_simulation(
                 wire_up=up,
                 wire_down=down,
                 ratio_up=dense_up / up if up else None,
-                wall_s=time.perf_counter() - t0,
+                wall_s=wall_s,
                 available=cfg.clients,  # the cohort is drawn from the whole fleet, above
                 measurements=meas,
             )
+            if fleet is None:
+                # In process every device's and the server's SecAgg step runs in turn in this
+                # thread, so their timers split `wall_s` as `run_simulation`'s do: the masked
+                # input (the devices' compression and masking) is the encoding, the server's
+                # stages and its close (the unmask) the aggregation; the devices' key agreement and
+                # unmask shares go to `wall_other_s`. Over HTTP the devices' steps and the
+                # service's overlap in other threads: no split (None, as plain HTTP runs).
+                masked = sum(stats.client_s.get(str(Stage.MASKED_INPUT), ()))
+                split = _wall_split(wall_s, train_s, masked, stats.server_wall_s, eval_s)
+                for name, seconds in split.items():
+                    setattr(rec, name, seconds)
             params_now = coord.params.copy()
             records.append(rec)
             last_params = params_now

@@ -34,6 +34,8 @@ CFG = SimConfig(
 # times (a round's and its parts) and dates.
 # Also `command` (its --out) and `code` (the tree may change under a test: other commits).
 _TIMES = ("wall_s", *WALL_PHASES, "started_at", "finished_at", "command", "code")
+# `argv` too (its --out), and the load averages in `machine` (other processes' load).
+_TIMES += ("argv", "load_average_start", "load_average_end")
 
 
 def _stable(doc: Any) -> Any:
