@@ -2120,6 +2120,17 @@ def _interrupted(
     return text
 
 
+def _finished_rounds_of(exc: Exception) -> Any:
+    """The finished rounds a runner handed on `exc` (`finished_rounds`), or None: none
+    finished, or PLUME_DEBUG=1 (which keeps the traceback and writes nothing)."""
+    from coordinator.cli import debug_enabled
+
+    partial = getattr(exc, "finished_rounds", None)
+    if partial is None or not partial.records or debug_enabled():
+        return None
+    return partial
+
+
 def _worker_failure_line(
     exc: Exception,
     run_dir: Path,
@@ -2134,10 +2145,10 @@ def _worker_failure_line(
     an interrupted run's and return the one error line, the worker's and where the rounds
     went. None for any other error, or one before a round finished: handled as before.
     PLUME_DEBUG=1 keeps the traceback (nothing is written then, as for any error under it)."""
-    from coordinator.cli import _worker_error_line, debug_enabled
+    from coordinator.cli import _worker_error_line
 
-    partial = getattr(exc, "finished_rounds", None)
-    if partial is None or not partial.records or debug_enabled():
+    partial = _finished_rounds_of(exc)
+    if partial is None:
         return None
     line = _worker_error_line(exc)
     device_failed = getattr(sys.modules.get("mobile_sim.http_fleet"), "DeviceFailed", None)
@@ -2161,12 +2172,10 @@ def _finished_before_error(
     interrupted run's and return the line that says so, printed before the error itself.
     None when no round finished, under PLUME_DEBUG=1, or for a closed stdout (a run piped
     into `head`, which ends quietly): nothing is written then."""
-    from coordinator.cli import debug_enabled
-
     if isinstance(exc, BrokenPipeError):
         return None  # `plume sim ... | head`: ends quietly, as a SIGPIPE death would
-    partial = getattr(exc, "finished_rounds", None)
-    if partial is None or not partial.records or debug_enabled():
+    partial = _finished_rounds_of(exc)
+    if partial is None:
         return None
     where = _write_finished(partial, run_dir, args, out, results, replace)
     return "the run stopped on the error below" + where
