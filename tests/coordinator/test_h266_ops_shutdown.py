@@ -22,7 +22,9 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -214,12 +216,24 @@ def test_serve_passes_the_shutdown_grace_on(
     assert seen == [SHUTDOWN_GRACE_S, 0.0]
 
 
-def _serve(db: Path, port: int, *flags: str) -> subprocess.Popen[str]:
+def _sighup(action: Any) -> Callable[[], None]:
+    """A `preexec_fn` that starts the child with SIGHUP set to `action`: serve keeps an
+    ignored SIGHUP ignored (nohup), so a test of what SIGHUP does must not inherit an ignored
+    one from the process running the tests (`nohup make test`)."""
+
+    def preexec() -> None:
+        signal.signal(signal.SIGHUP, action)
+
+    return preexec
+
+
+def _serve(db: Path, port: int, *flags: str, sighup: Any = signal.SIG_DFL) -> subprocess.Popen[str]:
     env = {**os.environ, "PLUME_DEBUG": "", "PLUME_ADMIN_TOKEN": ADMIN}
     argv = [*_plume(), "coordinator", "serve", "--db", str(db), "--port", str(port), *flags]
     return subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    )
+        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=_sighup(sighup),
+    )  # fmt: skip
 
 
 def test_sigterm_answers_an_upload_in_flight_503_without_a_traceback(tmp_path: Path) -> None:

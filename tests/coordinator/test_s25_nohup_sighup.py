@@ -21,11 +21,7 @@ def test_serve_started_with_sighup_ignored_keeps_serving_after_a_hang_up(tmp_pat
     # Prepare: serve started as nohup starts it (SIGHUP ignored)
     db, port = tmp_path / "plume.db", free_port()
     url = f"http://127.0.0.1:{port}"
-    previous = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # inherited by the child
-    try:
-        proc = _serve(db, port)
-    finally:
-        signal.signal(signal.SIGHUP, previous)
+    proc = _serve(db, port, sighup=signal.SIG_IGN)
     with proc:
         try:
             _wait_healthy(url, proc)
