@@ -26,6 +26,7 @@ __all__ = [
     "check_finite_reports",
     "saturate_f32",
     "sparse_weighted_sum",
+    "stages",
 ]
 
 Measurements = dict[str, Any]
@@ -66,6 +67,18 @@ class NonFiniteReportError(ValueError):
     `ClientUpdate` by hand; the robust aggregators and screens refuse it before any arithmetic,
     so no state is touched and the engine keeps its model.
     """
+
+
+def stages(factory: object) -> list[object]:
+    """`factory`'s stages, outermost first, found through wrappers' `.inner` (a server
+    optimizer, a screen, a clip around a mean: the chains `build_aggregator` makes are a few
+    stages deep; at most 64 are followed)."""
+    out: list[object] = []
+    node: object | None = factory
+    while node is not None and len(out) < 64:
+        out.append(node)
+        node = getattr(node, "inner", None)
+    return out
 
 
 def check_finite_reports(updates: Sequence[ClientUpdate]) -> None:

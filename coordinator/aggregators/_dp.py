@@ -35,7 +35,13 @@ from coordinator.privacy import (
     Sampling,
 )
 
-from ._base import AggregateOutput, AggregatorFactory, ClientUpdate, check_finite_reports
+from ._base import (
+    AggregateOutput,
+    AggregatorFactory,
+    ClientUpdate,
+    check_finite_reports,
+    stages,
+)
 from ._clip import MIN_CLIP, AdaptiveClip, clip_update
 from ._mean import FedAvg, _FedAvgProcess
 
@@ -383,14 +389,7 @@ def _os_seed() -> int:
 def find_dp(factory: object) -> DPMean | None:
     """The `DPMean` stage inside `factory`, found through wrappers' `.inner` (a server
     optimizer, a screen), or None."""
-    node: object = factory
-    for _ in range(64):  # wrapper chains are a few stages deep
-        if isinstance(node, DPMean):
-            return node
-        node = getattr(node, "inner", None)
-        if node is None:
-            return None
-    return None
+    return next((s for s in stages(factory) if isinstance(s, DPMean)), None)
 
 
 def returns_refused(factory: object) -> bool:

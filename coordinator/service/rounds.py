@@ -69,6 +69,7 @@ from coordinator.aggregators import (
     decode_state,
     encode_state,
 )
+from coordinator.aggregators._base import stages
 from coordinator.aggregators._clip import MIN_CLIP
 from coordinator.aggregators._dp import (
     accounted_sample_size,
@@ -718,17 +719,6 @@ def unproven_feedback_note(cfg: TaskConfig) -> str | None:
     )
 
 
-def _stages(factory: object) -> list[object]:
-    """`factory`'s stages, outermost first, found through wrappers' `.inner` (the chains
-    `build_aggregator` makes are a few stages deep)."""
-    out: list[object] = []
-    node: object | None = factory
-    while node is not None and len(out) < 64:
-        out.append(node)
-        node = getattr(node, "inner", None)
-    return out
-
-
 def _share_sized(stage: object) -> bool:
     """Whether `stage` is a robust rule sized against the attackers among a round's reports: an
     f (Krum, multi-Krum, NNM), a trim (trimmed mean with beta > 0), a breakdown point
@@ -770,7 +760,7 @@ def over_selection_note(cfg: TaskConfig) -> str | None:
     selected = math.ceil(cpr * x - 1e-9)
     if selected <= cpr:
         return None
-    if not any(_share_sized(s) for s in _stages(_aggregator(cfg.aggregator))):
+    if not any(_share_sized(s) for s in stages(_aggregator(cfg.aggregator))):
         return None
     return (
         f"over_selection {x:g} selects S = ceil({cpr}·{x:g}) = {selected} devices and keeps "
@@ -790,7 +780,7 @@ def krum_topk_note(cfg: TaskConfig) -> str | None:
     `create_task` logs it and the API answers it. `cfg` must be valid (`validate_task`)."""
     if not cfg.codec.topk < 1:
         return None
-    for stage in _stages(_aggregator(cfg.aggregator)):
+    for stage in stages(_aggregator(cfg.aggregator)):
         if isinstance(stage, NearestNeighborMixing):
             return None  # NNM mixes each report with its neighbours first: not sparse any more
         if isinstance(stage, Krum) and stage.m == 1:
