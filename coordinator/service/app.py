@@ -64,6 +64,7 @@ from protocol.names import ContentType, ModelEncoding, Path, Reason, SnapshotDTy
 from protocol.names import Header as H
 
 from . import rounds
+from ._ratelimit import EveryFew
 from ._secure_api import add_secure_routes
 from .auth import RateLimiter, RequestVerifier, check_admin_token, client_key
 from .dp_total import AllTasksPrivacyCache
@@ -227,38 +228,8 @@ def _only_query(request: Request, *allowed: str) -> None:
 
 # The readiness route (not in protocol.names.Path: devices do not call it).
 READYZ = "/readyz"
-# At most one store error log line per this many seconds (`_EveryFew`).
+# At most one store error log line per this many seconds (`EveryFew`).
 _STORE_LOG_EVERY_S = 5.0
-
-
-class _EveryFew:
-    """Lets a log line through at most once every `every_s` seconds (`clock`: monotonic
-    seconds). Calling it says whether this one goes out: None when it is left out (counted),
-    else how many were left out since the last one, which `since` turns into the line's
-    suffix."""
-
-    def __init__(self, every_s: float, clock: Callable[[], float] = time.monotonic) -> None:
-        self.every_s = every_s
-        self.clock = clock
-        self._next = -float("inf")
-        self._skipped = 0
-
-    def __call__(self) -> int | None:
-        now = self.clock()
-        if now < self._next:
-            self._skipped += 1
-            return None
-        self._next = now + self.every_s
-        skipped, self._skipped = self._skipped, 0
-        return skipped
-
-    def since(self, skipped: int) -> str:
-        if not skipped:
-            return ""
-        return (
-            f" ({skipped} more like it since the last such line, not logged: at most one "
-            f"every {self.every_s:g} s)"
-        )
 
 
 # The Retry-After (seconds: a restart takes a few) of the 503 `shutting_down`
@@ -393,8 +364,8 @@ def create_app(
     app.state.metrics = metrics
     # One store error line per request flooded the log (often on the full disk itself) at a
     # fleet's check-in rate: at most one every _STORE_LOG_EVERY_S, with the count left out.
-    store_log = app.state.store_error_log = _EveryFew(_STORE_LOG_EVERY_S)
-    damaged_log = _EveryFew(_STORE_LOG_EVERY_S)
+    store_log = app.state.store_error_log = EveryFew(_STORE_LOG_EVERY_S)
+    damaged_log = EveryFew(_STORE_LOG_EVERY_S)
 
     # -- error rendering ---------------------------------------------------------------------
 

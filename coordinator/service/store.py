@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from ._ratelimit import EveryFew
+
 __all__ = [
     "Store",
     "StoreError",
@@ -581,6 +583,10 @@ class Store:
         # (round, device, direction) -> [payload, wire, dense, requests]: ledger rows a write
         # the store refused kept for the next one (`ledger_add`)
         self._ledger_kept: dict[tuple[int, str, str], list[int]] = {}
+        # The WARNING of a refused ledger write, at most one every 5 s: each request writes
+        # the ledger, so a full disk would otherwise log a line per request (to a log that
+        # may share the full disk)
+        self._ledger_log = EveryFew(5.0)
         # Writes the database refused (`write_errors`), and the error of the last write while
         # none has committed since (`write_failing`); `probe_write`'s last try (monotonic).
         self._write_errors = 0
@@ -1508,12 +1514,15 @@ class Store:
                     )
             except sqlite3.OperationalError as exc:
                 self._ledger_kept = merged
-                log.warning(
-                    "the database refused a ledger write (%s): %d ledger rows kept in memory, "
-                    "written with the next ledger write (lost if the process dies first)",
-                    exc,
-                    len(merged),
-                )
+                if (skipped := self._ledger_log()) is not None:
+                    log.warning(
+                        "the database refused a ledger write (%s): %d ledger rows kept in "
+                        "memory, written with the next ledger write (lost if the process dies "
+                        "first)%s",
+                        exc,
+                        len(merged),
+                        self._ledger_log.since(skipped),
+                    )
                 return
             self._ledger_kept = {}
 

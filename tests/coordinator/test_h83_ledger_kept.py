@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from coordinator.service import Store
+from coordinator.service._ratelimit import EveryFew
 
 
 class Refusing:
@@ -90,8 +91,32 @@ def test_a_refused_ledger_write_is_kept_read_back_and_written_with_the_next(
         [(1, "a", "up", 10, 100, 40, 1)],
     )
     assert after == (want_1, [(2, "a", "up", 1, 1, 1, 1)], want_1)
+    # (the second refusal came within 5 s of the first: one line, see the rate-limit test)
     kept = [r.getMessage() for r in caplog.records if "refused a ledger write" in r.getMessage()]
-    assert len(kept) == 2 and "database or disk is full" in kept[0]
+    assert len(kept) == 1 and "database or disk is full" in kept[0]
+
+
+def test_a_refused_ledger_write_logs_at_most_one_line_every_5_s(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: every write refused (a full disk), on a clock the test moves
+    now = [100.0]
+    store = Store(tmp_path / "plume.db")
+    store._ledger_log = EveryFew(5.0, clock=lambda: now[0])
+    _refusing(store, sqlite3.OperationalError("database or disk is full"), 10**6)
+    caplog.set_level(logging.WARNING, logger="plume.coordinator")
+    # Execute: 50 requests' writes within a second, then one 5 s after the first
+    for i in range(50):
+        now[0] = 100.0 + i * 0.02
+        store.ledger_add([(1, f"d{i}", "up", 1, 2, 3)])
+    now[0] = 105.0
+    store.ledger_add([(1, "late", "up", 1, 2, 3)])
+    # Assert: two lines, the second counting the 49 left out; every row still kept
+    lines = [r.getMessage() for r in caplog.records if "refused a ledger write" in r.getMessage()]
+    assert len(lines) == 2
+    assert "50 ledger rows kept" not in lines[0] and "1 ledger rows kept" in lines[0]
+    assert "51 ledger rows kept" in lines[1] and "(49 more like it since" in lines[1]
+    assert len(store.ledger_rows(1)) == 51
 
 
 def test_a_clean_close_writes_the_kept_rows_or_says_they_are_lost(
