@@ -578,6 +578,14 @@ class RoundReport:
     computed, `num_examples` 0) or the trainer counted no target (docs/devices.md). NaN, not
     None, so that `loss: float` holds for every caller, and a mean over reports that counts
     one is NaN rather than a plausible number. A plain round that cannot train raises instead.
+
+    `resent` is True when the update accepted is one an earlier call trained for this same
+    round and left pending (its upload failed), which this call re-sent (`receipt` is that
+    re-send's): this call downloaded and trained nothing, as the coordinator holds the
+    device's update for the round and refuses a second (409 `duplicate_upload`). That
+    earlier training's loss and example count were not kept: `loss` NaN, `num_examples` 0,
+    `download_encoding` "" (nothing downloaded); `model_version` is the round's base version;
+    `bytes_down` and `bytes_up` the re-send's.
     """
 
     round_id: int
@@ -589,6 +597,7 @@ class RoundReport:
     download_encoding: str
     bytes_down: int
     bytes_up: int
+    resent: bool = False
 
 
 @dataclass
@@ -2213,6 +2222,27 @@ def _unsettled(core: _Core, pending: PendingUpload, err: ClientError) -> None:
         raise err
 
 
+def _same_round(pending: PendingUpload, a: Assignment) -> bool:
+    """Whether `pending` is an upload to `a`'s round (of its task, when the upload names one):
+    once the coordinator accepted it, it holds this device's update for the round, and a
+    second upload to it is refused (409 `duplicate_upload`)."""
+    return pending.round_id == a.round_id and pending.task_id in (None, a.task_id)
+
+
+def _resent_report(
+    core: _Core, a: Assignment, receipt: UploadReceipt, before: dict[str, int]
+) -> RoundReport:
+    """The report of round `a` whose update an earlier call trained, and this call's re-send
+    (`receipt`) delivered (`RoundReport.resent`): nothing downloaded or trained now, so no
+    loss (NaN), no examples, no download encoding; the bytes are the re-send's, counted from
+    `before` (the round's wire bytes before it)."""
+    row = core.bandwidth.get(a.round_id, {})
+    return RoundReport(
+        a.round_id, a.task_id, receipt, math.nan, 0, a.base_version, "",
+        _delta(row, before, "down"), _delta(row, before, "up"), resent=True,
+    )  # fmt: skip
+
+
 def _refused_for_good(response: httpx.Response, err: ClientError) -> bool:
     # Only a refusal (4xx) means it: a 5xx or 3xx naming the reason is not the coordinator's.
     return 400 <= response.status_code < 500 and err.reason in _REFUSED_FOR_GOOD
@@ -2988,15 +3018,18 @@ class Client:
         except ClientError:
             return None
 
-    def _settle_pending(self) -> None:
-        """Re-send a pending upload before a new one replaces it; see `_unsettled`."""
+    def _settle_pending(self) -> tuple[PendingUpload, UploadReceipt] | None:
+        """Re-send a pending upload before a new one replaces it; see `_unsettled`. The upload
+        and its receipt when the coordinator accepted it; None when none was pending or it
+        was refused (and settled)."""
         pending = self._core.store.load_pending()
         if pending is None:
-            return
+            return None
         try:
-            self.upload(pending)
+            return pending, self.upload(pending)
         except ClientError as err:
             _unsettled(self._core, pending, err)
+            return None
 
     def encode_update(
         self,
@@ -3025,7 +3058,8 @@ class Client:
         must reach the coordinator or go back into the residual before a new one replaces it.
         While its fate is unknown (its re-send fails with a 5xx, a bad answer, ...), this
         raises that `ClientError` and trains nothing; once its round closes, the coordinator's
-        `round_closed` settles it.
+        `round_closed` settles it. One of `a`'s own round that is accepted now is the round's
+        update: nothing is downloaded or trained, and the report says so (`resent`).
 
         When the check-in that carried `a` showed the coordinator's clock (a usable `Date`,
         `_Core.note_round`), the model download and the upload, retries and backoff included,
@@ -3052,11 +3086,14 @@ class Client:
         y: npt.NDArray[np.int64],
     ) -> RoundReport:
         r = a.round_id
+        before = _wire(self.bandwidth.get(r, {}))
         try:
-            self._settle_pending()
+            settled = self._settle_pending()
         except _Stop:
             raise ParticipationCancelled("resend", _EARLIER_PENDING, r) from None
-        before = _wire(self.bandwidth.get(a.round_id, {}))
+        if settled is not None and _same_round(settled[0], a):
+            return _resent_report(self._core, a, settled[1], before)
+        before = _wire(self.bandwidth.get(r, {}))
         end = self._core.plain_round_end(a)
         try:
             params, encoding = self._fetch_model(a, end)
@@ -3610,14 +3647,16 @@ class AsyncClient:
         except ClientError:
             return None
 
-    async def _settle_pending(self) -> None:
+    async def _settle_pending(self) -> tuple[PendingUpload, UploadReceipt] | None:
+        """As `Client._settle_pending`."""
         pending = self._core.store.load_pending()
         if pending is None:
-            return
+            return None
         try:
-            await self.upload(pending)
+            return pending, await self.upload(pending)
         except ClientError as err:
             _unsettled(self._core, pending, err)
+            return None
 
     def encode_update(
         self,
@@ -3658,11 +3697,14 @@ class AsyncClient:
     ) -> RoundReport:
         """As `Client._train_round`."""
         r = a.round_id
+        before = _wire(self.bandwidth.get(r, {}))
         try:
-            await self._settle_pending()
+            settled = await self._settle_pending()
         except _Stop:
             raise ParticipationCancelled("resend", _EARLIER_PENDING, r) from None
-        before = _wire(self.bandwidth.get(a.round_id, {}))
+        if settled is not None and _same_round(settled[0], a):
+            return _resent_report(self._core, a, settled[1], before)
+        before = _wire(self.bandwidth.get(r, {}))
         end = self._core.plain_round_end(a)
         try:
             params, encoding = await self._fetch_model(a, end)
