@@ -862,18 +862,12 @@ class _Core:
 
     def delay(self, attempt: int, response: httpx.Response | None) -> float:
         """Seconds to wait before attempt `attempt + 1`: the response's `Retry-After` (capped
-        at 30 s) when it is a finite non-negative number, else exponential backoff (capped at
-        MAX_BACKOFF_S, 60 s)."""
+        at 30 s) when it is a finite non-negative number or an HTTP-date (`_retry_after`),
+        else exponential backoff (capped at MAX_BACKOFF_S, 60 s)."""
         if response is not None:
-            ra = response.headers.get(Header.RETRY_AFTER)
-            if ra is not None:
-                try:
-                    seconds = float(ra)
-                except ValueError:
-                    seconds = math.nan
-                # NaN, inf and negative values would make time.sleep raise (or never return).
-                if math.isfinite(seconds) and seconds >= 0:
-                    return min(seconds, 30.0)
+            seconds = _retry_after(response, self.clock)
+            if seconds is not None:
+                return min(seconds, 30.0)
         # Exponential backoff with deterministic jitter from the attempt number, at most
         # MAX_BACKOFF_S (2.0 ** 64: past any cap, and a float that cannot overflow to an error).
         jitter = 1.0 + 0.25 * ((attempt * 7919) % 4) / 4
@@ -1417,6 +1411,26 @@ def _http_date(text: str | None) -> float | None:
     except ValueError:  # 31 Feb, 25:00, 0000, a leap second
         return None
     return when.timestamp()
+
+
+def _retry_after(response: httpx.Response, clock: Callable[[], float]) -> float | None:
+    """The seconds `response`'s `Retry-After` asks to wait: its delay-seconds when a finite
+    number >= 0 (NaN, inf and negative values would make `time.sleep` raise, or never return);
+    or, for an HTTP-date (IMF-fixdate, `_http_date`), that date less the response's own `Date`
+    (both the coordinator's clock), less the device's `clock()` when the response has no
+    usable `Date`; a date already past is 0. None for no header or anything else."""
+    ra = response.headers.get(Header.RETRY_AFTER)
+    if ra is None:
+        return None
+    try:
+        seconds = float(ra)
+    except ValueError:
+        when = _http_date(ra)
+        if when is None:
+            return None
+        now = _http_date(response.headers.get("date"))
+        return max(when - (clock() if now is None else now), 0.0)
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def _server_now(date: float | None, device_now: float, rtt: float) -> float | None:
@@ -2699,7 +2713,8 @@ class Client:
       A TLS certificate that fails verification is not retried: `TlsCertificateError` (a
       `ClientError`, reason `tls_certificate`) at the first attempt.
     - `backoff_s`: the first wait before a retry, doubling each attempt up to
-      `MAX_BACKOFF_S` (60 s) per wait; a `Retry-After` (capped at 30 s) takes its place.
+      `MAX_BACKOFF_S` (60 s) per wait; a `Retry-After` (capped at 30 s; seconds, or an
+      HTTP-date read against the answer's `Date`) takes its place.
     - `verify`: TLS verification: `True` (httpx's default: the `certifi` bundle, or
       `SSL_CERT_FILE`/`SSL_CERT_DIR` when set; not the system store), `False` (none: for
       tests only), an `ssl.SSLContext`, or the path of the coordinator's CA bundle (a PEM
