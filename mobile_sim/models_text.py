@@ -42,7 +42,10 @@ class CharLSTM(nn.Module):
 
     Input: token ids float32 or int64 [B, L] (floats are cast; `mobile_sim.datasets` stores ids
     as float32). Output: logits float32[B, vocab_size] for the character after the sequence.
-    LEAF's reference model is ``CharLSTM(embed_dim=8, hidden=256, layers=2)`` (822,112 params).
+    LEAF's reference model has the shape of ``CharLSTM(embed_dim=8, hidden=256, layers=2)``,
+    822,112 params at this vocabulary of 96 ids. LEAF's own, over its 80 characters, has 817,872
+    (one bias per gate, as here), and its TensorFlow ``BasicLSTMCell`` adds a forget-gate bias of
+    1.0 that `LSTMLayer` does not.
     """
 
     def __init__(

@@ -3,8 +3,13 @@
 Each speaking role with at least `min_speeches` speeches is one client (98 roles in the tiny
 Shakespeare file at the default of 20). A role's speeches are joined (lines by spaces) into one
 text; every `stride` characters a window of `seq_len` characters is an example and the character
-that follows it is the label. Per role, the first `train_fraction` of the windows train and the
-rest test, so overlapping windows never straddle the split (LEAF splits per user too).
+that follows it is the label. Per role, the first `train_fraction` of the windows train. Test
+windows start at the first window that shares no character with a training window:
+``(seq_len - 1) // stride`` windows after the cut (3 at the defaults) are dropped, and the rest
+test. So no test window shares a character with a training window, though the first test window
+may begin with the last training window's label. LEAF does the same: it drops the 79 samples
+after a user's training ones, this gap at stride 1. A role with too few windows for one train
+window, the gap and one test window is skipped (no client).
 
 Characters are token ids over `VOCAB`: id 0 is "unknown", ids 1..95 are printable ASCII.
 Sequences are stored as float32 ids so they travel through the same float pipeline as images;
@@ -86,25 +91,33 @@ def load_shakespeare(
         roles = roles[:max_clients]
     xs_tr, ys_tr, xs_te, ys_te, groups, test_groups, names = [], [], [], [], [], [], []
     n_tr = n_te = 0
+    # Window k covers characters [k * stride, k * stride + seq_len). The first window that shares
+    # none with window cut - 1 is cut + gap, the least j with (j - cut + 1) * stride >= seq_len.
+    gap = (seq_len - 1) // stride
     for name in roles:
         ids = encode_text(" ".join(speeches[name]))
         starts = np.arange(0, len(ids) - seq_len, stride, dtype=np.int64)
-        if len(starts) < 2:
-            continue  # too little text for a train and a test window
+        if len(starts) < gap + 2:
+            continue  # too little text for a train window, the gap and a test window
         windows = ids[starts[:, None] + np.arange(seq_len)]
         labels = ids[starts + seq_len]
-        cut = min(max(1, int(round(len(starts) * train_fraction))), len(starts) - 1)
+        cut = min(max(1, int(round(len(starts) * train_fraction))), len(starts) - 1 - gap)
+        first_test = cut + gap
+        n_test = len(starts) - first_test
         xs_tr.append(windows[:cut])
         ys_tr.append(labels[:cut])
-        xs_te.append(windows[cut:])
-        ys_te.append(labels[cut:])
+        xs_te.append(windows[first_test:])
+        ys_te.append(labels[first_test:])
         groups.append(np.arange(n_tr, n_tr + cut, dtype=np.int64))
-        test_groups.append(np.arange(n_te, n_te + len(starts) - cut, dtype=np.int64))
+        test_groups.append(np.arange(n_te, n_te + n_test, dtype=np.int64))
         n_tr += cut
-        n_te += len(starts) - cut
+        n_te += n_test
         names.append(name)
     if not names:
-        raise DataError(f"{path}: no speaker has {min_speeches} speeches of {seq_len}+ characters")
+        raise DataError(
+            f"{path}: no speaker with {min_speeches}+ speeches has text for {gap + 2} windows"
+            f" (seq_len={seq_len}, stride={stride}: a train window, {gap} dropped, a test window)"
+        )
     return NaturalData(
         "shakespeare",
         np.concatenate(xs_tr).astype(np.float32),
