@@ -124,6 +124,9 @@ __all__ = [
 ]
 
 _RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+# A response's `extensions` key: the attempts `_send` made when it returns one of
+# `_RETRY_STATUS` because the retries ran out (`_error` names them).
+_ATTEMPTS = "plume_attempts"
 _LEDGER_HEADER = "x-plume-ledger-round"
 # The interim response a server sends before reading the body of a request that carried
 # `Expect: 100-continue`; httpx reads past it, so it is counted from the request.
@@ -704,6 +707,12 @@ def _error(response: httpx.Response) -> ClientError:
         detail = _clip(detail, 200) + (
             f" ({asked}no such endpoint; is base_url the coordinator's address?)"
         )
+    attempts = response.extensions.get(_ATTEMPTS)
+    if isinstance(attempts, int) and response.status_code in _RETRY_STATUS:
+        # The retries ran out on it (`_send`): said as `CoordinatorUnreachable` says its
+        # attempts, after the coordinator's detail (cut so that the count is never cut).
+        plural = "" if attempts == 1 else "s"
+        detail = _clip(detail, MAX_ERROR_DETAIL - 100) + f" (after {attempts} attempt{plural})"
     return ClientError(response.status_code, reason, detail)
 
 
@@ -2708,7 +2717,8 @@ class Client:
       finite number > 0, else `ValueError` (`TypeError` for a non-number) at construction.
     - `retries`: further attempts after a transport error (no connection, a timeout, a
       connection lost), a 429 or a 5xx (so 5 attempts by default); the last one's outcome
-      is raised. No connection (or one lost) on the last attempt is `CoordinatorUnreachable`
+      is raised: a 429 or 5xx as its `ClientError`, `detail` ending "(after N attempts)".
+      No connection (or one lost) on the last attempt is `CoordinatorUnreachable`
       (a `ClientError` and an `httpx.TransportError`), naming the coordinator and the attempts.
       A TLS certificate that fails verification is not retried: `TlsCertificateError` (a
       `ClientError`, reason `tls_certificate`) at the first attempt.
@@ -2890,9 +2900,11 @@ class Client:
             failed = None  # answered (a 5xx is an answer, not an outage)
             if 400 <= response.status_code < 500:  # refused before the coordinator stored it
                 ex.maybe_taken = before
-            if response.status_code in _RETRY_STATUS and attempt < core.retries:
-                self._pause(_retry_pause(core.delay(attempt, response), deadline))
-                continue
+            if response.status_code in _RETRY_STATUS:
+                if attempt < core.retries:
+                    self._pause(_retry_pause(core.delay(attempt, response), deadline))
+                    continue
+                response.extensions[_ATTEMPTS] = attempt + 1
             return response
         raise AssertionError("unreachable")
 
@@ -3557,9 +3569,11 @@ class AsyncClient:
             failed = None  # answered (a 5xx is an answer, not an outage)
             if 400 <= response.status_code < 500:
                 ex.maybe_taken = before
-            if response.status_code in _RETRY_STATUS and attempt < core.retries:
-                await _apause(_retry_pause(core.delay(attempt, response), deadline))
-                continue
+            if response.status_code in _RETRY_STATUS:
+                if attempt < core.retries:
+                    await _apause(_retry_pause(core.delay(attempt, response), deadline))
+                    continue
+                response.extensions[_ATTEMPTS] = attempt + 1
             return response
         raise AssertionError("unreachable")
 
