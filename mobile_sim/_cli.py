@@ -533,6 +533,26 @@ def register(sub: Any) -> None:
         metavar="C",
         help="L2 clip of each update before encoding (default: none)",
     )
+    g.add_argument(
+        "--downlink-topk",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="model downloads: the fraction of coordinates each published model delta keeps, "
+        "in (0, 1], with server-side error feedback, as `plume coordinator create-task "
+        "--downlink-topk` (default: in process the exact model, no downlink compression; "
+        "over --transport http 0.05; given --downlink-bits alone, create-task's 0.02)",
+    )
+    g.add_argument(
+        "--downlink-bits",
+        type=int,
+        default=None,
+        choices=(1, 2, 4, 8, 16, 32),
+        metavar="BITS",
+        help="model downloads: bits a value of each published delta, 1, 2, 4, 8 (quantized), "
+        "16 or 32 (floats) (default: in process exact; over --transport http 8; given "
+        "--downlink-topk alone, create-task's 8)",
+    )
     g.add_argument("--dense", action="store_true", help="run only the dense fp32 baseline")
     g.add_argument(
         "--compare-dense",
@@ -900,7 +920,12 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         "checkin_period_s": args.checkin_period,
         "min_memory_mb": args.min_memory_mb,
         "plugins": tuple(args.plugin or ()),
+        "downlink_topk": args.downlink_topk,
+        "downlink_bits": args.downlink_bits,
     }
+    if overrides.get("dense"):
+        # The dense baseline (--compare-dense) is uncompressed both ways.
+        values["downlink_topk"] = values["downlink_bits"] = None
     values.update(overrides)
     return SimConfig(**values)
 
@@ -1113,6 +1138,8 @@ _CODEC_FLAGS = tuple(
         "warmup_rounds",
     )
 )
+# The downlink's flags: a compressed plain run's (not --dense's, not --secure's).
+_DOWNLINK_FLAGS = (("--downlink-topk", "downlink_topk"), ("--downlink-bits", "downlink_bits"))
 # Flags the HTTP fleet has no use for: it trains each device in its own SDK client.
 _INPROC_ONLY = (
     ("--backend", "backend"),
@@ -1310,6 +1337,8 @@ _FLAG_OF_FIELD = {
     "value_bits": "--secure-bits",
     "upload_budget": "--secure-upload-budget",
     "noise_multiplier": "--noise-multiplier",
+    "downlink_topk": "--downlink-topk",
+    "downlink_bits": "--downlink-bits",
 }
 _LEADING_FIELDS = (
     "clients",
@@ -1406,6 +1435,17 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         )
     if args.dense and args.secure:
         return "--secure runs compressed rounds under SecAgg+; it cannot be combined with --dense"
+    if (args.dense or args.secure) and (head := _only_apply(args, _DOWNLINK_FLAGS)):
+        if args.dense:
+            return (
+                f"{head} to a compressed run's model downloads; --dense runs only the dense "
+                "fp32 baseline, uncompressed both ways (use --compare-dense for both)"
+            )
+        return (
+            f"{head} to plain rounds; a --secure run publishes each round's unmasked mean "
+            "as an exact fp32 model (its downlink is not compressed): drop "
+            f"{head.split(' only ')[0]}, or drop --secure"
+        )
     if args.dense and (head := _only_apply(args, _CODEC_FLAGS)):
         return (
             f"{head} to compressed updates; --dense runs only the dense fp32 baseline (use "

@@ -46,7 +46,10 @@ __all__ = ["run_http_simulation", "HttpFleetOptions", "DOWNLINK", "DeviceFailed"
 
 log = logging.getLogger(__name__)
 
-# Downlink codec of the published deltas (server-side error feedback keeps what it drops).
+# Downlink codec of the published deltas (server-side error feedback keeps what it drops) of
+# a run that sets none (`SimConfig.downlink_topk` / `downlink_bits`, `plume sim --downlink-topk
+# / --downlink-bits`). Not create-task's default (2 %, 8-bit: `runner.TASK_DOWNLINK`): the
+# committed HTTP results (bench/results/readme_http_mlp, `make demo`) ran with this one.
 DOWNLINK = CodecParams(topk=0.05, bits=8)
 
 
@@ -78,6 +81,8 @@ class HttpFleetOptions:
     deadline_s: round deadline; stragglers and dropouts are cut off by it.
     poll_s / retry_after_s: pace steering while a cohort gathers / while a round runs (they
     bound the check-in load: devices x 1/retry_after_s requests per second).
+    downlink: the task's downlink when the config sets none (its `downlink_topk` /
+    `downlink_bits`, which win; giving both, different, is a ValueError).
     """
 
     dropout: float = 0.0
@@ -113,6 +118,12 @@ def run_http_simulation(
     first (best effort), so that it does not wait for the gone fleet's check-ins for ever.
     """
     opts = options or HttpFleetOptions()
+    if cfg.downlink_topk is not None and opts.downlink not in (DOWNLINK, _downlink_of(cfg)):
+        raise ValueError(
+            f"the config's downlink (downlink_topk {cfg.downlink_topk:g}, downlink_bits "
+            f"{cfg.downlink_bits}) and the options' ({opts.downlink.topk:g}, "
+            f"{opts.downlink.bits}-bit) differ: give one"
+        )
     inproc_only = [
         what
         for what, asked in (
@@ -332,10 +343,18 @@ def _stop_task(admin: Any, task_id: int) -> None:
         log.debug("could not stop task %d after the interrupt: %r", task_id, exc)
 
 
+def _downlink_of(cfg: SimConfig) -> CodecParams | None:
+    """The downlink `cfg` sets (`downlink_topk` / `downlink_bits`) as a task's, or None."""
+    if cfg.downlink_topk is None or cfg.downlink_bits is None:
+        return None
+    return CodecParams(topk=cfg.downlink_topk, bits=cfg.downlink_bits)
+
+
 def _task_config(cfg: SimConfig, spec: ModelSpec, label: str, opts: HttpFleetOptions) -> TaskConfig:
     """The task `cfg` runs as on the coordinator. `cfg.error_feedback` False reaches the devices
     as `codec.error_feedback` false (their SDK clients then keep no residual); the default
-    leaves the field out, so the task's JSON is what it was before the setting existed."""
+    leaves the field out, so the task's JSON is what it was before the setting existed. The
+    downlink is `cfg`'s when it sets one, else `opts.downlink` (the dense baseline: fp32)."""
     codec = CodecParams.from_config(cfg.codec())
     if not cfg.error_feedback:
         codec.error_feedback = False
@@ -350,7 +369,9 @@ def _task_config(cfg: SimConfig, spec: ModelSpec, label: str, opts: HttpFleetOpt
         min_reports=cfg.min_reports,
         selection_timeout_s=opts.selection_timeout_s,
         codec=codec,
-        downlink=CodecParams(topk=1.0, bits=32) if cfg.dense else opts.downlink,
+        downlink=(
+            CodecParams(topk=1.0, bits=32) if cfg.dense else _downlink_of(cfg) or opts.downlink
+        ),
         aggregator=cfg.aggregator,
         server_lr=cfg.server_lr,
         seed=cfg.seed,

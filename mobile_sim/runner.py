@@ -14,13 +14,13 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, TypedDict
 
 import numpy as np
 import numpy.typing as npt
 
-from compression import CodecConfig, ModelSpec, feedback_step_many
+from compression import CodecConfig, ModelSpec, encode_snapshot, feedback_step_many
 from coordinator.aggregators import AggregatorFactory, FedAvg
 from coordinator.aggregators._dp import (
     DPMean,
@@ -33,6 +33,8 @@ from coordinator.aggregators._registry import split_stages
 from coordinator.engine import EngineConfig, RoundEngine, RoundPlan, Strategy
 from coordinator.ledger import BandwidthLedger
 from coordinator.privacy import FixedSizeSampling, PoissonSampling, Sampling
+from protocol.messages import CodecParams, TaskConfig, pack_chain
+from protocol.names import SnapshotDType
 from sdk.device import UpdateEncoder, clip_l2
 
 from .attacks import BackdoorAttack, backdoor_accuracy
@@ -66,7 +68,24 @@ __all__ = [
     "encode_reports",
     "backend_for",
     "WALL_PHASES",
+    "TASK_DOWNLINK",
 ]
+
+
+def _task_default(name: str) -> Any:
+    """The default of `TaskConfig` field `name`: what `plume coordinator create-task` gives a
+    task when its flag is left out."""
+    spec = next(f for f in fields(TaskConfig) if f.name == name)
+    if spec.default is not MISSING:
+        return spec.default
+    assert spec.default_factory is not MISSING
+    return spec.default_factory()
+
+
+# A coordinator task's downlink and longest delta chain when create-task is not told (2 %,
+# 8-bit; 16 versions): a downlink flag given alone takes the other from here.
+TASK_DOWNLINK: CodecParams = _task_default("downlink")
+TASK_MAX_CHAIN: int = _task_default("max_chain")
 
 DEFAULT_MODEL = {
     "mnist": "mnist_cnn",
@@ -145,6 +164,15 @@ class SimConfig:
     warmup_rounds: int = 0  # first rounds sent dense (fp32), a knob to explore
     clip_norm: float | None = None
     dense: bool = False  # the dense fp32 baseline: no top-k, no quantization
+    # The downlink: the codec of the published model deltas devices download, as a
+    # coordinator task's `TaskConfig.downlink` (`plume coordinator create-task --downlink-topk
+    # / --downlink-bits`): each round's step quantized with server-side error feedback, every
+    # device training from the model it downloaded. None (both): in process the exact model
+    # (no downlink compression, one fp32 snapshot a download), over HTTP the fleet's own
+    # default (`http_fleet.DOWNLINK`). One given alone takes the other from TaskConfig's
+    # default, as create-task does (`downlink()`).
+    downlink_topk: float | None = None
+    downlink_bits: int | None = None
     # local training
     local_epochs: int = 5
     batch_size: int = 10
@@ -336,8 +364,48 @@ class SimConfig:
             # One availability step (15 simulated minutes) at most: see SimFleet.select.
             raise ValueError("checkin_period_s must be in [0, 900] simulated seconds")
         self.codec()  # validates topk / bits / index / ...
+        self._check_downlink()
         self.engine_config()  # validates over_selection / server_lr
         self._check_dp_sampling()
+
+    def _check_downlink(self) -> None:
+        """Fill in the downlink field left out when the other is given (TaskConfig's default,
+        as create-task does), and refuse a value a coordinator task would refuse, named by its
+        field, or a downlink for the dense baseline."""
+        topk, bits = self.downlink_topk, self.downlink_bits
+        if topk is None and bits is None:
+            return
+        if self.dense:
+            raise ValueError(
+                "downlink_topk/downlink_bits set a compressed run's model downloads; dense is "
+                "the dense fp32 baseline, uncompressed both ways"
+            )
+        if topk is not None and (isinstance(topk, bool) or not isinstance(topk, numbers.Real)):
+            raise ValueError(f"downlink_topk must be a number in (0, 1], got {topk!r}")
+        if bits is not None and (isinstance(bits, bool) or not isinstance(bits, numbers.Integral)):
+            raise ValueError(f"downlink_bits must be an integer, got {bits!r}")
+        default = TASK_DOWNLINK
+        topk = float(default.topk if topk is None else topk)
+        bits = int(default.bits if bits is None else bits)
+        try:
+            CodecParams(topk=topk, bits=bits).to_config()
+        except ValueError as exc:
+            # "topk must be in (0, 1], got 2.0": the field in the codec's place.
+            text = str(exc)
+            for name in ("topk", "bits"):
+                if text.startswith(f"{name} "):
+                    text = f"downlink_{text}"
+            raise ValueError(text) from None
+        object.__setattr__(self, "downlink_topk", topk)
+        object.__setattr__(self, "downlink_bits", bits)
+
+    def downlink(self) -> CodecConfig | None:
+        """The codec of the published model deltas, as a coordinator task builds it from
+        `TaskConfig.downlink` (`CodecParams(topk, bits).to_config()`), or None: no downlink
+        compression was asked for (in process, the exact model)."""
+        if self.downlink_topk is None or self.downlink_bits is None:
+            return None
+        return CodecParams(topk=self.downlink_topk, bits=self.downlink_bits).to_config()
 
     def _check_backend_options(self) -> None:
         """Refuse a pool or Ray option for a backend that has no use for it (it was not
@@ -967,6 +1035,78 @@ class _WarmupStrategy(Strategy):
         return plan
 
 
+class _DownlinkStrategy(_WarmupStrategy):
+    """`_WarmupStrategy` (`warmup` 0: none), with each round's model published as a coordinator
+    task publishes it (`coordinator.service.downlink.DownlinkStrategy`, the service's own
+    class, `publisher`): the step quantized by the task's downlink codec with server-side
+    error feedback, and `engine.params` the previous model plus the decoded frame
+    (`protocol.messages.apply_delta`), bit for bit the model a device builds from the frames
+    it downloads."""
+
+    def __init__(self, warmup: int, publisher: Any) -> None:
+        super().__init__(warmup)
+        self.publisher = publisher
+
+    def publish(self, engine: RoundEngine, round_id: int, output: Any) -> None:
+        # The service sets the durable round id before closing a round; here the engine's.
+        self.publisher.round_key = round_id
+        self.publisher.publish(engine, round_id, output)
+
+
+def _downlink_strategy(cfg: SimConfig, spec: ModelSpec, downlink: CodecConfig) -> _DownlinkStrategy:
+    """The `_DownlinkStrategy` of `cfg`'s run: the service's `DownlinkStrategy` seeded with the
+    run's seed, as a task of that seed is (imported here: it brings the HTTP service)."""
+    from compression import ErrorFeedback
+    from coordinator.service.downlink import DownlinkStrategy
+
+    publisher = DownlinkStrategy(spec, downlink, cfg.seed, ErrorFeedback(spec.size))
+    return _DownlinkStrategy(cfg.warmup_rounds, publisher)
+
+
+class _Downloads:
+    """Each selected device's model download under a compressed downlink, as the coordinator
+    answers an SDK client, which keeps the model it downloaded (`Coordinator.plan_model`): a
+    device holding version `have` gets the delta chain of the frames published since
+    (`protocol.messages.pack_chain`) when it is at most `max_chain` versions behind and the
+    chain is smaller than the fp32 snapshot; otherwise, and at its first download, the fp32
+    snapshot (`compression.encode_snapshot`). A device holding the current version (it
+    downloaded it in a round that was abandoned) gets the empty chain: no model, so no dense
+    bytes, as the coordinator's ledger counts it."""
+
+    def __init__(self, spec: ModelSpec, max_chain: int = TASK_MAX_CHAIN) -> None:
+        self.spec = spec
+        self.max_chain = max_chain
+        self.held: dict[str, int] = {}  # the version each device holds
+        self.frames: dict[int, bytes] = {}  # version -> the frame that made it
+        self._snapshot: tuple[int, int] | None = None  # (version, its fp32 snapshot's bytes)
+
+    def published(self, version: int, frame: bytes) -> None:
+        """Keep the frame that made `version`; frames no chain can reach any more go."""
+        self.frames[version] = frame
+        for old in [v for v in self.frames if v <= version - self.max_chain]:
+            del self.frames[old]
+
+    def snapshot_bytes(self, version: int, params: npt.NDArray[np.float32]) -> int:
+        if self._snapshot is None or self._snapshot[0] != version:
+            body = encode_snapshot(params, self.spec, SnapshotDType.FP32)
+            self._snapshot = (version, len(body))
+        return self._snapshot[1]
+
+    def download(
+        self, device: str, version: int, params: npt.NDArray[np.float32]
+    ) -> tuple[int, int]:
+        """(payload bytes, dense fp32 bytes) of `device`'s download of `version`, the model
+        `params`; `device` holds that version from then on."""
+        have = self.held.get(device)
+        self.held[device] = version
+        snapshot = self.snapshot_bytes(version, params)
+        if have is not None and 0 <= version - have <= self.max_chain:
+            chain = len(pack_chain([self.frames[v] for v in range(have + 1, version + 1)]))
+            if chain < snapshot:
+                return chain, self.spec.dense_bytes if have != version else 0
+        return snapshot, self.spec.dense_bytes
+
+
 def _fleet_test_split(cfg: SimConfig, data: FederatedData) -> FederatedData:
     """`data` with the test split the run evaluates on: with `--partition natural` over fewer
     clients than the dataset has, a `NaturalData` whose test split is per device
@@ -1193,12 +1333,19 @@ def run_simulation(
     started_at = setup.started_at
 
     factory = build_aggregator(cfg.run_aggregator)
+    downlink = cfg.downlink()
+    strategy: Strategy | None = None
+    published: _DownlinkStrategy | None = None
+    downloads: _Downloads | None = None
+    if downlink is not None:
+        # Every round's model is the one the coordinator would publish with this downlink
+        # (and every device trains from it); each download is what it would serve.
+        strategy = published = _downlink_strategy(cfg, spec, downlink)
+        downloads = _Downloads(spec)
+    elif cfg.warmup_rounds:
+        strategy = _WarmupStrategy(cfg.warmup_rounds)
     engine = RoundEngine(
-        spec,
-        get_flat_params(model),
-        factory,
-        cfg.engine_config(),
-        strategy=_WarmupStrategy(cfg.warmup_rounds) if cfg.warmup_rounds else None,
+        spec, get_flat_params(model), factory, cfg.engine_config(), strategy=strategy
     )
     # With a dp stage a straggler's or an abandoned round's upload is dropped as if delivered,
     # as the SDK does for a task the coordinator marks so (`returns_refused`).
@@ -1318,8 +1465,16 @@ def run_simulation(
                     available = [ids[i] for i in free.tolist()]
             plan = engine.open_round(available)
             params = engine.params
-            for dev in plan.selected:  # the dense model broadcast
-                engine.record_download(plan.round_id, dev, spec.dense_bytes)
+            down_bytes: int | list[int] = spec.dense_bytes
+            if downloads is None:
+                for dev in plan.selected:  # the dense model broadcast
+                    engine.record_download(plan.round_id, dev, spec.dense_bytes)
+            else:
+                down_bytes = []
+                for dev in plan.selected:  # a delta chain or a snapshot each
+                    payload, dense = downloads.download(dev, engine.version, params)
+                    engine.ledger.record(plan.round_id, dev, "down", payload, None, dense)
+                    down_bytes.append(payload)
             cohort = [index_of[d] for d in plan.selected]
             gone = (
                 fleet.dropped(plan.round_id, cohort)
@@ -1367,7 +1522,7 @@ def run_simulation(
                 timing = fleet.time_round(
                     plan.round_id,
                     cohort,
-                    down_bytes=spec.dense_bytes,
+                    down_bytes=down_bytes,
                     up_bytes=[len(frames.get(d, b"")) for d in plan.selected],
                     samples=[len(parts[i]) for i in cohort],
                     epochs=cfg.local_epochs,
@@ -1439,6 +1594,14 @@ def run_simulation(
                 measurements=_jsonable(outcome.measurements),
                 **_wall_split(wall_s, train_s, encode_s, aggregate_s, eval_s),
             )
+            if downloads is not None and published is not None and outcome.committed:
+                # As the coordinator records a published round (its frame; fp32 values when
+                # the step was beyond the downlink codec's range).
+                frame = published.publisher.last_frame
+                downloads.published(engine.version, frame)
+                rec.measurements["downlink_frame_bytes"] = len(frame)
+                if published.publisher.last_fallback is not None:
+                    rec.measurements["downlink_bits"] = 32
             if uses_ort:
                 rec.ort_trained = sum(job.trainer == "ort" for job in jobs)
                 rec.ort_reports = sum(index_of[dev] in ort_devices for dev in arrival)
