@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import math
 
 import numpy as np
@@ -80,8 +81,24 @@ def sampled_topk(mag: F32, k: int, rng: np.random.Generator) -> Indices:
     return exact_topk(mag, k)
 
 
-def split_k(spec: ModelSpec, k: int) -> list[int]:
-    """k split over the tensors in proportion to their sizes (largest remainders), summing to k."""
+def split_k(spec: ModelSpec, k: int, mag: F32 | None = None) -> list[int]:
+    """Each tensor's share of k for scope="per_tensor": min(k, d) in all, none above its size.
+
+    In proportion to the sizes, largest remainders first (ties to the earlier tensor). A small
+    tensor's proportional share can round to 0, and then it would get 0 every round: error
+    feedback would only grow its residual and it would never be sent. So a non-empty tensor is
+    left at 0 only when k cannot give every one of them a coordinate:
+
+    - k >= the number of non-empty tensors: each that got 0 gets 1, taken (one at a time, in
+      tensor order) from the tensor with the largest share at that moment, the earlier of
+      equals. A split with no zero share is the proportional one unchanged.
+    - k < that number: 1 each for the k tensors whose largest magnitude in `mag` (|u|, d
+      values) is largest, the earlier of equals: global top-k with at most one coordinate per
+      tensor. A tensor left out keeps its update in the error-feedback residual, and an update
+      that keeps its sign grows it until its largest magnitude ranks: no tensor is left out
+      for its size alone, but it can wait many rounds; global scope spends such a small k
+      better. Without `mag`: the k largest tensors.
+    """
     d = spec.size
     shares = [k * e.size / d for e in spec.entries]
     ks = [min(e.size, int(s)) for e, s in zip(spec.entries, shares, strict=True)]
@@ -96,6 +113,31 @@ def split_k(spec: ModelSpec, k: int) -> list[int]:
                 moved = True
         if not moved:
             break
+    nonempty = [i for i, e in enumerate(spec.entries) if e.size > 0]
+    starved = [i for i in nonempty if ks[i] == 0]
+    if not starved:
+        return ks
+    if k >= len(nonempty):
+        # sum(ks) == k >= len(nonempty) here (k < d, or no share would be 0), so while a
+        # tensor is still at 0 another has at least 2: the heap is never empty when popped.
+        heap = [(-kt, i) for i, kt in enumerate(ks) if kt > 1]
+        heapq.heapify(heap)
+        for i in starved:
+            _, j = heapq.heappop(heap)
+            ks[j] -= 1
+            if ks[j] > 1:
+                heapq.heappush(heap, (-ks[j], j))
+            ks[i] = 1
+        return ks
+    entries = [spec.entries[i] for i in nonempty]
+    if mag is None:
+        rank = [float(e.size) for e in entries]
+    else:
+        rank = [float(mag[e.offset : e.offset + e.size].max()) for e in entries]
+    top = sorted(range(len(nonempty)), key=lambda j: -rank[j])[: max(0, k)]
+    ks = [0] * len(spec.entries)
+    for j in top:
+        ks[nonempty[j]] = 1
     return ks
 
 
@@ -114,7 +156,7 @@ def select_topk(
         return pick(mag, k)
     parts = [
         pick(mag[e.offset : e.offset + e.size], kt) + e.offset
-        for e, kt in zip(spec.entries, split_k(spec, k), strict=True)
+        for e, kt in zip(spec.entries, split_k(spec, k, mag), strict=True)
         if kt > 0
     ]
     return np.concatenate(parts).astype(np.int64, copy=False) if parts else np.zeros(0, np.int64)

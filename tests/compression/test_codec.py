@@ -137,6 +137,22 @@ def test_per_tensor_split(update: np.ndarray) -> None:
         assert np.count_nonzero((sparse.indices >= start) & (sparse.indices < stop)) == kt
 
 
+def test_per_tensor_split_sends_every_tensor(update: np.ndarray) -> None:
+    # conv.bias's proportional share of k = 1,013 is 0.32: it used to get 0 every round
+    # (helper-276); now each tensor gets at least 1, taken from fc.weight's share.
+    # Prepare
+    cfg = CodecConfig(0.01, 32, scope="per_tensor")
+    # Execute
+    ks = split_k(SPEC, cfg.k_for(D))
+    sparse = UpdateCodec(SPEC, cfg).decode(
+        UpdateCodec(SPEC, cfg).encode(update, np.random.default_rng(0))[0]
+    )
+    # Assert
+    assert ks == [8, 1, 1003, 1]  # was [8, 0, 1004, 1]
+    for start, stop in SPEC.boundaries():
+        assert np.count_nonzero((sparse.indices >= start) & (sparse.indices < stop)) >= 1
+
+
 def test_zeros_are_not_sent() -> None:
     u = np.zeros(D, np.float32)
     u[[5, 77, 1000]] = [1.0, -2.0, 3.0]
