@@ -55,7 +55,8 @@ class CodecConfig:
     block: values per scale block (only for bits <= 8).
     index: "auto" picks the smallest of bitmap, Golomb-Rice and Elias-Fano for each frame.
     topk_mode: "exact" (the k largest magnitudes) or "sampled" (DGC threshold from a sample).
-    scope: "global" top-k over the whole vector or "per_tensor" (k split by tensor size).
+    scope: "global" top-k over the whole vector or "per_tensor" (k split by tensor size,
+        at least one per tensor when k allows; `compression._topk.split_k`).
     zstd_level: level of the zstd pass over the payload (kept only when it shrinks it).
     """
 
