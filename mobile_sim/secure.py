@@ -419,7 +419,7 @@ def run_secure_simulation(
     no simulated clock (records carry no simulated seconds): `cfg.fleet` "realistic" and
     `cfg.deadline_s` raise `ValueError`, as do the plain-round settings it has no use for
     (`attack`, an `aggregator` other than fedavg, `over_selection`, `warmup_rounds`,
-    `clip_norm`, ONNX devices).
+    `clip_norm`, ONNX devices, a compressed downlink: `downlink_topk`, `downlink_bits`).
     """
     if transport not in ("inproc", "http"):
         raise ValueError(f"transport must be 'inproc' or 'http', not {transport!r}")
@@ -438,6 +438,9 @@ def run_secure_simulation(
             ("warmup_rounds", bool(cfg.warmup_rounds)),
             ("clip_norm", cfg.clip_norm is not None),
             ("ort_fraction", bool(cfg.ort_fraction or cfg.ort_tier)),
+            # a secure round publishes its unmasked mean as an exact fp32 model
+            ("downlink_topk", cfg.downlink_topk is not None),
+            ("downlink_bits", cfg.downlink_bits is not None),
         )
         if asked
     ]

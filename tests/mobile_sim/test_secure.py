@@ -79,6 +79,8 @@ def test_http_fleet_round_with_dropouts() -> None:
         ({"aggregator": "median"}, "aggregator only apply to plain rounds"),
         ({"over_selection": 1.5, "warmup_rounds": 1}, "over_selection, warmup_rounds only"),
         ({"clip_norm": 1.0}, "clip_norm only apply to plain rounds"),
+        ({"downlink_topk": 0.05, "downlink_bits": 8}, "downlink_topk, downlink_bits only"),
+        ({"downlink_bits": 4}, "downlink_bits only apply to plain rounds"),
     ],
 )
 def test_secure_simulation_refuses_settings_it_would_ignore(
