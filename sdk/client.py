@@ -22,6 +22,7 @@ import ipaddress
 import json
 import math
 import os
+import random
 import re
 import socket
 import ssl
@@ -156,6 +157,9 @@ MAX_RESPONSE_S = 600.0
 # attempt, so `retries=12` at the default 0.2 s waited 435 s before its last attempt (and a
 # huge `retries` overflowed the float). A `Retry-After` is capped at 30 s separately.
 MAX_BACKOFF_S = 60.0
+# A `Retry-After` is waited at least as asked and up to this fraction more, drawn per wait
+# from the client's own random source: a fleet told the same wait does not return at once.
+RETRY_AFTER_SPREAD = 0.2
 # Most characters of a refusal's `detail` and `reason` a `ClientError` keeps: the server's text
 # arrives under the 4/16 MiB response caps, and a hostile one would make every logged error
 # megabytes long.
@@ -757,8 +761,11 @@ class _Core:
         max_stage_wait_s: float = MAX_STAGE_WAIT_S,
         max_response_s: float = MAX_RESPONSE_S,
         max_model_bytes: int = MAX_MODEL_BYTES,
+        rng: random.Random | None = None,
     ) -> None:
         self.max_model_bytes = _check_max_model_bytes(max_model_bytes)
+        if rng is not None and not isinstance(rng, random.Random):
+            raise TypeError(f"retry_rng must be a random.Random, not {type(rng).__name__}")
         if not (max_stage_wait_s > 0):  # NaN included
             raise ValueError("max_stage_wait_s must be positive")
         if not (max_response_s > 0):
@@ -782,6 +789,9 @@ class _Core:
         self.device_id = auth.device_id_for(self.public_key)
         self.retries = retries
         self.backoff_s = backoff_s
+        # The jitter of the waits before retries (`delay`): each client its own, seeded from
+        # the OS unless the app gives one (`retry_rng`), so devices do not retry in step.
+        self.rng = rng if rng is not None else random.Random(os.urandom(16))
         self.clock = clock
         self.max_stage_wait_s = max_stage_wait_s
         self.max_response_s = max_response_s
@@ -870,17 +880,28 @@ class _Core:
             cell["requests"] += 1
 
     def delay(self, attempt: int, response: httpx.Response | None) -> float:
-        """Seconds to wait before attempt `attempt + 1`: the response's `Retry-After` (capped
-        at 30 s) when it is a finite non-negative number or an HTTP-date (`_retry_after`),
-        else exponential backoff (capped at MAX_BACKOFF_S, 60 s)."""
+        """Seconds to wait before attempt `attempt + 1`, drawn from the client's own `rng`:
+        the response's `Retry-After` (capped at 30 s) when it is a finite non-negative number
+        or an HTTP-date (`_retry_after`), plus up to RETRY_AFTER_SPREAD (20 %) of it; else
+        exponential backoff, `backoff_s * 2**attempt` capped at MAX_BACKOFF_S (60 s), with
+        "equal jitter": half of it, plus a uniform draw over the other half. Before, the
+        jitter was a function of `attempt` alone, so every device waited the same and a fleet
+        cut off by one outage retried in lock-step, and `Retry-After` was waited exactly."""
         if response is not None:
             seconds = _retry_after(response, self.clock)
             if seconds is not None:
-                return min(seconds, 30.0)
-        # Exponential backoff with deterministic jitter from the attempt number, at most
-        # MAX_BACKOFF_S (2.0 ** 64: past any cap, and a float that cannot overflow to an error).
-        jitter = 1.0 + 0.25 * ((attempt * 7919) % 4) / 4
-        return min(self.backoff_s * 2.0 ** min(attempt, 64) * jitter, MAX_BACKOFF_S)
+                return min(seconds, 30.0) * (1.0 + RETRY_AFTER_SPREAD * self.rng.random())
+        # 2.0 ** 64: past any cap, and a float that cannot overflow to an error.
+        base = min(self.backoff_s * 2.0 ** min(attempt, 64), MAX_BACKOFF_S)
+        return base * (0.5 + 0.5 * self.rng.random())
+
+    def poll_delay(self, response: httpx.Response) -> float:
+        """Seconds before polling a secure stage still open (425) again, from an answer
+        without a usable `retry_after_s`: its `Retry-After` as asked (capped at 30 s, no
+        spread: a poll is not a retry of a failure, and the coordinator paces its polls),
+        else the first backoff wait (`delay`)."""
+        seconds = _retry_after(response, self.clock)
+        return self.delay(0, None) if seconds is None else min(seconds, 30.0)
 
     # -- round deadlines -----------------------------------------------------------------
 
@@ -2637,7 +2658,7 @@ def _secure_flow(
                 # whole seconds only), else its Retry-After. At least _MIN_POLL_S: a
                 # "Retry-After: 0" must not make the device spin.
                 hint = _poll_hint(response)
-                wait = core.delay(0, response) if hint is None else hint
+                wait = core.poll_delay(response) if hint is None else hint
                 yield _Sleep(min(max(wait, _MIN_POLL_S), stop - now))
             if response is None or response.status_code == 425:
                 report.detail = (
@@ -2723,8 +2744,12 @@ class Client:
       A TLS certificate that fails verification is not retried: `TlsCertificateError` (a
       `ClientError`, reason `tls_certificate`) at the first attempt.
     - `backoff_s`: the first wait before a retry, doubling each attempt up to
-      `MAX_BACKOFF_S` (60 s) per wait; a `Retry-After` (capped at 30 s; seconds, or an
-      HTTP-date read against the answer's `Date`) takes its place.
+      `MAX_BACKOFF_S` (60 s) per wait, each wait drawn between half of that and all of it;
+      a `Retry-After` (capped at 30 s; seconds, or an HTTP-date read against the answer's
+      `Date`) takes its place, waited up to 20 % longer (`RETRY_AFTER_SPREAD`), never less.
+    - `retry_rng`: the `random.Random` those waits are drawn from (default: one seeded from
+      `os.urandom`, so that devices do not retry in step); give a seeded one for tests or a
+      reproducible simulation. Not a `random.Random`: `TypeError` at construction.
     - `verify`: TLS verification: `True` (httpx's default: the `certifi` bundle, or
       `SSL_CERT_FILE`/`SSL_CERT_DIR` when set; not the system store), `False` (none: for
       tests only), an `ssl.SSLContext`, or the path of the coordinator's CA bundle (a PEM
@@ -2772,6 +2797,7 @@ class Client:
         max_stage_wait_s: float = MAX_STAGE_WAIT_S,
         max_response_s: float = MAX_RESPONSE_S,
         max_model_bytes: int = MAX_MODEL_BYTES,
+        retry_rng: random.Random | None = None,
     ) -> None:
         self._base = _check_base_url(base_url)  # before the app directory is made
         _check_timeout(timeout)  # so too
@@ -2779,7 +2805,7 @@ class Client:
         self._core = _Core(
             app_dir, retries=retries, backoff_s=backoff_s, clock=clock,
             max_stage_wait_s=max_stage_wait_s, max_response_s=max_response_s,
-            max_model_bytes=max_model_bytes,
+            max_model_bytes=max_model_bytes, rng=retry_rng,
         )  # fmt: skip
         try:
             self._http = httpx.Client(
@@ -3352,8 +3378,8 @@ class Client:
 def _raise_outage(over: _WaitOver) -> None:
     """End `participate` with the `CoordinatorUnreachable` `over` carries, if any: its wait
     ended with the last attempt failed on the transport before any check-in of the call was
-    answered. Returning None then (the default retries' backoff, 0.2 + 0.4 + 0.8 + 1.6 s,
-    outlasts a `max_wait_s` under ~3 s) told an outage from "not selected yet" only by a
+    answered. Returning None then (the default retries' backoff, 1.5 to 3 s in all,
+    outlasts a `max_wait_s` under that) told an outage from "not selected yet" only by a
     `last_check_in` left from an earlier call."""
     if over.unreachable is not None:
         raise over.unreachable from over.unreachable.__cause__
@@ -3441,8 +3467,8 @@ class AsyncClient:
     Its arguments are `Client`'s, less `sleep` (it awaits `asyncio.sleep`): `base_url`,
     `app_dir`, `transport` (an `httpx.AsyncBaseTransport`), `timeout`, `retries`, `backoff_s`,
     `verify`, `mods` (each `async mod(request, next) -> response`), `clock`,
-    `max_stage_wait_s`, `max_response_s`, which here bounds any transport, and
-    `max_model_bytes`. As `Client`, one
+    `max_stage_wait_s`, `max_response_s`, which here bounds any transport,
+    `max_model_bytes` and `retry_rng`. As `Client`, one
     call at a time: two tasks running calls on one client at once interleave at their awaits
     over the same unlocked device state.
     """
@@ -3462,6 +3488,7 @@ class AsyncClient:
         max_stage_wait_s: float = MAX_STAGE_WAIT_S,
         max_response_s: float = MAX_RESPONSE_S,
         max_model_bytes: int = MAX_MODEL_BYTES,
+        retry_rng: random.Random | None = None,
     ) -> None:
         self._base = _check_base_url(base_url)  # before the app directory is made
         _check_timeout(timeout)  # so too
@@ -3469,7 +3496,7 @@ class AsyncClient:
         self._core = _Core(
             app_dir, retries=retries, backoff_s=backoff_s, clock=clock,
             max_stage_wait_s=max_stage_wait_s, max_response_s=max_response_s,
-            max_model_bytes=max_model_bytes,
+            max_model_bytes=max_model_bytes, rng=retry_rng,
         )  # fmt: skip
         try:
             self._http = httpx.AsyncClient(
