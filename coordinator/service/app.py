@@ -11,10 +11,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import concurrent.futures
 import contextlib
 import dataclasses
 import difflib
 import logging
+import math
+import os
 import re
 import sqlite3
 import time
@@ -22,6 +25,7 @@ import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -232,6 +236,106 @@ READYZ = "/readyz"
 _STORE_LOG_EVERY_S = 5.0
 
 
+# /readyz answers within about this many seconds (a load balancer's or Kubernetes' probe
+# gives up after one by default): a check still running then (waiting on the store's
+# connection, which a write of this coordinator holds) is answered 503.
+_READY_WAIT_S = 1.0
+# The readiness check's own connection waits at most this long for the database's write lock
+# (this coordinator's writes take milliseconds; another process's, a sqlite3 shell or a
+# VACUUM, can hold it for ever) ...
+_READY_LOCK_WAIT_S = 0.5
+# ... and takes it at most once in this many seconds (its answer serves the calls between).
+_READY_EVERY_S = 1.0
+
+
+def _write_lock_error(path: str, wait_s: float) -> str | None:
+    """None when a connection of its own takes the database's write lock within `wait_s`
+    seconds (`BEGIN IMMEDIATE`, then `ROLLBACK`: nothing is written), else why not. Not
+    through the store's connection: waiting on the lock there holds the store's own lock,
+    which every request's nonce write, and the event loop with it, would wait on."""
+    if path in ("", ":memory:"):
+        return None  # a database nothing else can open
+    uri = f"file:{quote(os.fsencode(os.path.realpath(path)))}?mode=rw"
+    try:
+        conn = sqlite3.connect(uri, uri=True, timeout=wait_s, isolation_level=None)
+    except sqlite3.Error as exc:
+        return str(exc)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("ROLLBACK")
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            return (
+                f"{exc}: another connection held the database's write lock for more than "
+                f"{wait_s:g} s (another process writing to it, such as a sqlite3 shell, a "
+                "VACUUM or a tool; or a long write of this coordinator)"
+            )
+        return str(exc)
+    except sqlite3.Error as exc:
+        return str(exc)
+    finally:
+        conn.close()
+    return None
+
+
+class _Readiness:
+    """/readyz's check: whether the database's write lock can be taken (`_write_lock_error`,
+    at most once every _READY_EVERY_S), then, while the store's writes fail, the store's own
+    probe write (`Store.probe_write`). On a thread of its own, one check at a time, waited
+    for at most _READY_WAIT_S: before, the probe ran while another process held the lock and
+    held the store's lock for the 5 s busy timeout, and /healthz, which read the journal mode
+    under that lock, waited with it (helper-275: one /healthz + /readyz pair took 9.8 s)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="plume-readyz")
+        self._running: asyncio.Future[str | None] | None = None
+        self._checked = -math.inf  # monotonic time of the last lock check
+        self._lock_error: str | None = None
+
+    def _check(self) -> str | None:
+        try:
+            if time.monotonic() - self._checked >= _READY_EVERY_S:
+                self._lock_error = _write_lock_error(self.store.path, _READY_LOCK_WAIT_S)
+                self._checked = time.monotonic()
+            if self._lock_error is not None:
+                return self._lock_error
+            if self.store.write_failing is None:
+                return None
+            return self.store.probe_write()
+        except Exception as exc:  # a damaged file's DatabaseError: not ready, and why
+            return f"the readiness check failed: {exc}"
+
+    async def error(self) -> str | None:
+        """None when ready, else why not."""
+        if (
+            self._running is None
+            and self._lock_error is None
+            and self.store.write_failing is None
+            and time.monotonic() - self._checked < _READY_EVERY_S
+        ):
+            return None  # checked within the second, nothing failing since
+        if self._running is None:
+            running = asyncio.get_running_loop().run_in_executor(self._pool, self._check)
+            running.add_done_callback(self._finished)
+            self._running = running
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._running), _READY_WAIT_S)
+        except TimeoutError:
+            return (
+                f"the readiness check did not finish within {_READY_WAIT_S:g} s: the "
+                "coordinator's database connection is busy (a write waiting on the "
+                "database's lock, or a long write)"
+            )
+
+    def _finished(self, running: asyncio.Future[str | None]) -> None:
+        if self._running is running:
+            self._running = None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+
 # The Retry-After (seconds: a restart takes a few) of the 503 `shutting_down`
 # (`Reason.SHUTTING_DOWN`) a request still running at the end of a stop's grace is answered
 # with (server.py `_Server`).
@@ -315,6 +419,10 @@ def create_app(
     metrics.dp_all_tasks.source = all_tasks_dp.get
     metrics.store_errors.source = lambda: the_store.write_errors
     verifier = RequestVerifier(the_store, config.signature_window_s)
+    # Read once: /healthz does not touch the store (its lock can be held for seconds, by a
+    # write waiting on another process's lock); the store sets WAL when it opens.
+    journal_mode = the_store.journal_mode
+    readiness = _Readiness(the_store)
     register_limit = RateLimiter(
         config.register_rate_per_s, config.register_burst, clock=rate_clock or time.monotonic
     )
@@ -336,6 +444,7 @@ def create_app(
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
             await coordinator.drain()
+            readiness.close()
 
     async def _tick_loop() -> None:
         n = 0
@@ -970,12 +1079,12 @@ def create_app(
     @app.get(READYZ, tags=["ops"])
     async def readyz() -> JSONResponse:
         """Readiness: 503 while the database refuses writes (the last write failed and none
-        has committed since), else 200. While it fails, each call (at most one a second)
-        tries a write that leaves the database as it was, so a coordinator that gets no
-        traffic (a load balancer took it out) still sees the disk freed."""
-        failing = the_store.write_failing
-        if failing is not None:
-            failing = await asyncio.to_thread(the_store.probe_write)
+        has committed since), while another connection holds its write lock, or when the
+        check does not finish within a second; else 200. While writes fail, each call (at
+        most one a second) tries a write that leaves the database as it was, so a
+        coordinator that gets no traffic (a load balancer took it out) still sees the disk
+        freed. The checks run on a thread of their own, never on the event loop."""
+        failing = await readiness.error()
         body = {
             "ready": failing is None,
             "store_writable": failing is None,
@@ -998,7 +1107,7 @@ def create_app(
             dp = {"error": f"not computed ({type(failed).__name__}; see the coordinator's log)"}
         return {
             "ok": True,
-            "journal_mode": the_store.journal_mode,
+            "journal_mode": journal_mode,
             "tasks": len(coordinator.runtimes),
             "tasks_refused": len(coordinator.refused),
             "dp_all_tasks": dp,
