@@ -189,6 +189,22 @@ def _snapshot_cap(text: str) -> int:
     return n
 
 
+# The largest `serve --upload-buffer-mb`: 1 TiB (no machine holds more upload bodies).
+_MAX_UPLOAD_BUFFER_MB = 1 << 20
+
+
+def _upload_buffer_mb(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of MiB, got {text!r}") from None
+    if not 0 <= n <= _MAX_UPLOAD_BUFFER_MB:
+        raise argparse.ArgumentTypeError(
+            f"must be in [0, {_MAX_UPLOAD_BUFFER_MB}] MiB (0: no limit), got {n}"
+        )
+    return n
+
+
 # The most rounds `status --last` asks for: the coordinator's `rounds.MAX_ROUNDS_PAGE`, written
 # again here so that building the parser imports no part of the service.
 _MAX_LAST = 100_000
@@ -376,6 +392,16 @@ def register(sub: Any) -> None:
         help="whole-model snapshots one device may download of one version of a task within "
         "an hour; past it the download is 429 rate_limited with Retry-After (default 16, far "
         "above the SDK's one or two per round; 0 = no limit)",
+    )
+    s.add_argument(
+        "--upload-buffer-mb",
+        type=_upload_buffer_mb,
+        default=256,
+        metavar="MIB",
+        help="MiB of upload bodies (updates, secure stage messages) read into memory at once; "
+        "each reserves its Content-Length (a chunked one, its round's cap) before its body "
+        "is read, and past it an upload is answered 503 busy with Retry-After, unread (one is "
+        "always let in) (default 256; 0 = no limit)",
     )
     s.add_argument(
         "--pool-ttl",
@@ -1207,6 +1233,7 @@ def _service_config(args: argparse.Namespace) -> Any:
         body_timeout_s=args.body_timeout,
         keep_frames_rounds=args.keep_frames,
         snapshots_per_version=args.snapshots_per_version,
+        upload_buffer_bytes=args.upload_buffer_mb << 20,
         pool_ttl_s=args.pool_ttl,
         max_checkin_rate=args.max_checkin_rate,
     )

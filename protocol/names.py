@@ -157,6 +157,9 @@ class Reason(StrEnum):
     STORE_UNAVAILABLE = "store_unavailable"
     # A request still running at the end of a coordinator stop's shutdown grace (503).
     SHUTTING_DOWN = "shutting_down"
+    # An upload refused before its body is read: the upload bodies the coordinator is reading
+    # already fill its memory budget for them (503, `serve --upload-buffer-mb`).
+    BUSY = "busy"
     INTERNAL_ERROR = "internal_error"
 
 

@@ -70,7 +70,7 @@ from protocol.names import Header as H
 from . import rounds
 from ._ratelimit import EveryFew
 from ._secure_api import add_secure_routes
-from .auth import RateLimiter, RequestVerifier, check_admin_token, client_key
+from .auth import BodyBudget, RateLimiter, RequestVerifier, check_admin_token, client_key
 from .dp_total import AllTasksPrivacyCache
 from .errors import ApiError, StoreId, require_media_type
 from .metrics import Metrics
@@ -418,7 +418,9 @@ def create_app(
     )
     metrics.dp_all_tasks.source = all_tasks_dp.get
     metrics.store_errors.source = lambda: the_store.write_errors
-    verifier = RequestVerifier(the_store, config.signature_window_s)
+    verifier = RequestVerifier(
+        the_store, config.signature_window_s, BodyBudget(config.upload_buffer_bytes)
+    )
     # Read once: /healthz does not touch the store (its lock can be held for seconds, by a
     # write waiting on another process's lock); the store sets WAL when it opens.
     journal_mode = the_store.journal_mode

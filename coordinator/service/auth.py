@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+import logging
 import math
 import time
 from collections import OrderedDict
@@ -12,17 +13,76 @@ from collections.abc import AsyncIterator, Callable
 from protocol import auth
 from protocol.names import ContentType, Header, Reason
 
+from ._ratelimit import EveryFew
 from .errors import ApiError, require_media_type
 from .store import Store
 
 __all__ = [
+    "BUSY_RETRY_S",
     "MAX_REGISTER_BURST",
     "MIN_REGISTER_RATE",
+    "BodyBudget",
     "RateLimiter",
     "RequestVerifier",
     "check_admin_token",
     "client_key",
 ]
+
+log = logging.getLogger("plume.coordinator")
+
+# Retry-After (seconds) of the 503 `busy` an upload gets while the bodies being read already
+# fill the budget (`BodyBudget`): the uploads in flight end within seconds (or the body
+# timeout ends them), and the SDK sends the upload again after it.
+BUSY_RETRY_S = 2
+
+
+class BodyBudget:
+    """Bytes of signed binary request bodies (plain uploads and secure stage messages) the
+    coordinator holds in memory while it reads them, at most `limit_bytes` at once (0: no
+    limit).
+
+    An upload reserves its declared `Content-Length` (the route's cap for a chunked one: it
+    can grow to that) before its first body byte is read, and gives it back once the route
+    has it. A reservation that would take the total past the limit is refused, unless nothing
+    is reserved (one upload is always let in, whatever its size): the route answers 503 `busy`
+    without reading the body. The reservation depends on the request's headers and the
+    round's cap alone, never on whether the device was selected, so the refusal tells an
+    outsider nothing a selected device would not learn. Not thread-safe: the app calls it
+    from its event loop only.
+    """
+
+    def __init__(self, limit_bytes: int) -> None:
+        if isinstance(limit_bytes, bool) or not isinstance(limit_bytes, int) or limit_bytes < 0:
+            raise ValueError(f"limit_bytes must be an integer >= 0, got {limit_bytes!r}")
+        self.limit_bytes = limit_bytes
+        self.held = 0  # bytes reserved by the bodies being read now
+        self.bodies = 0  # ... and how many bodies that is
+        self.refused = 0  # reservations refused since the start
+        self._log = EveryFew(5.0)
+
+    def take(self, size: int) -> bool:
+        """Reserve `size` bytes; False (nothing reserved) when they do not fit."""
+        if self.limit_bytes and self.held and self.held + size > self.limit_bytes:
+            self.refused += 1
+            if (skipped := self._log()) is not None:
+                log.warning(
+                    "an upload was refused 503 busy: %d bodies of %d bytes in all are being "
+                    "read, and %d more would pass the upload buffer of %d bytes (serve "
+                    "--upload-buffer-mb)%s",
+                    self.bodies,
+                    self.held,
+                    size,
+                    self.limit_bytes,
+                    self._log.since(skipped),
+                )
+            return False
+        self.held += size
+        self.bodies += 1
+        return True
+
+    def give(self, size: int) -> None:
+        self.held -= size
+        self.bodies -= 1
 
 
 class RequestVerifier:
@@ -38,10 +98,14 @@ class RequestVerifier:
     set back right locks no device out.
     """
 
-    def __init__(self, store: Store, window_s: float = 300.0) -> None:
+    def __init__(
+        self, store: Store, window_s: float = 300.0, body_budget: BodyBudget | None = None
+    ) -> None:
         self.store = store
         self.window_ms = int(window_s * 1000)
         self._keys: dict[str, bytes] = {}
+        # The bytes of binary bodies read at once (`read_signed_body`); None: no limit.
+        self.body_budget = body_budget
 
     def public_key(self, device_id: str) -> bytes | None:
         key = self._keys.get(device_id)
@@ -71,6 +135,13 @@ class RequestVerifier:
         `check_headers` raises, 413 naming `what` for an oversized body. They all come before
         the signature is verified, so a request they refuse has not spent its nonce: the same
         signed request can be sent again with the header set right.
+
+        Then the body's bytes are reserved in `body_budget` (its declared length, or `cap`
+        for a chunked body): 503 `busy` with `Retry-After` and `connection: close`, the body
+        unread and the nonce unspent, when the bodies being read already fill it. The
+        reservation is given back once the body is read and verified (or refused): the route
+        hands it on without waiting for anything (a decode, a store write, both on the event
+        loop), so no other body is read meanwhile.
         """
         require_media_type(headers.get(Header.CONTENT_TYPE), ContentType.OCTET_STREAM)
         try:
@@ -84,15 +155,31 @@ class RequestVerifier:
         declared = headers.get(Header.CONTENT_LENGTH)
         if declared is not None and declared.isdigit() and int(declared) > cap:
             raise ApiError(413, Reason.TOO_LARGE, f"{what} above the {cap}-byte cap")
-        parts: list[bytes] = []
-        size = 0
-        async for chunk in chunks:
-            size += len(chunk)
-            if size > cap:
-                raise ApiError(413, Reason.TOO_LARGE, f"{what} above the {cap}-byte cap")
-            parts.append(chunk)
-        body = b"".join(parts)
-        fields = self.verify(method=method, target=target, headers=headers, body=body)
+        budget = self.body_budget
+        reserved = int(declared) if declared is not None and declared.isdigit() else cap
+        if budget is not None and not budget.take(reserved):
+            raise ApiError(
+                503,
+                Reason.BUSY,
+                f"the coordinator is reading as many upload bodies as its memory budget for "
+                f"them allows ({budget.limit_bytes} bytes, serve --upload-buffer-mb); send "
+                f"the {what} again in {BUSY_RETRY_S} s",
+                {Header.RETRY_AFTER: str(BUSY_RETRY_S), "connection": "close"},
+            )
+        try:
+            parts: list[bytes] = []
+            size = 0
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > cap:
+                    raise ApiError(413, Reason.TOO_LARGE, f"{what} above the {cap}-byte cap")
+                parts.append(chunk)
+            body = b"".join(parts)
+            del parts
+            fields = self.verify(method=method, target=target, headers=headers, body=body)
+        finally:
+            if budget is not None:
+                budget.give(reserved)
         return fields, body
 
     def verify(

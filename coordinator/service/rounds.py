@@ -190,6 +190,10 @@ MIN_BODY_TIMEOUT_S = 1.0
 MIN_CHECKIN_RATE = 1e-3
 # The shortest tick (the timer of deadlines and selection timeouts; 0.05 s by default).
 MIN_TICK_S = 1e-3
+# ServiceConfig.upload_buffer_bytes' default (`serve --upload-buffer-mb 256`): the upload
+# bodies read into memory at once. Before, each upload held its whole body until it was
+# checked, however many arrived together, from devices selected or not (helper-275's F3).
+DEFAULT_UPLOAD_BUFFER_BYTES = 256 << 20
 # Seconds between attempts to rebuild a task from the store after a store error stopped it
 # (`Coordinator.unloaded`); its requests' 503 says how long is left (Retry-After).
 RELOAD_RETRY_S = 5.0
@@ -321,6 +325,10 @@ class ServiceConfig:
         epsilon (population=/q=), with a warning; off (the default), such a task is refused
         (`seed_refusal`: its epsilon would mean nothing). For simulations and tests only, e.g.
         the HTTP simulator's own in-process coordinator; no `serve` flag sets it.
+    upload_buffer_bytes: bytes of upload bodies (plain updates and secure stage messages)
+        read into memory at once: each reserves its declared Content-Length (a chunked one,
+        its round's cap) before its body is read, and past this an upload is answered 503
+        `busy` with Retry-After, its body unread (one upload is always let in). 0: no limit.
     """
 
     db_path: str = "plume.db"
@@ -340,6 +348,7 @@ class ServiceConfig:
     keep_frames_rounds: int | None = None
     snapshots_per_version: int = 16
     allow_seeded_dp: bool = False
+    upload_buffer_bytes: int = DEFAULT_UPLOAD_BUFFER_BYTES
 
     def __post_init__(self) -> None:
         # Refused here with the field's name: a NaN signature window would raise deep in
@@ -416,6 +425,11 @@ class ServiceConfig:
         if self.register_burst > MAX_REGISTER_BURST:
             raise ValueError(
                 f"register_burst must be at most {MAX_REGISTER_BURST:,}, got {self.register_burst!r}"
+            )
+        budget = self.upload_buffer_bytes
+        if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
+            raise ValueError(
+                f"upload_buffer_bytes must be an integer >= 0 (0: no limit), got {budget!r}"
             )
         cap = self.snapshots_per_version
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
