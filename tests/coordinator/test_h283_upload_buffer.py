@@ -173,7 +173,7 @@ def test_an_upload_past_the_buffer_is_503_busy_before_its_body_and_the_round_is_
     assert held == (N, sum(len(f) for f in frames[:N]))
     # ... the (N+1)th was refused before its body, saying so, the connection closed
     assert refused.status_code == 503, refused.text
-    assert refused.json()["reason"] == Reason.BUSY == "busy"
+    assert refused.json()["reason"] == str(Reason.BUSY) == "busy"
     assert refused.headers["retry-after"] == "2"
     assert refused.headers["connection"] == "close"
     assert "--upload-buffer-mb" in refused.json()["detail"]
