@@ -140,7 +140,8 @@ def test_retries_with_backoff_keep_the_idempotency_key(tmp_path: Path) -> None:
     keys = {r.headers["idempotency-key"] for r in attempts}
     nonces = {r.headers["x-plume-nonce"] for r in attempts}
     assert keys == {pending.key} and len(nonces) == 3  # same key, fresh signature each time
-    assert sleeps[0] == pytest.approx(0.1) and sleeps[1] == 0.5  # backoff, then Retry-After
+    # backoff (0.1 s with equal jitter: 0.05 to 0.1), then Retry-After (0.5 s, up to 20 % more)
+    assert 0.05 <= sleeps[0] <= 0.1 and 0.5 <= sleeps[1] <= 0.6
     assert DeviceStore(tmp_path).load_pending() is None  # acknowledged: no longer pending
 
 

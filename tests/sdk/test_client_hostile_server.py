@@ -112,10 +112,14 @@ def test_a_retry_after_header_that_is_no_wait_falls_back_to_backoff(
     # Execute
     with Client("http://coord", str(tmp_path), transport=transport, sleep=sleeps) as c:
         answer = c.check_in(1)
-        backoff = [c._core.delay(0, None), c._core.delay(1, None)]
+        backoff_s = c._core.backoff_s
 
-    # Assert: the retries waited the client's own backoff, and the third answer came through
-    assert answer.action == "wait" and sleeps == backoff
+    # Assert: the retries waited the client's own backoff (backoff_s * 2**attempt with equal
+    # jitter: half of it to all of it), and the third answer came through
+    assert answer.action == "wait" and len(sleeps) == 2
+    for attempt, slept in enumerate(sleeps):
+        full = backoff_s * 2**attempt
+        assert full / 2 <= slept <= full
 
 
 @pytest.mark.parametrize("value", ["NaN", "-1.0", "Infinity", "-Infinity"])
