@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import struct
 import types
 import typing
@@ -53,6 +54,9 @@ __all__ = [
     "check_max_model_bytes",
     "check_model_layouts",
     "MAX_MODEL_LAYOUTS",
+    "check_train_loss",
+    "format_train_loss",
+    "MAX_TRAIN_LOSS",
     "pack_chain",
     "unpack_chain",
     "CHAIN_MAGIC",
@@ -232,6 +236,13 @@ class Assignment:
     upload; False drops it as if delivered (the residual stays what acceptance leaves). A task
     with differential privacy sends False, so that no device's later upload depends on
     whether another device's data made its upload late (docs/privacy.md, item 2).
+
+    report_loss: True asks the device to send its mean local training loss with its upload
+    (the signed query `?train_loss=<decimal>`, `check_train_loss`); the coordinator reports
+    the round's median and mean of them in its measurements. Sent only for a plain task
+    without differential privacy: a device's loss depends on its data and is outside a dp
+    stage's accounting and a secure round's promise (docs/privacy.md), so such a task and any
+    coordinator from before the field leave it out (None), and the device sends no loss.
     """
 
     task_id: int
@@ -248,6 +259,7 @@ class Assignment:
     seed: int
     secure: bool = False  # a SecAgg+ round: run its stage endpoints (docs/http-api.md)
     return_refused: bool | None = field(default=None, metadata={_OMIT_NONE: True})
+    report_loss: bool | None = field(default=None, metadata={_OMIT_NONE: True})
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
@@ -659,6 +671,48 @@ def check_model_layouts(value: Any, where: str = "$.model_layouts") -> frozenset
             raise MessageError(f"{where}[{i}] = {item!r} is listed twice")
         seen.add(item)
     return frozenset(seen)
+
+
+# An upload's training loss (`?train_loss=`, `Assignment.report_loss`): a plain decimal
+# number, as Python's `repr` of a float in range writes it ("0.6931", "1e-05"), at most
+# TRAIN_LOSS_CHARS characters: no sign (a loss below 0 is not sent), no "nan", "inf", space,
+# underscore or hex, which Python's `float` would take. Its value lies in [0, MAX_TRAIN_LOSS]:
+# a device's mean loss beyond that (a diverged model) is not sent, and a lying device moves
+# the round's mean by at most MAX_TRAIN_LOSS / reports (the median not at all, while fewer
+# than half the reports lie).
+MAX_TRAIN_LOSS = 1e6
+TRAIN_LOSS_CHARS = 32
+_TRAIN_LOSS = re.compile(r"[0-9]+(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?")
+
+
+def check_train_loss(text: Any, where: str = "query.train_loss") -> float:
+    """`text` (an upload's `train_loss` query value, as decoded from the URL) as a training
+    loss: a decimal number of at most 32 characters (digits, an optional fraction and an
+    optional exponent; no sign), finite, at most MAX_TRAIN_LOSS; else `MessageError`, whose
+    message shows the value cut at SHOWN_CHARS characters."""
+    if not isinstance(text, str):
+        raise MessageError(f"{where}: expected a decimal number, got {_kind(text)}")
+    if len(text) > TRAIN_LOSS_CHARS or not _TRAIN_LOSS.fullmatch(text):
+        raise MessageError(
+            f"{where} = {_cut(repr(text))} is not a decimal number of at most "
+            f"{TRAIN_LOSS_CHARS} characters (digits, an optional fraction and exponent, no sign)"
+        )
+    value = float(text)
+    if not value <= MAX_TRAIN_LOSS:  # also inf: "1e999"
+        raise MessageError(f"{where} = {text} is above the largest loss taken, {MAX_TRAIN_LOSS:g}")
+    return value
+
+
+def format_train_loss(loss: Any) -> str | None:
+    """A device's mean training loss as its upload sends it (`check_train_loss` reads it back
+    to the same float), or None when it is not sent: not a real number (a bool, None), NaN
+    (nothing trained), infinite, below 0 or above MAX_TRAIN_LOSS."""
+    if isinstance(loss, bool) or not isinstance(loss, int | float | np.floating | np.integer):
+        return None
+    value = float(loss)
+    if not (math.isfinite(value) and 0.0 <= value <= MAX_TRAIN_LOSS):
+        return None
+    return repr(abs(value))  # abs: -0.0 is sent as 0.0 (no sign on the wire)
 
 
 def _kind(value: Any) -> str:

@@ -16,6 +16,7 @@ __all__ = [
     "SnapshotDType",
     "Reason",
     "Direction",
+    "Query",
 ]
 
 API_PREFIX = "/v1"
@@ -116,6 +117,14 @@ class SnapshotDType(StrEnum):
     FP16 = "fp16"
 
 
+class Query(StrEnum):
+    """Query keys a device sends (the query is part of the signed target: `protocol.auth`)."""
+
+    # An upload's mean local training loss, when its assignment asks (`Assignment.report_loss`):
+    # a decimal number in [0, MAX_TRAIN_LOSS] (`protocol.messages.check_train_loss`).
+    TRAIN_LOSS = "train_loss"
+
+
 class Direction(StrEnum):
     UP = "up"
     DOWN = "down"
@@ -160,6 +169,9 @@ class Reason(StrEnum):
     # An upload refused before its body is read: the upload bodies the coordinator is reading
     # already fill its memory budget for them (503, `serve --upload-buffer-mb`).
     BUSY = "busy"
+    # An upload carrying a training loss (`?train_loss=`) to a round whose assignment did not
+    # ask for one (`Assignment.report_loss`: a task with DP, or a secure task): 422, not taken.
+    TRAIN_LOSS_REFUSED = "train_loss_refused"
     INTERNAL_ERROR = "internal_error"
 
 

@@ -63,9 +63,11 @@ from protocol.messages import (
     check_awaiting_round,
     check_max_model_bytes,
     check_task_id,
+    check_train_loss,
 )
 from protocol.names import ContentType, ModelEncoding, Path, Reason, SnapshotDType, TaskState
 from protocol.names import Header as H
+from protocol.names import Query as Q
 
 from . import rounds
 from ._ratelimit import EveryFew
@@ -205,6 +207,22 @@ def _idempotency_key(headers: dict[str, str]) -> None:
     key = headers.get(H.IDEMPOTENCY_KEY)
     if key is None or not _IDEMPOTENCY.fullmatch(key):
         raise ApiError(400, Reason.MALFORMED, "Idempotency-Key header (1-128 chars) required")
+
+
+def _upload_loss(request: Request) -> float | None:
+    """An upload's training loss, `?train_loss=` (`check_train_loss`), or None without one;
+    422 `validation` naming it for a malformed value, another query key, or the key given
+    twice. Checked with the signature headers, before the body is read and the nonce spent,
+    as the `Idempotency-Key` is (the query is part of the signed target, so a proxy cannot
+    add, change or drop it without the signature failing)."""
+    _only_query(request, Q.TRAIN_LOSS)
+    text = request.query_params.get(Q.TRAIN_LOSS)
+    if text is None:
+        return None
+    try:
+        return check_train_loss(text)
+    except MessageError as exc:
+        raise ApiError(422, Reason.VALIDATION, str(exc)) from None
 
 
 def _only_query(request: Request, *allowed: str) -> None:
@@ -759,15 +777,29 @@ def create_app(
                 for h in (
                     H.DEVICE, H.ROUND, H.TIMESTAMP, H.NONCE, H.SIGNATURE, H.IDEMPOTENCY_KEY,
                 )
+            ] + [
+                {
+                    "in": "query", "name": Q.TRAIN_LOSS, "required": False,
+                    "description": "the device's mean local training loss, when its "
+                    "assignment's report_loss is true: a decimal number in [0, 1e6]",
+                    "schema": {"type": "string", "maxLength": 32},
+                }
             ],
         },
     )  # fmt: skip
     async def upload(request: Request, round_id: StoreId) -> UploadReceipt:
         """Upload one compressed update frame; streamed under the round's size cap."""
         headers = _headers(request)
-        # Cheap checks first (Content-Type, signature headers, the idempotency key), before
-        # reading a byte of the body or spending the nonce. Unknown rounds get the JSON cap:
-        # nothing legitimate is bigger than a 404 needs.
+        train_loss: float | None = None
+
+        def check_headers(headers: dict[str, str]) -> None:
+            nonlocal train_loss
+            _idempotency_key(headers)
+            train_loss = _upload_loss(request)
+
+        # Cheap checks first (Content-Type, signature headers, the idempotency key, the
+        # query's training loss), before reading a byte of the body or spending the nonce.
+        # Unknown rounds get the JSON cap: nothing legitimate is bigger than a 404 needs.
         fields, frame = await verifier.read_signed_body(
             method=request.method,
             target=_target(request),
@@ -775,7 +807,7 @@ def create_app(
             chunks=request.stream(),
             cap=coordinator.upload_cap_for_round(round_id) or config.json_body_cap,
             what="update",
-            check_headers=_idempotency_key,
+            check_headers=check_headers,
         )
         key = headers[H.IDEMPOTENCY_KEY]
         if fields.round_id != round_id:
@@ -785,7 +817,9 @@ def create_app(
         att.dense_up = coordinator.dense_bytes_for_round(round_id)
         setattr(request.state, STATE_KEY, att)
         t0 = asyncio.get_running_loop().time()
-        receipt, to_close = coordinator.submit(round_id, fields.device_id, key, frame)
+        # Named only when sent: an upload without a loss calls submit as before the field.
+        loss = {} if train_loss is None else {"train_loss": train_loss}
+        receipt, to_close = coordinator.submit(round_id, fields.device_id, key, frame, **loss)
         metrics.upload_seconds.observe(asyncio.get_running_loop().time() - t0)
         if to_close is not None:
             coordinator.schedule_close(to_close)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
@@ -192,6 +194,15 @@ class Metrics:
         self.model_version = Gauge(
             "plume_model_version", "Published model version", ["task"], registry=r
         )
+        self.round_train_loss = Gauge(
+            "plume_round_train_loss",
+            "The task's last committed round's training loss: stat=median or mean (unweighted) "
+            "of the mean local training losses its devices sent with their updates (a plain "
+            "task without DP; a training loss, not a test accuracy); no series when that "
+            "round had none",
+            ["task", "stat"],
+            registry=r,
+        )
         self.devices = Gauge("plume_registered_devices", "Registered devices", registry=r)
         self.stored_frame_bytes = Gauge(
             "plume_stored_frame_bytes",
@@ -231,3 +242,18 @@ class Metrics:
             buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
             registry=r,
         )
+
+    def observe_train_loss(self, task_id: int, measurements: dict[str, Any]) -> None:
+        """Set task `task_id`'s `plume_round_train_loss` from a committed round's measurements
+        (`train_loss_median`, `train_loss_mean`); a round without them removes the task's
+        series, so a figure never outlives the round it came from."""
+        task = str(task_id)
+        median = measurements.get("train_loss_median")
+        mean = measurements.get("train_loss_mean")
+        if isinstance(median, float) and isinstance(mean, float):
+            self.round_train_loss.labels(task, "median").set(median)
+            self.round_train_loss.labels(task, "mean").set(mean)
+            return
+        for stat in ("median", "mean"):
+            with contextlib.suppress(KeyError):
+                self.round_train_loss.remove(task, stat)

@@ -31,6 +31,7 @@ import math
 import re
 import secrets
 import sqlite3
+import statistics
 import threading
 import time
 from collections import OrderedDict
@@ -461,6 +462,8 @@ class ActiveRound:
     close_started: bool = False  # an aggregation is in flight
     # A secure DP round's `dp` record, stored before its sums were unmasked (see _close_secure)
     pending_dp: dict[str, Any] | None = None
+    # device -> the training loss its accepted upload carried (`?train_loss=`), if it did
+    losses: dict[str, float] = field(default_factory=dict)
     # What its close wrote to the store (published or abandoned), set by the worker thread
     # under `Coordinator._close_lock`: a stop that lands before the event loop has finished
     # the close finishes it itself, so that its answer is the task's final state.
@@ -515,6 +518,20 @@ class UnloadedTask:
             f"task was loaded from it ({self.reason}); it is loaded again in {wait} s",
             headers={"retry-after": str(wait)},
         )
+
+
+def loss_measurements(losses: Collection[float]) -> dict[str, Any]:
+    """A round's training-loss figures from the losses its accepted uploads carried (each a
+    finite number in [0, MAX_TRAIN_LOSS]): `train_loss_median`, `train_loss_mean` (unweighted:
+    each report counts once, whatever its example count) and `train_loss_reports` (how many
+    carried one); {} when none did, so a round without them has no such keys."""
+    if not losses:
+        return {}
+    return {
+        "train_loss_median": float(statistics.median(losses)),
+        "train_loss_mean": math.fsum(losses) / len(losses),
+        "train_loss_reports": len(losses),
+    }
 
 
 def _stored_upload_cap(config_json: str) -> int | None:
@@ -1166,6 +1183,11 @@ class TaskRuntime:
         self.return_refused = returns_refused(factory) and (
             self.secure is None or self.secure.settings.config.noise == NoiseKind.NONE
         )
+        # Whether its devices send their training loss with an upload (`Assignment.report_loss`):
+        # only a plain task without a dp stage anywhere in its chain. A device's loss depends on
+        # its data: a dp stage accounts only the clipped, noised sum, and a secure round
+        # promises that no single device's update is seen (docs/privacy.md).
+        self.report_loss = dp is None and self.secure is None
         self.engine = RoundEngine(
             self.spec,
             params,
@@ -1435,6 +1457,8 @@ class Coordinator:
         if rt.secure is None:
             newest = self.store.last_round(task_id, RoundState.COMMITTED)
             _observe_stored_dp(rt.privacy_metrics, rt.config, [] if newest is None else [newest])
+            if newest is not None:
+                self.metrics.observe_train_loss(task_id, newest.measurements)
             if newest is not None and find_measurement(newest.measurements, "budget_exhausted"):
                 # The engine stopped at that round (its epsilon budget is spent): a fresh
                 # engine must too, or a task left paused then could be resumed into rounds
@@ -1572,6 +1596,8 @@ class Coordinator:
             cur.reports += 1
             cur.uploaded.add(u.device_id)
             cur.upload_bytes += len(u.frame)
+            if u.train_loss is not None:
+                cur.losses[u.device_id] = u.train_loss
         cur.closing = r.state == RoundState.AGGREGATING
         log.info(
             "task %d round %d resumed from the store with %d accepted updates%s",
@@ -2276,6 +2302,8 @@ class Coordinator:
             secure=rt.secure is not None,
             # Left out (None) without DP: the assignment is the bytes it was before the field.
             return_refused=None if rt.return_refused else False,
+            # Left out (None) with DP or SecAgg: the device sends no training loss.
+            report_loss=True if rt.report_loss else None,
         )
 
     def upload_outcome(self, round_id: int, device_id: str) -> UploadOutcome:
@@ -2694,9 +2722,18 @@ class Coordinator:
         return None
 
     def submit(
-        self, round_id: int, device_id: str, idempotency_key: str, frame: bytes
+        self,
+        round_id: int,
+        device_id: str,
+        idempotency_key: str,
+        frame: bytes,
+        train_loss: float | None = None,
     ) -> tuple[UploadReceipt, TaskRuntime | None]:
-        """Accept one upload durably. Returns (UploadReceipt, runtime to close now or None)."""
+        """Accept one upload durably. Returns (UploadReceipt, runtime to close now or None).
+
+        `train_loss`: the device's mean training loss sent with it (`?train_loss=`, checked by
+        `check_train_loss`), stored with the update; 422 `train_loss_refused` to a round whose
+        assignment did not ask for one (`TaskRuntime.report_loss`), the upload not taken."""
         found = self._runtime_for_round(round_id)
         if found is None and self.unloaded:
             # A round of an unloaded task: rebuilt here when due, so that its round takes the
@@ -2740,6 +2777,16 @@ class Coordinator:
             raise ApiError(403, Reason.NOT_SELECTED, f"device not selected for round {round_id}")
         if cur.closing or self.clock() >= cur.deadline or cur.reports >= cur.target:
             raise ApiError(409, Reason.ROUND_CLOSED, f"round {round_id} is closed (straggler)")
+        if train_loss is not None and not rt.report_loss:
+            # Not stored and not taken: a device's loss is data-dependent, and this task's
+            # privacy (a dp stage) does not account for it.
+            raise ApiError(
+                422,
+                Reason.TRAIN_LOSS_REFUSED,
+                f"round {round_id}'s task takes no training loss with an upload (it has "
+                "differential privacy; its assignment did not set report_loss): send the "
+                "update without train_loss",
+            )
         held = False  # whether the engine took the frame
         try:
             with self.store.transaction() as db:
@@ -2749,7 +2796,7 @@ class Coordinator:
                 if state is None or state[0] != RoundState.OPEN:
                     raise RoundClosed(f"round {round_id} is not open")
                 self.store.insert_update(
-                    db, round_id, device_id, idempotency_key, frame, self.clock()
+                    db, round_id, device_id, idempotency_key, frame, self.clock(), train_loss
                 )
                 # Decoding inside the transaction: a frame the engine refuses is never stored.
                 rt.engine.submit(cur.engine_round, device_id, frame)
@@ -2775,6 +2822,8 @@ class Coordinator:
         cur.reports += 1
         cur.uploaded.add(device_id)
         cur.upload_bytes += len(frame)
+        if train_loss is not None:
+            cur.losses[device_id] = train_loss
         self.metrics.updates_accepted.inc()
         receipt = UploadReceipt(round_id, device_id, True, False, len(frame), cur.reports)
         return receipt, (rt if cur.reports >= cur.target else None)
@@ -2851,6 +2900,7 @@ class Coordinator:
         rt.strategy.round_key = cur.round_id
         outcome = rt.engine.close_round(cur.engine_round)
         measurements = dict(outcome.measurements)
+        measurements.update(loss_measurements(cur.losses.values()))
         outcome = self._store_close(rt, cur, outcome, measurements)
         self.metrics.aggregate_seconds.observe(time.perf_counter() - t0)
         return outcome
@@ -2938,6 +2988,11 @@ class Coordinator:
             params = np.array(rt.engine.params, dtype=np.float32, copy=True)
             rt.set_published(params, outcome.version, model_digest(params).hex())
             self.metrics.rounds.labels("committed").inc()
+            if rt.current is not None and rt.secure is None:
+                # The figures its close stored (`close_blocking`), from the same losses.
+                self.metrics.observe_train_loss(
+                    rt.task_id, loss_measurements(rt.current.losses.values())
+                )
         else:
             self.metrics.rounds.labels("abandoned").inc()
         if rt.rounds_closed >= rt.config.rounds or rt.engine.stopped:

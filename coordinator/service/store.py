@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from protocol.messages import MAX_TRAIN_LOSS
+
 from ._ratelimit import EveryFew
 
 __all__ = [
@@ -49,8 +51,9 @@ __all__ = [
 log = logging.getLogger("plume.coordinator")
 
 # 1: no tasks.agg_state; 2: no updates.pruned_len / pruned_sha256; 3: no versions.params (a
-# task stored then keeps no initial model). Each migrates on open.
-SCHEMA_VERSION = 4
+# task stored then keeps no initial model); 4: no updates.train_loss (its accepted updates
+# carry no training loss). Each migrates on open.
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -108,6 +111,7 @@ CREATE TABLE IF NOT EXISTS updates (
     accepted_unix REAL NOT NULL,
     pruned_len INTEGER,
     pruned_sha256 BLOB,
+    train_loss REAL,
     UNIQUE (round_id, device_id)
 );
 CREATE TABLE IF NOT EXISTS ledger (
@@ -164,6 +168,8 @@ class UpdateRow:
     device_id: str
     idempotency_key: str
     frame: bytes
+    # The device's mean local training loss sent with the upload (`?train_loss=`), or None.
+    train_loss: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,12 +225,13 @@ _NONCE_FORGOTTEN = "nonce_forgotten_ms"
 
 # The schema versions `_open` migrates to SCHEMA_VERSION in place, and the columns that
 # migration adds where they are missing: (table, column).
-_MIGRATED_FROM = ("1", "2", "3")
+_MIGRATED_FROM = ("1", "2", "3", "4")
 _ADDED_BY_MIGRATION = frozenset(
     {
         ("tasks", "agg_state"),
         ("updates", "pruned_len"),
         ("updates", "pruned_sha256"),
+        ("updates", "train_loss"),
         ("versions", "params"),
     }
 )
@@ -316,6 +323,16 @@ def _json_column(text: Any, kind: type, table: str, key: int, task_id: int, colu
             table, key, task_id, column, f"a JSON {type(value).__name__}, not a {kind.__name__}"
         )
     return value
+
+
+def _stored_loss(value: Any) -> float | None:
+    """A stored `updates.train_loss` as the upload's loss: None for none (NULL) and for what
+    no accepted upload carries (not a finite number in [0, MAX_TRAIN_LOSS]: a hand edit),
+    which a round's figures then leave out, as an upload without a loss."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) and 0.0 <= value <= MAX_TRAIN_LOSS else None
 
 
 def _round(row: tuple[Any, ...]) -> RoundRow:
@@ -756,6 +773,9 @@ class Store:
                     tx.execute("ALTER TABLE updates ADD COLUMN pruned_len INTEGER")
                 if "pruned_sha256" not in columns:
                     tx.execute("ALTER TABLE updates ADD COLUMN pruned_sha256 BLOB")
+                # Versions 1 to 4 took no training loss with an upload: none is stored (NULL).
+                if "train_loss" not in columns:
+                    tx.execute("ALTER TABLE updates ADD COLUMN train_loss REAL")
                 # Versions 1 to 3 kept no initial model: their tasks have none (NULL), and
                 # an older version of theirs is rebuilt from the operator's copy, as before.
                 columns = {r[1] for r in tx.execute("PRAGMA table_info(versions)").fetchall()}
@@ -1316,11 +1336,11 @@ class Store:
         """A round's accepted updates in acceptance order (only open rounds' are re-decoded:
         a pruned frame, of a closed round, is empty)."""
         rows = self._query(
-            "SELECT seq, round_id, device_id, idempotency_key, frame FROM updates "
+            "SELECT seq, round_id, device_id, idempotency_key, frame, train_loss FROM updates "
             "WHERE round_id=? ORDER BY seq",
             (round_id,),
         )
-        return [UpdateRow(r[0], r[1], r[2], r[3], bytes(r[4])) for r in rows]
+        return [UpdateRow(r[0], r[1], r[2], r[3], bytes(r[4]), _stored_loss(r[5])) for r in rows]
 
     def has_update(self, round_id: int, device_id: str) -> bool:
         """Whether a device has an accepted update in a round (its frame is not read)."""
@@ -1422,12 +1442,14 @@ class Store:
         key: str,
         frame: bytes,
         now: float,
+        train_loss: float | None = None,
     ) -> None:
-        """Insert inside a caller's transaction (so the round-state check shares it)."""
+        """Insert inside a caller's transaction (so the round-state check shares it).
+        `train_loss`: the device's training loss sent with the upload, if any."""
         db.execute(
-            "INSERT INTO updates(round_id, device_id, idempotency_key, frame, accepted_unix) "
-            "VALUES (?, ?, ?, ?, ?)",
-            (round_id, device_id, key, frame, now),
+            "INSERT INTO updates(round_id, device_id, idempotency_key, frame, accepted_unix, "
+            "train_loss) VALUES (?, ?, ?, ?, ?, ?)",
+            (round_id, device_id, key, frame, now, train_loss),
         )
         self._pending_frame_bytes += len(frame)
 
