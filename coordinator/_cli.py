@@ -23,6 +23,8 @@ from typing import IO, TYPE_CHECKING, Any, NoReturn
 from .cli import print_error, when_help
 
 if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
     import torch
 
     from .service import AdminError
@@ -229,6 +231,13 @@ def _round_id(text: str) -> int:
     if not 1 <= n <= 2**63 - 1:
         raise argparse.ArgumentTypeError(f"a round id is 1 to 2**63 - 1, got {n}")
     return n
+
+
+def _prefix(text: str) -> str:
+    """argparse type of --strip-prefix: a non-empty name prefix."""
+    if not text:
+        raise argparse.ArgumentTypeError("must not be empty (e.g. net.)")
+    return text
 
 
 def _aggregator_list() -> str:
@@ -458,15 +467,19 @@ def register(sub: Any) -> None:
 
     c = csub.add_parser(
         "create-task",
-        help="create a task with a zoo model's initial weights",
+        help="create a task with a zoo model's initial weights, or your own (--initial)",
         description=(
             "Create a training task on a running coordinator (`plume coordinator serve`) and "
-            "upload the initial weights of a zoo model (or of one a --plugin registers); prints the "
-            "task id as JSON."
+            "upload the initial weights of a zoo model (or of one a --plugin registers), or "
+            "weights of that model from a file (--initial); prints the task id as JSON."
         ),
         epilog=(
-            "example:\n  export PLUME_ADMIN_TOKEN=s3cret   # serve's admin token\n"
-            "  plume coordinator create-task --model mlp --rounds 20 --clients-per-round 10\n\n"
+            "examples:\n  export PLUME_ADMIN_TOKEN=s3cret   # serve's admin token\n"
+            "  plume coordinator create-task --model mlp --rounds 20 --clients-per-round 10\n"
+            "  plume coordinator create-task --model mlp --initial pretrained.pt   # your weights\n"
+            "\n--initial pretrained.pt: torch.save(model.state_dict(), 'pretrained.pt') of the "
+            "model you\ntrained (its names may lack the zoo model's leading 'net.'), or a file "
+            "get-model wrote.\n\n"
         ),
     )
     admin_args(c)
@@ -484,9 +497,30 @@ def register(sub: Any) -> None:
         metavar="MODULE",
         help="import MODULE first (repeatable; also a path to a .py file), as `plume sim "
         "--plugin` does, so that --model takes the names its top-level code registers in "
-        "mobile_sim.models.MODELS; the task's layout and initial weights are that model's",
+        "mobile_sim.models.MODELS; the task's layout (and, without --initial, its initial "
+        "weights) are that model's",
     )
-    c.add_argument("--seed", type=int, default=0, help="initial weights and round seeds")
+    c.add_argument(
+        "--initial",
+        default=None,
+        metavar="FILE",
+        help="the task's initial model from a file instead of --model's weights for --seed: "
+        "a torch state_dict .pt/.pth (read with torch.load(weights_only=True): tensors only, "
+        "never a pickled object), an .npz of numeric arrays by name (numpy.load without "
+        "pickle), or a file get-model wrote (those two, or a snapshot). It must hold exactly "
+        "the parameters of --model, by name and shape (buffers such as BatchNorm's running "
+        "means may be there too, and are not sent); names that all lack one leading component "
+        "the task's have (the zoo MLP's 'net.') or all have one the task's lack "
+        "(nn.DataParallel's 'module.') are accepted with a note. "
+        "Values are converted to float32; NaN, inf or a value beyond float32's range is "
+        "refused. Checked before anything is sent",
+    )
+    c.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="initial weights (unless --initial) and round seeds",
+    )
     c.add_argument("--rounds", type=int, default=10, metavar="N", help="training rounds")
     c.add_argument(
         "--clients-per-round", type=int, default=10, metavar="N", help="reports aggregated a round"
@@ -686,10 +720,13 @@ def register(sub: Any) -> None:
             "  export PLUME_ADMIN_TOKEN=s3cret   # serve's admin token\n"
             "  plume coordinator get-model --task 1 --out model.pt\n"
             "  plume coordinator get-model --task 1 --out model.npz\n"
-            "  plume coordinator get-model --task 1 --out v5.npz --version 5\n\n"
+            "  plume coordinator get-model --task 1 --out v5.npz --version 5\n"
+            "  plume coordinator get-model --task 1 --out model.pt --strip-prefix net.\n\n"
             "Load them with torch.load('model.pt', weights_only=True) into the model "
             "(mobile_sim.models.build_model(NAME), after importing the plugin that registers "
-            "NAME if it is not a zoo model) with load_state_dict(..., strict=True); "
+            "NAME if it is not a zoo model) with load_state_dict(..., strict=True); with "
+            "--strip-prefix net., into your own nn.Sequential of the zoo MLP's layers (the "
+            "README's SDK example) instead, whose keys are 1.weight, not net.1.weight; "
             "numpy.load('model.npz', allow_pickle=False)[NAME]; "
             "compression.decode_snapshot(bytes, spec).\n"
         ),
@@ -737,6 +774,17 @@ def register(sub: Any) -> None:
         "--plugin registers), for torch.load; npz: "
         "one array per parameter, by name, for numpy.load. Default: from the --out suffix "
         "(.pt/.pth, .npz, else snapshot)",
+    )
+    m.add_argument(
+        "--strip-prefix",
+        type=_prefix,
+        default=None,
+        metavar="PREFIX",
+        help="pt and npz: remove PREFIX from the start of every tensor name that has it, so "
+        "that the file loads into your own model rather than the task's model_name's: "
+        "--strip-prefix net. makes the zoo MLP's net.1.weight 1.weight, the key of the "
+        "README's nn.Sequential (default: the names of the task's model, as before). Refused "
+        "when no name starts with PREFIX, or two names would become one",
     )
     m.set_defaults(func=_get_model)
 
@@ -1402,9 +1450,24 @@ def _create_task(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print_error("plume coordinator create-task", _with_flag(str(exc)))
         return 2
+    if args.initial is None:
+        params = get_flat_params(model)
+    else:
+        # The operator's own weights for the model: read and matched against its layout
+        # before any request, so a file that does not fit leaves no task behind.
+        loaded = _initial_from_file(args.initial, model, spec)
+        if isinstance(loaded, str):
+            print_error("plume coordinator create-task", loaded)
+            return 1
+        params, notes = loaded
+        for note in notes:
+            print(
+                f"plume coordinator create-task: note: --initial {args.initial}: {note}",
+                file=sys.stderr,
+            )
     try:
         with _admin(args) as admin:
-            task_id = admin.create_task(config, get_flat_params(model))
+            task_id = admin.create_task(config, params)
             warned: list[str] | None = getattr(admin, "created_warnings", None)
     except ValueError as exc:
         print_error("plume coordinator create-task", _with_flag(str(exc)))
@@ -1415,7 +1478,10 @@ def _create_task(args: argparse.Namespace) -> int:
     except httpx.HTTPError as exc:
         print_error("plume coordinator create-task", admin_error_text(exc, args.url))
         return 1
-    print(json.dumps({"task_id": task_id, "model": args.model, "params": spec.size}))
+    created: dict[str, Any] = {"task_id": task_id, "model": args.model, "params": spec.size}
+    if args.initial is not None:
+        created["initial"] = args.initial
+    print(json.dumps(created))
     # What the coordinator logs for this task (a dp delta above 1/(10 N), a dp seed=, an
     # epsilon on an unproven assumption, a robust rule behind over-selection, krum on top-k
     # uploads), said to the operator who made it: the `warnings` it
@@ -1436,6 +1502,46 @@ def _create_task(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     return 0
+
+
+def _initial_from_file(
+    name: str, model: torch.nn.Module, spec: Any
+) -> tuple[npt.NDArray[np.float32], list[str]] | str:
+    """create-task --initial NAME: (float32[d] in `spec`'s order, notes to print), or the one
+    line saying why the file is not an initial model for `model` (whose layout is `spec`).
+    Tensors of `model`'s state_dict that are not in the spec (buffers, frozen parameters) may
+    be in the file; they are not sent."""
+    import pickle
+    import zipfile
+
+    what = f"--initial {name}"
+    path = _path(name)
+    if not path.exists():
+        return f"{what}: no such file"
+    if not path.is_file():
+        return f"{what}: not a file"
+    not_sent = frozenset(model.state_dict()) - {e.name for e in spec.entries}
+    try:
+        return _read_model_file(path, spec, not_sent)
+    except ValueError as exc:
+        return f"{what}: {exc}"
+    except (
+        OSError,
+        KeyError,
+        RuntimeError,
+        EOFError,
+        zipfile.BadZipFile,
+        pickle.PickleError,
+    ) as exc:
+        return f"cannot read {what}: {_first_line(exc)}"
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of `exc`'s message (torch's run to a dozen), or its type."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
 
 
 def _import_plugins(prog: str, specs: list[str] | None, model: str | None = None) -> bool:
@@ -1801,6 +1907,13 @@ def _get_model(args: argparse.Namespace) -> int:
     if args.version is not None and args.version < 0:
         _fail(prog, f"--version must be >= 0, got {args.version}")
     fmt = _model_format(args)
+    if args.strip_prefix is not None and fmt == "snapshot":
+        _fail(
+            prog,
+            "--strip-prefix renames the tensors of --format pt or npz; a snapshot has no names "
+            "(give --out a .pt or .npz suffix, or --format pt or npz)",
+            2,
+        )
     if args.initial is not None and not _path(args.initial).is_file():
         _fail(prog, f"--initial {args.initial}: no such file")
     try:
@@ -1833,25 +1946,24 @@ def _get_model(args: argparse.Namespace) -> int:
     except ValueError as exc:
         _fail(prog, str(exc))
     try:
-        write = _model_writer(exported, fmt)
+        write = _model_writer(exported, fmt, args.strip_prefix)
         size = _write_atomic(out, write)
     except ValueError as exc:
         _fail(prog, str(exc))
     except OSError as exc:
         _fail(prog, f"cannot write --out {args.out}: {exc.strerror or exc}")
-    print(
-        json.dumps(
-            {
-                "task_id": exported.task_id,
-                "version": exported.version,
-                "digest": exported.digest,
-                "format": fmt,
-                "out": str(out),
-                "bytes": size,
-                "params": exported.spec.size,
-            }
-        )
-    )
+    wrote: dict[str, Any] = {
+        "task_id": exported.task_id,
+        "version": exported.version,
+        "digest": exported.digest,
+        "format": fmt,
+        "out": str(out),
+        "bytes": size,
+        "params": exported.spec.size,
+    }
+    if args.strip_prefix is not None:
+        wrote["strip_prefix"] = args.strip_prefix
+    print(json.dumps(wrote))
     return 0
 
 
@@ -1912,44 +2024,238 @@ def _initial_model(args: argparse.Namespace, config: Any) -> tuple[Any, str]:
 
 def _read_initial(path: Path, spec: Any) -> Any:
     """float32[d] of the model in a local file get-model wrote: .npz (numpy.load without
-    pickle), .pt/.pth (torch.load with weights_only), else a snapshot (decode_snapshot)."""
+    pickle), .pt/.pth (torch.load with weights_only), else a snapshot (decode_snapshot).
+    Tensors the spec does not name are ignored (the coordinator checks the digest)."""
+    return _read_model_file(path, spec, None)[0]
+
+
+def _read_model_file(
+    path: Path, spec: Any, not_sent: frozenset[str] | None
+) -> tuple[npt.NDArray[np.float32], list[str]]:
+    """(float32[d] in `spec`'s order, notes) from the operator's local model file: .npz
+    (numpy.load without pickle; numeric arrays only), .pt/.pth (torch.load with
+    weights_only=True: a dict of tensors), else an fp32 snapshot (decode_snapshot).
+
+    Every spec entry must be there with its shape; a file whose names all differ from the
+    spec's by one leading component (`net.1.weight` / `1.weight`) is read with it added or
+    removed, and a note says so. `not_sent`: the other names the file may hold (the model's
+    buffers), ignored; None ignores any other name. Values are converted to float32; a NaN,
+    an inf or a value beyond float32's range is refused. ValueError says what does not fit;
+    what does not read raises the reader's own error."""
     import numpy as np
 
     from compression import CodecError, decode_snapshot
 
     suffix = path.suffix.lower()
     if suffix == ".npz":
-        with np.load(path, allow_pickle=False) as z:
-            missing = [e.name for e in spec.entries if e.name not in z.files]
-            if missing:
-                raise ValueError(f"no array {missing[0]!r}")
-            parts = [np.asarray(z[e.name], dtype=np.float32) for e in spec.entries]
+        arrays = _npz_arrays(path)
     elif suffix in (".pt", ".pth"):
-        import torch
-
-        state = torch.load(path, weights_only=True, map_location="cpu")
-        if not isinstance(state, dict) or any(
-            not isinstance(state.get(e.name), torch.Tensor) for e in spec.entries
-        ):
-            raise ValueError("not a state_dict of the task's model (a tensor for each entry)")
-        parts = [state[e.name].detach().to(torch.float32).numpy() for e in spec.entries]
+        arrays = _pt_arrays(path)
     else:
         try:
-            return decode_snapshot(path.read_bytes(), spec)
+            return decode_snapshot(path.read_bytes(), spec), []
         except CodecError as exc:
             raise ValueError(
                 f"not a snapshot of the task's model ({exc}); name a .npz or .pt file by its suffix"
             ) from None
-    for e, part in zip(spec.entries, parts, strict=True):
-        if part.shape != e.shape:
-            raise ValueError(f"{e.name} has shape {part.shape}, the task {e.shape}")
-    return np.concatenate([p.reshape(-1) for p in parts])
+    rename, note = _match_names(list(arrays), [e.name for e in spec.entries], not_sent)
+    notes = [] if note is None else [note]
+    parts = []
+    for e in spec.entries:
+        name = rename[e.name]
+        called = repr(name) if name == e.name else f"{name!r} (the task's {e.name!r})"
+        part = _float32_values(called, arrays[name])
+        if part.shape != tuple(e.shape):
+            raise ValueError(
+                f"tensor {called} has shape {tuple(part.shape)}, the task's model {tuple(e.shape)}"
+            )
+        parts.append(part.reshape(-1))
+    flat = np.concatenate(parts) if parts else np.zeros(0, np.float32)
+    return flat, notes
 
 
-def _model_writer(exported: Any, fmt: str) -> Callable[[IO[bytes]], None]:
-    """What writes `exported` (an `ExportedModel`) in `fmt` to a binary file; ValueError when
-    the format does not fit the task (pt for a model neither in the zoo nor registered by a
-    --plugin, or whose factory fails)."""
+def _npz_arrays(path: Path) -> dict[str, Any]:
+    """Name -> array of an .npz file, read without pickle; an object array is refused."""
+    import numpy as np
+
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except ValueError:
+        # numpy's words ("contains pickled (object) data ... load it unsafely") offer the
+        # pickle this never uses.
+        raise ValueError(
+            "not an .npz archive (numpy.savez's zip of named arrays): numpy.load without pickle "
+            "does not read it"
+        ) from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ValueError("not an .npz archive (numpy.savez's zip of named arrays) but one array")
+    with loaded as z:
+        arrays = {}
+        for name in z.files:
+            try:
+                arrays[name] = z[name]
+            except ValueError as exc:
+                if "allow_pickle" not in str(exc):
+                    raise
+                raise ValueError(
+                    f"array {name!r} holds Python objects (an object array), which are "
+                    "refused: only numeric arrays are read, never pickled data"
+                ) from None
+    return arrays
+
+
+def _pt_arrays(path: Path) -> dict[str, Any]:
+    """Name -> tensor of a torch state_dict file, read with torch.load(weights_only=True)."""
+    import pickle
+
+    import torch
+
+    try:
+        state = torch.load(path, weights_only=True, map_location="cpu")
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "Weights only load failed" not in text:
+            raise
+        # torch's message runs to a dozen lines and offers weights_only=False. A file that
+        # pickles an object names the global it would not load ("WeightsUnpickler error:
+        # Unsupported global: GLOBAL ...", or "Trying to load unsupported GLOBAL ..." for a
+        # blocked module); a file that is no pickle at all says what after "WeightsUnpickler
+        # error:" ("Unsupported operand 110").
+        lines = [line.strip() for line in text.splitlines()]
+        glob = next((line for line in lines if "GLOBAL" in line), None)
+        if glob is None:
+            after = text.partition("WeightsUnpickler error:")[2].strip()
+            why = after.splitlines()[0].strip() if after else "not a torch pickle"
+            raise pickle.UnpicklingError(
+                f"not a file torch.load(weights_only=True) reads ({why})"
+            ) from None
+        why = glob.removeprefix("WeightsUnpickler error:").strip().split(" Please use")[0]
+        raise ValueError(
+            f"refused by torch.load(weights_only=True): {why} It holds Python objects besides "
+            "tensors (a whole model saved with torch.save(model), a training checkpoint), and "
+            "Plume never loads a full pickle: save the state_dict alone, "
+            "torch.save(model.state_dict(), FILE)"
+        ) from None
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"not a state_dict of the task's model: it holds a {type(state).__name__}, not a "
+            "dict of tensors by name (torch.save(model.state_dict(), FILE) writes one)"
+        )
+    for name, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            hint = (
+                " (a checkpoint? save its model's state_dict alone)"
+                if isinstance(value, dict)
+                else ""
+            )
+            raise ValueError(
+                f"not a state_dict of the task's model: {name!r} is not a tensor but "
+                f"{type(value).__name__}{hint}"
+            )
+    return {str(name): value for name, value in state.items()}
+
+
+def _match_names(
+    names: list[str], wanted: list[str], not_sent: frozenset[str] | None
+) -> tuple[dict[str, str], str | None]:
+    """(task name -> the file's name for it, the note when they differ by a leading component)
+    for the file's tensor `names` against the spec's `wanted`. ValueError naming the first
+    missing tensor, or the first name neither wanted nor in `not_sent` (None: any allowed)."""
+    want = set(wanted)
+    example = wanted[0] if wanted else ""
+    # (how the file's names are read, the note, how in a few words): as they are, then with
+    # one leading component the task's names all share added to every file name, then with
+    # one the file's names all share removed.
+    readings: list[tuple[Callable[[str], str], str | None, str]] = [(lambda n: n, None, "")]
+    lead = {n.split(".", 1)[0] for n in wanted}
+    if len(lead) == 1 and all("." in n for n in wanted):
+        add = f"{lead.pop()}."
+        readings.append(
+            (
+                lambda n: add + n,
+                f"its tensor names lack the task's leading {add!r} "
+                f"({example[len(add) :]!r} for {example!r}); read them with it added",
+                f" (reading its names with a leading {add!r} added)",
+            )
+        )
+    lead = {n.split(".", 1)[0] for n in names}
+    if len(lead) == 1 and all("." in n for n in names):
+        cut = f"{lead.pop()}."
+        readings.append(
+            (
+                lambda n: n[len(cut) :],
+                f"its tensor names have a leading {cut!r} that the task's lack "
+                f"({cut + example!r} for {example!r}); read them without it",
+                f" (reading its names without their leading {cut!r})",
+            )
+        )
+    best: tuple[int, dict[str, str], str | None, str] | None = None
+    for read, note, how in readings:
+        mapped = {read(n): n for n in names}
+        found = sum(w in mapped for w in wanted)
+        if best is None or found > best[0]:
+            best = (found, mapped, note, how)
+    assert best is not None
+    _, mapped, note, how = best
+    for w in wanted:
+        if w not in mapped:
+            raise ValueError(
+                f"it has no tensor {w!r}, a parameter of the task's model{how}; the "
+                f"task's are {_names_text(wanted)}"
+            )
+    if not_sent is not None:
+        for task_name, name in mapped.items():
+            if task_name not in want and task_name not in not_sent:
+                raise ValueError(
+                    f"tensor {name!r} is not a parameter of the task's model{how}; the "
+                    f"task's are {_names_text(wanted)}"
+                )
+    return {w: mapped[w] for w in wanted}, note
+
+
+def _names_text(names: list[str], shown: int = 6) -> str:
+    """`a, b, c` or `a, b, ... (N in all)`."""
+    if len(names) <= shown:
+        return ", ".join(names)
+    return ", ".join(names[:shown]) + f", ... ({len(names)} in all)"
+
+
+def _float32_values(called: str, value: Any) -> npt.NDArray[np.float32]:
+    """`value` (a torch tensor or numpy array) as a float32 numpy array; ValueError for a
+    non-numeric dtype, a NaN or inf, or a value float32 cannot hold."""
+    import numpy as np
+
+    if hasattr(value, "detach"):  # a torch tensor
+        import torch
+
+        if value.layout != torch.strided or value.is_quantized:
+            raise ValueError(f"tensor {called} is {value.layout} or quantized, not dense")
+        if value.is_complex() or value.dtype == torch.bool:
+            raise ValueError(f"tensor {called} is {value.dtype}, not a real number type")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise ValueError(f"tensor {called} holds NaN or inf")
+        array = value.detach().to(torch.float32).numpy()
+    else:
+        array = np.asarray(value)
+        if array.dtype.kind not in "fiu":
+            raise ValueError(f"array {called} is {array.dtype}, not a real number type")
+        if array.dtype.kind == "f" and not np.isfinite(array).all():
+            raise ValueError(f"array {called} holds NaN or inf")
+        with np.errstate(over="ignore"):
+            array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        kind = "tensor" if hasattr(value, "detach") else "array"
+        raise ValueError(f"{kind} {called} holds a value beyond float32's range (about 3.4e38)")
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _model_writer(
+    exported: Any, fmt: str, strip_prefix: str | None = None
+) -> Callable[[IO[bytes]], None]:
+    """What writes `exported` (an `ExportedModel`) in `fmt` to a binary file, with
+    `strip_prefix` removed from the names that start with it (pt, npz); ValueError when the
+    format does not fit the task (pt for a model neither in the zoo nor registered by a
+    --plugin, or whose factory fails) or the prefix does not fit its names."""
     if fmt == "snapshot":
 
         def snapshot(f: IO[bytes]) -> None:
@@ -1957,7 +2263,8 @@ def _model_writer(exported: Any, fmt: str) -> Callable[[IO[bytes]], None]:
 
         return snapshot
     if fmt == "npz":
-        return lambda f: _write_npz(f, exported.arrays())
+        arrays = _stripped(exported.arrays(), strip_prefix, exported)
+        return lambda f: _write_npz(f, arrays)
     name = exported.config.model_name
     from mobile_sim.models import MODELS
     from sdk.flat import set_flat_params, spec_from_module
@@ -1979,13 +2286,39 @@ def _model_writer(exported: Any, fmt: str) -> Callable[[IO[bytes]], None]:
             "parameter names or shapes differ); use --format npz or snapshot"
         )
     set_flat_params(model, exported.params)
+    state = _stripped(model.state_dict(), strip_prefix, exported)
 
     def write(f: IO[bytes]) -> None:
         import torch
 
-        torch.save(model.state_dict(), f)
+        torch.save(state, f)
 
     return write
+
+
+def _stripped(tensors: dict[str, Any], prefix: str | None, exported: Any) -> dict[str, Any]:
+    """`tensors` with `prefix` removed from the names that start with it (get-model
+    --strip-prefix), in order; ValueError when none does or two would get the same name."""
+    if prefix is None:
+        return tensors
+    names = list(tensors)
+    what = f"task {exported.task_id}'s model ({exported.config.model_name})"
+    if not any(n.startswith(prefix) for n in names):
+        raise ValueError(
+            f"--strip-prefix {prefix!r}: no tensor name of {what} starts with it (its "
+            f"names: {_names_text(names)}); nothing written"
+        )
+    renamed: dict[str, str] = {}
+    for n in names:
+        new = n[len(prefix) :] if n.startswith(prefix) and n != prefix else n
+        if new in renamed:
+            first, second = sorted((renamed[new], n), key=lambda m: m == new)
+            raise ValueError(
+                f"--strip-prefix {prefix!r}: {first!r} would become {new!r}, and {what} "
+                f"has {second!r} too; nothing written"
+            )
+        renamed[new] = n
+    return {new: tensors[old] for new, old in renamed.items()}
 
 
 def _write_npz(f: IO[bytes], arrays: dict[str, Any]) -> None:
