@@ -55,7 +55,7 @@ def test_backup_of_a_running_coordinator_holds_every_commit(
     assert code == 0, capsys.readouterr().err
     line = json.loads(capsys.readouterr().out)
     assert line == {
-        "db": str(db), "out": str(out), "bytes": out.stat().st_size, "schema_version": 4,
+        "db": str(db), "out": str(out), "bytes": out.stat().st_size, "schema_version": 5,
         "tasks": 2,
     }  # fmt: skip
     assert sorted(p.name for p in out.parent.iterdir()) == ["plume-1.db"]
@@ -121,7 +121,7 @@ def test_restore_puts_the_backup_in_place_of_a_killed_coordinators_database(
     # Assert: the backup's one task; a coordinator opens it
     assert code == 0, capsys.readouterr().err
     line = json.loads(capsys.readouterr().out)
-    assert line == {"db": str(db), "from": str(bak), "schema_version": 4, "tasks": 1}
+    assert line == {"db": str(db), "from": str(bak), "schema_version": 5, "tasks": 1}
     assert _tasks(db) == ["active"]
     with ServerThread(ServiceConfig(db_path=str(db), admin_token=ADMIN)) as url:
         with AdminClient(url, ADMIN) as admin:
@@ -159,7 +159,7 @@ def test_restore_refuses_and_leaves_the_database_as_it_was(
         "serving": "a coordinator (pid ",
         "not plume": "is not a SQLite database",
         "missing": f"--from {bak}: no such file",
-        "newer": "schema version '99' is newer than this coordinator's 4",
+        "newer": "schema version '99' is newer than this coordinator's 5",
     }[case]
     assert err[0].startswith("plume coordinator restore: error: ") and words in err[0], err
     assert db.read_bytes() == before

@@ -79,7 +79,7 @@ def test_the_coordinators_lines_are_shown_at_info_with_their_level(dp_db: Path) 
     from importlib.metadata import version
 
     assert (
-        f"INFO:     plume {version('plume-fl')} (database schema 4) serving the database "
+        f"INFO:     plume {version('plume-fl')} (database schema 5) serving the database "
         f"{dp_db.resolve()}: 1 task loaded, 0 refused"
     ) in err, err
 

@@ -270,12 +270,12 @@ def test_a_schema_3_database_migrates_and_its_tasks_keep_their_answers(
         code = _cli_run(
             "get-model", *flags, "--out", str(out), "--version", "1", "--initial", str(v0)
         )
-    # Assert: migrated in place to schema 4
+    # Assert: migrated in place to the current schema (4 added versions.params)
     store = Store(db)
     assert store._query("SELECT value FROM meta WHERE key='schema_version'") == [
         (str(SCHEMA_VERSION),)
     ]
-    assert SCHEMA_VERSION == 4
+    assert SCHEMA_VERSION == 5
     assert "params" in {r[1] for r in store._query("PRAGMA table_info(versions)")}
     assert store.initial_params(old) is None
     assert store.initial_params(new) == initial_params().astype("<f4").tobytes()
