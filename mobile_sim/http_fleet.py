@@ -15,6 +15,7 @@ import asyncio
 import logging
 import math
 import os
+import random
 import secrets
 import tempfile
 import time
@@ -459,7 +460,11 @@ class _Fleet:
         made: list[AsyncClient] = []
         try:
             for i in range(self.cfg.clients):
-                made.append(AsyncClient(self.url, os.path.join(self.tmp, f"device-{i:05d}")))
+                # Each device's retry waits from its own seeded generator, so a run's retries
+                # are the seed's (the SDK's default draws them from os.urandom)
+                rng = random.Random(f"plume-sim-retry:{self.cfg.seed}:{i}")
+                path = os.path.join(self.tmp, f"device-{i:05d}")
+                made.append(AsyncClient(self.url, path, retry_rng=rng))
             clients = made[:]
             observer = AsyncClient(self.url, os.path.join(self.tmp, "observer"))
             made.append(observer)
@@ -559,7 +564,10 @@ class _Fleet:
                     continue
             finally:
                 spell[1] = time.time()
-            self.losses.setdefault(a.round_id, []).append(report.loss)
+            if not report.resent:
+                # A re-sent report's loss was not kept (NaN, RoundReport.resent): the round's
+                # train_loss is over the reports whose loss is known
+                self.losses.setdefault(a.round_id, []).append(report.loss)
             # Trained devices yield so the event loop serves the others' I/O.
             await asyncio.sleep(0)
 
