@@ -340,6 +340,9 @@ def _machine(doc: dict[str, Any]) -> str:
     return str(m) if m else "not recorded"
 
 
+_PER_TENSOR_SPLIT_CHANGED = "2026-11-30T21:40"
+
+
 def _sweep_table() -> list[str]:
     """The knob sweep around the headline config (bench/bandwidth_accuracy.py --explore)."""
     path = RESULTS / "bandwidth_accuracy_explore.json"
@@ -357,9 +360,15 @@ def _sweep_table() -> list[str]:
         "| change | final accuracy | vs dense (pp) | upload ratio vs fp32 |",
         "|---|---|---|---|",
     ]
+    # Commit 2e7b1fd (2026-11-30 21:45 UTC) gave every tensor at least one coordinate under
+    # per-tensor top-k; a sweep run before it measured the old split (ISO dates compare as text)
+    before_split = str(doc.get("date", "")) < _PER_TENSOR_SPLIT_CHANGED
     for name, v in doc.get("variants", {}).items():
+        label = f"`{name}`"
+        if name == "scope=per_tensor" and before_split:
+            label += " (run before 2e7b1fd; see below)"
         lines.append(
-            f"| `{name}` | {_fmt(v.get('final_accuracy'))} | "
+            f"| {label} | {_fmt(v.get('final_accuracy'))} | "
             f"{_fmt(v.get('accuracy_delta_pp_vs_dense'))} | {_fmt(v.get('upload_ratio_vs_dense'))}x |"
         )
     lines += [
@@ -369,7 +378,20 @@ def _sweep_table() -> list[str]:
         "the whole cohort's weight although only the devices that ranked it sent it, so the",
         "averaged step shrinks; a server step of 2 restores it. Per-tensor top-k spends the same",
         "k on every layer in proportion to its size, where global top-k follows the update's",
-        "mass. Error feedback changes little here because each of the 100 devices takes part in",
+        "mass.",
+    ]
+    if before_split:
+        lines += [
+            "The `scope=per_tensor` row ran before commit 2e7b1fd (2026-11-30) changed the",
+            "split: at this k (8,317 of 1,663,370) three of the CNN's eight tensors (conv1's and",
+            "conv2's biases and fc2's bias) got no coordinate at all, every round, and their",
+            "residuals only grew; now every tensor gets at least one (compression/_topk.py",
+            "`split_k`, wire-format.md section 5), so the row does not reproduce bit for bit and",
+            "was not re-run. The same holds for `scope.per_tensor` in",
+            "`bench/results/codec_knobs.json` (two tensors at no coordinate there).",
+        ]
+    lines += [
+        "Error feedback changes little here because each of the 100 devices takes part in",
         "about 2 of the 20 rounds, so its residual is rarely sent at all. Single runs: other",
         "rows differ by a few tenths of a pp, within what the seed or float order moves.",
     ]
