@@ -41,48 +41,59 @@ class BodyBudget:
     coordinator holds in memory while it reads them, at most `limit_bytes` at once (0: no
     limit).
 
-    An upload reserves its declared `Content-Length` (the route's cap for a chunked one: it
-    can grow to that) before its first body byte is read, and gives it back once the route
-    has it. A reservation that would take the total past the limit is refused, unless nothing
-    is reserved (one upload is always let in, whatever its size): the route answers 503 `busy`
-    without reading the body. The reservation depends on the request's headers and the
-    round's cap alone, never on whether the device was selected, so the refusal tells an
-    outsider nothing a selected device would not learn. Not thread-safe: the app calls it
-    from its event loop only.
+    A body reserves its bytes as they arrive, each part it receives before the route keeps it
+    (`take`), and gives back all it holds once the route has it, or on any refusal, error,
+    disconnect or timeout (`give`). Counting what has arrived, not what a header declares: a
+    connection that declares a large body and sends none of it holds nothing, so idle
+    connections cannot fill the budget (helper-289's F1: before, each reserved its declared
+    `Content-Length` when its headers arrived, and 38 idle ones turned every honest upload
+    away). A part that would take the total past the limit is refused, unless the body it
+    belongs to is the only one holding bytes (one body is always let in, whatever its size):
+    the route abandons that body with a 503 `busy`. The refusal depends on the bytes held and
+    the part's size alone, never on whether the device was selected, so it tells an outsider
+    nothing a selected device would not learn. Not thread-safe: the app calls it from its
+    event loop only.
     """
 
     def __init__(self, limit_bytes: int) -> None:
         if isinstance(limit_bytes, bool) or not isinstance(limit_bytes, int) or limit_bytes < 0:
             raise ValueError(f"limit_bytes must be an integer >= 0, got {limit_bytes!r}")
         self.limit_bytes = limit_bytes
-        self.held = 0  # bytes reserved by the bodies being read now
-        self.bodies = 0  # ... and how many bodies that is
-        self.refused = 0  # reservations refused since the start
+        self.held = 0  # bytes held by the bodies being read now
+        self.bodies = 0  # ... and how many bodies hold some
+        self.refused = 0  # parts refused since the start (each ends its body)
         self._log = EveryFew(5.0)
 
-    def take(self, size: int) -> bool:
-        """Reserve `size` bytes; False (nothing reserved) when they do not fit."""
-        if self.limit_bytes and self.held and self.held + size > self.limit_bytes:
+    def take(self, size: int, holding: int = 0) -> bool:
+        """Reserve `size` more bytes for a body that holds `holding` already (0: a body not
+        counted yet); False (nothing reserved) when they do not fit beside the other bodies'.
+        """
+        others = self.held - holding
+        if self.limit_bytes and others > 0 and self.held + size > self.limit_bytes:
             self.refused += 1
             if (skipped := self._log()) is not None:
                 log.warning(
-                    "an upload was refused 503 busy: %d bodies of %d bytes in all are being "
-                    "read, and %d more would pass the upload buffer of %d bytes (serve "
-                    "--upload-buffer-mb)%s",
+                    "an upload was refused 503 busy: %d bodies holding %d bytes in all are "
+                    "being read, and %d more bytes of %s would pass the upload buffer of %d "
+                    "bytes (serve --upload-buffer-mb)%s",
                     self.bodies,
                     self.held,
                     size,
+                    "one of them" if holding else "another",
                     self.limit_bytes,
                     self._log.since(skipped),
                 )
             return False
+        if not holding:
+            self.bodies += 1
         self.held += size
-        self.bodies += 1
         return True
 
     def give(self, size: int) -> None:
-        self.held -= size
-        self.bodies -= 1
+        """Give back all `size` bytes one body holds (0: it held none)."""
+        if size:
+            self.held -= size
+            self.bodies -= 1
 
 
 class RequestVerifier:
@@ -136,12 +147,15 @@ class RequestVerifier:
         the signature is verified, so a request they refuse has not spent its nonce: the same
         signed request can be sent again with the header set right.
 
-        Then the body's bytes are reserved in `body_budget` (its declared length, or `cap`
-        for a chunked body): 503 `busy` with `Retry-After` and `connection: close`, the body
-        unread and the nonce unspent, when the bodies being read already fill it. The
-        reservation is given back once the body is read and verified (or refused): the route
-        hands it on without waiting for anything (a decode, a store write, both on the event
-        loop), so no other body is read meanwhile.
+        The body's bytes are reserved in `body_budget` as they arrive, each part before it
+        is kept: 503 `busy` with `Retry-After` and `connection: close`, the rest of the body
+        unread and the nonce unspent, when a part does not fit beside the bytes the other
+        bodies being read hold (`BodyBudget.take`). A connection that has sent no body byte
+        holds nothing, whatever it declared. Everything reserved is given back once the body
+        is read and verified, and on every other way out (a refusal, the client gone, the
+        body timeout, a cancellation): the route hands the body on without waiting for
+        anything (a decode, a store write, both on the event loop), so no other body is read
+        meanwhile.
         """
         require_media_type(headers.get(Header.CONTENT_TYPE), ContentType.OCTET_STREAM)
         try:
@@ -156,30 +170,34 @@ class RequestVerifier:
         if declared is not None and declared.isdigit() and int(declared) > cap:
             raise ApiError(413, Reason.TOO_LARGE, f"{what} above the {cap}-byte cap")
         budget = self.body_budget
-        reserved = int(declared) if declared is not None and declared.isdigit() else cap
-        if budget is not None and not budget.take(reserved):
-            raise ApiError(
-                503,
-                Reason.BUSY,
-                f"the coordinator is reading as many upload bodies as its memory budget for "
-                f"them allows ({budget.limit_bytes} bytes, serve --upload-buffer-mb); send "
-                f"the {what} again in {BUSY_RETRY_S} s",
-                {Header.RETRY_AFTER: str(BUSY_RETRY_S), "connection": "close"},
-            )
+        held = 0  # bytes this body holds in `budget`
         try:
             parts: list[bytes] = []
             size = 0
             async for chunk in chunks:
+                if not chunk:
+                    continue
                 size += len(chunk)
                 if size > cap:
                     raise ApiError(413, Reason.TOO_LARGE, f"{what} above the {cap}-byte cap")
+                if budget is not None:
+                    if not budget.take(len(chunk), held):
+                        raise ApiError(
+                            503,
+                            Reason.BUSY,
+                            "the upload bodies the coordinator is reading fill its memory "
+                            f"budget for them ({budget.limit_bytes} bytes, serve "
+                            f"--upload-buffer-mb); send the {what} again in {BUSY_RETRY_S} s",
+                            {Header.RETRY_AFTER: str(BUSY_RETRY_S), "connection": "close"},
+                        )
+                    held += len(chunk)
                 parts.append(chunk)
             body = b"".join(parts)
             del parts
             fields = self.verify(method=method, target=target, headers=headers, body=body)
         finally:
             if budget is not None:
-                budget.give(reserved)
+                budget.give(held)
         return fields, body
 
     def verify(

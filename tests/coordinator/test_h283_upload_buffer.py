@@ -4,15 +4,16 @@ Before, each upload held its whole body in memory until its signature and round 
 however many arrived together: nothing bounded the total, and devices that were registered but
 not selected for the round could use it too (their 403 `not_selected` came after the body was
 read; helper-275's `e_memory.py 64 outsiders 4`: 64 near-cap bodies added 42 MB). Now each
-upload reserves its declared `Content-Length` in `ServiceConfig.upload_buffer_bytes` (`serve
---upload-buffer-mb`) before its body is read; past the budget it is answered 503 `busy` with
-`Retry-After` and `connection: close`, unread, the same way for a selected device and an
-outsider.
+upload reserves its body's bytes as they arrive in `ServiceConfig.upload_buffer_bytes` (`serve
+--upload-buffer-mb`; helper-290: before, its declared `Content-Length` up front, which idle
+connections could fill, tests/coordinator/test_h290_budget_as_bytes_arrive.py); past the
+budget it is answered 503 `busy` with `Retry-After` and `connection: close`, the rest of its
+body unread, the same way for a selected device and an outsider.
 
-A real coordinator on loopback: N uploads whose bodies stall halfway hold the budget; the
-(N+1)th upload, from a selected device, and one from a registered device not selected, are
-refused; the N complete and are accepted; the refused device's retry is accepted; the round
-commits with exactly those N+1 updates, byte for byte.
+A real coordinator on loopback: N uploads whose bodies stall one byte short of their end hold
+the budget (all but N bytes of it); the (N+1)th upload, from a selected device, and one from a
+registered device not selected, are refused; the N complete and are accepted; the refused
+device's retry is accepted; the round commits with exactly those N+1 updates, byte for byte.
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def coordinator(tmp_path: Path) -> Iterator[tuple[ServerThread, list[bytes]]]:
         db_path=str(tmp_path / "plume.db"),
         admin_token=ADMIN,
         poll_s=0.05,
-        # Exactly the first N frames' bodies: the (N+1)th does not fit beside them
+        # Exactly the first N frames' bodies: the (N+1)th does not fit beside them, even
+        # while each of them is one byte short
         upload_buffer_bytes=sum(len(f) for f in frames[:N]),
     )
     server = ServerThread(cfg)
@@ -130,7 +132,7 @@ def test_an_upload_past_the_buffer_is_503_busy_before_its_body_and_the_round_is_
         (rid,) = rounds
         target = f"/v1/rounds/{rid}/updates"
 
-        # Execute: N uploads whose bodies stop halfway until `gate` opens
+        # Execute: N uploads whose bodies stop one byte short of their end until `gate` opens
         gate = threading.Event()
         slow: list[httpx.Response | BaseException | None] = [None] * N
 
@@ -138,9 +140,9 @@ def test_an_upload_past_the_buffer_is_503_busy_before_its_body_and_the_round_is_
             frame = frames[i]
 
             def body() -> Iterator[bytes]:
-                yield frame[: len(frame) // 2]
+                yield frame[:-1]
                 gate.wait(60)
-                yield frame[len(frame) // 2 :]
+                yield frame[-1:]
 
             try:
                 with httpx.Client(base_url=server.url, timeout=60) as own:
@@ -153,8 +155,9 @@ def test_an_upload_past_the_buffer_is_503_busy_before_its_body_and_the_round_is_
         threads = [threading.Thread(target=send_slowly, args=(i,)) for i in range(N)]
         for t in threads:
             t.start()
+        sent = sum(len(f) - 1 for f in frames[:N])
         give_up = time.monotonic() + 30
-        while budget.bodies < N and time.monotonic() < give_up:
+        while (budget.bodies, budget.held) != (N, sent) and time.monotonic() < give_up:
             time.sleep(0.02)
         held = (budget.bodies, budget.held)
         last = frames[N]
@@ -169,9 +172,11 @@ def test_an_upload_past_the_buffer_is_503_busy_before_its_body_and_the_round_is_
         stored = server.app.state.store.updates(rid)
         task = admin_get(http, f"/v1/admin/tasks/{task_id}")
 
-    # Assert: the N slow bodies held the whole budget
-    assert held == (N, sum(len(f) for f in frames[:N]))
-    # ... the (N+1)th was refused before its body, saying so, the connection closed
+    # Assert: the N slow bodies held what they had sent, the budget but N bytes
+    assert held == (N, sum(len(f) for f in frames[:N]) - N)
+    # ... the (N+1)th was refused at its first part (it holds more than N bytes), saying so,
+    # the connection closed
+    assert len(last) > N
     assert refused.status_code == 503, refused.text
     assert refused.json()["reason"] == str(Reason.BUSY) == "busy"
     assert refused.headers["retry-after"] == "2"
