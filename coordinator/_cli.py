@@ -408,9 +408,8 @@ def register(sub: Any) -> None:
         default=256,
         metavar="MIB",
         help="MiB of upload bodies (updates, secure stage messages) read into memory at once; "
-        "each reserves its Content-Length (a chunked one, its round's cap) before its body "
-        "is read, and past it an upload is answered 503 busy with Retry-After, unread (one is "
-        "always let in) (default 256; 0 = no limit)",
+        "each body's bytes count as they arrive, and a part past it ends its upload with 503 "
+        "busy and Retry-After (an upload alone is always let in) (default 256; 0 = no limit)",
     )
     s.add_argument(
         "--pool-ttl",

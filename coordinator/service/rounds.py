@@ -327,9 +327,9 @@ class ServiceConfig:
         (`seed_refusal`: its epsilon would mean nothing). For simulations and tests only, e.g.
         the HTTP simulator's own in-process coordinator; no `serve` flag sets it.
     upload_buffer_bytes: bytes of upload bodies (plain updates and secure stage messages)
-        read into memory at once: each reserves its declared Content-Length (a chunked one,
-        its round's cap) before its body is read, and past this an upload is answered 503
-        `busy` with Retry-After, its body unread (one upload is always let in). 0: no limit.
+        read into memory at once: each body's parts count as they arrive (not its declared
+        length), and a part past this ends its upload with 503 `busy` and Retry-After, the
+        rest unread (an upload alone is always let in). 0: no limit.
     """
 
     db_path: str = "plume.db"
