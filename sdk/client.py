@@ -70,12 +70,13 @@ from protocol.messages import (
     UploadReceipt,
     apply_delta,
     check_check_in,
+    format_train_loss,
     from_json,
     request_wire_bytes,
     response_wire_bytes,
     unpack_chain,
 )
-from protocol.names import CheckInAction, Feature, Header, ModelEncoding, Path, Reason
+from protocol.names import CheckInAction, Feature, Header, ModelEncoding, Path, Query, Reason
 from protocol.secagg import RoundAborted, SecAggHeader, SecAggPath, Stage
 from protocol.tls import tls_verify as _tls_verify
 
@@ -174,6 +175,10 @@ MAX_LAYOUTS = 64
 # Most rounds whose deadline the client keeps as read at the check-in that assigned them
 # (`_Core.note_round`), the least recently noted dropped first.
 MAX_ROUND_DEADLINES = 64
+# Most pending uploads whose training loss the client keeps to send with them (`_Core._losses`):
+# one is pending at a time in the app directory; more only for an app that encodes updates
+# (`encode_update`) and holds them before uploading.
+MAX_TRAIN_LOSSES = 16
 # The most a device's clock can differ from the coordinator's and its signed check-in still be
 # answered: the longest `--signature-window` (docs/operations.md), one day. A `Date` header
 # further from the device's clock than this (plus its 1 s resolution and the round trip) is not
@@ -818,6 +823,11 @@ class _Core:
         # clock (`note_round`); at most MAX_ROUND_DEADLINES, the least recently noted first.
         # Each with whether a usable `Date` gave it (else the device's clock did).
         self._round_ends: dict[tuple[int, int, float], tuple[float, bool]] = {}
+        # Per pending upload (its idempotency key), the training loss its upload sends
+        # (`?train_loss=`, as `format_train_loss` writes it) when its assignment asked
+        # (`Assignment.report_loss`); at most MAX_TRAIN_LOSSES, the oldest dropped first. In
+        # memory only: an upload re-sent after the app restarts carries none.
+        self._losses: dict[str, str] = {}
 
     # -- requests ------------------------------------------------------------------------
 
@@ -1187,6 +1197,7 @@ class _Core:
         params: npt.NDArray[np.float32],
         trained: npt.NDArray[np.float32],
         num_examples: int,
+        loss: float = math.nan,
     ) -> PendingUpload:
         enc = self.encoder(a, spec)
         delta = (trained - params).astype(np.float32)
@@ -1205,6 +1216,12 @@ class _Core:
         )
         with self._reload_on_error(a.task_id):
             self.store.save_pending(pending, enc.feedback)
+        if a.report_loss is True and (text := format_train_loss(loss)) is not None:
+            # Only when asked (a plain task without DP) and a loss there is: not NaN (nothing
+            # trained), finite, in [0, MAX_TRAIN_LOSS].
+            self._losses[pending.key] = text
+            while len(self._losses) > MAX_TRAIN_LOSSES:
+                del self._losses[next(iter(self._losses))]
         return pending
 
     @contextlib.contextmanager
@@ -1225,11 +1242,14 @@ class _Core:
             raise
 
     def upload_exchange(self, pending: PendingUpload, dense_bytes: int) -> _Exchange:
+        loss = self._losses.get(pending.key)
         return _Exchange(
             "POST",
             Path.UPLOAD.format(round_id=pending.round_id),
             pending.round_id,
             pending.frame,
+            # In the signed target (the query is signed), the same on every attempt.
+            params={} if loss is None else {Query.TRAIN_LOSS: loss},
             headers={
                 "content-type": "application/octet-stream",
                 Header.IDEMPOTENCY_KEY: pending.key,
@@ -1245,6 +1265,7 @@ class _Core:
         it is dropped as if delivered, the residual left as acceptance leaves it. `spec`
         defaults to the layout stored with the upload (a resumed one after a restart)."""
         spec = spec if spec is not None else pending.spec
+        self._losses.pop(pending.key, None)
         # Of another layout than the task's residual: dropped as delivered (`_return_record`).
         if (
             not refused
@@ -1267,6 +1288,7 @@ class _Core:
     def accept_upload(self, pending: PendingUpload, spec: ModelSpec | None) -> None:
         """The coordinator accepted `pending`: keep what it carried until a check-in says its
         round committed (`settle_outcome`); it stops being pending."""
+        self._losses.pop(pending.key, None)
         if (spec if spec is not None else pending.spec) is not None:
             self._return_replaced(pending.round_id, pending.frame)
         self.store.accept_pending(pending, spec)
@@ -3090,11 +3112,18 @@ class Client:
         params: npt.NDArray[np.float32],
         trained: npt.NDArray[np.float32],
         num_examples: int,
+        *,
+        loss: float = math.nan,
     ) -> PendingUpload:
         """Encode `trained - params` with error feedback and persist it as pending (send it
         with `upload`). Unlike `train_round`, an earlier unacknowledged upload is not settled
-        first: the new one replaces it in the app directory (docs/devices.md)."""
-        return self._core.encode(a, _spec(a), params, trained, num_examples)
+        first: the new one replaces it in the app directory (docs/devices.md).
+
+        `loss`: the training's mean loss, sent with the upload when `a.report_loss` asks for
+        it (a plain task without DP) and it is a finite number in [0, 1e6]; NaN (the default)
+        sends none. Kept in memory with the pending upload: re-sent after the app restarts
+        (`resume_pending`), the upload carries none."""
+        return self._core.encode(a, _spec(a), params, trained, num_examples, loss)
 
     def train_round(
         self,
@@ -3156,7 +3185,7 @@ class Client:
             raise ParticipationCancelled("download", _UNTRAINED, r) from None
         # Checked before, during and after the training: not once the update is encoded.
         trained, n, loss = _train(self._core, a, params, trainer, x, y, self._deadline.cancel)
-        pending = self._core.encode(a, spec, params, trained, n)
+        pending = self._core.encode(a, spec, params, trained, n, loss)
         try:
             receipt = self._upload(pending, spec, end)
         except _WaitOver:
@@ -3720,9 +3749,12 @@ class AsyncClient:
         params: npt.NDArray[np.float32],
         trained: npt.NDArray[np.float32],
         num_examples: int,
+        *,
+        loss: float = math.nan,
     ) -> PendingUpload:
-        """Encode `trained - params` with error feedback and persist it as pending."""
-        return self._core.encode(a, _spec(a), params, trained, num_examples)
+        """Encode `trained - params` with error feedback and persist it as pending; `loss` as
+        for `Client.encode_update`."""
+        return self._core.encode(a, _spec(a), params, trained, num_examples, loss)
 
     async def train_round(
         self,
@@ -3770,7 +3802,7 @@ class AsyncClient:
             raise ParticipationCancelled("download", _UNTRAINED, r) from None
         # On the event loop's thread: only the cancel event, not the task's cancel, stops it.
         trained, n, loss = _train(self._core, a, params, trainer, x, y, _ASYNC_CANCEL.get())
-        pending = self._core.encode(a, spec, params, trained, n)
+        pending = self._core.encode(a, spec, params, trained, n, loss)
         try:
             receipt = await self._upload(pending, spec, end)
         except _WaitOver:
