@@ -1510,9 +1510,6 @@ def _initial_from_file(
     line saying why the file is not an initial model for `model` (whose layout is `spec`).
     Tensors of `model`'s state_dict that are not in the spec (buffers, frozen parameters) may
     be in the file; they are not sent."""
-    import pickle
-    import zipfile
-
     what = f"--initial {name}"
     path = _path(name)
     if not path.exists():
@@ -1524,15 +1521,18 @@ def _initial_from_file(
         return _read_model_file(path, spec, not_sent)
     except ValueError as exc:
         return f"{what}: {exc}"
-    except (
-        OSError,
-        KeyError,
-        RuntimeError,
-        EOFError,
-        zipfile.BadZipFile,
-        pickle.PickleError,
-    ) as exc:
+    except _model_file_errors() as exc:
         return f"cannot read {what}: {_first_line(exc)}"
+
+
+def _model_file_errors() -> tuple[type[BaseException], ...]:
+    """What reading a model file the operator names (.pt, .npz, a snapshot) raises for a file
+    that is not one: a `cannot read` line, not a traceback (imported here: the CLI starts
+    without them)."""
+    import pickle
+    import zipfile
+
+    return (OSError, KeyError, RuntimeError, EOFError, zipfile.BadZipFile, pickle.PickleError)
 
 
 def _first_line(exc: BaseException) -> str:
@@ -2003,19 +2003,9 @@ def _initial_model(args: argparse.Namespace, config: Any) -> tuple[Any, str]:
             "create-task makes it; pass the task's initial model with --initial FILE"
         )
         return get_flat_params(model), source
-    import pickle
-    import zipfile
-
     try:
         return _read_initial(_path(args.initial), spec), f"--initial {args.initial}"
-    except (
-        OSError,
-        KeyError,
-        RuntimeError,
-        EOFError,
-        zipfile.BadZipFile,
-        pickle.PickleError,
-    ) as exc:
+    except _model_file_errors() as exc:
         raise ValueError(f"cannot read --initial {args.initial}: {exc}") from None
     except ValueError as exc:
         raise ValueError(f"--initial {args.initial}: {exc}") from None
