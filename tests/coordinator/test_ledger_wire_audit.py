@@ -465,11 +465,11 @@ def test_a_failed_upload_and_its_retry_on_the_wire(
     submit = coordinator.submit
     failed: list[str] = []
 
-    def failing(round_id: int, device_id: str, key: str, frame: bytes) -> Any:
+    def failing(round_id: int, device_id: str, key: str, frame: bytes, **kw: Any) -> Any:
         if not failed:
             failed.append(device_id)
             raise error
-        return submit(round_id, device_id, key, frame)
+        return submit(round_id, device_id, key, frame, **kw)
 
     monkeypatch.setattr(coordinator, "submit", failing)
     with ServerThread(cfg, app=app) as upstream:

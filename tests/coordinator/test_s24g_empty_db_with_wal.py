@@ -114,5 +114,5 @@ def test_an_empty_database_file_with_an_empty_wal_is_still_a_new_store(tmp_path:
     finally:
         store.close()
     con = sqlite3.connect(db)
-    assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("4",)
+    assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == ("5",)
     con.close()

@@ -71,7 +71,7 @@ def test_a_schema_4_store_missing_a_table_or_column_is_refused_unchanged(
     # Assert: one sentence naming what is missing; nothing created (the dropped table stays
     # dropped: no empty one in its place)
     text = str(refused.value)
-    assert words in text and "schema 4" in text and "restore a backup" in text, text
+    assert words in text and "schema 5" in text and "restore a backup" in text, text
     assert "\n" not in text
     assert _digest(db) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["plume.db", "plume.db.lock"]

@@ -149,7 +149,7 @@ def test_a_version_1_database_gains_the_column_and_keeps_its_tasks(tmp_path: Pat
 
     # Assert: migrated in place; the old task has no state yet (it resumes from the initial one).
     assert store.task_aggregator_state(1) is None
-    assert store._query("SELECT value FROM meta WHERE key='schema_version'") == [("4",)]
+    assert store._query("SELECT value FROM meta WHERE key='schema_version'") == [("5",)]
     store.close()
 
 

@@ -219,7 +219,7 @@ def test_a_version_2_database_gains_the_columns_and_prunes(tmp_path: Path) -> No
     assert store._query("SELECT value FROM meta WHERE key='schema_version'") == [
         (str(SCHEMA_VERSION),)
     ]
-    assert SCHEMA_VERSION == 4
+    assert SCHEMA_VERSION == 5
     assert before == ("k", 5, True)
     assert done == PruneResult(1, 5)
     assert store.find_update(1, "d0", bytes([1, 2, 3, 4, 5])) == before
@@ -228,16 +228,16 @@ def test_a_version_2_database_gains_the_columns_and_prunes(tmp_path: Path) -> No
     store.close()
 
 
-def test_a_database_newer_than_version_4_is_still_refused(tmp_path: Path) -> None:
+def test_a_database_newer_than_version_5_is_still_refused(tmp_path: Path) -> None:
     # Prepare
     db = tmp_path / "plume.db"
     Store(db).close()
     con = sqlite3.connect(db)
-    con.execute("UPDATE meta SET value='5' WHERE key='schema_version'")
+    con.execute("UPDATE meta SET value='6' WHERE key='schema_version'")
     con.commit()
     con.close()
     # Execute / Assert
-    with pytest.raises(StoreError, match="schema version '5' is newer than this coordinator's 4"):
+    with pytest.raises(StoreError, match="schema version '6' is newer than this coordinator's 5"):
         Store(db)
 
 
