@@ -59,6 +59,7 @@ from compression import (
     decode_snapshot,
     model_digest,
 )
+from compression._snapshot import SNAPSHOT_DTYPES
 from protocol import auth
 from protocol.messages import (
     MAX_ID,
@@ -314,6 +315,35 @@ class ModelTooLargeError(ClientError):
         self.task_id = task_id
         self.declared = declared
         self.limit = limit
+
+
+MODEL_DTYPES = ("fp32", "fp16")
+"""The `model_dtype` values: the snapshot dtype a client asks for (docs/devices.md)."""
+
+
+def _check_model_dtype(value: object) -> str:
+    """`value` as a `model_dtype`: "fp32" or "fp16"; `ValueError` else."""
+    if not isinstance(value, str) or value not in MODEL_DTYPES:
+        raise ValueError(f"model_dtype must be 'fp32' or 'fp16', not {value!r}")
+    return value
+
+
+def _fp16_refused(ex: _Exchange, response: httpx.Response) -> bool:
+    """Whether `response` is the coordinator's 409 `invalid_state` to an fp16 download (a model
+    with a parameter beyond fp16's range, docs/http-api.md): asked again with fp32, once."""
+    if ex.params.get("dtype") != "fp16" or response.status_code != 409:
+        return False
+    try:
+        body = _json(response)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("reason") == Reason.INVALID_STATE
+
+
+def _fp16_snapshot(content: bytes) -> bool:
+    """Whether a snapshot's header names fp16 values (its dtype byte, after the 4-byte magic
+    and the version byte): a model that is not the coordinator's exact one."""
+    return len(content) > 5 and SNAPSHOT_DTYPES.get(content[5], ("",))[0] == "fp16"
 
 
 def _check_max_model_bytes(value: object) -> int:
@@ -767,8 +797,10 @@ class _Core:
         max_response_s: float = MAX_RESPONSE_S,
         max_model_bytes: int = MAX_MODEL_BYTES,
         rng: random.Random | None = None,
+        model_dtype: str = "fp32",
     ) -> None:
         self.max_model_bytes = _check_max_model_bytes(max_model_bytes)
+        self.model_dtype = _check_model_dtype(model_dtype)
         if rng is not None and not isinstance(rng, random.Random):
             raise TypeError(f"retry_rng must be a random.Random, not {type(rng).__name__}")
         if not (max_stage_wait_s > 0):  # NaN included
@@ -1099,16 +1131,19 @@ class _Core:
         round_id: int,
         max_version: int | None,
         snapshot: bool = False,
+        fp32: bool = False,
     ) -> _Exchange:
         """The model download; from the version held of `task_id` (`have=`, a delta chain if
         the coordinator has one; the app directory holds a model per task) unless `snapshot`:
-        then no `have=`, so a whole snapshot. `ModelTooLargeError` first, before anything is
+        then no `have=`, so a whole snapshot. A snapshot in the client's `model_dtype` unless
+        `fp32` (the coordinator refused fp16 for this model: `_fp16_refused`). Only an exact
+        held model (not an fp16 snapshot's) is asked from. `ModelTooLargeError` first, before anything is
         read or asked for, for a model over `max_model_bytes`: it also bounds the answer read
         (the model's size plus `MODEL_RESPONSE_SLACK`) and so every delta chain's frames."""
         if spec.dense_bytes > self.max_model_bytes:
             raise ModelTooLargeError(task_id, spec.dense_bytes, self.max_model_bytes)
         held = None if snapshot else self.store.load_model(task_id, spec.size)
-        params = {"format": "auto", "dtype": "fp32"}
+        params = {"format": "auto", "dtype": "fp32" if fp32 else self.model_dtype}
         if held is not None and held[2] and (max_version is None or held[1] <= max_version):
             params["have"] = str(held[1])
         return _Exchange(
@@ -1135,12 +1170,17 @@ class _Core:
             # Saved with the model, it is the `have` and `model_version` of every later
             # request, so a version the coordinator refuses would stick the device.
             raise _bad(response, f"model version {raw_version!r} is not an integer in [0, 2^63)")
-        exact = response.headers.get(Header.MODEL_EXACT, "1") == "1"
+        # An fp16 snapshot is not the coordinator's model, whatever the header says: never
+        # the base of a delta chain (`model_exchange` asks with `have=` from exact ones only).
+        inexact = encoding == ModelEncoding.SNAPSHOT and _fp16_snapshot(response.content)
+        exact = response.headers.get(Header.MODEL_EXACT, "1") == "1" and not inexact
         try:
             if encoding == ModelEncoding.DELTA_CHAIN:
                 held = self.store.load_model(task_id, spec.size)
-                if held is None:
-                    raise ModelIntegrityError(409, "no_base", "delta chain without a base model")
+                if held is None or not held[2]:
+                    raise ModelIntegrityError(
+                        409, "no_base", "delta chain without an exact base model"
+                    )
                 params = held[0]
                 codec = UpdateCodec(spec, _any_config())
                 frames = unpack_chain(
@@ -1160,12 +1200,14 @@ class _Core:
             self.store.forget_model(task_id)  # this task's only: other tasks' models stay
             raise ModelIntegrityError(200, "bad_model", str(exc)) from exc
         got = model_digest(params).hex()
-        if got != digest:
+        # An fp16 snapshot's values were checked against the digest in its own header
+        # (`decode_snapshot`); the coordinator's header may name its exact fp32 model instead.
+        if got != digest and not inexact:
             self.store.forget_model(task_id)
             raise ModelIntegrityError(
                 200, "digest_mismatch", f"model digest {got} != coordinator's {digest}"
             )
-        self.store.save_model(task_id, params, version, digest, exact)
+        self.store.save_model(task_id, params, version, got, exact)
         return params, version, encoding
 
     def encoder(self, a: Assignment, spec: ModelSpec) -> UpdateEncoder:
@@ -2529,8 +2571,11 @@ def _secure_flow(
     encoding = ""
     try:
         snapshot = False  # a delta chain that fails is asked for again as a snapshot
+        # fp32 whatever `model_dtype` says: the setup's digest binds the coordinator's exact
+        # model, which an fp16 snapshot is not (the round would end in `ModelMismatch`).
+        fp32 = True
         while True:
-            ex = core.model_exchange(a.task_id, spec, a.round_id, a.base_version, snapshot)
+            ex = core.model_exchange(a.task_id, spec, a.round_id, a.base_version, snapshot, fp32)
             ex.deadline = round_end
             response = yield ex
             assert response is not None
@@ -2792,6 +2837,12 @@ class Client:
       before any request or allocation for it (`ModelTooLargeError`). Every check-in tells the
       coordinator, which then assigns no task whose model is larger (docs/devices.md). An
       integer >= 4, else `ValueError` at construction.
+    - `model_dtype`: the values of a model snapshot the client asks for: "fp32" (default:
+      the coordinator's model exactly) or "fp16" (about half the bytes; not the coordinator's
+      model, so the next download is a snapshot again, never a delta chain from it; a model
+      beyond fp16's range is asked for again as fp32, in the same call; a secure round's
+      download is always fp32, its setup binding the exact model). Anything else:
+      `ValueError` at construction (docs/devices.md).
 
     Threads: one call at a time. Calls may come from different threads one after another
     (each thread's deadline and cancel event are its own, `_Deadline`), but two calls running
@@ -2820,6 +2871,7 @@ class Client:
         max_response_s: float = MAX_RESPONSE_S,
         max_model_bytes: int = MAX_MODEL_BYTES,
         retry_rng: random.Random | None = None,
+        model_dtype: str = "fp32",
     ) -> None:
         self._base = _check_base_url(base_url)  # before the app directory is made
         _check_timeout(timeout)  # so too
@@ -2827,7 +2879,7 @@ class Client:
         self._core = _Core(
             app_dir, retries=retries, backoff_s=backoff_s, clock=clock,
             max_stage_wait_s=max_stage_wait_s, max_response_s=max_response_s,
-            max_model_bytes=max_model_bytes, rng=retry_rng,
+            max_model_bytes=max_model_bytes, rng=retry_rng, model_dtype=model_dtype,
         )  # fmt: skip
         try:
             self._http = httpx.Client(
@@ -3036,9 +3088,13 @@ class Client:
         call, so a round is not lost (and `fetch_current` does not fail for a chain). A
         snapshot that fails is `ModelIntegrityError`."""
         snapshot = False
+        fp32 = False
         while True:
-            ex = self._core.model_exchange(task_id, spec, round_id, max_version, snapshot)
+            ex = self._core.model_exchange(task_id, spec, round_id, max_version, snapshot, fp32)
             response = self._send(ex, deadline)
+            if not fp32 and _fp16_refused(ex, response):
+                fp32 = True  # a model beyond fp16's range: asked again as fp32, once
+                continue
             if response.status_code != 200:
                 raise _refusal(response)
             try:
@@ -3497,7 +3553,7 @@ class AsyncClient:
     `app_dir`, `transport` (an `httpx.AsyncBaseTransport`), `timeout`, `retries`, `backoff_s`,
     `verify`, `mods` (each `async mod(request, next) -> response`), `clock`,
     `max_stage_wait_s`, `max_response_s`, which here bounds any transport,
-    `max_model_bytes` and `retry_rng`. As `Client`, one
+    `max_model_bytes`, `retry_rng` and `model_dtype`. As `Client`, one
     call at a time: two tasks running calls on one client at once interleave at their awaits
     over the same unlocked device state.
     """
@@ -3518,6 +3574,7 @@ class AsyncClient:
         max_response_s: float = MAX_RESPONSE_S,
         max_model_bytes: int = MAX_MODEL_BYTES,
         retry_rng: random.Random | None = None,
+        model_dtype: str = "fp32",
     ) -> None:
         self._base = _check_base_url(base_url)  # before the app directory is made
         _check_timeout(timeout)  # so too
@@ -3525,7 +3582,7 @@ class AsyncClient:
         self._core = _Core(
             app_dir, retries=retries, backoff_s=backoff_s, clock=clock,
             max_stage_wait_s=max_stage_wait_s, max_response_s=max_response_s,
-            max_model_bytes=max_model_bytes, rng=retry_rng,
+            max_model_bytes=max_model_bytes, rng=retry_rng, model_dtype=model_dtype,
         )  # fmt: skip
         try:
             self._http = httpx.AsyncClient(
@@ -3678,9 +3735,13 @@ class AsyncClient:
     ) -> tuple[npt.NDArray[np.float32], int, str]:
         """As `Client._download`: a delta chain that fails is asked for again as a snapshot."""
         snapshot = False
+        fp32 = False
         while True:
-            ex = self._core.model_exchange(task_id, spec, round_id, max_version, snapshot)
+            ex = self._core.model_exchange(task_id, spec, round_id, max_version, snapshot, fp32)
             response = await self._send(ex, deadline)
+            if not fp32 and _fp16_refused(ex, response):
+                fp32 = True  # a model beyond fp16's range: asked again as fp32, once
+                continue
             if response.status_code != 200:
                 raise _refusal(response)
             try:
