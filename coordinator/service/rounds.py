@@ -2900,7 +2900,10 @@ class Coordinator:
         rt.strategy.round_key = cur.round_id
         outcome = rt.engine.close_round(cur.engine_round)
         measurements = dict(outcome.measurements)
-        measurements.update(loss_measurements(cur.losses.values()))
+        if outcome.committed:
+            # Only a committed round's: one abandoned below min_reports may hold a single
+            # report, whose loss any registered device could then read in the round's status
+            measurements.update(loss_measurements(cur.losses.values()))
         outcome = self._store_close(rt, cur, outcome, measurements)
         self.metrics.aggregate_seconds.observe(time.perf_counter() - t0)
         return outcome

@@ -184,6 +184,35 @@ def test_a_plain_round_reports_the_median_and_mean_of_its_devices_losses(
         c.close()
 
 
+def test_a_round_abandoned_below_min_reports_publishes_no_loss_figures(
+    server: str, tmp_path: Path
+) -> None:
+    # Prepare: two devices selected, two reports needed, a short deadline; only one uploads
+    # (with its loss): the round is abandoned holding one report
+    http = httpx.Client(base_url=server)
+    cfg = task_config(rounds=1, clients_per_round=2, min_reports=2, deadline_s=2.0)
+    task_id = create_task(http, cfg)
+    clients = _clients(server, tmp_path, 2)
+    assigned = _assign_all(clients, task_id)
+    # Execute
+    r = _upload(
+        http, clients[0], assigned[0], _frame(clients[0], assigned[0], 0), query="?train_loss=1.25"
+    )
+    assert r.status_code == 200, r.text
+    path = f"/v1/rounds/{assigned[0].round_id}"
+    status = wait_until(http, path, "state", "abandoned", timeout=30.0)
+    seen_by_device = send_signed(http, clients[1], "GET", path, assigned[0].round_id)
+    # Assert: no loss figure, to the operator or to another device (with one report, the
+    # figure would be that device's own loss), and no gauge series
+    assert status["state"] == "abandoned"
+    assert not [k for k in status["measurements"] if k.startswith("train_loss")]
+    assert seen_by_device.status_code == 200, seen_by_device.text
+    assert "train_loss" not in seen_by_device.text
+    assert _gauges(http, task_id) == {}
+    for c in clients:
+        c.close()
+
+
 def test_a_round_without_any_loss_has_no_loss_figures(server: str, tmp_path: Path) -> None:
     # Prepare: two devices of an older SDK (no train_loss)
     http = httpx.Client(base_url=server)
