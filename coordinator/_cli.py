@@ -2096,11 +2096,23 @@ def _npz_arrays(path: Path) -> dict[str, Any]:
 def _pt_arrays(path: Path) -> dict[str, Any]:
     """Name -> tensor of a torch state_dict file, read with torch.load(weights_only=True)."""
     import pickle
+    import warnings
 
     import torch
 
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
+        with warnings.catch_warnings():
+            # torch warns, besides raising, that a TorchScript archive needs weights_only=False
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, weights_only=True, map_location="cpu")
+    except RuntimeError as exc:
+        if "TorchScript" not in str(exc):
+            raise
+        # torch's message offers weights_only=False, which Plume never uses
+        raise ValueError(
+            "a TorchScript archive (torch.jit.save), not a state_dict: save the model's "
+            "state_dict alone, torch.save(model.state_dict(), FILE)"
+        ) from None
     except pickle.UnpicklingError as exc:
         text = str(exc)
         if "Weights only load failed" not in text:
@@ -2221,6 +2233,11 @@ def _float32_values(called: str, value: Any) -> npt.NDArray[np.float32]:
             raise ValueError(f"tensor {called} is {value.layout} or quantized, not dense")
         if value.is_complex() or value.dtype == torch.bool:
             raise ValueError(f"tensor {called} is {value.dtype}, not a real number type")
+        if not value.is_floating_point():
+            # float32 rounds an integer past 2**24 without a word
+            raise ValueError(
+                f"tensor {called} is {value.dtype}: a parameter is a floating-point tensor"
+            )
         if value.is_floating_point() and not bool(torch.isfinite(value).all()):
             raise ValueError(f"tensor {called} holds NaN or inf")
         array = value.detach().to(torch.float32).numpy()
@@ -2228,6 +2245,11 @@ def _float32_values(called: str, value: Any) -> npt.NDArray[np.float32]:
         array = np.asarray(value)
         if array.dtype.kind not in "fiu":
             raise ValueError(f"array {called} is {array.dtype}, not a real number type")
+        if array.dtype.kind != "f":
+            # float32 rounds an integer past 2**24 without a word
+            raise ValueError(
+                f"array {called} is {array.dtype}: a parameter is a floating-point array"
+            )
         if array.dtype.kind == "f" and not np.isfinite(array).all():
             raise ValueError(f"array {called} holds NaN or inf")
         with np.errstate(over="ignore"):

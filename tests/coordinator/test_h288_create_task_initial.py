@@ -308,6 +308,30 @@ _REFUSED: list[tuple[str, Any, str]] = [
         "tensor 'net.1.bias' is torch.bool, not a real number type",
     ),
     (
+        "int64.pt",
+        lambda p: torch.save(
+            _with({"net.1.bias": torch.full((200,), 2**24 + 1, dtype=torch.int64)}), p
+        ),
+        "tensor 'net.1.bias' is torch.int64: a parameter is a floating-point tensor",
+    ),
+    (
+        "int32.npz",
+        lambda p: _savez(
+            p,
+            **{
+                k: (v.numpy().astype(np.int32) if k == "net.1.bias" else v.numpy())
+                for k, v in _state(_sequential(), "net.").items()
+            },
+        ),
+        "array 'net.1.bias' is int32: a parameter is a floating-point array",
+    ),
+    (
+        "torchscript.pt",
+        lambda p: torch.jit.save(torch.jit.script(_sequential()), str(p)),
+        "a TorchScript archive (torch.jit.save), not a state_dict: save the model's state_dict "
+        "alone, torch.save(model.state_dict(), FILE)",
+    ),
+    (
         "object.npz",
         lambda p: _savez(p, **{"net.1.weight": np.array([{"a": 1}], dtype=object)}),
         "array 'net.1.weight' holds Python objects (an object array), which are refused: only "
