@@ -4,7 +4,7 @@ Every device request is signed over one ASCII message, eight lines joined by `\\
 
     PLUME-SIG-V1
     <METHOD>                      upper case, e.g. POST
-    <target>                      raw path plus `?query` exactly as sent, e.g. /v1/rounds/3/updates?examples=40
+    <target>                      raw path plus `?query` exactly as sent, e.g. /v1/rounds/3/updates?train_loss=0.73
     <device id>                   32 lower-case hex digits: SHA-256(public key)[:16]
     <round>                       decimal round id, 0 when the request is not about a round
     <body sha256>                 64 lower-case hex digits of SHA-256 of the body bytes (empty body too)
