@@ -8,6 +8,7 @@ data, partition, model and local training as `mobile_sim.runner.run_simulation` 
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 import time
@@ -27,6 +28,8 @@ from sdk.secure import SecureParticipant, SecureSession
 
 from .partition import partition_stats
 from .runner import RoundRecord, RunInterrupted, SimConfig, SimResult, _jsonable, _wall_split
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "STAGES",
@@ -366,6 +369,21 @@ class HttpSecureFleet:
         if errors:
             meas["device_errors"] = errors
         dropped = sorted(name_of.get(d, d) for d in meas.get("dropped", list(name_of)))
+        # Devices the service left out that the simulation did not drop: a stage closed
+        # `stage_idle_s` after its latest upload before theirs arrived (a loaded machine), so
+        # this round's cohort is not the one the seed drew and the in-process run's differs
+        late = [dev for dev in dropped if dev not in drops]
+        if late:
+            meas["late_devices"] = late
+            log.warning(
+                "secure round %d: %d device(s) the simulation did not drop were left out by "
+                "the service's stage timing (a stage closes %g s after its latest upload; a "
+                "loaded machine?): %s",
+                round_id,
+                len(late),
+                self.stage_idle_s,
+                ", ".join(late),
+            )
         contributors = [dev for dev in updates if dev not in set(dropped)] if committed else []
         step = (self.coord.params - before) / np.float32(self.coord.config.server_lr)
         outcome = SecureOutcome(

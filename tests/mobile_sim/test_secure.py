@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 import numpy as np
 import pytest
 
@@ -119,3 +122,45 @@ def test_in_process_secure_rounds_count_each_devices_model_download() -> None:
     assert all(n > snapshot for n in down.values())  # the model and the stage downloads
     assert rec.bytes_down == sum(down.values())
     assert rec.bytes_down > cfg.per_round * snapshot
+
+
+class _SlowToJoin(SecureParticipant):
+    """A device that takes `delay_s` to join its round (to start the first stage)."""
+
+    def __init__(self, size: int, delay_s: float) -> None:
+        super().__init__(size)
+        self.delay_s = delay_s
+
+    def join(self, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(self.delay_s)
+        return super().join(*args, **kwargs)
+
+
+def test_http_fleet_names_a_device_the_service_left_out_by_its_timing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Prepare: eight devices, none dropped by the simulation; one joins 3 s late, while a
+    # stage closes 0.5 s after its latest upload
+    import logging
+
+    from mobile_sim.secure import HttpSecureFleet
+
+    d = 2000
+    devs = [f"d{i:02d}" for i in range(8)]
+    rng = np.random.default_rng(3)
+    parts: dict[str, SecureParticipant] = {x: SecureParticipant(d) for x in devs}
+    parts[devs[2]] = _SlowToJoin(d, 3.0)
+    ups = {x: (rng.normal(0, 0.01, d).astype(np.float32), 1) for x in devs}
+    coord = SecureCoordinator(np.zeros(d, np.float32), SecureConfig(coord_fraction=0.1))
+    fleet = HttpSecureFleet(coord, stage_idle_s=0.5)
+    caplog.set_level(logging.WARNING, logger="mobile_sim.secure")
+    # Execute
+    try:
+        out = fleet.run_round(parts, ups, {})
+    finally:
+        fleet.close()
+    # Assert: the round went on without it, and the outcome and the log name it
+    assert devs[2] in out.dropped and devs[2] not in out.contributors
+    assert out.measurements["late_devices"] == [devs[2]]
+    lines = [r.getMessage() for r in caplog.records if "left out by" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].endswith(devs[2])
