@@ -29,6 +29,7 @@ __all__ = [
     "canonical_bytes",
     "model_digest",
     "SNAPSHOT_DTYPES",
+    "snapshot_dtype",
 ]
 
 F32 = npt.NDArray[np.float32]
@@ -39,6 +40,8 @@ _DTYPE_IDS = {name: wid for wid, (name, _, _) in SNAPSHOT_DTYPES.items()}
 # magic, version, dtype, header_len | fingerprint | d | payload bytes | SHA-256
 _HEADER = struct.Struct("<4sBBH8sII32s")
 SNAPSHOT_HEADER_LEN = _HEADER.size  # 56
+# Where the header's dtype id sits: after the magic and the version byte.
+_DTYPE_AT = struct.calcsize("<4sB")
 
 # Shared codecs, one per (level, window cap); each keeps its zstd contexts per thread.
 _codecs: dict[tuple[int, int], ZstdCodec] = {}
@@ -115,6 +118,16 @@ def encode_snapshot(
         check_u32(len(payload), "snapshot payload"), digest,
     )  # fmt: skip
     return header + payload
+
+
+def snapshot_dtype(data: bytes) -> str | None:
+    """The value type a snapshot's header names ("fp16" or "fp32"), read from its dtype id
+    alone (nothing else is checked: `decode_snapshot` does that); None when `data` is too
+    short to hold the id or the id is unknown."""
+    if len(data) <= _DTYPE_AT:
+        return None
+    entry = SNAPSHOT_DTYPES.get(data[_DTYPE_AT])
+    return None if entry is None else entry[0]
 
 
 def decode_snapshot(data: bytes, spec: ModelSpec, limits: DecodeLimits | None = None) -> F32:

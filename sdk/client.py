@@ -59,7 +59,7 @@ from compression import (
     decode_snapshot,
     model_digest,
 )
-from compression._snapshot import SNAPSHOT_DTYPES
+from compression._snapshot import snapshot_dtype
 from protocol import auth
 from protocol.messages import (
     MAX_ID,
@@ -338,12 +338,6 @@ def _fp16_refused(ex: _Exchange, response: httpx.Response) -> bool:
     except ValueError:
         return False
     return isinstance(body, dict) and body.get("reason") == Reason.INVALID_STATE
-
-
-def _fp16_snapshot(content: bytes) -> bool:
-    """Whether a snapshot's header names fp16 values (its dtype byte, after the 4-byte magic
-    and the version byte): a model that is not the coordinator's exact one."""
-    return len(content) > 5 and SNAPSHOT_DTYPES.get(content[5], ("",))[0] == "fp16"
 
 
 def _check_max_model_bytes(value: object) -> int:
@@ -1172,7 +1166,7 @@ class _Core:
             raise _bad(response, f"model version {raw_version!r} is not an integer in [0, 2^63)")
         # An fp16 snapshot is not the coordinator's model, whatever the header says: never
         # the base of a delta chain (`model_exchange` asks with `have=` from exact ones only).
-        inexact = encoding == ModelEncoding.SNAPSHOT and _fp16_snapshot(response.content)
+        inexact = encoding == ModelEncoding.SNAPSHOT and snapshot_dtype(response.content) == "fp16"
         exact = response.headers.get(Header.MODEL_EXACT, "1") == "1" and not inexact
         try:
             if encoding == ModelEncoding.DELTA_CHAIN:
