@@ -33,7 +33,7 @@ from coordinator.aggregators._registry import split_stages
 from coordinator.engine import EngineConfig, RoundEngine, RoundPlan, Strategy
 from coordinator.ledger import BandwidthLedger
 from coordinator.privacy import FixedSizeSampling, PoissonSampling, Sampling
-from protocol.messages import CodecParams, TaskConfig, pack_chain
+from protocol.messages import CodecParams, TaskConfig, chain_bytes
 from protocol.names import SnapshotDType
 from sdk.device import UpdateEncoder, clip_l2
 
@@ -1101,7 +1101,7 @@ class _Downloads:
         self.held[device] = version
         snapshot = self.snapshot_bytes(version, params)
         if have is not None and 0 <= version - have <= self.max_chain:
-            chain = len(pack_chain([self.frames[v] for v in range(have + 1, version + 1)]))
+            chain = chain_bytes(len(self.frames[v]) for v in range(have + 1, version + 1))
             if chain < snapshot:
                 return chain, self.spec.dense_bytes if have != version else 0
         return snapshot, self.spec.dense_bytes

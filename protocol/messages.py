@@ -57,6 +57,7 @@ __all__ = [
     "check_train_loss",
     "format_train_loss",
     "MAX_TRAIN_LOSS",
+    "chain_bytes",
     "pack_chain",
     "unpack_chain",
     "CHAIN_MAGIC",
@@ -758,6 +759,12 @@ def check_check_in(answer: CheckInResponse) -> None:
 
 CHAIN_MAGIC = b"PLCH"
 _CHAIN_HEAD = struct.Struct("<4sBBH")
+
+
+def chain_bytes(frame_lengths: Iterable[int]) -> int:
+    """The bytes of the delta chain `pack_chain` makes of frames of these lengths (its header,
+    length table and frames), without building it."""
+    return _CHAIN_HEAD.size + sum(4 + int(n) for n in frame_lengths)
 
 
 def pack_chain(frames: Sequence[bytes]) -> bytes:

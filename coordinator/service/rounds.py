@@ -116,6 +116,7 @@ from protocol.messages import (
     TensorShape,
     UploadOutcome,
     UploadReceipt,
+    chain_bytes,
     from_json,
     pack_chain,
     to_json,
@@ -1269,11 +1270,6 @@ class TaskRuntime:
         self.digest = digest
         self._snapshots.clear()
         self._fits_fp16 = None
-
-
-# A delta chain's fixed head: "PLCH", u8 version, u8 reserved, u16 count (http-api.md); each
-# frame adds a u32 length to it.
-CHAIN_HEAD_BYTES = 8
 
 
 @dataclass(frozen=True)
@@ -2705,13 +2701,11 @@ class Coordinator:
         chain is whole), from the stored frames' lengths: no frame is read (SQLite keeps a
         blob's length in its record header)."""
         stored = self.store.frame_lengths(task_id, after, upto)
-        size = CHAIN_HEAD_BYTES
-        for ver in range(after + 1, upto + 1):
-            n = stored.get(ver)
-            if n is None:
-                return 0, ver
-            size += 4 + int(n)
-        return size, None
+        versions = range(after + 1, upto + 1)
+        gone = next((ver for ver in versions if ver not in stored), None)
+        if gone is not None:
+            return 0, gone
+        return chain_bytes(stored[ver] for ver in versions), None
 
     # -- uploads ---------------------------------------------------------------------------
 
