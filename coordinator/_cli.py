@@ -18,7 +18,7 @@ import sys
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NoReturn
+from typing import IO, TYPE_CHECKING, Any, NamedTuple, NoReturn
 
 from .cli import print_error, when_help
 
@@ -508,9 +508,10 @@ def register(sub: Any) -> None:
         "never a pickled object), an .npz of numeric arrays by name (numpy.load without "
         "pickle), or a file get-model wrote (those two, or a snapshot). It must hold exactly "
         "the parameters of --model, by name and shape (buffers such as BatchNorm's running "
-        "means may be there too, and are not sent); names that all lack one leading component "
-        "the task's have (the zoo MLP's 'net.') or all have one the task's lack "
-        "(nn.DataParallel's 'module.') are accepted with a note. "
+        "means may be there too, and are not sent); names that all lack a leading prefix "
+        "the task's have (the zoo MLP's 'net.'), all have one the task's lack "
+        "(nn.DataParallel's 'module.'), or both ('module.1.weight' for 'net.1.weight') are "
+        "accepted with a note. "
         "Values are converted to float32; NaN, inf or a value beyond float32's range is "
         "refused. Checked before anything is sent",
     )
@@ -2159,59 +2160,144 @@ def _pt_arrays(path: Path) -> dict[str, Any]:
 def _match_names(
     names: list[str], wanted: list[str], not_sent: frozenset[str] | None
 ) -> tuple[dict[str, str], str | None]:
-    """(task name -> the file's name for it, the note when they differ by a leading component)
-    for the file's tensor `names` against the spec's `wanted`. ValueError naming the first
-    missing tensor, or the first name neither wanted nor in `not_sent` (None: any allowed)."""
+    """(task name -> the file's name for it, the note when they differ by a leading prefix)
+    for the file's tensor `names` against the spec's `wanted`.
+
+    The names are read as they are or, failing that, with one leading prefix replaced by
+    another: a run of whole components (`module.`, `model.backbone.`) that all the file's
+    names share removed, and/or one that all the task's names share added (`1.weight` for
+    `net.1.weight`, `module.1.weight` for `net.1.weight`). A reading fits when it gives every
+    wanted name and every other name it gives is in `not_sent` (None: any allowed); two
+    readings that fit with different pairings are refused (ValueError naming both), as is no
+    fit: ValueError naming the first missing tensor, or the first name neither wanted nor in
+    `not_sent`, of the reading that finds the most."""
     want = set(wanted)
-    example = wanted[0] if wanted else ""
-    # (how the file's names are read, the note, how in a few words): as they are, then with
-    # one leading component the task's names all share added to every file name, then with
-    # one the file's names all share removed.
-    readings: list[tuple[Callable[[str], str], str | None, str]] = [(lambda n: n, None, "")]
-    lead = {n.split(".", 1)[0] for n in wanted}
-    if len(lead) == 1 and all("." in n for n in wanted):
-        add = f"{lead.pop()}."
-        readings.append(
-            (
-                lambda n: add + n,
-                f"its tensor names lack the task's leading {add!r} "
-                f"({example[len(add) :]!r} for {example!r}); read them with it added",
-                f" (reading its names with a leading {add!r} added)",
-            )
+    readings = _name_readings(names, wanted)
+    mappings = [{r.read(n): n for n in names} for r in readings]
+
+    def fits(mapped: dict[str, str]) -> bool:
+        return all(w in mapped for w in wanted) and (
+            not_sent is None or all(t in want or t in not_sent for t in mapped)
         )
-    lead = {n.split(".", 1)[0] for n in names}
-    if len(lead) == 1 and all("." in n for n in names):
-        cut = f"{lead.pop()}."
-        readings.append(
-            (
-                lambda n: n[len(cut) :],
-                f"its tensor names have a leading {cut!r} that the task's lack "
-                f"({cut + example!r} for {example!r}); read them without it",
-                f" (reading its names without their leading {cut!r})",
-            )
+
+    if fits(mappings[0]):  # the names as they are
+        return {w: mappings[0][w] for w in wanted}, None
+    fitting: dict[tuple[str, ...], int] = {}  # pairing -> first (simplest) reading giving it
+    for i, mapped in enumerate(mappings):
+        if i and fits(mapped):
+            fitting.setdefault(tuple(mapped[w] for w in wanted), i)
+    if len(fitting) > 1:
+        first = wanted[0]
+        ways = [
+            f"{readings[i].way} ({mappings[i][first]!r} as {first!r})"
+            for i in sorted(fitting.values())
+        ]
+        raise ValueError(
+            f"its tensor names fit the task's in {len(ways)} ways, {'; or '.join(ways)}: "
+            f"rename them to the task's, which are {_names_text(wanted)}"
         )
-    best: tuple[int, dict[str, str], str | None, str] | None = None
-    for read, note, how in readings:
-        mapped = {read(n): n for n in names}
-        found = sum(w in mapped for w in wanted)
-        if best is None or found > best[0]:
-            best = (found, mapped, note, how)
-    assert best is not None
-    _, mapped, note, how = best
+    if fitting:
+        (i,) = fitting.values()
+        return {w: mappings[i][w] for w in wanted}, readings[i].note
+    # No reading fits: say what is wrong with the one that finds the most (the first on a tie).
+    i = max(range(len(mappings)), key=lambda j: (sum(w in mappings[j] for w in wanted), -j))
+    mapped, how = mappings[i], readings[i].how
     for w in wanted:
         if w not in mapped:
             raise ValueError(
                 f"it has no tensor {w!r}, a parameter of the task's model{how}; the "
                 f"task's are {_names_text(wanted)}"
             )
-    if not_sent is not None:
-        for task_name, name in mapped.items():
-            if task_name not in want and task_name not in not_sent:
-                raise ValueError(
-                    f"tensor {name!r} is not a parameter of the task's model{how}; the "
-                    f"task's are {_names_text(wanted)}"
-                )
-    return {w: mapped[w] for w in wanted}, note
+    for task_name, name in mapped.items():
+        if task_name not in want and not_sent is not None and task_name not in not_sent:
+            raise ValueError(
+                f"tensor {name!r} is not a parameter of the task's model{how}; the "
+                f"task's are {_names_text(wanted)}"
+            )
+    raise AssertionError("a reading that finds every name and nothing else fits")
+
+
+class _Reading(NamedTuple):
+    """How `_match_names` reads a file's tensor names: `cut` removed from the front of each
+    and `add` put there ("" and "": as they are), and the words for it."""
+
+    cut: str
+    add: str
+    example: str  # the task's first name
+
+    def read(self, name: str) -> str:
+        """The task's name the file's `name` is read as (`name` starts with `cut`)."""
+        return self.add + name[len(self.cut) :]
+
+    @property
+    def note(self) -> str | None:
+        """The note create-task prints when the file is read this way."""
+        cut, add, task = self.cut, self.add, self.example
+        theirs = cut + task[len(add) :]
+        if cut and add:
+            return (
+                f"its tensor names have a leading {cut!r} where the task's have {add!r} "
+                f"({theirs!r} for {task!r}); read them with it replaced"
+            )
+        if add:
+            return (
+                f"its tensor names lack the task's leading {add!r} ({theirs!r} for {task!r}); "
+                "read them with it added"
+            )
+        if cut:
+            return (
+                f"its tensor names have a leading {cut!r} that the task's lack ({theirs!r} "
+                f"for {task!r}); read them without it"
+            )
+        return None
+
+    @property
+    def how(self) -> str:
+        """The reading in an error's parenthesis."""
+        return f" (reading its names {self.way})" if self.cut or self.add else ""
+
+    @property
+    def way(self) -> str:
+        cut, add = self.cut, self.add
+        if cut and add:
+            return f"with their leading {cut!r} replaced by {add!r}"
+        if add:
+            return f"with a leading {add!r} added"
+        if cut:
+            return f"without their leading {cut!r}"
+        return "as they are"
+
+
+def _name_readings(names: list[str], wanted: list[str]) -> list[_Reading]:
+    """The ways `_match_names` reads the file's `names`, in order: as they are; with a prefix
+    the task's names all share added, shortest first; with one the file's names all share
+    removed, shortest first; with one removed and another added (the same prefix both ways is
+    reading them as they are)."""
+    example = wanted[0] if wanted else ""
+    adds = _shared_prefixes(wanted)
+    cuts = _shared_prefixes(names)
+    pairs = (
+        [("", "")]
+        + [("", add) for add in adds]
+        + [(cut, "") for cut in cuts]
+        + [(cut, add) for cut in cuts for add in adds if cut != add]
+    )
+    return [_Reading(cut, add, example) for cut, add in pairs]
+
+
+def _shared_prefixes(names: list[str]) -> list[str]:
+    """The leading runs of whole components (`a.`, `a.b.`) that every one of `names` starts
+    with and is longer than, shortest first; none for no names."""
+    if not names:
+        return []
+    parts = names[0].split(".")[:-1]
+    found = []
+    for k in range(1, len(parts) + 1):
+        prefix = ".".join(parts[:k]) + "."
+        if not all(n.startswith(prefix) and len(n) > len(prefix) for n in names):
+            break
+        found.append(prefix)
+    return found
 
 
 def _names_text(names: list[str], shown: int = 6) -> str:
