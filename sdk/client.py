@@ -170,6 +170,8 @@ MAX_ERROR_REASON = 64
 # Most rounds `bandwidth` keeps, the least recently counted dropped first: it grew by one entry
 # per round for the life of the process.
 MAX_BANDWIDTH_ROUNDS = 64
+# The counts of each direction of a `bandwidth` row and of `control_bandwidth`, in this order.
+_CELL = ("payload_bytes", "wire_bytes", "dense_bytes", "requests")
 # Most tasks whose model layout the client remembers (`_Core._layouts`): more than the task
 # residuals the app directory holds (MAX_RESIDUALS), a few bytes each.
 MAX_LAYOUTS = 64
@@ -827,6 +829,12 @@ class _Core:
         self.max_stage_wait_s = max_stage_wait_s
         self.max_response_s = max_response_s
         self.bandwidth: dict[int, dict[str, dict[str, int]]] = {}
+        # Every answered exchange the coordinator counted in no round (`control_bandwidth`):
+        # registration, check-ins answered without an assignment, refusals, `fetch_current`.
+        # One row of fixed size, counted since the client was made, as a round's in `bandwidth`.
+        self.control_bandwidth: dict[str, dict[str, int]] = {
+            d: dict.fromkeys(_CELL, 0) for d in ("up", "down")
+        }
         # The last check-in answer acted on (`last_check_in`): why `participate` returned None.
         self.last_check_in: CheckInResponse | None = None
         # Each holds at most MAX_RESIDUALS entries, the least recently used first (the app
@@ -876,14 +884,16 @@ class _Core:
         return request
 
     def account(self, request: httpx.Request, response: httpx.Response, ex: _Exchange) -> None:
-        """Count an exchange the coordinator says it put in a round's ledger.
+        """Count an answered exchange: in the row of the round the coordinator says it put it
+        in (`x-plume-ledger-round`), else in `control_bandwidth` (the coordinator's control
+        traffic: an exchange is in one of the two, never both).
 
         The coordinator names a round only after reading the request's body, so a request that
         carried `Expect: 100-continue` (added by a mod) always got the interim response too.
+        One refused before its body was read (control traffic) did not, but is counted with
+        it all the same: the client cannot tell.
         """
         rid = _decimal(response.headers.get(_LEDGER_HEADER))
-        if rid is None:
-            return
         up = request_wire_bytes(
             request.method, request.url.raw_path.decode("ascii"), request.headers.raw,
             len(request.content),
@@ -894,10 +904,13 @@ class _Core:
         if request.headers.get("expect", "").strip().lower() == "100-continue":
             down += _CONTINUE_WIRE_BYTES
         ok = response.status_code == 200
-        # The round counted last goes last, so a round in flight is never the one dropped.
-        row = self.bandwidth.pop(rid, {})
-        self.bandwidth[rid] = row
-        _drop_oldest(self.bandwidth, MAX_BANDWIDTH_ROUNDS)
+        if rid is None:
+            row = self.control_bandwidth
+        else:
+            # The round counted last goes last, so a round in flight is never the one dropped.
+            row = self.bandwidth.pop(rid, {})
+            self.bandwidth[rid] = row
+            _drop_oldest(self.bandwidth, MAX_BANDWIDTH_ROUNDS)
         for direction, payload, wire, dense in (
             ("up", ex.payload_up, up, ex.dense_up),
             (
@@ -907,9 +920,7 @@ class _Core:
                 ex.dense_down_on_ok if ok and _sends_model(ex, response) else 0,
             ),
         ):
-            cell = row.setdefault(
-                direction, {"payload_bytes": 0, "wire_bytes": 0, "dense_bytes": 0, "requests": 0}
-            )
+            cell = row.setdefault(direction, dict.fromkeys(_CELL, 0))
             cell["payload_bytes"] += payload
             cell["wire_bytes"] += wire
             cell["dense_bytes"] += dense
@@ -2905,8 +2916,23 @@ class Client:
         """Bytes this client moved per round and direction, as the coordinator counts them:
         `{round_id: {"up" | "down": {"payload_bytes", "wire_bytes", "dense_bytes",
         "requests"}}}`, for the `MAX_BANDWIDTH_ROUNDS` (64) rounds counted last (the least
-        recently counted round is dropped past that)."""
+        recently counted round is dropped past that). Exchanges the coordinator counts in no
+        round are in `control_bandwidth` instead."""
         return self._core.bandwidth
+
+    @property
+    def control_bandwidth(self) -> dict[str, dict[str, int]]:
+        """Bytes this client moved, since it was made, in the exchanges the coordinator counts
+        in no round (its control traffic): `{"up" | "down": {"payload_bytes", "wire_bytes",
+        "dense_bytes", "requests"}}`, counted as `bandwidth` counts a round's (every answered
+        attempt; HTTP/1.1 request and response heads and bodies, not TLS). That is
+        registration, check-ins answered without an assignment ("wait", "end", refusals; a
+        check-in answered with one is in its round's row), a `fetch_current` download, and
+        requests answered outside a round's ledger (a re-sent upload past its round's grace,
+        a 5xx from a proxy). The same size for the client's life. Each exchange is in exactly
+        one of `bandwidth` and `control_bandwidth`, so the two add up to every answered byte
+        (docs/devices.md, "The device's network traffic")."""
+        return self._core.control_bandwidth
 
     @property
     def last_check_in(self) -> CheckInResponse | None:
@@ -3597,6 +3623,11 @@ class AsyncClient:
     def bandwidth(self) -> dict[int, dict[str, dict[str, int]]]:
         """As `Client.bandwidth` (the last `MAX_BANDWIDTH_ROUNDS` rounds counted)."""
         return self._core.bandwidth
+
+    @property
+    def control_bandwidth(self) -> dict[str, dict[str, int]]:
+        """As `Client.control_bandwidth`: the exchanges counted in no round."""
+        return self._core.control_bandwidth
 
     @property
     def last_check_in(self) -> CheckInResponse | None:
