@@ -82,6 +82,10 @@ S100 = ModelSpec.from_shapes(
     [("conv.w", (4, 1, 3, 3)), ("conv.b", (4,)), ("fc.w", (5, 10)), ("fc.b", (10,))]
 )
 SPECS = {"S3": S3, "S20": S20, "S100": S100}
+# A layout with an empty tensor, for per-tensor top-k (which counts the non-empty tensors only);
+# the update frames use it, negative.json does not.
+S10E = ModelSpec.from_shapes([("a", (3,)), ("empty", (0,)), ("b", (4,)), ("c", (3,))])
+FRAME_SPECS = {**SPECS, "S10E": S10E}
 WORKED_U = np.array(
     [0.5, -0.02, 0.01, -1.25, 0.0, 0.03, 0.75, -0.04, 0.02, -0.6,
      0.01, 0.0, 0.05, 0.9, -0.03, 0.02, 0.01, -0.01, 0.04, 0.3],
@@ -103,7 +107,7 @@ def f32_hex(a: npt.ArrayLike) -> str:
 
 
 def spec_json(spec: ModelSpec) -> Doc:
-    name = next(n for n, s in SPECS.items() if s == spec)
+    name = next(n for n, s in FRAME_SPECS.items() if s == spec)
     return {
         "id": name,
         "tensors": spec.to_json(),
@@ -177,7 +181,7 @@ def no_topk_tie(u: F32, spec: ModelSpec, config: CodecConfig) -> None:
     if config.scope == "per_tensor":
         ranges = [
             (e.offset, e.offset + e.size, kt)
-            for e, kt in zip(spec.entries, split_k(spec, k), strict=True)
+            for e, kt in zip(spec.entries, split_k(spec, k, np.abs(u)), strict=True)
         ]
     for start, stop, kk in ranges:
         mag = np.sort(np.abs(u[start:stop]))[::-1]
@@ -240,11 +244,16 @@ def frame_vector(
     no_topk_tie(u, spec, config)
     rng = np.random.default_rng(seed)
     frame, report = UpdateCodec(spec, config).encode(u, rng, weight=weight)
+    split: Doc = {}
+    if config.scope == "per_tensor" and config.k_for(spec.size) < spec.size:
+        # each tensor's share of k, in spec order (wire-format.md section 5's rule)
+        split = {"per_tensor_k": split_k(spec, config.k_for(spec.size), np.abs(u))}
     return {
         "name": name,
         "description": description,
         "spec": spec_json(spec),
         "config": config_json(config),
+        **split,
         "weight": weight,
         "rng_seed": seed,
         "update": f32_list(u),
@@ -314,6 +323,56 @@ def fallback_vector() -> Doc:
     return vec
 
 
+def placed(seed: int, n: int, values: dict[int, float]) -> F32:
+    """A seeded small update (|u| about 0.01) with `values` at their indices."""
+    u = normal(seed, n, 0.01)
+    for i, x in values.items():
+        u[i] = np.float32(x)
+    return u
+
+
+def per_tensor_small_k() -> list[Doc]:
+    """Per-tensor top-k at a k that leaves a proportional share at 0 (compression.split_k,
+    wire-format.md section 5): below, at and just above the number of non-empty tensors.
+    S100's tensors are conv.w [0, 36), conv.b [36, 40), fc.w [40, 90) and fc.b [90, 100)."""
+    pt = functools.partial(CodecConfig, scope="per_tensor")
+    return [
+        frame_vector(
+            "per_tensor_k_below_tensors", "k = 2 < 4 tensors: one coordinate each for the 2 "
+            "tensors whose largest |u| is largest (fc.b's 0.5, conv.b's 0.3): per_tensor_k "
+            "[0, 1, 0, 1], indices 38 and 93. Not global top-2 (93 and 97, both in fc.b), nor "
+            "the 2 largest tensors (conv.w, fc.w).", S100, pt(topk=0.02, bits=32),
+            placed(13, 100, {93: 0.5, 97: -0.45, 38: -0.3}), 34, 1.0,
+        ),
+        frame_vector(
+            "per_tensor_k_below_tensors_tie", "k = 3 < 4 tensors, and conv.w's and fc.w's "
+            "largest |u| are equal (0.25, at 10 and 60) for the third place: the earlier "
+            "tensor, conv.w, gets it. per_tensor_k [1, 1, 0, 1], indices 10, 37 and 95.",
+            S100, pt(topk=0.03, bits=8, block=8),
+            placed(14, 100, {95: 0.5, 37: -0.4, 10: 0.25, 60: -0.25}), 35, 3.0,
+        ),
+        frame_vector(
+            "per_tensor_k_equals_tensors", "k = 4 = the number of tensors: the proportional "
+            "split is [2, 0, 2, 0]; conv.b, then fc.b, takes 1 from the largest share at that "
+            "moment (conv.w, then fc.w: the earlier of equals), so per_tensor_k [1, 1, 1, 1].",
+            S100, pt(topk=0.04, bits=4, block=8), normal(15, 100, 0.01), 36, 4.0,
+        ),
+        frame_vector(
+            "per_tensor_k_above_tensors", "k = 5: the proportional split is [2, 0, 3, 0]; "
+            "conv.b takes 1 from fc.w (3), then fc.b 1 from conv.w (2, the earlier of conv.w's "
+            "and fc.w's 2), so per_tensor_k [1, 1, 2, 1].",
+            S100, pt(topk=0.05, bits=4, block=8), normal(16, 100, 0.01), 37, 5.0,
+        ),
+        frame_vector(
+            "per_tensor_empty_tensor", "A layout with an empty tensor (S10E: a [0, 3), empty, "
+            "b [3, 7), c [7, 10)): k = 2 is below the 3 non-empty tensors, so c (0.5) and a "
+            "(0.3) get one coordinate each and the empty tensor none: per_tensor_k "
+            "[1, 0, 0, 1], indices 1 and 8. (The 2 largest tensors would be b and a.)",
+            S10E, pt(topk=0.2, bits=16), placed(17, 10, {8: 0.5, 1: -0.3}), 38, 1.0,
+        ),
+    ]  # fmt: skip
+
+
 @functools.cache
 def update_frames() -> Doc:
     u100 = normal(11, 100, 0.01)
@@ -363,6 +422,7 @@ def update_frames() -> Doc:
             "per_tensor_4bit", "scope per_tensor: k split over the tensors by size.",
             S100, CodecConfig(topk=0.2, bits=4, block=8, scope="per_tensor"), u100, 28, 7.0,
         ),
+        *per_tensor_small_k(),
         frame_vector(
             "zeros_dropped", "topk 0.25 asks for k = 5 but only 3 values are non-zero: exact "
             "zeros are dropped, so k = 3.", S20, CodecConfig(topk=0.25, bits=8, block=8),
