@@ -78,7 +78,7 @@ from protocol.messages import (
     unpack_chain,
 )
 from protocol.names import CheckInAction, Feature, Header, ModelEncoding, Path, Query, Reason
-from protocol.secagg import RoundAborted, SecAggHeader, SecAggPath, Stage
+from protocol.secagg import RoundAborted, SecAggError, SecAggHeader, SecAggPath, Stage
 from protocol.tls import tls_verify as _tls_verify
 
 from ._types import CancelFlag, LocalTrainer, TrainingCancelled
@@ -2549,6 +2549,48 @@ def _not_started(
     )  # fmt: skip
 
 
+def _stage_download(
+    core: _Core, round_id: int, stage: Stage, stop: float
+) -> Generator[_Exchange | _Sleep, httpx.Response | None, httpx.Response | None]:
+    """Poll the download that follows `stage` while it is open (425), until `stop` (`_tick`)
+    at the latest: a secure flow's part (`yield from`). The last answer, or None when a poll
+    (its retries and their backoff included) would have ended past `stop`."""
+    while True:
+        ex = core.stage_download_exchange(round_id, stage)
+        ex.deadline = stop
+        try:
+            response = yield ex
+        except _WaitOver:  # this poll (or its retries) would end past `stop`
+            return None
+        assert response is not None
+        if response.status_code != 425:
+            return response
+        now = _tick()
+        if not now < stop:
+            return response
+        # The answer's sub-second `retry_after_s` if it has one (Retry-After holds whole
+        # seconds only), else its Retry-After. At least _MIN_POLL_S: a "Retry-After: 0" must
+        # not make the device spin.
+        hint = _poll_hint(response)
+        wait = core.poll_delay(response) if hint is None else hint
+        yield _Sleep(min(max(wait, _MIN_POLL_S), stop - now))
+
+
+def _download_end(response: httpx.Response | None, stage: Stage) -> tuple[str, bool] | None:
+    """Why a secure round ends for the device at the download after `stage` (`_stage_download`'s
+    answer): (the report's `detail`, whether the round aborted); None for a 200, whose body is
+    the download. Any other refusal is raised."""
+    if response is None or response.status_code == 425:
+        return f"{stage} did not close before the round deadline (or max_stage_wait_s)", False
+    if response.status_code != 200:
+        err = _refusal(response)
+        if err.reason in (Reason.ROUND_CLOSED, Reason.NOT_SELECTED):
+            aborted = response.status_code == 410 and err.reason == Reason.ROUND_CLOSED
+            return f"after {stage}: {err.detail}", aborted
+        raise err
+    return None
+
+
 def _secure_flow(
     core: _Core,
     a: Assignment,
@@ -2593,26 +2635,40 @@ def _secure_flow(
                 if snapshot or not _chain_failed(response):
                     raise
                 snapshot = True
-        ex = core.secure_setup_exchange(a.round_id)
-        ex.deadline = round_end
-        response = yield ex
+        own = participant is None
+        held = participant
+        # A plan that does not decode or check (a body rewritten on the way, a digest that is
+        # not the device's) is asked for again once, at once, as a corrupt delta chain is;
+        # nothing was sent for it. Refused again: that `SecAggError` (`ModelMismatch`, ...).
+        for attempt in (0, 1):
+            ex = core.secure_setup_exchange(a.round_id)
+            ex.deadline = round_end
+            response = yield ex
+            assert response is not None
+            if response.status_code != 200:
+                raise _refusal(response)
+            try:
+                digest = bytes.fromhex(response.headers[SecAggHeader.DIGEST])
+            except (KeyError, ValueError) as exc:
+                raise _bad(response, f"secure setup: digest {exc!r}") from exc
+            node = _decimal(response.headers.get(SecAggHeader.NODE))
+            if node is None:
+                raise _bad(
+                    response, f"secure setup: node {response.headers.get(SecAggHeader.NODE)!r}"
+                )
+            if held is None:
+                held = core.secure_participant(spec.size, a.task_id, spec)
+            try:
+                session = held.join(response.content, digest, params, node)
+                break
+            except SecAggError:
+                if attempt:
+                    raise
     except _WaitOver:
         # Before any stage, nothing was trained and no residual taken: nothing to put back.
         what = "setup" if encoding else "model download"
         return _not_started(core, a, before, encoding, f"{what}: the round's deadline passed")
-    assert response is not None
-    if response.status_code != 200:
-        raise _refusal(response)
-    try:
-        digest = bytes.fromhex(response.headers[SecAggHeader.DIGEST])
-    except (KeyError, ValueError) as exc:
-        raise _bad(response, f"secure setup: digest {exc!r}") from exc
-    node = _decimal(response.headers.get(SecAggHeader.NODE))
-    if node is None:
-        raise _bad(response, f"secure setup: node {response.headers.get(SecAggHeader.NODE)!r}")
-    own = participant is None
-    part = participant or core.secure_participant(spec.size, a.task_id, spec)
-    session = part.join(response.content, digest, params, node)
+    part = session.participant
     delta, n, loss = update(params)
     # Before any stage: a non-finite update would be quantized to arbitrary levels (NaN cast
     # to an integer) and leave a NaN residual, as the plain path refuses it (`ValueError`).
@@ -2640,44 +2696,69 @@ def _secure_flow(
     masked: _Exchange | None = None
     try:
         down = b""
+        # The stage whose download `down` is (None before the first), and when its polls end.
+        after: Stage | None = None
+        stop = round_end
         for stage in _SECURE_ORDER:
             if drop_at == stage:
                 report.detail = f"dropped before {stage}"
                 break
-            try:
-                if stage == Stage.ADVERTISE_KEYS:
-                    body = session.advertise()
-                elif stage == Stage.SHARE_KEYS:
-                    body = session.share_keys(down)
-                elif stage == Stage.MASKED_INPUT:
-                    if own:
-                        # The participant taken at setup may have left memory while the round
-                        # waited (an AsyncClient's other rounds past MAX_RESIDUALS, a failed
-                        # store step): a record of the task settled since then reached the app
-                        # directory, not it, and an input computed from it (its residual saved
-                        # over the directory's) would lose that content. The task's current
-                        # holder (itself, or one read again from the directory) takes it.
-                        part = core.secure_participant(spec.size, a.task_id, spec)
-                        session.participant = part
-                    restore = part.residual.copy()
-                    body = session.masked_input(down, delta, n, rng)
-                    if own:
-                        assert restore is not None
-                        back = restore.astype(np.float64) - part.residual.astype(np.float64)
-                        # Saved before it is sent: once the coordinator takes the input, the
-                        # app directory must not hold the residual it carried (a process
-                        # killed before a later save would send that content again).
-                        if not core.keep_secure_input(
-                            a.round_id, spec, part, a.task_id, a.return_refused is not False
-                        ):
-                            # Not sent: the `finally` puts the residual back to `restore`.
-                            report.detail = f"{stage}: no record of the input could be kept"
-                            break
-                        kept = True
-                else:
-                    body = session.unmask(down)
-            except RoundAborted as exc:  # too few neighbours left: the round cannot complete
-                report.detail = f"{stage}: {exc}"
+            body: bytes | None = None
+            for again in (False, True):
+                try:
+                    if stage == Stage.ADVERTISE_KEYS:
+                        body = session.advertise()
+                    elif stage == Stage.SHARE_KEYS:
+                        body = session.share_keys(down)
+                    elif stage == Stage.MASKED_INPUT:
+                        if own:
+                            # The participant taken at setup may have left memory while the
+                            # round waited (an AsyncClient's other rounds past MAX_RESIDUALS, a
+                            # failed store step): a record of the task settled since then
+                            # reached the app directory, not it, and an input computed from it
+                            # (its residual saved over the directory's) would lose that
+                            # content. The task's current holder (itself, or one read again
+                            # from the directory) takes it.
+                            part = core.secure_participant(spec.size, a.task_id, spec)
+                            session.participant = part
+                        restore = part.residual.copy()
+                        body = session.masked_input(down, delta, n, rng)
+                        if own:
+                            assert restore is not None
+                            back = restore.astype(np.float64) - part.residual.astype(np.float64)
+                            # Saved before it is sent: once the coordinator takes the input,
+                            # the app directory must not hold the residual it carried (a
+                            # process killed before a later save would send that content
+                            # again).
+                            if not core.keep_secure_input(
+                                a.round_id, spec, part, a.task_id, a.return_refused is not False
+                            ):
+                                # Not sent: the `finally` puts the residual back to `restore`.
+                                report.detail = f"{stage}: no record of the input could be kept"
+                                body = None
+                                break
+                            kept = True
+                    else:
+                        body = session.unmask(down)
+                    break
+                except RoundAborted as exc:  # too few neighbours left: it cannot complete
+                    report.detail = f"{stage}: {exc}"
+                    break
+                except SecAggError:
+                    # The download this stage answers did not decode or check (a body
+                    # rewritten on the way: a proxy, a bit error), before anything of the
+                    # stage was sent or kept: fetched again once, at once, as a corrupt delta
+                    # chain is (`Client._download`). Refused again: that `SecAggError`.
+                    if again or after is None:
+                        raise
+                got = yield from _stage_download(core, a.round_id, after, stop)
+                end = _download_end(got, after)
+                if end is not None:
+                    report.detail, aborted = end
+                    break
+                assert got is not None
+                down = bytes(got.content)
+            if body is None:
                 break
             ex = core.stage_upload_exchange(a.round_id, stage, body, spec.dense_bytes)
             ex.deadline = round_end
@@ -2709,42 +2790,17 @@ def _secure_flow(
             # Poll the download that follows the stage until it closes (425 while open), until
             # the round's deadline at the latest, and never longer than max_stage_wait_s
             # whatever deadline the coordinator named (`_tick`, as `round_end`). The
-            # same bound for each poll's request, its retries and their backoff. A NaN stop
-            # ends the polling at once.
+            # same bound for each poll's request, its retries and their backoff, and for a
+            # download fetched again. A NaN stop ends the polling at once.
             stop = min(round_end, _tick() + core.max_stage_wait_s)
-            while True:
-                ex = core.stage_download_exchange(a.round_id, stage)
-                ex.deadline = stop
-                try:
-                    response = yield ex
-                except _WaitOver:  # this poll (or its retries) would end past `stop`
-                    response = None
-                    break
-                assert response is not None
-                if response.status_code != 425:
-                    break
-                now = _tick()
-                if not now < stop:
-                    break
-                # The answer's sub-second `retry_after_s` if it has one (Retry-After holds
-                # whole seconds only), else its Retry-After. At least _MIN_POLL_S: a
-                # "Retry-After: 0" must not make the device spin.
-                hint = _poll_hint(response)
-                wait = core.poll_delay(response) if hint is None else hint
-                yield _Sleep(min(max(wait, _MIN_POLL_S), stop - now))
-            if response is None or response.status_code == 425:
-                report.detail = (
-                    f"{stage} did not close before the round deadline (or max_stage_wait_s)"
-                )
+            got = yield from _stage_download(core, a.round_id, stage, stop)
+            end = _download_end(got, stage)
+            if end is not None:
+                report.detail, aborted = end
                 break
-            if response.status_code != 200:
-                err = _refusal(response)
-                if err.reason in (Reason.ROUND_CLOSED, Reason.NOT_SELECTED):
-                    report.detail = f"after {stage}: {err.detail}"
-                    aborted = response.status_code == 410 and err.reason == Reason.ROUND_CLOSED
-                    break
-                raise err
-            down = bytes(response.content)
+            assert got is not None
+            down = bytes(got.content)
+            after = stage
     finally:
         if kept:
             # The record settles what the input stood for: at once if the input was surely
@@ -3333,7 +3389,9 @@ class Client:
         minutes off moves it by at most the header's 1 s and that check-in's round trip; by the
         device's clock only without a usable header or for an assignment this client did not
         receive; other refusals raise `ClientError`, and stage bytes the protocol
-        refuses raise `protocol.secagg.SecAggError`. The residual the masked input leaves is
+        refuses raise `protocol.secagg.SecAggError`: a plan or stage download refused is
+        fetched again once, at once (a body rewritten on the way), and this is raised when
+        that copy is refused too. The residual the masked input leaves is
         saved before the input is sent, with a record of what the input stands for. If the
         input was surely not taken (no connection opened, or a 4xx refusal with no earlier
         attempt unanswered), the residual is again the one from before the round; if the round
