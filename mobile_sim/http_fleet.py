@@ -12,6 +12,7 @@ coordinator's own bandwidth ledger (payload and real HTTP wire bytes).
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 import math
 import os
@@ -83,7 +84,8 @@ class HttpFleetOptions:
     poll_s / retry_after_s: pace steering while a cohort gathers / while a round runs (they
     bound the check-in load: devices x 1/retry_after_s requests per second).
     downlink: the task's downlink when the config sets none (its `downlink_topk` /
-    `downlink_bits`, which win; giving both, different, is a ValueError).
+    `downlink_bits`, which win; giving both, different, is a ValueError). The run's result
+    records the one the task used, as its config's `downlink_topk` / `downlink_bits`.
     """
 
     dropout: float = 0.0
@@ -105,6 +107,8 @@ def run_http_simulation(
     options: HttpFleetOptions | None = None,
 ) -> SimResult:
     """Run `cfg` against a coordinator over HTTP; returns the same records as `run_simulation`.
+    The result's `config` is `cfg` with the task's downlink and selection timeout, the ones it
+    ran with (`_as_ran`: without `downlink_topk` / `downlink_bits`, the options' downlink).
 
     With `coordinator_url` None an embedded coordinator is started on 127.0.0.1 and stopped at
     the end; otherwise the admin token comes from `options.admin_token` or $PLUME_ADMIN_TOKEN.
@@ -206,6 +210,8 @@ def _run(
     data, parts, model, spec = setup.data, setup.parts, setup.model, setup.spec
     started_at = setup.started_at
     task = _task_config(cfg, spec, label, opts)
+    # The results record the settings the task was created with (rounds.json's config).
+    ran = _as_ran(cfg, task)
     initial = get_flat_params(model)
     partition = partition_stats(parts, data.y_train)
     records: list[RoundRecord] = []
@@ -217,7 +223,7 @@ def _run(
         its bytes count) and the model of the last of them."""
         last = fleet.last_params if fleet is not None else None
         return SimResult(
-            cfg,
+            ran,
             records,
             fleet.ledger if fleet is not None else BandwidthLedger(),
             spec.size,
@@ -285,7 +291,7 @@ def _run(
                 # do, for `plume sim` to write (before, they were lost with it).
                 RunInterrupted.attach(exc, finished())
             raise
-    return SimResult(cfg, records, ledger, spec.size, final, label, started_at, partition=partition)
+    return SimResult(ran, records, ledger, spec.size, final, label, started_at, partition=partition)
 
 
 def _add_row(ledger: BandwidthLedger, seq: int, row: dict[str, Any]) -> None:
@@ -349,6 +355,33 @@ def _downlink_of(cfg: SimConfig) -> CodecParams | None:
     if cfg.downlink_topk is None or cfg.downlink_bits is None:
         return None
     return CodecParams(topk=cfg.downlink_topk, bits=cfg.downlink_bits)
+
+
+def _as_ran(cfg: SimConfig, task: TaskConfig) -> SimConfig:
+    """`cfg` with the task's own values of the settings a `SimConfig` has but the HTTP fleet
+    does not take from it: the config its results record (rounds.json's `config`).
+
+    - `downlink_topk` / `downlink_bits`: the task's downlink. A config without them ran with
+      `HttpFleetOptions.downlink` (`DOWNLINK`, top-k 0.05 at 8 bits, unless the options say
+      otherwise), and recorded null, which in process means no downlink compression: a reader
+      comparing runs took the run for one with exact downloads. A dense run keeps null: its
+      downloads are the exact fp32 model (the task's downlink is top-k 1 at 32 bits), as a
+      dense run's in process are, and a dense config with a downlink is refused.
+    - `selection_timeout_s`: the task's (`HttpFleetOptions.selection_timeout_s`, 2 s of wall
+      time by default), not the realistic fleet's simulated 900 s the config carries unused.
+
+    `SimConfig.from_dict` of the recorded config reruns the same task over HTTP, and in process
+    simulates the downlink the HTTP run used. A copy, not `dataclasses.replace`, which would
+    check the config again and import its plugins again.
+    """
+    values: dict[str, Any] = {"selection_timeout_s": float(task.selection_timeout_s)}
+    if not cfg.dense:
+        values["downlink_topk"] = float(task.downlink.topk)
+        values["downlink_bits"] = int(task.downlink.bits)
+    out = copy.copy(cfg)
+    for name, value in values.items():
+        object.__setattr__(out, name, value)
+    return out
 
 
 def _task_config(cfg: SimConfig, spec: ModelSpec, label: str, opts: HttpFleetOptions) -> TaskConfig:

@@ -169,8 +169,10 @@ class SimConfig:
     # / --downlink-bits`): each round's step quantized with server-side error feedback, every
     # device training from the model it downloaded. None (both): in process the exact model
     # (no downlink compression, one fp32 snapshot a download), over HTTP the fleet's own
-    # default (`http_fleet.DOWNLINK`). One given alone takes the other from TaskConfig's
-    # default, as create-task does (`downlink()`).
+    # default (`http_fleet.DOWNLINK`), which an HTTP run's result records here (its config
+    # says the downlink its task used), so a recorded None means exact fp32 downloads (an
+    # HTTP rounds.json written before helper-297 excepted). One given alone takes the other
+    # from TaskConfig's default, as create-task does (`downlink()`).
     downlink_topk: float | None = None
     downlink_bits: int | None = None
     # local training
@@ -229,7 +231,8 @@ class SimConfig:
     # realistic mode's selection (the HTTP coordinator's rule, on the simulated clock): a round
     # opens once the pool holds the cohort, or `selection_timeout_s` after the first check-in
     # with at least `min_reports` devices (None: only with the full cohort); eligible devices
-    # check in once per `checkin_period_s`, at a uniformly random time (0: instantly)
+    # check in once per `checkin_period_s`, at a uniformly random time (0: instantly). Over
+    # HTTP the task's own selection timeout (wall seconds) applies, and the result records it.
     selection_timeout_s: float | None = 900.0
     checkin_period_s: float = 900.0
     # realistic mode: only devices with at least this much memory (MiB) are eligible
