@@ -71,6 +71,7 @@ from protocol.messages import (
     UploadReceipt,
     apply_delta,
     check_check_in,
+    check_train_loss,
     format_train_loss,
     from_json,
     request_wire_bytes,
@@ -178,10 +179,6 @@ MAX_LAYOUTS = 64
 # Most rounds whose deadline the client keeps as read at the check-in that assigned them
 # (`_Core.note_round`), the least recently noted dropped first.
 MAX_ROUND_DEADLINES = 64
-# Most pending uploads whose training loss the client keeps to send with them (`_Core._losses`):
-# one is pending at a time in the app directory; more only for an app that encodes updates
-# (`encode_update`) and holds them before uploading.
-MAX_TRAIN_LOSSES = 16
 # The most a device's clock can differ from the coordinator's and its signed check-in still be
 # answered: the longest `--signature-window` (docs/operations.md), one day. A `Date` header
 # further from the device's clock than this (plus its 1 s resolution and the round trip) is not
@@ -857,11 +854,6 @@ class _Core:
         # clock (`note_round`); at most MAX_ROUND_DEADLINES, the least recently noted first.
         # Each with whether a usable `Date` gave it (else the device's clock did).
         self._round_ends: dict[tuple[int, int, float], tuple[float, bool]] = {}
-        # Per pending upload (its idempotency key), the training loss its upload sends
-        # (`?train_loss=`, as `format_train_loss` writes it) when its assignment asked
-        # (`Assignment.report_loss`); at most MAX_TRAIN_LOSSES, the oldest dropped first. In
-        # memory only: an upload re-sent after the app restarts carries none.
-        self._losses: dict[str, str] = {}
 
     # -- requests ------------------------------------------------------------------------
 
@@ -1260,15 +1252,13 @@ class _Core:
             spec,
             a.task_id,
             a.return_refused is not False,
+            # Only when asked (a plain task without DP) and a loss there is: not NaN (nothing
+            # trained), finite, in [0, MAX_TRAIN_LOSS]. Saved with the upload (pending.json),
+            # so a re-send after the app restarts carries it too.
+            format_train_loss(loss) if a.report_loss is True else None,
         )
         with self._reload_on_error(a.task_id):
             self.store.save_pending(pending, enc.feedback)
-        if a.report_loss is True and (text := format_train_loss(loss)) is not None:
-            # Only when asked (a plain task without DP) and a loss there is: not NaN (nothing
-            # trained), finite, in [0, MAX_TRAIN_LOSS].
-            self._losses[pending.key] = text
-            while len(self._losses) > MAX_TRAIN_LOSSES:
-                del self._losses[next(iter(self._losses))]
         return pending
 
     @contextlib.contextmanager
@@ -1289,7 +1279,11 @@ class _Core:
             raise
 
     def upload_exchange(self, pending: PendingUpload, dense_bytes: int) -> _Exchange:
-        loss = self._losses.get(pending.key)
+        loss = pending.train_loss
+        if loss is not None:
+            # One the coordinator would refuse (422) must not cost the upload: an app's own
+            # `PendingUpload`; the SDK's are checked when saved and when read back.
+            check_train_loss(loss, "PendingUpload.train_loss")
         return _Exchange(
             "POST",
             Path.UPLOAD.format(round_id=pending.round_id),
@@ -1312,7 +1306,6 @@ class _Core:
         it is dropped as if delivered, the residual left as acceptance leaves it. `spec`
         defaults to the layout stored with the upload (a resumed one after a restart)."""
         spec = spec if spec is not None else pending.spec
-        self._losses.pop(pending.key, None)
         # Of another layout than the task's residual: dropped as delivered (`_return_record`).
         if (
             not refused
@@ -1335,7 +1328,6 @@ class _Core:
     def accept_upload(self, pending: PendingUpload, spec: ModelSpec | None) -> None:
         """The coordinator accepted `pending`: keep what it carried until a check-in says its
         round committed (`settle_outcome`); it stops being pending."""
-        self._losses.pop(pending.key, None)
         if (spec if spec is not None else pending.spec) is not None:
             self._return_replaced(pending.round_id, pending.frame)
         self.store.accept_pending(pending, spec)
@@ -3253,8 +3245,9 @@ class Client:
 
         `loss`: the training's mean loss, sent with the upload when `a.report_loss` asks for
         it (a plain task without DP) and it is a finite number in [0, 1e6]; NaN (the default)
-        sends none. Kept in memory with the pending upload: re-sent after the app restarts
-        (`resume_pending`), the upload carries none."""
+        sends none. Kept with the pending upload (`PendingUpload.train_loss`, saved in the
+        app directory): every attempt sends the same, and so does a re-send after the app
+        restarts (`resume_pending`)."""
         return self._core.encode(a, _spec(a), params, trained, num_examples, loss)
 
     def train_round(

@@ -24,7 +24,9 @@ the temp files a crash left are removed when the directory is opened):
                      `legacy_residual_task`, and `legacy_residual_seq`, the write sequence
                      number the claimed file counts as until it has a trailer); see
                      `_claim_legacy`
-    pending.json     an upload not yet acknowledged: round, idempotency key, frame file name
+    pending.json     an upload not yet acknowledged: round, idempotency key, the frame's size
+                     and SHA-256, its task, layout and, when its assignment asked for one, the
+                     training loss its upload sends (`train_loss`, absent in older files)
     pending.frame    its frame bytes; pending.residual the residual that assumes it
     pending.refused  the residual after a refusal, until it replaces its task's residual file
     accepted-<r>.json  an accepted upload to round r whose outcome is not known yet: round,
@@ -81,6 +83,7 @@ import numpy.typing as npt
 
 from compression import ErrorFeedback, ModelSpec
 from protocol import auth
+from protocol.messages import MessageError, check_train_loss
 
 __all__ = [
     "AcceptedUpload",
@@ -225,7 +228,10 @@ class _Trailer(NamedTuple):
 class PendingUpload:
     """An encoded update waiting for the coordinator's receipt."""
 
-    __slots__ = ("round_id", "key", "frame", "dense_bytes", "spec", "task_id", "return_refused")
+    __slots__ = (
+        "round_id", "key", "frame", "dense_bytes", "spec", "task_id", "return_refused",
+        "train_loss",
+    )  # fmt: skip
 
     def __init__(
         self,
@@ -236,6 +242,7 @@ class PendingUpload:
         spec: ModelSpec | None = None,
         task_id: int | None = None,
         return_refused: bool = True,
+        train_loss: str | None = None,
     ) -> None:
         self.round_id = round_id
         self.key = key
@@ -251,6 +258,11 @@ class PendingUpload:
         # content as if delivered instead of returning it to the residual; kept with the upload
         # (and with its accepted record), so a resumed one after a restart is settled alike.
         self.return_refused = return_refused
+        # The training loss the upload sends (`?train_loss=`), as `format_train_loss` wrote it
+        # (a decimal of at most 32 characters, `check_train_loss`), when its assignment asked
+        # for one (`Assignment.report_loss`); None sends none. Kept in pending.json, so an
+        # upload re-sent after a restart carries the same signed query.
+        self.train_loss = train_loss
 
 
 class AcceptedUpload:
@@ -658,6 +670,17 @@ def _held_models(st: dict[str, Any]) -> dict[int, _HeldModel]:
 def _by_recency(held: dict[int, _HeldModel]) -> list[_HeldModel]:
     """`held`'s models, the least recently written first (write sequence number, then task)."""
     return sorted(held.values(), key=lambda m: (m.seq, m.task))
+
+
+def _train_loss(text: object) -> str | None:
+    """`text` if it is a training loss as an upload's query sends it (`check_train_loss`: a
+    decimal of at most 32 characters in [0, 1e6]), else None."""
+    try:
+        check_train_loss(text)
+    except MessageError:
+        return None
+    assert isinstance(text, str)
+    return text
 
 
 def _check_task_id(task_id: int | None, what: str) -> None:
@@ -1806,7 +1829,8 @@ class DeviceStore:
         point, so a crash at any step leaves either the old state or the new one whole.
         Raises `ValueError`, writing nothing, for an upload `load_pending` could not read back
         (every later load would raise): a key that is not 1 to 128 ASCII characters, a round
-        id or size outside [0, 2^63), a task id outside it."""
+        id or size outside [0, 2^63), a task id outside it, a `train_loss` that is not a loss
+        the coordinator takes (`check_train_loss`)."""
         key = pending.key
         if not isinstance(key, str) or not 1 <= len(key) <= 128 or not key.isascii():
             raise ValueError("pending upload: key must be 1 to 128 ASCII characters; not saved")
@@ -1815,6 +1839,11 @@ class DeviceStore:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
                 raise ValueError(f"pending upload: {name} {value!r} is not in [0, 2^63); not saved")
         _check_task_id(pending.task_id, "pending upload")
+        if pending.train_loss is not None and _train_loss(pending.train_loss) is None:
+            raise ValueError(
+                f"pending upload: train_loss {pending.train_loss!r:.50} is not a loss the "
+                "coordinator takes (check_train_loss); not saved"
+            )
         meta: dict[str, Any] = {
             "round_id": pending.round_id,
             "key": pending.key,
@@ -1828,6 +1857,8 @@ class DeviceStore:
             meta["spec"] = pending.spec.to_json()
         if not pending.return_refused:
             meta["return_refused"] = False  # left out otherwise: the file an older SDK wrote
+        if pending.train_loss is not None:
+            meta["train_loss"] = pending.train_loss  # likewise
         encoded = json.dumps(meta).encode()
         if len(encoded) > _MAX_JSON_BYTES:
             # Written, it could never be read back: every later load_pending would raise.
@@ -1873,6 +1904,10 @@ class DeviceStore:
         returns = meta.get("return_refused", True)  # absent: written by an older SDK
         if not isinstance(returns, bool):
             raise DeviceStoreError(f"{meta_path}: return_refused must be true or false")
+        # Absent: no loss asked for, or written by an SDK before it was kept. One that is not a
+        # loss the coordinator takes (a foreign or damaged file) is dropped, not refused: the
+        # upload is re-sent without it rather than lost with the file.
+        loss = _train_loss(meta.get("train_loss"))
         frame = _read_sized(frame_path, size) if size <= _MAX_FRAME_BYTES else None
         if frame is None:
             return None  # not the frame this metadata describes
@@ -1891,7 +1926,7 @@ class DeviceStore:
                 spec = ModelSpec.from_json(meta["spec"])
             except (ValueError, TypeError, KeyError, AttributeError) as exc:
                 raise DeviceStoreError(f"{meta_path}: spec is not a model layout ({exc})") from exc
-        return PendingUpload(round_id, key, frame, dense, spec, task_id, returns)
+        return PendingUpload(round_id, key, frame, dense, spec, task_id, returns, loss)
 
     def _holds_other(self, key: str | None) -> bool:
         """Whether the pending upload held is not the one of idempotency key `key` (none held,
