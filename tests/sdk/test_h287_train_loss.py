@@ -5,8 +5,9 @@ those losses (helper-287).
 Before, `RoundReport.loss` never left the device. Now the upload's signed target carries
 `?train_loss=<repr of the loss>` when the assignment says `report_loss` and the loss is a finite
 number in [0, 1e6]; a NaN (nothing trained) or out-of-range loss, an assignment without the key
-(a task with DP, a secure task, a coordinator from before it) and an upload re-sent after the
-app restarts send none.
+(a task with DP, a secure task, a coordinator from before it) send none. An upload re-sent
+after the app restarts sends the same loss (kept in pending.json since helper-293:
+tests/sdk/test_h293_train_loss_restart.py).
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from protocol.messages import (
     from_json,
 )
 from sdk import AsyncClient, Client, TrainResult
-from sdk.client import MAX_TRAIN_LOSSES, RoundReport
+from sdk.client import RoundReport
 from sdk.device_store import DeviceStore
 
 from ..coordinator.test_service_support import (
@@ -140,7 +141,7 @@ def test_an_asked_for_loss_goes_in_the_signed_query_of_every_attempt(tmp_path: P
     assert recorder.losses() == [["0.6931471805599453"]] * 3
     assert all(_verifies(client, r) for r in recorder.uploads)
     assert len({r.headers["idempotency-key"] for r in recorder.uploads}) == 1
-    assert client._core._losses == {}  # forgotten once accepted
+    assert client._core.store.load_pending() is None  # forgotten once accepted
     client.close()
 
 
@@ -180,7 +181,7 @@ def test_zero_and_the_bound_are_sent(tmp_path: Path) -> None:
     client.close()
 
 
-def test_an_upload_re_sent_after_a_restart_carries_no_loss(tmp_path: Path) -> None:
+def test_an_upload_re_sent_after_a_restart_carries_its_loss(tmp_path: Path) -> None:
     # Prepare: the upload fails on every attempt (it stays pending), then the app restarts
     down = Recorder(fail_first=100)
     client = Client(
@@ -197,21 +198,22 @@ def test_an_upload_re_sent_after_a_restart_carries_no_loss(tmp_path: Path) -> No
     up = Recorder()
     again = _client(tmp_path, up)
     receipt = again.resume_pending()
-    # Assert: accepted, without a loss (it was kept in memory only)
+    # Assert: accepted, with the same loss (kept with the pending upload in the app directory)
     assert receipt is not None and receipt.accepted
-    assert up.losses() == [None]
+    assert up.losses() == [["0.5"]]
     assert DeviceStore(tmp_path).load_pending() is None
     again.close()
 
 
-def test_the_kept_losses_are_bounded(tmp_path: Path) -> None:
+def test_each_pending_upload_carries_its_own_loss(tmp_path: Path) -> None:
     client = _client(tmp_path, Recorder())
     zero = np.zeros(SPEC.size, np.float32)
-    keys = [
-        client.encode_update(_assignment(), zero, zero + 0.1, 8, loss=float(i)).key
-        for i in range(MAX_TRAIN_LOSSES + 3)
+    pendings = [
+        client.encode_update(_assignment(), zero, zero + 0.1, 8, loss=float(i)) for i in range(3)
     ]
-    assert list(client._core._losses) == keys[3:]
+    assert [p.train_loss for p in pendings] == ["0.0", "1.0", "2.0"]
+    held = client._core.store.load_pending()  # the app directory holds the last one
+    assert held is not None and held.key == pendings[-1].key and held.train_loss == "2.0"
     client.close()
 
 
