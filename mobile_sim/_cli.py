@@ -2344,21 +2344,55 @@ def _busy_cpu_warning(args: argparse.Namespace, load: float | None = None) -> st
 
 
 def _download_and_wire(result: Any, down: int) -> str:
-    """The summary line's download part (against the fp32 snapshots each download stands
-    against) and, over HTTP, the bytes the devices' requests took on the wire (request lines,
-    headers, signatures and check-ins included, `wire_up`), which the upload figure before it
-    leaves out: the upload figure is the updates' payload."""
+    """The summary line's download part, against raw fp32 models (`dense_down`: 4 B a
+    parameter per download that sent a model; a snapshot the coordinator serves is fp32
+    through zstd, a little smaller), and over HTTP the wire bytes, which the payload figures
+    leave out.
+
+    `on the wire N B up in the rounds` is the sum of `wire_up`: the HTTP/1.1 requests (lines,
+    headers with their signatures, bodies) the coordinator's ledger puts in a round, i.e. each
+    selected device's check-in answered with its assignment, its downloads and its uploads.
+    The devices' other exchanges are in no round: their registration, every check-in answered
+    without an assignment (waiting, at the pace the coordinator asks: with the embedded one,
+    every 0.1 s while a cohort gathers and 0.1 to 0.5 s while a round runs,
+    `HttpFleetOptions`' poll_s and retry_after_s), the check-in after an upload that learns the round's outcome. Their bytes, up and down, and requests follow (`control`), the sums of the
+    rounds' `measurements.control_traffic` (`http_fleet._Fleet.control_since`). How many idle
+    check-ins there are is the simulation's: its rounds last seconds and its devices poll as
+    the coordinator tells them; a deployment's fleet checks in at its own pace."""
     text = ""
     dense_down = sum(int(r.dense_down or 0) for r in result.records)
     if down and dense_down:
-        text += f", download {down:,} B ({dense_down / down:.1f}x fewer than fp32 snapshots)"
+        text += (
+            f", download {down:,} B ({dense_down / down:.1f}x fewer than raw fp32 models, "
+            "4 B a parameter)"
+        )
     elif down:
         text += f", download {down:,} B"
     wire = [r.wire_up for r in result.records]
     up = sum(int(r.bytes_up or 0) for r in result.records)
     if all(w is not None for w in wire) and sum(wire) != up:
-        text += f"; on the wire {sum(wire):,} B up (HTTP requests, check-ins included)"
+        text += (
+            f"; on the wire {sum(wire):,} B up in the rounds (selected devices' assigning "
+            "check-ins, downloads, uploads)"
+        )
+    if (control := _control_traffic(result)) is not None:
+        text += (
+            f"; control traffic outside the rounds {control['up_wire_bytes']:,} B up, "
+            f"{control['down_wire_bytes']:,} B down in {control['requests']:,} requests "
+            "(registrations, idle and outcome check-ins)"
+        )
     return text
+
+
+def _control_traffic(result: Any) -> dict[str, int] | None:
+    """The sums of the rounds' `measurements.control_traffic` (an HTTP run's devices'
+    exchanges in no round), or None when a round has none (in process, `--secure`, a file of
+    older code)."""
+    cells = [r.measurements.get("control_traffic") for r in result.records]
+    if not cells or not all(isinstance(c, dict) for c in cells):
+        return None
+    keys = ("up_wire_bytes", "down_wire_bytes", "requests")
+    return {k: sum(int(c.get(k) or 0) for c in cells) for k in keys}
 
 
 def _stopped_early(result: Any) -> str:

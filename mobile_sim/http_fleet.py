@@ -6,7 +6,12 @@ and runs every device as an async client: check in, download (delta chain or sna
 verified), train locally, encode with its own error feedback, upload with an idempotency key.
 An observer device follows the published versions and evaluates each one on the test set.
 The per-round records are the same as the in-process runner's, with bytes taken from the
-coordinator's own bandwidth ledger (payload and real HTTP wire bytes).
+coordinator's own bandwidth ledger (payload and real HTTP wire bytes). That ledger holds a
+round's exchanges only: each selected device's check-in answered with its assignment, its
+downloads and its uploads. The devices' other exchanges (registration, the check-ins answered
+without an assignment while they wait, the check-in after an upload that learns the round's
+outcome) are the coordinator's control traffic, in no round; each record's
+`measurements["control_traffic"]` holds the fleet's (`_Fleet.control_since`).
 """
 
 from __future__ import annotations
@@ -53,6 +58,11 @@ log = logging.getLogger(__name__)
 # / --downlink-bits`). Not create-task's default (2 %, 8-bit: `runner.TASK_DOWNLINK`): the
 # committed HTTP results (bench/results/readme_http_mlp, `make demo`) ran with this one.
 DOWNLINK = CodecParams(topk=0.05, bits=8)
+
+# Seconds the devices have, once the run is over, to finish what they are doing (a check-in in
+# flight is answered and counted) before they are cancelled. They stop at their next step: a
+# pause between check-ins ends when the run does (`_Fleet.pause`).
+WIND_DOWN_S = 10.0
 
 
 class DeviceFailed(RuntimeError):
@@ -414,6 +424,16 @@ def _task_config(cfg: SimConfig, spec: ModelSpec, label: str, opts: HttpFleetOpt
     )
 
 
+def _control_total(clients: list[Any]) -> dict[str, int]:
+    """`clients`' control traffic so far, together (`_Fleet.control_since`)."""
+    cells = [c.control_bandwidth for c in clients]
+    return {
+        "up_wire_bytes": sum(c["up"]["wire_bytes"] for c in cells),
+        "down_wire_bytes": sum(c["down"]["wire_bytes"] for c in cells),
+        "requests": sum(c["up"]["requests"] for c in cells),
+    }
+
+
 class _Occupancy:
     """When each simulated device was busy with a round (holding an assignment, training,
     uploading, or sitting out a dropout), on this machine's `time.time()` clock.
@@ -477,6 +497,35 @@ class _Fleet:
         self.failures: dict[str, int] = {}
         self.occupancy = _Occupancy(cfg.clients)
         self.done = asyncio.Event()
+        # The fleet's devices (the observer, which only evaluates, is not one of them), their
+        # control traffic counted into the rounds recorded so far, and the last such round.
+        self.clients: list[Any] = []
+        self.control_counted = _control_total([])
+        self.last_record: RoundRecord | None = None
+
+    def control_since(self) -> dict[str, int]:
+        """The fleet's control traffic since the last call (the first: since the clients were
+        made): the exchanges the coordinator put in no round's ledger, as each device's SDK
+        counted them (`Client.control_bandwidth`): `up_wire_bytes`, `down_wire_bytes` (HTTP/1.1
+        requests and responses, heads and bodies) and `requests` (answered ones).
+
+        The devices' own count, not the coordinator's `plume_control_wire_bytes_total`: that
+        one also holds this process's admin polling and the observer's model fetches (the
+        simulation's machinery, not the fleet's traffic), and on a `--coordinator` shared with
+        other tasks their devices' traffic too. The devices count on this event loop, as
+        they get each answer, so the rounds' figures split the fleet's control traffic by
+        the time of its answers, each exchange in one round's."""
+        now = _control_total(self.clients)
+        out = {k: now[k] - self.control_counted[k] for k in now}
+        self.control_counted = now
+        return out
+
+    async def pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or until the run is over if that comes first."""
+        try:
+            await asyncio.wait_for(self.done.wait(), timeout=seconds)
+        except TimeoutError:
+            pass
 
     async def run(
         self,
@@ -499,6 +548,7 @@ class _Fleet:
                 path = os.path.join(self.tmp, f"device-{i:05d}")
                 made.append(AsyncClient(self.url, path, retry_rng=rng))
             clients = made[:]
+            self.clients = clients
             observer = AsyncClient(self.url, os.path.join(self.tmp, "observer"))
             made.append(observer)
             await asyncio.gather(observer.register(), *(c.register() for c in clients))
@@ -508,6 +558,11 @@ class _Fleet:
             monitor = asyncio.create_task(self._monitor(observer, admin, evaluate_version, emit))
             try:
                 final = await self._watch(monitor, devices)
+                # The run is over: each device stops at its next step, a check-in in flight
+                # answered (and counted) first.
+                self.done.set()
+                if devices:
+                    await asyncio.wait(devices, timeout=WIND_DOWN_S)
             finally:
                 self.done.set()
                 monitor.cancel()
@@ -516,6 +571,12 @@ class _Fleet:
                 await asyncio.gather(monitor, *devices, return_exceptions=True)
         finally:
             await asyncio.gather(*(c.aclose() for c in made))
+        if self.last_record is not None:
+            # The devices' exchanges after the last round was recorded (their last check-ins,
+            # answered "end") are its: the rounds' figures then sum to the run's.
+            last = self.last_record.measurements["control_traffic"]
+            for k, v in self.control_since().items():
+                last[k] += v
         return final
 
     async def _watch(
@@ -564,14 +625,14 @@ class _Fleet:
                     raise
                 self.failures["check_in"] = self.failures.get("check_in", 0) + 1
                 log.debug("device %d: check-in failed (%r); retrying", index, exc)
-                await asyncio.sleep(self.opts.retry_after_s)
+                await self.pause(self.opts.retry_after_s)
                 continue
             if answer.action == CheckInAction.END:
                 # The task is done: the monitor sees it too and ends the run.
                 await self.done.wait()
                 return
             if answer.assignment is None:
-                await asyncio.sleep(answer.retry_after_s)
+                await self.pause(answer.retry_after_s)
                 continue
             a = answer.assignment
             # Busy from the assignment until the round is done with (reported, refused, cut
@@ -580,7 +641,7 @@ class _Fleet:
             try:
                 if self.opts.dropout > 0 and rng.random() < self.opts.dropout:
                     # A dropout: the device vanishes for this round (the deadline cuts it off).
-                    await asyncio.sleep(max(a.deadline_unix - time.time(), 0.0) + 0.05)
+                    await self.pause(max(a.deadline_unix - time.time(), 0.0) + 0.05)
                     continue
                 try:
                     report = await client.train_round(a, trainer, x, y)
@@ -640,28 +701,33 @@ class _Fleet:
                     _add_row(self.ledger, r.seq, row)
                 if r.state == "committed":
                     self.last_params = params
-                emit(
-                    RoundRecord(
-                        round=r.seq,
-                        accuracy=acc,
-                        loss=loss,
-                        train_loss=float(np.mean(losses)) if losses else math.nan,
-                        reports=r.reports,
-                        committed=r.state == "committed",
-                        bytes_up=t["up_payload_bytes"],
-                        bytes_down=t["down_payload_bytes"],
-                        dense_up=t["up_dense_bytes"],
-                        dense_down=t["down_dense_bytes"],
-                        wire_up=t["up_wire_bytes"],
-                        wire_down=t["down_wire_bytes"],
-                        ratio_up=(t["up_dense_bytes"] / t["up_payload_bytes"])
-                        if t["up_payload_bytes"]
-                        else None,
-                        wall_s=(r.closed_unix or r.opened_unix) - r.opened_unix,
-                        available=self.occupancy.available_at(r.opened_unix),
-                        measurements=_jsonable(r.measurements),
-                    )
+                measurements = _jsonable(r.measurements)
+                # The fleet's exchanges in no round since the previous round was recorded:
+                # the idle check-ins of the devices this round did not select, the outcome
+                # check-ins after the previous round's uploads (round 1: the registrations).
+                measurements["control_traffic"] = self.control_since()
+                rec = RoundRecord(
+                    round=r.seq,
+                    accuracy=acc,
+                    loss=loss,
+                    train_loss=float(np.mean(losses)) if losses else math.nan,
+                    reports=r.reports,
+                    committed=r.state == "committed",
+                    bytes_up=t["up_payload_bytes"],
+                    bytes_down=t["down_payload_bytes"],
+                    dense_up=t["up_dense_bytes"],
+                    dense_down=t["down_dense_bytes"],
+                    wire_up=t["up_wire_bytes"],
+                    wire_down=t["down_wire_bytes"],
+                    ratio_up=(t["up_dense_bytes"] / t["up_payload_bytes"])
+                    if t["up_payload_bytes"]
+                    else None,
+                    wall_s=(r.closed_unix or r.opened_unix) - r.opened_unix,
+                    available=self.occupancy.available_at(r.opened_unix),
+                    measurements=measurements,
                 )
+                self.last_record = rec
+                emit(rec)
             if status.state == "refused":
                 raise RuntimeError(
                     f"task {self.task_id} is refused by the coordinator: {status.refused}"
