@@ -72,7 +72,14 @@ from protocol.names import Query as Q
 from . import rounds
 from ._ratelimit import EveryFew
 from ._secure_api import add_secure_routes
-from .auth import BodyBudget, RateLimiter, RequestVerifier, check_admin_token, client_key
+from .auth import (
+    DEFAULT_PACE_S,
+    BodyBudget,
+    RateLimiter,
+    RequestVerifier,
+    check_admin_token,
+    client_key,
+)
 from .dp_total import AllTasksPrivacyCache
 from .errors import ApiError, StoreId, require_media_type
 from .metrics import Metrics
@@ -436,9 +443,10 @@ def create_app(
     )
     metrics.dp_all_tasks.source = all_tasks_dp.get
     metrics.store_errors.source = lambda: the_store.write_errors
-    verifier = RequestVerifier(
-        the_store, config.signature_window_s, BodyBudget(config.upload_buffer_bytes)
-    )
+    # A body's reservation is kept while it arrives at the pace that ends it within the body
+    # timeout (`BodyBudget`).
+    budget = BodyBudget(config.upload_buffer_bytes, pace_s=config.body_timeout_s or DEFAULT_PACE_S)
+    verifier = RequestVerifier(the_store, config.signature_window_s, budget)
     # Read once: /healthz does not touch the store (its lock can be held for seconds, by a
     # write waiting on another process's lock); the store sets WAL when it opens.
     journal_mode = the_store.journal_mode

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import heapq
 import hmac
 import ipaddress
 import logging
@@ -19,8 +21,13 @@ from .store import Store
 
 __all__ = [
     "BUSY_RETRY_S",
+    "DEFAULT_PACE_S",
     "MAX_REGISTER_BURST",
+    "MAX_WAITING",
     "MIN_REGISTER_RATE",
+    "ROOM_WAIT_S",
+    "WAIT_SHARE",
+    "Body",
     "BodyBudget",
     "RateLimiter",
     "RequestVerifier",
@@ -30,10 +37,40 @@ __all__ = [
 
 log = logging.getLogger("plume.coordinator")
 
-# Retry-After (seconds) of the 503 `busy` an upload gets while the bodies being read already
-# fill the budget (`BodyBudget`): the uploads in flight end within seconds (or the body
-# timeout ends them), and the SDK sends the upload again after it.
+# Retry-After (seconds) of the 503 `busy` an upload gets when its body finds no room in the
+# budget (`BodyBudget`): the uploads in flight end within seconds (or give their room back,
+# see `BodyBudget`), and the SDK sends the upload again after it.
 BUSY_RETRY_S = 2
+
+# Seconds a body that finds no room at its first part may wait for room (another body ending,
+# or one falling behind its pace) before its 503 `busy`. While it waits its connection is not
+# read (TCP stops its sender), and it holds its first part only.
+ROOM_WAIT_S = 2.0
+
+# Bodies that may wait for room at once. The first parts they hold are counted apart from the
+# budget, at most an eighth of it (`WAIT_SHARE`): waiting bodies never keep a body out.
+MAX_WAITING = 256
+WAIT_SHARE = 8
+
+# The pace of a body (`BodyBudget`) when the body timeout is off: the default --body-timeout.
+DEFAULT_PACE_S = 120.0
+
+
+class Body:
+    """One request body read under a `BodyBudget` (`BodyBudget.open`)."""
+
+    __slots__ = ("declared", "promised", "ready", "received", "since", "state")
+
+    def __init__(self, declared: int | None) -> None:
+        self.declared = declared  # its Content-Length (None: chunked)
+        self.received = 0  # bytes of it that have arrived (held in the budget)
+        self.promised = 0  # bytes reserved for it that have not arrived yet
+        # "new" (holds nothing yet), "waiting" (its first part, for room), "reserved" (its
+        # declared length), "parts" (what has arrived: chunked, all in, or fallen behind its
+        # pace), "refused" (a waiting body no room came for), "closed"
+        self.state = "new"
+        self.since = 0.0  # when its reservation was granted (the budget's clock)
+        self.ready: asyncio.Event | None = None  # set when a waiting body is let in
 
 
 class BodyBudget:
@@ -41,48 +78,79 @@ class BodyBudget:
     coordinator holds in memory while it reads them, at most `limit_bytes` at once (0: no
     limit).
 
-    A body reserves its bytes as they arrive, each part it receives before the route keeps it
-    (`take`), and gives back all it holds once the route has it, or on any refusal, error,
-    disconnect or timeout (`give`). Counting what has arrived, not what a header declares: a
-    connection that declares a large body and sends none of it holds nothing, so idle
-    connections cannot fill the budget (helper-289's F1: before, each reserved its declared
-    `Content-Length` when its headers arrived, and 38 idle ones turned every honest upload
-    away). A part that would take the total past the limit is refused, unless the body it
-    belongs to is the only one holding bytes (one body is always let in, whatever its size):
-    the route abandons that body with a 503 `busy`. The refusal depends on the bytes held and
-    the part's size alone, never on whether the device was selected, so it tells an outsider
-    nothing a selected device would not learn. Not thread-safe: the app calls it from its
-    event loop only.
+    Admission at the first part (helper-294). A body that declares its length
+    (`Content-Length`) holds nothing until its first byte arrives; then it asks for its whole
+    declared length at once (`arrive`). If that fits beside what the other bodies being read
+    hold and have reserved (or none of them holds a byte: one body is always let in, whatever
+    its size), it is admitted, and its later parts are not refused for room while it keeps
+    its pace (below). If not, it waits for room, holding its first part only, up to `wait_s`
+    (`ROOM_WAIT_S`, `wait_for_room`), the oldest let in first as room is given back, before a
+    new body; or it is refused at once when `MAX_WAITING` bodies wait or their first parts
+    would pass `limit_bytes // WAIT_SHARE`; then 503 `busy`. Refusals hit bodies at their
+    first part, not part-way, so under honest overload little is sent twice. Waiting first
+    parts are counted apart (`waiting_held`): they take no room from the bodies being read,
+    so a waiting body keeps none out, and no body being read ever waits.
+
+    A reservation is kept only while its body keeps pace: at least `declared * elapsed / pace_s`
+    bytes in, `elapsed` counted from its admission, `pace_s` the body timeout (the pace that
+    ends it in time). One that falls behind (a sender that sent a byte and stalls or trickles)
+    gives back the bytes it has not sent as soon as another body needs room, and from then on
+    holds what has arrived, each later part admitted only if it fits (as a chunked body's is).
+    So a connection that has sent nothing holds nothing, and keeping room costs a sender the
+    room's bytes every `pace_s` seconds, as when bodies counted only what had arrived
+    (helper-290; f4eac95 reserved the declared length at the headers, and 38 idle connections
+    turned every honest upload away). Reservations are checked when a body needs room.
+
+    `held` is the bytes of bodies that have arrived (the memory they take, waiting first parts
+    included), `reserved` the bytes admitted bodies declared and have not sent yet. Apart from
+    the waiting first parts, `held + reserved` stays within `limit_bytes` unless one body alone
+    holds or reserves all. The verdicts depend on bytes and times alone, never on whether the
+    device was selected, so they tell an outsider nothing a selected device would not learn.
+    `take` and `give` count anonymous bodies part by part. Not thread-safe: the app calls it
+    from its event loop only.
     """
 
-    def __init__(self, limit_bytes: int) -> None:
+    def __init__(
+        self,
+        limit_bytes: int,
+        *,
+        pace_s: float = DEFAULT_PACE_S,
+        wait_s: float = ROOM_WAIT_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         if isinstance(limit_bytes, bool) or not isinstance(limit_bytes, int) or limit_bytes < 0:
             raise ValueError(f"limit_bytes must be an integer >= 0, got {limit_bytes!r}")
+        if isinstance(pace_s, bool) or not isinstance(pace_s, int | float):
+            raise ValueError(f"pace_s must be a number of seconds, got {pace_s!r}")
+        if not (math.isfinite(pace_s) and pace_s > 0):
+            raise ValueError(f"pace_s must be a finite number of seconds > 0, got {pace_s!r}")
         self.limit_bytes = limit_bytes
-        self.held = 0  # bytes held by the bodies being read now
-        self.bodies = 0  # ... and how many bodies hold some
-        self.refused = 0  # parts refused since the start (each ends its body)
+        self.pace_s = float(pace_s)
+        self.wait_s = wait_s  # how long a body waits for room (`wait_for_room`)
+        self.clock = clock
+        self.held = 0  # bytes of the bodies being read that have arrived
+        self.reserved = 0  # ... that admitted bodies declared and have not sent yet
+        self.bodies = 0  # bodies holding or reserving some
+        self.waiting = 0  # bodies waiting for room
+        self.waiting_held = 0  # ... and the bytes of their first parts (in `held`)
+        self.refused = 0  # bodies refused since the start (each a 503 busy)
+        self.fell_behind = 0  # reservations given back by bodies behind their pace
+        self._queue: OrderedDict[Body, None] = OrderedDict()  # waiting bodies, oldest first
+        # (when the body falls behind its pace, tie-break, body) of admitted bodies; lazy: an
+        # entry is checked, and moved later or dropped, when it comes due
+        self._paced: list[tuple[float, int, Body]] = []
+        self._seq = 0
+        self._live = 0  # bodies "reserved"
         self._log = EveryFew(5.0)
 
+    # -- anonymous bodies, counted part by part ------------------------------------------
+
     def take(self, size: int, holding: int = 0) -> bool:
-        """Reserve `size` more bytes for a body that holds `holding` already (0: a body not
-        counted yet); False (nothing reserved) when they do not fit beside the other bodies'.
-        """
-        others = self.held - holding
-        if self.limit_bytes and others > 0 and self.held + size > self.limit_bytes:
-            self.refused += 1
-            if (skipped := self._log()) is not None:
-                log.warning(
-                    "an upload was refused 503 busy: %d bodies holding %d bytes in all are "
-                    "being read, and %d more bytes of %s would pass the upload buffer of %d "
-                    "bytes (serve --upload-buffer-mb)%s",
-                    self.bodies,
-                    self.held,
-                    size,
-                    "one of them" if holding else "another",
-                    self.limit_bytes,
-                    self._log.since(skipped),
-                )
+        """Count `size` more arrived bytes of a body that holds `holding` already (0: a body
+        not counted yet); False (nothing counted) when they do not fit beside the other
+        bodies' bytes, held and reserved."""
+        if not self._fits(size, holding):
+            self._refuse(size, holding)
             return False
         if not holding:
             self.bodies += 1
@@ -90,10 +158,231 @@ class BodyBudget:
         return True
 
     def give(self, size: int) -> None:
-        """Give back all `size` bytes one body holds (0: it held none)."""
+        """Give back all `size` bytes one anonymous body holds (0: it held none)."""
         if size:
             self.held -= size
             self.bodies -= 1
+            self.admit_waiters()
+
+    # -- bodies admitted at their first part ---------------------------------------------
+
+    def open(self, declared: int | None) -> Body:
+        """A body about to be read, declaring `declared` bytes (None: chunked); it holds
+        nothing until `arrive`."""
+        return Body(declared)
+
+    def arrive(self, body: Body, size: int) -> bool | None:
+        """Count a part of `size` bytes that has arrived for `body`: True to keep it, False
+        when the body is refused (503 `busy`, counted in `refused`), None when it is the first
+        part and the body waits for room (`wait_for_room`), holding that part."""
+        if size <= 0:
+            return True
+        if body.state == "reserved":
+            use = min(size, body.promised)
+            own = body.received + body.promised
+            if size > use and not self._fits(size - use, own):
+                self._refuse(size - use, own)
+                return False
+            body.promised -= use
+            self.reserved -= use
+            body.received += size
+            self.held += size
+            if not body.promised:  # all in: nothing left to give back
+                body.state = "parts"
+                self._live -= 1
+            return True
+        if body.state == "parts":
+            if not self._fits(size, body.received):
+                self._refuse(size, body.received)
+                return False
+            body.received += size
+            self.held += size
+            return True
+        if body.state != "new":
+            raise RuntimeError(f"a part arrived for a body {body.state}")
+        if body.declared is None or not self.limit_bytes:
+            # Chunked (nothing to reserve), or no limit: counted as its parts arrive.
+            if not self._fits(size, 0):
+                self._refuse(size, 0)
+                return False
+            body.state = "parts"
+            self._count(body, size)
+            return True
+        body.declared = max(body.declared, size)
+        if self._queue:
+            self.admit_waiters()  # the bodies waiting before it first
+        if self._fits(body.declared, 0):
+            self._count(body, size)
+            self._reserve(body)
+            return True
+        if self.waiting < MAX_WAITING and (
+            self.waiting_held + size <= self.limit_bytes // WAIT_SHARE
+        ):
+            self._count(body, size)
+            body.state = "waiting"
+            self.waiting += 1
+            self.waiting_held += size
+            self._queue[body] = None
+            return None
+        self._refuse(body.declared, 0)
+        return False
+
+    def admit_waiters(self) -> None:
+        """Let waiting bodies in, oldest first, each that there is room for (one that does not
+        fit keeps none behind it out); reservations behind their pace give theirs back first."""
+        if not self._queue:
+            return
+        let_in = []
+        for body in self._queue:
+            assert body.declared is not None
+            if self._fits(body.declared, 0):
+                let_in.append(body)
+                self.waiting -= 1
+                self.waiting_held -= body.received
+                self._reserve(body)
+        for body in let_in:
+            del self._queue[body]
+            if body.ready is not None:
+                body.ready.set()
+
+    async def wait_for_room(self, body: Body, wait_s: float | None = None) -> bool:
+        """Wait up to `wait_s` seconds (None: `self.wait_s`) for a waiting body to be let in:
+        True once it is, False when no room came (`refuse_waiting`). `close` it either way."""
+        if body.state != "waiting":
+            raise RuntimeError(f"wait_for_room: the body is {body.state}, not waiting")
+        body.ready = asyncio.Event()
+        give_up = self.clock() + (self.wait_s if wait_s is None else wait_s)
+        while body.state == "waiting":
+            now = self.clock()
+            if now >= give_up:
+                self.refuse_waiting(body)
+                return False
+            timeout = give_up - now
+            due = self.next_check()
+            if due is not None:  # a reservation may fall behind its pace by then
+                timeout = min(timeout, max(due - now, 0.01))
+            try:
+                await asyncio.wait_for(body.ready.wait(), timeout)
+            except TimeoutError:
+                self.admit_waiters()
+        return True
+
+    def refuse_waiting(self, body: Body) -> None:
+        """A waiting body for which no room came is refused (counted in `refused`) and gives
+        its first part back at once; `close` is then a no-op."""
+        if body.state != "waiting":
+            raise RuntimeError(f"refuse_waiting: the body is {body.state}, not waiting")
+        del self._queue[body]
+        self.waiting -= 1
+        self.waiting_held -= body.received
+        self.held -= body.received
+        body.received = 0
+        self.bodies -= 1
+        body.state = "refused"
+        self._refuse(body.declared or 0, 0)
+
+    def close(self, body: Body) -> None:
+        """Give back all `body` holds and reserves, whatever its state; once only."""
+        state = body.state
+        if state == "closed":
+            return
+        body.state = "closed"
+        if state == "waiting":
+            del self._queue[body]
+            self.waiting -= 1
+            self.waiting_held -= body.received
+        elif state == "reserved":
+            self._live -= 1
+        if state in ("waiting", "reserved", "parts"):
+            self.held -= body.received
+            self.reserved -= body.promised
+            self.bodies -= 1
+        body.received = body.promised = 0
+        if len(self._paced) > 2 * self._live + 64:
+            # Entries of bodies no longer reserved go, so the heap stays bounded by the bodies
+            # being read even while no body asks for room.
+            self._paced = [e for e in self._paced if e[2].state == "reserved"]
+            heapq.heapify(self._paced)
+        if state in ("reserved", "parts"):
+            self.admit_waiters()
+
+    def next_check(self) -> float | None:
+        """The earliest time a reservation may fall behind its pace (the budget's clock)."""
+        return self._paced[0][0] if self._paced else None
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _count(self, body: Body, size: int) -> None:
+        body.received = size
+        self.held += size
+        self.bodies += 1
+
+    def _reserve(self, body: Body) -> None:
+        assert body.declared is not None
+        body.promised = body.declared - body.received
+        self.reserved += body.promised
+        body.since = self.clock()
+        if not body.promised:
+            body.state = "parts"  # all of it is in: nothing to give back
+            return
+        body.state = "reserved"
+        self._live += 1
+        self._seq += 1
+        due = body.since + body.received * self.pace_s / body.declared
+        heapq.heappush(self._paced, (due, self._seq, body))
+
+    def _fits(self, extra: int, own: int) -> bool:
+        """Whether `extra` more bytes fit for a body that holds and reserves `own` already
+        (waiting first parts aside); reservations behind their pace give theirs back first
+        when they do not."""
+        if not self.limit_bytes:
+            return True
+        for attempt in range(2):
+            total = self.held - self.waiting_held + self.reserved
+            if total - own <= 0 or total + extra <= self.limit_bytes:
+                return True
+            if attempt == 0 and not self._reclaim():
+                return False
+        return False
+
+    def _reclaim(self) -> bool:
+        """Reservations of bodies behind their pace give back what they have not sent;
+        whether any did."""
+        now = self.clock()
+        freed = False
+        while self._paced and self._paced[0][0] <= now:
+            _, seq, body = heapq.heappop(self._paced)
+            if body.state != "reserved":
+                continue
+            assert body.declared is not None
+            due = body.since + body.received * self.pace_s / body.declared
+            if due > now:
+                heapq.heappush(self._paced, (due, seq, body))
+                continue
+            self.reserved -= body.promised
+            body.promised = 0
+            body.state = "parts"
+            self._live -= 1
+            self.fell_behind += 1
+            freed = True
+        return freed
+
+    def _refuse(self, size: int, holding: int) -> None:
+        self.refused += 1
+        if (skipped := self._log()) is not None:
+            log.warning(
+                "an upload was refused 503 busy: %d bodies holding %d bytes and reserving %d "
+                "more are being read, %d waiting for room, and %d more bytes of %s would pass "
+                "the upload buffer of %d bytes (serve --upload-buffer-mb)%s",
+                self.bodies - self.waiting,
+                self.held - self.waiting_held,
+                self.reserved,
+                self.waiting,
+                size,
+                "one of them" if holding else "another",
+                self.limit_bytes,
+                self._log.since(skipped),
+            )
 
 
 class RequestVerifier:
@@ -147,15 +436,19 @@ class RequestVerifier:
         the signature is verified, so a request they refuse has not spent its nonce: the same
         signed request can be sent again with the header set right.
 
-        The body's bytes are reserved in `body_budget` as they arrive, each part before it
-        is kept: 503 `busy` with `Retry-After` and `connection: close`, the rest of the body
-        unread and the nonce unspent, when a part does not fit beside the bytes the other
-        bodies being read hold (`BodyBudget.take`). A connection that has sent no body byte
-        holds nothing, whatever it declared. Everything reserved is given back once the body
-        is read and verified, and on every other way out (a refusal, the client gone, the
-        body timeout, a cancellation): the route hands the body on without waiting for
-        anything (a decode, a store write, both on the event loop), so no other body is read
-        meanwhile.
+        The body is admitted in `body_budget` at its first part (`BodyBudget.arrive`): a
+        declared `Content-Length` is reserved whole then, and the body's later parts are not
+        refused for room while it keeps pace (a chunked body, or one fallen behind its pace,
+        counts its parts as they arrive). When there is no room, the first part waits up to
+        `ROOM_WAIT_S` for some (`BodyBudget.wait_for_room`), the connection not read
+        meanwhile; then, or at once when it cannot wait, or at a later part that does not fit
+        (chunked or behind its pace), 503 `busy` with `Retry-After` and `connection: close`,
+        the rest of the body unread and the nonce unspent. A connection that has sent no body
+        byte holds nothing, whatever it declared. Everything held and reserved is given back
+        once the body is read and verified, and on every other way out (a refusal, the client
+        gone, the body timeout, a cancellation): the route hands the body on without waiting
+        for anything (a decode, a store write, both on the event loop), so no other body is
+        read meanwhile.
         """
         require_media_type(headers.get(Header.CONTENT_TYPE), ContentType.OCTET_STREAM)
         try:
@@ -167,10 +460,11 @@ class RequestVerifier:
         if check_headers is not None:
             check_headers(headers)
         declared = headers.get(Header.CONTENT_LENGTH)
-        if declared is not None and declared.isdigit() and int(declared) > cap:
+        length = int(declared) if declared and declared.isascii() and declared.isdigit() else None
+        if length is not None and length > cap:
             raise ApiError(413, Reason.TOO_LARGE, f"{what} above the {cap}-byte cap")
         budget = self.body_budget
-        held = 0  # bytes this body holds in `budget`
+        held = budget.open(length) if budget is not None else None
         try:
             parts: list[bytes] = []
             size = 0
@@ -180,8 +474,11 @@ class RequestVerifier:
                 size += len(chunk)
                 if size > cap:
                     raise ApiError(413, Reason.TOO_LARGE, f"{what} above the {cap}-byte cap")
-                if budget is not None:
-                    if not budget.take(len(chunk), held):
+                if budget is not None and held is not None:
+                    kept = budget.arrive(held, len(chunk))
+                    if kept is None:
+                        kept = await budget.wait_for_room(held)
+                    if not kept:
                         raise ApiError(
                             503,
                             Reason.BUSY,
@@ -190,14 +487,13 @@ class RequestVerifier:
                             f"--upload-buffer-mb); send the {what} again in {BUSY_RETRY_S} s",
                             {Header.RETRY_AFTER: str(BUSY_RETRY_S), "connection": "close"},
                         )
-                    held += len(chunk)
                 parts.append(chunk)
             body = b"".join(parts)
             del parts
             fields = self.verify(method=method, target=target, headers=headers, body=body)
         finally:
-            if budget is not None:
-                budget.give(held)
+            if budget is not None and held is not None:
+                budget.close(held)
         return fields, body
 
     def verify(

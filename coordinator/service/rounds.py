@@ -328,9 +328,10 @@ class ServiceConfig:
         (`seed_refusal`: its epsilon would mean nothing). For simulations and tests only, e.g.
         the HTTP simulator's own in-process coordinator; no `serve` flag sets it.
     upload_buffer_bytes: bytes of upload bodies (plain updates and secure stage messages)
-        read into memory at once: each body's parts count as they arrive (not its declared
-        length), and a part past this ends its upload with 503 `busy` and Retry-After, the
-        rest unread (an upload alone is always let in). 0: no limit.
+        read into memory at once: a body reserves its declared length when its first part
+        arrives (and keeps it while it keeps the pace of `body_timeout_s`); one that does not
+        fit waits up to 2 s for room, then 503 `busy` and Retry-After, the rest unread (an
+        upload alone is always let in; `auth.BodyBudget`). 0: no limit.
     """
 
     db_path: str = "plume.db"
