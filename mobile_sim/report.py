@@ -382,16 +382,23 @@ def abandoned_warning(result: SimResult) -> str | None:
     short = all(_ENGINE_SHORT.fullmatch(why) for why in reasons)
     unpooled = all(why.startswith("selection:") and "below min_reports" in why for why in reasons)
     # A realistic run without --deadline ran with the coordinator's default (runner's
-    # with_coordinator_deadline): the user passed no --deadline to blame.
-    if cfg.deadline_s is None:
+    # with_coordinator_deadline): the user passed no --deadline to blame. An HTTP run has no
+    # simulated deadline (`deadline_s` None: refused) but its task's own, in wall seconds
+    # (`result.http`, rounds.json's `http.deadline_s`: HttpFleetOptions.deadline_s, 120 s
+    # unless a library run set it), which no flag sets.
+    wall = (getattr(result, "http", None) or {}).get("deadline_s")
+    deadline = cfg.deadline_s if cfg.deadline_s is not None else wall
+    if deadline is None:
         before = ""
+    elif cfg.deadline_s is None:
+        before = f"before the HTTP task's {deadline:g} s wall-clock round deadline"
     elif getattr(cfg, "deadline_defaulted", False):
-        before = f"before the coordinator's default {cfg.deadline_s:g} s deadline"
+        before = f"before the coordinator's default {deadline:g} s deadline"
     else:
-        before = f"before --deadline {cfg.deadline_s:g} s"
-    if short and cfg.deadline_s is not None and all(r.reports == 0 for r in lost):
+        before = f"before --deadline {deadline:g} s"
+    if short and deadline is not None and all(r.reports == 0 for r in lost):
         why = f"no report {before}"
-    elif short and cfg.deadline_s is not None:
+    elif short and deadline is not None:
         why = f"fewer than --min-reports {cfg.min_reports} reports {before}"
     elif unpooled:
         why = f"the check-in pool never held --min-reports {cfg.min_reports} devices"
@@ -548,6 +555,10 @@ def write_run(
     if result.secure is not None:
         # A secure run's own settings: `config`'s codec fields (topk, bits, ...) are unused.
         doc["secure"] = result.secure
+    if result.http is not None:
+        # An HTTP run's wall-clock settings (its task's round deadline, ...) that `config`,
+        # in simulated seconds, has no field for; in-process runs record none, as before.
+        doc["http"] = result.http
     doc.update(
         {
             "summary": summary(result),

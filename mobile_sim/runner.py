@@ -8,6 +8,7 @@ limits and aggregates, and the new model is evaluated on the held-out test set.
 
 from __future__ import annotations
 
+import copy
 import math
 import numbers
 import os
@@ -226,13 +227,16 @@ class SimConfig:
     # realistic mode the coordinator's default (TaskConfig.deadline_s, 60 s; `run_simulation`
     # records it in its result's config), since a round that loses a device cannot fill and
     # the server waits to its deadline; in timing mode no deadline (no device drops out, so
-    # every round fills and the model is the one `fleet="off"` trains).
+    # every round fills and the model is the one `fleet="off"` trains). HTTP and secure runs
+    # have no simulated clock, refuse it and record None: an HTTP task's deadline is in wall
+    # seconds, in the result's `http` (rounds.json's `http.deadline_s`).
     deadline_s: float | None = None
     # realistic mode's selection (the HTTP coordinator's rule, on the simulated clock): a round
     # opens once the pool holds the cohort, or `selection_timeout_s` after the first check-in
     # with at least `min_reports` devices (None: only with the full cohort); eligible devices
     # check in once per `checkin_period_s`, at a uniformly random time (0: instantly). Over
-    # HTTP the task's own selection timeout (wall seconds) applies, and the result records it.
+    # HTTP the task's own selection timeout (wall seconds) applies, and the result records it
+    # (a secure run's: a week, its rounds opening with the whole cohort).
     selection_timeout_s: float | None = 900.0
     checkin_period_s: float = 900.0
     # realistic mode: only devices with at least this much memory (MiB) are eligible
@@ -770,6 +774,11 @@ class SimResult:
     # seed=, else derived from `seed`), rounds.json's `config.dp_seed`; None: no dp stage, or
     # its noise came from OS entropy (over HTTP the coordinator builds the aggregator itself).
     dp_seed: int | None = None
+    # An HTTP run's wall-clock settings that `config` has no field for (rounds.json's `http`):
+    # `deadline_s`, its coordinator task's round deadline in wall seconds (`config.deadline_s`
+    # is simulated seconds, which HTTP runs refuse, so it stays None), and the fleet's own
+    # (a secure run's `stage_idle_s` / `stage_cap_s`). None in process.
+    http: dict[str, Any] | None = None
 
     @property
     def final_accuracy(self) -> float | None:
@@ -1837,6 +1846,19 @@ def _apply_model_attacks(
             crafted = attack.craft(res.delta, benign, job_rng(job, stream=3))
             res = replace(res, delta=np.asarray(crafted, dtype=np.float32))
         out.append(res)
+    return out
+
+
+def _recorded_config(cfg: SimConfig, **values: Any) -> SimConfig:
+    """`cfg` with `values` (field name -> value) set: the config a result records when its run's
+    transport ran with other values than `cfg` has (an HTTP task's selection timeout, say). A
+    copy, not `dataclasses.replace`, which would check the config again and import its plugins
+    again; its non-field marks (`deadline_defaulted`, `plugin_root`) are kept."""
+    out = copy.copy(cfg)
+    for name, value in values.items():
+        if name not in cfg.__dataclass_fields__:
+            raise TypeError(f"SimConfig has no field {name!r}")
+        object.__setattr__(out, name, value)
     return out
 
 

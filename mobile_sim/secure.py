@@ -26,8 +26,17 @@ from coordinator.secure import SecureConfig, SecureCoordinator, SecureOutcome
 from protocol.secagg import CtrRandom, RoundAborted, SecAggError, Stage
 from sdk.secure import SecureParticipant, SecureSession
 
+from .clock import COORDINATOR_MAX_S
 from .partition import partition_stats
-from .runner import RoundRecord, RunInterrupted, SimConfig, SimResult, _jsonable, _wall_split
+from .runner import (
+    RoundRecord,
+    RunInterrupted,
+    SimConfig,
+    SimResult,
+    _jsonable,
+    _recorded_config,
+    _wall_split,
+)
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +195,15 @@ class HttpSecureFleet:
     `stage_cap_s` after it opened, then unmasks and publishes the mean as a new model version
     (dense fp32 downlink, so the published step is exactly the mean). `coord.params` follows
     the published model, so callers read it as in the in-process driver.
+
+    The task's round deadline is `deadline_s` (wall seconds: every stage's cap and a minute)
+    and its selection timeout `SELECTION_TIMEOUT_S` (a week: a round opens with the whole
+    cohort); `settings()` is what a run's results record of them.
     """
+
+    # The task's selection timeout: the longest the service takes (a week), so a round opens
+    # only once the whole cohort has checked in.
+    SELECTION_TIMEOUT_S = COORDINATOR_MAX_S
 
     def __init__(
         self,
@@ -231,6 +248,20 @@ class HttpSecureFleet:
         self._cohort = 0
         self.last_round_id = 0
         self.last_bandwidth: dict[str, Any] = {}
+
+    @property
+    def deadline_s(self) -> float:
+        """The task's round deadline, wall seconds: the four stages' caps and a minute."""
+        return 4 * self.stage_cap_s + 60.0
+
+    def settings(self) -> dict[str, float]:
+        """The fleet's wall-clock settings a run's results record (rounds.json's `http`; the
+        selection timeout goes in its config, `selection_timeout_s`)."""
+        return {
+            "deadline_s": self.deadline_s,
+            "stage_idle_s": float(self.stage_idle_s),
+            "stage_cap_s": float(self.stage_cap_s),
+        }
 
     def close(self) -> None:
         for c in self._clients.values():
@@ -279,10 +310,10 @@ class HttpSecureFleet:
             rounds=self.max_rounds,
             clients_per_round=cohort,
             over_selection=1.0,
-            deadline_s=4 * self.stage_cap_s + 60.0,
+            deadline_s=self.deadline_s,
             min_reports=3,
             # The round opens only once the whole cohort has checked in.
-            selection_timeout_s=7 * 86400.0,
+            selection_timeout_s=self.SELECTION_TIMEOUT_S,
             downlink=CodecParams(topk=1.0, bits=32),
             server_lr=cfg.server_lr,
             seed=cfg.seed,
@@ -433,11 +464,14 @@ def run_secure_simulation(
 
     Each round `cfg.per_round` devices are drawn uniformly; each drops with probability
     `dropout` at a uniformly drawn stage. RoundRecord bytes are the real message bytes.
-    `transport="http"` runs every round through the HTTP stage endpoints on loopback. There is
-    no simulated clock (records carry no simulated seconds): `cfg.fleet` "realistic" and
-    `cfg.deadline_s` raise `ValueError`, as do the plain-round settings it has no use for
-    (`attack`, an `aggregator` other than fedavg, `over_selection`, `warmup_rounds`,
-    `clip_norm`, ONNX devices, a compressed downlink: `downlink_topk`, `downlink_bits`).
+    `transport="http"` runs every round through the HTTP stage endpoints on loopback; its
+    result's config records the task's selection timeout (`selection_timeout_s`, a week: a
+    round opens with the whole cohort) and its `http` the task's round deadline in wall
+    seconds and the stage timing (`HttpSecureFleet.settings`). There is no simulated clock
+    (records carry no simulated seconds): `cfg.fleet` "realistic" and `cfg.deadline_s` raise
+    `ValueError`, as do the plain-round settings it has no use for (`attack`, an `aggregator`
+    other than fedavg, `over_selection`, `warmup_rounds`, `clip_norm`, ONNX devices, a
+    compressed downlink: `downlink_topk`, `downlink_bits`).
     """
     if transport not in ("inproc", "http"):
         raise ValueError(f"transport must be 'inproc' or 'http', not {transport!r}")
@@ -498,12 +532,19 @@ def run_secure_simulation(
     records: list[RoundRecord] = []
     last_params = coord.params.copy()  # the model of the last round in `records`
     fleet = HttpSecureFleet(coord, spec=setup.spec) if transport == "http" else None
+    # The config the results record: over HTTP with the task's selection timeout, the one its
+    # rounds ran with (not the realistic fleet's simulated 900 s, unused). Its round deadline
+    # is wall seconds, which `deadline_s` (simulated, refused above) is not: in `http`, so that
+    # SimConfig.from_dict of the record runs again.
+    ran = cfg
+    if fleet is not None:
+        ran = _recorded_config(cfg, selection_timeout_s=fleet.SELECTION_TIMEOUT_S)
     clear()  # the set-up's status line gives way to the bar
     bar = tqdm(total=cfg.rounds, desc=label, unit="round", disable=not progress, leave=False)
 
     def result(params: npt.NDArray[np.float32]) -> SimResult:
         return SimResult(
-            cfg,
+            ran,
             records,
             ledger,
             d,
@@ -512,6 +553,7 @@ def run_secure_simulation(
             started_at,
             _jsonable(_settings(secure, dropout)),
             partition_stats(parts, data.y_train),
+            http=fleet.settings() if fleet is not None else None,
         )
 
     try:
