@@ -2354,9 +2354,11 @@ def _download_and_wire(result: Any, down: int) -> str:
     selected device's check-in answered with its assignment, its downloads and its uploads.
     The devices' other exchanges are in no round: their registration, every check-in answered
     without an assignment (waiting, at the pace the coordinator asks: with the embedded one,
-    every 0.1 s while a cohort gathers and 0.1 to 0.5 s while a round runs,
-    `HttpFleetOptions`' poll_s and retry_after_s), the check-in after an upload that learns the round's outcome. Their bytes, up and down, and requests follow (`control`), the sums of the
-    rounds' `measurements.control_traffic` (`http_fleet._Fleet.control_since`). How many idle
+    after 0.1 s while a cohort gathers and up to 0.5 s while a round runs, `HttpFleetOptions`'
+    poll_s and retry_after_s, longer when a task's waiting devices would check in more than
+    200 times a second), the check-in after an upload that learns the round's outcome. Their
+    bytes, up and down, and requests follow (`control traffic outside the rounds`), the sums of
+    the rounds' `measurements.control_traffic` (`http_fleet._Fleet.control_since`). How many idle
     check-ins there are is the simulation's: its rounds last seconds and its devices poll as
     the coordinator tells them; a deployment's fleet checks in at its own pace."""
     text = ""
