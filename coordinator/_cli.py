@@ -408,8 +408,9 @@ def register(sub: Any) -> None:
         default=256,
         metavar="MIB",
         help="MiB of upload bodies (updates, secure stage messages) read into memory at once; "
-        "each body's bytes count as they arrive, and a part past it ends its upload with 503 "
-        "busy and Retry-After (an upload alone is always let in) (default 256; 0 = no limit)",
+        "a body reserves its Content-Length at its first part, and one that does not fit waits up "
+        "to 2 s, then 503 busy with Retry-After (an upload alone is always let in) "
+        "(default 256; 0 = no limit)",
     )
     s.add_argument(
         "--pool-ttl",

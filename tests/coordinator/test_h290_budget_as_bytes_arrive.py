@@ -309,7 +309,7 @@ def test_busy_refusal_mid_body_is_the_same_for_an_outsider_and_spends_no_nonce(
             rnd.target, content=frame, headers=rnd.headers(rnd.outsider, frame)
         )
         during = rnd.held()
-        # ... a raw body that fits at first and not later: refused at the part past the budget
+        # ... a raw body that does not fit: it waits at its first part, then is refused
         mid = rnd.open(
             rnd.headers(rnd.selected[2], frame, **{"content-length": str(len(frame))}), frame[:10]
         )
