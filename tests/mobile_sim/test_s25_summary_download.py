@@ -34,7 +34,10 @@ def test_an_in_process_run_gives_its_download_against_fp32_snapshots(
     rounds = json.loads((tmp_path / "rounds.json").read_text())["rounds"]
     down = sum(r["bytes_down"] for r in rounds)
     dense = sum(r["dense_down"] for r in rounds)
-    assert f", download {down:,} B ({dense / down:.1f}x fewer than fp32 snapshots)" in line
+    assert (
+        f", download {down:,} B ({dense / down:.1f}x fewer than raw fp32 models, 4 B a parameter)"
+        in line
+    )
     assert "on the wire" not in line
 
 
@@ -50,5 +53,5 @@ def test_an_http_run_also_gives_its_wire_bytes_up(
     rounds = json.loads((tmp_path / "rounds.json").read_text())["rounds"]
     wire = sum(r["wire_up"] for r in rounds)
     assert wire > sum(r["bytes_up"] for r in rounds)
-    assert f"; on the wire {wire:,} B up (HTTP requests, check-ins included)" in line
+    assert f"; on the wire {wire:,} B up in the rounds (" in line
     assert re.search(r", download [\d,]+ B", line)
