@@ -95,7 +95,9 @@ class HttpFleetOptions:
     bound the check-in load: devices x 1/retry_after_s requests per second).
     downlink: the task's downlink when the config sets none (its `downlink_topk` /
     `downlink_bits`, which win; giving both, different, is a ValueError). The run's result
-    records the one the task used, as its config's `downlink_topk` / `downlink_bits`.
+    records the one the task used, as its config's `downlink_topk` / `downlink_bits`, its
+    selection timeout as its config's `selection_timeout_s`, and the others but
+    `admin_token` in its `http` (rounds.json's `http`, `_recorded_options`).
     """
 
     dropout: float = 0.0
@@ -220,8 +222,10 @@ def _run(
     data, parts, model, spec = setup.data, setup.parts, setup.model, setup.spec
     started_at = setup.started_at
     task = _task_config(cfg, spec, label, opts)
-    # The results record the settings the task was created with (rounds.json's config).
+    # The results record the settings the task was created with (rounds.json's config), and
+    # the options the config has no field for (rounds.json's `http`).
     ran = _as_ran(cfg, task)
+    http = _recorded_options(opts, external)
     initial = get_flat_params(model)
     partition = partition_stats(parts, data.y_train)
     records: list[RoundRecord] = []
@@ -241,6 +245,7 @@ def _run(
             label,
             started_at,
             partition=partition,
+            http=http,
         )
 
     with AdminClient(url, token) as admin:
@@ -301,7 +306,9 @@ def _run(
                 # do, for `plume sim` to write (before, they were lost with it).
                 RunInterrupted.attach(exc, finished())
             raise
-    return SimResult(ran, records, ledger, spec.size, final, label, started_at, partition=partition)
+    return SimResult(
+        ran, records, ledger, spec.size, final, label, started_at, partition=partition, http=http
+    )
 
 
 def _add_row(ledger: BandwidthLedger, seq: int, row: dict[str, Any]) -> None:
@@ -392,6 +399,21 @@ def _as_ran(cfg: SimConfig, task: TaskConfig) -> SimConfig:
     for name, value in values.items():
         object.__setattr__(out, name, value)
     return out
+
+
+def _recorded_options(opts: HttpFleetOptions, external: bool) -> dict[str, Any]:
+    """The options a run's result records beside its config (`SimResult.http`, rounds.json's
+    `http`), those the config has no field for: the task's round deadline in wall seconds
+    (`deadline_s`; the config's is simulated seconds, refused here, and stays None),
+    `dropout` and `retry_after_s`, and the embedded coordinator's `poll_s` (None against a
+    coordinator at a URL, which paces with its own). Not `admin_token` (a secret), nor the
+    downlink and selection timeout (the config's own fields, `_as_ran`)."""
+    return {
+        "deadline_s": float(opts.deadline_s),
+        "dropout": float(opts.dropout),
+        "retry_after_s": float(opts.retry_after_s),
+        "poll_s": None if external else float(opts.poll_s),
+    }
 
 
 def _task_config(cfg: SimConfig, spec: ModelSpec, label: str, opts: HttpFleetOptions) -> TaskConfig:
