@@ -337,32 +337,33 @@ def test_mcmahan_cnn_matches_torch(
 
 
 def test_case_start_does_not_depend_on_rng_state_at_import() -> None:
-    """Every case trains from the same start in every run: two processes that leave torch's
-    RNG in different states before importing this module build identical parameters (the
-    50-step comparisons are only reproducible from a fixed start; see `_seq`)."""
-    import subprocess
+    """Every case trains from the same start in every run: two fresh loads of this module,
+    each after leaving torch's RNG in a different state, build identical parameters (the
+    50-step comparisons are only reproducible from a fixed start; see `_seq`). Each load runs
+    the module's top level again (the layers in CASES are built anew under that state), as
+    importing it in a new process would, without starting one (a process paid ~5 s of
+    imports)."""
+    import hashlib
+    import importlib.util
     import sys
 
-    script = (
-        "import sys, hashlib, torch; torch.manual_seed(int(sys.argv[1])); torch.rand(7)\n"
-        "sys.path.insert(0, sys.argv[2])\n"
-        "import test_onnx_parity as t\n"
-        "h = hashlib.sha256()\n"
-        "for c in t.CASES:\n"
-        "    for p in c.build().parameters(): h.update(p.detach().numpy().tobytes())\n"
-        "print(h.hexdigest())\n"
-    )
-    here = str(Path(__file__).resolve().parent)
-    root = str(Path(__file__).resolve().parents[2])
-    digests = {
-        subprocess.run(
-            [sys.executable, "-c", script, str(seed), here],
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=root,
-            timeout=300,
-        ).stdout.strip()
-        for seed in (1, 2)
-    }
+    digests = set()
+    with torch.random.fork_rng(devices=[]):  # the tests after this one keep their RNG state
+        for seed in (1, 2):
+            torch.manual_seed(seed)
+            torch.rand(7)
+            name = f"_onnx_parity_fresh_{seed}"
+            spec = importlib.util.spec_from_file_location(name, __file__)
+            assert spec is not None and spec.loader is not None
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[name] = module  # dataclasses look their module up by name
+            try:
+                spec.loader.exec_module(module)
+            finally:
+                del sys.modules[name]
+            h = hashlib.sha256()
+            for c in module.CASES:
+                for p in c.build().parameters():
+                    h.update(p.detach().numpy().tobytes())
+            digests.add(h.hexdigest())
     assert len(digests) == 1, digests
