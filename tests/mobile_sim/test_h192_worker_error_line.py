@@ -102,10 +102,13 @@ def test_other_errors_are_left_as_before(
 
 def test_plume_sim_pool_stall_is_one_line(tmp_path: Path) -> None:
     env: dict[str, Any] = {k: v for k, v in os.environ.items() if k != "PLUME_DEBUG"}
+    # One worker: the stall and its one line are the same whatever the count (the default, one
+    # per CPU, spawned a second process importing torch here, more on a larger machine);
+    # test_h59_pool_stall stops a pool of two stalled or killed workers.
     cmd = [
         sys.executable, "-m", "coordinator.cli", "sim", "--dataset", "digits", "--clients", "6",
-        "--per-round", "3", "--rounds", "2", "--backend", "pool", "--job-timeout", "0.001",
-        "--out", str(tmp_path / "out"),
+        "--per-round", "3", "--rounds", "2", "--backend", "pool", "--workers", "1",
+        "--job-timeout", "0.001", "--out", str(tmp_path / "out"),
     ]  # fmt: skip
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 1, done.stderr
