@@ -2358,9 +2358,12 @@ def _download_and_wire(result: Any, down: int) -> str:
     poll_s and retry_after_s, longer when a task's waiting devices would check in more than
     200 times a second), the check-in after an upload that learns the round's outcome. Their
     bytes, up and down, and requests follow (`control traffic outside the rounds`), the sums of
-    the rounds' `measurements.control_traffic` (`http_fleet._Fleet.control_since`). How many idle
+    the rounds' `measurements.control_traffic` (`http_fleet._Fleet.control_since`; over
+    `--secure --transport http`, `secure.HttpSecureFleet.control_since`). How many idle
     check-ins there are is the simulation's: its rounds last seconds and its devices poll as
     the coordinator tells them; a deployment's fleet checks in at its own pace."""
+    from .report import control_traffic_text, control_traffic_total
+
     text = ""
     dense_down = sum(int(r.dense_down or 0) for r in result.records)
     if down and dense_down:
@@ -2377,24 +2380,9 @@ def _download_and_wire(result: Any, down: int) -> str:
             f"; on the wire {sum(wire):,} B up in the rounds (selected devices' assigning "
             "check-ins, downloads, uploads)"
         )
-    if (control := _control_traffic(result)) is not None:
-        text += (
-            f"; control traffic outside the rounds {control['up_wire_bytes']:,} B up, "
-            f"{control['down_wire_bytes']:,} B down in {control['requests']:,} requests "
-            "(registrations, idle and outcome check-ins)"
-        )
+    if (control := control_traffic_total(result.records)) is not None:
+        text += f"; {control_traffic_text(control, secure=result.secure is not None)}"
     return text
-
-
-def _control_traffic(result: Any) -> dict[str, int] | None:
-    """The sums of the rounds' `measurements.control_traffic` (an HTTP run's devices'
-    exchanges in no round), or None when a round has none (in process, `--secure`, a file of
-    older code)."""
-    cells = [r.measurements.get("control_traffic") for r in result.records]
-    if not cells or not all(isinstance(c, dict) for c in cells):
-        return None
-    keys = ("up_wire_bytes", "down_wire_bytes", "requests")
-    return {k: sum(int(c.get(k) or 0) for c in cells) for k in keys}
 
 
 def _stopped_early(result: Any) -> str:
@@ -2456,6 +2444,8 @@ def _report(args: argparse.Namespace) -> int:
                 print(table_row(r))
     print()
     print(compare_table(found.runs))
+    for line in found.control:
+        print(line)
     for note in found.notes:
         print(note)
     return 0

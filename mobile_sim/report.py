@@ -30,6 +30,12 @@ __all__ = [
     "rounds_csv",
     "plot_accuracy_vs_bytes",
     "summary",
+    "control_traffic",
+    "control_traffic_total",
+    "control_traffic_text",
+    "CONTROL_KEYS",
+    "CONTROL_COLUMNS",
+    "CONTROL_TOTALS",
     "dp_pool_warning",
     "dp_unaccounted_note",
     "ort_note",
@@ -195,6 +201,10 @@ def summary(result: SimResult) -> dict[str, Any]:
         "sim_s": _total(r.sim_s for r in result.records),
         "wait_s": _total(r.wait_s for r in result.records),
     }
+    if (control := control_traffic_total(result.records)) is not None:
+        # An HTTP run's: its devices' exchanges in no round's ledger (rounds.csv's
+        # `CONTROL_COLUMNS` per round), as the summary line gives them.
+        out.update(zip(CONTROL_TOTALS, (control[k] for k in CONTROL_KEYS), strict=True))
     if result.interrupted:
         out["rounds_planned"] = result.config.rounds
     if result.partition is not None:
@@ -457,6 +467,65 @@ def _csv_extra_of(measurements: Any) -> dict[str, Any]:
     }
 
 
+# A round's `measurements.control_traffic` (HTTP runs: `http_fleet._Fleet.control_since`, and
+# `secure.HttpSecureFleet.control_since` over `--secure --transport http`): its devices'
+# exchanges in no round's ledger, as the devices' SDK counted them. Its keys; rounds.csv's
+# columns for them (after every other column, in a run whose rounds have it: other runs' files
+# are unchanged and every earlier column keeps its place); the summary's totals of them.
+CONTROL_KEYS = ("up_wire_bytes", "down_wire_bytes", "requests")
+CONTROL_COLUMNS = tuple(f"control_{k}" for k in CONTROL_KEYS)
+CONTROL_TOTALS = tuple(f"total_control_{k}" for k in CONTROL_KEYS)
+
+
+def _whole(value: Any) -> bool:
+    """A whole non-negative number, as a byte or request count is (not a bool)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value) and value >= 0 and value == int(value)
+
+
+def control_traffic(measurements: Any) -> dict[str, int] | None:
+    """A round's control traffic (`CONTROL_KEYS`) from its `measurements` (a RoundRecord's or
+    rounds.json's), or None where it has none: in-process rounds, files written before
+    4766ce4 (`report_extra` refuses a rounds.json whose measurement is not such an object)."""
+    cell = measurements.get("control_traffic") if isinstance(measurements, dict) else None
+    if not isinstance(cell, dict) or not all(_whole(cell.get(k)) for k in CONTROL_KEYS):
+        return None
+    return {k: int(cell[k]) for k in CONTROL_KEYS}
+
+
+def control_traffic_total(rounds: Iterable[Any]) -> dict[str, int] | None:
+    """The sums of `rounds`' control traffic (`RoundRecord`s, or rounds as rounds.json holds
+    them), or None when there is no round or a round has none: a partial sum would read as
+    the run's."""
+    cells = [
+        control_traffic(r.get("measurements") if isinstance(r, Mapping) else r.measurements)
+        for r in rounds
+    ]
+    if not cells or any(c is None for c in cells):
+        return None
+    return {k: sum(c[k] for c in cells if c is not None) for k in CONTROL_KEYS}
+
+
+def control_traffic_text(total: Mapping[str, int], *, secure: bool = False) -> str:
+    """The summary line's words for a run's control traffic (`control_traffic_total`), which
+    `plume sim report` prints too. A `--secure` run's devices make no outcome check-in (only
+    the devices drawn for a round check in, none after it), so its words name none."""
+    kinds = (
+        "registrations, idle check-ins" if secure else "registrations, idle and outcome check-ins"
+    )
+    return (
+        f"control traffic outside the rounds {total['up_wire_bytes']:,} B up, "
+        f"{total['down_wire_bytes']:,} B down in {total['requests']:,} requests ({kinds})"
+    )
+
+
+def _control_cells(measurements: Any) -> dict[str, Any]:
+    """A round's `CONTROL_COLUMNS` (None each where it has no control traffic)."""
+    cell = control_traffic(measurements) or {}
+    return {col: cell.get(k) for col, k in zip(CONTROL_COLUMNS, CONTROL_KEYS, strict=True)}
+
+
 def _total(values: Iterable[float | None]) -> float | None:
     got = [v for v in values if v is not None]
     return float(sum(got)) if got else None
@@ -601,9 +670,11 @@ def rounds_csv(rounds: Sequence[Mapping[str, Any]]) -> str:
 
     Columns: the `RoundRecord` fields, then the extra figures, then (in a run with
     onnxruntime devices only) how many trained on it, then where wall_s went (added after
-    both: every earlier column keeps its place). A value that is null, missing (a file
-    written before its field existed) or not a finite number is an empty cell (an abandoned
-    round's train_loss was written "nan")."""
+    both: every earlier column keeps its place), then (in a run whose rounds record control
+    traffic: over HTTP) `CONTROL_COLUMNS`, each round's `measurements.control_traffic`, last
+    for the same reason. A value that is null, missing (a file written before its field
+    existed) or not a finite number is an empty cell (an abandoned round's train_loss was
+    written "nan")."""
     from dataclasses import fields
 
     from .runner import ORT_FIELDS, WALL_PHASES, RoundRecord
@@ -611,16 +682,20 @@ def rounds_csv(rounds: Sequence[Mapping[str, Any]]) -> str:
     late = {"measurements", *ORT_FIELDS, *WALL_PHASES}
     columns = [f.name for f in fields(RoundRecord) if f.name not in late]
     ort = [*ORT_FIELDS] if any(r.get("ort_trained") is not None for r in rounds) else []
+    has_control = any(control_traffic(r.get("measurements")) is not None for r in rounds)
+    control = [*CONTROL_COLUMNS] if has_control else []
     buf = io.StringIO()
     writer = csv.DictWriter(
         buf,
-        fieldnames=[*columns, *CSV_EXTRA_COLUMNS, *ort, *WALL_PHASES],
+        fieldnames=[*columns, *CSV_EXTRA_COLUMNS, *ort, *WALL_PHASES, *control],
         extrasaction="ignore",
         lineterminator="\n",
     )
     writer.writeheader()
     for row in rounds:
-        writer.writerow(_finite_or_null({**row, **_csv_extra_of(row.get("measurements"))}))
+        measurements = row.get("measurements")
+        cells = {**row, **_csv_extra_of(measurements), **_control_cells(measurements)}
+        writer.writerow(_finite_or_null(cells))
     return buf.getvalue()
 
 

@@ -10,8 +10,11 @@ naming the file (and the round and field): not JSON (or nested too deep, or an i
 over 4300 digits), no `rounds` list of objects, `config` or `summary` that is not an object, `summary.interrupted` that is not true or false, a round
 number that is not an integer or that two rounds share, a byte count or duration that is not
 a finite number or is negative, a byte count that is not a whole number, an `accuracy`
-outside [0, 1], a `loss` or `ratio_up` that is neither null nor a finite number, or a
-`committed` that is not true or false. ``plume sim report`` prints it as one error line with exit status 2.
+outside [0, 1], a `loss` or `ratio_up` that is neither null nor a finite number, a
+`committed` that is not true or false, or a `measurements.control_traffic` (an HTTP round's)
+that is not an object of whole non-negative `up_wire_bytes`, `down_wire_bytes` and
+`requests`. A round without that measurement (in process, a file written before 4766ce4) is
+read as before. ``plume sim report`` prints it as one error line with exit status 2.
 
 A run with an empty `rounds` list (a ``--transport http`` task its operator stopped before
 round 1) is a run's file: it is read, its lines in the plots are empty, the figures with
@@ -122,6 +125,24 @@ def _check_round(path: Path, r: dict[str, Any]) -> None:
     if "accuracy" in present and not 0.0 <= r["accuracy"] <= 1.0:
         raise RunDirError(
             f"{path}: round {r['round']} has {_shown(r, ['accuracy'])}, outside [0, 1]"
+        )
+    _check_control(path, r)
+
+
+def _check_control(path: Path, r: dict[str, Any]) -> None:
+    """Refuse a round whose `measurements.control_traffic` is there but is not what an HTTP
+    run records (`report.control_traffic` would read it as absent: its plot line and CSV
+    cells would silently miss the round)."""
+    from .report import CONTROL_KEYS, control_traffic
+
+    measurements = r.get("measurements")
+    if not isinstance(measurements, dict) or "control_traffic" not in measurements:
+        return
+    if control_traffic(measurements) is None:
+        raise RunDirError(
+            f"{path}: round {r['round']} has measurements.control_traffic="
+            f"{_cut(measurements['control_traffic'])}, not an object of whole non-negative "
+            f"{', '.join(CONTROL_KEYS)}"
         )
 
 
@@ -253,6 +274,9 @@ class RunDir:
     notes: one line per run that Ctrl-C stopped (`interrupted_notes`), and one per run with
         no round (an empty `rounds` list), in the plots' order.
     files: the ``rounds.json`` of each run, in the order of `runs`.
+    control: one line per run whose rounds record control traffic (an HTTP run's devices'
+        exchanges in no round's ledger, `measurements.control_traffic`), in the plots'
+        order: its totals in the words of the run's summary line (`_control_line`).
     """
 
     root: Path
@@ -260,6 +284,7 @@ class RunDir:
     title: str
     notes: list[str]
     files: list[Path] = field(default_factory=list)
+    control: list[str] = field(default_factory=list)
 
 
 def read_run_dir(run_dir: str | Path) -> RunDir:
@@ -275,8 +300,8 @@ def read_run_dir(run_dir: str | Path) -> RunDir:
     different datasets or models; a run with no round is read (its note says so).
     """
     root = Path(run_dir)
-    # label, rounds, summary, file
-    found: list[tuple[str, list[dict[str, Any]], Any, Path]] = []
+    # label, rounds, summary, file, control line
+    found: list[tuple[str, list[dict[str, Any]], Any, Path, str | None]] = []
     trained: list[tuple[str, str | None, str | None]] = []  # label, dataset, model
     title: str | None = None
     for path in _run_files(root):
@@ -290,7 +315,8 @@ def read_run_dir(run_dir: str | Path) -> RunDir:
         if title is None:  # the first run in folder order: the one `plume sim` titled by
             title = _title(doc)
         label = _label(root, path, doc)
-        found.append((label, rounds, doc.get("summary"), path))
+        control = _control_line(label, rounds, secure=doc.get("secure") is not None)
+        found.append((label, rounds, doc.get("summary"), path, control))
         config = doc.get("config")
         dataset = config.get("dataset") if isinstance(config, dict) else None
         trained.append((label, str(dataset) if dataset else None, _model(doc)))
@@ -299,16 +325,27 @@ def read_run_dir(run_dir: str | Path) -> RunDir:
     found.sort(key=lambda run: run[0].rsplit("/", 1)[-1] == "dense")
     return RunDir(
         root,
-        [(label, rounds) for label, rounds, _, _ in found],
+        [(label, rounds) for label, rounds, *_ in found],
         title or "",
         [
             note
-            for label, rounds, summary, _ in found
+            for label, rounds, summary, *_ in found
             for note in (_interrupted_note(label, summary), _empty_note(label, rounds))
             if note
         ],
-        [path for _, _, _, path in found],
+        [path for *_, path, _ in found],
+        [control for *_, control in found if control is not None],
     )
+
+
+def _control_line(label: str, rounds: list[dict[str, Any]], *, secure: bool) -> str | None:
+    """`LABEL: control traffic outside the rounds ...`: a run's control traffic totals in the
+    words of its summary line, from its rounds (so a run dir written before rounds.json's
+    summary had them, by 4766ce4's code, gets the line too); None for a run without it."""
+    from .report import control_traffic_text, control_traffic_total
+
+    total = control_traffic_total(rounds)
+    return None if total is None else f"{label}: {control_traffic_text(total, secure=secure)}"
 
 
 def _check_one_task(root: Path, trained: list[tuple[str, str | None, str | None]]) -> None:
@@ -377,10 +414,15 @@ def _pyplot() -> Any:
 
 
 def plot_bytes_per_round(runs: Sequence[Run], path: str | Path) -> Path:
-    """Upload and download payload bytes of every round, one line per run (log y axis)."""
+    """Upload and download payload bytes of every round, one line per run (log y axis).
+
+    A run whose rounds record control traffic (over HTTP: its devices' exchanges in no round's
+    ledger, `measurements.control_traffic`) adds a dotted line of its colour in each panel,
+    its up and its down wire bytes per round: a separate series, not stacked on the payload,
+    which is another measure (bodies only, not HTTP heads)."""
     from matplotlib.ticker import MaxNLocator
 
-    from .report import _log_bytes_axis
+    from .report import _log_bytes_axis, control_traffic
 
     plt = _pyplot()
     fig, (ax_up, ax_down) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110, sharex=True)
@@ -393,16 +435,33 @@ def plot_bytes_per_round(runs: Sequence[Run], path: str | Path) -> Path:
     # Runs of one comparison (--compare-dense) train the same cohorts, so their dense sizes
     # agree: one reference line, not one per run hiding the others.
     shared = len(runs) > 1 and all(d == denses[0] for d in denses)
+    has_control = False
     for (label, rounds), dense in zip(runs, denses, strict=True):
         xs = [int(r["round"]) for r in rounds]
         up = [int(r["bytes_up"]) for r in rounds]
         down = [int(r["bytes_down"]) for r in rounds]
-        ax_up.plot(xs, up, marker="o", ms=3, label=label)
-        ax_down.plot(xs, down, marker="o", ms=3, label=label)
+        (line_up,) = ax_up.plot(xs, up, marker="o", ms=3, label=label)
+        (line_down,) = ax_down.plot(xs, down, marker="o", ms=3, label=label)
         plotted["upload"] += up + [d for _, d in dense]
         plotted["download"] += down
         if dense and not shared:
             ax_up.plot(*zip(*dense, strict=True), ls="--", lw=1, label=f"{label}: dense fp32")
+        control = [
+            (int(r["round"]), c) for r in rounds if (c := control_traffic(r.get("measurements")))
+        ]
+        if control:
+            has_control = True
+            what = f"{label}: control traffic (wire bytes, outside the rounds)"
+            for ax, line, key, title in (
+                (ax_up, line_up, "up_wire_bytes", "upload"),
+                (ax_down, line_down, "down_wire_bytes", "download"),
+            ):
+                ys = [c[key] for _, c in control]
+                ax.plot(
+                    [x for x, _ in control], ys, ls=":", marker=".", ms=3,
+                    c=line.get_color(), label=what,
+                )  # fmt: skip
+                plotted[title] += ys
     if shared and denses[0]:
         ax_up.plot(
             *zip(*denses[0], strict=True), ls="--", lw=1, c="0.4", label="dense fp32 (uncompressed)"
@@ -414,7 +473,8 @@ def plot_bytes_per_round(runs: Sequence[Run], path: str | Path) -> Path:
         # on a log one matplotlib would warn and draw an empty frame.
         _log_bytes_axis(ax.yaxis, plotted[title])
         ax.set_xlabel("round")
-        ax.set_ylabel("payload bytes (all devices)")
+        unit = "payload bytes; control traffic: wire bytes" if has_control else "payload bytes"
+        ax.set_ylabel(f"{unit} (all devices)")
         ax.set_title(f"{title} bytes per round")
         ax.grid(True, which="both", alpha=0.3)
         _legend_or_nothing(ax, bool(plotted[title]))

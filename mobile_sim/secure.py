@@ -199,6 +199,10 @@ class HttpSecureFleet:
     The task's round deadline is `deadline_s` (wall seconds: every stage's cap and a minute)
     and its selection timeout `SELECTION_TIMEOUT_S` (a week: a round opens with the whole
     cohort); `settings()` is what a run's results record of them.
+
+    `last_bandwidth` is the round's ledger as the service counted it; `last_control` the
+    devices' exchanges in no round's ledger during `run_round` (`control_since`), which a
+    run's rounds record as `measurements["control_traffic"]`.
     """
 
     # The task's selection timeout: the longest the service takes (a week), so a round opens
@@ -248,6 +252,8 @@ class HttpSecureFleet:
         self._cohort = 0
         self.last_round_id = 0
         self.last_bandwidth: dict[str, Any] = {}
+        self.last_control: dict[str, int] = {}
+        self._control_counted = {"up_wire_bytes": 0, "down_wire_bytes": 0, "requests": 0}
 
     @property
     def deadline_s(self) -> float:
@@ -262,6 +268,22 @@ class HttpSecureFleet:
             "stage_idle_s": float(self.stage_idle_s),
             "stage_cap_s": float(self.stage_cap_s),
         }
+
+    def control_since(self) -> dict[str, int]:
+        """The devices' control traffic since the last call (the first: since the fleet was
+        made): the exchanges the service put in no round's ledger (their registrations, the
+        check-ins answered without an assignment while a cohort gathers), as each device's SDK
+        counted them (`Client.control_bandwidth`): `up_wire_bytes`, `down_wire_bytes` (HTTP/1.1
+        requests and responses, heads and bodies) and `requests` (answered ones). As a plain
+        HTTP run's (`http_fleet._Fleet.control_since`): not the observer's model fetches nor
+        the admin client's polling, the simulation's machinery. Read between rounds, when no
+        device thread runs."""
+        from .http_fleet import _control_total
+
+        now = _control_total(list(self._clients.values()))
+        out = {k: now[k] - self._control_counted[k] for k in now}
+        self._control_counted = now
+        return out
 
     def close(self) -> None:
         for c in self._clients.values():
@@ -396,6 +418,8 @@ class HttpSecureFleet:
             self.coord.version += 1
         self.last_round_id = round_id
         self.last_bandwidth = self.admin.bandwidth(round_id)
+        # The devices' threads are done (joined above): their exchanges are all counted.
+        self.last_control = self.control_since()
         meas = dict(status.measurements)
         if errors:
             meas["device_errors"] = errors
@@ -618,6 +642,11 @@ def run_secure_simulation(
             meas: dict[str, Any] = dict(outcome.measurements)
             meas["client_s"] = {s: float(np.mean(v)) for s, v in stats.client_s.items() if v}
             meas["refused"] = len(stats.refused)
+            if fleet is not None:
+                # The devices' exchanges in no round's ledger during this round (registrations
+                # of devices new to it, check-ins answered "wait" while the cohort gathered),
+                # as a plain HTTP run records them.
+                meas["control_traffic"] = dict(fleet.last_control)
             wall_s = time.perf_counter() - t0
             rec = RoundRecord(
                 round=r,
