@@ -33,12 +33,18 @@ from .test_service_support import (
 
 
 @pytest.fixture()
-def server(tmp_path: Path) -> Iterator[str]:
+def served(tmp_path: Path) -> Iterator[ServerThread]:
     cfg = ServiceConfig(
         db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
     )
-    with ServerThread(cfg) as url:
-        yield url
+    thread = ServerThread(cfg)
+    with thread:
+        yield thread
+
+
+@pytest.fixture()
+def server(served: ServerThread) -> str:
+    return served.url
 
 
 def _lines(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -107,10 +113,13 @@ def test_committed_rounds_and_the_done_task_are_logged(
 
 
 def test_a_round_abandoned_at_its_deadline_logs_the_reason(
-    server: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    served: ServerThread, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Prepare: one round of two devices, both needed (min_reports 2), a 10 s deadline; device
     # `idle` is selected but never uploads
+    server = served.url
+    coordinator = served.app.state.coordinator
+    real_clock = coordinator.clock
     http = httpx.Client(base_url=server)
     cfg = task_config(rounds=1, clients_per_round=2, min_reports=2, deadline_s=10.0)
     task_id = create_task(http, cfg)
@@ -121,6 +130,9 @@ def test_a_round_abandoned_at_its_deadline_logs_the_reason(
         assert idle.check_in(task_id).assignment is None
         report = worker.participate(SoftmaxTrainer(), x, y, task_id=task_id, max_wait_s=30)
         assert report is not None
+        # The deadline passes on the coordinator's clock (its ticker closes the round there),
+        # without waiting 10 s out
+        coordinator.clock = lambda: real_clock() + cfg.deadline_s
         status = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done", timeout=60)
     (r,) = admin_get(http, f"/v1/admin/tasks/{task_id}/rounds")
     # Assert: the line carries the reason the round's status records, and the task's end
