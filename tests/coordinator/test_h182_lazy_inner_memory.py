@@ -11,9 +11,11 @@ screen works on the rows' Gram entries and dot products (`_AnomalyProcess.next_r
 from __future__ import annotations
 
 import tracemalloc
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from compression import SparseUpdate
 from coordinator.aggregators import (
@@ -26,6 +28,16 @@ from coordinator.aggregators import (
 )
 from coordinator.aggregators._robust import DEFAULT_BLOCK_ELEMS
 from coordinator.anomaly import AnomalyFilter
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_blas_thread() -> Iterator[None]:
+    """One BLAS thread, as torch gets one in this suite (tests/conftest.py): under `make test`
+    the other xdist worker holds the second core, and OpenBLAS' two threads then waited on
+    each other (the n = 100 screens below took ~10 s there, ~1 s alone). The results and the
+    traced peaks are the same (tracemalloc does not see BLAS's own buffers)."""
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 def sparse_reports(n: int, d: int, k: int, seed: int) -> list[ClientUpdate]:
