@@ -141,6 +141,15 @@ class BodyBudget:
         self._paced: list[tuple[float, int, Body]] = []
         self._seq = 0
         self._live = 0  # bodies "reserved"
+        # Room may have been given back since `admit_waiters` last looked at the queue (a body
+        # ended, a reservation behind its pace gave its bytes back): the next call looks again.
+        self._room = False
+        # The one timer of the waiting bodies (`_arm`): at the earliest time a reservation may
+        # fall behind its pace, one pass over the queue (helper-301: each waiter had its own,
+        # and each of W waiters woke there and looked at all W).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when it fires (the budget's clock)
         self._log = EveryFew(5.0)
 
     # -- anonymous bodies, counted part by part ------------------------------------------
@@ -162,6 +171,7 @@ class BodyBudget:
         if size:
             self.held -= size
             self.bodies -= 1
+            self._room = True
             self.admit_waiters()
 
     # -- bodies admitted at their first part ---------------------------------------------
@@ -209,8 +219,7 @@ class BodyBudget:
             self._count(body, size)
             return True
         body.declared = max(body.declared, size)
-        if self._queue:
-            self.admit_waiters()  # the bodies waiting before it first
+        self.admit_waiters()  # the bodies waiting before it first
         if self._fits(body.declared, 0):
             self._count(body, size)
             self._reserve(body)
@@ -229,9 +238,15 @@ class BodyBudget:
 
     def admit_waiters(self) -> None:
         """Let waiting bodies in, oldest first, each that there is room for (one that does not
-        fit keeps none behind it out); reservations behind their pace give theirs back first."""
+        fit keeps none behind it out); reservations behind their pace give theirs back first.
+        Looks at the queue only when room may have been given back since it last did, or a
+        reservation may have fallen behind its pace since (`next_check`)."""
         if not self._queue:
+            self._room = False  # a body that comes to wait is checked when it comes
             return
+        if not self._room and not (self._paced and self._paced[0][0] <= self.clock()):
+            return  # none of them fitted then, and there is no more room now
+        self._room = False
         let_in = []
         for body in self._queue:
             assert body.declared is not None
@@ -246,26 +261,64 @@ class BodyBudget:
                 body.ready.set()
 
     async def wait_for_room(self, body: Body, wait_s: float | None = None) -> bool:
-        """Wait up to `wait_s` seconds (None: `self.wait_s`) for a waiting body to be let in:
-        True once it is, False when no room came (`refuse_waiting`). `close` it either way."""
+        """Wait up to `wait_s` seconds (None: `self.wait_s`; the event loop's clock) for a
+        waiting body to be let in: True once it is, False when no room came (`refuse_waiting`).
+        `close` it either way.
+
+        The body sleeps until it is let in (`admit_waiters` wakes it: a body ended, or the
+        budget's one timer found a reservation behind its pace, `_arm`) or its time is up;
+        it wakes nothing else. Cancelled while it waits (a shutdown's grace ending), it raises
+        `CancelledError` even when it was let in during the same turn of the loop (no
+        `asyncio.wait_for`, which in Python 3.11 returns the result then)."""
         if body.state != "waiting":
             raise RuntimeError(f"wait_for_room: the body is {body.state}, not waiting")
-        body.ready = asyncio.Event()
-        give_up = self.clock() + (self.wait_s if wait_s is None else wait_s)
-        while body.state == "waiting":
-            now = self.clock()
-            if now >= give_up:
-                self.refuse_waiting(body)
-                return False
-            timeout = give_up - now
-            due = self.next_check()
-            if due is not None:  # a reservation may fall behind its pace by then
-                timeout = min(timeout, max(due - now, 0.01))
-            try:
-                await asyncio.wait_for(body.ready.wait(), timeout)
-            except TimeoutError:
-                self.admit_waiters()
-        return True
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # a budget used from another loop before (tests)
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._loop = loop
+        ready = body.ready = asyncio.Event()
+        self._arm()
+        give_up = loop.call_later(
+            self.wait_s if wait_s is None else wait_s, self._give_up, body, ready
+        )
+        try:
+            await ready.wait()
+        finally:
+            give_up.cancel()
+            body.ready = None
+        return body.state in ("reserved", "parts")
+
+    def _give_up(self, body: Body, ready: asyncio.Event) -> None:
+        """A waiting body's time is up: let in if room has come since the last look (as a
+        waiter that woke then would have been), else refused."""
+        if body.state == "waiting":
+            self.admit_waiters()
+        if body.state == "waiting":
+            self.refuse_waiting(body)
+        ready.set()
+
+    def _arm(self) -> None:
+        """While bodies wait, keep the budget's timer at the earliest time a reservation may
+        fall behind its pace (10 ms at the soonest); when it fires, `admit_waiters` looks at
+        the queue once, and the timer is set again for the next such time."""
+        loop = self._loop
+        due = self.next_check()
+        if loop is None or loop.is_closed() or not self._queue or due is None:
+            return
+        if self._timer is not None:
+            if self._timer_at <= due:
+                return  # it fires first; it sets itself again then
+            self._timer.cancel()
+        now = self.clock()
+        self._timer_at = max(due, now + 0.01)
+        self._timer = loop.call_later(self._timer_at - now, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        self.admit_waiters()
+        self._arm()
 
     def refuse_waiting(self, body: Body) -> None:
         """A waiting body for which no room came is refused (counted in `refused`) and gives
@@ -297,6 +350,8 @@ class BodyBudget:
             self.held -= body.received
             self.reserved -= body.promised
             self.bodies -= 1
+        if state in ("reserved", "parts"):
+            self._room = True
         body.received = body.promised = 0
         if len(self._paced) > 2 * self._live + 64:
             # Entries of bodies no longer reserved go, so the heap stays bounded by the bodies
@@ -330,6 +385,8 @@ class BodyBudget:
         self._seq += 1
         due = body.since + body.received * self.pace_s / body.declared
         heapq.heappush(self._paced, (due, self._seq, body))
+        if self._queue and (self._timer is None or due < self._timer_at):
+            self._arm()  # a deadline before the waiters' timer, or the first one
 
     def _fits(self, extra: int, own: int) -> bool:
         """Whether `extra` more bytes fit for a body that holds and reserves `own` already
@@ -365,6 +422,8 @@ class BodyBudget:
             self._live -= 1
             self.fell_behind += 1
             freed = True
+        if freed:
+            self._room = True
         return freed
 
     def _refuse(self, size: int, holding: int) -> None:
