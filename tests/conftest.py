@@ -46,6 +46,13 @@ def _absl_on_process_stderr() -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     _absl_on_process_stderr()
+    # numpy's OpenBLAS starts one thread per CPU; under `make test -n 2` the other xdist worker
+    # holds the second core and the two BLAS threads wait on each other (aggregator files ran
+    # ~1.5-2x slower). In this process only (threadpoolctl, which scikit-learn requires): the
+    # subprocesses tests start keep their defaults.
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="blas")
     try:
         import torch
     except ImportError:
