@@ -173,6 +173,10 @@ MAX_ERROR_REASON = 64
 MAX_BANDWIDTH_ROUNDS = 64
 # The counts of each direction of a `bandwidth` row and of `control_bandwidth`, in this order.
 _CELL = ("payload_bytes", "wire_bytes", "dense_bytes", "requests")
+# A request body is handed to the transport in pieces of at most this many bytes
+# (`_CountedBody`), so that the client can count what it sent of a body the coordinator answered
+# before reading it all (a 503 `busy`, a 413).
+_BODY_PIECE_BYTES = 64 << 10
 # Most tasks whose model layout the client remembers (`_Core._layouts`): more than the task
 # residuals the app directory holds (MAX_RESIDUALS), a few bytes each.
 MAX_LAYOUTS = 64
@@ -606,7 +610,13 @@ _EARLIER_PENDING = f"an upload an earlier round left stays pending; {_UNTRAINED}
 
 @dataclass
 class RoundReport:
-    """What one participation did. Bytes as counted by this client (see `bandwidth`).
+    """What one participation did. `bytes_up` and `bytes_down` are the wire bytes of this
+    call's exchanges that the coordinator counted in the round, as this client counts them
+    (`bandwidth`): the check-in that handed it the assignment (`participate`'s, or the last
+    `check_in` that returned it), the model download and the upload (a secure round's stages),
+    retries included. For a device's one call in a round they are its row in `bandwidth`
+    (and the coordinator's ledger row for the device); the row also holds any earlier call's
+    exchanges in the same round.
 
     `loss` is the mean training loss `trainer.train` (or `update`) returned; NaN, never 0.0,
     when there is none: nothing was trained (a secure round that ended before its update was
@@ -620,7 +630,7 @@ class RoundReport:
     device's update for the round and refuses a second (409 `duplicate_upload`). That
     earlier training's loss and example count were not kept: `loss` NaN, `num_examples` 0,
     `download_encoding` "" (nothing downloaded); `model_version` is the round's base version;
-    `bytes_down` and `bytes_up` the re-send's.
+    `bytes_down` and `bytes_up` the assigning check-in's and the re-send's.
     """
 
     round_id: int
@@ -684,6 +694,49 @@ class _Exchange:
     # `_tick()` when the last attempt started (set by `_send`): a check-in answer's
     # `Date` was made between then and its arrival.
     sent_at: float = math.nan
+    # Wire bytes ("up", "down") its answered attempts put in each round's row (`account`).
+    in_rounds: dict[int, dict[str, int]] = field(default_factory=dict)
+
+
+class _CountedBody(httpx.ByteStream):
+    """A request's body as the transport takes it: in pieces of at most _BODY_PIECE_BYTES,
+    counting in `sent` each piece once the transport comes back for the next one (httpcore
+    writes a piece to the socket before it asks for the next), so a piece that did not go out
+    is not counted. httpcore stops asking when a write fails because the coordinator answered
+    early and closed the connection (a 503 `busy` at the body's first part, a 413): `sent` is
+    then what the client handed to its kernel, which the socket's buffers may still have held.
+    The request keeps its `content` (its signature is over it, and `Content-Length` declares
+    its length), so a transport that takes the body whole from `request.content` instead
+    (`httpx.MockTransport`, a `mods=` middleware's own request) never iterates this:
+    `pulled` stays False and the whole body counts, as before."""
+
+    def __init__(self, body: bytes) -> None:
+        super().__init__(body)
+        self.pulled = False
+        self.sent = 0
+
+    def _pieces(self) -> Iterator[bytes]:
+        self.pulled = True
+        body = self._stream
+        for at in range(0, len(body), _BODY_PIECE_BYTES):
+            piece = body[at : at + _BODY_PIECE_BYTES]
+            yield piece
+            self.sent += len(piece)  # asked for more: the piece was written
+
+    def __iter__(self) -> Iterator[bytes]:
+        return self._pieces()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for piece in self._pieces():
+            yield piece
+
+
+def _sent_body_bytes(request: httpx.Request) -> int:
+    """The body bytes of `request` the transport took (`_CountedBody`), else its whole body."""
+    stream = request.stream
+    if isinstance(stream, _CountedBody) and stream.pulled:
+        return stream.sent
+    return len(request.content)
 
 
 # Failures of an attempt that never sent a byte of the request: no connection was opened.
@@ -854,6 +907,9 @@ class _Core:
         # clock (`note_round`); at most MAX_ROUND_DEADLINES, the least recently noted first.
         # Each with whether a usable `Date` gave it (else the device's clock did).
         self._round_ends: dict[tuple[int, int, float], tuple[float, bool]] = {}
+        # Per assignment, as `_round_ends`: the wire bytes the check-in that carried it put in
+        # its round's row (`note_round`), taken by the participation's report (`round_start`).
+        self._assigning: dict[tuple[int, int, float], dict[str, int]] = {}
 
     # -- requests ------------------------------------------------------------------------
 
@@ -873,6 +929,9 @@ class _Core:
         )
         for k, v in signed.items():
             request.headers[str(k)] = v
+        if ex.body:
+            # Sent in counted pieces (`account`); `content` and `Content-Length` stay.
+            request.stream = _CountedBody(ex.body)
         return request
 
     def account(self, request: httpx.Request, response: httpx.Response, ex: _Exchange) -> None:
@@ -884,11 +943,19 @@ class _Core:
         carried `Expect: 100-continue` (added by a mod) always got the interim response too.
         One refused before its body was read (control traffic) did not, but is counted with
         it all the same: the client cannot tell.
+
+        Of the body, the bytes the transport took (`_CountedBody`): a body the coordinator
+        refused before reading it all (503 `busy`, 413) counts what was sent of it, not its
+        whole length. Its payload and dense bytes count only in a round's row: the coordinator
+        read such an upload whole and counted it in the round, accepted or refused there (409
+        `duplicate_upload`, a frame it could not decode), as its ledger does; an upload
+        answered as control traffic delivered nothing to a round (the ledger counts no payload
+        for it), so `control_bandwidth` counts its wire bytes only.
         """
         rid = _decimal(response.headers.get(_LEDGER_HEADER))
         up = request_wire_bytes(
             request.method, request.url.raw_path.decode("ascii"), request.headers.raw,
-            len(request.content),
+            _sent_body_bytes(request),
         )  # fmt: skip
         down = response_wire_bytes(
             response.status_code, response.headers.raw, len(response.content)
@@ -903,8 +970,13 @@ class _Core:
             row = self.bandwidth.pop(rid, {})
             self.bandwidth[rid] = row
             _drop_oldest(self.bandwidth, MAX_BANDWIDTH_ROUNDS)
+        in_round = rid is not None
+        if rid is not None:
+            mine = ex.in_rounds.setdefault(rid, {"up": 0, "down": 0})
+            mine["up"] += up
+            mine["down"] += down
         for direction, payload, wire, dense in (
-            ("up", ex.payload_up, up, ex.dense_up),
+            ("up", ex.payload_up if in_round else 0, up, ex.dense_up if in_round else 0),
             (
                 "down",
                 len(response.content) if ok and ex.count_payload_down else 0,
@@ -944,7 +1016,26 @@ class _Core:
 
     # -- round deadlines -----------------------------------------------------------------
 
-    def note_round(self, a: Assignment, response: httpx.Response, sent_at: float) -> None:
+    def note_round(self, a: Assignment, response: httpx.Response, ex: _Exchange) -> None:
+        """Keep what the check-in `ex` that carried `a` put in `a`'s round's row, for the
+        participation's report (`round_start`), and when `a`'s deadline falls on `_tick()`
+        (`_note_deadline`)."""
+        key = (a.task_id, a.round_id, a.deadline_unix)
+        self._assigning.pop(key, None)
+        self._assigning[key] = dict(ex.in_rounds.get(a.round_id, {}))
+        _drop_oldest(self._assigning, MAX_ROUND_DEADLINES)
+        self._note_deadline(a, response, ex.sent_at)
+
+    def round_start(self, a: Assignment) -> dict[str, int]:
+        """The wire bytes (per direction) of `a`'s round's row before the check-in that carried
+        `a`, as a participation's report counts from (`_delta`): its report then holds that
+        check-in too, as the round's row does. Taken once: a later call for the same assignment
+        (or one this client did not receive) counts from the row as it is now."""
+        noted = self._assigning.pop((a.task_id, a.round_id, a.deadline_unix), {})
+        now = _wire(self.bandwidth.get(a.round_id, {}))
+        return {d: max(0, now.get(d, 0) - noted.get(d, 0)) for d in ("up", "down")}
+
+    def _note_deadline(self, a: Assignment, response: httpx.Response, sent_at: float) -> None:
         """Keep when `a`'s deadline falls on `_tick()`: `deadline_unix` less the
         coordinator's clock when `response` (the check-in answer carrying `a`, its last attempt
         sent at `sent_at`, `_tick()`) arrived, read from its `Date` (`_server_now`).
@@ -2283,7 +2374,7 @@ def _check_in_answer(
     if a is not None and task_id is not None and a.task_id != task_id:
         raise _bad(response, f"an assignment for task {a.task_id}; this device asked for {task_id}")
     if a is not None:
-        core.note_round(a, response, ex.sent_at)
+        core.note_round(a, response, ex)
     core.last_check_in = answer
     return answer
 
@@ -2339,8 +2430,8 @@ def _resent_report(
 ) -> RoundReport:
     """The report of round `a` whose update an earlier call trained, and this call's re-send
     (`receipt`) delivered (`RoundReport.resent`): nothing downloaded or trained now, so no
-    loss (NaN), no examples, no download encoding; the bytes are the re-send's, counted from
-    `before` (the round's wire bytes before it)."""
+    loss (NaN), no examples, no download encoding; the bytes are the assigning check-in's and
+    the re-send's, counted from `before` (`_Core.round_start`)."""
     row = core.bandwidth.get(a.round_id, {})
     return RoundReport(
         a.round_id, a.task_id, receipt, math.nan, 0, a.base_version, "",
@@ -2599,7 +2690,7 @@ def _secure_flow(
     if participant is not None:
         _check_settled(participant)  # before any request: its input would overwrite the record
     spec = _spec(a)
-    before = _wire(core.bandwidth.get(a.round_id, {}))
+    before = core.round_start(a)
     # The round's deadline on the clock `_send` bounds requests by (`_tick`): every request of
     # the round, the model download and the setup included, retries and their backoff too,
     # ends by it, or the round ends for this device, not completed. Before, a server answering
@@ -3293,14 +3384,13 @@ class Client:
         y: npt.NDArray[np.int64],
     ) -> RoundReport:
         r = a.round_id
-        before = _wire(self.bandwidth.get(r, {}))
+        before = self._core.round_start(a)
         try:
             settled = self._settle_pending()
         except _Stop:
             raise ParticipationCancelled("resend", _EARLIER_PENDING, r) from None
         if settled is not None and _same_round(settled[0], a):
             return _resent_report(self._core, a, settled[1], before)
-        before = _wire(self.bandwidth.get(r, {}))
         end = self._core.plain_round_end(a)
         try:
             params, encoding = self._fetch_model(a, end)
@@ -3922,14 +4012,13 @@ class AsyncClient:
     ) -> RoundReport:
         """As `Client._train_round`."""
         r = a.round_id
-        before = _wire(self.bandwidth.get(r, {}))
+        before = self._core.round_start(a)
         try:
             settled = await self._settle_pending()
         except _Stop:
             raise ParticipationCancelled("resend", _EARLIER_PENDING, r) from None
         if settled is not None and _same_round(settled[0], a):
             return _resent_report(self._core, a, settled[1], before)
-        before = _wire(self.bandwidth.get(r, {}))
         end = self._core.plain_round_end(a)
         try:
             params, encoding = await self._fetch_model(a, end)

@@ -157,8 +157,10 @@ def test_secure_rounds_with_dropouts_match_the_in_process_protocol(
             5 if r.seq == 1 else 6
         )
         reports = first if r.seq == 1 else second
-        for d, rep in reports.items():  # the report counts from the download on (no check-in)
-            assert 0 < rep.bytes_up < up[d]["wire_bytes"]
+        down = {row["device_id"]: row for row in rows if row["direction"] == "down"}
+        for d, rep in reports.items():  # the device's one call: its row, assigning check-in too
+            assert 0 < rep.bytes_up == up[d]["wire_bytes"]
+            assert 0 < rep.bytes_down == down[d]["wire_bytes"]
 
 
 def test_grouped_secure_task_matches_the_in_process_protocol(server: str, tmp_path: Path) -> None:
