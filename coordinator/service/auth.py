@@ -85,7 +85,7 @@ class BodyBudget:
     its size), it is admitted, and its later parts are not refused for room while it keeps
     its pace (below). If not, it waits for room, holding its first part only, up to `wait_s`
     (`ROOM_WAIT_S`, `wait_for_room`), the oldest let in first as room is given back, before a
-    new body; or it is refused at once when `MAX_WAITING` bodies wait or their first parts
+    new body (chunked or not); or it is refused at once when `MAX_WAITING` bodies wait or their first parts
     would pass `limit_bytes // WAIT_SHARE`; then 503 `busy`. Refusals hit bodies at their
     first part, not part-way, so under honest overload little is sent twice. Waiting first
     parts are counted apart (`waiting_held`): they take no room from the bodies being read,
@@ -96,6 +96,7 @@ class BodyBudget:
     ends it in time). One that falls behind (a sender that sent a byte and stalls or trickles)
     gives back the bytes it has not sent as soon as another body needs room, and from then on
     holds what has arrived, each later part admitted only if it fits (as a chunked body's is).
+    Room given back so goes to the body that asked, then at once to the waiting bodies.
     So a connection that has sent nothing holds nothing, and keeping room costs a sender the
     room's bytes every `pace_s` seconds, as when bodies counted only what had arrived
     (helper-290; f4eac95 reserved the declared length at the headers, and 38 idle connections
@@ -156,15 +157,19 @@ class BodyBudget:
 
     def take(self, size: int, holding: int = 0) -> bool:
         """Count `size` more arrived bytes of a body that holds `holding` already (0: a body
-        not counted yet); False (nothing counted) when they do not fit beside the other
-        bodies' bytes, held and reserved."""
-        if not self._fits(size, holding):
-            self._refuse(size, holding)
-            return False
+        not counted yet, which lets the waiting bodies in first); False (nothing counted) when
+        they do not fit beside the other bodies' bytes, held and reserved."""
         if not holding:
-            self.bodies += 1
-        self.held += size
-        return True
+            self.admit_waiters()
+        fits = self._fits(size, holding)
+        if fits:
+            if not holding:
+                self.bodies += 1
+            self.held += size
+        else:
+            self._refuse(size, holding)
+        self._offer()
+        return fits
 
     def give(self, size: int) -> None:
         """Give back all `size` bytes one anonymous body holds (0: it held none)."""
@@ -184,9 +189,19 @@ class BodyBudget:
     def arrive(self, body: Body, size: int) -> bool | None:
         """Count a part of `size` bytes that has arrived for `body`: True to keep it, False
         when the body is refused (503 `busy`, counted in `refused`), None when it is the first
-        part and the body waits for room (`wait_for_room`), holding that part."""
+        part and the body waits for room (`wait_for_room`), holding that part.
+
+        A new body (its first part, chunked or not) lets the waiting bodies in first. Room
+        that reservations behind their pace give back while this part is checked (`_fits`)
+        goes to this part first, then to the waiting bodies."""
         if size <= 0:
             return True
+        verdict = self._arrive(body, size)
+        if verdict is not None:
+            self._offer()
+        return verdict
+
+    def _arrive(self, body: Body, size: int) -> bool | None:
         if body.state == "reserved":
             use = min(size, body.promised)
             own = body.received + body.promised
@@ -210,6 +225,7 @@ class BodyBudget:
             return True
         if body.state != "new":
             raise RuntimeError(f"a part arrived for a body {body.state}")
+        self.admit_waiters()  # the bodies waiting before it first
         if body.declared is None or not self.limit_bytes:
             # Chunked (nothing to reserve), or no limit: counted as its parts arrive.
             if not self._fits(size, 0):
@@ -219,7 +235,6 @@ class BodyBudget:
             self._count(body, size)
             return True
         body.declared = max(body.declared, size)
-        self.admit_waiters()  # the bodies waiting before it first
         if self._fits(body.declared, 0):
             self._count(body, size)
             self._reserve(body)
@@ -366,6 +381,13 @@ class BodyBudget:
         return self._paced[0][0] if self._paced else None
 
     # -- internals -----------------------------------------------------------------------
+
+    def _offer(self) -> None:
+        """Room that reservations behind their pace gave back outside `admit_waiters` (while
+        a new or a later part was checked) goes to the waiting bodies at once (helper-301:
+        before, they were offered it only at their next deadline or their 2 s end)."""
+        if self._room and self._queue:
+            self.admit_waiters()
 
     def _count(self, body: Body, size: int) -> None:
         body.received = size
