@@ -447,6 +447,7 @@ def create_app(
     # timeout (`BodyBudget`).
     budget = BodyBudget(config.upload_buffer_bytes, pace_s=config.body_timeout_s or DEFAULT_PACE_S)
     verifier = RequestVerifier(the_store, config.signature_window_s, budget)
+    metrics.upload_buffer.budget = budget
     # Read once: /healthz does not touch the store (its lock can be held for seconds, by a
     # write waiting on another process's lock); the store sets WAL when it opens.
     journal_mode = the_store.journal_mode

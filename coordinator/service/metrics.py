@@ -7,10 +7,10 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 
@@ -19,7 +19,10 @@ from protocol.names import CheckInAction, Direction, Reason
 from .dp_total import AllTasksPrivacyCollector
 from .store import SCHEMA_VERSION
 
-__all__ = ["Metrics", "StoreErrors", "TaskRegistries", "plume_version"]
+if TYPE_CHECKING:
+    from .auth import BodyBudget
+
+__all__ = ["Metrics", "StoreErrors", "TaskRegistries", "UploadBuffer", "plume_version"]
 
 
 def plume_version() -> str:
@@ -97,6 +100,75 @@ class StoreErrors(Collector):
         )
 
 
+class UploadBuffer(Collector):
+    """The upload budget's state (`BodyBudget`, serve --upload-buffer-mb), read from the
+    budget the app points `budget` at when /metrics is scraped; zeros until it does."""
+
+    def __init__(self) -> None:
+        self.budget: BodyBudget | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        b = self.budget
+        limit = b.limit_bytes if b is not None else 0
+        bodies = b.bodies - b.waiting if b is not None else 0
+        held = b.held - b.waiting_held if b is not None else 0
+        reserved = b.reserved if b is not None else 0
+        waiting = b.waiting if b is not None else 0
+        waiting_bytes = b.waiting_held if b is not None else 0
+        refused = b.refused if b is not None else 0
+        reclaimed = b.fell_behind if b is not None else 0
+        for name, doc, value in (
+            (
+                "plume_upload_buffer_limit_bytes",
+                "The upload budget, bytes (serve --upload-buffer-mb; 0: no limit)",
+                limit,
+            ),
+            (
+                "plume_upload_buffer_bodies",
+                "Upload bodies being read that hold or reserve bytes of the budget (waiting "
+                "ones not included)",
+                bodies,
+            ),
+            (
+                "plume_upload_buffer_held_bytes",
+                "Bytes of the upload bodies being read that have arrived (waiting first parts "
+                "not included)",
+                held,
+            ),
+            (
+                "plume_upload_buffer_reserved_bytes",
+                "Bytes the upload bodies being read declared and have not sent yet (their "
+                "reservations)",
+                reserved,
+            ),
+            (
+                "plume_upload_buffer_waiting_bodies",
+                "Upload bodies waiting (up to 2 s) for room at their first part",
+                waiting,
+            ),
+            (
+                "plume_upload_buffer_waiting_bytes",
+                "Bytes of the first parts the waiting upload bodies hold (counted apart, at "
+                "most an eighth of the budget)",
+                waiting_bytes,
+            ),
+        ):
+            yield GaugeMetricFamily(name, doc, value=value)
+        yield CounterMetricFamily(
+            "plume_upload_buffer_refused",
+            "Upload bodies refused 503 busy by the upload budget (no room at their first part "
+            "within the wait, too many waiting, or a chunked or behind-pace body's part that "
+            "did not fit)",
+            value=refused,
+        )
+        yield CounterMetricFamily(
+            "plume_upload_buffer_reclaimed",
+            "Reservations given back because their body fell behind the pace that ends it "
+            "within the body timeout, when another body needed room",
+            value=reclaimed,
+        )
+
+
 class Metrics:
     """Counters served at `/metrics`. Byte counters mirror the bandwidth ledger."""
 
@@ -164,6 +236,8 @@ class Metrics:
         self.check_ins = Counter("plume_check_ins", "Check-ins by answer", ["action"], registry=r)
         self.store_errors = StoreErrors()
         r.register(self.store_errors)
+        self.upload_buffer = UploadBuffer()  # the app points it at its BodyBudget
+        r.register(self.upload_buffer)
         self.check_ins_sdk_unsupported = Counter(
             "plume_check_ins_sdk_unsupported",
             "Check-ins not given a task's rounds because the device's SDK did not declare a "
