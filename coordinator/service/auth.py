@@ -43,8 +43,9 @@ log = logging.getLogger("plume.coordinator")
 BUSY_RETRY_S = 2
 
 # Seconds a body that finds no room at its first part may wait for room (another body ending,
-# or one falling behind its pace) before its 503 `busy`. While it waits its connection is not
-# read (TCP stops its sender), and it holds its first part only.
+# or one falling behind its pace) before its 503 `busy`. While it waits the budget counts its
+# first part only; the route does not read its connection, but uvicorn goes on reading it into
+# its own buffer up to its 64 KiB high-water mark (not counted here), then TCP stops its sender.
 ROOM_WAIT_S = 2.0
 
 # Bodies that may wait for room at once. The first parts they hold are counted apart from the
@@ -83,17 +84,20 @@ class BodyBudget:
     declared length at once (`arrive`). If that fits beside what the other bodies being read
     hold and have reserved (or none of them holds a byte: one body is always let in, whatever
     its size), it is admitted, and its later parts are not refused for room while it keeps
-    its pace (below). If not, it waits for room, holding its first part only, up to `wait_s`
-    (`ROOM_WAIT_S`, `wait_for_room`), the oldest let in first as room is given back, before a
-    new body (chunked or not); or it is refused at once when `MAX_WAITING` bodies wait or their first parts
-    would pass `limit_bytes // WAIT_SHARE`; then 503 `busy`. Refusals hit bodies at their
-    first part, not part-way, so under honest overload little is sent twice. Waiting first
-    parts are counted apart (`waiting_held`): they take no room from the bodies being read,
-    so a waiting body keeps none out, and no body being read ever waits.
+    its pace (below). If not, it waits for room, counted for its first part only, up to
+    `wait_s` (`ROOM_WAIT_S`, `wait_for_room`), the oldest let in first as room is given back,
+    before a new body (chunked or not); or it is refused at once when `MAX_WAITING` bodies
+    wait or their first parts would pass `limit_bytes // WAIT_SHARE`; then 503 `busy`.
+    Refusals hit bodies at their first part, not part-way, so under honest overload little is
+    sent twice. Waiting first parts are counted apart (`waiting_held`): they take no room from
+    the bodies being read, so a waiting body keeps none out, and no body being read ever
+    waits.
 
     A reservation is kept only while its body keeps pace: at least `declared * elapsed / pace_s`
     bytes in, `elapsed` counted from its admission, `pace_s` the body timeout (the pace that
-    ends it in time). One that falls behind (a sender that sent a byte and stalls or trickles)
+    ends it in time; the body timeout counts from the route's first read, before the first
+    part came and the body waited, so a body that keeps exactly this pace ends that much
+    late: 408). One that falls behind (a sender that sent a byte and stalls or trickles)
     gives back the bytes it has not sent as soon as another body needs room, and from then on
     holds what has arrived, each later part admitted only if it fits (as a chunked body's is).
     Room given back so goes to the body that asked, then at once to the waiting bodies.
@@ -521,10 +525,11 @@ class RequestVerifier:
         declared `Content-Length` is reserved whole then, and the body's later parts are not
         refused for room while it keeps pace (a chunked body, or one fallen behind its pace,
         counts its parts as they arrive). When there is no room, the first part waits up to
-        `ROOM_WAIT_S` for some (`BodyBudget.wait_for_room`), the connection not read
-        meanwhile; then, or at once when it cannot wait, or at a later part that does not fit
-        (chunked or behind its pace), 503 `busy` with `Retry-After` and `connection: close`,
-        the rest of the body unread and the nonce unspent. A connection that has sent no body
+        `ROOM_WAIT_S` for some (`BodyBudget.wait_for_room`), the connection not read by the
+        route meanwhile (uvicorn buffers up to about 64 KiB of it, not counted); then, or at
+        once when it cannot wait, or at a later part that does not fit (chunked or behind its
+        pace), 503 `busy` with `Retry-After` and `connection: close`, the rest of the body
+        unread and the nonce unspent. A connection that has sent no body
         byte holds nothing, whatever it declared. Everything held and reserved is given back
         once the body is read and verified, and on every other way out (a refusal, the client
         gone, the body timeout, a cancellation): the route hands the body on without waiting
