@@ -2032,8 +2032,9 @@ def _read_model_file(
     weights_only=True: a dict of tensors), else an fp32 snapshot (decode_snapshot).
 
     Every spec entry must be there with its shape; a file whose names all differ from the
-    spec's by one leading component (`net.1.weight` / `1.weight`) is read with it added or
-    removed, and a note says so. `not_sent`: the other names the file may hold (the model's
+    spec's by one leading prefix of whole components added, removed or replaced by another
+    (`1.weight` / `module.1.weight` for `net.1.weight`; `_match_names`) is read that way, and
+    a note says so; a file two readings fit with different pairings is refused. `not_sent`: the other names the file may hold (the model's
     buffers), ignored; None ignores any other name. Values are converted to float32; a NaN,
     an inf or a value beyond float32's range is refused. ValueError says what does not fit;
     what does not read raises the reader's own error."""
