@@ -17,7 +17,6 @@ outcome) are the coordinator's control traffic, in no round; each record's
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import math
 import os
@@ -45,6 +44,7 @@ from .runner import (
     SimResult,
     _jsonable,
     _progress,
+    _recorded_config,
     prepare,
 )
 from .status import note, say
@@ -388,17 +388,14 @@ def _as_ran(cfg: SimConfig, task: TaskConfig) -> SimConfig:
       time by default), not the realistic fleet's simulated 900 s the config carries unused.
 
     `SimConfig.from_dict` of the recorded config reruns the same task over HTTP, and in process
-    simulates the downlink the HTTP run used. A copy, not `dataclasses.replace`, which would
-    check the config again and import its plugins again.
+    simulates the downlink the HTTP run used. A copy (`runner._recorded_config`), not
+    `dataclasses.replace`, which would check the config again and import its plugins again.
     """
     values: dict[str, Any] = {"selection_timeout_s": float(task.selection_timeout_s)}
     if not cfg.dense:
         values["downlink_topk"] = float(task.downlink.topk)
         values["downlink_bits"] = int(task.downlink.bits)
-    out = copy.copy(cfg)
-    for name, value in values.items():
-        object.__setattr__(out, name, value)
-    return out
+    return _recorded_config(cfg, **values)
 
 
 def _recorded_options(opts: HttpFleetOptions, external: bool) -> dict[str, Any]:
