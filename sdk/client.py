@@ -2769,6 +2769,7 @@ def _secure_flow(
     # because saving it failed (own participant; the directory is then reread, see
     # `_reload_on_error`), or, for a caller's participant, if it was surely not taken.
     restore: npt.NDArray[np.float32] | None = None
+    taken: SecureParticipant | None = None  # the holder `restore` was read from
     # Set when the coordinator answers 410 (the round aborted) after it took the masked input.
     aborted = False
     # Set once the app directory holds this round's residual and the record of the input;
@@ -2804,7 +2805,17 @@ def _secure_flow(
                             # from the directory) takes it.
                             part = core.secure_participant(spec.size, a.task_id, spec)
                             session.participant = part
-                        restore = part.residual.copy()
+                        if restore is None or part is not taken:
+                            restore, taken = part.residual.copy(), part
+                        else:
+                            # The attempt after a refused share delivery, on the holder the
+                            # refused one used: from the residual from before that attempt,
+                            # whatever it changed before it was refused (nothing was sent or
+                            # kept for it), so that the update enters once and `restore` stays
+                            # the residual from before the round. (A holder read again from the
+                            # app directory since then never held that attempt's change.)
+                            part.residual = restore.copy()
+                            part.forget_sent()
                         body = session.masked_input(down, delta, n, rng)
                         if own:
                             assert restore is not None
