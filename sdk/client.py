@@ -2659,10 +2659,20 @@ def _stage_download(
         yield _Sleep(min(max(wait, _MIN_POLL_S), stop - now))
 
 
-def _download_end(response: httpx.Response | None, stage: Stage) -> tuple[str, bool] | None:
+def _download_end(
+    response: httpx.Response | None, stage: Stage, again: bool = False
+) -> tuple[str, bool] | None:
     """Why a secure round ends for the device at the download after `stage` (`_stage_download`'s
-    answer): (the report's `detail`, whether the round aborted); None for a 200, whose body is
-    the download. Any other refusal is raised."""
+    answer; `again`: the fetch of it again after a refused copy): (the report's `detail`,
+    whether the round aborted); None for a 200, whose body is the download. Any other refusal
+    is raised."""
+    if again and (response is None or response.status_code == 425):
+        # The stage had closed (its first copy was a 200 that did not decode or check).
+        return (
+            f"{stage}: a refused copy's re-fetch did not come back before the round deadline "
+            "(or max_stage_wait_s)",
+            False,
+        )
     if response is None or response.status_code == 425:
         return f"{stage} did not close before the round deadline (or max_stage_wait_s)", False
     if response.status_code != 200:
@@ -2846,7 +2856,7 @@ def _secure_flow(
                     if again or after is None:
                         raise
                 got = yield from _stage_download(core, a.round_id, after, stop)
-                end = _download_end(got, after)
+                end = _download_end(got, after, again=True)
                 if end is not None:
                     report.detail, aborted = end
                     break

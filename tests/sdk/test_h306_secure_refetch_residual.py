@@ -114,3 +114,41 @@ def test_a_share_delivery_refused_twice_leaves_the_residual_from_before_the_roun
     assert corrupter.gets() == 2
     assert not any(m == "POST" and p == "masked-input" for m, p, _ in corrupter.seen)
     np.testing.assert_array_equal(residual, np.zeros(SPEC.size, np.float32))
+
+
+class _RefetchLost(_Corrupter):
+    """The first share delivery corrupt (in its AES-GCM tag), then every further answer of it
+    a 503 whose Retry-After (30 s) ends past the round's deadline."""
+
+    def __call__(self, request: httpx.Request, response: httpx.Response) -> httpx.Response:
+        if request.method == "GET" and request.url.path.endswith("/share-keys") and self.times == 0:
+            self.seen.append(("GET", "share-keys", 503))
+            return httpx.Response(
+                503, headers={"retry-after": "30"}, json={"error": "busy"}, request=request
+            )
+        return super().__call__(request, response)
+
+
+def test_a_refetch_past_the_deadline_is_reported_as_a_lost_refetch_not_a_stage_left_open(
+    server: tuple[str, int], tmp_path: Path
+) -> None:
+    # Prepare: the share delivery's first copy is a 200 that does not check; its re-fetch is
+    # answered 503 with a Retry-After past the round's deadline (30 s from the assignment)
+    url, task_id = server
+    lost = _RefetchLost("share-keys", times=1)
+    # Execute
+    reports, residual = _round(url, tmp_path, task_id, lost.sync_mod)
+    # Assert: the round ended for the victim, not completed (the 30 s wait not waited), with a
+    # detail saying the re-fetch did not come back; the stage had closed, so not "did not
+    # close"; no masked input sent, the residual the one from before the round
+    r = reports[0]
+    assert isinstance(r, SecureRoundReport), r
+    assert not r.completed and r.stages == ["advertise-keys", "share-keys"]
+    assert r.detail == (
+        "share-keys: a refused copy's re-fetch did not come back before the round deadline "
+        "(or max_stage_wait_s)"
+    )
+    assert lost.seen.count(("GET", "share-keys", 200)) == 1
+    assert lost.seen.count(("GET", "share-keys", 503)) == 1
+    assert not any(m == "POST" and p == "masked-input" for m, p, _ in lost.seen)
+    np.testing.assert_array_equal(residual, np.zeros(SPEC.size, np.float32))
