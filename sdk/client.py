@@ -3084,8 +3084,12 @@ class Client:
     def control_bandwidth(self) -> dict[str, dict[str, int]]:
         """Bytes this client moved, since it was made, in the exchanges the coordinator counts
         in no round (its control traffic): `{"up" | "down": {"payload_bytes", "wire_bytes",
-        "dense_bytes", "requests"}}`, counted as `bandwidth` counts a round's (every answered
-        attempt; HTTP/1.1 request and response heads and bodies, not TLS). That is
+        "dense_bytes", "requests"}}`. Its `wire_bytes` and `requests` are counted as
+        `bandwidth` counts a round's: every answered attempt; HTTP/1.1 request and response
+        heads and bodies, not TLS; a request body by the bytes handed to the socket, so an
+        upload answered before it was all sent (503 `busy`, 413) counts the pieces written, not
+        the whole body. Its `up` `payload_bytes` and `dense_bytes` are always 0: an upload
+        answered here delivered nothing to a round (a round's row counts them). That is
         registration, check-ins answered without an assignment ("wait", "end", refusals; a
         check-in answered with one is in its round's row), a `fetch_current` download, and
         requests answered outside a round's ledger (a re-sent upload past its round's grace,
@@ -3788,7 +3792,9 @@ class AsyncClient:
 
     @property
     def control_bandwidth(self) -> dict[str, dict[str, int]]:
-        """As `Client.control_bandwidth`: the exchanges counted in no round."""
+        """As `Client.control_bandwidth`: the exchanges counted in no round, by their wire
+        bytes (a body answered early by the bytes handed to the socket); `up` payload and
+        dense bytes always 0."""
         return self._core.control_bandwidth
 
     @property
