@@ -24,6 +24,9 @@ class _FakeCore:
     def round_end(self, a: Any) -> float:
         return math.inf
 
+    def round_start(self, a: Any) -> dict[str, int]:
+        return {"up": 0, "down": 0}
+
     def model_exchange(self, *args: Any) -> _Exchange:
         return _Exchange("GET", "model", 2)
 
