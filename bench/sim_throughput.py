@@ -361,6 +361,8 @@ class _Recording:
         self.inner = inner
         self.name = inner.name
         self.cohorts: list[list[int]] = []
+        if hasattr(inner, "evaluate"):  # the pool evaluates in its workers: so here too
+            self.evaluate = inner.evaluate
 
     def start(self, ctx: Any) -> None:
         self.inner.start(ctx)

@@ -1318,7 +1318,32 @@ def train_context(cfg: SimConfig, data: FederatedData) -> TrainContext:
         ort_artifacts=artifacts,
         plugins=cfg.plugins,
         plugin_root=cfg.plugin_root,
+        x_test=data.x_test,
+        y_test=data.y_test,
     )
+
+
+def model_evaluator(
+    be: Backend, eval_model: Any, data: FederatedData
+) -> Callable[[npt.NDArray[np.float32]], tuple[float, float]]:
+    """A round's test evaluation, (accuracy, mean loss) of the params given: in the backend's
+    workers when it evaluates there (`ProcessPoolBackend.evaluate`: each worker a share of the
+    test rows, batched as `sdk.trainer.evaluate` batches them, the sums joined in row order),
+    with the test set checked here once first, in `evaluate`'s words; else `evaluate` on
+    `eval_model` in this process."""
+    from sdk.trainer import check_evaluation_data, evaluate
+
+    in_backend = getattr(be, "evaluate", None)
+    if in_backend is not None:
+        check_evaluation_data(eval_model, data.x_test, data.y_test)
+
+    def run(params: npt.NDArray[np.float32]) -> tuple[float, float]:
+        got = None if in_backend is None else in_backend(params)
+        if got is None:  # a backend whose context holds no test set
+            got = evaluate(eval_model, params, data.x_test, data.y_test)
+        return got
+
+    return run
 
 
 def run_simulation(
@@ -1331,7 +1356,6 @@ def run_simulation(
 ) -> SimResult:
     """Run `cfg.rounds` rounds in this process and return every round's record and the ledger."""
     from sdk.flat import get_flat_params
-    from sdk.trainer import evaluate
 
     cfg = cfg.with_coordinator_deadline()  # the result's config records it
     setup = prepare(cfg)
@@ -1385,6 +1409,7 @@ def run_simulation(
         plural = "" if workers == 1 else "s"
         note(f"starting {workers} {kind} worker{plural}" if workers else f"starting {kind} workers")
     be.start(train_context(cfg, data))
+    evaluate_model = model_evaluator(be, eval_model, data)
     fleet = None
     if cfg.fleet != "off":
         from .fleet import SimFleet, relative_cost
@@ -1578,7 +1603,7 @@ def run_simulation(
             if plan.round_id % cfg.eval_every == 0 or plan.round_id == cfg.rounds:
                 bar.phase("evaluating")
                 t_eval = time.perf_counter()
-                acc, loss = evaluate(eval_model, engine.params, data.x_test, data.y_test)
+                acc, loss = evaluate_model(engine.params)
                 if isinstance(attack, BackdoorAttack):
                     backdoor = _backdoor_accuracy(eval_model, engine.params, data, attack)
                 eval_s = time.perf_counter() - t_eval

@@ -531,10 +531,9 @@ def run_secure_simulation(
     from tqdm import tqdm
 
     from sdk.flat import get_flat_params
-    from sdk.trainer import evaluate
 
     from .backends import TrainJob
-    from .runner import _device_ids, backend_for, prepare, train_context
+    from .runner import _device_ids, backend_for, model_evaluator, prepare, train_context
     from .status import clear, note
 
     if transport == "http":
@@ -553,6 +552,7 @@ def run_secure_simulation(
     drop_rng = np.random.default_rng([cfg.seed, 4])
     be = backend_for(cfg)
     be.start(train_context(cfg, data))
+    evaluate_model = model_evaluator(be, eval_model, data)
     records: list[RoundRecord] = []
     last_params = coord.params.copy()  # the model of the last round in `records`
     fleet = HttpSecureFleet(coord, spec=setup.spec) if transport == "http" else None
@@ -629,7 +629,7 @@ def run_secure_simulation(
             eval_s = 0.0
             if r % cfg.eval_every == 0 or r == cfg.rounds:
                 t_eval = time.perf_counter()
-                acc, loss = evaluate(eval_model, coord.params, data.x_test, data.y_test)
+                acc, loss = evaluate_model(coord.params)
                 eval_s = time.perf_counter() - t_eval
             up = sum(stats.bytes_up.values())
             down = sum(stats.bytes_down.values())

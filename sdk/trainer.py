@@ -7,7 +7,7 @@ import functools
 import math
 import numbers
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -43,6 +43,9 @@ __all__ = [
     "output_shape",
     "input_vocabulary",
     "evaluate",
+    "check_evaluation_data",
+    "evaluation_sums",
+    "evaluation_result",
     "fast_max_pool",
     "onednn_linear",
     "onednn_linear_available",
@@ -922,10 +925,30 @@ def evaluate(
     for [B, C, d1, ...] with labels [B, d1, ...]. Labels must be classes of the model's output
     (`TrainingDataError`, in `sdk.ort.OrtTrainer.evaluate`'s words): -100 is refused here too;
     one per example (len(y) == len(x)), of any integer dtype, shaped to the logits.
+
+    The same as `check_evaluation_data`, then `evaluation_sums`, then `evaluation_result`:
+    a caller that splits the rows at multiples of `batch_size` over several processes and
+    joins the parts' sums in row order gets this result bit for bit (the process pool's
+    evaluation, `mobile_sim.backends.ProcessPoolBackend.evaluate`).
     """
+    _check_batch_size(batch_size)
+    x, labels = check_evaluation_data(module, x, y)
+    correct, losses = evaluation_sums(module, params, x, labels, batch_size, fast_pool)
+    return evaluation_result(correct, losses, labels.size)
+
+
+def _check_batch_size(batch_size: int) -> None:
     if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         # 0 failed in range(); a negative size evaluated nothing and returned (0.0, 0.0).
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+
+
+def check_evaluation_data(
+    module: nn.Module, x: npt.NDArray[Any], y: npt.NDArray[Any]
+) -> tuple[npt.NDArray[Any], npt.NDArray[np.int64]]:
+    """`evaluate`'s checks of a labelled set against `module` (one forward pass of `x[:1]`):
+    (x, y as int64) if it can be evaluated, else `TrainingDataError` (ValueError for no
+    examples at all)."""
     x, y = np.asarray(x), np.asarray(y)
     if len(x) == 0 or y.size == 0:
         raise ValueError("no examples to evaluate")
@@ -941,21 +964,43 @@ def evaluate(
         raise TrainingDataError(f"evaluation data: y must hold integer class labels, got {y.dtype}")
     # An input the forward pass refuses (shape, dtype, a token id past the vocabulary) is a
     # `TrainingDataError` in `train`'s words, not torch's RuntimeError or IndexError mid-way.
-    _probe_ids(module, x, "evaluation data: x")
+    out, _ = _probe_ids(module, x, "evaluation data: x")
+    return x, _check_against_output(y, out, allow_ignore=False, where="evaluation data")
+
+
+def evaluation_sums(
+    module: nn.Module,
+    params: npt.NDArray[np.float32],
+    x: npt.NDArray[Any],
+    y: npt.NDArray[np.int64],
+    batch_size: int = 250,
+    fast_pool: bool = True,
+) -> tuple[int, list[float]]:
+    """(correct predictions, each batch's summed cross-entropy, in row order) of `params` on
+    rows (x, y) that `check_evaluation_data` passed, `batch_size` rows per forward pass.
+    Rows split at multiples of `batch_size` give the same batches, so the parts' lists joined
+    in order are the whole set's."""
+    _check_batch_size(batch_size)
     set_flat_params(module, params)
     module.eval()
-    correct, loss_sum = 0, 0.0
+    correct, losses = 0, []
     pool = fast_max_pool(module) if fast_pool else contextlib.nullcontext(0)
     with torch.inference_mode(), pool:
         for start in range(0, len(x), batch_size):
             xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
             yb = torch.from_numpy(np.ascontiguousarray(y[start : start + batch_size]))
             logits = module(xb)
-            if start == 0 and logits.dim() >= 2:  # the output's shape, from the first batch
-                y = _check_against_output(
-                    y, tuple(logits.shape[1:]), allow_ignore=False, where="evaluation data"
-                )
-                yb = torch.from_numpy(np.ascontiguousarray(y[start : start + batch_size]))
-            loss_sum += float(nn.functional.cross_entropy(logits, yb, reduction="sum"))
+            losses.append(float(nn.functional.cross_entropy(logits, yb, reduction="sum")))
             correct += int((logits.argmax(1) == yb).sum())
-    return correct / y.size, loss_sum / y.size
+    return correct, losses
+
+
+def evaluation_result(
+    correct: int, losses: Sequence[float], predictions: int
+) -> tuple[float, float]:
+    """(accuracy, mean loss) from `evaluation_sums`' parts over `predictions` predictions
+    (`y.size`): the batch sums added one by one in row order, as `evaluate` always has."""
+    loss_sum = 0.0
+    for value in losses:
+        loss_sum += value
+    return correct / predictions, loss_sum / predictions

@@ -203,6 +203,9 @@ class TrainContext:
     worker, a Ray actor) imports before it builds the model, so a model they register is
     found there too (`import_plugins`, module names looked up from `plugin_root`, the
     driver's current directory, and .py paths relative to it).
+
+    `x_test`, `y_test`: the labelled set each round's model is evaluated on, for a backend
+    that evaluates in its workers (`ProcessPoolBackend.evaluate`); both or neither.
     """
 
     model: str
@@ -215,6 +218,8 @@ class TrainContext:
     ort_artifacts: str | None = None
     plugins: tuple[str, ...] = ()
     plugin_root: str | None = None
+    x_test: npt.NDArray[Any] | None = None
+    y_test: npt.NDArray[Any] | None = None
 
     def __post_init__(self) -> None:
         # Before, epochs or batch_size <= 0 trained nothing on one backend and failed inside
@@ -240,6 +245,14 @@ class TrainContext:
                 )
             if y.size and not np.issubdtype(y.dtype, np.integer):
                 raise ValueError(f"y_train must hold integer class labels, got {y.dtype}")
+        if (self.x_test is None) != (self.y_test is None):
+            raise ValueError("x_test and y_test go together: give both or neither")
+        if self.x_test is not None and self.y_test is not None:
+            if len(self.x_test) != len(self.y_test):
+                raise ValueError(
+                    f"x_test and y_test must have one label per row, got {len(self.x_test)} "
+                    f"rows and {len(self.y_test)} labels"
+                )
 
 
 @dataclass(frozen=True)

@@ -141,6 +141,7 @@ class WorkerState:
         self.ctx = ctx
         self.backend: VectorizedBackend | None = None
         self._trainers: dict[str, Any] = {}
+        self._eval_model: Any = None  # built at the first `evaluate`
         if inner == "vectorized":
             self.backend = VectorizedBackend()
             self.backend.start(ctx)
@@ -150,6 +151,23 @@ class WorkerState:
             # Built now, not at the first job: a bad model name fails the worker's start, and
             # the first round does not pay for the model or torch's first optimizer.
             self._trainers["torch"] = warm_torch_trainer(ctx)
+
+    def evaluate(
+        self, params: npt.NDArray[np.float32], lo: int, hi: int, batch_size: int
+    ) -> tuple[int, list[float]]:
+        """`sdk.trainer.evaluation_sums` of `params` on rows [lo, hi) of the context's test
+        set (checked once by the driver: `check_evaluation_data`), on a model of the
+        context's kind built at the first call and kept."""
+        from sdk.trainer import evaluation_sums
+
+        if self.ctx.x_test is None or self.ctx.y_test is None:
+            raise ValueError("this worker's context has no test set (x_test, y_test)")
+        if self._eval_model is None:
+            from ..models import build_model
+
+            self._eval_model = build_model(self.ctx.model)
+        x, y = self.ctx.x_test[lo:hi], self.ctx.y_test[lo:hi].astype(np.int64, copy=False)
+        return evaluation_sums(self._eval_model, params, x, y, batch_size)
 
     def train(self, params: npt.NDArray[np.float32], jobs: Sequence[TrainJob]) -> list[JobResult]:
         if self.backend is not None:

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import ForkingPickler
@@ -33,7 +33,7 @@ from ._worker import (
     task_examples,
 )
 
-__all__ = ["ProcessPoolBackend", "PoolWorkerError"]
+__all__ = ["ProcessPoolBackend", "PoolWorkerError", "EVAL_BATCH", "eval_chunks"]
 
 # Seconds all the workers together get to start (spawn, import torch, receive the data), and
 # each gets to exit.
@@ -48,6 +48,20 @@ _STOP_GRACE_S = 2.0
 # still being written (and kills its worker): a finished write's thread ends in microseconds
 # on an idle machine, and was seen still alive at close under load (workers killed, -9).
 _SENDER_SETTLE_S = 0.5
+
+
+# Test rows per forward pass in `evaluate`, `sdk.trainer.evaluate`'s default: the workers'
+# shares of the test set start at multiples of it, so each batch is the one `evaluate` runs.
+EVAL_BATCH = 250
+
+
+def eval_chunks(rows: int, workers: int, batch: int) -> list[tuple[int, int]]:
+    """Rows [0, rows) in at most `workers` contiguous [lo, hi) shares of whole `batch`-row
+    batches (the last may be short), as equal as whole batches allow."""
+    batches = -(-rows // batch)
+    parts = max(1, min(workers, batches))
+    bounds = [min(rows, batch * (batches * k // parts)) for k in range(parts + 1)]
+    return [(lo, hi) for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo]
 
 
 class PoolWorkerError(RuntimeError):
@@ -223,9 +237,10 @@ def _worker_main(conn: Connection, inner: str, threads: int) -> None:
     """A worker's life: receive the context, build the model once, then train until told to stop.
 
     Messages in: the TrainContext first, then ("task", params_name, d, out_name, slots,
-    [(slot, job), ...]) or None (stop). The global params are read from shared memory and each
-    delta is written into its slot of the output block, so no array crosses the pipe; only
-    (slot, examples, loss) go back.
+    [(slot, job), ...]), ("eval", params_name, d, lo, hi, batch_size) or None (stop). The
+    global params are read from shared memory and each delta is written into its slot of the
+    output block, so no array crosses the pipe; only (slot, examples, loss) go back, or for
+    an evaluation (correct, [each batch's summed loss]) of test rows [lo, hi).
     """
     _ignore_sigint()
     try:
@@ -256,6 +271,15 @@ def _worker_main(conn: Connection, inner: str, threads: int) -> None:
                 break
             if msg is None:
                 break
+            if msg[0] == "eval":
+                _, params_name, d, lo, hi, batch_size = msg
+                try:
+                    conn.send(
+                        ("done", state.evaluate(block(params_name, (d,)), lo, hi, batch_size))
+                    )
+                except Exception:
+                    conn.send(("error", traceback.format_exc()))
+                continue
             _, params_name, d, out_name, slots, work = msg
             # The parent unlinks a block it replaces (a bigger cohort, another model size), but
             # its memory is only freed once every mapping is gone: drop ours now, not at exit.
@@ -353,10 +377,14 @@ class ProcessPoolBackend:
         self._params: _Shared | None = None
         self._out: _Shared | None = None
         self._num_examples = 0  # the training set's size, for `check_round`
+        self._test_rows = 0  # the context's test rows (0: none), for `evaluate`
+        self._test_predictions = 0  # ... and its labels (y_test.size)
 
     def start(self, ctx: TrainContext) -> None:
         self.close()
         self._num_examples = len(ctx.y_train)
+        self._test_rows = 0 if ctx.x_test is None else len(ctx.x_test)
+        self._test_predictions = 0 if ctx.y_test is None else int(np.asarray(ctx.y_test).size)
         self._stall = StallLimit()  # rates of another context say nothing of this one
         mp: Any = multiprocessing.get_context(self.start_method)
         if os.name == "posix":
@@ -492,6 +520,43 @@ class ProcessPoolBackend:
         slots: int,
     ) -> list[JobResult]:
         results: list[JobResult | None] = [None] * len(jobs)
+
+        def message(task: list[int]) -> tuple[Any, ...]:
+            work = [(i, jobs[i]) for i in task]
+            return ("task", shm_params.name, d, shm_out.name, slots, work)
+
+        def take(task: list[int], reply: Any) -> None:
+            for slot, device_id, examples, loss in reply:
+                # Copy out: the slot is overwritten next round.
+                delta = shm_out.array[slot].copy()
+                results[slot] = JobResult(device_id, delta, examples, loss)
+
+        self._dispatch(
+            tasks,
+            message,
+            take,
+            size=lambda task: task_examples(jobs, task),
+            what=lambda task: ("for devices", "training devices", name_devices(jobs, task)),
+            learn=True,
+        )
+        return [r for r in results if r is not None]
+
+    def _dispatch(
+        self,
+        tasks: list[list[int]],
+        message: Callable[[list[int]], tuple[Any, ...]],
+        take: Callable[[list[int], Any], None],
+        *,
+        size: Callable[[list[int]], int],
+        what: Callable[[list[int]], tuple[str, str, str]],
+        learn: bool,
+    ) -> None:
+        """Hand `tasks` out to idle workers, in order, until all are answered: each worker's
+        reply goes to `take(task, reply)`. `message(task)` is the task's message, `size(task)`
+        its examples (the unit of the stall limit) and `what(task)` its words for a stall
+        error: ("for devices", "training devices", "d1, d2"). `learn`: the task's time counts
+        towards the automatic stall limit's rate (training; an evaluation's rows would make
+        the rate look faster than training is)."""
         idle = list(self._conns)
         # Each busy worker's task and when it was sent (time.monotonic() s).
         busy: dict[Connection, tuple[float, list[int]]] = {}
@@ -499,19 +564,16 @@ class ProcessPoolBackend:
         fixed = self.job_timeout_s
 
         def limit(conn: Connection, task: list[int]) -> float:
-            return self._stall.task_limit(fixed, conn, task_examples(jobs, task))
+            return self._stall.task_limit(fixed, conn, size(task))
 
         while pending or busy:
             while pending and idle:
                 conn = idle.pop()
                 task = pending.pop()
-                work = [(i, jobs[i]) for i in task]
                 # Pickled here, so a job that cannot be pickled fails the call itself; written
                 # by a thread, so a worker that does not read cannot block this loop: the
                 # task's clock starts now and its limit covers the send too.
-                payload = ForkingPickler.dumps(
-                    ("task", shm_params.name, d, shm_out.name, slots, work)
-                )
+                payload = ForkingPickler.dumps(message(task))
                 previous = self._senders.pop(conn, None)
                 if previous is not None:
                     previous.join()  # done: the worker replied, so it read the whole task
@@ -527,28 +589,80 @@ class ProcessPoolBackend:
                     continue
                 conn = ready
                 sent, task = busy.pop(conn)
-                for slot, device_id, examples, loss in self._reply(conn):
-                    # Copy out: the slot is overwritten next round.
-                    delta = shm_out.array[slot].copy()
-                    results[slot] = JobResult(device_id, delta, examples, loss)
-                self._stall.finished(conn, task_examples(jobs, task), time.monotonic() - sent)
+                take(task, self._reply(conn))
+                if learn:
+                    self._stall.finished(conn, size(task), time.monotonic() - sent)
                 idle.append(conn)
             now = time.monotonic()
             for conn, (sent, task) in busy.items():
                 if now - sent < limit(conn, task):
                     continue
-                why = self._stall.overrun(fixed, conn, task_examples(jobs, task))
+                why = self._stall.overrun(fixed, conn, size(task))
+                unread, doing, names = what(task)
                 writer = self._senders.get(conn)
-                doing = (
-                    "had still not read its task for devices"  # frozen, or its pipe stuck
+                state = (
+                    f"had still not read its task {unread}"  # frozen, or its pipe stuck
                     if writer is not None and writer.is_alive()
-                    else "was still training devices"
+                    else f"was still {doing}"
                 )
                 raise PoolWorkerError(
-                    f"a worker {doing} {name_devices(jobs, task)} after {why}; the pool's "
-                    "workers were stopped"
+                    f"a worker {state} {names} after {why}; the pool's workers were stopped"
                 )
-        return [r for r in results if r is not None]
+
+    def evaluate(self, params: npt.NDArray[np.float32]) -> tuple[float, float] | None:
+        """(accuracy, mean loss) of `params` on the context's test set (`TrainContext.x_test`,
+        `y_test`), its rows split over the workers at multiples of `EVAL_BATCH` (each worker
+        one torch thread, as it trains), or None when the context has none.
+
+        Bit for bit `sdk.trainer.evaluate(model, params, x_test, y_test)` where a kernel's
+        result does not depend on its thread count (each batch is the same; the batches' sums
+        are added in row order here, as there). The caller checks the test set once first
+        (`sdk.trainer.check_evaluation_data`): a worker does not. A worker that fails, dies
+        or stalls fails the call as in `train`, and the pool is closed."""
+        if not self._conns:
+            raise RuntimeError("backend not started")
+        if not (isinstance(params, np.ndarray) and params.ndim == 1):
+            raise ValueError(
+                f"params must be a 1-D array (float32[d]), got shape {np.shape(params)}"
+            )
+        if self._test_rows == 0:
+            return None
+        d = int(params.shape[0])
+        shm_params, _ = self._blocks(d, 1)
+        np.copyto(shm_params.array, params, casting="same_kind")
+        chunks = eval_chunks(self._test_rows, len(self._conns), EVAL_BATCH)
+        tasks = [[i] for i in range(len(chunks))]
+        parts: list[tuple[int, list[float]] | None] = [None] * len(chunks)
+
+        def message(task: list[int]) -> tuple[Any, ...]:
+            lo, hi = chunks[task[0]]
+            return ("eval", shm_params.name, d, lo, hi, EVAL_BATCH)
+
+        def take(task: list[int], reply: Any) -> None:
+            parts[task[0]] = reply
+
+        def rows(task: list[int]) -> str:
+            lo, hi = chunks[task[0]]
+            return f"{lo}:{hi}"
+
+        try:
+            self._dispatch(
+                tasks,
+                message,
+                take,
+                size=lambda task: chunks[task[0]][1] - chunks[task[0]][0],
+                what=lambda task: ("to evaluate test rows", "evaluating test rows", rows(task)),
+                learn=False,
+            )
+        except BaseException:
+            _stop(self._procs)  # as in `train`: replies in flight would be read as the next's
+            self.close()
+            raise
+        from sdk.trainer import evaluation_result
+
+        correct = sum(part[0] for part in parts if part is not None)
+        losses = [loss for part in parts if part is not None for loss in part[1]]
+        return evaluation_result(correct, losses, self._test_predictions)
 
     def close(self) -> None:
         senders, self._senders = self._senders, {}
