@@ -70,21 +70,19 @@ def test_sums_of_whole_batch_shares_joined_in_order_are_evaluate_bit_for_bit(cut
     assert len(first[1]) + len(second[1]) == -(-len(x) // batch)
 
 
+def _context(**test: Any) -> TrainContext:
+    """The digits MLP's training context, with the test set `test` (x_test, y_test) if any."""
+    data = load_digits_data()
+    return TrainContext(
+        "digits_mlp", data.x_train, data.y_train, epochs=1, batch_size=8, lr=0.1, **test
+    )
+
+
 @pytest.fixture(scope="module")
 def pool() -> Any:
     data = load_digits_data()
-    ctx = TrainContext(
-        "digits_mlp",
-        data.x_train,
-        data.y_train,
-        epochs=1,
-        batch_size=8,
-        lr=0.1,
-        x_test=data.x_test,
-        y_test=data.y_test,
-    )
     backend = ProcessPoolBackend(workers=2)
-    backend.start(ctx)
+    backend.start(_context(x_test=data.x_test, y_test=data.y_test))
     yield backend
     backend.close()
 
@@ -107,10 +105,8 @@ def test_pool_evaluation_is_the_in_process_evaluation(pool: ProcessPoolBackend) 
 
 
 def test_a_context_without_a_test_set_evaluates_nothing_in_the_pool() -> None:
-    data = load_digits_data()
-    ctx = TrainContext("digits_mlp", data.x_train, data.y_train, epochs=1, batch_size=8, lr=0.1)
     backend = ProcessPoolBackend(workers=1)
-    backend.start(ctx)
+    backend.start(_context())
     try:
         assert backend.evaluate(get_flat_params(build_model("digits_mlp"))) is None
     finally:
@@ -120,17 +116,7 @@ def test_a_context_without_a_test_set_evaluates_nothing_in_the_pool() -> None:
 def test_a_worker_failing_its_evaluation_fails_the_call_and_closes_the_pool() -> None:
     # Prepare: test rows the model cannot take (32 features, the MLP wants 64), not checked
     # beforehand (the runner checks with `check_evaluation_data`; this calls the pool directly)
-    data = load_digits_data()
-    ctx = TrainContext(
-        "digits_mlp",
-        data.x_train,
-        data.y_train,
-        epochs=1,
-        batch_size=8,
-        lr=0.1,
-        x_test=np.zeros((300, 32), np.float32),
-        y_test=np.zeros(300, np.int64),
-    )
+    ctx = _context(x_test=np.zeros((300, 32), np.float32), y_test=np.zeros(300, np.int64))
     backend = ProcessPoolBackend(workers=2)
     backend.start(ctx)
     try:
