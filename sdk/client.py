@@ -24,6 +24,7 @@ import math
 import os
 import random
 import re
+import select
 import socket
 import ssl
 import sys
@@ -102,6 +103,17 @@ try:
     _SyncStream = _HttpcoreSyncStream
 except ImportError:
     _SyncStream = None
+
+# httpcore's default async backend (private): `AsyncClient` puts its own sockets in its place
+# (`_AsyncSocketBackend`). On an httpcore without it, only a pool given httpcore's
+# `AnyIOBackend` is changed.
+_AutoBackend: type | None
+try:
+    from httpcore._backends.auto import AutoBackend as _HttpcoreAutoBackend
+
+    _AutoBackend = _HttpcoreAutoBackend
+except ImportError:
+    _AutoBackend = None
 
 __all__ = [
     "Client",
@@ -3732,6 +3744,299 @@ async def _unless_cancelled(aw: Coroutine[Any, Any, _T], cancel: CancelFlag) -> 
     raise _Stop
 
 
+def _socket_readable(sock: socket.socket) -> bool:
+    """Whether a read of `sock` would not wait (data, its end, or an error): httpcore's
+    `is_readable`, which finds an idle connection the server has closed."""
+    if sock.fileno() < 0:
+        return True
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(sock, select.POLLIN)
+        return bool(poller.poll(0))
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+class _AsyncSocket(httpcore.AsyncNetworkStream):
+    """A connected TCP socket for httpcore, written and read with the event loop's own socket
+    calls (`loop.sock_sendall`, `loop.sock_recv`), as httpcore's sync stream writes and reads
+    its socket (`Client`'s); each call bounded by its `timeout`, as anyio's stream bounds it.
+
+    In place of anyio's stream (httpx's default), which goes through an asyncio transport that
+    closes its socket as soon as a write fails: the answer the coordinator sent to an upload
+    before resetting the connection (a 413 or a 503 `busy` to a body it did not read) was
+    still in that socket, unread, and httpx raised `ReadError`. A failed write here leaves the
+    socket open, and httpcore, which reads the answer after a failed write, gets it."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        try:
+            async with asyncio.timeout(timeout):
+                return await asyncio.get_running_loop().sock_recv(self._sock, max_bytes)
+        except TimeoutError as exc:  # the timeout's, or the kernel's (ETIMEDOUT), as anyio's
+            raise httpcore.ReadTimeout(str(exc) or "timed out") from exc
+        except OSError as exc:
+            raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await asyncio.get_running_loop().sock_sendall(self._sock, buffer)
+        except TimeoutError as exc:
+            raise httpcore.WriteTimeout(str(exc) or "timed out") from exc
+        except OSError as exc:
+            raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
+
+    async def aclose(self) -> None:
+        self._sock.close()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return await _AsyncTls.over(self, ssl_context, server_hostname, timeout)
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "socket":
+            return self._sock
+        if info == "is_readable":
+            return _socket_readable(self._sock)
+        try:
+            if info == "client_addr":
+                return self._sock.getsockname()[:2]
+            if info == "server_addr":
+                return self._sock.getpeername()[:2]
+        except OSError:
+            return None
+        return None
+
+
+# What an `_AsyncTls` asks of its connection at a time, as anyio's TLS stream does.
+_TLS_READ_BYTES = 64 << 10
+
+
+class _AsyncTls(httpcore.AsyncNetworkStream):
+    """TLS over an `_AsyncSocket` (or over another `_AsyncTls`: an https proxy's tunnel): an
+    `ssl.SSLObject` between memory buffers, as anyio's TLS stream, but a failed write ends the
+    writing direction only. A record not sent leaves the peer unable to decrypt any written
+    after it, but the records the peer sent before (its early answer) still decrypt: anyio's
+    stream refuses to read once a write has failed. As httpcore's anyio stream: a read or a
+    write is bounded by its `timeout` as a whole; a peer that ends the connection without
+    TLS's close_notify ends the stream; a handshake that fails is `httpcore.ConnectError`
+    chained from OpenSSL's error (a certificate's: `_certificate_failure` finds it), and
+    closes the connection."""
+
+    def __init__(
+        self,
+        inner: httpcore.AsyncNetworkStream,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None,
+    ) -> None:
+        self._inner = inner
+        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self._tls = ssl_context.wrap_bio(
+            self._incoming, self._outgoing, server_side=False, server_hostname=server_hostname
+        )
+        self._writes_ended = False
+
+    @classmethod
+    async def over(
+        cls,
+        inner: httpcore.AsyncNetworkStream,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None,
+        timeout: float | None,
+    ) -> _AsyncTls:
+        try:
+            tls = cls(inner, ssl_context, server_hostname)
+            async with asyncio.timeout(timeout):
+                await tls._run(tls._tls.do_handshake, reading=False)
+        except BaseException as exc:
+            await inner.aclose()
+            if isinstance(exc, TimeoutError):
+                raise httpcore.ConnectTimeout("timed out") from exc
+            if isinstance(exc, ssl.SSLError | httpcore.NetworkError):
+                raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+            raise
+        return tls
+
+    async def _run(self, op: Callable[[], _T], *, reading: bool) -> _T:
+        """`op` on the SSL object, feeding it what the connection brings while it wants more,
+        and sending what it made."""
+        while True:
+            try:
+                result = op()
+            except ssl.SSLWantReadError:
+                await self._flush(reading)
+                data = await self._inner.read(_TLS_READ_BYTES)
+                if data:
+                    self._incoming.write(data)
+                else:
+                    self._incoming.write_eof()
+                continue
+            await self._flush(reading)
+            return result
+
+    async def _flush(self, reading: bool) -> None:
+        """Send what the SSL object wrote. Once a send failed (or was cancelled part-way), what
+        it writes is dropped: writing raises, a read goes on (it flushes what a read makes,
+        a TLS 1.3 key update's answer, say)."""
+        if not self._outgoing.pending:
+            return
+        data = self._outgoing.read()
+        if self._writes_ended:
+            if reading:
+                return
+            raise httpcore.WriteError("an earlier write on this TLS connection failed")
+        try:
+            await self._inner.write(data)
+        except httpcore.NetworkError:
+            self._writes_ended = True
+            if not reading:
+                raise
+        except BaseException:
+            self._writes_ended = True
+            raise
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._run(lambda: self._tls.read(max_bytes), reading=True)
+        except TimeoutError as exc:
+            raise httpcore.ReadTimeout("timed out") from exc
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return b""
+        except ssl.SSLError as exc:
+            raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        if not buffer:
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self._run(lambda: self._tls.write(buffer), reading=False)
+        except TimeoutError as exc:
+            self._writes_ended = True  # part of a record may have gone
+            raise httpcore.WriteTimeout("timed out") from exc
+        except ssl.SSLError as exc:
+            raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return await _AsyncTls.over(self, ssl_context, server_hostname, timeout)
+
+    def get_extra_info(self, info: str) -> Any:
+        if info == "ssl_object":
+            return self._tls
+        return self._inner.get_extra_info(info)
+
+
+async def _dial(
+    host: str,
+    port: int,
+    timeout: float | None,
+    local_address: str | None,
+    options: Iterable[httpcore.SOCKET_OPTION],
+) -> socket.socket:
+    """A non-blocking TCP socket connected to `host`: its addresses dialled in turn, each
+    within `timeout`, as `socket.create_connection` (httpcore's sync backend, `Client`'s) does
+    (anyio raced them, starting the next 250 ms after the last); the lookup within `timeout`
+    too, as anyio's; `options` set before connecting, and TCP_NODELAY as asyncio's transports
+    set it. The last address's error when none connects (`TimeoutError` for a timeout)."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(timeout):
+        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    failed: OSError | None = None
+    for family, kind, proto, _, address in infos:
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for option in options:
+                sock.setsockopt(*option)
+            if local_address is not None:
+                sock.bind((local_address, 0))
+            async with asyncio.timeout(timeout):
+                await loop.sock_connect(sock, address)
+        except OSError as exc:  # a `TimeoutError` too
+            sock.close()
+            failed = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise failed or OSError(f"{host!r}: no address to connect to")
+
+
+class _AsyncSocketBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's async backend with `_AsyncSocket` TCP connections (TLS: `_AsyncTls`): an
+    upload the coordinator answers before reading its body gets that answer, as `Client`'s
+    does, where anyio's connection lost it. Unix sockets are `inner`'s (anyio's raw sockets,
+    which keep an early answer), and so is everything outside an asyncio event loop."""
+
+    def __init__(self, inner: httpcore.AsyncNetworkBackend) -> None:
+        self._inner = inner
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:  # another event loop (trio) running a transport shared with it
+            return await self._inner.connect_tcp(host, port, timeout, local_address, socket_options)
+        try:
+            sock = await _dial(host, port, timeout, local_address, socket_options or ())
+        except TimeoutError as exc:  # the timeout's, or the kernel's (ETIMEDOUT), as anyio's
+            raise httpcore.ConnectTimeout(str(exc) or "timed out") from exc
+        except OSError as exc:  # a lookup's failure too (`socket.gaierror`), as anyio's
+            raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
+        return _AsyncSocket(sock)
+
+    async def connect_unix_socket(
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return await self._inner.connect_unix_socket(path, timeout, socket_options)
+
+    async def sleep(self, seconds: float) -> None:
+        await self._inner.sleep(seconds)
+
+
+def _early_answer_sockets(http: httpx.AsyncClient) -> None:
+    """Put `_AsyncSocketBackend` in place of the default async backend of the httpcore pools
+    under `http`'s transports (its own, an injected `httpx.AsyncHTTPTransport`, and any
+    environment proxy's), in place, once (a transport shared by several clients keeps the
+    first wrapper). These are httpx's and httpcore's private attributes (pinned below 1.0 in
+    pyproject): a transport without them, or whose pool has another backend (an app's own),
+    is left as it is, its connections anyio's."""
+    defaults = tuple(t for t in (_AutoBackend, httpcore.AnyIOBackend) if t is not None)
+    for transport in (getattr(http, "_transport", None), *getattr(http, "_mounts", {}).values()):
+        pool: Any = getattr(transport, "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if isinstance(backend, httpcore.AsyncNetworkBackend) and type(backend) in defaults:
+            pool._network_backend = _AsyncSocketBackend(backend)
+
+
 class AsyncClient:
     """The asyncio twin of `Client` (same methods, awaited), for simulations and async apps.
 
@@ -3742,6 +4047,14 @@ class AsyncClient:
     `max_model_bytes`, `retry_rng` and `model_dtype`. As `Client`, one
     call at a time: two tasks running calls on one client at once interleave at their awaits
     over the same unlocked device state.
+
+    An upload the coordinator answers before reading its body (413, 503 `busy`) gets that
+    answer, as `Client`'s does: httpx's own transport, an injected `httpx.AsyncHTTPTransport`
+    and an environment proxy's connect through `_AsyncSocketBackend`, whose sockets keep an
+    answer that came before a failed write (anyio's, httpx's default, lost it: the attempt
+    failed as unreachable). An app's own transport keeps its behaviour. An answer the server's
+    kernel, or a proxy, dropped when it reset the connection is lost to both clients: that
+    attempt fails as unreachable and is retried on the client's backoff.
     """
 
     def __init__(
@@ -3778,6 +4091,7 @@ class AsyncClient:
         except BaseException:
             self._core.store.close()  # its claim and lock: this client never was
             raise
+        _early_answer_sockets(self._http)
         self._mods = mods
 
     @property
