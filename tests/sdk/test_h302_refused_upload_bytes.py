@@ -14,11 +14,12 @@ of a connection once the coordinator closes its side (the repo's
 only block). The device's send buffer and the relay's receive buffer are pinned, so what the
 device handed to its kernel can exceed what the relay read by at most those two buffers. Then
 the staller goes away and the device's re-send of the same upload, read in full, counts in the
-round exactly as the relay saw it. `Client` only: `AsyncClient` (httpx over anyio) loses an
-answer that arrives while it still writes once the connection is reset (`ReadError`, retried as
-an outage, counted nowhere), so it sees the 503 only when the rest of the body fits in the
-sockets' buffers. The counting itself is the same code for both: held, for both, against a
-transport that takes the body piece by piece as httpcore does and answers part-way.
+round exactly as the relay saw it. `Client` here; tests/sdk/test_h308_async_early_answer.py
+runs the same scenario with `AsyncClient`, which (since 47b181c) keeps an answer that arrives
+while it still writes (before, httpx over anyio lost it once the connection was reset:
+`ReadError`, retried as an outage, counted nowhere). The counting itself is the same code for
+both: held, for both, against a transport that takes the body piece by piece as httpcore does
+and answers part-way.
 """
 
 from __future__ import annotations
