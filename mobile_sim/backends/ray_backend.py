@@ -34,7 +34,7 @@ from ._worker import (
     split_jobs,
     task_examples,
 )
-from .process_pool import MAX_WORKERS, check_workers, too_many_per_cpu
+from .process_pool import EVAL_BATCH, MAX_WORKERS, check_workers, eval_chunks, too_many_per_cpu
 
 __all__ = ["RayBackend", "RayWorkerError", "RuntimeEnvRefused", "RuntimeEnvSetupFailed"]
 
@@ -279,6 +279,8 @@ class RayBackend:
         self._actors: list[Any] = []
         self._owns_runtime = False
         self._num_examples = 0  # the training set's size, for `check_round`
+        self._test_rows = 0  # the context's test rows (0: none), for `evaluate`
+        self._test_predictions = 0  # ... and its labels (y_test.size)
 
     def start(self, ctx: TrainContext) -> None:
         try:
@@ -289,6 +291,8 @@ class RayBackend:
             ) from exc
         self.close()
         self._num_examples = len(ctx.y_train)
+        self._test_rows = 0 if ctx.x_test is None else len(ctx.x_test)
+        self._test_predictions = 0 if ctx.y_test is None else int(np.asarray(ctx.y_test).size)
         self._stall = StallLimit()
         env = self.runtime_env
         if env is not None:
@@ -398,6 +402,45 @@ class RayBackend:
             for i, res in zip(share, out, strict=True):
                 results[i] = res
         return [r for r in results if r is not None]
+
+    def evaluate(self, params: npt.NDArray[np.float32]) -> tuple[float, float] | None:
+        """(accuracy, mean loss) of `params` on the context's test set, its rows split over
+        the actors as the pool splits them over its workers (`ProcessPoolBackend.evaluate`),
+        or None when the context has none. The caller checks the test set first
+        (`sdk.trainer.check_evaluation_data`). An actor's error is raised as Ray raises it; a
+        share still running past the stall limit (`job_timeout_s`, else `StallLimit`'s for
+        its rows) kills the actors, as in `train`."""
+        import ray
+
+        if not self._actors:
+            raise RuntimeError("backend not started")
+        if not (isinstance(params, np.ndarray) and params.ndim == 1):
+            raise ValueError(
+                f"params must be a 1-D array (float32[d]), got shape {np.shape(params)}"
+            )
+        if self._test_rows == 0:
+            return None
+        chunks = eval_chunks(self._test_rows, len(self._actors), EVAL_BATCH)
+        params_ref = ray.put(params)
+        refs = [
+            actor.evaluate.remote(params_ref, lo, hi, EVAL_BATCH)
+            for actor, (lo, hi) in zip(self._actors, chunks, strict=False)
+        ]
+        fixed = self.job_timeout_s
+        limit = max(self._stall.task_limit(fixed, k, hi - lo) for k, (lo, hi) in enumerate(chunks))
+        try:
+            parts = ray.get(refs, timeout=limit)
+        except ray.exceptions.GetTimeoutError:
+            self.close()  # kills the actors: their work will never be read
+            raise RayWorkerError(
+                f"a Ray actor was still evaluating test rows after {limit:.3g} s (the stall "
+                "limit); the actors were killed"
+            ) from None
+        from sdk.trainer import evaluation_result
+
+        correct = sum(part[0] for part in parts)
+        losses = [loss for part in parts for loss in part[1]]
+        return evaluation_result(correct, losses, self._test_predictions)
 
     def close(self) -> None:
         if not self._actors and not self._owns_runtime:

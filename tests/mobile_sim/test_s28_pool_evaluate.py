@@ -217,3 +217,31 @@ def test_evaluation_batches_are_the_pools_share_unit() -> None:
 
     default = inspect.signature(evaluate).parameters["batch_size"].default
     assert EVAL_BATCH == default
+
+
+@pytest.mark.ray
+def test_ray_actors_evaluate_as_the_pool_does() -> None:
+    # Prepare: a local runtime with two actors, and the digits test set in the context
+    ray = pytest.importorskip("ray", reason="the Ray backend needs `pip install .[ray]`")
+    from mobile_sim.backends.ray_backend import RayBackend
+
+    model, params, x, y = _digits()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    backend = RayBackend(workers=2)
+
+    # Execute
+    try:
+        backend.start(_context(x_test=x, y_test=y))
+        got = backend.evaluate(params)
+        backend.close()
+        backend.start(_context())
+        none = backend.evaluate(params)
+        backend.close()
+    finally:
+        ray.shutdown()
+
+    # Assert: as in this process (the accuracy exactly), and nothing without a test set
+    acc, loss = evaluate(model, params, x, y)
+    assert got is not None and got[0] == acc
+    assert got[1] == pytest.approx(loss, rel=1e-6)
+    assert none is None
