@@ -357,11 +357,13 @@ def bench_digits(args: argparse.Namespace) -> dict[str, Any]:
 class _Recording:
     """Wraps a backend and remembers each round's cohort (device indices), in job order."""
 
-    def __init__(self, inner: Any) -> None:
+    def __init__(self, inner: Any, evaluate_in_workers: bool = True) -> None:
         self.inner = inner
         self.name = inner.name
         self.cohorts: list[list[int]] = []
-        if hasattr(inner, "evaluate"):  # the pool evaluates in its workers: so here too
+        # The pool and Ray evaluate in their workers, so here too; --eval-in-driver hides
+        # that, and the runner evaluates in this process as it did before they could.
+        if evaluate_in_workers and hasattr(inner, "evaluate"):
             self.evaluate = inner.evaluate
 
     def start(self, ctx: Any) -> None:
@@ -549,7 +551,7 @@ def bench_mnist(args: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     plains: dict[str, _PlainLoop] = {}
     for name in order:
-        backend = _Recording(_backend(name, args.workers))
+        backend = _Recording(_backend(name, args.workers), not args.eval_in_driver)
         bar = tqdm(total=cfg.rounds, desc=f"mnist: {name} + plain loop", unit="round")
         plain = plains[name] = _PlainLoop(cfg)
         after_round = _AfterRound(plain, backend, bar, checkpoint if not args.quick else None)
@@ -614,6 +616,9 @@ def bench_mnist(args: argparse.Namespace) -> dict[str, Any]:
             "partition": f"{cfg.partition}({cfg.alpha})",
             "codec": f"topk {cfg.topk}, {cfg.bits}-bit, error feedback",
             "torch_threads": torch.get_num_threads(),
+            "eval_where": "driver (--eval-in-driver)"
+            if args.eval_in_driver
+            else "the pool's or Ray's workers; the driver for the other backends",
             "wall_s": "sum of per-round wall times (train, encode, engine decode+aggregate, eval)",
             "phase_wall_s": "wall_s by phase, summed over the rounds: train (the backend, "
             "model attacks included), encode, aggregate (the engine's decode + aggregate), "
@@ -755,6 +760,12 @@ def main(argv: list[str] | None = None) -> int:
         "--mnist-only-vectorized",
         action="store_true",
         help="in the mnist section time only the vectorized backend against the plain loop",
+    )
+    parser.add_argument(
+        "--eval-in-driver",
+        action="store_true",
+        help="mnist section: evaluate each round in this process, not in the pool's or Ray's "
+        "workers (their default since they evaluate there; for a before/after comparison)",
     )
     parser.add_argument(
         "--worker-inner",
