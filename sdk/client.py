@@ -3960,8 +3960,9 @@ async def _dial(
         infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     failed: OSError | None = None
     for family, kind, proto, _, address in infos:
-        sock = socket.socket(family, kind, proto)
-        try:
+        sock: socket.socket | None = None
+        try:  # a family the host has no support for (IPv6 off): EAFNOSUPPORT, the next address
+            sock = socket.socket(family, kind, proto)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             for option in options:
@@ -3971,11 +3972,13 @@ async def _dial(
             async with asyncio.timeout(timeout):
                 await loop.sock_connect(sock, address)
         except OSError as exc:  # a `TimeoutError` too
-            sock.close()
+            if sock is not None:
+                sock.close()
             failed = exc
             continue
         except BaseException:
-            sock.close()
+            if sock is not None:
+                sock.close()
             raise
         return sock
     raise failed or OSError(f"{host!r}: no address to connect to")
