@@ -1402,13 +1402,6 @@ def run_simulation(
 
     own_backend = backend is None
     be = backend if backend is not None else backend_for(cfg)
-    if be.name in ("pool", "ray"):
-        # The backend's own status line says it on a terminal; this line says it in a log.
-        workers = getattr(be, "workers", None)
-        kind = "pool" if be.name == "pool" else "Ray"
-        plural = "" if workers == 1 else "s"
-        note(f"starting {workers} {kind} worker{plural}" if workers else f"starting {kind} workers")
-    be.start(train_context(cfg, data))
     evaluate_model = model_evaluator(be, eval_model, data)
     fleet = None
     if cfg.fleet != "off":
@@ -1458,6 +1451,20 @@ def run_simulation(
             dp_seed=cfg.dp_seed,
         )
 
+    # Started last, just before the `try` whose `finally` closes it: a set-up check that
+    # fails above (a test set the model cannot take, --ort-tier without a fleet) leaves no
+    # pool workers or Ray actors running.
+    if be.name in ("pool", "ray"):
+        # The backend's own status line says it on a terminal; this line says it in a log.
+        workers = getattr(be, "workers", None)
+        kind = "pool" if be.name == "pool" else "Ray"
+        plural = "" if workers == 1 else "s"
+        note(f"starting {workers} {kind} worker{plural}" if workers else f"starting {kind} workers")
+    try:
+        be.start(train_context(cfg, data))
+    except BaseException:
+        bar.close()
+        raise
     try:
         for _ in range(cfg.rounds):
             if engine.stopped:

@@ -551,11 +551,15 @@ def run_secure_simulation(
     participants: dict[str, SecureParticipant] = {}
     drop_rng = np.random.default_rng([cfg.seed, 4])
     be = backend_for(cfg)
+    evaluate_model = model_evaluator(be, eval_model, data)  # checks the test set: before start
     be.start(train_context(cfg, data))
-    evaluate_model = model_evaluator(be, eval_model, data)
     records: list[RoundRecord] = []
     last_params = coord.params.copy()  # the model of the last round in `records`
-    fleet = HttpSecureFleet(coord, spec=setup.spec) if transport == "http" else None
+    try:
+        fleet = HttpSecureFleet(coord, spec=setup.spec) if transport == "http" else None
+    except BaseException:
+        be.close()  # the `finally` below that closes it is not reached
+        raise
     # The config the results record: over HTTP with the task's selection timeout, the one its
     # rounds ran with (not the realistic fleet's simulated 900 s, unused). Its round deadline
     # is wall seconds, which `deadline_s` (simulated, refused above) is not: in `http`, so that

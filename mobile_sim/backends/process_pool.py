@@ -538,6 +538,7 @@ class ProcessPoolBackend:
             size=lambda task: task_examples(jobs, task),
             what=lambda task: ("for devices", "training devices", name_devices(jobs, task)),
             learn=True,
+            fixed=self.job_timeout_s,
         )
         return [r for r in results if r is not None]
 
@@ -550,18 +551,19 @@ class ProcessPoolBackend:
         size: Callable[[list[int]], int],
         what: Callable[[list[int]], tuple[str, str, str]],
         learn: bool,
+        fixed: float | None,
     ) -> None:
         """Hand `tasks` out to idle workers, in order, until all are answered: each worker's
         reply goes to `take(task, reply)`. `message(task)` is the task's message, `size(task)`
         its examples (the unit of the stall limit) and `what(task)` its words for a stall
         error: ("for devices", "training devices", "d1, d2"). `learn`: the task's time counts
         towards the automatic stall limit's rate (training; an evaluation's rows would make
-        the rate look faster than training is)."""
+        the rate look faster than training is). `fixed`: the stall limit in seconds
+        (`job_timeout_s`, a training task's), or None for the automatic one."""
         idle = list(self._conns)
         # Each busy worker's task and when it was sent (time.monotonic() s).
         busy: dict[Connection, tuple[float, list[int]]] = {}
         pending = list(reversed(tasks))
-        fixed = self.job_timeout_s
 
         def limit(conn: Connection, task: list[int]) -> float:
             return self._stall.task_limit(fixed, conn, size(task))
@@ -618,7 +620,9 @@ class ProcessPoolBackend:
         result does not depend on its thread count (each batch is the same; the batches' sums
         are added in row order here, as there). The caller checks the test set once first
         (`sdk.trainer.check_evaluation_data`): a worker does not. A worker that fails, dies
-        or stalls fails the call as in `train`, and the pool is closed."""
+        or stalls fails the call as in `train`, and the pool is closed; the stall limit is the
+        automatic one (`StallLimit`, for the share's rows), never `job_timeout_s`, which
+        bounds a training task."""
         if not self._conns:
             raise RuntimeError("backend not started")
         if not (isinstance(params, np.ndarray) and params.ndim == 1):
@@ -653,6 +657,10 @@ class ProcessPoolBackend:
                 size=lambda task: chunks[task[0]][1] - chunks[task[0]][0],
                 what=lambda task: ("to evaluate test rows", "evaluating test rows", rows(task)),
                 learn=False,
+                # Not job_timeout_s: that bounds one device's training, and a worker's share
+                # of the test set may take longer. The automatic limit (its rows at 20x the
+                # training rate, at least 300 s) still ends a stuck worker.
+                fixed=None,
             )
         except BaseException:
             _stop(self._procs)  # as in `train`: replies in flight would be read as the next's

@@ -408,8 +408,8 @@ class RayBackend:
         the actors as the pool splits them over its workers (`ProcessPoolBackend.evaluate`),
         or None when the context has none. The caller checks the test set first
         (`sdk.trainer.check_evaluation_data`). An actor's error is raised as Ray raises it; a
-        share still running past the stall limit (`job_timeout_s`, else `StallLimit`'s for
-        its rows) kills the actors, as in `train`."""
+        share still running past the automatic stall limit for its rows (`StallLimit`; never
+        `job_timeout_s`, which bounds a training task) kills the actors, as in `train`."""
         import ray
 
         if not self._actors:
@@ -426,8 +426,8 @@ class RayBackend:
             actor.evaluate.remote(params_ref, lo, hi, EVAL_BATCH)
             for actor, (lo, hi) in zip(self._actors, chunks, strict=False)
         ]
-        fixed = self.job_timeout_s
-        limit = max(self._stall.task_limit(fixed, k, hi - lo) for k, (lo, hi) in enumerate(chunks))
+        # The automatic limit for the share's rows, not job_timeout_s (a training task's).
+        limit = max(self._stall.task_limit(None, k, hi - lo) for k, (lo, hi) in enumerate(chunks))
         try:
             parts = ray.get(refs, timeout=limit)
         except ray.exceptions.GetTimeoutError:

@@ -245,3 +245,46 @@ def test_ray_actors_evaluate_as_the_pool_does() -> None:
     assert got is not None and got[0] == acc
     assert got[1] == pytest.approx(loss, rel=1e-6)
     assert none is None
+
+
+def test_job_timeout_bounds_training_tasks_not_an_evaluation_share(
+    pool: ProcessPoolBackend,
+) -> None:
+    # Prepare: a stall limit no task could meet (helper-310's finding 5: a --job-timeout that
+    # every training task met failed the run at its first evaluation, the pool closed)
+    _, params, _, _ = _digits()
+    pool.job_timeout_s = 1e-6
+
+    # Execute / Assert: the evaluation runs under the automatic limit and the pool stays up
+    try:
+        assert pool.evaluate(params) is not None
+        assert pool.evaluate(params) is not None
+    finally:
+        pool.job_timeout_s = None
+
+
+def test_a_refused_test_set_leaves_no_pool_worker_running(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: the digits test labels past the model's classes, and a run that builds its own
+    # pool (helper-310's finding 4: the check ran after the pool had started, outside the
+    # `try` that closes it, so its workers outlived the failed call)
+    import multiprocessing
+
+    real = runner.prepare
+
+    def bad_labels(cfg: Any) -> Any:
+        setup = real(cfg)
+        y = setup.data.y_test.copy()
+        y[0] = 10
+        return replace(setup, data=replace(setup.data, y_test=y))
+
+    monkeypatch.setattr(runner, "prepare", bad_labels)
+    before = {p.pid for p in multiprocessing.active_children()}
+
+    # Execute
+    with pytest.raises(TrainingDataError, match="evaluation data"):
+        runner.run_simulation(replace(CFG, backend="pool", workers=2), progress=False)
+
+    # Assert: no worker process of this call (none was started)
+    assert {p.pid for p in multiprocessing.active_children()} <= before
