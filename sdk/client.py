@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import inspect
 import ipaddress
+import itertools
 import json
 import math
 import os
@@ -3943,6 +3944,54 @@ class _AsyncTls(httpcore.AsyncNetworkStream):
         return self._inner.get_extra_info(info)
 
 
+# How long `_dial` waits for an address's connect before dialling the next as well: RFC 8305's
+# Connection Attempt Delay, anyio's `happy_eyeballs_delay` (which `AsyncClient` used before).
+_NEXT_ADDRESS_S = 0.25
+
+_AddrInfo = tuple[int, int, int, str, Any]
+
+
+def _interleaved(infos: Iterable[_AddrInfo]) -> list[_AddrInfo]:
+    """getaddrinfo's answers with their families taking turns, the first answer's family first
+    (RFC 8305 section 4, as asyncio's `create_connection`): its order within a family kept."""
+    families: dict[int, list[_AddrInfo]] = {}
+    for info in infos:
+        families.setdefault(info[0], []).append(info)
+    turns = itertools.zip_longest(*families.values())
+    return [info for turn in turns for info in turn if info is not None]
+
+
+async def _dial_one(
+    info: _AddrInfo, local_address: str | None, options: Iterable[httpcore.SOCKET_OPTION]
+) -> socket.socket:
+    """A non-blocking TCP socket connected to one of getaddrinfo's answers, closed if that
+    fails or is cancelled; `options` set before connecting, and TCP_NODELAY as asyncio's
+    transports set it."""
+    family, kind, proto, _, address = info
+    sock: socket.socket | None = None
+    try:  # a family the host has no support for (IPv6 off): EAFNOSUPPORT, the next address
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for option in options:
+            sock.setsockopt(*option)
+        if local_address is not None:
+            sock.bind((local_address, 0))
+        await asyncio.get_running_loop().sock_connect(sock, address)
+    except BaseException:
+        if sock is not None:
+            sock.close()
+        raise
+    return sock
+
+
+def _drop_connected(attempt: asyncio.Future[socket.socket]) -> None:
+    """Close the socket of an attempt that connected after another won (its error read, so
+    that asyncio does not log it)."""
+    if not attempt.cancelled() and attempt.exception() is None:
+        attempt.result().close()
+
+
 async def _dial(
     host: str,
     port: int,
@@ -3950,38 +3999,61 @@ async def _dial(
     local_address: str | None,
     options: Iterable[httpcore.SOCKET_OPTION],
 ) -> socket.socket:
-    """A non-blocking TCP socket connected to `host`: its addresses dialled in turn, each
-    within `timeout`, as `socket.create_connection` (httpcore's sync backend, `Client`'s) does
-    (anyio raced them, starting the next 250 ms after the last); the lookup within `timeout`
-    too, as anyio's; `options` set before connecting, and TCP_NODELAY as asyncio's transports
-    set it. The last address's error when none connects (`TimeoutError` for a timeout)."""
+    """A non-blocking TCP socket connected to `host`, as anyio's `connect_tcp` (httpx's
+    default) connects: `host` looked up, its addresses raced (RFC 8305's Happy Eyeballs),
+    the lookup and the race within `timeout` as a whole. The addresses are dialled in
+    `_interleaved` order, the next once the last one's attempt failed or had not connected
+    within `_NEXT_ADDRESS_S`; the first to connect wins and the other attempts are cancelled,
+    their sockets closed. When every one fails: the error of the last address in that
+    order, as `socket.create_connection` (`Client`'s) raises (`TimeoutError` when the
+    timeout ends the race)."""
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):
-        infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    failed: OSError | None = None
-    for family, kind, proto, _, address in infos:
-        sock: socket.socket | None = None
-        try:  # a family the host has no support for (IPv6 off): EAFNOSUPPORT, the next address
-            sock = socket.socket(family, kind, proto)
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            for option in options:
-                sock.setsockopt(*option)
-            if local_address is not None:
-                sock.bind((local_address, 0))
-            async with asyncio.timeout(timeout):
-                await loop.sock_connect(sock, address)
-        except OSError as exc:  # a `TimeoutError` too
-            if sock is not None:
-                sock.close()
-            failed = exc
-            continue
-        except BaseException:
-            if sock is not None:
-                sock.close()
-            raise
-        return sock
-    raise failed or OSError(f"{host!r}: no address to connect to")
+        infos = _interleaved(await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        running: dict[asyncio.Future[socket.socket], int] = {}
+        failed: dict[int, OSError] = {}
+        latest: asyncio.Future[socket.socket] | None = None
+        next_at = loop.time()
+        winner: socket.socket | None = None
+        try:
+            while winner is None:
+                started = len(running) + len(failed)
+                if started < len(infos) and (
+                    latest is None or latest.done() or loop.time() >= next_at
+                ):
+                    latest = asyncio.ensure_future(
+                        _dial_one(infos[started], local_address, options)
+                    )
+                    running[latest] = started
+                    next_at = loop.time() + _NEXT_ADDRESS_S
+                    continue
+                if not running:
+                    raise failed[max(failed)] if failed else OSError(f"{host!r}: no address")
+                wait = max(0.0, next_at - loop.time()) if started < len(infos) else None
+                done, _ = await asyncio.wait(
+                    running, timeout=wait, return_when=asyncio.FIRST_COMPLETED
+                )
+                for attempt in done:
+                    exc = attempt.exception()
+                    if exc is None and winner is None:
+                        del running[attempt]
+                        winner = attempt.result()
+                    elif isinstance(exc, OSError):
+                        failed[running.pop(attempt)] = exc
+                    elif exc is not None:  # a socket option of the wrong type, say
+                        raise exc
+        finally:
+            for attempt in running:  # the losers (an attempt done with them: its socket)
+                attempt.cancel()
+                attempt.add_done_callback(_drop_connected)
+            try:
+                if running:
+                    await asyncio.wait(running)
+            except BaseException:  # the caller cancelled meanwhile, or the timeout ended
+                if winner is not None:
+                    winner.close()
+                raise
+    return winner
 
 
 class _AsyncSocketBackend(httpcore.AsyncNetworkBackend):

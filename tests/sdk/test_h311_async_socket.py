@@ -3,7 +3,10 @@ anyio's backend (httpx's default, which it replaced) did.
 
 `_dial` goes on to a name's next address when a socket of the first one's family cannot be
 made (a host without IPv6 gets AAAA answers: getaddrinfo is asked without AI_ADDRCONFIG), as
-`socket.create_connection` and anyio do. Names resolve through a replaced
+`socket.create_connection` and anyio do. It races a name's addresses (RFC 8305), as anyio did:
+the next dialled 250 ms after the last unless that one failed first, families taking turns,
+the first to connect used and the others closed, all within one connect timeout (for a few
+commits it dialled them in turn, each with the whole timeout). Names resolve through a replaced
 `socket.getaddrinfo` (the event loop's lookup calls it), so no real DNS is used, and every
 address is on loopback.
 """
@@ -11,16 +14,20 @@ address is on loopback.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
+import select
 import socket
 from collections.abc import Iterator
 from typing import Any
 
+import httpcore
 import pytest
 
 from sdk.client import _AsyncSocketBackend, _AutoBackend
 
 NAME = "dual.test"
+CONNECT_S = 5.0
 _REAL_GETADDRINFO = socket.getaddrinfo
 _REAL_SOCKET = socket.socket
 
@@ -88,3 +95,163 @@ def test_an_address_family_the_host_cannot_make_a_socket_of_is_skipped(
 
     # Execute / Verify: connected to the IPv4 address (it failed: ConnectError [Errno 97])
     assert asyncio.run(run())[0] == "127.0.0.1"
+
+
+@pytest.fixture
+def made() -> Iterator[list[socket.socket]]:
+    """The sockets `_record` saw made; closed after the test."""
+    sockets: list[socket.socket] = []
+    yield sockets
+    for sock in sockets:
+        sock.close()
+
+
+def _record(monkeypatch: pytest.MonkeyPatch, made: list[socket.socket]) -> None:
+    """Record in `made` every socket made from here on (not those `accept` wraps): called
+    once the test's servers are listening."""
+
+    class Recorded(_REAL_SOCKET):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            if kwargs.get("fileno") is None and len(args) < 4:
+                made.append(self)
+
+    monkeypatch.setattr(socket, "socket", Recorded)
+
+
+@contextlib.contextmanager
+def _black_hole() -> Iterator[tuple[str, int]]:
+    """A loopback address whose connects hang: a listener that never accepts, its backlog
+    filled until a further connect is not answered within 0.3 s (Linux drops the SYN of a
+    listener whose accept queue is full)."""
+    listener = _REAL_SOCKET()
+    fillers: list[socket.socket] = []
+    try:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = listener.getsockname()
+        for _ in range(16):
+            sock = _REAL_SOCKET()
+            fillers.append(sock)
+            sock.setblocking(False)
+            with contextlib.suppress(BlockingIOError):
+                sock.connect(address)
+            if not select.select([], [sock], [], 0.3)[1]:
+                break
+        else:
+            raise AssertionError("the listener's backlog never filled")
+        yield address
+    finally:
+        for sock in (*fillers, listener):
+            sock.close()
+
+
+def test_a_first_address_that_never_answers_does_not_hold_up_the_second(
+    resolve: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch, made: list[socket.socket]
+) -> None:
+    # Prepare: a name whose first address drops SYNs (a black-holed IPv6 route, say) and whose
+    # second accepts; a connect timeout of 5 s
+    async def run() -> tuple[Any, float]:
+        server, port = await _listener()
+        try:
+            with _black_hole() as hole:
+                resolve[:] = [_info(hole), _info(("127.0.0.1", port))]
+                _record(monkeypatch, made)
+                loop = asyncio.get_running_loop()
+                started = loop.time()
+                stream = await _backend().connect_tcp(NAME, port, timeout=CONNECT_S)
+                took = loop.time() - started
+                addr = stream.get_extra_info("server_addr")
+                assert [s.fileno() >= 0 for s in made] == [False, True]  # the loser closed
+                await stream.aclose()
+                return addr, took
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    # Execute
+    addr, took = asyncio.run(run())
+
+    # Verify: the second address was dialled 250 ms after the first (RFC 8305, as anyio), so
+    # it connected well before the first's attempt could time out (before: after 5.0 s,
+    # the whole connect timeout spent on the first address)
+    assert addr == ("127.0.0.1", resolve[1][4][1])
+    assert took < CONNECT_S / 2
+
+
+def test_addresses_none_answers_fail_within_one_connect_timeout(
+    resolve: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch, made: list[socket.socket]
+) -> None:
+    # Prepare: three addresses that never answer; a connect timeout of 1.5 s
+    async def run() -> tuple[BaseException, float]:
+        with _black_hole() as a, _black_hole() as b, _black_hole() as c:
+            resolve[:] = [_info(a), _info(b), _info(c)]
+            _record(monkeypatch, made)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            with pytest.raises(httpcore.ConnectTimeout) as raised:
+                await _backend().connect_tcp(NAME, 80, timeout=1.5)
+            return raised.value, loop.time() - started
+
+    # Execute
+    _, took = asyncio.run(run())
+
+    # Verify: all three were dialled, and closed; the whole connect took its timeout, once
+    # (before: 1.5 s for each address in turn, 4.5 s)
+    assert len(made) == 3 and all(s.fileno() < 0 for s in made)
+    assert took < 3.0
+
+
+def test_refused_addresses_are_dialled_families_interleaved_the_last_error_raised(
+    resolve: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch, made: list[socket.socket]
+) -> None:
+    # Prepare: a name with two IPv6 then two IPv4 addresses, each refused at once
+    dialled: list[Any] = []
+
+    async def refuse(sock: socket.socket, address: Any) -> None:
+        dialled.append(address[0])
+        raise ConnectionRefusedError(errno.ECONNREFUSED, f"refused by {address[0]}")
+
+    async def run() -> BaseException:
+        monkeypatch.setattr(asyncio.get_running_loop(), "sock_connect", refuse)
+        with pytest.raises(httpcore.ConnectError) as raised:
+            await _backend().connect_tcp(NAME, 9, timeout=5)
+        return raised.value
+
+    resolve[:] = [_info(a) for a in (("::1", 9, 0, 0), ("::2", 9, 0, 0))]
+    resolve += [_info(a) for a in (("127.0.0.1", 9), ("127.0.0.2", 9))]
+    _record(monkeypatch, made)
+
+    # Execute
+    err = asyncio.run(run())
+
+    # Verify: RFC 8305's order (families alternating, the first answer's first); each refusal
+    # started the next at once; the last address's error raised, as socket.create_connection's
+    assert dialled == ["::1", "127.0.0.1", "::2", "127.0.0.2"]
+    assert "refused by 127.0.0.2" in str(err)
+    assert len(made) == 4 and all(s.fileno() < 0 for s in made)
+
+
+def test_a_connect_cancelled_while_racing_closes_every_attempt(
+    resolve: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch, made: list[socket.socket]
+) -> None:
+    # Prepare: two addresses that never answer, both dialled by the time the connect is
+    # cancelled
+    async def run() -> None:
+        with _black_hole() as a, _black_hole() as b:
+            resolve[:] = [_info(a), _info(b)]
+            _record(monkeypatch, made)
+            connect = asyncio.ensure_future(_backend().connect_tcp(NAME, 80, timeout=30))
+            for _ in range(60):  # up to 3 s (before: the second was dialled after 30 s)
+                if len(made) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            connect.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await connect
+
+    # Execute
+    asyncio.run(run())
+
+    # Verify: both attempts' sockets closed
+    assert len(made) == 2 and all(s.fileno() < 0 for s in made)
