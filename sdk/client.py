@@ -3770,11 +3770,36 @@ class _AsyncSocket(httpcore.AsyncNetworkStream):
 
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
+        # The tasks waiting in a read or a write, each with its `cancelling()` count when it
+        # began; those of them `aclose` cancelled.
+        self._waiting: dict[asyncio.Task[Any], int] = {}
+        self._woken: set[asyncio.Task[Any]] = set()
+
+    async def _wait(self, op: Coroutine[Any, Any, _T], timeout: float | None) -> _T:
+        """`op` (the loop's `sock_recv` or `sock_sendall` on this socket) within `timeout`.
+        An `aclose` meanwhile, from another task, cancels this one, and here that cancel
+        becomes `ConnectionAbortedError` (as asyncio's `timeout` turns its own cancel into
+        `TimeoutError`), unless the task was also cancelled otherwise: that cancel goes on."""
+        task = asyncio.current_task()
+        if task is None:  # not in a task: asyncio's `timeout` raises
+            op.close()
+            raise RuntimeError("an _AsyncSocket is read and written from asyncio tasks")
+        self._waiting[task] = task.cancelling()
+        try:
+            async with asyncio.timeout(timeout):
+                return await op
+        except asyncio.CancelledError:
+            if task in self._woken and task.uncancel() <= self._waiting[task]:
+                raise ConnectionAbortedError("the connection was closed") from None
+            raise
+        finally:
+            del self._waiting[task]
+            self._woken.discard(task)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
         try:
-            async with asyncio.timeout(timeout):
-                return await asyncio.get_running_loop().sock_recv(self._sock, max_bytes)
+            loop = asyncio.get_running_loop()
+            return await self._wait(loop.sock_recv(self._sock, max_bytes), timeout)
         except TimeoutError as exc:  # the timeout's, or the kernel's (ETIMEDOUT), as anyio's
             raise httpcore.ReadTimeout(str(exc) or "timed out") from exc
         except OSError as exc:
@@ -3784,14 +3809,30 @@ class _AsyncSocket(httpcore.AsyncNetworkStream):
         if not buffer:
             return
         try:
-            async with asyncio.timeout(timeout):
-                await asyncio.get_running_loop().sock_sendall(self._sock, buffer)
+            loop = asyncio.get_running_loop()
+            await self._wait(loop.sock_sendall(self._sock, buffer), timeout)
         except TimeoutError as exc:
             raise httpcore.WriteTimeout(str(exc) or "timed out") from exc
         except OSError as exc:
             raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
 
     async def aclose(self) -> None:
+        """Close the socket, waking a read or a write another task waits in (`ReadError`,
+        `WriteError`), as anyio's stream does: those tasks are cancelled (`_wait`), and the
+        loop's watch on the socket for them removed before it is closed (the cancels would
+        remove it a step later, then from whatever socket had got its number; and the
+        loop's selector, holding a descriptor closed under it, fails the next socket given
+        that number)."""
+        for task in self._waiting:
+            if task not in self._woken:
+                self._woken.add(task)
+                task.cancel()
+        fd = self._sock.fileno()
+        if fd >= 0:
+            loop = asyncio.get_running_loop()
+            with contextlib.suppress(NotImplementedError):  # a proactor loop (Windows): none
+                loop.remove_reader(fd)
+                loop.remove_writer(fd)
         self._sock.close()
 
     async def start_tls(

@@ -6,7 +6,10 @@ made (a host without IPv6 gets AAAA answers: getaddrinfo is asked without AI_ADD
 `socket.create_connection` and anyio do. It races a name's addresses (RFC 8305), as anyio did:
 the next dialled 250 ms after the last unless that one failed first, families taking turns,
 the first to connect used and the others closed, all within one connect timeout (for a few
-commits it dialled them in turn, each with the whole timeout). Names resolve through a replaced
+commits it dialled them in turn, each with the whole timeout). Closing a connection wakes a
+read or a write another task waits in with ReadError or WriteError, as anyio's stream did, and
+leaves the event loop no watch on its descriptor; a task cancelled meanwhile still sees its
+cancel. Names resolve through a replaced
 `socket.getaddrinfo` (the event loop's lookup calls it), so no real DNS is used, and every
 address is on loopback.
 """
@@ -18,13 +21,16 @@ import contextlib
 import errno
 import select
 import socket
-from collections.abc import Iterator
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpcore
 import pytest
 
 from sdk.client import _AsyncSocketBackend, _AutoBackend
+from tests._tls import self_signed
 
 NAME = "dual.test"
 CONNECT_S = 5.0
@@ -255,3 +261,152 @@ def test_a_connect_cancelled_while_racing_closes_every_attempt(
 
     # Verify: both attempts' sockets closed
     assert len(made) == 2 and all(s.fileno() < 0 for s in made)
+
+
+@contextlib.asynccontextmanager
+async def _stalled(tmp: Path, tls: bool) -> AsyncIterator[tuple[httpcore.AsyncNetworkStream, int]]:
+    """A connection (TLS when `tls`) to a loopback server that never writes and never reads
+    (past asyncio's stream buffer); the server's port."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+
+    server_ctx = client_ctx = None
+    if tls:
+        cert, key = self_signed(tmp, localhost=False)
+        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        server_ctx.load_cert_chain(cert, key)
+        client_ctx = ssl.create_default_context(cafile=cert)
+    server = await asyncio.start_server(hold, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        stream = await _backend().connect_tcp("127.0.0.1", port, timeout=5)
+        if client_ctx is not None:
+            stream = await stream.start_tls(client_ctx, "127.0.0.1", timeout=5)
+        try:
+            yield stream, port
+        finally:
+            await stream.aclose()
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+
+
+async def _waiting(op: Awaitable[Any]) -> asyncio.Future[Any]:
+    """`op` in a task of its own, once it waits on its connection."""
+    task = asyncio.ensure_future(op)
+    await asyncio.sleep(0.3)
+    assert not task.done()
+    return task
+
+
+def _watch_same_fd(fd: int) -> asyncio.Future[bytes]:
+    """A socket given descriptor number `fd` (socket pairs made until one end gets it),
+    watched by the loop for reading, and a byte sent to it: a future of what it reads.
+    Made at once, in the step that freed `fd`."""
+    loop = asyncio.get_running_loop()
+    spare: list[socket.socket] = []
+    for _ in range(64):
+        pair = socket.socketpair()
+        spare += pair
+        if fd in (pair[0].fileno(), pair[1].fileno()):
+            break
+    else:
+        for sock in spare:
+            sock.close()
+        raise AssertionError(f"descriptor {fd} not reused")
+    this, other = pair if pair[0].fileno() == fd else pair[::-1]
+    for sock in spare[:-2]:
+        sock.close()
+    got: asyncio.Future[bytes] = loop.create_future()
+
+    def readable() -> None:
+        loop.remove_reader(fd)
+        got.set_result(this.recv(1))
+        this.close()
+        other.close()
+
+    loop.add_reader(fd, readable)
+    other.send(b"x")
+    return got
+
+
+PIPES = pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+
+
+@PIPES
+def test_closing_a_connection_wakes_its_waiting_read_with_a_read_error(
+    tmp_path: Path, tls: bool
+) -> None:
+    # Prepare: a read waiting (30 s timeout) on a connection to a server that never answers
+    async def run() -> tuple[BaseException | None, bytes]:
+        async with _stalled(tmp_path, tls) as (stream, _):
+            fd = stream.get_extra_info("socket").fileno()
+            read = await _waiting(stream.read(100, timeout=30))
+
+            # Execute: another task closes the connection, and a new socket gets its
+            # descriptor number at once
+            await stream.aclose()
+            reused = _watch_same_fd(fd)
+            done, _ = await asyncio.wait({read, reused}, timeout=5)
+            assert read in done, "the read went on waiting after its connection closed"
+            assert reused in done, "the loop lost its watch on the new socket"
+            return read.exception(), reused.result()
+
+    err, echoed = asyncio.run(run())
+
+    # Verify: the read raised ReadError at once (before: it waited out its timeout, then
+    # ReadTimeout), and a new socket on the same descriptor number works (before: the loop
+    # kept the closed one's registration: FileNotFoundError [Errno 2] from the selector; had
+    # only the read been cancelled, its clean-up a step later removed the new socket's watch)
+    assert isinstance(err, httpcore.ReadError)
+    assert echoed == b"x"
+
+
+@PIPES
+def test_closing_a_connection_wakes_its_waiting_write_with_a_write_error(
+    tmp_path: Path, tls: bool
+) -> None:
+    # Prepare: a 64 MiB write waiting (30 s timeout) for room on a connection to a server
+    # that reads nothing
+    async def run() -> BaseException | None:
+        async with _stalled(tmp_path, tls) as (stream, _):
+            write = await _waiting(stream.write(b"\0" * (64 << 20), timeout=30))
+
+            # Execute: another task closes the connection
+            await stream.aclose()
+            done, _ = await asyncio.wait({write}, timeout=5)
+            assert done, "the write went on waiting after its connection closed"
+            return write.exception()
+
+    # Verify: the write raised WriteError at once (before: WriteTimeout after 30 s)
+    assert isinstance(asyncio.run(run()), httpcore.WriteError)
+
+
+@PIPES
+@pytest.mark.parametrize("first", ["cancel", "close"])
+def test_a_read_cancelled_as_its_connection_closes_is_cancelled(
+    tmp_path: Path, tls: bool, first: str
+) -> None:
+    # Prepare: a read waiting on a connection
+    async def run() -> asyncio.Future[Any]:
+        async with _stalled(tmp_path, tls) as (stream, _):
+            read = await _waiting(stream.read(100, timeout=30))
+
+            # Execute: its task is cancelled, and the connection closed, in the same step
+            if first == "cancel":
+                read.cancel()
+                await stream.aclose()
+            else:
+                close = asyncio.ensure_future(stream.aclose())
+                await asyncio.sleep(0)
+                read.cancel()
+                await close
+            await asyncio.wait({read}, timeout=5)
+            return read
+
+    # Verify: the task sees its cancel, not the connection's close
+    assert asyncio.run(run()).cancelled()
