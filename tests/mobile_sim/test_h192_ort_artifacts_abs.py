@@ -18,7 +18,9 @@ from mobile_sim.runner import SimConfig, train_context
 def _data() -> Any:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((8, 64)).astype(np.float32)
-    return SimpleNamespace(x_train=x, y_train=rng.integers(0, 10, 8).astype(np.int64))
+    y = rng.integers(0, 10, 8).astype(np.int64)
+    # The test set too: train_context passes it on (the pool and Ray evaluate in workers).
+    return SimpleNamespace(x_train=x, y_train=y, x_test=x, y_test=y)
 
 
 @pytest.mark.parametrize("given", ["art", Path("art"), "./sub/../art"])
