@@ -69,6 +69,14 @@ def server(tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="module")
+def refusing_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One coordinator for the cases of a refused upload: each creates its own task and device
+    (its check-ins name its task), and a refused upload changes nothing another case reads."""
+    with ServerThread(_config(tmp_path_factory.mktemp("h287") / "plume.db")) as url:
+        yield url
+
+
 class Answers:
     """A client mod keeping the raw JSON of every check-in answer with an assignment."""
 
@@ -305,9 +313,10 @@ def test_a_secure_task_does_not_ask_for_the_loss(server: str, tmp_path: Path) ->
     ],
 )
 def test_a_malformed_loss_is_422_before_the_body_is_read(
-    server: str, tmp_path: Path, query: str, words: str
+    refusing_server: str, tmp_path: Path, query: str, words: str
 ) -> None:
-    # Prepare
+    # Prepare: a task and a device of this case's own
+    server = refusing_server
     http = httpx.Client(base_url=server)
     task_id = create_task(http, task_config(rounds=1, clients_per_round=1))
     (client,) = _clients(server, tmp_path, 1)
