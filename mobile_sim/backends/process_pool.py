@@ -50,9 +50,14 @@ _STOP_GRACE_S = 2.0
 _SENDER_SETTLE_S = 0.5
 
 
-# Test rows per forward pass in `evaluate`, `sdk.trainer.evaluate`'s default: the workers'
-# shares of the test set start at multiples of it, so each batch is the one `evaluate` runs.
-EVAL_BATCH = 250
+# Test rows per forward pass in a worker's share of `evaluate` (the shares start at multiples
+# of it): half `sdk.trainer.evaluate`'s 250, so that two single-thread workers together hold
+# the activations one 250-row batch of the driver's does (the MNIST CNN's first convolution:
+# about 25 MB, inside the L3 cache). At 250 rows each, two workers spilled it: on the 2-vCPU AMD
+# EPYC of 2026-12-01 (quiet), evaluating the CNN's 2,000 test rows took 0.68-0.71 s in the
+# pool against 0.53-0.55 s in one process on two threads, and 0.50-0.51 s in the pool at 125
+# rows (medians of 7; a scratch A/B, docs/simulator.md "Backends").
+EVAL_BATCH = 125
 
 
 def eval_chunks(rows: int, workers: int, batch: int) -> list[tuple[int, int]]:
@@ -616,9 +621,10 @@ class ProcessPoolBackend:
         `y_test`), its rows split over the workers at multiples of `EVAL_BATCH` (each worker
         one torch thread, as it trains), or None when the context has none.
 
-        Bit for bit `sdk.trainer.evaluate(model, params, x_test, y_test)` where a kernel's
-        result does not depend on its thread count (each batch is the same; the batches' sums
-        are added in row order here, as there). The caller checks the test set once first
+        Bit for bit `sdk.trainer.evaluate(model, params, x_test, y_test, EVAL_BATCH)` where a
+        kernel's result does not depend on its thread count (each batch is the same; the
+        batches' sums are added in row order here, as there); evaluate's default 250-row
+        batches give the same accuracy and the loss to float rounding. The caller checks the test set once first
         (`sdk.trainer.check_evaluation_data`): a worker does not. A worker that fails, dies
         or stalls fails the call as in `train`, and the pool is closed; the stall limit is the
         automatic one (`StallLimit`, for the share's rows), never `job_timeout_s`, which

@@ -95,12 +95,16 @@ def test_pool_evaluation_is_the_in_process_evaluation(pool: ProcessPoolBackend) 
     # Execute
     got = [pool.evaluate(p) for p in (params, other)]
     want = [evaluate(model, p, x, y) for p in (params, other)]
+    same_batches = [evaluate(model, p, x, y, batch_size=EVAL_BATCH) for p in (params, other)]
 
     # Assert: the accuracy exactly; the loss to float tolerance (the workers run one torch
     # thread, this process may run more: a kernel may sum in another order)
     for (acc, loss), (acc_want, loss_want) in zip(got, want, strict=True):  # type: ignore[misc]
         assert acc == acc_want
         assert loss == pytest.approx(loss_want, rel=1e-6)
+    for (acc, loss), (acc_same, loss_same) in zip(got, same_batches, strict=True):  # type: ignore[misc]
+        assert acc == acc_same
+        assert loss == pytest.approx(loss_same, rel=1e-6)
     assert got[0] != got[1]
 
 
@@ -211,12 +215,13 @@ def test_a_test_set_the_model_cannot_take_is_refused_before_the_first_round(
     assert trained == [] and _EvaluatingBackend.calls == 0
 
 
-def test_evaluation_batches_are_the_pools_share_unit() -> None:
-    # The pool's shares start at multiples of evaluate's default batch: the same batches
+def test_a_workers_batch_divides_evaluates_default() -> None:
+    # Whole shares of EVAL_BATCH rows are whole shares of evaluate's 250-row batches too, so a
+    # share's activations never exceed the driver's one batch
     import inspect
 
     default = inspect.signature(evaluate).parameters["batch_size"].default
-    assert EVAL_BATCH == default
+    assert default % EVAL_BATCH == 0 and EVAL_BATCH < default
 
 
 @pytest.mark.ray
