@@ -608,6 +608,17 @@ OTHER_FILES: list[tuple[str, str, list[str]]] = [
         ["mnist_cnn_wall_ratio_vs_plain_loop", "mnist_cnn_ratios_by_backend"],
     ),
     (
+        "sim_throughput_amd_eval_driver",
+        "The same with the pool evaluating in the driver (--eval-in-driver), on the AMD EPYC, "
+        "2026-12-01 (docs/simulator.md, 'Evaluation in the workers')",
+        ["mnist_cnn_wall_ratio_vs_plain_loop", "mnist_cnn_ratios_by_backend"],
+    ),
+    (
+        "sim_throughput_amd_eval_workers",
+        "The same with the pool evaluating in its workers (the default), right after",
+        ["mnist_cnn_wall_ratio_vs_plain_loop", "mnist_cnn_ratios_by_backend"],
+    ),
+    (
         "readme_cnn_download/rounds",
         "README: a 1-round run of the compressed MNIST-CNN setting, for its download bytes",
         ["summary.final_accuracy", "summary.total_upload_bytes", "summary.total_download_bytes"],
