@@ -21,6 +21,8 @@ __all__ = [
     "name_devices",
     "StallLimit",
     "task_examples",
+    "test_set_size",
+    "join_evaluations",
 ]
 
 INNER_BACKENDS = ("sequential", "vectorized")
@@ -98,6 +100,28 @@ class StallLimit:
             f"automatic stall limit ({how}; job_timeout_s None): if the work is honest, set "
             "job_timeout_s (plume sim --job-timeout) to a longer limit in seconds"
         )
+
+
+def test_set_size(ctx: TrainContext) -> tuple[int, int]:
+    """(rows, predictions) of `ctx`'s test set, (0, 0) without one: what a remote backend's
+    `evaluate` splits (rows) and divides by (predictions, `y_test.size`)."""
+    if ctx.x_test is None or ctx.y_test is None:
+        return 0, 0
+    return len(ctx.x_test), int(np.asarray(ctx.y_test).size)
+
+
+def join_evaluations(
+    parts: Sequence[tuple[int, list[float]] | None], predictions: int
+) -> tuple[float, float]:
+    """(accuracy, mean loss) from the workers' `WorkerState.evaluate` parts, in row order:
+    their correct counts added, their batch losses joined and summed one by one
+    (`sdk.trainer.evaluation_result`), as one process's `evaluate` sums them."""
+    from sdk.trainer import evaluation_result
+
+    done = [part for part in parts if part is not None]
+    correct = sum(part[0] for part in done)
+    losses = [loss for part in done for loss in part[1]]
+    return evaluation_result(correct, losses, predictions)
 
 
 def task_examples(jobs: Sequence[TrainJob], task: Sequence[int]) -> int:

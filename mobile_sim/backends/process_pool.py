@@ -28,9 +28,11 @@ from ._worker import (
     StallLimit,
     WorkerState,
     check_job_timeout,
+    join_evaluations,
     name_devices,
     split_jobs,
     task_examples,
+    test_set_size,
 )
 
 __all__ = ["ProcessPoolBackend", "PoolWorkerError", "EVAL_BATCH", "eval_chunks"]
@@ -388,8 +390,7 @@ class ProcessPoolBackend:
     def start(self, ctx: TrainContext) -> None:
         self.close()
         self._num_examples = len(ctx.y_train)
-        self._test_rows = 0 if ctx.x_test is None else len(ctx.x_test)
-        self._test_predictions = 0 if ctx.y_test is None else int(np.asarray(ctx.y_test).size)
+        self._test_rows, self._test_predictions = test_set_size(ctx)
         self._stall = StallLimit()  # rates of another context say nothing of this one
         mp: Any = multiprocessing.get_context(self.start_method)
         if os.name == "posix":
@@ -624,17 +625,14 @@ class ProcessPoolBackend:
         Bit for bit `sdk.trainer.evaluate(model, params, x_test, y_test, EVAL_BATCH)` where a
         kernel's result does not depend on its thread count (each batch is the same; the
         batches' sums are added in row order here, as there); evaluate's default 250-row
-        batches give the same accuracy and the loss to float rounding. The caller checks the test set once first
-        (`sdk.trainer.check_evaluation_data`): a worker does not. A worker that fails, dies
+        batches give the same accuracy and the loss to float rounding. The caller checks the
+        test set once first (`sdk.trainer.check_evaluation_data`): a worker does not. A worker that fails, dies
         or stalls fails the call as in `train`, and the pool is closed; the stall limit is the
         automatic one (`StallLimit`, for the share's rows), never `job_timeout_s`, which
         bounds a training task."""
         if not self._conns:
             raise RuntimeError("backend not started")
-        if not (isinstance(params, np.ndarray) and params.ndim == 1):
-            raise ValueError(
-                f"params must be a 1-D array (float32[d]), got shape {np.shape(params)}"
-            )
+        check_round(params, (), self._num_examples)  # params only: a 1-D float array
         if self._test_rows == 0:
             return None
         d = int(params.shape[0])
@@ -672,11 +670,7 @@ class ProcessPoolBackend:
             _stop(self._procs)  # as in `train`: replies in flight would be read as the next's
             self.close()
             raise
-        from sdk.trainer import evaluation_result
-
-        correct = sum(part[0] for part in parts if part is not None)
-        losses = [loss for part in parts if part is not None for loss in part[1]]
-        return evaluation_result(correct, losses, self._test_predictions)
+        return join_evaluations(parts, self._test_predictions)
 
     def close(self) -> None:
         senders, self._senders = self._senders, {}

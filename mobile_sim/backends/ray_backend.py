@@ -30,9 +30,11 @@ from ._worker import (
     StallLimit,
     WorkerState,
     check_job_timeout,
+    join_evaluations,
     name_devices,
     split_jobs,
     task_examples,
+    test_set_size,
 )
 from .process_pool import EVAL_BATCH, MAX_WORKERS, check_workers, eval_chunks, too_many_per_cpu
 
@@ -291,8 +293,7 @@ class RayBackend:
             ) from exc
         self.close()
         self._num_examples = len(ctx.y_train)
-        self._test_rows = 0 if ctx.x_test is None else len(ctx.x_test)
-        self._test_predictions = 0 if ctx.y_test is None else int(np.asarray(ctx.y_test).size)
+        self._test_rows, self._test_predictions = test_set_size(ctx)
         self._stall = StallLimit()
         env = self.runtime_env
         if env is not None:
@@ -414,10 +415,7 @@ class RayBackend:
 
         if not self._actors:
             raise RuntimeError("backend not started")
-        if not (isinstance(params, np.ndarray) and params.ndim == 1):
-            raise ValueError(
-                f"params must be a 1-D array (float32[d]), got shape {np.shape(params)}"
-            )
+        check_round(params, (), self._num_examples)  # params only: a 1-D float array
         if self._test_rows == 0:
             return None
         chunks = eval_chunks(self._test_rows, len(self._actors), EVAL_BATCH)
@@ -436,11 +434,7 @@ class RayBackend:
                 f"a Ray actor was still evaluating test rows after {limit:.3g} s (the stall "
                 "limit); the actors were killed"
             ) from None
-        from sdk.trainer import evaluation_result
-
-        correct = sum(part[0] for part in parts)
-        losses = [loss for part in parts for loss in part[1]]
-        return evaluation_result(correct, losses, self._test_predictions)
+        return join_evaluations(parts, self._test_predictions)
 
     def close(self) -> None:
         if not self._actors and not self._owns_runtime:

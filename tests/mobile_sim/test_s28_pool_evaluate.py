@@ -177,6 +177,20 @@ def test_a_pool_run_evaluates_in_the_workers_with_the_sequential_runs_figures(
         assert a.loss == pytest.approx(b.loss, rel=1e-5)
 
 
+def _bad_test_label(monkeypatch: pytest.MonkeyPatch, row: int) -> None:
+    """`runner.prepare` made to give the digits test set a label past the model's 10 classes
+    at `row`."""
+    real = runner.prepare
+
+    def bad_labels(cfg: Any) -> Any:
+        setup = real(cfg)
+        y = setup.data.y_test.copy()
+        y[row] = 10
+        return replace(setup, data=replace(setup.data, y_test=y))
+
+    monkeypatch.setattr(runner, "prepare", bad_labels)
+
+
 class _EvaluatingBackend(SequentialBackend):
     """A backend that says it evaluates in its workers, and records whether it was asked."""
 
@@ -191,15 +205,7 @@ def test_a_test_set_the_model_cannot_take_is_refused_before_the_first_round(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Prepare: the digits test labels past the model's 10 classes
-    real = runner.prepare
-
-    def bad_labels(cfg: Any) -> Any:
-        setup = real(cfg)
-        y = setup.data.y_test.copy()
-        y[-1] = 10
-        return replace(setup, data=replace(setup.data, y_test=y))
-
-    monkeypatch.setattr(runner, "prepare", bad_labels)
+    _bad_test_label(monkeypatch, -1)
     backend = _EvaluatingBackend()
     trained: list[int] = []
 
@@ -276,15 +282,7 @@ def test_a_refused_test_set_leaves_no_pool_worker_running(
     # `try` that closes it, so its workers outlived the failed call)
     import multiprocessing
 
-    real = runner.prepare
-
-    def bad_labels(cfg: Any) -> Any:
-        setup = real(cfg)
-        y = setup.data.y_test.copy()
-        y[0] = 10
-        return replace(setup, data=replace(setup.data, y_test=y))
-
-    monkeypatch.setattr(runner, "prepare", bad_labels)
+    _bad_test_label(monkeypatch, 0)
     before = {p.pid for p in multiprocessing.active_children()}
 
     # Execute
