@@ -3757,7 +3757,20 @@ def _socket_readable(sock: socket.socket) -> bool:
     return bool(select.select([sock], [], [], 0)[0])
 
 
-class _AsyncSocket(httpcore.AsyncNetworkStream):
+class _AsyncStream(httpcore.AsyncNetworkStream):
+    """What `_AsyncSocket` and `_AsyncTls` share: TLS started on either (an https proxy's
+    tunnel is TLS over TLS) is an `_AsyncTls` over it."""
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        return await _AsyncTls.over(self, ssl_context, server_hostname, timeout)
+
+
+class _AsyncSocket(_AsyncStream):
     """A connected TCP socket for httpcore, written and read with the event loop's own socket
     calls (`loop.sock_sendall`, `loop.sock_recv`), as httpcore's sync stream writes and reads
     its socket (`Client`'s); each call bounded by its `timeout`, as anyio's stream bounds it.
@@ -3835,14 +3848,6 @@ class _AsyncSocket(httpcore.AsyncNetworkStream):
                 loop.remove_writer(fd)
         self._sock.close()
 
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return await _AsyncTls.over(self, ssl_context, server_hostname, timeout)
-
     def get_extra_info(self, info: str) -> Any:
         if info == "socket":
             return self._sock
@@ -3862,7 +3867,7 @@ class _AsyncSocket(httpcore.AsyncNetworkStream):
 _TLS_READ_BYTES = 64 << 10
 
 
-class _AsyncTls(httpcore.AsyncNetworkStream):
+class _AsyncTls(_AsyncStream):
     """TLS over an `_AsyncSocket` (or over another `_AsyncTls`: an https proxy's tunnel): an
     `ssl.SSLObject` between memory buffers, as anyio's TLS stream, but a failed write ends the
     writing direction only. A record not sent leaves the peer unable to decrypt any written
@@ -3970,14 +3975,6 @@ class _AsyncTls(httpcore.AsyncNetworkStream):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return await _AsyncTls.over(self, ssl_context, server_hostname, timeout)
 
     def get_extra_info(self, info: str) -> Any:
         if info == "ssl_object":
