@@ -101,10 +101,13 @@ def _assign_all(clients: list[Client], task_id: int) -> dict[str, Assignment]:
 
 def _abandoning_task(http: httpx.Client) -> int:
     # Two devices selected, both needed (min_reports 2), a short deadline: one report abandons.
+    # The test drives both check-ins and A's upload one after another right after the round
+    # opens (about 0.15 s on a quiet 2-vCPU machine), so 1.5 s leaves them ten times that; every
+    # run sits the deadline out, so it is no longer than that.
     return create_task(
         http,
         task_config(
-            rounds=2, clients_per_round=2, min_reports=2, deadline_s=3.0, selection_timeout_s=60
+            rounds=2, clients_per_round=2, min_reports=2, deadline_s=1.5, selection_timeout_s=60
         ),
     )
 
@@ -302,6 +305,10 @@ def test_each_outcome_is_acted_on(tmp_path: Path, outcome: str, kept: bool, retu
 # -- secure rounds ---------------------------------------------------------------------------
 
 SECURE_SPEC = ModelSpec.from_shapes([("w", (4, 8)), ("b", (4,))])
+# The stage timeout of the tests below whose round waits out a stage that a silent device never
+# uploads: each stage every device uploads closes at once, 0.16 s or less after it opened on a
+# quiet 2-vCPU machine (5 devices), so 1.5 s leaves such a stage nine times that.
+STAGE_S = 1.5
 
 
 def _secure_task(http: httpx.Client, cohort: int = 3, stage_timeout_s: float = 4.0) -> int:
@@ -335,7 +342,7 @@ def test_a_secure_round_abandoned_after_the_masked_inputs_returns_them(
     import threading
 
     with httpx.Client(base_url=url) as http:
-        task_id = _secure_task(http)
+        task_id = _secure_task(http, stage_timeout_s=STAGE_S)
     clients = [Client(url, str(tmp_path / f"s{i}")) for i in range(3)]
     for c in clients:
         c.register()
@@ -428,7 +435,7 @@ def test_a_secure_round_that_drops_a_device_tells_it_excluded(url: str, tmp_path
     from sdk.device_store import AcceptedUpload
 
     with httpx.Client(base_url=url) as http:
-        task_id = _secure_task(http, cohort=5)
+        task_id = _secure_task(http, cohort=5, stage_timeout_s=STAGE_S)
     clients = [Client(url, str(tmp_path / f"x{i}")) for i in range(5)]
     for c in clients:
         c.register()
