@@ -104,8 +104,8 @@ def test_healthz_and_readyz_answer_while_the_stores_connection_is_held(
     server: ServerThread,
 ) -> None:
     # Prepare: a write failed (the store is not ready: the probe write will run), then the
-    # store's own lock is held for HOLD s, as a write of this coordinator waiting on another
-    # process's lock holds it
+    # store's own lock is held, as a write of this coordinator waiting on another process's
+    # lock holds it: until both probes have answered, or HOLD s if one waits for the lock
     hold = 8.0
     store = server.app.state.store
     with httpx.Client(base_url=server.url, timeout=60) as http:
@@ -113,12 +113,12 @@ def test_healthz_and_readyz_answer_while_the_stores_connection_is_held(
         refused = http.post("/v1/admin/tasks", json=to_json(task_config()), headers=AUTH)
         _query_only(store, False)
         assert refused.status_code == 503, refused.text
-        taken = threading.Event()
+        taken, answered = threading.Event(), threading.Event()
 
         def hold_the_store() -> None:
             with store._lock:
                 taken.set()
-                time.sleep(hold)
+                answered.wait(hold)
 
         holder = threading.Thread(target=hold_the_store)
         holder.start()
@@ -130,6 +130,7 @@ def test_healthz_and_readyz_answer_while_the_stores_connection_is_held(
         time.sleep(0.2)
         _timed_get(server.url, "/healthz", answers)
         ready.join(60)
+        answered.set()  # both answered with the lock still held: give it back
         holder.join(60)
         again = _ready_again(http)
     (health, health_s), (readyz, ready_s) = answers["/healthz"], answers["/readyz"]
