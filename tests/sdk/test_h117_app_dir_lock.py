@@ -7,7 +7,9 @@ import asyncio
 import fcntl
 import gc
 import os
+import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -116,13 +118,25 @@ def test_a_fork_while_another_thread_takes_the_lock_leaves_the_child_no_lock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Prepare: a thread stops between its flock and recording the hold until this thread has
-    # forked (or 5 s have passed: a loaded machine may take a while to fork).
+    # forked, or is in os.fork's before-fork hook (which waits for the guard that thread holds),
+    # or 5 s have passed (a loaded machine may take a while to fork).
     locked, forked = threading.Event(), threading.Event()
+    forking_thread = threading.get_ident()
+
+    def in_the_fork_hook() -> bool:
+        frame = sys._current_frames().get(forking_thread)
+        while frame is not None:
+            if frame.f_code is device_store._before_fork.__code__:
+                return True
+            frame = frame.f_back
+        return False
 
     class SlowHold(device_store._Hold):
         def __init__(self, fd: int, key: tuple[int, int]) -> None:
             locked.set()
-            forked.wait(5.0)
+            give_up = time.monotonic() + 5.0
+            while not (forked.wait(0.005) or in_the_fork_hook()) and time.monotonic() < give_up:
+                pass
             super().__init__(fd, key)
 
     monkeypatch.setattr(device_store, "_Hold", SlowHold)
