@@ -29,10 +29,11 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from coordinator.cli import main
 from coordinator.service import AdminClient, ServerThread, ServiceConfig, serve
-from coordinator.service.server import SHUTDOWN_GRACE_S
+from coordinator.service.server import SHUTDOWN_GRACE_S, _answering, _buffered_out
 from protocol.messages import TaskConfig, TensorShape, to_json
 from tests.test_h74_operator import _plume, _wait_healthy, assert_database_file_complete
 
@@ -48,8 +49,33 @@ def _create_task(url: str) -> int:
     return int(r.json()["task_id"])
 
 
-def _half_put(url: str, task_id: int) -> socket.socket:
-    """A connection that sent a model PUT's head and half its body, then stopped."""
+def _until(condition: Callable[[], bool], what: str, within: float = 30.0) -> None:
+    """Wait (polling) until `condition()` holds."""
+    give_up = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < give_up, f"not {what} within {within:g} s"
+        time.sleep(0.01)
+
+
+def _connections(server: ServerThread) -> list[H11Protocol]:
+    """`server`'s HTTP connections, from another thread (the set copied in one C call: the
+    server's thread may add or remove one meanwhile)."""
+    return [c for c in tuple(server.server.server_state.connections) if isinstance(c, H11Protocol)]
+
+
+def _request_running(server: ServerThread) -> Callable[[], bool]:
+    """Whether a request runs on one of `server`'s connections (its answer not complete)."""
+    return lambda: any(_answering(c) for c in _connections(server))
+
+
+def _stop_begun(server: ServerThread) -> Callable[[], bool]:
+    """Whether `server`'s stop has begun (it no longer accepts connections)."""
+    return lambda: not any(listener.is_serving() for listener in server.server.servers)
+
+
+def _half_put(url: str, task_id: int, reading: Callable[[], bool] | None = None) -> socket.socket:
+    """A connection that sent a model PUT's head and half its body, then stopped; returned once
+    the app is reading the body (`reading()` holds; without it, after 0.3 s)."""
     host, port = url.removeprefix("http://").split(":")
     s = socket.create_connection((host, int(port)), timeout=30)
     head = (
@@ -58,7 +84,10 @@ def _half_put(url: str, task_id: int) -> socket.socket:
         f"content-length: {BODY}\r\n\r\n"
     )
     s.sendall(head.encode() + b"x" * (BODY // 2))
-    time.sleep(0.3)  # the app is reading the body
+    if reading is None:
+        time.sleep(0.3)  # the app is reading the body
+    else:
+        _until(reading, "reading the body")
     return s
 
 
@@ -96,7 +125,7 @@ def test_a_request_still_running_at_the_grace_end_gets_a_json_503(
     server = ServerThread(cfg, shutdown_grace_s=1.0)
     url = server.start()
     task_id = _create_task(url)
-    s = _half_put(url, task_id)
+    s = _half_put(url, task_id, _request_running(server))
     # Execute: stop, as SIGTERM does, and read what the stalled client gets
     caplog.set_level(logging.INFO)
     started = time.monotonic()
@@ -143,7 +172,11 @@ def test_a_download_still_going_out_is_cut_at_the_grace_end_not_before(
     s.sendall(f"GET /v1/admin/tasks/{task_id}/model HTTP/1.1\r\nhost: x\r\n".encode())
     s.sendall(f"authorization: Bearer {ADMIN}\r\n\r\n".encode())
     assert s.recv(16) == b"HTTP/1.1 200 OK\r"
-    time.sleep(0.5)
+    # the app handed the answer over whole: no request runs, its bytes wait to go out
+    _until(
+        lambda: any(_buffered_out(c) and not _answering(c) for c in _connections(server)),
+        "handed over whole",
+    )
     caplog.set_level(logging.INFO)
     # Execute: stop while the answer is going out
     started = time.monotonic()
@@ -165,11 +198,11 @@ def test_a_request_that_ends_within_the_grace_gets_its_own_answer(tmp_path: Path
     server = ServerThread(cfg, shutdown_grace_s=20.0)
     url = server.start()
     task_id = _create_task(url)
-    s = _half_put(url, task_id)
+    s = _half_put(url, task_id, _request_running(server))
     # Execute: stop, then the rest of the body arrives during the grace
     stopper = threading.Thread(target=server.stop)
     stopper.start()
-    time.sleep(0.5)
+    _until(_stop_begun(server), "stopping")
     s.sendall(b"x" * (BODY - BODY // 2))
     answer = _read_all(s)
     stopper.join(30)
