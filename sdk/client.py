@@ -3787,6 +3787,11 @@ class _AsyncSocket(_AsyncStream):
         # began; those of them `aclose` cancelled.
         self._waiting: dict[asyncio.Task[Any], int] = {}
         self._woken: set[asyncio.Task[Any]] = set()
+        # Set by `aclose`: a read or a write after it raises without touching the socket, as
+        # anyio's stream raises `ClosedResourceError` (httpcore: `ReadError`, `WriteError`).
+        # The loop's own call would meet a descriptor of -1: asyncio's fails with EBADF, but
+        # uvloop's `sock_recv` raises `ValueError`, which no `httpx.TransportError` catches.
+        self._closed = False
 
     async def _wait(self, op: Coroutine[Any, Any, _T], timeout: float | None) -> _T:
         """`op` (the loop's `sock_recv` or `sock_sendall` on this socket) within `timeout`.
@@ -3810,10 +3815,13 @@ class _AsyncSocket(_AsyncStream):
             self._woken.discard(task)
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if self._closed:
+            raise httpcore.ReadError("the connection was closed")
         try:
             loop = asyncio.get_running_loop()
             return await self._wait(loop.sock_recv(self._sock, max_bytes), timeout)
-        except TimeoutError as exc:  # the timeout's, or the kernel's (ETIMEDOUT), as anyio's
+        except TimeoutError as exc:  # the timeout's, or the kernel's (ETIMEDOUT): as httpcore's
+            # sync stream (`Client`'s); anyio's stream raises `ReadError` for the kernel's
             raise httpcore.ReadTimeout(str(exc) or "timed out") from exc
         except OSError as exc:
             raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
@@ -3821,6 +3829,8 @@ class _AsyncSocket(_AsyncStream):
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if not buffer:
             return
+        if self._closed:
+            raise httpcore.WriteError("the connection was closed")
         try:
             loop = asyncio.get_running_loop()
             await self._wait(loop.sock_sendall(self._sock, buffer), timeout)
@@ -3835,7 +3845,8 @@ class _AsyncSocket(_AsyncStream):
         loop's watch on the socket for them removed before it is closed (the cancels would
         remove it a step later, then from whatever socket had got its number; and the
         loop's selector, holding a descriptor closed under it, fails the next socket given
-        that number)."""
+        that number). A read or a write after it raises `ReadError` or `WriteError`."""
+        self._closed = True
         for task in self._waiting:
             if task not in self._woken:
                 self._woken.add(task)
@@ -4079,6 +4090,8 @@ async def _dial(
                     elif isinstance(exc, OSError):
                         failed[running.pop(attempt)] = exc
                     elif exc is not None:  # a socket option of the wrong type, say
+                        if winner is not None:  # connected in this same step: not returned
+                            winner.close()
                         raise exc
         finally:
             for attempt in running:  # the losers (an attempt done with them: its socket)
