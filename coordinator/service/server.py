@@ -228,7 +228,9 @@ def uvicorn_config(
     """Uvicorn settings the ledger relies on: no `server`/`date` headers (the app counts every
     response header it sends, so uvicorn must not add its own), h11 with each request head's
     size as it arrived (`CountingH11Protocol`; httptools, which uvicorn would pick when
-    installed, is not used), one process, TLS if given. A request head must arrive in full
+    installed, is not used), asyncio's own event loop (uvicorn's "auto" would pick uvloop when
+    installed, as `uvicorn[standard]` brings it: the early answers and the stop's handling of
+    connections are tested on asyncio's), one process, TLS if given. A request head must arrive in full
     within `head_timeout_s` (0: no limit; `CountingH11Protocol`). A stop waits
     `shutdown_grace_s` for requests in flight when run by `_Server` (which `serve` and
     `ServerThread` use); uvicorn's own limit, a few seconds later, is only a backstop.
@@ -241,6 +243,7 @@ def uvicorn_config(
         host=host,
         port=port,
         http=_protocol(_check_head_timeout(head_timeout_s)),
+        loop="asyncio",
         log_level=log_level,
         access_log=access_log,
         server_header=False,
