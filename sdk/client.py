@@ -2122,8 +2122,9 @@ class _LookupFailed(httpcore.ConnectError):
 def _lookup(
     host: str, port: int, timeout: float | None, cancel: CancelFlag | None = None
 ) -> list[str]:
-    """The addresses `host` names, in `socket.getaddrinfo`'s order (an IP address: itself),
-    looked up within `timeout` seconds (None: unbounded). getaddrinfo takes no timeout and
+    """The addresses `host` names, in `_interleaved` order (RFC 8305: families taking turns,
+    `socket.getaddrinfo`'s first answer's first; an IP address: itself), each once, looked up
+    within `timeout` seconds (None: unbounded). getaddrinfo takes no timeout and
     cannot be interrupted, and httpcore calls it inside `socket.create_connection`, so a stalled
     resolver held a request past any deadline: a bounded lookup runs in a daemon thread, which
     is left to end on its own (the resolver's own timeout, seconds) once `timeout` passes
@@ -2158,13 +2159,112 @@ def _lookup(
     if isinstance(answer[0], (OSError, UnicodeError)):
         raise _LookupFailed(f"{host!r}: {answer[0]}", answer[0]) from answer[0]
     addresses: list[str] = []
-    for family, _, _, _, sockaddr in answer[0]:
+    for family, _, _, _, sockaddr in _interleaved(answer[0]):
         address = str(sockaddr[0])
         if family == socket.AF_INET6 and sockaddr[3] and "%" not in address:
             address = f"{address}%{sockaddr[3]}"  # a link-local address keeps its interface
         if address not in addresses:
             addresses.append(address)
     return addresses
+
+
+def _race_connect(
+    connect: Callable[[str, float | None], httpcore.NetworkStream],
+    addresses: list[str],
+    timeout: float | None,
+    cancel: CancelFlag | None,
+) -> httpcore.NetworkStream:
+    """`connect(address, timeout)` raced over `addresses` (RFC 8305's Happy Eyeballs, as
+    `AsyncClient`'s `_dial`), each attempt on a daemon thread of its own: the next address is
+    dialled once the last one's attempt failed or had not connected within `_NEXT_ADDRESS_S`,
+    the first stream to connect is returned, and every other attempt closes its stream when
+    it ends (an attempt cannot be cut short: its socket is the inner backend's). The race and
+    its attempts share `timeout`: each attempt gets what is left of it when it starts, so no
+    thread outlives the race's end by more than scheduling; `httpcore.ConnectTimeout` when it
+    ends the race. When every attempt fails (`ConnectError`, `ConnectTimeout`): the error of
+    the last address in that order, as `socket.create_connection` raises. Any other error an
+    attempt ends with is raised at once. `_Stop` within _CANCEL_POLL_S of `cancel` being set."""
+    end = _ends_at(timeout)
+    lock = threading.Condition()
+    ended: list[tuple[int, httpcore.NetworkStream | BaseException]] = []
+    over = False  # set under `lock` when the race returned or raised: attempts close theirs
+
+    def attempt(index: int, address: str, left: float | None) -> None:
+        try:
+            outcome: httpcore.NetworkStream | BaseException = connect(address, left)
+        except BaseException as exc:  # noqa: BLE001 - the race raises it
+            outcome = exc
+        with lock:
+            if not over:
+                ended.append((index, outcome))
+                lock.notify()
+                return
+        if isinstance(outcome, httpcore.NetworkStream):
+            with contextlib.suppress(Exception):
+                outcome.close()
+
+    winner: httpcore.NetworkStream | None = None
+    failed: dict[int, BaseException] = {}
+    started = 0
+    next_at = _tick()
+    try:
+        with lock:
+            while True:
+                stray: BaseException | None = None
+                for index, outcome in ended:
+                    if not isinstance(outcome, httpcore.NetworkStream):
+                        if isinstance(outcome, httpcore.ConnectError | httpcore.ConnectTimeout):
+                            failed[index] = outcome
+                        elif stray is None:  # a socket option of the wrong type, say
+                            stray = outcome
+                    elif winner is None:
+                        winner = outcome
+                    else:  # connected in the same step as the winner
+                        with contextlib.suppress(Exception):
+                            outcome.close()
+                ended.clear()
+                if stray is not None:
+                    raise stray
+                if winner is not None:
+                    return winner
+                now = _tick()
+                if started < len(addresses) and (
+                    started == 0 or started - 1 in failed or now >= next_at
+                ):
+                    left = None if timeout is None else end - now
+                    if left is not None and left <= 0:
+                        raise httpcore.ConnectTimeout("timed out")
+                    threading.Thread(
+                        target=attempt, args=(started, addresses[started], left),
+                        name="plume-connect", daemon=True,
+                    ).start()  # fmt: skip
+                    started += 1
+                    next_at = now + _NEXT_ADDRESS_S
+                    continue
+                if len(failed) == started == len(addresses):
+                    raise failed[max(failed)]
+                if cancel is not None and cancel.is_set():
+                    raise _Stop
+                if not now < end:
+                    raise httpcore.ConnectTimeout("timed out")
+                wait = end - now
+                if started < len(addresses):
+                    wait = min(wait, next_at - now)
+                if cancel is not None:
+                    wait = min(wait, _CANCEL_POLL_S)
+                lock.wait(None if wait == math.inf else max(wait, 0.0))
+    except BaseException:
+        if winner is not None:
+            with contextlib.suppress(Exception):
+                winner.close()
+        raise
+    finally:
+        with lock:
+            over = True
+            for _, outcome in ended:  # ended after the race's last look
+                if isinstance(outcome, httpcore.NetworkStream):
+                    with contextlib.suppress(Exception):
+                        outcome.close()
 
 
 class _DeadlineBackend(httpcore.NetworkBackend):
@@ -2184,28 +2284,35 @@ class _DeadlineBackend(httpcore.NetworkBackend):
     ) -> httpcore.NetworkStream:
         cancel = self._deadline.cancel
 
-        def dial(address: str) -> httpcore.NetworkStream:
-            def connect(t: float | None) -> httpcore.NetworkStream:
-                return self._inner.connect_tcp(address, port, t, local_address, socket_options)
+        def connect(address: str, t: float | None) -> httpcore.NetworkStream:
+            return self._inner.connect_tcp(address, port, t, local_address, socket_options)
 
-            return _within(
-                self._deadline, timeout,
-                connect if cancel is None else lambda t: _until_cancelled(lambda: connect(t), cancel),
-            )  # fmt: skip
-
-        if self._deadline.at == math.inf:  # a thread with no deadline: as httpcore connects
-            return _DeadlineStream(dial(host), self._deadline)
-        # The inner backend would look `host` up itself, unbounded (`_lookup`); it dials the
-        # addresses instead, each in turn as `socket.create_connection` does. TLS still names
-        # `host` (httpcore takes the server name from the request's URL), as does `Host`.
+        # The inner backend would look `host` up itself, unbounded (`_lookup`), then dial its
+        # addresses one after another, each with the whole timeout (`socket.create_connection`):
+        # it is given the addresses instead, raced as `AsyncClient`'s `_dial` races them, the
+        # lookup and the race within one connect timeout. A thread without a deadline (an
+        # unbounded `max_response_s`) connects so too: the connect timeout still bounds it.
+        # TLS still names `host` (httpcore takes the server name from the request's URL), as
+        # does `Host`.
+        end = _ends_at(timeout)
         addresses = _within(self._deadline, timeout, lambda t: _lookup(host, port, t, cancel))
-        failed: httpcore.ConnectError | httpcore.ConnectTimeout | None = None
-        for address in addresses:
-            try:
-                return _DeadlineStream(dial(address), self._deadline)
-            except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
-                failed = exc
-        raise failed or httpcore.ConnectError(f"{host!r}: no address to connect to")
+        if not addresses:
+            raise httpcore.ConnectError(f"{host!r}: no address to connect to")
+        left = None if timeout is None else end - _tick()
+        if left is not None and left <= 0:
+            raise httpcore.ConnectTimeout(f"{host!r}: the lookup took the connect timeout")
+        if len(addresses) == 1:  # nothing to race: dialled in this thread
+            address = addresses[0]
+            stream = _within(
+                self._deadline, left,
+                (lambda t: connect(address, t)) if cancel is None
+                else lambda t: _until_cancelled(lambda: connect(address, t), cancel),
+            )  # fmt: skip
+        else:
+            stream = _within(
+                self._deadline, left, lambda t: _race_connect(connect, addresses, t, cancel)
+            )
+        return _DeadlineStream(stream, self._deadline)
 
     def connect_unix_socket(
         self,
@@ -3993,8 +4100,9 @@ class _AsyncTls(_AsyncStream):
         return self._inner.get_extra_info(info)
 
 
-# How long `_dial` waits for an address's connect before dialling the next as well: RFC 8305's
-# Connection Attempt Delay, anyio's `happy_eyeballs_delay` (which `AsyncClient` used before).
+# How long `_dial` (and `Client`'s `_race_connect`) waits for an address's connect before
+# dialling the next as well: RFC 8305's Connection Attempt Delay, anyio's
+# `happy_eyeballs_delay` (which `AsyncClient` used before).
 _NEXT_ADDRESS_S = 0.25
 
 _AddrInfo = tuple[int, int, int, str, Any]
