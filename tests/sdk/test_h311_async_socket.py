@@ -126,14 +126,14 @@ def _record(monkeypatch: pytest.MonkeyPatch, made: list[socket.socket]) -> None:
 
 
 @contextlib.contextmanager
-def _black_hole() -> Iterator[tuple[str, int]]:
-    """A loopback address whose connects hang: a listener that never accepts, its backlog
-    filled until a further connect is not answered within 0.3 s (Linux drops the SYN of a
-    listener whose accept queue is full)."""
+def _black_hole(host: str = "127.0.0.1", port: int = 0) -> Iterator[tuple[str, int]]:
+    """A loopback address (`host`:`port`, 0: any port) whose connects hang: a listener that
+    never accepts, its backlog filled until a further connect is not answered within 0.3 s
+    (Linux drops the SYN of a listener whose accept queue is full)."""
     listener = _REAL_SOCKET()
     fillers: list[socket.socket] = []
     try:
-        listener.bind(("127.0.0.1", 0))
+        listener.bind((host, port))
         listener.listen(0)
         address = listener.getsockname()
         for _ in range(16):

@@ -20,10 +20,8 @@ error is raised. Before, the winner had left the race's running set, so it was n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
-import ssl
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +29,7 @@ import httpcore
 import pytest
 
 import sdk.client as sdk_client
-from sdk.client import _AsyncSocketBackend, _AutoBackend
-from tests._tls import self_signed
+from tests.sdk.test_h311_async_socket import _stalled
 
 _REAL_WAIT = asyncio.wait
 
@@ -47,40 +44,7 @@ def _uvloop_like_sock_recv(loop: asyncio.AbstractEventLoop) -> None:
             raise ValueError(f"Invalid file descriptor: {sock.fileno()}")
         return await real(sock, n)
 
-    loop.sock_recv = sock_recv  # type: ignore[method-assign]
-
-
-@contextlib.asynccontextmanager
-async def _connection(tmp: Path, tls: bool) -> AsyncIterator[httpcore.AsyncNetworkStream]:
-    """A connection (TLS when `tls`) through `_AsyncSocketBackend` to a loopback server that
-    holds it and never writes."""
-    held: list[asyncio.StreamWriter] = []
-
-    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        held.append(writer)
-
-    server_ctx = client_ctx = None
-    if tls:
-        cert, key = self_signed(tmp, localhost=False)
-        server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        server_ctx.load_cert_chain(cert, key)
-        client_ctx = ssl.create_default_context(cafile=cert)
-    server = await asyncio.start_server(hold, "127.0.0.1", 0, ssl=server_ctx)
-    port = server.sockets[0].getsockname()[1]
-    assert _AutoBackend is not None
-    try:
-        stream = await _AsyncSocketBackend(_AutoBackend()).connect_tcp("127.0.0.1", port, 5)
-        if client_ctx is not None:
-            stream = await stream.start_tls(client_ctx, "127.0.0.1", timeout=5)
-        try:
-            yield stream
-        finally:
-            await stream.aclose()
-    finally:
-        for writer in held:
-            writer.close()
-        server.close()
-        await server.wait_closed()
+    loop.sock_recv = sock_recv  # type: ignore[method-assign,assignment]
 
 
 async def _outcome(op: Coroutine[Any, Any, Any]) -> BaseException | None:
@@ -100,7 +64,7 @@ def test_a_read_after_the_connection_closed_is_a_read_error(tmp_path: Path, tls:
     # uvloop's does
     async def run() -> BaseException | None:
         _uvloop_like_sock_recv(asyncio.get_running_loop())
-        async with _connection(tmp_path, tls) as stream:
+        async with _stalled(tmp_path, tls) as (stream, _):
             await stream.aclose()
 
             # Execute: a read
@@ -118,7 +82,7 @@ def test_a_read_after_the_connection_closed_is_a_read_error(tmp_path: Path, tls:
 def test_a_write_after_the_connection_closed_is_a_write_error(tmp_path: Path, tls: bool) -> None:
     # Prepare: a connection, closed
     async def run() -> BaseException | None:
-        async with _connection(tmp_path, tls) as stream:
+        async with _stalled(tmp_path, tls) as (stream, _):
             await stream.aclose()
 
             # Execute: a write
@@ -155,7 +119,7 @@ def test_a_tls_read_woken_in_its_flush_by_a_close_is_a_read_error(tmp_path: Path
     # uvloop's does
     async def run() -> BaseException | None:
         _uvloop_like_sock_recv(asyncio.get_running_loop())
-        async with _connection(tmp_path, tls=True) as stream:
+        async with _stalled(tmp_path, tls=True) as (stream, _):
             assert isinstance(stream, sdk_client._AsyncTls)
             sock = stream.get_extra_info("socket")
             await _fill(stream, sock)

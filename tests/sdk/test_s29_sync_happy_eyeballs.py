@@ -16,9 +16,7 @@ the inner backend is a stub that records what it was asked.
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import select
 import socket
 import threading
 import time
@@ -29,7 +27,7 @@ import httpcore
 import pytest
 
 from sdk.client import _Deadline, _DeadlineBackend, _DeadlineStream, _Stop, _tick
-from tests.sdk.test_h311_async_socket import _info
+from tests.sdk.test_h311_async_socket import _black_hole, _info, _record
 
 NAME = "dual.test"
 CONNECT_S = 20.0
@@ -62,16 +60,6 @@ def made(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[socket.socket]]:
         sock.close()
 
 
-def _record(monkeypatch: pytest.MonkeyPatch, made: list[socket.socket]) -> None:
-    class Recorded(_REAL_SOCKET):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            if kwargs.get("fileno") is None and len(args) < 4:
-                made.append(self)
-
-    monkeypatch.setattr(socket, "socket", Recorded)
-
-
 def _join_attempts(timeout: float) -> None:
     """Wait for the race's attempt threads to end."""
     end = time.monotonic() + timeout
@@ -87,33 +75,6 @@ def _live(port: int = 0) -> socket.socket:
     listener.bind(("127.0.0.1", port))
     listener.listen(16)
     return listener
-
-
-@contextlib.contextmanager
-def _black_hole(host: str, port: int = 0) -> Iterator[tuple[str, int]]:
-    """`host`:`port` (0: any) made an address whose connects hang: a listener that never
-    accepts, its backlog filled until a further connect is not answered within 0.3 s (Linux
-    drops the SYN of a listener whose accept queue is full), as h311's."""
-    listener = _REAL_SOCKET()
-    fillers: list[socket.socket] = []
-    try:
-        listener.bind((host, port))
-        listener.listen(0)
-        address = listener.getsockname()
-        for _ in range(16):
-            sock = _REAL_SOCKET()
-            fillers.append(sock)
-            sock.setblocking(False)
-            with contextlib.suppress(BlockingIOError):
-                sock.connect(address)
-            if not select.select([], [sock], [], 0.3)[1]:
-                break
-        else:
-            raise AssertionError("the listener's backlog never filled")
-        yield address
-    finally:
-        for sock in (*fillers, listener):
-            sock.close()
 
 
 def _backend(bounded: bool, inner: httpcore.NetworkBackend | None = None) -> _DeadlineBackend:
