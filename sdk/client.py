@@ -2181,8 +2181,10 @@ def _race_connect(
     it ends (an attempt cannot be cut short: its socket is the inner backend's). The race and
     its attempts share `timeout`: each attempt gets what is left of it when it starts, so no
     thread outlives the race's end by more than scheduling; `httpcore.ConnectTimeout` when it
-    ends the race. When every attempt fails (`ConnectError`, `ConnectTimeout`): the error of
-    the last address in that order, as `socket.create_connection` raises. Any other error an
+    ends the race, even when some attempts failed before (a refused address and one that never
+    answers: ConnectTimeout, as `AsyncClient`'s `_dial`). When every attempt fails
+    (`ConnectError`, `ConnectTimeout`) before that: the error of the last address in that
+    order, as `socket.create_connection` raises. Any other error an
     attempt ends with is raised at once. `_Stop` within _CANCEL_POLL_S of `cancel` being set."""
     end = _ends_at(timeout)
     lock = threading.Condition()
@@ -2372,8 +2374,9 @@ def _bound_transport(transport: httpx.HTTPTransport, deadline: _Deadline) -> _De
     """`_bound_sockets` for an `httpx.HTTPTransport` the app passed as `transport=`: its pool's
     backend is wrapped in place, once. A transport already wrapped (shared by several clients)
     keeps its wrapper, and its deadline is returned for the client to set: the deadline is per
-    thread, and a thread receives one response at a time. The wrapper passes through requests
-    of threads with no deadline set (another httpx client on the same transport). Returns
+    thread, and a thread receives one response at a time. For threads with no deadline set
+    (another httpx client on the same transport) reads and writes pass through; their connects
+    are looked up and raced as the client's own (`_DeadlineBackend.connect_tcp`). Returns
     `deadline` unchanged, with the warning of `_bound_sockets`, on an httpx without the pool."""
     pool = _backend_pool(transport)
     if pool is None:
