@@ -27,26 +27,11 @@ import httpcore
 import pytest
 
 from sdk.client import _Deadline, _DeadlineBackend, _DeadlineStream, _Stop, _tick
-from tests.sdk.test_h311_async_socket import _black_hole, _info, _record
+from tests.sdk.test_h311_async_socket import NAME, _black_hole, _info, _record
+from tests.sdk.test_h311_async_socket import resolve as resolve  # noqa: F401  (the fixture)
 
-NAME = "dual.test"
 CONNECT_S = 20.0
-_REAL_GETADDRINFO = socket.getaddrinfo
 _REAL_SOCKET = socket.socket
-
-
-@pytest.fixture
-def resolve(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[Any, ...]]]:
-    """`NAME` resolves to the addresses (getaddrinfo's tuples) the test puts in the list."""
-    infos: list[tuple[Any, ...]] = []
-
-    def getaddrinfo(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
-        if (host.decode() if isinstance(host, bytes) else host) != NAME:
-            return _REAL_GETADDRINFO(host, port, *args, **kwargs)
-        return list(infos)
-
-    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    yield infos
 
 
 @pytest.fixture
