@@ -276,16 +276,14 @@ def test_a_task_without_dp_still_returns_a_stragglers_upload(url: str, tmp_path:
 
 
 def test_a_dp_tasks_abandoned_round_drops_the_accepted_upload(url: str, tmp_path: Path) -> None:
-    # Prepare: two devices, both needed (min_reports 2), a short deadline; only A uploads.
-    # The test drives both check-ins and A's upload one after another right after the round
-    # opens (about 0.15 s on a quiet 2-vCPU machine), so 1.5 s leaves them ten times that
+    # Prepare: two devices, both needed (min_reports 2), a short deadline; only A uploads
     task_id = _task(
         url,
         "dp:clip=1,z=0.001,population=2,sample=2,delta=1e-5,seed=7+fedavg",
         clients_per_round=2,
         over_selection=1.0,
         min_reports=2,
-        deadline_s=1.5,
+        deadline_s=2.0,
     )
     seen = Answers()
     clients = {
@@ -528,12 +526,10 @@ def test_a_secure_dp_round_abandoned_after_the_masked_inputs_drops_them(
     url: str, tmp_path: Path
 ) -> None:
     # Prepare: three devices send their masked inputs, then all go silent before unmask: the
-    # round is abandoned when the unmask stage times out. Each earlier stage closes at once
-    # when all three uploaded, 0.16 s or less after it opened on a quiet 2-vCPU machine, so a
-    # timeout of 1.5 s leaves it nine times that
+    # round is abandoned when the unmask stage times out
     from protocol.secagg import Stage
 
-    task_id = _secure_dp_task(url, stage_timeout_s=1.5)
+    task_id = _secure_dp_task(url, stage_timeout_s=4.0)
     clients = [Client(url, str(tmp_path / f"s{i}")) for i in range(3)]
     for c in clients:
         c.register()

@@ -728,11 +728,7 @@ def test_an_upload_answered_with_anything_but_its_receipt_stays_pending(
 
 @pytest.fixture()
 def secure_task(tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """A loopback coordinator with a secure task of three devices (stages close after 1.5 s).
-
-    The rounds that wait out a stage (a device that never uploads it) sit the timeout out; each
-    stage every device uploads closes at once, 0.17 s or less after it opened on a quiet 2-vCPU
-    machine, so 1.5 s leaves it nine times that."""
+    """A loopback coordinator with a secure task of three devices (stages close after 3 s)."""
     from coordinator.service import ServerThread, ServiceConfig
 
     from .test_client_secure import ADMIN, _task
@@ -742,7 +738,7 @@ def secure_task(tmp_path: Path) -> Iterator[tuple[str, int]]:
     )
     with ServerThread(cfg) as url:
         task = _task(rounds=2)
-        task["secure"] = {"coord_fraction": 0.5, "stage_timeout_s": 1.5}
+        task["secure"] = {"coord_fraction": 0.5, "stage_timeout_s": 3.0}
         with httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"}) as http:
             task_id = int(http.post("/v1/admin/tasks", json=task).json()["task_id"])
             snap = encode_snapshot(np.zeros(SPEC.size, np.float32), SPEC, "fp32")

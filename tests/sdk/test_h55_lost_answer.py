@@ -34,10 +34,6 @@ from .test_client_abandoned_round import url as url  # noqa: F401  (the loopback
 OLD = 0.3  # device 0's residual before the round: the masked input carries it
 DELTA = 0.2  # every device's update
 COHORT = 5  # a group of three cannot recover one device's missing unmask shares
-# The stage timeout: every round here waits out the unmask stage (device 0, or all but device 0,
-# never unmask). Each earlier stage closes at once when all five devices uploaded, 0.16 s or
-# less after it opened on a quiet 2-vCPU machine, so 1.5 s leaves it nine times that.
-STAGE_S = 1.5
 
 
 def _loser(how: str) -> Callable[[httpx.Request, Callable[..., Any]], Any]:
@@ -129,7 +125,7 @@ def test_a_lost_answer_keeps_the_record_and_a_committed_round_counts_the_input_o
 ) -> None:
     # Prepare: device 0's input is taken but its answer lost; the round commits with it
     with httpx.Client(base_url=url) as http:
-        task_id = _secure_task(http, cohort=COHORT, stage_timeout_s=STAGE_S)
+        task_id = _secure_task(http, cohort=COHORT)
     root = tmp_path / "d0"
     victim, round_id, result = _lost_answer_round(url, root, task_id, how, others_drop=False)
     _check_lost(result, how)
@@ -160,7 +156,7 @@ def test_a_lost_answer_in_an_abandoned_round_returns_the_input_once(
     # Prepare: device 0's input is taken but its answer lost; the others go silent before
     # unmask, so the round is abandoned
     with httpx.Client(base_url=url) as http:
-        task_id = _secure_task(http, cohort=COHORT, stage_timeout_s=STAGE_S)
+        task_id = _secure_task(http, cohort=COHORT)
     root = tmp_path / "d0"
     victim, round_id, result = _lost_answer_round(url, root, task_id, how, others_drop=True)
     _check_lost(result, how)
