@@ -4011,6 +4011,10 @@ class _AsyncTls(_AsyncStream):
             self._incoming, self._outgoing, server_side=False, server_hostname=server_hostname
         )
         self._writes_ended = False
+        # Set by `aclose`: a read or a write after it raises `_AsyncSocket`'s `ReadError` or
+        # `WriteError`, though the SSL object could answer a read from plaintext it decrypted
+        # before, and a write after `_writes_ended` would blame an earlier write.
+        self._closed = False
 
     @classmethod
     async def over(
@@ -4072,6 +4076,8 @@ class _AsyncTls(_AsyncStream):
             raise
 
     async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        if self._closed:
+            raise httpcore.ReadError("the connection was closed")
         try:
             async with asyncio.timeout(timeout):
                 return await self._run(lambda: self._tls.read(max_bytes), reading=True)
@@ -4085,6 +4091,8 @@ class _AsyncTls(_AsyncStream):
     async def write(self, buffer: bytes, timeout: float | None = None) -> None:
         if not buffer:
             return
+        if self._closed:
+            raise httpcore.WriteError("the connection was closed")
         try:
             async with asyncio.timeout(timeout):
                 await self._run(lambda: self._tls.write(buffer), reading=False)
@@ -4095,6 +4103,7 @@ class _AsyncTls(_AsyncStream):
             raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
 
     async def aclose(self) -> None:
+        self._closed = True
         await self._inner.aclose()
 
     def get_extra_info(self, info: str) -> Any:

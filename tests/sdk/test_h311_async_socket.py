@@ -264,13 +264,18 @@ def test_a_connect_cancelled_while_racing_closes_every_attempt(
 
 
 @contextlib.asynccontextmanager
-async def _stalled(tmp: Path, tls: bool) -> AsyncIterator[tuple[httpcore.AsyncNetworkStream, int]]:
-    """A connection (TLS when `tls`) to a loopback server that never writes and never reads
-    (past asyncio's stream buffer); the server's port."""
+async def _stalled(
+    tmp: Path, tls: bool, send: bytes = b""
+) -> AsyncIterator[tuple[httpcore.AsyncNetworkStream, int]]:
+    """A connection (TLS when `tls`) to a loopback server that writes `send` (none by default)
+    as it accepts, then never writes and never reads (past asyncio's stream buffer); the
+    server's port."""
     held: list[asyncio.StreamWriter] = []
 
     async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         held.append(writer)
+        if send:
+            writer.write(send)
 
     server_ctx = client_ctx = None
     if tls:

@@ -10,7 +10,10 @@ which escaped the SDK's `except httpx.TransportError`. uvloop is not installed h
 replace the running loop's `sock_recv` with one that raises as uvloop's does for descriptor -1
 (found by helper-315, /work/notes/s29/h315/read_after_close.out). A TLS read woken by `aclose`
 while it flushes what the SSL object wrote goes on to read the connection: the same
-`ReadError`.
+`ReadError`. An `_AsyncTls` remembers it was closed: a read after `aclose` raises that
+`ReadError` even when the SSL object holds plaintext it decrypted before (it returned that), and
+a write raises that `WriteError` even when an earlier write ended its writing (it raised "an
+earlier write on this TLS connection failed").
 
 `_dial` closes the socket of an attempt that connected when another attempt, done in the same
 step, raised an error that is not an `OSError` (a socket option of the wrong type, say); that
@@ -140,6 +143,59 @@ def test_a_tls_read_woken_in_its_flush_by_a_close_is_a_read_error(tmp_path: Path
     # Verify: the write the close woke failed (ended writing; a read goes on), and the read
     # that followed on the closed connection is ReadError (before: uvloop's ValueError)
     assert isinstance(err, httpcore.ReadError), repr(err)
+
+
+def test_a_tls_read_after_the_connection_closed_is_a_read_error_with_plaintext_buffered(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a TLS connection whose server sent two records' worth (32 KiB); a read of 10
+    # bytes, after which the SSL object holds the rest of the first record decrypted; then
+    # the connection closed
+    async def run() -> tuple[int, bytes | BaseException]:
+        async with _stalled(tmp_path, tls=True, send=b"a" * (32 << 10)) as (stream, _):
+            assert isinstance(stream, sdk_client._AsyncTls)
+            assert await stream.read(10, timeout=5) == b"a" * 10
+            buffered = stream._tls.pending()
+            await stream.aclose()
+
+            # Execute: a read
+            try:
+                return buffered, await asyncio.wait_for(stream.read(100, timeout=2), 5)
+            except Exception as exc:  # noqa: BLE001 - the test looks at which it is
+                return buffered, exc
+
+    buffered, got = asyncio.run(run())
+
+    # Verify: the plaintext was there, and the read is ReadError as on the socket (before:
+    # the SSL object's plaintext returned, 100 bytes of it, as if the connection were open)
+    assert buffered > 0
+    assert isinstance(got, httpcore.ReadError), repr(got)[:80]
+    assert str(got) == "the connection was closed"
+
+
+def test_a_tls_write_after_its_writes_ended_and_a_close_is_the_closed_write_error(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a TLS connection to a server that reads no more than its buffers take; a 64 MiB
+    # write that timed out on it (which ends the stream's writing direction); then the
+    # connection closed
+    async def run() -> BaseException | None:
+        async with _stalled(tmp_path, tls=True) as (stream, _):
+            assert isinstance(stream, sdk_client._AsyncTls)
+            with pytest.raises(httpcore.WriteTimeout):
+                await stream.write(b"x" * (64 << 20), timeout=0.5)
+            assert stream._writes_ended
+            await stream.aclose()
+
+            # Execute: a write
+            return await _outcome(stream.write(b"x" * 100, timeout=2))
+
+    err = asyncio.run(run())
+
+    # Verify: WriteError with the socket's message (before: 'an earlier write on this TLS
+    # connection failed', the open stream's message)
+    assert isinstance(err, httpcore.WriteError), repr(err)
+    assert str(err) == "the connection was closed"
 
 
 @pytest.mark.parametrize("first", ["connected", "failed"])
