@@ -25,6 +25,7 @@ __all__ = [
     "Backend",
     "job_rng",
     "check_round",
+    "num_params",
     "import_plugins",
     "PluginError",
     "usable_cpus",
@@ -300,17 +301,35 @@ def job_rng(job: TrainJob, stream: int = 0) -> np.random.Generator:
     return np.random.default_rng([job.seed, job.round_id, job.device_index, stream])
 
 
-def check_round(params: npt.NDArray[Any], jobs: Sequence[TrainJob], num_examples: int) -> None:
-    """Refuse a round before any training: `params` must be a 1-D float array (float32[d]) and
-    every job's `indices` a non-empty 1-D integer array in [0, num_examples).
+def num_params(module: Any) -> int:
+    """The length of a torch module's flat params (`sdk.flat.get_flat_params`): its trainable
+    parameters' scalars, the `size` a backend gives `check_round`."""
+    return sum(int(p.numel()) for p in module.parameters() if p.requires_grad)
+
+
+def check_round(
+    params: npt.NDArray[Any],
+    jobs: Sequence[TrainJob],
+    num_examples: int,
+    *,
+    size: int | None = None,
+) -> None:
+    """Refuse a round (or, with no jobs, an evaluation's params) before any work: `params` must
+    be a 1-D float array (float32[d]), of `size` values when given (the model's, `num_params`),
+    and every job's `indices` a non-empty 1-D integer array in [0, num_examples).
 
     Without it a negative index silently trained on an example counted from the end (another
     device's), and the rest failed deep inside torch or numpy (in a pool worker, as a traceback
-    that also stopped the pool)."""
+    that also stopped the pool: params of the wrong length too, in `train` and `evaluate`)."""
     if not (isinstance(params, np.ndarray) and params.ndim == 1):
         raise ValueError(f"params must be a 1-D array (float32[d]), got shape {np.shape(params)}")
     if not np.issubdtype(params.dtype, np.floating):
         raise ValueError(f"params must be floating point, got {params.dtype}")
+    if size is not None and params.shape[0] != size:
+        raise ValueError(
+            f"params must hold the model's {size} parameters (float32[{size}]), got "
+            f"{params.shape[0]} values"
+        )
     for job in jobs:
         idx = np.asarray(job.indices)
         if idx.ndim != 1 or not (idx.size == 0 or np.issubdtype(idx.dtype, np.integer)):

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._base import JobResult, TrainContext, TrainJob, import_plugins
+from ._base import JobResult, TrainContext, TrainJob, import_plugins, num_params
 from .sequential import run_job
 from .vectorized import VectorizedBackend
 
@@ -169,12 +169,20 @@ class WorkerState:
         if inner == "vectorized":
             self.backend = VectorizedBackend()
             self.backend.start(ctx)
+            self._size = self.backend._d
         else:
             from .sequential import warm_torch_trainer
 
             # Built now, not at the first job: a bad model name fails the worker's start, and
             # the first round does not pay for the model or torch's first optimizer.
             self._trainers["torch"] = warm_torch_trainer(ctx)
+            self._size = num_params(self._trainers["torch"].module)
+
+    def num_params(self) -> int:
+        """The model's parameter count: what the driver's `check_round` holds params to
+        (told by a pool worker when it is ready, asked of a Ray actor once), so that params of
+        another length are refused there and never reach a worker."""
+        return self._size
 
     def evaluate(
         self, params: npt.NDArray[np.float32], lo: int, hi: int, batch_size: int

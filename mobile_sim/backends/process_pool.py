@@ -243,7 +243,8 @@ def _sigint_blocked() -> Iterator[None]:
 def _worker_main(conn: Connection, inner: str, threads: int) -> None:
     """A worker's life: receive the context, build the model once, then train until told to stop.
 
-    Messages in: the TrainContext first, then ("task", params_name, d, out_name, slots,
+    Messages in: the TrainContext first (answered ("ready", (pid, the model's parameter
+    count)), or the error), then ("task", params_name, d, out_name, slots,
     [(slot, job), ...]), ("eval", params_name, d, lo, hi, batch_size) or None (stop). The
     global params are read from shared memory and each delta is written into its slot of the
     output block, so no array crosses the pipe; only (slot, examples, loss) go back, or for
@@ -258,7 +259,7 @@ def _worker_main(conn: Connection, inner: str, threads: int) -> None:
     except BaseException:
         conn.send(("error", traceback.format_exc()))
         return
-    conn.send(("ready", os.getpid()))
+    conn.send(("ready", (os.getpid(), state.num_params())))
     attached: dict[str, _Shared] = {}
 
     def block(name: str, shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
@@ -384,6 +385,7 @@ class ProcessPoolBackend:
         self._params: _Shared | None = None
         self._out: _Shared | None = None
         self._num_examples = 0  # the training set's size, for `check_round`
+        self._size = 0  # the model's parameter count (the workers' "ready"), for `check_round`
         self._test_rows = 0  # the context's test rows (0: none), for `evaluate`
         self._test_predictions = 0  # ... and its labels (y_test.size)
 
@@ -459,7 +461,9 @@ class ProcessPoolBackend:
             for conn in ready:
                 if isinstance(conn, Connection):
                     waiting.discard(conn)
-                    self._reply(conn)  # raises on a worker's error or death
+                    # Raises on a worker's error or death; else (pid, the model's size), the
+                    # same from every worker (one context, one model).
+                    _, self._size = self._reply(conn)
 
     def _reply(self, conn: Connection) -> Any:
         try:
@@ -493,7 +497,7 @@ class ProcessPoolBackend:
         if not self._conns:
             raise RuntimeError("backend not started")
         # Here, not in a worker: bad input fails the call and leaves the pool running.
-        check_round(params, jobs, self._num_examples)
+        check_round(params, jobs, self._num_examples, size=self._size)
         if not jobs:
             return []
         d = int(params.shape[0])
@@ -626,13 +630,17 @@ class ProcessPoolBackend:
         kernel's result does not depend on its thread count (each batch is the same; the
         batches' sums are added in row order here, as there); evaluate's default 250-row
         batches give the same accuracy and the loss to float rounding. The caller checks the
-        test set once first (`sdk.trainer.check_evaluation_data`): a worker does not. A worker that fails, dies
+        test set once first (`sdk.trainer.check_evaluation_data`): a worker does not. `params`
+        are checked here, as `train` checks them (`check_round`: a 1-D float array of the
+        model's length, else `ValueError`, the pool left running). A worker that fails, dies
         or stalls fails the call as in `train`, and the pool is closed; the stall limit is the
         automatic one (`StallLimit`, for the share's rows), never `job_timeout_s`, which
         bounds a training task."""
         if not self._conns:
             raise RuntimeError("backend not started")
-        check_round(params, (), self._num_examples)  # params only: a 1-D float array
+        # Params only (no jobs), before any worker is asked: a wrong length used to fail in
+        # each worker's `set_flat_params`, as a PoolWorkerError that closed the pool.
+        check_round(params, (), self._num_examples, size=self._size)
         if self._test_rows == 0:
             return None
         d = int(params.shape[0])

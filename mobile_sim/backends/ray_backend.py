@@ -281,6 +281,7 @@ class RayBackend:
         self._actors: list[Any] = []
         self._owns_runtime = False
         self._num_examples = 0  # the training set's size, for `check_round`
+        self._size: int | None = None  # the model's parameter count, asked once (`_model_size`)
         self._test_rows = 0  # the context's test rows (0: none), for `evaluate`
         self._test_predictions = 0  # ... and its labels (y_test.size)
 
@@ -293,6 +294,7 @@ class RayBackend:
             ) from exc
         self.close()
         self._num_examples = len(ctx.y_train)
+        self._size = None  # this context's model: asked of an actor at the first call
         self._test_rows, self._test_predictions = test_set_size(ctx)
         self._stall = StallLimit()
         env = self.runtime_env
@@ -365,7 +367,7 @@ class RayBackend:
 
         if not self._actors:
             raise RuntimeError("backend not started")
-        check_round(params, jobs, self._num_examples)
+        check_round(params, jobs, self._num_examples, size=self._model_size())
         shares = split_jobs(jobs, len(self._actors))
         params_ref = ray.put(params)
         refs = [
@@ -408,14 +410,18 @@ class RayBackend:
         """(accuracy, mean loss) of `params` on the context's test set, its rows split over
         the actors as the pool splits them over its workers (`ProcessPoolBackend.evaluate`),
         or None when the context has none. The caller checks the test set first
-        (`sdk.trainer.check_evaluation_data`). An actor's error is raised as Ray raises it; a
+        (`sdk.trainer.check_evaluation_data`); `params` are checked here, as `train` checks
+        them (`check_round`: a 1-D float array of the model's length, else `ValueError`, the
+        actors left running). An actor's error is raised as Ray raises it; a
         share still running past the automatic stall limit for its rows (`StallLimit`; never
         `job_timeout_s`, which bounds a training task) kills the actors, as in `train`."""
         import ray
 
         if not self._actors:
             raise RuntimeError("backend not started")
-        check_round(params, (), self._num_examples)  # params only: a 1-D float array
+        # Params only (no jobs), before any actor is asked: a wrong length used to come back
+        # as the actor's traceback from `set_flat_params`.
+        check_round(params, (), self._num_examples, size=self._model_size())
         if self._test_rows == 0:
             return None
         chunks = eval_chunks(self._test_rows, len(self._actors), EVAL_BATCH)
@@ -435,6 +441,15 @@ class RayBackend:
                 "limit); the actors were killed"
             ) from None
         return join_evaluations(parts, self._test_predictions)
+
+    def _model_size(self) -> int:
+        """The model's parameter count, asked of the first actor once per `start` (every actor
+        built the same model): `check_round` holds params to it in the driver."""
+        import ray
+
+        if self._size is None:
+            self._size = int(ray.get(self._actors[0].num_params.remote(), timeout=_START_TIMEOUT_S))
+        return self._size
 
     def close(self) -> None:
         if not self._actors and not self._owns_runtime:

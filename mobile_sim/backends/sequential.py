@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ..status import say
-from ._base import JobResult, TrainContext, TrainJob, check_round, job_rng
+from ._base import JobResult, TrainContext, TrainJob, check_round, job_rng, num_params
 
 __all__ = ["SequentialBackend", "run_job", "warm_torch", "warm_torch_trainer"]
 
@@ -91,6 +91,7 @@ class SequentialBackend:
     def __init__(self) -> None:
         self._ctx: TrainContext | None = None
         self._trainers: dict[str, Any] = {}
+        self._size = 0  # the model's parameter count, for `check_round`
 
     def start(self, ctx: TrainContext) -> None:
         self._ctx = ctx
@@ -98,11 +99,12 @@ class SequentialBackend:
         # does not include importing torch and its optimizer (as the pool's workers do).
         say("warming up torch")
         self._trainers = {"torch": warm_torch_trainer(ctx)}
+        self._size = num_params(self._trainers["torch"].module)
 
     def train(self, params: npt.NDArray[np.float32], jobs: Sequence[TrainJob]) -> list[JobResult]:
         if self._ctx is None:
             raise RuntimeError("backend not started")
-        check_round(params, jobs, len(self._ctx.y_train))
+        check_round(params, jobs, len(self._ctx.y_train), size=self._size)
         return [run_job(self._ctx, self._trainers, params, job) for job in jobs]
 
     def close(self) -> None:

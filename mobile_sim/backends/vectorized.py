@@ -22,7 +22,7 @@ from torch import nn
 
 from sdk.trainer import restored_slots
 
-from ._base import JobResult, TrainContext, TrainJob, check_round, job_rng
+from ._base import JobResult, TrainContext, TrainJob, check_round, job_rng, num_params
 from ._seeding import RngPool
 from .sequential import run_job
 
@@ -207,7 +207,7 @@ class VectorizedBackend:
         self._ctx = ctx
         self._trainers = {}
         self._module = build_model(ctx.model)
-        self._d = sum(p.numel() for p in self._module.parameters() if p.requires_grad)
+        self._d = num_params(self._module)
         self._step = None
         self.fallback_reason = self._probe(ctx)
         if self.fallback_reason is not None:
@@ -246,7 +246,7 @@ class VectorizedBackend:
         ctx = self._ctx
         if ctx is None or self._module is None:
             raise RuntimeError("backend not started")
-        check_round(params, jobs, len(ctx.y_train))
+        check_round(params, jobs, len(ctx.y_train), size=self._d)
         results: list[JobResult | None] = [None] * len(jobs)
         batchable: list[int] = []
         for i, job in enumerate(jobs):
