@@ -73,18 +73,22 @@ async def _listener() -> tuple[asyncio.Server, int]:
     return server, server.sockets[0].getsockname()[1]
 
 
+class _NoIPv6(_REAL_SOCKET):
+    """A socket class (for `socket.socket`) of a host without IPv6: making an AF_INET6 socket
+    fails with EAFNOSUPPORT, as with ipv6.disable=1."""
+
+    def __init__(self, family: Any = -1, *args: Any, **kwargs: Any) -> None:
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
+        super().__init__(family, *args, **kwargs)
+
+
 def test_an_address_family_the_host_cannot_make_a_socket_of_is_skipped(
     resolve: list[tuple[Any, ...]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Prepare: no IPv6 on this "host" (socket(AF_INET6) fails with EAFNOSUPPORT, as with
     # ipv6.disable=1), and a name whose first address is IPv6, its second IPv4
-    class NoIPv6(_REAL_SOCKET):
-        def __init__(self, family: Any = -1, *args: Any, **kwargs: Any) -> None:
-            if family == socket.AF_INET6:
-                raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
-            super().__init__(family, *args, **kwargs)
-
-    monkeypatch.setattr(socket, "socket", NoIPv6)
+    monkeypatch.setattr(socket, "socket", _NoIPv6)
 
     async def run() -> Any:
         server, port = await _listener()

@@ -16,7 +16,6 @@ the inner backend is a stub that records what it was asked.
 
 from __future__ import annotations
 
-import errno
 import socket
 import threading
 import time
@@ -27,7 +26,7 @@ import httpcore
 import pytest
 
 from sdk.client import _Deadline, _DeadlineBackend, _DeadlineStream, _Stop, _tick
-from tests.sdk.test_h311_async_socket import NAME, _black_hole, _info, _record
+from tests.sdk.test_h311_async_socket import NAME, _black_hole, _info, _NoIPv6, _record
 from tests.sdk.test_h311_async_socket import resolve as resolve  # noqa: F401  (the fixture)
 
 CONNECT_S = 20.0
@@ -204,16 +203,10 @@ def test_an_address_family_the_host_cannot_open_is_skipped(
 ) -> None:
     # Prepare: no IPv6 on this "host" (socket(AF_INET6) fails with EAFNOSUPPORT), and a name
     # whose first address is IPv6, its second IPv4
-    class NoIPv6(_REAL_SOCKET):
-        def __init__(self, family: Any = -1, *args: Any, **kwargs: Any) -> None:
-            if family == socket.AF_INET6:
-                raise OSError(errno.EAFNOSUPPORT, "Address family not supported by protocol")
-            super().__init__(family, *args, **kwargs)
-
     live = _live()
     port = live.getsockname()[1]
     resolve[:] = [_info(("::1", port, 0, 0)), _info(("127.0.0.1", port))]
-    monkeypatch.setattr(socket, "socket", NoIPv6)
+    monkeypatch.setattr(socket, "socket", _NoIPv6)
     try:
         # Execute
         stream = _backend(True).connect_tcp(NAME, port, timeout=CONNECT_S)
