@@ -101,18 +101,31 @@ def test_a_write_after_the_connection_closed_is_a_write_error(tmp_path: Path, tl
 
 async def _fill(stream: sdk_client._AsyncTls, sock: socket.socket) -> None:
     """Send records on `stream`'s socket (past the stream) until the kernel takes no more:
-    the server's stream buffers some, then stops reading."""
+    the server's stream buffers some, then stops reading. The server runs on this loop, so it
+    reads only while this waits: done once a wait of 0.05 s freed no room at all (twice in a
+    row), not after a fixed number of waits (under load the server had not stopped reading
+    after three, and the read's flush went through; CI saw that)."""
+    # A fixed send buffer: the kernel no longer grows it (tcp_wmem autotuning) after the fill
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 64 << 10)
     record = b""
-    for _ in range(3):  # until a send fails each time, after what was in flight settled
+    idle = 0
+    for _ in range(400):  # 20 s of waits at most
         await asyncio.sleep(0.05)
+        sent = 0
         while True:
             if not record:
                 stream._tls.write(b"\0" * (16 << 10))
                 record = stream._outgoing.read()
             try:
-                record = record[sock.send(record) :]
+                n = sock.send(record)
             except BlockingIOError:
                 break
+            record = record[n:]
+            sent += n
+        idle = idle + 1 if sent == 0 else 0
+        if idle == 2:
+            return
+    raise AssertionError("the server never stopped reading")
 
 
 def test_a_tls_read_woken_in_its_flush_by_a_close_is_a_read_error(tmp_path: Path) -> None:
