@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +38,36 @@ from tests.coordinator.test_service_support import (
 AUTH = {"authorization": f"Bearer {ADMIN}"}
 
 
+# The app each live `url` fixture serves, by its url: a test moves its coordinator's clocks
+# (`_pass_deadline`, `_driven_secure_task`) through it.
+_APPS: dict[str, Any] = {}
+
+
 @pytest.fixture()
 def url(tmp_path: Path) -> Iterator[str]:
     cfg = ServiceConfig(
         db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
     )
-    with ServerThread(cfg) as served:
-        yield served
+    server = ServerThread(cfg)
+    with server as served:
+        _APPS[served] = server.app
+        try:
+            yield served
+        finally:
+            del _APPS[served]
+
+
+def _coordinator(url: str) -> Any:
+    """The coordinator the `url` fixture serves at `url`."""
+    return _APPS[url].state.coordinator
+
+
+def _pass_deadline(url: str, seconds: float) -> None:
+    """Move the coordinator's clock `seconds` ahead: a round whose deadline is at most that far
+    off closes at the ticker's next look, as at its deadline, without waiting it out."""
+    coordinator = _coordinator(url)
+    clock = coordinator.clock
+    coordinator.clock = lambda: clock() + seconds
 
 
 def _await_state(url: str, round_id: int, state: str, timeout: float = 20.0) -> None:
@@ -99,14 +123,20 @@ def _assign_all(clients: list[Client], task_id: int) -> dict[str, Assignment]:
     return out
 
 
+# The round deadline of `_abandoning_task`: a test passes it with `_pass_deadline` once the
+# round holds the one report it will get, so it never expires on its own before that.
+DEADLINE_S = 30.0
+
+
 def _abandoning_task(http: httpx.Client) -> int:
-    # Two devices selected, both needed (min_reports 2), a short deadline: one report abandons.
+    # Two devices selected, both needed (min_reports 2): one report abandons at the deadline.
     return create_task(
         http,
         task_config(
-            rounds=2, clients_per_round=2, min_reports=2, deadline_s=3.0, selection_timeout_s=60
+            rounds=2, clients_per_round=2, min_reports=2, deadline_s=DEADLINE_S,
+            selection_timeout_s=60,
         ),
-    )
+    )  # fmt: skip
 
 
 def test_an_abandoned_round_returns_the_accepted_upload_to_the_residual(
@@ -127,6 +157,7 @@ def test_an_abandoned_round_returns_the_accepted_upload_to_the_residual(
     assert report.receipt.accepted and assigned[b.device_id].round_id == assignment
     after_upload = _residual(tmp_path / "a", SPEC.size, task_id)
     sent = _sent(tmp_path / "a")
+    _pass_deadline(url, DEADLINE_S)  # A's report is in, B sends none
     _await_state(url, assignment, "abandoned")
 
     # Execute: A's next check-in asks about that round; a second one asks nothing
@@ -206,6 +237,7 @@ def test_the_async_client_returns_an_abandoned_upload_the_same_way(
     round_id, _ = asyncio.run(scenario())
     after_upload = _residual(tmp_path / "a", SPEC.size, task_id)
     sent = _sent(tmp_path / "a")
+    _pass_deadline(url, DEADLINE_S)  # A's report is in, B sends none
     _await_state(url, round_id, "abandoned")
 
     # Execute
@@ -304,9 +336,16 @@ def test_each_outcome_is_acted_on(tmp_path: Path, outcome: str, kept: bool, retu
 SECURE_SPEC = ModelSpec.from_shapes([("w", (4, 8)), ("b", (4,))])
 
 
-# Stage timeouts and deadlines in the secure-round tests stay at 3-4 s: at 1.5 s, CI (a loaded
-# 2-core runner, three xdist workers) saw a stage every device uploads close before the last
-# upload landed (stop 34: test_h55_lost_answer's round abandoned at masked-input).
+# The stage timeout of a secure task whose stages time out only on the test's clock
+# (`_driven_secure_task`, `_expire_stage`), or that no stage is meant to reach. One wall-clock
+# timeout must both expire (a stage a silent device skips) and not expire (a stage every device
+# uploads, which closes once all did); at 1.5 s, CI (a loaded 2-core runner, three xdist
+# workers) saw such a stage close before the last upload landed (stop 34: test_h55_lost_answer's
+# round abandoned at masked-input). `_secure_task`'s default (4 s of wall time) is kept for the
+# callers that still wait a stage out.
+STAGE_TIMEOUT_S = 60.0
+
+
 def _secure_task(http: httpx.Client, cohort: int = 3, stage_timeout_s: float = 4.0) -> int:
     from compression import encode_snapshot
     from protocol.messages import TaskConfig, to_json
@@ -330,15 +369,73 @@ def _secure_task(http: httpx.Client, cohort: int = 3, stage_timeout_s: float = 4
     return task_id
 
 
+class StageClock:
+    """A secure task's stage clock (its registry's), moved by the test instead of by time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+
+def _driven_secure_task(url: str, cohort: int = 3) -> tuple[int, StageClock]:
+    """`_secure_task` (stage timeout STAGE_TIMEOUT_S) on the `url` fixture's coordinator, its
+    stages timed by a `StageClock`: a stage closes early once every device uploaded, and times
+    out only when the test moves the clock (`_expire_stage`). Set before any device checks in,
+    so before the task's first round opens."""
+    with httpx.Client(base_url=url) as http:
+        task_id = _secure_task(http, cohort, STAGE_TIMEOUT_S)
+    clock = StageClock()
+    _coordinator(url).runtimes[task_id].secure.registry.clock = clock
+    return task_id, clock
+
+
+def _expire_stage(
+    url: str,
+    task_id: int,
+    clock: StageClock,
+    stage: Stage,
+    uploads: int,
+    silent: Sequence[threading.Thread] = (),
+) -> None:
+    """Time out `stage` of the task's open round once it holds all it will get: every thread
+    in `silent` (devices that will not upload it) has ended, and the round is at `stage` with
+    `uploads` uploads of it. The coordinator's ticker then closes it with those, as at its
+    timeout."""
+    registry = _coordinator(url).runtimes[task_id].secure.registry
+    give_up = time.monotonic() + 60
+    at: Stage | None = None
+    counts: dict[str, int] = {}
+    while True:
+        cur = _coordinator(url).runtimes[task_id].current
+        if cur is not None and not any(t.is_alive() for t in silent):
+            try:
+                at = registry.current_stage(cur.round_id)
+                counts = registry.stage_counts(cur.round_id)
+            except LookupError:  # the round closed meanwhile
+                at, counts = None, {}
+            if at == stage and counts[str(stage)] == uploads:
+                break
+        assert time.monotonic() < give_up, (
+            f"never at {stage} with {uploads} uploads (at {at}, uploads {counts})"
+        )
+        time.sleep(0.01)
+    clock.advance(registry.stage_timeout_s)
+
+
 def test_a_secure_round_abandoned_after_the_masked_inputs_returns_them(
     url: str, tmp_path: Path
 ) -> None:
     # Prepare: three devices send their masked inputs, then all go silent before unmask, so
     # the round cannot be unmasked and is abandoned when the unmask stage times out
-    import threading
-
-    with httpx.Client(base_url=url) as http:
-        task_id = _secure_task(http)
+    task_id, clock = _driven_secure_task(url)
     clients = [Client(url, str(tmp_path / f"s{i}")) for i in range(3)]
     for c in clients:
         c.register()
@@ -361,6 +458,7 @@ def test_a_secure_round_abandoned_after_the_masked_inputs_returns_them(
     after = _residual(tmp_path / "s0", SECURE_SPEC.size, task_id)
     assert not np.allclose(after, deltas[0])  # a part of u was sent
     sent = _sent(tmp_path / "s0")
+    _expire_stage(url, task_id, clock, Stage.UNMASK, 0)
     _await_state(url, r0.round_id, "abandoned")
 
     # Execute
@@ -379,11 +477,10 @@ def test_a_secure_round_abandoned_after_the_masked_inputs_returns_them(
 
 def test_a_410_after_the_masked_input_returns_it_at_once(url: str, tmp_path: Path) -> None:
     # Prepare: device 0's network answers its masked-input download with the 410 of an aborted
-    # round (injected by a mod; the others run the round normally)
-    import threading
-
+    # round (injected by a mod; the others run the round normally). Every stage closes once
+    # all three uploaded: none is meant to time out
     with httpx.Client(base_url=url) as http:
-        task_id = _secure_task(http)
+        task_id = _secure_task(http, stage_timeout_s=STAGE_TIMEOUT_S)
 
     def aborts(request: httpx.Request, nxt: Callable[..., Any]) -> Any:
         if request.method == "GET" and request.url.path.endswith("/stages/masked-input"):
@@ -426,12 +523,9 @@ def test_a_secure_round_that_drops_a_device_tells_it_excluded(url: str, tmp_path
     # commits without it.
     # Device 2 then asks about the round (as a device whose input the coordinator took but
     # left out of the sum would: a record of that round, here holding ones)
-    import threading
-
     from sdk.device_store import AcceptedUpload
 
-    with httpx.Client(base_url=url) as http:
-        task_id = _secure_task(http, cohort=5)
+    task_id, clock = _driven_secure_task(url, cohort=5)
     clients = [Client(url, str(tmp_path / f"x{i}")) for i in range(5)]
     for c in clients:
         c.register()
@@ -446,6 +540,7 @@ def test_a_secure_round_that_drops_a_device_tells_it_excluded(url: str, tmp_path
     threads = [threading.Thread(target=run, args=(i,)) for i in range(5)]
     for t in threads:
         t.start()
+    _expire_stage(url, task_id, clock, Stage.MASKED_INPUT, 4, silent=[threads[2]])
     for t in threads:
         t.join(60)
     r0 = reports[0]
