@@ -28,7 +28,13 @@ from sdk.client import ClientError, SecureRoundReport, _Exchange
 from sdk.device_store import DeviceStore
 from tests.coordinator.test_service_support import await_assignment
 
-from .test_client_abandoned_round import SECURE_SPEC, _await_state, _residual, _secure_task
+from .test_client_abandoned_round import (
+    SECURE_SPEC,
+    _await_state,
+    _driven_secure_task,
+    _expire_stage,
+    _residual,
+)
 from .test_client_abandoned_round import url as url  # noqa: F401  (the loopback fixture)
 
 OLD = 0.3  # device 0's residual before the round: the masked input carries it
@@ -123,14 +129,17 @@ LOST = ["garbage", "read_timeout", "bad_gateway", "late_refusal"]
 def test_a_lost_answer_keeps_the_record_and_a_committed_round_counts_the_input_once(
     url: str, tmp_path: Path, how: str
 ) -> None:
-    # Prepare: device 0's input is taken but its answer lost; the round commits with it
-    with httpx.Client(base_url=url) as http:
-        task_id = _secure_task(http, cohort=COHORT)
+    # Prepare: device 0's input is taken but its answer lost; the round commits with it, once
+    # its unmask stage (device 0 sends nothing to it) times out with the others' answers.
+    # Stages time out on the test's clock: every device uploads the three before unmask, which
+    # close as soon as all did, however slow the machine
+    task_id, clock = _driven_secure_task(url, cohort=COHORT)
     root = tmp_path / "d0"
     victim, round_id, result = _lost_answer_round(url, root, task_id, how, others_drop=False)
     _check_lost(result, how)
     left = _residual(root, SECURE_SPEC.size, task_id)
     sent = _record(root, round_id)
+    _expire_stage(url, task_id, clock, Stage.UNMASK, COHORT - 1)
     _await_state(url, round_id, "committed")
 
     # Execute: device 0 checks in, in the same process
@@ -154,14 +163,14 @@ def test_a_lost_answer_in_an_abandoned_round_returns_the_input_once(
     url: str, tmp_path: Path, how: str
 ) -> None:
     # Prepare: device 0's input is taken but its answer lost; the others go silent before
-    # unmask, so the round is abandoned
-    with httpx.Client(base_url=url) as http:
-        task_id = _secure_task(http, cohort=COHORT)
+    # unmask, so the round is abandoned when that stage times out (on the test's clock)
+    task_id, clock = _driven_secure_task(url, cohort=COHORT)
     root = tmp_path / "d0"
     victim, round_id, result = _lost_answer_round(url, root, task_id, how, others_drop=True)
     _check_lost(result, how)
     left = _residual(root, SECURE_SPEC.size, task_id)
     sent = _record(root, round_id)
+    _expire_stage(url, task_id, clock, Stage.UNMASK, 0)
     _await_state(url, round_id, "abandoned")
 
     # Execute: device 0 checks in twice
