@@ -18,11 +18,17 @@ import numpy.typing as npt
 import pytest
 
 from compression import ErrorFeedback
+from protocol.secagg import Stage
 from sdk import Client
 from sdk.device_store import DeviceStore
 from tests.coordinator.test_service_support import await_assignment
 
-from .test_client_abandoned_round import SECURE_SPEC, _residual, _secure_task
+from .test_client_abandoned_round import (
+    SECURE_SPEC,
+    _driven_secure_task,
+    _expire_stage,
+    _residual,
+)
 from .test_client_abandoned_round import url as url  # noqa: F401  (the loopback fixture)
 
 BIG = np.float32(3e38)  # finite; two of them overflow float32
@@ -46,9 +52,11 @@ def test_a_secure_round_refuses_an_update_that_is_not_finite(
     url: str, tmp_path: Path, kind: str
 ) -> None:
     # Prepare: device 0 holds a residual (BIG with "overflow": delta + residual is inf) and
-    # trains to a non-finite update; its mod counts its masked-input uploads
-    with httpx.Client(base_url=url) as http:
-        task_id = _secure_task(http)
+    # trains to a non-finite update; its mod counts its masked-input uploads. Stages time out
+    # on the test's clock: with "overflow" device 0 takes part in advertise-keys and
+    # share-keys (which close once all three uploaded); with the other kinds it refuses
+    # before any stage
+    task_id, clock = _driven_secure_task(url)
     root = tmp_path / "d0"
     old = np.full(SECURE_SPEC.size, BIG if kind == "overflow" else 0.3, np.float32)
     ef = ErrorFeedback(SECURE_SPEC.size)
@@ -79,6 +87,9 @@ def test_a_secure_round_refuses_an_update_that_is_not_finite(
     threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
+    # The first stage device 0 skips times out once the other two uploaded it
+    skipped = Stage.MASKED_INPUT if kind == "overflow" else Stage.ADVERTISE_KEYS
+    _expire_stage(url, task_id, clock, skipped, 2, silent=threads[:1])
     for t in threads:
         t.join(60)
     for c in clients:

@@ -18,12 +18,18 @@ import pytest
 
 import sdk.client as client_module
 from compression import CodecError, ErrorFeedback, UpdateCodec
+from protocol.secagg import Stage
 from sdk import Client
 from sdk.client import SecureRoundReport
 from sdk.device_store import DeviceStore
 from tests.coordinator.test_service_support import await_assignment
 
-from .test_client_abandoned_round import SECURE_SPEC, _residual, _secure_task
+from .test_client_abandoned_round import (
+    SECURE_SPEC,
+    _driven_secure_task,
+    _expire_stage,
+    _residual,
+)
 from .test_client_abandoned_round import url as url  # noqa: F401  (the loopback fixture)
 
 OLD = 0.3  # device 0's residual before the round
@@ -44,11 +50,11 @@ def test_a_masked_input_whose_record_cannot_be_built_is_not_sent(
 ) -> None:
     # Prepare: device 0 carries residual OLD; its network path refuses the masked input (the
     # round's deadline passed), and the record of the input cannot be built
-    with httpx.Client(base_url=url) as http:
-        # Every device takes part in share-keys: a stage closes once all have uploaded, and
-        # the 1 s default let a loaded machine close it before the victim's (a flake; the
-        # masked-input stage, which the victim skips, now waits 2.5 s)
-        task_id = _secure_task(http, stage_timeout_s=2.5)
+    # Every device takes part in advertise-keys and share-keys, which close once all have
+    # uploaded; a wall-clock stage timeout (1 s, later 2.5 s) let a loaded machine close one
+    # before the victim's upload (a flake). Stages time out on the test's clock instead: the
+    # masked-input stage, which the victim skips, once the other two sent theirs
+    task_id, clock = _driven_secure_task(url)
     root = tmp_path / "d0"
     ef = ErrorFeedback(SECURE_SPEC.size)
     ef.residual = np.full(SECURE_SPEC.size, OLD, np.float32)
@@ -82,6 +88,7 @@ def test_a_masked_input_whose_record_cannot_be_built_is_not_sent(
     threads = [threading.Thread(target=run, args=(i,), name=names[i]) for i in range(3)]
     for t in threads:
         t.start()
+    _expire_stage(url, task_id, clock, Stage.MASKED_INPUT, 2, silent=threads[:1])
     for t in threads:
         t.join(60)
     for c in clients:
