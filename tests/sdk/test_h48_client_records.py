@@ -6,29 +6,32 @@ of another task is still pending is not lost when that earlier round is abandone
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import numpy.typing as npt
-import pytest
 
 from compression import CodecConfig, ErrorFeedback, UpdateCodec
-from coordinator.service import ServerThread, ServiceConfig
 from sdk import Client
 from sdk.device_store import AcceptedUpload, DeviceStore
+from tests.coordinator.test_service_support import SPEC as TASK_SPEC
 from tests.coordinator.test_service_support import (
-    ADMIN,
     SoftmaxTrainer,
     await_assignment,
     create_task,
     local_data,
     task_config,
 )
-from tests.coordinator.test_service_support import SPEC as TASK_SPEC
 
-from .test_client_abandoned_round import _assign_all, _await_state, _Bodies
+from .test_client_abandoned_round import (
+    DEADLINE_S,
+    _assign_all,
+    _await_state,
+    _Bodies,
+    _pass_deadline,
+)
+from .test_client_abandoned_round import url as url  # noqa: F401  (the loopback fixture)
 from .test_review_device_state import SPEC
 
 CONTENT = {r: np.full(SPEC.size, float(r), np.float32) for r in (5, 6, 7)}
@@ -129,26 +132,17 @@ def test_the_rounds_remembered_as_named_are_only_those_held(tmp_path: Path) -> N
 # -- against a loopback coordinator -----------------------------------------------------------
 
 
-@pytest.fixture()
-def url(tmp_path: Path) -> Iterator[str]:
-    cfg = ServiceConfig(
-        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
-    )
-    with ServerThread(cfg) as served:
-        yield served
-
-
 def test_an_upload_accepted_in_another_task_keeps_a_pending_rounds_record(
     url: str, tmp_path: Path
 ) -> None:
-    # Prepare: task 1 needs both A and B (min_reports 2, 3 s deadline); only A reports, so its
-    # round will be abandoned. While that round is still open, A takes part in task 2 (one
-    # device per round, commits)
+    # Prepare: task 1 needs both A and B (min_reports 2); only A reports, so its round will be
+    # abandoned at its deadline. While that round is still open, A takes part in task 2 (one
+    # device per round, commits); then the test passes the deadline on the coordinator's clock
     with httpx.Client(base_url=url) as http:
         t1 = create_task(
             http,
             task_config(
-                rounds=2, clients_per_round=2, min_reports=2, deadline_s=3.0,
+                rounds=2, clients_per_round=2, min_reports=2, deadline_s=DEADLINE_S,
                 selection_timeout_s=60,
             ),
         )  # fmt: skip
@@ -174,6 +168,7 @@ def test_an_upload_accepted_in_another_task_keeps_a_pending_rounds_record(
     assert (r1, "pending") in asked
     after_second = _residual(tmp_path / "a", TASK_SPEC.size, t2)
     assert DeviceStore(tmp_path / "a").accepted_rounds() == [r1, r2]
+    _pass_deadline(url, DEADLINE_S)  # round 1 holds A's report, B sends none
     _await_state(url, r1, "abandoned")
     _await_state(url, r2, "committed")
 
