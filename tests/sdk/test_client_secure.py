@@ -52,7 +52,9 @@ class ShiftTrainer:
         return TrainResult((params + np.float32(self.step)).astype(np.float32), len(x), 0.5)
 
 
-def _task(rounds: int) -> dict[str, object]:
+def _task(rounds: int, stage_timeout_s: float = 5.0) -> dict[str, object]:
+    """The secure task of three devices. Other files' tests take it with its 5 s stage timeout,
+    some to wait out a stage a device left open."""
     return to_json(
         TaskConfig(
             name="sdk-secure", model_name="tiny",
@@ -60,13 +62,15 @@ def _task(rounds: int) -> dict[str, object]:
             rounds=rounds, clients_per_round=3, over_selection=1.0, min_reports=3,
             selection_timeout_s=60.0, deadline_s=30.0, downlink=CodecParams(topk=1.0, bits=32),
             training=TrainingParams(1, 8, 0.1), retry_after_s=0.2,
-            secure={"coord_fraction": 0.5, "stage_timeout_s": 5.0},
+            secure={"coord_fraction": 0.5, "stage_timeout_s": stage_timeout_s},
         )
     )  # fmt: skip
 
 
 @pytest.fixture()
 def server(tmp_path: Path) -> Iterator[tuple[str, int]]:
+    """A coordinator with `_task(rounds=2)`, its stage timeout 60 s: no test of this fixture
+    means a stage to time out, so every stage closes early, however slow the machine."""
     from compression import encode_snapshot
 
     cfg = ServiceConfig(
@@ -75,7 +79,8 @@ def server(tmp_path: Path) -> Iterator[tuple[str, int]]:
     with ServerThread(cfg) as url:
         auth = {"authorization": f"Bearer {ADMIN}"}
         http = httpx.Client(base_url=url, headers=auth)
-        task_id = int(http.post("/v1/admin/tasks", json=_task(rounds=2)).json()["task_id"])
+        task = _task(rounds=2, stage_timeout_s=60.0)
+        task_id = int(http.post("/v1/admin/tasks", json=task).json()["task_id"])
         snap = encode_snapshot(np.zeros(SPEC.size, np.float32), SPEC, "fp32")
         octet = {"content-type": "application/octet-stream"}
         r = http.put(f"/v1/admin/tasks/{task_id}/model", content=snap, headers=octet)
