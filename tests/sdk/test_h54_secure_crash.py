@@ -29,8 +29,9 @@ from tests.coordinator.test_service_support import await_assignment
 from .test_client_abandoned_round import (
     SECURE_SPEC,
     _await_state,
+    _driven_secure_task,
+    _expire_stage,
     _residual,
-    _secure_task,
     _sent,
 )
 from .test_client_abandoned_round import url as url  # noqa: F401  (the loopback fixture)
@@ -117,14 +118,17 @@ def test_a_device_killed_after_its_masked_input_does_not_send_it_again_once_comm
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Prepare: device 0 dies once its masked input is taken; the round commits with it
-    with httpx.Client(base_url=url) as http:
-        task_id = _secure_task(http, cohort=COHORT)
+    # Prepare: device 0 dies once its masked input is taken; the round commits with it, once
+    # its unmask stage (device 0 sends nothing to it) times out with the others' answers.
+    # Stages time out on the test's clock: every device uploads the three before unmask, which
+    # close as soon as all did, however slow the machine
+    task_id, clock = _driven_secure_task(url, cohort=COHORT)
     root = tmp_path / "d0"
     round_id, left = _killed_after_masked_input(
         url, root, task_id, others_drop=False, monkeypatch=monkeypatch
     )
     assert not np.allclose(left, 0.2 + OLD)  # the input carried a part of u, OLD included
+    _expire_stage(url, task_id, clock, Stage.UNMASK, COHORT - 1)
     _await_state(url, round_id, "committed")
 
     # Execute: the app starts again and checks in
@@ -147,14 +151,14 @@ def test_a_device_killed_after_its_masked_input_gets_it_back_once_if_abandoned(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Prepare: device 0 dies once its masked input is taken; the others go silent before
-    # unmask, so the round is abandoned
-    with httpx.Client(base_url=url) as http:
-        task_id = _secure_task(http, cohort=COHORT)
+    # unmask, so the round is abandoned when that stage times out (on the test's clock)
+    task_id, clock = _driven_secure_task(url, cohort=COHORT)
     root = tmp_path / "d0"
     round_id, left = _killed_after_masked_input(
         url, root, task_id, others_drop=True, monkeypatch=monkeypatch
     )
     sent = _sent(root)  # the record of what the input stood for (before: none was saved)
+    _expire_stage(url, task_id, clock, Stage.UNMASK, 0)
     _await_state(url, round_id, "abandoned")
 
     # Execute: the app starts again and checks in, twice
