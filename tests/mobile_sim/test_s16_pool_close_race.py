@@ -19,7 +19,10 @@ def test_a_sender_thread_still_ending_does_not_get_its_worker_killed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Prepare: each sender thread lingers 0.3 s after its write is read, as a thread can on a
-    # crowded machine
+    # crowded machine; close's wait for a sender to end is 10 s here (0.5 s in production),
+    # so that the linger and a loaded machine's wake-ups stay far inside it. The code before
+    # b5a62ef did not wait at all: both workers were killed ([-9, -9]).
+    monkeypatch.setattr(process_pool, "_SENDER_SETTLE_S", 10.0)
     real = process_pool._send
 
     def lingering(conn: Any, payload: Any) -> None:
