@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from mobile_sim.backends import process_pool
 from mobile_sim.backends.process_pool import ProcessPoolBackend
 from tests.mobile_sim.test_backends_pool import _jobs, _shm_names
 from tests.mobile_sim.test_h71_pool_send_stall import warm_torch_for_fork
@@ -29,9 +30,12 @@ def _warm_parent() -> None:
     ["fork", pytest.param("spawn", marks=pytest.mark.slow)],  # spawn: ~8 s loaded
 )
 def test_a_worker_keeps_running_and_prints_nothing_on_sigint(
-    method: str, capfd: pytest.CaptureFixture[str]
+    method: str, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Prepare: a pool that trained a round; the workers idle in recv
+    # Prepare: a pool that trained a round; the workers idle in recv. Close waits up to 10 s
+    # (production: 0.5 s) for a task's sender thread to end, so that one still ending on a
+    # loaded machine does not get its worker killed (-9; this test failed so once, b5a62ef).
+    monkeypatch.setattr(process_pool, "_SENDER_SETTLE_S", 10.0)
     ctx, params, jobs = _jobs(4, 1)
     before = _shm_names()
     pool = ProcessPoolBackend(workers=2, inner="sequential", start_method=method)

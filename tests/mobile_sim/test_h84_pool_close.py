@@ -25,9 +25,18 @@ def _warm_parent() -> None:
     warm_torch_for_fork()  # "fork" pools then start warm
 
 
+# Seconds close waits for a task's sender thread to end (production: 0.5): generous here, so
+# that a thread still ending on a loaded machine does not get its worker killed (-9). It costs
+# nothing: the wait returns as soon as the thread has ended.
+_SETTLE_S = 10.0
+
+
 @pytest.mark.timeout(60)
-def test_close_with_a_frozen_idle_worker_is_prompt_and_lets_both_workers_exit_cleanly() -> None:
+def test_close_with_a_frozen_idle_worker_is_prompt_and_lets_both_workers_exit_cleanly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     # Prepare: two workers that each answered a round, then one frozen while idle.
+    monkeypatch.setattr(process_pool, "_SENDER_SETTLE_S", _SETTLE_S)
     ctx, params, jobs = _jobs(4, 1)
     before = _shm_names()
     pool = ProcessPoolBackend(workers=2, inner="sequential", start_method="fork")
@@ -60,7 +69,10 @@ def test_a_worker_that_does_not_exit_within_the_grace_period_is_killed(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Prepare: a frozen worker that continuing does not wake (as under a debugger's ptrace
-    # stop): SIGCONT is withheld from it, and the grace period is shortened to keep this fast.
+    # stop): SIGCONT is withheld from it. The grace period is 2 s (production's, set here so
+    # the bound below holds if that changes): the honest worker must exit inside it, and the
+    # frozen one waits it out.
+    grace = 2.0
     ctx, params, jobs = _jobs(4, 1)
     pool = ProcessPoolBackend(workers=2, inner="sequential", start_method="fork")
     pool.start(ctx)
@@ -73,7 +85,8 @@ def test_a_worker_that_does_not_exit_within_the_grace_period_is_killed(
             real_continue(proc)
 
     monkeypatch.setattr(process_pool, "_continue", withheld)
-    monkeypatch.setattr(process_pool, "_STOP_GRACE_S", 0.5)
+    monkeypatch.setattr(process_pool, "_STOP_GRACE_S", grace)
+    monkeypatch.setattr(process_pool, "_SENDER_SETTLE_S", _SETTLE_S)
     try:
         pool.train(params, jobs)
         os.kill(frozen, signal.SIGSTOP)
@@ -88,7 +101,7 @@ def test_a_worker_that_does_not_exit_within_the_grace_period_is_killed(
                 proc.kill()
                 proc.join(5)
 
-    # Assert: one grace period for all the workers, then SIGKILL for the one still there; the
-    # honest worker was not killed.
-    assert took < 0.5 + 2.0, f"close took {took:.1f} s"
+    # Assert: one grace period for all the workers, then SIGKILL for the one still there (not
+    # the 10 s join and 10 s more after a SIGTERM of before); the honest worker was not killed.
+    assert took < grace + 2.0, f"close took {took:.1f} s"
     assert [p.exitcode for p in procs] == [-signal.SIGKILL, 0]
