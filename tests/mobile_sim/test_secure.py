@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
-from coordinator.secure import SecureConfig, SecureCoordinator
+from coordinator.secure import SecureConfig, SecureCoordinator, SecureOutcome
 from mobile_sim.secure import STAGES, draw_dropouts, run_secure_round
 from protocol.secagg import Stage
 from sdk.secure import SecureParticipant
@@ -54,20 +57,144 @@ def test_secure_mnist_simulation_learns(transport: str) -> None:
     assert all(r.bytes_up > 0 for r in res.records)
 
 
-def test_http_fleet_round_with_dropouts() -> None:
-    from mobile_sim.secure import HttpSecureFleet
+# The HTTP fleet tests' stage idle time and cap, on the registry's clock, which the test
+# steps: no stage closes by its timer before the test has seen it hold every upload it will
+# get. At the 0.5 s idle time of before, a device whose upload came more than 0.5 s after the
+# one before it (a loaded machine) would have been left out, and these tests assert the exact
+# cohort.
+_STAGE_S = 60.0
+_WAIT_S = 60.0  # the longest the test waits for the round to reach a state (milliseconds here)
 
+
+class _StageClock:
+    """A secure registry's clock that stands still until the test steps it."""
+
+    def __init__(self) -> None:
+        self._now = time.monotonic()
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self._now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self._now += seconds
+
+
+class _SteppedFleet:
+    """An `HttpSecureFleet` whose stages close by their timer only when the test steps its
+    task's secure registry clock (installed as the fleet creates the task, before any device
+    checks in); `start_round` runs `run_round` on a thread of its own meanwhile."""
+
+    def __init__(self, coord: SecureCoordinator) -> None:
+        from mobile_sim.secure import HttpSecureFleet
+
+        self.fleet = HttpSecureFleet(coord, stage_idle_s=_STAGE_S, stage_cap_s=_STAGE_S)
+        self.clock = _StageClock()
+        self._coordinator = self.fleet._server.app.state.coordinator
+        create = self.fleet._create_task
+
+        def create_on_the_test_clock(cohort: int) -> int:
+            task_id = create(cohort)
+            self._coordinator.runtimes[task_id].secure.registry.clock = self.clock
+            return task_id
+
+        self.fleet._create_task = create_on_the_test_clock  # type: ignore[method-assign]
+        self._thread: threading.Thread | None = None
+        self._outcome: SecureOutcome | None = None
+        self._error: BaseException | None = None
+
+    def start_round(
+        self,
+        parts: Mapping[str, SecureParticipant],
+        ups: Mapping[str, tuple[npt.NDArray[np.float32], int]],
+        drops: Mapping[str, Stage],
+    ) -> None:
+        def run() -> None:
+            try:
+                self._outcome = self.fleet.run_round(parts, ups, drops)
+            except BaseException as exc:  # raised again by `outcome`
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="secure-round", daemon=True)
+        self._thread.start()
+
+    def _open_round(self) -> tuple[Any, int] | None:
+        """The task's registry and its open round's id, if a round is open."""
+        if self.fleet.task_id is None:
+            return None
+        runtime = self._coordinator.runtimes[self.fleet.task_id]
+        current = runtime.current
+        return None if current is None else (runtime.secure.registry, current.round_id)
+
+    def uploads(self, stage: Stage) -> int:
+        """Uploads the open round's registry accepted in `stage` (0 with no round open)."""
+        found = self._open_round()
+        if found is None:
+            return 0
+        registry, round_id = found
+        try:
+            return int(registry.stage_counts(round_id).get(str(stage), 0))
+        except LookupError:  # the round was just discarded
+            return 0
+
+    def stage(self) -> Stage | None:
+        """The open round's earliest stage still open (None with no round open)."""
+        found = self._open_round()
+        if found is None:
+            return None
+        registry, round_id = found
+        try:
+            current: Stage | None = registry.current_stage(round_id)
+        except LookupError:
+            return None
+        return current
+
+    def wait_until(self, what: str, done: Callable[[], bool]) -> None:
+        give_up = time.monotonic() + _WAIT_S
+        while not done():
+            if self._thread is not None and not self._thread.is_alive():
+                raise AssertionError(f"the round ended before {what}: {self._error!r}")
+            if time.monotonic() > give_up:
+                raise AssertionError(f"not {what} after {_WAIT_S:g} s")
+            time.sleep(0.01)
+
+    def close_by_timer(self, stage: Stage, uploads: int) -> None:
+        """Once `stage` holds `uploads` uploads (all it will get), step the clock past its
+        idle time and cap, and wait until the service has closed it."""
+        self.wait_until(f"{uploads} {stage} uploads", lambda: self.uploads(stage) >= uploads)
+        self.clock.advance(_STAGE_S + 1.0)
+        self.wait_until(f"{stage} closed", lambda: self.stage() != stage)
+
+    def outcome(self) -> SecureOutcome:
+        assert self._thread is not None
+        self._thread.join(2 * _WAIT_S)
+        if self._error is not None:
+            raise self._error
+        assert self._outcome is not None, f"the round did not end in {2 * _WAIT_S:g} s"
+        return self._outcome
+
+    def close(self) -> None:
+        self.fleet.close()
+
+
+def test_http_fleet_round_with_dropouts() -> None:
     d = 2000
     devs = [f"d{i:02d}" for i in range(8)]
     rng = np.random.default_rng(3)
     parts = {x: SecureParticipant(d) for x in devs}
     ups = {x: (rng.normal(0, 0.01, d).astype(np.float32), 1) for x in devs}
     coord = SecureCoordinator(np.zeros(d, np.float32), SecureConfig(coord_fraction=0.1))
-    fleet = HttpSecureFleet(coord, stage_idle_s=0.5)
+    stepped = _SteppedFleet(coord)
     try:
-        out = fleet.run_round(parts, ups, {devs[0]: Stage.SHARE_KEYS, devs[1]: Stage.UNMASK})
+        stepped.start_round(parts, ups, {devs[0]: Stage.SHARE_KEYS, devs[1]: Stage.UNMASK})
+        # The two stages a device drops out of close by their timer once the others uploaded
+        stepped.close_by_timer(Stage.SHARE_KEYS, 7)
+        stepped.close_by_timer(Stage.UNMASK, 6)
+        out = stepped.outcome()
     finally:
-        fleet.close()
+        stepped.close()
     assert out.committed and set(out.contributors) == set(devs[1:])
     sent = [ups[x][0] - parts[x].residual for x in out.contributors]
     np.testing.assert_allclose(out.update, np.mean(sent, axis=0), atol=1e-6)
@@ -124,41 +251,46 @@ def test_in_process_secure_rounds_count_each_devices_model_download() -> None:
     assert rec.bytes_down > cfg.per_round * snapshot
 
 
-class _SlowToJoin(SecureParticipant):
-    """A device that takes `delay_s` to join its round (to start the first stage)."""
+class _JoinsLate(SecureParticipant):
+    """A device that joins its round (starts the first stage) only once `released` is set."""
 
-    def __init__(self, size: int, delay_s: float) -> None:
+    def __init__(self, size: int, released: threading.Event) -> None:
         super().__init__(size)
-        self.delay_s = delay_s
+        self.released = released
 
     def join(self, *args: Any, **kwargs: Any) -> Any:
-        time.sleep(self.delay_s)
+        if not self.released.wait(2 * _WAIT_S):
+            raise RuntimeError("the test never let this device join")
         return super().join(*args, **kwargs)
 
 
 def test_http_fleet_names_a_device_the_service_left_out_by_its_timing(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # Prepare: eight devices, none dropped by the simulation; one joins 3 s late, while a
-    # stage closes 0.5 s after its latest upload
+    # Prepare: eight devices, none dropped by the simulation; one joins only after the first
+    # stage closed by its timer (once the other seven uploaded), as a device that joins later
+    # than a stage's idle time after the latest upload
     import logging
-
-    from mobile_sim.secure import HttpSecureFleet
 
     d = 2000
     devs = [f"d{i:02d}" for i in range(8)]
     rng = np.random.default_rng(3)
+    released = threading.Event()
     parts: dict[str, SecureParticipant] = {x: SecureParticipant(d) for x in devs}
-    parts[devs[2]] = _SlowToJoin(d, 3.0)
+    parts[devs[2]] = _JoinsLate(d, released)
     ups = {x: (rng.normal(0, 0.01, d).astype(np.float32), 1) for x in devs}
     coord = SecureCoordinator(np.zeros(d, np.float32), SecureConfig(coord_fraction=0.1))
-    fleet = HttpSecureFleet(coord, stage_idle_s=0.5)
+    stepped = _SteppedFleet(coord)
     caplog.set_level(logging.WARNING, logger="mobile_sim.secure")
     # Execute
     try:
-        out = fleet.run_round(parts, ups, {})
+        stepped.start_round(parts, ups, {})
+        stepped.close_by_timer(Stage.ADVERTISE_KEYS, 7)
+        released.set()
+        out = stepped.outcome()
     finally:
-        fleet.close()
+        released.set()
+        stepped.close()
     # Assert: the round went on without it, and the outcome and the log name it
     assert devs[2] in out.dropped and devs[2] not in out.contributors
     assert out.measurements["late_devices"] == [devs[2]]
