@@ -43,7 +43,9 @@ from tests.coordinator.test_service_support import (
 
 X, Y = local_data(3)
 ROUNDS = 2
-LONG = 10.0  # how long a test waits before it fails (never reached when it passes)
+# How long a test waits before it fails (never reached when it passes): far above the secure
+# round of three devices it waits for (0.7 s at most on a loaded 2-core machine).
+LONG = 30.0
 
 
 class Cancels:
@@ -286,8 +288,8 @@ class CancelsAt:
 
 def _secure_task(http: httpx.Client) -> int:
     """Three devices a round, SecAgg+ (as in tests/sdk/test_h97_cancel.py), its stage timeout
-    long: a test that waited for it fails."""
-    secure = {"coord_fraction": 0.5, "stage_timeout_s": 30.0}
+    long (longer than LONG): a test that waited for it fails."""
+    secure = {"coord_fraction": 0.5, "stage_timeout_s": 60.0}
     cfg = task_config(clients_per_round=3, min_reports=3, rounds=2, secure=secure)
     return create_task(http, replace(cfg, selection_timeout_s=60.0))
 
@@ -328,7 +330,7 @@ def test_a_secure_round_task_cancelled_drops_out_as_a_crash_would(
 
                 def go(device: AsyncClient) -> asyncio.Task[Any]:
                     return asyncio.create_task(
-                        device.participate(SoftmaxTrainer(), X, Y, task_id=task_id, max_wait_s=5)
+                        device.participate(SoftmaxTrainer(), X, Y, task_id=task_id, max_wait_s=LONG)
                     )
 
                 first = await asyncio.wait_for(asyncio.gather(*map(go, devices)), LONG)
