@@ -341,12 +341,13 @@ SECURE_SPEC = ModelSpec.from_shapes([("w", (4, 8)), ("b", (4,))])
 # timeout must both expire (a stage a silent device skips) and not expire (a stage every device
 # uploads, which closes once all did); at 1.5 s, CI (a loaded 2-core runner, three xdist
 # workers) saw such a stage close before the last upload landed (stop 34: test_h55_lost_answer's
-# round abandoned at masked-input). `_secure_task`'s default (4 s of wall time) is kept for the
-# callers that still wait a stage out.
+# round abandoned at masked-input). No caller waits a stage out on the wall clock any more.
 STAGE_TIMEOUT_S = 60.0
 
 
-def _secure_task(http: httpx.Client, cohort: int = 3, stage_timeout_s: float = 4.0) -> int:
+def _secure_task(
+    http: httpx.Client, cohort: int = 3, stage_timeout_s: float = STAGE_TIMEOUT_S
+) -> int:
     from compression import encode_snapshot
     from protocol.messages import TaskConfig, to_json
 
@@ -480,7 +481,7 @@ def test_a_410_after_the_masked_input_returns_it_at_once(url: str, tmp_path: Pat
     # round (injected by a mod; the others run the round normally). Every stage closes once
     # all three uploaded: none is meant to time out
     with httpx.Client(base_url=url) as http:
-        task_id = _secure_task(http, stage_timeout_s=STAGE_TIMEOUT_S)
+        task_id = _secure_task(http)
 
     def aborts(request: httpx.Request, nxt: Callable[..., Any]) -> Any:
         if request.method == "GET" and request.url.path.endswith("/stages/masked-input"):
