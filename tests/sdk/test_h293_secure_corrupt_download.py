@@ -18,9 +18,11 @@ import numpy as np
 import pytest
 
 from coordinator.service import ServerThread, ServiceConfig
-from protocol.secagg import SecAggError
+from protocol.secagg import SecAggError, Stage
 from sdk import AsyncClient, Client
 from sdk.client import SecureRoundReport
+from tests.coordinator.test_secagg_adversarial import StageClock
+from tests.sdk.test_client_hostile_server import STAGE_TIMEOUT_S, SecureTask
 from tests.sdk.test_client_secure import ADMIN, SPEC, ShiftTrainer, _data, _task
 
 # Where each download's corruption lands: byte 0 is the message's magic (the plan's, or "PSA1"
@@ -38,23 +40,41 @@ NEXT_UPLOAD = {
     "share-keys": "masked-input",
     "masked-input": "unmask",
 }
+# The stage a victim whose every answer of a download is corrupt leaves open: the two others
+# uploaded it and wait for it to close, so the test times it out (`SecureTask.expire`). None:
+# the victim fails at the unmask request, and the others return once they sent their unmask
+# shares, without waiting for that stage to close.
+LEFT_OPEN = {
+    "setup": Stage.ADVERTISE_KEYS,
+    "advertise-keys": Stage.SHARE_KEYS,
+    "share-keys": Stage.MASKED_INPUT,
+    "masked-input": None,
+}
 
 
 @pytest.fixture()
-def server(tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """A coordinator with a secure task (3 devices a round) and its initial model."""
+def server(tmp_path: Path) -> Iterator[SecureTask]:
+    """A coordinator with a secure task (3 devices a round) and its initial model; the task's
+    stages are timed by a `StageClock` (set before any device checks in, so before the round
+    opens) under a 60 s timeout: a stage every device uploads closes once all did, however
+    slow the machine, and one a device leaves open closes when the test expires it."""
     from compression import encode_snapshot
 
     cfg = ServiceConfig(
         db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
     )
-    with ServerThread(cfg) as url:
+    served = ServerThread(cfg)
+    with served as url:
         http = httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"})
-        task_id = int(http.post("/v1/admin/tasks", json=_task(rounds=1)).json()["task_id"])
+        task = _task(rounds=1, stage_timeout_s=STAGE_TIMEOUT_S)
+        task_id = int(http.post("/v1/admin/tasks", json=task).json()["task_id"])
         snap = encode_snapshot(np.zeros(SPEC.size, np.float32), SPEC, "fp32")
         octet = {"content-type": "application/octet-stream"}
         assert http.put(f"/v1/admin/tasks/{task_id}/model", content=snap, headers=octet).is_success
-        yield url, task_id
+        coordinator = served.app.state.coordinator
+        clock = StageClock()
+        coordinator.runtimes[task_id].secure.registry.clock = clock
+        yield SecureTask(url, task_id, coordinator, clock)
 
 
 class _Corrupter:
@@ -95,10 +115,16 @@ class _Corrupter:
 
 
 def _round(
-    url: str, root: Path, task_id: int, corrupter: _Corrupter, asynchronous: bool
+    task: SecureTask,
+    root: Path,
+    corrupter: _Corrupter,
+    asynchronous: bool,
+    left_open: Stage | None = None,
 ) -> list[Any]:
     """One secure round of three devices; device 0's requests pass `corrupter`. Each device's
-    report, or the exception its participate raised."""
+    report, or the exception its participate raised. `left_open`: a stage device 0 will not
+    upload, timed out once device 0's thread ended and the two others uploaded it."""
+    url, task_id = task.url, task.task_id
     x, y = _data()
     out: list[Any] = [None] * 3
 
@@ -132,8 +158,12 @@ def _round(
     threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join(90)
+    try:
+        if left_open is not None:
+            task.expire(left_open, 2, silent=threads[:1])
+    finally:
+        for t in threads:
+            t.join(90)
     assert not any(t.is_alive() for t in threads)
     return out
 
@@ -149,45 +179,43 @@ def _committed(url: str, round_id: int) -> bool:
 
 @pytest.mark.parametrize("download", list(CORRUPT_AT))
 def test_a_corrupt_secure_download_is_fetched_again_and_the_round_completes(
-    server: tuple[str, int], tmp_path: Path, download: str
+    server: SecureTask, tmp_path: Path, download: str
 ) -> None:
     # Prepare: the victim's first answer of `download` comes with one byte flipped
-    url, task_id = server
     corrupter = _Corrupter(download, times=1)
     # Execute
-    reports = _round(url, tmp_path, task_id, corrupter, asynchronous=False)
+    reports = _round(server, tmp_path, corrupter, asynchronous=False)
     # Assert: every device completed the round, which committed; the victim asked for that
     # download twice (the corrupt answer, then the good one) and went on
     assert all(isinstance(r, SecureRoundReport) and r.completed for r in reports), reports
     assert corrupter.times == 0 and corrupter.gets() == 2
     assert reports[0].stages == ["advertise-keys", "share-keys", "masked-input", "unmask"]
-    assert _committed(url, reports[0].round_id)
+    assert _committed(server.url, reports[0].round_id)
 
 
 @pytest.mark.parametrize("asynchronous", [False, True], ids=["Client", "AsyncClient"])
 def test_an_async_client_fetches_a_corrupt_share_delivery_again_too(
-    server: tuple[str, int], tmp_path: Path, asynchronous: bool
+    server: SecureTask, tmp_path: Path, asynchronous: bool
 ) -> None:
     # Prepare
-    url, task_id = server
     corrupter = _Corrupter("share-keys", times=1)
     # Execute
-    reports = _round(url, tmp_path, task_id, corrupter, asynchronous=asynchronous)
+    reports = _round(server, tmp_path, corrupter, asynchronous=asynchronous)
     # Assert
     assert all(isinstance(r, SecureRoundReport) and r.completed for r in reports), reports
     assert corrupter.gets() == 2
-    assert _committed(url, reports[0].round_id)
+    assert _committed(server.url, reports[0].round_id)
 
 
 @pytest.mark.parametrize("download", list(CORRUPT_AT))
 def test_a_download_corrupt_every_time_ends_the_round_for_the_device_after_one_more_fetch(
-    server: tuple[str, int], tmp_path: Path, download: str
+    server: SecureTask, tmp_path: Path, download: str
 ) -> None:
-    # Prepare: every answer of `download` to the victim is corrupt
-    url, task_id = server
+    # Prepare: every answer of `download` to the victim is corrupt; the stage it then leaves
+    # open is timed out once the others uploaded it
     corrupter = _Corrupter(download, times=10**6)
     # Execute
-    reports = _round(url, tmp_path, task_id, corrupter, asynchronous=False)
+    reports = _round(server, tmp_path, corrupter, asynchronous=False, left_open=LEFT_OPEN[download])
     # Assert: the victim's participate raised the protocol's refusal after exactly two
     # answers of that download, and sent nothing for the stage that needed it
     assert isinstance(reports[0], SecAggError), reports[0]

@@ -8,51 +8,39 @@ a stage that did not close."""
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
-import pytest
 
-from coordinator.service import ServerThread, ServiceConfig
-from protocol.secagg import SecAggError
+from protocol.secagg import SecAggError, Stage
 from sdk import Client
 from sdk.client import SecureRoundReport
-from tests.sdk.test_client_secure import ADMIN, SPEC, ShiftTrainer, _data, _task
+from tests.sdk import test_h293_secure_corrupt_download as h293
+from tests.sdk.test_client_hostile_server import SecureTask
+from tests.sdk.test_client_secure import SPEC, ShiftTrainer, _data
 from tests.sdk.test_h293_secure_corrupt_download import _committed, _Corrupter
 
 STEP = 0.01  # the victim's update: every parameter moves by STEP
 
-
-@pytest.fixture()
-def server(tmp_path: Path) -> Iterator[tuple[str, int]]:
-    """A coordinator with a secure task (3 devices a round, half the coordinates sent) and its
-    initial model."""
-    from compression import encode_snapshot
-
-    cfg = ServiceConfig(
-        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
-    )
-    with ServerThread(cfg) as url:
-        http = httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"})
-        task_id = int(http.post("/v1/admin/tasks", json=_task(rounds=1)).json()["task_id"])
-        snap = encode_snapshot(np.zeros(SPEC.size, np.float32), SPEC, "fp32")
-        octet = {"content-type": "application/octet-stream"}
-        assert http.put(f"/v1/admin/tasks/{task_id}/model", content=snap, headers=octet).is_success
-        yield url, task_id
+# The fixture: a coordinator with a secure task (3 devices a round, half the coordinates sent)
+# and its initial model, the stages timed by a StageClock under a 60 s timeout.
+server = h293.server
 
 
 Mod = Callable[[httpx.Request, Callable[..., Any]], httpx.Response]
 
 
 def _round(
-    url: str, root: Path, task_id: int, mod: Mod, **victim: Any
+    task: SecureTask, root: Path, mod: Mod, left_open: Stage | None = None, **victim: Any
 ) -> tuple[list[Any], np.ndarray]:
     """One secure round of three devices, device 0's requests through `mod` (its Client built
     with `victim` too): each device's report (or what its participate raised), and device 0's
-    residual after it (the participant the client holds)."""
+    residual after it (the participant the client holds). `left_open`: a stage device 0 will
+    not upload, timed out once device 0's thread ended and the two others uploaded it."""
+    url, task_id = task.url, task.task_id
     x, y = _data()
     out: list[Any] = [None] * 3
     residual: list[np.ndarray] = []
@@ -74,39 +62,42 @@ def _round(
     threads = [threading.Thread(target=run, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join(90)
+    try:
+        if left_open is not None:
+            task.expire(left_open, 2, silent=threads[:1])
+    finally:
+        for t in threads:
+            t.join(90)
     assert not any(t.is_alive() for t in threads)
     return out, residual[0]
 
 
 def test_a_refetched_share_delivery_leaves_the_residual_of_one_masked_input(
-    server: tuple[str, int], tmp_path: Path
+    server: SecureTask, tmp_path: Path
 ) -> None:
     # Prepare: the victim's first share delivery comes with its last byte (in an AES-GCM tag)
     # flipped: it decodes, and is refused only by the protocol's check, inside masked_input
-    url, task_id = server
     corrupter = _Corrupter("share-keys", times=1)
     # Execute
-    reports, residual = _round(url, tmp_path, task_id, corrupter.sync_mod)
+    reports, residual = _round(server, tmp_path, corrupter.sync_mod)
     # Assert: the round completed and committed after a second copy; the residual is that of a
     # clean round from a zero residual (its update entered once): exactly STEP on the half of
     # the coordinates not sent (the others hold what the input's quantization left). Had the
     # refused attempt's residual been kept, the coordinates not sent would hold 2 * STEP.
     assert all(isinstance(r, SecureRoundReport) and r.completed for r in reports), reports
     assert corrupter.gets() == 2
-    assert _committed(url, reports[0].round_id)
+    assert _committed(server.url, reports[0].round_id)
     assert np.count_nonzero(residual == np.float32(STEP)) == SPEC.size // 2, residual
 
 
 def test_a_share_delivery_refused_twice_leaves_the_residual_from_before_the_round(
-    server: tuple[str, int], tmp_path: Path
+    server: SecureTask, tmp_path: Path
 ) -> None:
-    # Prepare: every share delivery to the victim is corrupt (in its AES-GCM tag)
-    url, task_id = server
+    # Prepare: every share delivery to the victim is corrupt (in its AES-GCM tag); the
+    # masked-input stage it leaves open is timed out once the others uploaded it
     corrupter = _Corrupter("share-keys", times=10**6)
     # Execute
-    reports, residual = _round(url, tmp_path, task_id, corrupter.sync_mod)
+    reports, residual = _round(server, tmp_path, corrupter.sync_mod, Stage.MASKED_INPUT)
     # Assert: the victim raised the protocol's refusal after two copies, sent no masked input,
     # and its residual is the one from before the round (a new device's: zeros), neither
     # attempt's
@@ -130,14 +121,14 @@ class _RefetchLost(_Corrupter):
 
 
 def test_a_refetch_past_the_deadline_is_reported_as_a_lost_refetch_not_a_stage_left_open(
-    server: tuple[str, int], tmp_path: Path
+    server: SecureTask, tmp_path: Path
 ) -> None:
     # Prepare: the share delivery's first copy is a 200 that does not check; its re-fetch is
-    # answered 503 with a Retry-After past the round's deadline (30 s from the assignment)
-    url, task_id = server
+    # answered 503 with a Retry-After past the round's deadline (30 s from the assignment);
+    # the masked-input stage the victim leaves open is timed out once the others uploaded it
     lost = _RefetchLost("share-keys", times=1)
     # Execute
-    reports, residual = _round(url, tmp_path, task_id, lost.sync_mod)
+    reports, residual = _round(server, tmp_path, lost.sync_mod, Stage.MASKED_INPUT)
     # Assert: the round ended for the victim, not completed (the 30 s wait not waited), with a
     # detail saying the re-fetch did not come back; the stage had closed, so not "did not
     # close"; no masked input sent, the residual the one from before the round
