@@ -260,7 +260,9 @@ def test_fp16_devices_ask_for_fp32_in_a_secure_round(tmp_path: Path, big: bool) 
     seens = [_Seen() for _ in range(3)]
     with ServerThread(cfg) as url:
         with httpx.Client(base_url=url, headers={"authorization": f"Bearer {SECURE_ADMIN}"}) as h:
-            task = int(h.post("/v1/admin/tasks", json=_task(rounds=2)).json()["task_id"])
+            # Every stage closes once all three uploaded: none is meant to time out (60 s)
+            secure = _task(rounds=2, stage_timeout_s=60.0)
+            task = int(h.post("/v1/admin/tasks", json=secure).json()["task_id"])
             r = h.put(
                 f"/v1/admin/tasks/{task}/model",
                 content=encode_snapshot(initial, SECURE_SPEC, "fp32"),

@@ -158,7 +158,9 @@ def secure_task(tmp_path: Path) -> Iterator[tuple[ByteRelay, httpx.Client, str, 
     )
     with ServerThread(cfg) as upstream:
         admin = httpx.Client(base_url=upstream, headers={"authorization": f"Bearer {secure.ADMIN}"})
-        task_id = int(admin.post("/v1/admin/tasks", json=secure._task(rounds=1)).json()["task_id"])
+        # Every stage closes once all three uploaded: none is meant to time out (60 s)
+        task = secure._task(rounds=1, stage_timeout_s=60.0)
+        task_id = int(admin.post("/v1/admin/tasks", json=task).json()["task_id"])
         snap = encode_snapshot(np.zeros(secure.SPEC.size, np.float32), secure.SPEC, "fp32")
         octet = {"content-type": "application/octet-stream"}
         r = admin.put(f"/v1/admin/tasks/{task_id}/model", content=snap, headers=octet)
