@@ -64,9 +64,15 @@ def _config(db: Path) -> ServiceConfig:
 
 
 @pytest.fixture()
-def server(tmp_path: Path) -> Iterator[str]:
-    with ServerThread(_config(tmp_path / "plume.db")) as url:
-        yield url
+def served(tmp_path: Path) -> Iterator[ServerThread]:
+    thread = ServerThread(_config(tmp_path / "plume.db"))
+    with thread:
+        yield thread
+
+
+@pytest.fixture()
+def server(served: ServerThread) -> str:
+    return served.url
 
 
 @pytest.fixture(scope="module")
@@ -193,12 +199,13 @@ def test_a_plain_round_reports_the_median_and_mean_of_its_devices_losses(
 
 
 def test_a_round_abandoned_below_min_reports_publishes_no_loss_figures(
-    server: str, tmp_path: Path
+    served: ServerThread, tmp_path: Path
 ) -> None:
-    # Prepare: two devices selected, two reports needed, a short deadline; only one uploads
-    # (with its loss): the round is abandoned holding one report
+    # Prepare: two devices selected, two reports needed; only one uploads (with its loss)
+    # before the deadline: the round is abandoned holding one report
+    server = served.url
     http = httpx.Client(base_url=server)
-    cfg = task_config(rounds=1, clients_per_round=2, min_reports=2, deadline_s=2.0)
+    cfg = task_config(rounds=1, clients_per_round=2, min_reports=2, deadline_s=30.0)
     task_id = create_task(http, cfg)
     clients = _clients(server, tmp_path, 2)
     assigned = _assign_all(clients, task_id)
@@ -207,6 +214,11 @@ def test_a_round_abandoned_below_min_reports_publishes_no_loss_figures(
         http, clients[0], assigned[0], _frame(clients[0], assigned[0], 0), query="?train_loss=1.25"
     )
     assert r.status_code == 200, r.text
+    # ... the deadline passes on the coordinator's clock (its ticker abandons the round
+    # there), without waiting it out
+    coordinator = served.app.state.coordinator
+    real_clock = coordinator.clock
+    coordinator.clock = lambda: real_clock() + cfg.deadline_s
     path = f"/v1/rounds/{assigned[0].round_id}"
     status = wait_until(http, path, "state", "abandoned", timeout=30.0)
     seen_by_device = send_signed(http, clients[1], "GET", path, assigned[0].round_id)

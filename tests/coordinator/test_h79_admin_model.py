@@ -214,13 +214,14 @@ def test_a_stop_during_an_open_plain_round_loses_nothing(world: World) -> None:
 
 
 def test_a_stop_during_an_open_secure_round_abandons_it(world: World) -> None:
-    # Prepare: a secure task whose first round opened for three devices
+    # Prepare: a secure task whose first round opened for three devices (its advertise-keys
+    # stage, which no device uploads, must still be open at the stop: a long stage timeout)
     cfg = task_config(
         rounds=3,
         clients_per_round=3,
         min_reports=3,
         selection_timeout_s=60.0,
-        secure={"coord_fraction": 0.5, "stage_timeout_s": 3.0},
+        secure={"coord_fraction": 0.5, "stage_timeout_s": 60.0},
     )
     task_id = create_task(world.http, cfg)
     clients = world.devices(3, "s")

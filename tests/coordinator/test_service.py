@@ -19,6 +19,7 @@ from .test_service_support import (
     SPEC,
     SoftmaxTrainer,
     admin_get,
+    await_assignment,
     create_task,
     local_data,
     task_config,
@@ -254,14 +255,7 @@ def test_idempotent_retry_is_counted_once(server: str, tmp_path: Path) -> None:
     task_id = create_task(http, task_config(rounds=1, clients_per_round=2, selection_timeout_s=0.2))
     client = Client(server, str(tmp_path / "d0"))
     client.register()
-    ans = client.check_in(task_id)
-    for _ in range(50):
-        if ans.assignment is not None:
-            break
-        time.sleep(0.05)
-        ans = client.check_in(task_id)
-    a = ans.assignment
-    assert a is not None
+    a = await_assignment(client, task_id)  # the round opens for it alone at the 0.2 s timeout
     params, _ = client.fetch_model(a)
     pending = client._core.encode(a, SPEC, params, params + 0.01, 40)
     # Execute: the same pending upload sent twice (a retry after a lost response)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client as httpclient
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,6 +23,7 @@ from .test_service_support import (
     ADMIN,
     SPEC,
     admin_get,
+    await_assignment,
     create_task,
     signed_headers,
     task_config,
@@ -109,15 +109,10 @@ def test_plain_upload_into_a_secure_round_is_refused(tmp_path: Path) -> None:
     with ServerThread(cfg) as url, httpx.Client(base_url=url) as client:
         task_id = create_task(client, task)
         devices = [Client(url, str(tmp_path / f"d{i}")) for i in range(3)]
-        assignment = None
         for d in devices:
             d.register()
             d.check_in(task_id)
-        for _ in range(100):
-            assignment = devices[0].check_in(task_id).assignment
-            if assignment is not None:
-                break
-            time.sleep(0.02)
+        assignment = await_assignment(devices[0], task_id)
         assert assignment is not None and assignment.secure
         rid = assignment.round_id
         # A plaintext frame, unclipped, that the SecAgg path would never let through

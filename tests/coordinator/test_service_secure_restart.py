@@ -66,11 +66,13 @@ def test_restart_mid_secure_round_keeps_commits_ledger_and_epsilon(tmp_path: Pat
 
 
 def test_metrics_serve_anomaly_and_privacy_series_per_task(tmp_path: Path) -> None:
-    # Prepare: two plain tasks, one screening updates for anomalies, one with central DP
+    # Prepare: two plain tasks, one screening updates for anomalies, one with central DP; each
+    # round waits for both devices (it opens once the second checks in: the selection timeout
+    # is never reached)
     with fast_service(tmp_path / "plume.db") as url:
         http = httpx.Client(base_url=url)
         tasks = [
-            create_task(http, task_config(rounds=1, aggregator=agg, selection_timeout_s=0.5))
+            create_task(http, task_config(rounds=1, aggregator=agg, selection_timeout_s=30.0))
             for agg in ("anomaly+fedavg", "dp:z=1,clip=5,population=2,sample=2+fedavg")
         ]
         clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(2)]
