@@ -19,6 +19,7 @@ from protocol.messages import CodecParams
 from protocol.secagg import Stage
 from sdk.client import Client
 
+from .test_service_secure import STAGE_TIMEOUT_S
 from .test_service_support import (
     ADMIN,
     SPEC,
@@ -26,6 +27,8 @@ from .test_service_support import (
     admin_get,
     await_assignment,
     create_task,
+    drive_stages,
+    expire_stage,
     local_data,
     task_config,
     wait_until,
@@ -151,19 +154,24 @@ def test_a_round_abandoned_at_its_deadline_logs_the_reason(
 
 
 def test_a_secure_round_logs_its_outcome(
-    server: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+    served: ServerThread, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Prepare: a secure round of 4 devices (3 needed); one drops before share-keys
+    # Prepare: a secure round of 4 devices (3 needed); one drops before share-keys, and that
+    # stage times out on the test's clock once the other three uploaded it (a stage every
+    # device uploads closes at once: the 60 s timeout is never reached)
     import numpy as np
 
+    server = served.url
     http = httpx.Client(base_url=server)
     cfg = task_config(
         rounds=1, clients_per_round=4, over_selection=1.0, min_reports=3,
         selection_timeout_s=60.0, deadline_s=60.0, seed=7,
         downlink=CodecParams(topk=1.0, bits=32),
-        secure={"coord_fraction": 0.5, "stage_timeout_s": 3.0},
+        secure={"coord_fraction": 0.5, "stage_timeout_s": STAGE_TIMEOUT_S},
     )  # fmt: skip
     task_id = create_task(http, cfg)
+    coordinator = served.app.state.coordinator
+    clock = drive_stages(coordinator, task_id)
     clients = _clients(server, tmp_path, 4)
     dropped = clients[0].device_id
     errors: list[BaseException] = []
@@ -184,8 +192,11 @@ def test_a_secure_round_logs_its_outcome(
         threads = [threading.Thread(target=run, args=(c,)) for c in clients]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join(120)
+        try:
+            expire_stage(coordinator, task_id, clock, Stage.SHARE_KEYS, 3)
+        finally:
+            for t in threads:
+                t.join(120)
         status = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done", timeout=60)
     (r,) = admin_get(http, f"/v1/admin/tasks/{task_id}/rounds")
     # Assert

@@ -21,7 +21,14 @@ from protocol.secagg import Stage
 from sdk.client import Client, ClientError
 
 from .test_h175_secure_close_unblocked import WAIT_S, _HeldClose, _in_thread, _two_groups
-from .test_service_support import ADMIN, SPEC, await_assignment, create_task, task_config
+from .test_service_support import (
+    ADMIN,
+    SPEC,
+    await_assignment,
+    await_stage,
+    create_task,
+    task_config,
+)
 
 
 def test_a_sealed_round_has_no_current_stage_while_and_after_it_unmasks() -> None:
@@ -71,8 +78,9 @@ def test_the_round_status_says_finishing_while_a_cut_short_round_unmasks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Prepare: a secure round of 3 devices, one of which never uploads its share-keys, with a
-    # round deadline well before the stage's: the round's close cuts the group short at
-    # share-keys. The close is held once it starts.
+    # round deadline before the stage's: the round's close cuts the group short at share-keys.
+    # The deadline passes on the coordinator's clock once share-keys holds the other two
+    # uploads. The close is held once it starts.
     held = _HeldClose(SecureCoordinator.close_round)
     monkeypatch.setattr(SecureCoordinator, "close_round", held.method())
     cfg = ServiceConfig(db_path=str(tmp_path / "p.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02)
@@ -83,18 +91,20 @@ def test_the_round_status_says_finishing_while_a_cut_short_round_unmasks(
         response: httpx.Response = nxt(request)
         return response
 
-    with ServerThread(cfg) as url, httpx.Client(base_url=url, timeout=WAIT_S) as http:
+    server = ServerThread(cfg)
+    with server as url, httpx.Client(base_url=url, timeout=WAIT_S) as http:
         tc = task_config(
             rounds=1,
             clients_per_round=3,
             over_selection=1.0,
             min_reports=2,
             selection_timeout_s=60.0,
-            deadline_s=4.0,
+            deadline_s=30.0,
             downlink=CodecParams(topk=1.0, bits=32),
-            secure={"coord_fraction": 0.5, "stage_timeout_s": 40.0},
+            secure={"coord_fraction": 0.5, "stage_timeout_s": 60.0},
         )
         tid = create_task(http, tc)
+        coordinator = server.app.state.coordinator
         clients = [
             Client(url, str(tmp_path / f"d{i}"), mods=(no_share_keys,) if i == 0 else ())
             for i in range(3)
@@ -115,6 +125,9 @@ def test_the_round_status_says_finishing_while_a_cut_short_round_unmasks(
         for t in devices:
             t.start()
         try:
+            await_stage(coordinator, tid, Stage.SHARE_KEYS, 2)
+            real_clock = coordinator.clock
+            coordinator.clock = lambda: real_clock() + tc.deadline_s
             assert held.entered.wait(WAIT_S), "the round never started to close"
             # Execute: the round's status while the close is held
             status = http.get(

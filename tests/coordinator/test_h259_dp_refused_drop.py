@@ -46,6 +46,8 @@ from sdk.client import ClientError
 from sdk.device import UpdateEncoder
 from sdk.device_store import AcceptedUpload, DeviceStore, PendingUpload
 
+from .test_service_support import drive_stages, expire_stage
+
 ADMIN = "test-admin-token"
 AUTH = {"authorization": f"Bearer {ADMIN}"}
 SPEC = ModelSpec.from_shapes([("w", (2,))])
@@ -58,7 +60,7 @@ NOISE_TOL = 0.05  # 50 standard deviations of the two worlds' noise difference
 
 
 @pytest.fixture()
-def url(tmp_path: Path) -> Iterator[str]:
+def served(tmp_path: Path) -> Iterator[ServerThread]:
     cfg = ServiceConfig(
         db_path=str(tmp_path / "plume.db"),
         admin_token=ADMIN,
@@ -66,8 +68,14 @@ def url(tmp_path: Path) -> Iterator[str]:
         tick_s=0.02,
         allow_seeded_dp=True,
     )
-    with ServerThread(cfg) as served:
-        yield served
+    thread = ServerThread(cfg)
+    with thread:
+        yield thread
+
+
+@pytest.fixture()
+def url(served: ServerThread) -> str:
+    return served.url
 
 
 class FixedDelta:
@@ -275,15 +283,20 @@ def test_a_task_without_dp_still_returns_a_stragglers_upload(url: str, tmp_path:
     assert all(x.return_refused is None for x in world["a1"].values())
 
 
-def test_a_dp_tasks_abandoned_round_drops_the_accepted_upload(url: str, tmp_path: Path) -> None:
-    # Prepare: two devices, both needed (min_reports 2), a short deadline; only A uploads
+def test_a_dp_tasks_abandoned_round_drops_the_accepted_upload(
+    served: ServerThread, tmp_path: Path
+) -> None:
+    # Prepare: two devices, both needed (min_reports 2); only A uploads, then the round's
+    # deadline passes
+    url = served.url
+    deadline_s = 30.0
     task_id = _task(
         url,
         "dp:clip=1,z=0.001,population=2,sample=2,delta=1e-5,seed=7+fedavg",
         clients_per_round=2,
         over_selection=1.0,
         min_reports=2,
-        deadline_s=2.0,
+        deadline_s=deadline_s,
     )
     seen = Answers()
     clients = {
@@ -298,6 +311,11 @@ def test_a_dp_tasks_abandoned_round_drops_the_accepted_upload(url: str, tmp_path
     report = clients["A"].train_round(assigned["A"], trainer, *XY)
     assert report.receipt.accepted
     assert DeviceStore(tmp_path / "A").load_accepted() is not None
+    # The deadline passes on the coordinator's clock (its ticker abandons the round there),
+    # without waiting it out
+    coordinator = served.app.state.coordinator
+    real_clock = coordinator.clock
+    coordinator.clock = lambda: real_clock() + deadline_s
     _await_state(url, report.round_id, "abandoned")
 
     # Execute: A's next check-in asks about the round and hears "abandoned"
@@ -469,6 +487,9 @@ def test_plume_sim_still_returns_a_stragglers_upload_without_dp(
 # -- secure tasks with distributed DP: the SDK's records follow the same rule -----------------
 
 SECURE_SPEC = ModelSpec.from_shapes([("w", (4, 8)), ("b", (4,))])
+# Never reached: a stage every device uploads closes at once, and the one stage a test means
+# to time out is timed out by the test's clock (`expire_stage`)
+STAGE_TIMEOUT_S = 60.0
 
 
 def _secure_dp_task(url: str, stage_timeout_s: float) -> int:
@@ -523,18 +544,23 @@ def _secure_round(
 
 
 def test_a_secure_dp_round_abandoned_after_the_masked_inputs_drops_them(
-    url: str, tmp_path: Path
+    served: ServerThread, tmp_path: Path
 ) -> None:
     # Prepare: three devices send their masked inputs, then all go silent before unmask: the
-    # round is abandoned when the unmask stage times out
+    # round is abandoned when the unmask stage times out (on the test's clock, once the
+    # devices are gone; the stages they all upload close at once)
     from protocol.secagg import Stage
 
-    task_id = _secure_dp_task(url, stage_timeout_s=4.0)
+    url = served.url
+    task_id = _secure_dp_task(url, stage_timeout_s=STAGE_TIMEOUT_S)
+    coordinator = served.app.state.coordinator
+    clock = drive_stages(coordinator, task_id)
     clients = [Client(url, str(tmp_path / f"s{i}")) for i in range(3)]
     for c in clients:
         c.register()
     delta = np.full(SECURE_SPEC.size, 0.1, np.float32)
     reports, assigned = _secure_round(clients, task_id, delta, drop_at=Stage.UNMASK)
+    expire_stage(coordinator, task_id, clock, Stage.UNMASK, 0)
     r0 = reports[0]
     assert r0 is not None and "masked-input" in r0.stages and not r0.completed
     assert all(a.secure and a.return_refused is False for a in assigned)
@@ -565,7 +591,7 @@ def test_a_secure_dp_round_aborted_after_the_masked_input_drops_it(
 ) -> None:
     # Prepare: device 0's network answers its masked-input download with the 410 of an aborted
     # round (injected by a mod; the others run the round normally)
-    task_id = _secure_dp_task(url, stage_timeout_s=4.0)
+    task_id = _secure_dp_task(url, stage_timeout_s=STAGE_TIMEOUT_S)
     kept: list[npt.NDArray[np.float32]] = []
 
     def aborts(request: httpx.Request, nxt: Callable[..., Any]) -> Any:

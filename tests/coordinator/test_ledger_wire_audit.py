@@ -28,12 +28,15 @@ from protocol.messages import CodecParams
 from protocol.secagg import Stage
 from sdk.client import Client, Mod, Send
 
+from .test_service_secure import STAGE_TIMEOUT_S
 from .test_service_support import (
     ADMIN,
     SPEC,
     SoftmaxTrainer,
     await_assignment,
     create_task,
+    drive_stages,
+    expire_stage,
     local_data,
     task_config,
     wait_until,
@@ -51,15 +54,23 @@ Key = tuple[int, str, str]  # (round id, device id, direction)
 
 
 @pytest.fixture()
-def relayed(tmp_path: Path) -> Iterator[tuple[ByteRelay, str]]:
-    """(relay, relay url): a coordinator on loopback reached only through the relay."""
+def relayed_served(tmp_path: Path) -> Iterator[tuple[ByteRelay, str, ServerThread]]:
+    """(relay, relay url, server): a coordinator on loopback reached only through the relay."""
     cfg = ServiceConfig(
         db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
     )
-    with ServerThread(cfg) as upstream:
+    server = ServerThread(cfg)
+    with server as upstream:
         relay = ByteRelay(upstream)
         with relay as url:
-            yield relay, url
+            yield relay, url, server
+
+
+@pytest.fixture()
+def relayed(relayed_served: tuple[ByteRelay, str, ServerThread]) -> tuple[ByteRelay, str]:
+    """(relay, relay url), as `relayed_served`."""
+    relay, url, _ = relayed_served
+    return relay, url
 
 
 def _split(relay: ByteRelay) -> list[Exchange]:
@@ -237,10 +248,12 @@ def test_bytes_uvicorn_adds_on_its_own_are_in_the_ledger(
 
 
 def test_secure_round_ledger_equals_the_relayed_bytes(
-    relayed: tuple[ByteRelay, str], tmp_path: Path
+    relayed_served: tuple[ByteRelay, str, ServerThread], tmp_path: Path
 ) -> None:
-    # Prepare: a SecAgg+ task of four devices, one of which goes silent before unmasking
-    relay, url = relayed
+    # Prepare: a SecAgg+ task of four devices, one of which goes silent before unmasking: the
+    # unmask stage times out on the test's clock once the other three answered (a stage every
+    # device uploads closes at once: the 60 s timeout is never reached)
+    relay, url, server = relayed_served
     http = httpx.Client(base_url=url)
     cfg = task_config(
         rounds=1,
@@ -248,9 +261,11 @@ def test_secure_round_ledger_equals_the_relayed_bytes(
         min_reports=3,
         selection_timeout_s=60.0,
         downlink=CodecParams(topk=1.0, bits=32),
-        secure={"coord_fraction": 0.5, "stage_timeout_s": 3.0},
+        secure={"coord_fraction": 0.5, "stage_timeout_s": STAGE_TIMEOUT_S},
     )
     task_id = create_task(http, cfg)
+    coordinator = server.app.state.coordinator
+    clock = drive_stages(coordinator, task_id)
     clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(4)]
     for c in clients:
         c.register()
@@ -270,8 +285,11 @@ def test_secure_round_ledger_equals_the_relayed_bytes(
     threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join(60)
+    try:
+        expire_stage(coordinator, task_id, clock, Stage.UNMASK, 3)
+    finally:
+        for t in threads:
+            t.join(60)
     status = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
     # Assert: the round committed, and every stage's bytes are in its ledger exactly
     assert not errors, errors

@@ -11,7 +11,6 @@ on an injected clock, so nothing here waits for a timer.
 from __future__ import annotations
 
 import dataclasses
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,27 +42,18 @@ from protocol.secagg import (
 from sdk.client import Client
 from sdk.secure import SecureParticipant, SecureSession
 
-from .test_service_support import ADMIN, SPEC, admin_get, create_task, task_config
+from .test_service_support import (
+    ADMIN,
+    SPEC,
+    StageClock,
+    admin_get,
+    create_task,
+    task_config,
+)
 
 STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK)
 STAGE_TIMEOUT_S = 100.0  # on the injected clock: a stage closes early only when we advance it
 N = 7  # complete graph: degree 6, threshold 4, so two devices may drop
-
-
-class StageClock:
-    """The secure registry's clock, stepped by the test instead of by time."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
 
 
 class Device:

@@ -5,7 +5,7 @@ ledger against the devices' own counts, and a restart in the middle of a secure 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -27,12 +27,19 @@ from .test_service_support import (
     admin_get,
     await_assignment,
     create_task,
+    drive_stages,
+    expire_stage,
     initial_params,
     task_config,
     wait_until,
 )
 
-SECURE = {"coord_fraction": 0.5, "stage_timeout_s": 3.0}
+# Never reached: a stage every device uploads closes as soon as the last upload lands, and
+# one a device never uploads is timed out by the test (`expire_stage`), not by waiting. A
+# timeout of a few seconds is too short for the first kind on a loaded CI machine
+# (test_h55_lost_answer's masked-input stage timed out there at 1.5 s).
+STAGE_TIMEOUT_S = 60.0
+SECURE = {"coord_fraction": 0.5, "stage_timeout_s": STAGE_TIMEOUT_S}
 SEED = 7
 
 
@@ -51,12 +58,18 @@ def _config(rounds: int, n: int, **secure: object) -> TaskConfig:
 
 
 @pytest.fixture()
-def server(tmp_path: Path) -> Iterator[str]:
+def served(tmp_path: Path) -> Iterator[ServerThread]:
     cfg = ServiceConfig(
         db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
     )
-    with ServerThread(cfg) as url:
-        yield url
+    thread = ServerThread(cfg)
+    with thread:
+        yield thread
+
+
+@pytest.fixture()
+def server(served: ServerThread) -> str:
+    return served.url
 
 
 def _delta(device_id: str, round_seq: int) -> npt.NDArray[np.float32]:
@@ -65,8 +78,14 @@ def _delta(device_id: str, round_seq: int) -> npt.NDArray[np.float32]:
 
 
 def _run_round(
-    clients: list[Client], task_id: int, seq: int, drops: dict[str, Stage]
+    clients: list[Client],
+    task_id: int,
+    seq: int,
+    drops: dict[str, Stage],
+    expiries: Callable[[], None] = lambda: None,
 ) -> dict[str, SecureRoundReport]:
+    """One secure round of `clients`, each in a thread; `expiries` runs meanwhile (the stage
+    timeouts the test drives)."""
     reports: dict[str, SecureRoundReport] = {}
     errors: list[BaseException] = []
 
@@ -83,8 +102,11 @@ def _run_round(
     threads = [threading.Thread(target=run, args=(c,)) for c in clients]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join(60)
+    try:
+        expiries()
+    finally:
+        for t in threads:
+            t.join(60)
     assert not errors, errors
     return reports
 
@@ -97,17 +119,25 @@ def _clients(url: str, root: Path, n: int) -> list[Client]:
 
 
 def test_secure_rounds_with_dropouts_match_the_in_process_protocol(
-    server: str, tmp_path: Path
+    served: ServerThread, tmp_path: Path
 ) -> None:
     # Prepare: a secure task of 6 devices; round 1 loses one device before share-keys and
     # one before unmask, round 2 runs in full
+    server = served.url
     http = httpx.Client(base_url=server)
     task_id = create_task(http, _config(rounds=2, n=6))
+    coordinator = served.app.state.coordinator
+    clock = drive_stages(coordinator, task_id)
     clients = _clients(server, tmp_path, 6)
     ids = [c.device_id for c in clients]
     drops = {ids[0]: Stage.SHARE_KEYS, ids[1]: Stage.UNMASK}
+
+    def expiries() -> None:  # the two stages a dropped device never uploads time out
+        expire_stage(coordinator, task_id, clock, Stage.SHARE_KEYS, 5)
+        expire_stage(coordinator, task_id, clock, Stage.UNMASK, 4)
+
     # Execute
-    first = _run_round(clients, task_id, 1, drops)
+    first = _run_round(clients, task_id, 1, drops, expiries)
     wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 1)
     second = _run_round(clients, task_id, 2, {})
     status = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
@@ -195,15 +225,22 @@ def test_grouped_secure_task_matches_the_in_process_protocol(server: str, tmp_pa
 
 
 def test_a_round_below_threshold_is_abandoned_and_the_next_commits(
-    server: str, tmp_path: Path
+    served: ServerThread, tmp_path: Path
 ) -> None:
     # Prepare: three devices; in round 1 two of them vanish before sharing keys
+    server = served.url
     http = httpx.Client(base_url=server)
-    task_id = create_task(http, _config(rounds=2, n=3, stage_timeout_s=3.0))
+    task_id = create_task(http, _config(rounds=2, n=3))
+    coordinator = served.app.state.coordinator
+    clock = drive_stages(coordinator, task_id)
     clients = _clients(server, tmp_path, 3)
     ids = [c.device_id for c in clients]
+
+    def expiries() -> None:  # share-keys times out holding the lone survivor's upload
+        expire_stage(coordinator, task_id, clock, Stage.SHARE_KEYS, 1)
+
     # Execute
-    first = _run_round(clients, task_id, 1, dict.fromkeys(ids[:2], Stage.SHARE_KEYS))
+    first = _run_round(clients, task_id, 1, dict.fromkeys(ids[:2], Stage.SHARE_KEYS), expiries)
     wait_until(http, "/v1/rounds/1", "state", "abandoned")
     second = _run_round(clients, task_id, 2, {})
     status = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")

@@ -1,4 +1,5 @@
-"""Shared helpers for the coordinator service tests (no tests here): a numpy trainer, tasks."""
+"""Shared helpers for the coordinator service tests (no tests here): a numpy trainer, tasks,
+and a stepped clock for a secure task's stages (`drive_stages`, `expire_stage`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ import contextlib
 import json
 import socket
 import sqlite3
+import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from coordinator import _cli
 from coordinator.service import ServerThread, ServiceConfig
 from protocol import auth
 from protocol.messages import CodecParams, TaskConfig, TensorShape, TrainingParams, to_json
+from protocol.secagg import Stage
 from sdk import TrainResult
 
 ADMIN = "test-admin-token"
@@ -225,3 +228,71 @@ def serve_cli(
         return code
 
     return run, seen
+
+
+class StageClock:
+    """The secure registry's clock, stepped by the test instead of by time."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._lock = threading.Lock()
+
+    def __call__(self) -> float:
+        with self._lock:
+            return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+
+def drive_stages(coordinator: Any, task_id: int) -> StageClock:
+    """Time the secure task's stages by a `StageClock`: a stage closes early once every device
+    in it uploaded, and times out only when the test moves the clock (`expire_stage`). Set it
+    before any device checks in, so before the task's first round opens."""
+    clock = StageClock()
+    coordinator.runtimes[task_id].secure.registry.clock = clock
+    return clock
+
+
+def expire_stage(
+    coordinator: Any,
+    task_id: int,
+    clock: StageClock,
+    stage: Stage,
+    uploads: int,
+    silent: Sequence[threading.Thread] = (),
+) -> None:
+    """Time out `stage` of the task's open round once it holds all it will get
+    (`await_stage`). The coordinator's ticker then closes it with those, as at its timeout."""
+    await_stage(coordinator, task_id, stage, uploads, silent)
+    clock.advance(coordinator.runtimes[task_id].secure.registry.stage_timeout_s)
+
+
+def await_stage(
+    coordinator: Any,
+    task_id: int,
+    stage: Stage,
+    uploads: int,
+    silent: Sequence[threading.Thread] = (),
+) -> None:
+    """Wait until the secure task's open round is at `stage` with `uploads` uploads of it, all
+    it will get: every thread in `silent` (devices that will not upload it) has ended."""
+    registry = coordinator.runtimes[task_id].secure.registry
+    give_up = time.monotonic() + 60
+    at: Stage | None = None
+    counts: dict[str, int] = {}
+    while True:
+        cur = coordinator.runtimes[task_id].current
+        if cur is not None and not any(t.is_alive() for t in silent):
+            try:
+                at = registry.current_stage(cur.round_id)
+                counts = registry.stage_counts(cur.round_id)
+            except LookupError:  # the round closed meanwhile
+                at, counts = None, {}
+            if at == stage and counts[str(stage)] == uploads:
+                break
+        assert time.monotonic() < give_up, (
+            f"never at {stage} with {uploads} uploads (at {at}, uploads {counts})"
+        )
+        time.sleep(0.01)

@@ -29,8 +29,11 @@ from tests.coordinator.test_service_support import (
     ADMIN,
     SPEC,
     SoftmaxTrainer,
+    StageClock,
     await_assignment,
     create_task,
+    drive_stages,
+    expire_stage,
     local_data,
     task_config,
 )
@@ -370,22 +373,6 @@ def _secure_task(
     return task_id
 
 
-class StageClock:
-    """A secure task's stage clock (its registry's), moved by the test instead of by time."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self.now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self.now += seconds
-
-
 def _driven_secure_task(url: str, cohort: int = 3) -> tuple[int, StageClock]:
     """`_secure_task` (stage timeout STAGE_TIMEOUT_S) on the `url` fixture's coordinator, its
     stages timed by a `StageClock`: a stage closes early once every device uploaded, and times
@@ -393,9 +380,7 @@ def _driven_secure_task(url: str, cohort: int = 3) -> tuple[int, StageClock]:
     so before the task's first round opens."""
     with httpx.Client(base_url=url) as http:
         task_id = _secure_task(http, cohort, STAGE_TIMEOUT_S)
-    clock = StageClock()
-    _coordinator(url).runtimes[task_id].secure.registry.clock = clock
-    return task_id, clock
+    return task_id, drive_stages(_coordinator(url), task_id)
 
 
 def _expire_stage(
@@ -406,29 +391,9 @@ def _expire_stage(
     uploads: int,
     silent: Sequence[threading.Thread] = (),
 ) -> None:
-    """Time out `stage` of the task's open round once it holds all it will get: every thread
-    in `silent` (devices that will not upload it) has ended, and the round is at `stage` with
-    `uploads` uploads of it. The coordinator's ticker then closes it with those, as at its
-    timeout."""
-    registry = _coordinator(url).runtimes[task_id].secure.registry
-    give_up = time.monotonic() + 60
-    at: Stage | None = None
-    counts: dict[str, int] = {}
-    while True:
-        cur = _coordinator(url).runtimes[task_id].current
-        if cur is not None and not any(t.is_alive() for t in silent):
-            try:
-                at = registry.current_stage(cur.round_id)
-                counts = registry.stage_counts(cur.round_id)
-            except LookupError:  # the round closed meanwhile
-                at, counts = None, {}
-            if at == stage and counts[str(stage)] == uploads:
-                break
-        assert time.monotonic() < give_up, (
-            f"never at {stage} with {uploads} uploads (at {at}, uploads {counts})"
-        )
-        time.sleep(0.01)
-    clock.advance(registry.stage_timeout_s)
+    """`expire_stage` on the `url` fixture's coordinator: time out `stage` once it holds all it
+    will get (`uploads`, every thread in `silent` ended)."""
+    expire_stage(_coordinator(url), task_id, clock, stage, uploads, silent)
 
 
 def test_a_secure_round_abandoned_after_the_masked_inputs_returns_them(

@@ -27,7 +27,7 @@ from sdk import AsyncClient, Client
 from sdk.client import ClientError, SecureRoundReport
 from sdk.device_store import DeviceStore
 from sdk.secure import HttpSecureDevice, SecureParticipant
-from tests.coordinator.test_secagg_adversarial import StageClock
+from tests.coordinator.test_service_support import StageClock
 
 from .test_client import RECEIPT, SPEC, _assignment
 from .test_client_secure import ShiftTrainer

@@ -21,7 +21,7 @@ from coordinator.service import ServerThread, ServiceConfig
 from protocol.secagg import SecAggError, Stage
 from sdk import AsyncClient, Client
 from sdk.client import SecureRoundReport
-from tests.coordinator.test_secagg_adversarial import StageClock
+from tests.coordinator.test_service_support import StageClock
 from tests.sdk.test_client_hostile_server import STAGE_TIMEOUT_S, SecureTask
 from tests.sdk.test_client_secure import ADMIN, SPEC, ShiftTrainer, _data, _task
 
