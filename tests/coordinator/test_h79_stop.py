@@ -251,12 +251,13 @@ def test_a_task_stopped_before_its_model_refuses_the_model_and_stays_stopped(
 def test_a_stop_abandons_an_open_secure_round_and_drops_its_key_material(
     tmp_path: Path,
 ) -> None:
-    # Prepare: a secure task whose first round opened (three devices checked in)
+    # Prepare: a secure task whose first round opened (three devices checked in); its first
+    # stage, which no device uploads, must still be open at the stop: a long stage timeout
     cfg = task_config(
         rounds=3,
         clients_per_round=3,
         min_reports=3,
-        secure={"coord_fraction": 0.5, "stage_timeout_s": 3.0},
+        secure={"coord_fraction": 0.5, "stage_timeout_s": 60.0},
     )
     coord = _start(tmp_path / "p.db")
     task_id = _task(coord, cfg)

@@ -28,12 +28,18 @@ from .test_service_support import (
 
 
 @pytest.fixture()
-def server(tmp_path: Path) -> Iterator[str]:
+def served(tmp_path: Path) -> Iterator[ServerThread]:
     cfg = ServiceConfig(
         db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
     )
-    with ServerThread(cfg) as url:
-        yield url
+    thread = ServerThread(cfg)
+    with thread:
+        yield thread
+
+
+@pytest.fixture()
+def server(served: ServerThread) -> str:
+    return served.url
 
 
 def _participate_all(
@@ -217,12 +223,14 @@ def test_over_selection_then_stragglers_get_409(server: str, tmp_path: Path) -> 
     assert status["state"] == "committed" and status["reports"] == 2 and status["selected"] == 3
 
 
-def test_deadline_below_min_reports_abandons_and_keeps_model(server: str, tmp_path: Path) -> None:
+def test_deadline_below_min_reports_abandons_and_keeps_model(
+    served: ServerThread, tmp_path: Path
+) -> None:
     # Prepare
+    server = served.url
     http = httpx.Client(base_url=server)
-    task_id = create_task(
-        http, task_config(rounds=1, clients_per_round=2, min_reports=2, deadline_s=3.0)
-    )
+    cfg = task_config(rounds=1, clients_per_round=2, min_reports=2, deadline_s=30.0)
+    task_id = create_task(http, cfg)
     before = admin_get(http, f"/v1/admin/tasks/{task_id}")["model_digest"]
     clients = [Client(server, str(tmp_path / f"d{i}")) for i in range(2)]
     for c in clients:
@@ -237,6 +245,11 @@ def test_deadline_below_min_reports_abandons_and_keeps_model(server: str, tmp_pa
     a0 = answers[0].assignment
     assert a0 is not None
     clients[0].train_round(a0, SoftmaxTrainer(), x, y)
+    # ... then the deadline passes on the coordinator's clock (its ticker abandons the round
+    # there), without waiting it out
+    coordinator = served.app.state.coordinator
+    real_clock = coordinator.clock
+    coordinator.clock = lambda: real_clock() + cfg.deadline_s
     status = wait_until(http, f"/v1/rounds/{a0.round_id}", "state", "abandoned")
     # Assert
     task = admin_get(http, f"/v1/admin/tasks/{task_id}")
