@@ -290,7 +290,7 @@ def await_stage(
                 counts = registry.stage_counts(cur.round_id)
             except LookupError:  # the round closed meanwhile
                 at, counts = None, {}
-            if at == stage and counts[str(stage)] == uploads:
+            if at == stage and counts.get(str(stage)) == uploads:
                 break
         assert time.monotonic() < give_up, (
             f"never at {stage} with {uploads} uploads (at {at}, uploads {counts})"

@@ -27,7 +27,7 @@ from sdk import AsyncClient, Client
 from sdk.client import ClientError, SecureRoundReport
 from sdk.device_store import DeviceStore
 from sdk.secure import HttpSecureDevice, SecureParticipant
-from tests.coordinator.test_service_support import StageClock
+from tests.coordinator.test_service_support import StageClock, expire_stage
 
 from .test_client import RECEIPT, SPEC, _assignment
 from .test_client_secure import ShiftTrainer
@@ -747,25 +747,7 @@ class SecureTask:
         thread in `silent` (a device that will not upload it) has ended, and the round is at
         `stage` with `uploads` uploads of it. The coordinator's ticker then closes it with
         those, as at its timeout."""
-        registry = self.coordinator.runtimes[self.task_id].secure.registry
-        give_up = time.monotonic() + 60
-        at: Stage | None = None
-        counts: dict[str, int] = {}
-        while True:
-            cur = self.coordinator.runtimes[self.task_id].current
-            if cur is not None and not any(t.is_alive() for t in silent):
-                try:
-                    at = registry.current_stage(cur.round_id)
-                    counts = registry.stage_counts(cur.round_id)
-                except LookupError:  # the round closed meanwhile
-                    at, counts = None, {}
-                if at == stage and counts.get(str(stage)) == uploads:
-                    break
-            assert time.monotonic() < give_up, (
-                f"never at {stage} with {uploads} uploads (at {at}, uploads {counts})"
-            )
-            time.sleep(0.01)
-        self.clock.advance(STAGE_TIMEOUT_S)
+        expire_stage(self.coordinator, self.task_id, self.clock, stage, uploads, silent)
 
 
 @pytest.fixture()
