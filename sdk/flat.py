@@ -27,17 +27,19 @@ def get_flat_params(module: nn.Module) -> npt.NDArray[np.float32]:
 
 
 def set_flat_params(module: nn.Module, flat: npt.NDArray[np.float32]) -> None:
-    """Load a float32[d] vector into the module's parameters, in place."""
+    """Load a float32[d] vector into the module's parameters, in place. A vector of any other
+    length is refused (ValueError, naming both counts) before any parameter is written."""
     src = torch.from_numpy(np.ascontiguousarray(flat, dtype=np.float32))
+    params = [p for p in module.parameters() if p.requires_grad]
+    size = sum(p.numel() for p in params)
+    if src.ndim != 1 or src.numel() != size:
+        raise ValueError(
+            f"flat vector of shape {tuple(src.shape)} does not fit the module: it needs its "
+            f"{size} parameters as float32[{size}]"
+        )
     offset = 0
     with torch.no_grad():
-        for p in module.parameters():
-            if not p.requires_grad:
-                continue
+        for p in params:
             n = p.numel()
-            if offset + n > src.numel():
-                raise ValueError(f"flat vector of {src.numel()} is too short for the module")
             p.copy_(src[offset : offset + n].view_as(p))
             offset += n
-    if offset != src.numel():
-        raise ValueError(f"flat vector has {src.numel()} scalars, the module {offset}")
