@@ -18,6 +18,8 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from sdk._data import check_start_params
+
 __all__ = [
     "TrainContext",
     "TrainJob",
@@ -320,7 +322,12 @@ def check_round(
 
     Without it a negative index silently trained on an example counted from the end (another
     device's), and the rest failed deep inside torch or numpy (in a pool worker, as a traceback
-    that also stopped the pool: params of the wrong length too, in `train` and `evaluate`)."""
+    that also stopped the pool: params of the wrong length too, in `train` and `evaluate`).
+
+    A round with jobs also needs finite params (`sdk._data.check_start_params`'s ValueError,
+    as `sdk.trainer.TorchTrainer` raises it): before, the sequential backend refused NaN or
+    infinite params, the vectorized one trained NaN deltas from them, and the pool's worker
+    failed (`PoolWorkerError`, the pool closed)."""
     if not (isinstance(params, np.ndarray) and params.ndim == 1):
         raise ValueError(f"params must be a 1-D array (float32[d]), got shape {np.shape(params)}")
     if not np.issubdtype(params.dtype, np.floating):
@@ -330,6 +337,8 @@ def check_round(
             f"params must hold the model's {size} parameters (float32[{size}]), got "
             f"{params.shape[0]} values"
         )
+    if jobs:
+        check_start_params(params)
     for job in jobs:
         idx = np.asarray(job.indices)
         if idx.ndim != 1 or not (idx.size == 0 or np.issubdtype(idx.dtype, np.integer)):

@@ -1,10 +1,11 @@
-"""Params of the wrong length are refused in the parent, before any work is sent: `check_round`
-(given the model's parameter count) raises a ValueError naming the count expected and the
-length given, in `train` on every backend and in the pool's and Ray's `evaluate`, and the
-pool's workers and Ray's actors stay usable. Before, the pool failed inside a worker
-(`PoolWorkerError`, the pool closed) for `evaluate` and `train` alike, Ray raised the actor's
-traceback, and the inline backends failed in `set_flat_params` / `_unflatten` with the model's
-count or the length missing from the message."""
+"""Params of the wrong length (or, for training, NaN or infinite ones) are refused in the
+parent, before any work is sent: `check_round` (given the model's parameter count) raises a
+ValueError naming the count expected and the length given, in `train` on every backend and in
+the pool's and Ray's `evaluate`, and the pool's workers and Ray's actors stay usable. Before,
+the pool failed inside a worker (`PoolWorkerError`, the pool closed) for `evaluate` and `train`
+alike (and for NaN params in `train`), Ray raised the actor's traceback, and the inline
+backends failed in `set_flat_params` / `_unflatten` with the model's count or the length
+missing from the message (the vectorized one trained NaN deltas from NaN params)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,16 @@ def _wrong(params: np.ndarray) -> list[np.ndarray]:
     return [params[:-1], np.concatenate([params, np.zeros(1, np.float32)])]
 
 
+def _nonfinite(params: np.ndarray) -> list[np.ndarray]:
+    """Params with one NaN, and with one inf."""
+    out = []
+    for value in (np.nan, np.inf):
+        bad = params.copy()
+        bad[5] = value
+        out.append(bad)
+    return out
+
+
 def _says_expected_and_got(exc: BaseException, d: int, got: int) -> None:
     text = str(exc)
     assert f"float32[{d}]" in text and f"got {got}" in text, text
@@ -92,6 +103,29 @@ def test_inline_backends_refuse_a_wrong_length_in_train_with_the_same_words(
         be.close()
 
 
+@pytest.mark.parametrize("backend", [SequentialBackend, VectorizedBackend])
+def test_inline_backends_refuse_nonfinite_params_in_train_with_the_same_words(
+    backend: type[Any],
+) -> None:
+    # Prepare
+    _, ctx, params, jobs = _setup()
+    be = backend()
+    be.start(ctx)
+    try:
+        # Execute / Assert: refused before training (before, the vectorized backend trained
+        # NaN deltas from them); then a correct round
+        for bad in _nonfinite(params):
+            with pytest.raises(ValueError) as info:
+                be.train(bad, jobs)
+            assert str(info.value) == (
+                "params hold 1 NaN or infinite value (the first at 5): training from them "
+                "would make NaN parameters"
+            )
+        assert all(np.isfinite(r.delta).all() for r in be.train(params, jobs))
+    finally:
+        be.close()
+
+
 @pytest.fixture(scope="module")
 def pool() -> Iterator[ProcessPoolBackend]:
     _, ctx, _, _ = _setup()
@@ -113,6 +147,10 @@ def _refused_and_still_usable(be: Any, params: np.ndarray, jobs: list[TrainJob])
         with pytest.raises(ValueError) as info:
             be.train(bad, jobs)
         _says_expected_and_got(info.value, len(params), len(bad))
+    # ... and NaN or infinite params in `train`, with the sequential trainer's words
+    for bad in _nonfinite(params):
+        with pytest.raises(ValueError, match=r"params hold 1 NaN or infinite value \(the first"):
+            be.train(bad, jobs)
     # Still usable: the same evaluation, and a round trained
     assert be.evaluate(params) == want
     assert [r.device_id for r in be.train(params, jobs)] == ["dev-0", "dev-1"]
