@@ -8,7 +8,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -30,19 +29,12 @@ from .test_service_support import (
     drive_stages,
     expire_stage,
     local_data,
+    serve_fast,
     task_config,
     wait_until,
 )
 
-
-@pytest.fixture()
-def served(tmp_path: Path) -> Iterator[ServerThread]:
-    cfg = ServiceConfig(
-        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
-    )
-    thread = ServerThread(cfg)
-    with thread:
-        yield thread
+served = pytest.fixture(serve_fast, name="served")
 
 
 @pytest.fixture()

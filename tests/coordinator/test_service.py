@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from coordinator.service import ServerThread, ServiceConfig
+from coordinator.service import ServerThread
 from protocol.messages import RoundStatus, from_json
 from sdk.client import Client, ClientError, RoundReport
 
@@ -22,19 +21,12 @@ from .test_service_support import (
     await_assignment,
     create_task,
     local_data,
+    serve_fast,
     task_config,
     wait_until,
 )
 
-
-@pytest.fixture()
-def served(tmp_path: Path) -> Iterator[ServerThread]:
-    cfg = ServiceConfig(
-        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
-    )
-    thread = ServerThread(cfg)
-    with thread:
-        yield thread
+served = pytest.fixture(serve_fast, name="served")
 
 
 @pytest.fixture()

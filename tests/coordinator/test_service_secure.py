@@ -5,7 +5,7 @@ ledger against the devices' own counts, and a restart in the middle of a secure 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -14,7 +14,7 @@ import numpy.typing as npt
 import pytest
 
 from coordinator.secure import SecureConfig, SecureCoordinator
-from coordinator.service import ServerThread, ServiceConfig
+from coordinator.service import ServerThread
 from mobile_sim.secure import run_secure_round
 from protocol.messages import CodecParams, RoundStatus, TaskConfig, from_json
 from protocol.secagg import Stage
@@ -22,7 +22,6 @@ from sdk.client import Client, SecureRoundReport
 from sdk.secure import SecureParticipant
 
 from .test_service_support import (
-    ADMIN,
     SPEC,
     admin_get,
     await_assignment,
@@ -30,6 +29,7 @@ from .test_service_support import (
     drive_stages,
     expire_stage,
     initial_params,
+    serve_fast,
     task_config,
     wait_until,
 )
@@ -57,14 +57,7 @@ def _config(rounds: int, n: int, **secure: object) -> TaskConfig:
     )
 
 
-@pytest.fixture()
-def served(tmp_path: Path) -> Iterator[ServerThread]:
-    cfg = ServiceConfig(
-        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
-    )
-    thread = ServerThread(cfg)
-    with thread:
-        yield thread
+served = pytest.fixture(serve_fast, name="served")
 
 
 @pytest.fixture()

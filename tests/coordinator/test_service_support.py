@@ -230,6 +230,18 @@ def serve_cli(
     return run, seen
 
 
+def serve_fast(tmp_path: Path) -> Iterator[ServerThread]:
+    """A fixture body (`served = pytest.fixture(serve_fast, name="served")`): a loopback
+    coordinator on tmp_path/plume.db that polls every 50 ms and ticks every 20 ms, as its
+    ServerThread (`.url`; `.app.state.coordinator` for a test that moves its clock)."""
+    cfg = ServiceConfig(
+        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
+    )
+    thread = ServerThread(cfg)
+    with thread:
+        yield thread
+
+
 class StageClock:
     """The secure registry's clock, stepped by the test instead of by time."""
 
