@@ -4030,8 +4030,10 @@ class _AsyncTls(_AsyncStream):
                 await tls._run(tls._tls.do_handshake, reading=False)
         except BaseException as exc:
             await inner.aclose()
-            if isinstance(exc, TimeoutError):
-                raise httpcore.ConnectTimeout("timed out") from exc
+            # The handshake's own timeout, or the kernel's (ETIMEDOUT: the socket's read or
+            # write raised httpcore's Read/WriteTimeout): no request was sent either way.
+            if isinstance(exc, TimeoutError | httpcore.TimeoutException):
+                raise httpcore.ConnectTimeout(str(exc) or "timed out") from exc
             if isinstance(exc, ssl.SSLError | httpcore.NetworkError):
                 raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
             raise
@@ -4067,7 +4069,9 @@ class _AsyncTls(_AsyncStream):
             raise httpcore.WriteError("an earlier write on this TLS connection failed")
         try:
             await self._inner.write(data)
-        except httpcore.NetworkError:
+        except (httpcore.NetworkError, httpcore.TimeoutException):
+            # (a write timeout here is the kernel's, ETIMEDOUT: this write has no timeout of
+            # its own; a read goes on and meets the dead connection itself)
             self._writes_ended = True
             if not reading:
                 raise

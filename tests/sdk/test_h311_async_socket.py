@@ -419,3 +419,41 @@ def test_a_read_cancelled_as_its_connection_closes_is_cancelled(
 
     # Verify: the task sees its cancel, not the connection's close
     assert asyncio.run(run()).cancelled()
+
+
+@pytest.mark.parametrize("kernel", ["recv", "send"])
+def test_a_kernel_timeout_during_the_tls_handshake_is_a_connect_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel: str
+) -> None:
+    # Prepare: a plain connection to a loopback server; then the socket's receive (or send)
+    # fails as recv(2) / send(2) do once the kernel gave up on the peer (ETIMEDOUT: keepalive
+    # or TCP_USER_TIMEOUT), during the TLS handshake
+    cert, _ = self_signed(tmp_path)
+    context = ssl.create_default_context(cafile=str(cert))
+
+    async def timed_out(*args: Any) -> Any:
+        raise TimeoutError(errno.ETIMEDOUT, "Connection timed out")
+
+    async def run() -> tuple[BaseException, socket.socket]:
+        server, port = await _listener()
+        try:
+            stream = await _backend().connect_tcp("127.0.0.1", port, timeout=5)
+            sock = stream.get_extra_info("socket")
+            loop = asyncio.get_running_loop()
+            monkeypatch.setattr(
+                loop, "sock_recv" if kernel == "recv" else "sock_sendall", timed_out
+            )
+            # Execute
+            with pytest.raises(httpcore.ConnectTimeout) as raised:
+                await stream.start_tls(context, "127.0.0.1", timeout=5)
+            return raised.value, sock
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    # Verify: a connect timeout naming the kernel's error (before: the read's ReadTimeout or
+    # the write's WriteTimeout, which httpx reports as a request that may have been taken,
+    # "lost the connection to", though nothing was sent), and the socket closed
+    exc, sock = asyncio.run(run())
+    assert "Connection timed out" in str(exc)
+    assert sock.fileno() < 0
