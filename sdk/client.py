@@ -17,6 +17,7 @@ import asyncio
 import base64
 import contextlib
 import contextvars
+import errno
 import inspect
 import ipaddress
 import itertools
@@ -2168,6 +2169,11 @@ def _lookup(
     return addresses
 
 
+def _ip_version(address: str) -> int:
+    """4 or 6, for an address `_lookup` gave (an IPv6 one may carry its %interface)."""
+    return ipaddress.ip_address(address.split("%")[0]).version
+
+
 def _race_connect(
     connect: Callable[[str, float | None], httpcore.NetworkStream],
     addresses: list[str],
@@ -2298,6 +2304,10 @@ class _DeadlineBackend(httpcore.NetworkBackend):
         # does `Host`.
         end = _ends_at(timeout)
         addresses = _within(self._deadline, timeout, lambda t: _lookup(host, port, t, cancel))
+        try:
+            addresses = _of_local_family(addresses, _ip_version, host, local_address)
+        except OSError as exc:
+            raise httpcore.ConnectError(str(exc)) from exc
         if not addresses:
             raise httpcore.ConnectError(f"{host!r}: no address to connect to")
         left = None if timeout is None else end - _tick()
@@ -4165,6 +4175,29 @@ def _drop_connected(attempt: asyncio.Future[socket.socket]) -> None:
         attempt.result().close()
 
 
+def _of_local_family(
+    items: Sequence[_T], version_of: Callable[[_T], int], host: str, local_address: str | None
+) -> list[_T]:
+    """`host`'s addresses (`items`, each of IP version `version_of(item)`) of the family of
+    `local_address`, the IP address every attempt's socket binds to, as anyio looks up only
+    those: one of the other family would fail at its bind, and as the last address dialled its
+    bind error ("Address family ... not supported") would hide the real one. All of them with
+    no local address, or a local name. `OSError` (EAFNOSUPPORT) when none is of that family."""
+    if local_address is None:
+        return list(items)
+    try:
+        version = ipaddress.ip_address(local_address).version
+    except ValueError:
+        return list(items)
+    kept = [item for item in items if version_of(item) == version]
+    if not kept and items:
+        raise OSError(
+            errno.EAFNOSUPPORT,
+            f"{host!r} has no IPv{version} address, the family of local_address {local_address}",
+        )
+    return kept
+
+
 async def _dial(
     host: str,
     port: int,
@@ -4182,7 +4215,12 @@ async def _dial(
     timeout ends the race)."""
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(timeout):
-        infos = _interleaved(await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        found = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = _interleaved(
+            _of_local_family(
+                found, lambda i: 6 if i[0] == socket.AF_INET6 else 4, host, local_address
+            )
+        )
         running: dict[asyncio.Future[socket.socket], int] = {}
         failed: dict[int, OSError] = {}
         latest: asyncio.Future[socket.socket] | None = None

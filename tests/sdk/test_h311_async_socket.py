@@ -457,3 +457,36 @@ def test_a_kernel_timeout_during_the_tls_handshake_is_a_connect_timeout(
     exc, sock = asyncio.run(run())
     assert "Connection timed out" in str(exc)
     assert sock.fileno() < 0
+
+
+def test_a_local_address_dials_only_the_addresses_of_its_family(
+    resolve: list[tuple[Any, ...]], made: list[socket.socket], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a name with an IPv4 and an IPv6 address, both on a closed port; the attempts
+    # bind to an IPv4 local address
+    probe = _REAL_SOCKET()
+    probe.bind(("127.0.0.1", 0))
+    port = probe.getsockname()[1]
+    probe.close()  # a closed port: connecting is refused
+    resolve[:] = [_info(("127.0.0.1", port)), _info(("::1", port, 0, 0))]
+    _record(monkeypatch, made)
+
+    async def run(local: str) -> BaseException:
+        with pytest.raises(httpcore.ConnectError) as raised:
+            await _backend().connect_tcp(NAME, port, timeout=5, local_address=local)
+        return raised.value
+
+    # Execute
+    refused = asyncio.run(run("127.0.0.1"))
+    no_v6 = asyncio.run(run("::1"))  # a name with no IPv6 address would say so
+    resolve[:] = [_info(("127.0.0.1", port))]
+    none_of_family = asyncio.run(run("::1"))
+
+    # Verify: only the IPv4 address was dialled, and its refusal is the error raised (before:
+    # the IPv6 attempt, last in order, failed at its bind and hid it: "Address family for
+    # hostname not supported"); with no address of the local address's family, the error
+    # says so; every socket closed
+    assert f"[Errno {errno.ECONNREFUSED}] Connect call failed ('127.0.0.1', {port})" in str(refused)
+    assert "::1" in str(no_v6) and "Address family" not in str(no_v6), no_v6
+    assert "has no IPv6 address, the family of local_address ::1" in str(none_of_family)
+    assert all(s.fileno() < 0 for s in made)

@@ -250,3 +250,26 @@ def test_a_cancel_while_racing_stops_the_connect_and_closes_every_attempt(
     # sockets were closed when they ended
     assert stopped_before_timeout
     assert len(made) == 2 and all(s.fileno() < 0 for s in made)
+
+
+def test_a_local_address_dials_only_the_addresses_of_its_family(
+    resolve: list[tuple[Any, ...]],
+) -> None:
+    # Prepare: a name with two IPv6 and two IPv4 addresses, each refused at once; the
+    # attempts bind to an IPv4 local address (as AsyncClient's _dial, test_h311)
+    resolve[:] = [_info(a) for a in (("::1", 9, 0, 0), ("::2", 9, 0, 0))]
+    resolve += [_info(a) for a in (("127.0.0.1", 9), ("127.0.0.2", 9))]
+    stub = _Stub(dict.fromkeys(["::1", "::2", "127.0.0.1", "127.0.0.2"], "refuse"))
+
+    # Execute
+    with pytest.raises(httpcore.ConnectError) as raised:
+        _backend(True, stub).connect_tcp(NAME, 9, timeout=CONNECT_S, local_address="127.0.0.1")
+    resolve[:] = [_info(("::1", 9, 0, 0))]
+    with pytest.raises(httpcore.ConnectError) as none_of_family:
+        _backend(True, stub).connect_tcp(NAME, 9, timeout=CONNECT_S, local_address="127.0.0.1")
+
+    # Verify: only the IPv4 addresses were dialled (before: all four, and an IPv6 one last
+    # would fail at its bind, hiding the refusals); a name with none says so
+    assert stub.dialled == ["127.0.0.1", "127.0.0.2"]
+    assert "refused by 127.0.0.2" in str(raised.value)
+    assert "has no IPv4 address, the family of local_address 127.0.0.1" in str(none_of_family.value)
