@@ -21,6 +21,7 @@ import dataclasses
 import json
 import math
 import struct
+import typing
 from typing import Any
 
 import numpy as np
@@ -148,7 +149,7 @@ def decode_state(blob: bytes) -> Any:
                 if cls is None:
                     raise StateCodecError(f"dataclass {n['c']!r} is not stored")
                 fields = {k: value(v, depth + 1) for k, v in n["f"].items()}
-                return cls(**fields)
+                return _dataclass(cls, fields)
         except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
             # AttributeError: a "dc" node's fields not an object; OverflowError: float.fromhex
             # past float's range. Both must come out as StateCodecError, as the rest do.
@@ -158,6 +159,45 @@ def decode_state(blob: bytes) -> Any:
         raise StateCodecError(f"unknown state node type {t!r}")
 
     return value(tree, 0)
+
+
+def _dataclass(cls: type, fields: dict[str, Any]) -> Any:
+    """`cls(**fields)`, each field of the kind its annotation names (an int, an array of that
+    dtype, a dict of such values): a blob whose fields do not fit (`values` an int, say) is a
+    `StateCodecError` here, not an error of the aggregator that later reads the state."""
+    hints = typing.get_type_hints(cls)
+    for name, v in fields.items():
+        if name in hints and not _fits(v, hints[name]):
+            raise StateCodecError(f"{cls.__name__}.{name} is not {_kind(hints[name])}: {v!r:.60}")
+    return cls(**fields)
+
+
+def _fits(v: Any, hint: Any) -> bool:
+    """Whether `v` is of the kind `hint` (a dataclass field's annotation) names; Any fits all."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    if origin is np.ndarray:  # npt.NDArray[np.int64]: ndarray[Any, dtype[int64]]
+        return isinstance(v, np.ndarray) and v.dtype == typing.get_args(args[1])[0]
+    if origin is dict:
+        return isinstance(v, dict) and all(
+            _fits(k, args[0]) and _fits(x, args[1]) for k, x in v.items()
+        )
+    if hint is str:
+        return isinstance(v, str)
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
+        return isinstance(v, hint)
+    return True
+
+
+def _kind(hint: Any) -> str:
+    """`hint` in words, for `_dataclass`'s error."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is np.ndarray:
+        return f"an array of {np.dtype(typing.get_args(args[1])[0]).name}"
+    if origin is dict:
+        return f"a dict of {_kind(args[0])} to {_kind(args[1])}"
+    return f"a {getattr(hint, '__name__', hint)}"
 
 
 def _array(n: dict[str, Any], data: memoryview) -> np.ndarray:

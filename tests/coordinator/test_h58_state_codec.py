@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coordinator.aggregators import StateCodecError, decode_state, encode_state
+from coordinator.aggregators._backdoor import CollusionState, DeviceHistory
 from coordinator.aggregators._state import _HEAD
 
 
@@ -110,3 +112,54 @@ def test_round_trip_still_exact() -> None:
     assert back[0] == 3 and back[1] == 0.25
     np.testing.assert_array_equal(back[2]["m"], state[2]["m"])
     assert np.isnan(back[2][7][0]) and str(back[2][7][1]) == "-0.0"
+
+
+def _tree_and_tail(blob: bytes) -> tuple[Any, bytes]:
+    """An encoded state's JSON tree and the array bytes after it."""
+    n = _HEAD.unpack_from(blob)[2]
+    return json.loads(blob[_HEAD.size : _HEAD.size + n]), blob[_HEAD.size + n :]
+
+
+def _history(**over: Any) -> dict[str, Any]:
+    """A DeviceHistory node as encode_state writes it (empty arrays), `over` replacing fields."""
+    good = DeviceHistory(np.zeros(0, np.int64), np.zeros(0, np.float32), 3)
+    tree, tail = _tree_and_tail(encode_state(good))
+    assert tail == b""
+    return {**tree, "f": {**tree["f"], **over}}
+
+
+@pytest.mark.parametrize(
+    ("over", "what"),
+    [
+        ({"values": 1}, "DeviceHistory.values is not an array of float32: 1"),
+        ({"indices": {"t": "list", "v": []}}, "DeviceHistory.indices is not an array of int64: []"),
+        ({"last_round": "x"}, "DeviceHistory.last_round is not a int: 'x'"),
+        ({"last_round": True}, "DeviceHistory.last_round is not a int: True"),
+    ],
+)
+def test_a_dataclass_whose_fields_do_not_fit_is_refused(over: dict[str, Any], what: str) -> None:
+    # Before, decode_state built DeviceHistory(indices=[], values=1, last_round='x') without a
+    # word (helper-328's fuzzing), and the collusion filter failed later, outside the
+    # restore's handler. A well-formed node still decodes.
+    with pytest.raises(StateCodecError) as info:
+        decode_state(_blob(_history(**over)))
+    assert str(info.value) == what
+    assert decode_state(_blob(_history())).last_round == 3
+
+
+def test_a_collusion_state_of_wrong_kinds_inside_its_dicts_is_refused() -> None:
+    # Prepare: a real collusion state (one history, one suspect) round-trips
+    history = DeviceHistory(np.arange(2, dtype=np.int64), np.ones(2, np.float32), 1)
+    good = CollusionState(2, {"d": history}, np.zeros(4, np.int32), {"d": 5}, None)
+    back = decode_state(encode_state(good))
+    assert isinstance(back, CollusionState) and back.suspects == {"d": 5}
+    np.testing.assert_array_equal(back.histories["d"].indices, history.indices)
+    tree, tail = _tree_and_tail(encode_state(good))
+    # Execute / Assert: a suspect's last round a string; a history that is not one
+    tree["f"]["suspects"]["v"] = ["soon"]
+    with pytest.raises(StateCodecError, match=r"^CollusionState.suspects is not a dict of a s"):
+        decode_state(_blob(tree, tail))
+    tree, tail = _tree_and_tail(encode_state(good))
+    tree["f"]["histories"]["v"] = [7]
+    with pytest.raises(StateCodecError, match=r"^CollusionState.histories is not a dict of"):
+        decode_state(_blob(tree, tail))
