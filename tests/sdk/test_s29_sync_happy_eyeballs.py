@@ -158,13 +158,19 @@ class _StubStream(httpcore.NetworkStream):
         self.closed = True
 
 
+def _four_refusing(resolve: list[tuple[Any, ...]]) -> _Stub:
+    """`NAME` resolves to two IPv6 then two IPv4 addresses (port 9); a stub that refuses each
+    at once."""
+    resolve[:] = [_info(a) for a in (("::1", 9, 0, 0), ("::2", 9, 0, 0))]
+    resolve += [_info(a) for a in (("127.0.0.1", 9), ("127.0.0.2", 9))]
+    return _Stub(dict.fromkeys(["::1", "::2", "127.0.0.1", "127.0.0.2"], "refuse"))
+
+
 def test_refused_addresses_are_dialled_families_interleaved_the_last_error_raised(
     resolve: list[tuple[Any, ...]],
 ) -> None:
     # Prepare: a name with two IPv6 then two IPv4 addresses, each refused at once
-    resolve[:] = [_info(a) for a in (("::1", 9, 0, 0), ("::2", 9, 0, 0))]
-    resolve += [_info(a) for a in (("127.0.0.1", 9), ("127.0.0.2", 9))]
-    stub = _Stub(dict.fromkeys(["::1", "::2", "127.0.0.1", "127.0.0.2"], "refuse"))
+    stub = _four_refusing(resolve)
 
     # Execute
     with pytest.raises(httpcore.ConnectError) as raised:
@@ -257,9 +263,7 @@ def test_a_local_address_dials_only_the_addresses_of_its_family(
 ) -> None:
     # Prepare: a name with two IPv6 and two IPv4 addresses, each refused at once; the
     # attempts bind to an IPv4 local address (as AsyncClient's _dial, test_h311)
-    resolve[:] = [_info(a) for a in (("::1", 9, 0, 0), ("::2", 9, 0, 0))]
-    resolve += [_info(a) for a in (("127.0.0.1", 9), ("127.0.0.2", 9))]
-    stub = _Stub(dict.fromkeys(["::1", "::2", "127.0.0.1", "127.0.0.2"], "refuse"))
+    stub = _four_refusing(resolve)
 
     # Execute
     with pytest.raises(httpcore.ConnectError) as raised:
