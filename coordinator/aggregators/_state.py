@@ -39,6 +39,11 @@ MAX_STATE_BYTES = 1 << 31
 _MAX_DEPTH = 64
 _DTYPES = frozenset({"<f4", "<f8", "<i4", "<i8", "<u4", "<u8", "|u1", "|i1", "|b1"})
 _DATACLASSES: dict[str, type] = {"CollusionState": CollusionState, "DeviceHistory": DeviceHistory}
+# Each stored dataclass's field annotations, resolved once (`decode_state` checks every
+# decoded field against them, `_dataclass`; a state holds a history per device).
+_FIELD_HINTS: dict[type, dict[str, Any]] = {
+    cls: typing.get_type_hints(cls) for cls in _DATACLASSES.values()
+}
 
 
 class StateCodecError(ValueError):
@@ -165,7 +170,7 @@ def _dataclass(cls: type, fields: dict[str, Any]) -> Any:
     """`cls(**fields)`, each field of the kind its annotation names (an int, an array of that
     dtype, a dict of such values): a blob whose fields do not fit (`values` an int, say) is a
     `StateCodecError` here, not an error of the aggregator that later reads the state."""
-    hints = typing.get_type_hints(cls)
+    hints = _FIELD_HINTS[cls]
     for name, v in fields.items():
         if name in hints and not _fits(v, hints[name]):
             raise StateCodecError(f"{cls.__name__}.{name} is not {_kind(hints[name])}: {v!r:.60}")
@@ -177,8 +182,8 @@ def _fits(v: Any, hint: Any) -> bool:
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if hint is int:
         return isinstance(v, int) and not isinstance(v, bool)
-    if origin is np.ndarray:  # npt.NDArray[np.int64]: ndarray[Any, dtype[int64]]
-        return isinstance(v, np.ndarray) and v.dtype == typing.get_args(args[1])[0]
+    if origin is np.ndarray:
+        return isinstance(v, np.ndarray) and v.dtype == _dtype(hint)
     if origin is dict:
         return isinstance(v, dict) and all(
             _fits(k, args[0]) and _fits(x, args[1]) for k, x in v.items()
@@ -194,10 +199,16 @@ def _kind(hint: Any) -> str:
     """`hint` in words, for `_dataclass`'s error."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
     if origin is np.ndarray:
-        return f"an array of {np.dtype(typing.get_args(args[1])[0]).name}"
+        return f"an array of {_dtype(hint).name}"
     if origin is dict:
         return f"a dict of {_kind(args[0])} to {_kind(args[1])}"
     return f"a {getattr(hint, '__name__', hint)}"
+
+
+def _dtype(hint: Any) -> np.dtype[Any]:
+    """The dtype an array annotation names: npt.NDArray[np.int64] is ndarray[Any, dtype[int64]]."""
+    dtype: np.dtype[Any] = np.dtype(typing.get_args(typing.get_args(hint)[1])[0])
+    return dtype
 
 
 def _array(n: dict[str, Any], data: memoryview) -> np.ndarray:

@@ -15,6 +15,7 @@ from coordinator.secure import SecureConfig, SecureCoordinator, SecureOutcome
 from mobile_sim.secure import STAGES, draw_dropouts, run_secure_round
 from protocol.secagg import Stage
 from sdk.secure import SecureParticipant
+from tests.coordinator.test_service_support import StageClock
 
 
 def test_dropouts_at_every_stage_and_byte_counts() -> None:
@@ -66,22 +67,6 @@ _STAGE_S = 60.0
 _WAIT_S = 60.0  # the longest the test waits for the round to reach a state (milliseconds here)
 
 
-class _StageClock:
-    """A secure registry's clock that stands still until the test steps it."""
-
-    def __init__(self) -> None:
-        self._now = time.monotonic()
-        self._lock = threading.Lock()
-
-    def __call__(self) -> float:
-        with self._lock:
-            return self._now
-
-    def advance(self, seconds: float) -> None:
-        with self._lock:
-            self._now += seconds
-
-
 class _SteppedFleet:
     """An `HttpSecureFleet` whose stages close by their timer only when the test steps its
     task's secure registry clock (installed as the fleet creates the task, before any device
@@ -91,7 +76,7 @@ class _SteppedFleet:
         from mobile_sim.secure import HttpSecureFleet
 
         self.fleet = HttpSecureFleet(coord, stage_idle_s=_STAGE_S, stage_cap_s=_STAGE_S)
-        self.clock = _StageClock()
+        self.clock = StageClock()
         self._coordinator = self.fleet._server.app.state.coordinator
         create = self.fleet._create_task
 
