@@ -39,6 +39,9 @@ Experiments (default: all):
             its autograd-free step (fused=True, the default, sdk/_fused.py) and that step with
             fc1's SGD update folded into an in-place addmm_ (fold_update=True, opt-in), and how
             far each one's trained parameters are from autograd's.
+  conv1     conv1's weight gradient (1 input channel, B=10 real images), one thread: oneDNN's
+            convolution_backward vs unfold (im2col) + one batched matmul, and each one's
+            error against float64; conv1's oneDNN forward for scale.
 
 The trainer, maxpool and ops experiments time TorchTrainer's autograd path (fused=False), the
 path their fast_linear / fast_pool switches act on.
@@ -87,6 +90,7 @@ EXPERIMENTS = (
     "fftconv",
     "fused",
     "winograd",
+    "conv1",
 )
 
 
@@ -847,6 +851,56 @@ def exp_fftconv(s: _Setup, reps: int) -> dict[str, Any]:
     }
 
 
+def exp_conv1(s: _Setup, reps: int) -> dict[str, Any]:
+    """conv1's weight gradient (one input channel, 32 filters 5x5, B=10 real images), one
+    thread: oneDNN's `convolution_backward` (what autograd and the fused step call) against
+    the same product written as unfold (im2col) and one batched matmul."""
+    import torch
+
+    _threads(1)
+    x, _ = s.xy(s.client)
+    images = torch.from_numpy(np.ascontiguousarray(x[:10]))
+    gen = torch.Generator().manual_seed(0)
+    w = 0.1 * torch.randn(32, 1, 5, 5, generator=gen)
+    grad = 1e-3 * torch.randn(10, 32, 28, 28, generator=gen)
+    aten = torch.ops.aten
+
+    def onednn() -> Any:
+        return aten.convolution_backward(
+            grad, images, w, [32], [1, 1], [2, 2], [1, 1], False, [0, 0], 1,
+            [False, True, True],
+        )[1]  # fmt: skip
+
+    def unfold_bmm() -> Any:
+        cols = torch.nn.functional.unfold(images, 5, padding=2)  # [10, 25, 784]
+        return torch.bmm(grad.view(10, 32, 784), cols.transpose(1, 2)).sum(0).view(32, 1, 5, 5)
+
+    def forward() -> Any:
+        return aten.convolution(images, w, None, [1, 1], [2, 2], [1, 1], False, [0, 0], 1)
+
+    with torch.no_grad():
+        ref = onednn().double()
+        exact = torch.nn.grad.conv2d_weight(images.double(), w.shape, grad.double(), padding=2)
+        ms = {
+            "weight_gradient_onednn": _per_call_ms(onednn, reps),
+            "weight_gradient_unfold_bmm": _per_call_ms(unfold_bmm, reps),
+            "forward_onednn": _per_call_ms(forward, reps),
+        }
+        scale = float(exact.abs().max())
+        err = {
+            "onednn": float((ref - exact).abs().max()) / scale,
+            "unfold_bmm": float((unfold_bmm().double() - exact).abs().max()) / scale,
+        }
+    return {
+        "threads": 1,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "ms_per_call": ms,
+        "gflop_per_s": {k: _CONV1_FLOP / (v * 1e6) for k, v in ms.items()},
+        "unfold_bmm_over_onednn": ms["weight_gradient_unfold_bmm"] / ms["weight_gradient_onednn"],
+        "max_error_relative_to_float64": err,
+    }
+
+
 def winograd_matrices(m: int, r: int, points: list[float]) -> tuple[Any, Any, Any]:
     """Cook-Toom matrices (A^T, G, B^T) of Winograd's F(m, r): y = A^T [(G g) * (B^T d)] for
     the correlation y_i = sum_k d_(i+k) g_k, from m + r - 2 finite interpolation points and the
@@ -1076,6 +1130,7 @@ RUNNERS: dict[str, Callable[[_Setup, int], dict[str, Any]]] = {
     "fftconv": exp_fftconv,
     "fused": exp_fused,
     "winograd": exp_winograd,
+    "conv1": exp_conv1,
 }
 
 

@@ -165,6 +165,9 @@ def machine_info() -> dict[str, Any]:
 
         info["torch"] = torch.__version__
         info["torch_threads"] = torch.get_num_threads()
+        # The widest vector ISA torch's CPU kernels dispatch to ("AVX2", "AVX512", ...): two
+        # CPUs with the same model name can differ here, and kernel speeds with it.
+        info["torch_cpu_capability"] = torch.backends.cpu.get_cpu_capability()
     except ImportError:
         pass
     return info
