@@ -41,7 +41,8 @@ Experiments (default: all):
             far each one's trained parameters are from autograd's.
   conv1     conv1's weight gradient (1 input channel, B=10 real images), one thread: oneDNN's
             convolution_backward vs unfold (im2col) + one batched matmul, and each one's
-            error against float64; conv1's oneDNN forward for scale.
+            error against float64; conv1's oneDNN forward for scale; and the cohort's training
+            with the fused step either way (TorchTrainer's unfold_conv=False / True).
 
 The trainer, maxpool and ops experiments time TorchTrainer's autograd path (fused=False), the
 path their fast_linear / fast_pool switches act on.
@@ -891,13 +892,55 @@ def exp_conv1(s: _Setup, reps: int) -> dict[str, Any]:
             "onednn": float((ref - exact).abs().max()) / scale,
             "unfold_bmm": float((unfold_bmm().double() - exact).abs().max()) / scale,
         }
+    cohort = _unfold_cohort(s, reps)
     return {
         "threads": 1,
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cohort_training": cohort,
         "ms_per_call": ms,
         "gflop_per_s": {k: _CONV1_FLOP / (v * 1e6) for k, v in ms.items()},
         "unfold_bmm_over_onednn": ms["weight_gradient_unfold_bmm"] / ms["weight_gradient_onednn"],
         "max_error_relative_to_float64": err,
+    }
+
+
+def _unfold_cohort(s: _Setup, reps: int) -> dict[str, Any]:
+    """The cohort's 10 real clients' E=5 training with the fused step, one thread, oneDNN's
+    conv1 weight gradient (`unfold_conv=False`) against the unfolded one (`unfold_conv=True`),
+    interleaved; and how far the median client's trained parameters move between the two."""
+    from mobile_sim.models import build_model
+    from sdk.trainer import TorchTrainer
+
+    trainers = {
+        "onednn": TorchTrainer(build_model("mnist_cnn"), unfold_conv=False),
+        "unfold": TorchTrainer(build_model("mnist_cnn"), unfold_conv=True),
+    }
+
+    def train(name: str, dev: int) -> Any:
+        x, y = s.xy(dev)
+        return trainers[name].train(
+            s.params, x, y, epochs=5, batch_size=10, lr=0.05, rng=np.random.default_rng(0)
+        )
+
+    def cohort(name: str) -> Callable[[], None]:
+        def run() -> None:
+            for dev in s.cohort:
+                train(name, dev)
+
+        return run
+
+    timing = _ab({name: cohort(name) for name in trainers}, reps, "conv1 cohort")
+    steps = sum(5 * -(-len(s.parts[dev]) // 10) for dev in s.cohort)
+    for v in timing.values():
+        v["ms_per_step"] = 1e3 * v["median_s"] / steps
+    ref = train("onednn", s.client).params - s.params
+    delta = train("unfold", s.client).params - s.params
+    return {
+        "steps_per_rep": steps,
+        "timing": timing,
+        "delta_max_abs": float(np.abs(ref).max()),
+        "delta_max_abs_diff": float(np.abs(delta - ref).max()),
+        "delta_rel_l2_diff": float(np.linalg.norm(delta - ref) / np.linalg.norm(ref)),
     }
 
 

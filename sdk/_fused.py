@@ -49,6 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ._conv import conv_param_grads, unfold_grad_conv
 from ._data import IGNORE_INDEX
 from ._maxpool import _is_plain_2x2
 
@@ -195,6 +196,7 @@ class FusedChain:
     signature: tuple[Any, ...]
     onednn: bool = False
     fold_update: bool = False
+    unfold_conv: bool = False
     _saved: list[Any] = field(default_factory=list)
     _buffers: dict[int, list[torch.Tensor]] = field(default_factory=dict)
     _dlogits: torch.Tensor | None = None
@@ -306,13 +308,26 @@ class FusedChain:
             if op.kind == "conv":
                 conv: nn.Conv2d = op.layer  # type: ignore[assignment]
                 has_bias = conv.bias is not None
-                gi, gw, gb = _aten.convolution_backward(
-                    g, s, conv.weight, [conv.out_channels] if has_bias else None,
-                    conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups,
-                    [need_input, True, has_bias],
-                )  # fmt: skip
+                if self.unfold_conv and unfold_grad_conv(conv):
+                    # `sdk._conv`, as `TorchTrainer`'s autograd path runs it with unfold_conv
+                    gi = None
+                    if need_input:
+                        gi = _aten.convolution_backward(
+                            g, s, conv.weight, None, conv.stride, conv.padding, conv.dilation,
+                            False, [0, 0], 1, [True, False, False],
+                        )[0]  # fmt: skip
+                    gw, gb = conv_param_grads(
+                        g, s, conv.weight.shape, conv.kernel_size, conv.stride,  # type: ignore[arg-type]
+                        conv.padding, conv.dilation, has_bias,  # type: ignore[arg-type]
+                    )  # fmt: skip
+                else:
+                    gi, gw, gb = _aten.convolution_backward(
+                        g, s, conv.weight, [conv.out_channels] if has_bias else None,
+                        conv.stride, conv.padding, conv.dilation, False, [0, 0], conv.groups,
+                        [need_input, True, has_bias],
+                    )  # fmt: skip
                 conv.weight.add_(gw, alpha=-lr)
-                if conv.bias is not None:
+                if conv.bias is not None and gb is not None:
                     conv.bias.add_(gb, alpha=-lr)
                 g = gi
             elif op.kind == "linear":
@@ -399,7 +414,11 @@ _KINDS = {
 
 
 def fused_chain(
-    module: nn.Module, onednn: bool, cached: FusedChain | None = None, fold_update: bool = False
+    module: nn.Module,
+    onednn: bool,
+    cached: FusedChain | None = None,
+    fold_update: bool = False,
+    unfold_conv: bool = False,
 ) -> FusedChain | None:
     """The fused step for `module`, or None if it does not qualify: every submodule a supported
     layer (`nn.Conv2d` with zero padding given in numbers, `nn.ReLU`, `nn.MaxPool2d(2)`,
@@ -412,7 +431,9 @@ def fused_chain(
     reconfigured after a call is seen; `cached` (the last call's answer) is returned, with its
     pooling buffers, when the chain is the same layer and parameter objects.
     `fold_update`: large Linear layers' SGD update inside their weight-gradient product (the
-    module docstring)."""
+    module docstring). `unfold_conv`: one-input-channel convolutions take their weight and bias
+    gradients from `sdk._conv.conv_param_grads`, as the autograd path does under
+    `sdk._conv.unfold_conv`."""
     if _global_hooks() or any(_has_hooks(m) for m in module.modules()):
         return None
     if not _tree_supported(module):
@@ -469,7 +490,11 @@ def fused_chain(
     # What the cached chain depends on: the same layer and parameter objects, in order.
     sig = (tuple(id(layer) for layer in layers), tuple(id(p) for p in params))
     if cached is None or cached.signature != sig:
-        return FusedChain(ops, params, sig, onednn, fold_update)
-    if (cached.onednn, cached.fold_update) == (onednn, fold_update):
+        return FusedChain(ops, params, sig, onednn, fold_update, unfold_conv)
+    if (cached.onednn, cached.fold_update, cached.unfold_conv) == (
+        onednn,
+        fold_update,
+        unfold_conv,
+    ):
         return cached
-    return FusedChain(ops, params, sig, onednn, fold_update, _buffers=cached._buffers)
+    return FusedChain(ops, params, sig, onednn, fold_update, unfold_conv, _buffers=cached._buffers)
