@@ -336,7 +336,10 @@ def _fmt(value: Any) -> str:
 def _machine(doc: dict[str, Any]) -> str:
     m = doc.get("machine") if isinstance(doc, dict) else None
     if isinstance(m, dict):
-        return f"{m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('memory_gib', '?')} GiB"
+        cap = m.get("torch_cpu_capability")
+        isa = f" ({cap})" if cap else ""
+        cpu, cores, mem = m.get("cpu", "?"), m.get("cores", "?"), m.get("memory_gib", "?")
+        return f"{cpu}{isa}, {cores} cores, {mem} GiB"
     return str(m) if m else "not recorded"
 
 
@@ -616,6 +619,18 @@ OTHER_FILES: list[tuple[str, str, list[str]]] = [
     (
         "sim_throughput_amd_eval_workers",
         "The same with the pool evaluating in its workers (the default), right after",
+        ["mnist_cnn_wall_ratio_vs_plain_loop", "mnist_cnn_ratios_by_backend"],
+    ),
+    (
+        "sim_throughput_amd_avx2",
+        "The same with pool and sequential on an AMD EPYC without AVX-512 (torch's kernels at "
+        "AVX2), 2026-12-02, at commit 095d124's sdk (docs/simulator.md, 'On an AVX2-only AMD "
+        "EPYC')",
+        ["mnist_cnn_wall_ratio_vs_plain_loop", "mnist_cnn_ratios_by_backend"],
+    ),
+    (
+        "sim_throughput_amd_avx2_unfold",
+        "The same after `unfold_conv` (sdk/_conv.py), on the same machine, right after",
         ["mnist_cnn_wall_ratio_vs_plain_loop", "mnist_cnn_ratios_by_backend"],
     ),
     (
