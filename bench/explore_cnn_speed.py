@@ -904,17 +904,12 @@ def exp_conv1(s: _Setup, reps: int) -> dict[str, Any]:
     }
 
 
-def _unfold_cohort(s: _Setup, reps: int) -> dict[str, Any]:
-    """The cohort's 10 real clients' E=5 training with the fused step, one thread, oneDNN's
-    conv1 weight gradient (`unfold_conv=False`) against the unfolded one (`unfold_conv=True`),
-    interleaved; and how far the median client's trained parameters move between the two."""
-    from mobile_sim.models import build_model
-    from sdk.trainer import TorchTrainer
-
-    trainers = {
-        "onednn": TorchTrainer(build_model("mnist_cnn"), unfold_conv=False),
-        "unfold": TorchTrainer(build_model("mnist_cnn"), unfold_conv=True),
-    }
+def _cohort_ab(
+    s: _Setup, trainers: dict[str, Any], reps: int, desc: str
+) -> tuple[dict[str, Any], int, Callable[[str, int], Any]]:
+    """The cohort's 10 real clients' E=5 training (B=10, lr 0.05) with each trainer, timed by
+    `_ab` with each variant's ms per step added; returns (timing, steps per repetition, a
+    function training one trainer on one client)."""
 
     def train(name: str, dev: int) -> Any:
         x, y = s.xy(dev)
@@ -929,10 +924,26 @@ def _unfold_cohort(s: _Setup, reps: int) -> dict[str, Any]:
 
         return run
 
-    timing = _ab({name: cohort(name) for name in trainers}, reps, "conv1 cohort")
+    timing = _ab({name: cohort(name) for name in trainers}, reps, desc)
     steps = sum(5 * -(-len(s.parts[dev]) // 10) for dev in s.cohort)
     for v in timing.values():
         v["ms_per_step"] = 1e3 * v["median_s"] / steps
+    return timing, steps, train
+
+
+def _unfold_cohort(s: _Setup, reps: int) -> dict[str, Any]:
+    """The cohort's 10 real clients' E=5 training with the fused step, one thread, oneDNN's
+    conv1 weight gradient (`unfold_conv=False`) against the unfolded one (`unfold_conv=True`),
+    interleaved; and how far the median client's trained parameters move between the two."""
+    from mobile_sim.models import build_model
+    from sdk.trainer import TorchTrainer
+
+    trainers = {
+        "onednn": TorchTrainer(build_model("mnist_cnn"), unfold_conv=False),
+        "unfold": TorchTrainer(build_model("mnist_cnn"), unfold_conv=True),
+    }
+
+    timing, steps, train = _cohort_ab(s, trainers, reps, "conv1 cohort")
     ref = train("onednn", s.client).params - s.params
     delta = train("unfold", s.client).params - s.params
     return {
@@ -1112,23 +1123,7 @@ def exp_fused(s: _Setup, reps: int) -> dict[str, Any]:
         "fused_fold_update": TorchTrainer(build_model("mnist_cnn"), fold_update=True),
     }
 
-    def train(name: str, dev: int) -> Any:
-        x, y = s.xy(dev)
-        return trainers[name].train(
-            s.params, x, y, epochs=5, batch_size=10, lr=0.05, rng=np.random.default_rng(0)
-        )
-
-    def cohort(name: str) -> Callable[[], None]:
-        def run() -> None:
-            for dev in s.cohort:
-                train(name, dev)
-
-        return run
-
-    timing = _ab({name: cohort(name) for name in trainers}, reps, "fused")
-    steps = sum(5 * -(-len(s.parts[dev]) // 10) for dev in s.cohort)
-    for v in timing.values():
-        v["ms_per_step"] = 1e3 * v["median_s"] / steps
+    timing, steps, train = _cohort_ab(s, trainers, reps, "fused")
     used = all(p.grad is None for p in trainers["fused"].module.parameters())
     want = train("autograd", s.client).params
     ref = want - s.params
