@@ -93,7 +93,7 @@ def test_readyz_is_503_while_another_connection_holds_the_write_lock(
     assert body["ready"] is False and body["store_writable"] is False
     assert "database is locked" in body["store_error"], body
     assert "write lock" in body["store_error"]
-    assert took < 2.5, took
+    assert took < 4.0, took
     assert health.status_code == 200 and health.json()["journal_mode"] == "wal"
     # ... and ready again once the lock is given back
     assert again.status_code == 200, again.text
@@ -106,7 +106,7 @@ def test_healthz_and_readyz_answer_while_the_stores_connection_is_held(
     # Prepare: a write failed (the store is not ready: the probe write will run), then the
     # store's own lock is held, as a write of this coordinator waiting on another process's
     # lock holds it: until both probes have answered, or HOLD s if one waits for the lock
-    hold = 8.0
+    hold = 25.0
     store = server.app.state.store
     with httpx.Client(base_url=server.url, timeout=60) as http:
         _query_only(store, True)
@@ -136,7 +136,7 @@ def test_healthz_and_readyz_answer_while_the_stores_connection_is_held(
     (health, health_s), (readyz, ready_s) = answers["/healthz"], answers["/readyz"]
     # Assert: liveness at once (before: it waited for the store's lock, up to HOLD s)
     assert health.status_code == 200 and health.json()["ok"] is True
-    assert health_s < 2.0, health_s
+    assert health_s < 8.0, health_s
     # ... readiness within about its 1 s bound, not ready, saying why (before: HOLD s, then 200)
     assert readyz.status_code == 503, readyz.text
     assert "did not finish within 1 s" in readyz.json()["store_error"]

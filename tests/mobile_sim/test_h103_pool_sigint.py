@@ -65,7 +65,7 @@ def test_a_worker_keeps_running_and_prints_nothing_on_sigint(
     assert alive == [True, True]
     assert "KeyboardInterrupt" not in err and "Traceback" not in err, err
     assert [r.device_id for r in again] == [r.device_id for r in first]
-    assert took < 3.0, f"close took {took:.1f} s"
+    assert took < 10.0, f"close took {took:.1f} s"
     assert [p.exitcode for p in procs] == [0, 0]
     assert _shm_names() - before == set()
 

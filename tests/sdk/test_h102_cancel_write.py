@@ -41,7 +41,7 @@ from tests.coordinator.test_service_support import (
 from tests.sdk.test_h97_cancel import _in_thread, served  # noqa: F401 (served: fixture)
 
 X, Y = local_data(3)
-LONG = 5.0  # how long a test waits for an event before it fails (never reached when it passes)
+LONG = 30.0  # how long a test waits for an event before it fails (never reached when it passes)
 
 
 def _pair() -> tuple[socket.socket, socket.socket, socket.socket]:
@@ -109,8 +109,8 @@ def test_a_cancel_ends_a_write_whose_peer_stopped_reading() -> None:
     t0 = time.monotonic()
     try:
         with pytest.raises(_Stop):
-            _DeadlineStream(SyncStream(cli), deadline).write(b"x" * (8 << 20), timeout=5.0)
-        assert time.monotonic() - t0 < 3.0  # the 5 s timeout's end: not this
+            _DeadlineStream(SyncStream(cli), deadline).write(b"x" * (8 << 20), timeout=30.0)
+        assert time.monotonic() - t0 < 10.0  # the 30 s timeout's end: not this
     finally:
         cli.close(), peer.close(), srv.close()
 
@@ -139,9 +139,9 @@ def test_the_threads_deadline_still_bounds_a_slow_write_that_keeps_moving() -> N
     t0 = time.monotonic()
     try:
         with pytest.raises(ClientError) as caught:
-            _DeadlineStream(SyncStream(cli), deadline).write(_body(512 << 10), timeout=5.0)
+            _DeadlineStream(SyncStream(cli), deadline).write(_body(512 << 10), timeout=30.0)
         assert caught.value.reason == "too_slow"
-        assert time.monotonic() - t0 < 3.0  # the 5 s timeout's end: not this
+        assert time.monotonic() - t0 < 10.0  # the 30 s timeout's end: not this
     finally:
         cli.close(), peer.close(), srv.close()
 
@@ -207,8 +207,8 @@ def test_a_cancel_ends_a_tls_write_whose_peer_stopped_reading(
     threading.Timer(0.3, deadline.cancel.set).start()
     t0 = time.monotonic()
     with pytest.raises(_Stop):
-        _DeadlineStream(stream, deadline).write(b"x" * (8 << 20), timeout=5.0)
-    assert time.monotonic() - t0 < 3.0  # the 5 s timeout's end: not this
+        _DeadlineStream(stream, deadline).write(b"x" * (8 << 20), timeout=30.0)
+    assert time.monotonic() - t0 < 10.0  # the 30 s timeout's end: not this
 
 
 class _ReadsHeadersOnly:
@@ -293,7 +293,7 @@ def test_a_transport_failure_that_came_with_the_cancel_is_a_cancel_and_stays_pen
 
 
 def test_a_cancelled_tls_handshake_closes_its_connection_at_once(tmp_path: Path) -> None:
-    # A server that never answers the ClientHello; timeout 5 s. It must see the connection
+    # A server that never answers the ClientHello; timeout LONG (30 s). It must see the connection
     # closed when the cancel ends the call, not when the handshake's timeout passes.
     listener = socket.create_server(("127.0.0.1", 0))
     port = listener.getsockname()[1]
@@ -326,4 +326,4 @@ def test_a_cancelled_tls_handshake_closes_its_connection_at_once(tmp_path: Path)
         listener.close()
     err = out.get("error")
     assert isinstance(err, ParticipationCancelled) and err.phase == "check-in", out
-    assert closed_after < 3.0  # the handshake's 5 s timeout: not this
+    assert closed_after < 10.0  # the handshake's 30 s timeout: not this
