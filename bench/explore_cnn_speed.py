@@ -858,6 +858,8 @@ def exp_conv1(s: _Setup, reps: int) -> dict[str, Any]:
     the same product written as unfold (im2col) and one batched matmul."""
     import torch
 
+    from sdk._conv import conv_param_grads
+
     _threads(1)
     x, _ = s.xy(s.client)
     images = torch.from_numpy(np.ascontiguousarray(x[:10]))
@@ -872,9 +874,8 @@ def exp_conv1(s: _Setup, reps: int) -> dict[str, Any]:
             [False, True, True],
         )[1]  # fmt: skip
 
-    def unfold_bmm() -> Any:
-        cols = torch.nn.functional.unfold(images, 5, padding=2)  # [10, 25, 784]
-        return torch.bmm(grad.view(10, 32, 784), cols.transpose(1, 2)).sum(0).view(32, 1, 5, 5)
+    def unfold_bmm() -> Any:  # what TorchTrainer(unfold_conv=True) runs (sdk/_conv.py)
+        return conv_param_grads(grad, images, w.shape, (5, 5), (1, 1), (2, 2), (1, 1), False)[0]
 
     def forward() -> Any:
         return aten.convolution(images, w, None, [1, 1], [2, 2], [1, 1], False, [0, 0], 1)

@@ -29,7 +29,13 @@ import torch
 from torch import nn
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-__all__ = ["conv_param_grads", "unfold_conv", "unfold_conv_preferred", "unfold_grad_conv"]
+__all__ = [
+    "conv_param_grads",
+    "unfold_conv",
+    "unfold_conv_backward",
+    "unfold_conv_preferred",
+    "unfold_grad_conv",
+]
 
 _aten = torch.ops.aten
 
@@ -87,6 +93,31 @@ def conv_param_grads(
     return gw, gb
 
 
+def unfold_conv_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    conv: nn.Conv2d,
+    need_input: bool,
+    need_bias: bool,
+) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+    """(dL/dx or None, dL/dW, dL/db or None) of `conv` (a layer `unfold_grad_conv` covers, with
+    weights `weight`) at input `x`: the input gradient by oneDNN's `convolution_backward` when
+    `need_input`, the parameter gradients by `conv_param_grads`. The one backward both of
+    `TorchTrainer`'s paths run."""
+    gx = None
+    if need_input:
+        gx = _aten.convolution_backward(
+            grad, x, weight, None, conv.stride, conv.padding, conv.dilation, False, [0, 0], 1,
+            [True, False, False],
+        )[0]  # fmt: skip
+    gw, gb = conv_param_grads(
+        grad, x, weight.shape, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
+        conv.dilation, need_bias,  # type: ignore[arg-type]
+    )  # fmt: skip
+    return gx, gw, gb
+
+
 class _UnfoldGradConv(torch.autograd.Function):
     """`conv`'s forward on oneDNN as `F.conv2d` runs it; its backward: the input gradient by
     `convolution_backward`, the weight and bias gradients by `conv_param_grads`."""
@@ -111,18 +142,11 @@ class _UnfoldGradConv(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         x, weight = ctx.saved_tensors
-        conv: nn.Conv2d = ctx.conv
-        gx = None
-        if ctx.needs_input_grad[0]:
-            gx = _aten.convolution_backward(
-                grad, x, weight, None, conv.stride, conv.padding, conv.dilation, False, [0, 0],
-                1, [True, False, False],
-            )[0]  # fmt: skip
-        gw, gb = conv_param_grads(
-            grad, x, weight.shape, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
-            conv.dilation, ctx.has_bias and ctx.needs_input_grad[2],
-        )  # fmt: skip
-        return gx, gw if ctx.needs_input_grad[1] else None, gb, None
+        need = ctx.needs_input_grad
+        gx, gw, gb = unfold_conv_backward(
+            grad, x, weight, ctx.conv, need[0], ctx.has_bias and need[2]
+        )
+        return gx, gw if need[1] else None, gb, None
 
 
 def _unfold_conv_forward(layer: nn.Conv2d, x: torch.Tensor) -> torch.Tensor:

@@ -49,7 +49,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._conv import conv_param_grads, unfold_grad_conv
+from ._conv import unfold_conv_backward, unfold_grad_conv
 from ._data import IGNORE_INDEX
 from ._maxpool import _is_plain_2x2
 
@@ -309,17 +309,8 @@ class FusedChain:
                 conv: nn.Conv2d = op.layer  # type: ignore[assignment]
                 has_bias = conv.bias is not None
                 if self.unfold_conv and unfold_grad_conv(conv):
-                    # `sdk._conv`, as `TorchTrainer`'s autograd path runs it with unfold_conv
-                    gi = None
-                    if need_input:
-                        gi = _aten.convolution_backward(
-                            g, s, conv.weight, None, conv.stride, conv.padding, conv.dilation,
-                            False, [0, 0], 1, [True, False, False],
-                        )[0]  # fmt: skip
-                    gw, gb = conv_param_grads(
-                        g, s, conv.weight.shape, conv.kernel_size, conv.stride,  # type: ignore[arg-type]
-                        conv.padding, conv.dilation, has_bias,  # type: ignore[arg-type]
-                    )  # fmt: skip
+                    # as `TorchTrainer`'s autograd path runs it under `sdk._conv.unfold_conv`
+                    gi, gw, gb = unfold_conv_backward(g, s, conv.weight, conv, need_input, has_bias)
                 else:
                     gi, gw, gb = _aten.convolution_backward(
                         g, s, conv.weight, [conv.out_channels] if has_bias else None,
@@ -432,7 +423,7 @@ def fused_chain(
     pooling buffers, when the chain is the same layer and parameter objects.
     `fold_update`: large Linear layers' SGD update inside their weight-gradient product (the
     module docstring). `unfold_conv`: one-input-channel convolutions take their weight and bias
-    gradients from `sdk._conv.conv_param_grads`, as the autograd path does under
+    gradients from `sdk._conv.unfold_conv_backward`, as the autograd path does under
     `sdk._conv.unfold_conv`."""
     if _global_hooks() or any(_has_hooks(m) for m in module.modules()):
         return None
