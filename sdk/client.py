@@ -2726,12 +2726,29 @@ def _train(
 
 @dataclass(frozen=True)
 class _Sleep:
-    """A step of a secure-round flow: wait this long (seconds) before the next request."""
+    """A step of a flow: wait this long (seconds) before the next request."""
 
     seconds: float
 
 
-_SecureFlow = Generator["_Exchange | _Sleep", "httpx.Response | None", SecureRoundReport]
+@dataclass(frozen=True)
+class _Attempt:
+    """A step of `_send_flow`: one attempt of a request, its whole answer (at most `cap`
+    bytes) read within `budget` seconds, headers and body together."""
+
+    request: httpx.Request
+    cap: int
+    budget: float
+
+
+# A device's protocol written once for `Client` and `AsyncClient`: a generator that yields each
+# `_Exchange` to send (every attempt, and each wait before a retry, ending by its `deadline`)
+# and receives its response, or yields a `_Sleep` (and receives None), and returns the call's
+# result. Whatever a request or a wait raises (`_WaitOver`, `_Stop`, a `ClientError`, ...) is
+# raised in the flow where it waits, so its `except` and `finally` clauses see it as a method
+# calling `_send` would. `Client._run` drives one with blocking I/O, `AsyncClient._run` awaits.
+_Flow = Generator["_Exchange | _Attempt | _Sleep", "httpx.Response | None", _T]
+_SecureFlow = _Flow[SecureRoundReport]
 
 
 def _delta_update(
@@ -2985,7 +3002,7 @@ def _secure_flow(
                     # The download this stage answers did not decode or check (a body
                     # rewritten on the way: a proxy, a bit error), before anything of the
                     # stage was sent or kept: fetched again once, at once, as a corrupt delta
-                    # chain is (`Client._download`). Refused again: that `SecAggError`.
+                    # chain is (`_download_flow`). Refused again: that `SecAggError`.
                     if again or after is None:
                         raise
                 got = yield from _stage_download(core, a.round_id, after, stop)
@@ -3082,7 +3099,365 @@ def _secure_flow(
     return report
 
 
-class Client:
+def _send_flow(
+    core: _Core,
+    base: str,
+    http: httpx.Client | httpx.AsyncClient,
+    ex: _Exchange,
+    deadline: float,
+    cancel: CancelFlag | None,
+) -> _Flow[httpx.Response]:
+    """`ex` sent, retrying transient failures: each `_Attempt` it yields is answered with the
+    read response or raises in it (a transport failure, a `ClientError` of the client's caps).
+    With a `deadline` (`_tick`), every attempt and wait before a retry ends by then, else
+    `_WaitOver`; `_Stop` before an attempt once `cancel` is set, and for a failure while it is
+    set (perhaps what cut the request). Run by `Client._send` and `AsyncClient._send`."""
+    # The last attempt's transport failure, for a `_WaitOver` (`participate`).
+    failed: CoordinatorUnreachable | None = None
+    outer = sys.exc_info()[1]  # what the app was handling: not this request's cause
+    for attempt in range(core.retries + 1):
+        if cancel is not None and cancel.is_set():  # before `maybe_taken` is set
+            raise _Stop
+        budget = _attempt_budget(core, deadline, failed)
+        request = core.build(http, ex)  # fresh timestamp and nonce per attempt
+        # Until this attempt's end says otherwise (anything raised past this loop too).
+        before, ex.maybe_taken = ex.maybe_taken, True
+        ex.sent_at = _tick()
+        try:
+            response = yield _Attempt(request, ex.max_response_bytes, budget)
+        except httpx.TransportError as exc:
+            if isinstance(exc, _NEVER_SENT):
+                ex.maybe_taken = before
+            if cancel is not None and cancel.is_set():  # perhaps what cut the request
+                raise _Stop from exc
+            cert = _certificate_failure(exc)
+            if cert is not None:  # the same at every attempt: a setting, not an outage
+                raise _certificate_error(base, request, cert) from exc
+            if attempt == core.retries:
+                raise _unreachable(base, request, exc, attempt + 1, outer) from exc
+            failed = _failed(base, request, exc, attempt + 1, outer)
+            yield _Sleep(_retry_pause(core.delay(attempt, None), deadline, failed))
+            continue
+        except ClientError as err:
+            if _cut_by_wait(core, err, budget):
+                raise _WaitOver(failed) from None
+            raise
+        assert response is not None
+        core.account(request, response, ex)
+        failed = None  # answered (a 5xx is an answer, not an outage)
+        if 400 <= response.status_code < 500:  # refused before the coordinator stored it
+            ex.maybe_taken = before
+        if response.status_code in _RETRY_STATUS:
+            if attempt < core.retries:
+                yield _Sleep(_retry_pause(core.delay(attempt, response), deadline))
+                continue
+            response.extensions[_ATTEMPTS] = attempt + 1
+        return response
+    raise AssertionError("unreachable")
+
+
+def _request(
+    ex: _Exchange, deadline: float = math.inf
+) -> Generator[_Exchange | _Sleep, httpx.Response | None, httpx.Response]:
+    """A flow's one request: `ex` sent, every attempt and retry ending by `deadline` (`_tick`),
+    else `_WaitOver`; its response (after retries, a 5xx included)."""
+    ex.deadline = deadline
+    response = yield ex
+    assert response is not None
+    return response
+
+
+def _register_flow(core: _Core, device_id: str) -> _Flow[str]:
+    """`Client.register`."""
+    core.store.check_registration(device_id)
+    device_id = _registered((yield from _request(core.register_exchange())), device_id)
+    core.store.update_state(device_id=device_id, registered=True)
+    return device_id
+
+
+def _check_in_flow(
+    core: _Core, task_id: int | None, deadline: float, layouts: Sequence[str] | None = None
+) -> _Flow[CheckInResponse]:
+    """`Client.check_in`, every attempt ending by `deadline`."""
+    ex = core.check_in_exchange(task_id, layouts)
+    return _check_in_answer(core, ex, (yield from _request(ex, deadline)), task_id)
+
+
+def _download_flow(
+    core: _Core,
+    task_id: int,
+    spec: ModelSpec,
+    round_id: int,
+    max_version: int | None,
+    deadline: float = math.inf,
+) -> _Flow[tuple[npt.NDArray[np.float32], int, str]]:
+    """The model, applied and saved (`_Core.apply_model`); a delta chain that fails its
+    integrity check is asked for again once as a snapshot (`_chain_failed`), in the same
+    call, so a round is not lost (and `fetch_current` does not fail for a chain). A
+    snapshot that fails is `ModelIntegrityError`."""
+    snapshot = False
+    fp32 = False
+    while True:
+        ex = core.model_exchange(task_id, spec, round_id, max_version, snapshot, fp32)
+        response = yield from _request(ex, deadline)
+        if not fp32 and _fp16_refused(ex, response):
+            fp32 = True  # a model beyond fp16's range: asked again as fp32, once
+            continue
+        if response.status_code != 200:
+            raise _refusal(response)
+        try:
+            return core.apply_model(task_id, spec, response)
+        except ModelIntegrityError:
+            if snapshot or not _chain_failed(response):
+                raise
+            snapshot = True
+
+
+def _upload_flow(
+    core: _Core, pending: PendingUpload, spec: ModelSpec | None, deadline: float
+) -> _Flow[UploadReceipt]:
+    """`Client.upload`, every attempt ending by `deadline`."""
+    dense = spec.dense_bytes if spec is not None else pending.dense_bytes
+    response = yield from _request(core.upload_exchange(pending, dense), deadline)
+    if response.status_code == 200:
+        receipt = _receipt(response, pending.round_id)  # before it is forgotten
+        core.accept_upload(pending, spec)
+        return receipt
+    err = _refusal(response)
+    if _refused_for_good(response, err):
+        core.settle_upload(pending, spec, refused=True)
+    raise err
+
+
+def _resume_pending_flow(core: _Core, deadline: float) -> _Flow[UploadReceipt | None]:
+    """`Client.resume_pending`, every attempt ending by `deadline` (`_tick`), else
+    `_WaitOver` with the upload still pending (its idempotency key makes the next re-send
+    harmless if this one landed)."""
+    pending = core.store.load_pending()
+    if pending is None:
+        return None
+    try:
+        return (yield from _upload_flow(core, pending, None, deadline))
+    except (CoordinatorUnreachable, TlsCertificateError):
+        raise  # not a refusal: the upload stays pending, as the app must hear
+    except ClientError:
+        return None
+
+
+def _settle_pending_flow(core: _Core) -> _Flow[tuple[PendingUpload, UploadReceipt] | None]:
+    """Re-send a pending upload before a new one replaces it; see `_unsettled`. The upload
+    and its receipt when the coordinator accepted it; None when none was pending or it
+    was refused (and settled)."""
+    pending = core.store.load_pending()
+    if pending is None:
+        return None
+    try:
+        return pending, (yield from _upload_flow(core, pending, None, math.inf))
+    except ClientError as err:
+        _unsettled(core, pending, err)
+        return None
+
+
+def _train_round_flow(
+    core: _Core,
+    a: Assignment,
+    trainer: LocalTrainer,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+    cancel: CancelFlag | None,
+) -> _Flow[RoundReport]:
+    """`Client.train_round` of a plain assignment; `cancel`: the call's cancel event, which
+    the training reads."""
+    spec = _spec(a)
+    # Before the download: a model this device cannot train must not replace the one held.
+    _check_layout(a, trainer)
+    r = a.round_id
+    before = core.round_start(a)
+    try:
+        settled = yield from _settle_pending_flow(core)
+    except _Stop:
+        raise ParticipationCancelled("resend", _EARLIER_PENDING, r) from None
+    if settled is not None and _same_round(settled[0], a):
+        return _resent_report(core, a, settled[1], before)
+    end = core.plain_round_end(a)
+    try:
+        params, _, encoding = yield from _download_flow(
+            core, a.task_id, spec, a.round_id, a.base_version, end
+        )
+    except _WaitOver:
+        raise _past_deadline(a, "model download", "nothing was trained") from None
+    except _Stop:
+        raise ParticipationCancelled("download", _UNTRAINED, r) from None
+    # Checked before, during and after the training: not once the update is encoded. (An
+    # `AsyncClient` trains on the event loop's thread: only the cancel event stops it.)
+    trained, n, loss = _train(core, a, params, trainer, x, y, cancel)
+    pending = core.encode(a, spec, params, trained, n, loss)
+    try:
+        receipt = yield from _upload_flow(core, pending, spec, end)
+    except _WaitOver:
+        raise _past_deadline(a, "upload", "it stays pending") from None
+    except _Stop:
+        raise ParticipationCancelled("upload", _STAYS_PENDING, r) from None
+    row = core.bandwidth.get(a.round_id, {})
+    return RoundReport(
+        a.round_id, a.task_id, receipt, loss, n, a.base_version, encoding,
+        _delta(row, before, "down"), _delta(row, before, "up"),
+    )  # fmt: skip
+
+
+def _secure_round_flow(
+    core: _Core,
+    a: Assignment,
+    update: UpdateFn,
+    participant: SecureParticipant | None = None,
+    rng: np.random.Generator | None = None,
+    drop_at: Stage | None = None,
+) -> _SecureFlow:
+    """`Client.secure_round`: `_secure_flow`, a cancel seen before a request or during a wait
+    ending it where it waits (its `finally` settles the residual as for any request that
+    raised) as `ParticipationCancelled` ("secure")."""
+    try:
+        return (yield from _secure_flow(core, a, update, participant, rng, drop_at))
+    except _Stop:
+        raise ParticipationCancelled("secure", _SECURE_DROPPED, a.round_id) from None
+
+
+def _run_secure_round_flow(
+    core: _Core,
+    a: Assignment,
+    trainer: LocalTrainer,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+    cancel: CancelFlag | None,
+) -> _SecureFlow:
+    """`Client.run_secure_round`; `cancel` as for `_train_round_flow`."""
+    _check_layout(a, trainer)
+    update = _delta_update(core, a, trainer, x, y, cancel)
+    return (yield from _secure_round_flow(core, a, update))
+
+
+def _participate_flow(
+    core: _Core,
+    trainer: LocalTrainer,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+    task_id: int | None,
+    max_wait_s: float,
+    min_poll_s: float,
+    cancel: CancelFlag | None,
+) -> _Flow[RoundReport | None]:
+    """`Client.participate`, its arguments checked."""
+    give_up = _tick() + max_wait_s
+    # This call's answers only: a None return never comes with an earlier call's answer.
+    core.last_check_in = None
+    try:
+        yield from _resume_pending_flow(core, give_up)
+    except _WaitOver as over:
+        _raise_outage(over)
+        return None
+    except _Stop:
+        raise ParticipationCancelled("resend", _EARLIER_PENDING, None) from None
+    mine: CheckInResponse | None = None  # this call's last answer
+    layouts = _declared_layouts(trainer)
+    while True:
+        try:
+            answer = yield from _check_in_flow(core, task_id, give_up, layouts)
+        except _WaitOver as over:
+            if mine is None:
+                _raise_outage(over)
+            core.last_check_in = mine
+            return None
+        except _Stop:
+            raise ParticipationCancelled("check-in", "nothing changed", None) from None
+        a = answer.assignment
+        if answer.action == CheckInAction.TRAIN and a is not None:
+            if a.secure:
+                return (yield from _run_secure_round_flow(core, a, trainer, x, y, cancel))
+            return (yield from _train_round_flow(core, a, trainer, x, y, cancel))
+        mine = answer
+        wait = _next_wait(answer, task_id, min_poll_s)
+        if _tick() + wait > give_up:
+            core.last_check_in = mine
+            return None
+        try:
+            yield _Sleep(wait)
+        except _Stop:
+            raise ParticipationCancelled("wait", "nothing changed", None) from None
+
+
+class _ClientBase:
+    """What `Client` and `AsyncClient` share beyond the flows: the device's state (`_Core`)
+    and the calls that need no I/O."""
+
+    _core: _Core
+
+    @property
+    def device_id(self) -> str:
+        """This device's id (hex), derived from its key in `app_dir`; the same after a restart."""
+        return self._core.device_id
+
+    @property
+    def bandwidth(self) -> dict[int, dict[str, dict[str, int]]]:
+        """Bytes this client moved per round and direction, as the coordinator counts them:
+        `{round_id: {"up" | "down": {"payload_bytes", "wire_bytes", "dense_bytes",
+        "requests"}}}`, for the `MAX_BANDWIDTH_ROUNDS` (64) rounds counted last (the least
+        recently counted round is dropped past that). Exchanges the coordinator counts in no
+        round are in `control_bandwidth` instead."""
+        return self._core.bandwidth
+
+    @property
+    def control_bandwidth(self) -> dict[str, dict[str, int]]:
+        """Bytes this client moved, since it was made, in the exchanges the coordinator counts
+        in no round (its control traffic): `{"up" | "down": {"payload_bytes", "wire_bytes",
+        "dense_bytes", "requests"}}`. Its `wire_bytes` and `requests` are counted as
+        `bandwidth` counts a round's: every answered attempt; HTTP/1.1 request and response
+        heads and bodies, not TLS; a request body by the bytes handed to the socket, so an
+        upload answered before it was all sent (503 `busy`, 413) counts the pieces written, not
+        the whole body. Its `up` `payload_bytes` and `dense_bytes` are always 0: an upload
+        answered here delivered nothing to a round (a round's row counts them). That is
+        registration, check-ins answered without an assignment ("wait", "end", refusals; a
+        check-in answered with one is in its round's row), a `fetch_current` download, and
+        requests answered outside a round's ledger (a re-sent upload past its round's grace,
+        a 5xx from a proxy). The same size for the client's life. Each exchange is in exactly
+        one of `bandwidth` and `control_bandwidth`, so the two add up to every answered byte
+        (docs/devices.md, "The device's network traffic")."""
+        return self._core.control_bandwidth
+
+    @property
+    def last_check_in(self) -> CheckInResponse | None:
+        """The coordinator's last check-in answer this client acted on (None before one).
+        `participate` resets it when it starts, so it is always that call's last answer, never
+        an earlier call's. When `participate` returns None its `detail` says why: "not selected
+        yet" (a round still gathering), "no active task" (no task named and none running, or
+        the task named is paused or awaits its model), ...; None itself when no check-in of the
+        call was answered usably (the coordinator said 5xx or 429 for the whole wait, or nothing
+        came in time, a connection not made in time included; a failed connection is
+        `CoordinatorUnreachable`, not None). After a
+        `TaskEndedError` on an "end" answer, it is that answer."""
+        return self._core.last_check_in
+
+    def encode_update(
+        self,
+        a: Assignment,
+        params: npt.NDArray[np.float32],
+        trained: npt.NDArray[np.float32],
+        num_examples: int,
+        *,
+        loss: float = math.nan,
+    ) -> PendingUpload:
+        """Encode `trained - params` with error feedback and persist it as pending (send it
+        with `upload`). Unlike `train_round`, an earlier unacknowledged upload is not settled
+        first: the new one replaces it in the app directory (docs/devices.md).
+
+        `loss`: the training's mean loss, sent with the upload when `a.report_loss` asks for
+        it (a plain task without DP) and it is a finite number in [0, 1e6]; NaN (the default)
+        sends none. Kept with the pending upload (`PendingUpload.train_loss`, saved in the
+        app directory): every attempt sends the same, and so does a re-send after the app
+        restarts (`resume_pending`)."""
+        return self._core.encode(a, _spec(a), params, trained, num_examples, loss)
+
+
+class Client(_ClientBase):
     """Synchronous coordinator client.
 
     >>> client = Client("http://127.0.0.1:8080", app_dir="~/.myapp/plume")  # doctest: +SKIP
@@ -3199,51 +3574,6 @@ class Client:
         self._mods = mods
         self._sleep = sleep
 
-    @property
-    def device_id(self) -> str:
-        """This device's id (hex), derived from its key in `app_dir`; the same after a restart."""
-        return self._core.device_id
-
-    @property
-    def bandwidth(self) -> dict[int, dict[str, dict[str, int]]]:
-        """Bytes this client moved per round and direction, as the coordinator counts them:
-        `{round_id: {"up" | "down": {"payload_bytes", "wire_bytes", "dense_bytes",
-        "requests"}}}`, for the `MAX_BANDWIDTH_ROUNDS` (64) rounds counted last (the least
-        recently counted round is dropped past that). Exchanges the coordinator counts in no
-        round are in `control_bandwidth` instead."""
-        return self._core.bandwidth
-
-    @property
-    def control_bandwidth(self) -> dict[str, dict[str, int]]:
-        """Bytes this client moved, since it was made, in the exchanges the coordinator counts
-        in no round (its control traffic): `{"up" | "down": {"payload_bytes", "wire_bytes",
-        "dense_bytes", "requests"}}`. Its `wire_bytes` and `requests` are counted as
-        `bandwidth` counts a round's: every answered attempt; HTTP/1.1 request and response
-        heads and bodies, not TLS; a request body by the bytes handed to the socket, so an
-        upload answered before it was all sent (503 `busy`, 413) counts the pieces written, not
-        the whole body. Its `up` `payload_bytes` and `dense_bytes` are always 0: an upload
-        answered here delivered nothing to a round (a round's row counts them). That is
-        registration, check-ins answered without an assignment ("wait", "end", refusals; a
-        check-in answered with one is in its round's row), a `fetch_current` download, and
-        requests answered outside a round's ledger (a re-sent upload past its round's grace,
-        a 5xx from a proxy). The same size for the client's life. Each exchange is in exactly
-        one of `bandwidth` and `control_bandwidth`, so the two add up to every answered byte
-        (docs/devices.md, "The device's network traffic")."""
-        return self._core.control_bandwidth
-
-    @property
-    def last_check_in(self) -> CheckInResponse | None:
-        """The coordinator's last check-in answer this client acted on (None before one).
-        `participate` resets it when it starts, so it is always that call's last answer, never
-        an earlier call's. When `participate` returns None its `detail` says why: "not selected
-        yet" (a round still gathering), "no active task" (no task named and none running, or
-        the task named is paused or awaits its model), ...; None itself when no check-in of the
-        call was answered usably (the coordinator said 5xx or 429 for the whole wait, or nothing
-        came in time, a connection not made in time included; a failed connection is
-        `CoordinatorUnreachable`, not None). After a
-        `TaskEndedError` on an "end" answer, it is that answer."""
-        return self._core.last_check_in
-
     def close(self) -> None:
         """Close the HTTP connections and release the app directory's lock (another process
         may then use `app_dir`); the client cannot be used after."""
@@ -3278,52 +3608,36 @@ class Client:
         return call(0)(request)
 
     def _send(self, ex: _Exchange, deadline: float = math.inf) -> httpx.Response:
-        """Send `ex`, retrying transient failures; with a `deadline` (`_tick`), every
-        attempt and wait before a retry ends by then, else `_WaitOver`."""
-        core = self._core
-        # The last attempt's transport failure, for a `_WaitOver` (`participate`).
-        failed: CoordinatorUnreachable | None = None
-        outer = sys.exc_info()[1]  # what the app was handling: not this request's cause
-        for attempt in range(core.retries + 1):
-            cancel = self._deadline.cancel
-            if cancel is not None and cancel.is_set():  # before `maybe_taken` is set
-                raise _Stop
-            budget = _attempt_budget(core, deadline, failed)
-            request = core.build(self._http, ex)  # fresh timestamp and nonce per attempt
-            # Until this attempt's end says otherwise (anything raised past this loop too).
-            before, ex.maybe_taken = ex.maybe_taken, True
-            ex.sent_at = _tick()
-            try:
-                response = self._dispatch(request, ex.max_response_bytes, budget)
-                response.read()
-            except httpx.TransportError as exc:
-                if isinstance(exc, _NEVER_SENT):
-                    ex.maybe_taken = before
-                if cancel is not None and cancel.is_set():  # perhaps what cut the request
-                    raise _Stop from exc
-                cert = _certificate_failure(exc)
-                if cert is not None:  # the same at every attempt: a setting, not an outage
-                    raise _certificate_error(self._base, request, cert) from exc
-                if attempt == core.retries:
-                    raise _unreachable(self._base, request, exc, attempt + 1, outer) from exc
-                failed = _failed(self._base, request, exc, attempt + 1, outer)
-                self._pause(_retry_pause(core.delay(attempt, None), deadline, failed))
-                continue
-            except ClientError as err:
-                if _cut_by_wait(core, err, budget):
-                    raise _WaitOver(failed) from None
-                raise
-            core.account(request, response, ex)
-            failed = None  # answered (a 5xx is an answer, not an outage)
-            if 400 <= response.status_code < 500:  # refused before the coordinator stored it
-                ex.maybe_taken = before
-            if response.status_code in _RETRY_STATUS:
-                if attempt < core.retries:
-                    self._pause(_retry_pause(core.delay(attempt, response), deadline))
-                    continue
-                response.extensions[_ATTEMPTS] = attempt + 1
-            return response
-        raise AssertionError("unreachable")
+        """Send `ex`, retrying transient failures (`_send_flow`)."""
+        flow = _send_flow(self._core, self._base, self._http, ex, deadline, self._deadline.cancel)
+        return self._run(flow)
+
+    def _run(self, flow: _Flow[_T]) -> _T:
+        """Run `flow` (see `_Flow`) to its result: send each exchange it yields, pause when
+        it asks, and raise what either raises in it where it waits. A flow left early (an
+        error it did not catch) is closed before this returns, so its `finally` runs now
+        (a secure round's settles the residual), not at collection."""
+        try:
+            step = next(flow)
+            while True:
+                got: httpx.Response | None = None
+                try:
+                    if isinstance(step, _Sleep):
+                        self._pause(step.seconds)
+                    elif isinstance(step, _Attempt):
+                        got = self._dispatch(step.request, step.cap, step.budget)
+                        got.read()
+                    else:
+                        got = self._send(step, step.deadline)
+                except BaseException as exc:
+                    step = flow.throw(exc)
+                else:
+                    step = flow.send(got)
+        except StopIteration as done:
+            result: _T = done.value
+            return result
+        finally:
+            flow.close()
 
     def _pause(self, seconds: float) -> None:
         """Wait `seconds` (between check-ins, before a retry, between secure-stage polls); `_Stop`
@@ -3357,10 +3671,7 @@ class Client:
         """Register this device's key (idempotent); returns the device id.
         `sdk.device_store.DeviceIdentityLost`, with nothing sent, if the app directory names
         another device or its key file is no longer this client's (see `Client`)."""
-        self._core.store.check_registration(self.device_id)
-        device_id = _registered(self._send(self._core.register_exchange()), self.device_id)
-        self._core.store.update_state(device_id=device_id, registered=True)
-        return device_id
+        return self._run(_register_flow(self._core, self.device_id))
 
     def check_in(self, task_id: int | None = None) -> CheckInResponse:
         """One check-in: "train" with an assignment, "wait" `retry_after_s` seconds, or "end"
@@ -3374,52 +3685,13 @@ class Client:
         `protocol.messages.check_check_in`, or an assignment for another task than `task_id`)
         is a `ClientError` `bad_response`; such an answer, if it parses as a check-in answer,
         still settles its `round_outcome`."""
-        return self._check_in(task_id, math.inf)
-
-    def _check_in(
-        self, task_id: int | None, deadline: float, layouts: Sequence[str] | None = None
-    ) -> CheckInResponse:
-        ex = self._core.check_in_exchange(task_id, layouts)
-        return _check_in_answer(self._core, ex, self._send(ex, deadline), task_id)
+        return self._run(_check_in_flow(self._core, task_id, math.inf))
 
     def fetch_model(self, a: Assignment) -> tuple[npt.NDArray[np.float32], str]:
         """The round's base model (delta chain from the held version, or a snapshot)."""
-        return self._fetch_model(a, math.inf)
-
-    def _fetch_model(self, a: Assignment, deadline: float) -> tuple[npt.NDArray[np.float32], str]:
-        params, _, encoding = self._download(
-            a.task_id, _spec(a), a.round_id, a.base_version, deadline
-        )
+        flow = _download_flow(self._core, a.task_id, _spec(a), a.round_id, a.base_version)
+        params, _, encoding = self._run(flow)
         return params, encoding
-
-    def _download(
-        self,
-        task_id: int,
-        spec: ModelSpec,
-        round_id: int,
-        max_version: int | None,
-        deadline: float = math.inf,
-    ) -> tuple[npt.NDArray[np.float32], int, str]:
-        """The model, applied and saved (`_Core.apply_model`); a delta chain that fails its
-        integrity check is asked for again once as a snapshot (`_chain_failed`), in the same
-        call, so a round is not lost (and `fetch_current` does not fail for a chain). A
-        snapshot that fails is `ModelIntegrityError`."""
-        snapshot = False
-        fp32 = False
-        while True:
-            ex = self._core.model_exchange(task_id, spec, round_id, max_version, snapshot, fp32)
-            response = self._send(ex, deadline)
-            if not fp32 and _fp16_refused(ex, response):
-                fp32 = True  # a model beyond fp16's range: asked again as fp32, once
-                continue
-            if response.status_code != 200:
-                raise _refusal(response)
-            try:
-                return self._core.apply_model(task_id, spec, response)
-            except ModelIntegrityError:
-                if snapshot or not _chain_failed(response):
-                    raise
-                snapshot = True
 
     def fetch_current(
         self, task_id: int, spec: ModelSpec
@@ -3428,76 +3700,15 @@ class Client:
         (params float32[d], version, encoding). As a round's download, a delta chain that
         fails its integrity check is asked for again once as a snapshot in the same call; a
         snapshot that fails is `ModelIntegrityError` (the held model forgotten)."""
-        return self._download(task_id, spec, 0, None)
+        return self._run(_download_flow(self._core, task_id, spec, 0, None))
 
     def upload(self, pending: PendingUpload, spec: ModelSpec | None = None) -> UploadReceipt:
         """Send a pending upload; idempotent across retries and restarts."""
-        return self._upload(pending, spec, math.inf)
-
-    def _upload(
-        self, pending: PendingUpload, spec: ModelSpec | None, deadline: float
-    ) -> UploadReceipt:
-        dense = spec.dense_bytes if spec is not None else pending.dense_bytes
-        response = self._send(self._core.upload_exchange(pending, dense), deadline)
-        if response.status_code == 200:
-            receipt = _receipt(response, pending.round_id)  # before it is forgotten
-            self._core.accept_upload(pending, spec)
-            return receipt
-        err = _refusal(response)
-        if _refused_for_good(response, err):
-            self._core.settle_upload(pending, spec, refused=True)
-        raise err
+        return self._run(_upload_flow(self._core, pending, spec, math.inf))
 
     def resume_pending(self) -> UploadReceipt | None:
         """Re-send an upload a previous run encoded but never saw acknowledged."""
-        return self._resume_pending(math.inf)
-
-    def _resume_pending(self, deadline: float) -> UploadReceipt | None:
-        """`resume_pending`, every attempt ending by `deadline` (`_tick`), else
-        `_WaitOver` with the upload still pending (its idempotency key makes the next re-send
-        harmless if this one landed)."""
-        pending = self._core.store.load_pending()
-        if pending is None:
-            return None
-        try:
-            return self._upload(pending, None, deadline)
-        except (CoordinatorUnreachable, TlsCertificateError):
-            raise  # not a refusal: the upload stays pending, as the app must hear
-        except ClientError:
-            return None
-
-    def _settle_pending(self) -> tuple[PendingUpload, UploadReceipt] | None:
-        """Re-send a pending upload before a new one replaces it; see `_unsettled`. The upload
-        and its receipt when the coordinator accepted it; None when none was pending or it
-        was refused (and settled)."""
-        pending = self._core.store.load_pending()
-        if pending is None:
-            return None
-        try:
-            return pending, self.upload(pending)
-        except ClientError as err:
-            _unsettled(self._core, pending, err)
-            return None
-
-    def encode_update(
-        self,
-        a: Assignment,
-        params: npt.NDArray[np.float32],
-        trained: npt.NDArray[np.float32],
-        num_examples: int,
-        *,
-        loss: float = math.nan,
-    ) -> PendingUpload:
-        """Encode `trained - params` with error feedback and persist it as pending (send it
-        with `upload`). Unlike `train_round`, an earlier unacknowledged upload is not settled
-        first: the new one replaces it in the app directory (docs/devices.md).
-
-        `loss`: the training's mean loss, sent with the upload when `a.report_loss` asks for
-        it (a plain task without DP) and it is a finite number in [0, 1e6]; NaN (the default)
-        sends none. Kept with the pending upload (`PendingUpload.train_loss`, saved in the
-        app directory): every attempt sends the same, and so does a re-send after the app
-        restarts (`resume_pending`)."""
-        return self._core.encode(a, _spec(a), params, trained, num_examples, loss)
+        return self._run(_resume_pending_flow(self._core, math.inf))
 
     def train_round(
         self,
@@ -3527,79 +3738,8 @@ class Client:
         """
         if a.secure:
             raise ValueError("a secure assignment: use run_secure_round or secure_round")
-        spec = _spec(a)
-        # Before the download: a model this device cannot train must not replace the one held.
-        _check_layout(a, trainer)
         with self._cancel_scope(cancel):
-            return self._train_round(a, spec, trainer, x, y)
-
-    def _train_round(
-        self,
-        a: Assignment,
-        spec: ModelSpec,
-        trainer: LocalTrainer,
-        x: npt.NDArray[np.float32],
-        y: npt.NDArray[np.int64],
-    ) -> RoundReport:
-        r = a.round_id
-        before = self._core.round_start(a)
-        try:
-            settled = self._settle_pending()
-        except _Stop:
-            raise ParticipationCancelled("resend", _EARLIER_PENDING, r) from None
-        if settled is not None and _same_round(settled[0], a):
-            return _resent_report(self._core, a, settled[1], before)
-        end = self._core.plain_round_end(a)
-        try:
-            params, encoding = self._fetch_model(a, end)
-        except _WaitOver:
-            raise _past_deadline(a, "model download", "nothing was trained") from None
-        except _Stop:
-            raise ParticipationCancelled("download", _UNTRAINED, r) from None
-        # Checked before, during and after the training: not once the update is encoded.
-        trained, n, loss = _train(self._core, a, params, trainer, x, y, self._deadline.cancel)
-        pending = self._core.encode(a, spec, params, trained, n, loss)
-        try:
-            receipt = self._upload(pending, spec, end)
-        except _WaitOver:
-            raise _past_deadline(a, "upload", "it stays pending") from None
-        except _Stop:
-            raise ParticipationCancelled("upload", _STAYS_PENDING, r) from None
-        row = self.bandwidth.get(a.round_id, {})
-        return RoundReport(
-            a.round_id, a.task_id, receipt, loss, n, a.base_version, encoding,
-            _delta(row, before, "down"), _delta(row, before, "up"),
-        )  # fmt: skip
-
-    # -- secure rounds (SecAgg+) -----------------------------------------------------------
-
-    def _drive(self, flow: _SecureFlow, round_id: int) -> SecureRoundReport:
-        """Run a secure-round flow: send each exchange it yields, sleep when it asks. A cancel
-        seen before a request or during a sleep closes the flow where it waits (its `finally`
-        settles the residual as for any request that raised) and raises
-        `ParticipationCancelled` ("secure")."""
-        try:
-            step = next(flow)
-            while True:
-                if isinstance(step, _Sleep):
-                    self._pause(step.seconds)
-                    step = flow.send(None)
-                else:
-                    try:
-                        response = self._send(step, step.deadline)
-                    except _WaitOver as over:  # the flow ends the round, not completed
-                        step = flow.throw(over)
-                    else:
-                        step = flow.send(response)
-        except StopIteration as done:
-            report: SecureRoundReport = done.value
-            return report
-        except _Stop:
-            raise ParticipationCancelled("secure", _SECURE_DROPPED, round_id) from None
-        finally:
-            # A request that raised (offline, too large) ends the flow now, so its `finally`
-            # (residual kept or put back) runs before this call returns, not at collection.
-            flow.close()
+            return self._run(_train_round_flow(self._core, a, trainer, x, y, self._deadline.cancel))
 
     def secure_round(
         self,
@@ -3653,8 +3793,7 @@ class Client:
         interrupted (`run_secure_round`'s training is, within one step: "training").
         """
         with self._cancel_scope(cancel):
-            flow = _secure_flow(self._core, a, update, participant, rng, drop_at)
-            return self._drive(flow, a.round_id)
+            return self._run(_secure_round_flow(self._core, a, update, participant, rng, drop_at))
 
     def run_secure_round(
         self,
@@ -3667,10 +3806,9 @@ class Client:
     ) -> SecureRoundReport:
         """Download, train locally, and send the update through the secure round `a`;
         `cancel` as in `secure_round` (the training stops within one step)."""
-        _check_layout(a, trainer)
         with self._cancel_scope(cancel):
-            update = _delta_update(self._core, a, trainer, x, y, self._deadline.cancel)
-            return self.secure_round(a, update)
+            cancelled = self._deadline.cancel
+            return self._run(_run_secure_round_flow(self._core, a, trainer, x, y, cancelled))
 
     def participate(
         self,
@@ -3731,52 +3869,10 @@ class Client:
         _check_trainer(trainer)
         _check_data(trainer, x, y)
         with self._cancel_scope(cancel):
-            return self._participate(trainer, x, y, task_id, max_wait_s, min_poll_s)
-
-    def _participate(
-        self,
-        trainer: LocalTrainer,
-        x: npt.NDArray[np.float32],
-        y: npt.NDArray[np.int64],
-        task_id: int | None,
-        max_wait_s: float,
-        min_poll_s: float,
-    ) -> RoundReport | None:
-        give_up = _tick() + max_wait_s
-        # This call's answers only: a None return never comes with an earlier call's answer.
-        self._core.last_check_in = None
-        try:
-            self._resume_pending(give_up)
-        except _WaitOver as over:
-            _raise_outage(over)
-            return None
-        except _Stop:
-            raise ParticipationCancelled("resend", _EARLIER_PENDING, None) from None
-        mine: CheckInResponse | None = None  # this call's last answer
-        layouts = _declared_layouts(trainer)
-        while True:
-            try:
-                answer = self._check_in(task_id, give_up, layouts)
-            except _WaitOver as over:
-                if mine is None:
-                    _raise_outage(over)
-                self._core.last_check_in = mine
-                return None
-            except _Stop:
-                raise ParticipationCancelled("check-in", "nothing changed", None) from None
-            if answer.action == CheckInAction.TRAIN and answer.assignment is not None:
-                if answer.assignment.secure:
-                    return self.run_secure_round(answer.assignment, trainer, x, y)
-                return self.train_round(answer.assignment, trainer, x, y)
-            mine = answer
-            wait = _next_wait(answer, task_id, min_poll_s)
-            if _tick() + wait > give_up:
-                self._core.last_check_in = mine
-                return None
-            try:
-                self._pause(wait)
-            except _Stop:
-                raise ParticipationCancelled("wait", "nothing changed", None) from None
+            flow = _participate_flow(
+                self._core, trainer, x, y, task_id, max_wait_s, min_poll_s, self._deadline.cancel
+            )
+            return self._run(flow)
 
 
 def _raise_outage(over: _WaitOver) -> None:
@@ -4325,7 +4421,7 @@ def _early_answer_sockets(http: httpx.AsyncClient) -> None:
             pool._network_backend = _AsyncSocketBackend(backend)
 
 
-class AsyncClient:
+class AsyncClient(_ClientBase):
     """The asyncio twin of `Client` (same methods, awaited), for simulations and async apps.
 
     Its arguments are `Client`'s, less `sleep` (it awaits `asyncio.sleep`): `base_url`,
@@ -4382,28 +4478,6 @@ class AsyncClient:
         _early_answer_sockets(self._http)
         self._mods = mods
 
-    @property
-    def device_id(self) -> str:
-        """This device's id (hex), derived from its key in `app_dir`; the same after a restart."""
-        return self._core.device_id
-
-    @property
-    def bandwidth(self) -> dict[int, dict[str, dict[str, int]]]:
-        """As `Client.bandwidth` (the last `MAX_BANDWIDTH_ROUNDS` rounds counted)."""
-        return self._core.bandwidth
-
-    @property
-    def control_bandwidth(self) -> dict[str, dict[str, int]]:
-        """As `Client.control_bandwidth`: the exchanges counted in no round, by their wire
-        bytes (a body answered early by the bytes handed to the socket); `up` payload and
-        dense bytes always 0."""
-        return self._core.control_bandwidth
-
-    @property
-    def last_check_in(self) -> CheckInResponse | None:
-        """As `Client.last_check_in`: the last check-in answer acted on, or None."""
-        return self._core.last_check_in
-
     async def aclose(self) -> None:
         """As `Client.close`: the HTTP connections, then the app directory's lock."""
         try:
@@ -4440,50 +4514,36 @@ class AsyncClient:
         return response
 
     async def _send(self, ex: _Exchange, deadline: float = math.inf) -> httpx.Response:
-        """As `Client._send`; with a cancel event (`_ASYNC_CANCEL`) the request runs in a task
-        of its own, let go once the event is set (`_unless_cancelled`)."""
-        core = self._core
+        """As `Client._send`; with a cancel event (`_ASYNC_CANCEL`) each attempt runs in a
+        task of its own, let go once the event is set (`_unless_cancelled`)."""
         cancel = _ASYNC_CANCEL.get()
-        failed: CoordinatorUnreachable | None = None  # as in `Client._send`
-        outer = sys.exc_info()[1]
-        for attempt in range(core.retries + 1):
-            if cancel is not None and cancel.is_set():  # before `maybe_taken` is set
-                raise _Stop
-            budget = _attempt_budget(core, deadline, failed)
-            request = core.build(self._http, ex)
-            before, ex.maybe_taken = ex.maybe_taken, True
-            ex.sent_at = _tick()
-            try:
-                read = self._read(request, ex.max_response_bytes, budget)
-                response = await (read if cancel is None else _unless_cancelled(read, cancel))
-            except httpx.TransportError as exc:
-                if isinstance(exc, _NEVER_SENT):
-                    ex.maybe_taken = before
-                if cancel is not None and cancel.is_set():  # perhaps what cut the request
-                    raise _Stop from exc
-                cert = _certificate_failure(exc)
-                if cert is not None:  # the same at every attempt: a setting, not an outage
-                    raise _certificate_error(self._base, request, cert) from exc
-                if attempt == core.retries:
-                    raise _unreachable(self._base, request, exc, attempt + 1, outer) from exc
-                failed = _failed(self._base, request, exc, attempt + 1, outer)
-                await _apause(_retry_pause(core.delay(attempt, None), deadline, failed))
-                continue
-            except ClientError as err:
-                if _cut_by_wait(core, err, budget):
-                    raise _WaitOver(failed) from None
-                raise
-            core.account(request, response, ex)
-            failed = None  # answered (a 5xx is an answer, not an outage)
-            if 400 <= response.status_code < 500:
-                ex.maybe_taken = before
-            if response.status_code in _RETRY_STATUS:
-                if attempt < core.retries:
-                    await _apause(_retry_pause(core.delay(attempt, response), deadline))
-                    continue
-                response.extensions[_ATTEMPTS] = attempt + 1
-            return response
-        raise AssertionError("unreachable")
+        return await self._run(_send_flow(self._core, self._base, self._http, ex, deadline, cancel))
+
+    async def _run(self, flow: _Flow[_T]) -> _T:
+        """As `Client._run`: each exchange `flow` yields sent and awaited, each pause awaited
+        (`_apause`)."""
+        try:
+            step = next(flow)
+            while True:
+                got: httpx.Response | None = None
+                try:
+                    if isinstance(step, _Sleep):
+                        await _apause(step.seconds)
+                    elif isinstance(step, _Attempt):
+                        read = self._read(step.request, step.cap, step.budget)
+                        cancel = _ASYNC_CANCEL.get()
+                        got = await (read if cancel is None else _unless_cancelled(read, cancel))
+                    else:
+                        got = await self._send(step, step.deadline)
+                except BaseException as exc:
+                    step = flow.throw(exc)
+                else:
+                    step = flow.send(got)
+        except StopIteration as done:
+            result: _T = done.value
+            return result
+        finally:
+            flow.close()
 
     async def _read(self, request: httpx.Request, cap: int, budget: float) -> httpx.Response:
         """One attempt: send `request` and read its whole answer."""
@@ -4493,58 +4553,17 @@ class AsyncClient:
 
     async def register(self) -> str:
         """As `Client.register`: register this device's key (idempotent); the device id."""
-        self._core.store.check_registration(self.device_id)
-        device_id = _registered(await self._send(self._core.register_exchange()), self.device_id)
-        self._core.store.update_state(device_id=device_id, registered=True)
-        return device_id
+        return await self._run(_register_flow(self._core, self.device_id))
 
     async def check_in(self, task_id: int | None = None) -> CheckInResponse:
         """As `Client.check_in`: one check-in, "train" with an assignment, "wait" or "end"."""
-        return await self._check_in(task_id, math.inf)
-
-    async def _check_in(
-        self, task_id: int | None, deadline: float, layouts: Sequence[str] | None = None
-    ) -> CheckInResponse:
-        ex = self._core.check_in_exchange(task_id, layouts)
-        return _check_in_answer(self._core, ex, await self._send(ex, deadline), task_id)
+        return await self._run(_check_in_flow(self._core, task_id, math.inf))
 
     async def fetch_model(self, a: Assignment) -> tuple[npt.NDArray[np.float32], str]:
         """As `Client.fetch_model`: the round's base model and how it came (encoding)."""
-        return await self._fetch_model(a, math.inf)
-
-    async def _fetch_model(
-        self, a: Assignment, deadline: float
-    ) -> tuple[npt.NDArray[np.float32], str]:
-        params, _, encoding = await self._download(
-            a.task_id, _spec(a), a.round_id, a.base_version, deadline
-        )
+        flow = _download_flow(self._core, a.task_id, _spec(a), a.round_id, a.base_version)
+        params, _, encoding = await self._run(flow)
         return params, encoding
-
-    async def _download(
-        self,
-        task_id: int,
-        spec: ModelSpec,
-        round_id: int,
-        max_version: int | None,
-        deadline: float = math.inf,
-    ) -> tuple[npt.NDArray[np.float32], int, str]:
-        """As `Client._download`: a delta chain that fails is asked for again as a snapshot."""
-        snapshot = False
-        fp32 = False
-        while True:
-            ex = self._core.model_exchange(task_id, spec, round_id, max_version, snapshot, fp32)
-            response = await self._send(ex, deadline)
-            if not fp32 and _fp16_refused(ex, response):
-                fp32 = True  # a model beyond fp16's range: asked again as fp32, once
-                continue
-            if response.status_code != 200:
-                raise _refusal(response)
-            try:
-                return self._core.apply_model(task_id, spec, response)
-            except ModelIntegrityError:
-                if snapshot or not _chain_failed(response):
-                    raise
-                snapshot = True
 
     async def fetch_current(
         self, task_id: int, spec: ModelSpec
@@ -4552,65 +4571,15 @@ class AsyncClient:
         """The task's latest model outside any round: (params, version, encoding); as
         `Client.fetch_current`, a delta chain that fails its integrity check is asked for
         again once as a snapshot, and a snapshot that fails is `ModelIntegrityError`."""
-        return await self._download(task_id, spec, 0, None)
+        return await self._run(_download_flow(self._core, task_id, spec, 0, None))
 
     async def upload(self, pending: PendingUpload, spec: ModelSpec | None = None) -> UploadReceipt:
         """As `Client.upload`: send a pending upload; idempotent across retries and restarts."""
-        return await self._upload(pending, spec, math.inf)
-
-    async def _upload(
-        self, pending: PendingUpload, spec: ModelSpec | None, deadline: float
-    ) -> UploadReceipt:
-        dense = spec.dense_bytes if spec is not None else pending.dense_bytes
-        response = await self._send(self._core.upload_exchange(pending, dense), deadline)
-        if response.status_code == 200:
-            receipt = _receipt(response, pending.round_id)  # before it is forgotten
-            self._core.accept_upload(pending, spec)
-            return receipt
-        err = _refusal(response)
-        if _refused_for_good(response, err):
-            self._core.settle_upload(pending, spec, refused=True)
-        raise err
+        return await self._run(_upload_flow(self._core, pending, spec, math.inf))
 
     async def resume_pending(self) -> UploadReceipt | None:
         """As `Client.resume_pending`: re-send an upload a previous run left unacknowledged."""
-        return await self._resume_pending(math.inf)
-
-    async def _resume_pending(self, deadline: float) -> UploadReceipt | None:
-        """As `Client._resume_pending`."""
-        pending = self._core.store.load_pending()
-        if pending is None:
-            return None
-        try:
-            return await self._upload(pending, None, deadline)
-        except (CoordinatorUnreachable, TlsCertificateError):
-            raise  # as `Client._resume_pending`
-        except ClientError:
-            return None
-
-    async def _settle_pending(self) -> tuple[PendingUpload, UploadReceipt] | None:
-        """As `Client._settle_pending`."""
-        pending = self._core.store.load_pending()
-        if pending is None:
-            return None
-        try:
-            return pending, await self.upload(pending)
-        except ClientError as err:
-            _unsettled(self._core, pending, err)
-            return None
-
-    def encode_update(
-        self,
-        a: Assignment,
-        params: npt.NDArray[np.float32],
-        trained: npt.NDArray[np.float32],
-        num_examples: int,
-        *,
-        loss: float = math.nan,
-    ) -> PendingUpload:
-        """Encode `trained - params` with error feedback and persist it as pending; `loss` as
-        for `Client.encode_update`."""
-        return self._core.encode(a, _spec(a), params, trained, num_examples, loss)
+        return await self._run(_resume_pending_flow(self._core, math.inf))
 
     async def train_round(
         self,
@@ -4625,50 +4594,9 @@ class AsyncClient:
         too."""
         if a.secure:
             raise ValueError("a secure assignment: use run_secure_round or secure_round")
-        spec = _spec(a)
-        # Before the download: a model this device cannot train must not replace the one held.
-        _check_layout(a, trainer)
         with _async_cancel_scope(cancel):
-            return await self._train_round(a, spec, trainer, x, y)
-
-    async def _train_round(
-        self,
-        a: Assignment,
-        spec: ModelSpec,
-        trainer: LocalTrainer,
-        x: npt.NDArray[np.float32],
-        y: npt.NDArray[np.int64],
-    ) -> RoundReport:
-        """As `Client._train_round`."""
-        r = a.round_id
-        before = self._core.round_start(a)
-        try:
-            settled = await self._settle_pending()
-        except _Stop:
-            raise ParticipationCancelled("resend", _EARLIER_PENDING, r) from None
-        if settled is not None and _same_round(settled[0], a):
-            return _resent_report(self._core, a, settled[1], before)
-        end = self._core.plain_round_end(a)
-        try:
-            params, encoding = await self._fetch_model(a, end)
-        except _WaitOver:
-            raise _past_deadline(a, "model download", "nothing was trained") from None
-        except _Stop:
-            raise ParticipationCancelled("download", _UNTRAINED, r) from None
-        # On the event loop's thread: only the cancel event, not the task's cancel, stops it.
-        trained, n, loss = _train(self._core, a, params, trainer, x, y, _ASYNC_CANCEL.get())
-        pending = self._core.encode(a, spec, params, trained, n, loss)
-        try:
-            receipt = await self._upload(pending, spec, end)
-        except _WaitOver:
-            raise _past_deadline(a, "upload", "it stays pending") from None
-        except _Stop:
-            raise ParticipationCancelled("upload", _STAYS_PENDING, r) from None
-        row = self.bandwidth.get(a.round_id, {})
-        return RoundReport(
-            a.round_id, a.task_id, receipt, loss, n, a.base_version, encoding,
-            _delta(row, before, "down"), _delta(row, before, "up"),
-        )  # fmt: skip
+            flow = _train_round_flow(self._core, a, trainer, x, y, _ASYNC_CANCEL.get())
+            return await self._run(flow)
 
     async def secure_round(
         self,
@@ -4683,27 +4611,8 @@ class AsyncClient:
         """`Client.secure_round`, awaited (the same requests, bytes and refusals; `cancel`
         too)."""
         with _async_cancel_scope(cancel):
-            flow = _secure_flow(self._core, a, update, participant, rng, drop_at)
-            try:
-                step = next(flow)
-                while True:
-                    if isinstance(step, _Sleep):
-                        await _apause(step.seconds)
-                        step = flow.send(None)
-                    else:
-                        try:
-                            response = await self._send(step, step.deadline)
-                        except _WaitOver as over:  # as in `Client._drive`
-                            step = flow.throw(over)
-                        else:
-                            step = flow.send(response)
-            except StopIteration as done:
-                report: SecureRoundReport = done.value
-                return report
-            except _Stop:
-                raise ParticipationCancelled("secure", _SECURE_DROPPED, a.round_id) from None
-            finally:
-                flow.close()
+            flow = _secure_round_flow(self._core, a, update, participant, rng, drop_at)
+            return await self._run(flow)
 
     async def run_secure_round(
         self,
@@ -4716,10 +4625,9 @@ class AsyncClient:
     ) -> SecureRoundReport:
         """Download, train locally, and send the update through the secure round `a`;
         `cancel` as in `Client.run_secure_round`."""
-        _check_layout(a, trainer)
         with _async_cancel_scope(cancel):
-            update = _delta_update(self._core, a, trainer, x, y, _ASYNC_CANCEL.get())
-            return await self.secure_round(a, update)
+            flow = _run_secure_round_flow(self._core, a, trainer, x, y, _ASYNC_CANCEL.get())
+            return await self._run(flow)
 
     async def participate(
         self,
@@ -4746,49 +4654,7 @@ class AsyncClient:
         _check_trainer(trainer)
         _check_data(trainer, x, y)
         with _async_cancel_scope(cancel):
-            return await self._participate(trainer, x, y, task_id, max_wait_s, min_poll_s)
-
-    async def _participate(
-        self,
-        trainer: LocalTrainer,
-        x: npt.NDArray[np.float32],
-        y: npt.NDArray[np.int64],
-        task_id: int | None,
-        max_wait_s: float,
-        min_poll_s: float,
-    ) -> RoundReport | None:
-        give_up = _tick() + max_wait_s
-        # This call's answers only: a None return never comes with an earlier call's answer.
-        self._core.last_check_in = None
-        try:
-            await self._resume_pending(give_up)
-        except _WaitOver as over:
-            _raise_outage(over)
-            return None
-        except _Stop:
-            raise ParticipationCancelled("resend", _EARLIER_PENDING, None) from None
-        mine: CheckInResponse | None = None  # this call's last answer
-        layouts = _declared_layouts(trainer)
-        while True:
-            try:
-                answer = await self._check_in(task_id, give_up, layouts)
-            except _WaitOver as over:
-                if mine is None:
-                    _raise_outage(over)
-                self._core.last_check_in = mine
-                return None
-            except _Stop:
-                raise ParticipationCancelled("check-in", "nothing changed", None) from None
-            if answer.action == CheckInAction.TRAIN and answer.assignment is not None:
-                if answer.assignment.secure:
-                    return await self.run_secure_round(answer.assignment, trainer, x, y)
-                return await self.train_round(answer.assignment, trainer, x, y)
-            mine = answer
-            wait = _next_wait(answer, task_id, min_poll_s)
-            if _tick() + wait > give_up:
-                self._core.last_check_in = mine
-                return None
-            try:
-                await _apause(wait)
-            except _Stop:
-                raise ParticipationCancelled("wait", "nothing changed", None) from None
+            flow = _participate_flow(
+                self._core, trainer, x, y, task_id, max_wait_s, min_poll_s, _ASYNC_CANCEL.get()
+            )
+            return await self._run(flow)

@@ -29,7 +29,14 @@ import pytest
 from httpcore._backends.sync import SyncStream
 
 from sdk import Client, ClientError
-from sdk.client import ParticipationCancelled, _Deadline, _DeadlineStream, _Stop, _tick
+from sdk.client import (
+    ParticipationCancelled,
+    _Deadline,
+    _DeadlineStream,
+    _Stop,
+    _tick,
+    _upload_flow,
+)
 from sdk.device_store import PendingUpload
 from tests._tls import self_signed
 from tests.coordinator.test_service_support import (
@@ -248,7 +255,7 @@ def test_a_cancel_ends_an_upload_whose_body_stalled(tmp_path: Path) -> None:
 
             def upload() -> None:
                 with device._cancel_scope(cancel):
-                    device._upload(pending, None, float("inf"))
+                    device._run(_upload_flow(device._core, pending, None, float("inf")))
 
             worker, out = _in_thread(upload)
             assert server.reading.wait(LONG)

@@ -247,8 +247,8 @@ def test_the_check_in_body_carries_the_layout_after_the_features(tmp_path: Path)
     layout = "0123456789abcdef"
     # Execute
     with Client("http://c", str(tmp_path), transport=httpx.MockTransport(handler)) as c:
-        c._check_in(3, float("inf"), (layout,))
-        c._check_in(None, float("inf"), None)
+        c._run(sdk_client._check_in_flow(c._core, 3, float("inf"), (layout,)))
+        c._run(sdk_client._check_in_flow(c._core, None, float("inf"), None))
     # Assert: the exact bytes; none without a layout
     cap = sdk_client.MAX_MODEL_BYTES
     assert bodies == [

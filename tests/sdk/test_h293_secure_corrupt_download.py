@@ -1,6 +1,6 @@
 """A secure round's download whose body does not decode or check (a body-rewriting proxy, a bit
 error) is fetched again once, at once, as a corrupt delta chain of the model download is asked
-for again (`Client._download`), and the round goes on; corrupt again, the round ends for the
+for again (`sdk.client._download_flow`), and the round goes on; corrupt again, the round ends for the
 device with that `SecAggError`, as before. Before, the first corrupt setup plan or stage message
 (key directory, share delivery, unmask request) ended the device's round."""
 

@@ -23,6 +23,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 import sdk.device_store as device_store
 from compression import CodecConfig, UpdateCodec
 from sdk import Client
+from sdk import client as sdk_client
 from sdk.client import ClientError
 from sdk.device_store import DeviceStore
 
@@ -148,7 +149,7 @@ class ClientEF(RuleBasedStateMachine):
         encoded: list[bool] = []
 
         def step() -> None:
-            self.client._settle_pending()
+            self.client._run(sdk_client._settle_pending_flow(self.client._core))
             pending = self.client._core.encode(_task(task, round_id), SPEC, params, delta, 8)
             encoded.append(True)
             self.coord.offline = offline
