@@ -634,6 +634,12 @@ OTHER_FILES: list[tuple[str, str, list[str]]] = [
         ["mnist_cnn_wall_ratio_vs_plain_loop", "mnist_cnn_ratios_by_backend"],
     ),
     (
+        "sim_throughput_amd_avx512_v1098",
+        "The same with pool and sequential on a slower AVX-512 AMD EPYC, 2026-12-02 "
+        "(docs/simulator.md, 'On a slower AVX-512 AMD EPYC')",
+        ["mnist_cnn_wall_ratio_vs_plain_loop", "mnist_cnn_ratios_by_backend"],
+    ),
+    (
         "readme_cnn_download/rounds",
         "README: a 1-round run of the compressed MNIST-CNN setting, for its download bytes",
         ["summary.final_accuracy", "summary.total_upload_bytes", "summary.total_download_bytes"],
