@@ -25,20 +25,28 @@ _CLASSES = {
 
 
 def _members() -> list[tuple[str, Any]]:
+    """Each class's public methods and properties, its own and those it inherits from the
+    SDK's classes (`Client` and `AsyncClient` share `sdk.client._ClientBase`'s), as attribute
+    lookup finds them: the first definition along the MRO."""
     found: list[tuple[str, Any]] = []
     for module_name, classes in _CLASSES.items():
         module = importlib.import_module(module_name)
         for class_name in classes:
             cls = getattr(module, class_name)
-            for name, member in vars(cls).items():
-                if name.startswith("_") and name != "__init__":
-                    continue
-                fn = member.fget if isinstance(member, property) else member
-                if isinstance(fn, (staticmethod, classmethod)):
-                    fn = fn.__func__
-                # A Protocol's generated __init__ is not the class's own
-                if inspect.isfunction(fn) and fn.__qualname__.startswith(f"{class_name}."):
-                    found.append((f"{module_name}.{class_name}.{name}", fn))
+            seen: set[str] = set()
+            for owner in cls.__mro__:
+                if not owner.__module__.startswith("sdk"):
+                    continue  # object, typing.Protocol, ...
+                for name, member in vars(owner).items():
+                    if name in seen or (name.startswith("_") and name != "__init__"):
+                        continue
+                    seen.add(name)
+                    fn = member.fget if isinstance(member, property) else member
+                    if isinstance(fn, (staticmethod, classmethod)):
+                        fn = fn.__func__
+                    # A Protocol's generated __init__ is not the class's own
+                    if inspect.isfunction(fn) and fn.__qualname__.startswith(f"{owner.__name__}."):
+                        found.append((f"{module_name}.{class_name}.{name}", fn))
     return found
 
 
