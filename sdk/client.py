@@ -2784,7 +2784,7 @@ def _not_started(
 
 def _stage_download(
     core: _Core, round_id: int, stage: Stage, stop: float
-) -> Generator[_Exchange | _Sleep, httpx.Response | None, httpx.Response | None]:
+) -> _Flow[httpx.Response | None]:
     """Poll the download that follows `stage` while it is open (425), until `stop` (`_tick`)
     at the latest: a secure flow's part (`yield from`). The last answer, or None when a poll
     (its retries and their backoff included) would have ended past `stop`."""
@@ -3156,9 +3156,7 @@ def _send_flow(
     raise AssertionError("unreachable")
 
 
-def _request(
-    ex: _Exchange, deadline: float = math.inf
-) -> Generator[_Exchange | _Sleep, httpx.Response | None, httpx.Response]:
+def _request(ex: _Exchange, deadline: float = math.inf) -> _Flow[httpx.Response]:
     """A flow's one request: `ex` sent, every attempt and retry ending by `deadline` (`_tick`),
     else `_WaitOver`; its response (after retries, a 5xx included)."""
     ex.deadline = deadline
