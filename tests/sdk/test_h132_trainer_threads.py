@@ -104,16 +104,21 @@ def test_a_count_that_does_not_come_back_is_a_warning_not_an_error(
     # caller's line
     assert np.all(np.isfinite(result.params)) and set(module.seen) == {n}
     assert calls == [n, before] and torch.get_num_threads() == n
-    assert len(record) == 1
-    assert str(record[0].message).startswith(
+    # (only the RuntimeWarnings: pytest.warns also records a ResourceWarning for a socket
+    # an earlier test left to the collector, if it is collected here)
+    runtime = [r for r in record if issubclass(r.category, RuntimeWarning)]
+    assert len(runtime) == 1
+    assert str(runtime[0].message).startswith(
         f"threads={n}: torch's thread count stays at {n} after training, not the {before} "
         "from before: "
     )
-    assert record[0].filename == __file__
+    assert runtime[0].filename == __file__
 
     # Execute: the next call finds n already set: no change, no warning
     with warnings.catch_warnings():
         warnings.simplefilter("error")
+        # a socket an earlier test left to the collector is not this code's warning
+        warnings.simplefilter("ignore", ResourceWarning)
         _train(trainer, x, y)
     assert calls == [n, before]
 
