@@ -325,6 +325,8 @@ def test_the_default_cap_holds_150000_rounds_of_a_real_task(tmp_path: Path) -> N
         for t in threads:
             t.join(60)
         wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+        for c in clients:
+            c.close()
         # Execute: what the admin client reads, and the bytes it was
         with AdminClient(url, ADMIN) as admin:
             rounds = admin.rounds(task_id)

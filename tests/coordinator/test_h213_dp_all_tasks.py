@@ -168,17 +168,17 @@ def test_healthz_and_metrics_show_the_composed_epsilon_and_a_restart_rebuilds_it
     # first, then one of the second
     db = tmp_path / "plume.db"
     with _service(db) as url:
-        http = httpx.Client(base_url=url)
-        t1 = create_task(http, task_config(rounds=2, aggregator=DP_1))
-        t2 = create_task(http, task_config(rounds=2, aggregator=DP_2))
-        t3 = create_task(http, task_config(rounds=2, aggregator="fedavg"))
-        fresh = http.get("/healthz").json()["dp_all_tasks"]
-        _one_round(url, tmp_path, t1, 1)
-        alone = http.get("/healthz").json()["dp_all_tasks"]
-        eps_1 = _dp(url, 1)["epsilon"]
-        _one_round(url, tmp_path, t2, 1)
-        both = http.get("/healthz").json()["dp_all_tasks"]
-        gauges = _scrape(url)
+        with httpx.Client(base_url=url) as http:
+            t1 = create_task(http, task_config(rounds=2, aggregator=DP_1))
+            t2 = create_task(http, task_config(rounds=2, aggregator=DP_2))
+            t3 = create_task(http, task_config(rounds=2, aggregator="fedavg"))
+            fresh = http.get("/healthz").json()["dp_all_tasks"]
+            _one_round(url, tmp_path, t1, 1)
+            alone = http.get("/healthz").json()["dp_all_tasks"]
+            eps_1 = _dp(url, 1)["epsilon"]
+            _one_round(url, tmp_path, t2, 1)
+            both = http.get("/healthz").json()["dp_all_tasks"]
+            gauges = _scrape(url)
     # Execute: a new process on the same database, scraped before any round
     with _service(db) as url:
         restarted = httpx.get(f"{url}/healthz").json()["dp_all_tasks"]

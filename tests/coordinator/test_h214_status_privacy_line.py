@@ -40,17 +40,16 @@ def test_status_prints_the_composed_epsilon_once_a_task_is_dp_accounted(
 ) -> None:
     # Prepare: a real coordinator with a plain task only, then two dp tasks besides
     with _service(tmp_path / "plume.db") as url:
-        http = httpx.Client(base_url=url)
-        create_task(http, task_config(rounds=2, aggregator="fedavg"))
-        # Execute: status with no accounted task, with two before any round, after a round
-        plain = _status(url, capsys)
-        t1 = create_task(http, task_config(rounds=2, aggregator=DP_1))
-        create_task(http, task_config(rounds=2, aggregator=DP_2))
-        fresh = _status(url, capsys)
-        _one_round(url, tmp_path, t1, 1)
-        spent = _status(url, capsys)
-        health = http.get("/healthz").json()["dp_all_tasks"]
-        http.close()
+        with httpx.Client(base_url=url) as http:
+            create_task(http, task_config(rounds=2, aggregator="fedavg"))
+            # Execute: status with no accounted task, with two before any round, after a round
+            plain = _status(url, capsys)
+            t1 = create_task(http, task_config(rounds=2, aggregator=DP_1))
+            create_task(http, task_config(rounds=2, aggregator=DP_2))
+            fresh = _status(url, capsys)
+            _one_round(url, tmp_path, t1, 1)
+            spent = _status(url, capsys)
+            health = http.get("/healthz").json()["dp_all_tasks"]
 
     # Assert: stdout is the task lines, JSON each, in every case
     for code, lines, _ in (plain, fresh, spent):

@@ -169,33 +169,33 @@ def test_a_plain_round_reports_the_median_and_mean_of_its_devices_losses(
     server: str, tmp_path: Path
 ) -> None:
     # Prepare: four devices in one round; three send a loss, one (an older SDK) none
-    http = httpx.Client(base_url=server)
-    task_id = create_task(http, task_config(rounds=1, clients_per_round=4))
-    answers = Answers()
-    clients = _clients(server, tmp_path, 4, answers)
-    assigned = _assign_all(clients, task_id)
-    losses = ["0.5", "0.75", "3.0", None]
-    # Execute
-    for i, (c, a, loss) in enumerate(zip(clients, assigned, losses, strict=True)):
-        query = "" if loss is None else f"?train_loss={loss}"
-        r = _upload(http, c, a, _frame(c, a, i), query=query)
-        assert r.status_code == 200, r.text
-    status = wait_until(http, f"/v1/rounds/{assigned[0].round_id}", "state", "committed")
-    # Assert: every assignment asked for the loss, on the wire and parsed
-    assert len(answers.assignments) == 4
-    assert all(raw["report_loss"] is True for raw in answers.assignments)
-    assert all(a.report_loss is True for a in assigned)
-    # ... the round's figures are those of the three losses sent (the old SDK's upload counts
-    # in the model, not in them)
-    meas = status["measurements"]
-    assert status["reports"] == 4 and meas["clients"] == 4
-    assert meas["train_loss_reports"] == 3
-    assert meas["train_loss_median"] == 0.75
-    assert meas["train_loss_mean"] == math.fsum([0.5, 0.75, 3.0]) / 3
-    # ... and the gauge says the same
-    assert _gauges(http, task_id) == {"median": 0.75, "mean": meas["train_loss_mean"]}
-    for c in clients:
-        c.close()
+    with httpx.Client(base_url=server) as http:
+        task_id = create_task(http, task_config(rounds=1, clients_per_round=4))
+        answers = Answers()
+        clients = _clients(server, tmp_path, 4, answers)
+        assigned = _assign_all(clients, task_id)
+        losses = ["0.5", "0.75", "3.0", None]
+        # Execute
+        for i, (c, a, loss) in enumerate(zip(clients, assigned, losses, strict=True)):
+            query = "" if loss is None else f"?train_loss={loss}"
+            r = _upload(http, c, a, _frame(c, a, i), query=query)
+            assert r.status_code == 200, r.text
+        status = wait_until(http, f"/v1/rounds/{assigned[0].round_id}", "state", "committed")
+        # Assert: every assignment asked for the loss, on the wire and parsed
+        assert len(answers.assignments) == 4
+        assert all(raw["report_loss"] is True for raw in answers.assignments)
+        assert all(a.report_loss is True for a in assigned)
+        # ... the round's figures are those of the three losses sent (the old SDK's upload counts
+        # in the model, not in them)
+        meas = status["measurements"]
+        assert status["reports"] == 4 and meas["clients"] == 4
+        assert meas["train_loss_reports"] == 3
+        assert meas["train_loss_median"] == 0.75
+        assert meas["train_loss_mean"] == math.fsum([0.5, 0.75, 3.0]) / 3
+        # ... and the gauge says the same
+        assert _gauges(http, task_id) == {"median": 0.75, "mean": meas["train_loss_mean"]}
+        for c in clients:
+            c.close()
 
 
 def test_a_round_abandoned_below_min_reports_publishes_no_loss_figures(
@@ -204,51 +204,55 @@ def test_a_round_abandoned_below_min_reports_publishes_no_loss_figures(
     # Prepare: two devices selected, two reports needed; only one uploads (with its loss)
     # before the deadline: the round is abandoned holding one report
     server = served.url
-    http = httpx.Client(base_url=server)
-    cfg = task_config(rounds=1, clients_per_round=2, min_reports=2, deadline_s=30.0)
-    task_id = create_task(http, cfg)
-    clients = _clients(server, tmp_path, 2)
-    assigned = _assign_all(clients, task_id)
-    # Execute
-    r = _upload(
-        http, clients[0], assigned[0], _frame(clients[0], assigned[0], 0), query="?train_loss=1.25"
-    )
-    assert r.status_code == 200, r.text
-    # ... the deadline passes on the coordinator's clock (its ticker abandons the round
-    # there), without waiting it out
-    coordinator = served.app.state.coordinator
-    real_clock = coordinator.clock
-    coordinator.clock = lambda: real_clock() + cfg.deadline_s
-    path = f"/v1/rounds/{assigned[0].round_id}"
-    status = wait_until(http, path, "state", "abandoned", timeout=30.0)
-    seen_by_device = send_signed(http, clients[1], "GET", path, assigned[0].round_id)
-    # Assert: no loss figure, to the operator or to another device (with one report, the
-    # figure would be that device's own loss), and no gauge series
-    assert status["state"] == "abandoned"
-    assert not [k for k in status["measurements"] if k.startswith("train_loss")]
-    assert seen_by_device.status_code == 200, seen_by_device.text
-    assert "train_loss" not in seen_by_device.text
-    assert _gauges(http, task_id) == {}
-    for c in clients:
-        c.close()
+    with httpx.Client(base_url=server) as http:
+        cfg = task_config(rounds=1, clients_per_round=2, min_reports=2, deadline_s=30.0)
+        task_id = create_task(http, cfg)
+        clients = _clients(server, tmp_path, 2)
+        assigned = _assign_all(clients, task_id)
+        # Execute
+        r = _upload(
+            http,
+            clients[0],
+            assigned[0],
+            _frame(clients[0], assigned[0], 0),
+            query="?train_loss=1.25",
+        )
+        assert r.status_code == 200, r.text
+        # ... the deadline passes on the coordinator's clock (its ticker abandons the round
+        # there), without waiting it out
+        coordinator = served.app.state.coordinator
+        real_clock = coordinator.clock
+        coordinator.clock = lambda: real_clock() + cfg.deadline_s
+        path = f"/v1/rounds/{assigned[0].round_id}"
+        status = wait_until(http, path, "state", "abandoned", timeout=30.0)
+        seen_by_device = send_signed(http, clients[1], "GET", path, assigned[0].round_id)
+        # Assert: no loss figure, to the operator or to another device (with one report, the
+        # figure would be that device's own loss), and no gauge series
+        assert status["state"] == "abandoned"
+        assert not [k for k in status["measurements"] if k.startswith("train_loss")]
+        assert seen_by_device.status_code == 200, seen_by_device.text
+        assert "train_loss" not in seen_by_device.text
+        assert _gauges(http, task_id) == {}
+        for c in clients:
+            c.close()
 
 
 def test_a_round_without_any_loss_has_no_loss_figures(server: str, tmp_path: Path) -> None:
     # Prepare: two devices of an older SDK (no train_loss)
-    http = httpx.Client(base_url=server)
-    task_id = create_task(http, task_config(rounds=1, clients_per_round=2))
-    clients = _clients(server, tmp_path, 2)
-    assigned = _assign_all(clients, task_id)
-    # Execute
-    for i, (c, a) in enumerate(zip(clients, assigned, strict=True)):
-        assert _upload(http, c, a, _frame(c, a, i)).status_code == 200
-    status = wait_until(http, f"/v1/rounds/{assigned[0].round_id}", "state", "committed")
-    # Assert: accepted as before, and no train_loss key, no gauge series
-    assert status["state"] == "committed" and status["reports"] == 2
-    assert not [k for k in status["measurements"] if k.startswith("train_loss")]
-    assert _gauges(http, task_id) == {}
-    for c in clients:
-        c.close()
+    with httpx.Client(base_url=server) as http:
+        task_id = create_task(http, task_config(rounds=1, clients_per_round=2))
+        clients = _clients(server, tmp_path, 2)
+        assigned = _assign_all(clients, task_id)
+        # Execute
+        for i, (c, a) in enumerate(zip(clients, assigned, strict=True)):
+            assert _upload(http, c, a, _frame(c, a, i)).status_code == 200
+        status = wait_until(http, f"/v1/rounds/{assigned[0].round_id}", "state", "committed")
+        # Assert: accepted as before, and no train_loss key, no gauge series
+        assert status["state"] == "committed" and status["reports"] == 2
+        assert not [k for k in status["measurements"] if k.startswith("train_loss")]
+        assert _gauges(http, task_id) == {}
+        for c in clients:
+            c.close()
 
 
 @pytest.mark.parametrize("aggregator", [DP_PLAIN, DP_NESTED])
@@ -256,55 +260,57 @@ def test_a_dp_task_does_not_ask_and_refuses_a_loss_leaving_the_round_untouched(
     server: str, tmp_path: Path, aggregator: str
 ) -> None:
     # Prepare: a task with a dp stage (outermost, or inside a server optimizer)
-    http = httpx.Client(base_url=server)
-    task_id = create_task(http, task_config(rounds=1, clients_per_round=2, aggregator=aggregator))
-    before = admin_get(http, f"/v1/admin/tasks/{task_id}")["model_digest"]
-    answers = Answers()
-    clients = _clients(server, tmp_path, 2, answers)
-    assigned = _assign_all(clients, task_id)
-    frame = _frame(clients[0], assigned[0], 0)
-    # Execute: a forged loss on an otherwise good upload
-    refused = _upload(http, clients[0], assigned[0], frame, query="?train_loss=0.25", key="k0")
-    after_refusal = admin_get(http, f"/v1/rounds/{assigned[0].round_id}")
-    # Assert: the assignment did not ask; 422 train_loss_refused, nothing taken
-    assert all("report_loss" not in raw for raw in answers.assignments)
-    assert all(a.report_loss is None for a in assigned)
-    assert refused.status_code == 422, refused.text
-    assert refused.json()["reason"] == "train_loss_refused"
-    assert "differential privacy" in refused.json()["detail"]
-    assert after_refusal["reports"] == 0 and after_refusal["state"] == "open"
-    assert admin_get(http, f"/v1/admin/tasks/{task_id}")["model_digest"] == before
-    # ... and the same update without the loss is then taken (same idempotency key), the
-    # round closing with no loss figures
-    assert _upload(http, clients[0], assigned[0], frame, key="k0").status_code == 200
-    f1 = _frame(clients[1], assigned[1], 1)
-    assert _upload(http, clients[1], assigned[1], f1).status_code == 200
-    status = wait_until(http, f"/v1/rounds/{assigned[0].round_id}", "state", "committed")
-    assert status["reports"] == 2
-    assert not [k for k in status["measurements"] if k.startswith("train_loss")]
-    for c in clients:
-        c.close()
+    with httpx.Client(base_url=server) as http:
+        task_id = create_task(
+            http, task_config(rounds=1, clients_per_round=2, aggregator=aggregator)
+        )
+        before = admin_get(http, f"/v1/admin/tasks/{task_id}")["model_digest"]
+        answers = Answers()
+        clients = _clients(server, tmp_path, 2, answers)
+        assigned = _assign_all(clients, task_id)
+        frame = _frame(clients[0], assigned[0], 0)
+        # Execute: a forged loss on an otherwise good upload
+        refused = _upload(http, clients[0], assigned[0], frame, query="?train_loss=0.25", key="k0")
+        after_refusal = admin_get(http, f"/v1/rounds/{assigned[0].round_id}")
+        # Assert: the assignment did not ask; 422 train_loss_refused, nothing taken
+        assert all("report_loss" not in raw for raw in answers.assignments)
+        assert all(a.report_loss is None for a in assigned)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["reason"] == "train_loss_refused"
+        assert "differential privacy" in refused.json()["detail"]
+        assert after_refusal["reports"] == 0 and after_refusal["state"] == "open"
+        assert admin_get(http, f"/v1/admin/tasks/{task_id}")["model_digest"] == before
+        # ... and the same update without the loss is then taken (same idempotency key), the
+        # round closing with no loss figures
+        assert _upload(http, clients[0], assigned[0], frame, key="k0").status_code == 200
+        f1 = _frame(clients[1], assigned[1], 1)
+        assert _upload(http, clients[1], assigned[1], f1).status_code == 200
+        status = wait_until(http, f"/v1/rounds/{assigned[0].round_id}", "state", "committed")
+        assert status["reports"] == 2
+        assert not [k for k in status["measurements"] if k.startswith("train_loss")]
+        for c in clients:
+            c.close()
 
 
 def test_a_secure_task_does_not_ask_for_the_loss(server: str, tmp_path: Path) -> None:
     # Prepare: a SecAgg+ task without noise (no dp stage, but a secure round promises that no
     # single device's update is seen)
-    http = httpx.Client(base_url=server)
-    cfg = task_config(
-        rounds=1, clients_per_round=3, min_reports=3, selection_timeout_s=30.0,
-        secure={"coord_fraction": 0.5, "stage_timeout_s": 30.0},
-    )  # fmt: skip
-    task_id = create_task(http, cfg)
-    answers = Answers()
-    clients = _clients(server, tmp_path, 3, answers)
-    # Execute
-    assigned = _assign_all(clients, task_id)
-    # Assert
-    assert all(a.secure for a in assigned)
-    assert all("report_loss" not in raw for raw in answers.assignments)
-    assert all(a.report_loss is None for a in assigned)
-    for c in clients:
-        c.close()
+    with httpx.Client(base_url=server) as http:
+        cfg = task_config(
+            rounds=1, clients_per_round=3, min_reports=3, selection_timeout_s=30.0,
+            secure={"coord_fraction": 0.5, "stage_timeout_s": 30.0},
+        )  # fmt: skip
+        task_id = create_task(http, cfg)
+        answers = Answers()
+        clients = _clients(server, tmp_path, 3, answers)
+        # Execute
+        assigned = _assign_all(clients, task_id)
+        # Assert
+        assert all(a.secure for a in assigned)
+        assert all("report_loss" not in raw for raw in answers.assignments)
+        assert all(a.report_loss is None for a in assigned)
+        for c in clients:
+            c.close()
 
 
 @pytest.mark.parametrize(
@@ -329,57 +335,56 @@ def test_a_malformed_loss_is_422_before_the_body_is_read(
 ) -> None:
     # Prepare: a task and a device of this case's own
     server = refusing_server
-    http = httpx.Client(base_url=server)
-    task_id = create_task(http, task_config(rounds=1, clients_per_round=1))
-    (client,) = _clients(server, tmp_path, 1)
-    (a,) = _assign_all([client], task_id)
-    frame = _frame(client, a, 0)
-    req = http.build_request(
-        "POST",
-        a.upload_path + query,
-        content=frame,
-        headers={"content-type": "application/octet-stream", "idempotency-key": "k"},
-    )
-    req.headers.update(
-        signed_headers(client._core.key, "POST", req.url.raw_path.decode(), a.round_id, frame)
-    )
-    # Execute: the same signed request twice
-    first, again = http.send(req), http.send(req)
-    # Assert: 422 validation naming the query, both times (the nonce was not spent), and the
-    # round took nothing
-    for r in (first, again):
-        assert r.status_code == 422, r.text
-        assert r.json()["reason"] == "validation"
-        assert r.json()["detail"].startswith("query.train_lo"), r.json()
-        assert words in r.json()["detail"]
-    status = admin_get(http, f"/v1/rounds/{a.round_id}")
-    assert status["reports"] == 0 and status["state"] == "open"
-    client.close()
+    with httpx.Client(base_url=server) as http:
+        task_id = create_task(http, task_config(rounds=1, clients_per_round=1))
+        (client,) = _clients(server, tmp_path, 1)
+        (a,) = _assign_all([client], task_id)
+        frame = _frame(client, a, 0)
+        req = http.build_request(
+            "POST",
+            a.upload_path + query,
+            content=frame,
+            headers={"content-type": "application/octet-stream", "idempotency-key": "k"},
+        )
+        req.headers.update(
+            signed_headers(client._core.key, "POST", req.url.raw_path.decode(), a.round_id, frame)
+        )
+        # Execute: the same signed request twice
+        first, again = http.send(req), http.send(req)
+        # Assert: 422 validation naming the query, both times (the nonce was not spent), and the
+        # round took nothing
+        for r in (first, again):
+            assert r.status_code == 422, r.text
+            assert r.json()["reason"] == "validation"
+            assert r.json()["detail"].startswith("query.train_lo"), r.json()
+            assert words in r.json()["detail"]
+        status = admin_get(http, f"/v1/rounds/{a.round_id}")
+        assert status["reports"] == 0 and status["state"] == "open"
+        client.close()
 
 
 def test_a_restart_keeps_the_losses_of_accepted_updates(tmp_path: Path) -> None:
     # Prepare: three devices in a round; two upload with a loss, then the coordinator restarts
     db = tmp_path / "plume.db"
     with ServerThread(_config(db)) as url:
-        http = httpx.Client(base_url=url)
-        task_id = create_task(http, task_config(rounds=1, clients_per_round=3))
-        clients = _clients(url, tmp_path, 3)
-        assigned = _assign_all(clients, task_id)
-        for i, loss in ((0, "2.0"), (1, "0.5")):
-            r = _upload(http, clients[i], assigned[i], _frame(clients[i], assigned[i], i),
-                        query=f"?train_loss={loss}")  # fmt: skip
-            assert r.status_code == 200, r.text
-        frame2 = _frame(clients[2], assigned[2], 2)
-        for c in clients:
-            c.close()
-        http.close()
+        with httpx.Client(base_url=url) as http:
+            task_id = create_task(http, task_config(rounds=1, clients_per_round=3))
+            clients = _clients(url, tmp_path, 3)
+            assigned = _assign_all(clients, task_id)
+            for i, loss in ((0, "2.0"), (1, "0.5")):
+                r = _upload(http, clients[i], assigned[i], _frame(clients[i], assigned[i], i),
+                            query=f"?train_loss={loss}")  # fmt: skip
+                assert r.status_code == 200, r.text
+            frame2 = _frame(clients[2], assigned[2], 2)
+            for c in clients:
+                c.close()
     # Execute: the third upload reaches the restarted coordinator
     with ServerThread(_config(db)) as url:
-        http = httpx.Client(base_url=url)
-        r = _upload(http, clients[2], assigned[2], frame2, query="?train_loss=1.25")
-        assert r.status_code == 200, r.text
-        status = wait_until(http, f"/v1/rounds/{assigned[0].round_id}", "state", "committed")
-        gauges = _gauges(http, task_id)
+        with httpx.Client(base_url=url) as http:
+            r = _upload(http, clients[2], assigned[2], frame2, query="?train_loss=1.25")
+            assert r.status_code == 200, r.text
+            status = wait_until(http, f"/v1/rounds/{assigned[0].round_id}", "state", "committed")
+            gauges = _gauges(http, task_id)
     # Assert: the losses accepted before the restart are in the round's figures
     meas = status["measurements"]
     assert meas["train_loss_reports"] == 3
@@ -388,7 +393,8 @@ def test_a_restart_keeps_the_losses_of_accepted_updates(tmp_path: Path) -> None:
     assert gauges == {"median": 1.25, "mean": meas["train_loss_mean"]}
     # ... and a start sets the gauge from the last committed round
     with ServerThread(_config(db)) as url:
-        assert _gauges(httpx.Client(base_url=url), task_id) == gauges
+        with httpx.Client(base_url=url) as http:
+            assert _gauges(http, task_id) == gauges
 
 
 def _as_schema_4(db: Path) -> None:
@@ -406,23 +412,22 @@ def test_a_schema_4_store_with_an_open_round_migrates_and_its_round_closes(
     # Prepare: a round with one accepted update (no loss), the store turned into schema 4's
     db = tmp_path / "plume.db"
     with ServerThread(_config(db)) as url:
-        http = httpx.Client(base_url=url)
-        task_id = create_task(http, task_config(rounds=1, clients_per_round=2))
-        clients = _clients(url, tmp_path, 2)
-        assigned = _assign_all(clients, task_id)
-        r = _upload(http, clients[0], assigned[0], _frame(clients[0], assigned[0], 0))
-        assert r.status_code == 200, r.text
-        frame1 = _frame(clients[1], assigned[1], 1)
-        for c in clients:
-            c.close()
-        http.close()
+        with httpx.Client(base_url=url) as http:
+            task_id = create_task(http, task_config(rounds=1, clients_per_round=2))
+            clients = _clients(url, tmp_path, 2)
+            assigned = _assign_all(clients, task_id)
+            r = _upload(http, clients[0], assigned[0], _frame(clients[0], assigned[0], 0))
+            assert r.status_code == 200, r.text
+            frame1 = _frame(clients[1], assigned[1], 1)
+            for c in clients:
+                c.close()
     _as_schema_4(db)
     # Execute: a coordinator of this schema opens it; the second upload carries a loss
     with ServerThread(_config(db)) as url:
-        http = httpx.Client(base_url=url)
-        r = _upload(http, clients[1], assigned[1], frame1, query="?train_loss=0.5")
-        assert r.status_code == 200, r.text
-        status = wait_until(http, f"/v1/rounds/{assigned[0].round_id}", "state", "committed")
+        with httpx.Client(base_url=url) as http:
+            r = _upload(http, clients[1], assigned[1], frame1, query="?train_loss=0.5")
+            assert r.status_code == 200, r.text
+            status = wait_until(http, f"/v1/rounds/{assigned[0].round_id}", "state", "committed")
     # Assert: migrated in place, the old update replayed (no loss), the new one's loss kept
     con = sqlite3.connect(db)
     assert con.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone() == (

@@ -38,6 +38,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         w = World(url, root)
         yield w
         w.device.close()
+        w.http.close()
 
 
 @pytest.mark.parametrize(

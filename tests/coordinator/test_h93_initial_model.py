@@ -57,8 +57,12 @@ def _config(db: Path, **over: object) -> ServiceConfig:
 
 @pytest.fixture()
 def world(tmp_path: Path) -> Iterator[World]:
-    with ServerThread(_config(tmp_path / "plume.db")) as url, httpx.Client(base_url=url) as http:
-        yield World(url, tmp_path, http)
+    with (
+        ServerThread(_config(tmp_path / "plume.db")) as url,
+        httpx.Client(base_url=url) as http,
+        World(url, tmp_path, http) as world,
+    ):
+        yield world
 
 
 def _get(world: World, task_id: int, **params: int) -> httpx.Response:
@@ -153,8 +157,11 @@ def test_pruned_frames_give_a_410_naming_the_version_and_keep_frames(
 ) -> None:
     # Prepare: every frame but the newest emptied (--keep-frames 0, max_chain 1)
     cfg = _config(tmp_path / "k.db", keep_frames_rounds=0)
-    with ServerThread(cfg) as url, httpx.Client(base_url=url) as http:
-        world = World(url, tmp_path, http)
+    with (
+        ServerThread(cfg) as url,
+        httpx.Client(base_url=url) as http,
+        World(url, tmp_path, http) as world,
+    ):
         task_id, held = _history(world, 3, max_chain=1)
         # Execute
         gone = _get(world, task_id, version=2)
@@ -247,11 +254,18 @@ def test_a_schema_3_database_migrates_and_its_tasks_keep_their_answers(
     # Prepare: a task run to version 2 with the device's models recorded, its database
     # turned into schema 3's, and the answers it gave
     db = tmp_path / "plume.db"
-    with ServerThread(_config(db)) as url, httpx.Client(base_url=url) as http:
-        old, held = _history(World(url, tmp_path, http), 2)
+    with (
+        ServerThread(_config(db)) as url,
+        httpx.Client(base_url=url) as http,
+        World(url, tmp_path, http) as world,
+    ):
+        old, held = _history(world, 2)
     _as_schema_3(db)
-    with ServerThread(_config(db)) as url, httpx.Client(base_url=url) as http:
-        world = World(url, tmp_path, http)
+    with (
+        ServerThread(_config(db)) as url,
+        httpx.Client(base_url=url) as http,
+        World(url, tmp_path, http) as world,
+    ):
         # Execute: the old task's versions; then a new task in the migrated database
         gone = _get(world, old, version=1)
         current = _get(world, old, version=2)

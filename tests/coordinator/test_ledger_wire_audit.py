@@ -35,6 +35,7 @@ from .test_service_support import (
     SoftmaxTrainer,
     await_assignment,
     create_task,
+    device_client,
     drive_stages,
     expire_stage,
     local_data,
@@ -167,7 +168,7 @@ def _run_plain(
     *mods: Mod,
     sleep: Callable[[float], None] = time.sleep,
 ) -> list[Client]:
-    clients = [Client(url, str(root / f"dev{i}"), mods=mods, sleep=sleep) for i in range(n)]
+    clients = [device_client(url, str(root / f"dev{i}"), mods=mods, sleep=sleep) for i in range(n)]
     for c in clients:
         c.register()
     errors: list[BaseException] = []
@@ -195,19 +196,19 @@ def test_plain_rounds_ledger_equals_the_relayed_bytes(
 ) -> None:
     # Prepare: the admin client and two devices all reach the coordinator through the relay
     relay, url = relayed
-    http = httpx.Client(base_url=url)
-    task_id = create_task(http, task_config(rounds=2))
-    # Execute
-    clients = _run_plain(url, tmp_path, n=2, rounds=2, task_id=task_id)
-    wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
-    # Assert: per round, device and direction the ledger holds exactly the relayed bytes
-    rounds, _ = _relay_view(_split(relay))
-    assert {k[0] for k in rounds} == {1, 2}
-    assert _ledger_view(http, {1, 2}, rounds) == rounds
-    assert _sdk_view(clients) == rounds
-    expected, counted = _control_settles(relay, http)
-    assert counted == expected
-    assert expected["up"] > 0 and expected["down"] > 0
+    with httpx.Client(base_url=url) as http:
+        task_id = create_task(http, task_config(rounds=2))
+        # Execute
+        clients = _run_plain(url, tmp_path, n=2, rounds=2, task_id=task_id)
+        wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+        # Assert: per round, device and direction the ledger holds exactly the relayed bytes
+        rounds, _ = _relay_view(_split(relay))
+        assert {k[0] for k in rounds} == {1, 2}
+        assert _ledger_view(http, {1, 2}, rounds) == rounds
+        assert _sdk_view(clients) == rounds
+        expected, counted = _control_settles(relay, http)
+        assert counted == expected
+        assert expected["up"] > 0 and expected["down"] > 0
 
 
 def _expect_continue(request: httpx.Request, send: Send) -> httpx.Response:
@@ -227,24 +228,24 @@ def test_bytes_uvicorn_adds_on_its_own_are_in_the_ledger(
     # Prepare: devices whose every request asks for `100 Continue` (uvicorn sends a 25-byte
     # interim response) or closes its connection (uvicorn adds `connection: close`)
     relay, url = relayed
-    http = httpx.Client(base_url=url)
-    task_id = create_task(http, task_config(rounds=1))
-    # Execute
-    clients = _run_plain(url, tmp_path, 2, 1, task_id, mod)
-    wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
-    # Assert: the relay saw those bytes, and the ledger, the SDK and the control counter hold them
-    exs = _split(relay)
-    device_exs = [ex for ex in exs if ex.request.header("x-plume-device") is not None]
-    if mod is _expect_continue:
-        assert all(ex.interim and ex.interim[0].size == 25 for ex in device_exs)
-    else:
-        assert all(_response(ex).header("connection") == "close" for ex in device_exs)
-        assert len(relay.connections()) >= len(device_exs)  # a new connection per request
-    rounds, _ = _relay_view(exs)
-    assert _ledger_view(http, {1}, rounds) == rounds
-    assert _sdk_view(clients) == rounds
-    expected, counted = _control_settles(relay, http)
-    assert counted == expected
+    with httpx.Client(base_url=url) as http:
+        task_id = create_task(http, task_config(rounds=1))
+        # Execute
+        clients = _run_plain(url, tmp_path, 2, 1, task_id, mod)
+        wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+        # Assert: the relay saw those bytes, and the ledger, the SDK and the control counter hold them
+        exs = _split(relay)
+        device_exs = [ex for ex in exs if ex.request.header("x-plume-device") is not None]
+        if mod is _expect_continue:
+            assert all(ex.interim and ex.interim[0].size == 25 for ex in device_exs)
+        else:
+            assert all(_response(ex).header("connection") == "close" for ex in device_exs)
+            assert len(relay.connections()) >= len(device_exs)  # a new connection per request
+        rounds, _ = _relay_view(exs)
+        assert _ledger_view(http, {1}, rounds) == rounds
+        assert _sdk_view(clients) == rounds
+        expected, counted = _control_settles(relay, http)
+        assert counted == expected
 
 
 def test_secure_round_ledger_equals_the_relayed_bytes(
@@ -254,57 +255,57 @@ def test_secure_round_ledger_equals_the_relayed_bytes(
     # unmask stage times out on the test's clock once the other three answered (a stage every
     # device uploads closes at once: the 60 s timeout is never reached)
     relay, url, server = relayed_served
-    http = httpx.Client(base_url=url)
-    cfg = task_config(
-        rounds=1,
-        clients_per_round=4,
-        min_reports=3,
-        selection_timeout_s=60.0,
-        downlink=CodecParams(topk=1.0, bits=32),
-        secure={"coord_fraction": 0.5, "stage_timeout_s": STAGE_TIMEOUT_S},
-    )
-    task_id = create_task(http, cfg)
-    coordinator = server.app.state.coordinator
-    clock = drive_stages(coordinator, task_id)
-    clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(4)]
-    for c in clients:
-        c.register()
-    errors: list[BaseException] = []
+    with httpx.Client(base_url=url) as http:
+        cfg = task_config(
+            rounds=1,
+            clients_per_round=4,
+            min_reports=3,
+            selection_timeout_s=60.0,
+            downlink=CodecParams(topk=1.0, bits=32),
+            secure={"coord_fraction": 0.5, "stage_timeout_s": STAGE_TIMEOUT_S},
+        )
+        task_id = create_task(http, cfg)
+        coordinator = server.app.state.coordinator
+        clock = drive_stages(coordinator, task_id)
+        clients = [device_client(url, str(tmp_path / f"dev{i}")) for i in range(4)]
+        for c in clients:
+            c.register()
+        errors: list[BaseException] = []
 
-    def run(i: int) -> None:
-        try:
-            a = await_assignment(clients[i], task_id)
-            delta = np.random.default_rng(i).normal(0, 0.05, SPEC.size).astype(np.float32)
-            clients[i].secure_round(
-                a, lambda params: (delta, 1, 0.0), drop_at=Stage.UNMASK if i == 0 else None
-            )
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
+        def run(i: int) -> None:
+            try:
+                a = await_assignment(clients[i], task_id)
+                delta = np.random.default_rng(i).normal(0, 0.05, SPEC.size).astype(np.float32)
+                clients[i].secure_round(
+                    a, lambda params: (delta, 1, 0.0), drop_at=Stage.UNMASK if i == 0 else None
+                )
+            except BaseException as exc:  # surfaced below
+                errors.append(exc)
 
-    # Execute
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    try:
-        expire_stage(coordinator, task_id, clock, Stage.UNMASK, 3)
-    finally:
+        # Execute
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
         for t in threads:
-            t.join(60)
-    status = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
-    # Assert: the round committed, and every stage's bytes are in its ledger exactly
-    assert not errors, errors
-    assert status["version"] == 1
-    exs = _split(relay)
-    secure = [ex for ex in exs if ex.request.start.split(" ")[1].startswith("/v1/secure/")]
-    uploads = {ex.request.start for ex in secure if ex.request.start.startswith("POST")}
-    assert len(uploads) == 4  # the four stages, each counted once below per device
-    assert all(_response(ex).header("x-plume-ledger-round") == "1" for ex in secure)
-    rounds, _ = _relay_view(exs)
-    assert {k[0] for k in rounds} == {1} and len(rounds) == 8  # 4 devices x up/down
-    assert _ledger_view(http, {1}, rounds) == rounds
-    assert _sdk_view(clients) == rounds
-    expected, counted = _control_settles(relay, http)
-    assert counted == expected
+            t.start()
+        try:
+            expire_stage(coordinator, task_id, clock, Stage.UNMASK, 3)
+        finally:
+            for t in threads:
+                t.join(60)
+        status = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+        # Assert: the round committed, and every stage's bytes are in its ledger exactly
+        assert not errors, errors
+        assert status["version"] == 1
+        exs = _split(relay)
+        secure = [ex for ex in exs if ex.request.start.split(" ")[1].startswith("/v1/secure/")]
+        uploads = {ex.request.start for ex in secure if ex.request.start.startswith("POST")}
+        assert len(uploads) == 4  # the four stages, each counted once below per device
+        assert all(_response(ex).header("x-plume-ledger-round") == "1" for ex in secure)
+        rounds, _ = _relay_view(exs)
+        assert {k[0] for k in rounds} == {1} and len(rounds) == 8  # 4 devices x up/down
+        assert _ledger_view(http, {1}, rounds) == rounds
+        assert _sdk_view(clients) == rounds
+        expected, counted = _control_settles(relay, http)
+        assert counted == expected
 
 
 def test_an_upload_lost_mid_body_is_counted_nowhere_and_its_retry_once(
@@ -313,30 +314,30 @@ def test_an_upload_lost_mid_body_is_counted_nowhere_and_its_retry_once(
     # Prepare: the link drops the first upload 10 bytes into its body; the SDK retries it
     caplog.set_level(logging.INFO, logger="plume.coordinator")
     relay, url = relayed
-    http = httpx.Client(base_url=url)
-    task_id = create_task(http, task_config(rounds=1))
-    relay.cut_once(b"POST /v1/rounds/1/updates", body_keep=10)
-    # Execute
-    clients = _run_plain(url, tmp_path, 2, 1, task_id)
-    wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
-    # Assert: the lost attempt's bytes (its head and 10 body bytes) crossed the wire and are in
-    # no ledger: the coordinator never completed the request, the device never got an answer
-    exs = _split(relay)
-    lost = [ex for ex in exs if ex.response is None]
-    assert len(lost) == 1 and lost[0].request.start.startswith("POST /v1/rounds/1/updates")
-    uploads = [ex for ex in exs if ex.request.start.startswith("POST /v1/rounds/1/updates")]
-    assert len(uploads) == 3  # the lost attempt, its retry, the other device's upload
-    assert all(ex.request.size > lost[0].request.size for ex in uploads if ex.response)
-    assert all(ex.response.status == 200 for ex in uploads if ex.response)
-    rounds, _ = _relay_view(exs)
-    assert all(n[1] == 3 for n in rounds.values())  # check-in, model, one upload each
-    assert _ledger_view(http, {1}, rounds) == rounds
-    assert _sdk_view(clients) == rounds
-    expected, counted = _control_settles(relay, http)
-    assert counted == expected
-    # A dropped link is routine: one info line, no server-error traceback.
-    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert any("client disconnected during POST" in r.getMessage() for r in caplog.records)
+    with httpx.Client(base_url=url) as http:
+        task_id = create_task(http, task_config(rounds=1))
+        relay.cut_once(b"POST /v1/rounds/1/updates", body_keep=10)
+        # Execute
+        clients = _run_plain(url, tmp_path, 2, 1, task_id)
+        wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+        # Assert: the lost attempt's bytes (its head and 10 body bytes) crossed the wire and are in
+        # no ledger: the coordinator never completed the request, the device never got an answer
+        exs = _split(relay)
+        lost = [ex for ex in exs if ex.response is None]
+        assert len(lost) == 1 and lost[0].request.start.startswith("POST /v1/rounds/1/updates")
+        uploads = [ex for ex in exs if ex.request.start.startswith("POST /v1/rounds/1/updates")]
+        assert len(uploads) == 3  # the lost attempt, its retry, the other device's upload
+        assert all(ex.request.size > lost[0].request.size for ex in uploads if ex.response)
+        assert all(ex.response.status == 200 for ex in uploads if ex.response)
+        rounds, _ = _relay_view(exs)
+        assert all(n[1] == 3 for n in rounds.values())  # check-in, model, one upload each
+        assert _ledger_view(http, {1}, rounds) == rounds
+        assert _sdk_view(clients) == rounds
+        expected, counted = _control_settles(relay, http)
+        assert counted == expected
+        # A dropped link is routine: one info line, no server-error traceback.
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+        assert any("client disconnected during POST" in r.getMessage() for r in caplog.records)
 
 
 def _chunked_upload(request: httpx.Request, send: Send) -> httpx.Response:
@@ -355,29 +356,29 @@ def test_chunked_request_framing_is_the_one_documented_gap_in_a_round(
 ) -> None:
     # Prepare: devices that send their uploads chunked
     relay, url = relayed
-    http = httpx.Client(base_url=url)
-    task_id = create_task(http, task_config(rounds=1))
-    # Execute
-    _run_plain(url, tmp_path, 2, 1, task_id, _chunked_upload)
-    wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
-    # Assert: the ledger counts a chunked body by its payload; the chunk-size lines and the
-    # last chunk, and nothing else, are on the wire and not in the ledger
-    exs = _split(relay)
-    uploads = [ex for ex in exs if ex.request.header("transfer-encoding") == "chunked"]
-    assert len(uploads) == 2 and all(_response(ex).status == 200 for ex in uploads)
-    framing: dict[str, int] = defaultdict(int)
-    for ex in uploads:
-        n = len(ex.request.body)
-        gap = ex.request.size - ex.request.head - n
-        assert gap == len("7\r\n\r\n") + len(f"{n - 7:x}\r\n\r\n") + len("0\r\n\r\n")
-        framing[str(ex.request.header("x-plume-device"))] += gap
-    rounds, _ = _relay_view(exs)
-    less = {
-        k: [wire - (framing[k[1]] if k[2] == "up" else 0), n] for k, (wire, n) in rounds.items()
-    }
-    assert _ledger_view(http, {1}, less) == less
-    expected, counted = _control_settles(relay, http)
-    assert counted == expected
+    with httpx.Client(base_url=url) as http:
+        task_id = create_task(http, task_config(rounds=1))
+        # Execute
+        _run_plain(url, tmp_path, 2, 1, task_id, _chunked_upload)
+        wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+        # Assert: the ledger counts a chunked body by its payload; the chunk-size lines and the
+        # last chunk, and nothing else, are on the wire and not in the ledger
+        exs = _split(relay)
+        uploads = [ex for ex in exs if ex.request.header("transfer-encoding") == "chunked"]
+        assert len(uploads) == 2 and all(_response(ex).status == 200 for ex in uploads)
+        framing: dict[str, int] = defaultdict(int)
+        for ex in uploads:
+            n = len(ex.request.body)
+            gap = ex.request.size - ex.request.head - n
+            assert gap == len("7\r\n\r\n") + len(f"{n - 7:x}\r\n\r\n") + len("0\r\n\r\n")
+            framing[str(ex.request.header("x-plume-device"))] += gap
+        rounds, _ = _relay_view(exs)
+        less = {
+            k: [wire - (framing[k[1]] if k[2] == "up" else 0), n] for k, (wire, n) in rounds.items()
+        }
+        assert _ledger_view(http, {1}, less) == less
+        expected, counted = _control_settles(relay, http)
+        assert counted == expected
 
 
 def _raw(url: str, data: bytes) -> HttpMessage:
@@ -400,27 +401,29 @@ def test_control_traffic_counts_what_the_coordinator_read_and_answered(
 ) -> None:
     # Prepare: a task, so the routes below exist
     relay, url = relayed
-    http = httpx.Client(base_url=url)
-    create_task(http, task_config(rounds=1))
-    # Execute: three requests no SDK sends
-    unread = b"u" * 100
-    unsigned = _raw(
-        url,
-        b"POST /v1/rounds/1/updates HTTP/1.1\r\nhost: x\r\n"
-        b"content-type: application/octet-stream\r\ncontent-length: 100\r\n\r\n" + unread,
-    )
-    too_large = _raw(url, b"POST /v1/devices HTTP/1.1\r\nhost: x\r\ncontent-length: 70000\r\n\r\n")
-    garbage = _raw(url, b"NOT HTTP AT ALL\r\n\r\n")
-    # Assert: a body refused before it was read is counted as far as it was read (here 0 of
-    # 100 bytes); the middleware's own 413 is counted; a request uvicorn could not parse never
-    # reached the app and is counted nowhere
-    assert (unsigned.status, too_large.status, garbage.status) == (401, 413, 400)
-    exs = _split(relay)
-    not_http = [ex for ex in exs if ex.request.start == "NOT HTTP AT ALL"]
-    assert len(not_http) == 1
-    missing = {"up": len(unread) + not_http[0].up, "down": not_http[0].down}
-    expected, counted = _control_settles(relay, http, missing)
-    assert counted == expected
+    with httpx.Client(base_url=url) as http:
+        create_task(http, task_config(rounds=1))
+        # Execute: three requests no SDK sends
+        unread = b"u" * 100
+        unsigned = _raw(
+            url,
+            b"POST /v1/rounds/1/updates HTTP/1.1\r\nhost: x\r\n"
+            b"content-type: application/octet-stream\r\ncontent-length: 100\r\n\r\n" + unread,
+        )
+        too_large = _raw(
+            url, b"POST /v1/devices HTTP/1.1\r\nhost: x\r\ncontent-length: 70000\r\n\r\n"
+        )
+        garbage = _raw(url, b"NOT HTTP AT ALL\r\n\r\n")
+        # Assert: a body refused before it was read is counted as far as it was read (here 0 of
+        # 100 bytes); the middleware's own 413 is counted; a request uvicorn could not parse never
+        # reached the app and is counted nowhere
+        assert (unsigned.status, too_large.status, garbage.status) == (401, 413, 400)
+        exs = _split(relay)
+        not_http = [ex for ex in exs if ex.request.start == "NOT HTTP AT ALL"]
+        assert len(not_http) == 1
+        missing = {"up": len(unread) + not_http[0].up, "down": not_http[0].down}
+        expected, counted = _control_settles(relay, http, missing)
+        assert counted == expected
 
 
 def test_control_requests_uvicorn_frames_itself_are_counted_exactly(
@@ -428,35 +431,37 @@ def test_control_requests_uvicorn_frames_itself_are_counted_exactly(
 ) -> None:
     # Prepare
     relay, url = relayed
-    http = httpx.Client(base_url=url)
-    body = b'{"public_key":"AA"}'
-    # Execute: an HTTP/1.0 request (uvicorn adds `connection: close`), an `Expect` whose body
-    # the app never reads (no interim response), one whose body it reads (`100 Continue`), and
-    # a HEAD (uvicorn sends the head of the app's response, not its body)
-    old = _raw(url, b"GET /healthz HTTP/1.0\r\nhost: x\r\n\r\n")
-    unread = _raw(url, b"GET /healthz HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n\r\n")
-    read = _raw(
-        url,
-        b"POST /v1/devices HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n"
-        b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body),
-    )
-    head = _raw(url, b"HEAD /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
-    # A header written without the space after the colon, or with more than one: counted as
-    # sent (the head's size as it arrived, server.CountingH11Protocol; helper-203 on
-    # helper-202's F5: it was counted as `name: value`, 1 more byte here, 2 fewer for the
-    # second header)
-    spacing = _raw(url, b"GET /healthz HTTP/1.1\r\nhost:x\r\nx-pad:   y\r\n\r\n")
-    # Assert: the relay saw each of those bytes, and the control counter holds exactly them
-    assert (old.status, unread.status, read.status) == (200, 200, 400)
-    assert head.body == b"" and int(head.header("content-length") or 0) > 0
-    assert spacing.status == 200
-    assert old.header("connection") == "close"
-    exs = {ex.request.start: ex for ex in _split(relay)}
-    assert not exs["GET /healthz HTTP/1.1"].interim
-    assert [m.start for m in exs["POST /v1/devices HTTP/1.1"].interim] == ["HTTP/1.1 100 Continue"]
-    missing = {"up": 0, "down": 0}
-    expected, counted = _control_settles(relay, http, missing)
-    assert counted == expected
+    with httpx.Client(base_url=url) as http:
+        body = b'{"public_key":"AA"}'
+        # Execute: an HTTP/1.0 request (uvicorn adds `connection: close`), an `Expect` whose body
+        # the app never reads (no interim response), one whose body it reads (`100 Continue`), and
+        # a HEAD (uvicorn sends the head of the app's response, not its body)
+        old = _raw(url, b"GET /healthz HTTP/1.0\r\nhost: x\r\n\r\n")
+        unread = _raw(url, b"GET /healthz HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n\r\n")
+        read = _raw(
+            url,
+            b"POST /v1/devices HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n"
+            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body),
+        )
+        head = _raw(url, b"HEAD /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        # A header written without the space after the colon, or with more than one: counted as
+        # sent (the head's size as it arrived, server.CountingH11Protocol; helper-203 on
+        # helper-202's F5: it was counted as `name: value`, 1 more byte here, 2 fewer for the
+        # second header)
+        spacing = _raw(url, b"GET /healthz HTTP/1.1\r\nhost:x\r\nx-pad:   y\r\n\r\n")
+        # Assert: the relay saw each of those bytes, and the control counter holds exactly them
+        assert (old.status, unread.status, read.status) == (200, 200, 400)
+        assert head.body == b"" and int(head.header("content-length") or 0) > 0
+        assert spacing.status == 200
+        assert old.header("connection") == "close"
+        exs = {ex.request.start: ex for ex in _split(relay)}
+        assert not exs["GET /healthz HTTP/1.1"].interim
+        assert [m.start for m in exs["POST /v1/devices HTTP/1.1"].interim] == [
+            "HTTP/1.1 100 Continue"
+        ]
+        missing = {"up": 0, "down": 0}
+        expected, counted = _control_settles(relay, http, missing)
+        assert counted == expected
 
 
 @pytest.mark.parametrize(
@@ -493,32 +498,32 @@ def test_a_failed_upload_and_its_retry_on_the_wire(
     with ServerThread(cfg, app=app) as upstream:
         relay = ByteRelay(upstream)
         with relay as url:
-            http = httpx.Client(base_url=url)
-            task_id = create_task(http, task_config(rounds=1))
-            # Execute
-            clients = _run_plain(url, tmp_path, 2, 1, task_id, sleep=lambda s: None)
-            wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
-            # Assert: the failed attempt is in the round like its retry, for both errors
-            exs = _split(relay)
-            errors = [ex for ex in exs if ex.response and ex.response.status == status]
-            assert len(errors) == 1 and errors[0].request.header("x-plume-device") == failed[0]
-            assert errors[0].request.start.startswith("POST /v1/rounds/1/updates")
-            failure = _response(errors[0])
-            assert failure.header("x-plume-ledger-round") == "1"
-            assert not [ex for ex in exs if ex.response is None]  # no request lost
-            # the 500 ends its connection; the 503 leaves it open for the retry
-            on_its_connection = next(
-                c
-                for c in (exchanges(up, down) for up, down in relay.connections())
-                if errors[0] in c
-            )
-            assert (on_its_connection[-1] == errors[0]) == (status == 500)
-            rounds, _ = _relay_view(exs)
-            assert rounds[(1, failed[0], "up")][1] == 4  # check-in, model, upload, retry
-            assert _ledger_view(http, {1}, rounds) == rounds
-            assert _sdk_view(clients) == rounds
-            expected, counted = _control_settles(relay, http)
-            assert counted == expected
+            with httpx.Client(base_url=url) as http:
+                task_id = create_task(http, task_config(rounds=1))
+                # Execute
+                clients = _run_plain(url, tmp_path, 2, 1, task_id, sleep=lambda s: None)
+                wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+                # Assert: the failed attempt is in the round like its retry, for both errors
+                exs = _split(relay)
+                errors = [ex for ex in exs if ex.response and ex.response.status == status]
+                assert len(errors) == 1 and errors[0].request.header("x-plume-device") == failed[0]
+                assert errors[0].request.start.startswith("POST /v1/rounds/1/updates")
+                failure = _response(errors[0])
+                assert failure.header("x-plume-ledger-round") == "1"
+                assert not [ex for ex in exs if ex.response is None]  # no request lost
+                # the 500 ends its connection; the 503 leaves it open for the retry
+                on_its_connection = next(
+                    c
+                    for c in (exchanges(up, down) for up, down in relay.connections())
+                    if errors[0] in c
+                )
+                assert (on_its_connection[-1] == errors[0]) == (status == 500)
+                rounds, _ = _relay_view(exs)
+                assert rounds[(1, failed[0], "up")][1] == 4  # check-in, model, upload, retry
+                assert _ledger_view(http, {1}, rounds) == rounds
+                assert _sdk_view(clients) == rounds
+                expected, counted = _control_settles(relay, http)
+                assert counted == expected
     if status == 500:
         # The 500 is the service's JSON error, says nothing of the exception, and closes its
         # connection (the retry went on a new one); the traceback is in the log, once, under

@@ -28,8 +28,11 @@ def test_past_the_cap_a_damaged_initial_model_is_named_not_the_cap(
     cfg = ServiceConfig(
         db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
     )
-    with ServerThread(cfg) as url, httpx.Client(base_url=url) as http:
-        world = World(url, tmp_path, http)
+    with (
+        ServerThread(cfg) as url,
+        httpx.Client(base_url=url) as http,
+        World(url, tmp_path, http) as world,
+    ):
         task_id, _ = _history(world, 4)
         wrong = (initial_params() + np.float32(1e-3)).astype("<f4").tobytes()
         con = sqlite3.connect(tmp_path / "plume.db")

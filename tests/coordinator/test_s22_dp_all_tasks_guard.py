@@ -62,11 +62,11 @@ def test_healthz_and_metrics_answer_when_the_figure_fails(
 
     monkeypatch.setattr(dp_total, "_compute", broken)
     with _service(tmp_path / "plume.db") as url:
-        http = httpx.Client(base_url=url)
-        create_task(http, task_config(aggregator="dp:clip=1,z=1,population=4,sample=2+fedavg"))
-        # Execute
-        health = http.get("/healthz")
-        scrape = http.get("/metrics")
+        with httpx.Client(base_url=url) as http:
+            create_task(http, task_config(aggregator="dp:clip=1,z=1,population=4,sample=2+fedavg"))
+            # Execute
+            health = http.get("/healthz")
+            scrape = http.get("/metrics")
     # Assert: liveness and the other metrics stay; the figure says it is missing
     assert health.status_code == 200 and health.json()["ok"] is True
     assert "error" in health.json()["dp_all_tasks"]
@@ -79,14 +79,14 @@ def test_a_refused_task_is_named_and_the_figure_says_it_is_partial(tmp_path: Pat
     # Prepare: two tasks; the second's stored aggregator made unbuildable, then a restart
     db = tmp_path / "plume.db"
     with _service(db) as url:
-        http = httpx.Client(base_url=url)
-        kept = create_task(
-            http, task_config(aggregator="dp:clip=1,z=1,population=4,sample=2+fedavg")
-        )
-        lost = create_task(
-            http, task_config(aggregator="dp:clip=1,z=2,population=4,sample=2+fedavg")
-        )
-        before = http.get("/healthz").json()["dp_all_tasks"]
+        with httpx.Client(base_url=url) as http:
+            kept = create_task(
+                http, task_config(aggregator="dp:clip=1,z=1,population=4,sample=2+fedavg")
+            )
+            lost = create_task(
+                http, task_config(aggregator="dp:clip=1,z=2,population=4,sample=2+fedavg")
+            )
+            before = http.get("/healthz").json()["dp_all_tasks"]
     rewrite_stored_config(db, lost, aggregator="no-such-aggregator")
     # Execute
     with _service(db) as url:
@@ -104,12 +104,11 @@ def test_status_says_when_a_refused_task_is_missing_from_the_figure(
     # Prepare: two dp tasks; the second's stored aggregator made unbuildable, then a restart
     db = tmp_path / "plume.db"
     with _service(db) as url:
-        http = httpx.Client(base_url=url)
-        create_task(http, task_config(aggregator="dp:clip=1,z=1,population=4,sample=2+fedavg"))
-        lost = create_task(
-            http, task_config(aggregator="dp:clip=1,z=2,population=4,sample=2+fedavg")
-        )
-        http.close()
+        with httpx.Client(base_url=url) as http:
+            create_task(http, task_config(aggregator="dp:clip=1,z=1,population=4,sample=2+fedavg"))
+            lost = create_task(
+                http, task_config(aggregator="dp:clip=1,z=2,population=4,sample=2+fedavg")
+            )
     rewrite_stored_config(db, lost, aggregator="no-such-aggregator")
     with _service(db) as url:
         # Execute

@@ -20,6 +20,7 @@ from .test_service_support import (
     SoftmaxTrainer,
     admin_get,
     create_task,
+    device_client,
     local_data,
     task_config,
     wait_until,
@@ -52,15 +53,13 @@ def _one_round(url: str, tmp_path: Path, task_id: int, version: int) -> None:
         t.start()
     for t in threads:
         t.join(90)
-    status = wait_until(
-        httpx.Client(base_url=url), f"/v1/admin/tasks/{task_id}", "version", version, timeout=60
-    )
+    status = wait_until(url, f"/v1/admin/tasks/{task_id}", "version", version, timeout=60)
     assert status["version"] == version, status
 
 
 def _dp(url: str, round_id: int) -> dict[str, float]:
     """The round's central-DP accounting (DPMean's measurements)."""
-    meas = admin_get(httpx.Client(base_url=url), f"/v1/rounds/{round_id}")["measurements"]
+    meas = admin_get(url, f"/v1/rounds/{round_id}")["measurements"]
     return {"rounds": meas["rounds"], "epsilon": meas["epsilon"]}
 
 
@@ -69,7 +68,7 @@ def test_central_dp_epsilon_keeps_counting_across_a_restart(tmp_path: Path, rest
     # Prepare: a two-round task under central DP; with `restart`, the service stops in between.
     db = tmp_path / "plume.db"
     with _service(db) as url:
-        task_id = create_task(httpx.Client(base_url=url), task_config(rounds=2, aggregator=DP))
+        task_id = create_task(url, task_config(rounds=2, aggregator=DP))
         _one_round(url, tmp_path, task_id, 1)
         first = _dp(url, 1)
         if not restart:
@@ -91,9 +90,7 @@ def test_the_dp_gauges_read_the_spent_epsilon_right_after_a_restart(tmp_path: Pa
     # Prepare: one committed central-DP round, then a restart
     db = tmp_path / "plume.db"
     with _service(db) as url:
-        task_id = create_task(
-            httpx.Client(base_url=url), task_config(rounds=3, aggregator=DP_FIXED)
-        )
+        task_id = create_task(url, task_config(rounds=3, aggregator=DP_FIXED))
         _one_round(url, tmp_path, task_id, 1)
         first = _dp(url, 1)
     # Execute: scrape the restarted service before any new round
@@ -113,9 +110,7 @@ def test_the_store_keeps_the_state_of_the_last_committed_round(tmp_path: Path) -
     # Prepare: a robust screen with server momentum, one committed round.
     db = tmp_path / "plume.db"
     with _service(db) as url:
-        task_id = create_task(
-            httpx.Client(base_url=url), task_config(rounds=3, aggregator="cosfilter+geomed")
-        )
+        task_id = create_task(url, task_config(rounds=3, aggregator="cosfilter+geomed"))
         _one_round(url, tmp_path, task_id, 1)
     # Execute
     store = Store(db)
@@ -159,14 +154,12 @@ def test_a_secure_task_resumes_its_coordinate_scores(tmp_path: Path) -> None:
 
     db = tmp_path / "plume.db"
     with _service(db) as url:
-        task_id = create_task(httpx.Client(base_url=url), secure_dp_task(rounds=3))
-        clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
+        task_id = create_task(url, secure_dp_task(rounds=3))
+        clients = [device_client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
         for c in clients:
             c.register()
         assert all(r.completed for r in secure_round_of(clients, task_id))
-        status = wait_until(
-            httpx.Client(base_url=url), f"/v1/admin/tasks/{task_id}", "version", 1, timeout=60
-        )
+        status = wait_until(url, f"/v1/admin/tasks/{task_id}", "version", 1, timeout=60)
         assert status["version"] == 1, status
         store = Store(db)
         saved = decode_state(store.task_aggregator_state(task_id) or b"")
@@ -190,9 +183,7 @@ def test_a_stored_task_this_version_refuses_is_refused_naming_the_reason(tmp_pat
 
     db = tmp_path / "plume.db"
     with _service(db) as url:
-        task_id = create_task(
-            httpx.Client(base_url=url), task_config(rounds=2, aggregator=DP_FIXED)
-        )
+        task_id = create_task(url, task_config(rounds=2, aggregator=DP_FIXED))
     con = sqlite3.connect(db)
     (raw,) = con.execute("SELECT config_json FROM tasks WHERE task_id=?", (task_id,)).fetchone()
     config = json.loads(raw) | {"over_selection": 1.5}

@@ -78,6 +78,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield w
         for d in (w.a, w.b, w.c):
             d.close()
+        w.http.close()
 
 
 def _outcome(response: httpx.Response) -> str:

@@ -29,6 +29,7 @@ from .test_service_support import (
     SPEC,
     admin_get,
     create_task,
+    device_client,
     serve_cli,
     signed_headers,
     task_config,
@@ -88,7 +89,7 @@ def _refused(r: httpx.Response, status: int, reason: Reason) -> dict[str, Any]:
 def _assigned(http: httpx.Client, tmp_path: Path) -> tuple[int, Client, Assignment, bytes]:
     """A one-report task; device A registered and assigned to its round; A's valid frame."""
     task_id = create_task(http, task_config(rounds=1, clients_per_round=1, deadline_s=60.0))
-    a = Client(_url(http), str(tmp_path / "a"))
+    a = device_client(_url(http), str(tmp_path / "a"))
     a.register()
     assignment = a.check_in(task_id).assignment
     assert assignment is not None
@@ -127,7 +128,7 @@ def test_a_trailing_slash_is_a_json_404_not_a_redirect(
 def test_the_paths_without_the_slash_still_answer(http: httpx.Client, tmp_path: Path) -> None:
     # Execute
     health = http.get("/healthz")
-    device = Client(_url(http), str(tmp_path / "d"))
+    device = device_client(_url(http), str(tmp_path / "d"))
     registered = device.register()
     answer = device.check_in(None)
     device.close()
@@ -186,7 +187,7 @@ def test_a_secure_stage_upload_without_octet_stream_is_415(
 ) -> None:
     # Prepare: a registered device's signed stage message (the round need not exist: the media
     # type is judged before anything else)
-    device = Client(_url(http), str(tmp_path / "s"))
+    device = device_client(_url(http), str(tmp_path / "s"))
     device.register()
     path = "/v1/secure/rounds/7/stages/advertise-keys"
     body = b"\x00" * 81
@@ -247,7 +248,7 @@ def test_a_check_in_with_the_wrong_type_is_415_before_its_nonce_is_used(
     http: httpx.Client, tmp_path: Path
 ) -> None:
     # Prepare: a registered device's signed check-in
-    device = Client(_url(http), str(tmp_path / "c"))
+    device = device_client(_url(http), str(tmp_path / "c"))
     device.register()
     body = b"{}"
     headers = _signed(device._core.key, "POST", "/v1/checkin", 0, body)

@@ -97,9 +97,7 @@ def test_kill_9_then_restart_loses_nothing_and_counts_nothing_twice(
     db, fault_file = tmp_path / "plume.db", tmp_path / "fault"
     dirs = [str(tmp_path / "a"), str(tmp_path / "b")]
     with coordinator(db, point, fault_file) as (url, proc):
-        task_id = create_task(
-            httpx.Client(base_url=url), task_config(rounds=2, selection_timeout_s=30)
-        )
+        task_id = create_task(url, task_config(rounds=2, selection_timeout_s=30))
         a, b = (Client(url, d, retries=0, timeout=60) for d in dirs)
         a.register()
         b.register()
@@ -139,37 +137,41 @@ def test_kill_9_then_restart_loses_nothing_and_counts_nothing_twice(
             assert errors, "the upload's response should have been lost with the process"
     # Restart on the same database, without faults
     with coordinator(db, None, fault_file) as (url, _proc):
-        http = httpx.Client(base_url=url)
-        a.close()  # the apps restart too (one client per app_dir in a process)
-        b.close()
-        a, b = (Client(url, d, timeout=60) for d in dirs)
-        if point == "after_accept":
-            receipt = a.resume_pending()  # the app restarts and re-sends with the same key
-            assert receipt is not None and receipt.duplicate is True  # it had been accepted
-            b.resume_pending()
-        round1 = wait_until(http, "/v1/rounds/1", "state", "committed")
-        # Assert: exactly two accepted updates, aggregated once, version 1 published once
-        assert round1["reports"] == 2 and round1["version_after"] == 1
-        assert round1["measurements"]["clients"] == 2
-        assert round1["measurements"]["total_weight"] == 80.0
-        with sqlite3.connect(db) as con:
-            assert con.execute("SELECT COUNT(*) FROM updates WHERE round_id=1").fetchone()[0] == 2
-            versions = [r[0] for r in con.execute("SELECT version FROM versions ORDER BY version")]
-        assert versions == [0, 1]
-        # The work resumes: round 2 runs to the end, devices hold the server's exact model
-        threads = [
-            threading.Thread(
-                target=c.participate, args=(SoftmaxTrainer(), *local_data(i)),
-                kwargs={"task_id": task_id, "max_wait_s": 20},
-            )
-            for i, c in enumerate((a, b))
-        ]  # fmt: skip
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join(60)
-        task = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
-        assert task["version"] == 2 and task["rounds_committed"] == 2
-        _, version, _ = a.fetch_current(task_id, SPEC)
-        assert version == 2 and a._core.store.state()["model_digest"] == task["model_digest"]
-        assert admin_get(http, "/v1/rounds/2")["reports"] == 2
+        with httpx.Client(base_url=url) as http:
+            a.close()  # the apps restart too (one client per app_dir in a process)
+            b.close()
+            a, b = (Client(url, d, timeout=60) for d in dirs)
+            if point == "after_accept":
+                receipt = a.resume_pending()  # the app restarts and re-sends with the same key
+                assert receipt is not None and receipt.duplicate is True  # it had been accepted
+                b.resume_pending()
+            round1 = wait_until(http, "/v1/rounds/1", "state", "committed")
+            # Assert: exactly two accepted updates, aggregated once, version 1 published once
+            assert round1["reports"] == 2 and round1["version_after"] == 1
+            assert round1["measurements"]["clients"] == 2
+            assert round1["measurements"]["total_weight"] == 80.0
+            with sqlite3.connect(db) as con:
+                assert (
+                    con.execute("SELECT COUNT(*) FROM updates WHERE round_id=1").fetchone()[0] == 2
+                )
+                versions = [
+                    r[0] for r in con.execute("SELECT version FROM versions ORDER BY version")
+                ]
+            assert versions == [0, 1]
+            # The work resumes: round 2 runs to the end, devices hold the server's exact model
+            threads = [
+                threading.Thread(
+                    target=c.participate, args=(SoftmaxTrainer(), *local_data(i)),
+                    kwargs={"task_id": task_id, "max_wait_s": 20},
+                )
+                for i, c in enumerate((a, b))
+            ]  # fmt: skip
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join(60)
+            task = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+            assert task["version"] == 2 and task["rounds_committed"] == 2
+            _, version, _ = a.fetch_current(task_id, SPEC)
+            assert version == 2 and a._core.store.state()["model_digest"] == task["model_digest"]
+            assert admin_get(http, "/v1/rounds/2")["reports"] == 2

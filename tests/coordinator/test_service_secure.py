@@ -117,104 +117,108 @@ def test_secure_rounds_with_dropouts_match_the_in_process_protocol(
     # Prepare: a secure task of 6 devices; round 1 loses one device before share-keys and
     # one before unmask, round 2 runs in full
     server = served.url
-    http = httpx.Client(base_url=server)
-    task_id = create_task(http, _config(rounds=2, n=6))
-    coordinator = served.app.state.coordinator
-    clock = drive_stages(coordinator, task_id)
-    clients = _clients(server, tmp_path, 6)
-    ids = [c.device_id for c in clients]
-    drops = {ids[0]: Stage.SHARE_KEYS, ids[1]: Stage.UNMASK}
+    with httpx.Client(base_url=server) as http:
+        task_id = create_task(http, _config(rounds=2, n=6))
+        coordinator = served.app.state.coordinator
+        clock = drive_stages(coordinator, task_id)
+        clients = _clients(server, tmp_path, 6)
+        ids = [c.device_id for c in clients]
+        drops = {ids[0]: Stage.SHARE_KEYS, ids[1]: Stage.UNMASK}
 
-    def expiries() -> None:  # the two stages a dropped device never uploads time out
-        expire_stage(coordinator, task_id, clock, Stage.SHARE_KEYS, 5)
-        expire_stage(coordinator, task_id, clock, Stage.UNMASK, 4)
+        def expiries() -> None:  # the two stages a dropped device never uploads time out
+            expire_stage(coordinator, task_id, clock, Stage.SHARE_KEYS, 5)
+            expire_stage(coordinator, task_id, clock, Stage.UNMASK, 4)
 
-    # Execute
-    first = _run_round(clients, task_id, 1, drops, expiries)
-    wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 1)
-    second = _run_round(clients, task_id, 2, {})
-    status = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
-    rounds = [
-        from_json(RoundStatus, r) for r in admin_get(http, f"/v1/admin/tasks/{task_id}/rounds")
-    ]
-    # Assert: both rounds committed through the publish path; the dropped device is named
-    assert status["version"] == 2 and [r.state for r in rounds] == ["committed"] * 2
-    assert rounds[0].measurements["contributors"] == 5 and rounds[0].reports == 5
-    assert rounds[0].measurements["dropped"] == [ids[0]]
-    assert rounds[1].measurements["contributors"] == 6
-    assert not first[ids[0]].completed and first[ids[0]].stages == ["advertise-keys"]
-    assert not first[ids[1]].completed and first[ids[1]].receipt.accepted
-    assert all(first[d].completed for d in ids[2:]) and all(r.completed for r in second.values())
-    # The committed model is exactly what the in-process protocol makes of the same inputs
-    coord = SecureCoordinator(
-        initial_params(), SecureConfig(coord_fraction=0.5, seed=SEED), spec=SPEC
-    )
-    parts = {d: SecureParticipant(SPEC.size) for d in ids}
-    for seq, (r, dr) in enumerate(zip(rounds, (drops, {}), strict=True), start=1):
-        out, _ = run_secure_round(
-            coord,
-            parts,
-            {d: (_delta(d, seq), 1) for d in ids},
-            dr,
-            rng_for=lambda d, r=r: np.random.default_rng([SEED, r.round_id, int(d[:12], 16), 3]),
-            round_id=r.round_id,
+        # Execute
+        first = _run_round(clients, task_id, 1, drops, expiries)
+        wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 1)
+        second = _run_round(clients, task_id, 2, {})
+        status = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+        rounds = [
+            from_json(RoundStatus, r) for r in admin_get(http, f"/v1/admin/tasks/{task_id}/rounds")
+        ]
+        # Assert: both rounds committed through the publish path; the dropped device is named
+        assert status["version"] == 2 and [r.state for r in rounds] == ["committed"] * 2
+        assert rounds[0].measurements["contributors"] == 5 and rounds[0].reports == 5
+        assert rounds[0].measurements["dropped"] == [ids[0]]
+        assert rounds[1].measurements["contributors"] == 6
+        assert not first[ids[0]].completed and first[ids[0]].stages == ["advertise-keys"]
+        assert not first[ids[1]].completed and first[ids[1]].receipt.accepted
+        assert all(first[d].completed for d in ids[2:]) and all(
+            r.completed for r in second.values()
         )
-        assert out.committed
-    final, _, _ = clients[2].fetch_current(task_id, SPEC)
-    np.testing.assert_array_equal(final, coord.params)
-    # Each device's error-feedback residual persisted in its app directory
-    for c in clients[2:]:
-        np.testing.assert_array_equal(c._core.secure_participant(SPEC.size, task_id).residual,
-                                      parts[c.device_id].residual)  # fmt: skip
-    # Ledger: every stage's bytes, per device and direction, equal the SDK's own counts
-    for r in rounds:
-        rows = admin_get(http, f"/v1/rounds/{r.round_id}/bandwidth")["rows"]
-        for c in clients:
-            mine = {row["direction"]: row for row in rows if row["device_id"] == c.device_id}
-            for direction in ("up", "down"):
-                for kind in ("payload_bytes", "wire_bytes", "dense_bytes", "requests"):
-                    assert mine[direction][kind] == c.bandwidth[r.round_id][direction][kind]
-        up = {row["device_id"]: row for row in rows if row["direction"] == "up"}
-        # Dense baseline: one fp32 model per masked input sent
-        assert sum(row["dense_bytes"] for row in up.values()) == SPEC.dense_bytes * (
-            5 if r.seq == 1 else 6
+        # The committed model is exactly what the in-process protocol makes of the same inputs
+        coord = SecureCoordinator(
+            initial_params(), SecureConfig(coord_fraction=0.5, seed=SEED), spec=SPEC
         )
-        reports = first if r.seq == 1 else second
-        down = {row["device_id"]: row for row in rows if row["direction"] == "down"}
-        for d, rep in reports.items():  # the device's one call: its row, assigning check-in too
-            assert 0 < rep.bytes_up == up[d]["wire_bytes"]
-            assert 0 < rep.bytes_down == down[d]["wire_bytes"]
+        parts = {d: SecureParticipant(SPEC.size) for d in ids}
+        for seq, (r, dr) in enumerate(zip(rounds, (drops, {}), strict=True), start=1):
+            out, _ = run_secure_round(
+                coord,
+                parts,
+                {d: (_delta(d, seq), 1) for d in ids},
+                dr,
+                rng_for=lambda d, r=r: np.random.default_rng(
+                    [SEED, r.round_id, int(d[:12], 16), 3]
+                ),
+                round_id=r.round_id,
+            )
+            assert out.committed
+        final, _, _ = clients[2].fetch_current(task_id, SPEC)
+        np.testing.assert_array_equal(final, coord.params)
+        # Each device's error-feedback residual persisted in its app directory
+        for c in clients[2:]:
+            np.testing.assert_array_equal(c._core.secure_participant(SPEC.size, task_id).residual,
+                                          parts[c.device_id].residual)  # fmt: skip
+        # Ledger: every stage's bytes, per device and direction, equal the SDK's own counts
+        for r in rounds:
+            rows = admin_get(http, f"/v1/rounds/{r.round_id}/bandwidth")["rows"]
+            for c in clients:
+                mine = {row["direction"]: row for row in rows if row["device_id"] == c.device_id}
+                for direction in ("up", "down"):
+                    for kind in ("payload_bytes", "wire_bytes", "dense_bytes", "requests"):
+                        assert mine[direction][kind] == c.bandwidth[r.round_id][direction][kind]
+            up = {row["device_id"]: row for row in rows if row["direction"] == "up"}
+            # Dense baseline: one fp32 model per masked input sent
+            assert sum(row["dense_bytes"] for row in up.values()) == SPEC.dense_bytes * (
+                5 if r.seq == 1 else 6
+            )
+            reports = first if r.seq == 1 else second
+            down = {row["device_id"]: row for row in rows if row["direction"] == "down"}
+            for d, rep in reports.items():  # the device's one call: its row, assigning check-in too
+                assert 0 < rep.bytes_up == up[d]["wire_bytes"]
+                assert 0 < rep.bytes_down == down[d]["wire_bytes"]
 
 
 def test_grouped_secure_task_matches_the_in_process_protocol(server: str, tmp_path: Path) -> None:
     # Prepare: six devices in two SecAgg groups of three, a median across the group means
-    http = httpx.Client(base_url=server)
-    grouped = {"group_size": 3, "group_aggregator": "median"}
-    task_id = create_task(http, _config(rounds=1, n=6, **grouped))
-    clients = _clients(server, tmp_path, 6)
-    ids = [c.device_id for c in clients]
-    # Execute
-    reports = _run_round(clients, task_id, 1, {})
-    wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 1)
-    (rnd,) = [
-        from_json(RoundStatus, r) for r in admin_get(http, f"/v1/admin/tasks/{task_id}/rounds")
-    ]
-    # Assert
-    assert all(r.completed for r in reports.values())
-    assert rnd.measurements["groups"] == 2 and rnd.measurements["contributors"] == 6
-    coord = SecureCoordinator(
-        initial_params(), SecureConfig(coord_fraction=0.5, seed=SEED, **grouped), spec=SPEC
-    )
-    out, _ = run_secure_round(
-        coord,
-        {d: SecureParticipant(SPEC.size) for d in ids},
-        {d: (_delta(d, 1), 1) for d in ids},
-        rng_for=lambda d: np.random.default_rng([SEED, rnd.round_id, int(d[:12], 16), 3]),
-        round_id=rnd.round_id,
-    )
-    assert out.committed and out.measurements["groups"] == 2
-    final, _, _ = clients[0].fetch_current(task_id, SPEC)
-    np.testing.assert_array_equal(final, coord.params)
+    with httpx.Client(base_url=server) as http:
+        grouped = {"group_size": 3, "group_aggregator": "median"}
+        task_id = create_task(http, _config(rounds=1, n=6, **grouped))
+        clients = _clients(server, tmp_path, 6)
+        ids = [c.device_id for c in clients]
+        # Execute
+        reports = _run_round(clients, task_id, 1, {})
+        wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 1)
+        (rnd,) = [
+            from_json(RoundStatus, r) for r in admin_get(http, f"/v1/admin/tasks/{task_id}/rounds")
+        ]
+        # Assert
+        assert all(r.completed for r in reports.values())
+        assert rnd.measurements["groups"] == 2 and rnd.measurements["contributors"] == 6
+        coord = SecureCoordinator(
+            initial_params(), SecureConfig(coord_fraction=0.5, seed=SEED, **grouped), spec=SPEC
+        )
+        out, _ = run_secure_round(
+            coord,
+            {d: SecureParticipant(SPEC.size) for d in ids},
+            {d: (_delta(d, 1), 1) for d in ids},
+            rng_for=lambda d: np.random.default_rng([SEED, rnd.round_id, int(d[:12], 16), 3]),
+            round_id=rnd.round_id,
+        )
+        assert out.committed and out.measurements["groups"] == 2
+        final, _, _ = clients[0].fetch_current(task_id, SPEC)
+        np.testing.assert_array_equal(final, coord.params)
 
 
 def test_a_round_below_threshold_is_abandoned_and_the_next_commits(
@@ -222,28 +226,28 @@ def test_a_round_below_threshold_is_abandoned_and_the_next_commits(
 ) -> None:
     # Prepare: three devices; in round 1 two of them vanish before sharing keys
     server = served.url
-    http = httpx.Client(base_url=server)
-    task_id = create_task(http, _config(rounds=2, n=3))
-    coordinator = served.app.state.coordinator
-    clock = drive_stages(coordinator, task_id)
-    clients = _clients(server, tmp_path, 3)
-    ids = [c.device_id for c in clients]
+    with httpx.Client(base_url=server) as http:
+        task_id = create_task(http, _config(rounds=2, n=3))
+        coordinator = served.app.state.coordinator
+        clock = drive_stages(coordinator, task_id)
+        clients = _clients(server, tmp_path, 3)
+        ids = [c.device_id for c in clients]
 
-    def expiries() -> None:  # share-keys times out holding the lone survivor's upload
-        expire_stage(coordinator, task_id, clock, Stage.SHARE_KEYS, 1)
+        def expiries() -> None:  # share-keys times out holding the lone survivor's upload
+            expire_stage(coordinator, task_id, clock, Stage.SHARE_KEYS, 1)
 
-    # Execute
-    first = _run_round(clients, task_id, 1, dict.fromkeys(ids[:2], Stage.SHARE_KEYS), expiries)
-    wait_until(http, "/v1/rounds/1", "state", "abandoned")
-    second = _run_round(clients, task_id, 2, {})
-    status = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
-    # Assert: round 1 aborted (the lone survivor was told so) and left the model alone
-    r1, r2 = admin_get(http, f"/v1/admin/tasks/{task_id}/rounds")
-    assert r1["state"] == "abandoned" and r1["version_after"] is None
-    assert r1["measurements"]["aborted"] and r1["measurements"]["contributors"] == 0
-    assert not first[ids[2]].completed and first[ids[2]].detail
-    assert r2["state"] == "committed" and r2["base_version"] == 0
-    assert status["version"] == 1 and all(r.completed for r in second.values())
+        # Execute
+        first = _run_round(clients, task_id, 1, dict.fromkeys(ids[:2], Stage.SHARE_KEYS), expiries)
+        wait_until(http, "/v1/rounds/1", "state", "abandoned")
+        second = _run_round(clients, task_id, 2, {})
+        status = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+        # Assert: round 1 aborted (the lone survivor was told so) and left the model alone
+        r1, r2 = admin_get(http, f"/v1/admin/tasks/{task_id}/rounds")
+        assert r1["state"] == "abandoned" and r1["version_after"] is None
+        assert r1["measurements"]["aborted"] and r1["measurements"]["contributors"] == 0
+        assert not first[ids[2]].completed and first[ids[2]].detail
+        assert r2["state"] == "committed" and r2["base_version"] == 0
+        assert status["version"] == 1 and all(r.completed for r in second.values())
 
 
 @pytest.mark.slow
@@ -251,34 +255,34 @@ def test_twenty_devices_dropping_at_every_stage(server: str, tmp_path: Path) -> 
     # Prepare: a cohort of 20; two devices drop at each of the four stages. That is 40%
     # dropout, so the graph is complete (k = 19, t = 10): 12 devices answer the unmask request
     # for every node, whichever ids the devices drew.
-    http = httpx.Client(base_url=server)
-    wide = {"degree_factor": 10.0}
-    task_id = create_task(http, _config(rounds=1, n=20, stage_timeout_s=4.0, **wide))
-    clients = _clients(server, tmp_path, 20)
-    ids = [c.device_id for c in clients]
-    stages = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK)
-    drops = {ids[i]: stages[i // 2] for i in range(8)}
-    # Execute
-    _run_round(clients, task_id, 1, drops)
-    wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 1, timeout=60)
-    rnd = admin_get(http, "/v1/rounds/1")
-    # Assert: the devices lost before their masked input are out, the two lost at unmask in
-    assert rnd["measurements"]["contributors"] == 14
-    assert rnd["measurements"]["dropped"] == sorted(ids[:6])
-    coord = SecureCoordinator(
-        initial_params(), SecureConfig(coord_fraction=0.5, seed=SEED, **wide), spec=SPEC
-    )
-    out, _ = run_secure_round(
-        coord,
-        {d: SecureParticipant(SPEC.size) for d in ids},
-        {d: (_delta(d, 1), 1) for d in ids},
-        drops,
-        rng_for=lambda d: np.random.default_rng([SEED, 1, int(d[:12], 16), 3]),
-        round_id=1,
-    )
-    assert out.committed and len(out.contributors) == 14
-    final, _, _ = clients[-1].fetch_current(task_id, SPEC)
-    np.testing.assert_array_equal(final, coord.params)
+    with httpx.Client(base_url=server) as http:
+        wide = {"degree_factor": 10.0}
+        task_id = create_task(http, _config(rounds=1, n=20, stage_timeout_s=4.0, **wide))
+        clients = _clients(server, tmp_path, 20)
+        ids = [c.device_id for c in clients]
+        stages = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK)
+        drops = {ids[i]: stages[i // 2] for i in range(8)}
+        # Execute
+        _run_round(clients, task_id, 1, drops)
+        wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 1, timeout=60)
+        rnd = admin_get(http, "/v1/rounds/1")
+        # Assert: the devices lost before their masked input are out, the two lost at unmask in
+        assert rnd["measurements"]["contributors"] == 14
+        assert rnd["measurements"]["dropped"] == sorted(ids[:6])
+        coord = SecureCoordinator(
+            initial_params(), SecureConfig(coord_fraction=0.5, seed=SEED, **wide), spec=SPEC
+        )
+        out, _ = run_secure_round(
+            coord,
+            {d: SecureParticipant(SPEC.size) for d in ids},
+            {d: (_delta(d, 1), 1) for d in ids},
+            drops,
+            rng_for=lambda d: np.random.default_rng([SEED, 1, int(d[:12], 16), 3]),
+            round_id=1,
+        )
+        assert out.committed and len(out.contributors) == 14
+        final, _, _ = clients[-1].fetch_current(task_id, SPEC)
+        np.testing.assert_array_equal(final, coord.params)
 
 
 @pytest.mark.slow

@@ -7,7 +7,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from coordinator.cli import main
@@ -42,7 +41,7 @@ def test_create_secure_task_from_the_cli(server: str, capsys: pytest.CaptureFixt
     # Assert
     assert rc == 0
     task_id = json.loads(capsys.readouterr().out)["task_id"]
-    status = admin_get(httpx.Client(base_url=server), f"/v1/admin/tasks/{task_id}")
+    status = admin_get(server, f"/v1/admin/tasks/{task_id}")
     assert status["state"] == "active"
     assert status["config"]["secure"] == {
         "coord_fraction": 0.05,
@@ -74,5 +73,5 @@ def test_bad_secure_options_are_refused(server: str, capsys: pytest.CaptureFixtu
     err = capsys.readouterr().err
     assert "graph degree 5068" in err and "above 2048" in err
     assert "lower --secure-degree-factor or use --secure-group-size" in err
-    tasks = admin_get(httpx.Client(base_url=server), "/healthz")["tasks"]
+    tasks = admin_get(server, "/healthz")["tasks"]
     assert tasks == 0

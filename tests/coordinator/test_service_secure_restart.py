@@ -29,40 +29,42 @@ def test_restart_mid_secure_round_keeps_commits_ledger_and_epsilon(tmp_path: Pat
     # Prepare: one committed secure round, then a second one stopped after advertise-keys
     db = tmp_path / "plume.db"
     with fast_service(db) as url:
-        http = httpx.Client(base_url=url)
-        task_id = create_task(http, secure_dp_task(rounds=3))
-        clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
-        for c in clients:
-            c.register()
-        assert all(r.completed for r in secure_round_of(clients, task_id))
-        wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 1)
-        ledger1 = admin_get(http, "/v1/rounds/1/bandwidth")
-        eps1 = metric(http.get("/metrics").text, "plume_dp_epsilon", task_id)
-        stopped = secure_round_of(clients, task_id, drop_at=Stage.SHARE_KEYS)
-        assert all(r.stages == ["advertise-keys"] for r in stopped)
-        assert admin_get(http, "/v1/rounds/2")["measurements"]["stage"] == "share-keys"
-        model1 = admin_get(http, f"/v1/admin/tasks/{task_id}")["model_digest"]
+        with httpx.Client(base_url=url) as http:
+            task_id = create_task(http, secure_dp_task(rounds=3))
+            clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
+            for c in clients:
+                c.register()
+            assert all(r.completed for r in secure_round_of(clients, task_id))
+            wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 1)
+            ledger1 = admin_get(http, "/v1/rounds/1/bandwidth")
+            eps1 = metric(http.get("/metrics").text, "plume_dp_epsilon", task_id)
+            stopped = secure_round_of(clients, task_id, drop_at=Stage.SHARE_KEYS)
+            assert all(r.stages == ["advertise-keys"] for r in stopped)
+            assert admin_get(http, "/v1/rounds/2")["measurements"]["stage"] == "share-keys"
+            model1 = admin_get(http, f"/v1/admin/tasks/{task_id}")["model_digest"]
     # Execute: restart on the same database, then run another round
     with fast_service(db) as url:
-        http = httpx.Client(base_url=url)
-        after = admin_get(http, "/v1/rounds/2")
-        status = admin_get(http, f"/v1/admin/tasks/{task_id}")
-        eps_restart = metric(http.get("/metrics").text, "plume_dp_epsilon", task_id)
-        for c in clients:
-            c.close()  # the apps restart too (one client per app_dir in a process)
-        clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
-        assert all(r.completed for r in secure_round_of(clients, task_id))
-        final = wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 2)
-        eps2 = metric(http.get("/metrics").text, "plume_dp_epsilon", task_id)
-        round3 = admin_get(http, "/v1/rounds/3")
-        # Assert: round 2 was abandoned, round 1 and its ledger intact, epsilon kept
-        assert after["state"] == "abandoned" and "restarted" in after["measurements"]["abandoned"]
-        assert status["version"] == 1 and status["model_digest"] == model1
-        assert admin_get(http, "/v1/rounds/1/bandwidth") == ledger1
-        assert eps1 > 0 and eps_restart == eps1 and eps2 > eps1
-        assert round3["state"] == "committed" and round3["measurements"]["dp"]["rounds"] == 2
-        assert final["version"] == 2 and final["state"] == "done"
-        assert metric(http.get("/metrics").text, "plume_dp_rounds", task_id) == 2
+        with httpx.Client(base_url=url) as http:
+            after = admin_get(http, "/v1/rounds/2")
+            status = admin_get(http, f"/v1/admin/tasks/{task_id}")
+            eps_restart = metric(http.get("/metrics").text, "plume_dp_epsilon", task_id)
+            for c in clients:
+                c.close()  # the apps restart too (one client per app_dir in a process)
+            clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
+            assert all(r.completed for r in secure_round_of(clients, task_id))
+            final = wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 2)
+            eps2 = metric(http.get("/metrics").text, "plume_dp_epsilon", task_id)
+            round3 = admin_get(http, "/v1/rounds/3")
+            # Assert: round 2 was abandoned, round 1 and its ledger intact, epsilon kept
+            assert (
+                after["state"] == "abandoned" and "restarted" in after["measurements"]["abandoned"]
+            )
+            assert status["version"] == 1 and status["model_digest"] == model1
+            assert admin_get(http, "/v1/rounds/1/bandwidth") == ledger1
+            assert eps1 > 0 and eps_restart == eps1 and eps2 > eps1
+            assert round3["state"] == "committed" and round3["measurements"]["dp"]["rounds"] == 2
+            assert final["version"] == 2 and final["state"] == "done"
+            assert metric(http.get("/metrics").text, "plume_dp_rounds", task_id) == 2
 
 
 def test_metrics_serve_anomaly_and_privacy_series_per_task(tmp_path: Path) -> None:
@@ -70,30 +72,30 @@ def test_metrics_serve_anomaly_and_privacy_series_per_task(tmp_path: Path) -> No
     # round waits for both devices (it opens once the second checks in: the selection timeout
     # is never reached)
     with fast_service(tmp_path / "plume.db") as url:
-        http = httpx.Client(base_url=url)
-        tasks = [
-            create_task(http, task_config(rounds=1, aggregator=agg, selection_timeout_s=30.0))
-            for agg in ("anomaly+fedavg", "dp:z=1,clip=5,population=2,sample=2+fedavg")
-        ]
-        clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(2)]
-        for c in clients:
-            c.register()
-        # Execute: one round per task
-        for task_id in tasks:
-            threads = [
-                threading.Thread(
-                    target=c.participate,
-                    args=(SoftmaxTrainer(), *local_data(i)),
-                    kwargs={"task_id": task_id, "max_wait_s": 20},
-                )
-                for i, c in enumerate(clients)
+        with httpx.Client(base_url=url) as http:
+            tasks = [
+                create_task(http, task_config(rounds=1, aggregator=agg, selection_timeout_s=30.0))
+                for agg in ("anomaly+fedavg", "dp:z=1,clip=5,population=2,sample=2+fedavg")
             ]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(30)
-            wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
-        text = http.get("/metrics").text
+            clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(2)]
+            for c in clients:
+                c.register()
+            # Execute: one round per task
+            for task_id in tasks:
+                threads = [
+                    threading.Thread(
+                        target=c.participate,
+                        args=(SoftmaxTrainer(), *local_data(i)),
+                        kwargs={"task_id": task_id, "max_wait_s": 20},
+                    )
+                    for i, c in enumerate(clients)
+                ]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join(30)
+                wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+            text = http.get("/metrics").text
     # Assert: each task's series carry its label: norms and cosines of the screened task's
     # two updates, epsilon of the DP task's one release
     screened, private = tasks
@@ -115,27 +117,27 @@ def test_kill_9_inside_a_secure_publish_abandons_the_round_and_the_next_commits(
 
     db, fault_file = tmp_path / "plume.db", tmp_path / "fault"
     with coordinator(db, "during_publish", fault_file) as (url, proc):
-        http = httpx.Client(base_url=url)
-        task_id = create_task(http, secure_dp_task(rounds=2))
-        clients = [Client(url, str(tmp_path / f"dev{i}"), retries=0) for i in range(3)]
-        for c in clients:
-            c.register()
-        assert all(r.completed for r in secure_round_of(clients, task_id))
-        assert _wait_file(fault_file) == "during_publish"
-        # Execute: SIGKILL mid-publish, restart on the same database, run the next round
-        proc.kill()
-        proc.wait(10)
+        with httpx.Client(base_url=url) as http:
+            task_id = create_task(http, secure_dp_task(rounds=2))
+            clients = [Client(url, str(tmp_path / f"dev{i}"), retries=0) for i in range(3)]
+            for c in clients:
+                c.register()
+            assert all(r.completed for r in secure_round_of(clients, task_id))
+            assert _wait_file(fault_file) == "during_publish"
+            # Execute: SIGKILL mid-publish, restart on the same database, run the next round
+            proc.kill()
+            proc.wait(10)
     with coordinator(db, None, fault_file) as (url, _proc):
-        http = httpx.Client(base_url=url)
-        crashed = admin_get(http, "/v1/rounds/1")
-        before = admin_get(http, f"/v1/admin/tasks/{task_id}")
-        for c in clients:
-            c.close()  # the apps restart too (one client per app_dir in a process)
-        clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
-        assert all(r.completed for r in secure_round_of(clients, task_id))
-        after = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
-        ledger = admin_get(http, "/v1/rounds/1/bandwidth")
-        round2 = admin_get(http, "/v1/rounds/2")
+        with httpx.Client(base_url=url) as http:
+            crashed = admin_get(http, "/v1/rounds/1")
+            before = admin_get(http, f"/v1/admin/tasks/{task_id}")
+            for c in clients:
+                c.close()  # the apps restart too (one client per app_dir in a process)
+            clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
+            assert all(r.completed for r in secure_round_of(clients, task_id))
+            after = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+            ledger = admin_get(http, "/v1/rounds/1/bandwidth")
+            round2 = admin_get(http, "/v1/rounds/2")
     # Assert: the unpublished round left no version behind and was abandoned; its bytes stay
     # in the ledger; the next round started fresh and published version 1
     assert crashed["state"] == "abandoned" and "restarted" in crashed["measurements"]["abandoned"]
@@ -166,18 +168,18 @@ def test_a_publish_that_fails_after_unmasking_still_counts_in_epsilon(
 
     monkeypatch.setattr(Store, "publish", publish_once_failing)
     with fast_service(tmp_path / "plume.db") as url:
-        http = httpx.Client(base_url=url)
-        task_id = create_task(http, secure_dp_task(rounds=2))
-        clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
-        for c in clients:
-            c.register()
-        # Execute: the failed round, then one that commits
-        secure_round_of(clients, task_id)
-        failed = wait_until(http, "/v1/rounds/1", "state", "abandoned")
-        assert all(r.completed for r in secure_round_of(clients, task_id))
-        done = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
-        committed = admin_get(http, "/v1/rounds/2")
-        rounds_metric = metric(http.get("/metrics").text, "plume_dp_rounds", task_id)
+        with httpx.Client(base_url=url) as http:
+            task_id = create_task(http, secure_dp_task(rounds=2))
+            clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
+            for c in clients:
+                c.register()
+            # Execute: the failed round, then one that commits
+            secure_round_of(clients, task_id)
+            failed = wait_until(http, "/v1/rounds/1", "state", "abandoned")
+            assert all(r.completed for r in secure_round_of(clients, task_id))
+            done = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
+            committed = admin_get(http, "/v1/rounds/2")
+            rounds_metric = metric(http.get("/metrics").text, "plume_dp_rounds", task_id)
     # Assert: the failed round is abandoned with its release on record, and epsilon composes
     # both releases
     assert failures == [1] and "disk full" in failed["measurements"]["error"]

@@ -94,13 +94,20 @@ class World:
     def valid_advertise(self, node: int = 0) -> bytes:
         return AdvertiseKeys(self.round_id, node, b"\x01" * 32, b"\x02" * 32).to_bytes()
 
+    def close(self) -> None:
+        for c in (*self.clients, self.d):
+            c.close()
+        self.http.close()
+
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("secure-security")
     cfg = ServiceConfig(db_path=str(root / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02)
     with ServerThread(cfg) as url:
-        yield World(url, root)
+        w = World(url, root)
+        yield w
+        w.close()
 
 
 def _refused(r: httpx.Response, status: int, reason: str) -> str:

@@ -75,7 +75,11 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     root = tmp_path_factory.mktemp("security")
     cfg = ServiceConfig(db_path=str(root / "plume.db"), admin_token=ADMIN, poll_s=0.05)
     with ServerThread(cfg) as url:
-        yield World(url, root)
+        w = World(url, root)
+        yield w
+        for c in (w.a, w.b):
+            c.close()
+        w.http.close()
 
 
 def _expect(resp: httpx.Response, status: int, reason: str) -> None:

@@ -26,7 +26,7 @@ from coordinator.service import ServerThread, ServiceConfig
 from protocol import auth
 from protocol.messages import CodecParams, TaskConfig, TensorShape, TrainingParams, to_json
 from protocol.secagg import Stage
-from sdk import TrainResult
+from sdk import Client, TrainResult
 
 ADMIN = "test-admin-token"
 SHAPES = [("w", (10, 16)), ("b", (10,))]
@@ -104,18 +104,31 @@ def initial_params() -> npt.NDArray[np.float32]:
     return np.random.default_rng(0).normal(0, 0.1, SPEC.size).astype(np.float32)
 
 
-def create_task(http: httpx.Client, cfg: TaskConfig | None = None) -> int:
-    """Create a task and upload its initial model through the admin API."""
+@contextlib.contextmanager
+def _client(at: httpx.Client | str) -> Iterator[httpx.Client]:
+    """`at` if it is a client, else a client of the base URL `at`, closed after (one left to
+    the collector warns of its socket in whatever test is running then)."""
+    if isinstance(at, httpx.Client):
+        yield at
+    else:
+        with httpx.Client(base_url=at) as http:
+            yield http
+
+
+def create_task(at: httpx.Client | str, cfg: TaskConfig | None = None) -> int:
+    """Create a task and upload its initial model through the admin API (`at`: a client, or
+    the coordinator's URL)."""
     auth = {"authorization": f"Bearer {ADMIN}"}
-    r = http.post("/v1/admin/tasks", json=to_json(cfg or task_config()), headers=auth)
-    assert r.status_code == 201, r.text
-    task_id = int(r.json()["task_id"])
-    snap = encode_snapshot(initial_params(), SPEC, "fp32")
-    r = http.put(
-        f"/v1/admin/tasks/{task_id}/model",
-        content=snap,
-        headers={**auth, "content-type": "application/octet-stream"},
-    )
+    with _client(at) as http:
+        r = http.post("/v1/admin/tasks", json=to_json(cfg or task_config()), headers=auth)
+        assert r.status_code == 201, r.text
+        task_id = int(r.json()["task_id"])
+        snap = encode_snapshot(initial_params(), SPEC, "fp32")
+        r = http.put(
+            f"/v1/admin/tasks/{task_id}/model",
+            content=snap,
+            headers={**auth, "content-type": "application/octet-stream"},
+        )
     assert r.status_code == 200, r.text
     return task_id
 
@@ -132,8 +145,10 @@ def rewrite_stored_config(db: Path, task_id: int, **changes: Any) -> str:
     return stored
 
 
-def admin_get(http: httpx.Client, path: str) -> Any:
-    r = http.get(path, headers={"authorization": f"Bearer {ADMIN}"})
+def admin_get(at: httpx.Client | str, path: str) -> Any:
+    """The JSON of an admin GET of `path` (`at`: a client, or the coordinator's URL)."""
+    with _client(at) as http:
+        r = http.get(path, headers={"authorization": f"Bearer {ADMIN}"})
     assert r.status_code == 200, r.text
     return r.json()
 
@@ -175,6 +190,18 @@ def send_signed(
     return http.send(req)
 
 
+OPEN_DEVICES: list[Client] = []
+
+
+def device_client(url: str, app_dir: str, **kw: Any) -> Client:
+    """An sdk `Client` (`Client(url, app_dir, **kw)`) that tests/coordinator/conftest.py closes
+    when the test ends, if the test did not: left open, a client that made a request keeps its
+    sockets until a garbage collection, whose ResourceWarning lands in whatever test runs then."""
+    client = Client(url, app_dir, **kw)
+    OPEN_DEVICES.append(client)
+    return client
+
+
 def await_assignment(client: Any, task_id: int, timeout: float = 20.0) -> Any:
     """Check `client` (an sdk Client) in to `task_id` until it gets an assignment; returns it."""
     import time
@@ -188,16 +215,18 @@ def await_assignment(client: Any, task_id: int, timeout: float = 20.0) -> Any:
         time.sleep(min(answer.retry_after_s, 0.05))
 
 
-def wait_until(http: httpx.Client, path: str, key: str, value: Any, timeout: float = 15.0) -> Any:
-    """Poll an admin JSON endpoint until `body[key] == value` (closes run asynchronously)."""
-    import time
-
+def wait_until(
+    at: httpx.Client | str, path: str, key: str, value: Any, timeout: float = 15.0
+) -> Any:
+    """Poll an admin JSON endpoint until `body[key] == value` (closes run asynchronously;
+    `at`: a client, or the coordinator's URL)."""
     deadline = time.monotonic() + timeout
-    while True:
-        body = admin_get(http, path)
-        if body[key] == value or time.monotonic() > deadline:
-            return body
-        time.sleep(0.02)
+    with _client(at) as http:
+        while True:
+            body = admin_get(http, path)
+            if body[key] == value or time.monotonic() > deadline:
+                return body
+            time.sleep(0.02)
 
 
 @contextlib.contextmanager

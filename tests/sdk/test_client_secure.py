@@ -79,14 +79,14 @@ def server(tmp_path: Path) -> Iterator[tuple[str, int]]:
     )
     with ServerThread(cfg) as url:
         auth = {"authorization": f"Bearer {ADMIN}"}
-        http = httpx.Client(base_url=url, headers=auth)
-        task = _task(rounds=2, stage_timeout_s=60.0)
-        task_id = int(http.post("/v1/admin/tasks", json=task).json()["task_id"])
-        snap = encode_snapshot(np.zeros(SPEC.size, np.float32), SPEC, "fp32")
-        octet = {"content-type": "application/octet-stream"}
-        r = http.put(f"/v1/admin/tasks/{task_id}/model", content=snap, headers=octet)
-        assert r.status_code == 200
-        yield url, task_id
+        with httpx.Client(base_url=url, headers=auth) as http:
+            task = _task(rounds=2, stage_timeout_s=60.0)
+            task_id = int(http.post("/v1/admin/tasks", json=task).json()["task_id"])
+            snap = encode_snapshot(np.zeros(SPEC.size, np.float32), SPEC, "fp32")
+            octet = {"content-type": "application/octet-stream"}
+            r = http.put(f"/v1/admin/tasks/{task_id}/model", content=snap, headers=octet)
+            assert r.status_code == 200
+            yield url, task_id
 
 
 def _data() -> tuple[np.ndarray, np.ndarray]:
@@ -175,17 +175,17 @@ def test_async_clients_run_a_secure_round_counted_like_the_ledger(
     # Assert: three full participations, and each device's own byte counts are the ledger's
     assert all(isinstance(r, SecureRoundReport) and r.completed for r in reports)
     round_id = reports[0].round_id
-    http = httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"})
-    give_up = time.monotonic() + 30
-    while http.get(f"/v1/rounds/{round_id}").json()["state"] != "committed":
-        assert time.monotonic() < give_up, "the secure round never committed"
-        time.sleep(0.02)
-    rows = http.get(f"/v1/rounds/{round_id}/bandwidth").json()["rows"]
-    assert {row["device_id"] for row in rows} == set(counted)
-    for row in rows:
-        cell = counted[row["device_id"]][round_id][row["direction"]]
-        assert row["wire_bytes"] == cell["wire_bytes"]
-        assert row["payload_bytes"] == cell["payload_bytes"]
+    with httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"}) as http:
+        give_up = time.monotonic() + 30
+        while http.get(f"/v1/rounds/{round_id}").json()["state"] != "committed":
+            assert time.monotonic() < give_up, "the secure round never committed"
+            time.sleep(0.02)
+        rows = http.get(f"/v1/rounds/{round_id}/bandwidth").json()["rows"]
+        assert {row["device_id"] for row in rows} == set(counted)
+        for row in rows:
+            cell = counted[row["device_id"]][round_id][row["direction"]]
+            assert row["wire_bytes"] == cell["wire_bytes"]
+            assert row["payload_bytes"] == cell["payload_bytes"]
 
 
 def test_a_tampered_round_digest_is_refused_before_any_stage_upload(

@@ -113,26 +113,28 @@ def _try_open(app_dir: Path) -> dict[str, object]:
 
 def test_the_lock_of_a_killed_holder_is_released_by_the_kernel(tmp_path: Path) -> None:
     # Prepare: another process opens the app directory and holds it.
-    holder = subprocess.Popen(
+    # (the with block closes the pipes: left open, the collector closes them later, with a
+    # ResourceWarning in whatever test runs then)
+    with subprocess.Popen(
         [sys.executable, "-c", _OPEN, str(tmp_path), "hold"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-    )  # fmt: skip
-    try:
-        assert holder.stdout is not None
-        assert json.loads(holder.stdout.readline()) == {"opened": True}
-        with pytest.raises(AppDirInUse) as refused:
-            DeviceStore(tmp_path)
-        assert refused.value.pid == holder.pid
-        assert refused.value.path == tmp_path
-        assert f"in use by process {holder.pid}" in str(refused.value)
+    ) as holder:  # fmt: skip
+        try:
+            assert holder.stdout is not None
+            assert json.loads(holder.stdout.readline()) == {"opened": True}
+            with pytest.raises(AppDirInUse) as refused:
+                DeviceStore(tmp_path)
+            assert refused.value.pid == holder.pid
+            assert refused.value.path == tmp_path
+            assert f"in use by process {holder.pid}" in str(refused.value)
 
-        # Execute: the holder dies without closing anything.
-        holder.send_signal(signal.SIGKILL)
-        holder.wait(timeout=30)
-    finally:
-        if holder.poll() is None:
-            holder.kill()
+            # Execute: the holder dies without closing anything.
+            holder.send_signal(signal.SIGKILL)
             holder.wait(timeout=30)
+        finally:
+            if holder.poll() is None:
+                holder.kill()
+                holder.wait(timeout=30)
 
     # Assert: the directory opens again at once.
     with DeviceStore(tmp_path) as store:

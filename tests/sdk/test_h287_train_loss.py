@@ -273,98 +273,98 @@ def test_the_rounds_figures_are_the_losses_the_devices_trained_with(
     server: str, tmp_path: Path
 ) -> None:
     # Prepare
-    http = httpx.Client(base_url=server)
-    task_id = create_task(http, task_config(rounds=1, clients_per_round=3))
-    seen = Uploads()
-    clients = [Client(server, str(tmp_path / f"d{i}"), mods=(seen,)) for i in range(3)]
-    for c in clients:
-        c.register()
-    assigned = _assign_all(clients, task_id)
-    # Execute
-    reports = _train_all(clients, assigned)
-    round_id = assigned[0].round_id
-    status = from_json(
-        RoundStatus, wait_until(http, f"/v1/rounds/{round_id}", "state", "committed")
-    )
-    # Assert: each upload sent its RoundReport's loss, and the round's figures are theirs
-    losses = [r.loss for r in reports]
-    assert all(a.report_loss is True for a in assigned)
-    assert all(math.isfinite(x) and x > 0 for x in losses)
-    assert sorted(seen.targets) == sorted(
-        f"/v1/rounds/{round_id}/updates?train_loss={x!r}" for x in losses
-    )
-    meas = status.measurements
-    assert meas["train_loss_reports"] == 3
-    assert meas["train_loss_median"] == statistics.median(losses)
-    assert meas["train_loss_mean"] == math.fsum(losses) / 3
-    # ... and the query's bytes are counted alike on both sides of the ledger
-    server_side = admin_get(http, f"/v1/rounds/{round_id}/bandwidth")["totals"]
-    for kind in ("wire_bytes", "payload_bytes"):
-        sdk_up = sum(c.bandwidth[round_id]["up"][kind] for c in clients)
-        assert server_side[f"up_{kind}"] == sdk_up, kind
-    for c in clients:
-        c.close()
+    with httpx.Client(base_url=server) as http:
+        task_id = create_task(http, task_config(rounds=1, clients_per_round=3))
+        seen = Uploads()
+        clients = [Client(server, str(tmp_path / f"d{i}"), mods=(seen,)) for i in range(3)]
+        for c in clients:
+            c.register()
+        assigned = _assign_all(clients, task_id)
+        # Execute
+        reports = _train_all(clients, assigned)
+        round_id = assigned[0].round_id
+        status = from_json(
+            RoundStatus, wait_until(http, f"/v1/rounds/{round_id}", "state", "committed")
+        )
+        # Assert: each upload sent its RoundReport's loss, and the round's figures are theirs
+        losses = [r.loss for r in reports]
+        assert all(a.report_loss is True for a in assigned)
+        assert all(math.isfinite(x) and x > 0 for x in losses)
+        assert sorted(seen.targets) == sorted(
+            f"/v1/rounds/{round_id}/updates?train_loss={x!r}" for x in losses
+        )
+        meas = status.measurements
+        assert meas["train_loss_reports"] == 3
+        assert meas["train_loss_median"] == statistics.median(losses)
+        assert meas["train_loss_mean"] == math.fsum(losses) / 3
+        # ... and the query's bytes are counted alike on both sides of the ledger
+        server_side = admin_get(http, f"/v1/rounds/{round_id}/bandwidth")["totals"]
+        for kind in ("wire_bytes", "payload_bytes"):
+            sdk_up = sum(c.bandwidth[round_id]["up"][kind] for c in clients)
+            assert server_side[f"up_{kind}"] == sdk_up, kind
+        for c in clients:
+            c.close()
 
 
 def test_an_async_client_sends_its_loss_too(server: str, tmp_path: Path) -> None:
     # Prepare
-    http = httpx.Client(base_url=server)
-    task_id = create_task(http, task_config(rounds=1, clients_per_round=2))
+    with httpx.Client(base_url=server) as http:
+        task_id = create_task(http, task_config(rounds=1, clients_per_round=2))
 
-    async def main() -> tuple[list[RoundReport], int]:
-        clients = [AsyncClient(server, str(tmp_path / f"a{i}")) for i in range(2)]
-        for c in clients:
-            await c.register()
-        assigned: dict[int, Assignment] = {}
-        give_up = time.monotonic() + 30
-        while len(assigned) < 2:
-            for i, c in enumerate(clients):
-                if i not in assigned and (a := (await c.check_in(task_id)).assignment):
-                    assigned[i] = a
-            assert time.monotonic() < give_up
-            await asyncio.sleep(0.02)
-        reports = await asyncio.gather(
-            *(
-                c.train_round(assigned[i], SoftmaxTrainer(), *local_data(i))
-                for i, c in enumerate(clients)
+        async def main() -> tuple[list[RoundReport], int]:
+            clients = [AsyncClient(server, str(tmp_path / f"a{i}")) for i in range(2)]
+            for c in clients:
+                await c.register()
+            assigned: dict[int, Assignment] = {}
+            give_up = time.monotonic() + 30
+            while len(assigned) < 2:
+                for i, c in enumerate(clients):
+                    if i not in assigned and (a := (await c.check_in(task_id)).assignment):
+                        assigned[i] = a
+                assert time.monotonic() < give_up
+                await asyncio.sleep(0.02)
+            reports = await asyncio.gather(
+                *(
+                    c.train_round(assigned[i], SoftmaxTrainer(), *local_data(i))
+                    for i, c in enumerate(clients)
+                )
             )
-        )
-        for c in clients:
-            await c.aclose()
-        return list(reports), assigned[0].round_id
+            for c in clients:
+                await c.aclose()
+            return list(reports), assigned[0].round_id
 
-    # Execute
-    reports, round_id = asyncio.run(main())
-    status = wait_until(http, f"/v1/rounds/{round_id}", "state", "committed")
-    # Assert
-    losses = [r.loss for r in reports]
-    meas = status["measurements"]
-    assert meas["train_loss_reports"] == 2
-    assert meas["train_loss_median"] == statistics.median(losses)
-    assert meas["train_loss_mean"] == math.fsum(losses) / 2
+        # Execute
+        reports, round_id = asyncio.run(main())
+        status = wait_until(http, f"/v1/rounds/{round_id}", "state", "committed")
+        # Assert
+        losses = [r.loss for r in reports]
+        meas = status["measurements"]
+        assert meas["train_loss_reports"] == 2
+        assert meas["train_loss_median"] == statistics.median(losses)
+        assert meas["train_loss_mean"] == math.fsum(losses) / 2
 
 
 def test_a_dp_tasks_devices_send_no_loss(server: str, tmp_path: Path) -> None:
     # Prepare
-    http = httpx.Client(base_url=server)
-    cfg = task_config(rounds=1, clients_per_round=2, aggregator="dp:clip=1,z=0.5+fedavg")
-    task_id = create_task(http, cfg)
-    seen = Uploads()
-    clients = [Client(server, str(tmp_path / f"d{i}"), mods=(seen,)) for i in range(2)]
-    for c in clients:
-        c.register()
-    assigned = _assign_all(clients, task_id)
-    # Execute
-    reports = _train_all(clients, assigned)
-    status = wait_until(http, f"/v1/rounds/{assigned[0].round_id}", "state", "committed")
-    # Assert: trained (finite losses), sent none, accepted, no figures
-    assert all(a.report_loss is None for a in assigned)
-    assert all(math.isfinite(r.loss) for r in reports)
-    assert seen.targets == [f"/v1/rounds/{assigned[0].round_id}/updates"] * 2
-    assert status["reports"] == 2
-    assert not [k for k in status["measurements"] if k.startswith("train_loss")]
-    for c in clients:
-        c.close()
+    with httpx.Client(base_url=server) as http:
+        cfg = task_config(rounds=1, clients_per_round=2, aggregator="dp:clip=1,z=0.5+fedavg")
+        task_id = create_task(http, cfg)
+        seen = Uploads()
+        clients = [Client(server, str(tmp_path / f"d{i}"), mods=(seen,)) for i in range(2)]
+        for c in clients:
+            c.register()
+        assigned = _assign_all(clients, task_id)
+        # Execute
+        reports = _train_all(clients, assigned)
+        status = wait_until(http, f"/v1/rounds/{assigned[0].round_id}", "state", "committed")
+        # Assert: trained (finite losses), sent none, accepted, no figures
+        assert all(a.report_loss is None for a in assigned)
+        assert all(math.isfinite(r.loss) for r in reports)
+        assert seen.targets == [f"/v1/rounds/{assigned[0].round_id}/updates"] * 2
+        assert status["reports"] == 2
+        assert not [k for k in status["measurements"] if k.startswith("train_loss")]
+        for c in clients:
+            c.close()
 
 
 class NaNTrainer(SoftmaxTrainer):
@@ -377,21 +377,21 @@ class NaNTrainer(SoftmaxTrainer):
 
 def test_a_round_whose_device_has_no_loss_counts_the_others(server: str, tmp_path: Path) -> None:
     # Prepare: one device's trainer reports NaN
-    http = httpx.Client(base_url=server)
-    task_id = create_task(http, task_config(rounds=1, clients_per_round=2))
-    clients = [Client(server, str(tmp_path / f"d{i}")) for i in range(2)]
-    for c in clients:
-        c.register()
-    assigned = _assign_all(clients, task_id)
-    x, y = local_data(0)
-    # Execute
-    nan_report = clients[0].train_round(assigned[0], NaNTrainer(), x, y)
-    ok_report = clients[1].train_round(assigned[1], SoftmaxTrainer(), *local_data(1))
-    status = wait_until(http, f"/v1/rounds/{assigned[0].round_id}", "state", "committed")
-    # Assert
-    assert math.isnan(nan_report.loss)
-    meas = status["measurements"]
-    assert status["reports"] == 2 and meas["train_loss_reports"] == 1
-    assert meas["train_loss_median"] == meas["train_loss_mean"] == ok_report.loss
-    for c in clients:
-        c.close()
+    with httpx.Client(base_url=server) as http:
+        task_id = create_task(http, task_config(rounds=1, clients_per_round=2))
+        clients = [Client(server, str(tmp_path / f"d{i}")) for i in range(2)]
+        for c in clients:
+            c.register()
+        assigned = _assign_all(clients, task_id)
+        x, y = local_data(0)
+        # Execute
+        nan_report = clients[0].train_round(assigned[0], NaNTrainer(), x, y)
+        ok_report = clients[1].train_round(assigned[1], SoftmaxTrainer(), *local_data(1))
+        status = wait_until(http, f"/v1/rounds/{assigned[0].round_id}", "state", "committed")
+        # Assert
+        assert math.isnan(nan_report.loss)
+        meas = status["measurements"]
+        assert status["reports"] == 2 and meas["train_loss_reports"] == 1
+        assert meas["train_loss_median"] == meas["train_loss_mean"] == ok_report.loss
+        for c in clients:
+            c.close()

@@ -205,65 +205,65 @@ def test_control_and_round_bytes_are_the_relayed_bytes_of_each_device(
     # Prepare: a round of two devices; the first checks in about 1 s before the second, so it
     # waits (idle check-ins) while the round gathers
     relay, upstream, url = relayed
-    admin = httpx.Client(base_url=upstream)
-    task_id = create_task(
-        admin, task_config(rounds=1, clients_per_round=2, selection_timeout_s=60.0)
-    )
-    views: dict[str, dict[str, Any]] = {}
-    reports: list[Any] = []
+    with httpx.Client(base_url=upstream) as admin:
+        task_id = create_task(
+            admin, task_config(rounds=1, clients_per_round=2, selection_timeout_s=60.0)
+        )
+        views: dict[str, dict[str, Any]] = {}
+        reports: list[Any] = []
 
-    # Execute: both take part; then each checks in once more (the answer carries its upload's
-    # round outcome: control traffic too)
-    if asynchronous:
+        # Execute: both take part; then each checks in once more (the answer carries its upload's
+        # round outcome: control traffic too)
+        if asynchronous:
 
-        async def device(i: int, client: AsyncClient) -> None:
-            await asyncio.sleep(1.0 * i)
-            await client.register()
-            x, y = local_data(i)
-            reports.append(await client.participate(SoftmaxTrainer(), x, y, task_id=task_id))
+            async def device(i: int, client: AsyncClient) -> None:
+                await asyncio.sleep(1.0 * i)
+                await client.register()
+                x, y = local_data(i)
+                reports.append(await client.participate(SoftmaxTrainer(), x, y, task_id=task_id))
 
-        async def fleet() -> None:
-            clients = [AsyncClient(url, str(tmp_path / f"dev{i}")) for i in range(2)]
-            try:
-                await asyncio.gather(*(device(i, c) for i, c in enumerate(clients)))
-                wait_until(admin, f"/v1/admin/tasks/{task_id}", "state", "done")
-                for client in clients:
-                    await client.check_in(task_id)
-                    views[client.device_id] = _device_view(client)
-            finally:
-                await asyncio.gather(*(c.aclose() for c in clients))
-
-        asyncio.run(fleet())
-    else:
-        errors: list[BaseException] = []
-
-        def run(i: int) -> None:
-            try:
-                time.sleep(1.0 * i)
-                with Client(url, str(tmp_path / f"dev{i}")) as client:
-                    client.register()
-                    x, y = local_data(i)
-                    reports.append(client.participate(SoftmaxTrainer(), x, y, task_id=task_id))
+            async def fleet() -> None:
+                clients = [AsyncClient(url, str(tmp_path / f"dev{i}")) for i in range(2)]
+                try:
+                    await asyncio.gather(*(device(i, c) for i, c in enumerate(clients)))
                     wait_until(admin, f"/v1/admin/tasks/{task_id}", "state", "done")
-                    client.check_in(task_id)
-                    views[client.device_id] = _device_view(client)
-            except BaseException as exc:  # surfaced below
-                errors.append(exc)
+                    for client in clients:
+                        await client.check_in(task_id)
+                        views[client.device_id] = _device_view(client)
+                finally:
+                    await asyncio.gather(*(c.aclose() for c in clients))
 
-        threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(60)
-        assert not errors, errors
-    # Assert: both took part in round 1; per device, the SDK's control and round counts are
-    # exactly what the relay carried (wire bytes up and down, requests)
-    assert len(reports) == 2 and all(r is not None and r.round_id == 1 for r in reports)
-    seen = _relayed_per_device(relay)
-    assert set(seen) == set(views)
-    for device, view in views.items():
-        assert view == seen[device], device
-    waited = max(views.values(), key=lambda v: v["control"][2])
-    # register, idle check-ins while the round gathered, and the last check-in
-    assert waited["control"][2] >= 4
-    assert waited["control"][0] > 0 and waited["control"][1] > 0
+            asyncio.run(fleet())
+        else:
+            errors: list[BaseException] = []
+
+            def run(i: int) -> None:
+                try:
+                    time.sleep(1.0 * i)
+                    with Client(url, str(tmp_path / f"dev{i}")) as client:
+                        client.register()
+                        x, y = local_data(i)
+                        reports.append(client.participate(SoftmaxTrainer(), x, y, task_id=task_id))
+                        wait_until(admin, f"/v1/admin/tasks/{task_id}", "state", "done")
+                        client.check_in(task_id)
+                        views[client.device_id] = _device_view(client)
+                except BaseException as exc:  # surfaced below
+                    errors.append(exc)
+
+            threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(60)
+            assert not errors, errors
+        # Assert: both took part in round 1; per device, the SDK's control and round counts are
+        # exactly what the relay carried (wire bytes up and down, requests)
+        assert len(reports) == 2 and all(r is not None and r.round_id == 1 for r in reports)
+        seen = _relayed_per_device(relay)
+        assert set(seen) == set(views)
+        for device, view in views.items():
+            assert view == seen[device], device
+        waited = max(views.values(), key=lambda v: v["control"][2])
+        # register, idle check-ins while the round gathered, and the last check-in
+        assert waited["control"][2] >= 4
+        assert waited["control"][0] > 0 and waited["control"][1] > 0

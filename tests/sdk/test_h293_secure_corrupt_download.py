@@ -65,16 +65,18 @@ def server(tmp_path: Path) -> Iterator[SecureTask]:
     )
     served = ServerThread(cfg)
     with served as url:
-        http = httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"})
-        task = _task(rounds=1, stage_timeout_s=STAGE_TIMEOUT_S)
-        task_id = int(http.post("/v1/admin/tasks", json=task).json()["task_id"])
-        snap = encode_snapshot(np.zeros(SPEC.size, np.float32), SPEC, "fp32")
-        octet = {"content-type": "application/octet-stream"}
-        assert http.put(f"/v1/admin/tasks/{task_id}/model", content=snap, headers=octet).is_success
-        coordinator = served.app.state.coordinator
-        clock = StageClock()
-        coordinator.runtimes[task_id].secure.registry.clock = clock
-        yield SecureTask(url, task_id, coordinator, clock)
+        with httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"}) as http:
+            task = _task(rounds=1, stage_timeout_s=STAGE_TIMEOUT_S)
+            task_id = int(http.post("/v1/admin/tasks", json=task).json()["task_id"])
+            snap = encode_snapshot(np.zeros(SPEC.size, np.float32), SPEC, "fp32")
+            octet = {"content-type": "application/octet-stream"}
+            assert http.put(
+                f"/v1/admin/tasks/{task_id}/model", content=snap, headers=octet
+            ).is_success
+            coordinator = served.app.state.coordinator
+            clock = StageClock()
+            coordinator.runtimes[task_id].secure.registry.clock = clock
+            yield SecureTask(url, task_id, coordinator, clock)
 
 
 class _Corrupter:
@@ -169,12 +171,12 @@ def _round(
 
 
 def _committed(url: str, round_id: int) -> bool:
-    http = httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"})
-    for _ in range(300):
-        if http.get(f"/v1/rounds/{round_id}").json()["state"] == "committed":
-            return True
-        time.sleep(0.02)
-    return False
+    with httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"}) as http:
+        for _ in range(300):
+            if http.get(f"/v1/rounds/{round_id}").json()["state"] == "committed":
+                return True
+            time.sleep(0.02)
+        return False
 
 
 @pytest.mark.parametrize("download", list(CORRUPT_AT))

@@ -276,26 +276,26 @@ def test_the_round_figures_take_the_loss_of_an_upload_re_sent_after_a_restart(
         return response
 
     with ServerThread(cfg) as url:
-        http = httpx.Client(base_url=url)
-        task_id = create_task(http, task_config(rounds=1, clients_per_round=1))
-        root = str(tmp_path / "dev")
-        x, y = local_data(0)
-        with Client(url, root, mods=(proxy_down,), retries=1, backoff_s=0.0) as client:
-            client.register()
-            a = await_assignment(client, task_id)
-            assert a.report_loss is True
-            with pytest.raises(ClientError):
-                client.train_round(a, SoftmaxTrainer(), x, y)
-        with DeviceStore(root) as store:
-            held = store.load_pending()
-        assert held is not None and held.train_loss is not None
-        loss = float(held.train_loss)
-        # Execute: the restarted app re-sends it (participate re-sends a pending upload first)
-        with Client(url, root, mods=(proxy_up,)) as again:
-            assert again.resume_pending() is not None
-        status = from_json(
-            RoundStatus, wait_until(http, f"/v1/rounds/{a.round_id}", "state", "committed")
-        )
+        with httpx.Client(base_url=url) as http:
+            task_id = create_task(http, task_config(rounds=1, clients_per_round=1))
+            root = str(tmp_path / "dev")
+            x, y = local_data(0)
+            with Client(url, root, mods=(proxy_down,), retries=1, backoff_s=0.0) as client:
+                client.register()
+                a = await_assignment(client, task_id)
+                assert a.report_loss is True
+                with pytest.raises(ClientError):
+                    client.train_round(a, SoftmaxTrainer(), x, y)
+            with DeviceStore(root) as store:
+                held = store.load_pending()
+            assert held is not None and held.train_loss is not None
+            loss = float(held.train_loss)
+            # Execute: the restarted app re-sends it (participate re-sends a pending upload first)
+            with Client(url, root, mods=(proxy_up,)) as again:
+                assert again.resume_pending() is not None
+            status = from_json(
+                RoundStatus, wait_until(http, f"/v1/rounds/{a.round_id}", "state", "committed")
+            )
     # Assert: every attempt, before and after the restart, sent the same loss, and the round's
     # figures are that loss
     assert math.isfinite(loss) and loss > 0

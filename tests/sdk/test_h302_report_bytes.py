@@ -93,13 +93,12 @@ def plain(tmp_path: Path) -> Iterator[tuple[ByteRelay, httpx.Client, str, int]]:
         db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
     )
     with ServerThread(cfg) as upstream:
-        admin = httpx.Client(base_url=upstream, headers={"authorization": f"Bearer {ADMIN}"})
-        cfg_task = task_config(rounds=2, clients_per_round=1, selection_timeout_s=0.3)
-        task_id = create_task(admin, cfg_task)
-        relay = ByteRelay(upstream)
-        with relay as url:
-            yield relay, admin, url, task_id
-        admin.close()
+        with httpx.Client(base_url=upstream, headers={"authorization": f"Bearer {ADMIN}"}) as admin:
+            cfg_task = task_config(rounds=2, clients_per_round=1, selection_timeout_s=0.3)
+            task_id = create_task(admin, cfg_task)
+            relay = ByteRelay(upstream)
+            with relay as url:
+                yield relay, admin, url, task_id
 
 
 @MODES
@@ -157,18 +156,19 @@ def secure_task(tmp_path: Path) -> Iterator[tuple[ByteRelay, httpx.Client, str, 
         db_path=str(tmp_path / "plume.db"), admin_token=secure.ADMIN, poll_s=0.05, tick_s=0.02
     )
     with ServerThread(cfg) as upstream:
-        admin = httpx.Client(base_url=upstream, headers={"authorization": f"Bearer {secure.ADMIN}"})
-        # Every stage closes once all three uploaded: none is meant to time out (60 s)
-        task = secure._task(rounds=1, stage_timeout_s=60.0)
-        task_id = int(admin.post("/v1/admin/tasks", json=task).json()["task_id"])
-        snap = encode_snapshot(np.zeros(secure.SPEC.size, np.float32), secure.SPEC, "fp32")
-        octet = {"content-type": "application/octet-stream"}
-        r = admin.put(f"/v1/admin/tasks/{task_id}/model", content=snap, headers=octet)
-        assert r.is_success, r.text
-        relay = ByteRelay(upstream)
-        with relay as url:
-            yield relay, admin, url, task_id
-        admin.close()
+        with httpx.Client(
+            base_url=upstream, headers={"authorization": f"Bearer {secure.ADMIN}"}
+        ) as admin:
+            # Every stage closes once all three uploaded: none is meant to time out (60 s)
+            task = secure._task(rounds=1, stage_timeout_s=60.0)
+            task_id = int(admin.post("/v1/admin/tasks", json=task).json()["task_id"])
+            snap = encode_snapshot(np.zeros(secure.SPEC.size, np.float32), secure.SPEC, "fp32")
+            octet = {"content-type": "application/octet-stream"}
+            r = admin.put(f"/v1/admin/tasks/{task_id}/model", content=snap, headers=octet)
+            assert r.is_success, r.text
+            relay = ByteRelay(upstream)
+            with relay as url:
+                yield relay, admin, url, task_id
 
 
 def test_a_secure_report_is_its_rounds_row(

@@ -63,11 +63,16 @@ def _backend() -> _AsyncSocketBackend:
 
 
 async def _listener() -> tuple[asyncio.Server, int]:
-    """A loopback server that accepts and holds each connection; its port."""
+    """A loopback server that accepts and holds each connection; its port. A connection is
+    closed when its peer's is, or when the loop cancels its task at the end of `asyncio.run`
+    (left open, the collector closes its socket later, with a ResourceWarning in whatever test
+    runs then)."""
 
     async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read()
-        writer.close()
+        try:
+            await reader.read()
+        finally:
+            writer.close()
 
     server = await asyncio.start_server(hold, "127.0.0.1", 0)
     return server, server.sockets[0].getsockname()[1]
