@@ -23,6 +23,7 @@ from .test_service_support import (
     SoftmaxTrainer,
     await_assignment,
     create_task,
+    device_client,
     local_data,
     send_signed,
     task_config,
@@ -51,7 +52,7 @@ def _totals(http: httpx.Client, rid: int) -> Any:
 def _finished_task(http: httpx.Client, url: str, tmp: Path) -> tuple[int, list[Client], int]:
     """A one-round task both devices took part in, done: (task id, devices, its round id)."""
     task = create_task(http, task_config(rounds=1, name="A"))
-    clients = [Client(url, str(tmp / f"d{i}")) for i in range(2)]
+    clients = [device_client(url, str(tmp / f"d{i}")) for i in range(2)]
     for c in clients:
         c.register()
     got: dict[int, int] = {}

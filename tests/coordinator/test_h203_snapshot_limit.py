@@ -13,7 +13,6 @@ import httpx
 import pytest
 
 from coordinator.service import ServerThread, ServiceConfig
-from sdk.client import Client
 
 from .test_h203_delta_bounded import _get  # a model GET signed by the device, round 0
 from .test_service_support import (
@@ -22,6 +21,7 @@ from .test_service_support import (
     SoftmaxTrainer,
     await_assignment,
     create_task,
+    device_client,
     local_data,
     task_config,
     wait_until,
@@ -48,7 +48,7 @@ def test_a_device_past_the_default_limit_gets_429_with_retry_after(
 ) -> None:
     http, url = served
     task = create_task(http, task_config(rounds=3))
-    a, b = (Client(url, str(tmp_path / n)) for n in ("a", "b"))
+    a, b = (device_client(url, str(tmp_path / n)) for n in ("a", "b"))
     for c in (a, b):
         c.register()
     for _ in range(16):  # the default, ServiceConfig.snapshots_per_version
@@ -81,7 +81,7 @@ def test_a_device_past_the_default_limit_gets_429_with_retry_after(
 def test_the_count_starts_again_at_the_next_version(tmp_path: Path) -> None:
     with _serve(tmp_path, snapshots_per_version=2) as url, httpx.Client(base_url=url) as http:
         task = create_task(http, task_config(rounds=1, clients_per_round=1))
-        a, b = (Client(url, str(tmp_path / n)) for n in ("a", "b"))
+        a, b = (device_client(url, str(tmp_path / n)) for n in ("a", "b"))
         for c in (a, b):
             c.register()
         for _ in range(2):
@@ -99,7 +99,7 @@ def test_the_sdks_own_downloads_never_reach_the_default_limit(
 ) -> None:
     http, url = served
     task = create_task(http, task_config(rounds=3))
-    clients = [Client(url, str(tmp_path / f"d{i}")) for i in range(2)]
+    clients = [device_client(url, str(tmp_path / f"d{i}")) for i in range(2)]
     for c in clients:
         c.register()
     # fetch_current many times at one version: one snapshot, then have= (nothing new)

@@ -25,6 +25,7 @@ from .test_service_support import (
     SoftmaxTrainer,
     admin_get,
     create_task,
+    device_client,
     local_data,
     task_config,
     wait_until,
@@ -117,7 +118,7 @@ def test_a_refused_task_does_not_stop_the_others_and_is_kept_as_stored(
         metrics = http.get("/metrics").text
         resume = http.post(f"/v1/admin/tasks/{bad}/resume", headers=AUTH)
         pause = http.post(f"/v1/admin/tasks/{bad}/pause", headers=AUTH)
-        device = Client(url, str(tmp_path / "probe"), retries=0)
+        device = device_client(url, str(tmp_path / "probe"), retries=0)
         device.register()
         with pytest.raises(ClientError) as check_in_refused:
             device.check_in(bad)
@@ -149,7 +150,7 @@ def test_device_requests_for_a_refused_task_get_409_not_500(tmp_path: Path) -> N
     db = tmp_path / "plume.db"
     with _service(db) as url, httpx.Client(base_url=url) as http:
         bad = create_task(http, task_config(rounds=2, selection_timeout_s=30))
-        a, b = (Client(url, str(tmp_path / d), retries=0) for d in ("a", "b"))
+        a, b = (device_client(url, str(tmp_path / d), retries=0) for d in ("a", "b"))
         a.register()
         b.register()
         a.check_in(bad)
@@ -168,7 +169,7 @@ def test_device_requests_for_a_refused_task_get_409_not_500(tmp_path: Path) -> N
     # Execute
     with _service(db) as url, httpx.Client(base_url=url) as http:
         a.close()  # the app restarts too (one client per app_dir in a process)
-        a = Client(url, str(tmp_path / "a"), retries=0)
+        a = device_client(url, str(tmp_path / "a"), retries=0)
         with pytest.raises(ClientError) as model_refused:
             a.fetch_model(assignment)
         with pytest.raises(ClientError) as upload_refused:
