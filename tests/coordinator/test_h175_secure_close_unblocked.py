@@ -31,7 +31,14 @@ from protocol.secagg import Stage, WrongStage
 from sdk.client import Client
 
 from .test_h76_registry_scans import _Clock, _Fleet, _registry
-from .test_service_support import ADMIN, SPEC, await_assignment, create_task, task_config
+from .test_service_support import (
+    ADMIN,
+    SPEC,
+    await_assignment,
+    create_task,
+    device_client,
+    task_config,
+)
 
 WAIT_S = 30.0  # generous: every wait below normally ends in milliseconds
 
@@ -93,7 +100,7 @@ def test_an_unsigned_request_and_healthz_answer_while_a_secure_round_unmasks(
             secure={"coord_fraction": 0.5, "stage_timeout_s": 20.0},
         )
         tid = create_task(http, tc)
-        clients = [Client(url, str(tmp_path / f"d{i}")) for i in range(3)]
+        clients = [device_client(url, str(tmp_path / f"d{i}")) for i in range(3)]
         for c in clients:
             c.register()
         rid: dict[str, int] = {}

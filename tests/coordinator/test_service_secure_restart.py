@@ -12,13 +12,13 @@ import httpx
 import pytest
 
 from protocol.secagg import Stage
-from sdk.client import Client
 
 from ._secure_service import fast_service, metric, secure_dp_task, secure_round_of
 from .test_service_support import (
     SoftmaxTrainer,
     admin_get,
     create_task,
+    device_client,
     local_data,
     task_config,
     wait_until,
@@ -31,7 +31,7 @@ def test_restart_mid_secure_round_keeps_commits_ledger_and_epsilon(tmp_path: Pat
     with fast_service(db) as url:
         with httpx.Client(base_url=url) as http:
             task_id = create_task(http, secure_dp_task(rounds=3))
-            clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
+            clients = [device_client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
             for c in clients:
                 c.register()
             assert all(r.completed for r in secure_round_of(clients, task_id))
@@ -50,7 +50,7 @@ def test_restart_mid_secure_round_keeps_commits_ledger_and_epsilon(tmp_path: Pat
             eps_restart = metric(http.get("/metrics").text, "plume_dp_epsilon", task_id)
             for c in clients:
                 c.close()  # the apps restart too (one client per app_dir in a process)
-            clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
+            clients = [device_client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
             assert all(r.completed for r in secure_round_of(clients, task_id))
             final = wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 2)
             eps2 = metric(http.get("/metrics").text, "plume_dp_epsilon", task_id)
@@ -77,7 +77,7 @@ def test_metrics_serve_anomaly_and_privacy_series_per_task(tmp_path: Path) -> No
                 create_task(http, task_config(rounds=1, aggregator=agg, selection_timeout_s=30.0))
                 for agg in ("anomaly+fedavg", "dp:z=1,clip=5,population=2,sample=2+fedavg")
             ]
-            clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(2)]
+            clients = [device_client(url, str(tmp_path / f"dev{i}")) for i in range(2)]
             for c in clients:
                 c.register()
             # Execute: one round per task
@@ -119,7 +119,7 @@ def test_kill_9_inside_a_secure_publish_abandons_the_round_and_the_next_commits(
     with coordinator(db, "during_publish", fault_file) as (url, proc):
         with httpx.Client(base_url=url) as http:
             task_id = create_task(http, secure_dp_task(rounds=2))
-            clients = [Client(url, str(tmp_path / f"dev{i}"), retries=0) for i in range(3)]
+            clients = [device_client(url, str(tmp_path / f"dev{i}"), retries=0) for i in range(3)]
             for c in clients:
                 c.register()
             assert all(r.completed for r in secure_round_of(clients, task_id))
@@ -133,7 +133,7 @@ def test_kill_9_inside_a_secure_publish_abandons_the_round_and_the_next_commits(
             before = admin_get(http, f"/v1/admin/tasks/{task_id}")
             for c in clients:
                 c.close()  # the apps restart too (one client per app_dir in a process)
-            clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
+            clients = [device_client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
             assert all(r.completed for r in secure_round_of(clients, task_id))
             after = wait_until(http, f"/v1/admin/tasks/{task_id}", "state", "done")
             ledger = admin_get(http, "/v1/rounds/1/bandwidth")
@@ -170,7 +170,7 @@ def test_a_publish_that_fails_after_unmasking_still_counts_in_epsilon(
     with fast_service(tmp_path / "plume.db") as url:
         with httpx.Client(base_url=url) as http:
             task_id = create_task(http, secure_dp_task(rounds=2))
-            clients = [Client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
+            clients = [device_client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
             for c in clients:
                 c.register()
             # Execute: the failed round, then one that commits
