@@ -27,6 +27,7 @@ from .test_service_support import (
     SoftmaxTrainer,
     admin_get,
     create_task,
+    device_client,
     free_port,
     local_data,
     task_config,
@@ -98,7 +99,7 @@ def test_kill_9_then_restart_loses_nothing_and_counts_nothing_twice(
     dirs = [str(tmp_path / "a"), str(tmp_path / "b")]
     with coordinator(db, point, fault_file) as (url, proc):
         task_id = create_task(url, task_config(rounds=2, selection_timeout_s=30))
-        a, b = (Client(url, d, retries=0, timeout=60) for d in dirs)
+        a, b = (device_client(url, d, retries=0, timeout=60) for d in dirs)
         a.register()
         b.register()
         a.check_in(task_id)
@@ -140,7 +141,7 @@ def test_kill_9_then_restart_loses_nothing_and_counts_nothing_twice(
         with httpx.Client(base_url=url) as http:
             a.close()  # the apps restart too (one client per app_dir in a process)
             b.close()
-            a, b = (Client(url, d, timeout=60) for d in dirs)
+            a, b = (device_client(url, d, timeout=60) for d in dirs)
             if point == "after_accept":
                 receipt = a.resume_pending()  # the app restarts and re-sends with the same key
                 assert receipt is not None and receipt.duplicate is True  # it had been accepted

@@ -26,6 +26,7 @@ from .test_service_support import (
     admin_get,
     await_assignment,
     create_task,
+    device_client,
     drive_stages,
     expire_stage,
     initial_params,
@@ -105,7 +106,7 @@ def _run_round(
 
 
 def _clients(url: str, root: Path, n: int) -> list[Client]:
-    clients = [Client(url, str(root / f"dev{i}")) for i in range(n)]
+    clients = [device_client(url, str(root / f"dev{i}")) for i in range(n)]
     for c in clients:
         c.register()
     return sorted(clients, key=lambda c: c.device_id)
