@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from .test_service_support import (
     admin_get,
     await_assignment,
     create_task,
+    device_client,
     initial_params,
     local_data,
     task_config,
@@ -44,23 +45,13 @@ class World:
     url: str
     root: Path
     http: httpx.Client
-    made: list[Client] = field(default_factory=list)
 
     def devices(self, n: int, prefix: str) -> list[Client]:
-        clients = [Client(self.url, str(self.root / f"{prefix}{i}")) for i in range(n)]
-        self.made += clients
+        """`n` registered devices, closed when the test ends (tests/coordinator/conftest.py)."""
+        clients = [device_client(self.url, str(self.root / f"{prefix}{i}")) for i in range(n)]
         for c in clients:
             c.register()
         return clients
-
-    def __enter__(self) -> World:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        """Close the devices made (left open, the collector closes their sockets later, with
-        a ResourceWarning in whatever test runs then)."""
-        for c in self.made:
-            c.close()
 
 
 @pytest.fixture()
@@ -69,8 +60,7 @@ def world(tmp_path: Path) -> Iterator[World]:
         db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
     )
     with ServerThread(cfg) as url, httpx.Client(base_url=url) as http:
-        with World(url, tmp_path, http) as world:
-            yield world
+        yield World(url, tmp_path, http)
 
 
 def _threads(clients: list[Client], work: Callable[[int, Client], None]) -> None:
@@ -403,32 +393,32 @@ def test_a_rebuild_from_a_wrong_initial_model_or_a_pruned_chain_is_refused(
         db_path=str(tmp_path / "k.db"), admin_token=ADMIN, poll_s=0.05, keep_frames_rounds=0
     )
     with ServerThread(cfg) as url, httpx.Client(base_url=url) as http:
-        with World(url, tmp_path, http) as world:
-            task_id, held = _history(world, 3, max_chain=1)
-            path = f"/v1/admin/tasks/{task_id}/model"
-            with AdminClient(url, ADMIN) as admin:
-                # Execute / Assert: version 2 needs the emptied frame of version 1 (or 2)
-                with pytest.raises(AdminError) as pruned:
-                    admin.rebuild(task_id, 2, initial_params())
-                assert pruned.value.status == 410 and "version_gone" in pruned.value.body
-                assert "--keep-frames" in pruned.value.body
-                # ... the newest frame is still there: version 3 from the device's version 2
-                assert np.array_equal(admin.rebuild(task_id, 3, held[2], 2).params, held[3])
-                # ... and a base that is not the version it names is caught before anything is kept
-                wrong = initial_params() + np.float32(1e-3)
-                with pytest.raises(AdminError) as mismatch:
-                    admin.rebuild(task_id, 3, wrong, 2)
-                assert "the base model given is not version 2" in mismatch.value.problem
-            # ... the chain answer itself: headers naming both versions, the bounds checked
-            r = http.get(path, params={"version": 3, "base": 2}, headers=AUTH)
-            assert r.status_code == 200 and r.headers["x-plume-model-encoding"] == "delta-chain"
-            assert r.headers["x-plume-model-base-version"] == "2"
-            assert r.headers["x-plume-model-base-digest"] == model_digest(held[2]).hex()
-            assert r.headers["x-plume-model-digest"] == model_digest(held[3]).hex()
-            r = http.get(path, params={"version": 1, "base": 2}, headers=AUTH)
-            assert r.status_code == 422 and r.json()["reason"] == "validation"
-            r = http.get(path, params={"version": 9, "base": 0}, headers=AUTH)
-            assert r.status_code == 404 and r.json()["reason"] == "unknown_version"
+        world = World(url, tmp_path, http)
+        task_id, held = _history(world, 3, max_chain=1)
+        path = f"/v1/admin/tasks/{task_id}/model"
+        with AdminClient(url, ADMIN) as admin:
+            # Execute / Assert: version 2 needs the emptied frame of version 1 (or 2)
+            with pytest.raises(AdminError) as pruned:
+                admin.rebuild(task_id, 2, initial_params())
+            assert pruned.value.status == 410 and "version_gone" in pruned.value.body
+            assert "--keep-frames" in pruned.value.body
+            # ... the newest frame is still there: version 3 from the device's version 2
+            assert np.array_equal(admin.rebuild(task_id, 3, held[2], 2).params, held[3])
+            # ... and a base that is not the version it names is caught before anything is kept
+            wrong = initial_params() + np.float32(1e-3)
+            with pytest.raises(AdminError) as mismatch:
+                admin.rebuild(task_id, 3, wrong, 2)
+            assert "the base model given is not version 2" in mismatch.value.problem
+        # ... the chain answer itself: headers naming both versions, the bounds checked
+        r = http.get(path, params={"version": 3, "base": 2}, headers=AUTH)
+        assert r.status_code == 200 and r.headers["x-plume-model-encoding"] == "delta-chain"
+        assert r.headers["x-plume-model-base-version"] == "2"
+        assert r.headers["x-plume-model-base-digest"] == model_digest(held[2]).hex()
+        assert r.headers["x-plume-model-digest"] == model_digest(held[3]).hex()
+        r = http.get(path, params={"version": 1, "base": 2}, headers=AUTH)
+        assert r.status_code == 422 and r.json()["reason"] == "validation"
+        r = http.get(path, params={"version": 9, "base": 0}, headers=AUTH)
+        assert r.status_code == 404 and r.json()["reason"] == "unknown_version"
 
 
 @pytest.mark.parametrize("suffix", [".npz", ".snap"])

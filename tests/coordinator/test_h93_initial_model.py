@@ -60,9 +60,8 @@ def world(tmp_path: Path) -> Iterator[World]:
     with (
         ServerThread(_config(tmp_path / "plume.db")) as url,
         httpx.Client(base_url=url) as http,
-        World(url, tmp_path, http) as world,
     ):
-        yield world
+        yield World(url, tmp_path, http)
 
 
 def _get(world: World, task_id: int, **params: int) -> httpx.Response:
@@ -160,8 +159,8 @@ def test_pruned_frames_give_a_410_naming_the_version_and_keep_frames(
     with (
         ServerThread(cfg) as url,
         httpx.Client(base_url=url) as http,
-        World(url, tmp_path, http) as world,
     ):
+        world = World(url, tmp_path, http)
         task_id, held = _history(world, 3, max_chain=1)
         # Execute
         gone = _get(world, task_id, version=2)
@@ -257,15 +256,15 @@ def test_a_schema_3_database_migrates_and_its_tasks_keep_their_answers(
     with (
         ServerThread(_config(db)) as url,
         httpx.Client(base_url=url) as http,
-        World(url, tmp_path, http) as world,
     ):
+        world = World(url, tmp_path, http)
         old, held = _history(world, 2)
     _as_schema_3(db)
     with (
         ServerThread(_config(db)) as url,
         httpx.Client(base_url=url) as http,
-        World(url, tmp_path, http) as world,
     ):
+        world = World(url, tmp_path, http)
         # Execute: the old task's versions; then a new task in the migrated database
         gone = _get(world, old, version=1)
         current = _get(world, old, version=2)

@@ -31,8 +31,8 @@ def test_past_the_cap_a_damaged_initial_model_is_named_not_the_cap(
     with (
         ServerThread(cfg) as url,
         httpx.Client(base_url=url) as http,
-        World(url, tmp_path, http) as world,
     ):
+        world = World(url, tmp_path, http)
         task_id, _ = _history(world, 4)
         wrong = (initial_params() + np.float32(1e-3)).astype("<f4").tobytes()
         con = sqlite3.connect(tmp_path / "plume.db")

@@ -31,8 +31,7 @@ def world(tmp_path: Path) -> Iterator[World]:
         db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
     )
     with ServerThread(cfg) as url, httpx.Client(base_url=url) as http:
-        with World(url, tmp_path, http) as world:
-            yield world
+        yield World(url, tmp_path, http)
 
 
 def test_the_frames_are_read_in_pages_bounded_in_bytes(
