@@ -35,15 +35,31 @@ MAX_BLOCK = 1 << 20
 MAX_WEIGHT = float(1 << 53)
 
 
+def _shown(value: object) -> str:
+    """`repr(value)`, cut after 60 characters (an int of a thousand digits, say)."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:60] + "..."
+
+
 def check_weight(weight: object) -> None:
     """Raise ValueError unless `weight` is a real number in [0, MAX_WEIGHT] (bools refused)."""
     if type(weight) is float and 0 <= weight <= MAX_WEIGHT:
         return  # the common case, without the numbers.Real ABC check below
     if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
         raise ValueError(f"weight must be a real number, got {weight!r}")
-    value = float(weight)
+    bad = ValueError(f"weight must be a finite number in [0, 2^53], got {_shown(weight)}")
+    if isinstance(weight, numbers.Rational):
+        # Compared exactly (ints, numpy ints, Fractions): as a float, 2^53 + 1 would round
+        # down to 2^53 and pass, and 2^1100 would raise OverflowError, not this ValueError.
+        if not 0 <= weight <= 1 << 53:
+            raise bad
+        return
+    try:
+        value = float(weight)
+    except OverflowError:
+        raise bad from None
     if not (math.isfinite(value) and 0 <= value <= MAX_WEIGHT):
-        raise ValueError(f"weight must be a finite number in [0, 2^53], got {weight!r}")
+        raise bad
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,8 +87,9 @@ class CodecConfig:
     def __post_init__(self) -> None:
         if isinstance(self.topk, bool) or not isinstance(self.topk, (int, float)):
             raise ValueError(f"topk must be a number in (0, 1], got {self.topk!r}")
-        if not (math.isfinite(self.topk) and 0.0 < self.topk <= 1.0):
-            raise ValueError(f"topk must be in (0, 1], got {self.topk!r}")
+        # 0 < topk first: math.isfinite raises OverflowError for an int past a float's range.
+        if not (0.0 < self.topk <= 1.0 and math.isfinite(self.topk)):
+            raise ValueError(f"topk must be in (0, 1], got {_shown(self.topk)}")
         if isinstance(self.bits, bool) or self.bits not in VALID_BITS:
             raise ValueError(f"bits must be one of {VALID_BITS}, got {self.bits!r}")
         if (
