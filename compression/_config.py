@@ -51,7 +51,8 @@ def check_weight(weight: object) -> None:
     if isinstance(weight, numbers.Rational):
         # Compared exactly (ints, numpy ints, Fractions): as a float, 2^53 + 1 would round
         # down to 2^53 and pass, and 2^1100 would raise OverflowError, not this ValueError.
-        if not 0 <= weight <= 1 << 53:
+        num, den = int(weight.numerator), int(weight.denominator)  # den > 0
+        if not 0 <= num <= den << 53:
             raise bad
         return
     try:
