@@ -42,6 +42,12 @@ class ModelSpec:
                 raise ValueError(f"inconsistent layout at tensor {e.name!r}")
             if e.name in names:
                 raise ValueError(f"duplicate tensor name {e.name!r}")
+            try:
+                e.name.encode()  # the fingerprint hashes it as UTF-8
+            except UnicodeEncodeError:
+                raise ValueError(
+                    f"tensor name {e.name!r} is not Unicode text (an unpaired surrogate)"
+                ) from None
             names.add(e.name)
             offset += e.size
         if offset <= 0 or offset > MAX_MODEL_SIZE:

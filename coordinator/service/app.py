@@ -206,8 +206,42 @@ def _media(expected: ContentType) -> Callable[[Request], Awaitable[None]]:
 
     async def check(request: Request) -> None:
         require_media_type(request.headers.get(H.CONTENT_TYPE), expected)
+        # FastAPI has read and parsed the body by now (Starlette keeps both). Only a body with
+        # a surrogate escape is walked: the search finds none in ordinary ones.
+        if expected == ContentType.JSON and _SURROGATE_ESCAPE.search(await request.body()):
+            _refuse_lone_surrogates(await request.json())
 
     return check
+
+
+# A JSON escape of a UTF-16 surrogate (U+D800..U+DFFF). A pair of them is one character; one
+# alone decodes to a Python str that cannot be encoded as UTF-8.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _refuse_lone_surrogates(parsed: Any) -> None:
+    """422 `validation` for a JSON body with a string (key or value) holding an unpaired
+    surrogate escape (`"\\ud800"`): not Unicode text (RFC 8259, 8.2). Python's parser takes
+    it, and such a string in a task's name or spec was stored, then failed every later answer
+    that wrote it out (500s on the task listing and on check-ins; helper-330's F1)."""
+    stack: list[Any] = [parsed]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, str):
+            try:
+                value.encode()
+            except UnicodeEncodeError:
+                raise ApiError(
+                    422,
+                    Reason.VALIDATION,
+                    "a JSON string holds an unpaired UTF-16 surrogate escape (such as "
+                    "\\ud800 without its low half): JSON text must be Unicode (RFC 8259, 8.2)",
+                ) from None
+        elif isinstance(value, dict):
+            stack.extend(value)
+            stack.extend(value.values())
+        elif isinstance(value, list):
+            stack.extend(value)
 
 
 def _idempotency_key(headers: dict[str, str]) -> None:
@@ -932,7 +966,9 @@ def create_app(
                 + " (a key the coordinator ignored would leave its setting at the default)",
             )
         try:
-            task_id = coordinator.create_task(body)
+            # In a worker thread: a secure task's check plans every round size its cohort
+            # allows (seconds for a large ungrouped one), which would stall every request.
+            task_id = await asyncio.to_thread(coordinator.create_task, body)
         except ValueError as exc:
             raise ApiError(422, Reason.VALIDATION, str(exc)) from None
         return TaskCreatedWarned(task_id, "awaiting_model", rounds.creation_warnings(body))

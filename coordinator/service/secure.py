@@ -11,6 +11,7 @@ coordinator service").
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +31,7 @@ from coordinator.secure import (
     plan_numbers,
 )
 from coordinator.secure._config import GroupDpError
-from protocol.secagg import MAX_DEGREE, NoiseKind, Stage, choose_degree
+from protocol.secagg import MAX_DEGREE, MAX_NODES, NoiseKind, Stage, choose_degree
 
 from ._secagg_routes import SecureRegistry, stage_cap
 
@@ -113,7 +114,10 @@ def parse_secure(raw: dict[str, Any], *, seed: int, server_lr: float) -> SecureS
         if key in _FROM_TASK:
             raise ValueError(f"secure.{key} is not allowed: the task's {key} is used")
         if key not in fields and key not in SERVICE_KEYS:
-            raise ValueError(f"secure.{key} is not a SecureConfig field or stage setting")
+            # A key that is not a plain name shown quoted (a lone surrogate could not be sent
+            # back in the answer's JSON at all).
+            shown = key if key.isascii() and key.isidentifier() else ascii(key)
+            raise ValueError(f"secure.{shown} is not a SecureConfig field or stage setting")
     timeout = _number(raw, "stage_timeout_s")
     idle = _number(raw, "stage_idle_s")
     if timeout is not None and not 0 < timeout <= 86400:
@@ -208,6 +212,23 @@ def round_groups(cohort: int, least: int, group_size: int | None) -> list[tuple[
 
 
 def check_plan(settings: SecureSettings, cohort: int, model_size: int, least: int = 3) -> None:
+    """`_check_plan`, remembered: a task's config is validated when it is created, when its
+    model is uploaded, and when a coordinator loads it, and planning every round size of a
+    large ungrouped cohort takes seconds (16 s for 100,000 devices on a 2-vCPU VM)."""
+    if (why := _plan_refusal(settings, cohort, model_size, least)) is not None:
+        raise ValueError(why)
+
+
+@functools.lru_cache(maxsize=64)
+def _plan_refusal(settings: SecureSettings, cohort: int, model_size: int, least: int) -> str | None:
+    try:
+        _check_plan(settings, cohort, model_size, least)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _check_plan(settings: SecureSettings, cohort: int, model_size: int, least: int = 3) -> None:
     """Plan the rounds a task can open, so a config that cannot work (e.g. a ring above 64
     bits, or more per-device noise than a device's sampler draws) is refused when the task is
     created rather than when a round opens.
@@ -243,7 +264,15 @@ def check_plan(settings: SecureSettings, cohort: int, model_size: int, least: in
                 "or noise_multiplier"
             )
     least = max(3, min(least, cohort))
-    splits = round_groups(cohort, least, cfg.group_size)
+    g = cfg.group_size
+    # The largest group a round can have (`round_groups`), refused before every round size
+    # is listed and planned: a cohort of 1.3 million took 39 s to reach make_plan's refusal.
+    if (largest := cohort if g is None else min(cohort, 2 * g - 1)) > MAX_NODES:
+        raise ValueError(
+            f"a round's group of {largest} devices is above the {MAX_NODES:,} one SecAgg "
+            "instance holds: use secure.group_size, or select fewer devices a round"
+        )
+    splits = round_groups(cohort, least, g)
     large = max(split[-1] for split in splits)
     if (degree := choose_degree(large, cfg.degree_factor)) > MAX_DEGREE:
         raise ValueError(

@@ -142,6 +142,13 @@ class WireMiddleware:
             await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})
+        raw = scope.get("raw_path")
+        if raw and b"%" in raw:
+            # Routed as written: Starlette matches the percent-decoded path, so `/%6detrics`
+            # answered as `/metrics` and `/v1/rounds/%31/updates` as round 1's upload route
+            # (helper-330's F4). No route's path has an escape: such a path is a 404, and an
+            # id written with one is a 422 naming it as sent (`StoreId`).
+            scope["path"] = raw.split(b"?", 1)[0].decode("latin-1")
         if _framed_twice(scope["headers"]):
             # RFC 9112 §6.1: a front proxy that frames by Content-Length and this server (h11
             # frames by the chunked encoding) would read two different requests from the same

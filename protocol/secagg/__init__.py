@@ -53,6 +53,7 @@ from ._packing import pack_bits, packed_size, unpack_bits
 from ._plan import (
     MAX_DEGREE,
     MAX_DG_VARIANCE,
+    MAX_NODES,
     MAX_SKELLAM_VARIANCE,
     MIN_NOISE_VARIANCE,
     NoiseKind,
@@ -86,6 +87,7 @@ from ._wire import (
 __all__ = [
     "MAX_DEGREE",
     "MAX_DG_VARIANCE",
+    "MAX_NODES",
     "MAX_SKELLAM_VARIANCE",
     "MIN_NOISE_VARIANCE",
     "AdvertiseKeys",

@@ -27,7 +27,10 @@ def choose_degree(n: int, factor: float = 1.5) -> int:
     """Default degree k = 2 * ceil(factor * log2 n), capped at n - 1 (complete graph)."""
     if n < 2:
         raise ValueError(f"secure aggregation needs at least 2 nodes, got {n}")
-    return min(n - 1, 2 * math.ceil(factor * math.log2(n)))
+    half = factor * math.log2(n)
+    if not half < n:  # inf too (a factor near a float's largest): the complete graph
+        return n - 1
+    return min(n - 1, 2 * math.ceil(half))
 
 
 def choose_threshold(degree: int) -> int:
