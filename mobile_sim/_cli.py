@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -1822,6 +1823,15 @@ def _sim(args: argparse.Namespace) -> int:
     except OSError as exc:
         reason = exc.strerror or str(exc)
         return _fail(f"cannot create the output folder --out {out} ({reason})", 1)
+    try:
+        # An --out that was there already is only made above: it must take files too, or a
+        # read-only one would fail after the rounds, with their results lost.
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".plume-write-check-"):
+            pass
+    except OSError as exc:
+        _remove_empty(made)
+        reason = exc.strerror or str(exc)
+        return _fail(f"cannot write in the output folder --out {out} ({reason})", 1)
     # An earlier run's files in --out go as this command's first round ends (before its row is
     # printed, long before anything is written): a run killed later where it cannot write
     # (SIGKILL) must not leave an earlier run's rounds.json for `plume sim report` to take for

@@ -114,3 +114,48 @@ def test_make_folders_refuses_a_file_in_the_way(tmp_path: Path) -> None:
 
     with pytest.raises(FileExistsError):
         _make_folders(tmp_path / "f" / "g")
+
+
+def _no_writes(*args: object, **kwargs: object) -> None:
+    raise PermissionError(13, "Permission denied")
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_an_out_folder_that_takes_no_files_fails_before_any_round(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    existing: bool,
+) -> None:
+    """helper-331's finding 1: an existing --out that could not be written in (read-only, or
+    immutable for root) passed the folder check, and the run failed after every round,
+    writing nothing. Its write check fails first now. (The check's file is refused here by
+    a patch: root writes through a chmod 555 folder, and not every file system has chattr.)"""
+    # Prepare: no file can be made in --out; a round would be recorded
+    monkeypatch.chdir(tmp_path)
+    if existing:
+        (tmp_path / "runs").mkdir()
+    monkeypatch.setattr(sim_cli.tempfile, "NamedTemporaryFile", _no_writes)
+    rounds: list[object] = []
+    monkeypatch.setattr(sim_cli, "_run_one", lambda *a, **k: rounds.append(a))
+    # Execute
+    code = plume(["sim", "--dataset", "digits", "--rounds", "1", "--no-progress", "--out", "runs"])
+    # Assert: one error line, no round run, and a folder made for the run removed again
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert err == [
+        "plume sim: error: cannot write in the output folder --out runs (Permission denied)"
+    ]
+    assert rounds == []
+    assert (tmp_path / "runs").is_dir() is existing
+
+
+def test_the_write_check_leaves_nothing_in_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sim_cli, "_run_one", _no_writes)  # fails after the check
+    assert (
+        plume(["sim", "--dataset", "digits", "--rounds", "1", "--no-progress", "--out", "o"]) != 0
+    )
+    assert not (tmp_path / "o").exists() or list((tmp_path / "o").iterdir()) == []
