@@ -1359,8 +1359,12 @@ _LEADING_FIELDS = (
 )
 
 
-def _in_flags(message: str) -> str:
-    """A library error message with its config field names replaced by `plume sim` flags."""
+def _in_flags(message: str, secure: bool = False) -> str:
+    """A library error message with its config field names replaced by `plume sim` flags.
+    `secure`: a `--secure` run's, whose `SecureConfig.clip_norm` is `--secure-clip` (the plain
+    runs' `--clip-norm` is refused with `--secure`)."""
+    if secure:
+        message = re.sub(r"(?<![\w-])clip_norm(?!\w)", "--secure-clip", message)
     for field, flag in _FLAG_OF_FIELD.items():
         message = re.sub(rf"(?<![\w-]){field}(?!\w)", flag, message)
     head = re.match(r"(\w+)(?= must | > | in )", message)
@@ -1803,7 +1807,7 @@ def _sim(args: argparse.Namespace) -> int:
         if args.compare_dense and not cfg.dense:
             runs.append(("dense", config_from_args(args, dense=True)))
     except ValueError as exc:
-        return _fail(_in_flags(str(exc)))
+        return _fail(_in_flags(str(exc), args.secure))
     # Once the flags are known to make a run, so that a usage error stays one line.
     if (busy := _busy_cpu_warning(args)) is not None:
         print(f"{_PROG}: warning: {busy}", file=sys.stderr)
@@ -1886,7 +1890,7 @@ def _sim(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 if debug:
                     raise
-                return _fail(_in_flags(str(exc)))
+                return _fail(_in_flags(str(exc), args.secure))
             except PrivacyBudgetExhausted as exc:
                 if debug:
                     raise

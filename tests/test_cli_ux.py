@@ -138,6 +138,10 @@ def test_the_name_lists_in_help_match_the_library() -> None:
         (["--secure", "--group-aggregator", "median"], "--group-aggregator needs --group-size"),
         (["--secure", "--secure-dropout", "1.5"], "--secure-dropout is a fraction in [0, 1)"),
         (["--secure", "--noise-multiplier", "-1"], "--noise-multiplier must be >= 0"),
+        # The secure clip is --secure-clip (it was named --clip-norm, refused with --secure)
+        (["--secure", "--secure-clip", "0"], "--secure-clip must be a positive finite number"),
+        (["--secure", "--secure-clip", "nan"], "--secure-clip must be a positive finite number"),
+        (["--clip-norm", "0"], "--clip-norm must be a positive finite number"),
         (["--dense", "--compare-dense"], "pass one"),
         (["--dense", "--secure"], "cannot be combined with --dense"),
         (
