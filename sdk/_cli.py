@@ -55,7 +55,8 @@ def _shape(text: str) -> tuple[int, ...]:
 # Token-id models: their example input is int64 unless --input-dtype says otherwise.
 _INT_INPUT_MODELS = frozenset({"shakespeare_lstm", "shakespeare_lstm_small"})
 _PROG = "plume export"
-# --momentum's default; any other value without --optimizer momentum is a mistake.
+# --momentum's value with --optimizer momentum when it is not given; given without that
+# optimizer (0.9 included), it is a mistake.
 _MOMENTUM = 0.9
 
 
@@ -147,8 +148,8 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--momentum",
         type=float,
-        default=_MOMENTUM,
-        help="with --optimizer momentum: the SGD momentum, in [0, 1)",
+        default=None,
+        help=f"with --optimizer momentum: the SGD momentum, in [0, 1) (default {_MOMENTUM})",
     )
     p.add_argument(
         "--loss",
@@ -201,8 +202,10 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     if args.batch_size < 2:
         return _fail(f"--batch-size must be at least 2, got {args.batch_size}")
-    if args.optimizer != "momentum" and args.momentum != _MOMENTUM:
+    if args.optimizer != "momentum" and args.momentum is not None:
         return _fail("--momentum applies with --optimizer momentum only")
+    if args.momentum is None:
+        args.momentum = _MOMENTUM
     if not 0.0 <= args.momentum < 1.0:
         return _fail(f"--momentum must be in [0, 1), got {args.momentum}")
     if args.model not in MODELS:

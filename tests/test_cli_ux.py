@@ -551,6 +551,10 @@ def test_export_mistakes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert main([*export, "--out", str(tmp_path / "b"), "--momentum", "0.5"]) == 2
     line = _one_error_line(capsys.readouterr().err, "plume export")
     assert "--momentum applies with --optimizer momentum" in line
+    # 0.9, the value --optimizer momentum takes when not given, too (it exported plain SGD)
+    assert main([*export, "--out", str(tmp_path / "b"), "--momentum", "0.9"]) == 2
+    line = _one_error_line(capsys.readouterr().err, "plume export")
+    assert "--momentum applies with --optimizer momentum" in line
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
