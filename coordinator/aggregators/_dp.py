@@ -43,7 +43,7 @@ from ._base import (
     stages,
 )
 from ._clip import MIN_CLIP, AdaptiveClip, clip_update
-from ._mean import FedAvg, _FedAvgProcess
+from ._mean import FedAvg, _FedAvgProcess, needs_float64
 
 _log = logging.getLogger("plume.coordinator.dp")
 
@@ -428,12 +428,17 @@ class _DPMeanProcess:
         inner = self.inner
         assert isinstance(inner, _FedAvgProcess)
         weights, weight_total, capped = inner._weights((cu.device_id, 1.0) for cu in updates)
+        wide = needs_float64(weights)  # a max_weight below 2^-24: FedAvg sums in float64
         acc = np.zeros(self.size, dtype=np.float64)
         previous: ClientUpdate | None = None
         for i, cu in enumerate(updates):
             norms[i] = self._norm(cu)
             clipped = self._clipped(cu, clip)
-            clipped.update.add_to(acc, weights[i])
+            if wide:
+                u = clipped.update
+                acc[u.indices] += weights[i] * u.values.astype(np.float64)
+            else:
+                clipped.update.add_to(acc, weights[i])
             # The previous report's clipped copy is held until this one is summed (4·k bytes):
             # freed at once, glibc returned the heap's top, every report's temporaries, to the
             # OS after each report, and the next report faulted them in again (38,000 minor

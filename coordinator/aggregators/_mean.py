@@ -45,6 +45,19 @@ class FedAvg:
         return _FedAvgProcess(size, self.uniform, self.max_weight)
 
 
+# Below this weight FedAvg sums in float64: a float32 product w · v under 2^-126 (float32's
+# smallest normal) loses digits and one under 2^-149 is 0, so two reports of weight 1e-50
+# averaged to 0 and a dp stage with max_weight 1e-50 released its noise alone (helper-333).
+# From 2^-24 on, only values under 2^-102 (about 2e-31) can underflow so. Every committed
+# result has weights of 1 or more and keeps its float32 products, bit for bit.
+WIDE_BELOW = 2.0**-24
+
+
+def needs_float64(weights: Iterable[float]) -> bool:
+    """Whether a weighted sum with these weights is summed in float64 (`WIDE_BELOW`)."""
+    return any(0.0 < w < WIDE_BELOW for w in weights)
+
+
 class _FedAvgProcess:
     def __init__(self, size: int, uniform: bool, max_weight: float | None = None) -> None:
         self.size = size
@@ -98,18 +111,21 @@ class _FedAvgProcess:
         weights, total, capped = self._weights((cu.device_id, cu.weight) for cu in updates)
         # Chunked np.add.at over the rows (bit-identical to the add_to loop below, which stays
         # for updates it does not cover), its temporaries bounded whatever the number of rows.
-        with np.errstate(over="ignore"):
-            acc = sparse_weighted_sum([cu.update for cu in updates], weights, self.size)
-            if acc is None:
-                acc = np.zeros(self.size, dtype=np.float64)
-                for cu, w in zip(updates, weights, strict=True):
-                    cu.update.add_to(acc, w)
-        if not np.all(np.isfinite(acc)):
+        acc = None
+        if not (wide := needs_float64(weights)):
+            with np.errstate(over="ignore"):
+                acc = sparse_weighted_sum([cu.update for cu in updates], weights, self.size)
+                if acc is None:
+                    acc = np.zeros(self.size, dtype=np.float64)
+                    for cu, w in zip(updates, weights, strict=True):
+                        cu.update.add_to(acc, w)
+        if wide or acc is None or not np.all(np.isfinite(acc)):
             # The products w · value are float32 (kept: they fix every committed result's
             # bits), and a finite value times a large example count can overflow there, e.g.
             # 1e37 from a device declaring 100 examples. The inputs are finite, so only such an
             # overflow makes acc non-finite: redo the round in float64, where the mean of
-            # finite float32 values always fits float32 again.
+            # finite float32 values always fits float32 again. A tiny weight sums in float64
+            # from the start (`needs_float64`: its products would underflow).
             acc = np.zeros(self.size, dtype=np.float64)
             for cu, w in zip(updates, weights, strict=True):
                 acc[cu.update.indices] += w * cu.update.values.astype(np.float64)
@@ -131,12 +147,14 @@ class _FedAvgProcess:
             return self.next(state, rows.materialize())
         weights, total, capped = self._weights(zip(rows.labels, rows.weights.tolist(), strict=True))
         acc = np.zeros(self.size, dtype=np.float64)
-        # inf + -inf (two overflowed products) is NaN: caught below, as in `next`.
-        with np.errstate(over="ignore", invalid="ignore"):
-            for w, dense in zip(weights, rows.dense_rows(), strict=True):
-                acc += w * dense
-        if not np.all(np.isfinite(acc)):
-            # As in `next`: a float32 product overflowed; redo the sum in float64.
+        if not (wide := needs_float64(weights)):
+            # inf + -inf (two overflowed products) is NaN: caught below, as in `next`.
+            with np.errstate(over="ignore", invalid="ignore"):
+                for w, dense in zip(weights, rows.dense_rows(), strict=True):
+                    acc += w * dense
+        if wide or not np.all(np.isfinite(acc)):
+            # As in `next`: a float32 product overflowed, or a tiny weight's would underflow;
+            # the sum in float64.
             acc = np.zeros(self.size, dtype=np.float64)
             for w, dense in zip(weights, rows.dense_rows(), strict=True):
                 acc += w * dense.astype(np.float64)
