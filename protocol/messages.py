@@ -54,6 +54,7 @@ __all__ = [
     "check_max_model_bytes",
     "check_model_layouts",
     "MAX_MODEL_LAYOUTS",
+    "MAX_RETRY_AFTER_S",
     "check_train_loss",
     "format_train_loss",
     "MAX_TRAIN_LOSS",
@@ -545,6 +546,10 @@ def from_json(cls: type[T], data: Any, where: str = "$") -> T:
 MAX_ID = 2**63
 MAX_LOCAL_EPOCHS = 1000
 MAX_BATCH_SIZE = 1_000_000
+# Longest wait a check-in answer tells a device (a week, the longest `retry_after_s` a task
+# takes): the coordinator answers no more, and a device waits no more whatever it is told (a
+# `retry_after_s` of 1e9 had it sleep 31 years; 1e300 raised OverflowError from the sleep).
+MAX_RETRY_AFTER_S = 7 * 86_400.0
 
 
 # Longest value a refusal echoes, as sent (coordinator/service/rounds.py's `_shown` cuts

@@ -66,6 +66,7 @@ from compression._snapshot import snapshot_dtype
 from protocol import auth
 from protocol.messages import (
     MAX_ID,
+    MAX_RETRY_AFTER_S,
     Assignment,
     CheckInResponse,
     MessageError,
@@ -392,10 +393,11 @@ class TaskEndedError(_TaskError):
 def _next_wait(answer: CheckInResponse, task_id: int | None, min_poll_s: float) -> float:
     """The wait before the next check-in after `answer` (no round to train): `TaskEndedError`
     for "end"; else at least _MIN_POLL_S (a "wait 0" must not make the device spin) and the
-    app's `min_poll_s`."""
+    app's `min_poll_s`, and the coordinator's `retry_after_s` taken as at most
+    `MAX_RETRY_AFTER_S` (a week: no coordinator asks for more)."""
     if answer.action == CheckInAction.END:
         raise _ended(answer, task_id)
-    return max(answer.retry_after_s, _MIN_POLL_S, min_poll_s)
+    return max(min(answer.retry_after_s, MAX_RETRY_AFTER_S), _MIN_POLL_S, min_poll_s)
 
 
 def _ended(answer: CheckInResponse, task_id: int | None) -> TaskEndedError:

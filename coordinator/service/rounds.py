@@ -106,6 +106,7 @@ from coordinator.privacy import (
 )
 from coordinator.secure import BudgetExhausted
 from protocol.messages import (
+    MAX_RETRY_AFTER_S,
     Assignment,
     BandwidthReport,
     CheckInResponse,
@@ -219,7 +220,7 @@ MAX_ROUNDS_PAGE = 100_000
 STOP_REASON = "stopped by the operator"
 # Longest wait a check-in answers (a week, the longest task duration validate_task accepts):
 # whatever the pool and the rate, a device is not told to sleep longer than it can.
-MAX_RETRY_S = 7 * 86_400.0
+MAX_RETRY_S = MAX_RETRY_AFTER_S
 
 # Check-in `features` (`protocol.names.Feature`): what the device's SDK honours, so that a task
 # that needs one is never given to a device whose SDK would silently not do it.
@@ -2506,7 +2507,8 @@ class Coordinator:
                 detail = f"no active task this device can run: {'; '.join(passed_over + too_large)}"
             elif passed_over:
                 detail = f"no active task this device's SDK can run: {'; '.join(passed_over)}"
-            return CheckInResponse(CheckInAction.WAIT, self.config.idle_retry_s, None, detail)
+            idle = min(self.config.idle_retry_s, MAX_RETRY_S)
+            return CheckInResponse(CheckInAction.WAIT, idle, None, detail)
         retry = min(max(retry, pace), MAX_RETRY_S)
         return CheckInResponse(CheckInAction.WAIT, round(retry, 3), None, "not selected yet")
 
