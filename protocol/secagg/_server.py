@@ -2,8 +2,9 @@
 
 The server keeps a running sum of masked inputs (never an individual vector), and reconstructs
 secrets only after checking that every needed secret has at least t shares; otherwise the round
-aborts with nothing reconstructed. A share whose x is not its sender's is refused on arrival;
-wrong share values are corrected (Reed-Solomon decoding, up to (m - t) / 2 of m shares per
+aborts with nothing reconstructed. A share that does not parse, or whose x is not its
+sender's, or written for another threshold, is set aside on arrival (the rest of that answer
+counts); wrong share values are corrected (Reed-Solomon decoding, up to (m - t) / 2 of m shares per
 secret) and their senders named in `SecAggResult.suspects`, so one lying survivor cannot abort
 the round.
 
@@ -82,6 +83,8 @@ class ServerState:
     max_robust_decodes: int = MAX_ROBUST_DECODES
     robust_decodes: int = 0  # secrets `_finish` reconstructed with error correction
     suspects: set[int] = field(default_factory=set)  # responders with a share found wrong
+    # (holder, dealer, why) of each share set aside on arrival (`_unmask_response`)
+    set_aside: list[tuple[int, int, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,20 +218,26 @@ def _unmask_response(state: ServerState, msg: UnmaskResponse) -> None:
         if holders is None:
             live = sorted(j for j in state.graph[about] if j in state.keys)
             holders = state.holder_x[about] = {j: x for x, j in enumerate(live, start=1)}
+        # A share that does not parse, carries another holder's x, or was written for another
+        # threshold or secret length is set aside, the rest of the answer kept: it counts as
+        # if its holder had not sent it. The holder may have forged it, but an honest holder
+        # relays what the dealer gave it (it cannot check a share), so refusing the whole
+        # answer let one hostile dealer abort the round with honest holders named (helper-334).
+        # A share kept for t = 1 would be a "group" of its own that recovers the sender's
+        # chosen secret when a node's honest shares are fewer than t (a wrong sum).
         try:
             threshold, x, secret_len = share_params(share)
         except SecAggError as exc:
-            raise ProtocolViolation(f"node {msg.node} sent a malformed share: {exc}") from None
+            state.set_aside.append((msg.node, about, f"malformed ({exc})"))
+            continue
         if x != holders[msg.node]:
-            raise ProtocolViolation(f"node {msg.node} sent a share with another holder's x ({x})")
+            state.set_aside.append((msg.node, about, f"another holder's x ({x})"))
+            continue
         if (threshold, secret_len) != (state.params.threshold, KEY_BYTES):
-            # Every dealer shares a 32-byte secret at the round's threshold. A share written
-            # for t = 1 would be a "group" of its own that recovers the sender's chosen secret
-            # when a node's honest shares are fewer than t (a wrong sum, honest holders blamed).
-            raise ProtocolViolation(
-                f"node {msg.node} sent a share for threshold {threshold} of a {secret_len}-byte "
-                f"secret; the round shares {KEY_BYTES}-byte secrets at t={state.params.threshold}"
+            state.set_aside.append(
+                (msg.node, about, f"threshold {threshold} of a {secret_len}-byte secret")
             )
+            continue
         checked.append((about, share))
     for about, share in checked:
         state.shares.setdefault(about, []).append((msg.node, share))
@@ -241,7 +250,16 @@ def _finish(state: ServerState) -> SecAggResult:
     needed = list(state.alive) + list(state.dropped)
     short = [n for n in needed if len(state.shares.get(n, ())) < t]
     if short:
-        raise _abort(state, f"{len(short)} nodes have fewer than t={t} shares (e.g. {short[:5]})")
+        aside = ""
+        if state.set_aside:
+            shown = ", ".join(f"{h}->{d}: {why}" for h, d, why in state.set_aside[:3])
+            aside = (
+                f"; {len(state.set_aside)} shares set aside on arrival (holder->dealer: "
+                f"{shown}{', ...' if len(state.set_aside) > 3 else ''})"
+            )
+        raise _abort(
+            state, f"{len(short)} nodes have fewer than t={t} shares (e.g. {short[:5]}){aside}"
+        )
     suspects = state.suspects
 
     def recover(node: int) -> bytes:
