@@ -105,12 +105,12 @@ def test_malformed_and_foreign_shares_are_set_aside() -> None:
 
 
 def _to_unmask(
-    n: int, dropped: frozenset[int] = frozenset()
+    n: int, dropped: frozenset[int] = frozenset(), seed: int = 1
 ) -> tuple[list[SecAggClient], SecAggServer, list[np.ndarray], list[UnmaskResponse]]:
     """Run stages 1-3 (nodes in `dropped` never send a masked input); return every survivor's
     honest unmask answer, not yet delivered."""
     p = make_params(n)
-    rng = np.random.default_rng(1)
+    rng = np.random.default_rng(seed)
     inputs = [rng.integers(0, 256, LENGTH, dtype=np.uint64) for _ in range(n)]
     clients, server = run_to_masked_input(p, inputs, dropped)
     req = server.close_masked_input()
@@ -209,13 +209,8 @@ def test_a_hostile_dealers_swapped_shares_do_not_cost_the_honest_holders_their_a
     shares are set aside: with n = 5, t = 3 its own seed is short (a dealer that deals bad
     shares of its own secrets is not recoverable, docs/secure-aggregation.md), and the abort
     names the shares, holder -> dealer."""
-    # Prepare: n = 5 (complete graph, k = 4, t = 3)
-    p = make_params(5)
-    rng = np.random.default_rng(3)
-    inputs = [rng.integers(0, 256, LENGTH, dtype=np.uint64) for _ in range(5)]
-    clients, server = run_to_masked_input(p, inputs)
-    req = server.close_masked_input()
-    answers = [clients[i].unmask(req) for i in range(5)]
+    # Prepare: n = 5 (complete graph, k = 4, t = 3), every node answers
+    _, server, _, answers = _to_unmask(5, seed=3)
     share_of = {a.node: {n: s for n, _, s in a.shares} for a in answers}
     # Holders 1 and 2 hold each other's share of dealer 0's secret, as a bad dealer would deal
     for holder, other in ((1, 2), (2, 1)):
