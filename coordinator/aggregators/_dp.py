@@ -43,7 +43,7 @@ from ._base import (
     stages,
 )
 from ._clip import MIN_CLIP, AdaptiveClip, clip_update
-from ._mean import FedAvg, _FedAvgProcess, needs_float64
+from ._mean import FedAvg, _FedAvgProcess, add_float64, needs_float64
 
 _log = logging.getLogger("plume.coordinator.dp")
 
@@ -435,8 +435,7 @@ class _DPMeanProcess:
             norms[i] = self._norm(cu)
             clipped = self._clipped(cu, clip)
             if wide:
-                u = clipped.update
-                acc[u.indices] += weights[i] * u.values.astype(np.float64)
+                add_float64(acc, clipped.update, weights[i])
             else:
                 clipped.update.add_to(acc, weights[i])
             # The previous report's clipped copy is held until this one is summed (4·k bytes):

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
+from compression import SparseUpdate
+
 from ._base import AggregateOutput, ClientUpdate, sparse_weighted_sum
 
 if TYPE_CHECKING:
@@ -56,6 +58,11 @@ WIDE_BELOW = 2.0**-24
 def needs_float64(weights: Iterable[float]) -> bool:
     """Whether a weighted sum with these weights is summed in float64 (`WIDE_BELOW`)."""
     return any(0.0 < w < WIDE_BELOW for w in weights)
+
+
+def add_float64(acc: npt.NDArray[np.float64], update: SparseUpdate, w: float) -> None:
+    """`update.add_to(acc, w)` with the product w · values taken in float64, not float32."""
+    acc[update.indices] += w * update.values.astype(np.float64)
 
 
 class _FedAvgProcess:
@@ -111,15 +118,15 @@ class _FedAvgProcess:
         weights, total, capped = self._weights((cu.device_id, cu.weight) for cu in updates)
         # Chunked np.add.at over the rows (bit-identical to the add_to loop below, which stays
         # for updates it does not cover), its temporaries bounded whatever the number of rows.
-        acc = None
-        if not (wide := needs_float64(weights)):
+        acc = None  # stays None for a tiny weight (`needs_float64`)
+        if not needs_float64(weights):
             with np.errstate(over="ignore"):
                 acc = sparse_weighted_sum([cu.update for cu in updates], weights, self.size)
                 if acc is None:
                     acc = np.zeros(self.size, dtype=np.float64)
                     for cu, w in zip(updates, weights, strict=True):
                         cu.update.add_to(acc, w)
-        if wide or acc is None or not np.all(np.isfinite(acc)):
+        if acc is None or not np.all(np.isfinite(acc)):
             # The products w · value are float32 (kept: they fix every committed result's
             # bits), and a finite value times a large example count can overflow there, e.g.
             # 1e37 from a device declaring 100 examples. The inputs are finite, so only such an
@@ -128,7 +135,7 @@ class _FedAvgProcess:
             # from the start (`needs_float64`: its products would underflow).
             acc = np.zeros(self.size, dtype=np.float64)
             for cu, w in zip(updates, weights, strict=True):
-                acc[cu.update.indices] += w * cu.update.values.astype(np.float64)
+                add_float64(acc, cu.update, w)
         return self._finish(state, acc, total, len(updates), capped), acc
 
     def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:

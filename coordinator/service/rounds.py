@@ -218,10 +218,6 @@ SNAPSHOT_WINDOW_S = 3600.0
 MAX_ROUNDS_PAGE = 100_000
 # What an operator's stop (`Coordinator.stop_task`) records as the reason its open round ended.
 STOP_REASON = "stopped by the operator"
-# Longest wait a check-in answers (a week, the longest task duration validate_task accepts):
-# whatever the pool and the rate, a device is not told to sleep longer than it can.
-MAX_RETRY_S = MAX_RETRY_AFTER_S
-
 # Check-in `features` (`protocol.names.Feature`): what the device's SDK honours, so that a task
 # that needs one is never given to a device whose SDK would silently not do it.
 MAX_FEATURES = 32
@@ -2507,9 +2503,10 @@ class Coordinator:
                 detail = f"no active task this device can run: {'; '.join(passed_over + too_large)}"
             elif passed_over:
                 detail = f"no active task this device's SDK can run: {'; '.join(passed_over)}"
-            idle = min(self.config.idle_retry_s, MAX_RETRY_S)
+            idle = min(self.config.idle_retry_s, MAX_RETRY_AFTER_S)
             return CheckInResponse(CheckInAction.WAIT, idle, None, detail)
-        retry = min(max(retry, pace), MAX_RETRY_S)
+        # Whatever the pool and the rate, a device is not told to sleep longer than a week.
+        retry = min(max(retry, pace), MAX_RETRY_AFTER_S)
         return CheckInResponse(CheckInAction.WAIT, round(retry, 3), None, "not selected yet")
 
     @staticmethod

@@ -218,30 +218,33 @@ def _unmask_response(state: ServerState, msg: UnmaskResponse) -> None:
         if holders is None:
             live = sorted(j for j in state.graph[about] if j in state.keys)
             holders = state.holder_x[about] = {j: x for x, j in enumerate(live, start=1)}
-        # A share that does not parse, carries another holder's x, or was written for another
-        # threshold or secret length is set aside, the rest of the answer kept: it counts as
+        # A share `_share_fault` finds is set aside, the rest of the answer kept: it counts as
         # if its holder had not sent it. The holder may have forged it, but an honest holder
         # relays what the dealer gave it (it cannot check a share), so refusing the whole
         # answer let one hostile dealer abort the round with honest holders named (helper-334).
-        # A share kept for t = 1 would be a "group" of its own that recovers the sender's
-        # chosen secret when a node's honest shares are fewer than t (a wrong sum).
-        try:
-            threshold, x, secret_len = share_params(share)
-        except SecAggError as exc:
-            state.set_aside.append((msg.node, about, f"malformed ({exc})"))
-            continue
-        if x != holders[msg.node]:
-            state.set_aside.append((msg.node, about, f"another holder's x ({x})"))
-            continue
-        if (threshold, secret_len) != (state.params.threshold, KEY_BYTES):
-            state.set_aside.append(
-                (msg.node, about, f"threshold {threshold} of a {secret_len}-byte secret")
-            )
-            continue
-        checked.append((about, share))
+        if (why := _share_fault(share, holders[msg.node], state.params.threshold)) is not None:
+            state.set_aside.append((msg.node, about, why))
+        else:
+            checked.append((about, share))
     for about, share in checked:
         state.shares.setdefault(about, []).append((msg.node, share))
     state.responders.add(msg.node)
+
+
+def _share_fault(share: bytes, x_held: int, threshold: int) -> str | None:
+    """Why a share cannot count, or None: it does not parse, carries another x than its
+    holder's, or was written for another threshold or secret length. A share kept for t = 1
+    would be a "group" of its own that recovers the sender's chosen secret when a node's
+    honest shares are fewer than t (a wrong sum)."""
+    try:
+        t, x, secret_len = share_params(share)
+    except SecAggError as exc:
+        return f"malformed ({exc})"
+    if x != x_held:
+        return f"another holder's x ({x})"
+    if (t, secret_len) != (threshold, KEY_BYTES):
+        return f"threshold {t} of a {secret_len}-byte secret"
+    return None
 
 
 def _finish(state: ServerState) -> SecAggResult:

@@ -15,8 +15,9 @@ import pytest
 
 from coordinator.service import ServiceConfig
 from coordinator.service.auth import MAX_REGISTER_BURST, MIN_REGISTER_RATE, RateLimiter
-from coordinator.service.rounds import MAX_RETRY_S, MIN_CHECKIN_RATE, Coordinator
+from coordinator.service.rounds import MIN_CHECKIN_RATE, Coordinator
 from coordinator.service.store import Store
+from protocol.messages import MAX_RETRY_AFTER_S
 
 from .test_restart_midround import Clock
 from .test_service_support import task_config
@@ -72,9 +73,9 @@ def test_a_paced_check_in_at_the_slowest_rate_is_a_finite_bounded_wait(tmp_path:
     # Execute
     answers = [coord.check_in(f"{i:032x}") for i in range(700)]
     # Assert: the pace is the pool over the rate (40 devices: 40,000 s), but never more than
-    # MAX_RETRY_S (700 devices would be 700,000 s, past a week)
+    # MAX_RETRY_AFTER_S (700 devices would be 700,000 s, past a week)
     assert answers[39].retry_after_s == pytest.approx(40 / MIN_CHECKIN_RATE)
-    assert answers[-1].retry_after_s == MAX_RETRY_S
+    assert answers[-1].retry_after_s == MAX_RETRY_AFTER_S
 
 
 @pytest.mark.parametrize(
