@@ -3848,7 +3848,8 @@ class Client(_ClientBase):
         `min_poll_s` is the app's floor on the time between two check-ins: while a round
         gathers the coordinator says "wait" for its `--poll` (0.25 s by default), four signed
         requests a second; `min_poll_s=5.0` makes it one every 5 s (a longer wait the
-        coordinator asks for still wins). The default, 0.05 s, only stops a "wait 0" spin.
+        coordinator asks for still wins). The default, 0.05 s, only stops a "wait 0" spin;
+        above a week (`MAX_RETRY_AFTER_S`) it is refused.
 
         `cancel` is for an app whose OS stops its background work (Android's `onStopJob`, an
         iOS task's expiration handler): set the event from any thread and the call raises
@@ -3888,8 +3889,11 @@ def _raise_outage(over: _WaitOver) -> None:
 def _check_wait(max_wait_s: float, min_poll_s: float) -> None:
     if math.isnan(max_wait_s):  # every comparison with it is False: it would never end
         raise ValueError("max_wait_s must be a number of seconds, not NaN")
-    if not (math.isfinite(min_poll_s) and min_poll_s >= 0):
-        raise ValueError(f"min_poll_s must be finite seconds >= 0, not {min_poll_s!r}")
+    if not 0 <= min_poll_s <= MAX_RETRY_AFTER_S:  # NaN fails both comparisons
+        raise ValueError(
+            f"min_poll_s must be seconds from 0 to {MAX_RETRY_AFTER_S:g} (a week),"
+            f" not {min_poll_s!r}"
+        )
 
 
 def _wire(row: dict[str, dict[str, int]]) -> dict[str, int]:

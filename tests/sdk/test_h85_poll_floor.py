@@ -101,9 +101,11 @@ def test_the_async_client_takes_it_too(tmp_path: Path, monkeypatch: pytest.Monke
     assert clock.sleeps == [5.0, 5.0]
 
 
-@pytest.mark.parametrize("bad", [float("nan"), -1.0, float("inf")])
-def test_a_floor_that_is_no_finite_number_of_seconds_is_refused(tmp_path: Path, bad: float) -> None:
+@pytest.mark.parametrize("bad", [float("nan"), -1.0, float("inf"), 1e300, 7 * 86_400.0 + 1])
+def test_a_floor_outside_zero_to_a_week_is_refused(tmp_path: Path, bad: float) -> None:
     transport = httpx.MockTransport(_gathering)
     with Client("http://coord", str(tmp_path), transport=transport) as client:
-        with pytest.raises(ValueError, match="min_poll_s must be finite seconds >= 0"):
+        with pytest.raises(
+            ValueError, match=r"min_poll_s must be seconds from 0 to 604800 \(a week\)"
+        ):
             client.participate(_NoRound(), X, Y, max_wait_s=1.0, min_poll_s=bad)
