@@ -1010,7 +1010,10 @@ def create_app(
             if size > cap:
                 raise too_large
             chunks.append(chunk)
-        return coordinator.set_initial_model(task_id, b"".join(chunks))
+        # Decoding, validating and building in a worker thread keeps the loop answering
+        # (a big model, or a secure task's plan check after a restart, takes a while).
+        rt = await asyncio.to_thread(coordinator.prepare_initial_model, task_id, b"".join(chunks))
+        return coordinator.commit_initial_model(rt)
 
     @app.get(
         Path.ADMIN_TASK_MODEL,

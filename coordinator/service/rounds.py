@@ -1845,6 +1845,15 @@ class Coordinator:
         )
 
     def set_initial_model(self, task_id: int, snapshot: bytes) -> TaskStatus:
+        """Set a task's version 0 from an encoded snapshot: `prepare_initial_model`, then
+        `commit_initial_model` (the app runs the first in a worker thread)."""
+        return self.commit_initial_model(self.prepare_initial_model(task_id, snapshot))
+
+    def prepare_initial_model(self, task_id: int, snapshot: bytes) -> TaskRuntime:
+        """The checks and the work of setting a task's initial model that touch no shared
+        state: the config validated again (a secure plan check can take seconds for a huge
+        cohort after a restart), the snapshot decoded and the runtime built. Safe in a worker
+        thread; `commit_initial_model` stores and serves the result."""
         if (refusal := self.refusal(task_id)) is not None:
             raise refusal  # first: its stored config may not parse
         row = self.store.task(task_id)
@@ -1886,8 +1895,20 @@ class Coordinator:
                 f"task {task_id} cannot run with this model ({type(exc).__name__}: {exc}); "
                 "it still awaits its model",
             ) from None
+        return rt
+
+    def commit_initial_model(self, rt: TaskRuntime) -> TaskStatus:
+        """Store a prepared runtime's model as its task's version 0 and serve it; on the
+        event loop. The task's state is read again: another upload may have set the model
+        while this one was prepared."""
+        task_id = rt.task_id
+        row = self.store.task(task_id)
+        if row is None:
+            raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
+        if row.state != TaskState.AWAITING_MODEL or task_id in self.runtimes:
+            raise ApiError(409, Reason.INVALID_STATE, f"task {task_id} already has a model")
         self.store.set_initial_model(
-            task_id, params.astype("<f4").tobytes(), digest, TaskState.ACTIVE, self.clock()
+            task_id, rt.published.astype("<f4").tobytes(), rt.digest, TaskState.ACTIVE, self.clock()
         )
         self._attach(rt)
         self.runtimes[task_id] = rt
