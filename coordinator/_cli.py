@@ -748,7 +748,12 @@ def register(sub: Any) -> None:
         "weights) can build a task whose model_name a plugin registers",
     )
     m.add_argument(
-        "--out", required=True, metavar="FILE", help="file to write (replaced if it exists)"
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="file to write (replaced if it exists, unless it is a database in use: one serve "
+        "serves, or one with writes in a -wal beside it; put a backup in place of a database "
+        "with restore)",
     )
     m.add_argument(
         "--version",
@@ -810,7 +815,12 @@ def register(sub: Any) -> None:
     )
     b.add_argument("--db", default="plume.db", metavar="PATH", help="serve's --db")
     b.add_argument(
-        "--out", required=True, metavar="FILE", help="file to write (replaced if it exists)"
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="file to write (replaced if it exists, unless it is a database in use: one serve "
+        "serves, or one with writes in a -wal beside it; put a backup in place of a database "
+        "with restore)",
     )
     b.set_defaults(func=_backup)
     r = csub.add_parser(
@@ -2513,6 +2523,7 @@ def _backup(args: argparse.Namespace) -> int:
         _fail(prog, f"--out {args.out} is a folder; give the file to write")
     if not out.resolve().parent.is_dir():
         _fail(prog, f"the folder of --out {args.out} does not exist; create it or pick another")
+    lock = _out_lock(prog, args.out, out)
     try:
         with contextlib.closing(_connect_existing(db)) as source:
             version, tasks = _plume_info(source, f"--db {args.db}")
@@ -2521,9 +2532,46 @@ def _backup(args: argparse.Namespace) -> int:
         _fail(prog, str(exc))
     except (sqlite3.Error, OSError) as exc:
         _fail(prog, f"cannot back up --db {args.db} to {args.out}: {exc}")
+    finally:
+        if lock is not None:
+            os.close(lock)
     line = {"db": args.db, "out": args.out, "bytes": size, "schema_version": int(version)}
     print(json.dumps(line | {"tasks": tasks}))
     return 0
+
+
+def _out_lock(prog: str, given: str, out: Path) -> int | None:
+    """Refuse a backup's --out that is a database in use (helper-335: `backup --db old.bak
+    --out plume.db`, the arguments swapped, renamed the copy over the file a coordinator
+    served; its -wal then put the old state back): one a coordinator serves (its `.lock`
+    held), or one with a -wal or -journal holding writes (replayed onto the copy when it is
+    opened). Where a `.lock` lies beside --out, it is taken and returned, to hold while the
+    copy is renamed over --out, so no coordinator starts on it meanwhile."""
+    from .service.store import LockHeld, StoreError, lock_path, take_lock
+
+    use_restore = (
+        "backup does not write over a database in use; give another file, or stop its "
+        "coordinator and put a backup in its place with `plume coordinator restore`"
+    )
+    lock: int | None = None
+    if os.path.lexists(lock_path(out)):
+        try:
+            lock = take_lock(out)
+        except LockHeld as exc:
+            _fail(
+                prog,
+                f"--out {given} is a database a coordinator (pid {exc.holder}) serves: {use_restore}",
+            )
+        except StoreError as exc:
+            _fail(prog, str(exc))
+    if side := _unfolded_side(out):
+        if lock is not None:
+            os.close(lock)
+        _fail(
+            prog,
+            f"--out {given} {side}, writes of a database SQLite would replay onto the copy: {use_restore}",
+        )
+    return lock
 
 
 def _backup_atomic(source: sqlite3.Connection, out: Path) -> int:
@@ -2791,7 +2839,10 @@ def _released_dp_record(secure: bool, state: str, meas: dict[str, Any]) -> dict[
 
 def _check_integrity(conn: sqlite3.Connection, what: str) -> None:
     """`ValueError` naming `what` unless SQLite's integrity check of `conn` passes."""
-    check = conn.execute("PRAGMA integrity_check").fetchone()
+    try:
+        check = conn.execute("PRAGMA integrity_check").fetchone()
+    except sqlite3.DatabaseError as exc:  # too damaged to check: name the file, not the target
+        raise ValueError(f"{what} fails SQLite's integrity check ({exc})") from None
     if check != ("ok",):
         raise ValueError(f"{what} fails SQLite's integrity check ({check[0]})")
 
@@ -2812,13 +2863,18 @@ def _backup_file_problem(path: Path) -> str | None:
             return f"is a database a coordinator (pid {holder}) serves, not a backup"
         finally:
             os.close(fd)
+    if side := _unfolded_side(path):
+        return f"{side}: writes the file alone does not hold (a database a process was writing, not a backup)"
+    return None
+
+
+def _unfolded_side(path: Path) -> str | None:
+    """ "has a -wal file beside it (N bytes)" when a non-empty -wal or -journal lies beside the
+    file at `path` (SQLite replays it onto whatever file has that name when it opens it)."""
     for side in ("-wal", "-journal"):
         with contextlib.suppress(OSError):
             if (size := os.stat(os.path.realpath(path) + side).st_size) > 0:
-                return (
-                    f"has a {side} file beside it ({size} bytes): writes the file alone does "
-                    "not hold (a database a process was writing, not a backup)"
-                )
+                return f"has a {side} file beside it ({size} bytes)"
     return None
 
 
