@@ -5,8 +5,9 @@ secrets only after checking that every needed secret has at least t shares; othe
 aborts with nothing reconstructed. A share that does not parse, or whose x is not its
 sender's, or written for another threshold, is set aside on arrival (the rest of that answer
 counts); wrong share values are corrected (Reed-Solomon decoding, up to (m - t) / 2 of m shares per
-secret) and their senders named in `SecAggResult.suspects`, so one lying survivor cannot abort
-the round.
+secret, and one of t + 1 by leaving each out in turn) and their senders named in
+`SecAggResult.suspects`, so one lying survivor cannot abort the round unless dropouts left a
+secret it lies about with exactly t shares (nothing to correct with).
 
 Error correction is bounded in count and in size. One corrected secret costs O(m^2) field
 operations per 15-byte chunk (syndromes and Berlekamp-Massey, `_shamir._berlekamp_welch`), the

@@ -505,6 +505,44 @@ def _interpolate(xs: Sequence[int], ys: Sequence[int]) -> list[int]:
     return [v % PRIME for v in out]
 
 
+def _leave_one_out(
+    parsed: dict[int, _Share], used: Sequence[int], t: int, secret_len: int, commit: bytes
+) -> tuple[bytes, int] | None:
+    """(secret, the position left out) when exactly t + 1 shares are at hand and one of them is
+    wrong, which Reed-Solomon decoding cannot correct (it corrects floor((m - t) / 2) = 0 of
+    them; helper-339: one survivor's wrong share then aborted a round with no one named). Each
+    of the t + 1 sets that leaves one share out gives a candidate secret, and the one that
+    matches the dealer's commitment is taken; the share it leaves out is the wrong one. None
+    when no candidate matches (two or more wrong shares).
+
+    O(m) field operations per chunk for all m candidates together: with l_j the weights at 0
+    of the polynomial of degree < m through all m points, leaving out point i gives the
+    weights l_j (x_i - x_j) / x_i (j != i), so candidate i is A - B / x_i for A = sum l_j y_j
+    and B = sum l_j x_j y_j."""
+    xs = tuple(parsed[i].x for i in used)
+    at_zero = _lagrange_weights(xs, 0)
+    inv_x = _batch_inverse(xs)
+    chunks = _chunks(secret_len)
+    candidates: list[bytearray | None] = [bytearray() for _ in used]
+    for c in range(chunks):
+        ys = [parsed[i].ys[c] for i in used]
+        a = sum(map(operator.mul, at_zero, ys)) % PRIME
+        b = sum(w * x % PRIME * y for w, x, y in zip(at_zero, xs, ys, strict=True)) % PRIME
+        width = min(CHUNK_BYTES, secret_len - c * CHUNK_BYTES)
+        for k, out in enumerate(candidates):
+            if out is None:
+                continue
+            value = (a - b * inv_x[k]) % PRIME
+            if value >= 1 << (8 * width):
+                candidates[k] = None  # not a secret's chunk: this set holds a wrong share
+            else:
+                out += value.to_bytes(width, "little")
+    for k, out in enumerate(candidates):
+        if out is not None and _commit(bytes(out)) == commit:
+            return bytes(out), used[k]
+    return None
+
+
 def combine_shares_robust(
     shares: Sequence[bytes], threshold: int | None = None
 ) -> tuple[bytes, tuple[int, ...]]:
@@ -515,8 +553,9 @@ def combine_shares_robust(
     The strict `combine_shares` runs first. If it refuses, the shares that parse and carry the
     most common header are decoded chunk by chunk (`_berlekamp_welch`: Reed-Solomon syndromes
     and Berlekamp-Massey, O(m^2) field operations per chunk), which corrects up to
-    floor((m - t) / 2) wrong values among m shares; the result must still match the dealer's
-    commitment, so a wrong secret is never returned. Raises `ShareError` when no secret can be
+    floor((m - t) / 2) wrong values among m shares; with m = t + 1, where that is none, one
+    wrong share is found by leaving each share out in turn (`_leave_one_out`). The result must
+    still match the dealer's commitment, so a wrong secret is never returned. Raises `ShareError` when no secret can be
     recovered (too many wrong shares, or a dealer whose shares disagree among themselves).
 
     `threshold` is the dealer's threshold when the caller knows it: only shares written for it
@@ -571,6 +610,9 @@ def combine_shares_robust(
             if _commit(secret) == commit:
                 good = set(used) - wrong
                 return secret, tuple(i for i in range(len(shares)) if i not in good)
+        if len(used) == t + 1 and (found := _leave_one_out(parsed, used, t, secret_len, commit)):
+            secret, liar = found
+            return secret, tuple(i for i in range(len(shares)) if i not in used or i == liar)
     raise ShareError(
         "no secret matches its commitment: too many wrong shares, or the dealer's shares disagree"
     )
