@@ -64,6 +64,7 @@ __all__ = [
     "CHAIN_MAGIC",
     "request_wire_bytes",
     "response_wire_bytes",
+    "expects_continue",
     "apply_delta",
 ]
 
@@ -827,15 +828,35 @@ def request_wire_bytes(
 
 
 def response_wire_bytes(
-    status: int, headers: Iterable[tuple[bytes, bytes]], body_bytes: int
+    status: int,
+    headers: Iterable[tuple[bytes, bytes]],
+    body_bytes: int,
+    phrase: bytes | None = None,
 ) -> int:
-    """Bytes of an HTTP/1.1 response: `HTTP/1.1 SP code SP phrase CRLF`, headers, body."""
-    try:
-        phrase = HTTPStatus(status).phrase
-    except ValueError:
-        phrase = ""
-    status_line = len(f"HTTP/1.1 {status} {phrase}\r\n")
+    """Bytes of an HTTP/1.1 response: `HTTP/1.1 SP code SP phrase CRLF`, headers, body.
+
+    `phrase` is the reason phrase as received, where the caller has it (a device: httpx's
+    `reason_phrase` extension); without it, this Python's `HTTPStatus` phrase, which is what
+    uvicorn sends. The two differ across Python versions (3.13 renamed 413, 416 and 422's),
+    so a device counting a coordinator on another Python needs the received one."""
+    if phrase is None:
+        try:
+            phrase = HTTPStatus(status).phrase.encode("latin-1")
+        except ValueError:
+            phrase = b""
+    status_line = len(f"HTTP/1.1 {status} \r\n") + len(phrase)
     return status_line + _header_bytes(headers) + body_bytes
+
+
+def expects_continue(http_version: str, values: Iterable[bytes]) -> bool:
+    """Whether an HTTP server answers a request with `100 Continue` before reading its body,
+    by h11's rule (uvicorn's HTTP/1.1 parser, which the coordinator runs): an HTTP/1.1 request
+    whose `Expect` headers, split at commas, hold the token `100-continue` in any case. An
+    HTTP/1.0 request's expectation is ignored (RFC 9110, section 10.1.1). `http_version` as
+    ASGI spells it ("1.0", "1.1"); `values`: every `Expect` header's value."""
+    if http_version in ("0.9", "1.0"):
+        return False
+    return any(token.strip().lower() == b"100-continue" for v in values for token in v.split(b","))
 
 
 def apply_delta(params: npt.NDArray[np.float32], update: SparseUpdate) -> npt.NDArray[np.float32]:

@@ -76,6 +76,7 @@ from protocol.messages import (
     apply_delta,
     check_check_in,
     check_train_loss,
+    expects_continue,
     format_train_loss,
     from_json,
     request_wire_bytes,
@@ -973,10 +974,16 @@ class _Core:
             request.method, request.url.raw_path.decode("ascii"), request.headers.raw,
             _sent_body_bytes(request),
         )  # fmt: skip
+        # The phrase as received (httpcore's `reason_phrase`): a coordinator on another
+        # Python may send another one than this Python's HTTPStatus has (3.13 renamed three).
+        phrase = response.extensions.get("reason_phrase")
         down = response_wire_bytes(
-            response.status_code, response.headers.raw, len(response.content)
+            response.status_code,
+            response.headers.raw,
+            len(response.content),
+            phrase if isinstance(phrase, bytes) else None,
         )
-        if request.headers.get("expect", "").strip().lower() == "100-continue":
+        if expects_continue("1.1", (v for k, v in request.headers.raw if k.lower() == b"expect")):
             down += _CONTINUE_WIRE_BYTES
         ok = response.status_code == 200
         if rid is None:

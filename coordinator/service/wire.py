@@ -44,7 +44,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
-from protocol.messages import request_wire_bytes, response_wire_bytes
+from protocol.messages import expects_continue, request_wire_bytes, response_wire_bytes
 from protocol.names import Direction, Reason
 
 from .metrics import Metrics
@@ -170,8 +170,8 @@ class WireMiddleware:
         received = 0
         sent_body = 0
         interim = 0  # bytes of a `100 Continue` uvicorn sent before the response
-        expects_continue = any(
-            k == b"expect" and v.strip().lower() == b"100-continue" for k, v in scope["headers"]
+        continues = expects_continue(
+            scope.get("http_version", "1.1"), (v for k, v in scope["headers"] if k == b"expect")
         )
         started: dict[str, Any] = {}
         body_done = False
@@ -191,7 +191,7 @@ class WireMiddleware:
             Not asked before the app's first read of a request that expects `100 Continue`:
             that read makes uvicorn send it."""
             nonlocal gone
-            if gone or (expects_continue and reads == 0):
+            if gone or (continues and reads == 0):
                 return gone
             # As a task: it runs to its first wait while this one yields once, which also
             # lets a close the loop has just read reach the server before the answer does.
@@ -212,7 +212,7 @@ class WireMiddleware:
         async def counting_receive() -> Message:
             nonlocal received, body_done, deadline, interim, reads
             reads += 1
-            if expects_continue and not started:
+            if continues and not started:
                 interim = _CONTINUE  # uvicorn answers the first read before any response
             if taken:
                 message = taken.pop(0)

@@ -216,12 +216,23 @@ def _expect_continue(request: httpx.Request, send: Send) -> httpx.Response:
     return send(request)
 
 
+def _expect_continue_listed(request: httpx.Request, send: Send) -> httpx.Response:
+    # h11's rule: the token in a comma-separated list, any case (helper-336: the ledger and the
+    # SDK matched the whole value only, and missed these 25 bytes)
+    request.headers["expect"] = "100-Continue, x-foo"
+    return send(request)
+
+
 def _connection_close(request: httpx.Request, send: Send) -> httpx.Response:
     request.headers["connection"] = "close"
     return send(request)
 
 
-@pytest.mark.parametrize("mod", [_expect_continue, _connection_close], ids=["expect", "close"])
+@pytest.mark.parametrize(
+    "mod",
+    [_expect_continue, _expect_continue_listed, _connection_close],
+    ids=["expect", "expect-listed", "close"],
+)
 def test_bytes_uvicorn_adds_on_its_own_are_in_the_ledger(
     relayed: tuple[ByteRelay, str], tmp_path: Path, mod: Mod
 ) -> None:
@@ -236,7 +247,7 @@ def test_bytes_uvicorn_adds_on_its_own_are_in_the_ledger(
         # Assert: the relay saw those bytes, and the ledger, the SDK and the control counter hold them
         exs = _split(relay)
         device_exs = [ex for ex in exs if ex.request.header("x-plume-device") is not None]
-        if mod is _expect_continue:
+        if mod is not _connection_close:
             assert all(ex.interim and ex.interim[0].size == 25 for ex in device_exs)
         else:
             assert all(_response(ex).header("connection") == "close" for ex in device_exs)
@@ -461,6 +472,29 @@ def test_control_requests_uvicorn_frames_itself_are_counted_exactly(
         ]
         missing = {"up": 0, "down": 0}
         expected, counted = _control_settles(relay, http, missing)
+        assert counted == expected
+        # h11's rule for `Expect` (helper-336): a token in a list is an expectation, and an
+        # HTTP/1.0 request's is ignored (the ledger counted the 25 bytes the other way round)
+        listed = _raw(
+            url,
+            b"POST /v1/devices HTTP/1.1\r\nhost: x\r\nexpect: x-foo, 100-continue,\r\n"
+            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body),
+        )
+        expected, counted = _control_settles(relay, http)
+        assert counted == expected  # each on its own: the two old errors, -25 and +25, cancel
+        old_expect = _raw(
+            url,
+            b"POST /v1/devices HTTP/1.0\r\nhost: x\r\nexpect: 100-continue\r\n"
+            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body),
+        )
+        assert (listed.status, old_expect.status) == (400, 400)
+        posts = [ex for ex in _split(relay) if ex.request.start == "POST /v1/devices HTTP/1.1"]
+        assert [[m.start for m in ex.interim] for ex in posts] == [["HTTP/1.1 100 Continue"]] * 2
+        (old_post,) = [
+            ex for ex in _split(relay) if ex.request.start == "POST /v1/devices HTTP/1.0"
+        ]
+        assert not old_post.interim
+        expected, counted = _control_settles(relay, http)
         assert counted == expected
 
 
