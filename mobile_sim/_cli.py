@@ -659,7 +659,7 @@ def register(sub: Any) -> None:
         metavar="URL",
         help="with --transport http: an external coordinator's URL (needs $PLUME_ADMIN_TOKEN; "
         "an https:// one with a private CA also SSL_CERT_FILE=PEM; default: start a loopback "
-        "one)",
+        "one; plain rounds only, not with --secure)",
     )
     g.add_argument(
         "--backend",
@@ -1499,6 +1499,13 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         return "--coordinator URL is only used with --transport http (add it)"
     if args.coordinator and not args.coordinator.startswith(("http://", "https://")):
         return f"--coordinator must start with http:// or https://, got {args.coordinator!r}"
+    if args.coordinator and args.secure:
+        # Ignored before (helper-336): the run went to its own loopback coordinator while
+        # rounds.json recorded the URL given.
+        return (
+            "--coordinator runs plain rounds only: a --secure --transport http run starts its "
+            "own loopback coordinator (drop --coordinator, or --secure)"
+        )
     if not args.secure:
         if head := _only_apply(args, _SECURE_ONLY):
             return f"{head} to secure runs: add --secure"
@@ -1759,6 +1766,7 @@ def _sim(args: argparse.Namespace) -> int:
         robust_guarantee_warning,
         summary,
     )
+    from .runner import NoEligibleDevices
     from .status import clear, say
 
     if args.plugin:
@@ -1918,6 +1926,15 @@ def _sim(args: argparse.Namespace) -> int:
                     "without RAY_ADDRESS or address=", "without --ray-address or RAY_ADDRESS"
                 )
                 return _fail(text, 1)
+            except NoEligibleDevices as exc:
+                if debug:
+                    raise
+                # A traceback before (helper-337); the rounds before it are written above.
+                return _fail(
+                    f"{exc}: add devices (--clients), lower --min-memory-mb, or simulate "
+                    "without availability (--fleet timing)",
+                    1,
+                )
             except RuntimeError as exc:
                 from .backends.ray_backend import RuntimeEnvSetupFailed
 

@@ -134,6 +134,9 @@ _MAX_TIERS = 127  # tier indices are int8
 # some 30 million years).
 _MAX_SIM_S = 1e15
 _MAX_HOURS = 1e9
+# A night's start moves at most this far from its device's mean (hours): with nights of at most
+# 12 h, the nights of days d-1..d+1 are the only ones that can cover a time of day d.
+_MAX_JITTER_H = 12.0
 # Largest sigma (natural-log spread) a tier may have: Box-Muller normals reach about 8.6 in
 # magnitude, and exp(10 * 8.6) keeps every drawn bandwidth and speed finite and above zero (a
 # larger sigma overflowed to inf or underflowed to 0 bits/s: a device that never finishes).
@@ -413,13 +416,14 @@ class Population:
         ids = np.asarray(device_ids)
         if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
             raise PopulationError("device ids must be a 1-D integer array")
-        ids = ids.astype(np.int64, copy=False)
+        # Checked before the cast to int64: a uint64 id above 2^63 - 1 wrapped to a negative
+        # one and was reported as such (helper-337).
         if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= self.config.num_devices):
             raise PopulationError(
                 f"device ids must be in [0, {self.config.num_devices}), "
                 f"got range [{int(ids.min())}, {int(ids.max())}]"
             )
-        return ids
+        return ids.astype(np.int64, copy=False)
 
     def profiles(self, device_ids: npt.ArrayLike) -> ProfileBatch:
         """Profiles of `device_ids` (int[n]), computed from the seed; same ids -> same profiles."""
@@ -474,7 +478,9 @@ class Population:
 
     def profile(self, device_id: int) -> DeviceProfile:
         """The profile of one device."""
-        return self.profiles(np.array([device_id], dtype=np.int64))[0]
+        if not _is_int(device_id):  # np.array(["5"], dtype=np.int64) parsed the text "5"
+            raise PopulationError(f"a device id is an integer, got {device_id!r}")
+        return self.profiles(np.array([int(device_id)]))[0]
 
     # -- availability -----------------------------------------------------------------------
 
@@ -497,22 +503,30 @@ class Population:
         avail = np.zeros(n, dtype=np.bool_)
         # Overnight charge: the window of night d starts around local hour night_start_h of day
         # d and may end on day d+1. A night whose mean start is just after midnight can start
-        # before it on a given night (negative jitter), i.e. on day d-1, so at time t the nights
-        # of days d-1, d and d+1 can all cover t.
+        # before it on a given night (negative jitter), i.e. on day d-1. The jitter is clipped
+        # to +-12 h (`_MAX_JITTER_H`) and a night lasts at most 12 h, so at time t only the
+        # nights of days d-1, d and d+1 can cover t (helper-337: with night_jitter_sd_h=6 an
+        # unclipped jitter moved nights beyond them, and they were missed).
         for d in (day - 1, day, day + 1):
             s = self._day_stream(profiles.device_ids, d)
             skip = s.uniform(_D_SKIP) < cfg.skip_night_p
-            start = 24.0 * d + profiles.night_start_h + cfg.night_jitter_sd_h * s.normal(_D_JITTER)
+            jitter = np.clip(
+                cfg.night_jitter_sd_h * s.normal(_D_JITTER), -_MAX_JITTER_H, _MAX_JITTER_H
+            )
+            start = 24.0 * d + profiles.night_start_h + jitter
             inside = (t >= start) & (t < start + profiles.night_hours)
             avail |= inside & ~skip & profiles.home_wifi
-        # A daytime charge on wifi, at most one per day, starting 09:00-17:00 local.
-        s = self._day_stream(profiles.device_ids, day)
+        # A daytime charge on wifi, at most one per day, starting 09:00-17:00 local. One that
+        # starts late and lasts long (day_session_hours above 7 h) runs past midnight, so the
+        # day before's session is looked at too (helper-337: it was cut at midnight).
         lo, hi = cfg.day_session_hours
-        has = s.uniform(_D_SESSION) < cfg.day_session_p
-        start = 24.0 * day + 9.0 + 8.0 * s.uniform(_D_SESSION_START)
-        length = lo + (hi - lo) * s.uniform(_D_SESSION_HOURS)
-        wifi = s.uniform(_D_SESSION_WIFI) < cfg.day_session_wifi_p
-        avail |= has & wifi & (t >= start) & (t < start + length)
+        for d in (day - 1, day) if 17.0 + hi > 24.0 else (day,):
+            s = self._day_stream(profiles.device_ids, d)
+            has = s.uniform(_D_SESSION) < cfg.day_session_p
+            start = 24.0 * d + 9.0 + 8.0 * s.uniform(_D_SESSION_START)
+            length = lo + (hi - lo) * s.uniform(_D_SESSION_HOURS)
+            wifi = s.uniform(_D_SESSION_WIFI) < cfg.day_session_wifi_p
+            avail |= has & wifi & (t >= start) & (t < start + length)
         return avail
 
     def _day_stream(self, ids: I64, day: I64) -> _Stream:
@@ -552,6 +566,8 @@ class Population:
         """
         if not _is_int(n) or n < 0:
             raise PopulationError(f"n must be an integer >= 0, got {n!r}")
+        if isinstance(min_memory_mb, bool) or not isinstance(min_memory_mb, numbers.Real):
+            raise PopulationError(f"min_memory_mb must be a number (MiB), got {min_memory_mb!r}")
         if math.isnan(min_memory_mb):
             raise PopulationError("min_memory_mb must be a number (MiB), got nan")
         total = self.config.num_devices

@@ -45,6 +45,7 @@ from .backends._seeding import RngPool
 from .clock import COORDINATOR_DEADLINE_S, COORDINATOR_MAX_S, COORDINATOR_OVER_SELECTION
 from .data import DataError, FederatedData, data_root, load_digits_data, load_mnist
 from .partition import natural, partition, partition_stats
+from .population import DEFAULT_TIERS
 from .status import clear, note, say
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ __all__ = [
     "RoundRecord",
     "SimResult",
     "RunInterrupted",
+    "NoEligibleDevices",
     "ORT_FIELDS",
     "run_simulation",
     "prepare",
@@ -366,6 +368,13 @@ class SimConfig:
                 raise ValueError(
                     "min_memory_mb applies to the realistic fleet's selection "
                     f"(fleet='realistic'), not fleet={self.fleet!r}"
+                )
+            top = max(g for t in DEFAULT_TIERS for g in t.memory_gb) * 1024.0
+            if self.min_memory_mb > top:
+                # Before, round 1 ran until no device had been eligible for two simulated days.
+                raise ValueError(
+                    f"min_memory_mb {self.min_memory_mb:g} MiB is above every device's memory "
+                    f"(the largest tier's is {top:g} MiB): no device would ever be eligible"
                 )
         if not (math.isfinite(self.checkin_period_s) and 0 <= self.checkin_period_s <= 900.0):
             # One availability step (15 simulated minutes) at most: see SimFleet.select.
@@ -825,6 +834,11 @@ class SimResult:
                 rnd for rnd, committed, n in rows if not committed and n is not None and n < need
             ],
         }
+
+
+class NoEligibleDevices(RuntimeError):
+    """A realistic fleet's round found no device eligible (charging on unmetered wifi, with
+    `min_memory_mb`) in its two simulated days of waiting: a tiny or never-available fleet."""
 
 
 class RunInterrupted(KeyboardInterrupt):
@@ -1487,7 +1501,7 @@ def run_simulation(
                 if not available:
                     # Nobody charged on unmetered wifi in two simulated days: say so rather
                     # than pretend the whole fleet was eligible.
-                    raise RuntimeError(
+                    raise NoEligibleDevices(
                         f"round {len(records) + 1}: no device was eligible in the simulated "
                         "wait window (a tiny or never-available fleet)"
                     )
