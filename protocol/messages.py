@@ -53,6 +53,8 @@ __all__ = [
     "check_task_id",
     "check_max_model_bytes",
     "check_model_layouts",
+    "check_model_names",
+    "MAX_MODEL_NAME",
     "MAX_MODEL_LAYOUTS",
     "MAX_RETRY_AFTER_S",
     "check_train_loss",
@@ -191,6 +193,13 @@ class CheckInRequest:
     not given to the device (docs/http-api.md, "The models a device trains"); None (left out
     of the JSON): any layout, as from an SDK before the field. Checked strictly as sent
     (`check_model_layouts`), in this schema's own validation: a bad value is a 422.
+
+    `model_names`: the task model names (`TaskConfig.model_name`) the device can train, for a
+    trainer whose artifacts were exported under a name (`plume export --model NAME`): two
+    tasks may share a layout and differ in their layers (a Tanh for a ReLU), which the
+    layout does not tell. A task with a `model_name` none of them is not given to the device;
+    None (left out): any name, as from an SDK before the field. Checked as sent
+    (`check_model_names`).
     """
 
     task_id: int | None = None
@@ -199,6 +208,7 @@ class CheckInRequest:
     features: list[str] | None = field(default=None, metadata={_OMIT_NONE: True})
     max_model_bytes: int | None = field(default=None, metadata={_OMIT_NONE: True})
     model_layouts: list[str] | None = field(default=None, metadata={_OMIT_NONE: True})
+    model_names: list[str] | None = field(default=None, metadata={_OMIT_NONE: True})
 
     @classmethod
     def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
@@ -210,6 +220,8 @@ class CheckInRequest:
         def check(value: Any) -> Any:
             if isinstance(value, dict) and value.get("model_layouts") is not None:
                 check_model_layouts(value["model_layouts"])
+            if isinstance(value, dict) and value.get("model_names") is not None:
+                check_model_names(value["model_names"])
             return value
 
         return core_schema.no_info_before_validator_function(check, handler(source))
@@ -639,6 +651,38 @@ def check_max_model_bytes(value: Any, where: str = "$.max_model_bytes") -> int:
         )
     _in_range(value, where, MIN_MODEL_CAP)
     return value
+
+
+# A check-in's `model_names`: at most MAX_MODEL_LAYOUTS entries, each 1..MAX_MODEL_NAME
+# characters.
+MAX_MODEL_NAME = 256
+
+
+def check_model_names(value: Any, where: str = "$.model_names") -> frozenset[str]:
+    """`value` as the task model names a device declares it trains: a JSON array of 1 to
+    MAX_MODEL_LAYOUTS (16) distinct strings of 1 to MAX_MODEL_NAME (256) characters; else
+    `MessageError`. The array's length is checked before any entry is looked at."""
+    if type(value) is not list:
+        raise MessageError(f"{where}: expected an array of model names, got {_kind(value)}")
+    if not value:
+        raise MessageError(
+            f"{where}: an empty array declares no model the device trains; leave the field "
+            "out to take a task of any model"
+        )
+    if len(value) > MAX_MODEL_LAYOUTS:
+        raise MessageError(f"{where}: {len(value)} names, more than {MAX_MODEL_LAYOUTS}")
+    seen: set[str] = set()
+    for i, item in enumerate(value):
+        if type(item) is not str:
+            raise MessageError(f"{where}[{i}]: expected a model name (a string), got {_kind(item)}")
+        if not 1 <= len(item) <= MAX_MODEL_NAME:
+            raise MessageError(
+                f"{where}[{i}]: a model name is 1 to {MAX_MODEL_NAME} characters, got {len(item)}"
+            )
+        if item in seen:
+            raise MessageError(f"{where}[{i}] = {_cut(repr(item))} is listed twice")
+        seen.add(item)
+    return frozenset(seen)
 
 
 # A check-in's `model_layouts`: at most MAX_MODEL_LAYOUTS entries (a device ships a model or

@@ -66,6 +66,7 @@ from compression._snapshot import snapshot_dtype
 from protocol import auth
 from protocol.messages import (
     MAX_ID,
+    MAX_MODEL_NAME,
     MAX_RETRY_AFTER_S,
     Assignment,
     CheckInResponse,
@@ -1104,11 +1105,15 @@ class _Core:
         )
 
     def check_in_exchange(
-        self, task_id: int | None, layouts: Sequence[str] | None = None
+        self,
+        task_id: int | None,
+        layouts: Sequence[str] | None = None,
+        names: Sequence[str] | None = None,
     ) -> _Exchange:
         """The check-in request; `layouts` (`_declared_layouts`) the model layouts the
-        trainer trains, sent as `model_layouts` after `features`; None sends no such key (the
-        bytes an SDK before the field sent)."""
+        trainer trains, sent as `model_layouts` after `features`, and `names`
+        (`_declared_names`) the task model names, sent as `model_names` after them; None sends
+        no such key (the bytes an SDK before the field sent)."""
         parts = []
         if task_id is not None:
             parts.append(f'"task_id":{int(task_id)}')
@@ -1132,6 +1137,10 @@ class _Core:
             # another layout (it would be refused in `_check_layout` after the selection, its
             # slot empty till the round's deadline). Ignored by a coordinator before the field.
             parts.append('"model_layouts":[' + ",".join(f'"{h}"' for h in layouts) + "]")
+        if names:
+            # The model name the artifacts were exported under: a task of the same layout and
+            # another name has other layers, refused after the selection otherwise.
+            parts.append('"model_names":' + json.dumps(list(names)))
         body = ("{" + ",".join(parts) + "}").encode()
         return _Exchange(
             "POST", Path.CHECK_IN, 0, body, headers={"content-type": "application/json"},
@@ -2647,6 +2656,18 @@ def _declared_layouts(trainer: LocalTrainer) -> tuple[str, ...] | None:
     return None
 
 
+def _declared_names(trainer: LocalTrainer) -> tuple[str, ...] | None:
+    """The check-in's `model_names` for `trainer`: the name its artifacts were exported under
+    (`plume export --model NAME`, the manifest's `model` with `model_named`), which
+    `_check_layout` compares with the task's `model_name`; else None (no field sent)."""
+    manifest = getattr(trainer, "manifest", None)
+    exported = getattr(manifest, "model", None)
+    if getattr(manifest, "model_named", False) is True and isinstance(exported, str):
+        if 1 <= len(exported) <= MAX_MODEL_NAME:
+            return (exported,)
+    return None
+
+
 def _shapes_shown(shapes: list[tuple[int, ...]]) -> str:
     """The first 4 shapes of a layout, and "..." only when there are more."""
     return f"{shapes[:4]}{'...' if len(shapes) > 4 else ''}"
@@ -3183,10 +3204,14 @@ def _register_flow(core: _Core, device_id: str) -> _Flow[str]:
 
 
 def _check_in_flow(
-    core: _Core, task_id: int | None, deadline: float, layouts: Sequence[str] | None = None
+    core: _Core,
+    task_id: int | None,
+    deadline: float,
+    layouts: Sequence[str] | None = None,
+    names: Sequence[str] | None = None,
 ) -> _Flow[CheckInResponse]:
     """`Client.check_in`, every attempt ending by `deadline`."""
-    ex = core.check_in_exchange(task_id, layouts)
+    ex = core.check_in_exchange(task_id, layouts, names)
     return _check_in_answer(core, ex, (yield from _request(ex, deadline)), task_id)
 
 
@@ -3365,10 +3390,10 @@ def _participate_flow(
     except _Stop:
         raise ParticipationCancelled("resend", _EARLIER_PENDING, None) from None
     mine: CheckInResponse | None = None  # this call's last answer
-    layouts = _declared_layouts(trainer)
+    layouts, names = _declared_layouts(trainer), _declared_names(trainer)
     while True:
         try:
-            answer = yield from _check_in_flow(core, task_id, give_up, layouts)
+            answer = yield from _check_in_flow(core, task_id, give_up, layouts, names)
         except _WaitOver as over:
             if mine is None:
                 _raise_outage(over)

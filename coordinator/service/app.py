@@ -768,8 +768,8 @@ def create_app(
         `features` lists what the device's SDK honours: a task that needs one it does not list
         is not given to it (409 `sdk_unsupported` when named); nor is a task whose model is
         over the `max_model_bytes` it declares (409 `model_too_large` when named), nor one
-        whose layout is not among the `model_layouts` it declares (409
-        `model_layout_mismatch` when named)."""
+        whose layout is not among the `model_layouts` it declares or whose model name is not
+        among the `model_names` it declares (409 `model_layout_mismatch` when named)."""
         awaiting = task_id = cap = None
         # Strictly, from the JSON as sent: the model's lax parsing would take "7", 7.0 or true
         # for a round or task id. The object FastAPI parsed for `body` (Starlette keeps it):
@@ -788,7 +788,10 @@ def create_app(
             raise ApiError(422, Reason.VALIDATION, str(exc)) from None
         # `model_layouts` was checked as sent by `CheckInRequest`'s own schema (a bad one: 422).
         layouts = None if body.model_layouts is None else frozenset(body.model_layouts)
-        answer = coordinator.check_in(fields.device_id, task_id, awaiting, features, cap, layouts)
+        names = None if body.model_names is None else frozenset(body.model_names)
+        answer = coordinator.check_in(
+            fields.device_id, task_id, awaiting, features, cap, layouts, names
+        )
         att: Attribution = getattr(request.state, STATE_KEY)
         if answer.assignment is not None:
             att.round_id = answer.assignment.round_id

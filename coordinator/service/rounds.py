@@ -286,6 +286,17 @@ def _other_layout(rt: TaskRuntime, model_layouts: Collection[str], metrics: Metr
     )
 
 
+def _other_model(rt: TaskRuntime, model_names: Collection[str], metrics: Metrics) -> str:
+    """Why a task's rounds are not given to a device whose declared `model_names` do not
+    include its model's name; counted in `plume_check_ins_model_layout_mismatch`."""
+    metrics.check_ins_model_layout_mismatch.labels(str(rt.task_id)).inc()
+    declared = ", ".join(_shown(n) for n in sorted(model_names))
+    return (
+        f"task {rt.task_id}'s model {_shown(rt.config.model_name)} is not one of the "
+        f"model_names this device declared in its check-in ({declared})"
+    )
+
+
 def required_features(cfg: TaskConfig) -> frozenset[str]:
     """The check-in features a device must declare to be given `cfg`'s rounds: none, or
     `error_feedback_off` for a task whose devices keep no residual (docs/privacy.md, item 5).
@@ -2375,6 +2386,7 @@ class Coordinator:
         features: frozenset[str] = frozenset(),
         max_model_bytes: int | None = None,
         model_layouts: Collection[str] | None = None,
+        model_names: Collection[str] | None = None,
     ) -> CheckInResponse:
         """Assign a round or tell the device when to come back (pace steering). With
         `awaiting_round`, the answer carries that round's `upload_outcome` for the device.
@@ -2397,7 +2409,9 @@ class Coordinator:
         task whose layout (`TaskRuntime.layout`) is not one of them is never given to it, in
         the same way as a model over `max_model_bytes`: naming the task is 409
         `model_layout_mismatch`, naming none passes it over, counted in
-        `plume_check_ins_model_layout_mismatch`."""
+        `plume_check_ins_model_layout_mismatch`. So is a task with a `model_name` that is not
+        one of `model_names` (`check_model_names`; None: none declared, any name): two tasks
+        may share a layout and differ in their layers."""
         over = self.refused.get(task_id) if task_id is not None else None
         if over is not None and over.state in (TaskState.DONE, TaskState.STOPPED):
             # Stored as over: final, whatever this coordinator makes of its config.
@@ -2408,7 +2422,9 @@ class Coordinator:
             # Final, as a done task is: the device stops checking in for it.
             answer = self._end(task_id, "was stopped by the operator; it runs no more rounds")
         else:
-            answer = self._check_in(device_id, task_id, features, max_model_bytes, model_layouts)
+            answer = self._check_in(
+                device_id, task_id, features, max_model_bytes, model_layouts, model_names
+            )
         if awaiting_round is not None:
             answer.round_outcome = str(self.upload_outcome(awaiting_round, device_id))
         return answer
@@ -2420,6 +2436,7 @@ class Coordinator:
         features: frozenset[str],
         max_model_bytes: int | None = None,
         model_layouts: Collection[str] | None = None,
+        model_names: Collection[str] | None = None,
     ) -> CheckInResponse:
         now = self.clock()
         retry: float | None = None
@@ -2458,21 +2475,31 @@ class Coordinator:
                     if self._takes_devices(rt):
                         too_large.append(_too_large(rt, max_model_bytes, self.metrics))
                     continue
-            if model_layouts is not None and rt.layout not in model_layouts:
+            other_layout = model_layouts is not None and rt.layout not in model_layouts
+            other_name = (
+                model_names is not None
+                and bool(rt.config.model_name)
+                and rt.config.model_name not in model_names
+            )
+            if other_layout or other_name:
                 # As a model over max_model_bytes: the device cannot train this task's model
                 # (an app whose trainer's model is fixed, such as an ONNX Runtime device's
                 # artifacts). Selected, it would refuse the assignment and leave its slot empty
-                # till the round's deadline; so not in the pool either.
+                # till the round's deadline; so not in the pool either. The name too: a task
+                # of the same layout and another model name has other layers (helper-338: an
+                # ONNX device was given such a task at every check-in, never its own).
                 rt.pool.pop(device_id, None)
-                if task_id is not None and rt.state != TaskState.DONE:
-                    raise ApiError(
-                        409,
-                        Reason.MODEL_LAYOUT_MISMATCH,
-                        _other_layout(rt, model_layouts, self.metrics),
+                named = task_id is not None and rt.state != TaskState.DONE
+                if named or (task_id is None and self._takes_devices(rt)):
+                    why = (
+                        _other_layout(rt, model_layouts, self.metrics)
+                        if other_layout and model_layouts is not None
+                        else _other_model(rt, model_names or (), self.metrics)
                     )
+                    if named:
+                        raise ApiError(409, Reason.MODEL_LAYOUT_MISMATCH, why)
+                    too_large.append(why)
                 if task_id is None:
-                    if self._takes_devices(rt):
-                        too_large.append(_other_layout(rt, model_layouts, self.metrics))
                     continue
             cur = rt.current
             if cur is not None and not cur.closing and now < cur.deadline:

@@ -209,6 +209,7 @@ def test_a_coordinator_ignoring_the_field_gets_the_dedicated_error_before_the_do
     # then gives it any task): the only task is of the other model
     lin = _create(world.http, world.trainers["lin"], "lin")
     monkeypatch.setattr(sdk_client, "_declared_layouts", lambda trainer: None)
+    monkeypatch.setattr(sdk_client, "_declared_names", lambda trainer: None)  # nor model_names
     seen = _Requests()
     # Execute
     with pytest.raises(LayoutMismatchError) as raised:
