@@ -213,6 +213,10 @@ def _external_tensor(model: bytes) -> bool:
     return False
 
 
+# The flatbuffer file identifier of an ORT-format model, at bytes 4..8 of the file.
+_ORT_FORMAT_ID = b"ORTM"
+
+
 def _check_no_external_data(model: bytes, what: str) -> None:
     """Raise `ArtifactError` if graph `what` (serialized, `model`) names external data.
 
@@ -222,6 +226,13 @@ def _check_no_external_data(model: bytes, what: str) -> None:
     any file the app can read into a tensor that may reach the uploaded update. Refusing them
     here makes that independent of the onnxruntime version. Called before any session exists.
     """
+    if model[4:8] == _ORT_FORMAT_ID:
+        # onnxruntime also loads its own flatbuffer format from bytes; the walker here reads
+        # ONNX protobuf only, and refused such a file by accident (helper-338): say it outright.
+        raise ArtifactError(
+            f"{what}: the file is in ONNX Runtime's own format (.ort, a flatbuffer), not an "
+            "ONNX protobuf model as `plume export` writes; export the model again"
+        )
     try:
         found = _external_tensor(model)
     except ValueError as exc:
