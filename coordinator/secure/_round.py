@@ -235,7 +235,10 @@ class SecureRound:
         if not c <= int(res.total[-1]) <= c * w_max:
             # Each device sends a weight in 1..w_max; any other total is a forged or corrupt
             # input, which would scale the mean (or, under dither, not decode at all).
-            reason = f"total weight {int(res.total[-1])} outside {c}..{c * w_max} ({c} inputs)"
+            reason = (
+                f"total weight {int(res.total[-1])} outside {c}..{c * w_max} ({c} inputs; "
+                "forged or corrupt: a masked input whose masks do not cancel)"
+            )
         elif bad := self._out_of_range(res.total, c):
             reason = f"{bad} level sums outside what {c} devices can send (forged or corrupt)"
         if reason is not None:
