@@ -748,12 +748,7 @@ def register(sub: Any) -> None:
         "weights) can build a task whose model_name a plugin registers",
     )
     m.add_argument(
-        "--out",
-        required=True,
-        metavar="FILE",
-        help="file to write (replaced if it exists, unless it is a database in use: one serve "
-        "serves, or one with writes in a -wal beside it; put a backup in place of a database "
-        "with restore)",
+        "--out", required=True, metavar="FILE", help="file to write (replaced if it exists)"
     )
     m.add_argument(
         "--version",
