@@ -13,7 +13,7 @@ import re
 import struct
 import types
 import typing
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from http import HTTPStatus
@@ -653,43 +653,56 @@ def check_max_model_bytes(value: Any, where: str = "$.max_model_bytes") -> int:
     return value
 
 
-# A check-in's `model_names`: at most MAX_MODEL_LAYOUTS entries, each 1..MAX_MODEL_NAME
-# characters.
+# A check-in's `model_layouts`: at most MAX_MODEL_LAYOUTS entries (a device ships a model or
+# a few; the cap bounds the work of one check-in), each the hex of a `ModelSpec.fingerprint`.
+MAX_MODEL_LAYOUTS = 16
+LAYOUT_HEX_DIGITS = 16  # 8 bytes
+_LAYOUT_HEX = frozenset("0123456789abcdef")
+# A check-in's `model_names`: as many entries, each 1..MAX_MODEL_NAME characters.
 MAX_MODEL_NAME = 256
 
 
-def check_model_names(value: Any, where: str = "$.model_names") -> frozenset[str]:
-    """`value` as the task model names a device declares it trains: a JSON array of 1 to
-    MAX_MODEL_LAYOUTS (16) distinct strings of 1 to MAX_MODEL_NAME (256) characters; else
-    `MessageError`. The array's length is checked before any entry is looked at."""
+def _distinct_strings(
+    value: Any, where: str, what: tuple[str, str, str, str], problem: Callable[[str], str | None]
+) -> frozenset[str]:
+    """`value` as a JSON array of 1 to MAX_MODEL_LAYOUTS distinct strings, each of which
+    `problem` finds nothing wrong with (else it says what, after "where[i] = 'item'"); else
+    `MessageError`. `what`: (what the array holds, its entries counted, one entry's kind, what
+    an empty array fails to declare). The array's length is checked before any entry."""
+    plural, counted, kind, declares = what
     if type(value) is not list:
-        raise MessageError(f"{where}: expected an array of model names, got {_kind(value)}")
+        raise MessageError(f"{where}: expected an array of {plural}, got {_kind(value)}")
     if not value:
         raise MessageError(
-            f"{where}: an empty array declares no model the device trains; leave the field "
-            "out to take a task of any model"
+            f"{where}: an empty array declares no {declares} the device trains; leave the "
+            f"field out to take a task of any {declares}"
         )
     if len(value) > MAX_MODEL_LAYOUTS:
-        raise MessageError(f"{where}: {len(value)} names, more than {MAX_MODEL_LAYOUTS}")
+        raise MessageError(f"{where}: {len(value)} {counted}, more than {MAX_MODEL_LAYOUTS}")
     seen: set[str] = set()
     for i, item in enumerate(value):
         if type(item) is not str:
-            raise MessageError(f"{where}[{i}]: expected a model name (a string), got {_kind(item)}")
-        if not 1 <= len(item) <= MAX_MODEL_NAME:
-            raise MessageError(
-                f"{where}[{i}]: a model name is 1 to {MAX_MODEL_NAME} characters, got {len(item)}"
-            )
+            raise MessageError(f"{where}[{i}]: expected {kind}, got {_kind(item)}")
+        if (why := problem(item)) is not None:
+            raise MessageError(f"{where}[{i}] = {_cut(repr(item))} {why}")
         if item in seen:
             raise MessageError(f"{where}[{i}] = {_cut(repr(item))} is listed twice")
         seen.add(item)
     return frozenset(seen)
 
 
-# A check-in's `model_layouts`: at most MAX_MODEL_LAYOUTS entries (a device ships a model or
-# a few; the cap bounds the work of one check-in), each the hex of a `ModelSpec.fingerprint`.
-MAX_MODEL_LAYOUTS = 16
-LAYOUT_HEX_DIGITS = 16  # 8 bytes
-_LAYOUT_HEX = frozenset("0123456789abcdef")
+def check_model_names(value: Any, where: str = "$.model_names") -> frozenset[str]:
+    """`value` as the task model names a device declares it trains: a JSON array of 1 to
+    MAX_MODEL_LAYOUTS (16) distinct strings of 1 to MAX_MODEL_NAME (256) characters; else
+    `MessageError`. The array's length is checked before any entry is looked at."""
+
+    def problem(item: str) -> str | None:
+        if 1 <= len(item) <= MAX_MODEL_NAME:
+            return None
+        return f"is not a model name (1 to {MAX_MODEL_NAME} characters, got {len(item)})"
+
+    what = ("model names", "names", "a model name (a string)", "model")
+    return _distinct_strings(value, where, what, problem)
 
 
 def check_model_layouts(value: Any, where: str = "$.model_layouts") -> frozenset[str]:
@@ -697,31 +710,18 @@ def check_model_layouts(value: Any, where: str = "$.model_layouts") -> frozenset
     MAX_MODEL_LAYOUTS (16) distinct strings, each 16 lower-case hex digits (the hex of a
     `compression.ModelSpec.fingerprint`, as `bytes.hex()` writes it); else `MessageError`.
     The array's length is checked before any entry is looked at."""
-    if type(value) is not list:
-        raise MessageError(f"{where}: expected an array of layout fingerprints, got {_kind(value)}")
-    if not value:
-        raise MessageError(
-            f"{where}: an empty array declares no layout the device trains; leave the field "
-            "out to take a task of any layout"
+
+    def problem(item: str) -> str | None:
+        if len(item) == LAYOUT_HEX_DIGITS and _LAYOUT_HEX.issuperset(item):
+            return None
+        return (
+            f"is not a layout fingerprint ({LAYOUT_HEX_DIGITS} lower-case hex digits, "
+            "compression.ModelSpec.fingerprint)"
         )
-    if len(value) > MAX_MODEL_LAYOUTS:
-        raise MessageError(f"{where}: {len(value)} layouts, more than {MAX_MODEL_LAYOUTS}")
-    seen: set[str] = set()
-    for i, item in enumerate(value):
-        if type(item) is not str:
-            raise MessageError(
-                f"{where}[{i}]: expected a string of {LAYOUT_HEX_DIGITS} hex digits, got "
-                f"{_kind(item)}"
-            )
-        if len(item) != LAYOUT_HEX_DIGITS or not _LAYOUT_HEX.issuperset(item):
-            raise MessageError(
-                f"{where}[{i}] = {_cut(repr(item))} is not a layout fingerprint "
-                f"({LAYOUT_HEX_DIGITS} lower-case hex digits, compression.ModelSpec.fingerprint)"
-            )
-        if item in seen:
-            raise MessageError(f"{where}[{i}] = {item!r} is listed twice")
-        seen.add(item)
-    return frozenset(seen)
+
+    kind = f"a string of {LAYOUT_HEX_DIGITS} hex digits"
+    what = ("layout fingerprints", "layouts", kind, "layout")
+    return _distinct_strings(value, where, what, problem)
 
 
 # An upload's training loss (`?train_loss=`, `Assignment.report_loss`): a plain decimal

@@ -91,7 +91,7 @@ BAD_NAMES = [
     ('"mlp"', "expected an array of model names, got a string"),
     ("[]", "an empty array declares no model"),
     ("[7]", "[0]: expected a model name (a string), got a number"),
-    ('[""]', f"[0]: a model name is 1 to {MAX_MODEL_NAME} characters, got 0"),
+    ('[""]', f"[0] = '' is not a model name (1 to {MAX_MODEL_NAME} characters, got 0)"),
     ('["' + "x" * (MAX_MODEL_NAME + 1) + '"]', f"got {MAX_MODEL_NAME + 1}"),
     ('["a", "a"]', "[1] = 'a' is listed twice"),
     ("[" + ",".join(f'"m{i}"' for i in range(17)) + "]", "17 names, more than 16"),
