@@ -966,6 +966,18 @@ def _apply_config(args: argparse.Namespace) -> str | None:
     return None
 
 
+def _token_problem(args: argparse.Namespace) -> str | None:
+    """ "--admin-token (or PLUME_ADMIN_TOKEN) must be ..." when the token cannot be sent in a
+    header as given (`admin_token_problem`), else None."""
+    from .service.auth import admin_token_problem
+
+    problem = admin_token_problem(args.admin_token)
+    return None if problem is None else f"{_TOKEN_FLAGS} {problem}"
+
+
+_TOKEN_FLAGS = "--admin-token (or PLUME_ADMIN_TOKEN)"
+
+
 def _serve_usage_error(args: argparse.Namespace) -> str | None:
     """What is wrong with the serve flags (checked before the database is opened), or None."""
     # A value from the --config file is named by its file and key, as the file's other
@@ -995,6 +1007,8 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
             return bad(dest, f"{flag} {path}: {why}", why)
     if (problem := _host_error(args.host)) is not None:
         return bad("host", problem, problem.removeprefix(f"--host {args.host!r} "))
+    if (problem := _token_problem(args)) is not None:
+        return bad("admin_token", problem, problem.removeprefix(_TOKEN_FLAGS + " "))
     rate, burst = args.register_rate, args.register_burst
     both = "--register-rate must be >= 0 and --register-burst >= 1"
     if not 0 <= rate < float("inf"):
@@ -1304,6 +1318,8 @@ def _admin(args: argparse.Namespace) -> Any:
 
     if not args.admin_token:
         _fail(prog, "an admin token is required (--admin-token or PLUME_ADMIN_TOKEN)")
+    if (problem := _token_problem(args)) is not None:
+        _fail(prog, problem)
     if not args.url.startswith(("http://", "https://")):
         _fail(prog, f"--url must start with http:// or https://, got {args.url!r}")
     import ssl

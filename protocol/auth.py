@@ -5,6 +5,7 @@ Every device request is signed over one ASCII message, eight lines joined by `\\
     PLUME-SIG-V1
     <METHOD>                      upper case, e.g. POST
     <target>                      raw path plus `?query` exactly as sent, e.g. /v1/rounds/3/updates?train_loss=0.73
+                                  (an empty query is none: `/x?` is signed as `/x`)
     <device id>                   32 lower-case hex digits: SHA-256(public key)[:16]
     <round>                       decimal round id, 0 when the request is not about a round
     <body sha256>                 64 lower-case hex digits of SHA-256 of the body bytes (empty body too)
@@ -35,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from .names import Header
 
 __all__ = [
+    "small_order",
     "SIGNATURE_VERSION",
     "MAX_TARGET_CHARS",
     "AuthError",
@@ -115,11 +117,51 @@ def _private_cached(private_key: bytes) -> Ed25519PrivateKey:
     return Ed25519PrivateKey.from_private_bytes(private_key)
 
 
+# Ed25519's field prime, curve constant d = -121665 / 121666 and a square root of -1 (RFC 8032).
+_P = 2**255 - 19
+_D = -121665 * pow(121666, -1, _P) % _P
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+
+
+def _edwards_add(a: tuple[int, int], b: tuple[int, int]) -> tuple[int, int]:
+    """a + b on Ed25519 (-x^2 + y^2 = 1 + d x^2 y^2), affine: the formulas are complete (d is
+    not a square mod p), so no case needs its own branch."""
+    (x1, y1), (x2, y2) = a, b
+    t = _D * x1 * x2 * y1 * y2 % _P
+    x3 = (x1 * y2 + y1 * x2) * pow(1 + t, -1, _P) % _P
+    y3 = (y1 * y2 + x1 * x2) * pow(1 - t, -1, _P) % _P
+    return x3, y3
+
+
+def small_order(public_key: bytes) -> bool:
+    """Whether the 32 bytes encode a point of order 1, 2, 4 or 8 (in any encoding: either sign
+    bit, y reduced mod p). Such a "public key" has no secret key, and a signature (R, S) =
+    (identity, 0) verifies under the identity point for every message (helper-340 registered
+    one and signed check-ins with it: anyone could act as that device). False for a string
+    that is no point at all (its signatures never verify)."""
+    if len(public_key) != PUBLIC_KEY_BYTES:
+        return False
+    y = int.from_bytes(public_key, "little") & ((1 << 255) - 1)
+    y %= _P
+    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
+    x = u * pow(v, 3, _P) * pow(u * pow(v, 7, _P), (_P - 5) // 8, _P) % _P
+    if v * x * x % _P != u:
+        x = x * _SQRT_M1 % _P
+        if v * x * x % _P != u:
+            return False  # no x: not a point
+    q = (x, y)
+    for _ in range(3):  # 8 Q
+        q = _edwards_add(q, q)
+    return q == (0, 1)
+
+
 @functools.lru_cache(maxsize=65536)
 def _public_cached(public_key: bytes) -> Ed25519PublicKey:
     # Cached per registered device: the coordinator verifies each device's requests repeatedly.
     if len(public_key) != PUBLIC_KEY_BYTES:
         raise AuthError(f"Ed25519 public key must be {PUBLIC_KEY_BYTES} bytes")
+    if small_order(public_key):
+        raise AuthError("the public key is a point of small order: it has no secret key")
     try:
         return Ed25519PublicKey.from_public_bytes(public_key)
     except ValueError as exc:

@@ -39,6 +39,8 @@ from protocol.messages import (
 from protocol.names import ContentType, Header, ModelEncoding, Path
 from protocol.tls import tls_verify
 
+from .auth import admin_token_problem
+
 __all__ = [
     "AdminClient",
     "AdminError",
@@ -206,6 +208,8 @@ class AdminClient:
         # A CA bundle's path (file or directory) becomes its context, as in the SDK's Client:
         # httpx 0.28 deprecates `verify=<str>`. ValueError naming a bad path, TypeError else.
         tls = tls_verify(verify)
+        if (problem := admin_token_problem(token)) is not None:
+            raise ValueError(f"the admin token {problem}")
         if max_response_bytes < 1:
             raise ValueError("max_response_bytes must be at least 1")
         if not (0 < max_response_s < math.inf):  # NaN included

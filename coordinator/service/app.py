@@ -737,6 +737,15 @@ def create_app(
             Ed25519PublicKey.from_public_bytes(key)
         except ValueError:
             raise ApiError(400, Reason.MALFORMED, "public_key is not an Ed25519 key") from None
+        if pauth.small_order(key):
+            # It has no secret key, and the identity point verifies a forged signature for
+            # every message: anyone could act as such a device (helper-340).
+            raise ApiError(
+                400,
+                Reason.MALFORMED,
+                "public_key is a point of small order: no secret key belongs to it, so a "
+                "signature under it proves nothing",
+            )
         fields = verifier.verify(
             method=request.method,
             target=_target(request),

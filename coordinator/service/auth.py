@@ -665,6 +665,20 @@ class RequestVerifier:
         return self.store.prune_nonces(now - 2 * self.window_ms, now_ms=now)
 
 
+def admin_token_problem(token: str | None) -> str | None:
+    """Why `token` cannot be an admin token, or None: it must be printable ASCII without
+    spaces (0x21 to 0x7e). An HTTP header cannot carry anything else as given: the server
+    strips a header value's surrounding spaces (a token ending in one was 403 on every
+    request), and a non-ASCII one matched only its latin-1 bytes (helper-340). The token is
+    not echoed: it is a secret."""
+    if token and not all("\x21" <= ch <= "\x7e" for ch in token):
+        return (
+            f"must be printable ASCII without spaces ({len(token)} characters given, not all "
+            "of them so): an HTTP header cannot carry it as given"
+        )
+    return None
+
+
 def check_admin_token(expected: str | None, authorization: str | None) -> None:
     """`Authorization: Bearer <token>`, compared in constant time; 401/403 otherwise.
 
@@ -672,9 +686,10 @@ def check_admin_token(expected: str | None, authorization: str | None) -> None:
     like an unset one: otherwise `Authorization: Bearer ` with nothing after it would match."""
     if not expected:
         raise ApiError(403, Reason.BAD_ADMIN_TOKEN, "admin endpoints are disabled (no token set)")
-    if not authorization or not authorization.startswith("Bearer "):
+    # The scheme's name in any case (RFC 9110, section 11.1: `bearer` is `Bearer`).
+    if not authorization or authorization[:7].lower() != "bearer ":
         raise ApiError(401, Reason.BAD_ADMIN_TOKEN, "admin endpoints need Authorization: Bearer")
-    given = authorization[len("Bearer ") :].encode()
+    given = authorization[len("Bearer ") :].encode("latin-1", "replace")
     if not hmac.compare_digest(given, expected.encode()):
         raise ApiError(403, Reason.BAD_ADMIN_TOKEN, "wrong admin token")
 

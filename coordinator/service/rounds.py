@@ -145,7 +145,7 @@ from protocol.secagg import (
 )
 
 from ._secagg_routes import DuplicateStageUpload
-from .auth import MAX_REGISTER_BURST, MIN_REGISTER_RATE
+from .auth import MAX_REGISTER_BURST, MIN_REGISTER_RATE, admin_token_problem
 from .downlink import DownlinkStrategy
 from .errors import ApiError
 from .faults import fault_point
@@ -413,6 +413,8 @@ class ServiceConfig:
                 f"({self.poll_s:g} s): waiting devices are told to check in again after poll_s, "
                 "so every one would leave the selection pool before it came back"
             )
+        if (problem := admin_token_problem(self.admin_token)) is not None:
+            raise ValueError(f"admin_token {problem}")
         for name in ("register_rate_per_s", "body_timeout_s"):
             value = getattr(self, name)
             if not (number(value) and value >= 0):
