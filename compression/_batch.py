@@ -25,7 +25,7 @@ from ._config import MAX_BLOCK, MAX_WEIGHT, MIN_BLOCK, QUANTIZED_BITS, check_wei
 from ._errors import CodecError, NonFiniteValues
 from ._feedback import RESIDUAL_OVERFLOW, SUM_OVERFLOW
 from ._index import INDEX_CODINGS
-from ._quant import refuse_overflowing_top
+from ._quant import one_bit_levels, refuse_overflowing_top
 from ._sparse import SparseUpdate
 from ._topk import _PREFILTER_MIN, _argpartition_top
 from ._wire import (
@@ -252,9 +252,20 @@ def _quantize_rows(
             )
         return None, half.view(np.uint8), half.astype(np.float32) if want_decoded else None
     assert u is not None
+
+    def expand(per_block: F32) -> F32:
+        return _expand_rows(per_block, block, k)
+
+    decoded: F32 | None = None
+    if bits == 1:
+        lo, hi = one_bit_levels(vals, block)
+        codes = (vals >= 0).astype(np.uint8)
+        if want_decoded:
+            decoded = np.where(codes == 1, expand(hi), expand(lo))
+        return _scales(lo, hi), _pack_rows(codes, bits), decoded
     nb = _ceil_div(k, block)
     pad = nb * block - k
-    src = vals if bits == 1 else np.abs(vals)
+    src = np.abs(vals)
     if pad > k:
         # A block far longer than k (up to 2**20): padding every row to it would allocate
         # m * block floats; reduceat gives the same minima and maxima in k-sized memory.
@@ -269,36 +280,29 @@ def _quantize_rows(
         lo = src.reshape(m, nb, block).min(axis=2)
         hi = src.reshape(m, nb, block).max(axis=2)
 
-    def expand(per_block: F32) -> F32:
-        return _expand_rows(per_block, block, k)
+    steps = (1 << (bits - 1)) - 1
+    step = ((hi - lo) / np.float32(steps)).astype(np.float32)
+    refuse_overflowing_top(lo, step, steps, bits)
+    lo_e, step_e = expand(lo), expand(step)
+    x = np.divide(src - lo_e, step_e, out=np.zeros((m, k), dtype=np.float32), where=step_e > 0)
+    j = np.clip(np.floor(x + u), 0, steps).astype(np.uint8)
+    codes = ((j << 1) | np.signbit(vals).astype(np.uint8)).astype(np.uint8)
+    if want_decoded:
+        # The decoder's formula, in float32 and in the same order (lo + j * step, then sign).
+        with np.errstate(over="ignore"):
+            decoded = (codes >> 1).astype(np.float32)
+            decoded *= step_e
+            decoded += lo_e
+            decoded *= _SIGNS[codes & 1]
+    return _scales(lo, hi), _pack_rows(codes, bits), decoded
 
-    decoded: F32 | None = None
-    if bits == 1:
-        lo64 = expand(lo).astype(np.float64)
-        span = expand(hi).astype(np.float64) - lo64
-        x = np.divide(vals - lo64, span, out=np.zeros((m, k)), where=span > 0)
-        codes = np.minimum(np.floor(x + u), 1.0).astype(np.uint8)
-        if want_decoded:
-            decoded = np.where(codes == 1, expand(hi), expand(lo))
-    else:
-        steps = (1 << (bits - 1)) - 1
-        step = ((hi - lo) / np.float32(steps)).astype(np.float32)
-        refuse_overflowing_top(lo, step, steps, bits)
-        lo_e, step_e = expand(lo), expand(step)
-        x = np.divide(src - lo_e, step_e, out=np.zeros((m, k), dtype=np.float32), where=step_e > 0)
-        j = np.clip(np.floor(x + u), 0, steps).astype(np.uint8)
-        codes = ((j << 1) | np.signbit(vals).astype(np.uint8)).astype(np.uint8)
-        if want_decoded:
-            # The decoder's formula, in float32 and in the same order (lo + j * step, then sign).
-            with np.errstate(over="ignore"):
-                decoded = (codes >> 1).astype(np.float32)
-                decoded *= step_e
-                decoded += lo_e
-                decoded *= _SIGNS[codes & 1]
-    scales = np.empty((m, 2 * nb), dtype="<f4")
+
+def _scales(lo: F32, hi: F32) -> U8:
+    """The scale sections of m rows, (lo, hi) float32[m, nb] interleaved, as bytes."""
+    scales = np.empty((lo.shape[0], 2 * lo.shape[1]), dtype="<f4")
     scales[:, 0::2] = lo
     scales[:, 1::2] = hi
-    return scales.view(np.uint8), _pack_rows(codes, bits), decoded
+    return scales.view(np.uint8)
 
 
 class _Decoded:

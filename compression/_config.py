@@ -20,7 +20,8 @@ __all__ = [
     "check_weight",
 ]
 
-# Bit widths with per-block scales and stochastic rounding; 16 is fp16 and 32 raw fp32.
+# Bit widths with per-block scales (2, 4, 8: stochastic rounding; 1: the sign and the sign
+# groups' means); 16 is fp16 and 32 raw fp32.
 QUANTIZED_BITS = (1, 2, 4, 8)
 VALID_BITS = (*QUANTIZED_BITS, 16, 32)
 INDEX_CHOICES = ("auto", "bitmap", "rice", "ef")
@@ -68,7 +69,8 @@ class CodecConfig:
     """How the device encodes an update. The decoder never needs this: the frame says it all.
 
     topk: fraction of the d coordinates kept, 0 < topk <= 1 (1.0 keeps all, no indices sent).
-    bits: 1, 2, 4 or 8 (stochastic rounding with per-block scales), 16 (fp16) or 32 (raw fp32).
+    bits: 2, 4 or 8 (stochastic rounding with per-block scales), 1 (the sign, per-block means
+        of each sign group), 16 (fp16) or 32 (raw fp32).
     block: values per scale block (only for bits <= 8).
     index: "auto" picks the smallest of bitmap, Golomb-Rice and Elias-Fano for each frame.
     topk_mode: "exact" (the k largest magnitudes) or "sampled" (DGC threshold from a sample).

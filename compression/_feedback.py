@@ -56,10 +56,11 @@ def checked_sum(delta: F32, residual: F32) -> F32:
 def checked_residual(u: F32, decoded: F32) -> F32:
     """`u - decoded` (float32, any shape), or a ValueError if it overflows float32.
 
-    Only 1-bit blocks can get there: their two levels are the block's signed min and max, so
-    a value rounded from near +max to a lo near -max leaves a difference above float32's
-    range. An inf residual would make every later step refuse its own input; the caller
-    keeps the old residual instead.
+    No value coding gets there now (each one's error is at most the largest magnitude it
+    codes); until 2026-12-03 a 1-bit block did, its two levels being the block's signed min
+    and max, so a value rounded from near +max to a lo near -max left a difference above
+    float32's range. Kept as a guard: an inf residual would make every later step refuse its
+    own input; the caller keeps the old residual instead.
     """
     with np.errstate(over="ignore"):
         residual: F32 = u - decoded

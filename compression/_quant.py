@@ -97,8 +97,15 @@ class StochasticQuantizer(ValueCoding):
     and the magnitude is rounded stochastically to one of 2**(b-1) evenly spaced levels in
     [lo, hi]. Top-k values are all large, so [lo, hi] is much tighter than [-max, max].
     Per element: |q - v| <= (hi - lo) / (2**(b-1) - 1) of its block (plus float32 rounding).
-    Bit 1 has no room for a sign, so its scales are (lo, hi) = (min v, max v) and v is rounded
-    to lo or hi: |q - v| <= hi - lo. All of them are unbiased: E[q] = v.
+    They are unbiased: E[q] = v.
+
+    Bit 1 is deterministic: the code is the sign (1 for v >= 0), and the block's two levels
+    are the mean of its negative values (lo) and of the others (hi) (`one_bit_levels`). Per
+    element |q - v| <= max v - min v of its block, and per block sum (q - v)^2 = sum v^2 -
+    n_neg lo^2 - n_pos hi^2 < sum v^2 unless the block is all zeros: a contraction, which
+    error feedback needs. Until 2026-12-03 it rounded v stochastically to the block's min or
+    max (unbiased, but a value near 0 in a block spanning [-M, M] was sent as +-M): under error
+    feedback the residual grew about 1.8x a round, the published model with it (helper-341).
     """
 
     def __init__(self, bits: int) -> None:
@@ -121,12 +128,9 @@ class StochasticQuantizer(ValueCoding):
         starts = np.arange(0, k, block)
         u = rng.random(k, dtype=np.float32)
         if self.bits == 1:
-            lo = np.minimum.reduceat(values, starts)
-            hi = np.maximum.reduceat(values, starts)
-            lo_e = _block_expand(lo, block, k).astype(np.float64)
-            span = _block_expand(hi, block, k).astype(np.float64) - lo_e
-            x = np.divide(values - lo_e, span, out=np.zeros(k), where=span > 0)
-            codes = np.minimum(np.floor(x + u), 1.0).astype(np.uint8)
+            lo2, hi2 = one_bit_levels(values[None, :], block)
+            lo, hi = lo2[0], hi2[0]
+            codes = (values >= 0).astype(np.uint8)
         else:
             mag = np.abs(values)
             lo = np.minimum.reduceat(mag, starts)
@@ -255,6 +259,26 @@ VALUE_CODINGS: dict[int, ValueCoding] = {
     16: Fp16Values(),
     32: Fp32Values(),
 }
+
+
+def one_bit_levels(vals: F32, block: int) -> tuple[F32, F32]:
+    """The 1-bit scales of each block of each row of `vals` (float32[m, k]): (lo, hi) float32
+    [m, nb], lo the mean of the block's negative values and hi the mean of the others, summed
+    in float64 in one order for the single and the batch encoder alike. A block with no
+    negative value has lo = hi, one with no other value hi = lo (the decoder wants lo <= hi;
+    lo <= 0 <= hi otherwise)."""
+    m, k = vals.shape
+    starts = np.arange(0, k, block)
+    v64 = vals.astype(np.float64)
+    neg = v64 < 0
+    sums_neg = np.add.reduceat(np.where(neg, v64, 0.0), starts, axis=1)
+    sums_pos = np.add.reduceat(np.where(neg, 0.0, v64), starts, axis=1)
+    n_neg = np.add.reduceat(neg.astype(np.int64), starts, axis=1)
+    n_pos = np.diff(np.append(starts, k))[None, :] - n_neg
+    lo = np.divide(sums_neg, n_neg, out=np.zeros_like(sums_neg), where=n_neg > 0)
+    hi = np.divide(sums_pos, n_pos, out=np.zeros_like(sums_pos), where=n_pos > 0)
+    lo, hi = np.where(n_neg > 0, lo, hi), np.where(n_pos > 0, hi, lo)
+    return lo.astype(np.float32), hi.astype(np.float32)
 
 
 def error_bound(values: F32, bits: int, block: int) -> F32:

@@ -391,7 +391,8 @@ def update_frames() -> Doc:
             S20, CodecConfig.dense(), WORKED_U, 0, 1.0,
         ),
         frame_vector(
-            "topk_1bit_auto", "1 bit: signed (min, max) scales per block of 8; 3 blocks, the "
+            "topk_1bit_auto", "1 bit: the sign, with per block of 8 the means of its negative "
+            "values and of the others as scales; 3 blocks, the "
             "last one short.", S100, CodecConfig(topk=0.2, bits=1, block=8), u100, 21, 40.0,
         ),
         frame_vector(

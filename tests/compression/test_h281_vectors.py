@@ -223,12 +223,16 @@ def test_recorded_uniforms_give_the_codes_by_the_documented_formula(
     # Execute + Assert: scales, codes and decoded values
     starts = range(0, k, block)
     if bits == 1:
-        assert scales[0::2].tolist() == [vals[s : s + block].min() for s in starts]
-        assert scales[1::2].tolist() == [vals[s : s + block].max() for s in starts]
-        # the reference computes the 1-bit position in float64
-        span = hi.astype(np.float64) - lo.astype(np.float64)
-        x = np.divide(vals - lo.astype(np.float64), span, out=np.zeros(k), where=span > 0)
-        want = np.minimum(np.floor(x + uni.astype(np.float64)), 1).astype(np.int64)
+        # the sign, and each block's means of its negative values and of the others, summed in
+        # float64 and rounded to float32 (a block of one sign: both scales its mean)
+        for b, s in enumerate(starts):
+            blk = vals[s : s + block].astype(np.float64)
+            neg, rest = blk[blk < 0], blk[blk >= 0]
+            means = [np.float32(g.sum() / g.size) if g.size else None for g in (neg, rest)]
+            lo_b = means[0] if means[0] is not None else means[1]
+            hi_b = means[1] if means[1] is not None else means[0]
+            assert (scales[2 * b], scales[2 * b + 1]) == (lo_b, hi_b)
+        want = (vals >= 0).astype(np.int64)
         decoded = np.where(codes == 1, hi, lo)
     else:
         mag = np.abs(vals)
