@@ -25,7 +25,7 @@ import time
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import quote
 
 import numpy as np
@@ -84,7 +84,7 @@ from .auth import (
     client_key,
 )
 from .dp_total import AllTasksPrivacyCache
-from .errors import ApiError, StoreId, require_media_type
+from .errors import ApiError, QueryInt, StoreId, require_media_type
 from .metrics import Metrics
 from .rounds import Coordinator, ServiceConfig
 from .store import DamagedRow, Store
@@ -827,9 +827,9 @@ def create_app(
     async def model(
         request: Request,
         task_id: StoreId,
-        have: int | None = Query(
-            None, ge=0, le=2**63 - 1, description="model version the device holds"
-        ),
+        have: Annotated[
+            QueryInt, Query(ge=0, le=2**63 - 1, description="model version the device holds")
+        ] = None,
         format: str = Query("auto", pattern="^(auto|snapshot|delta)$"),
         dtype: SnapshotDType = Query(SnapshotDType.FP32),  # noqa: B008
         fields: pauth.SignedFields = Depends(device),  # noqa: B008
@@ -1044,15 +1044,18 @@ def create_app(
     async def export_model(
         request: Request,
         task_id: StoreId,
-        version: int | None = Query(
-            None, ge=0, le=2**63 - 1, description="the version wanted (default: the current)"
-        ),
-        base: int | None = Query(
-            None,
-            ge=0,
-            le=2**63 - 1,
-            description="answer the delta chain from this version instead of a snapshot",
-        ),
+        version: Annotated[
+            QueryInt,
+            Query(ge=0, le=2**63 - 1, description="the version wanted (default: the current)"),
+        ] = None,
+        base: Annotated[
+            QueryInt,
+            Query(
+                ge=0,
+                le=2**63 - 1,
+                description="answer the delta chain from this version instead of a snapshot",
+            ),
+        ] = None,
     ) -> Response:
         """The task's current model as an fp32 `encode_snapshot` snapshot (as devices get it),
         with `x-plume-model-version` and `x-plume-model-digest`; also for a done or stopped
@@ -1119,18 +1122,22 @@ def create_app(
     async def task_rounds(
         request: Request,
         task_id: StoreId,
-        last: int | None = Query(
-            None,
-            ge=1,
-            le=rounds.MAX_ROUNDS_PAGE,
-            description="only the N newest rounds (still oldest first)",
-        ),
-        before: int | None = Query(
-            None,
-            ge=1,
-            le=2**63 - 1,
-            description="only the rounds older than this round of the task (paging backwards)",
-        ),
+        last: Annotated[
+            QueryInt,
+            Query(
+                ge=1,
+                le=rounds.MAX_ROUNDS_PAGE,
+                description="only the N newest rounds (still oldest first)",
+            ),
+        ] = None,
+        before: Annotated[
+            QueryInt,
+            Query(
+                ge=1,
+                le=2**63 - 1,
+                description="only the rounds older than this round of the task (paging backwards)",
+            ),
+        ] = None,
     ) -> list[RoundStatus]:
         """Every round of a task, by sequence; `last` and `before` answer a page of them."""
         _only_query(request, "last", "before")

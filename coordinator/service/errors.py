@@ -11,7 +11,7 @@ from pydantic_core import PydanticCustomError
 
 from protocol.names import ContentType, Reason
 
-__all__ = ["ApiError", "StoreId", "media_type", "require_media_type"]
+__all__ = ["ApiError", "QueryInt", "StoreId", "media_type", "require_media_type"]
 
 _DECIMAL_ID = re.compile(r"0|[1-9][0-9]*")
 
@@ -31,6 +31,24 @@ def _decimal_id(value: object) -> object:
         )
     return value
 
+
+def _decimal_query(value: object) -> object:
+    """A number in the query as sent, by the path ids' rule (`_decimal_id`): Pydantic's int
+    took `have=1_0` as 10, and `+1`, ` 1`, `01`, `4.0` as the obvious number (helper-341)."""
+    if isinstance(value, str) and not (value.isascii() and _DECIMAL_ID.fullmatch(value)):
+        shown = value if len(value) <= 40 else value[:40] + "..."
+        raise PydanticCustomError(
+            "decimal_query",
+            "a number in the query is decimal digits with no sign, space, point or leading "
+            "zero (got {shown})",
+            {"shown": repr(shown)},
+        )
+    return value
+
+
+# A number in the query (`have`, `version`, `base`, `last`, `before`), checked as sent; its
+# range is the route's `Query(ge=..., le=...)`.
+QueryInt = Annotated[int | None, BeforeValidator(_decimal_query)]
 
 # A task or round id in a URL: decimal digits as above (422 `validation` otherwise), up to
 # SQLite's largest INTEGER (signed 64-bit): an id above it names nothing and is refused here

@@ -178,3 +178,14 @@ def test_a_task_name_with_a_lone_surrogate_is_refused_by_the_spec_too(tmp_path: 
 
     with pytest.raises(ValueError, match="not Unicode text"):
         ModelSpec.from_json([{"name": "\ud800", "shape": [3]}])
+
+
+@pytest.mark.parametrize("value", ["1_0", "+1", "01", "4.0", "%201", "-0", "1%09"])
+def test_a_number_in_the_query_is_read_as_written_or_refused(
+    http: httpx.Client, value: str
+) -> None:
+    # helper-341: `have=1_0` was read as 10, and the others as the obvious number
+    r = http.get(f"/v1/admin/tasks/1/model?version={value}", headers=ADMIN_AUTH)
+    assert r.status_code == 422, r.text
+    assert "query.version: a number in the query is decimal digits" in r.json()["detail"]
+    assert http.get("/v1/admin/tasks/1/model?version=0", headers=ADMIN_AUTH).status_code == 200
