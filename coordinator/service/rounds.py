@@ -2658,10 +2658,9 @@ class Coordinator:
                 why = f"the task is at version {v}, older than {have}; ask for the snapshot"
             else:
                 why = f"max chain {rt.config.max_chain}; ask for the snapshot"
+            start = "no version named (?have=)" if have is None else f"version {have}"
             raise ApiError(
-                409,
-                Reason.UNKNOWN_VERSION,
-                f"no delta chain from version {have} to {v} ({why})",
+                409, Reason.UNKNOWN_VERSION, f"no delta chain from {start} to {v} ({why})"
             )
         if fmt in ("auto", "delta") and chain_ok:
             assert have is not None
