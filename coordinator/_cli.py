@@ -1481,16 +1481,17 @@ def _create_task(args: argparse.Namespace) -> int:
     else:
         # The operator's own weights for the model: read and matched against its layout
         # before any request, so a file that does not fit leaves no task behind.
-        loaded = _initial_from_file(args.initial, model, spec)
-        if isinstance(loaded, str):
-            print_error("plume coordinator create-task", loaded)
-            return 1
-        params, notes = loaded
+        loaded, notes = _initial_from_file(args.initial, model, spec)
+        # The notes first, also before an error: how the names were read explains it.
         for note in notes:
             print(
                 f"plume coordinator create-task: note: --initial {args.initial}: {note}",
                 file=sys.stderr,
             )
+        if isinstance(loaded, str):
+            print_error("plume coordinator create-task", loaded)
+            return 1
+        params = loaded
     try:
         with _admin(args) as admin:
             task_id = admin.create_task(config, params)
@@ -1532,24 +1533,36 @@ def _create_task(args: argparse.Namespace) -> int:
 
 def _initial_from_file(
     name: str, model: torch.nn.Module, spec: Any
-) -> tuple[npt.NDArray[np.float32], list[str]] | str:
-    """create-task --initial NAME: (float32[d] in `spec`'s order, notes to print), or the one
-    line saying why the file is not an initial model for `model` (whose layout is `spec`).
-    Tensors of `model`'s state_dict that are not in the spec (buffers, frozen parameters) may
-    be in the file; they are not sent."""
+) -> tuple[npt.NDArray[np.float32] | str, list[str]]:
+    """create-task --initial NAME: (float32[d] in `spec`'s order, or the one line saying why
+    the file is not an initial model for `model` (whose layout is `spec`); the notes to print,
+    the way its names were read, also when a tensor then did not fit). Tensors of `model`'s
+    state_dict that are not in the spec (buffers, frozen parameters) may be in the file; they
+    are not sent."""
     what = f"--initial {name}"
     path = _path(name)
     if not path.exists():
-        return f"{what}: no such file"
+        return f"{what}: no such file", []
     if not path.is_file():
-        return f"{what}: not a file"
+        return f"{what}: not a file", []
     not_sent = frozenset(model.state_dict()) - {e.name for e in spec.entries}
     try:
         return _read_model_file(path, spec, not_sent)
+    except _NotTheModel as exc:
+        return f"{what}: {exc}", exc.notes
     except ValueError as exc:
-        return f"{what}: {exc}"
+        return f"{what}: {exc}", []
     except _model_file_errors() as exc:
-        return f"cannot read {what}: {_first_line(exc)}"
+        return f"cannot read {what}: {_first_line(exc)}", []
+
+
+class _NotTheModel(ValueError):
+    """A tensor of a model file that does not fit the task's model, with the notes on how the
+    file's names were read (printed before the error)."""
+
+    def __init__(self, message: str, notes: list[str]) -> None:
+        super().__init__(message)
+        self.notes = notes
 
 
 def _model_file_errors() -> tuple[type[BaseException], ...]:
@@ -2083,8 +2096,9 @@ def _read_model_file(
         called = repr(name) if name == e.name else f"{name!r} (the task's {e.name!r})"
         part = _float32_values(called, arrays[name])
         if part.shape != tuple(e.shape):
-            raise ValueError(
-                f"tensor {called} has shape {tuple(part.shape)}, the task's model {tuple(e.shape)}"
+            raise _NotTheModel(
+                f"tensor {called} has shape {tuple(part.shape)}, the task's model {tuple(e.shape)}",
+                notes,
             )
         parts.append(part.reshape(-1))
     flat = np.concatenate(parts) if parts else np.zeros(0, np.float32)
