@@ -269,11 +269,13 @@ def one_bit_levels(vals: F32, block: int) -> tuple[F32, F32]:
     lo <= 0 <= hi otherwise)."""
     m, k = vals.shape
     starts = np.arange(0, k, block)
-    v64 = vals.astype(np.float64)
-    neg = v64 < 0
-    sums_neg = np.add.reduceat(np.where(neg, v64, 0.0), starts, axis=1)
-    sums_pos = np.add.reduceat(np.where(neg, 0.0, v64), starts, axis=1)
-    n_neg = np.add.reduceat(neg.astype(np.int64), starts, axis=1)
+    neg = vals < 0
+    # Accumulated in float64 (`dtype`) without a float64 copy of the rows (a batch can hold
+    # millions of values).
+    zero = np.float32(0.0)
+    sums_neg = np.add.reduceat(np.where(neg, vals, zero), starts, axis=1, dtype=np.float64)
+    sums_pos = np.add.reduceat(np.where(neg, zero, vals), starts, axis=1, dtype=np.float64)
+    n_neg = np.add.reduceat(neg, starts, axis=1, dtype=np.int64)
     n_pos = np.diff(np.append(starts, k))[None, :] - n_neg
     lo = np.divide(sums_neg, n_neg, out=np.zeros_like(sums_neg), where=n_neg > 0)
     hi = np.divide(sums_pos, n_pos, out=np.zeros_like(sums_pos), where=n_pos > 0)
