@@ -1860,15 +1860,16 @@ class Coordinator:
     def set_initial_model(self, task_id: int, snapshot: bytes) -> TaskStatus:
         """Set a task's version 0 from an encoded snapshot: `prepare_initial_model`, then
         `commit_initial_model` (the app runs the first in a worker thread)."""
+        if (refusal := self.refusal(task_id)) is not None:
+            raise refusal  # first: its stored config may not parse
         return self.commit_initial_model(self.prepare_initial_model(task_id, snapshot))
 
     def prepare_initial_model(self, task_id: int, snapshot: bytes) -> TaskRuntime:
         """The checks and the work of setting a task's initial model that touch no shared
         state: the config validated again (a secure plan check can take seconds for a huge
         cohort after a restart), the snapshot decoded and the runtime built. Safe in a worker
-        thread; `commit_initial_model` stores and serves the result."""
-        if (refusal := self.refusal(task_id)) is not None:
-            raise refusal  # first: its stored config may not parse
+        thread; `commit_initial_model` stores and serves the result. The caller has asked
+        `refusal` first, on the event loop (it may rebuild an unloaded task: shared state)."""
         row = self.store.task(task_id)
         if row is None:
             raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
@@ -1915,6 +1916,8 @@ class Coordinator:
         event loop. The task's state is read again: another upload may have set the model
         while this one was prepared."""
         task_id = rt.task_id
+        if (refusal := self.refusal(task_id)) is not None:
+            raise refusal  # stopped by the operator meanwhile
         row = self.store.task(task_id)
         if row is None:
             raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
