@@ -1,7 +1,7 @@
 """A round whose server step the task's lossy downlink codec cannot carry (a value beyond
-fp16's range with `downlink.bits=16`, float32's largest value with 8 bits, a 1-bit block whose
-residual would overflow float32) is published with fp32 values in the same frame format, and
-the task goes on.
+fp16's range with `downlink.bits=16`, float32's largest value with 8 bits; until 2026-12-03 also
+a 1-bit block whose residual would overflow float32) is published with fp32 values in the same
+frame format, and the task goes on.
 
 Before: `DownlinkStrategy.publish` raised the encoder's ValueError, `close_round` abandoned the
 round, and the task was stuck: the downlink residual and the device's own residual (an
@@ -114,13 +114,18 @@ def test_the_fallback_is_fp32_with_the_same_topk_and_deterministic() -> None:
     small = rng.normal(0, 1, SPEC.size).astype(np.float32)
     big = small.copy()
     # Beyond fp16's range; float32's largest value, whose 8-bit top level overflows; and a
-    # 1-bit block from -3.4e38 to that, whose values of 1e38 rounded down to -3.4e38 would
-    # leave a residual beyond float32's range
+    # 1-bit block from -3.4e38 to that, which the 1-bit encoder before 2026-12-03 (rounding to
+    # the block's min or max) could not carry either: values of 1e38 rounded down to -3.4e38
+    # left a residual beyond float32's range. The sign-and-mean encoder carries it (below).
     big[:20] = 1e38
     big[20] = np.finfo(np.float32).max
     big[21] = -3.4e38
     decoder = UpdateCodec(SPEC, CodecConfig(topk=1.0, bits=32))
-    for bits in (16, 8, 1):
+    frame, (strategy, engine) = _publish(CodecConfig(topk=0.25, bits=1, block=64), big)
+    assert decoder.decode_frame(frame).header.bits == 1
+    assert getattr(strategy, "last_fallback", None) is None
+    assert np.all(np.isfinite(strategy.feedback.residual))
+    for bits in (16, 8):
         downlink = CodecConfig(topk=0.25, bits=bits, block=64)
         # A step that fits keeps the codec's own values
         frame, (strategy, _engine) = _publish(downlink, small)
