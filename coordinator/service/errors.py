@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, LiteralString
 
 from fastapi import Path as PathParam
 from pydantic import BeforeValidator
@@ -16,34 +17,32 @@ __all__ = ["ApiError", "QueryInt", "StoreId", "media_type", "require_media_type"
 _DECIMAL_ID = re.compile(r"0|[1-9][0-9]*")
 
 
-def _decimal_id(value: object) -> object:
-    """A path id as sent: ASCII digits without a leading zero, nothing else. Pydantic's int
-    takes `+1`, `1.0`, ` 1` (`%201`), `1_0` or `01` for an id too; one round would answer to
-    several paths, and the bandwidth ledger, which reads the id from the path as written, could
-    not tell an upload to `/v1/rounds/+1/updates` was round 1's."""
-    if isinstance(value, str) and not (value.isascii() and _DECIMAL_ID.fullmatch(value)):
-        shown = value if len(value) <= 40 else value[:40] + "..."
-        raise PydanticCustomError(
-            "decimal_id",
-            "an id in the path is decimal digits with no sign, space, point or leading zero "
-            "(got {shown})",
-            {"shown": repr(shown)},
-        )
-    return value
+def _decimal(code: str, what: LiteralString) -> Callable[[object], object]:
+    """A before-validator refusing a string that is not ASCII decimal digits without a leading
+    zero: 422 `validation` "`what` is decimal digits with no sign, ... (got '+1')"."""
+
+    def check(value: object) -> object:
+        if isinstance(value, str) and not (value.isascii() and _DECIMAL_ID.fullmatch(value)):
+            shown = value if len(value) <= 40 else value[:40] + "..."
+            raise PydanticCustomError(
+                code,
+                what
+                + " is decimal digits with no sign, space, point or leading zero (got {shown})",
+                {"shown": repr(shown)},
+            )
+        return value
+
+    return check
 
 
-def _decimal_query(value: object) -> object:
-    """A number in the query as sent, by the path ids' rule (`_decimal_id`): Pydantic's int
-    took `have=1_0` as 10, and `+1`, ` 1`, `01`, `4.0` as the obvious number (helper-341)."""
-    if isinstance(value, str) and not (value.isascii() and _DECIMAL_ID.fullmatch(value)):
-        shown = value if len(value) <= 40 else value[:40] + "..."
-        raise PydanticCustomError(
-            "decimal_query",
-            "a number in the query is decimal digits with no sign, space, point or leading "
-            "zero (got {shown})",
-            {"shown": repr(shown)},
-        )
-    return value
+# A path id as sent: ASCII digits without a leading zero, nothing else. Pydantic's int takes
+# `+1`, `1.0`, ` 1` (`%201`), `1_0` or `01` for an id too; one round would answer to several
+# paths, and the bandwidth ledger, which reads the id from the path as written, could not tell
+# an upload to `/v1/rounds/+1/updates` was round 1's.
+_decimal_id = _decimal("decimal_id", "an id in the path")
+# A number in the query by the same rule: Pydantic's int took `have=1_0` as 10, and `+1`,
+# ` 1`, `01`, `4.0` as the obvious number (helper-341).
+_decimal_query = _decimal("decimal_query", "a number in the query")
 
 
 # A number in the query (`have`, `version`, `base`, `last`, `before`), checked as sent; its

@@ -12,24 +12,22 @@ coordinator that reads `model_layouts` gives an `OrtTrainer` only tasks of its m
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from coordinator.service import ServerThread, ServiceConfig
 from protocol.messages import MAX_MODEL_NAME, MessageError, check_model_names
 from sdk import Client, LayoutMismatchError
 from sdk import client as sdk_client
 from sdk.client import MODEL_LAYOUT_MISMATCH
 from sdk.ort import OrtTrainer
-from tests.coordinator.test_h261_model_layouts import _Http
-from tests.coordinator.test_service_support import ADMIN, SoftmaxTrainer, admin_get
+from tests.coordinator.test_h261_model_layouts import _Http, served
+from tests.coordinator.test_service_support import SoftmaxTrainer, admin_get
 
 from .test_h261_model_layouts import World, _create, _participate, _Requests, artifacts, world
 
-__all__ = ["artifacts", "world"]  # fixtures used here
+__all__ = ["artifacts", "served", "world"]  # fixtures used here
 
 
 def test_a_device_exported_under_a_name_gets_only_that_models_task(world: World) -> None:
@@ -104,16 +102,6 @@ def test_check_model_names_refuses_bad_values_naming_the_field(value: str, says:
         check_model_names(json.loads(value))
     assert str(refused.value).startswith("$.model_names")
     assert says in str(refused.value)
-
-
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[_Http]:
-    root = tmp_path_factory.mktemp("s42_names")
-    cfg = ServiceConfig(db_path=str(root / "plume.db"), admin_token=ADMIN, poll_s=0.05)
-    with ServerThread(cfg) as url:
-        h = _Http(url, root)
-        yield h
-        h.close()
 
 
 @pytest.mark.parametrize(("value", "says"), BAD_NAMES[:3], ids=["string", "empty", "number"])
