@@ -531,9 +531,10 @@ class SecureCoordinator:
         if before_unmask is not None and pending is not None:
             before_unmask(pending)
         results: list[GroupResult] = []
+        kept: list[int] = []  # each result's group index (helper-346: labels counted results)
         aborted = 0
         reasons: list[str] = []
-        for sr in task.groups:
+        for gi, sr in enumerate(task.groups):
             if sr.stage != Stage.UNMASK:
                 aborted += 1
                 # A group that aborted at a stage's close says why (e.g. too few masked
@@ -543,6 +544,7 @@ class SecureCoordinator:
                 continue
             try:
                 results.append(sr.finish())
+                kept.append(gi)
             except RoundAborted as exc:
                 aborted += 1
                 reasons.append(str(exc))
@@ -603,7 +605,7 @@ class SecureCoordinator:
                     SparseUpdate(task.indices, res.mean.astype(np.float32), self.size),
                     float(res.weight),
                 )
-                for g, res in enumerate(results)
+                for g, res in zip(kept, results, strict=True)
             ]
             out = self._process.next(self._agg_state, updates)
             self._agg_state = out.state

@@ -131,3 +131,14 @@ def test_min_contributors_must_be_positive() -> None:
     registry, task, _ = _round(0)
     with pytest.raises(ValueError, match="min_contributors"):
         registry.finish(task.round_id, min_contributors=0)
+
+
+def test_the_group_aggregators_labels_are_the_groups_own_after_an_abort() -> None:
+    # helper-346: the group sums were labelled by their place among the groups that reached
+    # unmasking, so with group 0 aborted, krum's `selected` named group 0 for group 1's sum
+    registry, task, drop = _round(1, group_aggregator="multikrum:f=0,m=2")
+    _run(registry, task, drop)
+    out = registry.finish(task.round_id)
+    assert out.committed and out.aborted_groups == 1
+    selected = out.measurements["aggregator"]["selected"]
+    assert sorted(selected) == ["group-1", "group-2"], out.measurements["aggregator"]
