@@ -342,8 +342,13 @@ class SimConfig:
                     f"job_timeout_s applies to the {' and '.join(_TIMED_BACKENDS)} backends, "
                     f"not {self.backend!r} (an inline backend runs in this process)"
                 )
-            if not (math.isfinite(self.job_timeout_s) and self.job_timeout_s > 0):
-                raise ValueError("job_timeout_s must be a positive number of seconds")
+            if not 0 < self.job_timeout_s <= MAX_JOB_TIMEOUT_S:  # NaN fails it too
+                # A wait past about 2^31 ms overflowed the pool's and Ray's waits (an
+                # OverflowError traceback in round 1; helper-344).
+                raise ValueError(
+                    "job_timeout_s must be a finite number of seconds in (0, "
+                    f"{MAX_JOB_TIMEOUT_S:g}] (a week), got {self.job_timeout_s!r}"
+                )
         self._check_backend_options()
         # The coordinator's bound (coordinator/service/rounds.py, validate_task).
         if self.deadline_s is not None and not 0 < self.deadline_s <= COORDINATOR_MAX_S:
@@ -834,6 +839,11 @@ class SimResult:
                 rnd for rnd, committed, n in rows if not committed and n is not None and n < need
             ],
         }
+
+
+# The longest stall limit a run takes (a week, seconds): the pool's and Ray's waits take no
+# more than about 24.8 days (2^31 ms).
+MAX_JOB_TIMEOUT_S = 7 * 86_400.0
 
 
 class NoEligibleDevices(RuntimeError):

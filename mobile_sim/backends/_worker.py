@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Sequence
 from typing import Any
 
@@ -131,8 +130,11 @@ def task_examples(jobs: Sequence[TrainJob], task: Sequence[int]) -> int:
 
 def check_job_timeout(job_timeout_s: float | None) -> float | None:
     """A remote backend's stall limit: None (no limit) or a finite number of seconds > 0."""
-    if job_timeout_s is not None and not (math.isfinite(job_timeout_s) and job_timeout_s > 0):
-        raise ValueError(f"job_timeout_s must be None or > 0 seconds, got {job_timeout_s!r}")
+    if job_timeout_s is not None and not 0 < job_timeout_s <= 7 * 86_400.0:
+        # Past about 2^31 ms the pool's and Ray's waits overflow (helper-344).
+        raise ValueError(
+            f"job_timeout_s must be None or in (0, 604800] seconds, got {job_timeout_s!r}"
+        )
     return job_timeout_s
 
 
