@@ -214,6 +214,13 @@ def _runtime_env_problem(env: dict[str, Any]) -> str | None:
                 f"environment variable of the workers), not {_json_kind(env_vars)}"
             )
         for name, value in env_vars.items():
+            if not name or "=" in name or "\0" in name:
+                # Every worker crashed at start on one, and the run waited 300 s for actors
+                # that never came (helper-344).
+                return (
+                    f"env_vars name {json.dumps(name)} is no environment variable name (empty, "
+                    "or holding '=' or a NUL byte)"
+                )
             if not isinstance(value, str):
                 return (
                     f"env_vars[{json.dumps(name)}] must be a string (Ray sets it as an "

@@ -388,3 +388,18 @@ def test_a_missing_py_modules_folder_through_a_real_ray_init(
     )
     assert SECRET not in err
     assert not ray.is_initialized()
+
+
+@pytest.mark.parametrize("name", ["", "A=B", "A\u0000"])
+def test_an_env_var_name_no_environment_takes_is_a_usage_error(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # helper-344: Ray took {"": "x"}, every worker crashed at start, and the run waited 300 s
+    value = json.dumps({"env_vars": {name: "x"}})
+    argv = [*TINY, "--backend", "ray", "--ray-runtime-env", value, "--out", str(tmp_path / "r")]
+    with pytest.raises(SystemExit) as info:
+        plume(argv)
+    assert info.value.code == 2
+    line = _error_line(capsys.readouterr().err)
+    assert "is no environment variable name" in line, line
+    assert not (tmp_path / "r").exists()
