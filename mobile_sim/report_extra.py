@@ -71,12 +71,17 @@ _COUNTS = ("bytes_up", "bytes_down", "dense_up")
 _OBJECTS = ("config", "summary")
 
 
+# The largest magnitude a figure of a run may have: 2^53 (bytes, seconds, counts). 1e308 bytes
+# passed as finite, then overflowed the cumulative sums and the plots' axes (helper-345).
+_MAX_FIGURE = float(2**53)
+
+
 def _is_number(value: object) -> bool:
-    """A finite int or float, not a bool (an int too large for a float is not finite)."""
+    """A finite int or float of magnitude at most 2^53, not a bool."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         return False
     try:
-        return math.isfinite(value)
+        return math.isfinite(value) and abs(value) <= _MAX_FIGURE
     except OverflowError:  # an int beyond float's range (10**400): no plot can draw it
         return False
 
@@ -100,6 +105,8 @@ def _check_round(path: Path, r: dict[str, Any]) -> None:
         raise RunDirError(f"{path}: round {r.get('round', '?')} lacks {missing}")
     if not isinstance(r["round"], int) or isinstance(r["round"], bool):
         raise RunDirError(f"{path}: a round number is {_cut(r['round'])}, not an integer")
+    if not 0 <= r["round"] <= _MAX_FIGURE:
+        raise RunDirError(f"{path}: a round number is {_cut(r['round'])}, not in [0, 2^53]")
     bad = [k for k in _NUMBERS if not _is_number(r[k])]
     bad += [
         k
@@ -107,7 +114,10 @@ def _check_round(path: Path, r: dict[str, Any]) -> None:
         if r.get(k) is not None and not _is_number(r[k])
     ]
     if bad:
-        raise RunDirError(f"{path}: round {r['round']} has {_shown(r, bad)}, not a finite number")
+        raise RunDirError(
+            f"{path}: round {r['round']} has {_shown(r, bad)}, not a finite number of magnitude "
+            "at most 2^53"
+        )
     if not isinstance(r.get("committed", True), bool):
         raise RunDirError(
             f"{path}: round {r['round']} has {_shown(r, ['committed'])}, not true or false"
@@ -162,11 +172,20 @@ def _check_doc(path: Path, doc: dict[str, Any]) -> list[dict[str, Any]]:
             f"{path}: summary.interrupted is {_cut(summary['interrupted'])}, not true or false"
         )
     seen: set[int] = set()
+    last: int | None = None
     for r in rounds:
         _check_round(path, r)
         if r["round"] in seen:
             raise RunDirError(f"{path}: round {r['round']} appears twice in 'rounds'")
+        if last is not None and r["round"] < last:
+            # Read in file order, the cumulative bytes and the final accuracy were another
+            # round's, with exit status 0 (helper-345).
+            raise RunDirError(
+                f"{path}: round {r['round']} comes after round {last} in 'rounds': a run "
+                "writes its rounds in order"
+            )
         seen.add(r["round"])
+        last = r["round"]
     return rounds
 
 

@@ -195,3 +195,27 @@ def test_round_durations_axes_have_no_offset(
     assert len(axes) == 2
     assert all(offset == "" for offset, _ in axes), axes
     assert all(labels and max(map(len, labels)) <= 6 for _, labels in axes), axes
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        # helper-345: finite but beyond any run's figures, these overflowed the cumulative
+        # sums and the plots' axes (a traceback, or matplotlib's words naming no file), and
+        # some plots were redrawn before the failure
+        ({"bytes_up": 1e308}, "round 2 has bytes_up=1e+308, not a finite number"),
+        ({"wall_s": 1.7e308}, "round 2 has wall_s=1.7e+308"),
+        ({"bytes_down": 2**60}, "round 2 has bytes_down=1152921504606846976"),
+        ({"round": 10**400}, "a round number is 1000"),
+        # rounds out of order: read in file order the cumulative bytes and the final
+        # accuracy were another round's, exit 0
+        ({"round": 0}, "round 0 comes after round 1 in 'rounds'"),
+    ],
+)
+def test_figures_no_run_can_have_and_rounds_out_of_order_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], change: dict[str, Any], named: str
+) -> None:
+    doc = _doc()
+    doc["rounds"][1] = {**doc["rounds"][1], **change}
+    (tmp_path / "rounds.json").write_text(json.dumps(doc))
+    _assert_one_error_line(tmp_path, capsys, named)
