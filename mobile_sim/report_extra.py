@@ -137,6 +137,30 @@ def _check_round(path: Path, r: dict[str, Any]) -> None:
             f"{path}: round {r['round']} has {_shown(r, ['accuracy'])}, outside [0, 1]"
         )
     _check_control(path, r)
+    if _depth(r.get("measurements")) > _MAX_DEPTH:
+        # Walked recursively when the CSV is written: a RecursionError traceback after the
+        # plots were redrawn (helper-345).
+        raise RunDirError(
+            f"{path}: round {r['round']} has measurements nested deeper than {_MAX_DEPTH} "
+            "levels, which no run writes"
+        )
+
+
+# The deepest `measurements` a round may hold (a run's are a few levels).
+_MAX_DEPTH = 32
+
+
+def _depth(value: object) -> int:
+    """How deeply `value` nests JSON objects and arrays (0 for a scalar), found without
+    recursion, stopping once past _MAX_DEPTH."""
+    deepest, stack = 0, [(value, 0)]
+    while stack and deepest <= _MAX_DEPTH:
+        node, level = stack.pop()
+        if isinstance(node, dict | list):
+            deepest = max(deepest, level + 1)
+            items = node.values() if isinstance(node, dict) else node
+            stack.extend((child, level + 1) for child in items)
+    return deepest
 
 
 def _check_control(path: Path, r: dict[str, Any]) -> None:

@@ -219,3 +219,20 @@ def test_figures_no_run_can_have_and_rounds_out_of_order_are_refused(
     doc["rounds"][1] = {**doc["rounds"][1], **change}
     (tmp_path / "rounds.json").write_text(json.dumps(doc))
     _assert_one_error_line(tmp_path, capsys, named)
+
+
+def test_measurements_nested_deeper_than_any_run_writes_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # helper-345: 985 levels passed the JSON read, and the CSV's flattening then raised
+    # RecursionError after the plots were redrawn
+    deep: Any = 1
+    for _ in range(200):  # (json.dumps itself recurses; 200 is past the limit of 32)
+        deep = {"x": deep}
+    doc = _doc()
+    doc["rounds"][1] = {**doc["rounds"][1], "measurements": deep}
+    (tmp_path / "rounds.json").write_text(json.dumps(doc))
+    _assert_one_error_line(tmp_path, capsys, "round 2 has measurements nested deeper than 32")
+    doc["rounds"][1]["measurements"] = {"clock": {"kept": [1, 2, {"a": [3]}]}}
+    (tmp_path / "rounds.json").write_text(json.dumps(doc))
+    assert load_runs(tmp_path)
