@@ -2660,11 +2660,18 @@ def _declared_names(trainer: LocalTrainer) -> tuple[str, ...] | None:
     """The check-in's `model_names` for `trainer`: the name its artifacts were exported under
     (`plume export --model NAME`, the manifest's `model` with `model_named`), which
     `_check_layout` compares with the task's `model_name`; else None (no field sent)."""
+    name = _exported_name(trainer)
+    return (name,) if name is not None and len(name) <= MAX_MODEL_NAME else None
+
+
+def _exported_name(trainer: LocalTrainer) -> str | None:
+    """The name the trainer's artifacts were exported under (the manifest's `model`, when it
+    has `model_named`: `plume export --model NAME`), or None: an export without a name (its
+    class name stands in) names nothing the task could be compared with."""
     manifest = getattr(trainer, "manifest", None)
     exported = getattr(manifest, "model", None)
-    if getattr(manifest, "model_named", False) is True and isinstance(exported, str):
-        if 1 <= len(exported) <= MAX_MODEL_NAME:
-            return (exported,)
+    if getattr(manifest, "model_named", False) is True and isinstance(exported, str) and exported:
+        return exported
     return None
 
 
@@ -2693,15 +2700,8 @@ def _check_layout(a: Assignment, trainer: LocalTrainer) -> None:
     # same layout with other layers (a Tanh where the task's model has a ReLU) would train a
     # silently wrong update. An export without a name (the class name stands in) is not
     # compared: nothing says what the task calls that model.
-    manifest = getattr(trainer, "manifest", None)
-    exported = getattr(manifest, "model", None)
-    if (
-        getattr(manifest, "model_named", False) is True
-        and isinstance(exported, str)
-        and exported
-        and a.model_name
-        and exported != a.model_name
-    ):
+    exported = _exported_name(trainer)
+    if exported is not None and a.model_name and exported != a.model_name:
         raise LayoutMismatchError(
             0,
             MODEL_LAYOUT_MISMATCH,
