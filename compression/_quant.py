@@ -105,7 +105,7 @@ class StochasticQuantizer(ValueCoding):
     n_neg lo^2 - n_pos hi^2 < sum v^2 unless the block is all zeros: a contraction, which
     error feedback needs. Until 2026-12-03 it rounded v stochastically to the block's min or
     max (unbiased, but a value near 0 in a block spanning [-M, M] was sent as +-M): under error
-    feedback the residual grew about 1.8x a round, the published model with it (helper-341).
+    feedback the residual grew geometrically, the published model with it (helper-341).
     """
 
     def __init__(self, bits: int) -> None:
