@@ -2458,6 +2458,7 @@ def _report(args: argparse.Namespace) -> int:
         compare_table,
         missing_ledgers,
         plot_runs,
+        printable,
         read_run_dir,
         rebuild_rounds_csv,
     )
@@ -2469,10 +2470,10 @@ def _report(args: argparse.Namespace) -> int:
     except RunDirError as exc:  # missing folder, no rounds.json, or a corrupt one
         return _fail(f"{exc}; RUN_DIR must be the --out folder of a `plume sim` run")
     paths = plot_runs(found.runs, found.root, found.title)
-    print("rebuilt " + ", ".join(str(p) for p in paths))
-    print("rebuilt " + ", ".join(str(p) for p in rebuild_rounds_csv(found)))
+    print("rebuilt " + ", ".join(printable(p) for p in paths))
+    print("rebuilt " + ", ".join(printable(p) for p in rebuild_rounds_csv(found)))
     for line in missing_ledgers(found):
-        print(line)
+        print(printable(line))
     # Each run's per-round table, as the run printed it (an empty run has no table).
     for label, rounds in found.runs:
         if rounds:
@@ -2483,7 +2484,7 @@ def _report(args: argparse.Namespace) -> int:
     print()
     print(compare_table(found.runs))
     for line in found.control:
-        print(line)
+        print(printable(line))
     for note in found.notes:
-        print(note)
+        print(printable(note))
     return 0

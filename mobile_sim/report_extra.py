@@ -44,6 +44,7 @@ __all__ = [
     "plot_runs",
     "load_runs",
     "run_title",
+    "printable",
     "plot_bytes_per_round",
     "plot_round_durations",
     "plot_run_dir",
@@ -286,9 +287,20 @@ def _label(root: Path, path: Path, doc: dict[str, Any]) -> str:
     that, the legend named every line the same. `--compare-dense` names its subfolders after
     its labels, so its plots are unchanged."""
     if path.parent != root:
-        return path.parent.relative_to(root).as_posix()
+        return printable(path.parent.relative_to(root).as_posix())
     summary = doc.get("summary")
-    return str((summary.get("label") if isinstance(summary, dict) else None) or root.name)
+    return printable(
+        str((summary.get("label") if isinstance(summary, dict) else None) or root.name)
+    )
+
+
+def printable(text: object) -> str:
+    """`text` with every lone surrogate written as its escape (`k\\udcff`): a folder name
+    that is not UTF-8 (Python hands it over with surrogates) or a label holding one made
+    matplotlib's font code raise TypeError after some plots were redrawn, and printing it
+    raise UnicodeEncodeError where stdout is strict UTF-8 (en_US.UTF-8; C.UTF-8 escapes)."""
+    text = str(text)
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _read_doc(path: Path) -> dict[str, Any]:
@@ -421,7 +433,7 @@ def _title(doc: dict[str, Any]) -> str:
     if not isinstance(config, dict) or not config.get("dataset"):
         return ""
     model = _model(doc)
-    return f"{config['dataset']} / {model}" if model else ""
+    return printable(f"{config['dataset']} / {model}") if model else ""
 
 
 def _model(doc: dict[str, Any]) -> str | None:

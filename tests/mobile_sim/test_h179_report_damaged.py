@@ -236,3 +236,27 @@ def test_measurements_nested_deeper_than_any_run_writes_are_refused(
     doc["rounds"][1]["measurements"] = {"clock": {"kept": [1, 2, {"a": [3]}]}}
     (tmp_path / "rounds.json").write_text(json.dumps(doc))
     assert load_runs(tmp_path)
+
+
+def test_names_that_are_not_text_are_drawn_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A sweep folder whose name is not UTF-8 (Python hands it over with a lone surrogate) and
+    # a label or dataset holding one: matplotlib's font code raised TypeError after some
+    # plots were redrawn. Escaped, the report draws and names them.
+    sweep = tmp_path / "sweep"
+    odd = sweep / "k\udcff"  # os.fsdecode(b"k\xff")
+    odd.mkdir(parents=True)
+    (odd / "rounds.json").write_text(json.dumps(_doc()))
+    labelled = tmp_path / "labelled"
+    labelled.mkdir()
+    doc = _doc(config={"dataset": "digits\udcfe", "model": "digits_mlp"})
+    doc["summary"]["label"] = "\ud800"
+    (labelled / "rounds.json").write_text(json.dumps(doc))  # json escapes the surrogates
+    for folder, shown in ((sweep, "k\\udcff"), (labelled, "\\ud800")):
+        assert plume(["sim", "report", str(folder)]) == 0
+        out = capsys.readouterr().out
+        assert shown in out
+        assert {p.name for p in folder.glob("*.png")} >= {"bytes_per_round.png"}
+    assert load_runs(labelled)[0][0] == "\\ud800"
+    assert report_extra.run_title(labelled) == "digits\\udcfe / digits_mlp"
