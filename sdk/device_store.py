@@ -435,6 +435,13 @@ def _read(path: Path, limit: int, what: str) -> bytes:
     return raw
 
 
+def _meta_check(meta: dict[str, Any]) -> str:
+    """The check `save_pending` records in pending.json: SHA-256 of the other fields' JSON
+    with sorted keys (a key, round id or task id that changed on disk must not read as
+    another upload)."""
+    return hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()
+
+
 def _read_json(path: Path, what: str) -> dict[str, Any]:
     raw = _read(path, _MAX_JSON_BYTES, what)
     try:
@@ -1859,6 +1866,7 @@ class DeviceStore:
             meta["return_refused"] = False  # left out otherwise: the file an older SDK wrote
         if pending.train_loss is not None:
             meta["train_loss"] = pending.train_loss  # likewise
+        meta["check"] = _meta_check(meta)
         encoded = json.dumps(meta).encode()
         if len(encoded) > _MAX_JSON_BYTES:
             # Written, it could never be read back: every later load_pending would raise.
@@ -1886,6 +1894,14 @@ class DeviceStore:
         if not meta_path.exists() or not frame_path.exists():
             return None
         meta = _read_json(meta_path, "pending upload")
+        # Files written before the check was recorded carry none. Without it a flipped bit in
+        # the key or round id made the re-send another upload: refused as the round's
+        # duplicate, its content went back into the residual while the coordinator held it.
+        check = meta.pop("check", None)
+        if check is not None and check != _meta_check(meta):
+            raise DeviceStoreError(
+                f"{meta_path}: its check does not match its fields (a bit flipped, or edited)"
+            )
         round_id = _count(meta, "round_id", meta_path)
         size = _count(meta, "bytes", meta_path)
         dense = _count(meta, "dense_bytes", meta_path, default=0)

@@ -2797,7 +2797,10 @@ class Coordinator:
                     Reason.DUPLICATE_UPLOAD,
                     "idempotency key already used for a different update in this round",
                 )
-            if key == idempotency_key:
+            if key == idempotency_key or same:
+                # The same bytes under another key are the stored upload too (a device whose
+                # record of the key was damaged): refused as a duplicate, its SDK would put the
+                # content back into its residual and send it again in a later round.
                 reports = found[1].reports if found else self.store.count_updates(round_id)
                 return UploadReceipt(round_id, device_id, True, True, size, reports), None
             raise ApiError(

@@ -584,14 +584,15 @@ class PlainServiceMachine(RuleBasedStateMachine):
         self.retry(r, d, how)
 
     def retry(self, r: int, d: int, how: str) -> None:
-        """`d`'s upload to round `r` again: the same (an idempotent retry), or another frame
-        or key (a duplicate)."""
+        """`d`'s upload to round `r` again: the same (an idempotent retry), the same bytes
+        under another key (the stored upload too: its receipt again), or another frame (a
+        duplicate)."""
         FIRED[f"retry/{how}"] += 1
         sent = self.receipts[(r, d)]
         frame = sent.frame if how != "other_frame" else encode_update(99_999)
         key = sent.key if how != "other_key" else self.new_key()
         response = self.upload(d, r, frame, key)
-        if how != "same":
+        if how == "other_frame":
             assert response.status_code == 409, response.text
             assert response.json()["reason"] == Reason.DUPLICATE_UPLOAD
             return

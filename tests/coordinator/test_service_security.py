@@ -191,9 +191,13 @@ def test_legit_upload_after_all_attacks_then_duplicate_is_409(world: World) -> N
     assert (reports, version) == (0, 0)
     # Execute
     ok = world.upload(world.frame, world.signed_upload(world.frame))
-    again = world.upload(
-        world.frame, {**world.signed_upload(world.frame), "idempotency-key": "k-2"}
-    )
+    params, _ = world.a.fetch_model(world.assignment)
+    other = world.a._core.encode(world.assignment, SPEC, params, params - 0.05, 40).frame
+    again = world.upload(other, {**world.signed_upload(other), "idempotency-key": "k-2"})
+    # the same bytes under another key are the stored upload: its receipt again, not counted
+    same = world.upload(world.frame, {**world.signed_upload(world.frame), "idempotency-key": "k-3"})
     # Assert
     assert ok.status_code == 200 and ok.json()["reports"] == 1
     _expect(again, 409, "duplicate_upload")
+    assert same.status_code == 200 and same.json()["duplicate"] is True, same.text
+    assert same.json()["reports"] == 1

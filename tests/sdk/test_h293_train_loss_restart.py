@@ -175,9 +175,9 @@ def test_an_upload_with_no_loss_keeps_the_file_an_older_sdk_wrote(
 ) -> None:
     # Prepare + Execute: no loss asked for, or none to send
     down = _left_pending(tmp_path, loss, report_loss)
-    # Assert: pending.json has no train_loss key (byte-compatible with an older SDK's), and the
-    # re-send after a restart sends no query
-    assert set(_pending_json(tmp_path)) == OLD_KEYS
+    # Assert: pending.json has no train_loss key (an older SDK's keys, and the check over them,
+    # which an older SDK does not read), and the re-send after a restart sends no query
+    assert set(_pending_json(tmp_path)) == OLD_KEYS | {"check"}
     assert down.losses() == [None, None]
     up, _ = _resend(tmp_path)
     assert up.losses() == [None]
@@ -187,7 +187,7 @@ def test_an_older_sdks_pending_upload_loads_and_is_re_sent_without_a_loss(tmp_pa
     # Prepare: an upload pending with a loss, whose pending.json an older SDK wrote (no key)
     _left_pending(tmp_path, 0.5)
     meta = _pending_json(tmp_path)
-    del meta["train_loss"]
+    del meta["train_loss"], meta["check"]
     (tmp_path / "pending.json").write_text(json.dumps(meta))
     # Execute
     with DeviceStore(tmp_path) as store:
@@ -203,9 +203,11 @@ def test_a_damaged_stored_loss_is_dropped_and_the_upload_still_re_sent(
     tmp_path: Path, stored: Any
 ) -> None:
     # Prepare: pending.json's train_loss is not a loss the coordinator takes (it would refuse
-    # the upload with 422)
+    # the upload with 422), in a file with no check (an older SDK's; with one, the change is
+    # refused: test_s43_pending_check)
     _left_pending(tmp_path, 0.5)
     meta = _pending_json(tmp_path)
+    del meta["check"]
     meta["train_loss"] = stored
     (tmp_path / "pending.json").write_text(json.dumps(meta))
     # Execute
