@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import threading
 import time
@@ -162,7 +163,8 @@ def register(sub: Any) -> None:
         type=int,
         default=10,
         metavar="N",
-        help="example batch used for tracing, at least 2; the exported batch dimension is dynamic",
+        help="example batch used for tracing, 2 to 4096 (and at most 2^24 input values); the "
+        "exported batch dimension is dynamic",
     )
     p.add_argument(
         "--input-shape",
@@ -193,6 +195,12 @@ def register(sub: Any) -> None:
     p.set_defaults(func=_run)
 
 
+# The example batch's bounds: tracing needs a batch of two, and the exported batch dimension is
+# dynamic, so a larger one buys nothing (2^24 values: 64 MiB as float32, 128 MiB as int64).
+_MAX_TRACE_BATCH = 4096
+_MAX_TRACE_VALUES = 2**24
+
+
 def _run(args: argparse.Namespace) -> int:
     from coordinator._cli import _build_task_model, _import_plugins
     from mobile_sim.models import MODELS
@@ -219,6 +227,16 @@ def _run(args: argparse.Namespace) -> int:
         shape = args.input_shape or example_input_shape(args.model)
     except ValueError as exc:
         return _fail(str(exc))
+    values = args.batch_size * math.prod(shape)
+    if args.batch_size > _MAX_TRACE_BATCH or values > _MAX_TRACE_VALUES:
+        # Else torch's allocator failed with a traceback (313,600,000,000 bytes for
+        # --batch-size 100000000): the example batch only traces, its size is not exported.
+        return _fail(
+            f"--batch-size {args.batch_size} x --input-shape {','.join(map(str, shape))} is "
+            f"{values:,} input values; the example batch is at most {_MAX_TRACE_BATCH:,} "
+            f"examples and {_MAX_TRACE_VALUES:,} values (it is only traced: the exported "
+            "batch dimension is dynamic)"
+        )
     model = _build_task_model(args.model, args.seed)
     if isinstance(model, str):  # a plugin's factory raised, or returned no torch module
         return _fail(model, 1)

@@ -566,7 +566,8 @@ def _certificate_error(
     else:
         fix = (
             "pass verify= the coordinator's CA bundle (the path of its PEM file, or an "
-            "ssl.SSLContext that trusts it), or install that CA in the system's trust store"
+            "ssl.SSLContext that trusts it); verify=True trusts certifi's bundle (or "
+            "SSL_CERT_FILE / SSL_CERT_DIR when set), not a CA added to the system's store"
         )
     return TlsCertificateError(
         f"the coordinator at {base} presented a TLS certificate that failed verification "

@@ -135,6 +135,9 @@ def test_an_untrusted_certificate_is_not_retried_nor_an_outage(
     assert "self-signed certificate" in err.detail
     assert "POST /v1/checkin" in err.detail
     assert "not retried: pass verify= the coordinator's CA bundle" in err.detail
+    # not the system's store: httpx's verify=True reads certifi's bundle (helper-349)
+    assert "not a CA added to the system's store" in err.detail
+    assert "install that CA" not in err.detail
     assert isinstance(err.__cause__, Exception) and "CERTIFICATE_VERIFY_FAILED" in str(
         err.__cause__
     )
