@@ -6,7 +6,7 @@ Writes bench/results/bandwidth_accuracy.json and a plot of accuracy against cumu
 
     python bench/bandwidth_accuracy.py                  # the issue's setting
     python bench/bandwidth_accuracy.py --quick          # 3 rounds, a smoke run (*_quick.json)
-    python bench/bandwidth_accuracy.py --explore        # also the knob sweep (long)
+    python bench/bandwidth_accuracy.py --explore        # the knob sweep instead (long; *_explore.json)
 """
 
 from __future__ import annotations

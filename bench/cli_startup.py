@@ -8,8 +8,8 @@ noise hits all alike:
     texts (dp_accounting with scipy, and coordinator.service with FastAPI, uvicorn, httpx).
 Wall times in ms; min and median per command.
 
-    python bench/cli_startup.py             # writes bench/results/cli_startup.json
-    python bench/cli_startup.py --repeats 3 # a smoke run
+    python bench/cli_startup.py          # writes bench/results/cli_startup.json
+    python bench/cli_startup.py --quick  # a smoke run: 3 repeats, cli_startup_quick.json
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import command_line  # noqa: E402
+from bench._common import command_line, out_file  # noqa: E402
 from coordinator.cli import build_parser, iter_parsers  # noqa: E402
 from mobile_sim.report import machine_info, utc_now  # noqa: E402
 
@@ -57,13 +57,28 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("--repeats", type=int, default=15, help="runs of each command (default: 15)")
     ap.add_argument(
-        "--out", type=Path, default=RESULTS / "cli_startup.json", help="where the JSON goes"
+        "--repeats", type=int, default=None, help="runs of each command (default: 15; 3 --quick)"
+    )
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke run (3 repeats unless --repeats): writes cli_startup_quick.json, marked "
+        "quick, which bench/summarize.py never publishes",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where the JSON goes (default: bench/results/cli_startup.json, or "
+        "cli_startup_quick.json beside it with --quick)",
     )
     args = ap.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 15
     if args.repeats < 1:
         ap.error("--repeats must be at least 1")
+    args.out = out_file(args.out, RESULTS / "cli_startup.json", args.quick)
     commands = _commands()
     times: dict[str, list[float]] = {name: [] for name in commands}
     for _ in range(args.repeats):
@@ -81,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": utc_now(),
         "machine": machine_info(),
         "repeats": args.repeats,
+        "quick": args.quick,
         "help_median_ms": help_ms,
         "full_stack_help_median_ms": full_ms,
         "python_floor_median_ms": per_command["python_floor"]["median_ms"],
