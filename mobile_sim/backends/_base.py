@@ -26,6 +26,8 @@ __all__ = [
     "JobResult",
     "Backend",
     "job_rng",
+    "job_torch_seed",
+    "TORCH_STREAM",
     "check_round",
     "num_params",
     "import_plugins",
@@ -301,6 +303,20 @@ def job_rng(job: TrainJob, stream: int = 0) -> np.random.Generator:
     """The job's own RNG, from (seed, round, device, stream): no state shared between jobs, so
     every backend, in any order, draws the same numbers for the same job."""
     return np.random.default_rng([job.seed, job.round_id, job.device_index, stream])
+
+
+# The job_rng streams: 0 the minibatch order, 1 a data attack's, 2 the codec's, 3 a model
+# attack's; 4 seeds torch's RNG for the job's training (`job_torch_seed`).
+TORCH_STREAM = 4
+
+
+def job_torch_seed(job: TrainJob) -> int:
+    """The seed torch's default generator takes for the job's training (dropout masks, any
+    other draw a model makes from torch's RNG): 64 bits of the job's own seed material, on its
+    own stream (`TORCH_STREAM`), so the job draws the same masks on every backend and worker,
+    whichever jobs ran before it there."""
+    entropy = [job.seed, job.round_id, job.device_index, TORCH_STREAM]
+    return int(np.random.SeedSequence(entropy).generate_state(1, np.uint64)[0])
 
 
 def num_params(module: Any) -> int:

@@ -20,6 +20,7 @@ import numpy.typing as npt
 import torch
 from torch import nn
 
+import sdk.trainer as _trainer
 from sdk.trainer import restored_slots
 
 from ._base import JobResult, TrainContext, TrainJob, check_round, job_rng, num_params
@@ -200,6 +201,10 @@ class VectorizedBackend:
         self._trainers: dict[str, Any] = {}
         self._d = 0
         self._rngs = RngPool()
+        # The trainer's data-check cache: (example shape, dtype) -> the model's output shape
+        # and input vocabulary, probed once (`sdk.trainer._checked`).
+        self._out_shapes: dict[tuple[tuple[int, ...], str], tuple[tuple[int, ...], int | None]]
+        self._out_shapes = {}
 
     def start(self, ctx: TrainContext) -> None:
         from ..models import build_model
@@ -209,6 +214,7 @@ class VectorizedBackend:
         self._module = build_model(ctx.model)
         self._d = num_params(self._module)
         self._step = None
+        self._out_shapes = {}
         self.fallback_reason = self._probe(ctx)
         if self.fallback_reason is not None:
             log.warning(
@@ -265,15 +271,15 @@ class VectorizedBackend:
                 rows = np.stack([jobs[i].indices for i in chunk])
                 xs: Any = ctx.x_train[rows]
                 ys: Any = ctx.y_train[rows]
+                fits = self._data_fits(xs, ys)
             else:
-                xs, ys = [], []
-                for i in chunk:
-                    job = jobs[i]
-                    x, y = ctx.x_train[job.indices], ctx.y_train[job.indices]
-                    if job.data_attack is not None:
-                        x, y = job.data_attack.poison_data(x, y, job_rng(job, stream=1))
-                    xs.append(np.asarray(x))
-                    ys.append(np.asarray(y, dtype=np.int64))
+                raw = [_job_data(ctx, jobs[i]) for i in chunk]
+                # Checked as given, before the labels are cast (the trainer refuses float ones).
+                fits = self._data_fits([x for x, _ in raw], [y for _, y in raw])
+                xs = [np.asarray(x) for x, _ in raw]
+                ys = [np.asarray(y, dtype=np.int64) for _, y in raw]
+            if not fits:
+                return self._one_by_one(ctx, params, jobs, results, batchable)
             # job_rng(job)'s streams, seeded for the whole chunk at once (reused generators).
             rngs = self._rngs.for_jobs([jobs[i] for i in chunk])
             trained, losses = train_clients_vmapped(
@@ -288,6 +294,9 @@ class VectorizedBackend:
                 momentum=ctx.momentum,
                 step=self._step,
             )
+            if not (np.isfinite(losses).all() and np.isfinite(trained).all()):
+                # A client diverged: the trainer finds which, at which step, in its words.
+                return self._one_by_one(ctx, params, jobs, results, batchable)
             deltas = trained - params[None, :]
             loss_list = losses.tolist()
             sizes = [len(x) for x in xs] if isinstance(xs, list) else [xs.shape[1]] * len(chunk)
@@ -296,6 +305,49 @@ class VectorizedBackend:
                 results[i] = JobResult(jobs[i].device_id, deltas[k], sizes[k], loss_list[k])
         return [r for r in results if r is not None]
 
+    def _data_fits(self, xs: Any, ys: Any) -> bool:
+        """Whether a chunk's clients' examples, all together (`xs`, `ys`: stacked [clients, n,
+        ...] or one array per client), pass the sequential trainer's data check
+        (`sdk.trainer._checked`, what `TorchTrainer.check_data` runs; the model probed once).
+        Without it a label past the model's classes failed inside torch (an IndexError under
+        vmap, a traceback), and a NaN input trained a NaN update the encoder refused later."""
+        assert self._module is not None
+        try:
+            if isinstance(xs, np.ndarray):
+                x, y = xs.reshape(-1, *xs.shape[2:]), ys.reshape(-1, *ys.shape[2:])
+            else:
+                x, y = np.concatenate(xs), np.concatenate(ys)
+            _trainer._checked(self._module, x, y, True, "training data", self._out_shapes)
+        except ValueError:  # TrainingDataError, or data that does not even concatenate
+            return False
+        return True
+
+    def _one_by_one(
+        self,
+        ctx: TrainContext,
+        params: npt.NDArray[np.float32],
+        jobs: Sequence[TrainJob],
+        results: list[JobResult | None],
+        batchable: list[int],
+    ) -> list[JobResult]:
+        """The round's vmapped jobs trained one by one on the sequential path, in the round's
+        order: taken when a chunk's data fails the trainer's check or its training diverges,
+        so the first job the trainer refuses raises the error the sequential backend raises
+        (`TrainingDataError`'s "training data: ...", or "training diverged: ..."). If none is
+        refused (the chunk's check or a float rounding differed), these are the round's
+        results."""
+        for i in sorted(batchable):
+            results[i] = run_job(ctx, self._trainers, params, jobs[i])
+        return [r for r in results if r is not None]
+
     def close(self) -> None:
         self._trainers = {}
         self._module = None
+
+
+def _job_data(ctx: TrainContext, job: TrainJob) -> tuple[Any, Any]:
+    """The job's examples as `run_job` gives them to the trainer (poisoned by its data attack)."""
+    x, y = ctx.x_train[job.indices], ctx.y_train[job.indices]
+    if job.data_attack is not None:
+        x, y = job.data_attack.poison_data(x, y, job_rng(job, stream=1))
+    return x, y

@@ -64,6 +64,23 @@ def parse_speeches(text: str) -> dict[str, list[str]]:
     return speeches
 
 
+def _read_text(path: Path) -> str:
+    """The file's text, strictly UTF-8 (a leading byte-order mark dropped): a `DataError`
+    naming the file and the first byte that is not UTF-8. Before, undecodable bytes became
+    U+FFFD (unknown ids), and a file in another encoding trained on damaged text, speaker
+    lines lost; a byte-order mark hid the first speaker's name."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        # utf-8-sig reports offsets in the text after the mark: count it back in.
+        offset = exc.start + len(raw) - len(exc.object)
+        raise DataError(
+            f"{path}: not UTF-8 text: byte 0x{raw[offset]:02x} at byte offset {offset} "
+            f"({exc.reason}); save the file as UTF-8 (or plain ASCII)"
+        ) from None
+
+
 def load_shakespeare(
     root: str | Path | None = None,
     *,
@@ -85,7 +102,7 @@ def load_shakespeare(
     path = data_root(root) / "tinyshakespeare" / "input.txt"
     if not path.exists():
         raise DataError(f"{path} not found; set PLUME_DATA to the folder holding tinyshakespeare/")
-    speeches = parse_speeches(path.read_text(encoding="utf-8", errors="replace"))
+    speeches = parse_speeches(_read_text(path))
     roles = sorted(name for name, s in speeches.items() if len(s) >= min_speeches)
     if max_clients is not None:
         roles = roles[:max_clients]
