@@ -1104,38 +1104,137 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
     return None
 
 
-def _tls_error(cert: str, key: str) -> str | None:
+def _tls_error(
+    cert: str,
+    key: str,
+    password: str | None = None,
+    *,
+    names: tuple[str, str] | None = None,
+) -> str | None:
     """Why --tls-cert/--tls-key do not load as a certificate and its key, naming the file at
-    fault, or None (they load). An encrypted key is not asked for its passphrase here."""
+    fault, or None (they load). An encrypted key is not asked for its passphrase here: without
+    `password` it is said to be encrypted, with one that does not decrypt it, a wrong
+    passphrase. `names`: how the certificate and the key are named (`_tls_names`; default
+    `--tls-cert CERT` and `--tls-key KEY`)."""
     import ssl
 
+    cert_name, key_name = names or (f"--tls-cert {cert}", f"--tls-key {key}")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     asked: list[bool] = []
 
-    def password() -> bytes:  # called only for an encrypted key; uvicorn would prompt for it
+    def ask() -> str:  # called only for an encrypted key; uvicorn would prompt for it
         asked.append(True)
-        return b""
+        return password or ""
 
     try:
-        context.load_cert_chain(cert, key, password=password)
+        context.load_cert_chain(cert, key, password=ask)
     except ssl.SSLError as exc:
-        if asked:
+        if asked and password is None:
             return (
-                f"--tls-key {key} is encrypted (it asks for a passphrase); give serve an "
+                f"{key_name} is encrypted (it asks for a passphrase); give serve an "
                 f"unencrypted key (e.g. `openssl pkey -in {key} -out KEY`, readable by this "
                 "user alone)"
             )
         if exc.reason == "KEY_VALUES_MISMATCH":
-            return f"--tls-key {key} is not the private key of the certificate in --tls-cert {cert}"
+            return f"{key_name} is not the private key of the certificate in {cert_name}"
+        if asked:
+            return (
+                f"{key_name} is encrypted and the passphrase typed does not decrypt it: wrong "
+                "passphrase"
+            )
         try:
             ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=cert)
         except ssl.SSLError:
-            return f"--tls-cert {cert} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+            return f"{cert_name} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
         return (
-            f"--tls-key {key} holds no PEM private key (-----BEGIN PRIVATE KEY-----), or "
-            f"--tls-cert {cert} does not begin with its certificate ({exc})"
+            f"{key_name} holds no PEM private key (-----BEGIN PRIVATE KEY-----), or "
+            f"{cert_name} does not begin with its certificate ({exc})"
         )
     return None
+
+
+def _tls_names(args: argparse.Namespace) -> tuple[str, str]:
+    """How serve's TLS errors name the certificate and the key: by flag (`--tls-cert CERT`), or,
+    for a value from the --config file, by its key there and the path looked at
+    (`tls-cert = 'cert.pem' in --config FILE (/etc/plume/cert.pem)`), as the file's other
+    mistakes are named."""
+    from_file: dict[str, str] = getattr(args, "_from_file", {})
+
+    def name(dest: str) -> str:
+        path = getattr(args, dest)
+        if dest in from_file:
+            setting = from_file[dest].removeprefix(f"--config {args.config}: ")
+            return f"{setting} in --config {args.config} ({path})"
+        return f"--{dest.replace('_', '-')} {path}"
+
+    return name("tls_cert"), name("tls_key")
+
+
+def _tls_load_head(args: argparse.Namespace) -> str:
+    """The start of a TLS load error: the flags, or the --config file's keys."""
+    from_file: dict[str, str] = getattr(args, "_from_file", {})
+    if "tls_cert" in from_file or "tls_key" in from_file:
+        return "cannot load the TLS certificate and key"
+    return "cannot load --tls-cert/--tls-key"
+
+
+def _tls_dates_error(cert: str, cert_name: str, now: Any = None) -> str | None:
+    """Why the first (leaf) certificate in `cert` cannot serve now, outside its validity dates
+    (every client's handshake would fail), or None. A file `cryptography` cannot read is left
+    to the load (`_tls_error`), which names what is wrong with it."""
+    import datetime as dt
+
+    from cryptography import x509
+
+    try:
+        leaf = x509.load_pem_x509_certificates(Path(cert).read_bytes())[0]
+    except (ValueError, OSError, IndexError):
+        return None
+    now = now or dt.datetime.now(dt.UTC)
+    start, end = leaf.not_valid_before_utc, leaf.not_valid_after_utc
+
+    def shown(when: dt.datetime) -> str:
+        return when.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+    dates = f"valid from {shown(start)} to {shown(end)}; this machine's clock says {shown(now)}"
+    if now > end:
+        return (
+            f"{cert_name}: the certificate has expired ({dates}), so every client would refuse "
+            "it; renew it (or fix the clock if it is wrong)"
+        )
+    if now < start:
+        return (
+            f"{cert_name}: the certificate is not valid yet ({dates}), so every client would "
+            "refuse it; check this machine's clock, or use a certificate valid now"
+        )
+    return None
+
+
+class _NoPassphrase(Exception):
+    """An encrypted --tls-key and no terminal to ask its passphrase at (or none typed)."""
+
+
+class _Passphrase:
+    """serve's --tls-key passphrase for `coordinator.service.serve`: called only when the key
+    is encrypted, it asks the terminal once (getpass) and keeps the answer, which serve then
+    also gives uvicorn. With stdin not a terminal (systemd, a container, a pipe) it asks
+    nothing and raises `_NoPassphrase`."""
+
+    def __init__(self, key_name: str) -> None:
+        self.key_name = key_name
+        self.value: str | None = None
+
+    def __call__(self) -> str:
+        import getpass
+
+        if self.value is None:
+            if not sys.stdin.isatty():
+                raise _NoPassphrase
+            try:
+                self.value = getpass.getpass(f"passphrase of {self.key_name}: ")
+            except EOFError:
+                raise _NoPassphrase from None
+        return self.value
 
 
 def _host_error(host: str) -> str | None:
@@ -1229,6 +1328,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:  # what ServiceConfig refuses and the checks above do not name
         print_error(prog, str(exc))
         return 2
+    cert_name, key_name = _tls_names(args) if args.tls_cert else ("", "")
+    if args.tls_cert and (problem := _tls_dates_error(args.tls_cert, cert_name)) is not None:
+        print_error(prog, problem)
+        return 2
     if not args.admin_token:
         # Not an error (devices can still be served), but the next step of the README,
         # create-task, would be refused: say so now rather than with a 403 later.
@@ -1239,6 +1342,7 @@ def _serve(args: argparse.Namespace) -> int:
     # A relative --db is relative to where serve starts: a coordinator started in another
     # folder gets a new, empty database (no tasks). serve logs "creating a new database at
     # PATH" once it can listen (a port in use creates none, so it says nothing).
+    passphrase = _Passphrase(key_name)  # asked only if --tls-key is encrypted
     try:
         # SIGTERM (systemd's stop) returns from serve normally, the database closed.
         serve(
@@ -1247,6 +1351,7 @@ def _serve(args: argparse.Namespace) -> int:
             args.port,
             tls_cert=args.tls_cert,
             tls_key=args.tls_key,
+            tls_key_password=passphrase if args.tls_cert else None,
             log_level=args.log_level,
             access_log=args.access_log,
             head_timeout_s=args.head_timeout,
@@ -1254,6 +1359,15 @@ def _serve(args: argparse.Namespace) -> int:
         )
     except ListenError as exc:  # found before the database was opened
         _fail(prog, _listen_sentence(exc))
+    except _NoPassphrase:  # raised by the passphrase's prompt, before the database was opened
+        _fail(
+            prog,
+            f"{_tls_load_head(args)}: {key_name} is encrypted (it asks for a passphrase) and "
+            "stdin is not a terminal to type it at; start serve at a terminal, or give it an "
+            f"unencrypted key (e.g. `openssl pkey -in {args.tls_key} -out KEY`, readable by this "
+            "user alone)",
+            2,
+        )
     except SystemExit as exc:  # uvicorn's exit when the app fails to start
         if exc.code in (0, None):
             return 0
@@ -1266,13 +1380,19 @@ def _serve(args: argparse.Namespace) -> int:
     except OSError as exc:  # ssl.SSLError included: serve loads the TLS files first
         # Which file is at fault, said as a usage error (status 2: a service manager does not
         # retry it), rather than ssl's "[SSL] PEM lib", which names neither. An encrypted key
-        # with nobody to type its passphrase (systemd, a container) fails serve's load with a
-        # bare OSError (EINVAL: OpenSSL's prompt read end-of-file), not an SSLError.
-        if args.tls_cert and (problem := _tls_error(args.tls_cert, args.tls_key)) is not None:
-            _fail(prog, f"cannot load --tls-cert/--tls-key: {problem}", 2)
+        # is diagnosed with the passphrase typed (a wrong one is said to be), not asked again.
+        if args.tls_cert and (
+            problem := _tls_error(
+                args.tls_cert,
+                args.tls_key,
+                passphrase.value,
+                names=(cert_name, key_name),
+            )
+        ):
+            _fail(prog, f"{_tls_load_head(args)}: {problem}", 2)
         if not isinstance(exc, ssl.SSLError):
             raise
-        _fail(prog, f"cannot load --tls-cert/--tls-key as a PEM certificate and key: {exc}")
+        _fail(prog, f"{_tls_load_head(args)} as a PEM certificate and key: {exc}")
     return 0
 
 
@@ -1311,6 +1431,26 @@ def _service_config(args: argparse.Namespace) -> Any:
     )
 
 
+def _url_problem(url: str) -> str | None:
+    """What httpx would refuse in `url` (a port that is not a number, an unclosed "[" of an
+    IPv6 address, a control character; httpx's `InvalidURL`, not one of its `HTTPError`s, was a
+    traceback in every admin command), or a URL with no host; None when it is usable."""
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, ValueError, TypeError) as exc:
+        hint = (
+            " (an IPv6 address goes in brackets, both of them: http://[::1]:8080)"
+            if "[" in url and "]" not in url
+            else ""
+        )
+        return f"{exc or type(exc).__name__}{hint}"
+    if not parsed.host:
+        return "it names no host (e.g. http://127.0.0.1:8080)"
+    return None
+
+
 def _admin(args: argparse.Namespace) -> Any:
     from .service import AdminClient
 
@@ -1322,6 +1462,8 @@ def _admin(args: argparse.Namespace) -> Any:
         _fail(prog, problem)
     if not args.url.startswith(("http://", "https://")):
         _fail(prog, f"--url must start with http:// or https://, got {args.url!r}")
+    if (problem := _url_problem(args.url)) is not None:
+        _fail(prog, f"--url {args.url!r} is not a valid URL: {problem}")
     import ssl
 
     from protocol.tls import tls_verify
@@ -1343,6 +1485,38 @@ def _admin(args: argparse.Namespace) -> Any:
     return AdminClient(args.url, args.admin_token, verify=verify)
 
 
+# OpenSSL's X509_V_ERR_* codes (`ssl.SSLCertVerificationError.verify_code`) told apart below.
+_X509_CERT_NOT_YET_VALID = 9
+_X509_CERT_HAS_EXPIRED = 10
+_X509_HOSTNAME_MISMATCH = 62
+_X509_IP_ADDRESS_MISMATCH = 64
+# Their messages (`verify_message`), for an error whose cause was not kept.
+_VERIFY_MESSAGES = (
+    ("Hostname mismatch", _X509_HOSTNAME_MISMATCH),
+    ("IP address mismatch", _X509_IP_ADDRESS_MISMATCH),
+    ("certificate has expired", _X509_CERT_HAS_EXPIRED),
+    ("certificate is not yet valid", _X509_CERT_NOT_YET_VALID),
+)
+
+
+def _verify_code(exc: BaseException, what: str) -> int | None:
+    """OpenSSL's verify code of a failed certificate check: the `ssl.SSLCertVerificationError`
+    that httpx's error was raised from (its causes), else read from the error's text."""
+    import ssl
+
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return int(cause.verify_code)
+        cause = cause.__cause__ or cause.__context__
+    for message, code in _VERIFY_MESSAGES:
+        if message in what:
+            return code
+    return None
+
+
 def admin_error_text(exc: Exception, url: str, flag: str = "--url") -> str:
     """A sentence for an admin call that failed: refused by the coordinator, or not sent."""
     import httpx
@@ -1352,7 +1526,24 @@ def admin_error_text(exc: Exception, url: str, flag: str = "--url") -> str:
     if isinstance(exc, httpx.TransportError):
         what = str(exc) or type(exc).__name__
         if "CERTIFICATE_VERIFY_FAILED" in what:
-            # The server is up and speaks TLS: the client does not trust its certificate.
+            # The server is up and speaks TLS: the client refused its certificate. Why, by
+            # OpenSSL's verify code: a name the certificate does not hold, its dates, or a CA
+            # this client does not trust; a CA passed with --cacert mends only the last.
+            code = _verify_code(exc, what)
+            if code in (_X509_HOSTNAME_MISMATCH, _X509_IP_ADDRESS_MISMATCH):
+                host = httpx.URL(url).host
+                return (
+                    f"the coordinator at {url} sent a certificate that does not name {host} "
+                    f"({what}); use a URL whose host the certificate names (one of its "
+                    f"subject alternative names) ({flag})"
+                )
+            if code in (_X509_CERT_HAS_EXPIRED, _X509_CERT_NOT_YET_VALID):
+                when = "has expired" if code == _X509_CERT_HAS_EXPIRED else "is not valid yet"
+                return (
+                    f"the coordinator at {url} sent a certificate that {when} ({what}); check "
+                    "the certificate's dates (`openssl x509 -noout -dates -in PEM`) and this "
+                    "machine's clock, and renew the certificate `serve --tls-cert` was given"
+                )
             trust = (
                 "pass the CA that signed it with --cacert PEM (for a self-signed certificate, "
                 "the certificate `serve --tls-cert` was given)"
@@ -1754,6 +1945,16 @@ def _secure_settings(args: argparse.Namespace) -> dict[str, Any] | None:
         if any(v is not None for v in given.values()):
             raise ValueError("the secure-aggregation options need --secure")
         return None
+    z = given["noise_multiplier"]
+    if z is not None and not (math.isfinite(z) and z >= 0):
+        raise ValueError(f"--secure-noise-multiplier must be a finite number > 0, got {z}")
+    if z and given["noise"] in (None, "none"):  # 0 is no noise, as without the flag
+        # Accepted before, and the task's devices added no noise at all.
+        raise ValueError(
+            "--secure-noise-multiplier sets the noise of --secure-noise discrete_gaussian or "
+            f"skellam; without --secure-noise (or with none) no device adds noise (got "
+            f"--secure-noise-multiplier {z:g})"
+        )
     if (args.topk, args.bits) != args._codec_defaults:
         # They set the plain upload codec, which a secure task's devices never use.
         raise ValueError(

@@ -101,12 +101,18 @@ class SecureConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"{name} must be a positive finite number, got {v}")
+        z = self.noise_multiplier
         if self.noise != NoiseKind.NONE:
-            z = self.noise_multiplier
             if not (math.isfinite(z) and z > 0):
                 raise ValueError(f"noise needs a finite noise_multiplier > 0, got {z}")
             if self.max_weight != 1:
                 raise ValueError("distributed DP needs max_weight=1 (uniform weights)")
+        elif not (math.isfinite(z) and z >= 0):
+            # Without noise it is not used, but a negative or infinite one was stored and
+            # shown as the task's. (A positive one without noise is the CLI's usage error.)
+            raise ValueError(
+                f"noise_multiplier must be a finite number >= 0 (> 0 with noise), got {z}"
+            )
         if not 0.0 <= self.expected_dropout < 1.0 or not 0.0 < self.dp_delta < 1.0:
             raise ValueError("expected_dropout in [0, 1) and dp_delta in (0, 1)")
         if not self.epsilon_budget > 0:  # NaN too

@@ -220,6 +220,7 @@ def uvicorn_config(
     *,
     tls_cert: str | None = None,
     tls_key: str | None = None,
+    tls_key_password: str | None = None,
     log_level: str = "warning",
     access_log: bool = True,
     head_timeout_s: float = HEAD_TIMEOUT_S,
@@ -230,7 +231,9 @@ def uvicorn_config(
     size as it arrived (`CountingH11Protocol`; httptools, which uvicorn would pick when
     installed, is not used), asyncio's own event loop (uvicorn's "auto" would pick uvloop when
     installed, as `uvicorn[standard]` brings it: the early answers and the stop's handling of
-    connections are tested on asyncio's), one process, TLS if given. A request head must arrive in full
+    connections are tested on asyncio's), one process, TLS if given (`tls_key_password`: an
+    encrypted key's passphrase, which uvicorn would otherwise ask the terminal for). A request
+    head must arrive in full
     within `head_timeout_s` (0: no limit; `CountingH11Protocol`). A stop waits
     `shutdown_grace_s` for requests in flight when run by `_Server` (which `serve` and
     `ServerThread` use); uvicorn's own limit, a few seconds later, is only a backstop.
@@ -250,6 +253,7 @@ def uvicorn_config(
         date_header=False,
         ssl_certfile=tls_cert,
         ssl_keyfile=tls_key,
+        ssl_keyfile_password=tls_key_password,
         timeout_keep_alive=_KEEP_ALIVE_S,
         # `_Server` ends the grace itself (503s, no ERROR line); this is a backstop.
         timeout_graceful_shutdown=math.ceil(
@@ -388,6 +392,7 @@ def serve(
     *,
     tls_cert: str | None = None,
     tls_key: str | None = None,
+    tls_key_password: str | Callable[[], str] | None = None,
     log_level: str = "info",
     access_log: bool = True,
     head_timeout_s: float = HEAD_TIMEOUT_S,
@@ -406,6 +411,12 @@ def serve(
     is opened (exclusively: a second coordinator on the same database is refused) and the
     tasks restored before uvicorn starts, so a database that cannot be used raises
     `StoreError` here (a sentence, not a lifespan traceback).
+
+    `tls_key_password` is the passphrase of an encrypted `tls_key`, or what returns it: a
+    callable is called at most once, and only if the key is encrypted (the CLI asks the
+    terminal there); what it raises, `serve` raises, before the database is opened. The same
+    passphrase goes to uvicorn, so it is not asked again. None: OpenSSL asks the terminal
+    itself, as uvicorn then would a second time.
 
     Whether it stops or fails to start (a port in use, TLS files that do not load, a restore
     that fails), the store is closed before this returns or raises: its `<db>.lock` is
@@ -434,9 +445,10 @@ def serve(
         pass
     unlog = _log_coordinator(log_level)
     try:
+        passphrase: str | None = None
         if tls_cert is not None:
             # As uvicorn will load them (an SSLError here rather than after the store opened).
-            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(tls_cert, tls_key)
+            passphrase = _load_tls(tls_cert, tls_key, tls_key_password)
         sockets = _listen(host, port)
         try:
             db = Path(config.db_path).expanduser().resolve()
@@ -467,6 +479,7 @@ def serve(
                         port,
                         tls_cert=tls_cert,
                         tls_key=tls_key,
+                        tls_key_password=passphrase,
                         log_level=log_level,
                         access_log=access_log,
                         head_timeout_s=head_timeout_s,
@@ -489,6 +502,22 @@ def serve(
         unlog()
         for caught, handler in previous.items():
             signal.signal(caught, handler)
+
+
+def _load_tls(cert: str, key: str | None, password: str | Callable[[], str] | None) -> str | None:
+    """Load `cert` and `key` as uvicorn will; the passphrase that decrypted the key (asked of
+    `password` only when the key is encrypted), or None for a key that is not encrypted."""
+    used: list[str] = []
+
+    def ask() -> str:
+        value = password() if callable(password) else password
+        assert value is not None
+        used.append(value)
+        return value
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key, password=None if password is None else ask)
+    return used[0] if used else None
 
 
 def _log_coordinator(log_level: str) -> Callable[[], None]:
