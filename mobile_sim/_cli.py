@@ -107,6 +107,7 @@ _BACKENDS = ("sequential", "vectorized", "pool", "ray")
 _INNER_BACKENDS = ("sequential", "vectorized")  # in pool and Ray workers (--inner-backend)
 _MAX_WORKERS = 1024  # --workers: process_pool.MAX_WORKERS and WORKERS_PER_CPU
 _WORKERS_PER_CPU = 4
+_THREADS_PER_CPU = 4  # --threads: at most this many per CPU this process may use
 _PROG = "plume sim"
 
 
@@ -747,9 +748,10 @@ def register(sub: Any) -> None:
         type=int,
         default=None,
         metavar="N",
-        help="torch threads in this process (default: torch's choice); tiny models such as "
-        "digits_mlp run fastest on 1, and so does any model on a machine whose CPUs other "
-        "processes keep busy",
+        help="torch threads in this process (default: torch's choice), at least 1 and at "
+        f"most {_THREADS_PER_CPU} per CPU this process may use (more only take turns on the "
+        "same CPUs); tiny models such as digits_mlp run fastest on 1, and so does any model on "
+        "a machine whose CPUs other processes keep busy",
     )
     g.add_argument(
         "--eval-every",
@@ -764,7 +766,7 @@ def register(sub: Any) -> None:
         default=0,
         help=(
             "seed of the partition over devices, the cohorts and the initial weights, and "
-            "(unless --data-seed) of the dataset's train/test split"
+            "(unless --data-seed) of the dataset's train/test split; in [0, 2**63)"
         ),
     )
     g.add_argument(
@@ -1435,6 +1437,14 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         return f"--over-selection must be in [1, 10], got {args.over_selection:g}"
     if args.threads is not None and args.threads < 1:
         return f"--threads must be at least 1, got {args.threads}"
+    if args.threads is not None and (problem := _too_many_threads(args.threads)):
+        return problem
+    if args.seed >= 2**63:
+        # torch's manual_seed refused it in its own words ("Overflow when unpacking long long"),
+        # and the coordinator's engine takes a seed in [0, 2**63) (validate_task).
+        return f"--seed must be in [0, 2**63), got {args.seed}"
+    if not 0.0 <= args.malicious < 1.0:  # NaN too
+        return f"--malicious must be a fraction in [0, 1), got {args.malicious:g}"
     if args.attack and not args.malicious > 0:
         return (
             f"--attack {args.attack} needs --malicious FRACTION (the share of devices that "
@@ -1506,6 +1516,8 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         return "--coordinator URL is only used with --transport http (add it)"
     if args.coordinator and not args.coordinator.startswith(("http://", "https://")):
         return f"--coordinator must start with http:// or https://, got {args.coordinator!r}"
+    if args.coordinator and (problem := _coordinator_url_problem(args.coordinator)):
+        return f"--coordinator {args.coordinator!r} is not a valid URL: {problem}"
     if args.coordinator and args.secure:
         # Ignored before (helper-336): the run went to its own loopback coordinator while
         # rounds.json recorded the URL given.
@@ -1544,6 +1556,34 @@ def _usage_error(args: argparse.Namespace) -> str | None:
     if args.data_root and not Path(args.data_root).is_dir():
         return f"--data-root {args.data_root} is not a folder"
     return _spec_error(args) or _model_mismatch(args.dataset, args.model)
+
+
+def _too_many_threads(threads: int) -> str | None:
+    """The error for --threads over _THREADS_PER_CPU per CPU this process may use (as the pool
+    bounds --workers), None when they fit. 100000 made OpenBLAS fail, then a segfault."""
+    from .backends._base import usable_cpus
+
+    cpus = usable_cpus()
+    most = _THREADS_PER_CPU * cpus
+    if threads <= most:
+        return None
+    return (
+        f"--threads must be at most {_THREADS_PER_CPU} per CPU this process may use ({most} "
+        f"with its {cpus} CPUs), got {threads}: more only take turns on the same CPUs"
+    )
+
+
+def _coordinator_url_problem(url: str) -> str | None:
+    """What httpx would refuse in a --coordinator URL (an unclosed "[", a port that is not a
+    number: httpx's InvalidURL was a traceback), or a URL with no host; None when usable, or
+    when this build has no HTTP stack (--transport http is refused then anyway)."""
+    try:
+        import httpx  # noqa: F401
+    except ImportError:
+        return None
+    from coordinator._cli import _url_problem
+
+    return _url_problem(url)
 
 
 def _selection_timeout_error(timeout: float) -> str | None:

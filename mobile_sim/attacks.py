@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from statistics import NormalDist
@@ -31,6 +32,7 @@ __all__ = [
     "GaussianAttack",
     "IpmAttack",
     "LabelFlipAttack",
+    "MAX_FACTOR",
     "ScalingAttack",
     "SignFlipAttack",
     "alie_z",
@@ -74,6 +76,27 @@ class _DataAttack:
         return np.asarray(own, dtype=np.float32)
 
 
+# The largest |factor| a model attack multiplies an update by (signflip scale, scaling and
+# backdoor boost, ipm epsilon, alie z, gaussian std): a typical delta times it stays finite in
+# float32 (max ~3.4e38). A factor of inf, nan or 1e39 made round 1 fail with "delta + residual
+# is not finite"; `build_attack` now refuses it.
+MAX_FACTOR = 1e6
+_MAX_TEXT = "1e6"
+
+
+def _check_factor(attack: str, key: str, value: object, *, nonnegative: bool = False) -> None:
+    """Refuse a factor that is not a finite number with |value| <= MAX_FACTOR (and >= 0 when
+    `nonnegative`), naming the attack and the parameter."""
+    x = math.nan  # not a number (a string, a bool): refused as nan is
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        x = float(value)
+    if not (math.isfinite(x) and abs(x) <= MAX_FACTOR and not (nonnegative and x < 0)):
+        bound = f"in [0, {_MAX_TEXT}]" if nonnegative else f"with |{key}| <= {_MAX_TEXT}"
+        negative = -MAX_FACTOR <= x < 0
+        why = "" if negative else " (beyond that, crafted updates overflow float32)"
+        raise ValueError(f"{attack} needs a finite {key} {bound}{why}, got {value!r}")
+
+
 def _benign_mean(own: F32, benign: Sequence[F32]) -> npt.NDArray[np.float64]:
     if not benign:
         return np.asarray(own, dtype=np.float64)
@@ -90,6 +113,9 @@ class SignFlipAttack(_ModelAttack):
     scale: float = 1.0
     name: ClassVar[str] = "signflip"
 
+    def __post_init__(self) -> None:
+        _check_factor("signflip", "scale", self.scale)
+
     def craft(self, own: F32, benign: Sequence[F32], rng: np.random.Generator) -> F32:
         return (-self.scale * np.asarray(own, dtype=np.float32)).astype(np.float32)
 
@@ -100,6 +126,9 @@ class ScalingAttack(_ModelAttack):
 
     boost: float = 10.0
     name: ClassVar[str] = "scaling"
+
+    def __post_init__(self) -> None:
+        _check_factor("scaling", "boost", self.boost)
 
     def craft(self, own: F32, benign: Sequence[F32], rng: np.random.Generator) -> F32:
         return (self.boost * np.asarray(own, dtype=np.float32)).astype(np.float32)
@@ -131,6 +160,10 @@ class AlieAttack(_ModelAttack):
     z: float | None = None
     name: ClassVar[str] = "alie"
 
+    def __post_init__(self) -> None:
+        if self.z is not None:
+            _check_factor("alie", "z", self.z)
+
     @property
     def z_value(self) -> float:
         if self.z is not None:
@@ -157,6 +190,9 @@ class IpmAttack(_ModelAttack):
     epsilon: float = 0.1
     name: ClassVar[str] = "ipm"
 
+    def __post_init__(self) -> None:
+        _check_factor("ipm", "epsilon", self.epsilon)
+
     def craft(self, own: F32, benign: Sequence[F32], rng: np.random.Generator) -> F32:
         return np.multiply(-self.epsilon, _benign_mean(own, benign)).astype(np.float32)
 
@@ -167,6 +203,9 @@ class GaussianAttack(_ModelAttack):
 
     std: float = 1.0
     name: ClassVar[str] = "gaussian"
+
+    def __post_init__(self) -> None:
+        _check_factor("gaussian", "std", self.std, nonnegative=True)
 
     def craft(self, own: F32, benign: Sequence[F32], rng: np.random.Generator) -> F32:
         noise: npt.NDArray[np.float64] = rng.normal(0.0, self.std, size=(np.asarray(own).shape[0],))
@@ -208,6 +247,7 @@ class BackdoorAttack:
     def __post_init__(self) -> None:
         if not 0.0 < self.poison_fraction <= 1.0 or self.size < 1 or self.margin < 0:
             raise ValueError("backdoor needs 0 < poison_fraction <= 1, size >= 1, margin >= 0")
+        _check_factor("backdoor", "boost", self.boost)
 
     def apply_trigger(self, x: npt.NDArray[Any]) -> npt.NDArray[Any]:
         """A copy of `x` with the trigger stamped on every image."""
