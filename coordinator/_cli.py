@@ -381,8 +381,8 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="seconds a stop (SIGTERM, SIGHUP, Ctrl-C) waits for requests in flight; those "
         "still running then are answered 503 shutting_down with Retry-After (the device sends "
-        "them again) and answers still going out are cut (default 10; 0 = answer them at "
-        "once; keep it below the service manager's stop timeout, systemd's 90 s)",
+        "them again) and answers still going out are cut (default 10, at most 3600; 0 = answer them "
+        "at once; keep it below the service manager's stop timeout, systemd's 90 s)",
     )
     s.add_argument(
         "--keep-frames",
@@ -978,6 +978,9 @@ def _token_problem(args: argparse.Namespace) -> str | None:
 _TOKEN_FLAGS = "--admin-token (or PLUME_ADMIN_TOKEN)"
 
 
+_MAX_SHUTDOWN_GRACE_S = 3600.0  # serve --shutdown-grace: a stop waits at most an hour
+
+
 def _serve_usage_error(args: argparse.Namespace) -> str | None:
     """What is wrong with the serve flags (checked before the database is opened), or None."""
     # A value from the --config file is named by its file and key, as the file's other
@@ -1044,8 +1047,12 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
     if not 0 <= args.head_timeout < float("inf") or 0 < args.head_timeout < 1:
         why = "must be 0 (no limit) or at least 1 second: a request's whole head must arrive in it"
         return bad("head_timeout", f"--head-timeout {why}, got {args.head_timeout}", why)
-    if not 0 <= args.shutdown_grace < float("inf"):
-        why = "must be a number of seconds >= 0 (0: requests in flight are answered 503 at once)"
+    if not 0 <= args.shutdown_grace <= _MAX_SHUTDOWN_GRACE_S:
+        # Past an hour (1e12 passed as finite) a stop waited on a stalled upload for as long.
+        why = (
+            "must be a number of seconds in [0, 3600] (0: requests in flight are answered "
+            "503 at once)"
+        )
         return bad("shutdown_grace", f"--shutdown-grace {why}, got {args.shutdown_grace}", why)
     for dest, value in (("signature_window", args.signature_window), ("poll", args.poll)):
         if not (math.isfinite(value) and value > 0):

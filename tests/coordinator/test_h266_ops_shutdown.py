@@ -223,13 +223,14 @@ def test_the_grace_is_checked(tmp_path: Path) -> None:
     assert SHUTDOWN_GRACE_S == 10.0  # docs/operations.md states it
 
 
-@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+# 1e12 passed as finite, and a stop then waited on a stalled upload for as long (helper-353)
+@pytest.mark.parametrize("value", ["-1", "nan", "inf", "1e12", "3600.5"])
 def test_serve_refuses_a_bad_shutdown_grace(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], value: str
 ) -> None:
     code = main(["coordinator", "serve", "--db", str(tmp_path / "x.db"), "--shutdown-grace", value])
     assert code == 2
-    assert "--shutdown-grace must be a number of seconds >= 0" in capsys.readouterr().err
+    assert "--shutdown-grace must be a number of seconds in [0, 3600]" in capsys.readouterr().err
     assert not (tmp_path / "x.db").exists()
 
 
@@ -246,7 +247,11 @@ def test_serve_passes_the_shutdown_grace_on(
     assert (
         main(["coordinator", "serve", "--db", str(tmp_path / "x.db"), "--shutdown-grace", "0"]) == 0
     )
-    assert seen == [SHUTDOWN_GRACE_S, 0.0]
+    assert (
+        main(["coordinator", "serve", "--db", str(tmp_path / "x.db"), "--shutdown-grace", "3600"])
+        == 0
+    )
+    assert seen == [SHUTDOWN_GRACE_S, 0.0, 3600.0]
 
 
 def _sighup(action: Any) -> Callable[[], None]:
