@@ -1429,6 +1429,10 @@ def _usage_error(args: argparse.Namespace) -> str | None:
     (--per-round <= --clients, --lr > 0, a dp stage the fleet cannot honour, ...) are
     SimConfig's: `config_from_args` states them, and `_in_flags` names the flags.
     """
+    if not args.out.strip():
+        # "" was the current folder, whose earlier rounds.json, rounds.csv and plots the run
+        # then removed (helper-353); "." still names it on purpose.
+        return "--out must name a folder (got an empty one); give . for the current folder"
     _default_partition(args)
     if not 0.0 <= args.secure_dropout < 1.0:
         return f"--secure-dropout is a fraction in [0, 1), got {args.secure_dropout}"

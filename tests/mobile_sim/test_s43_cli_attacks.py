@@ -177,3 +177,21 @@ def test_sim_largest_seed_passes_the_usage_checks(
     # 2**63 - 1 gets past the checks (to loading the data, which no_run stops)
     with pytest.raises(AssertionError, match="past the usage checks"):
         main([*TINY, "--out", str(tmp_path / "run"), "--seed", str(2**63 - 1)])
+
+
+@pytest.mark.parametrize("out", ["", "  "])
+def test_sim_empty_out_is_a_usage_error(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    no_run: None,
+    out: str,
+) -> None:
+    # "" was the current folder: the run removed an earlier run's rounds.json there
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "rounds.json").write_text("{}")
+    code = main([*TINY, "--out", out])
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert "--out must name a folder (got an empty one)" in _one_error_line(err)
+    assert (tmp_path / "rounds.json").read_text() == "{}"
