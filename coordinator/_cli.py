@@ -2162,7 +2162,7 @@ def _get_model(args: argparse.Namespace) -> int:
             2,
         )
     if args.initial is not None and not _path(args.initial).is_file():
-        _fail(prog, f"--initial {args.initial}: no such file")
+        _fail(prog, f"--initial {args.initial}: {_not_a_file(_path(args.initial))}")
     try:
         with _admin(args) as admin:
             given = None
@@ -2738,11 +2738,19 @@ def _plume_info(conn: sqlite3.Connection, what: str) -> tuple[str, int]:
     return version, tasks
 
 
+def _not_a_file(path: Path) -> str:
+    """Why `path`, given as a file, is not one: "is a folder" or "no such file" (a folder was
+    called "no such file" before)."""
+    if path.is_dir():
+        return "is a folder, not a file"
+    return "no such file" if not path.exists() else "is not a regular file"
+
+
 def _backup(args: argparse.Namespace) -> int:
     prog = "plume coordinator backup"
     db, out = _path(args.db), _path(args.out)
     if not db.is_file():
-        _fail(prog, f"--db {args.db}: no such file")
+        _fail(prog, f"--db {args.db}: {_not_a_file(db)}")
     if out.exists() and out.samefile(db):
         _fail(prog, f"--out is the database itself ({args.out}); give another file")
     if _is_side_file(out, db):
@@ -2841,7 +2849,10 @@ def _restore(args: argparse.Namespace) -> int:
     prog = "plume coordinator restore"
     db, source_path = _path(args.db), _path(args.source)
     if not source_path.is_file():
-        _fail(prog, f"--from {args.source}: no such file")
+        _fail(prog, f"--from {args.source}: {_not_a_file(source_path)}")
+    if db.is_dir():
+        # Else "has 2 hard links" (a folder's link count) or sqlite's own words.
+        _fail(prog, f"--db {args.db}: is a folder; give the database file")
     if db.exists() and db.samefile(source_path):
         _fail(prog, f"--from is the database itself ({args.source}); give the backup")
     if not db.resolve().parent.is_dir():

@@ -163,3 +163,26 @@ def test_restore_refuses_and_leaves_the_database_as_it_was(
     }[case]
     assert err[0].startswith("plume coordinator restore: error: ") and words in err[0], err
     assert db.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["backup", "--db", "{d}", "--out", "{t}/x.bak"], "--db {d}: is a folder, not a file"),
+        (["restore", "--db", "{d}", "--from", "{t}/ok.bak"], "--db {d}: is a folder; give the"),
+        (["restore", "--db", "{t}/new.db", "--from", "{d}"], "--from {d}: is a folder, not a"),
+    ],
+)
+def test_a_folder_given_for_a_file_is_called_one(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], words: str
+) -> None:
+    # helper-353: a folder was "no such file", and restore's --db folder "has 2 hard links"
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    (tmp_path / "ok.bak").write_bytes(b"")
+    fill = {"d": str(folder), "t": str(tmp_path)}
+    code = run(*[a.format(**fill) for a in args])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert words.format(**fill) in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["adir", "ok.bak"]
