@@ -39,7 +39,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import RESULTS, command_line, out_file  # noqa: E402
+from bench._common import RESULTS, command_line, is_quick, out_file  # noqa: E402
 
 RESULT = RESULTS / "sim_throughput.json"
 SECTIONS = ("million", "digits", "mnist")
@@ -669,14 +669,17 @@ def _merge(
 ) -> dict[str, Any]:
     """Write `value` as `sections[section]` of the JSON at `path`, keeping the other sections
     (each with its own machine and date), and recompute the headline keys. The top-level
-    `machine` and `date` are the last section written's."""
+    `machine` and `date` are the last section written's that is not a --quick one (a quick
+    section written into the canonical file with --out made the published page name its
+    machine and date; helper-352)."""
     from mobile_sim.report import machine_info
 
     doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     machine = machine_info()
     now = time.gmtime()
-    doc["machine"] = machine
-    doc["date"] = time.strftime("%Y-%m-%d", now)
+    if not is_quick(value, section) or "date" not in doc:
+        doc["machine"] = machine
+        doc["date"] = time.strftime("%Y-%m-%d", now)
     value["machine"] = machine
     value["date"] = time.strftime("%Y-%m-%d", now)
     value["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", now)

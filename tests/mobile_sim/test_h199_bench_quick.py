@@ -156,6 +156,14 @@ def test_merge_keeps_an_older_sections_machine(
     assert doc["machine"]["cpu"] == "New CPU"  # the last run's, kept for compatibility
     assert doc["million_devices_rss_gb"] == 0.5  # the headline still comes from `million`
 
+    # A --quick section written into the same file (--out named it) leaves the top-level
+    # machine and date alone: the published page names them (helper-352).
+    monkeypatch.setattr(mobile_sim.report, "machine_info", lambda: _machine("Quick CPU"))
+    module._merge(path, "million_quick", {"peak_rss_gb": 0.1, "wall_s_per_round_median": 0.1}, args)
+    doc = json.loads(path.read_text())
+    assert doc["machine"]["cpu"] == "New CPU"
+    assert doc["sections"]["million_quick"]["machine"]["cpu"] == "Quick CPU"
+
 
 def test_backdoor_seeds_take_ranges() -> None:
     module = _script("robustness")
