@@ -1189,18 +1189,55 @@ class DeviceStore:
 
     # -- identity ------------------------------------------------------------------------
 
-    @staticmethod
-    def _identity_held(state: dict[str, Any] | None) -> list[str]:
+    def _identity_held(self, state: dict[str, Any] | None) -> list[str]:
         """What ties the app directory to the device of its key (`state` as read, None: it did
         not read): state.json naming a registered device (its `device_id`, written with
-        `registered` at registration), or a state.json that does not read, which may. Empty
-        when a key may be made (`private_key`). A device takes part only once registered, so
-        its residual, pending upload and records sit beside such a state.json."""
+        `registered` at registration), or a state.json that does not read, which may; with
+        state.json gone too, a pending upload or a record of an accepted upload that names the
+        device it was sent as (`_sender`; a new key would re-send it as another device's: the
+        coordinator refused it as the round's duplicate or never settled it, and its content
+        went back into the residual, counted twice). Empty when a key may be made
+        (`private_key`). A device takes part only once registered, so its residual, pending
+        upload and records sit beside such a state.json."""
         if state is None:
             return ["state.json does not read, so whether a device registered here is unknown"]
         if state.get("registered") or "device_id" in state:
             return [f"state.json names registered device {str(state.get('device_id'))[:40]}"]
-        return []
+        return self._uploads_sent_as()
+
+    def _uploads_sent_as(self) -> list[str]:
+        """The pending upload and the records that name the device they were sent as, each
+        as "NAME was sent as device ID" (at most the first two)."""
+        try:
+            names = sorted(os.listdir(self.root))
+        except OSError:
+            return []
+        found = []
+        for name in names:
+            if name != "pending.json" and not (
+                (m := _RECORD_FILE.fullmatch(name)) and m.group(2) == "json"
+            ):
+                continue
+            try:
+                sender = _read_json(self.root / name, "upload").get("device_id")
+            except (DeviceStoreError, OSError):
+                continue
+            if isinstance(sender, str):
+                found.append(f"{name} was sent as device {sender[:40]}")
+            if len(found) == 2:
+                break
+        return found
+
+    def _sender(self) -> str | None:
+        """The id of the device whose key this directory holds (what its uploads are sent as),
+        recorded in pending.json and each record; None where no key reads (a store used
+        without a client)."""
+        try:
+            return auth.device_id_for(
+                auth.public_key_bytes(self._read_key(self.root / "device_key"))
+            )
+        except (DeviceStoreError, OSError, ValueError):
+            return None
 
     def private_key(self) -> bytes:
         """The device's Ed25519 key (32 raw bytes, file mode 0600), made on first use: in an app
@@ -1866,6 +1903,8 @@ class DeviceStore:
             meta["return_refused"] = False  # left out otherwise: the file an older SDK wrote
         if pending.train_loss is not None:
             meta["train_loss"] = pending.train_loss  # likewise
+        if (sender := self._sender()) is not None:
+            meta["device_id"] = sender  # `_identity_held` reads it
         meta["check"] = _meta_check(meta)
         encoded = json.dumps(meta).encode()
         if len(encoded) > _MAX_JSON_BYTES:
@@ -2047,6 +2086,8 @@ class DeviceStore:
             meta["task_id"] = record.task_id
         if not record.return_refused:
             meta["return_refused"] = False
+        if (sender := self._sender()) is not None:
+            meta["device_id"] = sender  # `_identity_held` reads it
         encoded = json.dumps(meta).encode()
         if len(encoded) > _MAX_JSON_BYTES:
             raise DeviceStoreError(

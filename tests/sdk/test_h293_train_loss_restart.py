@@ -175,9 +175,9 @@ def test_an_upload_with_no_loss_keeps_the_file_an_older_sdk_wrote(
 ) -> None:
     # Prepare + Execute: no loss asked for, or none to send
     down = _left_pending(tmp_path, loss, report_loss)
-    # Assert: pending.json has no train_loss key (an older SDK's keys, and the check over them,
+    # Assert: pending.json has no train_loss key (an older SDK's keys, the sender and the check,
     # which an older SDK does not read), and the re-send after a restart sends no query
-    assert set(_pending_json(tmp_path)) == OLD_KEYS | {"check"}
+    assert set(_pending_json(tmp_path)) == OLD_KEYS | {"device_id", "check"}
     assert down.losses() == [None, None]
     up, _ = _resend(tmp_path)
     assert up.losses() == [None]

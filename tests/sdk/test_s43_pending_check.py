@@ -62,3 +62,36 @@ def test_a_file_without_the_check_reads_as_before(tmp_path: Path) -> None:
     meta = _saved(tmp_path)
     (tmp_path / "pending.json").write_text(json.dumps(dict(reversed(list(meta.items())))))
     assert DeviceStore(tmp_path).load_pending() is not None
+
+
+def test_an_upload_names_the_device_it_was_sent_as_and_keeps_its_identity(tmp_path: Path) -> None:
+    # helper-347: with state.json and device_key both gone, a new key was made and the pending
+    # upload re-sent as another device's: refused as the round's duplicate, its content went
+    # back into the residual (counted twice). The upload now names the device it was sent as.
+    from sdk.device_store import AcceptedUpload, DeviceIdentityLost
+
+    store = DeviceStore(tmp_path)
+    key = store.private_key()
+    store.save_pending(PendingUpload(9, "k" * 32, b"frame-9", 40, SPEC, 5), _ef(0.5))
+    store.save_accepted(AcceptedUpload(8, b"frame-8", SPEC, 5))
+    sender = json.loads((tmp_path / "pending.json").read_text())["device_id"]
+    assert json.loads((tmp_path / "accepted-8.json").read_text())["device_id"] == sender
+    assert DeviceStore(tmp_path).load_pending() is not None  # the check covers the new field
+    (tmp_path / "device_key").unlink()
+    assert not (tmp_path / "state.json").exists()
+    with pytest.raises(DeviceIdentityLost, match=f"accepted-8.json was sent as device {sender}"):
+        DeviceStore(tmp_path).private_key()
+    assert not (tmp_path / "device_key").exists()  # nothing made
+    (tmp_path / "accepted-8.json").unlink()
+    with pytest.raises(DeviceIdentityLost, match="pending.json was sent as device"):
+        DeviceStore(tmp_path).private_key()
+    # the key put back: the device as it was
+    (tmp_path / "device_key").write_bytes(key)
+    (tmp_path / "device_key").chmod(0o600)
+    assert DeviceStore(tmp_path).private_key() == key
+
+
+def test_a_store_used_without_a_key_names_no_device(tmp_path: Path) -> None:
+    meta = _saved(tmp_path)  # no device_key: no sender to name
+    assert "device_id" not in meta
+    assert len(DeviceStore(tmp_path).private_key()) == 32  # a key is made, as before
