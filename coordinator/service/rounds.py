@@ -685,6 +685,16 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
     spec = ModelSpec.from_json([{"name": t.name, "shape": list(t.shape)} for t in cfg.spec])
     if cfg.secure is not None:
         settings = parse_secure(cfg.secure, seed=cfg.seed, server_lr=cfg.server_lr)
+        noise = settings.config.noise
+        if noise == NoiseKind.NONE and settings.config.noise_multiplier != 0:
+            # Taken before (and `create-task --secure-noise-multiplier` without --secure-noise
+            # too): the task looked private and no device added noise. Refused at creation
+            # only: a stored task must still load.
+            raise ValueError(
+                "secure.noise_multiplier sets the noise of secure.noise discrete_gaussian or "
+                "skellam; without secure.noise no device adds any: give secure.noise, or leave "
+                "secure.noise_multiplier out"
+            )
         if cfg.clients_per_round < 3:
             raise ValueError("a secure task needs clients_per_round >= 3")
         if cfg.aggregator != "fedavg":

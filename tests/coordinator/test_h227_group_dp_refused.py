@@ -145,3 +145,14 @@ def test_a_stored_task_with_a_dp_group_aggregator_is_refused_at_start(
     assert (err.status, err.reason) == (409, "task_refused")
     assert coord.store.task_raw(task_id)[0] == stored  # type: ignore[index]
     coord.store.close()
+
+
+@pytest.mark.parametrize("z", [1.0, 0.5])
+def test_a_noise_multiplier_without_noise_is_refused_422(url: str, z: float) -> None:
+    # helper-353: the HTTP API took it (the CLI now refuses it too), and the task looked
+    # private while no device added noise
+    r = _post(url, grouped("median", noise_multiplier=z))
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith("secure.noise_multiplier sets the noise of secure.noise")
+    ok = _post(url, grouped("median", noise_multiplier=0.0))
+    assert ok.status_code == 201, ok.text
