@@ -1492,36 +1492,25 @@ def _admin(args: argparse.Namespace) -> Any:
     return AdminClient(args.url, args.admin_token, verify=verify)
 
 
-# OpenSSL's X509_V_ERR_* codes (`ssl.SSLCertVerificationError.verify_code`) told apart below.
-_X509_CERT_NOT_YET_VALID = 9
-_X509_CERT_HAS_EXPIRED = 10
-_X509_HOSTNAME_MISMATCH = 62
-_X509_IP_ADDRESS_MISMATCH = 64
-# Their messages (`verify_message`), for an error whose cause was not kept.
+# OpenSSL's verify messages (`verify_message`), for an error whose cause was not kept, by the
+# code each stands for (`protocol.tls`'s sets).
 _VERIFY_MESSAGES = (
-    ("Hostname mismatch", _X509_HOSTNAME_MISMATCH),
-    ("IP address mismatch", _X509_IP_ADDRESS_MISMATCH),
-    ("certificate has expired", _X509_CERT_HAS_EXPIRED),
-    ("certificate is not yet valid", _X509_CERT_NOT_YET_VALID),
+    ("Hostname mismatch", 62),
+    ("IP address mismatch", 64),
+    ("certificate has expired", 10),
+    ("certificate is not yet valid", 9),
 )
 
 
 def _verify_code(exc: BaseException, what: str) -> int | None:
     """OpenSSL's verify code of a failed certificate check: the `ssl.SSLCertVerificationError`
-    that httpx's error was raised from (its causes), else read from the error's text."""
-    import ssl
+    that httpx's error was raised from (`protocol.tls.certificate_failure`), else read from
+    the error's text."""
+    from protocol.tls import certificate_failure
 
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return int(cause.verify_code)
-        cause = cause.__cause__ or cause.__context__
-    for message, code in _VERIFY_MESSAGES:
-        if message in what:
-            return code
-    return None
+    if (cert := certificate_failure(exc)) is not None:
+        return int(cert.verify_code)
+    return next((code for message, code in _VERIFY_MESSAGES if message in what), None)
 
 
 def admin_error_text(exc: Exception, url: str, flag: str = "--url") -> str:
@@ -1536,16 +1525,18 @@ def admin_error_text(exc: Exception, url: str, flag: str = "--url") -> str:
             # The server is up and speaks TLS: the client refused its certificate. Why, by
             # OpenSSL's verify code: a name the certificate does not hold, its dates, or a CA
             # this client does not trust; a CA passed with --cacert mends only the last.
+            from protocol.tls import CERT_HAS_EXPIRED, NAME_MISMATCH, OUT_OF_DATE
+
             code = _verify_code(exc, what)
-            if code in (_X509_HOSTNAME_MISMATCH, _X509_IP_ADDRESS_MISMATCH):
+            if code in NAME_MISMATCH:
                 host = httpx.URL(url).host
                 return (
                     f"the coordinator at {url} sent a certificate that does not name {host} "
                     f"({what}); use a URL whose host the certificate names (one of its "
                     f"subject alternative names) ({flag})"
                 )
-            if code in (_X509_CERT_HAS_EXPIRED, _X509_CERT_NOT_YET_VALID):
-                when = "has expired" if code == _X509_CERT_HAS_EXPIRED else "is not valid yet"
+            if code in OUT_OF_DATE:
+                when = "has expired" if code == CERT_HAS_EXPIRED else "is not valid yet"
                 return (
                     f"the coordinator at {url} sent a certificate that {when} ({what}); check "
                     "the certificate's dates (`openssl x509 -noout -dates -in PEM`) and this "

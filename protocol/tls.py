@@ -6,7 +6,33 @@ from __future__ import annotations
 import os
 import ssl
 
-__all__ = ["tls_verify"]
+__all__ = [
+    "CERT_HAS_EXPIRED",
+    "NAME_MISMATCH",
+    "OUT_OF_DATE",
+    "certificate_failure",
+    "tls_verify",
+]
+
+# OpenSSL's X509_V_ERR_* codes (`ssl.SSLCertVerificationError.verify_code`) for a certificate
+# that does not name the host, and for one out of its validity dates: the SDK and the admin
+# commands say what to change by them.
+NAME_MISMATCH = frozenset({62, 64})  # HOSTNAME_MISMATCH, IP_ADDRESS_MISMATCH
+CERT_HAS_EXPIRED = 10
+OUT_OF_DATE = frozenset({9, CERT_HAS_EXPIRED})  # CERT_NOT_YET_VALID, CERT_HAS_EXPIRED
+
+
+def certificate_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
+    """The `ssl.SSLCertVerificationError` behind `exc` (httpx's `ConnectError` from httpcore's,
+    from OpenSSL's), or None: any other failure, an SSL one included."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    return None
 
 
 def tls_verify(

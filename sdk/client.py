@@ -86,6 +86,7 @@ from protocol.messages import (
 )
 from protocol.names import CheckInAction, Feature, Header, ModelEncoding, Path, Query, Reason
 from protocol.secagg import RoundAborted, SecAggError, SecAggHeader, SecAggPath, Stage
+from protocol.tls import NAME_MISMATCH, OUT_OF_DATE, certificate_failure
 from protocol.tls import tls_verify as _tls_verify
 
 from ._types import CancelFlag, LocalTrainer, TrainingCancelled
@@ -530,25 +531,6 @@ class TlsCertificateError(ClientError):
         super().__init__(0, TLS_CERTIFICATE, detail)
 
 
-def _certificate_failure(exc: BaseException) -> ssl.SSLCertVerificationError | None:
-    """The `ssl.SSLCertVerificationError` behind `exc` (httpx's `ConnectError` from httpcore's,
-    from OpenSSL's), or None: any other failure, an SSL one included."""
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        seen.add(id(cause))
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return cause
-        cause = cause.__cause__ or cause.__context__
-    return None
-
-
-# OpenSSL's X509_V_ERR_* codes for a certificate that does not name the host, and for one out
-# of its validity dates.
-_NAME_MISMATCH = frozenset({62, 64})  # HOSTNAME_MISMATCH, IP_ADDRESS_MISMATCH
-_OUT_OF_DATE = frozenset({9, 10})  # CERT_NOT_YET_VALID, CERT_HAS_EXPIRED
-
-
 def _certificate_error(
     base: str, request: httpx.Request, cert: ssl.SSLCertVerificationError
 ) -> TlsCertificateError:
@@ -556,12 +538,12 @@ def _certificate_error(
     what to check for its kind of failure. The caller chains httpx's error."""
     code = getattr(cert, "verify_code", None)
     why = getattr(cert, "verify_message", None) or str(cert)
-    if code in _NAME_MISMATCH:
+    if code in NAME_MISMATCH:
         fix = (
             f"the certificate does not name the host {request.url.host!r}: use a base_url "
             "whose host the certificate names (or reissue it with that name)"
         )
-    elif code in _OUT_OF_DATE:
+    elif code in OUT_OF_DATE:
         fix = "check the certificate's validity dates and the device's clock"
     else:
         fix = (
@@ -3161,7 +3143,7 @@ def _send_flow(
                 ex.maybe_taken = before
             if cancel is not None and cancel.is_set():  # perhaps what cut the request
                 raise _Stop from exc
-            cert = _certificate_failure(exc)
+            cert = certificate_failure(exc)
             if cert is not None:  # the same at every attempt: a setting, not an outage
                 raise _certificate_error(base, request, cert) from exc
             if attempt == core.retries:
@@ -4139,7 +4121,7 @@ class _AsyncTls(_AsyncStream):
     stream refuses to read once a write has failed. As httpcore's anyio stream: a read or a
     write is bounded by its `timeout` as a whole; a peer that ends the connection without
     TLS's close_notify ends the stream; a handshake that fails is `httpcore.ConnectError`
-    chained from OpenSSL's error (a certificate's: `_certificate_failure` finds it), and
+    chained from OpenSSL's error (a certificate's: `protocol.tls.certificate_failure` finds it), and
     closes the connection."""
 
     def __init__(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -99,27 +100,20 @@ def run_job(
     y = ctx.y_train[job.indices]
     if job.data_attack is not None:
         x, y = job.data_attack.poison_data(x, y, job_rng(job, stream=1))
-    if job.trainer == "torch":
-        with job_torch_rng(job):
-            result = _train(ctx, trainer, params, x, y, job)
-    else:  # onnxruntime draws nothing from torch (which it may not even import)
-        result = _train(ctx, trainer, params, x, y, job)
+    # onnxruntime draws nothing from torch (which it may not even import)
+    rng_scope = job_torch_rng(job) if job.trainer == "torch" else contextlib.nullcontext()
+    with rng_scope:
+        result = trainer.train(
+            params,
+            x,
+            y,
+            epochs=ctx.epochs,
+            batch_size=ctx.batch_size,
+            lr=ctx.lr,
+            rng=job_rng(job),
+        )
     delta = (result.params - params).astype(np.float32)
     return JobResult(job.device_id, delta, result.num_examples, result.loss)
-
-
-def _train(
-    ctx: TrainContext, trainer: Any, params: npt.NDArray[np.float32], x: Any, y: Any, job: TrainJob
-) -> Any:
-    return trainer.train(
-        params,
-        x,
-        y,
-        epochs=ctx.epochs,
-        batch_size=ctx.batch_size,
-        lr=ctx.lr,
-        rng=job_rng(job),
-    )
 
 
 class SequentialBackend:
