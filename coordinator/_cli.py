@@ -1343,6 +1343,8 @@ def _serve(args: argparse.Namespace) -> int:
         # Not an error (devices can still be served), but the next step of the README,
         # create-task, would be refused: say so now rather than with a 403 later.
         print(f"{prog}: note: {_no_admin_token(args)}", file=sys.stderr)
+    if (note := _idle_burst(args)) is not None:
+        print(f"{prog}: note: {note}", file=sys.stderr)
     if (problem := _db_access_error(args.db)) is not None:
         print_error(prog, problem)
         return 1
@@ -1417,6 +1419,20 @@ def _no_admin_token(args: argparse.Namespace) -> str:
     if "admin_token" in getattr(args, "_given", frozenset()):
         return f"--admin-token is empty{overrides}: {off}"
     return f"no --admin-token (nor PLUME_ADMIN_TOKEN): {off}"
+
+
+def _idle_burst(args: argparse.Namespace) -> str | None:
+    """serve's note for a --register-burst set while --register-rate is 0 (unlimited): the
+    burst is the bucket the rate refills, so alone it limits nothing (it was taken silently)."""
+    from_file: dict[str, str] = getattr(args, "_from_file", {})
+    given = getattr(args, "_given", frozenset()) | from_file.keys()
+    if args.register_rate != 0 or "register_burst" not in given:
+        return None
+    where = from_file.get("register_burst", f"--register-burst {args.register_burst}")
+    return (
+        f"{where} limits nothing without a --register-rate (0, the default, is unlimited); "
+        "set both to limit registrations per address (docs/operations.md)"
+    )
 
 
 def _service_config(args: argparse.Namespace) -> Any:
@@ -1945,7 +1961,9 @@ def _secure_settings(args: argparse.Namespace) -> dict[str, Any] | None:
         return None
     z = given["noise_multiplier"]
     if z is not None and not (math.isfinite(z) and z >= 0):
-        raise ValueError(f"--secure-noise-multiplier must be a finite number > 0, got {z}")
+        raise ValueError(
+            f"--secure-noise-multiplier must be a finite number >= 0 (0: no noise), got {z}"
+        )
     if z and given["noise"] in (None, "none"):  # 0 is no noise, as without the flag
         # Accepted before, and the task's devices added no noise at all.
         raise ValueError(

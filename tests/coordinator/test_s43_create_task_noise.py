@@ -64,7 +64,10 @@ def test_a_negative_or_infinite_noise_multiplier_is_a_usage_error(
     # Assert: one line naming the flag and the value
     line = _one_error_line(capsys.readouterr().err, PROG)
     assert code == 2
-    assert f"--secure-noise-multiplier must be a finite number > 0, got {float(z)}" in line
+    assert (
+        f"--secure-noise-multiplier must be a finite number >= 0 (0: no noise), got {float(z)}"
+        in line
+    )
 
 
 @pytest.mark.parametrize("z", [-1.0, -math.inf, math.inf, math.nan])
