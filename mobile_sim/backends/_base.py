@@ -105,7 +105,15 @@ def import_plugins(specs: Sequence[str], root: str | None = None) -> None:
         try:
             if spec not in sys.modules and _same_file_loaded(spec):
                 continue
-            importlib.import_module(spec)
+            module = importlib.import_module(spec)
+            if _is_namespace(module):
+                # A folder without __init__.py (data/, a checkout's root): it imports as a
+                # namespace package, running no code and registering nothing (taken before).
+                where = ", ".join(str(p) for p in getattr(module, "__path__", []))
+                raise _NamespacePlugin(
+                    f"names a folder without __init__.py ({where}), whose import runs no "
+                    "code; pass the module or .py file that registers the models"
+                )
         # The plugin's own code may raise anything; a sys.exit() in it is no reason to end
         # the run with its status (exit 0 with nothing run, before).
         except BaseException as exc:
@@ -115,7 +123,7 @@ def import_plugins(specs: Sequence[str], root: str | None = None) -> None:
                 sys.path.remove(base)
             if not isinstance(exc, (Exception, SystemExit)):
                 raise
-            reason = _one_line(exc)
+            reason = str(exc) if isinstance(exc, _NamespacePlugin) else _one_line(exc)
             missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
             if missing is not None and (spec == missing or spec.startswith(f"{missing}.")):
                 # The plugin itself (not a module it imports) was not found: say where.
@@ -124,6 +132,20 @@ def import_plugins(specs: Sequence[str], root: str | None = None) -> None:
                     "holding it, or pass its .py path)"
                 )
             raise PluginError(spec, reason) from exc
+
+
+class _NamespacePlugin(Exception):
+    """A plugin spec that imported as a namespace package (its message is the reason)."""
+
+
+def _is_namespace(module: ModuleType) -> bool:
+    """Whether `module` is a namespace package: a folder imported without an __init__.py."""
+    found = getattr(module, "__spec__", None)
+    return (
+        found is not None
+        and found.submodule_search_locations is not None
+        and found.origin in (None, "namespace")
+    )
 
 
 def _loaded_from(path: str) -> ModuleType | None:
