@@ -645,6 +645,11 @@ OTHER_FILES: list[tuple[str, str, list[str]]] = [
         ["summary.final_accuracy", "summary.total_upload_bytes", "summary.total_download_bytes"],
     ),
     (
+        "demo_http_mlp/rounds",
+        "README: `make demo`'s run (its `plume sim` line with --out bench/results/demo_http_mlp)",
+        ["summary.final_accuracy", "summary.total_upload_bytes", "summary.upload_ratio_vs_dense"],
+    ),
+    (
         "readme_http_mlp/rounds",
         "README: the MLP in the headline setting over HTTP, for its download bytes",
         [
