@@ -82,6 +82,10 @@ class AnomalyMetrics:
             ["reason"],
             registry=self.registry,
         )
+        for reason in (RejectReason.NORM, RejectReason.NORM_RATIO, RejectReason.COSINE):
+            # A zero series per reason from the start: one that first appears at 1 has no
+            # increase() for Prometheus, so an alert would miss each reason's first rejection.
+            self.rejected.labels(reason=reason)
         self.round_max_norm = Gauge(
             "plume_round_max_update_norm",
             "Largest update norm in the last screened round",
