@@ -575,6 +575,9 @@ class Store:
         rounds twice. `serve` opens its store this way.
         """
         self.path = os.path.expanduser(os.fspath(path))  # as `lock_path` reads it
+        # A lock file this start creates is removed again if the database is refused
+        # (it was left beside a file of another application, which stays as it was).
+        self._lock_created = exclusive and not os.path.lexists(lock_path(self.path))
         self._owner: int | None = self._take_ownership() if exclusive else None
         # The checks read the file through a read-only connection, before the store's own
         # (read-write) one is opened: closing a read-write connection on a refusal would let
@@ -582,15 +585,15 @@ class Store:
         try:
             checked = self._check_file()
         except sqlite3.Error as exc:
-            self._release()
+            self._release(refused=True)
             raise _setup_error(self.path, exc) from exc
         except StoreError:
-            self._release()
+            self._release(refused=True)
             raise
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
-            self._release()
+            self._release(refused=True)
             raise _setup_error(self.path, exc) from exc
         self._lock = threading.RLock()
         self._frame_bytes = 0  # see `frame_bytes`; counted in `_open`
@@ -613,11 +616,11 @@ class Store:
             self._open(checked)
         except sqlite3.Error as exc:
             self._db.close()
-            self._release()
+            self._release(refused=True)
             raise _setup_error(self.path, exc) from exc
         except StoreError:
             self._db.close()
-            self._release()
+            self._release(refused=True)
             raise
 
     def _take_ownership(self) -> int:
@@ -631,8 +634,13 @@ class Store:
                 "rounds twice)"
             ) from exc
 
-    def _release(self) -> None:
+    def _release(self, refused: bool = False) -> None:
+        """Drop the lock; with `refused` (the database was not opened), also remove the lock
+        file if this start created it (while still held: nobody else has it meanwhile)."""
         if self._owner is not None:
+            if refused and self._lock_created:
+                with contextlib.suppress(OSError):
+                    os.unlink(lock_path(self.path))
             os.close(self._owner)  # closing the descriptor drops the flock
             self._owner = None
 
