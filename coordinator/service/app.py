@@ -202,7 +202,8 @@ def _unknown_keys(cls: Any, raw: Any, where: str = "") -> list[str]:
 def _media(expected: ContentType) -> Callable[[Request], Awaitable[None]]:
     """A route dependency refusing (415) a body not labelled `expected`. Route dependencies run
     before parameter ones (the signature check, which spends a nonce) and before the body is
-    decoded into the route's model."""
+    decoded into the route's model, but after FastAPI has read and parsed a JSON route's body:
+    the JSON routes check the header before that too (`_before_body`)."""
 
     async def check(request: Request) -> None:
         require_media_type(request.headers.get(H.CONTENT_TYPE), expected)
@@ -466,15 +467,40 @@ def _error_field(status: int | str) -> Any:
     )
 
 
+# A check of a request decided from its headers alone (`_before_body`): raises `ApiError`.
+_HeadCheck = Callable[[Request], None]
+_Endpoint = typing.TypeVar("_Endpoint", bound=Callable[..., Any])
+_BEFORE_BODY = "_plume_before_body"
+
+
+def _before_body(*checks: _HeadCheck) -> Callable[[_Endpoint], _Endpoint]:
+    """Mark a route's endpoint (below its `@app.post`) with `checks` that `_Route` runs, in
+    order, before FastAPI reads the body for the route's model. FastAPI reads and parses a
+    `body:` parameter before it runs the route's dependencies, so a JSON route's refusals
+    decided from the headers (415, 401) waited for the whole body: a client that sent
+    `Expect: 100-continue` got `100 Continue`, then, if it sent nothing, a 408 at the body
+    timeout instead of the 415 (s44 review). The dependencies still run after (the same
+    checks pass again) and the OpenAPI document is unchanged."""
+
+    def mark(endpoint: _Endpoint) -> _Endpoint:
+        endpoint.__dict__[_BEFORE_BODY] = checks
+        return endpoint
+
+    return mark
+
+
 class _Route(APIRoute):
     """A route whose `ErrorBody` responses (`_ERRORS` and the like: nine or more a route) share
     one response field per status code (`_error_field`) instead of one each. FastAPI builds a
     pydantic TypeAdapter per route and response model: ~170 of ErrorBody an app, half of
     `create_app`'s time (0.22 s, now 0.11 s), paid again by every coordinator start (a restart,
     each test's server). The OpenAPI document is the same (tests/coordinator/
-    test_h307_route_fields.py)."""
+    test_h307_route_fields.py). It also runs the header checks its endpoint is marked with
+    (`_before_body`) before the body is read."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        # Before APIRoute's own __init__, which builds the handler (`get_route_handler`).
+        self.before_body: tuple[_HeadCheck, ...] = getattr(endpoint, _BEFORE_BODY, ())
         responses: dict[int | str, dict[str, Any]] = kwargs.pop("responses", None) or {}
         errors = [code for code, r in responses.items() if r.get("model") is ErrorBody]
         without = {
@@ -485,6 +511,22 @@ class _Route(APIRoute):
         self.responses = responses  # as given: the OpenAPI document drops "model" itself
         for code in errors:
             self.response_fields[code] = _error_field(code)
+
+    def get_route_handler(self) -> Callable[[Request], typing.Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        checks = self.before_body
+        if not checks:
+            return handler
+
+        async def checked(request: Request) -> Response:
+            # A refusal raised here is rendered by the app's exception handlers, as one
+            # raised by a dependency; the body is not read (the wire middleware closes the
+            # connection after the answer).
+            for check in checks:
+                check(request)
+            return await handler(request)
+
+        return checked
 
 
 def create_app(
@@ -712,6 +754,20 @@ def create_app(
                 headers={H.RETRY_AFTER: str(wait)},
             )
 
+    # -- checks decided from the headers alone (`_before_body`): run before a JSON route's
+    # body is read, as the binary routes run theirs (`RequestVerifier.read_signed_body`)
+
+    def json_media(request: Request) -> None:
+        require_media_type(request.headers.get(H.CONTENT_TYPE), ContentType.JSON)
+
+    def admin_header(request: Request) -> None:
+        check_admin_token(config.admin_token, request.headers.get(H.AUTHORIZATION))
+
+    def signature_headers(request: Request) -> None:
+        """401 `unsigned` (signature headers missing or malformed) and 401 `unregistered`, as
+        `RequestVerifier.verify` answers them once the body is read: the nonce is not spent."""
+        verifier.registered_key(verifier.signed_fields(_headers(request)).device_id)
+
     # -- device routes ---------------------------------------------------------------------
 
     @app.post(
@@ -724,6 +780,7 @@ def create_app(
         # stored.
         dependencies=[json_body, Depends(registration_quota)],
     )
+    @_before_body(json_media)
     async def register(request: Request, body: RegisterRequest) -> RegisterResponse:
         """Register an Ed25519 public key; the request is signed with that same key."""
         try:
@@ -767,6 +824,7 @@ def create_app(
         tags=["device"],
         dependencies=[json_body],
     )
+    @_before_body(json_media, signature_headers)
     async def check_in(
         request: Request,
         body: CheckInRequest,
@@ -961,6 +1019,7 @@ def create_app(
         tags=["admin"],
         dependencies=[json_body, Depends(admin)],
     )
+    @_before_body(json_media, admin_header)
     async def create_task(request: Request, body: TaskConfig) -> TaskCreatedWarned:
         """Create a task; it waits for its initial model (PUT .../model) before running.
         `warnings`: what it was created with but warned about (a dp delta above 1/(10 N), ...).

@@ -541,8 +541,7 @@ class RequestVerifier:
             pre = auth.fields_from_headers(headers)
         except auth.AuthError as exc:
             raise ApiError(401, Reason.UNSIGNED, str(exc)) from None
-        if self.public_key(pre.device_id) is None:
-            raise ApiError(401, Reason.UNREGISTERED, "unknown device; register first")
+        self.registered_key(pre.device_id)
         if check_headers is not None:
             check_headers(headers)
         declared = headers.get(Header.CONTENT_LENGTH)
@@ -582,6 +581,23 @@ class RequestVerifier:
                 budget.close(held)
         return fields, body
 
+    def signed_fields(self, headers: dict[str, str]) -> auth.SignedFields:
+        """The signature headers' fields, unverified; 401 `unsigned` when they are missing or
+        malformed (decided from the headers alone)."""
+        if Header.SIGNATURE not in headers and Header.DEVICE not in headers:
+            raise ApiError(401, Reason.UNSIGNED, "request is not signed (no x-plume-* headers)")
+        try:
+            return auth.fields_from_headers(headers)
+        except auth.AuthError as exc:
+            raise ApiError(401, Reason.UNSIGNED, str(exc)) from None
+
+    def registered_key(self, device_id: str) -> bytes:
+        """The key registered for `device_id`; 401 `unregistered` when there is none."""
+        key = self.public_key(device_id)
+        if key is None:
+            raise ApiError(401, Reason.UNREGISTERED, "unknown device; register first")
+        return key
+
     def verify(
         self,
         *,
@@ -597,21 +613,13 @@ class RequestVerifier:
         `presented_key` is the key a registration carries (proof of possession); every other
         request is checked against the key registered for its device id.
         """
-        if Header.SIGNATURE not in headers and Header.DEVICE not in headers:
-            raise ApiError(401, Reason.UNSIGNED, "request is not signed (no x-plume-* headers)")
-        try:
-            fields = auth.fields_from_headers(headers)
-        except auth.AuthError as exc:
-            raise ApiError(401, Reason.UNSIGNED, str(exc)) from None
+        fields = self.signed_fields(headers)
         if presented_key is not None:
             key = presented_key
             if auth.device_id_for(key) != fields.device_id:
                 raise ApiError(401, Reason.BAD_SIGNATURE, "device id does not match the key")
         else:
-            registered = self.public_key(fields.device_id)
-            if registered is None:
-                raise ApiError(401, Reason.UNREGISTERED, "unknown device; register first")
-            key = registered
+            key = self.registered_key(fields.device_id)
         now = int(time.time() * 1000) if now_ms is None else now_ms
         if abs(now - fields.timestamp_ms) > self.window_ms:
             raise ApiError(

@@ -21,6 +21,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from ._ratelimit import EveryFew
 from .app import create_app
 from .metrics import plume_version
 from .rounds import ServiceConfig
@@ -57,6 +58,10 @@ _IDLE_CLOSE_S = 1.0
 # logs that at ERROR; the grace's end should have left nothing for it).
 _AFTER_GRACE_S = 0.5
 _UVICORN_BACKSTOP_S = 5
+
+
+# At most one line every few seconds for a 400 that h11 would not let out (`send_400_response`).
+_bad_request_log = EveryFew(5.0)
 
 
 def _buffered(conn: h11.Connection) -> int:
@@ -120,6 +125,43 @@ class CountingH11Protocol(H11Protocol):
             extensions[HEAD_BYTES] = {"bytes": self._head_bytes}
         self._head_bytes = None
         self._watch_head()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's plain-text 400 to a request its parser refused, without the body on a
+        HEAD request's answer, and not at all once an answer to the request has started
+        (the connection is closed, as uvicorn closes it after its 400). uvicorn wrote the body
+        whatever the method: h11 refused it for a HEAD ("Too much data for declared
+        Content-Length"), and each `HEAD` with a bad chunk logged a traceback of some 50 lines
+        at ERROR (s44 review). uvicorn's WARNING line "Invalid HTTP request received." stays
+        the one line of such a request; anything else h11 refuses logs one line at most
+        every few seconds (`EveryFew`)."""
+        conn = self.conn
+        try:
+            if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
+                pass  # an answer has started or been sent: nothing more can go out
+            elif getattr(conn, "_request_method", None) == b"HEAD":
+                response = h11.Response(
+                    status_code=400,
+                    headers=[
+                        (b"content-type", b"text/plain; charset=utf-8"),
+                        (b"connection", b"close"),
+                    ],
+                    reason=b"Bad Request",
+                )
+                self.transport.write(conn.send(response) or b"")
+                self.transport.write(conn.send(h11.EndOfMessage()) or b"")
+            else:
+                super().send_400_response(msg)
+                return  # it closed the transport
+        except h11.LocalProtocolError as exc:
+            if (skipped := _bad_request_log()) is not None:
+                log.warning(
+                    "could not answer 400 to a request the HTTP parser refused (%s); the "
+                    "connection is closed%s",
+                    exc,
+                    _bad_request_log.since(skipped),
+                )
+        self.transport.close()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
