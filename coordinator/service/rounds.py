@@ -3060,6 +3060,7 @@ class Coordinator:
         if rt.rounds_closed >= rt.config.rounds or rt.engine.stopped:
             if rt.state == TaskState.ACTIVE:
                 rt.state = TaskState.DONE
+                self._store_done(rt)
         if rt.secure is not None and rt.current is not None:
             rt.secure.registry.discard(rt.current.round_id)  # drop keys, shares, masked sum
             dp = outcome.measurements.get("dp")
@@ -3110,6 +3111,24 @@ class Coordinator:
             rt.task_id, kind, cur.round_id, reason, outcome.reports, len(cur.selected),
             ", at its deadline" if now >= cur.deadline else "", closed,
         )  # fmt: skip
+
+    def _store_done(self, rt: TaskRuntime) -> None:
+        """Store `done` for a task its last round's close finished in memory. The close's
+        commit turns only a task stored `active` into `done`, from the state it read before:
+        a resume that landed while the close ran (the task paused when the close read it, or
+        the resume after the commit) stored `active`, and the task read `active` after a
+        restart with no round left to run, its devices told to wait for good (s44 review).
+        Here, on the event loop as pause and resume are, memory's `active` means the store
+        holds `active` or `done`."""
+        try:
+            self.store.finish_task(rt.task_id)
+        except (sqlite3.Error, OSError) as exc:
+            log.warning(
+                "task %d is done, but the database refused to record it (%s); it reads "
+                "active after a restart until a pause and resume",
+                rt.task_id,
+                exc,
+            )
 
     def _done_task_ends(self, rt: TaskRuntime) -> None:
         """A task that has closed its last round (or spent its privacy budget): its selection

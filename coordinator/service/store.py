@@ -1103,6 +1103,13 @@ class Store:
         with self.transaction() as db:
             db.execute("UPDATE tasks SET state=? WHERE task_id=?", (state, task_id))
 
+    def finish_task(self, task_id: int) -> None:
+        """Store `done` for a task stored `active` (any other state is left as it is)."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE tasks SET state='done' WHERE task_id=? AND state='active'", (task_id,)
+            )
+
     def set_initial_model(
         self, task_id: int, params: bytes, digest: str, state: str, now: float
     ) -> None:
