@@ -1959,6 +1959,13 @@ def _secure_settings(args: argparse.Namespace) -> dict[str, Any] | None:
         if any(v is not None for v in given.values()):
             raise ValueError("the secure-aggregation options need --secure")
         return None
+    if given["coord_fraction"] is not None and given["upload_budget"] is not None:
+        # The budget chooses |S_r| each round and the fraction was silently ignored.
+        raise ValueError(
+            "--secure-fraction and --secure-upload-budget both set the shared coordinates a "
+            "round: with a budget, |S_r| is the largest that fits it and the fraction is "
+            "unused; give one of them"
+        )
     z = given["noise_multiplier"]
     if z is not None and not (math.isfinite(z) and z >= 0):
         raise ValueError(

@@ -1542,6 +1542,13 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         )
     elif problem := _dp_noise_error(args):
         return problem
+    elif args.secure_fraction is not None and args.secure_upload_budget is not None:
+        # The budget chooses |S_r| each round; the fraction was silently ignored.
+        return (
+            "--secure-fraction and --secure-upload-budget both set the shared coordinates a "
+            "round: with a budget, |S_r| is the largest that fits it and the fraction is "
+            "unused; give one of them"
+        )
     if not (args.dense or args.secure) and args.rounds >= 1 and args.warmup_rounds >= args.rounds:
         # Every round dense: the compressed run is the dense one and its codec flags are void.
         return (
@@ -1559,7 +1566,7 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         return problem
     if args.data_root and not Path(args.data_root).is_dir():
         return f"--data-root {args.data_root} is not a folder"
-    return _spec_error(args) or _model_mismatch(args.dataset, args.model)
+    return _spec_error(args) or _group_error(args) or _model_mismatch(args.dataset, args.model)
 
 
 def _too_many_threads(threads: int) -> str | None:
@@ -1675,6 +1682,36 @@ def _spec_error(args: argparse.Namespace) -> str | None:
                 )
             return f"{flag} {spec!r}: {exc}"
     return None
+
+
+def _group_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with --group-size / --group-aggregator of a secure run (whose spec
+    parses), or None: SecureConfig's rules (a dp or collusion stage across groups, a group of
+    fewer than 3), then a robust rule that the run's groups leave no room to act
+    (`group_refusal`: --per-round split into groups of --group-size, as `split_groups` does,
+    gives fewer group sums than the rule needs to differ from their mean)."""
+    if not args.secure or args.group_size is None:
+        return None
+    from coordinator.secure import SecureConfig
+    from coordinator.secure._config import group_refusal
+
+    spec, g, n = args.group_aggregator, args.group_size, args.per_round
+    try:
+        SecureConfig(group_size=g, group_aggregator=spec)
+    except ValueError as exc:
+        text = _in_flags(str(exc), secure=True)
+        field = "group_aggregator"
+        return "--group-aggregator" + text[len(field) :] if text.startswith(field) else text
+    if n < 1:
+        return None  # SimConfig's to refuse, in its words
+    short = group_refusal(
+        spec,
+        n,
+        g,
+        src=f"--per-round {n} in groups of --group-size {g}",
+        grow="--per-round or lower --group-size",
+    )
+    return None if short is None else f"--group-aggregator {spec!r}: {short}"
 
 
 def _model_mismatch(dataset: str, model: str | None) -> str | None:

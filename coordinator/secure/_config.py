@@ -7,11 +7,62 @@ from dataclasses import dataclass
 
 from protocol.secagg import NoiseKind
 
-__all__ = ["SecureConfig"]
+__all__ = ["SecureConfig", "group_count", "group_refusal"]
 
 
 class GroupDpError(ValueError):
     """`SecureConfig.group_aggregator` has a dp stage, which is not allowed across groups."""
+
+
+class GroupHistoryError(ValueError):
+    """`SecureConfig.group_aggregator` has a stage that keeps per-device histories."""
+
+
+def group_count(cohort: int, group_size: int | None) -> int:
+    """How many SecAgg groups `split_groups` makes of a round of `cohort` devices: one without
+    `group_size` or when it is at least the cohort, else max(1, cohort // group_size) (the last
+    group takes the remainder, so a round of fewer than 2 g devices is one group)."""
+    if group_size is None or group_size >= cohort:
+        return 1
+    return max(1, cohort // group_size)
+
+
+def group_refusal(
+    group_aggregator: str, cohort: int, group_size: int, *, src: str, grow: str
+) -> str | None:
+    """Why `group_aggregator` over the group sums of a full round of `cohort` devices in groups
+    of `group_size` would never act as the robust rule it is, or None.
+
+    Each stage's own bound first (`cohort_refusal`: Krum's n > 2f + 2, a fraction f or beta
+    that tolerates none, bucketing's 3 bucket means); then any stage but a mean, a clip or a
+    server optimizer needs at least `MIN_BUCKETS` (3) group sums: over 2 or fewer no rule can
+    outvote a bad one (the median of two is their mean, and of one its value; the geometric
+    median of two, started from their mean, stays there), as `Bucketing` refuses for bucket
+    means. fedavg takes any number of groups. `src` says where the count comes from and
+    `grow` what raises it, in the caller's words (flags or fields). Raises
+    `AggregatorSpecError` for a spec that does not parse."""
+    from coordinator.aggregators import build_aggregator
+    from coordinator.aggregators._robust import MIN_BUCKETS, cohort_refusal
+
+    factory = build_aggregator(group_aggregator)
+    groups = group_count(cohort, group_size)
+    short = cohort_refusal(factory, groups, unit="group sums", src=src, grow=grow)
+    if short is not None:
+        return short
+    if groups >= MIN_BUCKETS:
+        return None
+    from coordinator.aggregators import Clip, FedAvg, ServerOptimizer
+
+    for name, stage in _stage_chain(group_aggregator):
+        if not isinstance(stage, (FedAvg, Clip, ServerOptimizer)):
+            sums = "group sum" if groups == 1 else "group sums"
+            return (
+                f"{name} needs {MIN_BUCKETS} group sums or more a round to outvote a bad one, "
+                f"and a full round has {groups} {sums} ({src}): over {MIN_BUCKETS - 1} or "
+                f"fewer it aggregates as fedavg does (the median of two is their mean, of one "
+                f"its value), so it would change nothing (raise {grow}, or use fedavg)"
+            )
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +198,13 @@ class SecureConfig:
                     "already unmasked and count groups, not devices, in its epsilon; for DP use "
                     "distributed DP (noise discrete_gaussian or skellam with noise_multiplier)"
                 )
+            if (screen := _history_stage(self.group_aggregator)) is not None:
+                raise GroupHistoryError(
+                    f"group_aggregator {self.group_aggregator!r} has a {screen} stage, which "
+                    "keeps per-device histories and is for plain rounds only: across SecAgg "
+                    "groups it sees group sums, not devices, and the groups are drawn anew "
+                    "each round, so it would track group slots and no device; drop it"
+                )
         if self.sketch_bits is not None and not 1 <= self.sketch_bits <= self.value_bits:
             raise ValueError("sketch_bits must be in 1..value_bits")
         if self.sketch_pool < 1:
@@ -157,3 +215,26 @@ class SecureConfig:
     @property
     def dp(self) -> bool:
         return self.noise != NoiseKind.NONE
+
+
+def _stage_chain(spec: str) -> list[tuple[str, object]]:
+    """Aggregator `spec`'s stages, outermost first, each with its name as written."""
+    from coordinator.aggregators import build_aggregator
+    from coordinator.aggregators._registry import split_stages
+
+    chain: list[tuple[str, object]] = []
+    stage: object = build_aggregator(spec)
+    for text in split_stages(spec):
+        if stage is None:
+            break
+        chain.append((text.partition(":")[0].strip().lower(), stage))
+        stage = getattr(stage, "inner", None)
+    return chain
+
+
+def _history_stage(spec: str) -> str | None:
+    """The name of the first stage of aggregator `spec` that keeps a history per device
+    (`collusion`: `CollusionFilter`), or None."""
+    from coordinator.aggregators import CollusionFilter
+
+    return next((n for n, s in _stage_chain(spec) if isinstance(s, CollusionFilter)), None)

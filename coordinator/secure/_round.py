@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from coordinator.ledger import BandwidthLedger
+from coordinator.secure._config import group_count
 from protocol.secagg import (
     AdvertiseKeys,
     MalformedMessage,
@@ -301,7 +302,7 @@ def split_groups(
         return [tuple(ids)]
     keys = np.frombuffer(prg_bytes(seed, 8 * len(ids), b"groups"), dtype="<u8")
     order = [ids[i] for i in np.argsort(keys, kind="stable")]
-    n_groups = max(1, len(ids) // group_size)
+    n_groups = group_count(len(ids), group_size)
     groups = [order[g * group_size : (g + 1) * group_size] for g in range(n_groups)]
     groups[-1].extend(order[n_groups * group_size :])
     return [tuple(g) for g in groups]

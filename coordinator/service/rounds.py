@@ -710,13 +710,15 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
             raise ValueError(f"secure: {exc}") from None
         g = settings.config.group_size
         if g is not None:
+            from coordinator.secure._config import group_refusal
+
             # Grouped mode: the group aggregator's n is the number of group sums, at most
-            # max(1, cohort // g) (`split_groups`; the last group takes the remainder).
-            groups = max(1, cohort // g)
-            short = cohort_refusal(
-                _aggregator(settings.config.group_aggregator),
-                groups,
-                unit="group sums",
+            # `group_count` (`split_groups`; the last group takes the remainder). A robust rule
+            # over fewer than 3 is the mean, and each rule's own bound (krum's n > 2f + 2) too.
+            short = group_refusal(
+                settings.config.group_aggregator,
+                cohort,
+                g,
                 src=f"{cohort} devices selected in groups of secure.group_size={g}",
                 grow="clients_per_round or lower secure.group_size",
             )

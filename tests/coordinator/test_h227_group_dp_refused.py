@@ -108,12 +108,12 @@ def test_a_grouped_secure_task_without_a_dp_stage_still_creates(url: str, cfg: T
 
 
 def _stored_then_rewritten(db: Path, with_model: bool) -> tuple[int, str]:
-    """A grouped secure task (median, 6 devices in groups of 3) created and, if `with_model`,
+    """A grouped secure task (fedavg, 6 devices in groups of 3) created and, if `with_model`,
     given its model; then its stored group aggregator rewritten to an accounting dp stage, as
     a store written before this check holds it. Its id and the stored JSON."""
     coord = Coordinator(Store(db), ServiceConfig(db_path=str(db)))
     coord.restore()
-    task_id = coord.create_task(grouped("median", cpr=6, g=3))
+    task_id = coord.create_task(grouped("fedavg", cpr=6, g=3))
     if with_model:
         coord.set_initial_model(task_id, encode_snapshot(initial_params(), SPEC, "fp32"))
         assert task_id in coord.runtimes

@@ -192,11 +192,13 @@ def test_secure_rounds_with_dropouts_match_the_in_process_protocol(
 
 
 def test_grouped_secure_task_matches_the_in_process_protocol(server: str, tmp_path: Path) -> None:
-    # Prepare: six devices in two SecAgg groups of three, a median across the group means
+    # Prepare: nine devices in three SecAgg groups of three, a median across the group means
+    # (a median of two groups would be their mean: refused, tests/coordinator/
+    # test_s44_grouped_checks.py)
     with httpx.Client(base_url=server) as http:
         grouped = {"group_size": 3, "group_aggregator": "median"}
-        task_id = create_task(http, _config(rounds=1, n=6, **grouped))
-        clients = _clients(server, tmp_path, 6)
+        task_id = create_task(http, _config(rounds=1, n=9, **grouped))
+        clients = _clients(server, tmp_path, 9)
         ids = [c.device_id for c in clients]
         # Execute
         reports = _run_round(clients, task_id, 1, {})
@@ -206,7 +208,7 @@ def test_grouped_secure_task_matches_the_in_process_protocol(server: str, tmp_pa
         ]
         # Assert
         assert all(r.completed for r in reports.values())
-        assert rnd.measurements["groups"] == 2 and rnd.measurements["contributors"] == 6
+        assert rnd.measurements["groups"] == 3 and rnd.measurements["contributors"] == 9
         coord = SecureCoordinator(
             initial_params(), SecureConfig(coord_fraction=0.5, seed=SEED, **grouped), spec=SPEC
         )
@@ -217,7 +219,7 @@ def test_grouped_secure_task_matches_the_in_process_protocol(server: str, tmp_pa
             rng_for=lambda d: np.random.default_rng([SEED, rnd.round_id, int(d[:12], 16), 3]),
             round_id=rnd.round_id,
         )
-        assert out.committed and out.measurements["groups"] == 2
+        assert out.committed and out.measurements["groups"] == 3
         final, _, _ = clients[0].fetch_current(task_id, SPEC)
         np.testing.assert_array_equal(final, coord.params)
 

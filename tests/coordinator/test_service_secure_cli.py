@@ -36,6 +36,7 @@ def test_create_secure_task_from_the_cli(server: str, capsys: pytest.CaptureFixt
             server, "--secure", "--secure-fraction", "0.05", "--secure-bits", "8",
             "--secure-group-size", "3", "--secure-group-aggregator", "median",
             "--stage-timeout", "20", "--stage-idle", "2",
+            "--clients-per-round", "9",  # three groups: a median needs 3 group sums
         )
     )  # fmt: skip
     # Assert
