@@ -3040,10 +3040,12 @@ def _secure_flow(
                 report.detail = f"{stage}: the round's deadline passed"
                 break
             assert response is not None
-            if (
-                response.status_code in (409, 410)
-                and _error(response).reason == Reason.ROUND_CLOSED
-            ):
+            ends = {409: Reason.ROUND_CLOSED, 410: Reason.ROUND_CLOSED, 403: Reason.NOT_SELECTED}
+            said = ends.get(response.status_code)
+            if said is not None and _error(response).reason == said:
+                # The round closed (409/410 round_closed), or the stage closed without this
+                # upload (403 not_selected: the device is out of the round, whichever moment
+                # closed the stage): its part ends with a report, never an exception.
                 report.detail = f"{stage}: {_error(response).detail}"
                 aborted = response.status_code == 410
                 break

@@ -51,6 +51,7 @@ from protocol.secagg import (
 __all__ = [
     "DuplicateStageUpload",
     "SecureRegistry",
+    "StageClosedWithout",
     "secagg_router",
     "header_device_id",
     "stage_cap",
@@ -83,6 +84,13 @@ def stage_cap(plans: list[SecurePlan], stage: Stage) -> int:
 
 class DuplicateStageUpload(SecAggError):
     """A second, different upload of the same stage by the same device."""
+
+
+class StageClosedWithout(WrongStage, PermissionError):
+    """An upload of a stage that closed without the device (its deadline passed, whether the
+    orchestrator's `close_due` closed it first or this upload did): the device is out of the round.
+    A `PermissionError`, so the HTTP answer is 403 `not_selected`, as for any later request of
+    a device that missed a stage; still a `WrongStage` for the registry's callers."""
 
 
 @dataclass(slots=True)
@@ -345,7 +353,8 @@ class SecureRegistry:
     def upload(self, round_id: int, stage: Stage, device_id: str, body: bytes) -> bool:
         """Accept one stage upload; False if it repeats the device's accepted upload byte for
         byte (an idempotent retry, nothing changes). Raises `DuplicateStageUpload` for a
-        different second upload and any `SecAggError` the round refuses (state unchanged)."""
+        different second upload, `StageClosedWithout` for a stage that closed without the
+        device, and any `SecAggError` the round refuses (state unchanged)."""
         digest = hashlib.sha256(body).digest()
         with self._lock:
             entry, grp = self._entry_group(round_id, device_id)
@@ -364,7 +373,12 @@ class SecureRegistry:
                     return False
                 raise DuplicateStageUpload(f"device {device_id} already uploaded stage {stage}")
             if stage in grp.closed:
-                raise WrongStage(f"stage {stage} is closed")
+                # Not uploaded by this device (a repeat is answered above): it missed the stage
+                # and is out of the round, as a download or a later stage tells it too.
+                raise StageClosedWithout(
+                    f"stage {stage} is closed: it closed without device {device_id}, which is "
+                    "no longer in the round"
+                )
             if entry.sealed:  # a group cut short by the round's close: nothing changes now
                 raise WrongStage(f"secure round {round_id} is closed: stage {stage} is closed")
             if device_id not in grp.expected:
@@ -535,8 +549,9 @@ class _TooLarge(Exception):
 
 def _error(exc: Exception) -> JSONResponse:
     """Error bodies as in the main API; a protocol refusal's reason is its SecAggError type,
-    with the main API's status: 409 for a stage that is not open or a second, different
-    upload, 422 for a message the round refuses."""
+    with the main API's status: 409 for a stage that is not open yet or a second, different
+    upload, 422 for a message the round refuses; 403 for a stage that closed without the
+    device (`StageClosedWithout`, a `PermissionError`)."""
     if isinstance(exc, LookupError):
         return JSONResponse({"reason": str(Reason.UNKNOWN_ROUND), "detail": str(exc)}, 404)
     if isinstance(exc, PermissionError):

@@ -342,7 +342,10 @@ def test_hostile_stage_uploads_are_refused_and_the_round_commits_the_exact_mean(
     world.clock.advance(STAGE_TIMEOUT_S)  # the masked-input deadline passes without D
     world.wait_stage(Stage.UNMASK)
     late = world.masked_input(d, world.download(d, Stage.SHARE_KEYS))
-    _refused(world.post(d, Stage.MASKED_INPUT, late), 409, Reason.INVALID_STATE, "WrongStage")
+    # the stage closed without D: 403, as its download (tests/coordinator/test_s44_late_stage.py)
+    _refused(
+        world.post(d, Stage.MASKED_INPUT, late), 403, Reason.NOT_SELECTED, "StageClosedWithout"
+    )
     _refused(world.get(d, Stage.MASKED_INPUT), 403, Reason.NOT_SELECTED)
 
     # unmask: both secrets of one peer, the wrong secret, stray and corrupt shares

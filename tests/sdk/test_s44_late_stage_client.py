@@ -1,0 +1,149 @@
+"""`participate` on a secure task whose advertise-keys upload arrives after that stage timed out
+without the device, while the other three run the round's later stages: it returns a
+`SecureRoundReport` (`completed` False, `detail` naming the stage that closed without it), never
+raises. Before, the coordinator answered 409 `invalid_state` (`WrongStage: stage
+advertise-keys is closed`) and `participate` raised that `ClientError`. The stage is closed
+either by the coordinator's tick before the upload comes or by the upload itself (the tick
+held off): the same report. Stage deadlines run on a stepped clock, so nothing waits for one."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from compression import ModelSpec, encode_snapshot
+from coordinator.service import ServerThread, ServiceConfig
+from coordinator.service.app import create_app
+from protocol.messages import CodecParams, TaskConfig, TensorShape, TrainingParams, to_json
+from protocol.secagg import Stage
+from sdk import Client, TrainResult
+from sdk.client import SecureRoundReport
+from tests.coordinator.test_service_support import await_stage, drive_stages
+
+ADMIN = "s44-late-stage-admin"
+SPEC = ModelSpec.from_shapes([("w", (4, 8)), ("b", (4,))])
+TIMEOUT_S = 1.0
+
+
+class ShiftTrainer:
+    """Every parameter moves by 0.01 (no torch needed)."""
+
+    def train(
+        self,
+        params: npt.NDArray[np.float32],
+        x: npt.NDArray[np.float32],
+        y: npt.NDArray[np.int64],
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        rng: np.random.Generator,
+    ) -> TrainResult:
+        return TrainResult((params + np.float32(0.01)).astype(np.float32), len(x), 0.5)
+
+
+@pytest.fixture()
+def service(tmp_path: Path) -> Iterator[tuple[str, Any, int]]:
+    """A coordinator with a secure task of 4 devices, min_reports 3, 1 s stages (on a
+    stepped clock): (url, its Coordinator, task id)."""
+    cfg = ServiceConfig(
+        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
+    )
+    app = create_app(cfg)
+    task = TaskConfig(
+        name="s44-late", model_name="tiny",
+        spec=[TensorShape(e.name, list(e.shape)) for e in SPEC.entries],
+        rounds=1, clients_per_round=4, over_selection=1.0, min_reports=3,
+        selection_timeout_s=60.0, deadline_s=60.0, downlink=CodecParams(topk=1.0, bits=32),
+        training=TrainingParams(1, 8, 0.1), retry_after_s=0.2,
+        secure={"coord_fraction": 0.5, "stage_timeout_s": TIMEOUT_S},
+    )  # fmt: skip
+    with ServerThread(cfg, app=app) as url:
+        with httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"}) as http:
+            task_id = int(http.post("/v1/admin/tasks", json=to_json(task)).json()["task_id"])
+            snap = encode_snapshot(np.zeros(SPEC.size, np.float32), SPEC, "fp32")
+            octet = {"content-type": "application/octet-stream"}
+            r = http.put(f"/v1/admin/tasks/{task_id}/model", content=snap, headers=octet)
+            assert r.status_code == 200
+        yield url, app.state.coordinator, task_id
+
+
+def _wait(cond: Callable[[], bool], what: str) -> None:
+    give_up = time.monotonic() + 30
+    while not cond():
+        assert time.monotonic() < give_up, what
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("delay_s", [1.1, 1.25])
+@pytest.mark.parametrize("closed_by", ["tick", "upload"])
+def test_participate_reports_a_stage_that_closed_without_it(
+    service: tuple[str, Any, int],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    closed_by: str,
+    delay_s: float,
+) -> None:
+    # Prepare: the late device's advertise-keys request is held until the three others
+    # advertised and `delay_s` passed on the stage clock (and, for "tick", until the
+    # coordinator's tick closed the stage; for "upload", the tick closes nothing)
+    url, coordinator, task_id = service
+    clock = drive_stages(coordinator, task_id)
+    registry = coordinator.runtimes[task_id].secure.registry
+    if closed_by == "upload":
+        monkeypatch.setattr(registry, "close_due", lambda *args, **kwargs: 0)
+    held: list[int] = []
+
+    def late_network(request: httpx.Request, nxt: Callable[[httpx.Request], httpx.Response]):  # type: ignore[no-untyped-def]
+        if request.method == "POST" and request.url.path.endswith("/stages/advertise-keys"):
+            held.append(1)
+            await_stage(coordinator, task_id, Stage.ADVERTISE_KEYS, 3)
+            rid = coordinator.runtimes[task_id].current.round_id
+            clock.advance(delay_s)
+            if closed_by == "tick":
+                _wait(lambda: registry.current_stage(rid) == Stage.SHARE_KEYS, "no tick close")
+            else:
+                assert registry.current_stage(rid) == Stage.ADVERTISE_KEYS
+        return nxt(request)
+
+    late = Client(url, str(tmp_path / "late"), mods=(late_network,))
+    others = [Client(url, str(tmp_path / f"d{i}")) for i in range(3)]
+    clients = [late, *others]
+    for c in clients:
+        c.register()
+    x, y = np.zeros((8, 8), np.float32), np.zeros(8, np.int64)
+    out: dict[int, object] = {}
+
+    def run(i: int) -> None:
+        try:
+            out[i] = clients[i].participate(ShiftTrainer(), x, y, task_id=task_id, max_wait_s=60)
+        except Exception as exc:  # noqa: BLE001 - the test reports what was raised
+            out[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    # Execute
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    # Assert: the late device gets a report, not an exception; the others complete
+    assert held == [1]
+    report = out[0]
+    assert isinstance(report, SecureRoundReport), report
+    assert not report.completed and report.stages == [] and not report.receipt.accepted
+    assert report.detail.startswith("advertise-keys: ")
+    assert "stage advertise-keys is closed" in report.detail
+    assert f"closed without device {late.device_id}" in report.detail
+    for i in (1, 2, 3):
+        r = out[i]
+        assert isinstance(r, SecureRoundReport) and r.completed, r
+    for c in clients:
+        c.close()
