@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import numpy as np
-import numpy.typing as npt
 import pytest
 
 from compression import ModelSpec, encode_snapshot
@@ -24,30 +23,14 @@ from coordinator.service import ServerThread, ServiceConfig
 from coordinator.service.app import create_app
 from protocol.messages import CodecParams, TaskConfig, TensorShape, TrainingParams, to_json
 from protocol.secagg import Stage
-from sdk import Client, TrainResult
+from sdk import Client
 from sdk.client import SecureRoundReport
 from tests.coordinator.test_service_support import await_stage, drive_stages
+from tests.sdk.test_client_secure import ShiftTrainer
 
 ADMIN = "s44-late-stage-admin"
 SPEC = ModelSpec.from_shapes([("w", (4, 8)), ("b", (4,))])
 TIMEOUT_S = 1.0
-
-
-class ShiftTrainer:
-    """Every parameter moves by 0.01 (no torch needed)."""
-
-    def train(
-        self,
-        params: npt.NDArray[np.float32],
-        x: npt.NDArray[np.float32],
-        y: npt.NDArray[np.int64],
-        *,
-        epochs: int,
-        batch_size: int,
-        lr: float,
-        rng: np.random.Generator,
-    ) -> TrainResult:
-        return TrainResult((params + np.float32(0.01)).astype(np.float32), len(x), 0.5)
 
 
 @pytest.fixture()
@@ -124,7 +107,9 @@ def test_participate_reports_a_stage_that_closed_without_it(
 
     def run(i: int) -> None:
         try:
-            out[i] = clients[i].participate(ShiftTrainer(), x, y, task_id=task_id, max_wait_s=60)
+            out[i] = clients[i].participate(
+                ShiftTrainer(0.01), x, y, task_id=task_id, max_wait_s=60
+            )
         except Exception as exc:  # noqa: BLE001 - the test reports what was raised
             out[i] = exc
 
