@@ -1842,6 +1842,18 @@ class Coordinator:
             raise ValueError(f"aggregator: {why}")
         if (why := secure_delta_refusal(cfg)) is not None:
             raise ValueError(f"secure: {why}")  # new tasks only, as above
+        if (
+            isinstance(cfg.secure, dict)
+            and cfg.secure.get("coord_fraction") is not None
+            and cfg.secure.get("upload_budget") is not None
+        ):
+            # New tasks only, as above: the budget chose |S_r| and the fraction was ignored
+            # (the CLIs refuse the pair of flags too).
+            raise ValueError(
+                "secure.coord_fraction and secure.upload_budget both set the shared "
+                "coordinates a round: with a budget, |S_r| is the largest that fits it and the "
+                "fraction is unused; give one of them"
+            )
         if (why := seed_refusal(dp)) is not None and not self.config.allow_seeded_dp:
             raise ValueError(f"aggregator: {why}")  # new tasks only, as above
         if (short := self._pool_shortfall(amplified_population(dp))) is not None:

@@ -220,6 +220,20 @@ def test_create_task_refuses_a_fraction_with_a_budget(capsys: pytest.CaptureFixt
     )
 
 
+def test_the_service_refuses_a_fraction_with_a_budget_422(url: str, tmp_path: Path) -> None:
+    # Prepare
+    both = task_config(clients_per_round=5, secure={"coord_fraction": 0.05, "upload_budget": 40000})
+    # Execute
+    r = _post(url, both)
+    # Assert: refused for a new task; one stored so before still loads and runs on its budget
+    assert r.status_code == 422, r.text
+    assert r.json()["detail"].startswith(
+        "secure.coord_fraction and secure.upload_budget both set the shared coordinates a round"
+    )
+    validate_task(both)
+    assert _post(url, task_config(clients_per_round=5, secure={"upload_budget": 40000})).is_success
+
+
 # -- 4. what the median across groups buys ---------------------------------------------------
 
 D = 4000
