@@ -40,25 +40,29 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench._common import RESULTS, command_line, is_quick, out_file  # noqa: E402
+from mobile_sim._residuals import DEFAULT_RESIDUAL_MEMORY_MB  # noqa: E402
 
 RESULT = RESULTS / "sim_throughput.json"
 SECTIONS = ("million", "digits", "mnist")
 
 
 def _rss_gb() -> float:
-    """Current resident set size of this process, GiB (from /proc, else peak from rusage)."""
+    """Current resident set size of this process in GB of 10^9 bytes, as the fields' names say
+    (from /proc, else the peak from rusage). Before 2026-12-03 these figures were GiB (2^30
+    bytes, 7% more bytes than they said)."""
     try:
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 2**20
+                    return int(line.split()[1]) * 1024 / 1e9  # "kB" there is KiB
     except OSError:
         pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    return _peak_rss_gb()
 
 
 def _peak_rss_gb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    """Peak resident set size of this process, GB of 10^9 bytes (Linux ru_maxrss is KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
 _INNER = {"inner": "vectorized"}  # what pool / Ray workers run inside (--worker-inner)
@@ -84,6 +88,7 @@ def bench_million(args: argparse.Namespace) -> dict[str, Any]:
     from compression import CodecConfig
     from coordinator.aggregators import FedAvg
     from coordinator.engine import EngineConfig, RoundEngine
+    from mobile_sim._residuals import ResidualStore, budget_bytes
     from mobile_sim.backends import TrainContext, TrainJob, job_rng
     from mobile_sim.data import load_digits_data
     from mobile_sim.fleet import SimFleet
@@ -107,7 +112,8 @@ def bench_million(args: argparse.Namespace) -> dict[str, Any]:
     )
     backend = _backend("vectorized", args.workers)
     backend.start(TrainContext("digits_mlp", data.x_train, data.y_train, 2, 10, 0.1))
-    encoders: dict[str, UpdateEncoder] = {}
+    # As `plume sim` holds them: resident up to the budget, the rest in a temporary directory.
+    encoders = ResidualStore(spec, budget_bytes(args.million_residual_mb))
     rng = np.random.default_rng(0)
     per_round_s, phases = [], []
     for _ in tqdm(range(rounds), desc="million: rounds", unit="round"):
@@ -125,7 +131,9 @@ def bench_million(args: argparse.Namespace) -> dict[str, Any]:
         t_train = time.perf_counter()
         by_id: dict[str, bytes] = {}
         for job, res in zip(alive, results, strict=True):
-            enc = encoders.setdefault(job.device_id, UpdateEncoder(spec, plan.codec))
+            enc = encoders.get(job.device_id)
+            if enc is None:
+                enc = encoders[job.device_id] = UpdateEncoder(spec, plan.codec)
             frame, _ = enc.encode(res.delta, job_rng(job, stream=2), float(res.num_examples))
             by_id[job.device_id] = frame
         timing = fleet.time_round(
@@ -137,9 +145,17 @@ def bench_million(args: argparse.Namespace) -> dict[str, Any]:
             epochs=2,
             per_round=per_round,
         )
-        for dev in timing.kept.tolist():
-            engine.submit(plan.round_id, str(dev), by_id[str(dev)])
-        engine.close_round(plan.round_id)
+        kept = {str(dev) for dev in timing.kept.tolist()}
+        for dev in kept:
+            engine.submit(plan.round_id, dev, by_id[dev])
+        outcome = engine.close_round(plan.round_id)
+        # Each upload settled as the runner settles it (before, each encoder kept its u).
+        for dev in by_id:
+            if dev in kept and outcome.committed:
+                encoders[dev].accepted()
+            else:
+                encoders[dev].refused()
+        encoders.end_round()
         fleet.advance(timing)
         t_end = time.perf_counter()
         per_round_s.append(t_end - t0)
@@ -152,15 +168,24 @@ def bench_million(args: argparse.Namespace) -> dict[str, Any]:
                 "dropped": int(timing.dropped.size),
                 "stragglers": int(timing.stragglers.size),
                 "sim_round_s": timing.duration_s,
+                "rss_gb": round(_rss_gb(), 3),
+                "residuals_resident_mb": round(encoders.idle_bytes / 1e6, 1),
+                "residuals_on_disk": encoders.spilled,
             }
         )
     backend.close()
+    disk_bytes, spilled = encoders.disk_bytes, encoders.spilled
+    encoders.close()
     gc.collect()
     return {
         "registered_devices": devices,
         "per_round": per_round,
         "selected_per_round": int(per_round * over),
         "rounds": rounds,
+        "rss_unit": "GB (10^9 bytes)",
+        "residual_memory_mb": args.million_residual_mb,
+        "residuals_on_disk_at_end": spilled,
+        "residual_spill_file_bytes": disk_bytes,
         "rss_gb_before": round(rss_start, 3),
         "rss_gb_after": round(_rss_gb(), 3),
         "peak_rss_gb": round(_peak_rss_gb(), 3),
@@ -677,6 +702,16 @@ def _merge(
     doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     machine = machine_info()
     now = time.gmtime()
+    if "machine" in doc:
+        # Sections written before each kept its own machine were measured on the top-level
+        # one: keep it with them before it changes (a million run on another machine made the
+        # page name that machine for the older mnist and digits sections).
+        for old in doc.get("sections", {}).values():
+            if isinstance(old, dict) and "machine" not in old:
+                old["machine"] = doc["machine"]
+                measured = old.get("measured_at")
+                when = measured[:10] if isinstance(measured, str) else doc.get("date")
+                old.setdefault("date", when)
     if not is_quick(value, section) or "date" not in doc:
         doc["machine"] = machine
         doc["date"] = time.strftime("%Y-%m-%d", now)
@@ -757,7 +792,20 @@ def main(argv: list[str] | None = None) -> int:
         help="torch threads in the digits section (vmap over tiny layers: one is fastest)",
     )
     parser.add_argument("--million-devices", type=int, default=1_000_000)
-    parser.add_argument("--million-rounds", type=int, default=5)
+    parser.add_argument(
+        "--million-rounds",
+        type=int,
+        default=5,
+        help="million section: rounds (each trains about 1,000 new devices; its RSS settles "
+        "once their residuals fill --million-residual-mb)",
+    )
+    parser.add_argument(
+        "--million-residual-mb",
+        type=float,
+        default=DEFAULT_RESIDUAL_MEMORY_MB,
+        help="million section: MiB of trained devices' residuals held in memory, the rest "
+        "spilled to $TMPDIR (default: plume sim's --residual-memory-mb default)",
+    )
     parser.add_argument("--mnist-rounds", type=int, default=0, help="override the 20 rounds")
     parser.add_argument(
         "--mnist-only-vectorized",

@@ -676,6 +676,16 @@ def register(sub: Any) -> None:
         help="how device training runs: one by one, vectorized, a process pool, or Ray",
     )
     g.add_argument(
+        "--residual-memory-mb",
+        type=float,
+        default=512.0,
+        metavar="MIB",
+        help="plain in-process runs: trained devices' error-feedback residuals (4 bytes a "
+        "model parameter each) held in memory; beyond it the least recently used go to a "
+        "private temporary directory under $TMPDIR, removed at the end, and come back bit for "
+        "bit (default 512; 0: all, after each round)",
+    )
+    g.add_argument(
         "--job-timeout",
         type=float,
         default=None,
@@ -916,6 +926,7 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         "job_timeout_s": args.job_timeout,
         "workers": args.workers,
         "inner_backend": args.inner_backend,
+        "residual_memory_mb": args.residual_memory_mb,
         "ray_address": args.ray_address,
         "ray_runtime_env": None if args.ray_runtime_env is None else args.ray_runtime_env.env,
         "ort_fraction": args.ort_fraction,
@@ -1131,6 +1142,7 @@ _PLAIN_ONLY = (
     ("--no-error-feedback", "no_error_feedback"),
     ("--ort-fraction", "ort_fraction"),
     ("--ort-tier", "ort_tier"),
+    ("--residual-memory-mb", "residual_memory_mb"),
 )
 # The plain codec's flags, which a --dense run (dense fp32 updates) has no use for.
 _CODEC_FLAGS = tuple(
@@ -1158,6 +1170,7 @@ _INPROC_ONLY = (
     ("--inner-backend", "inner_backend"),
     ("--ray-address", "ray_address"),
     ("--ray-runtime-env", "ray_runtime_env"),
+    ("--residual-memory-mb", "residual_memory_mb"),
 )
 # Options of the backends whose workers run in other processes, and of Ray alone.
 _WORKER_ONLY = (("--workers", "workers"), ("--inner-backend", "inner_backend"))
@@ -1337,6 +1350,7 @@ _FLAG_OF_FIELD = {
     "ort_fraction": "--ort-fraction",
     "ort_artifacts": "--ort-artifacts",
     "ort_tier": "--ort-tier",
+    "residual_memory_mb": "--residual-memory-mb",
     "eval_every": "--eval-every",
     "data_seed": "--data-seed",
     "topk_mode": "--topk-mode",

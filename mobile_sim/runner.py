@@ -14,7 +14,7 @@ import numbers
 import os
 import re
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, MutableMapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, TypedDict
 
@@ -38,6 +38,7 @@ from protocol.messages import CodecParams, TaskConfig, chain_bytes
 from protocol.names import SnapshotDType
 from sdk.device import UpdateEncoder, clip_l2
 
+from ._residuals import DEFAULT_RESIDUAL_MEMORY_MB, ResidualStore, budget_bytes
 from .attacks import BackdoorAttack, backdoor_accuracy
 from .backends import Backend, JobResult, TrainContext, TrainJob, build_backend, job_rng
 from .backends._base import import_plugins
@@ -217,6 +218,11 @@ class SimConfig:
     # env_vars may be secrets; and the address without a user:password@ (`as_dict`).
     ray_address: str | None = None
     ray_runtime_env: dict[str, Any] | None = field(default=None, hash=False)
+    # In-process runs: MiB of idle devices' encoder state (error-feedback residuals, d x 4
+    # bytes a trained device) held in memory; beyond it the least recently used are spilled
+    # to a private temporary directory ($TMPDIR) and read back bit for bit, so results do not
+    # depend on it (0: spill every settled one after each round; mobile_sim/_residuals.py).
+    residual_memory_mb: float = DEFAULT_RESIDUAL_MEMORY_MB
     ort_fraction: float = 0.0
     ort_artifacts: str | None = None
     ort_tier: str | None = None  # e.g. "low": that tier's phones train on onnxruntime
@@ -299,6 +305,7 @@ class SimConfig:
                     f"clients {self.clients} rounds to 0 (use at least {1 / self.clients:g})"
                 )
             self.build_attack()  # a bad spec fails now, not in a round
+        budget_bytes(self.residual_memory_mb)  # finite and >= 0
         if not 0.0 <= self.ort_fraction <= 1.0:
             raise ValueError("ort_fraction must be in [0, 1]")
         if self.ort_fraction > 0 and self.ort_tier is not None:
@@ -1451,7 +1458,9 @@ def run_simulation(
     dp_pool = cfg.dp_pool_needed()
     pool_target = max(engine.config.cohort_size, dp_pool)
     pool_least = max(engine.config.min_reports, dp_pool)
-    encoders: dict[str, UpdateEncoder] = {}
+    # Each trained device's encoder state, resident up to the budget, the rest spilled to a
+    # private temporary directory that the `finally` below removes (mobile_sim/_residuals.py).
+    encoders = ResidualStore(spec, budget_bytes(cfg.residual_memory_mb))
     rng_pool = RngPool()
     records: list[RoundRecord] = []
     # The model of the last round in `records`: a round cut short after its close (while it
@@ -1627,6 +1636,7 @@ def run_simulation(
                     encoders[dev].refused()
                 else:
                     encoders[dev].dropped()
+            encoders.end_round()  # every upload settled: idle residuals beyond the budget go out
             acc: float | None = None
             loss: float | None = None
             backdoor: float | None = None
@@ -1711,6 +1721,7 @@ def run_simulation(
         raise
     finally:
         bar.close()
+        encoders.close()
         if own_backend:
             be.close()
     return result(engine.params.copy())
@@ -1813,7 +1824,7 @@ BATCH_MAX_SIZE = 1 << 16
 
 
 def encode_reports(
-    encoders: dict[str, UpdateEncoder],
+    encoders: MutableMapping[str, UpdateEncoder],
     jobs: Sequence[TrainJob],
     results: Sequence[JobResult],
     spec: ModelSpec,

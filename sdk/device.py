@@ -71,6 +71,19 @@ class UpdateEncoder:
             self._ef = ErrorFeedback(self.spec.size)
         return self._ef
 
+    @property
+    def pending(self) -> bool:
+        """Whether an upload is outstanding: `refused` would restore its u (until `accepted`,
+        `refused`, `dropped` or an encode without error feedback)."""
+        return self._pending_u is not None
+
+    @property
+    def state_nbytes(self) -> int:
+        """Bytes of float32[d] state held: the residual once allocated, and the outstanding
+        upload's u (a view of a batch's u counts as its own d floats)."""
+        held = 0 if self._ef is None else int(self._ef.residual.nbytes)
+        return held + (0 if self._pending_u is None else int(self._pending_u.nbytes))
+
     def set_feedback(self, ef: ErrorFeedback) -> None:
         """Adopt `ef` (a residual of this model's size, e.g. read from the app directory) as
         the error-feedback state; `ValueError` for another size."""
