@@ -1158,6 +1158,7 @@ _CODEC_FLAGS = tuple(
         "scope",
         "no_error_feedback",
         "warmup_rounds",
+        "residual_memory_mb",  # a dense run keeps no residual
     )
 )
 # The downlink's flags: a compressed plain run's (not --dense's, not --secure's).

@@ -34,11 +34,13 @@ def group_refusal(
     of `group_size` would never act as the robust rule it is, or None.
 
     Each stage's own bound first (`cohort_refusal`: Krum's n > 2f + 2, a fraction f or beta
-    that tolerates none, bucketing's 3 bucket means); then any stage but a mean, a clip or a
-    server optimizer needs at least `MIN_BUCKETS` (3) group sums: over 2 or fewer no rule can
-    outvote a bad one (the median of two is their mean, and of one its value; the geometric
-    median of two, started from their mean, stays there), as `Bucketing` refuses for bucket
-    means. fedavg takes any number of groups. `src` says where the count comes from and
+    that tolerates none, bucketing's 3 bucket means); then a rule that outvotes (median,
+    trimmed mean, geometric median, nearest-neighbour mixing) needs at least `MIN_BUCKETS` (3)
+    group sums: over 2 or fewer it is their mean (the median of two is their mean, and of one
+    its value; the geometric median of two, started from their mean, stays there; each of two
+    mixes with the other), as `Bucketing` refuses for bucket means. fedavg, clips, server
+    optimizers and the screens that judge each sum on its own (anomaly's max_norm, a cosine
+    filter, centered clipping) take any number of groups: they act on two as on ten. `src` says where the count comes from and
     `grow` what raises it, in the caller's words (flags or fields). Raises
     `AggregatorSpecError` for a spec that does not parse."""
     from coordinator.aggregators import build_aggregator
@@ -51,10 +53,16 @@ def group_refusal(
         return short
     if groups >= MIN_BUCKETS:
         return None
-    from coordinator.aggregators import Clip, FedAvg, ServerOptimizer
+    from coordinator.aggregators._robust import (
+        CoordinateMedian,
+        GeometricMedian,
+        NearestNeighborMixing,
+        TrimmedMean,
+    )
 
+    outvoting = (CoordinateMedian, TrimmedMean, GeometricMedian, NearestNeighborMixing)
     for name, stage in _stage_chain(group_aggregator):
-        if not isinstance(stage, (FedAvg, Clip, ServerOptimizer)):
+        if isinstance(stage, outvoting):
             sums = "group sum" if groups == 1 else "group sums"
             return (
                 f"{name} needs {MIN_BUCKETS} group sums or more a round to outvote a bad one, "

@@ -4,7 +4,6 @@ device ever trained stayed in a dict for the whole run (6.6 MB a device for the 
 
 from __future__ import annotations
 
-import gc
 import os
 import tempfile
 from dataclasses import replace
@@ -45,14 +44,18 @@ def _spill_dirs(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob("plume-residuals-*"))
 
 
-def _live_state_bytes() -> int:
-    """The float32[d] state alive in this process: every error-feedback residual (an idle
-    device's is kept without its encoder) and every encoder's pending u."""
-    gc.collect()
-    objects = gc.get_objects()
-    residuals = sum(o.residual.nbytes for o in objects if isinstance(o, ErrorFeedback))
-    pending = sum(o.state_nbytes for o in objects if isinstance(o, UpdateEncoder) and o.pending)
-    return residuals + pending
+def _idle_state_bytes(store: ResidualStore) -> int:
+    """The float32[d] state `store` holds in memory for idle devices, counted from what it
+    holds (a bare residual, or a whole encoder kept with its pending u), not from its own
+    tally (a gc scan of the process counted other tests' objects under xdist)."""
+    held = 0
+    for value in store._idle.values():
+        if isinstance(value, ErrorFeedback):
+            held += value.residual.nbytes
+        elif isinstance(value, UpdateEncoder):
+            held += value.state_nbytes
+    assert held == store.idle_bytes
+    return held
 
 
 def _run(cfg: SimConfig, monkeypatch: pytest.MonkeyPatch, spill_dir: Path) -> tuple[Any, list]:
@@ -62,10 +65,11 @@ def _run(cfg: SimConfig, monkeypatch: pytest.MonkeyPatch, spill_dir: Path) -> tu
     seen: list[tuple[int, list[str]]] = []
     real = runner.encode_reports
 
-    def spy(*args: Any, **kwargs: Any) -> dict[str, bytes]:
+    def spy(encoders: Any, *args: Any, **kwargs: Any) -> dict[str, bytes]:
         # Between rounds: no encoder is the round's yet, so all are idle.
-        seen.append((_live_state_bytes(), [str(p) for p in spill_dir.glob("plume-residuals-*/*")]))
-        frames: dict[str, bytes] = real(*args, **kwargs)
+        files = [str(p) for p in spill_dir.glob("plume-residuals-*/*")]
+        seen.append((_idle_state_bytes(encoders), files))
+        frames: dict[str, bytes] = real(encoders, *args, **kwargs)
         return frames
 
     monkeypatch.setattr(runner, "encode_reports", spy)
@@ -164,3 +168,15 @@ def test_the_budget_is_a_simconfig_field_checked_when_made() -> None:
         replace(CFG, residual_memory_mb=-1.0)
     with pytest.raises(ValueError, match="residual_memory_mb"):
         replace(CFG, residual_memory_mb=float("nan"))
+
+
+def test_a_dense_run_refuses_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    # A --dense run keeps no residual: the flag would change nothing (it was taken silently).
+    from coordinator.cli import main
+
+    try:
+        code = main(["sim", "--dense", "--residual-memory-mb", "1", "--rounds", "1"])
+    except SystemExit as exc:
+        code = int(exc.code or 0)
+    assert code == 2
+    assert "--residual-memory-mb only applies to compressed updates" in capsys.readouterr().err
