@@ -127,17 +127,24 @@ def test_the_last_round_still_finishes_an_active_task(tmp_path: Path) -> None:
     assert coord.task_status(task_id).state == "done"
 
 
-def test_a_task_paused_through_its_last_round_is_done_when_resumed(tmp_path: Path) -> None:
-    # Prepare: paused while its only round runs; the round then commits
-    clock = Clock()
+def paused_last_round(db: Path, clock: Clock) -> tuple[Coordinator, int]:
+    """A one-round task paused while its round runs, its one upload in: the round's close is
+    next. The coordinator and the task's id."""
     cfg = task_config(rounds=1, clients_per_round=1)
-    coord = _start(tmp_path / "p.db", clock)
+    coord = _start(db, clock)
     task_id = coord.create_task(cfg)
     coord.set_initial_model(task_id, encode_snapshot(initial_params(), SPEC, "fp32"))
     answer = coord.check_in("a", task_id)
     assert answer.assignment is not None
     coord.set_paused(task_id, True)
     coord.submit(answer.assignment.round_id, "a", "k", _frame(cfg))
+    return coord, task_id
+
+
+def test_a_task_paused_through_its_last_round_is_done_when_resumed(tmp_path: Path) -> None:
+    # Prepare: paused while its only round runs; the round then commits
+    clock = Clock()
+    coord, task_id = paused_last_round(tmp_path / "p.db", clock)
     asyncio.run(coord.close_round(coord.runtimes[task_id]))
     assert coord.task_status(task_id).state == "paused"
     # Execute

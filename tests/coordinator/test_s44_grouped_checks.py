@@ -19,9 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 
@@ -31,19 +29,11 @@ from coordinator.secure._config import GroupHistoryError, group_count, group_ref
 from coordinator.service import ServerThread, ServiceConfig, Store
 from coordinator.service.rounds import Coordinator, validate_task
 from mobile_sim.secure import run_secure_round
-from protocol.messages import TaskConfig, to_json
 from protocol.names import TaskState
 from sdk.secure import SecureParticipant
 
+from .test_h227_group_dp_refused import _post, grouped
 from .test_service_support import ADMIN, initial_params, rewrite_stored_config, task_config
-
-AUTH = {"authorization": f"Bearer {ADMIN}"}
-
-
-def grouped(group_aggregator: str, cpr: int, g: int, **secure: Any) -> TaskConfig:
-    """`cpr` devices a round (all selected) in SecAgg groups of `g`."""
-    raw = {"group_size": g, "group_aggregator": group_aggregator, **secure}
-    return task_config(clients_per_round=cpr, over_selection=1.0, min_reports=3, secure=raw)
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +41,6 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     db = tmp_path_factory.mktemp("s44") / "p.db"
     with ServerThread(ServiceConfig(db_path=str(db), admin_token=ADMIN)) as u:
         yield u
-
-
-def _post(url: str, cfg: TaskConfig) -> httpx.Response:
-    return httpx.post(f"{url}/v1/admin/tasks", json=to_json(cfg), headers=AUTH, timeout=30)
 
 
 # -- 1. a robust rule over too few groups ------------------------------------------------------

@@ -13,11 +13,9 @@ from typing import Any
 
 import pytest
 
-from compression import encode_snapshot
 from coordinator.service.rounds import Coordinator
 
-from .test_h57_pause_during_close import Clock, _frame, _start
-from .test_service_support import SPEC, initial_params, task_config
+from .test_h57_pause_during_close import Clock, _start, paused_last_round
 
 
 def _around_publish(coord: Coordinator, action: Any, after: bool) -> None:
@@ -40,14 +38,7 @@ def _around_publish(coord: Coordinator, action: Any, after: bool) -> None:
 def test_a_resume_during_the_last_close_is_done_everywhere(tmp_path: Path, after: bool) -> None:
     # Prepare: a one-round task paused while its round runs; the round then commits
     clock = Clock()
-    cfg = task_config(rounds=1, clients_per_round=1)
-    coord = _start(tmp_path / "p.db", clock)
-    task_id = coord.create_task(cfg)
-    coord.set_initial_model(task_id, encode_snapshot(initial_params(), SPEC, "fp32"))
-    answer = coord.check_in("a", task_id)
-    assert answer.assignment is not None
-    coord.set_paused(task_id, True)
-    coord.submit(answer.assignment.round_id, "a", "k", _frame(cfg))
+    coord, task_id = paused_last_round(tmp_path / "p.db", clock)
     _around_publish(coord, lambda: coord.set_paused(task_id, False), after)
     # Execute
     asyncio.run(coord.close_round(coord.runtimes[task_id]))

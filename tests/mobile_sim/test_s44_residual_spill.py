@@ -180,3 +180,14 @@ def test_a_dense_run_refuses_the_flag(capsys: pytest.CaptureFixture[str]) -> Non
         code = int(exc.code or 0)
     assert code == 2
     assert "--residual-memory-mb only applies to compressed updates" in capsys.readouterr().err
+
+
+def test_the_flags_default_is_the_stores() -> None:
+    # The CLI spells the default out (its help imports no numpy); it must stay the store's.
+    from coordinator.cli import build_parser
+    from mobile_sim._cli import config_from_args
+    from mobile_sim._residuals import DEFAULT_RESIDUAL_MEMORY_MB
+
+    args = build_parser().parse_args(["sim"])
+    assert config_from_args(args).residual_memory_mb == DEFAULT_RESIDUAL_MEMORY_MB
+    assert SimConfig().residual_memory_mb == DEFAULT_RESIDUAL_MEMORY_MB
