@@ -742,8 +742,10 @@ def create_app(
         fields = await device(request)
         return fields.device_id
 
-    async def registration_quota(request: Request) -> None:
-        """One token of the client address's registration bucket, or 429 with Retry-After."""
+    def registration_quota(request: Request) -> None:
+        """One token of the client address's registration bucket, or 429 with Retry-After.
+        Run once, before the body is read (`_before_body`), not as a dependency too: a second
+        run would spend a second token."""
         wait = register_limit.admit(client_key(request.client.host if request.client else None))
         if wait:
             metrics.registrations_rate_limited.inc()
@@ -763,6 +765,10 @@ def create_app(
     def admin_header(request: Request) -> None:
         check_admin_token(config.admin_token, request.headers.get(H.AUTHORIZATION))
 
+    def signature_form(request: Request) -> None:
+        """401 `unsigned` (signature headers missing or malformed), from the headers alone."""
+        verifier.signed_fields(_headers(request))
+
     def signature_headers(request: Request) -> None:
         """401 `unsigned` (signature headers missing or malformed) and 401 `unregistered`, as
         `RequestVerifier.verify` answers them once the body is read: the nonce is not spent."""
@@ -775,12 +781,13 @@ def create_app(
         response_model=RegisterResponse,
         responses={**_ERRORS, **_RATE_LIMITED},
         tags=["device"],
-        # The media type (the header alone) first, so a 415 spends no token of the address's
-        # quota; then the quota: a flood is refused before its signature is checked or it is
-        # stored.
-        dependencies=[json_body, Depends(registration_quota)],
+        dependencies=[json_body],
     )
-    @_before_body(json_media)
+    # Before the body is read: the media type (the header alone) first, so a 415 spends no
+    # token of the address's quota; then the quota, so a flood is refused before its body is
+    # read, its signature checked or it is stored; then the signature headers' form (401
+    # `unsigned`). The public key's 400s need the body, so they follow.
+    @_before_body(json_media, registration_quota, signature_form)
     async def register(request: Request, body: RegisterRequest) -> RegisterResponse:
         """Register an Ed25519 public key; the request is signed with that same key."""
         try:

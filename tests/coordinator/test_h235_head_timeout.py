@@ -152,7 +152,10 @@ def test_a_long_request_is_not_cut_by_the_head_timeout(tmp_path: Path) -> None:
     with ServerThread(cfg, head_timeout_s=TIMEOUT) as u, _connect(u) as s:
         body = b'{"platform": "x"}'
         s.sendall(
-            b"POST /v1/devices HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            # (a route whose header checks pass, so that its body is read: POST /v1/devices
+            # answers an unsigned request before its body)
+            b"POST /v1/admin/tasks HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+            + b"authorization: Bearer %s\r\n" % ADMIN.encode()
             + b"content-length: %d\r\n\r\n" % len(body)
         )
         assert not _closed_by_server(s, within=3 * TIMEOUT)

@@ -31,6 +31,7 @@ from sdk.client import Client, Mod, Send
 from .test_service_secure import STAGE_TIMEOUT_S
 from .test_service_support import (
     ADMIN,
+    FORM_SIGNED,
     SPEC,
     SoftmaxTrainer,
     await_assignment,
@@ -452,7 +453,8 @@ def test_control_requests_uvicorn_frames_itself_are_counted_exactly(
         read = _raw(
             url,
             b"POST /v1/devices HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\n"
-            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body),
+            + FORM_SIGNED
+            + b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body),
         )
         head = _raw(url, b"HEAD /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
         # A header written without the space after the colon, or with more than one: counted as
@@ -478,14 +480,16 @@ def test_control_requests_uvicorn_frames_itself_are_counted_exactly(
         listed = _raw(
             url,
             b"POST /v1/devices HTTP/1.1\r\nhost: x\r\nexpect: x-foo, 100-continue,\r\n"
-            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body),
+            + FORM_SIGNED
+            + b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body),
         )
         expected, counted = _control_settles(relay, http)
         assert counted == expected  # each on its own: the two old errors, -25 and +25, cancel
         old_expect = _raw(
             url,
             b"POST /v1/devices HTTP/1.0\r\nhost: x\r\nexpect: 100-continue\r\n"
-            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body),
+            + FORM_SIGNED
+            + b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body),
         )
         assert (listed.status, old_expect.status) == (400, 400)
         posts = [ex for ex in _split(relay) if ex.request.start == "POST /v1/devices HTTP/1.1"]

@@ -12,11 +12,12 @@ import pytest
 
 from coordinator.service import ServerThread, ServiceConfig
 
-from .test_service_support import serve_cli
+from .test_service_support import FORM_SIGNED, serve_cli
 
 HEAD = (
     "POST /v1/devices HTTP/1.1\r\nHost: plume\r\ncontent-type: application/json\r\n"
-    "content-length: 100\r\n\r\n"
+    + FORM_SIGNED.decode()
+    + "content-length: 100\r\n\r\n"
 )
 
 

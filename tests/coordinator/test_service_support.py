@@ -29,6 +29,18 @@ from protocol.secagg import Stage
 from sdk import Client, TrainResult
 
 ADMIN = "test-admin-token"
+# Signature headers of a valid form that no key made, for raw requests to POST /v1/devices that
+# must get past the checks decided from the headers (the 401 `unsigned` is answered before the
+# body is read) so that the body is read: the public key's 400 or the signature's 401 follow.
+FORM_SIGNED = (
+    b"x-plume-device: "
+    + b"0" * 32
+    + b"\r\nx-plume-timestamp: 0\r\nx-plume-nonce: "
+    + b"0" * 32
+    + b"\r\nx-plume-signature: "
+    + b"A" * 86
+    + b"\r\n"
+)
 SHAPES = [("w", (10, 16)), ("b", (10,))]
 SPEC = ModelSpec.from_shapes(SHAPES)
 
