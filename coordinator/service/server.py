@@ -363,6 +363,12 @@ class _Server(uvicorn.Server):
             ender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ender
+        if self.force_exit and self.config.lifespan != "off":
+            # A second Ctrl-C (force_exit) makes uvicorn skip the app's lifespan shutdown;
+            # asyncio.run then cancelled the lifespan task, which starlette logged as an ERROR
+            # traceback of a CancelledError. The app's shutdown (stop the ticker, drain the
+            # round closes, whose threads the interpreter waits for anyway) runs here instead.
+            await self.lifespan.shutdown()
 
     def _connections(self) -> list[H11Protocol]:
         return [c for c in self.server_state.connections if isinstance(c, H11Protocol)]
