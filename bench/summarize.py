@@ -640,6 +640,12 @@ OTHER_FILES: list[tuple[str, str, list[str]]] = [
         ["mnist_cnn_wall_ratio_vs_plain_loop", "mnist_cnn_ratios_by_backend"],
     ),
     (
+        "device_round_rss",
+        "Peak RSS of a device's whole round on plain onnxruntime, torch blocked (mnist_cnn, "
+        "B=10: `Client.participate` against a loopback coordinator; docs/devices.md)",
+        ["first_round_peak_rss_mb", "later_rounds_peak_rss_mb", "after_imports_mb"],
+    ),
+    (
         "readme_cnn_download/rounds",
         "README: a 1-round run of the compressed MNIST-CNN setting, for its download bytes",
         ["summary.final_accuracy", "summary.total_upload_bytes", "summary.total_download_bytes"],
