@@ -1097,7 +1097,8 @@ class DeviceStore:
         """The app directory. `ValueError` once the store is closed, or in a child process
         forked from the one that opened it (the lock is not the child's); `DeviceStoreError`
         once the path names another directory than the one locked (moved or replaced: writing
-        by the path would go where another process may hold the lock)."""
+        by the path would go where another process may hold the lock), or nothing (deleted or
+        moved away: every later call would fail on it, and nothing brings it back)."""
         if not (self._release.alive and self._hold.here()):
             raise ValueError(
                 f"{self._root}: this DeviceStore is closed"
@@ -1105,8 +1106,15 @@ class DeviceStore:
             )
         try:
             st = os.stat(self._root)
-        except OSError:
-            return self._root  # gone: the operation fails on it as it would have
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.ENOTDIR):
+                raise DeviceStoreError(
+                    f"{self._root}: the app directory no longer exists (it was deleted or moved "
+                    "while open): close the store (or Client) and open a new one; a new one "
+                    "makes an empty directory and registers as a new device, unless the "
+                    "directory's files are restored first"
+                ) from exc
+            return self._root  # unreadable for now: the operation fails on it as it would have
         if (st.st_dev, st.st_ino) != self._hold.key:
             raise DeviceStoreError(
                 f"{self._root} is no longer the app directory this store locked (it was moved "
