@@ -648,10 +648,16 @@ def cohort_refusal(
                     f"round has {n} ({src}) (raise {grow} or lower f)"
                 )
         elif isinstance(stage, TrimmedMean) and stage.beta > 0 and resolve_f(stage.beta, n) == 0:
+            # beta < 0.5 trims one a side from 1/n on, so only from n = 3: over 2 or fewer no
+            # beta trims (s45: the hint said "or beta" there too, which no beta could follow)
+            fix = (
+                f"raise {grow}, or beta to at least 1/n: {math.ceil(10**4 / n) / 10**4:g}"
+                if n >= 3
+                else f"raise {grow} to 3 or more: over {n} no beta below 0.5 trims one"
+            )
             return (
                 f"trimmed_mean: beta={_num(stage.beta)} trims floor(beta·n) = 0 of a full "
-                f"round's {n} {unit} ({src}) a side, so every round is the plain mean (raise "
-                f"{grow} or beta)"
+                f"round's {n} {unit} ({src}) a side, so every round is the plain mean ({fix})"
             )
         elif isinstance(stage, Bucketing):
             buckets = -(-n // stage.bucket_size)
