@@ -680,8 +680,8 @@ def register(sub: Any) -> None:
         type=float,
         default=512.0,
         metavar="MIB",
-        help="plain in-process runs: trained devices' error-feedback residuals (4 bytes a "
-        "model parameter each) held in memory; beyond it the least recently used go to a "
+        help="in-process and --secure runs: trained devices' error-feedback residuals (4 bytes "
+        "a model parameter each) held in memory; beyond it the least recently used go to a "
         "private temporary directory under $TMPDIR, removed at the end, and come back bit for "
         "bit (default 512; 0: all, after each round)",
     )
@@ -1142,24 +1142,27 @@ _PLAIN_ONLY = (
     ("--no-error-feedback", "no_error_feedback"),
     ("--ort-fraction", "ort_fraction"),
     ("--ort-tier", "ort_tier"),
-    ("--residual-memory-mb", "residual_memory_mb"),
 )
 # The plain codec's flags, which a --dense run (dense fp32 updates) has no use for.
-_CODEC_FLAGS = tuple(
-    (flag, dest)
-    for flag, dest in _PLAIN_ONLY
-    if dest
-    in (
-        "topk",
-        "bits",
-        "block",
-        "index",
-        "topk_mode",
-        "scope",
-        "no_error_feedback",
-        "warmup_rounds",
-        "residual_memory_mb",  # a dense run keeps no residual
-    )
+_CODEC_FLAGS = (
+    *(
+        (flag, dest)
+        for flag, dest in _PLAIN_ONLY
+        if dest
+        in (
+            "topk",
+            "bits",
+            "block",
+            "index",
+            "topk_mode",
+            "scope",
+            "no_error_feedback",
+            "warmup_rounds",
+        )
+    ),
+    # A dense run keeps no residual. Secure devices keep theirs (mobile_sim/_residuals.py's
+    # ParticipantStore), so the flag is not in _PLAIN_ONLY.
+    ("--residual-memory-mb", "residual_memory_mb"),
 )
 # The downlink's flags: a compressed plain run's (not --dense's, not --secure's).
 _DOWNLINK_FLAGS = (("--downlink-topk", "downlink_topk"), ("--downlink-bits", "downlink_bits"))
@@ -1507,7 +1510,12 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         if clockless:
             return f"--deadline is in simulated seconds, which {clockless} runs do not have"
         return "--deadline needs the simulated clock: --fleet timing or realistic"
-    if args.transport == "http" and (head := _only_apply(args, _INPROC_ONLY, " and ")):
+    # A secure HTTP run's devices use the simulator's participants (their residuals), which
+    # --residual-memory-mb bounds as in process; a plain one's keep theirs in app directories.
+    inproc_only = tuple(
+        f for f in _INPROC_ONLY if not (args.secure and f[1] == "residual_memory_mb")
+    )
+    if args.transport == "http" and (head := _only_apply(args, inproc_only, " and ")):
         return (
             f"{head} to --transport inproc (the HTTP fleet trains one SDK client per device "
             "in this process)"

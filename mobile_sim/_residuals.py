@@ -14,6 +14,12 @@ Only a settled encoder (no pending upload: after accepted, refused or dropped) i
 written out, and only between rounds (`end_round`): every device used in a round keeps its
 encoder until then. An encoder without error feedback has no state to keep and is only dropped. `close` removes the
 directory; a store never closed removes it when collected or at interpreter exit.
+
+`ParticipantStore` does the same for a secure run's `sdk.secure.SecureParticipant`s: an idle
+settled participant is held as its residual and its noise stream's key and position (its
+`CtrRandom` is rebuilt at that position, the 64 KiB keystream buffer regenerated), and spilled
+to one record of residual, key and position. A participant with an unsettled masked input is
+never slimmed nor written out.
 """
 
 from __future__ import annotations
@@ -24,14 +30,20 @@ import shutil
 import tempfile
 import weakref
 from collections import OrderedDict
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Iterator, MutableMapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from compression import CodecConfig, ErrorFeedback, ModelSpec
 from sdk.device import UpdateEncoder
 
-__all__ = ["DEFAULT_RESIDUAL_MEMORY_MB", "ResidualStore", "budget_bytes"]
+if TYPE_CHECKING:  # loaded with a secure run only (the plain runner imports this module)
+    from protocol.secagg import CtrRandom
+    from sdk.secure import SecureParticipant
+
+__all__ = ["DEFAULT_RESIDUAL_MEMORY_MB", "ParticipantStore", "ResidualStore", "budget_bytes"]
 
 # The default budget of encoder state held in memory (MiB): about 55,000 devices' residuals of
 # the digits MLP (9.6 KB each), 80 of the MNIST CNN (6.6 MB each).
@@ -50,6 +62,68 @@ def _remove(directory: str, file: io.BufferedRandom) -> None:
     shutil.rmtree(directory, ignore_errors=True)
 
 
+class _SpillFile:
+    """Records of `record` bytes in slots of one file in a private temporary directory
+    (`tempfile`: $TMPDIR, else /tmp), made at the first write. `close` removes the directory,
+    as does collection or interpreter exit. `directory` is None until then."""
+
+    def __init__(self, record: int, tmpdir: str | None) -> None:
+        self.record = record
+        self.tmpdir = tmpdir
+        self.directory: str | None = None
+        self.slots = 0  # the file's length in records
+        self._free: list[int] = []
+        self._file: io.BufferedRandom | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    def _open(self) -> io.BufferedRandom:
+        if self._file is None:
+            self.directory = tempfile.mkdtemp(prefix="plume-residuals-", dir=self.tmpdir)
+            self._file = open(f"{self.directory}/residuals.f32", "w+b")  # noqa: SIM115
+            self._finalizer = weakref.finalize(self, _remove, self.directory, self._file)
+        return self._file
+
+    def write(self, parts: Sequence[memoryview | bytes]) -> int:
+        """Write one record (`parts` in turn, `record` bytes in all) to a free slot; its slot."""
+        slot = self._free.pop() if self._free else self.slots
+        file = self._open()
+        try:
+            file.seek(slot * self.record)
+            for part in parts:
+                file.write(part)
+            file.flush()
+        except OSError as exc:
+            self._free.append(slot)
+            raise OSError(
+                exc.errno,
+                f"could not write a device's residual to {self.directory} ({exc.strerror}): "
+                "point TMPDIR at a disk with room, or raise --residual-memory-mb",
+            ) from exc
+        self.slots = max(self.slots, slot + 1)
+        return slot
+
+    def read(self, slot: int, into: Sequence[memoryview], device: str) -> None:
+        """Read the record of `slot` into the buffers `into` (`record` bytes in all) and free
+        the slot."""
+        file = self._open()
+        file.seek(slot * self.record)
+        got = sum(file.readinto(buffer) or 0 for buffer in into)
+        if got != self.record:
+            raise OSError(f"the spilled residual of device {device!r} was cut short")
+        self._free.append(slot)
+
+    def free(self, slot: int) -> None:
+        self._free.append(slot)
+
+    def close(self) -> None:
+        if self._finalizer is not None:
+            self._finalizer()
+        self._file = None
+        self.directory = None
+        self._free.clear()
+        self.slots = 0
+
+
 class ResidualStore(MutableMapping[str, UpdateEncoder]):
     """Device id -> `UpdateEncoder`, as a dict, holding at most `budget` bytes of the residuals
     of devices not used in the current round; the rest are on disk.
@@ -66,24 +140,24 @@ class ResidualStore(MutableMapping[str, UpdateEncoder]):
         self.spec = spec
         self.budget = budget
         self.tmpdir = tmpdir
-        self.directory: str | None = None
         self.spills = 0  # residuals written out
         self.restores = 0  # residuals read back
         self.peak_idle_bytes = 0  # the most idle state held after an `end_round`
-        self._record = spec.size * 4  # one residual, float32[d]
+        self._disk = _SpillFile(spec.size * 4, tmpdir)  # a slot: one residual, float32[d]
         self._round: dict[str, UpdateEncoder] = {}
         # Idle, in memory, least recent first: a residual (None: none to keep) or a whole encoder.
         self._idle: OrderedDict[str, ErrorFeedback | UpdateEncoder | None] = OrderedDict()
         self._sizes: dict[str, int] = {}  # each idle one's bytes
         self._idle_bytes = 0
         self._spilled: dict[str, int] = {}  # device -> its slot in the file (-1: no residual)
-        self._free: list[int] = []
-        self._slots = 0
         # What a rebuilt encoder is made with: the first settled one's settings, the last's codec.
         self._settings: tuple[bool, float | None] | None = None
         self._config: CodecConfig | None = None
-        self._file: io.BufferedRandom | None = None
-        self._finalizer: weakref.finalize | None = None
+
+    @property
+    def directory(self) -> str | None:
+        """The spill directory; None until the first residual is written out."""
+        return self._disk.directory
 
     @property
     def idle_bytes(self) -> int:
@@ -98,7 +172,7 @@ class ResidualStore(MutableMapping[str, UpdateEncoder]):
     @property
     def disk_bytes(self) -> int:
         """Size of the spill file: one float32[d] slot per device on disk at once, at most."""
-        return self._slots * self._record
+        return self._disk.slots * self._disk.record
 
     def __len__(self) -> int:
         return len(self._round) + len(self._idle) + len(self._spilled)
@@ -164,17 +238,12 @@ class ResidualStore(MutableMapping[str, UpdateEncoder]):
 
     def close(self) -> None:
         """Remove the spill directory and forget every device's state."""
-        if self._finalizer is not None:
-            self._finalizer()
-        self._file = None
-        self.directory = None
+        self._disk.close()
         self._round.clear()
         self._idle.clear()
         self._sizes.clear()
         self._idle_bytes = 0
         self._spilled.clear()
-        self._free.clear()
-        self._slots = 0
 
     def __enter__(self) -> ResidualStore:
         return self
@@ -189,33 +258,14 @@ class ResidualStore(MutableMapping[str, UpdateEncoder]):
             self._idle_bytes -= self._sizes.pop(device)
         slot = self._spilled.pop(device, None)
         if slot is not None and slot >= 0:
-            self._free.append(slot)
-
-    def _open(self) -> io.BufferedRandom:
-        if self._file is None:
-            self.directory = tempfile.mkdtemp(prefix="plume-residuals-", dir=self.tmpdir)
-            self._file = open(f"{self.directory}/residuals.f32", "w+b")  # noqa: SIM115
-            self._finalizer = weakref.finalize(self, _remove, self.directory, self._file)
-        return self._file
+            self._disk.free(slot)
 
     def _spill(self, device: str, held: ErrorFeedback | None) -> None:
         """Write idle `device`'s residual out and drop it from memory."""
         slot = -1
         if held is not None:
             residual = np.ascontiguousarray(held.held())
-            slot = self._free.pop() if self._free else self._slots
-            file = self._open()
-            try:
-                file.seek(slot * self._record)
-                file.write(residual.data.cast("B"))
-                file.flush()
-            except OSError as exc:
-                raise OSError(
-                    exc.errno,
-                    f"could not write a device's residual to {self.directory} ({exc.strerror}): "
-                    "point TMPDIR at a disk with room, or raise --residual-memory-mb",
-                ) from exc
-            self._slots = max(self._slots, slot + 1)
+            slot = self._disk.write([residual.data.cast("B")])
         del self._idle[device]
         self._idle_bytes -= self._sizes.pop(device)
         self._spilled[device] = slot
@@ -238,11 +288,196 @@ class ResidualStore(MutableMapping[str, UpdateEncoder]):
         held = None
         if slot >= 0:
             held = ErrorFeedback(self.spec.size)
-            file = self._open()
-            file.seek(slot * self._record)
-            got = file.readinto(held.residual.data.cast("B"))
-            if got != self._record:
-                raise OSError(f"the spilled residual of device {device!r} was cut short")
-            self._free.append(slot)
+            self._disk.read(slot, [held.residual.data.cast("B")], device)
         self.restores += 1
         return self._rebuild(held)
+
+
+# A noise stream's key (CtrRandom's seed) and the bytes it has given (uint64, little-endian).
+_KEY_BYTES = 32
+_STREAM_BYTES = _KEY_BYTES + 8
+
+
+@dataclass(frozen=True)
+class _Slim:
+    """An idle settled participant: its residual and its noise stream's key and position."""
+
+    residual: np.ndarray
+    key: bytes
+    position: int
+
+
+def _stream_position(rng: CtrRandom) -> int | None:
+    """How many bytes `rng` has used (`CtrRandom.position`): a new `CtrRandom` of its key
+    moved there (`CtrRandom.at`) gives the same bytes after. None for a generator of another
+    kind or key length (kept whole)."""
+    from protocol.secagg import CtrRandom
+
+    if type(rng) is not CtrRandom or len(rng.seed) != _KEY_BYTES:
+        return None
+    return rng.position
+
+
+class ParticipantStore(MutableMapping[str, "SecureParticipant"]):
+    """Device id -> `sdk.secure.SecureParticipant` of a model of `size` values, as a dict,
+    holding at most `budget` bytes of the state of devices not used in the current round; the
+    rest are on disk. As `ResidualStore`: every participant read or set since the last
+    `end_round` is the round's and stays as it is; `end_round` keeps only the residual and noise
+    stream position (`_Slim`, its residual's bytes and 40 counted) of each settled one and
+    writes idle ones out, least recently used first, until they fit the budget (0: every
+    settled one). A participant with an unsettled input (or another size, or a noise generator
+    other than a `CtrRandom`) is kept whole, counted by its residual and unsettled arrays."""
+
+    def __init__(self, size: int, budget: int, *, tmpdir: str | None = None) -> None:
+        if budget < 0:
+            raise ValueError("the residual budget must be >= 0 bytes")
+        self.size = size
+        self.budget = budget
+        self.spills = 0  # participants written out
+        self.restores = 0  # participants read back
+        self.peak_idle_bytes = 0  # the most idle state held after an `end_round`
+        self._disk = _SpillFile(size * 4 + _STREAM_BYTES, tmpdir)
+        self._round: dict[str, SecureParticipant] = {}
+        # Idle, in memory, least recent first: slimmed, or whole.
+        self._idle: OrderedDict[str, _Slim | SecureParticipant] = OrderedDict()
+        self._sizes: dict[str, int] = {}
+        self._idle_bytes = 0
+        self._spilled: dict[str, int] = {}  # device -> its slot in the file
+
+    @property
+    def directory(self) -> str | None:
+        """The spill directory; None until the first participant is written out."""
+        return self._disk.directory
+
+    @property
+    def idle_bytes(self) -> int:
+        """Bytes held for devices not used in this round (what the budget bounds)."""
+        return self._idle_bytes
+
+    @property
+    def spilled(self) -> int:
+        """How many devices' participants are on disk now."""
+        return len(self._spilled)
+
+    @property
+    def disk_bytes(self) -> int:
+        """Size of the spill file: one slot per device on disk at once, at most."""
+        return self._disk.slots * self._disk.record
+
+    def __len__(self) -> int:
+        return len(self._round) + len(self._idle) + len(self._spilled)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter([*self._round, *self._idle, *self._spilled])
+
+    def __contains__(self, device: object) -> bool:
+        return device in self._round or device in self._idle or device in self._spilled
+
+    def __getitem__(self, device: str) -> SecureParticipant:
+        p = self._round.get(device)
+        if p is not None:
+            return p
+        if device in self._idle:
+            held = self._idle.pop(device)
+            self._idle_bytes -= self._sizes.pop(device)
+            p = self._rebuild(held) if isinstance(held, _Slim) else held
+        elif device in self._spilled:
+            p = self._restore(device)
+        else:
+            raise KeyError(device)
+        self._round[device] = p
+        return p
+
+    def __setitem__(self, device: str, participant: SecureParticipant) -> None:
+        self._forget(device)
+        self._round[device] = participant
+
+    def __delitem__(self, device: str) -> None:
+        if device not in self:
+            raise KeyError(device)
+        self._forget(device)
+
+    def end_round(self) -> None:
+        """The round is settled: its devices become idle (the most recent), slimmed where they
+        can be, and idle settled ones are written out, least recently used first, until the
+        idle state fits the budget."""
+        for device, p in self._round.items():
+            held: _Slim | SecureParticipant = p
+            size = int(p.residual.nbytes)
+            position = _stream_position(p.noise_rng)
+            residual = np.asarray(p.residual)
+            if (
+                p.unsettled is None
+                and position is not None
+                and residual.dtype == np.float32
+                and residual.shape == (self.size,)
+            ):
+                held = _Slim(residual, p.noise_rng.seed, position)
+                size += _STREAM_BYTES
+            elif p.unsettled is not None:
+                size += sum(int(a.nbytes) for a in p.unsettled)
+            self._idle[device] = held
+            self._sizes[device] = size
+            self._idle_bytes += size
+        self._round.clear()
+        kept = 0
+        while self._idle_bytes > self.budget and kept < len(self._idle):
+            device, held = next(iter(self._idle.items()))
+            if not isinstance(held, _Slim):  # unsettled or odd: stays whole, in memory
+                self._idle.move_to_end(device)
+                kept += 1
+                continue
+            self._spill(device, held)
+        self.peak_idle_bytes = max(self.peak_idle_bytes, self._idle_bytes)
+
+    def close(self) -> None:
+        """Remove the spill directory and forget every device's state."""
+        self._disk.close()
+        self._round.clear()
+        self._idle.clear()
+        self._sizes.clear()
+        self._idle_bytes = 0
+        self._spilled.clear()
+
+    def __enter__(self) -> ParticipantStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _forget(self, device: str) -> None:
+        self._round.pop(device, None)
+        if device in self._idle:
+            del self._idle[device]
+            self._idle_bytes -= self._sizes.pop(device)
+        slot = self._spilled.pop(device, None)
+        if slot is not None:
+            self._disk.free(slot)
+
+    def _spill(self, device: str, held: _Slim) -> None:
+        """Write idle `device`'s residual and noise stream out and drop them from memory."""
+        residual = np.ascontiguousarray(held.residual)
+        stream = held.key + held.position.to_bytes(8, "little")
+        slot = self._disk.write([residual.data.cast("B"), stream])
+        del self._idle[device]
+        self._idle_bytes -= self._sizes.pop(device)
+        self._spilled[device] = slot
+        self.spills += 1
+
+    def _rebuild(self, held: _Slim) -> SecureParticipant:
+        from protocol.secagg import CtrRandom
+        from sdk.secure import SecureParticipant
+
+        p = SecureParticipant(self.size, noise_rng=CtrRandom.at(held.key, held.position))
+        p.residual = held.residual
+        return p
+
+    def _restore(self, device: str) -> SecureParticipant:
+        """A participant with `device`'s residual and noise stream as they were written out."""
+        slot = self._spilled.pop(device)
+        residual = np.empty(self.size, dtype=np.float32)
+        stream = bytearray(_STREAM_BYTES)
+        self._disk.read(slot, [residual.data.cast("B"), memoryview(stream)], device)
+        key, position = bytes(stream[:_KEY_BYTES]), int.from_bytes(stream[_KEY_BYTES:], "little")
+        self.restores += 1
+        return self._rebuild(_Slim(residual, key, position))

@@ -26,6 +26,7 @@ from coordinator.secure import SecureConfig, SecureCoordinator, SecureOutcome
 from protocol.secagg import CtrRandom, RoundAborted, SecAggError, Stage
 from sdk.secure import SecureParticipant, SecureSession
 
+from ._residuals import ParticipantStore, budget_bytes
 from .clock import COORDINATOR_MAX_S
 from .partition import partition_stats
 from .runner import (
@@ -496,6 +497,11 @@ def run_secure_simulation(
     `ValueError`, as do the plain-round settings it has no use for (`attack`, an `aggregator`
     other than fedavg, `over_selection`, `warmup_rounds`, `clip_norm`, ONNX devices, a
     compressed downlink: `downlink_topk`, `downlink_bits`).
+
+    Each device's `SecureParticipant` (its error-feedback residual and `--dp-noise` stream)
+    lives from round to round; those of devices outside the round are held up to
+    `cfg.residual_memory_mb` and the rest spilled to a private temporary directory, removed at
+    the end (`ParticipantStore`; results do not depend on the budget).
     """
     if transport not in ("inproc", "http"):
         raise ValueError(f"transport must be 'inproc' or 'http', not {transport!r}")
@@ -548,7 +554,9 @@ def run_secure_simulation(
     d = coord.size
     ids = _device_ids(cfg.clients)
     index_of = {dev: i for i, dev in enumerate(ids)}
-    participants: dict[str, SecureParticipant] = {}
+    # Every device's participant, resident up to the budget, the rest spilled to a private
+    # temporary directory that the `finally` below removes (mobile_sim/_residuals.py).
+    participants = ParticipantStore(d, budget_bytes(cfg.residual_memory_mb))
     drop_rng = np.random.default_rng([cfg.seed, 4])
     be = backend_for(cfg)
     evaluate_model = model_evaluator(be, eval_model, data)  # checks the test set: before start
@@ -559,6 +567,7 @@ def run_secure_simulation(
         fleet = HttpSecureFleet(coord, spec=setup.spec) if transport == "http" else None
     except BaseException:
         be.close()  # the `finally` below that closes it is not reached
+        participants.close()
         raise
     # The config the results record: over HTTP with the task's selection timeout, the one its
     # rounds ran with (not the realistic fleet's simulated 900 s, unused). Its round deadline
@@ -603,11 +612,14 @@ def run_secure_simulation(
                 if dev not in participants:
                     noise = CtrRandom(_noise_key(cfg.seed, index_of[dev]))
                     participants[dev] = SecureParticipant(d, noise_rng=noise)
+            # The round's participants, in a plain dict: the HTTP fleet's device threads read
+            # theirs at once, and the store is not for threads.
+            cohort = {dev: participants[dev] for dev in selected}
             job_of = {j.device_id: j for j in jobs}
             drops = draw_dropouts(selected, dropout, drop_rng)
             if fleet is not None:
                 outcome = fleet.run_round(
-                    participants, updates, drops, rng_for=partial(_job_stream, job_of)
+                    cohort, updates, drops, rng_for=partial(_job_stream, job_of)
                 )
                 stats = RoundStats()
                 # Bytes as the service's ledger counts them (payload; wire bytes beside them).
@@ -621,13 +633,14 @@ def run_secure_simulation(
                 stats.bytes_down = {"all": int(totals["down_payload_bytes"])}
             else:
                 outcome, stats = run_secure_round(
-                    coord, participants, updates, drops, rng_for=partial(_job_stream, job_of)
+                    coord, cohort, updates, drops, rng_for=partial(_job_stream, job_of)
                 )
                 # Every selected device downloaded the model first: one fp32 snapshot each, as
                 # the plain in-process runner counts it (over HTTP the ledger has the real one).
                 for dev in selected:
                     ledger.record(outcome.round_id, dev, "down", 4 * d, None, 4 * d)
                     stats.bytes_down[dev] = stats.bytes_down.get(dev, 0) + 4 * d
+            participants.end_round()  # every input settled: idle state beyond the budget goes out
             acc: float | None = None
             loss: float | None = None
             eval_s = 0.0
@@ -703,6 +716,7 @@ def run_secure_simulation(
         raise
     finally:
         bar.close()
+        participants.close()
         be.close()
         if fleet is not None:
             fleet.close()

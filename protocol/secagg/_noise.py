@@ -33,6 +33,29 @@ class CtrRandom:
         self._buf = b""
         self._pos = 0
 
+    @property
+    def seed(self) -> bytes:
+        """The keystream's key."""
+        return self._seed
+
+    @property
+    def position(self) -> int:
+        """How many bytes of the keystream the generator has used (given out): everything it
+        will give next follows from its seed and this (`at`)."""
+        return self._block * _BUFFER - (len(self._buf) - self._pos)
+
+    @classmethod
+    def at(cls, seed: bytes, position: int) -> CtrRandom:
+        """A generator of `seed` that has used `position` bytes: it gives the bytes the one it
+        stands for would give next (the simulator keeps an idle device's noise stream as its
+        seed and position)."""
+        if position < 0:
+            raise ValueError(f"position must be >= 0, got {position}")
+        rng = cls(seed)
+        rng._block = position // _BUFFER
+        rng._bytes(position % _BUFFER)  # regenerates that block, then skips what was used
+        return rng
+
     def _bytes(self, n: int) -> bytes:
         while self._pos + n > len(self._buf):
             self._buf = self._buf[self._pos :] + prg_bytes(
