@@ -11,7 +11,13 @@ import numpy.typing as npt
 
 from compression import SparseUpdate
 
-from ._base import AggregateOutput, ClientUpdate, sparse_weighted_sum
+from ._base import (
+    AggregateOutput,
+    ClientUpdate,
+    NonFiniteReportError,
+    check_finite_reports,
+    sparse_weighted_sum,
+)
 
 if TYPE_CHECKING:
     from ._robust import UpdateRows
@@ -136,6 +142,12 @@ class _FedAvgProcess:
             acc = np.zeros(self.size, dtype=np.float64)
             for cu, w in zip(updates, weights, strict=True):
                 add_float64(acc, cu.update, w)
+            if not np.all(np.isfinite(acc)):
+                # Not an overflow (float64 holds any sum of finite float32 products): a
+                # report holds NaN or infinity. The service's decoders refuse those; a library
+                # caller gets the error the robust rules raise, not an inf mean (which a
+                # server optimizer behind would have saturated to a finite 3.4e38).
+                check_finite_reports(updates)
         return self._finish(state, acc, total, len(updates), capped), acc
 
     def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:
@@ -165,4 +177,6 @@ class _FedAvgProcess:
             acc = np.zeros(self.size, dtype=np.float64)
             for w, dense in zip(weights, rows.dense_rows(), strict=True):
                 acc += w * dense.astype(np.float64)
+            if not np.all(np.isfinite(acc)):  # as in `next_sum`: a row holds NaN or infinity
+                raise NonFiniteReportError("a report holds NaN or infinity")
         return self._finish(state, acc, total, len(rows), capped)
