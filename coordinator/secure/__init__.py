@@ -21,7 +21,7 @@ from ._dp import (
     skellam_rdp,
 )
 from ._policy import CoordinatePolicy, RandomPolicy, TopKMixPolicy, public_seed
-from ._round import BUNDLE_BYTES, GroupResult, SecureRound, split_groups
+from ._round import BUNDLE_BYTES, GroupResult, SecureRound, group_reason, split_groups
 
 __all__ = [
     "BUNDLE_BYTES",
@@ -47,5 +47,6 @@ __all__ = [
     "public_seed",
     "plan_numbers",
     "skellam_rdp",
+    "group_reason",
     "split_groups",
 ]

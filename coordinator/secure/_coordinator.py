@@ -43,7 +43,7 @@ from ._dp import (
     min_round_rho,
 )
 from ._policy import CoordinatePolicy, TopKMixPolicy, public_seed
-from ._round import GroupResult, SecureRound, split_groups
+from ._round import GroupResult, SecureRound, group_reason, split_groups
 
 __all__ = [
     "BudgetExhausted",
@@ -540,14 +540,15 @@ class SecureCoordinator:
                 # A group that aborted at a stage's close says why (e.g. too few masked
                 # inputs); one the round's deadline cut short names the stage it was in.
                 why = sr.server.state.abort_reason if sr.stage == Stage.ABORTED else ""
-                reasons.append(why or f"group stopped in stage {sr.stage}")
+                why = why or f"group stopped in stage {sr.stage}"
+                reasons.append(group_reason(gi, len(task.groups), why))
                 continue
             try:
                 results.append(sr.finish())
                 kept.append(gi)
             except RoundAborted as exc:
                 aborted += 1
-                reasons.append(str(exc))
+                reasons.append(group_reason(gi, len(task.groups), str(exc)))
         contributors = [d for res in results for d in res.contributors]
         dropped = sorted(set(task.group_of) - set(contributors))
         update = np.zeros(self.size, dtype=np.float32)

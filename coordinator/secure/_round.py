@@ -39,7 +39,7 @@ from protocol.secagg import (
 from protocol.secagg._crypto import KEY_BYTES, NONCE_BYTES, TAG_BYTES
 from protocol.secagg._shamir import share_size
 
-__all__ = ["SecureRound", "GroupResult", "BUNDLE_BYTES"]
+__all__ = ["SecureRound", "GroupResult", "BUNDLE_BYTES", "group_reason"]
 
 # Every share bundle has one length: AES-GCM (nonce, tag) over `source u32 | dest u32 |
 # u16 + share(mask key) | u16 + share(self-mask seed)`, both secrets 32 bytes. The server
@@ -291,6 +291,12 @@ class SecureRound:
 
     def abort(self, reason: str) -> None:
         self.server.abort(reason)
+
+
+def group_reason(index: int, groups: int, why: str) -> str:
+    """An aborted group's reason as a round records it: named ("group 2 of 4: ...") when the
+    round has more than one group, so that each reason says which group it is for."""
+    return why if groups <= 1 else f"group {index + 1} of {groups}: {why}"
 
 
 def split_groups(

@@ -36,6 +36,7 @@ from coordinator.secure import (
     SecureOutcome,
     SecureRound,
     SecureTask,
+    group_reason,
 )
 from protocol.names import Reason
 from protocol.secagg import (
@@ -247,10 +248,12 @@ class SecureRegistry:
             return {str(s): n for s, n in self._entry(round_id).uploads.items()}
 
     def abort_reasons(self, round_id: int) -> list[str]:
-        """Why each aborted group aborted (empty if none did)."""
+        """Why each aborted group aborted (empty if none did), in group order; with more than
+        one group each reason names its group ("group 2 of 4: ...", `group_reason`)."""
         with self._lock:
-            reasons = self._entry(round_id).reasons
-            return [reasons[g] for g in sorted(reasons)]  # in group order
+            entry = self._entry(round_id)
+            n = len(entry.groups)
+            return [group_reason(g, n, entry.reasons[g]) for g in sorted(entry.reasons)]
 
     def current_stage(self, round_id: int) -> Stage | None:
         """The earliest stage still open in some group; None when every group is done, or

@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from coordinator.secure import group_reason
 from coordinator.service._secagg_routes import _ORDER, SecureRegistry
 from protocol.secagg import Stage, WrongStage
 
@@ -112,7 +113,8 @@ def _scan_pending(reg: SecureRegistry, stage: Stage) -> tuple[int, int]:
 
 
 def _scan_reasons(reg: SecureRegistry) -> list[str]:
-    return [g.aborted for g in reg._rounds[1].groups if g.aborted]
+    groups = reg._rounds[1].groups
+    return [group_reason(g.index, len(groups), g.aborted) for g in groups if g.aborted]
 
 
 _MORE_OPS = st.lists(
