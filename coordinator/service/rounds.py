@@ -218,6 +218,15 @@ SNAPSHOT_WINDOW_S = 3600.0
 MAX_ROUNDS_PAGE = 100_000
 # What an operator's stop (`Coordinator.stop_task`) records as the reason its open round ended.
 STOP_REASON = "stopped by the operator"
+# Encoded snapshots of finished (done or stopped) tasks kept in memory at once, all such tasks
+# together, most recently downloaded first (`Coordinator._finished_snapshots`): a finished
+# task holds no model in memory (`TaskRuntime.release_finished`); its download is read from
+# the store and encoded, and these few are kept for the next request.
+FINISHED_SNAPSHOTS_KEPT = 4
+# What a finished task's model-size arrays are replaced with (`TaskRuntime.release_finished`):
+# empty and read-only, so a use that should never come fails loudly instead of serving it.
+_RELEASED: npt.NDArray[np.float32] = np.empty(0, dtype=np.float32)
+_RELEASED.setflags(write=False)
 # Check-in `features` (`protocol.names.Feature`): what the device's SDK honours, so that a task
 # that needs one is never given to a device whose SDK would silently not do it.
 MAX_FEATURES = 32
@@ -1250,6 +1259,41 @@ class TaskRuntime:
         self._snapshots: dict[str, bytes] = {}
         # Whether the published model fits fp16's range (None: not looked at since published).
         self._fits_fp16: bool | None = None
+        # Set by `release_finished`: reads the published model back from the store, and the
+        # coordinator's few finished tasks' snapshots (keyed by task, version and dtype).
+        self._load_published: Callable[[], npt.NDArray[np.float32]] | None = None
+        self._finished_snapshots: OrderedDict[tuple[int, int, str], bytes] | None = None
+
+    @property
+    def released(self) -> bool:
+        """Whether `release_finished` has let go of this finished task's model arrays."""
+        return self._load_published is not None
+
+    def release_finished(
+        self,
+        load_published: Callable[[], npt.NDArray[np.float32]],
+        snapshots: OrderedDict[tuple[int, int, str], bytes],
+    ) -> None:
+        """Let go of what only running rounds use, once the task is done or stopped with no
+        round in flight (it never runs one again): the published model and the engine's copy,
+        the downlink residual and last frame, a secure task's model and coordinate scores, and
+        the encoded snapshots. What a finished task still answers (its status, check-ins'
+        "end", its model download and export, /metrics, the all-tasks dp figure) needs none:
+        `snapshot` reads the model back with `load_published` and keeps the encoding among
+        `snapshots` (the coordinator's, for all finished tasks, FINISHED_SNAPSHOTS_KEPT)."""
+        assert self.state in (TaskState.DONE, TaskState.STOPPED) and self.current is None
+        if self.released:
+            return
+        self._load_published = load_published
+        self._finished_snapshots = snapshots
+        self.published = _RELEASED
+        self._snapshots.clear()
+        self.engine.params = _RELEASED
+        self.strategy.feedback.residual = _RELEASED
+        self.strategy.last_frame = None
+        if self.secure is not None:
+            self.secure.coordinator.params = _RELEASED
+            self.secure.coordinator.score = None
 
     def dp_rounds_released(self) -> int | None:
         """The rounds a plain task's accounting `dp` stage has released: the round count its
@@ -1265,26 +1309,51 @@ class TaskRuntime:
         """The published model as a `dtype` snapshot, encoded once per version. An fp16
         snapshot of a model with a parameter beyond fp16's range (|x| >= 65,520, which fp16
         rounds to inf; its largest value is 65,504) is 409 `invalid_state` asking for fp32, not
-        the encoder's ValueError (a 500): a device's legal upload can bring the model there."""
+        the encoder's ValueError (a 500): a device's legal upload can bring the model there.
+        A finished task's (`release_finished`) is encoded from the model read back from the
+        store and kept among the coordinator's few finished tasks' snapshots."""
+        if self._finished_snapshots is not None:
+            return self._finished_snapshot(dtype)
         blob = self._snapshots.get(dtype)
         if blob is None:
-            if dtype == SnapshotDType.FP16 and not self._fp16_range_ok():
-                raise ApiError(
-                    409,
-                    Reason.INVALID_STATE,
-                    f"task {self.task_id}'s model (version {self.version}) has a parameter "
-                    "beyond fp16's range (|x| >= 65520, which fp16 rounds to infinity), so it "
-                    "cannot be sent as an fp16 snapshot; ask for dtype=fp32",
-                )
+            if dtype == SnapshotDType.FP16 and not self._fp16_range_ok(self.published):
+                raise self._fp16_refused()
             blob = encode_snapshot(self.published, self.spec, dtype)
             self._snapshots[dtype] = blob
         return blob
 
-    def _fp16_range_ok(self) -> bool:
+    def _finished_snapshot(self, dtype: str) -> bytes:
+        cache, load = self._finished_snapshots, self._load_published
+        assert cache is not None and load is not None
+        key = (self.task_id, self.version, str(dtype))
+        blob = cache.get(key)
+        if blob is not None:
+            cache.move_to_end(key)
+            return blob
+        if dtype == SnapshotDType.FP16 and self._fits_fp16 is False:
+            raise self._fp16_refused()  # looked at before: the store is not read again
+        params = load()
+        if dtype == SnapshotDType.FP16 and not self._fp16_range_ok(params):
+            raise self._fp16_refused()
+        blob = cache[key] = encode_snapshot(params, self.spec, dtype)
+        while len(cache) > FINISHED_SNAPSHOTS_KEPT:
+            cache.popitem(last=False)
+        return blob
+
+    def _fp16_refused(self) -> ApiError:
+        return ApiError(
+            409,
+            Reason.INVALID_STATE,
+            f"task {self.task_id}'s model (version {self.version}) has a parameter "
+            "beyond fp16's range (|x| >= 65520, which fp16 rounds to infinity), so it "
+            "cannot be sent as an fp16 snapshot; ask for dtype=fp32",
+        )
+
+    def _fp16_range_ok(self, params: npt.NDArray[np.float32]) -> bool:
         if self._fits_fp16 is None:
             # The encoder's own test: cast to fp16 and look for inf.
             with np.errstate(over="ignore"):
-                self._fits_fp16 = bool(np.isfinite(self.published.astype(np.float16)).all())
+                self._fits_fp16 = bool(np.isfinite(params.astype(np.float16)).all())
         return self._fits_fp16
 
     def set_published(self, params: npt.NDArray[np.float32], version: int, digest: str) -> None:
@@ -1369,6 +1438,9 @@ class Coordinator:
         # task id -> (version, device id -> (window start, snapshots of that version)): what
         # `_count_snapshot` limits. Dropped per task when its version changes.
         self._snapshot_counts: dict[int, tuple[int, dict[str, tuple[float, int]]]] = {}
+        # (task, version, dtype) -> the encoded snapshot of a finished task, the most recently
+        # downloaded FINISHED_SNAPSHOTS_KEPT of all of them (`TaskRuntime.release_finished`).
+        self._finished_snapshots: OrderedDict[tuple[int, int, str], bytes] = OrderedDict()
         self.restored = False
         self._background: set[asyncio.Task[Any]] = set()
         # One prune at a time (a round may close while the last close's prune still runs).
@@ -1519,7 +1591,29 @@ class Coordinator:
         self._attach(rt)
         if stopped:
             self.stopped_tasks.add(task_id)
+        self._release_if_finished(rt)
         return rt
+
+    def _release_if_finished(self, rt: TaskRuntime) -> None:
+        """Let a done or stopped task with no round in flight go of its model arrays
+        (`TaskRuntime.release_finished`): at its finish, and when a start loads it finished. A
+        stopped task whose close is still in flight is let go at that close's end."""
+        if rt.state in (TaskState.DONE, TaskState.STOPPED) and rt.current is None:
+            task_id, digest = rt.task_id, rt.digest
+            rt.release_finished(
+                lambda: self._stored_params(task_id, digest), self._finished_snapshots
+            )
+
+    def _stored_params(self, task_id: int, digest: str) -> npt.NDArray[np.float32]:
+        """A finished task's published model, read back from the store and checked against
+        its digest (a mismatch: the row was changed under the coordinator, 503 as any damaged
+        row)."""
+        params_bytes, _residual = self.store.task_model(task_id)
+        if hashlib.sha256(params_bytes).hexdigest() != digest:
+            raise DamagedRow(
+                "tasks", task_id, task_id, "params", "they do not match the model digest"
+            )
+        return np.frombuffer(params_bytes, dtype="<f4").astype(np.float32)
 
     def _restore_dp_rounds(self, rt: TaskRuntime) -> None:
         """Set a plain task's accounting `dp` counter, with no stored aggregator state, to the
@@ -1635,6 +1729,7 @@ class Coordinator:
         self.unloaded.clear()
         self._rebuild_at.clear()
         self._closed_rounds.clear()
+        self._finished_snapshots.clear()
         self.stopped_tasks.clear()
         self.metrics.tasks_unloaded.set(0)
         try:
@@ -1983,6 +2078,7 @@ class Coordinator:
             rt.waiting_since = self.clock()
             if to == TaskState.DONE:
                 self._done_task_ends(rt)
+                self._release_if_finished(rt)
         return self.task_status(task_id)
 
     def stop_task(self, task_id: int) -> TaskStatus:
@@ -2037,6 +2133,7 @@ class Coordinator:
                     )
                 else:
                     self.finish_close(rt, outcome)
+            self._release_if_finished(rt)  # else at its round's close
         log.warning("task %d stopped by the operator", task_id)
         return self.task_status(task_id)
 
@@ -3023,7 +3120,7 @@ class Coordinator:
         """Commit the engine's new model, its downlink delta and residual in one transaction
         (plain and secure rounds alike)."""
         frame = rt.strategy.last_frame
-        assert frame is not None
+        assert frame is not None and not rt.released
         params = rt.engine.params
         measurements["downlink_frame_bytes"] = len(frame)
         if rt.strategy.last_fallback is not None:
@@ -3096,6 +3193,7 @@ class Coordinator:
         rt.current = None
         rt.waiting_since = now
         self.metrics.model_version.labels(str(rt.task_id)).set(rt.version)
+        self._release_if_finished(rt)
 
     def _log_outcome(
         self, rt: TaskRuntime, cur: ActiveRound, outcome: RoundOutcome, now: float
