@@ -29,10 +29,11 @@ import math
 import shutil
 import tempfile
 import weakref
+from abc import abstractmethod
 from collections import OrderedDict
 from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Generic, Self, TypeVar, cast
 
 import numpy as np
 
@@ -124,175 +125,6 @@ class _SpillFile:
         self.slots = 0
 
 
-class ResidualStore(MutableMapping[str, UpdateEncoder]):
-    """Device id -> `UpdateEncoder`, as a dict, holding at most `budget` bytes of the residuals
-    of devices not used in the current round; the rest are on disk.
-
-    Every encoder read or set since the last `end_round` is the round's and stays as it is;
-    `end_round` keeps only their residuals (`idle_bytes`) and writes idle ones out, least
-    recently used first, until they fit the budget (0: every settled one). An encoder still
-    pending, or made with other settings than the first one settled, is kept whole (counted
-    by its `state_nbytes`). `directory` is None until the first residual is written out."""
-
-    def __init__(self, spec: ModelSpec, budget: int, *, tmpdir: str | None = None) -> None:
-        if budget < 0:
-            raise ValueError("the residual budget must be >= 0 bytes")
-        self.spec = spec
-        self.budget = budget
-        self.tmpdir = tmpdir
-        self.spills = 0  # residuals written out
-        self.restores = 0  # residuals read back
-        self.peak_idle_bytes = 0  # the most idle state held after an `end_round`
-        self._disk = _SpillFile(spec.size * 4, tmpdir)  # a slot: one residual, float32[d]
-        self._round: dict[str, UpdateEncoder] = {}
-        # Idle, in memory, least recent first: a residual (None: none to keep) or a whole encoder.
-        self._idle: OrderedDict[str, ErrorFeedback | UpdateEncoder | None] = OrderedDict()
-        self._sizes: dict[str, int] = {}  # each idle one's bytes
-        self._idle_bytes = 0
-        self._spilled: dict[str, int] = {}  # device -> its slot in the file (-1: no residual)
-        # What a rebuilt encoder is made with: the first settled one's settings, the last's codec.
-        self._settings: tuple[bool, float | None] | None = None
-        self._config: CodecConfig | None = None
-
-    @property
-    def directory(self) -> str | None:
-        """The spill directory; None until the first residual is written out."""
-        return self._disk.directory
-
-    @property
-    def idle_bytes(self) -> int:
-        """Bytes held for devices not used in this round (what the budget bounds)."""
-        return self._idle_bytes
-
-    @property
-    def spilled(self) -> int:
-        """How many devices' residuals are on disk now."""
-        return len(self._spilled)
-
-    @property
-    def disk_bytes(self) -> int:
-        """Size of the spill file: one float32[d] slot per device on disk at once, at most."""
-        return self._disk.slots * self._disk.record
-
-    def __len__(self) -> int:
-        return len(self._round) + len(self._idle) + len(self._spilled)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter([*self._round, *self._idle, *self._spilled])
-
-    def __contains__(self, device: object) -> bool:
-        return device in self._round or device in self._idle or device in self._spilled
-
-    def __getitem__(self, device: str) -> UpdateEncoder:
-        enc = self._round.get(device)
-        if enc is not None:
-            return enc
-        if device in self._idle:
-            held = self._idle.pop(device)
-            self._idle_bytes -= self._sizes.pop(device)
-            enc = held if isinstance(held, UpdateEncoder) else self._rebuild(held)
-        elif device in self._spilled:
-            enc = self._restore(device)
-        else:
-            raise KeyError(device)
-        self._round[device] = enc
-        return enc
-
-    def __setitem__(self, device: str, encoder: UpdateEncoder) -> None:
-        self._forget(device)
-        self._round[device] = encoder
-
-    def __delitem__(self, device: str) -> None:
-        if device not in self:
-            raise KeyError(device)
-        self._forget(device)
-
-    def end_round(self) -> None:
-        """The round is settled: its devices become idle (the most recent), keeping only their
-        residuals where they can, and idle residuals are written out, least recently used
-        first, until the idle state fits the budget."""
-        for device, enc in self._round.items():
-            held: ErrorFeedback | UpdateEncoder | None = enc
-            size = enc.state_nbytes
-            settings = (enc.error_feedback, enc.clip_norm)
-            if self._settings is None:
-                self._settings = settings
-            if not enc.pending and settings == self._settings and enc.spec == self.spec:
-                self._config = enc.config
-                # Without error feedback the residual is dropped every round: nothing to keep.
-                held = enc.feedback if enc.error_feedback else None
-                size = 0 if held is None else int(held.residual.nbytes)
-            self._idle[device] = held
-            self._sizes[device] = size
-            self._idle_bytes += size
-        self._round.clear()
-        kept = 0
-        while self._idle_bytes > self.budget and kept < len(self._idle):
-            device, held = next(iter(self._idle.items()))
-            if isinstance(held, UpdateEncoder):  # pending or odd: stays whole, in memory
-                self._idle.move_to_end(device)
-                kept += 1
-                continue
-            self._spill(device, held)
-        self.peak_idle_bytes = max(self.peak_idle_bytes, self._idle_bytes)
-
-    def close(self) -> None:
-        """Remove the spill directory and forget every device's state."""
-        self._disk.close()
-        self._round.clear()
-        self._idle.clear()
-        self._sizes.clear()
-        self._idle_bytes = 0
-        self._spilled.clear()
-
-    def __enter__(self) -> ResidualStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def _forget(self, device: str) -> None:
-        self._round.pop(device, None)
-        if device in self._idle:
-            del self._idle[device]
-            self._idle_bytes -= self._sizes.pop(device)
-        slot = self._spilled.pop(device, None)
-        if slot is not None and slot >= 0:
-            self._disk.free(slot)
-
-    def _spill(self, device: str, held: ErrorFeedback | None) -> None:
-        """Write idle `device`'s residual out and drop it from memory."""
-        slot = -1
-        if held is not None:
-            residual = np.ascontiguousarray(held.held())
-            slot = self._disk.write([residual.data.cast("B")])
-        del self._idle[device]
-        self._idle_bytes -= self._sizes.pop(device)
-        self._spilled[device] = slot
-        self.spills += 1
-
-    def _rebuild(self, held: ErrorFeedback | None) -> UpdateEncoder:
-        """A new encoder, made as the settled ones were, holding the residual `held`."""
-        assert self._settings is not None and self._config is not None
-        error_feedback, clip_norm = self._settings
-        enc = UpdateEncoder(
-            self.spec, self._config, error_feedback=error_feedback, clip_norm=clip_norm
-        )
-        if held is not None:
-            enc.set_feedback(held)
-        return enc
-
-    def _restore(self, device: str) -> UpdateEncoder:
-        """A new encoder holding `device`'s residual as it was written out."""
-        slot = self._spilled.pop(device)
-        held = None
-        if slot >= 0:
-            held = ErrorFeedback(self.spec.size)
-            self._disk.read(slot, [held.residual.data.cast("B")], device)
-        self.restores += 1
-        return self._rebuild(held)
-
-
 # A noise stream's key (CtrRandom's seed) and the bytes it has given (uint64, little-endian).
 _KEY_BYTES = 32
 _STREAM_BYTES = _KEY_BYTES + 8
@@ -318,35 +150,60 @@ def _stream_position(rng: CtrRandom) -> int | None:
     return rng.position
 
 
-class ParticipantStore(MutableMapping[str, "SecureParticipant"]):
-    """Device id -> `sdk.secure.SecureParticipant` of a model of `size` values, as a dict,
-    holding at most `budget` bytes of the state of devices not used in the current round; the
-    rest are on disk. As `ResidualStore`: every participant read or set since the last
-    `end_round` is the round's and stays as it is; `end_round` keeps only the residual and noise
-    stream position (`_Slim`, its residual's bytes and 40 counted) of each settled one and
-    writes idle ones out, least recently used first, until they fit the budget (0: every
-    settled one). A participant with an unsettled input (or another size, or a noise generator
-    other than a `CtrRandom`) is kept whole, counted by its residual and unsettled arrays."""
+V = TypeVar("V")  # what a store maps a device to: an encoder, a participant
+H = TypeVar("H")  # what it holds in memory for an idle device it slimmed
 
-    def __init__(self, size: int, budget: int, *, tmpdir: str | None = None) -> None:
+
+class _IdleStore(MutableMapping[str, V], Generic[V, H]):
+    """Device id -> V, as a dict, holding at most `budget` bytes of the state of devices not
+    used in the current round; the rest as records of `record` bytes in a `_SpillFile`.
+
+    Every value read or set since the last `end_round` is the round's and stays as it is;
+    `end_round` slims each one it can (`_settle`) and writes idle slimmed ones out, least
+    recently used first, until they fit the budget (0: every one it can); one it keeps whole
+    stays in memory. A subclass says how a value is slimmed (`_settle`, `_is_slim`), written
+    (`_record`), rebuilt (`_thaw`) and read back (`_restore`)."""
+
+    def __init__(self, budget: int, record: int, tmpdir: str | None) -> None:
         if budget < 0:
             raise ValueError("the residual budget must be >= 0 bytes")
-        self.size = size
         self.budget = budget
-        self.spills = 0  # participants written out
-        self.restores = 0  # participants read back
+        self.tmpdir = tmpdir
+        self.spills = 0  # devices' state written out
+        self.restores = 0  # devices' state read back
         self.peak_idle_bytes = 0  # the most idle state held after an `end_round`
-        self._disk = _SpillFile(size * 4 + _STREAM_BYTES, tmpdir)
-        self._round: dict[str, SecureParticipant] = {}
-        # Idle, in memory, least recent first: slimmed, or whole.
-        self._idle: OrderedDict[str, _Slim | SecureParticipant] = OrderedDict()
-        self._sizes: dict[str, int] = {}
+        self._disk = _SpillFile(record, tmpdir)
+        self._round: dict[str, V] = {}
+        # Idle, in memory, least recent first: slimmed (H), or whole (V).
+        self._idle: OrderedDict[str, H | V] = OrderedDict()
+        self._sizes: dict[str, int] = {}  # each idle one's bytes
         self._idle_bytes = 0
-        self._spilled: dict[str, int] = {}  # device -> its slot in the file
+        self._spilled: dict[str, int] = {}  # device -> its slot in the file (-1: none written)
+
+    # What a subclass defines.
+    @abstractmethod
+    def _settle(self, value: V) -> tuple[H | V, int]:
+        """What to hold in memory for `value` as its round ends, and its bytes."""
+
+    @abstractmethod
+    def _is_slim(self, held: H | V) -> bool:
+        """Whether `held` is slimmed (only a slimmed one is written out or thawed)."""
+
+    @abstractmethod
+    def _record(self, held: H) -> list[memoryview | bytes] | None:
+        """A slimmed value's record (`record` bytes, in parts); None: nothing to write."""
+
+    @abstractmethod
+    def _thaw(self, held: H) -> V:
+        """The value a slimmed one stands for."""
+
+    @abstractmethod
+    def _restore(self, slot: int, device: str) -> V:
+        """The value written to `slot` (-1: none was), read back with `_disk.read`."""
 
     @property
     def directory(self) -> str | None:
-        """The spill directory; None until the first participant is written out."""
+        """The spill directory; None until the first record is written out."""
         return self._disk.directory
 
     @property
@@ -356,7 +213,7 @@ class ParticipantStore(MutableMapping[str, "SecureParticipant"]):
 
     @property
     def spilled(self) -> int:
-        """How many devices' participants are on disk now."""
+        """How many devices' state is on disk now."""
         return len(self._spilled)
 
     @property
@@ -373,24 +230,25 @@ class ParticipantStore(MutableMapping[str, "SecureParticipant"]):
     def __contains__(self, device: object) -> bool:
         return device in self._round or device in self._idle or device in self._spilled
 
-    def __getitem__(self, device: str) -> SecureParticipant:
-        p = self._round.get(device)
-        if p is not None:
-            return p
+    def __getitem__(self, device: str) -> V:
+        value = self._round.get(device)
+        if value is not None:
+            return value
         if device in self._idle:
             held = self._idle.pop(device)
             self._idle_bytes -= self._sizes.pop(device)
-            p = self._rebuild(held) if isinstance(held, _Slim) else held
+            value = self._thaw(cast(H, held)) if self._is_slim(held) else cast(V, held)
         elif device in self._spilled:
-            p = self._restore(device)
+            value = self._restore(self._spilled.pop(device), device)
+            self.restores += 1
         else:
             raise KeyError(device)
-        self._round[device] = p
-        return p
+        self._round[device] = value
+        return value
 
-    def __setitem__(self, device: str, participant: SecureParticipant) -> None:
+    def __setitem__(self, device: str, value: V) -> None:
         self._forget(device)
-        self._round[device] = participant
+        self._round[device] = value
 
     def __delitem__(self, device: str) -> None:
         if device not in self:
@@ -399,23 +257,10 @@ class ParticipantStore(MutableMapping[str, "SecureParticipant"]):
 
     def end_round(self) -> None:
         """The round is settled: its devices become idle (the most recent), slimmed where they
-        can be, and idle settled ones are written out, least recently used first, until the
+        can be, and idle slimmed ones are written out, least recently used first, until the
         idle state fits the budget."""
-        for device, p in self._round.items():
-            held: _Slim | SecureParticipant = p
-            size = int(p.residual.nbytes)
-            position = _stream_position(p.noise_rng)
-            residual = np.asarray(p.residual)
-            if (
-                p.unsettled is None
-                and position is not None
-                and residual.dtype == np.float32
-                and residual.shape == (self.size,)
-            ):
-                held = _Slim(residual, p.noise_rng.seed, position)
-                size += _STREAM_BYTES
-            elif p.unsettled is not None:
-                size += sum(int(a.nbytes) for a in p.unsettled)
+        for device, value in self._round.items():
+            held, size = self._settle(value)
             self._idle[device] = held
             self._sizes[device] = size
             self._idle_bytes += size
@@ -423,11 +268,16 @@ class ParticipantStore(MutableMapping[str, "SecureParticipant"]):
         kept = 0
         while self._idle_bytes > self.budget and kept < len(self._idle):
             device, held = next(iter(self._idle.items()))
-            if not isinstance(held, _Slim):  # unsettled or odd: stays whole, in memory
+            if not self._is_slim(held):  # pending or odd: stays whole, in memory
                 self._idle.move_to_end(device)
                 kept += 1
                 continue
-            self._spill(device, held)
+            parts = self._record(cast(H, held))
+            slot = -1 if parts is None else self._disk.write(parts)
+            del self._idle[device]
+            self._idle_bytes -= self._sizes.pop(device)
+            self._spilled[device] = slot
+            self.spills += 1
         self.peak_idle_bytes = max(self.peak_idle_bytes, self._idle_bytes)
 
     def close(self) -> None:
@@ -439,7 +289,7 @@ class ParticipantStore(MutableMapping[str, "SecureParticipant"]):
         self._idle_bytes = 0
         self._spilled.clear()
 
-    def __enter__(self) -> ParticipantStore:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -451,20 +301,103 @@ class ParticipantStore(MutableMapping[str, "SecureParticipant"]):
             del self._idle[device]
             self._idle_bytes -= self._sizes.pop(device)
         slot = self._spilled.pop(device, None)
-        if slot is not None:
+        if slot is not None and slot >= 0:
             self._disk.free(slot)
 
-    def _spill(self, device: str, held: _Slim) -> None:
-        """Write idle `device`'s residual and noise stream out and drop them from memory."""
-        residual = np.ascontiguousarray(held.residual)
-        stream = held.key + held.position.to_bytes(8, "little")
-        slot = self._disk.write([residual.data.cast("B"), stream])
-        del self._idle[device]
-        self._idle_bytes -= self._sizes.pop(device)
-        self._spilled[device] = slot
-        self.spills += 1
 
-    def _rebuild(self, held: _Slim) -> SecureParticipant:
+class ResidualStore(_IdleStore[UpdateEncoder, "ErrorFeedback | None"]):
+    """Device id -> `UpdateEncoder`, as a dict, holding at most `budget` bytes of the residuals
+    of devices not used in the current round; the rest are on disk.
+
+    Every encoder read or set since the last `end_round` is the round's and stays as it is;
+    `end_round` keeps only their residuals (`idle_bytes`) and writes idle ones out, least
+    recently used first, until they fit the budget (0: every settled one). An encoder still
+    pending, or made with other settings than the first one settled, is kept whole (counted
+    by its `state_nbytes`). `directory` is None until the first residual is written out."""
+
+    def __init__(self, spec: ModelSpec, budget: int, *, tmpdir: str | None = None) -> None:
+        super().__init__(budget, spec.size * 4, tmpdir)  # a record: one residual, float32[d]
+        self.spec = spec
+        # What a rebuilt encoder is made with: the first settled one's settings, the last's codec.
+        self._settings: tuple[bool, float | None] | None = None
+        self._config: CodecConfig | None = None
+
+    def _settle(self, value: UpdateEncoder) -> tuple[ErrorFeedback | UpdateEncoder | None, int]:
+        settings = (value.error_feedback, value.clip_norm)
+        if self._settings is None:
+            self._settings = settings
+        if not value.pending and settings == self._settings and value.spec == self.spec:
+            self._config = value.config
+            # Without error feedback the residual is dropped every round: nothing to keep.
+            held = value.feedback if value.error_feedback else None
+            return held, 0 if held is None else int(held.residual.nbytes)
+        return value, value.state_nbytes
+
+    def _is_slim(self, held: ErrorFeedback | UpdateEncoder | None) -> bool:
+        return not isinstance(held, UpdateEncoder)
+
+    def _record(self, held: ErrorFeedback | None) -> list[memoryview | bytes] | None:
+        if held is None:
+            return None
+        return [np.ascontiguousarray(held.held()).data.cast("B")]
+
+    def _thaw(self, held: ErrorFeedback | None) -> UpdateEncoder:
+        """A new encoder, made as the settled ones were, holding the residual `held`."""
+        assert self._settings is not None and self._config is not None
+        error_feedback, clip_norm = self._settings
+        enc = UpdateEncoder(
+            self.spec, self._config, error_feedback=error_feedback, clip_norm=clip_norm
+        )
+        if held is not None:
+            enc.set_feedback(held)
+        return enc
+
+    def _restore(self, slot: int, device: str) -> UpdateEncoder:
+        """A new encoder holding `device`'s residual as it was written out."""
+        held = None
+        if slot >= 0:
+            held = ErrorFeedback(self.spec.size)
+            self._disk.read(slot, [held.residual.data.cast("B")], device)
+        return self._thaw(held)
+
+
+class ParticipantStore(_IdleStore["SecureParticipant", _Slim]):
+    """Device id -> `sdk.secure.SecureParticipant` of a model of `size` values, as a dict,
+    holding at most `budget` bytes of the state of devices not used in the current round; the
+    rest are on disk. As `ResidualStore`: every participant read or set since the last
+    `end_round` is the round's and stays as it is; `end_round` keeps only the residual and noise
+    stream position (`_Slim`, its residual's bytes and 40 counted) of each settled one and
+    writes idle ones out, least recently used first, until they fit the budget (0: every
+    settled one). A participant with an unsettled input (or another size, or a noise generator
+    other than a `CtrRandom`) is kept whole, counted by its residual and unsettled arrays."""
+
+    def __init__(self, size: int, budget: int, *, tmpdir: str | None = None) -> None:
+        super().__init__(budget, size * 4 + _STREAM_BYTES, tmpdir)
+        self.size = size
+
+    def _settle(self, value: SecureParticipant) -> tuple[_Slim | SecureParticipant, int]:
+        size = int(value.residual.nbytes)
+        position = _stream_position(value.noise_rng)
+        residual = np.asarray(value.residual)
+        if (
+            value.unsettled is None
+            and position is not None
+            and residual.dtype == np.float32
+            and residual.shape == (self.size,)
+        ):
+            return _Slim(residual, value.noise_rng.seed, position), size + _STREAM_BYTES
+        if value.unsettled is not None:
+            size += sum(int(a.nbytes) for a in value.unsettled)
+        return value, size
+
+    def _is_slim(self, held: _Slim | SecureParticipant) -> bool:
+        return isinstance(held, _Slim)
+
+    def _record(self, held: _Slim) -> list[memoryview | bytes]:
+        residual = np.ascontiguousarray(held.residual)
+        return [residual.data.cast("B"), held.key + held.position.to_bytes(8, "little")]
+
+    def _thaw(self, held: _Slim) -> SecureParticipant:
         from protocol.secagg import CtrRandom
         from sdk.secure import SecureParticipant
 
@@ -472,12 +405,10 @@ class ParticipantStore(MutableMapping[str, "SecureParticipant"]):
         p.residual = held.residual
         return p
 
-    def _restore(self, device: str) -> SecureParticipant:
+    def _restore(self, slot: int, device: str) -> SecureParticipant:
         """A participant with `device`'s residual and noise stream as they were written out."""
-        slot = self._spilled.pop(device)
         residual = np.empty(self.size, dtype=np.float32)
         stream = bytearray(_STREAM_BYTES)
         self._disk.read(slot, [residual.data.cast("B"), memoryview(stream)], device)
         key, position = bytes(stream[:_KEY_BYTES]), int.from_bytes(stream[_KEY_BYTES:], "little")
-        self.restores += 1
-        return self._rebuild(_Slim(residual, key, position))
+        return self._thaw(_Slim(residual, key, position))
