@@ -2858,6 +2858,7 @@ def _restore(args: argparse.Namespace) -> int:
         LockHeld,
         StoreError,
         lock_path,
+        others_may_read,
         schema_version_problem,
         take_lock,
     )
@@ -2920,7 +2921,11 @@ def _restore(args: argparse.Namespace) -> int:
                     raise ValueError(f"{what}: {problem}")
                 _check_integrity(source, what)
                 # Through a connection to the database: its -wal (a killed coordinator's) is
-                # recovered first, then every page is replaced in one transaction.
+                # recovered first, then every page is replaced in one transaction. A new --db
+                # is created 0600 first, as serve creates one (SQLite would make it 0644,
+                # readable by every user, and its -journal with it).
+                if db in created:
+                    os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                 with contextlib.closing(sqlite3.connect(db)) as target:
                     target.execute("PRAGMA busy_timeout=5000")
                     if not args.force and (problem := _restore_target_problem(target)):
@@ -2967,6 +2972,8 @@ def _restore(args: argparse.Namespace) -> int:
         "schema_version": int(version),
         "tasks": tasks,
     }
+    if (note := others_may_read(db)) is not None:  # an existing --db keeps its mode
+        print(f"{prog}: note: {note}", file=sys.stderr)
     # Given --allow-privacy-rollback: said, and in the line, not lost silently.
     if unreadable:
         print(f"{prog}: warning: {unreadable}; restored all the same", file=sys.stderr)

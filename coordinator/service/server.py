@@ -25,7 +25,7 @@ from ._ratelimit import EveryFew
 from .app import create_app
 from .metrics import plume_version
 from .rounds import ServiceConfig
-from .store import SCHEMA_VERSION, Store
+from .store import SCHEMA_VERSION, Store, others_may_read
 from .wire import HEAD_BYTES
 
 __all__ = [
@@ -58,6 +58,33 @@ _IDLE_CLOSE_S = 1.0
 # logs that at ERROR; the grace's end should have left nothing for it).
 _AFTER_GRACE_S = 0.5
 _UVICORN_BACKSTOP_S = 5
+
+
+class _AccessQueryFilter(logging.Filter):
+    """Redact the query values of uvicorn's access log line (`uvicorn.access`): the path
+    keeps each key, its value becomes `<redacted>` (`?train_loss=2.4576` ->
+    `?train_loss=<redacted>`; a part without `=` is `<redacted>` whole). An upload's query is
+    the device's training loss, a function of its data (docs/privacy.md), and the log line is
+    the only place it would leave the database (s45/privacy finding 3)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        # uvicorn's '%s - "%s %s HTTP/%s" %d': (client, method, path?query, version, status)
+        if isinstance(args, tuple) and len(args) == 5 and isinstance(args[2], str):
+            record.args = (*args[:2], redact_query(args[2]), *args[3:])
+        return True
+
+
+def redact_query(target: str) -> str:
+    """`target` (a request's path and query) with each query value `<redacted>`."""
+    path, mark, query = target.partition("?")
+    if not mark:
+        return target
+    parts = (p.partition("=") for p in query.split("&"))
+    return path + "?" + "&".join(f"{k}=<redacted>" if eq else "<redacted>" for k, eq, _ in parts)
+
+
+_ACCESS_QUERY_FILTER = _AccessQueryFilter()
 
 
 # At most one line every few seconds for a 400 that h11 would not let out (`send_400_response`).
@@ -282,8 +309,12 @@ def uvicorn_config(
 
     No `limit_concurrency`: uvicorn counts open connections against it, those still waiting
     for a head included, and answers 503 to the requests of any connection past it; held-open
-    connections would then turn devices away before the file descriptors ran out."""
-    return uvicorn.Config(
+    connections would then turn devices away before the file descriptors ran out.
+
+    The access log's lines (`access_log`) carry each request's query keys, not their values
+    (`_AccessQueryFilter`, on the `uvicorn.access` logger, which building the config sets
+    up)."""
+    config = uvicorn.Config(
         app,
         host=host,
         port=port,
@@ -303,6 +334,9 @@ def uvicorn_config(
         ),
         lifespan="on",
     )
+    # After uvicorn's logging set-up (`Config` runs it), which keeps a logger's filters.
+    logging.getLogger("uvicorn.access").addFilter(_ACCESS_QUERY_FILTER)
+    return config
 
 
 class _Server(uvicorn.Server):
@@ -506,6 +540,8 @@ def serve(
                 log.info("creating a new database at %s", db)
             store = Store(config.db_path, exclusive=True)
             try:
+                if (note := others_may_read(db)) is not None:  # left as it is: said
+                    log.warning(note)
                 app = create_app(config, store=store)
                 coordinator = app.state.coordinator
                 coordinator.restore()

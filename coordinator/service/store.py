@@ -18,6 +18,7 @@ import logging
 import math
 import os
 import sqlite3
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -184,6 +185,10 @@ class PruneResult:
 # The frames `prune_frames` empties per transaction: each commit is short, so uploads to the
 # open round wait for a batch at most, never for a whole backlog.
 _PRUNE_BATCH = 256
+
+# How long the checkpoint after a prune (`Store._truncate_wal`) waits for another connection
+# before it leaves the -wal to the next prune (the busy timeout is 5 s otherwise).
+_WAL_TRUNCATE_WAIT_MS = 200
 
 # SQLite's integers are 64-bit: a Python int outside binds as an OverflowError.
 _SQL_INT_MAX = 2**63 - 1
@@ -508,6 +513,48 @@ def lock_path(db_path: str | Path) -> str:
     return os.path.realpath(os.path.expanduser(os.fspath(db_path))) + ".lock"
 
 
+def _create_private(db_path: str) -> None:
+    """Create the new database file at `db_path` (the file it resolves to) empty and readable
+    by its owner alone (0600, whatever the umask), before SQLite opens it: SQLite creates a
+    missing file 0644 under the usual umask 022, and gives the -wal and -shm it makes beside
+    the file the file's own permissions. The store holds every device's update frames, train
+    losses and ledger rows (s45/privacy finding 1). A file that exists is left as it is; one
+    that cannot be created is left to SQLite, whose error `Store` reports."""
+    if db_path == ":memory:":  # SQLite's in-memory database: no file
+        return
+    real = os.path.realpath(db_path)
+    if os.path.lexists(real):
+        return
+    with contextlib.suppress(OSError):
+        os.close(os.open(real, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+
+
+def others_may_read(db_path: str | Path) -> str | None:
+    """A sentence saying that users other than the owner may read the database at `db_path`
+    (a group or other bit on the file, its -wal or -shm: made 0644 before s45/privacy finding
+    1, or copied so), naming the files, the file's mode and the fix; None when none is. The
+    files are the operator's and left as they are (a group may be meant): `serve` logs it
+    as a WARNING at start, `restore` prints it as a note."""
+    db = Path(os.path.expanduser(os.fspath(db_path)))
+    real = os.path.realpath(db)  # SQLite's -wal and -shm lie beside the file a symlink names
+    shown: list[str] = []
+    modes: list[int] = []
+    for path in (db, Path(f"{real}-wal"), Path(f"{real}-shm")):
+        try:
+            mode = stat.S_IMODE(path.stat().st_mode)
+        except OSError:
+            continue
+        if mode & 0o077:
+            shown.append(str(path))
+            modes.append(mode)
+    if not shown:
+        return None
+    return (
+        f"the database {shown[0]} may be read by other users (mode {modes[0]:04o}), and with "
+        f"it every device's updates and ledger rows; chmod 600 {' '.join(shown)}"
+    )
+
+
 class LockHeld(RuntimeError):
     """Another process holds the database's lock; `holder` is the pid it wrote there."""
 
@@ -524,7 +571,9 @@ def take_lock(db_path: str | Path) -> int:
     path = lock_path(db_path)
     existed = os.path.lexists(path)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        # 0600, as the database beside it (`Store`): it holds a pid only, but nothing for
+        # other users to read (s45/privacy finding 1; it was 0644).
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except OSError as exc:
         if exc.errno == errno.ENOSPC:
             raise StoreError(f"cannot use the database {db_path}: {_no_space(path)}") from exc
@@ -590,6 +639,7 @@ class Store:
         except StoreError:
             self._release(refused=True)
             raise
+        _create_private(self.path)  # a new file: 0600 before SQLite makes it 0644
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         except sqlite3.Error as exc:
@@ -612,6 +662,9 @@ class Store:
         self._write_errors = 0
         self._write_failing: str | None = None
         self._probed = -math.inf
+        # A prune's checkpoint that another connection held off (`_truncate_wal`): the next
+        # prune tries again, even with nothing to prune.
+        self._wal_owed = False
         try:
             self._open(checked)
         except sqlite3.Error as exc:
@@ -746,6 +799,11 @@ class Store:
         # NORMAL is durable against a process kill in WAL mode (only power loss can drop the
         # last commits), and it keeps an upload's commit well under a millisecond.
         db.execute("PRAGMA synchronous=NORMAL")
+        # What a write deletes or empties (a pruned frame) is overwritten with zeros, in its
+        # page and in the pages it frees, rather than left readable in free space until a
+        # page is reused (s45/privacy finding 2). The default of most Linux builds; its cost
+        # is writing the freed pages once, at the prune.
+        db.execute("PRAGMA secure_delete=ON")
         if found is None:
             # A new file: its tables and schema version in one transaction, so that a start
             # killed midway leaves an empty file (initialised at the next start), never
@@ -1441,7 +1499,35 @@ class Store:
                 self._pending_frame_bytes -= size
             frames += len(rows)
             freed += size
+        if frames or self._wal_owed:
+            self._truncate_wal()
         return PruneResult(frames, freed)
+
+    def _truncate_wal(self) -> None:
+        """Checkpoint the -wal into the database and truncate it to 0 bytes, after a prune:
+        the -wal still holds the page images the frames were written in (and, up to its
+        largest size, older ones past the point SQLite writes from), readable while the
+        coordinator runs although the rows are emptied and the freed pages zeroed (s45/privacy
+        finding 2). Waits at most `_WAL_TRUNCATE_WAIT_MS` for another connection (a backup
+        reading the database, the readiness check's write lock): the store's lock, which
+        requests wait on, is held meanwhile; held off, it is tried again at the next prune."""
+        with self._lock:
+            db = self._db
+            db.execute(f"PRAGMA busy_timeout={_WAL_TRUNCATE_WAIT_MS}")
+            try:
+                busy = bool(db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0])
+                why = "another connection reads or writes the database"
+            except sqlite3.OperationalError as exc:
+                busy, why = True, str(exc)
+            finally:
+                db.execute("PRAGMA busy_timeout=5000")
+            self._wal_owed = busy
+        if busy:
+            log.info(
+                "the frames just pruned stay in %s-wal until the next prune truncates it (%s)",
+                self.path,
+                why,
+            )
 
     def count_updates(self, round_id: int) -> int:
         return int(self._query("SELECT COUNT(*) FROM updates WHERE round_id=?", (round_id,))[0][0])
