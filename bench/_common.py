@@ -14,9 +14,12 @@ runnable from the repository root.
 from __future__ import annotations
 
 import shlex
+import socket
+import subprocess
 import sys
+import time
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -59,3 +62,46 @@ def is_quick(doc: Any, name: str = "") -> bool:
         return True
     settings = doc.get("settings")
     return isinstance(settings, dict) and settings.get("quick") is True
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def start_serve(
+    db: str | Path,
+    token: str,
+    *,
+    poll_s: float,
+    stderr: int | IO[Any] = subprocess.DEVNULL,
+    timeout_s: float = 120.0,
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """`plume coordinator serve` on `db` and a free loopback port, in its own process, returned
+    once its /healthz answers: (its URL, the process). RuntimeError, the process stopped, if it
+    does not answer within `timeout_s`."""
+    import httpx
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "coordinator.cli", "coordinator", "serve", "--db", str(db),
+         "--port", str(port), "--admin-token", token, "--poll", str(poll_s),
+         "--log-level", "warning"],
+        cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=stderr,
+    )  # fmt: skip
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                return url, proc
+        except httpx.TransportError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            raise RuntimeError("the coordinator did not start")
+        time.sleep(0.1)

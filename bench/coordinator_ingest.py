@@ -25,7 +25,6 @@ import math
 import os
 import secrets
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -42,7 +41,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import RESULTS, command_line, out_file  # noqa: E402
+from bench._common import RESULTS, command_line, out_file, start_serve  # noqa: E402
 from compression import CodecConfig, ModelSpec, UpdateCodec  # noqa: E402
 from coordinator.service import AdminClient, Coordinator, ServiceConfig, Store  # noqa: E402
 from protocol.messages import CodecParams, TaskConfig, TensorShape  # noqa: E402
@@ -174,34 +173,11 @@ def _engine_only(
 # -- over HTTP -------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class _Server:
     """`plume coordinator serve` in its own process (its own core, as in production)."""
 
     def __init__(self, db: str, token: str) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "coordinator.cli", "coordinator", "serve", "--db", db,
-             "--port", str(self.port), "--admin-token", token, "--poll", "0.5",
-             "--log-level", "warning"],
-            cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("coordinator did not start")
-            time.sleep(0.2)
+        self.url, self.proc = start_serve(db, token, poll_s=0.5)
 
     def stop(self) -> None:
         self.proc.send_signal(signal.SIGINT)

@@ -24,7 +24,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench._common import RESULTS, command_line, out_file  # noqa: E402
+from bench._common import RESULTS, command_line, out_file, start_serve  # noqa: E402
 
 CANONICAL = RESULTS / "device_round_rss.json"
 INPUT_SHAPE = {"mnist_cnn": (1, 28, 28), "mlp": (1, 28, 28)}
@@ -103,36 +102,13 @@ def results_path(args: argparse.Namespace) -> Path:
     return out_file(args.out, CANONICAL, args.quick)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Coordinator:
     """`plume coordinator serve` on loopback, in its own process, on a fresh database."""
 
     def __init__(self, db: Path, token: str, start_timeout_s: float = 120.0) -> None:
-        import httpx
-
-        self.url = f"http://127.0.0.1:{_free_port()}"
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "coordinator.cli", "coordinator", "serve", "--db", str(db),
-             "--port", self.url.rsplit(":", 1)[1], "--admin-token", token, "--poll", "0.2",
-             "--log-level", "warning"],
-            cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        )  # fmt: skip
-        deadline = time.monotonic() + start_timeout_s
-        while True:
-            try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the coordinator did not start")
-            time.sleep(0.1)
+        self.url, self.proc = start_serve(
+            db, token, poll_s=0.2, stderr=subprocess.PIPE, timeout_s=start_timeout_s
+        )
 
     def stop(self) -> None:
         if self.proc.poll() is None:
