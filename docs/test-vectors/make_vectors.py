@@ -373,6 +373,48 @@ def per_tensor_small_k() -> list[Doc]:
     ]  # fmt: skip
 
 
+# Found offline (a scan over the float32 neighbours of lo + (3 - U) * step for the uniforms of
+# seed 46): x + U computed in float32 rounds up to 3, in float64 it stays below 3, so the code of
+# index 14 is 3 by wire-format.md 1.4 and 2 for a port that computes in float64.
+F32_ONLY_MAGNITUDE = 0.4757850766181946
+
+
+def reading_gaps() -> list[Doc]:
+    """Frames that pin rules a port could otherwise read another way and still pass every
+    vector: round-half-to-even of topk * d (both directions), float32 quantization, and the
+    Rice parameter range from the mean gap (not from d / k)."""
+    return [
+        frame_vector(
+            "topk_round_half_down_to_even", "topk * d = 0.125 * 20 = 2.5 exactly: Python's "
+            "round gives k = 2 (the even neighbour), not 3 (round half up).",
+            S20, CodecConfig(topk=0.125, bits=32),
+            placed(41, 20, {4: 0.5, 11: -0.4, 16: 0.3}), 0, 1.0,
+        ),
+        frame_vector(
+            "topk_round_half_up_to_even", "topk * d = 0.5 * 3 = 1.5 exactly: Python's round "
+            "gives k = 2 (the even neighbour), not 1 (round half down or truncation).",
+            S3, CodecConfig(topk=0.5, bits=32), np.array([0.25, -0.5, 0.125], np.float32),
+            0, 1.0,
+        ),
+        frame_vector(
+            "quant_float32_not_float64", "4 bits, one block (lo 0.1, hi 1.0): for index 14 "
+            "(|u| = 0.47578508, U = 0.07722676) x + U rounds to 3.0 in float32, so its code "
+            "is 3; the same formula in float64 gives 2.9999996 and code 2. Compute in float32 "
+            "exactly as wire-format.md 1.4 writes it.",
+            S20, CodecConfig(topk=0.25, bits=4, block=8),
+            placed(42, 20, {2: 1.0, 5: -0.1, 9: -0.5, 14: F32_ONLY_MAGNITUDE, 17: 0.3}),
+            46, 2.0,
+        ),
+        frame_vector(
+            "rice_r0_from_mean_gap", "index auto, k = 5 of d = 100 at 3, 5, 8, 10, 12: the "
+            "mean gap 1.6 gives r0 = 0 and Rice r = 0 (2 bytes); r0 from d / k = 20 would be "
+            "4, try r = 2 to 7 only and write a 3-byte Rice r = 2 section.",
+            S100, CodecConfig(topk=0.05, bits=4, block=8),
+            placed(43, 100, {3: 0.5, 5: -0.45, 8: 0.4, 10: -0.35, 12: 0.3}), 47, 1.0,
+        ),
+    ]  # fmt: skip
+
+
 @functools.cache
 def update_frames() -> Doc:
     u100 = normal(11, 100, 0.01)
@@ -441,6 +483,7 @@ def update_frames() -> Doc:
             "dense_8bit_zstd", "topk 1.0 at 8 bits: index coding 0 with quantized values; zstd "
             "kept.", S100, CodecConfig(topk=1.0, bits=8, block=32), gappy, 33, 12.0,
         ),
+        *reading_gaps(),
         fallback_vector(),
     ]  # fmt: skip
     return {"meta": meta("update_frames", "Update frames: inputs and exact bytes."), "vectors": v}
