@@ -2924,8 +2924,10 @@ def _restore(args: argparse.Namespace) -> int:
                 # recovered first, then every page is replaced in one transaction. A new --db
                 # is created 0600 first, as serve creates one (SQLite would make it 0644,
                 # readable by every user, and its -journal with it).
-                if db in created:
-                    os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+                # A dangling symlink's target too (helper-381: it was made 0644 there).
+                if not db.exists():
+                    target_path = os.path.realpath(db)
+                    os.close(os.open(target_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
                 with contextlib.closing(sqlite3.connect(db)) as target:
                     target.execute("PRAGMA busy_timeout=5000")
                     if not args.force and (problem := _restore_target_problem(target)):

@@ -143,6 +143,24 @@ def test_restore_creates_a_new_database_0600(
     assert "note" not in capsys.readouterr().err
 
 
+def test_restore_through_a_dangling_symlink_creates_its_target_0600(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Prepare: a backup, and a --db that is a symlink to a file not there yet
+    backup = tmp_path / "b1.db"
+    marked(backup, "backup")
+    (tmp_path / "t").mkdir()
+    target = tmp_path / "t" / "r.db"
+    link = tmp_path / "l.db"
+    link.symlink_to(target)
+    # Execute
+    assert run("restore", "--db", str(link), "--from", str(backup)) == 0
+    # Assert: the target the link names is the owner's alone (helper-381: it was 0644, and
+    # restore then noted its own file as readable by others)
+    assert _mode(target) == 0o600
+    assert "note" not in capsys.readouterr().err
+
+
 def test_restore_over_an_existing_readable_database_notes_it_and_keeps_its_mode(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
