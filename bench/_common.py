@@ -14,6 +14,7 @@ runnable from the repository root.
 from __future__ import annotations
 
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -105,3 +106,14 @@ def start_serve(
             proc.wait()
             raise RuntimeError("the coordinator did not start")
         time.sleep(0.1)
+
+
+def stop_serve(proc: subprocess.Popen[bytes]) -> None:
+    """Stop a `start_serve` coordinator as Ctrl-C does (killed after 20 s)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

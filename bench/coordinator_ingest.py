@@ -24,9 +24,7 @@ import json
 import math
 import os
 import secrets
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +39,7 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import RESULTS, command_line, out_file, start_serve  # noqa: E402
+from bench._common import RESULTS, command_line, out_file, start_serve, stop_serve  # noqa: E402
 from compression import CodecConfig, ModelSpec, UpdateCodec  # noqa: E402
 from coordinator.service import AdminClient, Coordinator, ServiceConfig, Store  # noqa: E402
 from protocol.messages import CodecParams, TaskConfig, TensorShape  # noqa: E402
@@ -180,12 +178,7 @@ class _Server:
         self.url, self.proc = start_serve(db, token, poll_s=0.5)
 
     def stop(self) -> None:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_serve(self.proc)
 
 
 async def _fleet(

@@ -23,7 +23,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench._common import RESULTS, command_line, out_file, start_serve  # noqa: E402
+from bench._common import RESULTS, command_line, out_file, start_serve, stop_serve  # noqa: E402
 
 CANONICAL = RESULTS / "device_round_rss.json"
 INPUT_SHAPE = {"mnist_cnn": (1, 28, 28), "mlp": (1, 28, 28)}
@@ -111,13 +110,7 @@ class Coordinator:
         )
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_serve(self.proc)
         if self.proc.stderr is not None:
             self.proc.stderr.close()
 

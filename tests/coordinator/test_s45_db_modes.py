@@ -7,20 +7,17 @@ lock file 0600; an existing database other users may read is said at start, not 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import stat
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from coordinator.service import Store
+from tests.test_h74_operator import _plume, _wait_healthy
 
 from ._restore import marked, run
 from .test_service_support import free_port
@@ -61,23 +58,6 @@ def test_an_existing_database_keeps_its_mode(tmp_path: Path) -> None:
     Store(db, exclusive=True).close()
     # Assert: not changed
     assert _mode(db) == 0o640
-
-
-def _plume() -> list[str]:
-    """The installed `plume` console script, else the same entry point through python -m."""
-    script = Path(sys.executable).with_name("plume")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "coordinator.cli"]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        assert proc.poll() is None, proc.communicate()
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                return
-        time.sleep(0.1)
-    raise AssertionError(f"{url} did not answer /healthz within {timeout} s")
 
 
 def _serve_then_stop(db: Path) -> str:
