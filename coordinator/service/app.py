@@ -901,6 +901,15 @@ def create_app(
     ) -> Response:
         """The current model: a delta chain from `have`, or a full snapshot (fp32/fp16+zstd)."""
         _only_query(request, "have", "format", "dtype")
+        rt = coordinator.runtimes.get(task_id)
+        if rt is not None and rt.released and have != rt.version:
+            # A finished task's model is read back from the store: in a worker thread, for
+            # the fp32 snapshot's length a chain is weighed against and for the snapshot sent
+            # (`TaskRuntime.warm`; an empty chain, have= the version, needs neither).
+            if have is not None:
+                await asyncio.to_thread(rt.warm, SnapshotDType.FP32)
+            if have is None or format == "snapshot":
+                await asyncio.to_thread(rt.warm, dtype)
         answer = coordinator.plan_model(task_id, have, format, dtype, fields.device_id)
         if answer.body is None:
             # Up to max_chain (1000) frames read from SQLite: in a worker thread, not on the
@@ -1134,6 +1143,11 @@ def create_app(
         version B to N (default the current), for the operator's own copy of version B; 410
         `version_gone` once a frame on the way was emptied by `--keep-frames`."""
         _only_query(request, "version", "base")
+        rt = coordinator.runtimes.get(task_id)
+        if rt is not None and rt.released and base is None and version in (None, rt.version):
+            # A finished task's model is read back from the store: in a worker thread
+            # (`TaskRuntime.warm`), not on the event loop.
+            await asyncio.to_thread(rt.warm, SnapshotDType.FP32)
         try:
             body, headers = coordinator.export_model(task_id, version, base)
         except ApiError as exc:

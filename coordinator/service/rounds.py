@@ -22,6 +22,7 @@ device requests for it get 409 `task_refused`; the other tasks run.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import heapq
@@ -227,6 +228,37 @@ FINISHED_SNAPSHOTS_KEPT = 4
 # empty and read-only, so a use that should never come fails loudly instead of serving it.
 _RELEASED: npt.NDArray[np.float32] = np.empty(0, dtype=np.float32)
 _RELEASED.setflags(write=False)
+
+
+class KeptSnapshots:
+    """The encoded snapshots of finished tasks kept in memory, the FINISHED_SNAPSHOTS_KEPT most
+    recently used of all of them, keyed by (task, version, dtype). Used from the event loop
+    and from the worker threads that read a finished task's model back (`TaskRuntime.warm`),
+    so every access holds its lock."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._blobs: OrderedDict[tuple[int, int, str], bytes] = OrderedDict()
+
+    def get(self, key: tuple[int, int, str]) -> bytes | None:
+        with self._lock:
+            blob = self._blobs.get(key)
+            if blob is not None:
+                self._blobs.move_to_end(key)
+            return blob
+
+    def put(self, key: tuple[int, int, str], blob: bytes) -> None:
+        with self._lock:
+            self._blobs[key] = blob
+            self._blobs.move_to_end(key)
+            while len(self._blobs) > FINISHED_SNAPSHOTS_KEPT:
+                self._blobs.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._blobs.clear()
+
+
 # Check-in `features` (`protocol.names.Feature`): what the device's SDK honours, so that a task
 # that needs one is never given to a device whose SDK would silently not do it.
 MAX_FEATURES = 32
@@ -1264,7 +1296,7 @@ class TaskRuntime:
         # Set by `release_finished`: reads the published model back from the store, and the
         # coordinator's few finished tasks' snapshots (keyed by task, version and dtype).
         self._load_published: Callable[[], npt.NDArray[np.float32]] | None = None
-        self._finished_snapshots: OrderedDict[tuple[int, int, str], bytes] | None = None
+        self._finished_snapshots: KeptSnapshots | None = None
 
     @property
     def released(self) -> bool:
@@ -1274,7 +1306,7 @@ class TaskRuntime:
     def release_finished(
         self,
         load_published: Callable[[], npt.NDArray[np.float32]],
-        snapshots: OrderedDict[tuple[int, int, str], bytes],
+        snapshots: KeptSnapshots,
     ) -> None:
         """Let go of what only running rounds use, once the task is done or stopped with no
         round in flight (it never runs one again): the published model and the engine's copy,
@@ -1332,17 +1364,29 @@ class TaskRuntime:
         key = (self.task_id, self.version, str(dtype))
         blob = cache.get(key)
         if blob is not None:
-            cache.move_to_end(key)
             return blob
         if dtype == SnapshotDType.FP16 and self._fits_fp16 is False:
             raise self._fp16_refused()  # looked at before: the store is not read again
         params = load()
         if dtype == SnapshotDType.FP16 and not self._fp16_range_ok(params):
             raise self._fp16_refused()
-        blob = cache[key] = encode_snapshot(params, self.spec, dtype)
-        while len(cache) > FINISHED_SNAPSHOTS_KEPT:
-            cache.popitem(last=False)
+        blob = encode_snapshot(params, self.spec, dtype)
+        cache.put(key, blob)
+        if dtype == SnapshotDType.FP32:
+            self._fp32_bytes = len(blob)
         return blob
+
+    def warm(self, dtype: str) -> None:
+        """For a finished task (`release_finished`), read its model back and encode its
+        `dtype` snapshot into the kept ones, so that `snapshot` finds it there: the routes
+        run this in a worker thread before they plan a download or an export, so the store
+        read, the digest check and the encoding (66 ms for 2M parameters) are not on the event
+        loop (helper-381). Nothing for a running task or a snapshot already kept. A failure
+        is left to `snapshot`, which meets it again on the loop and answers it as usual."""
+        if self._finished_snapshots is None:
+            return
+        with contextlib.suppress(Exception):  # raised again, and answered, by `snapshot`
+            self._finished_snapshot(dtype)
 
     def _fp16_refused(self) -> ApiError:
         return ApiError(
@@ -1454,7 +1498,7 @@ class Coordinator:
         self._snapshot_counts: dict[int, tuple[int, dict[str, tuple[float, int]]]] = {}
         # (task, version, dtype) -> the encoded snapshot of a finished task, the most recently
         # downloaded FINISHED_SNAPSHOTS_KEPT of all of them (`TaskRuntime.release_finished`).
-        self._finished_snapshots: OrderedDict[tuple[int, int, str], bytes] = OrderedDict()
+        self._finished_snapshots = KeptSnapshots()
         self.restored = False
         self._background: set[asyncio.Task[Any]] = set()
         # One prune at a time (a round may close while the last close's prune still runs).

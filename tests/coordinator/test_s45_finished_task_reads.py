@@ -12,8 +12,10 @@ kept once known.
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
+import httpx
 import pytest
 
 from coordinator.service.rounds import Coordinator
@@ -72,3 +74,51 @@ def test_a_chain_weighs_against_the_snapshot_read_once(
     for _ in range(5):
         coord.plan_model(plain, v - 1, "auto", "fp32")
     assert loads.count(plain) == before  # the length is kept: no read for a chain
+
+
+def test_a_finished_tasks_model_is_read_back_off_the_event_loop(tmp_path: Path) -> None:
+    # Prepare: a served task stopped at version 0 (finished: its model let go of), a device
+    from coordinator.service import ServerThread, ServiceConfig
+
+    from .test_service_support import (
+        ADMIN,
+        create_task,
+        device_client,
+        send_signed,
+    )
+
+    cfg = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05)
+    server = ServerThread(cfg)
+    on_loop: list[bool] = []
+    with server, httpx.Client(base_url=server.url) as http:
+        task_id = create_task(http)
+        auth = {"authorization": f"Bearer {ADMIN}"}
+        assert http.post(f"/v1/admin/tasks/{task_id}/stop", headers=auth).status_code == 200
+        coord = server.app.state.coordinator
+        assert coord.runtimes[task_id].released
+        real = coord.store.task_model
+
+        def watched(t: int) -> tuple[bytes, bytes | None]:
+            try:
+                asyncio.get_running_loop()
+                on_loop.append(True)
+            except RuntimeError:
+                on_loop.append(False)
+            return real(t)
+
+        coord.store.task_model = watched
+        device = device_client(server.url, str(tmp_path / "app"))
+        device.register()
+        # Execute: an admin export, then a device's fp32 and fp16 snapshots (each read back:
+        # the kept ones hold 4)
+        export = http.get(f"/v1/admin/tasks/{task_id}/model", headers=auth)
+        fp32 = send_signed(http, device, "GET", f"/v1/tasks/{task_id}/model", 0)
+        fp16 = send_signed(
+            http, device, "GET", f"/v1/tasks/{task_id}/model", 0, params={"dtype": "fp16"}
+        )
+        device.close()
+    # Assert: answered, and every read of the model was in a worker thread (before: on the
+    # event loop, which every other request waits on)
+    assert (export.status_code, fp32.status_code, fp16.status_code) == (200, 200, 200)
+    assert export.content == fp32.content
+    assert on_loop and not any(on_loop), on_loop
