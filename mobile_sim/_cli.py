@@ -1143,6 +1143,10 @@ _PLAIN_ONLY = (
     ("--ort-fraction", "ort_fraction"),
     ("--ort-tier", "ort_tier"),
 )
+# --residual-memory-mb: the idle devices' error-feedback state held in memory. A dense run keeps
+# none; an HTTP fleet's plain devices keep theirs in their app directories, its secure ones use
+# the simulator's participants (mobile_sim/_residuals.py's ParticipantStore).
+_RESIDUAL_FLAG = ("--residual-memory-mb", "residual_memory_mb")
 # The plain codec's flags, which a --dense run (dense fp32 updates) has no use for.
 _CODEC_FLAGS = (
     *(
@@ -1160,9 +1164,7 @@ _CODEC_FLAGS = (
             "warmup_rounds",
         )
     ),
-    # A dense run keeps no residual. Secure devices keep theirs (mobile_sim/_residuals.py's
-    # ParticipantStore), so the flag is not in _PLAIN_ONLY.
-    ("--residual-memory-mb", "residual_memory_mb"),
+    _RESIDUAL_FLAG,
 )
 # The downlink's flags: a compressed plain run's (not --dense's, not --secure's).
 _DOWNLINK_FLAGS = (("--downlink-topk", "downlink_topk"), ("--downlink-bits", "downlink_bits"))
@@ -1174,7 +1176,6 @@ _INPROC_ONLY = (
     ("--inner-backend", "inner_backend"),
     ("--ray-address", "ray_address"),
     ("--ray-runtime-env", "ray_runtime_env"),
-    ("--residual-memory-mb", "residual_memory_mb"),
 )
 # Options of the backends whose workers run in other processes, and of Ray alone.
 _WORKER_ONLY = (("--workers", "workers"), ("--inner-backend", "inner_backend"))
@@ -1512,9 +1513,7 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         return "--deadline needs the simulated clock: --fleet timing or realistic"
     # A secure HTTP run's devices use the simulator's participants (their residuals), which
     # --residual-memory-mb bounds as in process; a plain one's keep theirs in app directories.
-    inproc_only = tuple(
-        f for f in _INPROC_ONLY if not (args.secure and f[1] == "residual_memory_mb")
-    )
+    inproc_only = _INPROC_ONLY if args.secure else (*_INPROC_ONLY, _RESIDUAL_FLAG)
     if args.transport == "http" and (head := _only_apply(args, inproc_only, " and ")):
         return (
             f"{head} to --transport inproc (the HTTP fleet trains one SDK client per device "

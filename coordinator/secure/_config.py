@@ -43,12 +43,11 @@ def group_refusal(
     filter, centered clipping) take any number of groups: they act on two as on ten. `src` says where the count comes from and
     `grow` what raises it, in the caller's words (flags or fields). Raises
     `AggregatorSpecError` for a spec that does not parse."""
-    from coordinator.aggregators import build_aggregator
     from coordinator.aggregators._robust import MIN_BUCKETS, cohort_refusal
 
-    factory = build_aggregator(group_aggregator)
+    chain = _stage_chain(group_aggregator)  # built once: its first stage is the whole rule
     groups = group_count(cohort, group_size)
-    short = cohort_refusal(factory, groups, unit="group sums", src=src, grow=grow)
+    short = cohort_refusal(chain[0][1], groups, unit="group sums", src=src, grow=grow)
     if short is not None:
         return short
     if groups >= MIN_BUCKETS:
@@ -61,7 +60,7 @@ def group_refusal(
     )
 
     outvoting = (CoordinateMedian, TrimmedMean, GeometricMedian, NearestNeighborMixing)
-    for name, stage in _stage_chain(group_aggregator):
+    for name, stage in chain:
         if isinstance(stage, outvoting):
             sums = "group sum" if groups == 1 else "group sums"
             return (

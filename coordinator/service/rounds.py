@@ -1348,7 +1348,7 @@ class TaskRuntime:
         the encoder's ValueError (a 500): a device's legal upload can bring the model there.
         A finished task's (`release_finished`) is encoded from the model read back from the
         store and kept among the coordinator's few finished tasks' snapshots."""
-        if self._finished_snapshots is not None:
+        if self.released:
             return self._finished_snapshot(dtype)
         blob = self._snapshots.get(dtype)
         if blob is None:
@@ -1383,7 +1383,7 @@ class TaskRuntime:
         read, the digest check and the encoding (66 ms for 2M parameters) are not on the event
         loop (helper-381). Nothing for a running task or a snapshot already kept. A failure
         is left to `snapshot`, which meets it again on the loop and answers it as usual."""
-        if self._finished_snapshots is None:
+        if not self.released:
             return
         with contextlib.suppress(Exception):  # raised again, and answered, by `snapshot`
             self._finished_snapshot(dtype)
@@ -1666,12 +1666,13 @@ class Coordinator:
         """A finished task's published model, read back from the store and checked against
         its digest (a mismatch: the row was changed under the coordinator, 503 as any damaged
         row)."""
-        params_bytes, _residual = self.store.task_model(task_id)
+        params_bytes = self.store.task_params(task_id)  # not the residual beside it
         if hashlib.sha256(params_bytes).hexdigest() != digest:
             raise DamagedRow(
                 "tasks", task_id, task_id, "params", "they do not match the model digest"
             )
-        return np.frombuffer(params_bytes, dtype="<f4").astype(np.float32)
+        # Read-only, no copy: it is only encoded (`TaskRuntime._finished_snapshot`).
+        return np.frombuffer(params_bytes, dtype="<f4").astype(np.float32, copy=False)
 
     def _restore_dp_rounds(self, rt: TaskRuntime) -> None:
         """Set a plain task's accounting `dp` counter, with no stored aggregator state, to the

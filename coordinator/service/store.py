@@ -1149,6 +1149,14 @@ class Store:
         residual = None if rows[0][1] is None else bytes(rows[0][1])
         return bytes(rows[0][0]), residual
 
+    def task_params(self, task_id: int) -> bytes:
+        """The task's published model, little-endian float32 bytes (`task_model` without the
+        server residual: a finished task's download reads this alone)."""
+        rows = self._query("SELECT params FROM tasks WHERE task_id=?", (task_id,))
+        if not rows or rows[0][0] is None:
+            raise KeyError(task_id)
+        return bytes(rows[0][0])
+
     def task_aggregator_state(self, task_id: int) -> bytes | None:
         """The aggregator state after the task's last committed round
         (`coordinator.aggregators.encode_state` bytes), None before the first."""

@@ -8,19 +8,16 @@ lock file 0600; an existing database other users may read is said at start, not 
 from __future__ import annotations
 
 import os
-import signal
 import stat
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from coordinator.service import Store
-from tests.test_h74_operator import _plume, _wait_healthy
 
 from ._restore import marked, run
-from .test_service_support import free_port
+from .test_h113_serve_logging import _serve_then_stop
 
 
 def _mode(path: Path) -> int:
@@ -58,26 +55,6 @@ def test_an_existing_database_keeps_its_mode(tmp_path: Path) -> None:
     Store(db, exclusive=True).close()
     # Assert: not changed
     assert _mode(db) == 0o640
-
-
-def _serve_then_stop(db: Path) -> str:
-    """stderr of `plume coordinator serve --db db` (a subprocess, as an operator runs it),
-    stopped by SIGTERM once it answers."""
-    port = free_port()
-    cmd = [*_plume(), "coordinator", "serve", "--db", str(db), "--port", str(port)]
-    env = {**os.environ, "PLUME_ADMIN_TOKEN": "t", "PLUME_DEBUG": ""}
-    with subprocess.Popen(
-        cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env
-    ) as proc:
-        try:
-            _wait_healthy(f"http://127.0.0.1:{port}", proc)
-            proc.send_signal(signal.SIGTERM)
-            _, err = proc.communicate(timeout=30)
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-    assert proc.returncode == 0, err
-    return err
 
 
 def test_serve_warns_of_a_database_other_users_may_read_and_leaves_it(tmp_path: Path) -> None:

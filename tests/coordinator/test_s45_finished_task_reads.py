@@ -25,13 +25,13 @@ from .test_s45_finished_task_memory import _world
 
 def _count_loads(coord: Coordinator, monkeypatch: pytest.MonkeyPatch) -> list[int]:
     loads: list[int] = []
-    real = coord.store.task_model
+    real = coord.store.task_params
 
-    def counted(task_id: int) -> tuple[bytes, bytes | None]:
+    def counted(task_id: int) -> bytes:
         loads.append(task_id)
         return real(task_id)
 
-    monkeypatch.setattr(coord.store, "task_model", counted)
+    monkeypatch.setattr(coord.store, "task_params", counted)
     return loads
 
 
@@ -96,9 +96,9 @@ def test_a_finished_tasks_model_is_read_back_off_the_event_loop(tmp_path: Path) 
         assert http.post(f"/v1/admin/tasks/{task_id}/stop", headers=auth).status_code == 200
         coord = server.app.state.coordinator
         assert coord.runtimes[task_id].released
-        real = coord.store.task_model
+        real = coord.store.task_params
 
-        def watched(t: int) -> tuple[bytes, bytes | None]:
+        def watched(t: int) -> bytes:
             try:
                 asyncio.get_running_loop()
                 on_loop.append(True)
@@ -106,7 +106,7 @@ def test_a_finished_tasks_model_is_read_back_off_the_event_loop(tmp_path: Path) 
                 on_loop.append(False)
             return real(t)
 
-        coord.store.task_model = watched
+        coord.store.task_params = watched
         device = device_client(server.url, str(tmp_path / "app"))
         device.register()
         # Execute: an admin export, then a device's fp32 and fp16 snapshots (each read back:
