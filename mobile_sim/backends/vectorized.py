@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 import sdk.trainer as _trainer
-from sdk.trainer import restored_slots
+from sdk.trainer import IGNORE_INDEX, restored_slots
 
 from ._base import JobResult, TrainContext, TrainJob, check_round, job_rng, num_params
 from ._seeding import RngPool
@@ -67,10 +67,13 @@ def _step_fn(module: nn.Module) -> Callable[..., tuple[Params, torch.Tensor]]:
         params: Params, x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         logits = functional_call(module, (params, buffers), (x,))
-        ce = nn.functional.cross_entropy(logits, y, reduction="none")
-        total = (ce * mask).sum()
-        # The mean over this client's real rows, as nn.CrossEntropyLoss on the unpadded batch.
-        return total / mask.sum().clamp_min(1.0), total
+        # A skipped target (IGNORE_INDEX) has a loss of 0 here and counts in no mean.
+        ce = nn.functional.cross_entropy(logits, y, reduction="none", ignore_index=IGNORE_INDEX)
+        counted = (y != IGNORE_INDEX).to(ce.dtype) * mask.view(-1, *([1] * (y.dim() - 1)))
+        total = (ce * counted).sum()
+        # The mean over this client's counted targets in its real rows, as nn.CrossEntropyLoss
+        # on the unpadded batch.
+        return total / counted.sum().clamp_min(1.0), total
 
     vmapped = vmap(grad(loss, has_aux=True))
 
@@ -175,8 +178,32 @@ def train_clients_vmapped(
                     gate = active.to(torch.float32)
                     for q, g in zip(plist, glist, strict=True):
                         q.sub_(lr * g * gate.view(-1, *([1] * (g.dim() - 1))))
-    counts = torch.from_numpy(sizes.astype(np.float64) * epochs)
+    # The mean loss over every counted target of every epoch, as TorchTrainer weighs its steps.
+    counts = torch.from_numpy(_counted_per_client(y_all, sizes).astype(np.float64) * epochs)
     return stacked.numpy().copy(), (loss_sum / counts).numpy()
+
+
+def _counted_per_client(
+    y_all: npt.NDArray[np.int64], sizes: npt.NDArray[np.int64]
+) -> npt.NDArray[np.int64]:
+    """Each client's targets that count (not `IGNORE_INDEX`) over its real rows of `y_all`
+    ([clients, n_max, ...]); a client with none gets 0 (its mean loss is then NaN)."""
+    real = np.arange(y_all.shape[1]) < sizes[:, None]
+    counted = (y_all != IGNORE_INDEX).reshape(*y_all.shape[:2], -1).sum(axis=2)
+    return np.asarray((counted * real).sum(axis=1), dtype=np.int64)
+
+
+def _weights(ys: Any) -> list[int]:
+    """Each client's FedAvg weight, as TorchTrainer gives it: its examples that have a target
+    (an example whose labels are all `IGNORE_INDEX` adds nothing to the update)."""
+    if isinstance(ys, np.ndarray):  # stacked [clients, n, ...]: one pass
+        skipped = (ys == IGNORE_INDEX).reshape(*ys.shape[:2], -1).all(axis=2)
+        return (ys.shape[1] - skipped.sum(axis=1)).tolist()  # type: ignore[no-any-return]
+    out = []
+    for y in ys:
+        skipped = (np.asarray(y) == IGNORE_INDEX).reshape(len(y), -1).all(axis=1)
+        out.append(len(y) - int(np.count_nonzero(skipped)))
+    return out
 
 
 class VectorizedBackend:
@@ -299,7 +326,7 @@ class VectorizedBackend:
                 return self._one_by_one(ctx, params, jobs, results, batchable)
             deltas = trained - params[None, :]
             loss_list = losses.tolist()
-            sizes = [len(x) for x in xs] if isinstance(xs, list) else [xs.shape[1]] * len(chunk)
+            sizes = _weights(ys)
             for k, i in enumerate(chunk):
                 # Row views of a fresh matrix: each result owns its row, no per-client copy.
                 results[i] = JobResult(jobs[i].device_id, deltas[k], sizes[k], loss_list[k])
