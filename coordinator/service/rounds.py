@@ -230,6 +230,16 @@ _RELEASED: npt.NDArray[np.float32] = np.empty(0, dtype=np.float32)
 _RELEASED.setflags(write=False)
 
 
+def _secure_abandon_reason(reasons: list[str] | None, shown: int = 3) -> str:
+    """A secure round's `abandoned` text: the groups' own abort reasons (the first `shown`,
+    and how many more), or, when none was given, too few devices at some stage. Before, it
+    was always the latter, so that a forged masked input read as ordinary dropouts."""
+    if not reasons:
+        return "secure round aborted: too few devices at some stage"
+    more = f"; and {len(reasons) - shown} more" if len(reasons) > shown else ""
+    return "secure round aborted: " + "; ".join(reasons[:shown]) + more
+
+
 class KeptSnapshots:
     """The encoded snapshots of finished tasks kept in memory, the FINISHED_SNAPSHOTS_KEPT most
     recently used of all of them, keyed by (task, version, dtype). Used from the event loop
@@ -3112,7 +3122,7 @@ class Coordinator:
             rt.engine.version += 1
             version = rt.engine.version
         else:
-            meas.setdefault("abandoned", "secure round aborted: too few devices at some stage")
+            meas.setdefault("abandoned", _secure_abandon_reason(meas.get("abort_reasons")))
         outcome = RoundOutcome(
             cur.engine_round, secure.committed, len(secure.contributors), version, meas
         )
