@@ -456,7 +456,7 @@ def register(sub: Any) -> None:
         default=None,
         metavar="MIB",
         help="realistic: only devices with at least this much memory are eligible, e.g. 4096 "
-        "leaves out the low tier's 2 and 3 GB phones (default: none, no memory filter)",
+        "leaves out the low tier's 2 and 3 GiB phones (default: none, no memory filter)",
     )
     g.add_argument(
         "--aggregator",
