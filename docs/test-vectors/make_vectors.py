@@ -4,19 +4,23 @@
     .venv/bin/python docs/test-vectors/make_vectors.py --check    # exit 1 if a file would change
 
 Every expected byte comes from the product's own functions (`compression`, `protocol.auth`,
-`protocol.messages`, `coordinator.service.downlink`); every input is fixed or drawn from a
-seeded `numpy.random.default_rng`, and nothing reads the clock. The hostile inputs of
-negative.json are valid frames with one field or section rewritten here (and the CRC-32
-recomputed where the mutation is meant to get past it); the error each one must raise is the
-one the reference decoder raises for it. `tests/compression/test_h281_vectors.py` rebuilds
-everything and compares it with the committed files. docs/test-vectors/README.md says how a
-port uses them.
+`protocol.messages`, `protocol.secagg`, `sdk.secure`, `coordinator.service.downlink`); every
+input is fixed or drawn from a seeded `numpy.random.default_rng`, and nothing reads the clock.
+The secure round of secagg.json draws its keys, seed, nonces and Shamir coefficients inside
+`protocol.secagg`; `FixedDraws` fixes them while the generator runs (and only then). The
+hostile inputs of negative.json are valid frames with one field or section rewritten here (and
+the CRC-32 recomputed where the mutation is meant to get past it); the error each one must
+raise is the one the reference decoder raises for it. `tests/compression/test_h281_vectors.py` rebuilds
+everything and compares it with the committed files (and
+`tests/protocol/test_s46_secagg_vectors.py` secagg.json). docs/test-vectors/README.md says how
+a port uses them.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import dataclasses
 import functools
 import hashlib
@@ -24,14 +28,16 @@ import json
 import logging
 import struct
 import sys
+import types
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 import zstandard
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 ROOT = Path(__file__).resolve().parents[2]
 if str(ROOT) not in sys.path:
@@ -60,6 +66,37 @@ from coordinator.service.downlink import DOWNLINK_STREAM, DownlinkStrategy  # no
 from protocol import auth  # noqa: E402
 from protocol.messages import MessageError, apply_delta, pack_chain, unpack_chain  # noqa: E402
 from protocol.names import Header  # noqa: E402
+from protocol.secagg import (  # noqa: E402
+    AdvertiseKeys,
+    CtrRandom,
+    MaskedInput,
+    SecAggServer,
+    SecurePlan,
+    ShareKeys,
+    UnmaskResponse,
+    agree,
+    combine_shares,
+    decrypt,
+    dither_uniforms,
+    expand_mask,
+    hkdf,
+    neighbours,
+    pack_bits,
+    pair_mask_seed,
+    pair_mask_sign,
+    prg_bytes,
+    public_key_of,
+    required_ring_bits,
+    ring_mask,
+    round_digest,
+    round_to_levels,
+    self_mask,
+    share_associated_data,
+)
+from protocol.secagg import _client as sa_client  # noqa: E402
+from protocol.secagg import _crypto as sa_crypto  # noqa: E402
+from protocol.secagg import _shamir as sa_shamir  # noqa: E402
+from sdk.secure import SecureParticipant, encode_for_plan  # noqa: E402
 
 __all__ = ["OUT_DIR", "FILES", "build", "render", "main"]
 
@@ -71,6 +108,7 @@ FILES = (
     "delta_chain.json",
     "signing.json",
     "negative.json",
+    "secagg.json",
 )
 F32 = npt.NDArray[np.float32]
 Doc = dict[str, Any]
@@ -1055,6 +1093,344 @@ def negative() -> Doc:
 
 
 # ---------------------------------------------------------------------------------------------
+# Secure aggregation (docs/secure-aggregation.md, "Protocol messages")
+
+# One round of 6 nodes (a Harary graph of degree 4, threshold 3) through the product's device
+# side (`sdk.secure`, which drives `protocol.secagg.SecAggClient`) and its server
+# (`SecAggServer`). The file records node 2's view: its keys, every message it reads and
+# writes, one share bundle in the clear, its Shamir shares and its masked input. Node 4 (one of
+# node 2's neighbours) shares keys and then goes silent, so node 2's unmask answer holds a share
+# of each kind.
+SA_N, SA_DEGREE, SA_THRESHOLD, SA_NODE, SA_DROPPED = 6, 4, 3, 2, 4
+SA_ROUND_ID = 0x0102030405
+SA_D, SA_INDICES = 12, (1, 4, 5, 9)
+SA_LABEL = "plume secagg test vectors"  # every fixed key, seed, nonce and coefficient comes from it
+SA_LABELS = {
+    # the domain-separation labels, as the product writes them (ASCII, most with a NUL after)
+    "round_digest": b"plume-round-v1\0",
+    "enc_key_info": b"plume-secagg-enc\0",
+    "mask_seed_info": b"plume-secagg-mask\0",
+    "share_aad": b"plume-secagg-share-v1\0",
+    "prg_key_info": b"plume-prg-v1\0",
+    "shamir_commit": b"plume-shamir-commit-v1\0",
+    "shamir_check": b"plume-shamir-share-v1\0",
+}
+
+
+def sa_bytes(what: str, n: int = 32) -> bytes:
+    """Fixed bytes named by a public label: the first `n` bytes of SHA-256(SA_LABEL: what)."""
+    return hashlib.sha256(f"{SA_LABEL}: {what}".encode()).digest()[:n]
+
+
+def sa_int(what: str) -> int:
+    """A fixed element of Shamir's field GF(2^127 - 1), named by a public label."""
+    return int.from_bytes(sa_bytes(what, 16), "little") % sa_shamir.PRIME
+
+
+# What `FixedDraws` swaps: each module's own name for the randomness it draws
+SA_PATCHED = (
+    (sa_client, "generate_keypair"),
+    (sa_client, "os"),
+    (sa_crypto, "os"),
+    (sa_shamir, "secrets"),
+)
+
+
+class FixedDraws:
+    """GENERATOR ONLY. While `active`, the randomness the device side draws for itself comes
+    from public labels instead of the OS, and every draw is logged under `who` (the node whose
+    session is running): X25519 key pairs (`_client.generate_keypair`, enc then mask) and the
+    self-mask seed (`_client.os.urandom`), the AES-GCM nonces (`_crypto.os.urandom`) and the
+    Shamir coefficients (`_shamir.secrets.randbelow`). None of these functions takes the value
+    as an argument. The module attributes are swapped for stand-ins (never the global `os` or
+    `secrets`) and restored on exit. The recorded bytes are checked by the tests without this
+    code: AES-GCM and HKDF from `cryptography`, shares from the recorded coefficients, Lagrange
+    interpolation, hashlib (tests/protocol/test_s46_secagg_vectors.py)."""
+
+    def __init__(self) -> None:
+        self.who = -1
+        self.log: dict[tuple[int, str], list[Any]] = {}
+
+    def _draw(self, kind: str, value: Any) -> Any:
+        self.log.setdefault((self.who, kind), []).append(value)
+        return value
+
+    def _keypair(self) -> tuple[bytes, bytes]:
+        which = ("enc", "mask")[len(self.log.get((self.who, "keys"), [])) % 2]
+        private = sa_bytes(f"node {self.who} {which} private key")
+        self._draw("keys", private)
+        return private, public_key_of(private)
+
+    def _seed(self, n: int) -> bytes:
+        return bytes(self._draw("seed", sa_bytes(f"node {self.who} self-mask seed", n)))
+
+    def _nonce(self, n: int) -> bytes:
+        count = len(self.log.get((self.who, "nonce"), []))
+        return bytes(self._draw("nonce", sa_bytes(f"node {self.who} nonce {count}", n)))
+
+    def _coefficient(self, bound: int) -> int:
+        assert bound == sa_shamir.PRIME
+        count = len(self.log.get((self.who, "coefficient"), []))
+        return int(self._draw("coefficient", sa_int(f"node {self.who} coefficient {count}")))
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        stand_ins = (
+            self._keypair,
+            types.SimpleNamespace(urandom=self._seed),
+            types.SimpleNamespace(urandom=self._nonce),
+            types.SimpleNamespace(randbelow=self._coefficient),
+        )
+        saved = [vars(module)[name] for module, name in SA_PATCHED]
+        for (module, name), value in zip(SA_PATCHED, stand_ins, strict=True):
+            setattr(module, name, value)
+        try:
+            yield
+        finally:
+            for (module, name), value in zip(SA_PATCHED, saved, strict=True):
+                setattr(module, name, value)
+
+
+def sa_x25519(private: bytes, public: bytes) -> bytes:
+    """The raw X25519 shared secret (the product only exposes it through HKDF, `agree`)."""
+    return X25519PrivateKey.from_private_bytes(private).exchange(
+        X25519PublicKey.from_public_bytes(public)
+    )
+
+
+def sa_field_hex(value: int) -> str:
+    """A field element as 16 little-endian bytes, as a share writes its y values."""
+    return value.to_bytes(16, "little").hex()
+
+
+def sa_prg(seed: bytes, label: bytes, count: int, bits: int) -> Doc:
+    word = 4 if bits <= 32 else 8
+    return {
+        "seed_hex": seed.hex(),
+        "label_hex": label.hex(),
+        "aes_key_hex": hkdf(seed, SA_LABELS["prg_key_info"] + label).hex(),
+        "bits": bits,
+        "count": count,
+        "keystream_hex": prg_bytes(seed, count * word, label).hex(),
+        "words": [int(w) for w in expand_mask(seed, count, bits, label)],
+    }
+
+
+def sa_plan() -> SecurePlan:
+    return SecurePlan(
+        round_id=SA_ROUND_ID, num_nodes=SA_N, degree=SA_DEGREE, threshold=SA_THRESHOLD,
+        ring_bits=required_ring_bits(SA_N, 1, 8), value_bits=8, max_weight=1, model_size=SA_D,
+        indices=np.array(SA_INDICES, np.int64), clip_norm=1.0, coord_bound=0.25,
+        graph_seed=sa_bytes("graph seed"), rotation_seed=sa_bytes("rotation seed"),
+        dither=True,
+    )  # fmt: skip
+
+
+def secagg() -> Doc:
+    plan = sa_plan()
+    plan_bytes = plan.to_bytes()
+    model = normal(46, SA_D, 0.1)
+    digest = round_digest(model_digest(model), plan)
+    params = plan.protocol_params(model_digest(model))
+    if params.digest != digest or plan.dither is not True or plan.rotate or plan.sketch_bits:
+        raise AssertionError("the secagg vectors need a dithered plan without rotation or sketch")
+    updates = {i: normal(460 + i, SA_D, 0.1) for i in range(SA_N)}
+    updates[SA_NODE][SA_INDICES[2]] = np.float32(0.3)  # beyond C' = 0.25: clipped to the top level
+    draws = FixedDraws()
+    sessions = {
+        i: SecureParticipant(SA_D, CtrRandom(sa_bytes(f"node {i} noise"))).join(
+            plan_bytes, digest, model, i
+        )
+        for i in range(SA_N)
+    }
+    server = SecAggServer(params)
+    alive = [i for i in range(SA_N) if i != SA_DROPPED]
+    with draws.active():
+        adv = {}
+        for i in range(SA_N):
+            draws.who = i
+            adv[i] = sessions[i].advertise()
+            server.receive_advertise(AdvertiseKeys.from_bytes(adv[i]))
+        directory = {i: m.to_bytes() for i, m in server.close_advertise().items()}
+        shared = {}
+        for i in range(SA_N):
+            draws.who = i
+            shared[i] = sessions[i].share_keys(directory[i])
+            server.receive_share_keys(ShareKeys.from_bytes(shared[i], SA_N))
+    delivery = {i: m.to_bytes() for i, m in server.close_share_keys().items()}
+    masked = {}
+    for i in alive:
+        rng = np.random.default_rng(0)  # a dithered plan without noise draws nothing from it
+        masked[i] = sessions[i].masked_input(delivery[i], updates[i], 1, rng)
+        if rng.bit_generator.state != np.random.default_rng(0).bit_generator.state:
+            raise AssertionError("the masked input drew from the device's generator")
+        server.receive_masked_input(
+            MaskedInput.from_bytes(masked[i], plan.vector_len, plan.ring_bits)
+        )
+    request = server.close_masked_input().to_bytes()
+    answers = {}
+    for i in alive:
+        answers[i] = sessions[i].unmask(request)
+        server.receive_unmask(UnmaskResponse.from_bytes(answers[i], SA_N))
+    result = server.finish()
+
+    # Node 2's view, recomputed from the functions that take every value as an argument; each
+    # must give the bytes the state machine sent.
+    me, keys = SA_NODE, draws.log[(SA_NODE, "keys")]
+    enc_sk, mask_sk = keys[0], keys[1]
+    (self_seed,) = draws.log[(me, "seed")]
+    graph = neighbours(SA_N, SA_DEGREE, plan.graph_seed)
+    mine = graph[me]
+    pub = {i: AdvertiseKeys.from_bytes(adv[i]) for i in range(SA_N)}
+    ring = ring_mask(plan.ring_bits)
+    vector, _ = encode_for_plan(updates[me], plan, 1, np.random.default_rng(0), None, me)
+    y = vector + self_mask(self_seed, plan.vector_len, plan.ring_bits)
+    pairs = []
+    for peer in mine:
+        seed = pair_mask_seed(mask_sk, pub[peer].mask_public, digest)
+        raw = sa_x25519(mask_sk, pub[peer].mask_public)
+        if hkdf(raw, SA_LABELS["mask_seed_info"] + digest) != seed:
+            raise AssertionError("pair_mask_seed is not HKDF(X25519, mask label || digest)")
+        words = expand_mask(seed, plan.vector_len, plan.ring_bits, b"pair-mask")
+        sign = pair_mask_sign(me, peer)
+        y = y + words if sign > 0 else y - words
+        pairs.append({
+            "peer": peer, "sign": sign, "mask_shared_secret_hex": raw.hex(),
+            "seed_hex": seed.hex(), "words": [int(w) for w in words],
+        })  # fmt: skip
+    y &= np.uint64(ring)
+    packed = pack_bits(y, plan.ring_bits)
+    mine_masked = MaskedInput(SA_ROUND_ID, me, plan.vector_len, plan.ring_bits, packed)
+    if mine_masked.to_bytes() != masked[me]:
+        raise AssertionError("the masked input is not the client's")
+    expected = np.zeros(plan.vector_len, np.uint64)
+    for i in alive:
+        expected += encode_for_plan(updates[i], plan, 1, np.random.default_rng(0), None, i)[0]
+    if not np.array_equal(result.total, expected & np.uint64(ring)):
+        raise AssertionError("the server's unmasked sum is not the sum of the alive inputs")
+    dither = dither_uniforms(plan, me, plan.k, b"values")
+    # The values at S_r in level units, x = (clip(u, -C', C') + C') * ((2^b - 1) / (2 C')) in
+    # float64 (protocol.secagg._encoding), which the quantizer rounds to floor(x + U)
+    u_s = updates[me][plan.indices]
+    if float(np.linalg.norm(u_s.astype(np.float64))) > plan.clip_norm:
+        raise AssertionError("the recorded update must be inside the clip norm")
+    levels, bound = (1 << plan.value_bits) - 1, plan.coord_bound
+    x = (np.clip(u_s.astype(np.float64), -bound, bound) + bound) * (levels / (2.0 * bound))
+    if not np.array_equal(round_to_levels(x, levels, np.random.default_rng(0), dither),
+                          vector[: plan.k]):  # fmt: skip
+        raise AssertionError("the level values do not round to the client's input")
+
+    # One share bundle (to node 2's first neighbour), its key and its associated data
+    dest = mine[0]
+    cts = dict(ShareKeys.from_bytes(shared[me], SA_N).ciphertexts)
+    enc_raw = sa_x25519(enc_sk, pub[dest].enc_public)
+    enc_key = hkdf(enc_raw, SA_LABELS["enc_key_info"] + digest)
+    if agree(enc_sk, pub[dest].enc_public, SA_LABELS["enc_key_info"] + digest) != enc_key:
+        raise AssertionError("agree is not HKDF(X25519, info)")
+    aad = share_associated_data(digest, SA_ROUND_ID, me, dest)
+    plaintext = decrypt(enc_key, cts[dest], aad)
+    # The Shamir shares node 2 dealt: it drew t - 1 coefficients per 15-byte chunk of its mask
+    # private key (3 chunks), then as many for its self-mask seed, which are recorded
+    drawn = [sa_field_hex(c) for c in draws.log[(me, "coefficient")]]
+    per_chunk, per_secret = SA_THRESHOLD - 1, 3 * (SA_THRESHOLD - 1)
+    if len(drawn) != 2 * per_secret:
+        raise AssertionError(f"{len(drawn)} coefficients drawn for two 32-byte secrets")
+    seed_coefficients = [
+        drawn[per_secret + c : per_secret + c + per_chunk] for c in range(0, per_secret, per_chunk)
+    ]
+    seed_shares = []
+    for holder in mine:
+        blob = decrypt(
+            hkdf(sa_x25519(enc_sk, pub[holder].enc_public), SA_LABELS["enc_key_info"] + digest),
+            cts[holder], share_associated_data(digest, SA_ROUND_ID, me, holder),
+        )  # fmt: skip
+        seed_shares.append(blob[8 + 2 + 79 + 2 :])
+    if combine_shares([seed_shares[i] for i in (0, 1, 3)]) != self_seed:
+        raise AssertionError("the self-mask seed shares do not give the seed back")
+    return {
+        "meta": meta(
+            "secagg",
+            "Node 2's view of one secure round (SecAgg+) of 6 nodes, node 4 dropping.",
+        ),
+        "labels": {f"{name}_hex": label.hex() for name, label in SA_LABELS.items()},
+        "prg": [
+            sa_prg(sa_bytes("prg seed"), b"self-mask", 4, 24),
+            sa_prg(sa_bytes("prg seed"), b"pair-mask", 3, 40),
+        ],
+        "model_f32le_hex": f32_hex(model),
+        "model_digest_hex": model_digest(model).hex(),
+        "plan": {
+            "round_id": plan.round_id,
+            "num_nodes": plan.num_nodes,
+            "degree": plan.degree,
+            "threshold": plan.threshold,
+            "ring_bits": plan.ring_bits,
+            "value_bits": plan.value_bits,
+            "max_weight": plan.max_weight,
+            "model_size": plan.model_size,
+            "clip_norm": plan.clip_norm,
+            "coord_bound": plan.coord_bound,
+            "flags": plan.flags,
+            "noise": int(plan.noise),
+            "noise_variance": plan.noise_variance,
+            "noise_headroom": plan.noise_headroom,
+            "graph_seed_hex": plan.graph_seed.hex(),
+            "rotation_seed_hex": plan.rotation_seed.hex(),
+            "sketch_bits": plan.sketch_bits,
+            "sketch_segments": [],
+            "indices": list(SA_INDICES),
+            "zstd_bytes": True,
+            "plan_hex": plan_bytes.hex(),
+        },  # fmt: skip
+        "round_digest_hex": digest.hex(),
+        "neighbours": [list(g) for g in graph],
+        "device": {
+            "node": me,
+            "enc_private_hex": enc_sk.hex(),
+            "enc_public_hex": pub[me].enc_public.hex(),
+            "mask_private_hex": mask_sk.hex(),
+            "mask_public_hex": pub[me].mask_public.hex(),
+            "self_seed_hex": self_seed.hex(),
+        },  # fmt: skip
+        "dropped": [SA_DROPPED],
+        "messages": {
+            "advertise_keys_hex": adv[me].hex(),
+            "key_directory_hex": directory[me].hex(),
+            "share_keys_hex": shared[me].hex(),
+            "share_delivery_hex": delivery[me].hex(),
+            "masked_input_hex": masked[me].hex(),
+            "unmask_request_hex": request.hex(),
+            "unmask_response_hex": answers[me].hex(),
+        },
+        "bundle": {
+            "dest": dest,
+            "enc_shared_secret_hex": enc_raw.hex(),
+            "enc_key_hex": enc_key.hex(),
+            "nonce_hex": cts[dest][:12].hex(),
+            "aad_hex": aad.hex(),
+            "plaintext_hex": plaintext.hex(),
+            "ciphertext_hex": cts[dest].hex(),
+        },  # fmt: skip
+        "shamir": {
+            "threshold": SA_THRESHOLD,
+            "holders": list(mine),
+            "self_seed_coefficients_hex": seed_coefficients,
+            "self_seed_shares_hex": [s.hex() for s in seed_shares],
+        },
+        "masked_input": {
+            "values_f32le_hex": f32_hex(u_s),
+            "levels_x": [float(v) for v in x],
+            "weight": 1,
+            "dither": [float(u) for u in dither],
+            "vector": [int(v) for v in vector],
+            "self_mask": [int(w) for w in self_mask(self_seed, plan.vector_len, plan.ring_bits)],
+            "pair_masks": pairs,
+            "masked": [int(v) for v in y],
+        },
+    }
+
+
+# ---------------------------------------------------------------------------------------------
 
 BUILDERS: dict[str, Callable[[], Doc]] = {
     "update_frames.json": update_frames,
@@ -1063,6 +1439,7 @@ BUILDERS: dict[str, Callable[[], Doc]] = {
     "delta_chain.json": delta_chain,
     "signing.json": signing,
     "negative.json": negative,
+    "secagg.json": secagg,
 }
 
 

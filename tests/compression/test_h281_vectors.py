@@ -117,7 +117,7 @@ def test_the_generator_is_deterministic(built: dict[str, str]) -> None:
 def test_vectors_are_small_and_documented() -> None:
     sizes = {p.name: p.stat().st_size for p in VECTORS.glob("*.json")}
     assert set(sizes) == set(GEN.FILES)
-    assert sum(sizes.values()) < 200_000, sizes
+    assert sum(sizes.values()) < 250_000, sizes
     readme = (VECTORS / "README.md").read_text()
     assert all(f"`{name}`" in readme for name in GEN.FILES)
     wire = (ROOT / "docs" / "wire-format.md").read_text()
