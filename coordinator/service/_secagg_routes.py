@@ -386,6 +386,10 @@ class SecureRegistry:
                 raise WrongStage(f"secure round {round_id} is closed: stage {stage} is closed")
             if device_id not in grp.expected:
                 raise PermissionError(f"device {device_id} is no longer in stage {stage}")
+            if grp.stage != stage:
+                # Before the body is decoded: a stage not open yet is 409 whatever the body
+                # holds (a malformed one was 422, a well-formed one 409).
+                raise WrongStage(f"stage {stage} is not open: the group is in stage {grp.stage}")
             grp.sr.receive(stage, device_id, body)
             grp.uploaded.setdefault(stage, set()).add(device_id)
             entry.uploads[stage] += 1
