@@ -268,6 +268,9 @@ def account_released_groups(
     survivors, plan = max(released, key=weakness)
     sens = integer_sensitivity(plan.clip_norm, plan.coord_bound, plan.value_bits, plan.k)
     accountant.record_round(plan.noise, sens, plan.noise_variance, survivors, plan.k)
+    # The survivors' summed noise in units of the sensitivity: the z the released sum carried.
+    # The plan calibrated it to `noise_multiplier` for n_min survivors; fewer carry less.
+    summed = survivors * plan.noise_variance
     return {
         "epsilon": accountant.epsilon(),
         "delta": accountant.delta,
@@ -277,6 +280,8 @@ def account_released_groups(
         "sensitivity": sens,
         "l1_sensitivity": l1_sensitivity(sens, plan.k),
         "survivors": survivors,
+        "effective_noise_multiplier": math.sqrt(summed) / sens,
+        "noise_below_plan": summed < (noise_multiplier * sens) ** 2 * (1.0 - 1e-12),
         "k": plan.k,
         "rounds": accountant.rounds,
     }
