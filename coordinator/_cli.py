@@ -375,6 +375,16 @@ def register(sub: Any) -> None:
         "(default 30; 0 = no limit, else at least 1)",
     )
     s.add_argument(
+        "--send-timeout",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds a client may read nothing of an answer (a model download it stopped "
+        "reading) before the connection is cut; on Linux the clock restarts whenever it has "
+        "read anything, so a slow link that keeps reading is never cut (default 60; 0 = no "
+        "limit, else at least 1)",
+    )
+    s.add_argument(
         "--shutdown-grace",
         type=float,
         default=10.0,
@@ -1047,6 +1057,9 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
     if not 0 <= args.head_timeout < float("inf") or 0 < args.head_timeout < 1:
         why = "must be 0 (no limit) or at least 1 second: a request's whole head must arrive in it"
         return bad("head_timeout", f"--head-timeout {why}, got {args.head_timeout}", why)
+    if not 0 <= args.send_timeout < float("inf") or 0 < args.send_timeout < 1:
+        why = "must be 0 (no limit) or at least 1 second: a client reads its answer within it"
+        return bad("send_timeout", f"--send-timeout {why}, got {args.send_timeout}", why)
     if not 0 <= args.shutdown_grace <= _MAX_SHUTDOWN_GRACE_S:
         # Past an hour (1e12 passed as finite) a stop waited on a stalled upload for as long.
         why = (
@@ -1364,6 +1377,7 @@ def _serve(args: argparse.Namespace) -> int:
             log_level=args.log_level,
             access_log=args.access_log,
             head_timeout_s=args.head_timeout,
+            send_timeout_s=args.send_timeout,
             shutdown_grace_s=args.shutdown_grace,
         )
     except ListenError as exc:  # found before the database was opened

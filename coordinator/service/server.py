@@ -9,6 +9,7 @@ import math
 import signal
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -21,6 +22,14 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+try:  # the kernel's send queue of a socket (Linux); elsewhere progress is seen less finely
+    import fcntl
+    import termios
+
+    _TIOCOUTQ: int | None = termios.TIOCOUTQ
+except (ImportError, AttributeError):
+    _TIOCOUTQ = None
+
 from ._ratelimit import EveryFew
 from .app import create_app
 from .metrics import plume_version
@@ -30,6 +39,7 @@ from .wire import HEAD_BYTES
 
 __all__ = [
     "HEAD_TIMEOUT_S",
+    "SEND_TIMEOUT_S",
     "SHUTDOWN_GRACE_S",
     "ListenError",
     "serve",
@@ -43,6 +53,9 @@ log = logging.getLogger("plume.coordinator")
 # uvicorn's keep-alive timeout, so a new connection waits as long as an idle one between
 # requests does. A head is a few hundred bytes: a second or two on the slowest mobile link.
 HEAD_TIMEOUT_S = 30.0
+# Seconds a connection may leave an answer unread (see CountingH11Protocol): nginx's
+# send_timeout. A client reading at 1 KB/s empties the write buffer's 48 KiB in under a minute.
+SEND_TIMEOUT_S = 60.0
 # uvicorn's keep-alive timeout (seconds without a byte after a response, before closing).
 _KEEP_ALIVE_S = 30
 # Seconds a stop (SIGTERM, SIGHUP, Ctrl-C, `ServerThread.stop`) waits for requests in flight
@@ -120,14 +133,32 @@ class CountingH11Protocol(H11Protocol):
     trickled it, held its connection (and a file descriptor) forever, and a few hundred of
     them left the coordinator unable to accept anyone (helper-228). Bodies the app reads have
     their own deadline (`ServiceConfig.body_timeout_s`, the wire middleware). An idle
-    keep-alive connection is still closed by uvicorn's keep-alive timeout alone."""
+    keep-alive connection is still closed by uvicorn's keep-alive timeout alone.
+
+    And it closes (aborts) a connection whose client has read nothing of an answer for
+    `send_timeout_s` seconds (0: no limit): the timer starts when the transport's write
+    buffer passes its high-water mark (asyncio's 64 KiB, `pause_writing`) and stops when the
+    client has read it down to the low-water mark (16 KiB, `resume_writing`); when it fires,
+    a client that has read anything since (the bytes queued, in the kernel's send queue
+    too, fell: `_queued`) gets another `send_timeout_s`. So a slow link that keeps reading is
+    never cut. Where the kernel's queue cannot be asked (no TIOCOUTQ: not Linux), only the
+    transport's own buffer shows progress, and a slow reader can be cut while the kernel's
+    send buffer (up to a few MB) drains. Large answers go to the transport in parts
+    (`wire.SEND_PART`), each once the one before has drained, so an unread answer holds about
+    one part of this process's memory, not the whole answer. Before, a model download sent its
+    whole body at once, and a client that never read held it (a 6 MB snapshot: about 4 MB in
+    this process, the rest in the kernel) for as long as it kept the connection open:
+    300 such connections took the coordinator from 141 MB to 1.4 GB (helper-385)."""
 
     head_timeout_s: float = HEAD_TIMEOUT_S
+    send_timeout_s: float = SEND_TIMEOUT_S
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._head_bytes: int | None = None
         self._head_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._send_mark: int | None = None  # bytes queued when the send timer started
         conn = self.conn
         parse = conn.next_event
 
@@ -196,7 +227,63 @@ class CountingH11Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        self._disarm_send_timer()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        """The client is not keeping up with what is sent: it must read some of it within
+        `send_timeout_s`."""
+        super().pause_writing()
+        if self._send_timer is None and self.send_timeout_s > 0:
+            self._send_mark = self._queued()
+            self._send_timer = self.loop.call_later(self.send_timeout_s, self._send_timed_out)
+
+    def resume_writing(self) -> None:
+        self._disarm_send_timer()
+        self._send_mark = None
+        super().resume_writing()
+
+    def _disarm_send_timer(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _queued(self) -> int | None:
+        """Bytes of answers not yet taken by the client: this transport's buffer and the
+        kernel's send queue (Linux's TIOCOUTQ: sent but not acknowledged, or not yet sent).
+        While writing is paused nothing is added, so the sum falls exactly as the client
+        reads. None where the kernel's queue cannot be asked."""
+        sock = self.transport.get_extra_info("socket")
+        if sock is None or _TIOCOUTQ is None:
+            return None
+        try:
+            raw = fcntl.ioctl(sock.fileno(), _TIOCOUTQ, b"\0\0\0\0")
+        except (OSError, ValueError):
+            return None
+        kernel: int = struct.unpack("i", raw)[0]
+        return kernel + self.transport.get_write_buffer_size()
+
+    def _send_timed_out(self) -> None:
+        self._send_timer = None
+        if self.transport.is_closing() and not self.transport.get_write_buffer_size():
+            return
+        now = self._queued()
+        if now is not None and self._send_mark is not None and now < self._send_mark:
+            # It read some: a slow link, not a stalled one. The kernel's buffer (up to a few
+            # MB) must empty by a third before the transport can write again, so the pause
+            # can outlast the timeout on a link that keeps reading.
+            self._send_mark = now
+            self._send_timer = self.loop.call_later(self.send_timeout_s, self._send_timed_out)
+            return
+        # One line per connection cut, hence debug, as for a head that never came.
+        log.debug(
+            "cutting the connection from %s: it read none of its answer for %g s",
+            "{}:{}".format(*self.client) if self.client else "a client",
+            self.send_timeout_s,
+        )
+        # Not close(): that waits for the buffer to be sent, which is what never happens.
+        # connection_lost follows, which ends the app's wait to write (uvicorn's drain).
+        self.transport.abort()
 
     def _watch_head(self) -> None:
         """After the received bytes were parsed: a deadline while the connection waits for the
@@ -242,7 +329,7 @@ class CountingH11Protocol(H11Protocol):
         self.transport.close()
 
 
-def _check_head_timeout(head_timeout_s: float) -> float:
+def _check_head_timeout(head_timeout_s: float, name: str = "head_timeout_s") -> float:
     if (
         not isinstance(head_timeout_s, int | float)
         or isinstance(head_timeout_s, bool)
@@ -250,10 +337,13 @@ def _check_head_timeout(head_timeout_s: float) -> float:
         or head_timeout_s < 0
     ):
         raise ValueError(
-            f"head_timeout_s must be 0 (no limit) or a positive number of seconds, got "
-            f"{head_timeout_s!r}"
+            f"{name} must be 0 (no limit) or a positive number of seconds, got {head_timeout_s!r}"
         )
     return float(head_timeout_s)
+
+
+def _check_send_timeout(send_timeout_s: float) -> float:
+    return _check_head_timeout(send_timeout_s, "send_timeout_s")
 
 
 def _check_shutdown_grace(shutdown_grace_s: float) -> float:
@@ -270,14 +360,21 @@ def _check_shutdown_grace(shutdown_grace_s: float) -> float:
     return float(shutdown_grace_s)
 
 
-def _protocol(head_timeout_s: float) -> type[CountingH11Protocol]:
-    """`CountingH11Protocol` with its head deadline (uvicorn builds the protocol itself)."""
-    if head_timeout_s == CountingH11Protocol.head_timeout_s:
+def _protocol(
+    head_timeout_s: float, send_timeout_s: float = SEND_TIMEOUT_S
+) -> type[CountingH11Protocol]:
+    """`CountingH11Protocol` with its head and send deadlines (uvicorn builds the protocol
+    itself)."""
+    if (head_timeout_s, send_timeout_s) == (
+        CountingH11Protocol.head_timeout_s,
+        CountingH11Protocol.send_timeout_s,
+    ):
         return CountingH11Protocol
-    timeout = head_timeout_s
+    head, send = head_timeout_s, send_timeout_s
 
     class Protocol(CountingH11Protocol):
-        head_timeout_s = timeout
+        head_timeout_s = head
+        send_timeout_s = send
 
     return Protocol
 
@@ -294,6 +391,7 @@ def uvicorn_config(
     access_log: bool = True,
     head_timeout_s: float = HEAD_TIMEOUT_S,
     shutdown_grace_s: float = SHUTDOWN_GRACE_S,
+    send_timeout_s: float = SEND_TIMEOUT_S,
 ) -> uvicorn.Config:
     """Uvicorn settings the ledger relies on: no `server`/`date` headers (the app counts every
     response header it sends, so uvicorn must not add its own), h11 with each request head's
@@ -303,7 +401,9 @@ def uvicorn_config(
     connections are tested on asyncio's), one process, TLS if given (`tls_key_password`: an
     encrypted key's passphrase, which uvicorn would otherwise ask the terminal for). A request
     head must arrive in full
-    within `head_timeout_s` (0: no limit; `CountingH11Protocol`). A stop waits
+    within `head_timeout_s` (0: no limit; `CountingH11Protocol`), and a client must read its
+    answer, `send_timeout_s` at the most between two drains of the write buffer (0: no
+    limit; `CountingH11Protocol`). A stop waits
     `shutdown_grace_s` for requests in flight when run by `_Server` (which `serve` and
     `ServerThread` use); uvicorn's own limit, a few seconds later, is only a backstop.
 
@@ -318,7 +418,7 @@ def uvicorn_config(
         app,
         host=host,
         port=port,
-        http=_protocol(_check_head_timeout(head_timeout_s)),
+        http=_protocol(_check_head_timeout(head_timeout_s), _check_send_timeout(send_timeout_s)),
         loop="asyncio",
         log_level=log_level,
         access_log=access_log,
@@ -479,6 +579,7 @@ def serve(
     access_log: bool = True,
     head_timeout_s: float = HEAD_TIMEOUT_S,
     shutdown_grace_s: float = SHUTDOWN_GRACE_S,
+    send_timeout_s: float = SEND_TIMEOUT_S,
 ) -> None:
     """Serve until interrupted (SIGINT, SIGTERM and SIGHUP shut down gracefully; after SIGTERM
     or SIGHUP this returns normally, with the database closed). A stop waits
@@ -507,8 +608,9 @@ def serve(
     `log_level` is uvicorn's and, unless the process already handles `plume.coordinator`'s
     records (a handler on it or on an ancestor, e.g. the root's), the coordinator's own: while
     it serves, its lines go to stderr at that level, formatted as uvicorn's (`WARNING:  ...`).
-    `access_log=False` turns off uvicorn's line per request (stdout). `head_timeout_s`: see
-    `uvicorn_config` (checked before anything is opened, as `shutdown_grace_s` is).
+    `access_log=False` turns off uvicorn's line per request (stdout). `head_timeout_s` and
+    `send_timeout_s`: see `uvicorn_config` (checked before anything is opened, as
+    `shutdown_grace_s` is).
 
     SIGHUP (a closed terminal, `systemctl reload`, `kill -HUP`) killed the process at once,
     before it closed the database (s25/ops finding 6): it is a graceful stop now, as SIGTERM,
@@ -516,6 +618,7 @@ def serve(
     Nothing is reloaded (the TLS files included: a renewed certificate needs a restart).
     """
     _check_head_timeout(head_timeout_s)
+    _check_send_timeout(send_timeout_s)
     _check_shutdown_grace(shutdown_grace_s)
     previous: dict[int, Any] = {}
     try:
@@ -568,6 +671,7 @@ def serve(
                         access_log=access_log,
                         head_timeout_s=head_timeout_s,
                         shutdown_grace_s=shutdown_grace_s,
+                        send_timeout_s=send_timeout_s,
                     ),
                     shutdown_grace_s,
                 )
@@ -715,8 +819,10 @@ class ServerThread:
         app: Any = None,
         head_timeout_s: float = HEAD_TIMEOUT_S,
         shutdown_grace_s: float = SHUTDOWN_GRACE_S,
+        send_timeout_s: float = SEND_TIMEOUT_S,
     ) -> None:
         _check_head_timeout(head_timeout_s)
+        _check_send_timeout(send_timeout_s)
         _check_shutdown_grace(shutdown_grace_s)
         self._owns_store = app is None
         self.app = app if app is not None else create_app(config)
@@ -730,6 +836,7 @@ class ServerThread:
                 tls_key=tls_key,
                 head_timeout_s=head_timeout_s,
                 shutdown_grace_s=shutdown_grace_s,
+                send_timeout_s=send_timeout_s,
             ),
             shutdown_grace_s,
         )

@@ -114,6 +114,10 @@ class _BodyTimeout(HTTPException):
         super().__init__(408, detail, headers={"connection": "close"})
 
 
+# The largest body part handed to the server at once (see `counting_send`).
+SEND_PART = 128 * 1024
+
+
 class WireMiddleware:
     def __init__(
         self,
@@ -253,6 +257,25 @@ class WireMiddleware:
                 started["status"] = message["status"]
                 started["headers"] = headers
             elif message["type"] == "http.response.body" and scope["method"] != "HEAD":
+                body = message.get("body", b"")
+                if len(body) > SEND_PART:
+                    # In parts, each written once the one before has drained (uvicorn waits
+                    # while the transport is paused): an unread answer holds about one part of
+                    # this process's memory, and the send timeout sees the client's progress
+                    # (server.CountingH11Protocol). Whole, it sat in the transport's buffer.
+                    more = bool(message.get("more_body", False))
+                    view = memoryview(body)
+                    for at in range(0, len(body), SEND_PART):
+                        part = bytes(view[at : at + SEND_PART])
+                        last = at + SEND_PART >= len(body)
+                        await counting_send(
+                            {
+                                "type": "http.response.body",
+                                "body": part,
+                                "more_body": more or not last,
+                            }
+                        )
+                    return
                 # A part sent after the close is dropped. An answer in one body part (every
                 # JSON answer, a model or delta chain sent whole) was asked about at its start,
                 # in the same loop turn or one before: asked again only while streaming, which

@@ -156,7 +156,8 @@ def test_a_download_still_going_out_is_cut_at_the_grace_end_not_before(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Prepare: a 16 MB model, and a client that asks for it and reads only its first bytes
-    # (the app hands the answer over whole; it waits in the connection's write buffer)
+    # (since stop 46 the app hands the answer over in parts and waits while the connection's
+    # write buffer is full: its request still runs; before, it handed it over whole)
     cfg = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN)
     server = ServerThread(cfg, shutdown_grace_s=2.5)
     url = server.start()
@@ -172,10 +173,10 @@ def test_a_download_still_going_out_is_cut_at_the_grace_end_not_before(
     s.sendall(f"GET /v1/admin/tasks/{task_id}/model HTTP/1.1\r\nhost: x\r\n".encode())
     s.sendall(f"authorization: Bearer {ADMIN}\r\n\r\n".encode())
     assert s.recv(16) == b"HTTP/1.1 200 OK\r"
-    # the app handed the answer over whole: no request runs, its bytes wait to go out
+    # the app waits to hand over the next part: its bytes wait to go out
     _until(
-        lambda: any(_buffered_out(c) and not _answering(c) for c in _connections(server)),
-        "handed over whole",
+        lambda: any(_buffered_out(c) and c.flow.write_paused for c in _connections(server)),
+        "waiting to go out",
     )
     caplog.set_level(logging.INFO)
     # Execute: stop while the answer is going out
