@@ -192,8 +192,20 @@ class CountingH11Protocol(H11Protocol):
         Content-Length"), and each `HEAD` with a bad chunk logged a traceback of some 50 lines
         at ERROR (s44 review). uvicorn's WARNING line "Invalid HTTP request received." stays
         the one line of such a request; anything else h11 refuses logs one line at most
-        every few seconds (`EveryFew`)."""
+        every few seconds (`EveryFew`).
+
+        Bytes that come after a whole request the app has yet to answer (after a request
+        with `Connection: close`, anything is an error to h11) get no 400 either: the app's
+        own answer goes out and the connection closes after it, the rest unread. Before,
+        uvicorn's 400 went out first, and the app's answer then failed in h11 with an ERROR
+        traceback of some 50 lines, for anyone who sent one stray byte at the right moment
+        (helper-387)."""
         conn = self.conn
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete and not cycle.more_body:
+            cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
         try:
             if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
                 pass  # an answer has started or been sent: nothing more can go out
