@@ -92,19 +92,61 @@ def _connect(netloc: str, shown: str, source: str, timeout_s: float) -> None:
     if not sep or not host or not port_text.isdigit():
         return
     host = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [::1]:6379
+    end = time.monotonic() + timeout_s
     try:
-        with socket.create_connection((host, int(port_text)), timeout=timeout_s):
-            pass
+        with socket.create_connection((host, int(port_text)), timeout=timeout_s) as sock:
+            why = _not_grpc(sock, end, timeout_s, shown.startswith("ray://"))
     except OSError as exc:
         if isinstance(exc, TimeoutError):
             why = f"no answer in {timeout_s:g} s"
         else:
             why = (exc.strerror or str(exc) or type(exc).__name__).lower()
+    if why is not None:
         raise ConnectionError(
             f"cannot reach a Ray cluster at {shown} (given by {source}): {why}; start one "
             "there (ray start --head) or fix the address (without RAY_ADDRESS or address=, "
             "plume starts a private local Ray runtime)"
-        ) from None
+        )
+
+
+# An HTTP/2 client's connection preface and an empty SETTINGS frame (RFC 9113 3.4, 6.5).
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+
+
+def _not_grpc(sock: socket.socket, end: float, timeout_s: float, client: bool) -> str | None:
+    """Why the service on `sock` is not a Ray GCS or Ray client server, or None: both are
+    gRPC servers, which answer an HTTP/2 preface with a SETTINGS frame (frame type 4) at once.
+    A service that takes the connection and says nothing (or speaks another protocol) made
+    ray.init retry for minutes (carried since stop 42). With Ray's TLS on (RAY_USE_TLS) the
+    server expects a TLS handshake first, so the TCP connection alone is checked."""
+    if os.environ.get("RAY_USE_TLS", "0").strip().lower() in ("1", "true", "yes"):
+        return None
+    port = (
+        "the Ray client server's port, 10001 by default"
+        if client
+        else "the cluster's GCS port, 6379 by default"
+    )
+    try:
+        sock.sendall(_H2_PREFACE)
+        head = b""
+        while len(head) < 4:
+            sock.settimeout(max(end - time.monotonic(), 0.001))
+            chunk = sock.recv(4 - len(head))
+            if not chunk:
+                break
+            head += chunk
+    except TimeoutError:
+        return (
+            f"something there takes TCP connections but did not answer as Ray's gRPC server "
+            f"in {timeout_s:g} s (is it {port}?)"
+        )
+    if len(head) == 4 and head[3] == 4:
+        return None
+    return (
+        "something there answered, but not as Ray's gRPC server (it did not speak HTTP/2: "
+        f"{'it closed the connection' if not head else 'its first bytes were ' + repr(head)}; "
+        f"is it {port}?)"
+    )
 
 
 def _actor_runtime_env(env: dict[str, Any]) -> dict[str, Any]:

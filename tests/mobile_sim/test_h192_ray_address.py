@@ -12,6 +12,7 @@ import pytest
 
 from mobile_sim.backends import TrainContext
 from mobile_sim.backends.ray_backend import RayBackend, check_reachable
+from tests.mobile_sim.test_s46_ray_not_grpc import grpc_like, service
 
 
 def tiny_context() -> TrainContext:
@@ -51,10 +52,9 @@ def test_check_reachable_leaves_other_forms_to_ray() -> None:
 
 
 def test_check_reachable_accepts_a_listening_port() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(1)
-        check_reachable(f"127.0.0.1:{server.getsockname()[1]}", "RAY_ADDRESS")
+    # (since stop 46 the port must answer as a gRPC server: test_s46_ray_not_grpc)
+    with service(grpc_like) as port:
+        check_reachable(f"127.0.0.1:{port}", "RAY_ADDRESS")
 
 
 def test_start_with_an_unreachable_ray_address_fails_fast(

@@ -14,6 +14,7 @@ import time
 import pytest
 
 from mobile_sim.backends.ray_backend import check_reachable
+from tests.mobile_sim.test_s46_ray_not_grpc import grpc_like, service
 
 
 def _closed_port() -> int:
@@ -50,7 +51,6 @@ def test_credentials_before_a_ray_client_host_stay_out_of_the_message() -> None:
 
 
 def test_a_listening_ray_client_port_passes() -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as server:
-        server.bind(("127.0.0.1", 0))
-        server.listen(1)
-        check_reachable(f"ray://127.0.0.1:{server.getsockname()[1]}", "--ray-address")
+    # (since stop 46 the port must answer as a gRPC server: test_s46_ray_not_grpc)
+    with service(grpc_like) as port:
+        check_reachable(f"ray://127.0.0.1:{port}", "--ray-address")
