@@ -636,6 +636,15 @@ def register(sub: Any) -> None:
         metavar="Z",
         help="with --dp-noise: noise standard deviation / --secure-clip",
     )
+    g.add_argument(
+        "--epsilon-budget",
+        type=float,
+        default=None,
+        metavar="EPS",
+        help="with --dp-noise: the epsilon (at delta 1e-05) the run may spend; a round that "
+        "would pass it is refused before unmasking and the run stops there (default: none, "
+        "epsilon only grows)",
+    )
 
     g = p.add_argument_group("threats")
     g.add_argument(
@@ -979,6 +988,7 @@ def _secure_config(args: argparse.Namespace, cfg: Any) -> Any:
         group_aggregator=args.group_aggregator,
         noise=noise,
         noise_multiplier=args.noise_multiplier,
+        epsilon_budget=math.inf if args.epsilon_budget is None else args.epsilon_budget,
         server_lr=cfg.server_lr,
         seed=cfg.seed,
     )
@@ -1121,6 +1131,7 @@ _SECURE_ONLY = (
     ("--group-aggregator", "group_aggregator"),
     ("--dp-noise", "dp_noise"),
     ("--noise-multiplier", "noise_multiplier"),
+    ("--epsilon-budget", "epsilon_budget"),
 )
 # Flags of plain rounds that a secure run has no use for: its devices upload a masked count
 # sketch (sized by --secure-upload-budget, clipped by --secure-clip), every device is honest,
@@ -1366,6 +1377,7 @@ _FLAG_OF_FIELD = {
     "value_bits": "--secure-bits",
     "upload_budget": "--secure-upload-budget",
     "noise_multiplier": "--noise-multiplier",
+    "epsilon_budget": "--epsilon-budget",
     "downlink_topk": "--downlink-topk",
     "downlink_bits": "--downlink-bits",
 }
@@ -1562,7 +1574,7 @@ def _usage_error(args: argparse.Namespace) -> str | None:
             "(--secure-upload-budget, --secure-bits, --secure-clip) from honest devices, with "
             "--group-size/--group-aggregator for robustness"
         )
-    elif problem := _dp_noise_error(args):
+    elif problem := _dp_noise_error(args) or _epsilon_budget_error(args):
         return problem
     elif args.secure_fraction is not None and args.secure_upload_budget is not None:
         # The budget chooses |S_r| each round; the fraction was silently ignored.
@@ -1649,6 +1661,37 @@ def _dp_noise_error(args: argparse.Namespace) -> str | None:
         return (
             f"--dp-noise {args.dp_noise} needs --noise-multiplier Z > 0 (the noise standard "
             "deviation / --secure-clip)"
+        )
+    return None
+
+
+def _epsilon_budget_error(args: argparse.Namespace) -> str | None:
+    """What is wrong with --epsilon-budget of a secure run (whose --dp-noise is right), or
+    None: it needs noise to account, a finite value > 0, and room for one round (the
+    coordinator's create-task rule: not even the most favourable round, rho = (1 -
+    --secure-dropout) / (2 z^2) zCDP, may pass it)."""
+    eps = args.epsilon_budget
+    if eps is None:
+        return None
+    if args.dp_noise == "none":
+        # Without noise nothing is accounted, so the budget would never be checked.
+        return (
+            "--epsilon-budget caps the epsilon of --dp-noise gaussian or skellam; with "
+            "--dp-noise none (the default) no noise is added and no epsilon is accounted"
+        )
+    if not (math.isfinite(eps) and eps > 0):
+        return f"--epsilon-budget must be finite and > 0, got {eps:g}"
+    from coordinator.secure import DistributedDpAccountant, SecureConfig, min_round_rho
+
+    delta = SecureConfig().dp_delta  # the run's: `_secure_config` leaves it at its default
+    rho = min_round_rho(args.noise_multiplier, args.secure_dropout)
+    first = DistributedDpAccountant(delta).epsilon_after(rho)
+    if first > eps:
+        return (
+            f"--epsilon-budget {eps:g} is below what any one round spends (at least epsilon "
+            f"{first:.4g} at delta {delta:g} with --noise-multiplier {args.noise_multiplier:g} "
+            f"and --secure-dropout {args.secure_dropout:g}): no round could be released; raise "
+            "--epsilon-budget or --noise-multiplier"
         )
     return None
 
@@ -2532,11 +2575,37 @@ def _stopped_early(result: Any) -> str:
 
     last = result.records[-1].measurements if result.records else {}
     text = f"stopped after {len(result.records)} of {result.config.rounds} rounds"
+    if result.secure is not None and find_measurement(last, "budget_exhausted") is True:
+        return f"{text}: {_secure_budget_stop(result.secure, last)}"
     if find_measurement(last, "budget_exhausted") is True:
         eps, delta = find_measurement(last, "epsilon"), find_measurement(last, "delta")
         spent = f" (epsilon {eps:.2f} at delta {delta:g})" if eps is not None and delta else ""
         return f"{text}: the privacy budget of --aggregator dp (eps=) is spent{spent}"
     return f"{text}: the coordinator stopped the task"
+
+
+def _secure_budget_stop(secure: dict[str, Any], last: dict[str, Any]) -> str:
+    """Why a --secure run's --epsilon-budget stopped it, from its last round's measurements:
+    a round refused before unmasking (`dp_refused`: nothing of it released), or a released
+    round after which not even the most favourable round fits (`dp.budget_exhausted`)."""
+    refused = last.get("dp_refused")
+    dp = refused if isinstance(refused, dict) else last.get("dp")
+    dp = dp if isinstance(dp, dict) else {}
+    budget = dp.get("epsilon_budget", secure.get("epsilon_budget"))
+    text = "the epsilon budget"
+    text += f" {budget:g}" if isinstance(budget, (int, float)) else ""
+    text += " (--epsilon-budget) stopped the run"
+    eps, delta, rounds = dp.get("epsilon"), dp.get("delta"), dp.get("rounds")
+    if isinstance(eps, (int, float)):
+        text += f": final epsilon {eps:.2f}"
+        text += f" at delta {delta:g}" if isinstance(delta, (int, float)) else ""
+        if isinstance(rounds, int):
+            text += f" over {rounds} released round{'s' if rounds != 1 else ''}"
+    if isinstance(refused, dict):
+        after = refused.get("epsilon_if_released")
+        could = f" (it could take epsilon to {after:.2f})" if isinstance(after, float) else ""
+        return f"{text}; the last round was refused before unmasking{could}"
+    return f"{text}; no further round could be released within it"
 
 
 def _as_dict(rec: Any) -> dict[str, Any]:

@@ -208,8 +208,10 @@ def summary(result: SimResult) -> dict[str, Any]:
         # An HTTP run's: its devices' exchanges in no round's ledger (rounds.csv's
         # `CONTROL_COLUMNS` per round), as the summary line gives them.
         out.update(zip(CONTROL_TOTALS, (control[k] for k in CONTROL_KEYS), strict=True))
-    if result.interrupted:
+    if result.interrupted or len(result.records) < result.config.rounds:
         out["rounds_planned"] = result.config.rounds
+    if not result.interrupted and (why := stopped_by(result)) is not None:
+        out["stopped_by"] = why
     if result.partition is not None:
         out["partition"] = result.partition  # how skewed the split really was
     # With a dp stage accounting population=N: the rounds that selected from fewer devices.
@@ -230,6 +232,20 @@ def summary(result: SimResult) -> dict[str, Any]:
         out["ort_trained"] = sum(r.ort_trained or 0 for r in result.records)
         out["ort_reports"] = sum(r.ort_reports or 0 for r in result.records)
     return out
+
+
+def stopped_by(result: SimResult) -> str | None:
+    """Why a run that was not interrupted ended before its `--rounds`, or None:
+    "epsilon_budget" when its last round spent the budget (a `dp:` stage's `eps=` or a secure
+    run's `--epsilon-budget`), else "coordinator" (the task was stopped)."""
+    from coordinator.engine import find_measurement
+
+    if len(result.records) >= result.config.rounds:
+        return None
+    if result.secure is not None and isinstance(why := result.secure.get("stopped_by"), str):
+        return why
+    last = result.records[-1].measurements if result.records else {}
+    return "epsilon_budget" if find_measurement(last, "budget_exhausted") is True else "coordinator"
 
 
 def uses_ort(result: SimResult) -> bool:

@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from coordinator.engine import find_measurement
 from coordinator.ledger import BandwidthLedger
 from coordinator.secure import SecureConfig, SecureCoordinator, SecureOutcome
+from protocol.names import CheckInAction
 from protocol.secagg import CtrRandom, RoundAborted, SecAggError, Stage
 from sdk.secure import SecureParticipant, SecureSession
 
@@ -45,12 +47,18 @@ __all__ = [
     "STAGES",
     "RoundStats",
     "HttpSecureFleet",
+    "TaskEnded",
     "run_secure_round",
     "run_secure_simulation",
     "draw_dropouts",
 ]
 
 STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK)
+
+
+class TaskEnded(RuntimeError):
+    """`HttpSecureFleet.run_round`: the coordinator answered the round's devices "end" (the
+    task runs no more rounds) before any of them was assigned one."""
 
 
 @dataclass
@@ -365,7 +373,10 @@ class HttpSecureFleet:
         name_of = {c.device_id: dev for dev, c in clients.items()}
         before = self.coord.params.copy()
         errors: list[str] = []
+        ended: list[str] = []
         rounds: set[int] = set()
+        # Set once the round's wait is over: a device still waiting for an assignment stops.
+        give_up_waiting = threading.Event()
 
         def device(dev: str) -> None:
             client = clients[dev]
@@ -375,7 +386,13 @@ class HttpSecureFleet:
                     answer = client.check_in(task_id)
                     if answer.assignment is not None:
                         break
-                    time.sleep(answer.retry_after_s)
+                    if answer.action == CheckInAction.END or give_up_waiting.is_set():
+                        # "end": the task runs no more rounds (done, e.g. its epsilon budget
+                        # spent, or stopped). Waiting on, as "wait", never ended: the device
+                        # threads outlived the run and the process did not exit.
+                        ended.append(f"{dev}: {answer.detail or answer.action}")
+                        return
+                    give_up_waiting.wait(answer.retry_after_s)
                 a = answer.assignment
                 rounds.add(a.round_id)
                 client.secure_round(
@@ -391,8 +408,16 @@ class HttpSecureFleet:
         threads = [threading.Thread(target=device, args=(d,)) for d in updates]
         for t in threads:
             t.start()
+        # One wait for the whole cohort (each thread's own was up to n times as long).
+        wait_until = time.monotonic() + 4 * self.stage_cap_s + 120
         for t in threads:
-            t.join(4 * self.stage_cap_s + 120)
+            t.join(max(0.0, wait_until - time.monotonic()))
+        give_up_waiting.set()
+        if not rounds and ended:
+            raise TaskEnded(
+                f"the coordinator ended task {task_id} before this round opened ({ended[0]}): "
+                "it runs no more rounds"
+            )
         if len(rounds) != 1:
             raise RuntimeError(f"devices were assigned rounds {sorted(rounds)}: {errors}")
         (round_id,) = rounds
@@ -579,7 +604,13 @@ def run_secure_simulation(
     clear()  # the set-up's status line gives way to the bar
     bar = tqdm(total=cfg.rounds, desc=label, unit="round", disable=not progress, leave=False)
 
+    # Why the run ended before cfg.rounds ("epsilon_budget"), rounds.json's `secure.stopped_by`.
+    stopped_by: str | None = None
+
     def result(params: npt.NDArray[np.float32]) -> SimResult:
+        settings = _settings(secure, dropout)
+        if stopped_by is not None:
+            settings["stopped_by"] = stopped_by
         return SimResult(
             ran,
             records,
@@ -588,7 +619,7 @@ def run_secure_simulation(
             params,
             label,
             started_at,
-            _jsonable(_settings(secure, dropout)),
+            _jsonable(settings),
             partition_stats(parts, data.y_train),
             http=fleet.settings() if fleet is not None else None,
         )
@@ -641,10 +672,15 @@ def run_secure_simulation(
                     ledger.record(outcome.round_id, dev, "down", 4 * d, None, 4 * d)
                     stats.bytes_down[dev] = stats.bytes_down.get(dev, 0) + 4 * d
             participants.end_round()  # every input settled: idle state beyond the budget goes out
+            # The epsilon budget (SecureConfig.epsilon_budget) is spent: this round was refused
+            # before unmasking, or no round after it fits. The coordinator opens no more (in
+            # process `open_round` raises BudgetExhausted; the service ends the task and
+            # answers the devices' check-ins "end"), so the run ends here, its model evaluated.
+            budget_spent = find_measurement(outcome.measurements, "budget_exhausted") is True
             acc: float | None = None
             loss: float | None = None
             eval_s = 0.0
-            if r % cfg.eval_every == 0 or r == cfg.rounds:
+            if r % cfg.eval_every == 0 or r == cfg.rounds or budget_spent:
                 t_eval = time.perf_counter()
                 acc, loss = evaluate_model(coord.params)
                 eval_s = time.perf_counter() - t_eval
@@ -701,6 +737,10 @@ def run_secure_simulation(
                 on_round(rec)
             bar.update(1)
             bar.set_postfix(acc=f"{acc:.3f}" if acc is not None else "-", up=f"{up / 1e3:.1f} kB")
+            if budget_spent and r < cfg.rounds:
+                stopped_by = "epsilon_budget"
+                log.info("secure run: the epsilon budget stopped it after %d rounds", r)
+                break
     except KeyboardInterrupt as exc:
         # As `run_simulation`: the finished rounds are kept, with their ledger rows only (a
         # round cut short may have recorded uploads) and the model of the last of them: a
