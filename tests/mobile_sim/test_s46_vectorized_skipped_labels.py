@@ -9,11 +9,8 @@ steps were smaller, its weight counted skipped examples and its loss was diluted
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pytest
-import torch
 
 from mobile_sim.backends import SequentialBackend, TrainContext, TrainJob
 from mobile_sim.backends.vectorized import VectorizedBackend
@@ -22,13 +19,7 @@ from mobile_sim.models import build_model
 from sdk.flat import get_flat_params
 from sdk.trainer import IGNORE_INDEX
 
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from .test_s43_backend_checks import one_thread  # noqa: F401 (a fixture)
 
 
 def _jobs(sizes: list[int]) -> list[TrainJob]:
@@ -41,8 +32,9 @@ def _jobs(sizes: list[int]) -> list[TrainJob]:
 
 @pytest.mark.parametrize("sizes", [[24, 24, 24], [9, 24, 17, 30]], ids=["equal", "uneven"])
 @pytest.mark.parametrize("momentum", [0.0, 0.9])
+@pytest.mark.usefixtures("one_thread")
 def test_skipped_labels_train_as_on_the_sequential_backend(
-    sizes: list[int], momentum: float, one_thread: None
+    sizes: list[int], momentum: float
 ) -> None:
     # Prepare: a third of every device's labels skipped, and all of one batch's of device 1
     data = load_digits_data()
