@@ -159,6 +159,8 @@ class CountingH11Protocol(H11Protocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
         self._send_mark: int | None = None  # bytes queued when the send timer started
+        # The client sent bytes h11 refused while its request is answered: no more are read.
+        self._deaf = False
         conn = self.conn
         parse = conn.next_event
 
@@ -204,7 +206,13 @@ class CountingH11Protocol(H11Protocol):
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete and not cycle.more_body:
             cycle.keep_alive = False
+            self._deaf = True  # what comes next is dropped (`data_received`)
             self.flow.pause_reading()
+            # h11 parses nothing more (the client's side is in ERROR): what it holds of the
+            # stray bytes (a read or two, 256 KiB each at most) is freed now, not at the close.
+            buf = getattr(conn, "_receive_buffer", None)  # h11's, as `_buffered` measures it
+            if buf is not None:
+                setattr(conn, "_receive_buffer", type(buf)())  # noqa: B010 (a private name)
             return
         try:
             if conn.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
@@ -232,6 +240,20 @@ class CountingH11Protocol(H11Protocol):
                     _bad_request_log.since(skipped),
                 )
         self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        """Bytes received, parsed; on a connection whose client sent bytes h11 refused
+        after a request still being answered (`send_400_response`), dropped unread, and reading
+        stops again. uvicorn's `receive` resumes reading each time the app reads, as the wire
+        middleware's `client_gone` does before each part of a large answer: each part let up
+        to 256 KiB more of whatever the client went on sending into h11's buffer, where nothing
+        parses or frees it, and logged uvicorn's WARNING once more. A client that pushed
+        garbage while it read a download held 10.8 MB of the coordinator by its end (s46
+        review). Reading is still resumed, so a close is still seen (`connection_lost`)."""
+        if self._deaf:
+            self.flow.pause_reading()
+            return
+        super().data_received(data)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)  # type: ignore[arg-type]
