@@ -204,6 +204,7 @@ def _unmask_response(state: ServerState, msg: UnmaskResponse) -> None:
     alive = set(state.alive)
     neighbours = set(state.graph[msg.node])  # a set: a tuple search per share is O(k^3) a group
     checked = []
+    aside = []  # committed with `checked` once the whole answer passed: a refusal keeps nothing
     if len({about for about, _, _ in msg.shares}) != len(msg.shares):
         # A repeated share carries a repeated x: every reconstruction of that node would fail.
         raise ProtocolViolation(f"node {msg.node} sent two shares about one node")
@@ -224,9 +225,10 @@ def _unmask_response(state: ServerState, msg: UnmaskResponse) -> None:
         # relays what the dealer gave it (it cannot check a share), so refusing the whole
         # answer let one hostile dealer abort the round with honest holders named (helper-334).
         if (why := _share_fault(share, holders[msg.node], state.params.threshold)) is not None:
-            state.set_aside.append((msg.node, about, why))
+            aside.append((msg.node, about, why))
         else:
             checked.append((about, share))
+    state.set_aside.extend(aside)
     for about, share in checked:
         state.shares.setdefault(about, []).append((msg.node, share))
     state.responders.add(msg.node)
