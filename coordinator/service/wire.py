@@ -277,9 +277,11 @@ class WireMiddleware:
                         )
                     return
                 # A part sent after the close is dropped. An answer in one body part (every
-                # JSON answer, a model or delta chain sent whole) was asked about at its start,
-                # in the same loop turn or one before: asked again only while streaming, which
-                # saves a loop turn per answer.
+                # JSON answer, and a model or delta chain of at most `SEND_PART` bytes) was
+                # asked about at its start, in the same loop turn or one before: asked again
+                # only while streaming, which saves a loop turn per answer. A larger answer is
+                # streamed (the parts above), so a download cut off midway counts the parts
+                # handed over before the close, not the whole body (before stop 46: whole).
                 single = not streaming and not message.get("more_body", False)
                 streaming = streaming or bool(message.get("more_body", False))
                 if single or not await client_gone():

@@ -26,11 +26,12 @@ from typing import Any
 from coordinator.service import ServerThread, ServiceConfig
 from coordinator.service.metrics import Metrics
 from coordinator.service.store import Store
-from coordinator.service.wire import STATE_KEY, Attribution, WireMiddleware
+from coordinator.service.wire import SEND_PART, STATE_KEY, Attribution, WireMiddleware
 
 ROUND = 7
 FIRST = b"a" * 100  # the first part of the streamed answer
 REST = b"b" * 50
+BIG = 128 * SEND_PART  # a 16 MiB answer in one body message: sent in 128 parts
 
 
 class _App:
@@ -65,6 +66,9 @@ class _App:
             await send({"type": "http.response.body", "body": FIRST, "more_body": True})
             await _until(self.go2)
             await send({"type": "http.response.body", "body": REST})
+        elif scope["path"] == "/big":  # a model download: one body message, sent in parts
+            await send(_start([(b"content-length", str(BIG).encode())]))
+            await send({"type": "http.response.body", "body": b"m" * BIG})
         else:
             await send(_start([(b"content-length", b"2")]))
             await send({"type": "http.response.body", "body": b"ok"})
@@ -182,3 +186,29 @@ def test_a_stream_cut_by_the_client_counts_the_part_sent_before_the_close(
         head = data[: data.index(b"\r\n\r\n") + 4]
         assert len(head) + len(FIRST) == len(data)
         assert _ledger(store)["down"] == (len(data), 1)  # before: REST's 50 bytes too
+
+
+def test_a_large_answer_the_device_abandons_counts_the_parts_handed_over_before_the_close(
+    tmp_path: Path,
+) -> None:
+    """Stop 47: an answer above `SEND_PART` (a model download, one body message from the app)
+    goes out in parts since stop 46, each asked about like a streamed part: one abandoned
+    midway counts what was handed to the connection before the close, not the whole body."""
+    with _served(tmp_path) as (_, app, store, port):
+        # Prepare: the device reads about 256 KiB of the answer, then closes
+        s = _request(port, "/big")
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)
+        app.go.set()
+        data = _recv_all(s, 256 * 1024)
+        s.close()
+        # Execute: the app's send returns once the parts left are dropped
+        assert app.done.wait(30)
+        deadline = time.monotonic() + 20
+        while "down" not in _ledger(store) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # Assert: at least what the device read, and well short of the whole answer (the
+        # kernel's buffers on loopback take at most a few MiB of it; before stop 46's parts:
+        # all of the 16 MiB)
+        down, requests = _ledger(store)["down"]
+        assert requests == 1
+        assert len(data) <= down < BIG // 2, down
