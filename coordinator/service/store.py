@@ -382,6 +382,17 @@ def _file_size(path: str) -> int | None:
         return None
 
 
+def _wal_marked(path: str) -> bool:
+    """Whether the SQLite file at `path` is in WAL mode (its header's read and write format
+    versions, bytes 18 and 19, are 2), read from the header, not through SQLite."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(20)
+    except OSError:
+        return False
+    return head[:16] == b"SQLite format 3\x00" and head[18:20] == b"\x02\x02"
+
+
 def table_names(conn: sqlite3.Connection) -> set[str]:
     """The tables of the database `conn` (SQLite's error for a file it cannot read)."""
     return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
@@ -732,6 +743,10 @@ class Store:
             ) as conn:
                 conn.execute("PRAGMA busy_timeout=5000")
                 tables = table_names(conn)
+                if not tables and _wal_marked(real):
+                    # The -wal's size as found: one SQLite just made to read the file is none.
+                    wal = None if real + "-wal" in made else _file_size(real + "-wal")
+                    raise StoreError(self._lost_wal(wal))
                 found = self._check_schema(conn, tables)
             passed = True
             return tables, found
@@ -744,6 +759,23 @@ class Store:
                 with contextlib.suppress(OSError):
                     if f.endswith("-shm") or os.stat(f).st_size == 0:
                         os.unlink(f)
+
+    def _lost_wal(self, wal: int | None) -> str:
+        """Why a file in WAL mode without a table is refused: a store's tables are created
+        (and committed to the -wal) right after it turns WAL on, and reach the file itself only
+        at SQLite's first checkpoint (1,000 pages of writes, or a clean stop). So it is a young
+        store killed (`kill -9`, a crash) whose -wal was then lost, truncated or damaged: served,
+        it would be a new, empty store, its tasks, devices and privacy spending gone and its
+        task and round ids handed out again (s47 crash review). Or, rarely, a first start killed
+        between the two steps, which held nothing."""
+        side = "no -wal file is beside it" if wal is None else f"its -wal ({wal} bytes) holds none"
+        return (
+            f"cannot use the database {self.path}: the file is in WAL mode but holds no table, "
+            f"and {side}: a store whose -wal was lost, truncated or damaged "
+            "after a crash (its tables and everything since were only there), or a first start "
+            "killed before it created its tables; restore a backup, or delete the file (and its "
+            "-wal) to start a new, empty store"
+        )
 
     def _check_schema(self, conn: sqlite3.Connection, tables: set[str]) -> str | None:
         """The schema version of the database `conn` (its tables: `tables`), None for a new
@@ -785,7 +817,13 @@ class Store:
         or check it first through this connection where that could not read it."""
         db = self._db
         db.execute("PRAGMA busy_timeout=5000")  # another process's short write: wait, not fail
-        found = self._check_schema(db, table_names(db)) if checked is None else checked[1]
+        if checked is None:
+            tables = table_names(db)
+            if not tables and _wal_marked(os.path.realpath(self.path)):
+                raise StoreError(self._lost_wal(_file_size(os.path.realpath(self.path) + "-wal")))
+            found = self._check_schema(db, tables)
+        else:
+            found = checked[1]
         if found is not None:
             # A write rolled back: a read-only file fails here, before anything changes (a
             # read-only connection takes the lock and reads fine; only writing tells).
@@ -805,9 +843,12 @@ class Store:
         # is writing the freed pages once, at the prune.
         db.execute("PRAGMA secure_delete=ON")
         if found is None:
-            # A new file: its tables and schema version in one transaction, so that a start
-            # killed midway leaves an empty file (initialised at the next start), never
-            # tables without a version (refused as another application's).
+            # A new file: its tables and schema version in one transaction, never tables
+            # without a version (refused as another application's). A creation that fails
+            # leaves a file with no table and out of WAL mode again, initialised at the next
+            # start; one killed midway leaves a file in WAL mode with no table, which is what
+            # a young store that lost its -wal looks like, so the next start refuses it
+            # (`_lost_wal`: delete it, it held nothing).
             try:
                 db.executescript(
                     f"BEGIN IMMEDIATE;\n{_SCHEMA}"
@@ -817,6 +858,8 @@ class Store:
             except BaseException:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("PRAGMA journal_mode=DELETE")
                 raise
         else:
             db.executescript(_SCHEMA)
