@@ -8,6 +8,7 @@ import contextlib
 import difflib
 import errno
 import fcntl
+import glob
 import json
 import math
 import os
@@ -16,11 +17,12 @@ import sqlite3
 import stat
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple, NoReturn
 
-from .cli import print_error, when_help
+from .cli import debug_enabled, print_error, when_help
 
 if TYPE_CHECKING:
     import numpy as np
@@ -380,9 +382,9 @@ def register(sub: Any) -> None:
         default=60.0,
         metavar="SECONDS",
         help="seconds a client may read nothing of an answer (a model download it stopped "
-        "reading) before the connection is cut; on Linux the clock restarts whenever it has "
-        "read anything, so a slow link that keeps reading is never cut (default 60; 0 = no "
-        "limit, else at least 1)",
+        "reading) before the connection is cut; on Linux the clock restarts whenever its "
+        "kernel has acknowledged more of the answer, so a slow link that keeps reading is not "
+        "cut (default 60; 0 = no limit, else at least 1)",
     )
     s.add_argument(
         "--shutdown-grace",
@@ -1772,6 +1774,8 @@ def _initial_from_file(
     except ValueError as exc:
         return f"{what}: {exc}", []
     except _model_file_errors() as exc:
+        if debug_enabled():  # the line is printed later, outside this handler
+            traceback.print_exception(exc, file=sys.stderr)
         return f"cannot read {what}: {_first_line(exc)}", []
 
 
@@ -2224,7 +2228,7 @@ def _get_model(args: argparse.Namespace) -> int:
         _fail(prog, str(exc))
     try:
         write = _model_writer(exported, fmt, args.strip_prefix)
-        size = _write_atomic(out, write)
+        size = _write_atomic(out, write, prog)
     except ValueError as exc:
         _fail(prog, str(exc))
     except OSError as exc:
@@ -2385,6 +2389,14 @@ def _pt_arrays(path: Path) -> dict[str, Any]:
             # torch warns, besides raising, that a TorchScript archive needs weights_only=False
             warnings.simplefilter("ignore", UserWarning)
             state = torch.load(path, weights_only=True, map_location="cpu")
+    except (KeyError, EOFError) as exc:
+        # What torch.load's unpickler raises for bytes that are no pickle ("hello": KeyError
+        # 101, the opcode it does not know) or an empty or cut-short file: its bare text,
+        # `cannot read --initial F: 101`, said nothing (s47 docs review).
+        why = "empty or cut short" if isinstance(exc, EOFError) else f"{type(exc).__name__} {exc}"
+        raise pickle.UnpicklingError(
+            f"not a file torch.load(weights_only=True) reads ({why})"
+        ) from None
     except RuntimeError as exc:
         if "TorchScript" not in str(exc):
             raise
@@ -2710,16 +2722,52 @@ def _write_npz(f: IO[bytes], arrays: dict[str, Any]) -> None:
                 np.lib.format.write_array(member, np.ascontiguousarray(array), allow_pickle=False)
 
 
-def _write_atomic(path: Path, write: Callable[[IO[bytes]], None]) -> int:
+_SIDE_SUFFIXES = ("-journal", "-wal", "-shm")  # SQLite's files beside a copy being written
+
+
+def _locked_temp(path: Path, prog: str) -> tuple[int, str]:
+    """A new temporary file for `path` in its folder (`.NAME.XXXXXXXX.tmp`), its descriptor
+    holding an exclusive flock until closed, so another writer of `path` can tell it is in
+    use. Temporaries of `path` no process holds are what a killed writer (`kill -9`, a power
+    cut, the OOM killer) left, a partial copy of a database or model each, which nothing would
+    ever remove (s47 crash review: 44 MB of a killed backup, mode 0600): removed first, with
+    their SQLite side files, and named in a note on stderr."""
+    folder = path.resolve().parent
+    for old in sorted(folder.glob(glob.escape(f".{path.name}.") + "*.tmp")):
+        try:
+            fd = os.open(old, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            continue  # gone meanwhile, a symlink, or not ours to read
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue  # a running writer's
+        try:
+            for leftover in (str(old), *(f"{old}{side}" for side in _SIDE_SUFFIXES)):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(leftover)
+        finally:
+            os.close(fd)
+        print(
+            f"{prog}: note: removed {old.name}, a partial copy an interrupted run left",
+            file=sys.stderr,
+        )
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a new file: nobody else holds it
+    return fd, tmp
+
+
+def _write_atomic(path: Path, write: Callable[[IO[bytes]], None], prog: str) -> int:
     """Write `path` through a temporary file in its folder, renamed over it once whole and
     synced: a reader never sees half a file, a failure leaves no file behind. Its size."""
-    fd, tmp = tempfile.mkstemp(dir=path.resolve().parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _locked_temp(path, prog)
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+            os.replace(tmp, path)  # before the close drops the flock
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -2798,7 +2846,7 @@ def _backup(args: argparse.Namespace) -> int:
     try:
         with contextlib.closing(_connect_existing(db)) as source:
             version, tasks = _plume_info(source, f"--db {args.db}")
-            size = _backup_atomic(source, out)
+            size = _backup_atomic(source, out, prog)
     except ValueError as exc:
         _fail(prog, str(exc))
     except (sqlite3.Error, OSError) as exc:
@@ -2845,25 +2893,26 @@ def _out_lock(prog: str, given: str, out: Path) -> int | None:
     return lock
 
 
-def _backup_atomic(source: sqlite3.Connection, out: Path) -> int:
+def _backup_atomic(source: sqlite3.Connection, out: Path, prog: str) -> int:
     """SQLite's online backup of `source` into `out`, through a temporary file in its folder
-    renamed over it once checked and synced: a failure leaves no file behind. Its size."""
-    fd, tmp = tempfile.mkstemp(dir=out.resolve().parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
+    renamed over it once checked and synced: a failure leaves no file behind, and one a killed
+    backup left is removed by the next (`_locked_temp`). Its size."""
+    fd, tmp = _locked_temp(out, prog)
     try:
         with contextlib.closing(sqlite3.connect(tmp)) as copy:
             source.backup(copy)  # one step: a read transaction, so one consistent state
             # One file, no -wal/-shm beside it (serve turns WAL back on when it opens it).
             copy.execute("PRAGMA journal_mode=DELETE")
             _check_integrity(copy, "the copy")
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
+        os.fsync(fd)
         os.replace(tmp, out)
     except BaseException:
-        for leftover in (tmp, f"{tmp}-journal", f"{tmp}-wal", f"{tmp}-shm"):
+        for leftover in (tmp, *(f"{tmp}{side}" for side in _SIDE_SUFFIXES)):
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(leftover)
         raise
+    finally:
+        os.close(fd)  # drops the flock, after the rename
     return out.stat().st_size
 
 

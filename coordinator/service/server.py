@@ -54,7 +54,9 @@ log = logging.getLogger("plume.coordinator")
 # requests does. A head is a few hundred bytes: a second or two on the slowest mobile link.
 HEAD_TIMEOUT_S = 30.0
 # Seconds a connection may leave an answer unread (see CountingH11Protocol): nginx's
-# send_timeout. A client reading at 1 KB/s empties the write buffer's 48 KiB in under a minute.
+# send_timeout. Progress is any byte of the answer the client's kernel acknowledged: a slow link
+# acknowledges at its own rate; an app that reads slowly, each time its kernel reopens the
+# receive window (Linux: once a share of its buffer is free).
 SEND_TIMEOUT_S = 60.0
 # uvicorn's keep-alive timeout (seconds without a byte after a response, before closing).
 _KEEP_ALIVE_S = 30
@@ -141,7 +143,9 @@ class CountingH11Protocol(H11Protocol):
     client has read it down to the low-water mark (16 KiB, `resume_writing`); when it fires,
     a client that has read anything since (the bytes queued, in the kernel's send queue
     too, fell: `_queued`) gets another `send_timeout_s`. So a slow link that keeps reading is
-    never cut. Where the kernel's queue cannot be asked (no TIOCOUTQ: not Linux), only the
+    not cut: its kernel acknowledges what arrives, at the link's rate. A client whose app
+    reads slowly acknowledges only when its kernel reopens its receive window (Linux: once a
+    share of the buffer is free), and is cut if that takes a whole timeout. Where the kernel's queue cannot be asked (no TIOCOUTQ: not Linux), only the
     transport's own buffer shows progress, and a slow reader can be cut while the kernel's
     send buffer (up to a few MB) drains. Large answers go to the transport in parts
     (`wire.SEND_PART`), each once the one before has drained, so an unread answer holds about

@@ -411,6 +411,17 @@ def test_a_pickle_bearing_pt_is_refused_without_running_it(
     [
         (None, "--initial {path}: no such file"),
         (b"not a state_dict", "cannot read --initial {path}: "),
+        # s47 docs review: torch.load's bare KeyError ("101") and EOFError were the line
+        (
+            b"hello",
+            "cannot read --initial {path}: not a file torch.load(weights_only=True) "
+            "reads (KeyError 101)",
+        ),
+        (
+            b"",
+            "cannot read --initial {path}: not a file torch.load(weights_only=True) reads "
+            "(empty or cut short)",
+        ),
     ],
 )
 def test_a_missing_or_unreadable_file_is_one_line(
