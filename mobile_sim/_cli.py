@@ -2142,9 +2142,9 @@ def _sim(args: argparse.Namespace) -> int:
         if ratio and r.config.dense:
             # The baseline's own frames are fp32 through zstd: "1.3x fewer than dense fp32"
             # read as a contradiction.
-            line += f" (fp32 frames through zstd: {ratio:.1f}x fewer bytes than raw fp32)"
+            line += f" (fp32 frames through zstd: {_times(ratio, ' bytes')} than raw fp32)"
         elif ratio:
-            line += f" ({ratio:.1f}x fewer bytes than dense fp32)"
+            line += f" ({_times(ratio, ' bytes')} than dense fp32)"
         line += _download_and_wire(r, s["total_download_bytes"])
         if s["sim_s"] is not None:
             line += (
@@ -2527,6 +2527,14 @@ def _busy_cpu_warning(args: argparse.Namespace, load: float | None = None) -> st
     )
 
 
+def _times(ratio: float, what: str = "") -> str:
+    """`ratio` (a baseline's bytes over a run's) as "4.2x fewer", or below 1 as "1.2x more":
+    "0.9x fewer" meant more (a secure run's download, with its key material; s47 review)."""
+    if ratio >= 1 or ratio <= 0:
+        return f"{ratio:.1f}x fewer{what}"
+    return f"{1 / ratio:.1f}x more{what}"
+
+
 def _download_and_wire(result: Any, down: int) -> str:
     """The summary line's download part, against raw fp32 models (`dense_down`: 4 B a
     parameter per download that sent a model; a snapshot the coordinator serves is fp32
@@ -2552,7 +2560,7 @@ def _download_and_wire(result: Any, down: int) -> str:
     dense_down = sum(int(r.dense_down or 0) for r in result.records)
     if down and dense_down:
         text += (
-            f", download {down:,} B ({dense_down / down:.1f}x fewer than raw fp32 models, "
+            f", download {down:,} B ({_times(dense_down / down)} than raw fp32 models, "
             "4 B a parameter)"
         )
     elif down:

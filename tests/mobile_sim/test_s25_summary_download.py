@@ -55,3 +55,16 @@ def test_an_http_run_also_gives_its_wire_bytes_up(
     assert wire > sum(r["bytes_up"] for r in rounds)
     assert f"; on the wire {wire:,} B up in the rounds (" in line
     assert re.search(r", download [\d,]+ B", line)
+
+
+@pytest.mark.parametrize(
+    ("ratio", "said"),
+    [(4.24, "4.2x fewer"), (1.0, "1.0x fewer"), (0.9, "1.1x more"), (0.5, "2.0x more")],
+)
+def test_a_ratio_below_one_says_more_not_fewer(ratio: float, said: str) -> None:
+    """Stop 47 (docs review): a secure run's download (its key material besides the model)
+    read "0.9x fewer than raw fp32 models", which meant more."""
+    from mobile_sim._cli import _times
+
+    assert _times(ratio) == said
+    assert _times(ratio, " bytes") == f"{said} bytes"
