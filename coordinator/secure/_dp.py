@@ -49,8 +49,8 @@ No subsampling amplification is claimed (conservative).
 
 An epsilon budget needs the least a round can add (`min_round_rho`). A group of N devices
 adds per-device variance (z Delta2)^2 / n_min with n_min = max(t, ceil((1 - expected_dropout)
-N)) >= (1 - expected_dropout) N, and n <= N of them survive, so n sigma^2 >= (1 - dropout)
-(z Delta2)^2. Every bound above is at least Delta2 / (sqrt(n) sigma) (discrete Gaussian: each
+N)) >= (1 - expected_dropout) N, and n <= N of them survive, so n sigma^2 <= N sigma^2 <=
+(z Delta2)^2 / (1 - dropout), i.e. Delta2^2 / (n sigma^2) >= (1 - dropout) / z^2. Every bound above is at least Delta2 / (sqrt(n) sigma) (discrete Gaussian: each
 of the three terms; Skellam: its Gaussian term alone, at every order), so every round, of any
 size, |S_r| or grouping, is at least rho-zCDP's RDP curve with rho = (1 - dropout) / (2 z^2).
 `DistributedDpAccountant.epsilon_after(rho)` composes one such round: if even that passes the
