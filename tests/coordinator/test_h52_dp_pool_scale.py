@@ -46,13 +46,14 @@ def _waiting(tmp_path: Path, waiting: int) -> tuple[Coordinator, _Clock, int, li
 def _seconds_per_check_in(tmp_path: Path, waiting: int) -> float:
     coordinator, clock, task_id, devices = _waiting(tmp_path, waiting)
     best = float("inf")
-    for rep in range(20):  # the fastest of 20 batches (~1 ms each): the machine may be busy
-        t0 = time.perf_counter()
+    # The fastest of 20 batches (~1 ms each), in this thread's CPU time: the machine may be busy
+    for rep in range(20):
+        t0 = time.thread_time()
         for d in devices[:200]:
             clock.now += 0.002
             coordinator.check_in(d, task_id)
             coordinator.tick()
-        best = min(best, (time.perf_counter() - t0) / 200)
+        best = min(best, (time.thread_time() - t0) / 200)
         assert coordinator.runtimes[task_id].current is None, rep  # still one short
     assert coordinator.task_status(task_id).pool == waiting
     return best
