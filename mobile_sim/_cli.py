@@ -25,7 +25,7 @@ examples:
   plume sim --dataset mnist --clients 100 --per-round 10 --rounds 20 --topk 0.01 --bits 4
   plume sim --dataset mnist --rounds 20 --compare-dense --out runs/mnist
   plume sim --dataset digits --clients 200 --per-round 50 --rounds 30 --local-epochs 2
-  plume sim --attack alie --malicious 0.2 --aggregator median
+  plume sim --attack alie --malicious 0.2 --aggregator cosfilter+geomed  # the robust rule advised
   plume sim --secure --rounds 5 --model mlp                   # SecAgg+ with 10% dropouts
   plume sim --transport http --model mlp --rounds 5          # against a loopback coordinator
   plume sim --plugin my_plugin --dataset my_data --model my_cnn  # yours, registered by my_plugin.py
