@@ -12,8 +12,10 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fastapi import Request
@@ -24,9 +26,21 @@ from coordinator.service import ServerThread, ServiceConfig, create_app
 from .test_service_support import ADMIN
 
 
+@contextmanager
+def serving_with(tmp_path: Path, path: str, endpoint: Callable[..., Any]) -> Iterator[str]:
+    """A loopback coordinator (its real app, on `ServerThread`) with one more GET route."""
+    app = create_app(ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN))
+    app.add_api_route(path, endpoint, methods=["GET"])
+    server = ServerThread(ServiceConfig(db_path=str(tmp_path / "unused.db")), app=app)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        app.state.coordinator.store.close()
+
+
 @pytest.fixture()
 def url(tmp_path: Path) -> Iterator[str]:
-    app = create_app(ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN))
 
     async def slow(request: Request) -> JSONResponse:
         # Reading the (empty) body lets uvicorn read the connection again, as the wire
@@ -36,13 +50,8 @@ def url(tmp_path: Path) -> Iterator[str]:
         await asyncio.sleep(0.3)
         return JSONResponse({"ok": True})
 
-    app.add_api_route("/s46-slow", slow, methods=["GET"])
-    server = ServerThread(ServiceConfig(db_path=str(tmp_path / "unused.db")), app=app)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        app.state.coordinator.store.close()
+    with serving_with(tmp_path, "/s46-slow", slow) as url:
+        yield url
 
 
 def _read_all(sock: socket.socket) -> bytes:

@@ -22,12 +22,10 @@ from typing import Any
 import pytest
 from fastapi import Response
 
-from coordinator.service import ServerThread, ServiceConfig, create_app
 from coordinator.service.server import CountingH11Protocol, _buffered
 from coordinator.service.wire import SEND_PART
 
-from .test_s46_stray_bytes import _read_all
-from .test_service_support import ADMIN
+from .test_s46_stray_bytes import _read_all, serving_with
 
 SIZE = 48 * SEND_PART  # a 6 MiB answer, sent in 48 parts
 # What the client pushes while it reads: all of it read (and dropped) by the answer's end, as
@@ -40,18 +38,11 @@ GARBAGE = 4 << 20
 
 @pytest.fixture()
 def url(tmp_path: Path) -> Iterator[str]:
-    app = create_app(ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN))
-
     async def big() -> Response:
         return Response(b"m" * SIZE, media_type="application/octet-stream")
 
-    app.add_api_route("/s47-big", big, methods=["GET"])
-    server = ServerThread(ServiceConfig(db_path=str(tmp_path / "unused.db")), app=app)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
-        app.state.coordinator.store.close()
+    with serving_with(tmp_path, "/s47-big", big) as url:
+        yield url
 
 
 @pytest.fixture()
