@@ -134,12 +134,14 @@ def add_secure_routes(
             cap=coordinator.secure_upload_cap(round_id, stage) or config.json_body_cap,
             what=f"{stage} upload",
         )
+        # Before the attribution, as for a plain upload: a refusal is control traffic (the
+        # wire middleware's membership check, on the URL's round, also makes it so).
+        _same_round(fields, round_id)
         att = Attribution(fields.device_id, fields.round_id, payload_up=len(body))
         if stage == Stage.MASKED_INPUT:
             # The masked input is what replaces the dense fp32 update.
             att.dense_up = coordinator.dense_bytes_for_round(round_id)
         setattr(request.state, STATE_KEY, att)
-        _same_round(fields, round_id)
         t0 = asyncio.get_running_loop().time()
         duplicate, reports, to_close = coordinator.secure_upload(
             round_id, stage, fields.device_id, body
