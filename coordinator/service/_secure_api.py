@@ -76,7 +76,13 @@ def add_secure_routes(
         200: {"content": {ContentType.OCTET_STREAM: {}}, "description": "stage bytes"}
     }
     gone: dict[int | str, dict[str, Any]] = {
-        410: {"description": "the secure round aborted (too few devices at some stage)"},
+        410: {
+            "description": "the secure round (or, grouped, the device's group) aborted while "
+            "the round runs (too few devices at some stage); once the round is closed, "
+            "409 round_closed"
+        },
+    }
+    still_open: dict[int | str, dict[str, Any]] = {  # the stage download's alone
         425: {
             "description": "the stage is still open; poll again after the body's "
             "`retry_after_s` seconds (`Retry-After`: the same, rounded up to whole seconds)"
@@ -164,7 +170,7 @@ def add_secure_routes(
     @app.get(
         SecAggPath.STAGE,
         response_class=Response,
-        responses={**errors, **binary, **gone},
+        responses={**errors, **binary, **gone, **still_open},
         tags=["secure"],
     )
     async def secure_download(
