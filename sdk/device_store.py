@@ -60,6 +60,7 @@ import gc
 import hashlib
 import itertools
 import json
+import logging
 import operator
 import os
 import re
@@ -84,6 +85,9 @@ import numpy.typing as npt
 from compression import ErrorFeedback, ModelSpec
 from protocol import auth
 from protocol.messages import MessageError, check_train_loss
+
+# Damage the store works around rather than refuses (a device must keep training), said here.
+log = logging.getLogger("plume.sdk")
 
 __all__ = [
     "AcceptedUpload",
@@ -1830,9 +1834,32 @@ class DeviceStore:
             self._claim_legacy(task_id, size)
         # Another model's, torn, no regular file (a FIFO, a symlink) or foreign: start afresh.
         held = self._held(task_id, size)
-        if held is None or _other_layout(layout, held[1]):
+        if held is None:
+            self._warn_if_damaged(self._residual_path(task_id), task_id)
+            return None
+        if _other_layout(layout, held[1]):
             return None
         return held[0]
+
+    @staticmethod
+    def _warn_if_damaged(path: Path, task_id: int | None) -> None:
+        """Log a WARNING when `path` is a regular file holding no whole residual of any size
+        (torn, values failing their CRC-32, a trailer that does not parse): the round starts
+        from no residual, so the error-feedback memory it held is lost, and the file is
+        replaced at the round's save. Silent before (s47 device-store review). Another size's,
+        another layout's or another task's whole residual is no damage and says nothing."""
+        try:
+            regular = stat.S_ISREG(os.lstat(path).st_mode)
+        except OSError:
+            return
+        if regular and _load_stored(path, None) is None:
+            log.warning(
+                "%s: the residual of %s is damaged (torn, or its values fail their check): "
+                "this round starts from no residual, so the error-feedback memory it held is "
+                "lost, and the file is replaced when the round saves its residual",
+                path,
+                "the legacy task" if task_id is None else f"task {task_id}",
+            )
 
     def _held(
         self, task_id: int | None, size: int | None, path: Path | None = None
@@ -1938,8 +1965,8 @@ class DeviceStore:
         """The unacknowledged upload, or None. Raises `DeviceStoreError` if pending.json is
         not the metadata `save_pending` writes."""
         meta_path, frame_path = self.root / "pending.json", self.root / "pending.frame"
-        if not meta_path.exists() or not frame_path.exists():
-            return None
+        if not meta_path.exists():
+            return None  # none pending (a missing frame beside pending.json is damage: below)
         meta = _read_json(meta_path, "pending upload")
         # Files written before the check was recorded carry none. Without it a flipped bit in
         # the key or round id made the re-send another upload: refused as the round's
@@ -1972,9 +1999,17 @@ class DeviceStore:
         # upload is re-sent without it rather than lost with the file.
         loss = _train_loss(meta.get("train_loss"))
         frame = _read_sized(frame_path, size) if size <= _MAX_FRAME_BYTES else None
-        if frame is None:
-            return None  # not the frame this metadata describes
-        if digest is not None and hashlib.sha256(frame).hexdigest() != digest:
+        if frame is None or (digest is not None and hashlib.sha256(frame).hexdigest() != digest):
+            # Not the frame this metadata describes: written before pending.json (the commit
+            # point), so it is damaged. The upload counts as delivered, as without pending.json.
+            log.warning(
+                "%s: the pending upload's frame for round %d is %s: the upload is dropped, "
+                "and its content (which the residual already left out) is lost unless the "
+                "coordinator received it",
+                frame_path,
+                round_id,
+                "missing or of another length" if frame is None else "damaged (SHA-256)",
+            )
             return None
         accepted = self.load_accepted(round_id)
         if accepted is not None and accepted.frame == frame:
