@@ -179,7 +179,7 @@ class DeviceIdentityLost(DeviceStoreError):
     `device_key`, or remove the whole app directory to start over as a new device (which
     discards the residual, the unsent part of its earlier updates). `path` is the key file."""
 
-    def __init__(self, path: Path, problem: str, held: list[str]) -> None:
+    def __init__(self, path: Path, problem: str, held: list[str], hint: str = "") -> None:
         self.path = path
         super().__init__(
             f"{path}: this device's identity is lost: {problem}, but {'; '.join(held)}. The "
@@ -188,7 +188,7 @@ class DeviceIdentityLost(DeviceStoreError):
             "Restore that device's device_key into the app directory, or, to start over as a "
             "new device, remove the whole app directory: that discards the unsent "
             "error-feedback residual (what this device's earlier updates left out) and any "
-            "unacknowledged upload"
+            f"unacknowledged upload{hint}"
         )
 
 
@@ -1285,6 +1285,13 @@ class DeviceStore:
                     path,
                     f"device_key is the key of device {mine}",
                     [f"state.json names registered device {str(recorded)[:40]}"],
+                    # state.json carries no check: a flipped digit there reads as a lost key
+                    # (s47 device-store review), and wiping the directory was the only way out
+                    # the message gave.
+                    ". If device_key is this device's own and state.json is what was damaged "
+                    f"or edited ({mine} is the id the coordinator knows this device by), "
+                    "remove state.json alone instead: the device registers again with the same "
+                    "key and keeps its residual and uploads",
                 )
         return key
 

@@ -268,3 +268,27 @@ def test_the_store_errors_are_importable_from_sdk() -> None:
     assert sdk.DeviceStoreError is DeviceStoreError
     assert issubclass(sdk.DeviceIdentityLost, sdk.DeviceStoreError)
     assert {"DeviceIdentityLost", "DeviceStoreError"} <= set(sdk.__all__)
+
+
+def test_a_damaged_state_json_id_names_removing_state_json_as_the_way_out(tmp_path: Path) -> None:
+    """Stop 47 (helper-405): state.json carries no check, so a flipped digit of its device id
+    reads as a lost key; the message offered only restoring the key or wiping the directory
+    (residual and pending upload lost). It now also names removing state.json alone."""
+    # Prepare: a registered device whose state.json's id has one digit changed
+    never = httpx.MockTransport(lambda request: httpx.Response(500))
+    with Client("http://coord", str(tmp_path), transport=never, retries=0) as client:
+        mine = client.device_id
+    DeviceStore(tmp_path).update_state(device_id=mine, registered=True)
+    flipped = mine[:-1] + ("0" if mine[-1] != "0" else "1")
+    state = tmp_path / "state.json"
+    state.write_text(state.read_text().replace(mine, flipped))
+
+    # Execute
+    with pytest.raises(DeviceIdentityLost) as lost:
+        Client("http://coord", str(tmp_path), transport=never, retries=0)
+
+    # Assert: the usual two ways out, and state.json's own, naming this key's id
+    text = str(lost.value)
+    assert f"device_key is the key of device {mine}" in text
+    assert "remove state.json alone instead" in text and f"({mine} is the id" in text
+    assert "remove the whole app directory" in text
