@@ -2726,7 +2726,7 @@ _SIDE_SUFFIXES = ("-journal", "-wal", "-shm")  # SQLite's files beside a copy be
 
 
 def _locked_temp(path: Path, prog: str) -> tuple[int, str]:
-    """A new temporary file for `path` in its folder (`.NAME.XXXXXXXX.tmp`), its descriptor
+    """A new temporary file for `path` in its folder (`.NAME.<8 random characters>.tmp`), its descriptor
     holding an exclusive flock until closed, so another writer of `path` can tell it is in
     use. Temporaries of `path` no process holds are what a killed writer (`kill -9`, a power
     cut, the OOM killer) left, a partial copy of a database or model each, which nothing would

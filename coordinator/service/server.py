@@ -145,8 +145,9 @@ class CountingH11Protocol(H11Protocol):
     too, fell: `_queued`) gets another `send_timeout_s`. So a slow link that keeps reading is
     not cut: its kernel acknowledges what arrives, at the link's rate. A client whose app
     reads slowly acknowledges only when its kernel reopens its receive window (Linux: once a
-    share of the buffer is free), and is cut if that takes a whole timeout. Where the kernel's queue cannot be asked (no TIOCOUTQ: not Linux), only the
-    transport's own buffer shows progress, and a slow reader can be cut while the kernel's
+    share of the buffer is free), and is cut if that takes a whole timeout. Where the kernel's
+    queue cannot be asked (no TIOCOUTQ: not Linux), only the transport's own buffer shows
+    progress, and a slow reader can be cut while the kernel's
     send buffer (up to a few MB) drains. Large answers go to the transport in parts
     (`wire.SEND_PART`), each once the one before has drained, so an unread answer holds about
     one part of this process's memory, not the whole answer. Before, a model download sent its

@@ -21,7 +21,7 @@ import sqlite3
 import stat
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -743,10 +743,7 @@ class Store:
             ) as conn:
                 conn.execute("PRAGMA busy_timeout=5000")
                 tables = table_names(conn)
-                if not tables and _wal_marked(real):
-                    # The -wal's size as found: one SQLite just made to read the file is none.
-                    wal = None if real + "-wal" in made else _file_size(real + "-wal")
-                    raise StoreError(self._lost_wal(wal))
+                self._refuse_lost_wal(tables, made)
                 found = self._check_schema(conn, tables)
             passed = True
             return tables, found
@@ -760,16 +757,21 @@ class Store:
                     if f.endswith("-shm") or os.stat(f).st_size == 0:
                         os.unlink(f)
 
-    def _lost_wal(self, wal: int | None) -> str:
-        """Why a file in WAL mode without a table is refused: a store's tables are created
-        (and committed to the -wal) right after it turns WAL on, and reach the file itself only
+    def _refuse_lost_wal(self, tables: set[str], made: Sequence[str] = ()) -> None:
+        """`StoreError` for a file in WAL mode without a table (`tables`): a store's tables are
+        created (and committed to the -wal) right after it turns WAL on, and reach the file only
         at SQLite's first checkpoint (1,000 pages of writes, or a clean stop). So it is a young
         store killed (`kill -9`, a crash) whose -wal was then lost, truncated or damaged: served,
         it would be a new, empty store, its tasks, devices and privacy spending gone and its
         task and round ids handed out again (s47 crash review). Or, rarely, a first start killed
-        between the two steps, which held nothing."""
+        between the two steps, which held nothing. `made`: side files SQLite just made to read
+        the file (a -wal among them was not there)."""
+        real = os.path.realpath(self.path)
+        if tables or not _wal_marked(real):
+            return
+        wal = None if real + "-wal" in made else _file_size(real + "-wal")
         side = "no -wal file is beside it" if wal is None else f"its -wal ({wal} bytes) holds none"
-        return (
+        raise StoreError(
             f"cannot use the database {self.path}: the file is in WAL mode but holds no table, "
             f"and {side}: a store whose -wal was lost, truncated or damaged "
             "after a crash (its tables and everything since were only there), or a first start "
@@ -819,8 +821,7 @@ class Store:
         db.execute("PRAGMA busy_timeout=5000")  # another process's short write: wait, not fail
         if checked is None:
             tables = table_names(db)
-            if not tables and _wal_marked(os.path.realpath(self.path)):
-                raise StoreError(self._lost_wal(_file_size(os.path.realpath(self.path) + "-wal")))
+            self._refuse_lost_wal(tables)
             found = self._check_schema(db, tables)
         else:
             found = checked[1]
@@ -848,7 +849,7 @@ class Store:
             # leaves a file with no table and out of WAL mode again, initialised at the next
             # start; one killed midway leaves a file in WAL mode with no table, which is what
             # a young store that lost its -wal looks like, so the next start refuses it
-            # (`_lost_wal`: delete it, it held nothing).
+            # (`_refuse_lost_wal`: delete it, it held nothing).
             try:
                 db.executescript(
                     f"BEGIN IMMEDIATE;\n{_SCHEMA}"

@@ -1,7 +1,7 @@
 """Stop 47: a partial copy a killed `plume coordinator backup` left is removed by the next
 backup to the same file (crash review, helper-397).
 
-`backup` writes through a temporary file beside `--out` (`.NAME.XXXXXXXX.tmp`) and removes it
+`backup` writes through a temporary file beside `--out` (`.NAME.<8 random characters>.tmp`) and removes it
 when it fails, but a backup killed mid-copy (`kill -9`, the OOM killer) left it, a partial
 copy of every device's updates, which nothing ever removed: 44 MB of a 96 MB database in the
 review. Each writer now holds an flock on its temporary file, and the next backup removes those
