@@ -37,6 +37,7 @@ __all__ = [
     "UploadOutcome",
     "Assignment",
     "CheckInResponse",
+    "StageReceipt",
     "UploadReceipt",
     "RoundStatus",
     "LedgerRow",
@@ -305,6 +306,14 @@ class UploadReceipt:
     duplicate: bool
     payload_bytes: int
     reports: int
+
+
+@dataclass(slots=True)
+class StageReceipt(UploadReceipt):
+    """A secure-aggregation stage message held by its round: an `UploadReceipt` that also
+    names the stage by its URL name (`advertise-keys`, `share-keys`, `masked-input`, `unmask`)."""
+
+    stage: str
 
 
 @dataclass(slots=True)

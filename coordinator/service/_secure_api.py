@@ -22,7 +22,7 @@ from fastapi import Depends, FastAPI, Path, Request
 from fastapi.responses import JSONResponse, Response
 
 from protocol import auth as pauth
-from protocol.messages import RoundStatus, UploadReceipt
+from protocol.messages import RoundStatus, StageReceipt
 from protocol.names import ContentType, Reason
 from protocol.names import Header as H
 from protocol.secagg import SecAggPath, Stage
@@ -109,7 +109,7 @@ def add_secure_routes(
         return Response(body, media_type=ContentType.OCTET_STREAM, headers=headers)
 
     receipt: dict[int | str, dict[str, Any]] = {
-        200: {"model": UploadReceipt, "description": "the stage message is held by the round"}
+        200: {"model": StageReceipt, "description": "the stage message is held by the round"}
     }
 
     @app.post(

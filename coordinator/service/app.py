@@ -36,7 +36,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from fastapi.routing import APIRoute
 from fastapi.utils import create_model_field
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import TypeAdapter
+from pydantic import Field, TypeAdapter
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from compression import (
@@ -84,7 +84,14 @@ from .auth import (
     client_key,
 )
 from .dp_total import AllTasksPrivacyCache
-from .errors import ApiError, QueryInt, StoreId, require_media_type
+from .errors import (
+    ApiError,
+    QueryBefore,
+    QueryNumber,
+    QueryVersion,
+    StoreId,
+    require_media_type,
+)
 from .metrics import Metrics
 from .rounds import Coordinator, ServiceConfig
 from .store import DamagedRow, Store
@@ -93,6 +100,9 @@ from .wire import STATE_KEY, Attribution, WireMiddleware
 __all__ = ["create_app"]
 
 log = logging.getLogger("plume.coordinator")
+
+# `last` on a task's round list: a page of 1 to MAX_ROUNDS_PAGE rounds (see `QueryVersion`).
+_QueryPage = Annotated[Annotated[int, Field(ge=1, le=rounds.MAX_ROUNDS_PAGE)] | None, QueryNumber]
 
 
 @dataclass(slots=True)
@@ -892,9 +902,7 @@ def create_app(
     async def model(
         request: Request,
         task_id: StoreId,
-        have: Annotated[
-            QueryInt, Query(ge=0, le=2**63 - 1, description="model version the device holds")
-        ] = None,
+        have: Annotated[QueryVersion, Query(description="model version the device holds")] = None,
         format: str = Query("auto", pattern="^(auto|snapshot|delta)$"),
         dtype: SnapshotDType = Query(SnapshotDType.FP32),  # noqa: B008
         fields: pauth.SignedFields = Depends(device),  # noqa: B008
@@ -1120,16 +1128,11 @@ def create_app(
         request: Request,
         task_id: StoreId,
         version: Annotated[
-            QueryInt,
-            Query(ge=0, le=2**63 - 1, description="the version wanted (default: the current)"),
+            QueryVersion, Query(description="the version wanted (default: the current)")
         ] = None,
         base: Annotated[
-            QueryInt,
-            Query(
-                ge=0,
-                le=2**63 - 1,
-                description="answer the delta chain from this version instead of a snapshot",
-            ),
+            QueryVersion,
+            Query(description="answer the delta chain from this version instead of a snapshot"),
         ] = None,
     ) -> Response:
         """The task's current model as an fp32 `encode_snapshot` snapshot (as devices get it),
@@ -1203,19 +1206,12 @@ def create_app(
         request: Request,
         task_id: StoreId,
         last: Annotated[
-            QueryInt,
-            Query(
-                ge=1,
-                le=rounds.MAX_ROUNDS_PAGE,
-                description="only the N newest rounds (still oldest first)",
-            ),
+            _QueryPage, Query(description="only the N newest rounds (still oldest first)")
         ] = None,
         before: Annotated[
-            QueryInt,
+            QueryBefore,
             Query(
-                ge=1,
-                le=2**63 - 1,
-                description="only the rounds older than this round of the task (paging backwards)",
+                description="only the rounds older than this round of the task (paging backwards)"
             ),
         ] = None,
     ) -> list[RoundStatus]:

@@ -7,12 +7,20 @@ from collections.abc import Callable
 from typing import Annotated, LiteralString
 
 from fastapi import Path as PathParam
-from pydantic import BeforeValidator
+from pydantic import BeforeValidator, Field
 from pydantic_core import PydanticCustomError
 
 from protocol.names import ContentType, Reason
 
-__all__ = ["ApiError", "QueryInt", "StoreId", "media_type", "require_media_type"]
+__all__ = [
+    "ApiError",
+    "QueryBefore",
+    "QueryNumber",
+    "QueryVersion",
+    "StoreId",
+    "media_type",
+    "require_media_type",
+]
 
 _DECIMAL_ID = re.compile(r"0|[1-9][0-9]*")
 
@@ -45,14 +53,26 @@ _decimal_id = _decimal("decimal_id", "an id in the path")
 _decimal_query = _decimal("decimal_query", "a number in the query")
 
 
-# A number in the query (`have`, `version`, `base`, `last`, `before`), checked as sent; its
-# range is the route's `Query(ge=..., le=...)`.
-QueryInt = Annotated[int | None, BeforeValidator(_decimal_query)]
+# SQLite's largest INTEGER (signed 64-bit): an id or version above it names nothing and is
+# refused with a 422 rather than overflowing the store's query (a 500).
+_STORE_INT_MAX = 2**63 - 1
+
+# Each range sits on the int inside the alias, not on the route's `Path`/`Query` marker: there,
+# behind the before-validator, it was checked the same, but the OpenAPI schema carried it as
+# `ge`/`le`, keys JSON Schema does not know, instead of `minimum`/`maximum`.
+_StoreInt = Annotated[int, Field(ge=0, le=_STORE_INT_MAX)]
+
+# A number in the query, checked as sent: `QueryNumber` goes outside a range, as below (the
+# `last` page size is `app.py`'s).
+QueryNumber = BeforeValidator(_decimal_query)
+# `have`, `version`, `base`: a model version, 0 up.
+QueryVersion = Annotated[_StoreInt | None, QueryNumber]
+# `before`: a round's sequence number in its task, 1 up.
+QueryBefore = Annotated[Annotated[int, Field(ge=1, le=_STORE_INT_MAX)] | None, QueryNumber]
 
 # A task or round id in a URL: decimal digits as above (422 `validation` otherwise), up to
-# SQLite's largest INTEGER (signed 64-bit): an id above it names nothing and is refused here
-# rather than overflowing the store's query (a 500).
-StoreId = Annotated[int, BeforeValidator(_decimal_id), PathParam(ge=0, le=2**63 - 1)]
+# _STORE_INT_MAX.
+StoreId = Annotated[_StoreInt, BeforeValidator(_decimal_id), PathParam()]
 
 
 class ApiError(Exception):
