@@ -789,9 +789,15 @@ class OrtTrainer:
         self, params: npt.NDArray[np.float32], x: npt.NDArray, batch_size: int = 1000
     ) -> npt.NDArray[np.float32]:
         """Model outputs (logits) for `x`, in batches of `batch_size`."""
+        return self._predict(params, x, batch_size, "prediction input")
+
+    def _predict(
+        self, params: npt.NDArray[np.float32], x: npt.NDArray, batch_size: int, where: str
+    ) -> npt.NDArray[np.float32]:
+        """`predict`, its errors naming `x` as `where` says."""
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
-        xs = self._check_x(x)
+        xs = self._check_x(x, where)
         feeds: dict[str, npt.NDArray] = dict(
             zip(self.manifest.param_inputs, self.split(params), strict=True)
         )
@@ -816,7 +822,7 @@ class OrtTrainer:
         (as an MSE export trains on) are refused with a `ValueError`, not misread.
         """
         labels = _labels(y, self.classes, allow_ignore=False, where="evaluation data")
-        logits = self.predict(params, x).astype(np.float64)
+        logits = self._predict(params, x, 1000, "evaluation data").astype(np.float64)
         if labels.shape != logits.shape[:-1]:
             raise ValueError(
                 f"labels of shape {list(labels.shape)}: the model's logits are "

@@ -16,7 +16,7 @@ from sdk import TrainingDataError
 from sdk.flat import get_flat_params
 from sdk.onnx_export import export_training_artifacts
 from sdk.ort import OrtTrainer
-from sdk.trainer import TorchTrainer
+from sdk.trainer import TorchTrainer, evaluate
 
 
 class _FloatIds(nn.Module):
@@ -127,3 +127,22 @@ def test_integer_ids_into_a_float_id_graph_still_train(tmp_path: Path) -> None:
     ours = trainer.train(params, ids, _Y % 3, rng=np.random.default_rng(1), **kw)
     theirs = TorchTrainer(model).train(params, ids, _Y % 3, rng=np.random.default_rng(1), **kw)
     np.testing.assert_allclose(ours.params, theirs.params, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluation_and_prediction_inputs_are_not_called_training_data(
+    dense: tuple[OrtTrainer, TorchTrainer, np.ndarray],
+) -> None:
+    """Stop 48 (helper-400): the ONNX side's evaluate and predict named a misfit x "training
+    data"; evaluate now says "evaluation data" as `sdk.trainer.evaluate` does."""
+    ort_trainer, torch_trainer, params = dense
+    x = _X[:, :5]
+    with pytest.raises(TrainingDataError) as ours:
+        ort_trainer.evaluate(params, x, _Y)
+    with pytest.raises(TrainingDataError) as theirs:
+        evaluate(torch_trainer.module, params, x, _Y)
+    prefix = "evaluation data: x of shape [8, 5] (float32) does not fit the model: "
+    assert str(theirs.value).startswith(prefix), theirs.value
+    assert str(ours.value) == prefix + "it takes x of shape [B, 6]"
+    with pytest.raises(TrainingDataError) as predicted:
+        ort_trainer.predict(params, x)
+    assert str(predicted.value).startswith("prediction input: x of shape [8, 5]")
