@@ -1523,6 +1523,8 @@ FOREIGN_FLAGS = {
     "--temp-dir": "ray start's (docs/simulator.md, a Ray cluster on a shared machine)",
     "--secure-*": "the family of create-task's --secure-... flags",
     "--factory": "uvicorn's (docs/operations.md, create_app under another server)",
+    "--no-server-header": "uvicorn's (docs/operations.md, create_app under another server)",
+    "--no-date-header": "uvicorn's (docs/operations.md, create_app under another server)",
     "--old": (
         "tests/protocol/test_h224_robust_decode_cost.py's, run as a script for the figures "
         "docs/secure-aggregation.md quotes"

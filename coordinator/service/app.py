@@ -931,6 +931,8 @@ def create_app(
         # The dense baseline of a model sent; an empty chain (have= the current version)
         # sends none, and repeated ones made the round's ratio to dense look better.
         att.dense_down = answer.rt.spec.dense_bytes if answer.sends_model else 0
+        if answer.counted:  # given back if none of it goes out (the device closed first)
+            att.on_dropped = functools.partial(coordinator.uncount_snapshot, answer)
         return Response(body, media_type=ContentType.OCTET_STREAM, headers=answer.headers)
 
     @app.post(

@@ -1444,6 +1444,8 @@ class ModelAnswer:
     fmt: str
     dtype: str
     device_id: str | None = None
+    # A snapshot counted against `device_id`'s `snapshots_per_version` (`uncount_snapshot`).
+    counted: bool = False
 
     @property
     def sends_model(self) -> bool:
@@ -2879,20 +2881,21 @@ class Coordinator:
                         f"no smaller than the fp32 snapshot ({snap} bytes); fetch the snapshot",
                     )
         body = rt.snapshot(dtype)
-        if device_id is not None:
-            self._count_snapshot(rt, device_id)
+        counted = device_id is not None and self._count_snapshot(rt, device_id)
         exact = dtype == SnapshotDType.FP32
         headers = _model_headers(v, rt.digest, ModelEncoding.SNAPSHOT, exact)
-        return ModelAnswer(rt, headers, body, 0, fmt, dtype, device_id)
+        return ModelAnswer(rt, headers, body, 0, fmt, dtype, device_id, counted)
 
-    def _count_snapshot(self, rt: TaskRuntime, device_id: str) -> None:
-        """Count one snapshot of `rt`'s current version for `device_id`, or refuse it (429
-        `rate_limited`) past `snapshots_per_version` within `SNAPSHOT_WINDOW_S`. One device
-        pulled 735 snapshots in 4 s before (helper-202); the counts are per task, and dropped
-        whole when its version changes."""
+    def _count_snapshot(self, rt: TaskRuntime, device_id: str) -> bool:
+        """Count one snapshot of `rt`'s current version for `device_id` (True; False when
+        there is no limit), or refuse it (429 `rate_limited`) past `snapshots_per_version`
+        within `SNAPSHOT_WINDOW_S`. One device pulled 735 snapshots in 4 s before (helper-202);
+        the counts are per task, and dropped whole when its version changes. Counted as the
+        answer is planned, so that concurrent requests cannot all pass; `uncount_snapshot`
+        gives it back when none of the answer went out."""
         cap = self.config.snapshots_per_version
         if not cap:
-            return
+            return False
         version, counts = self._snapshot_counts.get(rt.task_id, (-1, {}))
         if version != rt.version:
             counts = {}
@@ -2920,6 +2923,23 @@ class Coordinator:
             for dev in [d for d, (t0, _) in counts.items() if now - t0 >= SNAPSHOT_WINDOW_S]:
                 del counts[dev]
         counts[device_id] = (start, n + 1)
+        return True
+
+    def uncount_snapshot(self, answer: ModelAnswer) -> None:
+        """Give back the snapshot `answer` counted (`_count_snapshot`): nothing of it went out,
+        the device's connection having closed first (the wire middleware's `on_dropped`, when
+        the ledger counts the exchange nowhere either). Before, such answers spent the device's
+        limit: one on a link that kept dropping was refused its first real download for up to
+        `SNAPSHOT_WINDOW_S` (helper-408)."""
+        if not answer.counted or answer.device_id is None:
+            return
+        version, counts = self._snapshot_counts.get(answer.rt.task_id, (-1, {}))
+        start_n = counts.get(answer.device_id)
+        if version != int(answer.headers[Header.MODEL_VERSION]) or start_n is None:
+            return  # a new version since: its counts started again
+        start, n = start_n
+        if n > 0:
+            counts[answer.device_id] = (start, n - 1)
 
     def read_chain(self, answer: ModelAnswer) -> bytes | None:
         """The delta chain `plan_model` chose, packed; None when a frame on the way was

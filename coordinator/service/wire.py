@@ -95,6 +95,9 @@ class Attribution:
     dense_up: int = 0
     payload_down: int = 0
     dense_down: int = 0
+    # Called when none of the answer went out (the client had closed first): the exchange is
+    # counted nowhere, and what the route counted for it is given back.
+    on_dropped: Callable[[], None] | None = None
 
 
 class _BodyTooLarge(HTTPException):
@@ -173,6 +176,7 @@ class WireMiddleware:
         )
         received = 0
         sent_body = 0
+        offered = 0  # response body bytes the app sent, `sent_body` those that went out
         interim = 0  # bytes of a `100 Continue` uvicorn sent before the response
         continues = expects_continue(
             scope.get("http_version", "1.1"), (v for k, v in scope["headers"] if k == b"expect")
@@ -237,7 +241,7 @@ class WireMiddleware:
             return message
 
         async def counting_send(message: Message) -> None:
-            nonlocal sent_body, dropped, streaming
+            nonlocal sent_body, dropped, streaming, offered
             if message["type"] == "http.response.start":
                 dropped = await client_gone()
                 att: Attribution | None = scope["state"].get(STATE_KEY)
@@ -284,8 +288,9 @@ class WireMiddleware:
                 # handed over before the close, not the whole body (before stop 46: whole).
                 single = not streaming and not message.get("more_body", False)
                 streaming = streaming or bool(message.get("more_body", False))
+                offered += len(body)
                 if single or not await client_gone():
-                    sent_body += len(message.get("body", b""))  # uvicorn drops a HEAD's body
+                    sent_body += len(body)  # uvicorn drops a HEAD's body
             await send(message)
 
         try:
@@ -314,6 +319,7 @@ class WireMiddleware:
                 # The answer is (partly) out and cannot be replaced: uvicorn logs the
                 # traceback and closes the connection. What the app sent is counted.
                 if not dropped:
+                    _trim_cut(scope, offered - sent_body)
                     self._account(scope, received, started, sent_body + interim)
                 raise
             # Starlette's own 500 would go out from outside this middleware, counted nowhere,
@@ -338,12 +344,16 @@ class WireMiddleware:
         if started and dropped:
             # Nothing of the answer went out: counted nowhere, as a request whose body was
             # cut off (operations.md, "What the ledger counts"); the device retries.
+            att = scope["state"].get(STATE_KEY)
+            if att is not None and att.on_dropped is not None:
+                att.on_dropped()
             log.info(
                 "client closed the connection before the answer to %s %s",
                 scope["method"],
                 scope["path"],
             )
         elif started:
+            _trim_cut(scope, offered - sent_body)
             self._account(scope, received, started, sent_body + interim)
 
     def _member(self, scope: Scope, att: Attribution) -> bool:
@@ -426,6 +436,19 @@ class WireMiddleware:
             self.metrics.bytes.labels(direction, "payload").inc(payload)
             self.metrics.bytes.labels(direction, "wire").inc(wire)
             self.metrics.bytes.labels(direction, "dense").inc(dense)
+
+
+def _trim_cut(scope: Scope, unsent: int) -> None:
+    """An answer cut off midway (`unsent` body bytes never went out) counts as payload only
+    the part of its body that went out, and as dense bytes the same share of the dense model
+    it stood for (rounded down): the device got no model, and the round's compression ratio
+    is not changed by a cut (before, payload and dense counted in full, the wire bytes not)."""
+    att: Attribution | None = scope["state"].get(STATE_KEY)
+    if unsent <= 0 or att is None or att.payload_down <= 0:
+        return
+    kept = max(0, att.payload_down - unsent)
+    att.dense_down = att.dense_down * kept // att.payload_down
+    att.payload_down = kept
 
 
 def _url_id(value: Any) -> int | None:

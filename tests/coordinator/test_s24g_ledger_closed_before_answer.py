@@ -43,6 +43,7 @@ class _App:
         self.go = threading.Event()
         self.go2 = threading.Event()
         self.done = threading.Event()
+        self.dropped = threading.Event()  # the middleware called the exchange's on_dropped
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
@@ -57,7 +58,10 @@ class _App:
         while more:
             message = await receive()
             more = message.get("more_body", False)
-        scope["state"][STATE_KEY] = Attribution("dev", ROUND)
+        att = Attribution("dev", ROUND, on_dropped=self.dropped.set)
+        if scope["path"] == "/big":  # a model of 2 x BIG dense bytes, BIG on the wire
+            att.payload_down, att.dense_down = BIG, 2 * BIG
+        scope["state"][STATE_KEY] = att
         self.read.set()
         await _until(self.go)
         if scope["path"] == "/stream":
@@ -141,8 +145,10 @@ def test_an_answer_uvicorn_dropped_after_the_client_closed_is_counted_nowhere(
         app.go.set()
         assert app.done.wait(20)
         time.sleep(0.2)  # the middleware accounts right after the app returns
-        # Assert: nothing in the round (before: 1 request up and down)
+        # Assert: nothing in the round (before: 1 request up and down), and what the route
+        # counted for the answer is given back (stop 48: a snapshot's per-device count)
         assert _ledger(store) == {}
+        assert app.dropped.is_set()
 
 
 def test_an_answer_the_device_reads_is_counted_as_before(tmp_path: Path) -> None:
@@ -162,6 +168,7 @@ def test_an_answer_the_device_reads_is_counted_as_before(tmp_path: Path) -> None
         # Assert: the bytes the device read, one request each way
         assert _ledger(store)["down"] == (len(data), 1)
         assert _ledger(store)["up"][1] == 1
+        assert not app.dropped.is_set()
 
 
 def test_a_stream_cut_by_the_client_counts_the_part_sent_before_the_close(
@@ -186,6 +193,7 @@ def test_a_stream_cut_by_the_client_counts_the_part_sent_before_the_close(
         head = data[: data.index(b"\r\n\r\n") + 4]
         assert len(head) + len(FIRST) == len(data)
         assert _ledger(store)["down"] == (len(data), 1)  # before: REST's 50 bytes too
+        assert not app.dropped.is_set()  # part of it went out
 
 
 def test_a_large_answer_the_device_abandons_counts_the_parts_handed_over_before_the_close(
@@ -212,3 +220,9 @@ def test_a_large_answer_the_device_abandons_counts_the_parts_handed_over_before_
         down, requests = _ledger(store)["down"]
         assert requests == 1
         assert len(data) <= down < BIG // 2, down
+        # ... and its payload is the body that went out, its dense bytes the same share of
+        # the dense model (stop 48, helper-408: before, both were counted whole, 16 and 32 MiB)
+        ((payload, dense),) = [(r[3], r[5]) for r in store.ledger_rows(ROUND) if r[2] == "down"]
+        head = data[: data.index(b"\r\n\r\n") + 4]
+        assert payload == down - len(head)
+        assert dense == 2 * payload
