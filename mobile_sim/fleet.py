@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 import numpy as np
@@ -100,6 +100,10 @@ class Selection:
         }
 
 
+_NO_IDS = np.zeros(0, dtype=np.int64)
+_NO_TIMES = np.zeros(0, dtype=np.float64)
+
+
 @dataclass(frozen=True)
 class _Chain:
     """Periodic check-ins: device d checks in at `origin_s + period * (u_d + k)` for every
@@ -120,10 +124,10 @@ class _Window:
     pool_at: npt.NDArray[np.float64]  # their check-in times (simulated s)
     rest_ids: npt.NDArray[np.int64]  # devices left in the coordinator's pool besides
     rest_at: npt.NDArray[np.float64]
-
-
-_NO_IDS = np.zeros(0, dtype=np.int64)
-_NO_TIMES = np.zeros(0, dtype=np.float64)
+    # With `chain` None: the devices of earlier cohorts not back in the pool when the window
+    # opened, and when each checks in again (simulated s), whether or not it was selected now.
+    out_ids: npt.NDArray[np.int64] = field(default_factory=lambda: _NO_IDS)
+    out_at: npt.NDArray[np.float64] = field(default_factory=lambda: _NO_TIMES)
 
 
 class SimFleet:
@@ -180,13 +184,17 @@ class SimFleet:
         self._busy_until = _NO_TIMES
         # The coordinator's pool at the last close, for the next `select` (set by `advance`):
         # the devices carried into it and their check-in times, in check-in order; or, with
-        # `_everyone`, every eligible device not busy and not in `_skip` (the round opened at a
-        # later step, where every eligible device has checked in). `_chain`: the check-in
-        # phases the next window continues.
+        # `_everyone`, every eligible device not busy, except the last round's cohort (`_skip`,
+        # which checks in again over the period from the next window) and the devices of
+        # earlier cohorts not back yet (`_out_ids`, checking in again at `_out_at`): the round
+        # opened at a later step, where every eligible device has checked in. `_chain`: the
+        # check-in phases the next window continues.
         self._carried_ids = _NO_IDS
         self._carried_at = _NO_TIMES
         self._everyone = False
         self._skip = _NO_IDS
+        self._out_ids = _NO_IDS
+        self._out_at = _NO_TIMES
         self._chain: _Chain | None = None
         self._window: _Window | None = None  # what the last `select` opened, for `advance`
 
@@ -365,7 +373,7 @@ class SimFleet:
         timeout = math.inf if selection_timeout_s is None else float(selection_timeout_s)
         # What the last close left in the coordinator's pool: taken now, whatever this window
         # does (`wait_for` carries nothing over).
-        carried_ids, carried_at, everyone, skip, chain = self._take_pool()
+        carried_ids, carried_at, everyone, skip, chain, out_ids, out_at = self._take_pool()
         everyone = everyone and not stepwise
         t0 = self.clock.now_s
         t_step = t0  # the clock after `steps` calls of advance(step_s): `stepwise` looks here
@@ -380,13 +388,16 @@ class SimFleet:
             step_chain: _Chain | None = None  # the check-in phases this step's draws follow
             if steps == 0 and everyone:
                 # The last round opened where every eligible device had checked in: they are
-                # all in the pool now, except those still busy and that round's cohort, which
-                # check in again over the period (a new chain of phases).
-                ids = self._sample(n, t, rng, min_memory_mb, skip)
+                # all in the pool now, except those still busy, that round's cohort, which
+                # checks in again over the period (a new chain of phases), and the devices of
+                # earlier cohorts that have not checked in again yet (at their times).
+                assert round_id is not None  # `everyone` only for `select`
+                out_ids, out_at = self._still_out(out_ids, out_at, skip, t, round_id)
+                ids = self._sample(n, t, rng, min_memory_mb, out_ids)
                 carried = ids.size
-                again, frac = self._checkins_of(skip, n - ids.size, t, round_id, min_memory_mb)
-                times = np.concatenate([np.full(ids.size, offset), offset + period * frac])
-                at = np.concatenate([np.full(ids.size, t), t + period * frac])
+                again, again_at = self._back_first(out_ids, out_at, n - ids.size, t, min_memory_mb)
+                times = np.concatenate([np.full(ids.size, offset), offset + (again_at - t)])
+                at = np.concatenate([np.full(ids.size, t), again_at])
                 ids = np.concatenate([ids, again])
             elif first is None and period > 0:
                 assert round_id is not None  # period > 0 only for `select`
@@ -426,8 +437,10 @@ class SimFleet:
                     self._wait(opens, steps, step_s, stepwise=stepwise, count_for_round=True)
                     if not stepwise:
                         self._window = _Window(
-                            t0 + opens, step_chain, pool, at[inside][:n], rest_ids, rest_at
-                        )
+                            t0 + opens, step_chain, pool, at[inside][:n], rest_ids, rest_at,
+                            out_ids if steps == 0 and everyone else _NO_IDS,
+                            out_at if steps == 0 and everyone else _NO_TIMES,
+                        )  # fmt: skip
                     by = "cohort" if pool.size >= n else "timeout"
                     return Selection(pool, by, opens, first, min_n, min(carried, pool.size))
             if steps == 0 or ids.size > best.size:
@@ -448,32 +461,60 @@ class SimFleet:
     def _take_pool(
         self,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64], bool, npt.NDArray[np.int64],
-               _Chain | None]:  # fmt: skip
+               _Chain | None, npt.NDArray[np.int64], npt.NDArray[np.float64]]:  # fmt: skip
         """The pool the last close left (`advance`), emptied: each is used by one window."""
-        out = (self._carried_ids, self._carried_at, self._everyone, self._skip, self._chain)
+        out = (
+            self._carried_ids, self._carried_at, self._everyone, self._skip, self._chain,
+            self._out_ids, self._out_at,
+        )  # fmt: skip
         self._carried_ids, self._carried_at = _NO_IDS, _NO_TIMES
         self._everyone, self._skip, self._chain = False, _NO_IDS, None
+        self._out_ids, self._out_at = _NO_IDS, _NO_TIMES
         self._window = None
         return out
 
-    def _checkins_of(
+    def _still_out(
         self,
-        device_ids: npt.NDArray[np.int64],
+        out_ids: npt.NDArray[np.int64],
+        out_at: npt.NDArray[np.float64],
+        cohort: npt.NDArray[np.int64],
+        sim_time_s: float,
+        round_id: int,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+        """(ids, times) sorted by id: the devices out of an everyone pool at `sim_time_s`,
+        and when each checks in again. `cohort` (the last round's) checks in again over the
+        period from `sim_time_s`, on a chain started there (a device busy then at its first
+        check-in after it is done); of `out_ids`, those whose time has come are back."""
+        if cohort.size:
+            period = self.checkin_period_s
+            at = sim_time_s + period * self._phase(cohort, _Chain(round_id, sim_time_s), sim_time_s)
+            done = self._busy_until_of(cohort)
+            late = at < done
+            at[late] += period * np.ceil((done[late] - at[late]) / period)
+            keep = ~np.isin(out_ids, cohort)
+            out_ids = np.concatenate([out_ids[keep], cohort])
+            out_at = np.concatenate([out_at[keep], at])
+        waiting = out_at > sim_time_s
+        order = np.argsort(out_ids[waiting], kind="stable")
+        return out_ids[waiting][order], out_at[waiting][order]
+
+    def _back_first(
+        self,
+        out_ids: npt.NDArray[np.int64],
+        out_at: npt.NDArray[np.float64],
         n: int,
         sim_time_s: float,
-        round_id: int | None,
         min_memory_mb: float,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
-        """(ids, fractions): the first `n` of `device_ids` (a few) to check in over the period
-        from `sim_time_s`, on a chain started there, among those eligible then and not busy at
-        their check-in, in check-in order."""
-        if n <= 0 or not device_ids.size or round_id is None:
+        """(ids, times): the first `n` of `out_ids` to check in again (at `out_at`), among
+        those eligible at `sim_time_s` (the window's opening, as for every pool device), in
+        check-in order."""
+        if n <= 0 or not out_ids.size:
             return _NO_IDS, _NO_TIMES
-        frac = self._phase(device_ids, _Chain(round_id, sim_time_s), sim_time_s)
-        ok = self._eligible_mask(device_ids, sim_time_s, min_memory_mb)
-        ok &= sim_time_s + self.checkin_period_s * frac >= self._busy_until_of(device_ids)
-        order = np.argsort(frac[ok], kind="stable")[:n]
-        return device_ids[ok][order], frac[ok][order]
+        ok = self._eligible_mask(out_ids, sim_time_s, min_memory_mb)
+        ids, at = out_ids[ok], out_at[ok]
+        order = np.argsort(at, kind="stable")[:n]
+        return ids[order], at[order]
 
     def _sample(
         self,
@@ -673,8 +714,13 @@ class SimFleet:
         period = self.checkin_period_s
         if window.chain is None or close_s - window.opens_s >= period:
             # Every eligible device has checked in by the close (the round opened at a later
-            # step, or lasted a whole period).
+            # step, or lasted a whole period), except this cohort and the devices of earlier
+            # cohorts not back yet (helper-410: those rejoined the pool at once, a fraction of
+            # a second after their round, and rounds went on opening without a wait).
             self._everyone, self._skip = True, cohort
+            back = window.out_at <= close_s
+            if window.chain is None and close_s - window.opens_s < period:
+                self._out_ids, self._out_at = window.out_ids[~back], window.out_at[~back]
             return
         new_ids, new_at = self._checkins_between(window.chain, window.opens_s, close_s)
         ids = np.concatenate([window.rest_ids, window.pool_ids, new_ids])

@@ -58,6 +58,10 @@ CASES = [
     # a timeout past the first period: the round opens at a later step, where every eligible
     # device has checked in, and the next window's pool holds them all
     Case(40, 4, "select", 30, 3, 1800.0, period=900.0, start=40_000.0),
+    # ... and the rounds after it: the cohorts before the last one check in again at their own
+    # times, not at once (stop 48, helper-410)
+    Case(40, 4, "select", 30, 3, 1800.0, period=900.0, start=40_000.0, rounds=6),
+    Case(200, 0, "select", 13, 1, 900.0, period=900.0, rounds=40),
     # wait_for: the plain wait, the timeout from the start of the wait, the largest-pool fallback.
     Case(2_000, 1, "wait_for", 400, start=3_333.3),
     Case(2_000, 0, "wait_for", 13, 3, 1800.0, start=40_000.0),
@@ -79,6 +83,7 @@ class _State:
     pool: dict[int, float] = field(default_factory=dict)  # carried device -> checked in at
     everyone: bool = False  # the last round opened at a later step: every eligible one is in
     skip: set[int] = field(default_factory=set)  # its cohort, who check in again
+    out: dict[int, float] = field(default_factory=dict)  # earlier cohorts -> back at
     chain: tuple[int, float] | None = None  # (round, origin) of the phases to continue
     window: dict[str, Any] | None = None  # what the last select opened
 
@@ -111,7 +116,9 @@ def _ref_select(
     best = np.zeros(0, dtype=np.int64)
     timeout = math.inf if case.timeout is None else case.timeout
     carried, everyone, skip, chain = state.pool, state.everyone, state.skip, state.chain
+    out = state.out
     state.pool, state.everyone, state.skip, state.chain, state.window = {}, False, set(), None, None
+    state.out = {}
     rest: dict[int, float] = {}
     ncarried = 0
     everyone_ids = np.arange(len(pop), dtype=np.int64)
@@ -129,18 +136,32 @@ def _ref_select(
         t = t0 + offset
         step_chain = None
         if offset == 0 and everyone:
-            excl = sorted(set(_busy_at(state, t)) | skip)
+            # Out of the pool: the last cohort, checking in again over the period from t (a
+            # new chain; a device busy then at its first check-in after it is done), and the
+            # earlier cohorts' devices whose check-in has not come yet.
+            out = {d: a for d, a in out.items() if d not in skip}
+            if skip:
+                again = np.array(sorted(skip), dtype=np.int64)
+                for d, f in zip(
+                    again.tolist(), _phase(fleet, again, (round_id, t), t), strict=True
+                ):
+                    a = t + period * f
+                    done = state.busy.get(d, -math.inf)
+                    if a < done:
+                        a += period * math.ceil((done - a) / period)
+                    out[d] = a
+            out = {d: a for d, a in out.items() if a > t}
+            excl = sorted(set(_busy_at(state, t)) | set(out))
             ids = pop.sample_available(
                 case.n, t, rng, min_memory_mb=case.memory, exclude=excl or None
             )
             ncarried = ids.size
-            again = np.array(sorted(skip), dtype=np.int64)
-            frac = _phase(fleet, again, (round_id, t), t) if again.size else np.zeros(0)
-            ok = eligible(again, t) & not_busy_at(again, t + period * frac) if again.size else []
-            order = np.argsort(frac[ok], kind="stable")[: max(case.n - ids.size, 0)]
-            times = np.concatenate([np.full(ids.size, offset), offset + period * frac[ok][order]])
-            at = np.concatenate([np.full(ids.size, t), t + period * frac[ok][order]])
-            ids = np.concatenate([ids, again[ok][order]])
+            back = sorted((a, d) for d, a in out.items() if eligible(np.array([d]), t)[0])
+            back = back[: max(case.n - ids.size, 0)]
+            back_at = np.array([a for a, _ in back])
+            times = np.concatenate([np.full(ids.size, offset), offset + (back_at - t)])
+            at = np.concatenate([np.full(ids.size, t), back_at])
+            ids = np.concatenate([ids, np.array([d for _, d in back], dtype=np.int64)])
         elif first is None and period > 0:
             step_chain = chain if offset == 0 and chain is not None else (round_id, t)
             c_ids, c_at = np.zeros(0, np.int64), np.zeros(0)
@@ -182,6 +203,7 @@ def _ref_select(
                 if pool.size >= case.n or (instant >= first + timeout and pool.size >= case.min_n):
                     state.window = {
                         "opens": t0 + instant,
+                        "out": out if offset == 0 and everyone else {},
                         "chain": step_chain,
                         "pool": dict(
                             zip(pool[: case.n].tolist(), at[inside][: case.n].tolist(), strict=True)
@@ -226,6 +248,8 @@ def _ref_close(fleet: SimFleet, state: _State, timing: Any) -> None:
     cohort = set(timing.device_ids.tolist())
     if window["chain"] is None or close - window["opens"] >= period:
         state.everyone, state.skip = True, cohort
+        if window["chain"] is None and close - window["opens"] < period:
+            state.out = {d: a for d, a in window["out"].items() if a > close}
         return
     opens = window["opens"]
     ids = np.arange(len(fleet.population), dtype=np.int64)
@@ -258,6 +282,7 @@ def _ref_wait_for(
     seen: list[I64] = []
     k = 0
     state.pool, state.everyone, state.skip, state.chain, state.window = {}, False, set(), None, None
+    state.out = {}
     while True:
         busy = _busy_at(state, times[k])
         ids = pop.sample_available(
