@@ -1571,9 +1571,16 @@ def run_simulation(
                 for dev, lost in zip(plan.selected, gone, strict=True)
                 if not lost  # a device that drops mid-round never reports: skip its training
             ]
-            if fleet is None:
-                # No clock: reports arrive in selection order; train only those that count.
-                jobs = jobs[: plan.target_reports]
+            if fleet is None and len(jobs) > plan.target_reports:
+                # No clock: the reports that count are the first `target_reports` to arrive,
+                # in an order drawn per round (seeded), and only they train. The selection is
+                # sorted by device index, so its first ones were always the lowest-numbered
+                # devices (helper-410: with --over-selection 2, ids 0-24 of 50 sent 367 of
+                # 400 reports). A spawn key keeps this stream apart from every
+                # default_rng([seed, ...]) of the run (see `dp_seed_for`).
+                seq = np.random.SeedSequence(cfg.seed, spawn_key=(0xA7, plan.round_id))
+                order = np.random.default_rng(seq).permutation(len(jobs))
+                jobs = [jobs[i] for i in sorted(order[: plan.target_reports])]
             bar.phase(f"training {len(jobs)} devices")
             t_train = time.perf_counter()
             results = be.train(params, jobs)
