@@ -281,8 +281,14 @@ def _unrecognized(parser: argparse.ArgumentParser, prog: str, extras: list[str])
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `plume ARGV`; returns the exit status (0 success, 2 usage error, 1 other errors)."""
-    parser = build_parser()
-    args, extras = parser.parse_known_args(argv)
+    try:
+        # Building the parsers imports every command's module: a Ctrl-C then was a
+        # KeyboardInterrupt traceback and a SIGINT death.
+        parser = build_parser()
+        args, extras = parser.parse_known_args(argv)
+    except KeyboardInterrupt:
+        print("plume: interrupted", file=sys.stderr)
+        return 130
     prog: Any = getattr(args, "_prog", "plume")
     if extras:
         _unrecognized(parser, prog, extras)

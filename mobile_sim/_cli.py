@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -389,7 +390,8 @@ def register(sub: Any) -> None:
         default=None,
         metavar="N",
         help="registered devices (default: 100; with --partition natural, all the dataset's "
-        "natural clients: 98 shakespeare speakers, 30 synthetic devices)",
+        "natural clients: 98 shakespeare speakers, 30 synthetic devices, a --plugin "
+        "dataset's train_groups)",
     )
     g.add_argument(
         "--per-round", type=int, default=10, metavar="N", help="reports aggregated per round"
@@ -879,13 +881,32 @@ def _default_partition(args: argparse.Namespace) -> None:
         args.partition = "natural" if _natural_family(args.dataset) else "dirichlet"
 
 
+def _registered_dataset(dataset: str) -> bool:
+    """Whether `dataset` is one a --plugin registered (`DATASET_LOADERS`), which may have
+    natural users of its own (a `NaturalData` with `train_groups`)."""
+    from .runner import DATASET_LOADERS
+
+    return dataset in DATASET_LOADERS
+
+
+def _natural_users(dataset: str) -> str:
+    """What a dataset's natural clients are, in the line that counts them: "speakers",
+    "devices", or "users" for a registered one."""
+    return _NATURAL_USERS.get(_natural_family(dataset) or "", "users")
+
+
 def _default_clients(args: argparse.Namespace) -> None:
     """--clients left out: 100, or with the natural split every natural client (loading the
-    dataset to count them; a `DataError` if it is missing). Sets `args.natural_count`."""
+    dataset to count them, a registered one too; a `DataError` if it is missing, a
+    `ValueError` for one without natural users). Sets `args.natural_count`."""
     _default_partition(args)
     if args.clients is not None:
         return
-    if args.partition == "natural" and _natural_family(args.dataset):
+    if args.partition == "natural" and (
+        _natural_family(args.dataset) or _registered_dataset(args.dataset)
+    ):
+        # A --plugin's dataset counted too: 100 was refused as more than its users, with a
+        # --clients the user never gave (stop 48, helper-406).
         from .runner import natural_client_count
         from .status import say
 
@@ -1234,6 +1255,34 @@ def _command(args: argparse.Namespace) -> str:
     return shlex.join(words)
 
 
+def _dest_of(options: dict[str, str], flag: str) -> str | None:
+    """The dest of option `flag` as typed (`--roun` for --rounds: argparse takes a unique
+    prefix of a long option), None for a word that names no option (a value such as -1)."""
+    if flag in options:
+        return options[flag]
+    dests = {dest for option, dest in options.items() if option.startswith(flag)}
+    return dests.pop() if len(dests) == 1 and flag.startswith("--") else None
+
+
+def _typed_dests(args: argparse.Namespace) -> set[str] | None:
+    """The dests of the options typed after `plume sim` (`--out=x` and abbreviations too; the
+    words after `--` are no options), whatever their values; None where the words are not
+    known (a namespace not made by this parser)."""
+    typed: list[str] | None = getattr(args, "_typed", None)
+    if typed is None:
+        return None
+    options: dict[str, str] = args._option_dests
+    found: set[str] = set()
+    for word in typed:
+        if word == "--":
+            break
+        if word.startswith("-") and len(word) > 1:
+            dest = _dest_of(options, word.partition("=")[0])
+            if dest is not None:
+                found.add(dest)
+    return found
+
+
 def _typed_argv(args: argparse.Namespace) -> list[str] | None:
     """rounds.json's `argv`: the command as it was typed, word for word (`plume`, `sim`, then
     the words after them, abbreviations and `--flag=value` forms kept), with the credentials
@@ -1247,10 +1296,7 @@ def _typed_argv(args: argparse.Namespace) -> list[str] | None:
     options: dict[str, str] = args._option_dests
 
     def dest_of(flag: str) -> str | None:
-        if flag in options:
-            return options[flag]
-        dests = {dest for option, dest in options.items() if option.startswith(flag)}
-        return dests.pop() if len(dests) == 1 and flag.startswith("--") else None
+        return _dest_of(options, flag)
 
     def redacted(dest: str | None, value: str) -> str:
         if dest == "ray_address":
@@ -1464,6 +1510,10 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         # "" was the current folder, whose earlier rounds.json, rounds.csv and plots the run
         # then removed (helper-353); "." still names it on purpose.
         return "--out must name a folder (got an empty one); give . for the current folder"
+    if args.data_root is not None and not args.data_root.strip():
+        # "" was the current folder, and a missing dataset's line then pointed at PLUME_DATA,
+        # which the run did not read (stop 48, helper-406); "." still names it on purpose.
+        return "--data-root must name a folder (got an empty one); give . for the current folder"
     _default_partition(args)
     if not 0.0 <= args.secure_dropout < 1.0:
         return f"--secure-dropout is a fraction in [0, 1), got {args.secure_dropout}"
@@ -1596,6 +1646,18 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         )
     if args.ort_artifacts and not Path(args.ort_artifacts).is_dir():
         return f"--ort-artifacts {args.ort_artifacts} is not a folder (run `plume export` first)"
+    if args.ort_artifacts is not None and not (args.ort_fraction > 0 or args.ort_tier):
+        # Accepted before and unused: every device trained on torch (stop 48, helper-407).
+        if args.secure:
+            return (
+                "--ort-artifacts only applies to plain rounds, with --ort-fraction or "
+                "--ort-tier; a --secure run trains every device on torch: drop --ort-artifacts"
+            )
+        return (
+            f"--ort-artifacts {args.ort_artifacts} only applies with --ort-fraction FRACTION "
+            "or --ort-tier TIER (the devices that train on onnxruntime): add one of them, or "
+            "drop --ort-artifacts"
+        )
     if args.ort_artifacts and (problem := _ort_loss_error(Path(args.ort_artifacts), args.dataset)):
         return problem
     if args.data_root and not Path(args.data_root).is_dir():
@@ -1939,11 +2001,12 @@ def _sim(args: argparse.Namespace) -> int:
         _default_clients(args)
     except DataError as exc:
         return _fail(_data_error_text(args, exc), 1)
+    except ValueError as exc:  # a registered dataset without natural users, a bad loader
+        return _fail(_in_flags(str(exc), args.secure))
     if getattr(args, "natural_count", None) is not None:
-        family = _natural_family(args.dataset) or ""
         clear()
         print(
-            f"{args.dataset}: --partition natural (its own {_NATURAL_USERS[family]}): "
+            f"{args.dataset}: --partition natural (its own {_natural_users(args.dataset)}): "
             f"{args.clients} devices, all of them (--clients N takes the first N)",
             flush=True,
         )
@@ -1985,6 +2048,11 @@ def _sim(args: argparse.Namespace) -> int:
         # a run that fails (or is interrupted before it wrote anything) removes the folders
         # made here, and only those, while they are empty.
         made = _make_folders(out)
+    except NotADirectoryError as exc:  # a file in the way: "File exists" said the opposite
+        return _fail(
+            f"cannot create the output folder --out {out} ({exc.filename} is a file, not a folder)",
+            1,
+        )
     except OSError as exc:
         reason = exc.strerror or str(exc)
         return _fail(f"cannot create the output folder --out {out} ({reason})", 1)
@@ -2021,6 +2089,13 @@ def _sim(args: argparse.Namespace) -> int:
             try:
                 try:
                     res = _run_one(c, args, label, rows)
+                except BrokenPipeError as exc:
+                    # stdout closed (`plume sim ... | head -1`): the finished rounds are
+                    # written as after Ctrl-C (the earlier run's files went as round 1
+                    # ended), then the run ends quietly, as a SIGPIPE death would (`plume`'s
+                    # handler: exit status 141). They were lost before (stop 48, helper-407).
+                    kept = _keep_on_closed_stdout(exc, run_dir, args, out, results, replace)
+                    raise
                 except Exception as exc:
                     line = _worker_failure_line(exc, run_dir, args, out, results, replace)
                     if line is None:
@@ -2142,9 +2217,9 @@ def _sim(args: argparse.Namespace) -> int:
         if ratio and r.config.dense:
             # The baseline's own frames are fp32 through zstd: "1.3x fewer than dense fp32"
             # read as a contradiction.
-            line += f" (fp32 frames through zstd: {_times(ratio, ' bytes')} than raw fp32)"
+            line += f" (fp32 frames through zstd: {_times(ratio, ' bytes', 'raw fp32')})"
         elif ratio:
-            line += f" ({_times(ratio, ' bytes')} than dense fp32)"
+            line += f" ({_times(ratio, ' bytes', 'dense fp32')})"
         line += _download_and_wire(r, s["total_download_bytes"])
         if s["sim_s"] is not None:
             line += (
@@ -2174,7 +2249,7 @@ def _sim(args: argparse.Namespace) -> int:
         dense_up, comp_up = results[1].total_up, results[0].total_up
         delta_pp = 100 * ((results[0].final_accuracy or 0) - (results[1].final_accuracy or 0))
         print(
-            f"{runs[0][0]} vs dense: {dense_up / comp_up:.1f}x fewer upload bytes, "
+            f"{runs[0][0]} vs dense: {_times(dense_up / comp_up, ' upload bytes')}, "
             f"accuracy {delta_pp:+.2f} pp"
         )
     where = f"{out}/" if len(runs) == 1 else f"{out}/{{{','.join(label for label, _ in runs)}}}/"
@@ -2269,7 +2344,8 @@ def _make_folders(path: Path) -> list[Path]:
     first. Only these are a failed run's to remove: `new/../keep_me` makes `new` and not
     `keep_me`, which was there (looking for missing folders by name took `keep_me` for one
     made and missed `new`). Raises the OSError of a folder that cannot be made, or
-    FileExistsError for a file in the way, after removing the folders it made."""
+    NotADirectoryError naming a file in the way (its FileExistsError, "File exists", said the
+    opposite of what was wrong), after removing the folders it made."""
     made: list[Path] = []
     try:
         for folder in [*reversed(path.parents), path]:
@@ -2277,7 +2353,9 @@ def _make_folders(path: Path) -> list[Path]:
                 folder.mkdir()
             except FileExistsError:
                 if not folder.is_dir():
-                    raise
+                    raise NotADirectoryError(
+                        errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(folder)
+                    ) from None
                 continue
             made.append(folder)
     except OSError:
@@ -2394,15 +2472,32 @@ def _finished_before_error(
     """For an error `_worker_failure_line` does not word (any other, after some rounds
     finished: the runners hand those on the error, `finished_rounds`): write them as an
     interrupted run's and return the line that says so, printed before the error itself.
-    None when no round finished, under PLUME_DEBUG=1, or for a closed stdout (a run piped
-    into `head`, which ends quietly): nothing is written then."""
-    if isinstance(exc, BrokenPipeError):
-        return None  # `plume sim ... | head`: ends quietly, as a SIGPIPE death would
+    None when no round finished, or under PLUME_DEBUG=1: nothing is written then. (A closed
+    stdout is `_keep_on_closed_stdout`'s.)"""
     partial = _finished_rounds_of(exc)
     if partial is None:
         return None
     where = _write_finished(partial, run_dir, args, out, results, replace)
     return "the run stopped on the error below" + where
+
+
+def _keep_on_closed_stdout(
+    exc: BrokenPipeError,
+    run_dir: Path,
+    args: argparse.Namespace,
+    out: Path,
+    results: list[Any],
+    replace: Callable[[], None],
+) -> bool:
+    """stdout closed under a run (`plume sim ... | head -1`; the runners hand the finished
+    rounds on the error, `finished_rounds`): write them as Ctrl-C's are, saying nothing (the
+    reader is gone, and a pipe's writer ends quietly); whether any were written. Under
+    PLUME_DEBUG=1 too, as after Ctrl-C: a closed stdout is no error to debug."""
+    partial = getattr(exc, "finished_rounds", None)
+    if partial is None or not partial.records:
+        return False
+    _write_finished(partial, run_dir, args, out, results, replace)
+    return True
 
 
 def _write_finished(
@@ -2527,12 +2622,21 @@ def _busy_cpu_warning(args: argparse.Namespace, load: float | None = None) -> st
     )
 
 
-def _times(ratio: float, what: str = "") -> str:
+def _times(ratio: float, what: str = "", than: str | None = None) -> str:
     """`ratio` (a baseline's bytes over a run's) as "4.2x fewer", or below 1 as "1.2x more":
-    "0.9x fewer" meant more (a secure run's download, with its key material; s47 review)."""
+    "0.9x fewer" meant more (a secure run's download, with its key material; s47 review);
+    then `what` and " than `than`". A ratio of 1 is "the same (as `than`)", or with `what`
+    "as many bytes (as ...)", and one that rounds to 1.0x either way "about" that: "1.0x
+    fewer" read as a saving where there was none, and "1.0x more" as a cost (stop 48)."""
+    if ratio > 0 and f"{max(ratio, 1 / ratio):.1f}" == "1.0":  # would read "1.0x"
+        about = "" if ratio == 1 else "about "
+        text = f"{about}as many{what}" if what else f"{about}the same"
+        return text + (f" as {than}" if than else "")
     if ratio >= 1 or ratio <= 0:
-        return f"{ratio:.1f}x fewer{what}"
-    return f"{1 / ratio:.1f}x more{what}"
+        text = f"{ratio:.1f}x fewer{what}"
+    else:
+        text = f"{1 / ratio:.1f}x more{what}"
+    return text + (f" than {than}" if than else "")
 
 
 def _download_and_wire(result: Any, down: int) -> str:
@@ -2560,7 +2664,7 @@ def _download_and_wire(result: Any, down: int) -> str:
     dense_down = sum(int(r.dense_down or 0) for r in result.records)
     if down and dense_down:
         text += (
-            f", download {down:,} B ({_times(dense_down / down)} than raw fp32 models, "
+            f", download {down:,} B ({_times(dense_down / down, than='raw fp32 models')}, "
             "4 B a parameter)"
         )
     elif down:
@@ -2626,7 +2730,15 @@ def _report(args: argparse.Namespace) -> int:
     if not args.run_dir:
         return _fail("`plume sim report` needs RUN_DIR, the --out folder of a run")
     run_flags: dict[str, tuple[str, Any]] = args._run_flags
-    if given := [flag for dest, (flag, _) in run_flags.items() if _given(args, dest)]:
+    # The flags typed, even one set to its default (`--rounds 20`, `--out runs/latest`), which
+    # passed before and were ignored all the same (stop 48, helper-407); by value only where
+    # the words typed are not known.
+    typed = _typed_dests(args)
+    if given := [
+        flag
+        for dest, (flag, _) in run_flags.items()
+        if (dest in typed if typed is not None else _given(args, dest))
+    ]:
         return _fail(
             f"`plume sim report RUN_DIR` takes no run flags (got {', '.join(given)}): it redraws "
             "the plots and rewrites rounds.csv from RUN_DIR's rounds.json alone"
@@ -2649,9 +2761,20 @@ def _report(args: argparse.Namespace) -> int:
         return _fail(str(exc))
     except RunDirError as exc:  # missing folder, no rounds.json, or a corrupt one
         return _fail(f"{exc}; RUN_DIR must be the --out folder of a `plume sim` run")
-    paths = plot_runs(found.runs, found.root, found.title)
+    try:
+        paths = plot_runs(found.runs, found.root, found.title)
+        csvs = rebuild_rounds_csv(found)
+    except OSError as exc:
+        # A bare "PATH: Operation not permitted" said nothing of what was being done.
+        where = printable(exc.filename or found.root)
+        reason = exc.strerror or str(exc)
+        return _fail(
+            f"RUN_DIR {printable(args.run_dir)} cannot be written ({reason}: {where}); "
+            "`plume sim report` redraws its plots and rewrites rounds.csv there",
+            1,
+        )
     print("rebuilt " + ", ".join(printable(p) for p in paths))
-    print("rebuilt " + ", ".join(printable(p) for p in rebuild_rounds_csv(found)))
+    print("rebuilt " + ", ".join(printable(p) for p in csvs))
     for line in missing_ledgers(found):
         print(printable(line))
     # Each run's per-round table, as the run printed it (an empty run has no table).

@@ -35,8 +35,13 @@ class FederatedData:
 
 
 def data_root(root: str | Path | None = None) -> Path:
-    """`root`, else $PLUME_DATA, else `<repo>/../shared/data`."""
+    """`root`, else $PLUME_DATA, else `<repo>/../shared/data`. An empty `root` is refused (a
+    ValueError): `Path("")` is the current folder, which a missing value is not meant to be."""
     if root is not None:
+        if isinstance(root, str) and not root.strip():
+            raise ValueError(
+                f"the data folder must be named (got {root!r}); give . for the current folder"
+            )
         return Path(root)
     env = os.environ.get("PLUME_DATA")
     if env:
@@ -71,16 +76,28 @@ def load_mnist(
 
     x: float32[N, 1, 28, 28], normalised with MNIST's mean and std.
     """
+    if not 0 < train_size:
+        raise ValueError(f"train_size must be at least 1, got {train_size}")
     base = data_root(root) / "mnist-t10k"
-    images = _read_idx(base / "t10k-images-idx3-ubyte.gz", 2051, 3)
-    labels = _read_idx(base / "t10k-labels-idx1-ubyte.gz", 2049, 1)
+    images_path = base / "t10k-images-idx3-ubyte.gz"
+    labels_path = base / "t10k-labels-idx1-ubyte.gz"
+    images = _read_idx(images_path, 2051, 3)
+    labels = _read_idx(labels_path, 2049, 1)
     if len(images) != len(labels):
-        raise DataError("MNIST images and labels differ in count")
+        raise DataError(
+            f"{base}: {images_path.name} holds {len(images):,} images but {labels_path.name} "
+            f"{len(labels):,} labels; they must be the same count"
+        )
     if labels.size and int(labels.max()) > 9:
         # The models have 10 outputs: such a label failed inside torch mid-round.
         raise DataError(f"{base}: MNIST labels must be 0..9, found {int(labels.max())}")
-    if not 0 < train_size < len(images):
-        raise ValueError(f"train_size must be in 1..{len(images) - 1}")
+    if len(images) <= train_size:
+        # A valid but short file: a data problem, named with its counts (it was a ValueError
+        # about train_size, an option `plume sim` does not have; stop 48).
+        raise DataError(
+            f"{images_path}: {len(images):,} images, but {train_size + 1:,} or more are needed "
+            f"({train_size:,} to train on and at least 1 to test); MNIST t10k has 10,000"
+        )
     x = ((images.astype(np.float32) / 255.0 - _MNIST_MEAN) / _MNIST_STD)[:, None, :, :]
     y = labels.astype(np.int64)
     order = np.random.default_rng(seed).permutation(len(x))

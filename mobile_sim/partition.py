@@ -49,7 +49,15 @@ def dirichlet(
     min_size: int = 2,
     max_tries: int = 1000,
 ) -> Parts:
-    """Label skew after Hsu et al. 2019: each class is split over clients by Dir(alpha).
+    """Label skew by a per-class Dirichlet split: for each class, proportions p ~ Dir(alpha)
+    over the `n` clients, and client j gets a share p_j of that class's examples.
+
+    This is the split of Yurochkin et al. 2019 (PFNM), Wang et al. 2020 (FedMA) and Li et al.
+    2022 (NIID-Bench, "distribution-based label imbalance"), without the cap NIID-Bench's
+    code adds (a client already holding more than len(labels) / n examples gets no share of
+    the next classes), so client sizes vary more. It is not Hsu et al. 2019's split, which
+    draws each client's class mix q ~ Dir(alpha * prior) and fills equal-sized clients from
+    it: there alpha shapes each client's classes, here each class's spread over the clients.
 
     Small alpha means each client sees few classes. Draws again until every client holds at
     least `min_size` examples (as is customary), and fails clearly if that never happens.

@@ -251,6 +251,8 @@ def _run_files(root: Path) -> list[Path]:
     subfolder SUB's ROOT/SUB/rounds.json or ROOT/SUB/{compressed,secure,dense}/rounds.json.
     Nothing deeper: a folder such as /tmp is not searched for any rounds.json below it."""
     if not root.is_dir():
+        if not root.exists():  # "is not a folder" alone read as a file in the way
+            raise RunDirNotFound(f"{root} is not a folder: it does not exist")
         raise RunDirNotFound(f"{root} is not a folder (no rounds.json)")
     paths = _own_files(root)
     if not paths:
@@ -574,6 +576,10 @@ def plot_round_durations(runs: Sequence[Run], path: str | Path) -> Path:
             if vs:
                 ax.hist(vs, bins=edges, alpha=0.6, label=label)
         ax.set_xlabel("seconds")
+        # At most 5 ticks: equal durations (every round timed the same, `--deadline 0.01`)
+        # span 2 % of the axis, whose default 9 or more labels ("0.009900", "0.009925", ...)
+        # ran into one another (stop 48, helper-407).
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=5))
         # Plain tick labels: nearly equal durations had an offset ("1e-6+2.052e-1") at the
         # axis' end that the reader had to add to every tick.
         ax.ticklabel_format(axis="x", useOffset=False)

@@ -112,8 +112,11 @@ def test_make_folders_returns_those_it_made_deepest_first(
 def test_make_folders_refuses_a_file_in_the_way(tmp_path: Path) -> None:
     (tmp_path / "f").write_text("x")
 
-    with pytest.raises(FileExistsError):
+    # NotADirectoryError naming the file (stop 48: FileExistsError's "File exists" said the
+    # opposite; tests/mobile_sim/test_s48_error_texts.py)
+    with pytest.raises(NotADirectoryError) as caught:
         _make_folders(tmp_path / "f" / "g")
+    assert caught.value.filename == str(tmp_path / "f")
 
 
 def _no_writes(*args: object, **kwargs: object) -> None:

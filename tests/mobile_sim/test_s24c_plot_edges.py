@@ -91,5 +91,7 @@ def test_plume_sim_report_names_the_plot_it_could_not_write(
     err = capsys.readouterr().err
     assert code == 1
     assert err.strip() == (
-        f"plume sim: error: {tmp_path / 'accuracy_vs_upload_bytes.png'}: Permission denied"
+        f"plume sim: error: RUN_DIR {tmp_path} cannot be written (Permission denied: "
+        f"{tmp_path / 'accuracy_vs_upload_bytes.png'}); `plume sim report` redraws its plots "
+        "and rewrites rounds.csv there"
     )
