@@ -44,7 +44,7 @@ examples:
       --model mlp --rounds 20 --clients-per-round 10 --topk 0.01 --bits 4
   plume coordinator create-task --url http://127.0.0.1:8080 \\
       --model mlp --rounds 20 --clients-per-round 10 --secure --secure-fraction 0.05 \\
-      --stage-timeout 30
+      --stage-timeout 30 --deadline 150
   plume coordinator status --url http://127.0.0.1:8080 --task 1
   plume coordinator pause  --url http://127.0.0.1:8080 --task 1
   plume coordinator get-model --task 1 --out model.pt
@@ -221,6 +221,29 @@ def _rounds_page(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a number of rounds, got {text!r}") from None
     if not 1 <= n <= _MAX_LAST:
         raise argparse.ArgumentTypeError(f"a number of rounds is 1 to {_MAX_LAST}, got {n}")
+    return n
+
+
+def _task_id(text: str) -> int:
+    """A task id as create-task prints it (SQLite's positive INTEGERs): 0 or -1 is a usage
+    mistake here, not a request the coordinator answers 422."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a task id, got {text!r}") from None
+    if not 1 <= n <= 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"a task id is 1 to 2**63 - 1, got {n}")
+    return n
+
+
+def _model_version(text: str) -> int:
+    """get-model --version: a model version, 0 (the initial model) or more."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a model version, got {text!r}") from None
+    if not 0 <= n <= 2**63 - 1:
+        raise argparse.ArgumentTypeError(f"a model version is 0 to 2**63 - 1, got {n}")
     return n
 
 
@@ -499,7 +522,9 @@ def register(sub: Any) -> None:
         ),
     )
     admin_args(c)
-    c.add_argument("--name", default=None, help="task name (default: the model's name)")
+    c.add_argument(
+        "--name", default=None, help="task name, 1 to 200 characters (default: the model's name)"
+    )
     c.add_argument(
         "--model",
         default="mlp",
@@ -566,16 +591,23 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="open a round with >= --min-reports checked-in devices this long after the first",
     )
+    # Noted when given (`_Given`): --secure refuses them as typed, whatever their value.
     c.add_argument(
-        "--topk", type=float, default=0.01, metavar="FRACTION", help="upload: coordinates kept"
+        "--topk",
+        action=_Given,
+        type=float,
+        default=0.01,
+        metavar="FRACTION",
+        help="upload: coordinates kept (not with --secure)",
     )
     c.add_argument(
         "--bits",
+        action=_Given,
         type=int,
         default=4,
         choices=_CODEC_BITS,
         metavar="BITS",
-        help="upload: bits a value, 1, 2, 4, 8 (quantized), 16 or 32 (floats)",
+        help="upload: bits a value, 1, 2, 4, 8 (quantized), 16 or 32 (floats; not with --secure)",
     )
     c.add_argument(
         "--no-error-feedback",
@@ -648,9 +680,7 @@ def register(sub: Any) -> None:
         help="choose S_r from |global update| instead of the row/column energy sketch "
         "(default: the sketch)",
     )
-    c.set_defaults(
-        func=_create_task, _codec_defaults=(c.get_default("topk"), c.get_default("bits"))
-    )
+    c.set_defaults(func=_create_task)
 
     def complete_help(parser: argparse.ArgumentParser) -> None:
         # The aggregator list and SecureConfig's defaults import numpy and the aggregators:
@@ -694,7 +724,7 @@ def register(sub: Any) -> None:
         admin_args(q)
         q.add_argument(
             "--task",
-            type=int,
+            type=_task_id,
             required=name != "status",
             metavar="ID",
             help="id create-task printed"
@@ -739,17 +769,20 @@ def register(sub: Any) -> None:
             "  plume coordinator get-model --task 1 --out model.npz\n"
             "  plume coordinator get-model --task 1 --out v5.npz --version 5\n"
             "  plume coordinator get-model --task 1 --out model.pt --strip-prefix net.\n\n"
-            "Load them with torch.load('model.pt', weights_only=True) into the model "
-            "(mobile_sim.models.build_model(NAME), after importing the plugin that registers "
-            "NAME if it is not a zoo model) with load_state_dict(..., strict=True); with "
-            "--strip-prefix net., into your own nn.Sequential of the zoo MLP's layers (the "
-            "README's SDK example) instead, whose keys are 1.weight, not net.1.weight; "
-            "numpy.load('model.npz', allow_pickle=False)[NAME]; "
+            # Wrapped by hand, as the examples above: this parser does not reflow its epilog.
+            "Load them with torch.load('model.pt', weights_only=True) into the model\n"
+            "(mobile_sim.models.build_model(NAME), after importing the plugin that registers\n"
+            "NAME if it is not a zoo model) with load_state_dict(..., strict=True); with\n"
+            "--strip-prefix net., into your own nn.Sequential of the zoo MLP's layers (the\n"
+            "README's SDK example) instead, whose keys are 1.weight, not net.1.weight;\n"
+            "numpy.load('model.npz', allow_pickle=False)[NAME];\n"
             "compression.decode_snapshot(bytes, spec).\n"
         ),
     )
     admin_args(m)
-    m.add_argument("--task", type=int, required=True, metavar="ID", help="id create-task printed")
+    m.add_argument(
+        "--task", type=_task_id, required=True, metavar="ID", help="id create-task printed"
+    )
     m.add_argument(
         "--plugin",
         action="append",
@@ -760,11 +793,15 @@ def register(sub: Any) -> None:
         "weights) can build a task whose model_name a plugin registers",
     )
     m.add_argument(
-        "--out", required=True, metavar="FILE", help="file to write (replaced if it exists)"
+        "--out",
+        required=True,
+        metavar="FILE",
+        help="file to write (replaced if it exists, unless it is a SQLite database, a "
+        "coordinator's or not, or a file beside one: its -wal, -shm, -journal or .lock)",
     )
     m.add_argument(
         "--version",
-        type=int,
+        type=_model_version,
         default=None,
         metavar="N",
         help="the version wanted (default: the current one). The coordinator rebuilds an older "
@@ -778,9 +815,10 @@ def register(sub: Any) -> None:
         "--initial",
         default=None,
         metavar="FILE",
-        help="the task's initial model (version 0) for --version, needed only when the "
-        "coordinator does not keep it (a task stored before schema 4): a snapshot, .npz or .pt "
-        "file as get-model writes them (default: a zoo task's weights for its seed)",
+        help="the task's initial model (version 0) for --version (refused without it), "
+        "needed only when the coordinator does not keep it (a task stored before schema 4): "
+        "a snapshot, .npz or .pt file as get-model writes them (default: a zoo task's "
+        "weights for its seed)",
     )
     m.add_argument(
         "--format",
@@ -1112,8 +1150,7 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
     if _path(args.db).is_dir():
         return bad(
             "db",
-            f"--db {args.db} is a folder; give the database file's path, e.g. "
-            f"--db {Path(args.db) / 'plume.db'}",
+            _folder_given("--db", args.db, "the database file's path", "plume.db"),
             f"is a folder{at}; give the database file's path",
         )
     folder = _path(args.db).resolve().parent
@@ -1285,25 +1322,38 @@ def _host_error(host: str) -> str | None:
     return None
 
 
-def _db_access_error(db_arg: str) -> str | None:
+def _no_access(path: Path | str) -> str | None:
+    """ "this user (uid N) cannot read and write PATH (owned by uid M, mode 0600)" when this
+    user may not open the file at `path` to read and write it; None when it may, or there is
+    no such file."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    if os.access(path, os.R_OK | os.W_OK):
+        return None
+    return (
+        f"this user (uid {os.geteuid()}) cannot read and write {path} (owned by uid "
+        f"{st.st_uid}, mode {st.st_mode & 0o7777:04o})"
+    )
+
+
+def _db_access_error(db_arg: str, command: str = "serve") -> str | None:
     """Why this user cannot use the database's files (permissions), or None. Checked before
-    the store opens them: SQLite says only "unable to open database file", and a lock file
-    another user left was taken for a folder that is not writable."""
+    the store opens them (serve) or restore takes their lock: SQLite says only "unable to
+    open database file", and a lock file another user left was taken for a folder that is
+    not writable ("make its folder writable"). `command`: the one to run as their owner."""
     from .service.store import lock_path
 
     db = _path(db_arg)
     user = f"this user (uid {os.geteuid()})"
-    fix = "run serve as the user that owns the database's files, or give them to this one (chown)"
+    fix = (
+        f"run {command} as the user that owns the database's files, or give them to this one "
+        "(chown)"
+    )
     for path in (db, Path(f"{db}-wal"), Path(f"{db}-shm"), Path(lock_path(db))):
-        try:
-            st = path.stat()
-        except FileNotFoundError:
-            continue
-        if not os.access(path, os.R_OK | os.W_OK):
-            return (
-                f"cannot use the database {db_arg}: {user} cannot read and write {path} "
-                f"(owned by uid {st.st_uid}, mode {st.st_mode & 0o7777:04o}); {fix}"
-            )
+        if (why := _no_access(path)) is not None:
+            return f"cannot use the database {db_arg}: {why}; {fix}"
     folder = db.resolve().parent
     if not db.exists() and not os.access(folder, os.W_OK | os.X_OK):
         st = folder.stat()
@@ -1490,6 +1540,27 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
+def _admin_url_problem(url: str) -> str | None:
+    """What is wrong with an admin command's --url (`_url_problem`'s, and what httpx takes
+    and then mishandles: a port past 65535 or 0, which fails only when connecting, and a query
+    or fragment, which the base URL's path silently lost: `http://h:1?x=1` sent every request
+    to `/?x=1/v1/admin/...`), or None."""
+    import httpx
+
+    if (problem := _url_problem(url)) is not None:
+        return problem
+    port = httpx.URL(url).port
+    if port is not None and not 1 <= port <= 65535:
+        return f"its port {port} is not a TCP port (1-65535)"
+    if "?" in url or "#" in url:
+        return (
+            f"it has a {'query' if '?' in url else 'fragment'} ({'?' if '?' in url else '#'}...); "
+            "--url is the coordinator's base URL (scheme, host and port, plus a path only if "
+            "a proxy serves it under one)"
+        )
+    return None
+
+
 def _admin(args: argparse.Namespace) -> Any:
     from .service import AdminClient
 
@@ -1499,10 +1570,23 @@ def _admin(args: argparse.Namespace) -> Any:
         _fail(prog, "an admin token is required (--admin-token or PLUME_ADMIN_TOKEN)")
     if (problem := _token_problem(args)) is not None:
         _fail(prog, problem)
-    if not args.url.startswith(("http://", "https://")):
+    scheme, sep, rest = args.url.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
         _fail(prog, f"--url must start with http:// or https://, got {args.url!r}")
-    if (problem := _url_problem(args.url)) is not None:
-        _fail(prog, f"--url {args.url!r} is not a valid URL: {problem}")
+    given = args.url
+    # A scheme is case-insensitive (RFC 3986): HTTP:// was refused. Lower-cased here, so the
+    # error texts' http:// and https:// tests read it too.
+    args.url = f"{scheme.lower()}://{rest}"
+    if (problem := _admin_url_problem(args.url)) is not None:
+        _fail(prog, f"--url {given!r} is not a valid URL: {problem}")
+    if args.cacert is not None and scheme.lower() == "http":
+        # Read, checked and then unused: nothing is verified over plain HTTP.
+        _fail(
+            prog,
+            f"--cacert verifies an HTTPS coordinator's certificate; it needs an https:// --url, "
+            f"got {given!r} (drop --cacert, or use the https:// URL `serve --tls-cert` serves)",
+            2,
+        )
     import ssl
 
     from protocol.tls import tls_verify
@@ -1657,6 +1741,8 @@ def _create_task(args: argparse.Namespace) -> int:
     # asked (unreachable) are status 1, as is a --model whose factory fails (the plugin's
     # code, not a flag's value).
     problem = _task_flag_error(args)
+    if problem is None and args.initial is not None and _path(args.initial).is_dir():
+        problem = _folder_given("--initial", args.initial, "the model file's path")
     if problem is not None:
         print_error("plume coordinator create-task", problem)
         return 2
@@ -1671,7 +1757,7 @@ def _create_task(args: argparse.Namespace) -> int:
         return 1
     try:
         config = TaskConfig(
-            name=args.name or args.model,
+            name=args.model if args.name is None else args.name,
             model_name=args.model,
             spec=[TensorShape(e.name, list(e.shape)) for e in spec.entries],
             rounds=args.rounds,
@@ -1762,10 +1848,8 @@ def _initial_from_file(
     are not sent."""
     what = f"--initial {name}"
     path = _path(name)
-    if not path.exists():
-        return f"{what}: no such file", []
-    if not path.is_file():
-        return f"{what}: not a file", []
+    if not path.is_file():  # a folder is refused before (`_create_task`), status 2
+        return f"{what}: {_not_a_file(path)}", []
     not_sent = frozenset(model.state_dict()) - {e.name for e in spec.entries}
     try:
         return _read_model_file(path, spec, not_sent)
@@ -1888,6 +1972,9 @@ def _task_flag_error(args: argparse.Namespace) -> str | None:
 
     if args.model not in MODELS:
         return f"unknown model {args.model!r} (--model); choose one of {', '.join(sorted(MODELS))}"
+    if args.name == "":
+        # It silently became the model's name (s48, helper-411).
+        return "--name must not be empty; leave it out to name the task after --model"
     if not 0 <= args.seed < 2**63:
         # Before the model is built from it (torch refuses a seed past 64 bits in its own words).
         return f"seed must be in [0, 2**63) (--seed), got {args.seed}"
@@ -1944,6 +2031,8 @@ _TASK_FLAGS = {
 
 def _with_flag(message: str) -> str:
     """`message` with the flag that sets the field it starts with, e.g. `... (--rounds)`."""
+    if message.startswith("--"):
+        return message  # the CLI's own words, which begin with the flag
     secure_flags = {key: flag for flag, key, _, _ in _SECURE_FLAGS}
     message = re.sub(
         r"\bsecure\.(\w+)", lambda m: secure_flags.get(m.group(1), m.group(0)), message
@@ -1969,14 +2058,44 @@ def _with_flag(message: str) -> str:
     return message
 
 
+# The create-task flag of each `TaskConfig.secure` key.
+_SECURE_KEY_FLAGS = {key: flag for flag, key, _, _ in _SECURE_FLAGS} | {
+    "noise": "--secure-noise",
+    "sketch": "--secure-no-sketch",
+}
+
+
 def _secure_settings(args: argparse.Namespace) -> dict[str, Any] | None:
-    """`TaskConfig.secure` from the --secure flags (None without --secure)."""
-    keys = [key for _, key, _, _ in _SECURE_FLAGS] + ["noise", "sketch"]
-    given = {k: getattr(args, f"secure_{k}") for k in keys}
+    """`TaskConfig.secure` from the --secure flags (None without --secure). ValueError for a
+    flag given that the task would store and never use, naming it."""
+    given = {k: getattr(args, f"secure_{k}") for k in _SECURE_KEY_FLAGS}
     if not args.secure:
-        if any(v is not None for v in given.values()):
-            raise ValueError("the secure-aggregation options need --secure")
+        named = [_SECURE_KEY_FLAGS[k] for k, v in given.items() if v is not None]
+        if named:
+            # Named (s48, helper-411): "the secure-aggregation options" said not which.
+            many = len(named) > 1
+            raise ValueError(
+                f"{' and '.join([', '.join(named[:-1]), named[-1]] if many else named)} "
+                f"need{'' if many else 's'} --secure: "
+                f"{'they set' if many else 'it sets'} a secure task's SecAgg+ rounds, and "
+                "without --secure the task runs plain rounds"
+            )
         return None
+    spec = given["group_aggregator"]
+    if spec is not None and given["group_size"] is None:
+        # Stored and never read: without a group size the round is one SecAgg, no groups.
+        raise ValueError(
+            f"--secure-group-aggregator combines the group sums of grouped mode, which "
+            f"--secure-group-size G turns on; without --secure-group-size it is unused (got "
+            f"--secure-group-aggregator {spec!r})"
+        )
+    if spec is not None:
+        from .aggregators import build_aggregator
+
+        try:
+            build_aggregator(spec)
+        except ValueError as exc:  # its own words named no flag ("secure: unknown ...")
+            raise ValueError(f"--secure-group-aggregator {spec!r}: {exc}") from None
     if given["coord_fraction"] is not None and given["upload_budget"] is not None:
         # The budget chooses |S_r| each round and the fraction was silently ignored.
         raise ValueError(
@@ -1996,11 +2115,25 @@ def _secure_settings(args: argparse.Namespace) -> dict[str, Any] | None:
             f"skellam; without --secure-noise (or with none) no device adds noise (got "
             f"--secure-noise-multiplier {z:g})"
         )
-    if (args.topk, args.bits) != args._codec_defaults:
-        # They set the plain upload codec, which a secure task's devices never use.
+    dropout = given["expected_dropout"]
+    if dropout is not None and given["noise"] in (None, "none"):
+        # Read only to calibrate the noise (as --secure-noise-multiplier, refused above).
         raise ValueError(
-            "--topk and --bits set the plain upload codec; a secure task's devices upload a "
-            "masked sketch sized by --secure-upload-budget, --secure-bits bits a value"
+            "--secure-expected-dropout is the dropout the noise of --secure-noise "
+            "discrete_gaussian or skellam allows for; without --secure-noise (or with none) "
+            f"no device adds noise and it is unused (got --secure-expected-dropout {dropout:g})"
+        )
+    typed: frozenset[str] = getattr(args, "_given", frozenset())
+    codec = [flag for flag, dest in (("--topk", "topk"), ("--bits", "bits")) if dest in typed]
+    if codec:
+        # They set the plain upload codec, which a secure task's devices never use. Asked of
+        # the flags typed: a value equal to the default was taken and ignored before (s48).
+        many = len(codec) > 1
+        raise ValueError(
+            f"{' and '.join(codec)} set{'' if many else 's'} the plain upload codec, which a "
+            "secure task's devices never use: they upload a masked sketch sized by "
+            "--secure-fraction or --secure-upload-budget, --secure-bits bits a value; drop "
+            f"{'them' if many else 'it'}"
         )
     return {k: v for k, v in given.items() if v is not None}
 
@@ -2161,32 +2294,20 @@ _REBUILD_REFUSED = "cannot be rebuilt"
 
 
 def _get_model(args: argparse.Namespace) -> int:
-    import httpx
-
-    from .service import AdminError
-
     prog = "plume coordinator get-model"
     # Before anything else: the plugins register the model_name --format pt builds.
     if not _import_plugins(prog, args.plugin):
         return 2
     out = _path(args.out)
     if out.is_dir():
-        _fail(
-            prog, f"--out {args.out} is a folder; give the file to write, e.g. {out / 'model.pt'}"
-        )
+        _fail(prog, _folder_given("--out", args.out, "the file to write", "model.pt"), 2)
     if not out.resolve().parent.is_dir():
         _fail(
             prog, f"the folder of --out {args.out} does not exist; create it or pick another path"
         )
     if not os.access(out.resolve().parent, os.W_OK | os.X_OK):
         # Before the download (and an older version's rebuild), not after it.
-        _fail(
-            prog,
-            f"cannot write --out {args.out}: this user may not create files in "
-            f"{out.resolve().parent}; pick another --out",
-        )
-    if args.version is not None and args.version < 0:
-        _fail(prog, f"--version must be >= 0, got {args.version}")
+        _fail(prog, _out_folder_error(args.out, out.resolve().parent))
     fmt = _model_format(args)
     if args.strip_prefix is not None and fmt == "snapshot":
         _fail(
@@ -2195,8 +2316,41 @@ def _get_model(args: argparse.Namespace) -> int:
             "(give --out a .pt or .npz suffix, or --format pt or npz)",
             2,
         )
-    if args.initial is not None and not _path(args.initial).is_file():
-        _fail(prog, f"--initial {args.initial}: {_not_a_file(_path(args.initial))}")
+    if args.initial is not None and args.version is None:
+        # It was ignored: the current model needs no rebuild, so no initial model.
+        _fail(
+            prog,
+            f"--initial {args.initial} is the initial model an older --version is rebuilt "
+            "from; without --version get-model downloads the current model and reads no "
+            "--initial (give --version N, or drop --initial)",
+            2,
+        )
+    if args.initial is not None:
+        _need_file(prog, "--initial", args.initial, "the model file's path")
+    # Never over a database or a file beside one (s48, helper-411: `--out p0.db` of a served
+    # database made it an npz), as backup refuses: checked before the download.
+    if (base := _database_beside(out)) is not None:
+        _fail(
+            prog,
+            f"--out {args.out} is a side file of the database {base} (its -wal, -shm, "
+            f"-journal or .lock file): {_NOT_OVER_A_DATABASE}",
+        )
+    lock = _out_lock(prog, args.out, out, "get-model")
+    try:
+        if _is_sqlite(out):  # one no coordinator serves now: a stopped one's, a backup
+            _fail(prog, f"--out {args.out} is a SQLite database: {_NOT_OVER_A_DATABASE}")
+        return _download_model(args, prog, out, fmt)
+    finally:
+        if lock is not None:
+            os.close(lock)  # after the rename: no coordinator started on --out meanwhile
+
+
+def _download_model(args: argparse.Namespace, prog: str, out: Path, fmt: str) -> int:
+    """get-model's download (and rebuild) of the model, written to `out` in `fmt`."""
+    import httpx
+
+    from .service import AdminError
+
     try:
         with _admin(args) as admin:
             given = None
@@ -2231,6 +2385,8 @@ def _get_model(args: argparse.Namespace) -> int:
         size = _write_atomic(out, write, prog)
     except ValueError as exc:
         _fail(prog, str(exc))
+    except _NoTempFile as exc:
+        _fail(prog, _out_folder_error(args.out, out.resolve().parent, exc.strerror))
     except OSError as exc:
         _fail(prog, f"cannot write --out {args.out}: {exc.strerror or exc}")
     wrote: dict[str, Any] = {
@@ -2753,7 +2909,10 @@ def _locked_temp(path: Path, prog: str) -> tuple[int, str]:
             f"{prog}: note: removed {old.name}, a partial copy an interrupted run left",
             file=sys.stderr,
         )
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:  # a read-only or foreign folder (root too: /sys), a full disk
+        raise _NoTempFile(exc.errno, exc.strerror or str(exc)) from exc
     fcntl.flock(fd, fcntl.LOCK_EX)  # a new file: nobody else holds it
     return fd, tmp
 
@@ -2818,17 +2977,75 @@ def _plume_info(conn: sqlite3.Connection, what: str) -> tuple[str, int]:
 
 def _not_a_file(path: Path) -> str:
     """Why `path`, given as a file, is not one: "is a folder" or "no such file" (a folder was
-    called "no such file" before)."""
+    called "no such file" before). The commands say a folder with `_folder_given` first."""
     if path.is_dir():
         return "is a folder, not a file"
     return "no such file" if not path.exists() else "is not a regular file"
 
 
+def _folder_given(flag: str, given: str, what: str, example: str | None = None) -> str:
+    """The one sentence of every command for a folder given where a file is wanted, a usage
+    mistake (status 2, as serve's --db): `--db adir is a folder; give the database file's
+    path, e.g. --db adir/plume.db` (s48, helper-411: five commands had four wordings)."""
+    hint = f", e.g. {flag} {Path(given) / example}" if example else ""
+    return f"{flag} {given} is a folder; give {what}{hint}"
+
+
+def _need_file(prog: str, flag: str, given: str, what: str, example: str | None = None) -> None:
+    """Fail unless `given` names a regular file: a folder is a usage mistake (status 2), a
+    file that is not there status 1."""
+    path = _path(given)
+    if path.is_dir():
+        _fail(prog, _folder_given(flag, given, what, example), 2)
+    if not path.is_file():
+        _fail(prog, f"{flag} {given}: {_not_a_file(path)}")
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"  # the first 16 bytes of every SQLite database file
+
+
+def _is_sqlite(path: Path | str, *, empty: bool = False) -> bool:
+    """Whether the file at `path` is a SQLite database (by its header; `empty`: an empty
+    file too, as a database whose first commit is still in its -wal is)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_HEADER))
+    except OSError:
+        return False
+    return head == _SQLITE_HEADER or (empty and head == b"" and os.path.isfile(path))
+
+
+def _database_beside(out: Path) -> Path | None:
+    """The SQLite database whose -wal, -shm, -journal or .lock file `out` is (`_is_side_file`,
+    by any path: a symlink to one too), or None: what get-model must not write over, though it
+    knows no --db (a served p0.db-wal became an npz, and the database its last commits)."""
+    real = os.path.realpath(out)
+    for side in (*_SIDE_SUFFIXES, ".lock"):
+        base = Path(real.removesuffix(side))
+        if real.endswith(side) and _is_sqlite(base, empty=True) and _is_side_file(out, base):
+            return base
+    return None
+
+
+def _out_folder_error(given: str, folder: Path, why: str | None = None) -> str:
+    """get-model's and backup's sentence for an --out whose folder this user may not create
+    files in (the temporary file they write through): it names --out, not the temporary
+    file (`[Errno 13] Permission denied: '/sys/.b.db.zf0jow51.tmp'` before)."""
+    because = f" ({why})" if why else ""
+    return (
+        f"cannot write --out {given}: this user may not create files in {folder}{because}; "
+        "pick another --out"
+    )
+
+
+class _NoTempFile(OSError):
+    """The temporary file a write goes through could not be created in --out's folder."""
+
+
 def _backup(args: argparse.Namespace) -> int:
     prog = "plume coordinator backup"
     db, out = _path(args.db), _path(args.out)
-    if not db.is_file():
-        _fail(prog, f"--db {args.db}: {_not_a_file(db)}")
+    _need_file(prog, "--db", args.db, "the database file's path", "plume.db")
     if out.exists() and out.samefile(db):
         _fail(prog, f"--out is the database itself ({args.out}); give another file")
     if _is_side_file(out, db):
@@ -2839,9 +3056,11 @@ def _backup(args: argparse.Namespace) -> int:
             ".lock file); give another file",
         )
     if out.is_dir():
-        _fail(prog, f"--out {args.out} is a folder; give the file to write")
+        _fail(prog, _folder_given("--out", args.out, "the file to write", db.name), 2)
     if not out.resolve().parent.is_dir():
         _fail(prog, f"the folder of --out {args.out} does not exist; create it or pick another")
+    if not os.access(out.resolve().parent, os.W_OK | os.X_OK):
+        _fail(prog, _out_folder_error(args.out, out.resolve().parent))  # as get-model's
     lock = _out_lock(prog, args.out, out)
     try:
         with contextlib.closing(_connect_existing(db)) as source:
@@ -2849,6 +3068,8 @@ def _backup(args: argparse.Namespace) -> int:
             size = _backup_atomic(source, out, prog)
     except ValueError as exc:
         _fail(prog, str(exc))
+    except _NoTempFile as exc:  # access() lets root through where the file system refuses
+        _fail(prog, _out_folder_error(args.out, out.resolve().parent, exc.strerror))
     except (sqlite3.Error, OSError) as exc:
         _fail(prog, f"cannot back up --db {args.db} to {args.out}: {exc}")
     finally:
@@ -2859,37 +3080,51 @@ def _backup(args: argparse.Namespace) -> int:
     return 0
 
 
-def _out_lock(prog: str, given: str, out: Path) -> int | None:
-    """Refuse a backup's --out that is a database in use (helper-335: `backup --db old.bak
-    --out plume.db`, the arguments swapped, renamed the copy over the file a coordinator
-    served; its -wal then put the old state back): one a coordinator serves (its `.lock`
-    held), or one with a -wal or -journal holding writes (replayed onto the copy when it is
-    opened). Where a `.lock` lies beside --out, it is taken and returned, to hold while the
-    copy is renamed over --out, so no coordinator starts on it meanwhile."""
+# get-model's refusal of an --out that is a database or a file beside one (s48, helper-411).
+_NOT_OVER_A_DATABASE = "get-model does not write a model over a database; give another file"
+
+
+def _out_lock(prog: str, given: str, out: Path, command: str = "backup") -> int | None:
+    """Refuse a backup's (or get-model's: `command`) --out that is a database in use
+    (helper-335: `backup --db old.bak --out plume.db`, the arguments swapped, renamed the copy
+    over the file a coordinator served; its -wal then put the old state back; helper-411:
+    `get-model --out p0.db` made a served database an npz): one a coordinator serves (its
+    `.lock` held), or one with a -wal or -journal holding writes (replayed onto the copy when
+    it is opened). Where a `.lock` lies beside --out, it is taken and returned, to hold while
+    the file is renamed over --out, so no coordinator starts on it meanwhile; a `.lock` this
+    user may not open is named with its owner and mode, as serve names it."""
     from .service.store import LockHeld, StoreError, lock_path, take_lock
 
-    use_restore = (
-        "backup does not write over a database in use; give another file, or stop its "
-        "coordinator and put a backup in its place with `plume coordinator restore`"
-    )
+    if command == "backup":
+        refusal = (
+            "backup does not write over a database in use; give another file, or stop its "
+            "coordinator and put a backup in its place with `plume coordinator restore`"
+        )
+        replayed = "SQLite would replay onto the copy"
+    else:
+        refusal, replayed = _NOT_OVER_A_DATABASE, "in use"
     lock: int | None = None
     if os.path.lexists(lock_path(out)):
+        if (why := _no_access(lock_path(out))) is not None:
+            # Else take_lock's "cannot create its lock file ...; make its folder writable".
+            _fail(
+                prog,
+                f"cannot write --out {given}: {why}, the lock file of the database --out "
+                f"names; run {command} as its owner, or pick another --out",
+            )
         try:
             lock = take_lock(out)
         except LockHeld as exc:
             _fail(
                 prog,
-                f"--out {given} is a database a coordinator (pid {exc.holder}) serves: {use_restore}",
+                f"--out {given} is a database a coordinator (pid {exc.holder}) serves: {refusal}",
             )
         except StoreError as exc:
             _fail(prog, str(exc))
     if side := _unfolded_side(out):
         if lock is not None:
             os.close(lock)
-        _fail(
-            prog,
-            f"--out {given} {side}, writes of a database SQLite would replay onto the copy: {use_restore}",
-        )
+        _fail(prog, f"--out {given} {side}, writes of a database {replayed}: {refusal}")
     return lock
 
 
@@ -2928,15 +3163,18 @@ def _restore(args: argparse.Namespace) -> int:
 
     prog = "plume coordinator restore"
     db, source_path = _path(args.db), _path(args.source)
-    if not source_path.is_file():
-        _fail(prog, f"--from {args.source}: {_not_a_file(source_path)}")
+    _need_file(prog, "--from", args.source, "the backup file's path")
     if db.is_dir():
         # Else "has 2 hard links" (a folder's link count) or sqlite's own words.
-        _fail(prog, f"--db {args.db}: is a folder; give the database file")
+        _fail(prog, _folder_given("--db", args.db, "the database file's path", "plume.db"), 2)
     if db.exists() and db.samefile(source_path):
         _fail(prog, f"--from is the database itself ({args.source}); give the backup")
     if not db.resolve().parent.is_dir():
         _fail(prog, f"the folder of --db {args.db} does not exist; create it or pick another")
+    if (problem := _db_access_error(args.db, "restore")) is not None:
+        # serve's check and words (s48, helper-411): a lock file of another user, mode 0600,
+        # was take_lock's "cannot create its lock file ...; make its folder writable".
+        _fail(prog, problem)
     # What a refused restore removes again: the files it created (the lock file; for a --db
     # that did not exist, the database and the files SQLite made beside it), nothing else.
     lock_file = Path(lock_path(db))
