@@ -224,38 +224,29 @@ def _rounds_page(text: str) -> int:
     return n
 
 
-def _task_id(text: str) -> int:
-    """A task id as create-task prints it (SQLite's positive INTEGERs): 0 or -1 is a usage
-    mistake here, not a request the coordinator answers 422."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a task id, got {text!r}") from None
-    if not 1 <= n <= 2**63 - 1:
-        raise argparse.ArgumentTypeError(f"a task id is 1 to 2**63 - 1, got {n}")
-    return n
+def _store_int(what: str, low: int) -> Callable[[str], int]:
+    """An argparse type for an id or version the coordinator stores as a SQLite INTEGER:
+    `low` to 2**63 - 1, else a usage error naming `what` (0 or -1 for a task id is a usage
+    mistake here, not a request the coordinator answers 422)."""
+
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if not low <= n <= 2**63 - 1:
+            article = what.split(" ", 1)[1]
+            raise argparse.ArgumentTypeError(f"a {article} is {low} to 2**63 - 1, got {n}")
+        return n
+
+    return parse
 
 
-def _model_version(text: str) -> int:
-    """get-model --version: a model version, 0 (the initial model) or more."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a model version, got {text!r}") from None
-    if not 0 <= n <= 2**63 - 1:
-        raise argparse.ArgumentTypeError(f"a model version is 0 to 2**63 - 1, got {n}")
-    return n
-
-
-def _round_id(text: str) -> int:
-    """A round id as the coordinator takes it in `?before=` (SQLite's positive INTEGERs)."""
-    try:
-        n = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a round id, got {text!r}") from None
-    if not 1 <= n <= 2**63 - 1:
-        raise argparse.ArgumentTypeError(f"a round id is 1 to 2**63 - 1, got {n}")
-    return n
+# A task id as create-task prints it; get-model --version (0: the initial model); a round id
+# as the coordinator takes it in `?before=`.
+_task_id = _store_int("a task id", 1)
+_model_version = _store_int("a model version", 0)
+_round_id = _store_int("a round id", 1)
 
 
 def _prefix(text: str) -> str:
