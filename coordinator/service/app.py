@@ -918,6 +918,11 @@ def create_app(
                 await asyncio.to_thread(rt.warm, SnapshotDType.FP32)
             if have is None or format == "snapshot":
                 await asyncio.to_thread(rt.warm, dtype)
+        elif rt is not None and have != rt.version and not rt.keeps(dtype):
+            # A running task's fp32 snapshot is encoded as its version is published; its fp16
+            # one at the first download asking for it (maybe sent as a snapshot even with
+            # `have`: a chain too long or pruned), in a worker thread too.
+            await asyncio.to_thread(rt.warm, dtype)
         answer = coordinator.plan_model(task_id, have, format, dtype, fields.device_id)
         if answer.body is None:
             # Up to max_chain (1000) frames read from SQLite: in a worker thread, not on the

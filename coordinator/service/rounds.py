@@ -1313,6 +1313,10 @@ class TaskRuntime:
         self.seq = 0
         self.max_upload_bytes = DecodeLimits().frame_cap(self.spec)
         self._snapshots: dict[str, bytes] = {}
+        # Orders `warm`'s store of a snapshot encoded in a worker thread against the loop's
+        # `set_published` and `release_finished`: one encoded from a model no longer published
+        # is dropped, never served as the new version's.
+        self._published_lock = threading.Lock()
         # Whether the published model fits fp16's range (None: not looked at since published).
         self._fits_fp16: bool | None = None
         # The fp32 snapshot's length (`snapshot_bytes`; None: not encoded since published).
@@ -1346,8 +1350,9 @@ class TaskRuntime:
             self._fp32_bytes = len(fp32)  # kept: `snapshot_bytes` need not read the store
         self._load_published = load_published
         self._finished_snapshots = snapshots
-        self.published = _RELEASED
-        self._snapshots.clear()
+        with self._published_lock:
+            self.published = _RELEASED
+            self._snapshots.clear()
         self.engine.params = _RELEASED
         self.strategy.feedback.residual = _RELEASED
         self.strategy.last_frame = None
@@ -1382,6 +1387,16 @@ class TaskRuntime:
             self._snapshots[dtype] = blob
         return blob
 
+    def keeps(self, dtype: str) -> bool:
+        """Whether a running task's `dtype` snapshot of its published version is encoded and
+        kept, or known refused (an fp16 one of a model beyond fp16's range): `snapshot` then
+        answers on the loop at once. False for a finished task (`warm` reads its model)."""
+        if self.released:
+            return False
+        return dtype in self._snapshots or (
+            dtype == SnapshotDType.FP16 and self._fits_fp16 is False
+        )
+
     def _finished_snapshot(self, dtype: str) -> bytes:
         cache, load = self._finished_snapshots, self._load_published
         assert cache is not None and load is not None
@@ -1401,16 +1416,34 @@ class TaskRuntime:
         return blob
 
     def warm(self, dtype: str) -> None:
-        """For a finished task (`release_finished`), read its model back and encode its
-        `dtype` snapshot into the kept ones, so that `snapshot` finds it there: the routes
-        run this in a worker thread before they plan a download or an export, so the store
-        read, the digest check and the encoding (66 ms for 2M parameters) are not on the event
-        loop (helper-381). Nothing for a running task or a snapshot already kept. A failure
-        is left to `snapshot`, which meets it again on the loop and answers it as usual."""
-        if not self.released:
+        """Encode the published model's `dtype` snapshot, so that `snapshot` finds it kept:
+        the routes run this in a worker thread before they plan a download or an export, so
+        the encoding (66 ms for 2M parameters) is not on the event loop every other request
+        waits on. A running task's fp32 snapshot is encoded as its version is published (the
+        close's worker thread, the start); this is for the first fp16 download of each
+        version. A finished task's (`release_finished`) is read back from the store, its
+        digest checked and encoded into the coordinator's kept ones (helper-381). Nothing for
+        a snapshot already kept. A failure is left to `snapshot`, which meets it again on the
+        loop and answers it as usual."""
+        if self.released:
+            with contextlib.suppress(Exception):  # raised again, and answered, by `snapshot`
+                self._finished_snapshot(dtype)
             return
-        with contextlib.suppress(Exception):  # raised again, and answered, by `snapshot`
-            self._finished_snapshot(dtype)
+        params, version = self.published, self.version
+        if self.keeps(dtype):
+            return
+        fits = True
+        if dtype == SnapshotDType.FP16:
+            with np.errstate(over="ignore"):
+                fits = bool(np.isfinite(params.astype(np.float16)).all())
+        blob = encode_snapshot(params, self.spec, dtype) if fits else None
+        with self._published_lock:
+            if self.published is not params or self.version != version:
+                return  # published again meanwhile (or let go): this one is stale
+            if dtype == SnapshotDType.FP16:
+                self._fits_fp16 = fits
+            if blob is not None:
+                self._snapshots.setdefault(dtype, blob)
 
     def _fp16_refused(self) -> ApiError:
         return ApiError(
@@ -1436,14 +1469,15 @@ class TaskRuntime:
         fp32: bytes | None = None,
     ) -> None:
         """Serve `params` as `version`; `fp32`: its fp32 snapshot, if already encoded."""
-        self.published = params
-        self.version = version
-        self.digest = digest
-        self._snapshots.clear()
-        self._fits_fp16 = None
-        self._fp32_bytes = None
-        if fp32 is not None:
-            self._snapshots[SnapshotDType.FP32] = fp32
+        with self._published_lock:
+            self.published = params
+            self.version = version
+            self.digest = digest
+            self._snapshots.clear()
+            self._fits_fp16 = None
+            self._fp32_bytes = None
+            if fp32 is not None:
+                self._snapshots[SnapshotDType.FP32] = fp32
 
     def snapshot_bytes(self) -> int:
         """The length of the fp32 snapshot of the published model: what a delta chain is
@@ -1685,6 +1719,9 @@ class Coordinator:
         if stopped:
             self.stopped_tasks.add(task_id)
         self._release_if_finished(rt)
+        if not rt.released:
+            # Here, not at the first download after a start on the event loop (helper-408).
+            rt.snapshot(SnapshotDType.FP32)
         return rt
 
     def _release_if_finished(self, rt: TaskRuntime) -> None:
