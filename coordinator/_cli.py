@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
     from .service import AdminError
 
-__all__ = ["register", "admin_error_text"]
+__all__ = ["register", "admin_error_text", "checked_url"]
 
 _EXAMPLES = """\
 examples:
@@ -130,6 +130,11 @@ _ZOO_MODELS = (
     "shakespeare_lstm",
     "shakespeare_lstm_small",
 )
+
+
+# The admin commands' default --timeout, seconds: how long one step of a request (connecting,
+# sending, each read of the answer) may wait for the coordinator. It was 60 s, and not settable.
+_ADMIN_TIMEOUT_S = 30.0
 
 
 # The codec's bits a value (compression's VALID_BITS, as `plume sim --bits` lists them: not
@@ -493,6 +498,15 @@ def register(sub: Any) -> None:
             metavar="PEM",
             help="CA bundle to verify an HTTPS coordinator (a PEM file, or a folder of hashed "
             "certificates as `openssl rehash` makes)",
+        )
+        q.add_argument(
+            "--timeout",
+            type=_positive,
+            default=_ADMIN_TIMEOUT_S,
+            metavar="SECONDS",
+            help="how long to wait for the coordinator at each step: to accept the connection, "
+            "to take the request, and for each part of its answer; past it, one error line "
+            f"naming --url and the timeout, exit status 1 (> 0; default: {_ADMIN_TIMEOUT_S:g})",
         )
 
     c = csub.add_parser(
@@ -875,14 +889,22 @@ def register(sub: Any) -> None:
             "serves, is refused. So is a backup with fewer released rounds or a smaller "
             "epsilon than --db for any DP-accounted task (--allow-privacy-rollback restores "
             "it anyway). Everything stored "
-            "after the backup is lost (docs/operations.md, Persistence and recovery)."
+            "after the backup is lost (docs/operations.md, Persistence and recovery). Prints "
+            "as JSON what it wrote (path: the file, symlinks followed) and what it replaced "
+            "(replaced: its size with its -wal, and each task's state, model version and "
+            "closed rounds; null when --db did not exist)."
         ),
         epilog=(
             "example:\n  plume coordinator restore --db /var/lib/plume/plume.db "
             "--from /backups/plume-2026-11-29.db\n"
         ),
     )
-    r.add_argument("--db", default="plume.db", metavar="PATH", help="serve's --db, replaced")
+    r.add_argument(
+        "--db",
+        default="plume.db",
+        metavar="PATH",
+        help="serve's --db, replaced (default: plume.db in the current folder)",
+    )
     r.add_argument(
         "--from", dest="source", required=True, metavar="FILE", help="the backup to restore"
     )
@@ -1531,11 +1553,11 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
-def _admin_url_problem(url: str) -> str | None:
-    """What is wrong with an admin command's --url (`_url_problem`'s, and what httpx takes
-    and then mishandles: a port past 65535 or 0, which fails only when connecting, and a query
-    or fragment, which the base URL's path silently lost: `http://h:1?x=1` sent every request
-    to `/?x=1/v1/admin/...`), or None."""
+def _admin_url_problem(url: str, flag: str = "--url") -> str | None:
+    """What is wrong with a coordinator's base URL given as `flag` (`_url_problem`'s, and what
+    httpx takes and then mishandles: a port past 65535 or 0, which fails only when connecting,
+    and a query or fragment, which the base URL's path silently lost: `http://h:1?x=1` sent
+    every request to `/?x=1/v1/admin/...`), or None."""
     import httpx
 
     if (problem := _url_problem(url)) is not None:
@@ -1546,10 +1568,26 @@ def _admin_url_problem(url: str) -> str | None:
     if "?" in url or "#" in url:
         return (
             f"it has a {'query' if '?' in url else 'fragment'} ({'?' if '?' in url else '#'}...); "
-            "--url is the coordinator's base URL (scheme, host and port, plus a path only if "
+            f"{flag} is the coordinator's base URL (scheme, host and port, plus a path only if "
             "a proxy serves it under one)"
         )
     return None
+
+
+def checked_url(given: str, flag: str = "--url") -> str:
+    """A coordinator's base URL given as `flag` (the admin commands' --url, `plume sim
+    --coordinator`), checked before any request: `given` with its scheme lower-cased (a
+    scheme is case-insensitive, RFC 3986: `HTTP://` was refused), or `ValueError` with the
+    one line that says what is wrong: not http:// or https://, what httpx cannot parse, no
+    host, a port outside 1-65535, a query or a fragment (`_admin_url_problem`). Every command
+    that takes a coordinator's URL checks it here, so their errors read the same."""
+    scheme, sep, rest = given.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        raise ValueError(f"{flag} must start with http:// or https://, got {given!r}")
+    url = f"{scheme.lower()}://{rest}"
+    if (problem := _admin_url_problem(url, flag)) is not None:
+        raise ValueError(f"{flag} {given!r} is not a valid URL: {problem}")
+    return url
 
 
 def _admin(args: argparse.Namespace) -> Any:
@@ -1561,16 +1599,13 @@ def _admin(args: argparse.Namespace) -> Any:
         _fail(prog, "an admin token is required (--admin-token or PLUME_ADMIN_TOKEN)")
     if (problem := _token_problem(args)) is not None:
         _fail(prog, problem)
-    scheme, sep, rest = args.url.partition("://")
-    if not sep or scheme.lower() not in ("http", "https"):
-        _fail(prog, f"--url must start with http:// or https://, got {args.url!r}")
     given = args.url
-    # A scheme is case-insensitive (RFC 3986): HTTP:// was refused. Lower-cased here, so the
-    # error texts' http:// and https:// tests read it too.
-    args.url = f"{scheme.lower()}://{rest}"
-    if (problem := _admin_url_problem(args.url)) is not None:
-        _fail(prog, f"--url {given!r} is not a valid URL: {problem}")
-    if args.cacert is not None and scheme.lower() == "http":
+    try:
+        # Lower-cased scheme, so the error texts' http:// and https:// tests read it too.
+        args.url = checked_url(given)
+    except ValueError as exc:
+        _fail(prog, str(exc))
+    if args.cacert is not None and args.url.startswith("http://"):
         # Read, checked and then unused: nothing is verified over plain HTTP.
         _fail(
             prog,
@@ -1596,7 +1631,7 @@ def _admin(args: argparse.Namespace) -> Any:
                 else ""
             )
             _fail(prog, f"{exc}{hint}")
-    return AdminClient(args.url, args.admin_token, verify=verify)
+    return AdminClient(args.url, args.admin_token, verify=verify, timeout=args.timeout)
 
 
 # OpenSSL's verify messages (`verify_message`), for an error whose cause was not kept, by the
@@ -1620,12 +1655,43 @@ def _verify_code(exc: BaseException, what: str) -> int | None:
     return next((code for message, code in _VERIFY_MESSAGES if message in what), None)
 
 
-def admin_error_text(exc: Exception, url: str, flag: str = "--url") -> str:
-    """A sentence for an admin call that failed: refused by the coordinator, or not sent."""
+def _timeout_text(exc: Exception, url: str, timeout: float) -> str:
+    """The line for an admin call whose step (connecting, sending, a read of the answer) the
+    coordinator at `url` left waiting past --timeout `timeout` (httpx's `TimeoutException`):
+    before --timeout, the command waited 60 s without a word, then said only "timed out"."""
+    import httpx
+
+    within = f"within --timeout {timeout:g} s"
+    if isinstance(exc, httpx.ConnectTimeout | httpx.PoolTimeout):
+        return (
+            f"no connection to the coordinator at {url} {within}: is its host up, `plume "
+            "coordinator serve` listening on that port, and nothing (a firewall) dropping the "
+            "packets on the way? Check --url, or give a longer --timeout"
+        )
+    if isinstance(exc, httpx.WriteTimeout):
+        return (
+            f"the coordinator at {url} did not take the request {within}: it is stalled or "
+            "overloaded, or the network is; check its log, or give a longer --timeout"
+        )
+    return (
+        f"the coordinator at {url} did not answer {within}: it is stalled or overloaded (or "
+        "something else listens there and says nothing); check its log, or give a longer "
+        "--timeout"
+    )
+
+
+def admin_error_text(
+    exc: Exception, url: str, flag: str = "--url", timeout: float | None = None
+) -> str:
+    """A sentence for an admin call that failed: refused by the coordinator, or not sent.
+    `timeout`: the command's --timeout, which a timed-out call's line names (None: the caller
+    has no such flag, and the line is the unreachable one)."""
     import httpx
 
     from protocol.names import Reason
 
+    if timeout is not None and isinstance(exc, httpx.TimeoutException):
+        return _timeout_text(exc, url, timeout)
     if isinstance(exc, httpx.TransportError):
         what = str(exc) or type(exc).__name__
         if "CERTIFICATE_VERIFY_FAILED" in what:
@@ -1798,10 +1864,18 @@ def _create_task(args: argparse.Namespace) -> int:
         print_error("plume coordinator create-task", _with_flag(str(exc)))
         return 1
     except AdminError as exc:
-        print_error("plume coordinator create-task", _create_task_error(exc, args.url))
+        text = _create_task_error(exc, args.url, args.timeout)
+        print_error("plume coordinator create-task", text)
         return 1
     except httpx.HTTPError as exc:
-        print_error("plume coordinator create-task", admin_error_text(exc, args.url))
+        text = admin_error_text(exc, args.url, timeout=args.timeout)
+        if isinstance(exc, httpx.ReadTimeout):
+            # The request went whole: the coordinator may have made the task all the same.
+            text += (
+                "; the request was sent, so the task may have been created: `plume "
+                "coordinator status` lists the tasks"
+            )
+        print_error("plume coordinator create-task", text)
         return 1
     created: dict[str, Any] = {"task_id": task_id, "model": args.model, "params": spec.size}
     if args.initial is not None:
@@ -1933,23 +2007,28 @@ def _build_task_model(name: str, seed: int, what: str | None = None) -> torch.nn
     return model
 
 
-def _create_task_error(exc: AdminError, url: str) -> str:
+def _create_task_error(exc: AdminError, url: str, timeout: float | None = None) -> str:
     """The sentence for a create-task that failed; one that created its task but did not
-    store the model names the task it left behind (`awaiting_model`, running no round)."""
+    store the model names the task it left behind (`awaiting_model`, running no round).
+    `timeout`: create-task's --timeout, named when the upload's answer did not come within it."""
+    import httpx
+
     task_id = exc.task_id
     if task_id is None:
-        return admin_error_text(exc, url)
+        return admin_error_text(exc, url, timeout=timeout)
     if exc.status == 0:
+        got = exc.problem
+        if timeout is not None and isinstance(exc.__cause__, httpx.TimeoutException):
+            got = f"no answer from {url} within --timeout {timeout:g} s"
         return (
-            f"task {task_id} was created but its initial model's upload got "
-            f"{exc.problem}; `plume coordinator status --task "
-            f"{task_id}` shows whether it is active or still awaiting_model (then it runs no "
-            "round)"
+            f"task {task_id} was created but its initial model's upload got {got}; `plume "
+            f"coordinator status --task {task_id}` shows whether it is active or still "
+            "awaiting_model (then it runs no round)"
         )
     return (
         f"task {task_id} was created but its initial model was not stored: "
-        f"{admin_error_text(exc, url)}; task {task_id} stays awaiting_model and runs no "
-        "round (create-task again makes a new task)"
+        f"{admin_error_text(exc, url, timeout=timeout)}; task {task_id} stays awaiting_model "
+        "and runs no round (create-task again makes a new task)"
     )
 
 
@@ -2181,7 +2260,13 @@ def _task_action(args: argparse.Namespace) -> int:
                 "--last/--before"
             )
         else:
-            text = admin_error_text(exc, args.url)
+            text = admin_error_text(exc, args.url, timeout=args.timeout)
+            if isinstance(exc, httpx.ReadTimeout) and args.action_name != "status":
+                # The request went whole: the coordinator may have acted on it all the same.
+                text += (
+                    f"; the request was sent, so the {args.action_name} may have taken "
+                    f"effect: `plume coordinator status --task {args.task}` shows"
+                )
         print_error(f"plume coordinator {args.action_name}", text)
         return 1
     if isinstance(out, list):  # status without --task: a line each
@@ -2368,7 +2453,7 @@ def _download_model(args: argparse.Namespace, prog: str, out: Path, fmt: str) ->
                         rebuilt.problem += f" ({source})"
                     raise
     except (AdminError, httpx.HTTPError) as exc:
-        _fail(prog, admin_error_text(exc, args.url))
+        _fail(prog, admin_error_text(exc, args.url, timeout=args.timeout))
     except ValueError as exc:
         _fail(prog, str(exc))
     try:
@@ -3176,6 +3261,7 @@ def _restore(args: argparse.Namespace) -> int:
     restored = False
     rolled_back: list[dict[str, Any]] = []
     unreadable: str | None = None
+    replaced: dict[str, Any] | None = None
     # serve's lock (Store(exclusive=True), beside the file a symlink names): held through the
     # restore, so a coordinator that serves the database refuses it, and one starting
     # meanwhile is refused, naming this process.
@@ -3217,16 +3303,22 @@ def _restore(args: argparse.Namespace) -> int:
                 # is created 0600 first, as serve creates one (SQLite would make it 0644,
                 # readable by every user, and its -journal with it).
                 # A dangling symlink's target too (helper-381: it was made 0644 there).
-                if not db.exists():
+                existed = db.exists()
+                # Its size before SQLite folds a -wal in (which it does once connected).
+                size = _size_with_wal(db) if existed else 0
+                if not existed:
                     target_path = os.path.realpath(db)
                     os.close(os.open(target_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-                with contextlib.closing(sqlite3.connect(db)) as target:
+                with contextlib.ExitStack() as stack:
+                    target = stack.enter_context(contextlib.closing(sqlite3.connect(db)))
                     target.execute("PRAGMA busy_timeout=5000")
                     if not args.force and (problem := _restore_target_problem(target)):
                         raise ValueError(
                             f"--db {args.db} {problem}; check --db, or give --force to "
                             "replace it with the backup"
                         )
+                    if existed:
+                        replaced = {"bytes": size} | _database_summary(target)
                     rolled_back, unreadable = _privacy_rollback(source, target)
                     if unreadable and not args.allow_privacy_rollback:
                         raise ValueError(
@@ -3242,6 +3334,14 @@ def _restore(args: argparse.Namespace) -> int:
                             "against the same budget, overspending it; keep --db, restore a "
                             "later backup, or give --allow-privacy-rollback to restore anyway"
                         )
+                    if _not_sqlite(target):
+                        # Here only with --force: a file SQLite cannot read at all, which
+                        # SQLite's backup cannot write over ("file is not a database"). Emptied
+                        # (its mode kept) with its -wal and -journal, which SQLite would
+                        # otherwise read into the new database; the lock is held throughout.
+                        target.close()
+                        _empty_database_file(db)
+                        target = stack.enter_context(contextlib.closing(sqlite3.connect(db)))
                     source.backup(target)
                     # One file, as `backup` writes, whatever the backup's header said: the
                     # -wal is checkpointed and deleted (serve turns WAL back on).
@@ -3260,11 +3360,16 @@ def _restore(args: argparse.Namespace) -> int:
                 with contextlib.suppress(OSError):
                     f.unlink()
         os.close(lock)  # drops the flock
+    # What was written (the file itself: --db defaults to plume.db in the current folder, and
+    # may be a symlink) and what it replaced (None: --db did not exist); until stop 49 the
+    # line named only --db as given, and nothing of the database it had replaced.
     line: dict[str, Any] = {
         "db": args.db,
+        "path": os.path.realpath(db),
         "from": args.source,
         "schema_version": int(version),
         "tasks": tasks,
+        "replaced": replaced,
     }
     if (note := others_may_read(db)) is not None:  # an existing --db keeps its mode
         print(f"{prog}: note: {note}", file=sys.stderr)
@@ -3281,6 +3386,50 @@ def _restore(args: argparse.Namespace) -> int:
         line["privacy_rollback"] = rolled_back
     print(json.dumps(line))
     return 0
+
+
+# The most tasks restore's `replaced` lists, the newest (highest ids); its `tasks` counts all.
+_REPLACED_TASKS_SHOWN = 20
+
+
+def _size_with_wal(db: Path) -> int:
+    """Bytes of the database file at `db` (symlinks followed) and of the -wal beside it, whose
+    commits (a killed coordinator's) are part of the database too."""
+    real = os.path.realpath(db)
+    size = os.stat(real).st_size
+    with contextlib.suppress(OSError):
+        size += os.stat(real + "-wal").st_size
+    return size
+
+
+def _database_summary(conn: sqlite3.Connection) -> dict[str, Any]:
+    """What tells the database `conn` apart, for restore's line of what it replaced: its
+    schema version, its number of tasks, and each task's state, model version and closed
+    rounds (the newest `_REPLACED_TASKS_SHOWN` tasks), as `status` shows them. All None for a
+    file that is not a Plume database (empty, another application's, or one too damaged to
+    read: what --force replaces)."""
+    from .service.store import schema_version_of, table_names
+
+    unknown: dict[str, Any] = {"schema_version": None, "tasks": None, "task_versions": None}
+    try:
+        tables = table_names(conn)
+        version = schema_version_of(conn, tables)
+        if version is None or not {"tasks", "rounds"} <= tables:
+            return unknown
+        count = int(conn.execute("SELECT COUNT(*) FROM tasks").fetchone()[0])
+        rows = conn.execute(
+            "SELECT t.task_id, t.state, t.version, (SELECT COUNT(*) FROM rounds r WHERE "
+            "r.task_id = t.task_id AND r.state IN ('committed', 'abandoned')) "
+            "FROM tasks t ORDER BY t.task_id DESC LIMIT ?",
+            (_REPLACED_TASKS_SHOWN,),
+        ).fetchall()
+        shown = [
+            {"task": int(task), "state": str(state), "version": int(v), "rounds_closed": int(n)}
+            for task, state, v, n in reversed(rows)
+        ]
+        return {"schema_version": int(version), "tasks": count, "task_versions": shown}
+    except (sqlite3.DatabaseError, ValueError, TypeError):  # a row damaged past reading
+        return unknown
 
 
 def _rollback_text(rolled_back: list[dict[str, Any]]) -> str:
@@ -3437,6 +3586,28 @@ def _unfolded_side(path: Path) -> str | None:
             if (size := os.stat(os.path.realpath(path) + side).st_size) > 0:
                 return f"has a {side} file beside it ({size} bytes)"
     return None
+
+
+def _not_sqlite(conn: sqlite3.Connection) -> bool:
+    """Whether the database `conn` opened is not SQLite at all, or too damaged for SQLite to
+    list its tables (random bytes, another format)."""
+    from .service.store import table_names
+
+    try:
+        table_names(conn)
+    except sqlite3.DatabaseError:
+        return True
+    return False
+
+
+def _empty_database_file(db: Path) -> None:
+    """Truncate the file at `db` (symlinks followed; its mode and owner kept) and delete the
+    -wal and -journal beside it, for restore --force over a file SQLite cannot read."""
+    real = os.path.realpath(db)
+    os.truncate(real, 0)
+    for side in ("-wal", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(real + side)
 
 
 def _restore_target_problem(conn: sqlite3.Connection) -> str | None:

@@ -1602,10 +1602,8 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         )
     if args.coordinator and args.transport != "http":
         return "--coordinator URL is only used with --transport http (add it)"
-    if args.coordinator and not args.coordinator.startswith(("http://", "https://")):
-        return f"--coordinator must start with http:// or https://, got {args.coordinator!r}"
-    if args.coordinator and (problem := _coordinator_url_problem(args.coordinator)):
-        return f"--coordinator {args.coordinator!r} is not a valid URL: {problem}"
+    if args.coordinator and (problem := _coordinator_url_problem(args)):
+        return problem
     if args.coordinator and args.secure:
         # Ignored before (helper-336): the run went to its own loopback coordinator while
         # rounds.json recorded the URL given.
@@ -1680,17 +1678,24 @@ def _too_many_threads(threads: int) -> str | None:
     )
 
 
-def _coordinator_url_problem(url: str) -> str | None:
-    """What httpx would refuse in a --coordinator URL (an unclosed "[", a port that is not a
-    number: httpx's InvalidURL was a traceback), or a URL with no host; None when usable, or
+def _coordinator_url_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with --coordinator URL, in the words of the admin commands' --url
+    (`coordinator._cli.checked_url`: http:// or https:// in any case, a URL httpx parses,
+    with a host, a port in 1-65535, no query or fragment), or None, with `args.coordinator`
+    then as the coordinator will be asked (its scheme lower-cased). Until stop 49 the sim
+    checked less: `HTTP://` was refused, and a port of 99999 or a query was taken. None too
     when this build has no HTTP stack (--transport http is refused then anyway)."""
     try:
         import httpx  # noqa: F401
     except ImportError:
         return None
-    from coordinator._cli import _url_problem
+    from coordinator._cli import checked_url
 
-    return _url_problem(url)
+    try:
+        args.coordinator = checked_url(args.coordinator, "--coordinator")
+    except ValueError as exc:
+        return str(exc)
+    return None
 
 
 def _selection_timeout_error(timeout: float) -> str | None:

@@ -359,7 +359,8 @@ def test_create_task_whose_model_upload_got_no_answer_says_to_check_the_task(
     assert code == 1
     assert err.splitlines() == [
         "plume coordinator create-task: error: task 1 was created but its initial model's "
-        "upload got no answer (timed out); `plume coordinator status --task 1` shows whether "
+        f"upload got no answer from {url} within --timeout 30 s; `plume coordinator status "
+        "--task 1` shows whether "
         "it is active or still awaiting_model (then it runs no round)"
     ]
 

@@ -10,6 +10,7 @@ refusing a file that is not a sound Plume backup, and leaves no stale `-wal` to 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import subprocess
 import sys
@@ -121,7 +122,16 @@ def test_restore_puts_the_backup_in_place_of_a_killed_coordinators_database(
     # Assert: the backup's one task; a coordinator opens it
     assert code == 0, capsys.readouterr().err
     line = json.loads(capsys.readouterr().out)
-    assert line == {"db": str(db), "from": str(bak), "schema_version": 5, "tasks": 1}
+    assert {k: line[k] for k in ("db", "from", "schema_version", "tasks")} == {
+        "db": str(db),
+        "from": str(bak),
+        "schema_version": 5,
+        "tasks": 1,
+    }
+    assert line["path"] == os.path.realpath(db)
+    assert line["replaced"]["tasks"] == 2 and line["replaced"]["bytes"] > 0, (
+        line
+    )  # 2: after the backup
     assert _tasks(db) == ["active"]
     with ServerThread(ServiceConfig(db_path=str(db), admin_token=ADMIN)) as url:
         with AdminClient(url, ADMIN) as admin:
