@@ -229,12 +229,45 @@ def _worker_error_line(exc: BaseException) -> str | None:
         return None
     cause = getattr(exc, "cause", None)  # RayTaskError: the actor's own exception
     if name == "RayError" and isinstance(cause, BaseException):
-        return f"a Ray actor failed: {type(cause).__name__}: {_error_line(cause)}"
+        return _clause(f"a Ray actor failed: {type(cause).__name__}: {_error_line(cause)}")
     head, _, rest = str(exc).strip().partition("\n")
     lines = [line.strip() for line in rest.splitlines() if line.strip()]
+    died = getattr(sys.modules.get("ray.exceptions"), "ActorDiedError", None)
+    if isinstance(died, type) and isinstance(exc, died):
+        if getattr(exc, "actor_init_failed", False) and lines:  # its __init__ raised
+            return _clause(f"a Ray actor failed to start: {lines[-1]}")
+        return _actor_died_line(lines)
     if head.endswith(":") and lines:  # "a worker failed:" and the worker's traceback
-        return f"{head} {lines[-1]}"
-    return head or type(exc).__name__
+        return _clause(f"{head} {lines[-1]}")
+    return _clause(head) or type(exc).__name__
+
+
+# Ray's reason in an ActorDiedError for an actor whose process died (an OOM kill, a crash,
+# `os._exit`): after its first line ("The actor died unexpectedly before finishing this task.")
+# and fields ("\tpid: N", "\tip: A", ...), "The actor is dead because its worker process has
+# died. Worker exit type: ...".
+_RAY_DEAD_BECAUSE = "The actor is dead because "
+
+
+def _actor_died_line(lines: list[str]) -> str:
+    """The line for Ray's ActorDiedError (`lines`: its message's lines after the first,
+    stripped): which process died where, and Ray's reason, as one sentence ("a Ray actor died
+    (pid 13403 on 192.0.2.2): its worker process has died"). Ray's first line alone ended in
+    a full stop, and `plume sim` adds "; wrote its ... finished rounds" after the line."""
+    fields = {key: value for key, sep, value in (line.partition(": ") for line in lines) if sep}
+    place = [f"pid {fields['pid']}"] if "pid" in fields else []
+    place += [fields["ip"]] if "ip" in fields else []
+    where = f" ({' on '.join(place)})" if place else ""
+    because = next((line for line in lines if line.startswith(_RAY_DEAD_BECAUSE)), "")
+    why = because.removeprefix(_RAY_DEAD_BECAUSE).partition(". ")[0]
+    return _clause(f"a Ray actor died{where}: {why}" if why else f"a Ray actor died{where}")
+
+
+def _clause(text: str) -> str:
+    """`text` without a full stop at its end (an ellipsis is kept): a worker's error line is
+    printed as `PROG: error: LINE`, or followed by "; wrote its ... finished rounds"."""
+    text = text.strip()
+    return text[:-1] if text.endswith(".") and not text.endswith("..") else text
 
 
 # The same setting under each command's name for it: `plume sim` and `plume coordinator

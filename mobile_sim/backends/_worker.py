@@ -151,10 +151,14 @@ class WorkerState:
 
     `threads` caps torch's intra-op threads in the worker: with one worker per core, more than
     one thread each only oversubscribes the machine. The context's plugins are imported
-    before the model is built.
+    before the model is built. When an inner vectorized backend cannot vmap the model, `warn`
+    says so in the worker's log (a pool worker's stderr is the terminal's); Ray's driver
+    passes False and says it itself, once (`fallback_reason`, `RayBackend._say_fallback`).
     """
 
-    def __init__(self, ctx: TrainContext, inner: str = "sequential", threads: int = 1) -> None:
+    def __init__(
+        self, ctx: TrainContext, inner: str = "sequential", threads: int = 1, warn: bool = True
+    ) -> None:
         import torch
 
         if inner not in INNER_BACKENDS:
@@ -169,7 +173,7 @@ class WorkerState:
         self._trainers: dict[str, Any] = {}
         self._eval_model: Any = None  # built at the first `evaluate`
         if inner == "vectorized":
-            self.backend = VectorizedBackend()
+            self.backend = VectorizedBackend(warn=warn)
             self.backend.start(ctx)
             self._size = self.backend._d
         else:
@@ -185,6 +189,11 @@ class WorkerState:
         (told by a pool worker when it is ready, asked of a Ray actor once), so that params of
         another length are refused there and never reach a worker."""
         return self._size
+
+    def fallback_reason(self) -> str | None:
+        """Why this worker's vectorized backend trains its jobs one by one (the vmap probe's
+        error), None when it vmaps them or the inner backend is sequential."""
+        return None if self.backend is None else self.backend.fallback_reason
 
     def evaluate(
         self, params: npt.NDArray[np.float32], lo: int, hi: int, batch_size: int

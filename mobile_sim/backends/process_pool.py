@@ -240,6 +240,49 @@ def _sigint_blocked() -> Iterator[None]:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+# What a worker's pipe raises once the parent is gone: EOF when its end closed, a reset when
+# it closed with a reply of ours unread (a parent SIGKILLed or failed mid-round), a broken pipe
+# when we write to it. Nobody is left to answer, so the worker leaves quietly on any of them.
+_PARENT_GONE = (EOFError, ConnectionError)
+# Seconds between a worker's checks that the process that started it is still there.
+_PARENT_POLL_S = 0.5
+
+
+def _leave_with_parent() -> None:
+    """Make this worker exit at once when the process that started the pool is gone without a
+    stop message (SIGKILLed, killed by the OOM killer), whatever the worker is doing.
+
+    Orphaned, a worker busy with a task used to run it to the end (forever, if stuck), and a
+    "fork" worker idle in `recv` waited there for good: it inherits the parent's end of its
+    own pipe (and of the pipes made before it), so it never reads EOF. Each kept the pool's
+    shared-memory blocks in /dev/shm, as the resource tracker (which unlinks the blocks of a
+    parent that died) waits for every worker to exit first. A thread checks every
+    `_PARENT_POLL_S` whether this process was re-parented ("fork", "spawn": the parent died)
+    or multiprocessing's sentinel of the parent says it is gone ("forkserver", whose server
+    is the worker's parent and outlives the pool's parent while any worker runs). Not
+    prctl(PR_SET_PDEATHSIG), which fires when the thread that started the worker ends."""
+    parent = multiprocessing.parent_process()
+    ppid = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == ppid and (parent is None or parent.is_alive()):
+            time.sleep(_PARENT_POLL_S)
+        os._exit(0)  # nobody will read a reply; the kernel drops the mappings
+
+    threading.Thread(target=watch, name="plume-pool-parent", daemon=True).start()
+
+
+def _answer(conn: Connection, work: Callable[..., Any], *args: Any) -> None:
+    """Send the parent ("done", work(*args)), or ("error", the traceback) when `work` raises.
+    The send itself is not in the try: a parent gone (`_PARENT_GONE`) ends the worker, and is
+    no error of the task's to report."""
+    try:
+        reply = ("done", work(*args))
+    except Exception:
+        reply = ("error", traceback.format_exc())
+    conn.send(reply)
+
+
 def _worker_main(conn: Connection, inner: str, threads: int) -> None:
     """A worker's life: receive the context, build the model once, then train until told to stop.
 
@@ -248,18 +291,27 @@ def _worker_main(conn: Connection, inner: str, threads: int) -> None:
     [(slot, job), ...]), ("eval", params_name, d, lo, hi, batch_size) or None (stop). The
     global params are read from shared memory and each delta is written into its slot of the
     output block, so no array crosses the pipe; only (slot, examples, loss) go back, or for
-    an evaluation (correct, [each batch's summed loss]) of test rows [lo, hi).
+    an evaluation (correct, [each batch's summed loss]) of test rows [lo, hi). A parent that
+    goes away ends the worker without a word (`_PARENT_GONE`, `_leave_with_parent`).
     """
     _ignore_sigint()
+    _leave_with_parent()
     try:
         ctx: TrainContext = conn.recv()
+    except _PARENT_GONE:  # the parent stopped the start-up, or died
+        return
+    ready: tuple[str, Any]
+    try:
         state = WorkerState(ctx, inner, threads)
-    except EOFError:  # the parent stopped the start-up
-        return
+        ready = ("ready", (os.getpid(), state.num_params()))
     except BaseException:
-        conn.send(("error", traceback.format_exc()))
+        ready = ("error", traceback.format_exc())
+    try:
+        conn.send(ready)
+    except _PARENT_GONE:
         return
-    conn.send(("ready", (os.getpid(), state.num_params())))
+    if ready[0] == "error":
+        return
     attached: dict[str, _Shared] = {}
 
     def block(name: str, shape: tuple[int, ...]) -> npt.NDArray[np.float32]:
@@ -271,39 +323,35 @@ def _worker_main(conn: Connection, inner: str, threads: int) -> None:
             attached[name] = shared
         return shared.array
 
+    def evaluate(params_name: str, d: int, lo: int, hi: int, batch_size: int) -> Any:
+        return state.evaluate(block(params_name, (d,)), lo, hi, batch_size)
+
+    def train(params_name: str, d: int, out_name: str, slots: int, work: list[Any]) -> Any:
+        params = block(params_name, (d,))
+        out = block(out_name, (slots, d))
+        results = state.train(params, [job for _, job in work])
+        reply = []
+        for (slot, _), res in zip(work, results, strict=True):
+            out[slot] = res.delta
+            reply.append((slot, res.device_id, res.num_examples, res.loss))
+        return reply
+
     try:
         while True:
-            try:
-                msg = conn.recv()
-            except EOFError:  # the parent went away without saying stop
-                break
+            msg = conn.recv()
             if msg is None:
                 break
             if msg[0] == "eval":
-                _, params_name, d, lo, hi, batch_size = msg
-                try:
-                    conn.send(
-                        ("done", state.evaluate(block(params_name, (d,)), lo, hi, batch_size))
-                    )
-                except Exception:
-                    conn.send(("error", traceback.format_exc()))
+                _answer(conn, evaluate, *msg[1:])
                 continue
-            _, params_name, d, out_name, slots, work = msg
+            _, params_name, _, out_name, _, _ = msg
             # The parent unlinks a block it replaces (a bigger cohort, another model size), but
             # its memory is only freed once every mapping is gone: drop ours now, not at exit.
             for stale in [n for n in attached if n not in (params_name, out_name)]:
                 attached.pop(stale).close()
-            try:
-                params = block(params_name, (d,))
-                out = block(out_name, (slots, d))
-                results = state.train(params, [job for _, job in work])
-                reply = []
-                for (slot, _), res in zip(work, results, strict=True):
-                    out[slot] = res.delta
-                    reply.append((slot, res.device_id, res.num_examples, res.loss))
-                conn.send(("done", reply))
-            except Exception:
-                conn.send(("error", traceback.format_exc()))
+            _answer(conn, train, *msg[1:])
+    except _PARENT_GONE:  # the parent went away without saying stop
+        pass
     finally:
         for shared in attached.values():
             shared.close()
@@ -468,7 +516,7 @@ class ProcessPoolBackend:
     def _reply(self, conn: Connection) -> Any:
         try:
             kind, payload = conn.recv()
-        except (EOFError, ConnectionResetError):
+        except (EOFError, ConnectionError):
             # A worker that dies with a message of ours still unread resets the connection
             # instead of closing it: the same death.
             raise PoolWorkerError("a worker process died") from None

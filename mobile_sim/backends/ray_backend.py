@@ -37,6 +37,7 @@ from ._worker import (
     test_set_size,
 )
 from .process_pool import EVAL_BATCH, MAX_WORKERS, check_workers, eval_chunks, too_many_per_cpu
+from .vectorized import warn_fallback
 
 __all__ = ["RayBackend", "RayWorkerError", "RuntimeEnvRefused", "RuntimeEnvSetupFailed"]
 
@@ -377,13 +378,17 @@ class RayBackend:
         with _runtime_env_errors(env, self.close):
             actor_cls = ray.remote(**options)(WorkerState)
             ctx_ref = ray.put(ctx)
+            # warn=False: an actor's vmap fallback is said by this driver (`_say_fallback`).
             self._actors = [
-                actor_cls.remote(ctx_ref, self.inner, self.threads_per_worker) for _ in range(n)
+                actor_cls.remote(ctx_ref, self.inner, self.threads_per_worker, False)
+                for _ in range(n)
             ]
         # Like the pool: wait until every actor has built its model, so a bad context fails
         # `start` (with the actor's traceback) and actors that cannot be placed fail it too.
         try:
             ray.get([a.__ray_ready__.remote() for a in self._actors], timeout=_START_TIMEOUT_S)
+            if self.inner == "vectorized":
+                self._say_fallback(ctx.model)
         except ray.exceptions.GetTimeoutError:
             self.close()
             raise RuntimeError(
@@ -403,6 +408,20 @@ class RayBackend:
         except BaseException:
             self.close()
             raise
+
+    def _say_fallback(self, model: str) -> None:
+        """Warn here, once, when the actors' vectorized backend cannot vmap `model` and trains
+        its jobs one by one (`WorkerState.fallback_reason`). The actors do not log it: in the
+        runtime this backend starts their output never reaches the driver (log_to_driver=False
+        keeps all of it off the user's terminal), so a user on Ray never learned of the
+        fallback; in one the caller started with the default, it came once per actor."""
+        import ray
+
+        reasons = ray.get(
+            [actor.fallback_reason.remote() for actor in self._actors], timeout=_START_TIMEOUT_S
+        )
+        for reason in sorted({reason for reason in reasons if reason is not None}):
+            warn_fallback(model, reason)
 
     def train(self, params: npt.NDArray[np.float32], jobs: Sequence[TrainJob]) -> list[JobResult]:
         import ray

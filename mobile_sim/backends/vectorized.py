@@ -27,7 +27,7 @@ from ._base import JobResult, TrainContext, TrainJob, check_round, job_rng, num_
 from ._seeding import RngPool
 from .sequential import run_job
 
-__all__ = ["VectorizedBackend", "train_clients_vmapped"]
+__all__ = ["VectorizedBackend", "train_clients_vmapped", "warn_fallback"]
 
 log = logging.getLogger(__name__)
 
@@ -144,8 +144,12 @@ def train_clients_vmapped(
     order_t, valid_t = torch.from_numpy(order), torch.from_numpy(valid)
     rows = torch.arange(c)[:, None]
 
-    flat = torch.from_numpy(np.ascontiguousarray(params, dtype=np.float32))
-    stacked = flat.unsqueeze(0).repeat(c, 1)
+    # Every client starts from `params`: one row each, filled here. Not torch.from_numpy on
+    # `params` itself, which may be read-only (Ray's object store hands them out so), and torch
+    # warns of a tensor over a read-only array even when it is only read.
+    start = np.empty((c, params.shape[0]), dtype=np.float32)
+    start[:] = params
+    stacked = torch.from_numpy(start)
     p = _unflatten(module, stacked)
     names = list(p)
     plist = [p[n] for n in names]
@@ -172,12 +176,16 @@ def train_clients_vmapped(
                             keep = scale.view(-1, *([1] * (b.dim() - 1)))
                             b.mul_(keep).add_(g)
                     glist = bufs
-                if bool(active.all()):
-                    torch._foreach_add_(plist, glist, alpha=-lr)
-                else:
+                if not bool(active.all()):
+                    # A client with no real rows left stays put: its step is zeroed, and
+                    # every client still takes the one `_foreach_add_` (alpha=-lr, as
+                    # torch.optim.SGD). A separate `p - lr * g * gate` here rounded
+                    # differently, so a client's result depended on which other clients
+                    # shared its chunk: a pool worker's or Ray actor's share of the round
+                    # against the whole round in one process (docs/simulator.md, "Backends").
                     gate = active.to(torch.float32)
-                    for q, g in zip(plist, glist, strict=True):
-                        q.sub_(lr * g * gate.view(-1, *([1] * (g.dim() - 1))))
+                    glist = [g * gate.view(-1, *([1] * (g.dim() - 1))) for g in glist]
+                torch._foreach_add_(plist, glist, alpha=-lr)
     # The mean loss over every counted target of every epoch, as TorchTrainer weighs its steps.
     counts = torch.from_numpy(_counted_per_client(y_all, sizes).astype(np.float64) * epochs)
     return stacked.numpy().copy(), (loss_sum / counts).numpy()
@@ -206,21 +214,37 @@ def _weights(ys: Any) -> list[int]:
     return out
 
 
+def warn_fallback(model: str, reason: str) -> None:
+    """Log that `model` cannot be trained under vmap (`reason`: the probe's error) and that its
+    clients are trained one by one: `VectorizedBackend.start` does, or for a pool's workers or
+    Ray's actors their driver, once (`WorkerState.fallback_reason`), where the user sees it."""
+    log.warning(
+        "vectorized backend: model %r cannot be trained under vmap (%s); "
+        "training its clients one by one instead",
+        model,
+        reason,
+    )
+
+
 class VectorizedBackend:
     """Trains the round's jobs in chunks of clients under `vmap`, in this process.
 
     `max_floats` bounds a chunk: clients per chunk * d stays below it (~4 bytes each, a few
     copies live at once). Models whose layers have no vmap batching rule fall back to the
-    sequential path for every job, with the reason in `fallback_reason` and a log warning.
+    sequential path for every job, with the reason in `fallback_reason` and a log warning
+    (`warn_fallback`; `warn=False` leaves that to the caller: a remote worker's driver).
     """
 
     name = "vectorized"
 
-    def __init__(self, *, max_floats: int = 48_000_000, max_clients: int = 4096) -> None:
+    def __init__(
+        self, *, max_floats: int = 48_000_000, max_clients: int = 4096, warn: bool = True
+    ) -> None:
         if max_floats < 1 or max_clients < 1:
             raise ValueError("max_floats and max_clients must be >= 1")
         self.max_floats = max_floats
         self.max_clients = max_clients
+        self.warn = warn
         self.fallback_reason: str | None = None
         self._ctx: TrainContext | None = None
         self._module: nn.Module | None = None
@@ -243,13 +267,8 @@ class VectorizedBackend:
         self._step = None
         self._out_shapes = {}
         self.fallback_reason = self._probe(ctx)
-        if self.fallback_reason is not None:
-            log.warning(
-                "vectorized backend: model %r cannot be trained under vmap (%s); "
-                "training its clients one by one instead",
-                ctx.model,
-                self.fallback_reason,
-            )
+        if self.fallback_reason is not None and self.warn:
+            warn_fallback(ctx.model, self.fallback_reason)
 
     def _probe(self, ctx: TrainContext) -> str | None:
         """Run one vmapped step on two tiny clients; the error text if that fails."""
