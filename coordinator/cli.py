@@ -214,7 +214,14 @@ _WORKER_ERRORS = (
     ("mobile_sim.backends.process_pool", "PoolWorkerError"),
     ("mobile_sim.backends.ray_backend", "RayWorkerError"),
     ("ray.exceptions", "RayError"),  # an actor's exception (RayTaskError), a dead actor, ...
+    ("mobile_sim.backends._base", "ModelFailed"),  # the model raised in this process
 )
+
+
+# `ModelFailed`'s line already names the model's own exception: a worker's traceback ends in
+# it under its qualified name, which says nothing to a user.
+_MODEL_FAILED = "ModelFailed"
+_MODEL_FAILED_QUALIFIED = f"mobile_sim.backends._base.{_MODEL_FAILED}: "
 
 
 def _worker_error_line(exc: BaseException) -> str | None:
@@ -229,7 +236,10 @@ def _worker_error_line(exc: BaseException) -> str | None:
         return None
     cause = getattr(exc, "cause", None)  # RayTaskError: the actor's own exception
     if name == "RayError" and isinstance(cause, BaseException):
-        return _clause(f"a Ray actor failed: {type(cause).__name__}: {_error_line(cause)}")
+        said = _error_line(cause)
+        if type(cause).__name__ != _MODEL_FAILED:  # its line names the model's exception
+            said = f"{type(cause).__name__}: {said}"
+        return _clause(f"a Ray actor failed: {said}")
     head, _, rest = str(exc).strip().partition("\n")
     lines = [line.strip() for line in rest.splitlines() if line.strip()]
     died = getattr(sys.modules.get("ray.exceptions"), "ActorDiedError", None)
@@ -238,7 +248,7 @@ def _worker_error_line(exc: BaseException) -> str | None:
             return _clause(f"a Ray actor failed to start: {lines[-1]}")
         return _actor_died_line(lines)
     if head.endswith(":") and lines:  # "a worker failed:" and the worker's traceback
-        return _clause(f"{head} {lines[-1]}")
+        return _clause(f"{head} {lines[-1].removeprefix(_MODEL_FAILED_QUALIFIED)}")
     return _clause(head) or type(exc).__name__
 
 

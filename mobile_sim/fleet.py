@@ -42,9 +42,17 @@ def training_flops_per_sample(model: Any, sample_shape: Sequence[int]) -> int:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    from .backends._base import model_failed
+
     x = torch.zeros((1, *sample_shape))
-    with FlopCounterMode(display=False) as counter:
-        model(x).sum().backward()
+    try:
+        with FlopCounterMode(display=False) as counter:
+            model(x).sum().backward()
+    except ValueError:
+        raise
+    except Exception as exc:  # the model's own failure: one line, as a worker's is
+        where = f"counting the training FLOPs of one sample of shape {tuple(sample_shape)}"
+        raise model_failed(f"{where} through {type(model).__name__}", exc) from exc
     model.zero_grad(set_to_none=True)
     return int(counter.get_total_flops())
 

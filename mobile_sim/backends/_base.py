@@ -32,6 +32,7 @@ __all__ = [
     "num_params",
     "import_plugins",
     "PluginError",
+    "ModelFailed",
     "usable_cpus",
 ]
 
@@ -62,6 +63,26 @@ class PluginError(ValueError):
         super().__init__(f"plugin {spec!r} did not import: {reason}")
         self.spec = spec
         self.reason = reason
+
+
+class ModelFailed(RuntimeError):
+    """The model raised while the simulator ran it in this process (a device's local
+    training, or the FLOP count of one sample at the start): a plugin model whose forward
+    fails on the data, say. One line naming where and the model's own exception (chained as
+    `__cause__`), as a pool or Ray worker's failure is (`plume sim` prints it as one line;
+    PLUME_DEBUG=1 shows the traceback). Errors the simulator already words (ValueError: a
+    bad value, data that does not fit) are not wrapped."""
+
+
+def model_failed(where: str, exc: BaseException) -> ModelFailed:
+    """`ModelFailed` for `exc`, raised `where` ("training device 7 in round 3"): the
+    exception's type and its message's first line."""
+    text = str(exc).strip().partition("\n")[0]
+    return ModelFailed(
+        f"{where} failed: {type(exc).__name__}: {text}"
+        if text
+        else f"{where} failed: {type(exc).__name__}"
+    )
 
 
 def _is_file_spec(spec: str) -> bool:

@@ -18,6 +18,7 @@ from ._base import (
     check_round,
     job_rng,
     job_torch_seed,
+    model_failed,
     num_params,
 )
 
@@ -102,16 +103,21 @@ def run_job(
         x, y = job.data_attack.poison_data(x, y, job_rng(job, stream=1))
     # onnxruntime draws nothing from torch (which it may not even import)
     rng_scope = job_torch_rng(job) if job.trainer == "torch" else contextlib.nullcontext()
-    with rng_scope:
-        result = trainer.train(
-            params,
-            x,
-            y,
-            epochs=ctx.epochs,
-            batch_size=ctx.batch_size,
-            lr=ctx.lr,
-            rng=job_rng(job),
-        )
+    try:
+        with rng_scope:
+            result = trainer.train(
+                params,
+                x,
+                y,
+                epochs=ctx.epochs,
+                batch_size=ctx.batch_size,
+                lr=ctx.lr,
+                rng=job_rng(job),
+            )
+    except ValueError:
+        raise  # worded by the SDK or the simulator (bad data, a diverged run)
+    except Exception as exc:  # the model's own failure: one line, as a worker's is
+        raise model_failed(f"training device {job.device_id} in round {job.round_id}", exc) from exc
     delta = (result.params - params).astype(np.float32)
     return JobResult(job.device_id, delta, result.num_examples, result.loss)
 
