@@ -47,12 +47,15 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check sdk coordinator compression mobile_sim protocol bench tests
 	$(BIN)/mypy
 
-# Every benchmark at the issues' settings (hours on 2 cores); results land in bench/results/
-# and docs/benchmarks.md is regenerated from them. `make bench-quick` is a smoke run of each:
+# Every benchmark at the settings docs/benchmarks.md publishes (each script's defaults; hours on
+# 2 cores); results land in bench/results/ and docs/benchmarks.md is regenerated from them. Each
+# results file records the git commit it was written at (and whether the tree was dirty).
+# `make bench-quick` is a smoke run of each:
 # a --quick run never writes a canonical results file unless --out names it; it writes
 # bench/results/<name>_quick.json (marked "quick": true) beside <name>.json, and
 # bench/summarize.py refuses a results file or section marked quick (bench/_common.py).
-BENCHES := codec bandwidth_accuracy coordinator_ingest secagg robustness privacy onnx_train sim_throughput server_opt
+BENCHES := codec bandwidth_accuracy coordinator_ingest secagg secagg_unmask robustness privacy onnx_train \
+	device_round_rss device_footprint sim_throughput server_opt cli_startup
 
 bench: $(STAMP)
 	for b in $(BENCHES); do $(BIN)/python bench/$$b.py || exit 1; done

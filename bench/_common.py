@@ -8,11 +8,16 @@ file unless `--out` names one explicitly. A script whose `--out` is a file write
 quick, so a smoke run's numbers are never published.
 
 Every results file records `command`: the command line as run, `python bench/<script>.py ...`,
-runnable from the repository root.
+runnable from the repository root, and `git_commit` / `git_dirty`: the commit the code that
+wrote it was checked out at and whether tracked files differed from it (`write_results`; both
+null outside a git checkout). A file whose parts were run separately (sim_throughput.json's
+sections, explore_cnn_speed's experiments, secagg.json's timing and accuracy parts) records
+the code of each part beside it.
 """
 
 from __future__ import annotations
 
+import json
 import shlex
 import signal
 import socket
@@ -25,6 +30,50 @@ from typing import IO, Any
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 QUICK_SUFFIX = "_quick"
+
+
+_GIT: dict[str, Any] | None = None
+
+
+def git_provenance() -> dict[str, Any]:
+    """`git_commit` and `git_dirty` of this checkout (mobile_sim.report.git_info), read on the
+    first call and kept: a bench script calls it as it starts, so a run records the code it
+    started from even if the checkout changes while it runs."""
+    global _GIT
+    if _GIT is None:
+        from mobile_sim.report import git_info
+
+        _GIT = git_info(ROOT)
+    return dict(_GIT)
+
+
+def write_results(
+    path: str | Path,
+    doc: dict[str, Any],
+    *,
+    indent: int = 2,
+    default: Any = None,
+    stamp: bool = True,
+) -> Path:
+    """Write a results document as JSON (and a final newline), its folder made if missing.
+    `stamp`: first set the document's `git_commit` and `git_dirty` to `git_provenance()`'s;
+    False for a caller that sets them itself (a file rewritten from runs of other code)."""
+    if stamp:
+        doc.update(git_provenance())
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(doc, indent=indent, default=default) + "\n")
+    return out
+
+
+def config_matches(
+    recorded: dict[str, Any], current: dict[str, Any], defaults: dict[str, Any]
+) -> bool:
+    """Whether a results file's recorded config is `current`: a key the recorded config lacks
+    (a field the config gained after that run, e.g. SimConfig's selection_timeout_s) counts
+    at its value in `defaults` (today's defaults); a recorded key `current` lacks differs."""
+    old = {k: recorded.get(k, defaults.get(k)) for k in current}
+    return old == current and set(recorded) <= set(current)
 
 
 def quick_stem(stem: str, quick: bool) -> str:

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from bench._common import command_line, quick_stem  # noqa: E402
+from bench._common import command_line, git_provenance, quick_stem, write_results  # noqa: E402
 from mobile_sim.report import machine_info, plot_accuracy_vs_bytes, utc_now  # noqa: E402
 from mobile_sim.runner import SimConfig, SimResult, run_simulation  # noqa: E402
 
@@ -93,7 +93,7 @@ def _explore(base: SimConfig, dense: SimResult, path: Path, quick: bool, command
         "machine": machine_info(),
         "date": utc_now(),
     }
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    write_results(path, doc)
     plot_accuracy_vs_bytes(runs, path.with_suffix(".png"), title="knob sweep (MNIST CNN)")
     print(f"wrote {path}")
     return 0
@@ -124,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         help="run the knob sweep instead (writes bandwidth_accuracy_explore.json)",
     )
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    git_provenance()  # the code this run starts from
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -204,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     plot_accuracy_vs_bytes(
         runs, path.with_suffix(".png"), title="MNIST CNN, 100 clients, Dirichlet 0.5, 10/round, E=5"
     )
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(path, result)
     print(
         json.dumps(
             {

@@ -15,7 +15,6 @@ Wall times in ms; min and median per command.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -26,7 +25,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import command_line, out_file  # noqa: E402
+from bench._common import command_line, git_provenance, out_file, write_results  # noqa: E402
 from coordinator.cli import build_parser, iter_parsers  # noqa: E402
 from mobile_sim.report import machine_info, utc_now  # noqa: E402
 
@@ -35,14 +34,22 @@ _MAIN = "import sys; from coordinator.cli import main; sys.exit(main(sys.argv[1:
 _FULL_STACK = "import dp_accounting, coordinator.service.secure; " + _MAIN
 
 
+# Commands with a help of their own that are not argparse subparsers, so iter_parsers does not
+# list them: `plume sim report` is an action of `plume sim` (its first positional), whose
+# --help prints the report's help.
+ACTIONS = (("sim", "report"),)
+
+
 def _commands() -> dict[str, list[str]]:
-    """name -> argv of a fresh interpreter, the baselines first."""
+    """name -> argv of a fresh interpreter, the baselines first, then every parser's help
+    (iter_parsers) and every ACTIONS help."""
     out = {
         "python_floor": [sys.executable, "-c", "pass"],
         "full_stack_help": [sys.executable, "-c", _FULL_STACK, "--help"],
     }
-    for parser in iter_parsers(build_parser()):
-        words = [*parser.prog.split()[1:], "--help"]
+    helps = [parser.prog.split()[1:] for parser in iter_parsers(build_parser())]
+    for words in [*helps, *(list(a) for a in ACTIONS)]:
+        words = [*words, "--help"]
         out[" ".join(["plume", *words])] = [sys.executable, "-c", _MAIN, *words]
     return out
 
@@ -73,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         help="where the JSON goes (default: bench/results/cli_startup.json, or "
         "cli_startup_quick.json beside it with --quick)",
     )
+    git_provenance()  # the code this run starts from
     args = ap.parse_args(argv)
     if args.repeats is None:
         args.repeats = 3 if args.quick else 15
@@ -111,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "noise_note": "shared machine: other jobs preempt these processes, so medians sit "
         "above the uncontended cost; the baselines ran round-robin with the commands",
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_results(args.out, doc)
     for name, v in per_command.items():
         print(f"{name:40s} min {v['min_ms']:8.1f} ms   median {v['median_ms']:8.1f} ms")
     print(f"wrote {args.out}")

@@ -19,7 +19,6 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
 import argparse  # noqa: E402
-import json  # noqa: E402
 import math  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
@@ -36,7 +35,7 @@ import numpy as np  # noqa: E402
 import numpy.typing as npt  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bench._common import command_line, quick_stem  # noqa: E402
+from bench._common import command_line, git_provenance, quick_stem, write_results  # noqa: E402
 from compression import CodecConfig, ModelSpec, UpdateCodec  # noqa: E402
 from compression._index import BitmapCoding, EliasFanoCoding, RiceCoding  # noqa: E402
 from compression._topk import exact_topk, sampled_topk  # noqa: E402
@@ -292,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         default=ROOT / "bench" / "results",
         help="result folder (codec.json; a --quick run writes codec_quick.json)",
     )
+    git_provenance()  # the code this run starts from
     args = parser.parse_args(argv)
     reps = args.reps or (5 if args.quick else 200)
 
@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     path = results_path(args)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    write_results(path, doc)
     print(
         f"default topk={DEFAULT[0]} bits={DEFAULT[1]}: encode {enc:.3f} ms (target {TARGET_ENCODE_MS}), "
         f"decode {dec:.3f} ms (target {TARGET_DECODE_MS}), {default['frame_bytes']} bytes, "
@@ -373,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             **explore(spec, u, max(3, reps // 4)),
         }
         kpath = results_path(args, "codec_knobs")
-        kpath.write_text(json.dumps(knobs, indent=2) + "\n")
+        write_results(kpath, knobs)
         print(f"wrote {kpath}")
     return 0
 

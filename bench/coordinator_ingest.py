@@ -39,7 +39,15 @@ from tqdm import tqdm
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import RESULTS, command_line, out_file, start_serve, stop_serve  # noqa: E402
+from bench._common import (  # noqa: E402
+    RESULTS,
+    command_line,
+    git_provenance,
+    out_file,
+    start_serve,
+    stop_serve,
+    write_results,
+)
 from compression import CodecConfig, ModelSpec, UpdateCodec  # noqa: E402
 from coordinator.service import AdminClient, Coordinator, ServiceConfig, Store  # noqa: E402
 from protocol.messages import CodecParams, TaskConfig, TensorShape  # noqa: E402
@@ -567,6 +575,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="L",
         help="first wait (up to 30 min) until the 1-min load average is below L",
     )
+    git_provenance()  # the code this run starts from
     args = parser.parse_args(argv)
     if args.wait_load is not None:
         give_up = time.monotonic() + 1800
@@ -668,9 +677,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": command_line(__file__, argv),
         }
     )
-    out = results_path(args)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_results(results_path(args), result)
     print(json.dumps({k: result[k] for k in (
         "inprocess_updates_per_s", "http_updates_per_s", "dense_updates_per_s",
         "downlink_ratio_vs_dense", "load_lost_updates", "load_p99_upload_ms", "targets_met",

@@ -7,9 +7,10 @@ which the script starts (and stops) with a task of one device a round. Each roun
 fresh device process, as an app's background job would, on the same app directory: the first
 downloads the model as a whole snapshot, the later ones as a delta chain from the model held.
 The figure is that process's `VmHWM` (peak resident set; per address space, so it restarts at
-exec), after the data are loaded (`numpy_only_mb`), after the device's imports
-(`after_imports_mb`: numpy, onnxruntime, `sdk.ort.OrtTrainer`, `sdk.Client`) and at the end of
-the round (`peak_rss_mb`). Every `import torch` in the device process raises.
+exec), in MiB (the kernel's "kB" there are KiB, divided by 1024; files written before
+2026-12-04 named these fields `*_mb`), after the data are loaded (`numpy_only_mib`), after the device's imports
+(`after_imports_mib`: numpy, onnxruntime, `sdk.ort.OrtTrainer`, `sdk.Client`) and at the end of
+the round (`peak_rss_mib`). Every `import torch` in the device process raises.
 
     python bench/device_round_rss.py           # mnist_cnn, B=10, 200 MNIST examples, 3 rounds
     python bench/device_round_rss.py --quick   # a smoke run (mlp, 20 synthetic examples, 2
@@ -36,7 +37,15 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from bench._common import RESULTS, command_line, out_file, start_serve, stop_serve  # noqa: E402
+from bench._common import (  # noqa: E402
+    RESULTS,
+    command_line,
+    git_provenance,
+    out_file,
+    start_serve,
+    stop_serve,
+    write_results,
+)
 
 CANONICAL = RESULTS / "device_round_rss.json"
 INPUT_SHAPE = {"mnist_cnn": (1, 28, 28), "mlp": (1, 28, 28)}
@@ -54,7 +63,7 @@ DEVICE_SCRIPT = textwrap.dedent(
 
     sys.meta_path.insert(0, NoTorch())
 
-    def hwm_mb():
+    def hwm_mib():
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
@@ -66,11 +75,11 @@ DEVICE_SCRIPT = textwrap.dedent(
     xy = np.fromfile(data_path, dtype=np.float32).reshape(-1, 785)
     x, y = xy[:, :784].reshape(-1, 1, 28, 28).copy(), xy[:, 784].astype(np.int64)
     del xy
-    numpy_only = hwm_mb()
+    numpy_only = hwm_mib()
     import onnxruntime
     from sdk import Client
     from sdk.ort import OrtTrainer
-    after_imports = hwm_mb()
+    after_imports = hwm_mib()
     trainer = OrtTrainer.from_dir(art)
     t0 = time.perf_counter()
     with Client(url, app_dir=app_dir) as client:
@@ -80,9 +89,9 @@ DEVICE_SCRIPT = textwrap.dedent(
     if report is None:
         raise SystemExit("no round was assigned within 120 s")
     print(json.dumps({
-        "peak_rss_mb": round(hwm_mb(), 1),
-        "after_imports_mb": round(after_imports, 1),
-        "numpy_only_mb": round(numpy_only, 1),
+        "peak_rss_mib": round(hwm_mib(), 1),
+        "after_imports_mib": round(after_imports, 1),
+        "numpy_only_mib": round(numpy_only, 1),
         "round_id": report.round_id,
         "download_encoding": report.download_encoding,
         "bytes_down": report.bytes_down,
@@ -213,13 +222,13 @@ def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
     """The headline figures: the first round's (a snapshot download) and the later rounds'."""
     first, later = rounds[0], rounds[1:]
     out: dict[str, Any] = {
-        "first_round_peak_rss_mb": first["peak_rss_mb"],
+        "first_round_peak_rss_mib": first["peak_rss_mib"],
         "first_round_download": first["download_encoding"],
-        "after_imports_mb": max(r["after_imports_mb"] for r in rounds),
+        "after_imports_mib": max(r["after_imports_mib"] for r in rounds),
         "torch_loaded": any(r["torch_loaded"] for r in rounds),
     }
     if later:
-        out["later_rounds_peak_rss_mb"] = [r["peak_rss_mb"] for r in later]
+        out["later_rounds_peak_rss_mib"] = [r["peak_rss_mib"] for r in later]
         out["later_rounds_download"] = sorted({r["download_encoding"] for r in later})
     return out
 
@@ -237,6 +246,7 @@ def main(argv: list[str] | None = None) -> int:
         help="results file (default bench/results/device_round_rss.json; with --quick "
         "bench/results/device_round_rss_quick.json)",
     )
+    git_provenance()  # the code this run starts from
     args = parser.parse_args(argv)
     if args.quick:
         args.model, args.examples, args.rounds = "mlp", 20, 2
@@ -266,9 +276,7 @@ def main(argv: list[str] | None = None) -> int:
         "params": measured["params"],
         "rounds": measured["rounds"],
     }
-    out = results_path(args)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(results_path(args), results)
     print(json.dumps({k: v for k, v in results.items() if k != "rounds"}, indent=2))
     return 0
 

@@ -67,7 +67,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import RESULTS, command_line, out_file  # noqa: E402
+from bench._common import RESULTS, command_line, git_provenance, out_file, write_results  # noqa: E402
 
 RESULT = RESULTS / "cnn_speed_explore.json"
 # Forward + backward FLOPs of one mnist_cnn training sample: conv1 627k MACs + conv2 10.0M +
@@ -1193,6 +1193,7 @@ def main(argv: list[str] | None = None) -> int:
         help="results file, merged into (default bench/results/cnn_speed_explore.json; with "
         "--quick bench/results/cnn_speed_explore_quick.json)",
     )
+    git_provenance()  # the code this run starts from
     args = parser.parse_args(argv)
     args.out = results_path(args)
     reps = 2 if args.quick else args.reps
@@ -1211,15 +1212,15 @@ def main(argv: list[str] | None = None) -> int:
         res["wall_s"] = time.perf_counter() - t0
         res["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         res["quick"] = bool(args.quick)
-        # Each experiment keeps its own machine and command; the top level is the last one's.
+        # Each experiment keeps its own machine, command and code; the top level is the last one's.
         res["machine"] = machine_info()
         res["command"] = command_line(__file__, argv)
+        res.update(git_provenance())
         doc["experiments"][name] = res
         doc["machine"] = res["machine"]
         doc["date"] = time.strftime("%Y-%m-%d", time.gmtime())
         doc["command"] = res["command"]
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+        write_results(args.out, doc)
         print(name, json.dumps(res, indent=1)[:3000], flush=True)
     return 0
 

@@ -4,8 +4,9 @@ For each model, on one thread (torch.set_num_threads(1), ORT intra_op_num_thread
 same batch: the median time of one SGD step in torch (zero_grad, forward, loss, backward, step)
 and in onnxruntime (one run of the exported training-step graph, feeds and fetches included),
 the two interleaved step by step so both see the same machine load. Also: parity of 1 and 50 steps on MNIST batches, artifact sizes, the installed size of the
-runtime packages, the peak RSS of an ORT-only process (torch blocked) and of a torch process
-doing the same training, ORT session options tried, and a federated run mixing torch and ORT
+runtime packages, the peak RSS (VmHWM, in MiB: `peak_rss_mib`, `after_imports_mib`,
+`numpy_only_mib`; files written before 2026-12-04 named them `*_mb`) of an ORT-only process
+(torch blocked) and of a torch process doing the same training, ORT session options tried, and a federated run mixing torch and ORT
 devices against the same run with torch devices only.
 
     python bench/onnx_train.py            # the issue's setting (mnist_cnn headline, B=10)
@@ -35,7 +36,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from bench._common import RESULTS, command_line, out_file  # noqa: E402
+from bench._common import RESULTS, command_line, git_provenance, out_file, write_results  # noqa: E402
 from mobile_sim.data import load_mnist  # noqa: E402
 from mobile_sim.models import build_model  # noqa: E402
 from mobile_sim.report import machine_info  # noqa: E402
@@ -116,7 +117,7 @@ _RSS_SCRIPT = textwrap.dedent(
     """
     import importlib.abc, json, resource, sys
 
-    def hwm_mb():
+    def hwm_mib():
         # VmHWM is per address space, so it restarts at exec; ru_maxrss would carry over the
         # parent's peak (Linux keeps it across execve).
         try:
@@ -138,11 +139,11 @@ _RSS_SCRIPT = textwrap.dedent(
     import numpy as np
     xy = np.fromfile(data_path, dtype=np.float32).reshape(-1, 785)
     x, y = xy[:, :784].reshape(-1, 1, 28, 28).copy(), xy[:, 784].astype(np.int64)
-    base = hwm_mb()
+    base = hwm_mib()
     if mode == "ort":
         import onnxruntime
         from sdk.ort import OrtTrainer
-        after_import = hwm_mb()
+        after_import = hwm_mib()
         trainer = OrtTrainer.from_dir(art)
         params = np.concatenate([np.full(e.size, 0.01, np.float32) for e in trainer.spec.entries])
         trainer.train(params, x[: steps * batch], y[: steps * batch], epochs=1,
@@ -153,14 +154,14 @@ _RSS_SCRIPT = textwrap.dedent(
         from mobile_sim.models import build_model
         from sdk.flat import get_flat_params
         from sdk.trainer import TorchTrainer
-        after_import = hwm_mb()
+        after_import = hwm_mib()
         trainer = TorchTrainer(build_model(art))
         params = get_flat_params(trainer.module)
         trainer.train(params, x[: steps * batch], y[: steps * batch], epochs=1,
                       batch_size=batch, lr=0.01, rng=np.random.default_rng(0))
-    peak = hwm_mb()
-    print(json.dumps({"peak_rss_mb": round(peak, 1), "after_imports_mb": round(after_import, 1),
-                      "numpy_only_mb": round(base, 1),
+    peak = hwm_mib()
+    print(json.dumps({"peak_rss_mib": round(peak, 1), "after_imports_mib": round(after_import, 1),
+                      "numpy_only_mib": round(base, 1),
                       "torch_loaded": "torch" in sys.modules}))
     """
 )
@@ -239,6 +240,7 @@ def main(argv: list[str] | None = None) -> int:
         help="results file (default bench/results/onnx_train.json; with --quick "
         "bench/results/onnx_train_quick.json)",
     )
+    git_provenance()  # the code this run starts from
     args = parser.parse_args(argv)
     steps = 20 if args.quick else args.steps
     warmup = 5 if args.quick else 20
@@ -364,9 +366,7 @@ def _bench(
         )
         results["mixed_run"] = _mixed_run(args.quick, tmp / "mixed")
 
-    out = results_path(args)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(results, indent=2) + "\n")
+    write_results(results_path(args), results)
     print(json.dumps({k: v for k, v in results.items() if k != "models"}, indent=2))
     for name, entry in results["models"].items():
         print(name, json.dumps(entry["step_time"]), "parity", entry["parity_rel_err"])

@@ -30,7 +30,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import command_line, quick_stem  # noqa: E402
+from bench._common import command_line, git_provenance, quick_stem, write_results  # noqa: E402
 from coordinator.privacy import FixedSizeSampling, calibrate_noise_multiplier  # noqa: E402
 from mobile_sim.report import machine_info, utc_now  # noqa: E402
 from mobile_sim.runner import SimConfig  # noqa: E402
@@ -91,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="a smoke run (a minute or two)")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    git_provenance()  # the code this run starts from
     args = ap.parse_args(argv)
     logging.getLogger("absl").setLevel(logging.ERROR)
 
@@ -212,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         "quick": bool(args.quick),
     }
     json_path = results_path(args)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(summary, indent=1))
+    write_results(json_path, summary, indent=1)
     _plot(summary, json_path.with_suffix(".png"))
     print(
         json.dumps(

@@ -34,7 +34,13 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import command_line, quick_stem  # noqa: E402
+from bench._common import (  # noqa: E402
+    command_line,
+    config_matches,
+    git_provenance,
+    quick_stem,
+    write_results,
+)
 from coordinator.aggregators import DEFAULT_ROBUST  # noqa: E402
 from mobile_sim.report import machine_info, utc_now  # noqa: E402
 from mobile_sim.runner import SimConfig  # noqa: E402
@@ -555,6 +561,35 @@ WEAK_DP_NOTE = (
 )
 
 
+# How backdoor_note says where a seed's FedAvg baseline ran. "same seed and run" holds only when
+# every backdoor run of the summary ran in one invocation; with --merge a seed's baseline and
+# its defended runs can come from different files (robustness.json: seeds 0-4's FedAvg baseline
+# from robustness_backdoor_weakdp.json, defended runs from other files).
+SAME_RUN = "same seed and run"
+SAME_SEED = (
+    "same seed, not always the same invocation: a run merged from another results file "
+    "names it in its merged_from (backdoor_runs), and a seed's FedAvg baseline and its "
+    "defended runs may come from different files"
+)
+
+
+def backdoor_note(runs: dict[str, dict[str, Any]]) -> str:
+    """The backdoor summary's note. `runs`: _summarise_backdoor's, each with `merged_from`
+    when it came from another file (--merge)."""
+    sources = {r.get("merged_from") for r in runs.values()}
+    where = SAME_RUN if len(sources) <= 1 else SAME_SEED
+    return (
+        "backdoor_accuracy and main_task_loss_pp are means over the seeds of each seed's "
+        "worse attack variant (unboosted and boosted); main-task loss = FedAvg's no-attack "
+        f"accuracy minus the defended model's accuracy under attack, {where}; "
+        "target_met_backdoor requires both targets on every seed, "
+        "target_met_backdoor_on_mean on the means, and backdoor_seeds_meeting_target counts "
+        "the seeds that meet both. Each defence is "
+        "summarised over the seeds it was run on (seeds_complete in backdoor_by_defense; "
+        "backdoor_seeds_complete for the headline)"
+    )
+
+
 def _summarise(
     args: argparse.Namespace, base: SimConfig, rows: list[dict[str, Any]], complete: bool
 ) -> dict[str, Any]:
@@ -634,16 +669,7 @@ def _summarise(
         "main_task_loss_pp_max_over_seeds": head.get("max_main_task_loss_pp"),
         "backdoor_defense_no_attack_accuracy_per_seed": head.get("no_attack_accuracy_per_seed"),
         "backdoor_fedavg_no_attack_accuracy_per_seed": backdoor["fedavg_no_attack_per_seed"],
-        "backdoor_note": (
-            "backdoor_accuracy and main_task_loss_pp are means over the seeds of each seed's "
-            "worse attack variant (unboosted and boosted); main-task loss = FedAvg's no-attack "
-            "accuracy minus the defended model's accuracy under attack, same seed and run; "
-            "target_met_backdoor requires both targets on every seed, "
-            "target_met_backdoor_on_mean on the means, and backdoor_seeds_meeting_target counts "
-            "the seeds that meet both. Each defence is "
-            "summarised over the seeds it was run on (seeds_complete in backdoor_by_defense; "
-            "backdoor_seeds_complete for the headline)"
-        ),
+        "backdoor_note": backdoor_note(backdoor["runs"]),
         "backdoor_malicious": args.backdoor_malicious,
         "backdoor_rounds": args.backdoor_rounds,
         "target_backdoor_accuracy": TARGET_BACKDOOR,
@@ -788,9 +814,7 @@ def _same_setting(saved: dict[str, Any], setting: dict[str, Any]) -> bool:
     if recorded.get("plugins") == []:
         del recorded["plugins"]
     # Fields SimConfig gained after that run count at their defaults (e.g. `fleet`).
-    defaults = SimConfig().as_dict()
-    old = {k: recorded.get(k, defaults.get(k)) for k in setting}
-    return old == setting and set(recorded) <= set(setting)
+    return config_matches(recorded, setting, SimConfig().as_dict())
 
 
 # The backdoor options, by argparse dest, that --resummarise takes from the file's summary.
@@ -884,6 +908,7 @@ def results_path(args: argparse.Namespace) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
+    git = git_provenance()  # the code this run starts from
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -1023,16 +1048,23 @@ def main(argv: list[str] | None = None) -> int:
         # The file keeps the config it recorded (a field SimConfig gained since counts at its
         # default, as in --merge).
         summary["config"] = saved["config"]
-        for key in ("date", "finished_at", "machine", "command", "merged_from", "quick"):
+        # The runs' code is the file's (absent: not recorded); the summary's is this one's.
+        summary.pop("git_commit", None)
+        summary.pop("git_dirty", None)
+        for key in (
+            "date", "finished_at", "machine", "command", "merged_from", "quick", "git_commit",
+            "git_dirty",
+        ):  # fmt: skip
             if key in saved:
                 summary[key] = saved[key]
         summary["resummarised"] = {
             "at": utc_now(),
             "command": command_line(__file__, argv),
+            **git,
             "note": "summary recomputed from the file's own runs (no run repeated) with its "
             "own backdoor options; the backdoor targets are compared with TARGET_TOLERANCE_PP",
         }
-        json_path.write_text(json.dumps(summary, indent=1))
+        write_results(json_path, summary, indent=1, stamp=False)
         print(f"wrote {json_path}")
         return 0
     jobs = _jobs(args, base)
@@ -1056,14 +1088,14 @@ def main(argv: list[str] | None = None) -> int:
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.workers) as pool, tqdm(total=len(jobs), desc="robustness runs") as bar:
         for row in pool.imap_unordered(_run, jobs):
-            rows.append(row)
+            rows.append(row | git)  # each run records the code it ran (merged ones keep theirs)
             bar.set_postfix_str(
                 f"{row['aggregator'][:18]} {row['attack']} acc={row['final_accuracy']:.3f}"
             )
             bar.update(1)
-            json_path.write_text(json.dumps(_summarise(args, base, rows, False), indent=1))
+            write_results(json_path, _summarise(args, base, rows, False), indent=1)
     summary = _summarise(args, base, rows, True)
-    json_path.write_text(json.dumps(summary, indent=1))
+    write_results(json_path, summary, indent=1)
     if not args.skip_matrix:
         _plot(summary, out_dir / f"{name}.png", list(summary["per_aggregator"]), args.attacks)
     _plot_backdoor(summary, out_dir / f"{name}_backdoor.png")

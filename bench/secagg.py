@@ -12,8 +12,10 @@ Part 2 (accuracy): `--rounds` rounds of MNIST-CNN FL in plain compressed mode
 training and cohorts (both draw round r's cohort the same way). The plain runner injects no
 dropouts, so by default neither arm does in the accuracy comparison (`--acc-dropout 0`); a
 secure-only dropout rate can be set to see what losing contributors costs. `--plain-from
-FILE` reuses the plain arm of an earlier result with the same settings (for
-exploring secure settings; the canonical run computes both arms).
+FILE` reuses the plain arm of an earlier result with the same settings (for exploring secure
+settings; the canonical run computes both arms): FILE's recorded `config` must be this run's,
+a field SimConfig gained since FILE was written counting at its default. Such a run says so
+in `plain_from` and `plain_arm_note` (which names every file the plain arm passed through).
 
     python bench/secagg.py                 # the issue's settings (long: run in the background)
     python bench/secagg.py --quick         # smoke run, a minute or two (to secagg_quick.json)
@@ -34,19 +36,27 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench._common import RESULTS, command_line, out_file  # noqa: E402
+from bench._common import (  # noqa: E402
+    RESULTS,
+    command_line,
+    config_matches,
+    git_provenance,
+    out_file,
+    write_results,
+)
 
 TARGET_UPLOAD_RATIO = 2.0
 TARGET_UNMASK_S = 1.0
 TARGET_ACCURACY_PP = 1.0
 TIMING_KEYS = (
     "timing", "timing_ran_at", "plain_frame_bytes", "dense_bytes", "reference_n",
-    "upload_ratio_vs_plain", "upload_ratio_vs_dense", "server_unmask_s",
+    "upload_ratio_vs_plain", "upload_ratio_vs_dense", "server_unmask_s", "timing_git",
 )  # fmt: skip
 ACCURACY_KEYS = (
     "accuracy_ran_at", "config", "accuracy_plain", "accuracy_secure", "accuracy_gap_pp",
     "plain_upload_bytes_per_report", "secure_upload_bytes_per_contributor", "plain_curve",
-    "secure_curve", "secure_aborted_rounds", "accuracy_settings", "plain_from",
+    "secure_curve", "secure_aborted_rounds", "accuracy_settings", "plain_from", "plain_arm_note",
+    "accuracy_git",
 )  # fmt: skip
 
 
@@ -212,11 +222,11 @@ def selection_analysis(args: argparse.Namespace, secure_cfg: Any) -> dict[str, A
     return out
 
 
-def accuracy_runs(args: argparse.Namespace, secure_cfg: Any) -> dict[str, Any]:
-    from mobile_sim.runner import SimConfig, run_simulation
-    from mobile_sim.secure import run_secure_simulation
+def accuracy_config(args: argparse.Namespace) -> Any:
+    """The SimConfig both arms of the accuracy part run."""
+    from mobile_sim.runner import SimConfig
 
-    cfg = SimConfig(
+    return SimConfig(
         clients=args.clients,
         per_round=args.per_round,
         rounds=args.rounds,
@@ -227,7 +237,65 @@ def accuracy_runs(args: argparse.Namespace, secure_cfg: Any) -> dict[str, Any]:
         backend=args.backend,
         server_lr=args.server_lr,
     )
-    config = {k: v for k, v in cfg.as_dict().items() if v is not None}
+
+
+def recorded_config(cfg: Any) -> dict[str, Any]:
+    """A SimConfig as a results file records it (`config`): its fields less those that are None."""
+    return {k: v for k, v in cfg.as_dict().items() if v is not None}
+
+
+def same_config(recorded: Any, config: dict[str, Any]) -> bool:
+    """Whether a results file's recorded `config` is `config` (recorded_config's), a field
+    SimConfig gained since that run (selection_timeout_s, checkin_period_s,
+    residual_memory_mb, ...) counting at today's default (bench/_common.config_matches)."""
+    from mobile_sim.runner import SimConfig
+
+    if not isinstance(recorded, dict):
+        return False
+    return config_matches(recorded, config, recorded_config(SimConfig()))
+
+
+def plain_source(path: Path, config: dict[str, Any]) -> dict[str, Any]:
+    """The results file `--plain-from` names, refused (SystemExit) unless it was run with
+    `config`; a field added to SimConfig since counts at its default."""
+    old: dict[str, Any] = json.loads(path.read_text())
+    if not same_config(old.get("config"), config):
+        raise SystemExit(f"{path} was run with other settings: {old.get('config')}")
+    return old
+
+
+def plain_chain(path: Path) -> list[str]:
+    """The files the plain arm of `path` passed through, `path` first, each as named (a file
+    made with --plain-from names its source in `plain_from`, which may have reused another's);
+    the last is the one that ran it, or one that cannot be read."""
+    chain = [str(path)]
+    current = path
+    while True:
+        try:
+            source = json.loads(current.read_text()).get("plain_from")
+        except (OSError, ValueError):
+            return chain
+        if not isinstance(source, str) or not source or source in chain:
+            return chain
+        chain.append(source)
+        current = Path(source) if Path(source).is_absolute() else ROOT / source
+
+
+def plain_arm_note(path: Path) -> str:
+    """What a run with --plain-from says of its plain arm: not run here, and where it ran."""
+    chain = plain_chain(path)
+    text = f"the plain arm was not run in this invocation: --plain-from reused {chain[0]}'s"
+    for source in chain[1:]:
+        text += f", which had reused {source}'s"
+    return text + f"; it ran in the run that wrote {chain[-1]}, with the same settings"
+
+
+def accuracy_runs(args: argparse.Namespace, secure_cfg: Any) -> dict[str, Any]:
+    from mobile_sim.runner import run_simulation
+    from mobile_sim.secure import run_secure_simulation
+
+    cfg = accuracy_config(args)
+    config = recorded_config(cfg)
 
     def curve(res: Any) -> list[dict[str, Any]]:
         return [
@@ -242,9 +310,7 @@ def accuracy_runs(args: argparse.Namespace, secure_cfg: Any) -> dict[str, Any]:
         return up / max(1, reports)
 
     if args.plain_from is not None:
-        old = json.loads(args.plain_from.read_text())
-        if old.get("config") != config:
-            raise SystemExit(f"{args.plain_from} was run with other settings: {old.get('config')}")
+        old = plain_source(args.plain_from, config)
         plain_acc, p_up, plain_curve = (
             old["accuracy_plain"],
             old["plain_upload_bytes_per_report"],
@@ -257,6 +323,11 @@ def accuracy_runs(args: argparse.Namespace, secure_cfg: Any) -> dict[str, Any]:
     return {
         "config": config,
         "plain_from": str(args.plain_from) if args.plain_from is not None else None,
+        **(
+            {"plain_arm_note": plain_arm_note(args.plain_from)}
+            if args.plain_from is not None
+            else {}
+        ),
         "accuracy_plain": plain_acc,
         "accuracy_secure": secure.final_accuracy,
         "plain_upload_bytes_per_report": p_up,
@@ -275,7 +346,8 @@ def results_path(args: argparse.Namespace) -> Path:
     return out_file(args.out, CANONICAL, args.quick)
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The script's options (main parses them; tests parse documented commands with it)."""
     from coordinator.secure import SecureConfig
 
     ap = argparse.ArgumentParser(
@@ -361,14 +433,27 @@ def main(argv: list[str] | None = None) -> int:
         "--merge",
         action="store_true",
         help="keep the parts of an existing --out this run skips (e.g. re-time with "
-        "--skip-accuracy); each part records when it ran",
+        "--skip-accuracy); each part records when it ran and the code it ran",
     )
-    args = ap.parse_args(argv)
+    return ap
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """`argv` parsed as main parses it: --out resolved, --quick's sizes applied."""
+    args = build_parser().parse_args(argv)
     args.out = results_path(args)
     if args.quick:
         args.sizes = [10, 30]
         args.rounds = 3
         args.local_epochs = 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    from coordinator.secure import SecureConfig
+
+    git = git_provenance()
+    args = parse_args(argv)
 
     import torch
     from tqdm import tqdm
@@ -444,6 +529,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         doc["timing"] = per_n
         doc["timing_ran_at"] = utc_now()
+        doc["timing_git"] = git
         ref = per_n.get("100") or per_n[str(args.sizes[-1])]
         doc["reference_n"] = ref["n"]
         doc["upload_ratio_vs_plain"] = ref["upload_ratio_vs_plain"]
@@ -453,6 +539,7 @@ def main(argv: list[str] | None = None) -> int:
         acc = accuracy_runs(args, secure_cfg)
         doc.update(acc)
         doc["accuracy_ran_at"] = utc_now()
+        doc["accuracy_git"] = git
         doc["accuracy_settings"] = {
             "secure_config": doc["secure_config"],
             "dropout": args.acc_dropout,
@@ -482,8 +569,7 @@ def main(argv: list[str] | None = None) -> int:
     doc["finished_at"] = utc_now()
     if args.quick:
         doc["note"] = "--quick smoke run: not the issue's settings"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2, default=float) + "\n")
+    write_results(args.out, doc, default=float)
     print(json.dumps(targets, indent=2))
     print(f"wrote {args.out}")
     return 0

@@ -46,7 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import RESULTS, command_line, out_file  # noqa: E402
+from bench._common import RESULTS, command_line, git_provenance, out_file, write_results  # noqa: E402
 from mobile_sim.report import machine_info, utc_now  # noqa: E402
 from protocol.secagg import (  # noqa: E402
     AdvertiseKeys,
@@ -276,6 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=5, help="calls per strict figure (median)")
     ap.add_argument("--quick", action="store_true", help="m and k <= 240 only")
     ap.add_argument("--out", type=Path, default=None)
+    git_provenance()  # the code this run starts from
     args = ap.parse_args(argv)
     ms, ks = args.m, args.k
     if args.quick:
@@ -302,8 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         ],
     }
     out = out_file(args.out, RESULTS / "secagg_unmask.json", args.quick)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_results(out, doc)
     print(f"wrote {out}")
     return 0
 

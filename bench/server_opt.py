@@ -14,7 +14,6 @@ devices' updates look like, so the table is accuracy at (nearly) equal bytes.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -25,7 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import RESULTS, command_line, out_file  # noqa: E402
+from bench._common import RESULTS, command_line, git_provenance, out_file, write_results  # noqa: E402
 
 CANONICAL = RESULTS / "server_opt.json"
 
@@ -68,7 +67,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--backend", default="pool", help="simulator backend (same results)")
+    ap.add_argument(
+        "--backend",
+        default="pool",
+        help="simulator backend (default: %(default)s). The backends are not bit-identical "
+        "(their float operations run in another order), so another backend gives slightly "
+        "different accuracies, not the same results",
+    )
     ap.add_argument("--quick", action="store_true", help="2 rounds per arm, to check it runs")
     ap.add_argument(
         "--out",
@@ -77,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         help="results file (default bench/results/server_opt.json; with --quick "
         "bench/results/server_opt_quick.json)",
     )
+    git_provenance()  # the code this run starts from
     args = ap.parse_args(argv)
     args.out = results_path(args)
 
@@ -128,13 +134,14 @@ def main(argv: list[str] | None = None) -> int:
             "partition": f"dirichlet({base.alpha})",
             "codec": "top-k 0.005 global, 4-bit, error feedback",
             "seed": args.seed,
+            # Not bit-identical across backends: a run is reproduced on the same backend.
+            "backend": args.backend,
         },
         "arms": arms,
         "best_final": best,
         "wall_s": time.perf_counter() - t_start,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    write_results(args.out, doc)
     print(f"best final accuracy: {best} ({arms[best]['final_accuracy']:.4f}); wrote {args.out}")
     return 0
 

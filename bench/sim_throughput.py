@@ -1,17 +1,23 @@
 """Simulator throughput: client updates/s per backend next to a plain torch loop, same run.
 
-Sections (default: all, at the issue's settings):
-  million  10^6 registered devices (lazy population), 1,000 a round: RSS and time per round.
+Sections (default: all, at the settings docs/benchmarks.md publishes):
+  million  10^6 registered devices (lazy population), 1,000 a round, 100 rounds (its memory
+           levels off only once the residuals fill --million-residual-mb, late in the run):
+           RSS and time per round.
   digits   digits-many: sklearn digits, MLP 64-32-10, 1,000 clients a round x 20 samples,
            2 epochs, B=10; every update encoded (top-k + 4-bit + zstd, error feedback) and
-           decoded by the coordinator's round engine.
+           decoded by the coordinator's round engine. Every backend, 3 runs each (median kept).
   mnist    the MNIST-CNN 20-round config (`plume sim` defaults) through `run_simulation` per
-           backend, and a plain sequential torch loop over the same cohorts.
+           backend (pool and sequential by default), and a plain sequential torch loop over
+           the same cohorts. Each backend's `start_s` is its start() alone (the pool's worker
+           start-up), timed apart from data loading and the rounds.
 
 Each section merges its results into bench/results/sim_throughput.json, so a long section can
 run separately (e.g. `--sections mnist` in the background) without losing the others. Each
-section records its own `machine`, `date`, `measured_at` and `command`; the file's top-level
-`machine` and `date` are those of the last section written. A --quick run merges into
+section records its own `machine`, `date`, `measured_at`, `command`, `git_commit` and
+`git_dirty`; the file's top-level ones are those of the last section written (not a --quick
+one). A section written before sections recorded their own machine keeps what it has: its
+machine is never filled in from the file's current one. A --quick run merges into
 bench/results/sim_throughput_quick.json instead (unless --out is given), under `<section>_quick`.
 
 The plain torch loop is what a user writes without a simulator: per client, deepcopy the global
@@ -39,11 +45,22 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench._common import RESULTS, command_line, is_quick, out_file  # noqa: E402
+from bench._common import (  # noqa: E402
+    RESULTS,
+    command_line,
+    git_provenance,
+    is_quick,
+    out_file,
+    write_results,
+)
 from mobile_sim._residuals import DEFAULT_RESIDUAL_MEMORY_MB  # noqa: E402
 
 RESULT = RESULTS / "sim_throughput.json"
 SECTIONS = ("million", "digits", "mnist")
+# The backends each section times by default, as the published sections ran them
+# (bench/results/sim_throughput.json's `digits` and `mnist` sections' commands).
+DIGITS_BACKENDS = ("sequential", "vectorized", "pool", "ray")
+MNIST_BACKENDS = ("pool", "sequential")
 
 
 def _rss_gb() -> float:
@@ -332,7 +349,7 @@ def bench_digits(args: argparse.Namespace) -> dict[str, Any]:
         runs.setdefault("plain_torch_loop", []).append(
             through_engine(plain_train, "plain loop" + tag, batched=False) | {"load_1m": load}
         )
-        for name in args.backends:
+        for name in args.backends or DIGITS_BACKENDS:
             backend = _backend(name, args.workers)
             t0 = time.perf_counter()
             backend.start(ctx)
@@ -386,13 +403,18 @@ class _Recording:
         self.inner = inner
         self.name = inner.name
         self.cohorts: list[list[int]] = []
+        self.start_s: float | None = None
         # The pool and Ray evaluate in their workers, so here too; --eval-in-driver hides
         # that, and the runner evaluates in this process as it did before they could.
         if evaluate_in_workers and hasattr(inner, "evaluate"):
             self.evaluate = inner.evaluate
 
     def start(self, ctx: Any) -> None:
+        # The backend's own start-up (for the pool: spawning its workers and handing them the
+        # training set), timed alone: not data loading, the rounds or the checkpoints.
+        t0 = time.perf_counter()
         self.inner.start(ctx)
+        self.start_s = time.perf_counter() - t0
 
     def train(self, params: np.ndarray, jobs: Any) -> Any:
         self.cohorts.append([j.device_index for j in jobs])
@@ -567,7 +589,7 @@ def bench_mnist(args: argparse.Namespace) -> dict[str, Any]:
         cfg = replace(cfg, rounds=2, local_epochs=1)
     if args.mnist_rounds:
         cfg = replace(cfg, rounds=args.mnist_rounds)
-    order = list(args.backends)
+    order = list(args.backends or MNIST_BACKENDS)
 
     def checkpoint(progress: dict[str, Any]) -> None:
         progress["settings"] = {"rounds": cfg.rounds, "local_epochs": cfg.local_epochs}
@@ -596,6 +618,9 @@ def bench_mnist(args: argparse.Namespace) -> dict[str, Any]:
         out[name] = {
             "wall_s": rounds_wall,
             "wall_s_with_setup_and_plain_loop": total,
+            # start() alone (the pool's and Ray's worker start-up); wall_s_with_setup_... less
+            # both loops' wall time also holds data loading and the per-round checkpoints.
+            "start_s": backend.start_s,
             "round_wall_s": [r.wall_s for r in res.records],
             # Where the rounds' wall_s went, summed over them (RoundRecord.wall_*_s).
             "phase_wall_s": phase_sums(res.records),
@@ -645,6 +670,8 @@ def bench_mnist(args: argparse.Namespace) -> dict[str, Any]:
             if args.eval_in_driver
             else "the pool's or Ray's workers; the driver for the other backends",
             "wall_s": "sum of per-round wall times (train, encode, engine decode+aggregate, eval)",
+            "start_s": "the backend's start() alone, timed around it (the pool's and Ray's "
+            "worker start-up); not in wall_s",
             "phase_wall_s": "wall_s by phase, summed over the rounds: train (the backend, "
             "model attacks included), encode, aggregate (the engine's decode + aggregate), "
             "eval, other (selection, bookkeeping); the plain loop's: train, codec (encode + "
@@ -693,30 +720,26 @@ def _merge(
     path: Path, section: str, value: dict[str, Any], args: argparse.Namespace
 ) -> dict[str, Any]:
     """Write `value` as `sections[section]` of the JSON at `path`, keeping the other sections
-    (each with its own machine and date), and recompute the headline keys. The top-level
-    `machine` and `date` are the last section written's that is not a --quick one (a quick
-    section written into the canonical file with --out made the published page name its
-    machine and date; helper-352)."""
+    as they are, and recompute the headline keys. The new section records its machine, date,
+    command and code (`git_commit`, `git_dirty`). The top-level `machine`, `date` and code are
+    the last section written's that is not a --quick one (a quick section written into the
+    canonical file with --out made the published page name its machine and date;
+    helper-352). An older section is never given the file's current machine: before this, one
+    without a machine of its own was given the top-level one at the next write, which was by
+    then another run's (sections measured on 2026-11-28 came to name a kernel of 2026-11-29)."""
     from mobile_sim.report import machine_info
 
     doc: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
     machine = machine_info()
+    git = git_provenance()
     now = time.gmtime()
-    if "machine" in doc:
-        # Sections written before each kept its own machine were measured on the top-level
-        # one: keep it with them before it changes (a million run on another machine made the
-        # page name that machine for the older mnist and digits sections).
-        for old in doc.get("sections", {}).values():
-            if isinstance(old, dict) and "machine" not in old:
-                old["machine"] = doc["machine"]
-                measured = old.get("measured_at")
-                when = measured[:10] if isinstance(measured, str) else doc.get("date")
-                old.setdefault("date", when)
     if not is_quick(value, section) or "date" not in doc:
         doc["machine"] = machine
         doc["date"] = time.strftime("%Y-%m-%d", now)
+        doc.update(git)
     value["machine"] = machine
     value["date"] = time.strftime("%Y-%m-%d", now)
+    value.update(git)
     value["measured_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", now)
     value["command"] = command_line(__file__, getattr(args, "argv", None))
     value["load_average_at_end"] = os.getloadavg()
@@ -757,8 +780,7 @@ def _merge(
             doc["mnist_cnn_ratios_by_backend"] = ratios
         doc["mnist_cnn_from_section"] = key
         doc["mnist_cnn_quick"] = s[key]["settings"]["quick"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(doc, indent=2) + "\n")
+    write_results(path, doc, stamp=False)
     return doc
 
 
@@ -771,8 +793,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--backends",
         nargs="+",
-        default=["sequential", "vectorized", "pool", "ray"],
-        help="backends to time (default: all four)",
+        default=None,
+        help="backends to time (default: all four in the digits section, "
+        f"{' and '.join(MNIST_BACKENDS)} in the mnist section)",
     )
     parser.add_argument(
         "--workers", type=int, default=os.cpu_count() or 1, help="pool / Ray workers"
@@ -783,7 +806,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--digits-clients", type=int, default=1000)
     parser.add_argument("--digits-rounds", type=int, default=5)
     parser.add_argument(
-        "--repeat", type=int, default=1, help="digits section: runs per backend (median kept)"
+        "--repeat",
+        type=int,
+        default=3,
+        help="digits section: runs per backend, the median kept (default: %(default)s; 1 with "
+        "--quick)",
     )
     parser.add_argument(
         "--digits-threads",
@@ -795,9 +822,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--million-rounds",
         type=int,
-        default=5,
+        default=100,
         help="million section: rounds (each trains about 1,000 new devices; its RSS settles "
-        "once their residuals fill --million-residual-mb)",
+        "only once their residuals fill --million-residual-mb, late in a 100-round run; "
+        "default: %(default)s)",
     )
     parser.add_argument(
         "--million-residual-mb",
@@ -832,12 +860,14 @@ def main(argv: list[str] | None = None) -> int:
         help="results file (default bench/results/sim_throughput.json; with --quick "
         "bench/results/sim_throughput_quick.json)",
     )
+    git_provenance()  # the code this run starts from, whatever the checkout does meanwhile
     args = parser.parse_args(argv)
     args.out = results_path(args)
     args.argv = argv
     if args.quick:
         args.digits_rounds = min(args.digits_rounds, 2)
         args.million_rounds = min(args.million_rounds, 2)
+        args.repeat = 1
 
     import torch
 

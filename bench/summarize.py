@@ -322,6 +322,39 @@ BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
 ]
 
 
+def _figure(key: str, value: Any) -> str:
+    """A headline figure as the page prints it; a `*_mib` field (RSS from VmHWM, KiB / 1024)
+    says MiB."""
+    text = _fmt(value)
+    return f"{text} MiB" if key.endswith("_mib") and value is not None else text
+
+
+def _code(doc: dict[str, Any]) -> str:
+    """ " Code: commit C." (", with uncommitted changes" when git_dirty) for a file that records
+    the commit it was written at (bench/_common.write_results); "" for one that does not."""
+    commit = doc.get("git_commit") if isinstance(doc, dict) else None
+    if not isinstance(commit, str) or not commit:
+        return ""
+    dirty = " with uncommitted changes" if doc.get("git_dirty") else ""
+    return f" Code: commit `{commit[:12]}`{dirty}."
+
+
+def _plain_arm(doc: dict[str, Any], stem: str) -> str:
+    """ " Plain arm: ..." for a bench/secagg.py file whose plain arm came from another file
+    (--plain-from): every file it passed through, to the run that ran it; "" otherwise."""
+    source = doc.get("plain_from")
+    if not isinstance(source, str) or not source:
+        return ""
+    from bench.secagg import plain_chain
+
+    chain = plain_chain(RESULTS / f"{stem}.json")[1:]
+    via = "".join(f", which had reused `{c}`'s" for c in chain[1:])
+    return (
+        f" Plain arm: not run in this file's run; reused with --plain-from from `{chain[0]}`"
+        f"{via}, so it ran in the run that wrote `{chain[-1]}`."
+    )
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "n/a"
@@ -374,31 +407,75 @@ def _sweep_table() -> list[str]:
             f"| {label} | {_fmt(v.get('final_accuracy'))} | "
             f"{_fmt(v.get('accuracy_delta_pp_vs_dense'))} | {_fmt(v.get('upload_ratio_vs_dense'))}x |"
         )
-    lines += [
-        "",
-        "Reading the sweep: the server step and the top-k scope matter most (each about 1 pp).",
-        "Top-k keeps each device's largest coordinates, and FedAvg divides every coordinate by",
-        "the whole cohort's weight although only the devices that ranked it sent it, so the",
-        "averaged step shrinks; a server step of 2 restores it. Per-tensor top-k spends the same",
-        "k on every layer in proportion to its size, where global top-k follows the update's",
-        "mass.",
-    ]
+    lines += ["", *_sweep_reading(doc, before_split)]
+    return lines + [""]
+
+
+def _pp(value: float) -> str:
+    """A difference in pp, signed ("0 pp" for none)."""
+    return f"{value:+.3g} pp" if value else "0 pp"
+
+
+def _sweep_reading(doc: dict[str, Any], before_split: bool) -> list[str]:
+    """The prose under the knob sweep, every figure computed from the file: the rows furthest
+    from dense, error feedback's row and how often a device takes part, and how far the rest
+    lie from dense."""
+    base = doc.get("base_config", {})
+    deltas = {
+        name: float(v["accuracy_delta_pp_vs_dense"])
+        for name, v in doc.get("variants", {}).items()
+        if isinstance(v.get("accuracy_delta_pp_vs_dense"), (int, float))
+    }
+    if not deltas:
+        return []
+    ranked = sorted(deltas, key=lambda n: -abs(deltas[n]))
+    top = ranked[:2]
+    shown = " and ".join(f"`{n}` ({_pp(deltas[n])})" for n in top)
+    lines = [f"Reading the sweep: the rows furthest from dense are {shown}."]
+    if {n.split("=")[0] for n in top} == {"server_lr", "scope"}:
+        lines += [
+            "Top-k keeps each device's largest coordinates, and FedAvg divides every coordinate",
+            "by the whole cohort's weight although only the devices that ranked it sent it, so",
+            f"the averaged step shrinks; the base config's server step of {base.get('server_lr')}",
+            "restores it. Per-tensor top-k spends the same k on every layer in proportion to its",
+            "size, where global top-k follows the update's mass.",
+        ]
+    knobs = _knobs_date()
     if before_split:
         lines += [
             "The `scope=per_tensor` row ran before commit 2e7b1fd (2026-11-30) changed the",
-            "split: at this k (8,317 of 1,663,370) three of the CNN's eight tensors (conv1's and",
-            "conv2's biases and fc2's bias) got no coordinate at all, every round, and their",
-            "residuals only grew; now every tensor gets at least one (compression/_topk.py",
-            "`split_k`, wire-format.md section 5), so the row does not reproduce bit for bit and",
-            "was not re-run. The same holds for `scope.per_tensor` in",
-            "`bench/results/codec_knobs.json` (two tensors at no coordinate there).",
+            "split: the old split gave a tensor whose proportional share of k rounded to zero no",
+            "coordinate at all, every round, and its residual only grew (the CNN's small bias",
+            "tensors at this k; the commit's message lists the shares); now every tensor gets at",
+            "least one (compression/_topk.py `split_k`, wire-format.md section 5), so the row",
+            "does not reproduce bit for bit and was not re-run.",
         ]
-    lines += [
-        "Error feedback changes little here because each of the 100 devices takes part in",
-        "about 2 of the 20 rounds, so its residual is rarely sent at all. Single runs: other",
-        "rows differ by a few tenths of a pp, within what the seed or float order moves.",
-    ]
-    return lines + [""]
+        if knobs is not None and knobs < _PER_TENSOR_SPLIT_CHANGED:
+            lines.append(
+                "The same holds for `scope.per_tensor` in `bench/results/codec_knobs.json`."
+            )
+    clients, per_round, rounds = base.get("clients"), base.get("per_round"), base.get("rounds")
+    if "no_error_feedback" in deltas and clients and per_round and rounds:
+        lines += [
+            f"Without error feedback the run ends {_pp(deltas['no_error_feedback'])} from dense:",
+            f"each of the {clients} devices takes part in about {per_round * rounds / clients:g}",
+            f"of the {rounds} rounds, so its residual is rarely sent at all.",
+        ]
+    rest = [abs(deltas[n]) for n in ranked[2:] if n != "no_error_feedback"]
+    if rest:
+        lines.append(
+            f"Single runs (one seed each): the other rows are within {max(rest):.3g} pp of dense."
+        )
+    return lines
+
+
+def _knobs_date() -> str | None:
+    """When bench/results/codec_knobs.json was measured, None if there is none."""
+    path = RESULTS / "codec_knobs.json"
+    if not path.exists():
+        return None
+    date = json.loads(path.read_text()).get("date")
+    return date if isinstance(date, str) else None
 
 
 def _fraction_table() -> list[str]:
@@ -469,10 +546,28 @@ def _matrix_table(doc: dict[str, Any]) -> list[str]:
 def _server_opt_table(doc: dict[str, Any]) -> list[str]:
     """Every arm of bench/server_opt.py: spec, server step, accuracy, bytes."""
     s = doc.get("settings", {})
+    runs = [doc] + [d for _, d in _extras("server_opt_seed*.json")]
+    common = [a for a in doc.get("arms", {}) if all(a in r.get("arms", {}) for r in runs)]
+    spread = ""
+    if len(runs) > 1 and common:
+        # How far another seed moves one arm's final accuracy, from the held-out seeds' files.
+        moves = {
+            a: 100
+            * (
+                max(r["arms"][a]["final_accuracy"] for r in runs)
+                - min(r["arms"][a]["final_accuracy"] for r in runs)
+            )
+            for a in common
+        }
+        widest = max(moves, key=lambda a: moves[a])
+        spread = (
+            f" One seed: across the {len(runs)} seeds below, another seed moves an arm's final "
+            f"accuracy by up to {moves[widest]:.3g} pp (`{widest}`), so smaller differences "
+            "here are not a ranking."
+        )
     lines = [
         f"Seed {s.get('seed')}, {s.get('rounds')} rounds, {s.get('codec')}; every arm sees the "
-        "same devices in the same rounds. One seed: differences under about 0.5 pp are within "
-        "what another seed or another backend's float order moves.",
+        f"same devices in the same rounds.{spread}",
         "",
         "| arm | aggregator | server step | final accuracy | best round | upload bytes |",
         "|---|---|---|---|---|---|",
@@ -482,8 +577,6 @@ def _server_opt_table(doc: dict[str, Any]) -> list[str]:
             f"| `{name}` | `{a['aggregator']}` | {_fmt(a['server_lr'])} | "
             f"{_fmt(a['final_accuracy'])} | {_fmt(a['best_accuracy'])} | {a['upload_bytes']:,} |"
         )
-    runs = [doc] + [d for _, d in _extras("server_opt_seed*.json")]
-    common = [a for a in doc.get("arms", {}) if all(a in r.get("arms", {}) for r in runs)]
     if len(runs) > 1 and common:
         seeds = [r["settings"]["seed"] for r in runs]
         # The first held-out file's own command, runnable as shown (the others differ by seed).
@@ -553,7 +646,13 @@ def _sections_line(doc: dict[str, Any], sections: dict[str, Any]) -> list[str]:
         if is_quick(sec, name):
             quick.append(name)
             continue
-        own = f", {sec['date']} on {_machine(sec)}" if "machine" in sec else ""
+        # A section's own machine, or that it recorded none: never the file's current one.
+        if isinstance(sec.get("machine"), dict):
+            own = f", {sec.get('date', 'date not recorded')} on {_machine(sec)}"
+        else:
+            why = sec.get("machine_note")
+            own = f", machine not recorded ({why})" if why else ", machine not recorded"
+        own += _code(sec)
         command = sec.get("command")
         shown = "not recorded"
         if isinstance(command, str):
@@ -643,7 +742,7 @@ OTHER_FILES: list[tuple[str, str, list[str]]] = [
         "device_round_rss",
         "Peak RSS of a device's whole round on plain onnxruntime, torch blocked (mnist_cnn, "
         "B=10: `Client.participate` against a loopback coordinator; docs/devices.md)",
-        ["first_round_peak_rss_mb", "later_rounds_peak_rss_mb", "after_imports_mb"],
+        ["first_round_peak_rss_mib", "later_rounds_peak_rss_mib", "after_imports_mib"],
     ),
     (
         "readme_cnn_download/rounds",
@@ -699,10 +798,10 @@ def _other_files() -> list[str]:
             if isinstance(recorded, str):
                 command = f"`{_runnable(recorded)}` (its `{doc['mnist_cnn_from_section']}` section)"
         when = doc.get("date") or doc.get("finished_at") or "not recorded"
-        figures = ", ".join(f"`{k}` {_fmt(_lookup(doc, k))}" for k in keys)
+        figures = ", ".join(f"`{k}` {_figure(k, _lookup(doc, k))}" for k in keys)
         out += [
             f"- **{title}**: `bench/results/{stem}.json`. Command: {command}. Machine: "
-            f"{_machine(doc)}. Date: {when}. {figures}.",
+            f"{_machine(doc)}. Date: {when}.{_code(doc)} {figures}.{_plain_arm(doc, stem)}",
         ]
     return out + [""]
 
@@ -716,7 +815,8 @@ def render() -> str:
         "the one the file records, or, where the file records none, the one the docs give for",
         "it, marked as such. Speed figures were measured on a shared 2-core machine while other",
         "work ran, so compare the ratios (each against a baseline measured in the same run)",
-        "rather than the absolute times.",
+        "rather than the absolute times. An accuracy baseline reused from an earlier run",
+        "(bench/secagg.py --plain-from, bench/robustness.py --merge) is said so where shown.",
         "",
     ]
     for stem, title, command, keys in BENCHES:
@@ -739,11 +839,11 @@ def render() -> str:
             per_section = _sections_line(doc, sections)
             machine = f"Machine of the last section run: {_machine(doc)}."
             when = f"Date of the last section run: {doc.get('date', 'not recorded')}."
-        out += [f"Command: {_command(doc, stem)}. {machine} {when}", "", *per_section]
+        out += [f"Command: {_command(doc, stem)}. {machine} {when}{_code(doc)}", "", *per_section]
         if keys:
             out += ["| metric | measured | target |", "|---|---|---|"]
             for key, target in keys:
-                out.append(f"| `{key}` | {_fmt(doc.get(key))} | {target} |")
+                out.append(f"| `{key}` | {_figure(key, doc.get(key))} | {target} |")
             out.append("")
         if stem == "bandwidth_accuracy":
             out += _sweep_table()

@@ -165,31 +165,6 @@ def test_merge_keeps_an_older_sections_machine(
     assert doc["sections"]["million_quick"]["machine"]["cpu"] == "Quick CPU"
 
 
-def test_merge_gives_a_section_without_a_machine_the_top_level_one_it_ran_on(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Sections written before each kept its own machine (digits, mnist) were measured on the
-    # top-level one; a million run on another machine replaced it, and the page then named
-    # the new machine for them (s44 review). They keep the old one, dated when measured.
-    module = _script("sim_throughput")
-    path = tmp_path / "sim.json"
-    digits = {"measured_at": "2026-01-01T10:00:00Z", "results": {}}
-    path.write_text(
-        json.dumps(
-            {"machine": _machine("Old CPU"), "date": "2026-01-02", "sections": {"d": digits}}
-        )
-    )
-    import mobile_sim.report
-
-    monkeypatch.setattr(mobile_sim.report, "machine_info", lambda: _machine("New CPU"))
-    args = argparse.Namespace(argv=["--sections", "million"])
-    module._merge(path, "million", {"peak_rss_gb": 0.6, "wall_s_per_round_median": 2.0}, args)
-    doc = json.loads(path.read_text())
-    assert doc["machine"]["cpu"] == "New CPU"
-    assert doc["sections"]["d"]["machine"]["cpu"] == "Old CPU"
-    assert doc["sections"]["d"]["date"] == "2026-01-01"
-
-
 def test_backdoor_seeds_take_ranges() -> None:
     module = _script("robustness")
     assert _parsed(module, ["--backdoor-seeds", "0-19"]).backdoor_seeds == ["0-19"]

@@ -76,11 +76,11 @@ def test_two_device_rounds_are_measured_torch_free(tmp_path: Path) -> None:
     assert [r["download_encoding"] for r in rounds] == ["snapshot", "delta-chain"]
     for r in rounds:
         assert r["accepted"] and not r["torch_loaded"]
-        assert 0 < r["numpy_only_mb"] <= r["after_imports_mb"] <= r["peak_rss_mb"]
+        assert 0 < r["numpy_only_mib"] <= r["after_imports_mib"] <= r["peak_rss_mib"]
         assert r["bytes_down"] > 0 and r["bytes_up"] > 0
     headline = bench.summarize(rounds)
-    assert headline["first_round_peak_rss_mb"] == rounds[0]["peak_rss_mb"]
-    assert headline["later_rounds_peak_rss_mb"] == [rounds[1]["peak_rss_mb"]]
+    assert headline["first_round_peak_rss_mib"] == rounds[0]["peak_rss_mib"]
+    assert headline["later_rounds_peak_rss_mib"] == [rounds[1]["peak_rss_mib"]]
     assert headline["later_rounds_download"] == ["delta-chain"]
     assert headline["torch_loaded"] is False
 
