@@ -140,3 +140,21 @@ def test_no_figure_is_kept_as_an_indication(doc: str) -> None:
     text = (ROOT / doc).read_text()
     found = re.findall(r"[^.\n]*\bindication\b[^.\n]*", text, flags=re.IGNORECASE)
     assert not found, f"{doc}: {found}"
+
+
+@pytest.mark.parametrize("row", ["exact", "k0.05", "k0.02"])
+def test_the_simulators_downlink_table_is_its_committed_runs(row: str) -> None:
+    # docs/simulator.md's digits downlink table: each cell is the run's rounds.json summary
+    # (bench/results/downlink_digits/<row>-s<seed>/), accuracy to 4 places, bytes as printed
+    runs = [_json(f"downlink_digits/{row}-s{seed}/rounds.json")["summary"] for seed in (0, 1, 2)]
+    acc = " / ".join(f"{r['final_accuracy']:.4f}" for r in runs)
+    down = [r["total_download_bytes"] for r in runs]
+    label = (
+        "exact (no flags)" if row == "exact" else f"`--downlink-topk {row[1:]} --downlink-bits 8`"
+    )
+    line = _line("docs/simulator.md", f"| {label} |")
+    assert acc in line, (acc, line)
+    if len(set(down)) == 1:
+        assert f"{down[0]:,} each" in line, (down, line)
+    else:
+        assert " / ".join(f"{b:,}" for b in down) in line, (down, line)
