@@ -272,6 +272,9 @@ class SecureTask:
     groups: Sequence[SecureRound]
     group_of: dict[str, int]
     members: Sequence[tuple[str, ...]]
+    # The round's min_reports: a group whose masked-input stage closes when the round can no
+    # longer hold this many masked inputs aborts then (`_check_min_contributors`).
+    min_contributors: int = 1
 
     def round_for(self, device_id: str) -> SecureRound:
         return self.groups[self.group_of[device_id]]
@@ -408,7 +411,12 @@ class SecureCoordinator:
         sketch_len = sketch_length(self.sketch_segments)
         return min(budget_k(self.config, n, self.size, sketch_len) for n in set(group_sizes))
 
-    def open_round(self, device_ids: Sequence[str], round_id: int | None = None) -> SecureTask:
+    def open_round(
+        self,
+        device_ids: Sequence[str],
+        round_id: int | None = None,
+        min_contributors: int = 1,
+    ) -> SecureTask:
         """Choose S_r, split the cohort into groups and plan one SecAgg per group: one group of
         each distinct size now (a plan no group could run raises here), every other group
         when it is first asked for (`SecureTask.groups`), with the same plan bytes and digest.
@@ -418,7 +426,14 @@ class SecureCoordinator:
         `round_id` (default: the next of this coordinator's own counter) names the round in
         every message, key derivation and public seed; the HTTP service passes its durable
         round id, which is unique across restarts and tasks.
+
+        `min_contributors` (the task's `min_reports`, as `close_round` takes it): when a
+        group's masked-input stage closes and the round's groups can no longer hold that many
+        masked inputs, the group aborts then (`RoundAborted` from its close) instead of
+        running an unmask stage for a round that cannot commit.
         """
+        if min_contributors < 1:
+            raise ValueError(f"min_contributors must be >= 1, got {min_contributors}")
         if round_id is not None and round_id < 1:
             raise ValueError(f"round_id must be positive, got {round_id}")
         if self.budget_exhausted():
@@ -456,9 +471,11 @@ class SecureCoordinator:
             plan = make_plan(config, r, len(groups[g]), size, indices, segments, g, like=like)
             if not first:
                 first.append(plan)
-            return SecureRound(plan, digest, groups[g], ledger)
+            sr = SecureRound(plan, digest, groups[g], ledger)
+            sr.after_masked_input = lambda: _check_min_contributors(task, sr)
+            return sr
 
-        task = SecureTask(r, indices, _Groups(groups, build), group_of, groups)
+        task = SecureTask(r, indices, _Groups(groups, build), group_of, groups, min_contributors)
         # One group of each size now (group 0 first): a plan the round cannot run (a ring
         # overflow, a threshold below a majority) is refused when it opens, as before.
         task.by_size()
@@ -626,6 +643,41 @@ class SecureCoordinator:
             self.score = (decay * self.score + (1 - decay) * fresh).astype(np.float32)
         self.version += 1
         return SecureOutcome(task.round_id, True, contributors, dropped, aborted, update, meas)
+
+
+def _most_masked_inputs(sr: SecureRound) -> int:
+    """The most masked inputs group `sr` can still end with at its current stage."""
+    state = sr.server.state
+    if sr.stage in (Stage.UNMASK, Stage.DONE):
+        return len(state.contributors)
+    if sr.stage == Stage.MASKED_INPUT:
+        return len(state.senders)
+    if sr.stage == Stage.SHARE_KEYS:
+        return len(state.keys)
+    return 0 if sr.stage == Stage.ABORTED else len(sr.device_ids)
+
+
+def _check_min_contributors(task: SecureTask, sr: SecureRound) -> None:
+    """Abort `sr` (just past its masked-input close; `RoundAborted`) when the round's groups
+    can no longer hold `task.min_contributors` masked inputs: `close_round` would unmask
+    nothing, so no unmask stage is run for it. A group not planned yet counts all of its
+    devices; one in an earlier stage, the devices still in it."""
+    need = task.min_contributors
+    if need <= 1:
+        return
+    planned: Callable[[int], bool] = getattr(task.groups, "built", lambda g: True)
+    most = sum(
+        _most_masked_inputs(task.groups[g]) if planned(g) else len(ids)
+        for g, ids in enumerate(task.members)
+    )
+    if most < need:
+        why = (
+            f"at most {most} masked inputs in the round's groups when this group's masked-input "
+            f"stage closed, below the round's {need} (min_reports): the round cannot commit, "
+            "no unmask stage is run"
+        )
+        sr.abort(why)
+        raise RoundAborted(why)
 
 
 def _abort_unmasking(task: SecureTask, why: str) -> None:

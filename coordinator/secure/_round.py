@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -80,6 +80,10 @@ class SecureRound:
     # Contributors whose noisy sum the server has unmasked (None until it has): under DP that
     # sum is released to the server even if the checks below then abort the group.
     unmasked: int | None = field(default=None, init=False)
+    # Called once the masked-input stage closed without an abort; may abort the group
+    # (`RoundAborted`). `SecureCoordinator.open_round` sets it to apply the round's
+    # `min_contributors` (min_reports) before any unmask stage runs.
+    after_masked_input: Callable[[], None] | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         if len(self.device_ids) != self.plan.num_nodes or len(set(self.device_ids)) != len(
@@ -199,19 +203,22 @@ class SecureRound:
         """
         t0 = time.perf_counter()
         out: dict[str, bytes]
-        if stage == Stage.ADVERTISE_KEYS:
-            out = {
-                self.device_ids[i]: m.to_bytes() for i, m in self.server.close_advertise().items()
-            }
-        elif stage == Stage.SHARE_KEYS:
-            out = {
-                self.device_ids[i]: m.to_bytes() for i, m in self.server.close_share_keys().items()
-            }
-        elif stage == Stage.MASKED_INPUT:
-            req = self.server.close_masked_input().to_bytes()
-            out = {self.device_ids[i]: req for i in self.server.state.alive}
-        else:
-            raise WrongStage(f"stage {stage} is closed by finish()")
+        try:
+            if stage == Stage.ADVERTISE_KEYS:
+                closed = self.server.close_advertise()
+                out = {self.device_ids[i]: m.to_bytes() for i, m in closed.items()}
+            elif stage == Stage.SHARE_KEYS:
+                delivered = self.server.close_share_keys()
+                out = {self.device_ids[i]: m.to_bytes() for i, m in delivered.items()}
+            elif stage == Stage.MASKED_INPUT:
+                req = self.server.close_masked_input().to_bytes()
+                out = {self.device_ids[i]: req for i in self.server.state.alive}
+                if self.after_masked_input is not None:
+                    self.after_masked_input()
+            else:
+                raise WrongStage(f"stage {stage} is closed by finish()")
+        except RoundAborted as exc:
+            raise self._naming_short(exc) from exc
         self.stage_seconds[f"close-{stage}"] += time.perf_counter() - t0
         for d, body in out.items():
             self._count(d, "down", len(body))
@@ -262,6 +269,19 @@ class SecureRound:
             sketch,
             tuple(self.device_ids[i] for i in res.suspects),
         )
+
+    def _naming_short(self, exc: RoundAborted) -> RoundAborted:
+        """`exc` (a stage close's abort), its reason followed by the device ids of the nodes
+        the server found with fewer than t live neighbours, if it names any; the server's own
+        `abort_reason` is set to the same text."""
+        short = self.server.state.short_nodes
+        if not short:
+            return exc
+        devices = [self.device_ids[i] for i in short[:5]]
+        more = ", ..." if len(short) > 5 else ""
+        reason = f"{exc}; devices, in node order: {devices}{more}"
+        self.server.state.abort_reason = reason
+        return RoundAborted(reason)
 
     def _naming_suspects(self, exc: RoundAborted) -> RoundAborted:
         """`exc` (the server's unmask abort), its reason followed by the device ids of the

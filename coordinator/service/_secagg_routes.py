@@ -179,10 +179,18 @@ class SecureRegistry:
         self._lock = threading.Lock()
         self._coord_lock = threading.Lock()  # taken before `_lock`, never while holding it
 
-    def open_round(self, device_ids: Sequence[str], round_id: int | None = None) -> SecureTask:
-        """Plan a round over `device_ids` (named `round_id`, default the coordinator's next)."""
+    def open_round(
+        self,
+        device_ids: Sequence[str],
+        round_id: int | None = None,
+        min_contributors: int = 1,
+    ) -> SecureTask:
+        """Plan a round over `device_ids` (named `round_id`, default the coordinator's next);
+        `min_contributors`: the task's `min_reports`, below which a group aborts at its
+        masked-input close instead of running an unmask stage for a round that cannot commit
+        (`SecureCoordinator.open_round`)."""
         with self._coord_lock, self._lock:
-            task = self.coordinator.open_round(device_ids, round_id)
+            task = self.coordinator.open_round(device_ids, round_id, min_contributors)
             now = self.clock()
             groups = [
                 _Group(task.groups, expected=set(ids), stage_started=now, index=i)

@@ -2507,7 +2507,7 @@ class Coordinator:
         rt.seq += 1
         if rt.secure is not None:
             try:
-                rt.secure.registry.open_round(plan.selected, round_id)
+                rt.secure.registry.open_round(plan.selected, round_id, min_reports)
             except ValueError as exc:  # e.g. RingOverflow: refused now, not mid-protocol
                 log.error("task %d secure round %d cannot open: %s", rt.task_id, round_id, exc)
                 rt.engine.close_round(plan.round_id)

@@ -17,7 +17,6 @@ import numpy.typing as npt
 
 from ._crypto import (
     agree,
-    check_public_key,
     decrypt,
     encrypt,
     generate_keypair,
@@ -75,6 +74,14 @@ def _enc_key(enc_private: bytes, peer_enc_public: bytes, digest: bytes) -> bytes
     return agree(enc_private, peer_enc_public, b"plume-secagg-enc\0" + digest)
 
 
+def _key_fingerprint(state: ClientState, key: bytes) -> bytes:
+    """The pair seed `key` derives with this device's mask key: for a neighbour's mask key
+    its pairwise mask seed. Equal for two keys exactly when they agree the same secrets with
+    every private key (X25519 clamps scalars to multiples of 8, so P and P + T for T of order
+    2, 4 or 8 agree alike); `KeyAgreementFailed` for a non-canonical or low-order key."""
+    return pair_mask_seed(state.mask_private, key, state.params.digest)
+
+
 @dataclass(slots=True)
 class ClientState:
     """Everything one device holds during a secure round (secrets never leave except as shares)."""
@@ -104,7 +111,16 @@ def _advertise(state: ClientState) -> AdvertiseKeys:
 def _share_keys(state: ClientState, directory: KeyDirectory) -> ShareKeys:
     p = state.params
     seen_nodes: set[int] = set()
-    seen_keys = {state.enc_public, state.mask_public}
+    # Keys are compared by the pair seed each derives with this device's mask key, not by
+    # bytes: a "twin" (u -> 1/u, or any key off by a point of order 2, 4 or 8) is other
+    # canonical bytes that agree the same secrets. A neighbour holding a twin of another
+    # neighbour's mask key would get a pairwise mask equal to that neighbour's, of the
+    # opposite sign, and the two would cancel in this device's masked input. Two equal pair
+    # seeds mean two equal derived encryption keys too (a twin agrees alike with every key).
+    seen_keys = {
+        _key_fingerprint(state, state.enc_public),
+        _key_fingerprint(state, state.mask_public),
+    }
     for node, epk, mpk in directory.entries:
         if node not in state.graph_neighbours:
             raise ProtocolViolation(f"node {node} is not a neighbour of {state.node}")
@@ -112,10 +128,11 @@ def _share_keys(state: ClientState, directory: KeyDirectory) -> ShareKeys:
             raise DuplicateKey(f"node {node} listed twice in the key directory")
         seen_nodes.add(node)
         for key in (epk, mpk):
-            check_public_key(key)  # canonical, so that comparing bytes compares points
-            if key in seen_keys:
+            # KeyAgreementFailed for a key not canonical (an alias) or of low order.
+            fingerprint = _key_fingerprint(state, key)
+            if fingerprint in seen_keys:
                 raise DuplicateKey(f"public key of node {node} duplicates another key")
-            seen_keys.add(key)
+            seen_keys.add(fingerprint)
     if len(directory.entries) < p.threshold:
         raise RoundAborted(
             f"{len(directory.entries)} neighbours advertised keys, threshold is {p.threshold}"

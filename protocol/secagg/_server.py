@@ -27,7 +27,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._client import pair_mask_seed, pair_mask_sign, self_mask
-from ._crypto import KEY_BYTES, agree, check_public_key, public_key_of
+from ._crypto import KEY_BYTES, agree, public_key_of
 from ._errors import (
     DuplicateKey,
     ProtocolViolation,
@@ -71,6 +71,9 @@ class ServerState:
     min_survivors: int
     stage: Stage = Stage.ADVERTISE_KEYS
     keys: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # U1
+    # `_fingerprint` of every advertised key: equal exactly when two keys agree the same
+    # secrets with every private key (one point, or one point and a "twin", `_advertise`).
+    fingerprints: set[bytes] = field(default_factory=set)
     outbox: dict[int, list[tuple[int, bytes]]] = field(default_factory=dict)
     senders: set[int] = field(default_factory=set)  # U2
     masked_sum: npt.NDArray[np.uint64] | None = None
@@ -84,6 +87,8 @@ class ServerState:
     max_robust_decodes: int = MAX_ROBUST_DECODES
     robust_decodes: int = 0  # secrets `_finish` reconstructed with error correction
     suspects: set[int] = field(default_factory=set)  # responders with a share found wrong
+    # Nodes a stage's close found with fewer than t live neighbours (`_short_of_neighbours`)
+    short_nodes: tuple[int, ...] = ()
     # (holder, dealer, why) of each share set aside on arrival (`_unmask_response`)
     set_aside: list[tuple[int, int, str]] = field(default_factory=list)
 
@@ -112,24 +117,70 @@ def _abort(state: ServerState, reason: str) -> RoundAborted:
 _PROBE = bytes(range(1, 33))
 
 
+def _fingerprint(key: bytes) -> bytes:
+    """The server's probe agreement with `key`: `KeyAgreementFailed` for a key that is not
+    canonical or is a low-order point, and equal for two keys exactly when they agree the same
+    secret with every private key.
+
+    X25519 clamps every private scalar to a multiple of 8, so a key P and P + T (T of order
+    2, 4 or 8; adding the order-2 point (0, 0) maps u to 1/u mod 2^255 - 19) are different
+    canonical bytes yet "the same key": a neighbour holding such a twin of a victim's mask key
+    gets the victim the same pairwise seed as its original, with the opposite sign, so the
+    two masks cancel in the victim's masked input. The probe scalar is not a multiple of
+    either prime subgroup order, so its agreements differ for any two keys that are not twins.
+    """
+    return agree(_PROBE, key, b"plume-secagg-probe")
+
+
 def _advertise(state: ServerState, msg: AdvertiseKeys) -> None:
     if msg.node in state.keys:
         raise ProtocolViolation(f"node {msg.node} advertised twice")
-    for key in (msg.enc_public, msg.mask_public):
-        # Canonical first: the duplicate check below compares bytes, and a key with bit 255
-        # set (or u >= 2^255 - 19) is the same point as a canonical one (RFC 7748).
-        check_public_key(key)
-        agree(_PROBE, key, b"plume-secagg-probe")  # KeyAgreementFailed for a low-order point
-    known = {k for pair in state.keys.values() for k in pair}
-    if msg.enc_public in known or msg.mask_public in known or msg.enc_public == msg.mask_public:
+    # Compared by fingerprint, not bytes: a key's aliases (bit 255 set, u >= p) are refused as
+    # not canonical, and its twins (same secrets, other bytes) fingerprint alike.
+    enc_fp, mask_fp = _fingerprint(msg.enc_public), _fingerprint(msg.mask_public)
+    if enc_fp in state.fingerprints or mask_fp in state.fingerprints or enc_fp == mask_fp:
         raise DuplicateKey(f"node {msg.node} advertised a public key already in use")
     state.keys[msg.node] = (msg.enc_public, msg.mask_public)
+    state.fingerprints.update((enc_fp, mask_fp))
+
+
+def _short_of_neighbours(
+    state: ServerState, needed: set[int], live: set[int], what: str, stage: str
+) -> None:
+    """Abort at once (`RoundAborted`) if a node in `needed` has fewer than t neighbours in
+    `live`: it refuses the next stage, or its secrets cannot be rebuilt from t shares, so the
+    round cannot finish and the next stage is not opened for it. The nodes are kept in
+    `state.short_nodes` (node numbers) so that a caller can name its devices."""
+    t = state.params.threshold
+    short = sorted(n for n in needed if sum(j in live for j in state.graph[n]) < t)
+    if short:
+        state.short_nodes = tuple(short)
+        raise _abort(
+            state,
+            f"{len(short)} nodes have fewer than t={t} {what} at the close of {stage} "
+            f"(e.g. {short[:5]}): the round cannot finish",
+        )
 
 
 def _directories(state: ServerState) -> dict[int, KeyDirectory]:
     p = state.params
     if len(state.keys) < state.min_survivors:
         raise _abort(state, f"{len(state.keys)} nodes advertised keys, need {state.min_survivors}")
+    # A node shares only with t or more neighbours with keys, and masks only with t or more
+    # that shared with it: peel off the nodes that cannot, until every one left can. If fewer
+    # than the floor are left, no node set can get through the share-keys stage.
+    able = set(state.keys)
+    while short := {n for n in able if sum(j in able for j in state.graph[n]) < p.threshold}:
+        able -= short
+    if len(able) < state.min_survivors:
+        lacking = sorted(set(state.keys) - able)
+        state.short_nodes = tuple(lacking)
+        raise _abort(
+            state,
+            f"{len(lacking)} of {len(state.keys)} nodes with keys have fewer than "
+            f"t={p.threshold} neighbours with keys that can share (e.g. {lacking[:5]}); "
+            f"{len(able)} can, need {state.min_survivors}: the round cannot finish",
+        )
     out = {}
     for node in sorted(state.keys):
         entries = tuple((j, *state.keys[j]) for j in state.graph[node] if j in state.keys)
@@ -162,6 +213,11 @@ def _deliveries(state: ServerState) -> dict[int, ShareDelivery]:
     p = state.params
     if len(state.senders) < state.min_survivors:
         raise _abort(state, f"{len(state.senders)} nodes shared keys, need {state.min_survivors}")
+    # Every node that shared is needed at unmask, and only its neighbours that shared hold
+    # its shares (and a device refuses to mask with fewer than t bundles).
+    _short_of_neighbours(
+        state, state.senders, state.senders, "neighbours that shared keys", "share keys"
+    )
     out = {}
     for node in sorted(state.senders):
         cts = tuple(sorted((s, ct) for s, ct in state.outbox.get(node, []) if s in state.senders))
@@ -190,6 +246,11 @@ def _unmask_request(state: ServerState) -> UnmaskRequest:
     p = state.params
     if len(state.contributors) < state.min_survivors:
         raise _abort(state, f"{len(state.contributors)} masked inputs, need {state.min_survivors}")
+    # Each alive or dropped node's secret needs t shares from its alive neighbours, and an
+    # alive device refuses the unmask request with fewer than t live neighbours.
+    _short_of_neighbours(
+        state, state.senders, state.contributors, "live neighbours", "masked input"
+    )
     state.alive = tuple(sorted(state.contributors))
     state.dropped = tuple(sorted(state.senders - state.contributors))
     state.stage = Stage.UNMASK
