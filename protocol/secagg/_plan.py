@@ -361,8 +361,16 @@ class SecurePlan:
             if isinstance(exc, RingOverflow):
                 raise
             raise MalformedMessage(f"invalid plan: {exc}") from exc
-        if plan.to_bytes() != data:
-            raise MalformedMessage("plan bytes are not canonical")
+        # The header must be the one the fields give. The packed gaps are taken as received:
+        # zstd does not promise the same bytes across library versions, so a device whose
+        # zstd compresses S_r otherwise must still take the server's plan (their content was
+        # checked above). The plan then holds the bytes received, which its digest is over:
+        # every device of a group gets the same bytes, so they agree on it with the server.
+        head = data[: pos + 4]
+        if plan._encode_head(len(body)) != head:
+            raise MalformedMessage("plan header is not canonical")
+        object.__setattr__(plan, "_packed", bytes(body))
+        object.__setattr__(plan, "_head", bytes(head))
         return plan
 
     def protocol_params(self, model_digest_bytes: bytes) -> ProtocolParams:
