@@ -15,6 +15,7 @@ __all__ = [
     "TrainingDataError",
     "check_labels",
     "check_finite_inputs",
+    "check_rng",
     "check_settings",
     "check_start_params",
     "check_trained_params",
@@ -106,6 +107,17 @@ def check_settings(epochs: int, batch_size: int, lr: float) -> None:
         # float32 parameters: torch raised "value cannot be converted to type float without
         # overflow" mid-step, and an ONNX graph's float32 lr input took it as inf.
         raise ValueError(f"lr must be at most {MAX_LR:g}, the largest float32, got {lr!r}")
+
+
+def check_rng(rng: object) -> None:
+    """Raise `TypeError` unless `rng` is a `numpy.random.Generator` (both trainers draw each
+    epoch's order with ``rng.permutation``): None or a seed failed there, mid-call, with an
+    AttributeError."""
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(
+            f"rng must be a numpy.random.Generator (np.random.default_rng(seed)), got "
+            f"{type(rng).__name__} {rng!r}"
+        )
 
 
 def check_start_params(params: npt.NDArray[Any]) -> None:

@@ -18,11 +18,13 @@ import base64
 import contextlib
 import contextvars
 import errno
+import hashlib
 import inspect
 import ipaddress
 import itertools
 import json
 import math
+import numbers
 import os
 import random
 import re
@@ -58,6 +60,7 @@ from compression import (
     ErrorFeedback,
     ModelSpec,
     NonFiniteValues,
+    SpecMismatch,
     UpdateCodec,
     decode_snapshot,
     model_digest,
@@ -835,7 +838,7 @@ class _Core:
 
     def __init__(
         self,
-        app_dir: str,
+        app_dir: str | os.PathLike[str],
         *,
         retries: int,
         backoff_s: float,
@@ -850,16 +853,21 @@ class _Core:
         self.model_dtype = _check_model_dtype(model_dtype)
         if rng is not None and not isinstance(rng, random.Random):
             raise TypeError(f"retry_rng must be a random.Random, not {type(rng).__name__}")
+        _check_seconds("max_stage_wait_s", max_stage_wait_s)
         if not (max_stage_wait_s > 0):  # NaN included
-            raise ValueError("max_stage_wait_s must be positive")
+            raise ValueError(f"max_stage_wait_s must be positive, not {max_stage_wait_s!r}")
+        _check_seconds("max_response_s", max_response_s)
         if not (max_response_s > 0):
-            raise ValueError("max_response_s must be positive")
+            raise ValueError(f"max_response_s must be positive, not {max_response_s!r}")
         # Checked here, not at the first retry: -1 made every request fail with "unreachable",
         # and a NaN or negative backoff made the first retry's sleep raise mid-request.
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a non-negative integer, not {retries!r}")
+        _check_seconds("backoff_s", backoff_s)
         if not (math.isfinite(backoff_s) and backoff_s >= 0):
             raise ValueError(f"backoff_s must be finite seconds >= 0, not {backoff_s!r}")
+        # Called at the first signed request, not here: a non-callable failed there.
+        _check_callable("clock", clock, "the wall clock, seconds since the epoch (time.time)")
         self.store = DeviceStore(app_dir)
         try:
             # One client per app directory in a process too (an app and its background worker
@@ -1260,11 +1268,15 @@ class _Core:
         )
 
     def apply_model(
-        self, task_id: int, spec: ModelSpec, response: httpx.Response
+        self, task_id: int, spec: ModelSpec, response: httpx.Response, app_spec: bool = False
     ) -> tuple[npt.NDArray[np.float32], int, str]:
         """Decode a download, check its digest, persist it; returns (params, version,
         encoding). `ModelIntegrityError` (the held model forgotten) for one that does not
-        decode, or whose digest is not the coordinator's."""
+        decode, or whose digest is not the coordinator's. With `app_spec` (`spec` is the app's,
+        given to `fetch_current`, not an assignment's): a model whose frames name another
+        layout (`SpecMismatch`, from the headers, before anything is inflated) is
+        `LayoutMismatchError`, the store untouched: the spec is the app's mistake, not a body
+        altered on the way."""
         encoding = response.headers.get(Header.MODEL_ENCODING, "")
         digest = response.headers.get(Header.MODEL_DIGEST, "")
         raw_version = response.headers.get(Header.MODEL_VERSION)
@@ -1300,6 +1312,8 @@ class _Core:
             else:
                 raise ClientError(response.status_code, "bad_encoding", f"unknown {encoding!r}")
         except (CodecError, MessageError) as exc:
+            if app_spec and isinstance(exc, SpecMismatch):
+                raise _not_the_task_spec(task_id, spec, exc) from exc
             self.store.forget_model(task_id)  # this task's only: other tasks' models stay
             raise ModelIntegrityError(200, "bad_model", str(exc)) from exc
         got = model_digest(params).hex()
@@ -1344,6 +1358,16 @@ class _Core:
         num_examples: int,
         loss: float = math.nan,
     ) -> PendingUpload:
+        # The round's own path checked both against its trainer (`_trained_result`); an app's
+        # `encode_update` is checked here, before the encoder is touched.
+        params = np.asarray(params)
+        if params.shape != (spec.size,):
+            raise ValueError(
+                f"encode_update: params of shape {params.shape}; task {a.task_id}'s model has "
+                f"{spec.size} parameters (float32[{spec.size}])"
+            )
+        trained = _checked_trained(trained, params, "encode_update: trained")
+        num_examples = _checked_examples(num_examples, None, "encode_update: num_examples")
         enc = self.encoder(a, spec)
         delta = (trained - params).astype(np.float32)
         rng = np.random.default_rng([a.seed, a.round_id, int(self.device_id[:12], 16), 2])
@@ -2506,11 +2530,31 @@ def _check_in_answer(
         raise _bad(response, f"check-in answer: {exc}") from exc
     a = answer.assignment
     if a is not None and task_id is not None and a.task_id != task_id:
-        raise _bad(response, f"an assignment for task {a.task_id}; this device asked for {task_id}")
+        raise _bad(
+            response, f"an assignment for task {a.task_id!r}; this device asked for {task_id!r}"
+        )
     if a is not None:
         core.note_round(a, response, ex)
     core.last_check_in = answer
     return answer
+
+
+def _not_the_task_spec(task_id: int, spec: ModelSpec, exc: CodecError) -> LayoutMismatchError:
+    """`fetch_current`'s error for a spec that is not the task's (the model's frames name
+    another layout): the app's to fix, nothing about the download or the store."""
+    names = [e.name for e in spec.entries]
+    shown = f"{names[:3]}{'...' if len(names) > 3 else ''}"
+    return LayoutMismatchError(
+        0,
+        MODEL_LAYOUT_MISMATCH,
+        f"task {task_id}'s model is not of the layout of the spec given to fetch_current "
+        f"({spec.size} parameters in {len(names)} tensors named {shown}): {exc}. The layout "
+        "is the tensor names and shapes in order, and fetch_current needs the task's own: "
+        "the spec the task was created with (a model-zoo task's names start with 'net.', "
+        "'net.1.weight' where the app's module says '1.weight'); nothing was saved, and the "
+        "model held for the task is kept",
+        task_id,
+    )
 
 
 def _registered(response: httpx.Response, device_id: str) -> str:
@@ -2589,6 +2633,26 @@ def _trainer_layout(trainer: LocalTrainer) -> list[tuple[int, ...]] | None:
     if callable(named):
         return [tuple(p.shape) for _, p in named() if p.requires_grad]
     return None
+
+
+def _frozen_hint(trainer: LocalTrainer) -> str:
+    """For a torch trainer whose module has frozen parameters (``requires_grad=False``, no
+    part of its layout: `sdk.flat.spec_from_module`, as the coordinator's spec is made): the
+    end of a layout refusal's message naming them; else ''."""
+    named = getattr(getattr(trainer, "module", None), "named_parameters", None)
+    if not callable(named):
+        return ""
+    frozen = [name for name, p in named() if not p.requires_grad]
+    if not frozen:
+        return ""
+    shown = f"{frozen[:6]}{'...' if len(frozen) > 6 else ''}"
+    return (
+        f". The trainer's module has {len(frozen)} frozen parameters (requires_grad=False), "
+        f"which are no part of its layout: {shown}. Frozen parameters are not supported "
+        "against a task whose model has them: unfreeze them (p.requires_grad_(True)) to train "
+        "this task, or train a task whose spec leaves them out (sdk.flat.spec_from_module of the "
+        "model with them frozen)"
+    )
 
 
 def _check_trainer(trainer: LocalTrainer) -> None:
@@ -2676,7 +2740,7 @@ def _check_layout(a: Assignment, trainer: LocalTrainer) -> None:
             f"the trainer's model ({len(layout)} tensors, shapes {_shapes_shown(layout)}) does "
             f"not have the layout of task {a.task_id}'s model {a.model_name!r} "
             f"({len(task_layout)} tensors, shapes {_shapes_shown(task_layout)}): this device "
-            "cannot train this task (nothing downloaded or trained)",
+            f"cannot train this task (nothing downloaded or trained){_frozen_hint(trainer)}",
             a.task_id,
         )
     # Artifacts exported under a name (`plume export --model`) name the model they train; the
@@ -2728,13 +2792,133 @@ def _train(
             raise ParticipationCancelled("training", _UNTRAINED, a.round_id)
         if _takes_cancel(trainer):
             settings["cancel"] = cancel
+    # The trainer gets a read-only view of the client's own array: the delta is computed
+    # against it, so a trainer that updated it in place and returned it sent a zero update,
+    # weighted by its examples, silently (LocalTrainer's rule: `params` is read only).
+    given = params.view()
+    given.flags.writeable = False
+    before = _buffer_digest(params)
     try:
-        res = trainer.train(params, x, y, **settings)
+        res = trainer.train(given, x, y, **settings)
     except TrainingCancelled as exc:
         raise ParticipationCancelled("training", f"{exc}; {_UNTRAINED}", a.round_id) from exc
+    except ValueError as exc:
+        if type(exc) is ValueError and str(exc).endswith("is read-only"):  # numpy's words
+            raise _wrote_params(trainer, x, y, f"it raised {exc!r}") from exc
+        raise
+    if _buffer_digest(params) != before:  # a write numpy's flag did not stop (torch.from_numpy)
+        raise _wrote_params(trainer, x, y, "the array changed during its train call")
     if cancel is not None and cancel.is_set():  # a trainer that does not take `cancel`
         raise ParticipationCancelled("training", _UNTRAINED, a.round_id)
-    return res.params, res.num_examples, res.loss
+    return _trained_result(trainer, res, params, _examples(x))
+
+
+def _trainer_name(trainer: object) -> str:
+    """How messages name a trainer: its class's qualified name."""
+    return f"trainer {type(trainer).__qualname__}"
+
+
+def _buffer_digest(params: npt.NDArray[np.float32]) -> bytes:
+    """SHA-256 of `params`' bytes as they are in memory (no copy for a contiguous array):
+    whether a trainer wrote into them, whatever it wrote through."""
+    return hashlib.sha256(np.ascontiguousarray(params).view(np.uint8).data).digest()
+
+
+def _wrote_params(trainer: LocalTrainer, x: object, y: object, how: str) -> ValueError:
+    """The error for a trainer that updated the `params` it was given in place (`how`)."""
+    others = [
+        name
+        for name, v in (("x", x), ("y", y))
+        if isinstance(v, np.ndarray) and not v.flags.writeable
+    ]
+    maybe = f" (or into {' and '.join(others)}, the app's own read-only data)" if others else ""
+    return ValueError(
+        f"{_trainer_name(trainer)} wrote into the params array it was given{maybe}: {how}. "
+        "A LocalTrainer must not update `params` in place (sdk.Client passes a read-only view "
+        "of the round's model and computes the update as trained - params, so an in-place "
+        "update would be sent as zero): train a copy (params.copy()) and return it as "
+        "TrainResult.params; nothing was encoded or sent"
+    )
+
+
+def _examples(x: object) -> int | None:
+    """How many examples the app passed (`len(x)`), or None when `x` has no length."""
+    try:
+        return len(x)  # type: ignore[arg-type]
+    except TypeError:
+        return None
+
+
+def _trained_result(
+    trainer: LocalTrainer,
+    res: object,
+    params: npt.NDArray[np.float32],
+    examples: int | None,
+) -> tuple[npt.NDArray[Any], int, float]:
+    """(trained params, num_examples, loss) of `trainer`'s result `res`, checked before the
+    delta is computed: `TypeError` or `ValueError` naming the trainer for a result that is no
+    `TrainResult`, params that are the client's own or not float[d], or a `num_examples` that
+    is not an int from 1 to `examples` (the update's FedAvg weight)."""
+    who = _trainer_name(trainer)
+    try:
+        trained, n, loss = res.params, res.num_examples, res.loss  # type: ignore[attr-defined]
+    except AttributeError:
+        raise TypeError(
+            f"{who}.train returned {type(res).__qualname__}, not a "
+            "sdk.TrainResult(params, num_examples, loss)"
+        ) from None
+    checked = _checked_trained(trained, params, f"{who} returned params")
+    return checked, _checked_examples(n, examples, f"{who} returned num_examples"), loss
+
+
+def _checked_trained(
+    trained: object, params: npt.NDArray[np.float32], what: str
+) -> npt.NDArray[Any]:
+    """`trained` as an array of `params`' shape and a float32-castable dtype, not sharing
+    memory with `params`: checked before `trained - params`, which would broadcast a column
+    (d, 1) into a d x d array, or be zero for the same array."""
+    d = params.size
+    try:
+        arr = np.asarray(trained)
+    except (TypeError, ValueError, RuntimeError) as exc:  # a ragged list, a tensor needing grad
+        raise TypeError(f"{what} that are not an array ({exc}): return float32[{d}]") from None
+    if np.shares_memory(arr, params):
+        raise ValueError(
+            f"{what} that are (a view of) the params array it was given: the update would be "
+            "zero. Return a new array (train a copy: params.copy())"
+        )
+    if arr.dtype.kind not in "fiu":
+        raise TypeError(
+            f"{what} of dtype {arr.dtype}: return float32[{d}], the trained flat parameters "
+            "(a float array is cast to float32)"
+        )
+    if arr.shape != params.shape:
+        raise ValueError(
+            f"{what} of shape {arr.shape}; the task's model has {d} parameters: return them "
+            f"as one flat float32[{d}] vector, in the order of the task's spec (not a column, "
+            "a matrix or per-tensor arrays)"
+        )
+    return arr
+
+
+def _checked_examples(n: object, examples: int | None, what: str) -> int:
+    """`n` as an int from 1 to `examples` (no upper bound when None), else `TypeError` (not
+    an int: a bool, a float) or `ValueError` naming `what`: the update's FedAvg weight."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral):
+        raise TypeError(
+            f"{what}={n!r} ({type(n).__name__}): it must be an int, the number of examples "
+            "the update was trained on (its weight in the round's average)"
+        )
+    count = int(n)
+    top = "" if examples is None else f" to {examples}, the examples passed in"
+    if count < 1 or (examples is not None and count > examples):
+        raise ValueError(
+            f"{what}={count} (from {examples if examples is not None else 'the'} examples): "
+            f"it must be from 1{top}; it is the update's weight in the round's average, so a "
+            "larger one outweighs every other device and 0 drops the update while the device "
+            "counts it as sent. A trainer with nothing to train on must raise, not return 0"
+        )
+    return count
 
 
 @dataclass(frozen=True)
@@ -3207,10 +3391,11 @@ def _download_flow(
     round_id: int,
     max_version: int | None,
     deadline: float = math.inf,
+    app_spec: bool = False,
 ) -> _Flow[tuple[npt.NDArray[np.float32], int, str]]:
-    """The model, applied and saved (`_Core.apply_model`); a delta chain that fails its
-    integrity check is asked for again once as a snapshot (`_chain_failed`), in the same
-    call, so a round is not lost (and `fetch_current` does not fail for a chain). A
+    """The model, applied and saved (`_Core.apply_model`, `app_spec` passed on); a delta chain
+    that fails its integrity check is asked for again once as a snapshot (`_chain_failed`), in
+    the same call, so a round is not lost (and `fetch_current` does not fail for a chain). A
     snapshot that fails is `ModelIntegrityError`."""
     snapshot = False
     fp32 = False
@@ -3223,7 +3408,7 @@ def _download_flow(
         if response.status_code != 200:
             raise _refusal(response)
         try:
-            return core.apply_model(task_id, spec, response)
+            return core.apply_model(task_id, spec, response, app_spec)
         except ModelIntegrityError:
             if snapshot or not _chain_failed(response):
                 raise
@@ -3466,6 +3651,10 @@ class _ClientBase:
         with `upload`). Unlike `train_round`, an earlier unacknowledged upload is not settled
         first: the new one replaces it in the app directory (docs/devices.md).
 
+        `trained` must be a float array of `params`' shape that is not `params` (nor a view of
+        it: the update would be zero), and `num_examples` (the update's weight in the round's
+        average) an int >= 1; else `TypeError` or `ValueError` before anything is encoded.
+
         `loss`: the training's mean loss, sent with the upload when `a.report_loss` asks for
         it (a plain task without DP) and it is a finite number in [0, 1e6]; NaN (the default)
         sends none. Kept with the pending upload (`PendingUpload.train_loss`, saved in the
@@ -3483,7 +3672,8 @@ class Client(_ClientBase):
     Arguments (docs/http-api.md has the full contract):
 
     - `base_url`: the coordinator, `http://` or `https://` with a host (`ValueError` else).
-    - `app_dir`: the device's own directory (`~` expanded; made 0700 if missing): its
+    - `app_dir`: the device's own directory, a str or an `os.PathLike` (`~` expanded; made
+      0700 if missing; "" is a `ValueError`, not the current directory): its
       Ed25519 key, the models held (one per task, at most 8), error-feedback residuals and
       any unacknowledged upload, so a restarted app resumes where it stopped. Give each
       device (app install) its own. The key is made once: a directory whose state.json names
@@ -3491,6 +3681,9 @@ class Client(_ClientBase):
       raises `sdk.device_store.DeviceIdentityLost` (a `DeviceStoreError`) here, nothing sent
       (docs/devices.md, "The device's identity").
     - `transport`: an `httpx.BaseTransport` instead of the network (tests, simulation).
+      `transport`, `mods`, `clock` and `sleep` of another type, and a `backoff_s`,
+      `max_stage_wait_s` or `max_response_s` that is no number, are a `TypeError` at
+      construction, before the app directory is made.
     - `timeout`: seconds for each connect, read and write of a request (httpx's timeout); a
       finite number > 0, else `ValueError` (`TypeError` for a non-number) at construction.
     - `retries`: further attempts after a transport error (no connection, a timeout, a
@@ -3547,7 +3740,7 @@ class Client(_ClientBase):
     def __init__(
         self,
         base_url: str,
-        app_dir: str,
+        app_dir: str | os.PathLike[str],
         *,
         transport: httpx.BaseTransport | None = None,
         timeout: float = 30.0,
@@ -3564,7 +3757,10 @@ class Client(_ClientBase):
         model_dtype: str = "fp32",
     ) -> None:
         self._base = _check_base_url(base_url)  # before the app directory is made
-        _check_timeout(timeout)  # so too
+        _check_timeout(timeout)  # so too, and the rest (`_Core` checks its own first)
+        _check_transport(transport, httpx.BaseTransport)
+        mods = _check_mods(mods, "mod(request, next) -> response")
+        _check_callable("sleep", sleep, "how the client waits, sleep(seconds) (time.sleep)")
         tls_verify = _tls_verify(verify)
         self._core = _Core(
             app_dir, retries=retries, backoff_s=backoff_s, clock=clock,
@@ -3701,7 +3897,9 @@ class Client(_ClientBase):
         cannot act on (see
         `protocol.messages.check_check_in`, or an assignment for another task than `task_id`)
         is a `ClientError` `bad_response`; such an answer, if it parses as a check-in answer,
-        still settles its `round_outcome`."""
+        still settles its `round_outcome`. `task_id`: None or an int in [1, 2^63) (not a bool,
+        a float or a str: `TypeError`; out of range: `ValueError`; before any request)."""
+        task_id = _check_optional_task_id(task_id)
         return self._run(_check_in_flow(self._core, task_id, math.inf))
 
     def fetch_model(self, a: Assignment) -> tuple[npt.NDArray[np.float32], str]:
@@ -3714,10 +3912,17 @@ class Client(_ClientBase):
         self, task_id: int, spec: ModelSpec
     ) -> tuple[npt.NDArray[np.float32], int, str]:
         """The task's latest model outside any round (e.g. to evaluate or serve it):
-        (params float32[d], version, encoding). As a round's download, a delta chain that
-        fails its integrity check is asked for again once as a snapshot in the same call; a
-        snapshot that fails is `ModelIntegrityError` (the held model forgotten)."""
-        return self._run(_download_flow(self._core, task_id, spec, 0, None))
+        (params float32[d], version, encoding). `spec` must be the task's own layout: its
+        tensor names and shapes, in order, as the task was created (a model-zoo task's names
+        start with "net."); another one is `LayoutMismatchError` (`status` 0), told from the
+        model's headers before anything is decoded, with the model held for the task kept.
+        As a round's download, a delta chain that fails its integrity check is asked for again
+        once as a snapshot in the same call; a snapshot that fails is `ModelIntegrityError`
+        (the held model forgotten). `task_id` must be an int in [1, 2^63) (`TypeError`, or
+        `ValueError`, before any request)."""
+        task_id = _check_task_id(task_id)
+        _check_spec(spec)
+        return self._run(_download_flow(self._core, task_id, spec, 0, None, app_spec=True))
 
     def upload(self, pending: PendingUpload, spec: ModelSpec | None = None) -> UploadReceipt:
         """Send a pending upload; idempotent across retries and restarts."""
@@ -3851,6 +4056,10 @@ class Client(_ClientBase):
         another model assigned all the same (a coordinator before the field, or a trainer that
         declares nothing) is `LayoutMismatchError` (`status` 0) before its download.
 
+        `task_id` (None: any task the coordinator gives) must be an int in [1, 2^63), not a
+        bool, a float or a str (`TypeError`, `ValueError` out of range), and `max_wait_s`
+        seconds >= 0 (`ValueError` for a negative one), checked before any request.
+
         `max_wait_s` bounds the re-send of an upload an earlier run left pending (which comes
         first), the check-ins, their retries and the waits between them: a wait, a backoff or a
         request that would end past it is not started, or abandoned, and None is returned (an
@@ -3858,6 +4067,11 @@ class Client(_ClientBase):
         the last attempt failed on the network (refused, unreachable, lost), the wait ending
         early is an outage: `CoordinatorUnreachable`, naming the attempts made, whatever
         `max_wait_s`. Training and uploading after the assignment are not counted in it.
+
+        The trainer gets a read-only view of the round's model, and what it returns is checked
+        before the update is computed: trained params of the model's shape that are not that
+        array, `num_examples` an int from 1 to ``len(x)`` (see `sdk.LocalTrainer`); else a
+        `TypeError` or `ValueError` naming the trainer, nothing encoded or sent.
 
         A secure task's round runs through `run_secure_round` (a `SecureRoundReport`). Data
         the trainer refuses (`sdk.trainer.TrainingDataError`, from a trainer with `check_data`)
@@ -3883,6 +4097,7 @@ class Client(_ClientBase):
         as before the round; set later, the upload stays pending and the next `participate`
         re-sends it. An upload answered before the cancel is seen is a round done: the
         `RoundReport` is returned (docs/devices.md, "Stopping when the OS says so")."""
+        task_id = _check_optional_task_id(task_id)
         _check_wait(max_wait_s, min_poll_s)
         _check_trainer(trainer)
         _check_data(trainer, x, y)
@@ -3891,6 +4106,72 @@ class Client(_ClientBase):
                 self._core, trainer, x, y, task_id, max_wait_s, min_poll_s, self._deadline.cancel
             )
             return self._run(flow)
+
+
+def _check_task_id(task_id: object) -> int:
+    """`task_id` as an int, checked before any request: `TypeError` unless an int (a bool, a
+    float or a str is not: "1" was selected, then refused its own assignment, and True read as
+    task 1), `ValueError` outside [1, 2^63), the ids a coordinator gives."""
+    if isinstance(task_id, bool) or not isinstance(task_id, numbers.Integral):
+        hint = ": convert a task id read as text with int(...)" if isinstance(task_id, str) else ""
+        raise TypeError(
+            f"task_id must be an int, the coordinator's task id, not {type(task_id).__name__} "
+            f"{task_id!r}{hint}"
+        )
+    if not 1 <= int(task_id) < MAX_ID:
+        raise ValueError(f"task_id must be from 1 to 2^63 - 1, got {task_id!r}")
+    return int(task_id)
+
+
+def _check_optional_task_id(task_id: object) -> int | None:
+    """`_check_task_id`, None (no task named) allowed."""
+    return None if task_id is None else _check_task_id(task_id)
+
+
+def _check_spec(spec: object) -> None:
+    """`TypeError` unless `spec` is a `compression.ModelSpec` (`fetch_current`'s)."""
+    if not isinstance(spec, ModelSpec):
+        raise TypeError(
+            "spec must be the task's compression.ModelSpec (its tensor names and shapes), not "
+            f"{type(spec).__name__}"
+        )
+
+
+def _check_seconds(name: str, value: object) -> None:
+    """`TypeError` unless `value` is a number of seconds (a real number, not a bool: a str
+    such as "600" from a config file failed in a comparison with Python's own words)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__} {value!r}")
+
+
+def _check_callable(name: str, value: object, what: str) -> None:
+    """`TypeError` unless `value` can be called (`what` says what it stands for)."""
+    if not callable(value):
+        raise TypeError(f"{name} must be {what}, a callable, not {type(value).__name__} {value!r}")
+
+
+def _check_mods(mods: object, kind: str) -> tuple[Any, ...]:
+    """A client's `mods` as a tuple: `TypeError` unless a sequence (a tuple, a list) of
+    callables (None, or one middleware not in a sequence, failed at the first request)."""
+    if isinstance(mods, str | bytes) or not isinstance(mods, Sequence):
+        raise TypeError(
+            f"mods must be a tuple of middleware, {kind}, outermost first ((): none), not "
+            f"{type(mods).__name__} {mods!r}"
+        )
+    for i, mod in enumerate(mods):
+        if not callable(mod):
+            raise TypeError(f"mods[{i}] must be middleware, {kind}, not {type(mod).__name__}")
+    return tuple(mods)
+
+
+def _check_transport(transport: object, kind: type[Any]) -> None:
+    """`TypeError` unless `transport` is None or an instance of httpx's `kind` (it failed at
+    the first request, after the app directory was made)."""
+    if transport is not None and not isinstance(transport, kind):
+        raise TypeError(
+            f"transport must be an httpx.{kind.__name__} (or None: the network), not "
+            f"{type(transport).__name__} {transport!r}"
+        )
 
 
 def _raise_outage(over: _WaitOver) -> None:
@@ -3904,8 +4185,13 @@ def _raise_outage(over: _WaitOver) -> None:
 
 
 def _check_wait(max_wait_s: float, min_poll_s: float) -> None:
+    for name, value in (("max_wait_s", max_wait_s), ("min_poll_s", min_poll_s)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
     if math.isnan(max_wait_s):  # every comparison with it is False: it would never end
         raise ValueError("max_wait_s must be a number of seconds, not NaN")
+    if max_wait_s < 0:  # returned None at once, as if no round had come
+        raise ValueError(f"max_wait_s must be seconds >= 0 (inf: no limit), not {max_wait_s!r}")
     if not 0 <= min_poll_s <= MAX_RETRY_AFTER_S:  # NaN fails both comparisons
         raise ValueError(
             f"min_poll_s must be seconds from 0 to {MAX_RETRY_AFTER_S:g} (a week),"
@@ -4465,7 +4751,7 @@ class AsyncClient(_ClientBase):
     def __init__(
         self,
         base_url: str,
-        app_dir: str,
+        app_dir: str | os.PathLike[str],
         *,
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 30.0,
@@ -4481,7 +4767,9 @@ class AsyncClient(_ClientBase):
         model_dtype: str = "fp32",
     ) -> None:
         self._base = _check_base_url(base_url)  # before the app directory is made
-        _check_timeout(timeout)  # so too
+        _check_timeout(timeout)  # so too, and the rest (`_Core` checks its own first)
+        _check_transport(transport, httpx.AsyncBaseTransport)
+        mods = _check_mods(mods, "async mod(request, next) -> response")
         tls_verify = _tls_verify(verify)
         self._core = _Core(
             app_dir, retries=retries, backoff_s=backoff_s, clock=clock,
@@ -4578,6 +4866,7 @@ class AsyncClient(_ClientBase):
 
     async def check_in(self, task_id: int | None = None) -> CheckInResponse:
         """As `Client.check_in`: one check-in, "train" with an assignment, "wait" or "end"."""
+        task_id = _check_optional_task_id(task_id)
         return await self._run(_check_in_flow(self._core, task_id, math.inf))
 
     async def fetch_model(self, a: Assignment) -> tuple[npt.NDArray[np.float32], str]:
@@ -4590,9 +4879,12 @@ class AsyncClient(_ClientBase):
         self, task_id: int, spec: ModelSpec
     ) -> tuple[npt.NDArray[np.float32], int, str]:
         """The task's latest model outside any round: (params, version, encoding); as
-        `Client.fetch_current`, a delta chain that fails its integrity check is asked for
-        again once as a snapshot, and a snapshot that fails is `ModelIntegrityError`."""
-        return await self._run(_download_flow(self._core, task_id, spec, 0, None))
+        `Client.fetch_current`, a spec that is not the task's is `LayoutMismatchError`, a
+        delta chain that fails its integrity check is asked for again once as a snapshot, and
+        a snapshot that fails is `ModelIntegrityError`."""
+        task_id = _check_task_id(task_id)
+        _check_spec(spec)
+        return await self._run(_download_flow(self._core, task_id, spec, 0, None, app_spec=True))
 
     async def upload(self, pending: PendingUpload, spec: ModelSpec | None = None) -> UploadReceipt:
         """As `Client.upload`: send a pending upload; idempotent across retries and restarts."""
@@ -4671,6 +4963,7 @@ class AsyncClient(_ClientBase):
         then: through any transport); a trainer that takes `cancel` stops within one step.
         The training runs on the event loop's thread, so the task's own `cancel()` does not
         stop it: this event does. Cancelling the task works as before, with or without it."""
+        task_id = _check_optional_task_id(task_id)
         _check_wait(max_wait_s, min_poll_s)
         _check_trainer(trainer)
         _check_data(trainer, x, y)

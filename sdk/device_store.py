@@ -1070,6 +1070,18 @@ class DeviceStore:
     (`claim`): a second client of the process on it is refused."""
 
     def __init__(self, app_dir: str | os.PathLike[str]) -> None:
+        if not isinstance(app_dir, str | os.PathLike):
+            raise TypeError(
+                f"app_dir must be a path (a str or an os.PathLike), not {type(app_dir).__name__}"
+            )
+        if os.fspath(app_dir) == "":
+            # Path("") is the current directory: it was narrowed to 0700 and given the device
+            # key (an unset environment variable's "", say), whatever the app kept there.
+            raise ValueError(
+                "app_dir is empty: give the device's own directory (e.g. "
+                "'~/.myapp/plume'); an empty path would make the current directory the app "
+                "directory (nothing was created)"
+            )
         self._root = Path(app_dir).expanduser()
         try:
             self._root.mkdir(mode=0o700, parents=True, exist_ok=True)

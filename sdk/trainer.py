@@ -22,6 +22,7 @@ from ._data import (
     TrainingDataError,
     check_finite_inputs,
     check_labels,
+    check_rng,
     check_settings,
     check_start_params,
     check_trained_params,
@@ -30,7 +31,7 @@ from ._data import (
 from ._fused import LARGE_LINEAR_WEIGHTS, FusedChain, fused_chain
 from ._maxpool import fast_max_pool
 from ._types import CancelFlag, LocalTrainer, TrainingCancelled, TrainResult
-from .flat import get_flat_params, set_flat_params
+from .flat import _read_only_tensor, get_flat_params, set_flat_params
 
 __all__ = [
     "TorchTrainer",
@@ -80,6 +81,18 @@ def _check_threads(threads: object) -> int | None:
     raise ValueError(
         f"threads must be an integer from 1 to {_MAX_THREADS} or None, got {threads!r}"
     )
+
+
+def _check_sgd_setting(name: str, value: object) -> float:
+    """`TorchTrainer`'s `momentum` or `weight_decay` as a float: a finite number >= 0, the
+    range torch.optim.SGD takes (it refuses a negative one, only when the optimizer is
+    made, and takes NaN and inf); `ValueError` else (a bool too)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    number = float(value)
+    if not (math.isfinite(number) and number >= 0):
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return number
 
 
 def _parallel_backend() -> str:
@@ -442,7 +455,7 @@ def _probe(
         raise TrainingDataError(f"{where} of shape {list(x.shape)}: no example to run the model on")
     first = np.ascontiguousarray(x[:1])
     try:
-        out, vocab = _forward_reading(module, torch.from_numpy(first))
+        out, vocab = _forward_reading(module, _read_only_tensor(first))
     except Exception as exc:  # whatever the forward pass raises, the input does not fit it
         misfit = TrainingDataError(
             f"{where} of shape {list(x.shape)} ({x.dtype}) does not fit the model: "
@@ -524,6 +537,12 @@ def _check_token_ids(x: npt.NDArray[Any], vocab: int | None) -> None:
         )
 
 
+def _torch_dtype(dtype: np.dtype[Any]) -> torch.dtype:
+    """The torch dtype of numpy `dtype`, read from an empty array of it: not from the data,
+    which torch may not wrap (negative strides: a flipped view; a read-only array warns)."""
+    return torch.from_numpy(np.empty(0, dtype=dtype)).dtype
+
+
 def _probe_ids(
     module: nn.Module, x: npt.NDArray[Any], where: str
 ) -> tuple[tuple[int, ...], int | None]:
@@ -532,7 +551,7 @@ def _probe_ids(
     (read through ``x.long()``) are found from probe inputs (`float_id_reader`), not from
     ``x[:1]``, and checked before the probe's forward pass on ``x[:1]`` could fail on one."""
     if x.dtype.kind == "f" and x.ndim >= 1 and len(x):
-        found = float_id_reader(module, tuple(x.shape[1:]), torch.from_numpy(x[:0]).dtype)
+        found = float_id_reader(module, tuple(x.shape[1:]), _torch_dtype(x.dtype))
         vocab = found[0] if found is not None else None
         _check_token_ids(x, vocab)
         return _probe(module, x, where)[0], vocab
@@ -646,7 +665,15 @@ class TorchTrainer:
     """Runs E epochs of minibatch SGD (optionally with momentum) with cross-entropy loss.
 
     The module is reused between calls (its weights are overwritten from `params` each time),
-    so one trainer serves many simulated devices without reallocating the model.
+    so one trainer serves many simulated devices without reallocating the model. After a call
+    it holds the weights that call trained (this device's local model, not the task's global
+    one: `sdk.Client.participate` with `TorchTrainer(model)` leaves the app's `model` so), and
+    every submodule is back in the mode it was in (training runs in train mode: an app's
+    model in eval mode stays in eval mode), also when the call raises.
+
+    `momentum` and `weight_decay` (torch.optim.SGD's) must be finite numbers >= 0: anything
+    else is a `ValueError` here, not at the first `train` (a device then failed after it was
+    selected for a round).
 
     `fast_linear` (default on) runs large `nn.Linear` layers through oneDNN while training
     (`onednn_linear`): the same SGD, about 1.1-1.2x faster per step for the MNIST CNN on an
@@ -719,8 +746,11 @@ class TorchTrainer:
     ) -> None:
         self.threads = _check_threads(threads)
         self.module = module
-        self.momentum = momentum
-        self.weight_decay = weight_decay
+        # Checked here, not by torch.optim.SGD at the first `train`: a device then failed
+        # after it was selected and had downloaded the round's model, and a NaN or inf
+        # momentum trained until the loss was NaN, blamed on the lr.
+        self.momentum = _check_sgd_setting("momentum", momentum)
+        self.weight_decay = _check_sgd_setting("weight_decay", weight_decay)
         self.fast_linear = fast_linear
         self.fast_pool = fast_pool
         self.fused = fused
@@ -756,16 +786,27 @@ class TorchTrainer:
         Raises `TrainingDataError` for data the model cannot train on (token ids included:
         below the rows of the `nn.Embedding` reading them, see `input_vocabulary`) and
         `ValueError` for epochs < 0, batch_size < 1, an lr that is not finite and >= 0, `params`
-        holding NaN or inf, or a run whose loss becomes NaN or inf (diverged).
+        holding NaN or inf, or a run whose loss becomes NaN or inf (diverged); `TypeError` for
+        an `rng` that is not a `numpy.random.Generator`. `params` is only read (a read-only
+        array is fine), and so are x and y (a read-only or memory-mapped x, or a flipped view
+        with negative strides, trains as a copy would).
         `cancel` (a `threading.Event`, say) is read before each step: once set, `train` raises
         `TrainingCancelled` without a result, within one step (the module holds the partly
         trained weights, which the next call overwrites).
         Runs on `self.threads` torch threads when set (see the class).
         """
-        with _torch_threads(self.threads):
-            return self._train(
-                params, x, y, epochs=epochs, batch_size=batch_size, lr=lr, rng=rng, cancel=cancel
-            )
+        # Each submodule's mode as it was (an app's model in eval mode serves predictions
+        # without dropout): put back when the call returns or raises.
+        modes = [(m, m.training) for m in self.module.modules()]
+        try:
+            with _torch_threads(self.threads):
+                return self._train(
+                    params, x, y, epochs=epochs, batch_size=batch_size, lr=lr, rng=rng,
+                    cancel=cancel,
+                )  # fmt: skip
+        finally:
+            for m, training in modes:
+                m.training = training
 
     def _train(
         self,
@@ -781,6 +822,7 @@ class TorchTrainer:
     ) -> TrainResult:
         """`train`, on the thread count the caller set."""
         check_settings(epochs, batch_size, lr)
+        check_rng(rng)
         y = self.check_data(x, y)
         check_start_params(params)
         per_example = _counted_targets(y)
@@ -789,8 +831,10 @@ class TorchTrainer:
         opt = torch.optim.SGD(
             self.module.parameters(), lr=lr, momentum=self.momentum, weight_decay=self.weight_decay
         )
-        xt = torch.from_numpy(np.ascontiguousarray(x))
-        yt = torch.from_numpy(np.ascontiguousarray(y))
+        # Only read (batches are gathered copies): a read-only x (np.load(mmap_mode="r")) is
+        # taken as it is, without torch's warning about writes.
+        xt = _read_only_tensor(np.ascontiguousarray(x))
+        yt = _read_only_tensor(np.ascontiguousarray(y))
         chain = self._fused_chain(xt, yt)
         if chain is not None:
             return self._train_fused(
@@ -1006,8 +1050,8 @@ def evaluation_sums(
     pool = fast_max_pool(module) if fast_pool else contextlib.nullcontext(0)
     with torch.inference_mode(), pool:
         for start in range(0, len(x), batch_size):
-            xb = torch.from_numpy(np.ascontiguousarray(x[start : start + batch_size]))
-            yb = torch.from_numpy(np.ascontiguousarray(y[start : start + batch_size]))
+            xb = _read_only_tensor(np.ascontiguousarray(x[start : start + batch_size]))
+            yb = _read_only_tensor(np.ascontiguousarray(y[start : start + batch_size]))
             logits = module(xb)
             losses.append(float(nn.functional.cross_entropy(logits, yb, reduction="sum")))
             correct += int((logits.argmax(1) == yb).sum())

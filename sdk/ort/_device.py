@@ -70,16 +70,33 @@ class OrtDevice:
         *,
         keep_params: bool = True,
     ) -> OrtUpload:
-        """Train from `global_params` and encode the update (`codec` overrides the config).
-        `cancel` stops the training within one step (`TrainingCancelled`, nothing encoded:
+        """Train from `global_params` and encode the update. `codec`, when given, encodes this
+        round's update instead of the device's config, for this call only: the config is put
+        back when the call returns or raises (the error-feedback residual carries over either
+        way). To change it for good: ``device.encoder.set_config(codec)``. `cancel` stops the training within one step (`TrainingCancelled`, nothing encoded:
         the error-feedback residual stays as it was).
 
         `keep_params=False` computes the delta into the trained parameters' own buffer, one
         parameter-sized array fewer at the peak (the same frame and residual): the upload's
         `result.params` is then an empty float32 array, not the trained parameters (its
         `num_examples` and `loss` are kept)."""
-        if codec is not None:
-            self.encoder.set_config(codec)
+        if codec is None:
+            return self._run_round(global_params, rng, cancel, keep_params)
+        config = self.encoder.config
+        self.encoder.set_config(codec)
+        try:
+            return self._run_round(global_params, rng, cancel, keep_params)
+        finally:
+            self.encoder.set_config(config)
+
+    def _run_round(
+        self,
+        global_params: npt.NDArray[np.float32],
+        rng: np.random.Generator,
+        cancel: CancelFlag | None,
+        keep_params: bool,
+    ) -> OrtUpload:
+        """`run_round` with the encoder's config as it is."""
         start = np.ascontiguousarray(global_params, dtype=np.float32)
         result = self.trainer.train(
             start,

@@ -18,6 +18,7 @@ from .._data import (
     TrainingDataError,
     check_finite_inputs,
     check_labels,
+    check_rng,
     check_settings,
     check_start_params,
     check_trained_params,
@@ -747,6 +748,7 @@ class OrtTrainer:
         inf (diverged), with the same words. `cancel` is read before each step: once it is
         set, `train` raises `TrainingCancelled` without a result, within one step."""
         check_settings(epochs, batch_size, lr)
+        check_rng(rng)
         xs, ys = self._check_data(x, y)
         n = len(xs)
         # Views of the caller's array, not copies: onnxruntime only reads its feeds and each
