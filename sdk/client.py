@@ -4185,9 +4185,8 @@ def _raise_outage(over: _WaitOver) -> None:
 
 
 def _check_wait(max_wait_s: float, min_poll_s: float) -> None:
-    for name, value in (("max_wait_s", max_wait_s), ("min_poll_s", min_poll_s)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Real):
-            raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    _check_seconds("max_wait_s", max_wait_s)
+    _check_seconds("min_poll_s", min_poll_s)
     if math.isnan(max_wait_s):  # every comparison with it is False: it would never end
         raise ValueError("max_wait_s must be a number of seconds, not NaN")
     if max_wait_s < 0:  # returned None at once, as if no round had come

@@ -1432,10 +1432,7 @@ class TaskRuntime:
         params, version = self.published, self.version
         if self.keeps(dtype):
             return
-        fits = True
-        if dtype == SnapshotDType.FP16:
-            with np.errstate(over="ignore"):
-                fits = bool(np.isfinite(params.astype(np.float16)).all())
+        fits = dtype != SnapshotDType.FP16 or _in_fp16_range(params)
         blob = encode_snapshot(params, self.spec, dtype) if fits else None
         with self._published_lock:
             if self.published is not params or self.version != version:
@@ -1456,9 +1453,7 @@ class TaskRuntime:
 
     def _fp16_range_ok(self, params: npt.NDArray[np.float32]) -> bool:
         if self._fits_fp16 is None:
-            # The encoder's own test: cast to fp16 and look for inf.
-            with np.errstate(over="ignore"):
-                self._fits_fp16 = bool(np.isfinite(params.astype(np.float16)).all())
+            self._fits_fp16 = _in_fp16_range(params)
         return self._fits_fp16
 
     def set_published(
@@ -1487,6 +1482,13 @@ class TaskRuntime:
         if self._fp32_bytes is None:
             self._fp32_bytes = len(self.snapshot(SnapshotDType.FP32))
         return self._fp32_bytes
+
+
+def _in_fp16_range(params: npt.NDArray[np.float32]) -> bool:
+    """Whether `params` fit fp16's range: the encoder's own test, cast to fp16 and look for
+    inf (|x| >= 65,520 rounds to it)."""
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite(params.astype(np.float16)).all())
 
 
 @dataclass(frozen=True)
