@@ -79,6 +79,12 @@ class RoundStats:
     server_wall_s: float = 0.0
 
 
+# A simulated secure round commits only with at least this many masked inputs, in process as
+# over HTTP (the task `HttpSecureFleet` creates; the service opens a secure round with no fewer
+# than three devices). In process, until stop 50, one or two sufficed where HTTP aborted.
+SECURE_MIN_REPORTS = 3
+
+
 def draw_dropouts(device_ids: list[str], rate: float, rng: np.random.Generator) -> dict[str, Stage]:
     """Each device drops with probability `rate`, at a stage drawn uniformly from the four."""
     out = {}
@@ -95,16 +101,19 @@ def run_secure_round(
     drop_at: Mapping[str, Stage] | None = None,
     rng_for: Callable[[str], np.random.Generator] | None = None,
     round_id: int | None = None,
+    min_reports: int = 1,
 ) -> tuple[SecureOutcome, RoundStats]:
     """One secure round over the devices in `updates` (device -> (delta float32[d], weight)).
 
     A device in `drop_at` goes silent from that stage on. A device whose client refuses
     (a `SecAggError`) also goes silent; the refusal is kept in `stats.refused`. `round_id`
     names the round (default: the coordinator's next), e.g. to replay a service's round.
+    `min_reports`: a round left with fewer masked inputs is not committed, as the service's
+    task `min_reports` does (`SecureCoordinator.open_round`/`close_round`'s `min_contributors`).
     """
     drops = dict(drop_at or {})
     stats = RoundStats()
-    task = coord.open_round(list(updates), round_id)
+    task = coord.open_round(list(updates), round_id, min_contributors=min_reports)
     params = coord.params
     sessions: dict[str, SecureSession] = {}
     for sr in task.groups:
@@ -158,7 +167,7 @@ def run_secure_round(
         except RoundAborted:
             continue
     t0 = time.perf_counter()
-    outcome = coord.close_round(task)
+    outcome = coord.close_round(task, min_contributors=min_reports)
     stats.server_wall_s += time.perf_counter() - t0
     _settle_inputs(participants, sessions, outcome, coord.config.dp)
     stats.server_s["unmask"] += float(outcome.measurements.get("unmask_s", 0.0))
@@ -342,7 +351,7 @@ class HttpSecureFleet:
             clients_per_round=cohort,
             over_selection=1.0,
             deadline_s=self.deadline_s,
-            min_reports=3,
+            min_reports=SECURE_MIN_REPORTS,
             # The round opens only once the whole cohort has checked in.
             selection_timeout_s=self.SELECTION_TIMEOUT_S,
             downlink=CodecParams(topk=1.0, bits=32),
@@ -664,7 +673,12 @@ def run_secure_simulation(
                 stats.bytes_down = {"all": int(totals["down_payload_bytes"])}
             else:
                 outcome, stats = run_secure_round(
-                    coord, cohort, updates, drops, rng_for=partial(_job_stream, job_of)
+                    coord,
+                    cohort,
+                    updates,
+                    drops,
+                    rng_for=partial(_job_stream, job_of),
+                    min_reports=SECURE_MIN_REPORTS,
                 )
                 # Every selected device downloaded the model first: one fp32 snapshot each, as
                 # the plain in-process runner counts it (over HTTP the ledger has the real one).

@@ -281,3 +281,47 @@ def test_http_fleet_names_a_device_the_service_left_out_by_its_timing(
     assert out.measurements["late_devices"] == [devs[2]]
     lines = [r.getMessage() for r in caplog.records if "left out by" in r.getMessage()]
     assert len(lines) == 1 and lines[0].endswith(devs[2])
+
+
+def test_run_secure_round_does_not_commit_below_min_reports() -> None:
+    # Prepare: 12 devices, 4 drop before their masked input: 8 masked inputs
+    d = 500
+    devs = [f"d{i:02d}" for i in range(12)]
+    rng = np.random.default_rng(5)
+    ups = {x: (rng.normal(0, 0.01, d).astype(np.float32), 1) for x in devs}
+    drops = dict.fromkeys(devs[:4], Stage.MASKED_INPUT)
+
+    def run(min_reports: int) -> SecureOutcome:
+        parts = {x: SecureParticipant(d) for x in devs}
+        coord = SecureCoordinator(np.zeros(d, np.float32), SecureConfig(coord_fraction=0.2))
+        out, _ = run_secure_round(coord, parts, ups, drops, min_reports=min_reports)
+        return out
+
+    # Execute / Assert: 8 inputs commit at min_reports 8, not at 9 (nothing published)
+    assert run(8).committed
+    short = run(9)
+    assert not short.committed and not short.update.any()
+
+
+def test_secure_simulation_rounds_need_three_reports_in_process_as_over_http(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: record the min_reports the in-process driver gets (before stop 50 it got none,
+    # so a round of one or two masked inputs committed in process and aborted over HTTP)
+    import mobile_sim.secure as secure_mod
+    from mobile_sim.runner import SimConfig
+
+    seen: list[int] = []
+    real = secure_mod.run_secure_round
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(kwargs.get("min_reports", 1))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(secure_mod, "run_secure_round", spy)
+    cfg = SimConfig(dataset="digits", model="digits_mlp", clients=6, per_round=3, rounds=1,
+                    local_epochs=1, batch_size=10, partition="iid")  # fmt: skip
+    # Execute
+    secure_mod.run_secure_simulation(cfg, SecureConfig(coord_fraction=0.5), progress=False)
+    # Assert
+    assert seen == [secure_mod.SECURE_MIN_REPORTS] and secure_mod.SECURE_MIN_REPORTS == 3
