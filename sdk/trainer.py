@@ -671,6 +671,7 @@ class TorchTrainer:
     every submodule is back in the mode it was in (training runs in train mode: an app's
     model in eval mode stays in eval mode), also when the call raises.
 
+    `module` must be a `torch.nn.Module` (anything else is a `TypeError` here).
     `momentum` and `weight_decay` (torch.optim.SGD's) must be finite numbers >= 0: anything
     else is a `ValueError` here, not at the first `train` (a device then failed after it was
     selected for a round).
@@ -744,6 +745,10 @@ class TorchTrainer:
         unfold_conv: bool | None = None,
         threads: int | None = None,
     ) -> None:
+        if not isinstance(module, nn.Module):
+            # Accepted before, so the first `train` failed on an attribute deep in torch,
+            # after the device was selected and had downloaded the round's model.
+            raise TypeError(f"module must be a torch.nn.Module, not {type(module).__name__}")
         self.threads = _check_threads(threads)
         self.module = module
         # Checked here, not by torch.optim.SGD at the first `train`: a device then failed

@@ -75,6 +75,15 @@ def test_a_finite_non_negative_sgd_setting_trains(name: str, value: Any) -> None
     assert result.num_examples == 24
 
 
+@pytest.mark.parametrize("module", ["not a module", None, [nn.Linear(2, 2)], nn.Linear])
+def test_a_module_that_is_no_torch_module_is_refused_when_the_trainer_is_made(
+    module: Any,
+) -> None:
+    # Execute / Assert: accepted until stop 50, failing at the first train deep in torch
+    with pytest.raises(TypeError, match="^module must be a torch.nn.Module, not "):
+        TorchTrainer(module)
+
+
 # -- item 8 -------------------------------------------------------------------------------
 
 
