@@ -900,4 +900,7 @@ def _decode_groups(
                 value_bytes=vb,
                 payload_bytes=cols["payload_bytes"][j],
             )
-            out[rows[j]] = DecodedFrame(SparseUpdate(idx[t], vals[t], d), header.weight, header)
+            # Copies (k elements each), not row views: one kept update held its whole group's
+            # [g, k] arrays alive.
+            update = SparseUpdate(idx[t].copy(), vals[t].copy(), d)
+            out[rows[j]] = DecodedFrame(update, header.weight, header)

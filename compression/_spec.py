@@ -38,6 +38,19 @@ class ModelSpec:
         offset = 0
         names: set[str] = set()
         for e in self.entries:
+            if not isinstance(e.name, str) or "\0" in e.name:
+                # The fingerprint ends each name with a NUL: one inside a name let two layouts
+                # hash alike ("a\0" + "3" against "a" + "1", "3"), so a frame of one decoded
+                # under the other.
+                raise ValueError(f"tensor name {e.name!r} must be text with no NUL character")
+            if not isinstance(e.shape, tuple) or not all(
+                type(s) is int and s >= 0 for s in e.shape
+            ):
+                # As from_shapes and from_json require: (2.0, 3.0) hashed apart from (2, 3), and
+                # (-2, -3) passed here but not through from_json(to_json()).
+                raise ValueError(
+                    f"tensor {e.name!r}: shape must be a tuple of integers >= 0, got {e.shape!r}"
+                )
             if e.offset != offset or e.size != math.prod(e.shape):
                 raise ValueError(f"inconsistent layout at tensor {e.name!r}")
             if e.name in names:
