@@ -30,7 +30,7 @@ from .aggregators import (
     GeometricMedian,
 )
 from .aggregators._base import check_finite_reports
-from .aggregators._robust import UpdateRows, forward_rows
+from .aggregators._robust import UpdateRows, ceil_times, forward_rows
 
 __all__ = [
     "AnomalyFilter",
@@ -345,7 +345,9 @@ class _AnomalyProcess:
             # (tests/coordinator/test_h104_anomaly_reference.py). The geometric median of the
             # same reports moves arbitrarily far only if half of them do (breakdown point 1/2),
             # so it is the reference then, and what it rejects is rejected, however many.
-            distrusted = bool(low) and len(low) >= cfg.max_drop * len(kept)
+            # "At least max_drop of them" exactly (`ceil_times`): the float 0.28·25 is
+            # 7.000000000000001, so 7 low of 25 did not distrust the reference.
+            distrusted = bool(low) and len(low) >= ceil_times(cfg.max_drop, len(kept))
             if distrusted:
                 geomed = GeometricMedian().create(self.size)
                 reference = reports.run(geomed, geomed.initialize(), kept).result

@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from compression import SparseUpdate
+from compression._config import MAX_WEIGHT
 
 from ._base import (
     AggregateOutput,
@@ -38,6 +39,11 @@ class FedAvg:
     without a cap (or `uniform`) one device declaring 2^53 examples sets the mean alone. With a
     cap W, no device weighs more than W; honest devices holding more than W examples are
     capped too (the cap trades some statistical weight for a bound on anyone's influence).
+    A declared count above 2^53 (`MAX_WEIGHT`, the most a frame's weight field may carry) is
+    refused with a ValueError naming it, capped or not, behind a pre-aggregator too
+    (`check_claims`): two weights of 1e308 summed to infinity and the round's mean came out
+    NaN. A row that mixes n reports (a bucket of `bucket`) may weigh up to n·2^53, their most
+    in sum (`weight_limit`).
     """
 
     uniform: bool = False
@@ -61,6 +67,37 @@ class FedAvg:
 WIDE_BELOW = 2.0**-24
 
 
+def weight_limit(rows: UpdateRows) -> float:
+    """The largest weight a row of `rows` may carry: 2^53 (`MAX_WEIGHT`) when the rows are the
+    reports themselves, n·2^53 when they mix n reports (a bucket weighs its reports' sum)."""
+    return MAX_WEIGHT if rows.mix is None else MAX_WEIGHT * rows.mix.shape[1]
+
+
+def weight_error(weight: object, device: str, limit: float = MAX_WEIGHT) -> str:
+    """The message refusing `weight` (from `device`) above `limit` (`weight_limit`)."""
+    n = limit / MAX_WEIGHT
+    most = "2^53" if n == 1 else f"{n:g}·2^53 (the most {n:g} reports weigh in sum)"
+    return (
+        f"weight {weight!r} from {device} is above {most} (the largest "
+        f"example count a report may declare): such weights can sum past float64's range and "
+        f"make the mean NaN"
+    )
+
+
+def check_claims(rows: UpdateRows) -> None:
+    """Refuse a declared count above 2^53 among the reports `rows` were made of, by name.
+
+    Lazily mixed rows (`nnm`, `normbound`, `cosfilter`, `bucket`) carry weights of their own,
+    so the reports' are checked here, as `next` checks them: a count FedAvg refuses alone is
+    refused behind any of those stages too.
+    """
+    claims = rows.claims()
+    if claims is not None:
+        names, weights = claims
+        for i in np.flatnonzero(weights > MAX_WEIGHT):
+            raise ValueError(weight_error(float(weights[i]), names[i]))
+
+
 def needs_float64(weights: Iterable[float]) -> bool:
     """Whether a weighted sum with these weights is summed in float64 (`WIDE_BELOW`)."""
     return any(0.0 < w < WIDE_BELOW for w in weights)
@@ -80,8 +117,14 @@ class _FedAvgProcess:
     def initialize(self) -> Any:
         return ()
 
-    def _weights(self, claimed: Iterable[tuple[str, float]]) -> tuple[list[float], float, int]:
-        """(weights, their sum, how many were capped) from (device, claimed count) pairs."""
+    def _weights(
+        self, claimed: Iterable[tuple[str, float]], limit: float = MAX_WEIGHT
+    ) -> tuple[list[float], float, int]:
+        """(weights, their sum, how many were capped) from (device, claimed count) pairs.
+
+        A claimed count above `limit` (2^53 for a report, `weight_limit` for mixed rows) is
+        refused: with every weight at most n·2^53 their float64 sum stays finite.
+        """
         total = 0.0
         weights = []
         capped = 0
@@ -89,6 +132,8 @@ class _FedAvgProcess:
             w = 1.0 if self.uniform else float(weight)
             if not np.isfinite(w) or w < 0:
                 raise ValueError(f"invalid weight {weight!r} from {device}")
+            if w > limit:
+                raise ValueError(weight_error(weight, device, limit))
             if self.max_weight is not None and w > self.max_weight:
                 w = self.max_weight
                 capped += 1
@@ -143,10 +188,13 @@ class _FedAvgProcess:
             for cu, w in zip(updates, weights, strict=True):
                 add_float64(acc, cu.update, w)
             if not np.all(np.isfinite(acc)):
-                # Not an overflow (float64 holds any sum of finite float32 products): a
-                # report holds NaN or infinity. The service's decoders refuse those; a library
-                # caller gets the error the robust rules raise, not an inf mean (which a
-                # server optimizer behind would have saturated to a finite 3.4e38).
+                # Not an overflow: every weight is at most 2^53 (refused above otherwise) and
+                # every finite float32 value at most 3.4e38, so each product is below 3.1e54
+                # and float64 (to 1.8e308) holds the sum of any number of them that fits in
+                # memory. (Not any weights: two of 1e308 summed to inf, and the mean was NaN.)
+                # So a report holds NaN or infinity. The service's decoders refuse those; a
+                # library caller gets the error the robust rules raise, not an inf mean (which
+                # a server optimizer behind would have saturated to a finite 3.4e38).
                 check_finite_reports(updates)
         return self._finish(state, acc, total, len(updates), capped), acc
 
@@ -164,7 +212,11 @@ class _FedAvgProcess:
         if rows.mix is None:
             # The rows are the decoded updates themselves: nothing is copied.
             return self.next(state, rows.materialize())
-        weights, total, capped = self._weights(zip(rows.labels, rows.weights.tolist(), strict=True))
+        if not self.uniform:
+            check_claims(rows)
+        weights, total, capped = self._weights(
+            zip(rows.labels, rows.weights.tolist(), strict=True), weight_limit(rows)
+        )
         acc = np.zeros(self.size, dtype=np.float64)
         if not (wide := needs_float64(weights)):
             # inf + -inf (two overflowed products) is NaN: caught below, as in `next`.
@@ -177,6 +229,8 @@ class _FedAvgProcess:
             acc = np.zeros(self.size, dtype=np.float64)
             for w, dense in zip(weights, rows.dense_rows(), strict=True):
                 acc += w * dense.astype(np.float64)
-            if not np.all(np.isfinite(acc)):  # as in `next_sum`: a row holds NaN or infinity
+            # As in `next_sum`: weights of at most n·2^53 (`weight_limit`) times float32
+            # values cannot overflow float64, so a row holds NaN or infinity.
+            if not np.all(np.isfinite(acc)):
                 raise NonFiniteReportError("a report holds NaN or infinity")
         return self._finish(state, acc, total, len(rows), capped)

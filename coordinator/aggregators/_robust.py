@@ -26,7 +26,9 @@ from ._base import (
     AggregatorFactory,
     ClientUpdate,
     NonFiniteReportError,
+    stages,
 )
+from ._mean import FedAvg, check_claims
 
 __all__ = [
     "DEFAULT_BLOCK_ELEMS",
@@ -103,6 +105,9 @@ class UpdateRows:
         self.labels = list(labels) if labels is not None else [f"row-{i}" for i in range(rows)]
         if len(self.labels) != rows:
             raise ValueError(f"need {rows} labels, got {len(self.labels)}")
+        if _shared is None and mix is None:
+            # The rows are the reports: every row mixed from them shares their claims.
+            self._base.claims = (self.labels, w)
         self._measured_sq: F64 | None = None
         # Computed on first use (`sq_norms`, `gram`): see `_summed`.
         self._sq: F64 | None = None
@@ -131,6 +136,11 @@ class UpdateRows:
     def size(self) -> int:
         """d, the length of every row."""
         return self._base.size
+
+    def claims(self) -> tuple[list[str], F64] | None:
+        """The base reports' names and declared weights (example counts), shared by every row
+        mixed from them, or None for rows built from a mix directly."""
+        return self._base.claims
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -495,6 +505,8 @@ class _Base:
         self.row_of = np.repeat(np.arange(self.n, dtype=np.int64), counts)
         self._gram: F64 | None = None
         self._sq: F64 | None = None
+        # The reports' names and declared weights, when rows were made of them (`claims`).
+        self.claims: tuple[list[str], F64] | None = None
 
     def sq_norms(self) -> F64:
         if self._sq is None:
@@ -580,7 +592,8 @@ def forward_rows(process: Any, state: Any, rows: UpdateRows) -> AggregateOutput:
 
 # ---------------------------------------------------------------------------------------------
 # Robust aggregators. Claimed example counts come from devices and are attacker-controlled, so
-# every aggregator here weighs reports uniformly.
+# every aggregator here weighs reports uniformly (a `bucket` stage weighs them in its buckets
+# only as a FedAvg behind it would weigh them: `count_weighting`).
 # ---------------------------------------------------------------------------------------------
 
 
@@ -602,6 +615,17 @@ def floor_times(f: float, n: int) -> int:
     floating point and floored to 28, where the docs' ⌊f·n⌋ of a spec's f=0.29 is 29.
     """
     return math.floor(Fraction(repr(float(f))) * n)
+
+
+def ceil_times(f: float, n: int) -> int:
+    """⌈f·n⌉ for the decimal that f is written as (its shortest repr), exactly.
+
+    A count c is "at least the fraction f of n" exactly when c >= ceil_times(f, n). The float
+    product can land just above a whole number: 0.14·50 is 7.000000000000001 in floating point,
+    so 7 agreeing votes of 50 failed RLR's theta=0.14 and 7 drops of 25 did not reach a
+    max_drop of 0.28, where 7 is exactly 0.14·50 and 0.28·25 (`floor_times` has the converse).
+    """
+    return math.ceil(Fraction(repr(float(f))) * n)
 
 
 # `cohort_refusal` refuses a `bucket` stage that leaves fewer bucket means than this at a full
@@ -655,9 +679,14 @@ def cohort_refusal(
                 if n >= 3
                 else f"raise {grow} to 3 or more: over {n} no beta below 0.5 trims one"
             )
+            # With support=1 the threshold is then 1: each sent coordinate is its senders'
+            # mean, not the plain mean, and untrimmed all the same.
+            plain = (
+                "its senders' mean on every sent coordinate" if stage.support else "the plain mean"
+            )
             return (
                 f"trimmed_mean: beta={_num(stage.beta)} trims floor(beta·n) = 0 of a full "
-                f"round's {n} {unit} ({src}) a side, so every round is the plain mean ({fix})"
+                f"round's {n} {unit} ({src}) a side, so every round is {plain} ({fix})"
             )
         elif isinstance(stage, Bucketing):
             buckets = -(-n // stage.bucket_size)
@@ -803,8 +832,12 @@ class TrimmedMean:
     the result within the honest values (the honest senders' values where supported), and
     attackers alone never set a coordinate no honest report sent. A round's attackers beyond t
     move both without bound. On dense reports (every report sends every coordinate) it is
-    the plain rule, bit for bit. A round with t = 0 (beta > 0) is the plain mean and measures
-    `guarantee_holds: false`.
+    the plain rule, bit for bit. A round with t = 0 (beta > 0) trims nothing and measures
+    `guarantee_holds: false`: without `support` it is the plain mean (unsent values counted as
+    0); with `support` the threshold is 1, so each coordinate some report sent is the mean of
+    its senders' values alone, not the plain mean (one report sending only 5 on coordinate 0
+    and one sending only 1 on coordinate 1 give [5, 1], not [2.5, 0.5]), and a coordinate no
+    report sent is 0.
     Memory: the result float32[d] plus about 3 · block_elems float32 scalars, never n×d; with
     `support`, also the sent mask (one byte per block scalar), a float32 copy of the
     supported columns and a bool temporary of the copy's shape: about 10 bytes per block
@@ -874,7 +907,8 @@ class _TrimmedMeanProcess(_RowProcess):
     def _meas(self, n: int, trim: int) -> dict[str, Any]:
         meas: dict[str, Any] = {"clients": n, "trimmed_each_side": trim}
         if n and self.beta > 0:
-            # beta > 0 and floor(beta·n) = 0: the round's trimmed mean is the plain mean.
+            # beta > 0 and floor(beta·n) = 0: the round trims nothing (the plain mean, or with
+            # support each sent coordinate's senders' mean).
             meas.update(beta=self.beta, guarantee_holds=trim >= 1)
         return meas
 
@@ -922,15 +956,24 @@ class _RLRProcess(_RowProcess):
     def next_rows(self, state: Any, rows: UpdateRows) -> AggregateOutput:
         n = len(rows)
         out = _zeros(self.size)
-        theta = (self.theta if self.theta >= 1 else self.theta * n) if n else 0.0
-        capped = theta > n
-        theta = min(theta, float(n))
+        if not n:
+            theta, need = 0.0, 0
+        elif self.theta >= 1:
+            theta, need = float(self.theta), int(self.theta)
+        else:
+            # A fraction is theta·n of the decimal theta is written as, exactly: the float
+            # product 0.14·50 = 7.000000000000001 turned "at least 0.14 of the reports" into 8
+            # of 50. Votes are whole numbers, so "votes >= theta·n" is "votes >= ⌈theta·n⌉".
+            exact = Fraction(repr(float(self.theta))) * n
+            theta, need = float(exact), math.ceil(exact)
+        capped = need > n
+        theta, need = min(theta, float(n)), min(need, n)
         low = 0
         if n:
             for start, stop, block in rows.blocks(self.block_elems):
                 agree = np.abs(np.sign(block).sum(axis=0, dtype=np.float64))
-                lr = np.where(agree >= theta, 1.0, self.low_lr)
-                low += int(np.count_nonzero(agree < theta))
+                lr = np.where(agree >= need, 1.0, self.low_lr)
+                low += int(np.count_nonzero(agree < need))
                 out[start:stop] = lr * block.mean(axis=0, dtype=np.float64)
         return AggregateOutput(
             state,
@@ -1213,6 +1256,18 @@ class Bucketing:
     stay lazy (UpdateRows) for the robust aggregators here and FedAvg (which sums them one at
     a time); another inner gets them materialised, each with at most bucket_size · max nnz
     values.
+    Each bucket weighs its reports as the rule behind the stage weighs rows (`count_weighting`,
+    through any wrappers in between), and hands it the sum of their example counts as the
+    bucket's weight. Behind an example-weighted FedAvg (`fedavg`, not `uniform=1`), a report
+    weighs w_m / sum of its bucket's w in its bucket, so the weighted mean of the bucket means
+    is FedAvg itself, whatever the shuffle: `bucket:2+fedavg` is `fedavg`. With its
+    `max_weight` W each report's count is capped at W first (measurement `weights_capped`) and
+    FedAvg caps each bucket's sum at W again, so it is `fedavg:max_weight=W` while no bucket's
+    capped counts sum above W. Behind any other rule (the robust rules here, `fedavg:uniform=1`,
+    `dp`), which weigh rows equally, a bucket mean is the plain mean of its reports, the paper's
+    rule. A bucket mean used to be that plain mean always, weighted by its summed counts behind
+    a FedAvg: neither FedAvg nor the uniform mean, and it moved with the shuffle (reports 0, 1,
+    0, 1 of 1, 99, 1, 99 examples gave 0.99 or 0.5 by seed).
     """
 
     bucket_size: int = 2
@@ -1227,12 +1282,44 @@ class Bucketing:
             raise ValueError(f"bucketing seed must be >= 0, got {self.seed!r}")
 
     def create(self, size: int) -> _BucketingProcess:
-        return _BucketingProcess(size, self.bucket_size, self.inner.create(size), self.seed)
+        weighted, cap = count_weighting(self.inner)
+        return _BucketingProcess(
+            size, self.bucket_size, self.inner.create(size), self.seed, weighted, cap
+        )
+
+
+def count_weighting(factory: AggregatorFactory) -> tuple[bool, float | None]:
+    """How the rule behind a stage weighs rows: (by their example counts, the cap on a count).
+
+    Followed through the wrappers in between (`stages`: screens, clips, NNM, buckets, which
+    hand each row's weight on). Only an example-weighted FedAvg weighs by count, each capped at
+    its `max_weight` (None: no cap); a `dp` stage on the way sets every weight to 1, and the
+    robust rules here and `FedAvg(uniform=True)` weigh rows equally. A rule of another kind is
+    taken to weigh rows equally too.
+    """
+    from ._dp import DPMean  # imported here: _dp imports this module (through _clip)
+
+    for stage in stages(factory):
+        if isinstance(stage, DPMean):
+            return False, None
+        if isinstance(stage, FedAvg):
+            return not stage.uniform, stage.max_weight
+    return False, None
 
 
 class _BucketingProcess(_RowProcess):
-    def __init__(self, size: int, bucket_size: int, inner: AggregationProcess, seed: int) -> None:
+    def __init__(
+        self,
+        size: int,
+        bucket_size: int,
+        inner: AggregationProcess,
+        seed: int,
+        weighted: bool = False,
+        cap: float | None = None,
+    ) -> None:
         self.size, self.bucket_size, self.inner, self.seed = size, bucket_size, inner, seed
+        # Whether the rule behind weighs rows by example count, and its cap (`count_weighting`)
+        self.weighted, self.cap = weighted, cap
 
     def initialize(self) -> Any:
         return (0, self.inner.initialize())
@@ -1243,9 +1330,26 @@ class _BucketingProcess(_RowProcess):
         perm = np.random.default_rng([self.seed, rnd]).permutation(n)
         buckets = [perm[i : i + self.bucket_size] for i in range(0, n, self.bucket_size)]
         mix = np.zeros((len(buckets), n))
-        for b, members in enumerate(buckets):
-            mix[b, members] = 1.0 / len(members)
-        weights = [float(rows.weights[m].sum()) for m in buckets]
+        capped = 0
+        if self.weighted:
+            # The rule behind is a weighted mean: a report weighs in its bucket as it would
+            # there (its count, capped as that rule caps it), so the weighted mean of the
+            # bucket means, each weighing its reports' summed counts, is that rule's mean of
+            # the reports themselves, whatever the shuffle. A count FedAvg refuses (above
+            # 2^53) is refused here already: the bucket sums below could overflow float64.
+            check_claims(rows)
+            w = rows.weights
+            if self.cap is not None:
+                capped = int(np.count_nonzero(w > self.cap))
+                w = np.minimum(w, self.cap)
+            weights = [float(w[m].sum()) for m in buckets]
+            for b, members in enumerate(buckets):
+                # A bucket whose counts are all 0 weighs nothing: its (plain) mean is moot.
+                mix[b, members] = w[members] / weights[b] if weights[b] > 0 else 1 / len(members)
+        else:
+            for b, members in enumerate(buckets):
+                mix[b, members] = 1.0 / len(members)
+            weights = [float(rows.weights[m].sum()) for m in buckets]
         labels = [f"bucket-{b}" for b in range(len(buckets))]
         inner_out = forward_rows(
             self.inner, inner_state, rows.mixed(mix, weights=weights, labels=labels)
@@ -1253,12 +1357,14 @@ class _BucketingProcess(_RowProcess):
         # A round with fewer than MIN_BUCKETS bucket means (fewer reports than the task's
         # cohort, which `cohort_refusal` checks) runs, but its inner rule is then no better
         # than their mean: say so, as Krum and NNM do below their bound.
-        meas = {
+        meas: dict[str, Any] = {
             "buckets": len(buckets),
             "bucket_size": self.bucket_size,
             "guarantee_holds": len(buckets) >= MIN_BUCKETS,
-            "inner": inner_out.measurements,
         }
+        if self.weighted and self.cap is not None:
+            meas["weights_capped"] = capped
+        meas["inner"] = inner_out.measurements
         return AggregateOutput((rnd + 1, inner_out.state), inner_out.result, meas)
 
 
@@ -1422,8 +1528,9 @@ class _MomentumCosineProcess(_RowProcess):
         else:
             cos = np.full(n, np.nan)
             keep = list(range(n))
-        # n > 0: with no reports, 0 drops are not "at least max_drop of the cohort".
-        distrusted = n > 0 and self.max_drop < 1.0 and n - len(keep) >= self.max_drop * n
+        # n > 0: with no reports, 0 drops are not "at least max_drop of the cohort". Compared
+        # exactly (`ceil_times`): the float 0.28·25 = 7.000000000000001 let 7 drops of 25 pass.
+        distrusted = n > 0 and self.max_drop < 1.0 and n - len(keep) >= ceil_times(self.max_drop, n)
         if distrusted:
             keep = list(range(n))
         dropped = {rows.labels[i]: round(float(cos[i]), 4) for i in range(n) if i not in keep}

@@ -176,7 +176,8 @@ def test_bucketing_over_fedavg_is_unchanged() -> None:
     mix = np.zeros((4, 11))
     for b, start in enumerate(range(0, 11, 3)):
         members = perm[start : start + 3]
-        mix[b, members] = 1.0 / len(members)
+        # Behind an example-weighted FedAvg a report weighs its count in its bucket (stop 50)
+        mix[b, members] = rows.weights[members] / rows.weights[members].sum()
     weights = [float(rows.weights[perm[s : s + 3]].sum()) for s in range(0, 11, 3)]
     eager = FedAvg().create(2_000).next((), rows.mixed(mix, weights=weights).materialize())
     assert np.array_equal(out.result, eager.result)

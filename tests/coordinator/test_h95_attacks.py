@@ -204,7 +204,7 @@ def test_a_count_liar_sets_the_direction_of_a_norm_bounded_mean() -> None:
 @pytest.mark.parametrize(
     ("spec", "liar_wins"),
     [
-        ("bucket:2+fedavg", True),  # its bucket's mean, weighted by the bucket's summed counts
+        ("bucket:2+fedavg", True),  # its count weighs in its bucket as in FedAvg (stop 50)
         ("cosfilter+fedavg", True),  # first round: no momentum, everything kept
         ("anomaly:norm_ratio=5+fedavg", True),  # 3 times the honest norm passes the ratio
         ("collusion+fedavg", True),  # no history to match
