@@ -63,8 +63,8 @@ def _hooked(coord: SecureCoordinator, seen: list[dict[str, Any]]) -> None:
     """Make `coord.close_round` pass a before_unmask hook (as the service does)."""
     real: Callable[..., Any] = coord.close_round
 
-    def close(task, before_unmask=None):  # type: ignore[no-untyped-def]
-        return real(task, seen.append)
+    def close(task, before_unmask=None, min_contributors=1):  # type: ignore[no-untyped-def]
+        return real(task, seen.append, min_contributors=min_contributors)
 
     coord.close_round = close  # type: ignore[method-assign]
 

@@ -248,8 +248,12 @@ def _hook_close(coord: SecureCoordinator, seen: list[tuple[int, dict[str, object
     (rounds accounted so far, the pending record)."""
     real_close = coord.close_round
 
-    def close_with_hook(task, before_unmask=None):  # type: ignore[no-untyped-def]
-        return real_close(task, lambda dp: seen.append((coord.accountant.rounds, dp)))
+    def close_with_hook(task, before_unmask=None, min_contributors=1):  # type: ignore[no-untyped-def]
+        return real_close(
+            task,
+            lambda dp: seen.append((coord.accountant.rounds, dp)),
+            min_contributors=min_contributors,
+        )
 
     coord.close_round = close_with_hook  # type: ignore[method-assign]
 
