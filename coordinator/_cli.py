@@ -1054,7 +1054,15 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
         return f"{from_file[dest]}: {reason}" if dest in from_file else flag_text
 
     if (args.tls_cert is None) != (args.tls_key is None):
-        return "--tls-cert and --tls-key go together"
+        # Named by the one that was set: from the file, by its key there (before, the file's
+        # value got the flags' line, naming neither the file nor the key).
+        have, lack = ("tls_cert", "tls_key") if args.tls_key is None else ("tls_key", "tls_cert")
+        return bad(
+            have,
+            "--tls-cert and --tls-key go together",
+            f"needs {lack.replace('_', '-')} too (in the file, or --{lack.replace('_', '-')}): "
+            "the certificate and its private key go together",
+        )
     for dest, path in (("tls_cert", args.tls_cert), ("tls_key", args.tls_key)):
         flag = "--" + dest.replace("_", "-")
         # A path from the file is shown as written there; the one looked at is added.
@@ -1150,15 +1158,29 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
         )
         return bad("pool_ttl", f"--pool-ttl {why}, got {args.pool_ttl}", why)
     if args.pool_ttl <= args.poll:
+        # Named by whichever of the two came from the file (before, a poll interval from the
+        # file got the flags' line, naming neither the file nor its key).
         why = (
-            "waiting devices are told to check in again after it, so every one would leave "
-            "the selection pool before it came back"
+            "waiting devices are told to check in again after the poll interval, so every one "
+            "would leave the selection pool before it came back"
         )
-        return bad(
-            "pool_ttl",
-            f"--pool-ttl {args.pool_ttl:g} must be more than --poll ({args.poll:g} s): {why}",
-            f"must be more than the poll interval ({args.poll:g} s): {why}",
-        )
+        if "pool_ttl" in from_file:
+            poll = (
+                from_file["poll"].removeprefix(f"--config {args.config}: ") + " in the same file"
+                if "poll" in from_file
+                else f"--poll {args.poll:g}"  # 0.25 s, the default, is below pool-ttl's 1 s
+            )
+            return bad(
+                "pool_ttl",
+                "",
+                f"must be more than the poll interval ({args.poll:g} s) set by {poll}: {why}",
+            )
+        if "poll" in from_file:
+            default = "" if "pool_ttl" in getattr(args, "_given", frozenset()) else ", its default"
+            return bad(
+                "poll", "", f"must be less than --pool-ttl ({args.pool_ttl:g} s{default}): {why}"
+            )
+        return f"--pool-ttl {args.pool_ttl:g} must be more than --poll ({args.poll:g} s): {why}"
     at = f" ({args.db})" if "db" in from_file else ""
     if _path(args.db).is_dir():
         return bad(

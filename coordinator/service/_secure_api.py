@@ -148,6 +148,8 @@ def add_secure_routes(
             # The masked input is what replaces the dense fp32 update.
             att.dense_up = coordinator.dense_bytes_for_round(round_id)
         setattr(request.state, STATE_KEY, att)
+        # plume_upload_seconds: from here, after the body was read and its signature verified
+        # (the link's speed would dominate the read), to the upload taken; not on a refusal.
         t0 = asyncio.get_running_loop().time()
         duplicate, reports, to_close = coordinator.secure_upload(
             round_id, stage, fields.device_id, body

@@ -994,6 +994,8 @@ def create_app(
         att = Attribution(fields.device_id, fields.round_id, payload_up=len(frame))
         att.dense_up = coordinator.dense_bytes_for_round(round_id)
         setattr(request.state, STATE_KEY, att)
+        # plume_upload_seconds: from here, after the body was read and its signature verified
+        # (the link's speed would dominate the read), to the upload taken; not on a refusal.
         t0 = asyncio.get_running_loop().time()
         # Named only when sent: an upload without a loss calls submit as before the field.
         loss = {} if train_loss is None else {"train_loss": train_loss}

@@ -297,7 +297,9 @@ class Metrics:
         )
         self.upload_seconds = Histogram(
             "plume_upload_seconds",
-            "Server time to accept one upload (read, verify, decode, commit)",
+            "Server time to take one upload after its body was read and its signature "
+            "verified: decode + commit (a secure stage message, of any stage: its check + "
+            "holding it); refused uploads are not observed",
             buckets=(0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
             registry=r,
         )

@@ -25,6 +25,14 @@ uvicorn closes the connection once it is sent instead of reading the rest of the
 declared length, or a chunked body without end, until the head timeout). A request with both
 `Content-Length` and `Transfer-Encoding` is refused here (400 `malformed`, the connection
 closed), as RFC 9112 section 6.1 asks. tests/coordinator/test_h260_early_refusal_close.py.
+
+Every request body byte taken from the server counts, whether the app read it or
+`client_gone` took it as an answer started (the part of a refused body that had arrived by
+then; a 400 or 413 decided here from the head takes it the same way before answering): it is
+gone from the connection either way, which is kept when that was the whole body
+(tests/coordinator/test_s50_ops_wire_bytes.py). The `route` label of the metrics is the
+template of the route the request matches, looked up here for a request the router did not
+name one for (`_route_template`; tests/coordinator/test_s50_ops_route_label.py).
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ from typing import Any
 
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
+from starlette.routing import Match
 
 from protocol.messages import expects_continue, request_wire_bytes, response_wire_bytes
 from protocol.names import Direction, Reason
@@ -156,25 +165,19 @@ class WireMiddleware:
             # (helper-330's F4). No route's path has an escape: such a path is a 404, and an
             # id written with one is a 422 naming it as sent (`StoreId`).
             scope["path"] = raw.split(b"?", 1)[0].decode("latin-1")
-        if _framed_twice(scope["headers"]):
-            # RFC 9112 §6.1: a front proxy that frames by Content-Length and this server (h11
-            # frames by the chunked encoding) would read two different requests from the same
-            # bytes (request smuggling). Refused, and the connection closed after the answer.
-            self._account_reject(scope, 0, 0, await _reject(send, 400, Reason.MALFORMED, _TWICE))
-            return
         cap = None if _streams(scope) else self.json_cap
-        if cap is not None:
-            for k, v in scope["headers"]:
-                if k == b"content-length" and v.isdigit() and int(v) > cap:
-                    self._account_reject(scope, 0, 0, await _reject_413(send, cap))
-                    return
         # Whether the request has a body (a chunked one, or a Content-Length above 0): an
         # answer that starts before the app has read it to its end closes the connection.
         has_body = any(
             (k == b"content-length" and v.strip() not in (b"", b"0")) or k == b"transfer-encoding"
             for k, v in scope["headers"]
         )
+        # Body bytes taken from the server, by the app's reads or by `client_gone`: each was
+        # read off the connection, so each counts (before stop 50, those `client_gone` took
+        # were not, though the connection was kept and they were gone from it). `delivered`:
+        # those handed to the app, which the cap is about.
         received = 0
+        delivered = 0
         sent_body = 0
         offered = 0  # response body bytes the app sent, `sent_body` those that went out
         interim = 0  # bytes of a `100 Continue` uvicorn sent before the response
@@ -198,7 +201,7 @@ class WireMiddleware:
             once when the connection is closed and otherwise waits (the read is cancelled).
             Not asked before the app's first read of a request that expects `100 Continue`:
             that read makes uvicorn send it."""
-            nonlocal gone
+            nonlocal gone, received
             if gone or (continues and reads == 0):
                 return gone
             # As a task: it runs to its first wait while this one yields once, which also
@@ -215,27 +218,31 @@ class WireMiddleware:
                 gone = True
             elif message["type"] == "http.request":
                 taken.append(message)  # part of the body the app has not read yet
+                received += len(message.get("body", b""))  # off the connection all the same
             return gone
 
         async def counting_receive() -> Message:
-            nonlocal received, body_done, deadline, interim, reads
+            nonlocal received, delivered, body_done, deadline, interim, reads
             reads += 1
             if continues and not started:
                 interim = _CONTINUE  # uvicorn answers the first read before any response
             if taken:
-                message = taken.pop(0)
-            elif body_done or self.body_timeout_s is None:
-                message = await receive()  # after the body: only disconnects arrive here
+                message = taken.pop(0)  # counted in `received` when `client_gone` took it
             else:
-                if deadline is None:
-                    deadline = time.monotonic() + self.body_timeout_s
-                try:
-                    message = await asyncio.wait_for(receive(), deadline - time.monotonic())
-                except TimeoutError:
-                    raise _BodyTimeout(self.body_timeout_s) from None
+                if body_done or self.body_timeout_s is None:
+                    message = await receive()  # after the body: only disconnects arrive here
+                else:
+                    if deadline is None:
+                        deadline = time.monotonic() + self.body_timeout_s
+                    try:
+                        message = await asyncio.wait_for(receive(), deadline - time.monotonic())
+                    except TimeoutError:
+                        raise _BodyTimeout(self.body_timeout_s) from None
+                if message["type"] == "http.request":
+                    received += len(message.get("body", b""))
             if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if cap is not None and received > cap:
+                delivered += len(message.get("body", b""))
+                if cap is not None and delivered > cap:
                     raise _BodyTooLarge(cap)
                 body_done = not message.get("more_body", False)
             return message
@@ -293,6 +300,22 @@ class WireMiddleware:
                     sent_body += len(body)  # uvicorn drops a HEAD's body
             await send(message)
 
+        refusal = _refused_before_app(scope, cap)
+        if refusal is not None:
+            # Decided from the head alone, before the app runs. What the server already holds
+            # of the body is taken (`client_gone`) and counted, as for an early answer of the
+            # app's; an answer the server drops (the client is gone) is counted nowhere.
+            dropped = await client_gone()
+            sent = await _reject(send, *refusal)
+            if dropped:
+                log.info(
+                    "client closed the connection before the answer to %s %s",
+                    scope["method"],
+                    scope["path"],
+                )
+            else:
+                self._account_reject(scope, received, 0, sent)
+            return
         try:
             await self.app(scope, counting_receive, counting_send)
         except _BodyTooLarge:
@@ -379,8 +402,8 @@ class WireMiddleware:
     def _account_reject(
         self, scope: Scope, received: int, interim: int, sent: tuple[Message, int]
     ) -> None:
-        """A request this middleware refused (413, 408) is control traffic: its head, the body
-        bytes read before the refusal, and the refusal."""
+        """A request this middleware refused (400, 413, 408) is control traffic: its head, the
+        body bytes taken from the server before the refusal, and the refusal."""
         scope["state"].pop(STATE_KEY, None)
         start, body = sent
         self._account(scope, received, dict(start), body + interim)
@@ -401,8 +424,7 @@ class WireMiddleware:
             )
         down = response_wire_bytes(started["status"], started["headers"], sent_body)
         down += _server_added_bytes(scope, started["headers"])
-        route = scope.get("route")
-        route_name = getattr(route, "path", "unmatched")
+        route_name = _route_template(scope)
         self.metrics.requests.labels(route_name, str(started["status"])).inc()
         att: Attribution | None = scope["state"].get(STATE_KEY)
         if att is None or att.round_id <= 0:
@@ -436,6 +458,42 @@ class WireMiddleware:
             self.metrics.bytes.labels(direction, "payload").inc(payload)
             self.metrics.bytes.labels(direction, "wire").inc(wire)
             self.metrics.bytes.labels(direction, "dense").inc(dense)
+
+
+UNMATCHED = "unmatched"
+
+
+def _route_template(scope: Scope) -> str:
+    """The `route` label of a request: the template of the route its method and path match
+    (`/v1/rounds/{round_id}/updates`), never the path itself, so the label's values are the
+    app's routes and `unmatched`. The router names the route it ran in the scope, but only
+    for the app's own routes (FastAPI leaves it out for its `/openapi.json`, `/docs`,
+    `/docs/oauth2-redirect` and `/redoc`), and not at all when the request was answered
+    before routing (this middleware's 400 and 413 from the head): then the app's routes are
+    matched as the router matches them, a route for the path with another method (a 405)
+    when none has the method. `unmatched`: no route has the path (a 404)."""
+    route = scope.get("route")
+    if route is None:
+        route = _match_route(scope)
+    path = getattr(route, "path", None)
+    return path if isinstance(path, str) else UNMATCHED
+
+
+def _match_route(scope: Scope) -> Any:
+    """The app's route for `scope` by Starlette's rule (the first full match, else the first
+    with the path and not the method), or None; Starlette sets `scope["app"]`."""
+    router = getattr(scope.get("app"), "router", None)
+    partial = None
+    for route in getattr(router, "routes", ()):
+        try:
+            match, _ = route.matches(scope)
+        except Exception:  # a route that cannot match this scope matches nothing
+            continue
+        if match is Match.FULL:
+            return route
+        if match is Match.PARTIAL and partial is None:
+            partial = route
+    return partial
 
 
 def _trim_cut(scope: Scope, unsent: int) -> None:
@@ -476,6 +534,25 @@ _TWICE = (
 )
 
 
+def _refused_before_app(scope: Scope, cap: int | None) -> tuple[int, Reason, str] | None:
+    """The refusal a request gets from its head alone, before the app runs (status, reason,
+    detail), or None."""
+    if _framed_twice(scope["headers"]):
+        # RFC 9112 §6.1: a front proxy that frames by Content-Length and this server (h11
+        # frames by the chunked encoding) would read two different requests from the same
+        # bytes (request smuggling). Refused, and the connection closed after the answer.
+        return 400, Reason.MALFORMED, _TWICE
+    if cap is not None:
+        for k, v in scope["headers"]:
+            if k == b"content-length" and v.isdigit() and int(v) > cap:
+                return 413, Reason.TOO_LARGE, _too_large(cap)
+    return None
+
+
+def _too_large(cap: int) -> str:
+    return f"request body above the {cap}-byte cap"
+
+
 def _framed_twice(headers: Any) -> bool:
     """Whether a request carries both `Content-Length` and `Transfer-Encoding`."""
     names = {bytes(k).lower() for k, _ in headers}
@@ -506,7 +583,7 @@ def _server_added_bytes(scope: Scope, response_headers: Any) -> int:
 
 
 async def _reject_413(send: Send, cap: int) -> tuple[Message, int]:
-    return await _reject(send, 413, Reason.TOO_LARGE, f"request body above the {cap}-byte cap")
+    return await _reject(send, 413, Reason.TOO_LARGE, _too_large(cap))
 
 
 async def _reject(send: Send, status: int, reason: Reason, detail: str) -> tuple[Message, int]:

@@ -416,7 +416,7 @@ def test_control_traffic_counts_what_the_coordinator_read_and_answered(
     with httpx.Client(base_url=url) as http:
         create_task(http, task_config(rounds=1))
         # Execute: three requests no SDK sends
-        unread = b"u" * 100
+        unread = b"u" * 100  # arrives with its head
         unsigned = _raw(
             url,
             b"POST /v1/rounds/1/updates HTTP/1.1\r\nhost: x\r\n"
@@ -426,14 +426,15 @@ def test_control_traffic_counts_what_the_coordinator_read_and_answered(
             url, b"POST /v1/devices HTTP/1.1\r\nhost: x\r\ncontent-length: 70000\r\n\r\n"
         )
         garbage = _raw(url, b"NOT HTTP AT ALL\r\n\r\n")
-        # Assert: a body refused before it was read is counted as far as it was read (here 0 of
-        # 100 bytes); the middleware's own 413 is counted; a request uvicorn could not parse never
-        # reached the app and is counted nowhere
+        # Assert: a body refused before it was read is counted as far as the coordinator took
+        # it off the connection (here all 100 bytes, which arrived with the head: before stop
+        # 50, 0 of them, though the connection was kept); the middleware's own 413 is counted; a
+        # request uvicorn could not parse never reached the app and is counted nowhere
         assert (unsigned.status, too_large.status, garbage.status) == (401, 413, 400)
         exs = _split(relay)
         not_http = [ex for ex in exs if ex.request.start == "NOT HTTP AT ALL"]
         assert len(not_http) == 1
-        missing = {"up": len(unread) + not_http[0].up, "down": not_http[0].down}
+        missing = {"up": not_http[0].up, "down": not_http[0].down}
         expected, counted = _control_settles(relay, http, missing)
         assert counted == expected
 
