@@ -21,6 +21,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -53,6 +54,7 @@ from compression import ModelSpec
 
 from .ort import session_options
 from .trainer import (
+    IGNORE_INDEX,
     MAX_FLOAT_VOCAB,
     cast_readers,
     float_id_reader,
@@ -401,8 +403,9 @@ def _check_targets(
     """Refuse a model output or `example_y` the loss (or the device's runtime) cannot take.
 
     Without this, a misfit surfaced as a tracing error deep in torch, or worse, as artifacts
-    that export fine and that `sdk.ort` then refuses to load (it reads the class count off the
-    logits and checks the targets' shape against them).
+    that export fine and that `sdk.ort` then refuses to load (it reads the class count, or for
+    "mse" the feature count, off the output's last dimension and checks the targets' shape
+    against it). A "ce" `example_y` must hold classes in [0, C) or `IGNORE_INDEX`.
     """
     if out.dim() < 1 or out.shape[0] != example_x.shape[0]:
         raise ExampleInputError(
@@ -414,6 +417,18 @@ def _check_targets(
         raise ExampleInputError(
             f"loss 'ce' needs logits [B, ..., C], the model outputs {list(out.shape)}",
             f"output shape {list(out.shape)}",
+        )
+    if loss == "mse" and out.dim() < 2:
+        # `sdk.ort` reads the output's size off its last dimension, and refused such artifacts
+        # at load (`logits ['batch'] need a batch and a static last dimension`).
+        reason = (
+            f"output shape {list(out.shape)}: loss 'mse' needs outputs [B, ..., F] with a "
+            f"feature dimension; add one, e.g. [B, 1]"
+        )
+        raise ExampleInputError(
+            f"loss 'mse' needs outputs [B, ..., F], the model outputs {list(out.shape)}: add a "
+            f"feature dimension, e.g. [B, 1] (unsqueeze(-1), or no squeeze(-1) in forward)",
+            reason,
         )
     if loss == "ce" and out.dim() >= 3 and out.shape[1] == out.shape[-1]:
         # The graph reads a per-position output [B, T, C] with the classes last; torch's
@@ -434,6 +449,18 @@ def _check_targets(
             f"{list(out.shape)} takes targets of shape {want} with loss {loss!r}"
         )
         raise ExampleInputError(f"example_y does not fit the model: {reason}", reason)
+    if loss == "ce":
+        # Else the trace ran in full, and `_check_numbers` then blamed the batch size for
+        # torch's `Target 5 is out of bounds.`
+        classes = int(out.shape[-1])
+        bad = (example_y != IGNORE_INDEX) & ((example_y < 0) | (example_y >= classes))
+        if bool(bad.any()):
+            reason = (
+                f"example_y holds class {int(example_y[bad][0])}, the model's output "
+                f"{list(out.shape)} has {classes} classes: labels must be in [0, {classes}) "
+                f"(or {IGNORE_INDEX}, which is skipped)"
+            )
+            raise ExampleInputError(f"example_y does not fit the model: {reason}", reason)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -712,6 +739,61 @@ def _make_joint_step(
     return step
 
 
+def _own_symbols() -> contextlib.AbstractContextManager[Any]:
+    """A fake-tensor mode for `make_fx`'s symbolic trace in which every size gets a symbol of
+    its own, or a no-op context where this torch has no such setting.
+
+    By default the tracer gives sizes that are equal in the example the same symbol ("duck
+    shaping"), so with an example batch equal to another size the trace reads it (the batch of
+    4 as a LayerNorm(4)'s width on [B, T, 4], or the batch of 16 as an LSTM's hidden size) and
+    torch.export then fixed the batch: the device could feed no other. `make_fx` traces in the
+    fake mode active when it is called; `ShapeEnv(duck_shape=False)` is torch's switch for it
+    (`torch.fx.experimental._config.use_duck_shape` is the global default it reads). Without
+    it, `_fixed_batch` still refuses such graphs, naming an example batch size to use instead.
+    """
+    try:
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        from torch.fx.experimental.symbolic_shapes import ShapeEnv
+
+        return FakeTensorMode(allow_fallback_kernels=False, shape_env=ShapeEnv(duck_shape=False))
+    except (ImportError, TypeError):  # a torch that moved or renamed them
+        return contextlib.nullcontext()
+
+
+# The ATen ops by which a traced forward checks the values of its tensors (`F.one_hot`'s
+# decomposition asserts its ids are in [0, num_classes)); the exported graph keeps no check.
+_DATA_CHECKS = ("_assert_async", "_functional_assert_async")
+
+
+def _refuse_data_checks(gm: Any) -> None:
+    """Raise `ExportError` if the trace `gm` holds a check torch makes on the data at run time.
+
+    The ONNX export drops such a check, and with it torch's refusal: `F.one_hot` of an id
+    outside [0, num_classes) raises in torch, where its exported form (an equality against
+    `arange`) gives a row of zeros, and the device trained on it silently. Only called when no
+    vocabulary is recorded for x: with one, the device refuses ids outside the embedding's
+    rows before training (a model one-hot encoding the ids its embedding reads exports).
+    """
+    found: list[str] = []
+    for node in gm.graph.nodes:
+        packet = getattr(node.target, "overloadpacket", None)
+        if node.op != "call_function" or getattr(packet, "__name__", "") not in _DATA_CHECKS:
+            continue
+        said = next((a for a in node.args if isinstance(a, str)), "")
+        said = said.strip().rstrip(".") or str(node.target)
+        if said not in found:
+            found.append(said)
+    if found:
+        raise ExportError(
+            f"the model's forward checks its values at run time ({'; '.join(found)}), which "
+            f"the exported graph cannot do: the device would train on inputs torch refuses "
+            f"(F.one_hot of an id outside [0, num_classes) gives a row of zeros there). Read "
+            f"token ids with an nn.Embedding that takes x itself: the export then records its "
+            f"rows and the device refuses ids past them; or pass the encoded features as float "
+            f"inputs"
+        )
+
+
 def _export_joint(
     fn: Callable[..., Any],
     args: tuple[torch.Tensor, ...],
@@ -719,14 +801,24 @@ def _export_joint(
     output_names: list[str],
     batch_inputs: Sequence[int],
     model: nn.Module,
+    ids_bounded: bool,
 ) -> tuple[onnx.ModelProto, dict[int, str]]:
     """Trace `fn` (which runs `model`) to ATen with a symbolic batch dimension and export it
     as one ONNX model; with it, the batch sizes past the trace's assumptions about the batch
-    size (`_batch_guard_sizes`), for `_check_numbers`."""
+    size (`_batch_guard_sizes`), for `_check_numbers`.
+
+    Every size is traced as a symbol of its own (`_own_symbols`). Unless `ids_bounded` (the
+    manifest records a vocabulary for x), a trace holding a check torch makes on the data is
+    refused before the (slow) ONNX export (`_refuse_data_checks`)."""
     registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
     level = registration_log.level
     try:
-        gm = make_fx(fn, tracing_mode="symbolic", decomposition_table=_TRACE_DECOMPOSITIONS)(*args)
+        with _own_symbols():
+            gm = make_fx(fn, tracing_mode="symbolic", decomposition_table=_TRACE_DECOMPOSITIONS)(
+                *args
+            )
+        if not ids_bounded:
+            _refuse_data_checks(gm)
         batch = torch.export.Dim("batch", min=1, max=1 << 24)
         dynamic = tuple({0: batch} if i in batch_inputs else None for i in range(len(args)))
         with warnings.catch_warnings():
@@ -774,7 +866,7 @@ def _export_joint(
         raise ExportError("the exporter produced no program")
     traced = int(args[batch_inputs[0]].shape[0])
     try:
-        guard_sizes = _batch_guard_sizes(gm, batch_inputs[0], traced)
+        guard_sizes = _batch_guard_sizes(gm, batch_inputs, traced)
     except Exception:  # torch's tracer internals, which change between versions
         guard_sizes = dict.fromkeys(_FALLBACK_SIZES, "")
     return program.model_proto, guard_sizes
@@ -789,7 +881,7 @@ _MAX_GUARD_SIZE = 1024
 _MAX_GUARD_SIZES = 6
 
 
-def _batch_guard_sizes(gm: Any, x_index: int, traced: int) -> dict[int, str]:
+def _batch_guard_sizes(gm: Any, batch_inputs: Sequence[int], traced: int) -> dict[int, str]:
     """Batch sizes on the other side of each assumption the trace made about the batch size,
     each with the assumption (``batch < 8``) for the error message.
 
@@ -800,7 +892,8 @@ def _batch_guard_sizes(gm: Any, x_index: int, traced: int) -> dict[int, str]:
     ``batch < 16``), so a guard is not refused; `_check_numbers` compares the graphs with torch
     at the smallest batch size where it fails. Guards over other symbols as well (spatial
     sizes, parameter shapes: static in the exported graph) are read with those at their traced
-    values. For each guard, the smallest size in [1, `_MAX_GUARD_SIZE`] that breaks it is taken
+    values, and the batch dimensions of the other `batch_inputs` (y's, one batch dimension with
+    x's in the exported graph) as the batch. For each guard, the smallest size in [1, `_MAX_GUARD_SIZE`] that breaks it is taken
     (among 1-64, powers of two and the neighbours of the guard's constants), and at most
     `_MAX_GUARD_SIZES` sizes, smallest first. A guard that cannot be read (a symbol without a
     traced value, an expression that does not evaluate to true or false), or a trace whose
@@ -810,17 +903,29 @@ def _batch_guard_sizes(gm: Any, x_index: int, traced: int) -> dict[int, str]:
     import sympy
 
     fallback = dict.fromkeys(_FALLBACK_SIZES, "")
-    # An fx graph lists its inputs first, in argument order: node x_index is x's input node
+    # An fx graph lists its inputs first, in argument order: node i is argument i's input node
     # (one that reads no other node). Anything else falls back.
-    node = next(itertools.islice(gm.graph.nodes, x_index, None), None)
-    val = node.meta.get("val") if node is not None and not node.all_input_nodes else None
-    dim = val.shape[0] if isinstance(val, torch.Tensor) and val.dim() else None
-    if not isinstance(dim, torch.SymInt):
-        return fallback
-    batch = dim.node.expr
-    env = dim.node.shape_env
+    dims: list[torch.SymInt] = []
+    for index in batch_inputs:
+        node = next(itertools.islice(gm.graph.nodes, index, None), None)
+        val = node.meta.get("val") if node is not None and not node.all_input_nodes else None
+        dim = val.shape[0] if isinstance(val, torch.Tensor) and val.dim() else None
+        if not isinstance(dim, torch.SymInt):
+            return fallback
+        dims.append(dim)
+    env = dims[0].node.shape_env
+    # Every size is traced as a symbol of its own (`_own_symbols`), and the trace's equalities
+    # then replace some symbols by others after guards on them were recorded: each expression
+    # is read in the symbols that stand for them at the end (`ShapeEnv.replace`). The trace
+    # does not always find y's batch equal to x's (a per-position loss only sees their
+    # products with the positions equal), while the exported graph has one batch dimension.
+    batch = env.replace(dims[0].node.expr)
     if not isinstance(batch, sympy.Symbol):
         return fallback
+    same = {env.replace(dim.node.expr) for dim in dims[1:]} - {batch}
+    if not all(isinstance(sym, sympy.Symbol) for sym in same):
+        return fallback
+    as_batch = dict.fromkeys(same, batch)
     # The traced value of each symbol; torch 2.13 renamed `var_to_val` (now deprecated).
     values = getattr(env, "backed_var_to_val", None)
     if values is None:
@@ -828,8 +933,8 @@ def _batch_guard_sizes(gm: Any, x_index: int, traced: int) -> dict[int, str]:
     found: dict[int, str] = {}
     unreadable = False
     for guard in env.guards:
-        expr = guard.expr
-        if batch not in expr.free_symbols:
+        expr = env.replace(guard.expr).xreplace(as_batch)
+        if batch not in expr.free_symbols:  # y's batch equal to x's: true once read so
             continue
         others = expr.free_symbols - {batch}
         if any(sym not in values for sym in others):
@@ -945,6 +1050,39 @@ def _cut(joint: onnx.ModelProto, inputs: list[str], outputs: list[str]) -> onnx.
     return model
 
 
+def _fixed_batch(graph: onnx.ModelProto, names: Sequence[str]) -> list[str]:
+    """The inputs and outputs of `graph` among `names` whose first (batch) dimension is not
+    dynamic, each with its shape (``x [4, 6]``). `sdk.ort` refuses such a graph at load (it
+    feeds batches of any size); a dimension with neither a name nor a size counts as dynamic,
+    as there."""
+    fixed = []
+    for value in (*graph.graph.input, *graph.graph.output):
+        if value.name not in names:
+            continue
+        dims = value.type.tensor_type.shape.dim
+        if not dims or dims[0].HasField("dim_value"):
+            shape = [d.dim_value if d.HasField("dim_value") else d.dim_param for d in dims]
+            fixed.append(f"{value.name} {shape}")
+    return fixed
+
+
+def _fixed_batch_message(
+    what: str, fixed: list[str], model: nn.Module, example_x: torch.Tensor, out: torch.Tensor
+) -> str:
+    n = int(example_x.shape[0])
+    sizes = {int(d) for p in model.parameters() for d in p.shape}
+    sizes |= {int(d) for d in (*example_x.shape[1:], *out.shape[1:])}
+    other = next(b for b in itertools.count(max(n + 1, 3)) if b not in sizes)
+    return (
+        f"{what}: the exported graph has a fixed batch size ({', '.join(fixed)}; traced at a "
+        f"batch of {n}), where the device feeds batches of any size: the model's forward fixes "
+        f"it (a reshape to a constant batch: compute such shapes from x.shape[0]), or the "
+        f"tracer took the batch for another size it equals (a parameter's or the input's: "
+        f"export with an example batch size that equals no dimension of the model, {other} "
+        f"say)"
+    )
+
+
 def _check_loads(model: bytes, what: str) -> ort.InferenceSession:
     """Raise `ExportError` unless onnxruntime (what the device runs) accepts the graph; return
     the session, for `_check_numbers`.
@@ -1039,7 +1177,7 @@ def _check_numbers(
                     f"while the exported graphs take any batch size from 1"
                 ) from exc
             feeds = dict(zip(infer_inputs, [*p_np, x.numpy()], strict=True))
-            got = sessions["infer"].run(None, feeds)[0]
+            got = _run(sessions["infer"], feeds, "infer", size, n)[0]
             off = _mismatch(got, want.numpy(), 1e-6 * math.sqrt(max(got.size, 1)))
             if off is not None:
                 raise ExportError(_differs("infer", "logits", size, off, n, why))
@@ -1052,7 +1190,7 @@ def _check_numbers(
                 f"while the exported graphs take any batch size from 1"
             ) from exc
         feeds = dict(zip(train_inputs, [a.detach().numpy() for a in args], strict=True))
-        got_out = sessions["train_step"].run(None, feeds)
+        got_out = _run(sessions["train_step"], feeds, "train_step", size, n)
         for i, label in enumerate(labels):
             want_t = want_out[i].detach().numpy()
             floor = (
@@ -1068,6 +1206,21 @@ def _check_numbers(
                 off = _mismatch(got_out[i], want_t, floor)
             if off is not None:
                 raise ExportError(_differs("train_step", label, size, off, n, why))
+
+
+def _run(
+    session: ort.InferenceSession, feeds: dict[str, np.ndarray], what: str, size: int, n: int
+) -> list[np.ndarray]:
+    """`session.run` for `_check_numbers`, with onnxruntime's (untyped) errors as `ExportError`:
+    the device would hit the same error at that batch size."""
+    try:
+        return session.run(None, feeds)  # type: ignore[no-any-return]
+    except Exception as exc:
+        raise ExportError(
+            f"{what}: onnxruntime cannot run the exported graph at a batch of {size} (traced "
+            f"at a batch of {n}), while the device feeds batches of any size: "
+            f"{_first_line(exc)}"
+        ) from exc
 
 
 def _differs(what: str, output: str, size: int, off: float, traced: int, why: str) -> str:
@@ -1216,16 +1369,23 @@ def export_training_artifacts(
     """Write ``infer.onnx``, ``train_step.onnx`` and ``manifest.json`` for `model` to `out_dir`.
 
     `example_x` is one batch (float32 [B, ...], or int64 token ids for embedding models); its
-    batch size does not matter (the batch dimension is exported dynamic) but B >= 2 keeps the
-    tracer from specialising it. `loss` is ``"ce"`` (integer class targets [B] or [B, T],
-    mean-reduced) or ``"mse"`` (float targets shaped like the output, mean-reduced).
-    `optimizer` is ``"sgd"`` or ``"momentum"`` (torch.optim.SGD semantics, no dampening, no
-    Nesterov, buffers starting at zero).
+    batch size does not matter as long as B >= 2 (the tracer fixes a size of 1): the batch
+    dimension is traced as a symbol of its own, so a B equal to a layer's width or to another
+    dimension of x is fine (`_own_symbols`), and exported dynamic. Graphs whose x, y or logits
+    came out with a fixed batch anyway are refused (`ExportError` naming a batch size to use).
+    `loss` is ``"ce"`` (integer class targets [B] or [B, T], mean-reduced) or ``"mse"``
+    (float targets shaped like the output, which needs a feature dimension: [B, F] or
+    [B, ..., F], mean-reduced). `optimizer` is ``"sgd"`` or ``"momentum"`` (torch.optim.SGD
+    semantics, no dampening, no Nesterov, buffers starting at zero).
 
     Raises, before tracing anything or touching `out_dir`: `UnsupportedLayerError` if the model
     holds a layer the graph does not support, `ExampleInputError` if the model's forward pass
-    refuses `example_x` or `example_y` does not fit its output. `OutputError` if the files
-    cannot be written; nothing is left half-written in `out_dir` (see `_write_files`).
+    refuses `example_x`, its output does not fit the loss, or `example_y` does not fit its
+    output (its shape, or for "ce" a class outside [0, C) other than -100). After tracing,
+    `ExportError` if the graphs differ from torch (`_check_numbers`), or if the forward checks
+    its values in a way the graph cannot (``F.one_hot``: `_refuse_data_checks`) and no
+    `nn.Embedding` bounds x's ids. `OutputError` if the files cannot be written; nothing is
+    left half-written in `out_dir` (see `_write_files`).
     """
     if loss not in SUPPORTED_LOSSES:
         raise ExportError(f"unknown loss {loss!r}; choose one of {SUPPORTED_LOSSES}")
@@ -1322,6 +1482,7 @@ def _export(
             [*train_outputs, "logits"],
             batch_inputs=(n_in - 3, n_in - 2),
             model=model,
+            ids_bounded=vocab is not None,
         )
     train_model = _cut(joint, train_inputs, train_outputs)
     if train_model is None:
@@ -1337,8 +1498,16 @@ def _export(
                 ["logits"],
                 batch_inputs=(len(params),),
                 model=model,
+                ids_bounded=vocab is not None,
             )
         guard_sizes = {**more, **guard_sizes}
+    for what, graph, names_ in (
+        ("train_step", train_model, ("x", "y")),
+        ("infer", infer_model, ("x", "logits")),
+    ):
+        fixed = _fixed_batch(graph, names_)
+        if fixed:
+            raise ExportError(_fixed_batch_message(what, fixed, model, example_x, example_out))
     blobs: dict[str, bytes] = {}
     sessions: dict[str, ort.InferenceSession] = {}
     for what, graph in (("train_step", train_model), ("infer", infer_model)):

@@ -19,11 +19,13 @@ _FORMAT = "plume-onnx-train"
 _VERSIONS = (1,)
 _MAX_MANIFEST_BYTES = 1 << 22  # 4 MiB: a manifest lists names and shapes, never weights
 _DTYPES = ("float32", "int64")
-# An ONNX file holds the graph, never the weights (they are inputs): the 80-step unrolled LSTM,
-# the largest zoo export, is 388 KB (about 5 KB a time step), mnist_cnn's training step 11 KB.
-# The cap bounds what a received manifest can make the device read, hash and hand to
-# onnxruntime; 16 MiB is 40 times the LSTM (an unrolled sequence of some 3,000 steps) and a
-# small allocation even on a phone. `load_manifest(max_file_bytes=...)` takes another.
+# An ONNX file holds the graph, never the weights (they are inputs): the largest zoo graph is
+# the 80-step unrolled LSTM's training step, the train_step.onnx that `plume export --model
+# shakespeare_lstm` writes (about 786 KB, its summary's train_step_bytes; some 10 KB a time
+# step), mnist_cnn's training step 11 KB. The cap bounds what a received manifest can make the
+# device read, hash and hand to onnxruntime; 16 MiB is some 20 times the LSTM (an unrolled
+# sequence of some 1,700 steps) and a small allocation even on a phone.
+# `load_manifest(max_file_bytes=...)` takes another.
 _MAX_FILE_BYTES = 1 << 24  # 16 MiB
 _TARGET_DTYPE = {"ce": "int64", "mse": "float32"}
 
@@ -151,7 +153,8 @@ def _file(root: Path, files: Any, key: str, verify: bool, cap: int) -> tuple[Pat
     if size > cap:
         raise ArtifactError(
             f"{rel}: {size} bytes, more than the {cap} allowed (max_file_bytes; Plume's "
-            f"largest zoo graph is 388 KB)"
+            f"largest zoo graph, the train_step.onnx that `plume export --model "
+            f"shakespeare_lstm` writes, is about 786 KB)"
         )
     try:
         with path.open("rb") as f:
@@ -183,7 +186,7 @@ def load_manifest(
 
     With `verify`, the files' SHA-256 must match the manifest's. Their contents are kept in
     `Manifest.file_data` (kilobytes: the weights are not in them) for `OrtTrainer` to load.
-    Each file may be at most `max_file_bytes` (default 16 MiB, 40 times the largest zoo
+    Each file may be at most `max_file_bytes` (default 16 MiB, some 20 times the largest zoo
     graph), checked before it is read (`ArtifactError`); `ValueError` for a cap that is not a
     positive integer.
     """

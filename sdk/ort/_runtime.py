@@ -499,8 +499,8 @@ class OrtTrainer:
     ) -> OrtTrainer:
         """Load the artifacts `sdk.onnx_export` (or `plume export`) wrote to `path`.
 
-        Each ONNX file may be at most `max_file_bytes` (None: 16 MiB, 40 times the largest
-        zoo graph; see `load_manifest`), checked before it is read.
+        Each ONNX file may be at most `max_file_bytes` (None: 16 MiB, some 20 times the
+        largest zoo graph; see `load_manifest`), checked before it is read.
         """
         manifest = load_manifest(path, verify=verify, max_file_bytes=max_file_bytes)
         return cls(manifest, threads=threads, optimization=optimization)
@@ -578,7 +578,10 @@ class OrtTrainer:
         `x.long()`, as mobile_sim's text datasets hold them): they must be whole numbers >= 0
         (and below the vocabulary, if recorded). Onnxruntime's gather would wrap a negative id
         to a row from the end where torch raises (ids past the end fail in onnxruntime, a
-        ValueError). Raises `TrainingDataError`.
+        ValueError). Ids read through ``F.one_hot`` instead would train silently past its
+        classes (a row of zeros, where torch raises); the export refuses such a model unless
+        it records a vocabulary (`sdk.onnx_export._refuse_data_checks`), so an integer graph
+        without one holds no such op. Raises `TrainingDataError`.
         """
         m = self.manifest
         if self._x_dtype.kind == "i" or m.x_vocab is not None:
