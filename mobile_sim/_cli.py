@@ -1361,54 +1361,6 @@ def _unproven_dp_note(cfg: Any, secure: bool) -> str | None:
     )
 
 
-# Values an upload keeps below which `_few_kept_note` speaks: at the default --topk 0.01 the
-# 2,410-parameter digits_mlp keeps 24, and `plume sim --dataset digits --compare-dense` ended
-# at 0.3175 against dense's 0.7465 after 20 rounds, with nothing said (s50 review).
-_FEW_KEPT = 100
-# The --topk the note suggests: the smallest of these that keeps at least twice _FEW_KEPT
-# values (clear of the threshold, not at its edge): 0.1 for digits_mlp (241 values).
-_LARGER_TOPK = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
-
-
-def _few_kept_note(cfg: Any, args: argparse.Namespace) -> str | None:
-    """The note for a compressed run whose uploads keep fewer than `_FEW_KEPT` values: k as the
-    codec derives it (`CodecConfig.k_for` of the model's trainable parameters, the same total
-    under --scope global and per_tensor), the model's size, and a larger --topk. None for a
-    --dense or --secure run (no --topk), or a model that cannot be built here (the runner then
-    says why, in its own words)."""
-    if cfg.dense or args.secure:
-        return None
-    from dataclasses import replace
-
-    from compression import CodecConfig
-    from sdk.flat import spec_from_module
-
-    from .models import build_model
-
-    try:
-        d = spec_from_module(build_model(cfg.model_name, seed=cfg.seed)).size
-    except Exception:  # an unknown dataset, a --plugin model that fails: the runner says why
-        return None
-    codec: CodecConfig = cfg.codec()
-    k = codec.k_for(d)
-    if k >= _FEW_KEPT or d <= _FEW_KEPT:  # a model of <= 100 parameters: no --topk helps
-        return None
-    # --topk 1 when none of the others keeps enough (d > _FEW_KEPT; k < d means --topk < 1).
-    larger = next(
-        (f for f in _LARGER_TOPK if replace(codec, topk=f).k_for(d) >= 2 * _FEW_KEPT), 1.0
-    )
-    text = (
-        f"--topk {codec.topk:g} keeps {k} of {cfg.model_name}'s {d:,} parameters in each "
-        "upload, so few that the compressed run can end far below dense fp32; a larger "
-        f"--topk keeps more, e.g. --topk {larger:g} ({replace(codec, topk=larger).k_for(d):,} "
-        "values)"
-    )
-    if cfg.dataset == "digits" and not _given(args, "lr"):
-        text += f" (and for digits a larger --lr than {args.lr:g}: the README's digits run "
-        text += "uses --lr 0.2 --rounds 30)"
-    return text
-
-
 def _without_credentials(value: str) -> str:
     """`value` with a URL's user and password left out (`http://u:p@host` -> `http://host`):
     rounds.json is shared with results, and a --coordinator URL may carry a secret."""
