@@ -1361,6 +1361,76 @@ def _unproven_dp_note(cfg: Any, secure: bool) -> str | None:
     )
 
 
+# Values an upload keeps below which `_few_kept_note` speaks: at the default --topk 0.01 the
+# 2,410-parameter digits_mlp keeps 24, and `plume sim --dataset digits --compare-dense` ended
+# at 0.3175 against dense's 0.7465 after 20 rounds, with nothing said (s50 review).
+_FEW_KEPT = 100
+# The --topk the note suggests: the smallest of these that keeps at least twice _FEW_KEPT
+# values (clear of the threshold, not at its edge): 0.1 for digits_mlp (241 values).
+_LARGER_TOPK = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def _few_kept_note(cfg: Any, args: argparse.Namespace) -> str | None:
+    """The note for a compressed run whose uploads keep fewer than `_FEW_KEPT` values: k as the
+    codec derives it (`CodecConfig.k_for` of the model's trainable parameters, the same total
+    under --scope global and per_tensor), the model's size, and a larger --topk. In process and
+    over --transport http alike: the HTTP devices encode with the task's codec, this same
+    `cfg.codec()`. None for a --dense or --secure run (no --topk), or a dataset or model the
+    runner refuses (it then says why, in its own words: one line, no note before it)."""
+    if cfg.dense or args.secure or not _known_dataset(cfg.dataset):
+        return None
+    from dataclasses import replace
+
+    from compression import CodecConfig
+    from sdk.flat import spec_from_module
+
+    from .models import build_model
+
+    try:
+        d = spec_from_module(build_model(cfg.model_name, seed=cfg.seed)).size
+    except Exception:  # an unknown dataset, a --plugin model that fails: the runner says why
+        return None
+    codec: CodecConfig = cfg.codec()
+    k = codec.k_for(d)
+    if k >= _FEW_KEPT or d <= _FEW_KEPT:  # a model of <= 100 parameters: no --topk helps
+        return None
+    # --topk 1 when none of the others keeps enough (d > _FEW_KEPT; k < d means --topk < 1).
+    larger = next(
+        (f for f in _LARGER_TOPK if replace(codec, topk=f).k_for(d) >= 2 * _FEW_KEPT), 1.0
+    )
+    text = (
+        f"--topk {codec.topk:g} keeps {k} of {cfg.model_name}'s {d:,} parameters in each "
+        "upload, so few that the compressed run can end far below dense fp32; a larger "
+        f"--topk keeps more, e.g. --topk {larger:g} ({replace(codec, topk=larger).k_for(d):,} "
+        "values)"
+    )
+    if cfg.dataset == "digits" and not _given(args, "lr"):
+        text += f" (and for digits a larger --lr than {args.lr:g}: the README's digits run "
+        text += "uses --lr 0.2 --rounds 30)"
+    return text
+
+
+def _known_dataset(name: str) -> bool:
+    """Whether the runner's `load_dataset` takes dataset `name` (built in, one of
+    `mobile_sim.datasets`, or a --plugin's), without loading it: it refuses any other as a
+    usage error, which stays one line (no `_few_kept_note` before it)."""
+    from .runner import DATASET_LOADERS
+
+    if name in DATASET_LOADERS or name in ("mnist", "digits"):
+        return True
+    try:
+        from . import datasets
+    except ImportError:
+        return False
+    if name in ("shakespeare", "synthetic", "synthetic_iid"):
+        return True
+    match = datasets._SYNTHETIC.fullmatch(name)
+    try:
+        return match is not None and bool(datasets._synthetic_args(name, match.group(1)))
+    except ValueError:
+        return False
+
+
 def _without_credentials(value: str) -> str:
     """`value` with a URL's user and password left out (`http://u:p@host` -> `http://host`):
     rounds.json is shared with results, and a --coordinator URL may carry a secret."""
@@ -2052,6 +2122,8 @@ def _sim(args: argparse.Namespace) -> int:
     try:
         cfg = config_from_args(args)
         if (note := _unproven_dp_note(cfg, args.secure)) is not None:
+            print(f"{_PROG}: note: {note}", file=sys.stderr)
+        if (note := _few_kept_note(cfg, args)) is not None:
             print(f"{_PROG}: note: {note}", file=sys.stderr)
         first = "dense" if cfg.dense else ("secure" if args.secure else "compressed")
         runs = [(first, cfg)]

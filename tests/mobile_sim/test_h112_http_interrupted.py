@@ -27,9 +27,11 @@ from coordinator.service.admin_client import AdminClient
 from mobile_sim.http_fleet import HttpFleetOptions, run_http_simulation
 from mobile_sim.runner import RoundRecord, RunInterrupted, SimConfig
 
+# --topk 0.1 as CFG: no few-kept note (test_s51_cli_few_kept.py) before the interruption's line
 TINY = [
     "sim", "--transport", "http", "--dataset", "digits", "--model", "digits_mlp", "--clients",
-    "6", "--per-round", "3", "--rounds", "3", "--local-epochs", "1", "--no-progress",
+    "6", "--per-round", "3", "--rounds", "3", "--local-epochs", "1", "--topk", "0.1",
+    "--no-progress",
 ]  # fmt: skip
 PLOTS = ("accuracy_vs_upload_bytes.png", "bytes_per_round.png", "round_durations.png")
 CFG = SimConfig(dataset="digits", model="digits_mlp", clients=6, per_round=3, rounds=3,

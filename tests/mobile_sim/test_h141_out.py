@@ -53,7 +53,9 @@ def test_a_name_too_long_for_the_system_is_the_out_error(
     # and a parent made before the folder that could not be is not left behind.
     monkeypatch.chdir(tmp_path)
 
-    code = plume(["sim", "--dataset", "digits", "--rounds", "1", "--no-progress", "--out", out])
+    # --topk 0.1: 241 values an upload, so no few-kept note (test_s51_cli_few_kept.py) before it
+    argv = ["sim", "--dataset", "digits", "--rounds", "1", "--topk", "0.1", "--no-progress"]
+    code = plume([*argv, "--out", out])
 
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
@@ -141,8 +143,9 @@ def test_an_out_folder_that_takes_no_files_fails_before_any_round(
     monkeypatch.setattr(sim_cli.tempfile, "NamedTemporaryFile", _no_writes)
     rounds: list[object] = []
     monkeypatch.setattr(sim_cli, "_run_one", lambda *a, **k: rounds.append(a))
-    # Execute
-    code = plume(["sim", "--dataset", "digits", "--rounds", "1", "--no-progress", "--out", "runs"])
+    # Execute (--topk 0.1: no few-kept note, test_s51_cli_few_kept.py)
+    argv = ["sim", "--dataset", "digits", "--rounds", "1", "--topk", "0.1", "--no-progress"]
+    code = plume([*argv, "--out", "runs"])
     # Assert: one error line, no round run, and a folder made for the run removed again
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1

@@ -11,9 +11,10 @@ import pytest
 from coordinator.cli import main as plume
 from mobile_sim import status
 
+# --topk 0.1: no few-kept note (test_s51_cli_few_kept.py), so stderr holds the pool's line only
 TINY = [
     "sim", "--dataset", "digits", "--model", "digits_mlp", "--clients", "6", "--per-round",
-    "3", "--rounds", "1", "--local-epochs", "1", "--threads", "1",
+    "3", "--rounds", "1", "--local-epochs", "1", "--threads", "1", "--topk", "0.1",
 ]  # fmt: skip
 
 

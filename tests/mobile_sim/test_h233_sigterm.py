@@ -70,6 +70,8 @@ def _run_and_term(
         "1",
         "--seed",
         "3",
+        "--topk",  # 241 values an upload: no few-kept note (test_s51_cli_few_kept.py)
+        "0.1",
         "--out",
         str(out),
         *flags,

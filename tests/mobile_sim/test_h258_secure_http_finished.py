@@ -42,9 +42,11 @@ SECURE_TINY = [
     "sim", "--secure", "--dataset", "digits", "--model", "digits_mlp", "--clients", "8",
     "--per-round", "4", "--rounds", "3", "--local-epochs", "1", "--no-progress",
 ]  # fmt: skip
+# --topk 0.1 as HTTP_CFG: no few-kept note (test_s51_cli_few_kept.py) before the error line
 HTTP_TINY = [
     "sim", "--transport", "http", "--dataset", "digits", "--model", "digits_mlp", "--clients",
-    "6", "--per-round", "3", "--rounds", "3", "--local-epochs", "1", "--no-progress",
+    "6", "--per-round", "3", "--rounds", "3", "--local-epochs", "1", "--topk", "0.1",
+    "--no-progress",
 ]  # fmt: skip
 FILES = "(rounds.json with summary.interrupted true, rounds.csv, ledger.csv)"
 

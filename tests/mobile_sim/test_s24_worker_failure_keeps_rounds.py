@@ -20,9 +20,10 @@ from coordinator.cli import main as plume
 from mobile_sim.backends.process_pool import PoolWorkerError
 from mobile_sim.backends.sequential import SequentialBackend
 
+# --topk 0.1: no few-kept note (test_s51_cli_few_kept.py) before the error line
 TINY = [
     "sim", "--dataset", "digits", "--model", "digits_mlp", "--clients", "6", "--per-round",
-    "3", "--rounds", "4", "--local-epochs", "1", "--no-progress",
+    "3", "--rounds", "4", "--local-epochs", "1", "--topk", "0.1", "--no-progress",
 ]  # fmt: skip
 
 

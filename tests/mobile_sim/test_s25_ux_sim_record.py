@@ -36,6 +36,13 @@ HTTP_TINY = [
     "sim", "--transport", "http", "--dataset", "digits", "--model", "digits_mlp", "--clients",
     "6", "--per-round", "3", "--rounds", "1", "--local-epochs", "1",
 ]  # fmt: skip
+# What HTTP_TINY's devices upload at the default --topk 0.01 (test_s51_cli_few_kept.py)
+FEW_KEPT_NOTE = (
+    "plume sim: note: --topk 0.01 keeps 24 of digits_mlp's 2,410 parameters in each upload, so "
+    "few that the compressed run can end far below dense fp32; a larger --topk keeps more, "
+    "e.g. --topk 0.1 (241 values) (and for digits a larger --lr than 0.05: the README's digits "
+    "run uses --lr 0.2 --rounds 30)"
+)
 # The parts are disjoint spans inside wall_s and the rest is wall_s minus them.
 TOLERANCE_S = 1e-6
 
@@ -196,12 +203,14 @@ def test_a_piped_http_run_says_it_is_setting_up(
     # Execute: stderr is captured, so not a terminal
     code = plume([*HTTP_TINY, "--out", str(tmp_path)])
 
-    # Assert: one plain line before round 1, nothing else on stderr; stdout as before
+    # Assert: one plain line before round 1, after the few-kept note (said before any set-up);
+    # nothing else on stderr; stdout as before
     out, err = capsys.readouterr()
     assert code == 0, err
     assert err.splitlines() == [
+        FEW_KEPT_NOTE,
         "plume sim: setting up: loading digits, registering 6 devices with a loopback "
-        "coordinator..."
+        "coordinator...",
     ], err
     assert "setting up" not in out
 
@@ -210,7 +219,8 @@ def test_a_piped_http_run_says_it_is_setting_up(
 def test_no_progress_keeps_an_http_run_quiet(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = plume([*HTTP_TINY, "--no-progress", "--out", str(tmp_path)])
+    # --topk 0.1: 241 values an upload, no few-kept note (a note, not progress: it would stay)
+    code = plume([*HTTP_TINY, "--topk", "0.1", "--no-progress", "--out", str(tmp_path)])
     err = capsys.readouterr().err
     assert code == 0, err
     assert err == ""

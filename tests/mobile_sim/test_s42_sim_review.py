@@ -118,9 +118,10 @@ def test_a_fleet_where_no_device_is_ever_eligible_is_one_line(
 ) -> None:
     # Prepare: seed 11's only device never charges on wifi in two simulated days (helper-337)
     monkeypatch.chdir(tmp_path)
+    # (--topk 0.1: no few-kept note before the error line, test_s51_cli_few_kept.py)
     argv = ["sim", "--dataset", "digits", "--clients", "1", "--per-round", "1", "--rounds", "1",
-            "--local-epochs", "1", "--fleet", "realistic", "--seed", "11", "--no-progress",
-            "--out", str(tmp_path / "out")]  # fmt: skip
+            "--local-epochs", "1", "--fleet", "realistic", "--seed", "11", "--topk", "0.1",
+            "--no-progress", "--out", str(tmp_path / "out")]  # fmt: skip
     # Execute
     code = plume(argv)
     # Assert: one line, exit 1, no traceback, and the empty --out made for the run removed

@@ -17,9 +17,10 @@ import pytest
 
 from coordinator.cli import main as plume
 
+# --topk 0.1: no few-kept note on stderr (test_s51_cli_few_kept.py), which stays empty
 _RUN = [
     "sim", "--dataset", "digits", "--clients", "6", "--per-round", "3", "--rounds", "3",
-    "--local-epochs", "1", "--no-progress",
+    "--local-epochs", "1", "--topk", "0.1", "--no-progress",
 ]  # fmt: skip
 
 

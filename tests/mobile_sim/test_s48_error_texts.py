@@ -60,8 +60,8 @@ def test_an_out_under_a_file_says_the_file_is_in_the_way(
     monkeypatch.chdir(tmp_path)
     Path("afile").write_text("a file")
 
-    # Execute
-    code = plume(["sim", "--dataset", "digits", "--rounds", "1", "--out", below])
+    # Execute (--topk 0.1: no few-kept note before the line, test_s51_cli_few_kept.py)
+    code = plume(["sim", "--dataset", "digits", "--rounds", "1", "--topk", "0.1", "--out", below])
 
     # Assert
     err = capsys.readouterr().err
