@@ -7,9 +7,12 @@ file, formats it as the README prints it, and looks for it on the README's line 
 A figure moved by a re-run fails here until the README is updated with it.
 
 s49: the rest of the targets table (downlink, SecAgg+, the CNN robustness seeds, the backdoor
-rows, the simulator rows) and the paragraphs above it (the demo, the downlink ratios, the HTTP
-and in-process download runs) are checked too; a figure computed from a file's values (a mean
-over seeds, a ratio of two sizes, a time with the start-up added) is computed here the same way.
+rows, the simulator rows) and the paragraphs about the runs (the demo, the downlink ratios, the
+HTTP and in-process download runs) are checked too; a figure computed from a file's values (a
+mean over seeds, a ratio of two sizes, a time with the start-up added) is computed here the same
+way. The runs' provenance (machines, dates, re-runs, the download runs) moved from the top of the
+README to its "Provenance of the figures" section: a figure quoted there is looked for in the
+subsection that holds it (`### The demo run`, ...), one quoted in a table on its row.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ def _pct2(v: float) -> str:
     return f"{v * 100:.2f}%"
 
 
-# (a text that starts the README line, result file, key (dots go into objects), how the README
-# writes the value)
+# (where the README quotes it: a text that starts its line, or a heading whose section holds it
+# (see _where); result file; key (dots go into objects); how the README writes the value)
 FIGURES: list[tuple[str, str, str, Callable[[Any], str]]] = [
     ("| dense fp32 FedAvg |", "bandwidth_accuracy.json", "dense.final_accuracy", _pct2),
     ("| Plume: top-k 0.5%", "bandwidth_accuracy.json", "compressed.final_accuracy", _pct2),
@@ -140,7 +143,7 @@ FIGURES: list[tuple[str, str, str, Callable[[Any], str]]] = [
         lambda v: f"| {v:.2f} GB peak RSS",
     ),
     (
-        "Intel Xeon VM it ends near",
+        "### The demo run",
         "demo_http_mlp/rounds.json",
         "summary.final_accuracy",
         lambda v: f"{v:.4f}",
@@ -156,6 +159,41 @@ def _line(start: str) -> str:
     return " ".join(lines[found[0] : found[0] + 2])
 
 
+def _headings(lines: list[str]) -> list[tuple[int, int]]:
+    """(line index, level) of the README's Markdown headings, fenced code left out."""
+    out: list[tuple[int, int]] = []
+    fenced = False
+    for i, line in enumerate(lines):
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced and line.startswith("#"):
+            out.append((i, len(line) - len(line.lstrip("#"))))
+    return out
+
+
+def _section(heading: str) -> str:
+    """The README's section under `heading` (a whole heading line, `### The demo run`), with every
+    run of whitespace made one space: up to the next heading of its level or above (the title's,
+    `# Plume`, up to the first `##`)."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    heads = _headings(lines)
+    found = [(i, level) for i, level in heads if lines[i] == heading]
+    assert len(found) == 1, f"README.md: {len(found)} headings {heading!r}"
+    start, level = found[0]
+    ends = [i for i, lv in heads if i > start and lv <= max(level, 2)]
+    return " ".join(" ".join(lines[start : ends[0] if ends else len(lines)]).split())
+
+
+def _where(start: str | None) -> str:
+    """Where a figure is looked for: the whole README's prose (None), a heading's section (a
+    start that is a heading, `### ...`) or the README line that starts with `start`."""
+    if start is None:
+        return _prose()
+    if start.startswith("#"):
+        return _section(start)
+    return _line(start)
+
+
 @pytest.mark.parametrize(
     ("start", "path", "key", "fmt"), FIGURES, ids=[f"{p}:{k}" for _, p, k, _ in FIGURES]
 )
@@ -165,7 +203,7 @@ def test_the_readme_quotes_the_result_file(
     # Execute
     want = fmt(_get(path, key))
     # Assert
-    assert want in _line(start), f"README.md's row {start!r} does not say {want!r} ({path}: {key})"
+    assert want in _where(start), f"README.md's {start!r} does not say {want!r} ({path}: {key})"
 
 
 def _prose() -> str:
@@ -327,30 +365,47 @@ def _headline(key: str) -> Any:
     return _get("bandwidth_accuracy.json", key)
 
 
-# (the README row's start, or None for the README's prose with its line breaks made spaces; an
-# id for the test; the text the README must hold, computed from the result files)
+# (the README row's start, a heading whose section must hold the text, or None for the README's
+# prose with its line breaks made spaces (see _where); an id for the test; the text the README
+# must hold, computed from the result files)
 COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
     # the demo run kept in bench/results/demo_http_mlp
     (
-        None,
+        "### The demo run",
         "demo:wall_s",
         lambda: f"its 15 rounds took {_demo('summary.wall_s'):.1f} s, `summary.wall_s`",
     ),
-    (None, "demo:rounds", lambda: f"its {_demo('summary.rounds')} rounds took"),
+    ("### The demo run", "demo:rounds", lambda: f"its {_demo('summary.rounds')} rounds took"),
     (
-        None,
+        "### The demo run",
         "demo:command_s",
         lambda: f"the whole command {_demo_command_s():.0f} s, from its `started_at`",
     ),
     (
-        None,
+        "### The demo run",
         "demo:load",
         lambda: (
             f"load average {_demo('machine.load_average_start'):.1f} at its start and "
             f"{_demo('machine.load_average_end'):.1f} at its end"
         ),
     ),
-    (None, "demo:date", lambda: f"`--out`, {_demo('finished_at')[:10]}, load average"),
+    (
+        "### The demo run",
+        "demo:date",
+        lambda: f"`--out`, {_demo('finished_at')[:10]}, load average",
+    ),
+    # the demo's result as the README's first screen rounds it, and its provenance section
+    *[
+        (
+            heading,
+            f"demo:rounded {heading}",
+            lambda: (
+                f"it ends near {_demo('summary.final_accuracy') * 100:.0f}% accuracy with about "
+                f"{_demo('summary.upload_ratio_vs_dense'):.0f}x fewer upload bytes than dense fp32"
+            ),
+        )
+        for heading in ("# Plume", "### The demo run")
+    ],
     # the headline's download column and the in-process download run
     (
         "| dense fp32 FedAvg |",
@@ -363,7 +418,7 @@ COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
         lambda: f"its zstd'd frames {_headline('dense.upload_bytes') / 1e9:.2f} GB",
     ),
     (
-        None,
+        "## Headline result",
         "headline:ratio_vs_run_bytes",
         lambda: (
             "Against the dense run's own zstd'd fp32 bytes the ratio is "
@@ -371,12 +426,12 @@ COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
         ),
     ),
     (
-        None,
+        "## Headline result",
         "headline:delta_pp",
         lambda: f"Measured: 576x and {_headline('accuracy_delta_pp'):.2f} pp",
     ),
     (
-        None,
+        "## Headline result",
         "headline:same_step_control",
         lambda: (
             f"({_headline('dense_same_server_lr_final_accuracy') * 100:.2f}%, so compression costs "
@@ -384,7 +439,7 @@ COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
         ),
     ),
     (
-        None,
+        "### The headline run",
         "cnn_download:bytes_down",
         lambda: (
             f"recorded {_get('readme_cnn_download/rounds.json', 'summary.total_download_bytes'):,}"
@@ -392,7 +447,7 @@ COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
         ),
     ),
     (
-        None,
+        "### The headline run",
         "cnn_download:round1",
         lambda: (
             f"{_get('readme_cnn_download/rounds.json', 'summary.final_accuracy') * 100:.2f}% "
@@ -403,7 +458,7 @@ COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
     ),
     # the downlink ratios: against the snapshot served, raw fp32 and the fp16 snapshot
     (
-        None,
+        "### The headline run",
         "downlink:served",
         lambda: (
             f"it is {_served_ratios('snapshot_fp32_zstd_bytes')} fewer bytes than the snapshot the "
@@ -412,14 +467,14 @@ COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
         ),
     ),
     (
-        None,
+        "### The headline run",
         "downlink:raw",
         lambda: (
             f"{_raw_ratios()} fewer than the raw fp32 model ({_downlink('dense_bytes'):,} bytes"
         ),
     ),
     (
-        None,
+        "### The headline run",
         "downlink:fp16",
         lambda: (
             f"{_served_ratios('snapshot_fp16_zstd_bytes')} fewer than the fp16 snapshot (zstd'd) a "
@@ -427,7 +482,7 @@ COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
         ),
     ),
     (
-        None,
+        "### The headline run",
         "downlink:where",
         lambda: (
             f"`details.downlink` (2-core {_get('coordinator_ingest.json', 'machine.cpu')}, "
@@ -449,7 +504,7 @@ COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
     ),
     # the HTTP run kept in bench/results/readme_http_mlp
     (
-        None,
+        "### The headline run",
         "http_mlp:bytes_up",
         lambda: (
             f"uploaded {_http_mlp('summary.total_upload_bytes'):,} bytes of update payload "
@@ -457,12 +512,12 @@ COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
         ),
     ),
     (
-        None,
+        "### The headline run",
         "http_mlp:wire_up",
         lambda: f"and {_http_mlp('ledger_totals.up.wire_bytes'):,} bytes on the wire in the rounds",
     ),
     (
-        None,
+        "### The headline run",
         "http_mlp:control",
         lambda: (
             f"{_http_control('up_wire_bytes'):,} bytes up and {_http_control('down_wire_bytes'):,} "
@@ -470,7 +525,7 @@ COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
         ),
     ),
     (
-        None,
+        "### The headline run",
         "http_mlp:control_share",
         lambda: (
             "the devices sent "
@@ -479,7 +534,7 @@ COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
         ),
     ),
     (
-        None,
+        "### The headline run",
         "http_mlp:download",
         lambda: (
             f"The devices downloaded {_http_mlp('ledger_totals.down.payload_bytes') / 1e6:.1f} MB "
@@ -487,10 +542,10 @@ COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
             f"(4 B a parameter, {_http_mlp('ledger_totals.down.ratio_vs_dense'):.1f}x fewer"
         ),
     ),
-    (None, "http_mlp:snapshot", _http_snapshot_bytes),
-    (None, "http_mlp:per_round", _http_down_mb),
+    ("### The headline run", "http_mlp:snapshot", _http_snapshot_bytes),
+    ("### The headline run", "http_mlp:per_round", _http_down_mb),
     (
-        None,
+        "### The headline run",
         "http_mlp:when",
         lambda: (
             f"{_http_mlp('started_at')[:10]} {_http_mlp('started_at')[11:16]} UTC, code of commit "
@@ -498,7 +553,7 @@ COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
         ),
     ),
     (
-        None,
+        "### The headline run",
         "http_mlp:http_per_device_round",
         lambda: (
             "about "
@@ -543,7 +598,7 @@ COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
     # the recommended robust aggregator on the CNN
     ("| recommended robust aggregator", "robust_cnn:seeds", _cnn_worst),
     (
-        "| recommended robust aggregator",
+        "### The targets table",
         "robust_cnn:recheck",
         lambda: (
             "seed 0 re-run after it gives "
@@ -570,7 +625,7 @@ COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
         ),
     ),
     (
-        "| backdoor defence",
+        "### The targets table",
         "backdoor:make_bench_10_seeds",
         lambda: (
             "where the runs reproduce, "
@@ -667,7 +722,7 @@ COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
         ),
     ),
     (
-        None,
+        "### The targets table",
         "exact_clip_seed0",
         lambda: (
             "+"
@@ -706,7 +761,7 @@ COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
         lambda: f"sequential 0.73x; {_get('sim_throughput.json', 'sections.mnist.date')}, with",
     ),
     (
-        "| simulator, MNIST CNN vs plain torch loop |",
+        "### The targets table",
         "mnist:setup_s",
         lambda: (
             f"the run's setup ({_mnist_setup_s('pool'):.2f} s, `wall_s_with_setup_and_plain_loop`"
@@ -721,7 +776,7 @@ COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
         ),
     ),
     (
-        "| simulator, MNIST CNN vs plain torch loop |",
+        "### The targets table",
         "mnist:xeon",
         lambda: (
             f"{_pool_ratio('sim_throughput_xeon.json'):.2f}x (pool) on a 2-vCPU Intel Xeon, "
@@ -729,16 +784,16 @@ COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
         ),
     ),
     (
-        "| simulator, MNIST CNN vs plain torch loop |",
+        "### The targets table",
         "mnist:xeon_quiet",
         lambda: (
             f"{_pool_ratio('sim_throughput_xeon_quiet.json'):.2f}x (pool) on a 2-vCPU Intel Xeon, "
             f"{_get('sim_throughput_xeon_quiet.json', 'date')}"
         ),
     ),
-    ("| simulator, MNIST CNN vs plain torch loop |", "mnist:xeon_speeds", _xeon_speeds),
+    ("### The targets table", "mnist:xeon_speeds", _xeon_speeds),
     (
-        "| simulator, MNIST CNN vs plain torch loop |",
+        "### The targets table",
         "mnist:eval",
         lambda: (
             f"{_pool_ratio('sim_throughput_amd_eval_driver.json'):.2f}x (pool) on a slower AMD EPYC, "
@@ -749,7 +804,7 @@ COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
         ),
     ),
     (
-        "| simulator, MNIST CNN vs plain torch loop |",
+        "### The targets table",
         "mnist:avx2",
         lambda: (
             f"{_pool_ratio('sim_throughput_amd_avx2_unfold.json'):.3f}x (pool) on an AMD EPYC "
@@ -759,7 +814,7 @@ COMPUTED: list[tuple[str | None, str, Callable[[], str]]] = [
         ),
     ),
     (
-        "| simulator, MNIST CNN vs plain torch loop |",
+        "### The targets table",
         "mnist:avx512",
         lambda: (
             f"{_pool_ratio('sim_throughput_amd_avx512_v1098.json'):.3f}x (pool) on an AVX-512 AMD "
@@ -777,12 +832,11 @@ def test_the_readme_quotes_what_the_result_files_give(
     # Execute
     text = want()
     # Assert
-    where = _prose() if start is None else _line(start)
-    assert text in where, f"README.md does not say {text!r} ({fig}; row {start!r})"
+    assert text in _where(start), f"README.md does not say {text!r} ({fig}; at {start!r})"
 
 
 def test_the_demo_ratio_is_the_run_kept() -> None:
-    # The demo paragraph wraps: "0.9115\nand 74.7x in the run kept ..."
+    # The demo's provenance wraps: "0.9115 and 74.7x in the run kept\nin ..."
     ratio = _get("demo_http_mlp/rounds.json", "summary.upload_ratio_vs_dense")
-    text = (ROOT / "README.md").read_text()
+    text = _section("### The demo run")
     assert f"and {ratio:.1f}x in the run kept in `bench/results/demo_http_mlp`" in text
