@@ -16,16 +16,19 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 
+import coordinator.service.secure as service_secure
+from coordinator.secure import make_plan
 from protocol import auth
 from protocol.messages import to_json
 from protocol.names import Reason
+from protocol.secagg import SecurePlan
 
 from .test_service_hardening import _register
 from .test_service_support import ADMIN, signed_headers, task_config, task_server
@@ -131,25 +134,57 @@ def test_a_lone_surrogate_in_a_check_in_is_422_before_its_nonce_is_spent(
     assert again.status_code == 422 and "surrogate" in again.json()["detail"], again.text
 
 
-def test_a_huge_degree_factor_gives_the_complete_graph_not_a_500(http: httpx.Client) -> None:
+def test_a_huge_degree_factor_gives_the_complete_graph_not_a_500(
+    http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: keep the plans the task's creation makes (`_check_plan`, in this process)
+    plans: list[SecurePlan] = []
+
+    def recording(*args: Any, **kwargs: Any) -> SecurePlan:
+        plan = make_plan(*args, **kwargs)
+        plans.append(plan)
+        return plan
+
+    monkeypatch.setattr(service_secure, "make_plan", recording)
+    service_secure._plan_refusal.cache_clear()  # a remembered check would plan nothing
     # n = 4: 1e308 x log2(4) is past a float (n = 3 stays just inside it)
     doc = _config(clients_per_round=4, min_reports=3, secure={"degree_factor": 1e308})
+
+    # Execute
     r = _create(http, json.dumps(doc).encode())
+
+    # Assert: created, and every planned group is the complete graph, the cohort's included
     assert r.status_code == 201, r.text
+    assert 4 in {p.num_nodes for p in plans}, plans
+    assert [(p.num_nodes, p.degree) for p in plans] == [
+        (p.num_nodes, p.num_nodes - 1) for p in plans
+    ]
 
 
-def test_a_secure_cohort_above_one_instance_is_refused_at_once(http: httpx.Client) -> None:
+def test_a_secure_cohort_above_one_instance_is_refused_at_once(
+    http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: listing the round sizes is where the 39 s went (1.3 million of them, each then
+    # planned); fail loudly if the check gets there
+    listed: list[tuple[object, ...]] = []
+
+    def listing(*args: object) -> list[tuple[int, ...]]:
+        listed.append(args)
+        raise AssertionError("round sizes listed before the refusal")
+
+    monkeypatch.setattr(service_secure, "round_groups", listing)
+    service_secure._plan_refusal.cache_clear()
     # 1,000,000 a round x 1.3 over-selection: 1.3 million devices in one SecAgg group
     doc = _config(clients_per_round=1_000_000, over_selection=1.3, secure={})
-    started = time.monotonic()
+
+    # Execute
     r = _create(http, json.dumps(doc).encode())
-    took = time.monotonic() - started
+
+    # Assert: refused before any round size was listed or planned
+    assert listed == []
     assert r.status_code == 422, r.text
     detail = r.json()["detail"]
     assert "group of 1300000 devices" in detail and "secure.group_size" in detail, detail
-    # Not a timing test: planning each of the 1.3 million round sizes took 39 s; anything
-    # under that shows the refusal came first, on any machine.
-    assert took < 30, took
 
 
 @pytest.mark.parametrize(

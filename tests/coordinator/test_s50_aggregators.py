@@ -61,13 +61,9 @@ def _exact_pairs(n_max: int, fractions: int = 100) -> list[tuple[float, int, int
 # 1. Fractional thresholds --------------------------------------------------------------------
 
 
-def test_the_reviewers_products_are_not_whole_in_floating_point() -> None:
-    # The premise: the float products sit above the whole number the decimals give.
-    assert 0.14 * 50 > 7 and 0.28 * 25 > 7
-    assert Fraction("0.14") * 50 == 7 and Fraction("0.28") * 25 == 7
-
-
 def test_rlr_fractional_theta_is_met_by_exactly_theta_n_votes() -> None:
+    # The premise: the float product sits above the whole number the decimal gives.
+    assert 0.14 * 50 > 7 and Fraction("0.14") * 50 == 7
     # Prepare: 50 reports on one coordinate, 28 of +1, 21 of -1 and one 0: |sum of signs| = 7,
     # exactly 0.14 of 50 (the reviewer's case).
     reports = [_cu(i, [1.0]) for i in range(28)]
@@ -110,6 +106,8 @@ def _cosfilter_round(max_drop: float, n: int, against: int) -> dict[str, object]
 
 
 def test_cosfilter_distrusts_at_exactly_max_drop_of_the_cohort() -> None:
+    # The premise: the float product sits above the whole number the decimal gives.
+    assert 0.28 * 25 > 7 and Fraction("0.28") * 25 == 7
     # Prepare / Execute: 7 of 25 reports point against the momentum; 0.28·25 = 7.
     at = _cosfilter_round(0.28, 25, 7)
     below = _cosfilter_round(0.28, 25, 6)
@@ -137,6 +135,8 @@ def _anomaly_round(max_drop: float, n: int, low: int) -> dict[str, object]:
 
 
 def test_anomaly_distrusts_at_exactly_max_drop_of_the_reports() -> None:
+    # The premise: the float product sits above the whole number the decimal gives.
+    assert 0.28 * 25 > 7 and Fraction("0.28") * 25 == 7
     # Prepare / Execute: 7 of 25 below min_cos, 0.28·25 = 7 (the reviewer's case).
     at = _anomaly_round(0.28, 25, 7)
     below = _anomaly_round(0.28, 25, 6)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from coordinator.aggregators import FedAvg
+from coordinator.aggregators import Clip, CoordinateMedian, FedAvg
 from coordinator.cli import main as plume
 from mobile_sim.data import FederatedData
 from mobile_sim.runner import AGGREGATORS, DATASET_LOADERS, build_aggregator
@@ -55,7 +55,10 @@ def test_the_cli_says_so_with_its_flag(registered: str, capsys: pytest.CaptureFi
 
 
 def test_a_plus_spec_of_built_in_names_is_unchanged(registered: str) -> None:
-    assert build_aggregator("normbound:5+median") is not None
+    got = build_aggregator("normbound:5+median")
+    assert type(got) is Clip
+    assert type(got.inner) is CoordinateMedian
+    assert got == Clip(norm=5.0, inner=CoordinateMedian())
     with pytest.raises(ValueError, match=r"^unknown aggregator 'nosuch' in 'nosuch\+median'"):
         build_aggregator("nosuch+median")
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from coordinator.aggregators import FedAvg
+from coordinator.aggregators import Clip, CoordinateMedian, FedAvg
 from mobile_sim.runner import AGGREGATORS, build_aggregator
 
 
@@ -28,15 +28,21 @@ def median_registered() -> Iterator[None]:
 
 
 @pytest.mark.usefixtures("median_registered")
-@pytest.mark.parametrize("spec", ["normbound:5+median", "normbound:2+fedavg"])
-def test_a_plus_spec_takes_the_built_in_stage_of_that_name(spec: str) -> None:
+@pytest.mark.parametrize(
+    ("spec", "expected"),
+    [
+        ("normbound:5+median", Clip(norm=5.0, inner=CoordinateMedian())),
+        ("normbound:2+fedavg", Clip(norm=2.0, inner=FedAvg())),
+    ],
+)
+def test_a_plus_spec_takes_the_built_in_stage_of_that_name(spec: str, expected: Clip) -> None:
     # Before: ValueError "'median' is a registered aggregator: it is the whole spec ..."
     got = build_aggregator(spec)
 
-    AGGREGATORS.pop("median")
-    AGGREGATORS.pop("normbound")
-    assert type(got) is type(build_aggregator(spec))
-    assert not isinstance(got, _Mine)
+    # Assert: the built-in wrapper around the built-in base (not the registered _Mine)
+    assert type(got) is Clip
+    assert type(got.inner) is type(expected.inner)
+    assert got == expected
 
 
 @pytest.mark.usefixtures("median_registered")

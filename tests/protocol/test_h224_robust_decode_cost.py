@@ -19,6 +19,9 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable, Sequence
+from types import FrameType
+from typing import Any, TypeVar
 
 import numpy as np
 import pytest
@@ -38,6 +41,8 @@ from protocol.secagg._shamir import PRIME, _berlekamp_welch, _poly_eval, _weight
 
 from ._bw_reference import _berlekamp_welch_solve
 from .test_secagg_robust_unmask import _with_y
+
+T = TypeVar("T")
 
 
 def _word(rng: random.Random, k: int, m: int, wrong: int) -> tuple[list[int], list[int], list[int]]:
@@ -101,9 +106,36 @@ def test_lagrange_weights_are_those_of_the_textbook_formula() -> None:
         assert _weights_cached(xs, at) == tuple(want)
 
 
+class _OverBudget(Exception):
+    """Raised by `_lines_run`'s counter past its budget (the decode is not O(m^2))."""
+
+
+def _lines_run(fn: Callable[[], T], budget: int) -> tuple[T, int]:
+    """(fn(), the Python lines executed while it ran, in any module): a cost count the same on
+    every machine. Raises `_OverBudget` once more than `budget` lines have run, so a cubic
+    decode stops early instead of running for minutes."""
+    count = 0
+
+    def local(frame: FrameType, event: str, arg: object) -> Any:
+        nonlocal count
+        if event == "line":
+            count += 1
+            if count > budget:
+                raise _OverBudget(f"more than {budget:,} Python lines run")
+        return local
+
+    previous = sys.gettrace()
+    sys.settrace(lambda frame, event, arg: local)
+    try:
+        result = fn()
+    finally:
+        sys.settrace(previous)
+    return result, count
+
+
 @pytest.mark.parametrize("wrong", ["one", "radius"])
 def test_a_secret_of_480_shares_is_corrected_without_the_cubic_solver(
-    wrong: str,
+    wrong: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Prepare: m = 480 shares at t = 241 (k = 480's default threshold); one wrong share, or
     # (m - t) // 2 = 119 of them. The former decoder took 90 s for one (helper-219, bw_cost.py).
@@ -114,14 +146,23 @@ def test_a_secret_of_480_shares_is_corrected_without_the_cubic_solver(
     bad = {0} if wrong == "one" else set(rng.sample(range(m), (m - t) // 2))
     for i in bad:
         shares[i] = _with_y(shares[i], rng.randrange(3), 1 + i)
-    # Execute
-    t0 = time.perf_counter()
-    got, unused = combine_shares_robust(shares, t)
-    took = time.perf_counter() - t0
-    # Assert: the secret, exactly the moved shares named, and far below the old 90 s (a
-    # decode takes about 0.5 s here; 30 s leaves room for a loaded machine)
+    decoded: list[int] = []  # the number of points of each chunk's decode
+    decode = _shamir._berlekamp_welch
+
+    def counted(xs: Sequence[int], ys: Sequence[int], k: int, e: int) -> list[int] | None:
+        decoded.append(len(xs))
+        return decode(xs, ys, k, e)
+
+    monkeypatch.setattr(_shamir, "_berlekamp_welch", counted)
+    # Execute: counting the Python lines run. The decode runs about 15 m^2 in all (three
+    # chunks); Gauss-Jordan over m unknowns runs about m^3 = 480 m^2 for each chunk.
+    budget = 50 * m * m
+    (got, unused), lines = _lines_run(lambda: combine_shares_robust(shares, t), budget)
+    # Assert: the secret, exactly the moved shares named, one decode of all m points a chunk,
+    # within the O(m^2) budget
     assert got == secret and set(unused) == bad
-    assert took < 30.0, f"one corrected secret of 480 shares took {took:.1f} s"
+    assert decoded == [m] * _shamir._chunks(len(secret))
+    assert lines <= budget, f"one corrected secret of 480 shares ran {lines:,} lines"
 
 
 def _round(n: int, lie_about: dict[int, int], max_decodes: int | None = None) -> SecAggServer:

@@ -4,8 +4,11 @@ regular file was refused up front; any other unwritable --out failed after the t
 
 from __future__ import annotations
 
+import errno
 import os
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,19 +39,34 @@ def test_an_out_that_cannot_be_made_is_refused_before_tracing(
     assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
 def test_a_read_only_out_is_refused_before_tracing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    # Prepare
+    # Prepare: a read-only folder; root writes into one anyway, so as root the probe file's
+    # creation in it is refused as the kernel refuses it to any other user
     monkeypatch.setattr(onnx_export, "export_training_artifacts", _no_trace)
     out = tmp_path / "ro"
     out.mkdir()
     out.chmod(0o500)
+    if os.geteuid() == 0:
+        mkstemp = tempfile.mkstemp
+
+        def refused(*args: Any, **kwargs: Any) -> Any:
+            if Path(kwargs.get("dir") or "") == out:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(out))
+            return mkstemp(*args, **kwargs)
+
+        monkeypatch.setattr(tempfile, "mkstemp", refused)
     try:
-        # Execute + Assert
-        assert main([*_EXPORT, "--out", str(out)]) == 1
-        assert "Permission denied" in capsys.readouterr().err
+        # Execute
+        code = main([*_EXPORT, "--out", str(out)])
+        # Assert: status 1, one line naming --out and the reason, nothing traced or left
+        assert code == 1
+        assert capsys.readouterr().err == (
+            f"plume export: error: --out: cannot write the artifacts into {out} "
+            "(Permission denied)\n"
+        )
+        assert list(out.iterdir()) == []
     finally:
         out.chmod(0o700)
 

@@ -117,29 +117,39 @@ def test_unreadable_bytes_are_an_artifact_error() -> None:
 
 
 def test_field_numbers_are_onnx_s() -> None:
-    """The walker's field numbers, against onnx's own descriptors."""
-    d = onnx.ModelProto.DESCRIPTOR
-    assert d.fields_by_name["graph"].number == 7
-    assert d.fields_by_name["training_info"].number == 20
-    assert d.fields_by_name["functions"].number == 25
-    g = onnx.GraphProto.DESCRIPTOR.fields_by_name
-    assert (g["node"].number, g["initializer"].number, g["sparse_initializer"].number) == (
-        1,
-        5,
-        15,
-    )
-    assert onnx.NodeProto.DESCRIPTOR.fields_by_name["attribute"].number == 5
-    a = onnx.AttributeProto.DESCRIPTOR.fields_by_name
-    assert [a[k].number for k in ("t", "g", "tensors", "graphs")] == [5, 6, 10, 11]
-    assert [a[k].number for k in ("sparse_tensor", "sparse_tensors")] == [22, 23]
-    f = onnx.FunctionProto.DESCRIPTOR.fields_by_name
-    assert (f["node"].number, f["attribute_proto"].number) == (7, 11)
-    s = onnx.SparseTensorProto.DESCRIPTOR.fields_by_name
-    assert (s["values"].number, s["indices"].number) == (1, 2)
+    """The walker's table, against onnx's own descriptors: for every message type it has, the
+    fields it descends into are exactly that type's fields holding a walked message type."""
+    # Prepare: which onnx message each of the walker's kinds stands for
+    protos = {
+        _runtime._MODEL: onnx.ModelProto,
+        _runtime._TRAINING: onnx.TrainingInfoProto,
+        _runtime._GRAPH: onnx.GraphProto,
+        _runtime._NODE: onnx.NodeProto,
+        _runtime._ATTRIBUTE: onnx.AttributeProto,
+        _runtime._FUNCTION: onnx.FunctionProto,
+        _runtime._SPARSE: onnx.SparseTensorProto,
+        _runtime._TENSOR: onnx.TensorProto,
+    }
+    kind_of = {proto.DESCRIPTOR.full_name: kind for kind, proto in protos.items()}
+
+    # Execute: the table onnx's descriptors give
+    expected = {
+        kind: {
+            field.number: kind_of[field.message_type.full_name]
+            for field in proto.DESCRIPTOR.fields
+            if field.message_type is not None and field.message_type.full_name in kind_of
+        }
+        for kind, proto in protos.items()
+    }
+
+    # Assert
+    assert set(_runtime._MESSAGE_FIELDS) == set(protos)
+    assert _runtime._MESSAGE_FIELDS == expected
     t = onnx.TensorProto.DESCRIPTOR.fields_by_name
-    assert (t["external_data"].number, t["data_location"].number) == (13, 14)
-    tr = onnx.TrainingInfoProto.DESCRIPTOR.fields_by_name
-    assert (tr["initialization"].number, tr["algorithm"].number) == (1, 2)
+    assert _runtime._TENSOR_EXTERNAL_DATA == t["external_data"].number
+    assert _runtime._TENSOR_DATA_LOCATION == t["data_location"].number
+    model = onnx.ModelProto.DESCRIPTOR.fields_by_name
+    assert _runtime._OPSET_IMPORT == model["opset_import"].number
 
 
 def test_trainer_refuses_an_artifact_with_external_data(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -59,14 +60,43 @@ def test_edited_vocab_is_refused_at_load(
         load_manifest(folder)
 
 
-def test_ids_past_the_vocab_are_refused_before_any_step(exported: tuple[Path, np.ndarray]) -> None:
+def test_ids_past_the_vocab_are_refused_before_any_step(
+    exported: tuple[Path, np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With the vocabulary the export wrote, the whole dataset is checked up front."""
+    # Prepare: count the training steps (the momentum probe's too) and the training graph's runs
     folder, params = exported
     trainer = OrtTrainer.from_dir(folder)
+    steps: list[int] = []
+    runs: list[int] = []
+    step, session = trainer.step, trainer._train
+
+    def counted_step(*args: Any, **kwargs: Any) -> Any:
+        steps.append(1)
+        return step(*args, **kwargs)
+
+    class _CountedSession:
+        def __getattr__(self, name: str) -> Any:
+            return getattr(session, name)
+
+        def run(self, *args: Any, **kwargs: Any) -> Any:
+            runs.append(1)
+            return session.run(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "step", counted_step)
+    monkeypatch.setattr(trainer, "_train", _CountedSession())
     x = np.random.default_rng(0).integers(0, 17, (40, 3))
     x[-1, 0] = 17  # in the last batch
     y = np.zeros(40, dtype=np.int64)
+
+    # Execute / Assert: refused, and nothing trained first
     with pytest.raises(TrainingDataError, match=r"token ids must be below 17"):
         trainer.check_data(x, y)
     with pytest.raises(TrainingDataError, match=r"token ids must be below 17"):
         trainer.train(params, x, y, epochs=1, batch_size=8, lr=0.1, rng=np.random.default_rng(1))
+    assert (steps, runs) == ([], [])
+
+    # and the counters see steps: the same data with the id in range trains
+    x[-1, 0] = 16
+    trainer.train(params, x, y, epochs=1, batch_size=8, lr=0.1, rng=np.random.default_rng(1))
+    assert len(steps) >= 5 and len(runs) == len(steps)

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sdk import AsyncClient, Client
+from sdk import AsyncClient, Client, ClientError
 from sdk.client import MAX_BACKOFF_S, RETRY_AFTER_SPREAD
 
 BUSY = {"reason": "store_unavailable", "detail": "busy"}
@@ -41,8 +41,9 @@ def _waits(
         "http://coord", str(root), transport=httpx.MockTransport(_always(headers)),
         sleep=slept.append, retry_rng=rng, retries=retries, backoff_s=backoff_s,
     ) as c:  # fmt: skip
-        with pytest.raises(Exception, match="503"):
+        with pytest.raises(ClientError, match=rf"\(after {retries + 1} attempts\)$") as caught:
             c.check_in(1)
+    assert (caught.value.status, caught.value.reason) == (503, "store_unavailable")
     assert len(slept) == retries
     return slept
 
@@ -116,8 +117,9 @@ def test_the_async_client_draws_from_its_own_source_too(
             transport=httpx.MockTransport(_always({"retry-after": "1"})),
             retry_rng=random.Random(10 + i), retries=3,
         ) as ac:  # fmt: skip
-            with pytest.raises(Exception, match="503"):
+            with pytest.raises(ClientError, match=r"\(after 4 attempts\)$") as caught:
                 await ac.check_in(1)
+            assert (caught.value.status, caught.value.reason) == (503, "store_unavailable")
 
     for i in (0, 1):
         asyncio.run(run(i))

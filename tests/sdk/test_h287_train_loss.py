@@ -39,7 +39,7 @@ from protocol.messages import (
     TrainingParams,
     from_json,
 )
-from sdk import AsyncClient, Client, TrainResult
+from sdk import AsyncClient, Client, ClientError, TrainResult
 from sdk.client import RoundReport
 from sdk.device_store import DeviceStore
 
@@ -190,8 +190,9 @@ def test_an_upload_re_sent_after_a_restart_carries_its_loss(tmp_path: Path) -> N
     )  # fmt: skip
     zero = np.zeros(SPEC.size, np.float32)
     pending = client.encode_update(_assignment(), zero, zero + 0.1, 8, loss=0.5)
-    with pytest.raises(Exception):  # noqa: B017 - the 503 that outlasts the retries
-        client.upload(pending, SPEC)
+    with pytest.raises(ClientError, match=r"^503 x: .*\(after 2 attempts\)$") as caught:
+        client.upload(pending, SPEC)  # the 503 that outlasts the retries
+    assert caught.value.status == 503
     client.close()
     assert down.losses() == [["0.5"], ["0.5"]]
     # Execute: the restarted app re-sends it

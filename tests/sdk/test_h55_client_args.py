@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from sdk import AsyncClient, Client
+from sdk import AsyncClient, Client, ClientError
 
 
 def _busy(request: httpx.Request) -> httpx.Response:
@@ -44,5 +44,6 @@ def test_zero_retries_and_backoff_are_accepted(tmp_path: Path) -> None:
         backoff_s=0.0,
     ) as client:  # fmt: skip
         # Execute / Assert: the one attempt's answer is the refusal
-        with pytest.raises(Exception, match="503"):
+        with pytest.raises(ClientError, match=r"\(after 1 attempt\)$") as caught:
             client.check_in()
+    assert caught.value.status == 503

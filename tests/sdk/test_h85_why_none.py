@@ -11,8 +11,9 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pytest
 
-from sdk import AsyncClient, Client, TrainResult
+from sdk import AsyncClient, Client, ClientError, TrainResult
 
 
 class _NeverTrains:
@@ -57,8 +58,8 @@ def test_a_refused_answer_is_not_kept(tmp_path: Path) -> None:
         return httpx.Response(200, json={"action": "wait", "retry_after_s": -1.0})
 
     with Client("http://coord", str(tmp_path), transport=httpx.MockTransport(bad)) as client:
-        try:
+        with pytest.raises(ClientError, match=r"^200 bad_response: check-in answer: ") as caught:
             client.check_in()
-        except Exception:
-            pass
+        assert (caught.value.status, caught.value.reason) == (200, "bad_response")
+        assert "retry_after_s" in caught.value.detail
         assert client.last_check_in is None
