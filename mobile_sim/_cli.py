@@ -1422,13 +1422,7 @@ def _known_dataset(name: str) -> bool:
         from . import datasets
     except ImportError:
         return False
-    if name in ("shakespeare", "synthetic", "synthetic_iid"):
-        return True
-    match = datasets._SYNTHETIC.fullmatch(name)
-    try:
-        return match is not None and bool(datasets._synthetic_args(name, match.group(1)))
-    except ValueError:
-        return False
+    return datasets.known(name)
 
 
 def _without_credentials(value: str) -> str:

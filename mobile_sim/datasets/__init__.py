@@ -20,6 +20,7 @@ __all__ = [
     "load_shakespeare",
     "load_synthetic",
     "load_federated",
+    "known",
 ]
 
 DATASETS = ("shakespeare", "synthetic", "synthetic(ALPHA,BETA)", "synthetic_iid")
@@ -54,6 +55,20 @@ def _synthetic_args(name: str, inside: str) -> tuple[float, float]:
             )
         values.append(value + 0.0)  # -0 is 0
     return values[0], values[1]
+
+
+def known(name: str) -> bool:
+    """Whether `load_federated` takes dataset `name`, checked without loading anything."""
+    if name in ("shakespeare", "synthetic", "synthetic_iid"):
+        return True
+    match = _SYNTHETIC.fullmatch(name)
+    if match is None:
+        return False
+    try:
+        _synthetic_args(name, match.group(1))
+    except ValueError:
+        return False
+    return True
 
 
 def load_federated(name: str, *, root: str | Path | None = None, seed: int = 0) -> NaturalData:

@@ -210,3 +210,19 @@ def test_an_unknown_dataset_with_a_few_kept_model_stays_one_line(
     assert code == 2
     assert len(err.splitlines()) == 1, err
     assert err.startswith("plume sim: error: unknown dataset 'nosuch'; choose mnist, digits")
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["synthetic", "synthetic_iid", "synthetic(0.5,0.5)", "synthetic(1,x)", "synthetic(1)", "nope"],
+)
+def test_known_agrees_with_load_federated(name: str) -> None:
+    # The note's check and the loader it stands in for take the same names
+    from mobile_sim import datasets
+
+    try:
+        datasets.load_federated(name, seed=0)
+        loads = True
+    except ValueError:
+        loads = False
+    assert datasets.known(name) is loads
