@@ -329,7 +329,7 @@ def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
         finally:
             os.close(fd)
         os.replace(tmp, path)
-    except OSError:
+    except OSError as exc:
         # A failed write (ENOSPC, EIO) leaves no temp file behind: in a long-lived process on a
         # full disk each would hold its bytes until the directory is next opened, and a temp
         # named after a round (accepted-<r>.frame.tmp) is never written over. Best effort: the
@@ -337,7 +337,16 @@ def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
         # is one a crash left: tests stand for a crash with another exception, which keeps it).
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
+        if exc.filename is not None or exc.errno is None:
+            raise
+        # os.write and os.fsync name no file: a bare "[Errno 28] No space left on device"
+        # told the app neither where nor what to do. Same errno (and OSError subclass).
+        raise OSError(
+            exc.errno,
+            f"{exc.strerror}; the app directory holds what it held before this write: call "
+            "again once it can be written (do not clear it)",
+            str(path),
+        ) from exc
     _fsync_dir(path.parent)
 
 
