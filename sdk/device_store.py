@@ -1127,7 +1127,13 @@ class DeviceStore:
         if not (self._release.alive and self._hold.here()):
             raise ValueError(
                 f"{self._root}: this DeviceStore is closed"
-                + ("" if self._hold.pid == os.getpid() else " (opened before a fork)")
+                + (
+                    " (a Client's closes with the Client): make a new Client (or DeviceStore) "
+                    "to use the app directory again"
+                    if self._hold.pid == os.getpid()
+                    else " (opened before a fork): make a new Client (or DeviceStore) in this "
+                    "process"
+                )
             )
         try:
             st = os.stat(self._root)
