@@ -447,6 +447,26 @@ def _dtype_hint(module: nn.Module, x: npt.NDArray[Any]) -> str:
     return f"; the model's parameters are {want}: pass x.astype(np.{want})"
 
 
+def _integer_hint(module: nn.Module, first: npt.NDArray[Any]) -> str:
+    """For integer or bool inputs (raw `uint8` pixels) that `module` takes once cast to its
+    parameters' float dtype (one more forward pass, on the first example): the fix, to end a
+    misfit's message, in the words `sdk.ort` uses; else '' (token ids a float cast does not
+    fit either, or a misfit the cast does not cure). Torch's own words (`mat1 and mat2 must
+    have the same dtype, but got Byte and Float`) do not say which side to change."""
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    if first.dtype.kind not in "iub" or dtype is None:
+        return ""
+    want = torch.empty(0, dtype=dtype).numpy().dtype
+    try:
+        _forward_reading(module, torch.from_numpy(first.astype(want)))
+    except Exception:
+        return ""
+    return (
+        f"; it takes {want} inputs: scale and cast integer data to floats first "
+        f"(for 8-bit pixels, x.astype(np.{want}) / 255)"
+    )
+
+
 def _probe(
     module: nn.Module, x: npt.NDArray[Any], where: str
 ) -> tuple[tuple[int, ...], int | None]:
@@ -459,7 +479,7 @@ def _probe(
     except Exception as exc:  # whatever the forward pass raises, the input does not fit it
         misfit = TrainingDataError(
             f"{where} of shape {list(x.shape)} ({x.dtype}) does not fit the model: "
-            f"{_first_line(exc)}{_dtype_hint(module, x)}"
+            f"{_first_line(exc)}{_dtype_hint(module, x) or _integer_hint(module, first)}"
         )
         if x.dtype.kind not in "iu":
             raise misfit from exc
