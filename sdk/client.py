@@ -65,7 +65,7 @@ from compression import (
     decode_snapshot,
     model_digest,
 )
-from compression._snapshot import snapshot_dtype
+from compression._snapshot import SNAPSHOT_HEADER_LEN, snapshot_dtype
 from protocol import auth
 from protocol.messages import (
     MAX_ID,
@@ -1243,6 +1243,7 @@ class _Core:
         max_version: int | None,
         snapshot: bool = False,
         fp32: bool = False,
+        app_spec: bool = False,
     ) -> _Exchange:
         """The model download; from the version held of `task_id` (`have=`, a delta chain if
         the coordinator has one; the app directory holds a model per task) unless `snapshot`:
@@ -1250,7 +1251,11 @@ class _Core:
         `fp32` (the coordinator refused fp16 for this model: `_fp16_refused`). Only an exact
         held model (not an fp16 snapshot's) is asked from. `ModelTooLargeError` first, before anything is
         read or asked for, for a model over `max_model_bytes`: it also bounds the answer read
-        (the model's size plus `MODEL_RESPONSE_SLACK`) and so every delta chain's frames."""
+        (the model's size plus `MODEL_RESPONSE_SLACK`) and so every delta chain's frames.
+        With `app_spec` (`fetch_current`'s spec, the app's: it may not be the task's) the
+        answer may be as large as any model the client takes (`max_model_bytes`, plus the
+        slack), so that a spec smaller than the task's model is told from the snapshot's
+        header (`LayoutMismatchError`) rather than refused as an answer too large."""
         if spec.dense_bytes > self.max_model_bytes:
             raise ModelTooLargeError(task_id, spec.dense_bytes, self.max_model_bytes)
         held = None if snapshot else self.store.load_model(task_id, spec.size)
@@ -1264,7 +1269,10 @@ class _Core:
             params=params,
             dense_down_on_ok=spec.dense_bytes,
             count_payload_down=True,
-            max_response_bytes=spec.dense_bytes + MODEL_RESPONSE_SLACK,
+            max_response_bytes=(
+                max(spec.dense_bytes, self.max_model_bytes) if app_spec else spec.dense_bytes
+            )
+            + MODEL_RESPONSE_SLACK,
         )
 
     def apply_model(
@@ -1308,6 +1316,8 @@ class _Core:
                 if not np.all(np.isfinite(params)):
                     raise NonFiniteValues("the delta chain makes the held model non-finite")
             elif encoding == ModelEncoding.SNAPSHOT:
+                if app_spec:
+                    _check_snapshot_layout(response.content, spec)
                 params = decode_snapshot(response.content, spec)
             else:
                 raise ClientError(response.status_code, "bad_encoding", f"unknown {encoding!r}")
@@ -2539,6 +2549,20 @@ def _check_in_answer(
     return answer
 
 
+def _check_snapshot_layout(data: bytes, spec: ModelSpec) -> None:
+    """`SpecMismatch` if the header of snapshot `data` names another layout than `spec`.
+    `decode_snapshot` checks the snapshot's size against `spec` first, so a snapshot of a
+    larger model than a (wrong) `spec` was refused as too large (`SizeLimitExceeded`, read as a
+    corrupt body) before its header was read: the header alone is decoded here, which reads
+    the layout and then stops, short (any other fault is the whole decode's to report)."""
+    try:
+        decode_snapshot(data[:SNAPSHOT_HEADER_LEN], spec)
+    except SpecMismatch:
+        raise
+    except CodecError:
+        pass
+
+
 def _not_the_task_spec(task_id: int, spec: ModelSpec, exc: CodecError) -> LayoutMismatchError:
     """`fetch_current`'s error for a spec that is not the task's (the model's frames name
     another layout): the app's to fix, nothing about the download or the store."""
@@ -3400,7 +3424,7 @@ def _download_flow(
     snapshot = False
     fp32 = False
     while True:
-        ex = core.model_exchange(task_id, spec, round_id, max_version, snapshot, fp32)
+        ex = core.model_exchange(task_id, spec, round_id, max_version, snapshot, fp32, app_spec)
         response = yield from _request(ex, deadline)
         if not fp32 and _fp16_refused(ex, response):
             fp32 = True  # a model beyond fp16's range: asked again as fp32, once
