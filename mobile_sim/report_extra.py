@@ -253,7 +253,19 @@ def _run_files(root: Path) -> list[Path]:
     if not root.is_dir():
         if not root.exists():  # "is not a folder" alone read as a file in the way
             raise RunDirNotFound(f"{root} is not a folder: it does not exist")
-        raise RunDirNotFound(f"{root} is not a folder (no rounds.json)")
+        # A file: "(no rounds.json)" was said of runs/x/rounds.json itself too (s52b). A run's
+        # own file names its folder, which is what to give instead.
+        folder = root.parent
+        if folder.name in _RUN_LABELS and root.parent / "rounds.json" in _own_files(
+            folder.parent
+        ):  # a --compare-dense run's compressed/rounds.json: its --out folder is above
+            folder = folder.parent
+        if _own_files(folder):
+            raise RunDirNotFound(
+                f"{root} is a file, not a folder: give the run's folder, `plume sim report "
+                f"{folder}`"
+            )
+        raise RunDirNotFound(f"{root} is a file, not a folder")
     paths = _own_files(root)
     if not paths:
         # One run folder per subfolder (a sweep's settings), each holding a single run or a
