@@ -1,7 +1,8 @@
 """The app directory: what a device keeps between launches so a restarted app resumes.
 
 Layout (every file replaced atomically: write to a temp file, fsync, rename, fsync the directory;
-the temp files a crash left are removed when the directory is opened):
+the temp files a crash left are removed when the directory is opened; a directory the store
+makes, the app directory or one on its path, is synced into its parent once made):
 
     device_key       32-byte Ed25519 private key (every file mode 0600, the directory 0700)
     state.json       device id, and the version, SHA-256 digest and exactness of each model held
@@ -308,6 +309,11 @@ def _no_directory(path: Path) -> None:
         raise DeviceStoreError(
             f"{path} is a directory where the app directory keeps a file: remove it"
         )
+
+
+def _not_a_directory(path: Path) -> bool:
+    """Whether something other than a directory (a file, a dangling symlink) is at `path`."""
+    return os.path.lexists(path) and not path.is_dir()
 
 
 def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -1092,14 +1098,25 @@ class DeviceStore:
                 "directory (nothing was created)"
             )
         self._root = Path(app_dir).expanduser()
+        # The directories this makes: each one's entry in its parent is synced once made, as a
+        # renamed file's is (`_fsync_dir`), so a power loss cannot take the whole directory,
+        # the device's key included, after its files were synced into it.
+        made = [p for p in (self._root, *self._root.parents) if not os.path.lexists(p)]
         try:
             self._root.mkdir(mode=0o700, parents=True, exist_ok=True)
         except (FileExistsError, NotADirectoryError) as exc:
             # A regular file (or one on the way) at the path: the store's error, naming it.
+            blocker = next(
+                (p for p in (*reversed(self._root.parents), self._root) if _not_a_directory(p)),
+                self._root,
+            )
+            what = "it is" if blocker == self._root else f"{blocker} is"
             raise DeviceStoreError(
-                f"{self._root} cannot be the app directory: {exc.strerror or exc} "
-                f"({exc.filename or self._root})"
+                f"{self._root} cannot be the app directory: {what} a file, not a directory; "
+                "give the path of a directory (made if missing)"
             ) from exc
+        for path in reversed(made):
+            _fsync_dir(path.parent)
         self._narrow_root()
         # Locked before anything is read or repaired: the recovery below must not run while
         # another process is between two writes.
