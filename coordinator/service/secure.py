@@ -100,9 +100,15 @@ def _number(raw: dict[str, Any], key: str) -> float | None:
     v = raw.get(key)
     if v is None:
         return None
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, int | float):
         raise ValueError(f"secure.{key} must be a finite number")
-    return float(v)
+    try:  # a JSON integer beyond float's range (10**400) cannot be one: OverflowError
+        out = float(v)
+    except OverflowError:
+        out = math.inf
+    if not math.isfinite(out):
+        raise ValueError(f"secure.{key} must be a finite number")
+    return out
 
 
 def parse_secure(raw: dict[str, Any], *, seed: int, server_lr: float) -> SecureSettings:
