@@ -194,6 +194,12 @@ def load_manifest(
     root = Path(directory)
     path = root / MANIFEST_NAME
     if not path.is_file():
+        if root.name == MANIFEST_NAME and root.is_file():
+            # The manifest's own path: the artifacts are its folder.
+            raise ArtifactError(
+                f"{root} is the manifest, not the artifacts' directory: pass its folder, "
+                f"{root.parent}"
+            )
         if not root.exists():
             why = "no such directory"
         elif not root.is_dir():
