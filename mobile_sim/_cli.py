@@ -1509,10 +1509,44 @@ _LEADING_FIELDS = (
 )
 
 
+def _did_you_mean(name: str, names: list[str]) -> str:
+    """The words ", did you mean 'x'?" for the one of `names` closest to `name` (case ignored:
+    `--dataset MNIST`), else "". The runner's "unknown dataset 'digit'; choose ..." and the
+    model's list named no nearest one, as a mistyped flag's or aggregator's error does (s52b)."""
+    import difflib
+
+    lowered = {n.lower(): n for n in names}
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+    return f", did you mean {lowered[close[0]]!r}?" if close else ""
+
+
+def _dataset_hint(message: str) -> str:
+    """The runner's `unknown dataset 'NAME'; choose ...` with the nearest name it lists
+    (`unknown dataset 'digit' (--dataset, did you mean 'digits'?); choose ...`); any other
+    message as it is."""
+    import ast
+
+    from .runner import DATASET_LOADERS
+
+    found = re.match(r"unknown dataset ('[^']*'|\"[^\"]*\"); ", message)
+    if found is None:
+        return message
+    name = ast.literal_eval(found.group(1))
+    families: tuple[str, ...] = ()
+    with contextlib.suppress(ImportError):
+        from .datasets import DATASETS as families
+    names = ["mnist", "digits", *(d for d in families if "(" not in d), *DATASET_LOADERS]
+    hint = _did_you_mean(name, names)
+    if not hint:
+        return message
+    return f"unknown dataset {found.group(1)} (--dataset{hint}); {message[found.end() :]}"
+
+
 def _in_flags(message: str, secure: bool = False) -> str:
     """A library error message with its config field names replaced by `plume sim` flags.
     `secure`: a `--secure` run's, whose `SecureConfig.clip_norm` is `--secure-clip` (the plain
     runs' `--clip-norm` is refused with `--secure`)."""
+    message = _dataset_hint(message)
     if secure:
         message = re.sub(r"(?<![\w-])clip_norm(?!\w)", "--secure-clip", message)
     for field, flag in _FLAG_OF_FIELD.items():
@@ -1944,7 +1978,8 @@ def _model_mismatch(dataset: str, model: str | None) -> str | None:
     from .runner import default_model
 
     if model is not None and model not in MODELS:
-        return f"unknown model {model!r} (--model); choose one of {', '.join(sorted(MODELS))}"
+        hint = _did_you_mean(model, sorted(MODELS))
+        return f"unknown model {model!r} (--model{hint}); choose one of {', '.join(sorted(MODELS))}"
     natural = default_model(dataset)  # synthetic(1,1), synthetic_iid: their family's
     if model is None or natural is None or model == natural:
         return None
