@@ -275,9 +275,26 @@ def _run_files(root: Path) -> list[Path]:
     if not paths:
         raise RunDirNotFound(
             f"no rounds.json in {root} or its subfolders (nor in a subfolder's "
-            f"{', '.join(_RUN_LABELS)}/)"
+            f"{', '.join(_RUN_LABELS)}/){_csv_without_json(root)}"
         )
     return paths
+
+
+def _csv_without_json(root: Path) -> str:
+    """For a folder with a run's rounds.csv and no rounds.json (`plume sim` writes rounds.json
+    last, so a second Ctrl-C while a run's files were written leaves the CSV files alone): a
+    clause saying so, naming the first such file, else "". Before, the error read as if the
+    folder were no run's at all (s52b)."""
+    below = [root, *(root / label for label in _RUN_LABELS)]
+    csv = next(
+        (folder / "rounds.csv" for folder in below if (folder / "rounds.csv").is_file()), None
+    )
+    if csv is None:
+        return ""
+    return (
+        f", only {csv}: a run writes rounds.json last, and one stopped while writing its "
+        "files has none; `plume sim report` needs it (rerun the run)"
+    )
 
 
 def _in_subfolder(root: Path, path: Path) -> str:

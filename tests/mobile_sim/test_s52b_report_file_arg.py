@@ -1,8 +1,11 @@
-"""s52b, a new user's walk through `plume sim report`: handed a file instead of a folder
+"""s52b, a new user's walk through `plume sim report`. Handed a file instead of a folder
 (the run's own `rounds.json`, a plot, `ledger.csv`), it said "X is not a folder (no
 rounds.json)", which is wrong of `runs/x/rounds.json` itself and names no fix. It now says the
 path is a file and, when the file sits in a run's folder, which folder to give (for a
-`--compare-dense` run's `compressed/rounds.json`, the `--out` folder above it)."""
+`--compare-dense` run's `compressed/rounds.json`, the `--out` folder above it). And a folder
+holding a run's rounds.csv but no rounds.json (what a second Ctrl-C while the files were written
+leaves: rounds.json is written last) said only "no rounds.json in X", as of a folder of no run;
+it now names the CSV and says why."""
 
 from __future__ import annotations
 
@@ -76,3 +79,27 @@ def test_a_file_elsewhere_is_said_to_be_a_file(
     # Assert: no folder to suggest, and not "(no rounds.json)"
     assert code == 2
     assert capsys.readouterr().err == (f"plume sim: error: {given} is a file, not a folder" + _TAIL)
+
+
+@pytest.mark.parametrize("where", [".", "compressed"])
+def test_a_folder_with_rounds_csv_and_no_rounds_json_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], where: str
+) -> None:
+    # Prepare: what a second Ctrl-C while a run's files were written leaves (rounds.json is
+    # written last), in a single run's folder or a --compare-dense run's compressed/
+    csv = tmp_path / "x" / where / "rounds.csv"
+    csv.parent.mkdir(parents=True)
+    csv.write_text("round,accuracy\n1,0.5\n")
+
+    # Execute
+    code = plume(["sim", "report", str(tmp_path / "x")])
+
+    # Assert: the CSV is named, with why there is no rounds.json; nothing written
+    assert code == 2
+    assert capsys.readouterr().err == (
+        f"plume sim: error: no rounds.json in {tmp_path / 'x'} or its subfolders (nor in a "
+        f"subfolder's compressed, secure, dense/), only {tmp_path / 'x' / where / 'rounds.csv'}"
+        ": a run writes rounds.json last, and one stopped while writing its files has none; "
+        "`plume sim report` needs it (rerun the run)" + _TAIL
+    )
+    assert [p.name for p in csv.parent.iterdir()] == ["rounds.csv"]
