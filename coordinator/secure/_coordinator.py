@@ -41,6 +41,7 @@ from ._dp import (
     account_released_groups,
     integer_sensitivity,
     min_round_rho,
+    released_group_weakness,
 )
 from ._policy import CoordinatePolicy, TopKMixPolicy, public_seed
 from ._round import GroupResult, SecureRound, group_reason, split_groups
@@ -275,6 +276,11 @@ class SecureTask:
     # The round's min_reports: a group whose masked-input stage closes when the round can no
     # longer hold this many masked inputs aborts then (`_check_min_contributors`).
     min_contributors: int = 1
+    # Under an epsilon budget (`SecureCoordinator._check_budget`): the weakest group, as
+    # (masked inputs, plan), whose unmask request went out, and the `dp_refused` record of a
+    # group refused at its masked-input close (its unmask request never went out).
+    budget_weakest: tuple[int, SecurePlan] | None = None
+    budget_refused: dict[str, Any] | None = None
 
     def round_for(self, device_id: str) -> SecureRound:
         return self.groups[self.group_of[device_id]]
@@ -472,7 +478,12 @@ class SecureCoordinator:
             if not first:
                 first.append(plan)
             sr = SecureRound(plan, digest, groups[g], ledger)
-            sr.after_masked_input = lambda: _check_min_contributors(task, sr)
+
+            def before_unmask_request() -> None:
+                _check_min_contributors(task, sr)
+                self._check_budget(task, sr)
+
+            sr.after_masked_input = before_unmask_request
             return sr
 
         task = SecureTask(r, indices, _Groups(groups, build), group_of, groups, min_contributors)
@@ -480,6 +491,55 @@ class SecureCoordinator:
         # overflow, a threshold below a majority) is refused when it opens, as before.
         task.by_size()
         return task
+
+    def _check_budget(self, task: SecureTask, sr: SecureRound) -> None:
+        """Under an epsilon budget, abort group `sr` (just past its masked-input close, before
+        its unmask request goes out; `RoundAborted`) when its sum and those of the round's
+        groups already asked to unmask could take epsilon past the budget.
+
+        The check has to come here, not when the unmask stage closes: by then the server holds
+        at least t shares of every secret the unmask needs (the survivors' answers), so a
+        server that reads everything it holds (honest but curious) can unmask the sum whether
+        or not `close_round` then does. Groups are disjoint, so the round's epsilon is that of
+        its weakest group (`account_released_groups`); the weakest already let through is kept
+        on the task, and a group no weaker passes without accounting anything."""
+        if not self.budgeted:
+            return
+        if task.budget_refused is not None:
+            why = (
+                "another group of this round was refused before unmasking (epsilon_budget): "
+                "nothing of this group is unmasked"
+            )
+            sr.abort(why)
+            raise RoundAborted(why)
+        mine = (sr.masked_inputs, sr.plan)
+        known = [mine] if task.budget_weakest is None else [task.budget_weakest, mine]
+        weakest = max(known, key=released_group_weakness)
+        if weakest is task.budget_weakest:
+            return  # no weaker than a group already let through: the round's epsilon is as checked
+        pending = account_released_groups(
+            copy.deepcopy(self.accountant), [weakest], self.config.noise_multiplier
+        )
+        budget = self.config.epsilon_budget
+        if pending["epsilon"] <= budget:
+            task.budget_weakest = weakest
+            return
+        spent = self.accountant.epsilon()
+        task.budget_refused = {
+            "epsilon": spent,
+            "epsilon_if_released": pending["epsilon"],
+            "epsilon_budget": budget,
+            "delta": self.accountant.delta,
+            "rounds": self.accountant.rounds,
+        }
+        self.budget_stopped = True
+        why = (
+            f"unmasking could take epsilon from {spent:.4g} to {pending['epsilon']:.4g}, "
+            f"above the budget {budget:g} (epsilon_budget): nothing unmasked, no unmask "
+            "request sent"
+        )
+        sr.abort(why)
+        raise RoundAborted(why)
 
     def pending_dp(self, task: SecureTask) -> dict[str, Any] | None:
         """The `dp` measurements `close_round` would record if every group now in the unmask
@@ -526,7 +586,9 @@ class SecureCoordinator:
             )
             _abort_unmasking(task, short)
         pending = self.pending_dp(task)
-        refused: dict[str, Any] | None = None
+        # A group refused at its masked-input close (`_check_budget`) refused the round's
+        # release; groups already asked to unmask fit the budget and are unmasked as usual.
+        refused: dict[str, Any] | None = task.budget_refused
         if pending is not None and self.budgeted:
             budget = self.config.epsilon_budget
             if not pending["epsilon"] <= budget:
@@ -588,11 +650,12 @@ class SecureCoordinator:
         if refused is not None:
             meas["budget_exhausted"] = True
             meas["dp_refused"] = refused
-            meas["abandoned"] = (
-                f"the epsilon budget {refused['epsilon_budget']:g} would be passed: unmasking "
-                f"could take epsilon from {refused['epsilon']:.4g} to "
-                f"{refused['epsilon_if_released']:.4g}; nothing unmasked, the task stops"
-            )
+            if not results:
+                meas["abandoned"] = (
+                    f"the epsilon budget {refused['epsilon_budget']:g} would be passed: "
+                    f"unmasking could take epsilon from {refused['epsilon']:.4g} to "
+                    f"{refused['epsilon_if_released']:.4g}; nothing unmasked, the task stops"
+                )
         if suspects := sorted(d for res in results for d in res.suspects):
             # Each sent an unmask share off its dealer's polynomial; the shares were corrected
             # around, and the ids are here for the operator (docs/secure-aggregation.md).

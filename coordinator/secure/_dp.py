@@ -83,6 +83,7 @@ __all__ = [
     "skellam_rdp",
     "DistributedDpAccountant",
     "min_round_rho",
+    "released_group_weakness",
 ]
 
 # dp_accounting's `rdp_privacy_accountant.DEFAULT_RDP_ORDERS`, built the same way, as floats
@@ -241,6 +242,17 @@ def min_round_rho(noise_multiplier: float, expected_dropout: float) -> float:
     return (1.0 - expected_dropout) / (2.0 * noise_multiplier**2)
 
 
+def released_group_weakness(group: tuple[int, SecurePlan]) -> float:
+    """How weak the bound of one released group, (survivors, plan), is: larger is weaker. For
+    the discrete Gaussian its `ddg_epsilon` (zCDP curves are ordered by it); for Skellam minus
+    its summed noise n sigma^2 (a round's groups share |S_r| and so their sensitivities)."""
+    n, p = group
+    if p.noise == NoiseKind.DISCRETE_GAUSSIAN:
+        sens = integer_sensitivity(p.clip_norm, p.coord_bound, p.value_bits, p.k)
+        return ddg_epsilon(sens, p.noise_variance, n, p.k)
+    return -n * p.noise_variance
+
+
 def account_released_groups(
     accountant: DistributedDpAccountant,
     released: Sequence[tuple[int, SecurePlan]],
@@ -257,15 +269,7 @@ def account_released_groups(
     """
     if not released:
         raise ValueError("no released group to account")
-
-    def weakness(sp: tuple[int, SecurePlan]) -> float:
-        n, p = sp
-        if p.noise == NoiseKind.DISCRETE_GAUSSIAN:
-            sens = integer_sensitivity(p.clip_norm, p.coord_bound, p.value_bits, p.k)
-            return ddg_epsilon(sens, p.noise_variance, n, p.k)
-        return -n * p.noise_variance
-
-    survivors, plan = max(released, key=weakness)
+    survivors, plan = max(released, key=released_group_weakness)
     sens = integer_sensitivity(plan.clip_norm, plan.coord_bound, plan.value_bits, plan.k)
     accountant.record_round(plan.noise, sens, plan.noise_variance, survivors, plan.k)
     # The survivors' summed noise in units of the sensitivity: the z the released sum carried.
