@@ -2088,11 +2088,10 @@ def _sim(args: argparse.Namespace) -> int:
     if args.action == "report":
         return _report(args)
     if args.action != "run":
-        hint = (
-            f"; to rebuild the plots of a run folder: plume sim report {args.action}"
-            if Path(args.action).is_dir()
-            else ""
-        )
+        if Path(args.action).is_dir():
+            hint = f"; to rebuild the plots of a run folder: plume sim report {args.action}"
+        else:  # `plume sim reprot runs/x` (s52b)
+            hint = _did_you_mean(args.action, ["run", "report"]).replace(",", ";", 1)
         return _fail(f"unknown action {args.action!r} (run or report){hint}")
     if args.run_dir:
         return _fail("a run folder is only taken by `plume sim report RUN_DIR`")

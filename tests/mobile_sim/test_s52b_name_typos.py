@@ -1,7 +1,7 @@
 """s52b, a new user's typos in `plume sim --dataset` and `--model`: a mistyped flag says `did
 you mean --dataset?` and a mistyped aggregator `did you mean 'fedavg'?`, but `--dataset MNIST`
-or `digit` and `--model mlpp` only listed the names. The error now names the nearest one (case
-ignored); a name near none keeps the plain list."""
+or `digit`, `--model mlpp` and `plume sim reprot DIR` only listed the names. The error now names
+the nearest one (case ignored); a name near none keeps the plain list."""
 
 from __future__ import annotations
 
@@ -49,5 +49,24 @@ def test_a_mistyped_dataset_or_model_names_the_nearest(
     code = plume(["sim", "--rounds", "1", "--out", f"{tmp_path}/out", *flags])
 
     # Assert: one usage line, nothing made
+    assert code == 2
+    assert capsys.readouterr().err == f"plume sim: error: {line}\n"
+
+
+@pytest.mark.parametrize(
+    ("action", "line"),
+    [
+        ("reprot", "unknown action 'reprot' (run or report); did you mean 'report'?"),
+        ("Report", "unknown action 'Report' (run or report); did you mean 'report'?"),
+        ("xyz", "unknown action 'xyz' (run or report)"),
+    ],
+)
+def test_a_mistyped_action_names_the_nearest(
+    tmp_path: object, capsys: pytest.CaptureFixture[str], action: str, line: str
+) -> None:
+    # Execute: `plume sim reprot DIR` (DIR need not exist: the action is refused first)
+    code = plume(["sim", action, f"{tmp_path}/run"])
+
+    # Assert
     assert code == 2
     assert capsys.readouterr().err == f"plume sim: error: {line}\n"
