@@ -650,7 +650,7 @@ class SecureCoordinator:
         if refused is not None:
             meas["budget_exhausted"] = True
             meas["dp_refused"] = refused
-            if not results:
+            if not any(sr.unmasked is not None for sr in task.groups):
                 meas["abandoned"] = (
                     f"the epsilon budget {refused['epsilon_budget']:g} would be passed: "
                     f"unmasking could take epsilon from {refused['epsilon']:.4g} to "
