@@ -1130,6 +1130,31 @@ def _remote_errors() -> tuple[type[Exception], ...]:
     return (AdminError, httpx.HTTPError)
 
 
+def _run_folder_blocked(out: Path, labels: list[str]) -> str | None:
+    """Why a --compare-dense run's own folder (`out/compressed`, `out/dense`, ...) could not
+    take its files, or None: a file of that name in the way, or a folder that takes no file.
+    Checked before the first round: found when a run's files were written, the error came
+    after every round of that run had trained, as a bare `--out/dense: File exists` (s52b)."""
+    if len(labels) < 2:
+        return None  # a single run writes into --out itself, checked above
+    for label in labels:
+        folder = out / label
+        if folder.exists() and not folder.is_dir():
+            return (
+                f"cannot create the output folder {folder} for the {label} run of "
+                f"--compare-dense ({folder} is a file, not a folder): move it, or give "
+                "another --out"
+            )
+        if folder.is_dir():
+            try:
+                with tempfile.NamedTemporaryFile(dir=folder, prefix=".plume-write-check-"):
+                    pass
+            except OSError as exc:
+                reason = exc.strerror or str(exc)
+                return f"cannot write in the output folder {folder} of the {label} run ({reason})"
+    return None
+
+
 def _fail(message: str, status: int = 2) -> int:
     """Print `plume sim: error: MESSAGE` on stderr; returns `status` (2: a usage error)."""
     from coordinator.cli import print_error
@@ -2192,6 +2217,9 @@ def _sim(args: argparse.Namespace) -> int:
         _remove_empty(made)
         reason = exc.strerror or str(exc)
         return _fail(f"cannot write in the output folder --out {out} ({reason})", 1)
+    if (blocked := _run_folder_blocked(out, [label for label, _ in runs])) is not None:
+        _remove_empty(made)
+        return _fail(blocked, 1)
     # An earlier run's files in --out go as this command's first round ends (before its row is
     # printed, long before anything is written): a run killed later where it cannot write
     # (SIGKILL) must not leave an earlier run's rounds.json for `plume sim report` to take for
