@@ -1395,6 +1395,26 @@ _FEW_KEPT = 100
 _LARGER_TOPK = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
+def _over_selection_capped_note(args: argparse.Namespace) -> str | None:
+    """A note when a given --over-selection asks for more devices a round than --clients has:
+    an in-process round selects at most every device, so `--clients 10 --per-round 10
+    --over-selection 1.3` selected 10 a round and the flag changed nothing, unsaid (s52b).
+    Over HTTP and with --secure selection is another's (the coordinator's, the secure
+    runner's), so they get none."""
+    if args.over_selection is None or args.transport != "inproc" or args.secure:
+        return None
+    cohort = math.ceil(args.per_round * args.over_selection - 1e-9)  # RoundEngine's
+    if cohort <= args.clients:
+        return None
+    extra = args.clients - args.per_round
+    adds = f"{extra} over --per-round" if extra else "none over --per-round"
+    return (
+        f"--over-selection {args.over_selection:g} selects {cohort} devices a round for "
+        f"--per-round {args.per_round}, but --clients is {args.clients}: each round selects "
+        f"all {args.clients} ({adds}); add --clients for over-selection to matter"
+    )
+
+
 def _few_kept_note(cfg: Any, args: argparse.Namespace) -> str | None:
     """The note for a compressed run whose uploads keep fewer than `_FEW_KEPT` values: k as the
     codec derives it (`CodecConfig.k_for` of the model's trainable parameters, the same total
@@ -2177,6 +2197,8 @@ def _sim(args: argparse.Namespace) -> int:
         if (note := _unproven_dp_note(cfg, args.secure)) is not None:
             print(f"{_PROG}: note: {note}", file=sys.stderr)
         if (note := _few_kept_note(cfg, args)) is not None:
+            print(f"{_PROG}: note: {note}", file=sys.stderr)
+        if (note := _over_selection_capped_note(args)) is not None:
             print(f"{_PROG}: note: {note}", file=sys.stderr)
         first = "dense" if cfg.dense else ("secure" if args.secure else "compressed")
         runs = [(first, cfg)]
