@@ -7,6 +7,7 @@ Wrappers take the wrapped factory in an `inner` slot and nest measurements under
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -24,12 +25,23 @@ __all__ = [
     "Measurements",
     "NonFiniteReportError",
     "check_finite_reports",
+    "finite_number",
     "saturate_f32",
     "sparse_weighted_sum",
     "stages",
 ]
 
 Measurements = dict[str, Any]
+
+
+def finite_number(v: float) -> bool:
+    """v is a finite number a float can hold. An int past float's range (10**400) is not:
+    math.isfinite of one raises OverflowError, and np.isfinite of one TypeError, instead of
+    answering, so a parameter check on either was a traceback, not its ValueError."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,7 +19,13 @@ import numpy.typing as npt
 
 from compression import SparseUpdate
 
-from ._base import AggregateOutput, AggregatorFactory, ClientUpdate, check_finite_reports
+from ._base import (
+    AggregateOutput,
+    AggregatorFactory,
+    ClientUpdate,
+    check_finite_reports,
+    finite_number,
+)
 from ._mean import FedAvg
 from ._robust import UpdateRows, forward_rows
 
@@ -60,16 +66,16 @@ class AdaptiveClip:
     maximum: float | None = None
 
     def __post_init__(self) -> None:
-        if not self.initial > 0 or not math.isfinite(self.initial):
+        if not self.initial > 0 or not finite_number(self.initial):
             raise ValueError(f"initial clip must be finite and > 0, got {self.initial!r}")
         if not 0.0 < self.target_quantile < 1.0:
             raise ValueError(f"target quantile must be in (0, 1), got {self.target_quantile!r}")
-        if not (self.learning_rate > 0 and math.isfinite(self.learning_rate)):
+        if not (self.learning_rate > 0 and finite_number(self.learning_rate)):
             raise ValueError(f"learning_rate must be finite and > 0, got {self.learning_rate!r}")
-        if not (self.count_stddev >= 0 and math.isfinite(self.count_stddev)):
+        if not (self.count_stddev >= 0 and finite_number(self.count_stddev)):
             raise ValueError(f"count_stddev must be finite and >= 0, got {self.count_stddev!r}")
         if self.maximum is not None and not (
-            math.isfinite(self.maximum) and self.maximum >= self.initial
+            finite_number(self.maximum) and self.maximum >= self.initial
         ):
             raise ValueError(
                 f"the adaptive clip's ceiling must be finite and at least its initial clip "
@@ -147,7 +153,7 @@ class Clip:
 
     def __post_init__(self) -> None:
         if not isinstance(self.norm, AdaptiveClip) and not (
-            self.norm > 0 and math.isfinite(self.norm)
+            self.norm > 0 and finite_number(self.norm)
         ):
             raise ValueError(f"clip norm must be finite and > 0, got {self.norm!r}")
         adaptive = isinstance(self.norm, AdaptiveClip)

@@ -40,6 +40,7 @@ from ._base import (
     AggregatorFactory,
     ClientUpdate,
     check_finite_reports,
+    finite_number,
     stages,
 )
 from ._clip import MIN_CLIP, AdaptiveClip, clip_update
@@ -106,11 +107,11 @@ class DPMean:
     metrics: PrivacyMetrics | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
+        if not (self.noise_multiplier > 0 and finite_number(self.noise_multiplier)):
             raise ValueError(
                 f"noise multiplier must be finite and > 0, got {self.noise_multiplier}"
             )
-        if isinstance(self.clip, int | float) and not (self.clip > 0 and math.isfinite(self.clip)):
+        if isinstance(self.clip, int | float) and not (self.clip > 0 and finite_number(self.clip)):
             raise ValueError(f"clip norm must be finite and > 0, got {self.clip!r}")
         first = self.clip.initial if isinstance(self.clip, AdaptiveClip) else self.clip
         if not first >= MIN_CLIP:
@@ -121,7 +122,7 @@ class DPMean:
                 f"number (smaller, the clipped float32 reports round to 0), got {first!r}"
             )
         if self.denominator is not None and not (
-            self.denominator > 0 and math.isfinite(self.denominator)
+            self.denominator > 0 and finite_number(self.denominator)
         ):
             # An infinite one made every release 0 and its noise_stddev 0.
             raise ValueError(
@@ -131,7 +132,7 @@ class DPMean:
             raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
         if not self.epsilon_budget > 0:
             raise ValueError(f"epsilon budget must be > 0, got {self.epsilon_budget!r}")
-        if self.sampling is None and math.isfinite(self.epsilon_budget):
+        if self.sampling is None and finite_number(self.epsilon_budget):
             # Without a sampling model there is no accountant, so the budget would never be
             # checked: refuse it rather than let a user believe it holds.
             raise ValueError(

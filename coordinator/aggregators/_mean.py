@@ -17,6 +17,7 @@ from ._base import (
     ClientUpdate,
     NonFiniteReportError,
     check_finite_reports,
+    finite_number,
     sparse_weighted_sum,
 )
 
@@ -51,7 +52,7 @@ class FedAvg:
 
     def __post_init__(self) -> None:
         if self.max_weight is not None and not (
-            np.isfinite(self.max_weight) and self.max_weight > 0
+            finite_number(self.max_weight) and self.max_weight > 0
         ):
             raise ValueError(f"max_weight must be a positive finite number, got {self.max_weight}")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_EVEN, Context, Decimal
 from fractions import Fraction
 from typing import Any, Protocol, runtime_checkable
 
@@ -26,6 +27,7 @@ from ._base import (
     AggregatorFactory,
     ClientUpdate,
     NonFiniteReportError,
+    finite_number,
     stages,
 )
 from ._mean import FedAvg, check_claims
@@ -599,7 +601,11 @@ def forward_rows(process: Any, state: Any, rows: UpdateRows) -> AggregateOutput:
 
 def resolve_f(f: float, n: int) -> int:
     """Number of tolerated Byzantine reports: `f` itself if >= 1, else floor(f·n) for 0<=f<1."""
-    if not np.isfinite(f) or f < 0:
+    if isinstance(f, int) and not isinstance(f, bool) and f >= 1:
+        # A whole count of any size (Krum(f=10**400)): np.isfinite of one past int64 raised
+        # TypeError, and math.isfinite of one past float's range OverflowError.
+        return f
+    if not finite_number(f) or f < 0:
         raise ValueError(f"f must be a non-negative count or a fraction in [0, 1), got {f!r}")
     if f >= 1:
         if f != int(f):
@@ -716,7 +722,12 @@ _LARGE_COUNT = 1e15
 
 def _num(v: float) -> str:
     """v as written in a spec: 2 for 2.0, 0.45 for 0.45; 1e+300 for 1e300 (a whole number that
-    large printed every digit: krum:f=1e300's refusal named a 301-digit f)."""
+    large printed every digit: krum:f=1e300's refusal named a 301-digit f). A whole count past
+    float's range (2f + 2 of krum:f=1e308) is written the same way: 2e+308, never through a
+    float (math.isfinite and format(v, "g") of such an int raise OverflowError)."""
+    if isinstance(v, int) and abs(v) >= _LARGE_COUNT:
+        digits = str(Decimal(v).normalize(Context(prec=6, rounding=ROUND_HALF_EVEN)))
+        return digits.replace("E", "e")
     if abs(v) >= _LARGE_COUNT and math.isfinite(v):
         return f"{v:.6g}"
     return str(int(v)) if _whole(v) else repr(v)
@@ -731,8 +742,11 @@ def _fraction_meas(f: float) -> dict[str, Any]:
 
 
 def _whole(v: float) -> bool:
-    """v is a finite whole number (int(inf) would raise OverflowError, not say no)."""
-    return bool(math.isfinite(v) and v == int(v))
+    """v is a finite whole number (int(inf) would raise OverflowError, not say no); an int is,
+    of any size (math.isfinite of one past float's range raised OverflowError instead)."""
+    if isinstance(v, int):
+        return True
+    return bool(finite_number(v) and v == int(v))
 
 
 def _zeros(size: int) -> F32:
@@ -936,7 +950,7 @@ class RobustLearningRate:
     block_elems: int = DEFAULT_BLOCK_ELEMS
 
     def __post_init__(self) -> None:
-        if not np.isfinite(self.theta) or self.theta <= 0:
+        if not finite_number(self.theta) or self.theta <= 0:
             raise ValueError(f"RLR theta must be > 0, got {self.theta!r}")
         if self.theta >= 1 and self.theta != int(self.theta):
             raise ValueError(f"RLR theta >= 1 must be a whole number, got {self.theta!r}")
@@ -1092,7 +1106,7 @@ class GeometricMedian:
 
     def __post_init__(self) -> None:
         # Checked so that NaN and infinity fail here: nu = inf would divide 0 by 0 mid-round.
-        if not (math.isfinite(self.nu) and self.nu > 0):
+        if not (finite_number(self.nu) and self.nu > 0):
             raise ValueError(f"geometric median nu must be finite and > 0, got {self.nu!r}")
         if not self.max_iter >= 1 or self.max_iter != int(self.max_iter):
             raise ValueError(
@@ -1105,7 +1119,7 @@ class GeometricMedian:
                 f"geometric median max_iter must be at most {MAX_GEOMED_ITERATIONS:,}, got "
                 f"{self.max_iter!r}"
             )
-        if not (math.isfinite(self.tol) and self.tol >= 0):
+        if not (finite_number(self.tol) and self.tol >= 0):
             raise ValueError(f"geometric median tol must be finite and >= 0, got {self.tol!r}")
 
     def create(self, size: int) -> _GeoMedProcess:
@@ -1191,7 +1205,7 @@ class CenteredClipping:
     iterations: int = 1
 
     def __post_init__(self) -> None:
-        if self.tau is not None and not (self.tau > 0 and math.isfinite(self.tau)):
+        if self.tau is not None and not (self.tau > 0 and finite_number(self.tau)):
             raise ValueError(
                 f"centered clipping tau must be finite and > 0 (or None), got {self.tau!r}"
             )
