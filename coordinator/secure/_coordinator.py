@@ -281,6 +281,14 @@ class SecureTask:
     # group refused at its masked-input close (its unmask request never went out).
     budget_weakest: tuple[int, SecurePlan] | None = None
     budget_refused: dict[str, Any] | None = None
+    # Under DP, called with `pending_dp` of the groups asked to unmask so far each time a
+    # group's unmask request is about to go out and that record changes (a weaker group): the
+    # service stores it durably, so that a stop after the survivors' answers (when a curious
+    # server can unmask the sum) and before the close counts the release. An exception from
+    # it aborts the group instead (no unmask request). `pending_weakest`: the weakest group,
+    # as (masked inputs, plan), of the last record it was given.
+    on_unmask_request: Callable[[dict[str, Any]], None] | None = None
+    pending_weakest: tuple[int, SecurePlan] | None = None
 
     def round_for(self, device_id: str) -> SecureRound:
         return self.groups[self.group_of[device_id]]
@@ -482,6 +490,7 @@ class SecureCoordinator:
             def before_unmask_request() -> None:
                 _check_min_contributors(task, sr)
                 self._check_budget(task, sr)
+                self._record_unmask_request(task, sr)
 
             sr.after_masked_input = before_unmask_request
             return sr
@@ -541,11 +550,44 @@ class SecureCoordinator:
         sr.abort(why)
         raise RoundAborted(why)
 
+    def _record_unmask_request(self, task: SecureTask, sr: SecureRound) -> None:
+        """Under DP, hand `task.on_unmask_request` the `pending_dp` record of the round's
+        groups asked to unmask, `sr` (just past its masked-input close, its unmask request not
+        yet sent) included, when `sr` is weaker than every group before it (else the record
+        is the one already handed over). If the callback raises, `sr` aborts
+        (`RoundAborted`): its release was not recorded, so no unmask request goes out.
+
+        Groups are disjoint, so the record is that of the weakest group
+        (`account_released_groups`), as `pending_dp(task)` would give, without looking at
+        every group of the round at each group's close."""
+        if task.on_unmask_request is None or not self.config.dp:
+            return
+        mine = (sr.masked_inputs, sr.plan)
+        known = [mine] if task.pending_weakest is None else [task.pending_weakest, mine]
+        weakest = max(known, key=released_group_weakness)
+        if weakest is task.pending_weakest:
+            return
+        pending = account_released_groups(
+            copy.deepcopy(self.accountant), [weakest], self.config.noise_multiplier
+        )
+        try:
+            task.on_unmask_request(pending)
+        except Exception as exc:
+            why = (
+                f"its release could not be recorded before its unmask request ({exc!r}): "
+                "nothing unmasked, no unmask request sent"
+            )
+            sr.abort(why)
+            raise RoundAborted(why) from exc
+        task.pending_weakest = weakest
+
     def pending_dp(self, task: SecureTask) -> dict[str, Any] | None:
         """The `dp` measurements `close_round` would record if every group now in the unmask
         stage unmasked its sum (an upper bound on what it records), without recording it;
-        None without DP or with no such group. Written durably before unmasking, it lets a
-        restart count a sum the server saw but never got to publish or abandon."""
+        None without DP or with no such group. Written durably before unmasking (and, through
+        `SecureTask.on_unmask_request`, before each unmask request that changes it), it lets a
+        restart count a sum the server saw, or held the shares to unmask, but never got to
+        publish or abandon."""
         candidates = [(sr.masked_inputs, sr.plan) for sr in task.groups if sr.stage == Stage.UNMASK]
         if not self.config.dp or not candidates:
             return None
@@ -565,25 +607,42 @@ class SecureCoordinator:
         any sum is unmasked; an exception from it leaves every group unmasked.
 
         `min_contributors` (the task's `min_reports`): a round whose unmasking groups hold
-        fewer masked inputs is not committed, and nothing is unmasked (no sum is released);
-        one left with fewer contributors after unmasking (a group aborted then) is not
-        committed either, its unmasked sums counted under DP as always.
+        fewer masked inputs is not committed, and nothing is unmasked; one left with fewer
+        contributors after unmasking (a group aborted then) is not committed either, its
+        unmasked sums counted under DP as always.
+
+        Under DP every group whose server holds t shares of every secret its unmask needs
+        (`_can_unmask`: the survivors' answers are in) counts as released, whether or not
+        this close unmasks it: a declined round's measurements then carry `dp` too.
 
         With an `epsilon_budget`: a round whose `pending_dp` epsilon (an upper bound on what
         unmasking records) is above the budget is not committed and nothing is unmasked
-        (nothing released, nothing spent, `before_unmask` not called); its measurements carry
-        `budget_exhausted` True and `dp_refused`, and no round opens after it. A released
+        (`before_unmask` not called; only groups the server could unmask are counted); its
+        measurements carry `budget_exhausted` True and `dp_refused`, and no round opens after
+        it. A released
         round's `dp` carries `epsilon_budget` and `budget_exhausted` (True when even the most
         favourable next round would pass the budget: the task should stop).
         """
         if min_contributors < 1:
             raise ValueError(f"min_contributors must be >= 1, got {min_contributors}")
+        # Each group whose server already holds t shares of every secret its unmask needs
+        # (the survivors' answers are in): a server that reads what it holds can unmask its
+        # sum whatever this close decides, so under DP it counts as released, unmasked here
+        # or not. Taken before anything below aborts a group (an abort drops the shares).
+        exposed = {
+            g: (sr.masked_inputs, sr.plan) for g, sr in enumerate(task.groups) if _can_unmask(sr)
+        }
         held = sum(sr.masked_inputs for sr in task.groups if sr.stage == Stage.UNMASK)
         if held < min_contributors:
             short = (
                 f"{held} masked inputs in the groups left to unmask, below the round's "
                 f"{min_contributors} (min_reports): nothing unmasked"
             )
+            if self.config.dp and exposed:
+                short += (
+                    f"; the server held the shares to unmask {len(exposed)} of them, counted "
+                    "in epsilon"
+                )
             _abort_unmasking(task, short)
         pending = self.pending_dp(task)
         # A group refused at its masked-input close (`_check_budget`) refused the round's
@@ -660,10 +719,15 @@ class SecureCoordinator:
             # Each sent an unmask share off its dealer's polynomial; the shares were corrected
             # around, and the ids are here for the operator (docs/secure-aggregation.md).
             meas["suspect_devices"] = suspects
-        released = [(sr.unmasked, sr.plan) for sr in task.groups if sr.unmasked is not None]
+        released = [
+            (sr.unmasked, sr.plan) if sr.unmasked is not None else exposed[g]
+            for g, sr in enumerate(task.groups)
+            if sr.unmasked is not None or g in exposed
+        ]
         if self.config.dp and released:
             # Every sum the server unmasked counts, committed or not (a group can abort after
-            # unmasking, on a forged input): the server has seen it.
+            # unmasking, on a forged input): the server has seen it. So does every sum it held
+            # the shares to unmask (`exposed`), though this close declined to.
             meas["dp"] = account_released_groups(
                 self.accountant, released, self.config.noise_multiplier
             )
@@ -741,6 +805,18 @@ def _check_min_contributors(task: SecureTask, sr: SecureRound) -> None:
         )
         sr.abort(why)
         raise RoundAborted(why)
+
+
+def _can_unmask(sr: SecureRound) -> bool:
+    """Whether group `sr` is in its unmask stage and its server holds at least t shares of
+    every secret the unmask needs (each alive node's self-mask seed, each dropped node's mask
+    key): what `finish` needs to unmask the sum, so what a server that reads everything it
+    holds needs to unmask it. Shares set aside on arrival do not count."""
+    if sr.stage != Stage.UNMASK:
+        return False
+    state = sr.server.state
+    t = state.params.threshold
+    return all(len(state.shares.get(n, ())) >= t for n in (*state.alive, *state.dropped))
 
 
 def _abort_unmasking(task: SecureTask, why: str) -> None:

@@ -622,11 +622,11 @@ def _stored_upload_cap(config_json: str) -> int | None:
 
 def _released_dp(state: str, measurements: dict[str, Any]) -> dict[str, Any] | None:
     """The `dp` record a secure round (in `state`, with `measurements`) counts in epsilon: its
-    final one once committed or abandoned, else (stopped while closing) the one stored before
-    unmasking."""
+    final one once committed or abandoned, else (stopped while open or closing) the one stored
+    before a group's unmask request went out, or before unmasking (`pending_dp`)."""
     if state in (RoundState.COMMITTED, RoundState.ABANDONED):
         dp = measurements.get("dp")
-    elif state == RoundState.AGGREGATING:
+    elif state in (RoundState.OPEN, RoundState.AGGREGATING):
         dp = measurements.get("pending_dp")
     else:
         return None
@@ -1626,8 +1626,9 @@ class Coordinator:
         # A secure task's privacy ledger is rebuilt from the measurements of every round whose
         # noisy sum was unmasked: committed ones, abandoned ones that carry `dp` (a group
         # that aborted after unmasking, or a publish that failed after it; the server saw the
-        # sum), and a round the coordinator stopped in while closing, whose `pending_dp` was
-        # stored before unmasking (it may have unmasked before the stop: count it).
+        # sum), and a round the coordinator stopped in while open or closing, whose
+        # `pending_dp` was stored before a group's unmask request went out, or before
+        # unmasking (its server may have held the shares to unmask, or unmasked: count it).
         # A round that spent its epsilon budget (secure.epsilon_budget) says so in its
         # measurements (`budget_exhausted`: a released round after which none fits, or one
         # abandoned unreleased); the task stays stopped, as a plain task's DPMean stop does.
@@ -2518,7 +2519,8 @@ class Coordinator:
         rt.seq += 1
         if rt.secure is not None:
             try:
-                rt.secure.registry.open_round(plan.selected, round_id, min_reports)
+                secure_task = rt.secure.registry.open_round(plan.selected, round_id, min_reports)
+                secure_task.on_unmask_request = self._pending_dp_writer(rt, round_id)
             except ValueError as exc:  # e.g. RingOverflow: refused now, not mid-protocol
                 log.error("task %d secure round %d cannot open: %s", rt.task_id, round_id, exc)
                 rt.engine.close_round(plan.round_id)
@@ -3177,6 +3179,25 @@ class Coordinator:
         cur.closing = True
         cur.close_started = True
         return cur
+
+    def _pending_dp_writer(
+        self, rt: TaskRuntime, round_id: int
+    ) -> Callable[[dict[str, Any]], None]:
+        """What a secure DP round (`round_id`) calls before a group's unmask request goes out
+        (`SecureTask.on_unmask_request`): it stores the round's `pending_dp` durably, and keeps
+        it on the round. Once that group's survivors answer, the server holds t shares of every
+        secret its unmask needs and a curious server can unmask the sum, so a stop or a crash
+        from then on counts the release (`_released_dp`, `_abandon_stopped`). A write that
+        fails, or finds the round finished, raises: the group aborts, no request sent."""
+
+        def write(dp: dict[str, Any]) -> None:
+            if not self.store.set_round_measurements(round_id, {"pending_dp": dp}):
+                raise RuntimeError(f"round {round_id} is no longer open")
+            cur = rt.current
+            if cur is not None and cur.round_id == round_id:
+                cur.pending_dp = dp
+
+        return write
 
     def _close_secure(self, rt: TaskRuntime, cur: ActiveRound) -> RoundOutcome:
         """Unmask, then publish the group mean through the same downlink path as plain rounds."""

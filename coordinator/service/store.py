@@ -1449,13 +1449,17 @@ class Store:
         with self.transaction() as db:
             db.execute("UPDATE rounds SET state=? WHERE round_id=?", (state, round_id))
 
-    def set_round_measurements(self, round_id: int, measurements: dict[str, Any]) -> None:
-        """Overwrite an unfinished round's measurements (durable before this returns)."""
+    def set_round_measurements(self, round_id: int, measurements: dict[str, Any]) -> bool:
+        """Overwrite an unfinished (open or aggregating) round's measurements, durable before
+        this returns; False, writing nothing, if the round is finished or unknown (a finished
+        round's record is final)."""
         with self.transaction() as db:
-            db.execute(
-                "UPDATE rounds SET measurements_json=? WHERE round_id=?",
+            cur = db.execute(
+                "UPDATE rounds SET measurements_json=? WHERE round_id=? "
+                "AND state IN ('open', 'aggregating')",
                 (json.dumps(measurements, sort_keys=True, default=str), round_id),
             )
+            return cur.rowcount > 0
 
     def updates(self, round_id: int) -> list[UpdateRow]:
         """A round's accepted updates in acceptance order (only open rounds' are re-decoded:

@@ -96,12 +96,40 @@ def test_without_a_minimum_one_group_still_commits_as_before() -> None:
     assert out.committed and len(out.contributors) == 3
 
 
-def test_under_dp_a_refused_round_spends_no_epsilon() -> None:
+def test_under_dp_a_round_refused_before_any_unmask_request_spends_no_epsilon() -> None:
+    # Prepare: the round knows its min_reports when it opens; two devices of each of two
+    # groups drop before sharing keys, so the round can no longer hold 6 masked inputs when
+    # the third group's masked-input stage closes: it aborts then, no unmask request goes out
+    config = SecureConfig(
+        coord_fraction=0.1, group_size=3, seed=5, noise=NoiseKind.SKELLAM, noise_multiplier=1.0,
+        value_bits=8,
+    )  # fmt: skip
+    registry = SecureRegistry(SecureCoordinator(np.zeros(D, np.float32), config))
+    task = registry.open_round(DEVICES, 1, min_contributors=6)
+    groups = [sr.device_ids for sr in task.groups]
+    drop = {d: Stage.SHARE_KEYS for g in groups[:2] for d in g[:2]}
+    # Execute
+    _run(registry, task, drop)
+    out = registry.finish(task.round_id, min_contributors=6)
+    # Assert: no group reached the unmask stage; nothing released, nothing spent
+    assert all(sr.stage == Stage.ABORTED for sr in task.groups)
+    assert not any(sr.server.state.responders for sr in task.groups)
+    assert not out.committed and "dp" not in out.measurements
+    assert registry.coordinator.accountant.rounds == 0
+
+
+def test_under_dp_a_round_refused_after_its_unmask_answers_counts_the_sum_it_exposed() -> None:
+    # The round opened without its min_reports, so its one surviving group was asked to
+    # unmask and its survivors answered: the server holds t shares of every secret and can
+    # unmask that noisy sum itself, so the round counts in epsilon though it is declined
+    # (it spent nothing before helper-52e)
     registry, task, drop = _round(2, noise=NoiseKind.SKELLAM, noise_multiplier=1.0, value_bits=8)
     _run(registry, task, drop)
     out = registry.finish(task.round_id, min_contributors=6)
-    assert not out.committed and "dp" not in out.measurements
-    assert registry.coordinator.accountant.rounds == 0
+    assert not out.committed and all(sr.unmasked is None for sr in task.groups)
+    assert out.measurements["dp"]["survivors"] == 3
+    assert registry.coordinator.accountant.rounds == 1
+    assert any("counted in epsilon" in r for r in out.measurements["abort_reasons"])
 
 
 def test_groups_that_abort_after_unmasking_can_leave_too_few() -> None:
