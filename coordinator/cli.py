@@ -300,12 +300,33 @@ OTHER_COMMANDS_NAME = {
 }
 
 
-def _unrecognized(parser: argparse.ArgumentParser, prog: str, extras: list[str]) -> NoReturn:
+# `plume sim report A B`: the report reads one folder, and runs are compared through a folder
+# holding them (docs/simulator.md's `plume sim report runs/topk` sweep).
+_REPORT_ONE_FOLDER = (
+    " (`plume sim report` takes one run folder; to compare runs, give it a sweep folder, one "
+    "holding each run's folder: `plume sim report runs/topk` for runs/topk/k0.01, "
+    "runs/topk/k0.2, ...)"
+)
+
+
+def _unrecognized(
+    parser: argparse.ArgumentParser,
+    prog: str,
+    extras: list[str],
+    args: argparse.Namespace | None = None,
+) -> NoReturn:
     """Refuse `extras` as the command they were typed for (`plume sim: error: ...`, with its
     usage), not as `plume`'s, and suggest that command's name for another command's flag
-    (`OTHER_COMMANDS_NAME`), else its closest option."""
+    (`OTHER_COMMANDS_NAME`), else its closest option. More folders after `plume sim report`'s
+    one say so, under the report's usage, and how runs are compared."""
     command = next((p for p in iter_parsers(parser) if p.prog == prog), parser)
     message = f"unrecognized arguments: {' '.join(extras)}"
+    report = prog == _SIM_PROG and getattr(args, "action", None) == "report"
+    if report and not any(word.startswith("-") for word in extras):
+        from mobile_sim._cli import _REPORT_HELP
+
+        usage = _REPORT_HELP.splitlines()[0]  # usage: plume sim report [-h] RUN_DIR
+        command.exit(2, f"{usage}\n{prog}: error: {message}{_REPORT_ONE_FOLDER}\n")
     options = [o for a in command._actions for o in a.option_strings if o.startswith("--")]
     for word in extras:
         if word.startswith("--"):
@@ -334,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     prog: Any = getattr(args, "_prog", "plume")
     if extras:
-        _unrecognized(parser, prog, extras)
+        _unrecognized(parser, prog, extras, args)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()
