@@ -12,6 +12,7 @@ caller started, to the actors themselves, where Ray takes no local folders or mo
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import os
 import socket
@@ -351,13 +352,23 @@ class RayBackend:
             with _runtime_env_errors(env, ray.shutdown):  # a half-started runtime ends too
                 if self.address:
                     check_reachable(self.address, self._address_source)
-                    ray.init(address=self.address, **kwargs)
+                    # The driver's "ray" logger at WARNING: Ray's INFO line on joining
+                    # ("Connecting to existing Ray cluster") is not said; its warnings are.
+                    ray.init(address=self.address, logging_level=logging.WARNING, **kwargs)
                 else:
                     # "local": a private runtime even when a cluster was started on this
                     # machine (`ray start`). Without it ray.init joins the cluster named in
                     # /tmp/ray/ray_current_cluster, and refuses num_cpus for an existing one.
                     own_cpus = self.num_cpus or usable_cpus()  # affinity, cgroup quota
-                    ray.init(address="local", num_cpus=own_cpus, **kwargs)
+                    # The driver's "ray" logger at ERROR (ray.init's logging_level): starting
+                    # a private runtime printed two timestamped lines amid the CLI's own, a
+                    # token-auth WARNING (about a cluster only this process uses) and "INFO
+                    # ... Started a local Ray instance" (the status line's "starting Ray" says
+                    # it). A worker's failure still arrives as an exception (RayWorkerError's
+                    # one line), and the actors' output stays off the terminal (log_to_driver).
+                    ray.init(
+                        address="local", num_cpus=own_cpus, logging_level=logging.ERROR, **kwargs
+                    )
             self._owns_runtime = True
         free = int(ray.available_resources().get("CPU", 1))
         n = self.workers or min(MAX_WORKERS, max(1, free))
