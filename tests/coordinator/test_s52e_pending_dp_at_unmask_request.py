@@ -22,7 +22,7 @@ from protocol.secagg import NoiseKind, RoundAborted, Stage
 from sdk.secure import SecureParticipant
 
 from ._secure_service import fast_service, metric, secure_dp_task, secure_round_of
-from .test_service_support import admin_get, create_task, device_client, wait_until
+from .test_service_support import ADMIN, admin_get, create_task, device_client, wait_until
 
 D = 300
 DEVICES = [f"d{i}" for i in range(5)]
@@ -107,3 +107,32 @@ def test_a_restart_after_the_unmask_request_counts_the_release(tmp_path: Path) -
     assert after["state"] == "abandoned" and "restarted" in after["measurements"]["abandoned"]
     assert after["measurements"]["dp"]["rounds"] == 2
     assert eps_restart > eps1 and rounds == 2
+
+
+def test_an_operator_stop_after_the_unmask_request_counts_the_release(tmp_path: Path) -> None:
+    # Prepare: one committed round, then a second stopped in its unmask stage (the devices
+    # sent their masked inputs and stop there)
+    with fast_service(tmp_path / "plume.db") as url:
+        with httpx.Client(base_url=url) as http:
+            task_id = create_task(http, secure_dp_task(rounds=3))
+            clients = [device_client(url, str(tmp_path / f"dev{i}")) for i in range(3)]
+            for c in clients:
+                c.register()
+            assert all(r.completed for r in secure_round_of(clients, task_id))
+            wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 1)
+            eps1 = metric(http.get("/metrics").text, "plume_dp_epsilon", task_id)
+            secure_round_of(clients, task_id, drop_at=Stage.UNMASK)
+            # Execute: the operator stops the task
+            r = http.post(
+                f"/v1/admin/tasks/{task_id}/stop", headers={"authorization": f"Bearer {ADMIN}"}
+            )
+            assert r.status_code == 200, r.text
+            stopped = admin_get(http, "/v1/rounds/2")
+            eps_stop = metric(http.get("/metrics").text, "plume_dp_epsilon", task_id)
+            for c in clients:
+                c.close()
+    # Assert: round 2 is abandoned with its release in its dp record, and epsilon counts it
+    assert stopped["state"] == "abandoned"
+    assert stopped["measurements"]["abandoned"] == "stopped by the operator"
+    assert stopped["measurements"]["dp"]["rounds"] == 2
+    assert eps_stop > eps1
