@@ -276,19 +276,18 @@ class SecureTask:
     # The round's min_reports: a group whose masked-input stage closes when the round can no
     # longer hold this many masked inputs aborts then (`_check_min_contributors`).
     min_contributors: int = 1
-    # Under an epsilon budget (`SecureCoordinator._check_budget`): the weakest group, as
-    # (masked inputs, plan), whose unmask request went out, and the `dp_refused` record of a
-    # group refused at its masked-input close (its unmask request never went out).
-    budget_weakest: tuple[int, SecurePlan] | None = None
+    # Under DP (`SecureCoordinator._before_unmask_request`): the weakest group, as (masked
+    # inputs, plan), whose unmask request went out, and the `dp_refused` record of a group
+    # refused at its masked-input close by the epsilon budget (its unmask request never went
+    # out).
+    unmask_weakest: tuple[int, SecurePlan] | None = None
     budget_refused: dict[str, Any] | None = None
     # Under DP, called with `pending_dp` of the groups asked to unmask so far each time a
     # group's unmask request is about to go out and that record changes (a weaker group): the
     # service stores it durably, so that a stop after the survivors' answers (when a curious
     # server can unmask the sum) and before the close counts the release. An exception from
-    # it aborts the group instead (no unmask request). `pending_weakest`: the weakest group,
-    # as (masked inputs, plan), of the last record it was given.
+    # it aborts the group instead (no unmask request).
     on_unmask_request: Callable[[dict[str, Any]], None] | None = None
-    pending_weakest: tuple[int, SecurePlan] | None = None
 
     def round_for(self, device_id: str) -> SecureRound:
         return self.groups[self.group_of[device_id]]
@@ -489,8 +488,7 @@ class SecureCoordinator:
 
             def before_unmask_request() -> None:
                 _check_min_contributors(task, sr)
-                self._check_budget(task, sr)
-                self._record_unmask_request(task, sr)
+                self._before_unmask_request(task, sr)
 
             sr.after_masked_input = before_unmask_request
             return sr
@@ -501,18 +499,21 @@ class SecureCoordinator:
         task.by_size()
         return task
 
-    def _check_budget(self, task: SecureTask, sr: SecureRound) -> None:
-        """Under an epsilon budget, abort group `sr` (just past its masked-input close, before
-        its unmask request goes out; `RoundAborted`) when its sum and those of the round's
-        groups already asked to unmask could take epsilon past the budget.
+    def _before_unmask_request(self, task: SecureTask, sr: SecureRound) -> None:
+        """Under DP, group `sr` is just past its masked-input close and its unmask request not
+        yet sent. When `sr` is weaker than every group of the round asked to unmask before it
+        (else the round's epsilon is as already checked and recorded), its `pending_dp` record
+        (that of the weakest group: groups are disjoint, `account_released_groups`) is
+        checked against the epsilon budget, then handed to `task.on_unmask_request`. Either
+        refusing aborts `sr` (`RoundAborted`): no unmask request goes out.
 
-        The check has to come here, not when the unmask stage closes: by then the server holds
-        at least t shares of every secret the unmask needs (the survivors' answers), so a
+        The budget has to be checked here, not when the unmask stage closes: by then the server
+        holds at least t shares of every secret the unmask needs (the survivors' answers), so a
         server that reads everything it holds (honest but curious) can unmask the sum whether
-        or not `close_round` then does. Groups are disjoint, so the round's epsilon is that of
-        its weakest group (`account_released_groups`); the weakest already let through is kept
-        on the task, and a group no weaker passes without accounting anything."""
-        if not self.budgeted:
+        or not `close_round` then does. After a refusal every later group of the round is
+        refused too. The record is handed over for the same reason: a stop after the answers
+        must count the release."""
+        if not self.config.dp or (not self.budgeted and task.on_unmask_request is None):
             return
         if task.budget_refused is not None:
             why = (
@@ -522,64 +523,42 @@ class SecureCoordinator:
             sr.abort(why)
             raise RoundAborted(why)
         mine = (sr.masked_inputs, sr.plan)
-        known = [mine] if task.budget_weakest is None else [task.budget_weakest, mine]
+        known = [mine] if task.unmask_weakest is None else [task.unmask_weakest, mine]
         weakest = max(known, key=released_group_weakness)
-        if weakest is task.budget_weakest:
-            return  # no weaker than a group already let through: the round's epsilon is as checked
+        if weakest is task.unmask_weakest:
+            return
         pending = account_released_groups(
             copy.deepcopy(self.accountant), [weakest], self.config.noise_multiplier
         )
         budget = self.config.epsilon_budget
-        if pending["epsilon"] <= budget:
-            task.budget_weakest = weakest
-            return
-        spent = self.accountant.epsilon()
-        task.budget_refused = {
-            "epsilon": spent,
-            "epsilon_if_released": pending["epsilon"],
-            "epsilon_budget": budget,
-            "delta": self.accountant.delta,
-            "rounds": self.accountant.rounds,
-        }
-        self.budget_stopped = True
-        why = (
-            f"unmasking could take epsilon from {spent:.4g} to {pending['epsilon']:.4g}, "
-            f"above the budget {budget:g} (epsilon_budget): nothing unmasked, no unmask "
-            "request sent"
-        )
-        sr.abort(why)
-        raise RoundAborted(why)
-
-    def _record_unmask_request(self, task: SecureTask, sr: SecureRound) -> None:
-        """Under DP, hand `task.on_unmask_request` the `pending_dp` record of the round's
-        groups asked to unmask, `sr` (just past its masked-input close, its unmask request not
-        yet sent) included, when `sr` is weaker than every group before it (else the record
-        is the one already handed over). If the callback raises, `sr` aborts
-        (`RoundAborted`): its release was not recorded, so no unmask request goes out.
-
-        Groups are disjoint, so the record is that of the weakest group
-        (`account_released_groups`), as `pending_dp(task)` would give, without looking at
-        every group of the round at each group's close."""
-        if task.on_unmask_request is None or not self.config.dp:
-            return
-        mine = (sr.masked_inputs, sr.plan)
-        known = [mine] if task.pending_weakest is None else [task.pending_weakest, mine]
-        weakest = max(known, key=released_group_weakness)
-        if weakest is task.pending_weakest:
-            return
-        pending = account_released_groups(
-            copy.deepcopy(self.accountant), [weakest], self.config.noise_multiplier
-        )
-        try:
-            task.on_unmask_request(pending)
-        except Exception as exc:
+        if self.budgeted and not pending["epsilon"] <= budget:
+            spent = self.accountant.epsilon()
+            task.budget_refused = {
+                "epsilon": spent,
+                "epsilon_if_released": pending["epsilon"],
+                "epsilon_budget": budget,
+                "delta": self.accountant.delta,
+                "rounds": self.accountant.rounds,
+            }
+            self.budget_stopped = True
             why = (
-                f"its release could not be recorded before its unmask request ({exc!r}): "
-                "nothing unmasked, no unmask request sent"
+                f"unmasking could take epsilon from {spent:.4g} to {pending['epsilon']:.4g}, "
+                f"above the budget {budget:g} (epsilon_budget): nothing unmasked, no unmask "
+                "request sent"
             )
             sr.abort(why)
-            raise RoundAborted(why) from exc
-        task.pending_weakest = weakest
+            raise RoundAborted(why)
+        if task.on_unmask_request is not None:
+            try:
+                task.on_unmask_request(pending)
+            except Exception as exc:
+                why = (
+                    f"its release could not be recorded before its unmask request ({exc!r}): "
+                    "nothing unmasked, no unmask request sent"
+                )
+                sr.abort(why)
+                raise RoundAborted(why) from exc
+        task.unmask_weakest = weakest
 
     def pending_dp(self, task: SecureTask) -> dict[str, Any] | None:
         """The `dp` measurements `close_round` would record if every group now in the unmask
@@ -645,7 +624,7 @@ class SecureCoordinator:
                 )
             _abort_unmasking(task, short)
         pending = self.pending_dp(task)
-        # A group refused at its masked-input close (`_check_budget`) refused the round's
+        # A group refused at its masked-input close (`_before_unmask_request`) refused the round's
         # release; groups already asked to unmask fit the budget and are unmasked as usual.
         refused: dict[str, Any] | None = task.budget_refused
         if pending is not None and self.budgeted:
