@@ -3834,7 +3834,14 @@ class Coordinator:
 
     def bandwidth(self, round_id: int, only: str | None = None) -> BandwidthReport:
         """A round's ledger (rows only: readable even when its stored JSON is damaged); with
-        `only`, that device's rows and their totals."""
+        `only`, that device's rows and their totals.
+
+        The rows count what the round's devices sent and received in it, refused uploads
+        included (422 `bad_frame`, 409 `duplicate_upload` or `round_closed`, ...: their bytes
+        crossed the network, and the device's SDK counts them the same way). The totals'
+        `up_accepted_payload_bytes` and `up_accepted_updates` are the update frames the round
+        accepted, each once, and nothing else (docs/http-api.md, "Round status and
+        bandwidth")."""
         if self.store.round_task(round_id) is None:
             raise ApiError(404, Reason.UNKNOWN_ROUND, f"no round {round_id}")
         rows = [LedgerRow(*r) for r in self.store.ledger_rows(round_id)]
@@ -3847,4 +3854,11 @@ class Coordinator:
             totals[f"{d}_wire_bytes"] = sum(r.wire_bytes for r in sel)
             totals[f"{d}_dense_bytes"] = sum(r.dense_bytes for r in sel)
             totals[f"{d}_requests"] = sum(r.requests for r in sel)
+        accepted = [
+            size
+            for device, size in self.store.accepted_frame_sizes(round_id)
+            if only is None or device == only
+        ]
+        totals["up_accepted_payload_bytes"] = sum(accepted)
+        totals["up_accepted_updates"] = len(accepted)
         return BandwidthReport(round_id, rows, totals)

@@ -1585,6 +1585,16 @@ class Store:
                 why,
             )
 
+    def accepted_frame_sizes(self, round_id: int) -> list[tuple[str, int]]:
+        """(device id, frame bytes) of each update a round accepted, each once: a pruned
+        frame by the length it kept (`prune_frames`)."""
+        rows = self._query(
+            "SELECT device_id, COALESCE(pruned_len, length(frame)) FROM updates "
+            "WHERE round_id=? ORDER BY device_id",
+            (round_id,),
+        )
+        return [(str(r[0]), int(r[1])) for r in rows]
+
     def count_updates(self, round_id: int) -> int:
         return int(self._query("SELECT COUNT(*) FROM updates WHERE round_id=?", (round_id,))[0][0])
 
