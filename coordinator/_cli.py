@@ -1337,6 +1337,14 @@ def _host_error(host: str) -> str | None:
     then is status 1, retried, as DNS may come up after the coordinator."""
     import socket
 
+    if not host or any(c.isspace() for c in host):
+        # No address or name has a space; "" failed at the bind as a name that did not
+        # resolve, status 1, which a service manager retries for ever (s53e).
+        what = "is empty" if not host else "has white space in it"
+        return (
+            f"--host {host!r} {what}: give an address (127.0.0.1, or 0.0.0.0 for every "
+            "interface) or a host name"
+        )
     bare = host.split("%", 1)[0]  # an IPv6 scope, fe80::1%eth0
     if re.fullmatch(r"[0-9.]+", bare):
         try:
@@ -1400,20 +1408,39 @@ def _db_access_error(db_arg: str, command: str = "serve") -> str | None:
     return None
 
 
-def _listen_sentence(exc: Any) -> str:
-    """The CLI's sentence for a `ListenError`: what to change, by the bind's error number."""
+def _listen_sentence(exc: Any, from_file: dict[str, str] | None = None) -> str:
+    """The CLI's sentence for a `ListenError`: what to change, by the bind's error number.
+    `from_file`: `args._from_file`; a host or port from the --config file is named by its
+    file and key, as the checks before the start name it (before, a file's `host` or `port`
+    was called `--host`/`--port`, which the command line did not have; s53e)."""
     host, port = exc.host, exc.port
-    if exc.errno is None:
-        return f"--host {host!r} is not an address of this machine ({exc.code})"
+    from_file = from_file or {}
+
+    def named(dest: str, flag_text: str, reason: str) -> str:
+        return f"{from_file[dest]}: {reason}" if dest in from_file else flag_text
+
+    if exc.errno is None or exc.errno == errno.EADDRNOTAVAIL:
+        why = "" if exc.errno is not None else f" ({exc.code})"
+        shown = repr(host) if exc.errno is None else host
+        return named(
+            "host",
+            f"--host {shown} is not an address of this machine{why}",
+            f"is not an address of this machine{why}",
+        )
     if exc.errno == errno.EADDRINUSE:
-        return (
+        return named(
+            "port",
             f"port {port} on {host} is already in use (another coordinator?); stop it or pick "
-            "another --port"
+            "another --port",
+            f"port {port} on {host} is already in use (another coordinator?); stop it or pick "
+            "another port",
         )
     if exc.errno == errno.EACCES:
-        return f"no permission to listen on port {port}; use a port above 1023"
-    if exc.errno == errno.EADDRNOTAVAIL:
-        return f"--host {host} is not an address of this machine"
+        return named(
+            "port",
+            f"no permission to listen on port {port}; use a port above 1023",
+            f"no permission to listen on port {port}; use a port above 1023",
+        )
     return str(exc.code)
 
 
@@ -1468,7 +1495,7 @@ def _serve(args: argparse.Namespace) -> int:
             shutdown_grace_s=args.shutdown_grace,
         )
     except ListenError as exc:  # found before the database was opened
-        _fail(prog, _listen_sentence(exc))
+        _fail(prog, _listen_sentence(exc, getattr(args, "_from_file", {})))
     except _NoPassphrase:  # raised by the passphrase's prompt, before the database was opened
         _fail(
             prog,
