@@ -1084,20 +1084,23 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
     if (problem := _token_problem(args)) is not None:
         return bad("admin_token", problem, problem.removeprefix(_TOKEN_FLAGS + " "))
     rate, burst = args.register_rate, args.register_burst
-    both = "--register-rate must be >= 0 and --register-burst >= 1"
+    # Each named alone, with its value (before, either mistake got one line naming both
+    # flags and neither value: "--register-rate must be >= 0 and --register-burst >= 1").
     if not 0 <= rate < float("inf"):
-        return bad("register_rate", both, "must be a number >= 0 (0: unlimited)")
+        why = "must be a number >= 0 and finite (0: unlimited)"
+        return bad("register_rate", f"--register-rate {why}, got {rate}", why)
     if burst < 1:
-        return bad("register_burst", both, "must be >= 1")
+        return bad("register_burst", f"--register-burst must be >= 1, got {burst}", "must be >= 1")
     # The bounds ServiceConfig holds (a wait is divided by each rate), named by their flags.
     if 0 < rate < 1e-6 or burst > 1_000_000:
-        both = (
-            "--register-rate must be 0 (unlimited) or at least 1e-06 per second, and "
-            f"--register-burst at most 1,000,000; got {rate} and {burst}"
-        )
         if 0 < rate < 1e-6:
-            return bad("register_rate", both, "must be 0 (unlimited) or at least 1e-06 per second")
-        return bad("register_burst", both, "must be at most 1,000,000")
+            why = "must be 0 (unlimited) or at least 1e-06 per second"
+            return bad("register_rate", f"--register-rate {why}, got {rate}", why)
+        return bad(
+            "register_burst",
+            f"--register-burst at most 1,000,000 is taken, got {burst}",
+            "must be at most 1,000,000",
+        )
     if args.max_checkin_rate < 1e-3:
         return bad(
             "max_checkin_rate",
@@ -1105,11 +1108,8 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
             "must be at least 0.001 per second",
         )
     if not 0 <= args.body_timeout < float("inf"):
-        return bad(
-            "body_timeout",
-            "--body-timeout must be a number of seconds >= 0",
-            "must be a number of seconds >= 0 (0: no limit)",
-        )
+        why = "must be a number of seconds >= 0 (0: no limit)"
+        return bad("body_timeout", f"--body-timeout {why}, got {args.body_timeout}", why)
     # The lower bounds ServiceConfig holds (rounds.py MIN_BODY_TIMEOUT_S, MIN_SIGNATURE_WINDOW_S,
     # MIN_POOL_TTL_S; not imported: serve's flags are checked before the service loads).
     if 0 < args.body_timeout < 1:
