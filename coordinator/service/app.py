@@ -9,8 +9,6 @@ decoded; registration is rate-limited per client address when configured (429).
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -82,6 +80,7 @@ from .auth import (
     RequestVerifier,
     check_admin_token,
     client_key,
+    registered_key,
 )
 from .dp_total import AllTasksPrivacyCache
 from .errors import (
@@ -800,12 +799,7 @@ def create_app(
     @_before_body(json_media, registration_quota, signature_form)
     async def register(request: Request, body: RegisterRequest) -> RegisterResponse:
         """Register an Ed25519 public key; the request is signed with that same key."""
-        try:
-            key = base64.urlsafe_b64decode(body.public_key + "=" * (-len(body.public_key) % 4))
-        except (binascii.Error, ValueError):
-            raise ApiError(400, Reason.MALFORMED, "public_key is not base64url") from None
-        if len(key) != 32:
-            raise ApiError(400, Reason.MALFORMED, "public_key must be 32 bytes")
+        key = registered_key(body.public_key)
         raw = await request.body()
         try:
             Ed25519PublicKey.from_public_bytes(key)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import heapq
 import hmac
 import ipaddress
@@ -33,6 +34,7 @@ __all__ = [
     "RequestVerifier",
     "check_admin_token",
     "client_key",
+    "registered_key",
 ]
 
 log = logging.getLogger("plume.coordinator")
@@ -671,6 +673,47 @@ class RequestVerifier:
     def prune(self, now_ms: int | None = None) -> int:
         now = int(time.time() * 1000) if now_ms is None else now_ms
         return self.store.prune_nonces(now - 2 * self.window_ms, now_ms=now)
+
+
+# The base64url alphabet (RFC 4648 section 5), and the characters that may end the 43 of a
+# 32-byte key: the last one carries 4 bits of the key and 2 zero bits.
+_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+_KEY_LAST = frozenset("AEIMQUYcgkosw048")
+KEY_CHARS = 43
+
+
+def registered_key(text: str) -> bytes:
+    """The 32 bytes of a registration's `public_key`, which must be exactly their base64url
+    without padding: 43 characters of `A`-`Z`, `a`-`z`, `0`-`9`, `-` and `_`, the last one
+    with no bit past the key's 256 set. Else 400 `malformed` naming what is wrong. Before,
+    base64's `+` and `/`, padding and any character outside the alphabet (skipped) were
+    taken, so many strings registered the same key."""
+    for at, ch in enumerate(text):
+        if ch not in _B64URL:
+            if ch in "+/":
+                what = f"{ch!r}: base64url writes '-' for '+' and '_' for '/'"
+            elif ch == "=":
+                what = "'=': the key is sent without padding"
+            else:
+                what = f"{ascii(ch)}, not a base64url character"
+            raise ApiError(
+                400, Reason.MALFORMED, f"public_key holds {what} (at character {at + 1})"
+            )
+    if len(text) != KEY_CHARS:
+        raise ApiError(
+            400,
+            Reason.MALFORMED,
+            f"public_key must be {KEY_CHARS} base64url characters (32 bytes, no padding), "
+            f"got {len(text)}",
+        )
+    if text[-1] not in _KEY_LAST:
+        raise ApiError(
+            400,
+            Reason.MALFORMED,
+            f"public_key's last character {text[-1]!r} sets bits past the key's 32 bytes: "
+            "not the base64url of a key (encode the 32 bytes, drop the padding)",
+        )
+    return base64.urlsafe_b64decode(text + "=")
 
 
 def admin_token_problem(token: str | None) -> str | None:
