@@ -2085,7 +2085,7 @@ def _task_flag_error(args: argparse.Namespace) -> str | None:
     """The first bad value among the flags whose library message would not name its flag
     (a codec's `topk`, which --topk and --downlink-topk both set; an aggregator spec)."""
     from mobile_sim.models import MODELS
-    from protocol.messages import CodecParams
+    from protocol.messages import MAX_BATCH_SIZE, MAX_LOCAL_EPOCHS, CodecParams
 
     from .aggregators import build_aggregator
 
@@ -2097,6 +2097,14 @@ def _task_flag_error(args: argparse.Namespace) -> str | None:
     if not 0 <= args.seed < 2**63:
         # Before the model is built from it (torch refuses a seed past 64 bits in its own words).
         return f"seed must be in [0, 2**63) (--seed), got {args.seed}"
+    for flag, value, top in (
+        ("--local-epochs", args.local_epochs, MAX_LOCAL_EPOCHS),
+        ("--batch-size", args.batch_size, MAX_BATCH_SIZE),
+    ):
+        if not 1 <= value <= top:
+            # The task's check names both fields and neither value ("training.local_epochs
+            # and training.batch_size out of range"), so each is checked here first (s53e).
+            return f"{flag} must be in 1..{top}, got {value}"
     codecs = (
         ("--topk", "--bits", args.topk, args.bits),
         ("--downlink-topk", "--downlink-bits", args.downlink_topk, args.downlink_bits),
