@@ -18,6 +18,7 @@ import numpy.typing as npt
 from compression import CodecConfig, CodecError, DecodeLimits, ModelSpec, UpdateCodec
 
 from .aggregators import AggregateOutput, AggregatorFactory, ClientUpdate
+from .aggregators._base import finite_number, shown
 from .aggregators._dp import accounted_sample_size
 from .ledger import BandwidthLedger
 
@@ -89,14 +90,14 @@ class EngineConfig:
             raise ValueError("over_selection must be in [1, 10]")
         if not 1 <= self.min_reports <= self.clients_per_round:
             raise ValueError("min_reports must be in [1, clients_per_round]")
-        if not (math.isfinite(self.server_lr) and self.server_lr > 0):
+        if not self.server_lr > 0:  # NaN too
             raise ValueError("server_lr must be positive")
-        if not F32_TINY <= self.server_lr <= F32_MAX:
+        if not (finite_number(self.server_lr) and F32_TINY <= self.server_lr <= F32_MAX):
             # The step is multiplied by np.float32(server_lr): inf past float32's range (every
             # round's step refused), 0 below its smallest value (the model never moves).
             raise ValueError(
                 f"server_lr must be a float32 number (about 1.4e-45 to 3.4e38), got "
-                f"{self.server_lr}"
+                f"{shown(self.server_lr)}"
             )
 
     @property

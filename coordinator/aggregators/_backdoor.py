@@ -35,6 +35,7 @@ from ._base import (
     ClientUpdate,
     check_finite_reports,
     saturate_f32,
+    shown,
 )
 from ._mean import FedAvg
 from ._robust import UpdateRows, _whole, forward_rows
@@ -177,7 +178,7 @@ class CollusionFilter:
 
     def __post_init__(self) -> None:
         if not -1.0 <= self.threshold < 1.0:
-            raise ValueError(f"collusion threshold must be in [-1, 1), got {self.threshold!r}")
+            raise ValueError(f"collusion threshold must be in [-1, 1), got {shown(self.threshold)}")
         whole = all(_whole(v) for v in (self.memory, self.history_values, self.max_devices))
         if not whole or self.memory < 0 or self.history_values < 1 or self.max_devices < 2:
             raise ValueError(
@@ -185,7 +186,7 @@ class CollusionFilter:
             )
         if self.history_values * self.max_devices > MAX_HISTORY_VALUES:
             raise ValueError(
-                f"history_values·max_devices ({self.history_values}·{self.max_devices}) must be "
+                f"history_values·max_devices ({shown(self.history_values)}·{shown(self.max_devices)}) must be "
                 f"at most {MAX_HISTORY_VALUES}: the histories are kept in memory and in the "
                 "persisted state (12 bytes a value)"
             )

@@ -25,6 +25,7 @@ from ._base import (
     ClientUpdate,
     check_finite_reports,
     finite_number,
+    shown,
 )
 from ._mean import FedAvg
 from ._robust import UpdateRows, forward_rows
@@ -67,19 +68,25 @@ class AdaptiveClip:
 
     def __post_init__(self) -> None:
         if not self.initial > 0 or not finite_number(self.initial):
-            raise ValueError(f"initial clip must be finite and > 0, got {self.initial!r}")
+            raise ValueError(f"initial clip must be finite and > 0, got {shown(self.initial)}")
         if not 0.0 < self.target_quantile < 1.0:
-            raise ValueError(f"target quantile must be in (0, 1), got {self.target_quantile!r}")
+            raise ValueError(
+                f"target quantile must be in (0, 1), got {shown(self.target_quantile)}"
+            )
         if not (self.learning_rate > 0 and finite_number(self.learning_rate)):
-            raise ValueError(f"learning_rate must be finite and > 0, got {self.learning_rate!r}")
+            raise ValueError(
+                f"learning_rate must be finite and > 0, got {shown(self.learning_rate)}"
+            )
         if not (self.count_stddev >= 0 and finite_number(self.count_stddev)):
-            raise ValueError(f"count_stddev must be finite and >= 0, got {self.count_stddev!r}")
+            raise ValueError(
+                f"count_stddev must be finite and >= 0, got {shown(self.count_stddev)}"
+            )
         if self.maximum is not None and not (
             finite_number(self.maximum) and self.maximum >= self.initial
         ):
             raise ValueError(
                 f"the adaptive clip's ceiling must be finite and at least its initial clip "
-                f"({self.initial!r}), got {self.maximum!r}"
+                f"({shown(self.initial)}), got {shown(self.maximum)}"
             )
 
     def step(self, clip: float, unclipped_fraction: float) -> float:
@@ -155,7 +162,7 @@ class Clip:
         if not isinstance(self.norm, AdaptiveClip) and not (
             self.norm > 0 and finite_number(self.norm)
         ):
-            raise ValueError(f"clip norm must be finite and > 0, got {self.norm!r}")
+            raise ValueError(f"clip norm must be finite and > 0, got {shown(self.norm)}")
         adaptive = isinstance(self.norm, AdaptiveClip)
         first = self.norm.initial if isinstance(self.norm, AdaptiveClip) else self.norm
         if not first >= MIN_CLIP:
@@ -165,11 +172,11 @@ class Clip:
             what = "initial clip (init=)" if adaptive else "clip norm"
             raise ValueError(
                 f"{what} must be at least {MIN_CLIP:.8g}, float32's smallest normal number "
-                f"(smaller, the clipped float32 reports round to 0), got {first!r}"
+                f"(smaller, the clipped float32 reports round to 0), got {shown(first)}"
             )
         if not self.seed >= 0:
             # np.random.default_rng refuses negative seeds: fail here, not mid-round.
-            raise ValueError(f"clip seed must be >= 0, got {self.seed!r}")
+            raise ValueError(f"clip seed must be >= 0, got {shown(self.seed)}")
 
     def create(self, size: int) -> _ClipProcess:
         return _ClipProcess(size, self.norm, self.inner.create(size), self.seed)

@@ -41,6 +41,7 @@ from ._base import (
     ClientUpdate,
     check_finite_reports,
     finite_number,
+    shown,
     stages,
 )
 from ._clip import MIN_CLIP, AdaptiveClip, clip_update
@@ -109,29 +110,29 @@ class DPMean:
     def __post_init__(self) -> None:
         if not (self.noise_multiplier > 0 and finite_number(self.noise_multiplier)):
             raise ValueError(
-                f"noise multiplier must be finite and > 0, got {self.noise_multiplier}"
+                f"noise multiplier must be finite and > 0, got {shown(self.noise_multiplier)}"
             )
         if isinstance(self.clip, int | float) and not (self.clip > 0 and finite_number(self.clip)):
-            raise ValueError(f"clip norm must be finite and > 0, got {self.clip!r}")
+            raise ValueError(f"clip norm must be finite and > 0, got {shown(self.clip)}")
         first = self.clip.initial if isinstance(self.clip, AdaptiveClip) else self.clip
         if not first >= MIN_CLIP:
             # The clipped reports are float32: scaled to a smaller norm they round to 0 (or
             # to a few subnormal levels), and every release is noise around nothing.
             raise ValueError(
                 f"clip (clip=) must be at least {MIN_CLIP:.8g}, float32's smallest normal "
-                f"number (smaller, the clipped float32 reports round to 0), got {first!r}"
+                f"number (smaller, the clipped float32 reports round to 0), got {shown(first)}"
             )
         if self.denominator is not None and not (
             self.denominator > 0 and finite_number(self.denominator)
         ):
             # An infinite one made every release 0 and its noise_stddev 0.
             raise ValueError(
-                f"denominator (denom=) must be finite and > 0, got {self.denominator!r}"
+                f"denominator (denom=) must be finite and > 0, got {shown(self.denominator)}"
             )
         if not 0.0 < self.delta < 1.0:
-            raise ValueError(f"delta must be in (0, 1), got {self.delta!r}")
+            raise ValueError(f"delta must be in (0, 1), got {shown(self.delta)}")
         if not self.epsilon_budget > 0:
-            raise ValueError(f"epsilon budget must be > 0, got {self.epsilon_budget!r}")
+            raise ValueError(f"epsilon budget must be > 0, got {shown(self.epsilon_budget)}")
         if self.sampling is None and finite_number(self.epsilon_budget):
             # Without a sampling model there is no accountant, so the budget would never be
             # checked: refuse it rather than let a user believe it holds.
@@ -156,7 +157,7 @@ class DPMean:
             )
         if self.seed is not None and not self.seed >= 0:
             # np.random.default_rng refuses negative seeds: fail here, not in every round.
-            raise ValueError(f"dp seed must be >= 0, got {self.seed!r}")
+            raise ValueError(f"dp seed must be >= 0, got {shown(self.seed)}")
         if isinstance(self.clip, AdaptiveClip) and self.clip.count_stddev:
             # The split does not depend on the round either: a count_std at or below z / 2
             # would fail every round.

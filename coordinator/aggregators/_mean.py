@@ -18,6 +18,7 @@ from ._base import (
     NonFiniteReportError,
     check_finite_reports,
     finite_number,
+    shown,
     sparse_weighted_sum,
 )
 
@@ -54,7 +55,9 @@ class FedAvg:
         if self.max_weight is not None and not (
             finite_number(self.max_weight) and self.max_weight > 0
         ):
-            raise ValueError(f"max_weight must be a positive finite number, got {self.max_weight}")
+            raise ValueError(
+                f"max_weight must be a positive finite number, got {shown(self.max_weight)}"
+            )
 
     def create(self, size: int) -> _FedAvgProcess:
         return _FedAvgProcess(size, self.uniform, self.max_weight)

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ._backdoor import CollusionFilter
-from ._base import AggregatorFactory
+from ._base import AggregatorFactory, shown
 from ._clip import AdaptiveClip, Clip
 from ._dp import DPMean
 from ._mean import FedAvg
@@ -201,14 +201,14 @@ class _Params:
 def _fedavg(p: _Params) -> AggregatorFactory:
     uniform = p.int("uniform", default=0)
     if uniform not in (0, 1):
-        raise AggregatorSpecError(f"fedavg's uniform is 0 or 1, got {uniform}")
+        raise AggregatorSpecError(f"fedavg's uniform is 0 or 1, got {shown(uniform)}")
     return FedAvg(uniform=bool(uniform), max_weight=p.opt_num("max_weight"))
 
 
 def _trimmed(p: _Params) -> AggregatorFactory:
     support = p.int("support", default=0)
     if support not in (0, 1):
-        raise AggregatorSpecError(f"trimmed_mean's support is 0 or 1, got {support}")
+        raise AggregatorSpecError(f"trimmed_mean's support is 0 or 1, got {shown(support)}")
     return TrimmedMean(beta=p.num("beta", default=0.1, positional=True), support=bool(support))
 
 
@@ -376,7 +376,14 @@ def _dp(p: _Params, inner: AggregatorFactory) -> AggregatorFactory:
     elif population is not None:
         if sample is None:
             raise AggregatorSpecError("fixed-size sampling needs population= and sample=")
-        sampling = FixedSizeSampling(_integer("population", population), _integer("sample", sample))
+        size, size_of = _integer("sample", sample), _integer("population", population)
+        if not 1 <= size <= size_of:
+            # Checked here as FixedSizeSampling does, with the numbers written short: a
+            # sample=1e308 is int(1e308), and its refusal printed its 309 digits.
+            raise AggregatorSpecError(
+                f"dp: need 1 <= sample_size <= population, got {shown(size)}/{shown(size_of)}"
+            )
+        sampling = FixedSizeSampling(size_of, size)
     seed = p.take("seed")
     return DPMean(
         noise_multiplier=z,

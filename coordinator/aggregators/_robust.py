@@ -28,6 +28,7 @@ from ._base import (
     ClientUpdate,
     NonFiniteReportError,
     finite_number,
+    shown,
     stages,
 )
 from ._mean import FedAvg, check_claims
@@ -606,10 +607,10 @@ def resolve_f(f: float, n: int) -> int:
         # TypeError, and math.isfinite of one past float's range OverflowError.
         return f
     if not finite_number(f) or f < 0:
-        raise ValueError(f"f must be a non-negative count or a fraction in [0, 1), got {f!r}")
+        raise ValueError(f"f must be a non-negative count or a fraction in [0, 1), got {shown(f)}")
     if f >= 1:
         if f != int(f):
-            raise ValueError(f"f >= 1 must be a whole number of clients, got {f!r}")
+            raise ValueError(f"f >= 1 must be a whole number of clients, got {shown(f)}")
         return int(f)
     return floor_times(f, n)
 
@@ -802,7 +803,7 @@ def _sender_values(block: F32, sent: Bools, cols: npt.NDArray[np.int64]) -> F32:
 
 def _check_block(block_elems: int) -> None:
     if not block_elems >= 1:
-        raise ValueError(f"block_elems must be >= 1, got {block_elems!r}")
+        raise ValueError(f"block_elems must be >= 1, got {shown(block_elems)}")
 
 
 def _coordinate_median(rows: UpdateRows, block_elems: int) -> F32:
@@ -864,10 +865,12 @@ class TrimmedMean:
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.beta < 0.5:
-            raise ValueError(f"trimmed mean beta must be in [0, 0.5), got {self.beta!r}")
+            raise ValueError(f"trimmed mean beta must be in [0, 0.5), got {shown(self.beta)}")
         _check_block(self.block_elems)
         if not isinstance(self.support, bool):
-            raise ValueError(f"trimmed mean support must be True or False, got {self.support!r}")
+            raise ValueError(
+                f"trimmed mean support must be True or False, got {shown(self.support)}"
+            )
 
     def create(self, size: int) -> _TrimmedMeanProcess:
         return _TrimmedMeanProcess(size, self.beta, self.block_elems, self.support)
@@ -950,12 +953,19 @@ class RobustLearningRate:
     block_elems: int = DEFAULT_BLOCK_ELEMS
 
     def __post_init__(self) -> None:
+        if isinstance(self.theta, int) and self.theta > 0 and not finite_number(self.theta):
+            # Positive, and refused for its size: "must be > 0" said the wrong thing.
+            raise ValueError(
+                f"RLR theta {shown(self.theta)} is past a float's range (about 1.8e+308); "
+                "a theta above a round's report count is capped at that count, so give one "
+                "at most the cohort's size"
+            )
         if not finite_number(self.theta) or self.theta <= 0:
-            raise ValueError(f"RLR theta must be > 0, got {self.theta!r}")
+            raise ValueError(f"RLR theta must be > 0, got {shown(self.theta)}")
         if self.theta >= 1 and self.theta != int(self.theta):
-            raise ValueError(f"RLR theta >= 1 must be a whole number, got {self.theta!r}")
+            raise ValueError(f"RLR theta >= 1 must be a whole number, got {shown(self.theta)}")
         if not -1.0 <= self.low_lr <= 0.0:
-            raise ValueError(f"RLR low_lr must be in [-1, 0], got {self.low_lr!r}")
+            raise ValueError(f"RLR low_lr must be in [-1, 0], got {shown(self.low_lr)}")
         if self.block_elems < 1:
             raise ValueError("block_elems must be >= 1")
 
@@ -1027,11 +1037,11 @@ class Krum:
             # floor(f·n) >= floor(n/2), so 2f + 2 >= n + 1: no round could meet n > 2f + 2, and
             # the spec would run every round without the guarantee it is chosen for.
             raise ValueError(
-                f"Krum needs n > 2f + 2, which a fraction f >= 0.5 never meets; got f={self.f!r} "
+                f"Krum needs n > 2f + 2, which a fraction f >= 0.5 never meets; got f={shown(self.f)} "
                 "(give a fraction below 0.5 or a count)"
             )
         if self.m is not None and not (self.m >= 1 and _whole(self.m)):
-            raise ValueError(f"multi-Krum m must be a whole number >= 1, got {self.m!r}")
+            raise ValueError(f"multi-Krum m must be a whole number >= 1, got {shown(self.m)}")
 
     def create(self, size: int) -> _KrumProcess:
         return _KrumProcess(size, self.f, self.m)
@@ -1107,20 +1117,20 @@ class GeometricMedian:
     def __post_init__(self) -> None:
         # Checked so that NaN and infinity fail here: nu = inf would divide 0 by 0 mid-round.
         if not (finite_number(self.nu) and self.nu > 0):
-            raise ValueError(f"geometric median nu must be finite and > 0, got {self.nu!r}")
+            raise ValueError(f"geometric median nu must be finite and > 0, got {shown(self.nu)}")
         if not self.max_iter >= 1 or self.max_iter != int(self.max_iter):
             raise ValueError(
-                f"geometric median max_iter must be a whole number >= 1, got {self.max_iter!r}"
+                f"geometric median max_iter must be a whole number >= 1, got {shown(self.max_iter)}"
             )
         if self.max_iter > MAX_GEOMED_ITERATIONS:
             # Each iteration is a pass over every report (and a round that does not converge
             # runs twice): a huge count holds the round, and its close, for practically ever.
             raise ValueError(
                 f"geometric median max_iter must be at most {MAX_GEOMED_ITERATIONS:,}, got "
-                f"{self.max_iter!r}"
+                f"{shown(self.max_iter)}"
             )
         if not (finite_number(self.tol) and self.tol >= 0):
-            raise ValueError(f"geometric median tol must be finite and >= 0, got {self.tol!r}")
+            raise ValueError(f"geometric median tol must be finite and >= 0, got {shown(self.tol)}")
 
     def create(self, size: int) -> _GeoMedProcess:
         return _GeoMedProcess(size, self.nu, self.max_iter, self.tol)
@@ -1207,7 +1217,7 @@ class CenteredClipping:
     def __post_init__(self) -> None:
         if self.tau is not None and not (self.tau > 0 and finite_number(self.tau)):
             raise ValueError(
-                f"centered clipping tau must be finite and > 0 (or None), got {self.tau!r}"
+                f"centered clipping tau must be finite and > 0 (or None), got {shown(self.tau)}"
             )
         if not 0 <= self.beta < 1 or not (self.iterations >= 1 and _whole(self.iterations)):
             raise ValueError(
@@ -1217,7 +1227,7 @@ class CenteredClipping:
             # Each iteration is a pass over every report: a huge count holds the round.
             raise ValueError(
                 f"centered clipping iterations must be at most {MAX_CCLIP_ITERATIONS:,}, got "
-                f"{self.iterations!r}"
+                f"{shown(self.iterations)}"
             )
 
     def create(self, size: int) -> _CClipProcess:
@@ -1290,10 +1300,12 @@ class Bucketing:
 
     def __post_init__(self) -> None:
         if not (self.bucket_size >= 1 and _whole(self.bucket_size)):
-            raise ValueError(f"bucket size must be a whole number >= 1, got {self.bucket_size!r}")
+            raise ValueError(
+                f"bucket size must be a whole number >= 1, got {shown(self.bucket_size)}"
+            )
         if not self.seed >= 0:
             # np.random.default_rng refuses negative seeds: fail here, not in the first round.
-            raise ValueError(f"bucketing seed must be >= 0, got {self.seed!r}")
+            raise ValueError(f"bucketing seed must be >= 0, got {shown(self.seed)}")
 
     def create(self, size: int) -> _BucketingProcess:
         weighted, cap = count_weighting(self.inner)
@@ -1404,7 +1416,7 @@ class NearestNeighborMixing:
             # stays: floor(n/2) < n/2 whenever n is odd (measured per round).
             raise ValueError(
                 f"NNM needs f < n/2, which a fraction f above 0.5 asks it to break; got "
-                f"f={self.f!r} (give a fraction of at most 0.5 or a count)"
+                f"f={shown(self.f)} (give a fraction of at most 0.5 or a count)"
             )
 
     def create(self, size: int) -> _NNMProcess:
@@ -1489,13 +1501,13 @@ class MomentumCosineFilter:
 
     def __post_init__(self) -> None:
         if not -1.0 <= self.min_cosine < 1.0:
-            raise ValueError(f"min_cosine must be in [-1, 1), got {self.min_cosine!r}")
+            raise ValueError(f"min_cosine must be in [-1, 1), got {shown(self.min_cosine)}")
         if not 0.0 <= self.beta < 1.0:
-            raise ValueError(f"momentum beta must be in [0, 1), got {self.beta!r}")
+            raise ValueError(f"momentum beta must be in [0, 1), got {shown(self.beta)}")
         if not 0.0 < self.max_drop <= 1.0:
             # 0 would distrust the reference in every round (0 drops are "at least 0 of the
             # cohort"): the filter would keep everything, silently. AnomalyFilter refuses it too.
-            raise ValueError(f"max_drop must be in (0, 1], got {self.max_drop!r}")
+            raise ValueError(f"max_drop must be in (0, 1], got {shown(self.max_drop)}")
 
     def create(self, size: int) -> _MomentumCosineProcess:
         return _MomentumCosineProcess(
@@ -1526,7 +1538,7 @@ class _MomentumCosineProcess(_RowProcess):
             if type(in_a_row) is not int or in_a_row < 1:
                 raise ValueError(
                     f"cosine filter state: distrusted rounds in a row must be an int >= 1, "
-                    f"got {in_a_row!r}"
+                    f"got {shown(in_a_row)}"
                 )
         else:
             (momentum, inner_state), in_a_row = state, 0

@@ -20,7 +20,6 @@ of the aggregator state, so the coordinator service persists it with every round
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +27,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ._base import AggregateOutput, AggregatorFactory, ClientUpdate, saturate_f32
+from ._base import (
+    AggregateOutput,
+    AggregatorFactory,
+    ClientUpdate,
+    finite_number,
+    saturate_f32,
+    shown,
+)
 
 __all__ = ["ServerOptimizer", "SERVER_OPTIMIZERS"]
 
@@ -57,12 +63,14 @@ class ServerOptimizer:
             raise ValueError(
                 f"server optimizer must be one of {SERVER_OPTIMIZERS}, not {self.kind!r}"
             )
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"server optimizer lr must be positive, got {self.lr}")
+        if not (finite_number(self.lr) and self.lr > 0):
+            raise ValueError(f"server optimizer lr must be positive, got {shown(self.lr)}")
         if not 0 <= self.beta1 < 1 or not 0 <= self.beta2 < 1:
-            raise ValueError(f"betas must be in [0, 1), got {self.beta1}, {self.beta2}")
-        if not (math.isfinite(self.tau) and self.tau > 0):
-            raise ValueError(f"tau must be positive, got {self.tau}")
+            raise ValueError(
+                f"betas must be in [0, 1), got {shown(self.beta1)}, {shown(self.beta2)}"
+            )
+        if not (finite_number(self.tau) and self.tau > 0):
+            raise ValueError(f"tau must be positive, got {shown(self.tau)}")
         for name in ("lr", "tau"):
             # The arithmetic is float32 (np.float32(lr)): an lr past float32's range was inf
             # (every step inf or NaN), one below its smallest value 0 (every step 0), and a
@@ -71,7 +79,7 @@ class ServerOptimizer:
             if not _F32_TINY <= value <= _F32_MAX:
                 raise ValueError(
                     f"server optimizer {name} must be a float32 number (about 1.4e-45 to "
-                    f"3.4e38), got {value}"
+                    f"3.4e38), got {shown(value)}"
                 )
 
     def create(self, size: int) -> _ServerOptProcess:

@@ -71,7 +71,7 @@ from coordinator.aggregators import (
     decode_state,
     encode_state,
 )
-from coordinator.aggregators._base import stages
+from coordinator.aggregators._base import finite_number, short_digits, shown, stages
 from coordinator.aggregators._clip import MIN_CLIP
 from coordinator.aggregators._dp import (
     accounted_sample_size,
@@ -695,17 +695,17 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
         raise ValueError("rounds must be in 1..1000000")
     if not 1 <= cfg.clients_per_round <= 1_000_000:
         raise ValueError("clients_per_round must be in 1..1000000")
-    if not (math.isfinite(cfg.over_selection) and 1.0 <= cfg.over_selection <= 10.0):
+    if not (finite_number(cfg.over_selection) and 1.0 <= cfg.over_selection <= 10.0):
         raise ValueError("over_selection must be in [1, 10]")
     if not 1 <= cfg.min_reports <= cfg.clients_per_round:
         raise ValueError("min_reports must be in [1, clients_per_round]")
     for name in ("deadline_s", "selection_timeout_s", "retry_after_s"):
         v = getattr(cfg, name)
-        if not (math.isfinite(v) and 0 < v <= 7 * 86400):
+        if not (finite_number(v) and 0 < v <= 7 * 86400):
             raise ValueError(f"{name} must be in (0, 604800]")
-    if not (math.isfinite(cfg.server_lr) and cfg.server_lr > 0):
+    if not cfg.server_lr > 0:  # NaN too; a positive one too large is refused just below
         raise ValueError("server_lr must be positive")
-    if not F32_TINY <= cfg.server_lr <= F32_MAX:
+    if not (finite_number(cfg.server_lr) and F32_TINY <= cfg.server_lr <= F32_MAX):
         # Multiplied into the step as np.float32(server_lr): inf or 0 outside this range
         raise ValueError("server_lr must be a float32 number (about 1.4e-45 to 3.4e38)")
     if not 1 <= cfg.max_chain <= 1000:
@@ -713,15 +713,24 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
     t = cfg.training
     if not (1 <= t.local_epochs <= 1000 and 1 <= t.batch_size <= 1_000_000):
         raise ValueError("training.local_epochs and training.batch_size out of range")
-    if not (math.isfinite(t.lr) and t.lr > 0):
+    if not t.lr > 0:  # NaN too
         raise ValueError("training.lr must be positive")
+    if not finite_number(t.lr):
+        raise ValueError(f"training.lr must be a finite number, got {shown(t.lr)}")
     if not 0 <= cfg.seed < 2**63:
         raise ValueError("seed must be in [0, 2**63)")
-    cfg.codec.to_config()
-    cfg.downlink.to_config()
+    for name, codec in (("codec", cfg.codec), ("downlink", cfg.downlink)):
+        try:
+            codec.to_config()
+        except OverflowError:  # an int past float's range for a float field (topk=10**400)
+            raise ValueError(f"{name}: a number is past a float's range (about 1.8e+308)") from None
+        except ValueError as exc:
+            # compression's refusals print an int parameter's every digit (codec.block=1e308
+            # is int(1e308): 309 of them); written short here, as the aggregators' are.
+            raise ValueError(short_digits(str(exc))) from None
     ef = cfg.codec.error_feedback
     if ef is not None and not isinstance(ef, bool):
-        raise ValueError(f"codec.error_feedback must be true, false or null, got {ef!r}")
+        raise ValueError(f"codec.error_feedback must be true, false or null, got {shown(ef)}")
     if cfg.downlink.error_feedback is not None:
         raise ValueError(
             "downlink.error_feedback is not a setting: the coordinator always keeps the "

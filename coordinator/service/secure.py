@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from compression import ModelSpec
+from coordinator.aggregators._base import shown
 from coordinator.secure import (
     DistributedDpAccountant,
     PlanNumbers,
@@ -122,8 +123,8 @@ def parse_secure(raw: dict[str, Any], *, seed: int, server_lr: float) -> SecureS
         if key not in fields and key not in SERVICE_KEYS:
             # A key that is not a plain name shown quoted (a lone surrogate could not be sent
             # back in the answer's JSON at all).
-            shown = key if key.isascii() and key.isidentifier() else ascii(key)
-            raise ValueError(f"secure.{shown} is not a SecureConfig field or stage setting")
+            named = key if key.isascii() and key.isidentifier() else ascii(key)
+            raise ValueError(f"secure.{named} is not a SecureConfig field or stage setting")
     timeout = _number(raw, "stage_timeout_s")
     idle = _number(raw, "stage_idle_s")
     if timeout is not None and not 0 < timeout <= 86400:
@@ -153,10 +154,13 @@ def parse_secure(raw: dict[str, Any], *, seed: int, server_lr: float) -> SecureS
             if kwargs[key] is None:
                 raise ValueError(f"secure.{key} must be a number")
         else:  # int, or int | None (threshold, group_size, sketch_bits)
-            if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or abs(value) > 2**31
-            ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
                 raise ValueError(f"secure.{key} must be an integer")
+            if value is not None and abs(value) > 2**31:
+                # An integer, refused for its size ("must be an integer" said the wrong thing).
+                raise ValueError(
+                    f"secure.{key} must be an integer in [-2**31, 2**31], got {shown(value)}"
+                )
             if value is None and default is not None:
                 raise ValueError(f"secure.{key} must be an integer")
             kwargs[key] = value
