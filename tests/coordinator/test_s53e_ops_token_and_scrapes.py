@@ -83,3 +83,17 @@ def test_each_scrape_of_metrics_counts_in_the_control_wire_bytes(tmp_path: Path)
     assert grew >= len(second.content) > 0
     assert _value(third.text, by_route) >= len(first.content) + len(second.content)
     assert "the probes and scrapes themselves" in DOC.read_text()
+
+
+def test_a_stopped_task_still_counts_in_the_dp_task_gauges(tmp_path: Path) -> None:
+    # The docs' table said "running tasks"; a stopped (or done) task stays in the figure,
+    # as docs/privacy.md says, and the table now says so.
+    cfg = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token="test-admin-token")
+    gauge = "plume_dp_tasks_not_accounted"
+    with ServerThread(cfg) as url:
+        task = create_task(url)  # FedAvg: no DP accounting
+        before = _value(httpx.get(f"{url}/metrics").text, gauge)
+        assert AdminClient(url, "test-admin-token").stop(task).state == "stopped"
+        after = _value(httpx.get(f"{url}/metrics").text, gauge)
+    assert before == after == 1
+    assert "done and stopped ones included" in DOC.read_text()
