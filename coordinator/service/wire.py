@@ -33,6 +33,9 @@ gone from the connection either way, which is kept when that was the whole body
 (tests/coordinator/test_s50_ops_wire_bytes.py). The `route` label of the metrics is the
 template of the route the request matches, looked up here for a request the router did not
 name one for (`_route_template`; tests/coordinator/test_s50_ops_route_label.py).
+
+A request target in absolute form (`http://host/path`), which uvicorn hands over whole as the
+path, is routed as its origin form (`_origin_form`; tests/coordinator/test_s53c_absolute_form.py).
 """
 
 from __future__ import annotations
@@ -159,6 +162,14 @@ class WireMiddleware:
             return
         scope.setdefault("state", {})
         raw = scope.get("raw_path")
+        if raw and (origin := _origin_form(raw)) is not None:
+            # An absolute-form target (`GET http://host/path HTTP/1.1`), which RFC 9112
+            # section 3.2.2 says a server MUST accept: uvicorn hands it over whole as the
+            # path, and every such request was a 404. Routed (and signed) as its origin
+            # form; its wire bytes count the target as sent (`_account`).
+            scope[_SENT_TARGET] = raw
+            scope["raw_path"] = raw = origin
+            scope["path"] = origin.decode("latin-1")
         if raw and b"%" in raw:
             # Routed as written: Starlette matches the percent-decoded path, so `/%6detrics`
             # answered as `/metrics` and `/v1/rounds/%31/updates` as round 1's upload route
@@ -412,7 +423,7 @@ class WireMiddleware:
         self, scope: Scope, received: int, started: dict[str, Any], sent_body: int
     ) -> None:
         """`sent_body`: response body bytes plus any interim response sent before it."""
-        target = scope.get("raw_path") or scope["path"].encode()
+        target = scope.get(_SENT_TARGET) or scope.get("raw_path") or scope["path"].encode()
         if scope.get("query_string"):
             target = target + b"?" + scope["query_string"]
         raw_head = (scope.get("extensions") or {}).get(HEAD_BYTES)
@@ -461,6 +472,21 @@ class WireMiddleware:
 
 
 UNMATCHED = "unmatched"
+
+# Where the middleware keeps an absolute-form request target's path as sent (`_origin_form`).
+_SENT_TARGET = "plume.sent_target"
+_ABSOLUTE = re.compile(rb"^[Hh][Tt][Tt][Pp][Ss]?://([^/]*)(.*)$", re.DOTALL)
+
+
+def _origin_form(raw: bytes) -> bytes | None:
+    """The origin form (path) of an absolute-form request target's path part,
+    `http://host:port/a/b` -> `/a/b` (`http://host` -> `/`, RFC 9112 section 3.2.2), or None
+    when `raw` is not one (the query was split off by the server)."""
+    found = _ABSOLUTE.match(raw)
+    if found is None:
+        return None
+    path = found.group(2)
+    return path if path.startswith(b"/") else b"/" + path
 
 
 def _route_template(scope: Scope) -> str:
