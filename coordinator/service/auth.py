@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 
+from coordinator.aggregators._base import finite_number, shown
 from protocol import auth
 from protocol.names import ContentType, Header, Reason
 
@@ -126,11 +127,11 @@ class BodyBudget:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if isinstance(limit_bytes, bool) or not isinstance(limit_bytes, int) or limit_bytes < 0:
-            raise ValueError(f"limit_bytes must be an integer >= 0, got {limit_bytes!r}")
+            raise ValueError(f"limit_bytes must be an integer >= 0, got {shown(limit_bytes)}")
         if isinstance(pace_s, bool) or not isinstance(pace_s, int | float):
-            raise ValueError(f"pace_s must be a number of seconds, got {pace_s!r}")
-        if not (math.isfinite(pace_s) and pace_s > 0):
-            raise ValueError(f"pace_s must be a finite number of seconds > 0, got {pace_s!r}")
+            raise ValueError(f"pace_s must be a number of seconds, got {shown(pace_s)}")
+        if not (finite_number(pace_s) and pace_s > 0):
+            raise ValueError(f"pace_s must be a finite number of seconds > 0, got {shown(pace_s)}")
         self.limit_bytes = limit_bytes
         self.pace_s = float(pace_s)
         self.wait_s = wait_s  # how long a body waits for room (`wait_for_room`)
@@ -792,15 +793,15 @@ class RateLimiter:
         max_buckets: int = 65_536,
     ) -> None:
         slowest = MIN_REGISTER_RATE
-        if not (math.isfinite(rate_per_s) and (rate_per_s == 0 or rate_per_s >= slowest)):
+        if not (finite_number(rate_per_s) and (rate_per_s == 0 or rate_per_s >= slowest)):
             raise ValueError(
                 f"rate must be 0 (unlimited) or a finite number >= {MIN_REGISTER_RATE:g} per "
-                f"second, got {rate_per_s}"
+                f"second, got {shown(rate_per_s)}"
             )
         if not 1 <= burst <= MAX_REGISTER_BURST:
-            raise ValueError(f"burst must be in [1, {MAX_REGISTER_BURST:,}], got {burst}")
+            raise ValueError(f"burst must be in [1, {MAX_REGISTER_BURST:,}], got {shown(burst)}")
         if max_buckets < 1:
-            raise ValueError(f"max_buckets must be at least 1, got {max_buckets}")
+            raise ValueError(f"max_buckets must be at least 1, got {shown(max_buckets)}")
         self.rate_per_s = float(rate_per_s)
         self.burst = int(burst)
         self.clock = clock

@@ -417,7 +417,7 @@ class ServiceConfig:
         # create_app, a NaN poll would make every check-in answer a 500 (JSON has no NaN), a
         # negative one an answer the SDK refuses, and a zero tick a busy loop.
         def number(v: object) -> bool:
-            return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+            return isinstance(v, int | float) and not isinstance(v, bool) and finite_number(v)
 
         for name in (
             "pool_ttl_s",
@@ -429,34 +429,34 @@ class ServiceConfig:
         ):
             value = getattr(self, name)
             if not (number(value) and value > 0):
-                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+                raise ValueError(f"{name} must be a finite number > 0, got {shown(value)}")
         if self.tick_s < MIN_TICK_S:
             # The tick loop sleeps tick_s between passes: a tick of 5e-324 s passed "> 0" and
             # spun the event loop as a zero one did.
-            raise ValueError(f"tick_s must be at least {MIN_TICK_S:g} s, got {self.tick_s!r}")
+            raise ValueError(f"tick_s must be at least {MIN_TICK_S:g} s, got {shown(self.tick_s)}")
         if self.max_checkin_rate < MIN_CHECKIN_RATE:
             raise ValueError(
                 f"max_checkin_rate must be at least {MIN_CHECKIN_RATE:g} check-ins per second "
-                f"(the pacing wait divides by it), got {self.max_checkin_rate!r}"
+                f"(the pacing wait divides by it), got {shown(self.max_checkin_rate)}"
             )
         if self.signature_window_s > MAX_SIGNATURE_WINDOW_S:
             # Its milliseconds must be an integer (auth.py), and nonces are kept for twice it.
             raise ValueError(
                 f"signature_window_s must be at most {MAX_SIGNATURE_WINDOW_S:g} s (a day), got "
-                f"{self.signature_window_s!r}"
+                f"{shown(self.signature_window_s)}"
             )
         if self.signature_window_s < MIN_SIGNATURE_WINDOW_S:
             raise ValueError(
                 f"signature_window_s must be at least {MIN_SIGNATURE_WINDOW_S:g} s: a signed "
                 "request is checked once its body has arrived, so the window must cover the "
                 "device's clock skew and the request's transfer time (300 s by default), got "
-                f"{self.signature_window_s!r}"
+                f"{shown(self.signature_window_s)}"
             )
         if self.pool_ttl_s < MIN_POOL_TTL_S:
             raise ValueError(
                 f"pool_ttl_s must be at least {MIN_POOL_TTL_S:g} s: a waiting device leaves the "
                 "selection pool unless it checks in again within it, which takes it poll_s "
-                f"and a round trip (60 s by default), got {self.pool_ttl_s!r}"
+                f"and a round trip (60 s by default), got {shown(self.pool_ttl_s)}"
             )
         if self.pool_ttl_s <= self.poll_s:
             raise ValueError(
@@ -469,42 +469,42 @@ class ServiceConfig:
         for name in ("register_rate_per_s", "body_timeout_s"):
             value = getattr(self, name)
             if not (number(value) and value >= 0):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+                raise ValueError(f"{name} must be a finite number >= 0, got {shown(value)}")
         if 0 < self.body_timeout_s < MIN_BODY_TIMEOUT_S:
             raise ValueError(
                 f"body_timeout_s must be 0 (no limit) or at least {MIN_BODY_TIMEOUT_S:g} s: a "
                 "request's whole body must arrive within it (120 s by default), got "
-                f"{self.body_timeout_s!r}"
+                f"{shown(self.body_timeout_s)}"
             )
         for name in ("json_body_cap", "register_burst"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+                raise ValueError(f"{name} must be an integer >= 1, got {shown(value)}")
         if 0 < self.register_rate_per_s < MIN_REGISTER_RATE:
             raise ValueError(
                 f"register_rate_per_s must be 0 (unlimited) or at least {MIN_REGISTER_RATE:g} "
                 f"per second (a refused registration's wait divides by it), got "
-                f"{self.register_rate_per_s!r}"
+                f"{shown(self.register_rate_per_s)}"
             )
         if self.register_burst > MAX_REGISTER_BURST:
             raise ValueError(
-                f"register_burst must be at most {MAX_REGISTER_BURST:,}, got {self.register_burst!r}"
+                f"register_burst must be at most {MAX_REGISTER_BURST:,}, got {shown(self.register_burst)}"
             )
         budget = self.upload_buffer_bytes
         if isinstance(budget, bool) or not isinstance(budget, int) or budget < 0:
             raise ValueError(
-                f"upload_buffer_bytes must be an integer >= 0 (0: no limit), got {budget!r}"
+                f"upload_buffer_bytes must be an integer >= 0 (0: no limit), got {shown(budget)}"
             )
         cap = self.snapshots_per_version
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 0:
             raise ValueError(
-                f"snapshots_per_version must be an integer >= 0 (0: no limit), got {cap!r}"
+                f"snapshots_per_version must be an integer >= 0 (0: no limit), got {shown(cap)}"
             )
         keep = self.keep_frames_rounds
         if keep is not None and (isinstance(keep, bool) or not isinstance(keep, int) or keep < 0):
             raise ValueError(
                 f"keep_frames_rounds must be None (keep every frame) or a number of rounds "
-                f">= 0, got {keep!r}"
+                f">= 0, got {shown(keep)}"
             )
 
 

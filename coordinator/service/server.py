@@ -22,6 +22,8 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from coordinator.aggregators._base import finite_number, shown
+
 try:  # the kernel's send queue of a socket (Linux); elsewhere progress is seen less finely
     import fcntl
     import termios
@@ -372,11 +374,11 @@ def _check_head_timeout(head_timeout_s: float, name: str = "head_timeout_s") -> 
     if (
         not isinstance(head_timeout_s, int | float)
         or isinstance(head_timeout_s, bool)
-        or not math.isfinite(head_timeout_s)
+        or not finite_number(head_timeout_s)
         or head_timeout_s < 0
     ):
         raise ValueError(
-            f"{name} must be 0 (no limit) or a positive number of seconds, got {head_timeout_s!r}"
+            f"{name} must be 0 (no limit) or a positive number of seconds, got {shown(head_timeout_s)}"
         )
     return float(head_timeout_s)
 
@@ -389,12 +391,12 @@ def _check_shutdown_grace(shutdown_grace_s: float) -> float:
     if (
         not isinstance(shutdown_grace_s, int | float)
         or isinstance(shutdown_grace_s, bool)
-        or not math.isfinite(shutdown_grace_s)
+        or not finite_number(shutdown_grace_s)
         or shutdown_grace_s < 0
     ):
         raise ValueError(
             f"shutdown_grace_s must be a number of seconds >= 0 (0: requests in flight are "
-            f"answered 503 at once), got {shutdown_grace_s!r}"
+            f"answered 503 at once), got {shown(shutdown_grace_s)}"
         )
     return float(shutdown_grace_s)
 

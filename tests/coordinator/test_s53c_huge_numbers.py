@@ -198,3 +198,34 @@ def test_short_digits_leaves_ids_and_fractions() -> None:
     assert short_digits(text) == (
         "got 1e+308, id a1234567890123456789, 0.12345678901234567890, 1.23457e+15"
     )
+
+
+_SERVICE_NUMBERS = [
+    f.name
+    for f in dataclasses.fields(ServiceConfig)
+    if f.name not in ("db_path", "admin_token") and not isinstance(f.default, bool)
+]
+
+
+@pytest.mark.parametrize("value", [10**400, -(10**400), B308], ids=["1e400", "-1e400", "1e308"])
+def test_service_config_names_a_huge_number_short(tmp_path: Path, value: int) -> None:
+    # Every numeric ServiceConfig field, one at a time: its ValueError (OverflowError before,
+    # for a float field) with the number written short
+    refused = 0
+    for name in _SERVICE_NUMBERS:
+        try:
+            ServiceConfig(db_path=str(tmp_path / "p.db"), **{name: value})
+        except ValueError as exc:
+            refused += 1
+            assert not LONG.search(str(exc)), f"{name}: {exc}"
+            assert "1e+" in str(exc), f"{name}: {exc}"
+    assert refused >= 3  # the checks ran
+
+
+def test_serve_timeouts_name_a_huge_number_short() -> None:
+    from coordinator.service.server import _check_head_timeout, _check_shutdown_grace
+
+    with pytest.raises(ValueError, match=r"got 1e\+400$"):
+        _check_head_timeout(10**400)  # was OverflowError
+    with pytest.raises(ValueError, match=r"got -1e\+400$"):
+        _check_shutdown_grace(-(10**400))
