@@ -1470,6 +1470,8 @@ def _serve(args: argparse.Namespace) -> int:
         # Not an error (devices can still be served), but the next step of the README,
         # create-task, would be refused: say so now rather than with a 403 later.
         print(f"{prog}: note: {_no_admin_token(args)}", file=sys.stderr)
+    elif (note := _file_token_over_env(args)) is not None:
+        print(f"{prog}: note: {note}", file=sys.stderr)
     if (note := _idle_burst(args)) is not None:
         print(f"{prog}: note: {note}", file=sys.stderr)
     if (problem := _db_access_error(args.db)) is not None:
@@ -1547,6 +1549,23 @@ def _no_admin_token(args: argparse.Namespace) -> str:
     if "admin_token" in getattr(args, "_given", frozenset()):
         return f"--admin-token is empty{overrides}: {off}"
     return f"no --admin-token (nor PLUME_ADMIN_TOKEN): {off}"
+
+
+def _file_token_over_env(args: argparse.Namespace) -> str | None:
+    """serve's note when the --config file's admin-token is used while PLUME_ADMIN_TOKEN holds
+    another one: the file wins, as documented, so a token changed in the variable alone did
+    nothing, silently, and the admin commands run with the variable got 403 (s53e). Neither
+    token is shown."""
+    env = os.environ.get("PLUME_ADMIN_TOKEN")
+    if "admin_token" not in getattr(args, "_from_file", {}) or not env:
+        return None
+    if env == args.admin_token:
+        return None
+    return (
+        f"--config {args.config} sets admin-token, which overrides PLUME_ADMIN_TOKEN (set to "
+        "another token): the admin API takes the file's token, so admin commands run with the "
+        "variable get 403 bad_admin_token; change the token in the file, or remove it there"
+    )
 
 
 def _idle_burst(args: argparse.Namespace) -> str | None:
