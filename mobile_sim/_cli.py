@@ -1015,6 +1015,57 @@ def _secure_config(args: argparse.Namespace, cfg: Any) -> Any:
     )
 
 
+class _InProgress:
+    """The record of a run into an --out folder (`report_extra.in_progress_path`): written as
+    the run starts, its round count updated as each round ends, removed when the run ends
+    however it ends (`remove`). `plume sim report` reads it to tell a run still writing there
+    from a folder holding none (a run writes its own files only when it ends). A record that
+    cannot be written is no reason to stop a run: `plume sim report` then says what it said
+    before."""
+
+    def __init__(self, out: Path, runs: list[tuple[str, Any]]) -> None:
+        from .report import utc_now
+        from .report_extra import in_progress_path
+
+        self.path = in_progress_path(out)
+        self.doc: dict[str, Any] = {
+            "out": str(out.resolve()),
+            "pid": os.getpid(),
+            "started_at": utc_now(),
+            "runs": [label for label, _ in runs],
+            "run": runs[0][0],
+            "rounds": runs[0][1].rounds,
+            "done": 0,
+        }
+        self.written = False
+
+    def start(self, label: str, rounds: int) -> None:
+        """Run `label` (of --rounds `rounds`) starts."""
+        self.doc.update(run=label, rounds=rounds, done=0)
+        self._write()
+
+    def round_done(self, done: int) -> None:
+        self.doc["done"] = done
+        self._write()
+
+    def _write(self) -> None:
+        from .report import replace_atomically
+
+        text = json.dumps(self.doc) + "\n"
+        with contextlib.suppress(OSError):
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            replace_atomically(self.path, lambda tmp: tmp.write_text(text))
+            self.written = True
+
+    def remove(self) -> None:
+        """Remove the record, unless another run into the folder has written its own since."""
+        if not self.written:
+            return
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if json.loads(self.path.read_text()).get("pid") == os.getpid():
+                self.path.unlink()
+
+
 class _Rows:
     """Prints the per-round table as rounds finish: above the progress bar (tqdm.write) when
     there is one, as plain lines otherwise."""
@@ -1025,11 +1076,13 @@ class _Rows:
         above_bar: bool,
         show: bool = True,
         first: Callable[[], None] | None = None,
+        counted: Callable[[int], None] | None = None,
     ) -> None:
         self.label = label
         self.above_bar = above_bar
         self.show = show  # False: count the rounds only (a runner's own bar prints them)
         self.first = first  # called as the first round ends, before its row
+        self.counted = counted  # called with the rounds finished as each round ends
         self.started = False
         self.done = 0
 
@@ -1048,6 +1101,8 @@ class _Rows:
         if self.done == 0 and self.first is not None:
             self.first()
         self.done += 1
+        if self.counted is not None:
+            self.counted(self.done)
         if not self.show:
             return
         if not self.started:  # at the first row, so a run that fails to start prints no header
@@ -2258,10 +2313,12 @@ def _sim(args: argparse.Namespace) -> int:
     replace = _Replacer(out, above_bar=_progress_on(args))
     results: list[Any] = []
     kept = False  # whether --out stays, empty or not
+    running = _InProgress(out, runs)
     try:
         for label, c in runs:
             run_dir = out / label if len(runs) > 1 else out
-            rows = _Rows(label, above_bar=False, first=replace)
+            running.start(label, c.rounds)
+            rows = _Rows(label, above_bar=False, first=replace, counted=running.round_done)
             args._load_start = _load_average()  # rounds.json's machine.load_average_start
             try:
                 try:
@@ -2369,6 +2426,7 @@ def _sim(args: argparse.Namespace) -> int:
             results.append(res)
         kept = True
     finally:
+        running.remove()  # every way out: its rounds written, or not to be
         if not kept:
             _remove_empty(made)
     say("writing plots")
@@ -2924,6 +2982,8 @@ def _report(args: argparse.Namespace) -> int:
     from .report_extra import (
         RunDirError,
         RunDirMixed,
+        RunInProgress,
+        RunKilled,
         compare_table,
         missing_ledgers,
         plot_runs,
@@ -2936,6 +2996,8 @@ def _report(args: argparse.Namespace) -> int:
         found = read_run_dir(args.run_dir)  # each rounds.json read once, before any drawing
     except RunDirMixed as exc:  # runs of different datasets or models: it names them
         return _fail(str(exc))
+    except (RunInProgress, RunKilled) as exc:  # not a wrong RUN_DIR: a run's, not written
+        return _fail(str(exc), 1)
     except RunDirError as exc:  # missing folder, no rounds.json, or a corrupt one
         return _fail(f"{exc}; RUN_DIR must be the --out folder of a `plume sim` run")
     try:

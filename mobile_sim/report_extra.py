@@ -25,9 +25,12 @@ under its table.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +43,9 @@ __all__ = [
     "RunDirError",
     "RunDirNotFound",
     "RunDirMixed",
+    "RunInProgress",
+    "RunKilled",
+    "in_progress_path",
     "read_run_dir",
     "plot_runs",
     "load_runs",
@@ -227,8 +233,113 @@ class RunDirMixed(RunDirError):
     cannot compare them (a sweep varies the other settings of one dataset and model)."""
 
 
+class RunInProgress(RunDirError):
+    """The folder is the --out of a `plume sim` run that is still running (its record,
+    `in_progress_path`, names a live process): its files are written when it ends."""
+
+
+class RunKilled(RunDirNotFound):
+    """The folder holds no run's files, and the record of a run into it (`in_progress_path`)
+    names a process that is gone: that run was killed (SIGKILL) before it wrote them."""
+
+
 # The subfolders `plume sim --compare-dense` writes its runs into, named after their labels.
 _RUN_LABELS = ("compressed", "secure", "dense")
+
+# While it runs, `plume sim` keeps a record of itself (`in_progress_path` of its --out folder)
+# and removes it when it ends (its rounds written, Ctrl-C, SIGTERM, a closed stdout or an
+# error alike): a JSON object with the folder (`out`, resolved), its `pid`, `started_at`,
+# `runs` (the labels it runs, in order), `run` (the one running), `rounds` (that run's
+# --rounds) and `done` (its rounds finished so far). A run writes its own files only when it
+# ends, so without it a folder being written to looked like one holding no run. Only SIGKILL
+# (or running out of memory) leaves it behind, naming a process that is gone. It is kept
+# outside the folder, which holds the run's files and nothing else (and whose files a run
+# removes and writes as tests/mobile_sim/test_s24c_out_replaced.py checks).
+IN_PROGRESS = "plume-sim-running"
+
+
+def in_progress_path(out: str | Path) -> Path:
+    """Where a `plume sim` run into --out folder `out` keeps its record while it runs: one
+    file per folder (by its resolved path) in this user's `IN_PROGRESS` folder under the
+    temporary folder (`tempfile.gettempdir()`, TMPDIR)."""
+    folder = Path(out).resolve()
+    key = hashlib.sha256(os.fsencode(folder)).hexdigest()[:32]
+    user = getattr(os, "getuid", lambda: "")()
+    return Path(tempfile.gettempdir()) / f"{IN_PROGRESS}-{user}" / f"{key}.json"
+
+
+def _in_progress(folder: Path) -> dict[str, Any] | None:
+    """The record of a run into `folder` as written, or None without one (or one that does
+    not read as a JSON object for that folder with an integer `pid`: nothing to say of it)."""
+    try:
+        path = in_progress_path(folder)
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or doc.get("out") != str(folder.resolve()):
+        return None
+    if type(doc.get("pid")) is not int or doc["pid"] <= 0:
+        return None
+    return doc
+
+
+def _alive(doc: dict[str, Any]) -> bool:
+    """Whether the process a run's record names still runs."""
+    try:
+        os.kill(doc["pid"], 0)
+    except PermissionError:  # another user's process of that id
+        return True
+    except (OSError, OverflowError):
+        return False
+    return True
+
+
+def _progress_text(doc: dict[str, Any]) -> str:
+    """`3 of 200 rounds of its compressed run finished (run 1 of 2)`, from what the file
+    holds; the parts it lacks are left out."""
+    done, rounds, run = doc.get("done"), doc.get("rounds"), doc.get("run")
+    runs = doc.get("runs")
+    text = f"{done}" if type(done) is int else "an unknown number"
+    text += f" of {rounds}" if type(rounds) is int else ""
+    text += " rounds"
+    text += f" of its {printable(run)} run" if isinstance(run, str) else ""
+    if isinstance(runs, list) and len(runs) > 1 and run in runs:
+        text += f" (run {runs.index(run) + 1} of {len(runs)})"
+    return text + " finished"
+
+
+def _started(doc: dict[str, Any]) -> str:
+    at = doc.get("started_at")
+    return (
+        f"started {printable(at)}, pid {doc['pid']}" if isinstance(at, str) else f"pid {doc['pid']}"
+    )
+
+
+def _in_progress_error(root: Path) -> RunInProgress | None:
+    """The error for `root` (or, for a --compare-dense run's compressed/ or dense/, the
+    folder above it) while a live run writes there; None otherwise."""
+    for folder in (root, root.parent) if root.name in _RUN_LABELS else (root,):
+        doc = _in_progress(folder)
+        if doc is not None and _alive(doc):
+            return RunInProgress(
+                f"{folder} is the --out folder of a run still in progress ({_started(doc)}): "
+                f"{_progress_text(doc)} so far; a run writes its files (rounds.json, "
+                f"rounds.csv, ledger.csv, the plots) when it ends, then `plume sim report` "
+                "reads them"
+            )
+    return None
+
+
+def _killed_note(root: Path) -> str | None:
+    """For a folder whose run's record names a process that is gone (SIGKILL, out of
+    memory: nothing could remove it): a line saying so."""
+    doc = _in_progress(root)
+    if doc is None or _alive(doc):
+        return None
+    return (
+        f"the run into {root} ({_started(doc)}) was killed before it wrote its files (SIGKILL "
+        f"or out of memory?), with {_progress_text(doc)}"
+    )
 
 
 def _own_files(folder: Path) -> list[Path]:
@@ -250,6 +361,8 @@ def _run_files(root: Path) -> list[Path]:
     sweep of them): ROOT/rounds.json, ROOT/{compressed,secure,dense}/rounds.json, else each
     subfolder SUB's ROOT/SUB/rounds.json or ROOT/SUB/{compressed,secure,dense}/rounds.json.
     Nothing deeper: a folder such as /tmp is not searched for any rounds.json below it."""
+    if (running := _in_progress_error(root)) is not None:  # first: its folders may not be made
+        raise running
     if not root.is_dir():
         if not root.exists():  # "is not a folder" alone read as a file in the way
             raise RunDirNotFound(f"{root} is not a folder: it does not exist")
@@ -269,15 +382,32 @@ def _run_files(root: Path) -> list[Path]:
     paths = _own_files(root)
     if not paths:
         # One run folder per subfolder (a sweep's settings), each holding a single run or a
-        # --compare-dense pair.
+        # --compare-dense pair; one a run still writes to is left out (`_busy_subfolders`).
         subs = sorted(p for p in root.iterdir() if p.is_dir())
-        paths = [path for sub in subs for path in _own_files(sub)]
+        busy = _busy_subfolders(root)
+        paths = [path for sub in subs if sub not in busy for path in _own_files(sub)]
+        if not paths and busy:
+            raise RunInProgress("; ".join(busy.values()))
     if not paths:
+        if (killed := _killed_note(root)) is not None:
+            raise RunKilled(f"no rounds.json in {root}: {killed}; rerun it")
         raise RunDirNotFound(
             f"no rounds.json in {root} or its subfolders (nor in a subfolder's "
             f"{', '.join(_RUN_LABELS)}/){_csv_without_json(root)}"
         )
     return paths
+
+
+def _busy_subfolders(root: Path) -> dict[Path, str]:
+    """The subfolders of a sweep folder `root` (one without a run of its own) that a run
+    still writes to, each with the line saying so (`RunInProgress`'s text)."""
+    if _own_files(root):
+        return {}
+    busy = {}
+    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (running := _in_progress_error(sub)) is not None:
+            busy[sub] = str(running)
+    return busy
 
 
 def _csv_without_json(root: Path) -> str:
@@ -357,8 +487,10 @@ class RunDir:
 
     runs: (label, rounds) of each run, in the plots' order (`load_runs`).
     title: the accuracy plot's title ``plume sim`` gave it (`run_title`).
-    notes: one line per run that Ctrl-C stopped (`interrupted_notes`), and one per run with
-        no round (an empty `rounds` list), in the plots' order.
+    notes: one line per sweep subfolder left out because a run still writes there, one for
+        a run that was killed in the folder (its record, `in_progress_path`, names a process
+        that is gone), then one per run that Ctrl-C stopped (`interrupted_notes`) and one per run
+        with no round (an empty `rounds` list), in the plots' order.
     files: the ``rounds.json`` of each run, in the order of `runs`.
     control: one line per run whose rounds record control traffic (an HTTP run's devices'
         exchanges in no round's ledger, `measurements.control_traffic`), in the plots'
@@ -390,7 +522,16 @@ def read_run_dir(run_dir: str | Path) -> RunDir:
     found: list[tuple[str, list[dict[str, Any]], Any, Path, str | None]] = []
     trained: list[tuple[str, str | None, str | None]] = []  # label, dataset, model
     title: str | None = None
-    for path in _run_files(root):
+    paths = _run_files(root)
+    # A sweep's setting still running is left out of the plots, and said so; a run that was
+    # killed here (SIGKILL) is said so above what it left.
+    ahead = [
+        f"{sub.relative_to(root).as_posix()}: left out, {text}"
+        for sub, text in _busy_subfolders(root).items()
+    ]
+    if (killed := _killed_note(root)) is not None:
+        ahead.append(f"{killed}; the files read here were written before it")
+    for path in paths:
         try:
             doc = _read_doc(path)
             rounds = _check_doc(path, doc)
@@ -413,7 +554,8 @@ def read_run_dir(run_dir: str | Path) -> RunDir:
         root,
         [(label, rounds) for label, rounds, *_ in found],
         title or "",
-        [
+        [printable(line) for line in ahead]
+        + [
             note
             for label, rounds, summary, *_ in found
             for note in (_interrupted_note(label, summary), _empty_note(label, rounds))
