@@ -23,6 +23,7 @@ import inspect
 import ipaddress
 import itertools
 import json
+import logging
 import math
 import numbers
 import os
@@ -99,9 +100,13 @@ from .device_store import (
     MAX_SPEC_JSON_BYTES,
     AcceptedUpload,
     DeviceStore,
+    DeviceStoreError,
     PendingUpload,
 )
 from .secure import SecureParticipant, _check_settled
+
+# What the client works around rather than raises (the app directory's logger too).
+_log = logging.getLogger("plume.sdk")
 
 # httpcore's own socket stream (private): writes on it poll a cancel event. On an httpcore
 # without it, a cancel is looked at between 64 KiB pieces instead.
@@ -919,6 +924,15 @@ class _Core:
         # Per assignment, as `_round_ends`: the wire bytes the check-in that carried it put in
         # its round's row (`note_round`), taken by the participation's report (`round_start`).
         self._assigning: dict[tuple[int, int, float], dict[str, int]] = {}
+        # Per round (task id, round id), when this client last saw it assigned to the device (a
+        # check-in answer carrying it, `note_round`) and when its upload to it was accepted
+        # (`accept_upload`; task None: an upload that names no task), as numbers of one
+        # sequence (`_events`); at most MAX_ROUND_DEADLINES each, the least recently noted first.
+        # A round whose upload was accepted after its last assignment is one the coordinator
+        # holds the device's update for (`delivered`).
+        self._events = itertools.count(1)
+        self._assigned_at: dict[tuple[int, int], int] = {}
+        self._accepted_at: dict[tuple[int | None, int], int] = {}
 
     # -- requests ------------------------------------------------------------------------
 
@@ -1040,6 +1054,26 @@ class _Core:
         self._assigning[key] = dict(ex.in_rounds.get(a.round_id, {}))
         _drop_oldest(self._assigning, MAX_ROUND_DEADLINES)
         self._note_deadline(a, response, ex.sent_at)
+        _note_event(self._assigned_at, (a.task_id, a.round_id), next(self._events))
+
+    def delivered(self, a: Assignment) -> bool:
+        """Whether the coordinator holds this device's update for `a`'s round: an upload to
+        it (of `a`'s task, or naming none) was accepted after the last check-in of this client
+        that assigned the round, or, with no such check-in (an assignment kept across a
+        restart), the app directory holds the accepted record of the round. A check-in that
+        assigns the round after the acceptance says it does not: the coordinator assigns no
+        round whose update from the device it holds (a round id handed out again, by a
+        coordinator restored from a backup, is another round)."""
+        r = a.round_id
+        at = self._accepted_at
+        accepted = max(at.get((a.task_id, r), 0), at.get((None, r), 0))
+        assigned = self._assigned_at.get((a.task_id, r))
+        if accepted:
+            return assigned is None or accepted > assigned
+        if assigned is not None:
+            return False
+        record = self.store.load_accepted(r)
+        return record is not None and record.task_id in (None, a.task_id)
 
     def round_start(self, a: Assignment) -> dict[str, int]:
         """The wire bytes (per direction) of `a`'s round's row before the check-in that carried
@@ -1154,6 +1188,39 @@ class _Core:
                 self._asked.add(r)
                 return r
         return None
+
+    def set_aside_uploads(self, coordinator: str) -> None:
+        """The coordinator at `coordinator` has just registered this device (`created`): it
+        holds none of its uploads, as it takes none from an unregistered device. So the pending
+        upload and the accepted records held were sent to another coordinator, or to another
+        database of this one (replaced or reset: its round ids start again at 1), whose rounds
+        of the same ids are unrelated: each is forgotten as delivered (the residual left its
+        content out, as for a record past MAX_ACCEPTED), never re-sent to or settled against
+        those rounds, and one warning names them. A pending.json that does not read is left
+        for the round that re-sends it to name."""
+        held = []
+        try:
+            pending = self.store.load_pending()
+        except DeviceStoreError:
+            pending = None
+        if pending is not None:
+            held.append(f"the pending upload to round {pending.round_id}{_of_task(pending)}")
+            self.store.clear_pending(pending.key)
+        for r in self.store.accepted_rounds():
+            record = self.store.load_accepted(r)
+            held.append(f"the accepted upload to round {r}{_of_task(record)}")
+            self.store.forget_accepted(r)
+        self._accepted_at.clear()
+        self._asked.clear()
+        if held:
+            _log.warning(
+                "%s: the coordinator at %s registered this device anew, so it holds none of "
+                "its uploads: %s %s sent to another coordinator or database (replaced or "
+                "reset, its round ids start again), and %s set aside: forgotten as delivered, "
+                "not sent to or settled against this coordinator's rounds of the same ids",
+                self.store.root, coordinator, "; ".join(held),
+                "was" if len(held) == 1 else "were", "it is" if len(held) == 1 else "they are",
+            )  # fmt: skip
 
     def settle_outcome(self, round_id: int, outcome: str | None) -> None:
         """Act on a check-in's `round_outcome` for the accepted upload of `round_id`: forget it
@@ -1471,6 +1538,7 @@ class _Core:
         if (spec if spec is not None else pending.spec) is not None:
             self._return_replaced(pending.round_id, pending.frame)
         self.store.accept_pending(pending, spec)
+        _note_event(self._accepted_at, (pending.task_id, pending.round_id), next(self._events))
 
     def _return_replaced(
         self, round_id: int, frame: bytes
@@ -1698,6 +1766,13 @@ def _drop_oldest(held: dict[Any, Any], limit: int = MAX_RESIDUALS) -> None:
         del held[key]
 
 
+def _note_event(held: dict[Any, int], key: Any, event: int) -> None:
+    """`held[key] = event`, last in `held`, which keeps at most MAX_ROUND_DEADLINES."""
+    held.pop(key, None)
+    held[key] = event
+    _drop_oldest(held, MAX_ROUND_DEADLINES)
+
+
 def _too_large(response: httpx.Response, cap: int) -> ClientError:
     return ClientError(
         response.status_code, "too_large", f"response body above the {cap}-byte cap; not read"
@@ -1898,6 +1973,18 @@ def _failed(
     err = _unreachable(base, request, exc, attempts, outer)
     err.__cause__ = exc
     return err
+
+
+def _already_delivered(a: Assignment) -> ClientError:
+    """A plain round whose upload from this device the coordinator holds (`_Core.delivered`):
+    training it again would only have its upload refused (409 `duplicate_upload`) and that
+    update's content put into the residual, to go out with a later round."""
+    return ClientError(
+        0, Reason.DUPLICATE_UPLOAD,
+        f"round {a.round_id} of task {a.task_id}: this device's upload to it was accepted "
+        "already, and the coordinator takes one update per device and round; nothing was "
+        "downloaded or trained, and the error-feedback residual is as before the call",
+    )  # fmt: skip
 
 
 def _past_deadline(a: Assignment, what: str, then: str) -> ClientError:
@@ -2581,13 +2668,13 @@ def _not_the_task_spec(task_id: int, spec: ModelSpec, exc: CodecError) -> Layout
     )
 
 
-def _registered(response: httpx.Response, device_id: str) -> str:
+def _registered(response: httpx.Response, device_id: str) -> RegisterResponse:
     resp: RegisterResponse = _parse(RegisterResponse, response)
     # The id is derived from this device's key, so any other answer is not about this device
     # (and is never written to the app directory).
     if resp.device_id != device_id:
         raise _bad(response, f"registered device id {resp.device_id[:80]!r}, not {device_id}")
-    return device_id
+    return resp
 
 
 def _receipt(response: httpx.Response, round_id: int) -> UploadReceipt:
@@ -2618,6 +2705,12 @@ def _unsettled(core: _Core, pending: PendingUpload, err: ClientError) -> None:
         core.settle_upload(pending, None, refused=True)
     else:
         raise err
+
+
+def _of_task(upload: PendingUpload | AcceptedUpload | None) -> str:
+    """The words " of task <t>" for an upload that names its task; "" else."""
+    task_id = None if upload is None else upload.task_id
+    return "" if task_id is None else f" of task {task_id}"
 
 
 def _same_round(pending: PendingUpload, a: Assignment) -> bool:
@@ -3391,7 +3484,9 @@ def _request(ex: _Exchange, deadline: float = math.inf) -> _Flow[httpx.Response]
 def _register_flow(core: _Core, device_id: str) -> _Flow[str]:
     """`Client.register`."""
     core.store.check_registration(device_id)
-    device_id = _registered((yield from _request(core.register_exchange())), device_id)
+    response = yield from _request(core.register_exchange())
+    if _registered(response, device_id).created:
+        core.set_aside_uploads(str(response.request.url.copy_with(path="/", query=None)))
     core.store.update_state(device_id=device_id, registered=True)
     return device_id
 
@@ -3498,6 +3593,8 @@ def _train_round_flow(
     # Before the download: a model this device cannot train must not replace the one held.
     _check_layout(a, trainer)
     r = a.round_id
+    if core.delivered(a):
+        raise _already_delivered(a)
     before = core.round_start(a)
     try:
         settled = yield from _settle_pending_flow(core)
@@ -3907,7 +4004,13 @@ class Client(_ClientBase):
     def register(self) -> str:
         """Register this device's key (idempotent); returns the device id.
         `sdk.device_store.DeviceIdentityLost`, with nothing sent, if the app directory names
-        another device or its key file is no longer this client's (see `Client`)."""
+        another device or its key file is no longer this client's (see `Client`).
+
+        A coordinator that registers the device anew (`created` true: a new or reset database,
+        another coordinator) holds none of its uploads: the pending upload and the records of
+        accepted uploads the app directory holds, which name rounds by ids that coordinator
+        hands out again for unrelated rounds, are set aside (forgotten as delivered), with a
+        warning on the "plume.sdk" logger naming them (`_Core.set_aside_uploads`)."""
         return self._run(_register_flow(self._core, self.device_id))
 
     def check_in(self, task_id: int | None = None) -> CheckInResponse:
@@ -3973,6 +4076,14 @@ class Client(_ClientBase):
         raises that `ClientError` and trains nothing; once its round closes, the coordinator's
         `round_closed` settles it. One of `a`'s own round that is accepted now is the round's
         update: nothing is downloaded or trained, and the report says so (`resent`).
+
+        A round whose update the coordinator holds already (this client's upload to it was
+        accepted after the check-in that assigned it, or, for an assignment kept across a
+        restart, the app directory holds the round's accepted record: `_Core.delivered`) is
+        refused before any request, with nothing trained and the residual untouched:
+        `ClientError` `status` 0, `reason` `duplicate_upload`, `detail` naming the round and
+        task. Training it again would only have the upload refused (409 `duplicate_upload`)
+        and that second update's content put into the residual.
 
         When the check-in that carried `a` showed the coordinator's clock (a usable `Date`,
         `_Core.note_round`), the model download and the upload, retries and backoff included,
@@ -4884,7 +4995,9 @@ class AsyncClient(_ClientBase):
         return response
 
     async def register(self) -> str:
-        """As `Client.register`: register this device's key (idempotent); the device id."""
+        """As `Client.register`: register this device's key (idempotent); the device id. A
+        coordinator that registers the device anew has the app directory's pending upload and
+        accepted records set aside, with a warning."""
         return await self._run(_register_flow(self._core, self.device_id))
 
     async def check_in(self, task_id: int | None = None) -> CheckInResponse:
@@ -4926,7 +5039,8 @@ class AsyncClient(_ClientBase):
         *,
         cancel: threading.Event | None = None,
     ) -> RoundReport:
-        """As `Client.train_round` (an unacknowledged earlier upload is settled first), `cancel`
+        """As `Client.train_round` (an unacknowledged earlier upload is settled first; a round
+        whose update the coordinator holds already is refused before any request), `cancel`
         too."""
         if a.secure:
             raise ValueError("a secure assignment: use run_secure_round or secure_round")
