@@ -3336,6 +3336,7 @@ def _restore(args: argparse.Namespace) -> int:
         created = [f for f in beside if not f.exists()] + created
     restored = False
     rolled_back: list[dict[str, Any]] = []
+    absent: set[int] = set()  # tasks of rolled_back the backup does not hold at all
     unreadable: str | None = None
     replaced: dict[str, Any] | None = None
     # serve's lock (Store(exclusive=True), beside the file a symlink names): held through the
@@ -3396,6 +3397,7 @@ def _restore(args: argparse.Namespace) -> int:
                     if existed:
                         replaced = {"bytes": size} | _database_summary(target)
                     rolled_back, unreadable = _privacy_rollback(source, target)
+                    absent = _tasks_absent(source, [int(r["task"]) for r in rolled_back])
                     if unreadable and not args.allow_privacy_rollback:
                         raise ValueError(
                             f"{unreadable}: restore cannot tell whether --db {args.db} "
@@ -3405,7 +3407,7 @@ def _restore(args: argparse.Namespace) -> int:
                     if rolled_back and not args.allow_privacy_rollback:
                         raise ValueError(
                             f"--db {args.db} has released more DP rounds than the backup "
-                            f"holds ({_rollback_text(rolled_back)}): restored, a task would "
+                            f"holds ({_rollback_text(rolled_back, absent)}): restored, a task would "
                             "count from the backup's figures and release those rounds again "
                             "against the same budget, overspending it; keep --db, restore a "
                             "later backup, or give --allow-privacy-rollback to restore anyway"
@@ -3455,7 +3457,7 @@ def _restore(args: argparse.Namespace) -> int:
     if rolled_back:
         print(
             f"{prog}: warning: rolled back the DP accounting of --db "
-            f"({_rollback_text(rolled_back)}); those rounds reached devices and are no longer "
+            f"({_rollback_text(rolled_back, absent)}); those rounds reached devices and are no longer "
             "in the restored tasks' epsilon",
             file=sys.stderr,
         )
@@ -3508,15 +3510,33 @@ def _database_summary(conn: sqlite3.Connection) -> dict[str, Any]:
         return unknown
 
 
-def _rollback_text(rolled_back: list[dict[str, Any]]) -> str:
-    """The tasks and figures of `_privacy_rollback`, for one line."""
+def _rollback_text(rolled_back: list[dict[str, Any]], absent: set[int] | None = None) -> str:
+    """The tasks and figures of `_privacy_rollback`, for one line. `absent`: tasks the backup
+    does not hold at all (one made after it), said so rather than "the backup: 0 rounds, epsilon
+    0", which read as a task the backup has that released nothing (s53e)."""
+    absent = absent or set()
     parts = [
-        f"task {r['task']}: {r['rounds']} rounds, epsilon {r['epsilon']:.6g}; the backup: "
-        f"{r['backup_rounds']} rounds, epsilon {r['backup_epsilon']:.6g}"
+        f"task {r['task']}: {r['rounds']} rounds, epsilon {r['epsilon']:.6g}; "
+        + (
+            f"the backup has no task {r['task']}"
+            if r["task"] in absent
+            else f"the backup: {r['backup_rounds']} rounds, epsilon {r['backup_epsilon']:.6g}"
+        )
         for r in rolled_back[:8]
     ]
     more = f"; and {len(rolled_back) - 8} more tasks" if len(rolled_back) > 8 else ""
     return "; ".join(parts) + more
+
+
+def _tasks_absent(conn: sqlite3.Connection, task_ids: list[int]) -> set[int]:
+    """Those of `task_ids` that the Plume database `conn` (a backup) has no row of."""
+    if not task_ids:
+        return set()
+    try:
+        held = {int(t) for (t,) in conn.execute("SELECT task_id FROM tasks")}
+    except sqlite3.DatabaseError:  # already read by _privacy_rollback; say nothing more
+        return set()
+    return set(task_ids) - held
 
 
 def _privacy_rollback(
