@@ -1859,7 +1859,13 @@ def _usage_error(args: argparse.Namespace) -> str | None:
     if args.ort_artifacts and (problem := _ort_loss_error(Path(args.ort_artifacts), args.dataset)):
         return problem
     if args.data_root and not Path(args.data_root).is_dir():
-        return f"--data-root {args.data_root} is not a folder"
+        where = Path(args.data_root)
+        why = "a file" if where.exists() else "it does not exist"
+        holding = _DATA_FOLDERS.get(args.dataset, "the dataset's files")
+        return (
+            f"--data-root {args.data_root} is not a folder ({where.resolve()}: {why}); give "
+            f"the folder holding {holding}"
+        )
     return _spec_error(args) or _group_error(args) or _model_mismatch(args.dataset, args.model)
 
 
@@ -2609,11 +2615,18 @@ def _remove_empty(folders: list[Path]) -> None:
             return
 
 
+# What a built-in dataset's data folder must hold (docs/simulator.md, "The files it reads").
+_DATA_FOLDERS = {"mnist": "mnist-t10k/", "shakespeare": "tinyshakespeare/"}
+
+
 def _data_error_text(args: argparse.Namespace, exc: Exception) -> str:
-    """A `DataError`'s message, with the flag or variable that sets the data folder."""
+    """A `DataError`'s message, with the flag or variable that sets the data folder; with
+    --data-root, the folder it names as given and resolved (a relative path is taken from
+    the current folder, which the message's own path did not show)."""
     text = str(exc)
     if args.data_root:
-        return text.replace("set PLUME_DATA to", "pass --data-root")
+        text = text.replace("set PLUME_DATA to", "pass --data-root")
+        return f"{text} (--data-root {args.data_root} is {Path(args.data_root).resolve()})"
     if os.environ.get("PLUME_DATA"):
         return text.replace(
             "set PLUME_DATA to", f"set PLUME_DATA (now {os.environ['PLUME_DATA']}) to"
