@@ -37,16 +37,16 @@ examples:
 _REPORT_HELP = """\
 usage: plume sim report [-h] RUN_DIR
 
-Rebuild the plots of a `plume sim` run (ended, or interrupted by Ctrl-C) from its
-rounds.json files alone, byte for byte as the run wrote them: accuracy_vs_upload_bytes.png,
+Rebuild the plots of a `plume sim` run from its rounds.json files alone, byte for byte as the
+run wrote them (a run that ended, or one stopped early by Ctrl-C, SIGTERM, a closed stdout or
+an error, which wrote the rounds it finished): accuracy_vs_upload_bytes.png,
 bytes_per_round.png and round_durations.png; write each run's rounds.csv again from its
-rounds.json, byte for byte as the run wrote it (ledger.csv cannot be rebuilt: rounds.json has
-no per-device rows, and a missing one is one line); print each run's per-round table as the
-run printed it, then one line per run (rounds, final accuracy, upload bytes, ratio vs dense)
-and one for each run that Ctrl-C interrupted (its figures stop at its last finished round).
-rounds.json and ledger.csv are not touched. A folder that holds no run's rounds.json, or a
-damaged one (not JSON, a field missing, of the wrong type or impossible, such as a negative
-byte count), is one error line naming the file (exit status 2).
+rounds.json (ledger.csv cannot be rebuilt: a missing one is one line); print each run's
+per-round table as the run printed it, then one line per run (rounds, final accuracy, upload
+bytes, ratio vs dense) and one for each run stopped early (its figures stop at its last
+finished round). rounds.json and ledger.csv are not touched. No run's rounds.json, or a damaged
+one (not JSON, a field missing, of the wrong type or impossible), is one error line naming the
+file (exit status 2); a run still in progress is one line saying how far it got (status 1).
 
 positional arguments:
   RUN_DIR     the --out folder of a run (with --compare-dense: the folder holding

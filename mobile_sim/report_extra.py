@@ -830,7 +830,8 @@ def compare_table(runs: Sequence[Run]) -> str:
 
 
 def interrupted_notes(run_dir: str | Path) -> list[str]:
-    """One line per run in `run_dir` that Ctrl-C stopped (its rounds.json summary has
+    """One line per run in `run_dir` stopped early (Ctrl-C, SIGTERM, a closed stdout, an
+    error after some rounds: its rounds.json summary has
     `"interrupted": true`), in the plots' order: how far it got, and that its figures are
     those of its last finished round, not of a completed run."""
     found = read_run_dir(run_dir)
