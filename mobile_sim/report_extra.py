@@ -642,7 +642,10 @@ def _pyplot() -> Any:
 
 
 def plot_bytes_per_round(runs: Sequence[Run], path: str | Path) -> Path:
-    """Upload and download payload bytes of every round, one line per run (log y axis).
+    """Upload and download payload bytes of every round, one line per run (log y axis). A
+    run's line that is an earlier run's, round for round (--compare-dense's dense run
+    downloads what the compressed run does), is dashed with hollow square markers, labelled
+    `LABEL (same bytes as EARLIER)`, so that both show.
 
     A run whose rounds record control traffic (over HTTP: its devices' exchanges in no round's
     ledger, `measurements.control_traffic`) adds a dotted line of its colour in each panel,
@@ -664,12 +667,26 @@ def plot_bytes_per_round(runs: Sequence[Run], path: str | Path) -> Path:
     # agree: one reference line, not one per run hiding the others.
     shared = len(runs) > 1 and all(d == denses[0] for d in denses)
     has_control = False
+    drawn: dict[Any, list[tuple[str, list[int], list[int]]]] = {ax_up: [], ax_down: []}
+
+    def draw(ax: Any, label: str, xs: list[int], ys: list[int]) -> Any:
+        # A run whose bytes are an earlier run's, round for round (--compare-dense's dense run
+        # downloads the same model), was drawn exactly over it, hiding it: dashed, with hollow
+        # square markers, and its legend says whose line it is on.
+        same = next((other for other, x, y in drawn[ax] if (x, y) == (xs, ys) and xs), None)
+        drawn[ax].append((label, xs, ys))
+        if same is None:
+            return ax.plot(xs, ys, marker="o", ms=3, label=label)[0]
+        return ax.plot(
+            xs, ys, ls="--", marker="s", ms=6, mfc="none", label=f"{label} (same bytes as {same})"
+        )[0]
+
     for (label, rounds), dense in zip(runs, denses, strict=True):
         xs = [int(r["round"]) for r in rounds]
         up = [int(r["bytes_up"]) for r in rounds]
         down = [int(r["bytes_down"]) for r in rounds]
-        (line_up,) = ax_up.plot(xs, up, marker="o", ms=3, label=label)
-        (line_down,) = ax_down.plot(xs, down, marker="o", ms=3, label=label)
+        line_up = draw(ax_up, label, xs, up)
+        line_down = draw(ax_down, label, xs, down)
         plotted["upload"] += up + [d for _, d in dense]
         plotted["download"] += down
         if dense and not shared:
