@@ -643,8 +643,8 @@ def _pyplot() -> Any:
 
 def plot_bytes_per_round(runs: Sequence[Run], path: str | Path) -> Path:
     """Upload and download payload bytes of every round, one line per run (log y axis). A
-    run's line that is an earlier run's, round for round (--compare-dense's dense run
-    downloads what the compressed run does), is dashed with hollow square markers, labelled
+    run's download line that is an earlier run's, round for round (--compare-dense's dense
+    run downloads what the compressed run does), is dashed with hollow square markers, labelled
     `LABEL (same bytes as EARLIER)`, so that both show.
 
     A run whose rounds record control traffic (over HTTP: its devices' exchanges in no round's
@@ -667,7 +667,7 @@ def plot_bytes_per_round(runs: Sequence[Run], path: str | Path) -> Path:
     # agree: one reference line, not one per run hiding the others.
     shared = len(runs) > 1 and all(d == denses[0] for d in denses)
     has_control = False
-    drawn: dict[Any, list[tuple[str, list[int], list[int]]]] = {ax_up: [], ax_down: []}
+    drawn: dict[Any, list[tuple[str, list[int], list[int]]]] = {ax_down: []}
 
     def draw(ax: Any, label: str, xs: list[int], ys: list[int]) -> Any:
         # A run whose bytes are an earlier run's, round for round (--compare-dense's dense run
@@ -685,7 +685,9 @@ def plot_bytes_per_round(runs: Sequence[Run], path: str | Path) -> Path:
         xs = [int(r["round"]) for r in rounds]
         up = [int(r["bytes_up"]) for r in rounds]
         down = [int(r["bytes_down"]) for r in rounds]
-        line_up = draw(ax_up, label, xs, up)
+        # Uploads are what the runs compare, and differ; downloads of --compare-dense's runs
+        # are the same model's, round for round.
+        (line_up,) = ax_up.plot(xs, up, marker="o", ms=3, label=label)
         line_down = draw(ax_down, label, xs, down)
         plotted["upload"] += up + [d for _, d in dense]
         plotted["download"] += down

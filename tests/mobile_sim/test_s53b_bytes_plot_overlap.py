@@ -66,19 +66,16 @@ def test_a_dense_download_line_on_the_compressed_ones_is_told_apart(
     ]
 
 
-def test_lines_that_differ_in_one_round_are_drawn_as_before(
+def test_download_lines_that_differ_in_one_round_are_drawn_as_before(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    # Prepare
+    # Prepare: the same uploads (the upload panel is left as it was: test_h84_plots.py)
     runs = [("a", _rounds([40, 41], [9000, 9000])), ("b", _rounds([40, 41], [9000, 9001]))]
 
     # Execute
     fig = _figure(monkeypatch, runs, tmp_path)
     ax_up, ax_down = fig.axes
 
-    # Assert: b's upload repeats a's (marked); its download does not (plain)
+    # Assert
     assert [x[:3] for x in _lines(ax_down)] == [("a", "-", "o"), ("b", "-", "o")]
-    assert [x[:3] for x in _lines(ax_up)][:2] == [
-        ("a", "-", "o"),
-        ("b (same bytes as a)", "--", "s"),
-    ]
+    assert [x[:3] for x in _lines(ax_up)][:2] == [("a", "-", "o"), ("b", "-", "o")]
