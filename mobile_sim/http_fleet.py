@@ -24,7 +24,7 @@ import random
 import secrets
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -443,6 +443,25 @@ def _task_config(cfg: SimConfig, spec: ModelSpec, label: str, opts: HttpFleetOpt
     )
 
 
+def _counted(total: int) -> Callable[[Any], Awaitable[Any]]:
+    """`client.register()` for each of `total` devices, the status line (`say`: on a
+    terminal only, as the run's other set-up steps) counting them as they register: with
+    thousands of devices this took minutes with nothing on screen. Rewritten at most about
+    100 times, not once a device."""
+    step = max(1, total // 100)
+    done = 0
+
+    async def register(client: Any) -> Any:
+        nonlocal done
+        answer = await client.register()
+        done += 1
+        if done % step == 0 or done == total:
+            say(f"registering devices: {done:,} of {total:,}")
+        return answer
+
+    return register
+
+
 def _control_total(clients: list[Any]) -> dict[str, int]:
     """`clients`' control traffic so far, together (`_Fleet.control_since`)."""
     cells = [c.control_bandwidth for c in clients]
@@ -570,7 +589,7 @@ class _Fleet:
             self.clients = clients
             observer = AsyncClient(self.url, os.path.join(self.tmp, "observer"))
             made.append(observer)
-            await asyncio.gather(observer.register(), *(c.register() for c in clients))
+            await asyncio.gather(observer.register(), *map(_counted(len(clients)), clients))
             devices = [
                 asyncio.create_task(self._device(i, c, trainer)) for i, c in enumerate(clients)
             ]
