@@ -2234,14 +2234,19 @@ class Coordinator:
         the last published one. A close already aggregating discards its aggregate and
         abandons the round the same way, unless its publish was stored before the stop, whose
         answer then shows that version: nothing is published after the answer. Stopping a
-        stopped task answers its status."""
+        stopped or done task answers its status and changes nothing."""
         if (err := self._not_running(task_id)) is not None:
             raise err
         if task_id in self.stopped_tasks:
             return self.task_status(task_id)
-        if self.store.task(task_id) is None:
+        row = self.store.task(task_id)
+        if row is None:
             raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
         rt = self.runtimes.get(task_id)
+        if (rt.state if rt is not None else row.state) == TaskState.DONE:
+            # Over already (its rounds run, or its privacy budget spent): `stopped` would
+            # only overwrite the record that it ran to its end.
+            return self.task_status(task_id)
         stored: RoundOutcome | None = None
         with self._close_lock:
             # Durable first: a store that refuses leaves the task as it was (503, retry).
