@@ -2121,8 +2121,7 @@ def _task_flag_error(args: argparse.Namespace) -> str | None:
         ("--batch-size", args.batch_size, MAX_BATCH_SIZE),
     ):
         if not 1 <= value <= top:
-            # The task's check names both fields and neither value ("training.local_epochs
-            # and training.batch_size out of range"), so each is checked here first (s53e).
+            # Named by its flag here; the task's check names the field (training.batch_size).
             return f"{flag} must be in 1..{top}, got {value}"
     codecs = (
         ("--topk", "--bits", args.topk, args.bits),

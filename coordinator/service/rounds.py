@@ -107,6 +107,8 @@ from coordinator.privacy import (
 )
 from coordinator.secure import BudgetExhausted
 from protocol.messages import (
+    MAX_BATCH_SIZE,
+    MAX_LOCAL_EPOCHS,
     MAX_RETRY_AFTER_S,
     Assignment,
     BandwidthReport,
@@ -711,8 +713,12 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
     if not 1 <= cfg.max_chain <= 1000:
         raise ValueError("max_chain must be in 1..1000")
     t = cfg.training
-    if not (1 <= t.local_epochs <= 1000 and 1 <= t.batch_size <= 1_000_000):
-        raise ValueError("training.local_epochs and training.batch_size out of range")
+    for name, value, top in (
+        ("local_epochs", t.local_epochs, MAX_LOCAL_EPOCHS),
+        ("batch_size", t.batch_size, MAX_BATCH_SIZE),
+    ):
+        if not 1 <= value <= top:
+            raise ValueError(f"training.{name} must be in 1..{top}, got {shown(value)}")
     if not t.lr > 0:  # NaN too
         raise ValueError("training.lr must be positive")
     if not finite_number(t.lr):
