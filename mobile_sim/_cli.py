@@ -2621,12 +2621,15 @@ _DATA_FOLDERS = {"mnist": "mnist-t10k/", "shakespeare": "tinyshakespeare/"}
 
 def _data_error_text(args: argparse.Namespace, exc: Exception) -> str:
     """A `DataError`'s message, with the flag or variable that sets the data folder; with
-    --data-root, the folder it names as given and resolved (a relative path is taken from
-    the current folder, which the message's own path did not show)."""
+    --data-root, the folder it names as given and resolved when they differ (a relative path
+    is taken from the current folder, which the message's own path did not show)."""
     text = str(exc)
     if args.data_root:
         text = text.replace("set PLUME_DATA to", "pass --data-root")
-        return f"{text} (--data-root {args.data_root} is {Path(args.data_root).resolve()})"
+        resolved = str(Path(args.data_root).resolve())
+        if resolved == str(args.data_root):
+            return text  # the message's own path already shows it
+        return f"{text} (--data-root {args.data_root} is {resolved})"
     if os.environ.get("PLUME_DATA"):
         return text.replace(
             "set PLUME_DATA to", f"set PLUME_DATA (now {os.environ['PLUME_DATA']}) to"
