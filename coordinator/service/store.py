@@ -483,7 +483,10 @@ def _setup_error(path: str, exc: sqlite3.Error) -> StoreError:
             "its -wal/-shm files and its folder writable)"
         )
     elif "not a database" in text or "malformed" in text:
-        why = f"it is not a SQLite database or it is corrupt ({text}); restore a backup"
+        why = (
+            f"it is not a SQLite database or it is corrupt ({text}); check that the path "
+            "names the coordinator's database (not, say, its config file), or restore a backup"
+        )
     else:
         why = text
     return StoreError(f"cannot use the database {path}: {why}")
