@@ -2249,11 +2249,26 @@ class Coordinator:
         if row is None:
             raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
         rt = self.runtimes.get(task_id)
-        if (rt.state if rt is not None else row.state) == TaskState.DONE:
-            # Over already (its rounds run, or its privacy budget spent): `stopped` would
-            # only overwrite the record that it ran to its end.
-            return self.task_status(task_id)
         stored: RoundOutcome | None = None
+        with self._close_lock:
+            # Over already (its rounds run, or its privacy budget spent): `stopped` would only
+            # overwrite the record that it ran to its end. Read under the close lock from the
+            # store too: a last round's publish stores `done` before its event-loop half sets
+            # `rt.state` (`finish_close`).
+            now_row = self.store.task(task_id)
+            if TaskState.DONE in (
+                rt.state if rt is not None else None,
+                getattr(now_row, "state", None),
+            ):
+                if rt is not None and rt.current is not None:
+                    stored = rt.current.stored
+                done = True
+            else:
+                done = False
+        if done:
+            if rt is not None and stored is not None:
+                self.finish_close(rt, stored)  # as below: the answer shows the task done
+            return self.task_status(task_id)
         with self._close_lock:
             # Durable first: a store that refuses leaves the task as it was (503, retry).
             self.store.set_task_state(task_id, TaskState.STOPPED)

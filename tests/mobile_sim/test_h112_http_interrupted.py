@@ -137,7 +137,7 @@ def test_ctrl_c_in_an_http_run_writes_its_finished_rounds_and_stops_its_coordina
 
 
 @pytest.mark.timeout(60)
-def test_ctrl_c_against_an_external_coordinator_writes_the_rounds_and_stops_the_task(
+def test_ctrl_c_against_an_external_coordinator_writes_the_rounds_and_ends_the_task(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
@@ -153,8 +153,10 @@ def test_ctrl_c_against_an_external_coordinator_writes_the_rounds_and_stops_the_
     code = plume([*TINY, "--coordinator", url, "--out", str(out)])
     err = capsys.readouterr().err
 
-    # Assert: rounds 1 and 2 written; the run's task is stopped on the coordinator (no fleet
-    # is left to run it), which still answers for it and serves it whole
+    # Assert: rounds 1 and 2 written; the run's task is ended on the coordinator (no fleet
+    # is left to run it), which still answers for it and serves it whole. Round 3 committed
+    # before its evaluation's Ctrl-C, so the task had run its rounds: the stop leaves it done
+    # (06048d8; it was overwritten as stopped)
     assert code == 130
     assert err.strip().startswith(
         f"plume sim: interrupted after 2 of 3 rounds; wrote its 2 finished rounds to {out}/ "
@@ -163,7 +165,7 @@ def test_ctrl_c_against_an_external_coordinator_writes_the_rounds_and_stops_the_
     with AdminClient(url, token) as admin:
         status = admin.status(1)
         rounds = admin.rounds(1)
-        assert status.state == "stopped"
+        assert status.state == "done"
         committed = [r for r in rounds if r.state == "committed"]
         assert [r.seq for r in committed][:2] == [1, 2]
         for rec, r in zip(doc["rounds"], committed, strict=False):
