@@ -2245,38 +2245,33 @@ class Coordinator:
             raise err
         if task_id in self.stopped_tasks:
             return self.task_status(task_id)
-        row = self.store.task(task_id)
-        if row is None:
+        if self.store.task(task_id) is None:
             raise ApiError(404, Reason.UNKNOWN_TASK, f"no task {task_id}")
         rt = self.runtimes.get(task_id)
         stored: RoundOutcome | None = None
         with self._close_lock:
             # Over already (its rounds run, or its privacy budget spent): `stopped` would only
-            # overwrite the record that it ran to its end. Read under the close lock from the
-            # store too: a last round's publish stores `done` before its event-loop half sets
+            # overwrite the record that it ran to its end. Read from the store too, under the
+            # close lock: a last round's publish stores `done` before its event-loop half sets
             # `rt.state` (`finish_close`).
-            now_row = self.store.task(task_id)
-            if TaskState.DONE in (
+            row = self.store.task(task_id)
+            done = TaskState.DONE in (
                 rt.state if rt is not None else None,
-                getattr(now_row, "state", None),
-            ):
-                if rt is not None and rt.current is not None:
-                    stored = rt.current.stored
-                done = True
-            else:
-                done = False
+                getattr(row, "state", None),
+            )
+            if not done:
+                # Durable first: a store that refuses leaves the task as it was (503, retry).
+                self.store.set_task_state(task_id, TaskState.STOPPED)
+                self.stopped_tasks.add(task_id)
+            if rt is not None:
+                if not done:
+                    rt.state = TaskState.STOPPED  # a close that stores after this abandons
+                    rt.engine.stopped = True
+                stored = rt.current.stored if rt.current is not None else None
         if done:
             if rt is not None and stored is not None:
                 self.finish_close(rt, stored)  # as below: the answer shows the task done
             return self.task_status(task_id)
-        with self._close_lock:
-            # Durable first: a store that refuses leaves the task as it was (503, retry).
-            self.store.set_task_state(task_id, TaskState.STOPPED)
-            self.stopped_tasks.add(task_id)
-            if rt is not None:
-                rt.state = TaskState.STOPPED  # a close that stores after this abandons
-                rt.engine.stopped = True
-                stored = rt.current.stored if rt.current is not None else None
         if rt is not None:
             rt.pool.clear()
             if stored is not None:
