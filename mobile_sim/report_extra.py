@@ -356,11 +356,12 @@ def _own_files(folder: Path) -> list[Path]:
     return [top] if top.is_file() else subs
 
 
-def _run_files(root: Path) -> list[Path]:
+def _run_files(root: Path) -> tuple[list[Path], dict[Path, str]]:
     """The run files `plume sim report ROOT` reads, in the layouts `plume sim` writes (and a
     sweep of them): ROOT/rounds.json, ROOT/{compressed,secure,dense}/rounds.json, else each
     subfolder SUB's ROOT/SUB/rounds.json or ROOT/SUB/{compressed,secure,dense}/rounds.json.
-    Nothing deeper: a folder such as /tmp is not searched for any rounds.json below it."""
+    Nothing deeper: a folder such as /tmp is not searched for any rounds.json below it. With
+    them, the sweep subfolders left out because a run still writes there (`_busy_subfolders`)."""
     if (running := _in_progress_error(root)) is not None:  # first: its folders may not be made
         raise running
     if not root.is_dir():
@@ -380,11 +381,12 @@ def _run_files(root: Path) -> list[Path]:
             )
         raise RunDirNotFound(f"{root} is a file, not a folder")
     paths = _own_files(root)
+    busy: dict[Path, str] = {}
     if not paths:
         # One run folder per subfolder (a sweep's settings), each holding a single run or a
         # --compare-dense pair; one a run still writes to is left out (`_busy_subfolders`).
         subs = sorted(p for p in root.iterdir() if p.is_dir())
-        busy = _busy_subfolders(root)
+        busy = _busy_subfolders(subs)
         paths = [path for sub in subs if sub not in busy for path in _own_files(sub)]
         if not paths and busy:
             raise RunInProgress("; ".join(busy.values()))
@@ -395,16 +397,14 @@ def _run_files(root: Path) -> list[Path]:
             f"no rounds.json in {root} or its subfolders (nor in a subfolder's "
             f"{', '.join(_RUN_LABELS)}/){_csv_without_json(root)}"
         )
-    return paths
+    return paths, busy
 
 
-def _busy_subfolders(root: Path) -> dict[Path, str]:
-    """The subfolders of a sweep folder `root` (one without a run of its own) that a run
+def _busy_subfolders(subs: list[Path]) -> dict[Path, str]:
+    """The subfolders `subs` of a sweep folder (one without a run of its own) that a run
     still writes to, each with the line saying so (`RunInProgress`'s text)."""
-    if _own_files(root):
-        return {}
     busy = {}
-    for sub in sorted(p for p in root.iterdir() if p.is_dir()):
+    for sub in subs:
         if (running := _in_progress_error(sub)) is not None:
             busy[sub] = str(running)
     return busy
@@ -522,13 +522,10 @@ def read_run_dir(run_dir: str | Path) -> RunDir:
     found: list[tuple[str, list[dict[str, Any]], Any, Path, str | None]] = []
     trained: list[tuple[str, str | None, str | None]] = []  # label, dataset, model
     title: str | None = None
-    paths = _run_files(root)
+    paths, busy = _run_files(root)
     # A sweep's setting still running is left out of the plots, and said so; a run that was
     # killed here (SIGKILL) is said so above what it left.
-    ahead = [
-        f"{sub.relative_to(root).as_posix()}: left out, {text}"
-        for sub, text in _busy_subfolders(root).items()
-    ]
+    ahead = [f"{sub.relative_to(root).as_posix()}: left out, {text}" for sub, text in busy.items()]
     if (killed := _killed_note(root)) is not None:
         ahead.append(f"{killed}; the files read here were written before it")
     for path in paths:
