@@ -78,20 +78,30 @@ def dirichlet(
             f"{n * min_size}, there are {len(labels)}; lower the client count"
         )
     members = [np.flatnonzero(labels == c).astype(np.int64) for c in np.unique(labels)]
+    # Each draw takes the stream's numbers as it always has (class by class: a shuffle of the
+    # class's examples, then its proportions), so a seed gives the partition it gave before;
+    # the arithmetic on them is done once a draw for all classes, and the clients' sizes
+    # first: a draw that leaves one too small (most of them, when the request is nearly
+    # hopeless) costs no per-client splitting, joining and sorting. What is left of a draw
+    # is numpy's own shuffle and Dirichlet draw, which the stream needs.
+    alphas = np.full(n, alpha)
+    counts = np.array([len(m) for m in members], dtype=np.int64)
+    props = np.empty((len(members), n))
+    drawn = [np.empty_like(m) for m in members]
     for _ in range(max_tries):
-        # The clients' sizes first: a draw that leaves one too small (most of them, when the
-        # request is nearly hopeless) costs no per-client splitting, joining and sorting.
-        drawn, sizes = [], np.zeros(n, dtype=np.int64)
-        for m in members:
-            idx = m.copy()
+        for c, m in enumerate(members):
+            idx = drawn[c]
+            idx[...] = m
             rng.shuffle(idx)
-            props = rng.dirichlet(np.full(n, alpha))
-            cuts = (np.cumsum(props) * len(idx)).astype(np.int64)[:-1]
-            sizes += np.diff(cuts, prepend=0, append=len(idx))
-            drawn.append((idx, cuts))
+            props[c] = rng.dirichlet(alphas)
+        # Class c's client j gets ends[c, j] - ends[c, j - 1] of its examples (the last one
+        # the rest): summed over the classes, the clients' sizes are the differences of the
+        # summed ends.
+        ends = (np.cumsum(props, axis=1) * counts[:, None].astype(np.float64)).astype(np.int64)
+        sizes = np.diff(ends[:, :-1].sum(axis=0), prepend=0, append=len(labels))
         if sizes.min() >= min_size:
             buckets: list[list[npt.NDArray[np.int64]]] = [[] for _ in range(n)]
-            for idx, cuts in drawn:
+            for idx, cuts in zip(drawn, ends[:, :-1], strict=True):
                 for client, part in enumerate(np.split(idx, cuts)):
                     buckets[client].append(part)
             return [np.sort(np.concatenate(b)) for b in buckets]
