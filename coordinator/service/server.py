@@ -509,18 +509,24 @@ class _Server(uvicorn.Server):
             with super().capture_signals():
                 yield
             return
-        if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
-            # Started under `nohup` (or with SIGHUP ignored otherwise): a closed terminal must
-            # not stop it, so SIGHUP stays ignored.
-            with super().capture_signals():
-                yield
-            return
-        previous = signal.signal(signal.SIGHUP, self._hang_up)
+        # Started with SIGINT ignored (`plume coordinator serve &` in a script: a shell without
+        # job control starts its background commands so), it stays ignored, as CPython leaves
+        # it: uvicorn's handler replaced the SIG_IGN, and a Ctrl-C meant for the script's
+        # foreground job stopped the coordinator. uvicorn puts the SIG_IGN back when it stops.
+        sigint_ignored = signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        # Started under `nohup` (or with SIGHUP ignored otherwise): a closed terminal must not
+        # stop it, so SIGHUP stays ignored.
+        sighup_ignored = signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+        if not sighup_ignored:
+            previous = signal.signal(signal.SIGHUP, self._hang_up)
         try:
             with super().capture_signals():
+                if sigint_ignored:
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
                 yield
         finally:
-            signal.signal(signal.SIGHUP, previous)
+            if not sighup_ignored:
+                signal.signal(signal.SIGHUP, previous)
 
     def _hang_up(self, signum: int, frame: FrameType | None) -> None:
         # As SIGTERM: uvicorn raises SIGTERM again once stopped, which `serve` takes as a
@@ -655,7 +661,8 @@ def serve(
 
     SIGHUP (a closed terminal, `systemctl reload`, `kill -HUP`) killed the process at once,
     before it closed the database (s25/ops finding 6): it is a graceful stop now, as SIGTERM,
-    unless the process started with SIGHUP ignored (`nohup`), which keeps it ignored.
+    unless the process started with SIGHUP ignored (`nohup`), which keeps it ignored. A
+    process started with SIGINT ignored (`serve &` in a script) keeps it ignored too.
     Nothing is reloaded (the TLS files included: a renewed certificate needs a restart).
     """
     _check_head_timeout(head_timeout_s)

@@ -258,10 +258,12 @@ def test_serve_passes_the_shutdown_grace_on(
 def _sighup(action: Any) -> Callable[[], None]:
     """A `preexec_fn` that starts the child with SIGHUP set to `action`: serve keeps an
     ignored SIGHUP ignored (nohup), so a test of what SIGHUP does must not inherit an ignored
-    one from the process running the tests (`nohup make test`)."""
+    one from the process running the tests (`nohup make test`). SIGINT is the default too:
+    serve keeps an inherited ignored SIGINT ignored (`make test &` in a script)."""
 
     def preexec() -> None:
         signal.signal(signal.SIGHUP, action)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
 
     return preexec
 
