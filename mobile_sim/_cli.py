@@ -1025,12 +1025,14 @@ class _InProgress:
 
     def __init__(self, out: Path, runs: list[tuple[str, Any]]) -> None:
         from .report import utc_now
-        from .report_extra import in_progress_path
+        from .report_extra import in_progress_path, process_start
 
         self.path = in_progress_path(out)
         self.doc: dict[str, Any] = {
             "out": str(out.resolve()),
             "pid": os.getpid(),
+            # Where the system tells (Linux): a pid reused after a SIGKILL is not this run.
+            **({} if (start := process_start(os.getpid())) is None else {"pid_start": start}),
             "started_at": utc_now(),
             "runs": [label for label, _ in runs],
             "run": runs[0][0],

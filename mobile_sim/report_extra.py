@@ -248,13 +248,14 @@ _RUN_LABELS = ("compressed", "secure", "dense")
 
 # While it runs, `plume sim` keeps a record of itself (`in_progress_path` of its --out folder)
 # and removes it when it ends (its rounds written, Ctrl-C, SIGTERM, a closed stdout or an
-# error alike): a JSON object with the folder (`out`, resolved), its `pid`, `started_at`,
-# `runs` (the labels it runs, in order), `run` (the one running), `rounds` (that run's
-# --rounds) and `done` (its rounds finished so far). A run writes its own files only when it
-# ends, so without it a folder being written to looked like one holding no run. Only SIGKILL
-# (or running out of memory) leaves it behind, naming a process that is gone. It is kept
-# outside the folder, which holds the run's files and nothing else (and whose files a run
-# removes and writes as tests/mobile_sim/test_s24c_out_replaced.py checks).
+# error alike): a JSON object with the folder (`out`, resolved), its `pid` (and where the
+# system tells, `pid_start`: `process_start`, so that a pid reused later is not the run),
+# `started_at`, `runs` (the labels it runs, in order), `run` (the one running), `rounds`
+# (that run's --rounds) and `done` (its rounds finished so far). A run writes its own files
+# only when it ends, so without it a folder being written to looked like one holding no run.
+# Only SIGKILL (or running out of memory) leaves it behind, naming a process that is gone. It
+# is kept outside the folder, which holds the run's files and nothing else (and whose files a
+# run removes and writes as tests/mobile_sim/test_s24c_out_replaced.py checks).
 IN_PROGRESS = "plume-sim-running"
 
 
@@ -283,14 +284,36 @@ def _in_progress(folder: Path) -> dict[str, Any] | None:
     return doc
 
 
+def process_start(pid: int) -> int | None:
+    """When process `pid` started, in clock ticks since boot (Linux: field 22 of
+    /proc/PID/stat), or None where that cannot be read (no such process, no /proc). With the
+    pid, it names one process: a pid is reused by later processes, its start time is not."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+        # Field 2 is the command name in parentheses, which may hold spaces and ")": the
+        # fields after it are counted from the last ")", field 3 first.
+        return int(raw[raw.rindex(b")") + 1 :].split()[22 - 3])
+    except (OSError, ValueError, IndexError, OverflowError):
+        return None
+
+
 def _alive(doc: dict[str, Any]) -> bool:
-    """Whether the process a run's record names still runs."""
+    """Whether the process a run's record names still runs: a process of that `pid` is there
+    and, where the record has its `pid_start` and this system tells (`process_start`), it
+    started then. A simulator killed with SIGKILL leaves its record; its pid can later be
+    another process's, which is not that run (a record written before `pid_start` was kept is
+    taken as alive while its pid is)."""
     try:
         os.kill(doc["pid"], 0)
     except PermissionError:  # another user's process of that id
-        return True
+        pass
     except (OSError, OverflowError):
         return False
+    start = doc.get("pid_start")
+    if type(start) is int:
+        now = process_start(doc["pid"])
+        if now is not None and now != start:
+            return False
     return True
 
 
