@@ -1111,3 +1111,53 @@ def test_value_sections_get_the_doc_verdict(name: str) -> None:
     assert ours == theirs == want
     if want is None:
         assert np.array_equal(parsed.values, got.values)
+
+
+# -- claims of the text that the code decides -------------------------------------------------
+
+
+def test_k_is_rounded_half_to_even() -> None:
+    # section 5: topk = 0.5 keeps 2 of d = 5 and 4 of d = 7
+    for d, want in ((5, 2), (7, 4)):
+        spec = _spec([("w", (d,))])
+        u = np.arange(1, d + 1, dtype=np.float32)
+        frame, _ = UpdateCodec(spec, CodecConfig(topk=0.5, bits=32)).encode(
+            u, np.random.default_rng(0)
+        )
+        assert parse_frame(frame, spec.fingerprint, d).header["k"] == want
+
+
+@pytest.mark.parametrize(("index", "coding", "section"), [
+    ("auto", "rice", 0), ("rice", "rice", 0), ("ef", "ef", 0), ("bitmap", "bitmap", 2),
+])  # fmt: skip
+def test_an_all_zero_update_names_its_coding_with_parameter_0(
+    index: str, coding: str, section: int
+) -> None:
+    spec = _spec([("w", (16,))])
+    frame, _ = UpdateCodec(spec, CodecConfig(topk=0.5, bits=4, index=index)).encode(
+        np.zeros(16, np.float32), np.random.default_rng(0)
+    )
+    h = parse_frame(frame, spec.fingerprint, 16).header
+    assert (h["k"], h["index_id"], h["index_param"]) == (0, INDEX_IDS[coding], 0)
+    assert h["index_bytes"] == section
+
+
+@pytest.mark.parametrize(("coding", "param", "error"), [
+    ("ef", 4, "MalformedHeader"),  # d - 1 < 2**L: the upper bound is 0, step 14
+    ("ef", 3, "MalformedSection"),
+    ("rice", 4, "MalformedSection"),
+])  # fmt: skip
+def test_a_non_empty_index_section_at_k_0(coding: str, param: int, error: str) -> None:
+    # Prepare: d = 16, k = 0, an index section of one byte
+    spec = _spec([("w", (16,))])
+    assert index_bounds(coding, 0, 16, param)[1] == (0 if error == "MalformedHeader" else 1)
+    head = build_header(
+        magic=b"PLMU", version=1, flags=0, header_len=56, fingerprint=spec.fingerprint, d=16,
+        k=0, bits=32, index_id=INDEX_IDS[coding], index_param=param, reserved=0, block=0,
+        weight=1.0, index_bytes=1, scale_bytes=0, value_bytes=0, payload_bytes=1,
+    )  # fmt: skip
+    frame = head + b"\x01" + struct.pack("<I", zlib.crc32(head + b"\x01"))
+    # Execute + Assert
+    with pytest.raises(CodecError) as caught:
+        UpdateCodec(spec, CodecConfig.dense()).decode(frame)
+    assert type(caught.value).__name__ == error == _verdict(frame, spec)
