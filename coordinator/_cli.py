@@ -332,7 +332,8 @@ def register(sub: Any) -> None:
     s.add_argument(
         "--admin-token",
         default=os.environ.get("PLUME_ADMIN_TOKEN"),
-        help="bearer token of the admin API (default $PLUME_ADMIN_TOKEN; unset disables it)",
+        help="bearer token of the admin API (default $PLUME_ADMIN_TOKEN; unset or empty disables "
+        "it: 403)",
     )
     s.add_argument(
         "--tls-cert", default=None, metavar="PEM", help="PEM certificate chain (enables HTTPS)"
@@ -1548,6 +1549,8 @@ def _no_admin_token(args: argparse.Namespace) -> str:
         return f"--config {args.config} sets admin-token to an empty value{overrides}: {off}"
     if "admin_token" in getattr(args, "_given", frozenset()):
         return f"--admin-token is empty{overrides}: {off}"
+    if os.environ.get("PLUME_ADMIN_TOKEN") == "":  # `PLUME_ADMIN_TOKEN=` in an env file
+        return f"PLUME_ADMIN_TOKEN is empty (and no --admin-token): {off}"
     return f"no --admin-token (nor PLUME_ADMIN_TOKEN): {off}"
 
 
