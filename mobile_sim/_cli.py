@@ -2270,8 +2270,12 @@ def _sim(args: argparse.Namespace) -> int:
     except ValueError as exc:
         return _fail(_in_flags(str(exc), args.secure))
     # Once the flags are known to make a run, so that a usage error stays one line.
-    if (busy := _busy_cpu_warning(args)) is not None:
-        print(f"{_PROG}: warning: {busy}", file=sys.stderr)
+    # Shown on a terminal only (`_busy_cpu_warning`); kept in each run's rounds.json
+    # (`machine.busy_cpu_warning`) either way, so that a piped or CI run's `plume sim report`
+    # says its wall times were measured on a busy machine.
+    args._busy_warning = _busy_cpu_warning(args)
+    if args._busy_warning is not None and _stderr_is_terminal():
+        print(f"{_PROG}: warning: {args._busy_warning}", file=sys.stderr)
     # An external --coordinator's refusals and network failures are the user's to fix; with
     # the loopback one (ours), such an error would be a bug and keeps its traceback. Before the
     # --out folders are made: a Ctrl-C in these imports leaves none behind.
@@ -2807,7 +2811,8 @@ def _write_interrupted(
 
 def _write_run(result: Any, run_dir: Path, args: argparse.Namespace) -> None:
     """`report.write_run` with what `plume sim` records of the command: `command` (the line
-    that reruns it), `argv` (the line as typed) and the load average when the run started."""
+    that reruns it), `argv` (the line as typed), the load average when the run started and
+    the busy-CPU warning of its start, if any (`_busy_cpu_warning`)."""
     from .report import write_run
 
     write_run(
@@ -2816,6 +2821,7 @@ def _write_run(result: Any, run_dir: Path, args: argparse.Namespace) -> None:
         command=_command(args),
         argv=_typed_argv(args),
         load_average_start=getattr(args, "_load_start", None),
+        busy_cpu_warning=getattr(args, "_busy_warning", None),
     )
 
 
@@ -2854,11 +2860,10 @@ def _busy_cpu_warning(args: argparse.Namespace, load: float | None = None) -> st
     1-minute load average."""
     if args.threads is not None or args.backend != "sequential" or args.transport == "http":
         return None  # an HTTP run trains on one thread already
-    if not _stderr_is_terminal():
-        # For someone watching a terminal. Piped or logged runs (scripts, CI, tests) keep
-        # stderr to what the run did: a warning that depends on other processes' load would
-        # make it differ between two runs of the same command.
-        return None
+    # Printed for someone watching a terminal only: piped or logged runs (scripts, CI, tests)
+    # keep stderr to what the run did (a warning that depends on other processes' load would
+    # make it differ between two runs of the same command). Every run records it in its
+    # rounds.json (`machine.busy_cpu_warning`), which `plume sim report` shows.
     load = _load_average() if load is None else load
     cpus = os.cpu_count() or 1
     if load is None or load < cpus:
@@ -3047,4 +3052,7 @@ def _report(args: argparse.Namespace) -> int:
         print(printable(line))
     for note in found.notes:
         print(printable(note))
+    # A run on a busy machine (its wall times skewed): said on a terminal only when it ran.
+    for line in found.warnings:
+        print(line)
     return 0

@@ -618,6 +618,7 @@ def write_run(
     command: str | None = None,
     argv: list[str] | None = None,
     load_average_start: float | None = None,
+    busy_cpu_warning: str | None = None,
 ) -> dict[str, Path]:
     """Write rounds.json, rounds.csv and ledger.csv for one run into `out_dir`.
 
@@ -627,7 +628,10 @@ def write_run(
     `load_average_start`: the 1-minute load average when the run started (`plume sim` reads
     it before each run), rounds.json's `machine.load_average_start`; `machine` also has
     `load_average_end`, read now. Either is null where it was not read (no load average on
-    this system, or a run started from Python)."""
+    this system, or a run started from Python). `busy_cpu_warning`: the warning `plume sim`
+    gave at the start for a machine whose CPUs were all busy (its wall times are skewed),
+    kept as `machine.busy_cpu_warning` (left out without one): it is printed on a terminal
+    only, and `plume sim report` shows it from here."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = [_record_dict(r) for r in result.records]
@@ -656,6 +660,7 @@ def write_run(
                 **machine_info(),
                 "load_average_start": load_average_start,
                 "load_average_end": load_average_1m(),
+                **({} if busy_cpu_warning is None else {"busy_cpu_warning": busy_cpu_warning}),
             },
             "code": code_info(),
             "started_at": result.started_at,

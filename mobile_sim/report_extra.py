@@ -518,6 +518,9 @@ class RunDir:
     control: one line per run whose rounds record control traffic (an HTTP run's devices'
         exchanges in no round's ledger, `measurements.control_traffic`), in the plots'
         order: its totals in the words of the run's summary line (`_control_line`).
+    warnings: one line per run whose rounds.json recorded a warning of its start
+        (`machine.busy_cpu_warning`: every CPU was busy, so its wall times are skewed), in
+        the plots' order; `plume sim` prints it on a terminal only.
     """
 
     root: Path
@@ -526,6 +529,7 @@ class RunDir:
     notes: list[str]
     files: list[Path] = field(default_factory=list)
     control: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 def read_run_dir(run_dir: str | Path) -> RunDir:
@@ -543,6 +547,7 @@ def read_run_dir(run_dir: str | Path) -> RunDir:
     root = Path(run_dir)
     # label, rounds, summary, file, control line
     found: list[tuple[str, list[dict[str, Any]], Any, Path, str | None]] = []
+    warned: dict[Path, str] = {}  # file: its run's busy-CPU warning line
     trained: list[tuple[str, str | None, str | None]] = []  # label, dataset, model
     title: str | None = None
     paths, busy = _run_files(root)
@@ -564,6 +569,8 @@ def read_run_dir(run_dir: str | Path) -> RunDir:
         label = _label(root, path, doc)
         control = _control_line(label, rounds, secure=doc.get("secure") is not None)
         found.append((label, rounds, doc.get("summary"), path, control))
+        if (warning := _busy_warning(doc)) is not None:
+            warned[path] = f"{label}: warning at its start: {warning}"
         config = doc.get("config")
         dataset = config.get("dataset") if isinstance(config, dict) else None
         trained.append((label, str(dataset) if dataset else None, _model(doc)))
@@ -583,7 +590,16 @@ def read_run_dir(run_dir: str | Path) -> RunDir:
         ],
         [path for *_, path, _ in found],
         [control for *_, control in found if control is not None],
+        [printable(warned[path]) for *_, path, _ in found if path in warned],
     )
+
+
+def _busy_warning(doc: dict[str, Any]) -> str | None:
+    """The busy-CPU warning a run's rounds.json recorded (`machine.busy_cpu_warning`), or
+    None (none recorded, or not a string)."""
+    machine = doc.get("machine")
+    text = machine.get("busy_cpu_warning") if isinstance(machine, dict) else None
+    return text if isinstance(text, str) and text else None
 
 
 def _control_line(label: str, rounds: list[dict[str, Any]], *, secure: bool) -> str | None:
