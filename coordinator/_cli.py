@@ -192,7 +192,9 @@ def _snapshot_cap(text: str) -> int:
     try:
         n = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number written in digits, got {text!r}"
+        ) from None
     if not 0 <= n <= 1_000_000:
         raise argparse.ArgumentTypeError(f"must be in [0, 1000000] (0: no limit), got {n}")
     return n
@@ -206,7 +208,9 @@ def _upload_buffer_mb(text: str) -> int:
     try:
         n = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of MiB, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of MiB written in digits, got {text!r}"
+        ) from None
     if not 0 <= n <= _MAX_UPLOAD_BUFFER_MB:
         raise argparse.ArgumentTypeError(
             f"must be in [0, {_MAX_UPLOAD_BUFFER_MB}] MiB (0: no limit), got {n}"
@@ -944,6 +948,22 @@ class _Given(argparse._StoreAction):
 # serve options naming a file: relative in a --config file, relative to the file's folder.
 _CONFIG_PATHS = ("db", "tls_cert", "tls_key")
 
+# The types of serve's integer options (port, register-burst, keep-frames,
+# snapshots-per-version, upload-buffer-mb): a --config file gives them as TOML integers.
+_INTEGER_TYPES: tuple[Any, ...] = (int, _port, _rounds_to_keep, _snapshot_cap, _upload_buffer_mb)
+
+
+def _not_a_toml_integer(key: str, value: float) -> str:
+    """Why a float given for an integer key is refused. TOML reads `1e3` and `1000.0` as floats
+    (1000.0), which was refused as "expected a whole number, got '1000.0'": whole, it is, but
+    a float; say what to write instead."""
+    if value.is_integer() and abs(value) <= 2**53:
+        return (
+            f"must be a TOML integer, written in digits ({key} = {int(value)}); a decimal point "
+            "or an exponent (1e3) makes a TOML float"
+        )
+    return "must be a TOML integer, written in digits; a float is not one"
+
 
 def _apply_config(args: argparse.Namespace) -> str | None:
     """Set the serve options the command line left out from the `--config` TOML file (keys:
@@ -998,6 +1018,8 @@ def _apply_config(args: argparse.Namespace) -> str | None:
             value = "on" if value else "off"  # access-log = false
         elif isinstance(value, bool) or not isinstance(value, str | int | float):
             return f"{where}: {key} = {shown}: give a string or a number"
+        elif isinstance(value, float) and action.type in _INTEGER_TYPES:
+            return f"{where}: {key} = {shown}: {_not_a_toml_integer(key, value)}"
         try:
             converted = action.type(str(value)) if callable(action.type) else str(value)
         except argparse.ArgumentTypeError as exc:
