@@ -691,6 +691,32 @@ def test_the_doc_writer_builds_the_codecs_frames(
     assert float(parsed.header["weight"]) == dec.weight == weight  # type: ignore[arg-type]
 
 
+@SETTINGS
+@given(
+    shape_i=st.integers(0, len(SHAPES) - 1),
+    cfg=configs,
+    seeds=st.lists(st.integers(0, 2**32 - 1), min_size=1, max_size=5),
+    scale=st.sampled_from([1e-3, 1.0, 50.0]),
+    zeros=st.sampled_from([0.0, 0.3, 1.0]),
+)
+def test_the_batch_encoder_writes_the_doc_writers_frames(
+    shape_i: int, cfg: dict[str, object], seeds: list[int], scale: float, zeros: float
+) -> None:
+    # Prepare: one row per seed
+    shapes = SHAPES[shape_i]
+    spec = _spec(shapes)
+    config = CodecConfig(**cfg)  # type: ignore[arg-type]
+    rows = np.stack([_update(spec.size, s, scale, zeros) for s in seeds])
+    weights = [float(i) for i in range(len(seeds))]
+    # Execute
+    frames = UpdateCodec(spec, config).encode_many(
+        rows, [np.random.default_rng(s) for s in seeds], weights
+    )
+    # Assert
+    for row, seed, weight, frame in zip(rows, seeds, weights, frames, strict=True):
+        assert sections_of(frame) == sections_of(doc_encode(shapes, row, config, seed, weight))
+
+
 @st.composite
 def crafted(draw: st.DrawFn) -> tuple[list[tuple[str, tuple[int, ...]]], bytes, list[int], F32]:
     """A legal frame built from the doc with arbitrary content: any index coding and legal
