@@ -152,8 +152,9 @@ class WorkerState:
     `threads` caps torch's intra-op threads in the worker: with one worker per core, more than
     one thread each only oversubscribes the machine. The context's plugins are imported
     before the model is built. When an inner vectorized backend cannot vmap the model, `warn`
-    says so in the worker's log (a pool worker's stderr is the terminal's); Ray's driver
-    passes False and says it itself, once (`fallback_reason`, `RayBackend._say_fallback`).
+    says so in the worker's log; Ray's driver and the pool's parent pass False and say it
+    themselves, once (`fallback_reason`, `RayBackend._say_fallback`, `process_pool`'s
+    `_say_fallback`): in a pool each worker said it, the same line once per worker.
     """
 
     def __init__(

@@ -287,7 +287,7 @@ def _worker_main(conn: Connection, inner: str, threads: int) -> None:
     """A worker's life: receive the context, build the model once, then train until told to stop.
 
     Messages in: the TrainContext first (answered ("ready", (pid, the model's parameter
-    count)), or the error), then ("task", params_name, d, out_name, slots,
+    count, why an inner vectorized backend trains one job at a time or None)), or the error), then ("task", params_name, d, out_name, slots,
     [(slot, job), ...]), ("eval", params_name, d, lo, hi, batch_size) or None (stop). The
     global params are read from shared memory and each delta is written into its slot of the
     output block, so no array crosses the pipe; only (slot, examples, loss) go back, or for
@@ -302,8 +302,10 @@ def _worker_main(conn: Connection, inner: str, threads: int) -> None:
         return
     ready: tuple[str, Any]
     try:
-        state = WorkerState(ctx, inner, threads)
-        ready = ("ready", (os.getpid(), state.num_params()))
+        # warn=False: a vmap fallback is said once by the parent (`_say_fallback`), not by
+        # every worker.
+        state = WorkerState(ctx, inner, threads, warn=False)
+        ready = ("ready", (os.getpid(), state.num_params(), state.fallback_reason()))
     except BaseException:
         ready = ("error", traceback.format_exc())
     try:
@@ -361,6 +363,17 @@ def _worker_main(conn: Connection, inner: str, threads: int) -> None:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
+
+
+def _say_fallback(model: str, reasons: set[str]) -> None:
+    """Warn once per run, here in the parent, that the workers' vectorized backend cannot vmap
+    `model` and trains its jobs one by one (each reason once). Each worker used to log it
+    itself: the same line once per worker."""
+    if reasons:
+        from .vectorized import warn_fallback
+
+        for reason in sorted(reasons):
+            warn_fallback(model, reason)
 
 
 class ProcessPoolBackend:
@@ -479,7 +492,7 @@ class ProcessPoolBackend:
                 sender = threading.Thread(target=_send, args=(conn, payload), daemon=True)
                 sender.start()
                 senders.append(sender)
-            self._await_ready(time.monotonic() + _START_TIMEOUT_S)
+            fallbacks = self._await_ready(time.monotonic() + _START_TIMEOUT_S)
             started = True
         finally:
             if not started:
@@ -493,9 +506,12 @@ class ProcessPoolBackend:
                 sender.join(_STOP_TIMEOUT_S)
             if not started:
                 self.close()
+        _say_fallback(ctx.model, fallbacks)
 
-    def _await_ready(self, deadline: float) -> None:
-        """Read every worker's "ready" by `deadline` (time.monotonic() s), all in parallel."""
+    def _await_ready(self, deadline: float) -> set[str]:
+        """Read every worker's "ready" by `deadline` (time.monotonic() s), all in parallel;
+        the workers' reasons for a vmap fallback (`WorkerState.fallback_reason`), if any."""
+        fallbacks: set[str] = set()
         waiting = set(self._conns)
         while waiting:
             ready = wait(list(waiting), max(0.0, deadline - time.monotonic()))
@@ -509,9 +525,12 @@ class ProcessPoolBackend:
             for conn in ready:
                 if isinstance(conn, Connection):
                     waiting.discard(conn)
-                    # Raises on a worker's error or death; else (pid, the model's size), the
-                    # same from every worker (one context, one model).
-                    _, self._size = self._reply(conn)
+                    # Raises on a worker's error or death; else (pid, the model's size, its
+                    # fallback reason), the same from every worker (one context, one model).
+                    _, self._size, reason = self._reply(conn)
+                    if reason is not None:
+                        fallbacks.add(reason)
+        return fallbacks
 
     def _reply(self, conn: Connection) -> Any:
         try:
