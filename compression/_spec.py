@@ -72,7 +72,12 @@ class ModelSpec:
         entries = []
         offset = 0
         for name, shape in shapes:
-            shp = tuple(int(s) for s in shape)
+            dims = tuple(shape)
+            for s in dims:
+                # int(2.7) is 2 and int("4") is 4: a bad shape would hash as another layout.
+                if isinstance(s, bool) or not isinstance(s, numbers.Integral):
+                    raise ValueError(f"tensor {name!r}: dimension {s!r} is not an integer")
+            shp = tuple(int(s) for s in dims)
             if any(s < 0 for s in shp):
                 raise ValueError(f"negative dimension in {name!r}: {shp}")
             size = math.prod(shp)
@@ -110,6 +115,11 @@ class ModelSpec:
     def from_json(cls, data: Sequence[dict[str, object]]) -> ModelSpec:
         """The inverse of `to_json`; anything else is a `ValueError` (never a KeyError or a
         TypeError, and no silent coercion of `true`, `2.7` or `"4"` to a dimension)."""
+        if not isinstance(data, (list, tuple)):
+            raise ValueError(
+                f"a model spec must be a list of {{'name', 'shape'}} objects, got "
+                f"{type(data).__name__}"
+            )
         pairs: list[tuple[str, Sequence[int]]] = []
         for i, item in enumerate(data):
             if not isinstance(item, dict) or "name" not in item or "shape" not in item:
