@@ -137,7 +137,14 @@ def byte_view(data: object, what: str) -> memoryview:
     """
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"{what} must be bytes, got {type(data).__name__}")
-    return memoryview(data).cast("B")
+    view = memoryview(data)
+    if not view.c_contiguous:
+        # cast() would raise Python's own TypeError, which names neither the input nor the fix.
+        raise TypeError(
+            f"{what} must be bytes, a bytearray or a contiguous memoryview; got a non-contiguous "
+            "memoryview (copy it with bytes(view))"
+        )
+    return view.cast("B")
 
 
 def check_frame_fits(payload_bytes: int, cap: int) -> None:
