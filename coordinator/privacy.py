@@ -70,6 +70,23 @@ PLD_VALUE_INTERVAL = 1e-4
 PLD_FINE_Z = 0.5
 
 
+def _shown(v: object) -> str:
+    """`v` as a refusal writes it (`aggregators._base.shown`): an int of 16 digits or more in
+    exponent form (1e+400), not its every digit. Imported here: the aggregators import this
+    module."""
+    from coordinator.aggregators._base import shown
+
+    return shown(v)
+
+
+def _finite(v: float) -> bool:
+    """math.isfinite, False (not OverflowError) for an int past a float's range (10**400)."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
+
+
 class PrivacyBudgetExhausted(RuntimeError):
     """Releasing another round would push epsilon past the task's budget."""
 
@@ -82,7 +99,9 @@ class PoissonSampling:
 
     def __post_init__(self) -> None:
         if not 0.0 < self.probability <= 1.0:
-            raise ValueError(f"sampling probability must be in (0, 1], got {self.probability!r}")
+            raise ValueError(
+                f"sampling probability must be in (0, 1], got {_shown(self.probability)}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +114,8 @@ class FixedSizeSampling:
     def __post_init__(self) -> None:
         if not 1 <= self.sample_size <= self.population:
             raise ValueError(
-                f"need 1 <= sample_size <= population, got {self.sample_size}/{self.population}"
+                "need 1 <= sample_size <= population, got "
+                f"{_shown(self.sample_size)}/{_shown(self.population)}"
             )
 
 
@@ -167,9 +187,9 @@ class PrivacyAccountant:
     method: Method = "auto"
 
     def __post_init__(self) -> None:
-        if not (self.noise_multiplier > 0 and math.isfinite(self.noise_multiplier)):
+        if not (self.noise_multiplier > 0 and _finite(self.noise_multiplier)):
             raise ValueError(
-                f"noise multiplier must be finite and > 0, got {self.noise_multiplier}"
+                f"noise multiplier must be finite and > 0, got {_shown(self.noise_multiplier)}"
             )
         _make_accountant(self.sampling, self.method)  # validates the method/sampling pair
 
@@ -178,7 +198,7 @@ class PrivacyAccountant:
         import dp_accounting
 
         if rounds < 0:
-            raise ValueError(f"rounds must be >= 0, got {rounds}")
+            raise ValueError(f"rounds must be >= 0, got {_shown(rounds)}")
         return dp_accounting.SelfComposedDpEvent(
             _round_event(self.noise_multiplier, self.sampling), rounds
         )
@@ -186,7 +206,7 @@ class PrivacyAccountant:
     def epsilon(self, rounds: int, delta: float) -> float:
         """Smallest epsilon with (epsilon, delta)-DP after `rounds` rounds (0 for 0 rounds)."""
         if not 0.0 < delta < 1.0:
-            raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+            raise ValueError(f"delta must be in (0, 1), got {_shown(delta)}")
         if rounds == 0:
             return 0.0
         return _epsilon_cached(self, rounds, delta)
@@ -298,7 +318,7 @@ def rdp_curve(accountant: PrivacyAccountant, rounds: int) -> Any:
     import numpy as np
 
     if rounds < 0:
-        raise ValueError(f"rounds must be >= 0, got {rounds}")
+        raise ValueError(f"rounds must be >= 0, got {_shown(rounds)}")
     _, curve = _round_rdp(
         accountant.noise_multiplier, accountant.sampling, accountant.method == "auto"
     )
@@ -317,7 +337,7 @@ def composed_rdp_epsilon(curves: Any, delta: float) -> float:
     from dp_accounting.rdp import rdp_privacy_accountant
 
     if not 0.0 < delta < 1.0:
-        raise ValueError(f"delta must be in (0, 1), got {delta!r}")
+        raise ValueError(f"delta must be in (0, 1), got {_shown(delta)}")
     orders = rdp_orders()
     total = np.zeros(len(orders), dtype=np.float64)
     n = 0
