@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from dataclasses import dataclass
+from decimal import MAX_EMAX, ROUND_HALF_EVEN, Context, Decimal
 
 from ._spec import ModelSpec
 
@@ -36,10 +38,55 @@ MAX_BLOCK = 1 << 20
 MAX_WEIGHT = float(1 << 53)
 
 
-def _shown(value: object) -> str:
-    """`repr(value)`, cut after 60 characters (an int of a thousand digits, say)."""
+# At or above this a whole number is written in exponent form in a refusal (`short_whole`).
+LARGE_WHOLE = 10**15
+
+# A whole number of 16 digits or more standing alone in a text (not part of a word, an id or
+# a decimal fraction).
+_LONG_WHOLE = re.compile(r"(?<![\w.])-?[0-9]{16,}(?![\w.])")
+
+
+def short_whole(n: int | Decimal) -> str:
+    """A whole number as a refusal writes one of 16 digits or more: 6 significant digits in
+    exponent form (1e+308, -1.23457e+400), never its every digit. From the int's binary
+    digits: Python's int-to-text limit (4,300 digits) does not apply. The coordinator's
+    messages use it too (`coordinator.aggregators._base.shown`)."""
+    exact = n if isinstance(n, Decimal) else Decimal(n)
+    text = str(exact.normalize(Context(prec=6, rounding=ROUND_HALF_EVEN, Emax=MAX_EMAX)))
+    return text.replace("E+", "e+")
+
+
+def short_digits(text: str) -> str:
+    """`text` with each whole number of 16 digits or more written as `short_whole` writes it."""
+    return _LONG_WHOLE.sub(lambda m: short_whole(Decimal(m.group())), text)
+
+
+def _whole(value: object, exact_below: int) -> str | None:
+    """`short_whole` of an int (a numpy one too) at or above `exact_below` in magnitude, else None."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        n = int(value)
+        if abs(n) >= exact_below:
+            return short_whole(n)
+    return None
+
+
+def _number(value: object) -> str:
+    """A numeric field's value as its refusal writes it: `repr`, a huge int short (1e+308)."""
+    return _whole(value, LARGE_WHOLE) or repr(value)
+
+
+def _shown(value: object, exact_below: int = LARGE_WHOLE) -> str:
+    """`_number(value)`, anything else (a Fraction of a thousand digits) cut after 60
+    characters."""
+    if (short := _whole(value, exact_below)) is not None:
+        return short
     text = repr(value)
     return text if len(text) <= 60 else text[:60] + "..."
+
+
+# A weight's int is written whole up to an int64's or uint64's digits: 6 digits of 2^53 + 1
+# (9.0072e+15) would read as the bound itself.
+_WEIGHT_EXACT_BELOW = 10**20
 
 
 def check_weight(weight: object) -> None:
@@ -48,7 +95,9 @@ def check_weight(weight: object) -> None:
         return  # the common case, without the numbers.Real ABC check below
     if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
         raise ValueError(f"weight must be a real number, got {weight!r}")
-    bad = ValueError(f"weight must be a finite number in [0, 2^53], got {_shown(weight)}")
+    bad = ValueError(
+        f"weight must be a finite number in [0, 2^53], got {_shown(weight, _WEIGHT_EXACT_BELOW)}"
+    )
     if isinstance(weight, numbers.Rational):
         # Compared exactly (ints, numpy ints, Fractions): as a float, 2^53 + 1 would round
         # down to 2^53 and pass, and 2^1100 would raise OverflowError, not this ValueError.
@@ -94,14 +143,14 @@ class CodecConfig:
         if not (0.0 < self.topk <= 1.0 and math.isfinite(self.topk)):
             raise ValueError(f"topk must be in (0, 1], got {_shown(self.topk)}")
         if isinstance(self.bits, bool) or self.bits not in VALID_BITS:
-            raise ValueError(f"bits must be one of {VALID_BITS}, got {self.bits!r}")
+            raise ValueError(f"bits must be one of {VALID_BITS}, got {_number(self.bits)}")
         if (
             isinstance(self.block, bool)
             or not isinstance(self.block, int)
             or not MIN_BLOCK <= self.block <= MAX_BLOCK
         ):
             raise ValueError(
-                f"block must be an int in [{MIN_BLOCK}, {MAX_BLOCK}], got {self.block!r}"
+                f"block must be an int in [{MIN_BLOCK}, {MAX_BLOCK}], got {_number(self.block)}"
             )
         if self.index not in INDEX_CHOICES:
             raise ValueError(f"index must be one of {INDEX_CHOICES}, got {self.index!r}")
@@ -112,7 +161,7 @@ class CodecConfig:
         if isinstance(self.zstd_level, bool) or not isinstance(self.zstd_level, int):
             raise ValueError(f"zstd_level must be an int, got {self.zstd_level!r}")
         if not -7 <= self.zstd_level <= 22:
-            raise ValueError(f"zstd_level must be in [-7, 22], got {self.zstd_level}")
+            raise ValueError(f"zstd_level must be in [-7, 22], got {_number(self.zstd_level)}")
 
     @classmethod
     def dense(cls) -> CodecConfig:
@@ -140,13 +189,13 @@ class DecodeLimits:
     def __post_init__(self) -> None:
         if not 64 <= self.max_header_bytes <= 65535:
             raise ValueError(
-                f"max_header_bytes must be in [64, 65535], got {self.max_header_bytes}"
+                f"max_header_bytes must be in [64, 65535], got {_number(self.max_header_bytes)}"
             )
         if self.max_frame_bytes is not None and self.max_frame_bytes < 64:
-            raise ValueError(f"max_frame_bytes must be >= 64, got {self.max_frame_bytes}")
+            raise ValueError(f"max_frame_bytes must be >= 64, got {_number(self.max_frame_bytes)}")
         if not 10 <= self.zstd_max_window_log <= 31:
             raise ValueError(
-                f"zstd_max_window_log must be in [10, 31], got {self.zstd_max_window_log}"
+                f"zstd_max_window_log must be in [10, 31], got {_number(self.zstd_max_window_log)}"
             )
 
     def frame_cap(self, spec: ModelSpec) -> int:

@@ -8,16 +8,15 @@ Wrappers take the wrapped factory in an `inner` slot and nest measurements under
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from decimal import MAX_EMAX, ROUND_HALF_EVEN, Context, Decimal
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from compression import SparseUpdate
+from compression._config import LARGE_WHOLE, short_digits, short_whole
 
 __all__ = [
     "ClientUpdate",
@@ -48,37 +47,18 @@ def finite_number(v: float) -> bool:
         return False
 
 
-# At or above this a whole number is written in exponent form in a message (`shown`).
-LARGE_WHOLE = 10**15
-
-
 def shown(v: object) -> str:
     """`v` as a refusal message writes it: `repr(v)` (a number's `str`), except that an int of 16 digits or more
     is written with 6 significant digits in exponent form (1e+308, -1.23457e+400), never its
     every digit: a spec's `geomed:max_iter=1e308` reaches its check as int(1e308), and its
     refusal printed all 309 digits (an int past 4,300 digits could not be printed at all:
-    Python's int-to-text limit raised ValueError instead of the refusal)."""
+    Python's int-to-text limit raised ValueError instead of the refusal). The shortening is
+    compression's (`short_whole`), whose own refusals write numbers the same way."""
     if isinstance(v, int) and not isinstance(v, bool) and abs(v) >= LARGE_WHOLE:
-        return _short(Decimal(v))  # from the int's binary digits: no int-to-text limit
+        return short_whole(v)  # from the int's binary digits: no int-to-text limit
     if isinstance(v, float | np.floating | np.integer) and not isinstance(v, bool):
         return str(v)  # 2.5, not numpy's np.float64(2.5)
     return repr(v)
-
-
-def _short(exact: Decimal) -> str:
-    text = str(exact.normalize(Context(prec=6, rounding=ROUND_HALF_EVEN, Emax=MAX_EMAX)))
-    return text.replace("E+", "e+")
-
-
-# A whole number of 16 digits or more standing alone in a text (not part of a word, an id or
-# a decimal fraction).
-_LONG_WHOLE = re.compile(r"(?<![\w.])-?[0-9]{16,}(?![\w.])")
-
-
-def short_digits(text: str) -> str:
-    """`text` with each whole number of 16 digits or more written as `shown` writes it: for a
-    refusal from code that prints a number whole (compression's `CodecParams` checks)."""
-    return _LONG_WHOLE.sub(lambda m: _short(Decimal(m.group())), text)
 
 
 @dataclass(frozen=True, slots=True)
