@@ -6,6 +6,8 @@ import contextlib
 import multiprocessing
 import numbers
 import os
+import re
+import secrets
 import signal
 import sys
 import threading
@@ -21,6 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .._proc import process_start
 from ..status import say
 from ._base import JobResult, TrainContext, TrainJob, check_round, usable_cpus
 from ._worker import (
@@ -148,7 +151,12 @@ class _Shared:
     def __init__(self, shape: tuple[int, ...], name: str | None = None) -> None:
         nbytes = max(4, int(np.prod(shape)) * 4)
         if name is None:
-            self.shm = SharedMemory(create=True, size=nbytes)
+            while True:
+                try:
+                    self.shm = SharedMemory(create=True, size=nbytes, name=_segment_name())
+                    break
+                except FileExistsError:  # this process drew the same random part twice
+                    continue
         elif sys.version_info >= (3, 13):
             self.shm = SharedMemory(name=name, track=False)  # a reader leaves it to the owner
         else:
@@ -173,6 +181,84 @@ class _Shared:
                 # goal is met, but `unlink` raised before telling our tracker, which would
                 # otherwise try again at exit and warn about a leak that is not one.
                 resource_tracker.unregister(self.shm._name, "shared_memory")  # type: ignore[attr-defined]
+
+
+# The segments a pool's parent creates, where they are files in /dev/shm (Linux), are named
+# after it: SEGMENT_PREFIX, then its pid namespace (the inode of /proc/self/ns/pid), pid and
+# start time (`process_start`), then a random part. A pool whose process group is SIGKILLed
+# loses its resource tracker with it (the tracker, in the same group, would otherwise unlink
+# them), and its segments stay in /dev/shm, memory that only a reboot gave back; the next pool
+# start removes them (`sweep_stale_segments`). Elsewhere (macOS limits a name to 31
+# characters) the names are SharedMemory's own.
+SEGMENT_PREFIX = "psm_plume_"
+_SEGMENT = re.compile(
+    re.escape(SEGMENT_PREFIX) + r"(?P<ns>[0-9]+)_(?P<pid>[0-9]+)_(?P<start>[0-9]+)_[0-9a-f]+"
+)
+_SHM_ROOT = "/dev/shm"
+
+
+def _pid_namespace() -> int | None:
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
+
+
+def _segment_name() -> str | None:
+    """The name of a segment this process creates (see `SEGMENT_PREFIX`), or None (a name of
+    SharedMemory's) where its owner cannot be named so."""
+    ns, start = _pid_namespace(), process_start(os.getpid())
+    if ns is None or start is None or not os.path.isdir(_SHM_ROOT):
+        return None
+    return f"{SEGMENT_PREFIX}{ns}_{os.getpid()}_{start}_{secrets.token_hex(4)}"
+
+
+def _owner_gone(pid: int, start: int) -> bool:
+    """Whether the process that named a segment (`pid`, started at `start`) is surely gone:
+    no process has that pid, or the one that has it started at another time (the pid was
+    reused). Anything unclear is not gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # another user's process: the pid was reused (the start tells)
+        pass
+    except (OSError, OverflowError):
+        return False
+    now = process_start(pid)
+    return now is not None and now != start
+
+
+def sweep_stale_segments(root: str = _SHM_ROOT) -> list[str]:
+    """Remove from `root` the shared-memory segments of pools whose parent is gone (killed
+    with SIGKILL, its resource tracker with it): only this user's, named by `_segment_name`
+    in this pid namespace (a pid of another namespace, as in a container sharing /dev/shm,
+    says nothing here), whose owner is surely gone (`_owner_gone`). A live pool's segments,
+    this process's included, are never touched. The names removed, sorted."""
+    ns = _pid_namespace()
+    getuid = getattr(os, "getuid", None)
+    if ns is None or getuid is None or not os.path.isdir(root):
+        return []
+    uid = getuid()
+    removed = []
+    with contextlib.suppress(OSError), os.scandir(root) as entries:
+        for entry in entries:
+            found = _SEGMENT.fullmatch(entry.name)
+            if found is None or int(found["ns"]) != ns:
+                continue
+            try:
+                if entry.stat(follow_symlinks=False).st_uid != uid:
+                    continue
+            except OSError:
+                continue
+            if not _owner_gone(int(found["pid"]), int(found["start"])):
+                continue
+            try:
+                os.unlink(entry.path)
+            except OSError:  # removed meanwhile, or not ours to remove after all
+                continue
+            removed.append(entry.name)
+    return sorted(removed)
 
 
 def _check_room(nbytes: int) -> None:
@@ -452,6 +538,8 @@ class ProcessPoolBackend:
 
     def start(self, ctx: TrainContext) -> None:
         self.close()
+        # Before this pool's segments are made: a pool killed earlier left its own behind.
+        sweep_stale_segments()
         self._num_examples = len(ctx.y_train)
         self._test_rows, self._test_predictions = test_set_size(ctx)
         self._stall = StallLimit()  # rates of another context say nothing of this one

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mobile_sim.backends import JobResult, SequentialBackend, TrainContext, TrainJob
+from mobile_sim.backends import JobResult, SequentialBackend, TrainContext, TrainJob, process_pool
 from mobile_sim.backends.process_pool import PoolWorkerError, ProcessPoolBackend
 from mobile_sim.data import load_digits_data
 from mobile_sim.models import build_model
@@ -57,6 +57,18 @@ def _recorded_filename() -> str:
 
 
 shared_memory._make_filename = _recorded_filename  # type: ignore[attr-defined]
+# The pool names its segments itself where /dev/shm holds them (`process_pool._segment_name`).
+_segment_name = process_pool._segment_name
+
+
+def _recorded_segment_name() -> str | None:
+    name = _segment_name()
+    if name is not None:
+        _CREATED.add(name)
+    return name
+
+
+process_pool._segment_name = _recorded_segment_name
 
 
 def _shm_names() -> set[str]:
