@@ -579,3 +579,15 @@ def test_the_graph_is_the_documented_harary_graph(seed: bytes, n: int, factor: f
             for i in range(n)
         ]
     assert secagg.neighbours(n, k, seed) == want
+
+
+def test_the_sketch_of_a_bias_has_one_entry_more_than_its_size() -> None:
+    # "a bias or other 1-D tensor of s values is an s x 1 matrix, so it has s + 1 entries"
+    assert secagg.sketch_length(secagg.sketch_segments_for([(32,)])) == 33
+    # and the intro's figure for sklearn digits' 2,410-parameter MLP at n = 10: 30
+    # coordinates, 182 sketch entries (96 + 33 + 42 + 11), m = 7, so 2,978 B a device
+    segments = secagg.sketch_segments_for([(32, 64), (32,), (10, 32), (10,)])
+    assert secagg.sketch_length(segments) == 182
+    m = secagg.required_ring_bits(10, 1, 3)
+    assert secagg.device_upload_bytes(9, 30 + 182 + 1, m) == 2978
+    assert "2,978 B a device, 2,769 B of it key stages" in DOC.replace("\n", " ")
