@@ -897,7 +897,10 @@ def register(sub: Any) -> None:
             "after the backup is lost (docs/operations.md, Persistence and recovery). Prints "
             "as JSON what it wrote (path: the file, symlinks followed) and what it replaced "
             "(replaced: its size with its -wal, and each task's state, model version and "
-            "closed rounds; null when --db did not exist)."
+            "closed rounds; null when --db did not exist), and the database's new incarnation "
+            "(the identity devices know it by: the restored database hands out again the round "
+            "and task ids given since the backup, and devices set aside what they keep under "
+            "those ids)."
         ),
         epilog=(
             "example:\n  plume coordinator restore --db /var/lib/plume/plume.db "
@@ -3329,9 +3332,11 @@ def _backup_atomic(source: sqlite3.Connection, out: Path, prog: str) -> int:
 
 def _restore(args: argparse.Namespace) -> int:
     from .service.store import (
+        INCARNATION_KEY,
         LockHeld,
         StoreError,
         lock_path,
+        new_incarnation,
         others_may_read,
         schema_version_problem,
         take_lock,
@@ -3445,6 +3450,15 @@ def _restore(args: argparse.Namespace) -> int:
                         _empty_database_file(db)
                         target = stack.enter_context(contextlib.closing(sqlite3.connect(db)))
                     source.backup(target)
+                    # A new incarnation: the restored database hands out again the round and
+                    # task ids given since the backup, which devices tell apart by it
+                    # (docs/operations.md, "Persistence and recovery").
+                    incarnation = new_incarnation()
+                    with target:
+                        target.execute(
+                            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)",
+                            (INCARNATION_KEY, incarnation),
+                        )
                     # One file, as `backup` writes, whatever the backup's header said: the
                     # -wal is checkpointed and deleted (serve turns WAL back on).
                     mode = target.execute("PRAGMA journal_mode=DELETE").fetchone()[0]
@@ -3472,6 +3486,7 @@ def _restore(args: argparse.Namespace) -> int:
         "schema_version": int(version),
         "tasks": tasks,
         "replaced": replaced,
+        "incarnation": incarnation,
     }
     if (note := others_may_read(db)) is not None:  # an existing --db keeps its mode
         print(f"{prog}: note: {note}", file=sys.stderr)

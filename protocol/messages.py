@@ -55,6 +55,8 @@ __all__ = [
     "check_max_model_bytes",
     "check_model_layouts",
     "check_model_names",
+    "check_incarnation",
+    "INCARNATION_HEX_DIGITS",
     "MAX_MODEL_NAME",
     "MAX_MODEL_LAYOUTS",
     "MAX_RETRY_AFTER_S",
@@ -167,8 +169,17 @@ class RegisterRequest:
 
 @dataclass(slots=True)
 class RegisterResponse:
+    """`created`: this request registered the key (false: it was registered already).
+
+    `incarnation`: the identity of the coordinator's database (`check_incarnation`: 32
+    lower-case hex digits, random), made with the database and made anew when it is restored
+    from a backup: the round and task ids it hands out are its own, and one of another
+    incarnation names another round or task (docs/devices.md, "A coordinator with a new
+    database"). None (left out) from a coordinator before the field."""
+
     device_id: str
     created: bool
+    incarnation: str | None = None
 
 
 @dataclass(slots=True)
@@ -294,6 +305,11 @@ class CheckInResponse:
     # Set only when the request named an `awaiting_round` (an `UploadOutcome` value); left out
     # of the JSON otherwise, so answers to devices that did not ask carry no extra byte.
     round_outcome: str | None = None
+    # The coordinator database's identity (`RegisterResponse.incarnation`), in an answer that
+    # carries an assignment or a `round_outcome` (the answers a device acts on with what it
+    # keeps per round and task id); left out of the JSON otherwise, and by a coordinator
+    # before the field.
+    incarnation: str | None = None
 
 
 @dataclass(slots=True)
@@ -731,6 +747,27 @@ def check_model_layouts(value: Any, where: str = "$.model_layouts") -> frozenset
     kind = f"a string of {LAYOUT_HEX_DIGITS} hex digits"
     what = ("layout fingerprints", "layouts", kind, "layout")
     return _distinct_strings(value, where, what, problem)
+
+
+# A coordinator database's identity (`RegisterResponse.incarnation`): 16 random bytes, as
+# `bytes.hex()` writes them.
+INCARNATION_HEX_DIGITS = 32
+
+
+def check_incarnation(value: Any, where: str = "$.incarnation") -> str | None:
+    """`value` as a coordinator's incarnation: None (the field absent or null: a coordinator
+    before it), or a string of INCARNATION_HEX_DIGITS (32) lower-case hex digits; else
+    `MessageError`, showing the value cut at SHOWN_CHARS characters."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise MessageError(f"{where}: expected a string of hex digits, got {_kind(value)}")
+    if len(value) != INCARNATION_HEX_DIGITS or not _LAYOUT_HEX.issuperset(value):
+        raise MessageError(
+            f"{where} = {_cut(repr(value))} is not an incarnation "
+            f"({INCARNATION_HEX_DIGITS} lower-case hex digits)"
+        )
+    return value
 
 
 # An upload's training loss (`?train_loss=`, `Assignment.report_loss`): a plain decimal

@@ -80,6 +80,7 @@ from protocol.messages import (
     UploadReceipt,
     apply_delta,
     check_check_in,
+    check_incarnation,
     check_train_loss,
     expects_continue,
     format_train_loss,
@@ -1198,6 +1199,21 @@ class _Core:
         content out, as for a record past MAX_ACCEPTED), never re-sent to or settled against
         those rounds, and one warning names them. A pending.json that does not read is left
         for the round that re-sends it to name."""
+        held = self._forget_uploads()
+        if held:
+            _log.warning(
+                "%s: the coordinator at %s registered this device anew, so it holds none of "
+                "its uploads: %s %s sent to another coordinator or database (replaced or "
+                "reset, its round ids start again), and %s set aside: forgotten as delivered, "
+                "not sent to or settled against this coordinator's rounds of the same ids",
+                self.store.root, coordinator, "; ".join(held),
+                "was" if len(held) == 1 else "were", "it is" if len(held) == 1 else "they are",
+            )  # fmt: skip
+
+    def _forget_uploads(self) -> list[str]:
+        """Forget the pending upload and every accepted record as delivered (their content is
+        not added back: the residual already left it out); what was held, each as "the
+        pending upload to round 3 of task 1" or "the accepted upload to round 2 of task 1"."""
         held = []
         try:
             pending = self.store.load_pending()
@@ -1212,14 +1228,72 @@ class _Core:
             self.store.forget_accepted(r)
         self._accepted_at.clear()
         self._asked.clear()
-        if held:
+        return held
+
+    def note_incarnation(self, incarnation: str | None, coordinator: str) -> bool:
+        """Act on the incarnation an answer of the coordinator at `coordinator` names (its
+        database's identity, checked; None: the answer has none, from a coordinator before the
+        field, and nothing changes). The app directory keeps its pending upload, its accepted
+        records, and its residuals and models by round and task ids, which are the database's
+        own: under another incarnation than the one state.json names (a new or reset database
+        at this address, or one restored from a backup, which hands the same ids out again for
+        other rounds and tasks) they are set aside before anything else of the answer is acted
+        on. The pending upload and the records are forgotten as delivered (never re-sent to or
+        settled against the new database's rounds of the same ids; their content is not added
+        back), every task's residual and held model are dropped (never added to or trained
+        from for the new database's tasks of the same ids), with one warning naming them; the
+        new incarnation is written last, so a crash midway leaves the rest to the next answer.
+        The first incarnation a directory hears (a new one, one an older SDK wrote, one that
+        only heard coordinators before the field) is written and nothing is set aside: the
+        state may be of that very database. True when state was set aside."""
+        if incarnation is None:
+            return False
+        known = self.store.incarnation()
+        if known == incarnation:
+            return False
+        if known is not None:
+            self._set_aside_database(coordinator, known, incarnation)
+        self.store.update_state(incarnation=incarnation)
+        return known is not None
+
+    def _set_aside_database(self, coordinator: str, known: str, incarnation: str) -> None:
+        """`note_incarnation`'s step for a database of incarnation `incarnation` where the
+        app directory's state is of `known`'s."""
+        uploads = self._forget_uploads()
+        residuals = self.store.residual_tasks()
+        models = self.store.model_tasks()
+        self.store.drop_residuals()
+        self.store.forget_model(None)
+        # What this process holds of them: each task's encoder and secure participant hold its
+        # residual, and the layouts known are of the old database's tasks.
+        self._encoders.clear()
+        self._participants.clear()
+        self._layouts.clear()
+        parts = []
+        if uploads:
+            parts.append(
+                f"{' and '.join(uploads)} {'is' if len(uploads) == 1 else 'are'} forgotten as "
+                "delivered (not sent to or settled against its rounds of the same ids)"
+            )
+        if residuals:
+            parts.append(
+                f"the error-feedback residual{_plural(residuals)} of {_tasks(residuals)} "
+                f"{'is' if len(residuals) == 1 else 'are'} dropped (not added to the updates "
+                "of its tasks of the same ids)"
+            )
+        if models:
+            parts.append(
+                f"the model{_plural(models)} held of {_tasks(models)} "
+                f"{'is' if len(models) == 1 else 'are'} dropped (the next download of "
+                f"{'that task' if len(models) == 1 else 'each'} is a whole snapshot)"
+            )
+        if parts:
             _log.warning(
-                "%s: the coordinator at %s registered this device anew, so it holds none of "
-                "its uploads: %s %s sent to another coordinator or database (replaced or "
-                "reset, its round ids start again), and %s set aside: forgotten as delivered, "
-                "not sent to or settled against this coordinator's rounds of the same ids",
-                self.store.root, coordinator, "; ".join(held),
-                "was" if len(held) == 1 else "were", "it is" if len(held) == 1 else "they are",
+                "%s: the coordinator at %s serves another database than the one this app "
+                "directory's state is of (incarnation %s, was %s: a new or reset database, or "
+                "one restored from a backup, which hands the same round and task ids out again "
+                "for other rounds and tasks), so that state is set aside: %s",
+                self.store.root, coordinator, incarnation, known, "; ".join(parts),
             )  # fmt: skip
 
     def settle_outcome(self, round_id: int, outcome: str | None) -> None:
@@ -2614,6 +2688,12 @@ def _check_in_answer(
             raise LayoutMismatchError(err.status, err.reason, err.detail, task_id)
         raise err
     answer: CheckInResponse = _parse(CheckInResponse, response)
+    # First of all: under another database's incarnation the records, residuals and models
+    # are set aside, and the `round_outcome` (of that database's round of the id asked
+    # about) then settles nothing.
+    core.note_incarnation(
+        _incarnation(response, answer.incarnation, "check-in answer"), _coordinator(response)
+    )
     # Before the rest is looked at: `round_outcome` answers `awaiting_round` whatever the
     # assignment. Refusing the whole answer first left the record unsettled for as long as the
     # coordinator answered with another task's assignment (every check-in, for one with
@@ -2711,6 +2791,35 @@ def _of_task(upload: PendingUpload | AcceptedUpload | None) -> str:
     """The words " of task <t>" for an upload that names its task; "" else."""
     task_id = None if upload is None else upload.task_id
     return "" if task_id is None else f" of task {task_id}"
+
+
+def _plural(tasks: list[int | None] | list[int]) -> str:
+    return "" if len(tasks) == 1 else "s"
+
+
+def _tasks(tasks: list[int | None] | list[int]) -> str:
+    """ "task 1", "tasks 1, 2" (None: the older SDK's residual, kept for no task yet)."""
+    named = [str(t) for t in tasks if t is not None]
+    shown = []
+    if named:
+        shown.append(f"task{'' if len(named) == 1 else 's'} {', '.join(named)}")
+    if None in tasks:
+        shown.append("the older SDK's residual.bin")
+    return " and ".join(shown)
+
+
+def _coordinator(response: httpx.Response) -> str:
+    """The coordinator's address an answer came from, as a warning names it."""
+    return str(response.request.url.copy_with(path="/", query=None))
+
+
+def _incarnation(response: httpx.Response, value: str | None, what: str) -> str | None:
+    """An answer's `incarnation`, checked (`check_incarnation`); a malformed one makes the
+    answer `bad_response`, before anything of it is acted on."""
+    try:
+        return check_incarnation(value, "$.incarnation")
+    except MessageError as exc:
+        raise _bad(response, f"{what}: {exc}") from exc
 
 
 def _same_round(pending: PendingUpload, a: Assignment) -> bool:
@@ -3485,8 +3594,12 @@ def _register_flow(core: _Core, device_id: str) -> _Flow[str]:
     """`Client.register`."""
     core.store.check_registration(device_id)
     response = yield from _request(core.register_exchange())
-    if _registered(response, device_id).created:
-        core.set_aside_uploads(str(response.request.url.copy_with(path="/", query=None)))
+    answer = _registered(response, device_id)
+    incarnation = _incarnation(response, answer.incarnation, "registration answer")
+    # Another database's incarnation sets aside the uploads with the rest; `created` alone
+    # (the same incarnation or none) sets aside the uploads.
+    if not core.note_incarnation(incarnation, _coordinator(response)) and answer.created:
+        core.set_aside_uploads(_coordinator(response))
     core.store.update_state(device_id=device_id, registered=True)
     return device_id
 

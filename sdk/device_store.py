@@ -85,7 +85,7 @@ import numpy.typing as npt
 
 from compression import ErrorFeedback, ModelSpec
 from protocol import auth
-from protocol.messages import MessageError, check_train_loss
+from protocol.messages import MessageError, check_incarnation, check_train_loss
 
 # Damage the store works around rather than refuses (a device must keep training), said here.
 log = logging.getLogger("plume.sdk")
@@ -1565,6 +1565,58 @@ class DeviceStore:
                 path = self.root / name
                 if not (path.is_dir() and not path.is_symlink()):
                     _unlink(path)
+
+    # -- the coordinator's incarnation --------------------------------------------------
+    #
+    # Everything above and below but the key is kept by the ids of the coordinator's rounds
+    # and tasks, which are its database's own: state.json `incarnation` names the database
+    # (`protocol.messages.check_incarnation`) they are of, None before a coordinator said one
+    # (an older SDK's directory, an older coordinator). The client sets that state aside
+    # before it writes another incarnation here (`sdk.client._Core.note_incarnation`), so a
+    # crash in between leaves the old incarnation, and the next answer sets aside the rest.
+
+    def incarnation(self) -> str | None:
+        """The incarnation of the coordinator database the state here is of (state.json
+        `incarnation`), None when none was written (or a value that is none: a hand edit).
+        `DeviceStoreError` when state.json does not read."""
+        value = self.state().get("incarnation")
+        try:
+            return check_incarnation(value)
+        except MessageError:
+            return None
+
+    def model_tasks(self) -> list[int]:
+        """The tasks whose models state.json names, in task order (not loaded: checked)."""
+        return sorted(_held_models(self.state()))
+
+    def residual_tasks(self) -> list[int | None]:
+        """The tasks whose residual files are held, in task order; None last for the older
+        SDK's residual.bin while no task has claimed it (not loaded: checked)."""
+        found = (_RESIDUAL_FILE.fullmatch(p.name) for p in self._task_residual_files())
+        tasks: list[int | None] = []
+        tasks.extend(sorted(int(m.group(1)) for m in found if m is not None))
+        if (self.root / "residual.bin").is_file():
+            tasks.append(None)
+        return tasks
+
+    def drop_residuals(self) -> None:
+        """Remove every error-feedback residual: each task's file, the older SDK's residual.bin
+        (and its claim in state.json) and the staged ones of steps a crash interrupted. Done
+        after the pending upload and the records are forgotten (their steps are finished
+        first: nothing is staged for them afterwards); a crash midway leaves fewer residuals,
+        and the next call removes the rest."""
+        self._recover()
+        for path in (
+            *self._task_residual_files(),
+            *self._staged(),
+            self.root / "residual.bin",
+        ):
+            _unlink(path)
+        if any(k in self.state() for k in ("legacy_residual_task", "legacy_residual_seq")):
+            st = self.state()
+            st.pop("legacy_residual_task", None)
+            st.pop("legacy_residual_seq", None)
+            _write(self.root / "state.json", json.dumps(st, sort_keys=True).encode())
 
     # -- error feedback ------------------------------------------------------------------
     #

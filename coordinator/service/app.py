@@ -826,7 +826,7 @@ def create_app(
             # Counted once on start (restore); a COUNT(*) here would scan the table at every
             # registration, on the event loop.
             metrics.devices.inc()
-        return RegisterResponse(fields.device_id, created)
+        return RegisterResponse(fields.device_id, created, the_store.incarnation)
 
     @app.post(
         Path.CHECK_IN,
@@ -873,10 +873,15 @@ def create_app(
         att: Attribution = getattr(request.state, STATE_KEY)
         if answer.assignment is not None:
             att.round_id = answer.assignment.round_id
+        if answer.assignment is not None or answer.round_outcome is not None:
+            # What the device acts on with what it keeps per round and task id (its records,
+            # residuals, models): the database those ids are of.
+            answer.incarnation = the_store.incarnation
         # Dumped as FastAPI dumps a response model (types coerced to the schema's).
         content = check_in_json.dump_python(answer, mode="json")
-        if answer.round_outcome is None:
-            del content["round_outcome"]  # not asked: the answer is the bytes it always was
+        for key in ("round_outcome", "incarnation"):
+            if content[key] is None:
+                del content[key]  # not asked or not acted on: the bytes it always was
         return JSONResponse(content)
 
     @app.get(

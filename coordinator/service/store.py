@@ -17,6 +17,8 @@ import json
 import logging
 import math
 import os
+import re
+import secrets
 import sqlite3
 import stat
 import threading
@@ -47,6 +49,8 @@ __all__ = [
     "schema_version_problem",
     "schema_version_of",
     "table_names",
+    "new_incarnation",
+    "INCARNATION_KEY",
 ]
 
 log = logging.getLogger("plume.coordinator")
@@ -227,6 +231,21 @@ _NONCE_HORIZON = "nonce_horizon_ms"
 # ... and of the newest timestamp of a nonce a prune deleted (`Store.clamp_nonce_horizon`): no
 # row in a store written before it was kept, or before its first prune.
 _NONCE_FORGOTTEN = "nonce_forgotten_ms"
+
+# The `meta` key of the database's incarnation (`Store.incarnation`): 16 random bytes in hex,
+# made with the database, given to a database without one when it is opened (a store an
+# older coordinator wrote), and made anew by `plume coordinator restore`. Devices key what
+# they keep per round and task id on it: a database whose ids are handed out again (a new
+# or reset one at the same address, or one restored from a backup, whose counters rewind)
+# has another. A row, not a column: an older coordinator that opens the store ignores it.
+INCARNATION_KEY = "incarnation"
+_INCARNATION = re.compile(r"[0-9a-f]{32}")
+
+
+def new_incarnation() -> str:
+    """A new database incarnation: 16 random bytes, as 32 lower-case hex digits."""
+    return secrets.token_hex(16)
+
 
 # The schema versions `_open` migrates to SCHEMA_VERSION in place, and the columns that
 # migration adds where they are missing: (table, column).
@@ -662,6 +681,8 @@ class Store:
         self._lock = threading.RLock()
         self._frame_bytes = 0  # see `frame_bytes`; counted in `_open`
         self._nonce_horizon_ms = 0  # see `nonce_horizon_ms`; read in `_open`
+        # The database's identity for devices (`INCARNATION_KEY`); read (or made) in `_open`.
+        self.incarnation = ""
         self._nonce_forgotten_ms: int | None = None  # see `clamp_nonce_horizon`; read in `_open`
         self._pending_frame_bytes = 0
         # (round, device, direction) -> [payload, wire, dense, requests]: ledger rows a write
@@ -899,6 +920,13 @@ class Store:
                 )
                 migrated_from = str(row[0])
             tx.execute(_UNPRUNED_INDEX)
+            self.incarnation, given = self._incarnation(tx, found is None)
+        if given is not None and found is not None:  # said once it is committed
+            log.info(
+                "gave the database %s the incarnation %s (%s): devices tell this database's "
+                "round and task ids from another's by it",
+                self.path, self.incarnation, given,
+            )  # fmt: skip
         if migrated_from is not None:  # said once it is committed
             log.info(
                 "migrated the database %s from schema %s to %d (older coordinators now refuse "
@@ -925,6 +953,24 @@ class Store:
         self._frame_bytes = int(
             db.execute("SELECT COALESCE(SUM(length(frame)), 0) FROM updates").fetchone()[0]
         )
+
+    @staticmethod
+    def _incarnation(tx: sqlite3.Connection, new: bool) -> tuple[str, str | None]:
+        """The database's incarnation (`INCARNATION_KEY`), written in transaction `tx` where
+        it has none (a `new` database, or one an older coordinator wrote) or a value that is
+        not one (a hand edit); with why it was written then, else None."""
+        row = tx.execute("SELECT value FROM meta WHERE key=?", (INCARNATION_KEY,)).fetchone()
+        if row is not None and _INCARNATION.fullmatch(str(row[0])):
+            return str(row[0]), None
+        value = new_incarnation()
+        tx.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (INCARNATION_KEY, value)
+        )
+        if new:
+            return value, "a new database"  # not said: every new database gets one
+        if row is None:
+            return value, "it had none: written by a coordinator before incarnations"
+        return value, f"its stored one, {str(row[0])[:40]!r}, is not 32 lower-case hex digits"
 
     def close(self) -> None:
         with self._lock:
