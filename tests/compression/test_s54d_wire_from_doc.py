@@ -1187,3 +1187,51 @@ def test_a_non_empty_index_section_at_k_0(coding: str, param: int, error: str) -
     with pytest.raises(CodecError) as caught:
         UpdateCodec(spec, CodecConfig.dense()).decode(frame)
     assert type(caught.value).__name__ == error == _verdict(frame, spec)
+
+
+# -- section 6: the delta chain ---------------------------------------------------------------
+
+
+@SETTINGS
+@given(frames=st.lists(st.binary(max_size=30), max_size=6), cut=st.integers(0, 300))
+def test_the_delta_chain_is_laid_out_and_checked_as_section_6_says(
+    frames: list[bytes], cut: int
+) -> None:
+    from protocol.messages import MessageError, pack_chain, unpack_chain
+
+    # Prepare: the container by hand
+    ours = b"PLCH" + bytes([1, 0]) + struct.pack("<H", len(frames))
+    ours += b"".join(struct.pack("<I", len(f)) for f in frames) + b"".join(frames)
+    # Execute + Assert
+    assert pack_chain(frames) == ours
+    assert unpack_chain(ours, max_frames=len(frames), max_frame_bytes=30) == frames
+    cap = max((len(f) for f in frames), default=0)
+    # the checks of the table, in order, on the chain cut short (or not)
+    data = ours[: min(cut, len(ours))]
+    want: str | None = None
+    if len(data) < 8:
+        want = "chain shorter than its header"
+    elif len(data) < 8 + 4 * len(frames):
+        want = "chain truncated in its length table"
+    elif len(data) != len(ours):
+        want = "chain lengths do not add up to the body size"
+    if want is None:
+        assert unpack_chain(data, max_frames=len(frames), max_frame_bytes=cap) == frames
+    else:
+        with pytest.raises(MessageError, match=want):
+            unpack_chain(data, max_frames=len(frames), max_frame_bytes=cap)
+    if frames:
+        with pytest.raises(MessageError, match=f"chain of {len(frames)} frames exceeds the cap"):
+            unpack_chain(ours, max_frames=len(frames) - 1, max_frame_bytes=cap)
+        if cap:
+            with pytest.raises(MessageError, match=f"a chain frame exceeds the cap of {cap - 1}"):
+                unpack_chain(ours, max_frames=len(frames), max_frame_bytes=cap - 1)
+    for at, value, message in (
+        (0, 0x51, "not a delta chain"),
+        (4, 2, "unsupported chain version 2"),
+        (5, 7, "chain reserved byte is 7, must be 0"),
+    ):
+        bad = bytearray(ours)
+        bad[at] = value
+        with pytest.raises(MessageError, match=message):
+            unpack_chain(bytes(bad), max_frames=len(frames), max_frame_bytes=cap)
