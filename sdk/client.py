@@ -4119,11 +4119,14 @@ class Client(_ClientBase):
         `sdk.device_store.DeviceIdentityLost`, with nothing sent, if the app directory names
         another device or its key file is no longer this client's (see `Client`).
 
-        A coordinator that registers the device anew (`created` true: a new or reset database,
-        another coordinator) holds none of its uploads: the pending upload and the records of
-        accepted uploads the app directory holds, which name rounds by ids that coordinator
-        hands out again for unrelated rounds, are set aside (forgotten as delivered), with a
-        warning on the "plume.sdk" logger naming them (`_Core.set_aside_uploads`)."""
+        An answer naming another database incarnation than the app directory's (a new, reset
+        or restored database: its round and task ids are handed out again) has the pending
+        upload and the records of accepted uploads set aside (forgotten as delivered), and every
+        task's residual and held model dropped, with one warning on the "plume.sdk" logger
+        naming them (`_Core.note_incarnation`; check-in answers too). Without an incarnation (a
+        coordinator before the field), a coordinator that registers the device anew (`created`
+        true) holds none of its uploads: the pending upload and the records are set aside the
+        same way, with a warning (`_Core.set_aside_uploads`)."""
         return self._run(_register_flow(self._core, self.device_id))
 
     def check_in(self, task_id: int | None = None) -> CheckInResponse:
@@ -5108,9 +5111,10 @@ class AsyncClient(_ClientBase):
         return response
 
     async def register(self) -> str:
-        """As `Client.register`: register this device's key (idempotent); the device id. A
-        coordinator that registers the device anew has the app directory's pending upload and
-        accepted records set aside, with a warning."""
+        """As `Client.register`: register this device's key (idempotent); the device id. An
+        answer of another database incarnation sets aside the app directory's uploads, and
+        drops its residuals and models; without one, a coordinator that registers the device
+        anew has the pending upload and accepted records set aside; either with a warning."""
         return await self._run(_register_flow(self._core, self.device_id))
 
     async def check_in(self, task_id: int | None = None) -> CheckInResponse:

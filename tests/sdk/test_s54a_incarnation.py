@@ -21,8 +21,11 @@ from typing import Any
 
 import httpx
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from coordinator.service import ServerThread, ServiceConfig
+from protocol.messages import MessageError, check_incarnation
 from sdk import Client
 from sdk.client import ClientError
 from tests.coordinator.test_service_support import (
@@ -294,3 +297,20 @@ def test_a_malformed_incarnation_is_a_bad_answer(tmp_path: Path) -> None:
         caught.value
     )
     assert not (tmp_path / "dev" / "state.json").exists()
+
+
+@given(st.one_of(st.text(max_size=40), st.text("0123456789abcdefABCDEF", min_size=30, max_size=34)))
+def test_an_incarnation_is_32_lower_case_hex_digits(text: str) -> None:
+    good = len(text) == 32 and set(text) <= set("0123456789abcdef")
+    if good:
+        assert check_incarnation(text) == text
+    else:
+        with pytest.raises(MessageError, match=r"^\$\.incarnation = .* is not an incarnation"):
+            check_incarnation(text)
+
+
+@given(st.one_of(st.integers(), st.booleans(), st.floats(), st.lists(st.integers(), max_size=2)))
+def test_an_incarnation_that_is_no_string_is_named(value: object) -> None:
+    with pytest.raises(MessageError, match=r"^\$\.incarnation: expected a string of hex digits"):
+        check_incarnation(value)
+    assert check_incarnation(None) is None
