@@ -1235,3 +1235,196 @@ def test_the_delta_chain_is_laid_out_and_checked_as_section_6_says(
         bad[at] = value
         with pytest.raises(MessageError, match=message):
             unpack_chain(bytes(bad), max_frames=len(frames), max_frame_bytes=cap)
+
+
+def _inflate(payload: bytes, expected: int) -> bytes:
+    """Steps 16 to 21 of 1.5 for a payload that must inflate to `expected` bytes."""
+    content, window = zstd_header(payload)
+    if content is None:
+        raise Refused("DecompressionError")
+    if content > expected:
+        raise Refused("SizeLimitExceeded")
+    if content != expected or window > 1 << 24:
+        raise Refused("DecompressionError")
+    dobj = zstandard.ZstdDecompressor(max_window_size=1 << 24).decompressobj()
+    try:
+        raw = dobj.decompress(payload)
+    except zstandard.ZstdError as exc:
+        raise Refused("DecompressionError") from exc
+    if not dobj.eof or len(raw) != expected:
+        raise Refused("DecompressionError")
+    if dobj.unused_data:
+        raise Refused("TrailingBytes")
+    return raw
+
+
+def parse_snapshot(blob: bytes, fp: bytes, d: int) -> F32:
+    """Section 2: the envelope checks of 1.5 (cap, magic, version, header length, dtype id,
+    spec, exact length), zstd steps 16-21, then NaN or Inf, then the digest."""
+    if len(blob) > 4 * d + cdiv(d, 8) + 1024:
+        raise Refused("SizeLimitExceeded")
+    if len(blob) < 8:
+        raise Refused("TruncatedFrame")
+    if blob[:4] != b"PLMS":
+        raise Refused("BadMagic")
+    if blob[4] != 1:
+        raise Refused("UnsupportedVersion")
+    header_len = struct.unpack_from("<H", blob, 6)[0]
+    if header_len > 4096:
+        raise Refused("HeaderTooLarge")
+    if header_len != 56:
+        raise Refused("MalformedHeader")
+    if len(blob) < 56:
+        raise Refused("TruncatedFrame")
+    if blob[5] not in (1, 2):
+        raise Refused("MalformedHeader")
+    got_d, n = struct.unpack_from("<II", blob, 16)
+    if blob[8:16] != fp or got_d != d:
+        raise Refused("SpecMismatch")
+    if len(blob) < 56 + n:
+        raise Refused("TruncatedFrame")
+    if len(blob) > 56 + n:
+        raise Refused("TrailingBytes")
+    width = 2 if blob[5] == 1 else 4
+    raw = _inflate(blob[56:], width * d)
+    vals = np.frombuffer(raw, dtype="<f2" if width == 2 else "<f4").astype(np.float32)
+    if not np.all(np.isfinite(vals)):
+        raise Refused("NonFiniteValues")
+    if hashlib.sha256(vals.astype("<f4").tobytes()).digest() != blob[24:56]:
+        raise Refused("ChecksumMismatch")
+    return vals
+
+
+SNAPSHOT_FIELDS = {"dtype": (5, "B"), "d": (16, "I"), "payload_bytes": (20, "I")}
+
+
+@SETTINGS
+@given(
+    shape_i=st.integers(0, len(SHAPES) - 1),
+    dtype=st.sampled_from(["fp16", "fp32"]),
+    hows=st.lists(
+        st.one_of(
+            st.tuples(st.just("byte"), st.integers(0, 10_000), st.integers(0, 255)),
+            st.tuples(st.just("cut"), st.integers(0, 10_000), st.just(0)),
+            st.tuples(st.just("append"), st.integers(1, 8), st.just(0)),
+            st.tuples(st.just("field"), st.sampled_from(sorted(SNAPSHOT_FIELDS)), st.integers()),
+        ),
+        min_size=1,
+        max_size=2,
+    ),
+)
+def test_a_mutated_snapshot_gets_the_same_verdict_from_the_doc_and_the_codec(
+    shape_i: int, dtype: str, hows: list[tuple[str, object, int]]
+) -> None:
+    # Prepare
+    shapes = SHAPES[shape_i]
+    spec = _spec(shapes)
+    params = np.random.default_rng(shape_i).standard_normal(spec.size).astype(np.float32)
+    blob = bytearray(encode_snapshot(params, spec, dtype))
+    for kind, where, value in hows:
+        if not blob:
+            break
+        if kind == "byte":
+            blob[int(where) % len(blob)] = value  # type: ignore[call-overload]
+        elif kind == "cut":
+            del blob[int(where) % len(blob) :]  # type: ignore[call-overload]
+        elif kind == "append":
+            blob += bytes(int(where))  # type: ignore[call-overload]
+        else:
+            offset, code = SNAPSHOT_FIELDS[str(where)]
+            if len(blob) >= offset + struct.calcsize(code):
+                size = 8 * struct.calcsize(code)
+                struct.pack_into("<" + code, blob, offset, value % (1 << size))
+    data = bytes(blob)
+    # Execute
+    try:
+        ours: F32 | str = parse_snapshot(data, spec.fingerprint, spec.size)
+    except Refused as exc:
+        ours = exc.name
+    try:
+        theirs: F32 | str = decode_snapshot(data, spec)
+    except CodecError as exc:
+        theirs = type(exc).__name__
+    # Assert
+    if isinstance(ours, str) or isinstance(theirs, str):
+        assert ours == theirs
+    else:
+        assert np.array_equal(ours.view(np.uint32), theirs.view(np.uint32))
+
+
+def parse_residual(data: bytes, size: int) -> F32:
+    """Section 3's checks, in order."""
+    if len(data) < 8:
+        raise Refused("TruncatedFrame")
+    if data[:4] != b"PLMR":
+        raise Refused("BadMagic")
+    if data[4] != 1:
+        raise Refused("UnsupportedVersion")
+    header_len = struct.unpack_from("<H", data, 6)[0]
+    if header_len > 4096:
+        raise Refused("HeaderTooLarge")
+    if header_len != 16:
+        raise Refused("MalformedHeader")
+    if len(data) < 16:
+        raise Refused("TruncatedFrame")
+    if data[5] != 0:
+        raise Refused("MalformedHeader")
+    d, crc = struct.unpack_from("<II", data, 8)
+    if d != size:
+        raise Refused("SpecMismatch")
+    if len(data) > 16 + 4 * size:
+        raise Refused("TrailingBytes")
+    if len(data) < 16 + 4 * size:
+        raise Refused("TruncatedFrame")
+    if zlib.crc32(data[16:]) != crc:
+        raise Refused("ChecksumMismatch")
+    vals = np.frombuffer(data[16:], dtype="<f4").astype(np.float32)
+    if not np.all(np.isfinite(vals)):
+        raise Refused("NonFiniteValues")
+    return vals
+
+
+@SETTINGS
+@given(
+    size=st.integers(1, 40),
+    hows=st.lists(
+        st.tuples(
+            st.sampled_from(["byte", "cut", "append"]), st.integers(0, 500), st.integers(0, 255)
+        ),
+        min_size=1,
+        max_size=2,
+    ),
+    fix_crc=st.booleans(),
+)
+def test_a_mutated_residual_gets_the_same_verdict_from_the_doc_and_the_codec(
+    size: int, hows: list[tuple[str, int, int]], fix_crc: bool
+) -> None:
+    # Prepare
+    ef = ErrorFeedback(size)
+    ef.residual = np.random.default_rng(size).standard_normal(size).astype(np.float32)
+    data = bytearray(ef.to_bytes())
+    for kind, where, value in hows:
+        if not data:
+            break
+        if kind == "byte":
+            data[where % len(data)] = value
+        elif kind == "cut":
+            del data[where % len(data) :]
+        else:
+            data += bytes(1 + where % 8)
+    if fix_crc and len(data) >= 16:
+        struct.pack_into("<I", data, 12, zlib.crc32(bytes(data[16:])))
+    # Execute
+    try:
+        ours: F32 | str = parse_residual(bytes(data), size)
+    except Refused as exc:
+        ours = exc.name
+    try:
+        theirs: F32 | str = ErrorFeedback.from_bytes(bytes(data), size).residual
+    except CodecError as exc:
+        theirs = type(exc).__name__
+    # Assert
+    if isinstance(ours, str) or isinstance(theirs, str):
+        assert ours == theirs
+    else:
+        assert np.array_equal(ours.view(np.uint32), theirs.view(np.uint32))
