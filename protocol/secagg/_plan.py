@@ -209,7 +209,8 @@ class SecurePlan:
                 "the square of the degree"
             )
         if self.degree + 1 > MAX_SHARES:
-            # Each node splits its secrets among its k neighbours and itself; share x is u16.
+            # A node splits its secrets among its k neighbours (x = 1..k, a u16), one to spare;
+            # unreachable below MAX_DEGREE, kept for a larger MAX_DEGREE.
             raise ValueError(f"degree {self.degree} needs more than {MAX_SHARES} Shamir shares")
         if self.degree % 2 and self.degree != self.num_nodes - 1:
             raise ValueError(f"degree {self.degree} must be even below n - 1 (Harary graph)")
