@@ -213,6 +213,11 @@ MAX_EXPORT_CHAIN = 1024
 # `round_closed`, or its receipt again) and a late read of the round's status or of a secure
 # round's last stage. Later ones are control traffic: a closed round's ledger stops growing.
 LEDGER_GRACE_S = 60.0
+# The `direction` of the ledger rows that record a secure round's accepted masked inputs, one
+# row per device (payload_bytes: its masked input's size; requests: 1). A secure round stores
+# no update frame, and its masked input is its update: `Coordinator.bandwidth` counts these in
+# `up_accepted_*` and lists only the up and down rows (what crossed the network).
+MASKED_INPUT_LEDGER = "masked_input"
 # The window of `ServiceConfig.snapshots_per_version`: a device's count of snapshots of the
 # current version starts again after this many seconds, or at the task's next version.
 SNAPSHOT_WINDOW_S = 3600.0
@@ -3755,6 +3760,11 @@ class Coordinator:
             cur.uploaded.add(device_id)  # it has joined: a new check-in cannot restart it
         if fresh and stage == Stage.MASKED_INPUT:
             cur.reports += 1
+            # Its accepted figures (`bandwidth`), durable as a plain round's frame is: once per
+            # device (a byte-for-byte retry is not fresh), whether or not it answers the unmask
+            # request or its group's sum is released, as a plain round's accepted frame counts
+            # in a round that is then abandoned.
+            self.store.ledger_add([(round_id, device_id, MASKED_INPUT_LEDGER, len(body), 0, 0)])
         return (not fresh), cur.reports, (rt if sec.registry.ready(round_id) else None)
 
     def secure_download(self, round_id: int, stage: Stage, device_id: str) -> bytes | None:
@@ -3871,12 +3881,15 @@ class Coordinator:
         crossed the network, and the device's SDK counts them the same way). The totals'
         `up_accepted_payload_bytes` and `up_accepted_updates` are the update frames the round
         accepted, each once, and nothing else (docs/http-api.md, "Round status and
-        bandwidth")."""
+        bandwidth"); a secure round's are its accepted masked inputs (`MASKED_INPUT_LEDGER`
+        rows), each once: its other stages' messages are protocol traffic, in the rows only."""
         if self.store.round_task(round_id) is None:
             raise ApiError(404, Reason.UNKNOWN_ROUND, f"no round {round_id}")
-        rows = [LedgerRow(*r) for r in self.store.ledger_rows(round_id)]
+        stored = [LedgerRow(*r) for r in self.store.ledger_rows(round_id)]
         if only is not None:
-            rows = [r for r in rows if r.device_id == only]
+            stored = [r for r in stored if r.device_id == only]
+        rows = [r for r in stored if r.direction != MASKED_INPUT_LEDGER]
+        masked = [r for r in stored if r.direction == MASKED_INPUT_LEDGER]
         totals: dict[str, int] = {}
         for d in ("up", "down"):
             sel = [r for r in rows if r.direction == d]
@@ -3889,6 +3902,6 @@ class Coordinator:
             for device, size in self.store.accepted_frame_sizes(round_id)
             if only is None or device == only
         ]
-        totals["up_accepted_payload_bytes"] = sum(accepted)
-        totals["up_accepted_updates"] = len(accepted)
+        totals["up_accepted_payload_bytes"] = sum(accepted) + sum(r.payload_bytes for r in masked)
+        totals["up_accepted_updates"] = len(accepted) + sum(r.requests for r in masked)
         return BandwidthReport(round_id, rows, totals)
