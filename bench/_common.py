@@ -158,9 +158,11 @@ def start_serve(
 
 
 def stop_serve(proc: subprocess.Popen[bytes]) -> None:
-    """Stop a `start_serve` coordinator as Ctrl-C does (killed after 20 s)."""
+    """Stop a `start_serve` coordinator gracefully with SIGTERM, as systemd does (killed after
+    20 s). Not SIGINT: a benchmark run from a script's background job (`nohup ... &`) passes
+    SIGINT on ignored, and the coordinator then keeps it ignored (docs/operations.md)."""
     if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGTERM)
         try:
             proc.wait(20)
         except subprocess.TimeoutExpired:
