@@ -266,6 +266,8 @@ class WireMiddleware:
                 if att is not None and att.round_id > 0 and not self._member(scope, att):
                     att.round_id = 0  # counted as control traffic instead
                 headers = _with_date(message.get("headers", []))
+                if message["status"] == 405:
+                    headers = _allow_every_method(scope, headers)
                 if att is not None and att.round_id > 0:
                     headers.append((LEDGER_HEADER, str(att.round_id).encode()))
                 if has_body and not body_done and not _ends_body(taken):
@@ -520,6 +522,30 @@ def _match_route(scope: Scope) -> Any:
         if match is Match.PARTIAL and partial is None:
             partial = route
     return partial
+
+
+def _allow_every_method(
+    scope: Scope, headers: list[tuple[bytes, bytes]]
+) -> list[tuple[bytes, bytes]]:
+    """A 405's headers with `allow` listing the methods of every route of the path (RFC 9110
+    section 15.5.6: "the target resource's currently supported methods"). Starlette's router
+    lists those of the first route with the path only, so `DELETE /v1/admin/tasks` was told
+    `allow: POST`, leaving out its GET (helper-54f; likewise the model's GET and PUT, and a
+    secure stage's GET and POST). Unchanged when no route of the app has the path."""
+    router = getattr(scope.get("app"), "router", None)
+    methods: set[str] = set()
+    for route in getattr(router, "routes", ()):
+        try:
+            match, _ = route.matches(scope)
+        except Exception:  # a route that cannot match this scope matches nothing
+            continue
+        if match is not Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    if not methods:
+        return headers
+    out = [(k, v) for k, v in headers if bytes(k).lower() != b"allow"]
+    out.append((b"allow", ", ".join(sorted(methods)).encode()))
+    return out
 
 
 def _trim_cut(scope: Scope, unsent: int) -> None:
