@@ -36,6 +36,9 @@ name one for (`_route_template`; tests/coordinator/test_s50_ops_route_label.py).
 
 A request target in absolute form (`http://host/path`), which uvicorn hands over whole as the
 path, is routed as its origin form (`_origin_form`; tests/coordinator/test_s53c_absolute_form.py).
+
+A 405's `allow` header lists the methods of every route of the path, not only those of the
+first one Starlette's router found (`_allow_every_method`; test_s54f_allow_header.py).
 """
 
 from __future__ import annotations
