@@ -686,7 +686,8 @@ KEY_CHARS = 43
 def registered_key(text: str) -> bytes:
     """The 32 bytes of a registration's `public_key`, which must be exactly their base64url
     without padding: 43 characters of `A`-`Z`, `a`-`z`, `0`-`9`, `-` and `_`, the last one
-    with no bit past the key's 256 set. Else 400 `malformed` naming what is wrong. Before,
+    with no bit past the key's 256 set, and encoding a point of the curve. Else 400
+    `malformed` naming what is wrong. Before,
     base64's `+` and `/`, padding and any character outside the alphabet (skipped) were
     taken, so many strings registered the same key."""
     for at, ch in enumerate(text):
@@ -714,7 +715,36 @@ def registered_key(text: str) -> bytes:
             f"public_key's last character {text[-1]!r} sets bits past the key's 32 bytes: "
             "not the base64url of a key (encode the 32 bytes, drop the padding)",
         )
-    return base64.urlsafe_b64decode(text + "=")
+    key = base64.urlsafe_b64decode(text + "=")
+    if not _on_curve(key):
+        # cryptography's Ed25519PublicKey.from_public_bytes takes any 32 bytes, so such a key
+        # got past the route's check and was refused 401 `bad_signature` (its signatures never
+        # verify), which docs/http-api.md gives as 400 `malformed` (helper-54f's audit).
+        raise ApiError(
+            400,
+            Reason.MALFORMED,
+            "public_key is not an Ed25519 key: its 32 bytes encode no point of the curve "
+            "(RFC 8032, section 5.1.3)",
+        )
+    return key
+
+
+# Ed25519's field prime, curve constant d = -121665 / 121666 and a square root of -1 (RFC 8032).
+_P = 2**255 - 19
+_D = -121665 * pow(121666, -1, _P) % _P
+_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
+
+
+def _on_curve(key: bytes) -> bool:
+    """Whether some x makes (x, y) a point of Ed25519 (-x^2 + y^2 = 1 + d x^2 y^2), y the
+    key's low 255 bits mod p: x^2 = (y^2 - 1) / (d y^2 + 1) must be a square (RFC 8032,
+    section 5.1.3, steps 2 and 3). The sign bit and an encoding of y at or above p are left
+    to the other checks (a point of small order is named as such, `protocol.auth.small_order`,
+    whatever its encoding)."""
+    y = (int.from_bytes(key, "little") & ((1 << 255) - 1)) % _P
+    u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
+    x = u * pow(v, 3, _P) * pow(u * pow(v, 7, _P), (_P - 5) // 8, _P) % _P
+    return v * x * x % _P in (u, -u % _P)
 
 
 def admin_token_problem(token: str | None) -> str | None:
