@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -204,12 +205,18 @@ class PrivacyAccountant:
         )
 
     def epsilon(self, rounds: int, delta: float) -> float:
-        """Smallest epsilon with (epsilon, delta)-DP after `rounds` rounds (0 for 0 rounds)."""
+        """Smallest epsilon with (epsilon, delta)-DP after `rounds` rounds (0 for 0 rounds).
+
+        `rounds` is a whole number >= 0 (an int or a numpy integer; not a bool): before, a
+        fixed-size accountant answered 0.0 for -1 rounds (a negative RDP curve) and an epsilon
+        for 2.5 rounds, and a Poisson one raised dp_accounting's own error for -1."""
+        if isinstance(rounds, bool) or not isinstance(rounds, numbers.Integral) or not rounds >= 0:
+            raise ValueError(f"rounds must be a whole number >= 0, got {_shown(rounds)}")
         if not 0.0 < delta < 1.0:
             raise ValueError(f"delta must be in (0, 1), got {_shown(delta)}")
         if rounds == 0:
             return 0.0
-        return _epsilon_cached(self, rounds, delta)
+        return _epsilon_cached(self, int(rounds), delta)
 
     def max_rounds(self, epsilon: float, delta: float, limit: int = 1_000_000) -> int:
         """The largest number of rounds whose epsilon stays <= `epsilon` (capped at `limit`)."""
