@@ -533,6 +533,42 @@ def test_the_discrete_gaussian_zcdp_bound_holds_for_the_exact_divergence(sigma2:
                 assert exact <= alpha * eps**2 / 2 * (1 + 1e-9), (sigma2, n, d, alpha)
 
 
+def test_the_distributed_bounds_hold_for_multi_coordinate_shifts() -> None:
+    # k > 1: the noise is independent per coordinate, so the exact divergence of a shift e is
+    # the sum of its coordinates' 1-D divergences; the bounds take Delta2 = ||e||_2 and, for
+    # Skellam, Delta1 = min(sqrt(k) Delta2, Delta2^2) (>= ||e||_1 for an integer e).
+    def dg_1d(sigma2: float, n: int, d: int, alpha: float) -> float:
+        half = int(40 * math.sqrt(sigma2 * n)) + 20
+        logq = _dg_sum_logpmf(sigma2, n, half)
+        if d == 0:
+            return 0.0
+        logp = np.full_like(logq, -np.inf)
+        logp[d:] = logq[:-d]
+        keep = (logp > -600) & (logq > -600)
+        return _renyi(logp[keep], logq[keep], alpha)
+
+    def sk_1d(variance: float, d: int, alpha: float) -> float:
+        half = int(60 * math.sqrt(variance)) + 50
+        x = np.arange(-half, half + 1)
+        logq = stats.skellam.logpmf(x, variance / 2, variance / 2)
+        logp = stats.skellam.logpmf(x - d, variance / 2, variance / 2)
+        both = np.isfinite(logp) & np.isfinite(logq)
+        return _renyi(logp[both], logq[both], alpha)
+
+    for shift in ((1, 1), (2, 1), (1, 1, 1), (1, 0, 2, 1)):
+        k, l2 = len(shift), math.sqrt(sum(d * d for d in shift))
+        for sigma2, n in ((0.3, 2), (0.6, 3), (1.5, 2)):
+            eps = ddg_epsilon(l2, sigma2, n, k)
+            for alpha in (2, 5, 20):
+                exact = sum(dg_1d(sigma2, n, d, alpha) for d in shift)
+                assert exact <= alpha * eps**2 / 2 * (1 + 1e-9), (shift, sigma2, n, alpha)
+        for variance in (3.0, 30.0):
+            for alpha in (2, 5, 20):
+                exact = sum(sk_1d(variance, d, alpha) for d in shift if d)
+                bound = skellam_rdp([alpha], l2, l1_sensitivity(l2, k), variance)[0]
+                assert exact <= bound * (1 + 1e-9), (shift, variance, alpha)
+
+
 # -- the sampling the accountant assumes ------------------------------------------------------
 
 
@@ -555,6 +591,21 @@ def test_the_engines_cohort_is_a_uniform_sample_without_replacement() -> None:
     upper = pairs[np.triu_indices(m_avail, 1)]
     want = draws * k * (k - 1) / (m_avail * (m_avail - 1))
     assert np.all(np.abs(upper - want) < 5 * math.sqrt(want))
+
+
+def test_a_python_round_engine_does_not_refuse_poisson_accounting() -> None:
+    # docs/privacy.md, assumption 1: the service and plume sim refuse q=, a RoundEngine built in
+    # Python does not. Its default Strategy selects a fixed-size cohort whatever the dp stage
+    # accounts, so the Poisson epsilon such a DPMean reports does not hold there.
+    from coordinator.engine import EngineConfig, RoundEngine
+
+    in_doc("A `RoundEngine` built in Python does not check it")
+    spec = ModelSpec.from_shapes([("w", (4,))])
+    dp = DPMean(1.0, denominator=10.0, sampling=PoissonSampling(0.1))
+    engine = RoundEngine(spec, np.zeros(4, np.float32), dp, EngineConfig(clients_per_round=10))
+    devices = [f"d{i}" for i in range(100)]
+    plan = engine.open_round(devices)
+    assert len(plan.selected) == 10  # exactly 10 of 100, not a Binomial(100, 0.1) cohort
 
 
 # -- clipping bounds the report the sum sees, whatever frame a device sends -------------------
