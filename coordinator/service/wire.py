@@ -273,11 +273,15 @@ class WireMiddleware:
                     headers = _allow_every_method(scope, headers)
                 if att is not None and att.round_id > 0:
                     headers.append((LEDGER_HEADER, str(att.round_id).encode()))
-                if has_body and not body_done and not _ends_body(taken):
+                early = has_body and not body_done and not _ends_body(taken)
+                if early or message["status"] == 413:
                     # Answered before the body has arrived (a 415, 401 or 413 from the headers,
                     # a refusal while streaming): uvicorn would go on reading the rest of it
                     # after the answer, all of a declared length or a chunked body without end,
-                    # until the head timeout. Closing after the answer ends that.
+                    # until the head timeout. Closing after the answer ends that. A 413 closes
+                    # even when its body had all arrived, as the middleware's own always did
+                    # (http-api.md): before, a route's (an upload's, a secure stage's, an
+                    # initial model's) kept the connection then (test_s54f_413_closes.py).
                     if b"close" not in _tokens(headers, b"connection"):
                         headers.append((b"connection", b"close"))
                 message["headers"] = headers
