@@ -41,7 +41,7 @@ from coordinator.privacy import (
     PrivacyAccountant,
     calibrate_noise_multiplier,
 )
-from coordinator.secure._dp import ddg_epsilon, l1_sensitivity, skellam_rdp
+from coordinator.secure._dp import ddg_epsilon, integer_sensitivity, l1_sensitivity, skellam_rdp
 from protocol.secagg._noise import CtrRandom, discrete_gaussian, skellam
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -567,6 +567,51 @@ def test_the_distributed_bounds_hold_for_multi_coordinate_shifts() -> None:
                 exact = sum(sk_1d(variance, d, alpha) for d in shift if d)
                 bound = skellam_rdp([alpha], l2, l1_sensitivity(l2, k), variance)[0]
                 assert exact <= bound * (1 + 1e-9), (shift, variance, alpha)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    values=st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=1, max_size=40),
+    clip=st.floats(0.01, 10.0),
+    sigmas=st.floats(0.5, 8.0),
+    bits=st.integers(1, 16),
+    rotate_it=st.booleans(),
+    dithered=st.booleans(),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_a_devices_integer_input_moves_by_at_most_the_documented_sensitivity(
+    values: list[float],
+    clip: float,
+    sigmas: float,
+    bits: int,
+    rotate_it: bool,
+    dithered: bool,
+    seed: int,
+) -> None:
+    # "Δ₂ = (2^b − 1)/(2C') · C + √k, the extra √k from stochastic rounding" against the
+    # zero-out neighbour: the device's quantized input and the zero update's, through the
+    # device's own steps (sdk.secure.encode_for_plan: L2 clip to C, rotation, per-coordinate
+    # clip to C' and rounding) with the same rounding draws U (random or the public dither).
+    from protocol.secagg._encoding import quantize, rotate
+
+    u = np.asarray(values, dtype=np.float64)
+    k = u.size
+    coord_bound = min(clip, sigmas * clip / math.sqrt(k))  # coordinator.secure plan_numbers
+    norm = float(np.linalg.norm(u))
+    if norm > clip:
+        u = u * (clip / norm)
+    rot = bytes(range(32))
+
+    def integer_input(x: np.ndarray) -> np.ndarray:
+        v = rotate(x, rot) if rotate_it else x
+        rng = np.random.default_rng(seed)
+        dither = np.random.default_rng(seed + 1).random(k) if dithered else None
+        return quantize(v, coord_bound, bits, rng, dither).astype(np.float64)
+
+    diff = integer_input(u) - integer_input(np.zeros(k))
+    delta2 = integer_sensitivity(clip, coord_bound, bits, k)
+    assert float(np.linalg.norm(diff)) <= delta2 * (1 + 1e-12)
+    assert float(np.abs(diff).sum()) <= l1_sensitivity(delta2, k) * (1 + 1e-12)
 
 
 # -- the sampling the accountant assumes ------------------------------------------------------
