@@ -417,6 +417,8 @@ def test_signed_check_in_refusals(http: httpx.Client, dev: Device) -> None:
         return http.post("/v1/checkin", content=body, headers={**headers, **ct})
 
     refused(post({}), 401, "unsigned")
+    # the 415 comes before the signature headers' form
+    refused(http.post("/v1/checkin", content=body), 415, "unsupported_media_type")
     # a timestamp with a leading zero is not canonical: the header is named
     h = dev.headers("POST", "/v1/checkin", body)
     refused(
@@ -624,6 +626,14 @@ def test_plain_round_from_check_in_to_commit(http: httpx.Client, dev: Device) ->
     assert register(http, outsider).status_code == 200
     refused(upload(http, outsider, round_id, frame, "k1"), 403, "not_selected")
     refused(upload(http, dev, 999_999, frame, "k1"), 404, "unknown_round")
+    # order: the 401s come before the Idempotency-Key's 400
+    unsigned = http.post(
+        f"/v1/rounds/{round_id}/updates",
+        content=frame,
+        headers={"content-type": "application/octet-stream"},
+    )
+    refused(unsigned, 401, "unsigned")
+    refused(upload(http, Device(9301), round_id, frame, None), 401, "unregistered")
     # the nonce was not spent by the refusals above: the upload with it is taken (the
     # media type's case and parameters do not matter)
     r = upload(
@@ -815,6 +825,8 @@ def test_admin_refusals_and_task_lifecycle(http: httpx.Client) -> None:
     refused(
         http.post("/v1/admin/tasks", content=body, headers=ADMIN_H), 415, "unsupported_media_type"
     )
+    # the 415 comes before the admin token
+    refused(http.post("/v1/admin/tasks", content=body), 415, "unsupported_media_type")
     refused(
         http.post(
             "/v1/admin/tasks",
@@ -1030,7 +1042,9 @@ def test_secure_round_endpoints(http: httpx.Client) -> None:
     )
     detail = refused(post("advertise-keys", b"x" * 10), 422, "bad_frame")
     assert detail.startswith("MalformedMessage")
-    refused(post("advertise-keys", b"x" * 200), 413, "too_large")
+    # capped from the plan before it is read: 132 bytes for advertise-keys
+    refused(post("advertise-keys", b"x" * 132), 422, "bad_frame")
+    refused(post("advertise-keys", b"x" * 133), 413, "too_large")
     outsider = Device(next(_seeds))
     assert register(http, outsider).status_code == 200
     target = f"{stages}/advertise-keys"
@@ -1123,7 +1137,11 @@ def test_ops_endpoints(http: httpx.Client) -> None:
     body = h.json()
     assert body["ok"] is True and body["journal_mode"] == "wal"
     assert isinstance(body["tasks"], int) and isinstance(body["tasks_refused"], int)
-    assert isinstance(body["dp_all_tasks"], dict)
+    assert set(body) == {"ok", "journal_mode", "tasks", "tasks_refused", "dp_all_tasks"}
+    assert set(body["dp_all_tasks"]) <= {
+        "epsilon", "delta", "tasks", "tasks_composed", "composed", "not_accounted",
+        "epsilon_infinite", "not_running", "partial",
+    }  # fmt: skip
     r = http.get("/readyz")
     assert r.status_code == 200
     assert r.json() == {
@@ -1137,6 +1155,13 @@ def test_ops_endpoints(http: httpx.Client) -> None:
     assert "plume_control_wire_bytes_total" in m.text
     spec = http.get("/openapi.json").json()
     assert "/v1/checkin" in spec["paths"]
+    # "the OpenAPI spec lists only them": the four stages
+    stage_path = spec["paths"]["/v1/secure/rounds/{round_id}/stages/{stage}"]
+    (param,) = [p for p in stage_path["post"]["parameters"] if p["name"] == "stage"]
+    text = json.dumps(param)
+    for stage in ("advertise-keys", "share-keys", "masked-input", "unmask"):
+        assert stage in text
+    assert "done" not in text and "aborted" not in text
     for page in ("/docs", "/docs/oauth2-redirect", "/redoc"):
         p = http.get(page)
         assert p.status_code == 200 and p.headers["content-type"].startswith("text/html"), page
