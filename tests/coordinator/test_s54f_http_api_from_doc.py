@@ -32,6 +32,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from compression import CodecConfig, ModelSpec, UpdateCodec, encode_snapshot
 from coordinator.service import ServerThread, ServiceConfig
 from protocol.messages import apply_delta
+from protocol.secagg import SecAggClient, SecurePlan
+from protocol.secagg import model_digest as secagg_model_digest
 
 ADMIN = "s54f-admin-token"
 SPEC = [{"name": "w", "shape": [10, 16]}, {"name": "b", "shape": [10]}]
@@ -1057,6 +1059,74 @@ def test_secure_round_endpoints(http: httpx.Client) -> None:
         },
     )
     refused(r, 403, "not_selected")
+    # every device advertises its keys: the receipt with its stage; the same bytes again are
+    # `duplicate`, other bytes 409 duplicate_upload; once all have, the stage closes and its
+    # download is the key directory
+    sent = []
+    for i, dv in enumerate(devs):
+        got = setup if i == 0 else signed_get(http, dv, a["upload_path"], round_id)
+        assert got.status_code == 200, got.text
+        plan = SecurePlan.from_bytes(got.content, D)
+        params = plan.protocol_params(secagg_model_digest(initial()))
+        client = SecAggClient(
+            params,
+            int(got.headers["x-plume-secagg-node"]),
+            bytes.fromhex(got.headers["x-plume-secagg-digest"]),
+        )
+        message = client.advertise().to_bytes()
+        assert len(message) == 81  # "the message is 81"
+        sent.append((dv, message, params, got))
+    for i, (dv, message, params, got) in enumerate(sent):
+        target = f"{stages}/advertise-keys"
+        r = http.post(
+            target,
+            content=message,
+            headers={
+                **dv.headers("POST", target, message, round_id),
+                "content-type": "application/octet-stream",
+            },
+        )
+        assert r.status_code == 200, r.text
+        assert r.json() == {
+            "round_id": round_id,
+            "device_id": dv.device_id,
+            "accepted": True,
+            "duplicate": False,
+            "payload_bytes": 81,
+            "reports": 0,
+            "stage": "advertise-keys",
+        }
+        if i == 0:
+            again = http.post(
+                target,
+                content=message,
+                headers={
+                    **dv.headers("POST", target, message, round_id),
+                    "content-type": "application/octet-stream",
+                },
+            )
+            assert again.status_code == 200 and again.json()["duplicate"] is True
+            node = int(got.headers["x-plume-secagg-node"])
+            other = SecAggClient(params, node, params.digest).advertise().to_bytes()
+            r = http.post(
+                target,
+                content=other,
+                headers={
+                    **dv.headers("POST", target, other, round_id),
+                    "content-type": "application/octet-stream",
+                },
+            )
+            refused(r, 409, "duplicate_upload")
+    deadline = time.monotonic() + 15
+    while True:
+        directory = signed_get(http, d, f"{stages}/advertise-keys", round_id)
+        if directory.status_code != 425:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert directory.status_code == 200, directory.text
+    assert directory.headers["content-type"] == "application/octet-stream"
+    assert directory.content
     # a stage download of a device not in the round
     r = signed_get(http, outsider, f"{stages}/advertise-keys", round_id)
     refused(r, 403, "not_selected")
@@ -1064,7 +1134,7 @@ def test_secure_round_endpoints(http: httpx.Client) -> None:
     refused(upload(http, d, round_id, frame_for(), "k1"), 409, "invalid_state")
     res = signed_get(http, d, f"/v1/secure/rounds/{round_id}/result", round_id)
     assert res.status_code == 200 and res.json()["state"] == "open"
-    assert res.json()["measurements"]["stage"] == "advertise-keys"
+    assert res.json()["measurements"]["stage"] == "share-keys"
     assert http.get(f"/v1/secure/rounds/{round_id}/result", headers=ADMIN_H).status_code == 200
     refused(signed_get(http, d, "/v1/secure/rounds/999999/setup", 999999), 404, "unknown_round")
     # stop it so the server does not carry the round into the other tests
@@ -1252,3 +1322,46 @@ def test_check_in_features_are_lenient_to_unknown_names(http: httpx.Client, dev:
         refused(check_in(http, dev, {"features": value}), 422, "validation", "features")
     refused(check_in(http, dev, {"model_names": ["a" * 257]}), 422, "validation", "model_names")
     refused(check_in(http, dev, {"model_layouts": ["0123456789abcdef"] * 2}), 422, "validation")
+
+
+def test_a_task_passed_over_names_why(tmp_path: Path) -> None:
+    # With no other task running, a check-in naming no task is told `wait` for idle_retry_s
+    # with the doc's detail (its own server: no other test's task may be running).
+    cfg = ServiceConfig(db_path=str(tmp_path / "over.db"), admin_token=ADMIN)
+    with ServerThread(cfg) as url, httpx.Client(base_url=url) as http:
+        d = Device(9401)
+        assert register(http, d).status_code == 200
+        off = create_task(http, task_body(codec={"topk": 0.25, "bits": 8, "error_feedback": False}))
+        w = check_in(http, d, {}).json()
+        assert (w["action"], w["retry_after_s"], w["assignment"]) == ("wait", 30.0, None)
+        assert w["detail"].startswith(
+            f"no active task this device's SDK can run: task {off} needs feature error_feedback_off"
+        )
+        assert http.post(f"/v1/admin/tasks/{off}/stop", headers=ADMIN_H).status_code == 200
+        plain = create_task(http, task_body())
+        w = check_in(http, d, {"max_model_bytes": 100}).json()
+        assert w["action"] == "wait" and w["retry_after_s"] == 30.0
+        assert w["detail"] == (
+            f"no active task this device can run: task {plain}'s model is 680 bytes (170 "
+            "float32 parameters, as its spec declares), over the max_model_bytes=100 this "
+            "device declared in its check-in"
+        )
+        w = check_in(http, d, {"model_layouts": ["0123456789abcdef"]}).json()
+        fingerprint = MODEL_SPEC.fingerprint.hex()
+        assert w["detail"].startswith(
+            f'no active task this device can run: task {plain}\'s model "softmax" has layout '
+            f"{fingerprint} (2 tensors, 170 parameters), not one of the model_layouts this "
+            "device declared in its check-in ("
+        )
+        w = check_in(http, d, {"model_names": ["other"]}).json()
+        assert w["detail"].startswith(
+            f'no active task this device can run: task {plain}\'s model "softmax" is not one '
+            'of the model_names this device declared in its check-in ("other")'
+        )
+        # a paused task is passed over silently
+        assert http.post(f"/v1/admin/tasks/{plain}/pause", headers=ADMIN_H).status_code == 200
+        w = check_in(http, d, {"max_model_bytes": 100}).json()
+        assert w["detail"] == "no active task"
+        # and a check-in naming a paused task is told to wait "no active task"
+        w = check_in(http, d, {"task_id": plain}).json()
+        assert (w["action"], w["detail"]) == ("wait", "no active task")
