@@ -42,6 +42,10 @@ MODEL_SPEC = ModelSpec.from_shapes([("w", (10, 16)), ("b", (10,))])
 SNAPSHOTS_PER_VERSION = 3
 # The doc's error-body shape: exactly these two keys (a 425 adds retry_after_s).
 ERROR_KEYS = ["reason", "detail"]
+IMF_FIXDATE = re.compile(
+    r"(Mon|Tue|Wed|Thu|Fri|Sat|Sun), \d\d (Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec) "
+    r"\d{4} \d\d:\d\d:\d\d GMT"
+)
 
 
 # -- a device, from the doc's "Signing" section ----------------------------------------------
@@ -147,6 +151,9 @@ def upload(
 def refused(r: httpx.Response, status: int, reason: str, detail: str | None = None) -> str:
     """Assert the doc's error body: `{"reason": ..., "detail": ...}`; returns the detail."""
     assert r.status_code == status, (r.status_code, r.text)
+    # "its HTTP `Date` header in IMF-fixdate form ..., which the coordinator sends on every
+    # answer"
+    assert IMF_FIXDATE.fullmatch(r.headers["date"]), r.headers.get("date")
     body = r.json()
     assert list(body) == ERROR_KEYS, body
     assert body["reason"] == reason, body
@@ -619,11 +626,13 @@ def test_plain_round_from_check_in_to_commit(http: httpx.Client, dev: Device) ->
     refused(big, 413, "too_large", f"above the {a['max_upload_bytes']}-byte cap")
     assert big.headers["connection"] == "close"
     refused(
-        upload(http, dev, round_id, frame, "k1", signed_round=round_id + 1000),
+        upload(http, dev, round_id, frame, key, signed_round=round_id + 1000),
         403,
         "round_mismatch",
     )
-    refused(upload(http, dev, round_id, b"not a frame", "k0"), 422, "bad_frame")
+    # refused after its signature was checked, under the key the accepted upload uses: "a
+    # refused request never changes the coordinator's state", so the key stays free
+    refused(upload(http, dev, round_id, b"not a frame", key), 422, "bad_frame")
     outsider = Device(next(_seeds))
     assert register(http, outsider).status_code == 200
     refused(upload(http, outsider, round_id, frame, "k1"), 403, "not_selected")
@@ -802,6 +811,9 @@ def test_model_download_query_refusals_and_snapshot_limit(http: httpx.Client, de
     for query, detail in cases:
         refused(signed_get(http, dev, path + query), 422, "validation", detail)
     refused(signed_get(http, dev, "/v1/tasks/999999/model"), 404, "unknown_task")
+    # format=delta from a version with no chain to the current one: 409 unknown_version;
+    # format=auto answers the snapshot instead (a chain is never limited, so do that first)
+    refused(signed_get(http, dev, path + "?have=5&format=delta"), 409, "unknown_version")
     # snapshots_per_version: the (N+1)th snapshot of the version within the hour is 429
     for _ in range(SNAPSHOTS_PER_VERSION):
         assert signed_get(http, dev, path).status_code == 200
