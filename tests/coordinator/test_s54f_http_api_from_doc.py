@@ -392,6 +392,13 @@ def test_register_rate_limit_and_admin_off(tmp_path: Path) -> None:
         r = register(http, d2)
         refused(r, 429, "rate_limited")
         assert int(r.headers["retry-after"]) >= 1
+        # the limit comes before the signature headers' form (429, not 401 unsigned)
+        unsigned = http.post(
+            "/v1/devices",
+            content=_json({"public_key": d2.public_b64}),
+            headers={"content-type": "application/json"},
+        )
+        refused(unsigned, 429, "rate_limited")
         # the device was not created
         refused(check_in(http, d2, {}), 401, "unregistered")
         refused(http.get("/v1/admin/tasks", headers=ADMIN_H), 403, "bad_admin_token")
