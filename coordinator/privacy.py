@@ -88,6 +88,17 @@ def _finite(v: float) -> bool:
         return False
 
 
+def _check_rounds(rounds: object) -> None:
+    """Refuse a round count that is not a whole number >= 0 (an int or a numpy integer; not a
+    bool). Before, only a negative one was refused, and only by `dp_event` and `rdp_curve`:
+    `epsilon` answered 0.0 for -1 fixed-size rounds (a negative RDP curve) and an epsilon for
+    2.5, and `rdp_curve` 2.5 times a round's curve."""
+    if isinstance(rounds, bool) or not isinstance(rounds, numbers.Integral):
+        raise ValueError(f"rounds must be a whole number, got {_shown(rounds)}")
+    if rounds < 0:
+        raise ValueError(f"rounds must be >= 0, got {_shown(rounds)}")
+
+
 class PrivacyBudgetExhausted(RuntimeError):
     """Releasing another round would push epsilon past the task's budget."""
 
@@ -198,20 +209,15 @@ class PrivacyAccountant:
         """The dp_accounting event of `rounds` rounds (rounds >= 0)."""
         import dp_accounting
 
-        if rounds < 0:
-            raise ValueError(f"rounds must be >= 0, got {_shown(rounds)}")
+        _check_rounds(rounds)
         return dp_accounting.SelfComposedDpEvent(
-            _round_event(self.noise_multiplier, self.sampling), rounds
+            _round_event(self.noise_multiplier, self.sampling), int(rounds)
         )
 
     def epsilon(self, rounds: int, delta: float) -> float:
-        """Smallest epsilon with (epsilon, delta)-DP after `rounds` rounds (0 for 0 rounds).
-
-        `rounds` is a whole number >= 0 (an int or a numpy integer; not a bool): before, a
-        fixed-size accountant answered 0.0 for -1 rounds (a negative RDP curve) and an epsilon
-        for 2.5 rounds, and a Poisson one raised dp_accounting's own error for -1."""
-        if isinstance(rounds, bool) or not isinstance(rounds, numbers.Integral) or not rounds >= 0:
-            raise ValueError(f"rounds must be a whole number >= 0, got {_shown(rounds)}")
+        """Smallest epsilon with (epsilon, delta)-DP after `rounds` rounds (0 for 0 rounds);
+        `rounds` a whole number >= 0 (`_check_rounds`)."""
+        _check_rounds(rounds)
         if not 0.0 < delta < 1.0:
             raise ValueError(f"delta must be in (0, 1), got {_shown(delta)}")
         if rounds == 0:
@@ -324,13 +330,12 @@ def rdp_curve(accountant: PrivacyAccountant, rounds: int) -> Any:
     fixed-size task's capped curve, which only RDP holds."""
     import numpy as np
 
-    if rounds < 0:
-        raise ValueError(f"rounds must be >= 0, got {_shown(rounds)}")
+    _check_rounds(rounds)
     _, curve = _round_rdp(
         accountant.noise_multiplier, accountant.sampling, accountant.method == "auto"
     )
     total = np.zeros_like(curve)
-    total += rounds * curve  # as dp_accounting composes SelfComposedDpEvent(round, rounds)
+    total += int(rounds) * curve  # as dp_accounting composes SelfComposedDpEvent(round, rounds)
     return total
 
 

@@ -40,6 +40,7 @@ from coordinator.privacy import (
     PoissonSampling,
     PrivacyAccountant,
     calibrate_noise_multiplier,
+    rdp_curve,
 )
 from coordinator.secure._dp import ddg_epsilon, integer_sensitivity, l1_sensitivity, skellam_rdp
 from protocol.secagg._noise import CtrRandom, discrete_gaussian, skellam
@@ -344,18 +345,34 @@ def test_the_clip_ceiling_and_normbound_arithmetic() -> None:
 
 
 @pytest.mark.parametrize("sampling", [FixedSizeSampling(10, 5), PoissonSampling(0.5)])
-@pytest.mark.parametrize("rounds", [-1, 2.5, True])
-def test_epsilon_refuses_a_round_count_that_is_not_a_whole_number_of_rounds(
-    sampling: FixedSizeSampling | PoissonSampling, rounds: object
+@pytest.mark.parametrize(
+    ("rounds", "message"),
+    [
+        (-1, "rounds must be >= 0, got -1"),
+        (2.5, "rounds must be a whole number, got 2.5"),
+        (True, "rounds must be a whole number, got True"),
+        (np.float64(3.0), "rounds must be a whole number, got 3.0"),
+    ],
+)
+def test_a_round_count_that_is_not_a_whole_number_of_rounds_is_refused(
+    sampling: FixedSizeSampling | PoissonSampling, rounds: object, message: str
 ) -> None:
     # Before: under fixed-size sampling epsilon(-1) answered 0.0 (a negative curve, after a
     # warning from dp_accounting) and epsilon(2.5) the epsilon of two and a half rounds; under
-    # Poisson sampling -1 raised dp_accounting's own "num_times should be >= 1".
+    # Poisson sampling -1 raised dp_accounting's own "num_times should be >= 1". rdp_curve
+    # gave 2.5 times a round's curve; dp_event refused only a negative count.
     acc = PrivacyAccountant(2.0, sampling)
-    with pytest.raises(ValueError, match=r"^rounds must be a whole number >= 0, got "):
-        acc.epsilon(rounds, DELTA)  # type: ignore[arg-type]
+    for call in (
+        lambda: acc.epsilon(rounds, DELTA),  # type: ignore[arg-type]
+        lambda: acc.dp_event(rounds),  # type: ignore[arg-type]
+        lambda: rdp_curve(acc, rounds),  # type: ignore[arg-type]
+    ):
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(err.value) == message
     assert acc.epsilon(0, DELTA) == 0.0
     assert acc.epsilon(np.int64(3), DELTA) == acc.epsilon(3, DELTA)
+    assert np.array_equal(rdp_curve(acc, np.int64(3)), rdp_curve(acc, 3))
 
 
 # -- the coordinator service reports the same figure ------------------------------------------
