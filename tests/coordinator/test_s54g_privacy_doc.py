@@ -631,6 +631,91 @@ def test_a_devices_integer_input_moves_by_at_most_the_documented_sensitivity(
     assert float(np.abs(diff).sum()) <= l1_sensitivity(delta2, k) * (1 + 1e-12)
 
 
+def _doc_ddg_eps(d2: float, sigma2: float, n: int, k: int) -> float:
+    """The page's discrete-Gaussian formula, written out again here."""
+    if sigma2 < 0.25:
+        return d2 / math.sqrt(sigma2)
+    tau = 10 * sum(math.exp(-2 * math.pi**2 * sigma2 * j / (j + 1)) for j in range(1, n))
+    return min(
+        math.sqrt(d2**2 / (n * sigma2) + 2 * tau * k),
+        d2 / (math.sqrt(n) * math.sqrt(sigma2)) + tau * math.sqrt(k),
+        d2 / math.sqrt(sigma2),
+    )
+
+
+def _doc_skellam_curve(d2: float, k: int, total_variance: float) -> np.ndarray:
+    """The page's Skellam bound at ceil(alpha) of dp_accounting's default orders."""
+    d1 = min(math.sqrt(k) * d2, d2**2)
+    out = []
+    for alpha in rdp.rdp_privacy_accountant.DEFAULT_RDP_ORDERS:
+        a, v = math.ceil(alpha), total_variance
+        extra = min(((2 * a - 1) * d2**2 + 6 * d1) / (4 * v**2), 3 * d1 / (2 * v))
+        out.append(a * d2**2 / (2 * v) + extra)
+    return np.array(out)
+
+
+@pytest.mark.parametrize("noise", ["discrete_gaussian", "skellam"])
+def test_a_secure_rounds_epsilon_recomputes_from_the_pages_formulas(noise: str) -> None:
+    # Prepare: a real plan of 10 devices over k = 40 coordinates, expected_dropout 0.2, so
+    # n_min = max(t, ceil(0.8 · 10)) = 8; the per-device variance is (z Δ₂)² / n_min.
+    from coordinator.secure import SecureConfig, make_plan
+    from coordinator.secure._dp import DistributedDpAccountant, account_released_groups
+    from protocol.secagg import NoiseKind
+
+    kind = NoiseKind.DISCRETE_GAUSSIAN if noise == "discrete_gaussian" else NoiseKind.SKELLAM
+    z, nodes, k = 1.3, 10, 40
+    cfg = SecureConfig(noise=kind, noise_multiplier=z, expected_dropout=0.2, dp_delta=1e-6)
+    plan = make_plan(cfg, 1, nodes, 1000, np.arange(k, dtype=np.int64))
+    d2 = (2**plan.value_bits - 1) / (2 * plan.coord_bound) * plan.clip_norm + math.sqrt(k)
+    n_min = max(plan.threshold, math.ceil(0.8 * nodes))
+    assert plan.noise_variance == pytest.approx((z * d2) ** 2 / n_min, rel=1e-12)
+    for survivors in range(plan.threshold, nodes + 1):
+        # Execute: three rounds, each with these survivors
+        acc = DistributedDpAccountant(cfg.dp_delta)
+        for _ in range(3):
+            dp = account_released_groups(acc, [(survivors, plan)], z)
+        # Assert: dp_accounting, from the page's formulas, gives the same epsilon
+        direct = rdp.RdpAccountant()
+        if kind == NoiseKind.DISCRETE_GAUSSIAN:
+            eps1 = _doc_ddg_eps(d2, plan.noise_variance, survivors, k)
+            direct.compose(dp_accounting.ZCDpEvent(eps1**2 / 2), 3)
+            want = direct.get_epsilon(cfg.dp_delta)
+        else:
+            curve = 3 * _doc_skellam_curve(d2, k, survivors * plan.noise_variance)
+            want = _eps(tuple(direct._orders), curve, cfg.dp_delta)
+        assert dp["epsilon"] == pytest.approx(want, rel=1e-9), survivors
+        assert dp["sensitivity"] == pytest.approx(d2, rel=1e-12) and dp["rounds"] == 3
+        # "effective_noise_multiplier ... √(survivors · noise_variance_per_device) / Δ₂ (at
+        # least noise_multiplier from n_min survivors up), and noise_below_plan is true when
+        # ... fewer than n_min devices survived"
+        eff = math.sqrt(survivors * plan.noise_variance) / d2
+        assert dp["effective_noise_multiplier"] == pytest.approx(eff, rel=1e-12)
+        assert dp["noise_below_plan"] == (survivors < n_min)
+        assert (eff >= z * (1 - 1e-12)) == (survivors >= n_min)
+
+
+def test_grouped_rounds_are_accounted_at_the_group_with_the_least_noise() -> None:
+    # "In grouped mode the group with the weakest bound (the least summed noise) sets n and σ²"
+    from coordinator.secure import SecureConfig, make_plan
+    from coordinator.secure._dp import DistributedDpAccountant, account_released_groups
+    from protocol.secagg import NoiseKind
+
+    cfg = SecureConfig(noise=NoiseKind.SKELLAM, noise_multiplier=1.0, expected_dropout=0.1)
+    idx = np.arange(30, dtype=np.int64)
+    big, small = make_plan(cfg, 1, 12, 1000, idx), make_plan(cfg, 1, 6, 1000, idx)
+    groups = [(12, big), (6, small), (9, big)]
+    least = min(groups, key=lambda g: g[0] * g[1].noise_variance)
+    together = DistributedDpAccountant(1e-5)
+    account_released_groups(together, groups, 1.0)
+    alone = DistributedDpAccountant(1e-5)
+    account_released_groups(alone, [least], 1.0)
+    assert together.epsilon() == alone.epsilon()
+    for g in groups:  # and no group's own bound is weaker
+        other = DistributedDpAccountant(1e-5)
+        account_released_groups(other, [g], 1.0)
+        assert other.epsilon() <= together.epsilon()
+
+
 # -- the sampling the accountant assumes ------------------------------------------------------
 
 
