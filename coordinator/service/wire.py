@@ -648,7 +648,11 @@ async def _reject_413(send: Send, cap: int) -> tuple[Message, int]:
 async def _reject(send: Send, status: int, reason: Reason, detail: str) -> tuple[Message, int]:
     """A JSON error response that closes the connection (the rest of the body is not read);
     returns its start message and body size, for the control-traffic counter."""
-    body = json.dumps({"reason": str(reason), "detail": detail}).encode()
+    # Compact, as every other answer's JSON is (Starlette's JSONResponse): before, these bodies
+    # alone had a space after each ':' and ',' (test_s54h_compact_refusals.py).
+    body = json.dumps(
+        {"reason": str(reason), "detail": detail}, ensure_ascii=False, separators=(",", ":")
+    ).encode()
     start: Message = {
         "type": "http.response.start",
         "status": status,
