@@ -302,7 +302,9 @@ def test_the_using_it_example_builds_and_meets_its_budget() -> None:
     # same from a CLI string.
     in_doc("z = calibrate_noise_multiplier(epsilon=4.0, delta=1e-5, rounds=100, sampling=sampling)")
     sampling = FixedSizeSampling(population=10_000, sample_size=200)
-    z = calibrate_noise_multiplier(epsilon=4.0, delta=1e-5, rounds=100, sampling=sampling)
+    # calibrate_noise_multiplier's answer (pinned: the call takes several seconds here; the
+    # calibration itself is tested in test_h82_calibrate_floor and test_h94_fixed_size_bound)
+    z = 1.6532734205330502
     dp = DPMean(
         noise_multiplier=z,
         clip=AdaptiveClip(initial=0.5, target_quantile=0.5),
@@ -317,7 +319,10 @@ def test_the_using_it_example_builds_and_meets_its_budget() -> None:
     )
     assert isinstance(dp2, DPMean) and dp2.noise_multiplier == z
     assert dp2.sampling == dp.sampling and dp2.denominator == dp.denominator
+    # directly: 100 rounds fit ε = 4, 101 do not, nor 100 with 0.1% less noise
     assert wor_eps(10_000, 200, z, 100) <= 4.0 < wor_eps(10_000, 200, z, 101)
+    assert wor_eps(10_000, 200, z * 0.999, 100) > 4.0
+    assert ours(10_000, 200, z, 100) == pytest.approx(wor_eps(10_000, 200, z, 100), rel=1e-12)
     # sigma_b = 200 / 20 and z_u as the mechanism's step 5 states
     sigma_b = dp.count_stddev(200)
     assert sigma_b == 10.0
@@ -373,6 +378,58 @@ def test_a_round_count_that_is_not_a_whole_number_of_rounds_is_refused(
     assert acc.epsilon(0, DELTA) == 0.0
     assert acc.epsilon(np.int64(3), DELTA) == acc.epsilon(3, DELTA)
     assert np.array_equal(rdp_curve(acc, np.int64(3)), rdp_curve(acc, 3))
+
+
+@pytest.mark.parametrize(
+    ("spec", "refusal"),
+    [
+        ("dp:clip=1,z=1,population=100,sample=10,method=pld+fedavg", "no fixed-size sampling"),
+        ("dp:clip=1,z=0.0005,population=100,sample=10+fedavg", "at least 0.001"),
+        ("dp:clip=1,z=1,q=0.1+fedavg", "Poisson sampling needs a fixed denominator"),
+        ("dp:clip=1,z=1,eps=3+fedavg", "needs a sampling model"),
+        ("dp:clip=1e-39,z=1+fedavg", "float32's smallest normal"),
+        ("dp:clip=1,z=1,denom=inf+fedavg", "must be finite and > 0, got inf"),
+        ("dp:clip=1,z=1e300+fedavg", "float32 could not hold the noised mean"),
+        ("collusion+dp:clip=1,z=1,population=100,sample=10+fedavg", "may not account epsilon"),
+        ("normbound:1+dp:clip=1,z=1+fedavg", "dp must be the first (outermost) stage"),
+        ("dp:clip=1,z=1+median", "dp needs a mean inside it"),
+        ("dp:clip=1,z=1,population=100,sample=10,seed=-1+fedavg", "dp seed must be >= 0"),
+        ("dp:clip=1,quantile=0.5,z=2,sample=20,population=100+fedavg", "need 2·sigma_b > z"),
+    ],
+)
+def test_the_pre_checks_the_page_lists_refuse_when_the_stage_is_built(
+    spec: str, refusal: str
+) -> None:
+    # docs/privacy.md's pre-checks (the mechanism, "Accounting", items 6 and 3): refused when
+    # the aggregator is built, i.e. a 422 at task creation and a usage error in plume sim
+    with pytest.raises(ValueError, match=re.escape(refusal)):
+        build_aggregator(spec)
+
+
+def test_the_pre_checks_for_new_tasks_only() -> None:
+    # δ ≥ 1/N and seed= with accounting: refused for a new task or run (not by
+    # build_aggregator, so stored tasks still load); δ in (1/(10N), 1/N) only warned about
+    from coordinator.aggregators._dp import delta_note, delta_refusal, find_dp, seed_refusal
+
+    def dp(spec: str) -> DPMean | None:
+        return find_dp(build_aggregator(spec))
+
+    base = "dp:clip=1,z=1,population=1000,sample=10"
+    assert delta_refusal(dp(f"{base},delta=0.001+fedavg")) is not None  # δ = 1/N
+    assert delta_refusal(dp(f"{base},delta=0.0009+fedavg")) is None
+    assert delta_note(dp(f"{base},delta=0.0009+fedavg")) is not None  # above 1/(10 N)
+    assert delta_note(dp(f"{base},delta=0.00009+fedavg")) is None
+    assert seed_refusal(dp(f"{base},seed=3+fedavg")) is not None
+    assert seed_refusal(dp("dp:clip=1,z=1,seed=3+fedavg")) is None  # claims no ε
+
+
+def test_pld_at_a_small_z_stays_an_upper_bound_as_documented() -> None:
+    # "at z = 0.45, one round, q = 0.01: by less than 10⁻⁶ relative": Plume's coarser grid
+    # against dp_accounting's PLDAccountant at its default step
+    in_doc("(at z = 0.45, one round, q = 0.01: by less than 10⁻⁶ relative")
+    fine = poisson_pld_eps(0.01, 0.45, 1)
+    coarse = PrivacyAccountant(0.45, PoissonSampling(0.01)).epsilon(1, DELTA)
+    assert fine <= coarse < fine * (1 + 1e-6)
 
 
 # -- the coordinator service reports the same figure ------------------------------------------
