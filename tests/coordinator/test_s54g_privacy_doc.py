@@ -462,6 +462,38 @@ def test_the_service_reports_dp_accountings_epsilon_for_a_round(tmp_path: Path) 
     assert meas["noise_stddev"] == pytest.approx(z * 1.0 / meas["clients"], rel=1e-12)
 
 
+def test_the_service_refuses_a_dp_task_that_selects_more_than_it_accounts(
+    tmp_path: Path,
+) -> None:
+    # "FixedSizeSampling(N, m) must name the cohort the engine selects, over-selection
+    # included": 2 a round x over_selection 1.5 selects 3, and sample=2 is refused at creation
+    import httpx
+
+    from coordinator.service import ServerThread, ServiceConfig
+    from coordinator.service.rounds import to_json
+
+    from .test_service_support import ADMIN, task_config
+
+    in_doc("must name the cohort the engine *selects*, over-selection included")
+    cfg = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN)
+    task = task_config(
+        clients_per_round=2,
+        over_selection=1.5,
+        aggregator="dp:clip=1,z=1,population=2,sample=2+fedavg",
+    )
+    with ServerThread(cfg) as url:
+        r = httpx.post(
+            f"{url}/v1/admin/tasks",
+            json=to_json(task),
+            headers={"authorization": f"Bearer {ADMIN}"},
+        )
+    assert r.status_code == 422
+    assert r.json() == {
+        "reason": "validation",
+        "detail": "aggregator: dp accounts sample=2 but 3 are selected",
+    }
+
+
 # -- the central noise: its standard deviation, empirically -----------------------------------
 
 
