@@ -206,6 +206,23 @@ def test_the_documented_calibrations_are_the_smallest_z_to_two_decimals() -> Non
     assert wor_eps(110, 100, 5.71, 20) > 1.5 * 8.0
 
 
+@pytest.mark.parametrize(("population", "z"), [(60, 0.7), (400, 2.0)])
+def test_accounting_a_larger_sample_than_selected_over_counts(population: int, z: float) -> None:
+    # "An m above the selected cohort is taken and over-counts ε": dp_accounting's sampled
+    # bound does not decrease with m at any order (so the capped curve does not either)
+    in_doc("An m above the selected cohort is taken and over-counts ε")
+    sizes = [1, 5, population // 2, population - 2, population - 1]
+    curves = [_wor_round(population, m, z)[1] for m in sizes]
+    for smaller, larger in zip(curves, curves[1:], strict=False):
+        assert np.all(smaller <= larger * (1 + 1e-12))
+    # and the engine takes it (cohort 5, accounted 10)
+    from coordinator.engine import EngineConfig, RoundEngine
+
+    spec = ModelSpec.from_shapes([("w", (4,))])
+    dp = DPMean(z, sampling=FixedSizeSampling(population, 10))
+    RoundEngine(spec, np.zeros(4, np.float32), dp, EngineConfig(clients_per_round=5))
+
+
 # -- the benchmark table, the example and the comparisons -------------------------------------
 
 
