@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import difflib
 import functools
+import json
 import logging
 import math
 import os
@@ -21,7 +22,7 @@ import re
 import sqlite3
 import time
 import typing
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -206,6 +207,22 @@ def _unknown_keys(cls: Any, raw: Any, where: str = "") -> list[str]:
                 if dataclasses.is_dataclass(kind):
                     out += _unknown_keys(kind, value, f"{where}{name}.")
     return out
+
+
+def _json_invalid(error: Mapping[str, Any], doc: Any) -> str:
+    """The detail of a body that is not valid JSON: the parser's message and where, as line,
+    column and character offset. FastAPI's own, "body.12: JSON decode error", gave the offset
+    as if it were a field (test_s54h_json_decode_detail.py)."""
+    loc = error.get("loc", ())
+    pos = loc[-1] if loc and isinstance(loc[-1], int) else None
+    msg = str((error.get("ctx") or {}).get("error", "JSON decode error"))
+    if pos is None or not isinstance(doc, str):
+        return f"body: not valid JSON: {msg}"
+    where = json.JSONDecodeError(msg, doc, pos)
+    return (
+        f"body: not valid JSON: {msg} at line {where.lineno}, column {where.colno} "
+        f"(character {pos})"
+    )
 
 
 def _media(expected: ContentType) -> Callable[[Request], Awaitable[None]]:
@@ -703,7 +720,10 @@ def create_app(
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = exc.errors()
         detail = "; ".join(
-            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}" for e in errors[:5]
+            _json_invalid(e, exc.body)
+            if e.get("type") == "json_invalid"
+            else f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', '')}"
+            for e in errors[:5]
         )
         return JSONResponse({"reason": str(Reason.VALIDATION), "detail": detail}, 422)
 
@@ -1333,6 +1353,14 @@ def create_app(
             "tasks_refused": len(coordinator.refused),
             "dp_all_tasks": dp,
         }
+
+    # HEAD on the health and metrics routes: GET's status and headers without the body (RFC
+    # 9110 section 9.3.2; uvicorn does not send a HEAD's body), for load balancers and uptime
+    # checkers. It was 405. Left out of the OpenAPI spec. The other GET routes stay GET only
+    # (405, `allow: GET`): a model download's HEAD would count a download and spend a snapshot
+    # token, or else answer other headers than its GET (test_s54h_head_health.py).
+    for path, endpoint in ((Path.HEALTHZ, healthz), (READYZ, readyz), (Path.METRICS, prometheus)):
+        app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
 
     app.add_middleware(_ShutdownAnswer)  # inside WireMiddleware: its 503 is counted
     app.add_middleware(

@@ -30,7 +30,7 @@ def url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         ("PATCH", "/v1/admin/tasks/1/model", "GET, PUT"),
         ("DELETE", "/v1/secure/rounds/1/stages/share-keys", "GET, POST"),
         ("PUT", "/v1/rounds/1/updates", "POST"),
-        ("POST", "/metrics", "GET"),
+        ("POST", "/metrics", "GET, HEAD"),  # HEAD on the health routes: test_s54h_head_health
         ("POST", "/v1/tasks/1/model", "GET"),
     ],
 )
