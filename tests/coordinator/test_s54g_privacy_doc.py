@@ -252,6 +252,28 @@ def test_the_benchmark_tables_noise_multipliers_recompute(
         assert calibrated(8.0, 40, 1400, 140) == pytest.approx(got, rel=1e-12)
 
 
+def test_the_tables_accuracies_are_the_committed_runs_means() -> None:
+    # "Final test accuracy, mean of two seeds", per ε and C, from bench/results/privacy.json
+    runs = json.loads((ROOT / "bench/results/privacy.json").read_text())["runs"]
+
+    def mean(label: str) -> str:
+        got = [r["final_accuracy"] for r in runs if r["label"] == label]
+        assert len(got) == 2, label
+        return f"{sum(got) / 2:.3f}"
+
+    for eps, z, sd in ((1, "10.74", "0.077"), (2, "5.88", "0.042"), (4, "3.46", "0.025")) + (
+        (8, "2.12", "0.015"),
+    ):
+        in_doc(f"| {eps} | {z} | {sd} | {mean(f'dp_eps_{eps}_C1')} | {mean(f'dp_eps_{eps}_C2')} |")
+    in_doc(f"| no DP | – | – | {mean('no_dp')} | {mean('no_dp')} |")
+    in_doc(f"| clipping only | – | – | {mean('clip_only_C1')} | {mean('clip_only_C2')} |")
+    # "at C = 1 all 140, for both seeds ...; at C = 2, 61 (seed 0) and 71 (seed 1)"
+    clipped = {(r["label"], r["seed"]): r["clipped_last_round"] for r in runs}
+    assert clipped[("clip_only_C1", 0)] == clipped[("clip_only_C1", 1)] == 140
+    assert (clipped[("clip_only_C2", 0)], clipped[("clip_only_C2", 1)]) == (61, 71)
+    in_doc("at C = 2, 61 (seed 0) and 71 (seed 1)")
+
+
 def test_the_plume_sim_example_stops_after_round_34_through_dpmeans_measurements() -> None:
     # "With z = 2.0 the budget of 8 allows 34 rounds, so this run stops after round 34
     # (ε = 7.95, budget_exhausted: True)"
