@@ -93,6 +93,19 @@ ADMIN_AUTH = {"authorization": f"Bearer {ADMIN}"}
 LEDGER_HEADER = "x-plume-ledger-round"
 UNKNOWN_ROUND = 10**6
 REASONS = {str(r) for r in Reason}
+# Seconds the machine waits for an answer (and then for the app to finish the request). Not
+# httpx's default 5 s: the coordinator runs in this test process, whose full garbage
+# collections (hypothesis's data, and the stores and coordinators of dozens of past apps, which
+# FastAPI's lru_caches of route callables keep alive: 0.5 to 0.8 M objects) stop its thread
+# too. In the slow runs (s54, helper E) 15 of the 16 requests over 0.3 s overlapped one (the
+# other: the first model upload's thread-pool start): 0.4 to 1.1 s at load 6,
+# up to 2.6 s at load 8 (a 3.1 s model download); the ReadTimeouts of stops 53 and 54 came at
+# load 6 to 14, and hypothesis, unable to replay them, reported a flaky test. No wait of the
+# coordinator comes near this limit: its store waits at most its busy timeout (5 s) per
+# statement for another connection's write lock, and only test_h83's `database_locked` holds
+# one, with that timeout cut to 20 ms. A request unanswered this long is a hang, and fails as
+# one (`Service.exchange`).
+ANSWER_TIMEOUT_S = 60.0
 # Rules that fired over every run in this process (reported by the slow exploration test).
 FIRED: collections.Counter[str] = collections.Counter()
 
@@ -164,7 +177,9 @@ class Finished:
 
     def wait(self, n: int) -> None:
         with self.cond:
-            assert self.cond.wait_for(lambda: self.done >= n, timeout=10), "request not done"
+            assert self.cond.wait_for(lambda: self.done >= n, timeout=ANSWER_TIMEOUT_S), (
+                f"request {n} answered but not finished by the app after {ANSWER_TIMEOUT_S:g} s"
+            )
 
 
 class Service:
@@ -192,12 +207,25 @@ class Service:
         self.sent = 0
         self.server = ServerThread(self.config, app=self.finished)
         # No TLS on loopback: verify=False spares the 20 ms of loading CA certificates.
-        self.http = httpx.Client(base_url=self.server.start(), verify=False)
+        self.http = httpx.Client(
+            base_url=self.server.start(), verify=False, timeout=self.answer_timeout_s
+        )
+
+    answer_timeout_s = ANSWER_TIMEOUT_S
 
     def exchange(self, request: httpx.Request) -> httpx.Response:
         """Send `request`; return its response once the app has finished with it (every
-        request of this process goes through here, so the counts match)."""
-        response = self.http.send(request)
+        request of this process goes through here, so the counts match). A request left
+        unanswered for `answer_timeout_s` fails the step, naming itself and the wait."""
+        start = time.monotonic()
+        try:
+            response = self.http.send(request)
+        except httpx.TimeoutException as exc:
+            raise AssertionError(
+                f"{request.method} {request.url.raw_path.decode('ascii')}: no answer after "
+                f"{time.monotonic() - start:.1f} s ({type(exc).__name__}; the limit is "
+                f"{self.answer_timeout_s:g} s): the coordinator hung"
+            ) from exc
         self.sent += 1
         self.finished.wait(self.sent)
         return response
