@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import numpy.typing as npt
@@ -19,8 +19,9 @@ from compression import CodecConfig, CodecError, DecodeLimits, ModelSpec, Update
 
 from .aggregators import AggregateOutput, AggregatorFactory, ClientUpdate
 from .aggregators._base import finite_number, shown
-from .aggregators._dp import accounted_sample_size
+from .aggregators._dp import accounted_sample_size, find_dp
 from .ledger import BandwidthLedger
+from .privacy import PoissonSampling
 
 # The range of a float32 multiplier (np.float32(x) neither inf nor 0).
 F32_MAX = float(np.finfo(np.float32).max)
@@ -149,7 +150,16 @@ _CLOSED = _Round(RoundPlan(0, [], CodecConfig.dense(), 0, 0), frozenset(), close
 
 
 class Strategy:
-    """Overridable hooks of the round loop. Each receives the engine for read access."""
+    """Overridable hooks of the round loop. Each receives the engine for read access.
+
+    `poisson_sampling`: set it to True on a subclass whose `select` really selects each
+    available device independently with the probability q a `dp` stage's `PoissonSampling`
+    accounts (a cohort of Binomial size, hidden from devices). `RoundEngine` refuses a `dp`
+    stage accounting Poisson sampling unless its strategy declares this and overrides
+    `select`: the default `select` picks a fixed-size cohort (docs/privacy.md, assumption 1).
+    """
+
+    poisson_sampling: ClassVar[bool] = False
 
     def select(
         self, engine: RoundEngine, round_id: int, available: Sequence[str], rng: np.random.Generator
@@ -184,6 +194,35 @@ class Strategy:
         engine.params = (engine.params + step).astype(np.float32)
 
 
+def _poisson_refusal(aggregator: object, strategy: Strategy, cohort: int) -> str | None:
+    """Why `strategy` may not run `aggregator`'s dp stage, or None: Poisson accounting (q=)
+    holds only for a `select` that samples each device independently with probability q, so
+    the default `select` (a fixed-size cohort) and an override that does not declare
+    `poisson_sampling = True` are refused; the epsilon reported would not hold."""
+    dp = find_dp(aggregator)
+    s = dp.sampling if dp is not None else None
+    if not isinstance(s, PoissonSampling):
+        return None
+    name = type(strategy).__qualname__
+    if type(strategy).select is Strategy.select:
+        problem = (
+            f"the default Strategy.select (used by {name}) selects fixed-size cohorts of {cohort}"
+            if type(strategy) is not Strategy
+            else f"the default Strategy.select selects fixed-size cohorts of {cohort}"
+        )
+    elif not strategy.poisson_sampling:
+        problem = f"{name}.select does not declare Poisson sampling (poisson_sampling = True)"
+    else:
+        return None
+    return (
+        f"dp accounts Poisson sampling (PoissonSampling({s.probability:g}), q={s.probability:g}) "
+        f"but {problem}, so the epsilon it reports would not hold: account the cohort with "
+        f"FixedSizeSampling(N, {cohort}) (population=N,sample={cohort}), or pass a Strategy "
+        "subclass whose select samples each device independently with probability q and "
+        "that sets poisson_sampling = True"
+    )
+
+
 class RoundEngine:
     """Runs rounds over a flat float32[d] model. Not thread-safe: callers serialise calls."""
 
@@ -209,11 +248,14 @@ class RoundEngine:
                 f"dp accounts cohorts of sample={sample} but the engine selects "
                 f"{config.cohort_size} (over-selection included): set sample= to the cohort"
             )
+        strategy = strategy or Strategy()
+        if (why := _poisson_refusal(aggregator, strategy, config.cohort_size)) is not None:
+            raise ValueError(why)
         self.spec = spec
         self.params = np.array(params, dtype=np.float32, copy=True)
         self.config = config
         self.ledger = ledger if ledger is not None else BandwidthLedger()
-        self.strategy = strategy or Strategy()
+        self.strategy = strategy
         self.codec = UpdateCodec(spec, config.codec, config.limits)
         self.process = aggregator.create(spec.size)
         self.aggregator_state: Any = self.process.initialize()

@@ -868,19 +868,32 @@ def test_the_engines_cohort_is_a_uniform_sample_without_replacement() -> None:
     assert np.all(np.abs(upper - want) < 5 * math.sqrt(want))
 
 
-def test_a_python_round_engine_does_not_refuse_poisson_accounting() -> None:
-    # docs/privacy.md, assumption 1: the service and plume sim refuse q=, a RoundEngine built in
-    # Python does not. Its default Strategy selects a fixed-size cohort whatever the dp stage
-    # accounts, so the Poisson epsilon such a DPMean reports does not hold there.
+def test_a_python_round_engine_refuses_poisson_accounting() -> None:
+    # docs/privacy.md, assumption 1: the service and plume sim refuse q=, and so does a
+    # RoundEngine built in Python. Its default Strategy selects exactly 10 of 100 (a fixed-size
+    # cohort, not a Binomial(100, 0.1) one) whatever the dp stage accounts, so the Poisson
+    # epsilon such a DPMean would report does not hold there.
     from coordinator.engine import EngineConfig, RoundEngine
 
-    in_doc("A `RoundEngine` built in Python does not check it")
+    in_doc("A `RoundEngine` built in Python refuses it too, at construction")
+    in_doc("declares it with the class attribute `poisson_sampling = True`")
+    shown = (
+        "dp accounts Poisson sampling (PoissonSampling(0.1), q=0.1) but the default "
+        "Strategy.select selects fixed-size cohorts of 10"
+    )
+    in_doc(f'("{shown}, ...")')
     spec = ModelSpec.from_shapes([("w", (4,))])
     dp = DPMean(1.0, denominator=10.0, sampling=PoissonSampling(0.1))
-    engine = RoundEngine(spec, np.zeros(4, np.float32), dp, EngineConfig(clients_per_round=10))
-    devices = [f"d{i}" for i in range(100)]
-    plan = engine.open_round(devices)
-    assert len(plan.selected) == 10  # exactly 10 of 100, not a Binomial(100, 0.1) cohort
+    with pytest.raises(ValueError) as info:
+        RoundEngine(spec, np.zeros(4, np.float32), dp, EngineConfig(clients_per_round=10))
+    assert str(info.value).startswith(shown + ", so the epsilon it reports would not hold")
+    assert "FixedSizeSampling(N, 10)" in str(info.value)
+    # the cohort the default select draws: exactly 10 of 100
+    plain = RoundEngine(
+        spec, np.zeros(4, np.float32), DPMean(1.0), EngineConfig(clients_per_round=10)
+    )
+    picked = Strategy().select(plain, 1, [f"d{i}" for i in range(100)], np.random.default_rng(0))
+    assert len(picked) == 10
 
 
 # -- clipping bounds the report the sum sees, whatever frame a device sends -------------------
