@@ -2809,8 +2809,12 @@ def _tasks(tasks: list[int | None] | list[int]) -> str:
 
 
 def _coordinator(response: httpx.Response) -> str:
-    """The coordinator's address an answer came from, as a warning names it."""
-    return str(response.request.url.copy_with(path="/", query=None))
+    """The coordinator's address an answer came from, as a warning names it ("base_url" for
+    an answer a `mods=` middleware built, which names no request)."""
+    try:
+        return str(response.request.url.copy_with(path="/", query=None))
+    except RuntimeError:
+        return "base_url"
 
 
 def _incarnation(response: httpx.Response, value: str | None, what: str) -> str | None:
