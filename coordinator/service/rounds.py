@@ -736,8 +736,9 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
         except OverflowError:  # an int past float's range for a float field (topk=10**400)
             raise ValueError(f"{name}: a number is past a float's range (about 1.8e+308)") from None
         except ValueError as exc:
-            # compression's refusals print an int parameter's every digit (codec.block=1e308
-            # is int(1e308): 309 of them); written short here, as the aggregators' are.
+            # compression writes an int parameter short itself (0aa3b27: codec.block=1e308 is
+            # 1e+308, not int(1e308)'s 309 digits); short_digits stays as a guard for any
+            # refusal that still echoes a long whole number.
             raise ValueError(short_digits(str(exc))) from None
     ef = cfg.codec.error_feedback
     if ef is not None and not isinstance(ef, bool):
