@@ -729,10 +729,9 @@ def registered_key(text: str) -> bytes:
     return key
 
 
-# Ed25519's field prime, curve constant d = -121665 / 121666 and a square root of -1 (RFC 8032).
+# Ed25519's field prime and curve constant d = -121665 / 121666 (RFC 8032).
 _P = 2**255 - 19
 _D = -121665 * pow(121666, -1, _P) % _P
-_SQRT_M1 = pow(2, (_P - 1) // 4, _P)
 
 
 def _on_curve(key: bytes) -> bool:
