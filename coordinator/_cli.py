@@ -861,6 +861,9 @@ def register(sub: Any) -> None:
             "consistent while `serve` runs, with every commit (those still in the -wal file "
             "too). The copy is checked (PRAGMA integrity_check) and written through a "
             "temporary file renamed into place; it is one file, with no -wal beside it. "
+            "The copy leaves out the database's incarnation, so the database put back from it "
+            "(by restore, or by hand) gets a new one when it is opened and devices set aside "
+            "what they keep of the ids given since. "
             "Prints what it wrote as JSON. Needs no sqlite3 command-line tool."
         ),
         epilog=(
@@ -3311,10 +3314,19 @@ def _backup_atomic(source: sqlite3.Connection, out: Path, prog: str) -> int:
     """SQLite's online backup of `source` into `out`, through a temporary file in its folder
     renamed over it once checked and synced: a failure leaves no file behind, and one a killed
     backup left is removed by the next (`_locked_temp`). Its size."""
+    from .service.store import INCARNATION_KEY
+
     fd, tmp = _locked_temp(out, prog)
     try:
         with contextlib.closing(sqlite3.connect(tmp)) as copy:
             source.backup(copy)  # one step: a read transaction, so one consistent state
+            # Without the incarnation (`Store.incarnation`): the database opened from this
+            # file, however it is put back (restore, `cp`, sqlite3's `.restore`), gets a new
+            # one, since it hands out again the round and task ids given after the backup.
+            # Kept, a copy put back by hand named the old one and devices could not tell
+            # (test_s54j_backup_incarnation.py). The database backed up keeps its own.
+            copy.execute("DELETE FROM meta WHERE key=?", (INCARNATION_KEY,))
+            copy.commit()
             # One file, no -wal/-shm beside it (serve turns WAL back on when it opens it).
             copy.execute("PRAGMA journal_mode=DELETE")
             _check_integrity(copy, "the copy")

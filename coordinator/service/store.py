@@ -969,7 +969,10 @@ class Store:
         if new:
             return value, "a new database"  # not said: every new database gets one
         if row is None:
-            return value, "it had none: written by a coordinator before incarnations"
+            return value, (
+                "it had none: a file the backup command wrote, which leaves it out, or a "
+                "database of a coordinator before incarnations"
+            )
         return value, f"its stored one, {str(row[0])[:40]!r}, is not 32 lower-case hex digits"
 
     def close(self) -> None:
