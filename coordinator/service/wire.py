@@ -25,6 +25,10 @@ uvicorn closes the connection once it is sent instead of reading the rest of the
 declared length, or a chunked body without end, until the head timeout). A request with both
 `Content-Length` and `Transfer-Encoding` is refused here (400 `malformed`, the connection
 closed), as RFC 9112 section 6.1 asks. tests/coordinator/test_h260_early_refusal_close.py.
+So is a request that carries one of the `SINGLETON_HEADERS` (Content-Type, Content-Length,
+Authorization, Date, the signature headers, Idempotency-Key) more than once, naming the header:
+the routes read some headers' first value and the signature headers' last
+(tests/coordinator/test_s54j_repeated_headers.py).
 
 Every request body byte taken from the server counts, whether the app read it or
 `client_gone` took it as an answer started (the part of a refused body that had arrived by
@@ -60,7 +64,7 @@ from starlette.requests import ClientDisconnect
 from starlette.routing import Match
 
 from protocol.messages import expects_continue, request_wire_bytes, response_wire_bytes
-from protocol.names import Direction, Reason
+from protocol.names import Direction, Header, Reason
 
 from .metrics import Metrics
 from .store import Store
@@ -593,6 +597,40 @@ _TWICE = (
 )
 
 
+# Request headers that hold one value, which the coordinator reads (or, for `date`, which HTTP
+# defines so): a request carrying one of them more than once is refused before the app runs.
+# The routes read such a header in two ways, Starlette's `headers.get` (the first value: the
+# media type, the declared length, the admin token) and a dict of all of them (the last value:
+# the signature headers), so a request with two could be checked by one value and acted on by
+# the other (auditor's finding, s54j).
+SINGLETON_HEADERS: tuple[str, ...] = (
+    Header.CONTENT_TYPE,
+    Header.CONTENT_LENGTH,
+    Header.AUTHORIZATION,
+    "date",
+    Header.DEVICE,
+    Header.TIMESTAMP,
+    Header.NONCE,
+    Header.ROUND,
+    Header.SIGNATURE,
+    Header.IDEMPOTENCY_KEY,
+)
+_SINGLETONS = frozenset(name.encode() for name in SINGLETON_HEADERS)
+
+
+def _repeated_singleton(headers: Any) -> tuple[str, int] | None:
+    """The first of `SINGLETON_HEADERS` the request carries more than once, with its count."""
+    counts: dict[bytes, int] = {}
+    for k, _ in headers:
+        name = bytes(k).lower()
+        if name in _SINGLETONS:
+            counts[name] = counts.get(name, 0) + 1
+    for name, n in counts.items():
+        if n > 1:
+            return name.decode(), n
+    return None
+
+
 def _refused_before_app(scope: Scope, cap: int | None) -> tuple[int, Reason, str] | None:
     """The refusal a request gets from its head alone, before the app runs (status, reason,
     detail), or None."""
@@ -601,6 +639,15 @@ def _refused_before_app(scope: Scope, cap: int | None) -> tuple[int, Reason, str
         # frames by the chunked encoding) would read two different requests from the same
         # bytes (request smuggling). Refused, and the connection closed after the answer.
         return 400, Reason.MALFORMED, _TWICE
+    if (repeated := _repeated_singleton(scope["headers"])) is not None:
+        # Before the app, so nothing is read, checked or stored: no nonce is spent, and the
+        # request can be sent again with the header once (test_s54j_repeated_headers.py).
+        name, n = repeated
+        return (
+            400,
+            Reason.MALFORMED,
+            f"the {name} header is given {n} times; a request carries it once",
+        )
     if cap is not None:
         for k, v in scope["headers"]:
             if k == b"content-length" and v.isdigit() and int(v) > cap:
