@@ -1,0 +1,388 @@
+"""Audit of docs/robustness.md: each aggregator against a numpy reference written from the doc's
+definition alone, the guarantees it states as properties, its refusals and its spec examples.
+
+References (docs/robustness.md, "Aggregators" table and "Edge cases"): missing coordinates of a
+sparse report count as 0; robust rules weigh every report 1 whatever its example count.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from compression import SparseUpdate
+from coordinator.aggregators import AggregatorSpecError, ClientUpdate, build_aggregator
+from coordinator.aggregators._robust import cohort_refusal
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "robustness.md"
+FAST = settings(max_examples=40, derandomize=True, deadline=None)
+
+
+def updates(x: np.ndarray, weights: np.ndarray | None = None) -> list[ClientUpdate]:
+    out = []
+    for i, row in enumerate(x.astype(np.float32)):
+        idx = np.flatnonzero(row).astype(np.int64)
+        w = 1.0 if weights is None else float(weights[i])
+        out.append(ClientUpdate(f"dev-{i:03d}", SparseUpdate(idx, row[idx], row.shape[0]), w))
+    return out
+
+
+def run(spec: str, x: np.ndarray, weights: np.ndarray | None = None):  # type: ignore[no-untyped-def]
+    proc = build_aggregator(spec).create(x.shape[1])
+    return proc.next(proc.initialize(), updates(x, weights))
+
+
+@st.composite
+def reports(draw, min_n: int = 1, max_n: int = 9):  # type: ignore[no-untyped-def]
+    n = draw(st.integers(min_n, max_n))
+    d = draw(st.integers(1, 6))
+    seed = draw(st.integers(0, 2**31 - 1))
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, d)).astype(np.float32)
+    x[rng.random((n, d)) < draw(st.sampled_from([0.0, 0.3]))] = 0.0
+    w = rng.integers(1, 200, size=n).astype(np.float64)
+    return x, w
+
+
+def close(a: np.ndarray, b: np.ndarray) -> None:
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+# -- 1. references from the doc's definitions ----------------------------------------------------
+
+
+@FAST
+@given(reports())
+def test_fedavg_is_the_example_weighted_mean(xw: tuple[np.ndarray, np.ndarray]) -> None:
+    x, w = xw
+    x64 = x.astype(np.float64)
+    close(run("fedavg", x, w).result, (w[:, None] * x64).sum(0) / w.sum())
+    close(run("fedavg:uniform=1", x, w).result, x64.mean(0))
+    cw = np.minimum(w, 50.0)
+    close(run("fedavg:max_weight=50", x, w).result, (cw[:, None] * x64).sum(0) / cw.sum())
+
+
+@FAST
+@given(reports())
+def test_median_is_the_coordinate_median_ignoring_counts(xw: tuple[np.ndarray, np.ndarray]) -> None:
+    x, w = xw
+    # "the median of 4 is the mean of the two middle" (Modes); counts ignored.
+    close(run("median", x, w).result, np.median(x.astype(np.float64), axis=0))
+
+
+@FAST
+@given(reports(), st.sampled_from([0.1, 0.2, 0.29, 0.4, 0.49]))
+def test_trimmed_mean_drops_floor_beta_n_a_side(
+    xw: tuple[np.ndarray, np.ndarray], beta: float
+) -> None:
+    x, w = xw
+    n = x.shape[0]
+    t = min(math.floor(Fraction(str(beta)) * n), (n - 1) // 2)  # exact floor, capped (Edge cases)
+    s = np.sort(x.astype(np.float64), axis=0)
+    close(run(f"trimmed_mean:{beta}", x, w).result, s[t : n - t].mean(0))
+
+
+def krum_reference(x: np.ndarray, f: int) -> tuple[np.ndarray, int]:
+    """Scores as the doc defines them and the number of neighbours per score."""
+    n = x.shape[0]
+    x64 = x.astype(np.float64)
+    d2 = ((x64[:, None, :] - x64[None, :, :]) ** 2).sum(-1)
+    k = min(max(1, n - f - 2), n - 1)  # n - f - 2; max(1, .) below the bound (Edge cases)
+    scores = (
+        np.array([np.sort(np.delete(d2[i], i))[:k].sum() for i in range(n)])
+        if n > 1
+        else np.zeros(1)
+    )
+    return scores, k
+
+
+@FAST
+@given(reports(min_n=1), st.integers(0, 3))
+def test_krum_picks_the_lowest_score_lowest_position_on_ties(
+    xw: tuple[np.ndarray, np.ndarray], f: int
+) -> None:
+    x, w = xw
+    out = run(f"krum:f={f}", x, w)
+    scores, _ = krum_reference(x, f)
+    best = scores.min()
+    # Exact ties go to the lowest position; near-ties within rounding may go to either.
+    tied = np.flatnonzero(scores <= best + 1e-9 * max(1.0, abs(best)))
+    picked = [i for i in tied if np.allclose(out.result, x[i], rtol=1e-6, atol=1e-7)]
+    assert picked, (scores, out.result, x)
+    exact = np.flatnonzero(scores == best)
+    if (
+        len(tied) == len(exact)
+        and len(exact) > 1
+        and len({tuple(x[i]) for i in exact}) == len(exact)
+    ):
+        assert np.allclose(out.result, x[exact[0]])
+    if x.shape[0] <= 2 * f + 2:
+        assert out.measurements["guarantee_holds"] is False
+    elif f > 0:
+        assert out.measurements["guarantee_holds"] is True
+
+
+@FAST
+@given(reports(min_n=1), st.integers(0, 3), st.one_of(st.none(), st.integers(1, 12)))
+def test_multikrum_averages_the_m_best_capped_at_n_minus_f(
+    xw: tuple[np.ndarray, np.ndarray], f: int, m: int | None
+) -> None:
+    x, w = xw
+    n = x.shape[0]
+    spec = f"multikrum:f={f}" + ("" if m is None else f",m={m}")
+    out = run(spec, x, w)
+    scores, _ = krum_reference(x, f)
+    cap = max(1, n - f)
+    mm = cap if m is None else min(m, cap)
+    assert out.measurements["m"] == mm
+    order = np.argsort(scores, kind="stable")
+    gap = np.sort(scores)
+    # Skip draws whose m-th and (m+1)-th scores tie within rounding: the set is then ambiguous.
+    if mm < n and gap[mm] - gap[mm - 1] <= 1e-9 * max(1.0, gap[mm]):
+        return
+    close(out.result, x[order[:mm]].astype(np.float64).mean(0))
+
+
+@FAST
+@given(reports(), st.sampled_from([1, 2, 3, 5, 20]), st.sampled_from([-1.0, 0.0, -0.5]))
+def test_rlr_reverses_coordinates_with_a_weak_sign_vote(
+    xw: tuple[np.ndarray, np.ndarray], theta: int, low_lr: float
+) -> None:
+    x, w = xw
+    n = x.shape[0]
+    vote = np.abs(np.sign(x.astype(np.float64)).sum(0))
+    lr = np.where(vote < min(theta, n), low_lr, 1.0)
+    out = run(f"rlr:theta={theta},low_lr={low_lr}", x, w)
+    close(out.result, lr * x.astype(np.float64).mean(0))
+    assert out.measurements["theta_capped"] is (theta > n)
+
+
+def test_rlr_fractional_theta_is_met_at_exactly_theta_n() -> None:
+    # The doc: "a vote of 7 of 50 reports meets θ=0.14" (float product 7.000000000000001).
+    x = np.full((50, 2), -1.0, dtype=np.float32)
+    x[:7, 0] = 1.0  # coordinate 0: 7 positive, 43 negative -> vote 36
+    x[:, 1] = 0.0
+    x[:7, 1] = 1.0  # coordinate 1: exactly 7 votes
+    out = run("rlr:theta=0.14", x)
+    assert out.result[1] == pytest.approx(7 / 50)  # kept, not reversed
+
+
+@FAST
+@given(reports(), st.sampled_from([0.01, 0.5, 1.0, 3.0]))
+def test_normbound_clips_each_report_then_fedavg(
+    xw: tuple[np.ndarray, np.ndarray], c: float
+) -> None:
+    x, w = xw
+    x64 = x.astype(np.float64)
+    norms = np.linalg.norm(x64, axis=1)
+    factor = np.where(norms > c, c / np.where(norms > 0, norms, 1.0), 1.0)
+    clipped = x64 * factor[:, None]
+    assert (np.linalg.norm(clipped, axis=1) <= c * (1 + 1e-12)).all()
+    out = run(f"normbound:{c}", x, w)
+    close(out.result, (w[:, None] * clipped).sum(0) / w.sum())
+    assert np.linalg.norm(out.result) <= c * (1 + 1e-5)
+
+
+@FAST
+@given(reports(min_n=2), st.integers(0, 3))
+def test_nnm_replaces_each_report_by_the_mean_of_its_n_minus_f_nearest(
+    xw: tuple[np.ndarray, np.ndarray], f: int
+) -> None:
+    x, w = xw
+    n = x.shape[0]
+    x64 = x.astype(np.float64)
+    d2 = ((x64[:, None, :] - x64[None, :, :]) ** 2).sum(-1)
+    k = max(1, n - f)  # f >= n: one neighbour, rows unchanged (Edge cases)
+    srt = np.sort(d2, axis=1)
+    if k < n and (np.abs(srt[:, k] - srt[:, k - 1]) <= 1e-9 * (1 + srt[:, k])).any():
+        return  # a tie at the k-th neighbour: which one is taken is not documented
+    mixed = np.stack([x64[np.argsort(d2[i], kind="stable")[:k]].mean(0) for i in range(n)])
+    close(run(f"nnm:f={f}+fedavg:uniform=1", x, w).result, mixed.mean(0))
+
+
+@FAST
+@given(reports(min_n=1), st.integers(1, 4))
+def test_bucket_before_weighted_fedavg_is_fedavg(xw: tuple[np.ndarray, np.ndarray], s: int) -> None:
+    x, w = xw
+    x64 = x.astype(np.float64)
+    close(run(f"bucket:{s}+fedavg", x, w).result, (w[:, None] * x64).sum(0) / w.sum())
+
+
+def smoothed_weiszfeld_objective(x: np.ndarray, z: np.ndarray) -> float:
+    return float(np.linalg.norm(x.astype(np.float64) - z, axis=1).sum())
+
+
+@FAST
+@given(reports(min_n=1))
+def test_geomed_minimises_the_sum_of_distances_uniformly(xw: tuple[np.ndarray, np.ndarray]) -> None:
+    x, w = xw
+    x64 = x.astype(np.float64)
+    z = x64.mean(0)
+    for _ in range(3000):
+        dist = np.maximum(np.linalg.norm(x64 - z, axis=1), 1e-9)
+        z = (x64 / dist[:, None]).sum(0) / (1 / dist).sum()
+    got = run("geomed:max_iter=1000,tol=0", x, w).result.astype(np.float64)
+    ref = smoothed_weiszfeld_objective(x, z)
+    assert smoothed_weiszfeld_objective(x, got) <= ref * (1 + 1e-4) + 1e-5
+
+
+# -- 2. guarantees as properties -----------------------------------------------------------------
+
+
+@st.composite
+def attacked(draw, rule_min_n: int = 3):  # type: ignore[no-untyped-def]
+    n = draw(st.integers(rule_min_n, 11))
+    d = draw(st.integers(1, 5))
+    rng = np.random.default_rng(draw(st.integers(0, 2**31 - 1)))
+    honest_n = n - draw(st.integers(0, (n - 1) // 2))
+    honest = rng.normal(size=(honest_n, d)).astype(np.float32)
+    scale = draw(st.sampled_from([1e3, 1e12, -1e12]))
+    bad = (rng.normal(size=(n - honest_n, d)) * scale).astype(np.float32)
+    if draw(st.booleans()):
+        bad[:] = bad[:1]  # colluders sending one point
+    x = np.concatenate([honest, bad])
+    perm = rng.permutation(n)
+    return x[perm], perm < honest_n, n - honest_n
+
+
+def inside(result: np.ndarray, honest: np.ndarray) -> bool:
+    lo, hi = honest.min(0).astype(np.float64), honest.max(0).astype(np.float64)
+    tol = 1e-5 * (1 + np.abs(honest).max())
+    return bool(((result >= lo - tol) & (result <= hi + tol)).all())
+
+
+@FAST
+@given(attacked())
+def test_median_and_trimmed_mean_stay_in_the_honest_range(case) -> None:  # type: ignore[no-untyped-def]
+    x, is_honest, f = case
+    n = x.shape[0]
+    assert inside(run("median", x).result, x[is_honest])
+    beta = f / n  # floor(beta n) = f >= f
+    assert inside(run(f"trimmed_mean:{beta + 1e-9 if f else 0.3}", x).result, x[is_honest])
+
+
+@FAST
+@given(attacked(rule_min_n=4))
+def test_krum_picks_an_honest_report_when_n_exceeds_2f_plus_2(case) -> None:  # type: ignore[no-untyped-def]
+    x, is_honest, f = case
+    n = x.shape[0]
+    if not n > 2 * f + 2 or f == 0:
+        return
+    out = run(f"krum:f={f}", x)
+    assert out.measurements["guarantee_holds"] is True
+    assert any(np.array_equal(out.result, x[i]) for i in np.flatnonzero(is_honest))
+
+
+# -- 2b. documented refusals ---------------------------------------------------------------------
+
+
+def refusal(spec: str) -> str:
+    with pytest.raises(AggregatorSpecError) as e:
+        build_aggregator(spec)
+    return str(e.value)
+
+
+def test_documented_build_refusals_read_as_the_doc_quotes_them() -> None:
+    doc = DOC.read_text().replace("\n", " ")
+    krum = refusal("krum:f=0.5")
+    assert krum == (
+        "krum: Krum needs n > 2f + 2, which a fraction f >= 0.5 never meets; got f=0.5 "
+        "(give a fraction below 0.5 or a count)"
+    )
+    assert f'"{krum}"' in doc
+    geo = refusal("geomed:max_iter=1e14")
+    assert geo == "geomed: geometric median max_iter must be at most 1,000, got 100000000000000"
+    assert f'"{geo}"' in doc
+    refusal("nnm:f=0.6")  # "a fraction f above 0.5 is refused when built"
+    build_aggregator("nnm:f=0.5")  # "0.5 stays"
+
+
+@pytest.mark.parametrize(
+    ("spec", "n", "quoted"),
+    [
+        (
+            "krum:f=2",
+            4,
+            "krum: Krum needs n > 2f + 2, so f=2 needs more than 6 reports a round, and a full "
+            "round has 4 (clients_per_round) (raise clients_per_round or lower f)",
+        ),
+        ("krum:f=0.45", 10, None),
+        ("multikrum:f=3", 5, None),
+        ("bucket:2+krum:f=2", 10, None),
+        ("trimmed_mean:0.1", 9, "raise clients_per_round, or beta to at least 1/n: 0.1112"),
+        (
+            "bucket:5+median",
+            10,
+            "bucket: s=5 leaves 2 bucket means of a full round's 10 reports (clients_per_round), "
+            "and over 2 or fewer no rule can outvote a bad one (the median of two is their mean): "
+            "s must be below n/2 = 5 for 3 bucket means or more (lower s or raise clients_per_round)",
+        ),
+        ("krum:f=1e300", 10, "so f=1e+300 needs more than 2e+300 reports a round"),
+    ],
+)
+def test_documented_cohort_refusals(spec: str, n: int, quoted: str | None) -> None:
+    reason = cohort_refusal(build_aggregator(spec), n)
+    assert reason is not None
+    if quoted is not None:
+        assert quoted in reason
+        assert quoted in DOC.read_text().replace("\n", " ")
+
+
+# -- 3. every spec the doc writes parses and builds ----------------------------------------------
+
+NAMES = (
+    "fedavg|mean|median|trimmed_mean|krum|multikrum|geomed|cclip|cosfilter|rlr|normbound|bucket"
+    "|nnm|collusion|anomaly|dp|avgm|adam|yogi|adagrad"
+)
+STAGE = rf"(?:{NAMES})(?::[^\s+`]*)?"
+# Written in the doc as templates ([...] optional parts, "..." elided) or as refusals it explains.
+NOT_BUILT = {
+    "anomaly:...",
+    "cclip:tau=1,beta=0.9[,iters=1]",
+    "cclip:tau=inf",
+    "collusion+dp:...",
+    "collusion:tau=0.3+dp:...",
+    "cosfilter+adam+fedavg",
+    "dp",
+    "dp:",
+    "dp:...",
+    "dp:...,quantile=Q",
+    "dp:...,quantile=Q,max_clip=M",
+    "geomed:nu=inf",
+    "nnm:f=...+krum",
+    "normbound",
+    "normbound:q=0.5[,init=,lr=,max=]",
+    "rlr:theta=2[,low_lr=-1]",
+    "yogi+collusion+dp:...+fedavg",
+}
+
+
+def doc_specs() -> list[str]:
+    found = set()
+    for m in re.finditer(r"`([^`\n]+)`", DOC.read_text()):
+        if re.fullmatch(rf"(?:{STAGE}\+)*{STAGE}", m.group(1)):
+            found.add(m.group(1))
+    return sorted(found)
+
+
+def test_the_doc_writes_many_specs() -> None:
+    specs = doc_specs()
+    assert len(specs) > 60
+    assert NOT_BUILT <= set(specs)  # each exception is still in the doc
+
+
+@pytest.mark.parametrize("spec", [s for s in doc_specs() if s not in NOT_BUILT])
+def test_every_spec_in_the_doc_builds_and_runs(spec: str) -> None:
+    factory = build_aggregator(spec)
+    proc = factory.create(4)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 4)).astype(np.float32)
+    out = proc.next(proc.initialize(), updates(x))
+    assert out.result.shape == (4,) and np.isfinite(out.result).all()
