@@ -386,3 +386,67 @@ def test_every_spec_in_the_doc_builds_and_runs(spec: str) -> None:
     x = rng.normal(size=(12, 4)).astype(np.float32)
     out = proc.next(proc.initialize(), updates(x))
     assert out.result.shape == (4,) and np.isfinite(out.result).all()
+
+
+# -- 4. the seed-0 matrix tables against bench/results/robustness.json ---------------------------
+
+RESULTS = Path(__file__).resolve().parents[2] / "bench" / "results" / "robustness.json"
+
+
+def matrix_table(heading: str) -> dict[str, list[str]]:
+    lines = DOC.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(heading))
+    rows: dict[str, list[str]] = {}
+    header: list[str] = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("|"):
+            if rows:
+                break
+            continue
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if cells[0] == "aggregator":
+            header = cells
+        elif not cells[0].startswith("---"):
+            rows[cells[0].strip("*`").replace("`** (default)", "")] = cells
+    assert header[1] == "none" and header[-1] == "worst / FedAvg clean"
+    rows["_header"] = header
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("heading", "key"),
+    [("**10% malicious, seed 0**", "10pct"), ("**20% malicious, seed 0**", "20pct")],
+)
+def test_matrix_tables_equal_the_results_file(heading: str, key: str) -> None:
+    import json
+
+    data = json.loads(RESULTS.read_text())
+    table = matrix_table(heading)
+    header = table.pop("_header")
+    assert set(table) == set(data["accuracy"][key])
+    for agg, cells in table.items():
+        assert float(cells[1]) == data["no_attack_accuracy"][agg], agg
+        for attack, cell in zip(header[2:-1], cells[2:-1], strict=True):
+            assert float(cell) == pytest.approx(data["accuracy"][key][agg][attack], abs=1e-12), (
+                agg,
+                attack,
+            )
+        worst = data["per_aggregator"][agg][f"worst_case_fraction_of_fedavg_{key}"]
+        assert float(cells[-1].strip("*")) == pytest.approx(round(worst, 3), abs=1e-9), agg
+
+
+def test_published_backdoor_run_provenance_counts() -> None:
+    import json
+    from collections import Counter
+
+    runs = json.loads(RESULTS.read_text())["runs"]
+    kinds = Counter(r["kind"] for r in runs)
+    backdoor = [r for r in runs if r["kind"] != "matrix"]
+    origin = Counter(r.get("merged_from") for r in backdoor)
+    text = DOC.read_text().replace("\n", " ")
+    assert "Of its 386 backdoor runs" in text and len(backdoor) == 386, kinds
+    assert origin["robustness_backdoor_seeds10_19.json"] == 90
+    assert origin["robustness_backdoor_10seeds.json"] == 75
+    assert origin["robustness_backdoor_weakdp.json"] == 120
+    assert origin["robustness.json"] == 101
+    assert kinds["matrix"] == 90
