@@ -450,3 +450,120 @@ def test_published_backdoor_run_provenance_counts() -> None:
     assert origin["robustness_backdoor_weakdp.json"] == 120
     assert origin["robustness.json"] == 101
     assert kinds["matrix"] == 90
+
+
+# -- 1b. rules with state across rounds, and the support rule ------------------------------------
+
+
+def two_rounds(spec: str, a: np.ndarray, b: np.ndarray):  # type: ignore[no-untyped-def]
+    proc = build_aggregator(spec).create(a.shape[1])
+    first = proc.next(proc.initialize(), updates(a))
+    return first, proc.next(first.state, updates(b))
+
+
+def cclip_reference(x: np.ndarray, centre: np.ndarray, tau: float | None, iters: int) -> np.ndarray:
+    v = centre.astype(np.float64).copy()
+    x64 = x.astype(np.float64)
+    for _ in range(iters):
+        dist = np.linalg.norm(x64 - v, axis=1)
+        t = float(np.median(dist)) if tau is None else tau
+        scale = np.where(dist > t, t / np.where(dist > 0, dist, 1.0), 1.0)
+        v = v + ((x64 - v) * scale[:, None]).mean(0)
+    return v
+
+
+@FAST
+@given(
+    reports(min_n=1),
+    reports(min_n=1),
+    st.sampled_from([0.0, 0.5, 0.9]),
+    st.sampled_from([None, 0.3, 2.0]),
+    st.integers(1, 3),
+)
+def test_cclip_clips_around_the_centre_and_moves_it_by_momentum(
+    xa: tuple[np.ndarray, np.ndarray],
+    xb: tuple[np.ndarray, np.ndarray],
+    beta: float,
+    tau: float | None,
+    iters: int,
+) -> None:
+    a, b = xa[0], xb[0]
+    if b.shape[1] != a.shape[1]:
+        b = np.resize(b, (b.shape[0], a.shape[1])).astype(np.float32)
+    spec = f"cclip:tau={'auto' if tau is None else tau},beta={beta},iters={iters}"
+    first, second = two_rounds(spec, a, b)
+    v1 = cclip_reference(a, np.zeros(a.shape[1]), tau, iters)  # first centre: zeros
+    close(first.result, v1)
+    centre = beta * 0.0 + (1 - beta) * first.result.astype(np.float64)
+    close(second.result, cclip_reference(b, centre, tau, iters))
+
+
+def cos(u: np.ndarray, v: np.ndarray) -> float:
+    nu, nv = np.linalg.norm(u), np.linalg.norm(v)
+    return 0.0 if nu == 0 or nv == 0 else float(u @ v / (nu * nv))
+
+
+@FAST
+@given(reports(min_n=1), reports(min_n=1))
+def test_cosfilter_drops_nonpositive_cosines_to_the_momentum(
+    xa: tuple[np.ndarray, np.ndarray], xb: tuple[np.ndarray, np.ndarray]
+) -> None:
+    a, b = xa[0], xb[0]
+    if b.shape[1] != a.shape[1]:
+        b = np.resize(b, (b.shape[0], a.shape[1])).astype(np.float32)
+    first, second = two_rounds("cosfilter+median", a, b)
+    close(first.result, np.median(a.astype(np.float64), axis=0))  # round 1: nothing dropped
+    m = 0.5 * 0.0 + 0.5 * first.result.astype(np.float64)  # m <- 0.5 m + 0.5 aggregate
+    keep = np.array([cos(row.astype(np.float64), m) > 0 for row in b])
+    n = b.shape[0]
+    if np.linalg.norm(m) > 0 and any(abs(cos(row.astype(np.float64), m)) < 1e-9 for row in b):
+        return  # a cosine within rounding of 0: kept or dropped by rounding
+    distrusted = (n - keep.sum()) >= math.ceil(0.5 * n)  # max_drop=0.5: "drop half or more"
+    if np.linalg.norm(m) == 0:
+        return  # no momentum direction: not documented beyond round 1
+    if distrusted:
+        close(second.result, np.median(b.astype(np.float64), axis=0))
+    else:
+        close(second.result, np.median(b[keep].astype(np.float64), axis=0))
+
+
+@FAST
+@given(reports(min_n=1), st.sampled_from([0.1, 0.2, 0.3]))
+def test_trimmed_mean_support_rule(xw: tuple[np.ndarray, np.ndarray], beta: float) -> None:
+    x = xw[0]
+    n, d = x.shape
+    t = min(math.floor(Fraction(str(beta)) * n), (n - 1) // 2)
+    x64 = x.astype(np.float64)
+    plain = np.sort(x64, axis=0)[t : n - t].mean(0)
+    want = plain.copy()
+    sent = x != 0  # the helper sends exactly the nonzero values
+    for j in range(d):
+        k = int(sent[:, j].sum())
+        if k >= 2 * t + 1 and k < n:
+            vals = np.sort(x64[sent[:, j], j])
+            want[j] = vals[t : k - t].mean()
+    out = run(f"trimmed_mean:{beta},support=1", x)
+    close(out.result, want)
+    assert out.measurements["support_threshold"] == 2 * t + 1
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "median",
+        "trimmed_mean:0.2",
+        "krum:f=2",
+        "multikrum:f=2,m=5",
+        "geomed",
+        "cclip:tau=1",
+        "rlr:theta=2",
+    ],
+)
+def test_empty_round_gives_zeros_and_one_report_gives_it(spec: str) -> None:
+    proc = build_aggregator(spec).create(3)
+    out = proc.next(proc.initialize(), [])
+    assert (out.result == 0).all() and out.result.shape == (3,)
+    one = np.array([[0.25, -0.5, 0.0]], dtype=np.float32)
+    if spec.startswith("cclip"):
+        return  # "at most τ from the centre towards it", checked above
+    close(proc.next(proc.initialize(), updates(one)).result, one[0])
