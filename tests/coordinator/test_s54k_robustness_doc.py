@@ -567,3 +567,24 @@ def test_empty_round_gives_zeros_and_one_report_gives_it(spec: str) -> None:
     if spec.startswith("cclip"):
         return  # "at most τ from the centre towards it", checked above
     close(proc.next(proc.initialize(), updates(one)).result, one[0])
+
+
+@pytest.mark.parametrize(
+    ("spec", "n", "expected"),
+    [
+        ("trimmed_mean:0.1", 9, {"trimmed_each_side": 0, "guarantee_holds": False, "beta": 0.1}),
+        ("trimmed_mean:0.1", 10, {"trimmed_each_side": 1, "guarantee_holds": True}),
+        ("multikrum:f=0.2", 4, {"f": 0, "m": 4, "guarantee_holds": False, "f_fraction": 0.2}),
+        ("multikrum:f=2,m=9", 10, {"m": 8, "m_capped": True, "guarantee_holds": True}),
+        ("krum:f=2", 6, {"m": 1, "guarantee_holds": False}),
+        ("nnm:f=2", 4, {"guarantee_holds": False}),
+        ("nnm:f=2", 5, {"guarantee_holds": True}),
+        ("bucket:2", 4, {"buckets": 2, "bucket_size": 2, "guarantee_holds": False}),
+        ("bucket:2", 6, {"buckets": 3, "guarantee_holds": True}),
+        ("rlr:theta=20", 5, {"theta": 5.0, "theta_capped": True}),
+    ],
+)
+def test_documented_per_round_measurements(spec: str, n: int, expected: dict[str, object]) -> None:
+    x = np.random.default_rng(n).normal(size=(n, 3)).astype(np.float32)
+    got = run(spec, x).measurements
+    assert {k: got[k] for k in expected} == expected
