@@ -588,3 +588,11 @@ def test_documented_per_round_measurements(spec: str, n: int, expected: dict[str
     x = np.random.default_rng(n).normal(size=(n, 3)).astype(np.float32)
     got = run(spec, x).measurements
     assert {k: got[k] for k in expected} == expected
+
+
+def test_parameter_ranges_the_table_states() -> None:
+    assert "low_lr must be in [-1, 0]" in refusal("rlr:theta=2,low_lr=0.5")
+    assert "0 <= beta < 1" in refusal("cclip:tau=1,beta=1")
+    assert "at most 100" in refusal("cclip:tau=1,iters=101")
+    build_aggregator("cclip:tau=1,iters=100")
+    build_aggregator("geomed:max_iter=1000")
