@@ -596,3 +596,39 @@ def test_parameter_ranges_the_table_states() -> None:
     assert "at most 100" in refusal("cclip:tau=1,iters=101")
     build_aggregator("cclip:tau=1,iters=100")
     build_aggregator("geomed:max_iter=1000")
+
+
+@FAST
+@given(
+    st.integers(0, 2**31 - 1),
+    st.sampled_from([0.5, 0.9]),
+    st.sampled_from([0.2, 1.0]),
+    st.sampled_from([None, 1.5, 4.0]),
+)
+def test_adaptive_normbound_follows_the_documented_step(
+    seed: int, q: float, lr: float, cap: float | None
+) -> None:
+    # C <- C * exp(-lr * (b - Q)), b the fraction of reports at or below C; C <= max when given.
+    rng = np.random.default_rng(seed)
+    spec = (
+        f"normbound:q={q},init=1,lr={lr}"
+        + ("" if cap is None else f",max={cap}")
+        + "+fedavg:uniform=1"
+    )
+    proc = build_aggregator(spec).create(3)
+    state = proc.initialize()
+    c = 1.0
+    for _ in range(4):
+        n = int(rng.integers(1, 8))
+        x = (rng.normal(size=(n, 3)) * rng.choice([0.3, 2.0, 50.0])).astype(np.float32)
+        out = proc.next(state, updates(x))
+        state = out.state
+        assert out.measurements["clip"] == pytest.approx(c, rel=1e-9)
+        norms = np.linalg.norm(x.astype(np.float64), axis=1)
+        clipped = x * np.minimum(1.0, c / np.where(norms > 0, norms, 1.0))[:, None]
+        close(out.result, clipped.astype(np.float64).mean(0))
+        b = float((norms <= c).mean())
+        c = c * math.exp(-lr * (b - q))
+        if cap is not None:
+            c = min(c, cap)
+            assert out.measurements["clip_at_max"] is (c == cap)
