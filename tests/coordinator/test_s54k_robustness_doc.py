@@ -632,3 +632,41 @@ def test_adaptive_normbound_follows_the_documented_step(
         if cap is not None:
             c = min(c, cap)
             assert out.measurements["clip_at_max"] is (c == cap)
+
+
+def test_spec_grammar_as_documented() -> None:
+    from coordinator.aggregators import Clip, FedAvg, Krum, MomentumCosineFilter, TrimmedMean
+
+    # a wrapper written last wraps FedAvg; the leftmost stage is the outermost
+    assert build_aggregator("normbound:5") == build_aggregator("normbound:5+fedavg")
+    outer = build_aggregator("normbound:5+cosfilter+median")
+    assert isinstance(outer, Clip) and isinstance(outer.inner, MomentumCosineFilter)
+    assert isinstance(build_aggregator("cosfilter").inner, FedAvg)  # type: ignore[attr-defined]
+    # one positional value first, then key=value; an exponent's '+' is not a stage break
+    assert build_aggregator("trimmed_mean:0.1") == TrimmedMean(0.1)
+    assert build_aggregator("krum:f=1e+0") == Krum(1.0)
+    assert "given twice" in refusal("trimmed_mean:0.1,beta=0.2")
+    assert "must come last" in refusal("fedavg+median")
+    # f as a count or a fraction of the round's reports
+    assert run("krum:f=2", np.zeros((7, 2), np.float32)).measurements["f"] == 2
+    assert run("krum:f=0.29", np.zeros((100, 1), np.float32)).measurements["f"] == 29
+
+
+def test_cosfilter_distrust_keeps_then_restarts_the_momentum() -> None:
+    proc = build_aggregator("cosfilter+median").create(2)
+    state = proc.initialize()
+    out = proc.next(state, updates(np.array([[1, 0], [1, 0]], np.float32)))
+    assert np.array_equal(out.state[0], [0.5, 0.0])  # m = 0.5*0 + 0.5*aggregate
+    against = np.array([[-1, 0], [-1, 0], [1, 0]], np.float32)  # 2 of 3 dropped: >= half
+    first = proc.next(out.state, updates(against))
+    assert first.measurements["distrusted"] is True and first.measurements["kept"] == 3
+    assert np.array_equal(first.result, [-1.0, 0.0])  # the inner rule sees every report
+    assert np.array_equal(first.state[0], [0.5, 0.0])  # first distrusted round: momentum kept
+    second = proc.next(first.state, updates(against))
+    assert second.measurements["distrusted"] is True
+    assert np.array_equal(second.state[0], [-0.5, 0.0])  # second in a row: (1 - beta)*result
+    # max_drop=1 never distrusts: nothing kept is no step that round
+    proc = build_aggregator("cosfilter:max_drop=1+median").create(2)
+    out = proc.next(proc.initialize(), updates(np.array([[1, 0], [1, 0.1]], np.float32)))
+    none = proc.next(out.state, updates(np.array([[-1, 0], [-1, 0.1]], np.float32)))
+    assert none.measurements["kept"] == 0 and (none.result == 0).all()
