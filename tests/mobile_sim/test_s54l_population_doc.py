@@ -143,6 +143,24 @@ def test_night_skip_and_home_wifi_rates() -> None:
         _share_ok(frac, p, N)
 
 
+def test_night_jitter() -> None:
+    # Every night 22:30-06:00 local, never skipped, jittered N(0, 0.5 h) night to night: among
+    # home-wifi devices, 23:00 is covered when the jitter is below 0.5 h (Phi(1) = 0.8413),
+    # 06:30 the next morning when it is above 0.5 h (0.1587); the two nights' draws are
+    # independent, so 23:00 on two nights is covered for both with probability 0.8413^2.
+    pop = _day_pop(day_session_p=0.0, skip_night_p=0.0, night_jitter_sd_h=0.5)
+    prof = pop.profiles(np.arange(N, dtype=np.int64))
+    wifi = prof.home_wifi
+    n = int(wifi.sum())
+    phi1 = 0.5 * math.erfc(-1.0 / math.sqrt(2))
+    at = lambda hour: pop.available_mask(prof, hour * 3600.0)[wifi]  # noqa: E731
+    first, morning, second = at(23.0), at(30.5), at(47.0)
+    _share_ok(float(first.mean()), phi1, n)
+    _share_ok(float(morning.mean()), 1 - phi1, n)
+    _share_ok(float((first & second).mean()), phi1**2, n)
+    assert not pop.available_mask(prof, 23.0 * 3600.0)[~wifi].any()  # nights need home wifi
+
+
 def test_daytime_session_rate() -> None:
     # No nights (every night skipped); a session of exactly 8 h starting U(09, 17) h covers
     # 17:00 whatever its start, so the share eligible then is P(session) x P(on wifi).
