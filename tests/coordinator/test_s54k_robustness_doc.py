@@ -670,3 +670,21 @@ def test_cosfilter_distrust_keeps_then_restarts_the_momentum() -> None:
     out = proc.next(proc.initialize(), updates(np.array([[1, 0], [1, 0.1]], np.float32)))
     none = proc.next(out.state, updates(np.array([[-1, 0], [-1, 0.1]], np.float32)))
     assert none.measurements["kept"] == 0 and (none.result == 0).all()
+
+
+def test_memory_bound_figures_quoted_in_the_doc() -> None:
+    text = DOC.read_text().replace("\n", " ")
+
+    def bound(d: int, n: int, values: int, block: int) -> float:
+        return (32 * d + 48 * n * values + 8 * n * n + 16 * block) / 1e6
+
+    # test_memory_stays_far_below_n_by_d: block_elems 2**18 there
+    assert (
+        "with `block_elems` 2¹⁸" in text
+        and "= 17 MB there (30 MB at the default block of 2²⁰)" in text
+    )
+    assert round(bound(100_000, 200, 1_000, 1 << 18)) == 17
+    assert round(bound(100_000, 200, 1_000, 1 << 20)) == 30
+    # nnm:f=2 with n = 100 reports of 1,000 values, default block
+    assert "32·d + 48·N + 8·n² + 16·block = 24.9 MB" in text
+    assert round(bound(100_000, 100, 1_000, 1 << 20), 1) == 24.9
