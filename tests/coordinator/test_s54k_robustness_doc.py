@@ -688,3 +688,35 @@ def test_memory_bound_figures_quoted_in_the_doc() -> None:
     # nnm:f=2 with n = 100 reports of 1,000 values, default block
     assert "32·d + 48·N + 8·n² + 16·block = 24.9 MB" in text
     assert round(bound(100_000, 100, 1_000, 1 << 20), 1) == 24.9
+
+
+@FAST
+@given(
+    reports(min_n=1),
+    st.sampled_from(
+        [
+            "median",
+            "trimmed_mean:0.2",
+            "krum:f=1",
+            "multikrum:f=1",
+            "geomed",
+            "cclip:tau=auto",
+            "rlr:theta=2",
+            "nnm:f=1+median",
+        ]
+    ),
+)
+def test_robust_rules_ignore_claimed_counts_bit_for_bit(
+    xw: tuple[np.ndarray, np.ndarray], spec: str
+) -> None:
+    x, w = xw
+    w = w.copy()
+    w[0] = 2.0**53  # the frame's largest weight
+    assert np.array_equal(run(spec, x, w).result, run(spec, x).result)
+
+
+def test_fedavg_refuses_a_count_above_2_to_the_53_naming_the_device() -> None:
+    x = np.ones((2, 2), np.float32)
+    for spec in ["fedavg", "fedavg:max_weight=500", "normbound:1+fedavg", "bucket:2+fedavg"]:
+        with pytest.raises(ValueError, match="dev-001"):
+            run(spec, x, np.array([1.0, 2.0**53 * 2]))
