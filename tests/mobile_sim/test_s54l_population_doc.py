@@ -349,5 +349,8 @@ def test_synthetic_follows_fedprox(monkeypatch: pytest.MonkeyPatch) -> None:
         [g.size + t.size for g, t in zip(data.train_groups, data.test_groups, strict=True)]
     )
     assert sizes.min() >= 50 and sizes.max() <= 60
+    # 90 % train, rounded to the nearest sample (FedProx truncates: int(0.9 n); the doc says so)
+    train = np.array([g.size for g in data.train_groups])
+    np.testing.assert_array_equal(train, np.round(0.9 * sizes).astype(np.int64))
     p_below = 0.5 * math.erfc(-(math.log(10) - 4) / 2 / math.sqrt(2))
     _share_ok(float(np.mean(sizes < 60)), p_below, k_dev)
