@@ -720,3 +720,31 @@ def test_fedavg_refuses_a_count_above_2_to_the_53_naming_the_device() -> None:
     for spec in ["fedavg", "fedavg:max_weight=500", "normbound:1+fedavg", "bucket:2+fedavg"]:
         with pytest.raises(ValueError, match="dev-001"):
             run(spec, x, np.array([1.0, 2.0**53 * 2]))
+
+
+def _cell(err: float, cosine: float) -> str:
+    if err >= 1000:
+        exp = math.floor(math.log10(err))
+        shown_err = f"{round(err / 10**exp)}·10{str(exp).translate(str.maketrans('0123456789', '⁰¹²³⁴⁵⁶⁷⁸⁹'))}"
+    else:
+        shown_err = f"{err:.2f}"
+    return f"{shown_err} ({cosine:+.2f})".replace("-", "−")
+
+
+def test_known_attacks_table_equals_the_seeded_round() -> None:
+    from tests.coordinator.test_h95_attacks import ATTACKS, attack_table
+
+    lines = DOC.read_text().splitlines()
+    start = lines.index(
+        "| rule | none | alie | ipm ε = 0.1 | ipm ε = 10 | signflip | scaled ×10⁶ |"
+    )
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0].split("`")[1]] = cells[1:]
+    table = attack_table()
+    assert set(rows) == set(table)
+    for spec, cells in rows.items():
+        assert cells == [_cell(*table[spec][a]) for a in ATTACKS], spec
