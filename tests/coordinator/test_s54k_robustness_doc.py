@@ -748,3 +748,55 @@ def test_known_attacks_table_equals_the_seeded_round() -> None:
     assert set(rows) == set(table)
     for spec, cells in rows.items():
         assert cells == [_cell(*table[spec][a]) for a in ATTACKS], spec
+
+
+def test_server_optimizer_tables_equal_the_results_files() -> None:
+    import json
+
+    results = RESULTS.parent
+    seeds = [
+        json.loads((results / f).read_text())["arms"]
+        for f in ("server_opt.json", "server_opt_seed1.json", "server_opt_seed2.json")
+    ]
+    arms = {
+        "FedAvg, step 1": "fedavg@1",
+        "FedAvg, step 2": "fedavg@2",
+        "FedAvgM, β 0.5": "avgm:momentum=0.5,lr=1",
+        "FedAdam, η 0.01": "adam:lr=0.01",
+        "FedYogi, η 0.01": "yogi:lr=0.01",
+    }
+    lines = DOC.read_text().splitlines()
+    start = lines.index("| arm | last-5-round mean, seeds 0 / 1 / 2 | mean | final round, mean |")
+    rows = {
+        c[0]: c[1:]
+        for c in (
+            [x.strip().strip("*") for x in line.strip("|").split("|")]
+            for line in lines[start + 2 : start + 7]
+        )
+    }
+    assert set(rows) == set(arms)
+    for label, key in arms.items():
+        last5 = [100 * float(np.mean(s[key]["accuracy_per_round"][-5:])) for s in seeds]
+        per_seed, mean, final = rows[label]
+        assert per_seed == " / ".join(f"{v:.2f}" for v in last5) + "%", label
+        assert mean.strip("*") == f"{np.mean(last5):.2f}%", label
+        assert (
+            final.strip("*") == f"{100 * np.mean([s[key]['final_accuracy'] for s in seeds]):.2f}%"
+        ), label
+    finals = {
+        "FedAvg, server step 1": "fedavg@1",
+        "FedAvgM, β = 0.5, η = 1": "avgm:momentum=0.5,lr=1",
+    }
+    text = DOC.read_text()
+    for label, key in finals.items():
+        assert f"| {label} | {100 * seeds[0][key]['final_accuracy']:.2f}% |" in text
+    assert f"| **{100 * seeds[0]['fedavg@2']['final_accuracy']:.2f}%** |" in text
+    for kind, lrs in (("adam", ("0.001", "0.003", "0.03")), ("yogi", ("0.003", "0.03"))):
+        alts = " / ".join(
+            f"{100 * seeds[0][f'{kind}:lr={lr}']['final_accuracy']:.2f}" for lr in lrs
+        )
+        main = f"{100 * seeds[0][f'{kind}:lr=0.01']['final_accuracy']:.2f}"
+        assert f": {alts}%) | {main}% |" in text, kind
+    sizes = [a["upload_bytes"] for a in seeds[0].values()]
+    assert f"{min(sizes):,} to {max(sizes):,} bytes" in text
+    assert f"up to {100 * (max(sizes) / min(sizes) - 1):.1f}%" in text
