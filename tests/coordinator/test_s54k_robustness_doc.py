@@ -800,3 +800,55 @@ def test_server_optimizer_tables_equal_the_results_files() -> None:
     sizes = [a["upload_bytes"] for a in seeds[0].values()]
     assert f"{min(sizes):,} to {max(sizes):,} bytes" in text
     assert f"up to {100 * (max(sizes) / min(sizes) - 1):.1f}%" in text
+
+
+@FAST
+@given(
+    reports(min_n=1),
+    st.sampled_from([None, 1.0, 2.5]),
+    st.sampled_from([None, 1.5, 3.0]),
+    st.sampled_from([None, -0.2, 0.2]),
+)
+def test_anomaly_screens_as_documented(
+    xw: tuple[np.ndarray, np.ndarray],
+    max_norm: float | None,
+    ratio: float | None,
+    min_cos: float | None,
+) -> None:
+    x = xw[0]
+    params = [
+        f"{k}={v}"
+        for k, v in (("max_norm", max_norm), ("norm_ratio", ratio), ("min_cos", min_cos))
+        if v is not None
+    ]
+    if not params:
+        return
+    spec = "anomaly:" + ",".join(params + ["max_drop=1"]) + "+fedavg:uniform=1"
+    x64 = x.astype(np.float64)
+    norms = np.linalg.norm(x64, axis=1)
+    median = float(np.median(norms))
+    rejected: dict[int, str] = {}
+    for i, v in enumerate(norms):
+        if max_norm is not None and v > max_norm:
+            rejected[i] = "norm"
+        elif ratio is not None and v > ratio * median:
+            rejected[i] = "norm_ratio"
+    left = [i for i in range(len(x)) if i not in rejected]
+    first = x64[left].mean(0) if left else np.zeros(x.shape[1])
+    if min_cos is not None and left:
+        cosines = {i: cos(x64[i], first) for i in left}
+        if any(abs(c - min_cos) < 1e-6 for c in cosines.values()):
+            return  # a cosine at the threshold within rounding
+        low = [i for i in left if cosines[i] < min_cos]
+        if len(low) == len(left):
+            return  # max_drop=1 distrusts then: the geometric-median path, not modelled here
+        for i in low:
+            rejected[i] = "cosine"
+    if any(abs(v - max_norm) < 1e-6 for v in norms if max_norm is not None) or (
+        ratio is not None and any(abs(v - ratio * median) < 1e-6 for v in norms)
+    ):
+        return
+    out = run(spec, x)
+    assert out.measurements["rejected"] == {f"dev-{i:03d}": r for i, r in rejected.items()}
+    kept = [i for i in range(len(x)) if i not in rejected]
+    close(out.result, x64[kept].mean(0) if kept else np.zeros(x.shape[1]))
