@@ -852,3 +852,54 @@ def test_anomaly_screens_as_documented(
     assert out.measurements["rejected"] == {f"dev-{i:03d}": r for i, r in rejected.items()}
     kept = [i for i in range(len(x)) if i not in rejected]
     close(out.result, x64[kept].mean(0) if kept else np.zeros(x.shape[1]))
+
+
+@FAST
+@given(st.integers(0, 2**31 - 1), st.sampled_from([0.3, 0.6]))
+def test_collusion_screen_scores_as_documented(seed: int, tau: float) -> None:
+    rng = np.random.default_rng(seed)
+    d = int(rng.integers(3, 9))
+    proc = build_aggregator(f"collusion:tau={tau}+fedavg:uniform=1").create(d)
+    state = proc.initialize()
+    hist: dict[str, np.ndarray] = {}
+    sent: dict[str, np.ndarray] = {}
+    suspect: set[str] = set()
+    for _ in range(3):
+        ids = sorted(rng.choice(6, size=int(rng.integers(1, 5)), replace=False))
+        x = rng.normal(size=(len(ids), d))
+        x[rng.random(x.shape) < 0.5] = 0.0
+        x = x.astype(np.float32)
+        cus = []
+        for i, row in zip(ids, x, strict=True):
+            idx = np.flatnonzero(row).astype(np.int64)
+            cus.append(ClientUpdate(f"dev-{i}", SparseUpdate(idx, row[idx], d), 1.0))
+        # histories (and device frequencies) take every report of the round before scoring
+        for cu, row in zip(cus, x, strict=True):
+            hist[cu.device_id] = hist.get(cu.device_id, np.zeros(d)) + row.astype(np.float64)
+            sent[cu.device_id] = sent.get(cu.device_id, np.zeros(d, bool)) | (row != 0)
+        m = len(hist)
+        df = np.sum(list(sent.values()), axis=0)
+        w = np.log((1 + m) / (1 + df))
+        scores = {}
+        for cu, row in zip(cus, x, strict=True):
+            y = w * row.astype(np.float64)
+            best = 0.0
+            for other, h in hist.items():
+                if other == cu.device_id:
+                    continue
+                wh = w * h
+                den = np.linalg.norm(y) * np.linalg.norm(wh)
+                if den > 0:
+                    best = max(best, float(y @ wh / den))
+            scores[cu.device_id] = best
+        if any(abs(s - tau) < 1e-6 for s in scores.values()):
+            return
+        flagged = {dev for dev, s in scores.items() if s > tau}
+        suspect |= flagged
+        keep = [j for j, cu in enumerate(cus) if cu.device_id not in suspect]
+        out = proc.next(state, cus)
+        state = out.state
+        assert set(out.measurements["dropped"]) == {cu.device_id for cu in cus} - {
+            cus[j].device_id for j in keep
+        }
+        close(out.result, x[keep].astype(np.float64).mean(0) if keep else np.zeros(d))
