@@ -903,3 +903,45 @@ def test_collusion_screen_scores_as_documented(seed: int, tau: float) -> None:
             cus[j].device_id for j in keep
         }
         close(out.result, x[keep].astype(np.float64).mean(0) if keep else np.zeros(d))
+
+
+def test_seed1_table_equals_its_results_files() -> None:
+    import json
+
+    attacks = [
+        "signflip",
+        "scaling",
+        "alie",
+        "ipm:epsilon=0.1",
+        "ipm:epsilon=100",
+        "labelflip",
+        "gaussian",
+    ]
+    lines = DOC.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("**20% malicious, seed 1**"))
+    rows = []
+    for line in lines[start:]:
+        if line.startswith("| `") or line.startswith("| **`"):
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+        elif rows:
+            break
+    old = json.loads((RESULTS.parent / "robustness_seed1.json").read_text())
+    new = json.loads((RESULTS.parent / "robustness_mlp_seed1_maxdrop.json").read_text())
+
+    def cells(data: dict, agg: str, fmt: str) -> list[str]:
+        acc = data["accuracy"]["20pct"][agg]
+        worst = data["per_aggregator"][agg]["worst_case_fraction_of_fedavg_20pct"]
+        return (
+            [format(data["no_attack_accuracy"][agg], fmt)]
+            + [format(acc[a], fmt) for a in attacks]
+            + [f"{worst:.3f}"]
+        )
+
+    for row in rows[:4]:
+        agg = row[0].split("`")[1]
+        assert row[1:] == cells(old, agg, ".3f"), agg
+    last = rows[4]
+    assert "robustness_mlp_seed1_maxdrop.json" in last[0]
+    got = [float(c.strip("*")) for c in last[1:]]
+    want = [float(c) for c in cells(new, "cosfilter+geomed", "")]
+    assert got == want
