@@ -945,3 +945,29 @@ def test_seed1_table_equals_its_results_files() -> None:
     got = [float(c.strip("*")) for c in last[1:]]
     want = [float(c) for c in cells(new, "cosfilter+geomed", "")]
     assert got == want
+
+
+def test_headline_percentages() -> None:
+    import json
+
+    d0 = json.loads(RESULTS.read_text())
+    d1 = json.loads((RESULTS.parent / "robustness_mlp_seed1_maxdrop.json").read_text())
+    old1 = json.loads((RESULTS.parent / "robustness_seed1.json").read_text())
+    text = DOC.read_text().replace("\n", " ")
+    pa = d0["per_aggregator"]
+    assert (
+        f"**{100 * pa['cosfilter+geomed']['worst_case_fraction_of_fedavg_20pct']:.1f}%**" in text
+    )  # 98.0
+    assert (
+        f"{100 * d0['worst_case_accuracy_fraction_20pct_of_own_no_attack']:.1f}% of its own" in text
+    )  # 99.4
+    assert pa["cosfilter+geomed"]["worst_case_attack_20pct"] == "signflip"
+    assert (
+        f"**{100 * d1['per_aggregator']['cosfilter+geomed']['worst_case_fraction_of_fedavg_20pct']:.1f}%** on seed 1"
+        in text
+    )
+    g0 = 100 * pa["geomed"]["worst_case_fraction_of_fedavg_20pct"]
+    g1 = 100 * old1["per_aggregator"]["geomed"]["worst_case_fraction_of_fedavg_20pct"]
+    assert f"plain `geomed`, kept {g0:.1f}% and {g1:.1f}%" in text
+    cost = 100 * (d0["no_attack_accuracy"]["geomed"] - d0["no_attack_accuracy"]["cosfilter+geomed"])
+    assert f"Its cost: {cost:.2f} pp" in text
