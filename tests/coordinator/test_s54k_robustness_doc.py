@@ -971,3 +971,22 @@ def test_headline_percentages() -> None:
     assert f"plain `geomed`, kept {g0:.1f}% and {g1:.1f}%" in text
     cost = 100 * (d0["no_attack_accuracy"]["geomed"] - d0["no_attack_accuracy"]["cosfilter+geomed"])
     assert f"Its cost: {cost:.2f} pp" in text
+
+
+def test_every_file_the_doc_names_exists() -> None:
+    text = DOC.read_text()
+    root = DOC.parents[1]
+    tests = set(re.findall(r"tests/[A-Za-z0-9_/]+\.py", text))
+    assert tests and all((root / t).exists() for t in tests), sorted(
+        t for t in tests if not (root / t).exists()
+    )
+    # result files: rounds.json is a run's output folder's, the diag file is said not to be committed
+    named = {Path(p).name for p in re.findall(r"[A-Za-z0-9_./-]+\.json", text)} - {
+        "rounds.json",
+        ".json",
+    }
+    missing = sorted(n for n in named if not (root / "bench" / "results" / n).exists())
+    assert missing == ["robustness_cnn_geomed_diag.json"]
+    assert "robustness_cnn_geomed_diag.json is an intermediate, not committed" in text.replace(
+        "\n# ", " "
+    ).replace("`", "")
