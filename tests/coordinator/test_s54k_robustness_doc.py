@@ -990,3 +990,54 @@ def test_every_file_the_doc_names_exists() -> None:
     assert "robustness_cnn_geomed_diag.json is an intermediate, not committed" in text.replace(
         "\n# ", " "
     ).replace("`", "")
+
+
+def test_backdoor_headline_figures() -> None:
+    import json
+
+    d = json.loads(RESULTS.read_text())
+    rebuild = json.loads((RESULTS.parent / "robustness_backdoor_20seeds_rebuild.json").read_text())
+    text = re.sub(r"\s+", " ", DOC.read_text())
+
+    def per_seed(data: dict, defense: str) -> tuple[list[float], list[float]]:
+        seeds = data["backdoor_by_defense"][defense]["seeds"]
+        keys = sorted(seeds, key=int)
+        return [seeds[k]["worst_backdoor_accuracy"] for k in keys], [
+            seeds[k]["worst_main_task_loss_pp"] for k in keys
+        ]
+
+    head = "collusion:tau=0.3+normbound:q=0.9,init=1+fedavg"
+    weak = "collusion:tau=0.3+dp:clip=1,quantile=0.9,z=0.01,seed=0+fedavg"
+    acc, loss = per_seed(d, head)
+    assert len(acc) == 20
+    assert np.mean(acc) == pytest.approx(d["backdoor_accuracy"]) and np.mean(loss) == pytest.approx(
+        d["main_task_loss_pp"]
+    )
+    assert (
+        f"{100 * np.mean(acc):.2f}% backdoor accuracy and +{np.mean(loss):.2f} pp main-task loss on average over seeds 0–19, "
+        f"at most {100 * max(acc):.1f}% backdoor accuracy on any seed, but **+{loss[9]:.2f} pp on seed 9**"
+    ) in text
+    assert f"{100 * np.mean(acc[:5]):.2f}%, +{np.mean(loss[:5]):.2f} pp)" in text  # seeds 0-4
+    assert (
+        d["backdoor_seeds_meeting_target"] == 19 and "`backdoor_seeds_meeting_target` is 19" in text
+    )
+    wacc, wloss = per_seed(d, weak)
+    assert len(wacc) == 20
+    assert (
+        f"{100 * np.mean(wacc[:5]):.2f}% backdoor accuracy and +{np.mean(wloss[:5]):.2f} pp main-task loss on average over seeds 0–4"
+        in text
+    )
+    assert f"**+{wloss[2]:.2f} pp on seed 2**" in text
+    assert f"over seeds 0–19 {100 * np.mean(wacc):.2f}% and +{np.mean(wloss):.2f} pp" in text
+    over = [i for i, v in enumerate(wloss) if v > 1 + 1e-6]
+    assert over == [2, 9] and f"(+{wloss[2]:.2f}, +{wloss[9]:.2f} pp" in text
+    # the one-invocation rebuild
+    assert (
+        f"**{100 * rebuild['backdoor_accuracy']:.2f}% backdoor accuracy and +{rebuild['main_task_loss_pp']:.2f} pp, "
+        f"{rebuild['backdoor_seeds_meeting_target']} of 20 seeds within the target**"
+    ) in text
+    assert (
+        f"screen + weak DP **{100 * rebuild['backdoor_screen_weak_dp_accuracy']:.2f}% and "
+        f"+{rebuild['backdoor_screen_weak_dp_main_task_loss_pp']:.2f} pp, "
+        f"{rebuild['backdoor_screen_weak_dp_seeds_meeting_target']} of 20**"
+    ) in text
