@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-__all__ = ["process_start", "start_from_stat"]
+__all__ = ["process_start", "running", "start_from_stat"]
 
 
 def process_start(pid: int) -> int | None:
@@ -27,3 +28,24 @@ def start_from_stat(raw: bytes) -> int | None:
     except (ValueError, IndexError):
         return None
     return value if value >= 0 else None
+
+
+def running(pid: int, start: int | None) -> bool | None:
+    """Whether process `pid` runs: True when a process has that pid and, where `start` is given
+    and this system tells (`process_start`), it started then; False when it is surely gone (no
+    such pid, or the pid now names a process started at another time: reused); None when that
+    cannot be told (an error other than "no such process", a pid out of range). Another
+    user's process of that pid counts as there (its start time tells)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    except (OSError, OverflowError):
+        return None
+    if start is not None:
+        now = process_start(pid)
+        if now is not None and now != start:
+            return False
+    return True

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from ._proc import process_start
+from ._proc import process_start, running
 
 __all__ = [
     "process_start",
@@ -293,18 +293,8 @@ def _alive(doc: dict[str, Any]) -> bool:
     started then. A simulator killed with SIGKILL leaves its record; its pid can later be
     another process's, which is not that run (a record written before `pid_start` was kept is
     taken as alive while its pid is)."""
-    try:
-        os.kill(doc["pid"], 0)
-    except PermissionError:  # another user's process of that id
-        pass
-    except (OSError, OverflowError):
-        return False
     start = doc.get("pid_start")
-    if type(start) is int:
-        now = process_start(doc["pid"])
-        if now is not None and now != start:
-            return False
-    return True
+    return running(doc["pid"], start if type(start) is int else None) is True
 
 
 def _progress_text(doc: dict[str, Any]) -> str:

@@ -3602,8 +3602,9 @@ def _register_flow(core: _Core, device_id: str) -> _Flow[str]:
     incarnation = _incarnation(response, answer.incarnation, "registration answer")
     # Another database's incarnation sets aside the uploads with the rest; `created` alone
     # (the same incarnation or none) sets aside the uploads.
-    if not core.note_incarnation(incarnation, _coordinator(response)) and answer.created:
-        core.set_aside_uploads(_coordinator(response))
+    coordinator = _coordinator(response)
+    if not core.note_incarnation(incarnation, coordinator) and answer.created:
+        core.set_aside_uploads(coordinator)
     core.store.update_state(device_id=device_id, registered=True)
     return device_id
 

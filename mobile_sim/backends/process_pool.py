@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from .._proc import process_start
+from .._proc import process_start, running
 from ..status import say
 from ._base import JobResult, TrainContext, TrainJob, check_round, usable_cpus
 from ._worker import (
@@ -217,16 +217,7 @@ def _owner_gone(pid: int, start: int) -> bool:
     """Whether the process that named a segment (`pid`, started at `start`) is surely gone:
     no process has that pid, or the one that has it started at another time (the pid was
     reused). Anything unclear is not gone."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # another user's process: the pid was reused (the start tells)
-        pass
-    except (OSError, OverflowError):
-        return False
-    now = process_start(pid)
-    return now is not None and now != start
+    return running(pid, start) is False
 
 
 def sweep_stale_segments(root: str = _SHM_ROOT) -> list[str]:
