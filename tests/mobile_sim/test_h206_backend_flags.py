@@ -294,6 +294,10 @@ def test_as_dict_records_the_options_given_and_only_the_runtime_env_keys() -> No
     hash(cfg)  # still hashable: the dict is left out of the hash
 
 
+# slow: ~76 s on a 2-vCPU Xeon (a runtime_env makes Ray start a worker pool of its own); the
+# Ray backend's real-runtime equivalence test in tests/mobile_sim/test_backends.py keeps Ray
+# in `make test`.
+@pytest.mark.slow
 @pytest.mark.ray
 def test_a_real_run_on_one_local_ray_actor(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
