@@ -6,7 +6,10 @@ function of those attributes and the simulated time, so a population of 10^6 (or
 costs a few hundred bytes until devices are looked at, and looking at a batch of devices is a
 handful of vectorised numpy operations.
 
-Sources and the parameters derived from them are documented in ``docs/simulator.md``.
+Sources and the parameters derived from them are documented in ``docs/simulator.md``. A user's
+FedScale-format traces (``mobile_sim.traces``, docs/traces.md) can replace the compute speed,
+the bandwidths and the availability: `PopulationConfig`'s ``capacity_trace`` and
+``behaviour_trace``.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from typing import Literal
 
 import numpy as np
 import numpy.typing as npt
+
+from .traces import BehaviourTrace, CapacityTrace
 
 __all__ = [
     "Tier",
@@ -141,6 +146,8 @@ _MAX_JITTER_H = 12.0
 # magnitude, and exp(10 * 8.6) keeps every drawn bandwidth and speed finite and above zero (a
 # larger sigma overflowed to inf or underflowed to 0 bits/s: a device that never finishes).
 _MAX_SIGMA = 10.0
+# Largest trace_compute_scale: a factor between FedScale's reference model and ours.
+_MAX_COMPUTE_SCALE = 1e6
 
 
 def _is_int(x: object) -> bool:
@@ -194,6 +201,15 @@ class PopulationConfig:
 
     ``availability="always"`` makes every device eligible at every time (useful for small
     data-bound experiments); ``"diurnal"`` is the realistic charging-and-wifi model.
+
+    Traces (docs/traces.md; `mobile_sim.traces` loads them): with ``capacity_trace``, device
+    i's compute speed and both bandwidths come from trace entry ``h(seed, i) mod`` its
+    length (a hashed uniform draw): ``compute_sps = trace_compute_scale x 1000 / (3 x
+    computation)`` and ``down_bps = up_bps = communication x 1024``. With
+    ``behaviour_trace`` (and ``availability="diurnal"``), device i is available at time t
+    iff ``t mod finish_time`` of its entry (another hashed draw) is inside one of the
+    entry's [active, inactive] windows; the diurnal model is then not used. The tier,
+    latency, dropout and memory stay the tier model's either way.
     """
 
     num_devices: int
@@ -211,6 +227,10 @@ class PopulationConfig:
     day_session_p: float = 0.35  # days with a daytime charge on wifi (desk, car excluded)
     day_session_wifi_p: float = 0.6
     day_session_hours: tuple[float, float] = (0.5, 2.5)  # uniform range of its length
+    capacity_trace: CapacityTrace | None = None  # compute and bandwidth from a trace
+    behaviour_trace: BehaviourTrace | None = None  # availability from a trace
+    # Our reference model's training samples/s per FedScale-derived sample/s (capacity_trace).
+    trace_compute_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if not _is_int(self.num_devices) or not 1 <= self.num_devices <= _MAX_DEVICES:
@@ -252,6 +272,39 @@ class PopulationConfig:
         lo, hi = self.day_session_hours
         if not 0 < lo <= hi <= 8:
             raise PopulationError("day_session_hours must satisfy 0 < lo <= hi <= 8")
+        self._check_traces()
+
+    def _check_traces(self) -> None:
+        if self.capacity_trace is not None and not isinstance(self.capacity_trace, CapacityTrace):
+            raise PopulationError(
+                "capacity_trace must be a CapacityTrace (mobile_sim.traces.load_capacity_trace), "
+                f"got {type(self.capacity_trace).__name__}"
+            )
+        if self.behaviour_trace is not None and not isinstance(
+            self.behaviour_trace, BehaviourTrace
+        ):
+            raise PopulationError(
+                "behaviour_trace must be a BehaviourTrace "
+                "(mobile_sim.traces.load_behaviour_trace), got "
+                f"{type(self.behaviour_trace).__name__}"
+            )
+        if self.behaviour_trace is not None and self.availability != "diurnal":
+            raise PopulationError(
+                "behaviour_trace gives the availability: it needs availability='diurnal' (the "
+                f"realistic fleet), not {self.availability!r}, where every device is available"
+            )
+        scale = self.trace_compute_scale
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            raise PopulationError(f"trace_compute_scale must be a number, got {scale!r}")
+        if not (math.isfinite(scale) and 0 < scale <= _MAX_COMPUTE_SCALE):
+            raise PopulationError(
+                f"trace_compute_scale must be in (0, {_MAX_COMPUTE_SCALE:g}], got {scale}"
+            )
+        if scale != 1.0 and self.capacity_trace is None:
+            raise PopulationError(
+                "trace_compute_scale scales the capacity trace's compute speed: it needs "
+                "capacity_trace"
+            )
 
 
 @dataclass(frozen=True)
@@ -374,9 +427,16 @@ class _Stream:
         return np.sqrt(-2.0 * np.log(u1)) * np.cos(2.0 * math.pi * u2)
 
 
+def _entries(s: _Stream, j: int, n: int) -> I64:
+    """Trace entries in [0, n), uniform, from field j of each device's stream."""
+    return np.minimum((s.uniform(j) * n).astype(np.int64), n - 1)
+
+
 # Field numbers: a fixed layout so adding a field never changes existing devices.
 _F_TIER, _F_COMPUTE, _F_DOWN, _F_UP, _F_LAT = 0, 2, 4, 6, 8
 _F_MEM, _F_TZ, _F_NIGHT_START, _F_NIGHT_HOURS, _F_WIFI = 10, 12, 14, 16, 18
+# The trace entries of a device (capacity and behaviour traces, drawn independently).
+_F_CAPACITY_ENTRY, _F_BEHAVIOUR_ENTRY = 20, 21
 # Per-day fields (key mixes in the day number).
 _D_SKIP, _D_JITTER, _D_SESSION, _D_SESSION_START, _D_SESSION_HOURS, _D_SESSION_WIFI = (
     0,
@@ -460,6 +520,12 @@ class Population:
             cfg.night_hours_mean + cfg.night_hours_sd * s.normal(_F_NIGHT_HOURS), 2.0, 12.0
         )
         wifi = s.uniform(_F_WIFI) < per_tier("home_wifi_p")
+        trace = cfg.capacity_trace
+        if trace is not None:
+            entries = _entries(s, _F_CAPACITY_ENTRY, len(trace))
+            compute = trace.compute_sps(entries, cfg.trace_compute_scale)
+            down = trace.bandwidth_bps(entries)
+            up = down.copy()
         return ProfileBatch(
             device_ids=ids,
             tier_index=tier_index,
@@ -498,6 +564,11 @@ class Population:
         if self.config.availability == "always":
             return np.ones(n, dtype=np.bool_)
         cfg = self.config
+        if cfg.behaviour_trace is not None:
+            # FedScale's clock and ours both start at 0: no offset (docs/traces.md).
+            s = _Stream(self._key, profiles.device_ids)
+            entries = _entries(s, _F_BEHAVIOUR_ENTRY, len(cfg.behaviour_trace))
+            return cfg.behaviour_trace.is_active(entries, sim_time_s)
         t = self.local_hours(profiles, sim_time_s)
         day = np.floor(t / 24.0).astype(np.int64)
         avail = np.zeros(n, dtype=np.bool_)
