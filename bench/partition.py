@@ -15,13 +15,14 @@ On each, timed round-robin (so machine noise hits all alike), each with a fresh
     take (per draw and class: copy the class's examples, numpy's shuffle of them, the
     Dirichlet proportions), which the split must draw so that a seed gives the partition it
     always gave;
-  - `dirichlet_hopeless_before` (with --compare-rev REV): the same hopeless split by
-    mobile_sim/partition.py as committed at REV (read with `git show`).
+  - `dirichlet_hopeless_before`: the same hopeless split by mobile_sim/partition.py as
+    committed at --compare-rev (read with `git show`; default baa0c083~1, the code before
+    that commit checked the sizes of all classes at once; `--compare-rev none` skips it).
 Times are CPU seconds of this process (time.process_time; wall seconds beside them), the
 median and range over --repeats runs; the ratios compare medians of the same run.
 
-    python bench/partition.py --compare-rev baa0c083~1   # writes bench/results/partition.json
-    python bench/partition.py --quick                    # a smoke run: partition_quick.json
+    python bench/partition.py           # writes bench/results/partition.json (~3 min of CPU)
+    python bench/partition.py --quick   # a smoke run: partition_quick.json
 """
 
 from __future__ import annotations
@@ -48,6 +49,8 @@ from mobile_sim.report import load_average_1m, machine_info, utc_now  # noqa: E4
 
 RESULTS = ROOT / "bench" / "results"
 CLIENTS = 100
+# The partition.py before commit baa0c083 (one check of all classes' sizes a draw).
+COMPARE_REV = "baa0c083~1"
 Labels = npt.NDArray[np.int64]
 
 
@@ -166,11 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="each timed call's rng seed (default: 0)")
     ap.add_argument(
         "--compare-rev",
-        default=None,
+        default=COMPARE_REV,
         metavar="REV",
         help="also time the hopeless split by mobile_sim/partition.py as committed at REV "
-        "(git show), e.g. baa0c083~1, the code before the sizes of all classes were checked "
-        "at once",
+        f"(git show; default: {COMPARE_REV}, the code before the sizes of all classes were "
+        "checked at once); 'none' to skip it",
     )
     ap.add_argument(
         "--data", default=None, help="the data folder (default: $PLUME_DATA or ../shared/data)"
@@ -203,6 +206,8 @@ def main(argv: list[str] | None = None) -> int:
         if not 0 < value < float("inf"):
             ap.error(f"--{name.replace('_', '-')} must be positive and finite, got {value}")
     args.out = out_file(args.out, RESULTS / "partition.json", args.quick)
+    if args.compare_rev.lower() == "none":
+        args.compare_rev = None
     before = module_at(args.compare_rev) if args.compare_rev else None
     load_start = load_average_1m()
     started = utc_now()
