@@ -461,6 +461,36 @@ def register(sub: Any) -> None:
         "leaves out the low tier's 2 and 3 GiB phones (default: none, no memory filter)",
     )
     g.add_argument(
+        "--capacity-trace",
+        default=None,
+        metavar="FILE",
+        help="timing/realistic: a FedScale-format device capacity trace, .json (client id -> "
+        '{"computation": ms per sample, "communication": kbit/s}) or .csv (client_id,'
+        "computation,communication); each device takes one entry (a draw seeded by --seed) "
+        "for its compute speed, 1000 / (3 x computation) samples/s, and its up and down "
+        "bandwidth, communication x 1024 bit/s. Tier, latency, dropout and memory stay the "
+        "tier model's. JSON or CSV only, never a pickle: docs/traces.md shows how to convert "
+        "FedScale's (default: none, the tier model)",
+    )
+    g.add_argument(
+        "--behaviour-trace",
+        default=None,
+        metavar="FILE",
+        help="realistic: a FedScale-format availability trace, .json (client id -> "
+        '{"active": [s, ...], "inactive": [s, ...], "finish_time": s}); each device takes '
+        "one entry (a draw seeded by --seed) and is available while simulated time mod "
+        "finish_time is inside one of its [active, inactive] windows, in place of the "
+        "diurnal model (default: none, the diurnal model)",
+    )
+    g.add_argument(
+        "--trace-compute-scale",
+        type=float,
+        default=1.0,
+        metavar="FACTOR",
+        help="--capacity-trace: multiply the trace's samples/s (FedScale's reference model) "
+        "by FACTOR to get the MNIST CNN's, which --model's cost then scales (default: 1)",
+    )
+    g.add_argument(
         "--aggregator",
         default="fedavg",
         metavar="SPEC",
@@ -970,6 +1000,9 @@ def config_from_args(args: argparse.Namespace, **overrides: Any) -> Any:
         "selection_timeout_s": None if args.selection_timeout == -1 else args.selection_timeout,
         "checkin_period_s": args.checkin_period,
         "min_memory_mb": args.min_memory_mb,
+        "capacity_trace": args.capacity_trace,
+        "behaviour_trace": args.behaviour_trace,
+        "trace_compute_scale": args.trace_compute_scale,
         "plugins": tuple(args.plugin or ()),
         "downlink_topk": args.downlink_topk,
         "downlink_bits": args.downlink_bits,
@@ -1301,6 +1334,7 @@ _REALISTIC_ONLY = (
     ("--selection-timeout", "selection_timeout"),
     ("--checkin-period", "checkin_period"),
     ("--min-memory-mb", "min_memory_mb"),
+    ("--behaviour-trace", "behaviour_trace"),
 )
 
 
@@ -1571,6 +1605,9 @@ _FLAG_OF_FIELD = {
     "selection_timeout_s": "--selection-timeout",
     "checkin_period_s": "--checkin-period",
     "min_memory_mb": "--min-memory-mb",
+    "capacity_trace": "--capacity-trace",
+    "behaviour_trace": "--behaviour-trace",
+    "trace_compute_scale": "--trace-compute-scale",
     "job_timeout_s": "--job-timeout",
     "inner_backend": "--inner-backend",
     "ray_address": "--ray-address",
@@ -1787,6 +1824,15 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         return f"{head} to --backend ray (this run: --backend {args.backend})"
     if _fleet(args) != "realistic" and (head := _only_apply(args, _REALISTIC_ONLY, " and ")):
         return f"{head} with --fleet realistic"
+    if args.capacity_trace is not None and _fleet(args) == "off":
+        if clockless:
+            return (
+                f"--capacity-trace sets the simulated devices' compute and bandwidth, which "
+                f"{clockless} runs do not simulate (they run in wall time)"
+            )
+        return "--capacity-trace needs the simulated clock: --fleet timing or realistic"
+    if _given(args, "trace_compute_scale") and args.capacity_trace is None:
+        return "--trace-compute-scale scales --capacity-trace's compute speed: add --capacity-trace"
     if problem := _selection_timeout_error(args.selection_timeout):
         return problem
     if _given(args, "alpha") and args.partition != "dirichlet":

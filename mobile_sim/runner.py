@@ -250,6 +250,14 @@ class SimConfig:
     # realistic mode: only devices with at least this much memory (MiB) are eligible
     # (`SimFleet.select`'s min_memory_mb); None: no memory floor
     min_memory_mb: float | None = None
+    # FedScale-format device traces (docs/traces.md, mobile_sim.traces), by path: a capacity
+    # trace (.json or .csv) sets the devices' compute speed and bandwidths (fleet timing or
+    # realistic), scaled by `trace_compute_scale`; a behaviour trace (.json) their
+    # availability (fleet realistic). Read and checked when the config is made; as_dict
+    # records each path with its file's SHA-256 (None: the tier model, and no key).
+    capacity_trace: str | None = None
+    behaviour_trace: str | None = None
+    trace_compute_scale: float = 1.0
     # The dataset's own draw: mnist's and digits' train/test split, synthetic's generated
     # devices. None: `seed`, as before this field. Fixed, it keeps one test set while `seed`
     # varies the partition, the cohorts and the initial weights.
@@ -388,6 +396,7 @@ class SimConfig:
                     f"min_memory_mb {self.min_memory_mb:g} MiB is above every device's memory "
                     f"(the largest tier's is {top:g} MiB): no device would ever be eligible"
                 )
+        self._check_traces()
         if not (math.isfinite(self.checkin_period_s) and 0 <= self.checkin_period_s <= 900.0):
             # One availability step (15 simulated minutes) at most: see SimFleet.select.
             raise ValueError("checkin_period_s must be in [0, 900] simulated seconds")
@@ -395,6 +404,80 @@ class SimConfig:
         self._check_downlink()
         self.engine_config()  # validates over_selection / server_lr
         self._check_dp_sampling()
+
+    def _check_traces(self) -> None:
+        """Read and check the trace files (mobile_sim.traces), keeping their SHA-256s."""
+        from .population import _MAX_COMPUTE_SCALE
+        from .traces import TraceError, cached_behaviour_trace, cached_capacity_trace
+
+        scale = self.trace_compute_scale
+        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+            raise ValueError(f"trace_compute_scale must be a number, got {scale!r}")
+        if not (math.isfinite(scale) and 0 < scale <= _MAX_COMPUTE_SCALE):
+            raise ValueError(
+                f"trace_compute_scale must be in (0, {_MAX_COMPUTE_SCALE:g}], got {scale}"
+            )
+        if scale != 1.0 and self.capacity_trace is None:
+            raise ValueError(
+                "trace_compute_scale scales the capacity trace's compute speed: it needs "
+                "capacity_trace"
+            )
+        shas: dict[str, str] = {}
+        for name, fleets, loader in (
+            ("capacity_trace", ("timing", "realistic"), cached_capacity_trace),
+            ("behaviour_trace", ("realistic",), cached_behaviour_trace),
+        ):
+            path = getattr(self, name)
+            if path is None:
+                continue
+            if not isinstance(path, str) or not path.strip():
+                raise ValueError(f"{name} must name a file, got {path!r}")
+            if self.fleet not in fleets:
+                what = (
+                    "the simulated devices' compute speed and bandwidth"
+                    if name == "capacity_trace"
+                    else "the simulated devices' availability"
+                )
+                raise ValueError(
+                    f"{name} sets {what}: it needs fleet={' or '.join(map(repr, fleets))}, "
+                    f"not fleet={self.fleet!r}"
+                )
+            try:
+                shas[name] = loader(path).sha256
+            except TraceError as exc:
+                # "capacity trace FILE: ..." -> "capacity_trace FILE: ..." (a flag in the CLI)
+                raise ValueError(name + str(exc)[len(name) :]) from None
+        object.__setattr__(self, "_trace_sha256", shas)
+
+    @property
+    def trace_sha256(self) -> dict[str, str]:
+        """The SHA-256 of each trace file given ("capacity_trace", "behaviour_trace"), as it
+        was when this config was made."""
+        return dict(getattr(self, "_trace_sha256", {}))
+
+    def population_traces(self) -> dict[str, Any]:
+        """`PopulationConfig` arguments for the traces given (none without): the loaded
+        traces, which must still be the files this config was made with."""
+        from .traces import cached_behaviour_trace, cached_capacity_trace
+
+        out: dict[str, Any] = {}
+        for name, loader in (
+            ("capacity_trace", cached_capacity_trace),
+            ("behaviour_trace", cached_behaviour_trace),
+        ):
+            path = getattr(self, name)
+            if path is None:
+                continue
+            trace = loader(path)
+            if trace.sha256 != self.trace_sha256[name]:
+                raise ValueError(
+                    f"{name} {path} changed since the run was configured (SHA-256 "
+                    f"{trace.sha256}, was {self.trace_sha256[name]})"
+                )
+            out[name] = trace
+        if out.get("capacity_trace") is not None:
+            out["trace_compute_scale"] = float(self.trace_compute_scale)
+        return out
 
     def _check_downlink(self) -> None:
         """Fill in the downlink field left out when the other is given (TaskConfig's default,
@@ -638,7 +721,19 @@ class SimConfig:
             values["over_selection"] = None
         if "plugins" in values:
             values["plugins"] = tuple(values["plugins"])
-        return cls(**values)
+        recorded = {
+            name: values.pop(f"{name}_sha256", None)
+            for name in ("capacity_trace", "behaviour_trace")
+        }
+        cfg = cls(**values)
+        for name, sha in recorded.items():
+            now = cfg.trace_sha256.get(name)
+            if sha is not None and now is not None and now != sha:
+                raise ValueError(
+                    f"{name} {getattr(cfg, name)} is not the file the recorded run used: its "
+                    f"SHA-256 is {now}, the record says {sha}"
+                )
+        return cfg
 
     def as_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -649,6 +744,13 @@ class SimConfig:
             del values["plugins"]
         if self.min_memory_mb is None:
             del values["min_memory_mb"]  # likewise
+        for name in ("capacity_trace", "behaviour_trace"):
+            if values[name] is None:
+                del values[name]  # likewise
+            else:  # which file it was: docs/traces.md
+                values[f"{name}_sha256"] = self.trace_sha256[name]
+        if self.capacity_trace is None and self.trace_compute_scale == 1.0:
+            del values["trace_compute_scale"]  # likewise
         if self.ray_address is not None:
             from .backends.ray_backend import public_address
 
@@ -1446,6 +1548,7 @@ def run_simulation(
             deadline_s=cfg.deadline_s,
             cost_per_sample=relative_cost(eval_model, data.x_train.shape[1:]),
             checkin_period_s=cfg.checkin_period_s if cfg.fleet == "realistic" else 0.0,
+            **cfg.population_traces(),
         )
     if cfg.ort_tier is not None:
         if fleet is None:
