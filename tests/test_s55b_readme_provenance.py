@@ -372,3 +372,34 @@ def test_the_weak_dp_defence_meets_the_fractions_the_row_says() -> None:
     assert _meets_every_seed("robustness_backdoor_fraction_002_10seeds.json")
     assert _json("robustness_backdoor_fraction_001.json")["backdoor_malicious"] == 0.01
     assert not _meets_every_seed("robustness_backdoor_fraction_005.json")
+
+
+def test_the_rows_say_the_model_attackers_seeds_and_batch_their_runs_had() -> None:
+    mlp = _json("robustness.json")
+    assert mlp["model"] == "mlp" and mlp["backdoor_malicious"] == 0.1
+    assert (
+        f"MLP, {mlp['backdoor_malicious']:.0%} attackers, "
+        f"{len(mlp['backdoor_seeds_complete'])} seeds merged"
+    ) in _row("| backdoor defence")
+    assert f", {mlp['backdoor_malicious']:.0%} attackers |" in _row(
+        "| backdoor, norm bounding + DP without the screen"
+    )
+    cnn = _json("robustness_backdoor_cnn.json")
+    seeds = cnn["backdoor_seeds_complete"]
+    assert cnn["model"] == "mnist_cnn" and seeds == list(range(len(seeds)))
+    assert (
+        f"on the MNIST CNN ({cnn['backdoor_malicious']:.0%} attackers, seeds 0-{seeds[-1]})"
+    ) in _row("| screen + norm bounding, and screen")
+    two = _json("robustness_backdoor_fraction_002_10seeds.json")
+    assert (two["model"], two["backdoor_malicious"]) == ("mlp", 0.02)
+    assert _json("robustness_backdoor_fraction_005.json")["backdoor_malicious"] == 0.05
+    # ONNX: the headline ratio is the MNIST CNN's at B=10, the worse one at B=32
+    steps = _json("onnx_train.json")["models"]["mnist_cnn"]["step_time"]
+    row = _row("| ONNX training step vs torch")
+    assert "(MNIST CNN, B=10)" in row
+    assert (
+        f"| {steps['B=10']['ort_over_torch']:.2f}x ({steps['B=32']['ort_over_torch']:.2f}x at B=32)"
+    ) in row
+    # SecAgg+ accuracy: 20 rounds
+    rounds = _json("secagg.json")["settings"]["rounds"]
+    assert f"| SecAgg+ accuracy, {rounds} rounds, same cohorts |" in _row("| SecAgg+ accuracy")
