@@ -429,11 +429,13 @@ def _read(path: Path, limit: int, what: str) -> bytes:
         f"{path} ({what}) is a symlink: the app directory's files are never read through one "
         "(it could name a file outside the directory); remove it"
     )
+    # A directory or FIFO under the name: the table's remedy for it too (docs/devices.md).
+    not_regular = DeviceStoreError(f"{path} ({what}) is not a regular file: remove it")
     mode = os.lstat(path).st_mode
     if stat.S_ISLNK(mode):
         raise symlink
     if not stat.S_ISREG(mode):
-        raise DeviceStoreError(f"{path} ({what}) is not a regular file")
+        raise not_regular
     try:
         fd = os.open(path, _READ_FLAGS)
     except OSError as exc:
@@ -443,7 +445,7 @@ def _read(path: Path, limit: int, what: str) -> bytes:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise DeviceStoreError(f"{path} ({what}) is not a regular file")
+            raise not_regular
         if st.st_size > limit:
             raise DeviceStoreError(f"{path} ({what}) is {st.st_size} bytes, over the {limit} cap")
         raw = _read_fd(fd, limit + 1)
