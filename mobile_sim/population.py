@@ -203,9 +203,10 @@ class PopulationConfig:
     data-bound experiments); ``"diurnal"`` is the realistic charging-and-wifi model.
 
     Traces (docs/traces.md; `mobile_sim.traces` loads them): with ``capacity_trace``, device
-    i's compute speed and both bandwidths come from trace entry ``h(seed, i) mod`` its
-    length (a hashed uniform draw): ``compute_sps = trace_compute_scale x 1000 / (3 x
-    computation)`` and ``down_bps = up_bps = communication x 1024``. With
+    i's compute speed and both bandwidths come from trace entry ``floor(u x n)`` of its n
+    entries, u uniform hashed from (seed, i) as every attribute is: ``compute_sps =
+    trace_compute_scale x 1000 / (3 x computation)`` and ``down_bps = up_bps =
+    communication x 1024``. With
     ``behaviour_trace`` (and ``availability="diurnal"``), device i is available at time t
     iff ``t mod finish_time`` of its entry (another hashed draw) is inside one of the
     entry's [active, inactive] windows; the diurnal model is then not used. The tier,

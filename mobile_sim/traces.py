@@ -30,6 +30,7 @@ import json
 import math
 import os
 import re
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -166,7 +167,11 @@ def _read(path: str | os.PathLike[str], kind: str, max_bytes: int) -> tuple[str,
     name = os.fspath(path)
     try:
         with open(name, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
+            st = os.fstat(f.fileno())
+            if not stat.S_ISREG(st.st_mode):
+                # A FIFO or a device (/dev/zero) has no size to check before it is read.
+                raise TraceError(f"{kind} trace {name}: not a regular file")
+            size = st.st_size
             if size > max_bytes:
                 raise TraceError(
                     f"{kind} trace {name}: the file is {size} bytes, over the {max_bytes}-byte "

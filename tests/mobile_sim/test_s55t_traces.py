@@ -240,6 +240,14 @@ def test_pickles_and_other_files_are_refused_unread(tmp_path: Path) -> None:
         load_capacity_trace(tmp_path / "missing.json")
 
 
+def test_a_device_file_is_refused_unread(tmp_path: Path) -> None:
+    # /dev/zero has no size to check: it was read up to the cap, then refused as too large.
+    link = tmp_path / "cap.json"
+    link.symlink_to("/dev/zero")
+    with pytest.raises(TraceError, match=r"cap\.json: not a regular file"):
+        load_capacity_trace(link, max_bytes=1000)
+
+
 def test_the_size_cap_is_checked_before_reading(tmp_path: Path) -> None:
     path = _write(tmp_path, "cap.json", CAPACITY)
     size = path.stat().st_size
