@@ -418,7 +418,8 @@ def register(sub: Any) -> None:
         default=None,
         choices=("off", "timing", "realistic"),
         help="simulated clock: 'timing' adds simulated seconds (everyone available, no "
-        "dropouts); 'realistic' adds diurnal availability, check-ins, tier dropouts and the "
+        "dropouts); 'realistic' adds diurnal availability (or --behaviour-trace's), check-ins, "
+        "tier dropouts and the "
         "coordinator's default deadline. --deadline applies in both. Default: timing for "
         "in-process plain runs; off (wall time only) for --transport http and --secure, "
         "which have no simulated clock",
