@@ -1419,8 +1419,16 @@ class _Core:
     def apply_model(
         self, task_id: int, spec: ModelSpec, response: httpx.Response, app_spec: bool = False
     ) -> tuple[npt.NDArray[np.float32], int, str]:
+        """`apply_model_digest` without the digest: (params, version, encoding)."""
+        params, version, encoding, _ = self.apply_model_digest(task_id, spec, response, app_spec)
+        return params, version, encoding
+
+    def apply_model_digest(
+        self, task_id: int, spec: ModelSpec, response: httpx.Response, app_spec: bool = False
+    ) -> tuple[npt.NDArray[np.float32], int, str, bytes]:
         """Decode a download, check its digest, persist it; returns (params, version,
-        encoding). `ModelIntegrityError` (the held model forgotten) for one that does not
+        encoding, the SHA-256 of params' bytes in memory: `_buffer_digest`, which the round's
+        trainer check takes as its "before" rather than hashing the model again). `ModelIntegrityError` (the held model forgotten) for one that does not
         decode, or whose digest is not the coordinator's. With `app_spec` (`spec` is the app's,
         given to `fetch_current`, not an assignment's): a model whose frames name another
         layout (`SpecMismatch`, from the headers, before anything is inflated) is
@@ -1467,7 +1475,11 @@ class _Core:
                 raise _not_the_task_spec(task_id, spec, exc) from exc
             self.store.forget_model(task_id)  # this task's only: other tasks' models stay
             raise ModelIntegrityError(200, "bad_model", str(exc)) from exc
-        got = model_digest(params).hex()
+        in_memory = _buffer_digest(params)
+        # The canonical bytes (little-endian float32) are the array's own on a little-endian
+        # machine: one pass serves this check and the trainer check's "before" (`_train`).
+        canonical = in_memory if params.dtype == np.dtype("<f4") else model_digest(params)
+        got = canonical.hex()
         # An fp16 snapshot's values were checked against the digest in its own header
         # (`decode_snapshot`); the coordinator's header may name its exact fp32 model instead.
         if got != digest and not inexact:
@@ -1476,7 +1488,7 @@ class _Core:
                 200, "digest_mismatch", f"model digest {got} != coordinator's {digest}"
             )
         self.store.save_model(task_id, params, version, got, exact)
-        return params, version, encoding
+        return params, version, encoding, in_memory
 
     def encoder(self, a: Assignment, spec: ModelSpec) -> UpdateEncoder:
         other = self._layout_changed(a.task_id, spec)
@@ -3007,10 +3019,12 @@ def _train(
     x: npt.NDArray[np.float32],
     y: npt.NDArray[np.int64],
     cancel: CancelFlag | None = None,
+    digest: bytes | None = None,
 ) -> tuple[npt.NDArray[np.float32], int, float]:
     """Train the round `a` from `params`. With `cancel` set before, during (a trainer that
     takes it stops within one step) or right after the training: `ParticipationCancelled`
-    ("training"), nothing trained kept."""
+    ("training"), nothing trained kept. `digest`: `_buffer_digest(params)` if the caller has
+    it (the download's, `_Core.apply_model_digest`), so the params are not hashed again."""
     _check_layout(a, trainer)
     rng = np.random.default_rng([a.seed, a.round_id, int(core.device_id[:12], 16), 1])
     settings: dict[str, Any] = {
@@ -3027,7 +3041,7 @@ def _train(
     # weighted by its examples, silently (LocalTrainer's rule: `params` is read only).
     given = params.view()
     given.flags.writeable = False
-    before = _buffer_digest(params)
+    before = _buffer_digest(params) if digest is None else digest
     try:
         res = trainer.train(given, x, y, **settings)
     except TrainingCancelled as exc:
@@ -3630,7 +3644,24 @@ def _download_flow(
     deadline: float = math.inf,
     app_spec: bool = False,
 ) -> _Flow[tuple[npt.NDArray[np.float32], int, str]]:
-    """The model, applied and saved (`_Core.apply_model`, `app_spec` passed on); a delta chain
+    """`_download_digest_flow` without the digest: (params, version, encoding)."""
+    params, version, encoding, _ = yield from _download_digest_flow(
+        core, task_id, spec, round_id, max_version, deadline, app_spec
+    )
+    return params, version, encoding
+
+
+def _download_digest_flow(
+    core: _Core,
+    task_id: int,
+    spec: ModelSpec,
+    round_id: int,
+    max_version: int | None,
+    deadline: float = math.inf,
+    app_spec: bool = False,
+) -> _Flow[tuple[npt.NDArray[np.float32], int, str, bytes]]:
+    """The model, applied and saved (`_Core.apply_model_digest`, `app_spec` passed on), with
+    the SHA-256 of its bytes in memory; a delta chain
     that fails its integrity check is asked for again once as a snapshot (`_chain_failed`), in
     the same call, so a round is not lost (and `fetch_current` does not fail for a chain). A
     snapshot that fails is `ModelIntegrityError`."""
@@ -3645,7 +3676,7 @@ def _download_flow(
         if response.status_code != 200:
             raise _refusal(response)
         try:
-            return core.apply_model(task_id, spec, response, app_spec)
+            return core.apply_model_digest(task_id, spec, response, app_spec)
         except ModelIntegrityError:
             if snapshot or not _chain_failed(response):
                 raise
@@ -3722,7 +3753,7 @@ def _train_round_flow(
         return _resent_report(core, a, settled[1], before)
     end = core.plain_round_end(a)
     try:
-        params, _, encoding = yield from _download_flow(
+        params, _, encoding, digest = yield from _download_digest_flow(
             core, a.task_id, spec, a.round_id, a.base_version, end
         )
     except _WaitOver:
@@ -3731,7 +3762,7 @@ def _train_round_flow(
         raise ParticipationCancelled("download", _UNTRAINED, r) from None
     # Checked before, during and after the training: not once the update is encoded. (An
     # `AsyncClient` trains on the event loop's thread: only the cancel event stops it.)
-    trained, n, loss = _train(core, a, params, trainer, x, y, cancel)
+    trained, n, loss = _train(core, a, params, trainer, x, y, cancel, digest)
     pending = core.encode(a, spec, params, trained, n, loss)
     try:
         receipt = yield from _upload_flow(core, pending, spec, end)
