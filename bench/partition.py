@@ -19,9 +19,10 @@ On each, timed round-robin (so machine noise hits all alike), each with a fresh
     committed at --compare-rev (read with `git show`; default baa0c083~1, the code before
     that commit checked the sizes of all classes at once; `--compare-rev none` skips it).
 Times are CPU seconds of this process (time.process_time; wall seconds beside them), the
-median and range over --repeats runs; the ratios compare medians of the same run.
+median and range over --repeats runs (--million-repeats on the 10^6 labels); the ratios
+compare medians of the same run.
 
-    python bench/partition.py           # writes bench/results/partition.json (~3 min of CPU)
+    python bench/partition.py           # writes bench/results/partition.json (~1.5 min of CPU)
     python bench/partition.py --quick   # a smoke run: partition_quick.json
 """
 
@@ -153,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--repeats", type=int, default=None, help="runs of each (default: 3; 1 --quick)"
     )
+    ap.add_argument(
+        "--million-repeats",
+        type=int,
+        default=1,
+        help="runs of each on the 10^6 labels (default: 1: a hopeless split there takes about "
+        "20 s of CPU, so 3 runs of its three variants would take the whole run past 3 minutes)",
+    )
     ap.add_argument("--alpha", type=float, default=0.5, help="the split's alpha (default: 0.5)")
     ap.add_argument(
         "--hopeless-alpha",
@@ -197,8 +205,9 @@ def main(argv: list[str] | None = None) -> int:
         args.repeats = 1 if args.quick else 3
     if args.max_tries is None:
         args.max_tries = 50 if args.quick else 1000
-    if args.repeats < 1:
-        ap.error(f"--repeats must be at least 1, got {args.repeats}")
+    for name in ("repeats", "million_repeats"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.max_tries < 1:
         ap.error(f"--max-tries must be at least 1, got {args.max_tries}")
     for name in ("alpha", "hopeless_alpha"):
@@ -233,11 +242,17 @@ def main(argv: list[str] | None = None) -> int:
         )
     cpu: dict[str, dict[str, list[float]]] = {s: {v: [] for v in variants} for s in sets}
     wall: dict[str, dict[str, list[float]]] = {s: {v: [] for v in variants} for s in sets}
-    progress = Progress(len(sets) * len(variants) * args.repeats)
-    for repeat in range(args.repeats):
+
+    def repeats(set_name: str) -> int:
+        return int(args.million_repeats if set_name == "synthetic_1e6" else args.repeats)
+
+    progress = Progress(sum(repeats(s) for s in sets) * len(variants))
+    for repeat in range(max(repeats(s) for s in sets)):
         for set_name, (labels, _) in sets.items():
+            if repeat >= repeats(set_name):
+                continue
             for name, run in variants.items():  # round-robin: noise hits every variant alike
-                progress.step(f"run {repeat + 1}/{args.repeats}: {set_name} {name}")
+                progress.step(f"run {repeat + 1}/{repeats(set_name)}: {set_name} {name}")
                 rng = np.random.default_rng(args.seed)
                 c0, w0 = time.process_time(), time.perf_counter()
                 run(labels, rng)
@@ -282,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
             "hopeless_alpha": args.hopeless_alpha,
             "max_tries": args.max_tries,
             "repeats": args.repeats,
+            "million_repeats": args.million_repeats,
             "seed": args.seed,
             "compare_rev": args.compare_rev,
             "compare_commit": before[1] if before is not None else None,
