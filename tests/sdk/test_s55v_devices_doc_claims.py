@@ -903,3 +903,158 @@ def test_every_check_in_names_max_model_bytes(tmp_path: Path) -> None:
     assert bodies[0] == json.dumps(body, separators=(",", ":")).encode()
     without = {k: v for k, v in body.items() if k != "max_model_bytes"}
     assert len(bodies[0]) - len(json.dumps(without, separators=(",", ":"))) == 28
+
+
+# ---------------------------------------------------------------------------------------------
+# OrtDevice and the artifacts' checks
+# ---------------------------------------------------------------------------------------------
+
+
+def _device(artifacts: Path, **kw: Any) -> Any:
+    from compression import CodecConfig
+    from sdk.ort import OrtDevice, OrtTrainer
+
+    x, y = _data(20)
+    trainer = OrtTrainer.from_dir(artifacts)
+    return OrtDevice(trainer, x, y, codec=CodecConfig(topk=0.5, bits=4), batch_size=4, **kw)
+
+
+def test_keep_params_false_sends_the_same_frame(artifacts: Path) -> None:
+    # "run_round(..., keep_params=False) ... The frame and the residual are the same bit for
+    # bit, but upload.result.params is then an empty array (num_examples and loss are kept)"
+    start = np.random.default_rng(4).normal(0, 0.05, 15).astype(np.float32)
+    uploads, residuals = [], []
+    for keep in (True, False):
+        device = _device(artifacts)
+        for _ in range(2):  # the second round adds the first's residual
+            upload = device.run_round(start, np.random.default_rng(3), keep_params=keep)
+        uploads.append(upload)
+        residuals.append(device.encoder.feedback.residual.copy())
+    kept, dropped = uploads
+    assert dropped.frame == kept.frame
+    assert np.array_equal(residuals[0], residuals[1])
+    assert kept.result.params.shape == (15,) and dropped.result.params.size == 0
+    assert (dropped.result.num_examples, dropped.result.loss) == (
+        kept.result.num_examples,
+        kept.result.loss,
+    )
+
+
+def test_a_call_codec_is_put_back_after_the_call_and_after_a_raise(artifacts: Path) -> None:
+    # "run_round(params, rng, codec=...) encodes that round's update with codec instead of the
+    # device's own config, for that call only: the config is put back when the call returns or
+    # raises"
+    from compression import CodecConfig
+
+    device = _device(artifacts)
+    own = device.encoder.config
+    start = np.zeros(15, np.float32)
+    other = CodecConfig(topk=0.1, bits=8)
+    device.run_round(start, np.random.default_rng(3), codec=other)
+    assert device.encoder.config == own
+    with pytest.raises(ValueError):
+        device.run_round(start + np.nan, np.random.default_rng(3), codec=other)
+    assert device.encoder.config == own
+
+
+def test_ort_device_refuses_an_lr_past_float32_when_set_up(artifacts: Path) -> None:
+    # "OrtDevice refuses it when set up"
+    with pytest.raises(ValueError, match="lr"):
+        _device(artifacts, lr=1e39)
+
+
+def test_manifest_words(artifacts: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from sdk.ort import ArtifactError, OrtTrainer
+
+    folder = tmp_path / "copy"
+    shutil.copytree(artifacts, folder)
+    text = (artifacts / "manifest.json").read_text()
+    manifest = json.loads(text)
+    path = folder / "manifest.json"
+    # "A key given twice in one JSON object is refused (`key 'model' appears twice in one
+    # object`)"
+    path.write_text(text.replace("{", '{"model": "x", ', 1))
+    with pytest.raises(ArtifactError, match="key 'model' appears twice in one object"):
+        OrtTrainer.from_dir(folder)
+    # "Fields the format does not know are ignored"
+    path.write_text(json.dumps({**manifest, "made_by": "a newer exporter"}))
+    OrtTrainer.from_dir(folder)
+    # "A file path naming a folder says so (`... is not a regular file`), and an empty path is
+    # refused as not a plain name."
+    (folder / "sub").mkdir()
+    for name, words in (("sub", "is not a regular file"), ("", "must be a plain name")):
+        edited = json.loads(text)
+        edited["files"]["infer"]["path"] = name
+        path.write_text(json.dumps(edited))
+        with pytest.raises(ArtifactError, match=words):
+            OrtTrainer.from_dir(folder)
+    # "file sizes: at most max_file_bytes each ..., checked before anything is read"
+    path.write_text(text)
+    with pytest.raises(ArtifactError, match="max_file_bytes"):
+        OrtTrainer.from_dir(folder, max_file_bytes=100)
+
+
+def test_ort_evaluate_refuses_skipped_labels(artifacts: Path) -> None:
+    # "sdk.trainer.evaluate, like OrtTrainer.evaluate, refuses labels outside the model's
+    # classes (-100 included) with a TrainingDataError"; "Its batch_size must be an integer >= 1
+    # (a ValueError)"
+    import torch
+
+    from sdk.ort import OrtTrainer
+    from sdk.trainer import evaluate
+
+    x, y = _data(8)
+    y[0] = -100
+    params = np.zeros(15, np.float32)
+    with pytest.raises(sdk.TrainingDataError):
+        OrtTrainer.from_dir(artifacts).evaluate(params, x, y)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    with pytest.raises(sdk.TrainingDataError):
+        evaluate(model, params, x, y)
+    with pytest.raises(ValueError, match="batch_size"):
+        evaluate(model, params, *_data(8), batch_size=0)
+
+
+def test_a_check_in_names_the_version_held_of_its_task(tmp_path: Path) -> None:
+    # "A check-in naming a task names the version held of that task (model_version); one naming
+    # none, the version of the model written last."
+    from compression import model_digest
+    from sdk.device_store import DeviceStore
+
+    app = tmp_path / "app"
+    Client("http://c", app).close()
+    with DeviceStore(app) as store:
+        for task, version in ((2, 9), (1, 5)):  # task 1's written last
+            params = np.full(170, version, np.float32)
+            store.save_model(task, params, version, model_digest(params).hex(), True)
+    bodies: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.read()))
+        return httpx.Response(400, json={"reason": "bad_request", "detail": "no"})
+
+    with Client("http://c", app, transport=httpx.MockTransport(handler)) as client:
+        for task_id in (1, 2, None):
+            with pytest.raises(sdk.ClientError):
+                client.participate(SoftmaxTrainer(), *local_data(0), task_id=task_id)
+    assert [b.get("model_version") for b in bodies] == [5, 9, 5]
+    assert [b.get("task_id") for b in bodies] == [1, 2, None]
+
+
+def test_the_device_install_line_has_pyprojects_bounds() -> None:
+    # "pip install "numpy>=1.26" "onnxruntime>=1.18" ...: the bounds are pyproject.toml's"
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    doc = (root / "docs" / "devices.md").read_text()
+    line = next(ln for ln in doc.splitlines() if ln.startswith('`pip install "numpy'))
+    shown = re.findall(r'"([^"]+)"', line)
+    deps = tomllib.loads((root / "pyproject.toml").read_text())["project"]["dependencies"]
+    bounds = {re.match(r"[A-Za-z0-9_-]+", d).group(0): d for d in deps}  # type: ignore[union-attr]
+    assert len(shown) == 6
+    for requirement in shown:
+        name = re.match(r"[A-Za-z0-9_-]+", requirement).group(0)  # type: ignore[union-attr]
+        assert bounds[name] == requirement, (requirement, bounds.get(name))
