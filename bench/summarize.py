@@ -319,6 +319,20 @@ BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
             ("speedup_vs_full_stack", ""),
         ],
     ),
+    (
+        "partition",
+        "Dirichlet partition time (mobile_sim.partition, 100 clients, CPU seconds)",
+        "python bench/partition.py",
+        [
+            ("mnist_x6_hopeless_cpu_s", ""),
+            ("mnist_x6_hopeless_over_stream_floor", ""),
+            ("mnist_x6_hopeless_before_over_now", ""),
+            ("synthetic_1e6_hopeless_cpu_s", ""),
+            ("synthetic_1e6_hopeless_over_stream_floor", ""),
+            ("synthetic_1e6_hopeless_before_over_now", ""),
+            ("mnist_train_dirichlet_over_iid", ""),
+        ],
+    ),
 ]
 
 
@@ -615,6 +629,39 @@ _REWORDED = {
 }
 
 
+def _load(doc: dict[str, Any], when: str) -> str:
+    value = doc.get("machine", {}).get(f"load_average_{when}")
+    return "not recorded" if value is None else f"{value:.1f}"
+
+
+def _partition_table(doc: dict[str, Any]) -> list[str]:
+    """bench/partition.py's label sets: each variant's median CPU seconds (min-max)."""
+    results = doc.get("results")
+    if not isinstance(results, dict) or not results:
+        return []
+    settings = doc.get("settings", {})
+    variants = list(next(iter(results.values()))["cpu_s"])
+    out = [
+        f"CPU seconds, median (min-max) of {settings.get('repeats')} runs each "
+        f"({settings.get('million_repeats', settings.get('repeats'))} on the 10^6 labels), timed "
+        f"round-robin; `dirichlet` is Dirichlet({settings.get('alpha')}), `dirichlet_hopeless` "
+        f"Dirichlet({settings.get('hopeless_alpha')}), which makes all "
+        f"{settings.get('max_tries')} draws and fails; `_before` is mobile_sim/partition.py at "
+        f"`{settings.get('compare_rev')}` (commit `{str(settings.get('compare_commit'))[:12]}`). "
+        f"1-minute load average {_load(doc, 'start')} at the start, {_load(doc, 'end')} at the "
+        "end.",
+        "",
+        "| labels | " + " | ".join(f"`{v}`" for v in variants) + " |",
+        "|---" * (len(variants) + 1) + "|",
+    ]
+    for name, entry in results.items():
+        cells = [
+            f"{s['median']:.3g} ({s['min']:.3g}-{s['max']:.3g})" for s in entry["cpu_s"].values()
+        ]
+        out.append(f"| `{name}` ({entry['labels']:,}) | " + " | ".join(cells) + " |")
+    return out + [""]
+
+
 def _notes(doc: dict[str, Any]) -> list[str]:
     """The doc lines of a result file's `note`, `notes` and `*_note` keys, by key. A robustness
     file whose `backdoor_runs` is empty (--skip-backdoor) gets no `backdoor_*` note: those
@@ -853,6 +900,8 @@ def render() -> str:
             out += _matrix_table(doc)
         if stem == "server_opt":
             out += _server_opt_table(doc)
+        if stem == "partition":
+            out += _partition_table(doc)
         out += _notes(doc)
         extra = [k for k in doc if k.startswith("accuracy_at_eps") or k == "accuracy_by_epsilon"]
         for k in extra:
