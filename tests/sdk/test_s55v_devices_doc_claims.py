@@ -1058,3 +1058,42 @@ def test_the_device_install_line_has_pyprojects_bounds() -> None:
     for requirement in shown:
         name = re.match(r"[A-Za-z0-9_-]+", requirement).group(0)  # type: ignore[union-attr]
         assert bounds[name] == requirement, (requirement, bounds.get(name))
+
+
+def test_the_none_details(url: str, tmp_path: Path) -> None:
+    # The None row: "`not selected yet` (a round gathers or runs without this device), `no
+    # active task` (no task named and none running, or the task named ... awaits its initial
+    # model)"; "last_check_in is this call's last check-in answer"
+    from protocol.messages import to_json
+
+    x, y = local_data(0)
+    with Client(url, tmp_path / "app") as client:
+        client.register()
+        assert client.participate(SoftmaxTrainer(), x, y, max_wait_s=0.2) is None
+        assert client.last_check_in is not None
+        assert client.last_check_in.detail == "no active task"
+        made = httpx.post(
+            f"{url}/v1/admin/tasks",
+            json=to_json(task_config(clients_per_round=1)),
+            headers={"authorization": f"Bearer {ADMIN}"},
+        )
+        waiting = int(made.json()["task_id"])  # no initial model yet
+        assert client.participate(SoftmaxTrainer(), x, y, task_id=waiting, max_wait_s=0.2) is None
+        assert client.last_check_in is not None
+        assert client.last_check_in.detail == "no active task"
+        gathering = create_task(url, task_config(clients_per_round=3, selection_timeout_s=30.0))
+        assert client.participate(SoftmaxTrainer(), x, y, task_id=gathering, max_wait_s=0.3) is None
+        assert client.last_check_in is not None
+        assert client.last_check_in.detail == "not selected yet"
+        # control traffic only: no round row; "one row of the same shape"
+        assert client.bandwidth == {}
+        for direction in ("up", "down"):
+            assert sorted(client.control_bandwidth[direction]) == [
+                "dense_bytes",
+                "payload_bytes",
+                "requests",
+                "wire_bytes",
+            ]
+        # "its up payload and dense bytes are always 0"
+        assert client.control_bandwidth["up"]["payload_bytes"] == 0
+        assert client.control_bandwidth["up"]["dense_bytes"] == 0
