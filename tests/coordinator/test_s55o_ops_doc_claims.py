@@ -4,12 +4,17 @@ that honours it, in process (stop 55, audit O): the chunked framing the ledger l
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import re
+import tempfile
 from pathlib import Path
 
 import h11
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from coordinator.cli import main
 from coordinator.service import ServiceConfig
@@ -293,3 +298,137 @@ def test_the_file_takes_on_off_and_booleans(
     conf = _conf(tmp_path, text)
     assert _serve("--config", str(conf)) == 0
     assert served[0][3]["access_log"] is on
+
+
+# --- the configuration file's values, any of them -------------------------------------------
+
+_KEYS = [
+    "db",
+    "host",
+    "port",
+    "admin-token",
+    "tls-cert",
+    "tls-key",
+    "signature-window",
+    "poll",
+    "register-rate",
+    "register-burst",
+    "body-timeout",
+    "head-timeout",
+    "send-timeout",
+    "shutdown-grace",
+    "keep-frames",
+    "snapshots-per-version",
+    "upload-buffer-mb",
+    "pool-ttl",
+    "max-checkin-rate",
+    "log-level",
+    "access-log",
+]
+
+
+def _toml_string(text: str) -> str:
+    out = '"'
+    for ch in text:
+        if ch in '"\\':
+            out += "\\" + ch
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out += f"\\u{ord(ch):04x}"
+        elif 0xD800 <= ord(ch) <= 0xDFFF:
+            out += "?"
+        else:
+            out += ch
+    return out + '"'
+
+
+def _toml_float(value: float) -> str:
+    if math.isnan(value):
+        return "nan"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    text = repr(value)
+    mantissa, _, exponent = text.partition("e")
+    return f"{mantissa}.0e{exponent}" if exponent and "." not in mantissa else text
+
+
+_VALUES = st.one_of(
+    st.integers(-(2**70), 2**70).map(str),
+    st.floats(allow_nan=True).map(_toml_float),
+    st.text(max_size=12).map(_toml_string),
+    st.sampled_from(
+        ["0", "1", "-1", "0.5", "1e3", "1000.0", "9223372036854775808", "1e400", "-0.0"]
+        + ['""', '" "', '"0"', '"nan"', '"on"', '"::1"', '"999.1.1.1"', '"~"', '"."', '"/"']
+        + ["true", "false", "[]", "[1]", "{}", "1979-05-27T07:32:00Z", "07:32:00"]
+    ),
+)
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(key=st.sampled_from(_KEYS), underscore=st.booleans(), value=_VALUES)
+def test_any_value_in_the_file_is_served_or_one_line_naming_file_and_key(
+    key: str, underscore: bool, value: str
+) -> None:
+    # "Each value is checked as its flag is, and a mistake is one line naming the file and
+    # the key, before anything is opened (exit status 2)"; keys "named as the flag without
+    # its dashes (`keep-frames` or `keep_frames`...)"
+    import coordinator.service as service
+
+    name = key.replace("-", "_") if underscore else key
+    seen: list[object] = []
+    with tempfile.TemporaryDirectory() as folder:
+        conf = Path(folder) / "coordinator.toml"
+        conf.write_text(f"{name} = {value}\n")
+        conf.chmod(0o600)
+        err = io.StringIO()
+        with (
+            pytest.MonkeyPatch.context() as patch,
+            contextlib.redirect_stderr(err),
+            contextlib.redirect_stdout(io.StringIO()),
+        ):
+            patch.setattr(service, "serve", lambda *a, **kw: seen.append(a))
+            patch.delenv("PLUME_ADMIN_TOKEN", raising=False)
+            code = _serve("--config", str(conf))
+        opened = sorted(p.name for p in Path(folder).iterdir())
+    said = err.getvalue()
+    assert "Traceback" not in said
+    if code == 0:
+        assert len(seen) == 1
+        return
+    lines = [line for line in said.splitlines() if "error:" in line]
+    assert code == 2 and seen == [], (name, value, code, said)
+    assert len(lines) == 1, said
+    assert lines[0].startswith(f"plume coordinator serve: error: --config {conf}: "), lines
+    assert key in lines[0] or name in lines[0], lines
+    assert opened == ["coordinator.toml"]  # nothing opened or created
+
+
+def test_a_tasks_series_come_with_its_initial_model(tmp_path: Path) -> None:
+    # "every task has the families, with zeros until its first round, from the moment its
+    # initial model is stored (a task still `awaiting_model` has no series)"; "each task has
+    # 45 lines of its own"
+    import httpx
+
+    from compression import encode_snapshot
+    from coordinator.service import ServerThread
+    from protocol.messages import to_json
+
+    from .test_service_support import ADMIN, SPEC, initial_params, task_config
+
+    assert "(a task still `awaiting_model` has no series)" in PROSE
+    admin = {"authorization": f"Bearer {ADMIN}"}
+    config = ServiceConfig(db_path=str(tmp_path / "plume.db"), admin_token=ADMIN)
+    with ServerThread(config) as url, httpx.Client(base_url=url) as http:
+        made = http.post("/v1/admin/tasks", json=to_json(task_config()), headers=admin)
+        assert made.status_code == 201 and made.json()["state"] == "awaiting_model"
+        task = made.json()["task_id"]
+        before = http.get("/metrics").text
+        put = http.put(
+            f"/v1/admin/tasks/{task}/model",
+            content=encode_snapshot(initial_params(), SPEC, "fp32"),
+            headers={**admin, "content-type": "application/octet-stream"},
+        )
+        assert put.status_code == 200, put.text
+        after = http.get("/metrics").text
+    label = f'task="{task}"'
+    assert [line for line in before.splitlines() if label in line] == []
+    assert len([line for line in after.splitlines() if label in line]) == 45
