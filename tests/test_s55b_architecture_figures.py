@@ -67,3 +67,18 @@ def test_the_mnist_cnn_size_is_the_models() -> None:
     params = sum(p.numel() for p in build_model("mnist_cnn").parameters())
     line = _row("- `mobile_sim.models`:")
     assert f"`mnist_cnn` (McMahan et al. 2017, {params:,} params)" in line
+
+
+def test_the_fingerprint_and_dense_bytes_are_the_codes() -> None:
+    import numpy as np
+
+    from compression import CodecConfig, ModelSpec, UpdateCodec
+
+    spec = ModelSpec.from_shapes([("w", (1000,)), ("b", (10,))])
+    assert "`fingerprint` (8 bytes of SHA-256 over the canonical layout)" in _row("| `ModelSpec` |")
+    assert isinstance(spec.fingerprint, bytes) and len(spec.fingerprint) == 8
+    codec = UpdateCodec(spec, CodecConfig(topk=0.1, bits=4))
+    u = np.random.default_rng(0).standard_normal(spec.size).astype(np.float32)
+    frame, report = codec.encode(u, np.random.default_rng(1))
+    assert "`dense_bytes` (= 4·d)" in _row("| `EncodeReport` |")
+    assert report.dense_bytes == 4 * spec.size and report.frame_bytes == len(frame)
