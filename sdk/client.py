@@ -706,6 +706,11 @@ class _Exchange:
     sent_at: float = math.nan
     # Wire bytes ("up", "down") its answered attempts put in each round's row (`account`).
     in_rounds: dict[int, dict[str, int]] = field(default_factory=dict)
+    # A model download's: the model held that `model_exchange` read (and checked against its
+    # digest) to ask from, when it read one (`held_read`), for `apply_model_digest` to apply a
+    # delta chain to rather than read and hash the file again.
+    held: tuple[npt.NDArray[np.float32], int, bool] | None = None
+    held_read: bool = False
 
 
 class _CountedBody(httpx.ByteStream):
@@ -1414,6 +1419,8 @@ class _Core:
                 max(spec.dense_bytes, self.max_model_bytes) if app_spec else spec.dense_bytes
             )
             + MODEL_RESPONSE_SLACK,
+            held=held,
+            held_read=not snapshot,
         )
 
     def apply_model(
@@ -1424,7 +1431,12 @@ class _Core:
         return params, version, encoding
 
     def apply_model_digest(
-        self, task_id: int, spec: ModelSpec, response: httpx.Response, app_spec: bool = False
+        self,
+        task_id: int,
+        spec: ModelSpec,
+        response: httpx.Response,
+        app_spec: bool = False,
+        ex: _Exchange | None = None,
     ) -> tuple[npt.NDArray[np.float32], int, str, bytes]:
         """Decode a download, check its digest, persist it; returns (params, version,
         encoding, the SHA-256 of params' bytes in memory: `_buffer_digest`, which the round's
@@ -1433,7 +1445,8 @@ class _Core:
         given to `fetch_current`, not an assignment's): a model whose frames name another
         layout (`SpecMismatch`, from the headers, before anything is inflated) is
         `LayoutMismatchError`, the store untouched: the spec is the app's mistake, not a body
-        altered on the way."""
+        altered on the way. `ex`: the download's exchange, whose model held (read when it was
+        made) a delta chain applies to."""
         encoding = response.headers.get(Header.MODEL_ENCODING, "")
         digest = response.headers.get(Header.MODEL_DIGEST, "")
         raw_version = response.headers.get(Header.MODEL_VERSION)
@@ -1448,7 +1461,10 @@ class _Core:
         exact = response.headers.get(Header.MODEL_EXACT, "1") == "1" and not inexact
         try:
             if encoding == ModelEncoding.DELTA_CHAIN:
-                held = self.store.load_model(task_id, spec.size)
+                if ex is not None and ex.held_read:
+                    held = ex.held  # the model asked from: not read and hashed again
+                else:
+                    held = self.store.load_model(task_id, spec.size)
                 if held is None or not held[2]:
                     raise ModelIntegrityError(
                         409, "no_base", "delta chain without an exact base model"
@@ -3313,7 +3329,7 @@ def _secure_flow(
             if response.status_code != 200:
                 raise _refusal(response)
             try:
-                params, _, encoding = core.apply_model(a.task_id, spec, response)
+                params, _, encoding, _ = core.apply_model_digest(a.task_id, spec, response, ex=ex)
                 break
             except ModelIntegrityError:
                 if snapshot or not _chain_failed(response):
@@ -3676,7 +3692,7 @@ def _download_digest_flow(
         if response.status_code != 200:
             raise _refusal(response)
         try:
-            return core.apply_model_digest(task_id, spec, response, app_spec)
+            return core.apply_model_digest(task_id, spec, response, app_spec, ex)
         except ModelIntegrityError:
             if snapshot or not _chain_failed(response):
                 raise

@@ -4,13 +4,15 @@ A round hashed the downloaded parameters twice over the same bytes: once to chec
 against the coordinator's digest (`_Core.apply_model`, `model_digest`), and once more right
 after, before training, as the "before" of the check that the trainer did not write into the
 array it was given (`_train`, `_buffer_digest`). The download's digest now serves both (the
-bytes are the same; on a little-endian machine the model's canonical bytes are its memory),
-so a snapshot round makes 3 passes (the snapshot's own header check, the download's check,
-the trainer check's "after") instead of 4, and a delta-chain round 4 instead of 5 (the held
-model is read and checked twice: `model_exchange`, `apply_model`). Counted by wrapping
-`hashlib` in the modules that hash, keeping calls over a buffer of the model's size made from
-the device's code (the loopback coordinator in the same process hashes the model too).
-A trainer that writes into the array is still caught (`test_a_write_through_is_still_caught`).
+bytes are the same; on a little-endian machine the model's canonical bytes are its memory).
+A delta-chain round also read and hashed the held model twice: once to ask from its version
+(`model_exchange`) and again to apply the chain to it (`apply_model`); the exchange now carries
+the model it read. So a snapshot round makes 3 passes (the snapshot's own header check, the
+download's check, the trainer check's "after") instead of 4, and a delta-chain round 3 (the
+held model's check, the download's, the "after") instead of 5. Counted by wrapping `hashlib` in
+the modules that hash, keeping calls over a buffer of the model's size made from the device's
+code (the loopback coordinator in the same process hashes the model too). A trainer that writes
+into the array is still caught (`test_a_write_through_is_still_caught`).
 """
 
 from __future__ import annotations
@@ -93,7 +95,7 @@ def test_one_pass_serves_the_download_check_and_the_trainer_check(
             counts.append((report.download_encoding, sorted(passes)))
     assert counts[0][0] == "snapshot" and counts[1][0] == "delta-chain"
     assert len(counts[0][1]) == 3, counts[0]
-    assert len(counts[1][1]) == 4, counts[1]
+    assert len(counts[1][1]) == 3, counts[1]
 
 
 class _WritesThrough:
