@@ -170,12 +170,17 @@ def test_exception_family_is_as_documented() -> None:
         (("http://c",), {"max_stage_wait_s": 0.0}),
         (("http://c",), {"max_response_s": 0.0}),
         (("http://c",), {"verify": "/nonexistent/ca.pem"}),
+        (("http://c",), {"verify": ""}),
+        (("http://c",), {"verify": "NO_CERT"}),  # a file that holds no certificate
     ],
 )
 def test_setup_mistakes_are_value_errors_before_app_dir_is_made(
     tmp_path: Path, args: tuple[str, ...], kw: dict[str, Any]
 ) -> None:
     app = tmp_path / "app"
+    if kw.get("verify") == "NO_CERT":
+        (tmp_path / "junk.pem").write_text("not a certificate\n")
+        kw = {"verify": str(tmp_path / "junk.pem")}
     with pytest.raises(ValueError):
         Client(*args, app, **kw)
     assert not app.exists()
