@@ -1102,3 +1102,28 @@ def test_the_none_details(url: str, tmp_path: Path) -> None:
         # "its up payload and dense bytes are always 0"
         assert client.control_bandwidth["up"]["payload_bytes"] == 0
         assert client.control_bandwidth["up"]["dense_bytes"] == 0
+
+
+def test_torch_threads_are_put_back_after_a_raise_and_equal_counts_are_the_same_bits() -> None:
+    # "each train call sets torch.set_num_threads(2) and puts the previous count back when it
+    # returns or raises"; "with threads equal to the count already set, the result is the same
+    # bits as with None"
+    import torch
+
+    from sdk.trainer import TorchTrainer
+
+    x, y = _data(12)
+    before = torch.get_num_threads()
+    other = 1 if before != 1 else 2
+    torch.manual_seed(0)
+    trainer = TorchTrainer(torch.nn.Sequential(torch.nn.Linear(4, 3)), threads=other)
+    with pytest.raises(ValueError, match="training diverged"):
+        _train(trainer, np.full(15, 3e38, np.float32), x + np.float32(1e30), y)
+    assert torch.get_num_threads() == before
+    start = np.random.default_rng(1).normal(0, 0.1, 15).astype(np.float32)
+    results = []
+    for threads in (None, before):
+        torch.manual_seed(0)
+        t = TorchTrainer(torch.nn.Sequential(torch.nn.Linear(4, 3)), threads=threads)
+        results.append(_train(t, start, x, y).params)
+    assert np.array_equal(results[0], results[1])
