@@ -153,3 +153,54 @@ def test_busy_until_the_wait_ends_is_none_with_no_answer(tmp_path: Path) -> None
     ) as client:
         with pytest.raises(sdk.ClientError, match=r"^503 busy: full \(after 5 attempts\)$"):
             client.participate(SoftmaxTrainer(), *local_data(0), task_id=1, max_wait_s=600)
+
+
+def test_any_path_to_the_directory_is_the_same_directory(tmp_path: Path) -> None:
+    # "A second Client or AsyncClient on an app_dir (by any path to it) while a client of the
+    # same process on it is not closed yet raises AppDirInUse too"
+    app = tmp_path / "app"
+    (tmp_path / "link").symlink_to(app, target_is_directory=True)
+    with Client("http://c", app):
+        for make in (
+            lambda: Client("http://c", tmp_path / "link"),
+            lambda: sdk.AsyncClient("http://c", tmp_path / "link"),
+            lambda: sdk.AsyncClient("http://c", f"{app}/../app"),
+        ):
+            with pytest.raises(sdk.AppDirInUse):
+                make()
+
+
+def test_another_process_holding_the_directory_is_named(tmp_path: Path) -> None:
+    # "AppDirInUse: plume-app is in use by process 4242: one process at a time may use an app
+    # directory (close that process's Client, or give each process its own app_dir)"
+    import subprocess
+    import sys
+
+    app = tmp_path / "plume-app"
+    root = Path(__file__).resolve().parents[2]
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys; from sdk import Client; c = Client('http://c', sys.argv[1]); "
+            "print('held', flush=True); sys.stdin.read()",
+            str(app),
+        ],
+        cwd=root,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(sdk.AppDirInUse) as caught:
+            Client("http://c", app)
+        assert str(caught.value) == (
+            f"{app} is in use by process {holder.pid}: one process at a time may use an app "
+            "directory (close that process's Client, or give each process its own app_dir)"
+        )
+        assert caught.value.pid == holder.pid
+    finally:
+        holder.communicate("", timeout=30)
+    # "the kernel drops it" when the process exits
+    Client("http://c", app).close()
