@@ -1652,11 +1652,21 @@ def _url_problem(url: str) -> str | None:
     return None
 
 
+# httpx sends a URL's user and password as `Authorization: Basic`, in place of the admin
+# token's `Authorization: Bearer`: every admin request was refused 401, said as a wrong token.
+_USERINFO_PROBLEM = (
+    "it has a user name or password before its host (USER:PASSWORD@), which httpx would send "
+    "as Authorization: Basic in place of the admin token (Authorization: Bearer), so the "
+    "coordinator would refuse every admin request; leave them out"
+)
+
+
 def _admin_url_problem(url: str, flag: str = "--url") -> str | None:
     """What is wrong with a coordinator's base URL given as `flag` (`_url_problem`'s, and what
     httpx takes and then mishandles: a port past 65535 or 0, which fails only when connecting,
-    and a query or fragment, which the base URL's path silently lost: `http://h:1?x=1` sent
-    every request to `/?x=1/v1/admin/...`), or None."""
+    a user or password, sent in place of the admin token, and a query or fragment, which the
+    base URL's path silently lost: `http://h:1?x=1` sent every request to
+    `/?x=1/v1/admin/...`), or None."""
     import httpx
 
     if (problem := _url_problem(url)) is not None:
@@ -1664,6 +1674,8 @@ def _admin_url_problem(url: str, flag: str = "--url") -> str | None:
     port = httpx.URL(url).port
     if port is not None and not 1 <= port <= 65535:
         return f"its port {port} is not a TCP port (1-65535)"
+    if httpx.URL(url).userinfo:
+        return _USERINFO_PROBLEM
     if "?" in url or "#" in url:
         return (
             f"it has a {'query' if '?' in url else 'fragment'} ({'?' if '?' in url else '#'}...); "
@@ -1678,15 +1690,27 @@ def checked_url(given: str, flag: str = "--url") -> str:
     --coordinator`), checked before any request: `given` with its scheme lower-cased (a
     scheme is case-insensitive, RFC 3986: `HTTP://` was refused), or `ValueError` with the
     one line that says what is wrong: not http:// or https://, what httpx cannot parse, no
-    host, a port outside 1-65535, a query or a fragment (`_admin_url_problem`). Every command
+    host, a port outside 1-65535, a user or password, a query or a fragment
+    (`_admin_url_problem`). Every command
     that takes a coordinator's URL checks it here, so their errors read the same."""
     scheme, sep, rest = given.partition("://")
     if not sep or scheme.lower() not in ("http", "https"):
         raise ValueError(f"{flag} must start with http:// or https://, got {given!r}")
     url = f"{scheme.lower()}://{rest}"
     if (problem := _admin_url_problem(url, flag)) is not None:
-        raise ValueError(f"{flag} {given!r} is not a valid URL: {problem}")
+        raise ValueError(f"{flag} {_password_hidden(given)!r} is not a valid URL: {problem}")
     return url
+
+
+def _password_hidden(given: str) -> str:
+    """`given` with the password of its `user:password@` replaced by `***` (an error line
+    names the URL, and a terminal or a log keeps it)."""
+    scheme, sep, rest = given.partition("://")
+    authority, slash, path = rest.partition("/")
+    userinfo, at, host = authority.rpartition("@")
+    if not sep or not at or ":" not in userinfo:
+        return given
+    return f"{scheme}{sep}{userinfo.partition(':')[0]}:***@{host}{slash}{path}"
 
 
 def _admin(args: argparse.Namespace) -> Any:

@@ -210,6 +210,12 @@ class AdminClient:
         tls = tls_verify(verify)
         if (problem := admin_token_problem(token)) is not None:
             raise ValueError(f"the admin token {problem}")
+        if httpx.URL(base_url).userinfo:
+            # httpx would send them as Authorization: Basic, in place of the token's Bearer
+            raise ValueError(
+                "base_url has a user name or password before its host, which httpx would send "
+                "as Authorization: Basic in place of the admin token; leave them out"
+            )
         if max_response_bytes < 1:
             raise ValueError("max_response_bytes must be at least 1")
         if not (0 < max_response_s < math.inf):  # NaN included
