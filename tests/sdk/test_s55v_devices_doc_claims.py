@@ -1127,3 +1127,34 @@ def test_torch_threads_are_put_back_after_a_raise_and_equal_counts_are_the_same_
         t = TorchTrainer(torch.nn.Sequential(torch.nn.Linear(4, 3)), threads=threads)
         results.append(_train(t, start, x, y).params)
     assert np.array_equal(results[0], results[1])
+
+
+def test_ort_sessions_threads_and_spinning(artifacts: Path) -> None:
+    # "It is the training graph's count: the inference graph (predict, evaluate) runs on one
+    # thread ... With more than one thread the pool's threads do not spin (...allow_spinning is
+    # "0")"; "Training runs on one onnxruntime thread by default"
+    import onnxruntime as ort
+
+    from sdk.ort import OrtTrainer
+
+    def options(threads: int) -> list[Any]:
+        trainer = OrtTrainer.from_dir(artifacts, threads=threads)
+        sessions = [v for v in vars(trainer).values() if isinstance(v, ort.InferenceSession)]
+        assert len(sessions) == 2
+        return [s.get_session_options() for s in sessions]
+
+    def spin(o: Any) -> str | None:
+        try:
+            return str(o.get_session_config_entry("session.intra_op.allow_spinning"))
+        except Exception:  # onnxruntime raises for an entry never set
+            return None
+
+    one = options(1)
+    assert sorted(o.intra_op_num_threads for o in one) == [1, 1]
+    three = options(3)
+    assert sorted(o.intra_op_num_threads for o in three) == [1, 3]
+    train = next(o for o in three if o.intra_op_num_threads == 3)
+    assert spin(train) == "0"
+    assert all(
+        o.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL for o in three
+    )
