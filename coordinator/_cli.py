@@ -137,6 +137,20 @@ _ZOO_MODELS = (
 _ADMIN_TIMEOUT_S = 30.0
 
 
+# The longest --timeout the admin commands take, seconds (a day; AdminClient's bound too): a
+# socket timeout past about 9.2e9 s raised OverflowError (a traceback) at the first request.
+_MAX_ADMIN_TIMEOUT_S = 86_400.0
+
+
+def _admin_timeout(text: str) -> float:
+    x = _positive(text)
+    if x > _MAX_ADMIN_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(
+            f"must be a finite number > 0 and at most {_MAX_ADMIN_TIMEOUT_S:g} (a day), got {text}"
+        )
+    return x
+
+
 # The codec's bits a value (compression's VALID_BITS, as `plume sim --bits` lists them: not
 # imported, so that building the parser imports no numpy).
 _CODEC_BITS = (1, 2, 4, 8, 16, 32)
@@ -506,12 +520,13 @@ def register(sub: Any) -> None:
         )
         q.add_argument(
             "--timeout",
-            type=_positive,
+            type=_admin_timeout,
             default=_ADMIN_TIMEOUT_S,
             metavar="SECONDS",
             help="how long to wait for the coordinator at each step: to accept the connection, "
             "to take the request, and for each part of its answer; past it, one error line "
-            f"naming --url and the timeout, exit status 1 (> 0; default: {_ADMIN_TIMEOUT_S:g})",
+            f"naming --url and the timeout, exit status 1 (> 0, at most a day; default: "
+            f"{_ADMIN_TIMEOUT_S:g})",
         )
 
     c = csub.add_parser(

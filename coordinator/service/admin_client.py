@@ -64,6 +64,9 @@ _ERROR_BODY_CAP = 64 << 10
 # so a server trickling bytes inside it would otherwise hold the client for cap x timeout.
 MAX_ADMIN_RESPONSE_S = 600.0
 
+# The longest `timeout` (each step of a request) an AdminClient takes, seconds: a day.
+MAX_ADMIN_TIMEOUT_S = 86_400.0
+
 T = TypeVar("T")
 
 _DIGEST = re.compile(r"[0-9a-f]{64}")
@@ -215,6 +218,12 @@ class AdminClient:
             raise ValueError(
                 "base_url has a user name or password before its host, which httpx would send "
                 "as Authorization: Basic in place of the admin token; leave them out"
+            )
+        if not (0 < timeout <= MAX_ADMIN_TIMEOUT_S):  # NaN included
+            # past about 9.2e9 s a socket timeout raised OverflowError at the first request
+            raise ValueError(
+                f"timeout must be a number of seconds in (0, {MAX_ADMIN_TIMEOUT_S:g}], got "
+                f"{timeout!r}"
             )
         if max_response_bytes < 1:
             raise ValueError("max_response_bytes must be at least 1")
