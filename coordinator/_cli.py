@@ -1112,7 +1112,9 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
         # A path from the file is shown as written there; the one looked at is added.
         at = f" ({path})" if dest in from_file else ""
         if path is not None and not Path(path).is_file():
-            return bad(dest, f"{flag} {path}: no such file", f"no such file{at}")
+            # A folder or a device is said so: "no such file" named one `ls` shows.
+            why = _not_a_file(Path(path))
+            return bad(dest, f"{flag} {path}: {why}", f"{why}{at}")
         if path is not None and not os.access(path, os.R_OK):
             # Else ssl's "[Errno 13] Permission denied", naming no file (a certbot
             # privkey.pem is root's alone; serve runs as a service user).
