@@ -368,6 +368,8 @@ def test_backup_of_a_served_database_and_restore_refused_while_it_serves(
     with sqlite3.connect(f"file:{folder / 'b.db'}?immutable=1", uri=True) as db:
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
     assert "incarnation" not in meta and meta["schema_version"] == "5"
+    # "the `.lock` file is 0600 too (backups and `get-model` outputs already were)"
+    assert stat.S_IMODE((folder / "b.db").stat().st_mode) == 0o600
     # "`restore` is refused while `plume coordinator serve` serves the database ...: `a
     # coordinator (pid N) is serving --db ...; stop it first`"
     refused = _cli("restore", "--db", "plume.db", "--from", "b.db", cwd=folder)
@@ -391,6 +393,10 @@ def test_backup_of_a_served_database_and_restore_refused_while_it_serves(
     out = json.loads(fresh.stdout)
     assert out["replaced"] is None and out["path"] == str((folder / "fresh.db").resolve())
     assert re.fullmatch(r"[0-9a-f]{32}", out["incarnation"])
+    # "A database serve creates (or `restore`, for a `--db` that did not exist) is created with
+    # mode 0600 ...; the `.lock` file is 0600 too"
+    for name in ("fresh.db", "fresh.db.lock"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o600, name
 
 
 def test_status_of_a_coordinator_with_no_task_is_a_note(tmp_path: Path) -> None:

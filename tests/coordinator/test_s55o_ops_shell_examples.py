@@ -221,6 +221,8 @@ def _while_serving(s: Scratch) -> None:
         assert got["format"] == fmt and got["version"] == 0
         assert got["digest"] == status["task"]["model_digest"]
         assert got["bytes"] == (s.folder / out).stat().st_size
+        # "(backups and `get-model` outputs already were)" 0600
+        assert (s.folder / out).stat().st_mode & 0o777 == 0o600, out
     # "`pt` ... read it with `model.load_state_dict(torch.load(path, weights_only=True),
     # strict=True)` on `mobile_sim.models.build_model(NAME)`"; npz with allow_pickle=False
     from mobile_sim.models import build_model
