@@ -30,8 +30,12 @@ def _bench() -> Any:
 def _saved(cfg: SimConfig) -> dict[str, Any]:
     """The config such a file recorded: asdict, through JSON, less what its runs vary."""
     recorded = json.loads(json.dumps(asdict(cfg)))
-    # Fields SimConfig gained after those files (min_memory_mb, 8eef265) are not in them.
-    newer = ("aggregator", "attack", "min_memory_mb")
+    # Fields SimConfig gained after those files (min_memory_mb, 8eef265; the trace fields,
+    # a83a176d) are not in them.
+    newer = (
+        "aggregator", "attack", "min_memory_mb",
+        "capacity_trace", "behaviour_trace", "trace_compute_scale",
+    )  # fmt: skip
     return {k: v for k, v in recorded.items() if k not in newer}
 
 

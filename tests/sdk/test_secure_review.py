@@ -30,8 +30,8 @@ class _FakeCore:
     def model_exchange(self, *args: Any) -> _Exchange:
         return _Exchange("GET", "model", 2)
 
-    def apply_model(self, *args: Any) -> tuple[np.ndarray, int, str]:
-        return np.zeros(SIZE, np.float32), 1, "dense"
+    def apply_model_digest(self, *args: Any, **kwargs: Any) -> tuple[np.ndarray, int, str, bytes]:
+        return np.zeros(SIZE, np.float32), 1, "dense", b"\0" * 32
 
     def secure_setup_exchange(self, round_id: int) -> _Exchange:
         return _Exchange("GET", "setup", round_id)
