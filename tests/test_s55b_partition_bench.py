@@ -114,3 +114,25 @@ def test_the_published_file_is_the_scripts_defaults_with_its_machine_and_date() 
     page = (ROOT / "docs" / "benchmarks.md").read_text()
     assert "## Dirichlet partition time" in page
     assert "Command: `python bench/partition.py`. Machine: " in page
+
+
+def test_simulator_md_quotes_the_published_file() -> None:
+    # docs/simulator.md's Dirichlet timing sentence is the published run's, not an ad-hoc one.
+    doc = json.loads((RESULTS / "partition.json").read_text())
+    text = " ".join((ROOT / "docs" / "simulator.md").read_text().split())
+    cpu = {name: r["cpu_s"] for name, r in doc["results"].items()}
+    x6 = cpu["mnist_x6"]["dirichlet_hopeless"]
+    quoted = [
+        f"{x6['median']:.2f} s, the median of 3 runs, {x6['min']:.2f}–{x6['max']:.2f} s",
+        f"{cpu['mnist_train']['dirichlet_hopeless']['median']:.2f} s with the 8,000",
+        f"about {cpu['synthetic_1e6']['dirichlet_hopeless']['median']:.0f} s with 10^6 labels",
+        f"take {cpu['mnist_x6']['stream_floor']['median']:.2f} s and "
+        f"{cpu['synthetic_1e6']['stream_floor']['median']:.1f} s in that run",
+        f"took {cpu['mnist_x6']['dirichlet_hopeless_before']['median']:.2f} s at 60,000 labels",
+        f"({doc['results']['mnist_x6']['hopeless_before_over_now']:.2f}x)",
+        f"{cpu['synthetic_1e6']['dirichlet_hopeless_before']['median']:.1f} s at 10^6 "
+        f"({doc['results']['synthetic_1e6']['hopeless_before_over_now']:.2f}x)",
+        doc["date"][:10],
+    ]
+    for phrase in quoted:
+        assert phrase in text, phrase
