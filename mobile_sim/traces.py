@@ -13,9 +13,10 @@ Two kinds of trace drive the simulated population when given (`PopulationConfig`
 FedScale ships both as Python pickles. Plume never unpickles (loading a pickle runs whatever
 code the file names): convert them yourself, on a file you trust, as docs/traces.md shows.
 
-Every value is checked (finite, positive, integer times, sorted and non-overlapping windows,
-equal active/inactive lengths, windows inside finish_time, unique client ids, a size cap)
-and a refusal names the file, the client id and the field. A loaded trace is a handful of
+Every value is checked (capacity figures finite and in [1e-9, 1e12], integer times, sorted
+and non-overlapping windows, equal active/inactive lengths, windows inside finish_time, unique
+client ids, a size cap) and a refusal names the file, the client id and the field, quoting
+any value shortened. A loaded trace is a handful of
 flat numpy arrays (the windows in CSR form: one offsets array and one array of window
 bounds), so a population of 10^6 or more devices drawing from it stays lazy; each trace
 keeps the SHA-256 of its file for the run's record.
@@ -30,6 +31,7 @@ import json
 import math
 import os
 import re
+import reprlib
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +44,8 @@ import numpy.typing as npt
 __all__ = [
     "MAX_TRACE_BYTES",
     "MAX_TRACE_TIME_S",
+    "MIN_CAPACITY_FIGURE",
+    "MAX_CAPACITY_FIGURE",
     "KBIT",
     "TRAINING_PASSES",
     "TraceError",
@@ -61,6 +65,13 @@ MAX_TRACE_BYTES = 512 * 2**20
 # Largest time (seconds) a behaviour trace may state: 10^12 s is some 31,700 years, and keeps
 # every sum of finish times the lookup forms far inside int64 (and exact in float64).
 MAX_TRACE_TIME_S = 10**12
+# Range of a capacity trace's computation (ms per sample) and communication (kbit/s). Far
+# outside any phone's figures (10^-9 ms is a femtosecond a sample, 10^12 kbit/s a petabit a
+# second): a value outside is a unit mistake, and the bounds keep every speed derived from a
+# figure finite and above zero (1000 / (3 x 1e308) underflows to 0 samples/s, 1e308 x 1024
+# overflows to inf bits/s) for every trace_compute_scale in (0, 10^6].
+MIN_CAPACITY_FIGURE = 1e-9
+MAX_CAPACITY_FIGURE = 1e12
 # FedScale's "kbit": it sizes a model update as bytes / 1024 * 8, so one of its kbit is
 # 1024 bits, and its communication figure is in 1024-bit units per second.
 KBIT = 1024.0
@@ -73,6 +84,21 @@ _BEHAVIOUR_REQUIRED = ("active", "inactive", "finish_time")
 _BEHAVIOUR_OPTIONAL = ("duration", "model")
 _NUMBER = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 _CSV_HEADER = ["client_id", "computation", "communication"]
+
+# A refusal quotes the offending value, client id or key shortened (a 10^5-element list or a
+# 10^5-character id made a message of 300,000 characters): strings to 60 characters, integers
+# to 40 digits, lists and objects to 4 items and 2 levels.
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = 60
+_SHORT.maxlong = 40
+_SHORT.maxother = 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
+_SHORT.maxlevel = 2
+
+
+def _show(value: object) -> str:
+    """`value`'s repr, shortened (`_SHORT`): what a refusal quotes."""
+    return _SHORT.repr(value)
 
 
 class TraceError(ValueError):
@@ -207,7 +233,7 @@ def _json(name: str, kind: str, data: bytes) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in items:
             if key in out:
-                raise ValueError(f"duplicate key {key!r}")
+                raise ValueError(f"duplicate key {_show(key)}")
             out[key] = value
         return out
 
@@ -238,20 +264,29 @@ def _is_number(x: object) -> bool:
 
 
 def _positive(where: str, fieldname: str, value: object) -> float:
+    """A capacity figure: a finite number in [MIN_CAPACITY_FIGURE, MAX_CAPACITY_FIGURE]."""
     if not _is_number(value):
-        raise TraceError(f"{where}: {fieldname} must be a number, got {value!r}")
-    x = float(value)  # type: ignore[arg-type]  # checked just above
+        raise TraceError(f"{where}: {fieldname} must be a number, got {_show(value)}")
+    try:
+        x = float(value)  # type: ignore[arg-type]  # checked just above
+    except OverflowError:  # an integer of 309 digits or more, which JSON allows
+        x = math.inf
     if not (math.isfinite(x) and x > 0):
-        raise TraceError(f"{where}: {fieldname} must be finite and > 0, got {value!r}")
+        raise TraceError(f"{where}: {fieldname} must be finite and > 0, got {_show(value)}")
+    if not MIN_CAPACITY_FIGURE <= x <= MAX_CAPACITY_FIGURE:
+        raise TraceError(
+            f"{where}: {fieldname} must be in [{MIN_CAPACITY_FIGURE:g}, "
+            f"{MAX_CAPACITY_FIGURE:g}] (a unit mistake?), got {_show(value)}"
+        )
     return x
 
 
 def _time(where: str, fieldname: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TraceError(f"{where}: {fieldname} must be an integer (seconds), got {value!r}")
+        raise TraceError(f"{where}: {fieldname} must be an integer (seconds), got {_show(value)}")
     if not 0 <= value <= MAX_TRACE_TIME_S:
         raise TraceError(
-            f"{where}: {fieldname} must be in [0, {MAX_TRACE_TIME_S}] seconds, got {value}"
+            f"{where}: {fieldname} must be in [0, {MAX_TRACE_TIME_S}] seconds, got {_show(value)}"
         )
     return value
 
@@ -260,14 +295,15 @@ def _fields(
     where: str, entry: object, required: tuple[str, ...], optional: tuple[str, ...]
 ) -> dict[str, Any]:
     if not isinstance(entry, dict):
-        raise TraceError(f"{where}: an entry must be an object, got {entry!r:.60}")
+        raise TraceError(f"{where}: an entry must be an object, got {_show(entry)}")
     missing = [k for k in required if k not in entry]
     if missing:
-        raise TraceError(f"{where}: missing field {missing[0]!r}")
+        raise TraceError(f"{where}: missing field {_show(missing[0])}")
     unknown = sorted(set(entry) - set(required) - set(optional))
     if unknown:
         raise TraceError(
-            f"{where}: unknown field {unknown[0]!r} (an entry has {', '.join(required + optional)})"
+            f"{where}: unknown field {_show(unknown[0])} (an entry has "
+            f"{', '.join(required + optional)})"
         )
     return entry
 
@@ -277,7 +313,7 @@ def _capacity_json(name: str, data: bytes) -> tuple[list[float], list[float]]:
     comp: list[float] = []
     comm: list[float] = []
     for cid, entry in doc.items():
-        where = f"capacity trace {name}: client {cid!r}"
+        where = f"capacity trace {name}: client {_show(cid)}"
         e = _fields(where, entry, _CAPACITY_FIELDS, ())
         comp.append(_positive(where, "computation", e["computation"]))
         comm.append(_positive(where, "communication", e["communication"]))
@@ -310,15 +346,17 @@ def _capacity_csv(name: str, data: bytes) -> tuple[list[float], list[float]]:
             if not cid:
                 raise TraceError(f"capacity trace {name}: line {line}: the client_id is empty")
             if cid in seen:
-                raise TraceError(f"capacity trace {name}: line {line}: duplicate client_id {cid!r}")
+                raise TraceError(
+                    f"capacity trace {name}: line {line}: duplicate client_id {_show(cid)}"
+                )
             seen.add(cid)
-            where = f"capacity trace {name}: line {line}: client {cid!r}"
+            where = f"capacity trace {name}: line {line}: client {_show(cid)}"
             for fieldname, cell, out in (
                 ("computation", row[1], comp),
                 ("communication", row[2], comm),
             ):
                 if not _NUMBER.fullmatch(cell.strip()):
-                    raise TraceError(f"{where}: {fieldname} must be a number, got {cell!r}")
+                    raise TraceError(f"{where}: {fieldname} must be a number, got {_show(cell)}")
                 out.append(_positive(where, fieldname, float(cell)))
     except csv.Error as exc:
         raise TraceError(f"capacity trace {name}: not valid CSV: {exc}") from None
@@ -368,7 +406,7 @@ def load_behaviour_trace(
     lo: list[int] = []
     hi: list[int] = []
     for cid, entry in doc.items():
-        where = f"behaviour trace {name}: client {cid!r}"
+        where = f"behaviour trace {name}: client {_show(cid)}"
         e = _fields(where, entry, _BEHAVIOUR_REQUIRED, _BEHAVIOUR_OPTIONAL)
         end = _time(where, "finish_time", e["finish_time"])
         if end == 0:
@@ -376,12 +414,12 @@ def load_behaviour_trace(
         if "duration" in e:
             _time(where, "duration", e["duration"])
         if "model" in e and not isinstance(e["model"], str):
-            raise TraceError(f"{where}: model must be a string, got {e['model']!r:.60}")
+            raise TraceError(f"{where}: model must be a string, got {_show(e['model'])}")
         active, inactive = e["active"], e["inactive"]
         for fieldname, value in (("active", active), ("inactive", inactive)):
             if not isinstance(value, list):
                 raise TraceError(
-                    f"{where}: {fieldname} must be a list of seconds, got {value!r:.60}"
+                    f"{where}: {fieldname} must be a list of seconds, got {_show(value)}"
                 )
         if len(active) != len(inactive):
             raise TraceError(
