@@ -82,6 +82,18 @@ def _ray_log_on_process_stderr() -> None:
             handler.stream = sys.__stderr__  # not setStream: it flushes the old, closed stream
 
 
+@pytest.fixture(autouse=True)
+def _cwd_put_back() -> Iterator[None]:
+    """Every test ends in the folder it started in: a test that changes it (os.chdir, not
+    monkeypatch.chdir) and does not change it back would break the relative paths of the
+    tests that run after it in the same xdist worker, in an order that varies (CI saw
+    FileNotFoundError for bench/results/... after test_s55v's os.chdir)."""
+    cwd = os.getcwd()
+    yield
+    if os.getcwd() != cwd:
+        os.chdir(cwd)
+
+
 @pytest.fixture(scope="session")
 def data_root() -> Path:
     root = Path(os.environ["PLUME_DATA"])

@@ -9,7 +9,6 @@ import hashlib
 import inspect
 import json
 import math
-import os
 import socket
 import stat
 from collections.abc import Iterator
@@ -186,9 +185,9 @@ def test_setup_mistakes_are_value_errors_before_app_dir_is_made(
     assert not app.exists()
 
 
-def test_an_empty_app_dir_is_a_value_error(tmp_path: Path) -> None:
+def test_an_empty_app_dir_is_a_value_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # "An empty one (os.environ.get("APP_DIR", "") with the variable unset) is a ValueError"
-    os.chdir(tmp_path)
+    monkeypatch.chdir(tmp_path)  # put back after: later tests in the worker use relative paths
     with pytest.raises(ValueError):
         Client("http://c", "")
     assert list(tmp_path.iterdir()) == []
