@@ -146,7 +146,10 @@ _MAX_JITTER_H = 12.0
 # magnitude, and exp(10 * 8.6) keeps every drawn bandwidth and speed finite and above zero (a
 # larger sigma overflowed to inf or underflowed to 0 bits/s: a device that never finishes).
 _MAX_SIGMA = 10.0
-# Largest trace_compute_scale: a factor between FedScale's reference model and ours.
+# Range of trace_compute_scale, a factor between FedScale's reference model and ours: below
+# about 1e-290 the slowest trace speed underflows to 0 samples/s (a device that never
+# finishes), and a factor of a million either way is already past any two models' ratio.
+_MIN_COMPUTE_SCALE = 1e-6
 _MAX_COMPUTE_SCALE = 1e6
 
 
@@ -297,9 +300,10 @@ class PopulationConfig:
         scale = self.trace_compute_scale
         if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
             raise PopulationError(f"trace_compute_scale must be a number, got {scale!r}")
-        if not (math.isfinite(scale) and 0 < scale <= _MAX_COMPUTE_SCALE):
+        if not (math.isfinite(scale) and _MIN_COMPUTE_SCALE <= scale <= _MAX_COMPUTE_SCALE):
             raise PopulationError(
-                f"trace_compute_scale must be in (0, {_MAX_COMPUTE_SCALE:g}], got {scale}"
+                f"trace_compute_scale must be in [{_MIN_COMPUTE_SCALE:g}, {_MAX_COMPUTE_SCALE:g}], "
+                f"got {scale}"
             )
         if scale != 1.0 and self.capacity_trace is None:
             raise PopulationError(

@@ -70,7 +70,7 @@ MAX_TRACE_TIME_S = 10**12
 # second): a value outside is a unit mistake, and the bounds keep every speed derived from a
 # figure finite and above zero (1000 / (3 x 1e308) underflows to 0 samples/s, 1e308 x 1024
 # overflows to inf bits/s) for a trace_compute_scale from 1e-290 to 10^6 (PopulationConfig
-# takes any scale in (0, 10^6]: a smaller one still gives 0 samples/s).
+# takes a scale in [10^-6, 10^6]).
 MIN_CAPACITY_FIGURE = 1e-9
 MAX_CAPACITY_FIGURE = 1e12
 # FedScale's "kbit": it sizes a model update as bytes / 1024 * 8, so one of its kbit is

@@ -145,7 +145,7 @@ def test_plume_sim_with_both_traces_end_to_end(tmp_path: Path) -> None:
         ),
         (
             ["--capacity-trace", "{cap}", "--trace-compute-scale", "0"],
-            "--trace-compute-scale must be in (0, 1e+06], got 0.0",
+            "--trace-compute-scale must be in [1e-06, 1e+06], got 0.0",
         ),
         (
             ["--capacity-trace", "{bad}"],

@@ -37,7 +37,7 @@ from mobile_sim.traces import (
 )
 
 MESSAGE_LIMIT = 400  # what a refusal may add to the file's name
-SCALES = (1e-6, 1.0, 1e6)  # trace_compute_scale's range is (0, 10^6]
+SCALES = (1e-6, 1.0, 1e6)  # trace_compute_scale's range is [10^-6, 10^6]
 
 _SETTINGS = settings(
     max_examples=80,
