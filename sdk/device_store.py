@@ -316,7 +316,7 @@ def _not_a_directory(path: Path) -> bool:
     return os.path.lexists(path) and not path.is_dir()
 
 
-def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
+def _write(path: Path, data: bytes | memoryview, mode: int = 0o600) -> None:
     # Owner-only by default: the residual, model and pending frame derive from the user's data.
     tmp = path.with_name(path.name + ".tmp")
     _no_directory(path)
@@ -1442,7 +1442,9 @@ class DeviceStore:
         else:
             primary = not any(m.primary for m in held.values())
         name = _PRIMARY_MODEL if primary else f"model-{task_id}.f32"
-        _write(self.root / name, params.astype("<f4").tobytes())
+        # Written from the array's own memory when it is little-endian float32 already (it
+        # is, on any phone): `astype(...).tobytes()` made two copies of the model to write one.
+        _write(self.root / name, np.ascontiguousarray(params, dtype="<f4").data.cast("B"))
         others = _by_recency(held)
         kept = others[max(0, len(others) - (MAX_MODELS - 1)) :]
         new = dict(st)
