@@ -297,19 +297,23 @@ class PopulationConfig:
                 "behaviour_trace gives the availability: it needs availability='diurnal' (the "
                 f"realistic fleet), not {self.availability!r}, where every device is available"
             )
-        scale = self.trace_compute_scale
-        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-            raise PopulationError(f"trace_compute_scale must be a number, got {scale!r}")
-        if not (math.isfinite(scale) and _MIN_COMPUTE_SCALE <= scale <= _MAX_COMPUTE_SCALE):
-            raise PopulationError(
-                f"trace_compute_scale must be in [{_MIN_COMPUTE_SCALE:g}, {_MAX_COMPUTE_SCALE:g}], "
-                f"got {scale}"
-            )
-        if scale != 1.0 and self.capacity_trace is None:
-            raise PopulationError(
-                "trace_compute_scale scales the capacity trace's compute speed: it needs "
-                "capacity_trace"
-            )
+        check_trace_compute_scale(self.trace_compute_scale, self.capacity_trace is not None)
+
+
+def check_trace_compute_scale(scale: object, capacity_trace: bool) -> None:
+    """`PopulationError` (a ValueError) unless `scale` is a valid trace_compute_scale, for a
+    config with (`capacity_trace`) or without a capacity trace; SimConfig checks the same."""
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
+        raise PopulationError(f"trace_compute_scale must be a number, got {scale!r}")
+    if not (math.isfinite(scale) and _MIN_COMPUTE_SCALE <= scale <= _MAX_COMPUTE_SCALE):
+        raise PopulationError(
+            f"trace_compute_scale must be in [{_MIN_COMPUTE_SCALE:g}, {_MAX_COMPUTE_SCALE:g}], "
+            f"got {scale}"
+        )
+    if scale != 1.0 and not capacity_trace:
+        raise PopulationError(
+            "trace_compute_scale scales the capacity trace's compute speed: it needs capacity_trace"
+        )
 
 
 @dataclass(frozen=True)

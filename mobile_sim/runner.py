@@ -407,22 +407,10 @@ class SimConfig:
 
     def _check_traces(self) -> None:
         """Read and check the trace files (mobile_sim.traces), keeping their SHA-256s."""
-        from .population import _MAX_COMPUTE_SCALE, _MIN_COMPUTE_SCALE
+        from .population import check_trace_compute_scale
         from .traces import TraceError, cached_behaviour_trace, cached_capacity_trace
 
-        scale = self.trace_compute_scale
-        if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
-            raise ValueError(f"trace_compute_scale must be a number, got {scale!r}")
-        if not (math.isfinite(scale) and _MIN_COMPUTE_SCALE <= scale <= _MAX_COMPUTE_SCALE):
-            raise ValueError(
-                f"trace_compute_scale must be in [{_MIN_COMPUTE_SCALE:g}, {_MAX_COMPUTE_SCALE:g}], "
-                f"got {scale}"
-            )
-        if scale != 1.0 and self.capacity_trace is None:
-            raise ValueError(
-                "trace_compute_scale scales the capacity trace's compute speed: it needs "
-                "capacity_trace"
-            )
+        check_trace_compute_scale(self.trace_compute_scale, self.capacity_trace is not None)
         shas: dict[str, str] = {}
         for name, fleets, loader in (
             ("capacity_trace", ("timing", "realistic"), cached_capacity_trace),
