@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -305,10 +306,14 @@ def check_trace_compute_scale(scale: object, capacity_trace: bool) -> None:
     config with (`capacity_trace`) or without a capacity trace; SimConfig checks the same."""
     if isinstance(scale, bool) or not isinstance(scale, numbers.Real):
         raise PopulationError(f"trace_compute_scale must be a number, got {scale!r}")
-    if not (math.isfinite(scale) and _MIN_COMPUTE_SCALE <= scale <= _MAX_COMPUTE_SCALE):
+    try:
+        value = float(scale)
+    except OverflowError:  # an int past float's range (10**400)
+        value = math.inf
+    if not (math.isfinite(value) and _MIN_COMPUTE_SCALE <= value <= _MAX_COMPUTE_SCALE):
         raise PopulationError(
             f"trace_compute_scale must be in [{_MIN_COMPUTE_SCALE:g}, {_MAX_COMPUTE_SCALE:g}], "
-            f"got {scale}"
+            f"got {reprlib.repr(scale)}"
         )
     if scale != 1.0 and not capacity_trace:
         raise PopulationError(

@@ -28,13 +28,16 @@ def cap(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("scale", [1e-320, 1e-7, 0.0, -1.0, 1e6 * 1.0001])
+@pytest.mark.parametrize("scale", [1e-320, 1e-7, 0.0, -1.0, 1e6 * 1.0001, 10**400])
 def test_a_scale_outside_the_range_is_refused(cap: Path, scale: float) -> None:
     trace = load_capacity_trace(cap)
     with pytest.raises(PopulationError, match=r"trace_compute_scale must be in \[1e-06, 1e\+06\]"):
         PopulationConfig(num_devices=10, capacity_trace=trace, trace_compute_scale=scale)
     with pytest.raises(ValueError, match=r"trace_compute_scale must be in \[1e-06, 1e\+06\]"):
         SimConfig(fleet="timing", capacity_trace=str(cap), trace_compute_scale=scale)
+    with pytest.raises(ValueError) as err:
+        SimConfig(fleet="timing", capacity_trace=str(cap), trace_compute_scale=scale)
+    assert len(str(err.value)) < 120  # an int of 400 digits is shown shortened
 
 
 @pytest.mark.parametrize("scale", [1e-6, 1.0, 1e6])
