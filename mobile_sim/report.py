@@ -651,6 +651,11 @@ def write_run(
         # An HTTP run's wall-clock settings (its task's round deadline, ...) that `config`,
         # in simulated seconds, has no field for; in-process runs record none, as before.
         doc["http"] = result.http
+    if result.ray_cluster is not None:
+        # The cluster a Ray run joined by address, and where the address came from: `config`
+        # records only a given one (ray_address), not one from the RAY_ADDRESS variable.
+        # Private runtimes and other backends record none, as before.
+        doc["ray_cluster"] = result.ray_cluster
     doc.update(
         {
             "summary": summary(result),

@@ -134,6 +134,13 @@ def backend_for(cfg: SimConfig) -> Backend:
     return build_backend(cfg.backend, **{k: v for k, v in options.items() if v is not None})
 
 
+def _ray_cluster(backend: Backend) -> dict[str, str] | None:
+    """`SimResult.ray_cluster` of a run on `backend`, once started: the Ray backend's
+    `cluster`, a copy; None for any other backend."""
+    cluster = getattr(backend, "cluster", None) if backend.name == "ray" else None
+    return dict(cluster) if isinstance(cluster, dict) else None
+
+
 # Integer fields that count something a run needs at least one of.
 _AT_LEAST_1 = (
     "clients",
@@ -891,6 +898,11 @@ class SimResult:
     # is simulated seconds, which HTTP runs refuse, so it stays None), and the fleet's own
     # (a secure run's `stage_idle_s` / `stage_cap_s`). None in process.
     http: dict[str, Any] | None = None
+    # The Ray cluster a Ray run joined by address (rounds.json's `ray_cluster`, from
+    # `RayBackend.cluster`: its address without credentials and where the address came from,
+    # "RAY_ADDRESS" or "ray_address"). `config` cannot say it for RAY_ADDRESS: a config is
+    # the same wherever it is built. None: a private Ray runtime, or another backend.
+    ray_cluster: dict[str, str] | None = None
 
     @property
     def final_accuracy(self) -> float | None:
@@ -1574,6 +1586,7 @@ def run_simulation(
             started_at,
             partition=partition_stats(parts, data.y_train),
             dp_seed=cfg.dp_seed,
+            ray_cluster=_ray_cluster(be),
         )
 
     # Started last, just before the `try` whose `finally` closes it: a set-up check that

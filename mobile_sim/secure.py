@@ -573,7 +573,14 @@ def run_secure_simulation(
     from sdk.flat import get_flat_params
 
     from .backends import TrainJob
-    from .runner import _device_ids, backend_for, model_evaluator, prepare, train_context
+    from .runner import (
+        _device_ids,
+        _ray_cluster,
+        backend_for,
+        model_evaluator,
+        prepare,
+        train_context,
+    )
     from .status import clear, note
 
     if transport == "http":
@@ -631,6 +638,7 @@ def run_secure_simulation(
             _jsonable(settings),
             partition_stats(parts, data.y_train),
             http=fleet.settings() if fleet is not None else None,
+            ray_cluster=_ray_cluster(be),
         )
 
     try:

@@ -316,6 +316,9 @@ class RayBackend:
         self.workers = workers
         self.address = address or os.environ.get("RAY_ADDRESS") or None
         self._address_source = "RayBackend(address=...)" if address else "RAY_ADDRESS"
+        # `start` found a Ray runtime already running in this process (the caller's, which
+        # `self.address` did not choose): `cluster` is None then.
+        self._callers_runtime = False
         self.num_cpus = num_cpus
         self.inner = inner
         self.threads_per_worker = threads_per_worker
@@ -328,6 +331,20 @@ class RayBackend:
         self._size: int | None = None  # the model's parameter count, asked once (`_model_size`)
         self._test_rows = 0  # the context's test rows (0: none), for `evaluate`
         self._test_predictions = 0  # ... and its labels (y_test.size)
+
+    @property
+    def cluster(self) -> dict[str, str] | None:
+        """What rounds.json records of the Ray cluster this backend joins by address (its
+        `ray_cluster`): ``{"address": ..., "from": "RAY_ADDRESS"}`` when the address came from
+        the environment variable, ``"from": "ray_address"`` when it was given (--ray-address,
+        SimConfig.ray_address, RayBackend(address=...)); the address as `public_address` shows
+        it (no user or password). None without an address (a private runtime), and after a
+        `start` that found a Ray runtime already running in this process (the caller's: the
+        backend joined whatever that one is)."""
+        if self.address is None or self._callers_runtime:
+            return None
+        source = "RAY_ADDRESS" if self._address_source == "RAY_ADDRESS" else "ray_address"
+        return {"address": public_address(self.address), "from": source}
 
     def start(self, ctx: TrainContext) -> None:
         try:
@@ -344,6 +361,7 @@ class RayBackend:
         env = self.runtime_env
         if env is not None:
             _check_runtime_env(env)
+        self._callers_runtime = ray.is_initialized()  # our own was shut down by `close`
         if not ray.is_initialized():
             say("starting Ray")
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
