@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import numbers
-import reprlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -311,9 +310,11 @@ def check_trace_compute_scale(scale: object, capacity_trace: bool) -> None:
     except OverflowError:  # an int past float's range (10**400)
         value = math.inf
     if not (math.isfinite(value) and _MIN_COMPUTE_SCALE <= value <= _MAX_COMPUTE_SCALE):
+        from coordinator.aggregators._base import shown  # 10**400 as 1e+400, as refusals do
+
         raise PopulationError(
             f"trace_compute_scale must be in [{_MIN_COMPUTE_SCALE:g}, {_MAX_COMPUTE_SCALE:g}], "
-            f"got {reprlib.repr(scale)}"
+            f"got {shown(scale)}"
         )
     if scale != 1.0 and not capacity_trace:
         raise PopulationError(

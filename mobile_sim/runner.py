@@ -136,9 +136,9 @@ def backend_for(cfg: SimConfig) -> Backend:
 
 def _ray_cluster(backend: Backend) -> dict[str, str] | None:
     """`SimResult.ray_cluster` of a run on `backend`, once started: the Ray backend's
-    `cluster`, a copy; None for any other backend."""
+    `cluster` (a new dict each time it is read); None for any other backend."""
     cluster = getattr(backend, "cluster", None) if backend.name == "ray" else None
-    return dict(cluster) if isinstance(cluster, dict) else None
+    return cluster if isinstance(cluster, dict) else None
 
 
 # Integer fields that count something a run needs at least one of.
