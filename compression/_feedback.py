@@ -124,11 +124,20 @@ class ErrorFeedback:
 
     def to_bytes(self) -> bytes:
         """16-byte header then the residual as little-endian fp32 (see docs/wire-format.md)."""
-        body = self.held().astype("<f4", copy=False).tobytes()
+        return b"".join(self.to_parts())
+
+    def to_parts(self) -> tuple[bytes, memoryview]:
+        """`to_bytes` in two parts, for a writer that takes them one after the other: the
+        16-byte header, and the residual's little-endian fp32 bytes as a view of its own
+        memory (no copy of the residual when it is little-endian float32 already, as it is on
+        any phone; `to_bytes` joins them into one copy). The view is valid while the residual
+        is not reassigned or written to."""
+        values = np.ascontiguousarray(self.held(), dtype="<f4")
+        body = values.data.cast("B")
         header = _HEADER.pack(
             RESIDUAL_MAGIC, WIRE_VERSION, 0, _HEADER.size, self.size, zlib.crc32(body)
         )
-        return header + body
+        return header, body
 
     @classmethod
     def from_bytes(cls, data: bytes, size: int) -> ErrorFeedback:

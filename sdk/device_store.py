@@ -316,7 +316,11 @@ def _not_a_directory(path: Path) -> bool:
     return os.path.lexists(path) and not path.is_dir()
 
 
-def _write(path: Path, data: bytes | memoryview, mode: int = 0o600) -> None:
+def _write(
+    path: Path, data: bytes | memoryview | tuple[bytes | memoryview, ...], mode: int = 0o600
+) -> None:
+    """Write `data` to `path` atomically (a temp file, fsync, rename). A tuple is written part
+    after part, as one file: a caller need not join its parts into one more copy."""
     # Owner-only by default: the residual, model and pending frame derive from the user's data.
     tmp = path.with_name(path.name + ".tmp")
     _no_directory(path)
@@ -328,9 +332,10 @@ def _write(path: Path, data: bytes | memoryview, mode: int = 0o600) -> None:
     try:
         try:
             os.fchmod(fd, mode)  # the umask may have narrowed `mode`; set it exactly
-            view = memoryview(data)
-            while view:  # os.write may write less than asked (Linux caps one call at ~2 GiB)
-                view = view[os.write(fd, view) :]
+            for part in data if isinstance(data, tuple) else (data,):
+                view = memoryview(part)
+                while view:  # os.write may write less than asked (Linux caps a call at ~2 GiB)
+                    view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -448,7 +453,12 @@ def _read(path: Path, limit: int, what: str) -> bytes:
             raise not_regular
         if st.st_size > limit:
             raise DeviceStoreError(f"{path} ({what}) is {st.st_size} bytes, over the {limit} cap")
-        raw = _read_fd(fd, limit + 1)
+        # The file's size and one byte more, not the cap: os.read allocates what it is asked
+        # for, 1 MiB for each small JSON file read. A file grown since the fstat is read on to
+        # the cap, as before.
+        raw = _read_fd(fd, st.st_size + 1)
+        if len(raw) > st.st_size:
+            raw += _read_fd(fd, limit + 1 - len(raw))
     finally:
         os.close(fd)
     if len(raw) > limit:  # grown since the check
@@ -483,16 +493,18 @@ def _trailer_bytes(task_id: int, seq: int, layout: bytes | None) -> bytes:
     return _TASK_MAGIC + ids if layout is None else _LAYOUT_MAGIC + ids + layout
 
 
-def _residual_bytes(
+def _residual_parts(
     ef: ErrorFeedback, task_id: int | None, seq: int, layout: bytes | None = None
-) -> bytes:
-    """`ef` as stored: `ErrorFeedback.to_bytes`, then the trailer naming `task_id`, the
-    write sequence number `seq` and the model's `layout` when known (no trailer for the legacy
-    residual)."""
-    raw = ef.to_bytes()
+) -> tuple[bytes | memoryview, ...]:
+    """`ef` as stored, in the parts `_write` writes one after the other: `ErrorFeedback`'s
+    header and values (`to_parts`: the values are a view of the residual's memory), then the
+    trailer naming `task_id`, the write sequence number `seq` and the model's `layout` when
+    known (no trailer for the legacy residual). Joining them (`to_bytes()` + trailer) made two
+    copies the size of the model to write one file."""
+    parts = ef.to_parts()
     if task_id is None:
-        return raw
-    return raw + _trailer_bytes(task_id, seq, layout)
+        return parts
+    return (*parts, _trailer_bytes(task_id, seq, layout))
 
 
 def _head(fd: int) -> tuple[int, int, int] | None:
@@ -2001,7 +2013,7 @@ class DeviceStore:
         _check_task_id(task_id, "residual")
         layout = _layout_of(spec, ef.size, "residual")
         dest = self._dest(task_id)
-        _write(dest, _residual_bytes(ef, task_id, self._next_seq(), layout))
+        _write(dest, _residual_parts(ef, task_id, self._next_seq(), layout))
         # Leftovers of an interrupted save or refusal would otherwise shadow this newer residual.
         for staged in self._staged():
             if self._dest(_residual_task(staged)) == dest:
@@ -2063,7 +2075,7 @@ class DeviceStore:
         layout = None if spec is None else spec.fingerprint
         _write(
             self.root / "pending.residual",
-            _residual_bytes(ef, pending.task_id, self._next_seq(), layout),
+            _residual_parts(ef, pending.task_id, self._next_seq(), layout),
         )
         _write(self.root / "pending.json", encoded)
         self.save_residual(ef, pending.task_id, spec)
@@ -2251,7 +2263,7 @@ class DeviceStore:
             layout = _layout_if(record.spec, ef.size)
             _write(
                 self._record(r, "residual"),
-                _residual_bytes(ef, record.task_id, self._next_seq(), layout),
+                _residual_parts(ef, record.task_id, self._next_seq(), layout),
             )
         _write(self._record(r, "json"), encoded)
 
@@ -2405,7 +2417,7 @@ class DeviceStore:
             ef.residual[over] = base.residual[over]
         staged = self.root / staging
         layout = layout if layout is not None else held
-        _write(staged, _residual_bytes(ef, task_id, self._next_seq(), layout))
+        _write(staged, _residual_parts(ef, task_id, self._next_seq(), layout))
         _unlink(self.root / commit)  # the commit point
         dest = self._dest(task_id)
         _replace(staged, dest)
