@@ -9,6 +9,7 @@ residual is now far below one copy. The bytes on disk are unchanged (`to_bytes` 
 
 from __future__ import annotations
 
+import os
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -17,7 +18,8 @@ import numpy as np
 import pytest
 
 from compression import ErrorFeedback, ModelSpec
-from sdk.device_store import DeviceStore, PendingUpload
+from sdk import device_store
+from sdk.device_store import DeviceStore, DeviceStoreError, PendingUpload
 
 N = 1 << 20  # 4 MiB of float32
 SPEC = ModelSpec.from_shapes([("w", (N,))])
@@ -91,3 +93,39 @@ def test_a_pending_upload_writes_its_residual_without_a_copy(tmp_path: Path) -> 
     back = store.load_residual(N, 9, SPEC)
     assert back is not None
     np.testing.assert_array_equal(back.residual, ef.residual)
+
+
+class _Shrunk:
+    """An `os.stat_result` whose `st_size` is smaller than the file's: the file grown after
+    `_read`'s fstat."""
+
+    def __init__(self, real: os.stat_result, size: int) -> None:
+        self._real, self.st_size = real, size
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._real, name)
+
+
+@pytest.mark.parametrize(
+    ("grown_to", "refused"), [(100, False), (device_store._MAX_JSON_BYTES + 5, True)]
+)
+def test_a_json_file_grown_after_its_size_was_read_is_read_on_to_the_cap(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grown_to: int, refused: bool
+) -> None:
+    path = tmp_path / "state.json"
+    body = b'{"a": "' + b"x" * (grown_to - 10) + b'"}'
+    path.write_bytes(body)
+    real_fstat = os.fstat
+    monkeypatch.setattr(device_store.os, "fstat", lambda fd: _Shrunk(real_fstat(fd), 10))
+    if refused:
+        with pytest.raises(DeviceStoreError, match="over the"):
+            device_store._read(path, device_store._MAX_JSON_BYTES, "state")
+    else:
+        assert device_store._read(path, device_store._MAX_JSON_BYTES, "state") == body
+
+
+def test_a_small_json_read_allocates_no_more_than_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "state.json"
+    path.write_bytes(b'{"a": 1}')
+    peak = _peak(lambda: device_store._read_json(path, "state"))
+    assert peak < 64 * 1024, peak  # was the 1 MiB cap
