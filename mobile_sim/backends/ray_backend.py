@@ -47,6 +47,9 @@ _START_TIMEOUT_S = 300.0
 # Seconds a plain host:port address gets to accept a TCP connection before `start` gives up
 # (ray.init would otherwise retry an unreachable address for minutes).
 _CONNECT_TIMEOUT_S = 5.0
+# The address ray.init documents as "start a new local Ray instance, even if there is already
+# an existing local Ray instance": a private runtime, as without any address, not a cluster.
+_LOCAL = "local"
 
 
 def public_address(address: str) -> str:
@@ -279,6 +282,15 @@ def _runtime_env_errors(
         ) from None
 
 
+def _gcs_address(joined: object) -> str | None:
+    """The GCS address (``HOST:PORT``) of the cluster `ray.init` joined, from the context it
+    returned (`RayContext.address_info["gcs_address"]`); None when it does not say (a Ray
+    client's context, through a ``ray://`` RAY_ADDRESS, has no `address_info`)."""
+    info = getattr(joined, "address_info", None)
+    found = info.get("gcs_address") if isinstance(info, dict) else None
+    return found if isinstance(found, str) and found.strip() else None
+
+
 class RayBackend:
     """Trains each round's jobs on `workers` Ray actors (default: one per CPU that is free when
     `start` runs, `ray.available_resources()`).
@@ -314,8 +326,13 @@ class RayBackend:
         if inner not in INNER_BACKENDS:
             raise ValueError(f"inner backend must be one of {INNER_BACKENDS}, got {inner!r}")
         self.workers = workers
-        self.address = address or os.environ.get("RAY_ADDRESS") or None
-        self._address_source = "RayBackend(address=...)" if address else "RAY_ADDRESS"
+        # Stripped, and blank is unset: Ray reads an empty RAY_ADDRESS as unset but takes
+        # " host:6379" whole (a host named " host"), and " " as a malformed address.
+        given = (address or "").strip()
+        self.address = given or os.environ.get("RAY_ADDRESS", "").strip() or None
+        self._address_source = "RayBackend(address=...)" if given else "RAY_ADDRESS"
+        # The GCS address `ray.init` returned for "auto" (the cluster Ray found), for `cluster`.
+        self._found: str | None = None
         # `start` found a Ray runtime already running in this process (the caller's, which
         # `self.address` did not choose): `cluster` is None then.
         self._callers_runtime = False
@@ -338,13 +355,16 @@ class RayBackend:
         `ray_cluster`): ``{"address": ..., "from": "RAY_ADDRESS"}`` when the address came from
         the environment variable, ``"from": "ray_address"`` when it was given (--ray-address,
         SimConfig.ray_address, RayBackend(address=...)); the address as `public_address` shows
-        it (no user or password). None without an address (a private runtime), and after a
+        it (no user or password). For ``"auto"``, once `start` has joined, the GCS address of
+        the cluster Ray found (``HOST:PORT``, as ray.init returned it), else "auto" as given.
+        None without an address or with ``"local"`` (both a private runtime), and after a
         `start` that found a Ray runtime already running in this process (the caller's: the
         backend joined whatever that one is)."""
-        if self.address is None or self._callers_runtime:
+        address = self.address
+        if address is None or address == _LOCAL or self._callers_runtime:
             return None
         source = "RAY_ADDRESS" if self._address_source == "RAY_ADDRESS" else "ray_address"
-        return {"address": public_address(self.address), "from": source}
+        return {"address": public_address(self._found or address), "from": source}
 
     def start(self, ctx: TrainContext) -> None:
         try:
@@ -362,19 +382,24 @@ class RayBackend:
         if env is not None:
             _check_runtime_env(env)
         self._callers_runtime = ray.is_initialized()  # our own was shut down by `close`
+        self._found = None
         if not ray.is_initialized():
             say("starting Ray")
             kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
             if env is not None:
                 kwargs["runtime_env"] = env
             with _runtime_env_errors(env, ray.shutdown):  # a half-started runtime ends too
-                if self.address:
-                    check_reachable(self.address, self._address_source)
+                address = self.address
+                if address is not None and address != _LOCAL:
+                    check_reachable(address, self._address_source)
                     # The driver's "ray" logger at WARNING: Ray's INFO line on joining
                     # ("Connecting to existing Ray cluster") is not said; its warnings are.
-                    ray.init(address=self.address, logging_level=logging.WARNING, **kwargs)
+                    joined = ray.init(address=address, logging_level=logging.WARNING, **kwargs)
+                    if address == "auto":
+                        self._found = _gcs_address(joined)
                 else:
-                    # "local": a private runtime even when a cluster was started on this
+                    # No address, or "local" given (Ray's private runtime, started as without
+                    # one). "local": a private runtime even when a cluster was started on this
                     # machine (`ray start`). Without it ray.init joins the cluster named in
                     # /tmp/ray/ray_current_cluster, and refuses num_cpus for an existing one.
                     own_cpus = self.num_cpus or usable_cpus()  # affinity, cgroup quota
