@@ -492,8 +492,9 @@ class RunDir:
     title: the accuracy plot's title ``plume sim`` gave it (`run_title`).
     notes: one line per sweep subfolder left out because a run still writes there, one for
         a run that was killed in the folder (its record, `in_progress_path`, names a process
-        that is gone), then one per run that Ctrl-C stopped (`interrupted_notes`) and one per run
-        with no round (an empty `rounds` list), in the plots' order.
+        that is gone), then one per run that Ctrl-C stopped (`interrupted_notes`), one per run
+        with no round (an empty `rounds` list) and one per run that recorded the Ray cluster
+        it joined (`ray_clusters`), in the plots' order.
     files: the ``rounds.json`` of each run, in the order of `runs`.
     control: one line per run whose rounds record control traffic (an HTTP run's devices'
         exchanges in no round's ledger, `measurements.control_traffic`), in the plots'
@@ -501,6 +502,8 @@ class RunDir:
     warnings: one line per run whose rounds.json recorded a warning of its start
         (`machine.busy_cpu_warning`: every CPU was busy, so its wall times are skewed), in
         the plots' order; `plume sim` prints it on a terminal only.
+    ray_clusters: the notes' lines of the Ray clusters the runs joined (`_ray_cluster_note`:
+        rounds.json's `ray_cluster`, or that it is malformed), also in `notes`.
     """
 
     root: Path
@@ -510,6 +513,7 @@ class RunDir:
     files: list[Path] = field(default_factory=list)
     control: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    ray_clusters: list[str] = field(default_factory=list)
 
 
 def read_run_dir(run_dir: str | Path) -> RunDir:
@@ -528,6 +532,7 @@ def read_run_dir(run_dir: str | Path) -> RunDir:
     # label, rounds, summary, file, control line
     found: list[tuple[str, list[dict[str, Any]], Any, Path, str | None]] = []
     warned: dict[Path, str] = {}  # file: its run's busy-CPU warning line
+    clusters: dict[Path, str] = {}  # file: its run's Ray cluster line
     trained: list[tuple[str, str | None, str | None]] = []  # label, dataset, model
     title: str | None = None
     paths, busy = _run_files(root)
@@ -551,6 +556,8 @@ def read_run_dir(run_dir: str | Path) -> RunDir:
         found.append((label, rounds, doc.get("summary"), path, control))
         if (warning := _busy_warning(doc)) is not None:
             warned[path] = f"{label}: warning at its start: {warning}"
+        if (cluster := _ray_cluster_note(label, doc)) is not None:
+            clusters[path] = cluster
         config = doc.get("config")
         dataset = config.get("dataset") if isinstance(config, dict) else None
         trained.append((label, str(dataset) if dataset else None, _model(doc)))
@@ -564,14 +571,50 @@ def read_run_dir(run_dir: str | Path) -> RunDir:
         [printable(line) for line in ahead]
         + [
             note
-            for label, rounds, summary, *_ in found
-            for note in (_interrupted_note(label, summary), _empty_note(label, rounds))
+            for label, rounds, summary, path, _ in found
+            for note in (
+                _interrupted_note(label, summary),
+                _empty_note(label, rounds),
+                clusters.get(path),
+            )
             if note
         ],
         [path for *_, path, _ in found],
         [control for *_, control in found if control is not None],
         [printable(warned[path]) for *_, path, _ in found if path in warned],
+        [clusters[path] for *_, path, _ in found if path in clusters],
     )
+
+
+def _ray_cluster_note(label: str, doc: dict[str, Any]) -> str | None:
+    """``LABEL: ray cluster: ADDRESS (from RAY_ADDRESS)``: the Ray cluster a run joined by
+    address, from its rounds.json's `ray_cluster` (`RayBackend.cluster`: ``{"address": ...,
+    "from": "RAY_ADDRESS" | "ray_address"}``); None for a run without it (a private runtime,
+    another backend, a file written before it). A value that is not an object of exactly
+    those two keys, each a non-empty string, is said to be malformed rather than refused:
+    the plots do not read it. Control characters are escaped (`_escaped`)."""
+    if "ray_cluster" not in doc:
+        return None
+    cluster = doc["ray_cluster"]
+    address = cluster.get("address") if isinstance(cluster, dict) else None
+    source = cluster.get("from") if isinstance(cluster, dict) else None
+    if (
+        not isinstance(cluster, dict)
+        or set(cluster) != {"address", "from"}
+        or not isinstance(address, str)
+        or not isinstance(source, str)
+        or not address
+        or not source
+    ):
+        return _escaped(f"{label}: ray_cluster in rounds.json is malformed, not shown")
+    return _escaped(f"{label}: ray cluster: {address} (from {source})")
+
+
+def _escaped(text: str) -> str:
+    """`text` with each character that `str.isprintable` refuses (a control character such as
+    a newline or ESC, a lone surrogate) written as its Python escape (``\\x1b``), so a line
+    read from a file cannot move the terminal's cursor or forge another line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _busy_warning(doc: dict[str, Any]) -> str | None:
@@ -871,7 +914,7 @@ def interrupted_notes(run_dir: str | Path) -> list[str]:
     those of its last finished round, not of a completed run."""
     found = read_run_dir(run_dir)
     empty = {_empty_note(label, rounds) for label, rounds in found.runs}
-    return [note for note in found.notes if note not in empty]
+    return [note for note in found.notes if note not in empty and note not in found.ray_clusters]
 
 
 def _empty_note(label: str, rounds: list[dict[str, Any]]) -> str | None:
