@@ -225,6 +225,16 @@ class SecurePlan:
             raise ValueError("clip_norm and coord_bound must be positive")
         if not (math.isfinite(self.clip_norm) and math.isfinite(self.coord_bound)):
             raise ValueError("clip_norm and coord_bound must be finite")
+        # The device quantizes with (2^b - 1) / (2 C') and the inverse rotation sums up to
+        # |S_r| values of size C' (before its 1 / sqrt(block)): past a float's range its
+        # levels were NaN or its residual inf. The coordinator's C' is at most C.
+        levels = (1 << self.value_bits) - 1
+        scale = levels / (2.0 * self.coord_bound)
+        if not (math.isfinite(scale) and math.isfinite(2.0 * self.coord_bound * idx.size)):
+            raise ValueError(
+                f"coord_bound {self.coord_bound:g} at {self.value_bits} bits over {idx.size} "
+                "coordinates is outside a float's range"
+            )
         if not (0 <= self.noise_variance < math.inf) or self.noise_headroom < 0:
             raise ValueError("noise variance (finite) and headroom must be non-negative")
         if self.noise != NoiseKind.NONE:
