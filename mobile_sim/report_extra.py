@@ -459,12 +459,18 @@ def _label(root: Path, path: Path, doc: dict[str, Any]) -> str:
 
 
 def printable(text: object) -> str:
-    """`text` with every lone surrogate written as its escape (`k\\udcff`): a folder name
-    that is not UTF-8 (Python hands it over with surrogates) or a label holding one made
-    matplotlib's font code raise TypeError after some plots were redrawn, and printing it
-    raise UnicodeEncodeError where stdout is strict UTF-8 (en_US.UTF-8; C.UTF-8 escapes)."""
+    """`text` with each character that `str.isprintable` refuses written as its Python escape
+    (``\\x1b``, ``\\n``, ``k\\udcff``). A lone surrogate (a folder name that is not UTF-8,
+    which Python hands over with surrogates, or a label holding one) made matplotlib's font
+    code raise TypeError after some plots were redrawn, and printing it raise
+    UnicodeEncodeError where stdout is strict UTF-8 (en_US.UTF-8; C.UTF-8 escapes). A control
+    character (ESC, a newline) in a label or a note read from a rounds.json could move the
+    terminal's cursor or forge another line of the report. Other text, non-ASCII included, is
+    kept as it is."""
     text = str(text)
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _read_doc(path: Path) -> dict[str, Any]:
@@ -592,7 +598,7 @@ def _ray_cluster_note(label: str, doc: dict[str, Any]) -> str | None:
     "from": "RAY_ADDRESS" | "ray_address"}``); None for a run without it (a private runtime,
     another backend, a file written before it). A value that is not an object of exactly
     those two keys, each a non-empty string, is said to be malformed rather than refused:
-    the plots do not read it. Control characters are escaped (`_escaped`)."""
+    the plots do not read it. Control characters are escaped (`printable`)."""
     if "ray_cluster" not in doc:
         return None
     cluster = doc["ray_cluster"]
@@ -606,15 +612,8 @@ def _ray_cluster_note(label: str, doc: dict[str, Any]) -> str | None:
         or not address
         or not source
     ):
-        return _escaped(f"{label}: ray_cluster in rounds.json is malformed, not shown")
-    return _escaped(f"{label}: ray cluster: {address} (from {source})")
-
-
-def _escaped(text: str) -> str:
-    """`text` with each character that `str.isprintable` refuses (a control character such as
-    a newline or ESC, a lone surrogate) written as its Python escape (``\\x1b``), so a line
-    read from a file cannot move the terminal's cursor or forge another line."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+        return printable(f"{label}: ray_cluster in rounds.json is malformed, not shown")
+    return printable(f"{label}: ray cluster: {address} (from {source})")
 
 
 def _busy_warning(doc: dict[str, Any]) -> str | None:
