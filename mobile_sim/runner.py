@@ -751,7 +751,8 @@ class SimConfig:
             from .backends.ray_backend import public_address
 
             # Without a user:password@ before the host: rounds.json is shared with results.
-            values["ray_address"] = public_address(self.ray_address)
+            # Stripped, as RayBackend strips the address it joins (" h:6379 " joins h:6379).
+            values["ray_address"] = public_address(self.ray_address.strip())
         if self.ray_runtime_env is not None:
             # Its keys only: values such as env_vars (tokens, passwords) may be secrets, and
             # rounds.json is shared with results.

@@ -37,11 +37,12 @@ SECRET = "t0ken-h211"
         ("ray://head.example:10001", "ray://head.example:10001"),
         ("10.0.0.5:6379", "10.0.0.5:6379"),
         ("auto", "auto"),
+        (" 10.0.0.5:6379\t", "10.0.0.5:6379"),  # as RayBackend strips it (stop 57)
     ],
 )
 def test_the_config_records_the_address_without_credentials(given: str, recorded: str) -> None:
     cfg = SimConfig(backend="ray", ray_address=given)
-    assert ray_backend.public_address(given) == recorded
+    assert ray_backend.public_address(given.strip()) == recorded
     assert cfg.as_dict()["ray_address"] == recorded
     assert cfg.ray_address == given  # what the backend gets is untouched
 
