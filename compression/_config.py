@@ -20,6 +20,7 @@ __all__ = [
     "MAX_BLOCK",
     "MAX_WEIGHT",
     "check_weight",
+    "check_zstd_level",
 ]
 
 # Bit widths with per-block scales (2, 4, 8: stochastic rounding; 1: the sign and the sign
@@ -113,6 +114,21 @@ def check_weight(weight: object) -> None:
         raise bad
 
 
+def _is_int(value: object) -> bool:
+    """An int or a numpy integer, not a bool (nor a float holding a whole number)."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_zstd_level(level: object, name: str = "zstd_level") -> None:
+    """ValueError unless `level` is an int in [-7, 22], the zstd levels `CodecConfig` and
+    `encode_snapshot` take (there 2**63 was an OverflowError inside zstandard, and -2**31 a
+    level zstd quietly clamps)."""
+    if isinstance(level, bool) or not isinstance(level, int):
+        raise ValueError(f"{name} must be an int, got {_shown(level)}")
+    if not -7 <= level <= 22:
+        raise ValueError(f"{name} must be in [-7, 22], got {_number(level)}")
+
+
 @dataclass(frozen=True, slots=True)
 class CodecConfig:
     """How the device encodes an update. The decoder never needs this: the frame says it all.
@@ -142,7 +158,9 @@ class CodecConfig:
         # 0 < topk first: math.isfinite raises OverflowError for an int past a float's range.
         if not (0.0 < self.topk <= 1.0 and math.isfinite(self.topk)):
             raise ValueError(f"topk must be in (0, 1], got {_shown(self.topk)}")
-        if isinstance(self.bits, bool) or self.bits not in VALID_BITS:
+        # A whole float (4.0) is `in VALID_BITS` too, but the header's u8 is packed by struct,
+        # which raised struct.error (no ValueError) at the first encode.
+        if not _is_int(self.bits) or self.bits not in VALID_BITS:
             raise ValueError(f"bits must be one of {VALID_BITS}, got {_number(self.bits)}")
         if (
             isinstance(self.block, bool)
@@ -158,10 +176,7 @@ class CodecConfig:
             raise ValueError(f"topk_mode must be one of {TOPK_MODES}, got {self.topk_mode!r}")
         if self.scope not in SCOPES:
             raise ValueError(f"scope must be one of {SCOPES}, got {self.scope!r}")
-        if isinstance(self.zstd_level, bool) or not isinstance(self.zstd_level, int):
-            raise ValueError(f"zstd_level must be an int, got {self.zstd_level!r}")
-        if not -7 <= self.zstd_level <= 22:
-            raise ValueError(f"zstd_level must be in [-7, 22], got {_number(self.zstd_level)}")
+        check_zstd_level(self.zstd_level)
 
     @classmethod
     def dense(cls) -> CodecConfig:
@@ -187,6 +202,13 @@ class DecodeLimits:
     zstd_max_window_log: int = 24
 
     def __post_init__(self) -> None:
+        # Ints only: a NaN max_frame_bytes compared False with every length, so step 1 (and the
+        # encoders' own cap) let any frame through, and a window log of 24.5 was a TypeError
+        # at `1 << log` when a codec was built.
+        for name in ("max_header_bytes", "max_frame_bytes", "zstd_max_window_log"):
+            value = getattr(self, name)
+            if not _is_int(value) and not (name == "max_frame_bytes" and value is None):
+                raise ValueError(f"{name} must be an int, got {_shown(value)}")
         if not 64 <= self.max_header_bytes <= 65535:
             raise ValueError(
                 f"max_header_bytes must be in [64, 65535], got {_number(self.max_header_bytes)}"

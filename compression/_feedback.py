@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._codec import EncodeReport, UpdateCodec
-from ._config import DecodeLimits
+from ._config import DecodeLimits, _number
 from ._errors import (
     ChecksumMismatch,
     MalformedHeader,
@@ -18,6 +18,7 @@ from ._errors import (
     TrailingBytes,
     TruncatedFrame,
 )
+from ._spec import MAX_MODEL_SIZE
 from ._wire import RESIDUAL_MAGIC, WIRE_VERSION, byte_view, check_prefix
 
 __all__ = ["ErrorFeedback"]
@@ -77,8 +78,12 @@ class ErrorFeedback:
     """
 
     def __init__(self, size: int) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size <= 0:
-            raise ValueError(f"size must be a positive int, got {size!r}")
+        # At most ModelSpec's 2**31 scalars: the file's d is a u32 (to_bytes raised
+        # struct.error above 2**32 - 1), and 2**40 was a MemoryError here.
+        if isinstance(size, bool) or not isinstance(size, int) or not 0 < size <= MAX_MODEL_SIZE:
+            raise ValueError(
+                f"size must be an int in [1, 2^31] (ModelSpec's largest), got {_number(size)}"
+            )
         self.size = size
         self.residual: F32 = np.zeros(size, dtype=np.float32)
 

@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import numpy.typing as npt
 
-from ._config import DecodeLimits
+from ._config import DecodeLimits, check_zstd_level
 from ._errors import (
     ChecksumMismatch,
     MalformedHeader,
@@ -92,8 +92,10 @@ def encode_snapshot(
     `limits.frame_cap(spec)` bytes is refused with ValueError, since the receiver would refuse
     it. Under the default limits nothing is refused: the cap leaves d/8 + 1024 bytes above 4d,
     more than zstd's worst-case growth (d/64 + 64 bytes and its frame header) plus this header.
+    `level` is an int in [-7, 22], as `CodecConfig.zstd_level` (else ValueError).
     """
     lim = limits if limits is not None else DecodeLimits()
+    check_zstd_level(level, "level")
     arr = _as_params(params, spec)
     if dtype not in _DTYPE_IDS:
         raise ValueError(f"dtype must be one of {sorted(_DTYPE_IDS)}, got {dtype!r}")
