@@ -12,7 +12,15 @@ import numpy as np
 import pytest
 
 from compression import CodecConfig, ModelSpec, SparseUpdate, UpdateCodec
-from coordinator.aggregators import AdaptiveClip, ClientUpdate, DPMean, FedAvg
+from coordinator.aggregators import (
+    AdaptiveClip,
+    AggregatorSpecError,
+    ClientUpdate,
+    DPMean,
+    FedAvg,
+    build_aggregator,
+)
+from coordinator.aggregators._dp import find_dp
 from coordinator.privacy import FixedSizeSampling, PrivacyMetrics
 from sdk.device import UpdateEncoder
 
@@ -211,3 +219,19 @@ def test_device_side_clipping_does_not_bound_the_upload_but_the_server_clip_does
     # Assert: the device moves the noised sum by C = 1, not by the 1.5 it sent
     assert moved == pytest.approx(1.0, rel=1e-6)
     assert moved <= 1.0 * (1 + 1e-6)
+
+
+@pytest.mark.parametrize("optimizer", ["avgm", "adagrad", "adam", "yogi"])
+def test_only_a_server_optimizer_or_the_collusion_screen_comes_before_dp(optimizer: str) -> None:
+    # Item 6: "DPMean must be the outermost aggregation stage (build_aggregator refuses anything
+    # else; a server optimizer ... may still come first ...)". Until stop 57 the page said
+    # collusion was the one stage allowed in front of dp, while every server optimizer is taken
+    # there: it turns dp's released mean into the model step (post-processing).
+    accounted = "dp:clip=1,z=1,population=100,sample=10,eps=8+fedavg"
+    # Execute / Assert: taken, and the accounted stage is found through the optimizer
+    dp = find_dp(build_aggregator(f"{optimizer}+{accounted}"))
+    assert dp is not None and dp.sampling == FixedSizeSampling(100, 10)
+    assert find_dp(build_aggregator("collusion+dp:clip=1,z=1+fedavg")) is not None
+    for spec in (f"cosfilter+{accounted}", f"{optimizer}+normbound:1+{accounted}"):
+        with pytest.raises(AggregatorSpecError, match="outermost"):
+            build_aggregator(spec)
