@@ -139,8 +139,9 @@ def test_a_fixed_seeds_noise_is_a_function_of_the_seed_and_the_round() -> None:
 def test_unseeded_noise_is_seeded_from_256_fresh_os_bits_every_round(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # "draws each round's noise from numpy's Gaussian on a PCG64 seeded afresh with 256 bits of
-    # OS entropy": each round reads 32 bytes of os.urandom and seeds with all of them
+    # "draws each round's noise from numpy's Gaussian on a PCG64 seeded afresh from 256 bits of
+    # OS entropy (os.urandom(32)), which numpy's SeedSequence hashes into its 128-bit pool":
+    # each round reads 32 bytes of os.urandom and seeds with all of them
     asked: list[int] = []
     pool = iter([bytes([i]) * 32 for i in (0x11, 0x22, 0x33)])
 
@@ -159,11 +160,14 @@ def test_unseeded_noise_is_seeded_from_256_fresh_os_bits_every_round(
             out = proc.next(state, _reports(np.zeros((2, size))))
             state = out.state
             got.append(out.result)
-    # Assert: one 32-byte read a round, the whole of it the seed
+    # Assert: one 32-byte read a round, the whole of it the seed, which numpy's SeedSequence
+    # hashes into a pool of 4 32-bit words: "the generator starts from at most 128 bits"
     assert asked == [32, 32, 32]
     for r, byte in enumerate((0x11, 0x22, 0x33)):
         seed = int.from_bytes(bytes([byte]) * 32, "little")
         assert seed.bit_length() > 248
+        pool = np.random.SeedSequence(seed).pool
+        assert pool.size * pool.itemsize * 8 == 128
         want = np.random.default_rng(seed).normal(0.0, z * clip, size=size)
         np.testing.assert_array_equal(got[r], want.astype(np.float32))
 
