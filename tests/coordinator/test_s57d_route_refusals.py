@@ -118,3 +118,19 @@ def test_a_query_value_outside_the_routes_choices_is_422_naming_it(
     # Assert
     assert _refused(r, 422, "validation").startswith(detail)
     assert w.state() == before
+
+
+def test_an_upload_of_exactly_the_cap_is_read_and_one_byte_more_is_413(plain: World) -> None:
+    # Prepare: bodies of the round's max_upload_bytes and one byte more ("body above the cap")
+    w = plain
+    cap = w.assignment.max_upload_bytes
+    at, over = b"\x00" * cap, b"\x00" * (cap + 1)
+    before = w.state()
+    # Execute
+    read = w.upload(at, w.signed_upload(at))
+    refused = w.upload(over, w.signed_upload(over))
+    # Assert: the one at the cap is read and decoded (and refused as no frame), the other not
+    assert _refused(read, 422, "bad_frame")
+    assert _refused(refused, 413, "too_large") == f"update above the {cap}-byte cap"
+    assert refused.headers["connection"] == "close"
+    assert w.state() == before
