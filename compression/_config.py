@@ -234,4 +234,4 @@ class DecodeLimits:
 
     @property
     def zstd_max_window(self) -> int:
-        return 1 << self.zstd_max_window_log
+        return 1 << int(self.zstd_max_window_log)  # an int for a numpy log too (ZstdCodec)

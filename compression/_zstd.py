@@ -7,6 +7,7 @@ import threading
 import zstandard
 
 from ._bits import ByteView
+from ._config import _shown, check_zstd_level
 from ._errors import DecompressionError, SizeLimitExceeded, TrailingBytes, TruncatedFrame
 
 __all__ = ["ZstdCodec", "zstd_frame_length"]
@@ -61,9 +62,24 @@ class ZstdCodec:
     Compressed frames always declare their content size; `decompress` refuses frames that do
     not, that declare another size than the caller expects, that ask for a window above
     `max_window` bytes, or that are followed by any byte.
+
+    `level` is an int in [-7, 22] and `max_window` a power of two from 2**10 to 2**31 bytes (the
+    windows `DecodeLimits` allows), else ValueError. Before, they were used unchecked: level
+    2**63 was an OverflowError and 3.0 a TypeError at the first compress, a max_window of 1000
+    or 2**40 a zstandard.ZstdError, and 1.5 an AttributeError.
     """
 
     def __init__(self, level: int = 3, max_window: int = 1 << 24) -> None:
+        check_zstd_level(level, "level")
+        if (
+            isinstance(max_window, bool)
+            or not isinstance(max_window, int)
+            or not 1 << 10 <= max_window <= 1 << 31
+            or max_window & (max_window - 1)
+        ):
+            raise ValueError(
+                f"max_window must be a power of two from 2**10 to 2**31 bytes, got {_shown(max_window)}"
+            )
         self.level = level
         self.max_window = max_window
         self._local = threading.local()

@@ -15,6 +15,7 @@ from compression import (
     ModelSpec,
     SizeLimitExceeded,
     UpdateCodec,
+    ZstdCodec,
     encode_snapshot,
 )
 
@@ -104,3 +105,33 @@ def test_residual_size_above_the_model_cap_is_refused(size: int) -> None:
 def test_residual_size_limit_message_is_short() -> None:
     with pytest.raises(ValueError, match=r"got 1e\+308$"):
         ErrorFeedback(int(1e308))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"level": 2**63}, r"^level must be in \[-7, 22\], got 9\.22337e\+18$"),  # OverflowError
+        ({"level": 3.0}, r"^level must be an int, got 3\.0$"),  # TypeError at compress
+        ({"level": -(2**31)}, r"^level must be in \[-7, 22\]"),  # was taken
+        ({"max_window": 1000}, r"^max_window must be a power of two"),  # zstandard.ZstdError
+        ({"max_window": 2**40}, r"^max_window must be a power of two"),  # zstandard.ZstdError
+        ({"max_window": 1.5}, r"^max_window must be a power of two"),  # AttributeError
+        ({"max_window": math.nan}, r"^max_window must be a power of two"),  # AttributeError
+        ({"max_window": 0}, r"^max_window must be a power of two"),  # zstandard.ZstdError
+        ({"max_window": True}, r"^max_window must be a power of two"),  # a cap of 1 byte
+        ({"max_window": 2**4000}, r"got 1\.31\d*e\+1204$"),  # short, not 1205 digits
+    ],
+)
+def test_zstd_codec_settings_are_checked_when_given(
+    kwargs: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        ZstdCodec(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("log", [10, 24, 31, np.int64(16)])
+def test_zstd_codec_takes_every_window_decode_limits_allows(log: int) -> None:
+    window = DecodeLimits(zstd_max_window_log=log).zstd_max_window
+    codec = ZstdCodec(-7, window)
+    data = bytes(range(256)) * 64
+    assert codec.decompress(codec.compress(data), len(data)) == data
