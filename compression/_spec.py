@@ -51,6 +51,14 @@ class ModelSpec:
                 raise ValueError(
                     f"tensor {e.name!r}: shape must be a tuple of integers >= 0, got {e.shape!r}"
                 )
+            if any(s > MAX_MODEL_SIZE for s in e.shape):
+                # Only a tensor with a zero dimension could hold one, and its decimal text is
+                # hashed into the fingerprint: 10**5000 made every fingerprint (so every encode
+                # and decode) raise Python's int-to-text limit error, and the size message too.
+                raise ValueError(
+                    f"tensor {e.name!r}: a dimension is above {MAX_MODEL_SIZE} (2^31, the "
+                    "largest model)"
+                )
             if e.offset != offset or e.size != math.prod(e.shape):
                 raise ValueError(f"inconsistent layout at tensor {e.name!r}")
             if e.name in names:

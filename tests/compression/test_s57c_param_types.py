@@ -135,3 +135,23 @@ def test_zstd_codec_takes_every_window_decode_limits_allows(log: int) -> None:
     codec = ZstdCodec(-7, window)
     data = bytes(range(256)) * 64
     assert codec.decompress(codec.compress(data), len(data)) == data
+
+
+@pytest.mark.parametrize(
+    "shapes",
+    [
+        [("w", (10**5000,))],  # was Python's "Exceeds the limit (4300 digits)" message
+        [("w", (10**5000, 0)), ("b", (3,))],  # was accepted; its fingerprint raised that
+        [("w", (2**31 + 1, 0)), ("b", (3,))],  # was accepted
+    ],
+)
+def test_dimension_above_the_model_cap_is_refused(
+    shapes: list[tuple[str, tuple[int, ...]]],
+) -> None:
+    with pytest.raises(ValueError, match=r"^tensor 'w': a dimension is above 2147483648 \(2\^31"):
+        ModelSpec.from_shapes(shapes).fingerprint  # noqa: B018
+
+
+def test_dimension_at_the_model_cap_is_accepted() -> None:
+    spec = ModelSpec.from_shapes([("w", (2**31, 0)), ("b", (3,))])
+    assert spec.size == 3 and len(spec.fingerprint) == 8
