@@ -18,7 +18,7 @@ from compression import CodecConfig, CodecError, ModelSpec, UpdateCodec
 from compression._config import QUANTIZED_BITS, VALID_BITS
 from compression._wire import FrameHeader
 from compression._zstd import ZstdCodec
-from tests.compression._craft import OFFSETS, payload_of, with_field, with_payload
+from tests.compression._craft import OFFSETS, payload_of, with_field, with_payload, zstd_rle_frame
 
 SPEC = ModelSpec.from_shapes([("a", (8,)), ("b", (32,))])
 D = SPEC.size
@@ -168,3 +168,47 @@ def test_extreme_block_scales_are_refused_typed_or_decode_finite(
         assert outcome == "NonFiniteValues"  # the dequantized top level overflows
     elif lo > hi:
         assert outcome == "MalformedSection"
+
+
+DENSE = UpdateCodec(SPEC, CodecConfig(topk=1.0, bits=32)).encode(
+    np.ones(D, np.float32), np.random.default_rng(0)
+)[0]
+RAW_TOTAL = 4 * D  # a dense fp32 frame's sections: no index, no scales
+
+
+@settings(max_examples=200)
+@given(
+    declared=st.sampled_from(
+        [
+            None,
+            0,
+            1,
+            RAW_TOTAL - 1,
+            RAW_TOTAL,
+            RAW_TOTAL + 1,
+            2**31,
+            2**32 - 1,
+            2**32,
+            2**63,
+            2**64 - 1,
+        ]
+    ),
+    window_log=st.integers(10, 41),
+    blocks=st.lists(
+        st.tuples(st.integers(0, 255), st.integers(0, 2 * RAW_TOTAL)), min_size=1, max_size=3
+    ),
+)
+def test_zstd_payload_declaring_extreme_sizes_is_refused_typed(
+    declared: int | None, window_log: int, blocks: list[tuple[int, int]]
+) -> None:
+    bad = with_payload(DENSE, zstd_rle_frame(blocks, declared, window_log), flags=1)
+    tracemalloc.start()
+    try:
+        outcome = _outcome(bad)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * 1024, (declared, window_log, blocks, outcome, peak)
+    assert _many(bad) == outcome
+    if declared != RAW_TOTAL:
+        assert outcome != "ok"
