@@ -136,8 +136,12 @@ class ErrorFeedback:
         16-byte header, and the residual's little-endian fp32 bytes as a view of its own
         memory (no copy of the residual when it is little-endian float32 already, as it is on
         any phone; `to_bytes` joins them into one copy). The view is valid while the residual
-        is not reassigned or written to."""
+        is not reassigned or written to. A residual holding NaN or Inf is a ValueError."""
         values = np.ascontiguousarray(self.held(), dtype="<f4")
+        # A NaN or Inf (the attribute is public) made a file from_bytes refuses at step 11.
+        # min and max propagate both and allocate nothing (an isfinite mask is d bytes).
+        if not (np.isfinite(values.min()) and np.isfinite(values.max())):
+            raise ValueError("residual holds NaN or Inf; from_bytes would refuse the file it makes")
         body = values.data.cast("B")
         header = _HEADER.pack(
             RESIDUAL_MAGIC, WIRE_VERSION, 0, _HEADER.size, self.size, zlib.crc32(body)
