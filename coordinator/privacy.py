@@ -526,7 +526,12 @@ class PrivacyMetrics:
         self.delta = Gauge("plume_dp_delta", "The task's delta", registry=self.registry)
         self.rounds = Gauge("plume_dp_rounds", "DP rounds released so far", registry=self.registry)
         self.noise_multiplier = Gauge(
-            "plume_dp_noise_multiplier", "Noise stddev / clip norm", registry=self.registry
+            "plume_dp_noise_multiplier",
+            # z, not the update's share z_u (above z with adaptive clipping): the multiplier
+            # epsilon is accounted at, noise stddev / clip over both releases of a round.
+            "Noise multiplier z epsilon is accounted at (noise stddev / clip norm; with "
+            "adaptive clipping the update noise uses update_noise_multiplier, above z)",
+            registry=self.registry,
         )
         self.clip = Gauge("plume_dp_clip_norm", "Clip norm used this round", registry=self.registry)
         self.budget_exhausted = Gauge(

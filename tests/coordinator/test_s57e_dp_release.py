@@ -114,6 +114,11 @@ def test_the_gauges_read_the_rounds_figures() -> None:
         assert value("plume_dp_rounds") == out.measurements["rounds"]
         assert value("plume_dp_budget_exhausted") == 0.0
     assert seen[0][0] == 2.0 and seen[2][0] < seen[1][0] < seen[0][0]
+    # the noise-multiplier gauge is the accounted z (1.3), not the update's share z_u; its
+    # help said "Noise stddev / clip norm", which z_u is under adaptive clipping
+    assert seen[0][1]["update_noise_multiplier"] == pytest.approx((1.3**-2 - 4.0**-2) ** -0.5)
+    help_text = {f.name: f.documentation for f in metrics.registry.collect()}
+    assert "accounted" in help_text["plume_dp_noise_multiplier"]
 
 
 def test_a_fixed_seeds_noise_is_a_function_of_the_seed_and_the_round() -> None:
