@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 import numpy as np
 import numpy.typing as npt
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from compression import CodecConfig, UpdateCodec, encode_snapshot, model_digest
@@ -204,8 +204,11 @@ def test_a_mutated_check_in_answer_is_a_client_error_or_an_answer_for_the_task(
         # Execute
         try:
             got = _check_in(root, answer, kind)
-        except ClientError:
+        except ClientError as exc:
+            event(f"{kind}: {exc.reason}")
             got = None
+        else:
+            event(f"{kind}: {got.action}")
         # Assert: only ClientError escaped (any other exception fails the test as it is);
         # an assignment kept is one for the task asked; nothing in the directory changed
         if got is not None and got.assignment is not None:
@@ -263,26 +266,39 @@ def model_answers(draw: st.DrawFn) -> tuple[str, Answer]:
     return name, (status, headers, body)
 
 
-def _round_server(first: Answer, upload: Answer, seen: list[str]) -> Handler:
-    """Answers the round's first model download with `first`, a second one (the snapshot a
-    refused delta chain is asked for again as) with the real snapshot, and the upload with
-    `upload`."""
+def _train_round(root: Path, first: Answer, upload: Answer, seen: list[str], kind: str) -> Any:
+    """`train_round` of round 5 by a `kind` client whose server answers the round's first
+    model download with `first`, a second one (the snapshot a refused delta chain is asked
+    for again as) with the real snapshot, and the upload with `upload`; records each path."""
 
     def reply(request: httpx.Request) -> httpx.Response:
         path = request.url.path
         seen.append(path)
         if path == "/v1/tasks/1/model":
-            return _response(first if seen.count(path) == 1 else REAL["snapshot"])
+            return _response(first if seen.count(path) == 1 else REAL["snapshot"], kind)
         assert path == "/v1/rounds/5/updates", path
-        return _response(upload)
+        return _response(upload, kind)
 
-    return reply
+    x, y = _data()
+    if kind == "sync":
+        transport = httpx.MockTransport(reply)
+        with Client("http://coord", str(root), transport=transport, retries=0, sleep=Sleeps()) as c:
+            return c.train_round(_assignment(), ShiftTrainer(0.01), x, y)
+
+    async def run() -> Any:
+        async_transport = httpx.MockTransport(reply)
+        async with AsyncClient(
+            "http://coord", str(root), transport=async_transport, retries=0
+        ) as c:
+            return await c.train_round(_assignment(), ShiftTrainer(0.01), x, y)
+
+    return asyncio.run(run())
 
 
 @PROPERTY
-@given(download=model_answers())
+@given(download=model_answers(), kind=st.sampled_from(["sync", "async"]))
 def test_a_mutated_model_download_fails_the_round_before_anything_is_trained_or_sent(
-    download: tuple[str, Answer],
+    download: tuple[str, Answer], kind: str
 ) -> None:
     # "ModelIntegrityError ...: a model download failed its integrity check. A delta chain
     # that fails is asked for again at once as a whole snapshot, in the same call ... (the
@@ -292,16 +308,14 @@ def test_a_mutated_model_download_fails_the_round_before_anything_is_trained_or_
     with _app() as (root, files):
         seen: list[str] = []
         ok: Answer = (200, {}, json.dumps(RECEIPT).encode())
-        transport = httpx.MockTransport(_round_server(answer, ok, seen))
-        x, y = _data()
         # Execute
-        with Client("http://coord", str(root), transport=transport, retries=0, sleep=Sleeps()) as c:
-            try:
-                report = c.train_round(_assignment(), ShiftTrainer(0.01), x, y)
-            except ClientError as exc:
-                error: ClientError | None = exc
-            else:
-                error = None
+        try:
+            report = _train_round(root, answer, ok, seen, kind)
+        except ClientError as exc:
+            error: ClientError | None = exc
+        else:
+            error = None
+        event(f"{kind} {name}: {type(error).__name__} {getattr(error, 'reason', 'ok')}")
         after = _app_files(root)
         held = DeviceStore(root).load_model(1, SPEC.size)
         if error is None:
@@ -346,22 +360,22 @@ def receipts(draw: st.DrawFn) -> Answer:
 
 
 @PROPERTY
-@given(receipt=receipts())
+@given(receipt=receipts(), kind=st.sampled_from(["sync", "async"]))
 def test_an_upload_answered_with_a_mutated_receipt_stays_pending_unless_accepted(
-    receipt: Answer,
+    receipt: Answer, kind: str
 ) -> None:
     # "an upload whose answer never came stays pending and is re-sent by the next participate"
     # (an answer that is not its receipt is no answer); "ClientError ... an answer it cannot use"
     with _app() as (root, _files):
         seen: list[str] = []
-        transport = httpx.MockTransport(_round_server(REAL["snapshot"], receipt, seen))
-        x, y = _data()
         # Execute
-        with Client("http://coord", str(root), transport=transport, retries=0, sleep=Sleeps()) as c:
-            try:
-                report = c.train_round(_assignment(), ShiftTrainer(0.01), x, y)
-            except ClientError:
-                report = None
+        try:
+            report = _train_round(root, REAL["snapshot"], receipt, seen, kind)
+        except ClientError as exc:
+            event(f"{kind}: {exc.reason}")
+            report = None
+        else:
+            event(f"{kind}: accepted")
         # Assert: accepted (its round's receipt) and settled, or still pending for round 5
         pending = DeviceStore(root).load_pending()
         if report is not None:
