@@ -1032,31 +1032,36 @@ def _apply_config(args: argparse.Namespace) -> str | None:
             return f"{where}: {name}: given twice ({spelled[name]} and {key}); keep one"
         spelled[name] = key
         shown = str(value).lower() if isinstance(value, bool) else repr(value)
+        # "key = value" in the lines below; the admin token is a secret, so a line about a
+        # string given for it names its key alone (as the flag's line names the flag): the
+        # line goes to the journal.
+        said = key if action.dest == "admin_token" else f"{key} = {shown}"
         if action.type in (None, str) and not isinstance(value, str):
-            # host = 0 would be "0" (every interface), admin-token = 1_000 "1000"
+            # host = 0 would be "0" (every interface), admin-token = 1_000 "1000" (shown: a
+            # number is never a token serve takes)
             return f"{where}: {key} = {shown}: give a string (in quotes)"
         if action.type is _on_off and isinstance(value, bool):
             value = "on" if value else "off"  # access-log = false
         elif isinstance(value, bool) or not isinstance(value, str | int | float):
-            return f"{where}: {key} = {shown}: give a string or a number"
+            return f"{where}: {said}: give a string or a number"
         elif isinstance(value, float) and action.type in _INTEGER_TYPES:
-            return f"{where}: {key} = {shown}: {_not_a_toml_integer(key, value)}"
+            return f"{where}: {said}: {_not_a_toml_integer(key, value)}"
         try:
             converted = action.type(str(value)) if callable(action.type) else str(value)
         except argparse.ArgumentTypeError as exc:
-            return f"{where}: {key} = {shown}: {exc}"
+            return f"{where}: {said}: {exc}"
         except (TypeError, ValueError):
             kind = getattr(action.type, "__name__", "value")
-            return f"{where}: {key} = {shown}: expected a{'n' if kind == 'int' else ''} {kind}"
+            return f"{where}: {said}: expected a{'n' if kind == 'int' else ''} {kind}"
         if action.choices is not None and converted not in action.choices:
-            return f"{where}: {key} = {shown}: choose one of {', '.join(action.choices)}"
+            return f"{where}: {said}: choose one of {', '.join(action.choices)}"
         if action.dest in _CONFIG_PATHS:
             converted = str(_path(str(converted)))  # ~ is the home folder, as in a shell
             if not Path(converted).is_absolute():
                 # As the file says, wherever serve starts (systemd starts it in /).
                 converted = str(path.parent / converted)
         values[action.dest] = converted
-        origin[action.dest] = f"{where}: {key} = {shown}"
+        origin[action.dest] = f"{where}: {said}"
     given: frozenset[str] = getattr(args, "_given", frozenset())
     for dest, converted in values.items():
         if dest not in given:  # the command line wins
