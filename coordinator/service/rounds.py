@@ -2880,9 +2880,9 @@ class Coordinator:
     def _end(self, task_id: int, why: str) -> CheckInResponse:
         """The "end" answer to a check-in naming a task that runs no more rounds."""
         self.metrics.check_ins.labels(CheckInAction.END).inc()
-        return CheckInResponse(
-            CheckInAction.END, self.config.idle_retry_s, None, f"task {task_id} {why}"
-        )
+        # At most a week, as every check-in wait is (the idle "wait" answer caps it alike).
+        wait = min(self.config.idle_retry_s, MAX_RETRY_AFTER_S)
+        return CheckInResponse(CheckInAction.END, wait, None, f"task {task_id} {why}")
 
     def _task_done(self, task_id: int) -> bool:
         """Whether the task a check-in named, and found nothing to do in, is done; a 404

@@ -122,11 +122,6 @@ def test_the_service_config_defaults_the_doc_gives_in_prose() -> None:
     assert _said(r"`snapshots_per_version` \((\d+);") == config.snapshots_per_version
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="coordinator/service/rounds.py `_end` answers idle_retry_s uncapped (helper-57f): "
-    "the doc says every check-in wait is at most a week",
-)
 def test_the_end_answer_waits_at_most_a_week() -> None:
     # "`idle_retry_s` (30 s: retry-after when no task is active, answered as at most a week,
     # 604,800 s, as every check-in wait is; also the `retry_after_s` of the `end` answer to a
