@@ -166,7 +166,10 @@ def _configs(draw: st.DrawFn, *, dense: bool) -> SimConfig:
     if fleet == "realistic" and not dense:
         values["deadline_s"] = draw(st.sampled_from([5.0, 30.0, 600.0]))
     if draw(st.booleans()):
-        values.update(attack=draw(st.sampled_from(["labelflip", "signflip"])), malicious=0.5)
+        # Data attacks (labelflip, backdoor) poison from the job's stream 1, gaussian draws
+        # its noise from stream 3; alie and ipm read the whole cohort's deltas.
+        attacks = ["labelflip", "backdoor", "signflip", "scaling", "gaussian", "alie", "ipm"]
+        values.update(attack=draw(st.sampled_from(attacks)), malicious=0.5)
     return SimConfig(**values)
 
 
