@@ -1037,9 +1037,9 @@ def _apply_config(args: argparse.Namespace) -> str | None:
         # line goes to the journal.
         said = key if action.dest == "admin_token" else f"{key} = {shown}"
         if action.type in (None, str) and not isinstance(value, str):
-            # host = 0 would be "0" (every interface), admin-token = 1_000 "1000" (shown: a
-            # number is never a token serve takes)
-            return f"{where}: {key} = {shown}: give a string (in quotes)"
+            # host = 0 would be "0" (every interface), admin-token = 1_000 "1000". The token's
+            # value is not shown even so: a number left unquoted is still the user's secret.
+            return f"{where}: {said}: give a string (in quotes)"
         if action.type is _on_off and isinstance(value, bool):
             value = "on" if value else "off"  # access-log = false
         elif isinstance(value, bool) or not isinstance(value, str | int | float):
