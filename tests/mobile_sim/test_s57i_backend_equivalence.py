@@ -232,7 +232,9 @@ def _trained(result: SimResult) -> list[tuple[object, ...]]:
 @settings(max_examples=3)
 @given(cfg=_configs(dense=False), workers=st.integers(1, 3))
 def test_pool_runs_are_their_inner_backends_bit_for_bit(cfg: SimConfig, workers: int) -> None:
-    # Prepare: "fork" workers start in well under a second (spawn's take 2-4 s each example)
+    # Prepare: one pool cannot serve several examples (each run's context differs, and
+    # `start` closes the workers and starts new ones), so "fork" workers, which start in well
+    # under a second (spawn's take 2-4 s)
     for inner in ("sequential", "vectorized"):
         ref = _run(cfg, inner)
         pool = ProcessPoolBackend(workers=workers, inner=inner, start_method="fork")
