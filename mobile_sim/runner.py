@@ -1534,6 +1534,13 @@ def run_simulation(
     if cfg.attack and n_bad:
         # Expected attackers in a cohort: ALIE's z depends on the cohort size n and on f.
         attack = cfg.build_attack()
+        if isinstance(attack, BackdoorAttack):
+            # A trigger the data cannot take (synthetic's 60 features are not an image, or
+            # one too large) fails now, naming the dataset, not in round 1's first attacker.
+            try:
+                attack.apply_trigger(data.x_train[:1] if len(data.x_train) else data.x_test[:1])
+            except ValueError as exc:
+                raise ValueError(f"attack backdoor does not fit {cfg.dataset}: {exc}") from None
 
     own_backend = backend is None
     be = backend if backend is not None else backend_for(cfg)
