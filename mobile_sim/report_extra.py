@@ -602,18 +602,13 @@ def _ray_cluster_note(label: str, doc: dict[str, Any]) -> str | None:
     if "ray_cluster" not in doc:
         return None
     cluster = doc["ray_cluster"]
-    address = cluster.get("address") if isinstance(cluster, dict) else None
-    source = cluster.get("from") if isinstance(cluster, dict) else None
-    if (
-        not isinstance(cluster, dict)
-        or set(cluster) != {"address", "from"}
-        or not isinstance(address, str)
-        or not isinstance(source, str)
-        or not address
-        or not source
+    if not (
+        isinstance(cluster, dict)
+        and set(cluster) == {"address", "from"}
+        and all(isinstance(v, str) and v for v in cluster.values())
     ):
         return printable(f"{label}: ray_cluster in rounds.json is malformed, not shown")
-    return printable(f"{label}: ray cluster: {address} (from {source})")
+    return printable(f"{label}: ray cluster: {cluster['address']} (from {cluster['from']})")
 
 
 def _busy_warning(doc: dict[str, Any]) -> str | None:

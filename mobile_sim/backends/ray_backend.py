@@ -350,6 +350,12 @@ class RayBackend:
         self._test_predictions = 0  # ... and its labels (y_test.size)
 
     @property
+    def _cluster_address(self) -> str | None:
+        """The address of the cluster `start` joins; None for a private runtime (no address,
+        or "local", which ray.init starts privately)."""
+        return None if self.address == _LOCAL else self.address
+
+    @property
     def cluster(self) -> dict[str, str] | None:
         """What rounds.json records of the Ray cluster this backend joins by address (its
         `ray_cluster`): ``{"address": ..., "from": "RAY_ADDRESS"}`` when the address came from
@@ -360,8 +366,8 @@ class RayBackend:
         None without an address or with ``"local"`` (both a private runtime), and after a
         `start` that found a Ray runtime already running in this process (the caller's: the
         backend joined whatever that one is)."""
-        address = self.address
-        if address is None or address == _LOCAL or self._callers_runtime:
+        address = self._cluster_address
+        if address is None or self._callers_runtime:
             return None
         source = "RAY_ADDRESS" if self._address_source == "RAY_ADDRESS" else "ray_address"
         return {"address": public_address(self._found or address), "from": source}
@@ -389,8 +395,8 @@ class RayBackend:
             if env is not None:
                 kwargs["runtime_env"] = env
             with _runtime_env_errors(env, ray.shutdown):  # a half-started runtime ends too
-                address = self.address
-                if address is not None and address != _LOCAL:
+                address = self._cluster_address
+                if address is not None:
                     check_reachable(address, self._address_source)
                     # The driver's "ray" logger at WARNING: Ray's INFO line on joining
                     # ("Connecting to existing Ray cluster") is not said; its warnings are.
