@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -78,10 +79,11 @@ class _Conn:
 
 
 class _ClosingRelay:
-    """A byte-counting TCP relay to `upstream` that closes the device's side of a connection
+    """A byte-counting TCP relay to `upstream` that resets the device's side of a connection
     once the coordinator's side has ended and its bytes were passed on (as a direct connection
-    does: the coordinator's close, with the device's bytes unread, resets it). Its listening socket has a small SO_RCVBUF (PINNED), which accepted sockets inherit,
-    and its upstream sockets a small SO_SNDBUF."""
+    does: the coordinator's close, with the device's bytes unread, resets it). Its listening
+    socket has a small SO_RCVBUF (PINNED), which accepted sockets inherit, and its upstream
+    sockets a small SO_SNDBUF."""
 
     def __init__(self, upstream: str) -> None:
         host, _, port = upstream.removeprefix("http://").rpartition(":")
@@ -133,8 +135,15 @@ class _ClosingRelay:
             with contextlib.suppress(OSError):
                 upstream.shutdown(socket.SHUT_WR)  # pass the half-close on
             return
-        # The coordinator's side ended, its answer passed on: close the device's side, which
-        # resets it if bytes of the device are left unread (as the coordinator's close does)
+        # The coordinator's side ended, its answer passed on: reset the device's side (as the
+        # coordinator's close does, bytes of the device left unread). Always a reset (linger
+        # 0), not a close that resets only if the receive queue still holds bytes: the
+        # `shutdown` below wakes the other pump, which may drain that queue before the close,
+        # and after SHUT_RD the kernel sends no window update for what it drained, so a device
+        # blocked on a zero window never learnt it opened. Its write hung to its timeout (CI,
+        # stop 57: AsyncClient's upload 'timed out' after 30 s, not 503 busy)
+        with contextlib.suppress(OSError):
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         for s in pair:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
