@@ -744,7 +744,8 @@ def register(sub: Any) -> None:
         help="pool and ray: worker processes or Ray actors (default: the pool one per CPU of "
         "this machine; Ray one per CPU free in the cluster when it starts), at most "
         f"{_MAX_WORKERS}, and at most {_WORKERS_PER_CPU} per CPU (the pool: of this machine; "
-        "Ray: of the cluster, checked when it starts): more only take turns on the same CPUs, "
+        "Ray: of the cluster, checked when it starts, and of this machine for a private "
+        "runtime, checked at once): more only take turns on the same CPUs, "
         "each a process that imports torch, and workers beyond the devices of a round get no "
         "jobs",
     )
@@ -759,8 +760,10 @@ def register(sub: Any) -> None:
         "--ray-address",
         default=None,
         metavar="ADDRESS",
-        help="ray: the cluster to join: HOST:PORT of `ray start --head`, ray://HOST:PORT, or "
-        "auto (default: $RAY_ADDRESS, else a private Ray runtime on this machine)",
+        help="ray: the cluster to join: HOST:PORT of `ray start --head`, ray://HOST:PORT, "
+        "auto (the cluster `ray start` runs on this machine), or local (a private Ray runtime "
+        "on this machine, even when a cluster runs here); given, it wins over $RAY_ADDRESS, "
+        "auto too (default: $RAY_ADDRESS, else a private Ray runtime on this machine)",
     )
     g.add_argument(
         "--ray-runtime-env",
@@ -1823,6 +1826,8 @@ def _usage_error(args: argparse.Namespace) -> str | None:
         return f"{head} to --backend pool or ray (this run: --backend {args.backend})"
     if args.backend != "ray" and (head := _only_apply(args, _RAY_ONLY, " and ")):
         return f"{head} to --backend ray (this run: --backend {args.backend})"
+    if args.backend == "ray" and (problem := _private_ray_workers_error(args)):
+        return problem
     if _fleet(args) != "realistic" and (head := _only_apply(args, _REALISTIC_ONLY, " and ")):
         return f"{head} with --fleet realistic"
     if args.capacity_trace is not None and _fleet(args) == "off":
@@ -1916,6 +1921,34 @@ def _usage_error(args: argparse.Namespace) -> str | None:
             f"the folder holding {holding}"
         )
     return _spec_error(args) or _group_error(args) or _model_mismatch(args.dataset, args.model)
+
+
+def _private_ray_workers_error(args: argparse.Namespace) -> str | None:
+    """The error for --workers over _WORKERS_PER_CPU per CPU of this machine when the run
+    starts a private Ray runtime (no --ray-address and no RAY_ADDRESS, or "local" in either:
+    `ray_backend.is_private`), None otherwise. That runtime gets this machine's usable CPUs,
+    so the count is known now, before any data is loaded or Ray is started; a cluster's CPUs
+    are known only once it is joined (RayBackend.start checks them). Over --workers' own
+    bound (_MAX_WORKERS) SimConfig's error is the one given."""
+    workers = args.workers
+    if workers is None or not 1 <= workers <= _MAX_WORKERS:
+        return None
+    from .backends._base import usable_cpus
+    from .backends.process_pool import too_many_per_cpu
+    from .backends.ray_backend import is_private, resolve_address
+
+    address, source = resolve_address(args.ray_address)
+    if not is_private(address):
+        return None
+    problem = too_many_per_cpu(workers, usable_cpus(), "this machine for a private Ray runtime")
+    if problem is None:
+        return None
+    how = (
+        "--ray-address local"
+        if source != "RAY_ADDRESS"
+        else ("RAY_ADDRESS=local" if address else "no --ray-address and no RAY_ADDRESS")
+    )
+    return f"--{problem} ({how}: Ray starts on this machine's CPUs)"
 
 
 def _too_many_threads(threads: int) -> str | None:

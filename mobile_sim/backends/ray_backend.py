@@ -4,7 +4,8 @@
 `ray start` runs a cluster on this machine); with
 ``address="auto"``, an explicit ``ray://`` / ``host:port`` address or the ``RAY_ADDRESS``
 environment variable it joins a running cluster (``ray start --head`` on one node,
-``ray start --address=HEAD:6379`` on the others). Every node needs Plume installed, or pass
+``ray start --address=HEAD:6379`` on the others). A given address wins over ``RAY_ADDRESS``,
+"auto" too (`resolve_address`). Every node needs Plume installed, or pass
 ``runtime_env={"py_modules": [...]}`` (to ray.init when the backend starts Ray; in a runtime the
 caller started, to the actors themselves, where Ray takes no local folders or modules).
 """
@@ -40,7 +41,14 @@ from ._worker import (
 from .process_pool import EVAL_BATCH, MAX_WORKERS, check_workers, eval_chunks, too_many_per_cpu
 from .vectorized import warn_fallback
 
-__all__ = ["RayBackend", "RayWorkerError", "RuntimeEnvRefused", "RuntimeEnvSetupFailed"]
+__all__ = [
+    "RayBackend",
+    "RayWorkerError",
+    "RuntimeEnvRefused",
+    "RuntimeEnvSetupFailed",
+    "is_private",
+    "resolve_address",
+]
 
 # Seconds the actors get to be scheduled and build their model (import torch, get the data).
 _START_TIMEOUT_S = 300.0
@@ -50,6 +58,39 @@ _CONNECT_TIMEOUT_S = 5.0
 # The address ray.init documents as "start a new local Ray instance, even if there is already
 # an existing local Ray instance": a private runtime, as without any address, not a cluster.
 _LOCAL = "local"
+
+
+def resolve_address(given: str | None) -> tuple[str | None, str]:
+    """The Ray address a backend given `given` uses, and where it came from (its `source`,
+    "RayBackend(address=...)" or "RAY_ADDRESS"): `given` when it is not blank, whatever
+    RAY_ADDRESS holds ("auto" and "local" too), else RAY_ADDRESS, else None (a private
+    runtime). Stripped, and blank is unset: Ray reads an empty RAY_ADDRESS as unset but takes
+    " host:6379" whole (a host named " host"), and " " as a malformed address. `plume sim`
+    reads --ray-address through this too, so that its checks see the address the run uses."""
+    address = (given or "").strip()
+    if address:
+        return address, "RayBackend(address=...)"
+    return os.environ.get("RAY_ADDRESS", "").strip() or None, "RAY_ADDRESS"
+
+
+def is_private(address: str | None) -> bool:
+    """Whether `address` (as `resolve_address` returns it) starts a private Ray runtime on
+    this machine, with its CPUs, rather than joining a cluster: no address, or "local"."""
+    return address is None or address == _LOCAL
+
+
+@contextlib.contextmanager
+def _no_ray_address_variable() -> Iterator[None]:
+    """RAY_ADDRESS removed from the environment, and put back after: ray.init reads it for
+    address="auto" ("auto" becomes whatever RAY_ADDRESS holds, a ``ray://`` client address or
+    "local" too), so a given "auto" would otherwise lose to the variable, and the run would
+    record a cluster it did not join (`RayBackend.cluster`)."""
+    saved = os.environ.pop("RAY_ADDRESS", None)
+    try:
+        yield
+    finally:
+        if saved is not None:
+            os.environ["RAY_ADDRESS"] = saved
 
 
 def public_address(address: str) -> str:
@@ -326,11 +367,7 @@ class RayBackend:
         if inner not in INNER_BACKENDS:
             raise ValueError(f"inner backend must be one of {INNER_BACKENDS}, got {inner!r}")
         self.workers = workers
-        # Stripped, and blank is unset: Ray reads an empty RAY_ADDRESS as unset but takes
-        # " host:6379" whole (a host named " host"), and " " as a malformed address.
-        given = (address or "").strip()
-        self.address = given or os.environ.get("RAY_ADDRESS", "").strip() or None
-        self._address_source = "RayBackend(address=...)" if given else "RAY_ADDRESS"
+        self.address, self._address_source = resolve_address(address)
         # The GCS address `ray.init` returned for "auto" (the cluster Ray found), for `cluster`.
         self._found: str | None = None
         # `start` found a Ray runtime already running in this process (the caller's, which
@@ -353,7 +390,7 @@ class RayBackend:
     def _cluster_address(self) -> str | None:
         """The address of the cluster `start` joins; None for a private runtime (no address,
         or "local", which ray.init starts privately)."""
-        return None if self.address == _LOCAL else self.address
+        return None if is_private(self.address) else self.address
 
     @property
     def cluster(self) -> dict[str, str] | None:
@@ -362,7 +399,8 @@ class RayBackend:
         the environment variable, ``"from": "ray_address"`` when it was given (--ray-address,
         SimConfig.ray_address, RayBackend(address=...)); the address as `public_address` shows
         it (no user or password). For ``"auto"``, once `start` has joined, the GCS address of
-        the cluster Ray found (``HOST:PORT``, as ray.init returned it), else "auto" as given.
+        the cluster Ray found on this machine (``HOST:PORT``, as ray.init returned it; a given
+        "auto" wins over RAY_ADDRESS, `_init_auto`), else "auto" as given.
         None without an address or with ``"local"`` (both a private runtime), and after a
         `start` that found a Ray runtime already running in this process (the caller's: the
         backend joined whatever that one is)."""
@@ -400,9 +438,11 @@ class RayBackend:
                     check_reachable(address, self._address_source)
                     # The driver's "ray" logger at WARNING: Ray's INFO line on joining
                     # ("Connecting to existing Ray cluster") is not said; its warnings are.
-                    joined = ray.init(address=address, logging_level=logging.WARNING, **kwargs)
                     if address == "auto":
+                        joined = self._init_auto(ray, kwargs)
                         self._found = _gcs_address(joined)
+                    else:
+                        ray.init(address=address, logging_level=logging.WARNING, **kwargs)
                 else:
                     # No address, or "local" given (Ray's private runtime, started as without
                     # one). "local": a private runtime even when a cluster was started on this
@@ -468,6 +508,26 @@ class RayBackend:
         except BaseException:
             self.close()
             raise
+
+    def _init_auto(self, ray: Any, kwargs: dict[str, Any]) -> object:
+        """ray.init(address="auto", ...) without RAY_ADDRESS in the environment: "auto" is the
+        cluster Ray finds on this machine (the latest `ray start` here, else any it sees
+        running), whatever RAY_ADDRESS holds. Ray's "Could not find any running Ray instance
+        ... setting `--address` flag or `RAY_ADDRESS`" is one line that says so instead."""
+        try:
+            with _no_ray_address_variable():
+                return ray.init(address="auto", logging_level=logging.WARNING, **kwargs)
+        except ConnectionError as exc:
+            if "Could not find any running Ray instance" not in str(exc):
+                raise
+            given = self._address_source != "RAY_ADDRESS"
+            raise ConnectionError(
+                f"cannot find a Ray cluster on this machine for address auto (given by "
+                f"{self._address_source}): none is running here; start one (ray start --head) "
+                "or give the cluster's address"
+                + ("; a given auto does not read RAY_ADDRESS" if given else "")
+                + " (without RAY_ADDRESS or address=, plume starts a private local Ray runtime)"
+            ) from None
 
     def _say_fallback(self, model: str) -> None:
         """Warn here, once, when the actors' vectorized backend cannot vmap `model` and trains
