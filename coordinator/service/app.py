@@ -233,10 +233,14 @@ def _media(expected: ContentType) -> Callable[[Request], Awaitable[None]]:
 
     async def check(request: Request) -> None:
         require_media_type(request.headers.get(H.CONTENT_TYPE), expected)
+        if expected != ContentType.JSON:
+            return
         # FastAPI has read and parsed the body by now (Starlette keeps both). Only a body with
         # a surrogate escape is walked: the search finds none in ordinary ones.
-        if expected == ContentType.JSON and _SURROGATE_ESCAPE.search(await request.body()):
+        raw = await request.body()
+        if _SURROGATE_ESCAPE.search(raw):
             _refuse_lone_surrogates(await request.json())
+        _refuse_repeated_keys(raw)
 
     return check
 
@@ -269,6 +273,69 @@ def _refuse_lone_surrogates(parsed: Any) -> None:
             stack.extend(value.values())
         elif isinstance(value, list):
             stack.extend(value)
+
+
+class _Pairs(list[tuple[str, Any]]):
+    """A JSON object as `_refuse_repeated_keys` parses it: its (key, value) pairs in the order
+    sent, a repeated key kept (a dict keeps its last value only)."""
+
+
+# A key written after a `.` in the path a refusal names; any other is written `["..."]`.
+_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+# The longest key or path a refusal writes out whole (a key may be 64 KiB long).
+_SHOWN_KEY_CHARS = 80
+
+
+def _refuse_repeated_keys(raw: bytes) -> None:
+    """422 `validation` for a JSON body in which one object gives a key more than once, at any
+    depth (`{"task_id": 1, "task_id": 2}`, or a task config's `{"training": {"lr": 0.1, "lr":
+    9}}`); the detail names the key, the object's path and how many times. RFC 8259 (4) leaves
+    such an object's meaning to the parser: Python's, and so every route's model, took the last
+    value silently, another parser may take the first, so a device's signed body, or a config
+    an operator checked with another tool, could be read as something else than meant. Parsed
+    again here (FastAPI's parse has already dropped the repeats): a JSON body is 64 KiB at
+    most. A body that does not parse is left to FastAPI's own refusal."""
+    try:
+        parsed = json.loads(raw, object_pairs_hook=_Pairs)
+    except (ValueError, RecursionError):
+        return
+    stack: list[tuple[Any, str]] = [(parsed, "$")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, _Pairs):
+            seen: set[str] = set()
+            for key, item in value:
+                if key in seen:
+                    times = sum(1 for k, _ in value if k == key)
+                    raise ApiError(
+                        422,
+                        Reason.VALIDATION,
+                        f"body: the key {_shown_key(key)} is given {times} times in one JSON "
+                        f"object ({_cut_key(where)}); give each key once: parsers differ on "
+                        "which value a repeated key means",
+                    )
+                seen.add(key)
+                step = f".{key}" if _PLAIN_KEY.fullmatch(key) else f"[{_shown_key(key)}]"
+                stack.append((item, _child(where, step)))
+        elif isinstance(value, list):
+            stack.extend((item, _child(where, f"[{i}]")) for i, item in enumerate(value))
+
+
+def _shown_key(key: str) -> str:
+    """`key` as a refusal writes it: a JSON string (escapes kept), cut after 80 characters."""
+    return _cut_key(json.dumps(key[: _SHOWN_KEY_CHARS + 1]))
+
+
+def _cut_key(text: str) -> str:
+    return text if len(text) <= _SHOWN_KEY_CHARS else text[:_SHOWN_KEY_CHARS] + "..."
+
+
+def _child(where: str, step: str) -> str:
+    """The path `where` + `step` (`$.training`, `$["a b"]`, `$.spec[0]`), cut after 80
+    characters and not grown once cut: every value waiting to be walked holds its path, so a
+    path as long as a 32 KB key, copied into each of the thousands of values under it, would
+    take hundreds of megabytes."""
+    return where if where.endswith("...") else _cut_key(where + step)
 
 
 def _idempotency_key(headers: dict[str, str]) -> None:
@@ -870,15 +937,18 @@ def create_app(
         among the `model_names` it declares (409 `model_layout_mismatch` when named)."""
         awaiting = task_id = cap = None
         # Strictly, from the JSON as sent: the model's lax parsing would take "7", 7.0 or true
-        # for a round or task id. The object FastAPI parsed for `body` (Starlette keeps it):
-        # not parsed again. `features` and `max_model_bytes` are read from it too, strictly (a
-        # coordinator before either ignored the key, so a newer SDK works against one).
+        # for a round or task id (or a model version, checked and not used). The object
+        # FastAPI parsed for `body` (Starlette keeps it): not parsed again. `features` and
+        # `max_model_bytes` are read from it too, strictly (a coordinator before either
+        # ignored the key, so a newer SDK works against one).
         raw = await request.json()
         try:
             if body.task_id is not None:
                 task_id = check_task_id(raw.get("task_id"))
             if body.awaiting_round is not None:
                 awaiting = check_awaiting_round(raw.get("awaiting_round"))
+            if body.model_version is not None:
+                rounds.check_model_version(raw.get("model_version"))
             features = rounds.check_features(raw.get("features"))
             if body.max_model_bytes is not None:
                 cap = check_max_model_bytes(raw.get("max_model_bytes"))

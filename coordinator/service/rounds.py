@@ -108,6 +108,7 @@ from coordinator.privacy import (
 from coordinator.secure import BudgetExhausted
 from protocol.messages import (
     MAX_BATCH_SIZE,
+    MAX_ID,
     MAX_LOCAL_EPOCHS,
     MAX_RETRY_AFTER_S,
     Assignment,
@@ -306,6 +307,23 @@ def check_features(value: object) -> frozenset[str]:
                 "then up to 63 lower-case letters, digits or _)"
             )
     return frozenset(value)
+
+
+def check_model_version(value: object) -> int:
+    """A check-in's `model_version` as sent (JSON builtins): the model version the device
+    holds, a JSON integer (not a boolean, a float or a string) in [0, 2^63), the range of a
+    task's versions; anything else raises `ValueError` naming the field (a 422). The route's
+    model parsed it laxly: -5, 2^70, `true`, `2.0` and `"3"` were all taken (and ignored, the
+    coordinator reads no version from a check-in), so a device or port sending a wrong one
+    was never told."""
+    if type(value) is not int:
+        raise ValueError(
+            f"$.model_version: expected an integer model version, got {type(value).__name__} "
+            f"{_shown(value)}"
+        )
+    if not 0 <= value < MAX_ID:
+        raise ValueError(f"$.model_version = {_shown(value)} is outside [0, {MAX_ID})")
+    return value
 
 
 def _shown(value: object) -> str:
