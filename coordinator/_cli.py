@@ -399,7 +399,7 @@ def register(sub: Any) -> None:
         metavar="SECONDS",
         help="seconds a request body may take to arrive in full, from its first read, else 408 "
         "and the connection closes (default 120: a 24 KB update at 2G speeds takes about 10 s; "
-        "0 = no limit, else at least 1). It also sets the pace an upload must keep to hold its "
+        "0 = no limit, else 1 to 86400). It also sets the pace an upload must keep to hold its "
         "room in --upload-buffer-mb, so holding the whole buffer costs a sender the buffer's "
         "bytes per this many seconds: raising it for slow links (600 s) makes that cheaper "
         "(256 MiB: about 447 KB/s instead of 2.2 MB/s at 120 s)",
@@ -412,7 +412,7 @@ def register(sub: Any) -> None:
         help="seconds a connection may take to send a request's head (request line and "
         "headers), from its opening or from the first byte of its next request; past it the "
         "connection closes without an answer, so a client that stalls mid-head cannot hold it "
-        "(default 30; 0 = no limit, else at least 1)",
+        "(default 30; 0 = no limit, else 1 to 86400)",
     )
     s.add_argument(
         "--send-timeout",
@@ -422,7 +422,7 @@ def register(sub: Any) -> None:
         help="seconds a client may read nothing of an answer (a model download it stopped "
         "reading) before the connection is cut; on Linux the clock restarts whenever its "
         "kernel has acknowledged more of the answer, so a slow link that keeps reading is not "
-        "cut (default 60; 0 = no limit, else at least 1)",
+        "cut (default 60; 0 = no limit, else 1 to 86400)",
     )
     s.add_argument(
         "--shutdown-grace",
@@ -1091,6 +1091,8 @@ _TOKEN_FLAGS = "--admin-token (or PLUME_ADMIN_TOKEN)"
 
 
 _MAX_SHUTDOWN_GRACE_S = 3600.0  # serve --shutdown-grace: a stop waits at most an hour
+# serve --head-timeout, --body-timeout and --send-timeout: a day at most (0 is no limit)
+_MAX_CONNECTION_TIMEOUT_S = 86_400.0
 
 
 def _serve_usage_error(args: argparse.Namespace) -> str | None:
@@ -1172,6 +1174,16 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
     if not 0 <= args.send_timeout < float("inf") or 0 < args.send_timeout < 1:
         why = "must be 0 (no limit) or at least 1 second: a client reads its answer within it"
         return bad("send_timeout", f"--send-timeout {why}, got {args.send_timeout}", why)
+    # The upper bound the three connection timeouts share (rounds.py MAX_BODY_TIMEOUT_S, for
+    # the body's). 1e300 was taken: asyncio's timers take it, and it meant no limit, but a body
+    # timeout that long also set the pace an upload keeps its room in --upload-buffer-mb by,
+    # so a sender that sent one byte held its declared length for good (0, no limit, keeps the
+    # default 120 s pace).
+    for dest in ("body_timeout", "head_timeout", "send_timeout"):
+        if (value := getattr(args, dest)) > _MAX_CONNECTION_TIMEOUT_S:
+            flag = "--" + dest.replace("_", "-")
+            why = "must be at most 86400 seconds (a day); 0 turns it off"
+            return bad(dest, f"{flag} {why}, got {value}", why)
     if not 0 <= args.shutdown_grace <= _MAX_SHUTDOWN_GRACE_S:
         # Past an hour (1e12 passed as finite) a stop waited on a stalled upload for as long.
         why = (

@@ -191,6 +191,10 @@ MIN_POOL_TTL_S = 1.0
 # Shortest body_timeout_s other than 0 (no limit): a request's whole body must arrive within
 # it of its first read; 1e-6 was accepted and answered every upload 408.
 MIN_BODY_TIMEOUT_S = 1.0
+# Longest body_timeout_s: a day. It is also the pace a body keeps its room in the upload buffer
+# by (`auth.BodyBudget`), so 1e300, taken before, let a sender that sent one byte hold its
+# declared length for good, where 0 (no limit) keeps the default 120 s pace.
+MAX_BODY_TIMEOUT_S = 86_400.0
 # The pacing wait is len(pool) / max_checkin_rate, so a rate near 0 gave an infinite wait (a
 # 500): one check-in every 1,000 s per task is the slowest. (MIN_REGISTER_RATE and
 # MAX_REGISTER_BURST bound the registration limiter the same way, auth.RateLimiter.)
@@ -394,7 +398,8 @@ class ServiceConfig:
     register_rate_per_s, register_burst: registrations per client address (IPv6: per /64),
         a token bucket; 0 (the default) is unlimited (see docs/operations.md for why).
     body_timeout_s: a request's body must arrive in full within this many seconds of its
-        first read, else 408 `request_timeout` and the connection closes (0: no limit).
+        first read, else 408 `request_timeout` and the connection closes (0: no limit; else
+        1 to 86,400, MIN_BODY_TIMEOUT_S and MAX_BODY_TIMEOUT_S).
     keep_frames_rounds: None (the default) keeps every accepted update frame. N >= 0 empties
         the stored frames of each task's closed rounds older than its N most recent closed
         rounds, at every round close and on start; the rows stay (key, device, round, time,
@@ -495,6 +500,11 @@ class ServiceConfig:
             value = getattr(self, name)
             if not (number(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {shown(value)}")
+        if self.body_timeout_s > MAX_BODY_TIMEOUT_S:
+            raise ValueError(
+                f"body_timeout_s must be at most {MAX_BODY_TIMEOUT_S:g} s (a day; 0 is no "
+                f"limit), got {shown(self.body_timeout_s)}"
+            )
         if 0 < self.body_timeout_s < MIN_BODY_TIMEOUT_S:
             raise ValueError(
                 f"body_timeout_s must be 0 (no limit) or at least {MIN_BODY_TIMEOUT_S:g} s: a "
