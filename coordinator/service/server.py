@@ -35,7 +35,7 @@ except (ImportError, AttributeError):
 from ._ratelimit import EveryFew
 from .app import create_app
 from .metrics import plume_version
-from .rounds import ServiceConfig
+from .rounds import MAX_BODY_TIMEOUT_S, ServiceConfig
 from .store import SCHEMA_VERSION, Store, others_may_read
 from .wire import HEAD_BYTES
 
@@ -371,14 +371,18 @@ class CountingH11Protocol(H11Protocol):
 
 
 def _check_head_timeout(head_timeout_s: float, name: str = "head_timeout_s") -> float:
+    """A head or send timeout: 0 (no limit), else a number of seconds up to a day
+    (MAX_BODY_TIMEOUT_S, the bound `serve --head-timeout/--send-timeout` and the body timeout
+    share; 1e300 was taken here, where the CLI refused it)."""
     if (
         not isinstance(head_timeout_s, int | float)
         or isinstance(head_timeout_s, bool)
         or not finite_number(head_timeout_s)
-        or head_timeout_s < 0
+        or not 0 <= head_timeout_s <= MAX_BODY_TIMEOUT_S
     ):
         raise ValueError(
-            f"{name} must be 0 (no limit) or a positive number of seconds, got {shown(head_timeout_s)}"
+            f"{name} must be 0 (no limit) or a positive number of seconds up to "
+            f"{MAX_BODY_TIMEOUT_S:g} (a day), got {shown(head_timeout_s)}"
         )
     return float(head_timeout_s)
 
