@@ -140,6 +140,18 @@ def train_clients_vmapped(
         for k in range(c):
             for e in range(epochs):
                 order[e, k, : size_list[k]] = perms[k * epochs + e]
+    # Minibatches of one example go in steps of two rows, the second padding (masked: it adds
+    # exactly zero). A one-row step's matrix products take the matrix-vector kernels, whose
+    # result for a client depended on where its row sat in the chunk's memory: at --threads
+    # 1, the clients at odd places of a chunk of several got other last bits than alone
+    # (tests/mobile_sim/test_s57i_backend_equivalence.py's chunking property found it),
+    # which broke "the same bits however the round's devices are shared" (docs/simulator.md).
+    # Two rows take the matrix-matrix kernels, as every batch of two or more does.
+    width = batch_size
+    if batch_size == 1:
+        order = np.stack([order, np.zeros_like(order)], axis=-1).reshape(epochs, c, 2 * steps)
+        valid = np.stack([valid, np.zeros_like(valid)], axis=-1).reshape(epochs, c, 2 * steps)
+        width = 2
     xt, yt = torch.from_numpy(x_all), torch.from_numpy(y_all)
     order_t, valid_t = torch.from_numpy(order), torch.from_numpy(valid)
     rows = torch.arange(c)[:, None]
@@ -158,7 +170,7 @@ def train_clients_vmapped(
     loss_sum = torch.zeros(c, dtype=torch.float64)
     for e in range(epochs):
         for s in range(steps):
-            sl = slice(s * batch_size, (s + 1) * batch_size)
+            sl = slice(s * width, (s + 1) * width)
             idx = order_t[e, :, sl]
             mask = valid_t[e, :, sl]
             grads, totals = step_fn(p, xt[rows, idx], yt[rows, idx], mask)
