@@ -14,8 +14,10 @@ still held; timeouts are generous (seconds, for requests that take milliseconds)
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -81,10 +83,24 @@ def _in_thread(fn: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]
     return t, out
 
 
-def test_an_unsigned_request_and_healthz_answer_while_a_secure_round_unmasks(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Prepare: a secure round of 3 devices whose close is held once it starts
+@dataclass
+class ClosingRound:
+    """A secure round of 3 devices whose close (`SecureCoordinator.close_round`) is held once it
+    starts: the coordinator's `url`, an `http` client on it (no headers of its own), the
+    `held` close, the devices' `clients`, the task and the round."""
+
+    url: str
+    http: httpx.Client
+    held: _HeldClose
+    clients: list[Client]
+    task_id: int
+    round_id: int
+
+
+@contextlib.contextmanager
+def closing_secure_round(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[ClosingRound]:
+    """A `ClosingRound`, yielded once its close has started and is held; on the way out the
+    close is released and the devices' threads joined (the round then commits as usual)."""
     held = _HeldClose(SecureCoordinator.close_round)
     monkeypatch.setattr(SecureCoordinator, "close_round", held.method())
     cfg = ServiceConfig(db_path=str(tmp_path / "p.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02)
@@ -115,32 +131,41 @@ def test_an_unsigned_request_and_healthz_answer_while_a_secure_round_unmasks(
             t.start()
         try:
             assert held.entered.wait(WAIT_S), "the round never started to close"
-            # Execute: while the close is held, an unsigned stage upload, /healthz and the
-            # round's status (each asked the registry lock before)
-            with httpx.Client(base_url=url, timeout=10.0) as probe:
-                unsigned = probe.post(
-                    f"/v1/secure/rounds/{rid['r']}/stages/unmask",
-                    content=b"x",
-                    headers={"content-type": "application/octet-stream"},
-                )
-                health = probe.get("/healthz")
-                status = probe.get(
-                    f"/v1/rounds/{rid['r']}", headers={"authorization": f"Bearer {ADMIN}"}
-                )
-            # Assert: all three answered, and the close had not finished meanwhile
-            assert not held.done.is_set() and not held.release.is_set()
-            assert unsigned.status_code == 401, unsigned.text
-            assert health.status_code == 200, health.text
-            assert status.status_code == 200 and status.json()["state"] == "aggregating"
+            yield ClosingRound(url, http, held, clients, tid, rid["r"])
         finally:
             held.release.set()
             for t in devices:
                 t.join(WAIT_S)
-        assert held.done.wait(WAIT_S) and held.calls == 1
-        # The round still commits as before
+
+
+def test_an_unsigned_request_and_healthz_answer_while_a_secure_round_unmasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: a secure round of 3 devices whose close is held once it starts
+    with closing_secure_round(tmp_path, monkeypatch) as r:
+        # Execute: while the close is held, an unsigned stage upload, /healthz and the
+        # round's status (each asked the registry lock before)
+        with httpx.Client(base_url=r.url, timeout=10.0) as probe:
+            unsigned = probe.post(
+                f"/v1/secure/rounds/{r.round_id}/stages/unmask",
+                content=b"x",
+                headers={"content-type": "application/octet-stream"},
+            )
+            health = probe.get("/healthz")
+            status = probe.get(
+                f"/v1/rounds/{r.round_id}", headers={"authorization": f"Bearer {ADMIN}"}
+            )
+        # Assert: all three answered, and the close had not finished meanwhile
+        assert not r.held.done.is_set() and not r.held.release.is_set()
+        assert unsigned.status_code == 401, unsigned.text
+        assert health.status_code == 200, health.text
+        assert status.status_code == 200 and status.json()["state"] == "aggregating"
+        # The round still commits as before, once released
+        r.held.release.set()
+        assert r.held.done.wait(WAIT_S) and r.held.calls == 1
         for _ in range(int(WAIT_S / 0.05)):
-            body = http.get(
-                f"/v1/rounds/{rid['r']}", headers={"authorization": f"Bearer {ADMIN}"}
+            body = r.http.get(
+                f"/v1/rounds/{r.round_id}", headers={"authorization": f"Bearer {ADMIN}"}
             ).json()
             if body["state"] == "committed":
                 break
