@@ -149,7 +149,16 @@ def _configs(draw: st.DrawFn, *, dense: bool) -> SimConfig:
         "rounds": draw(st.integers(1, 3)),
         "local_epochs": draw(st.integers(1, 2)),
         "batch_size": batch,
-        "lr": draw(st.sampled_from([0.02, 0.05, 0.1])),
+        # A dense run is compared end to end to float tolerance, which holds only where local
+        # training is stable. On synthetic(α,β) (the synthetic_lr softmax regression,
+        # devices of hundreds of examples) lr 0.05 and 0.1 need not be: explore mode drew
+        # synthetic(0.5,0.5), natural, seed 761, whose round-2 device of 735 examples, trained
+        # by sequential from its start times (1 + 1e-7), moved its delta by 0.06 (lr 0.05,
+        # momentum 0.5, 2 epochs) to 0.12 (lr 0.1, 2 epochs), while vectorized from the same
+        # start matched sequential to the bit; at lr 0.02 that change stayed under 1e-7.
+        "lr": draw(
+            st.just(0.02) if dense and dataset != "digits" else st.sampled_from([0.02, 0.05, 0.1])
+        ),
         "momentum": draw(st.sampled_from([0.0, 0.5])),
         "partition": draw(st.sampled_from(partitions)),
         "alpha": draw(st.sampled_from([0.1, 0.5, 5.0])),
