@@ -1091,7 +1091,8 @@ _TOKEN_FLAGS = "--admin-token (or PLUME_ADMIN_TOKEN)"
 
 
 _MAX_SHUTDOWN_GRACE_S = 3600.0  # serve --shutdown-grace: a stop waits at most an hour
-# serve --head-timeout, --body-timeout and --send-timeout: a day at most (0 is no limit)
+# serve --head-timeout, --body-timeout and --send-timeout: a day at most (0 is no limit);
+# rounds.py MAX_BODY_TIMEOUT_S, not imported (the flags are checked before the service loads)
 _MAX_CONNECTION_TIMEOUT_S = 86_400.0
 
 
@@ -1182,7 +1183,7 @@ def _serve_usage_error(args: argparse.Namespace) -> str | None:
     for dest in ("body_timeout", "head_timeout", "send_timeout"):
         if (value := getattr(args, dest)) > _MAX_CONNECTION_TIMEOUT_S:
             flag = "--" + dest.replace("_", "-")
-            why = "must be at most 86400 seconds (a day); 0 turns it off"
+            why = f"must be at most {_MAX_CONNECTION_TIMEOUT_S:g} seconds (a day); 0 turns it off"
             return bad(dest, f"{flag} {why}, got {value}", why)
     if not 0 <= args.shutdown_grace <= _MAX_SHUTDOWN_GRACE_S:
         # Past an hour (1e12 passed as finite) a stop waited on a stalled upload for as long.
