@@ -18,7 +18,7 @@ from protocol.messages import to_json
 
 from .test_h79_admin_model import World as ExportWorld
 from .test_h79_admin_model import _history, world  # noqa: F401  (the fixture)
-from .test_service_security import World
+from .test_service_security import World, running_world
 from .test_service_support import (
     ADMIN,
     SPEC,
@@ -41,14 +41,8 @@ def _refused(r: httpx.Response, status: int, reason: str) -> str:
 
 @pytest.fixture(scope="module")
 def plain(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    root = tmp_path_factory.mktemp("s57d-routes")
-    cfg = ServiceConfig(db_path=str(root / "plume.db"), admin_token=ADMIN, poll_s=0.05)
-    with ServerThread(cfg) as url:
-        w = World(url, root)
+    with running_world(tmp_path_factory.mktemp("s57d-routes")) as w:
         yield w
-        for c in (w.a, w.b):
-            c.close()
-        w.http.close()
 
 
 def test_a_download_of_a_task_awaiting_its_model_is_404_and_the_task_still_waits(

@@ -11,11 +11,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from coordinator.service import ServerThread, ServiceConfig
 from protocol.names import Header
 
-from .test_service_security import World
-from .test_service_support import ADMIN
+from .test_service_security import World, running_world
 
 SIGNED = [Header.DEVICE, Header.ROUND, Header.TIMESTAMP, Header.NONCE, Header.SIGNATURE]
 REASONS = {"unsigned", "unregistered", "bad_signature", "stale_timestamp"}
@@ -34,14 +32,8 @@ VALUES = st.one_of(
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    root = tmp_path_factory.mktemp("s57d-sig")
-    cfg = ServiceConfig(db_path=str(root / "plume.db"), admin_token=ADMIN, poll_s=0.05)
-    with ServerThread(cfg) as url:
-        w = World(url, root)
+    with running_world(tmp_path_factory.mktemp("s57d-sig")) as w:
         yield w
-        for c in (w.a, w.b):
-            c.close()
-        w.http.close()
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@ and none changes the coordinator's state (accepted updates, global model)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -70,9 +71,9 @@ class World:
         return r["reports"], t["model_digest"], t["version"]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    root = tmp_path_factory.mktemp("security")
+@contextlib.contextmanager
+def running_world(root: Path) -> Iterator[World]:
+    """A `World` on a loopback coordinator whose store is in `root`; its clients closed after."""
     cfg = ServiceConfig(db_path=str(root / "plume.db"), admin_token=ADMIN, poll_s=0.05)
     with ServerThread(cfg) as url:
         w = World(url, root)
@@ -80,6 +81,12 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         for c in (w.a, w.b):
             c.close()
         w.http.close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    with running_world(tmp_path_factory.mktemp("security")) as w:
+        yield w
 
 
 def _expect(resp: httpx.Response, status: int, reason: str) -> None:
