@@ -135,14 +135,18 @@ def _record(monkeypatch: pytest.MonkeyPatch, made: list[socket.socket]) -> None:
 
 
 @contextlib.contextmanager
-def _black_hole(host: str = "127.0.0.1", port: int = 0) -> Iterator[tuple[str, int]]:
-    """A loopback address (`host`:`port`, 0: any port) whose connects hang: a listener that
-    never accepts, its backlog filled until a further connect is not answered within 0.3 s
-    (Linux drops the SYN of a listener whose accept queue is full)."""
-    listener = _REAL_SOCKET()
+def _black_hole(
+    host: str = "127.0.0.1", bound: socket.socket | None = None
+) -> Iterator[tuple[str, int]]:
+    """A loopback address (`host`, any port; or where `bound`, a socket already bound, is)
+    whose connects hang: a listener that never accepts, its backlog filled until a further
+    connect is not answered within 0.3 s (Linux drops the SYN of a listener whose accept queue
+    is full). The listener is closed on the way out (`bound` too)."""
+    listener = bound or _REAL_SOCKET()
     fillers: list[socket.socket] = []
     try:
-        listener.bind((host, port))
+        if bound is None:
+            listener.bind((host, 0))
         listener.listen(0)
         address = listener.getsockname()
         for _ in range(16):

@@ -17,7 +17,9 @@ the inner backend is a stub that records what it was asked.
 from __future__ import annotations
 
 import contextlib
+import errno
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -53,13 +55,35 @@ def _join_attempts(timeout: float) -> None:
             thread.join(max(end - time.monotonic(), 0.0))
 
 
-def _live(port: int = 0) -> socket.socket:
-    """A listener on 127.0.0.1 (`port`; 0: any): the kernel completes connects to it (its
-    backlog holds them)."""
-    listener = _REAL_SOCKET()
-    listener.bind(("127.0.0.1", port))
+def _live(bound: socket.socket | None = None) -> socket.socket:
+    """A listener on 127.0.0.1 (any port; or where `bound`, a socket already bound, is): the
+    kernel completes connects to it (its backlog holds them)."""
+    listener = bound or _REAL_SOCKET()
+    if bound is None:
+        listener.bind(("127.0.0.1", 0))
     listener.listen(16)
     return listener
+
+
+def _one_port(*hosts: str, tries: int = 50) -> list[socket.socket]:
+    """Sockets bound to one port, one on each of `hosts` (loopback addresses), not yet
+    listening. The kernel picks a port free on the first; one that another socket holds on one
+    of the others (a parallel test's, or a process's on 0.0.0.0: a CI run once failed on
+    EADDRINUSE so) is given up and the kernel asked again, up to `tries` times."""
+    for _ in range(tries):
+        bound: list[socket.socket] = []
+        try:
+            for host in hosts:
+                sock = _REAL_SOCKET()
+                bound.append(sock)
+                sock.bind((host, bound[0].getsockname()[1] if len(bound) > 1 else 0))
+            return bound
+        except OSError as error:
+            for sock in bound:
+                sock.close()
+            if error.errno != errno.EADDRINUSE:
+                raise
+    raise AssertionError(f"no port free on all of {hosts} in {tries} tries")
 
 
 def _backend(bounded: bool, inner: httpcore.NetworkBackend | None = None) -> _DeadlineBackend:
@@ -83,10 +107,11 @@ def test_a_first_address_that_never_answers_does_not_hold_up_the_second(
 ) -> None:
     # Prepare: a name whose first address drops SYNs (a black-holed IPv6 route, say) and whose
     # second accepts; a connect timeout of 20 s
-    live = _live()
+    on_live, on_hole = _one_port("127.0.0.1", "127.0.0.2")
+    live = _live(on_live)
     port = live.getsockname()[1]
     try:
-        with _black_hole("127.0.0.2", port) as hole:
+        with _black_hole(bound=on_hole) as hole:
             resolve[:] = [_info(hole), _info(("127.0.0.1", port))]
             _record(monkeypatch, made)
             started = time.monotonic()
@@ -113,10 +138,10 @@ def test_addresses_none_answers_fail_within_one_connect_timeout(
     # Prepare: five addresses that never answer (one port on five loopback addresses); a
     # connect timeout of 2 s
     with contextlib.ExitStack() as holes:
-        first = holes.enter_context(_black_hole("127.0.0.2"))
-        port = first[1]
-        more = [holes.enter_context(_black_hole(f"127.0.0.{i}", port)) for i in range(3, 7)]
-        resolve[:] = [_info(first)] + [_info(hole) for hole in more]
+        bound = _one_port(*(f"127.0.0.{i}" for i in range(2, 7)))
+        every = [holes.enter_context(_black_hole(bound=sock)) for sock in bound]
+        port = every[0][1]
+        resolve[:] = [_info(hole) for hole in every]
         _record(monkeypatch, made)
         started = time.monotonic()
 
@@ -244,7 +269,8 @@ def test_a_cancel_while_racing_stops_the_connect_and_closes_every_attempt(
             time.sleep(0.05)
         cancel.set()
 
-    with _black_hole("127.0.0.2") as a, _black_hole("127.0.0.3", a[1]) as b:
+    on_a, on_b = _one_port("127.0.0.2", "127.0.0.3")
+    with _black_hole(bound=on_a) as a, _black_hole(bound=on_b) as b:
         resolve[:] = [_info(a), _info(b)]
         _record(monkeypatch, made)
         threading.Thread(target=cancel_once_both_dialled, daemon=True).start()
@@ -280,3 +306,35 @@ def test_a_local_address_dials_only_the_addresses_of_its_family(
     assert stub.dialled == ["127.0.0.1", "127.0.0.2"]
     assert "refused by 127.0.0.2" in str(raised.value)
     assert "has no IPv4 address, the family of local_address 127.0.0.1" in str(none_of_family.value)
+
+
+def test_one_port_asks_again_when_the_port_is_taken_on_another_address(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: binds on 127.0.0.2 fail with EADDRINUSE twice (the port held there, as a CI run
+    # once met), then succeed
+    refusals = [OSError(errno.EADDRINUSE, "Address already in use")] * 2
+    ports: list[int] = []
+
+    class Taken(_REAL_SOCKET):
+        def bind(self, address: Any) -> None:
+            if address[0] == "127.0.0.2" and refusals:
+                ports.append(address[1])
+                raise refusals.pop()
+            super().bind(address)
+
+    monkeypatch.setattr(sys.modules[__name__], "_REAL_SOCKET", Taken)
+
+    # Execute
+    bound = _one_port("127.0.0.1", "127.0.0.2")
+
+    # Verify: two refused tries, then one port held on both addresses
+    try:
+        assert len(ports) == 2 and not refusals
+        assert [sock.getsockname() for sock in bound] == [
+            ("127.0.0.1", bound[0].getsockname()[1]),
+            ("127.0.0.2", bound[0].getsockname()[1]),
+        ]
+    finally:
+        for sock in bound:
+            sock.close()
