@@ -1,13 +1,20 @@
 """Shared helpers for the coordinator service tests (no tests here): a numpy trainer, tasks,
-and a stepped clock for a secure task's stages (`drive_stages`, `expire_stage`)."""
+a stepped clock for a secure task's stages (`drive_stages`, `expire_stage`), the port a
+coordinator subprocess started on `--port 0` got (`ServeProcess`, `logged_port`) and a URL
+where nothing listens (`refused_url`)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import json
+import os
+import re
+import select
 import socket
 import sqlite3
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -77,12 +84,112 @@ class SoftmaxTrainer:
         return TrainResult(out, len(x), loss)
 
 
+# uvicorn's line saying where it listens, which `serve` writes for the port `--port 0` got too
+# (coordinator/service/server.py `_log_listening`), at INFO on stderr.
+_LISTENING = re.compile(r"Uvicorn running on https?://(?:\[[^\]]*\]|[^\s:/]+):(\d+) ")
+
+
+def _listening_port(text: str) -> int | None:
+    """The port of the first complete `Uvicorn running on` line of `text`, if there is one."""
+    for line in text.splitlines(keepends=True):
+        if line.endswith("\n") and (found := _LISTENING.search(line)):
+            return int(found[1])
+    return None
+
+
+def _not_listening(proc: subprocess.Popen[Any], seen: str, why: str) -> AssertionError:
+    return AssertionError(
+        f"the coordinator (pid {proc.pid}, {proc.args!r}) {why}; its output so far:\n{seen}"
+    )
+
+
+class ServeProcess(subprocess.Popen[str]):
+    """A coordinator subprocess (`plume coordinator serve --port 0`, or a program calling
+    `serve(..., port=0)`) with stdout and stderr piped as text; `listening_port()` is the port it
+    got. Choosing a free port in the test and starting the server on it later raced: between
+    the test's close and the server's bind, another process (a parallel test) could take it.
+
+    It must log at INFO (the default level) or lower, since that is where uvicorn's `Uvicorn
+    running on` line comes. `communicate()` returns stderr whole: the lines `listening_port`
+    read, then the rest."""
+
+    def __init__(self, args: list[str], **kwargs: Any) -> None:
+        super().__init__(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+        self._read = ""
+
+    def listening_port(self, timeout: float = 60.0) -> int:
+        """The port of the `Uvicorn running on` line, once it is on stderr (within `timeout`
+        seconds). The line comes when the port is bound, before uvicorn listens on it: wait
+        for /healthz after, as for any start. Reads the raw pipe a byte at a time, so nothing
+        after that line is read here (stderr's Python buffer stays empty for
+        `communicate`)."""
+        assert self.stderr is not None, "ServeProcess pipes stderr"
+        fd = self.stderr.fileno()
+        encoding = self.stderr.encoding if isinstance(self.stderr, io.TextIOWrapper) else "utf-8"
+        seen = bytearray()
+        give_up = time.monotonic() + timeout
+        port: int | None = None
+        why = f"said no listening port in {timeout:g} s"
+        while port is None and (left := give_up - time.monotonic()) > 0:
+            if not select.select([fd], [], [], left)[0]:
+                continue
+            byte = os.read(fd, 1)
+            if not byte:
+                why = f"exited with status {self.wait(timeout=30)} before listening"
+                break
+            seen += byte
+            if byte == b"\n":
+                port = _listening_port(seen.decode(encoding, "replace"))
+        text = seen.decode(encoding, "replace").replace("\r\n", "\n")
+        self._read += text
+        if port is None:
+            raise _not_listening(self, text, why)
+        return port
+
+    def communicate(
+        self, input: str | None = None, timeout: float | None = None
+    ) -> tuple[Any, Any]:
+        out, err = super().communicate(input, timeout)
+        read, self._read = self._read, ""
+        return out, read + (err or "")
+
+
+def logged_port(proc: subprocess.Popen[Any], log: Path, timeout: float = 60.0) -> int:
+    """The port of the `Uvicorn running on` line a coordinator subprocess (started with
+    `--port 0`, its stderr going to the file `log`, at INFO or lower) writes there, within
+    `timeout` seconds: `ServeProcess.listening_port` for a process whose output is a file (one
+    that runs long, whose pipe nobody would empty). Wait for /healthz after it."""
+    give_up = time.monotonic() + timeout
+    while True:
+        exited = proc.poll() is not None
+        text = log.read_text(errors="replace") if log.exists() else ""
+        if (port := _listening_port(text)) is not None:
+            return port
+        if exited:
+            why = f"exited with status {proc.returncode} before listening"
+            raise _not_listening(proc, text, why)
+        if time.monotonic() > give_up:
+            raise _not_listening(proc, text, f"said no listening port in {timeout:g} s")
+        time.sleep(0.02)
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now (for a server to start on)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
+
+
+@contextlib.contextmanager
+def refused_url() -> Iterator[str]:
+    """`http://127.0.0.1:PORT` where nothing listens while the block runs: a socket bound to the
+    port but not listening holds it, so a connect there is refused and no other socket (a
+    server a parallel test starts) can bind the port meanwhile. A port found free and closed
+    before use could be taken, and answer, by the time the test connects."""
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        yield f"http://127.0.0.1:{held.getsockname()[1]}"
 
 
 def local_data(seed: int, n: int = 40) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:

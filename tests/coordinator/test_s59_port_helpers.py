@@ -1,0 +1,101 @@
+"""The port helpers of test_service_support.py that replace `free_port()` (a port found free,
+closed, then started on later: another process could bind it between the two, as a CI run's
+loopback port once was): `ServeProcess.listening_port` and `logged_port` read the port a
+coordinator started on `--port 0` got from its `Uvicorn running on` line; `refused_url` holds
+a port no one listens on for as long as the test uses it."""
+
+from __future__ import annotations
+
+import errno
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+
+from .test_service_support import ServeProcess, logged_port, refused_url
+
+# A stand-in for `serve` that writes what it does: a line before, uvicorn's line, one after
+FAKE = textwrap.dedent(
+    """
+    import sys, time
+    sys.stderr.write("INFO:     before\\n")
+    sys.stderr.write("INFO:     Uvicorn running on http://127.0.0.1:4321 (Press CTRL+C to quit)\\n")
+    sys.stderr.flush()
+    time.sleep(0.2)
+    sys.stderr.write("INFO:     after\\n")
+    """
+)
+
+
+def test_listening_port_reads_the_line_and_communicate_keeps_all_of_stderr() -> None:
+    with ServeProcess([sys.executable, "-c", FAKE]) as proc:
+        port = proc.listening_port(timeout=30)
+        _, err = proc.communicate(timeout=30)
+    assert port == 4321
+    assert err.splitlines() == [
+        "INFO:     before",
+        "INFO:     Uvicorn running on http://127.0.0.1:4321 (Press CTRL+C to quit)",
+        "INFO:     after",
+    ]
+
+
+def test_listening_port_of_a_process_that_exits_first_shows_its_output() -> None:
+    script = "import sys; sys.stderr.write('error: port in use\\n'); sys.exit(1)"
+    with ServeProcess([sys.executable, "-c", script]) as proc:
+        with pytest.raises(AssertionError) as failed:
+            proc.listening_port(timeout=30)
+    assert "exited with status 1 before listening" in str(failed.value)
+    assert "error: port in use" in str(failed.value)
+
+
+def test_listening_port_gives_up_after_its_timeout() -> None:
+    script = "import sys, time; sys.stderr.write('starting\\n'); sys.stderr.flush(); time.sleep(30)"
+    with ServeProcess([sys.executable, "-c", script]) as proc:
+        try:
+            with pytest.raises(AssertionError) as failed:
+                proc.listening_port(timeout=0.5)
+        finally:
+            proc.kill()
+            proc.communicate()
+    assert "said no listening port in 0.5 s" in str(failed.value)
+    assert "starting" in str(failed.value)
+
+
+def test_logged_port_reads_the_line_from_the_file(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen([sys.executable, "-c", FAKE], stderr=sink)
+    try:
+        assert logged_port(proc, log, timeout=30) == 4321
+    finally:
+        proc.wait(30)
+
+
+def test_logged_port_of_a_process_that_exits_first_shows_its_output(tmp_path: Path) -> None:
+    log = tmp_path / "serve.log"
+    script = "import sys; sys.stderr.write('error: no database\\n'); sys.exit(1)"
+    with log.open("w") as sink:
+        proc = subprocess.Popen([sys.executable, "-c", script], stderr=sink)
+    with pytest.raises(AssertionError) as failed:
+        logged_port(proc, log, timeout=30)
+    assert "exited with status 1 before listening" in str(failed.value)
+    assert "error: no database" in str(failed.value)
+
+
+def test_refused_url_refuses_connections_and_holds_its_port() -> None:
+    with refused_url() as url:
+        port = int(url.rsplit(":", 1)[1])
+        assert url == f"http://127.0.0.1:{port}"
+        # A connect is refused (nothing listens)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(url, timeout=5)
+        # No other socket can take the port meanwhile, SO_REUSEADDR or not
+        with socket.socket() as other:
+            other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            with pytest.raises(OSError) as taken:
+                other.bind(("127.0.0.1", port))
+        assert taken.value.errno == errno.EADDRINUSE
