@@ -15,7 +15,7 @@ import pytest
 
 from coordinator.cli import build_parser, iter_parsers, main
 from coordinator.service import ServerThread, ServiceConfig
-from tests.coordinator.test_service_support import free_port
+from tests.coordinator.test_service_support import refused_url
 
 ADMIN = "s3cret-ux"
 # A tiny, fast run: 2 rounds of digits_mlp on 6 devices.
@@ -299,11 +299,11 @@ def test_sim_against_an_external_coordinator_that_refuses_or_is_absent(
     # Prepare
     monkeypatch.setenv("PLUME_ADMIN_TOKEN", "wrong")
     run = [*TINY, "--transport", "http", "--out", str(tmp_path / "run")]
-    absent = f"http://127.0.0.1:{free_port()}"
     # Execute
     refused = main([*run, "--coordinator", server])
     refused_line = _one_error_line(capsys.readouterr().err, "plume sim")
-    missing = main([*run, "--coordinator", absent])
+    with refused_url() as absent:
+        missing = main([*run, "--coordinator", absent])
     missing_line = _one_error_line(capsys.readouterr().err, "plume sim")
     # Assert: exit 1, the reason, and the flag to fix
     assert (refused, missing) == (1, 1)
@@ -400,10 +400,9 @@ def test_serve_on_a_port_in_use_says_so(tmp_path: Path) -> None:
 def test_admin_commands_without_a_server_say_where_they_looked(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    # Prepare
-    url = f"http://127.0.0.1:{free_port()}"
-    # Execute
-    code = main(["coordinator", "status", "--url", url, "--admin-token", ADMIN, "--task", "1"])
+    # Prepare + Execute: nothing listens at the URL while status runs
+    with refused_url() as url:
+        code = main(["coordinator", "status", "--url", url, "--admin-token", ADMIN, "--task", "1"])
     # Assert
     assert code == 1
     line = _one_error_line(capsys.readouterr().err, "plume coordinator status")
@@ -521,11 +520,10 @@ def test_a_refusal_of_the_server_keeps_its_reason(
 def test_create_task_checks_the_task_before_contacting_the_server(
     capsys: pytest.CaptureFixture[str], flags: list[str], expected: str
 ) -> None:
-    # Prepare: nothing listens at the URL, so only a local check can answer
-    url = f"http://127.0.0.1:{free_port()}"
-    # Execute
-    code = main(["coordinator", "create-task", "--url", url, "--admin-token", ADMIN,
-                 "--model", "digits_mlp", *flags])  # fmt: skip
+    # Prepare + Execute: nothing listens at the URL, so only a local check can answer
+    with refused_url() as url:
+        code = main(["coordinator", "create-task", "--url", url, "--admin-token", ADMIN,
+                     "--model", "digits_mlp", *flags])  # fmt: skip
     # Assert: refused before any request, a usage mistake (helper-231; it was 1)
     assert code == 2
     line = _one_error_line(capsys.readouterr().err, "plume coordinator create-task")

@@ -14,7 +14,7 @@ import pytest
 
 from coordinator.cli import main
 from coordinator.service import ServerThread, ServiceConfig
-from tests.coordinator.test_service_support import free_port
+from tests.coordinator.test_service_support import refused_url
 from tests.test_h74_operator import _plume
 
 ADMIN = "s3cret-h113a"
@@ -39,22 +39,23 @@ def test_get_model_into_a_folder_it_may_not_write_fails_before_any_request() -> 
     # a --url where nothing listens: the folder must be named before anything is asked
     folder = Path(tempfile.mkdtemp(prefix="plume-h113-ro-"))
     try:
-        cmd = [*_plume(), "coordinator", "get-model", "--url", f"http://127.0.0.1:{free_port()}",
-               "--admin-token", ADMIN, "--task", "1", "--out", str(folder / "model.npz")]  # fmt: skip
-        if os.geteuid() == 0:
-            from tests.coordinator.test_h113_db_permissions import AS_NOBODY, nobody_runs_plume
+        with refused_url() as url:
+            cmd = [*_plume(), "coordinator", "get-model", "--url", url, "--admin-token", ADMIN,
+                   "--task", "1", "--out", str(folder / "model.npz")]  # fmt: skip
+            if os.geteuid() == 0:
+                from tests.coordinator.test_h113_db_permissions import AS_NOBODY, nobody_runs_plume
 
-            if not nobody_runs_plume():
-                pytest.skip("needs `nobody` to run plume (setpriv, a readable checkout)")
-            folder.chmod(0o755)
-            cmd = [*AS_NOBODY, *cmd]
-        else:
-            folder.chmod(0o555)
-        # Execute
-        done = subprocess.run(
-            cmd, capture_output=True, text=True, timeout=120, check=False,
-            env={**os.environ, "PLUME_DEBUG": "", "HOME": "/tmp"},
-        )  # fmt: skip
+                if not nobody_runs_plume():
+                    pytest.skip("needs `nobody` to run plume (setpriv, a readable checkout)")
+                folder.chmod(0o755)
+                cmd = [*AS_NOBODY, *cmd]
+            else:
+                folder.chmod(0o555)
+            # Execute
+            done = subprocess.run(
+                cmd, capture_output=True, text=True, timeout=120, check=False,
+                env={**os.environ, "PLUME_DEBUG": "", "HOME": "/tmp"},
+            )  # fmt: skip
     finally:
         folder.chmod(0o755)
         shutil.rmtree(folder)
