@@ -10,7 +10,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import pytest
 from coordinator.cli import main
 from coordinator.service import AdminClient, ServerThread, ServiceConfig
 from protocol.messages import TaskConfig, TensorShape
-from tests.coordinator.test_service_support import free_port
+from tests.coordinator.test_service_support import ServeProcess
 
 ADMIN = "s3cret-h74"
 
@@ -33,35 +32,20 @@ def _plume() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "coordinator.cli"]
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen[str], timeout: float = 60.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        assert proc.poll() is None, proc.communicate()
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("the coordinator did not start")
-
-
 def sigterm_after_one_task(
-    cmd: list[str], port: int, env: dict[str, str], admin: str = ADMIN
+    cmd: list[str], env: dict[str, str], admin: str = ADMIN
 ) -> tuple[subprocess.CompletedProcess[str], int]:
-    """Start a coordinator with `cmd` (serving on `port`, admin token `admin`), create one task
-    through the admin API, then stop it with SIGTERM as systemd does. The finished process
-    (return code, stdout, stderr) and the task's id."""
-    with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    ) as proc:
+    """Start a coordinator with `cmd` (serving on port 0 of 127.0.0.1 at log level info, admin
+    token `admin`), create one task through the admin API, then stop it with SIGTERM as
+    systemd does. The finished process (return code, stdout, stderr) and the task's id."""
+    with ServeProcess(cmd, env=env) as proc:
         try:
-            _wait_healthy(f"http://127.0.0.1:{port}", proc)
+            url = proc.healthy_url()
             task = TaskConfig(
                 name="t", model_name="tiny", spec=[TensorShape("w", [10])], rounds=1,
                 clients_per_round=1,
             )  # fmt: skip
-            with AdminClient(f"http://127.0.0.1:{port}", admin) as admin_client:
+            with AdminClient(url, admin) as admin_client:
                 task_id = admin_client.create_task(task, np.zeros(10, np.float32))
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=30)
@@ -85,11 +69,10 @@ def test_sigterm_stops_serve_with_its_database_file_complete(tmp_path: Path) -> 
     # Prepare: `plume coordinator serve` as an operator runs it (systemd stops it with
     # SIGTERM), and one task created through the admin API.
     db = tmp_path / "plume.db"
-    port = free_port()
-    argv = [*_plume(), "coordinator", "serve", "--db", str(db), "--port", str(port)]
+    argv = [*_plume(), "coordinator", "serve", "--db", str(db), "--port", "0"]
     env = {**os.environ, "PLUME_DEBUG": "", "PLUME_ADMIN_TOKEN": ADMIN}
     # Execute
-    done, task_id = sigterm_after_one_task([*argv, "--log-level", "warning"], port, env)
+    done, task_id = sigterm_after_one_task(argv, env)
     # Assert: a graceful stop (status 0, no traceback) that closed the database
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr

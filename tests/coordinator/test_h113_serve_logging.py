@@ -19,8 +19,8 @@ import pytest
 
 from coordinator.service import AdminClient, ServerThread, ServiceConfig
 from protocol.messages import TaskConfig, TensorShape
-from tests.coordinator.test_service_support import free_port
-from tests.test_h74_operator import _plume, _wait_healthy
+from tests.coordinator.test_service_support import ServeProcess
+from tests.test_h74_operator import _plume
 
 ADMIN = "s3cret-h113"
 # A dp task accounted over a population of 50 devices: a coordinator whose pool holds fewer
@@ -45,17 +45,17 @@ def dp_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return db
 
 
-def _serve_then_stop(db: Path, *flags: str, stdout: bool = False, both: bool = False) -> Any:
+def _serve_then_stop(
+    db: Path, *flags: str, stdout: bool = False, both: bool = False, logged: bool = True
+) -> Any:
     """stderr (or stdout, where uvicorn's access log goes) of `plume coordinator serve` on
-    `db` with `flags`, stopped by SIGTERM once up; `both`: (stdout, stderr)."""
-    port = free_port()
-    cmd = [*_plume(), "coordinator", "serve", "--db", str(db), "--port", str(port), *flags]
+    `db` with `flags`, stopped by SIGTERM once up; `both`: (stdout, stderr). `logged=False`:
+    `flags` set a log level that hides uvicorn's `Uvicorn running on` line."""
+    cmd = [*_plume(), "coordinator", "serve", "--db", str(db), "--port", "0", *flags]
     env = {**os.environ, "PLUME_ADMIN_TOKEN": ADMIN, "PLUME_DEBUG": ""}
-    with subprocess.Popen(
-        cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
-    ) as proc:
+    with ServeProcess(cmd, env=env) as proc:
         try:
-            _wait_healthy(f"http://127.0.0.1:{port}", proc)
+            proc.healthy_url(logged=logged)
             proc.send_signal(signal.SIGTERM)
             out, err = proc.communicate(timeout=30)
         finally:
@@ -85,7 +85,7 @@ def test_the_coordinators_lines_are_shown_at_info_with_their_level(dp_db: Path) 
 
 
 def test_log_level_error_silences_the_coordinators_warnings_and_info(dp_db: Path) -> None:
-    err = _serve_then_stop(dp_db, *SHORT_POOL, "--log-level", "error")
+    err = _serve_then_stop(dp_db, *SHORT_POOL, "--log-level", "error", logged=False)
     assert "may never open a round" not in err, err
     assert "serving the database" not in err, err
 

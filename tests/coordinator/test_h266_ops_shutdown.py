@@ -19,7 +19,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -35,9 +34,9 @@ from coordinator.cli import main
 from coordinator.service import AdminClient, ServerThread, ServiceConfig, serve
 from coordinator.service.server import SHUTDOWN_GRACE_S, _answering, _buffered_out
 from protocol.messages import TaskConfig, TensorShape, to_json
-from tests.test_h74_operator import _plume, _wait_healthy, assert_database_file_complete
+from tests.test_h74_operator import _plume, assert_database_file_complete
 
-from .test_service_support import ADMIN, free_port, task_config
+from .test_service_support import ADMIN, ServeProcess, task_config
 
 AUTH = {"authorization": f"Bearer {ADMIN}"}
 BODY = 1000  # the declared length of the model PUT; half of it is sent
@@ -268,22 +267,20 @@ def _sighup(action: Any) -> Callable[[], None]:
     return preexec
 
 
-def _serve(db: Path, port: int, *flags: str, sighup: Any = signal.SIG_DFL) -> subprocess.Popen[str]:
+def _serve(db: Path, *flags: str, sighup: Any = signal.SIG_DFL) -> ServeProcess:
+    """`plume coordinator serve --db DB --port 0 *flags`, started with `sighup` as SIGHUP's
+    disposition (`proc.healthy_url()`: its URL once up)."""
     env = {**os.environ, "PLUME_DEBUG": "", "PLUME_ADMIN_TOKEN": ADMIN}
-    argv = [*_plume(), "coordinator", "serve", "--db", str(db), "--port", str(port), *flags]
-    return subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        preexec_fn=_sighup(sighup),
-    )  # fmt: skip
+    argv = [*_plume(), "coordinator", "serve", "--db", str(db), "--port", "0", *flags]
+    return ServeProcess(argv, env=env, preexec_fn=_sighup(sighup))
 
 
 def test_sigterm_answers_an_upload_in_flight_503_without_a_traceback(tmp_path: Path) -> None:
     # Prepare: `plume coordinator serve --shutdown-grace 1`, a model PUT half sent
-    db, port = tmp_path / "plume.db", free_port()
-    url = f"http://127.0.0.1:{port}"
-    with _serve(db, port, "--shutdown-grace", "1") as proc:
+    db = tmp_path / "plume.db"
+    with _serve(db, "--shutdown-grace", "1") as proc:
         try:
-            _wait_healthy(url, proc)
+            url = proc.healthy_url()
             s = _half_put(url, _create_task(url))
             # Execute
             proc.send_signal(signal.SIGTERM)
@@ -302,11 +299,10 @@ def test_sigterm_answers_an_upload_in_flight_503_without_a_traceback(tmp_path: P
 
 def test_sighup_stops_serve_gracefully(tmp_path: Path) -> None:
     # Prepare: serve with one task (a commit to close into the database file)
-    db, port = tmp_path / "plume.db", free_port()
-    url = f"http://127.0.0.1:{port}"
-    with _serve(db, port) as proc:
+    db = tmp_path / "plume.db"
+    with _serve(db) as proc:
         try:
-            _wait_healthy(url, proc)
+            url = proc.healthy_url()
             task_id = _create_task(url)
             # Execute: what a closed terminal or `kill -HUP` sends
             proc.send_signal(signal.SIGHUP)

@@ -12,19 +12,16 @@ import httpx
 import pytest
 
 from tests.coordinator.test_h266_ops_shutdown import _serve
-from tests.coordinator.test_service_support import free_port
-from tests.test_h74_operator import _wait_healthy
 
 
 @pytest.mark.timeout(120)
 def test_serve_started_with_sighup_ignored_keeps_serving_after_a_hang_up(tmp_path) -> None:  # type: ignore[no-untyped-def]
     # Prepare: serve started as nohup starts it (SIGHUP ignored)
-    db, port = tmp_path / "plume.db", free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = _serve(db, port, sighup=signal.SIG_IGN)
+    db = tmp_path / "plume.db"
+    proc = _serve(db, sighup=signal.SIG_IGN)
     with proc:
         try:
-            _wait_healthy(url, proc)
+            url = proc.healthy_url()
 
             # Execute: the terminal closes
             proc.send_signal(signal.SIGHUP)

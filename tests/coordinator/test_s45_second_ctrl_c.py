@@ -17,19 +17,17 @@ import socket
 import time
 from pathlib import Path
 
-from tests.test_h74_operator import _wait_healthy, assert_database_file_complete
+from tests.test_h74_operator import assert_database_file_complete
 
 from .test_h266_ops_shutdown import _create_task, _half_put, _serve, _until
-from .test_service_support import free_port
 
 
 def test_a_second_ctrl_c_stops_serve_without_a_traceback(tmp_path: Path) -> None:
     # Prepare: serve with a long grace, one task, a model PUT half sent
-    db, port = tmp_path / "plume.db", free_port()
-    url = f"http://127.0.0.1:{port}"
-    with _serve(db, port, "--shutdown-grace", "60") as proc:
+    db = tmp_path / "plume.db"
+    with _serve(db, "--shutdown-grace", "60") as proc:
         try:
-            _wait_healthy(url, proc)
+            url = proc.healthy_url()
             task_id = _create_task(url)
             s = _half_put(url, task_id)
             # Execute: Ctrl-C, and again while the grace waits for the PUT

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.coordinator.test_service_support import ADMIN, free_port
-from tests.test_h74_operator import _plume, _wait_healthy
+from tests.coordinator.test_service_support import ADMIN, ServeProcess
+from tests.test_h74_operator import _plume
 
 
 def _ignore_sigint() -> None:
@@ -25,17 +25,13 @@ def _ignore_sigint() -> None:
 @pytest.mark.timeout(120)
 def test_serve_started_with_sigint_ignored_keeps_serving_after_a_sigint(tmp_path: Path) -> None:
     # Prepare: serve started as `cmd &` in a non-interactive shell starts it (SIGINT ignored)
-    db, port = tmp_path / "plume.db", free_port()
-    url = f"http://127.0.0.1:{port}"
+    db = tmp_path / "plume.db"
     env = {**os.environ, "PLUME_DEBUG": "", "PLUME_ADMIN_TOKEN": ADMIN}
-    argv = [*_plume(), "coordinator", "serve", "--db", str(db), "--port", str(port)]
-    proc = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
-        preexec_fn=_ignore_sigint,
-    )  # fmt: skip
+    argv = [*_plume(), "coordinator", "serve", "--db", str(db), "--port", "0"]
+    proc = ServeProcess(argv, env=env, preexec_fn=_ignore_sigint)
     with proc:
         try:
-            _wait_healthy(url, proc)
+            url = proc.healthy_url()
 
             # Execute: a SIGINT (a Ctrl-C meant for the shell's foreground job)
             proc.send_signal(signal.SIGINT)

@@ -99,3 +99,25 @@ def test_refused_url_refuses_connections_and_holds_its_port() -> None:
             with pytest.raises(OSError) as taken:
                 other.bind(("127.0.0.1", port))
         assert taken.value.errno == errno.EADDRINUSE
+
+
+def test_listening_port_not_logged_is_the_port_the_process_listens_on() -> None:
+    # A process that says nothing on stderr (a log level that hides uvicorn's line)
+    script = textwrap.dedent(
+        """
+        import socket, sys, time
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        time.sleep(0.3)  # bound, not listening yet: no port to find
+        s.listen()
+        print(s.getsockname()[1], flush=True)
+        time.sleep(30)
+        """
+    )
+    with ServeProcess([sys.executable, "-c", script]) as proc:
+        try:
+            port = proc.listening_port(timeout=30, logged=False)
+        finally:
+            proc.kill()
+            out, err = proc.communicate()
+    assert port == int(out.split()[0]) and err == ""

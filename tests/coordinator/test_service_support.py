@@ -103,6 +103,30 @@ def _not_listening(proc: subprocess.Popen[Any], seen: str, why: str) -> Assertio
     )
 
 
+def _listening_socket_port(pid: int) -> int | None:
+    """The port of a TCP socket that process `pid` listens on, from Linux's /proc (its file
+    descriptors' socket inodes, looked up in its network namespace's tables), if any."""
+    inodes = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # gone
+        return None
+    for fd in fds:
+        with contextlib.suppress(OSError):  # closed meanwhile
+            inodes.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local address (hex IP:hex port), state (0A: LISTEN), inode
+            if fields[3] == "0A" and f"socket:[{fields[9]}]" in inodes:
+                return int(fields[1].rsplit(":", 1)[1], 16)
+    return None
+
+
 class ServeProcess(subprocess.Popen[str]):
     """A coordinator subprocess (`plume coordinator serve --port 0`, or a program calling
     `serve(..., port=0)`) with stdout and stderr piped as text; `listening_port()` is the port it
@@ -110,19 +134,24 @@ class ServeProcess(subprocess.Popen[str]):
     the test's close and the server's bind, another process (a parallel test) could take it.
 
     It must log at INFO (the default level) or lower, since that is where uvicorn's `Uvicorn
-    running on` line comes. `communicate()` returns stderr whole: the lines `listening_port`
-    read, then the rest."""
+    running on` line comes (else `logged=False`). `healthy_url()` waits for that port and for
+    /healthz. `communicate()` returns stderr whole: the lines `listening_port` read, then the
+    rest."""
 
     def __init__(self, args: list[str], **kwargs: Any) -> None:
         super().__init__(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
         self._read = ""
 
-    def listening_port(self, timeout: float = 60.0) -> int:
+    def listening_port(self, timeout: float = 60.0, *, logged: bool = True) -> int:
         """The port of the `Uvicorn running on` line, once it is on stderr (within `timeout`
         seconds). The line comes when the port is bound, before uvicorn listens on it: wait
         for /healthz after, as for any start. Reads the raw pipe a byte at a time, so nothing
-        after that line is read here (stderr's Python buffer stays empty for
-        `communicate`)."""
+        after that line is read here (stderr's Python buffer stays empty for `communicate`).
+
+        `logged=False`, for a process whose log level hides that line (`--log-level warning`):
+        the port of the TCP socket it listens on, from Linux's /proc, once there is one."""
+        if not logged:
+            return self._proc_port(timeout)
         assert self.stderr is not None, "ServeProcess pipes stderr"
         fd = self.stderr.fileno()
         encoding = self.stderr.encoding if isinstance(self.stderr, io.TextIOWrapper) else "utf-8"
@@ -145,6 +174,32 @@ class ServeProcess(subprocess.Popen[str]):
         if port is None:
             raise _not_listening(self, text, why)
         return port
+
+    def _proc_port(self, timeout: float) -> int:
+        give_up = time.monotonic() + timeout
+        while (port := _listening_socket_port(self.pid)) is None:
+            if self.poll() is not None:
+                _, err = self.communicate()
+                raise _not_listening(self, err, f"exited with status {self.returncode}")
+            if time.monotonic() > give_up:
+                raise _not_listening(self, "(not read)", f"listened on no port in {timeout:g} s")
+            time.sleep(0.02)
+        return port
+
+    def healthy_url(self, timeout: float = 60.0, *, logged: bool = True) -> str:
+        """`http://127.0.0.1:PORT`, PORT `listening_port(logged=logged)`, once its /healthz
+        answers 200 (all within `timeout` seconds); the process's output if it exits first."""
+        give_up = time.monotonic() + timeout
+        url = f"http://127.0.0.1:{self.listening_port(timeout, logged=logged)}"
+        while time.monotonic() < give_up:
+            assert self.poll() is None, self.communicate()
+            try:
+                if httpx.get(f"{url}/healthz", timeout=1.0).status_code == 200:
+                    return url
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError(f"the coordinator at {url} did not answer /healthz in {timeout:g} s")
 
     def communicate(
         self, input: str | None = None, timeout: float | None = None
