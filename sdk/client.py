@@ -2738,7 +2738,9 @@ def _check_in_answer(
         raise _bad(
             response, f"an assignment for task {a.task_id!r}; this device asked for {task_id!r}"
         )
-    if a is not None:
+    # Only "train" assigns: an assignment another action carries (a newer coordinator's,
+    # read as a wait) notes no round, so a round whose update was accepted stays delivered.
+    if a is not None and answer.action == CheckInAction.TRAIN:
         core.note_round(a, response, ex)
     core.last_check_in = answer
     return answer

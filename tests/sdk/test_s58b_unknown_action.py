@@ -142,3 +142,28 @@ def test_an_action_that_is_no_string_is_a_bad_response(kind: str, action: Any) -
         # Assert
         assert caught.value.reason == "bad_response"
         assert _app_files(root) == files
+
+
+@pytest.mark.parametrize("action", ["train", "pause"])
+def test_only_a_train_answer_notes_its_assignments_round(action: str) -> None:
+    # Prepare: the real "train" answer, or the same with an action this SDK does not know
+    doc = json.loads(_unknown(2.5, assignment=True))
+    doc["action"] = action
+    coordinator = Coordinator(json.dumps(doc).encode())
+    with _app() as (root, _files):
+        transport = httpx.MockTransport(coordinator)
+        with Client("http://coord", str(root), transport=transport) as c:
+            # Execute
+            got = c.check_in(1)
+            core = c._core
+            noted = (core._assigning, core._round_ends, core._assigned_at)
+
+    # Assert: "train" notes the round (its deadline, and when it was assigned, which
+    # `delivered` reads); an unknown action's assignment notes nothing (before: it did, so an
+    # accepted upload to that round read as not delivered)
+    assert got.assignment is not None
+    key = (got.assignment.task_id, got.assignment.round_id)
+    if action == "train":
+        assert all(len(table) == 1 for table in noted) and key in core._assigned_at
+    else:
+        assert noted == ({}, {}, {})
