@@ -29,7 +29,7 @@ import pytest
 from protocol import auth
 
 from .test_service_hardening import _register
-from .test_service_support import ADMIN, create_task, free_port, task_config
+from .test_service_support import ADMIN, ServeProcess, create_task, task_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = (ROOT / "docs" / "operations.md").read_text()
@@ -55,36 +55,35 @@ class Served:
         return self.proc.returncode, out, err
 
 
-def _start(folder: Path, *flags: str, token: str | None = TOKEN, umask: int = 0o022) -> Served:
-    """`plume coordinator serve --db plume.db --port P *flags` started in `folder` under
-    `umask`, once its /healthz answers."""
-    port = free_port()
+def _start(
+    folder: Path,
+    *flags: str,
+    token: str | None = TOKEN,
+    umask: int = 0o022,
+    logged: bool = True,
+) -> Served:
+    """`plume coordinator serve --db plume.db --port 0 *flags` started in `folder` under
+    `umask`, once its /healthz answers (`logged=False`: `flags` set a log level that hides
+    uvicorn's `Uvicorn running on` line, which gives the port)."""
     env = {k: v for k, v in os.environ.items() if k != "PLUME_ADMIN_TOKEN"}
     if token is not None:
         env["PLUME_ADMIN_TOKEN"] = token
     old = os.umask(umask)
     try:
-        proc = subprocess.Popen(
-            [*_plume(), "coordinator", "serve", "--db", "plume.db", "--port", str(port), *flags],
+        proc = ServeProcess(
+            [*_plume(), "coordinator", "serve", "--db", "plume.db", "--port", "0", *flags],
             cwd=folder,
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
         )
     finally:
         os.umask(old)
-    url = f"http://127.0.0.1:{port}"
-    give_up = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, proc.communicate()
-        try:
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return Served(url, port, folder, proc)
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < give_up, "serve did not answer /healthz"
-        time.sleep(0.1)
+    try:
+        url = proc.healthy_url(logged=logged)
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    return Served(url, int(url.rsplit(":", 1)[1]), folder, proc)
 
 
 @pytest.fixture(scope="module")
@@ -339,7 +338,7 @@ def test_a_second_serve_on_the_database_is_refused(coordinator: Served) -> None:
             "--db",
             db,
             "--port",
-            str(free_port()),
+            "0",
             "--log-level",
             "warning",
             cwd=coordinator.folder,
@@ -438,7 +437,7 @@ def test_access_log_off_and_log_level_warning(tmp_path: Path) -> None:
     with sqlite3.connect(db):
         pass  # an empty file: "a new or empty file is initialised"
     db.chmod(0o644)
-    served = _start(tmp_path, "--access-log", "off", "--log-level", "warning")
+    served = _start(tmp_path, "--access-log", "off", "--log-level", "warning", logged=False)
     try:
         httpx.get(f"{served.url}/readyz")
     finally:

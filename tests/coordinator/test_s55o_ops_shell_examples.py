@@ -19,12 +19,10 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import pytest
 import torch
@@ -80,16 +78,16 @@ def _find(*prefix: str, exact: bool = False) -> tuple[list[str], list[str]]:
 
 
 class Scratch:
-    def __init__(self, folder: Path, port: int) -> None:
+    def __init__(self, folder: Path) -> None:
         self.folder = folder
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = ""  # the coordinator's, once `serve` started it
         (folder / "backups").mkdir()
 
     def localize(self, words: list[str]) -> list[str]:
         """The doc's command with its paths in the scratch folder and its URL on our port."""
         out = []
         for word in words:
+            assert self.url or "http://127.0.0.1:8080" not in word, "no coordinator yet"
             word = word.replace("http://127.0.0.1:8080", self.url)
             word = word.replace("/var/lib/plume/", f"{self.folder}/")
             word = word.replace("/backups/", f"{self.folder}/backups/")
@@ -115,25 +113,22 @@ class Scratch:
         )
 
     def serve(self, words: list[str]) -> subprocess.Popen[str]:
+        """The doc's serve command on port 0, once its /healthz answers; `url` is then its."""
+        from .test_service_support import ServeProcess
+
         env = {**os.environ, "PLUME_ADMIN_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
-        proc = subprocess.Popen(
-            [*self.localize(words), "--port", str(self.port), "--access-log", "off"],
+        proc = ServeProcess(
+            [*self.localize(words), "--port", "0", "--access-log", "off"],
             cwd=self.folder,
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
         )
-        give_up = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.communicate()
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return proc
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < give_up
-            time.sleep(0.1)
+        try:
+            self.url = proc.healthy_url()
+        except BaseException:
+            proc.kill()
+            proc.communicate()
+            raise
+        return proc
 
 
 def _same_shape(doc: Any, got: Any, where: str = "") -> None:
@@ -151,9 +146,7 @@ def _same_shape(doc: Any, got: Any, where: str = "") -> None:
 
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scratch]:
-    from .test_service_support import free_port
-
-    yield Scratch(tmp_path_factory.mktemp("ops"), free_port())
+    yield Scratch(tmp_path_factory.mktemp("ops"))
 
 
 def test_the_doc_commands_in_order(scratch: Scratch) -> None:
