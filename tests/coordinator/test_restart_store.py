@@ -22,7 +22,7 @@ from coordinator.service import store as store_module
 from coordinator.service.store import SCHEMA_VERSION, StoreError
 
 from .test_service_persistence import coordinator as serve_process
-from .test_service_support import ADMIN, free_port
+from .test_service_support import ADMIN
 
 
 def _digest(path: Path) -> str:
@@ -163,7 +163,7 @@ def test_serve_refuses_a_database_another_running_coordinator_serves(
         # Execute: a second one on the same database, another port
         second = subprocess.run(
             [sys.executable, "-m", "coordinator.cli", "coordinator", "serve", "--db", str(db),
-             "--port", str(free_port()), "--admin-token", ADMIN],
+             "--port", "0", "--admin-token", ADMIN],
             capture_output=True, text=True, timeout=60,
         )  # fmt: skip
         # Assert: one error line naming the running one; the first still serves

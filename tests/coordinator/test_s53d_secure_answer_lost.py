@@ -17,13 +17,10 @@ import contextvars
 import os
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-
-import httpx
 
 from sdk.client import CoordinatorUnreachable, SecureRoundReport
 
@@ -33,7 +30,7 @@ from .test_service_support import (
     admin_get,
     create_task,
     device_client,
-    free_port,
+    start_logged,
     wait_until,
 )
 
@@ -94,31 +91,18 @@ def _withholding_coordinator(
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """This module as a coordinator process on `db`, pausing inside its first publish; (its
     URL, the process), killed on the way out."""
-    port = free_port()
     env = dict(os.environ, PLUME_FAULT_PAUSE_AT="during_publish", PLUME_FAULT_FILE=str(fault_file))
-    proc = subprocess.Popen(
+    url, proc = start_logged(
         [
             sys.executable, "-m", __name__, "coordinator", "serve", "--db", str(db),
-            "--port", str(port), "--admin-token", ADMIN, "--poll", "0.05",
-            "--log-level", "warning",
+            "--port", "0", "--admin-token", ADMIN, "--poll", "0.05",
         ],
+        db.parent / "withholding.log",
         cwd=ROOT,
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, "coordinator exited during start-up"
-            assert time.monotonic() < deadline, "coordinator did not start"
-            time.sleep(0.1)
         yield url, proc
     finally:
         if proc.poll() is None:

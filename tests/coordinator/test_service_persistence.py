@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -28,8 +29,8 @@ from .test_service_support import (
     admin_get,
     create_task,
     device_client,
-    free_port,
     local_data,
+    start_logged,
     task_config,
     wait_until,
 )
@@ -39,33 +40,25 @@ from .test_service_support import (
 def coordinator(
     db: Path, fault: str | None, fault_file: Path
 ) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
-    port = free_port()
+    """A coordinator process on `db` (on port 0, its log in a file beside `db`), pausing at
+    the fault point `fault` if one is given: (its URL, the process), killed on the way out."""
     env = dict(os.environ)
     env.pop("PLUME_FAULT_PAUSE_AT", None)
     if fault:
         env["PLUME_FAULT_PAUSE_AT"] = fault
         env["PLUME_FAULT_FILE"] = str(fault_file)
-    proc = subprocess.Popen(
+    fd, log = tempfile.mkstemp(prefix="serve-", suffix=".log", dir=db.parent)
+    os.close(fd)
+    url, proc = start_logged(
         [
             sys.executable, "-m", "coordinator.cli", "coordinator", "serve", "--db", str(db),
-            "--port", str(port), "--admin-token", ADMIN, "--poll", "0.05", "--log-level", "warning",
+            "--port", "0", "--admin-token", ADMIN, "--poll", "0.05",
         ],
+        Path(log),
         env=env,
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert proc.poll() is None, "coordinator exited during start-up"
-            assert time.monotonic() < deadline, "coordinator did not start"
-            time.sleep(0.1)
         yield url, proc
     finally:
         if proc.poll() is None:
