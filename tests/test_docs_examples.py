@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from coordinator.cli import build_parser
-from tests.coordinator.test_service_support import free_port
+from tests.coordinator.test_service_support import start_logged
 
 __all__: list[str] = []
 
@@ -944,8 +944,9 @@ def test_bench_commands_read_files_that_exist(doc: Path) -> None:
 
 
 def _localize(words: tuple[str, ...], port: int) -> list[str]:
-    """A doc's coordinator command, moved to this test: a scratch database, loopback, a free
-    port (the docs use /var/lib/plume, 0.0.0.0 and 8080), and `--port`/`--url` where missing."""
+    """A doc's coordinator command, moved to this test: a scratch database, loopback, the
+    test's port (the docs use /var/lib/plume, 0.0.0.0 and 8080; `serve` gets 0, and the port
+    it got comes from its log), and `--port`/`--url` where missing."""
     out: list[str] = []
     for i, word in enumerate(words):
         flag = words[i - 1] if i else ""
@@ -965,30 +966,19 @@ def _localize(words: tuple[str, ...], port: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def _serving(serve: tuple[str, ...], port: int, cwd: Path, env: dict[str, str]) -> Iterator[None]:
-    """Run a doc's `plume coordinator serve` line (localized) until the block exits."""
-    import socket
-    import time
-
-    log = cwd / "serve.log"
-    with log.open("w") as sink:
-        server = subprocess.Popen(
-            [sys.executable, "-m", "coordinator.cli", *_localize(serve, port)[1:]],
-            cwd=cwd,
-            env=env,
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-        )
+def _serving(serve: tuple[str, ...], cwd: Path, env: dict[str, str]) -> Iterator[int]:
+    """Run a doc's `plume coordinator serve` line (localized, on port 0) until the block exits;
+    the port it got, once /healthz answers there."""
+    # The server imports torch first; on a busy machine that takes seconds.
+    _url, server = start_logged(
+        [sys.executable, "-m", "coordinator.cli", *_localize(serve, 0)[1:]],
+        cwd / "serve.log",
+        timeout=120,
+        cwd=cwd,
+        env=env,
+    )
     try:
-        # The server imports torch first; on a busy machine that takes seconds.
-        deadline = time.monotonic() + 120
-        while server.poll() is None and time.monotonic() < deadline:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-                break
-            time.sleep(0.1)
-        else:
-            pytest.fail(f"`{shlex.join(serve)}` did not start:\n{log.read_text()[-3000:]}")
-        yield
+        yield int(_url.rsplit(":", 1)[1])
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -1018,19 +1008,18 @@ def _recipe(doc: Path, after: str) -> list[tuple[str, ...]]:
 @pytest.mark.slow
 def test_http_api_recipe_runs_by_hand(tmp_path: Path) -> None:
     """`plume coordinator serve &`, `plume coordinator create-task ...`, `python example.py` (the
-    embedding block), as docs/http-api.md says, on a free port instead of 8080."""
+    embedding block), as docs/http-api.md says, on the port `--port 0` got instead of 8080."""
     # Prepare: the recipe's commands and the example they run, from the doc itself.
     doc = ROOT / "docs" / "http-api.md"
     serve, create, run = _recipe(doc, "To run it by hand:")
     assert serve[:3] == ("plume", "coordinator", "serve") and create[2] == "create-task"
     assert run == ("python", "example.py")
     example = next(b for b in PYTHON_BLOCKS if _matches(b, _HTTP_API_EMBEDDING))
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    (tmp_path / "example.py").write_text(example.code.replace("http://127.0.0.1:8080", url))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
-    with _serving(serve, port, tmp_path, env):
+    with _serving(serve, tmp_path, env) as port:
+        url = f"http://127.0.0.1:{port}"
+        (tmp_path / "example.py").write_text(example.code.replace("http://127.0.0.1:8080", url))
         # Execute
         created = _plume(create, port, tmp_path, env)
         ran = _python_child(
@@ -1058,7 +1047,6 @@ def test_operations_quick_start_runs(tmp_path: Path) -> None:
     serve, create, status, pause = (c for c in commands if c[0] in PLUME)
     assert [c[2] for c in (create, status, pause)] == ["create-task", "status", "pause"]
     assert any(c[:2] == ("export", "PLUME_ADMIN_TOKEN=SUBST") for c in commands)
-    port = free_port()
     env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -1066,7 +1054,7 @@ def test_operations_quick_start_runs(tmp_path: Path) -> None:
         "PLUME_ADMIN_TOKEN": secrets.token_hex(16),  # what the block's `export` line does
     }
 
-    with _serving(serve, port, tmp_path, env):
+    with _serving(serve, tmp_path, env) as port:
         # Execute
         created = json.loads(_plume(create, port, tmp_path, env))
         shown = json.loads(_plume(status, port, tmp_path, env))
