@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .test_service_support import ServeProcess, logged_port, refused_url
+from .test_service_support import ServeProcess, logged_port, refused_url, start_logged
 
 # A stand-in for `serve` that writes what it does: a line before, uvicorn's line, one after
 FAKE = textwrap.dedent(
@@ -121,3 +121,41 @@ def test_listening_port_not_logged_is_the_port_the_process_listens_on() -> None:
             proc.kill()
             out, err = proc.communicate()
     assert port == int(out.split()[0]) and err == ""
+
+
+# A stand-in for `serve` on port 0 that answers /healthz, and says where as uvicorn does
+HEALTHY = textwrap.dedent(
+    """
+    import http.server, sys
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200 if self.path == "/healthz" else 404)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    port = server.server_address[1]
+    sys.stderr.write(f"INFO:     Uvicorn running on http://127.0.0.1:{port} (Press CTRL+C)\\n")
+    sys.stderr.flush()
+    server.serve_forever()
+    """
+)
+
+
+def test_start_logged_is_up_on_the_logged_port(tmp_path: Path) -> None:
+    url, proc = start_logged([sys.executable, "-c", HEALTHY], tmp_path / "serve.log", timeout=30)
+    try:
+        assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+        assert f"Uvicorn running on {url} " in (tmp_path / "serve.log").read_text()
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def test_start_logged_of_a_process_that_exits_first_shows_its_log(tmp_path: Path) -> None:
+    script = "import sys; sys.stderr.write('error: no database\\n'); sys.exit(1)"
+    with pytest.raises(AssertionError) as failed:
+        start_logged([sys.executable, "-c", script], tmp_path / "serve.log", timeout=30)
+    assert "exited with status 1 before listening" in str(failed.value)
+    assert "error: no database" in str(failed.value)

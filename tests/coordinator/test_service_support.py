@@ -228,6 +228,37 @@ def logged_port(proc: subprocess.Popen[Any], log: Path, timeout: float = 60.0) -
         time.sleep(0.02)
 
 
+def start_logged(
+    argv: list[str], log: Path, timeout: float = 60.0, **popen: Any
+) -> tuple[str, subprocess.Popen[bytes]]:
+    """Start the coordinator `argv` (`--port 0`, at log level info or lower) with its stderr,
+    and its stdout unless `popen` says where, going to the file `log`: (its URL, the process)
+    once `logged_port` has its port and /healthz answers 200, all within `timeout` seconds.
+    A process that does not come up is killed, and the error shows its log."""
+    give_up = time.monotonic() + timeout
+    with log.open("w") as sink:
+        popen.setdefault("stdout", sink)
+        proc: subprocess.Popen[bytes] = subprocess.Popen(argv, stderr=sink, **popen)
+    try:
+        url = f"http://127.0.0.1:{logged_port(proc, log, timeout)}"
+        while True:
+            try:
+                if httpx.get(url + "/healthz", timeout=1).status_code == 200:
+                    return url, proc
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None:
+                raise _not_listening(proc, log.read_text(errors="replace"), "exited")
+            if time.monotonic() > give_up:
+                why = f"did not answer /healthz at {url} in {timeout:g} s"
+                raise _not_listening(proc, log.read_text(errors="replace"), why)
+            time.sleep(0.1)
+    except BaseException:
+        proc.kill()
+        proc.wait(10)
+        raise
+
+
 @contextlib.contextmanager
 def refused_url() -> Iterator[str]:
     """`http://127.0.0.1:PORT` where nothing listens while the block runs: a socket bound to the
