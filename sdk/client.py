@@ -1405,6 +1405,11 @@ class _Core:
         if spec.dense_bytes > self.max_model_bytes:
             raise ModelTooLargeError(task_id, spec.dense_bytes, self.max_model_bytes)
         held = None if snapshot else self.store.load_model(task_id, spec.size)
+        if app_spec and held is not None and self.store.held_layout(task_id) != spec.fingerprint:
+            # An empty delta chain (the held model is current) carries no layout, so the
+            # app's spec could not be checked against the task's: ask for a snapshot, whose
+            # header is, unless the held model is known to be of the spec's layout.
+            held = None
         params = {"format": "auto", "dtype": "fp32" if fp32 else self.model_dtype}
         if held is not None and held[2] and (max_version is None or held[1] <= max_version):
             params["have"] = str(held[1])
@@ -1474,6 +1479,8 @@ class _Core:
                 frames = unpack_chain(
                     response.content, max_frames=1000, max_frame_bytes=4 * spec.size + 65536
                 )
+                # Each frame's header names the layout the decode checks; none, none shown.
+                layout = spec.fingerprint if frames else None
                 # Finite frames can still sum to inf; a snapshot with inf would be refused too.
                 with np.errstate(over="ignore", invalid="ignore"):
                     for frame in frames:
@@ -1484,6 +1491,7 @@ class _Core:
                 if app_spec:
                     _check_snapshot_layout(response.content, spec)
                 params = decode_snapshot(response.content, spec)
+                layout = spec.fingerprint  # the header's, checked by the decode
             else:
                 raise ClientError(response.status_code, "bad_encoding", f"unknown {encoding!r}")
         except (CodecError, MessageError) as exc:
@@ -1503,7 +1511,7 @@ class _Core:
             raise ModelIntegrityError(
                 200, "digest_mismatch", f"model digest {got} != coordinator's {digest}"
             )
-        self.store.save_model(task_id, params, version, got, exact)
+        self.store.save_model(task_id, params, version, got, exact, layout)
         return params, version, encoding, in_memory
 
     def encoder(self, a: Assignment, spec: ModelSpec) -> UpdateEncoder:

@@ -131,9 +131,10 @@ _RESIDUAL_FILE = re.compile(r"residual-(0|[1-9][0-9]{0,18})\.bin")
 MAX_MODELS = MAX_RESIDUALS
 _MODEL_FILE = re.compile(r"model-(0|[1-9][0-9]{0,18})\.f32")
 _TASK_KEY = re.compile(r"0|[1-9][0-9]{0,18}")
+_LAYOUT_HEX = re.compile(r"[0-9a-f]{16}")  # a held model's layout in state.json
 _PRIMARY_MODEL = "model.f32"
 # The state.json keys of the model in model.f32 (`task_id` names its task).
-_PRIMARY_KEYS = ("model_version", "model_digest", "model_exact", "model_seq")
+_PRIMARY_KEYS = ("model_version", "model_digest", "model_exact", "model_seq", "model_layout")
 # The temp file of each file this module writes (`_write`): its name, then ".tmp".
 _STORE_TEMP = re.compile(
     r"(device_key|state\.json|model(-[0-9]{1,19})?\.f32|residual(-[0-9]{1,19})?\.bin"
@@ -664,13 +665,27 @@ class _HeldModel(NamedTuple):
     digest: object
     exact: object
     seq: int  # the write sequence number; -1 without one (an older SDK's model.f32)
+    # The model's layout (`ModelSpec.fingerprint`, hex) as a download of it showed it; None
+    # when no download did (an empty delta chain, an SDK from before the field).
+    layout: object = None
 
     @property
     def primary(self) -> bool:
         return self.name == _PRIMARY_MODEL
 
     def meta(self) -> dict[str, Any]:
-        return {"version": self.version, "digest": self.digest, "exact": self.exact}
+        meta = {"version": self.version, "digest": self.digest, "exact": self.exact}
+        if self.layout is not None:
+            meta["layout"] = self.layout
+        return meta
+
+
+def _layout_field(value: object) -> bytes | None:
+    """A held model's layout as state.json holds it (16 lowercase hex digits); None for none,
+    or for anything else (foreign: the layout counts as not known)."""
+    if isinstance(value, str) and _LAYOUT_HEX.fullmatch(value):
+        return bytes.fromhex(value)
+    return None
 
 
 def _seq_field(value: object) -> int:
@@ -696,13 +711,13 @@ def _held_models(st: dict[str, Any]) -> dict[int, _HeldModel]:
             if task < 2**63:
                 held[task] = _HeldModel(
                     task, f"model-{task}.f32", meta.get("version"), meta.get("digest"),
-                    meta.get("exact", False), _seq_field(meta.get("seq")),
+                    meta.get("exact", False), _seq_field(meta.get("seq")), meta.get("layout"),
                 )  # fmt: skip
     primary = _task_field(st)
     if primary is not None and "model_version" in st:
         held[primary] = _HeldModel(
             primary, _PRIMARY_MODEL, st["model_version"], st.get("model_digest"),
-            st.get("model_exact", False), _seq_field(st.get("model_seq")),
+            st.get("model_exact", False), _seq_field(st.get("model_seq")), st.get("model_layout"),
         )  # fmt: skip
     return held
 
@@ -1438,11 +1453,20 @@ class DeviceStore:
     # eviction's) is removed when the directory is opened.
 
     def save_model(
-        self, task_id: int, params: npt.NDArray[np.float32], version: int, digest: str, exact: bool
+        self,
+        task_id: int,
+        params: npt.NDArray[np.float32],
+        version: int,
+        digest: str,
+        exact: bool,
+        layout: bytes | None = None,
     ) -> None:
         """Hold `params` as `task_id`'s model at `version` (`digest`: the SHA-256 of its
         little-endian float32 bytes; `exact`: bit-identical to the coordinator's), beside other
-        tasks' models; past MAX_MODELS the least recently written other one is dropped."""
+        tasks' models; past MAX_MODELS the least recently written other one is dropped.
+        `layout`: the model's `ModelSpec.fingerprint` as the download showed it (a snapshot's
+        header, a delta frame's); None when it showed none (an empty delta chain): the layout
+        recorded for the task's model, if any, is kept (`held_layout`)."""
         _check_task_id(task_id, "model")
         if task_id is None:
             raise ValueError("model: a model is held for a task; task id None, not saved")
@@ -1453,6 +1477,9 @@ class DeviceStore:
             primary = mine.primary
         else:
             primary = not any(m.primary for m in held.values())
+        shown = layout.hex() if layout is not None else None
+        if shown is None and mine is not None and _layout_field(mine.layout) is not None:
+            shown = str(mine.layout)
         name = _PRIMARY_MODEL if primary else f"model-{task_id}.f32"
         # Written from the array's own memory when it is little-endian float32 already (it
         # is, on any phone): `astype(...).tobytes()` made two copies of the model to write one.
@@ -1476,10 +1503,15 @@ class DeviceStore:
                 task_id=task_id, model_version=version, model_digest=digest, model_exact=exact,
                 model_seq=len(kept),
             )  # fmt: skip
+            new.pop("model_layout", None)
+            if shown is not None:
+                new["model_layout"] = shown
         else:
             models[str(task_id)] = {
                 "version": version, "digest": digest, "exact": exact, "seq": len(kept),
             }  # fmt: skip
+            if shown is not None:
+                models[str(task_id)]["layout"] = shown
         if models:
             new["models"] = models
         else:
@@ -1522,6 +1554,14 @@ class DeviceStore:
             return None
         params = np.frombuffer(raw, dtype="<f4").astype(np.float32)
         return params, version, bool(held.exact)
+
+    def held_layout(self, task_id: int) -> bytes | None:
+        """The layout (`ModelSpec.fingerprint`) of `task_id`'s held model, as the download
+        that brought it showed it (`save_model`'s `layout`); None with no model held, or with
+        none recorded (a model an SDK from before the field saved, or one only an empty delta
+        chain has confirmed)."""
+        held = _held_models(self.state()).get(task_id)
+        return None if held is None else _layout_field(held.layout)
 
     def model_version(self, task_id: int | None = None) -> int | None:
         """The version of `task_id`'s model as state.json names it (None: of the model written

@@ -160,10 +160,11 @@ def test_a_model_version_that_is_not_an_integer_is_a_client_error(
 def test_any_model_body_is_a_client_error_or_a_checked_model(
     tmp_path: Path, body: bytes, encoding: str
 ) -> None:
-    # Prepare: a device that already holds version 1, then a download of arbitrary bytes
+    # Prepare: a device that already holds version 1 (of SPEC's layout, so fetch_current asks
+    # from it), then a download of arbitrary bytes
     params = np.linspace(-1, 1, SPEC.size, dtype=np.float32)
     store = DeviceStore(tmp_path / "app")
-    store.save_model(1, params, 1, model_digest(params).hex(), True)
+    store.save_model(1, params, 1, model_digest(params).hex(), True, SPEC.fingerprint)
     # A server that answers every download with the same bytes: a delta chain that fails is
     # asked for again once as a snapshot (no have=), and gets them again
     replies = [_model_response(body, encoding, model_digest(params).hex(), "2") for _ in "ab"]

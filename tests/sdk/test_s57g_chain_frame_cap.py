@@ -71,8 +71,10 @@ def test_a_frame_declared_past_the_cap_is_refused_before_the_body_is_sliced(
 @pytest.mark.parametrize("via", ["fetch_current", "fetch_model"])
 def test_an_over_cap_chain_is_asked_for_again_as_a_snapshot(tmp_path: Path, via: str) -> None:
     # Prepare: task 1 held at version 3; the server answers the chain asked for with one
-    # whose frame is over the cap, then the snapshot asked for with the real model
-    DeviceStore(tmp_path).save_model(1, HELD, 3, model_digest(HELD).hex(), True)
+    # whose frame is over the cap, then the snapshot asked for with the real model (its layout
+    # known to be SPEC's, so fetch_current asks from it too)
+    store = DeviceStore(tmp_path)
+    store.save_model(1, HELD, 3, model_digest(HELD).hex(), True, SPEC.fingerprint)
     new = HELD + np.float32(0.5)
     haves: list[str | None] = []
     replies = [_chain(pack_chain([bytes(FRAME_CAP + 1)])), _snapshot_of(new, 4)]
