@@ -12,6 +12,7 @@ of the spec's layout; else it asks for a snapshot, whose header is checked."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ import pytest
 import sdk
 from compression import ModelSpec
 from coordinator.service import ServerThread, ServiceConfig
-from sdk import Client
+from sdk import AsyncClient, Client
 from sdk.device_store import DeviceStore
 from tests.coordinator.test_service_support import (
     ADMIN,
@@ -155,3 +156,30 @@ def test_the_layout_of_a_model_under_models_is_kept_across_an_empty_chain(
     assert store.held_layout(2) == RENAMED.fingerprint
     assert store.held_layout(1) == SPEC.fingerprint
     assert store.held_layout(3) is None
+
+
+def test_the_async_client_refuses_a_wrong_spec_when_the_held_model_is_current(
+    url: str, tmp_path: Path
+) -> None:
+    # Prepare: as the first test, with AsyncClient (the same download flow)
+    task_id = create_task(url, task_config(rounds=3, clients_per_round=1))
+    app = tmp_path / "app"
+
+    async def run() -> tuple[str, type[BaseException] | None, str]:
+        async with AsyncClient(url, app) as client:
+            await client.register()
+            first = (await client.fetch_current(task_id, SPEC))[2]
+            refused: type[BaseException] | None = None
+            try:
+                # Execute
+                await client.fetch_current(task_id, RENAMED)
+            except sdk.LayoutMismatchError as exc:
+                refused = type(exc)
+            again = (await client.fetch_current(task_id, SPEC))[2]
+            return first, refused, again
+
+    first, refused, again = asyncio.run(run())
+
+    # Assert: refused (before: an empty delta chain, no error); the task's spec then asks a
+    # delta chain from the held version
+    assert (first, refused, again) == ("snapshot", sdk.LayoutMismatchError, "delta-chain")
