@@ -17,7 +17,9 @@ the code of each part beside it.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import shlex
 import signal
 import socket
@@ -115,10 +117,40 @@ def is_quick(doc: Any, name: str = "") -> bool:
 
 
 def free_port() -> int:
-    """A TCP port free on loopback now."""
+    """A TCP port free on loopback now. Another process may take it before the caller binds
+    it: `start_serve` uses it only where there is no /proc to read the port `--port 0` got."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+# Linux's table of the TCP sockets of a process's network namespace (`_listening_port`)
+_PROC_TCP = Path("/proc/self/net/tcp")
+
+
+def _listening_port(pid: int) -> int | None:
+    """The port of a TCP socket that process `pid` listens on, from Linux's /proc (its file
+    descriptors' socket inodes, looked up in its network namespace's tables), or None while
+    it has none (or is gone)."""
+    inodes = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:  # gone
+        return None
+    for fd in fds:
+        with contextlib.suppress(OSError):  # closed meanwhile
+            inodes.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
+    for table in ("tcp", "tcp6"):
+        try:
+            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            # local address (hex IP:hex port), state (0A: LISTEN), inode
+            if fields[3] == "0A" and f"socket:[{fields[9]}]" in inodes:
+                return int(fields[1].rsplit(":", 1)[1], 16)
+    return None
 
 
 def start_serve(
@@ -131,30 +163,40 @@ def start_serve(
 ) -> tuple[str, subprocess.Popen[bytes]]:
     """`plume coordinator serve` on `db` and a free loopback port, in its own process, returned
     once its /healthz answers: (its URL, the process). RuntimeError, the process stopped, if it
-    does not answer within `timeout_s`."""
+    does not answer within `timeout_s`.
+
+    It is started on `--port 0` and its URL has the port it listens on, read from /proc (its
+    `--log-level warning` hides uvicorn's `Uvicorn running on` line). A port found free here
+    and given to it raced: another process could bind it before the coordinator did (which
+    then exited, or this found that process's server). Without /proc (not Linux) it still
+    gets a `free_port()`."""
     import httpx
 
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
+    by_proc = _PROC_TCP.exists()
+    port = 0 if by_proc else free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "coordinator.cli", "coordinator", "serve", "--db", str(db),
          "--port", str(port), "--admin-token", token, "--poll", str(poll_s),
          "--log-level", "warning"],
         cwd=str(ROOT), stdout=subprocess.DEVNULL, stderr=stderr,
     )  # fmt: skip
+    url = None if by_proc else f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     while True:
-        try:
-            if httpx.get(url + "/healthz", timeout=2).status_code == 200:
-                return url, proc
-        except httpx.TransportError:
-            pass
+        if url is None and (listening := _listening_port(proc.pid)) is not None:
+            url = f"http://127.0.0.1:{listening}"
+        if url is not None:
+            try:
+                if httpx.get(url + "/healthz", timeout=2).status_code == 200:
+                    return url, proc
+            except httpx.TransportError:
+                pass
         if proc.poll() is not None or time.monotonic() > deadline:
             if proc.poll() is None:
                 proc.kill()
             proc.wait()
             raise RuntimeError("the coordinator did not start")
-        time.sleep(0.1)
+        time.sleep(0.1 if url is not None else 0.02)
 
 
 def stop_serve(proc: subprocess.Popen[bytes]) -> None:
