@@ -55,7 +55,7 @@ lint: $(STAMP)
 # bench/results/<name>_quick.json (marked "quick": true) beside <name>.json, and
 # bench/summarize.py refuses a results file or section marked quick (bench/_common.py).
 BENCHES := codec bandwidth_accuracy coordinator_ingest secagg secagg_unmask robustness privacy onnx_train \
-	device_round_rss device_footprint sim_throughput server_opt cli_startup partition
+	device_round_rss device_footprint sim_throughput server_opt cli_startup partition json_checks
 
 bench: $(STAMP)
 	for b in $(BENCHES); do $(BIN)/python bench/$$b.py || exit 1; done

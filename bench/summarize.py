@@ -333,6 +333,18 @@ BENCHES: list[tuple[str, str, str, list[tuple[str, str]]]] = [
             ("mnist_train_dirichlet_over_iid", ""),
         ],
     ),
+    (
+        "json_checks",
+        "JSON strictness checks on the busiest route (a repeated key's 422, per check-in)",
+        "python bench/json_checks.py",
+        [
+            ("checks_us", ""),
+            ("parse_us", ""),
+            ("checks_over_parse", ""),
+            ("check_in_ms", ""),
+            ("checks_share_of_check_in_pct", ""),
+        ],
+    ),
 ]
 
 
