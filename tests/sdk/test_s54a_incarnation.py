@@ -24,29 +24,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from coordinator.service import ServerThread, ServiceConfig
 from protocol.messages import MessageError, check_incarnation
 from sdk import Client
 from sdk.client import ClientError
 from tests.coordinator.test_service_support import (
-    ADMIN,
     SoftmaxTrainer,
     await_assignment,
     create_task,
     local_data,
     task_config,
 )
+from tests.sdk.test_s53a_reset_coordinator import serve  # restarts at a port, taken or not
 
 DOC = Path(__file__).parents[2] / "docs" / "devices.md"
 DOC_URL = "http://127.0.0.1:8080/"
 # The incarnations docs/devices.md shows in its warning (the test's are random).
 DOC_NEW, DOC_OLD = "5d1b3c0f8e2a4b6c9d7e1f0a2b3c4d5e", "0c9f4e2d7a1b3c5d6e8f9a0b1c2d3e4f"
-
-
-def _serve(db: Path, port: int = 0) -> ServerThread:
-    return ServerThread(
-        ServiceConfig(db_path=str(db), admin_token=ADMIN, poll_s=0.05, tick_s=0.02), port=port
-    )
 
 
 def _task(url: str) -> int:
@@ -118,12 +111,12 @@ def test_a_lost_registration_answer_still_sets_the_old_database_aside(
 ) -> None:
     # Prepare: round 1 delivered at the first database, then a new database at the address
     root = tmp_path / "dev"
-    with _serve(tmp_path / "first.db") as url:
+    with serve(tmp_path / "first.db") as url:
         task_id = _first_life(url, root)
         port = httpx.URL(url).port
     old = _state(root).get("incarnation")
     lose = _lose_first_register()
-    with _serve(tmp_path / "second.db", port) as url2:
+    with serve(tmp_path / "second.db", port) as url2:
         assert _task(url2) == task_id  # ids start again
         with Client(url2, str(root), mods=(lose,), sleep=lambda s: None) as c:
             # Execute: the answer saying created is lost; the retry says created: false
@@ -152,7 +145,7 @@ def _round_at_new_database(tmp_path: Path, root: Path, db: str, port: int) -> tu
     """Register `root`'s device at a new database `db` on `port`, run its task 1's round 1;
     (the frame sent, the residual after)."""
     x, y = local_data(2)
-    with _serve(tmp_path / db, port) as url:
+    with serve(tmp_path / db, port) as url:
         task_id = _task(url)
         with Client(url, str(root), sleep=lambda s: None) as c:
             c.register()
@@ -169,7 +162,7 @@ def test_the_old_residual_is_not_added_to_a_new_databases_task_of_the_same_id(
 ) -> None:
     # Prepare: a device that ran round 1 of task 1 at a first database (residual held)
     used = tmp_path / "used"
-    with _serve(tmp_path / "first.db") as url:
+    with serve(tmp_path / "first.db") as url:
         _first_life(url, used)
         port = httpx.URL(url).port
 
@@ -195,12 +188,12 @@ def test_the_same_database_restarted_keeps_everything(
 ) -> None:
     # Prepare: round 1 delivered, then the coordinator restarts on its own database
     root, db = tmp_path / "dev", tmp_path / "plume.db"
-    with _serve(db) as url:
+    with serve(db) as url:
         task_id = _first_life(url, root)
         port = httpx.URL(url).port
     incarnation = _state(root)["incarnation"]
     residual = (root / f"residual-{task_id}.bin").read_bytes()
-    with _serve(db, port) as url2, Client(url2, str(root), sleep=lambda s: None) as c:
+    with serve(db, port) as url2, Client(url2, str(root), sleep=lambda s: None) as c:
         # Execute
         with caplog.at_level(logging.WARNING, logger="plume.sdk"):
             c.register()
@@ -221,14 +214,14 @@ def test_an_old_coordinator_without_the_field_behaves_as_before(
 ) -> None:
     # Prepare: round 1 delivered at a coordinator that names its incarnation
     root = tmp_path / "dev"
-    with _serve(tmp_path / "plume.db") as url:
+    with serve(tmp_path / "plume.db") as url:
         task_id = _first_life(url, root)
         port = httpx.URL(url).port
     incarnation = _state(root)["incarnation"]
     residual = (root / f"residual-{task_id}.bin").read_bytes()
     # Execute: a coordinator before the field on a new database at the address (no incarnation
     # in any answer): only `created` tells, as before
-    with _serve(tmp_path / "second.db", port) as url2:
+    with serve(tmp_path / "second.db", port) as url2:
         _task(url2)
         mods = (_without_incarnation,)
         with Client(url2, str(root), mods=mods, sleep=lambda s: None) as c:
@@ -255,10 +248,10 @@ def test_a_check_in_answer_of_another_incarnation_sets_aside_before_settling(
     # that registration's answer never reached the app (it was killed): the app directory
     # still names the first database
     root = tmp_path / "dev"
-    with _serve(tmp_path / "first.db") as url:
+    with serve(tmp_path / "first.db") as url:
         task_id = _first_life(url, root)
         port = httpx.URL(url).port
-    with _serve(tmp_path / "second.db", port) as url2:
+    with serve(tmp_path / "second.db", port) as url2:
         assert _task(url2) == task_id
         with Client(url2, str(tmp_path / "other"), sleep=lambda s: None) as other:
             other.register()
@@ -288,7 +281,7 @@ def test_a_malformed_incarnation_is_a_bad_answer(tmp_path: Path) -> None:
         body["incarnation"] = "ABC"
         return httpx.Response(200, json=body, request=request)
 
-    with _serve(tmp_path / "plume.db") as url:
+    with serve(tmp_path / "plume.db") as url:
         with Client(url, str(tmp_path / "dev"), mods=(odd,), sleep=lambda s: None) as c:
             with pytest.raises(ClientError) as caught:
                 c.register()
