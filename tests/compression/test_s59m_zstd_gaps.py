@@ -100,3 +100,10 @@ def test_a_frame_declaring_more_than_expected_is_a_size_limit_not_a_mismatch() -
     ):
         codec.decompress(payload, len(DATA) + 1)
     assert codec.decompress(payload, len(DATA)) == DATA
+
+
+@pytest.mark.parametrize("window", [1 << 9, 1 << 32, (1 << 10) + 1])
+def test_a_window_outside_2_10_to_2_31_or_not_a_power_of_two_is_refused(window: int) -> None:
+    # test_s57c_param_types covers 1000, 0 and 2**40; the ends one step out were open.
+    with pytest.raises(ValueError, match=r"^max_window must be a power of two from 2\*\*10"):
+        ZstdCodec(3, window)

@@ -1,0 +1,73 @@
+"""The largest legal Rice and Elias-Fano parameter, and one above it (stop 59's mutation hunt).
+
+docs/wire-format.md 1.3 and step 13 allow `0 <= param` with `2**param <= d`, i.e. param below
+`d.bit_length()`. With `param < d.bit_length()` moved to `<=` in `param_ok`, no test failed: a
+frame whose parameter is one above the range but whose index section is otherwise consistent
+decoded in the single decoder (the batch decoder's own check refused it, so the two disagreed).
+Here k = 1 out of d = 64: the index section is one byte of low bits and one byte of unary or
+upper bits at any parameter from 1 to 8, so only the parameter check tells them apart.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from compression import (
+    CodecConfig,
+    CodecError,
+    DecodedFrame,
+    MalformedHeader,
+    ModelSpec,
+    UpdateCodec,
+)
+from tests.compression._craft import make_frame
+
+SPEC = ModelSpec.from_shapes([("w", (64,))])
+INDEX = 45
+VALUE = np.float32(-1.5)
+
+
+def _frame(index_id: int, param: int) -> bytes:
+    # Rice (id 2) of one gap g = INDEX: `param` low bits of g, then g >> param zeros and a one.
+    # Elias-Fano (id 3): `param` low bits of the index, then a one at (INDEX >> param) + 0.
+    # At param >= 6 both have their one at bit 0 of the second byte.
+    low = INDEX & ((1 << param) - 1)
+    high = INDEX >> param
+    assert high < 8
+    index = bytes([low, 1 << high])
+    return make_frame(
+        SPEC.fingerprint, SPEC.size, 1, 32, index_id, param, 0,
+        (index, b"", VALUE.tobytes()),
+    )  # fmt: skip
+
+
+def _verdicts(frame: bytes) -> list[object]:
+    codec = UpdateCodec(SPEC, CodecConfig(topk=0.5, bits=32))
+    got: list[object] = []
+    try:
+        got.append(codec.decode_frame(frame))
+    except CodecError as exc:
+        got.append(exc)
+    got.extend(codec.decode_many([frame, frame]))
+    return got
+
+
+@pytest.mark.parametrize("index_id", [2, 3], ids=["rice", "ef"])
+@pytest.mark.parametrize("param", [3, 6])
+def test_a_legal_parameter_decodes(index_id: int, param: int) -> None:
+    assert 1 << param <= SPEC.size
+    for got in _verdicts(_frame(index_id, param)):
+        assert isinstance(got, DecodedFrame), got
+        assert got.update.indices.tolist() == [INDEX]
+        assert got.update.values.tolist() == [VALUE]
+
+
+@pytest.mark.parametrize("index_id", [2, 3], ids=["rice", "ef"])
+@pytest.mark.parametrize("param", [7, 8])
+def test_a_parameter_past_the_model_size_is_a_malformed_header(index_id: int, param: int) -> None:
+    assert 1 << param > SPEC.size and param >= SPEC.size.bit_length()
+    name = {2: "rice", 3: "ef"}[index_id]
+    for got in _verdicts(_frame(index_id, param)):
+        assert isinstance(got, MalformedHeader), got
+        assert str(got) == f"index coding {name!r} parameter {param} invalid for d=64"
