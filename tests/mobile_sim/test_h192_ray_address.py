@@ -4,14 +4,15 @@ address for minutes and took 33 s to give up on Ctrl-C). No Ray runtime is start
 
 from __future__ import annotations
 
-import socket
 import time
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
 
 from mobile_sim.backends import TrainContext
 from mobile_sim.backends.ray_backend import RayBackend, check_reachable
+from tests.coordinator.test_service_support import refused_url
 from tests.mobile_sim.test_s46_ray_not_grpc import grpc_like, service
 
 
@@ -28,14 +29,16 @@ def tiny_context() -> TrainContext:
     )
 
 
-def _closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])  # closed again on leaving: nothing listens there
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port nothing listens on, held (bound, not listening) while the test runs so
+    that no other process's server can take it (test_service_support.refused_url)."""
+    with refused_url() as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
-def test_check_reachable_refuses_a_closed_port() -> None:
-    address = f"127.0.0.1:{_closed_port()}"
+def test_check_reachable_refuses_a_closed_port(closed_port: int) -> None:
+    address = f"127.0.0.1:{closed_port}"
     t0 = time.monotonic()
     with pytest.raises(ConnectionError) as info:
         check_reachable(address, "RAY_ADDRESS", timeout_s=5.0)
@@ -58,14 +61,14 @@ def test_check_reachable_accepts_a_listening_port() -> None:
 
 
 def test_start_with_an_unreachable_ray_address_fails_fast(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, closed_port: int
 ) -> None:
     ray = pytest.importorskip("ray", reason="the Ray backend needs `pip install .[ray]`")
     if ray.is_initialized():  # a runtime from another test: the address would not be used
         pytest.skip("a Ray runtime is already running in this process")
     started: list[object] = []
     monkeypatch.setattr(ray, "init", lambda *a, **k: started.append((a, k)))
-    address = f"127.0.0.1:{_closed_port()}"
+    address = f"127.0.0.1:{closed_port}"
     monkeypatch.setenv("RAY_ADDRESS", address)
     ctx = tiny_context()
     backend = RayBackend(workers=1)

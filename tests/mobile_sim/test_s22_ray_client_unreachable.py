@@ -8,25 +8,30 @@ traceback (helper-211's report). Now the client port gets the same TCP check as 
 
 from __future__ import annotations
 
-import socket
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from mobile_sim.backends.ray_backend import check_reachable
+from tests.coordinator.test_service_support import refused_url
 from tests.mobile_sim.test_s46_ray_not_grpc import grpc_like, service
 
 
-def _closed_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])  # closed again on leaving: nothing listens there
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback port nothing listens on, held (bound, not listening) while the test runs so
+    that no other process's server can take it (test_service_support.refused_url)."""
+    with refused_url() as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 @pytest.mark.parametrize("suffix", ["", "/", "/namespace"])
-def test_a_ray_client_address_nothing_answers_at_is_refused_at_once(suffix: str) -> None:
+def test_a_ray_client_address_nothing_answers_at_is_refused_at_once(
+    suffix: str, closed_port: int
+) -> None:
     # Arrange
-    address = f"ray://127.0.0.1:{_closed_port()}{suffix}"
+    address = f"ray://127.0.0.1:{closed_port}{suffix}"
     t0 = time.monotonic()
     # Execute
     with pytest.raises(ConnectionError) as info:
@@ -38,9 +43,9 @@ def test_a_ray_client_address_nothing_answers_at_is_refused_at_once(suffix: str)
     assert address in text and "--ray-address" in text
 
 
-def test_credentials_before_a_ray_client_host_stay_out_of_the_message() -> None:
+def test_credentials_before_a_ray_client_host_stay_out_of_the_message(closed_port: int) -> None:
     # Arrange
-    port = _closed_port()
+    port = closed_port
     # Execute
     with pytest.raises(ConnectionError) as info:
         check_reachable(f"ray://alice:t0ken@127.0.0.1:{port}", "RAY_ADDRESS", timeout_s=5.0)

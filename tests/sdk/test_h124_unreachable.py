@@ -24,6 +24,7 @@ import pytest
 import sdk
 from sdk import AsyncClient, Client, ClientError, CoordinatorUnreachable
 from sdk.client import UNREACHABLE, ParticipationCancelled
+from tests.coordinator.test_service_support import refused_url
 
 from .test_client import SPEC
 from .test_h51_task_residuals import _task
@@ -34,12 +35,12 @@ X, Y = np.zeros((8, 2), np.float32), np.zeros(8, np.int64)
 KINDS = ["refused", "closed"]
 
 
-def _closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+@pytest.fixture
+def refused() -> Iterator[str]:
+    """A loopback URL nothing listens at, its port held (bound, not listening) while the test
+    runs so that no other process's server can take it (test_service_support.refused_url)."""
+    with refused_url() as url:
+        yield url
 
 
 @contextlib.contextmanager
@@ -47,7 +48,8 @@ def _dead(kind: str) -> Iterator[int]:
     """A loopback port that refuses connections ("refused") or accepts each one and closes it
     at once, answering nothing ("closed")."""
     if kind == "refused":
-        yield _closed_port()
+        with refused_url() as url:
+            yield int(url.rsplit(":", 1)[1])
         return
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
@@ -324,10 +326,10 @@ def test_the_name_is_exported_and_both_families_catch_it() -> None:
 
 
 def test_a_resend_that_cannot_reach_the_coordinator_keeps_the_upload_pending(
-    tmp_path: Path,
+    tmp_path: Path, refused: str
 ) -> None:
     # Prepare: an upload left pending, and no coordinator
-    url = f"http://127.0.0.1:{_closed_port()}"
+    url = refused
     with Client(url, str(tmp_path / "app"), retries=0, backoff_s=0.0) as client:
         pending = _encoded(client)
 
@@ -405,10 +407,10 @@ def test_an_async_cancel_during_a_failed_attempt_is_still_a_cancel(tmp_path: Pat
 
 
 def test_asyncio_cancellation_while_retrying_a_refused_port_is_a_cancellation(
-    tmp_path: Path,
+    tmp_path: Path, refused: str
 ) -> None:
     # Prepare: retries with long waits between them, so the task is cancelled mid-wait
-    url = f"http://127.0.0.1:{_closed_port()}"
+    url = refused
 
     async def run() -> None:
         async with AsyncClient(url, str(tmp_path / "app"), retries=3, backoff_s=30.0) as client:

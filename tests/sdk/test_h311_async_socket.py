@@ -31,6 +31,7 @@ import pytest
 
 from sdk.client import _AsyncSocketBackend, _AutoBackend
 from tests._tls import self_signed
+from tests.coordinator.test_service_support import refused_url
 
 NAME = "dual.test"
 CONNECT_S = 20.0
@@ -471,25 +472,24 @@ def test_a_kernel_timeout_during_the_tls_handshake_is_a_connect_timeout(
 def test_a_local_address_dials_only_the_addresses_of_its_family(
     resolve: list[tuple[Any, ...]], made: list[socket.socket], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Prepare: a name with an IPv4 and an IPv6 address, both on a closed port; the attempts
-    # bind to an IPv4 local address
-    probe = _REAL_SOCKET()
-    probe.bind(("127.0.0.1", 0))
-    port = probe.getsockname()[1]
-    probe.close()  # a closed port: connecting is refused
-    resolve[:] = [_info(("127.0.0.1", port)), _info(("::1", port, 0, 0))]
-    _record(monkeypatch, made)
+    # Prepare: a name with an IPv4 and an IPv6 address, both on a closed port (held on IPv4
+    # while the test runs, so that no other process's server takes it); the attempts bind to
+    # an IPv4 local address
+    with refused_url() as url:
+        port = int(url.rsplit(":", 1)[1])
+        resolve[:] = [_info(("127.0.0.1", port)), _info(("::1", port, 0, 0))]
+        _record(monkeypatch, made)
 
-    async def run(local: str) -> BaseException:
-        with pytest.raises(httpcore.ConnectError) as raised:
-            await _backend().connect_tcp(NAME, port, timeout=5, local_address=local)
-        return raised.value
+        async def run(local: str) -> BaseException:
+            with pytest.raises(httpcore.ConnectError) as raised:
+                await _backend().connect_tcp(NAME, port, timeout=5, local_address=local)
+            return raised.value
 
-    # Execute
-    refused = asyncio.run(run("127.0.0.1"))
-    no_v6 = asyncio.run(run("::1"))  # a name with no IPv6 address would say so
-    resolve[:] = [_info(("127.0.0.1", port))]
-    none_of_family = asyncio.run(run("::1"))
+        # Execute
+        refused = asyncio.run(run("127.0.0.1"))
+        no_v6 = asyncio.run(run("::1"))  # a name with no IPv6 address would say so
+        resolve[:] = [_info(("127.0.0.1", port))]
+        none_of_family = asyncio.run(run("::1"))
 
     # Verify: only the IPv4 address was dialled, and its refusal is the error raised (before:
     # the IPv6 attempt, last in order, failed at its bind and hid it: "Address family for

@@ -10,7 +10,7 @@ nor how many attempts were made.
 from __future__ import annotations
 
 import asyncio
-import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import httpx
 import pytest
 
 from sdk import AsyncClient, Client
+from tests.coordinator.test_service_support import refused_url
 
 
 @pytest.mark.parametrize(
@@ -44,17 +45,19 @@ def test_http_and_https_urls_are_accepted(tmp_path: Path, url: str) -> None:
         assert client.device_id
 
 
-def _closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
+@pytest.fixture
+def refused() -> Iterator[str]:
+    """A loopback URL nothing listens at, its port held (bound, not listening) while the test
+    runs so that no other process's server can take it (test_service_support.refused_url)."""
+    with refused_url() as url:
+        yield url
 
 
-def test_an_unreachable_coordinator_is_named_with_the_attempts(tmp_path: Path) -> None:
+def test_an_unreachable_coordinator_is_named_with_the_attempts(
+    tmp_path: Path, refused: str
+) -> None:
     # Prepare: nothing listens on the port
-    url = f"http://127.0.0.1:{_closed_port()}"
+    url = refused
     with Client(url, str(tmp_path / "app"), retries=1, backoff_s=0.0) as client:
         # Execute / Assert: still an httpx.ConnectError (apps catch httpx.TransportError),
         # now naming the coordinator and the attempts made
@@ -66,8 +69,10 @@ def test_an_unreachable_coordinator_is_named_with_the_attempts(tmp_path: Path) -
     assert isinstance(info.value.__cause__, httpx.ConnectError)  # httpx's own error kept
 
 
-def test_an_unreachable_coordinator_is_named_by_the_async_client(tmp_path: Path) -> None:
-    url = f"http://127.0.0.1:{_closed_port()}"
+def test_an_unreachable_coordinator_is_named_by_the_async_client(
+    tmp_path: Path, refused: str
+) -> None:
+    url = refused
 
     async def run() -> None:
         async with AsyncClient(url, str(tmp_path / "app"), retries=0, backoff_s=0.0) as client:

@@ -6,7 +6,6 @@ message within one process, the directory's mode, and `participate`'s outage and
 from __future__ import annotations
 
 import os
-import socket
 import stat
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 import sdk
 from sdk import Client
 from sdk.device_store import DeviceStoreError
-from tests.coordinator.test_service_support import SoftmaxTrainer, local_data
+from tests.coordinator.test_service_support import SoftmaxTrainer, local_data, refused_url
 
 
 def _busy(request: httpx.Request) -> httpx.Response:
@@ -130,10 +129,7 @@ def test_an_outage_is_raised_however_short_the_wait(tmp_path: Path) -> None:
     # and an attempt of the call failed on the network ..., the call raises
     # CoordinatorUnreachable ..., however short max_wait_s is ... (the attempts made so far are
     # named)"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with Client(f"http://127.0.0.1:{port}", tmp_path / "app") as client:
+    with refused_url() as url, Client(url, tmp_path / "app") as client:
         with pytest.raises(sdk.CoordinatorUnreachable, match=r" in \d+ attempts?: "):
             client.participate(SoftmaxTrainer(), *local_data(0), task_id=1, max_wait_s=0.01)
 

@@ -9,7 +9,6 @@ import hashlib
 import inspect
 import json
 import math
-import socket
 import stat
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from tests.coordinator.test_service_support import (
     SoftmaxTrainer,
     create_task,
     local_data,
+    refused_url,
     task_config,
 )
 
@@ -463,26 +463,18 @@ def test_a_finished_task_raises_task_ended(url: str, tmp_path: Path) -> None:
     assert (err.status, err.reason, err.task_id) == (200, sdk.client.TASK_DONE, task_id)
 
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def test_an_outage_is_coordinator_unreachable_naming_the_attempts(tmp_path: Path) -> None:
     # "the message names the coordinator and the attempts (`could not reach the coordinator at
     # http://127.0.0.1:8080 for POST /v1/checkin in 5 attempts: [Errno 111] Connection
     # refused`), request is the last attempt's, and __cause__ httpx's own error"; "a refused
     # connection is still an httpx.ConnectError"
-    port = _closed_port()
     waits: list[float] = []
-    with Client(f"http://127.0.0.1:{port}", tmp_path / "app", sleep=waits.append) as client:
+    with refused_url() as url, Client(url, tmp_path / "app", sleep=waits.append) as client:
         with pytest.raises(sdk.CoordinatorUnreachable) as caught:
             client.check_in(1)
     err = caught.value
     assert str(err).startswith(
-        f"could not reach the coordinator at http://127.0.0.1:{port} for POST /v1/checkin "
-        "in 5 attempts: "
+        f"could not reach the coordinator at {url} for POST /v1/checkin in 5 attempts: "
     ), str(err)
     assert "Connection refused" in str(err)
     assert isinstance(err, httpx.ConnectError)
