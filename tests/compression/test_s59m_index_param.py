@@ -71,3 +71,22 @@ def test_a_parameter_past_the_model_size_is_a_malformed_header(index_id: int, pa
     for got in _verdicts(_frame(index_id, param)):
         assert isinstance(got, MalformedHeader), got
         assert str(got) == f"index coding {name!r} parameter {param} invalid for d=64"
+
+
+@pytest.mark.parametrize("index_id", [2, 3], ids=["rice", "ef"])
+@pytest.mark.parametrize("cut", [1, -1], ids=["short", "long"])
+def test_an_index_section_outside_its_length_bounds_is_a_malformed_header(
+    index_id: int, cut: int
+) -> None:
+    # At k = 1, d = 64, param 6 both codings allow exactly 2 index bytes (1.3): one byte less or
+    # more is refused at step 14, before the section is read (with the lower bound moved, the
+    # short section reached the unary decoder as a MalformedSection).
+    index = bytes([INDEX & 63, 1])
+    index = index[:1] if cut == 1 else index + b"\x01"
+    frame = make_frame(
+        SPEC.fingerprint, SPEC.size, 1, 32, index_id, 6, 0, (index, b"", VALUE.tobytes())
+    )
+    name = {2: "rice", 3: "ef"}[index_id]
+    for got in _verdicts(frame):
+        assert isinstance(got, MalformedHeader), got
+        assert str(got) == (f"{name} index section of {len(index)} bytes; k=1, d=64 allow [2, 2]")
