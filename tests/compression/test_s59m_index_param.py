@@ -17,6 +17,7 @@ from compression import (
     CodecConfig,
     CodecError,
     DecodedFrame,
+    InvalidIndices,
     MalformedHeader,
     ModelSpec,
     UpdateCodec,
@@ -90,3 +91,16 @@ def test_an_index_section_outside_its_length_bounds_is_a_malformed_header(
     for got in _verdicts(frame):
         assert isinstance(got, MalformedHeader), got
         assert str(got) == (f"{name} index section of {len(index)} bytes; k=1, d=64 allow [2, 2]")
+
+
+@pytest.mark.parametrize("lows", [(5, 5), (5, 4)], ids=["repeat", "decrease"])
+def test_two_elias_fano_indices_that_do_not_rise_are_invalid(lows: tuple[int, int]) -> None:
+    # k = 2 is the smallest k with a pair to compare (the check ran only for k > 1; with k > 2
+    # no test failed). L = 3: both indices have upper bits 5 (ones at 5 and 5 + 1), and low
+    # bits 5 then 5 or 4: 45 then 45, or 45 then 44.
+    index = bytes([lows[0] | lows[1] << 3, 1 << 5 | 1 << 6])
+    frame = make_frame(SPEC.fingerprint, SPEC.size, 2, 32, 3, 3, 0, (index, b"", bytes(8)))
+    second = 40 + lows[1]
+    for got in _verdicts(frame):
+        assert isinstance(got, InvalidIndices), got
+        assert str(got) == f"indices not strictly increasing at position 1: 45 then {second}"
