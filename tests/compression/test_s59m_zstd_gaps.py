@@ -10,6 +10,7 @@ SizeLimitExceeded, and no test noticed.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import zstandard
 
@@ -107,3 +108,13 @@ def test_a_window_outside_2_10_to_2_31_or_not_a_power_of_two_is_refused(window: 
     # test_s57c_param_types covers 1000, 0 and 2**40; the ends one step out were open.
     with pytest.raises(ValueError, match=r"^max_window must be a power of two from 2\*\*10"):
         ZstdCodec(3, window)
+
+
+def test_a_block_longer_than_two_header_bytes_can_say_is_walked_whole() -> None:
+    # A block's size is 21 bits of its 3-byte header: an incompressible 20,000-byte block
+    # (a raw block) needs the third byte.
+    data = np.random.default_rng(0).bytes(20_000)
+    frame = ZstdCodec().compress(data)
+    assert len(frame) > 1 << 13
+    assert zstd_frame_length(frame) == len(frame)
+    assert zstd_frame_length(frame + b"\x00") == len(frame)
