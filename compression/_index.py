@@ -127,10 +127,6 @@ class RiceCoding(IndexCoding):
     wire_id = 2
     name = "rice"
 
-    @staticmethod
-    def _bits(gaps: Indices, r: int) -> int:
-        return int(gaps.shape[0]) * (r + 1) + int(np.sum(gaps >> r))
-
     def plan(self, idx: Indices, d: int) -> tuple[int, int]:
         k = int(idx.shape[0])
         if k == 0:

@@ -48,7 +48,7 @@ _codecs: dict[tuple[int, int], ZstdCodec] = {}
 _codecs_lock = threading.Lock()
 
 
-def _zstd(level: int, max_window: int = 1 << 24) -> ZstdCodec:
+def _zstd(level: int, max_window: int) -> ZstdCodec:
     with _codecs_lock:
         codec = _codecs.get((level, max_window))
         if codec is None:
