@@ -124,14 +124,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-# Linux's table of the TCP sockets of a process's network namespace (`_listening_port`)
+# Linux's table of the TCP sockets of a process's network namespace (`listening_port`)
 _PROC_TCP = Path("/proc/self/net/tcp")
 
 
-def _listening_port(pid: int) -> int | None:
+def listening_port(pid: int) -> int | None:
     """The port of a TCP socket that process `pid` listens on, from Linux's /proc (its file
     descriptors' socket inodes, looked up in its network namespace's tables), or None while
-    it has none (or is gone)."""
+    it has none (or is gone). tests/coordinator/test_service_support.py's `ServeProcess` uses
+    it too, for a coordinator whose log level hides uvicorn's `Uvicorn running on` line."""
     inodes = set()
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
@@ -183,7 +184,7 @@ def start_serve(
     url = None if by_proc else f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout_s
     while True:
-        if url is None and (listening := _listening_port(proc.pid)) is not None:
+        if url is None and (listening := listening_port(proc.pid)) is not None:
             url = f"http://127.0.0.1:{listening}"
         if url is not None:
             try:

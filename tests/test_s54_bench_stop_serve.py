@@ -61,7 +61,7 @@ def test_start_serve_does_not_use_a_port_taken_after_it_was_found_free(
         try:
             port = int(url.rsplit(":", 1)[1])
             assert url == f"http://127.0.0.1:{port}" and port != held
-            assert port == common._listening_port(proc.pid)
+            assert port == common.listening_port(proc.pid)
             assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
         finally:
             common.stop_serve(proc)

@@ -27,6 +27,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from bench._common import listening_port
 from compression import ModelSpec, encode_snapshot
 from coordinator import _cli
 from coordinator.service import ServerThread, ServiceConfig
@@ -103,30 +104,6 @@ def _not_listening(proc: subprocess.Popen[Any], seen: str, why: str) -> Assertio
     )
 
 
-def _listening_socket_port(pid: int) -> int | None:
-    """The port of a TCP socket that process `pid` listens on, from Linux's /proc (its file
-    descriptors' socket inodes, looked up in its network namespace's tables), if any."""
-    inodes = set()
-    try:
-        fds = os.listdir(f"/proc/{pid}/fd")
-    except OSError:  # gone
-        return None
-    for fd in fds:
-        with contextlib.suppress(OSError):  # closed meanwhile
-            inodes.add(os.readlink(f"/proc/{pid}/fd/{fd}"))
-    for table in ("tcp", "tcp6"):
-        try:
-            rows = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for row in rows:
-            fields = row.split()
-            # local address (hex IP:hex port), state (0A: LISTEN), inode
-            if fields[3] == "0A" and f"socket:[{fields[9]}]" in inodes:
-                return int(fields[1].rsplit(":", 1)[1], 16)
-    return None
-
-
 class ServeProcess(subprocess.Popen[str]):
     """A coordinator subprocess (`plume coordinator serve --port 0`, or a program calling
     `serve(..., port=0)`) with stdout and stderr piped as text; `listening_port()` is the port it
@@ -177,7 +154,7 @@ class ServeProcess(subprocess.Popen[str]):
 
     def _proc_port(self, timeout: float) -> int:
         give_up = time.monotonic() + timeout
-        while (port := _listening_socket_port(self.pid)) is None:
+        while (port := listening_port(self.pid)) is None:
             if self.poll() is not None:
                 _, err = self.communicate()
                 raise _not_listening(self, err, f"exited with status {self.returncode}")
