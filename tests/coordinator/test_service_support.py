@@ -236,6 +236,18 @@ def start_logged(
         raise
 
 
+@pytest.fixture(name="url")
+def loopback_url(tmp_path: Path) -> Iterator[str]:
+    """Fixture `url`: a coordinator on loopback for one test (a `ServerThread` on a database
+    in `tmp_path`, ADMIN's token, a 0.05 s poll and a 0.02 s tick), as its URL. A test module
+    takes it with `from tests.coordinator.test_service_support import loopback_url`."""
+    cfg = ServiceConfig(
+        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
+    )
+    with ServerThread(cfg) as served:
+        yield served
+
+
 @contextlib.contextmanager
 def refused_url() -> Iterator[str]:
     """`http://127.0.0.1:PORT` where nothing listens while the block runs: a socket bound to the

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from coordinator.service import ServerThread, ServiceConfig
 from sdk import AsyncClient, Client, TrainResult
 from sdk.client import ClientError, RoundReport
 from sdk.device_store import DeviceStore
@@ -28,20 +27,12 @@ from tests.coordinator.test_service_support import (
     SoftmaxTrainer,
     create_task,
     local_data,
+    loopback_url,  # noqa: F401  (the fixture `url`)
     task_config,
 )
 
 AUTH = {"authorization": f"Bearer {ADMIN}"}
 DOWN_FOR = 4  # upload attempts answered 503: call 1's two, then call 2's first re-send's two
-
-
-@pytest.fixture()
-def url(tmp_path: Path) -> Iterator[str]:
-    cfg = ServiceConfig(
-        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
-    )
-    with ServerThread(cfg) as served:
-        yield served
 
 
 class _Counting(SoftmaxTrainer):

@@ -12,7 +12,7 @@ and `AsyncClient`; and after the app restarted (the accepted record in the app d
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,27 +21,17 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from coordinator.service import ServerThread, ServiceConfig
 from protocol.messages import Assignment
 from sdk import AsyncClient, Client, TrainResult
 from sdk.client import ClientError
 from tests.coordinator.test_service_support import (
-    ADMIN,
     SoftmaxTrainer,
     await_assignment,
     create_task,
     local_data,
+    loopback_url,  # noqa: F401  (the fixture `url`)
     task_config,
 )
-
-
-@pytest.fixture()
-def url(tmp_path: Path) -> Iterator[str]:
-    cfg = ServiceConfig(
-        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
-    )
-    with ServerThread(cfg) as served:
-        yield served
 
 
 class _Counting(SoftmaxTrainer):

@@ -10,32 +10,22 @@ holds one update from the device, and the next round trains as usual."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
 import sdk
-from coordinator.service import ServerThread, ServiceConfig
 from sdk import Client
 from tests.coordinator.test_service_support import (
-    ADMIN,
     SoftmaxTrainer,
     admin_get,
     create_task,
     local_data,
+    loopback_url,  # noqa: F401  (the fixture `url`)
     task_config,
 )
-
-
-@pytest.fixture()
-def url(tmp_path: Path) -> Iterator[str]:
-    cfg = ServiceConfig(
-        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
-    )
-    with ServerThread(cfg) as served:
-        yield served
 
 
 class _BusyUploads:

@@ -10,7 +10,6 @@ import inspect
 import json
 import math
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,13 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 import sdk
 import sdk.client
 import sdk.device_store
-from coordinator.service import ServerThread, ServiceConfig
 from sdk import Client
 from tests.coordinator.test_service_support import (
     ADMIN,
     SoftmaxTrainer,
     create_task,
     local_data,
+    loopback_url,  # noqa: F401  (the fixture `url`)
     refused_url,
     task_config,
 )
@@ -365,15 +364,6 @@ def test_twelve_retries_wait_at_most_60_s_each(
 # ---------------------------------------------------------------------------------------------
 # Against a real coordinator on loopback
 # ---------------------------------------------------------------------------------------------
-
-
-@pytest.fixture()
-def url(tmp_path: Path) -> Iterator[str]:
-    cfg = ServiceConfig(
-        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
-    )
-    with ServerThread(cfg) as served:
-        yield served
 
 
 def test_the_identity_and_the_app_directory_after_register(url: str, tmp_path: Path) -> None:

@@ -21,7 +21,6 @@ import hashlib
 import sys
 import types
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,27 +32,17 @@ import torch
 import compression._snapshot
 import sdk.client
 import sdk.device_store
-from coordinator.service import ServerThread, ServiceConfig
 from sdk import Client, TrainResult
 from tests.coordinator.test_service_support import (
-    ADMIN,
     SPEC,
     SoftmaxTrainer,
     create_task,
     local_data,
+    loopback_url,  # noqa: F401  (the fixture `url`)
     task_config,
 )
 
 _CLIENT_FILE = sdk.client.__file__
-
-
-@pytest.fixture()
-def url(tmp_path: Path) -> Iterator[str]:
-    cfg = ServiceConfig(
-        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
-    )
-    with ServerThread(cfg) as served:
-        yield served
 
 
 def _from_the_device() -> bool:

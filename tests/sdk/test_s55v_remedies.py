@@ -7,32 +7,21 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import sdk
-from coordinator.service import ServerThread, ServiceConfig
 from sdk import Client
 from tests.coordinator.test_service_support import (
-    ADMIN,
     SoftmaxTrainer,
     create_task,
     local_data,
+    loopback_url,  # noqa: F401  (the fixture `url`)
     task_config,
 )
 
 DOC = (Path(__file__).resolve().parents[2] / "docs" / "devices.md").read_text()
-
-
-@pytest.fixture()
-def url(tmp_path: Path) -> Iterator[str]:
-    cfg = ServiceConfig(
-        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
-    )
-    with ServerThread(cfg) as served:
-        yield served
 
 
 def _doc_block(first: str) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,29 +21,19 @@ import pytest
 
 import sdk
 from compression import ModelSpec
-from coordinator.service import ServerThread, ServiceConfig
 from sdk import AsyncClient, Client
 from sdk.device_store import DeviceStore
 from tests.coordinator.test_service_support import (
-    ADMIN,
     SPEC,
     SoftmaxTrainer,
     create_task,
     local_data,
+    loopback_url,  # noqa: F401  (the fixture `url`)
     task_config,
 )
 
 # Same size as SPEC (w (10, 16), b (10,)), another name: another layout.
 RENAMED = ModelSpec.from_shapes([("w2", (10, 16)), ("b", (10,))])
-
-
-@pytest.fixture()
-def url(tmp_path: Path) -> Iterator[str]:
-    cfg = ServiceConfig(
-        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
-    )
-    with ServerThread(cfg) as served:
-        yield served
 
 
 def _files(app: Path) -> dict[str, bytes]:
