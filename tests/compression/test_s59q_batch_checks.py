@@ -110,3 +110,19 @@ def test_feedback_step_many_refuses_a_sum_that_overflows_and_changes_no_feedback
     # The same step, one feedback at a time, refuses the same way.
     with pytest.raises(ValueError, match=re.escape(SUM_OVERFLOW)):
         fbs[1].step(deltas[1], codec, np.random.default_rng(0), 1.0)
+
+
+def test_a_row_that_zstd_does_not_shorten_is_stored_raw_by_the_batch_encoder() -> None:
+    # fp32, every coordinate sent: 264 bytes of sections that zstd packs into exactly 264
+    # (found by a search over seeds). "zstd only when strictly shorter": the frame is raw,
+    # from the batch encoder as from the single one.
+    spec = ModelSpec.from_shapes([("w", (7, 9)), ("b", (3,))])
+    codec = UpdateCodec(spec, CodecConfig(topk=1.0, bits=32))
+    u = (np.random.default_rng(4).standard_normal(66).astype(np.float32) + 1)[None, :]
+    u[0, :5] = 1.5
+    raw = u[0].astype("<f4").tobytes()
+    assert len(codec.zstd.zstd.compress(raw)) == len(raw) == 264
+    many = codec.encode_many(u, _rngs(1), [1.0])
+    assert many == [codec.encode(u[0], np.random.default_rng(0), 1.0)[0]]
+    assert many[0][5] == 0  # flags: no zstd
+    assert codec.decode_frame(many[0]).header.payload_bytes == 264
