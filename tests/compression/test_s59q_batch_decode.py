@@ -188,3 +188,66 @@ def test_a_zstd_payload_not_shorter_than_its_sections_is_refused_by_both(extra: 
     _same(single, got[0], f"extra={extra}")
     _same(codec.decode_frame(raw), got[1], "raw")
     _same(single, got[2], f"extra={extra}")
+
+
+def _resized(frame: bytes, section: int, new_len: int) -> bytes:
+    """The raw frame with section 0/1/2 (index/scale/value) cut or zero-extended to `new_len`
+    bytes, its size field and payload_bytes set to match (CRC fixed): a consistent header."""
+    names = ("index_bytes", "scale_bytes", "value_bytes")
+    sizes = [int.from_bytes(frame[OFFSETS[n][0] : OFFSETS[n][0] + 4], "little") for n in names]
+    payload = payload_of(frame)
+    start = sum(sizes[:section])
+    old = payload[start : start + sizes[section]]
+    new = (old + bytes(max(new_len - len(old), 0)))[:new_len]
+    out = with_payload(frame, payload[:start] + new + payload[start + sizes[section] :], flags=0)
+    return with_field(out, names[section], new_len)
+
+
+@pytest.mark.parametrize(
+    ("bits", "index"), [(16, "bitmap"), (32, "bitmap"), (16, "ef"), (32, "rice")]
+)
+def test_decode_many_refuses_a_float_section_sized_for_the_other_float(
+    bits: int, index: str
+) -> None:
+    # An fp32 frame whose value section is 2k bytes, an fp16 one with 4k (headers otherwise
+    # consistent): decode_frame refuses both; so must the batch's header check.
+    spec = SPECS[20]
+    codec = UpdateCodec(spec, CodecConfig(topk=0.3, bits=bits, index=index))
+    u = (np.random.default_rng(3).standard_normal((2, 20)) * 0.01).astype(np.float32)
+    frames = [_raw(codec, codec.encode(u[i], np.random.default_rng(i), 1.0)[0]) for i in range(2)]
+    k = codec.decode_frame(frames[0]).header.nnz
+    variants = [("good", f) for f in frames]
+    for f in frames:
+        for section in (0, 1, 2):
+            size = int.from_bytes(f[40 + 4 * section : 44 + 4 * section], "little")
+            for new_len in {0, size - 1, size + 1, 2 * k, 4 * k, 8 * k} - {size}:
+                if new_len >= 0:
+                    variants.append(
+                        (f"section {section} -> {new_len}", _resized(f, section, new_len))
+                    )
+    got = codec.decode_many([f for _, f in variants])
+    for (what, f), g in zip(variants, got, strict=True):
+        _same(_single(codec, f), g, what)
+
+
+def test_decode_many_refuses_a_bitmap_section_one_byte_short() -> None:
+    # d = 20: the bitmap is 3 bytes. Here it is 2 (header and payload consistent), and the
+    # first value byte after it would complete a bitmap of k = 4 ones (3 in the first byte,
+    # 1 in the low nibble of the value byte): decode_frame refuses the index section's size,
+    # and the batch must not read the bitmap on into the values.
+    spec = SPECS[20]
+    codec = UpdateCodec(spec, CodecConfig(topk=0.2, bits=32, index="bitmap"))
+    u = np.zeros(20, np.float32)
+    u[[0, 1, 2, 16]] = [1.0, 2.0, 3.0, 4.0]
+    frame = _raw(codec, codec.encode(u, np.random.default_rng(0), 1.0)[0])
+    h = codec.decode_frame(frame).header
+    assert (h.nnz, h.index_coding, h.index_bytes) == (4, "bitmap", 3)
+    values = bytearray(payload_of(frame)[3:])
+    values[0] = 0x01  # the low mantissa byte of the first value: still finite
+    short = with_field(
+        with_payload(frame, bytes([0b111, 0]) + bytes(values), flags=0), "index_bytes", 2
+    )
+    assert isinstance(_single(codec, short), CodecError)
+    got = codec.decode_many([short, frame, short])
+    for f, g in zip([short, frame, short], got, strict=True):
+        _same(_single(codec, f), g, "short bitmap")
