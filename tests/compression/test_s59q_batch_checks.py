@@ -8,7 +8,15 @@ import re
 import numpy as np
 import pytest
 
-from compression import CodecConfig, ErrorFeedback, ModelSpec, UpdateCodec, feedback_step_many
+from compression import (
+    CodecConfig,
+    DecodedFrame,
+    ErrorFeedback,
+    ModelSpec,
+    SizeLimitExceeded,
+    UpdateCodec,
+    feedback_step_many,
+)
 from compression._feedback import SUM_OVERFLOW
 
 SPEC = ModelSpec.from_shapes([("w", (4, 4)), ("b", (4,))])  # d = 20
@@ -126,3 +134,16 @@ def test_a_row_that_zstd_does_not_shorten_is_stored_raw_by_the_batch_encoder() -
     assert many == [codec.encode(u[0], np.random.default_rng(0), 1.0)[0]]
     assert many[0][5] == 0  # flags: no zstd
     assert codec.decode_frame(many[0]).header.payload_bytes == 264
+
+
+def test_decode_many_refuses_a_memoryview_above_the_cap_by_its_size() -> None:
+    # A bytes-like above the cap is not copied into the batch; the single decoder must still
+    # see the caller's object (and refuse its size), not the empty stand-in.
+    codec = _codec()
+    frame = codec.encode_many(_rows(1), _rngs(1), [1.0])[0]
+    huge = memoryview(b"PLMU" + bytes(1 << 16))
+    got = codec.decode_many([huge, memoryview(frame)])
+    with pytest.raises(SizeLimitExceeded) as err:
+        codec.decode_frame(huge)
+    assert type(got[0]) is SizeLimitExceeded and str(got[0]) == str(err.value)
+    assert isinstance(got[1], DecodedFrame)
