@@ -142,8 +142,8 @@ def test_decode_many_refuses_a_memoryview_above_the_cap_by_its_size() -> None:
     codec = _codec()
     frame = codec.encode_many(_rows(1), _rngs(1), [1.0])[0]
     huge = memoryview(b"PLMU" + bytes(1 << 16))
-    got = codec.decode_many([huge, memoryview(frame)])
+    got = codec.decode_many([huge, memoryview(frame)])  # type: ignore[list-item]
     with pytest.raises(SizeLimitExceeded) as err:
-        codec.decode_frame(huge)
+        codec.decode_frame(huge)  # type: ignore[arg-type]
     assert type(got[0]) is SizeLimitExceeded and str(got[0]) == str(err.value)
     assert isinstance(got[1], DecodedFrame)
