@@ -1404,12 +1404,12 @@ class _Core:
         header (`LayoutMismatchError`) rather than refused as an answer too large."""
         if spec.dense_bytes > self.max_model_bytes:
             raise ModelTooLargeError(task_id, spec.dense_bytes, self.max_model_bytes)
-        held = None if snapshot else self.store.load_model(task_id, spec.size)
-        if app_spec and held is not None and self.store.held_layout(task_id) != spec.fingerprint:
-            # An empty delta chain (the held model is current) carries no layout, so the
-            # app's spec could not be checked against the task's: ask for a snapshot, whose
-            # header is, unless the held model is known to be of the spec's layout.
-            held = None
+        # An empty delta chain (the held model is current) carries no layout, so the app's
+        # spec (`app_spec`) could not be checked against the task's: ask for a snapshot, whose
+        # header is, unless the held model is known to be of the spec's layout. Checked from
+        # state.json first, so a model that would not be asked from is not read and hashed.
+        known = not app_spec or self.store.held_layout(task_id) == spec.fingerprint
+        held = self.store.load_model(task_id, spec.size) if known and not snapshot else None
         params = {"format": "auto", "dtype": "fp32" if fp32 else self.model_dtype}
         if held is not None and held[2] and (max_version is None or held[1] <= max_version):
             params["have"] = str(held[1])
