@@ -29,7 +29,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
@@ -54,7 +54,7 @@ from tests.protocol.test_s57b_hostile_downloads import _mutated as mutated_messa
 
 from .test_client_hostile_server import Sleeps
 from .test_client_secure import ADMIN, SPEC, ShiftTrainer, _data, _task
-from .test_s57g_hostile_answers import HEADER_TEXT, mutated_bytes, mutated_json
+from .test_s57g_hostile_answers import HEADER_TEXT, _response, mutated_bytes, mutated_json
 
 Answer = tuple[int, dict[str, bytes], bytes]  # status, headers, body
 Key = tuple[str, str]  # method, path
@@ -204,19 +204,6 @@ class Mutation:
 
 
 # -- replay --------------------------------------------------------------------------------------
-
-
-def _response(answer: Answer, kind: str) -> httpx.Response:
-    """`answer` as a response whose body is streamed, as off a socket."""
-    status, named, body = answer
-    headers = [(name.encode(), value) for name, value in named.items()]
-    if kind == "sync":
-        return httpx.Response(status, headers=headers, content=iter([body]))
-
-    async def chunks() -> AsyncIterator[bytes]:
-        yield body
-
-    return httpx.Response(status, headers=headers, content=chunks())
 
 
 class Replay:
