@@ -260,6 +260,12 @@ class SecurePlan:
         # Segments tile disjoint, in-order parts of the model (as `sketch_segments_for` lays
         # them out), so the sketch has at most 2 d entries and every reshape on a device fits.
         end, d = 0, self.model_size
+        if len(segs) > MAX_SEGMENTS:
+            # `from_bytes` refuses a plan declaring more, so every device would refuse it.
+            raise ValueError(
+                f"{len(segs)} sketch segments, at most {MAX_SEGMENTS}: a device refuses a plan "
+                "with more; pool the sketch over fewer tensors or turn it off"
+            )
         for off, rows, cols, pool in segs:
             if off < end or rows < 1 or not 1 <= pool <= cols or off + rows * cols > d:
                 raise ValueError(f"sketch segment {(off, rows, cols, pool)} is out of range")

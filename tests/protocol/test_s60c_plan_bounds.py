@@ -1,0 +1,88 @@
+"""Bounds of protocol/secagg/_plan.py that no test pinned (s60c mutation hunt, after s59s):
+the sketch-segment count a plan may carry, and the exact lengths at which `from_bytes` stops
+calling a plan truncated. A plan the server can build must be one a device decodes: a plan of
+more than `MAX_SEGMENTS` sketch segments was built and sent, and every device refused it."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pytest
+
+from coordinator.secure import SecureConfig, make_plan
+from protocol.secagg import MalformedMessage, SecurePlan
+from protocol.secagg._plan import _FIXED, MAX_SEGMENTS
+
+
+def _sketched(n_seg: int) -> SecurePlan:
+    """A plan over a model of n_seg one-scalar tensors, one sketch segment each."""
+    return SecurePlan(
+        round_id=1,
+        num_nodes=3,
+        degree=2,
+        threshold=2,
+        ring_bits=32,
+        value_bits=8,
+        max_weight=1,
+        model_size=n_seg,
+        indices=np.arange(4, dtype=np.int64),
+        clip_norm=1.0,
+        coord_bound=1.0,
+        graph_seed=b"g" * 32,
+        rotation_seed=b"r" * 32,
+        sketch_bits=8,
+        sketch_segments=tuple((i, 1, 1, 1) for i in range(n_seg)),
+    )
+
+
+def test_a_plan_of_exactly_max_segments_is_built_and_decoded() -> None:
+    # Kills `n_seg > MAX_SEGMENTS` flipped to >= in from_bytes.
+    plan = _sketched(MAX_SEGMENTS)
+    data = plan.to_bytes()
+    back = SecurePlan.from_bytes(data, MAX_SEGMENTS)
+    assert len(back.sketch_segments) == MAX_SEGMENTS
+    assert back.to_bytes() == data
+
+
+def test_a_plan_of_more_than_max_segments_is_not_built() -> None:
+    # Before, SecurePlan took 4,097 segments and wrote them; its own from_bytes (every device)
+    # refused the bytes as "plan declares 4097 sketch segments".
+    with pytest.raises(
+        ValueError, match=f"^{MAX_SEGMENTS + 1} sketch segments, at most {MAX_SEGMENTS}: "
+    ):
+        _sketched(MAX_SEGMENTS + 1)
+    plan = _sketched(MAX_SEGMENTS)
+    with pytest.raises(ValueError, match=f"^{MAX_SEGMENTS + 1} sketch segments"):
+        plan.derive(sketch_segments=plan.sketch_segments + ((MAX_SEGMENTS, 1, 1, 1),))
+
+
+def _plain() -> bytes:
+    """A coordinator plan without sketch segments: fixed fields, then (bits, count = 0)."""
+    plan = make_plan(SecureConfig(coord_fraction=0.25), 5, 10, 64, np.arange(16, dtype=np.int64))
+    assert plan.sketch_segments == ()
+    return plan.to_bytes()
+
+
+def test_a_plan_cut_after_its_length_field_is_not_called_truncated() -> None:
+    # _FIXED.size + 9 bytes hold every field up to the packed length: the shortest plan
+    # from_bytes reads on. Kills `len(data) < _FIXED.size + 9` flipped to <=.
+    cut = _plain()[: _FIXED.size + 9]
+    with pytest.raises(MalformedMessage, match="^plan length mismatch$"):
+        SecurePlan.from_bytes(cut, 64)
+    with pytest.raises(MalformedMessage, match="^plan truncated$"):
+        SecurePlan.from_bytes(cut[:-1], 64)
+
+
+def test_a_plan_whose_segments_end_at_its_length_field_is_not_short_of_them() -> None:
+    # One declared segment and exactly its 20 bytes and the length field (0): the segments
+    # are all there; what is missing is the coordinates. Kills `len(data) < pos + 20 * n_seg
+    # + 4` flipped to <=.
+    data = _plain()
+    head = bytearray(data[: _FIXED.size + 5])
+    struct.pack_into("<I", head, _FIXED.size + 1, 1)
+    exact = bytes(head) + struct.pack("<QIII", 0, 1, 1, 1) + struct.pack("<I", 0)
+    with pytest.raises(MalformedMessage, match="^plan coordinates: "):
+        SecurePlan.from_bytes(exact, 64)
+    with pytest.raises(MalformedMessage, match="^plan declares 1 sketch segments$"):
+        SecurePlan.from_bytes(exact[:-1], 64)
