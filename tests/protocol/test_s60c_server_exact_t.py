@@ -1,0 +1,43 @@
+"""The server reconstructs a secret from exactly t shares the strict way (s60c mutation hunt on
+protocol/secagg/_server.py, after s59s). `_finish` tries `combine_shares` when a node has at
+least t kept shares and spends an error-correction decode (at most `max_robust_decodes` per
+round) only when that fails. With `len(kept) >= t` flipped to `>`, a round in which some node
+had exactly t shares spent a decode on each such node: a server allowing none aborted an
+honest round."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from protocol.secagg import ProtocolParams, SecAggClient, SecAggServer
+
+N = 5
+L = 3
+
+
+def test_secrets_with_exactly_t_shares_need_no_error_correction() -> None:
+    # Prepare: k = n - 1 = 4, t = 3, every node sends its masked input; only nodes 0 to 3
+    # answer the unmask request, so the self-mask seeds of nodes 0 to 3 have exactly t = 3
+    # shares each (from the other three), node 4's has 4
+    p = ProtocolParams(7, N, N - 1, 3, 16, L, bytes(32), b"\x07" * 32)
+    server = SecAggServer(p, max_robust_decodes=0)
+    clients = [SecAggClient(p, i, p.digest) for i in range(N)]
+    for c in clients:
+        server.receive_advertise(c.advertise())
+    directories = server.close_advertise()
+    for i, d in directories.items():
+        server.receive_share_keys(clients[i].share_keys(d))
+    deliveries = server.close_share_keys()
+    for i in range(N):
+        server.receive_masked_input(
+            clients[i].masked_input(deliveries[i], np.full(L, i + 1, np.uint64))
+        )
+    req = server.close_masked_input()
+    assert req.alive == tuple(range(N))
+    for i in range(4):
+        server.receive_unmask(clients[i].unmask(req))
+    # Execute
+    result = server.finish()
+    # Assert: the exact sum, and no secret went through error correction
+    assert result.total.tolist() == [sum(range(1, N + 1))] * L
+    assert server.state.robust_decodes == 0
