@@ -13,8 +13,13 @@ import pytest
 
 from compression import SparseUpdate
 from coordinator.aggregators import (
+    CenteredClipping,
     ClientUpdate,
     CoordinateMedian,
+    FedAvg,
+    GeometricMedian,
+    Krum,
+    MomentumCosineFilter,
     RobustLearningRate,
     TrimmedMean,
     UpdateRows,
@@ -74,3 +79,74 @@ def test_measured_squared_norms_survive_a_subset_and_sit_on_the_gram_diagonal() 
     np.testing.assert_array_equal(np.diagonal(sub.gram()), [13.0, 7.0])
     # An unmeasured subset takes the true squared norms.
     np.testing.assert_allclose(UpdateRows(ups, 3).subset([2, 0]).sq_norms(), [26.0, 5.0])
+
+
+def test_geomed_restarts_from_the_median_when_a_large_minority_is_huge() -> None:
+    # 4 identical reports of 10 at 1e20: from the mean, 100 Weiszfeld iterations close only a
+    # fraction of the gap each, and leave the iterate far from the 6 honest reports. The
+    # restart from the coordinate-wise median lands among them; its objective is lower.
+    rng = np.random.default_rng(11)
+    honest = rng.normal(size=(6, 8)).astype(np.float32)
+    attack = np.repeat(np.float32(1e20) * rng.normal(size=(1, 8)).astype(np.float32), 4, axis=0)
+    x = np.vstack([honest, attack])
+    out = GeometricMedian().create(8).next((), [cu(f"d{i}", r) for i, r in enumerate(x)])
+    meas = out.measurements
+    assert meas["restarted_from_median"] is True and meas["iterations"] == 100
+    # Among the honest reports (their spread is about 4; the mean-started iterate is ~1e3 off).
+    assert np.linalg.norm(out.result - honest.mean(axis=0)) < 4.0
+    x64 = x.astype(np.float64)
+    objective = float(np.linalg.norm(x64 - out.result.astype(np.float64), axis=1).sum())
+    assert meas["objective"] == pytest.approx(objective, rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    "factory",
+    [
+        CoordinateMedian(),
+        TrimmedMean(0.2),
+        TrimmedMean(0.2, support=True),
+        RobustLearningRate(theta=2),
+        Krum(f=1),
+        GeometricMedian(),
+        CenteredClipping(tau=None),
+    ],
+    ids=lambda f: type(f).__name__,
+)
+def test_an_empty_round_is_zero_with_zero_clients(factory: object) -> None:
+    proc = factory.create(3)  # type: ignore[attr-defined]
+    out = proc.next(proc.initialize(), [])
+    np.testing.assert_array_equal(out.result, np.zeros(3, np.float32))
+    assert out.measurements["clients"] == 0
+
+
+def test_centered_clipping_refuses_a_centre_of_the_wrong_size() -> None:
+    proc = CenteredClipping(tau=1.0).create(3)
+    with pytest.raises(ValueError, match="centered clipping state must be float32\\[3\\]"):
+        proc.next(np.zeros(4, np.float32), [cu("a", [1.0, 2.0, 3.0])])
+
+
+@pytest.mark.parametrize("in_a_row", [0, -1, 1.0, True])
+def test_cosfilter_refuses_a_state_whose_distrust_count_is_not_a_positive_int(
+    in_a_row: object,
+) -> None:
+    proc = MomentumCosineFilter(inner=FedAvg()).create(2)
+    momentum, inner_state = proc.initialize()
+    with pytest.raises(ValueError, match="distrusted rounds in a row must be an int >= 1"):
+        proc.next((momentum, inner_state, in_a_row), [cu("a", [1.0, 0.0])])
+
+
+def test_cosfilter_refuses_a_momentum_of_the_wrong_size() -> None:
+    proc = MomentumCosineFilter(inner=FedAvg()).create(2)
+    _, inner_state = proc.initialize()
+    with pytest.raises(ValueError, match="cosine filter state must hold float32\\[2\\]"):
+        proc.next((np.zeros(3, np.float32), inner_state), [cu("a", [1.0, 0.0])])
+
+
+def test_geomed_stops_when_an_iteration_moves_the_iterate_by_less_than_tol() -> None:
+    # Three points of a line segment: Weiszfeld from their mean converges on the middle one
+    # in a few iterations, well before max_iter, and needs no restart.
+    ups = [cu("a", [0.0, 1.0]), cu("b", [1.0, 1.0]), cu("c", [5.0, 1.0])]
+    out = GeometricMedian(nu=1e-9, tol=1e-6).create(2).next((), ups)
+    meas = out.measurements
+    assert meas["iterations"] < 100 and "restarted_from_median" not in meas
+    np.testing.assert_allclose(out.result, [1.0, 1.0], atol=1e-4)
