@@ -86,3 +86,22 @@ def test_a_plan_whose_segments_end_at_its_length_field_is_not_short_of_them() ->
         SecurePlan.from_bytes(exact, 64)
     with pytest.raises(MalformedMessage, match="^plan declares 1 sketch segments$"):
         SecurePlan.from_bytes(exact[:-1], 64)
+
+
+def test_a_zero_coordinate_bound_is_refused_by_name() -> None:
+    # Kills `coord_bound > 0` flipped to >=: a bound of 0 then reached the quantizer scale
+    # (2^b - 1) / (2 C') and raised a bare ZeroDivisionError.
+    plan = _sketched(4)
+    with pytest.raises(ValueError, match="^clip_norm and coord_bound must be positive$"):
+        plan.derive(coord_bound=0.0)
+
+
+@pytest.mark.parametrize(("bits", "taken"), [(0, False), (1, True), (32, True), (33, False)])
+def test_sketch_bits_from_1_to_32_are_taken(bits: int, taken: bool) -> None:
+    # Kills `1 <= sketch_bits <= 32` flipped to 1 < or to < 32.
+    plan = _sketched(4)
+    if not taken:
+        with pytest.raises(ValueError, match=f"^sketch_bits={bits} with 4 sketch segments$"):
+            plan.derive(sketch_bits=bits)
+        return
+    assert SecurePlan.from_bytes(plan.derive(sketch_bits=bits).to_bytes(), 4).sketch_bits == bits
