@@ -1,12 +1,24 @@
-"""The robust Shamir decoder's own limits (protocol/secagg/_shamir.py `_berlekamp_welch`), which
-no test held (s60c mutation hunt): it returns the polynomial of degree < k through all but at
-most e of m >= k + 2e distinct points, or None. `combine_shares_robust` always calls it inside
-those limits, so these are asked of the decoder directly, as tests/protocol/
-test_h224_robust_decode_cost.py does; outside them it must say None, not guess."""
+"""Limits of protocol/secagg/_shamir.py that no test held (s60c mutation hunt): the share
+counts `create_shares` takes at their bounds, a reconstructed chunk exactly one past its
+width, and the robust decoder `_berlekamp_welch`, which returns the polynomial of degree < k
+through all but at most e of m >= k + 2e distinct points, or None. `combine_shares_robust`
+always calls the decoder inside those limits, so these are asked of it directly, as
+tests/protocol/test_h224_robust_decode_cost.py does; outside them it must say None, not guess."""
 
 from __future__ import annotations
 
-from protocol.secagg._shamir import _berlekamp_welch
+import pytest
+
+from protocol.secagg import ShareError, combine_shares, create_shares
+from protocol.secagg._shamir import (
+    _HEADER,
+    CHECK_BYTES,
+    COMMIT_BYTES,
+    MAX_SHARES,
+    Y_BYTES,
+    _berlekamp_welch,
+    _check,
+)
 
 
 def test_two_points_off_one_constant_are_not_corrected_at_radius_zero() -> None:
@@ -33,3 +45,33 @@ def test_a_repeated_x_is_not_decoded() -> None:
     # Without the guard the barycentric weights divided by x - x = 0: a bare ValueError
     # ("base is not invertible for the given modulus") instead of None.
     assert _berlekamp_welch([1, 1, 2], [5, 5, 6], 1, 1) is None
+
+
+@pytest.mark.parametrize(("t", "num"), [(1, 1), (3, 3), (1, MAX_SHARES)])
+def test_shares_at_each_count_bound_are_made_and_recovered(t: int, num: int) -> None:
+    # Kills each `<=` of `1 <= threshold <= num <= MAX_SHARES` flipped to <.
+    shares = create_shares(b"\x05", t, num)
+    assert len(shares) == num
+    assert combine_shares(shares[-t:]) == b"\x05"
+    with pytest.raises(
+        ShareError, match=f"^need 1 <= threshold \\(1\\) <= num \\({MAX_SHARES + 1}\\)"
+    ):
+        create_shares(b"\x05", 1, MAX_SHARES + 1)
+
+
+def _with_y_of(share: bytes, y: int) -> bytes:
+    """The share with its first chunk's y set to `y`, re-sealed (the check is a plain hash)."""
+    head = _HEADER.size + COMMIT_BYTES
+    body = bytearray(share[:-CHECK_BYTES])
+    body[head : head + Y_BYTES] = y.to_bytes(Y_BYTES, "little")
+    return bytes(body) + _check(bytes(body))
+
+
+def test_a_chunk_of_exactly_two_to_its_width_is_refused_as_tampered() -> None:
+    # A 1-byte secret at t = 1: both shares say f(0) = 256, one past a byte. With
+    # `value >= 1 << (8 * width)` flipped to >, int.to_bytes raised a bare OverflowError.
+    shares = [_with_y_of(s, 256) for s in create_shares(b"\x05", 1, 2)]
+    with pytest.raises(ShareError, match="^reconstructed chunk out of range"):
+        combine_shares(shares)
+    with pytest.raises(ShareError, match="^reconstructed chunk out of range"):
+        combine_shares(shares[:1])
