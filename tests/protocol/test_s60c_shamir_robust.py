@@ -1,7 +1,7 @@
 """`combine_shares_robust` at edges no test held (s60c mutation hunt on
 protocol/secagg/_shamir.py, after s59s): a forged share of threshold 1 when the caller knows
 the dealer's threshold, exactly t good shares beside a malformed one, and a left-out candidate
-that reconstructs to exactly one past its chunk's width."""
+that reconstructs to exactly one past its chunk's width, and a corrected polynomial that does."""
 
 from __future__ import annotations
 
@@ -46,3 +46,13 @@ def test_a_left_out_candidate_one_past_its_width_is_dropped() -> None:
     # bare OverflowError.
     honest, liar = create_shares(b"\x05", 1, 2)
     assert combine_shares_robust([honest, _with_y(liar, 256)], 1) == (b"\x05", (1,))
+
+
+def test_a_corrected_polynomial_one_past_its_width_is_refused() -> None:
+    # t = 1, four shares: three say f(0) = 256, one says 5. Error correction (e = 1) finds the
+    # constant 256, which is not a byte: no secret, refused by name. With `value >= 1 << (8 *
+    # width)` flipped to > (after `_berlekamp_welch`), int.to_bytes raised a bare OverflowError.
+    shares = create_shares(b"\x05", 1, 4)
+    lying = [shares[0], *(_with_y(s, 256) for s in shares[1:])]
+    with pytest.raises(ShareError, match="^no secret matches its commitment"):
+        combine_shares_robust(lying, 1)
