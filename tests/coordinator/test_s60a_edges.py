@@ -20,10 +20,12 @@ from coordinator.aggregators import (
     GeometricMedian,
     Krum,
     MomentumCosineFilter,
+    NearestNeighborMixing,
     RobustLearningRate,
     TrimmedMean,
     UpdateRows,
 )
+from coordinator.aggregators._robust import _num
 
 
 def cu(name: str, values: Sequence[float], weight: float = 1.0) -> ClientUpdate:
@@ -150,3 +152,37 @@ def test_geomed_stops_when_an_iteration_moves_the_iterate_by_less_than_tol() -> 
     meas = out.measurements
     assert meas["iterations"] < 100 and "restarted_from_median" not in meas
     np.testing.assert_allclose(out.result, [1.0, 1.0], atol=1e-4)
+
+
+@pytest.mark.parametrize(("f", "fraction"), [(0, False), (0.0, False), (1, False), (0.2, True)])
+def test_only_a_fractional_f_is_measured_as_f_fraction(f: float, fraction: bool) -> None:
+    ups = [cu(f"d{i}", [float(i), 1.0]) for i in range(6)]
+    for factory in (Krum(f=f), NearestNeighborMixing(f=f, inner=FedAvg())):
+        meas = factory.create(2).next((), ups).measurements
+        assert ("f_fraction" in meas) is fraction
+        if fraction:
+            assert meas["f_fraction"] == f
+
+
+@pytest.mark.parametrize(
+    ("v", "text"),
+    [
+        (10**15, "1e+15"),
+        (10**15 - 1, "999999999999999"),
+        (1e15, "1e+15"),
+        (2.0, "2"),
+        (0.45, "0.45"),
+    ],
+)
+def test_counts_from_1e15_on_are_written_in_exponent_form(v: float, text: str) -> None:
+    assert _num(v) == text
+
+
+def test_geomed_with_tol_0_stops_at_a_fixed_point() -> None:
+    # Equal reports: the first iteration lands on them and the next step is exactly 0, which
+    # tol = 0 accepts (a step "at most tol·||z||"), so the run converges without a restart.
+    ups = [cu(f"d{i}", [3.0, -1.0]) for i in range(4)]
+    out = GeometricMedian(tol=0.0).create(2).next((), ups)
+    assert out.measurements["iterations"] == 1
+    assert "restarted_from_median" not in out.measurements
+    np.testing.assert_array_equal(out.result, np.array([3.0, -1.0], np.float32))
