@@ -3,13 +3,14 @@ protocol/secagg/_server.py, after s59s). `_finish` tries `combine_shares` when a
 least t kept shares and spends an error-correction decode (at most `max_robust_decodes` per
 round) only when that fails. With `len(kept) >= t` flipped to `>`, a round in which some node
 had exactly t shares spent a decode on each such node: a server allowing none aborted an
-honest round."""
+honest round. And the survivor floor is never below 2, whatever `min_survivors` says."""
 
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from protocol.secagg import ProtocolParams, SecAggClient, SecAggServer
+from protocol.secagg import ProtocolParams, RoundAborted, SecAggClient, SecAggServer
 
 N = 5
 L = 3
@@ -41,3 +42,21 @@ def test_secrets_with_exactly_t_shares_need_no_error_correction() -> None:
     # Assert: the exact sum, and no secret went through error correction
     assert result.total.tolist() == [sum(range(1, N + 1))] * L
     assert server.state.robust_decodes == 0
+
+
+@pytest.mark.parametrize("floor", [0, 1])
+def test_one_masked_input_is_below_the_floor_whatever_min_survivors_says(floor: int) -> None:
+    # Kills max(2, floor) turned to max(1, floor): the round then aborted for node 0's lack of
+    # live neighbours instead, so the floor alone did not stop a sum of one input.
+    p = ProtocolParams(7, N, N - 1, 3, 16, L, bytes(32), b"\x07" * 32)
+    server = SecAggServer(p, min_survivors=floor)
+    clients = [SecAggClient(p, i, p.digest) for i in range(N)]
+    for c in clients:
+        server.receive_advertise(c.advertise())
+    directories = server.close_advertise()
+    for i, d in directories.items():
+        server.receive_share_keys(clients[i].share_keys(d))
+    deliveries = server.close_share_keys()
+    server.receive_masked_input(clients[0].masked_input(deliveries[0], np.ones(L, np.uint64)))
+    with pytest.raises(RoundAborted, match="^1 masked inputs, need 2$"):
+        server.close_masked_input()
