@@ -13,6 +13,7 @@ import pytest
 
 from compression import SparseUpdate
 from coordinator.aggregators import (
+    Bucketing,
     CenteredClipping,
     ClientUpdate,
     CoordinateMedian,
@@ -186,3 +187,13 @@ def test_geomed_with_tol_0_stops_at_a_fixed_point() -> None:
     assert out.measurements["iterations"] == 1
     assert "restarted_from_median" not in out.measurements
     np.testing.assert_array_equal(out.result, np.array([3.0, -1.0], np.float32))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_bucket_whose_counts_are_all_zero_weighs_nothing_behind_fedavg(seed: int) -> None:
+    # Two reports declaring 0 examples: in a bucket together (some seeds), that bucket's
+    # mean is moot and weighs 0; the round is FedAvg of the others whatever the shuffle.
+    ups = [cu("z0", [9.0, 9.0], 0.0), cu("z1", [-7.0, 5.0], 0.0)]
+    ups += [cu("a", [1.0, 2.0], 1.0), cu("b", [3.0, -2.0], 3.0)]
+    out = Bucketing(2, inner=FedAvg(), seed=seed).create(2).next((0, ()), ups)
+    np.testing.assert_allclose(out.result, [2.5, -1.0], rtol=1e-6)
