@@ -11,7 +11,13 @@ import numpy as np
 import pytest
 
 from coordinator.secure import SecureConfig, make_plan
-from protocol.secagg import MalformedMessage, SecurePlan
+from protocol.secagg import (
+    MalformedMessage,
+    RingOverflow,
+    SecurePlan,
+    check_ring,
+    required_ring_bits,
+)
 from protocol.secagg._plan import _FIXED, MAX_SEGMENTS
 
 
@@ -105,3 +111,21 @@ def test_sketch_bits_from_1_to_32_are_taken(bits: int, taken: bool) -> None:
             plan.derive(sketch_bits=bits)
         return
     assert SecurePlan.from_bytes(plan.derive(sketch_bits=bits).to_bytes(), 4).sketch_bits == bits
+
+
+def test_required_ring_bits_is_the_smallest_ring_check_ring_takes() -> None:
+    # Both compute n * w * (2^b - 1) + 2 * headroom; the ring of m bits holds it when it is
+    # below 2^m. Kills max(1, ...) turned to max(2, ...) (n = w = b = 1: the sum 1 fits in one
+    # bit) and 2 * headroom turned to 3 * headroom in required_ring_bits (1 + 2 = 3 fits in
+    # two bits, 1 + 3 would not).
+    assert required_ring_bits(1, 1, 1) == 1
+    assert required_ring_bits(1, 1, 1, 1) == 2
+    for n in (1, 2, 3, 5):
+        for w in (1, 2, 3):
+            for b in (1, 2, 3):
+                for h in (0, 1, 2, 3, 7):
+                    m = required_ring_bits(n, w, b, h)
+                    check_ring(n, w, b, m, h)
+                    if m > 1:
+                        with pytest.raises(RingOverflow):
+                            check_ring(n, w, b, m - 1, h)
