@@ -112,3 +112,13 @@ def test_a_fraction_is_refused_until_it_tolerates_one_report(factory: Any) -> No
 def test_rules_without_a_bound_are_never_refused() -> None:
     assert cohort_refusal(TrimmedMean(0.0), 1) is None
     assert cohort_refusal(Bucketing(1, inner=TrimmedMean(0.0)), 3) is None
+
+
+def test_grouped_mode_names_its_group_sums_and_how_they_follow_from_the_task() -> None:
+    message = cohort_refusal(
+        Bucketing(2, inner=Krum(f=1)), 8, unit="group sums", src="groups", grow="groups"
+    )
+    assert message == (
+        "krum: Krum needs n > 2f + 2, so f=1 needs more than 4 bucket means a round, and a "
+        "full round has 4 (8 group sums, groups in buckets of 2) (raise groups or lower f)"
+    )

@@ -197,3 +197,40 @@ def test_a_bucket_whose_counts_are_all_zero_weighs_nothing_behind_fedavg(seed: i
     ups += [cu("a", [1.0, 2.0], 1.0), cu("b", [3.0, -2.0], 3.0)]
     out = Bucketing(2, inner=FedAvg(), seed=seed).create(2).next((0, ()), ups)
     np.testing.assert_allclose(out.result, [2.5, -1.0], rtol=1e-6)
+
+
+def test_rlr_counts_as_low_agreement_only_coordinates_below_theta() -> None:
+    # Votes |sum of signs| per coordinate: 3, 2 (exactly theta), 1.
+    ups = [cu("a", [1.0, 1.0, 1.0]), cu("b", [1.0, 1.0, -1.0]), cu("c", [1.0, 0.0, 1.0])]
+    out = RobustLearningRate(theta=2).create(3).next((), ups)
+    assert out.measurements["low_agreement_coords"] == 1
+    np.testing.assert_allclose(out.result, [1.0, 2 / 3, -1 / 3], rtol=1e-6)
+
+
+def test_bucketing_counts_as_capped_only_counts_above_the_cap() -> None:
+    ups = [cu("a", [1.0], 5.0), cu("b", [2.0], 6.0), cu("c", [3.0], 1.0), cu("d", [4.0], 9.0)]
+    out = Bucketing(2, inner=FedAvg(max_weight=5.0)).create(1).next((0, ()), ups)
+    assert out.measurements["weights_capped"] == 2
+
+
+@pytest.mark.parametrize(
+    ("factory", "n", "holds"),
+    [
+        (NearestNeighborMixing(f=2, inner=FedAvg()), 4, False),
+        (NearestNeighborMixing(f=2, inner=FedAvg()), 5, True),
+        (NearestNeighborMixing(f=0.2, inner=FedAvg()), 10, True),
+        (NearestNeighborMixing(f=0.2, inner=FedAvg()), 4, False),
+        (NearestNeighborMixing(f=0, inner=FedAvg()), 1, True),
+        (Krum(f=0), 3, True),
+        (Krum(f=0), 2, False),
+        (Krum(f=1), 5, True),
+        (Krum(f=0.2), 10, True),
+        (Krum(f=0.2), 4, False),
+    ],
+)
+def test_guarantee_holds_exactly_when_the_rule_s_bound_is_met(
+    factory: object, n: int, holds: bool
+) -> None:
+    ups = [cu(f"d{i}", [float(i), 1.0]) for i in range(n)]
+    out = factory.create(2).next((), ups)  # type: ignore[attr-defined]
+    assert out.measurements["guarantee_holds"] is holds
