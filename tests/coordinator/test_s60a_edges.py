@@ -234,3 +234,10 @@ def test_guarantee_holds_exactly_when_the_rule_s_bound_is_met(
     ups = [cu(f"d{i}", [float(i), 1.0]) for i in range(n)]
     out = factory.create(2).next((), ups)  # type: ignore[attr-defined]
     assert out.measurements["guarantee_holds"] is holds
+
+
+@pytest.mark.parametrize("inner", [FedAvg(), FedAvg(uniform=True), CoordinateMedian()])
+def test_bucketing_measures_capped_counts_only_behind_a_capped_fedavg(inner: object) -> None:
+    ups = [cu(f"d{i}", [float(i)], 10.0) for i in range(4)]
+    out = Bucketing(2, inner=inner).create(1).next((0, inner.create(1).initialize()), ups)  # type: ignore[attr-defined]
+    assert "weights_capped" not in out.measurements

@@ -162,6 +162,11 @@ def test_resolve_f_is_the_count_or_the_exact_floor_of_the_fraction(
     assert resolve_f(f, n) == want
 
 
+def test_resolve_f_takes_a_whole_count_of_any_size() -> None:
+    # A count past float's range is still a count (it fails the cohort bound, not parsing).
+    assert resolve_f(10**400, 5) == 10**400
+
+
 def test_a_report_of_the_wrong_size_is_refused_naming_its_device() -> None:
     good = ClientUpdate("good", SparseUpdate(np.zeros(0, np.int64), np.zeros(0, np.float32), 4), 1)
     bad = ClientUpdate(
