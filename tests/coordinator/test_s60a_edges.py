@@ -7,6 +7,7 @@ measurements a round reports, the float64 fallback of the median of huge values.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pytest
@@ -237,7 +238,7 @@ def test_guarantee_holds_exactly_when_the_rule_s_bound_is_met(
 
 
 @pytest.mark.parametrize("inner", [FedAvg(), FedAvg(uniform=True), CoordinateMedian()])
-def test_bucketing_measures_capped_counts_only_behind_a_capped_fedavg(inner: object) -> None:
+def test_bucketing_measures_capped_counts_only_behind_a_capped_fedavg(inner: Any) -> None:
     ups = [cu(f"d{i}", [float(i)], 10.0) for i in range(4)]
-    out = Bucketing(2, inner=inner).create(1).next((0, inner.create(1).initialize()), ups)  # type: ignore[attr-defined]
+    out = Bucketing(2, inner=inner).create(1).next((0, inner.create(1).initialize()), ups)
     assert "weights_capped" not in out.measurements
