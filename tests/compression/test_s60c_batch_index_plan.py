@@ -58,3 +58,20 @@ def test_the_batch_encoder_plans_edge_rows_as_the_single_one(
     for got, frame in zip(codec.decode_many(many), single, strict=True):
         assert not isinstance(got, Exception)
         np.testing.assert_array_equal(got.update.to_dense(), codec.decode(frame).to_dense())
+
+
+@pytest.mark.parametrize("index", ["rice", "ef"])
+def test_the_batch_encoder_writes_every_low_field_width_as_the_single_one(index: str) -> None:
+    # d = 2,000 and k from 1 to 1,500: parameters (low-field widths) 2 to 8 at least. Kills
+    # `width == 8` turned to 7 in _pack_rows (7-bit fields written as bytes; no test wrote a
+    # 7-bit field through the batch encoder).
+    spec = ModelSpec.from_shapes([("w", (2000,))])
+    params = set()
+    for k in (1, 2, 3, 5, 8, 12, 20, 30, 60, 120, 200, 400, 900, 1500):
+        codec = UpdateCodec(spec, CodecConfig(topk=k / 2000, bits=4, block=8, index=index))
+        u = np.random.default_rng(k).standard_normal((6, 2000)).astype(np.float32)
+        many = codec.encode_many(u, [np.random.default_rng(i) for i in range(6)], [1.0] * 6)
+        single = [codec.encode(u[i], np.random.default_rng(i), 1.0)[0] for i in range(6)]
+        assert many == single, k
+        params |= {codec.decode_frame(f).header.index_param for f in many}
+    assert set(range(2, 9)) <= params
