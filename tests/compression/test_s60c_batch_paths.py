@@ -296,3 +296,12 @@ def test_the_batch_encoders_equal_the_single_one_for_the_top_k_they_do_not_cover
     assert frames == single
     for i in range(6):
         np.testing.assert_array_equal(dense[i], codec.decode(single[i]).to_dense())
+
+
+def test_a_frame_of_one_coordinate_is_decoded_by_the_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    # k = 1 (k = 0 frames are the ones the batch leaves to decode_frame). Kills `k == 0` turned
+    # to `k == 1` in _decode_index.
+    codec = UpdateCodec(SPEC, CodecConfig(topk=0.05, bits=4, block=8))
+    frame, decoded = _encode(codec, _rising())
+    assert decoded.header.nnz == 1
+    _batch_only(codec, [frame], monkeypatch)
