@@ -242,3 +242,10 @@ def test_bucketing_measures_capped_counts_only_behind_a_capped_fedavg(inner: Any
     ups = [cu(f"d{i}", [float(i)], 10.0) for i in range(4)]
     out = Bucketing(2, inner=inner).create(1).next((0, inner.create(1).initialize()), ups)
     assert "weights_capped" not in out.measurements
+
+
+@pytest.mark.parametrize("m", [None, 2])
+def test_multikrum_with_f_0_over_two_reports_averages_both(m: int | None) -> None:
+    out = Krum(f=0, m=m).create(2).next((), [cu("a", [1.0, 4.0]), cu("b", [3.0, -2.0])])
+    np.testing.assert_allclose(out.result, [2.0, 1.0], rtol=1e-6)
+    assert out.measurements["selected"] == ["a", "b"]
