@@ -138,6 +138,7 @@ from protocol.names import (
     TaskState,
 )
 from protocol.secagg import (
+    MAX_SEGMENTS,
     MalformedMessage,
     NoiseKind,
     RoundAborted,
@@ -823,6 +824,16 @@ def validate_task(cfg: TaskConfig) -> ModelSpec:
             check_plan(settings, cohort, spec.size, least=max(cfg.min_reports, 3))
         except ValueError as exc:
             raise ValueError(f"secure: {exc}") from None
+        if settings.config.sketch and not settings.config.dp:  # the sketch is off under DP
+            # One sketch segment a non-empty tensor (`sketch_segments_for`); every round's plan
+            # would be refused (`SecurePlan`), so the task could never open a round.
+            tensors = sum(1 for e in spec.entries if e.size > 0)
+            if tensors > MAX_SEGMENTS:
+                raise ValueError(
+                    f"secure.sketch: the model has {tensors} non-empty tensors, and a secure "
+                    f"round's plan carries at most {MAX_SEGMENTS} sketch segments (one a "
+                    "tensor): set secure.sketch to false"
+                )
         g = settings.config.group_size
         if g is not None:
             from coordinator.secure._config import group_refusal

@@ -264,7 +264,7 @@ class SecurePlan:
             # `from_bytes` refuses a plan declaring more, so every device would refuse it.
             raise ValueError(
                 f"{len(segs)} sketch segments, at most {MAX_SEGMENTS}: a device refuses a plan "
-                "with more; pool the sketch over fewer tensors or turn it off"
+                "with more; turn the sketch off for a model of more non-empty tensors"
             )
         for off, rows, cols, pool in segs:
             if off < end or rows < 1 or not 1 <= pool <= cols or off + rows * cols > d:
