@@ -249,3 +249,17 @@ def test_multikrum_with_f_0_over_two_reports_averages_both(m: int | None) -> Non
     out = Krum(f=0, m=m).create(2).next((), [cu("a", [1.0, 4.0]), cu("b", [3.0, -2.0])])
     np.testing.assert_allclose(out.result, [2.0, 1.0], rtol=1e-6)
     assert out.measurements["selected"] == ["a", "b"]
+
+
+def test_cosfilter_state_counts_distrusted_rounds_in_a_row_and_forgets_them_when_trusted() -> None:
+    proc = MomentumCosineFilter(inner=FedAvg(uniform=True)).create(2)
+    state = (np.array([1.0, 0.0], np.float32), proc.initialize()[1])
+    against = [cu(f"d{i}", [-1.0, 0.0]) for i in range(3)]
+    counts = []
+    # The second distrusted round restarts the momentum from its result (-e0 / 2), along
+    # which the third round's reports point: trusted, and the count is dropped.
+    for batch in (against, against, [cu("a", [-1.0, 0.1]), cu("b", [-0.5, 0.0])]):
+        out = proc.next(state, batch)
+        state = out.state
+        counts.append(state[2] if len(state) == 3 else 0)
+    assert counts == [1, 2, 0]
