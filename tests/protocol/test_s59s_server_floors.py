@@ -17,6 +17,7 @@ from protocol.secagg import (
     RoundAborted,
     SecAggClient,
     SecAggServer,
+    ShareDelivery,
     Stage,
     generate_keypair,
 )
@@ -31,17 +32,22 @@ def _params() -> ProtocolParams:
     return ProtocolParams(7, N, N - 1, 3, 16, L, bytes(32), b"\x07" * 32)
 
 
-def test_fewer_masked_inputs_than_the_floor_abort_before_unmask() -> None:
-    # Prepare: all five advertise and share; only nodes 0 to 3 send masked inputs
-    p = _params()
-    server = SecAggServer(p, min_survivors=5)
-    clients = [SecAggClient(p, i, p.digest) for i in range(N)]
+def _keys_shared(server: SecAggServer, clients: list[SecAggClient]) -> dict[int, ShareDelivery]:
+    """Every client advertises and shares keys; the server's share-keys deliveries by node."""
     for c in clients:
         server.receive_advertise(c.advertise())
     directories = server.close_advertise()
     for i, d in directories.items():
         server.receive_share_keys(clients[i].share_keys(d))
-    deliveries = server.close_share_keys()
+    return server.close_share_keys()
+
+
+def test_fewer_masked_inputs_than_the_floor_abort_before_unmask() -> None:
+    # Prepare: all five advertise and share; only nodes 0 to 3 send masked inputs
+    p = _params()
+    server = SecAggServer(p, min_survivors=5)
+    clients = [SecAggClient(p, i, p.digest) for i in range(N)]
+    deliveries = _keys_shared(server, clients)
     for i in (0, 1, 2, 3):
         server.receive_masked_input(clients[i].masked_input(deliveries[i], np.ones(L, np.uint64)))
     # Execute / Assert: no unmask request, and the masked sum is dropped
@@ -84,13 +90,8 @@ def test_exactly_the_floor_of_nodes_goes_through_every_stage() -> None:
     p = _params()
     server = SecAggServer(p, min_survivors=4)
     clients = [SecAggClient(p, i, p.digest) for i in range(4)]
-    for c in clients:
-        server.receive_advertise(c.advertise())
     # Execute: every close is at the floor, not below it
-    directories = server.close_advertise()
-    for i, d in directories.items():
-        server.receive_share_keys(clients[i].share_keys(d))
-    deliveries = server.close_share_keys()
+    deliveries = _keys_shared(server, clients)
     for i, d in deliveries.items():
         server.receive_masked_input(clients[i].masked_input(d, np.full(L, i, np.uint64)))
     request = server.close_masked_input()

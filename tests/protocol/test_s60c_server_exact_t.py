@@ -10,25 +10,19 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from protocol.secagg import ProtocolParams, RoundAborted, SecAggClient, SecAggServer
+from protocol.secagg import RoundAborted, SecAggClient, SecAggServer
 
-N = 5
-L = 3
+from .test_s59s_server_floors import L, N, _keys_shared, _params
 
 
 def test_secrets_with_exactly_t_shares_need_no_error_correction() -> None:
     # Prepare: k = n - 1 = 4, t = 3, every node sends its masked input; only nodes 0 to 3
     # answer the unmask request, so the self-mask seeds of nodes 0 to 3 have exactly t = 3
     # shares each (from the other three), node 4's has 4
-    p = ProtocolParams(7, N, N - 1, 3, 16, L, bytes(32), b"\x07" * 32)
+    p = _params()
     server = SecAggServer(p, max_robust_decodes=0)
     clients = [SecAggClient(p, i, p.digest) for i in range(N)]
-    for c in clients:
-        server.receive_advertise(c.advertise())
-    directories = server.close_advertise()
-    for i, d in directories.items():
-        server.receive_share_keys(clients[i].share_keys(d))
-    deliveries = server.close_share_keys()
+    deliveries = _keys_shared(server, clients)
     for i in range(N):
         server.receive_masked_input(
             clients[i].masked_input(deliveries[i], np.full(L, i + 1, np.uint64))
@@ -48,15 +42,10 @@ def test_secrets_with_exactly_t_shares_need_no_error_correction() -> None:
 def test_one_masked_input_is_below_the_floor_whatever_min_survivors_says(floor: int) -> None:
     # Kills max(2, floor) turned to max(1, floor): the round then aborted for node 0's lack of
     # live neighbours instead, so the floor alone did not stop a sum of one input.
-    p = ProtocolParams(7, N, N - 1, 3, 16, L, bytes(32), b"\x07" * 32)
+    p = _params()
     server = SecAggServer(p, min_survivors=floor)
     clients = [SecAggClient(p, i, p.digest) for i in range(N)]
-    for c in clients:
-        server.receive_advertise(c.advertise())
-    directories = server.close_advertise()
-    for i, d in directories.items():
-        server.receive_share_keys(clients[i].share_keys(d))
-    deliveries = server.close_share_keys()
+    deliveries = _keys_shared(server, clients)
     server.receive_masked_input(clients[0].masked_input(deliveries[0], np.ones(L, np.uint64)))
     with pytest.raises(RoundAborted, match="^1 masked inputs, need 2$"):
         server.close_masked_input()
