@@ -8,26 +8,14 @@ from __future__ import annotations
 
 import math
 
-import dp_accounting
 import numpy as np
 import pytest
-from dp_accounting import rdp
 
 from compression import SparseUpdate
 from coordinator.aggregators import AdaptiveClip, ClientUpdate, DPMean
 from coordinator.privacy import FixedSizeSampling, PoissonSampling, PrivacyAccountant
 
-Z, Q, DELTA = 1.1, 0.05, 1e-5
-
-
-def _rdp_epsilon(rounds: int) -> float:
-    """dp_accounting's RDP epsilon of `rounds` Poisson(Q)-sampled Gaussian(Z) rounds."""
-    acc = rdp.RdpAccountant(
-        neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
-    )
-    event = dp_accounting.PoissonSampledDpEvent(Q, dp_accounting.GaussianDpEvent(Z))
-    acc.compose(dp_accounting.SelfComposedDpEvent(event, rounds))
-    return float(acc.get_epsilon(DELTA))
+from .test_s60b_dp_budget_edges import DELTA, Q, Z, _rdp_epsilon
 
 
 @pytest.mark.parametrize("rounds", [1, 2, 3, 4, 5, 8])
