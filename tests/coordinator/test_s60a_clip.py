@@ -4,22 +4,16 @@ against its definition u -> u · min(1, C / ||u||) with planted huge reports."""
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pytest
 
 from compression import SparseUpdate
-from coordinator.aggregators import AdaptiveClip, ClientUpdate, Clip, FedAvg, UpdateRows
+from coordinator.aggregators import AdaptiveClip, Clip, FedAvg, UpdateRows
 from coordinator.aggregators._clip import MIN_CLIP, clip_factors, clip_update
 
-
-def cu(name: str, values: Sequence[float], weight: float = 1.0) -> ClientUpdate:
-    v = np.asarray(values, dtype=np.float32)
-    idx = np.flatnonzero(v).astype(np.int64)
-    return ClientUpdate(name, SparseUpdate(idx, v[idx], v.shape[0]), weight)
-
+from .test_aggregators_robust_edges import cu
 
 ACCEPTED = [
     lambda: AdaptiveClip(initial=1e-30),

@@ -6,7 +6,6 @@ measurements a round reports, the float64 fallback of the median of huge values.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -16,7 +15,6 @@ from compression import SparseUpdate
 from coordinator.aggregators import (
     Bucketing,
     CenteredClipping,
-    ClientUpdate,
     CoordinateMedian,
     FedAvg,
     GeometricMedian,
@@ -29,11 +27,7 @@ from coordinator.aggregators import (
 )
 from coordinator.aggregators._robust import _num
 
-
-def cu(name: str, values: Sequence[float], weight: float = 1.0) -> ClientUpdate:
-    v = np.asarray(values, dtype=np.float32)
-    idx = np.flatnonzero(v).astype(np.int64)
-    return ClientUpdate(name, SparseUpdate(idx, v[idx], v.shape[0]), weight)
+from .test_aggregators_robust_edges import cu
 
 
 def test_median_of_an_even_count_of_huge_values_is_their_mean_not_infinity() -> None:

@@ -8,8 +8,6 @@ size, and a report holding NaN or infinity.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -24,11 +22,7 @@ from coordinator.aggregators import (
     UpdateRows,
 )
 
-
-def cu(name: str, values: Sequence[float], weight: float = 1.0) -> ClientUpdate:
-    v = np.asarray(values, dtype=np.float32)
-    idx = np.flatnonzero(v).astype(np.int64)
-    return ClientUpdate(name, SparseUpdate(idx, v[idx], v.shape[0]), weight)
+from .test_aggregators_robust_edges import cu
 
 
 def reference(x: np.ndarray, w: np.ndarray) -> np.ndarray:
