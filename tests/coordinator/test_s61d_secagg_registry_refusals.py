@@ -334,3 +334,69 @@ def test_an_advertise_stage_past_its_timeout_is_not_joinable_before_any_tick() -
     untimed = _Round()
     untimed.clock.now += 1e6
     assert untimed.reg.joinable(RID, untimed.devs[0])
+
+
+def test_each_stage_deadline_counts_from_that_stage_opening() -> None:
+    """Kills _secagg_routes.py:317 (`epoch == grp.epoch and ...` -> `or`): the deadline entry
+    of a stage that had already closed was taken as the current stage's, which then closed
+    `timeout_s` after the previous stage opened instead of after it opened itself."""
+    # Prepare: advertise-keys opens at t = 100 and closes on its last upload at t = 120
+    r = _Round()
+    r.clock.now += 20.0
+    r.run(Stage.ADVERTISE_KEYS)
+    r.run(Stage.SHARE_KEYS, r.devs[:4])
+    # Execute + Assert: share-keys is not due 30 s after advertise-keys opened, but 30 s after
+    # it opened itself
+    r.clock.now = 130.0
+    assert r.reg.close_due(RID, 30.0) == 0
+    assert r.reg.current_stage(RID) == Stage.SHARE_KEYS
+    r.clock.now = 150.0
+    assert r.reg.close_due(RID, 30.0) == 1
+    assert r.reg.current_stage(RID) == Stage.MASKED_INPUT
+
+
+def test_the_router_resolves_a_registry_callable_per_request() -> None:
+    """Kills _secagg_routes.py:607 (`not isinstance(registry, SecureRegistry)` -> `isinstance`):
+    a zero-argument callable given as the registry was used as the registry itself, and every
+    request failed."""
+    # Prepare: the router asks `current` for the registry at each request
+    first, second = _Round(), _Round()
+    current = [first.reg]
+    app = FastAPI()
+    app.include_router(secagg_router(lambda: current[0], retry_after_s=0.01))
+    url = _stage_url(Stage.ADVERTISE_KEYS)
+    with _serve(app) as base, httpx.Client(base_url=base, timeout=30) as client:
+        # Execute
+        a = client.post(
+            url,
+            content=first.body(Stage.ADVERTISE_KEYS, "dev-0"),
+            headers={"x-plume-device": "dev-0"},
+        )
+        current[0] = second.reg
+        b = client.post(
+            url,
+            content=second.body(Stage.ADVERTISE_KEYS, "dev-1"),
+            headers={"x-plume-device": "dev-1"},
+        )
+    # Assert
+    assert (a.status_code, b.status_code) == (204, 204)
+    assert first.reg.stage_counts(RID)[Stage.ADVERTISE_KEYS] == 1
+    assert second.reg.stage_counts(RID)[Stage.ADVERTISE_KEYS] == 1
+    assert first.reg._rounds[RID].groups[0].uploaded[Stage.ADVERTISE_KEYS] == {"dev-0"}
+
+
+def test_an_upload_inside_the_idle_time_holds_off_the_tick() -> None:
+    """Kills _secagg_routes.py:326 (`if now >= grp.last_upload + idle_s` -> True): a tick
+    closed a stage idle_s after an older upload although a later one came within idle_s."""
+    # Prepare: three advertise at t = 100, a fourth at t = 101.5 (idle time 2 s)
+    r = _Round()
+    r.run(Stage.ADVERTISE_KEYS, r.devs[:3])
+    r.clock.now += 1.5
+    r.run(Stage.ADVERTISE_KEYS, r.devs[3:4])
+    # Execute + Assert: due at 103.5, not at 102
+    r.clock.now = 102.0
+    assert r.reg.close_due(RID, 1000.0, 2.0) == 0
+    assert r.reg.joinable(RID, r.devs[4])
+    r.clock.now = 103.5
+    assert r.reg.close_due(RID, 1000.0, 2.0) == 1
+    assert r.reg.current_stage(RID) == Stage.SHARE_KEYS
