@@ -1711,16 +1711,25 @@ class Store:
 
     def abandon(
         self, round_id: int, task_id: int, measurements: dict[str, Any], task_state: str, now: float
-    ) -> None:
+    ) -> bool:
+        """Abandon an unfinished (open or aggregating) round with `measurements`, and store
+        `task_state` as a close does (`_CLOSE_STATE`), in one transaction; False, writing
+        nothing, if the round is finished or unknown. A closed round's record is final: a
+        close that fails after its publish committed (the snapshot encoded after it) must not
+        turn the committed round, whose version the task serves, into an abandoned one and
+        drop its measurements (a dp round's epsilon record among them)."""
         with self.transaction() as db:
-            db.execute(
+            cur = db.execute(
                 "UPDATE rounds SET state='abandoned', closed_unix=?, measurements_json=? "
-                "WHERE round_id=?",
+                "WHERE round_id=? AND state IN ('open', 'aggregating')",
                 (now, json.dumps(measurements, sort_keys=True, default=str), round_id),
             )
+            if cur.rowcount == 0:
+                return False
             db.execute(
                 f"UPDATE tasks SET state={_CLOSE_STATE} WHERE task_id=?", (task_state, task_id)
             )
+            return True
 
     # -- ledger ----------------------------------------------------------------------------
 
