@@ -1,0 +1,174 @@
+"""The store's reads and probes at their edges (the s61c mutation hunt on store.py): a database
+left with a hot rollback journal (a writer killed mid-transaction) opens at its last committed
+state, the journal rolled back; `probe_write` writes nothing while the store is healthy, tries
+at most once per `every_s` while it is not, and leaves no transaction open when its COMMIT is
+refused; the model reads raise `KeyError` for a task without a model instead of answering
+something else; and the nonce horizon's forgotten bound is read back after a restart, and kept
+by the first prune of a store that had none."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.service.store import Store
+
+
+def _kill_mid_transaction(db: Path) -> None:
+    """Switch the (closed) store at `db` to a rollback journal, as `restore` writes, then in a
+    child process change every task's config inside a transaction large enough to spill pages
+    into the file, and die there (os._exit): the `-journal` left is hot."""
+    code = textwrap.dedent(
+        f"""
+        import os, sqlite3
+        conn = sqlite3.connect({str(db)!r}, isolation_level=None)
+        conn.execute("PRAGMA journal_mode=DELETE")
+        conn.execute("PRAGMA cache_size=1")
+        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("UPDATE tasks SET config_json='{{\\"name\\": \\"uncommitted\\"}}'")
+        for i in range(64):
+            conn.execute(
+                "INSERT INTO devices VALUES (?, ?, 0)", (f"ghost-{{i}}", os.urandom(4096))
+            )
+        os._exit(0)
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_a_hot_rollback_journal_is_rolled_back_and_the_store_opens_as_committed(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a store with one task, then a writer killed inside a transaction
+    db = tmp_path / "plume.db"
+    store = Store(db)
+    task_id = store.create_task({"name": "committed"}, "awaiting_model", 1.0)
+    store.close()
+    _kill_mid_transaction(db)
+    journal = Path(f"{db}-journal")
+    assert journal.stat().st_size > 0  # hot: the read-only check cannot read past it
+    # Execute: open it (store.py _check_file: SQLITE_READONLY_ROLLBACK through the read-only
+    # connection; `_open` then checks it through its own connection)
+    again = Store(db)
+    # Assert: the committed task, no uncommitted row, the journal gone, WAL on again
+    try:
+        assert [(t.task_id, t.config) for t in again.tasks()] == [(task_id, {"name": "committed"})]
+        assert again.count_devices() == 0
+        assert not journal.exists()
+        assert again.journal_mode == "wal"
+    finally:
+        again.close()
+
+
+class _RefusedCommit:
+    """The store's connection with its COMMITs refused as by a full disk."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT":
+            raise sqlite3.OperationalError("database or disk is full")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+def test_probe_write_writes_nothing_while_the_store_takes_writes(tmp_path: Path) -> None:
+    # Prepare: a healthy store
+    store = Store(tmp_path / "plume.db")
+    changes = store._db.total_changes
+    # Execute / Assert: no write is tried (store.py probe_write's early return)
+    assert store.probe_write(every_s=0.0) is None
+    assert store._db.total_changes == changes
+    store.close()
+
+
+def test_probe_write_tries_once_per_interval_and_leaves_no_transaction_open(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a store whose last write failed, its COMMITs refused
+    store = Store(tmp_path / "plume.db")
+    real = store._db
+    store._db = _RefusedCommit(real)  # type: ignore[assignment]
+    with pytest.raises(sqlite3.OperationalError):
+        store.set_task_state(1, "active")
+    assert store.write_failing == "database or disk is full"
+    # Execute: a probe, then another within its interval, then one after the disk is freed
+    first = store.probe_write(every_s=3600.0)
+    open_after_first = real.in_transaction
+    store._db = real
+    within = store.probe_write(every_s=3600.0)
+    store._probed -= 3600.0  # the interval has passed
+    after = store.probe_write(every_s=3600.0)
+    # Assert: the refused probe was rolled back, the second was not tried, the third recovered
+    assert first == "database or disk is full" and not open_after_first
+    assert within == "database or disk is full"
+    assert after is None and store.write_failing is None
+    assert store._query("SELECT COUNT(*) FROM meta WHERE key='plume_write_probe'") == [(0,)]
+    store.close()
+
+
+def test_model_reads_of_a_task_without_a_model_raise_key_error(tmp_path: Path) -> None:
+    # Prepare: a task awaiting its model
+    store = Store(tmp_path / "plume.db")
+    task_id = store.create_task({"name": "t"}, "awaiting_model", 1.0)
+    # Execute / Assert: no params (store.py task_model and task_params), and no task at all
+    # (task_aggregator_state) are KeyError, as their callers catch
+    with pytest.raises(KeyError):
+        store.task_model(task_id)
+    with pytest.raises(KeyError):
+        store.task_params(task_id)
+    with pytest.raises(KeyError):
+        store.task_model(task_id + 1)
+    with pytest.raises(KeyError):
+        store.task_aggregator_state(task_id + 1)
+    assert store.task_aggregator_state(task_id) is None
+    store.close()
+
+
+def test_the_newest_forgotten_nonce_is_read_back_after_a_restart(tmp_path: Path) -> None:
+    # Prepare: nonces at 1000 and 5000 pruned below 6000 (horizon 6000, forgotten 5000)
+    db = tmp_path / "plume.db"
+    store = Store(db)
+    store.remember_nonce("d", "n1", 1000)
+    store.remember_nonce("d", "n2", 5000)
+    assert store.prune_nonces(6000, now_ms=10_000) == 2
+    store.close()
+    # Execute: reopened (store.py _stored_forgotten reads the row), then the clock is found
+    # at 5500, before the horizon
+    again = Store(db)
+    lowered = again.clamp_nonce_horizon(5500)
+    again.close()
+    # Assert: lowered to just after the newest forgotten timestamp, not to the clock (which
+    # would let a replay of the nonce at 5000 through once the clock passes 5000)
+    assert lowered == 5001
+
+
+def test_a_store_reopened_before_its_first_prune_prunes_and_keeps_a_forgotten_bound(
+    tmp_path: Path,
+) -> None:
+    # Prepare: a nonce remembered, the store closed before any prune (no forgotten row)
+    db = tmp_path / "plume.db"
+    store = Store(db)
+    store.remember_nonce("d", "n1", 1000)
+    store.close()
+    again = Store(db)
+    # Execute: the first prune after the restart (store.py prune_nonces, forgotten unknown)
+    pruned = again.prune_nonces(2000, now_ms=10_000)
+    # Assert: the nonce is gone, the horizon is the cut-off, and the forgotten bound kept is
+    # the cut-off's last millisecond (everything deleted lies before it)
+    rows = again._query(
+        "SELECT key, value FROM meta WHERE key IN ('nonce_horizon_ms', 'nonce_forgotten_ms') "
+        "ORDER BY key"
+    )
+    again.close()
+    assert pruned == 1
+    assert rows == [("nonce_forgotten_ms", "1999"), ("nonce_horizon_ms", "2000")]
