@@ -8,13 +8,16 @@ mutation of that file it kills (line, the change) that the suite before it let t
 
 from __future__ import annotations
 
+import dataclasses
+import math
+
 import numpy as np
 import pytest
 
 from compression import ModelSpec
 from coordinator.secure import SecureConfig, SecureCoordinator, SecureRound
-from coordinator.secure._coordinator import budget_k
-from protocol.secagg import Stage
+from coordinator.secure._coordinator import budget_k, make_plan, plan_numbers
+from protocol.secagg import NoiseKind, Stage, device_upload_bytes
 
 from .test_s61d_secagg_registry_refusals import RID, _Round
 
@@ -139,3 +142,95 @@ def test_a_round_id_below_one_is_refused_before_anything_changes(round_id: int) 
         coord.open_round([f"dev-{i}" for i in range(5)], round_id)
     assert coord.round_id == 0
     assert coord.open_round([f"dev-{i}" for i in range(5)], 1).round_id == 1
+
+
+def test_a_cohort_listing_a_device_twice_is_refused() -> None:
+    """Kills _coordinator.py:459 (the duplicate-id check -> False): the device's second entry
+    silently overwrote its first in `group_of`, and the round planned a group with a repeated
+    id."""
+    coord = SecureCoordinator(np.zeros(60, np.float32), SecureConfig(coord_fraction=0.2))
+    with pytest.raises(ValueError, match="a device is listed twice in the cohort"):
+        coord.open_round(["dev-0", "dev-1", "dev-2", "dev-0"], RID)
+    assert coord.round_id == 0
+
+
+def test_close_round_refuses_min_contributors_below_one() -> None:
+    """Kills _coordinator.py:605 (`if min_contributors < 1` -> False): a close with 0 went on
+    as if it were 1."""
+    r = _Round()
+    for stage in (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK):
+        r.run(stage)
+    with pytest.raises(ValueError, match="min_contributors must be >= 1, got 0"):
+        r.coord.close_round(r.task, min_contributors=0)
+    assert r.coord.version == 0 and r.task.groups[0].stage == Stage.UNMASK
+    assert r.coord.close_round(r.task).committed and r.coord.version == 1
+
+
+def test_a_spec_of_another_size_than_the_params_is_refused() -> None:
+    """Kills _coordinator.py:346 (`if spec.size != self.size` -> False): the sketch was laid
+    out over tensors that are not the model's."""
+    spec = ModelSpec.from_shapes([("w", (50,))])
+    with pytest.raises(ValueError, match="spec of size 50, params of size 60"):
+        SecureCoordinator(np.zeros(60, np.float32), SecureConfig(sketch=True), spec=spec)
+
+
+def _cost(config: SecureConfig, n: int, k: int) -> int:
+    """A device's four-stage upload for |S_r| = k, as `budget_k` prices it (no sketch)."""
+    degree, *_, ring = plan_numbers(config, n, k)
+    return device_upload_bytes(degree, k + 1, ring)
+
+
+def test_budget_k_is_the_largest_fitting_k_whatever_the_guess() -> None:
+    """Kills _coordinator.py:141 (`near == model_size` -> `!=`: any guess below the model
+    size was taken without checking that near + 1 does not fit; and `cost(near + 1) > budget`
+    -> `>=`: a guess one below a k that costs exactly the budget was taken) and :144
+    (`cost(1) > budget` -> `>=`: a budget of exactly one coordinate's cost was refused)."""
+    n, d = 10, 1000
+    probe = SecureConfig(upload_budget=1 << 30)
+    budget = _cost(probe, n, 50)
+    config = dataclasses.replace(probe, upload_budget=budget)
+    best = budget_k(config, n, d)
+    # The search's answer: it fits exactly, and one more coordinate does not
+    assert best >= 50 and _cost(config, n, best) == budget < _cost(config, n, best + 1)
+    for near in (1, 10, best - 1, best, best + 1, d, None):
+        assert budget_k(config, n, d, near=near) == best, near
+    one = dataclasses.replace(probe, upload_budget=_cost(probe, n, 1))
+    assert budget_k(one, n, d) == budget_k(one, n, d, near=1) >= 1
+    short = dataclasses.replace(probe, upload_budget=_cost(probe, n, 1) - 1)
+    with pytest.raises(ValueError, match="upload budget of .* B is below the"):
+        budget_k(short, n, d)
+
+
+def test_a_plan_like_another_over_other_coordinates_keeps_its_own() -> None:
+    """Kills _coordinator.py:215 (`like.indices is indices` -> `is not`): a plan over other
+    coordinates than `like`'s took `like`'s S_r."""
+    config = SecureConfig(coord_fraction=0.2, sketch=False)
+    first = make_plan(config, RID, 5, 60, np.arange(0, 12, dtype=np.int64))
+    same = make_plan(config, RID, 5, 60, np.arange(0, 12, dtype=np.int64), like=first)
+    other = make_plan(config, RID, 5, 60, np.arange(12, 24, dtype=np.int64), like=first)
+    np.testing.assert_array_equal(same.indices, first.indices)
+    np.testing.assert_array_equal(other.indices, np.arange(12, 24))
+    assert other.to_bytes() != first.to_bytes()
+
+
+def test_a_budget_equal_to_the_next_round_floor_is_not_exhausted() -> None:
+    """Kills _coordinator.py:410 (`next_round_floor() > epsilon_budget` -> `>=`): a budget the
+    most favourable next round would reach exactly, and not pass, stopped the task."""
+    dp = {"coord_fraction": 0.2, "noise": NoiseKind.DISCRETE_GAUSSIAN, "noise_multiplier": 1.0}
+    probe = SecureCoordinator(np.zeros(60, np.float32), SecureConfig(**dp, epsilon_budget=1e9))
+    floor = probe.next_round_floor()
+    at = SecureCoordinator(np.zeros(60, np.float32), SecureConfig(**dp, epsilon_budget=floor))
+    assert at.next_round_floor() == floor and not at.budget_exhausted()
+    assert at.open_round([f"dev-{i}" for i in range(5)], RID).round_id == RID
+    below = SecureConfig(**dp, epsilon_budget=math.nextafter(floor, 0.0))
+    assert SecureCoordinator(np.zeros(60, np.float32), below).budget_exhausted()
+
+
+def test_a_cohort_of_three_is_sized_to_the_upload_budget() -> None:
+    """Kills _coordinator.py:469 (`len(ids) >= 3` -> `>`): a cohort of exactly three took
+    |S_r| from coord_fraction, ignoring the upload budget."""
+    budget = _cost(SecureConfig(), 3, 40)
+    config = SecureConfig(coord_fraction=0.5, upload_budget=budget, sketch=False)
+    coord = SecureCoordinator(np.zeros(1000, np.float32), config)
+    task = coord.open_round(["a", "b", "c"], RID)
+    assert task.indices.size == budget_k(config, 3, 1000) < coord.k
