@@ -3,11 +3,13 @@ left with a hot rollback journal (a writer killed mid-transaction) opens at its 
 state, the journal rolled back; `probe_write` writes nothing while the store is healthy, tries
 at most once per `every_s` while it is not, and leaves no transaction open when its COMMIT is
 refused; the model reads raise `KeyError` for a task without a model instead of answering
-something else; and the nonce horizon's forgotten bound is read back after a restart, and kept
-by the first prune of a store that had none."""
+something else; the nonce horizon's forgotten bound is read back after a restart (a hand-edited
+one ignored with a warning), kept by the first prune of a store that had none, and a prune at
+the horizon itself does not lower it; and a failed creation names its own error."""
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import subprocess
 import sys
@@ -17,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from coordinator.service.store import Store
+from coordinator.service import store as store_module
+from coordinator.service.store import Store, StoreError
 
 
 def _kill_mid_transaction(db: Path) -> None:
@@ -172,3 +175,58 @@ def test_a_store_reopened_before_its_first_prune_prunes_and_keeps_a_forgotten_bo
     again.close()
     assert pruned == 1
     assert rows == [("nonce_forgotten_ms", "1999"), ("nonce_horizon_ms", "2000")]
+
+
+def test_a_prune_at_the_horizon_itself_does_not_lower_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: a nonce at 5000 pruned below 6000: horizon 6000, forgotten 5000
+    store = Store(tmp_path / "plume.db")
+    store.remember_nonce("d", "n1", 5000)
+    store.prune_nonces(6000, now_ms=10_000)
+    # Execute: the next prune runs with its clock exactly at the horizon (store.py
+    # prune_nonces: `ahead > 0`), which is not ahead of it
+    with caplog.at_level(logging.WARNING, logger="plume.coordinator"):
+        store.prune_nonces(1000, now_ms=6000)
+    # Assert: kept, without the clock-set-back warning
+    assert store.nonce_horizon_ms == 6000
+    assert "ahead of the clock" not in caplog.text
+    store.close()
+
+
+@pytest.mark.parametrize(
+    ("stored", "lowered", "warned"),
+    [("-1", 0, False), ("-2", 5000, True), ("12ab", 5000, True), ("", 5000, True)],
+)
+def test_a_stored_forgotten_bound_is_read_as_written_or_ignored_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, stored: str, lowered: int, warned: bool
+) -> None:
+    # Prepare: a horizon at 9000 and a forgotten bound as stored (-1: nothing was forgotten;
+    # the others are hand edits)
+    db = tmp_path / "plume.db"
+    Store(db).close()
+    conn = sqlite3.connect(db)
+    conn.execute("INSERT INTO meta VALUES ('nonce_horizon_ms', '9000')")
+    conn.execute("INSERT INTO meta VALUES ('nonce_forgotten_ms', ?)", (stored,))
+    conn.commit()
+    conn.close()
+    # Execute: opened (store.py _stored_forgotten), then the clock is found at 5000
+    with caplog.at_level(logging.WARNING, logger="plume.coordinator"):
+        store = Store(db)
+    got = store.clamp_nonce_horizon(5000)
+    store.close()
+    # Assert: -1 lowers the horizon to 0 (no pruned nonce lies after it); a value that is not
+    # a time is ignored, said once, and the horizon lowered to the clock
+    assert got == lowered
+    assert ("nonce_forgotten_ms of" in caplog.text) is warned
+
+
+def test_a_failed_creation_names_its_own_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: the new store's creation script fails midway
+    monkeypatch.setattr(store_module, "_SCHEMA", store_module._SCHEMA + "SELECT nope();\n")
+    # Execute / Assert: the creation's error, not a later "no such table: meta" (store.py
+    # _open re-raises it after the rollback)
+    with pytest.raises(StoreError, match="no such function: nope"):
+        Store(tmp_path / "plume.db")
