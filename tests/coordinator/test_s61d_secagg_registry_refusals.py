@@ -43,9 +43,11 @@ class _Round:
         timeout_s: float | None = None,
         group_size: int | None = None,
         min_contributors: int = 1,
+        config: SecureConfig | None = None,
     ) -> None:
         self.clock = _Clock()
-        config = SecureConfig(coord_fraction=0.2, sketch=False, group_size=group_size, seed=3)
+        if config is None:
+            config = SecureConfig(coord_fraction=0.2, sketch=False, group_size=group_size, seed=3)
         self.coord = SecureCoordinator(np.zeros(D, np.float32), config)
         self.reg = SecureRegistry(self.coord, self.clock, stage_timeout_s=timeout_s)
         self.devs = [f"dev-{i}" for i in range(n)]

@@ -234,3 +234,69 @@ def test_a_cohort_of_three_is_sized_to_the_upload_budget() -> None:
     coord = SecureCoordinator(np.zeros(1000, np.float32), config)
     task = coord.open_round(["a", "b", "c"], RID)
     assert task.indices.size == budget_k(config, 3, 1000) < coord.k
+
+
+def test_the_unmask_record_is_handed_over_only_when_a_weaker_group_asks() -> None:
+    """Kills _coordinator.py:528 (`if weakest is task.unmask_weakest: return` -> False): every
+    group's unmask request re-sent the round's unchanged `pending_dp` record to the store,
+    which `SecureTask.on_unmask_request` is only for when the record changes."""
+    # Prepare: two groups of five under distributed DP, each with all five inputs
+    config = SecureConfig(
+        coord_fraction=0.2,
+        sketch=False,
+        group_size=5,
+        seed=3,
+        noise=NoiseKind.DISCRETE_GAUSSIAN,
+        noise_multiplier=1.0,
+    )
+    r = _Round(10, config=config)
+    calls: list[dict[str, object]] = []
+    r.task.on_unmask_request = calls.append
+    a, b = (list(ids) for ids in r.task.members)
+    for stage in (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS):
+        r.run(stage)
+    # Execute: group A's masked-input stage closes, then group B's (as weak as A's)
+    r.run(Stage.MASKED_INPUT, a)
+    first = list(calls)
+    r.run(Stage.MASKED_INPUT, b)
+    # Assert: one record, the first group's; both groups were asked to unmask
+    assert len(first) == 1 and calls == first
+    assert all(sr.stage == Stage.UNMASK for sr in r.task.groups)
+    assert calls[0] == r.coord.pending_dp(r.task)
+
+
+def _dp_round(budget: float) -> tuple[_Round, list[dict[str, float]]]:
+    """A single-group round of five under distributed DP with this epsilon budget, every
+    device through every stage, its unmask records kept."""
+    config = SecureConfig(
+        coord_fraction=0.2,
+        sketch=False,
+        seed=3,
+        noise=NoiseKind.DISCRETE_GAUSSIAN,
+        noise_multiplier=1.0,
+        epsilon_budget=budget,
+    )
+    r = _Round(5, config=config)
+    records: list[dict[str, float]] = []
+    r.task.on_unmask_request = records.append
+    for stage in (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK):
+        r.run(stage)
+    return r, records
+
+
+def test_a_round_whose_epsilon_reaches_the_budget_exactly_is_released() -> None:
+    """Kills _coordinator.py:534 and :632 (`not pending["epsilon"] <= budget` -> `<`): a round
+    that would spend exactly the epsilon budget, and not pass it, was refused before its
+    unmask request (:534) or at its close (:632)."""
+    # Prepare: the round's epsilon, from the same round under a budget it cannot reach
+    _, (probe,) = _dp_round(1e9)
+    eps = probe["epsilon"]
+    # Execute
+    r, records = _dp_round(eps)
+    out = r.reg.finish(RID)
+    # Assert
+    assert [rec["epsilon"] for rec in records] == [eps]
+    assert out.committed and sorted(out.contributors) == r.devs
+    assert out.measurements["dp"]["epsilon"] == eps
+    assert "dp_refused" not in out.measurements
+    assert r.coord.budget_exhausted() and not r.coord.budget_stopped
