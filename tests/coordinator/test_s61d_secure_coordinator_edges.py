@@ -300,3 +300,23 @@ def test_a_round_whose_epsilon_reaches_the_budget_exactly_is_released() -> None:
     assert out.measurements["dp"]["epsilon"] == eps
     assert "dp_refused" not in out.measurements
     assert r.coord.budget_exhausted() and not r.coord.budget_stopped
+
+
+def test_budgeted_needs_distributed_dp_and_a_finite_budget() -> None:
+    """Kills _coordinator.py:397 (`self.config.dp and math.isfinite(...)` -> `or`): a DP task
+    without a budget counted as budgeted (its `dp` measurements then carried an infinite
+    `epsilon_budget`)."""
+    dp = SecureConfig(coord_fraction=0.2, noise=NoiseKind.DISCRETE_GAUSSIAN, noise_multiplier=1.0)
+    assert not SecureCoordinator(np.zeros(60, np.float32), dp).budgeted
+    assert not SecureCoordinator(np.zeros(60, np.float32), SecureConfig()).budgeted
+    capped = dataclasses.replace(dp, epsilon_budget=5.0)
+    assert SecureCoordinator(np.zeros(60, np.float32), capped).budgeted
+
+
+def test_a_spec_of_another_size_gives_no_prior() -> None:
+    """Kills _coordinator.py:353 (`spec is not None and self._prior` -> `or`): a spec whose
+    size is not the model's (allowed with the sketch off) laid its tensors' prior over the
+    wrong coordinates, leaving the rest of the scores uninitialised."""
+    spec = ModelSpec.from_shapes([("w", (50,))])
+    coord = SecureCoordinator(np.zeros(60, np.float32), SecureConfig(sketch=False), spec=spec)
+    assert coord.score is None and coord.carried_state()["prior"] is False
