@@ -215,3 +215,46 @@ def test_a_negative_keep_count_is_refused_and_prunes_nothing(tmp_path: Path) -> 
         store.prune_frames(1, -1)
     store.close()
     assert _dump(db) == before
+
+
+class _CommitRolledBack:
+    """The store's connection with its next COMMIT refused after SQLite rolled the
+    transaction back itself (as after an I/O error)."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+        self.refuse = True
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT" and self.refuse:
+            self.refuse = False
+            self.db.execute("ROLLBACK")
+            raise sqlite3.OperationalError("disk I/O error")
+        return self.db.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.db, name)
+
+
+def test_a_commit_refused_after_sqlite_rolled_back_reports_its_own_error(tmp_path: Path) -> None:
+    # Prepare: a round open; the upload's COMMIT is refused, the transaction already ended
+    db = tmp_path / "plume.db"
+    store = Store(db)
+    task_id = store.create_task({"name": "t"}, "active", 0.0)
+    round_id = store.open_round(task_id, 1, 0, ["a"], 1, 1, 1.0, 2.0)
+    before, frame_bytes = _dump(db), store.frame_bytes
+    real = store._db
+    store._db = _CommitRolledBack(real)  # type: ignore[assignment]
+    # Execute: store.py transaction's COMMIT handler (no second ROLLBACK, whose "no
+    # transaction is active" would replace the error)
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O error"):
+        with store.transaction() as tx:
+            store.insert_update(tx, round_id, "a", "key-a", b"frame-a", 1.5)
+    # Assert: the real error is reported and counted, nothing was stored, writes go on
+    assert store.write_failing == "disk I/O error" and store.write_errors == 1
+    assert _dump(db) == before and store.frame_bytes == frame_bytes
+    with store.transaction() as tx:
+        store.insert_update(tx, round_id, "a", "key-a", b"frame-a", 1.5)
+    assert store.count_updates(round_id) == 1 and store.write_failing is None
+    store._db = real
+    store.close()
