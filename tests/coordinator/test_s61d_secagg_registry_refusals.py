@@ -6,6 +6,7 @@ mutation of that file it kills (line, the change) that the suite before it let t
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 
 import httpx
@@ -13,8 +14,8 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from coordinator.secure import SecureConfig, SecureCoordinator
-from coordinator.service._secagg_routes import SecureRegistry, secagg_router
+from coordinator.secure import BUNDLE_BYTES, SecureConfig, SecureCoordinator
+from coordinator.service._secagg_routes import _ORDER, SecureRegistry, secagg_router, stage_cap
 from protocol.secagg import RoundAborted, Stage, WrongStage
 from sdk.secure import SecureParticipant, SecureSession
 
@@ -402,3 +403,32 @@ def test_an_upload_inside_the_idle_time_holds_off_the_tick() -> None:
     r.clock.now = 103.5
     assert r.reg.close_due(RID, 1000.0, 2.0) == 1
     assert r.reg.current_stage(RID) == Stage.SHARE_KEYS
+
+
+def test_each_stage_is_capped_by_its_own_largest_message(
+    served: tuple[_Round, httpx.Client],
+) -> None:
+    """Kills _secagg_routes.py:77 (`if stage == Stage.SHARE_KEYS` -> True): the masked-input
+    and unmask stages took the share-keys cap, which lets a masked-input body many times its
+    one legal length be read (here 888 bytes against 74); and :81 (`if stage == Stage.UNMASK`
+    -> True): a stage without uploads got the unmask cap instead of a ValueError."""
+    # Prepare
+    r, client = served
+    plan = r.task.groups[0].plan
+    k = plan.degree
+    caps = {s: r.reg.upload_cap(RID, s) for s in _ORDER}
+    # Assert: each stage's cap from its own message
+    assert caps == {
+        Stage.ADVERTISE_KEYS: 64 + 4 + 64,
+        Stage.SHARE_KEYS: 64 + k * (8 + BUNDLE_BYTES),
+        Stage.MASKED_INPUT: 64 + math.ceil(plan.vector_len * plan.ring_bits / 8),
+        Stage.UNMASK: 64 + k * (9 + BUNDLE_BYTES),
+    }
+    assert caps[Stage.MASKED_INPUT] < caps[Stage.SHARE_KEYS]
+    with pytest.raises(ValueError, match="no uploads in stage done"):
+        stage_cap([plan], Stage.DONE)
+    # Execute + Assert: a masked-input body one byte above its cap is not read
+    dev = {"x-plume-device": r.devs[0]}
+    body = b"\x00" * (caps[Stage.MASKED_INPUT] + 1)
+    resp = client.post(_stage_url(Stage.MASKED_INPUT), content=body, headers=dev)
+    assert resp.status_code == 413 and resp.json()["reason"] == "too_large"
