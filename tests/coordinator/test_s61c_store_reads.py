@@ -5,7 +5,9 @@ at most once per `every_s` while it is not, and leaves no transaction open when 
 refused; the model reads raise `KeyError` for a task without a model instead of answering
 something else; the nonce horizon's forgotten bound is read back after a restart (a hand-edited
 one ignored with a warning), kept by the first prune of a store that had none, and a prune at
-the horizon itself does not lower it; and a failed creation names its own error."""
+the horizon itself (nor a clamp) does not lower it; a failed creation names its own error;
+training losses at both ends of their range are read back exactly; and a finished round's
+measurements are not overwritten."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import pytest
 
 from coordinator.service import store as store_module
 from coordinator.service.store import Store, StoreError
+from protocol.messages import MAX_TRAIN_LOSS
 
 
 def _kill_mid_transaction(db: Path) -> None:
@@ -230,3 +233,63 @@ def test_a_failed_creation_names_its_own_error(
     # _open re-raises it after the rollback)
     with pytest.raises(StoreError, match="no such function: nope"):
         Store(tmp_path / "plume.db")
+
+
+def test_a_clamp_at_the_horizon_itself_does_not_lower_it(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: horizon 6000, forgotten 5000
+    store = Store(tmp_path / "plume.db")
+    store.remember_nonce("d", "n1", 5000)
+    store.prune_nonces(6000, now_ms=10_000)
+    # Execute: a signed request's clock exactly at the horizon (store.py clamp_nonce_horizon:
+    # `ahead <= 0`)
+    with caplog.at_level(logging.WARNING, logger="plume.coordinator"):
+        got = store.clamp_nonce_horizon(6000)
+    # Assert: unchanged, nothing said
+    assert got == 6000 == store.nonce_horizon_ms
+    assert "ahead of the clock" not in caplog.text
+    store.close()
+
+
+def test_the_training_losses_at_both_ends_of_the_range_are_read_back(tmp_path: Path) -> None:
+    # Prepare: updates carrying losses 0, the largest accepted, and one past it (a hand edit)
+    db = tmp_path / "plume.db"
+    store = Store(db)
+    task_id = store.create_task({"name": "t"}, "active", 0.0)
+    round_id = store.open_round(task_id, 1, 0, ["a", "b", "c"], 3, 1, 1.0, 2.0)
+    with store.transaction() as tx:
+        store.insert_update(tx, round_id, "a", "ka", b"fa", 1.5, 0.0)
+        store.insert_update(tx, round_id, "b", "kb", b"fb", 1.5, MAX_TRAIN_LOSS)
+        store.insert_update(tx, round_id, "c", "kc", b"fc", 1.5, 1.0)
+    store.close()
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE updates SET train_loss=? WHERE device_id='c'", (MAX_TRAIN_LOSS * 2,))
+    conn.commit()
+    conn.close()
+    # Execute: read back after a restart, as a resumed round's replay reads them (store.py
+    # _stored_loss)
+    again = Store(db)
+    losses = {u.device_id: u.train_loss for u in again.updates(round_id)}
+    again.close()
+    # Assert: both ends kept exactly; the value no upload carries reads as none
+    assert losses == {"a": 0.0, "b": MAX_TRAIN_LOSS, "c": None}
+
+
+def test_round_measurements_of_a_finished_round_are_not_overwritten(tmp_path: Path) -> None:
+    # Prepare: one round open, one abandoned
+    store = Store(tmp_path / "plume.db")
+    task_id = store.create_task({"name": "t"}, "active", 0.0)
+    live = store.open_round(task_id, 1, 0, ["a"], 1, 1, 1.0, 2.0)
+    done = store.open_round(task_id, 2, 0, ["a"], 1, 1, 1.0, 2.0)
+    store.abandon(done, task_id, {"abandoned": "deadline"}, "active", 3.0)
+    # Execute (store.py set_round_measurements: `rowcount > 0`)
+    wrote_live = store.set_round_measurements(live, {"pending_dp": 1})
+    wrote_done = store.set_round_measurements(done, {"pending_dp": 2})
+    wrote_none = store.set_round_measurements(done + 1, {"pending_dp": 3})
+    # Assert: only the open round's record changed, and the answers say so
+    assert (wrote_live, wrote_done, wrote_none) == (True, False, False)
+    one, two = store.round(live), store.round(done)
+    assert one is not None and one.measurements == {"pending_dp": 1}
+    assert two is not None and two.measurements == {"abandoned": "deadline"}
+    store.close()
