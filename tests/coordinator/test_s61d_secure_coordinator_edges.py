@@ -320,3 +320,20 @@ def test_a_spec_of_another_size_gives_no_prior() -> None:
     spec = ModelSpec.from_shapes([("w", (50,))])
     coord = SecureCoordinator(np.zeros(60, np.float32), SecureConfig(sketch=False), spec=spec)
     assert coord.score is None and coord.carried_state()["prior"] is False
+
+
+def test_a_round_without_dp_hands_no_unmask_record_to_the_store() -> None:
+    """Kills _coordinator.py:516 (`if not self.config.dp or (...)` -> False, and its `or` ->
+    `and`): the service sets `on_unmask_request` on every secure task, and a round without
+    distributed DP then handed the store an epsilon record for a release that spends none."""
+    # Prepare: no DP, a callback as the service sets one
+    r = _Round(10, group_size=5)
+    calls: list[dict[str, object]] = []
+    r.task.on_unmask_request = calls.append
+    # Execute
+    for stage in (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK):
+        r.run(stage)
+    out = r.reg.finish(RID)
+    # Assert
+    assert calls == [] and r.task.unmask_weakest is None
+    assert out.committed and "dp" not in out.measurements
