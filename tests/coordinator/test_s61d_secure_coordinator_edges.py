@@ -17,7 +17,7 @@ import pytest
 from compression import ModelSpec
 from coordinator.secure import SecureConfig, SecureCoordinator, SecureRound
 from coordinator.secure._coordinator import budget_k, make_plan, plan_numbers
-from protocol.secagg import NoiseKind, Stage, device_upload_bytes
+from protocol.secagg import NoiseKind, RoundAborted, Stage, device_upload_bytes
 
 from .test_s61d_secagg_registry_refusals import RID, _Round
 
@@ -337,3 +337,40 @@ def test_a_round_without_dp_hands_no_unmask_record_to_the_store() -> None:
     # Assert
     assert calls == [] and r.task.unmask_weakest is None
     assert out.committed and "dp" not in out.measurements
+
+
+def test_without_a_store_callback_the_budget_is_still_checked_before_unmasking() -> None:
+    """Kills _coordinator.py:516 (`not self.budgeted` -> `self.budgeted`): a budgeted task
+    driven without `on_unmask_request` (in process, or over the loopback router) skipped the
+    budget check before the unmask request, so the server got the survivors' answers, and
+    could unmask the sum, for a round its close then refused."""
+    # Prepare: a budget between the least any round can spend and this round's epsilon, and
+    # no callback
+    probe_round, (probe,) = _dp_round(1e9)
+    floor = probe_round.coord.next_round_floor()  # before the probe's close recorded anything
+    assert floor < probe["epsilon"]
+    budget = (floor + probe["epsilon"]) / 2
+    r = _Round(5, config=dataclasses.replace(probe_round.coord.config, epsilon_budget=budget))
+    assert r.task.on_unmask_request is None
+    for stage in (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS):
+        r.run(stage)
+    # Execute
+    r.run(Stage.MASKED_INPUT)
+    # Assert: refused at the masked-input close, no unmask request went out
+    assert r.task.groups[0].stage == Stage.ABORTED and r.task.budget_refused is not None
+    (why,) = r.reg.abort_reasons(RID)
+    assert "epsilon_budget" in why and "no unmask request sent" in why
+    with pytest.raises(RoundAborted):
+        r.reg.download(RID, Stage.MASKED_INPUT, r.devs[0])
+    out = r.reg.finish(RID)
+    assert not out.committed and out.measurements["budget_exhausted"] is True
+    assert "dp" not in out.measurements  # the server never held what unmasks the sum
+
+
+def test_a_plan_no_group_can_run_is_refused_when_the_round_opens() -> None:
+    """Kills _coordinator.py:499 (`task.by_size()` -> pass): without planning one group of
+    each size at once, a threshold no device accepts (t = 2 of a degree of 4) opened a round
+    that failed only at its first device's request."""
+    coord = SecureCoordinator(np.zeros(60, np.float32), SecureConfig(threshold=2))
+    with pytest.raises(ValueError, match="threshold 2 must exceed half the graph degree 4"):
+        coord.open_round([f"dev-{i}" for i in range(5)], RID)
