@@ -293,3 +293,51 @@ def test_round_measurements_of_a_finished_round_are_not_overwritten(tmp_path: Pa
     assert one is not None and one.measurements == {"pending_dp": 1}
     assert two is not None and two.measurements == {"abandoned": "deadline"}
     store.close()
+
+
+def test_round_and_task_rows_read_back_field_for_field(tmp_path: Path) -> None:
+    # Prepare: two tasks (so ids differ from sequence numbers), a round of the second with
+    # every field distinct, and two damaged rounds of it (a selection of numbers, and one
+    # that does not parse)
+    db = tmp_path / "plume.db"
+    store = Store(db)
+    store.create_task({"name": "first"}, "awaiting_model", 0.5)
+    task_id = store.create_task({"name": "t"}, "active", 1.0)
+    store.set_initial_model(task_id, b"\x00" * 8, "d0", "active", 1.5)
+    round_id = store.open_round(task_id, 7, 0, ["b", "a"], 5, 3, 11.0, 41.0)
+    damaged = store.open_round(task_id, 8, 0, ["a"], 1, 1, 50.0, 60.0)
+    unparsed = store.open_round(task_id, 9, 0, ["a"], 1, 1, 50.0, 60.0)
+    store.close()
+    conn = sqlite3.connect(db)
+    conn.execute("UPDATE rounds SET selected_json='[1]' WHERE round_id=?", (damaged,))
+    conn.execute("UPDATE rounds SET selected_json='[' WHERE round_id=?", (unparsed,))
+    conn.commit()
+    conn.close()
+    # Execute: read back after a restart (store.py _round and _task)
+    again = Store(db)
+    got = again.round(round_id)
+    task = again.task(task_id)
+    with pytest.raises(store_module.DamagedRow) as caught:
+        again.round(damaged)
+    with pytest.raises(store_module.DamagedRow) as unparsed_caught:
+        again.round(unparsed)
+    again.close()
+    # Assert: every field as written
+    assert got == store_module.RoundRow(
+        round_id=round_id,
+        task_id=task_id,
+        seq=7,
+        state="open",
+        base_version=0,
+        selected=["b", "a"],
+        target=5,
+        min_reports=3,
+        opened_unix=11.0,
+        deadline_unix=41.0,
+        closed_unix=None,
+        version_after=None,
+        measurements={},
+    )
+    assert task == store_module.TaskRow(task_id, {"name": "t"}, "active", 0, "d0")
+    assert (caught.value.key, caught.value.task_id) == (damaged, task_id)
+    assert (unparsed_caught.value.key, unparsed_caught.value.task_id) == (unparsed, task_id)
