@@ -17,7 +17,9 @@ import pytest
 from compression import ModelSpec
 from coordinator.secure import SecureConfig, SecureCoordinator, SecureRound
 from coordinator.secure._coordinator import budget_k, make_plan, plan_numbers
+from mobile_sim.secure import run_secure_round
 from protocol.secagg import NoiseKind, RoundAborted, Stage, device_upload_bytes
+from sdk.secure import SecureParticipant
 
 from .test_s61d_secagg_registry_refusals import RID, _Round
 
@@ -337,6 +339,8 @@ def test_a_round_without_dp_hands_no_unmask_record_to_the_store() -> None:
     # Assert
     assert calls == [] and r.task.unmask_weakest is None
     assert out.committed and "dp" not in out.measurements
+    # Nothing aborted: no abort reasons (kills :686, `if reasons:` -> True, an empty list)
+    assert out.aborted_groups == 0 and "abort_reasons" not in out.measurements
 
 
 def test_without_a_store_callback_the_budget_is_still_checked_before_unmasking() -> None:
@@ -374,3 +378,73 @@ def test_a_plan_no_group_can_run_is_refused_when_the_round_opens() -> None:
     coord = SecureCoordinator(np.zeros(60, np.float32), SecureConfig(threshold=2))
     with pytest.raises(ValueError, match="threshold 2 must exceed half the graph degree 4"):
         coord.open_round([f"dev-{i}" for i in range(5)], RID)
+
+
+def test_the_coordinate_scores_are_an_ema_of_the_published_updates() -> None:
+    """Kills _coordinator.py:745 (`if self.score is None or self._prior` -> True): every
+    commit replaced the scores with the latest |update| instead of folding it into their
+    exponential moving average (`ema_decay`)."""
+    # Prepare: no spec (no prior), no sketch: the scores follow |update|
+    d, devs = 60, [f"dev-{i}" for i in range(5)]
+    coord = SecureCoordinator(
+        np.zeros(d, np.float32), SecureConfig(coord_fraction=0.2, sketch=False, ema_decay=0.75)
+    )
+    participants = {dev: SecureParticipant(d) for dev in devs}
+    rng = np.random.default_rng(5)
+
+    def updates() -> dict[str, tuple[np.ndarray, int]]:
+        return {dev: (rng.normal(0, 0.01, d).astype(np.float32), 1) for dev in devs}
+
+    # Execute
+    first, _ = run_secure_round(coord, participants, updates())
+    after_first = None if coord.score is None else coord.score.copy()
+    second, _ = run_secure_round(coord, participants, updates())
+    # Assert
+    assert first.committed and second.committed
+    np.testing.assert_array_equal(after_first, np.abs(first.update))
+    decay = np.float32(0.75)
+    ema = (decay * np.abs(first.update) + (1 - decay) * np.abs(second.update)).astype(np.float32)
+    np.testing.assert_array_equal(coord.score, ema)
+    assert not np.array_equal(ema, np.abs(second.update))
+
+
+def test_a_round_with_a_group_refused_after_another_unmasked_is_not_abandoned() -> None:
+    """Kills _coordinator.py:691 (`if not any(sr.unmasked is not None ...)` -> True): a round
+    whose first group was unmasked and published, and whose weaker second group was then
+    refused by the epsilon budget, was also marked `abandoned` ("nothing unmasked")."""
+
+    def grouped(budget: float) -> tuple[_Round, list[str], list[str], list[dict[str, float]]]:
+        config = SecureConfig(
+            coord_fraction=0.2,
+            sketch=False,
+            group_size=5,
+            seed=3,
+            noise=NoiseKind.DISCRETE_GAUSSIAN,
+            noise_multiplier=1.0,
+            epsilon_budget=budget,
+        )
+        r = _Round(10, config=config)
+        records: list[dict[str, float]] = []
+        r.task.on_unmask_request = records.append
+        a, b = (list(ids) for ids in r.task.members)
+        r.run(Stage.ADVERTISE_KEYS)
+        r.run(Stage.SHARE_KEYS)
+        return r, a, b, records
+
+    # Prepare: group A's epsilon with its five inputs, from a probe, is the budget
+    probe, a, _, records = grouped(1e9)
+    probe.run(Stage.MASKED_INPUT, a)
+    (rec,) = records
+    r, a, b, records = grouped(rec["epsilon"])
+    # Execute: A is asked to unmask (it fits exactly); B closes with four inputs (weaker)
+    r.clock.now += 10.0  # A's unmask stage opens 10 s after B's masked-input stage
+    r.run(Stage.MASKED_INPUT, a)
+    r.run(Stage.MASKED_INPUT, b[:4])
+    assert r.reg.close_due(RID, 5.0) == 1  # B's deadline, not A's
+    r.run(Stage.UNMASK, a)
+    out = r.reg.finish(RID)
+    # Assert: A published, B refused, the round not abandoned
+    assert [x["epsilon"] for x in records] == [rec["epsilon"]]
+    assert out.committed and sorted(out.contributors) == sorted(a)
+    assert out.measurements["budget_exhausted"] is True and "dp_refused" in out.measurements
+    assert "abandoned" not in out.measurements
