@@ -102,3 +102,5 @@ def test_a_body_at_the_cap_is_read_and_one_byte_more_is_413(tmp_path: Path, decl
     # Assert
     assert r_at.status_code == 422 and r_at.json()["reason"] == Reason.VALIDATION
     assert r_over.status_code == 413 and r_over.json() == TOO_LARGE
+    # The route's own 413 (read past the cap as the parts arrive) carries the header once
+    assert r_over.headers.get_list("connection") == ["close"]
