@@ -49,6 +49,8 @@ from protocol.secagg import (
     WrongStage,
 )
 
+from .wire import declared_length
+
 __all__ = [
     "DuplicateStageUpload",
     "SecureRegistry",
@@ -581,9 +583,12 @@ def _error(exc: Exception) -> JSONResponse:
 
 async def _read_capped(request: Request, cap: int) -> bytes:
     """The request body, refused (`_TooLarge`) once it passes `cap` bytes or declares more."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > cap:
-        raise _TooLarge(f"upload declares {declared} bytes, the cap is {cap}")
+    declared = request.headers.get("content-length")
+    length = declared_length(declared, cap)
+    if length is not None and length > cap:
+        # Its digits as sent when they are few; a longer one is not echoed whole.
+        said = declared if declared is not None and len(declared) <= 20 else "more"
+        raise _TooLarge(f"upload declares {said} bytes, the cap is {cap}")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)

@@ -95,7 +95,7 @@ from .errors import (
 from .metrics import Metrics
 from .rounds import Coordinator, ServiceConfig
 from .store import DamagedRow, Store
-from .wire import STATE_KEY, Attribution, WireMiddleware
+from .wire import STATE_KEY, Attribution, WireMiddleware, declared_length
 
 __all__ = ["create_app"]
 
@@ -166,8 +166,8 @@ async def _capped_body(request: Request, cap: int) -> bytes:
     too_large = ApiError(
         413, Reason.TOO_LARGE, f"request body above the {cap}-byte cap", {"connection": "close"}
     )
-    declared = request.headers.get(H.CONTENT_LENGTH)
-    if declared is not None and declared.isdigit() and int(declared) > cap:
+    declared = declared_length(request.headers.get(H.CONTENT_LENGTH), cap)
+    if declared is not None and declared > cap:
         raise too_large
     parts: list[bytes] = []
     size = 0
@@ -1194,8 +1194,8 @@ def create_app(
         spec = ModelSpec.from_json(row.config["spec"])
         cap = DecodeLimits().frame_cap(spec)
         too_large = ApiError(413, Reason.TOO_LARGE, f"snapshot above the {cap}-byte cap")
-        declared = request.headers.get(H.CONTENT_LENGTH)
-        if declared is not None and declared.isdigit() and int(declared) > cap:
+        declared = declared_length(request.headers.get(H.CONTENT_LENGTH), cap)
+        if declared is not None and declared > cap:
             raise too_large  # before a byte is read, as the upload routes refuse
         chunks, size = [], 0
         async for chunk in request.stream():

@@ -20,6 +20,7 @@ from protocol.names import ContentType, Header, Reason
 from ._ratelimit import EveryFew
 from .errors import ApiError, require_media_type
 from .store import Store
+from .wire import declared_length
 
 __all__ = [
     "BUSY_RETRY_S",
@@ -547,8 +548,7 @@ class RequestVerifier:
         self.registered_key(pre.device_id)
         if check_headers is not None:
             check_headers(headers)
-        declared = headers.get(Header.CONTENT_LENGTH)
-        length = int(declared) if declared and declared.isascii() and declared.isdigit() else None
+        length = declared_length(headers.get(Header.CONTENT_LENGTH), cap)
         if length is not None and length > cap:
             raise ApiError(413, Reason.TOO_LARGE, f"{what} above the {cap}-byte cap")
         budget = self.body_budget

@@ -656,15 +656,31 @@ def _refused_before_app(scope: Scope, cap: int | None) -> tuple[int, Reason, str
 
 
 def _declares_above(value: bytes, cap: int) -> bool:
-    """Whether a `Content-Length` value of decimal digits declares more than `cap` bytes. Told
-    by its length first: Python's `int` refuses (ValueError) more than 4,300 digits, which h11
-    never passes on but another server, or the app run through ASGI, may, and that request was
-    a text/plain 500 instead of this 413 (helper s61b). Not digits: False (the body's own size
-    is then held to the cap as it streams)."""
-    if not value.isdigit():
-        return False
+    """Whether a `Content-Length` value of decimal digits declares more than `cap` bytes (not
+    digits: False, and the body's own size is then held to the cap as it streams)."""
+    length = declared_length(value, cap)
+    return length is not None and length > cap
+
+
+def declared_length(value: str | bytes | None, cap: int) -> int | None:
+    """A `Content-Length` value's length in bytes, for comparing with `cap`: None when there is
+    none or it is not ASCII decimal digits, and `cap + 1` for any value above `cap` however
+    many digits it has. Told by its length first: Python's `int` refuses (ValueError) more than
+    4,300 digits, and `str.isdigit` takes digits such as "²" that `int` refuses too. h11 passes
+    neither on, but another server, or the app run through ASGI, may, and such a request was a
+    text/plain 500 instead of the 413 every other oversized declaration gets (helper s61b)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if not value.isascii():
+            return None
+        value = value.encode("ascii")
+    if not value.isdigit():  # bytes.isdigit: ASCII digits only; False when empty
+        return None
     digits = value.lstrip(b"0")
-    return len(digits) > len(str(cap)) or int(digits or b"0") > cap
+    if len(digits) > len(str(cap)):
+        return cap + 1
+    return int(digits or b"0")
 
 
 def _too_large(cap: int) -> str:
