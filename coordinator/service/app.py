@@ -66,6 +66,7 @@ from protocol.messages import (
     check_max_model_bytes,
     check_task_id,
     check_train_loss,
+    from_json,
 )
 from protocol.names import ContentType, ModelEncoding, Path, Reason, SnapshotDType, TaskState
 from protocol.names import Header as H
@@ -1148,7 +1149,8 @@ def create_app(
         A key that is not a field (a misspelled `aggregater`) is refused, not ignored."""
         # The JSON as sent (the object FastAPI parsed for `body`; Starlette keeps it): the
         # model's parser drops keys it does not know, which would run the task on defaults.
-        unknown = _unknown_keys(TaskConfig, await request.json())
+        raw = await request.json()
+        unknown = _unknown_keys(TaskConfig, raw)
         if unknown:
             raise ApiError(
                 422,
@@ -1158,6 +1160,13 @@ def create_app(
                 + (f" and {len(unknown) - 8} more" if len(unknown) > 8 else "")
                 + " (a key the coordinator ignored would leave its setting at the default)",
             )
+        try:
+            # Again by the protocol's own strict parser: the model's parser coerces (`"rounds":
+            # true` was a task of 1 round, `2.0`, `"2"` and `"over_selection": true` were taken),
+            # where every other message refuses a value of the wrong JSON type.
+            body = from_json(TaskConfig, raw, "body")
+        except MessageError as exc:
+            raise ApiError(422, Reason.VALIDATION, str(exc)) from None
         try:
             # In a worker thread: a secure task's check plans every round size its cohort
             # allows (seconds for a large ungrouped one), which would stall every request.
