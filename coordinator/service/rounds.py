@@ -3532,7 +3532,7 @@ class Coordinator:
         done = rt.rounds_closed + 1 >= rt.config.rounds or rt.engine.stopped
         task_state = TaskState.DONE if done and rt.state == TaskState.ACTIVE else rt.state
         try:
-            self.store.abandon(cur.round_id, rt.task_id, meas, task_state, self.clock())
+            abandoned = self.store.abandon(cur.round_id, rt.task_id, meas, task_state, self.clock())
         except (sqlite3.Error, OSError) as store_exc:
             log.error(
                 "round %d: the store refused its abandonment too: %r; task %d is rebuilt from "
@@ -3547,12 +3547,23 @@ class Coordinator:
             # twice. Meanwhile the runtime answers as for any round while it aggregates.
             self._rebuild_at[rt.task_id] = self.clock() + RELOAD_RETRY_S
             return
-        self.metrics.rounds.labels("abandoned").inc()
-        log.info(
-            "task %d %s %d abandoned: %s (its close failed; the task is rebuilt from the store)",
-            rt.task_id, "secure round" if rt.secure is not None else "round", cur.round_id,
-            meas["error"],
-        )  # fmt: skip
+        kind = "secure round" if rt.secure is not None else "round"
+        if abandoned:
+            self.metrics.rounds.labels("abandoned").inc()
+            log.info(
+                "task %d %s %d abandoned: %s (its close failed; the task is rebuilt from the store)",
+                rt.task_id, kind, cur.round_id, meas["error"],
+            )  # fmt: skip
+        else:
+            # Its publish had committed (the close failed after it: the snapshot encoding), so
+            # the store keeps the round committed (`Store.abandon` changes only an unfinished
+            # round) and the rebuild serves its version: counted and logged as committed.
+            self.metrics.rounds.labels("committed").inc()
+            log.warning(
+                "task %d %s %d committed, then its close failed: %s (the task is rebuilt from "
+                "the store, which serves the round's version)",
+                rt.task_id, kind, cur.round_id, meas["error"],
+            )  # fmt: skip
         if self._reload(rt.task_id) and task_state == TaskState.DONE:
             self._done_task_ends(self.runtimes[rt.task_id])
 
