@@ -25,17 +25,23 @@ def _rounds(coord: Any, outcome: str) -> float:
     )
 
 
-def test_a_close_failing_after_its_publish_counts_and_logs_a_committed_round(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
+def ready_to_close(db: Path, clock: Clock) -> tuple[Any, int, int, Any]:
+    """A coordinator on `db` whose task (3 rounds of 2 reports) has its first round's two
+    reports in: the coordinator, the task id, the round id and the close to run."""
     cfg = task_config(rounds=3, clients_per_round=2, selection_timeout_s=30)
-    coord = _start(tmp_path / "plume.db", Clock())
-    _, round_id = _open_round(coord, cfg)
+    coord = _start(db, clock)
+    task_id, round_id = _open_round(coord, cfg)
     coord.submit(round_id, "a", "key-a", _frame(cfg, 0))
     _, to_close = coord.submit(round_id, "b", "key-b", _frame(cfg, 1))
     assert to_close is not None
+    return coord, task_id, round_id, to_close
+
+
+def snapshot_encoding_fails_once(monkeypatch: pytest.MonkeyPatch) -> list[BaseException]:
+    """Make the snapshot encoding a close does after its publish committed (rounds.py
+    `_store_close`) raise MemoryError once; the list is empty once it has."""
     real = rounds_module.encode_snapshot
-    failures = [MemoryError("no memory for the snapshot")]
+    failures: list[BaseException] = [MemoryError("no memory for the snapshot")]
 
     def failing_once(*args: Any, **kwargs: Any) -> bytes:
         if failures:
@@ -43,6 +49,14 @@ def test_a_close_failing_after_its_publish_counts_and_logs_a_committed_round(
         return real(*args, **kwargs)
 
     monkeypatch.setattr(rounds_module, "encode_snapshot", failing_once)
+    return failures
+
+
+def test_a_close_failing_after_its_publish_counts_and_logs_a_committed_round(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    coord, _, round_id, to_close = ready_to_close(tmp_path / "plume.db", Clock())
+    failures = snapshot_encoding_fails_once(monkeypatch)
     with caplog.at_level(logging.INFO, logger=rounds_module.log.name):
         asyncio.run(coord.close_round(to_close))
     assert not failures
@@ -57,12 +71,7 @@ def test_a_close_failing_after_its_publish_counts_and_logs_a_committed_round(
 def test_a_close_failing_before_its_publish_is_still_an_abandoned_round(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    cfg = task_config(rounds=3, clients_per_round=2, selection_timeout_s=30)
-    coord = _start(tmp_path / "plume.db", Clock())
-    _, round_id = _open_round(coord, cfg)
-    coord.submit(round_id, "a", "key-a", _frame(cfg, 0))
-    _, to_close = coord.submit(round_id, "b", "key-b", _frame(cfg, 1))
-    assert to_close is not None
+    coord, _, round_id, to_close = ready_to_close(tmp_path / "plume.db", Clock())
 
     def failing(*args: Any, **kwargs: Any) -> None:
         raise MemoryError("no memory to publish")

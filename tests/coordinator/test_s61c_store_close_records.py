@@ -18,11 +18,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from coordinator.service import rounds as rounds_module
 from coordinator.service.store import Store
 
-from .test_restart_midround import Clock, _frame, _open_round, _start
-from .test_service_support import task_config
+from .test_restart_midround import Clock, _start
+from .test_s61_fail_close_committed import ready_to_close, snapshot_encoding_fails_once
 
 
 def _dump(db: Path) -> dict[str, list[tuple[Any, ...]]]:
@@ -125,23 +124,10 @@ def test_a_close_failing_after_its_publish_committed_leaves_the_round_committed(
 ) -> None:
     # Prepare: a round with both reports, and the snapshot encoding the close does after its
     # publish has committed (rounds.py `_store_close`) failing once
-    cfg = task_config(rounds=3, clients_per_round=2, selection_timeout_s=30)
     clock = Clock()
     db = tmp_path / "plume.db"
-    coord = _start(db, clock)
-    task_id, round_id = _open_round(coord, cfg)
-    coord.submit(round_id, "a", "key-a", _frame(cfg, 0))
-    _, to_close = coord.submit(round_id, "b", "key-b", _frame(cfg, 1))
-    assert to_close is not None
-    real = rounds_module.encode_snapshot
-    failures = [MemoryError("no memory for the snapshot")]
-
-    def failing_once(*args: Any, **kwargs: Any) -> bytes:
-        if failures:
-            raise failures.pop()
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(rounds_module, "encode_snapshot", failing_once)
+    coord, task_id, round_id, to_close = ready_to_close(db, clock)
+    failures = snapshot_encoding_fails_once(monkeypatch)
     # Execute: the close publishes, then fails; the coordinator then restarts
     asyncio.run(coord.close_round(to_close))
     status = coord.round_status(round_id)
