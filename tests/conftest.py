@@ -44,8 +44,26 @@ def _absl_on_process_stderr() -> None:
     absl.logging.get_absl_handler().python_handler.stream = sys.__stderr__
 
 
+def _signals_not_ignored() -> None:
+    """SIGINT and SIGHUP as an interactive shell gives them, in this process and so in every
+    process a test starts. `nohup make test &`, or any background job of a shell without job
+    control, starts the suite with SIGHUP (nohup) and SIGINT ignored, and every process inherits
+    that: a coordinator the tests start keeps an ignored SIGHUP or SIGINT on purpose (docs/
+    operations.md, tests/coordinator/test_s25_nohup_sighup.py, test_s54b_ignored_sigint.py),
+    so the tests that stop one with either waited 30 s and failed, and a `plume` that sends
+    itself SIGINT ran on (stop 61's clean-clone run, launched under nohup: test_s55o,
+    test_s57f, test_s48_early_interrupt). Tests that need an ignored signal set it themselves."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     _absl_on_process_stderr()
+    _signals_not_ignored()
     # numpy's OpenBLAS starts one thread per CPU; under `make test -n 2` the other xdist worker
     # holds the second core and the two BLAS threads wait on each other (aggregator files ran
     # ~1.5-2x slower). In this process only (threadpoolctl, which scikit-learn requires): the
