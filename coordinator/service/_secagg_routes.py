@@ -49,7 +49,7 @@ from protocol.secagg import (
     WrongStage,
 )
 
-from .wire import declared_length
+from .wire import declares_above
 
 __all__ = [
     "DuplicateStageUpload",
@@ -584,8 +584,7 @@ def _error(exc: Exception) -> JSONResponse:
 async def _read_capped(request: Request, cap: int) -> bytes:
     """The request body, refused (`_TooLarge`) once it passes `cap` bytes or declares more."""
     declared = request.headers.get("content-length")
-    length = declared_length(declared, cap)
-    if length is not None and length > cap:
+    if declares_above(declared, cap):
         # Its digits as sent when they are few; a longer one is not echoed whole.
         said = declared if declared is not None and len(declared) <= 20 else "more"
         raise _TooLarge(f"upload declares {said} bytes, the cap is {cap}")

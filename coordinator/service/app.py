@@ -96,7 +96,7 @@ from .errors import (
 from .metrics import Metrics
 from .rounds import Coordinator, ServiceConfig
 from .store import DamagedRow, Store
-from .wire import STATE_KEY, Attribution, WireMiddleware, declared_length
+from .wire import STATE_KEY, Attribution, WireMiddleware, declares_above
 
 __all__ = ["create_app"]
 
@@ -167,8 +167,7 @@ async def _capped_body(request: Request, cap: int) -> bytes:
     too_large = ApiError(
         413, Reason.TOO_LARGE, f"request body above the {cap}-byte cap", {"connection": "close"}
     )
-    declared = declared_length(request.headers.get(H.CONTENT_LENGTH), cap)
-    if declared is not None and declared > cap:
+    if declares_above(request.headers.get(H.CONTENT_LENGTH), cap):
         raise too_large
     parts: list[bytes] = []
     size = 0
@@ -1203,8 +1202,7 @@ def create_app(
         spec = ModelSpec.from_json(row.config["spec"])
         cap = DecodeLimits().frame_cap(spec)
         too_large = ApiError(413, Reason.TOO_LARGE, f"snapshot above the {cap}-byte cap")
-        declared = declared_length(request.headers.get(H.CONTENT_LENGTH), cap)
-        if declared is not None and declared > cap:
+        if declares_above(request.headers.get(H.CONTENT_LENGTH), cap):
             raise too_large  # before a byte is read, as the upload routes refuse
         chunks, size = [], 0
         async for chunk in request.stream():

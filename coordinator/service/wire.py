@@ -650,14 +650,15 @@ def _refused_before_app(scope: Scope, cap: int | None) -> tuple[int, Reason, str
         )
     if cap is not None:
         for k, v in scope["headers"]:
-            if k == b"content-length" and _declares_above(v, cap):
+            if k == b"content-length" and declares_above(v, cap):
                 return 413, Reason.TOO_LARGE, _too_large(cap)
     return None
 
 
-def _declares_above(value: bytes, cap: int) -> bool:
-    """Whether a `Content-Length` value of decimal digits declares more than `cap` bytes (not
-    digits: False, and the body's own size is then held to the cap as it streams)."""
+def declares_above(value: str | bytes | None, cap: int) -> bool:
+    """Whether a `Content-Length` value of ASCII decimal digits declares more than `cap` bytes
+    (`declared_length`; none, or not such digits: False, and the body's own size is then held
+    to the cap as it streams)."""
     length = declared_length(value, cap)
     return length is not None and length > cap
 
