@@ -143,6 +143,9 @@ class SecureConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        # Before, any value was stored: `noise="discrete_gaussian"` (the HTTP config's
+        # spelling) or a typo made `dp` true and failed only when a round's plan was encoded.
+        object.__setattr__(self, "noise", _noise_kind(self.noise))
         if not 0.0 < self.coord_fraction <= 1.0:
             raise ValueError(f"coord_fraction must be in (0, 1], got {self.coord_fraction}")
         if not 0.0 <= self.explore <= 1.0 or not 0.0 <= self.ema_decay < 1.0:
@@ -222,6 +225,23 @@ class SecureConfig:
     @property
     def dp(self) -> bool:
         return self.noise != NoiseKind.NONE
+
+
+def _noise_kind(value: object) -> NoiseKind:
+    """`value` as a NoiseKind: a member, its lower-case name as the task config writes it
+    (`"skellam"`), or its wire code (an int, not a bool). Else ValueError naming the kinds."""
+    if isinstance(value, NoiseKind):
+        return value
+    kinds = {k.name.lower(): k for k in NoiseKind}
+    if isinstance(value, str) and value in kinds:
+        return kinds[value]
+    if (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        and value in {k.value for k in NoiseKind}
+    ):
+        return NoiseKind(value)
+    raise ValueError(f"noise must be a NoiseKind or one of {', '.join(kinds)}, got {value!r}")
 
 
 def _stage_chain(spec: str) -> list[tuple[str, object]]:
