@@ -686,7 +686,8 @@ KEY_CHARS = 43
 def registered_key(text: str) -> bytes:
     """The 32 bytes of a registration's `public_key`, which must be exactly their base64url
     without padding: 43 characters of `A`-`Z`, `a`-`z`, `0`-`9`, `-` and `_`, the last one
-    with no bit past the key's 256 set, and encoding a point of the curve. Else 400
+    with no bit past the key's 256 set, and the canonical encoding of a point of the curve
+    (RFC 8032, section 5.1.3: y below p, and the sign bit clear when x is 0). Else 400
     `malformed` naming what is wrong. Before,
     base64's `+` and `/`, padding and any character outside the alphabet (skipped) were
     taken, so many strings registered the same key."""
@@ -716,6 +717,20 @@ def registered_key(text: str) -> bytes:
             "not the base64url of a key (encode the 32 bytes, drop the padding)",
         )
     key = base64.urlsafe_b64decode(text + "=")
+    # RFC 8032's decoding (section 5.1.3) fails at y >= p (step 1) and at x = 0 with the sign
+    # bit set (step 4). Taken mod p, as before, `y + p` (y < 19) and (x = 0, sign 1) were
+    # second spellings of a point: another device id for it, and bytes that compare unequal
+    # for one key. cryptography's `from_public_bytes` takes them, and OpenSSL's `verify`
+    # decodes them so (tests/coordinator/test_s62a_register_canonical_key.py).
+    y = int.from_bytes(key, "little") & ((1 << 255) - 1)
+    if y >= _P:
+        raise ApiError(
+            400,
+            Reason.MALFORMED,
+            "public_key is not canonical: its y (the low 255 bits) is at or above the field "
+            "prime p = 2^255 - 19 (RFC 8032, section 5.1.3, step 1); a key's encoding holds y "
+            "mod p",
+        )
     if not _on_curve(key):
         # cryptography's Ed25519PublicKey.from_public_bytes takes any 32 bytes, so such a key
         # got past the route's check and was refused 401 `bad_signature` (its signatures never
@@ -725,6 +740,14 @@ def registered_key(text: str) -> bytes:
             Reason.MALFORMED,
             "public_key is not an Ed25519 key: its 32 bytes encode no point of the curve "
             "(RFC 8032, section 5.1.3)",
+        )
+    if key[31] & 0x80 and y in (1, _P - 1):
+        # x = 0 only at y = 1 (the identity) and y = p - 1 (the point of order 2).
+        raise ApiError(
+            400,
+            Reason.MALFORMED,
+            "public_key is not canonical: x is 0 and its sign bit (bit 255) is set (RFC 8032, "
+            "section 5.1.3, step 4); the encoding of x = 0 has it clear",
         )
     return key
 
@@ -738,8 +761,7 @@ def _on_curve(key: bytes) -> bool:
     """Whether some x makes (x, y) a point of Ed25519 (-x^2 + y^2 = 1 + d x^2 y^2), y the
     key's low 255 bits mod p: x^2 = (y^2 - 1) / (d y^2 + 1) must be a square (RFC 8032,
     section 5.1.3, steps 2 and 3). The sign bit and an encoding of y at or above p are left
-    to the other checks (a point of small order is named as such, `protocol.auth.small_order`,
-    whatever its encoding)."""
+    to `registered_key`'s other checks (steps 1 and 4)."""
     y = (int.from_bytes(key, "little") & ((1 << 255) - 1)) % _P
     u, v = (y * y - 1) % _P, (_D * y * y + 1) % _P
     x = u * pow(v, 3, _P) * pow(u * pow(v, 7, _P), (_P - 5) // 8, _P) % _P
