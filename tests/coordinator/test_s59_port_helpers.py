@@ -43,6 +43,48 @@ def test_listening_port_reads_the_line_and_communicate_keeps_all_of_stderr() -> 
     ]
 
 
+# After uvicorn's line, 1 MiB on each pipe: far more than a pipe holds (64 KiB on Linux)
+CHATTY = textwrap.dedent(
+    """
+    import sys
+    sys.stderr.write("INFO:     Uvicorn running on http://127.0.0.1:4321 (Press CTRL+C to quit)\\n")
+    sys.stderr.flush()
+    line = "x" * 1023 + "\\n"
+    for _ in range(1024):
+        sys.stderr.write(line)
+        sys.stdout.write(line)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    """
+)
+
+
+@pytest.mark.parametrize("logged", [True, False])
+def test_a_server_that_logs_much_after_listening_does_not_block_on_its_pipes(
+    logged: bool,
+) -> None:
+    # Prepare: `logged=False` finds the port in /proc, so that variant needs a real listener
+    script = CHATTY
+    if not logged:
+        script = (
+            "import socket; s = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n" + CHATTY
+        )
+    with ServeProcess([sys.executable, "-c", script]) as proc:
+        # Execute: the test reads nothing itself until the process has ended
+        proc.listening_port(timeout=30, logged=logged)
+        try:
+            status = proc.wait(timeout=20)
+        finally:
+            proc.kill()
+        out, err = proc.communicate(timeout=30)
+    # Assert: it ran to its end, and every byte of both pipes is kept
+    assert status == 0
+    line = "x" * 1023 + "\n"
+    assert out == line * 1024
+    assert err.splitlines(keepends=True)[1:] == [line] * 1024
+    assert err.startswith("INFO:     Uvicorn running on http://127.0.0.1:4321")
+
+
 def test_listening_port_of_a_process_that_exits_first_shows_its_output() -> None:
     script = "import sys; sys.stderr.write('error: port in use\\n'); sys.exit(1)"
     with ServeProcess([sys.executable, "-c", script]) as proc:

@@ -113,11 +113,19 @@ class ServeProcess(subprocess.Popen[str]):
     It must log at INFO (the default level) or lower, since that is where uvicorn's `Uvicorn
     running on` line comes (else `logged=False`). `healthy_url()` waits for that port and for
     /healthz. `communicate()` returns stderr whole: the lines `listening_port` read, then the
-    rest."""
+    rest.
+
+    Once the port is known, a thread keeps reading both pipes into memory until the process
+    ends (`communicate` returns what it read). Before, nothing read them while the test ran, so
+    a server that wrote more than a pipe holds (64 KiB on Linux) blocked in its next log call,
+    and with it the request being served."""
 
     def __init__(self, args: list[str], **kwargs: Any) -> None:
         super().__init__(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
         self._read = ""
+        self._drained: dict[int, bytearray] = {}
+        self._drainer: threading.Thread | None = None
+        self._stop_draining = threading.Event()
 
     def listening_port(self, timeout: float = 60.0, *, logged: bool = True) -> int:
         """The port of the `Uvicorn running on` line, once it is on stderr (within `timeout`
@@ -150,6 +158,7 @@ class ServeProcess(subprocess.Popen[str]):
         self._read += text
         if port is None:
             raise _not_listening(self, text, why)
+        self._drain()
         return port
 
     def _proc_port(self, timeout: float) -> int:
@@ -161,7 +170,46 @@ class ServeProcess(subprocess.Popen[str]):
             if time.monotonic() > give_up:
                 raise _not_listening(self, "(not read)", f"listened on no port in {timeout:g} s")
             time.sleep(0.02)
+        self._drain()
         return port
+
+    def _drain(self) -> None:
+        """Start the thread that empties both pipes (once; raw reads, so the file objects'
+        buffers stay empty). It stops at the end of both, or soon after `_stop_draining`."""
+        if self._drainer is not None:
+            return
+        pipes = [p.fileno() for p in (self.stdout, self.stderr) if p is not None]
+        self._drained = {fd: bytearray() for fd in pipes}
+
+        def run() -> None:
+            open_fds = list(pipes)
+            while open_fds and not self._stop_draining.is_set():
+                for fd in select.select(open_fds, [], [], 0.05)[0]:
+                    chunk = os.read(fd, 65536)
+                    if chunk:
+                        self._drained[fd] += chunk
+                    else:
+                        open_fds.remove(fd)
+
+        self._drainer = threading.Thread(target=run, name=f"drain-{self.pid}", daemon=True)
+        self._drainer.start()
+
+    def _drained_text(self, pipe: Any) -> str:
+        if pipe is None:
+            return ""
+        encoding = pipe.encoding if isinstance(pipe, io.TextIOWrapper) else "utf-8"
+        got = bytes(self._drained.get(pipe.fileno(), b""))
+        return got.decode(encoding, "replace").replace("\r\n", "\n")
+
+    def _stop_drain(self) -> None:
+        self._stop_draining.set()
+        if self._drainer is not None:
+            self._drainer.join()
+
+    def __exit__(self, *exc: Any) -> None:
+        # The thread must be done with the pipes before Popen.__exit__ closes them.
+        self._stop_drain()
+        super().__exit__(*exc)
 
     def healthy_url(self, timeout: float = 60.0, *, logged: bool = True) -> str:
         """`http://127.0.0.1:PORT`, PORT `listening_port(logged=logged)`, once its /healthz
@@ -181,7 +229,16 @@ class ServeProcess(subprocess.Popen[str]):
     def communicate(
         self, input: str | None = None, timeout: float | None = None
     ) -> tuple[Any, Any]:
-        out, err = super().communicate(input, timeout)
+        if self._drainer is None:
+            out, err = super().communicate(input, timeout)
+        else:
+            # The thread reads the pipes to their end: wait for the process, then for it.
+            self.wait(timeout)
+            self._drainer.join(timeout)
+            if self._drainer.is_alive():  # a child of the server holds the pipes open
+                raise subprocess.TimeoutExpired(self.args, timeout or 0.0)
+            out, err = self._drained_text(self.stdout), self._drained_text(self.stderr)
+            self._drained = {fd: bytearray() for fd in self._drained}
         read, self._read = self._read, ""
         return out, read + (err or "")
 
