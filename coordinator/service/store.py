@@ -38,6 +38,7 @@ __all__ = [
     "Store",
     "StoreError",
     "DamagedRow",
+    "RoundStateError",
     "TaskRow",
     "RoundRow",
     "UpdateRow",
@@ -334,6 +335,34 @@ class DamagedRow(ValueError):
         self.key = key
         self.task_id = task_id
         self.column = column
+
+
+class RoundStateError(RuntimeError):
+    """A round write its stored state forbids (`Store.set_round_state`, `Store.publish`):
+    the round is not in the store, or is finished (committed or abandoned: its record is
+    final), or would go back (aggregating -> open), or is published without being frozen
+    first. Raised inside the write's transaction, so nothing of the write is stored.
+
+    round_id: the round; state: its stored state (None: no such round).
+    """
+
+    def __init__(self, round_id: int, state: str | None, refused: str) -> None:
+        if state is None:
+            super().__init__(f"no round {round_id} is in the store: {refused}")
+        else:
+            super().__init__(f"round {round_id} is {state} in the store: {refused}")
+        self.round_id = round_id
+        self.state = state
+
+
+# A round's states (protocol.names.RoundState): open -> aggregating -> committed | abandoned.
+_ROUND_STATES = ("open", "aggregating", "committed", "abandoned")
+
+
+def _stored_round_state(db: sqlite3.Connection, round_id: int) -> str | None:
+    """A round's stored state, read inside the caller's transaction (None: no such round)."""
+    row = db.execute("SELECT state FROM rounds WHERE round_id=?", (round_id,)).fetchone()
+    return None if row is None else str(row[0])
 
 
 def _json_column(text: Any, kind: type, table: str, key: int, task_id: int, column: str) -> Any:
@@ -1498,7 +1527,25 @@ class Store:
             after = int(rows[-1][1])
 
     def set_round_state(self, round_id: int, state: str) -> None:
+        """Store a round's new `state` (the service's one use: freezing an open round as
+        aggregating before it is aggregated, `begin_close`, again after a restart for a round
+        found aggregating). A finished (committed or abandoned) round's record is final and
+        an aggregating round does not open again: those, and a round not in the store, raise
+        `RoundStateError`, writing nothing (a closed round set back to aggregating would be
+        aggregated and published again at the next start). A `state` that is none of a
+        round's raises `ValueError`."""
+        if state not in _ROUND_STATES:
+            raise ValueError(
+                f"round {round_id}: {state!r} is not a round state (one of {', '.join(_ROUND_STATES)})"
+            )
         with self.transaction() as db:
+            stored = _stored_round_state(db, round_id)
+            if stored == "aggregating" and state == "open":
+                raise RoundStateError(round_id, stored, "a frozen round does not open again")
+            if stored not in ("open", "aggregating"):
+                raise RoundStateError(
+                    round_id, stored, f"only an open or aggregating round can be set {state}"
+                )
             db.execute("UPDATE rounds SET state=? WHERE round_id=?", (state, round_id))
 
     def set_round_measurements(self, round_id: int, measurements: dict[str, Any]) -> bool:
@@ -1689,8 +1736,19 @@ class Store:
         before_commit: Callable[[], None] | None = None,
     ) -> None:
         """Commit a round and its new model version atomically (never applied twice), with
-        the aggregator state that round left (None: the task keeps none)."""
+        the aggregator state that round left (None: the task keeps none). Only an aggregating
+        round is published (frozen first, so no upload lands after its aggregate): one open,
+        finished (its record is final) or not in the store raises `RoundStateError`, and
+        nothing of the publish is stored."""
         with self.transaction() as db:
+            stored = _stored_round_state(db, round_id)
+            if stored != "aggregating":
+                raise RoundStateError(
+                    round_id,
+                    stored,
+                    f"only an aggregating round is published (not as version {version} of "
+                    f"task {task_id})",
+                )
             db.execute(
                 "INSERT INTO versions(task_id, version, round_id, delta_frame, digest, "
                 "created_unix) VALUES (?, ?, ?, ?, ?, ?)",
