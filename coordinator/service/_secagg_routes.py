@@ -190,9 +190,20 @@ class SecureRegistry:
         """Plan a round over `device_ids` (named `round_id`, default the coordinator's next);
         `min_contributors`: the task's `min_reports`, below which a group aborts at its
         masked-input close instead of running an unmask stage for a round that cannot commit
-        (`SecureCoordinator.open_round`)."""
+        (`SecureCoordinator.open_round`).
+
+        Raises ValueError, changing nothing (the coordinator's round counter included), if a
+        round of that id is open here: it would have replaced that round, whose groups' key
+        material and stage bookkeeping were then lost mid-protocol."""
         with self._coord_lock, self._lock:
-            task = self.coordinator.open_round(device_ids, round_id, min_contributors)
+            # The coordinator's default id, taken here so that it is checked before it is used.
+            rid = self.coordinator.round_id + 1 if round_id is None else round_id
+            if rid in self._rounds:
+                raise ValueError(
+                    f"secure round {rid} is already open: discard it (after it committed or "
+                    "was abandoned) before opening a round of that id again"
+                )
+            task = self.coordinator.open_round(device_ids, rid, min_contributors)
             now = self.clock()
             groups = [
                 _Group(task.groups, expected=set(ids), stage_started=now, index=i)
