@@ -428,12 +428,18 @@ class SecureRegistry:
         """Close `stage` in every group with whoever uploaded (the stage deadline).
 
         Raises `WrongStage`, closing nothing, if a running group has not reached `stage` yet;
-        the unmask stage excepted: `finish` closes it in every group, the round's deadline
-        cutting short those behind (they count as aborted)."""
+        the unmask stage excepted: closing it is the round's deadline, which cuts short the
+        groups behind. Each is aborted here, naming the stage it was in: it takes no more
+        uploads and sends no download (until stop 62 it went on through its stages, its
+        devices told to train and, past its masked-input close, asked to unmask for an
+        unmask stage already closed). `finish` closes it the same way, and seals the round
+        instead of aborting those groups; either way they count as aborted in the outcome."""
         with self._lock:
             self._close_stage_locked(self._entry(round_id), stage)
 
-    def _close_stage_locked(self, entry: _Entry, stage: Stage) -> None:
+    def _close_stage_locked(self, entry: _Entry, stage: Stage, sealing: bool = False) -> None:
+        """`close_stage`; `sealing` (from `finish`, which seals the round next): the groups
+        behind are left as they are, not aborted."""
         groups = [g for g in entry.groups if stage not in g.closed and not g.aborted]
         if entry.sealed and groups:
             # Only a group `finish` cut short can still be behind: it stays as it was.
@@ -442,19 +448,26 @@ class SecureRegistry:
             for grp in groups:
                 self._check_current(grp, stage)
         for grp in groups:
-            self._close(entry, grp, stage)
+            behind = stage == Stage.UNMASK and grp.stage != Stage.UNMASK and not sealing
+            cut = (
+                f"cut short in stage {grp.stage}: the round's unmask stage closed" if behind else ""
+            )
+            self._close(entry, grp, stage, cut)
 
     @staticmethod
     def _check_current(grp: _Group, stage: Stage) -> None:
         if grp.stage != stage:
             raise WrongStage(f"group {grp.index} is in stage {grp.stage}, not {stage}")
 
-    def _close(self, entry: _Entry, grp: _Group, stage: Stage) -> None:
+    def _close(self, entry: _Entry, grp: _Group, stage: Stage, cut: str = "") -> None:
         """Close `stage` in one group and keep the round's counts and queues. Raises (changing
-        nothing) if the group is not in `stage` (unmask excepted, as in `close_stage`)."""
+        nothing) if the group is not in `stage` (unmask excepted, as in `close_stage`).
+        `cut`: the unmask stage closes in a group behind, aborted with this reason."""
         before = grp.stage
         was = self._open_counts(grp)
         self._close_stage(grp, stage)
+        if cut:
+            grp.aborted = cut
         after = grp.stage
         for s, (d0, e0), (d1, e1) in zip(_ORDER, was, self._open_counts(grp), strict=True):
             entry.open_done[s] += d1 - d0
@@ -540,7 +553,7 @@ class SecureRegistry:
                 if entry.outcome is not None:  # a round closes once
                     return entry.outcome
                 if not entry.sealed:
-                    self._close_stage_locked(entry, Stage.UNMASK)
+                    self._close_stage_locked(entry, Stage.UNMASK, sealing=True)
                     entry.sealed = True
             # The slow part, outside the registry lock: every group's unmask stage is closed
             # and the round sealed, so no request changes what it reads meanwhile. If it
