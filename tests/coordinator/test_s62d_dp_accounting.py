@@ -7,14 +7,18 @@ floor `min_round_rho` over the whole dropout range it accepts, [0, 1)."""
 from __future__ import annotations
 
 import dp_accounting
+import dp_accounting.pld
 import numpy as np
 import pytest
 from dp_accounting.rdp import rdp_privacy_accountant
 
 from coordinator.privacy import (
     FixedSizeSampling,
+    PoissonSampling,
     PrivacyAccountant,
+    calibrate_noise_multiplier,
     composed_rdp_epsilon,
+    pld_value_interval,
     rdp_curve,
     rdp_orders,
 )
@@ -73,6 +77,94 @@ def test_composed_epsilon_adds_the_curves_as_dp_accounting_composes_their_events
     got = composed_rdp_epsilon([orders / 8.0, orders / 18.0], 1e-6)
     # Assert
     assert got == pytest.approx(acc.get_epsilon(1e-6), rel=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(1,), (), (3,), (2, 3)])
+def test_composed_epsilon_refuses_a_curve_off_the_order_grid(shape: tuple[int, ...]) -> None:
+    # A curve of one value (or a scalar) would broadcast over every order: refused, not summed.
+    orders = rdp_orders()
+    with pytest.raises(ValueError, match="an RDP curve of"):
+        composed_rdp_epsilon([np.zeros(len(orders)), np.full(shape, 0.5)], 1e-5)
+
+
+@pytest.mark.parametrize(("epsilon", "rounds"), [(0.0, 10), (-1.0, 10), (1.0, 0), (1.0, -3)])
+def test_calibration_refuses_no_budget_or_no_rounds_by_name(epsilon: float, rounds: int) -> None:
+    with pytest.raises(ValueError, match="need epsilon > 0 and rounds >= 1"):
+        calibrate_noise_multiplier(epsilon, 1e-5, rounds, FixedSizeSampling(N, M))
+
+
+def test_calibration_for_a_single_round_meets_its_target() -> None:
+    # Prepare: the whole population every round, so each round is the unsampled Gaussian of
+    # multiplier z / 2 (replace-one): RDP alpha / (2 (z / 2)^2), recomputed here.
+    orders = np.asarray(rdp_privacy_accountant.DEFAULT_RDP_ORDERS, dtype=np.float64)
+
+    def eps(z: float) -> float:
+        curve = orders / (2 * (z / 2) ** 2)
+        return float(rdp_privacy_accountant.compute_epsilon(orders, curve, 1e-5)[0])
+
+    # Execute
+    z = calibrate_noise_multiplier(0.5, 1e-5, 1, FixedSizeSampling(10, 10), "rdp")
+    # Assert: enough noise for one round, and not 1% more than enough.
+    assert eps(z) <= 0.5 < eps(0.99 * z)
+
+
+def test_pld_calibration_answers_less_noise_than_rdp_and_meets_the_target() -> None:
+    # Prepare: one unsampled round (q = 1) at epsilon 60: z about 0.13, where the PLD grid is
+    # coarse and each PLD is quick. dp_accounting's own RDP calibration is the upper end.
+    epsilon, delta = 60.0, 1e-5
+    relation = dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE
+
+    def event(z: float) -> dp_accounting.DpEvent:
+        return dp_accounting.PoissonSampledDpEvent(1.0, dp_accounting.GaussianDpEvent(z))
+
+    z_rdp = dp_accounting.calibrate_dp_mechanism(
+        lambda: rdp_privacy_accountant.RdpAccountant(neighboring_relation=relation),
+        event,
+        epsilon,
+        delta,
+        dp_accounting.LowerEndpointAndGuess(1e-3, 1.0),
+    )
+
+    def pld_epsilon(z: float) -> float:
+        # dp_accounting's PLD accountant on z's own grid, 1e-4 (0.5 / z)^2 below z = 0.5.
+        acc = dp_accounting.pld.PLDAccountant(
+            neighboring_relation=relation, value_discretization_interval=1e-4 * (0.5 / z) ** 2
+        )
+        acc.compose(event(z))
+        return float(acc.get_epsilon(delta))
+
+    # Execute
+    z = calibrate_noise_multiplier(epsilon, delta, 1, PoissonSampling(1.0))
+    # Assert: PLD's answer meets the target, misses it one search tolerance (0.001 z_rdp)
+    # lower, and is below the RDP answer (the search bisects below it; returning z_rdp would
+    # add noise PLD does not need).
+    assert pld_epsilon(z) <= epsilon < pld_epsilon(z - 1e-3 * z_rdp)
+    assert z < 0.99 * z_rdp
+
+
+@pytest.mark.parametrize("sizes", [(10, 1), (10, 10), (1, 1)])
+def test_fixed_size_sampling_takes_one_device_and_the_whole_population(
+    sizes: tuple[int, int],
+) -> None:
+    assert FixedSizeSampling(*sizes).sample_size == sizes[1]
+
+
+@pytest.mark.parametrize("sizes", [(10, 0), (10, 11)])
+def test_fixed_size_sampling_refuses_a_cohort_outside_one_to_population(
+    sizes: tuple[int, int],
+) -> None:
+    with pytest.raises(ValueError, match="need 1 <= sample_size <= population"):
+        FixedSizeSampling(*sizes)
+
+
+@pytest.mark.parametrize(
+    ("z", "step"), [(0.5, 1e-4), (3.0, 1e-4), (0.25, 4e-4), (0.05, 1e-2), (0.001, 25.0)]
+)
+def test_the_pld_grid_step_is_coarsened_by_the_square_below_z_one_half(
+    z: float, step: float
+) -> None:
+    # 1e-4 from z = 0.5 up, else 1e-4 (0.5 / z)^2: the grid is no larger than at z = 0.5.
+    assert pld_value_interval(z) == pytest.approx(step, rel=1e-12)
 
 
 @pytest.mark.parametrize("dropout", [0.5, 0.75, 0.999])
