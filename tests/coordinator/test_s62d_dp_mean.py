@@ -10,7 +10,7 @@ import pytest
 from compression import SparseUpdate
 from coordinator.aggregators import AdaptiveClip, ClientUpdate, DPMean, FedAvg
 from coordinator.aggregators._dp import seed_note
-from coordinator.privacy import FixedSizeSampling
+from coordinator.privacy import FixedSizeSampling, PoissonSampling
 
 
 def test_seed_note_names_a_seeded_stage_and_nothing_else() -> None:
@@ -73,3 +73,48 @@ def test_a_mean_capping_weights_below_one_still_releases_the_sum_of_clipped_repo
     out = proc.next(proc.initialize(), reports)
     # Assert: (3, 4) clipped to (0.6, 0.8); the sum (1.1, -0.2), over 2.
     np.testing.assert_allclose(out.result, [0.55, -0.1], rtol=1e-6)
+
+
+def test_the_default_count_noise_needs_a_cohort_above_ten_z() -> None:
+    # sigma_b = cohort / 20 and 2 sigma_b > z: at z = 1 a cohort of 10 is refused, 10.2 taken.
+    adaptive = AdaptiveClip(initial=1.0)
+    with pytest.raises(ValueError, match="set count_std= above z / 2"):
+        DPMean(1.0, clip=adaptive, denominator=10.0)
+    dp = DPMean(1.0, clip=adaptive, denominator=10.2)
+    assert dp.count_stddev(3.0) == pytest.approx(0.51, rel=1e-12)
+
+
+@pytest.mark.parametrize("z_u", [0.5, 0.7, 1.0])
+def test_the_clip_ceiling_counts_a_noise_multiplier_below_one_as_one(z_u: float) -> None:
+    # max(z_u, 1) · C / min(denominator, 1) <= 1e30: the clipped reports alone scale with C.
+    assert DPMean.largest_clip(z_u, 2.0) == 1e30
+    assert DPMean.largest_clip(z_u, 0.25) == 0.25e30
+    assert DPMean.largest_clip(4.0, 0.5) == pytest.approx(0.125e30, rel=1e-15)
+
+
+def test_an_epsilon_budget_below_one_builds() -> None:
+    dp = DPMean(1.0, sampling=PoissonSampling(0.1), denominator=10.0, epsilon_budget=0.5)
+    assert dp.epsilon_budget == 0.5
+
+
+def test_one_report_without_a_denominator_is_divided_by_one() -> None:
+    # No denominator: the noised sum over the number of reports, here 1 (noise z C = 1e-8).
+    dp = DPMean(1e-9, clip=10.0)
+    proc = dp.create(2)
+    # Execute
+    out = proc.next(proc.initialize(), [_report(0, [0.3, 0.4])])
+    # Assert
+    np.testing.assert_allclose(out.result, [0.3, 0.4], rtol=1e-6)
+    assert out.measurements["noise_stddev"] == pytest.approx(1e-8, rel=1e-12)
+
+
+def test_a_round_without_reports_releases_the_noise_over_one() -> None:
+    # No denominator and no report: max(n, 1) divides by 1, and no weight is rescaled.
+    dp = DPMean(2.0, clip=0.5, seed=4)
+    proc = dp.create(3)
+    # Execute
+    out = proc.next(proc.initialize(), [])
+    # Assert: finite noise of stddev z C = 1, reported as such.
+    assert np.all(np.isfinite(out.result))
+    assert out.measurements["noise_stddev"] == 1.0
+    assert out.measurements["clients"] == 0
