@@ -422,8 +422,8 @@ def calibrate_noise_multiplier(
     smallest z DPMean accounts: a target the floor already meets (under the chosen method) is
     refused with a ValueError rather than answered with a z nothing would account.
     """
-    if epsilon <= 0 or rounds < 1:
-        raise ValueError("need epsilon > 0 and rounds >= 1")
+    if not epsilon > 0 or rounds < 1:  # NaN too: it reached brentq's bracket error
+        raise ValueError(f"need epsilon > 0 and rounds >= 1, got {epsilon!r} and {rounds!r}")
     import dp_accounting
 
     chosen: Method = (

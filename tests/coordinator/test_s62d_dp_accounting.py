@@ -87,7 +87,9 @@ def test_composed_epsilon_refuses_a_curve_off_the_order_grid(shape: tuple[int, .
         composed_rdp_epsilon([np.zeros(len(orders)), np.full(shape, 0.5)], 1e-5)
 
 
-@pytest.mark.parametrize(("epsilon", "rounds"), [(0.0, 10), (-1.0, 10), (1.0, 0), (1.0, -3)])
+@pytest.mark.parametrize(
+    ("epsilon", "rounds"), [(0.0, 10), (-1.0, 10), (float("nan"), 10), (1.0, 0), (1.0, -3)]
+)
 def test_calibration_refuses_no_budget_or_no_rounds_by_name(epsilon: float, rounds: int) -> None:
     with pytest.raises(ValueError, match="need epsilon > 0 and rounds >= 1"):
         calibrate_noise_multiplier(epsilon, 1e-5, rounds, FixedSizeSampling(N, M))
