@@ -82,6 +82,57 @@ def test_a_part_of_no_bytes_leaves_a_new_body_holding_nothing(declared: int | No
     budget.close(body)
 
 
+def test_a_first_part_longer_than_declared_is_counted_whole() -> None:
+    # The declared length is raised to the first part's (`max(body.declared, size)`): kills
+    # that assignment -> pass (the body reserved its declared 50 and held 80: -30 promised).
+    budget = BodyBudget(1000, clock=Clock())
+    body = budget.open(50)
+    assert budget.arrive(body, 80) is True
+    assert (body.declared, body.promised, body.state) == (80, 0, "parts")
+    assert (budget.held, budget.reserved) == (80, 0)
+    budget.close(body)
+    assert _empty(budget) == (0, 0, 0, 0, 0)
+
+
+@pytest.mark.parametrize(("declared", "first"), [(200, 10), (None, 150)])
+def test_one_byte_held_by_another_body_keeps_a_body_past_the_limit_out(
+    declared: int | None, first: int
+) -> None:
+    # A body larger than the budget is let in alone only when no other body holds a byte
+    # (`total - own <= 0`, `own` 0 for a new body): kills `_fits(body.declared, 0)` -> `1` in
+    # `_arrive`, and `<= 0` -> `<= 1` in `_fits`.
+    budget = BodyBudget(100, clock=Clock())
+    holder = budget.open(None)
+    assert budget.arrive(holder, 1) is True
+    big = budget.open(declared)
+    verdict = budget.arrive(big, first)
+    assert verdict is (None if declared else False)  # waits (declared) or refused (chunked)
+    if declared:
+        budget.close(holder)  # nobody holds a byte: alone, it gets in
+        assert big.state == "reserved"
+    else:
+        budget.close(holder)
+    budget.close(big)
+    assert _empty(budget) == (0, 0, 0, 0, 0)
+
+
+def test_a_waiter_past_the_limit_is_not_let_in_beside_one_byte() -> None:
+    # The same rule when the waiting bodies are let in: kills `_fits(body.declared, 0)` ->
+    # `1` in `admit_waiters` (a waiter larger than the budget went in beside a byte).
+    budget = BodyBudget(100, clock=Clock())
+    assert budget.take(1) is True  # a byte of an anonymous body
+    holder = budget.open(99)
+    assert budget.arrive(holder, 1) is True  # 1 + 99
+    big = budget.open(200)
+    assert budget.arrive(big, 10) is None
+    budget.close(holder)  # room comes, but one byte is still held
+    assert big.state == "waiting"
+    budget.give(1)
+    assert big.state == "reserved"
+    budget.close(big)
+    assert _empty(budget) == (0, 0, 0, 0, 0)
+
+
 def test_the_waiting_share_is_an_eighth_of_the_limit_inclusive() -> None:
     # `waiting_held + size <= limit // WAIT_SHARE`: a first part of exactly the share waits,
     # one byte more is refused at once. Kills `<=` -> `<`.
@@ -120,6 +171,34 @@ def test_bytes_past_a_declared_length_are_judged_for_room() -> None:
     assert (budget.held, budget.reserved, declared.state) == (100, 0, "parts")
     for body in (declared, chunked):
         budget.close(body)
+    assert _empty(budget) == (0, 0, 0, 0, 0)
+
+
+def test_a_body_alone_past_the_limit_gets_its_parts_past_its_declared_length() -> None:
+    # A body alone holds and reserves all (`own = received + promised` is the whole total),
+    # so what it sends past what it declared fits too, beyond the limit: kills `+` -> `-` in
+    # `own` (the body was refused its own excess).
+    budget = BodyBudget(100, clock=Clock())
+    body = budget.open(200)
+    assert budget.arrive(body, 10) is True
+    assert budget.arrive(body, 250) is True  # 190 declared, 60 past it
+    assert (budget.held, budget.reserved, budget.refused) == (260, 0, 0)
+    budget.close(body)
+    assert _empty(budget) == (0, 0, 0, 0, 0)
+
+
+def test_only_the_bytes_past_a_declared_length_are_judged() -> None:
+    # What is judged for room is the excess alone (`size - use`): kills `-` -> `+` there (the
+    # whole part was judged, and refused, though its excess fitted).
+    budget = BodyBudget(100, clock=Clock())
+    body = budget.open(50)
+    assert budget.arrive(body, 10) is True  # 50
+    chunked = budget.open(None)
+    assert budget.arrive(chunked, 20) is True  # 70
+    assert budget.arrive(body, 60) is True  # 40 reserved, 20 more: 90
+    assert (budget.held, budget.reserved, budget.refused) == (90, 0, 0)
+    for b in (body, chunked):
+        budget.close(b)
     assert _empty(budget) == (0, 0, 0, 0, 0)
 
 
@@ -179,6 +258,29 @@ def test_a_reservation_is_behind_its_pace_at_its_deadline_exactly() -> None:
     assert budget.fell_behind == 1
     for body in (chunked, waiter, staller):
         budget.close(body)
+    assert _empty(budget) == (0, 0, 0, 0, 0)
+
+
+def test_a_body_that_kept_its_pace_is_checked_again_at_its_new_deadline() -> None:
+    # A deadline that comes due while its body has kept pace since is moved to the body's new
+    # deadline (`_reclaim` pushes it back): kills that push -> pass (the entry was dropped,
+    # and the body, fallen behind later, kept its room for good).
+    clock = Clock()
+    budget = BodyBudget(1000, pace_s=10.0, clock=clock)
+    body = budget.open(800)
+    assert budget.arrive(body, 80) is True  # deadline 1.0 s
+    clock.now = 0.5
+    assert budget.arrive(body, 80) is True  # on pace: its deadline is now 2.0 s
+    clock.now = 1.5
+    first = budget.open(None)
+    assert budget.arrive(first, 300) is False  # 800 + 300 > 1000, and the body keeps pace
+    assert budget.next_check() == 2.0
+    clock.now = 2.5
+    second = budget.open(None)
+    assert budget.arrive(second, 300) is True  # behind now: 160 + 300
+    assert (budget.fell_behind, body.state) == (1, "parts")
+    for b in (first, second, body):
+        budget.close(b)
     assert _empty(budget) == (0, 0, 0, 0, 0)
 
 
@@ -307,6 +409,25 @@ def test_room_a_later_anonymous_part_reclaims_is_its_own_first() -> None:
     assert waiter.state == "reserved"
     budget.close(waiter)
     budget.close(staller)
+    assert _empty(budget) == (0, 0, 0, 0, 0)
+
+
+def test_room_a_later_anonymous_part_reclaims_beyond_its_own_goes_to_the_waiters() -> None:
+    # ... and what it does not need goes to the waiting bodies at once (`_offer`): kills that
+    # call -> pass in `take` (the waiter stayed out with room for it there).
+    clock = Clock()
+    budget = BodyBudget(100, pace_s=10.0, clock=clock)
+    staller = budget.open(80)
+    assert budget.arrive(staller, 8) is True  # deadline 1.0 s
+    assert budget.take(10) is True  # 90
+    waiter = budget.open(30)
+    assert budget.arrive(waiter, 3) is None  # 90 + 30 > 100
+    clock.now = 2.0
+    assert budget.take(20, holding=10) is True  # 8 + 30 once the staller gave its back
+    assert waiter.state == "reserved"  # 38 + 30 fit
+    budget.give(30)
+    for body in (waiter, staller):
+        budget.close(body)
     assert _empty(budget) == (0, 0, 0, 0, 0)
 
 
