@@ -324,6 +324,34 @@ def test_the_pace_heap_stays_bounded_while_no_body_asks_for_room(all_in: bool) -
     assert _empty(budget) == (0, 0, 0, 0, 0)
 
 
+def test_the_trimmed_pace_heap_still_gives_the_earliest_deadline_first() -> None:
+    # The trim in `close` keeps the entries of reserved bodies in their heap-array order,
+    # which is not a heap once others are gone: `heapify` restores it. Kills that `heapify`
+    # dropped (next_check said 4.0 s, a body 40 s behind the earliest, so the waiters' timer
+    # and `_reclaim`, which pops from the top, would miss the earlier deadlines).
+    clock = Clock()
+    budget = BodyBudget(10**9, pace_s=100.0, clock=clock)
+    bodies = []
+    for i in range(100):
+        body = budget.open(1000)
+        # Each body sent less than the one before, so it is due earlier: every push goes to
+        # the root, and the array is no sorted list.
+        assert budget.arrive(body, 100 - i) is True
+        bodies.append(body)
+    kept = bodies[::6]  # 17 stay reserved; the other 83 close, the latest admitted first
+    for body in reversed(bodies):
+        if body not in kept:
+            budget.close(body)
+    assert len(budget._paced) == len(kept)  # the trim ran (100 > 2 * 17 + 64)
+    # The earliest deadline among the kept: bodies[96] sent 4 of 1000 bytes, due at 0.4 s
+    assert budget.next_check() == pytest.approx(min(b.received * 0.1 for b in kept)) == 0.4
+    # A body that fits only once that reservation's 996 unsent bytes are given back
+    clock.now = 0.45
+    newcomer = budget.open(None)
+    assert budget.arrive(newcomer, 10**9 - 17 * 1000 + 1) is True
+    assert budget.fell_behind == 1 and bodies[96].state == "parts"
+
+
 def test_the_pace_heap_stays_bounded_when_reservations_fall_behind() -> None:
     # The same bound while reservations fall behind their pace (`_reclaim`) beside bodies
     # closed while reserved, whose deadlines are far off: kills `self._live -= 1` -> `+=` in
