@@ -227,21 +227,24 @@ class SecureConfig:
         return self.noise != NoiseKind.NONE
 
 
+# Each NoiseKind by the lower-case name a task config writes (`"skellam"`).
+NOISE_NAMES: dict[str, NoiseKind] = {k.name.lower(): k for k in NoiseKind}
+
+
 def _noise_kind(value: object) -> NoiseKind:
-    """`value` as a NoiseKind: a member, its lower-case name as the task config writes it
-    (`"skellam"`), or its wire code (an int, not a bool). Else ValueError naming the kinds."""
+    """`value` as a NoiseKind: a member, its name in NOISE_NAMES, or its wire code (an int,
+    not a bool). Else ValueError naming the kinds."""
     if isinstance(value, NoiseKind):
         return value
-    kinds = {k.name.lower(): k for k in NoiseKind}
-    if isinstance(value, str) and value in kinds:
-        return kinds[value]
+    if isinstance(value, str) and value in NOISE_NAMES:
+        return NOISE_NAMES[value]
     if (
         isinstance(value, int)
         and not isinstance(value, bool)
         and value in {k.value for k in NoiseKind}
     ):
         return NoiseKind(value)
-    raise ValueError(f"noise must be a NoiseKind or one of {', '.join(kinds)}, got {value!r}")
+    raise ValueError(f"noise must be a NoiseKind or one of {', '.join(NOISE_NAMES)}, got {value!r}")
 
 
 def _stage_chain(spec: str) -> list[tuple[str, object]]:

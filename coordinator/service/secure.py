@@ -31,8 +31,8 @@ from coordinator.secure import (
     min_round_rho,
     plan_numbers,
 )
-from coordinator.secure._config import GroupDpError
-from protocol.secagg import MAX_DEGREE, MAX_NODES, NoiseKind, Stage, choose_degree
+from coordinator.secure._config import NOISE_NAMES, GroupDpError
+from protocol.secagg import MAX_DEGREE, MAX_NODES, Stage, choose_degree
 
 from ._secagg_routes import SecureRegistry, stage_cap
 
@@ -137,10 +137,9 @@ def parse_secure(raw: dict[str, Any], *, seed: int, server_lr: float) -> SecureS
             continue
         default = fields[key].default
         if key == "noise":
-            kinds = {k.name.lower(): k for k in NoiseKind}
-            if not isinstance(value, str) or value not in kinds:
-                raise ValueError(f"secure.noise must be one of {', '.join(kinds)}")
-            kwargs[key] = kinds[value]
+            if not isinstance(value, str) or value not in NOISE_NAMES:
+                raise ValueError(f"secure.noise must be one of {', '.join(NOISE_NAMES)}")
+            kwargs[key] = NOISE_NAMES[value]
         elif isinstance(default, bool):
             if not isinstance(value, bool):
                 raise ValueError(f"secure.{key} must be a boolean")
