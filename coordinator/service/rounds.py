@@ -156,7 +156,7 @@ from .errors import ApiError
 from .faults import fault_point
 from .metrics import Metrics
 from .secure import SECURE_STAGES, SecureTaskState, check_plan, parse_secure
-from .store import DamagedRow, RoundRow, Store, StoreError
+from .store import DamagedRow, RoundRow, RoundStateError, Store, StoreError
 
 __all__ = [
     "Coordinator",
@@ -3626,6 +3626,21 @@ class Coordinator:
             cur = self.begin_close(rt)
         except (sqlite3.Error, OSError) as exc:
             log.error("task %d: cannot start closing its round (%r); retried", rt.task_id, exc)
+            return None
+        except RoundStateError as exc:
+            # The store holds the round finished (or not at all) while memory holds it open:
+            # the store is the record. Nothing is written (an abandon or a publish here would
+            # overwrite the round's final record, and a retry meets the same refusal at every
+            # tick): the task is rebuilt from the store, as after a failed close, which serves
+            # the stored model and holds no such round. Its accepted frames stay stored.
+            current = self.runtimes.get(rt.task_id) is rt
+            log.error(
+                "task %d: cannot close its round (%s); %s",
+                rt.task_id, exc,
+                "the task is rebuilt from the store" if current else "its runtime was rebuilt",
+            )  # fmt: skip
+            if current:  # not one a rebuild replaced meanwhile, whose successor may be closing
+                self._reload(rt.task_id)
             return None
         if cur is None:
             return None
