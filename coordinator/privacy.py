@@ -225,8 +225,11 @@ class PrivacyAccountant:
         return _epsilon_cached(self, int(rounds), delta)
 
     def max_rounds(self, epsilon: float, delta: float, limit: int = 1_000_000) -> int:
-        """The largest number of rounds whose epsilon stays <= `epsilon` (capped at `limit`)."""
-        if self.epsilon(1, delta) > epsilon:
+        """The largest number of rounds whose epsilon stays <= `epsilon` (capped at `limit`,
+        so 0 for `limit` 0). A negative `limit` is refused (ValueError)."""
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
+            raise ValueError(f"limit must be a non-negative round count, got {limit!r}")
+        if limit == 0 or self.epsilon(1, delta) > epsilon:
             return 0
         lo, hi = 1, 2
         while hi <= limit and self.epsilon(hi, delta) <= epsilon:

@@ -88,3 +88,17 @@ def test_noise_over_the_report_count_has_stddev_z_c_over_n() -> None:
     assert np.std(out.result.astype(np.float64)) == pytest.approx(z * clip / n, rel=0.01)
     assert out.measurements["noise_stddev"] == pytest.approx(z * clip / n, rel=1e-12)
     assert out.measurements["clients"] == n
+
+
+def test_max_rounds_with_limit_zero_is_zero() -> None:
+    # Prepare: a budget one round meets many times over.
+    acc = PrivacyAccountant(Z, PoissonSampling(Q), "rdp")
+    # Execute / Assert: capped at 0 rounds, not the search's floor of 1.
+    assert acc.max_rounds(1e6, DELTA, limit=0) == 0
+
+
+@pytest.mark.parametrize("limit", [-1, -100, 2.5, True, "3"])
+def test_max_rounds_refuses_a_limit_that_is_not_a_round_count(limit: object) -> None:
+    acc = PrivacyAccountant(Z, PoissonSampling(Q), "rdp")
+    with pytest.raises(ValueError, match="limit must be a non-negative round count"):
+        acc.max_rounds(1e6, DELTA, limit=limit)  # type: ignore[arg-type]
