@@ -665,11 +665,13 @@ def declares_above(value: str | bytes | None, cap: int) -> bool:
 
 def declared_length(value: str | bytes | None, cap: int) -> int | None:
     """A `Content-Length` value's length in bytes, for comparing with `cap`: None when there is
-    none or it is not ASCII decimal digits, and `cap + 1` for any value above `cap` however
-    many digits it has. Told by its length first: Python's `int` refuses (ValueError) more than
-    4,300 digits, and `str.isdigit` takes digits such as "²" that `int` refuses too. h11 passes
-    neither on, but another server, or the app run through ASGI, may, and such a request was a
-    text/plain 500 instead of the 413 every other oversized declaration gets (helper s61b)."""
+    none or it is not ASCII decimal digits. A value with more digits than `cap` (leading zeros
+    aside) comes back as `cap + 1`, however many digits it has; any other value comes back as
+    itself, so a value above `cap` is above it either way. Told by its length first: Python's
+    `int` refuses (ValueError) more than 4,300 digits, and `str.isdigit` takes digits such as
+    "²" that `int` refuses too. h11 passes neither on, but another server, or the app run
+    through ASGI, may, and such a request was a text/plain 500 instead of the 413 every other
+    oversized declaration gets (helper s61b)."""
     if value is None:
         return None
     if isinstance(value, str):
