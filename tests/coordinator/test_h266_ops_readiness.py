@@ -25,18 +25,11 @@ import pytest
 
 from coordinator.service import ServerThread, ServiceConfig, Store
 from protocol.messages import to_json
+from tests._clock import Clock
 
 from .test_service_support import ADMIN, task_config
 
 AUTH = {"authorization": f"Bearer {ADMIN}"}
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _query_only(store: Store, on: bool) -> None:
@@ -121,7 +114,7 @@ def test_the_store_error_line_is_logged_at_most_once_every_5_s(
     server: ServerThread, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Prepare: the log limiter's clock under the test's control, writes refused
-    clock = _Clock()
+    clock = Clock(1000.0)
     server.app.state.store_error_log.clock = clock
     _query_only(server.app.state.store, True)
     caplog.set_level(logging.ERROR, logger="plume.coordinator")

@@ -37,6 +37,7 @@ from coordinator.service.auth import (
     Body,
     BodyBudget,
 )
+from tests._clock import Clock
 
 MiB = 1 << 20
 
@@ -330,16 +331,8 @@ def test_memory_stays_within_the_limit_or_one_body_alone() -> None:
 # -- BodyBudget directly ---------------------------------------------------------------------
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_a_reservation_is_kept_while_its_body_keeps_pace_and_given_back_behind_it() -> None:
-    clock = Clock()
+    clock = Clock(100.0)
     budget = BodyBudget(1000, pace_s=10.0, clock=clock)
     # Prepare: a body declaring 800 sends 100 (on pace until 1.25 s after)
     a = budget.open(800)
@@ -386,14 +379,14 @@ def test_a_body_alone_is_admitted_whatever_its_size_and_no_limit_admits_all() ->
 
 
 def test_waiting_is_bounded_in_bodies_and_bytes() -> None:
-    budget = BodyBudget(8000, clock=Clock())  # the clock stands still: no body falls behind
+    budget = BodyBudget(8000, clock=Clock(100.0))  # the clock stands still: no body falls behind
     holder = budget.open(8000)
     assert budget.arrive(holder, 1) is True
     # An eighth of the budget for the first parts of waiting bodies ...
     waiters = [budget.open(1000) for _ in range(4)]
     assert [budget.arrive(w, 400) for w in waiters] == [None, None, False, False]
     assert (budget.waiting, budget.waiting_held) == (2, 800)
-    big = BodyBudget(10**9, clock=Clock())
+    big = BodyBudget(10**9, clock=Clock(100.0))
     holder2 = big.open(10**9)
     assert big.arrive(holder2, 1) is True
     # ... and at most MAX_WAITING of them
@@ -458,7 +451,7 @@ def test_budget_bounds_hold_over_seeded_random_bodies() -> None:
     one body holds it all; the waiting parts stay within an eighth; the counts add up."""
     rng = random.Random(294)
     for _ in range(200):
-        clock = Clock()
+        clock = Clock(100.0)
         limit = rng.randint(1, 5000)
         budget = BodyBudget(limit, pace_s=rng.choice([1.0, 10.0]), clock=clock)
         live: dict[int, tuple[Body, int]] = {}  # id -> (body, bytes it may still send)

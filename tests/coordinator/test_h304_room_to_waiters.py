@@ -14,16 +14,9 @@ once to the waiting bodies. Driven by hand on a stepped clock; no event loop, no
 from __future__ import annotations
 
 from coordinator.service.auth import BodyBudget
+from tests._clock import Clock
 
 __all__: list[str] = []
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_a_chunked_newcomer_lets_an_older_waiting_body_in_first() -> None:

@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from coordinator.service.auth import BodyBudget
 from coordinator.service.metrics import Metrics
 from protocol.names import Reason
+from tests._clock import Clock
 
 from .test_h294_overload_resend import _answer, _frames, _round, _wait
 
@@ -53,14 +54,6 @@ def _local(metrics: Metrics) -> dict[str, float]:
     from prometheus_client import generate_latest
 
     return _parse(generate_latest(metrics.registry).decode())
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_the_gauges_and_counters_follow_the_budget() -> None:

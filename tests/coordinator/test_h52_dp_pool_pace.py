@@ -11,23 +11,16 @@ from pathlib import Path
 from compression import encode_snapshot
 from coordinator.service import ServiceConfig, Store
 from coordinator.service.rounds import Coordinator, pool_capacity
+from tests._clock import Clock
 
 from .test_service_support import SPEC, initial_params, task_config
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_the_default_pool_fills_to_its_capacity_when_devices_come_back_when_told(
     tmp_path: Path,
 ) -> None:
     # Prepare: population = the default capacity; the devices first arrive over 120 s
-    clock = _Clock()
+    clock = Clock(1_000.0)
     config = ServiceConfig(db_path=str(tmp_path / "p.db"))
     coordinator = Coordinator(Store(tmp_path / "p.db"), config, clock=clock)
     n = int(pool_capacity(config))

@@ -14,22 +14,15 @@ from pathlib import Path
 from compression import encode_snapshot
 from coordinator.service import ServiceConfig, Store
 from coordinator.service.rounds import Coordinator
+from tests._clock import Clock
 
 from .test_service_support import SPEC, initial_params, task_config
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _waiting(tmp_path: Path, waiting: int) -> tuple[Coordinator, _Clock, int, list[str]]:
+def _waiting(tmp_path: Path, waiting: int) -> tuple[Coordinator, Clock, int, list[str]]:
     """A coordinator whose dp task (population = `waiting` + 1) has `waiting` devices in its
     pool, one check-in short of opening a round."""
-    clock = _Clock()
+    clock = Clock(1_000.0)
     tmp_path.mkdir(parents=True, exist_ok=True)
     cfg = ServiceConfig(db_path=str(tmp_path / "p.db"), pool_ttl_s=120.0, max_checkin_rate=500.0)
     coordinator = Coordinator(Store(tmp_path / "p.db"), cfg, clock=clock)

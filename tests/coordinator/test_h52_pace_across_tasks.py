@@ -12,16 +12,13 @@ from pathlib import Path
 from compression import encode_snapshot
 from coordinator.service import ServiceConfig, Store
 from coordinator.service.rounds import Coordinator
+from tests import _clock
 
 from .test_service_support import SPEC, initial_params, task_config
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
+class _Clock(_clock.Clock):
+    start = 1_000.0
 
 
 def _coordinator(tmp_path: Path) -> tuple[Coordinator, _Clock]:

@@ -19,16 +19,13 @@ from compression import UpdateCodec, encode_snapshot
 from coordinator.service import ServiceConfig, Store
 from coordinator.service.rounds import Coordinator
 from protocol.messages import TaskConfig
+from tests import _clock
 
 from .test_service_support import SPEC, initial_params, task_config
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+class Clock(_clock.Clock):
+    start = 1_800_000_000.0
 
 
 def _start(db: Path, clock: Clock) -> Coordinator:

@@ -19,19 +19,12 @@ from coordinator.service.errors import ApiError
 from coordinator.service.rounds import Coordinator
 from protocol.messages import TaskConfig
 from protocol.names import ModelEncoding
+from tests._clock import Clock
 
 from .test_service_support import SPEC, initial_params, task_config
 
 T0 = 1_800_000_000.0
 ROUNDS = 5
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _frame(cfg: TaskConfig, seed: int) -> bytes:
@@ -44,7 +37,7 @@ def _frame(cfg: TaskConfig, seed: int) -> bytes:
 
 def _start(db: Path, keep: int | None) -> Coordinator:
     coord = Coordinator(
-        Store(db), ServiceConfig(db_path=str(db), keep_frames_rounds=keep), clock=Clock()
+        Store(db), ServiceConfig(db_path=str(db), keep_frames_rounds=keep), clock=Clock(T0)
     )
     coord.restore()
     return coord

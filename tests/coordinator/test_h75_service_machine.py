@@ -72,6 +72,7 @@ from protocol.messages import (
 from protocol.names import Path as P
 from protocol.names import Reason
 from sdk.device import UpdateEncoder
+from tests import _clock
 
 from .test_service_support import ADMIN, SPEC, initial_params, task_config
 
@@ -121,14 +122,10 @@ class _Errors(logging.Handler):
         self.records.append(self.format(record))
 
 
-class Clock:
+class Clock(_clock.Clock):
     """The coordinator's clock (seconds); request signatures keep the real one."""
 
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
+    start = 1_800_000_000.0
 
 
 @dataclass

@@ -19,22 +19,15 @@ from coordinator.service.errors import ApiError
 from coordinator.service.rounds import STOP_REASON, Coordinator
 from protocol.messages import TaskConfig
 from protocol.names import RoundState, TaskState
+from tests._clock import Clock
 
 from .test_service_support import SPEC, initial_params, task_config
 
 T0 = 1_800_000_000.0
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _start(db: Path) -> Coordinator:
-    coord = Coordinator(Store(db), ServiceConfig(db_path=str(db)), clock=Clock())
+    coord = Coordinator(Store(db), ServiceConfig(db_path=str(db)), clock=Clock(T0))
     coord.restore()
     return coord
 

@@ -15,20 +15,17 @@ from compression import UpdateCodec, encode_snapshot
 from coordinator.service import ServiceConfig, Store
 from coordinator.service.rounds import Coordinator
 from protocol.messages import RoundStatus, TaskConfig
+from tests import _clock
 
 from .test_service_support import SPEC, initial_params, task_config
 
 T0 = 1_800_000_000.0
 
 
-class Clock:
+class Clock(_clock.Clock):
     """Unix seconds that only move when a test says so."""
 
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
+    start = T0
 
 
 def _start(db: Path, clock: Clock) -> Coordinator:

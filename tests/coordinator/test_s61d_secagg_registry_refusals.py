@@ -18,19 +18,12 @@ from coordinator.secure import BUNDLE_BYTES, SecureConfig, SecureCoordinator
 from coordinator.service._secagg_routes import _ORDER, SecureRegistry, secagg_router, stage_cap
 from protocol.secagg import RoundAborted, Stage, WrongStage
 from sdk.secure import SecureParticipant, SecureSession
+from tests._clock import Clock
 
 from .test_secure_http import _serve
 
 D = 60
 RID = 7
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class _Round:
@@ -46,7 +39,7 @@ class _Round:
         min_contributors: int = 1,
         config: SecureConfig | None = None,
     ) -> None:
-        self.clock = _Clock()
+        self.clock = Clock(100.0)
         if config is None:
             config = SecureConfig(coord_fraction=0.2, sketch=False, group_size=group_size, seed=3)
         self.coord = SecureCoordinator(np.zeros(D, np.float32), config)

@@ -18,18 +18,11 @@ import math
 import pytest
 
 from coordinator.service.auth import WAIT_SHARE, Body, BodyBudget
+from tests._clock import Clock
 
 from .test_h304_waiter_wakeups import VirtualTimeLoop, run_virtual
 
 __all__: list[str] = []
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def _empty(budget: BodyBudget) -> tuple[int, int, int, int, int]:

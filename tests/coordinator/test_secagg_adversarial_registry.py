@@ -12,24 +12,17 @@ from coordinator.service._secagg_routes import SecureRegistry
 from coordinator.service.secure import SecureTaskState, parse_secure, stage_cap
 from protocol.secagg import RoundAborted, Stage, WrongStage
 from sdk.secure import SecureParticipant, SecureSession
+from tests._clock import Clock
 
 D = 300
 DEVS = [f"dev-{i}" for i in range(5)]
 SPEC = ModelSpec.from_shapes([("w", (D,))])
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def _registry(
     timeout_s: float | None, idle_s: float | None = None
 ) -> tuple[SecureRegistry, Clock, int, dict[str, SecureSession]]:
-    clock = Clock()
+    clock = Clock(100.0)
     coord = SecureCoordinator(np.zeros(D, np.float32), SecureConfig(coord_fraction=0.2))
     reg = SecureRegistry(coord, clock, stage_timeout_s=timeout_s, stage_idle_s=idle_s)
     task = reg.open_round(DEVS, 9)

@@ -17,20 +17,13 @@ from coordinator.aggregators._dp import amplified_population, find_dp
 from coordinator.service import ServiceConfig, Store
 from coordinator.service import rounds as rounds_module
 from coordinator.service.rounds import Coordinator, pool_capacity
+from tests._clock import Clock
 
 from .test_service_support import SPEC, initial_params, serve_cli, task_config
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1_000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _coordinator(tmp_path: Path, **service: float) -> tuple[Coordinator, _Clock]:
-    clock = _Clock()
+def _coordinator(tmp_path: Path, **service: float) -> tuple[Coordinator, Clock]:
+    clock = Clock(1_000.0)
     tmp_path.mkdir(parents=True, exist_ok=True)
     cfg = ServiceConfig(db_path=str(tmp_path / "plume.db"), **service)  # type: ignore[arg-type]
     return Coordinator(Store(tmp_path / "plume.db"), cfg, clock=clock), clock

@@ -23,6 +23,7 @@ from protocol import auth
 from protocol.messages import Assignment
 from protocol.names import ContentType, Reason
 from sdk.client import Client
+from tests import _clock
 
 from .test_service_support import (
     ADMIN,
@@ -51,14 +52,10 @@ WRONG_BINARY = [
 ]
 
 
-class FakeClock:
+class FakeClock(_clock.Clock):
     """Monotonic seconds that move only when a test says so."""
 
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
+    start = 1000.0
 
 
 @pytest.fixture(scope="module")
@@ -415,9 +412,9 @@ def test_registrations_over_the_rate_get_429_with_retry_after(tmp_path: Path) ->
         )
         refused_count = _metric(http, "plume_registrations_rate_limited_total")
         devices = _metric(http, "plume_registered_devices")
-        clock.t += 99.5
+        clock.now += 99.5
         still = _register(http, keys[2])
-        clock.t += 1.0
+        clock.now += 1.0
         later = _register(http, keys[2])
     # Assert: the burst passes; the third is 429 with a whole-second Retry-After, the device
     # was not created, and one token later it registers
@@ -450,9 +447,9 @@ def test_the_bucket_refills_at_the_rate_and_caps_at_the_burst() -> None:
     # Execute + Assert: three at once, then one per half second, never more than three saved
     assert [limiter.admit("a") for _ in range(3)] == [0, 0, 0]
     assert limiter.admit("a") == 1  # 0.5 s to the next token, rounded up to a whole second
-    clock.t += 0.5
+    clock.now += 0.5
     assert limiter.admit("a") == 0
-    clock.t += 3600.0
+    clock.now += 3600.0
     assert [limiter.admit("a") for _ in range(4)] == [0, 0, 0, 1]
     assert limiter.admit("b") == 0  # another address has its own bucket
 
@@ -462,7 +459,7 @@ def test_retry_after_is_whole_seconds_and_at_least_one() -> None:
     limiter = RateLimiter(0.3, 1, clock=clock)
     assert limiter.admit("a") == 0
     assert limiter.admit("a") == math.ceil(1 / 0.3)  # 3.33 s -> 4
-    clock.t += 3.3
+    clock.now += 3.3
     assert limiter.admit("a") == 1
 
 
@@ -486,7 +483,7 @@ def test_idle_buckets_are_evicted_so_many_addresses_stay_bounded() -> None:
     # Execute: 20,000 distinct addresses, one every millisecond
     for i in range(20_000):
         assert limiter.admit(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}") == 0
-        clock.t += 0.001
+        clock.now += 0.001
         sizes.append(len(limiter))
     # Assert: only the last ~5 s of addresses (5,000) are remembered, never all 20,000
     assert max(sizes) <= 5_001
