@@ -338,10 +338,11 @@ class DamagedRow(ValueError):
 
 
 class RoundStateError(RuntimeError):
-    """A round write its stored state forbids (`Store.set_round_state`, `Store.publish`):
-    the round is not in the store, or is finished (committed or abandoned: its record is
-    final), or would go back (aggregating -> open), or is published without being frozen
-    first. Raised inside the write's transaction, so nothing of the write is stored.
+    """A round write its stored record forbids (`Store.set_round_state`, `Store.publish`,
+    `Store.abandon`): the round is not in the store, or is finished (committed or abandoned:
+    its record is final), or would go back (aggregating -> open), or is published without
+    being frozen first, or is a round of another task than the one the write names. Raised
+    inside the write's transaction, so nothing of the write is stored.
 
     round_id: the round; state: its stored state (None: no such round).
     """
@@ -363,6 +364,22 @@ def _stored_round_state(db: sqlite3.Connection, round_id: int) -> str | None:
     """A round's stored state, read inside the caller's transaction (None: no such round)."""
     row = db.execute("SELECT state FROM rounds WHERE round_id=?", (round_id,)).fetchone()
     return None if row is None else str(row[0])
+
+
+def _check_round_task(db: sqlite3.Connection, round_id: int, task_id: int) -> str | None:
+    """A round's stored state, read inside the caller's transaction (None: no such round),
+    after checking that it is a round of `task_id`: a round of another task raises
+    `RoundStateError` naming both tasks (a publish or abandonment under the wrong task would
+    store one task's state, model or version against another's round)."""
+    row = db.execute("SELECT task_id, state FROM rounds WHERE round_id=?", (round_id,)).fetchone()
+    if row is None:
+        return None
+    owner, state = int(row[0]), str(row[1])
+    if owner != task_id:
+        raise RoundStateError(
+            round_id, state, f"it is a round of task {owner}, not of task {task_id}"
+        )
+    return state
 
 
 def _json_column(text: Any, kind: type, table: str, key: int, task_id: int, column: str) -> Any:
@@ -1738,10 +1755,10 @@ class Store:
         """Commit a round and its new model version atomically (never applied twice), with
         the aggregator state that round left (None: the task keeps none). Only an aggregating
         round is published (frozen first, so no upload lands after its aggregate): one open,
-        finished (its record is final) or not in the store raises `RoundStateError`, and
-        nothing of the publish is stored."""
+        finished (its record is final), not in the store or of another task than `task_id`
+        raises `RoundStateError`, and nothing of the publish is stored."""
         with self.transaction() as db:
-            stored = _stored_round_state(db, round_id)
+            stored = _check_round_task(db, round_id, task_id)
             if stored != "aggregating":
                 raise RoundStateError(
                     round_id,
@@ -1775,8 +1792,11 @@ class Store:
         nothing, if the round is finished or unknown. A closed round's record is final: a
         close that fails after its publish committed (the snapshot encoded after it) must not
         turn the committed round, whose version the task serves, into an abandoned one and
-        drop its measurements (a dp round's epsilon record among them)."""
+        drop its measurements (a dp round's epsilon record among them). A round of another
+        task than `task_id` raises `RoundStateError`, writing nothing (its abandonment would
+        store `task_state` on the wrong task)."""
         with self.transaction() as db:
+            _check_round_task(db, round_id, task_id)
             cur = db.execute(
                 "UPDATE rounds SET state='abandoned', closed_unix=?, measurements_json=? "
                 "WHERE round_id=? AND state IN ('open', 'aggregating')",
