@@ -20,3 +20,21 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
+
+
+class SleepClock(Clock):
+    """A `Clock` that the code under test moves by pausing: `tick` stands for the SDK's steady
+    clock (`sdk.client._tick`), `sleep` for the pause it takes (`Client(sleep=...)`,
+    `time.sleep`); each pause is kept in `sleeps` and added to `now`. A file whose pauses must
+    be ones `time.sleep` would take checks them in a subclass's `sleep`."""
+
+    def __init__(self, now: float | None = None) -> None:
+        super().__init__(now)
+        self.sleeps: list[float] = []
+
+    def tick(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.now += seconds

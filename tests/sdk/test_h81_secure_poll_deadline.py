@@ -15,22 +15,15 @@ import sdk.client as client_mod
 import sdk.secure as secure_mod
 from protocol.secagg import SecAggPath, Stage
 from sdk.secure import HttpSecureDevice, SecureParticipant
+from tests._clock import SleepClock
 
 URL = SecAggPath.STAGE.format(round_id=3, stage=Stage.ADVERTISE_KEYS)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def tick(self) -> float:
-        return self.now
-
+class Clock(SleepClock):
     def sleep(self, seconds: float) -> None:
         assert seconds >= 0, seconds
-        self.sleeps.append(seconds)
-        self.now += seconds
+        super().sleep(seconds)
 
 
 @pytest.fixture

@@ -17,19 +17,7 @@ import pytest
 
 from sdk import AsyncClient, Client, TrainResult
 from sdk import client as client_mod
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def tick(self) -> float:
-        return self.now
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
+from tests._clock import SleepClock
 
 
 class _NoRound:
@@ -46,7 +34,7 @@ def _gathering(request: httpx.Request) -> httpx.Response:
 
 def test_min_poll_s_spaces_the_check_ins(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Prepare: a coordinator that says "wait 0.25 s" forever, a clock the sleeps advance
-    clock = _Clock()
+    clock = SleepClock(1000.0)
     monkeypatch.setattr(client_mod, "_tick", clock.tick)
     calls: list[str] = []
 
@@ -66,7 +54,7 @@ def test_min_poll_s_spaces_the_check_ins(tmp_path: Path, monkeypatch: pytest.Mon
 def test_the_coordinators_longer_wait_still_wins(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    clock = _Clock()
+    clock = SleepClock(1000.0)
     monkeypatch.setattr(client_mod, "_tick", clock.tick)
 
     def slow(request: httpx.Request) -> httpx.Response:
@@ -79,7 +67,7 @@ def test_the_coordinators_longer_wait_still_wins(
 
 
 def test_the_async_client_takes_it_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    clock = _Clock()
+    clock = SleepClock(1000.0)
     monkeypatch.setattr(client_mod, "_tick", clock.tick)
 
     async def fake_sleep(seconds: float) -> None:

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 import sdk.client as client_mod
 from sdk import AsyncClient, Client
 from sdk.client import ClientError
+from tests._clock import SleepClock
 
 from .test_client_hostile_server import WAIT, _app_files, _app_with_state, _data
 from .test_client_secure import ShiftTrainer
@@ -38,21 +39,15 @@ from .test_s57g_hostile_answers import (
 BUSY = b'{"reason": "store_unavailable", "detail": "busy"}'
 
 
-class _Clock:
+class _Clock(SleepClock):
     """The SDK's steady clock (`sdk.client._tick`), moved only by the client's pauses."""
 
-    def __init__(self) -> None:
-        self.now = 1000.0
-        self.sleeps: list[float] = []
-
-    def tick(self) -> float:
-        return self.now
+    start = 1000.0
 
     def sleep(self, seconds: float) -> None:
         if not (math.isfinite(seconds) and seconds >= 0):
             raise AssertionError(f"time.sleep({seconds}) would raise or never return")
-        self.sleeps.append(seconds)
-        self.now += seconds
+        super().sleep(seconds)
 
 
 @st.composite
