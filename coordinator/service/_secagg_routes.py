@@ -3,7 +3,8 @@
     GET  /v1/secure/rounds/{round_id}/setup                plan bytes; digest + node in headers
     POST /v1/secure/rounds/{round_id}/stages/{stage}       a stage upload (octet-stream)
     GET  /v1/secure/rounds/{round_id}/stages/{stage}       the download that follows `stage`
-                                                           (425 + Retry-After until it closes)
+                                                           (425 + Retry-After until it closes;
+                                                           410 once it never will)
     GET  /v1/secure/rounds/{round_id}/result               JSON: committed, contributors, ...
 
 `SecureRegistry` is the stage bookkeeping of open secure rounds; the durable service uses it
@@ -53,6 +54,7 @@ from .wire import declares_above
 
 __all__ = [
     "DuplicateStageUpload",
+    "GroupCutShort",
     "SecureRegistry",
     "StageClosedWithout",
     "secagg_router",
@@ -87,6 +89,15 @@ def stage_cap(plans: list[SecurePlan], stage: Stage) -> int:
 
 class DuplicateStageUpload(SecAggError):
     """A second, different upload of the same stage by the same device."""
+
+
+class GroupCutShort(RoundAborted, WrongStage):
+    """A stage upload or download of a group that `finish` cut short: the round's unmask stage
+    closed while the group was still in an earlier stage, which will never close now (the round
+    is sealed) and whose sum is not in the round's. A `RoundAborted`, so the HTTP answer is 410
+    `round_closed`, as for a group that aborted (before, a poll of that stage was 425 until the
+    round was discarded, and an upload 409 `WrongStage`); still a `WrongStage` for the
+    registry's callers, as that upload's refusal was."""
 
 
 class StageClosedWithout(WrongStage, PermissionError):
@@ -135,6 +146,7 @@ class _Entry:
     # Set (under the registry lock) when `finish` closes the unmask stage, and kept: from
     # then on no upload or stage close changes a group's SecAgg, so `finish` can unmask
     # outside the lock (and a close that raised leaves the round as it was, to try again).
+    # A group still at an earlier stage then (cut short) answers as an aborted one.
     sealed: bool = False
     # Kept as groups change, so that a tick or a status request does not look at every
     # group (a cohort of 30,000 in groups of 3 is 10,000 groups): accepted uploads per stage,
@@ -376,9 +388,11 @@ class SecureRegistry:
 
     def upload(self, round_id: int, stage: Stage, device_id: str, body: bytes) -> bool:
         """Accept one stage upload; False if it repeats the device's accepted upload byte for
-        byte (an idempotent retry, nothing changes). Raises `DuplicateStageUpload` for a
-        different second upload, `StageClosedWithout` for a stage that closed without the
-        device, and any `SecAggError` the round refuses (state unchanged)."""
+        byte (an idempotent retry, nothing changes). Raises `RoundAborted` for a group that
+        aborted and `GroupCutShort` for one the round's close cut short (whatever the stage or
+        body, a retry included), `DuplicateStageUpload` for a different second upload,
+        `StageClosedWithout` for a stage that closed without the device, and any `SecAggError`
+        the round refuses (state unchanged)."""
         digest = hashlib.sha256(body).digest()
         with self._lock:
             entry, grp = self._entry_group(round_id, device_id)
@@ -390,8 +404,7 @@ class SecureRegistry:
                 and self._due(grp, self.clock(), self.stage_timeout_s, self.stage_idle_s)
             ):
                 self._close(entry, grp, current)  # its deadline passed: the upload is late
-            if grp.aborted:
-                raise RoundAborted(grp.aborted)
+            self._refuse_if_over(entry, grp)
             if device_id in grp.uploaded.get(stage, set()):
                 if grp.digests.get((stage, device_id)) == digest:
                     return False
@@ -403,8 +416,6 @@ class SecureRegistry:
                     f"stage {stage} is closed: it closed without device {device_id}, which is "
                     "no longer in the round"
                 )
-            if entry.sealed:  # a group cut short by the round's close: nothing changes now
-                raise WrongStage(f"secure round {round_id} is closed: stage {stage} is closed")
             if device_id not in grp.expected:
                 raise PermissionError(f"device {device_id} is no longer in stage {stage}")
             if grp.stage != stage:
@@ -439,7 +450,8 @@ class SecureRegistry:
 
     def _close_stage_locked(self, entry: _Entry, stage: Stage, sealing: bool = False) -> None:
         """`close_stage`; `sealing` (from `finish`, which seals the round next): the groups
-        behind are left as they are, not aborted."""
+        behind are left as they are, not aborted; the seal makes their requests refused as an
+        aborted group's are (`GroupCutShort`)."""
         groups = [g for g in entry.groups if stage not in g.closed and not g.aborted]
         if entry.sealed and groups:
             # Only a group `finish` cut short can still be behind: it stays as it was.
@@ -453,6 +465,19 @@ class SecureRegistry:
                 f"cut short in stage {grp.stage}: the round's unmask stage closed" if behind else ""
             )
             self._close(entry, grp, stage, cut)
+
+    @staticmethod
+    def _refuse_if_over(entry: _Entry, grp: _Group) -> None:
+        """Refuse any stage request of a group that is over without its sum: `RoundAborted` if
+        it aborted, `GroupCutShort` if `finish` sealed the round while it was still at an
+        earlier stage (the only group then with a stage: one that completed has none)."""
+        if grp.aborted:
+            raise RoundAborted(grp.aborted)
+        if entry.sealed and grp.stage is not None:
+            raise GroupCutShort(
+                f"secure round {entry.task.round_id} is closed: cut short in stage {grp.stage}: "
+                "the round's unmask stage closed"
+            )
 
     @staticmethod
     def _check_current(grp: _Group, stage: Stage) -> None:
@@ -522,13 +547,16 @@ class SecureRegistry:
             return entry.open_done[stage], entry.open_expected[stage]
 
     def download(self, round_id: int, stage: Stage, device_id: str) -> bytes | None:
-        """The bytes that follow `stage` for this device, or None while it is open."""
+        """The bytes that follow `stage` for this device, or None while it is open. Raises
+        `RoundAborted` for a group that aborted and `GroupCutShort` for one the round's close
+        cut short (its stage will never close: a None would have it polled until the round is
+        discarded), whatever the stage; PermissionError for a device the stage closed
+        without."""
         if stage not in _ORDER[:-1]:
             raise WrongStage(f"nothing follows stage {stage}")
         with self._lock:
-            grp = self._group(round_id, device_id)
-            if grp.aborted:
-                raise RoundAborted(grp.aborted)
+            entry, grp = self._entry_group(round_id, device_id)
+            self._refuse_if_over(entry, grp)
             if stage not in grp.closed:
                 return None
             try:
@@ -592,7 +620,9 @@ def _error(exc: Exception) -> JSONResponse:
     """Error bodies as in the main API; a protocol refusal's reason is its SecAggError type,
     with the main API's status: 409 for a stage that is not open yet or a second, different
     upload, 422 for a message the round refuses; 403 for a stage that closed without the
-    device (`StageClosedWithout`, a `PermissionError`)."""
+    device (`StageClosedWithout`, a `PermissionError`); 410 `round_closed` for a group that
+    aborted or that the round's close cut short (`GroupCutShort`, a `RoundAborted`), the
+    detail "aborted: " and why."""
     if isinstance(exc, LookupError):
         return JSONResponse({"reason": str(Reason.UNKNOWN_ROUND), "detail": str(exc)}, 404)
     if isinstance(exc, PermissionError):
