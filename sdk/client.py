@@ -29,7 +29,6 @@ import numbers
 import os
 import random
 import re
-import select
 import socket
 import ssl
 import sys
@@ -91,9 +90,39 @@ from protocol.messages import (
 )
 from protocol.names import CheckInAction, Feature, Header, ModelEncoding, Path, Query, Reason
 from protocol.secagg import RoundAborted, SecAggError, SecAggHeader, SecAggPath, Stage
-from protocol.tls import NAME_MISMATCH, OUT_OF_DATE, certificate_failure
+from protocol.tls import certificate_failure
 from protocol.tls import tls_verify as _tls_verify
 
+# The async sockets and the errors live in modules of their own; every name is imported back,
+# so that `sdk.client.X` stays what it was (tests and apps import private names from here).
+from ._async_streams import _TLS_READ_BYTES as _TLS_READ_BYTES
+from ._async_streams import _AsyncSocket
+from ._async_streams import _AsyncStream as _AsyncStream
+from ._async_streams import _AsyncTls as _AsyncTls
+from ._async_streams import _socket_readable as _socket_readable
+from ._errors import _UNREACHABLE_CLASSES as _UNREACHABLE_CLASSES
+from ._errors import _UNREACHABLE_LOCK as _UNREACHABLE_LOCK
+from ._errors import CANCELLED as CANCELLED
+from ._errors import MAX_ERROR_DETAIL as MAX_ERROR_DETAIL
+from ._errors import MAX_ERROR_REASON as MAX_ERROR_REASON
+from ._errors import MODEL_LAYOUT_MISMATCH as MODEL_LAYOUT_MISMATCH
+from ._errors import MODEL_TOO_LARGE as MODEL_TOO_LARGE
+from ._errors import TASK_DONE as TASK_DONE
+from ._errors import TLS_CERTIFICATE as TLS_CERTIFICATE
+from ._errors import UNREACHABLE as UNREACHABLE
+from ._errors import ClientError as ClientError
+from ._errors import CoordinatorUnreachable as CoordinatorUnreachable
+from ._errors import LayoutMismatchError as LayoutMismatchError
+from ._errors import ModelIntegrityError as ModelIntegrityError
+from ._errors import ModelTooLargeError as ModelTooLargeError
+from ._errors import ParticipationCancelled as ParticipationCancelled
+from ._errors import SdkUnsupportedError as SdkUnsupportedError
+from ._errors import TaskEndedError as TaskEndedError
+from ._errors import TlsCertificateError as TlsCertificateError
+from ._errors import _certificate_error, _clip, _Stop, _unreachable_class
+from ._errors import _remade_error as _remade_error
+from ._errors import _remade_unreachable as _remade_unreachable
+from ._errors import _TaskError as _TaskError
 from ._types import CancelFlag, LocalTrainer, TrainingCancelled
 from .device import UpdateEncoder
 from .device_store import (
@@ -190,11 +219,6 @@ MAX_BACKOFF_S = 60.0
 # A `Retry-After` is waited at least as asked and up to this fraction more, drawn per wait
 # from the client's own random source: a fleet told the same wait does not return at once.
 RETRY_AFTER_SPREAD = 0.2
-# Most characters of a refusal's `detail` and `reason` a `ClientError` keeps: the server's text
-# arrives under the 4/16 MiB response caps, and a hostile one would make every logged error
-# megabytes long.
-MAX_ERROR_DETAIL = 1000
-MAX_ERROR_REASON = 64
 # Most rounds `bandwidth` keeps, the least recently counted dropped first: it grew by one entry
 # per round for the life of the process.
 MAX_BANDWIDTH_ROUNDS = 64
@@ -275,78 +299,6 @@ _REFUSED_FOR_GOOD = frozenset(
 _NEVER_TAKEN = frozenset({Reason.BAD_FRAME, Reason.TOO_LARGE, Reason.INVALID_STATE})
 
 
-def _clip(text: str, limit: int) -> str:
-    """`text`, or its first `limit` characters and a marker saying how many were cut."""
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}[... {len(text) - limit} more characters cut]"
-
-
-class ClientError(Exception):
-    """The coordinator refused a request: `status`, `reason` (protocol.names.Reason), `detail`.
-
-    `reason` keeps at most `MAX_ERROR_REASON` characters and `detail` `MAX_ERROR_DETAIL`, then
-    a marker saying how many more the server sent (`_clip`).
-    """
-
-    def __init__(self, status: int, reason: str, detail: str) -> None:
-        reason, detail = _clip(reason, MAX_ERROR_REASON), _clip(detail, MAX_ERROR_DETAIL)
-        super().__init__(f"{status} {reason}: {detail}")
-        self.status = status
-        self.reason = reason
-        self.detail = detail
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # Exception's own pickles `args` (the message) for the constructor, which takes
-        # (status, reason, detail): a refusal raised in a process pool's worker broke the pool.
-        return (_remade_error, (type(self), self.args), self.__dict__)
-
-
-def _remade_error(cls: type[ClientError], args: tuple[Any, ...]) -> ClientError:
-    """A pickled `ClientError` (of any subclass) again: its message, then its attributes."""
-    return cls.__new__(cls, *args)
-
-
-class ModelIntegrityError(ClientError):
-    """A downloaded model does not decode (`bad_model`), or its SHA-256 does not match the
-    coordinator's digest (`digest_mismatch`). A delta chain that fails so is asked for again
-    once as a snapshot, in the same call (`fetch_model`, `participate`, `fetch_current`); this
-    is raised when a snapshot fails."""
-
-
-# `ModelTooLargeError.reason`: the SDK's own refusal (no request made) and the coordinator's
-# 409 to a check-in naming such a task (`protocol.names.Reason.MODEL_TOO_LARGE`) alike.
-MODEL_TOO_LARGE = "model_too_large"
-
-
-class ModelTooLargeError(ClientError):
-    """The task's model is larger than the client's `max_model_bytes` allows: refused before
-    any of it is downloaded or any array of its size allocated, whether it would have come as
-    a snapshot or as a delta chain. `reason` `MODEL_TOO_LARGE` ("model_too_large"), `task_id`
-    the task, `limit` the client's `max_model_bytes`. The app directory is as before the call.
-
-    Two sources. The coordinator, told the limit in every check-in, refuses a check-in naming
-    such a task: `status` 409, `detail` the coordinator's (it names the model's size), and
-    `declared` None. Or the client itself, given such a task's round all the same (by a
-    coordinator from before `max_model_bytes`, which ignores it): `status` 0, no request made
-    for the model, `declared` its size as the task's spec declares it (4 bytes a parameter:
-    its fp32 snapshot, and each array a round holds)."""
-
-    def __init__(
-        self, task_id: int, declared: int | None, limit: int, *, status: int = 0, detail: str = ""
-    ) -> None:
-        if declared is not None:
-            detail = (
-                f"task {task_id}'s model is {declared} bytes ({declared // 4} float32 "
-                f"parameters, as its spec declares), over this client's max_model_bytes={limit}: "
-                "not downloaded (raise max_model_bytes if the device can hold it)"
-            )
-        super().__init__(status, MODEL_TOO_LARGE, detail)
-        self.task_id = task_id
-        self.declared = declared
-        self.limit = limit
-
-
 MODEL_DTYPES = ("fp32", "fp16")
 """The `model_dtype` values: the snapshot dtype a client asks for (docs/devices.md)."""
 
@@ -377,31 +329,6 @@ def _check_max_model_bytes(value: object) -> int:
     return value
 
 
-# `TaskEndedError.reason` of a check-in answered "end" (the coordinator sends no error body
-# then: the name is the SDK's, like "bad_response").
-TASK_DONE = "task_done"
-
-
-class _TaskError(ClientError):
-    """A refusal about the task a check-in named (`task_id`): the base of `TaskEndedError` and
-    `SdkUnsupportedError`, which `participate` raises with no further check-in."""
-
-    def __init__(self, status: int, reason: str, detail: str, task_id: int | None) -> None:
-        super().__init__(status, reason, detail)
-        self.task_id = task_id
-
-
-class TaskEndedError(_TaskError):
-    """The task a check-in named runs no more rounds: stop asking for it.
-
-    The coordinator answered "end": the task ran its rounds, or the operator stopped it
-    (`detail` says which). `reason` is `TASK_DONE` ("task_done"), `status` 200, `task_id` the
-    task named. `participate` raises it on that answer, without another check-in; `check_in`
-    returns the answer. A 409 `task_refused` (a task this coordinator cannot run now, which
-    the operator may fix) or 404 `unknown_task` stays a plain `ClientError`: not final.
-    """
-
-
 def _next_wait(answer: CheckInResponse, task_id: int | None, min_poll_s: float) -> float:
     """The wait before the next check-in after `answer` (no round to train): `TaskEndedError`
     for "end"; else at least _MIN_POLL_S (a "wait 0" must not make the device spin) and the
@@ -422,190 +349,6 @@ def _ended(answer: CheckInResponse, task_id: int | None) -> TaskEndedError:
 # declare it. `error_feedback_off`: an assignment's `codec.error_feedback` false is honoured
 # (each upload the compressed delta alone, no residual kept: `_Core.encoder`).
 FEATURES: tuple[Feature, ...] = (Feature.ERROR_FEEDBACK_OFF,)
-
-
-class SdkUnsupportedError(_TaskError):
-    """The task a check-in named needs something this SDK does not do: update the app's SDK.
-
-    The coordinator's 409 `sdk_unsupported` (`Reason.SDK_UNSUPPORTED`); `detail` names the
-    feature the task needs (one this SDK does not list in `FEATURES`, from a newer
-    coordinator) and `task_id` the task named. `check_in` and `participate` raise it and check
-    in no more: asking again, this SDK is refused again. Other tasks are not affected.
-    """
-
-
-# `LayoutMismatchError.reason`: the SDK's own refusal of an assignment (no request made) and
-# the coordinator's 409 to a check-in naming such a task
-# (`protocol.names.Reason.MODEL_LAYOUT_MISMATCH`) alike.
-MODEL_LAYOUT_MISMATCH = "model_layout_mismatch"
-
-
-class LayoutMismatchError(_TaskError, ValueError):
-    """The task's model is not one this device's trainer can train: its layout (tensor shapes,
-    and for artifacts exported under a model name, that name) is not the trainer's. A trainer
-    whose model is fixed (an `sdk.ort.OrtTrainer`'s artifacts) cannot take such a task: not a
-    setup error of the app, which goes on checking in for other tasks (or names its own with
-    `task_id`). `reason` `MODEL_LAYOUT_MISMATCH` ("model_layout_mismatch"), `task_id` the
-    task. Also a `ValueError`, the type this refusal had before it had a class of its own.
-
-    Two sources. The coordinator, told the trainer's layout in the check-in (`model_layouts`,
-    sent when the trainer has a `spec`: `_declared_layouts`), refuses a check-in naming
-    another task: `status` 409, `detail` the coordinator's (it names the task's layout).
-    Naming no task, such a coordinator never gives the device one. Or the client itself,
-    given such a task's round all the same (by a coordinator from before `model_layouts`,
-    which ignores it, or for a trainer that declares no layout): `status` 0, raised before the
-    model is downloaded, nothing trained or sent, the app directory as before; the round's
-    slot stays empty until its deadline (the coordinator is not told)."""
-
-
-# `ParticipationCancelled.reason` (no request was refused: the name is the SDK's).
-CANCELLED = "cancelled"
-
-
-class ParticipationCancelled(ClientError):
-    """The app set the `cancel` event it passed (`Client.participate`, `train_round`,
-    `run_secure_round`, `secure_round`, and `AsyncClient`'s): the call stopped and left the app directory as a
-    crash at that point would, never half-changed.
-
-    `status` 0, `reason` `CANCELLED` ("cancelled"); `phase` says where it stopped, `detail`
-    what it left: "resend" (re-sending an upload an earlier round left pending: it stays
-    pending), "check-in" or "wait" (nothing changed), "download" or "training" (nothing was
-    trained or encoded: the error-feedback residual is as before the round), "upload" (the
-    upload stays pending: the next `participate` re-sends it, its idempotency key making a
-    second copy harmless), "secure" (the device drops out of the secure round: the residual
-    is as before the round unless its masked input may have reached the coordinator, whose
-    record a later check-in settles). `round_id` is the round it was in, None before one.
-    """
-
-    def __init__(self, phase: str, detail: str, round_id: int | None) -> None:
-        where = f" in round {round_id}" if round_id is not None else ""
-        super().__init__(0, CANCELLED, f"cancelled at {phase}{where}: {detail}")
-        self.phase = phase
-        self.round_id = round_id
-
-
-# `CoordinatorUnreachable.reason` (no answer came: the name is the SDK's).
-UNREACHABLE = "unreachable"
-
-
-class CoordinatorUnreachable(ClientError, httpx.TransportError):
-    """No connection to the coordinator, or one lost, after every attempt a call made.
-
-    Both a `ClientError` (`status` 0, `reason` `UNREACHABLE` ("unreachable"), `detail` the
-    message) and an `httpx.TransportError` with the `request` of the last attempt, so either
-    `except` catches it. The message names the coordinator, the request and the attempts
-    (`could not reach the coordinator at http://127.0.0.1:8080 for POST /v1/checkin in 5
-    attempts: [Errno 111] Connection refused`), and `__cause__` is httpx's own error. Raised
-    as a subclass of that error's class too (`_unreachable_class`): an app that catches
-    `httpx.ConnectError` or `httpx.TimeoutException` still catches what it did.
-    """
-
-    def __init__(self, message: str, *, request: httpx.Request | None = None) -> None:
-        # httpx's constructor, not ClientError's "status reason: detail" message: the next one
-        # after ClientError, the httpx class mixed in (`_unreachable_class`) or TransportError.
-        init: Callable[..., None] = super(ClientError, self).__init__
-        init(message, request=request)
-        self.status, self.reason, self.detail = 0, UNREACHABLE, message
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # By the httpx class it was made with, not by its own (a `_unreachable_class` class is
-        # no module attribute: pickle refused it, and a process pool broke on the error).
-        made = type(self)
-        kind = next((b for b in made.__bases__ if b is not CoordinatorUnreachable), None)
-        if made is CoordinatorUnreachable or kind is None:
-            kind = httpx.TransportError
-        return (_remade_unreachable, (kind, self.args), self.__dict__)
-
-
-# `TlsCertificateError.reason` (no request was refused: the name is the SDK's).
-TLS_CERTIFICATE = "tls_certificate"
-
-
-class TlsCertificateError(ClientError):
-    """The coordinator's TLS certificate failed verification: the device does not trust it
-    (self-signed, or issued by a CA not in the bundle `verify=` gives), it does not name
-    `base_url`'s host, or it is expired or not yet valid (or the device's clock is off).
-
-    A configuration (or security) problem, not an outage: it fails the same way at every
-    attempt, so it is raised at the first one, never retried, and is not a
-    `CoordinatorUnreachable` ("call again later"). `status` 0, `reason` `TLS_CERTIFICATE`
-    ("tls_certificate"); `detail` names the coordinator, the request, OpenSSL's reason and
-    what to check (`verify=`: the path of the coordinator's CA bundle or an `ssl.SSLContext`;
-    the host in `base_url`). `__cause__` is httpx's own error. A network that intercepts TLS (a
-    captive portal before its login, a corporate proxy) fails so too, which is why the message
-    says which check failed.
-    """
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(0, TLS_CERTIFICATE, detail)
-
-
-def _certificate_error(
-    base: str, request: httpx.Request, cert: ssl.SSLCertVerificationError
-) -> TlsCertificateError:
-    """`TlsCertificateError` for `cert`, the verification failure of a request to `base`, with
-    what to check for its kind of failure. The caller chains httpx's error."""
-    code = getattr(cert, "verify_code", None)
-    why = getattr(cert, "verify_message", None) or str(cert)
-    if code in NAME_MISMATCH:
-        fix = (
-            f"the certificate does not name the host {request.url.host!r}: use a base_url "
-            "whose host the certificate names (or reissue it with that name)"
-        )
-    elif code in OUT_OF_DATE:
-        fix = "check the certificate's validity dates and the device's clock"
-    else:
-        fix = (
-            "pass verify= the coordinator's CA bundle (the path of its PEM file, or an "
-            "ssl.SSLContext that trusts it); verify=True trusts certifi's bundle (or "
-            "SSL_CERT_FILE / SSL_CERT_DIR when set), not a CA added to the system's store"
-        )
-    return TlsCertificateError(
-        f"the coordinator at {base} presented a TLS certificate that failed verification "
-        f"for {request.method} {request.url.path} ({why}); not retried: {fix}"
-    )
-
-
-_UNREACHABLE_CLASSES: dict[type[httpx.TransportError], type[CoordinatorUnreachable]] = {}
-_UNREACHABLE_LOCK = threading.Lock()
-
-
-def _unreachable_class(kind: type[httpx.TransportError]) -> type[CoordinatorUnreachable]:
-    """`CoordinatorUnreachable` that is also a `kind` (httpx's `ConnectError`, `ReadTimeout`,
-    an app transport's own class), made once per class; plain `CoordinatorUnreachable` for
-    `httpx.TransportError` itself and for a class it cannot be mixed with."""
-    if issubclass(kind, CoordinatorUnreachable):
-        return kind
-    if kind is httpx.TransportError:
-        return CoordinatorUnreachable
-    with _UNREACHABLE_LOCK:
-        made = _UNREACHABLE_CLASSES.get(kind)
-        if made is None:
-            try:
-                made = type(
-                    "CoordinatorUnreachable", (CoordinatorUnreachable, kind),
-                    {"__module__": __name__, "__doc__": CoordinatorUnreachable.__doc__},
-                )  # fmt: skip
-            except TypeError:  # a layout or MRO conflict: an app's class, not httpx's
-                made = CoordinatorUnreachable
-            _UNREACHABLE_CLASSES[kind] = made
-        return made
-
-
-def _remade_unreachable(
-    kind: type[httpx.TransportError], args: tuple[Any, ...]
-) -> CoordinatorUnreachable:
-    """A pickled `CoordinatorUnreachable` again, of `_unreachable_class(kind)` (its attributes,
-    `request` included, follow from the pickled state)."""
-    made = _unreachable_class(kind)
-    return made.__new__(made, *args)
-
-
-class _Stop(Exception):
-    """The thread's cancel event (an `AsyncClient` task's: `_ASYNC_CANCEL`) was seen set before
-    or during a request, or during a wait (the entry points turn it into
-    `ParticipationCancelled`). Not a `ClientError`: the handlers that settle a refused upload
-    must not take it for a refusal."""
 
 
 # `ParticipationCancelled.detail`: what the call left, by where it stopped.
@@ -4578,267 +4321,6 @@ async def _unless_cancelled(aw: Coroutine[Any, Any, _T], cancel: CancelFlag) -> 
     if not inner.cancelled() and inner.exception() is None:  # exception(): retrieved
         return inner.result()
     raise _Stop
-
-
-def _socket_readable(sock: socket.socket) -> bool:
-    """Whether a read of `sock` would not wait (data, its end, or an error): httpcore's
-    `is_readable`, which finds an idle connection the server has closed."""
-    if sock.fileno() < 0:
-        return True
-    if hasattr(select, "poll"):
-        poller = select.poll()
-        poller.register(sock, select.POLLIN)
-        return bool(poller.poll(0))
-    return bool(select.select([sock], [], [], 0)[0])
-
-
-class _AsyncStream(httpcore.AsyncNetworkStream):
-    """What `_AsyncSocket` and `_AsyncTls` share: TLS started on either (an https proxy's
-    tunnel is TLS over TLS) is an `_AsyncTls` over it."""
-
-    async def start_tls(
-        self,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None = None,
-        timeout: float | None = None,
-    ) -> httpcore.AsyncNetworkStream:
-        return await _AsyncTls.over(self, ssl_context, server_hostname, timeout)
-
-
-class _AsyncSocket(_AsyncStream):
-    """A connected TCP socket for httpcore, written and read with the event loop's own socket
-    calls (`loop.sock_sendall`, `loop.sock_recv`), as httpcore's sync stream writes and reads
-    its socket (`Client`'s); each call bounded by its `timeout`, as anyio's stream bounds it.
-
-    In place of anyio's stream (httpx's default), which goes through an asyncio transport that
-    closes its socket as soon as a write fails: the answer the coordinator sent to an upload
-    before resetting the connection (a 413 or a 503 `busy` to a body it did not read) was
-    still in that socket, unread, and httpx raised `ReadError`. A failed write here leaves the
-    socket open, and httpcore, which reads the answer after a failed write, gets it."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-        # The tasks waiting in a read or a write, each with its `cancelling()` count when it
-        # began; those of them `aclose` cancelled.
-        self._waiting: dict[asyncio.Task[Any], int] = {}
-        self._woken: set[asyncio.Task[Any]] = set()
-        # Set by `aclose`: a read or a write after it raises without touching the socket, as
-        # anyio's stream raises `ClosedResourceError` (httpcore: `ReadError`, `WriteError`).
-        # The loop's own call would meet a descriptor of -1: asyncio's fails with EBADF, but
-        # uvloop's `sock_recv` raises `ValueError`, which no `httpx.TransportError` catches.
-        self._closed = False
-
-    async def _wait(self, op: Coroutine[Any, Any, _T], timeout: float | None) -> _T:
-        """`op` (the loop's `sock_recv` or `sock_sendall` on this socket) within `timeout`.
-        An `aclose` meanwhile, from another task, cancels this one, and here that cancel
-        becomes `ConnectionAbortedError` (as asyncio's `timeout` turns its own cancel into
-        `TimeoutError`), unless the task was also cancelled otherwise: that cancel goes on."""
-        task = asyncio.current_task()
-        if task is None:  # not in a task: asyncio's `timeout` raises
-            op.close()
-            raise RuntimeError("an _AsyncSocket is read and written from asyncio tasks")
-        self._waiting[task] = task.cancelling()
-        try:
-            async with asyncio.timeout(timeout):
-                return await op
-        except asyncio.CancelledError:
-            if task in self._woken and task.uncancel() <= self._waiting[task]:
-                raise ConnectionAbortedError("the connection was closed") from None
-            raise
-        finally:
-            del self._waiting[task]
-            self._woken.discard(task)
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        if self._closed:
-            raise httpcore.ReadError("the connection was closed")
-        try:
-            loop = asyncio.get_running_loop()
-            return await self._wait(loop.sock_recv(self._sock, max_bytes), timeout)
-        except TimeoutError as exc:  # the timeout's, or the kernel's (ETIMEDOUT): as httpcore's
-            # sync stream (`Client`'s); anyio's stream raises `ReadError` for the kernel's
-            raise httpcore.ReadTimeout(str(exc) or "timed out") from exc
-        except OSError as exc:
-            raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if not buffer:
-            return
-        if self._closed:
-            raise httpcore.WriteError("the connection was closed")
-        try:
-            loop = asyncio.get_running_loop()
-            await self._wait(loop.sock_sendall(self._sock, buffer), timeout)
-        except TimeoutError as exc:
-            raise httpcore.WriteTimeout(str(exc) or "timed out") from exc
-        except OSError as exc:
-            raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
-
-    async def aclose(self) -> None:
-        """Close the socket, waking a read or a write another task waits in (`ReadError`,
-        `WriteError`), as anyio's stream does: those tasks are cancelled (`_wait`), and the
-        loop's watch on the socket for them removed before it is closed (the cancels would
-        remove it a step later, then from whatever socket had got its number; and the
-        loop's selector, holding a descriptor closed under it, fails the next socket given
-        that number). A read or a write after it raises `ReadError` or `WriteError`."""
-        self._closed = True
-        for task in self._waiting:
-            if task not in self._woken:
-                self._woken.add(task)
-                task.cancel()
-        fd = self._sock.fileno()
-        if fd >= 0:
-            loop = asyncio.get_running_loop()
-            with contextlib.suppress(NotImplementedError):  # a proactor loop (Windows): none
-                loop.remove_reader(fd)
-                loop.remove_writer(fd)
-        self._sock.close()
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "socket":
-            return self._sock
-        if info == "is_readable":
-            return _socket_readable(self._sock)
-        try:
-            if info == "client_addr":
-                return self._sock.getsockname()[:2]
-            if info == "server_addr":
-                return self._sock.getpeername()[:2]
-        except OSError:
-            return None
-        return None
-
-
-# What an `_AsyncTls` asks of its connection at a time, as anyio's TLS stream does.
-_TLS_READ_BYTES = 64 << 10
-
-
-class _AsyncTls(_AsyncStream):
-    """TLS over an `_AsyncSocket` (or over another `_AsyncTls`: an https proxy's tunnel): an
-    `ssl.SSLObject` between memory buffers, as anyio's TLS stream, but a failed write ends the
-    writing direction only. A record not sent leaves the peer unable to decrypt any written
-    after it, but the records the peer sent before (its early answer) still decrypt: anyio's
-    stream refuses to read once a write has failed. As httpcore's anyio stream: a read or a
-    write is bounded by its `timeout` as a whole; a peer that ends the connection without
-    TLS's close_notify ends the stream; a handshake that fails is `httpcore.ConnectError`
-    chained from OpenSSL's error (a certificate's: `protocol.tls.certificate_failure` finds it), and
-    closes the connection."""
-
-    def __init__(
-        self,
-        inner: httpcore.AsyncNetworkStream,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None,
-    ) -> None:
-        self._inner = inner
-        self._incoming, self._outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        self._tls = ssl_context.wrap_bio(
-            self._incoming, self._outgoing, server_side=False, server_hostname=server_hostname
-        )
-        self._writes_ended = False
-        # Set by `aclose`: a read or a write after it raises `_AsyncSocket`'s `ReadError` or
-        # `WriteError`, though the SSL object could answer a read from plaintext it decrypted
-        # before, and a write after `_writes_ended` would blame an earlier write.
-        self._closed = False
-
-    @classmethod
-    async def over(
-        cls,
-        inner: httpcore.AsyncNetworkStream,
-        ssl_context: ssl.SSLContext,
-        server_hostname: str | None,
-        timeout: float | None,
-    ) -> _AsyncTls:
-        try:
-            tls = cls(inner, ssl_context, server_hostname)
-            async with asyncio.timeout(timeout):
-                await tls._run(tls._tls.do_handshake, reading=False)
-        except BaseException as exc:
-            await inner.aclose()
-            # The handshake's own timeout, or the kernel's (ETIMEDOUT: the socket's read or
-            # write raised httpcore's Read/WriteTimeout): no request was sent either way.
-            if isinstance(exc, TimeoutError | httpcore.TimeoutException):
-                raise httpcore.ConnectTimeout(str(exc) or "timed out") from exc
-            if isinstance(exc, ssl.SSLError | httpcore.NetworkError):
-                raise httpcore.ConnectError(str(exc) or type(exc).__name__) from exc
-            raise
-        return tls
-
-    async def _run(self, op: Callable[[], _T], *, reading: bool) -> _T:
-        """`op` on the SSL object, feeding it what the connection brings while it wants more,
-        and sending what it made."""
-        while True:
-            try:
-                result = op()
-            except ssl.SSLWantReadError:
-                await self._flush(reading)
-                data = await self._inner.read(_TLS_READ_BYTES)
-                if data:
-                    self._incoming.write(data)
-                else:
-                    self._incoming.write_eof()
-                continue
-            await self._flush(reading)
-            return result
-
-    async def _flush(self, reading: bool) -> None:
-        """Send what the SSL object wrote. Once a send failed (or was cancelled part-way), what
-        it writes is dropped: writing raises, a read goes on (it flushes what a read makes,
-        a TLS 1.3 key update's answer, say)."""
-        if not self._outgoing.pending:
-            return
-        data = self._outgoing.read()
-        if self._writes_ended:
-            if reading:
-                return
-            raise httpcore.WriteError("an earlier write on this TLS connection failed")
-        try:
-            await self._inner.write(data)
-        except (httpcore.NetworkError, httpcore.TimeoutException):
-            # (a write timeout here is the kernel's, ETIMEDOUT: this write has no timeout of
-            # its own; a read goes on and meets the dead connection itself)
-            self._writes_ended = True
-            if not reading:
-                raise
-        except BaseException:
-            self._writes_ended = True
-            raise
-
-    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        if self._closed:
-            raise httpcore.ReadError("the connection was closed")
-        try:
-            async with asyncio.timeout(timeout):
-                return await self._run(lambda: self._tls.read(max_bytes), reading=True)
-        except TimeoutError as exc:
-            raise httpcore.ReadTimeout("timed out") from exc
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            return b""
-        except ssl.SSLError as exc:
-            raise httpcore.ReadError(str(exc) or type(exc).__name__) from exc
-
-    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        if not buffer:
-            return
-        if self._closed:
-            raise httpcore.WriteError("the connection was closed")
-        try:
-            async with asyncio.timeout(timeout):
-                await self._run(lambda: self._tls.write(buffer), reading=False)
-        except TimeoutError as exc:
-            self._writes_ended = True  # part of a record may have gone
-            raise httpcore.WriteTimeout("timed out") from exc
-        except ssl.SSLError as exc:
-            raise httpcore.WriteError(str(exc) or type(exc).__name__) from exc
-
-    async def aclose(self) -> None:
-        self._closed = True
-        await self._inner.aclose()
-
-    def get_extra_info(self, info: str) -> Any:
-        if info == "ssl_object":
-            return self._tls
-        return self._inner.get_extra_info(info)
 
 
 # How long `_dial` (and `Client`'s `_race_connect`) waits for an address's connect before
