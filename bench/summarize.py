@@ -810,6 +810,17 @@ OTHER_FILES: list[tuple[str, str, list[str]]] = [
         ["mnist_cnn_wall_ratio_vs_plain_loop", "mnist_cnn_ratios_by_backend"],
     ),
     (
+        "sim_throughput_amd_avx512_v1300_eval_driver",
+        "The pool evaluating in the driver (--eval-in-driver) on the same machine, 2026-12-07 "
+        "(docs/simulator.md, 'On a third AVX-512 AMD EPYC')",
+        ["mnist_cnn_wall_ratio_vs_plain_loop", "mnist_cnn_ratios_by_backend"],
+    ),
+    (
+        "sim_throughput_amd_avx512_v1300_eval_workers",
+        "The pool evaluating in its workers (the default), right after",
+        ["mnist_cnn_wall_ratio_vs_plain_loop", "mnist_cnn_ratios_by_backend"],
+    ),
+    (
         "device_round_rss",
         "Peak RSS of a device's whole round on plain onnxruntime, torch blocked (mnist_cnn, "
         "B=10: `Client.participate` against a loopback coordinator; docs/devices.md)",
