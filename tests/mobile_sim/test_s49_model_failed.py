@@ -16,6 +16,7 @@ from torch import nn
 from coordinator.cli import main as plume
 from mobile_sim.backends._base import ModelFailed
 from mobile_sim.fleet import training_flops_per_sample
+from mobile_sim.models import MODELS
 
 _PLUGIN = """\
 from torch import nn
@@ -47,12 +48,16 @@ def test_a_model_that_raises_in_training_is_one_line(
     plugin = tmp_path / f"{name}.py"
     plugin.write_text(_PLUGIN.format(name=name))
     extra = ["--workers", "1"] if backend == "pool" else []
-    # Execute
-    code = plume([
-        "sim", "--plugin", str(plugin), "--model", name, "--dataset", "digits",
-        "--fleet", "off", "--backend", backend, "--rounds", "1", "--clients", "4",
-        "--per-round", "2", "--out", str(tmp_path / "out"), *extra,
-    ])  # fmt: skip
+    # Execute (the plugin registers its model in this process: taken out again after, or a
+    # later test in the same worker sees a zoo with a model it does not know)
+    try:
+        code = plume([
+            "sim", "--plugin", str(plugin), "--model", name, "--dataset", "digits",
+            "--fleet", "off", "--backend", backend, "--rounds", "1", "--clients", "4",
+            "--per-round", "2", "--out", str(tmp_path / "out"), *extra,
+        ])  # fmt: skip
+    finally:
+        MODELS.pop(name, None)
     err = capsys.readouterr().err
     # Assert: status 1 and one error line naming the device, the round and the cause, no
     # traceback (before: sequential and vectorized raised it)
