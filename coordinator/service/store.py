@@ -360,22 +360,18 @@ class RoundStateError(RuntimeError):
 _ROUND_STATES = ("open", "aggregating", "committed", "abandoned")
 
 
-def _stored_round_state(db: sqlite3.Connection, round_id: int) -> str | None:
-    """A round's stored state, read inside the caller's transaction (None: no such round)."""
-    row = db.execute("SELECT state FROM rounds WHERE round_id=?", (round_id,)).fetchone()
-    return None if row is None else str(row[0])
-
-
-def _check_round_task(db: sqlite3.Connection, round_id: int, task_id: int) -> str | None:
-    """A round's stored state, read inside the caller's transaction (None: no such round),
-    after checking that it is a round of `task_id`: a round of another task raises
-    `RoundStateError` naming both tasks (a publish or abandonment under the wrong task would
-    store one task's state, model or version against another's round)."""
+def _stored_round_state(
+    db: sqlite3.Connection, round_id: int, task_id: int | None = None
+) -> str | None:
+    """A round's stored state, read inside the caller's transaction (None: no such round).
+    With `task_id`, a round of another task raises `RoundStateError` naming both tasks (a
+    publish or abandonment under the wrong task would store one task's state, model or
+    version against another's round)."""
     row = db.execute("SELECT task_id, state FROM rounds WHERE round_id=?", (round_id,)).fetchone()
     if row is None:
         return None
     owner, state = int(row[0]), str(row[1])
-    if owner != task_id:
+    if task_id is not None and owner != task_id:
         raise RoundStateError(
             round_id, state, f"it is a round of task {owner}, not of task {task_id}"
         )
@@ -1758,7 +1754,7 @@ class Store:
         finished (its record is final), not in the store or of another task than `task_id`
         raises `RoundStateError`, and nothing of the publish is stored."""
         with self.transaction() as db:
-            stored = _check_round_task(db, round_id, task_id)
+            stored = _stored_round_state(db, round_id, task_id)
             if stored != "aggregating":
                 raise RoundStateError(
                     round_id,
@@ -1796,7 +1792,7 @@ class Store:
         task than `task_id` raises `RoundStateError`, writing nothing (its abandonment would
         store `task_state` on the wrong task)."""
         with self.transaction() as db:
-            _check_round_task(db, round_id, task_id)
+            _stored_round_state(db, round_id, task_id)
             cur = db.execute(
                 "UPDATE rounds SET state='abandoned', closed_unix=?, measurements_json=? "
                 "WHERE round_id=? AND state IN ('open', 'aggregating')",
