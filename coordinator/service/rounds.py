@@ -613,7 +613,9 @@ class UnloadedTask:
     Its stored rows, accepted updates included, are what it goes on from.
 
     upload_cap, dense_bytes: those of its model (bytes), so that an upload to one of its
-    rounds is read, answered 503 and counted as before; None and 0 when not known.
+    rounds is read, answered 503 and counted as before; None and 0 when not known. active:
+    whether memory held it active when it was unloaded, so that the rebuild that loads it
+    again ends it if the store holds it done (`Coordinator._build`'s `was_active`).
     """
 
     task_id: int
@@ -621,6 +623,7 @@ class UnloadedTask:
     retry_at: float
     upload_cap: int | None
     dense_bytes: int
+    active: bool = False
 
     def error(self, now: float) -> ApiError:
         wait = max(1, math.ceil(self.retry_at - now))
@@ -1649,7 +1652,11 @@ class Coordinator:
 
     # -- startup -------------------------------------------------------------------------
 
-    def _build(self, task_id: int) -> TaskRuntime:
+    def _build(self, task_id: int, was_active: bool = False) -> TaskRuntime:
+        """A task's runtime from its stored rows, as a start builds it; a round it finds in
+        flight is replayed (plain) or abandoned (secure, or a stopped task's). `was_active`: a
+        rebuild (`_reload`) of a task memory held active, which ends it (`_done_task_ends`)
+        if the store holds it done (its last round finished there)."""
         row = self.store.task(task_id)
         assert row is not None and row.version >= 0
         cfg = from_json(TaskConfig, row.config)
@@ -1778,6 +1785,12 @@ class Coordinator:
             # flag): done now, not active forever with no round it may open.
             self.store.set_task_state(task_id, TaskState.DONE)
             rt.state = TaskState.DONE
+            self._done_task_ends(rt)
+        if was_active and row.state == TaskState.DONE:
+            # Memory held it active; the store holds it done: its last round finished there (a
+            # failed close's abandonment, a publish stored before its close failed, a round the
+            # store holds finished behind memory's back). It ends here, once, as a close that
+            # finishes it does (a stored `active` turned `done` above has ended already).
             self._done_task_ends(rt)
         self._attach(rt)
         if stopped:
@@ -3522,7 +3535,9 @@ class Coordinator:
         either, the round stays `aggregating` (its devices told to wait) until a tick
         RELOAD_RETRY_S later rebuilds the task from the store as a start does, which closes
         that round (a plain round re-aggregated from its stored frames and published; a
-        secure one abandoned, counting its `pending_dp`)."""
+        secure one abandoned, counting its `pending_dp`). A close that stored its outcome
+        before it failed writes nothing: the round counts as stored (committed), once (not
+        again if a stop finished the close meanwhile)."""
         log.error("round %d failed to aggregate or publish: %r", cur.round_id, exc)
         meas: dict[str, Any] = {"error": repr(exc)}
         if cur.pending_dp is not None:
@@ -3532,7 +3547,17 @@ class Coordinator:
         done = rt.rounds_closed + 1 >= rt.config.rounds or rt.engine.stopped
         task_state = TaskState.DONE if done and rt.state == TaskState.ACTIVE else rt.state
         try:
-            abandoned = self.store.abandon(cur.round_id, rt.task_id, meas, task_state, self.clock())
+            if cur.stored is not None:
+                # Its close stored the round's outcome before it failed (a publish committed,
+                # then encoding the new version's snapshot failed): that record is final, and
+                # nothing is written (`Store.abandon` would leave it alone; a store refusing
+                # the write would leave the round uncounted, the rebuild 5 s later finding
+                # nothing to close).
+                abandoned = not cur.stored.committed
+            else:
+                abandoned = self.store.abandon(
+                    cur.round_id, rt.task_id, meas, task_state, self.clock()
+                )
         except (sqlite3.Error, OSError) as store_exc:
             log.error(
                 "round %d: the store refused its abandonment too: %r; task %d is rebuilt from "
@@ -3548,7 +3573,15 @@ class Coordinator:
             self._rebuild_at[rt.task_id] = self.clock() + RELOAD_RETRY_S
             return
         kind = "secure round" if rt.secure is not None else "round"
-        if abandoned:
+        if rt.current is not cur:
+            # A stop finished the close meanwhile from what it stored (`stop_task`), which
+            # counted and logged the round, and ended the task if it was done.
+            log.warning(
+                "task %d %s %d: its close failed after a stop finished it: %s (the task is "
+                "rebuilt from the store)",
+                rt.task_id, kind, cur.round_id, meas["error"],
+            )  # fmt: skip
+        elif abandoned:
             self.metrics.rounds.labels("abandoned").inc()
             log.info(
                 "task %d %s %d abandoned: %s (its close failed; the task is rebuilt from the store)",
@@ -3564,16 +3597,23 @@ class Coordinator:
                 "the store, which serves the round's version)",
                 rt.task_id, kind, cur.round_id, meas["error"],
             )  # fmt: skip
-        if self._reload(rt.task_id) and task_state == TaskState.DONE:
-            self._done_task_ends(self.runtimes[rt.task_id])
+        # A last round's: the rebuild ends the task (`_build`'s `was_active`), here or once an
+        # unloaded task loads again.
+        self._reload(rt.task_id)
 
     def _reload(self, task_id: int) -> bool:
         """Rebuild a running task from the store (after a failed publish or upload commit, or
         when an unloaded task's retry is due); whether it runs now. A store error (the store
         cannot be read yet) unloads it (`unloaded`), to be tried again; a task whose stored
         rows no longer load is refused until the next start, with the reason, as at start."""
+        old = self.runtimes.get(task_id)
+        if old is not None:
+            was_active = old.state == TaskState.ACTIVE
+        else:
+            unloaded = self.unloaded.get(task_id)
+            was_active = unloaded is not None and unloaded.active
         try:
-            rt = self._build(task_id)
+            rt = self._build(task_id, was_active)
         except (sqlite3.Error, OSError) as exc:
             self._unload(task_id, exc)
             return False
@@ -3593,12 +3633,14 @@ class Coordinator:
         cap: int | None
         if old is not None:
             cap, dense = old.max_upload_bytes, old.spec.dense_bytes
+            active = old.state == TaskState.ACTIVE
         else:
             cap = before.upload_cap if before is not None else None
             dense = before.dense_bytes if before is not None else 0
+            active = before is not None and before.active
         reason = f"{type(exc).__name__}: {exc}"
         self.unloaded[task_id] = UnloadedTask(
-            task_id, reason, self.clock() + RELOAD_RETRY_S, cap, dense
+            task_id, reason, self.clock() + RELOAD_RETRY_S, cap, dense, active
         )
         self.metrics.tasks_unloaded.set(len(self.unloaded))
         log.error(

@@ -1,0 +1,228 @@
+"""The rounds and task ends of a task rebuilt from the store (rounds.py `_reload`, `_build`,
+`fail_close`, `close_round`'s `RoundStateError` branch): each round this process closes counts
+once in `plume_rounds_total`, and a rebuild that finds a task done which memory held active
+ends it as a close that finishes it does (`_done_task_ends`: its "task N done" line).
+
+Before: `close_round`'s rebuild after the store refused a round's freeze (the round finished in
+the store, the task with it) and an unloaded task's rebuild after its last round's failed close
+never logged the task done (`fail_close` did so only when its own rebuild loaded the task); and
+a close whose publish committed before it failed, whose abandonment the store then refused, was
+never counted in `plume_rounds_total` (the rebuild 5 s later found the round committed and
+counted nothing)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from coordinator.service import rounds as rounds_module
+from coordinator.service.rounds import RELOAD_RETRY_S, Coordinator, TaskRuntime
+
+from .test_restart_midround import Clock, _frame, _open_round, _start
+from .test_s61_fail_close_committed import snapshot_encoding_fails_once
+from .test_service_support import task_config
+
+
+def _rounds(coord: Coordinator) -> tuple[float, float]:
+    """(committed, abandoned) of `plume_rounds_total`."""
+    get = coord.metrics.registry.get_sample_value
+    committed = get("plume_rounds_total", {"outcome": "committed"}) or 0.0
+    return committed, get("plume_rounds_total", {"outcome": "abandoned"}) or 0.0
+
+
+def _last_round_ready(db: Path, clock: Clock) -> tuple[Coordinator, int, int, TaskRuntime]:
+    """A coordinator on `db` whose task (one round of 2 reports) has both reports of its only
+    round in: the coordinator, the task id, the round id and the close to run."""
+    cfg = task_config(rounds=1, clients_per_round=2, selection_timeout_s=30)
+    coord = _start(db, clock)
+    task_id, round_id = _open_round(coord, cfg)
+    coord.submit(round_id, "a", "key-a", _frame(cfg, 0))
+    _, to_close = coord.submit(round_id, "b", "key-b", _frame(cfg, 1))
+    assert to_close is not None
+    return coord, task_id, round_id, to_close
+
+
+def _done_lines(caplog: pytest.LogCaptureFixture, task_id: int) -> list[str]:
+    return [
+        r.getMessage() for r in caplog.records if r.getMessage().startswith(f"task {task_id} done")
+    ]
+
+
+def _refused(*args: Any, **kwargs: Any) -> Any:
+    raise sqlite3.OperationalError("database or disk is full")
+
+
+# -- the task's end after a rebuild ------------------------------------------------------
+
+
+@pytest.mark.parametrize("stored", ["abandoned", "committed"])
+def test_a_close_the_store_refuses_for_a_last_round_it_holds_finished_ends_the_task(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, stored: str
+) -> None:
+    # Prepare: the task's only round finished in the store behind the service's back, the
+    # task stored done with it; memory holds the round open and the task active
+    clock = Clock()
+    coord, task_id, round_id, to_close = _last_round_ready(tmp_path / "plume.db", clock)
+    if stored == "abandoned":
+        assert coord.store.abandon(round_id, task_id, {"abandoned": "by hand"}, "done", clock())
+    else:
+        params, _ = coord.store.task_model(task_id)
+        residual = to_close.strategy.feedback.to_bytes()  # a valid one: a rebuild decodes it
+        row = coord.store.task(task_id)
+        assert row is not None
+        coord.store.set_round_state(round_id, "aggregating")
+        coord.store.publish(
+            task_id=task_id, round_id=round_id, version=1, delta_frame=b"delta-1",
+            digest=row.digest, params=params, residual=residual,
+            measurements={"clients": 2}, task_state="done", now=clock(),
+        )  # fmt: skip
+    # Execute: the close (its freeze refused: `RoundStateError`), then ticks
+    with caplog.at_level(logging.INFO, logger=rounds_module.log.name):
+        assert asyncio.run(coord.close_round(to_close)) is None
+        assert [coord.tick() for _ in range(2)] == [[], []]
+    # Assert: the rebuilt task is done, and says so once, as a close that ends it does
+    rt = coord.runtimes[task_id]
+    assert rt is not to_close and rt.state == "done" and rt.current is None
+    said = _done_lines(caplog, task_id)
+    version = 1 if stored == "committed" else 0
+    assert said == [
+        f"task {task_id} done: 1 of its 1 rounds closed, {version} committed; "
+        f"model version {version} is final"
+    ], said
+    # This process closed no round: the store did (`plume_rounds_total` counts this process's)
+    assert _rounds(coord) == (0.0, 0.0)
+    coord.store.close()
+
+
+def test_a_last_round_whose_close_failed_ends_the_task_when_its_unloaded_task_loads_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: the close of the task's only round fails (its publish), the store records the
+    # round abandoned and the task done, then fails the rebuild that follows once (a lock)
+    clock = Clock()
+    coord, task_id, round_id, to_close = _last_round_ready(tmp_path / "plume.db", clock)
+    monkeypatch.setattr(coord, "_publish", lambda *a, **k: _refused())
+    real_task_model = coord.store.task_model
+    failures = [sqlite3.OperationalError("database is locked")]
+
+    def task_model_fails_once(task_id: int) -> tuple[bytes, bytes | None]:
+        if failures:
+            raise failures.pop()
+        return real_task_model(task_id)
+
+    monkeypatch.setattr(coord.store, "task_model", task_model_fails_once)
+    # Execute: the close (its rebuild unloads the task), then a tick once the retry is due
+    with caplog.at_level(logging.INFO, logger=rounds_module.log.name):
+        assert asyncio.run(coord.close_round(to_close)) is None
+        unloaded = task_id in coord.unloaded and task_id not in coord.runtimes
+        said_unloaded = _done_lines(caplog, task_id)
+        clock.now += RELOAD_RETRY_S
+        assert coord.tick() == []
+    # Assert: loaded again, done, and said so once, at the load
+    assert unloaded and said_unloaded == [] and not failures
+    assert task_id not in coord.unloaded and coord.runtimes[task_id].state == "done"
+    assert coord.round_status(round_id).state == "abandoned"
+    said = _done_lines(caplog, task_id)
+    assert said == [
+        f"task {task_id} done: 1 of its 1 rounds closed, 0 committed; model version 0 is final"
+    ], said
+    assert _rounds(coord) == (0.0, 1.0)
+    coord.store.close()
+
+
+def test_a_last_round_whose_close_failed_ends_the_task_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: the close of the task's only round fails (its publish); the store works
+    clock = Clock()
+    coord, task_id, round_id, to_close = _last_round_ready(tmp_path / "plume.db", clock)
+    monkeypatch.setattr(coord, "_publish", lambda *a, **k: _refused())
+    # Execute
+    with caplog.at_level(logging.INFO, logger=rounds_module.log.name):
+        assert asyncio.run(coord.close_round(to_close)) is None
+        clock.now += RELOAD_RETRY_S
+        assert coord.tick() == []
+    # Assert: rebuilt done, one "done" line (the rebuild's, not also `fail_close`'s)
+    assert coord.runtimes[task_id].state == "done"
+    assert len(_done_lines(caplog, task_id)) == 1, _done_lines(caplog, task_id)
+    assert _rounds(coord) == (0.0, 1.0)
+    coord.store.close()
+
+
+# -- the rounds counter ------------------------------------------------------------------
+
+
+def test_a_close_that_published_then_failed_is_counted_though_the_store_refuses_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: the close of the task's only round publishes, then encoding the new version's
+    # snapshot fails; the store refuses the abandonment `fail_close` used to try then
+    clock = Clock()
+    coord, task_id, round_id, to_close = _last_round_ready(tmp_path / "plume.db", clock)
+    encodings = snapshot_encoding_fails_once(monkeypatch)
+    monkeypatch.setattr(coord.store, "abandon", _refused)
+    # Execute: the close, then ticks past the rebuild's retry
+    with caplog.at_level(logging.INFO, logger=rounds_module.log.name):
+        assert asyncio.run(coord.close_round(to_close)) is None
+        for _ in range(2):
+            clock.now += RELOAD_RETRY_S
+            assert coord.tick() == []
+    # Assert: the round is the committed one the store holds, counted once as such, logged
+    # as committed; the rebuilt task serves its version, done, said once
+    assert not encodings
+    assert coord.round_status(round_id).state == "committed"
+    assert _rounds(coord) == (1.0, 0.0)
+    said = [r.getMessage() for r in caplog.records if f"round {round_id} " in r.getMessage()]
+    assert any("committed, then its close failed: MemoryError" in m for m in said), said
+    rt = coord.runtimes[task_id]
+    assert rt is not to_close and (rt.version, rt.state, rt.current) == (1, "done", None)
+    assert len(_done_lines(caplog, task_id)) == 1, _done_lines(caplog, task_id)
+    coord.store.close()
+
+
+def test_a_close_that_failed_after_a_stop_finished_it_is_counted_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: the close of the task's only round publishes; encoding the new version's
+    # snapshot (in the worker thread) waits until the test has stopped the task, then fails
+    clock = Clock()
+    coord, task_id, round_id, to_close = _last_round_ready(tmp_path / "plume.db", clock)
+    real = rounds_module.encode_snapshot
+    reached, go_on = threading.Event(), threading.Event()
+    calls: list[str] = []
+
+    def failing_after_the_stop(*args: Any, **kwargs: Any) -> bytes:
+        if not calls:
+            calls.append("close")
+            reached.set()
+            assert go_on.wait(10), "the test never let the close go on"
+            raise MemoryError("no memory for the snapshot")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(rounds_module, "encode_snapshot", failing_after_the_stop)
+
+    async def close_with_a_stop() -> None:
+        closing = asyncio.create_task(coord.close_round(to_close))
+        assert await asyncio.to_thread(reached.wait, 10)
+        # The stop, on the event loop while the close's publish is stored: it finishes the
+        # close from what it stored (the task done by its last round: not stopped)
+        assert coord.stop_task(task_id).state == "done"
+        go_on.set()
+        assert await closing is None
+
+    # Execute
+    with caplog.at_level(logging.INFO, logger=rounds_module.log.name):
+        asyncio.run(close_with_a_stop())
+    # Assert: the round counted once, committed; the task ended once
+    assert coord.round_status(round_id).state == "committed"
+    assert _rounds(coord) == (1.0, 0.0)
+    assert len(_done_lines(caplog, task_id)) == 1, _done_lines(caplog, task_id)
+    rt = coord.runtimes[task_id]
+    assert (rt.version, rt.state, rt.current) == (1, "done", None)
+    coord.store.close()
