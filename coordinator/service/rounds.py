@@ -3537,7 +3537,8 @@ class Coordinator:
         that round (a plain round re-aggregated from its stored frames and published; a
         secure one abandoned, counting its `pending_dp`). A close that stored its outcome
         before it failed writes nothing: the round counts as stored (committed), once (not
-        again if a stop finished the close meanwhile)."""
+        again if a stop finished the close meanwhile); one the store held finished before
+        this close could write it (abandoned behind memory's back) is not counted."""
         log.error("round %d failed to aggregate or publish: %r", cur.round_id, exc)
         meas: dict[str, Any] = {"error": repr(exc)}
         if cur.pending_dp is not None:
@@ -3546,6 +3547,9 @@ class Coordinator:
         # stayed `active` with no round left to open, its devices told to wait, for good).
         done = rt.rounds_closed + 1 >= rt.config.rounds or rt.engine.stopped
         task_state = TaskState.DONE if done and rt.state == TaskState.ACTIVE else rt.state
+        # What the store records of the round, counted as such: "committed", "abandoned", or
+        # None for a round the store held finished before this close could write it.
+        outcome: str | None
         try:
             if cur.stored is not None:
                 # Its close stored the round's outcome before it failed (a publish committed,
@@ -3553,11 +3557,16 @@ class Coordinator:
                 # nothing is written (`Store.abandon` would leave it alone; a store refusing
                 # the write would leave the round uncounted, the rebuild 5 s later finding
                 # nothing to close).
-                abandoned = not cur.stored.committed
+                outcome = "committed" if cur.stored.committed else "abandoned"
+            elif self.store.abandon(cur.round_id, rt.task_id, meas, task_state, self.clock()):
+                outcome = "abandoned"
             else:
-                abandoned = self.store.abandon(
-                    cur.round_id, rt.task_id, meas, task_state, self.clock()
-                )
+                # Finished in the store already (`Store.abandon` changes only an unfinished
+                # round): committed by this close's publish, which failed after its commit, or
+                # abandoned behind memory's back (its publish then refused: `RoundStateError`).
+                found = self.store.round_state(cur.round_id)
+                committed = found is not None and found[1] == RoundState.COMMITTED
+                outcome = "committed" if committed else None
         except (sqlite3.Error, OSError) as store_exc:
             log.error(
                 "round %d: the store refused its abandonment too: %r; task %d is rebuilt from "
@@ -3581,16 +3590,23 @@ class Coordinator:
                 "rebuilt from the store)",
                 rt.task_id, kind, cur.round_id, meas["error"],
             )  # fmt: skip
-        elif abandoned:
+        elif outcome == "abandoned":
             self.metrics.rounds.labels("abandoned").inc()
             log.info(
                 "task %d %s %d abandoned: %s (its close failed; the task is rebuilt from the store)",
                 rt.task_id, kind, cur.round_id, meas["error"],
             )  # fmt: skip
+        elif outcome is None:
+            # Not closed by this process: not counted (as `close_round`'s `RoundStateError`).
+            log.error(
+                "task %d %s %d: its close failed (%s); the store holds the round finished "
+                "already, not by this close (the task is rebuilt from the store)",
+                rt.task_id, kind, cur.round_id, meas["error"],
+            )  # fmt: skip
         else:
             # Its publish had committed (the close failed after it: the snapshot encoding), so
-            # the store keeps the round committed (`Store.abandon` changes only an unfinished
-            # round) and the rebuild serves its version: counted and logged as committed.
+            # the store keeps the round committed and the rebuild serves its version: counted
+            # and logged as committed.
             self.metrics.rounds.labels("committed").inc()
             log.warning(
                 "task %d %s %d committed, then its close failed: %s (the task is rebuilt from "

@@ -21,9 +21,11 @@ from typing import Any
 
 import pytest
 
+from coordinator.service import ServiceConfig, Store
 from coordinator.service import rounds as rounds_module
 from coordinator.service.rounds import RELOAD_RETRY_S, Coordinator, TaskRuntime
 
+from ._secure_inproc import secure_coordinator
 from .test_restart_midround import Clock, _frame, _open_round, _start
 from .test_s61_fail_close_committed import snapshot_encoding_fails_once
 from .test_service_support import task_config
@@ -225,4 +227,123 @@ def test_a_close_that_failed_after_a_stop_finished_it_is_counted_once(
     assert len(_done_lines(caplog, task_id)) == 1, _done_lines(caplog, task_id)
     rt = coord.runtimes[task_id]
     assert (rt.version, rt.state, rt.current) == (1, "done", None)
+    coord.store.close()
+
+
+def test_a_close_that_failed_on_a_round_the_store_holds_finished_is_not_counted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: while the close of the task's only round aggregates, the round is abandoned in
+    # the store behind the service's back (the task stored done with it): its publish is
+    # refused (`RoundStateError`) and the close fails
+    clock = Clock()
+    coord, task_id, round_id, to_close = _last_round_ready(tmp_path / "plume.db", clock)
+    real = to_close.engine.close_round
+
+    def abandoned_by_hand_first(engine_round: int) -> Any:
+        assert coord.store.abandon(round_id, task_id, {"abandoned": "by hand"}, "done", clock())
+        return real(engine_round)
+
+    monkeypatch.setattr(to_close.engine, "close_round", abandoned_by_hand_first)
+    # Execute
+    with caplog.at_level(logging.INFO, logger=rounds_module.log.name):
+        assert asyncio.run(coord.close_round(to_close)) is None
+        assert coord.tick() == []
+    # Assert: the store's record stands; this process closed no round, and does not say it
+    # committed one; the rebuilt task is done, said once
+    stored = coord.store.round(round_id)
+    assert stored is not None and stored.measurements == {"abandoned": "by hand"}
+    assert _rounds(coord) == (0.0, 0.0)
+    said = [r.getMessage() for r in caplog.records if f"round {round_id}" in r.getMessage()]
+    assert not any("committed" in m for m in said), said
+    assert any("the store holds the round finished already" in m for m in said), said
+    rt = coord.runtimes[task_id]
+    assert rt is not to_close and (rt.version, rt.state, rt.current) == (0, "done", None)
+    assert len(_done_lines(caplog, task_id)) == 1, _done_lines(caplog, task_id)
+    coord.store.close()
+
+
+def test_a_close_that_failed_right_after_its_publish_committed_counts_it_committed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: the publish of the task's only round commits, then keeping the published copy
+    # in memory fails (before the close records its outcome in `ActiveRound.stored`)
+    clock = Clock()
+    coord, task_id, round_id, to_close = _last_round_ready(tmp_path / "plume.db", clock)
+
+    def no_memory(*args: Any, **kwargs: Any) -> Any:
+        raise MemoryError("no memory for the published copy")
+
+    monkeypatch.setattr(rounds_module, "PublishedModel", no_memory)
+    # Execute
+    assert asyncio.run(coord.close_round(to_close)) is None
+    # Assert: the store's committed round, counted as such (the store answered what it holds)
+    assert to_close.current is not None and to_close.current.stored is None
+    assert coord.round_status(round_id).state == "committed"
+    assert _rounds(coord) == (1.0, 0.0)
+    rt = coord.runtimes[task_id]
+    assert (rt.version, rt.state) == (1, "done")
+    coord.store.close()
+
+
+# -- what docs/operations.md says plume_rounds_total counts (pins: these passed before) ----
+
+
+def test_a_round_a_start_finds_aggregating_counts_in_the_new_process(tmp_path: Path) -> None:
+    # Prepare: a full round left aggregating by a coordinator killed mid-close
+    clock = Clock()
+    db = tmp_path / "plume.db"
+    first, _, round_id, _ = _last_round_ready(db, clock)
+    first.store.set_round_state(round_id, "aggregating")
+    first.store.close()
+    # Execute: a start, then the close it hands back (what `serve` runs at once)
+    coord = _start(db, clock)
+    due = coord.pending_closes()
+    at_start = _rounds(coord)
+    for rt in due:
+        asyncio.run(coord.close_round(rt))
+    # Assert: re-aggregated and published by this process: counted by it
+    assert at_start == (0.0, 0.0) and len(due) == 1
+    assert coord.round_status(round_id).state == "committed"
+    assert _rounds(coord) == (1.0, 0.0)
+    coord.store.close()
+
+
+def test_a_secure_round_a_start_abandons_counts_in_the_new_process(tmp_path: Path) -> None:
+    # Prepare: a secure round opened (three devices checked in), then the coordinator gone
+    first, task_id = secure_coordinator(tmp_path, 3, 3)
+    for device in ("a1", "b2", "c3"):
+        first.check_in(device * 16, task_id)
+    cur = first.runtimes[task_id].current
+    assert cur is not None
+    first.store.close()
+    # Execute: a start on the same store
+    db = tmp_path / "p.db"
+    coord = Coordinator(Store(db), ServiceConfig(db_path=str(db)), clock=lambda: 1000.0)
+    coord.restore()
+    # Assert: the start abandoned it (its key material was in memory): counted by this process
+    assert coord.round_status(cur.round_id).state == "abandoned"
+    assert _rounds(coord) == (0.0, 1.0)
+    coord.store.close()
+
+
+def test_a_round_a_runtime_rebuild_closes_counts_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: the close's publish and the abandonment after it both refused (a full disk)
+    clock = Clock()
+    coord, _, round_id, to_close = _last_round_ready(tmp_path / "plume.db", clock)
+    with monkeypatch.context() as full:
+        full.setattr(coord.store, "publish", _refused)
+        full.setattr(coord.store, "abandon", _refused)
+        assert asyncio.run(coord.close_round(to_close)) is None
+    stalled = coord.round_status(round_id).state
+    # Execute: the tick that rebuilds the task once its retry is due, and the close it hands back
+    clock.now += RELOAD_RETRY_S
+    for rt in coord.tick():
+        asyncio.run(coord.close_round(rt))
+    # Assert: not counted while it stalled; counted once when the rebuild's close published it
+    assert stalled == "aggregating"
+    assert coord.round_status(round_id).state == "committed"
+    assert _rounds(coord) == (1.0, 0.0)
     coord.store.close()
