@@ -1652,11 +1652,12 @@ class Coordinator:
 
     # -- startup -------------------------------------------------------------------------
 
-    def _build(self, task_id: int, was_active: bool = False) -> TaskRuntime:
+    def _build(self, task_id: int, rebuild: bool = False, was_active: bool = False) -> TaskRuntime:
         """A task's runtime from its stored rows, as a start builds it; a round it finds in
-        flight is replayed (plain) or abandoned (secure, or a stopped task's). `was_active`: a
-        rebuild (`_reload`) of a task memory held active, which ends it (`_done_task_ends`)
-        if the store holds it done (its last round finished there)."""
+        flight is replayed (plain) or abandoned (secure, or a stopped task's). `rebuild`: while
+        the process runs (`_reload`), not at a start. `was_active`: a rebuild of a task memory
+        held active, which ends it (`_done_task_ends`) if the store holds it done (its last
+        round finished there)."""
         row = self.store.task(task_id)
         assert row is not None and row.version >= 0
         cfg = from_json(TaskConfig, row.config)
@@ -1779,7 +1780,7 @@ class Coordinator:
             # they are; this writes. (A stopped task's round left open or aggregating: the
             # stop's own abandon did not reach the store, or a close was in flight.)
             for r in live:
-                self._abandon_on_start(rt, r)
+                self._abandon_on_start(rt, r, rebuild)
         if budget_spent and rt.state == TaskState.ACTIVE:
             # Spent while active (its last released round stored through `pending_dp`, with no
             # flag): done now, not active forever with no round it may open.
@@ -1870,9 +1871,10 @@ class Coordinator:
             rt.task_id, [rt.anomaly_metrics.registry, rt.privacy_metrics.registry]
         )
 
-    def _abandon_on_start(self, rt: TaskRuntime, r: RoundRow) -> None:
-        """Abandon a round found open or aggregating on start: a secure round's keys, shares
-        and masked sum were only in memory; a stopped task's round never closes otherwise. A
+    def _abandon_on_start(self, rt: TaskRuntime, r: RoundRow, rebuild: bool = False) -> None:
+        """Abandon a round found open or aggregating on start, or at a `rebuild` while the
+        process runs (its reason and log line say which): a secure round's keys, shares and
+        masked sum were only in memory; a stopped task's round never closes otherwise. A
         plain round's accepted updates stay stored (and in its ledger)."""
         rt.rounds_closed += 1
         done = rt.rounds_closed >= rt.config.rounds and rt.state == TaskState.ACTIVE
@@ -1880,6 +1882,11 @@ class Coordinator:
             rt.state = TaskState.DONE
         if rt.state == TaskState.STOPPED:
             reason = STOP_REASON
+        elif rebuild:  # while the process runs (`_reload`): no restart happened
+            reason = (
+                "the task was rebuilt from the store during the secure round (its key material "
+                "was in memory)"
+            )
         else:
             reason = (
                 "coordinator restarted during the secure round (its key material was in memory)"
@@ -1889,7 +1896,11 @@ class Coordinator:
             meas["dp"] = dp  # counted above; kept so every later restart counts it too
         self.store.abandon(r.round_id, rt.task_id, meas, rt.state, self.clock())
         self.metrics.rounds.labels("abandoned").inc()
-        log.warning("task %d round %d abandoned on start (%s)", rt.task_id, r.round_id, reason)
+        log.warning(
+            "task %d round %d abandoned %s (%s)",
+            rt.task_id, r.round_id, "by its rebuild from the store" if rebuild else "on start",
+            reason,
+        )  # fmt: skip
         if done:
             self._done_task_ends(rt)
 
@@ -3629,7 +3640,7 @@ class Coordinator:
             unloaded = self.unloaded.get(task_id)
             was_active = unloaded is not None and unloaded.active
         try:
-            rt = self._build(task_id, was_active)
+            rt = self._build(task_id, rebuild=True, was_active=was_active)
         except (sqlite3.Error, OSError) as exc:
             self._unload(task_id, exc)
             return False

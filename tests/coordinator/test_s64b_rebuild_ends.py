@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from compression import encode_snapshot
 from coordinator.service import ServiceConfig, Store
 from coordinator.service import rounds as rounds_module
 from coordinator.service.rounds import RELOAD_RETRY_S, Coordinator, TaskRuntime
@@ -28,7 +29,7 @@ from coordinator.service.rounds import RELOAD_RETRY_S, Coordinator, TaskRuntime
 from ._secure_inproc import secure_coordinator
 from .test_restart_midround import Clock, _frame, _open_round, _start
 from .test_s61_fail_close_committed import snapshot_encoding_fails_once
-from .test_service_support import task_config
+from .test_service_support import SPEC, initial_params, task_config
 
 
 def _rounds(coord: Coordinator) -> tuple[float, float]:
@@ -346,4 +347,49 @@ def test_a_round_a_runtime_rebuild_closes_counts_once(
     assert stalled == "aggregating"
     assert coord.round_status(round_id).state == "committed"
     assert _rounds(coord) == (1.0, 0.0)
+    coord.store.close()
+
+
+# -- what a runtime rebuild records of the secure round it abandons ----------------------
+
+
+def test_a_secure_round_a_runtime_rebuild_abandons_is_not_said_restarted(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Prepare: a secure round open with no stage done; its close at the deadline aborts, and
+    # the store refuses the abandonment twice (the close's, then `fail_close`'s)
+    clock = Clock()
+    db = tmp_path / "p.db"
+    coord = Coordinator(Store(db), ServiceConfig(db_path=str(db)), clock=clock)
+    coord.restore()
+    cfg = task_config(
+        clients_per_round=3, min_reports=3, deadline_s=600.0, rounds=2,
+        secure={"coord_fraction": 0.2, "stage_timeout_s": 300.0},
+    )  # fmt: skip
+    task_id = coord.create_task(cfg)
+    coord.set_initial_model(task_id, encode_snapshot(initial_params(), SPEC, "fp32"))
+    for device in ("a1", "b2", "c3"):
+        coord.check_in(device * 16, task_id)
+    rt = coord.runtimes[task_id]
+    assert rt.current is not None
+    round_id = rt.current.round_id
+    clock.now += 601.0
+    real_abandon = coord.store.abandon
+    coord.store.abandon = _refused  # type: ignore[method-assign]
+    assert asyncio.run(coord.close_round(rt)) is None
+    coord.store.abandon = real_abandon  # type: ignore[method-assign]
+    stalled = coord.round_status(round_id).state
+    # Execute: the tick that rebuilds the task once its retry is due
+    clock.now += RELOAD_RETRY_S
+    with caplog.at_level(logging.INFO, logger=rounds_module.log.name):
+        assert coord.tick() == []
+    # Assert: abandoned by the rebuild, which says so; not "restarted" (no start happened)
+    assert stalled == "aggregating"
+    stored = coord.store.round(round_id)
+    assert stored is not None and stored.state == "abandoned"
+    reason = stored.measurements["abandoned"]
+    assert "restarted" not in reason and "rebuilt from the store" in reason, reason
+    said = [r.getMessage() for r in caplog.records if f"round {round_id} " in r.getMessage()]
+    assert said and not any("on start" in m for m in said), said
+    assert _rounds(coord) == (0.0, 1.0)
     coord.store.close()
