@@ -103,27 +103,36 @@ def test_a_close_the_store_refuses_for_a_last_round_it_holds_finished_ends_the_t
     coord.store.close()
 
 
+@pytest.mark.parametrize("rebuilds_failed", [1, 2])
 def test_a_last_round_whose_close_failed_ends_the_task_when_its_unloaded_task_loads_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    rebuilds_failed: int,
 ) -> None:
     # Prepare: the close of the task's only round fails (its publish), the store records the
-    # round abandoned and the task done, then fails the rebuild that follows once (a lock)
+    # round abandoned and the task done, then fails the rebuild that follows (a lock), and
+    # with 2 the retry 5 s later too
     clock = Clock()
     coord, task_id, round_id, to_close = _last_round_ready(tmp_path / "plume.db", clock)
     monkeypatch.setattr(coord, "_publish", lambda *a, **k: _refused())
     real_task_model = coord.store.task_model
-    failures = [sqlite3.OperationalError("database is locked")]
+    failures = [sqlite3.OperationalError("database is locked")] * rebuilds_failed
 
-    def task_model_fails_once(task_id: int) -> tuple[bytes, bytes | None]:
+    def task_model_fails(task_id: int) -> tuple[bytes, bytes | None]:
         if failures:
             raise failures.pop()
         return real_task_model(task_id)
 
-    monkeypatch.setattr(coord.store, "task_model", task_model_fails_once)
-    # Execute: the close (its rebuild unloads the task), then a tick once the retry is due
+    monkeypatch.setattr(coord.store, "task_model", task_model_fails)
+    # Execute: the close (its rebuild unloads the task), then ticks as the retries are due
     with caplog.at_level(logging.INFO, logger=rounds_module.log.name):
         assert asyncio.run(coord.close_round(to_close)) is None
         unloaded = task_id in coord.unloaded and task_id not in coord.runtimes
+        for _ in range(rebuilds_failed - 1):
+            clock.now += RELOAD_RETRY_S
+            assert coord.tick() == []
+        unloaded = unloaded and task_id in coord.unloaded
         said_unloaded = _done_lines(caplog, task_id)
         clock.now += RELOAD_RETRY_S
         assert coord.tick() == []
@@ -363,7 +372,7 @@ def test_a_secure_round_a_runtime_rebuild_abandons_is_not_said_restarted(
     coord = Coordinator(Store(db), ServiceConfig(db_path=str(db)), clock=clock)
     coord.restore()
     cfg = task_config(
-        clients_per_round=3, min_reports=3, deadline_s=600.0, rounds=2,
+        clients_per_round=3, min_reports=3, deadline_s=600.0, rounds=1,
         secure={"coord_fraction": 0.2, "stage_timeout_s": 300.0},
     )  # fmt: skip
     task_id = coord.create_task(cfg)
@@ -392,4 +401,7 @@ def test_a_secure_round_a_runtime_rebuild_abandons_is_not_said_restarted(
     said = [r.getMessage() for r in caplog.records if f"round {round_id} " in r.getMessage()]
     assert said and not any("on start" in m for m in said), said
     assert _rounds(coord) == (0.0, 1.0)
+    # its only round: the rebuild ended the task, once (`_abandon_on_start`, not again)
+    assert coord.runtimes[task_id].state == "done"
+    assert len(_done_lines(caplog, task_id)) == 1, _done_lines(caplog, task_id)
     coord.store.close()
