@@ -6,12 +6,15 @@ picked from every device, timing it as if idle from the new round's opening."""
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
+import pytest
 
 from mobile_sim.clock import RoundTiming
 from mobile_sim.fleet import SimFleet
 from mobile_sim.runner import SimConfig, run_simulation
+from tests.mobile_sim.test_s64a_ookla_bandwidth import EARLIER_TIERS
 
 # A straggler's upload ends after the round's close: busy until its round's start + finish.
 
@@ -75,8 +78,16 @@ def test_wait_for_never_takes_a_device_still_uploading_the_last_round() -> None:
 
 def test_select_with_check_ins_skips_a_check_in_that_falls_while_busy() -> None:
     # Prepare: check-ins over 15 minutes and a 300 MB model, so that stragglers upload long
-    # after the close: a busy device's check-in before it is done is not seen.
-    fleet = SimFleet(30, seed=3, availability="always", deadline_s=3600.0, checkin_period_s=900.0)
+    # after the close: a busy device's check-in before it is done is not seen. On the earlier
+    # tiers' slower links (before Ookla's medians, 2026-12-07): EARLIER_TIERS.
+    fleet = SimFleet(
+        30,
+        seed=3,
+        availability="always",
+        deadline_s=3600.0,
+        checkin_period_s=900.0,
+        tiers=EARLIER_TIERS,
+    )
 
     # Execute
     still_busy, reselected = _rounds(fleet, "select", down_bytes=300_000_000)
@@ -131,15 +142,38 @@ TIMING = SimConfig(
 )
 
 
-def test_plume_sim_timing_fleet_selects_from_the_devices_not_still_uploading() -> None:
+def test_plume_sim_timing_fleet_selects_from_the_devices_not_still_uploading(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Prepare: keep each round's timing, to know which devices are still uploading when the
+    # next round opens.
+    timings: list[RoundTiming] = []
+    real = SimFleet.time_round
+
+    def spy(self: SimFleet, *args: Any, **kwargs: Any) -> RoundTiming:
+        timing = real(self, *args, **kwargs)
+        timings.append(timing)
+        return timing
+
+    monkeypatch.setattr(SimFleet, "time_round", spy)
+
     # Execute: 13 of 20 selected each round, 10 kept; a timing round opens at the last one's
     # close, when its 3 stragglers are still uploading.
     res = run_simulation(TIMING, progress=False)
 
-    # Assert: round 1 selects from all 20, later rounds from the 17 free (before: 20 each).
+    # Assert: round 1 selects from all 20, round 2 from the 17 free (before: 20 each), and
+    # every round from the devices not still uploading at its opening: round 3 from 16 since
+    # the Ookla-calibrated defaults (2026-12-07), one of round 1's stragglers being still busy.
     stragglers = [r.measurements["clock"]["stragglers"] for r in res.records]
     assert stragglers[:2] == [3, 3]
-    assert [r.available for r in res.records] == [20, 17, 17]
+    assert [r.available for r in res.records][:2] == [20, 17]
+    assert len(timings) == len(res.records) == 3
+    busy: dict[int, float] = {}
+    for rec, timing in zip(res.records, timings, strict=True):
+        busy = {d: e for d, e in busy.items() if e > timing.start_s}
+        assert rec.available == TIMING.clients - len(busy), rec.round
+        busy |= _busy_after(timing)
+    assert all(r.available < TIMING.clients for r in res.records[1:])
     assert all(r.wait_s == 0.0 for r in res.records)
     down = {
         r: {

@@ -17,6 +17,7 @@ import pytest
 from mobile_sim.clock import RoundTiming
 from mobile_sim.fleet import Selection, SimFleet
 from mobile_sim.runner import SimConfig, run_simulation
+from tests.mobile_sim.test_s64a_ookla_bandwidth import EARLIER_TIERS
 
 P = 900.0  # the check-in period
 N, PER = 13, 10  # selected, kept
@@ -109,8 +110,17 @@ def _round(fleet: SimFleet, r: int, timeout: float) -> tuple[Selection, RoundTim
 def test_the_reviewers_scenario_waits_as_the_coordinator_would(timeout: float) -> None:
     # Prepare: sim_wait_serialised.py: 200 devices always available, 15-minute check-ins, 13
     # selected for 10 reports, a 60 s deadline; the sim's 900 s selection timeout and the
-    # coordinator's default 10 s.
-    fleet = SimFleet(200, seed=0, availability="always", deadline_s=60.0, checkin_period_s=P)
+    # coordinator's default 10 s. The reviewer's fleet had the default tiers of then, whose
+    # slower links (before Ookla's medians, 2026-12-07) made rounds long enough for devices to
+    # check in during one: EARLIER_TIERS.
+    fleet = SimFleet(
+        200,
+        seed=0,
+        availability="always",
+        deadline_s=60.0,
+        checkin_period_s=P,
+        tiers=EARLIER_TIERS,
+    )
     coord = Coordinator(fleet, timeout)
     waits, fresh, carried = [], [], []
 
@@ -173,8 +183,15 @@ def test_the_timeout_counts_from_the_close_when_the_pool_is_not_empty() -> None:
 
 def test_a_pool_that_holds_the_cohort_at_the_close_opens_the_next_round_at_once() -> None:
     # Prepare: 2,000 devices check in fast enough that 13 unselected ones check in during a
-    # round.
-    fleet = SimFleet(2_000, seed=0, availability="always", deadline_s=60.0, checkin_period_s=P)
+    # round (a round as long as the earlier tiers' slower links made it: EARLIER_TIERS).
+    fleet = SimFleet(
+        2_000,
+        seed=0,
+        availability="always",
+        deadline_s=60.0,
+        checkin_period_s=P,
+        tiers=EARLIER_TIERS,
+    )
     coord = Coordinator(fleet, 900.0)
     sel, timing = _round(fleet, 1, 900.0)
     coord.during_round(fleet.now_s, timing)

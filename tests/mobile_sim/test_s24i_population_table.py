@@ -86,9 +86,10 @@ def test_the_eligibility_row_is_the_documented_one() -> None:
 def test_the_percentiles_are_the_documented_ones() -> None:
     p = percentiles()
     assert [round(float(x)) for x in p["compute"]] == [26, 83, 252]
-    assert [round(float(x), 1) for x in p["download"]] == [3.8, 14.2, 48.2]
-    assert [round(float(x), 2) for x in p["upload"][:2]] == [0.98, 3.75]
-    assert round(float(p["upload"][2]), 1) == 14.0  # 14.046
+    # The bandwidths of the Ookla-calibrated defaults (2026-12-07; test_s64a_ookla_bandwidth).
+    assert [round(float(x), 1) for x in p["download"]] == [22.7, 84.2, 285.7]
+    assert [round(float(x), 2) for x in p["upload"][:2]] == [9.98, 38.18]
+    assert round(float(p["upload"][2]), 1) == 142.9
     assert [round(float(x)) for x in p["latency"]] == [34, 73, 162]
     low, high = float(p["low tier compute p10"]), float(p["high tier compute p90"])
     assert (round(low), round(high), round(high / low)) == (19, 344, 18)
@@ -96,8 +97,8 @@ def test_the_percentiles_are_the_documented_ones() -> None:
     for text in (
         "compute 26 / 83 / 252 samples/s",
         "low tier's 10th percentile, 19, to the high tier's 90th, 344: an 18x spread",
-        "download 3.8 / 14.2 / 48.2 Mbit/s",
-        "upload 0.98 / 3.75 / 14.0 Mbit/s",
+        "download 22.7 / 84.2 / 285.7 Mbit/s",
+        "upload 9.98 / 38.18 / 142.9 Mbit/s",
         "latency 34 / 73 / 162 ms",
     ):
         assert text in doc, text

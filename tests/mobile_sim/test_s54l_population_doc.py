@@ -46,9 +46,9 @@ def _share_ok(observed: float, p: float, n: int) -> None:
 # tier: (share, compute median, sigma, down median, sigma, up median, sigma, latency ms, sigma,
 #        dropout, memory GiB, home wifi), exactly as docs/simulator.md's table states them.
 DOC_TABLE = {
-    Tier.LOW: (0.30, 30, 0.35, 6, 0.8, 1.5, 0.8, 120, 0.5, 0.10, (2, 3, 4), 0.75),
-    Tier.MID: (0.50, 90, 0.30, 15, 0.7, 4, 0.7, 70, 0.45, 0.08, (4, 6), 0.85),
-    Tier.HIGH: (0.20, 250, 0.25, 40, 0.6, 12, 0.6, 40, 0.4, 0.06, (8, 12), 0.92),
+    Tier.LOW: (0.30, 30, 0.35, 35.5, 0.8, 15.3, 0.8, 120, 0.5, 0.10, (2, 3, 4), 0.75),
+    Tier.MID: (0.50, 90, 0.30, 88.9, 0.7, 40.7, 0.7, 70, 0.45, 0.08, (4, 6), 0.85),
+    Tier.HIGH: (0.20, 250, 0.25, 237, 0.6, 122, 0.6, 40, 0.4, 0.06, (8, 12), 0.92),
 }
 
 
