@@ -3551,6 +3551,18 @@ class Coordinator:
         again if a stop finished the close meanwhile); one the store held finished before
         this close could write it (abandoned behind memory's back) is not counted."""
         log.error("round %d failed to aggregate or publish: %r", cur.round_id, exc)
+        if rt.secure is None:
+            # DPMean set the dp gauges while aggregating; unless the publish was stored, its
+            # noised sum is never released: back to the last committed round's, as for a
+            # stop's discarded aggregate (`_store_close`). Now, not at the rebuild: a refused
+            # abandonment defers that, and an unloaded task's series stay served until it
+            # loads again. A store that cannot be read leaves them to the rebuild.
+            try:
+                newest = self.store.last_round(rt.task_id, RoundState.COMMITTED)
+            except (sqlite3.Error, OSError):
+                pass
+            else:
+                _observe_stored_dp(rt.privacy_metrics, rt.config, [newest] if newest else [])
         meas: dict[str, Any] = {"error": repr(exc)}
         if cur.pending_dp is not None:
             meas["dp"] = cur.pending_dp  # its sums may have been unmasked: they count

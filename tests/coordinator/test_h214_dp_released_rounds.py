@@ -65,10 +65,11 @@ def test_a_round_the_store_refused_to_publish_and_abandon_counts_nothing(
     asyncio.run(coord.close_round(due[0]))
     after = all_tasks_privacy(coord.runtimes.values())
 
-    # Assert: while stuck the gauge says 1 round, the accountant's committed state 0, and the
-    # figure follows the accountant: nothing released, epsilon 0
+    # Assert: while stuck the gauge says 0 rounds (the failed close set it back), as the
+    # accountant's committed state, and the figure follows the accountant: nothing
+    # released, epsilon 0
     assert stuck == (task_id, "aggregating")
-    assert gauge_meanwhile == 1.0 and released_meanwhile == 0
+    assert gauge_meanwhile == 0.0 and released_meanwhile == 0
     assert meanwhile.epsilon == 0.0 and meanwhile.delta is None
     assert meanwhile.composed == (task_id,)
     # committed by the rebuild: one round, as the task itself reports it

@@ -405,3 +405,59 @@ def test_a_secure_round_a_runtime_rebuild_abandons_is_not_said_restarted(
     assert coord.runtimes[task_id].state == "done"
     assert len(_done_lines(caplog, task_id)) == 1, _done_lines(caplog, task_id)
     coord.store.close()
+
+
+# -- the dp gauges of a round whose close failed -------------------------------------------
+
+# z=2 over population=2, sample=2 (test_h62_dp_stop_restart): round 1 reaches epsilon 4.73,
+# round 2 7.08; the budget leaves room for both.
+DP = "dp:z=2,clip=1,population=2,sample=2,eps=50+fedavg"
+
+
+def _dp_gauges(coord: Coordinator, task_id: int) -> tuple[float | None, float | None]:
+    """(plume_dp_epsilon, plume_dp_rounds) the task's series serve."""
+    get = coord.metrics.registry.get_sample_value
+    labels = {"task": str(task_id)}
+    return get("plume_dp_epsilon", labels), get("plume_dp_rounds", labels)
+
+
+@pytest.mark.parametrize("abandonment", ["stored", "refused"])
+def test_a_dp_round_whose_publish_failed_leaves_the_gauges_at_the_last_release(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, abandonment: str
+) -> None:
+    # Prepare: a dp task's round 1 committed; round 2's reports in
+    clock = Clock()
+    coord = _start(tmp_path / "plume.db", clock)
+    cfg = task_config(rounds=5, clients_per_round=2, aggregator=DP)
+    task_id = coord.create_task(cfg)
+    coord.set_initial_model(task_id, encode_snapshot(initial_params(), SPEC, "fp32"))
+    a, b = "a" * 32, "b" * 32
+    for n in (1, 2):
+        coord.check_in(a, task_id)
+        answer = coord.check_in(b, task_id)
+        assert answer.assignment is not None
+        round_id = answer.assignment.round_id
+        coord.submit(round_id, a, f"ka{n}", _frame(cfg, 2 * n))
+        _, to_close = coord.submit(round_id, b, f"kb{n}", _frame(cfg, 2 * n + 1))
+        assert to_close is not None
+        if n == 1:
+            assert asyncio.run(coord.close_round(to_close)) is not None
+            released = _dp_gauges(coord, task_id)
+    # Execute: round 2's publish fails; its abandonment is stored and the rebuild after it
+    # fails on a store error (the task unloaded, its last series still served), or the
+    # store refuses the abandonment too (the round left aggregating until a rebuild)
+    with monkeypatch.context() as failing:
+        failing.setattr(coord.store, "publish", _refused)
+        if abandonment == "refused":
+            failing.setattr(coord.store, "abandon", _refused)
+        else:
+            failing.setattr(coord.store, "task_model", _refused)
+        assert asyncio.run(coord.close_round(to_close)) is None
+    # Assert: the gauges read round 1's release, not the noised sum nobody got
+    assert released[0] is not None and 4.7 < released[0] < 4.8 and released[1] == 1.0
+    assert _dp_gauges(coord, task_id) == released
+    assert coord.round_status(round_id).state == (
+        "aggregating" if abandonment == "refused" else "abandoned"
+    )
+    assert (task_id in coord.unloaded) == (abandonment == "stored")
+    coord.store.close()
