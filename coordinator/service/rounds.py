@@ -3366,11 +3366,8 @@ class Coordinator:
             if rt.state == TaskState.STOPPED:
                 outcome = self._abandon_stopped(rt, cur, closed=True)
                 if rt.secure is None:
-                    # DPMean set the dp gauges while aggregating, but its noised sum is never
-                    # released: back to the last committed round's (a secure round's unmasked
-                    # sums do count, in its pending dp record).
-                    newest = self.store.last_round(rt.task_id, RoundState.COMMITTED)
-                    _observe_stored_dp(rt.privacy_metrics, rt.config, [newest] if newest else [])
+                    # A secure round's unmasked sums do count, in its pending dp record.
+                    self._dp_gauges_to_last_release(rt)
             else:
                 now = self.clock()
                 done = rt.rounds_closed + 1 >= rt.config.rounds or rt.engine.stopped
@@ -3552,17 +3549,12 @@ class Coordinator:
         this close could write it (abandoned behind memory's back) is not counted."""
         log.error("round %d failed to aggregate or publish: %r", cur.round_id, exc)
         if rt.secure is None:
-            # DPMean set the dp gauges while aggregating; unless the publish was stored, its
-            # noised sum is never released: back to the last committed round's, as for a
-            # stop's discarded aggregate (`_store_close`). Now, not at the rebuild: a refused
-            # abandonment defers that, and an unloaded task's series stay served until it
-            # loads again. A store that cannot be read leaves them to the rebuild.
-            try:
-                newest = self.store.last_round(rt.task_id, RoundState.COMMITTED)
-            except (sqlite3.Error, OSError):
-                pass
-            else:
-                _observe_stored_dp(rt.privacy_metrics, rt.config, [newest] if newest else [])
+            # Unless the publish was stored, as for a stop's discarded aggregate
+            # (`_store_close`). Now, not at the rebuild: a refused abandonment defers that,
+            # and an unloaded task's series stay served until it loads again. A store that
+            # cannot be read leaves them to the rebuild.
+            with contextlib.suppress(sqlite3.Error, OSError):
+                self._dp_gauges_to_last_release(rt)
         meas: dict[str, Any] = {"error": repr(exc)}
         if cur.pending_dp is not None:
             meas["dp"] = cur.pending_dp  # its sums may have been unmasked: they count
@@ -3640,19 +3632,29 @@ class Coordinator:
         # unloaded task loads again.
         self._reload(rt.task_id)
 
+    def _dp_gauges_to_last_release(self, rt: TaskRuntime) -> None:
+        """A plain task's dp gauges back to its last committed round's: DPMean set them while
+        aggregating a noised sum that is never released (a stop discarded it, or its close
+        failed). Store errors propagate."""
+        newest = self.store.last_round(rt.task_id, RoundState.COMMITTED)
+        _observe_stored_dp(rt.privacy_metrics, rt.config, [newest] if newest else [])
+
+    def _held_active(self, task_id: int) -> bool:
+        """Whether memory holds a task active: its runtime's state, or for an unloaded task
+        the state its runtime had when it was unloaded."""
+        old = self.runtimes.get(task_id)
+        if old is not None:
+            return old.state == TaskState.ACTIVE
+        unloaded = self.unloaded.get(task_id)
+        return unloaded is not None and unloaded.active
+
     def _reload(self, task_id: int) -> bool:
         """Rebuild a running task from the store (after a failed publish or upload commit, or
         when an unloaded task's retry is due); whether it runs now. A store error (the store
         cannot be read yet) unloads it (`unloaded`), to be tried again; a task whose stored
         rows no longer load is refused until the next start, with the reason, as at start."""
-        old = self.runtimes.get(task_id)
-        if old is not None:
-            was_active = old.state == TaskState.ACTIVE
-        else:
-            unloaded = self.unloaded.get(task_id)
-            was_active = unloaded is not None and unloaded.active
         try:
-            rt = self._build(task_id, rebuild=True, was_active=was_active)
+            rt = self._build(task_id, rebuild=True, was_active=self._held_active(task_id))
         except (sqlite3.Error, OSError) as exc:
             self._unload(task_id, exc)
             return False
@@ -3667,16 +3669,15 @@ class Coordinator:
 
     def _unload(self, task_id: int, exc: BaseException) -> None:
         """Stop running a task after a store error; it is rebuilt after RELOAD_RETRY_S."""
+        active = self._held_active(task_id)
         old = self.runtimes.pop(task_id, None)
         before = self.unloaded.get(task_id)
         cap: int | None
         if old is not None:
             cap, dense = old.max_upload_bytes, old.spec.dense_bytes
-            active = old.state == TaskState.ACTIVE
         else:
             cap = before.upload_cap if before is not None else None
             dense = before.dense_bytes if before is not None else 0
-            active = before is not None and before.active
         reason = f"{type(exc).__name__}: {exc}"
         self.unloaded[task_id] = UnloadedTask(
             task_id, reason, self.clock() + RELOAD_RETRY_S, cap, dense, active
