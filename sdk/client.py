@@ -3099,7 +3099,18 @@ def _secure_flow(
             response = yield ex
             assert response is not None
             if response.status_code != 200:
-                raise _refusal(response)
+                err = _refusal(response)
+                over = {
+                    409: Reason.ROUND_CLOSED,
+                    410: Reason.ROUND_CLOSED,
+                    403: Reason.NOT_SELECTED,
+                }
+                if over.get(response.status_code) == err.reason:
+                    # The round is over for this device before it trained (closed, its group
+                    # aborted, or advertise-keys closed without it): a report, as a stage
+                    # upload so refused ends with, not an exception.
+                    return _not_started(core, a, before, encoding, f"setup: {err.detail}")
+                raise err
             try:
                 digest = bytes.fromhex(response.headers[SecAggHeader.DIGEST])
             except (KeyError, ValueError) as exc:
@@ -4047,7 +4058,10 @@ class Client(_ClientBase):
         the check-in answer that carried `a` showed it (`_Core.note_round`), so a device clock
         minutes off moves it by at most the header's 1 s and that check-in's round trip; by the
         device's clock only without a usable header or for an assignment this client did not
-        receive; other refusals raise `ClientError`, and stage bytes the protocol
+        receive. A setup refused as the end of the round for this device (403 `not_selected`:
+        advertise-keys closed without it; 409 or 410 `round_closed`: the round closed or its
+        group aborted) also ends it so, `detail` "setup: " and the coordinator's detail,
+        untrained. Other refusals raise `ClientError`, and stage bytes the protocol
         refuses raise `protocol.secagg.SecAggError`: a plan or stage download refused is
         fetched again once, at once (a body rewritten on the way), and this is raised when
         that copy is refused too. The residual the masked input leaves is

@@ -13,7 +13,8 @@ here is the transport alone: the device is whoever `device_id` (a FastAPI depend
 default the `x-plume-device` header, so it is for tests and trusted loopback only. A stage
 closes when every device still in it has uploaded, or when the orchestrator calls
 `SecureRegistry.close_stage` (or `close_due`) at its deadline, or (with the registry's own
-stage timeout, as the service sets it) at the first upload after that deadline. Uploads are
+stage timeout, as the service sets it) at the first upload or setup after that deadline. A
+setup is refused as the device's advertise-keys upload would be. Uploads are
 capped per stage from the round's plans (`stage_cap`) before they are read.
 """
 
@@ -167,8 +168,8 @@ class SecureRegistry:
     """Open secure rounds of one `SecureCoordinator`, safe to call from request threads.
 
     `clock` (seconds, monotonic) times each group's stages for `close_due`. With
-    `stage_timeout_s` (and optionally `stage_idle_s`, as in `close_due`) an upload first
-    closes its group's stage if that stage's deadline has passed, so an upload after the
+    `stage_timeout_s` (and optionally `stage_idle_s`, as in `close_due`) an upload or a setup
+    first closes its group's stage if that stage's deadline has passed, so a request after the
     deadline is refused even before the orchestrator's next `close_due` runs.
 
     The registry lock guards bookkeeping only and is held for short steps: `finish` unmasks
@@ -370,9 +371,6 @@ class SecureRegistry:
         except KeyError:
             raise LookupError(f"no secure round {round_id}") from None
 
-    def _group(self, round_id: int, device_id: str) -> _Group:
-        return self._entry_group(round_id, device_id)[1]
-
     def _entry_group(self, round_id: int, device_id: str) -> tuple[_Entry, _Group]:
         entry = self._entry(round_id)
         g = entry.task.group_of.get(device_id)
@@ -381,10 +379,37 @@ class SecureRegistry:
         return entry, entry.groups[g]
 
     def setup(self, round_id: int, device_id: str) -> tuple[bytes, bytes, int]:
+        """(plan bytes, (model, plan) digest, node index) of the device's group. Refused as
+        the device's advertise-keys upload would be, so that no device trains for a round it
+        cannot join: `RoundAborted` for a group that aborted, `GroupCutShort` for one the
+        round's close cut short, `StageClosedWithout` once advertise-keys closed without the
+        device. A group stage past its deadline (the registry's stage timeout) is closed
+        first, as `upload` closes it: the answer does not hang on whether the orchestrator's
+        `close_due` ran before the request."""
         with self._lock:
-            grp = self._group(round_id, device_id)
+            entry, grp = self._entry_group(round_id, device_id)
+            self._close_if_due(entry, grp)
+            self._refuse_if_over(entry, grp)
+            joined = device_id in grp.uploaded.get(Stage.ADVERTISE_KEYS, set())
+            if Stage.ADVERTISE_KEYS in grp.closed and not joined:
+                raise StageClosedWithout(
+                    f"stage {Stage.ADVERTISE_KEYS} is closed: it closed without device "
+                    f"{device_id}, which is no longer in the round"
+                )
             body = grp.sr.announce_one(device_id)
             return body, grp.sr.digest, grp.sr.node_of(device_id)
+
+    def _close_if_due(self, entry: _Entry, grp: _Group) -> None:
+        """With the registry's stage timeout: close the group's current stage if its deadline
+        has passed (a request after it finds it closed, as after `close_due`)."""
+        current = grp.stage
+        if (
+            self.stage_timeout_s is not None
+            and current is not None
+            and not entry.sealed
+            and self._due(grp, self.clock(), self.stage_timeout_s, self.stage_idle_s)
+        ):
+            self._close(entry, grp, current)
 
     def upload(self, round_id: int, stage: Stage, device_id: str, body: bytes) -> bool:
         """Accept one stage upload; False if it repeats the device's accepted upload byte for
@@ -396,14 +421,7 @@ class SecureRegistry:
         digest = hashlib.sha256(body).digest()
         with self._lock:
             entry, grp = self._entry_group(round_id, device_id)
-            current = grp.stage
-            if (
-                self.stage_timeout_s is not None
-                and current is not None
-                and not entry.sealed
-                and self._due(grp, self.clock(), self.stage_timeout_s, self.stage_idle_s)
-            ):
-                self._close(entry, grp, current)  # its deadline passed: the upload is late
+            self._close_if_due(entry, grp)  # its deadline passed: the upload is late
             self._refuse_if_over(entry, grp)
             if device_id in grp.uploaded.get(stage, set()):
                 if grp.digests.get((stage, device_id)) == digest:
