@@ -3691,6 +3691,22 @@ class Coordinator:
             RELOAD_RETRY_S,
         )
 
+    def _replaced(self, task_id: int) -> str:
+        """What became of a task whose runtime a close was begun for, now that memory holds
+        another runtime of it or none (unloaded or refused, `_reload`), for that close's log
+        line: the close rebuilds nothing then."""
+        if task_id in self.unloaded:
+            return (
+                "the task was unloaded meanwhile (the store failed while it was rebuilt); it is "
+                "rebuilt from the store when its retry is due"
+            )
+        if task_id in self.refused:
+            return (
+                "the task was refused meanwhile (its stored rows no longer load); it does not "
+                "run until the next start"
+            )
+        return "its runtime was rebuilt from the store meanwhile; that one is left as it is"
+
     def _reload_due(self, now: float) -> None:
         """Rebuild the unloaded and stalled tasks whose retry is due."""
         for task_id, at in sorted(self._rebuild_at.items()):
@@ -3719,7 +3735,7 @@ class Coordinator:
             log.error(
                 "task %d: cannot close its round (%s); %s",
                 rt.task_id, exc,
-                "the task is rebuilt from the store" if current else "its runtime was rebuilt",
+                "the task is rebuilt from the store" if current else self._replaced(rt.task_id),
             )  # fmt: skip
             if current:  # not one a rebuild replaced meanwhile, whose successor may be closing
                 self._reload(rt.task_id)
