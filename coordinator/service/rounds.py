@@ -3871,6 +3871,14 @@ class Coordinator:
             raise ApiError(409, Reason.ROUND_CLOSED, f"secure round {round_id} is closing")
         return rt, cur, rt.secure
 
+    def _secure_admits(self, cur: ActiveRound, round_id: int, device_id: str) -> None:
+        """The ApiError for a setup or stage upload by a device not selected for the round
+        (403) or after the round's deadline, before a tick closed it (409 `round_closed`)."""
+        if device_id not in cur.selected:
+            raise ApiError(403, Reason.NOT_SELECTED, f"device not selected for round {round_id}")
+        if self.clock() >= cur.deadline:
+            raise ApiError(409, Reason.ROUND_CLOSED, f"round {round_id} is past its deadline")
+
     @staticmethod
     def _secure_error(exc: Exception) -> ApiError:
         """A SecAgg refusal as an API error; the detail names the refusal's type."""
@@ -3890,10 +3898,11 @@ class Coordinator:
         return ApiError(422, Reason.BAD_FRAME, detail)  # ProtocolViolation and the rest
 
     def secure_setup(self, round_id: int, device_id: str) -> tuple[bytes, dict[str, str]]:
-        """(plan bytes, headers with the (model, plan) digest and the device's node index)."""
+        """(plan bytes, headers with the (model, plan) digest and the device's node index).
+        Refused as the device's stage upload would be: past the round's deadline too, so that
+        no device trains for a round whose first upload it would be refused."""
         rt, cur, sec = self._secure_round(round_id)
-        if device_id not in cur.selected:
-            raise ApiError(403, Reason.NOT_SELECTED, f"device not selected for round {round_id}")
+        self._secure_admits(cur, round_id, device_id)
         try:
             body, digest, node = sec.registry.setup(round_id, device_id)
         except (LookupError, PermissionError, SecAggError) as exc:
@@ -3912,10 +3921,7 @@ class Coordinator:
 
         A refused upload changes nothing (the SecAgg server checks before it stores)."""
         rt, cur, sec = self._secure_round(round_id)
-        if device_id not in cur.selected:
-            raise ApiError(403, Reason.NOT_SELECTED, f"device not selected for round {round_id}")
-        if self.clock() >= cur.deadline:
-            raise ApiError(409, Reason.ROUND_CLOSED, f"round {round_id} is past its deadline")
+        self._secure_admits(cur, round_id, device_id)
         try:
             fresh = sec.registry.upload(round_id, stage, device_id, body)
         except (LookupError, PermissionError, SecAggError) as exc:
