@@ -26,18 +26,18 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from compression import ModelSpec, encode_snapshot
-from coordinator.service import ServerThread, ServiceConfig
-from coordinator.service.app import create_app
-from protocol.messages import CodecParams, TaskConfig, TensorShape, TrainingParams, to_json
 from protocol.secagg import Stage
 from sdk import Client, TrainResult
 from sdk.client import SecureRoundReport
 
-from .test_service_support import await_stage, drive_stages
+from .test_service_support import (
+    await_stage,
+    drive_stages,
+    poll_until,
+    served_secure_task,
+)
 
 ADMIN = "s65c-setup-admin"
-SPEC = ModelSpec.from_shapes([("w", (4, 8)), ("b", (4,))])
 TIMEOUT_S = 1.0
 
 
@@ -66,33 +66,8 @@ class _Counting:
 def service(tmp_path: Path) -> Iterator[tuple[str, Any, int]]:
     """A coordinator with a secure task of 4 devices in one group, min_reports 3, 1 s stages
     (on a stepped clock): (url, its Coordinator, task id)."""
-    cfg = ServiceConfig(
-        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
-    )
-    app = create_app(cfg)
-    task = TaskConfig(
-        name="s65c-setup", model_name="tiny",
-        spec=[TensorShape(e.name, list(e.shape)) for e in SPEC.entries],
-        rounds=1, clients_per_round=4, over_selection=1.0, min_reports=3,
-        selection_timeout_s=60.0, deadline_s=60.0, downlink=CodecParams(topk=1.0, bits=32),
-        training=TrainingParams(1, 8, 0.1), retry_after_s=0.2,
-        secure={"coord_fraction": 0.5, "stage_timeout_s": TIMEOUT_S},
-    )  # fmt: skip
-    with ServerThread(cfg, app=app) as url:
-        with httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"}) as http:
-            task_id = int(http.post("/v1/admin/tasks", json=to_json(task)).json()["task_id"])
-            snap = encode_snapshot(np.zeros(SPEC.size, np.float32), SPEC, "fp32")
-            octet = {"content-type": "application/octet-stream"}
-            r = http.put(f"/v1/admin/tasks/{task_id}/model", content=snap, headers=octet)
-            assert r.status_code == 200
-        yield url, app.state.coordinator, task_id
-
-
-def _wait(cond: Callable[[], bool], what: str) -> None:
-    give_up = time.monotonic() + 30
-    while not cond():
-        assert time.monotonic() < give_up, what
-        time.sleep(0.01)
+    with served_secure_task(tmp_path, "s65c-setup", ADMIN, TIMEOUT_S) as served:
+        yield served
 
 
 # (how many of the three others advertise, what closes the stage) -> the setup's answer
@@ -129,14 +104,14 @@ def test_a_refused_setup_ends_the_round_with_a_report(
             held.append(1)
             await_stage(coordinator, task_id, Stage.ADVERTISE_KEYS, keys)
             rid = coordinator.runtimes[task_id].current.round_id
-            _wait(lambda: len(silent_setups) == 3 - keys, "the silent devices' setups")
+            poll_until(lambda: len(silent_setups) == 3 - keys, "the silent devices' setups")
             clock.advance(TIMEOUT_S + 0.1)
             if closed_by == "tick":
                 cur = coordinator.runtimes[task_id].current
                 if keys == 3:
-                    _wait(lambda: registry.current_stage(rid) == Stage.SHARE_KEYS, "no close")
+                    poll_until(lambda: registry.current_stage(rid) == Stage.SHARE_KEYS, "no close")
                 else:  # the group aborted: the round closes (its registry entry then goes)
-                    _wait(lambda: cur.closing, "no round close")
+                    poll_until(lambda: cur.closing, "no round close")
             else:
                 assert registry.current_stage(rid) == Stage.ADVERTISE_KEYS
             response = nxt(request)

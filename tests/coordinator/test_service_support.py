@@ -1,5 +1,6 @@
 """Shared helpers for the coordinator service tests (no tests here): a numpy trainer, tasks,
-a stepped clock for a secure task's stages (`drive_stages`, `expire_stage`), the port a
+a stepped clock for a secure task's stages (`drive_stages`, `expire_stage`), a served secure
+task of 4 devices (`served_secure_task`), a polling wait (`poll_until`), the port a
 coordinator subprocess started on `--port 0` got (`ServeProcess`, `logged_port`) and a URL
 where nothing listens (`refused_url`)."""
 
@@ -31,6 +32,7 @@ from bench._common import listening_port
 from compression import ModelSpec, encode_snapshot
 from coordinator import _cli
 from coordinator.service import ServerThread, ServiceConfig
+from coordinator.service.app import create_app
 from protocol import auth
 from protocol.messages import CodecParams, TaskConfig, TensorShape, TrainingParams, to_json
 from protocol.secagg import Stage
@@ -551,6 +553,44 @@ def expire_stage(
     (`await_stage`). The coordinator's ticker then closes it with those, as at its timeout."""
     await_stage(coordinator, task_id, stage, uploads, silent)
     clock.advance(coordinator.runtimes[task_id].secure.registry.stage_timeout_s)
+
+
+@contextlib.contextmanager
+def served_secure_task(
+    tmp_path: Path, name: str, admin: str, stage_timeout_s: float
+) -> Iterator[tuple[str, Any, int]]:
+    """A coordinator on loopback with one secure task `name` of 4 devices (one group,
+    min_reports 3, a 60 s deadline, `stage_timeout_s` stages, coord_fraction 0.5) and its
+    initial model, the 4x8 + 4 zeros: (url, its Coordinator, task id)."""
+    spec = ModelSpec.from_shapes([("w", (4, 8)), ("b", (4,))])
+    cfg = ServiceConfig(
+        db_path=str(tmp_path / "plume.db"), admin_token=admin, poll_s=0.05, tick_s=0.02
+    )
+    app = create_app(cfg)
+    task = TaskConfig(
+        name=name, model_name="tiny",
+        spec=[TensorShape(e.name, list(e.shape)) for e in spec.entries],
+        rounds=1, clients_per_round=4, over_selection=1.0, min_reports=3,
+        selection_timeout_s=60.0, deadline_s=60.0, downlink=CodecParams(topk=1.0, bits=32),
+        training=TrainingParams(1, 8, 0.1), retry_after_s=0.2,
+        secure={"coord_fraction": 0.5, "stage_timeout_s": stage_timeout_s},
+    )  # fmt: skip
+    with ServerThread(cfg, app=app) as url:
+        with httpx.Client(base_url=url, headers={"authorization": f"Bearer {admin}"}) as http:
+            task_id = int(http.post("/v1/admin/tasks", json=to_json(task)).json()["task_id"])
+            snap = encode_snapshot(np.zeros(spec.size, np.float32), spec, "fp32")
+            octet = {"content-type": "application/octet-stream"}
+            r = http.put(f"/v1/admin/tasks/{task_id}/model", content=snap, headers=octet)
+            assert r.status_code == 200
+        yield url, app.state.coordinator, task_id
+
+
+def poll_until(cond: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:
+    """Poll `cond` every 10 ms until it holds; fail with `what` after `timeout_s`."""
+    give_up = time.monotonic() + timeout_s
+    while not cond():
+        assert time.monotonic() < give_up, what
+        time.sleep(0.01)
 
 
 def await_stage(

@@ -9,7 +9,6 @@ held off): the same report. Stage deadlines run on a stepped clock, so nothing w
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,18 +17,18 @@ import httpx
 import numpy as np
 import pytest
 
-from compression import ModelSpec, encode_snapshot
-from coordinator.service import ServerThread, ServiceConfig
-from coordinator.service.app import create_app
-from protocol.messages import CodecParams, TaskConfig, TensorShape, TrainingParams, to_json
 from protocol.secagg import Stage
 from sdk import Client
 from sdk.client import SecureRoundReport
-from tests.coordinator.test_service_support import await_stage, drive_stages
+from tests.coordinator.test_service_support import (
+    await_stage,
+    drive_stages,
+    poll_until,
+    served_secure_task,
+)
 from tests.sdk.test_client_secure import ShiftTrainer
 
 ADMIN = "s44-late-stage-admin"
-SPEC = ModelSpec.from_shapes([("w", (4, 8)), ("b", (4,))])
 TIMEOUT_S = 1.0
 
 
@@ -37,33 +36,8 @@ TIMEOUT_S = 1.0
 def service(tmp_path: Path) -> Iterator[tuple[str, Any, int]]:
     """A coordinator with a secure task of 4 devices, min_reports 3, 1 s stages (on a
     stepped clock): (url, its Coordinator, task id)."""
-    cfg = ServiceConfig(
-        db_path=str(tmp_path / "plume.db"), admin_token=ADMIN, poll_s=0.05, tick_s=0.02
-    )
-    app = create_app(cfg)
-    task = TaskConfig(
-        name="s44-late", model_name="tiny",
-        spec=[TensorShape(e.name, list(e.shape)) for e in SPEC.entries],
-        rounds=1, clients_per_round=4, over_selection=1.0, min_reports=3,
-        selection_timeout_s=60.0, deadline_s=60.0, downlink=CodecParams(topk=1.0, bits=32),
-        training=TrainingParams(1, 8, 0.1), retry_after_s=0.2,
-        secure={"coord_fraction": 0.5, "stage_timeout_s": TIMEOUT_S},
-    )  # fmt: skip
-    with ServerThread(cfg, app=app) as url:
-        with httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"}) as http:
-            task_id = int(http.post("/v1/admin/tasks", json=to_json(task)).json()["task_id"])
-            snap = encode_snapshot(np.zeros(SPEC.size, np.float32), SPEC, "fp32")
-            octet = {"content-type": "application/octet-stream"}
-            r = http.put(f"/v1/admin/tasks/{task_id}/model", content=snap, headers=octet)
-            assert r.status_code == 200
-        yield url, app.state.coordinator, task_id
-
-
-def _wait(cond: Callable[[], bool], what: str) -> None:
-    give_up = time.monotonic() + 30
-    while not cond():
-        assert time.monotonic() < give_up, what
-        time.sleep(0.01)
+    with served_secure_task(tmp_path, "s44-late", ADMIN, TIMEOUT_S) as served:
+        yield served
 
 
 @pytest.mark.parametrize("delay_s", [1.1, 1.25])
@@ -92,7 +66,7 @@ def test_participate_reports_a_stage_that_closed_without_it(
             rid = coordinator.runtimes[task_id].current.round_id
             clock.advance(delay_s)
             if closed_by == "tick":
-                _wait(lambda: registry.current_stage(rid) == Stage.SHARE_KEYS, "no tick close")
+                poll_until(lambda: registry.current_stage(rid) == Stage.SHARE_KEYS, "no tick close")
             else:
                 assert registry.current_stage(rid) == Stage.ADVERTISE_KEYS
         return nxt(request)
