@@ -3044,6 +3044,12 @@ def _download_end(
     return None
 
 
+# A secure round's setup or stage upload answered so ends the round for the device with a
+# report, never an exception: the round closed (409 `round_closed`; 410 when its group aborted
+# or the round's close cut it short) or a stage closed without it (403 `not_selected`).
+_SECURE_ROUND_OVER = {409: Reason.ROUND_CLOSED, 410: Reason.ROUND_CLOSED, 403: Reason.NOT_SELECTED}
+
+
 def _secure_flow(
     core: _Core,
     a: Assignment,
@@ -3100,12 +3106,7 @@ def _secure_flow(
             assert response is not None
             if response.status_code != 200:
                 err = _refusal(response)
-                over = {
-                    409: Reason.ROUND_CLOSED,
-                    410: Reason.ROUND_CLOSED,
-                    403: Reason.NOT_SELECTED,
-                }
-                if over.get(response.status_code) == err.reason:
+                if _SECURE_ROUND_OVER.get(response.status_code) == err.reason:
                     # The round is over for this device before it trained (closed, its group
                     # aborted, or advertise-keys closed without it): a report, as a stage
                     # upload so refused ends with, not an exception.
@@ -3248,8 +3249,7 @@ def _secure_flow(
                 report.detail = f"{stage}: the round's deadline passed"
                 break
             assert response is not None
-            ends = {409: Reason.ROUND_CLOSED, 410: Reason.ROUND_CLOSED, 403: Reason.NOT_SELECTED}
-            said = ends.get(response.status_code)
+            said = _SECURE_ROUND_OVER.get(response.status_code)
             if said is not None and _error(response).reason == said:
                 # The round closed (409/410 round_closed), or the stage closed without this
                 # upload (403 not_selected: the device is out of the round, whichever moment

@@ -107,6 +107,14 @@ class StageClosedWithout(WrongStage, PermissionError):
     A `PermissionError`, so the HTTP answer is 403 `not_selected`, as for any later request of
     a device that missed a stage; still a `WrongStage` for the registry's callers."""
 
+    @classmethod
+    def of(cls, stage: Stage, device_id: str) -> StageClosedWithout:
+        """The refusal of `device_id`, which `stage` closed without."""
+        return cls(
+            f"stage {stage} is closed: it closed without device {device_id}, which is no "
+            "longer in the round"
+        )
+
 
 @dataclass(slots=True)
 class _Group:
@@ -392,10 +400,7 @@ class SecureRegistry:
             self._refuse_if_over(entry, grp)
             joined = device_id in grp.uploaded.get(Stage.ADVERTISE_KEYS, set())
             if Stage.ADVERTISE_KEYS in grp.closed and not joined:
-                raise StageClosedWithout(
-                    f"stage {Stage.ADVERTISE_KEYS} is closed: it closed without device "
-                    f"{device_id}, which is no longer in the round"
-                )
+                raise StageClosedWithout.of(Stage.ADVERTISE_KEYS, device_id)
             body = grp.sr.announce_one(device_id)
             return body, grp.sr.digest, grp.sr.node_of(device_id)
 
@@ -430,10 +435,7 @@ class SecureRegistry:
             if stage in grp.closed:
                 # Not uploaded by this device (a repeat is answered above): it missed the stage
                 # and is out of the round, as a download or a later stage tells it too.
-                raise StageClosedWithout(
-                    f"stage {stage} is closed: it closed without device {device_id}, which is "
-                    "no longer in the round"
-                )
+                raise StageClosedWithout.of(stage, device_id)
             if device_id not in grp.expected:
                 raise PermissionError(f"device {device_id} is no longer in stage {stage}")
             if grp.stage != stage:

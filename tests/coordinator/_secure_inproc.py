@@ -4,6 +4,7 @@ joined from `secure_setup`, and what a session uploads at each stage."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,13 +21,18 @@ STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMA
 
 
 def secure_coordinator(
-    tmp_path: Path, clients: int, min_reports: int, **secure: object
+    tmp_path: Path,
+    clients: int,
+    min_reports: int,
+    clock: Callable[[], float] = lambda: 1000.0,
+    **secure: object,
 ) -> tuple[Coordinator, int]:
-    """A coordinator on `tmp_path / "p.db"` whose clock stands at 1000 s, holding one secure
-    task with its initial model: 2 rounds of `clients` devices, `min_reports`, a 600 s
-    deadline, coord_fraction 0.2 and 300 s stages (and `secure`'s settings): (it, task id)."""
+    """A coordinator on `tmp_path / "p.db"` whose clock is `clock` (by default one standing at
+    1000 s), holding one secure task with its initial model: 2 rounds of `clients` devices,
+    `min_reports`, a 600 s deadline, coord_fraction 0.2 and 300 s stages (and `secure`'s
+    settings): (it, task id)."""
     db = tmp_path / "p.db"
-    coord = Coordinator(Store(db), ServiceConfig(db_path=str(db)), clock=lambda: 1000.0)
+    coord = Coordinator(Store(db), ServiceConfig(db_path=str(db)), clock=clock)
     coord.restore()
     cfg = task_config(
         clients_per_round=clients, min_reports=min_reports, deadline_s=600.0, rounds=2,

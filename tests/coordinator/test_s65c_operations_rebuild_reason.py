@@ -19,13 +19,11 @@ from typing import Any
 
 import pytest
 
-from compression import encode_snapshot
-from coordinator.service import ServiceConfig, Store
 from coordinator.service import rounds as rounds_module
-from coordinator.service.rounds import RELOAD_RETRY_S, Coordinator
+from coordinator.service.rounds import RELOAD_RETRY_S
 
-from .test_restart_midround import Clock
-from .test_service_support import SPEC, initial_params, task_config
+from ._secure_inproc import secure_coordinator
+from .test_restart_midround import Clock, _start
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 
@@ -47,15 +45,7 @@ def _abandoned(
     tick RELOAD_RETRY_S later rebuilds the task) or by a start on the same database ("start"):
     (the stored reason, the WARNING lines, the task id, the round id)."""
     clock = Clock()
-    db = tmp_path / "p.db"
-    coord = Coordinator(Store(db), ServiceConfig(db_path=str(db)), clock=clock)
-    coord.restore()
-    cfg = task_config(
-        clients_per_round=3, min_reports=3, deadline_s=600.0, rounds=2,
-        secure={"coord_fraction": 0.2, "stage_timeout_s": 300.0},
-    )  # fmt: skip
-    task_id = coord.create_task(cfg)
-    coord.set_initial_model(task_id, encode_snapshot(initial_params(), SPEC, "fp32"))
+    coord, task_id = secure_coordinator(tmp_path, clients=3, min_reports=3, clock=clock)
     for device in ("a1", "b2", "c3"):
         coord.check_in(device * 16, task_id)
     rt = coord.runtimes[task_id]
@@ -73,8 +63,7 @@ def _abandoned(
             coord.tick()
         else:
             coord.store.close()
-            coord = Coordinator(Store(db), ServiceConfig(db_path=str(db)), clock=clock)
-            coord.restore()
+            coord = _start(tmp_path / "p.db", clock)  # secure_coordinator's database
     stored = coord.store.round(round_id)
     assert stored is not None and stored.state == "abandoned"
     warnings = [

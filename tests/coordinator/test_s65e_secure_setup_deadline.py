@@ -30,9 +30,8 @@ class _Clock:
 
 def test_setup_after_the_round_deadline_is_refused_and_changes_nothing(tmp_path: Path) -> None:
     # Prepare: a secure round of 3 devices open (600 s deadline); device a set up in time
-    coord, task_id = secure_coordinator(tmp_path, clients=3, min_reports=3)
     clock = _Clock(1000.0)
-    coord.clock = clock
+    coord, task_id = secure_coordinator(tmp_path, clients=3, min_reports=3, clock=clock)
     for d in ("a", "b", "c"):
         coord.check_in(d, task_id)
     rt = coord.runtimes[task_id]
