@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 import sdk
 import sdk.client
 import sdk.device_store
+from protocol.names import RoundState
 from sdk import Client
 from tests.coordinator.test_service_support import (
     ADMIN,
@@ -29,6 +30,7 @@ from tests.coordinator.test_service_support import (
     create_task,
     local_data,
     loopback_url,  # noqa: F401  (the fixture `url`)
+    poll_until,
     refused_url,
     task_config,
 )
@@ -788,12 +790,32 @@ def test_fetch_current_and_the_residual_file(url: str, tmp_path: Path) -> None:
             client.fetch_current(task_id, renamed)
         assert caught.value.status == 0 and caught.value.task_id == task_id
         assert {p.name: p.read_bytes() for p in app.iterdir() if p.is_file()} == before
+        # "Right after the upload the round may not be committed yet, so this can still be the
+        # version the round started from": the coordinator closes the round after answering
+        # its upload, so the version it published is waited for before the latest model is
+        # asked for (checked with the close held back: test_s66b_fetch_current_before_commit).
+        published = _committed_version(url, report.round_id)
         # fetch_current returns (params, version, ...), counted in control_bandwidth
         control = client.control_bandwidth["down"]["requests"]
         params, version, _ = client.fetch_current(task_id, SPEC)
         assert params.shape == (SPEC.size,) and params.dtype == np.float32
-        assert version >= 1
+        assert version == published == report.model_version + 1
         assert client.control_bandwidth["down"]["requests"] == control + 1
+
+
+def _committed_version(url: str, round_id: int) -> int:
+    """The model version round `round_id` published, once its status says "committed" (polled
+    for up to 30 s). Not before: the status says "aggregating" until the coordinator serves
+    that version, though the store may already name it (`version_after`)."""
+    status: dict[str, Any] = {}
+    with httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"}) as http:
+
+        def committed() -> bool:
+            status.update(http.get(f"/v1/rounds/{round_id}").raise_for_status().json())
+            return bool(status["state"] == RoundState.COMMITTED)
+
+        poll_until(committed, f"round {round_id} did not commit in 30 s")
+    return int(status["version_after"])
 
 
 def test_eight_mnist_cnn_models_on_disk() -> None:
