@@ -24,6 +24,7 @@ from tests.coordinator.test_service_support import (
     create_task,
     local_data,
     loopback_url,  # noqa: F401  (the fixture `url`)
+    poll_until,
     task_config,
 )
 
@@ -78,6 +79,12 @@ def test_an_upload_answered_503_at_every_attempt_stays_pending_and_is_resent_fir
         assert not (app / "pending.json").exists()
         # the re-sent upload landed in round 1; this call trained round 2 as usual
         assert (report.round_id, report.resent) == (2, False)
+    # The coordinator closes round 2 after answering its upload (test_s66b_fetch_current_before_
+    # commit holds that close back): its outcome is read once it has one.
+    poll_until(
+        lambda: admin_get(url, "/v1/rounds/2")["state"] in ("committed", "abandoned"),
+        "round 2 did not close in 30 s",
+    )
     rounds = admin_get(url, f"/v1/admin/tasks/{task_id}/rounds")
     assert [(r["round_id"], r["state"], r["reports"]) for r in rounds] == [
         (1, "committed", 1),

@@ -28,26 +28,36 @@ from tests.coordinator.test_service_support import (
     local_data,
     task_config,
 )
+from tests.sdk import test_s55v_busy_upload as busy
 from tests.sdk import test_s55v_devices_doc_claims as s55v
 from tests.sdk.test_s55v_devices_doc_claims import _committed_version
 
 
 class _HeldClose:
-    """Holds every round close of a coordinator (`close_blocking`, the aggregation and publish)
-    until `release()`, or once a round's status has been asked (`on_status`), its answer made
+    """Holds the close (`close_blocking`, the aggregation and publish) of each round of a
+    coordinator whose id is in `rounds` (None: every round) until `release()`, or, with
+    `on_status`, until a round's status has been asked (`GET /v1/rounds/{id}`), its answer made
     while the close is still held. `states` are the states those answers gave."""
 
-    def __init__(self, coordinator: Any, monkeypatch: pytest.MonkeyPatch, on_status: bool) -> None:
+    def __init__(
+        self,
+        coordinator: Any,
+        monkeypatch: pytest.MonkeyPatch,
+        *,
+        on_status: bool,
+        rounds: set[int] | None = None,
+    ) -> None:
         self.released = threading.Event()
         self.states: list[str] = []
         close_blocking = coordinator.close_blocking
         round_status = coordinator.round_status
 
-        def held_close(*args: Any, **kwargs: Any) -> Any:
-            # Bounded, so that a test that never releases it fails instead of hanging the
-            # server's shutdown.
-            self.released.wait(60)
-            return close_blocking(*args, **kwargs)
+        def held_close(rt: Any, cur: Any) -> Any:
+            if rounds is None or cur.round_id in rounds:
+                # Bounded, so that a test that never releases it fails instead of hanging
+                # the server's shutdown.
+                self.released.wait(60)
+            return close_blocking(rt, cur)
 
         def status(*args: Any, **kwargs: Any) -> Any:
             answer = round_status(*args, **kwargs)
@@ -116,3 +126,23 @@ def test_right_after_the_upload_fetch_current_can_give_the_round_s_base_version(
     np.testing.assert_array_equal(before, initial_params())
     assert version_after == published == 1
     assert not np.array_equal(after, before)
+
+
+def test_the_s55v_busy_upload_reads_round_2_once_it_closed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Prepare: round 2's close (its upload is the test's last request) waits until a round
+    # status is asked; round 1 closes as usual (round 2 opens only then)
+    with _served(tmp_path) as (url, coordinator):
+        held = _HeldClose(coordinator, monkeypatch, on_status=True, rounds={2})
+        try:
+            # Execute: the s55v test itself; before the fix it read the task's rounds while
+            # round 2's close was held, and saw (2, "aggregating", 1)
+            busy.test_an_upload_answered_503_at_every_attempt_stays_pending_and_is_resent_first(
+                url, tmp_path
+            )
+        finally:
+            held.release()
+    # Assert: it asked about round 2 while it was not closed, and waited for the close
+    assert held.states[0] != RoundState.COMMITTED, held.states
+    assert held.states[-1] == RoundState.COMMITTED, held.states
