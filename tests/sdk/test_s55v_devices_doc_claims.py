@@ -713,6 +713,16 @@ def test_torch_trainer_puts_the_module_mode_back() -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def _one_check_in(
+    client: Client, trainer: Any, x: Any, y: Any, task_id: int | None = None
+) -> sdk.RoundReport | None:
+    """`participate` ended by its first check-in answered with no round, whenever that comes
+    in 30 s (the next check-in would come 60 s later, past max_wait_s). A max_wait_s of 0.2 or
+    0.3 s ended the call before a loaded machine's first answer, as None with last_check_in None
+    (test_s66b_slow_check_in)."""
+    return client.participate(trainer, x, y, task_id=task_id, max_wait_s=30.0, min_poll_s=60.0)
+
+
 class _Declaring(SoftmaxTrainer):
     """A trainer with a `spec` attribute ("So does any trainer with a spec attribute that is a
     compression.ModelSpec")."""
@@ -738,7 +748,7 @@ def test_a_declared_layout_of_another_model(url: str, tmp_path: Path) -> None:
         # "With no such task running, the answer is wait with detail "no active task this device
         # can run: task 1's model "mlp" has layout ..., not one of the model_layouts this device
         # declared ...""
-        assert client.participate(other, *local_data(0), max_wait_s=0.3) is None
+        assert _one_check_in(client, other, *local_data(0)) is None
         answer = client.last_check_in
         assert answer is not None
         assert answer.detail.startswith(
@@ -760,7 +770,7 @@ def test_a_task_over_max_model_bytes(url: str, tmp_path: Path) -> None:
         err = caught.value
         assert (err.status, err.reason, err.declared) == (409, "model_too_large", None)
         assert (err.task_id, err.limit) == (task_id, 64)
-        assert client.participate(SoftmaxTrainer(), *local_data(0), max_wait_s=0.3) is None
+        assert _one_check_in(client, SoftmaxTrainer(), *local_data(0)) is None
         answer = client.last_check_in
         assert answer is not None
         assert answer.detail.startswith(
@@ -1077,7 +1087,7 @@ def test_the_none_details(url: str, tmp_path: Path) -> None:
     x, y = local_data(0)
     with Client(url, tmp_path / "app") as client:
         client.register()
-        assert client.participate(SoftmaxTrainer(), x, y, max_wait_s=0.2) is None
+        assert _one_check_in(client, SoftmaxTrainer(), x, y) is None
         assert client.last_check_in is not None
         assert client.last_check_in.detail == "no active task"
         made = httpx.post(
@@ -1086,11 +1096,11 @@ def test_the_none_details(url: str, tmp_path: Path) -> None:
             headers={"authorization": f"Bearer {ADMIN}"},
         )
         waiting = int(made.json()["task_id"])  # no initial model yet
-        assert client.participate(SoftmaxTrainer(), x, y, task_id=waiting, max_wait_s=0.2) is None
+        assert _one_check_in(client, SoftmaxTrainer(), x, y, waiting) is None
         assert client.last_check_in is not None
         assert client.last_check_in.detail == "no active task"
         gathering = create_task(url, task_config(clients_per_round=3, selection_timeout_s=30.0))
-        assert client.participate(SoftmaxTrainer(), x, y, task_id=gathering, max_wait_s=0.3) is None
+        assert _one_check_in(client, SoftmaxTrainer(), x, y, gathering) is None
         assert client.last_check_in is not None
         assert client.last_check_in.detail == "not selected yet"
         # control traffic only: no round row; "one row of the same shape"
