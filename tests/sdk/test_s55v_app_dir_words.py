@@ -128,10 +128,12 @@ def test_an_outage_is_raised_however_short_the_wait(tmp_path: Path) -> None:
     # "An outage the SDK sees as one is never None: when no check-in of the call was answered
     # and an attempt of the call failed on the network ..., the call raises
     # CoordinatorUnreachable ..., however short max_wait_s is ... (the attempts made so far are
-    # named)"
+    # named)". Short next to the retries' backoff (1.5 to 3 s), so the wait ends in it; not
+    # 0.01 s, which could end before the first attempt on a loaded machine: nothing was sent,
+    # so None (test_s66b_outage_slow_start)
     with refused_url() as url, Client(url, tmp_path / "app") as client:
         with pytest.raises(sdk.CoordinatorUnreachable, match=r" in \d+ attempts?: "):
-            client.participate(SoftmaxTrainer(), *local_data(0), task_id=1, max_wait_s=0.01)
+            client.participate(SoftmaxTrainer(), *local_data(0), task_id=1, max_wait_s=1.0)
 
 
 def test_busy_until_the_wait_ends_is_none_with_no_answer(tmp_path: Path) -> None:
