@@ -15,6 +15,7 @@ Against a live loopback coordinator (one for the module: each test leaves it as 
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -42,16 +43,26 @@ from .test_service_support import (
 
 JSON = "application/json"
 AUTH = {"authorization": f"Bearer {ADMIN}"}
+# The world's selection timeout and pool ttl: windows that must not expire while the module
+# runs, however slow the machine (tests/README.md). The task's selection timeout was
+# task_config's 5 s: on a loaded machine the module outlasted it after the device's one
+# check-in, the tick opened a round with that device (min_reports 1), so the pool went from 1
+# to 0 between a model_version test's two reads. The pool ttl was 60 s, the next to go. A week
+# is the longest selection_timeout_s a task takes.
+WINDOW_S = 7 * 86400.0
 
 
 class World:
     """A coordinator with one task, and a registered device whose requests are signed by hand."""
 
-    def __init__(self, url: str, root: Path) -> None:
-        self.url = url
+    def __init__(self, server: ServerThread, root: Path) -> None:
+        self.url = url = server.url
+        self.coordinator = server.app.state.coordinator
         self.root = root
         self.http = httpx.Client(base_url=url)
-        self.task_id = create_task(self.http, task_config(clients_per_round=2))
+        self.task_id = create_task(
+            self.http, task_config(clients_per_round=2, selection_timeout_s=WINDOW_S)
+        )
         self.device = device_client(url, str(root / "d"))
         self.device.register()
 
@@ -67,15 +78,26 @@ class World:
         return int(admin_get(self.http, f"/v1/admin/tasks/{self.task_id}")["pool"])
 
 
+@contextlib.contextmanager
+def serving(root: Path) -> Iterator[World]:
+    """A `World` on a loopback coordinator whose database is in `root`."""
+    cfg = ServiceConfig(
+        db_path=str(root / "plume.db"), admin_token=ADMIN, poll_s=0.05, pool_ttl_s=WINDOW_S
+    )
+    server = ServerThread(cfg)
+    with server:
+        w = World(server, root)
+        try:
+            yield w
+        finally:
+            w.device.close()
+            w.http.close()
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    root = tmp_path_factory.mktemp("s58a")
-    cfg = ServiceConfig(db_path=str(root / "plume.db"), admin_token=ADMIN, poll_s=0.05)
-    with ServerThread(cfg) as url:
-        w = World(url, root)
+    with serving(tmp_path_factory.mktemp("s58a")) as w:
         yield w
-        w.device.close()
-        w.http.close()
 
 
 def _refused(r: httpx.Response, *words: str) -> str:
