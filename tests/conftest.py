@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -128,3 +129,12 @@ def default_sigint() -> Iterator[None]:
 
     with handled():
         yield
+
+
+@pytest.fixture(scope="session")
+def export_cache(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """`tests._export_cache.ExportCache` of this run: fixtures export a model once a run, each
+    test gets a copy of the files (imported here lazily: torch is an optional extra)."""
+    from tests._export_cache import ExportCache, run_cache_dir
+
+    return ExportCache(run_cache_dir(tmp_path_factory))
