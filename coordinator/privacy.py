@@ -417,13 +417,15 @@ def calibrate_noise_multiplier(
     Under RDP the smallest such z (to the search tolerance) for dp_accounting's bound; under
     fixed-size sampling with "auto", where capping each round by the unsampled Gaussian (as
     `PrivacyAccountant(..., "auto")` does) lowers that z's epsilon by more than 0.1%, a z
-    bisected below it to 0.001·z_rdp, as for PLD. Under PLD a z in
-    [max(z_rdp / 2, floor), z_rdp], at most 0.001·z_rdp above one that misses the target (or
-    that lower end itself when it already fits), whose PLD epsilon on its own grid, the figure
-    `PrivacyAccountant(z, sampling).epsilon` reports, is at most the target: sufficient, not
-    necessarily minimal. Never below the floor MIN_ACCOUNTED_NOISE_MULTIPLIER (0.001), the
-    smallest z DPMean accounts: a target the floor already meets (under the chosen method) is
-    refused with a ValueError rather than answered with a z nothing would account.
+    bisected below it to 0.001·z_rdp, as for PLD. Under PLD a z in [floor, z_rdp] whose PLD
+    epsilon on its own grid, the figure `PrivacyAccountant(z, sampling).epsilon` reports, is
+    at most the target, and at most 0.001·z_rdp above one that misses it; where PLD already
+    meets the target at z_rdp / 2 (small q and epsilon), at most 0.001 of the bracket's upper
+    end (between z and 2z) above one that misses it. Sufficient, and minimal to that
+    tolerance where the (discretised) epsilon falls with z. Never below the floor
+    MIN_ACCOUNTED_NOISE_MULTIPLIER (0.001), the smallest z DPMean accounts: a target the floor
+    already meets (under the chosen method) is refused with a ValueError rather than answered
+    with a z nothing would account.
     """
     if not epsilon > 0 or rounds < 1:  # NaN too: it reached brentq's bracket error
         raise ValueError(f"need epsilon > 0 and rounds >= 1, got {epsilon!r} and {rounds!r}")
@@ -489,7 +491,14 @@ def calibrate_noise_multiplier(
 
     lo = max(z_rdp / 2, floor)
     if pld_gap(lo) <= 0:
-        return lo  # PLD is more than twice as tight here; half the RDP noise is enough
+        # PLD is more than twice as tight here (small q and epsilon). Halve down to a z that
+        # misses the target (the floor does: checked above) and bisect above it. Before,
+        # this answered half the RDP noise as it was: z = 1.51 (epsilon 0.0028) for a target
+        # of 0.1 at q = 0.001, one round, where 0.599 is enough; z = 50 for 0.003.
+        hi, lo = lo, max(lo / 2, floor)
+        while pld_gap(lo) <= 0:
+            hi, lo = lo, max(lo / 2, floor)
+        return _bisect_noise(pld_gap, lo, hi, 1e-3 * hi)
     hi = z_rdp
     for _ in range(64):  # RDP's answer fits under PLD in practice: no doubling at all
         if pld_gap(hi) <= 0:
