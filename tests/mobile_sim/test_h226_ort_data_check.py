@@ -15,7 +15,7 @@ import torch
 from coordinator.cli import main as plume
 from mobile_sim.models import build_model
 from mobile_sim.runner import SimConfig, run_simulation
-from sdk.onnx_export import export_training_artifacts
+from tests._export_cache import ExportCache, example
 
 TINY = [
     "sim", "--dataset", "digits", "--model", "digits_mlp", "--clients", "10", "--per-round",
@@ -24,16 +24,17 @@ TINY = [
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def exports(tmp_path_factory: pytest.TempPathFactory, export_cache: ExportCache) -> dict[str, Path]:
     """digits_mlp exported three ways: as the run needs it, with --loss mse, and for 8x8 inputs
-    (`plume export --input-shape 8,8`; the MLP flattens them, so the export succeeds)."""
+    (`plume export --input-shape 8,8`; the MLP flattens them, so the export succeeds). Once a
+    run (tests/_export_cache)."""
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("h226")
     model = build_model("digits_mlp", seed=0)
     out = {"ok": root / "ok", "mse": root / "mse", "x88": root / "x88"}
-    export_training_artifacts(model, torch.randn(4, 64), out["ok"])
-    export_training_artifacts(model, torch.randn(4, 64), out["mse"], loss="mse")
-    export_training_artifacts(model, torch.randn(4, 8, 8), out["x88"])
+    export_cache.export(model, example(4, 64), out["ok"])
+    export_cache.export(model, example(4, 64), out["mse"], loss="mse")
+    export_cache.export(model, example(4, 8, 8), out["x88"])
     return out
 
 

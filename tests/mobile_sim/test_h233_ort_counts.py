@@ -21,7 +21,7 @@ from coordinator.cli import main as plume
 from mobile_sim.backends.sequential import SequentialBackend
 from mobile_sim.models import build_model
 from mobile_sim.runner import SimConfig, run_simulation
-from sdk.onnx_export import export_training_artifacts
+from tests._export_cache import ExportCache, example
 
 TINY = [
     "sim", "--dataset", "digits", "--model", "digits_mlp", "--clients", "10", "--per-round",
@@ -31,10 +31,10 @@ WALL = ["wall_train_s", "wall_encode_s", "wall_aggregate_s", "wall_eval_s", "wal
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def artifacts(tmp_path_factory: pytest.TempPathFactory, export_cache: ExportCache) -> Path:
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("h233") / "digits_mlp"
-    export_training_artifacts(build_model("digits_mlp", seed=0), torch.randn(4, 64), out)
+    export_cache.export(build_model("digits_mlp", seed=0), example(4, 64), out)
     return out
 
 

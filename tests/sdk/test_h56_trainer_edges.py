@@ -17,17 +17,16 @@ from sdk.flat import get_flat_params
 from sdk.onnx_export import export_training_artifacts
 from sdk.ort import OrtTrainer
 from sdk.trainer import IGNORE_INDEX, TorchTrainer, TrainingDataError, evaluate
+from tests._export_cache import ExportCache, example
 
 
 @pytest.fixture(scope="module")
-def trainers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+def trainers(tmp_path_factory: pytest.TempPathFactory, export_cache: ExportCache) -> dict[str, Any]:
     """digits_mlp as a torch trainer and as an onnxruntime trainer, with its start params."""
     torch.manual_seed(0)
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("h56_trainers")
-    export_training_artifacts(
-        build_model("digits_mlp"), torch.randn(4, 64), root, model_name="digits_mlp"
-    )
+    export_cache.export(build_model("digits_mlp"), example(4, 64), root, model_name="digits_mlp")
     module = build_model("digits_mlp")
     return {
         "torch": TorchTrainer(module),
@@ -193,10 +192,10 @@ def test_a_loss_not_finite_before_any_update_blames_the_inputs_not_lr(
 
 
 @pytest.fixture(scope="module")
-def mse_trainer(tmp_path_factory: pytest.TempPathFactory) -> OrtTrainer:
+def mse_trainer(tmp_path_factory: pytest.TempPathFactory, export_cache: ExportCache) -> OrtTrainer:
     torch.manual_seed(0)
     root = tmp_path_factory.mktemp("h56_mse")
-    export_training_artifacts(build_model("digits_mlp"), torch.randn(4, 64), root, loss="mse")
+    export_cache.export(build_model("digits_mlp"), example(4, 64), root, loss="mse")
     return OrtTrainer.from_dir(root)
 
 

@@ -15,9 +15,9 @@ from mobile_sim.models import build_model
 from sdk import LocalTrainer
 from sdk._types import TrainingCancelled
 from sdk.flat import get_flat_params
-from sdk.onnx_export import export_training_artifacts
 from sdk.ort import OrtDevice, OrtTrainer
 from sdk.trainer import TorchTrainer
+from tests._export_cache import ExportCache, example
 
 STEPS_PER_EPOCH = 4  # 40 examples, batches of 10
 
@@ -35,13 +35,13 @@ class SetOnRead:
 
 
 @pytest.fixture(scope="module")
-def trainers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, LocalTrainer]:
+def trainers(
+    tmp_path_factory: pytest.TempPathFactory, export_cache: ExportCache
+) -> dict[str, LocalTrainer]:
     torch.manual_seed(0)
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("h97_ort")
-    export_training_artifacts(
-        build_model("digits_mlp"), torch.randn(4, 64), root, model_name="digits_mlp"
-    )
+    export_cache.export(build_model("digits_mlp"), example(4, 64), root, model_name="digits_mlp")
     return {
         "torch": TorchTrainer(build_model("digits_mlp")),
         "ort": OrtTrainer.from_dir(Path(root)),

@@ -12,6 +12,7 @@ from torch import nn
 from mobile_sim.models import build_model
 from mobile_sim.runner import SimConfig, prepare, run_simulation
 from sdk.onnx_export import export_training_artifacts
+from tests._export_cache import ExportCache, example
 
 TARGET_PP = 0.5
 
@@ -27,9 +28,11 @@ def _gap_pp(cfg: SimConfig, artifacts: Path) -> tuple[float, float, float]:
     return acc_t, acc_m, 100 * abs(acc_t - acc_m)
 
 
-def test_mixed_fleet_matches_torch_fleet_on_digits(tmp_path: Path) -> None:
+def test_mixed_fleet_matches_torch_fleet_on_digits(
+    tmp_path: Path, export_cache: ExportCache
+) -> None:
     # Prepare: half of 20 devices train on onnxruntime, with the same batches and shuffles.
-    export_training_artifacts(build_model("digits_mlp"), torch.randn(4, 64), tmp_path)
+    export_cache.export(build_model("digits_mlp"), example(4, 64), tmp_path)
     cfg = SimConfig(
         dataset="digits",
         clients=20,

@@ -26,20 +26,23 @@ from sdk.flat import get_flat_params, spec_from_module
 from sdk.onnx_export import export_training_artifacts
 from sdk.ort import ArtifactError, OrtDevice, OrtTrainer, _manifest, load_manifest
 from sdk.trainer import TorchTrainer
+from tests._export_cache import ExportCache, example
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """digits_mlp exported for plain SGD and for momentum SGD."""
+def artifacts(
+    tmp_path_factory: pytest.TempPathFactory, export_cache: ExportCache
+) -> dict[str, Path]:
+    """digits_mlp exported for plain SGD and for momentum SGD (once a run: tests/_export_cache)."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("ort_runtime")
     out = {}
     for optimizer in ("sgd", "momentum"):
-        export_training_artifacts(
+        export_cache.export(
             build_model("digits_mlp"),
-            torch.randn(4, 64),
+            example(4, 64),
             root / optimizer,
             optimizer=optimizer,
             momentum=0.9,
@@ -336,12 +339,12 @@ def _relu_or_tanh(act: type[torch.nn.Module]) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def twins(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def twins(tmp_path_factory: pytest.TempPathFactory, export_cache: ExportCache) -> dict[str, Path]:
     """Two exports with the same graph signature (names, dtypes, shapes) but other activations."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("twins")
     for name, act in (("relu", torch.nn.ReLU), ("tanh", torch.nn.Tanh)):
-        export_training_artifacts(_relu_or_tanh(act), torch.randn(4, 64), root / name)
+        export_cache.export(_relu_or_tanh(act), example(4, 64), root / name)
     return {"relu": root / "relu", "tanh": root / "tanh"}
 
 
