@@ -25,7 +25,15 @@ from protocol.messages import CodecParams
 from protocol.secagg import Stage
 from sdk.client import Client
 
-from .test_service_support import ADMIN, SPEC, await_assignment, create_task, task_config
+from .test_service_support import (
+    ADMIN,
+    SPEC,
+    admin_get,
+    await_assignment,
+    create_task,
+    poll_until,
+    task_config,
+)
 
 WAIT_S = 60.0
 
@@ -89,7 +97,15 @@ def test_a_cut_short_group_s_poll_ends_with_round_closed(tmp_path: Path) -> None
                 t.join(WAIT_S)
             for c in clients:
                 c.close()
-        status = http.get(f"/v1/rounds/{rid['r']}", headers={"authorization": f"Bearer {ADMIN}"})
+        # The devices end on the close's first answer (409 "closing", once `begin_close` ran);
+        # the commit comes after it, off the event loop: read the round once it has closed.
+        path = f"/v1/rounds/{rid['r']}"
+        poll_until(
+            lambda: admin_get(http, path)["state"] in ("committed", "abandoned"),
+            "the round never closed",
+            WAIT_S,
+        )
+        status = http.get(path, headers={"authorization": f"Bearer {ADMIN}"})
     # Assert: the round committed with the complete group; the cut group's two devices ended
     # on the close's 409 round_closed, within seconds, not at their 30 s round deadline
     assert status.status_code == 200 and status.json()["state"] == "committed", status.text
