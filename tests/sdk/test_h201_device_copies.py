@@ -14,8 +14,8 @@ import torch
 from compression import CodecConfig, ErrorFeedback, UpdateCodec
 from sdk.device import UpdateEncoder, clip_l2
 from sdk.flat import spec_from_module
-from sdk.onnx_export import export_training_artifacts
 from sdk.ort import OrtDevice, OrtTrainer
+from tests._export_cache import ExportCache, example
 
 
 def _model() -> torch.nn.Module:
@@ -50,9 +50,9 @@ def test_frames_are_those_of_error_feedback_step(config: CodecConfig, clip: floa
         assert enc._pending_u is not None and np.array_equal(enc._pending_u, u)
 
 
-def test_ort_device_keeps_one_copy_after_a_round(tmp_path: Path) -> None:
+def test_ort_device_keeps_one_copy_after_a_round(tmp_path: Path, export_cache: ExportCache) -> None:
     model = _model()
-    export_training_artifacts(model, torch.rand(2, 2500), tmp_path)
+    export_cache.export(model, example(2, 2500), tmp_path)
     trainer = OrtTrainer.from_dir(tmp_path)
     rng = np.random.default_rng(0)
     x = rng.random((8, 2500), dtype=np.float32)

@@ -10,17 +10,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdk.onnx_export import export_training_artifacts
 from sdk.ort import ArtifactError, OrtTrainer, load_manifest
+from tests._export_cache import ExportCache, example
 
 MIB = 1 << 20
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def artifacts(tmp_path_factory: pytest.TempPathFactory, export_cache: ExportCache) -> Path:
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("h201_cap") / "art"
-    export_training_artifacts(torch.nn.Sequential(torch.nn.Linear(4, 3)), torch.rand(2, 4), out)
+    export_cache.export(torch.nn.Sequential(torch.nn.Linear(4, 3)), example(2, 4), out)
     return out
 
 

@@ -14,8 +14,8 @@ import torch
 
 from protocol.messages import TensorShape
 from sdk import client
-from sdk.onnx_export import export_training_artifacts
 from sdk.ort import ArtifactError, OrtTrainer, load_manifest
+from tests._export_cache import ExportCache, example
 
 
 def _model(act: type[torch.nn.Module]) -> torch.nn.Module:
@@ -29,11 +29,11 @@ def _task(trainer: OrtTrainer, model_name: str) -> SimpleNamespace:
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+def exports(tmp_path_factory: pytest.TempPathFactory, export_cache: ExportCache) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("h201_names")
-    export_training_artifacts(_model(torch.nn.Tanh), torch.rand(2, 5), root / "named",
-                              model_name="tanh_mlp")  # fmt: skip
-    export_training_artifacts(_model(torch.nn.ReLU), torch.rand(2, 5), root / "unnamed")
+    export_cache.export(_model(torch.nn.Tanh), example(2, 5), root / "named",
+                        model_name="tanh_mlp")  # fmt: skip
+    export_cache.export(_model(torch.nn.ReLU), example(2, 5), root / "unnamed")
     return {"named": root / "named", "unnamed": root / "unnamed"}
 
 

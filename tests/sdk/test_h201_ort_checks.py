@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from sdk.onnx_export import export_training_artifacts
 from sdk.ort import ArtifactError, OrtTrainer, session_options
+from tests._export_cache import ExportCache, example
 
 
 @pytest.fixture(scope="module")
-def artifacts(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def artifacts(tmp_path_factory: pytest.TempPathFactory, export_cache: ExportCache) -> Path:
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("h201_checks") / "art"
     model = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.ReLU(), torch.nn.Linear(4, 3))
-    export_training_artifacts(model, torch.rand(2, 5), out)
+    export_cache.export(model, example(2, 5), out)
     return out
 
 

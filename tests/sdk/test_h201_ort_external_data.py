@@ -15,8 +15,8 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from sdk.onnx_export import export_training_artifacts
 from sdk.ort import ArtifactError, OrtTrainer, _runtime
+from tests._export_cache import ExportCache, example
 
 
 def _external(name: str, location: str = "inside.bin", flag: bool = True) -> TensorProto:
@@ -152,13 +152,15 @@ def test_field_numbers_are_onnx_s() -> None:
     assert _runtime._OPSET_IMPORT == model["opset_import"].number
 
 
-def test_trainer_refuses_an_artifact_with_external_data(tmp_path: Path) -> None:
+def test_trainer_refuses_an_artifact_with_external_data(
+    tmp_path: Path, export_cache: ExportCache
+) -> None:
     """End to end: an export whose infer graph gained an initializer kept in a file inside the
     artifact folder (which onnxruntime 1.32 reads) is refused at load."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(4, 3))
     out = tmp_path / "art"
-    export_training_artifacts(model, torch.rand(2, 4), out)
+    export_cache.export(model, example(2, 4), out)
     np.arange(4, dtype=np.float32).tofile(out / "inside.bin")
     graph = onnx.load_model_from_string((out / "infer.onnx").read_bytes())
     graph.graph.initializer.append(_external("W"))
@@ -172,5 +174,5 @@ def test_trainer_refuses_an_artifact_with_external_data(tmp_path: Path) -> None:
     # The untouched export loads.
     clean = tmp_path / "clean"
     shutil.rmtree(out)
-    export_training_artifacts(model, torch.rand(2, 4), clean)
+    export_cache.export(model, example(2, 4), clean)
     OrtTrainer.from_dir(clean)

@@ -23,8 +23,8 @@ import torch
 from compression import CodecConfig, ErrorFeedback, UpdateCodec
 from sdk.device import UpdateEncoder
 from sdk.flat import spec_from_module
-from sdk.onnx_export import export_training_artifacts
 from sdk.ort import OrtDevice, OrtTrainer, OrtUpload
+from tests._export_cache import ExportCache, example
 
 N, FEATURES, CLASSES = 12, 2500, 3
 
@@ -36,9 +36,9 @@ def _model() -> torch.nn.Module:
 
 
 @pytest.fixture(scope="module")
-def trainer(tmp_path_factory: pytest.TempPathFactory) -> OrtTrainer:
+def trainer(tmp_path_factory: pytest.TempPathFactory, export_cache: ExportCache) -> OrtTrainer:
     out: Path = tmp_path_factory.mktemp("art")
-    export_training_artifacts(_model(), torch.rand(2, FEATURES), out)
+    export_cache.export(_model(), example(2, FEATURES), out)
     return OrtTrainer.from_dir(out)
 
 

@@ -25,7 +25,7 @@ from torch import nn
 
 from compression import CodecConfig
 from sdk.flat import get_flat_params
-from sdk.onnx_export import UnsupportedLayerError, check_supported, export_training_artifacts
+from sdk.onnx_export import UnsupportedLayerError, check_supported
 from sdk.ort import (
     MANIFEST_NAME,
     ArtifactError,
@@ -34,6 +34,7 @@ from sdk.ort import (
     load_manifest,
 )
 from sdk.trainer import TorchTrainer
+from tests._export_cache import ExportCache, example
 
 FEATURES, CLASSES = 6, 3
 
@@ -44,14 +45,17 @@ def _model() -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """One small MLP exported for plain SGD, momentum 0.9 and MSE (exporting is slow)."""
+def exported(
+    tmp_path_factory: pytest.TempPathFactory, export_cache: ExportCache
+) -> dict[str, Path]:
+    """One small MLP exported for plain SGD, momentum 0.9 and MSE (exporting is slow: once a
+    run, tests/_export_cache)."""
     root = tmp_path_factory.mktemp("h72")
     model = _model()
-    x = torch.randn(4, FEATURES, generator=torch.Generator().manual_seed(1))
-    export_training_artifacts(model, x, root / "sgd")
-    export_training_artifacts(model, x, root / "momentum", optimizer="momentum", momentum=0.9)
-    export_training_artifacts(model, x, root / "mse", loss="mse")
+    x = example(4, FEATURES, seed=1)
+    export_cache.export(model, x, root / "sgd")
+    export_cache.export(model, x, root / "momentum", optimizer="momentum", momentum=0.9)
+    export_cache.export(model, x, root / "mse", loss="mse")
     return {"sgd": root / "sgd", "momentum": root / "momentum", "mse": root / "mse"}
 
 

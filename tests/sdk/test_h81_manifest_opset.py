@@ -18,19 +18,18 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper
 from torch import nn
 
-from sdk.onnx_export import OPSET, export_training_artifacts
+from sdk.onnx_export import OPSET
 from sdk.ort import ArtifactError, OrtTrainer
 from sdk.ort._runtime import _default_opset
+from tests._export_cache import ExportCache, example
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def exported(tmp_path_factory: pytest.TempPathFactory, export_cache: ExportCache) -> Path:
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("h81") / "mlp"
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
-    export_training_artifacts(
-        model, torch.randn(4, 6, generator=torch.Generator().manual_seed(1)), out
-    )
+    export_cache.export(model, example(4, 6, seed=1), out)
     return out
 
 
