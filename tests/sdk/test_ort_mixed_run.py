@@ -75,12 +75,16 @@ def test_mixed_fleet_matches_torch_fleet_on_mnist_cnn(tmp_path: Path) -> None:
     ],
 )
 def test_artifacts_of_another_model_or_optimizer_are_refused_before_the_run(
-    tmp_path: Path, model: nn.Module | None, momentum: float, message: str
+    tmp_path: Path,
+    export_cache: ExportCache,
+    model: nn.Module | None,
+    momentum: float,
+    message: str,
 ) -> None:
     # Prepare: artifacts of a digits-shaped model the run does not train, or of plain SGD for
     # a run with momentum.
     module = model if model is not None else build_model("digits_mlp")
-    export_training_artifacts(module, torch.randn(4, 64), tmp_path)
+    export_cache.export(module, example(4, 64), tmp_path)
     cfg = SimConfig(
         dataset="digits",
         clients=10,

@@ -16,13 +16,15 @@ import torch
 from torch import nn
 
 from coordinator.cli import main
-from sdk.onnx_export import export_training_artifacts
 from sdk.ort import ArtifactError, load_manifest
+from tests._export_cache import ExportCache, example
 
 
-def test_the_file_cap_names_the_largest_zoo_graph_and_its_size(tmp_path: Path) -> None:
+def test_the_file_cap_names_the_largest_zoo_graph_and_its_size(
+    tmp_path: Path, export_cache: ExportCache
+) -> None:
     torch.manual_seed(0)
-    export_training_artifacts(nn.Sequential(nn.Linear(4, 3)), torch.randn(2, 4), tmp_path)
+    export_cache.export(nn.Sequential(nn.Linear(4, 3)), example(2, 4), tmp_path)
     with pytest.raises(ArtifactError) as info:
         load_manifest(tmp_path, max_file_bytes=16)
     message = str(info.value)
