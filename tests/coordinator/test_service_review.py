@@ -236,7 +236,7 @@ def test_a_weight_that_would_overflow_fedavg_is_refused_and_the_round_still_comm
     refused = _post_upload(http, a, rid, huge, "huge")
     accepted = _post_upload(http, a, rid, frame, "honest")
     a.close()
-    status = wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 1, timeout=10.0)
+    status = wait_until(http, f"/v1/admin/tasks/{task_id}", "version", 1)
 
     # Assert: a 4xx with the decoder's reason, then the honest update commits the round
     assert refused.status_code == 422 and "weight" in refused.text, refused.text

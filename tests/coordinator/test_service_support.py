@@ -461,16 +461,21 @@ def await_assignment(client: Any, task_id: int, timeout: float = 20.0) -> Any:
 
 
 def wait_until(
-    at: httpx.Client | str, path: str, key: str, value: Any, timeout: float = 15.0
+    at: httpx.Client | str, path: str, key: str, value: Any, timeout: float = 60.0
 ) -> Any:
-    """Poll an admin JSON endpoint until `body[key] == value` (closes run asynchronously;
-    `at`: a client, or the coordinator's URL)."""
+    """Poll an admin JSON endpoint until `body[key] == value`, and return that body (closes run
+    asynchronously; `at`: a client, or the coordinator's URL). Fails, with the last body, if
+    `timeout` seconds pass first: it used to return that body instead, and a caller that did
+    not check it went on as if the state had been reached. The bound is for a hang, not a
+    pace: 60 s, where 15 s could run out on a loaded machine."""
     deadline = time.monotonic() + timeout
     with _client(at) as http:
         while True:
             body = admin_get(http, path)
-            if body[key] == value or time.monotonic() > deadline:
+            if body[key] == value:
                 return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{path}: {key} is not {value!r} after {timeout} s: {body}")
             time.sleep(0.02)
 
 
