@@ -113,7 +113,7 @@ def closing_secure_round(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Ite
             selection_timeout_s=60.0,
             deadline_s=60.0,
             downlink=CodecParams(topk=1.0, bits=32),
-            secure={"coord_fraction": 0.5, "stage_timeout_s": 20.0},
+            secure={"coord_fraction": 0.5, "stage_timeout_s": 60.0},
         )
         tid = create_task(http, tc)
         clients = [device_client(url, str(tmp_path / f"d{i}")) for i in range(3)]
