@@ -31,6 +31,7 @@ from tests.coordinator.test_service_support import (
     local_data,
     loopback_url,  # noqa: F401  (the fixture `url`)
     task_config,
+    wait_until,
 )
 
 
@@ -92,7 +93,10 @@ def test_a_second_train_round_of_a_delivered_round_is_refused_before_any_request
         assert report.receipt.accepted and not report.resent
         if settle_first:
             # A check-in learns the round committed: the accepted record is forgotten, and
-            # the client still knows its upload was delivered.
+            # the client still knows its upload was delivered. The coordinator closes the
+            # round after answering its upload, so the commit is waited for first; a loaded
+            # machine's check-in came before it and said "pending" (test_s66g_repeat_round).
+            wait_until(url, f"/v1/rounds/{a.round_id}", "state", "committed")
             answer = c.check_in(task_id)
             assert answer.round_outcome == "committed"
             assert c._core.store.accepted_rounds() == []
