@@ -11,53 +11,23 @@ read "aggregating". Here the close waits until the round's status has been asked
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from coordinator.service.rounds import Coordinator
 from protocol.names import RoundState
 
 from . import test_s63a_service_cut_group as s63a
-
-HOLD_S = 60.0  # bounds a test that never asks, instead of hanging the server's shutdown
-
-
-class _HeldClose:
-    """Every coordinator's round close (`close_blocking`) waits until a round's status has been
-    asked (`round_status`, GET /v1/rounds/{id}) and answered while the close was held;
-    `states` are the states the answers gave."""
-
-    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.asked = threading.Event()
-        self.states: list[str] = []
-        close_blocking = Coordinator.close_blocking
-        round_status = Coordinator.round_status
-
-        def held_close(coordinator: Coordinator, rt: Any, cur: Any) -> Any:
-            self.asked.wait(HOLD_S)
-            return close_blocking(coordinator, rt, cur)
-
-        def status(coordinator: Coordinator, *args: Any, **kwargs: Any) -> Any:
-            answer = round_status(coordinator, *args, **kwargs)
-            self.states.append(str(answer.state))
-            self.asked.set()
-            return answer
-
-        monkeypatch.setattr(Coordinator, "close_blocking", held_close)
-        monkeypatch.setattr(Coordinator, "round_status", status)
+from .test_service_support import run_with_close_held
 
 
 def test_the_s63a_cut_group_claim_reads_the_round_once_it_closed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # Prepare: the round's close waits until its status is asked
-    held = _HeldClose(monkeypatch)
-    # Execute: the s63a test itself; before the fix it read the round while its close was
-    # held, and saw "aggregating"
-    s63a.test_a_cut_short_group_s_poll_ends_with_round_closed(tmp_path)
-    # Assert: it asked while the round was not committed, and waited for the commit
-    assert held.states[0] == RoundState.AGGREGATING, held.states
-    assert held.states[-1] == RoundState.COMMITTED, held.states
+    # The round's close waits until its status is asked. Before the fix the s63a test read
+    # the round while its close was held, and saw "aggregating"; now it asks while the round
+    # is aggregating and waits for the commit.
+    states = run_with_close_held(
+        monkeypatch, lambda: s63a.test_a_cut_short_group_s_poll_ends_with_round_closed(tmp_path)
+    )
+    assert states[0] == RoundState.AGGREGATING, states

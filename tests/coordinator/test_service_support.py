@@ -1,6 +1,7 @@
 """Shared helpers for the coordinator service tests (no tests here): a numpy trainer, tasks,
 a stepped clock for a secure task's stages (`drive_stages`, `expire_stage`), a served secure
-task of 4 devices (`served_secure_task`), a polling wait (`poll_until`), the port a
+task of 4 devices (`served_secure_task`), a polling wait (`poll_until`), a round close held
+back until a round status is asked (`HeldClose`, `run_with_close_held`), the port a
 coordinator subprocess started on `--port 0` got (`ServeProcess`, `logged_port`) and a URL
 where nothing listens (`refused_url`)."""
 
@@ -33,8 +34,10 @@ from compression import ModelSpec, encode_snapshot
 from coordinator import _cli
 from coordinator.service import ServerThread, ServiceConfig
 from coordinator.service.app import create_app
+from coordinator.service.rounds import Coordinator
 from protocol import auth
 from protocol.messages import CodecParams, TaskConfig, TensorShape, TrainingParams, to_json
+from protocol.names import RoundState
 from protocol.secagg import Stage
 from sdk import Client, TrainResult
 
@@ -588,6 +591,61 @@ def served_secure_task(
             r = http.put(f"/v1/admin/tasks/{task_id}/model", content=snap, headers=octet)
             assert r.status_code == 200
         yield url, app.state.coordinator, task_id
+
+
+class HeldClose:
+    """Every coordinator's close (`Coordinator.close_blocking`: the aggregation and the publish)
+    of a round in `rounds` (None: every round) waits until `release()`, or with `on_status`
+    until a round's status has been asked (`GET /v1/rounds/{id}`) and answered while the close
+    was held: the order a loaded machine can give, where the coordinator answers the request
+    that ends a round and closes it afterwards (`schedule_close`). `states` are the states the
+    status answers gave. The wait is bounded (60 s), so that a test that never releases it
+    fails instead of hanging the server's shutdown."""
+
+    HOLD_S = 60.0
+
+    def __init__(
+        self, monkeypatch: pytest.MonkeyPatch, *, on_status: bool, rounds: set[int] | None = None
+    ) -> None:
+        self.released = threading.Event()
+        self.states: list[str] = []
+        close_blocking = Coordinator.close_blocking
+        round_status = Coordinator.round_status
+
+        def held_close(coordinator: Coordinator, rt: Any, cur: Any) -> Any:
+            if rounds is None or cur.round_id in rounds:
+                self.released.wait(self.HOLD_S)
+            return close_blocking(coordinator, rt, cur)
+
+        def status(coordinator: Coordinator, *args: Any, **kwargs: Any) -> Any:
+            answer = round_status(coordinator, *args, **kwargs)
+            self.states.append(str(answer.state))
+            if on_status:
+                self.release()
+            return answer
+
+        monkeypatch.setattr(Coordinator, "close_blocking", held_close)
+        monkeypatch.setattr(Coordinator, "round_status", status)
+
+    def release(self) -> None:
+        self.released.set()
+
+
+def run_with_close_held(
+    monkeypatch: pytest.MonkeyPatch, test: Callable[[], None], rounds: set[int] | None = None
+) -> list[str]:
+    """Run `test` with the close of `rounds` held until a round status is asked (`HeldClose`),
+    and check that it asked while the round was not committed and waited for the commit: a
+    test that reads a round's outcome right after its last upload fails here. The states its
+    status requests saw."""
+    held = HeldClose(monkeypatch, on_status=True, rounds=rounds)
+    try:
+        test()
+    finally:
+        held.release()
+    assert held.states[0] != RoundState.COMMITTED, held.states
+    assert held.states[-1] == RoundState.COMMITTED, held.states
+    return held.states
 
 
 def poll_until(cond: Callable[[], bool], what: str, timeout_s: float = 30.0) -> None:

@@ -22,7 +22,6 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 import sdk
 import sdk.client
 import sdk.device_store
-from protocol.names import RoundState
 from sdk import Client
 from tests.coordinator.test_service_support import (
     ADMIN,
@@ -30,9 +29,9 @@ from tests.coordinator.test_service_support import (
     create_task,
     local_data,
     loopback_url,  # noqa: F401  (the fixture `url`)
-    poll_until,
     refused_url,
     task_config,
+    wait_until,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -814,18 +813,10 @@ def test_fetch_current_and_the_residual_file(url: str, tmp_path: Path) -> None:
 
 
 def _committed_version(url: str, round_id: int) -> int:
-    """The model version round `round_id` published, once its status says "committed" (polled
-    for up to 30 s). Not before: the status says "aggregating" until the coordinator serves
-    that version, though the store may already name it (`version_after`)."""
-    status: dict[str, Any] = {}
-    with httpx.Client(base_url=url, headers={"authorization": f"Bearer {ADMIN}"}) as http:
-
-        def committed() -> bool:
-            status.update(http.get(f"/v1/rounds/{round_id}").raise_for_status().json())
-            return bool(status["state"] == RoundState.COMMITTED)
-
-        poll_until(committed, f"round {round_id} did not commit in 30 s")
-    return int(status["version_after"])
+    """The model version round `round_id` published, once its status says "committed". Not
+    before: the status says "aggregating" until the coordinator serves that version, though the
+    store may already name it (`version_after`)."""
+    return int(wait_until(url, f"/v1/rounds/{round_id}", "state", "committed")["version_after"])
 
 
 def test_eight_mnist_cnn_models_on_disk() -> None:

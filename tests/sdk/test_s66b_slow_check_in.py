@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
+from coordinator.service.rounds import Coordinator
+from tests.coordinator.test_service_support import loopback_url  # noqa: F401  (the fixture `url`)
 from tests.sdk import test_s55v_devices_doc_claims as s55v
-from tests.sdk.test_s66b_fetch_current_before_commit import _served
 
 # Longer than the 0.3 s the tests waited before: no answer could come within their wait.
 SLOW_S = 0.4
@@ -30,22 +31,24 @@ SLOW_S = 0.4
     ids=lambda f: f.__name__,
 )
 def test_the_none_claims_hold_with_slow_check_ins(
-    claim: Callable[[str, Path], None], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    claim: Callable[[str, Path], None],
+    url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     # Prepare: every check-in is answered SLOW_S late
-    with _served(tmp_path) as (url, coordinator):
-        check_in = coordinator.check_in
-        slowed = []
+    check_in = Coordinator.check_in
+    slowed = []
 
-        def slow_check_in(*args: Any, **kwargs: Any) -> Any:
-            time.sleep(SLOW_S)
-            slowed.append(args)
-            return check_in(*args, **kwargs)
+    def slow_check_in(coordinator: Coordinator, *args: Any, **kwargs: Any) -> Any:
+        time.sleep(SLOW_S)
+        slowed.append(args)
+        return check_in(coordinator, *args, **kwargs)
 
-        monkeypatch.setattr(coordinator, "check_in", slow_check_in)
+    monkeypatch.setattr(Coordinator, "check_in", slow_check_in)
 
-        # Execute: the s55v test itself
-        claim(url, tmp_path)
+    # Execute: the s55v test itself
+    claim(url, tmp_path)
 
     # Assert: its check-ins were the slow ones
     assert slowed
