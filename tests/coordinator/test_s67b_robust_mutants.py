@@ -14,6 +14,7 @@ import pytest
 from compression import SparseUpdate
 from coordinator.aggregators import (
     AggregateOutput,
+    CenteredClipping,
     ClientUpdate,
     FedAvg,
     GeometricMedian,
@@ -140,6 +141,46 @@ def test_geomed_objective_gain_is_the_drop_in_the_sum_of_distances() -> None:
 
     # Assert: sum_i ||a - y_i|| - ||b - y_i||, computed directly.
     assert gain == pytest.approx(float((dist_a - dist_b).sum()), rel=1e-9)
+
+
+def test_geomed_after_a_restart_measures_the_objective_of_the_result_it_returns() -> None:
+    # Mutant: the restart's iterate is taken but `objective` keeps the first run's value.
+    # Prepare: 6 honest reports near a centre and 4 at 100·(1, ..., 1); with max_iter 2 the run
+    # from the mean does not converge and ends far from the honest reports, so the run from the
+    # coordinate-wise median (inside the honest ones) is taken.
+    rng = np.random.default_rng(7)
+    d = 30
+    centre = rng.normal(size=d)
+    x = np.vstack([centre + 0.1 * rng.normal(size=(6, d)), np.full((4, d), 100.0)])
+
+    # Execute
+    out = run(GeometricMedian(max_iter=2), x)[0]
+
+    # Assert: the objective measured is sum_i max(||z - y_i||, nu) at the returned z.
+    assert out.measurements["restarted_from_median"] is True
+    y = x.astype(np.float32).astype(np.float64)
+    dist = np.linalg.norm(y - out.result.astype(np.float64), axis=1)
+    want = float(np.maximum(dist, 1e-6).sum())
+    assert out.measurements["objective"] == pytest.approx(want, rel=1e-5)
+
+
+# -- centered clipping (Karimireddy et al. 2021) -------------------------------------------------
+
+
+def test_cclip_an_empty_round_leaves_the_centre_as_it_was() -> None:
+    # Mutant: an empty round returns a zero centre instead of the centre it was given.
+    # Prepare: round 1 with the one report (1, 0), tau 10 (not clipped) and beta 0.5: v = (1, 0),
+    # so the centre becomes 0.5·0 + 0.5·(1, 0) = (0.5, 0).
+    process = CenteredClipping(tau=10.0, beta=0.5).create(2)
+    first = process.next(process.initialize(), reports(np.array([[1.0, 0.0]])))
+    np.testing.assert_allclose(first.state, [0.5, 0.0])
+
+    # Execute: a round with no reports.
+    empty = process.next(first.state, [])
+
+    # Assert: zeros, centre unchanged (docs/robustness.md, Edge cases).
+    np.testing.assert_array_equal(empty.result, [0.0, 0.0])
+    np.testing.assert_array_equal(empty.state, [0.5, 0.0])
 
 
 # -- momentum cosine filter ---------------------------------------------------------------------
