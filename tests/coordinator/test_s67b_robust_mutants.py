@@ -14,6 +14,7 @@ import pytest
 from compression import SparseUpdate
 from coordinator.aggregators import (
     AggregateOutput,
+    Bucketing,
     CenteredClipping,
     ClientUpdate,
     FedAvg,
@@ -204,3 +205,32 @@ def test_cosfilter_compares_the_cosine_not_the_dot_over_the_report_norm() -> Non
     assert out.measurements["dropped"] == {"dev-1": round(1 / np.sqrt(10), 4)}
     assert out.measurements["kept"] == 2
     np.testing.assert_allclose(out.result, [2.0, 0.5], rtol=1e-6)
+
+
+# -- bucketing (Karimireddy, He and Jaggi 2022) ----------------------------------------------------
+
+
+def test_a_bucket_of_zero_counts_is_still_its_reports_mean_for_a_screen_behind() -> None:
+    # Mutant: a bucket whose counts are all 0 is handed on as the zero vector (its weight is 0
+    # either way, so FedAvg's result is the same), which a cosine screen behind then drops.
+    # Prepare: buckets of 1 in front of cosfilter + example-weighted FedAvg, with a momentum
+    # along e0; reports (1, 0) of 0 examples, (2, 1) of 1 and (1, 1) of 2: every cosine to e0
+    # is positive.
+    process = Bucketing(1, inner=MomentumCosineFilter(FedAvg())).create(2)
+    rnd, (_, fedavg_state) = process.initialize()
+    state = (rnd, (np.array([1.0, 0.0], np.float32), fedavg_state))
+    ups = [
+        ClientUpdate("a", SparseUpdate(np.array([0]), np.array([1.0], np.float32), 2), 0.0),
+        ClientUpdate("b", SparseUpdate(np.array([0, 1]), np.array([2.0, 1.0], np.float32), 2), 1.0),
+        ClientUpdate("c", SparseUpdate(np.array([0, 1]), np.array([1.0, 1.0], np.float32), 2), 2.0),
+    ]
+
+    # Execute
+    out = process.next(state, ups)
+
+    # Assert: the screen sees every bucket as its report and keeps all three; FedAvg weighs
+    # them by their counts: (1·(2, 1) + 2·(1, 1)) / 3.
+    screen = out.measurements["inner"]
+    assert screen["dropped"] == {}
+    assert screen["kept"] == 3
+    np.testing.assert_allclose(out.result, [4 / 3, 1.0], rtol=1e-6)
