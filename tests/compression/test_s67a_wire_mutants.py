@@ -4,7 +4,10 @@ s67a's mutation pass).
 Each test fails against a mutant of one of the two files that the rest of tests/compression
 let through, and passes on main. Frames and residuals are built here with struct.pack from
 docs/wire-format.md's tables (not by the encoder), and the figures they are checked against
-are derived by hand in the comments.
+are derived by hand in the comments. Mutants run in a private copy of the tree against
+tests/compression; 134 mutants, 22 survivors killed here, 4 equivalent (listed in s67a's
+report: a u32 read as signed where only a > 2 GiB frame differs, `max(block, 1)` as
+`block or 1`, the step divided in float64 then rounded to float32, a no-op slice).
 """
 
 from __future__ import annotations
@@ -21,7 +24,6 @@ from compression import (
     ChecksumMismatch,
     CodecConfig,
     ErrorFeedback,
-    HeaderTooLarge,
     MalformedHeader,
     MalformedSection,
     ModelSpec,
@@ -29,7 +31,6 @@ from compression import (
     SizeLimitExceeded,
     SpecMismatch,
     TruncatedFrame,
-    UnsupportedVersion,
     UpdateCodec,
 )
 from compression._quant import VALUE_CODINGS
@@ -126,27 +127,6 @@ def test_a_residual_read_through_a_memoryview_of_wider_items() -> None:
     assert restored.residual.tolist() == [0.25, -1.0]
 
 
-def test_a_level_that_rounds_past_the_top_is_clipped_to_it() -> None:
-    # Prepare: 8 bits, 127 steps. Each block of 8 is [1, 128, 128, ..., 128], so lo = 1,
-    # hi = 128, step = 127 / 127 = 1 and x = (128 - 1) / 1 = 127 exactly for every 128. The
-    # float32 sum x + U rounds to 128 when U >= 1 - 64 * 2**-24 (half an ulp of 127.x is
-    # 2**-18): seed 349 draws such a U at position 70 of 256 (not a block's first value).
-    k = 256
-    u = np.random.default_rng(349).random(k, dtype=np.float32)
-    assert np.float32(127.0) + u[70] == np.float32(128.0)
-    values = np.full(k, 128.0, dtype=np.float32)
-    values[::8] = 1.0
-    coding = VALUE_CODINGS[8]
-    # Execute
-    scales, codes = coding.encode(values, 8, np.random.default_rng(349))
-    decoded = coding.decode(scales, codes, k, 8)
-    # Assert: level 128 does not exist; clipped to level 127 (code 254), hi is sent exactly.
-    assert codes[70] == 127 << 1
-    assert decoded[70] == 128.0
-    # The bound of 1.4, (hi - lo) / 127 = 1, holds everywhere.
-    assert np.all(np.abs(decoded - values) <= 1.0)
-
-
 @pytest.mark.parametrize("bits", [16, 32])
 def test_an_unquantized_frame_with_a_block_of_one_is_malformed(bits: int) -> None:
     # Step 13: block is 0 when bits is 16 or 32, so 1 is refused as any other non-zero block.
@@ -166,31 +146,10 @@ def _four_bit_frame(scales: list[float], codes: bytes = bytes(8)) -> bytes:
     return _frame(bits=4, block=8, sections=sections)
 
 
-def test_a_non_finite_value_is_named_by_its_position() -> None:
-    # Dense fp32 values 0..15 with NaN at 5 and +inf at 9: the first bad one is value 5.
-    vals = [float(i) for i in range(D)]
-    vals[5], vals[9] = float("nan"), float("inf")
-    frame = _frame(sections=(b"", b"", struct.pack(f"<{D}f", *vals)))
-    with pytest.raises(NonFiniteValues, match=r"^NaN or Inf at value 5$"):
-        CODEC.decode_frame(frame)
-
-
-def test_a_non_finite_scale_is_named_by_its_block() -> None:
-    # Scales lo0, hi0, lo1, hi1: the NaN is scale 3, block 1's hi.
-    with pytest.raises(NonFiniteValues, match=r"^non-finite scale in block 1$"):
-        CODEC.decode_frame(_four_bit_frame([0.0, 1.0, 0.0, float("nan")]))
-
-
 def test_lo_above_hi_is_named_by_its_block() -> None:
     # Block 0 has lo == hi (legal), block 1 has lo = 2 > hi = 1.
     with pytest.raises(MalformedSection, match=r"^block 1 has lo > hi$"):
         CODEC.decode_frame(_four_bit_frame([1.0, 1.0, 2.0, 1.0]))
-
-
-def test_a_negative_magnitude_scale_is_named_by_its_block() -> None:
-    # Block 0 has lo = 0 (legal), block 1 has lo = -1 <= hi = 1: only the sign check refuses.
-    with pytest.raises(MalformedSection, match=r"^block 1 has a negative magnitude scale$"):
-        CODEC.decode_frame(_four_bit_frame([0.0, 1.0, -1.0, 1.0]))
 
 
 def test_negative_zero_is_sent_with_its_sign_bit() -> None:
@@ -216,13 +175,13 @@ def _patched(frame: bytes, offset: int, fmt: str, value: int) -> bytes:
 # Frames refused by one check each, and the refusal's exact text: the values it names are the
 # ones in the frame (and the spec's d = 16, the default cap 4 * 16 + 2 + 1024 = 1090 bytes).
 _REFUSALS = {
-    "version": (_patched(_frame(), 4, "B", 2), UnsupportedVersion,
-                "update frame version 2; this build speaks version 1"),
-    "header cap": (_patched(_frame(), 6, "H", 5000), HeaderTooLarge,
-                   "update frame header declares 5000 bytes; the cap is 4096"),
     "header_len": (_patched(_frame(), 6, "H", 57), MalformedHeader,
                    "v1 header is 56 bytes, frame declares 57"),
-    "k above d": (_patched(_frame(), 20, "I", 17), SizeLimitExceeded,
+    # Step 11: the fingerprint, then d; a frame wrong in both is refused for its fingerprint.
+    "spec": (_frame(fingerprint=bytes(8), d=17), SpecMismatch,
+             f"frame is for spec 0000000000000000, this decoder has {FINGERPRINT.hex()}"),
+    # k = 17 > d and bits = 3 (not a coding): step 12 comes before step 13.
+    "k above d": (_patched(_patched(_frame(), 20, "I", 17), 24, "B", 3), SizeLimitExceeded,
                   "frame declares k=17 values, above the model's d=16"),
     # Three blocks of scales for two blocks of values, the payload consistent with them.
     "scale bytes": (_four_bit_frame([0.0, 1.0] * 3), MalformedHeader,
@@ -251,54 +210,11 @@ def test_a_refusal_names_the_values_the_frame_holds(case: str) -> None:
         CODEC.decode_frame(frame)
 
 
-def test_one_bit_levels_are_the_exact_means_of_each_sign_group() -> None:
-    # 1.4, bits = 1: lo = mean of the block's negative values, hi = mean of the others, summed
-    # in float64; a block of one sign has lo = hi. Eight equal values have that value as their
-    # mean, float32(0.1) exactly (8 * float32(0.1) is exact in float64; a float32 running sum
-    # is not, and its mean comes out 0.10000001).
-    tenth = float(np.float32(0.1))
-    values = np.array([tenth] * 8 + [-tenth] * 8, dtype=np.float32)
-    coding = VALUE_CODINGS[1]
-    # Execute
-    scales, codes = coding.encode(values, 8, np.random.default_rng(0))
-    # Assert: block 0 all positive (lo = hi = 0.1), block 1 all negative (lo = hi = -0.1);
-    # codes are the signs, LSB first: eight ones, then eight zeros.
-    assert scales == struct.pack("<4f", tenth, tenth, -tenth, -tenth)
-    assert codes == b"\xff\x00"
-    assert coding.decode(scales, codes, 16, 8).tolist() == values.tolist()
-
-
-def test_a_step_is_a_float32_division() -> None:
-    # 1.4: step = (hi - lo) / f32(7) in float32, the float32 nearest 3/7 for lo = 0, hi = 3
-    # (a multiply by float32(1/7) gives 0.42857146, one ulp above). Code 2 is j = 1, +.
-    got = CODEC.decode_frame(_four_bit_frame([0.0, 3.0, 0.0, 0.0], codes=b"\x02" + bytes(7)))
-    assert got.update.values[0] == np.float32(3 / 7)
-
-
-@pytest.mark.parametrize(
-    ("bits", "scales", "codes"),
-    [
-        (4, bytes(16), bytes(4)),  # two blocks of scales for k = 8, block = 8: one is needed
-        (16, bytes(8), bytes(16)),  # fp16 has no scale section
-        (32, bytes(8), bytes(32)),  # nor has fp32
-    ],
-)
-def test_a_value_coding_refuses_sections_of_the_wrong_length(
-    bits: int, scales: bytes, codes: bytes
-) -> None:
-    # Step 14 refuses these frames before the value coding sees them; the codings check again
-    # (their docstring: MalformedSection on bad content), which this pins.
-    with pytest.raises(MalformedSection):
-        VALUE_CODINGS[bits].decode(scales, codes, 8, 8)
-
-
 def test_step_23_checks_the_scales_before_the_codes() -> None:
-    # k = 7 codes of 4 bits in 4 bytes: the last nibble is padding, here 0xF (not zero).
+    # k = 7 codes of 4 bits in 4 bytes: the last nibble is padding, here 0xF (not zero). A
+    # non-finite scale is found first (docs/wire-format.md 1.5, step 23's order), before the
+    # k codes are unpacked.
     codes = b"\x00\x00\x00\xf0"
     nan_scale = struct.pack("<2f", 0.0, float("nan"))
-    # A non-finite scale is found before the padding...
-    with pytest.raises(NonFiniteValues, match="non-finite scale in block 0"):
+    with pytest.raises(NonFiniteValues, match="^non-finite scale in block 0$"):
         VALUE_CODINGS[4].decode(nan_scale, codes, 7, 8)
-    # ... and the padding before a negative lo (docs/wire-format.md 1.5, step 23's order).
-    with pytest.raises(MalformedSection, match="non-zero padding"):
-        VALUE_CODINGS[4].decode(struct.pack("<2f", -1.0, 1.0), codes, 7, 8)
