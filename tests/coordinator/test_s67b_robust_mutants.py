@@ -234,3 +234,42 @@ def test_a_bucket_of_zero_counts_is_still_its_reports_mean_for_a_screen_behind()
     assert screen["dropped"] == {}
     assert screen["kept"] == 3
     np.testing.assert_allclose(out.result, [4 / 3, 1.0], rtol=1e-6)
+
+
+# -- UpdateRows: rows whose reports cancel ---------------------------------------------------------
+
+BIG = float(np.float32(1e20))
+
+
+def sparse(values: list[float]) -> SparseUpdate:
+    return SparseUpdate(np.arange(len(values)), np.array(values, np.float32), len(values))
+
+
+def test_combining_two_rows_adds_a_cancelling_row_from_its_own_values() -> None:
+    # Mutant: only a combination of three or more rows takes a cancelling ("wide") row from
+    # its own nonzeros; with two, the sum runs through the reports and loses the other row.
+    # Prepare: reports (2, 0), (BIG, 3), (-BIG, 5); row 0 is the first report, row 1 the mean
+    # of the other two, (0, 4) exactly, whose reports cancel at coordinate 0.
+    base = UpdateRows([sparse([2.0, 0.0]), sparse([BIG, 3.0]), sparse([-BIG, 5.0])], 2)
+    rows = base.mixed(np.array([[1.0, 0.0, 0.0], [0.0, 0.5, 0.5]]))
+
+    # Execute
+    total = rows.combine([1.0, 1.0])
+
+    # Assert: (2, 0) + (0, 4), exactly.
+    np.testing.assert_array_equal(total, [2.0, 4.0])
+
+
+def test_a_cancelling_row_has_its_own_squared_norm_on_the_gram_diagonal() -> None:
+    # Mutant: the Gram diagonal of a summed row is left as sum_k c_k <y, u_k>, which loses
+    # every digit when its reports cancel (1e20 - 1e20).
+    # Prepare: row 0 sums (BIG, 3), (-BIG, 5) and (1, 0): (1, 8) exactly; row 1 is (1, 0).
+    base = UpdateRows([sparse([BIG, 3.0]), sparse([-BIG, 5.0]), sparse([1.0, 0.0])], 2)
+    rows = base.mixed(np.array([[1.0, 1.0, 1.0], [0.0, 0.0, 1.0]]))
+
+    # Execute
+    gram, d2 = rows.gram(), rows.sq_distances()
+
+    # Assert: ||(1, 8)||² = 65, <(1, 8), (1, 0)> = 1 and ||(1, 8) - (1, 0)||² = 64.
+    np.testing.assert_array_equal(gram, [[65.0, 1.0], [1.0, 1.0]])
+    assert d2[0, 1] == d2[1, 0] == 64.0
