@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
+from ._bits import ByteView
 from ._config import CodecConfig, DecodeLimits, check_weight
 from ._errors import CodecError
 from ._sparse import SparseUpdate
@@ -187,7 +188,7 @@ class UpdateCodec:
 
     # -- decoding -------------------------------------------------------------------------
 
-    def decode_frame(self, frame: bytes) -> DecodedFrame:
+    def decode_frame(self, frame: ByteView) -> DecodedFrame:
         """Checks and decodes a v1 frame, stages in reverse; any problem raises a `CodecError`."""
         if not isinstance(frame, bytes):
             view = byte_view(frame, "frame")
@@ -203,7 +204,7 @@ class UpdateCodec:
         )
         return DecodedFrame(SparseUpdate(idx, vals, header.size), header.weight, header)
 
-    def decode(self, frame: bytes) -> SparseUpdate:
+    def decode(self, frame: ByteView) -> SparseUpdate:
         """The update in a v1 frame (see `decode_frame`)."""
         return self.decode_frame(frame).update
 

@@ -8,6 +8,7 @@ import zlib
 import numpy as np
 import numpy.typing as npt
 
+from ._bits import ByteView
 from ._codec import EncodeReport, UpdateCodec
 from ._config import DecodeLimits, _number
 from ._errors import (
@@ -149,7 +150,7 @@ class ErrorFeedback:
         return header, body
 
     @classmethod
-    def from_bytes(cls, data: bytes, size: int) -> ErrorFeedback:
+    def from_bytes(cls, data: ByteView, size: int) -> ErrorFeedback:
         """Restore a residual saved by `to_bytes`; refuses anything but exactly one of `size`."""
         # A view: the lengths are checked before the values are copied out of it.
         view = byte_view(data, "residual")

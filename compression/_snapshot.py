@@ -9,6 +9,7 @@ import threading
 import numpy as np
 import numpy.typing as npt
 
+from ._bits import ByteView
 from ._config import DecodeLimits, check_zstd_level
 from ._errors import (
     ChecksumMismatch,
@@ -132,7 +133,7 @@ def snapshot_dtype(data: bytes) -> str | None:
     return None if entry is None else entry[0]
 
 
-def decode_snapshot(data: bytes, spec: ModelSpec, limits: DecodeLimits | None = None) -> F32:
+def decode_snapshot(data: ByteView, spec: ModelSpec, limits: DecodeLimits | None = None) -> F32:
     """float32[d] from a snapshot, checked against `spec` and `limits` before inflating."""
     lim = limits if limits is not None else DecodeLimits()
     if not isinstance(data, bytes):

@@ -123,7 +123,7 @@ def test_a_residual_read_through_a_memoryview_of_wider_items() -> None:
     # A contiguous memoryview is accepted whatever its item size: its bytes are what count.
     view = memoryview(blob).cast("I")
     # (from_bytes is annotated `bytes`; section 3 accepts any contiguous memoryview.)
-    restored = ErrorFeedback.from_bytes(view, 2)  # type: ignore[arg-type]
+    restored = ErrorFeedback.from_bytes(view, 2)
     assert restored.residual.tolist() == [0.25, -1.0]
 
 
