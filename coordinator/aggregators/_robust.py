@@ -1102,10 +1102,10 @@ class GeometricMedian:
     """Geometric median by smoothed Weiszfeld iterations (RFA, Pillutla et al. 2022).
 
     Minimises sum_i ||z - y_i|| over z (distances floored at nu), starting from the mean; stops
-    when an iteration moves z by less than `tol`·||z|| or after `max_iter` iterations. A run
-    that does not converge is repeated from the coordinate-wise median, whose iterate is taken
-    when it is clearly better (see `next_rows`): from the mean, a large minority of huge reports
-    is left behind only slowly.
+    when an iteration moves z by at most `tol`·||z|| (of the new z) or after `max_iter`
+    iterations. A run that does not converge is repeated from the coordinate-wise median, whose
+    iterate is taken when it is clearly better (see `next_rows`): from the mean, a large
+    minority of huge reports is left behind only slowly.
     Memory: dense float64[d] iterates plus O(n + total nnz), never n×d; a restart adds one
     coordinate block of DEFAULT_BLOCK_ELEMS scalars for the median.
     """
