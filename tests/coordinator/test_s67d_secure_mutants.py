@@ -1,0 +1,199 @@
+"""coordinator/secure/_round.py and _policy.py pinned where the existing tests let a mutant
+through (helper s67d's mutation pass over the server half of a secure round): each test drives
+a real `SecureRound` with real device sessions (or calls the policy directly) and checks a value
+derived from the protocol (Bell et al. 2020, SecAgg+; docs/secure-aggregation.md), and fails
+against the mutant named in its comment.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from coordinator.secure import (
+    RandomPolicy,
+    SecureConfig,
+    SecureRound,
+    TopKMixPolicy,
+    make_plan,
+    public_seed,
+)
+from protocol.secagg import RoundAborted, Stage, WrongStage, model_digest, prg_bytes
+from sdk.secure import SecureParticipant, SecureSession
+
+D = 200
+INDICES = np.arange(0, D, 10, dtype=np.int64)  # k = 20 coordinates
+
+
+def build(
+    n: int = 5, min_survivors: int | None = None
+) -> tuple[SecureRound, dict[str, SecureSession]]:
+    """A SecureRound over n devices dev-0..dev-{n-1} and each device's joined session (n = 5:
+    graph degree 4, threshold t = 3)."""
+    params = np.zeros(D, np.float32)
+    plan = make_plan(SecureConfig(coord_fraction=0.1), 1, n, D, INDICES)
+    devs = tuple(f"dev-{i}" for i in range(n))
+    sr = SecureRound(plan, model_digest(params), devs, min_survivors=min_survivors)
+    sessions = {
+        d: SecureParticipant(D).join(sr.announce_one(d), sr.digest, params, sr.node_of(d))
+        for d in devs
+    }
+    return sr, sessions
+
+
+STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK)
+
+
+def drive(
+    sr: SecureRound,
+    sessions: dict[str, SecureSession],
+    silent: dict[str, Stage] | None = None,
+    until: Stage = Stage.UNMASK,
+) -> dict[str, bytes]:
+    """Run the stages up to and including `until` (closing each but the unmask stage); a
+    device in `silent` sends nothing from that stage on. Returns the last downloads."""
+    silent = silent or {}
+    inbox = dict.fromkeys(sr.device_ids, b"")
+    rng = np.random.default_rng(0)
+    for stage in STAGES[: STAGES.index(until) + 1]:
+        for dev, down in inbox.items():
+            if dev in silent and STAGES.index(silent[dev]) <= STAGES.index(stage):
+                continue
+            s = sessions[dev]
+            if stage == Stage.ADVERTISE_KEYS:
+                body = s.advertise()
+            elif stage == Stage.SHARE_KEYS:
+                body = s.share_keys(down)
+            elif stage == Stage.MASKED_INPUT:
+                delta = np.full(D, 0.25 * (1 + sr.node_of(dev)), np.float32)
+                body = s.masked_input(down, delta, 1, rng)
+            else:
+                body = s.unmask(down)
+            sr.receive(stage, dev, body)
+        if stage != Stage.UNMASK:
+            inbox = sr.close(stage)
+    return inbox
+
+
+def test_device_ids_must_number_the_plans_nodes() -> None:
+    # Mutant: the length check dropped (only distinctness checked). A plan for 5 nodes with 4
+    # ids would leave node 4 without a device; with 6, device 5 would be node 5 of a graph
+    # over nodes 0..4.
+    params = np.zeros(D, np.float32)
+    plan = make_plan(SecureConfig(coord_fraction=0.1), 1, 5, D, INDICES)
+    for ids in [("a", "b", "c", "d"), ("a", "b", "c", "d", "e", "f")]:
+        with pytest.raises(ValueError, match="plan.num_nodes distinct ids"):
+            SecureRound(plan, model_digest(params), ids)
+    with pytest.raises(ValueError, match="plan.num_nodes distinct ids"):
+        SecureRound(plan, model_digest(params), ("a", "b", "c", "d", "a"))
+    assert SecureRound(plan, model_digest(params), ("a", "b", "c", "d", "e")).node_of("e") == 4
+
+
+def test_min_survivors_above_the_threshold_is_the_floor_a_stage_needs() -> None:
+    # Mutant: SecureRound hands the server None instead of its min_survivors (the floor is
+    # then the threshold t = 3). With a floor of 5 in a group of 5, one silent device at the
+    # key advertisement leaves 4 < 5 and the stage must abort; at t = 3 it would go on.
+    sr, sessions = build(5, min_survivors=5)
+    with pytest.raises(RoundAborted, match="4 nodes advertised keys, need 5"):
+        drive(sr, sessions, {"dev-2": Stage.ADVERTISE_KEYS}, until=Stage.ADVERTISE_KEYS)
+    # And with the default (None: the threshold) the same silence is survivable.
+    sr, sessions = build(5)
+    assert set(drive(sr, sessions, {"dev-2": Stage.ADVERTISE_KEYS}, Stage.ADVERTISE_KEYS)) == {
+        "dev-0",
+        "dev-1",
+        "dev-3",
+        "dev-4",
+    }
+
+
+def test_an_upload_in_a_stage_without_uploads_is_refused_and_not_counted() -> None:
+    # Mutant: receive() returns quietly for a stage outside the four upload stages. A device
+    # has nothing to send once the round is done or aborted: the upload must be refused.
+    sr, sessions = build(5)
+    body = sessions["dev-0"].advertise()
+    for stage in (Stage.DONE, Stage.ABORTED):
+        with pytest.raises(WrongStage, match="no uploads in stage"):
+            sr.receive(stage, "dev-0", body)
+    assert sr.bytes_up["dev-0"] == 0
+    sr.receive(Stage.ADVERTISE_KEYS, "dev-0", body)
+    assert sr.bytes_up["dev-0"] == len(body)
+
+
+# -- coordinate policy -------------------------------------------------------------------------
+
+
+def test_public_seed_depends_on_the_task_seed_as_its_docstring_builds_it() -> None:
+    # Mutant: the task seed left out of the PRG input (every task would share S_r, graph and
+    # rotation). The seed is the PRG of (task_seed u128 LE | round u128 LE) under the label.
+    for task_seed, r in [(0, 3), (7, 3), (2**64 + 1, 3)]:
+        base = task_seed.to_bytes(16, "little") + r.to_bytes(16, "little")
+        assert public_seed(task_seed, r, b"coords") == prg_bytes(base, 32, b"public-seed-coords")
+    assert public_seed(7, 3, b"coords") != public_seed(0, 3, b"coords")
+
+
+def test_topk_mix_explores_only_outside_the_top_coordinates() -> None:
+    # Mutant: the uniform part does not exclude the top coordinates, so the two parts can
+    # overlap and S_r has fewer than k distinct coordinates. size 10, k = 9, explore 0.5:
+    # round(4.5) = 4 top coordinates (the 4 largest scores: 9, 8, 7, 6) and 5 uniform ones
+    # out of the other 6, so S_r is 9 distinct coordinates holding 6..9.
+    score = np.arange(10, dtype=np.float32)
+    for r in range(20):
+        s = TopKMixPolicy(explore=0.5, seed=1).select(r, 10, 9, score)
+        assert s.size == 9 and np.unique(s).size == 9
+        assert {6, 7, 8, 9} <= set(s.tolist())
+
+
+def test_topk_mix_with_explore_one_is_the_random_policy() -> None:
+    # Mutant: explore = 1.0 refused (the range [0, 1] made half open). explore = 1 means
+    # round(0 * k) = 0 top coordinates, so S_r is the k uniform ones of the same public seed:
+    # exactly RandomPolicy's set.
+    score = np.arange(50, dtype=np.float32)
+    for r in range(3):
+        got = TopKMixPolicy(explore=1.0, seed=4).select(r, 50, 7, score)
+        assert np.array_equal(got, RandomPolicy(seed=4).select(r, 50, 7, None))
+
+
+def test_topk_mix_k_must_be_between_one_and_the_model_size() -> None:
+    # Mutants: k = 0 accepted (1 <= k made 0 <= k); k = size refused (k <= size made k < size).
+    policy = TopKMixPolicy(explore=0.5)
+    with pytest.raises(ValueError, match="k=0 outside 1..10"):
+        policy.select(0, 10, 0, None)
+    with pytest.raises(ValueError, match="k=11 outside 1..10"):
+        policy.select(0, 10, 11, None)
+    assert np.array_equal(policy.select(0, 10, 10, np.ones(10, np.float32)), np.arange(10))
+
+
+def smallest_keys(seed: int, r: int, size: int, k: int, exclude: set[int]) -> set[int]:
+    """The uniform part written out: the k coordinates outside `exclude` whose u64 PRG keys
+    (little-endian, label b"coordinates", under the round's public seed) are smallest."""
+    raw = prg_bytes(public_seed(seed, r, b"coords"), 8 * size, b"coordinates")
+    keys = [int.from_bytes(raw[8 * i : 8 * i + 8], "little") for i in range(size)]
+    order = sorted((key, i) for i, key in enumerate(keys) if i not in exclude)
+    return {i for _, i in order[:k]}
+
+
+def test_topk_mix_takes_no_more_top_coordinates_than_have_a_score() -> None:
+    # Mutant: n_top not capped by the count of nonzero scores, so zero-score coordinates are
+    # taken "by top score" (in argpartition's order) instead of uniformly. explore 0, k = 5,
+    # two nonzero scores (coordinates 3 and 8): S_r = {3, 8} and the 3 uniform ones.
+    score = np.zeros(50, np.float32)
+    score[[3, 8]] = [1.0, 2.0]
+    for r in range(5):
+        got = TopKMixPolicy(explore=0.0, seed=2).select(r, 50, 5, score)
+        assert set(got.tolist()) == {3, 8} | smallest_keys(2, r, 50, 3, {3, 8})
+
+
+def test_topk_mix_rounds_the_top_share_to_nearest() -> None:
+    # Mutant: int() (floor) instead of round(). explore 1/8, k = 2: (7/8)·2 = 1.75 rounds to 2
+    # top coordinates (floor: 1), so S_r is the two best scores, 49 and 48.
+    score = np.arange(50, dtype=np.float32)
+    for r in range(3):
+        assert TopKMixPolicy(explore=0.125, seed=0).select(r, 50, 2, score).tolist() == [48, 49]
+
+
+def test_random_policy_is_the_sorted_k_smallest_prg_keys_of_the_round() -> None:
+    # Mutants: the set left unsorted (the interface promises sorted coordinates); the round
+    # id left out of the seed (every round would send the same coordinates).
+    for r in range(4):
+        got = RandomPolicy(seed=5).select(r, 64, 9, None)
+        assert got.tolist() == sorted(smallest_keys(5, r, 64, 9, set()))
