@@ -7,9 +7,12 @@ against the mutant named in its comment.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 
+import sdk.secure
 from coordinator.secure import (
     RandomPolicy,
     SecureConfig,
@@ -117,6 +120,69 @@ def test_an_upload_in_a_stage_without_uploads_is_refused_and_not_counted() -> No
     assert sr.bytes_up["dev-0"] == 0
     sr.receive(Stage.ADVERTISE_KEYS, "dev-0", body)
     assert sr.bytes_up["dev-0"] == len(body)
+
+
+def test_the_unmask_stage_is_not_closed_by_close() -> None:
+    # Mutant: close(UNMASK) returns {} instead of refusing; the unmask stage ends in finish(),
+    # which reconstructs and unmasks. A close there must not pass for having ended it.
+    sr, sessions = build(5)
+    drive(sr, sessions, until=Stage.UNMASK)
+    with pytest.raises(WrongStage, match="closed by finish"):
+        sr.close(Stage.UNMASK)
+    assert sr.stage == Stage.UNMASK and len(sr.finish().contributors) == 5
+
+
+def test_an_advertise_abort_names_the_devices_short_of_neighbours() -> None:
+    # Mutant: close() re-raises the server's abort without the device ids. n = 5, degree 4,
+    # t = 3: with dev-0 and dev-1 silent, each of the 3 others has 2 < t live neighbours, so
+    # none could be unmasked; the reason names them, in node order, and is the server's.
+    sr, sessions = build(5)
+    silent = {"dev-0": Stage.ADVERTISE_KEYS, "dev-1": Stage.ADVERTISE_KEYS}
+    with pytest.raises(RoundAborted) as info:
+        drive(sr, sessions, silent, until=Stage.ADVERTISE_KEYS)
+    assert str(info.value).endswith("; devices, in node order: ['dev-2', 'dev-3', 'dev-4']")
+    assert sr.server.state.abort_reason == str(info.value)
+
+
+def test_a_device_dropped_after_sharing_keys_is_reported_dropped() -> None:
+    # Mutant: GroupResult.dropped left empty. dev-1 shares keys and then goes silent: the
+    # survivors reveal its mask-key shares (t = 3 of its 4 neighbours answer), its pairwise
+    # masks are removed, and the result has 4 contributors of weight 1 and dev-1 dropped.
+    sr, sessions = build(5)
+    drive(sr, sessions, {"dev-1": Stage.MASKED_INPUT})
+    res = sr.finish()
+    assert res.contributors == ("dev-0", "dev-2", "dev-3", "dev-4")
+    assert res.dropped == ("dev-1",) and res.weight == 4
+
+
+def forge_weight(monkeypatch: pytest.MonkeyPatch, node: int, weight: int) -> None:
+    """Device `node` puts `weight` in its weight coordinate (the vector's last entry)."""
+    honest = sdk.secure.encode_for_plan
+
+    def forged(u: Any, plan: Any, w: int, rng: Any, noise_rng: Any = None, n: Any = None) -> Any:
+        vector, sent = honest(u, plan, w, rng, noise_rng, n)
+        if n == node:
+            vector[-1] = np.uint64(weight)
+        return vector, sent
+
+    monkeypatch.setattr(sdk.secure, "encode_for_plan", forged)
+
+
+def test_a_total_weight_below_one_per_contributor_aborts_and_the_server_drops_the_sum(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Mutants: the lower bound of the total weight lowered (0 or c - 1 instead of c), and the
+    # server not told to abort (its state stays in the unmask stage, holding the shares). The
+    # plan has w_max = 1, so 5 contributors must total exactly 5; node 2 sends weight 0: 4.
+    sr, sessions = build(5)
+    forge_weight(monkeypatch, 2, 0)
+    drive(sr, sessions, until=Stage.UNMASK)
+    with pytest.raises(RoundAborted, match=r"total weight 4 outside 5\.\.5 \(5 inputs"):
+        sr.finish()
+    assert sr.unmasked == 5  # the sum was unmasked (under DP: released) before the check
+    assert sr.stage == Stage.ABORTED
+    assert sr.server.state.abort_reason is not None
+    assert sr.server.state.abort_reason.startswith("total weight 4 outside 5..5")
 
 
 # -- coordinate policy -------------------------------------------------------------------------
