@@ -7,6 +7,7 @@ against the mutant named in its comment.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,16 @@ from coordinator.secure import (
     make_plan,
     public_seed,
 )
-from protocol.secagg import RoundAborted, Stage, WrongStage, model_digest, prg_bytes
+from protocol.secagg import (
+    RoundAborted,
+    Stage,
+    UnmaskResponse,
+    WrongStage,
+    model_digest,
+    prg_bytes,
+)
+from protocol.secagg import _server as server_mod
+from protocol.secagg._shamir import _HEADER, CHECK_BYTES, COMMIT_BYTES, _check
 from sdk.secure import SecureParticipant, SecureSession
 
 D = 200
@@ -183,6 +193,81 @@ def test_a_total_weight_below_one_per_contributor_aborts_and_the_server_drops_th
     assert sr.stage == Stage.ABORTED
     assert sr.server.state.abort_reason is not None
     assert sr.server.state.abort_reason.startswith("total weight 4 outside 5..5")
+
+
+def test_an_unmask_abort_over_the_correction_budget_names_the_liar(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Mutant: finish() re-raises the server's abort without the suspects' device ids. n = 8
+    # (degree 7, t = 4): each secret has 7 shares, so one wrong share is corrected (up to
+    # (7 - 4) / 2 = 1 error). Node 2 lies about node 0's secret and node 5 about node 7's:
+    # two secrets need a correction, and with a budget of 1 the second aborts the unmask,
+    # after the first named its liar, which the reason must then name by device id.
+    monkeypatch.setattr(server_mod, "MAX_ROBUST_DECODES", 1)
+    lies_about = {2: 0, 5: 7}
+    honest = SecureSession.unmask
+
+    def lie(share: bytes) -> bytes:
+        body = bytearray(share[:-CHECK_BYTES])
+        body[_HEADER.size + COMMIT_BYTES] ^= 0x5A  # the first chunk's y value
+        return bytes(body) + _check(bytes(body))
+
+    def unmask(self: SecureSession, request: bytes) -> bytes:
+        out = honest(self, request)
+        about = lies_about.get(self.client.state.node)
+        if about is None:
+            return out
+        msg = UnmaskResponse.from_bytes(out, self.plan.num_nodes)
+        lies = tuple((n, k, lie(s) if n == about else s) for n, k, s in msg.shares)
+        return dataclasses.replace(msg, shares=lies).to_bytes()
+
+    monkeypatch.setattr(SecureSession, "unmask", unmask)
+    sr, sessions = build(8)
+    assert sr.plan.threshold == 4
+    drive(sr, sessions)
+    with pytest.raises(RoundAborted) as info:
+        sr.finish()
+    reason = str(info.value)
+    assert "more than 1 secrets needed error correction" in reason
+    named = [
+        d
+        for d in ("dev-2", "dev-5")
+        if reason.endswith(f"; suspect devices, in node order: ['{d}']")
+    ]
+    assert len(named) == 1
+    assert sr.server.state.abort_reason == reason
+
+
+def forge_level(monkeypatch: pytest.MonkeyPatch, levels: dict[int, int]) -> None:
+    """Device node i puts levels[i] in the first entry of its (unmasked) vector."""
+    honest = sdk.secure.encode_for_plan
+
+    def forged(u: Any, plan: Any, w: int, rng: Any, noise_rng: Any = None, n: Any = None) -> Any:
+        vector, sent = honest(u, plan, w, rng, noise_rng, n)
+        if n in levels:
+            vector[0] = np.uint64(levels[n])
+        return vector, sent
+
+    monkeypatch.setattr(sdk.secure, "encode_for_plan", forged)
+
+
+@pytest.mark.parametrize("top", [7, 8])
+def test_a_level_sum_is_legal_up_to_weight_times_the_top_level(
+    monkeypatch: pytest.MonkeyPatch, top: int
+) -> None:
+    # Mutants: the bound on a level sum moved by one either way (> W (2^b - 1) + 1, or >=).
+    # The plan has b = 3 value bits, no noise headroom, w_max = 1: five devices of weight 1
+    # can send a level sum of at most 5 · 7 = 35 on a coordinate. All five send 7 there (35:
+    # legal); then node 0 sends 8 instead (36: no honest cohort sends it, the group aborts).
+    sr, sessions = build(5)
+    assert (sr.plan.value_bits, sr.plan.noise_headroom, sr.plan.max_weight) == (3, 0, 1)
+    forge_level(monkeypatch, {0: top, 1: 7, 2: 7, 3: 7, 4: 7})
+    drive(sr, sessions)
+    if top == 7:
+        assert sr.finish().weight == 5
+    else:
+        with pytest.raises(RoundAborted, match="^1 level sums outside what 5 devices can send"):
+            sr.finish()
 
 
 # -- coordinate policy -------------------------------------------------------------------------
