@@ -23,12 +23,14 @@ from coordinator.secure import (
     public_seed,
 )
 from protocol.secagg import (
+    NoiseKind,
     RoundAborted,
     Stage,
     UnmaskResponse,
     WrongStage,
     model_digest,
     prg_bytes,
+    sketch_segments_for,
 )
 from protocol.secagg import _server as server_mod
 from protocol.secagg._shamir import _HEADER, CHECK_BYTES, COMMIT_BYTES, _check
@@ -39,12 +41,15 @@ INDICES = np.arange(0, D, 10, dtype=np.int64)  # k = 20 coordinates
 
 
 def build(
-    n: int = 5, min_survivors: int | None = None
+    n: int = 5,
+    min_survivors: int | None = None,
+    config: SecureConfig | None = None,
+    segments: tuple[tuple[int, int, int, int], ...] = (),
 ) -> tuple[SecureRound, dict[str, SecureSession]]:
     """A SecureRound over n devices dev-0..dev-{n-1} and each device's joined session (n = 5:
     graph degree 4, threshold t = 3)."""
     params = np.zeros(D, np.float32)
-    plan = make_plan(SecureConfig(coord_fraction=0.1), 1, n, D, INDICES)
+    plan = make_plan(config or SecureConfig(coord_fraction=0.1), 1, n, D, INDICES, segments)
     devs = tuple(f"dev-{i}" for i in range(n))
     sr = SecureRound(plan, model_digest(params), devs, min_survivors=min_survivors)
     sessions = {
@@ -238,14 +243,14 @@ def test_an_unmask_abort_over_the_correction_budget_names_the_liar(
     assert sr.server.state.abort_reason == reason
 
 
-def forge_level(monkeypatch: pytest.MonkeyPatch, levels: dict[int, int]) -> None:
-    """Device node i puts levels[i] in the first entry of its (unmasked) vector."""
+def forge_level(monkeypatch: pytest.MonkeyPatch, levels: dict[int, int], at: int = 0) -> None:
+    """Device node i puts levels[i] in entry `at` of its (unmasked) vector."""
     honest = sdk.secure.encode_for_plan
 
     def forged(u: Any, plan: Any, w: int, rng: Any, noise_rng: Any = None, n: Any = None) -> Any:
         vector, sent = honest(u, plan, w, rng, noise_rng, n)
         if n in levels:
-            vector[0] = np.uint64(levels[n])
+            vector[at] = np.uint64(levels[n])
         return vector, sent
 
     monkeypatch.setattr(sdk.secure, "encode_for_plan", forged)
@@ -265,6 +270,45 @@ def test_a_level_sum_is_legal_up_to_weight_times_the_top_level(
     drive(sr, sessions)
     if top == 7:
         assert sr.finish().weight == 5
+    else:
+        with pytest.raises(RoundAborted, match="^1 level sums outside what 5 devices can send"):
+            sr.finish()
+
+
+@pytest.mark.parametrize("below", [0, 1])
+def test_noise_may_take_a_level_sum_down_to_minus_the_headroom(
+    monkeypatch: pytest.MonkeyPatch, below: int
+) -> None:
+    # Mutant: the lowest legal ring value 2^m - H excluded (< made <=). Under Skellam noise
+    # this plan has an 8-bit ring and headroom H = 87, so a coordinate's sum may read -87
+    # (ring value 256 - 87 = 169) but not -88 (168, which is also above 5 · 7 + 87 = 122).
+    # Node 0 sends that value there, the others 0.
+    cfg = SecureConfig(coord_fraction=0.1, noise=NoiseKind.SKELLAM, noise_multiplier=1.0)
+    sr, sessions = build(5, config=cfg)
+    p = sr.plan
+    assert (p.ring_bits, p.noise_headroom, p.value_bits, p.max_weight) == (8, 87, 3, 1)
+    forge_level(monkeypatch, {0: 169 - below, 1: 0, 2: 0, 3: 0, 4: 0})
+    drive(sr, sessions)
+    if below == 0:
+        assert sr.finish().weight == 5
+    else:
+        with pytest.raises(RoundAborted, match="^1 level sums outside what 5 devices can send"):
+            sr.finish()
+
+
+@pytest.mark.parametrize("top", [7, 8])
+def test_a_sketch_sum_is_legal_up_to_contributors_times_the_top_level(
+    monkeypatch: pytest.MonkeyPatch, top: int
+) -> None:
+    # Mutants: the sketch bound c·2^sb instead of c (2^sb - 1), or one above it. The model as
+    # one 10 x 20 tensor gives a sketch of sb = 3 bits after the k = 20 values: five devices
+    # may sum to 5 · 7 = 35 on an entry, not 36.
+    sr, sessions = build(5, segments=sketch_segments_for([(10, 20)]))
+    assert (sr.plan.sketch_bits, sr.plan.k, sr.plan.sketch_len > 0) == (3, 20, True)
+    forge_level(monkeypatch, {0: top, 1: 7, 2: 7, 3: 7, 4: 7}, at=20)
+    drive(sr, sessions)
+    if top == 7:
+        assert sr.finish().sketch is not None
     else:
         with pytest.raises(RoundAborted, match="^1 level sums outside what 5 devices can send"):
             sr.finish()
