@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import sdk.secure
+from coordinator.ledger import BandwidthLedger
 from coordinator.secure import (
     RandomPolicy,
     SecureConfig,
@@ -45,13 +46,14 @@ def build(
     min_survivors: int | None = None,
     config: SecureConfig | None = None,
     segments: tuple[tuple[int, int, int, int], ...] = (),
+    ledger: BandwidthLedger | None = None,
 ) -> tuple[SecureRound, dict[str, SecureSession]]:
     """A SecureRound over n devices dev-0..dev-{n-1} and each device's joined session (n = 5:
     graph degree 4, threshold t = 3)."""
     params = np.zeros(D, np.float32)
     plan = make_plan(config or SecureConfig(coord_fraction=0.1), 1, n, D, INDICES, segments)
     devs = tuple(f"dev-{i}" for i in range(n))
-    sr = SecureRound(plan, model_digest(params), devs, min_survivors=min_survivors)
+    sr = SecureRound(plan, model_digest(params), devs, ledger, min_survivors)
     sessions = {
         d: SecureParticipant(D).join(sr.announce_one(d), sr.digest, params, sr.node_of(d))
         for d in devs
@@ -67,9 +69,12 @@ def drive(
     sessions: dict[str, SecureSession],
     silent: dict[str, Stage] | None = None,
     until: Stage = Stage.UNMASK,
+    log: list[tuple[str, str, int]] | None = None,
 ) -> dict[str, bytes]:
     """Run the stages up to and including `until` (closing each but the unmask stage); a
-    device in `silent` sends nothing from that stage on. Returns the last downloads."""
+    device in `silent` sends nothing from that stage on. Returns the last downloads. `log`
+    gets (device, "up" or "down", length) of every message sent."""
+    log = [] if log is None else log
     silent = silent or {}
     inbox = dict.fromkeys(sr.device_ids, b"")
     rng = np.random.default_rng(0)
@@ -88,8 +93,10 @@ def drive(
             else:
                 body = s.unmask(down)
             sr.receive(stage, dev, body)
+            log.append((dev, "up", len(body)))
         if stage != Stage.UNMASK:
             inbox = sr.close(stage)
+            log.extend((dev, "down", len(down)) for dev, down in inbox.items())
     return inbox
 
 
@@ -312,6 +319,46 @@ def test_a_sketch_sum_is_legal_up_to_contributors_times_the_top_level(
     else:
         with pytest.raises(RoundAborted, match="^1 level sums outside what 5 devices can send"):
             sr.finish()
+
+
+def test_every_byte_of_a_round_is_counted_and_a_masked_input_stands_for_the_dense_model() -> None:
+    # Mutants: close() not counting the downloads it returns; the ledger's dense baseline of a
+    # masked input left 0. A device's downloads are its plan (with the 32-byte digest) and the
+    # three stage answers; a masked input's dense baseline is the whole model at 4 bytes a
+    # parameter (4 · 200 = 800), every other message has none.
+    ledger = BandwidthLedger()
+    sr, sessions = build(5, ledger=ledger)
+    log: list[tuple[str, str, int]] = []
+    drive(sr, sessions, log=log)
+    plan_down = len(sr.plan_bytes) + len(sr.digest)
+    assert len(sr.digest) == 32
+    for dev in sr.device_ids:
+        down = [n for d, way, n in log if d == dev and way == "down"]
+        up = [n for d, way, n in log if d == dev and way == "up"]
+        assert len(down) == 3 and len(up) == 4
+        assert sr.bytes_down[dev] == plan_down + sum(down)
+        assert sr.bytes_up[dev] == sum(up)
+        rows = [r for r in ledger.rows(1) if r.device_id == dev]
+        assert [r.payload_bytes for r in rows if r.direction == "down"] == [plan_down, *down]
+        assert [(r.payload_bytes, r.dense_bytes) for r in rows if r.direction == "up"] == [
+            (up[0], 0),
+            (up[1], 0),
+            (up[2], 4 * D),
+            (up[3], 0),
+        ]
+
+
+def test_an_abort_naming_more_than_five_devices_names_five_and_says_there_are_more() -> None:
+    # Mutant: the first 4 named instead of 5. n = 12 (complete graph, degree 11, t = 6): with
+    # dev-0..dev-5 silent, each of the 6 others has 5 < t live neighbours, so all 6 are short;
+    # the reason names the first five in node order and ", ..." for the sixth.
+    sr, sessions = build(12)
+    assert (sr.plan.degree, sr.plan.threshold) == (11, 6)
+    silent = {f"dev-{i}": Stage.ADVERTISE_KEYS for i in range(6)}
+    with pytest.raises(RoundAborted) as info:
+        drive(sr, sessions, silent, until=Stage.ADVERTISE_KEYS)
+    names = "['dev-6', 'dev-7', 'dev-8', 'dev-9', 'dev-10']"
+    assert str(info.value).endswith(f"; devices, in node order: {names}, ...")
 
 
 # -- coordinate policy -------------------------------------------------------------------------
