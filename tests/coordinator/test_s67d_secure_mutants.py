@@ -20,11 +20,14 @@ from coordinator.secure import (
     SecureConfig,
     SecureRound,
     TopKMixPolicy,
+    group_reason,
     make_plan,
     public_seed,
+    split_groups,
 )
 from protocol.secagg import (
     NoiseKind,
+    ProtocolViolation,
     RoundAborted,
     Stage,
     UnmaskResponse,
@@ -359,6 +362,53 @@ def test_an_abort_naming_more_than_five_devices_names_five_and_says_there_are_mo
         drive(sr, sessions, silent, until=Stage.ADVERTISE_KEYS)
     names = "['dev-6', 'dev-7', 'dev-8', 'dev-9', 'dev-10']"
     assert str(info.value).endswith(f"; devices, in node order: {names}, ...")
+
+
+def test_the_masked_input_hook_runs_once_the_stage_closed_and_never_after_an_abort() -> None:
+    # Mutant: after_masked_input called before the server closes the stage. The hook (the
+    # round's min_contributors check) is documented to run once the masked-input stage closed
+    # without an abort: the server is then in the unmask stage, holding the final inputs.
+    seen: list[tuple[Stage, int]] = []
+    sr, sessions = build(5)
+    sr.after_masked_input = lambda: seen.append((sr.stage, sr.masked_inputs))
+    drive(sr, sessions, {"dev-4": Stage.MASKED_INPUT}, until=Stage.MASKED_INPUT)
+    assert seen == [(Stage.UNMASK, 4)]
+    # Three silent at masked input: 2 < t = 3 inputs, the close aborts, the hook never runs.
+    seen.clear()
+    sr, sessions = build(5)
+    sr.after_masked_input = lambda: seen.append((sr.stage, sr.masked_inputs))
+    silent = dict.fromkeys(("dev-0", "dev-1", "dev-2"), Stage.MASKED_INPUT)
+    with pytest.raises(RoundAborted, match="2 masked inputs, need 3"):
+        drive(sr, sessions, silent, until=Stage.MASKED_INPUT)
+    assert seen == []
+
+
+def test_the_setup_download_goes_to_members_only_and_counts_the_digest() -> None:
+    # Mutants: announce() not counting the 32-byte digest that goes with the plan;
+    # announce_one() serving (and counting) a device outside the group.
+    sr, _ = build(5)
+    got = sr.announce()
+    assert sorted(got) == [f"dev-{i}" for i in range(5)]
+    assert all(b == sr.plan_bytes for b in got.values())
+    assert dict(sr.bytes_down) == dict.fromkeys(got, 2 * (len(sr.plan_bytes) + 32))
+    with pytest.raises(ProtocolViolation, match="not in this secure round"):
+        sr.announce_one("dev-5")
+    assert "dev-5" not in sr.bytes_down
+
+
+def test_an_abort_reason_names_its_group_only_when_the_round_has_several() -> None:
+    # Mutant: groups <= 2 treated as one. With 2 groups, each reason says which it is for.
+    assert group_reason(0, 1, "why") == "why"
+    assert group_reason(0, 2, "why") == "group 1 of 2: why"
+    assert group_reason(1, 2, "why") == "group 2 of 2: why"
+
+
+def test_a_group_size_of_the_whole_cohort_keeps_one_group_in_cohort_order() -> None:
+    # Mutant: only a group size above the cohort skips the shuffle. A size equal to the cohort
+    # is one group too, and there is nothing to shuffle it for: the cohort's own order.
+    ids = [f"dev-{i}" for i in range(7)]
+    assert split_groups(ids, 7, b"s" * 32) == [tuple(ids)]
+    assert split_groups(ids, None, b"s" * 32) == [tuple(ids)]
 
 
 # -- coordinate policy -------------------------------------------------------------------------
