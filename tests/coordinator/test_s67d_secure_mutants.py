@@ -411,6 +411,47 @@ def test_a_group_size_of_the_whole_cohort_keeps_one_group_in_cohort_order() -> N
     assert split_groups(ids, None, b"s" * 32) == [tuple(ids)]
 
 
+def test_the_total_weight_is_bounded_by_the_contributors_not_the_group(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Mutant: the upper bound c · w_max taken over the whole group instead of the c
+    # contributors. Without dither, w_max = 4; dev-4 drops before its masked input, so 4
+    # contributors may total 4..16. Node 0 claims weight 14 (the others 1): 17 is refused
+    # (the group's 5 · 4 = 20 would let it scale the mean).
+    cfg = SecureConfig(coord_fraction=0.1, dither=False, max_weight=4)
+    sr, sessions = build(5, config=cfg)
+    assert sr.plan.max_weight == 4
+    forge_weight(monkeypatch, 0, 14)
+    drive(sr, sessions, {"dev-4": Stage.MASKED_INPUT})
+    with pytest.raises(RoundAborted, match=r"^total weight 17 outside 4\.\.16 \(4 inputs"):
+        sr.finish()
+
+
+def test_masked_inputs_counts_the_inputs_held_so_far() -> None:
+    # Mutant: masked_inputs counts the nodes still alive (who shared keys) instead of the
+    # masked inputs received. Three of five have sent theirs: 3, and 5 once all have.
+    sr, sessions = build(5)
+    inbox = drive(sr, sessions, until=Stage.SHARE_KEYS)
+    rng = np.random.default_rng(1)
+    for i, dev in enumerate(sr.device_ids):
+        assert sr.masked_inputs == i
+        body = sessions[dev].masked_input(inbox[dev], np.zeros(D, np.float32), 1, rng)
+        sr.receive(Stage.MASKED_INPUT, dev, body)
+    assert sr.masked_inputs == 5
+
+
+def test_groups_follow_the_public_prg_order() -> None:
+    # Mutant: the cohort not shuffled (groups are then runs of the caller's order). The order
+    # is by the u64 little-endian keys prg(seed, 8n, "groups"), ties by position; 9 devices in
+    # groups of 3 are that order cut in three.
+    ids = [f"dev-{i}" for i in range(9)]
+    seed = bytes(range(32))
+    raw = prg_bytes(seed, 8 * 9, b"groups")
+    keys = [int.from_bytes(raw[8 * i : 8 * i + 8], "little") for i in range(9)]
+    order = [ids[i] for i in sorted(range(9), key=lambda i: (keys[i], i))]
+    assert split_groups(ids, 3, seed) == [tuple(order[0:3]), tuple(order[3:6]), tuple(order[6:9])]
+
+
 # -- coordinate policy -------------------------------------------------------------------------
 
 
