@@ -16,6 +16,7 @@ import pytest
 import sdk.secure
 from coordinator.ledger import BandwidthLedger
 from coordinator.secure import (
+    BUNDLE_BYTES,
     RandomPolicy,
     SecureConfig,
     SecureRound,
@@ -29,8 +30,10 @@ from protocol.secagg import (
     NoiseKind,
     ProtocolViolation,
     RoundAborted,
+    ShareKeys,
     Stage,
     UnmaskResponse,
+    WrongAddress,
     WrongStage,
     model_digest,
     prg_bytes,
@@ -266,17 +269,19 @@ def forge_level(monkeypatch: pytest.MonkeyPatch, levels: dict[int, int], at: int
     monkeypatch.setattr(sdk.secure, "encode_for_plan", forged)
 
 
+@pytest.mark.parametrize("at", [0, 19])
 @pytest.mark.parametrize("top", [7, 8])
 def test_a_level_sum_is_legal_up_to_weight_times_the_top_level(
-    monkeypatch: pytest.MonkeyPatch, top: int
+    monkeypatch: pytest.MonkeyPatch, top: int, at: int
 ) -> None:
-    # Mutants: the bound on a level sum moved by one either way (> W (2^b - 1) + 1, or >=).
+    # Mutants: the bound on a level sum moved by one either way (> W (2^b - 1) + 1, or >=),
+    # or the last of the k = 20 value coordinates (entry 19) left unchecked.
     # The plan has b = 3 value bits, no noise headroom, w_max = 1: five devices of weight 1
     # can send a level sum of at most 5 · 7 = 35 on a coordinate. All five send 7 there (35:
     # legal); then node 0 sends 8 instead (36: no honest cohort sends it, the group aborts).
     sr, sessions = build(5)
     assert (sr.plan.value_bits, sr.plan.noise_headroom, sr.plan.max_weight) == (3, 0, 1)
-    forge_level(monkeypatch, {0: top, 1: 7, 2: 7, 3: 7, 4: 7})
+    forge_level(monkeypatch, {0: top, 1: 7, 2: 7, 3: 7, 4: 7}, at)
     drive(sr, sessions)
     if top == 7:
         assert sr.finish().weight == 5
@@ -450,6 +455,21 @@ def test_groups_follow_the_public_prg_order() -> None:
     keys = [int.from_bytes(raw[8 * i : 8 * i + 8], "little") for i in range(9)]
     order = [ids[i] for i in sorted(range(9), key=lambda i: (keys[i], i))]
     assert split_groups(ids, 3, seed) == [tuple(order[0:3]), tuple(order[3:6]), tuple(order[6:9])]
+
+
+def test_shares_from_a_device_that_advertised_no_keys_are_refused_for_that() -> None:
+    # Mutant: the bundle-count check run for a node without advertised keys (it then reports
+    # a wrong address, as if the list were the fault). dev-4 was silent at the advertisement
+    # and then uploads bundles of the legal length to 3 of its 4 neighbours: the reason is
+    # that it has no keys (it may send no shares at all), and nothing is counted.
+    sr, sessions = build(5)
+    drive(sr, sessions, {"dev-4": Stage.ADVERTISE_KEYS}, until=Stage.ADVERTISE_KEYS)
+    bundles = tuple((j, bytes(BUNDLE_BYTES)) for j in range(3))
+    body = ShareKeys(sr.plan.round_id, 4, bundles).to_bytes()
+    with pytest.raises(ProtocolViolation, match="without advertising keys") as info:
+        sr.receive(Stage.SHARE_KEYS, "dev-4", body)
+    assert not isinstance(info.value, WrongAddress)
+    assert sr.bytes_up["dev-4"] == 0
 
 
 # -- coordinate policy -------------------------------------------------------------------------
