@@ -6,13 +6,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
+import pytest
 
+import sdk.secure
 from compression import encode_snapshot
 from coordinator.service import ServiceConfig, Store
 from coordinator.service.rounds import Coordinator, TaskRuntime
-from protocol.secagg import SecAggHeader, Stage
+from protocol.secagg import SecAggHeader, SecurePlan, Stage
 from sdk.secure import SecureParticipant, SecureSession
 
 from .test_service_support import SPEC, initial_params, task_config
@@ -69,3 +72,25 @@ def stage_body(session: SecureSession, stage: Stage, got: bytes | None, device: 
         update = np.full(SPEC.size, 0.01, np.float32)
         return session.masked_input(got, update, 1, np.random.default_rng(int(device, 16)))
     return session.unmask(got)
+
+
+def forge_weight(
+    monkeypatch: pytest.MonkeyPatch,
+    victim_node: int,
+    weight: Callable[[SecurePlan], int],
+    times: int = 1 << 30,
+) -> None:
+    """Node `victim_node` sends `weight(plan)` as its weight coordinate (the vector's last
+    entry), in the first `times` groups that encode (the in-process driver runs groups in
+    order)."""
+    honest = sdk.secure.encode_for_plan
+    left = [times]
+
+    def forged(u: Any, plan: SecurePlan, w: int, rng: Any, noise_rng: Any = None, node: Any = None):  # type: ignore[no-untyped-def]
+        vector, sent = honest(u, plan, w, rng, noise_rng, node)
+        if node == victim_node and left[0] > 0:
+            left[0] -= 1
+            vector[-1] = np.uint64(weight(plan))
+        return vector, sent
+
+    monkeypatch.setattr(sdk.secure, "encode_for_plan", forged)

@@ -25,14 +25,7 @@ from coordinator.aggregators import (
 )
 from coordinator.aggregators._robust import _objective_gain
 
-
-def reports(x: np.ndarray) -> list[ClientUpdate]:
-    """One report per row of x, each sending only its nonzero coordinates (top-k style)."""
-    out = []
-    for i, row in enumerate(np.asarray(x, dtype=np.float32)):
-        idx = np.flatnonzero(row).astype(np.int64)
-        out.append(ClientUpdate(f"dev-{i}", SparseUpdate(idx, row[idx], row.shape[0]), 1.0))
-    return out
+from .test_aggregators_robust import sparse_updates
 
 
 def run(factory: Any, x: np.ndarray, rounds: int = 1) -> list[AggregateOutput]:
@@ -40,7 +33,7 @@ def run(factory: Any, x: np.ndarray, rounds: int = 1) -> list[AggregateOutput]:
     process = factory.create(np.asarray(x).shape[1])
     state, outs = process.initialize(), []
     for _ in range(rounds):
-        out = process.next(state, reports(x))
+        out = process.next(state, sparse_updates(x))
         state = out.state
         outs.append(out)
     return outs
@@ -131,7 +124,7 @@ def test_geomed_objective_gain_is_the_drop_in_the_sum_of_distances() -> None:
     x = rng.normal(size=(6, 8))
     x[rng.random((6, 8)) < 0.3] = 0.0
     x = x.astype(np.float32)
-    rows = UpdateRows.from_client_updates(reports(x), 8)
+    rows = UpdateRows.from_client_updates(sparse_updates(x), 8)
     a, b = rng.normal(size=8), rng.normal(size=8)
     y = x.astype(np.float64)
     dist_a = np.linalg.norm(y - a, axis=1)
@@ -173,7 +166,7 @@ def test_cclip_an_empty_round_leaves_the_centre_as_it_was() -> None:
     # Prepare: round 1 with the one report (1, 0), tau 10 (not clipped) and beta 0.5: v = (1, 0),
     # so the centre becomes 0.5·0 + 0.5·(1, 0) = (0.5, 0).
     process = CenteredClipping(tau=10.0, beta=0.5).create(2)
-    first = process.next(process.initialize(), reports(np.array([[1.0, 0.0]])))
+    first = process.next(process.initialize(), sparse_updates(np.array([[1.0, 0.0]])))
     np.testing.assert_allclose(first.state, [0.5, 0.0])
 
     # Execute: a round with no reports.
@@ -198,7 +191,7 @@ def test_cosfilter_compares_the_cosine_not_the_dot_over_the_report_norm() -> Non
     x = np.array([[1.0, 1.0], [1.0, 3.0], [3.0, 0.0]])
 
     # Execute
-    out = process.next(state, reports(x))
+    out = process.next(state, sparse_updates(x))
 
     # Assert: only (1, 3) is at or below 0.5 and dropped (1 of 3 is under max_drop's half);
     # the uniform mean of the two kept is (2, 0.5).

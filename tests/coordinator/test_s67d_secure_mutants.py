@@ -43,6 +43,8 @@ from protocol.secagg import _server as server_mod
 from protocol.secagg._shamir import _HEADER, CHECK_BYTES, COMMIT_BYTES, _check
 from sdk.secure import SecureParticipant, SecureSession
 
+from ._secure_inproc import STAGES, forge_weight
+
 D = 200
 INDICES = np.arange(0, D, 10, dtype=np.int64)  # k = 20 coordinates
 
@@ -65,9 +67,6 @@ def build(
         for d in devs
     }
     return sr, sessions
-
-
-STAGES = (Stage.ADVERTISE_KEYS, Stage.SHARE_KEYS, Stage.MASKED_INPUT, Stage.UNMASK)
 
 
 def drive(
@@ -183,19 +182,6 @@ def test_a_device_dropped_after_sharing_keys_is_reported_dropped() -> None:
     assert res.dropped == ("dev-1",) and res.weight == 4
 
 
-def forge_weight(monkeypatch: pytest.MonkeyPatch, node: int, weight: int) -> None:
-    """Device `node` puts `weight` in its weight coordinate (the vector's last entry)."""
-    honest = sdk.secure.encode_for_plan
-
-    def forged(u: Any, plan: Any, w: int, rng: Any, noise_rng: Any = None, n: Any = None) -> Any:
-        vector, sent = honest(u, plan, w, rng, noise_rng, n)
-        if n == node:
-            vector[-1] = np.uint64(weight)
-        return vector, sent
-
-    monkeypatch.setattr(sdk.secure, "encode_for_plan", forged)
-
-
 def test_a_total_weight_below_one_per_contributor_aborts_and_the_server_drops_the_sum(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -203,7 +189,7 @@ def test_a_total_weight_below_one_per_contributor_aborts_and_the_server_drops_th
     # server not told to abort (its state stays in the unmask stage, holding the shares). The
     # plan has w_max = 1, so 5 contributors must total exactly 5; node 2 sends weight 0: 4.
     sr, sessions = build(5)
-    forge_weight(monkeypatch, 2, 0)
+    forge_weight(monkeypatch, 2, lambda _plan: 0)
     drive(sr, sessions, until=Stage.UNMASK)
     with pytest.raises(RoundAborted, match=r"total weight 4 outside 5\.\.5 \(5 inputs"):
         sr.finish()
@@ -426,7 +412,7 @@ def test_the_total_weight_is_bounded_by_the_contributors_not_the_group(
     cfg = SecureConfig(coord_fraction=0.1, dither=False, max_weight=4)
     sr, sessions = build(5, config=cfg)
     assert sr.plan.max_weight == 4
-    forge_weight(monkeypatch, 0, 14)
+    forge_weight(monkeypatch, 0, lambda _plan: 14)
     drive(sr, sessions, {"dev-4": Stage.MASKED_INPUT})
     with pytest.raises(RoundAborted, match=r"^total weight 17 outside 4\.\.16 \(4 inputs"):
         sr.finish()

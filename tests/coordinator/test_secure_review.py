@@ -13,6 +13,8 @@ from mobile_sim.secure import run_secure_round
 from protocol.secagg import SecurePlan
 from sdk.secure import SecureParticipant
 
+from ._secure_inproc import forge_weight
+
 D = 2000
 
 
@@ -22,24 +24,6 @@ def _fleet(n: int) -> tuple[list[str], dict[str, SecureParticipant], dict[str, A
     parts = {d: SecureParticipant(D) for d in devs}
     ups = {d: (rng.normal(0, 0.01, D).astype(np.float32), 1) for d in devs}
     return devs, parts, ups
-
-
-def _forge_weight(
-    monkeypatch: pytest.MonkeyPatch, victim_node: int, weight: Any, times: int = 1 << 30
-) -> None:
-    """Node `victim_node` sends `weight(plan)` as its weight coordinate, in the first `times`
-    groups that encode (the in-process driver runs groups in order)."""
-    honest = sdk.secure.encode_for_plan
-    left = [times]
-
-    def forged(u: Any, plan: SecurePlan, w: int, rng: Any, noise_rng: Any = None, node: Any = None):  # type: ignore[no-untyped-def]
-        vector, sent = honest(u, plan, w, rng, noise_rng, node)
-        if node == victim_node and left[0] > 0:
-            left[0] -= 1
-            vector[-1] = np.uint64(weight(plan))
-        return vector, sent
-
-    monkeypatch.setattr(sdk.secure, "encode_for_plan", forged)
 
 
 def test_grouped_round_drops_only_the_group_with_a_forged_weight(
@@ -52,7 +36,7 @@ def test_grouped_round_drops_only_the_group_with_a_forged_weight(
     cfg = SecureConfig(coord_fraction=0.1, group_size=4, clip_norm=2.0)
     groups = split_groups(sorted(devs), 4, public_seed(cfg.seed, 1, b"groups"))
     coord = SecureCoordinator(np.zeros(D, np.float32), cfg)
-    _forge_weight(monkeypatch, 0, lambda plan: 2, times=1)  # groups run in order: group 0
+    forge_weight(monkeypatch, 0, lambda plan: 2, times=1)  # groups run in order: group 0
     # Execute
     out, _ = run_secure_round(coord, parts, ups)
     # Assert: group 0 aborts with a reason, the other two commit
@@ -68,7 +52,7 @@ def test_forged_weight_cannot_scale_the_mean(monkeypatch: pytest.MonkeyPatch) ->
     devs, parts, ups = _fleet(6)
     cfg = SecureConfig(coord_fraction=0.1, dither=False, clip_norm=2.0)
     coord = SecureCoordinator(np.zeros(D, np.float32), cfg)
-    _forge_weight(monkeypatch, 0, lambda plan: (1 << plan.ring_bits) - 4)
+    forge_weight(monkeypatch, 0, lambda plan: (1 << plan.ring_bits) - 4)
     # Execute
     out, _ = run_secure_round(coord, parts, ups)
     # Assert: refused, model unchanged
