@@ -29,12 +29,9 @@ from mobile_sim.population import (
 )
 from mobile_sim.traces import CapacityTrace, load_behaviour_trace
 
-Z = 5.0
+from .test_s60d_availability import Z, _share_ok
+
 LOW, MID, HIGH = DEFAULT_TIERS
-
-
-def _share_ok(got: float, p: float, n: int) -> None:
-    assert abs(got - p) <= Z * math.sqrt(p * (1 - p) / n) + 1e-12, (got, p, n)
 
 
 # One tier whose four log-normal attributes all have different medians and sigmas (the default
